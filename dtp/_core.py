@@ -1,0 +1,496 @@
+"""Typed wrappers over the C core. The only module that touches cffi's ``lib``/``ffi``.
+
+Every public name here has a pure-Python twin in :mod:`dtp._reference` with the same
+signature and results. ``DTP_PUREPYTHON=1`` makes the public names below *be* the
+twins (the extension is then not needed); the ``Native*``/``native_*`` names always
+refer to the C code, so tests can compare both backends in one process.
+
+``DTP_CORE_LIB=/path/to/_dtp_core.so`` loads a specific build of the extension (the
+sanitizer build used by CI) instead of the installed one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+from dtp import _types as t
+from dtp._types import (
+    FrameBatch,
+    HamUpdate,
+    MergeResult,
+    OpenedRecord,
+    OpenResult,
+    RawFrame,
+    RecordBatch,
+    RecordHeader,
+)
+from dtp.errors import ErrorCode, LocalProtocolError, error_for
+
+PUREPYTHON = os.environ.get("DTP_PUREPYTHON") == "1"
+
+
+def _load_extension() -> tuple[Any, Any] | None:
+    path = os.environ.get("DTP_CORE_LIB")
+    if path:
+        if not os.path.exists(path):
+            raise ImportError(f"DTP_CORE_LIB={path!r} does not exist")
+    try:
+        if path:
+            spec = importlib.util.spec_from_file_location("dtp._dtp_core", path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"DTP_CORE_LIB={path!r} is not a loadable extension")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            from dtp import _dtp_core as module  # type: ignore[attr-defined]
+    except ImportError:
+        if PUREPYTHON:
+            return None
+        raise ImportError(
+            "DTP's C core (dtp._dtp_core) is not built: install the package with "
+            "'pip install -e .' (needs gcc and libssl-dev), or set DTP_PUREPYTHON=1 "
+            "to use the pure-Python core."
+        ) from None
+    return module.ffi, module.lib
+
+
+_ext = _load_extension()
+HAVE_NATIVE = _ext is not None
+if _ext is not None:
+    ffi, lib = _ext
+else:  # pragma: no cover - only without a built extension
+    ffi = lib = None
+
+MAX_RECORD_PLAINTEXT = 16384
+RECORD_HEADER_LEN = 12
+AEAD_TAG_LEN = 16
+RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
+HAM_BATCH_HEADER_LEN = 5
+
+
+def _check(rc: int, *, remote: bool | None = None, context: str = "") -> int:
+    if rc < 0:
+        raise error_for(rc, remote=remote, context=context)
+    return rc
+
+
+def _from(data: bytes | bytearray | memoryview) -> Any:
+    return ffi.from_buffer("uint8_t[]", data)
+
+
+# --------------------------------------------------------------------------------------
+# records and frames
+
+
+def native_write_record_header(kind: int, flags: int, body_len: int, counter: int) -> bytes:
+    """The 12-byte header of a record."""
+    out = bytearray(RECORD_HEADER_LEN)
+    _check(
+        lib.dtp_record_header_write(kind, flags, body_len, counter, _from(out), len(out)),
+        remote=False,
+    )
+    return bytes(out)
+
+
+def native_parse_records(
+    buf: bytes | bytearray | memoryview, max_records: int = 1024
+) -> RecordBatch:
+    """Split a byte stream into record headers; raises on a malformed header."""
+    cap = max(1, min(max_records, len(buf) // RECORD_HEADER_LEN + 1))
+    out = ffi.new("dtp_record[]", cap)
+    n = ffi.new("size_t *")
+    consumed = ffi.new("size_t *")
+    rc = lib.dtp_records_parse(_from(buf), len(buf), out, cap, n, consumed)
+    _check(rc, remote=True)
+    records = [
+        RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset)
+        for r in (out[i] for i in range(n[0]))
+    ]
+    return RecordBatch(records, consumed[0], rc)
+
+
+class NativeFrameBatch(FrameBatch):
+    """Frames decoded by the C core; each :class:`RawFrame` is built on first access."""
+
+    def __init__(
+        self, buf: bytes, frames: Any, ranges: Any, n: int, status: int, consumed: int
+    ) -> None:
+        self._buf = buf
+        self._cframes = frames
+        self._cranges = ranges
+        self._n = n
+        self._cache: list[RawFrame | None] = [None] * n
+        self.status = status
+        self.consumed = consumed
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _build(self, i: int) -> RawFrame:
+        f = self._cframes[i]
+        ftype = f.type
+        if ftype == t.FRAME_ACK:
+            ranges = tuple(
+                (self._cranges[j].lo, self._cranges[j].hi) for j in range(f.a, f.a + f.b)
+            )
+            return RawFrame(ftype, 0, 0, f.c, b"", ranges)
+        data = self._buf[f.data_off : f.data_off + f.data_len] if f.data_len else b""
+        return RawFrame(ftype, f.a, f.b, f.c, data)
+
+    @overload
+    def __getitem__(self, index: int) -> RawFrame: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[RawFrame]: ...
+    def __getitem__(self, index: int | slice) -> RawFrame | Sequence[RawFrame]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError("frame index out of range")
+        frame = self._cache[index]
+        if frame is None:
+            frame = self._cache[index] = self._build(index)
+        return frame
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        return (self[i] for i in range(self._n))
+
+
+def native_decode_frames(
+    buf: bytes | bytearray | memoryview,
+    complete: bool = True,
+    max_frames: int = 4096,
+    max_ranges: int = 4096,
+) -> FrameBatch:
+    """Decode the frames in ``buf`` (a whole record body when ``complete``)."""
+    data = bytes(buf)
+    fcap = max(1, min(max_frames, len(data) + 1))
+    rcap = max(1, min(max_ranges, len(data) + 1))
+    frames = ffi.new("dtp_frame[]", fcap)
+    ranges = ffi.new("dtp_ack_range[]", rcap)
+    counts = ffi.new("size_t[3]")
+    rc = lib.dtp_frames_decode(
+        _from(data), len(data), int(complete), frames, fcap, ranges, rcap,
+        counts, counts + 1, counts + 2,
+    )
+    _check(rc, remote=True)
+    return NativeFrameBatch(data, frames, ranges, counts[0], rc, counts[2])
+
+
+def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
+    """Encode frames canonically; raises LocalProtocolError on an invalid frame."""
+    n = len(frames)
+    cframes = ffi.new("dtp_frame[]", max(1, n))
+    payloads: list[bytes] = []
+    all_ranges: list[tuple[int, int]] = []
+    data_len = 0
+    budget = 16
+    try:
+        for i, fr in enumerate(frames):
+            cf = cframes[i]
+            cf.type = fr.type
+            if fr.type == t.FRAME_ACK:
+                cf.a = len(all_ranges)
+                cf.b = len(fr.ranges)
+                cf.c = fr.c
+                all_ranges.extend(fr.ranges)
+                budget += 40 + 20 * len(fr.ranges)
+                continue
+            cf.a, cf.b, cf.c = fr.a, fr.b, fr.c
+            cf.data_off = data_len
+            cf.data_len = len(fr.data)
+            payloads.append(fr.data)
+            data_len += len(fr.data)
+            budget += 40 + len(fr.data) + (fr.a if fr.type == t.FRAME_PADDING else 0)
+    except OverflowError:
+        raise LocalProtocolError("frame field out of range", ErrorCode.VARINT) from None
+    data = b"".join(payloads)
+    cranges = ffi.new("dtp_ack_range[]", max(1, len(all_ranges)))
+    try:
+        for j, (lo, hi) in enumerate(all_ranges):
+            cranges[j].lo = lo
+            cranges[j].hi = hi
+    except OverflowError:
+        raise LocalProtocolError("ACK range out of range", ErrorCode.FRAME_VALUE) from None
+    out = bytearray(budget)
+    written = ffi.new("size_t *")
+    rc = lib.dtp_frames_encode(
+        cframes, n, _from(data), len(data), cranges, len(all_ranges),
+        _from(out), len(out), written,
+    )
+    _check(rc, remote=False)
+    return bytes(out[: written[0]])
+
+
+# --------------------------------------------------------------------------------------
+# AEAD
+
+
+class NativeAead:
+    """One direction's ChaCha20-Poly1305 key and receive replay window (C core).
+
+    Not thread-safe: give each thread its own, or lock around it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
+        ctx = lib.dtp_aead_new(key, len(key))
+        if ctx == ffi.NULL:
+            raise MemoryError("could not allocate an AEAD context")
+        self._ctx = ffi.gc(ctx, lib.dtp_aead_free)
+
+    def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
+        """Seal each plaintext as one DATA record, counters from ``first_counter``."""
+        n = len(plaintexts)
+        lens = ffi.new("uint32_t[]", max(1, n))
+        for i, p in enumerate(plaintexts):
+            size = len(p)
+            if size > MAX_RECORD_PLAINTEXT:
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+            lens[i] = size
+        plain = b"".join(plaintexts)
+        return self._seal(first_counter, plain, lens, n)
+
+    def seal_chunks(
+        self, first_counter: int, data: bytes | bytearray | memoryview,
+        chunk: int = MAX_RECORD_PLAINTEXT,
+    ) -> tuple[bytes, int]:
+        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter) and
+        seal them all in one call. Returns (sealed bytes, number of records)."""
+        if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        total = len(data)
+        n = max(1, -(-total // chunk))
+        lens = ffi.new("uint32_t[]", n)
+        for i in range(n - 1):
+            lens[i] = chunk
+        lens[n - 1] = total - chunk * (n - 1)
+        return self._seal(first_counter, data, lens, n), n
+
+    def _seal(self, first_counter: int, plain: Any, lens: Any, n: int) -> bytes:
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        out = bytearray(len(plain) + n * RECORD_OVERHEAD)
+        written = ffi.new("size_t *")
+        rc = lib.dtp_aead_seal_batch(
+            self._ctx, first_counter, _from(plain), len(plain), lens, n,
+            _from(out), len(out), written,
+        )
+        _check(rc, remote=False)
+        return bytes(out[: written[0]])
+
+    def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
+        """Open the DATA records at the start of ``buf`` (which may end mid-record)."""
+        cap = max(1, min(max_records, len(buf) // RECORD_OVERHEAD + 1))
+        out = ffi.new("dtp_opened[]", cap)
+        plain = bytearray(len(buf))
+        counts = ffi.new("size_t[2]")
+        rc = lib.dtp_aead_open_batch(
+            self._ctx, _from(buf), len(buf), out, cap, _from(plain), len(plain),
+            counts, counts + 1,
+        )
+        records = []
+        for i in range(counts[0]):
+            o = out[i]
+            off = o.plain_off
+            records.append(
+                OpenedRecord(o.counter, bytes(plain[off : off + o.plain_len]), o.status != 0)
+            )
+        if rc < 0:
+            return OpenResult(records, counts[1], rc, error_for(rc, remote=True))  # type: ignore[arg-type]
+        return OpenResult(records, counts[1], rc)
+
+    @property
+    def replay_top(self) -> int | None:
+        """Highest counter accepted so far (None before the first)."""
+        top = ffi.new("uint64_t *")
+        return top[0] if lib.dtp_aead_replay_top(self._ctx, top) else None
+
+
+# --------------------------------------------------------------------------------------
+# reassembly
+
+
+class NativeReassembler:
+    """Reorder buffer over a byte sequence space (C core); memory capped by ``window``."""
+
+    def __init__(self, start_seq: int = 0, window: int = 1 << 20, max_ranges: int = 1024) -> None:
+        if not (0 <= start_seq < 2**64 and 0 < window < 2**32 and 0 < max_ranges < 2**32):
+            raise LocalProtocolError("reassembler parameters out of range", ErrorCode.ARG)
+        r = lib.dtp_reasm_new(start_seq, window, max_ranges)
+        if r == ffi.NULL:
+            raise MemoryError("could not allocate a reassembly buffer")
+        self._r = ffi.gc(r, lib.dtp_reasm_free)
+
+    def push(self, seq: int, data: bytes | bytearray | memoryview) -> None:
+        """Insert one chunk whose first byte has sequence number ``seq``."""
+        self.push_many([(seq, data)])
+
+    def push_many(self, chunks: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """Insert chunks in one call; on error nothing is inserted."""
+        n = len(chunks)
+        cchunks = ffi.new("dtp_chunk[]", max(1, n))
+        off = 0
+        try:
+            for i, (seq, data) in enumerate(chunks):
+                c = cchunks[i]
+                c.seq = seq
+                c.data_off = off
+                c.len = len(data)
+                off += len(data)
+        except OverflowError:
+            raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG) from None
+        joined = b"".join(d for _, d in chunks)
+        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)), remote=True)
+
+    def pop(self, max_bytes: int | None = None) -> bytes:
+        """Release contiguous bytes (all that are ready, or at most ``max_bytes``)."""
+        ready = lib.dtp_reasm_readable(self._r)
+        size = ready if max_bytes is None else min(ready, max_bytes)
+        if size <= 0:
+            return b""
+        out = bytearray(size)
+        written = ffi.new("size_t *")
+        _check(lib.dtp_reasm_pop(self._r, _from(out), size, written), remote=False)
+        return bytes(out[: written[0]])
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number of the first byte not yet released."""
+        return int(lib.dtp_reasm_next_seq(self._r))
+
+    @property
+    def readable(self) -> int:
+        """Contiguous bytes ready to pop."""
+        return int(lib.dtp_reasm_readable(self._r))
+
+    @property
+    def buffered(self) -> int:
+        """All bytes held, contiguous or not."""
+        return int(lib.dtp_reasm_buffered(self._r))
+
+
+# --------------------------------------------------------------------------------------
+# HAM
+
+
+class NativeHamGraph:
+    """The HAM field table (C core): merge batches, hold deferred updates, look up."""
+
+    def __init__(self, max_deferred_bytes: int = 64 << 20) -> None:
+        g = lib.dtp_ham_new(max_deferred_bytes)
+        if g == ffi.NULL:
+            raise MemoryError("could not allocate a HAM table")
+        self._g = ffi.gc(g, lib.dtp_ham_free)
+
+    def merge(self, batch: bytes | bytearray | memoryview, machine_state: float) -> MergeResult:
+        """Merge an encoded batch against the machine clock ``machine_state``."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        size = len(batch)
+        status = bytearray(max(1, size // 12 + 1))
+        changed = bytearray(max(size, HAM_BATCH_HEADER_LEN))
+        counts = ffi.new("size_t[2]")
+        rc = lib.dtp_ham_merge(
+            self._g, machine_state, _from(batch), size, _from(status), len(status),
+            counts, _from(changed), len(changed), counts + 1,
+        )
+        _check(rc, remote=True)
+        return MergeResult(bytes(status[: counts[0]]), bytes(changed[: counts[1]]))
+
+    def advance(self, machine_state: float) -> bytes:
+        """Apply deferred updates now due; returns those applied, as a batch."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        changed = bytearray(lib.dtp_ham_deferred_bytes(self._g) + HAM_BATCH_HEADER_LEN)
+        written = ffi.new("size_t *")
+        _check(
+            lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written),
+            remote=False,
+        )
+        return bytes(changed[: written[0]])
+
+    def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
+        """(state, value) of one field, or None."""
+        state = ffi.new("double *")
+        value = ffi.new("uint8_t **")
+        vlen = ffi.new("size_t *")
+        found = lib.dtp_ham_get(self._g, soul, len(soul), field, len(field), state, value, vlen)
+        if not found:
+            return None
+        return state[0], bytes(ffi.buffer(value[0], vlen[0]))
+
+    def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The whole table as a sequence of batches of at most ``max_batch_bytes``."""
+        cursor = ffi.new("uint64_t *")
+        written = ffi.new("size_t *")
+        size = max(max_batch_bytes, HAM_BATCH_HEADER_LEN + 3 * 1024 + 8 + 1048576 + 16)
+        out = bytearray(size)
+        while True:
+            rc = _check(
+                lib.dtp_ham_export(self._g, cursor, _from(out), len(out), written), remote=False
+            )
+            if written[0] > HAM_BATCH_HEADER_LEN:
+                yield bytes(out[: written[0]])
+            if rc == t.OK:
+                return
+
+    def __len__(self) -> int:
+        return int(lib.dtp_ham_count(self._g))
+
+    @property
+    def deferred_count(self) -> int:
+        return int(lib.dtp_ham_deferred_count(self._g))
+
+    @property
+    def deferred_bytes(self) -> int:
+        return int(lib.dtp_ham_deferred_bytes(self._g))
+
+
+
+# --------------------------------------------------------------------------------------
+# backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
+
+from dtp._reference.ham import decode_ham_batch, encode_ham_batch  # noqa: E402
+
+if TYPE_CHECKING or not PUREPYTHON:
+    write_record_header = native_write_record_header
+    parse_records = native_parse_records
+    decode_frames = native_decode_frames
+    encode_frames = native_encode_frames
+    Aead = NativeAead
+    Reassembler = NativeReassembler
+    HamGraph = NativeHamGraph
+else:
+    from dtp._reference import (  # noqa: F401
+        Aead,
+        HamGraph,
+        Reassembler,
+        decode_frames,
+        encode_frames,
+        parse_records,
+        write_record_header,
+    )
+
+BACKEND = "python" if PUREPYTHON else "c"
+
+__all__ = [
+    "BACKEND",
+    "HAVE_NATIVE",
+    "Aead",
+    "HamGraph",
+    "HamUpdate",
+    "Reassembler",
+    "decode_frames",
+    "decode_ham_batch",
+    "encode_frames",
+    "encode_ham_batch",
+    "parse_records",
+    "write_record_header",
+]

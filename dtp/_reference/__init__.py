@@ -1,0 +1,23 @@
+"""Pure-Python twins of every C entry point (the readable spec of the C core).
+
+Each name here has the same signature and results as its C-backed counterpart in
+:mod:`dtp._core`; ``DTP_PUREPYTHON=1`` makes the whole package use these. Hypothesis
+tests check that both backends agree on outputs and error codes.
+"""
+
+from dtp._reference.aead import Aead
+from dtp._reference.frames import decode_frames, encode_frames, parse_records, write_record_header
+from dtp._reference.ham import HamGraph, decode_ham_batch, encode_ham_batch
+from dtp._reference.reasm import Reassembler
+
+__all__ = [
+    "Aead",
+    "HamGraph",
+    "Reassembler",
+    "decode_frames",
+    "decode_ham_batch",
+    "encode_frames",
+    "encode_ham_batch",
+    "parse_records",
+    "write_record_header",
+]

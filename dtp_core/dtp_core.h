@@ -1,0 +1,277 @@
+/*
+ * dtp_core.h -- the one public header of the DTP C core.
+ *
+ * The C core has no I/O, no Python API and no global state: every function works on
+ * buffers the caller owns and on context objects the caller creates and frees.
+ * docs/protocol.md is the normative description of every byte format used here;
+ * dtp/_reference/ holds a pure-Python twin of every entry point.
+ *
+ * Return convention: 0 (DTP_OK) or a small positive status on success, a negative
+ * DTP_ERR_* code on failure. Output parameters are only meaningful as documented per
+ * function. Every length is checked; no function reads or writes outside the buffers
+ * it is given.
+ *
+ * This file is also read by dtp_core/build_ffi.py as the cffi cdef: keep everything
+ * between the CDEF markers free of preprocessor logic other than plain #define of
+ * integer constants.
+ */
+#ifndef DTP_CORE_H
+#define DTP_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+
+/* ---- status and error codes ------------------------------------------------------ */
+#define DTP_OK 0
+#define DTP_NEED_MORE 1 /* input ends inside an item: feed more bytes and call again */
+#define DTP_FULL 2      /* the output array is full: consume it and call again */
+#define DTP_STOP 3      /* stopped before a record of a kind this call does not handle */
+
+#define DTP_ERR_BUFFER -1 /* caller's output buffer is too small (local misuse) */
+#define DTP_ERR_ARG -2    /* invalid argument (local misuse) */
+#define DTP_ERR_NOMEM -3  /* allocation failed */
+
+#define DTP_ERR_VARINT -10          /* varint value >= 2^62 on encode */
+#define DTP_ERR_FRAME_TYPE -11      /* unknown frame type */
+#define DTP_ERR_FRAME_SIZE -12      /* a length field exceeds its cap */
+#define DTP_ERR_FRAME_TRUNCATED -13 /* a frame runs past the end of a complete record */
+#define DTP_ERR_FRAME_VALUE -14     /* a field value is invalid (see protocol.md) */
+
+#define DTP_ERR_RECORD_KIND -20  /* unknown record kind */
+#define DTP_ERR_RECORD_FLAGS -21 /* reserved record flag bits set */
+#define DTP_ERR_RECORD_SIZE -22  /* record length outside [min, max] for its kind */
+
+#define DTP_ERR_DECRYPT -30 /* AEAD authentication failed (detail-free on purpose) */
+#define DTP_ERR_REPLAY -31  /* counter already seen or older than the replay window */
+#define DTP_ERR_COUNTER -32 /* counter space exhausted (2^64 - 1 is reserved) */
+#define DTP_ERR_CRYPTO -33  /* OpenSSL reported an internal failure */
+
+#define DTP_ERR_REASM_WINDOW -40     /* data beyond the reassembly window (memory cap) */
+#define DTP_ERR_REASM_FRAGMENTED -41 /* too many disjoint ranges buffered */
+
+#define DTP_ERR_HAM_MALFORMED -50 /* truncated or inconsistent HAM batch */
+#define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
+#define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
+
+/* ---- limits (mirrored in dtp/_reference/limits.py) --------------------------------- */
+#define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */
+#define DTP_RECORD_HEADER_LEN 12
+#define DTP_AEAD_TAG_LEN 16
+#define DTP_AEAD_KEY_LEN 32
+#define DTP_MAX_RECORD_PLAINTEXT 16384
+#define DTP_MAX_HANDSHAKE_RECORD 4096
+#define DTP_MAX_FRAME_DATA 16384
+#define DTP_MAX_CLOSE_REASON 1024
+#define DTP_MAX_RECEIPT 1024
+#define DTP_MAX_ACK_RANGES 256
+#define DTP_REPLAY_WINDOW 4096
+
+#define DTP_HAM_BATCH_VERSION 1
+#define DTP_HAM_BATCH_HEADER_LEN 5
+#define DTP_HAM_MAX_KEY 1024
+#define DTP_HAM_MAX_VALUE 1048576
+#define DTP_HAM_MAX_UPDATES 4000000
+
+/* ---- records (frame.c) ------------------------------------------------------------ */
+/* A record is a 12-byte header (kind u8, flags u8, length u16 LE, counter u64 LE)
+ * followed by `length` bytes of body. For DATA records the body is ciphertext||tag and
+ * the header is the AEAD associated data. */
+#define DTP_REC_HS_INIT 1
+#define DTP_REC_HS_RESP 2
+#define DTP_REC_HS_FINAL 3
+#define DTP_REC_DATA 16
+
+typedef struct dtp_record {
+    uint8_t kind;
+    uint8_t flags;
+    uint16_t reserved;
+    uint32_t body_len; /* bytes of body (ciphertext + tag for DATA) */
+    uint64_t counter;
+    uint64_t offset; /* offset of the record header in the input buffer */
+} dtp_record;
+
+/* Split `buf` into whole records. Stops at the first incomplete record (DTP_NEED_MORE),
+ * when `max_records` entries are filled (DTP_FULL) or at the end (DTP_OK). *consumed is
+ * the number of bytes covered by the *n_records entries written. A malformed header
+ * returns its negative code with *consumed / *n_records describing the good prefix. */
+int dtp_records_parse(const uint8_t *buf, size_t len, dtp_record *out, size_t max_records,
+                      size_t *n_records, size_t *consumed);
+
+/* Write one record header at out[0..12). */
+int dtp_record_header_write(uint8_t kind, uint8_t flags, uint32_t body_len, uint64_t counter,
+                            uint8_t *out, size_t out_cap);
+
+/* ---- frames (frame.c) ------------------------------------------------------------- */
+#define DTP_FRAME_PADDING 0
+#define DTP_FRAME_PING 1
+#define DTP_FRAME_ACK 2
+#define DTP_FRAME_MAX_DATA 3
+#define DTP_FRAME_MAX_STREAM_DATA 4
+#define DTP_FRAME_RESET_STREAM 5
+#define DTP_FRAME_STOP_SENDING 6
+#define DTP_FRAME_MAX_STREAMS 7
+#define DTP_FRAME_STREAM 8
+#define DTP_FRAME_STREAM_FIN 9
+#define DTP_FRAME_CLOSE 10
+#define DTP_FRAME_RECEIPT 11
+#define DTP_FRAME_CONTROL 12
+#define DTP_FRAME_DATAGRAM 13
+
+/* One decoded (or to-be-encoded) frame. Field use per type is in protocol.md:
+ *   PADDING: a = run length          ACK: a = first range index, b = range count,
+ *   MAX_DATA: a = max                     c = ack delay (microseconds)
+ *   MAX_STREAM_DATA: a = stream, b = max   RESET_STREAM: a = stream, b = code, c = final size
+ *   STOP_SENDING: a = stream, b = code     MAX_STREAMS: a = max
+ *   STREAM / STREAM_FIN: a = stream, b = offset, data = payload
+ *   CLOSE: a = code, data = reason     RECEIPT: data     CONTROL: a = kind, data
+ *   DATAGRAM: data
+ * data_off/data_len locate the data: in the decode input, or in the encode data buffer. */
+typedef struct dtp_frame {
+    uint8_t type;
+    uint8_t reserved0;
+    uint16_t reserved1;
+    uint32_t data_len;
+    uint64_t data_off;
+    uint64_t a;
+    uint64_t b;
+    uint64_t c;
+} dtp_frame;
+
+/* An acknowledged range of record counters, inclusive, largest range first. */
+typedef struct dtp_ack_range {
+    uint64_t lo;
+    uint64_t hi;
+} dtp_ack_range;
+
+/* Decode frames from `buf`. If `complete` is nonzero, buf is a whole record body and a
+ * frame running past its end is DTP_ERR_FRAME_TRUNCATED; otherwise that is
+ * DTP_NEED_MORE. Stops with DTP_FULL when `frames` or `ranges` would overflow. On any
+ * return, *n_frames / *n_ranges / *consumed describe the frames fully decoded. */
+int dtp_frames_decode(const uint8_t *buf, size_t len, int complete, dtp_frame *frames,
+                      size_t max_frames, dtp_ack_range *ranges, size_t max_ranges,
+                      size_t *n_frames, size_t *n_ranges, size_t *consumed);
+
+/* Encode `n` frames into `out`. Frame data is read from data[data_off, data_off+data_len);
+ * ACK ranges from ranges[a, a+b). Returns DTP_ERR_BUFFER if out_cap is too small, with
+ * *written = 0. Encoding is canonical (minimal varints). */
+int dtp_frames_encode(const dtp_frame *frames, size_t n, const uint8_t *data, size_t data_len,
+                      const dtp_ack_range *ranges, size_t n_ranges, uint8_t *out,
+                      size_t out_cap, size_t *written);
+
+/* ---- AEAD (aead.c) ---------------------------------------------------------------- */
+/* A direction's key plus the receive replay window. ChaCha20-Poly1305 (RFC 8439) with
+ * nonce = 4 zero bytes || counter as u64 LE, exactly as Noise's ChaChaPoly. */
+typedef struct dtp_aead dtp_aead;
+
+dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len);
+void dtp_aead_free(dtp_aead *ctx);
+
+/* Seal n DATA records with counters first_counter .. first_counter+n-1. Plaintexts are
+ * consecutive in `plain`, lengths in lens[]. Output is header||ciphertext||tag for each
+ * record, back to back. Needs out_cap >= sum(lens) + n * 28. */
+int dtp_aead_seal_batch(dtp_aead *ctx, uint64_t first_counter, const uint8_t *plain,
+                        size_t plain_len, const uint32_t *lens, size_t n, uint8_t *out,
+                        size_t out_cap, size_t *written);
+
+/* One opened record: where its plaintext landed in plain_out, its counter and status
+ * (DTP_OK, or DTP_ERR_REPLAY for a duplicate/too-old record, whose plaintext is empty). */
+typedef struct dtp_opened {
+    uint64_t counter;
+    uint64_t plain_off;
+    uint32_t plain_len;
+    int32_t status;
+} dtp_opened;
+
+/* Parse and open DATA records from `buf` (a byte stream: it may end mid-record).
+ * Stops at: the end (DTP_OK), an incomplete record (DTP_NEED_MORE), a full `out`
+ * or `plain_out` (DTP_FULL), a record of another kind (DTP_STOP; *consumed points at it),
+ * an authentication failure (DTP_ERR_DECRYPT; *consumed points at the bad record), or a
+ * malformed header (its code). Records before the stop are opened and reported. The
+ * replay window only advances for records that authenticate. */
+int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened *out,
+                        size_t max_out, uint8_t *plain_out, size_t plain_cap, size_t *n_out,
+                        size_t *consumed);
+
+/* Highest counter accepted so far, and whether any has been (0 / 1). */
+int dtp_aead_replay_top(const dtp_aead *ctx, uint64_t *top);
+
+/* ---- reassembly (reasm.c) --------------------------------------------------------- */
+/* A reorder buffer over a byte sequence space (TCP-style sequence numbers = byte
+ * offsets). Accepts chunks out of order, with duplicates and overlaps, and releases the
+ * contiguous prefix. Memory is capped by `window`: bytes at or beyond
+ * next_seq + window are refused. */
+typedef struct dtp_reasm dtp_reasm;
+
+typedef struct dtp_chunk {
+    uint64_t seq;      /* sequence number (byte offset) of the chunk's first byte */
+    uint64_t data_off; /* where the chunk's bytes start in the data buffer */
+    uint32_t len;
+    uint32_t reserved;
+} dtp_chunk;
+
+dtp_reasm *dtp_reasm_new(uint64_t start_seq, uint32_t window, uint32_t max_ranges);
+void dtp_reasm_free(dtp_reasm *r);
+
+/* Insert chunks. All chunks are validated before any is inserted, so an error changes
+ * nothing. Bytes before next_seq (already released) are ignored; overlaps keep the
+ * bytes that arrived first. */
+int dtp_reasm_push(dtp_reasm *r, const dtp_chunk *chunks, size_t n, const uint8_t *data,
+                   size_t data_len);
+
+/* Release up to out_cap contiguous bytes starting at next_seq. */
+int dtp_reasm_pop(dtp_reasm *r, uint8_t *out, size_t out_cap, size_t *written);
+
+uint64_t dtp_reasm_next_seq(const dtp_reasm *r);   /* first byte not yet released */
+uint64_t dtp_reasm_readable(const dtp_reasm *r);   /* contiguous bytes ready to pop */
+uint64_t dtp_reasm_buffered(const dtp_reasm *r);   /* all bytes held, in order or not */
+
+/* ---- HAM CRDT (ham.c) ------------------------------------------------------------- */
+/* Batch wire form: version u8 (=1), count u32 LE, then count updates of
+ *   varint soul_len, soul, varint field_len, field, f64 LE state, varint value_len, value.
+ * Souls and fields are 1..DTP_HAM_MAX_KEY bytes, values 0..DTP_HAM_MAX_VALUE bytes of
+ * canonical value encoding (compared bytewise to break ties). */
+#define DTP_HAM_APPLIED 0    /* the update won and is now the field's value */
+#define DTP_HAM_HISTORICAL 1 /* older than the current state, or lost the tie: ignored */
+#define DTP_HAM_DEFERRED 2   /* state ahead of the machine clock: held for later */
+#define DTP_HAM_SAME 3       /* identical state and value: nothing to do */
+#define DTP_HAM_REJECTED 4   /* deferred queue full: dropped */
+
+typedef struct dtp_ham dtp_ham;
+
+dtp_ham *dtp_ham_new(size_t max_deferred_bytes);
+void dtp_ham_free(dtp_ham *g);
+
+/* Validate the whole batch (nothing changes if it is malformed), then merge updates in
+ * order against machine_state. status[i] receives the outcome of update i (status_cap
+ * must be >= the batch's count, else DTP_ERR_BUFFER before any change). `changed`
+ * receives the applied updates as a batch in the same wire form; changed_cap >= len
+ * always suffices. */
+int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t len,
+                  uint8_t *status, size_t status_cap, size_t *n_updates, uint8_t *changed,
+                  size_t changed_cap, size_t *changed_len);
+
+/* Apply deferred updates whose state <= machine_state (in arrival order) and write the
+ * ones that were applied to `changed` as a batch. changed_cap >= dtp_ham_deferred_bytes()
+ * + DTP_HAM_BATCH_HEADER_LEN always suffices. */
+int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t changed_cap,
+                    size_t *changed_len);
+
+/* Look up one field: returns 1 and fills state/value (pointing into the table, valid
+ * until the next call that changes g), or 0 if absent. */
+int dtp_ham_get(const dtp_ham *g, const uint8_t *soul, size_t soul_len, const uint8_t *field,
+                size_t field_len, double *state, const uint8_t **value, size_t *value_len);
+
+/* Write table entries as a batch, starting at *cursor (0 to begin); advances *cursor.
+ * Returns DTP_OK when the table is exhausted, DTP_FULL when out filled first. */
+int dtp_ham_export(const dtp_ham *g, uint64_t *cursor, uint8_t *out, size_t out_cap,
+                   size_t *written);
+
+size_t dtp_ham_count(const dtp_ham *g);          /* fields in the table */
+size_t dtp_ham_deferred_count(const dtp_ham *g); /* updates held for later */
+size_t dtp_ham_deferred_bytes(const dtp_ham *g); /* their encoded size */
+
+/* CDEF-END */
+
+#endif /* DTP_CORE_H */

@@ -1,0 +1,51 @@
+"""Shared fixtures. ``backend`` runs a test once per core backend: the C extension
+(``dtp._core`` native names) and the pure-Python twin (``dtp._reference``)."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from dtp import _core, _reference
+
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("sanitizer", max_examples=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+NATIVE = SimpleNamespace(
+    name="c",
+    Aead=_core.NativeAead,
+    Reassembler=_core.NativeReassembler,
+    HamGraph=_core.NativeHamGraph,
+    decode_frames=_core.native_decode_frames,
+    encode_frames=_core.native_encode_frames,
+    parse_records=_core.native_parse_records,
+    write_record_header=_core.native_write_record_header,
+)
+REFERENCE = SimpleNamespace(
+    name="python",
+    Aead=_reference.Aead,
+    Reassembler=_reference.Reassembler,
+    HamGraph=_reference.HamGraph,
+    decode_frames=_reference.decode_frames,
+    encode_frames=_reference.encode_frames,
+    parse_records=_reference.parse_records,
+    write_record_header=_reference.write_record_header,
+)
+BACKENDS = [NATIVE, REFERENCE] if _core.HAVE_NATIVE else [REFERENCE]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+def backend(request: pytest.FixtureRequest) -> SimpleNamespace:
+    return request.param
+
+
+def require_native() -> None:
+    if not _core.HAVE_NATIVE:
+        pytest.fail("the C extension is not built; differential tests need it")
