@@ -88,6 +88,10 @@ def _from(data: bytes | bytearray | memoryview) -> Any:
 
 def native_write_record_header(kind: int, flags: int, body_len: int, counter: int) -> bytes:
     """The 12-byte header of a record."""
+    if not (0 <= kind <= 0xFF and 0 <= flags <= 0xFF and 0 <= counter < 2**64):
+        raise LocalProtocolError("record header field out of range", ErrorCode.ARG)
+    if not 0 <= body_len <= 0xFFFF:
+        raise LocalProtocolError(code=ErrorCode.RECORD_SIZE)
     out = bytearray(RECORD_HEADER_LEN)
     _check(
         lib.dtp_record_header_write(kind, flags, body_len, counter, _from(out), len(out)),
@@ -175,8 +179,16 @@ def native_decode_frames(
     ranges = ffi.new("dtp_ack_range[]", rcap)
     counts = ffi.new("size_t[3]")
     rc = lib.dtp_frames_decode(
-        _from(data), len(data), int(complete), frames, fcap, ranges, rcap,
-        counts, counts + 1, counts + 2,
+        _from(data),
+        len(data),
+        int(complete),
+        frames,
+        fcap,
+        ranges,
+        rcap,
+        counts,
+        counts + 1,
+        counts + 2,
     )
     _check(rc, remote=True)
     return NativeFrameBatch(data, frames, ranges, counts[0], rc, counts[2])
@@ -220,8 +232,15 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
     out = bytearray(budget)
     written = ffi.new("size_t *")
     rc = lib.dtp_frames_encode(
-        cframes, n, _from(data), len(data), cranges, len(all_ranges),
-        _from(out), len(out), written,
+        cframes,
+        n,
+        _from(data),
+        len(data),
+        cranges,
+        len(all_ranges),
+        _from(out),
+        len(out),
+        written,
     )
     _check(rc, remote=False)
     return bytes(out[: written[0]])
@@ -258,7 +277,9 @@ class NativeAead:
         return self._seal(first_counter, plain, lens, n)
 
     def seal_chunks(
-        self, first_counter: int, data: bytes | bytearray | memoryview,
+        self,
+        first_counter: int,
+        data: bytes | bytearray | memoryview,
         chunk: int = MAX_RECORD_PLAINTEXT,
     ) -> tuple[bytes, int]:
         """Split ``data`` into records of ``chunk`` bytes (the last may be shorter) and
@@ -279,8 +300,15 @@ class NativeAead:
         out = bytearray(len(plain) + n * RECORD_OVERHEAD)
         written = ffi.new("size_t *")
         rc = lib.dtp_aead_seal_batch(
-            self._ctx, first_counter, _from(plain), len(plain), lens, n,
-            _from(out), len(out), written,
+            self._ctx,
+            first_counter,
+            _from(plain),
+            len(plain),
+            lens,
+            n,
+            _from(out),
+            len(out),
+            written,
         )
         _check(rc, remote=False)
         return bytes(out[: written[0]])
@@ -292,8 +320,15 @@ class NativeAead:
         plain = bytearray(len(buf))
         counts = ffi.new("size_t[2]")
         rc = lib.dtp_aead_open_batch(
-            self._ctx, _from(buf), len(buf), out, cap, _from(plain), len(plain),
-            counts, counts + 1,
+            self._ctx,
+            _from(buf),
+            len(buf),
+            out,
+            cap,
+            _from(plain),
+            len(plain),
+            counts,
+            counts + 1,
         )
         records = []
         for i in range(counts[0]):
@@ -305,6 +340,46 @@ class NativeAead:
         if rc < 0:
             return OpenResult(records, counts[1], rc, error_for(rc, remote=True))  # type: ignore[arg-type]
         return OpenResult(records, counts[1], rc)
+
+    def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
+        """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
+        if not 0 <= counter < 2**64 - 1:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        out = bytearray(len(plaintext) + AEAD_TAG_LEN)
+        written = ffi.new("size_t *")
+        rc = lib.dtp_aead_seal_one(
+            self._ctx,
+            counter,
+            ad,
+            len(ad),
+            _from(plaintext),
+            len(plaintext),
+            _from(out),
+            len(out),
+            written,
+        )
+        _check(rc, remote=False)
+        return bytes(out[: written[0]])
+
+    def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+        """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
+        if not 0 <= counter < 2**64 - 1:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        out = bytearray(max(1, len(ciphertext)))
+        written = ffi.new("size_t *")
+        rc = lib.dtp_aead_open_one(
+            self._ctx,
+            counter,
+            ad,
+            len(ad),
+            _from(ciphertext),
+            len(ciphertext),
+            _from(out),
+            len(out),
+            written,
+        )
+        _check(rc, remote=True)
+        return bytes(out[: written[0]])
 
     @property
     def replay_top(self) -> int | None:
@@ -383,8 +458,11 @@ class NativeReassembler:
 class NativeHamGraph:
     """The HAM field table (C core): merge batches, hold deferred updates, look up."""
 
-    def __init__(self, max_deferred_bytes: int = 64 << 20) -> None:
-        g = lib.dtp_ham_new(max_deferred_bytes)
+    def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
+        seed = os.urandom(16) if seed is None else seed
+        if len(seed) != 16:
+            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+        g = lib.dtp_ham_new(max_deferred_bytes, seed, len(seed))
         if g == ffi.NULL:
             raise MemoryError("could not allocate a HAM table")
         self._g = ffi.gc(g, lib.dtp_ham_free)
@@ -398,8 +476,16 @@ class NativeHamGraph:
         changed = bytearray(max(size, HAM_BATCH_HEADER_LEN))
         counts = ffi.new("size_t[2]")
         rc = lib.dtp_ham_merge(
-            self._g, machine_state, _from(batch), size, _from(status), len(status),
-            counts, _from(changed), len(changed), counts + 1,
+            self._g,
+            machine_state,
+            _from(batch),
+            size,
+            _from(status),
+            len(status),
+            counts,
+            _from(changed),
+            len(changed),
+            counts + 1,
         )
         _check(rc, remote=True)
         return MergeResult(bytes(status[: counts[0]]), bytes(changed[: counts[1]]))
@@ -453,7 +539,6 @@ class NativeHamGraph:
         return int(lib.dtp_ham_deferred_bytes(self._g))
 
 
-
 # --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
@@ -468,7 +553,7 @@ if TYPE_CHECKING or not PUREPYTHON:
     Reassembler = NativeReassembler
     HamGraph = NativeHamGraph
 else:
-    from dtp._reference import (  # noqa: F401
+    from dtp._reference import (
         Aead,
         HamGraph,
         Reassembler,

@@ -108,7 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    path = make_ffi(sanitize=args.sanitize, prefix=f"{ROOT}/").compile(tmpdir=str(out), verbose=False)
+    path = make_ffi(sanitize=args.sanitize, prefix=f"{ROOT}/").compile(
+        tmpdir=str(out), verbose=False
+    )
     print(path)
 
 

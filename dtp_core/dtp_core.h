@@ -194,6 +194,17 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
                         size_t max_out, uint8_t *plain_out, size_t plain_cap, size_t *n_out,
                         size_t *consumed);
 
+/* Seal / open one message with an explicit counter and associated data (no record
+ * header, no replay window): out = ciphertext || tag. Byte-compatible with Noise's
+ * ChaChaPoly encrypt(k, n, ad, plaintext). open_one returns DTP_ERR_DECRYPT on any
+ * authentication failure and writes no plaintext then. */
+int dtp_aead_seal_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                      const uint8_t *plain, size_t plain_len, uint8_t *out, size_t out_cap,
+                      size_t *written);
+int dtp_aead_open_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                      const uint8_t *ct, size_t ct_len, uint8_t *out, size_t out_cap,
+                      size_t *written);
+
 /* Highest counter accepted so far, and whether any has been (0 / 1). */
 int dtp_aead_replay_top(const dtp_aead *ctx, uint64_t *top);
 
@@ -240,7 +251,9 @@ uint64_t dtp_reasm_buffered(const dtp_reasm *r);   /* all bytes held, in order o
 
 typedef struct dtp_ham dtp_ham;
 
-dtp_ham *dtp_ham_new(size_t max_deferred_bytes);
+/* seed: 16 random bytes keying the table's hash (peers choose souls and fields, so the
+ * hash must not be predictable to them). */
+dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len);
 void dtp_ham_free(dtp_ham *g);
 
 /* Validate the whole batch (nothing changes if it is malformed), then merge updates in

@@ -49,4 +49,27 @@ static inline uint64_t dtp_get_u64le(const uint8_t *p) {
     return v;
 }
 
+/* Validate the 12-byte record header at p (the caller has checked 12 bytes exist) and
+ * fill *out (offset left to the caller). Checks, in order: kind, flags, body length. */
+static inline int dtp_record_header_check(const uint8_t *p, dtp_record *out) {
+    uint8_t kind = p[0];
+    uint32_t body = dtp_get_u16le(p + 2);
+    if (kind == DTP_REC_DATA) {
+        if (p[1] != 0) return DTP_ERR_RECORD_FLAGS;
+        if (body < DTP_AEAD_TAG_LEN || body > DTP_MAX_RECORD_PLAINTEXT + DTP_AEAD_TAG_LEN)
+            return DTP_ERR_RECORD_SIZE;
+    } else if (kind == DTP_REC_HS_INIT || kind == DTP_REC_HS_RESP || kind == DTP_REC_HS_FINAL) {
+        if (p[1] != 0) return DTP_ERR_RECORD_FLAGS;
+        if (body < 1 || body > DTP_MAX_HANDSHAKE_RECORD) return DTP_ERR_RECORD_SIZE;
+    } else {
+        return DTP_ERR_RECORD_KIND;
+    }
+    out->kind = kind;
+    out->flags = p[1];
+    out->reserved = 0;
+    out->body_len = body;
+    out->counter = dtp_get_u64le(p + 4);
+    return DTP_OK;
+}
+
 #endif /* DTP_INTERNAL_H */

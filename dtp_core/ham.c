@@ -1,7 +1,7 @@
 /* ham.c -- PLACEHOLDER: to be implemented (see dtp_core.h). */
 #include "dtp_internal.h"
 
-dtp_ham *dtp_ham_new(size_t max_deferred_bytes) { (void)max_deferred_bytes; return NULL; }
+dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len) { (void)max_deferred_bytes; (void)seed; (void)seed_len; return NULL; }
 
 void dtp_ham_free(dtp_ham *g) { (void)g;  }
 

@@ -1,2 +1,4 @@
 """PLACEHOLDER twin: to be implemented."""
+
+
 class Reassembler: ...
