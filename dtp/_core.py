@@ -35,9 +35,8 @@ PUREPYTHON = os.environ.get("DTP_PUREPYTHON") == "1"
 
 def _load_extension() -> tuple[Any, Any] | None:
     path = os.environ.get("DTP_CORE_LIB")
-    if path:
-        if not os.path.exists(path):
-            raise ImportError(f"DTP_CORE_LIB={path!r} does not exist")
+    if path and not os.path.exists(path):
+        raise ImportError(f"DTP_CORE_LIB={path!r} does not exist")
     try:
         if path:
             spec = importlib.util.spec_from_file_location("dtp._dtp_core", path)
