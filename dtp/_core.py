@@ -45,7 +45,7 @@ def _load_extension() -> tuple[Any, Any] | None:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            from dtp import _dtp_core as module  # type: ignore[attr-defined]
+            module = importlib.import_module("dtp._dtp_core")
     except ImportError:
         if PUREPYTHON:
             return None

@@ -155,3 +155,50 @@ def error_for(rc: int, *, remote: bool | None = None, context: str = "") -> DTPE
         remote = code in _REMOTE_BY_DEFAULT
     cls = RemoteProtocolError if remote else LocalProtocolError
     return cls(message, code)
+
+
+# -- connection layer --------------------------------------------------------------------
+
+
+class HandshakeError(DTPError):
+    """The Noise handshake or the client's identity proof failed (wrong server key,
+    bad signature, malformed handshake message, peer gone during the handshake)."""
+
+
+class ConnectionRefused(DTPError, ConnectionRefusedError):
+    """The server refused this client (accept hook, firewall); ``reason`` says why."""
+
+    def __init__(self, reason: str = "refused by the server", code: int = 0) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason)
+
+
+class ConnectionLost(DTPError, ConnectionResetError):
+    """The peer or the carrier went away without a clean close."""
+
+
+class ConnectionClosed(DTPError):
+    """The connection was closed (by either side) with ``code`` and ``reason``."""
+
+    def __init__(self, reason: str = "connection closed", code: int = 0) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(f"{reason} (code {code})" if code else reason)
+
+
+class StreamReset(DTPError, ConnectionResetError):
+    """The peer reset the stream with an application error ``code``."""
+
+    def __init__(self, stream_id: int, code: int) -> None:
+        self.stream_id = stream_id
+        self.code = code
+        super().__init__(f"stream {stream_id} reset by peer (code {code})")
+
+
+class DTPTimeoutError(DTPError, TimeoutError):
+    """An operation did not finish within its timeout."""
+
+
+class KeyFileError(DTPError):
+    """A key file could not be read, decrypted, or has unsafe permissions."""

@@ -1,0 +1,110 @@
+"""Run each benchmark next to its peer, in the same run, and print their ratio.
+
+    python bench/compare.py [--quick] [--only NAME,NAME] [--json FILE] [--check]
+
+Rates are "higher is better". Each row alternates ours and the peer several times and
+reports the medians, and the median of the per-round ratios, because these machines are
+noisy. ``--check`` exits 1 when a row with a bar falls below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.workloads import ALL, Workload  # noqa: E402
+
+
+def measure(op: Callable[[], object], units: float, seconds: float) -> float:
+    """Units per second of ``op``, run repeatedly for about ``seconds``."""
+    op()  # warm up (allocations, caches, lazy imports)
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        op()
+        calls += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return units * calls / (now - start)
+
+
+def run_row(w: Workload, rounds: int, seconds: float) -> dict[str, object]:
+    ours_rates: list[float] = []
+    peer_rates: list[float] = []
+    ratios: list[float] = []
+    for _ in range(rounds):
+        ours = measure(w.ours, w.units, seconds)
+        if w.peer_rate is not None:
+            peer = w.peer_rate(seconds)
+        else:
+            assert w.peer is not None
+            peer = measure(w.peer, w.peer_units or w.units, seconds)
+        ours_rates.append(ours)
+        peer_rates.append(peer)
+        ratios.append(ours / peer)
+    ratio = statistics.median(ratios)
+    return {
+        "name": w.name,
+        "ours": statistics.median(ours_rates),
+        "peer": statistics.median(peer_rates),
+        "unit": w.unit,
+        "ratio": ratio,
+        "bar": w.bar,
+        "ok": None if w.bar is None else ratio >= w.bar,
+        "note": w.note,
+    }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (a few s per row)")
+    parser.add_argument("--only", help="comma-separated row names")
+    parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    args = parser.parse_args(argv)
+
+    names = list(ALL) if not args.only else [n.strip() for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(unknown)} (known: {', '.join(ALL)})")
+    rounds, seconds = (3, 0.4) if args.quick else (5, 1.5)
+
+    rows = []
+    header = f"{'name':<22} {'ours':>14} {'peer':>14} {'unit':<9} {'ratio':>7} {'bar':>6}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        row = run_row(ALL[name](), rounds, seconds)
+        rows.append(row)
+        bar = "" if row["bar"] is None else f"{row['bar']:.2f}"
+        flag = "" if row["ok"] is None else ("  ok" if row["ok"] else "  BELOW BAR")
+        print(
+            f"{name:<22} {_fmt(row['ours']):>14} {_fmt(row['peer']):>14} "  # type: ignore[arg-type]
+            f"{row['unit']:<9} {row['ratio']:>7.2f} {bar:>6}{flag}",
+            flush=True,
+        )
+    if args.json_path:
+        keys = ("name", "ours", "peer", "unit", "ratio")
+        Path(args.json_path).write_text(
+            json.dumps([{k: r[k] for k in keys} for r in rows], indent=2)
+        )
+    missed = [r["name"] for r in rows if r["ok"] is False]
+    if missed:
+        print(f"\nbelow bar: {', '.join(missed)}")  # type: ignore[arg-type]
+    return 1 if (args.check and missed) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Benchmark workloads shared by bench/compare.py and the pytest-benchmark suites.
+
+Each workload builds its inputs once and returns a :class:`Workload`: an operation of
+ours and one of the peer we compare against, each doing ``units`` units of work per
+call. A peer may instead be measured by a ``peer_rate`` function (e.g. ``openssl speed``,
+which reports its own rate).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dtp import _core, _reference
+from dtp._types import FRAME_STREAM, HamUpdate, RawFrame
+
+
+@dataclass
+class Workload:
+    name: str
+    unit: str
+    units: float  # units of work per call of `ours` / `peer`
+    ours: Callable[[], object]
+    peer: Callable[[], object] | None = None
+    peer_units: float | None = None
+    peer_rate: Callable[[float], float] | None = None  # seconds -> rate, measured elsewhere
+    bar: float | None = None
+    note: str = ""
+
+
+MB = 1_000_000
+
+
+# -- aead_seal_16k ---------------------------------------------------------------------
+
+
+def _openssl_rate(seconds: float) -> float:
+    """OpenSSL's own ChaCha20-Poly1305 speed on 16 KiB blocks, MB/s."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise RuntimeError("the openssl command is needed for the aead_seal_16k peer")
+    out = subprocess.run(
+        [
+            exe,
+            "speed",
+            "-seconds",
+            str(max(1, round(seconds))),
+            "-bytes",
+            "16384",
+            "-evp",
+            "chacha20-poly1305",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"^chacha20-poly1305\s+([\d.]+)k", out, re.I | re.M)
+    if match is None:
+        raise RuntimeError(f"could not read openssl speed output: {out!r}")
+    return float(match.group(1)) * 1000 / MB
+
+
+def aead_seal_16k() -> Workload:
+    aead = _core.NativeAead(os.urandom(32))
+    data = os.urandom(64 * 16384)
+    counter = [0]
+
+    def ours() -> object:
+        sealed, n = aead.seal_chunks(counter[0], data, 16384)
+        counter[0] += n
+        return sealed
+
+    return Workload(
+        "aead_seal_16k",
+        "MB/s",
+        len(data) / MB,
+        ours,
+        peer_rate=_openssl_rate,
+        bar=0.7,
+        note="C batch seal of 64 x 16 KiB records vs `openssl speed -evp chacha20-poly1305`",
+    )
+
+
+# -- aead_roundtrip_1k -----------------------------------------------------------------
+
+
+def _noise_pair() -> tuple[object, object]:
+    from noise.connection import Keypair, NoiseConnection
+
+    initiator = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_BLAKE2s")
+    responder = NoiseConnection.from_name(b"Noise_NN_25519_ChaChaPoly_BLAKE2s")
+    initiator.set_as_initiator()
+    responder.set_as_responder()
+    initiator.start_handshake()
+    responder.start_handshake()
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    assert initiator.handshake_finished and responder.handshake_finished
+    del Keypair
+    return initiator, responder
+
+
+def aead_roundtrip_1k() -> Workload:
+    key = os.urandom(32)
+    sender, receiver = _core.NativeAead(key), _core.NativeAead(key)
+    data = os.urandom(64 * 1024)
+    messages = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+    counter = [0]
+
+    def ours() -> object:
+        sealed, n = sender.seal_chunks(counter[0], data, 1024)
+        counter[0] += n
+        result = receiver.open(sealed)
+        assert len(result.records) == n and result.error is None
+        return result
+
+    initiator, responder = _noise_pair()
+
+    def peer() -> object:
+        out = [responder.decrypt(initiator.encrypt(m)) for m in messages]  # type: ignore[attr-defined]
+        assert len(out) == len(messages)
+        return out
+
+    return Workload(
+        "aead_roundtrip_1k",
+        "MB/s",
+        len(data) / MB,
+        ours,
+        peer,
+        bar=3.0,
+        note="seal+open of 1 KiB records in batches of 64 vs noiseprotocol encrypt+decrypt",
+    )
+
+
+# -- frame_decode_small ----------------------------------------------------------------
+
+
+def _small_stream_frames(count: int) -> bytes:
+    frames = []
+    offset = 0
+    for _ in range(count):
+        # 1 type + 1 stream + 4 offset + 1 length + 57 data = 64 bytes per frame
+        frames.append(RawFrame(FRAME_STREAM, 3, 1 << 20 | offset, 0, os.urandom(57)))
+        offset += 57
+    encoded = _reference.encode_frames(frames)
+    assert len(encoded) == 64 * count, len(encoded)
+    return encoded
+
+
+def frame_decode_small() -> Workload:
+    count = 1000
+    buf = _small_stream_frames(count)
+
+    def ours() -> object:
+        batch = _core.native_decode_frames(buf)
+        assert len(batch) == count
+        return batch
+
+    def peer() -> object:
+        batch = _reference.decode_frames(buf)
+        assert len(batch) == count
+        return batch
+
+    return Workload(
+        "frame_decode_small",
+        "frames/s",
+        count,
+        ours,
+        peer,
+        bar=20.0,
+        note="decode of 64-byte STREAM frames, 1000 per call, vs the Python twin",
+    )
+
+
+# -- ham_merge -------------------------------------------------------------------------
+
+
+def ham_conflict_batch(updates: int = 200_000, souls: int = 10_000, seed: int = 7) -> bytes:
+    """``updates`` writes to 4 fields of each of ``souls`` souls, with conflicting
+    states (several writes per field, some with equal states and different values)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(updates):
+        soul = b"soul/%d" % rng.randrange(souls)
+        field = b"f%d" % rng.randrange(4)
+        state = 1_700_000_000_000.0 + rng.randrange(1000)
+        value = struct.pack(">I", rng.randrange(1 << 32)) + b"v%d" % i
+        out.append(HamUpdate(soul, field, state, value))
+    return _core.encode_ham_batch(out)
+
+
+def ham_merge() -> Workload:
+    n = 200_000
+    batch = ham_conflict_batch(n)
+    now = 1_800_000_000_000.0
+
+    def ours() -> object:
+        return _core.NativeHamGraph().merge(batch, now)
+
+    def peer() -> object:
+        return _reference.HamGraph().merge(batch, now)
+
+    return Workload(
+        "ham_merge",
+        "merges/s",
+        n,
+        ours,
+        peer,
+        bar=20.0,
+        note="200k conflicting updates over 10k souls, one encoded batch, vs the Python twin",
+    )
+
+
+ALL: dict[str, Callable[[], Workload]] = {
+    "aead_seal_16k": aead_seal_16k,
+    "aead_roundtrip_1k": aead_roundtrip_1k,
+    "frame_decode_small": frame_decode_small,
+    "ham_merge": ham_merge,
+}

@@ -1,0 +1,60 @@
+"""The ``dtp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from dtp import __version__
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dtp.demo import run_demo
+
+    return run_demo(quick=args.quick)
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    from dtp import _core
+
+    print(f"dtp {__version__} (core backend: {_core.BACKEND})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dtp",
+        description="DTP: encrypted, paid, TCP-like connections between Sui hosts.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the guided demo (no set-up needed)")
+    demo.add_argument("--quick", action="store_true", help="smaller workloads")
+    demo.set_defaults(func=_cmd_demo)
+
+    version = sub.add_parser("version", help="print the version and core backend")
+    version.set_defaults(func=_cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Make this checkout runnable on a fresh machine: system packages (only if missing),
+# a virtualenv in .venv, and the package with its C core built in place.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "DTP needs Python 3.11 or newer as '$PY' (set PYTHON=/path/to/python3.11)." >&2
+  exit 1
+fi
+
+need_apt=()
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+[ -f /usr/include/openssl/evp.h ] || need_apt+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+"$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "installing system packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+fi
+
+# Rebuild when any C source or the builder is newer than the built extension.
+so=$(ls dtp/_dtp_core*.so 2>/dev/null | head -n1 || true)
+stamp=.venv/.dtp-installed
+if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml setup.py -newer "$so" -type f 2>/dev/null | head -n1)" ]; then
+  log "installing dtp and its dependencies (builds the C core)"
+  .venv/bin/pip install -q -e '.[test,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  touch "$stamp"
+fi
+.venv/bin/python -c 'import dtp._core as c; assert c.HAVE_NATIVE' \
+  || { echo "the C core did not build; see the pip output above" >&2; exit 1; }
