@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workloads import ALL, Workload  # noqa: E402
+from bench.workloads import ALL, Workload
 
 
 def measure(op: Callable[[], object], units: float, seconds: float) -> float:
