@@ -1,0 +1,197 @@
+"""Acknowledgement and loss recovery for carriers that may lose, duplicate or reorder
+records (the ledger carrier, datagram carriers). Over TCP none of this runs.
+
+The scheme follows QUIC's (RFC 9002) in small: every DATA record has a counter; the
+receiver acknowledges counters in ranges; the sender declares a record lost when a
+record sent 3 counters later was acknowledged, or when it is older than 9/8 of the
+RTT behind the newest acknowledged one, or when the probe timeout fires; lost frames
+are sent again in new records (new counters), never the old bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+PACKET_THRESHOLD = 3
+TIME_THRESHOLD = 9 / 8
+INITIAL_RTT = 0.333
+GRANULARITY = 0.001
+MAX_ACK_DELAY = 0.025
+ACK_EVERY = 2  # acknowledge at once after this many ack-eliciting records
+MAX_ACK_RANGES = 64
+
+
+class RangeSet:
+    """Disjoint inclusive integer ranges, kept sorted ascending and merged."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+
+    def add(self, lo: int, hi: int) -> None:
+        out: list[list[int]] = []
+        placed = False
+        for r in self.ranges:
+            if r[1] + 1 < lo:
+                out.append(r)
+            elif hi + 1 < r[0]:
+                if not placed:
+                    out.append([lo, hi])
+                    placed = True
+                out.append(r)
+            else:
+                lo, hi = min(lo, r[0]), max(hi, r[1])
+        if not placed:
+            out.append([lo, hi])
+        self.ranges = out
+
+    def __contains__(self, value: int) -> bool:
+        return any(lo <= value <= hi for lo, hi in self.ranges)
+
+    def trim_below(self, count: int) -> None:
+        """Keep at most ``count`` ranges, dropping the oldest (lowest)."""
+        if len(self.ranges) > count:
+            del self.ranges[: len(self.ranges) - count]
+
+    def descending(self) -> tuple[tuple[int, int], ...]:
+        return tuple((lo, hi) for lo, hi in reversed(self.ranges))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+
+class AckTracker:
+    """Receiver side: which record counters arrived, and when an ACK is owed."""
+
+    def __init__(self) -> None:
+        self.received = RangeSet()
+        self.unacked_eliciting = 0
+        self.ack_deadline: float | None = None
+        self.largest_time = 0.0
+        self.largest = -1
+
+    def on_record(self, counter: int, ack_eliciting: bool, now: float) -> None:
+        self.received.add(counter, counter)
+        self.received.trim_below(MAX_ACK_RANGES)
+        if counter > self.largest:
+            self.largest = counter
+            self.largest_time = now
+        if ack_eliciting:
+            self.unacked_eliciting += 1
+            if self.unacked_eliciting >= ACK_EVERY:
+                self.ack_deadline = now
+            elif self.ack_deadline is None:
+                self.ack_deadline = now + MAX_ACK_DELAY
+
+    def ack_due(self, now: float) -> bool:
+        return self.ack_deadline is not None and now >= self.ack_deadline
+
+    def take_ack(self, now: float) -> tuple[tuple[tuple[int, int], ...], int]:
+        """The ranges to acknowledge (largest first) and the ack delay in microseconds."""
+        self.unacked_eliciting = 0
+        self.ack_deadline = None
+        delay_us = max(0, int((now - self.largest_time) * 1_000_000))
+        return self.received.descending(), delay_us
+
+
+@dataclass
+class SentRecord:
+    counter: int
+    time_sent: float
+    items: list[tuple[object, ...]] = field(default_factory=list)
+    ack_eliciting: bool = True
+
+
+class LossRecovery:
+    """Sender side: RTT estimate, records in flight, loss detection, probe timeout."""
+
+    def __init__(self) -> None:
+        self.in_flight: OrderedDict[int, SentRecord] = OrderedDict()
+        self.largest_acked = -1
+        self.smoothed_rtt = INITIAL_RTT
+        self.rttvar = INITIAL_RTT / 2
+        self.min_rtt: float | None = None
+        self.has_sample = False
+        self.pto_count = 0
+        self.last_eliciting_sent: float | None = None
+
+    def on_sent(self, record: SentRecord) -> None:
+        self.in_flight[record.counter] = record
+        if record.ack_eliciting:
+            self.last_eliciting_sent = record.time_sent
+
+    def _update_rtt(self, sample: float, ack_delay: float) -> None:
+        if self.min_rtt is None or sample < self.min_rtt:
+            self.min_rtt = sample
+        if sample - ack_delay >= self.min_rtt:
+            sample -= ack_delay
+        if not self.has_sample:
+            self.smoothed_rtt = sample
+            self.rttvar = sample / 2
+            self.has_sample = True
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.smoothed_rtt - sample)
+            self.smoothed_rtt = 0.875 * self.smoothed_rtt + 0.125 * sample
+
+    def on_ack(
+        self, ranges: tuple[tuple[int, int], ...], ack_delay_us: int, now: float
+    ) -> tuple[list[SentRecord], list[SentRecord]]:
+        """Process an ACK frame: returns (records newly acknowledged, records lost)."""
+        acked: list[SentRecord] = []
+        for lo, hi in ranges:
+            if hi - lo < len(self.in_flight):
+                for counter in range(lo, hi + 1):
+                    rec = self.in_flight.pop(counter, None)
+                    if rec is not None:
+                        acked.append(rec)
+            else:
+                for counter in [c for c in self.in_flight if lo <= c <= hi]:
+                    acked.append(self.in_flight.pop(counter))
+        if not acked:
+            return [], []
+        newest = max(acked, key=lambda r: r.counter)
+        if newest.counter > self.largest_acked:
+            self.largest_acked = newest.counter
+            if newest.ack_eliciting:
+                self._update_rtt(max(now - newest.time_sent, GRANULARITY), ack_delay_us / 1e6)
+        self.pto_count = 0
+        return acked, self.detect_lost(now)
+
+    def _loss_delay(self) -> float:
+        rtt = max(self.smoothed_rtt, self.min_rtt or self.smoothed_rtt)
+        return max(TIME_THRESHOLD * rtt, GRANULARITY)
+
+    def detect_lost(self, now: float) -> list[SentRecord]:
+        lost: list[SentRecord] = []
+        if self.largest_acked < 0:
+            return lost
+        cutoff = now - self._loss_delay()
+        for counter in list(self.in_flight):
+            if counter > self.largest_acked:
+                break
+            rec = self.in_flight[counter]
+            if counter <= self.largest_acked - PACKET_THRESHOLD or rec.time_sent <= cutoff:
+                lost.append(self.in_flight.pop(counter))
+        return lost
+
+    def loss_deadline(self) -> float | None:
+        """When the oldest record below the largest acknowledged becomes lost by time."""
+        for counter, rec in self.in_flight.items():
+            if counter < self.largest_acked:
+                return rec.time_sent + self._loss_delay()
+            break
+        return None
+
+    def pto_deadline(self) -> float | None:
+        if not any(r.ack_eliciting for r in self.in_flight.values()):
+            return None
+        assert self.last_eliciting_sent is not None
+        pto = self.smoothed_rtt + max(4 * self.rttvar, GRANULARITY) + MAX_ACK_DELAY
+        return self.last_eliciting_sent + pto * (2**self.pto_count)
+
+    def on_pto(self) -> list[SentRecord]:
+        """The probe timer fired: the two oldest ack-eliciting records in flight are
+        sent again as probes; their acknowledgement then settles the rest."""
+        self.pto_count += 1
+        probes = [c for c, r in self.in_flight.items() if r.ack_eliciting][:2]
+        return [self.in_flight.pop(c) for c in probes]

@@ -1,0 +1,170 @@
+"""What the blocking and asyncio adapters share: a :class:`Connection` plus the
+per-stream receive buffers the application reads from, fed by the connection's events.
+
+The adapters own the carrier and the waiting (threads or the event loop); this class
+owns the bookkeeping, so both behave the same: bytes are buffered per stream until
+read, flow-control credit is returned only when the application reads (so a slow
+reader bounds the sender), and the connection's end becomes one exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dtp.connection import Connection, ConnectionConfig, error_for_termination
+from dtp.errors import ConnectionClosed, DTPError, StreamReset
+from dtp.events import (
+    ConnectionAccepted,
+    ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    SendWindowOpened,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamOpened,
+    StreamResetReceived,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_EXTRAS = 1024
+
+
+@dataclass
+class StreamBuffer:
+    """Received bytes of one stream, waiting for the application."""
+
+    data: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    reset_code: int | None = None
+    send_stopped: int | None = None  # the peer sent STOP_SENDING with this code
+
+
+class Session:
+    """A connection and the application-side state around it."""
+
+    def __init__(self, config: ConnectionConfig, *, now: float | None = None) -> None:
+        self.conn = Connection(
+            config, ephemeral_key=os.urandom(32), now=time.monotonic() if now is None else now
+        )
+        self.streams: dict[int, StreamBuffer] = {}
+        self.incoming_streams: deque[int] = deque()
+        self.datagrams: deque[bytes] = deque()
+        self.controls: deque[tuple[int, bytes]] = deque()
+        self.receipts: deque[bytes] = deque()
+        self.accepted = False
+        self.authenticated_address: str | None = None
+        self.terminated: ConnectionTerminated | None = None
+        self.error: DTPError | None = None
+        self.on_authenticated: Callable[[str], None] | None = None
+        self.on_receipt: Callable[[bytes], None] | None = None
+
+    # -- events ------------------------------------------------------------------------
+
+    def process_events(self) -> bool:
+        """Apply every pending event; True if anything a waiter cares about changed."""
+        changed = False
+        while (event := self.conn.next_event()) is not None:
+            changed = True
+            self._apply(event)
+        return changed
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, StreamDataReceived):
+            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+            buf.data += event.data
+            if event.end_stream:
+                buf.eof = True
+        elif isinstance(event, StreamOpened):
+            self.streams.setdefault(event.stream_id, StreamBuffer())
+            self.incoming_streams.append(event.stream_id)
+        elif isinstance(event, StreamResetReceived):
+            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+            buf.reset_code = event.error_code
+        elif isinstance(event, StopSendingReceived):
+            buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+            buf.send_stopped = event.error_code
+        elif isinstance(event, ConnectionAccepted):
+            self.accepted = True
+        elif isinstance(event, PeerAuthenticated):
+            self.authenticated_address = event.address
+            if self.on_authenticated is not None:
+                self.on_authenticated(event.address)
+        elif isinstance(event, DatagramReceived):
+            _bounded_append(self.datagrams, event.data)
+        elif isinstance(event, ControlReceived):
+            _bounded_append(self.controls, (event.kind, event.data))
+        elif isinstance(event, ReceiptReceived):
+            if self.on_receipt is not None:
+                self.on_receipt(event.data)
+            else:
+                _bounded_append(self.receipts, event.data)
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = event
+            self.error = error_for_termination(event)
+        elif isinstance(event, (HandshakeCompleted, SendWindowOpened)):
+            pass  # waiters re-check their condition on any change
+
+    # -- reading -----------------------------------------------------------------------
+
+    def readable(self, stream_id: int) -> bool:
+        """True when a read on ``stream_id`` would not block."""
+        buf = self.streams.get(stream_id)
+        if buf is not None and (buf.data or buf.eof or buf.reset_code is not None):
+            return True
+        return self.terminated is not None
+
+    def take(self, stream_id: int, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` buffered bytes (b"" at end of stream); raises if the
+        stream was reset or the connection failed with nothing left to read."""
+        buf = self.streams.get(stream_id)
+        if buf is not None and buf.data:
+            chunk = bytes(buf.data[:max_bytes])
+            del buf.data[: len(chunk)]
+            self.conn.acknowledge_read(stream_id, len(chunk))
+            return chunk
+        if buf is not None and buf.reset_code is not None:
+            raise StreamReset(stream_id, buf.reset_code)
+        if buf is not None and buf.eof:
+            return b""
+        if self.terminated is not None:
+            if self.error is not None:
+                raise self.error
+            return b""
+        raise BlockingIOError("no data")
+
+    def take_into(self, stream_id: int, view: memoryview) -> int:
+        """Like :meth:`take`, but into a caller's buffer."""
+        buf = self.streams.get(stream_id)
+        if buf is not None and buf.data:
+            n = min(len(view), len(buf.data))
+            view[:n] = buf.data[:n]
+            del buf.data[:n]
+            self.conn.acknowledge_read(stream_id, n)
+            return n
+        return len(self.take(stream_id, len(view)))
+
+    # -- writing -----------------------------------------------------------------------
+
+    def check_writable(self, stream_id: int) -> None:
+        """Raise the reason writes on ``stream_id`` cannot go on, if any."""
+        if self.terminated is not None:
+            raise self.error or ConnectionClosed("the connection is closed")
+        buf = self.streams.get(stream_id)
+        if buf is not None and buf.send_stopped is not None:
+            raise StreamReset(stream_id, buf.send_stopped)
+
+
+def _bounded_append(queue: deque[object], item: object) -> None:
+    if len(queue) >= MAX_QUEUED_EXTRAS:
+        queue.popleft()  # the application is not consuming these: keep the newest
+    queue.append(item)

@@ -1,0 +1,627 @@
+"""asyncio DTP: ``open_connection`` / ``start_server`` with reader/writer objects that
+behave like :class:`asyncio.StreamReader` / :class:`asyncio.StreamWriter`.
+
+    reader, writer = await dtp.aio.open_connection("127.0.0.1", 7000, server_key=key)
+    writer.write(b"ping\\n")
+    await writer.drain()
+    print(await reader.readline())
+    writer.close()
+    await writer.wait_closed()
+
+Each connection carries many streams: ``await writer.open_stream()`` opens another
+(reader, writer) pair, ``await writer.accept_stream()`` waits for one the peer opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from dtp._session import Session
+from dtp.connection import CloseCode, ConnectionConfig
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    DTPError,
+    DTPTimeoutError,
+    HandshakeError,
+    LocalProtocolError,
+)
+from dtp.keys import HostIdentity
+
+__all__ = [
+    "DTPServer",
+    "DTPStreamReader",
+    "DTPStreamWriter",
+    "open_connection",
+    "start_server",
+]
+
+logger = logging.getLogger(__name__)
+
+SEND_HIGH_WATER = 512 * 1024
+_LIMIT = 2**16  # asyncio.StreamReader's default line limit
+
+AcceptHook = Callable[[str], "bool | str | None | Awaitable[bool | str | None]"]
+ClientCallback = Callable[["DTPStreamReader", "DTPStreamWriter"], "Awaitable[None] | None"]
+
+
+class _Protocol(asyncio.Protocol):
+    """The carrier side of one connection: TCP bytes in and out of the Session."""
+
+    def __init__(self, session: Session, loop: asyncio.AbstractEventLoop) -> None:
+        self.session = session
+        self.conn = session.conn
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._changed: asyncio.Future[None] = loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self.closed_future: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            from dtp.carriers.tcp import tune
+
+            with contextlib.suppress(OSError):
+                tune(sock)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data, self.loop.time())
+        self._after_io()
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session.terminated is None:
+            self.conn.carrier_lost(f"carrier error: {exc}" if exc else "the peer vanished")
+        self.session.process_events()
+        self._notify()
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.closed_future.done():
+            self.closed_future.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._notify()
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        data = self.conn.data_to_send(self.loop.time())
+        if data:
+            self.transport.write(data)
+        self._schedule_timer()
+
+    def _after_io(self) -> None:
+        changed = self.session.process_events()
+        self.flush()
+        if self.session.terminated is not None and self.transport is not None:
+            self.transport.close()
+        if changed:
+            self._notify()
+
+    def _schedule_timer(self) -> None:
+        deadline = self.conn.get_timer()
+        if self._timer is not None:
+            if deadline is not None and abs(self._timer.when() - deadline) < 0.001:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.conn.handle_timer(self.loop.time())
+        self._after_io()
+
+    def _notify(self) -> None:
+        if not self._changed.done():
+            self._changed.set_result(None)
+
+    async def wait_change(self) -> None:
+        """Wait until anything happens on the connection."""
+        if self._changed.done():
+            self._changed = self.loop.create_future()
+        await self._changed
+
+    async def wait_for(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self.wait_change()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+
+class DTPStreamReader:
+    """Reads one stream; the :class:`asyncio.StreamReader` interface."""
+
+    def __init__(self, proto: _Protocol, stream_id: int) -> None:
+        self._proto = proto
+        self._session = proto.session
+        self._stream_id = stream_id
+
+    @property
+    def stream_id(self) -> int:
+        return self._stream_id
+
+    def _take(self, n: int) -> bytes:
+        data = self._session.take(self._stream_id, n)
+        if data:
+            self._proto.flush()  # return flow-control credit promptly
+        return data
+
+    def _buffer(self) -> bytearray:
+        buf = self._session.streams.get(self._stream_id)
+        return buf.data if buf is not None else bytearray()
+
+    def at_eof(self) -> bool:
+        """True when the peer half-closed and everything was read."""
+        buf = self._session.streams.get(self._stream_id)
+        ended = (buf is not None and buf.eof) or self._session.terminated is not None
+        return ended and not self._buffer()
+
+    async def _wait_readable(self) -> None:
+        await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF."""
+        if n == 0:
+            return b""
+        if n < 0:
+            chunks = []
+            while True:
+                await self._wait_readable()
+                chunk = self._take(1 << 30)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        await self._wait_readable()
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or IncompleteReadError at end of stream."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        await self._proto.wait_for(
+            lambda: len(self._buffer()) >= n or self.at_eof() or self._reset_or_failed()
+        )
+        if len(self._buffer()) >= n:
+            return self._take(n)
+        partial = self._take(len(self._buffer())) if self._buffer() else b""
+        if not self.at_eof():
+            self._take(1)  # raises the stream reset / connection error
+        raise asyncio.IncompleteReadError(partial, n)
+
+    def _reset_or_failed(self) -> bool:
+        buf = self._session.streams.get(self._stream_id)
+        return (buf is not None and buf.reset_code is not None) or (
+            self._session.terminated is not None
+        )
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Bytes up to and including ``separator``; IncompleteReadError at EOF,
+        LimitOverrunError past 64 KiB without it (as asyncio)."""
+        if not separator:
+            raise ValueError("separator should be at least one-byte string")
+        start = 0
+        while True:
+            buf = self._buffer()
+            index = buf.find(separator, start)
+            if index >= 0:
+                end = index + len(separator)
+                if end > _LIMIT:
+                    raise asyncio.LimitOverrunError("separator found past the limit", index)
+                return self._take(end)
+            if len(buf) > _LIMIT:
+                raise asyncio.LimitOverrunError("separator not found within the limit", len(buf))
+            if self.at_eof() or self._reset_or_failed():
+                partial = self._take(len(buf)) if buf else b""
+                if not self.at_eof():
+                    self._take(1)
+                raise asyncio.IncompleteReadError(partial, None)
+            start = max(0, len(buf) - len(separator) + 1)
+            await self._proto.wait_change()
+
+    async def readline(self) -> bytes:
+        """A line including b"\\n", or what is left at EOF."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+    def __aiter__(self) -> DTPStreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class DTPStreamWriter:
+    """Writes one stream; the :class:`asyncio.StreamWriter` interface."""
+
+    def __init__(self, proto: _Protocol, stream_id: int, primary: bool) -> None:
+        self._proto = proto
+        self._session = proto.session
+        self._conn = proto.conn
+        self._stream_id = stream_id
+        self._primary = primary
+        self._closing = False
+        self._eof_sent = False
+
+    @property
+    def stream_id(self) -> int:
+        return self._stream_id
+
+    @property
+    def peer_address(self) -> str | None:
+        """On a server: the client's verified Sui address."""
+        return self._conn.peer_address
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._proto.transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peer_address``, ``peer_static_key``, ``handshake_hash`` or any carrier
+        transport extra (``peername``, ``sockname``, ``socket``)."""
+        extras = {
+            "peer_address": self._conn.peer_address,
+            "peer_static_key": self._conn.peer_static,
+            "handshake_hash": self._conn.handshake_hash,
+            "stream_id": self._stream_id,
+        }
+        if name in extras:
+            return extras[name]
+        transport = self._proto.transport
+        return transport.get_extra_info(name, default) if transport else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes (call :meth:`drain` to wait for room)."""
+        if self._closing or self._eof_sent:
+            raise LocalProtocolError("write on a closed or half-closed DTP stream")
+        self._session.check_writable(self._stream_id)
+        if data:
+            self._conn.send_stream_data(self._stream_id, bytes(data))
+            self._proto.flush()
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads EOF after what was written."""
+        if self._eof_sent or self._session.terminated is not None:
+            return
+        self._eof_sent = True
+        self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
+        self._proto.flush()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._session.terminated is not None
+
+    async def drain(self) -> None:
+        """Wait until the queue is below the high-water mark (raises if the
+        connection failed)."""
+
+        def room() -> bool:
+            return self._session.terminated is not None or (
+                not self._proto.write_paused
+                and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+            )
+
+        await self._proto.wait_for(room)
+        if self._session.terminated is not None and self._session.error is not None:
+            raise self._session.error
+
+    def close(self) -> None:
+        """Close this stream; on the first stream, close the whole connection once
+        queued data has left."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._session.terminated is not None:
+            return
+        if self._primary:
+            asyncio.ensure_future(self._close_connection())
+        else:
+            with contextlib.suppress(DTPError):
+                if not self._eof_sent:
+                    self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
+            self._proto.flush()
+
+    async def _close_connection(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError, DTPError):
+            await asyncio.wait_for(
+                self._proto.wait_for(
+                    lambda: self._conn.send_buffered() == 0 or self._session.terminated is not None
+                ),
+                5.0,
+            )
+        self._conn.close(CloseCode.NO_ERROR, "")
+        self._proto.flush()
+        transport = self._proto.transport
+        if transport is not None:
+            transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is fully closed (first stream) or until this
+        stream's queued data has been handed on."""
+        if self._primary:
+            await self._proto.closed_future
+        else:
+            await self._proto.wait_for(
+                lambda: self._conn.send_buffered(self._stream_id) == 0
+                or self._session.terminated is not None
+            )
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close the whole connection at once, dropping queued data."""
+        self._closing = True
+        self._conn.close(CloseCode.APPLICATION, reason)
+        self._proto.flush()
+        if self._proto.transport is not None:
+            self._proto.transport.close()
+
+    async def open_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
+        """Open another stream on this connection."""
+        self._session.check_writable(self._stream_id)
+        stream_id = self._conn.open_stream()
+        self._proto.flush()
+        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+            self._proto, stream_id, primary=False
+        )
+
+    async def accept_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
+        """Wait for the peer to open a stream."""
+        session = self._session
+
+        def ready() -> bool:
+            while session.incoming_streams and session.incoming_streams[0] == 0:
+                session.incoming_streams.popleft()
+            return bool(session.incoming_streams) or session.terminated is not None
+
+        await self._proto.wait_for(ready)
+        if not session.incoming_streams:
+            raise session.error or ConnectionClosed("the connection is closed")
+        stream_id = session.incoming_streams.popleft()
+        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+            self._proto, stream_id, primary=False
+        )
+
+    def __repr__(self) -> str:
+        return f"<DTPStreamWriter stream={self._stream_id} peer={self.get_extra_info('peername')}>"
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    *,
+    server_key: bytes | None = None,
+    expected_server_key: bytes | None = None,
+    identity: HostIdentity | None = None,
+    config: ConnectionConfig | None = None,
+    timeout: float | None = None,
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """Connect and return the first stream's (reader, writer).
+
+    Arguments as :func:`dtp.socket.create_connection`. Raises ConnectionRefused,
+    HandshakeError or DTPTimeoutError as it does.
+    """
+    loop = asyncio.get_running_loop()
+    identity = identity or HostIdentity.generate()
+    base = config or ConnectionConfig(identity=identity, is_client=True)
+    cfg = replace(
+        base,
+        identity=identity,
+        is_client=True,
+        server_static=server_key,
+        expected_server_static=expected_server_key,
+    )
+    session = Session(cfg, now=loop.time())
+    proto = _Protocol(session, loop)
+
+    async def establish() -> None:
+        try:
+            await loop.create_connection(lambda: proto, host, port)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+        await proto.wait_for(
+            lambda: session.conn.handshake_hash is not None or session.terminated is not None
+        )
+        if session.terminated is None:
+            session.conn.open_stream()
+            proto.flush()
+            await proto.wait_for(lambda: session.accepted or session.terminated is not None)
+        if not session.accepted:
+            error = session.error
+            if isinstance(error, ConnectionLost):
+                error = HandshakeError(
+                    "the server closed the connection during the handshake "
+                    "(wrong server key, or not a DTP server?)"
+                )
+            raise error or HandshakeError("the handshake did not complete")
+
+    try:
+        await asyncio.wait_for(establish(), timeout)
+    except asyncio.TimeoutError:
+        _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
+        raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
+    except BaseException:
+        _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
+        raise
+    return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
+
+
+def _abort(proto: _Protocol, code: int, reason: str) -> None:
+    proto.conn.close(code, reason)
+    proto.flush()
+    if proto.transport is not None:
+        proto.transport.close()
+
+
+class DTPServer:
+    """A listening asyncio DTP server (see :func:`start_server`)."""
+
+    def __init__(
+        self,
+        callback: ClientCallback,
+        identity: HostIdentity,
+        accept: AcceptHook | None,
+        config: ConnectionConfig,
+    ) -> None:
+        self._callback = callback
+        self.identity = identity
+        self._accept = accept
+        self._config = config
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handshakes_failed = 0
+        self.refused = 0
+
+    @property
+    def noise_public_key(self) -> bytes:
+        return self.identity.noise_public
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server else ()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self.sockets[0].getsockname()
+        return name[0], name[1]
+
+    def _protocol_factory(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        session = Session(self._config, now=loop.time())
+        proto = _Protocol(session, loop)
+        task = loop.create_task(self._serve(proto))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return proto
+
+    async def _serve(self, proto: _Protocol) -> None:
+        session = proto.session
+        try:
+            await asyncio.wait_for(
+                proto.wait_for(
+                    lambda: session.authenticated_address is not None
+                    or session.terminated is not None
+                ),
+                self._config.handshake_timeout,
+            )
+        except asyncio.TimeoutError:
+            pass
+        if session.terminated is not None or session.authenticated_address is None:
+            self.handshakes_failed += 1
+            _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
+            return
+        verdict = await self._run_hook(session.authenticated_address)
+        if verdict is not None:
+            self.refused += 1
+            session.conn.refuse(verdict)
+            proto.flush()
+            if proto.transport is not None:
+                proto.transport.close()
+            return
+        session.conn.accept()
+        session.process_events()
+        proto.flush()
+        reader = DTPStreamReader(proto, 0)
+        writer = DTPStreamWriter(proto, 0, primary=True)
+        try:
+            result = self._callback(reader, writer)
+            if inspect.isawaitable(result):
+                await result
+        except DTPError as exc:
+            logger.info("connection from %s ended: %s", session.authenticated_address, exc)
+        except Exception:
+            logger.exception("client callback failed for %s", session.authenticated_address)
+            writer.abort("internal error")
+
+    async def _run_hook(self, address: str) -> str | None:
+        if self._accept is None:
+            return None
+        try:
+            verdict = self._accept(address)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("accept hook failed for %s", address)
+            return "internal error in the server's accept hook"
+        if verdict is None or verdict is True:
+            return None
+        if verdict is False:
+            return "refused by the server"
+        return str(verdict)
+
+    async def _start(self, host: str, port: int, backlog: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol_factory, host, port, backlog=backlog, reuse_address=True
+        )
+
+    def close(self) -> None:
+        """Stop listening (connections already accepted go on)."""
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> DTPServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(
+    client_connected_cb: ClientCallback,
+    host: str,
+    port: int,
+    *,
+    identity: HostIdentity,
+    accept: AcceptHook | None = None,
+    config: ConnectionConfig | None = None,
+    backlog: int = 128,
+) -> DTPServer:
+    """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
+    accepted client (the ``accept`` hook, sync or async, may refuse it first)."""
+    base = config or ConnectionConfig(identity=identity, is_client=False)
+    cfg = replace(base, identity=identity, is_client=False)
+    server = DTPServer(client_connected_cb, identity, accept, cfg)
+    await server._start(host, port, backlog)
+    return server

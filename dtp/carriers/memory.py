@@ -1,0 +1,122 @@
+"""The in-memory carrier: two sans-I/O connections wired together, for tests and
+simulations. Time is virtual, so timeouts and retransmissions run instantly and the
+outcome depends only on the seed.
+
+Stream mode (a reliable carrier, like TCP) can hand bytes over whole, one byte at a
+time, or split at random. Datagram mode (an unreliable carrier) moves whole records
+and can lose, duplicate and reorder them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Literal
+
+from dtp.connection import Connection
+
+Split = Literal["whole", "bytes", "random"]
+
+
+class MemoryLink:
+    """Carries bytes between ``a`` and ``b``; see the module docstring."""
+
+    def __init__(
+        self,
+        a: Connection,
+        b: Connection,
+        *,
+        now: float = 0.0,
+        seed: int = 0,
+        split: Split = "whole",
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        datagrams: bool | None = None,
+    ) -> None:
+        self.a, self.b = a, b
+        self.now = now
+        self.rng = random.Random(seed)
+        self.split = split
+        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
+        self.datagrams = (not a.config.reliable_carrier) if datagrams is None else datagrams
+        if not self.datagrams and (loss or duplicate or reorder):
+            raise ValueError("loss, duplication and reordering need datagram mode")
+        self._in_flight: dict[int, list[bytes]] = {id(a): [], id(b): []}
+        self.delivered_records = 0
+        self.dropped_records = 0
+
+    def _chunks(self, data: bytes) -> list[bytes]:
+        if self.split == "whole" or len(data) <= 1:
+            return [data]
+        if self.split == "bytes":
+            return [data[i : i + 1] for i in range(len(data))]
+        cuts = sorted(self.rng.sample(range(1, len(data)), min(len(data) - 1, 8)))
+        edges = [0, *cuts, len(data)]
+        return [data[edges[i] : edges[i + 1]] for i in range(len(edges) - 1)]
+
+    def _send(self, src: Connection, dst: Connection) -> bool:
+        if self.datagrams:
+            records = src.datagrams_to_send(self.now)
+            queue = self._in_flight[id(dst)]
+            for record in records:
+                if self.rng.random() < self.loss:
+                    self.dropped_records += 1
+                    continue
+                queue.append(record)
+                if self.rng.random() < self.duplicate:
+                    queue.append(record)
+            if queue and self.reorder and self.rng.random() < self.reorder:
+                self.rng.shuffle(queue)
+            moved = bool(queue)
+            while queue:
+                self.delivered_records += 1
+                dst.receive_datagram(queue.pop(0), self.now)
+            return moved or bool(records)
+        data = src.data_to_send(self.now)
+        for chunk in self._chunks(data):
+            dst.receive_data(chunk, self.now)
+        return bool(data)
+
+    def pump(self) -> bool:
+        """Move everything pending, both ways, once. True if anything moved."""
+        moved_ab = self._send(self.a, self.b)
+        moved_ba = self._send(self.b, self.a)
+        return moved_ab or moved_ba
+
+    def advance(self) -> bool:
+        """Jump the clock to the next timer and fire it. False if there is none."""
+        timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+        if not timers:
+            return False
+        self.now = max(self.now, min(timers))
+        for conn in (self.a, self.b):
+            timer = conn.get_timer()
+            if timer is not None and timer <= self.now:
+                conn.handle_timer(self.now)
+        return True
+
+    def run(
+        self,
+        until: Callable[[], bool] | None = None,
+        *,
+        max_rounds: int = 100_000,
+        max_time: float = 120.0,
+        on_round: Callable[[], None] | None = None,
+    ) -> bool:
+        """Pump (advancing virtual time when idle) until ``until()`` holds, both sides
+        are quiet, or a limit is hit. Returns whether ``until`` held (True when
+        ``until`` is None and the link went quiet)."""
+        start = self.now
+        for _ in range(max_rounds):
+            if on_round is not None:
+                on_round()
+            if until is not None and until():
+                return True
+            if self.pump():
+                continue
+            if until is None:
+                return True
+            if self.now - start > max_time or not self.advance():
+                return until()
+        return until() if until is not None else False

@@ -1,0 +1,1207 @@
+"""The DTP connection: a sans-I/O state machine.
+
+It never opens a socket, reads the clock or draws randomness: bytes go in with
+:meth:`Connection.receive_data`, bytes to transmit come out of
+:meth:`Connection.data_to_send`, what happened comes out of :meth:`Connection.next_event`,
+and time is passed in (``now``, in seconds, from any monotonic clock). Timers are
+:meth:`Connection.get_timer` / :meth:`Connection.handle_timer`.
+
+Life of a connection (see :mod:`dtp._state`):
+
+1. Noise handshake in handshake records (IK when the client knows the server's static
+   key, XX otherwise); each side's first handshake payload carries its transport
+   parameters (flow-control windows, stream limit, idle timeout).
+2. The client's first DATA record carries its identity proof (an AUTH control frame:
+   a Sui signature over the handshake hash). The server reports
+   :class:`~dtp.events.PeerAuthenticated` and holds any application data until the
+   application calls :meth:`Connection.accept` or :meth:`Connection.refuse`.
+3. Streams: ordered reliable byte streams with per-stream and per-connection flow
+   control, half-close and reset; datagrams, control frames and receipts.
+4. CLOSE with a code and reason, or an idle timeout.
+
+Records are sealed and opened in batches by the C core (one call per batch). Over a
+reliable, ordered carrier (TCP) records are not acknowledged; over any other carrier
+(``reliable_carrier=False``) the connection acknowledges, detects loss and retransmits
+(:mod:`dtp._recovery`), and reorders stream data with the C reassembly buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from dtp import _core
+from dtp._recovery import AckTracker, LossRecovery, RangeSet, SentRecord
+from dtp._reference.varint import varint_encode
+from dtp._state import (
+    CloseCode,
+    ConnState,
+    ControlKind,
+    RecvState,
+    SendState,
+    stream_initiator_is_client,
+    transition,
+)
+from dtp._types import (
+    FRAME_ACK,
+    FRAME_CLOSE,
+    FRAME_CONTROL,
+    FRAME_DATAGRAM,
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAM_DATA,
+    FRAME_MAX_STREAMS,
+    FRAME_PADDING,
+    FRAME_PING,
+    FRAME_RECEIPT,
+    FRAME_RESET_STREAM,
+    FRAME_STOP_SENDING,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    FULL,
+    REC_DATA,
+    REC_HS_FINAL,
+    REC_HS_INIT,
+    REC_HS_RESP,
+    STOP,
+    RawFrame,
+)
+from dtp.crypto import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionRefused,
+    DecryptionError,
+    DTPError,
+    DTPTimeoutError,
+    ErrorCode,
+    HandshakeError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ReplayError,
+)
+from dtp.events import (
+    ConnectionAccepted,
+    ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    SendWindowOpened,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamOpened,
+    StreamResetReceived,
+)
+from dtp.keys import HostIdentity
+
+__all__ = ["CloseCode", "Connection", "ConnectionConfig", "error_for_termination"]
+
+logger = logging.getLogger(__name__)
+
+MAX_RECORD_PLAINTEXT = 16384
+MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
+TRANSPORT_VERSION = 1
+MAX_PENDING_EARLY_RECORDS = 64
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """How one side of a connection behaves. Defaults suit a TCP carrier."""
+
+    identity: HostIdentity
+    """Our keys: the Noise static key, and (client) the Sui key that signs the proof."""
+    is_client: bool
+    server_static: bytes | None = None
+    """Client only: the server's X25519 static key. Known → Noise IK; None → XX."""
+    expected_server_static: bytes | None = None
+    """Client only, XX: refuse the server unless its static key equals this."""
+    reliable_carrier: bool = True
+    """True for ordered, reliable carriers (TCP); False turns on ACKs and retransmission."""
+    stream_window: int = 1 << 20
+    """Bytes a peer may send on one stream beyond what our application has read."""
+    connection_window: int = 8 << 20
+    """The same, summed over all streams."""
+    max_streams: int = 128
+    """Streams the peer may have open at once."""
+    idle_timeout: float = 60.0
+    """Close the connection when nothing arrives for this long (seconds)."""
+    keepalive_interval: float | None = 15.0
+    """Send a PING after this long without sending anything (None: never)."""
+    handshake_timeout: float = 10.0
+    """Give up when the connection is not established within this long."""
+    max_datagram_size: int = 16000
+
+
+# --------------------------------------------------------------------------------------
+# streams
+
+
+@dataclass
+class _Stream:
+    stream_id: int
+    # sending half: buf holds bytes from base_offset (unacked or unsent)
+    send_state: SendState = SendState.OPEN
+    send_buf: bytearray = field(default_factory=bytearray)
+    base_offset: int = 0
+    next_offset: int = 0  # first byte never sent
+    send_credit: int = 0  # peer's MAX_STREAM_DATA
+    retransmit: RangeSet = field(default_factory=RangeSet)  # offsets to send again
+    acked: RangeSet = field(default_factory=RangeSet)
+    fin_pending_resend: bool = False
+    fin_acked: bool = False
+    announce: bool = False  # opened by us: tell the peer even before any data
+    # receiving half
+    recv_state: RecvState = RecvState.OPEN
+    delivered: int = 0  # bytes handed to the application (in events)
+    consumed: int = 0  # bytes the application has read (acknowledge_read)
+    recv_highest: int = 0  # highest offset + 1 seen (flow-control accounting)
+    recv_limit: int = 0  # our advertised MAX_STREAM_DATA
+    final_size: int | None = None
+    reasm: Any = None  # C reassembly buffer, lossy carriers only
+
+    @property
+    def end_offset(self) -> int:
+        return self.base_offset + len(self.send_buf)
+
+    def unsent(self) -> int:
+        return self.end_offset - self.next_offset
+
+
+class Connection:
+    """One DTP connection, either side. See the module docstring."""
+
+    def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
+        """``ephemeral_key``: 32 random bytes for the Noise ephemeral key (the caller
+        draws them: the state machine draws no randomness itself)."""
+        self.config = config
+        self.is_client = config.is_client
+        self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT
+        self._events: deque[Event] = deque()
+        self._out: list[bytes] = []
+        self._inbuf = bytearray()
+        self._created = now
+        self._last_received = now
+        self._last_sent = now
+        self._hs: Handshake
+        self._hs_messages: list[tuple[int, bytes]] = []  # sent, for lossy-carrier resends
+        self._hs_resend_at: float | None = None
+        self._hs_resend_interval = 0.5
+        self._send_aead: Any = None
+        self._recv_aead: Any = None
+        self._send_counter = 0
+        self._early_records: list[bytes] = []
+        self.peer_static: bytes | None = None
+        self.handshake_hash: bytes | None = None
+        self.peer_address: str | None = None
+        self.peer_public_key: bytes | None = None
+        self.pattern: str | None = None
+        # streams and flow control
+        self._streams: dict[int, _Stream] = {}
+        self._next_stream_id = 0 if self.is_client else 1
+        self._peer_params: dict[str, int] = {}
+        self._conn_send_credit = 0
+        self._conn_sent = 0  # new bytes sent over all streams
+        self._conn_recv_limit = config.connection_window
+        self._conn_received = 0  # highest offsets received, summed
+        self._conn_consumed = 0
+        self._peer_max_streams = 0  # how many streams we may open in total
+        self._opened_by_us = 0
+        self._local_max_streams = config.max_streams  # total peer-opened streams allowed
+        self._peer_opened = 0
+        self._peer_streams_done = 0
+        # frames waiting for the next record
+        self._ctrl: list[RawFrame] = []
+        self._pending_max_data = False
+        self._pending_stream_credit: set[int] = set()
+        self._pending_max_streams = False
+        self._held_events: list[Event] = []  # server: data before accept()
+        self._ping_pending = False
+        self._close_frame: RawFrame | None = None
+        self._terminated: ConnectionTerminated | None = None
+        # lossy carriers
+        self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
+        self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
+        # statistics
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.records_sent = 0
+        self.records_received = 0
+
+        if self.is_client:
+            self._hs = Handshake.initiator(
+                config.identity.noise_private_bytes(),
+                ephemeral_key,
+                remote_static=config.server_static,
+            )
+            message = self._hs.write_message(self._transport_params())
+            self._send_handshake(REC_HS_INIT, message, now)
+        else:
+            self._hs = Handshake.responder(config.identity.noise_private_bytes(), ephemeral_key)
+
+    # ----------------------------------------------------------------------------------
+    # public state
+
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
+    def established(self) -> bool:
+        return self._state is ConnState.ESTABLISHED
+
+    @property
+    def closed(self) -> bool:
+        return self._state is ConnState.CLOSED
+
+    @property
+    def termination(self) -> ConnectionTerminated | None:
+        """The final event once the connection is closed."""
+        return self._terminated
+
+    # ----------------------------------------------------------------------------------
+    # the sans-I/O interface
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Feed bytes from the carrier (any split: whole, partial, many records)."""
+        if self._state is ConnState.CLOSED or not data:
+            return
+        self._inbuf += data
+        self._last_received = now
+        self.bytes_received += len(data)
+        try:
+            self._process_input(now)
+        except HandshakeError as exc:
+            self._fail(CloseCode.HANDSHAKE_FAILED, str(exc), now)
+        except DecryptionError:
+            self._fail(CloseCode.DECRYPT_ERROR, "record failed authentication", now)
+        except ReplayError:
+            self._fail(CloseCode.REPLAY_DETECTED, "replayed record", now)
+        except RemoteProtocolError as exc:
+            self._fail(_close_code_for(exc), str(exc), now)
+
+    def receive_datagram(self, datagram: bytes, now: float) -> None:
+        """Feed one datagram from a message-oriented carrier (one or more whole
+        records). A datagram that does not parse is dropped, as lossy carriers must."""
+        if self._state is ConnState.CLOSED:
+            return
+        self.receive_data(datagram, now)
+        if self._inbuf and not self.closed:
+            # a datagram is whole: any leftover is a truncated record, i.e. damage
+            logger.debug("dropping %d trailing bytes of a datagram", len(self._inbuf))
+            self._inbuf.clear()
+
+    def data_to_send(self, now: float) -> bytes:
+        """Bytes to hand to the carrier now (possibly empty)."""
+        if self._state is not ConnState.CLOSED or self._close_frame is not None:
+            self._build_records(now)
+        if not self._out:
+            return b""
+        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._last_sent = now
+        self.bytes_sent += len(out)
+        return out
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
+        if self._state is not ConnState.CLOSED or self._close_frame is not None:
+            self._build_records(now)
+        out = [piece for blob in self._out for piece in _split_records(blob)]
+        self._out.clear()
+        if out:
+            self._last_sent = now
+            self.bytes_sent += sum(map(len, out))
+        return out
+
+    def next_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should be called next (None: no timer)."""
+        if self._state is ConnState.CLOSED:
+            return None
+        deadlines = [self._last_received + self.config.idle_timeout]
+        if self._state is not ConnState.ESTABLISHED:
+            deadlines.append(self._created + self.config.handshake_timeout)
+        if self._state is ConnState.ESTABLISHED and self.config.keepalive_interval:
+            deadlines.append(self._last_sent + self.config.keepalive_interval)
+        if self._hs_resend_at is not None:
+            deadlines.append(self._hs_resend_at)
+        if self._acks is not None and self._acks.ack_deadline is not None:
+            deadlines.append(self._acks.ack_deadline)
+        if self._recovery is not None:
+            for d in (self._recovery.loss_deadline(), self._recovery.pto_deadline()):
+                if d is not None:
+                    deadlines.append(d)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Act on whatever timers have expired at ``now``."""
+        if self._state is ConnState.CLOSED:
+            return
+        if now >= self._last_received + self.config.idle_timeout:
+            self._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False, now=now)
+            return
+        if self._state is not ConnState.ESTABLISHED and (
+            now >= self._created + self.config.handshake_timeout
+        ):
+            self._fail(CloseCode.HANDSHAKE_FAILED, "handshake timed out", now, send=False)
+            return
+        if (
+            self._state is ConnState.ESTABLISHED
+            and self.config.keepalive_interval
+            and now >= self._last_sent + self.config.keepalive_interval
+        ):
+            self._ping_pending = True
+        if self._hs_resend_at is not None and now >= self._hs_resend_at:
+            for kind, message in self._hs_messages:
+                self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+            self._hs_resend_interval = min(self._hs_resend_interval * 2, 8.0)
+            self._hs_resend_at = now + self._hs_resend_interval
+        if self._recovery is not None:
+            lost = self._recovery.detect_lost(now)
+            pto = self._recovery.pto_deadline()
+            if pto is not None and now >= pto:
+                lost += self._recovery.on_pto()
+            self._requeue(lost)
+
+    # ----------------------------------------------------------------------------------
+    # application API
+
+    def accept(self) -> None:
+        """Server: let the authenticated client in (after PeerAuthenticated)."""
+        if self.is_client or self._state is not ConnState.AUTHENTICATING:
+            raise LocalProtocolError("accept() is for a server whose client has authenticated")
+        if self.peer_address is None:
+            raise LocalProtocolError("the client has not proved its identity yet")
+        self._state = transition(self._state, ConnState.ESTABLISHED)
+        self._ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
+        self._events.append(ConnectionAccepted(self.peer_address))
+        self._events.extend(self._held_events)
+        self._held_events.clear()
+
+    def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
+        """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
+        if self.is_client:
+            raise LocalProtocolError("refuse() is for servers")
+        self._held_events.clear()
+        self.close(code, reason)
+
+    def open_stream(self) -> int:
+        """Open a new stream; returns its ID."""
+        self._require_open()
+        if self._opened_by_us >= self._peer_max_streams:
+            raise LocalProtocolError(
+                f"peer allows {self._peer_max_streams} streams; wait for one to finish"
+            )
+        stream_id = self._next_stream_id
+        self._next_stream_id += 2
+        self._opened_by_us += 1
+        self._get_stream(stream_id, create=True).announce = True
+        return stream_id
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue bytes on a stream (and optionally its end). Never blocks: callers
+        bound their own buffering with :meth:`send_buffered`."""
+        self._require_open()
+        stream = self._get_stream(stream_id, create=False)
+        if stream.send_state is not SendState.OPEN:
+            raise LocalProtocolError(f"stream {stream_id} is closed for sending")
+        if data:
+            stream.send_buf += data
+        if end_stream:
+            stream.send_state = SendState.FIN_QUEUED
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """Abandon sending on a stream; unsent bytes are dropped."""
+        self._require_open()
+        stream = self._get_stream(stream_id, create=False)
+        if stream.send_state is SendState.RESET:
+            return
+        stream.send_state = SendState.RESET
+        final = stream.next_offset
+        stream.send_buf.clear()
+        stream.base_offset = final
+        stream.retransmit = RangeSet()
+        self._ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
+        self._maybe_forget(stream)
+
+    def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
+        """Ask the peer to stop sending on a stream (we will not read it)."""
+        self._require_open()
+        stream = self._get_stream(stream_id, create=False)
+        if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
+            self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
+
+    def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
+        """The application consumed ``nbytes`` of a stream: return flow-control credit."""
+        if nbytes <= 0 or self._state is ConnState.CLOSED:
+            return
+        self._conn_consumed += nbytes
+        if self._conn_recv_limit - self._conn_consumed < self.config.connection_window // 2:
+            self._conn_recv_limit = self._conn_consumed + self.config.connection_window
+            self._pending_max_data = True
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.consumed += nbytes
+        if (
+            stream.recv_state is RecvState.OPEN
+            and stream.recv_limit - stream.consumed < self.config.stream_window // 2
+        ):
+            stream.recv_limit = stream.consumed + self.config.stream_window
+            self._pending_stream_credit.add(stream_id)
+
+    def send_buffered(self, stream_id: int | None = None) -> int:
+        """Bytes queued but not yet sent (on one stream, or on all)."""
+        if stream_id is not None:
+            stream = self._streams.get(stream_id)
+            return stream.unsent() if stream else 0
+        return sum(s.unsent() for s in self._streams.values())
+
+    def send_control(self, kind: int, data: bytes = b"") -> None:
+        """Send an application CONTROL frame (kind >= 16)."""
+        self._require_open()
+        if kind < ControlKind.APPLICATION:
+            raise LocalProtocolError("control kinds below 16 are reserved for DTP")
+        self._ctrl.append(RawFrame(FRAME_CONTROL, kind, 0, 0, bytes(data)))
+
+    def send_receipt(self, receipt: bytes) -> None:
+        """Send a RECEIPT frame (a signed cumulative fee receipt)."""
+        self._require_open()
+        self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, bytes(receipt)))
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send an unreliable datagram (never retransmitted)."""
+        self._require_open()
+        if len(data) > self.config.max_datagram_size:
+            raise LocalProtocolError(
+                f"datagram of {len(data)} bytes exceeds {self.config.max_datagram_size}"
+            )
+        self._ctrl.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, bytes(data)))
+
+    def ping(self) -> None:
+        """Send a PING (keeps the peer's idle timer alive)."""
+        self._require_open()
+        self._ping_pending = True
+
+    def carrier_lost(self, reason: str = "the peer vanished") -> None:
+        """The carrier failed or was closed under us: end the connection at once."""
+        self._terminate(CloseCode.CONNECTION_LOST, reason, by_peer=True, now=None)
+
+    def close(self, error_code: int = CloseCode.NO_ERROR, reason: str = "") -> None:
+        """Close the connection with a code and reason; idempotent."""
+        if self._state is ConnState.CLOSED:
+            return
+        encoded = reason.encode("utf-8")[:1024]
+        if self._send_aead is not None:
+            self._close_frame = RawFrame(FRAME_CLOSE, int(error_code), 0, 0, encoded)
+        self._terminate(int(error_code), reason, by_peer=False, now=None)
+
+    # ----------------------------------------------------------------------------------
+    # input
+
+    def _process_input(self, now: float) -> None:
+        while self._inbuf and self._state is not ConnState.CLOSED:
+            if self._recv_aead is None:
+                if not self._process_handshake_records(now):
+                    return
+                continue
+            result = self._recv_aead.open(self._inbuf)
+            for record in result.records:
+                if record.replayed:
+                    if self.config.reliable_carrier:
+                        raise ReplayError()
+                    continue  # lossy carriers duplicate records: drop silently
+                self.records_received += 1
+                self._handle_record(record.counter, record.plaintext, now)
+                if self._state is ConnState.CLOSED:
+                    return
+            del self._inbuf[: result.consumed]
+            if result.error is not None:
+                if isinstance(result.error, DecryptionError) and not self.config.reliable_carrier:
+                    # damage on a lossy carrier: drop the record, keep the connection
+                    self._drop_bad_record()
+                    continue
+                raise result.error
+            if result.status == STOP:
+                self._handle_late_handshake_record(now)
+                continue
+            if result.status == FULL:
+                continue
+            return
+
+    def _drop_bad_record(self) -> None:
+        batch = _core.parse_records(self._inbuf, max_records=1)
+        skip = (12 + batch.records[0].body_len) if batch.records else len(self._inbuf)
+        del self._inbuf[:skip]
+
+    def _handle_late_handshake_record(self, now: float) -> None:
+        batch = _core.parse_records(self._inbuf, max_records=1)
+        if not batch.records:
+            return
+        record = batch.records[0]
+        del self._inbuf[: 12 + record.body_len]
+        if self.config.reliable_carrier:
+            raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
+        # a lossy carrier repeated a handshake message: answer a repeated first message
+        if not self.is_client and record.kind == REC_HS_INIT:
+            for kind, message in self._hs_messages:
+                self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+
+    def _process_handshake_records(self, now: float) -> bool:
+        batch = _core.parse_records(self._inbuf, max_records=1)
+        if not batch.records:
+            return False
+        record = batch.records[0]
+        start = record.offset + 12
+        body = bytes(self._inbuf[start : start + record.body_len])
+        if record.kind == REC_DATA:
+            # a lossy carrier may deliver the client's first DATA record before the
+            # XX final message; hold a few, and reject them on ordered carriers
+            if self.config.reliable_carrier or len(self._early_records) >= 64:
+                raise RemoteProtocolError("data before the handshake finished", ErrorCode.ARG)
+            self._early_records.append(bytes(self._inbuf[: batch.consumed]))
+            del self._inbuf[: batch.consumed]
+            return True
+        del self._inbuf[: batch.consumed]
+        self._handle_handshake_message(record.kind, body, now)
+        return True
+
+    def _handle_handshake_message(self, kind: int, body: bytes, now: float) -> None:
+        expected = {
+            ConnState.SERVER_WAIT: REC_HS_INIT,
+            ConnState.CLIENT_HELLO: REC_HS_RESP,
+            ConnState.SERVER_FINAL: REC_HS_FINAL,
+        }.get(self._state)
+        if kind != expected:
+            if not self.config.reliable_carrier:
+                return  # a stray repeat on a lossy carrier
+            raise HandshakeError(f"unexpected handshake record kind {kind}")
+        payload = self._hs.read_message(body)
+        if kind == REC_HS_INIT:
+            self._peer_params = _parse_params(payload)
+            reply = self._hs.write_message(self._transport_params())
+            self._send_handshake(REC_HS_RESP, reply, now, resend=False)
+            if self._hs.complete:
+                self._finish_handshake(ConnState.AUTHENTICATING)
+            else:
+                self._state = transition(self._state, ConnState.SERVER_FINAL)
+        elif kind == REC_HS_RESP:
+            self._peer_params = _parse_params(payload)
+            if not self._hs.complete:
+                final = self._hs.write_message(b"")
+                self._hs_messages.clear()
+                self._send_handshake(REC_HS_FINAL, final, now)
+            else:
+                self._hs_messages.clear()
+                self._hs_resend_at = None
+            expected_key = self.config.expected_server_static
+            if expected_key is not None and self._hs.remote_static != expected_key:
+                raise HandshakeError("the server's static key is not the expected one")
+            self._finish_handshake(ConnState.AUTHENTICATING)
+            proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
+            self._ctrl.insert(0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof))
+        else:  # REC_HS_FINAL
+            self._finish_handshake(ConnState.AUTHENTICATING)
+        early, self._early_records = self._early_records, []
+        for blob in early:
+            self._inbuf[:0] = blob
+
+    def _finish_handshake(self, new_state: ConnState) -> None:
+        send_key, recv_key = self._hs.transport_keys()
+        self._send_aead = _core.Aead(send_key)
+        self._recv_aead = _core.Aead(recv_key)
+        self.peer_static = self._hs.remote_static
+        self.handshake_hash = self._hs.handshake_hash
+        self.pattern = "IK" if self._hs.pattern == PATTERN_IK else "XX"
+        params = self._peer_params
+        self._conn_send_credit = params["md"]
+        self._peer_max_streams = params["ms"]
+        self._state = transition(self._state, new_state)
+        assert self.peer_static is not None and self.handshake_hash is not None
+        self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
+
+    def _handle_record(self, counter: int, plaintext: bytes, now: float) -> None:
+        if self.is_client and self._hs_resend_at is not None:
+            # the server answered with sealed data: our handshake messages arrived
+            self._hs_resend_at = None
+            self._hs_messages.clear()
+        frames = _core.decode_frames(plaintext)
+        ack_eliciting = False
+        for frame in frames:
+            ftype = frame.type
+            if ftype not in (FRAME_ACK, FRAME_PADDING):
+                ack_eliciting = True
+            self._handle_frame(frame, now)
+            if self._state is ConnState.CLOSED:
+                return
+        if self._acks is not None:
+            self._acks.on_record(counter, ack_eliciting, now)
+
+    def _handle_frame(self, frame: RawFrame, now: float) -> None:
+        ftype = frame.type
+        if ftype in (FRAME_STREAM, FRAME_STREAM_FIN):
+            self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
+        elif ftype == FRAME_ACK:
+            if self._recovery is not None:
+                acked, lost = self._recovery.on_ack(frame.ranges, frame.c, now)
+                self._on_acked(acked)
+                self._requeue(lost)
+        elif ftype == FRAME_MAX_DATA:
+            if frame.a > self._conn_send_credit:
+                self._conn_send_credit = frame.a
+                self._events.append(SendWindowOpened(None))
+        elif ftype == FRAME_MAX_STREAM_DATA:
+            stream = self._streams.get(frame.a)
+            if stream is not None and frame.b > stream.send_credit:
+                stream.send_credit = frame.b
+                self._events.append(SendWindowOpened(frame.a))
+        elif ftype == FRAME_MAX_STREAMS:
+            self._peer_max_streams = max(self._peer_max_streams, frame.a)
+        elif ftype == FRAME_RESET_STREAM:
+            self._on_reset(frame.a, frame.b, frame.c)
+        elif ftype == FRAME_STOP_SENDING:
+            stream = self._streams.get(frame.a)
+            if stream is not None and stream.send_state is not SendState.RESET:
+                self.reset_stream(frame.a, frame.b)
+                self._deliver(StopSendingReceived(frame.a, frame.b))
+        elif ftype == FRAME_CONTROL:
+            self._on_control(frame.a, frame.data)
+        elif ftype == FRAME_CLOSE:
+            reason = frame.data.decode("utf-8", "replace")
+            self._terminate(frame.a, reason, by_peer=True, now=now)
+        elif ftype == FRAME_RECEIPT:
+            self._deliver(ReceiptReceived(frame.data))
+        elif ftype == FRAME_DATAGRAM:
+            self._deliver(DatagramReceived(frame.data))
+        # PING and PADDING need nothing beyond the idle timer and the ACK
+
+    def _on_control(self, kind: int, data: bytes) -> None:
+        if kind == ControlKind.AUTH:
+            if self.is_client or self.peer_address is not None:
+                raise RemoteProtocolError("unexpected AUTH frame", ErrorCode.FRAME_VALUE)
+            assert self.handshake_hash is not None
+            try:
+                address = verify_auth_proof(data, self.handshake_hash)
+            except HandshakeError:
+                raise
+            self.peer_address = address
+            self.peer_public_key = data[65:97]
+            self._events.append(PeerAuthenticated(address, data[65:97]))
+        elif kind == ControlKind.ACCEPT:
+            if not self.is_client or self._state is not ConnState.AUTHENTICATING:
+                raise RemoteProtocolError("unexpected ACCEPT frame", ErrorCode.FRAME_VALUE)
+            self._state = transition(self._state, ConnState.ESTABLISHED)
+            self._events.append(ConnectionAccepted(None))
+        elif kind >= ControlKind.APPLICATION:
+            self._deliver(ControlReceived(kind, data))
+        else:
+            raise RemoteProtocolError(f"unknown control kind {kind}", ErrorCode.FRAME_VALUE)
+
+    def _deliver(self, event: Event) -> None:
+        """Application-facing events wait for accept() on the server."""
+        if not self.is_client and self._state is ConnState.AUTHENTICATING:
+            self._held_events.append(event)
+        else:
+            self._events.append(event)
+
+    def _on_stream_frame(self, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
+        if self._state is ConnState.AUTHENTICATING and (self.is_client or not self.peer_address):
+            raise RemoteProtocolError("stream data before authentication", ErrorCode.FRAME_VALUE)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_ours(stream_id):
+                if stream_id >= self._next_stream_id:
+                    raise RemoteProtocolError(
+                        f"data on stream {stream_id}, which we never opened",
+                        ErrorCode.FRAME_VALUE,
+                    )
+                return  # a late frame for a stream we already forgot
+            if stream_id < self._peer_next_id():
+                return  # a late frame for a finished peer stream
+            stream = self._open_peer_streams_up_to(stream_id)
+        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
+            return
+        end = offset + len(data)
+        if stream.final_size is not None and (
+            end > stream.final_size or (fin and end != stream.final_size)
+        ):
+            raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
+        if end > stream.recv_limit:
+            raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
+        if end > stream.recv_highest:
+            self._conn_received += end - stream.recv_highest
+            stream.recv_highest = end
+            if self._conn_received > self._conn_recv_limit:
+                raise _FlowControlViolation("connection exceeded its flow-control window")
+        if fin:
+            stream.final_size = end
+            if stream.recv_state is RecvState.OPEN:
+                stream.recv_state = RecvState.FIN_RECEIVED
+        if self.config.reliable_carrier:
+            if offset != stream.delivered:
+                raise RemoteProtocolError("stream data out of order", ErrorCode.FRAME_VALUE)
+            chunk = data
+        else:
+            if stream.reasm is None:
+                stream.reasm = _core.Reassembler(
+                    start_seq=stream.delivered, window=self.config.stream_window
+                )
+            if data:
+                stream.reasm.push(offset, data)
+            chunk = stream.reasm.pop()
+        stream.delivered += len(chunk)
+        done = stream.final_size is not None and stream.delivered == stream.final_size
+        if chunk or (done and stream.recv_state is not RecvState.DONE):
+            if done:
+                stream.recv_state = RecvState.DONE
+            self._deliver(StreamDataReceived(stream_id, chunk, done))
+            if done:
+                self._maybe_forget(stream)
+
+    def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_ours(stream_id) or stream_id < self._peer_next_id():
+                return
+            stream = self._open_peer_streams_up_to(stream_id)
+        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
+            return
+        if final_size < stream.recv_highest:
+            raise RemoteProtocolError("reset below data already received", ErrorCode.FRAME_VALUE)
+        self._conn_received += final_size - stream.recv_highest
+        stream.recv_highest = final_size
+        stream.recv_state = RecvState.RESET
+        self._deliver(StreamResetReceived(stream_id, error_code))
+        self._maybe_forget(stream)
+
+    # ----------------------------------------------------------------------------------
+    # output
+
+    def _transport_params(self) -> bytes:
+        params = {
+            "v": TRANSPORT_VERSION,
+            "md": self.config.connection_window,
+            "msd": self.config.stream_window,
+            "ms": self.config.max_streams,
+            "it": int(self.config.idle_timeout * 1000),
+        }
+        packed: bytes = msgpack.packb(params)
+        return packed
+
+    def _send_handshake(self, kind: int, message: bytes, now: float, resend: bool = True) -> None:
+        record = _core.write_record_header(kind, 0, len(message), 0) + message
+        self._out.append(record)
+        if resend:
+            self._hs_messages.append((kind, message))
+        else:
+            self._hs_messages = [(kind, message)]
+        if not self.config.reliable_carrier and self.is_client:
+            self._hs_resend_at = now + self._hs_resend_interval
+
+    def _build_records(self, now: float) -> None:
+        if self._send_aead is None:
+            return
+        frames_now: list[RawFrame] = []
+        if self._acks is not None and (
+            self._acks.ack_due(now) or (self._acks.received and self._has_outgoing())
+        ):
+            ranges, delay = self._acks.take_ack(now)
+            if ranges:
+                frames_now.append(RawFrame(FRAME_ACK, c=delay, ranges=ranges))
+        if self._pending_max_data:
+            self._pending_max_data = False
+            frames_now.append(RawFrame(FRAME_MAX_DATA, self._conn_recv_limit))
+        for sid in sorted(self._pending_stream_credit):
+            stream = self._streams.get(sid)
+            if stream is not None and stream.recv_state is RecvState.OPEN:
+                frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
+        self._pending_stream_credit.clear()
+        if self._pending_max_streams:
+            self._pending_max_streams = False
+            frames_now.append(
+                RawFrame(FRAME_MAX_STREAMS, self._local_max_streams + self._peer_streams_done)
+            )
+        frames_now.extend(self._ctrl)
+        self._ctrl.clear()
+        if self._ping_pending:
+            self._ping_pending = False
+            frames_now.append(RawFrame(FRAME_PING))
+
+        plaintexts: list[bytes] = []
+        items_per_record: list[list[tuple[object, ...]]] = []
+        eliciting: list[bool] = []
+        # control frames first, packed into as few records as fit
+        if frames_now:
+            self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
+        # A client may send data right behind its AUTH frame (the server holds it until
+        # it accepts), but only where records cannot overtake each other.
+        if self._state is ConnState.ESTABLISHED or (
+            self.is_client
+            and self._state is ConnState.AUTHENTICATING
+            and self.config.reliable_carrier
+        ):
+            self._pack_streams(plaintexts, items_per_record, eliciting)
+        if self._close_frame is not None:
+            close = _core.encode_frames([self._close_frame])
+            self._close_frame = None
+            plaintexts.append(close)
+            items_per_record.append([])
+            eliciting.append(False)
+        if not plaintexts:
+            return
+        first = self._send_counter
+        sealed = self._send_aead.seal(first, plaintexts)
+        self._send_counter += len(plaintexts)
+        self.records_sent += len(plaintexts)
+        self._out.append(sealed)
+        if self._recovery is not None:
+            for i, items in enumerate(items_per_record):
+                if eliciting[i]:
+                    self._recovery.on_sent(SentRecord(first + i, now, items, True))
+
+    def _has_outgoing(self) -> bool:
+        return bool(
+            self._ctrl
+            or self._ping_pending
+            or any(s.unsent() or s.retransmit for s in self._streams.values())
+        )
+
+    def _pack_control(
+        self,
+        frames: list[RawFrame],
+        plaintexts: list[bytes],
+        items_per_record: list[list[tuple[object, ...]]],
+        eliciting: list[bool],
+    ) -> None:
+        encoded = [_core.encode_frames([f]) for f in frames]
+        current: list[bytes] = []
+        items: list[tuple[object, ...]] = []
+        size = 0
+        any_eliciting = False
+        for frame, blob in zip(frames, encoded, strict=True):
+            if size + len(blob) > MAX_RECORD_PLAINTEXT and current:
+                plaintexts.append(b"".join(current))
+                items_per_record.append(items)
+                eliciting.append(any_eliciting)
+                current, items, size, any_eliciting = [], [], 0, False
+            current.append(blob)
+            size += len(blob)
+            if frame.type != FRAME_ACK:
+                any_eliciting = True
+            if frame.type in _RETRANSMITTED_CONTROL:
+                items.append(("frame", frame))
+            elif frame.type == FRAME_MAX_DATA:
+                items.append(("max_data",))
+            elif frame.type == FRAME_MAX_STREAM_DATA:
+                items.append(("max_stream_data", frame.a))
+            elif frame.type == FRAME_MAX_STREAMS:
+                items.append(("max_streams",))
+        if current:
+            plaintexts.append(b"".join(current))
+            items_per_record.append(items)
+            eliciting.append(any_eliciting)
+
+    def _pack_streams(
+        self,
+        plaintexts: list[bytes],
+        items_per_record: list[list[tuple[object, ...]]],
+        eliciting: list[bool],
+    ) -> None:
+        budget = MAX_RECORD_PLAINTEXT - MAX_STREAM_FRAME_OVERHEAD
+        for stream in list(self._streams.values()):
+            if stream.send_state is SendState.RESET:
+                continue
+            # retransmissions first (lossy carriers only)
+            while stream.retransmit:
+                lo, hi = stream.retransmit.ranges[0]
+                length = min(hi - lo + 1, budget)
+                self._emit_stream_chunk(
+                    stream, lo, length, plaintexts, items_per_record, eliciting, retransmit=True
+                )
+            if stream.fin_pending_resend and not stream.unsent():
+                stream.fin_pending_resend = False
+                self._emit_stream_chunk(
+                    stream,
+                    stream.end_offset,
+                    0,
+                    plaintexts,
+                    items_per_record,
+                    eliciting,
+                    retransmit=True,
+                )
+            while True:
+                unsent = stream.unsent()
+                credit = min(
+                    stream.send_credit - stream.next_offset,
+                    self._conn_send_credit - self._conn_sent,
+                )
+                wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
+                if unsent and credit > 0:
+                    length = min(unsent, credit, budget)
+                elif (wants_fin or stream.announce) and not unsent:
+                    length = 0
+                else:
+                    break
+                self._emit_stream_chunk(
+                    stream,
+                    stream.next_offset,
+                    length,
+                    plaintexts,
+                    items_per_record,
+                    eliciting,
+                    retransmit=False,
+                )
+                if stream.send_state is SendState.FIN_SENT:
+                    break
+
+    def _emit_stream_chunk(
+        self,
+        stream: _Stream,
+        offset: int,
+        length: int,
+        plaintexts: list[bytes],
+        items_per_record: list[list[tuple[object, ...]]],
+        eliciting: list[bool],
+        retransmit: bool,
+    ) -> None:
+        start = offset - stream.base_offset
+        data = bytes(stream.send_buf[start : start + length])
+        end = offset + length
+        fin = stream.send_state in (SendState.FIN_QUEUED, SendState.FIN_SENT) and (
+            end == stream.end_offset
+        )
+        header = bytes([FRAME_STREAM_FIN if fin else FRAME_STREAM])
+        header += _varint(stream.stream_id) + _varint(offset) + _varint(length)
+        plaintexts.append(header + data)
+        stream.announce = False
+        items_per_record.append([("stream", stream.stream_id, offset, length, fin)])
+        eliciting.append(True)
+        if retransmit:
+            if length:
+                hi = stream.retransmit.ranges[0][1]
+                if end - 1 >= hi:
+                    stream.retransmit.ranges.pop(0)
+                else:
+                    stream.retransmit.ranges[0][0] = end
+            return
+        stream.next_offset = end
+        self._conn_sent += length
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+        if self.config.reliable_carrier:
+            # TCP delivers what it accepts: no copy kept for retransmission
+            del stream.send_buf[: end - stream.base_offset]
+            stream.base_offset = end
+            if fin:
+                stream.fin_acked = True
+                self._maybe_forget(stream)
+
+    # ----------------------------------------------------------------------------------
+    # recovery (lossy carriers)
+
+    def _on_acked(self, records: list[SentRecord]) -> None:
+        for record in records:
+            for item in record.items:
+                if item[0] != "stream":
+                    continue
+                _, sid, offset, length, fin = item
+                stream = self._streams.get(sid)  # type: ignore[arg-type]
+                if stream is None:
+                    continue
+                if length:  # type: ignore[operator]
+                    stream.acked.add(offset, offset + length - 1)  # type: ignore[operator]
+                    self._advance_acked(stream)
+                if fin:
+                    stream.fin_acked = True
+                    self._maybe_forget(stream)
+
+    def _advance_acked(self, stream: _Stream) -> None:
+        ranges = stream.acked.ranges
+        if ranges and ranges[0][0] <= stream.base_offset:
+            new_base = min(ranges[0][1] + 1, stream.next_offset)
+            if new_base > stream.base_offset:
+                del stream.send_buf[: new_base - stream.base_offset]
+                stream.base_offset = new_base
+
+    def _requeue(self, lost: list[SentRecord]) -> None:
+        for record in lost:
+            for item in record.items:
+                kind = item[0]
+                if kind == "stream":
+                    _, sid, offset, length, fin = item
+                    stream = self._streams.get(sid)  # type: ignore[arg-type]
+                    if stream is None or stream.send_state is SendState.RESET:
+                        continue
+                    if length:  # type: ignore[operator]
+                        lo = max(offset, stream.base_offset)  # type: ignore[call-overload]
+                        hi = offset + length - 1  # type: ignore[operator]
+                        for alo, ahi in stream.acked.ranges:
+                            if alo <= lo and hi <= ahi:
+                                lo = hi + 1
+                        if lo <= hi:
+                            stream.retransmit.add(lo, hi)
+                    if fin and not stream.fin_acked:
+                        stream.fin_pending_resend = True
+                    if not length and not fin:
+                        stream.announce = True  # the lost record only opened the stream
+                elif kind == "frame":
+                    self._ctrl.append(item[1])  # type: ignore[arg-type]
+                elif kind == "max_data":
+                    self._pending_max_data = True
+                elif kind == "max_stream_data":
+                    self._pending_stream_credit.add(item[1])  # type: ignore[arg-type]
+                elif kind == "max_streams":
+                    self._pending_max_streams = True
+
+    # ----------------------------------------------------------------------------------
+    # helpers
+
+    def _require_open(self) -> None:
+        if self._state is ConnState.CLOSED:
+            raise ConnectionClosed("the connection is closed")
+        if self._send_aead is None:
+            raise LocalProtocolError("the handshake has not finished")
+
+    def _is_ours(self, stream_id: int) -> bool:
+        return stream_initiator_is_client(stream_id) == self.is_client
+
+    def _peer_next_id(self) -> int:
+        first = 1 if self.is_client else 0
+        return first + 2 * self._peer_opened
+
+    def _open_peer_streams_up_to(self, stream_id: int) -> _Stream:
+        """A peer stream ID implicitly opens every lower peer stream ID (as in QUIC)."""
+        new_total = (stream_id - (1 if self.is_client else 0)) // 2 + 1
+        if new_total > self._local_max_streams + self._peer_streams_done:
+            raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
+        stream: _Stream | None = None
+        for sid in range(self._peer_next_id(), stream_id + 1, 2):
+            stream = self._get_stream(sid, create=True)
+            self._peer_opened += 1
+            self._deliver(StreamOpened(sid))
+        assert stream is not None
+        return stream
+
+    def _get_stream(self, stream_id: int, create: bool) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if not create:
+                raise LocalProtocolError(f"no stream {stream_id}")
+            stream = _Stream(
+                stream_id,
+                send_credit=self._peer_params.get("msd", 0),
+                recv_limit=self.config.stream_window,
+            )
+            self._streams[stream_id] = stream
+        return stream
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        send_done = stream.send_state is SendState.RESET or (
+            stream.send_state is SendState.FIN_SENT and stream.fin_acked
+        )
+        recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
+        if send_done and recv_done and stream.stream_id in self._streams:
+            del self._streams[stream.stream_id]
+            if not self._is_ours(stream.stream_id):
+                self._peer_streams_done += 1
+                self._pending_max_streams = True
+
+    def _fail(self, code: int, reason: str, now: float, send: bool = True) -> None:
+        logger.debug("closing connection: %s (%s)", reason, code)
+        if send and self._send_aead is not None:
+            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, reason.encode()[:1024])
+        self._terminate(code, reason, by_peer=False, now=now)
+
+    def _terminate(self, code: int, reason: str, by_peer: bool, now: float | None) -> None:
+        if self._state is ConnState.CLOSED:
+            return
+        self._state = ConnState.CLOSED
+        self._held_events.clear()
+        self._inbuf.clear()
+        self._terminated = ConnectionTerminated(code, reason, by_peer)
+        self._events.append(self._terminated)
+
+
+_RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}
+
+
+class _FlowControlViolation(RemoteProtocolError):
+    pass
+
+
+def _close_code_for(exc: ProtocolError) -> CloseCode:
+    if isinstance(exc, _FlowControlViolation):
+        return CloseCode.FLOW_CONTROL_ERROR
+    if exc.code in (
+        ErrorCode.VARINT,
+        ErrorCode.FRAME_TYPE,
+        ErrorCode.FRAME_SIZE,
+        ErrorCode.FRAME_TRUNCATED,
+        ErrorCode.RECORD_KIND,
+        ErrorCode.RECORD_FLAGS,
+        ErrorCode.RECORD_SIZE,
+    ):
+        return CloseCode.FRAME_ENCODING_ERROR
+    return CloseCode.PROTOCOL_VIOLATION
+
+
+def _varint(value: int) -> bytes:
+    encoded = varint_encode(value)
+    if encoded is None:
+        raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
+    return encoded
+
+
+def _parse_params(payload: bytes) -> dict[str, int]:
+    try:
+        params = msgpack.unpackb(payload)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise HandshakeError("malformed transport parameters") from exc
+    if not isinstance(params, dict):
+        raise HandshakeError("malformed transport parameters")
+    out: dict[str, int] = {}
+    for key in ("v", "md", "msd", "ms", "it"):
+        value = params.get(key)
+        if not isinstance(value, int) or value < 0 or value >= 2**62:
+            raise HandshakeError(f"transport parameter {key!r} missing or invalid")
+        out[key] = value
+    if out["v"] != TRANSPORT_VERSION:
+        raise HandshakeError(f"peer speaks DTP transport version {out['v']}")
+    return out
+
+
+def _split_records(blob: bytes) -> list[bytes]:
+    batch = _core.parse_records(blob)
+    return [blob[r.offset : r.offset + 12 + r.body_len] for r in batch.records]
+
+
+def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
+    """The exception an I/O adapter raises after ``event`` (None: a clean EOF)."""
+    code, reason = event.error_code, event.reason
+    if code == CloseCode.NO_ERROR:
+        return None
+    if code == CloseCode.REFUSED and event.by_peer:
+        return ConnectionRefused(reason or "refused by the server", code)
+    if code == CloseCode.HANDSHAKE_FAILED:
+        return HandshakeError(reason or "handshake failed")
+    if code == CloseCode.CONNECTION_LOST:
+        return ConnectionLost(reason or "the connection was lost")
+    if code == CloseCode.IDLE_TIMEOUT:
+        return DTPTimeoutError("the connection was idle for too long")
+    if code == CloseCode.DECRYPT_ERROR and not event.by_peer:
+        return DecryptionError()
+    if 2 <= code <= 8 and not event.by_peer:
+        return RemoteProtocolError(f"peer violated the protocol: {reason}")
+    if code >= CloseCode.APPLICATION or not event.by_peer:
+        return ConnectionClosed(reason, code)
+    return ConnectionLost(f"peer closed the connection: {reason} (code {code})")

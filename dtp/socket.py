@@ -1,0 +1,835 @@
+"""Blocking DTP sockets that feel like the :mod:`socket` module.
+
+    import dtp.socket
+
+    with dtp.socket.create_server(("127.0.0.1", 7000), identity=server_id) as server:
+        ...  # in another thread / process:
+    with dtp.socket.create_connection(("127.0.0.1", 7000), server_key=key) as sock:
+        sock.sendall(b"hello")
+        print(sock.recv(1024))
+
+A connection carries many streams; the socket returned by ``create_connection`` /
+``accept`` is its first stream, :meth:`DTPSocket.open_stream` opens more.
+
+I/O is driven by the calling thread, as with :mod:`ssl` sockets: whoever waits does the
+socket work, so a request/response costs no thread hand-off. A small per-connection
+timer thread only steps in when no caller is active, to send keepalives and notice
+idle timeouts. Sockets are thread-safe: different threads may use different streams
+of one connection at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import queue
+import select
+import socket as _socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from dtp._session import Session
+from dtp.carriers.tcp import connect_tcp, listen_tcp
+from dtp.connection import CloseCode, ConnectionConfig
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    DTPError,
+    DTPTimeoutError,
+    HandshakeError,
+    LocalProtocolError,
+)
+from dtp.keys import HostIdentity
+
+__all__ = [
+    "SHUT_RD",
+    "SHUT_RDWR",
+    "SHUT_WR",
+    "AcceptHook",
+    "DTPServer",
+    "DTPSocket",
+    "create_connection",
+    "create_server",
+]
+
+logger = logging.getLogger(__name__)
+
+SHUT_RD = _socket.SHUT_RD
+SHUT_WR = _socket.SHUT_WR
+SHUT_RDWR = _socket.SHUT_RDWR
+
+SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
+RECV_CHUNK = 256 * 1024
+LINGER = 5.0  # seconds close() waits for queued data to leave
+
+AcceptHook = Callable[[str], "bool | str | None"]
+"""Server accept hook: gets the client's verified Sui address; return True/None to
+accept, False or a reason string to refuse."""
+
+
+class _Engine:
+    """One connection over one carrier socket, shared by the connection's streams."""
+
+    def __init__(self, sock: _socket.socket, session: Session, name: str) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.session = session
+        self.conn = session.conn
+        self.name = name
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.pumping = False
+        self.out: list[memoryview] = []
+        self.carrier_closed = False
+        self.closed = False
+        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._timer: threading.Thread | None = None
+        try:
+            self.peername = sock.getpeername()
+            self.sockname = sock.getsockname()
+        except OSError:
+            self.peername = self.sockname = None
+
+    # -- output ------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        data = self.conn.data_to_send(time.monotonic())
+        if data:
+            self.out.append(memoryview(data))
+
+    def _send_some(self) -> None:
+        """Write what the socket takes now, without blocking."""
+        while self.out and not self.carrier_closed:
+            head = self.out[0]
+            try:
+                n = self.sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return
+            if n == len(head):
+                self.out.pop(0)
+            else:
+                self.out[0] = head[n:]
+                return
+
+    def flush(self) -> None:
+        """Collect the connection's output and write what fits; lock held."""
+        self._collect()
+        self._send_some()
+        if self.out and self.pumping:
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- input and waiting ---------------------------------------------------------------
+
+    def _carrier_failed(self, exc: BaseException | None) -> None:
+        if self.carrier_closed:
+            return
+        self.carrier_closed = True
+        self.out.clear()
+        what = f"carrier error: {exc}" if exc else "the peer vanished (carrier closed)"
+        logger.debug("%s: %s", self.name, what)
+        self.conn.carrier_lost(what)
+        self.session.process_events()
+
+    def _read_available(self) -> None:
+        for _ in range(64):  # bounded: give other work a turn on a firehose
+            try:
+                data = self.sock.recv(RECV_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return
+            if not data:
+                self._carrier_failed(None)
+                return
+            self.conn.receive_data(data, time.monotonic())
+            if len(data) < RECV_CHUNK:
+                return
+
+    def pump(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Drive I/O until ``ready()`` is true; lock held on entry and exit.
+
+        Raises DTPTimeoutError when ``timeout`` (seconds) passes first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            if self.carrier_closed and not self.out:
+                return  # nothing more will happen; the caller reports the outcome
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise DTPTimeoutError("timed out")
+            if self.pumping:
+                wait = None if deadline is None else deadline - now
+                self.cond.wait(wait)
+                continue
+            self._pump_once(deadline)
+
+    def _pump_once(self, deadline: float | None) -> None:
+        self.pumping = True
+        try:
+            self.flush()
+            timer = self.conn.get_timer()
+            limits = [t for t in (deadline, timer) if t is not None]
+            wait = max(0.0, min(limits) - time.monotonic()) if limits else None
+            wlist = [self.sock] if self.out and not self.carrier_closed else []
+            rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
+            self.lock.release()
+            try:
+                r, w, _ = select.select(rlist, wlist, [], wait)
+            except (OSError, ValueError) as exc:
+                r, w = [], []
+                if not self.carrier_closed:
+                    self.lock.acquire()
+                    try:
+                        self._carrier_failed(exc)
+                    finally:
+                        self.lock.release()
+            finally:
+                self.lock.acquire()
+            if self._wake_r in r:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+            if self.sock in r:
+                self._read_available()
+            if self.sock in w:
+                self._send_some()
+            self._after_io()
+        finally:
+            self.pumping = False
+            self.cond.notify_all()
+
+    def _after_io(self) -> None:
+        now = time.monotonic()
+        timer = self.conn.get_timer()
+        if timer is not None and now >= timer:
+            self.conn.handle_timer(now)
+        self.session.process_events()
+        self.flush()
+
+    def poll(self) -> None:
+        """One non-blocking pass (lock held): read what arrived, run timers, write."""
+        if self.pumping or self.closed:
+            return
+        self.pumping = True
+        try:
+            if not self.carrier_closed:
+                self._read_available()
+            self._after_io()
+        finally:
+            self.pumping = False
+            self.cond.notify_all()
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def start_timer(self) -> None:
+        ref = weakref.ref(self)
+        thread = threading.Thread(target=_timer_loop, args=(ref,), name=f"dtp-timer-{self.name}")
+        thread.daemon = True
+        self._timer = thread
+        thread.start()
+
+    def shutdown(self, linger: float) -> None:
+        """Close gracefully: wait up to ``linger`` for queued data, then CLOSE."""
+        with self.lock:
+            if self.closed:
+                return
+            if self.session.terminated is None:
+                with contextlib.suppress(DTPError):
+                    self.pump(
+                        lambda: (
+                            self.conn.send_buffered() == 0 or self.session.terminated is not None
+                        ),
+                        linger,
+                    )
+                self.conn.close(CloseCode.NO_ERROR, "")
+                self.flush()
+                with contextlib.suppress(DTPError):
+                    self.pump(lambda: not self.out, min(linger, 1.0))
+            self.session.process_events()
+            self._release()
+
+    def abort(self, code: int, reason: str) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.conn.close(code, reason)
+            self.flush()
+            self.session.process_events()
+            self._release()
+
+    def _release(self) -> None:
+        self.closed = True
+        self.carrier_closed = True
+        for s in (self.sock, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                s.close()
+        self.cond.notify_all()
+
+
+def _timer_loop(ref: weakref.ref[_Engine]) -> None:
+    while True:
+        engine = ref()
+        if engine is None:
+            return
+        with engine.lock:
+            if engine.closed:
+                return
+            timer = engine.conn.get_timer()
+            wait = 1.0 if timer is None else min(1.0, max(0.0, timer - time.monotonic()))
+            engine.cond.wait(wait)
+            if engine.closed:
+                return
+            engine.poll()
+        del engine
+
+
+class DTPSocket:
+    """One stream of a DTP connection, with the blocking socket API."""
+
+    def __init__(self, engine: _Engine, stream_id: int, primary: bool) -> None:
+        self._engine = engine
+        self._stream_id = stream_id
+        self._primary = primary
+        self._timeout: float | None = _socket.getdefaulttimeout()
+        self._closed = False
+        self._wr_shut = False
+        self._rd_shut = False
+
+    # -- identity --------------------------------------------------------------------------
+
+    @property
+    def stream_id(self) -> int:
+        return self._stream_id
+
+    @property
+    def peer_address(self) -> str | None:
+        """On a server: the client's verified Sui address."""
+        return self._engine.conn.peer_address
+
+    @property
+    def peer_static_key(self) -> bytes | None:
+        """The peer's Noise static key, authenticated by the handshake."""
+        return self._engine.conn.peer_static
+
+    def getpeername(self) -> Any:
+        """The carrier's remote endpoint (the TCP address for direct connections)."""
+        return self._engine.peername
+
+    def getsockname(self) -> Any:
+        return self._engine.sockname
+
+    @property
+    def connection_stats(self) -> dict[str, int]:
+        conn = self._engine.conn
+        return {
+            "bytes_sent": conn.bytes_sent,
+            "bytes_received": conn.bytes_received,
+            "records_sent": conn.records_sent,
+            "records_received": conn.records_received,
+        }
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Seconds a blocking call may wait (None: forever, 0: non-blocking)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("operation on a closed DTP socket")
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        engine = self._engine
+        if self._timeout == 0:
+            if not ready():
+                engine.poll()
+                if not ready():
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+            return
+        engine.pump(ready, self._timeout)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Up to ``bufsize`` bytes; b"" once the peer half-closed its side."""
+        self._check_open()
+        if bufsize < 0:
+            raise ValueError("negative buffer size")
+        if self._rd_shut:
+            return b""
+        engine = self._engine
+        with engine.lock:
+            self._wait(lambda: engine.session.readable(self._stream_id))
+            data = engine.session.take(self._stream_id, bufsize)
+            engine.flush()  # flow-control credit goes back promptly
+            return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Read into a writable buffer; returns the number of bytes read."""
+        self._check_open()
+        view = memoryview(buffer).cast("B")
+        if nbytes:
+            view = view[:nbytes]
+        if self._rd_shut or not len(view):
+            return 0
+        engine = self._engine
+        with engine.lock:
+            self._wait(lambda: engine.session.readable(self._stream_id))
+            n = engine.session.take_into(self._stream_id, view)
+            engine.flush()
+            return n
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _stream_ready_for_send(self) -> bool:
+        conn = self._engine.conn
+        return self._stream_id in conn._streams or self._engine.session.terminated is not None
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Queue as much of ``data`` as fits; returns the count (blocks while none fits)."""
+        self._check_open()
+        if self._wr_shut:
+            raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
+        view = memoryview(data).cast("B")
+        if not len(view):
+            return 0
+        engine = self._engine
+        with engine.lock:
+            self._wait(self._stream_ready_for_send)
+            engine.session.check_writable(self._stream_id)
+
+            def room() -> bool:
+                return (
+                    engine.conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                    or engine.session.terminated is not None
+                )
+
+            self._wait(room)
+            engine.session.check_writable(self._stream_id)
+            n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
+            engine.conn.send_stream_data(self._stream_id, bytes(view[:n]))
+            engine.flush()
+            return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data`` (waits while the peer or the network is slow)."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            n = self.send(view)
+            view = view[n:]
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR sends end-of-stream; SHUT_RD stops reading; SHUT_RDWR both."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if how in (SHUT_WR, SHUT_RDWR) and not self._wr_shut:
+                self._wr_shut = True
+                self._wait(self._stream_ready_for_send)
+                if engine.session.terminated is None:
+                    engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
+            if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
+                self._rd_shut = True
+                buf = engine.session.streams.get(self._stream_id)
+                if engine.session.terminated is None and not (buf and buf.eof):
+                    with contextlib.suppress(DTPError):
+                        engine.conn.stop_sending(self._stream_id)
+            engine.flush()
+
+    def close(self) -> None:
+        """Close this stream; closing the first stream closes the connection (after
+        up to 5 s for queued data to leave)."""
+        if self._closed:
+            return
+        if self._primary:
+            self._engine.shutdown(LINGER)
+        else:
+            with contextlib.suppress(DTPError):
+                self.shutdown(SHUT_RDWR)
+        self._closed = True
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close the whole connection at once, dropping queued data."""
+        self._engine.abort(CloseCode.APPLICATION, reason)
+        self._closed = True
+
+    def __enter__(self) -> DTPSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and self._primary:
+            with contextlib.suppress(Exception):
+                self._engine.abort(CloseCode.NO_ERROR, "socket garbage-collected")
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def open_stream(self) -> DTPSocket:
+        """Open another stream on this connection."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            engine.session.check_writable(self._stream_id)
+            stream_id = engine.conn.open_stream()
+            engine.flush()
+        sock = DTPSocket(engine, stream_id, primary=False)
+        sock.settimeout(self._timeout)
+        return sock
+
+    def accept_stream(self) -> DTPSocket:
+        """Wait for the peer to open a stream and return it."""
+        self._check_open()
+        engine = self._engine
+        session = engine.session
+        primary = self._primary_stream_id()
+        with engine.lock:
+
+            def ready() -> bool:
+                while session.incoming_streams and session.incoming_streams[0] == primary:
+                    session.incoming_streams.popleft()
+                return bool(session.incoming_streams) or session.terminated is not None
+
+            self._wait(ready)
+            if not session.incoming_streams:
+                raise session.error or ConnectionClosed("the connection is closed")
+            stream_id = session.incoming_streams.popleft()
+        sock = DTPSocket(engine, stream_id, primary=False)
+        sock.settimeout(self._timeout)
+        return sock
+
+    def _primary_stream_id(self) -> int:
+        return 0
+
+    def makefile(
+        self,
+        mode: str = "rb",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object over this stream, as :meth:`socket.socket.makefile`."""
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
+        reading, writing = "r" in mode, "w" in mode
+        raw = _StreamIO(self, ("r" if reading else "") + ("w" if writing else ""))
+        if buffering is None:
+            buffering = -1
+        if buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if "b" not in mode:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        buffered: io.BufferedIOBase
+        if reading and writing:
+            buffered = io.BufferedRWPair(raw, raw, buffering)
+        elif reading:
+            buffered = io.BufferedReader(raw, buffering)
+        else:
+            buffered = io.BufferedWriter(raw, buffering)
+        if "b" in mode:
+            return buffered
+        return io.TextIOWrapper(buffered, encoding, errors, newline)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<DTPSocket stream={self._stream_id} {state} peer={self.getpeername()}>"
+
+
+class _StreamIO(io.RawIOBase):
+    def __init__(self, sock: DTPSocket, mode: str) -> None:
+        super().__init__()
+        self._sock = sock
+        self._mode = mode
+
+    def readable(self) -> bool:
+        return "r" in self._mode
+
+    def writable(self) -> bool:
+        return "w" in self._mode
+
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self._sock.sendall(view)
+        return len(view)
+
+
+# -----------------------------------------------------------------------------------------
+# client
+
+
+def create_connection(
+    address: tuple[str, int],
+    timeout: float | None = None,
+    *,
+    server_key: bytes | None = None,
+    expected_server_key: bytes | None = None,
+    identity: HostIdentity | None = None,
+    config: ConnectionConfig | None = None,
+) -> DTPSocket:
+    """Connect to a DTP server and return the connection's first stream.
+
+    ``address``: the server's carrier endpoint ``(host, port)``. ``server_key``: its
+    Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
+    server without that key cannot answer; without it the handshake is Noise XX and
+    ``expected_server_key`` may pin the key the server must present. ``identity``: our
+    keys (a fresh anonymous identity when omitted). Raises ConnectionRefused when the
+    server refuses us, HandshakeError when the handshake fails, DTPTimeoutError when
+    ``timeout`` passes first.
+    """
+    identity = identity or HostIdentity.generate()
+    base = config or ConnectionConfig(identity=identity, is_client=True)
+    cfg = replace(
+        base,
+        identity=identity,
+        is_client=True,
+        server_static=server_key,
+        expected_server_static=expected_server_key,
+    )
+    start = time.monotonic()
+    tcp = connect_tcp(address, timeout)
+    session = Session(cfg)
+    engine = _Engine(tcp, session, name=f"client-{address[0]}:{address[1]}")
+    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+    try:
+        with engine.lock:
+            engine.flush()
+            engine.pump(
+                lambda: session.conn.handshake_hash is not None or session.terminated is not None,
+                remaining,
+            )
+            if session.terminated is None:
+                engine.conn.open_stream()
+                engine.flush()
+                remaining = None if timeout is None else timeout - (time.monotonic() - start)
+                engine.pump(
+                    lambda: session.accepted or session.terminated is not None,
+                    None if remaining is None else max(0.0, remaining),
+                )
+            if not session.accepted:
+                error = session.error
+                if isinstance(error, ConnectionLost):
+                    error = HandshakeError(
+                        "the server closed the connection during the handshake "
+                        "(wrong server key, or not a DTP server?)"
+                    )
+                raise error or HandshakeError("the handshake did not complete")
+    except BaseException:
+        engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
+        raise
+    engine.start_timer()
+    sock = DTPSocket(engine, 0, primary=True)
+    sock.settimeout(timeout)
+    return sock
+
+
+# -----------------------------------------------------------------------------------------
+# server
+
+
+class DTPServer:
+    """A listening DTP endpoint. Handshakes run in worker threads, so a slow or hostile
+    client cannot stall :meth:`accept` for others."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        identity: HostIdentity,
+        *,
+        accept: AcceptHook | None = None,
+        config: ConnectionConfig | None = None,
+        backlog: int = 128,
+        max_handshakes: int = 32,
+        max_pending: int = 128,
+    ) -> None:
+        self.identity = identity
+        self._accept_hook = accept
+        base = config or ConnectionConfig(identity=identity, is_client=False)
+        self._config = replace(base, identity=identity, is_client=False)
+        self._listener = listen_tcp(address, backlog)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
+        self._pool = ThreadPoolExecutor(max_handshakes, thread_name_prefix="dtp-handshake")
+        self._closed = threading.Event()
+        self.handshakes_failed = 0
+        self.refused = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="dtp-acceptor", daemon=True)
+        self._thread.start()
+
+    @property
+    def noise_public_key(self) -> bytes:
+        """The key clients pass as ``server_key``."""
+        return self.identity.noise_public
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                tcp, peer = self._listener.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.05)
+                continue
+            try:
+                self._pool.submit(self._handshake, tcp, peer)
+            except RuntimeError:  # pool shut down while closing
+                tcp.close()
+                return
+
+    def _handshake(self, tcp: _socket.socket, peer: Any) -> None:
+        from dtp.carriers.tcp import tune
+
+        tune(tcp)
+        session = Session(self._config)
+        engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
+        conn = session.conn
+        try:
+            with engine.lock:
+                engine.pump(
+                    lambda: (
+                        session.authenticated_address is not None or session.terminated is not None
+                    ),
+                    self._config.handshake_timeout,
+                )
+                if session.terminated is not None or session.authenticated_address is None:
+                    self.handshakes_failed += 1
+                    engine.abort(CloseCode.HANDSHAKE_FAILED, "handshake failed")
+                    return
+                verdict = self._run_hook(session.authenticated_address)
+                if verdict is not None:
+                    self.refused += 1
+                    conn.refuse(verdict)
+                    engine.flush()
+                    engine.pump(lambda: not engine.out, 1.0)
+                    engine.abort(CloseCode.REFUSED, verdict)
+                    return
+                conn.accept()
+                engine.flush()
+                session.process_events()
+        except DTPError as exc:
+            self.handshakes_failed += 1
+            logger.debug("handshake with %s failed: %s", peer, exc)
+            engine.abort(CloseCode.HANDSHAKE_FAILED, "handshake failed")
+            return
+        except Exception:
+            logger.exception("handshake with %s failed", peer)
+            engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        engine.start_timer()
+        sock = DTPSocket(engine, 0, primary=True)
+        try:
+            self._ready.put(sock, timeout=self._config.handshake_timeout)
+        except queue.Full:
+            sock.abort("server busy")
+
+    def _run_hook(self, address: str) -> str | None:
+        """None to accept, or the refusal reason."""
+        if self._accept_hook is None:
+            return None
+        try:
+            verdict = self._accept_hook(address)
+        except Exception:
+            logger.exception("accept hook failed for %s", address)
+            return "internal error in the server's accept hook"
+        if verdict is None or verdict is True:
+            return None
+        if verdict is False:
+            return "refused by the server"
+        return str(verdict)
+
+    def accept(self, timeout: float | None = None) -> tuple[DTPSocket, str]:
+        """Wait for the next accepted connection: (its first stream, client address)."""
+        if self._closed.is_set():
+            raise LocalProtocolError("accept() on a closed server")
+        try:
+            sock = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            raise DTPTimeoutError("no connection within the timeout") from None
+        if sock is None:
+            raise LocalProtocolError("the server was closed")
+        assert sock.peer_address is not None
+        return sock, sock.peer_address
+
+    def serve_forever(self, handler: Callable[[DTPSocket], None]) -> None:
+        """Accept connections until closed, running ``handler(sock)`` in a thread each
+        (the socket is closed when the handler returns)."""
+
+        def run(sock: DTPSocket) -> None:
+            with sock:
+                try:
+                    handler(sock)
+                except DTPError as exc:
+                    logger.info("connection from %s ended: %s", sock.peer_address, exc)
+                except Exception:
+                    logger.exception("handler failed for %s", sock.peer_address)
+
+        while not self._closed.is_set():
+            try:
+                sock, _ = self.accept(timeout=0.5)
+            except DTPTimeoutError:
+                continue
+            except LocalProtocolError:
+                return
+            threading.Thread(target=run, args=(sock,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening; connections already accepted stay open."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(queue.Full):
+            self._ready.put_nowait(None)
+
+    def __enter__(self) -> DTPServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def create_server(
+    address: tuple[str, int],
+    *,
+    identity: HostIdentity,
+    accept: AcceptHook | None = None,
+    config: ConnectionConfig | None = None,
+    backlog: int = 128,
+) -> DTPServer:
+    """Listen for DTP connections on ``address`` with the host's ``identity``."""
+    return DTPServer(address, identity, accept=accept, config=config, backlog=backlog)
