@@ -84,6 +84,8 @@ _SCRYPT_MAX_R: Final = 32
 _SCRYPT_MAX_P: Final = 16
 _ENCRYPTED: Final = "scrypt-chacha20poly1305"
 _PLAIN: Final = "plain"
+# Bech32 private keys ("suiprivkey1..."), as `sui keytool export` and wallets show them.
+_SUI_BECH32_HRP: Final = "suiprivkey"
 # Noise static key derivation from the Ed25519 seed (see from_sui_keystring).
 _NOISE_DERIVATION_KEY: Final = b"DTP/noise-static/v1"
 
@@ -169,6 +171,68 @@ def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
     return _verify_sui_signature(transaction_digest(tx_bytes), sui_signature)
 
 
+# -- bech32 (BIP-173), for "suiprivkey1..." strings ----------------------------------------
+
+_BECH32_CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_BECH32_GENERATOR: Final = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+
+def _bech32_polymod(values: list[int]) -> int:
+    checksum = 1
+    for value in values:
+        top = checksum >> 25
+        checksum = ((checksum & 0x1FFFFFF) << 5) ^ value
+        for i, generator in enumerate(_BECH32_GENERATOR):
+            if (top >> i) & 1:
+                checksum ^= generator
+    return checksum
+
+
+def _bech32_hrp_expand(hrp: str) -> list[int]:
+    return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+
+
+def _convert_bits(data: list[int] | bytes, from_bits: int, to_bits: int, pad: bool) -> bytes:
+    acc = bits = 0
+    out = bytearray()
+    mask = (1 << to_bits) - 1
+    for value in data:
+        acc = (acc << from_bits) | value
+        bits += from_bits
+        while bits >= to_bits:
+            bits -= to_bits
+            out.append((acc >> bits) & mask)
+    if pad:
+        if bits:
+            out.append((acc << (to_bits - bits)) & mask)
+    elif bits >= from_bits or (acc << (to_bits - bits)) & mask:
+        raise ValueError("invalid bech32 padding")
+    return bytes(out)
+
+
+def _bech32_encode(hrp: str, payload: bytes) -> str:
+    data = list(_convert_bits(payload, 8, 5, pad=True))
+    polymod = _bech32_polymod([*_bech32_hrp_expand(hrp), *data, 0, 0, 0, 0, 0, 0]) ^ 1
+    checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
+    return hrp + "1" + "".join(_BECH32_CHARSET[d] for d in data + checksum)
+
+
+def _bech32_decode(text: str, hrp: str) -> bytes:
+    if text.lower() != text and text.upper() != text:
+        raise ValueError("mixed-case bech32 string")
+    text = text.lower()
+    sep = text.rfind("1")
+    if text[:sep] != hrp or len(text) - sep - 1 < 6:
+        raise ValueError(f"not a {hrp} bech32 string")
+    try:
+        data = [_BECH32_CHARSET.index(c) for c in text[sep + 1 :]]
+    except ValueError:
+        raise ValueError("invalid bech32 character") from None
+    if _bech32_polymod(_bech32_hrp_expand(hrp) + data) != 1:
+        raise ValueError("bad bech32 checksum")
+    return _convert_bits(data[:-6], 5, 8, pad=False)
+
+
 # -- the identity ---------------------------------------------------------------------------
 
 
@@ -243,19 +307,25 @@ class HostIdentity:
 
     @classmethod
     def from_sui_keystring(cls, keystring: str, noise_private: bytes | None = None) -> HostIdentity:
-        """An identity from a Sui base64 keystring (``base64(0x00 || 32-byte seed)``).
+        """An identity from a Sui private key string.
 
-        This is the form pysui's ``keypair_from_keystring`` and ``sui.keystore`` use. Only
-        Ed25519 keys are accepted. ``noise_private`` (32 bytes) is the X25519 static key;
-        when it is None the key is derived deterministically from the seed
+        Accepts the base64 keystring (``base64(0x00 || 32-byte seed)``, the form of
+        ``sui.keystore`` and pysui's ``keypair_from_keystring``) and the bech32 form
+        (``suiprivkey1...``, what ``sui keytool export`` and wallets show). Only Ed25519
+        keys are accepted; anything else raises ValueError. ``noise_private`` (32 bytes)
+        is the X25519 static key; when it is None the key is derived from the seed
         (``blake2b-256(seed, key=b"DTP/noise-static/v1")``), so the same keystring always
         gives the same identity. The derivation is one-way: the Noise key does not reveal
         the Sui key.
         """
-        try:
-            raw = base64.b64decode(keystring.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("not a base64 Sui keystring") from None
+        text = keystring.strip()
+        if text.lower().startswith(_SUI_BECH32_HRP + "1"):
+            raw = _bech32_decode(text, _SUI_BECH32_HRP)
+        else:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not a base64 or suiprivkey1 Sui keystring") from None
         if len(raw) != 33:
             raise ValueError("a Sui keystring holds 33 bytes (flag || 32-byte key)")
         if raw[0] != ED25519_FLAG:
@@ -270,6 +340,10 @@ class HostIdentity:
     def to_sui_keystring(self) -> str:
         """The Ed25519 key as a Sui base64 keystring (the Noise key is not included)."""
         return base64.b64encode(bytes([ED25519_FLAG]) + _raw_private(self._ed25519)).decode()
+
+    def to_sui_bech32(self) -> str:
+        """The Ed25519 key as a ``suiprivkey1...`` string (the Noise key is not included)."""
+        return _bech32_encode(_SUI_BECH32_HRP, bytes([ED25519_FLAG]) + _raw_private(self._ed25519))
 
     # -- public parts ---------------------------------------------------------------------
 
