@@ -15,6 +15,24 @@ needs with them:
 - Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
   written atomically with mode 0600 and refused on load when group/other can read them.
 
+Identity file format (JSON, version 1)::
+
+    {
+      "version": 1,
+      "kind": "dtp-identity",
+      "sui_address": "0x…",              # public header, for humans and tools
+      "noise_public": "<64 hex>",
+      "secret": {"encoding": "plain", "data": "<base64 of the secret JSON>"}
+    }
+
+or, with a passphrase, ``"secret": {"encoding": "scrypt-chacha20poly1305", "kdf":
+{"name": "scrypt", "n": 32768, "r": 8, "p": 1, "salt": "<base64, 16 bytes>"}, "nonce":
+"<base64, 12 bytes>", "ciphertext": "<base64>"}``: scrypt turns the (NFC-normalized,
+UTF-8) passphrase into a 32-byte ChaCha20-Poly1305 key, which seals the secret JSON with
+the public header (the four fields above, as compact JSON with sorted keys) as
+associated data. The secret JSON is ``{"noise_private": "<base64, 32 bytes>",
+"sui_keystring": "<base64 Sui keystring>"}``. On load the keys must match the header.
+
 Secrets never appear in ``repr`` or in exception messages.
 """
 
