@@ -1,0 +1,436 @@
+"""The DTP handshake: Noise IK (or XX) plus a Sui-signed channel binding. Sans-I/O.
+
+This module turns handshake messages into session keys and does nothing else: no
+sockets, no clock, no randomness of its own (the caller passes the ephemeral key), no
+record framing. The connection state machine carries the messages in ``HS_INIT`` /
+``HS_RESP`` / ``HS_FINAL`` records and hands the resulting keys to the record layer.
+
+Patterns (both ``25519_ChaChaPoly_BLAKE2s``, run by the ``noiseprotocol`` package):
+
+- ``Noise_IK`` (:data:`PATTERN_IK`) when the client knows the server's static key (it is
+  published in the server's ``Host`` object). Two messages: client → server, server →
+  client.
+- ``Noise_XX`` (:data:`PATTERN_XX`) otherwise. Three messages; the client learns the
+  server's static key from message 2 (:attr:`Handshake.remote_static`) and must check it
+  against what it expected before trusting the session.
+
+Wire form of the handshake messages:
+
+- message 1 (client → server): one byte, the pattern id (1 = IK, 2 = XX), then the Noise
+  message;
+- later messages: the Noise message alone.
+
+Every message is at most :data:`MAX_MESSAGE_SIZE` (4096) bytes, pattern byte included, and
+carries a payload of at most :data:`MAX_PAYLOAD_SIZE` bytes. The pattern byte is not
+authenticated by itself, but it cannot be changed unnoticed: the Noise protocol name is
+hashed into the transcript, so two sides running different patterns never agree on keys.
+
+Payload confidentiality follows Noise: the first XX payload is sent in clear; the first
+IK payload is encrypted to the server's static key but has no forward secrecy and can be
+replayed to the server. Put nothing secret in message 1, and nothing whose replay matters.
+
+Any failure while reading (malformed, truncated, oversized or undecryptable message,
+unknown pattern id, message out of turn) raises :class:`~dtp.errors.HandshakeError`, and
+the handshake is then dead: every later call raises ``HandshakeError`` too. A client
+that used the wrong server key in IK never gets a reply (the server's ``read_message``
+raises on message 1 and there is nothing to send back); the connection layer sees the
+carrier close or its handshake timeout. A message 2 from anyone but the holder of the
+server key the client used fails the client's ``read_message`` with ``HandshakeError``.
+
+Channel binding: after the handshake the client proves its Sui address with
+:func:`make_auth_proof`, a Sui personal-message signature over ``b"DTP-AUTH-V1" ||
+handshake_hash``; the server checks it with :func:`verify_auth_proof`. The handshake hash
+is unique to this session, so the proof cannot be replayed into another one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from noise.connection import Keypair, NoiseConnection
+from noise.exceptions import (
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+    NoiseValidationError,
+    NoiseValueError,
+)
+
+from dtp.errors import HandshakeError
+from dtp.keys import HostIdentity, InvalidSignature, verify_personal_message
+
+__all__ = [
+    "AUTH_CONTEXT",
+    "AUTH_PROOF_SIZE",
+    "DEFAULT_PROLOGUE",
+    "KEY_SIZE",
+    "MAX_MESSAGE_SIZE",
+    "MAX_PAYLOAD_SIZE",
+    "PATTERN_IK",
+    "PATTERN_XX",
+    "PROTOCOL_NAMES",
+    "Handshake",
+    "make_auth_proof",
+    "verify_auth_proof",
+]
+
+#: Pattern id of ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` (first byte of message 1).
+PATTERN_IK: Final = 1
+#: Pattern id of ``Noise_XX_25519_ChaChaPoly_BLAKE2s`` (first byte of message 1).
+PATTERN_XX: Final = 2
+
+#: The Noise protocol name for each pattern id.
+PROTOCOL_NAMES: Final[dict[int, bytes]] = {
+    PATTERN_IK: b"Noise_IK_25519_ChaChaPoly_BLAKE2s",
+    PATTERN_XX: b"Noise_XX_25519_ChaChaPoly_BLAKE2s",
+}
+_MESSAGE_COUNT: Final[dict[int, int]] = {PATTERN_IK: 2, PATTERN_XX: 3}
+
+#: Upper bound on every handshake message, pattern byte and payload included (the
+#: handshake record body limit of docs/protocol.md).
+MAX_MESSAGE_SIZE: Final = 4096
+#: Upper bound on a handshake payload. The largest Noise overhead here is 97 bytes (IK
+#: message 1 with its pattern byte), so any payload up to this size fits in any message.
+MAX_PAYLOAD_SIZE: Final = MAX_MESSAGE_SIZE - 128
+
+#: Prologue both sides mix into the transcript unless told otherwise.
+DEFAULT_PROLOGUE: Final = b"DTP/1"
+#: Size of X25519 keys and of the ChaCha20-Poly1305 transport keys.
+KEY_SIZE: Final = 32
+
+#: Domain separation tag of the client's identity proof.
+AUTH_CONTEXT: Final = b"DTP-AUTH-V1"
+#: Size of an identity proof (a serialized Ed25519 Sui signature).
+AUTH_PROOF_SIZE: Final = 97
+
+# Everything noiseprotocol (and cryptography underneath it) raises on bad input: a
+# wrong-length key or message part (NoiseValueError), a failed AEAD tag (InvalidTag), a
+# low-order X25519 point (ValueError), state misuse (NoiseHandshakeError, ...).
+_NOISE_ERRORS: Final = (
+    InvalidTag,
+    ValueError,
+    NoiseValueError,
+    NoiseInvalidMessage,
+    NoiseHandshakeError,
+    NoiseMaxNonceError,
+    NoiseValidationError,
+)
+
+
+def _as_bytes(name: str, value: bytes) -> bytes:
+    # bytes(5) would quietly make five zero bytes; accept only bytes-like objects.
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+def _check_key(name: str, key: bytes) -> bytes:
+    key = _as_bytes(name, key)
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"{name} must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+class Handshake:
+    """One side of a DTP handshake (Noise IK or XX), driven by the caller.
+
+    Create it with :meth:`initiator` (the client) or :meth:`responder` (the server), then
+    alternate :meth:`write_message` and :meth:`read_message` as :attr:`wants_write` says
+    until :attr:`complete`; then read :attr:`handshake_hash`, :attr:`remote_static` and
+    :meth:`transport_keys`.
+
+    The initiator writes messages 1 (and 3 in XX); the responder reads message 1, which
+    tells it the pattern, and writes message 2.
+    """
+
+    def __init__(
+        self,
+        *,
+        is_initiator: bool,
+        static_private: bytes,
+        ephemeral_private: bytes,
+        remote_static: bytes | None,
+        prologue: bytes,
+    ) -> None:
+        """Use :meth:`initiator` or :meth:`responder` instead."""
+        self._is_initiator = is_initiator
+        self._static = _check_key("static_private", static_private)
+        self._ephemeral = _check_key("ephemeral_private", ephemeral_private)
+        self._prologue = _as_bytes("prologue", prologue)
+        self._remote_static: bytes | None = (
+            None if remote_static is None else _check_key("remote_static", remote_static)
+        )
+        self._pattern: int | None = None
+        self._noise: Any = None  # noise.connection.NoiseConnection while in progress
+        self._messages_done = 0
+        self._failed = False
+        self._hash: bytes | None = None
+        self._keys: tuple[bytes, bytes] | None = None
+        if is_initiator:
+            self._pattern = PATTERN_XX if self._remote_static is None else PATTERN_IK
+            self._noise = self._start_noise(self._pattern)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def initiator(
+        cls,
+        static_private: bytes,
+        ephemeral_private: bytes,
+        remote_static: bytes | None = None,
+        prologue: bytes = DEFAULT_PROLOGUE,
+    ) -> Handshake:
+        """The client side.
+
+        ``static_private`` is the client's 32-byte X25519 key
+        (:meth:`HostIdentity.noise_private_bytes`); ``ephemeral_private`` must be 32 fresh
+        random bytes for every handshake (``os.urandom(32)``; reusing one breaks the
+        security of both sessions). With ``remote_static`` (the server's published
+        X25519 key) the handshake is IK, without it XX. Both sides must use the same
+        ``prologue``. Raises ValueError/TypeError for malformed keys.
+        """
+        return cls(
+            is_initiator=True,
+            static_private=static_private,
+            ephemeral_private=ephemeral_private,
+            remote_static=remote_static,
+            prologue=prologue,
+        )
+
+    @classmethod
+    def responder(
+        cls,
+        static_private: bytes,
+        ephemeral_private: bytes,
+        prologue: bytes = DEFAULT_PROLOGUE,
+    ) -> Handshake:
+        """The server side; the pattern is chosen by the client's first message.
+
+        Keys as for :meth:`initiator`: ``static_private`` is the server's X25519 key (the
+        one its ``Host`` object publishes), ``ephemeral_private`` 32 fresh random bytes.
+        """
+        return cls(
+            is_initiator=False,
+            static_private=static_private,
+            ephemeral_private=ephemeral_private,
+            remote_static=None,
+            prologue=prologue,
+        )
+
+    def _start_noise(self, pattern: int) -> Any:
+        noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern])
+        noise.set_prologue(self._prologue)
+        if self._is_initiator:
+            noise.set_as_initiator()
+        else:
+            noise.set_as_responder()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self._static)
+        noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, self._ephemeral)
+        if self._is_initiator and self._remote_static is not None:
+            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote_static)
+        # noiseprotocol warns whenever the ephemeral key is set by the caller ("OK for
+        # testing"); here it is the design: randomness comes from the caller (sans-I/O).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
+            noise.start_handshake()
+        return noise
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def is_initiator(self) -> bool:
+        """True on the client side."""
+        return self._is_initiator
+
+    @property
+    def pattern(self) -> int | None:
+        """:data:`PATTERN_IK` or :data:`PATTERN_XX`; None on a responder before message 1."""
+        return self._pattern
+
+    @property
+    def complete(self) -> bool:
+        """True once every handshake message has been written or read."""
+        return self._keys is not None
+
+    @property
+    def failed(self) -> bool:
+        """True after a failure; the handshake cannot continue."""
+        return self._failed
+
+    @property
+    def wants_write(self) -> bool:
+        """True when the next step is :meth:`write_message` (False when done or failed)."""
+        if self._failed or self.complete:
+            return False
+        return (self._messages_done % 2 == 0) == self._is_initiator
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's X25519 static public key, once known.
+
+        The initiator knows it from the start in IK and after message 2 in XX; the
+        responder learns it from message 1 in IK and message 3 in XX. In XX the client
+        must compare it with the key the server publishes.
+        """
+        return self._remote_static
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """The 32-byte Noise handshake hash (channel binding); only once :attr:`complete`."""
+        if self._hash is None:
+            raise HandshakeError("the handshake hash exists only once the handshake is complete")
+        return self._hash
+
+    def transport_keys(self) -> tuple[bytes, bytes]:
+        """``(send_key, recv_key)``: this side's raw 32-byte ChaCha20-Poly1305 keys.
+
+        The initiator's send key is the responder's receive key and vice versa. Noise
+        transport nonces are ``4 zero bytes || u64le counter``. Only once :attr:`complete`.
+        """
+        if self._keys is None:
+            raise HandshakeError("transport keys exist only once the handshake is complete")
+        return self._keys
+
+    def __repr__(self) -> str:
+        role = "initiator" if self._is_initiator else "responder"
+        pattern = {PATTERN_IK: "IK", PATTERN_XX: "XX", None: "?"}[self._pattern]
+        state = "failed" if self._failed else "complete" if self.complete else "in progress"
+        return f"<Handshake {role} {pattern} {state}, {self._messages_done} messages>"
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise HandshakeError("the handshake already failed")
+        if self.complete:
+            raise HandshakeError("the handshake is already complete")
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        """The next handshake message to send, carrying ``payload``.
+
+        Raises :class:`HandshakeError` when it is not this side's turn, the handshake is
+        over, or ``payload`` is longer than :data:`MAX_PAYLOAD_SIZE` (these leave the
+        handshake usable), or if Noise fails (which does not).
+        """
+        self._check_usable()
+        if not self.wants_write:
+            raise HandshakeError("out of turn: a handshake message must be read first")
+        payload = _as_bytes("payload", payload)
+        if len(payload) > MAX_PAYLOAD_SIZE:
+            raise HandshakeError(
+                f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
+            )
+        noise = self._noise
+        state = noise.noise_protocol.handshake_state  # noise drops it when it completes
+        try:
+            body = bytes(noise.write_message(payload))
+        except _NOISE_ERRORS as exc:
+            self._failed = True
+            raise HandshakeError(f"cannot write handshake message: {exc}") from None
+        if self._messages_done == 0:
+            assert self._pattern is not None  # the initiator picks it at construction
+            body = bytes([self._pattern]) + body
+        self._after_message(state)
+        return body
+
+    def read_message(self, message: bytes) -> bytes:
+        """Process a handshake message from the peer; return the payload it carried.
+
+        Raises :class:`HandshakeError` for anything wrong with it (see the module docs);
+        after that the handshake is dead. Also raises it, without killing the handshake,
+        when the handshake is already complete or failed.
+        """
+        self._check_usable()
+        data = _as_bytes("message", message)
+        try:
+            return self._read(data)
+        except HandshakeError:
+            self._failed = True
+            raise
+
+    def _read(self, data: bytes) -> bytes:
+        if self.wants_write:
+            raise HandshakeError("out of turn: expected to write a handshake message, not read")
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise HandshakeError(
+                f"handshake message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}"
+            )
+        if self._messages_done == 0:  # only a responder reads message 1
+            if not data:
+                raise HandshakeError("empty handshake message")
+            pattern, data = data[0], data[1:]
+            if pattern not in PROTOCOL_NAMES:
+                raise HandshakeError(f"unknown handshake pattern id {pattern}")
+            self._pattern = pattern
+            self._noise = self._start_noise(pattern)
+        noise = self._noise
+        state = noise.noise_protocol.handshake_state
+        try:
+            payload = bytes(noise.read_message(data))
+        except _NOISE_ERRORS:
+            # No detail: which check failed is of no use to the peer, or to the user.
+            raise HandshakeError(
+                f"invalid handshake message {self._messages_done + 1} "
+                "(malformed, or not from the expected peer)"
+            ) from None
+        if len(payload) > MAX_PAYLOAD_SIZE:
+            raise HandshakeError(
+                f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
+            )
+        self._after_message(state)
+        return payload
+
+    def _after_message(self, state: Any) -> None:
+        self._messages_done += 1
+        remote = getattr(state.rs, "public_bytes", None)
+        if remote is not None:
+            self._remote_static = bytes(remote)
+        noise = self._noise
+        if noise.handshake_finished:
+            assert self._pattern is not None
+            assert self._messages_done == _MESSAGE_COUNT[self._pattern]
+            protocol = noise.noise_protocol
+            self._hash = bytes(protocol.handshake_hash)
+            self._keys = (
+                bytes(protocol.cipher_state_encrypt.k),
+                bytes(protocol.cipher_state_decrypt.k),
+            )
+            self._noise = None  # drop Noise state (and its copies of the keys)
+
+
+# -- channel binding ------------------------------------------------------------------------
+
+
+def _auth_message(handshake_hash: bytes) -> bytes:
+    handshake_hash = bytes(handshake_hash)
+    if len(handshake_hash) != 32:
+        raise ValueError("a handshake hash is 32 bytes")
+    return AUTH_CONTEXT + handshake_hash
+
+
+def make_auth_proof(identity: HostIdentity, handshake_hash: bytes) -> bytes:
+    """The client's proof of its Sui address for this session (97 bytes).
+
+    A Sui personal-message signature by ``identity`` over
+    ``b"DTP-AUTH-V1" || handshake_hash``; the connection sends it once the handshake is
+    complete. Raises ValueError if ``handshake_hash`` is not 32 bytes.
+    """
+    return identity.sign_personal_message(_auth_message(handshake_hash))
+
+
+def verify_auth_proof(proof: bytes, handshake_hash: bytes) -> str:
+    """Check a client's identity proof for this session; return the client's Sui address.
+
+    Raises :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not
+    made over this ``handshake_hash``; ValueError if ``handshake_hash`` is not 32 bytes.
+    """
+    message = _auth_message(handshake_hash)
+    proof = bytes(proof)
+    if len(proof) != AUTH_PROOF_SIZE:
+        raise HandshakeError(f"identity proof must be {AUTH_PROOF_SIZE} bytes, got {len(proof)}")
+    try:
+        return verify_personal_message(message, proof)
+    except InvalidSignature as exc:
+        raise HandshakeError(f"identity proof rejected: {exc}") from None

@@ -1,0 +1,712 @@
+"""Host identities: the Sui authority key (Ed25519) and the Noise static key (X25519).
+
+A DTP host is named on chain by its ``Host`` object; the object records the host's
+*authority* (a Sui address, derived from an Ed25519 public key) and its Noise static
+public key. :class:`HostIdentity` holds both private keys and does what the rest of DTP
+needs with them:
+
+- Sui addresses: ``"0x" + hex(blake2b-256(0x00 || ed25519_public))`` (flag 0x00 is
+  Ed25519).
+- Sui intent signing (serialized Sui signatures, ``flag || sig || pubkey``, 97 bytes):
+  personal messages (intent ``[3, 0, 0]``, message BCS-encoded as ``vector<u8>``) and
+  transaction data (intent ``[0, 0, 0]``).
+- Interchange with Sui wallets and pysui through the base64 keystring
+  (``base64(0x00 || 32-byte seed)``).
+- Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
+  written atomically with mode 0600 and refused on load when group/other can read them.
+
+Identity file format (JSON, version 1)::
+
+    {
+      "version": 1,
+      "kind": "dtp-identity",
+      "sui_address": "0x…",              # public header, for humans and tools
+      "noise_public": "<64 hex>",
+      "secret": {"encoding": "plain", "data": "<base64 of the secret JSON>"}
+    }
+
+or, with a passphrase, ``"secret": {"encoding": "scrypt-chacha20poly1305", "kdf":
+{"name": "scrypt", "n": 32768, "r": 8, "p": 1, "salt": "<base64, 16 bytes>"}, "nonce":
+"<base64, 12 bytes>", "ciphertext": "<base64>"}``: scrypt turns the (NFC-normalized,
+UTF-8) passphrase into a 32-byte ChaCha20-Poly1305 key, which seals the secret JSON with
+the public header (the four fields above, as compact JSON with sorted keys) as
+associated data. The secret JSON is ``{"noise_private": "<base64, 32 bytes>",
+"sui_keystring": "<base64 Sui keystring>"}``. On load the keys must match the header.
+
+Secrets never appear in ``repr`` or in exception messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import stat
+import unicodedata
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature as _CryptographyInvalidSignature
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from dtp.errors import DTPError, KeyFileError
+
+__all__ = [
+    "ED25519_FLAG",
+    "IDENTITY_FILE_KIND",
+    "IDENTITY_FILE_VERSION",
+    "SUI_SIGNATURE_SIZE",
+    "HostIdentity",
+    "InvalidSignature",
+    "default_identity_path",
+    "personal_message_digest",
+    "sui_address_from_public_key",
+    "transaction_digest",
+    "verify_personal_message",
+    "verify_transaction",
+]
+
+#: Sui signature scheme flag for Ed25519 (the only scheme DTP host authorities use).
+ED25519_FLAG: Final = 0x00
+#: Size of a serialized Ed25519 Sui signature: flag (1) || signature (64) || public key (32).
+SUI_SIGNATURE_SIZE: Final = 1 + 64 + 32
+
+#: Sui intents (scope, version, app id); see Sui's ``shared_crypto::intent``.
+_INTENT_TRANSACTION: Final = bytes([0, 0, 0])
+_INTENT_PERSONAL_MESSAGE: Final = bytes([3, 0, 0])
+
+IDENTITY_FILE_KIND: Final = "dtp-identity"
+IDENTITY_FILE_VERSION: Final = 1
+
+# Encryption of the secret part of identity files.
+_SCRYPT_N: Final = 2**15
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+_SALT_SIZE: Final = 16
+_NONCE_SIZE: Final = 12
+# Cost ceilings accepted on load, so a crafted file cannot make us burn gigabytes.
+_SCRYPT_MAX_N: Final = 2**20
+_SCRYPT_MAX_R: Final = 32
+_SCRYPT_MAX_P: Final = 16
+_ENCRYPTED: Final = "scrypt-chacha20poly1305"
+_PLAIN: Final = "plain"
+# Bech32 private keys ("suiprivkey1..."), as `sui keytool export` and wallets show them.
+_SUI_BECH32_HRP: Final = "suiprivkey"
+# Noise static key derivation from the Ed25519 seed (see from_sui_keystring).
+_NOISE_DERIVATION_KEY: Final = b"DTP/noise-static/v1"
+
+
+class InvalidSignature(DTPError):
+    """A Sui signature is malformed, uses an unsupported scheme, or does not verify."""
+
+
+# -- Sui primitives -------------------------------------------------------------------------
+
+
+def _blake2b256(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def _uleb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def sui_address_from_public_key(ed25519_public: bytes) -> str:
+    """The Sui address of an Ed25519 public key: ``0x`` + blake2b-256(0x00 || key), hex."""
+    if len(ed25519_public) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return "0x" + _blake2b256(bytes([ED25519_FLAG]) + bytes(ed25519_public)).hex()
+
+
+def personal_message_digest(message: bytes) -> bytes:
+    """The 32 bytes Sui signs for a personal message.
+
+    ``blake2b-256([3, 0, 0] || uleb128(len(message)) || message)``: the intent, then the
+    message BCS-encoded as ``vector<u8>``.
+    """
+    data = bytes(message)
+    return _blake2b256(_INTENT_PERSONAL_MESSAGE + _uleb128(len(data)) + data)
+
+
+def transaction_digest(tx_bytes: bytes) -> bytes:
+    """The 32 bytes Sui signs for transaction data: ``blake2b-256([0, 0, 0] || tx_bytes)``."""
+    return _blake2b256(_INTENT_TRANSACTION + bytes(tx_bytes))
+
+
+def _verify_sui_signature(digest: bytes, sui_signature: bytes) -> str:
+    sig = bytes(sui_signature)
+    if len(sig) == 0:
+        raise InvalidSignature("empty Sui signature")
+    if sig[0] != ED25519_FLAG:
+        raise InvalidSignature(f"unsupported Sui signature scheme flag 0x{sig[0]:02x}")
+    if len(sig) != SUI_SIGNATURE_SIZE:
+        raise InvalidSignature(
+            f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
+        )
+    raw, public = sig[1:65], sig[65:]
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(raw, digest)
+    except (_CryptographyInvalidSignature, ValueError):
+        raise InvalidSignature("Sui signature does not verify") from None
+    return sui_address_from_public_key(public)
+
+
+def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
+    """Check a Sui personal-message signature and return the signer's Sui address.
+
+    ``sui_signature`` is the serialized form (``0x00 || sig || pubkey``, 97 bytes), as
+    :meth:`HostIdentity.sign_personal_message` and Sui wallets produce it (base64-decoded).
+    Raises :class:`InvalidSignature` if it is malformed, not Ed25519, or does not verify.
+    """
+    return _verify_sui_signature(personal_message_digest(message), sui_signature)
+
+
+def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
+    """Check a Sui transaction signature (intent ``[0, 0, 0]``); return the signer's address.
+
+    Raises :class:`InvalidSignature` like :func:`verify_personal_message`.
+    """
+    return _verify_sui_signature(transaction_digest(tx_bytes), sui_signature)
+
+
+# -- bech32 (BIP-173), for "suiprivkey1..." strings ----------------------------------------
+
+_BECH32_CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_BECH32_GENERATOR: Final = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+
+def _bech32_polymod(values: list[int]) -> int:
+    checksum = 1
+    for value in values:
+        top = checksum >> 25
+        checksum = ((checksum & 0x1FFFFFF) << 5) ^ value
+        for i, generator in enumerate(_BECH32_GENERATOR):
+            if (top >> i) & 1:
+                checksum ^= generator
+    return checksum
+
+
+def _bech32_hrp_expand(hrp: str) -> list[int]:
+    return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+
+
+def _convert_bits(data: list[int] | bytes, from_bits: int, to_bits: int, pad: bool) -> bytes:
+    acc = bits = 0
+    out = bytearray()
+    mask = (1 << to_bits) - 1
+    for value in data:
+        acc = (acc << from_bits) | value
+        bits += from_bits
+        while bits >= to_bits:
+            bits -= to_bits
+            out.append((acc >> bits) & mask)
+    if pad:
+        if bits:
+            out.append((acc << (to_bits - bits)) & mask)
+    elif bits >= from_bits or (acc << (to_bits - bits)) & mask:
+        raise ValueError("invalid bech32 padding")
+    return bytes(out)
+
+
+def _bech32_encode(hrp: str, payload: bytes) -> str:
+    data = list(_convert_bits(payload, 8, 5, pad=True))
+    polymod = _bech32_polymod([*_bech32_hrp_expand(hrp), *data, 0, 0, 0, 0, 0, 0]) ^ 1
+    checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
+    return hrp + "1" + "".join(_BECH32_CHARSET[d] for d in data + checksum)
+
+
+def _bech32_decode(text: str, hrp: str) -> bytes:
+    if text.lower() != text and text.upper() != text:
+        raise ValueError("mixed-case bech32 string")
+    text = text.lower()
+    sep = text.rfind("1")
+    if text[:sep] != hrp or len(text) - sep - 1 < 6:
+        raise ValueError(f"not a {hrp} bech32 string")
+    try:
+        data = [_BECH32_CHARSET.index(c) for c in text[sep + 1 :]]
+    except ValueError:
+        raise ValueError("invalid bech32 character") from None
+    if _bech32_polymod(_bech32_hrp_expand(hrp) + data) != 1:
+        raise ValueError("bad bech32 checksum")
+    return _convert_bits(data[:-6], 5, 8, pad=False)
+
+
+# -- the identity ---------------------------------------------------------------------------
+
+
+def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+
+
+class HostIdentity:
+    """A host's key material: the Ed25519 Sui authority key and the X25519 Noise static key.
+
+    Instances are immutable. Make one with :meth:`generate`, :meth:`from_private_bytes`,
+    :meth:`from_sui_keystring` or :meth:`load`. Two identities compare equal when their
+    public keys (and therefore their private keys) are the same.
+    """
+
+    __slots__ = ("_ed25519", "_ed25519_public", "_noise", "_noise_public", "_sui_address")
+
+    _ed25519: Ed25519PrivateKey
+    _noise: X25519PrivateKey
+    _ed25519_public: bytes
+    _noise_public: bytes
+    _sui_address: str
+
+    def __init__(self, ed25519_private: Ed25519PrivateKey, noise_private: X25519PrivateKey) -> None:
+        """Wrap existing key objects (prefer the ``generate``/``from_*``/``load`` helpers)."""
+        if not isinstance(ed25519_private, Ed25519PrivateKey):
+            raise TypeError("ed25519_private must be an Ed25519PrivateKey")
+        if not isinstance(noise_private, X25519PrivateKey):
+            raise TypeError("noise_private must be an X25519PrivateKey")
+        ed_public = _raw_public(ed25519_private.public_key())
+        set_ = object.__setattr__
+        set_(self, "_ed25519", ed25519_private)
+        set_(self, "_noise", noise_private)
+        set_(self, "_ed25519_public", ed_public)
+        set_(self, "_noise_public", _raw_public(noise_private.public_key()))
+        set_(self, "_sui_address", sui_address_from_public_key(ed_public))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("HostIdentity is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("HostIdentity is immutable")
+
+    def __reduce__(self) -> Any:
+        # Pickling would copy private keys into arbitrary places; make it explicit instead.
+        raise TypeError("HostIdentity cannot be pickled; use save() or to_sui_keystring()")
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def generate(cls) -> HostIdentity:
+        """A fresh identity: random Ed25519 and X25519 keys from the OS CSPRNG."""
+        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_bytes(cls, ed25519_seed: bytes, noise_private: bytes) -> HostIdentity:
+        """An identity from raw keys: the 32-byte Ed25519 seed and 32-byte X25519 key."""
+        if len(ed25519_seed) != 32 or len(noise_private) != 32:
+            raise ValueError("both private keys are 32 bytes")
+        return cls(
+            Ed25519PrivateKey.from_private_bytes(bytes(ed25519_seed)),
+            X25519PrivateKey.from_private_bytes(bytes(noise_private)),
+        )
+
+    @classmethod
+    def from_sui_keystring(cls, keystring: str, noise_private: bytes | None = None) -> HostIdentity:
+        """An identity from a Sui private key string.
+
+        Accepts the base64 keystring (``base64(0x00 || 32-byte seed)``, the form of
+        ``sui.keystore`` and pysui's ``keypair_from_keystring``) and the bech32 form
+        (``suiprivkey1...``, what ``sui keytool export`` and wallets show). Only Ed25519
+        keys are accepted; anything else raises ValueError. ``noise_private`` (32 bytes)
+        is the X25519 static key; when it is None the key is derived from the seed
+        (``blake2b-256(seed, key=b"DTP/noise-static/v1")``), so the same keystring always
+        gives the same identity. The derivation is one-way: the Noise key does not reveal
+        the Sui key.
+        """
+        text = keystring.strip()
+        if text.lower().startswith(_SUI_BECH32_HRP + "1"):
+            raw = _bech32_decode(text, _SUI_BECH32_HRP)
+        else:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not a base64 or suiprivkey1 Sui keystring") from None
+        if len(raw) != 33:
+            raise ValueError("a Sui keystring holds 33 bytes (flag || 32-byte key)")
+        if raw[0] != ED25519_FLAG:
+            raise ValueError(f"only Ed25519 Sui keys are supported (flag 0x{raw[0]:02x})")
+        seed = raw[1:]
+        if noise_private is None:
+            noise_private = hashlib.blake2b(
+                seed, key=_NOISE_DERIVATION_KEY, digest_size=32
+            ).digest()
+        return cls.from_private_bytes(seed, noise_private)
+
+    def to_sui_keystring(self) -> str:
+        """The Ed25519 key as a Sui base64 keystring (the Noise key is not included)."""
+        return base64.b64encode(bytes([ED25519_FLAG]) + _raw_private(self._ed25519)).decode()
+
+    def to_sui_bech32(self) -> str:
+        """The Ed25519 key as a ``suiprivkey1...`` string (the Noise key is not included)."""
+        return _bech32_encode(_SUI_BECH32_HRP, bytes([ED25519_FLAG]) + _raw_private(self._ed25519))
+
+    # -- public parts ---------------------------------------------------------------------
+
+    @property
+    def sui_address(self) -> str:
+        """The authority's Sui address, ``0x`` + 64 lowercase hex digits."""
+        return self._sui_address
+
+    @property
+    def ed25519_public(self) -> bytes:
+        """The raw 32-byte Ed25519 public key."""
+        return self._ed25519_public
+
+    @property
+    def noise_public(self) -> bytes:
+        """The raw 32-byte X25519 public key (the Noise static key published on chain)."""
+        return self._noise_public
+
+    def noise_private_bytes(self) -> bytes:
+        """The raw 32-byte X25519 private key, for the Noise handshake. Keep it secret."""
+        return _raw_private(self._noise)
+
+    # -- signing --------------------------------------------------------------------------
+
+    def sign(self, message: bytes) -> bytes:
+        """A raw 64-byte Ed25519 signature over ``message`` (no Sui intent, no hashing)."""
+        return self._ed25519.sign(bytes(message))
+
+    def _sui_sign(self, digest: bytes) -> bytes:
+        return bytes([ED25519_FLAG]) + self._ed25519.sign(digest) + self._ed25519_public
+
+    def sign_personal_message(self, message: bytes) -> bytes:
+        """A serialized Sui signature (97 bytes) over a personal message.
+
+        Signs ``blake2b-256([3, 0, 0] || uleb128(len(message)) || message)``, as Sui
+        wallets do; verify with :func:`verify_personal_message`.
+        """
+        return self._sui_sign(personal_message_digest(message))
+
+    def sign_transaction(self, tx_bytes: bytes) -> bytes:
+        """A serialized Sui signature (97 bytes) over BCS transaction data (intent [0, 0, 0]).
+
+        Same bytes as pysui's ``new_sign_secure`` (base64-decoded).
+        """
+        return self._sui_sign(transaction_digest(tx_bytes))
+
+    # -- dunder ---------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"HostIdentity(sui_address={self._sui_address!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HostIdentity):
+            return NotImplemented
+        return (self._ed25519_public, self._noise_public) == (
+            other._ed25519_public,
+            other._noise_public,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._ed25519_public, self._noise_public))
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "version": IDENTITY_FILE_VERSION,
+            "kind": IDENTITY_FILE_KIND,
+            "sui_address": self._sui_address,
+            "noise_public": self._noise_public.hex(),
+        }
+
+    def _secret_json(self) -> bytes:
+        secret = {
+            "sui_keystring": self.to_sui_keystring(),
+            "noise_private": base64.b64encode(self.noise_private_bytes()).decode(),
+        }
+        return json.dumps(secret, sort_keys=True).encode()
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        passphrase: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Write this identity to ``path`` (JSON; see the module docs for the format).
+
+        With a ``passphrase`` the secret part is encrypted (scrypt n=2**15, r=8, p=1 →
+        ChaCha20-Poly1305, the public header as associated data); without one it is stored
+        base64-encoded, readable by anyone who can read the file. The file is created
+        with mode 0600 and appears atomically; missing parent directories are created
+        with mode 0700. Raises :class:`KeyFileError` if the file exists and ``overwrite``
+        is false, or if it cannot be written.
+        """
+        target = Path(path)
+        header = self._header()
+        document: dict[str, Any] = dict(header)
+        secret = self._secret_json()
+        if passphrase is None:
+            document["secret"] = {
+                "encoding": _PLAIN,
+                "data": base64.b64encode(secret).decode(),
+            }
+        else:
+            salt = secrets.token_bytes(_SALT_SIZE)
+            nonce = secrets.token_bytes(_NONCE_SIZE)
+            key = _derive_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+            ciphertext = ChaCha20Poly1305(key).encrypt(nonce, secret, _associated_data(header))
+            document["secret"] = {
+                "encoding": _ENCRYPTED,
+                "kdf": {
+                    "name": "scrypt",
+                    "n": _SCRYPT_N,
+                    "r": _SCRYPT_R,
+                    "p": _SCRYPT_P,
+                    "salt": base64.b64encode(salt).decode(),
+                },
+                "nonce": base64.b64encode(nonce).decode(),
+                "ciphertext": base64.b64encode(ciphertext).decode(),
+            }
+        data = (json.dumps(document, indent=2) + "\n").encode()
+        _write_private_file(target, data, overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        passphrase: str | None = None,
+        *,
+        allow_insecure: bool = False,
+    ) -> HostIdentity:
+        """Read an identity written by :meth:`save`.
+
+        Raises :class:`KeyFileError` when the file is missing or unreadable, is not a DTP
+        identity file (or has an unknown version), is encrypted and no passphrase was
+        given, cannot be decrypted (wrong passphrase or damaged file: one message for
+        both), or, on POSIX, can be accessed by group or others (like ssh; pass
+        ``allow_insecure=True`` to accept it anyway). A passphrase given for a plain file
+        is ignored.
+        """
+        target = Path(path)
+        raw = _read_private_file(target, allow_insecure=allow_insecure)
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise KeyFileError(f"{target} is not a DTP identity file (not JSON)") from None
+        if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
+            raise KeyFileError(f"{target} is not a DTP identity file")
+        version = document.get("version")
+        if version != IDENTITY_FILE_VERSION:
+            raise KeyFileError(
+                f"{target} has identity file version {version!r}; "
+                f"this DTP reads version {IDENTITY_FILE_VERSION}"
+            )
+        header = {
+            "version": version,
+            "kind": IDENTITY_FILE_KIND,
+            "sui_address": document.get("sui_address"),
+            "noise_public": document.get("noise_public"),
+        }
+        secret = document.get("secret")
+        if not isinstance(secret, dict):
+            raise KeyFileError(f"{target} is damaged (no secret part)")
+        encoding = secret.get("encoding")
+        if encoding == _PLAIN:
+            plain = _b64(secret.get("data"), target)
+        elif encoding == _ENCRYPTED:
+            if passphrase is None:
+                raise KeyFileError(f"{target} is encrypted; a passphrase is required")
+            plain = _decrypt_secret(secret, header, passphrase, target)
+        else:
+            raise KeyFileError(f"{target} uses an unknown secret encoding {encoding!r}")
+        identity = _identity_from_secret(plain, target)
+        if identity._header() != header:
+            raise KeyFileError(f"{target} is damaged (keys do not match its public header)")
+        return identity
+
+
+# -- file helpers ---------------------------------------------------------------------------
+
+
+def default_identity_path() -> Path:
+    """Where the host identity lives by default: ``$XDG_DATA_HOME/dtp/identity.json``.
+
+    ``$XDG_DATA_HOME`` falls back to ``~/.local/share`` when unset, empty or relative
+    (as the XDG base directory spec says).
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return data_home / "dtp" / "identity.json"
+
+
+def _associated_data(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _derive_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    if not isinstance(passphrase, str):
+        raise TypeError("the passphrase must be a str")
+    if passphrase == "":
+        raise ValueError("empty passphrase; pass None to store the identity unencrypted")
+    # NFC so that the same passphrase typed on different systems gives the same key.
+    secret = unicodedata.normalize("NFC", passphrase).encode()
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret)
+
+
+def _b64(value: object, path: Path) -> bytes:
+    if not isinstance(value, str):
+        raise KeyFileError(f"{path} is damaged (missing field)")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"{path} is damaged (bad base64)") from None
+
+
+def _decrypt_secret(
+    secret: dict[str, Any], header: dict[str, Any], passphrase: str, path: Path
+) -> bytes:
+    kdf = secret.get("kdf")
+    if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
+        raise KeyFileError(f"{path} is damaged (unknown key derivation)")
+    n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
+    if not (
+        isinstance(n, int)
+        and isinstance(r, int)
+        and isinstance(p, int)
+        and 2 <= n <= _SCRYPT_MAX_N
+        and n & (n - 1) == 0
+        and 1 <= r <= _SCRYPT_MAX_R
+        and 1 <= p <= _SCRYPT_MAX_P
+    ):
+        raise KeyFileError(f"{path} is damaged (scrypt parameters out of range)")
+    salt = _b64(kdf.get("salt"), path)
+    nonce = _b64(secret.get("nonce"), path)
+    ciphertext = _b64(secret.get("ciphertext"), path)
+    if len(salt) < _SALT_SIZE or len(nonce) != _NONCE_SIZE:
+        raise KeyFileError(f"{path} is damaged (bad salt or nonce)")
+    key = _derive_key(passphrase, salt, n, r, p)
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, _associated_data(header))
+    except InvalidTag:
+        raise KeyFileError(f"cannot decrypt {path}: wrong passphrase or damaged file") from None
+
+
+def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
+    try:
+        secret = json.loads(plain)
+        keystring = secret["sui_keystring"]
+        noise = base64.b64decode(secret["noise_private"], validate=True)
+        if not isinstance(keystring, str):
+            raise ValueError
+        return HostIdentity.from_sui_keystring(keystring, noise)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, binascii.Error):
+        raise KeyFileError(f"{path} is damaged (bad secret part)") from None
+
+
+def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang us (no effect on files).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"no identity file at {path}") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{path} is not a regular file")
+        if os.name == "posix" and info.st_mode & 0o077 and not allow_insecure:
+            mode = stat.S_IMODE(info.st_mode)
+            raise KeyFileError(
+                f"permissions {mode:04o} for {path} are too open: the identity must not be "
+                f"accessible by group or others (run: chmod 600 {path})"
+            )
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {directory}: {exc.strerror}") from None
+    if not overwrite and os.path.lexists(path):
+        raise KeyFileError(f"{path} already exists; pass overwrite=True to replace it")
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        # O_EXCL: never reuse someone else's file; 0o600 from the first instant (the umask
+        # can only remove bits), fchmod in case the platform ignored the mode.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+        _fsync_directory(directory)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; pass overwrite=True to replace it") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` atomically, failing with FileExistsError if ``path`` exists."""
+    try:
+        os.link(tmp, path)  # atomic and never replaces an existing file
+    except FileExistsError:
+        raise
+    except OSError:
+        # Filesystems without hard links: the exists check above is the best we can do.
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
