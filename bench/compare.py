@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for name in names:
-        row = run_row(ALL[name](), rounds, seconds)
+        workload = ALL[name]()
+        try:
+            row = run_row(workload, rounds, seconds)
+        finally:
+            if workload.close is not None:
+                workload.close()
         rows.append(row)
         bar = "" if row["bar"] is None else f"{row['bar']:.2f}"
         flag = "" if row["ok"] is None else ("  ok" if row["ok"] else "  BELOW BAR")

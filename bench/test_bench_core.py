@@ -21,7 +21,7 @@ def test_ours(benchmark, name: str) -> None:  # type: ignore[no-untyped-def]
     benchmark(w.ours)
 
 
-@pytest.mark.parametrize("name", [n for n in ROWS if ALL[n]().peer is not None])
+@pytest.mark.parametrize("name", ["aead_roundtrip_1k", "frame_decode_small", "ham_merge"])
 def test_peer(benchmark, name: str) -> None:  # type: ignore[no-untyped-def]
     w = ALL[name]()
     assert w.peer is not None

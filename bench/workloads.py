@@ -32,6 +32,7 @@ class Workload:
     peer_rate: Callable[[float], float] | None = None  # seconds -> rate, measured elsewhere
     bar: float | None = None
     note: str = ""
+    close: Callable[[], None] | None = None  # stops servers the workload started
 
 
 MB = 1_000_000
@@ -223,3 +224,9 @@ ALL: dict[str, Callable[[], Workload]] = {
     "frame_decode_small": frame_decode_small,
     "ham_merge": ham_merge,
 }
+
+
+# The network rows live in bench/net.py (they import Workload from here).
+from bench.net import NET_ROWS  # noqa: E402
+
+ALL.update(NET_ROWS)

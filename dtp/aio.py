@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 SEND_HIGH_WATER = 512 * 1024
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
-AcceptHook = Callable[[str], "bool | str | None | Awaitable[bool | str | None]"]
+AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
 ClientCallback = Callable[["DTPStreamReader", "DTPStreamWriter"], "Awaitable[None] | None"]
 
 
@@ -271,6 +271,7 @@ class DTPStreamWriter:
         self._primary = primary
         self._closing = False
         self._eof_sent = False
+        self._close_task: asyncio.Future[None] | None = None
 
     @property
     def stream_id(self) -> int:
@@ -348,7 +349,7 @@ class DTPStreamWriter:
         if self._session.terminated is not None:
             return
         if self._primary:
-            asyncio.ensure_future(self._close_connection())
+            self._close_task = asyncio.ensure_future(self._close_connection())
         else:
             with contextlib.suppress(DTPError):
                 if not self._eof_sent:
@@ -376,8 +377,10 @@ class DTPStreamWriter:
             await self._proto.closed_future
         else:
             await self._proto.wait_for(
-                lambda: self._conn.send_buffered(self._stream_id) == 0
-                or self._session.terminated is not None
+                lambda: (
+                    self._conn.send_buffered(self._stream_id) == 0
+                    or self._session.terminated is not None
+                )
             )
 
     def abort(self, reason: str = "aborted") -> None:
@@ -469,7 +472,7 @@ async def open_connection(
 
     try:
         await asyncio.wait_for(establish(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
     except BaseException:
@@ -528,16 +531,15 @@ class DTPServer:
 
     async def _serve(self, proto: _Protocol) -> None:
         session = proto.session
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 proto.wait_for(
-                    lambda: session.authenticated_address is not None
-                    or session.terminated is not None
+                    lambda: (
+                        session.authenticated_address is not None or session.terminated is not None
+                    )
                 ),
                 self._config.handshake_timeout,
             )
-        except asyncio.TimeoutError:
-            pass
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")

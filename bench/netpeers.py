@@ -1,0 +1,222 @@
+"""Network benchmark servers, run as separate processes by bench/workloads.py:
+
+    python bench/netpeers.py {dtp,tls}-{blocking,asyncio} {sink,echo} [--cpu N]
+
+Prints one JSON line {"port", "key"} once listening. ``sink`` reads a connection to
+its end and answers with the byte count; ``echo`` answers each read with the same
+bytes (for ping-pong and connect+round-trip measurements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dtp.aio
+import dtp.socket
+from dtp.keys import HostIdentity
+
+
+def make_tls_context() -> tuple[ssl.SSLContext, str]:
+    """A throwaway self-signed certificate: the server context (TLS 1.3 only) and the
+    certificate's path, for the client to trust."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="dtp-bench-tls-"))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.load_cert_chain(cert_path, key_path)
+    return server, str(cert_path)
+
+
+def client_tls_context(cert_path: str) -> ssl.SSLContext:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    client.load_verify_locations(cert_path)
+    return client
+
+
+def _announce(port: int, key: bytes = b"", extra: dict[str, str] | None = None) -> None:
+    print(json.dumps({"port": port, "key": key.hex(), **(extra or {})}), flush=True)
+
+
+def serve_dtp_blocking(mode: str) -> None:
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    _announce(server.address[1], identity.noise_public)
+
+    def handle(sock: dtp.socket.DTPSocket) -> None:
+        buf = bytearray(1 << 20)
+        if mode == "sink":
+            sock.sendall(str(_sink(sock.recv_into, buf)).encode())
+            sock.recv(1)  # until the client closes
+        else:
+            while n := sock.recv_into(buf):
+                sock.sendall(memoryview(buf)[:n])
+
+    server.serve_forever(handle)
+
+
+def _sink(recv_into: object, buf: bytearray) -> int:
+    """Read the 8-byte big-endian length, then that many bytes; return the count."""
+    header = bytearray(8)
+    got = 0
+    while got < 8:
+        n = recv_into(memoryview(header)[got:])  # type: ignore[operator]
+        if not n:
+            raise ConnectionError("peer closed before the length header")
+        got += n
+    expected = int.from_bytes(header, "big")
+    view = memoryview(buf)
+    total = 0
+    while total < expected:
+        n = recv_into(view[: min(len(view), expected - total)])  # type: ignore[operator]
+        if not n:
+            raise ConnectionError(f"peer closed after {total} of {expected} bytes")
+        total += n
+    return total
+
+
+async def _sink_async(reader: object) -> int:
+    header = await reader.readexactly(8)  # type: ignore[attr-defined]
+    expected = int.from_bytes(header, "big")
+    total = 0
+    while total < expected:
+        data = await reader.read(min(1 << 20, expected - total))  # type: ignore[attr-defined]
+        if not data:
+            raise ConnectionError(f"peer closed after {total} of {expected} bytes")
+        total += len(data)
+    return total
+
+
+def serve_dtp_asyncio(mode: str) -> None:
+    identity = HostIdentity.generate()
+
+    async def main() -> None:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            if mode == "sink":
+                writer.write(str(await _sink_async(reader)).encode())
+                await writer.drain()
+                await reader.read(1)
+            else:
+                while data := await reader.read(1 << 20):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        _announce(server.address[1], identity.noise_public)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_tls_blocking(mode: str) -> None:
+    server_ctx, cert = make_tls_context()
+    listener = socket.create_server(("127.0.0.1", 0))
+    _announce(listener.getsockname()[1], extra={"cert": cert})
+
+    def handle(raw: socket.socket) -> None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with server_ctx.wrap_socket(raw, server_side=True) as sock:
+            buf = bytearray(1 << 20)
+            if mode == "sink":
+                sock.sendall(str(_sink(sock.recv_into, buf)).encode())
+                sock.recv(1)
+            else:
+                while n := sock.recv_into(buf):
+                    sock.sendall(memoryview(buf)[:n])
+
+    while True:
+        raw, _ = listener.accept()
+        threading.Thread(target=_safe, args=(handle, raw), daemon=True).start()
+
+
+def _safe(fn: object, arg: object) -> None:
+    with contextlib.suppress(OSError, ssl.SSLError):  # a client that went away
+        fn(arg)  # type: ignore[operator]
+
+
+def serve_tls_asyncio(mode: str) -> None:
+    server_ctx, cert = make_tls_context()
+
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if mode == "sink":
+                    writer.write(str(await _sink_async(reader)).encode())
+                    await writer.drain()
+                    await reader.read(1)
+                else:
+                    while data := await reader.read(1 << 20):
+                        writer.write(data)
+                        await writer.drain()
+                writer.close()
+            except (OSError, ssl.SSLError):
+                pass
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+        _announce(server.sockets[0].getsockname()[1], extra={"cert": cert})
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "kind", choices=["dtp-blocking", "dtp-asyncio", "tls-blocking", "tls-asyncio"]
+    )
+    parser.add_argument("mode", choices=["sink", "echo"])
+    parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    {
+        "dtp-blocking": serve_dtp_blocking,
+        "dtp-asyncio": serve_dtp_asyncio,
+        "tls-blocking": serve_tls_blocking,
+        "tls-asyncio": serve_tls_asyncio,
+    }[args.kind](args.mode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""DTP servers the tests run in a separate OS process.
+
+    python -m tests.servers MODE [--api blocking|asyncio] [--deny ADDRESS ...]
+
+Prints one JSON line {"port", "key", "address"} once listening, then serves until
+killed. Modes:
+  echo   echo every byte back on the same stream, on every stream, until EOF
+  sink   count bytes until EOF, then reply with the count as ASCII and close
+  slow   like echo, but never reads (to test flow control and timeouts)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+
+import dtp.aio
+import dtp.socket
+from dtp.keys import HostIdentity
+
+
+def _deny(deny: list[str]) -> dtp.socket.AcceptHook:
+    def hook(address: str) -> str | None:
+        return f"{address} is on the deny list" if address in deny else None
+
+    return hook
+
+
+def _announce(port: int, identity: HostIdentity) -> None:
+    print(
+        json.dumps(
+            {"port": port, "key": identity.noise_public.hex(), "address": identity.sui_address}
+        ),
+        flush=True,
+    )
+
+
+def serve_blocking(mode: str, identity: HostIdentity, deny: list[str]) -> None:
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity, accept=_deny(deny))
+    _announce(server.address[1], identity)
+
+    def echo_stream(sock: dtp.socket.DTPSocket) -> None:
+        while data := sock.recv(65536):
+            sock.sendall(data)
+        sock.shutdown(dtp.socket.SHUT_WR)
+
+    def handle(sock: dtp.socket.DTPSocket) -> None:
+        if mode == "slow":
+            time.sleep(3600)
+        if mode == "sink":
+            total = 0
+            while data := sock.recv(1 << 20):
+                total += len(data)
+            sock.sendall(str(total).encode())
+            return
+
+        def extra_streams() -> None:
+            while True:
+                try:
+                    stream = sock.accept_stream()
+                except Exception:
+                    return
+                threading.Thread(target=echo_stream, args=(stream,), daemon=True).start()
+
+        threading.Thread(target=extra_streams, daemon=True).start()
+        echo_stream(sock)
+        time.sleep(0.2)
+
+    server.serve_forever(handle)
+
+
+async def serve_asyncio(mode: str, identity: HostIdentity, deny: list[str]) -> None:
+    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        if mode == "slow":
+            await asyncio.sleep(3600)
+        if mode == "sink":
+            total = 0
+            while data := await reader.read(1 << 20):
+                total += len(data)
+            writer.write(str(total).encode())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            return
+
+        tasks: set[asyncio.Future[None]] = set()
+
+        async def extra() -> None:
+            while True:
+                try:
+                    r, w = await writer.accept_stream()
+                except Exception:
+                    return
+                tasks.add(asyncio.ensure_future(echo(r, w)))
+
+        task = asyncio.ensure_future(extra())
+        await echo(reader, writer)
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    async def hook(address: str) -> str | None:
+        return _deny(deny)(address)  # type: ignore[return-value]
+
+    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, accept=hook)
+    _announce(server.address[1], identity)
+    await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["echo", "sink", "slow"])
+    parser.add_argument("--api", choices=["blocking", "asyncio"], default="blocking")
+    parser.add_argument("--deny", nargs="*", default=[])
+    args = parser.parse_args()
+    identity = HostIdentity.generate()
+    if args.api == "blocking":
+        serve_blocking(args.mode, identity, args.deny)
+    else:
+        asyncio.run(serve_asyncio(args.mode, identity, args.deny))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The asyncio API against real servers in another process, over 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+import dtp.aio
+from dtp.errors import ConnectionLost, ConnectionRefused, DTPTimeoutError, HandshakeError
+from dtp.keys import HostIdentity
+from tests.procs import server_process
+
+CLIENT = HostIdentity.generate()
+
+
+@pytest.fixture(scope="module")
+def echo_server():  # type: ignore[no-untyped-def]
+    with server_process("echo", api="asyncio") as srv:
+        yield srv
+
+
+def test_echo_and_stream_reader_api(echo_server) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=10
+        )
+        writer.write(b"first line\nsecond|rest")
+        await writer.drain()
+        assert await reader.readline() == b"first line\n"
+        assert await reader.readuntil(b"|") == b"second|"
+        assert await reader.readexactly(4) == b"rest"
+        assert writer.get_extra_info("peer_static_key") == echo_server.key
+        assert writer.get_extra_info("peername")[1] == echo_server.port
+        r2, w2 = await writer.open_stream()
+        w2.write(b"on stream two")
+        w2.write_eof()
+        assert await r2.read() == b"on stream two"
+        writer.write_eof()
+        assert await reader.read() == b""
+        assert reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_large_transfer(echo_server) -> None:  # type: ignore[no-untyped-def]
+    payload = os.urandom(8 * 1024 * 1024)
+
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=10
+        )
+
+        async def send() -> None:
+            for i in range(0, len(payload), 65536):
+                writer.write(payload[i : i + 65536])
+                await writer.drain()
+            writer.write_eof()
+
+        task = asyncio.ensure_future(send())
+        got = await reader.read()
+        await task
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_incomplete_read(echo_server) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", echo_server.port, server_key=echo_server.key
+        )
+        writer.write(b"abc")
+        writer.write_eof()
+        with pytest.raises(asyncio.IncompleteReadError) as info:
+            await reader.readexactly(10)
+        assert info.value.partial == b"abc"
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_refused_wrong_key_and_timeout() -> None:
+    async def main(srv) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(ConnectionRefused) as info:
+            await dtp.aio.open_connection(
+                "127.0.0.1", srv.port, server_key=srv.key, identity=CLIENT, timeout=10
+            )
+        assert "deny list" in info.value.reason
+        with pytest.raises(HandshakeError):
+            await dtp.aio.open_connection(
+                "127.0.0.1", srv.port, server_key=os.urandom(32), timeout=10
+            )
+
+    with server_process("echo", api="asyncio", deny=[CLIENT.sui_address]) as srv:
+        asyncio.run(main(srv))
+
+    async def slow(srv) -> None:  # type: ignore[no-untyped-def]
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+        )
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.read(10), 0.3)
+        writer.abort()
+
+    with server_process("slow", api="asyncio") as srv:
+        asyncio.run(slow(srv))
+
+
+def test_peer_killed_mid_transfer() -> None:
+    async def main(srv) -> None:  # type: ignore[no-untyped-def]
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+        )
+        writer.write(os.urandom(1 << 20))
+        await writer.drain()
+        srv.kill()
+        with pytest.raises(ConnectionLost):
+            for _ in range(200):
+                writer.write(os.urandom(1 << 20))
+                await writer.drain()
+            await reader.read(10)
+
+    with server_process("sink", api="asyncio") as srv:
+        asyncio.run(main(srv))
+
+
+def test_in_process_server_accept_hook_async() -> None:
+    server_id = HostIdentity.generate()
+
+    async def main() -> None:
+        async def hook(address: str) -> str | None:
+            await asyncio.sleep(0)
+            return None if address == CLIENT.sui_address else "strangers not welcome"
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            assert writer.peer_address == CLIENT.sui_address
+            writer.write((await reader.readline()).upper())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=server_id, accept=hook)
+        async with server:
+            host, port = server.address
+            reader, writer = await dtp.aio.open_connection(
+                host, port, server_key=server.noise_public_key, identity=CLIENT, timeout=10
+            )
+            writer.write(b"hello\n")
+            assert await reader.readline() == b"HELLO\n"
+            assert await reader.read() == b""
+            writer.close()
+            with pytest.raises(ConnectionRefused):
+                await dtp.aio.open_connection(host, port, server_key=server.noise_public_key)
+        with pytest.raises((ConnectionLost, DTPTimeoutError)):
+            await dtp.aio.open_connection(host, port, server_key=server.noise_public_key, timeout=3)
+
+    asyncio.run(main())

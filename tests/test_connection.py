@@ -1,0 +1,498 @@
+"""The sans-I/O connection, two of them wired in memory (dtp.carriers.memory)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from dtp import _core
+from dtp._types import FRAME_STREAM, RawFrame
+from dtp.carriers.memory import MemoryLink
+from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionRefused,
+    DecryptionError,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from dtp.events import (
+    ConnectionAccepted,
+    ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    StreamDataReceived,
+    StreamOpened,
+    StreamResetReceived,
+)
+from dtp.keys import HostIdentity
+
+CLIENT_ID = HostIdentity.generate()
+SERVER_ID = HostIdentity.generate()
+
+
+def make_pair(
+    *, ik: bool = True, server_id: HostIdentity = SERVER_ID, **overrides: object
+) -> tuple[Connection, Connection]:
+    client_cfg = ConnectionConfig(
+        identity=CLIENT_ID, is_client=True, server_static=server_id.noise_public if ik else None
+    )
+    server_cfg = ConnectionConfig(identity=SERVER_ID, is_client=False)
+    client_cfg = replace(client_cfg, **overrides)  # type: ignore[arg-type]
+    server_cfg = replace(server_cfg, **overrides)  # type: ignore[arg-type]
+    client = Connection(client_cfg, ephemeral_key=os.urandom(32), now=0.0)
+    server = Connection(server_cfg, ephemeral_key=os.urandom(32), now=0.0)
+    return client, server
+
+
+class Side:
+    """Collects a connection's events and per-stream bytes."""
+
+    def __init__(self, conn: Connection, auto_read: bool = True) -> None:
+        self.conn = conn
+        self.events: list[Event] = []
+        self.data: dict[int, bytearray] = {}
+        self.eof: set[int] = set()
+        self.auto_read = auto_read
+
+    def drain(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            self.events.append(event)
+            if isinstance(event, StreamDataReceived):
+                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.end_stream:
+                    self.eof.add(event.stream_id)
+                if self.auto_read and event.data:
+                    self.conn.acknowledge_read(event.stream_id, len(event.data))
+
+    def of(self, kind: type) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def connect(
+    split: str = "whole", accept: bool = True, seed: int = 0, **overrides: object
+) -> tuple[Side, Side, MemoryLink]:
+    client, server = make_pair(**overrides)  # type: ignore[arg-type]
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server, split=split, seed=seed)  # type: ignore[arg-type]
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if accept and s.of(PeerAuthenticated) and not server.established and not server.closed:
+            server.accept()
+
+    assert link.run(lambda: client.established or client.closed, on_round=step)
+    c.drain()
+    s.drain()
+    return c, s, link
+
+
+def run(link: MemoryLink, c: Side, s: Side, until: object = None) -> bool:
+    def step() -> None:
+        c.drain()
+        s.drain()
+
+    ok = link.run(until, on_round=step)  # type: ignore[arg-type]
+    c.drain()
+    s.drain()
+    return ok
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+@pytest.mark.parametrize("split", ["whole", "bytes", "random"])
+def test_handshake_and_echo(ik: bool, split: str) -> None:
+    c, s, link = connect(split=split, ik=ik)
+    assert c.conn.established and s.conn.established
+    hs_c, hs_s = c.of(HandshakeCompleted)[0], s.of(HandshakeCompleted)[0]
+    assert hs_c.pattern == hs_s.pattern == ("IK" if ik else "XX")
+    assert hs_c.handshake_hash == hs_s.handshake_hash
+    assert hs_c.peer_static == SERVER_ID.noise_public
+    assert hs_s.peer_static == CLIENT_ID.noise_public
+    auth = s.of(PeerAuthenticated)
+    assert [a.address for a in auth] == [CLIENT_ID.sui_address]  # type: ignore[attr-defined]
+    assert s.conn.peer_address == CLIENT_ID.sui_address
+    assert c.of(ConnectionAccepted) and s.of(ConnectionAccepted)
+
+    sid = c.conn.open_stream()
+    payload = os.urandom(100_000)
+    c.conn.send_stream_data(sid, payload, end_stream=True)
+    assert run(link, c, s, lambda: sid in s.eof)
+    assert bytes(s.data[sid]) == payload
+    s.conn.send_stream_data(sid, payload[::-1], end_stream=True)
+    assert run(link, c, s, lambda: sid in c.eof)
+    assert bytes(c.data[sid]) == payload[::-1]
+    assert [e.stream_id for e in s.of(StreamOpened)] == [sid]  # type: ignore[attr-defined]
+
+
+def test_server_can_write_first_on_the_clients_stream() -> None:
+    c, s, link = connect()
+    sid = c.conn.open_stream()
+    assert run(link, c, s, lambda: bool(s.of(StreamOpened)))
+    s.conn.send_stream_data(sid, b"220 welcome\r\n")
+    assert run(link, c, s, lambda: bytes(c.data.get(sid, b"")) == b"220 welcome\r\n")
+
+
+def test_many_streams_interleaved() -> None:
+    c, s, link = connect()
+    rng = random.Random(5)
+    expected: dict[int, bytes] = {}
+    for _ in range(20):
+        sid = c.conn.open_stream()
+        expected[sid] = rng.randbytes(rng.randrange(0, 50_000))
+    for sid, data in expected.items():
+        c.conn.send_stream_data(sid, data[: len(data) // 2])
+    for sid, data in expected.items():
+        c.conn.send_stream_data(sid, data[len(data) // 2 :], end_stream=True)
+    assert run(link, c, s, lambda: set(expected) <= s.eof)
+    assert {k: bytes(v) for k, v in s.data.items() if k in expected} == {
+        k: v for k, v in expected.items() if v
+    } | {k: b"" for k, v in expected.items() if not v and k in s.data}
+
+
+def test_refused_client_sees_reason_and_server_app_sees_no_data() -> None:
+    client, server = make_pair()
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and not server.closed:
+            server.refuse("address is on the deny list")
+
+    # the client optimistically sends data right after its proof
+    def client_sends() -> None:
+        step()
+        if client.handshake_hash and not client.closed and not client._streams:
+            sid = client.open_stream()
+            client.send_stream_data(sid, b"secret request")
+
+    link.run(lambda: client.closed, on_round=client_sends)
+    c.drain()
+    s.drain()
+    term = client.termination
+    assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
+    error = error_for_termination(term)
+    assert isinstance(error, ConnectionRefused) and error.reason == "address is on the deny list"
+    assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
+
+
+def test_wrong_server_key_fails_handshake() -> None:
+    impostor = HostIdentity.generate()
+    client, server = make_pair(server_id=impostor)  # client expects the impostor's key
+    link = MemoryLink(client, server)
+    link.run(lambda: server.closed and client.closed)
+    s_term, c_term = server.termination, client.termination
+    assert s_term is not None and s_term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert c_term is not None and c_term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert isinstance(error_for_termination(c_term), HandshakeError)
+
+
+def test_xx_pinned_key_mismatch() -> None:
+    client, server = make_pair(
+        ik=False, expected_server_static=HostIdentity.generate().noise_public
+    )
+    link = MemoryLink(client, server)
+    link.run(lambda: client.closed)
+    term = client.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert "expected" in term.reason
+
+
+def _sealed_by(conn: Connection, plaintext: bytes) -> bytes:
+    counter = conn._send_counter
+    conn._send_counter += 1
+    return conn._send_aead.seal(counter, [plaintext])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("position", [0, 5, 12, 20, -1])
+def test_tampered_record_closes_with_decrypt_error(position: int) -> None:
+    c, s, link = connect()
+    record = bytearray(
+        _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_STREAM, 0, 0, 0, b"x")]))
+    )
+    record[position] ^= 0x01
+    s.conn.receive_data(bytes(record), link.now)
+    s.drain()
+    term = s.conn.termination
+    assert term is not None and not term.by_peer
+    # a flipped header byte may break the header itself (a framing error) or its
+    # authentication; both end the connection with a protocol code
+    assert term.error_code in (CloseCode.DECRYPT_ERROR, CloseCode.FRAME_ENCODING_ERROR)
+    error = error_for_termination(term)
+    assert isinstance(error, RemoteProtocolError)
+    if term.error_code == CloseCode.DECRYPT_ERROR:
+        assert isinstance(error, DecryptionError)
+    # the peer is told why
+    run(link, c, s, lambda: c.conn.closed)
+    assert c.conn.termination is not None and c.conn.termination.by_peer
+    assert c.conn.termination.error_code == term.error_code
+
+
+def test_replayed_record_closes_over_reliable_carrier() -> None:
+    c, s, link = connect()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"hello")
+    wire = c.conn.data_to_send(link.now)
+    s.conn.receive_data(wire, link.now)
+    s.conn.receive_data(wire, link.now)
+    s.drain()
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.REPLAY_DETECTED
+    assert bytes(s.data[sid]) == b"hello"  # delivered once
+
+
+def test_malformed_frames_inside_a_good_record() -> None:
+    c, s, link = connect()
+    s.conn.receive_data(_sealed_by(c.conn, b"\xff\x00"), link.now)  # unknown frame type
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FRAME_ENCODING_ERROR
+
+
+def test_oversized_stream_frame_is_a_protocol_error() -> None:
+    c, s, link = connect()
+    # a STREAM frame whose length field claims more than a frame may carry
+    bad = bytes([FRAME_STREAM, 0, 0]) + b"\x80\x00\x50\x00" + b"x" * 10
+    s.conn.receive_data(_sealed_by(c.conn, bad), link.now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FRAME_ENCODING_ERROR
+
+
+def test_data_on_a_stream_we_never_opened() -> None:
+    c, s, link = connect()
+    frame = _core.encode_frames([RawFrame(FRAME_STREAM, 9, 0, 0, b"x")])  # odd = server's
+    s.conn.receive_data(_sealed_by(c.conn, frame), link.now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
+
+
+def test_flow_control_bounds_what_a_slow_reader_buffers() -> None:
+    window = 64 * 1024
+    c, s, link = connect(stream_window=window, connection_window=4 * window)
+    s.auto_read = False  # the server application does not read
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, os.urandom(1_000_000))
+    run(link, c, s)
+    assert len(s.data[sid]) == window  # exactly one window crossed
+    assert c.conn.send_buffered(sid) == 1_000_000 - window
+    # reading returns credit and the rest flows
+    s.conn.acknowledge_read(sid, window)
+    s.auto_read = True
+    assert run(link, c, s, lambda: len(s.data[sid]) == 1_000_000)
+
+
+def test_sending_past_connection_window_is_rejected() -> None:
+    c, s, link = connect(stream_window=1 << 20, connection_window=32 * 1024)
+    frame = _core.encode_frames([RawFrame(FRAME_STREAM, 0, 0, 0, b"x" * 16000)])
+    for i in range(3):
+        frame_i = _core.encode_frames([RawFrame(FRAME_STREAM, 0, i * 16000, 0, b"x" * 16000)])
+        s.conn.receive_data(_sealed_by(c.conn, frame_i if i else frame), link.now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
+
+
+def test_reset_and_stop_sending() -> None:
+    c, s, link = connect()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"partial")
+    run(link, c, s)
+    c.conn.reset_stream(sid, 42)
+    run(link, c, s)
+    resets = s.of(StreamResetReceived)
+    assert [(e.stream_id, e.error_code) for e in resets] == [(sid, 42)]  # type: ignore[attr-defined]
+    sid2 = c.conn.open_stream()
+    c.conn.send_stream_data(sid2, b"more")
+    run(link, c, s)
+    s.conn.stop_sending(sid2, 7)
+    run(link, c, s)
+    with pytest.raises(LocalProtocolError):
+        c.conn.send_stream_data(sid2, b"again")
+
+
+def test_control_receipt_datagram_ping() -> None:
+    c, s, link = connect()
+    c.conn.send_control(20, b"ctl")
+    c.conn.send_receipt(b"receipt-bytes")
+    c.conn.send_datagram(b"dgram")
+    c.conn.ping()
+    run(link, c, s)
+    assert [(e.kind, e.data) for e in s.of(ControlReceived)] == [(20, b"ctl")]  # type: ignore[attr-defined]
+    assert [e.data for e in s.of(ReceiptReceived)] == [b"receipt-bytes"]  # type: ignore[attr-defined]
+    assert [e.data for e in s.of(DatagramReceived)] == [b"dgram"]  # type: ignore[attr-defined]
+    with pytest.raises(LocalProtocolError):
+        c.conn.send_control(2, b"reserved")
+    with pytest.raises(LocalProtocolError):
+        c.conn.send_datagram(b"x" * 20000)
+
+
+def test_graceful_close_with_code_and_reason() -> None:
+    c, s, link = connect()
+    c.conn.close(CloseCode.APPLICATION + 5, "bye now")
+    run(link, c, s)
+    term = s.conn.termination
+    assert term is not None and term.by_peer
+    assert (term.error_code, term.reason) == (CloseCode.APPLICATION + 5, "bye now")
+    assert isinstance(error_for_termination(term), ConnectionClosed)
+    assert c.of(ConnectionTerminated)[-1] == c.conn.termination
+    with pytest.raises(ConnectionClosed):
+        c.conn.send_stream_data(0, b"x")
+    assert c.conn.get_timer() is None
+
+
+def test_idle_timeout_and_keepalive() -> None:
+    c, s, link = connect(idle_timeout=30.0, keepalive_interval=10.0)
+    run(link, c, s, lambda: link.now > 100)  # keepalives keep it alive
+    assert c.conn.established and s.conn.established
+    # now the server stops hearing the client: it times out
+    dead = MemoryLink(s.conn, Connection(c.conn.config, ephemeral_key=os.urandom(32), now=0))
+    dead.now = link.now
+    s.conn.handle_timer(link.now + 31)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.IDLE_TIMEOUT
+
+
+def test_handshake_timeout() -> None:
+    client, _ = make_pair(handshake_timeout=5.0)
+    client.handle_timer(5.5)
+    assert client.termination is not None
+    assert client.termination.error_code == CloseCode.HANDSHAKE_FAILED
+
+
+def test_garbage_before_handshake_closes_without_crash() -> None:
+    _, server = make_pair()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert server.termination is not None
+    assert server.termination.error_code in (
+        CloseCode.FRAME_ENCODING_ERROR,
+        CloseCode.HANDSHAKE_FAILED,
+    )
+
+
+@given(st.binary(max_size=600), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_fuzz_server_input_only_closes(data: bytes, after_handshake: bool) -> None:
+    if after_handshake:
+        _c, s, _ = connect()
+        server = s.conn
+    else:
+        _, server = make_pair()
+    server.receive_data(data, 1.0)
+    # either still waiting for more, or closed with a protocol code; never an exception
+    if server.closed:
+        assert server.termination is not None
+
+
+# -- lossy carriers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_lossy_carrier_delivers_exactly(seed: int, ik: bool) -> None:
+    client, server = make_pair(reliable_carrier=False, ik=ik, stream_window=256 * 1024)
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server, seed=seed, loss=0.15, duplicate=0.1, reorder=0.3)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and not server.established and not server.closed:
+            server.accept()
+
+    assert link.run(lambda: client.established, on_round=step)
+    payloads = {}
+    for _ in range(3):
+        sid = client.open_stream()
+        payloads[sid] = os.urandom(random.Random(seed + sid).randrange(1, 120_000))
+        client.send_stream_data(sid, payloads[sid], end_stream=True)
+    assert link.run(lambda: set(payloads) <= s.eof, on_round=step, max_time=600)
+    for sid, data in payloads.items():
+        assert bytes(s.data[sid]) == data
+    assert link.dropped_records > 0
+    # and back again
+    for sid, data in payloads.items():
+        server.send_stream_data(sid, data[::-1], end_stream=True)
+    assert link.run(lambda: set(payloads) <= c.eof, on_round=step, max_time=600)
+    for sid, data in payloads.items():
+        assert bytes(c.data[sid]) == data[::-1]
+
+
+# -- stateful: any interleaving delivers exactly the bytes written -------------------------
+
+
+class StreamsMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.s, self.link = connect(split="random", stream_window=32 * 1024)
+        self.sides = {"client": self.c, "server": self.s}
+        self.written: dict[tuple[str, int], bytearray] = {}
+        self.finished: set[tuple[str, int]] = set()
+
+    def _peer(self, who: str) -> Side:
+        return self.s if who == "client" else self.c
+
+    @rule(who=st.sampled_from(["client", "server"]))
+    def open_stream(self, who: str) -> None:
+        conn = self.sides[who].conn
+        if conn._opened_by_us < conn._peer_max_streams:
+            sid = conn.open_stream()
+            self.written[(who, sid)] = bytearray()
+
+    @precondition(lambda self: bool(self.written))
+    @rule(data=st.data(), size=st.integers(0, 40_000))
+    def write(self, data: st.DataObject, size: int) -> None:
+        keys = [k for k in self.written if k not in self.finished]
+        if not keys:
+            return
+        who, sid = data.draw(st.sampled_from(sorted(keys)))
+        chunk = os.urandom(size)
+        self.sides[who].conn.send_stream_data(sid, chunk)
+        self.written[(who, sid)] += chunk
+
+    @precondition(lambda self: bool(self.written))
+    @rule(data=st.data())
+    def half_close(self, data: st.DataObject) -> None:
+        keys = [k for k in self.written if k not in self.finished]
+        if not keys:
+            return
+        who, sid = data.draw(st.sampled_from(sorted(keys)))
+        self.sides[who].conn.send_stream_data(sid, b"", end_stream=True)
+        self.finished.add((who, sid))
+
+    @rule(rounds=st.integers(1, 5))
+    def deliver(self, rounds: int) -> None:
+        for _ in range(rounds):
+            self.link.pump()
+            self.c.drain()
+            self.s.drain()
+
+    @invariant()
+    def received_is_prefix_of_written(self) -> None:
+        for (who, sid), written in self.written.items():
+            got = self._peer(who).data.get(sid, bytearray())
+            assert written[: len(got)] == got
+            # flow control: nothing beyond one window waits unread (auto_read=True)
+            assert self.sides[who].conn.send_buffered(sid) <= len(written)
+
+    def teardown(self) -> None:
+        run(self.link, self.c, self.s)
+        for (who, sid), written in self.written.items():
+            peer = self._peer(who)
+            assert bytes(peer.data.get(sid, b"")) == bytes(written)
+            if (who, sid) in self.finished:
+                assert sid in peer.eof
+
+
+TestStreamsMachine = StreamsMachine.TestCase
+TestStreamsMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)

@@ -1,0 +1,203 @@
+"""The blocking API against real servers in another process, over 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+import dtp.socket
+from dtp.errors import (
+    ConnectionLost,
+    ConnectionRefused,
+    DTPError,
+    DTPTimeoutError,
+    HandshakeError,
+    LocalProtocolError,
+)
+from dtp.keys import HostIdentity
+from tests.procs import server_process
+
+CLIENT = HostIdentity.generate()
+
+
+@pytest.fixture(scope="module")
+def echo_server():  # type: ignore[no-untyped-def]
+    with server_process("echo", deny=[]) as srv:
+        yield srv
+
+
+def test_echo_roundtrip_ik(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key, identity=CLIENT
+    ) as sock:
+        sock.sendall(b"hello over DTP")
+        assert sock.recv(100) == b"hello over DTP"
+        assert sock.peer_static_key == echo_server.key
+        assert sock.getpeername()[1] == echo_server.port
+
+
+def test_echo_xx_with_pinned_key(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, expected_server_key=echo_server.key
+    ) as sock:
+        sock.sendall(b"xx")
+        assert sock.recv(10) == b"xx"
+
+
+def test_large_transfer_integrity_and_half_close(echo_server) -> None:  # type: ignore[no-untyped-def]
+    payload = os.urandom(12 * 1024 * 1024)
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=30, server_key=echo_server.key
+    ) as sock:
+        received = hashlib.sha256()
+        count = [0]
+
+        def reader() -> None:
+            while data := sock.recv(1 << 20):
+                received.update(data)
+                count[0] += len(data)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        sock.sendall(payload)
+        sock.shutdown(dtp.socket.SHUT_WR)
+        t.join(60)
+        assert not t.is_alive()
+        assert count[0] == len(payload)
+        assert received.digest() == hashlib.sha256(payload).digest()
+
+
+def test_recv_into_makefile_and_streams(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        f = sock.makefile("rwb")
+        f.write(b"line one\nline two\n")
+        f.flush()
+        assert f.readline() == b"line one\n"
+        assert f.readline() == b"line two\n"
+        buf = bytearray(5)
+        sock.sendall(b"abcde")
+        got = 0
+        while got < 5:
+            got += sock.recv_into(memoryview(buf)[got:])
+        assert bytes(buf) == b"abcde"
+        streams = [sock.open_stream() for _ in range(4)]
+        for i, s in enumerate(streams):
+            s.sendall(b"stream %d" % i)
+        for i, s in enumerate(streams):
+            assert s.recv(100) == b"stream %d" % i
+            s.close()
+
+
+def test_timeout_on_recv(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        sock.settimeout(0.3)
+        start = time.monotonic()
+        with pytest.raises(DTPTimeoutError) as info:
+            sock.recv(10)
+        assert isinstance(info.value, TimeoutError)
+        assert 0.25 < time.monotonic() - start < 3
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(10)
+
+
+def test_refused_client_gets_reason() -> None:
+    with server_process("echo", deny=[CLIENT.sui_address]) as srv:
+        with pytest.raises(ConnectionRefused) as info:
+            dtp.socket.create_connection(
+                srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+            )
+        assert "deny list" in info.value.reason
+        assert isinstance(info.value, ConnectionRefusedError)
+        # another identity gets in
+        with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as s:
+            s.sendall(b"ok")
+            assert s.recv(2) == b"ok"
+
+
+def test_wrong_server_key_is_handshake_error(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(HandshakeError):
+        dtp.socket.create_connection(
+            echo_server.endpoint, timeout=10, server_key=HostIdentity.generate().noise_public
+        )
+
+
+def test_peer_killed_mid_transfer_raises_not_hangs() -> None:
+    with server_process("sink") as srv:
+        sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
+        sock.sendall(os.urandom(1 << 20))
+        srv.kill()
+        with pytest.raises(ConnectionLost) as info:
+            for _ in range(200):
+                sock.sendall(os.urandom(1 << 20))
+            sock.recv(10)
+        assert isinstance(info.value, ConnectionResetError)
+        sock.close()
+
+
+def test_closed_socket_use_is_local_error(echo_server) -> None:  # type: ignore[no-untyped-def]
+    sock = dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    )
+    sock.close()
+    with pytest.raises(LocalProtocolError):
+        sock.sendall(b"x")
+    with pytest.raises(LocalProtocolError):
+        sock.recv(1)
+
+
+def test_flow_control_blocks_sender_of_slow_reader() -> None:
+    with (
+        server_process("slow") as srv,
+        dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,
+    ):
+        sock.settimeout(1.0)
+        sent = 0
+        with pytest.raises(DTPTimeoutError):
+            while True:
+                sent += sock.send(os.urandom(65536))
+        # the peer's window (1 MiB) plus our queue bound what was accepted
+        assert sent <= (1 << 20) + dtp.socket.SEND_HIGH_WATER + 65536
+
+
+def test_connect_to_nothing_fails_fast() -> None:
+    with pytest.raises(DTPError):
+        dtp.socket.create_connection(("127.0.0.1", 1), timeout=5, server_key=os.urandom(32))
+
+
+def test_in_process_server_with_threads() -> None:
+    server_id = HostIdentity.generate()
+    seen: list[str] = []
+
+    def hook(address: str) -> bool:
+        seen.append(address)
+        return True
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id, accept=hook) as server:
+
+        def serve() -> None:
+            sock, address = server.accept(timeout=10)
+            with sock:
+                assert address == CLIENT.sui_address == sock.peer_address
+                sock.sendall(b"greeting first")
+                sock.sendall(sock.recv(100).upper())
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+        ) as sock:
+            assert sock.recv(100) == b"greeting first"
+            sock.sendall(b"shout")
+            assert sock.recv(100) == b"SHOUT"
+            assert sock.recv(100) == b""  # the server closed
+        t.join(10)
+        assert seen == [CLIENT.sui_address]
