@@ -74,7 +74,10 @@ public fun set_max_per_epoch(cap: &mut SpendingCap, max_per_epoch: u64, ctx: &Tx
 /// epoch. Aborts with `ESpendingCapExceeded` when the epoch's total would exceed the cap.
 public(package) fun charge(cap: &mut SpendingCap, amount: u64, ctx: &TxContext) {
     cap.roll_epoch(ctx.epoch());
-    assert!(amount <= cap.max_per_epoch && cap.spent <= cap.max_per_epoch - amount, ESpendingCapExceeded);
+    assert!(
+        amount <= cap.max_per_epoch && cap.spent <= cap.max_per_epoch - amount,
+        ESpendingCapExceeded,
+    );
     cap.spent = cap.spent + amount;
     event::emit(SpendingCapCharged {
         cap: object::id(cap),

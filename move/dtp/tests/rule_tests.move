@@ -147,7 +147,8 @@ fun closing_releases_connection_slots() {
     scenario.next_tx(th::server());
     {
         let h = scenario.take_shared<Host>();
-        assert!(h.service(th::port()).service_open_connections() == 1);
+        let service = h.service(th::port());
+        assert!(service.service_open_connections() == 1);
         ts::return_shared(h);
     };
     th::close_as(&mut scenario, &clock, conn, th::server());
@@ -178,7 +179,8 @@ fun price_change_does_not_affect_open_connection() {
     assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
     scenario.next_tx(th::server());
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
-    assert!(tc.sla().price_per_kib() == 10);
+    let sla = tc.sla();
+    assert!(sla.price_per_kib() == 10);
     ts::return_shared(tc);
     th::finish(scenario, clock);
 }
