@@ -1,0 +1,322 @@
+/// The deposit of one DTP connection, paid out against client-signed cumulative receipts.
+///
+/// Metering happens off-chain: the client signs receipts
+/// `(connection, total_bytes, total_requests, total_amount, nonce)` and sends them in-band;
+/// the server keeps the latest and claims it here whenever it likes. A claim pays
+/// `total_amount - claimed` to the server. At settlement (see `dtp::transport_control`)
+/// whatever is left goes back to the client. MIST is conserved at every step:
+/// `funds == deposited - claimed - refunded`.
+///
+/// Receipt message (the exact bytes the client signs with raw Ed25519, no Sui intent
+/// prefix, no hashing), 79 bytes, all integers little-endian, i.e. the concatenated BCS
+/// encodings of:
+///
+/// ```text
+///  offset size  field
+///   0      1    0x0e                 BCS length prefix (ULEB128) of the domain tag
+///   1     14    b"DTP-RECEIPT-V1"    domain tag
+///  15     32    connection ID        the TransportControl object ID
+///  47      8    total_bytes    u64
+///  55      8    total_requests u64
+///  63      8    total_amount   u64   MIST, cumulative
+///  71      8    nonce          u64   strictly increasing
+/// ```
+module dtp::escrow;
+
+use dtp::host::{Self, Sla};
+use dtp::spending_cap::SpendingCap;
+use sui::balance::Balance;
+use sui::bcs;
+use sui::coin::{Self, Coin};
+use sui::ed25519;
+use sui::event;
+use sui::hash;
+use sui::sui::SUI;
+
+// === Errors ===
+
+#[error(code = 30)]
+const ENotServer: vector<u8> = b"Only the connection's server can do this";
+#[error(code = 31)]
+const ENotClient: vector<u8> = b"Only the connection's client can do this";
+#[error(code = 32)]
+const EBadSignature: vector<u8> = b"Receipt signature does not verify against the client's key";
+#[error(code = 33)]
+const EReplayedReceipt: vector<u8> = b"Receipt nonce is not greater than the last claimed nonce";
+#[error(code = 34)]
+const EReceiptExceedsDeposit: vector<u8> = b"Receipt amount exceeds the deposit";
+#[error(code = 35)]
+const EReceiptNotCumulative: vector<u8> = b"Receipt amount is below what was already claimed";
+#[error(code = 36)]
+const EAmountMismatch: vector<u8> = b"Receipt amount does not match the connection's fees";
+#[error(code = 37)]
+const EEscrowSettled: vector<u8> = b"Escrow is already settled";
+#[error(code = 38)]
+const EWrongSpendingCap: vector<u8> = b"Not the spending cap this escrow is bound to";
+#[error(code = 39)]
+const EInvalidPublicKey: vector<u8> = b"Ed25519 public key must be 32 bytes";
+#[error(code = 40)]
+const EKeyMismatch: vector<u8> = b"Public key does not belong to the client's address";
+
+// === Constants ===
+
+/// Domain tag at the start of every receipt message.
+const RECEIPT_DOMAIN: vector<u8> = b"DTP-RECEIPT-V1";
+/// Sui signature-scheme flag of Ed25519, hashed in front of the key to form an address.
+const ED25519_FLAG: u8 = 0;
+const ED25519_KEY_LENGTH: u64 = 32;
+
+// === Object ===
+
+/// Shared: the server claims from it, the client tops it up, settlement empties it.
+public struct Escrow has key {
+    id: UID,
+    /// The connection (TransportControl) this escrow pays for; part of every receipt.
+    connection: ID,
+    client: address,
+    /// The client's Ed25519 public key; receipts must verify against it.
+    client_public_key: vector<u8>,
+    /// Receives the payments: the host's authority when the connection opened.
+    server: address,
+    /// The client's SpendingCap charged on every claim.
+    spending_cap: ID,
+    /// Fee terms fixed when the connection opened.
+    sla: Sla,
+    funds: Balance<SUI>,
+    /// Total MIST ever deposited (opening deposit plus top-ups).
+    deposited: u64,
+    /// Total MIST paid to the server.
+    claimed: u64,
+    /// Total MIST returned to the client.
+    refunded: u64,
+    /// Nonce of the last claimed receipt; 0 before any claim.
+    latest_nonce: u64,
+    settled: bool,
+}
+
+// === Events ===
+
+public struct ReceiptClaimed has copy, drop {
+    escrow: ID,
+    connection: ID,
+    server: address,
+    nonce: u64,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    /// Paid by this claim: total_amount minus what was claimed before.
+    paid: u64,
+}
+
+public struct EscrowToppedUp has copy, drop {
+    escrow: ID,
+    connection: ID,
+    amount: u64,
+    deposited: u64,
+}
+
+public struct EscrowRefunded has copy, drop {
+    escrow: ID,
+    connection: ID,
+    client: address,
+    amount: u64,
+}
+
+// === Creation (by dtp::transport_control) ===
+
+/// Create and share the escrow of a new connection. Checks that `client_public_key` is
+/// the Ed25519 key of `client`: address == blake2b256(0x00 || key).
+public(package) fun create(
+    connection: ID,
+    client: address,
+    client_public_key: vector<u8>,
+    server: address,
+    spending_cap: ID,
+    sla: Sla,
+    deposit: Balance<SUI>,
+    ctx: &mut TxContext,
+): ID {
+    assert!(client_public_key.length() == ED25519_KEY_LENGTH, EInvalidPublicKey);
+    assert!(ed25519_address(&client_public_key) == client, EKeyMismatch);
+    let deposited = deposit.value();
+    let escrow = Escrow {
+        id: object::new(ctx),
+        connection,
+        client,
+        client_public_key,
+        server,
+        spending_cap,
+        sla,
+        funds: deposit,
+        deposited,
+        claimed: 0,
+        refunded: 0,
+        latest_nonce: 0,
+        settled: false,
+    };
+    let escrow_id = object::id(&escrow);
+    transfer::share_object(escrow);
+    escrow_id
+}
+
+// === Claims ===
+
+/// The server claims a receipt: pays `total_amount - claimed` to the server and returns
+/// that amount. Checks, in this order: sender is the server (`ENotServer`), not settled
+/// (`EEscrowSettled`), the bound cap (`EWrongSpendingCap`), nonce > latest
+/// (`EReplayedReceipt`), the signature (`EBadSignature`), amount == fee of bytes and
+/// requests under the SLA (`EAmountMismatch`), amount <= deposited
+/// (`EReceiptExceedsDeposit`), amount >= claimed (`EReceiptNotCumulative`), then the
+/// spending cap (`ESpendingCapExceeded`).
+public fun claim(
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+    signature: vector<u8>,
+    ctx: &mut TxContext,
+): u64 {
+    assert!(ctx.sender() == escrow.server, ENotServer);
+    assert!(!escrow.settled, EEscrowSettled);
+    assert!(object::id(cap) == escrow.spending_cap, EWrongSpendingCap);
+    assert!(nonce > escrow.latest_nonce, EReplayedReceipt);
+    let message = receipt_message(
+        escrow.connection,
+        total_bytes,
+        total_requests,
+        total_amount,
+        nonce,
+    );
+    assert!(
+        ed25519::ed25519_verify(&signature, &escrow.client_public_key, &message),
+        EBadSignature,
+    );
+    assert!(
+        (total_amount as u128) == host::fee(&escrow.sla, total_bytes, total_requests),
+        EAmountMismatch,
+    );
+    assert!(total_amount <= escrow.deposited, EReceiptExceedsDeposit);
+    assert!(total_amount >= escrow.claimed, EReceiptNotCumulative);
+
+    let paid = total_amount - escrow.claimed;
+    cap.charge(paid, ctx);
+    escrow.claimed = total_amount;
+    escrow.latest_nonce = nonce;
+    if (paid > 0) {
+        // funds == deposited - claimed_before >= total_amount - claimed_before == paid
+        let payment = escrow.funds.split(paid);
+        transfer::public_transfer(coin::from_balance(payment, ctx), escrow.server);
+    };
+    event::emit(ReceiptClaimed {
+        escrow: object::id(escrow),
+        connection: escrow.connection,
+        server: escrow.server,
+        nonce,
+        total_bytes,
+        total_requests,
+        total_amount,
+        paid,
+    });
+    paid
+}
+
+/// The client adds to the deposit of an unsettled escrow.
+public fun top_up(escrow: &mut Escrow, coin: Coin<SUI>, ctx: &TxContext) {
+    assert!(ctx.sender() == escrow.client, ENotClient);
+    assert!(!escrow.settled, EEscrowSettled);
+    let amount = coin.value();
+    escrow.funds.join(coin.into_balance());
+    escrow.deposited = escrow.deposited + amount;
+    event::emit(EscrowToppedUp {
+        escrow: object::id(escrow),
+        connection: escrow.connection,
+        amount,
+        deposited: escrow.deposited,
+    });
+}
+
+// === Settlement (by dtp::transport_control) ===
+
+/// Return everything left to the client and mark the escrow settled. Returns the amount
+/// refunded (possibly 0, in which case no coin is sent).
+public(package) fun refund_remainder(escrow: &mut Escrow, ctx: &mut TxContext): u64 {
+    assert!(!escrow.settled, EEscrowSettled);
+    escrow.settled = true;
+    let amount = escrow.funds.value();
+    escrow.refunded = escrow.refunded + amount;
+    if (amount > 0) {
+        let rest = escrow.funds.withdraw_all();
+        transfer::public_transfer(coin::from_balance(rest, ctx), escrow.client);
+    };
+    event::emit(EscrowRefunded {
+        escrow: object::id(escrow),
+        connection: escrow.connection,
+        client: escrow.client,
+        amount,
+    });
+    amount
+}
+
+// === Receipt bytes and keys ===
+
+/// The bytes a client signs for a receipt (layout in the module documentation).
+public fun receipt_message(
+    connection: ID,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+): vector<u8> {
+    let mut message = bcs::to_bytes(&RECEIPT_DOMAIN);
+    message.append(bcs::to_bytes(&connection));
+    message.append(bcs::to_bytes(&total_bytes));
+    message.append(bcs::to_bytes(&total_requests));
+    message.append(bcs::to_bytes(&total_amount));
+    message.append(bcs::to_bytes(&nonce));
+    message
+}
+
+/// The Sui address of an Ed25519 public key: blake2b256(0x00 || key).
+public fun ed25519_address(public_key: &vector<u8>): address {
+    let mut preimage = vector[ED25519_FLAG];
+    preimage.append(*public_key);
+    sui::address::from_bytes(hash::blake2b256(&preimage))
+}
+
+// === Reading ===
+
+public fun connection(escrow: &Escrow): ID { escrow.connection }
+
+public fun client(escrow: &Escrow): address { escrow.client }
+
+public fun client_public_key(escrow: &Escrow): vector<u8> { escrow.client_public_key }
+
+public fun server(escrow: &Escrow): address { escrow.server }
+
+public fun spending_cap(escrow: &Escrow): ID { escrow.spending_cap }
+
+public fun sla(escrow: &Escrow): Sla { escrow.sla }
+
+/// MIST currently held.
+public fun balance(escrow: &Escrow): u64 { escrow.funds.value() }
+
+public fun deposited(escrow: &Escrow): u64 { escrow.deposited }
+
+public fun claimed(escrow: &Escrow): u64 { escrow.claimed }
+
+public fun refunded(escrow: &Escrow): u64 { escrow.refunded }
+
+public fun latest_nonce(escrow: &Escrow): u64 { escrow.latest_nonce }
+
+public fun is_settled(escrow: &Escrow): bool { escrow.settled }
+
+// === Test support ===
+
+#[test_only]
+/// Object IDs in `sui::test_scenario` are derived by the VM, so they cannot be known when
+/// fixed test signatures are made offline. Tests pin the connection ID with this.
+public fun set_connection_for_testing(escrow: &mut Escrow, connection: ID) {
+    escrow.connection = connection;
+}

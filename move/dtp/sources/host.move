@@ -1,0 +1,437 @@
+/// A DTP host: the on-chain "IP address" of a machine that serves DTP connections.
+///
+/// The `Host` object's ID names the host. It publishes who may act for it (`authority`),
+/// the Noise static key clients use for the `IK` handshake, optional reachable endpoints,
+/// its services (port -> kind and SLA) and its firewall. Connections (see
+/// `dtp::transport_control`) are admitted through `admit`, which applies the firewall and
+/// the connection limits and hands back a copy of the service's fee terms.
+///
+/// Rules are written out in docs/escrow.md; the Python `LocalLedger` follows the same text.
+module dtp::host;
+
+use std::string::{Self, String};
+use sui::event;
+use sui::table::{Self, Table};
+use sui::vec_map::{Self, VecMap};
+use sui::vec_set::{Self, VecSet};
+
+// === Errors (codes are unique across the dtp package; see docs/escrow.md) ===
+
+#[error(code = 1)]
+const ENotAuthority: vector<u8> = b"Sender is not the host's authority";
+#[error(code = 2)]
+const EServiceNotFound: vector<u8> = b"No service on this port";
+#[error(code = 3)]
+const EServiceExists: vector<u8> = b"A service already uses this port";
+#[error(code = 4)]
+const EServiceBusy: vector<u8> = b"Service still has open connections";
+#[error(code = 5)]
+const EInvalidNoiseKey: vector<u8> = b"Noise static key must be 32 bytes";
+#[error(code = 6)]
+const ETooManyEndpoints: vector<u8> = b"Too many endpoints or an endpoint is too long";
+#[error(code = 7)]
+const EInvalidFirewallMode: vector<u8> = b"Firewall mode must be 0 (allow-all) or 1 (allow-listed)";
+#[error(code = 8)]
+const EFirewallDenied: vector<u8> = b"The host's firewall denies this client";
+#[error(code = 9)]
+const EMaxConnections: vector<u8> = b"Connection limit reached";
+
+// === Constants ===
+
+/// Firewall mode: every client not on the deny list is admitted.
+const MODE_ALLOW_ALL: u8 = 0;
+/// Firewall mode: only clients on the allow list (and not on the deny list) are admitted.
+const MODE_ALLOW_LISTED: u8 = 1;
+
+const NOISE_KEY_LENGTH: u64 = 32;
+const MAX_ENDPOINTS: u64 = 16;
+const MAX_ENDPOINT_LENGTH: u64 = 256;
+
+/// `HostUpdated.change` values.
+const CHANGE_AUTHORITY: u8 = 0;
+const CHANGE_NOISE_KEY: u8 = 1;
+const CHANGE_ENDPOINTS: u8 = 2;
+const CHANGE_FIREWALL: u8 = 3;
+
+// === Objects ===
+
+/// A host. Shared, so that clients can open connections against it.
+public struct Host has key {
+    id: UID,
+    /// The Sui address allowed to change this host; fees of new connections go to it.
+    authority: address,
+    /// X25519 public key for the Noise handshake (32 bytes).
+    noise_static_key: vector<u8>,
+    /// Reachable endpoints for direct connections (e.g. b"tcp://203.0.113.7:7000");
+    /// empty for hosts reached only through the ledger carrier.
+    endpoints: vector<vector<u8>>,
+    /// Services by port.
+    services: VecMap<u16, Service>,
+    firewall: Firewall,
+    /// Connections admitted and not yet closed, over all services.
+    open_connections: u64,
+    /// Open connections per client address (entries removed when they reach zero).
+    client_connections: Table<address, u64>,
+}
+
+/// The fee terms of a service; copied into each connection when it opens, so later price
+/// changes never affect an open connection.
+public struct Sla has copy, drop, store {
+    /// MIST per KiB (1024 bytes) transferred; charged per byte, rounded up (see `fee`).
+    price_per_kib: u64,
+    /// MIST per request.
+    price_per_request: u64,
+    /// Smallest deposit accepted when a connection opens, in MIST.
+    min_deposit: u64,
+}
+
+/// A service published on a port.
+public struct Service has copy, drop, store {
+    /// Free-form kind, e.g. "raw", "http", "jsonrpc".
+    kind: String,
+    sla: Sla,
+    /// Maximum concurrent connections to this service; 0 means unlimited.
+    max_connections: u64,
+    /// Connections to this service admitted and not yet closed.
+    open_connections: u64,
+}
+
+/// The host's firewall policy.
+public struct Firewall has copy, drop, store {
+    /// `MODE_ALLOW_ALL` or `MODE_ALLOW_LISTED`.
+    mode: u8,
+    allow: VecSet<address>,
+    /// Always wins over the allow list.
+    deny: VecSet<address>,
+    /// Maximum concurrent connections from one client address; 0 means unlimited.
+    max_connections_per_client: u64,
+    /// Rate limits per client, enforced off-chain by the host's DTP stack (a chain cannot
+    /// see traffic); published here so clients know them. 0 means unlimited.
+    max_bytes_per_sec: u64,
+    max_requests_per_sec: u64,
+}
+
+// === Events ===
+
+public struct HostCreated has copy, drop {
+    host: ID,
+    authority: address,
+}
+
+public struct HostUpdated has copy, drop {
+    host: ID,
+    /// 0 authority, 1 Noise key, 2 endpoints, 3 firewall.
+    change: u8,
+}
+
+public struct ServiceAdded has copy, drop {
+    host: ID,
+    port: u16,
+    kind: String,
+    sla: Sla,
+    max_connections: u64,
+}
+
+public struct ServiceUpdated has copy, drop {
+    host: ID,
+    port: u16,
+    sla: Sla,
+    max_connections: u64,
+}
+
+public struct ServiceRemoved has copy, drop {
+    host: ID,
+    port: u16,
+}
+
+// === Creating a host ===
+
+/// Create and share a host whose authority is the sender. The firewall starts in
+/// allow-all mode with empty lists and no limits.
+public fun create(
+    noise_static_key: vector<u8>,
+    endpoints: vector<vector<u8>>,
+    ctx: &mut TxContext,
+): ID {
+    assert_noise_key(&noise_static_key);
+    assert_endpoints(&endpoints);
+    let host = Host {
+        id: object::new(ctx),
+        authority: ctx.sender(),
+        noise_static_key,
+        endpoints,
+        services: vec_map::empty(),
+        firewall: Firewall {
+            mode: MODE_ALLOW_ALL,
+            allow: vec_set::empty(),
+            deny: vec_set::empty(),
+            max_connections_per_client: 0,
+            max_bytes_per_sec: 0,
+            max_requests_per_sec: 0,
+        },
+        open_connections: 0,
+        client_connections: table::new(ctx),
+    };
+    let host_id = object::id(&host);
+    event::emit(HostCreated { host: host_id, authority: host.authority });
+    transfer::share_object(host);
+    host_id
+}
+
+/// Build fee terms, e.g. for `add_service`.
+public fun new_sla(price_per_kib: u64, price_per_request: u64, min_deposit: u64): Sla {
+    Sla { price_per_kib, price_per_request, min_deposit }
+}
+
+// === Authority-only setters ===
+
+/// Hand the host to another authority. Open connections keep paying the old one.
+public fun set_authority(host: &mut Host, new_authority: address, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    host.authority = new_authority;
+    host.emit_updated(CHANGE_AUTHORITY);
+}
+
+public fun set_noise_static_key(host: &mut Host, key: vector<u8>, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    assert_noise_key(&key);
+    host.noise_static_key = key;
+    host.emit_updated(CHANGE_NOISE_KEY);
+}
+
+public fun set_endpoints(host: &mut Host, endpoints: vector<vector<u8>>, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    assert_endpoints(&endpoints);
+    host.endpoints = endpoints;
+    host.emit_updated(CHANGE_ENDPOINTS);
+}
+
+/// Publish a service on `port` with fee terms `sla`.
+public fun add_service(
+    host: &mut Host,
+    port: u16,
+    kind: vector<u8>,
+    sla: Sla,
+    max_connections: u64,
+    ctx: &TxContext,
+) {
+    host.assert_authority(ctx);
+    assert!(!host.services.contains(&port), EServiceExists);
+    let kind = string::utf8(kind);
+    host.services.insert(port, Service { kind, sla, max_connections, open_connections: 0 });
+    event::emit(ServiceAdded { host: object::id(host), port, kind, sla, max_connections });
+}
+
+/// Change a service's fee terms and limit. Applies to connections opened afterwards only.
+public fun update_service(
+    host: &mut Host,
+    port: u16,
+    sla: Sla,
+    max_connections: u64,
+    ctx: &TxContext,
+) {
+    host.assert_authority(ctx);
+    assert!(host.services.contains(&port), EServiceNotFound);
+    let service = host.services.get_mut(&port);
+    service.sla = sla;
+    service.max_connections = max_connections;
+    event::emit(ServiceUpdated { host: object::id(host), port, sla, max_connections });
+}
+
+/// Withdraw a service. Only once all its connections are closed.
+public fun remove_service(host: &mut Host, port: u16, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    assert!(host.services.contains(&port), EServiceNotFound);
+    assert!(host.services.get(&port).open_connections == 0, EServiceBusy);
+    let (_, _) = host.services.remove(&port);
+    event::emit(ServiceRemoved { host: object::id(host), port });
+}
+
+public fun set_firewall_mode(host: &mut Host, mode: u8, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    assert!(mode == MODE_ALLOW_ALL || mode == MODE_ALLOW_LISTED, EInvalidFirewallMode);
+    host.firewall.mode = mode;
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+/// Add to the allow list (no-op if present).
+public fun allow(host: &mut Host, client: address, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    if (!host.firewall.allow.contains(&client)) host.firewall.allow.insert(client);
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+/// Remove from the allow list (no-op if absent).
+public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    if (host.firewall.allow.contains(&client)) host.firewall.allow.remove(&client);
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+/// Add to the deny list (no-op if present). Existing connections are not cut; new ones
+/// from `client` are refused.
+public fun deny(host: &mut Host, client: address, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    if (!host.firewall.deny.contains(&client)) host.firewall.deny.insert(client);
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+/// Remove from the deny list (no-op if absent).
+public fun undeny(host: &mut Host, client: address, ctx: &TxContext) {
+    host.assert_authority(ctx);
+    if (host.firewall.deny.contains(&client)) host.firewall.deny.remove(&client);
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+/// Limits per client: concurrent connections (enforced here) and rates (enforced
+/// off-chain). 0 means unlimited.
+public fun set_client_limits(
+    host: &mut Host,
+    max_connections_per_client: u64,
+    max_bytes_per_sec: u64,
+    max_requests_per_sec: u64,
+    ctx: &TxContext,
+) {
+    host.assert_authority(ctx);
+    host.firewall.max_connections_per_client = max_connections_per_client;
+    host.firewall.max_bytes_per_sec = max_bytes_per_sec;
+    host.firewall.max_requests_per_sec = max_requests_per_sec;
+    host.emit_updated(CHANGE_FIREWALL);
+}
+
+// === Fees ===
+
+/// The fee, in MIST, for `total_bytes` and `total_requests` under `sla`:
+/// ceil(total_bytes * price_per_kib / 1024) + total_requests * price_per_request.
+/// Computed in u128, so it cannot overflow.
+public fun fee(sla: &Sla, total_bytes: u64, total_requests: u64): u128 {
+    let byte_part = ((total_bytes as u128) * (sla.price_per_kib as u128) + 1023) / 1024;
+    byte_part + (total_requests as u128) * (sla.price_per_request as u128)
+}
+
+// === Admission (used by dtp::transport_control) ===
+
+/// Apply the firewall and connection limits to a new connection from `client` to `port`,
+/// count it, and return the service's current fee terms.
+public(package) fun admit(host: &mut Host, port: u16, client: address): Sla {
+    assert!(host.services.contains(&port), EServiceNotFound);
+    assert!(host.permits(client), EFirewallDenied);
+    let per_client_limit = host.firewall.max_connections_per_client;
+    assert!(
+        per_client_limit == 0 || host.connections_of(client) < per_client_limit,
+        EMaxConnections,
+    );
+    let service = host.services.get_mut(&port);
+    assert!(
+        service.max_connections == 0 || service.open_connections < service.max_connections,
+        EMaxConnections,
+    );
+    service.open_connections = service.open_connections + 1;
+    let sla = service.sla;
+    if (host.client_connections.contains(client)) {
+        let count = host.client_connections.borrow_mut(client);
+        *count = *count + 1;
+    } else {
+        host.client_connections.add(client, 1);
+    };
+    host.open_connections = host.open_connections + 1;
+    sla
+}
+
+/// Forget a connection admitted by `admit` (called once, when it reaches Closed).
+public(package) fun release(host: &mut Host, port: u16, client: address) {
+    // A service cannot be removed while it has open connections, so it is still there.
+    let service = host.services.get_mut(&port);
+    service.open_connections = service.open_connections - 1;
+    let count = host.client_connections.borrow_mut(client);
+    *count = *count - 1;
+    if (*count == 0) {
+        host.client_connections.remove(client);
+    };
+    host.open_connections = host.open_connections - 1;
+}
+
+// === Reading ===
+
+/// Whether the firewall lets `client` open connections (ignoring connection limits).
+public fun permits(host: &Host, client: address): bool {
+    let fw = &host.firewall;
+    if (fw.deny.contains(&client)) return false;
+    fw.mode == MODE_ALLOW_ALL || fw.allow.contains(&client)
+}
+
+/// Open connections from `client`.
+public fun connections_of(host: &Host, client: address): u64 {
+    if (host.client_connections.contains(client)) *host.client_connections.borrow(client)
+    else 0
+}
+
+public fun authority(host: &Host): address { host.authority }
+
+public fun noise_static_key(host: &Host): vector<u8> { host.noise_static_key }
+
+public fun endpoints(host: &Host): vector<vector<u8>> { host.endpoints }
+
+public fun open_connections(host: &Host): u64 { host.open_connections }
+
+public fun has_service(host: &Host, port: u16): bool { host.services.contains(&port) }
+
+public fun service(host: &Host, port: u16): Service {
+    assert!(host.services.contains(&port), EServiceNotFound);
+    *host.services.get(&port)
+}
+
+public fun firewall(host: &Host): Firewall { host.firewall }
+
+public fun service_kind(service: &Service): String { service.kind }
+
+public fun service_sla(service: &Service): Sla { service.sla }
+
+public fun service_max_connections(service: &Service): u64 { service.max_connections }
+
+public fun service_open_connections(service: &Service): u64 { service.open_connections }
+
+public fun price_per_kib(sla: &Sla): u64 { sla.price_per_kib }
+
+public fun price_per_request(sla: &Sla): u64 { sla.price_per_request }
+
+public fun min_deposit(sla: &Sla): u64 { sla.min_deposit }
+
+public fun firewall_mode(fw: &Firewall): u8 { fw.mode }
+
+public fun is_allowed(fw: &Firewall, client: address): bool { fw.allow.contains(&client) }
+
+public fun is_denied(fw: &Firewall, client: address): bool { fw.deny.contains(&client) }
+
+public fun max_connections_per_client(fw: &Firewall): u64 { fw.max_connections_per_client }
+
+public fun max_bytes_per_sec(fw: &Firewall): u64 { fw.max_bytes_per_sec }
+
+public fun max_requests_per_sec(fw: &Firewall): u64 { fw.max_requests_per_sec }
+
+public fun mode_allow_all(): u8 { MODE_ALLOW_ALL }
+
+public fun mode_allow_listed(): u8 { MODE_ALLOW_LISTED }
+
+// === Internal ===
+
+fun assert_authority(host: &Host, ctx: &TxContext) {
+    assert!(ctx.sender() == host.authority, ENotAuthority);
+}
+
+fun assert_noise_key(key: &vector<u8>) {
+    assert!(key.length() == NOISE_KEY_LENGTH, EInvalidNoiseKey);
+}
+
+fun assert_endpoints(endpoints: &vector<vector<u8>>) {
+    assert!(endpoints.length() <= MAX_ENDPOINTS, ETooManyEndpoints);
+    let mut i = 0;
+    while (i < endpoints.length()) {
+        assert!(endpoints.borrow(i).length() <= MAX_ENDPOINT_LENGTH, ETooManyEndpoints);
+        i = i + 1;
+    };
+}
+
+fun emit_updated(host: &Host, change: u8) {
+    event::emit(HostUpdated { host: object::id(host), change });
+}

@@ -1,0 +1,379 @@
+/// One DTP connection's control object: who talks to whom, on what terms, and in which
+/// state. Shared, one per connection; its ID is the connection ID that receipts name.
+///
+/// Lifecycle (the whole table; details in docs/escrow.md):
+///
+/// ```text
+///  open ──> Open ──close(A)──> HalfClosed{by: A, at_ms} ──close(B)──────────> Closed
+///                                    │ ──finalize, now >= at_ms + timeout──> Closed
+///                                    │ ──settle by the server──────────────> Closed + settled
+///  Closed ──settle (server: any time; client: now >= half-close at_ms + timeout)──> settled
+/// ```
+///
+/// The server can claim receipts from the escrow at any time before settlement; settling
+/// optionally claims a final receipt and then refunds the rest to the client. The client
+/// may only settle once the server has had `HALF_CLOSE_TIMEOUT_MS` since the first close
+/// to submit its last receipt.
+module dtp::transport_control;
+
+use dtp::escrow::{Self, Escrow};
+use dtp::host::{Host, Sla};
+use dtp::spending_cap::SpendingCap;
+use sui::clock::Clock;
+use sui::coin::Coin;
+use sui::event;
+use sui::sui::SUI;
+
+// === Errors ===
+
+#[error(code = 50)]
+const EInsufficientDeposit: vector<u8> = b"Deposit is below the service's minimum";
+#[error(code = 51)]
+const ENotParticipant: vector<u8> = b"Sender is neither the client nor the server of this connection";
+#[error(code = 52)]
+const EConnectionClosed: vector<u8> = b"Connection is already closed";
+#[error(code = 53)]
+const EAlreadyHalfClosed: vector<u8> = b"Sender already closed its side; wait for the peer or the timeout";
+#[error(code = 54)]
+const ENotHalfClosed: vector<u8> = b"Connection is not half-closed";
+#[error(code = 55)]
+const ETimeoutNotReached: vector<u8> = b"Half-close timeout has not elapsed";
+#[error(code = 56)]
+const EConnectionOpen: vector<u8> = b"Connection must be closed (or half-closed) first";
+#[error(code = 57)]
+const EWrongHost: vector<u8> = b"Not this connection's host";
+#[error(code = 58)]
+const EWrongEscrow: vector<u8> = b"Not this connection's escrow";
+#[error(code = 59)]
+const EAlreadySettled: vector<u8> = b"Connection is already settled";
+
+// === Constants ===
+
+/// How long a half-closed connection waits for the peer before either side may finalize
+/// it, and how long the server has (from the first close) to claim before the client may
+/// settle: 10 minutes.
+const HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+
+/// `state_code` values.
+const STATE_OPEN: u8 = 0;
+const STATE_HALF_CLOSED: u8 = 1;
+const STATE_CLOSED: u8 = 2;
+
+// === Objects ===
+
+public enum State has copy, drop, store {
+    Open,
+    /// `by` closed its side at `at_ms`; the peer may still send.
+    HalfClosed { by: address, at_ms: u64 },
+    /// Both sides are done (or the half-close timed out).
+    Closed { half_closed_at_ms: u64, closed_at_ms: u64 },
+}
+
+public struct TransportControl has key {
+    id: UID,
+    host: ID,
+    port: u16,
+    client: address,
+    /// The host's authority when the connection opened; paid by the escrow.
+    server: address,
+    /// Fee terms copied from the service at open; never change afterwards.
+    sla: Sla,
+    escrow: ID,
+    spending_cap: ID,
+    state: State,
+    opened_at_ms: u64,
+    settled: bool,
+}
+
+// === Events ===
+
+public struct ConnectionOpened has copy, drop {
+    connection: ID,
+    host: ID,
+    port: u16,
+    client: address,
+    server: address,
+    escrow: ID,
+    deposit: u64,
+    sla: Sla,
+    at_ms: u64,
+}
+
+public struct ConnectionHalfClosed has copy, drop {
+    connection: ID,
+    by: address,
+    at_ms: u64,
+}
+
+public struct ConnectionClosed has copy, drop {
+    connection: ID,
+    /// Who completed the close (the peer's close, a timeout finalize, or a settlement).
+    by: address,
+    at_ms: u64,
+}
+
+public struct ConnectionSettled has copy, drop {
+    connection: ID,
+    escrow: ID,
+    by: address,
+    /// Total paid to the server over the connection's life.
+    claimed: u64,
+    /// Returned to the client by this settlement.
+    refunded: u64,
+}
+
+// === Opening ===
+
+/// Open a connection from the sender to `host`'s service on `port`, depositing `deposit`
+/// into a new escrow. `client_public_key` is the sender's Ed25519 public key, against
+/// which receipts are verified; `cap` is the sender's SpendingCap.
+///
+/// Checks, in order: `cap` belongs to the sender (`ENotCapOwner`); the service exists
+/// (`EServiceNotFound`); the firewall (`EFirewallDenied`); the per-client and per-service
+/// connection limits (`EMaxConnections`); `deposit >= min_deposit`
+/// (`EInsufficientDeposit`); the key (`EInvalidPublicKey`, `EKeyMismatch`).
+/// Returns the connection ID.
+public fun open(
+    host: &mut Host,
+    port: u16,
+    cap: &SpendingCap,
+    client_public_key: vector<u8>,
+    deposit: Coin<SUI>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    let client = ctx.sender();
+    cap.assert_owner(client);
+    let sla = host.admit(port, client);
+    let amount = deposit.value();
+    assert!(amount >= sla.min_deposit(), EInsufficientDeposit);
+
+    let id = object::new(ctx);
+    let connection = id.to_inner();
+    let server = host.authority();
+    let escrow_id = escrow::create(
+        connection,
+        client,
+        client_public_key,
+        server,
+        object::id(cap),
+        sla,
+        deposit.into_balance(),
+        ctx,
+    );
+    let now = clock.timestamp_ms();
+    let tc = TransportControl {
+        id,
+        host: object::id(host),
+        port,
+        client,
+        server,
+        sla,
+        escrow: escrow_id,
+        spending_cap: object::id(cap),
+        state: State::Open,
+        opened_at_ms: now,
+        settled: false,
+    };
+    event::emit(ConnectionOpened {
+        connection,
+        host: tc.host,
+        port,
+        client,
+        server,
+        escrow: escrow_id,
+        deposit: amount,
+        sla,
+        at_ms: now,
+    });
+    transfer::share_object(tc);
+    connection
+}
+
+// === Closing ===
+
+/// Close the sender's side. Open -> HalfClosed{by: sender}; HalfClosed by the peer ->
+/// Closed (the host's connection counts are released).
+public fun close(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx: &TxContext) {
+    let who = ctx.sender();
+    tc.assert_participant(who);
+    assert!(object::id(host) == tc.host, EWrongHost);
+    let now = clock.timestamp_ms();
+    let state = tc.state;
+    match (state) {
+        State::Open => {
+            tc.state = State::HalfClosed { by: who, at_ms: now };
+            event::emit(ConnectionHalfClosed { connection: tc.connection_id(), by: who, at_ms: now });
+        },
+        State::HalfClosed { by, at_ms } => {
+            assert!(by != who, EAlreadyHalfClosed);
+            tc.close_fully(host, at_ms, now, who);
+        },
+        State::Closed { .. } => abort EConnectionClosed,
+    }
+}
+
+/// Either participant finalizes a half-closed connection whose peer did not answer within
+/// `HALF_CLOSE_TIMEOUT_MS`: HalfClosed -> Closed.
+public fun finalize(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx: &TxContext) {
+    let who = ctx.sender();
+    tc.assert_participant(who);
+    assert!(object::id(host) == tc.host, EWrongHost);
+    let now = clock.timestamp_ms();
+    let state = tc.state;
+    match (state) {
+        State::Open => abort ENotHalfClosed,
+        State::HalfClosed { by: _, at_ms } => {
+            assert!(now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
+            tc.close_fully(host, at_ms, now, who);
+        },
+        State::Closed { .. } => abort EConnectionClosed,
+    }
+}
+
+// === Settlement ===
+
+/// Settle without a final receipt: refund everything left in the escrow to the client.
+/// The server may settle as soon as the connection is not Open (it forgoes further
+/// claims); the client only once `HALF_CLOSE_TIMEOUT_MS` has passed since the first
+/// close. A half-closed connection becomes Closed.
+public fun settle(
+    tc: &mut TransportControl,
+    host: &mut Host,
+    escrow: &mut Escrow,
+    clock: &Clock,
+    ctx: &mut TxContext,
+) {
+    let who = ctx.sender();
+    tc.assert_participant(who);
+    assert!(!tc.settled, EAlreadySettled);
+    assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
+    assert!(object::id(host) == tc.host, EWrongHost);
+    let now = clock.timestamp_ms();
+    let is_server = who == tc.server;
+    let state = tc.state;
+    match (state) {
+        State::Open => abort EConnectionOpen,
+        State::HalfClosed { by: _, at_ms } => {
+            assert!(is_server || now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
+            tc.close_fully(host, at_ms, now, who);
+        },
+        State::Closed { half_closed_at_ms, closed_at_ms: _ } => {
+            assert!(
+                is_server || now >= half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS,
+                ETimeoutNotReached,
+            );
+        },
+    };
+    let refunded = escrow.refund_remainder(ctx);
+    tc.settled = true;
+    event::emit(ConnectionSettled {
+        connection: tc.connection_id(),
+        escrow: tc.escrow,
+        by: who,
+        claimed: escrow.claimed(),
+        refunded,
+    });
+}
+
+/// The server's final settlement: claim the latest receipt, then refund the rest to the
+/// client (see `escrow::claim` for the receipt checks and `settle` for the rest).
+public fun settle_with_receipt(
+    tc: &mut TransportControl,
+    host: &mut Host,
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+    signature: vector<u8>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+) {
+    assert!(!tc.settled, EAlreadySettled);
+    assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
+    assert!(tc.state_code() != STATE_OPEN, EConnectionOpen);
+    // `claim` aborts with escrow::ENotServer unless the sender is the server.
+    escrow.claim(cap, total_bytes, total_requests, total_amount, nonce, signature, ctx);
+    settle(tc, host, escrow, clock, ctx);
+}
+
+// === Checks used by other modules ===
+
+public fun is_participant(tc: &TransportControl, who: address): bool {
+    who == tc.client || who == tc.server
+}
+
+/// Abort with `ENotParticipant` unless `who` is the client or the server.
+public fun assert_participant(tc: &TransportControl, who: address) {
+    assert!(tc.is_participant(who), ENotParticipant);
+}
+
+/// Abort with `EConnectionClosed` if the connection is Closed.
+public fun assert_not_closed(tc: &TransportControl) {
+    assert!(tc.state_code() != STATE_CLOSED, EConnectionClosed);
+}
+
+// === Reading ===
+
+public fun connection_id(tc: &TransportControl): ID { object::id(tc) }
+
+public fun host_id(tc: &TransportControl): ID { tc.host }
+
+public fun port(tc: &TransportControl): u16 { tc.port }
+
+public fun client(tc: &TransportControl): address { tc.client }
+
+public fun server(tc: &TransportControl): address { tc.server }
+
+public fun sla(tc: &TransportControl): Sla { tc.sla }
+
+public fun escrow_id(tc: &TransportControl): ID { tc.escrow }
+
+public fun spending_cap_id(tc: &TransportControl): ID { tc.spending_cap }
+
+public fun state(tc: &TransportControl): State { tc.state }
+
+public fun opened_at_ms(tc: &TransportControl): u64 { tc.opened_at_ms }
+
+public fun is_settled(tc: &TransportControl): bool { tc.settled }
+
+/// 0 Open, 1 HalfClosed, 2 Closed.
+public fun state_code(tc: &TransportControl): u8 {
+    match (&tc.state) {
+        State::Open => STATE_OPEN,
+        State::HalfClosed { .. } => STATE_HALF_CLOSED,
+        State::Closed { .. } => STATE_CLOSED,
+    }
+}
+
+/// Who half-closed the connection, if it is half-closed.
+public fun half_closed_by(tc: &TransportControl): Option<address> {
+    match (&tc.state) {
+        State::HalfClosed { by, at_ms: _ } => option::some(*by),
+        _ => option::none(),
+    }
+}
+
+public fun half_close_timeout_ms(): u64 { HALF_CLOSE_TIMEOUT_MS }
+
+public fun state_open(): u8 { STATE_OPEN }
+
+public fun state_half_closed(): u8 { STATE_HALF_CLOSED }
+
+public fun state_closed(): u8 { STATE_CLOSED }
+
+// === Internal ===
+
+fun close_fully(
+    tc: &mut TransportControl,
+    host: &mut Host,
+    half_closed_at_ms: u64,
+    now: u64,
+    by: address,
+) {
+    tc.state = State::Closed { half_closed_at_ms, closed_at_ms: now };
+    host.release(tc.port, tc.client);
+    event::emit(ConnectionClosed { connection: tc.connection_id(), by, at_ms: now });
+}

@@ -1,0 +1,679 @@
+/// One test per rule of docs/escrow.md not already covered by scenario_tests.
+#[test_only]
+module dtp::rule_tests;
+
+use dtp::broadcast::{Self, Broadcast};
+use dtp::escrow::{Self, Escrow};
+use dtp::host::{Self, Host};
+use dtp::inner_pipe;
+use dtp::pipe::{Self, Pipe};
+use dtp::spending_cap::{Self, SpendingCap};
+use dtp::test_helpers as th;
+use dtp::transport_control::{Self, TransportControl};
+use sui::test_scenario as ts;
+
+// === Receipt bytes and keys ===
+
+#[test]
+fun receipt_message_layout() {
+    let msg = escrow::receipt_message(th::connection(), 10240, 4, 120, 1);
+    assert!(msg == th::r1_msg());
+    assert!(msg.length() == 79);
+}
+
+#[test]
+fun ed25519_address_matches_sui_rule() {
+    assert!(escrow::ed25519_address(&th::client_pk()) == th::client());
+    assert!(escrow::ed25519_address(&th::mallory_pk()) == th::mallory());
+}
+
+#[test]
+fun fee_rounds_bytes_up() {
+    let sla = host::new_sla(10, 5, 0);
+    assert!(host::fee(&sla, 0, 0) == 0);
+    assert!(host::fee(&sla, 1, 0) == 1);
+    assert!(host::fee(&sla, 1024, 0) == 10);
+    assert!(host::fee(&sla, 1025, 1) == 11 + 5);
+    assert!(host::fee(&sla, 10240, 4) == 120);
+}
+
+// === Host ===
+
+#[test, expected_failure(abort_code = host::ENotAuthority)]
+fun only_authority_adds_services() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::mallory());
+    let mut h = scenario.take_shared<Host>();
+    h.add_service(8, b"raw", host::new_sla(0, 0, 0), 0, scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EServiceExists)]
+fun service_port_unique() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.add_service(th::port(), b"raw", host::new_sla(0, 0, 0), 0, scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EInvalidNoiseKey)]
+fun noise_key_must_be_32_bytes() {
+    let (mut scenario, clock) = th::start();
+    host::create(x"0102", vector[], scenario.ctx());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::ETooManyEndpoints)]
+fun endpoints_are_bounded() {
+    let (mut scenario, clock) = th::start();
+    let mut endpoints = vector[];
+    let mut i = 0;
+    while (i < 17) {
+        endpoints.push_back(b"tcp://127.0.0.1:7000");
+        i = i + 1;
+    };
+    host::create(th::noise_key(), endpoints, scenario.ctx());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EInvalidFirewallMode)]
+fun firewall_mode_is_validated() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.set_firewall_mode(2, scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun deny_list_wins_over_allow_list() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
+    assert!(!h.permits(th::client()));
+    h.allow(th::client(), scenario.ctx());
+    assert!(h.permits(th::client()));
+    h.deny(th::client(), scenario.ctx());
+    assert!(!h.permits(th::client()));
+    h.undeny(th::client(), scenario.ctx());
+    h.disallow(th::client(), scenario.ctx());
+    assert!(!h.permits(th::client()));
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EServiceNotFound)]
+fun open_unknown_port_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::client());
+    let mut h = scenario.take_shared<Host>();
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(&mut scenario, th::client(), 1000);
+    transport_control::open(&mut h, 99, &cap, th::client_pk(), payment, &clock, scenario.ctx());
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EServiceBusy)]
+fun service_with_open_connections_cannot_be_removed() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.remove_service(th::port(), scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun closing_releases_connection_slots() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 1, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    // Half-closed still counts.
+    scenario.next_tx(th::server());
+    {
+        let h = scenario.take_shared<Host>();
+        let service = h.service(th::port());
+        assert!(service.service_open_connections() == 1);
+        ts::return_shared(h);
+    };
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    // Closed: the service's only slot is free again.
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::server());
+    {
+        let h = scenario.take_shared<Host>();
+        assert!(h.open_connections() == 1);
+        assert!(h.connections_of(th::client()) == 1);
+        ts::return_shared(h);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun price_change_does_not_affect_open_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::server());
+    {
+        let mut h = scenario.take_shared<Host>();
+        h.update_service(th::port(), host::new_sla(1000, 1000, 5000), 0, scenario.ctx());
+        ts::return_shared(h);
+    };
+    // Still priced at 10/KiB and 5/request: R1 (120) is accepted.
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    scenario.next_tx(th::server());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let sla = tc.sla();
+    assert!(sla.price_per_kib() == 10);
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+// === Spending cap ===
+
+#[test, expected_failure(abort_code = spending_cap::ENotCapOwner)]
+fun only_owner_changes_cap() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
+    scenario.next_tx(th::server());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    cap.set_max_per_epoch(1_000_000, scenario.ctx());
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun owner_raises_cap() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    scenario.next_tx(th::client());
+    {
+        let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+        cap.set_max_per_epoch(600, scenario.ctx());
+        assert!(cap.remaining(scenario.ctx()) == 480);
+        ts::return_shared(cap);
+    };
+    assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ENotCapOwner)]
+fun open_with_someone_elses_cap_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::other());
+    let other_cap = spending_cap::create(1_000_000, scenario.ctx());
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), other_cap, 1000);
+    th::finish(scenario, clock);
+}
+
+// === Escrow ===
+
+#[test, expected_failure(abort_code = escrow::EKeyMismatch)]
+fun open_with_foreign_key_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::mallory_pk(), cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EInvalidPublicKey)]
+fun open_with_short_key_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), x"d04a", cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EAmountMismatch)]
+fun receipt_amount_must_match_fees() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 10240, 4, 999, 1, th::rmismatch_sig());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EReceiptNotCumulative)]
+fun receipt_amount_cannot_decrease() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::claim(&mut scenario, 0, 0, 0, 5, th::rzero_sig());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::ENotServer)]
+fun only_server_claims() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::client());
+    let mut e = scenario.take_shared<Escrow>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    e.claim(&mut cap, 10240, 4, 120, 1, th::r1_sig(), scenario.ctx());
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EWrongSpendingCap)]
+fun claim_charges_the_bound_cap_only() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::server());
+    let server_cap = spending_cap::create(1_000_000, scenario.ctx());
+    scenario.next_tx(th::server());
+    let mut e = scenario.take_shared<Escrow>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(server_cap);
+    e.claim(&mut cap, 10240, 4, 120, 1, th::r1_sig(), scenario.ctx());
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun top_up_raises_the_deposit() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::client());
+    {
+        let mut e = scenario.take_shared<Escrow>();
+        let more = th::take(&mut scenario, th::client(), 1000);
+        e.top_up(more, scenario.ctx());
+        assert!(e.deposited() == 2000);
+        ts::return_shared(e);
+    };
+    assert!(th::claim(&mut scenario, 204800, 0, 2000, 3, th::rbig_sig()) == 2000);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 2000);
+    assert!(th::balance_of(&scenario, th::client()) == 8000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::ENotClient)]
+fun only_client_tops_up() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::server());
+    th::fund(&mut scenario, th::server(), 500);
+    scenario.next_tx(th::server());
+    let mut e = scenario.take_shared<Escrow>();
+    let more = th::take(&mut scenario, th::server(), 500);
+    e.top_up(more, scenario.ctx());
+    ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EEscrowSettled)]
+fun no_claim_after_settlement() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig());
+    th::finish(scenario, clock);
+}
+
+// === Transport control ===
+
+#[test, expected_failure(abort_code = transport_control::EInsufficientDeposit)]
+fun deposit_below_minimum_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 999);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ENotParticipant)]
+fun outsider_cannot_close() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::mallory());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EAlreadyHalfClosed)]
+fun same_side_cannot_close_twice() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EConnectionClosed)]
+fun closed_connection_cannot_close_again() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ENotHalfClosed)]
+fun finalize_needs_half_close() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::finalize_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EConnectionOpen)]
+fun open_connection_cannot_settle() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ETimeoutNotReached)]
+fun client_settles_only_after_timeout() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    // Closed, but the server still has until half-close + timeout to claim.
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EAlreadySettled)]
+fun settle_only_once() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EWrongEscrow)]
+fun settle_checks_the_escrow() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let first = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, first, th::server());
+    scenario.next_tx(th::server());
+    let mut tc = scenario.take_shared_by_id<TransportControl>(first);
+    let mut h = scenario.take_shared<Host>();
+    let mut e = scenario.take_shared<Escrow>(); // the second connection's escrow
+    tc.settle(&mut h, &mut e, &clock, scenario.ctx());
+    ts::return_shared(tc);
+    ts::return_shared(h);
+    ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EWrongHost)]
+fun close_checks_the_host() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::mallory());
+    host::create(th::noise_key(), vector[], scenario.ctx());
+    scenario.next_tx(th::client());
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut h = scenario.take_shared<Host>(); // mallory's, the most recent
+    tc.close(&mut h, &clock, scenario.ctx());
+    ts::return_shared(tc);
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+// === Pipes ===
+
+#[test]
+fun pipe_sends_in_sequence_and_syncs() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::client());
+    {
+        let tc = scenario.take_shared_by_id<TransportControl>(conn);
+        pipe::create(&tc, 2, scenario.ctx());
+        ts::return_shared(tc);
+    };
+    scenario.next_tx(th::client());
+    let mut p = scenario.take_from_sender<Pipe>();
+    assert!(p.connection() == conn);
+    assert!(p.inner_count() == 2);
+    assert!(p.send(0, b"a") == 0);
+    assert!(p.send(0, b"b") == 1);
+    assert!(p.send(1, b"c") == 0);
+    p.sync(0, 1);
+    assert!(p.inner(0).acked() == 1);
+    assert!(p.inner(0).in_flight() == 1);
+    assert!(p.inner(1).next_seq() == 1);
+    p.destroy();
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = pipe::EInvalidInnerCount)]
+fun pipe_inner_count_bounded() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    pipe::create(&tc, 9, scenario.ctx());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ENotParticipant)]
+fun pipe_only_for_participants() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::mallory());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    pipe::create(&tc, 1, scenario.ctx());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EConnectionClosed)]
+fun pipe_not_for_closed_connections() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    pipe::create(&tc, 1, scenario.ctx());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = pipe::EInnerNotFound)]
+fun pipe_inner_index_checked() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    scenario.next_tx(th::client());
+    {
+        let tc = scenario.take_shared_by_id<TransportControl>(conn);
+        pipe::create(&tc, 1, scenario.ctx());
+        ts::return_shared(tc);
+    };
+    scenario.next_tx(th::client());
+    let mut p = scenario.take_from_sender<Pipe>();
+    p.send(1, b"x");
+    p.destroy();
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = inner_pipe::EDataTooLarge)]
+fun pipe_record_size_bounded() {
+    let mut inner = inner_pipe::new(0);
+    let mut data = vector[];
+    let mut i = 0;
+    while (i <= inner_pipe::max_data_length()) {
+        data.push_back(0u8);
+        i = i + 1;
+    };
+    inner.send(th::connection(), data);
+}
+
+#[test, expected_failure(abort_code = inner_pipe::EAckBeyondSent)]
+fun ack_cannot_pass_what_was_sent() {
+    let mut inner = inner_pipe::new(0);
+    inner.send(th::connection(), b"a");
+    inner.sync(th::connection(), 2);
+}
+
+#[test, expected_failure(abort_code = inner_pipe::EAckRegressed)]
+fun ack_cannot_go_backwards() {
+    let mut inner = inner_pipe::new(0);
+    inner.send(th::connection(), b"a");
+    inner.send(th::connection(), b"b");
+    inner.sync(th::connection(), 2);
+    inner.sync(th::connection(), 1);
+}
+
+// === Broadcast ===
+
+#[test, expected_failure(abort_code = broadcast::EInvalidSlot)]
+fun broadcast_slot_must_be_positive() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 0, 1_000, &clock, scenario.ctx());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::EZeroAmount)]
+fun broadcast_contribution_positive() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::ENotBroadcaster)]
+fun only_broadcaster_cancels() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    scenario.next_tx(th::mallory());
+    let mut b = scenario.take_shared<Broadcast>();
+    b.cancel(&clock, scenario.ctx());
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::ENotCancelled)]
+fun no_refund_before_cancel() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 300);
+    scenario.next_tx(th::listener_a());
+    let mut b = scenario.take_shared<Broadcast>();
+    b.withdraw(scenario.ctx());
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::ENoContribution)]
+fun refund_needs_a_contribution() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.cancel(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::listener_b());
+    let mut b = scenario.take_shared<Broadcast>();
+    b.withdraw(scenario.ctx());
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::EBroadcastCancelled)]
+fun no_contribution_after_cancel() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.cancel(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 100);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::EDataTooLarge)]
+fun broadcast_message_size_bounded() {
+    let (mut scenario, clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 300);
+    scenario.next_tx(th::server());
+    let mut b = scenario.take_shared<Broadcast>();
+    let mut data = vector[];
+    let mut i = 0;
+    while (i <= 16_384) {
+        data.push_back(0u8);
+        i = i + 1;
+    };
+    b.transmit(data, &clock, scenario.ctx());
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun off_air_slots_are_never_charged() {
+    let (mut scenario, mut clock) = th::start();
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    // Nobody pays for slots 0..4; a contribution during slot 5 pays from slot 5 on.
+    clock.set_for_testing(5_500);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 150);
+    assert!(th::on_air(&mut scenario, &clock));
+    clock.set_for_testing(7_000);
+    scenario.next_tx(th::server());
+    let mut b = scenario.take_shared<Broadcast>();
+    // Slot 5 paid (100); slot 6 could not be (50 left): off air.
+    assert!(b.claim(&clock, scenario.ctx()) == 100);
+    assert!(b.paid_slots() == 1);
+    assert!(!b.is_on_air(&clock));
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}

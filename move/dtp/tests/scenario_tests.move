@@ -1,0 +1,316 @@
+/// The scenario table (tests/scenarios/*.toml), one test per scenario, same names.
+/// A scenario whose last step expects an error is an `expected_failure` test here: the
+/// steps before it run and are checked, the last one must abort with that error.
+#[test_only]
+module dtp::scenario_tests;
+
+use dtp::broadcast::{Self, Broadcast};
+use dtp::escrow::{Self, Escrow};
+use dtp::host::{Self, Host};
+use dtp::spending_cap::{Self, SpendingCap};
+use dtp::test_helpers as th;
+use dtp::transport_control::{Self, TransportControl};
+use sui::test_scenario as ts;
+
+// === Escrow stories ===
+
+#[test]
+fun deposit_claim_refund() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9450);
+    assert!(th::balance_of(&scenario, th::server()) == 550);
+    let e = scenario.take_shared<Escrow>();
+    assert!(e.balance() == 0);
+    assert!(e.claimed() == 550);
+    assert!(e.refunded() == 450);
+    assert!(e.latest_nonce() == 2);
+    assert!(e.is_settled());
+    ts::return_shared(e);
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    assert!(tc.state_code() == transport_control::state_closed());
+    assert!(tc.is_settled());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun settle_with_final_receipt() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::close_as(&mut scenario, &clock, conn, th::client());
+
+    scenario.next_tx(th::server());
+    {
+        let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+        let mut h = scenario.take_shared<Host>();
+        let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+        let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+        tc.settle_with_receipt(
+            &mut h,
+            &mut e,
+            &mut cap,
+            10240,
+            4,
+            120,
+            1,
+            th::r1_sig(),
+            &clock,
+            scenario.ctx(),
+        );
+        ts::return_shared(tc);
+        ts::return_shared(h);
+        ts::return_shared(e);
+        ts::return_shared(cap);
+    };
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9880);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EReceiptExceedsDeposit)]
+fun claim_beyond_deposit_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 204800, 0, 2000, 3, th::rbig_sig());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EReplayedReceipt)]
+fun replayed_receipt_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EBadSignature)]
+fun forged_receipt_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_by_mallory_sig());
+    th::finish(scenario, clock);
+}
+
+// === Spending cap stories ===
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun cap_exceeded() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    // 120 + 430 = 550 > 500 in the same epoch.
+    th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun cap_resets_next_epoch() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    scenario.next_epoch(th::server());
+    assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 550);
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    assert!(cap.epoch() == 1);
+    assert!(cap.spent() == 430);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+// === Firewall stories ===
+
+#[test, expected_failure(abort_code = host::EFirewallDenied)]
+fun firewall_deny_list() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    {
+        let mut h = scenario.take_shared<Host>();
+        h.deny(th::client(), scenario.ctx());
+        ts::return_shared(h);
+    };
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EFirewallDenied)]
+fun firewall_allow_list() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    {
+        let mut h = scenario.take_shared<Host>();
+        h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
+        h.allow(th::client(), scenario.ctx());
+        ts::return_shared(h);
+    };
+    // Listed: admitted.
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    // Not listed: refused.
+    scenario.next_tx(th::other());
+    let other_cap = spending_cap::create(1_000_000, scenario.ctx());
+    th::fund(&mut scenario, th::other(), 10_000);
+    th::open_as(&mut scenario, &clock, th::other(), th::mallory_pk(), other_cap, 1000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EMaxConnections)]
+fun max_connections() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 1, 1_000_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EMaxConnections)]
+fun max_connections_per_client() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    {
+        let mut h = scenario.take_shared<Host>();
+        h.set_client_limits(1, 0, 0, scenario.ctx());
+        ts::return_shared(h);
+    };
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
+// === Closing stories ===
+
+#[test]
+fun half_close_timeout() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    clock.set_for_testing(1_000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    clock.increment_for_testing(transport_control::half_close_timeout_ms());
+    th::finalize_as(&mut scenario, &clock, conn, th::client());
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 10_000);
+    let h = scenario.take_shared<Host>();
+    assert!(h.open_connections() == 0);
+    assert!(h.connections_of(th::client()) == 0);
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::ETimeoutNotReached)]
+fun half_close_before_timeout_rejected() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    clock.set_for_testing(1_000);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    clock.increment_for_testing(transport_control::half_close_timeout_ms() - 1);
+    th::finalize_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+// === Broadcast stories ===
+
+#[test, expected_failure(abort_code = broadcast::ENotOnAir)]
+fun broadcast_on_air_then_off() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 250);
+    assert!(th::on_air(&mut scenario, &clock));
+    clock.set_for_testing(1_000);
+    // Slot 0 paid (100), 150 left: slot 1 covered.
+    assert!(th::on_air(&mut scenario, &clock));
+    clock.set_for_testing(2_000);
+    // Slot 1 paid (100), 50 left: slot 2 not covered.
+    assert!(!th::on_air(&mut scenario, &clock));
+
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.claim(&clock, scenario.ctx()) == 200);
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 200);
+    assert!(th::balance_of(&scenario, th::listener_a()) == 750);
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.transmit(b"hello", &clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun broadcast_cancel_refunds() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::fund(&mut scenario, th::listener_b(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 300);
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 100);
+    clock.set_for_testing(1_500);
+
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.cancel(&clock, scenario.ctx());
+        // Slot 0 was paid; slot 1 (in progress) is not.
+        assert!(b.earned_value() == 100);
+        assert!(b.pool_value() == 300);
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::listener_a());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        // 300 * 300 / 400
+        assert!(b.withdraw(scenario.ctx()) == 225);
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::listener_b());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        // Last one out: the rest.
+        assert!(b.withdraw(scenario.ctx()) == 75);
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.claim(&clock, scenario.ctx()) == 100);
+        assert!(b.pool_value() == 0);
+        ts::return_shared(b);
+    };
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 925);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 975);
+    assert!(th::balance_of(&scenario, th::server()) == 100);
+    th::finish(scenario, clock);
+}

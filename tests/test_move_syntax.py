@@ -1,0 +1,122 @@
+"""Offline checks of the Sui Move package (move/dtp).
+
+No `sui` binary exists on the development machines, so the Move code cannot be compiled
+here. These tests run what can run: the tree-sitter syntax check in tools/move-syntax
+(which must accept every file of move/dtp and reject each broken fixture with a
+file:line:col diagnostic), and a consistency check between the scenario table in
+tests/scenarios/ and the Move tests that mirror it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the project targets 3.11+, keep the import honest anyway
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKER = ROOT / "tools" / "move-syntax" / "check.sh"
+FIXTURES = ROOT / "tools" / "move-syntax" / "fixtures"
+PACKAGE = ROOT / "move" / "dtp"
+SCENARIOS = ROOT / "tests" / "scenarios"
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="node and npm are needed for the Move syntax checker (tools/move-syntax)",
+)
+
+
+def run_checker(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """Run tools/move-syntax/check.sh on `paths` (installs its npm packages on first use)."""
+    return subprocess.run(
+        ["sh", str(CHECKER), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@needs_node
+def test_move_package_parses() -> None:
+    result = run_checker(PACKAGE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stderr
+
+
+@needs_node
+def test_good_fixture_parses() -> None:
+    result = run_checker(FIXTURES / "good_sample.move")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+BAD_FIXTURES = sorted(FIXTURES.glob("bad_*.move"))
+
+
+def test_bad_fixtures_exist() -> None:
+    names = {p.name for p in BAD_FIXTURES}
+    assert {"bad_missing_brace.move", "bad_stray_token.move", "bad_unbalanced_module.move"} <= names
+
+
+@needs_node
+@pytest.mark.parametrize("fixture", BAD_FIXTURES, ids=lambda p: p.stem)
+def test_bad_fixture_rejected_with_position(fixture: Path) -> None:
+    result = run_checker(fixture)
+    assert result.returncode == 1, result.stdout + result.stderr
+    diagnostics = re.findall(rf"^{re.escape(str(fixture))}:(\d+):(\d+): .+$", result.stdout, re.M)
+    assert diagnostics, result.stdout
+    for line, col in diagnostics:
+        assert int(line) >= 1 and int(col) >= 1
+
+
+def _scenarios() -> list[dict]:
+    found = []
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        with path.open("rb") as f:
+            found.extend(tomllib.load(f)["scenario"])
+    return found
+
+
+def _move_scenario_tests() -> dict[str, str | None]:
+    """Scenario test name -> expected error `module::EName` (None for a passing test)."""
+    source = (PACKAGE / "tests" / "scenario_tests.move").read_text()
+    tests: dict[str, str | None] = {}
+    pattern = re.compile(
+        r"#\[test(?:, expected_failure\(abort_code = (\w+::\w+)\))?\]\s*\nfun (\w+)\(\)"
+    )
+    for error, name in pattern.findall(source):
+        tests[name] = error or None
+    return tests
+
+
+def test_scenarios_mirror_move_tests() -> None:
+    scenarios = _scenarios()
+    names = [s["name"] for s in scenarios]
+    assert len(names) == len(set(names)), "scenario names must be unique"
+    move_tests = _move_scenario_tests()
+    assert sorted(names) == sorted(move_tests)
+    for scenario in scenarios:
+        steps = scenario["step"]
+        errors = [i for i, step in enumerate(steps) if "error" in step]
+        assert errors in ([], [len(steps) - 1]), f"{scenario['name']}: error only on the last step"
+        expected = steps[-1].get("error")
+        assert move_tests[scenario["name"]] == expected, scenario["name"]
+
+
+def test_error_names_exist_in_move_sources() -> None:
+    declared = set()
+    for path in (PACKAGE / "sources").glob("*.move"):
+        for name in re.findall(r"#\[error\(code = \d+\)\]\s*const (\w+)", path.read_text()):
+            declared.add(f"{path.stem}::{name}")
+    for scenario in _scenarios():
+        for step in scenario["step"]:
+            if "error" in step:
+                assert step["error"] in declared, step["error"]

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Offline syntax check of Sui Move sources (see tools/move-syntax/check.mjs).
+# Usage: tools/move-syntax/check.sh [file-or-dir ...]   (default: the repository's move/)
+# Installs the pinned npm dependencies into this directory on first use.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+if ! command -v node >/dev/null 2>&1; then
+    echo "move-syntax: node is not installed; cannot check Move syntax" >&2
+    exit 3
+fi
+if [ ! -d "$here/node_modules/web-tree-sitter" ] || [ ! -d "$here/node_modules/@mysten/prettier-plugin-move" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "move-syntax: npm is not installed; cannot fetch the Move grammar" >&2
+        exit 3
+    fi
+    if [ -f "$here/package-lock.json" ]; then
+        (cd "$here" && npm ci --silent --no-audit --no-fund >&2)
+    else
+        (cd "$here" && npm install --silent --no-audit --no-fund >&2)
+    fi
+fi
+exec node "$here/check.mjs" "$@"
