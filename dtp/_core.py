@@ -421,7 +421,8 @@ class NativeReassembler:
         except OverflowError:
             raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG) from None
         joined = b"".join(d for _, d in chunks)
-        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)), remote=True)
+        # each code on its usual side: ARG is our misuse, WINDOW/FRAGMENTED the peer's
+        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)))
 
     def pop(self, max_bytes: int | None = None) -> bytes:
         """Release contiguous bytes (all that are ready, or at most ``max_bytes``)."""
@@ -459,6 +460,8 @@ class NativeHamGraph:
 
     def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
         seed = os.urandom(16) if seed is None else seed
+        if not 0 <= max_deferred_bytes < 2**64:
+            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
         if len(seed) != 16:
             raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
         g = lib.dtp_ham_new(max_deferred_bytes, seed, len(seed))
