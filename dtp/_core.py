@@ -45,7 +45,7 @@ def _load_extension() -> tuple[Any, Any] | None:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            from dtp import _dtp_core as module  # type: ignore[attr-defined]
+            from dtp import _dtp_core as module  # type: ignore[attr-defined,no-redef,unused-ignore]
     except ImportError:
         if PUREPYTHON:
             return None
@@ -490,7 +490,10 @@ class NativeHamGraph:
             counts + 1,
         )
         _check(rc, remote=True)
-        return MergeResult(bytes(status[: counts[0]]), bytes(changed[: counts[1]]))
+        # one copy each: slicing the memoryview does not copy, bytes() does
+        return MergeResult(
+            bytes(memoryview(status)[: counts[0]]), bytes(memoryview(changed)[: counts[1]])
+        )
 
     def advance(self, machine_state: float) -> bytes:
         """Apply deferred updates now due; returns those applied, as a batch."""
