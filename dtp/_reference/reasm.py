@@ -84,8 +84,8 @@ class Reassembler:
         while last < len(self._starts) and self._starts[last] <= hi:
             last += 1
         touched = list(zip(self._starts[first:last], self._runs[first:last], strict=True))
-        start = min(lo, *(s for s, _ in touched))
-        end = max(hi, *(s + len(r) for s, r in touched))
+        start = min([lo, *(s for s, _ in touched)])
+        end = max([hi, *(s + len(r) for s, r in touched)])
         run = bytearray(end - start)
         run[lo - start : hi - start] = piece
         for s, old in touched:
