@@ -273,10 +273,9 @@ static int grow(dtp_ham *g) {
     return DTP_OK;
 }
 
-/* Merge one update whose state is <= the machine state (section 6.3). Returns the
- * status, or DTP_ERR_NOMEM with the table unchanged. */
-static int apply(dtp_ham *g, const ham_update *u) {
-    uint64_t h = key_hash(g, u->soul, u->soul_len, u->field, u->field_len);
+/* Merge one update whose state is <= the machine state (section 6.3); h is its
+ * key_hash. Returns the status, or DTP_ERR_NOMEM with the table unchanged. */
+static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
     size_t i = find_slot(g, h, u->soul, u->soul_len, u->field, u->field_len);
     ham_entry *e = g->slots[i].entry;
     if (e != NULL) {
@@ -324,6 +323,15 @@ static int apply(dtp_ham *g, const ham_update *u) {
     g->slots[i].entry = e;
     g->count++;
     return DTP_HAM_APPLIED;
+}
+
+/* Hash u's key and start loading its slot into the cache. */
+static inline uint64_t lookahead(const dtp_ham *g, const ham_update *u) {
+    uint64_t h = key_hash(g, u->soul, u->soul_len, u->field, u->field_len);
+#if defined(__GNUC__)
+    __builtin_prefetch(&g->slots[(size_t)h & g->mask]);
+#endif
+    return h;
 }
 
 static void write_header(uint8_t *out, uint32_t count) {
@@ -388,15 +396,27 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
         g->dq_cap = cap;
     }
 
-    /* pass 2: merge in batch order */
+    /* pass 2: merge in batch order. The table is bigger than the cache for large
+     * graphs, so the next update is parsed and hashed one step ahead and its slot
+     * prefetched while the current one is merged. */
     p = batch + DTP_HAM_BATCH_HEADER_LEN;
     uint8_t *out = changed + DTP_HAM_BATCH_HEADER_LEN;
     uint32_t n_applied = 0;
     int rc = DTP_OK;
     uint32_t k = 0;
+    ham_update next;
+    uint64_t next_h = 0;
+    if (count > 0) {
+        p += read_update(p, end, &next);
+        if (next.state <= machine_state) next_h = lookahead(g, &next);
+    }
     for (; k < count; k++) {
-        ham_update u;
-        p += read_update(p, end, &u);
+        ham_update u = next;
+        uint64_t h = next_h;
+        if (k + 1 < count) {
+            p += read_update(p, end, &next);
+            if (next.state <= machine_state) next_h = lookahead(g, &next);
+        }
         int st;
         if (u.state > machine_state) {
             size_t size = update_size(u.soul_len, u.field_len, u.value_len);
@@ -408,7 +428,7 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
                 st = DTP_HAM_DEFERRED;
             }
         } else {
-            st = apply(g, &u);
+            st = apply(g, &u, h);
             if (st < 0) {
                 rc = st;
                 break;
@@ -457,7 +477,7 @@ int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t c
         ham_update u;
         size_t size = read_update(g->dq + rpos, end, &u);
         if (u.state <= machine_state) {
-            int st = apply(g, &u);
+            int st = apply(g, &u, key_hash(g, u.soul, u.soul_len, u.field, u.field_len));
             if (st < 0) {
                 rc = st; /* keep this update and the rest queued */
                 break;
