@@ -421,7 +421,8 @@ class NativeReassembler:
         except OverflowError:
             raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG) from None
         joined = b"".join(d for _, d in chunks)
-        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)), remote=True)
+        # each code on its usual side: ARG is our misuse, WINDOW/FRAGMENTED the peer's
+        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)))
 
     def pop(self, max_bytes: int | None = None) -> bytes:
         """Release contiguous bytes (all that are ready, or at most ``max_bytes``)."""
@@ -459,6 +460,8 @@ class NativeHamGraph:
 
     def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
         seed = os.urandom(16) if seed is None else seed
+        if not 0 <= max_deferred_bytes < 2**64:
+            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
         if len(seed) != 16:
             raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
         g = lib.dtp_ham_new(max_deferred_bytes, seed, len(seed))
@@ -487,7 +490,10 @@ class NativeHamGraph:
             counts + 1,
         )
         _check(rc, remote=True)
-        return MergeResult(bytes(status[: counts[0]]), bytes(changed[: counts[1]]))
+        # one copy each: slicing the memoryview does not copy, bytes() does
+        return MergeResult(
+            bytes(memoryview(status)[: counts[0]]), bytes(memoryview(changed)[: counts[1]])
+        )
 
     def advance(self, machine_state: float) -> bytes:
         """Apply deferred updates now due; returns those applied, as a batch."""

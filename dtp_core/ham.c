@@ -1,25 +1,556 @@
-/* ham.c -- PLACEHOLDER: to be implemented (see dtp_core.h). */
+/* ham.c -- HAM (GunDB's Hypothetical Amnesia Machine) merge over batches, and the field
+ * table it merges into (protocol.md, section 6).
+ *
+ * The table is an open-addressing hash table (linear probing, power-of-two size, load
+ * <= 0.7, no deletions) of pointers to entries; each entry is one allocation holding
+ * soul, field and value bytes. Entries are keyed by (soul, field) through SipHash-1-3
+ * keyed with the caller's 16-byte seed, so peers, who choose souls and fields, cannot
+ * aim collisions at it.
+ *
+ * Deferred updates (state ahead of the machine clock) are kept as one byte buffer of
+ * their canonical encodings in arrival order; its length is deferred_bytes.
+ *
+ * dtp_ham_merge makes one validation pass over the whole batch (nothing changes unless
+ * it all validates and the output buffers are big enough) and one merge pass. An update
+ * that loses costs a hash, a probe and a compare: no allocation.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "dtp_internal.h"
 
-dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len) { (void)max_deferred_bytes; (void)seed; (void)seed_len; return NULL; }
+/* ---- SipHash-1-3 (Aumasson & Bernstein, "SipHash: a fast short-input PRF") ---------- */
 
-void dtp_ham_free(dtp_ham *g) { (void)g;  }
+typedef struct sip_state {
+    uint64_t v0, v1, v2, v3;
+    uint64_t tail;  /* pending message bytes, little-endian */
+    unsigned ntail; /* how many (0..7) */
+    uint64_t total; /* message length so far */
+} sip_state;
+
+#define SIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+
+static inline void sip_round(sip_state *s) {
+    s->v0 += s->v1;
+    s->v1 = SIP_ROTL(s->v1, 13);
+    s->v1 ^= s->v0;
+    s->v0 = SIP_ROTL(s->v0, 32);
+    s->v2 += s->v3;
+    s->v3 = SIP_ROTL(s->v3, 16);
+    s->v3 ^= s->v2;
+    s->v0 += s->v3;
+    s->v3 = SIP_ROTL(s->v3, 21);
+    s->v3 ^= s->v0;
+    s->v2 += s->v1;
+    s->v1 = SIP_ROTL(s->v1, 17);
+    s->v1 ^= s->v2;
+    s->v2 = SIP_ROTL(s->v2, 32);
+}
+
+static inline void sip_block(sip_state *s, uint64_t m) {
+    s->v3 ^= m;
+    sip_round(s); /* c = 1 compression round */
+    s->v0 ^= m;
+}
+
+static inline void sip_init(sip_state *s, uint64_t k0, uint64_t k1) {
+    s->v0 = k0 ^ 0x736f6d6570736575ULL;
+    s->v1 = k1 ^ 0x646f72616e646f6dULL;
+    s->v2 = k0 ^ 0x6c7967656e657261ULL;
+    s->v3 = k1 ^ 0x7465646279746573ULL;
+    s->tail = 0;
+    s->ntail = 0;
+    s->total = 0;
+}
+
+static inline void sip_absorb(sip_state *s, const uint8_t *p, size_t n) {
+    s->total += n;
+    while (n > 0 && s->ntail > 0) {
+        s->tail |= (uint64_t)*p++ << (8 * s->ntail);
+        n--;
+        if (++s->ntail == 8) {
+            sip_block(s, s->tail);
+            s->tail = 0;
+            s->ntail = 0;
+        }
+    }
+    for (; n >= 8; p += 8, n -= 8) sip_block(s, dtp_get_u64le(p));
+    for (; n > 0; n--) s->tail |= (uint64_t)*p++ << (8 * s->ntail++);
+}
+
+static inline uint64_t sip_final(sip_state *s) {
+    sip_block(s, s->tail | (s->total << 56));
+    s->v2 ^= 0xff;
+    sip_round(s); /* d = 3 finalization rounds */
+    sip_round(s);
+    sip_round(s);
+    return s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+}
+
+/* ---- types ------------------------------------------------------------------------- */
+
+typedef struct ham_update {
+    const uint8_t *soul;
+    const uint8_t *field;
+    const uint8_t *value;
+    uint32_t soul_len;
+    uint32_t field_len;
+    uint32_t value_len;
+    double state;
+} ham_update;
+
+typedef struct ham_entry {
+    double state;
+    uint32_t soul_len;
+    uint32_t field_len;
+    uint32_t value_len;
+    uint32_t value_cap;
+    uint8_t bytes[]; /* soul, field, then value_cap bytes of room for the value */
+} ham_entry;
+
+typedef struct ham_slot {
+    uint64_t hash;
+    ham_entry *entry; /* NULL: empty */
+} ham_slot;
+
+struct dtp_ham {
+    uint64_t k0, k1; /* SipHash key */
+    ham_slot *slots;
+    size_t mask; /* slot count - 1 */
+    size_t count;
+    uint8_t *dq; /* deferred updates, canonical encodings back to back */
+    size_t dq_len;
+    size_t dq_cap;
+    size_t dq_count;
+    size_t max_deferred;
+};
+
+#define HAM_INITIAL_SLOTS 64u
+
+static inline uint8_t *entry_value(ham_entry *e) { return e->bytes + e->soul_len + e->field_len; }
+
+/* Encoded size of one update: minimal varints, no batch header. */
+static inline size_t update_size(uint32_t soul_len, uint32_t field_len, uint32_t value_len) {
+    return dtp_varint_size(soul_len) + soul_len + dtp_varint_size(field_len) + field_len + 8 +
+           dtp_varint_size(value_len) + value_len;
+}
+
+static inline double get_f64le(const uint8_t *p) {
+    uint64_t bits = dtp_get_u64le(p);
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+/* Write u canonically at out (the caller has checked the room). Returns bytes written. */
+static size_t write_update(uint8_t *out, const ham_update *u) {
+    uint8_t *p = out;
+    p += dtp_varint_put(p, 8, u->soul_len);
+    memcpy(p, u->soul, u->soul_len);
+    p += u->soul_len;
+    p += dtp_varint_put(p, 8, u->field_len);
+    memcpy(p, u->field, u->field_len);
+    p += u->field_len;
+    uint64_t bits;
+    memcpy(&bits, &u->state, sizeof bits);
+    dtp_put_u64le(p, bits);
+    p += 8;
+    p += dtp_varint_put(p, 8, u->value_len);
+    if (u->value_len > 0) memcpy(p, u->value, u->value_len);
+    p += u->value_len;
+    return (size_t)(p - out);
+}
+
+/* Read one update from a batch that has already been validated. Returns bytes read. */
+static size_t read_update(const uint8_t *p, const uint8_t *end, ham_update *u) {
+    const uint8_t *start = p;
+    uint64_t v = 0;
+    p += dtp_varint_get(p, (size_t)(end - p), &v);
+    u->soul_len = (uint32_t)v;
+    u->soul = p;
+    p += v;
+    p += dtp_varint_get(p, (size_t)(end - p), &v);
+    u->field_len = (uint32_t)v;
+    u->field = p;
+    p += v;
+    u->state = get_f64le(p);
+    p += 8;
+    p += dtp_varint_get(p, (size_t)(end - p), &v);
+    u->value_len = (uint32_t)v;
+    u->value = p;
+    p += v;
+    return (size_t)(p - start);
+}
+
+/* Read a length varint and check its range, then that many bytes must follow.
+ * protocol.md 6.2: a truncated varint or byte string is MALFORMED, a length out of
+ * range is SIZE as soon as the length is read. */
+static int check_bytes(const uint8_t **pp, const uint8_t *end, uint64_t min, uint64_t max,
+                       uint32_t *len) {
+    uint64_t v;
+    size_t n = dtp_varint_get(*pp, (size_t)(end - *pp), &v);
+    if (n == 0) return DTP_ERR_HAM_MALFORMED;
+    if (v < min || v > max) return DTP_ERR_HAM_SIZE;
+    *pp += n;
+    if (v > (uint64_t)(end - *pp)) return DTP_ERR_HAM_MALFORMED;
+    *pp += v;
+    *len = (uint32_t)v;
+    return DTP_OK;
+}
+
+/* ---- table ------------------------------------------------------------------------- */
+
+dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len) {
+    if (seed == NULL || seed_len != 16) return NULL;
+    dtp_ham *g = calloc(1, sizeof *g);
+    if (g == NULL) return NULL;
+    g->slots = calloc(HAM_INITIAL_SLOTS, sizeof *g->slots);
+    if (g->slots == NULL) {
+        free(g);
+        return NULL;
+    }
+    g->mask = HAM_INITIAL_SLOTS - 1;
+    g->k0 = dtp_get_u64le(seed);
+    g->k1 = dtp_get_u64le(seed + 8);
+    g->max_deferred = max_deferred_bytes;
+    return g;
+}
+
+void dtp_ham_free(dtp_ham *g) {
+    if (g == NULL) return;
+    for (size_t i = 0; i <= g->mask; i++) free(g->slots[i].entry);
+    free(g->slots);
+    free(g->dq);
+    free(g);
+}
+
+static inline uint64_t key_hash(const dtp_ham *g, const uint8_t *soul, size_t soul_len,
+                                const uint8_t *field, size_t field_len) {
+    sip_state s;
+    sip_init(&s, g->k0, g->k1);
+    /* the two lengths first, so ("ab", "c") and ("a", "bc") hash apart */
+    uint8_t lens[8];
+    dtp_put_u32le(lens, (uint32_t)soul_len);
+    dtp_put_u32le(lens + 4, (uint32_t)field_len);
+    sip_absorb(&s, lens, 8);
+    sip_absorb(&s, soul, soul_len);
+    sip_absorb(&s, field, field_len);
+    return sip_final(&s);
+}
+
+/* The slot holding (soul, field), or the empty slot where it would go. */
+static inline size_t find_slot(const dtp_ham *g, uint64_t h, const uint8_t *soul,
+                               size_t soul_len, const uint8_t *field, size_t field_len) {
+    size_t i = (size_t)h & g->mask;
+    for (;;) {
+        const ham_slot *s = &g->slots[i];
+        const ham_entry *e = s->entry;
+        if (e == NULL) return i;
+        if (s->hash == h && e->soul_len == soul_len && e->field_len == field_len &&
+            memcmp(e->bytes, soul, soul_len) == 0 &&
+            memcmp(e->bytes + soul_len, field, field_len) == 0)
+            return i;
+        i = (i + 1) & g->mask;
+    }
+}
+
+static int grow(dtp_ham *g) {
+    size_t n = g->mask + 1;
+    if (n > SIZE_MAX / 2 / sizeof(ham_slot)) return DTP_ERR_NOMEM;
+    size_t new_n = n * 2;
+    ham_slot *slots = calloc(new_n, sizeof *slots);
+    if (slots == NULL) return DTP_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (g->slots[i].entry == NULL) continue;
+        size_t j = (size_t)g->slots[i].hash & (new_n - 1);
+        while (slots[j].entry != NULL) j = (j + 1) & (new_n - 1);
+        slots[j] = g->slots[i];
+    }
+    free(g->slots);
+    g->slots = slots;
+    g->mask = new_n - 1;
+    return DTP_OK;
+}
+
+/* Merge one update whose state is <= the machine state (section 6.3); h is its
+ * key_hash. Returns the status, or DTP_ERR_NOMEM with the table unchanged. */
+static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
+    size_t i = find_slot(g, h, u->soul, u->soul_len, u->field, u->field_len);
+    ham_entry *e = g->slots[i].entry;
+    if (e != NULL) {
+        if (u->state < e->state) return DTP_HAM_HISTORICAL;
+        if (u->state == e->state) {
+            /* tie: the lexically greater value wins; a proper prefix is smaller */
+            size_t n = u->value_len < e->value_len ? u->value_len : e->value_len;
+            int c = n ? memcmp(u->value, entry_value(e), n) : 0;
+            if (c == 0) {
+                if (u->value_len == e->value_len) return DTP_HAM_SAME;
+                c = u->value_len > e->value_len ? 1 : -1;
+            }
+            if (c < 0) return DTP_HAM_HISTORICAL;
+        }
+        if (u->value_len > e->value_cap) {
+            size_t cap = (size_t)u->value_len + u->value_len / 4;
+            if (cap > DTP_HAM_MAX_VALUE) cap = DTP_HAM_MAX_VALUE;
+            ham_entry *bigger =
+                realloc(e, sizeof *e + (size_t)e->soul_len + e->field_len + cap);
+            if (bigger == NULL) return DTP_ERR_NOMEM;
+            bigger->value_cap = (uint32_t)cap;
+            g->slots[i].entry = e = bigger;
+        }
+        e->state = u->state;
+        e->value_len = u->value_len;
+        if (u->value_len > 0) memcpy(entry_value(e), u->value, u->value_len);
+        return DTP_HAM_APPLIED;
+    }
+    /* a new field: keep the load at or under 0.7 */
+    if ((g->count + 1) * 10 > (g->mask + 1) * 7) {
+        if (grow(g) != DTP_OK) return DTP_ERR_NOMEM;
+        i = find_slot(g, h, u->soul, u->soul_len, u->field, u->field_len);
+    }
+    e = malloc(sizeof *e + (size_t)u->soul_len + u->field_len + u->value_len);
+    if (e == NULL) return DTP_ERR_NOMEM;
+    e->state = u->state;
+    e->soul_len = u->soul_len;
+    e->field_len = u->field_len;
+    e->value_len = u->value_len;
+    e->value_cap = u->value_len;
+    memcpy(e->bytes, u->soul, u->soul_len);
+    memcpy(e->bytes + u->soul_len, u->field, u->field_len);
+    if (u->value_len > 0) memcpy(entry_value(e), u->value, u->value_len);
+    g->slots[i].hash = h;
+    g->slots[i].entry = e;
+    g->count++;
+    return DTP_HAM_APPLIED;
+}
+
+/* Hash u's key and start loading its slot into the cache. */
+static inline uint64_t lookahead(const dtp_ham *g, const ham_update *u) {
+    uint64_t h = key_hash(g, u->soul, u->soul_len, u->field, u->field_len);
+#if defined(__GNUC__)
+    __builtin_prefetch(&g->slots[(size_t)h & g->mask]);
+#endif
+    return h;
+}
+
+static void write_header(uint8_t *out, uint32_t count) {
+    out[0] = DTP_HAM_BATCH_VERSION;
+    dtp_put_u32le(out + 1, count);
+}
+
+/* ---- merge ------------------------------------------------------------------------- */
 
 int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t len,
                   uint8_t *status, size_t status_cap, size_t *n_updates, uint8_t *changed,
-                  size_t changed_cap, size_t *changed_len) { (void)g; (void)machine_state; (void)batch; (void)len; (void)status; (void)status_cap; (void)n_updates; (void)changed; (void)changed_cap; (void)changed_len; return DTP_ERR_ARG; }
+                  size_t changed_cap, size_t *changed_len) {
+    if (g == NULL || (batch == NULL && len > 0) || n_updates == NULL || changed_len == NULL ||
+        (status == NULL && status_cap > 0) || (changed == NULL && changed_cap > 0) ||
+        !isfinite(machine_state))
+        return DTP_ERR_ARG;
+    *n_updates = 0;
+    *changed_len = 0;
+
+    /* pass 1: validate everything (section 6.2), sizing the outputs on the way */
+    if (len < DTP_HAM_BATCH_HEADER_LEN || batch[0] != DTP_HAM_BATCH_VERSION)
+        return DTP_ERR_HAM_MALFORMED;
+    uint32_t count = dtp_get_u32le(batch + 1);
+    if (count > DTP_HAM_MAX_UPDATES) return DTP_ERR_HAM_SIZE;
+    const uint8_t *end = batch + len;
+    const uint8_t *p = batch + DTP_HAM_BATCH_HEADER_LEN;
+    size_t applicable = 0; /* canonical bytes of updates not ahead of the clock */
+    size_t deferrable = 0; /* canonical bytes of updates ahead of it */
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t soul_len, field_len, value_len;
+        int rc = check_bytes(&p, end, 1, DTP_HAM_MAX_KEY, &soul_len);
+        if (rc == DTP_OK) rc = check_bytes(&p, end, 1, DTP_HAM_MAX_KEY, &field_len);
+        if (rc != DTP_OK) return rc;
+        if (end - p < 8) return DTP_ERR_HAM_MALFORMED;
+        double state = get_f64le(p);
+        if (!isfinite(state)) return DTP_ERR_HAM_STATE;
+        p += 8;
+        rc = check_bytes(&p, end, 0, DTP_HAM_MAX_VALUE, &value_len);
+        if (rc != DTP_OK) return rc;
+        /* canonical size <= encoded size, so both sums stay <= len */
+        size_t size = update_size(soul_len, field_len, value_len);
+        if (state > machine_state)
+            deferrable += size;
+        else
+            applicable += size;
+    }
+    if (p != end) return DTP_ERR_HAM_MALFORMED;
+    if (status_cap < count) return DTP_ERR_BUFFER;
+    if (changed_cap < DTP_HAM_BATCH_HEADER_LEN ||
+        changed_cap - DTP_HAM_BATCH_HEADER_LEN < applicable)
+        return DTP_ERR_BUFFER;
+
+    /* room for what may be deferred, so deferring never fails half-way */
+    size_t room = g->max_deferred - g->dq_len; /* dq_len <= max_deferred always */
+    size_t want = g->dq_len + (deferrable < room ? deferrable : room);
+    if (want > g->dq_cap) {
+        size_t cap = g->dq_cap > g->max_deferred / 2 ? g->max_deferred : g->dq_cap * 2;
+        if (cap < want) cap = want;
+        uint8_t *dq = realloc(g->dq, cap);
+        if (dq == NULL) return DTP_ERR_NOMEM;
+        g->dq = dq;
+        g->dq_cap = cap;
+    }
+
+    /* pass 2: merge in batch order. The table is bigger than the cache for large
+     * graphs, so the next update is parsed and hashed one step ahead and its slot
+     * prefetched while the current one is merged. */
+    p = batch + DTP_HAM_BATCH_HEADER_LEN;
+    uint8_t *out = changed + DTP_HAM_BATCH_HEADER_LEN;
+    uint32_t n_applied = 0;
+    int rc = DTP_OK;
+    uint32_t k = 0;
+    ham_update next;
+    uint64_t next_h = 0;
+    if (count > 0) {
+        p += read_update(p, end, &next);
+        if (next.state <= machine_state) next_h = lookahead(g, &next);
+    }
+    for (; k < count; k++) {
+        ham_update u = next;
+        uint64_t h = next_h;
+        if (k + 1 < count) {
+            p += read_update(p, end, &next);
+            if (next.state <= machine_state) next_h = lookahead(g, &next);
+        }
+        int st;
+        if (u.state > machine_state) {
+            size_t size = update_size(u.soul_len, u.field_len, u.value_len);
+            if (size > g->max_deferred - g->dq_len) {
+                st = DTP_HAM_REJECTED;
+            } else {
+                g->dq_len += write_update(g->dq + g->dq_len, &u);
+                g->dq_count++;
+                st = DTP_HAM_DEFERRED;
+            }
+        } else {
+            st = apply(g, &u, h);
+            if (st < 0) {
+                rc = st;
+                break;
+            }
+            if (st == DTP_HAM_APPLIED) {
+                out += write_update(out, &u);
+                n_applied++;
+            }
+        }
+        status[k] = (uint8_t)st;
+    }
+    write_header(changed, n_applied);
+    *n_updates = k;
+    *changed_len = (size_t)(out - changed);
+    return rc;
+}
 
 int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t changed_cap,
-                    size_t *changed_len) { (void)g; (void)machine_state; (void)changed; (void)changed_cap; (void)changed_len; return DTP_ERR_ARG; }
+                    size_t *changed_len) {
+    if (g == NULL || changed_len == NULL || (changed == NULL && changed_cap > 0) ||
+        !isfinite(machine_state))
+        return DTP_ERR_ARG;
+    *changed_len = 0;
+    if (changed_cap < DTP_HAM_BATCH_HEADER_LEN) return DTP_ERR_BUFFER;
+    if (g->dq_len == 0) {
+        write_header(changed, 0);
+        *changed_len = DTP_HAM_BATCH_HEADER_LEN;
+        return DTP_OK;
+    }
+    const uint8_t *end = g->dq + g->dq_len;
+    /* what could be applied bounds the output: check the room before any change */
+    size_t due = 0;
+    for (const uint8_t *p = g->dq; p < end;) {
+        ham_update u;
+        size_t size = read_update(p, end, &u);
+        if (u.state <= machine_state) due += size;
+        p += size;
+    }
+    if (changed_cap - DTP_HAM_BATCH_HEADER_LEN < due) return DTP_ERR_BUFFER;
+
+    uint8_t *out = changed + DTP_HAM_BATCH_HEADER_LEN;
+    uint32_t n_applied = 0;
+    size_t rpos = 0, wpos = 0;
+    int rc = DTP_OK;
+    while (rpos < g->dq_len) {
+        ham_update u;
+        size_t size = read_update(g->dq + rpos, end, &u);
+        if (u.state <= machine_state) {
+            int st = apply(g, &u, key_hash(g, u.soul, u.soul_len, u.field, u.field_len));
+            if (st < 0) {
+                rc = st; /* keep this update and the rest queued */
+                break;
+            }
+            if (st == DTP_HAM_APPLIED) {
+                out += write_update(out, &u);
+                n_applied++;
+            }
+            g->dq_count--;
+        } else {
+            if (wpos != rpos) memmove(g->dq + wpos, g->dq + rpos, size);
+            wpos += size;
+        }
+        rpos += size;
+    }
+    if (rpos < g->dq_len && wpos != rpos) memmove(g->dq + wpos, g->dq + rpos, g->dq_len - rpos);
+    g->dq_len = wpos + (g->dq_len - rpos);
+    write_header(changed, n_applied);
+    *changed_len = (size_t)(out - changed);
+    return rc;
+}
+
+/* ---- queries ----------------------------------------------------------------------- */
 
 int dtp_ham_get(const dtp_ham *g, const uint8_t *soul, size_t soul_len, const uint8_t *field,
-                size_t field_len, double *state, const uint8_t **value, size_t *value_len) { (void)g; (void)soul; (void)soul_len; (void)field; (void)field_len; (void)state; (void)value; (void)value_len; return DTP_ERR_ARG; }
+                size_t field_len, double *state, const uint8_t **value, size_t *value_len) {
+    if (g == NULL || soul == NULL || field == NULL || state == NULL || value == NULL ||
+        value_len == NULL)
+        return DTP_ERR_ARG;
+    if (soul_len == 0 || soul_len > DTP_HAM_MAX_KEY || field_len == 0 ||
+        field_len > DTP_HAM_MAX_KEY)
+        return 0;
+    uint64_t h = key_hash(g, soul, soul_len, field, field_len);
+    ham_entry *e = g->slots[find_slot(g, h, soul, soul_len, field, field_len)].entry;
+    if (e == NULL) return 0;
+    *state = e->state;
+    *value = entry_value(e);
+    *value_len = e->value_len;
+    return 1;
+}
 
 int dtp_ham_export(const dtp_ham *g, uint64_t *cursor, uint8_t *out, size_t out_cap,
-                   size_t *written) { (void)g; (void)cursor; (void)out; (void)out_cap; (void)written; return DTP_ERR_ARG; }
+                   size_t *written) {
+    if (g == NULL || cursor == NULL || written == NULL || (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    if (out_cap < DTP_HAM_BATCH_HEADER_LEN) return DTP_ERR_BUFFER;
+    size_t pos = DTP_HAM_BATCH_HEADER_LEN;
+    uint32_t n = 0;
+    uint64_t i = *cursor;
+    int rc = DTP_OK;
+    for (; i <= g->mask; i++) {
+        ham_entry *e = g->slots[i].entry;
+        if (e == NULL) continue;
+        ham_update u = {e->bytes,      e->bytes + e->soul_len, entry_value(e), e->soul_len,
+                        e->field_len, e->value_len,           e->state};
+        size_t size = update_size(u.soul_len, u.field_len, u.value_len);
+        if (size > out_cap - pos) {
+            if (n == 0) return DTP_ERR_BUFFER; /* this entry alone does not fit */
+            rc = DTP_FULL;
+            break;
+        }
+        pos += write_update(out + pos, &u);
+        n++;
+    }
+    write_header(out, n);
+    *cursor = i;
+    *written = pos;
+    return rc;
+}
 
-size_t dtp_ham_count(const dtp_ham *g) { (void)g; return 0; }
+size_t dtp_ham_count(const dtp_ham *g) { return g ? g->count : 0; }
 
-size_t dtp_ham_deferred_count(const dtp_ham *g) { (void)g; return 0; }
+size_t dtp_ham_deferred_count(const dtp_ham *g) { return g ? g->dq_count : 0; }
 
-size_t dtp_ham_deferred_bytes(const dtp_ham *g) { (void)g; return 0; }
+size_t dtp_ham_deferred_bytes(const dtp_ham *g) { return g ? g->dq_len : 0; }

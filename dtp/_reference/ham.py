@@ -1,11 +1,255 @@
-"""PLACEHOLDER twin: to be implemented."""
+"""HAM batches and merge rules: the twin of dtp_ham_* (ham.c), protocol.md section 6.
+
+``encode_ham_batch`` / ``decode_ham_batch`` are the batch codec used by both backends and
+by the graph layer. :class:`HamGraph` is the readable spec of the C table: a dict from
+(soul, field) to (state, value), plus the queue of updates deferred because their state
+is ahead of the machine clock.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+
+from dtp._reference.limits import (
+    HAM_BATCH_HEADER_LEN,
+    HAM_BATCH_VERSION,
+    HAM_MAX_KEY,
+    HAM_MAX_UPDATES,
+    HAM_MAX_VALUE,
+)
+from dtp._reference.varint import varint_decode, varint_encode, varint_size
+from dtp._types import (
+    HAM_APPLIED,
+    HAM_DEFERRED,
+    HAM_HISTORICAL,
+    HAM_REJECTED,
+    HAM_SAME,
+    HamUpdate,
+    MergeResult,
+)
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+_HEADER = struct.Struct("<BI")
+_F64 = struct.Struct("<d")
+# the smallest buffer NativeHamGraph.export works with: one maximal entry always fits
+_MIN_EXPORT = HAM_BATCH_HEADER_LEN + 3 * HAM_MAX_KEY + 8 + HAM_MAX_VALUE + 16
 
 
-class HamGraph: ...
+def update_size(update: HamUpdate) -> int:
+    """Bytes of one update's canonical encoding (no batch header)."""
+    soul, field, _, value = update
+    return (
+        varint_size(len(soul))
+        + len(soul)
+        + varint_size(len(field))
+        + len(field)
+        + 8
+        + varint_size(len(value))
+        + len(value)
+    )
 
 
-def decode_ham_batch(*a, **k):
-    raise NotImplementedError
+def _encode_update(update: HamUpdate) -> bytes:
+    soul, field, state, value = update
+    return b"".join(
+        (
+            varint_encode(len(soul)) or b"",
+            soul,
+            varint_encode(len(field)) or b"",
+            field,
+            _F64.pack(state),
+            varint_encode(len(value)) or b"",
+            value,
+        )
+    )
 
 
-encode_ham_batch = decode_ham_batch
+def _header(count: int) -> bytes:
+    return _HEADER.pack(HAM_BATCH_VERSION, count)
+
+
+def encode_ham_batch(updates: Iterable[HamUpdate]) -> bytes:
+    """Encode updates as one canonical batch (minimal varints).
+
+    Raises LocalProtocolError: HAM_SIZE for too many updates or a soul, field or value
+    out of range, HAM_STATE for a state that is not finite (checked per update in wire
+    order: soul, field, state, value).
+    """
+    items = [HamUpdate(*u) for u in updates]
+    if len(items) > HAM_MAX_UPDATES:
+        raise LocalProtocolError("too many updates in one HAM batch", ErrorCode.HAM_SIZE)
+    parts = [_header(len(items))]
+    for soul, field, state, value in items:
+        soul, field, value = bytes(soul), bytes(field), bytes(value)
+        if not 1 <= len(soul) <= HAM_MAX_KEY:
+            raise LocalProtocolError("HAM soul must be 1..1024 bytes", ErrorCode.HAM_SIZE)
+        if not 1 <= len(field) <= HAM_MAX_KEY:
+            raise LocalProtocolError("HAM field must be 1..1024 bytes", ErrorCode.HAM_SIZE)
+        if not math.isfinite(state):
+            raise LocalProtocolError(code=ErrorCode.HAM_STATE)
+        if len(value) > HAM_MAX_VALUE:
+            raise LocalProtocolError("HAM value must be at most 1 MiB", ErrorCode.HAM_SIZE)
+        parts.append(_encode_update(HamUpdate(soul, field, float(state), value)))
+    return b"".join(parts)
+
+
+def _malformed(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"malformed HAM batch: {what}", ErrorCode.HAM_MALFORMED)
+
+
+def _read_bytes(buf: bytes, pos: int, lo: int, hi: int, what: str) -> tuple[bytes, int]:
+    """A varint length in [lo, hi], then that many bytes (protocol.md 6.2)."""
+    got = varint_decode(buf, pos)
+    if got is None:
+        raise _malformed(f"{what} length truncated")
+    size, pos = got
+    if not lo <= size <= hi:
+        raise RemoteProtocolError(f"HAM {what} length {size} out of range", ErrorCode.HAM_SIZE)
+    if pos + size > len(buf):
+        raise _malformed(f"{what} truncated")
+    return buf[pos : pos + size], pos + size
+
+
+def decode_ham_batch(batch: bytes | bytearray | memoryview) -> list[HamUpdate]:
+    """Decode and validate a whole batch; any fault raises RemoteProtocolError.
+
+    Order of checks (protocol.md 6.2): header (MALFORMED), count (SIZE), then per update
+    soul, field, state, value -- a truncated varint or byte string is MALFORMED, a length
+    out of range SIZE, a NaN or infinite state STATE -- and finally trailing bytes
+    (MALFORMED). Non-minimal varints are accepted.
+    """
+    buf = bytes(batch)
+    if len(buf) < HAM_BATCH_HEADER_LEN or buf[0] != HAM_BATCH_VERSION:
+        raise _malformed("bad header")
+    _, count = _HEADER.unpack_from(buf, 0)
+    if count > HAM_MAX_UPDATES:
+        raise RemoteProtocolError("too many updates in one HAM batch", ErrorCode.HAM_SIZE)
+    pos = HAM_BATCH_HEADER_LEN
+    updates: list[HamUpdate] = []
+    for _ in range(count):
+        soul, pos = _read_bytes(buf, pos, 1, HAM_MAX_KEY, "soul")
+        field, pos = _read_bytes(buf, pos, 1, HAM_MAX_KEY, "field")
+        if pos + 8 > len(buf):
+            raise _malformed("state truncated")
+        (state,) = _F64.unpack_from(buf, pos)
+        if not math.isfinite(state):
+            raise RemoteProtocolError(code=ErrorCode.HAM_STATE)
+        value, pos = _read_bytes(buf, pos + 8, 0, HAM_MAX_VALUE, "value")
+        updates.append(HamUpdate(soul, field, state, value))
+    if pos != len(buf):
+        raise _malformed("trailing bytes")
+    return updates
+
+
+class HamGraph:
+    """The HAM field table: merge batches, hold deferred updates, look up.
+
+    ``seed`` keys the C table's hash; a dict needs none, but it is checked the same way.
+    """
+
+    def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
+        seed = os.urandom(16) if seed is None else seed
+        if not 0 <= max_deferred_bytes < 2**64:
+            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
+        if len(seed) != 16:
+            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+        self._max_deferred = max_deferred_bytes
+        self._table: dict[tuple[bytes, bytes], tuple[float, bytes]] = {}
+        self._deferred: list[HamUpdate] = []  # arrival order
+        self._deferred_bytes = 0
+
+    def _apply(self, update: HamUpdate) -> int:
+        """Merge one update not ahead of the clock (protocol.md 6.3); returns its status."""
+        soul, field, state, value = update
+        current = self._table.get((soul, field))
+        if current is not None:
+            cur_state, cur_value = current
+            if state < cur_state:
+                return HAM_HISTORICAL
+            if state == cur_state:
+                if value == cur_value:
+                    return HAM_SAME
+                if value < cur_value:  # bytewise; a proper prefix is smaller
+                    return HAM_HISTORICAL
+        self._table[soul, field] = (state, value)
+        return HAM_APPLIED
+
+    def merge(self, batch: bytes | bytearray | memoryview, machine_state: float) -> MergeResult:
+        """Merge an encoded batch against the machine clock ``machine_state``."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        updates = decode_ham_batch(batch)
+        statuses = bytearray()
+        applied: list[HamUpdate] = []
+        for update in updates:
+            if update.state > machine_state:
+                size = update_size(update)
+                if self._deferred_bytes + size > self._max_deferred:
+                    statuses.append(HAM_REJECTED)
+                else:
+                    self._deferred.append(update)
+                    self._deferred_bytes += size
+                    statuses.append(HAM_DEFERRED)
+                continue
+            status = self._apply(update)
+            if status == HAM_APPLIED:
+                applied.append(update)
+            statuses.append(status)
+        return MergeResult(bytes(statuses), self._batch(applied))
+
+    def advance(self, machine_state: float) -> bytes:
+        """Apply deferred updates now due (in arrival order); returns those applied."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        applied: list[HamUpdate] = []
+        waiting: list[HamUpdate] = []
+        for update in self._deferred:
+            if update.state > machine_state:
+                waiting.append(update)
+            elif self._apply(update) == HAM_APPLIED:
+                applied.append(update)
+        self._deferred = waiting
+        self._deferred_bytes = sum(update_size(u) for u in waiting)
+        return self._batch(applied)
+
+    @staticmethod
+    def _batch(updates: list[HamUpdate]) -> bytes:
+        return _header(len(updates)) + b"".join(_encode_update(u) for u in updates)
+
+    def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
+        """(state, value) of one field, or None."""
+        return self._table.get((bytes(soul), bytes(field)))
+
+    def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The whole table as a sequence of batches of at most ``max_batch_bytes``
+        (never less than one maximal entry needs); the order is unspecified."""
+        limit = max(max_batch_bytes, _MIN_EXPORT)
+        chunk: list[HamUpdate] = []
+        size = HAM_BATCH_HEADER_LEN
+        for (soul, field), (state, value) in self._table.items():
+            update = HamUpdate(soul, field, state, value)
+            need = update_size(update)
+            if size + need > limit:
+                yield self._batch(chunk)
+                chunk, size = [], HAM_BATCH_HEADER_LEN
+            chunk.append(update)
+            size += need
+        if chunk:
+            yield self._batch(chunk)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def deferred_count(self) -> int:
+        return len(self._deferred)
+
+    @property
+    def deferred_bytes(self) -> int:
+        return self._deferred_bytes
+
+
+__all__ = ["HamGraph", "decode_ham_batch", "encode_ham_batch", "update_size"]
