@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from dtp import _types as t
+from dtp._reference.limits import MAX_ACK_RANGES, MAX_FRAME_DATA
 from dtp._types import (
     FrameBatch,
     HamUpdate,
@@ -164,6 +165,12 @@ class NativeFrameBatch(FrameBatch):
         return (self[i] for i in range(self._n))
 
 
+_U64_MAX = 2**64 - 1
+# Decode outputs are written by C before they are read; skipping the zero-fill keeps
+# the per-call cost independent of max_frames / max_ranges.
+_new_uninit: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+
+
 def native_decode_frames(
     buf: bytes | bytearray | memoryview,
     complete: bool = True,
@@ -171,75 +178,74 @@ def native_decode_frames(
     max_ranges: int = 4096,
 ) -> FrameBatch:
     """Decode the frames in ``buf`` (a whole record body when ``complete``)."""
+    if max_frames < 0 or max_ranges < 0:
+        raise LocalProtocolError("max_frames and max_ranges must be >= 0", ErrorCode.ARG)
     data = bytes(buf)
-    fcap = max(1, min(max_frames, len(data) + 1))
-    rcap = max(1, min(max_ranges, len(data) + 1))
-    frames = ffi.new("dtp_frame[]", fcap)
-    ranges = ffi.new("dtp_ack_range[]", rcap)
+    size = len(data)
+    # Capping the arrays at len(data) never changes the result: every frame takes at
+    # least one byte, and an ACK with k ranges takes more than k bytes.
+    fcap = min(max_frames, size)
+    rcap = min(max_ranges, size)
+    frames = _new_uninit("dtp_frame[]", max(1, fcap))
+    ranges = _new_uninit("dtp_ack_range[]", max(1, rcap))
     counts = ffi.new("size_t[3]")
     rc = lib.dtp_frames_decode(
-        _from(data),
-        len(data),
-        int(complete),
-        frames,
-        fcap,
-        ranges,
-        rcap,
-        counts,
-        counts + 1,
-        counts + 2,
+        data, size, int(complete), frames, fcap, ranges, rcap, counts, counts + 1, counts + 2
     )
-    _check(rc, remote=True)
+    if rc < 0:
+        raise error_for(rc, remote=True)
     return NativeFrameBatch(data, frames, ranges, counts[0], rc, counts[2])
+
+
+def _u64(value: int) -> int:
+    """``value`` if it fits a uint64_t, else UINT64_MAX: out of range for every field,
+    so C reports the same code the twin does for a negative or huge value."""
+    return value if 0 <= value <= _U64_MAX else _U64_MAX
 
 
 def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
     """Encode frames canonically; raises LocalProtocolError on an invalid frame."""
     n = len(frames)
     cframes = ffi.new("dtp_frame[]", max(1, n))
-    payloads: list[bytes] = []
+    payloads: list[bytes | bytearray | memoryview] = []
     all_ranges: list[tuple[int, int]] = []
     data_len = 0
-    budget = 16
-    try:
-        for i, fr in enumerate(frames):
-            cf = cframes[i]
-            cf.type = fr.type
-            if fr.type == t.FRAME_ACK:
-                cf.a = len(all_ranges)
-                cf.b = len(fr.ranges)
-                cf.c = fr.c
-                all_ranges.extend(fr.ranges)
-                budget += 40 + 20 * len(fr.ranges)
-                continue
-            cf.a, cf.b, cf.c = fr.a, fr.b, fr.c
+    budget = 0
+    for i, fr in enumerate(frames):
+        cf = cframes[i]
+        ftype = fr.type
+        cf.type = ftype if 0 <= ftype <= 0xFF else 0xFF
+        cf.c = _u64(fr.c)
+        if ftype == t.FRAME_ACK:
+            # C keeps the ranges' place in a and b: the Python-level a, b must be 0,
+            # which the reserved byte carries to C's "unused field" check.
+            cf.reserved0 = 1 if (fr.a or fr.b) else 0
+            cf.a = len(all_ranges)
+            cf.b = len(fr.ranges)
+            all_ranges.extend(fr.ranges)
+            # type, largest, delay, count, then two varints per range, 8 bytes each max
+            budget += 27 + 16 * min(len(fr.ranges), MAX_ACK_RANGES)
+        else:
+            cf.reserved0 = 1 if fr.ranges else 0
+            cf.a, cf.b = _u64(fr.a), _u64(fr.b)
+            if ftype == t.FRAME_PADDING:
+                budget += min(cf.a, MAX_FRAME_DATA)
+            # type, three varints, a data length
+            budget += 33 + min(len(fr.data), MAX_FRAME_DATA)
+        if fr.data:
             cf.data_off = data_len
-            cf.data_len = len(fr.data)
+            cf.data_len = min(len(fr.data), 0xFFFFFFFF)
             payloads.append(fr.data)
             data_len += len(fr.data)
-            budget += 40 + len(fr.data) + (fr.a if fr.type == t.FRAME_PADDING else 0)
-    except OverflowError:
-        raise LocalProtocolError("frame field out of range", ErrorCode.VARINT) from None
     data = b"".join(payloads)
     cranges = ffi.new("dtp_ack_range[]", max(1, len(all_ranges)))
-    try:
-        for j, (lo, hi) in enumerate(all_ranges):
-            cranges[j].lo = lo
-            cranges[j].hi = hi
-    except OverflowError:
-        raise LocalProtocolError("ACK range out of range", ErrorCode.FRAME_VALUE) from None
+    for j, (lo, hi) in enumerate(all_ranges):
+        cranges[j].lo = _u64(lo)
+        cranges[j].hi = _u64(hi)
     out = bytearray(budget)
     written = ffi.new("size_t *")
     rc = lib.dtp_frames_encode(
-        cframes,
-        n,
-        _from(data),
-        len(data),
-        cranges,
-        len(all_ranges),
-        _from(out),
-        len(out),
-        written,
+        cframes, n, data, len(data), cranges, len(all_ranges), _from(out), len(out), written
     )
     _check(rc, remote=False)
     return bytes(out[: written[0]])
