@@ -262,6 +262,29 @@ def test_buffer_types(backend: SimpleNamespace) -> None:
     assert backend.encode_frames([F(FRAME_DATAGRAM, data=memoryview(b"abc"))]) == encoded[:5]
 
 
+def test_encode_worst_case_sizes(backend: SimpleNamespace) -> None:
+    """The largest encoding of each type (8-byte varints everywhere, data at its cap):
+    the C wrapper's output budget must hold it, so BUFFER never reaches the caller."""
+    big = 2**30  # the smallest value that needs an 8-byte varint
+    ranges = tuple((VARINT_MAX - i * 3 * big - big, VARINT_MAX - i * 3 * big) for i in range(256))
+    frames = [F(FRAME_ACK, c=VARINT_MAX, ranges=ranges), F(FRAME_PADDING, MAX_FRAME_DATA)]
+    for ftype, nfields in FIELDS.items():
+        values = [VARINT_MAX - DATA_CAP.get(ftype, 0)] * nfields + [0] * (3 - nfields)
+        frames.append(F(ftype, *values, data=bytes(DATA_CAP.get(ftype, 0))))
+    encoded = backend.encode_frames(frames)
+    assert list(backend.decode_frames(encoded)) == frames
+    assert len(backend.encode_frames(frames[:1])) == 1 + 8 + 8 + 2 + 8 + 255 * 16
+
+
+def test_non_contiguous_input(backend: SimpleNamespace) -> None:
+    encoded = backend.encode_frames([F(FRAME_MAX_DATA, 5), F(FRAME_PING)])
+    spread = bytes(b for byte in encoded for b in (byte, 0xEE))
+    assert list(backend.decode_frames(memoryview(spread)[::2])) == [
+        F(FRAME_MAX_DATA, 5),
+        F(FRAME_PING),
+    ]
+
+
 # --------------------------------------------------------------------------------------
 # exact decode statuses and error codes
 

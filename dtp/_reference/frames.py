@@ -187,7 +187,8 @@ def decode_frames(
     """
     if max_frames < 0 or max_ranges < 0:
         raise LocalProtocolError("max_frames and max_ranges must be >= 0", ErrorCode.ARG)
-    view = memoryview(buf).cast("B")
+    view = memoryview(buf)
+    view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
     frames: list[RawFrame] = []
     n_ranges = 0
     pos = 0
