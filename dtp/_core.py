@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from dtp import _types as t
+from dtp._reference.limits import MAX_ACK_RANGES, MAX_FRAME_DATA
 from dtp._types import (
     FrameBatch,
     HamUpdate,
@@ -116,8 +118,22 @@ def native_parse_records(
     return RecordBatch(records, consumed[0], rc)
 
 
+# dtp_frame and dtp_ack_range as C lays them out (native byte order, no padding):
+# type u8, reserved0 u8, reserved1 u16, data_len u32, data_off, a, b, c u64 / lo, hi u64.
+# Unpacking them with struct is far cheaper than reading cdata fields one by one.
+_CFRAME = struct.Struct("=BxxxIQQQQ")
+_CRANGE = struct.Struct("=QQ")
+if ffi is not None and (
+    ffi.sizeof("dtp_frame") != _CFRAME.size
+    or ffi.offsetof("dtp_frame", "data_len") != 4
+    or ffi.sizeof("dtp_ack_range") != _CRANGE.size
+):  # pragma: no cover - only on an ABI this code was not written for
+    raise ImportError("unexpected dtp_frame / dtp_ack_range layout")
+
+
 class NativeFrameBatch(FrameBatch):
-    """Frames decoded by the C core; each :class:`RawFrame` is built on first access."""
+    """Frames decoded by the C core; each :class:`RawFrame` is built on first access
+    (iterating builds them all at once)."""
 
     def __init__(
         self, buf: bytes, frames: Any, ranges: Any, n: int, status: int, consumed: int
@@ -127,22 +143,31 @@ class NativeFrameBatch(FrameBatch):
         self._cranges = ranges
         self._n = n
         self._cache: list[RawFrame | None] = [None] * n
+        self._built = n == 0
         self.status = status
         self.consumed = consumed
 
     def __len__(self) -> int:
         return self._n
 
-    def _build(self, i: int) -> RawFrame:
-        f = self._cframes[i]
-        ftype = f.type
+    def _make(self, fields: tuple[int, ...]) -> RawFrame:
+        ftype, data_len, data_off, a, b, c = fields
+        # RawFrame._make skips __new__'s argument handling: twice as fast per frame
         if ftype == t.FRAME_ACK:
-            ranges = tuple(
-                (self._cranges[j].lo, self._cranges[j].hi) for j in range(f.a, f.a + f.b)
-            )
-            return RawFrame(ftype, 0, 0, f.c, b"", ranges)
-        data = self._buf[f.data_off : f.data_off + f.data_len] if f.data_len else b""
-        return RawFrame(ftype, f.a, f.b, f.c, data)
+            raw = ffi.buffer(self._cranges + a, b * _CRANGE.size)
+            return RawFrame._make((ftype, 0, 0, c, b"", tuple(_CRANGE.iter_unpack(raw))))
+        data = self._buf[data_off : data_off + data_len] if data_len else b""
+        return RawFrame._make((ftype, a, b, c, data, ()))
+
+    def _all(self) -> list[RawFrame]:
+        if not self._built:
+            raw = ffi.buffer(self._cframes, self._n * _CFRAME.size)
+            self._cache = [
+                have if have is not None else self._make(fields)
+                for have, fields in zip(self._cache, _CFRAME.iter_unpack(raw), strict=True)
+            ]
+            self._built = True
+        return self._cache  # type: ignore[return-value]
 
     @overload
     def __getitem__(self, index: int) -> RawFrame: ...
@@ -150,18 +175,25 @@ class NativeFrameBatch(FrameBatch):
     def __getitem__(self, index: slice) -> Sequence[RawFrame]: ...
     def __getitem__(self, index: int | slice) -> RawFrame | Sequence[RawFrame]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
+            return self._all()[index]
         if index < 0:
             index += self._n
         if not 0 <= index < self._n:
             raise IndexError("frame index out of range")
         frame = self._cache[index]
         if frame is None:
-            frame = self._cache[index] = self._build(index)
+            fields = _CFRAME.unpack(ffi.buffer(self._cframes + index, _CFRAME.size))
+            frame = self._cache[index] = self._make(fields)
         return frame
 
     def __iter__(self) -> Iterator[RawFrame]:
-        return (self[i] for i in range(self._n))
+        return iter(self._all())
+
+
+_U64_MAX = 2**64 - 1
+# Decode outputs are written by C before they are read; skipping the zero-fill keeps
+# the per-call cost independent of max_frames / max_ranges.
+_new_uninit: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
 
 
 def native_decode_frames(
@@ -171,75 +203,74 @@ def native_decode_frames(
     max_ranges: int = 4096,
 ) -> FrameBatch:
     """Decode the frames in ``buf`` (a whole record body when ``complete``)."""
+    if max_frames < 0 or max_ranges < 0:
+        raise LocalProtocolError("max_frames and max_ranges must be >= 0", ErrorCode.ARG)
     data = bytes(buf)
-    fcap = max(1, min(max_frames, len(data) + 1))
-    rcap = max(1, min(max_ranges, len(data) + 1))
-    frames = ffi.new("dtp_frame[]", fcap)
-    ranges = ffi.new("dtp_ack_range[]", rcap)
+    size = len(data)
+    # Capping the arrays at len(data) never changes the result: every frame takes at
+    # least one byte, and an ACK with k ranges takes more than k bytes.
+    fcap = min(max_frames, size)
+    rcap = min(max_ranges, size)
+    frames = _new_uninit("dtp_frame[]", max(1, fcap))
+    ranges = _new_uninit("dtp_ack_range[]", max(1, rcap))
     counts = ffi.new("size_t[3]")
     rc = lib.dtp_frames_decode(
-        _from(data),
-        len(data),
-        int(complete),
-        frames,
-        fcap,
-        ranges,
-        rcap,
-        counts,
-        counts + 1,
-        counts + 2,
+        data, size, int(complete), frames, fcap, ranges, rcap, counts, counts + 1, counts + 2
     )
-    _check(rc, remote=True)
+    if rc < 0:
+        raise error_for(rc, remote=True)
     return NativeFrameBatch(data, frames, ranges, counts[0], rc, counts[2])
+
+
+def _u64(value: int) -> int:
+    """``value`` if it fits a uint64_t, else UINT64_MAX: out of range for every field,
+    so C reports the same code the twin does for a negative or huge value."""
+    return value if 0 <= value <= _U64_MAX else _U64_MAX
 
 
 def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
     """Encode frames canonically; raises LocalProtocolError on an invalid frame."""
     n = len(frames)
     cframes = ffi.new("dtp_frame[]", max(1, n))
-    payloads: list[bytes] = []
+    payloads: list[bytes | bytearray | memoryview] = []
     all_ranges: list[tuple[int, int]] = []
     data_len = 0
-    budget = 16
-    try:
-        for i, fr in enumerate(frames):
-            cf = cframes[i]
-            cf.type = fr.type
-            if fr.type == t.FRAME_ACK:
-                cf.a = len(all_ranges)
-                cf.b = len(fr.ranges)
-                cf.c = fr.c
-                all_ranges.extend(fr.ranges)
-                budget += 40 + 20 * len(fr.ranges)
-                continue
-            cf.a, cf.b, cf.c = fr.a, fr.b, fr.c
+    budget = 0
+    for i, fr in enumerate(frames):
+        cf = cframes[i]
+        ftype = fr.type
+        cf.type = ftype if 0 <= ftype <= 0xFF else 0xFF
+        cf.c = _u64(fr.c)
+        if ftype == t.FRAME_ACK:
+            # C keeps the ranges' place in a and b: the Python-level a, b must be 0,
+            # which the reserved byte carries to C's "unused field" check.
+            cf.reserved0 = 1 if (fr.a or fr.b) else 0
+            cf.a = len(all_ranges)
+            cf.b = len(fr.ranges)
+            all_ranges.extend(fr.ranges)
+            # type, largest, delay, count, then two varints per range, 8 bytes each max
+            budget += 27 + 16 * min(len(fr.ranges), MAX_ACK_RANGES)
+        else:
+            cf.reserved0 = 1 if fr.ranges else 0
+            cf.a, cf.b = _u64(fr.a), _u64(fr.b)
+            if ftype == t.FRAME_PADDING:
+                budget += min(cf.a, MAX_FRAME_DATA)
+            # type, three varints, a data length
+            budget += 33 + min(len(fr.data), MAX_FRAME_DATA)
+        if fr.data:
             cf.data_off = data_len
-            cf.data_len = len(fr.data)
+            cf.data_len = min(len(fr.data), 0xFFFFFFFF)
             payloads.append(fr.data)
             data_len += len(fr.data)
-            budget += 40 + len(fr.data) + (fr.a if fr.type == t.FRAME_PADDING else 0)
-    except OverflowError:
-        raise LocalProtocolError("frame field out of range", ErrorCode.VARINT) from None
     data = b"".join(payloads)
     cranges = ffi.new("dtp_ack_range[]", max(1, len(all_ranges)))
-    try:
-        for j, (lo, hi) in enumerate(all_ranges):
-            cranges[j].lo = lo
-            cranges[j].hi = hi
-    except OverflowError:
-        raise LocalProtocolError("ACK range out of range", ErrorCode.FRAME_VALUE) from None
+    for j, (lo, hi) in enumerate(all_ranges):
+        cranges[j].lo = _u64(lo)
+        cranges[j].hi = _u64(hi)
     out = bytearray(budget)
     written = ffi.new("size_t *")
     rc = lib.dtp_frames_encode(
-        cframes,
-        n,
-        _from(data),
-        len(data),
-        cranges,
-        len(all_ranges),
-        _from(out),
-        len(out),
-        written,
+        cframes, n, data, len(data), cranges, len(all_ranges), _from(out), len(out), written
     )
     _check(rc, remote=False)
     return bytes(out[: written[0]])

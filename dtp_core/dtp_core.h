@@ -127,7 +127,9 @@ int dtp_record_header_write(uint8_t kind, uint8_t flags, uint32_t body_len, uint
  *   STREAM / STREAM_FIN: a = stream, b = offset, data = payload
  *   CLOSE: a = code, data = reason     RECEIPT: data     CONTROL: a = kind, data
  *   DATAGRAM: data
- * data_off/data_len locate the data: in the decode input, or in the encode data buffer. */
+ * data_off/data_len locate the data: in the decode input, or in the encode data buffer.
+ * reserved0/reserved1 are 0 in decoded frames and must be 0 on encode (else
+ * DTP_ERR_FRAME_VALUE, checked with the type's unused fields). */
 typedef struct dtp_frame {
     uint8_t type;
     uint8_t reserved0;
@@ -147,15 +149,19 @@ typedef struct dtp_ack_range {
 
 /* Decode frames from `buf`. If `complete` is nonzero, buf is a whole record body and a
  * frame running past its end is DTP_ERR_FRAME_TRUNCATED; otherwise that is
- * DTP_NEED_MORE. Stops with DTP_FULL when `frames` or `ranges` would overflow. On any
- * return, *n_frames / *n_ranges / *consumed describe the frames fully decoded. */
+ * DTP_NEED_MORE, and so is a PADDING run that reaches the end (it may continue).
+ * Stops with DTP_FULL when `frames` is full and input remains, or before an ACK whose
+ * ranges do not fit in what is left of `ranges`. On any return, *n_frames / *n_ranges
+ * / *consumed describe the frames fully decoded. Check order: protocol.md, 3.2. */
 int dtp_frames_decode(const uint8_t *buf, size_t len, int complete, dtp_frame *frames,
                       size_t max_frames, dtp_ack_range *ranges, size_t max_ranges,
                       size_t *n_frames, size_t *n_ranges, size_t *consumed);
 
 /* Encode `n` frames into `out`. Frame data is read from data[data_off, data_off+data_len);
- * ACK ranges from ranges[a, a+b). Returns DTP_ERR_BUFFER if out_cap is too small, with
- * *written = 0. Encoding is canonical (minimal varints). */
+ * ACK ranges from ranges[a, a+b). Every frame is validated (protocol.md, 3.3) before
+ * anything is written; a slice outside `data` or `ranges` is DTP_ERR_ARG. Then
+ * DTP_ERR_BUFFER if out_cap is too small. *written is 0 on any error. Encoding is
+ * canonical (minimal varints). */
 int dtp_frames_encode(const dtp_frame *frames, size_t n, const uint8_t *data, size_t data_len,
                       const dtp_ack_range *ranges, size_t n_ranges, uint8_t *out,
                       size_t out_cap, size_t *written);
