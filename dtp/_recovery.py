@@ -165,12 +165,14 @@ class LossRecovery:
         lost: list[SentRecord] = []
         if self.largest_acked < 0:
             return lost
-        cutoff = now - self._loss_delay()
+        delay = self._loss_delay()
         for counter in list(self.in_flight):
             if counter > self.largest_acked:
                 break
             rec = self.in_flight[counter]
-            if counter <= self.largest_acked - PACKET_THRESHOLD or rec.time_sent <= cutoff:
+            # the same expression as loss_deadline(): a record must be lost exactly when
+            # its deadline has come, or a due timer could fire forever without effect
+            if counter <= self.largest_acked - PACKET_THRESHOLD or rec.time_sent + delay <= now:
                 lost.append(self.in_flight.pop(counter))
         return lost
 

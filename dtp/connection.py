@@ -201,6 +201,7 @@ class Connection:
         self.handshake_hash: bytes | None = None
         self.peer_address: str | None = None
         self.peer_public_key: bytes | None = None
+        self._auth_proof: bytes | None = None
         self.pattern: str | None = None
         # streams and flow control
         self._streams: dict[int, _Stream] = {}
@@ -362,8 +363,7 @@ class Connection:
         ):
             self._ping_pending = True
         if self._hs_resend_at is not None and now >= self._hs_resend_at:
-            for kind, message in self._hs_messages:
-                self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+            self._resend_handshake()
             self._hs_resend_interval = min(self._hs_resend_interval * 2, 8.0)
             self._hs_resend_at = now + self._hs_resend_interval
         if self._recovery is not None:
@@ -554,8 +554,11 @@ class Connection:
             raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
         # a lossy carrier repeated a handshake message: answer a repeated first message
         if not self.is_client and record.kind == REC_HS_INIT:
-            for kind, message in self._hs_messages:
-                self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+            self._resend_handshake()
+
+    def _resend_handshake(self) -> None:
+        for kind, message in self._hs_messages:
+            self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
 
     def _process_handshake_records(self, now: float) -> bool:
         batch = _core.parse_records(self._inbuf, max_records=1)
@@ -584,7 +587,9 @@ class Connection:
         }.get(self._state)
         if kind != expected:
             if not self.config.reliable_carrier:
-                return  # a stray repeat on a lossy carrier
+                if not self.is_client and kind == REC_HS_INIT:
+                    self._resend_handshake()  # our reply was lost: the client repeats
+                return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         payload = self._hs.read_message(body)
         if kind == REC_HS_INIT:
@@ -686,7 +691,10 @@ class Connection:
         # PING and PADDING need nothing beyond the idle timer and the ACK
 
     def _on_control(self, kind: int, data: bytes) -> None:
+        lossy = not self.config.reliable_carrier
         if kind == ControlKind.AUTH:
+            if lossy and self.peer_address is not None and data == self._auth_proof:
+                return  # a retransmitted copy of the proof we already accepted
             if self.is_client or self.peer_address is not None:
                 raise RemoteProtocolError("unexpected AUTH frame", ErrorCode.FRAME_VALUE)
             assert self.handshake_hash is not None
@@ -696,8 +704,11 @@ class Connection:
                 raise
             self.peer_address = address
             self.peer_public_key = data[65:97]
+            self._auth_proof = data
             self._events.append(PeerAuthenticated(address, data[65:97]))
         elif kind == ControlKind.ACCEPT:
+            if lossy and self.is_client and self._state is ConnState.ESTABLISHED:
+                return  # a retransmitted copy
             if not self.is_client or self._state is not ConnState.AUTHENTICATING:
                 raise RemoteProtocolError("unexpected ACCEPT frame", ErrorCode.FRAME_VALUE)
             self._state = transition(self._state, ConnState.ESTABLISHED)
@@ -1106,8 +1117,13 @@ class Connection:
         return stream
 
     def _maybe_forget(self, stream: _Stream) -> None:
+        # done sending: reset, or the FIN and every byte before it acknowledged (on a
+        # lossy carrier the FIN's record can be acknowledged before a resent chunk)
         send_done = stream.send_state is SendState.RESET or (
-            stream.send_state is SendState.FIN_SENT and stream.fin_acked
+            stream.send_state is SendState.FIN_SENT
+            and stream.fin_acked
+            and stream.base_offset == stream.end_offset
+            and not stream.retransmit
         )
         recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
         if send_done and recv_done and stream.stream_id in self._streams:

@@ -414,18 +414,18 @@ def test_lossy_carrier_delivers_exactly(seed: int, ik: bool) -> None:
     payloads = {}
     for _ in range(3):
         sid = client.open_stream()
-        payloads[sid] = os.urandom(random.Random(seed + sid).randrange(1, 120_000))
+        payloads[sid] = os.urandom(random.Random(seed + sid).randrange(20_000, 120_000))
         client.send_stream_data(sid, payloads[sid], end_stream=True)
     assert link.run(lambda: set(payloads) <= s.eof, on_round=step, max_time=600)
     for sid, data in payloads.items():
         assert bytes(s.data[sid]) == data
-    assert link.dropped_records > 0
     # and back again
     for sid, data in payloads.items():
         server.send_stream_data(sid, data[::-1], end_stream=True)
     assert link.run(lambda: set(payloads) <= c.eof, on_round=step, max_time=600)
     for sid, data in payloads.items():
         assert bytes(c.data[sid]) == data[::-1]
+    assert link.dropped_records > 0  # the loss was real
 
 
 # -- stateful: any interleaving delivers exactly the bytes written -------------------------
