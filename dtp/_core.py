@@ -11,6 +11,7 @@ sanitizer build used by CI) instead of the installed one.
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import math
 import os
@@ -280,31 +281,49 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 # AEAD
 
 
+_OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
+_SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
+_tuple_new = tuple.__new__
+
+
 class NativeAead:
     """One direction's ChaCha20-Poly1305 key and receive replay window (C core).
 
-    Not thread-safe: give each thread its own, or lock around it.
+    Output goes through scratch buffers owned by the instance (grown on demand, kept
+    up to 4 MiB) so that a batch costs one copy into the returned ``bytes`` and no
+    fresh page-faulting allocation. Not thread-safe: give each thread its own, or lock
+    around it.
     """
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
-        ctx = lib.dtp_aead_new(key, len(key))
+        ctx = lib.dtp_aead_new(_from(key), len(key))
         if ctx == ffi.NULL:
             raise MemoryError("could not allocate an AEAD context")
         self._ctx = ffi.gc(ctx, lib.dtp_aead_free)
+        self._scratch = ffi.new("uint8_t[]", 1)
+        self._scratch_len = 1
+        self._opened = ffi.new("dtp_opened[]", 1)
+        self._opened_len = 1
+        self._sizes = ffi.new("size_t[2]")
+
+    def _buffer(self, size: int) -> Any:
+        """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
+        if size <= self._scratch_len:
+            return self._scratch
+        buf = ffi.new("uint8_t[]", size)
+        if size <= _SCRATCH_KEEP:
+            self._scratch, self._scratch_len = buf, size
+        return buf
 
     def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
         """Seal each plaintext as one DATA record, counters from ``first_counter``."""
-        n = len(plaintexts)
-        lens = ffi.new("uint32_t[]", max(1, n))
-        for i, p in enumerate(plaintexts):
-            size = len(p)
-            if size > MAX_RECORD_PLAINTEXT:
-                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-            lens[i] = size
+        lens = array.array("I", map(len, plaintexts)) if plaintexts else array.array("I", [0])
+        if plaintexts and max(lens) > MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
         plain = b"".join(plaintexts)
-        return self._seal(first_counter, plain, lens, n)
+        return self._seal(first_counter, plain, lens, len(plaintexts))
 
     def seal_chunks(
         self,
@@ -312,104 +331,113 @@ class NativeAead:
         data: bytes | bytearray | memoryview,
         chunk: int = MAX_RECORD_PLAINTEXT,
     ) -> tuple[bytes, int]:
-        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter) and
-        seal them all in one call. Returns (sealed bytes, number of records)."""
+        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter; empty
+        data gives one empty record) and seal them all in one call. Returns (sealed
+        bytes, number of records)."""
         if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         total = len(data)
         n = max(1, -(-total // chunk))
-        lens = ffi.new("uint32_t[]", n)
-        for i in range(n - 1):
-            lens[i] = chunk
+        lens = array.array("I", [chunk]) * n
         lens[n - 1] = total - chunk * (n - 1)
         return self._seal(first_counter, data, lens, n), n
 
-    def _seal(self, first_counter: int, plain: Any, lens: Any, n: int) -> bytes:
+    def _seal(self, first_counter: int, plain: Any, lens: array.array[int], n: int) -> bytes:
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
-        out = bytearray(len(plain) + n * RECORD_OVERHEAD)
-        written = ffi.new("size_t *")
+        size = len(plain) + n * RECORD_OVERHEAD
+        out = self._buffer(size)
+        written = self._sizes
         rc = lib.dtp_aead_seal_batch(
             self._ctx,
             first_counter,
             _from(plain),
             len(plain),
-            lens,
+            ffi.from_buffer("uint32_t[]", lens),
             n,
-            _from(out),
-            len(out),
+            out,
+            size,
             written,
         )
         _check(rc, remote=False)
-        return bytes(out[: written[0]])
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
 
     def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
-        """Open the DATA records at the start of ``buf`` (which may end mid-record)."""
-        cap = max(1, min(max_records, len(buf) // RECORD_OVERHEAD + 1))
-        out = ffi.new("dtp_opened[]", cap)
-        plain = bytearray(len(buf))
-        counts = ffi.new("size_t[2]")
+        """Open the DATA records at the start of ``buf`` (which may end mid-record).
+
+        Stops at the end (OK), an incomplete record (NEED_MORE), ``max_records``
+        reported (FULL), a record of another kind (STOP), a malformed header (its code,
+        with ``error`` set) or a record that fails authentication (DECRYPT). Replayed
+        records are reported with ``replayed=True`` and no plaintext.
+        """
+        size = len(buf)
+        cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
+        if cap > self._opened_len:
+            self._opened = ffi.new("dtp_opened[]", cap)
+            self._opened_len = cap
+        out = self._opened
+        plain = self._buffer(size)
+        counts = self._sizes
         rc = lib.dtp_aead_open_batch(
-            self._ctx,
-            _from(buf),
-            len(buf),
-            out,
-            cap,
-            _from(plain),
-            len(plain),
-            counts,
-            counts + 1,
+            self._ctx, _from(buf), size, out, cap, plain, size, counts, counts + 1
         )
-        records = []
-        for i in range(counts[0]):
-            o = out[i]
-            off = o.plain_off
-            records.append(
-                OpenedRecord(o.counter, bytes(plain[off : off + o.plain_len]), o.status != 0)
-            )
+        n, consumed = counts[0], counts[1]
+        records: list[OpenedRecord] = []
+        if n:
+            view = ffi.buffer(plain, size)
+            append = records.append
+            for counter, off, plen, status in _OPENED.iter_unpack(
+                ffi.buffer(out, n * _OPENED.size)
+            ):
+                append(_tuple_new(OpenedRecord, (counter, view[off : off + plen], status != 0)))
         if rc < 0:
-            return OpenResult(records, counts[1], rc, error_for(rc, remote=True))  # type: ignore[arg-type]
-        return OpenResult(records, counts[1], rc)
+            return OpenResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
+        return OpenResult(records, consumed, rc)
 
     def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
         if not 0 <= counter < 2**64 - 1:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        out = bytearray(len(plaintext) + AEAD_TAG_LEN)
-        written = ffi.new("size_t *")
+        size = len(plaintext) + AEAD_TAG_LEN
+        out = self._buffer(size)
+        written = self._sizes
         rc = lib.dtp_aead_seal_one(
             self._ctx,
             counter,
-            ad,
+            _from(ad),
             len(ad),
             _from(plaintext),
             len(plaintext),
-            _from(out),
-            len(out),
+            out,
+            size,
             written,
         )
         _check(rc, remote=False)
-        return bytes(out[: written[0]])
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
 
     def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
         """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
         if not 0 <= counter < 2**64 - 1:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        out = bytearray(max(1, len(ciphertext)))
-        written = ffi.new("size_t *")
+        size = max(1, len(ciphertext))
+        out = self._buffer(size)
+        written = self._sizes
         rc = lib.dtp_aead_open_one(
             self._ctx,
             counter,
-            ad,
+            _from(ad),
             len(ad),
             _from(ciphertext),
             len(ciphertext),
-            _from(out),
-            len(out),
+            out,
+            size,
             written,
         )
         _check(rc, remote=True)
-        return bytes(out[: written[0]])
+        opened: bytes = ffi.buffer(out, written[0])[:]
+        return opened
 
     @property
     def replay_top(self) -> int | None:

@@ -1,23 +1,356 @@
-/* aead.c -- PLACEHOLDER: to be implemented (see dtp_core.h). */
+/* aead.c -- ChaCha20-Poly1305 record protection and the receive replay window.
+ *
+ * The construction is Noise's ChaChaPoly (Noise spec, section 12.3) with the nonce made
+ * explicit on the wire: nonce = 4 zero bytes || counter as u64 LE (RFC 8439 section 2.8
+ * with constant = 0). A DATA record is
+ *
+ *     header (12 bytes: kind 16, flags 0, body length u16le, counter u64le)
+ *     || ChaCha20-Poly1305(key, nonce(counter), ad = header, plaintext)   (ct || tag)
+ *
+ * docs/protocol.md section 4 is the normative description; dtp/_reference/aead.py is
+ * the pure-Python twin that the tests compare this file against.
+ *
+ * One EVP_CIPHER_CTX is created per dtp_aead and keyed once. Each record only sets the
+ * IV (and the direction) on it: no allocation and no key schedule per record.
+ */
+#include <limits.h>
+#include <stdlib.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
 #include "dtp_internal.h"
 
-dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len) { (void)key; (void)key_len; return NULL; }
+#define NONCE_LEN 12
+#define COUNTER_RESERVED UINT64_MAX /* 2^64 - 1: never used as a nonce (as in Noise) */
+#define WINDOW_WORDS (DTP_REPLAY_WINDOW / 64)
 
-void dtp_aead_free(dtp_aead *ctx) { (void)ctx;  }
+/* The window must be a whole number of 64-bit words for the ring below. */
+_Static_assert(DTP_REPLAY_WINDOW % 64 == 0, "replay window must be a multiple of 64");
+
+struct dtp_aead {
+    EVP_CIPHER_CTX *evp;
+    uint8_t key[DTP_AEAD_KEY_LEN]; /* kept to re-key evp after an OpenSSL failure */
+    /* Replay window (protocol.md 4.3): `top` is the highest counter accepted so far and
+     * `seen` is a ring of DTP_REPLAY_WINDOW bits, bit (c mod DTP_REPLAY_WINDOW) telling
+     * whether counter c in [top - DTP_REPLAY_WINDOW + 1, top] was accepted. Those
+     * counters map to distinct bits, so the ring needs no shifting: sliding the top
+     * forward only clears the bits the new counters take over. */
+    int have_top;
+    uint64_t top;
+    uint64_t seen[WINDOW_WORDS];
+};
+
+/* ---- OpenSSL plumbing ------------------------------------------------------------ */
+
+/* Key the context for `enc` (1 seal, 0 open). Used once at creation and to recover. */
+static int evp_rekey(dtp_aead *ctx, int enc) {
+    if (EVP_CipherInit_ex(ctx->evp, EVP_chacha20_poly1305(), NULL, ctx->key, NULL, enc) != 1) {
+        ERR_clear_error();
+        return 0;
+    }
+    return 1;
+}
+
+/* After an OpenSSL failure: drop its error queue and re-key so that the context is in a
+ * known state for the next call, whatever the failure left behind. */
+static int crypto_failed(dtp_aead *ctx) {
+    ERR_clear_error();
+    (void)evp_rekey(ctx, 1);
+    return DTP_ERR_CRYPTO;
+}
+
+static void make_nonce(uint8_t nonce[NONCE_LEN], uint64_t counter) {
+    nonce[0] = nonce[1] = nonce[2] = nonce[3] = 0;
+    dtp_put_u64le(nonce + 4, counter);
+}
+
+/* ChaCha20-Poly1305 seal: out[0..len) = ciphertext, tag[0..16) = tag. Lengths are at
+ * most INT_MAX (checked by the callers). Returns DTP_OK or DTP_ERR_CRYPTO. */
+static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                    const uint8_t *plain, size_t len, uint8_t *out, uint8_t *tag) {
+    uint8_t nonce[NONCE_LEN];
+    uint8_t fin[DTP_AEAD_TAG_LEN];
+    int outl = 0;
+    make_nonce(nonce, counter);
+    if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 1) != 1) return crypto_failed(ctx);
+    if (ad_len > 0 && EVP_CipherUpdate(ctx->evp, NULL, &outl, ad, (int)ad_len) != 1)
+        return crypto_failed(ctx);
+    if (len > 0) {
+        if (EVP_CipherUpdate(ctx->evp, out, &outl, plain, (int)len) != 1 || (size_t)outl != len)
+            return crypto_failed(ctx);
+    }
+    /* A stream cipher: Final writes nothing, but give it a valid pointer anyway. */
+    if (EVP_CipherFinal_ex(ctx->evp, fin, &outl) != 1 || outl != 0)
+        return crypto_failed(ctx);
+    if (EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_GET_TAG, DTP_AEAD_TAG_LEN, tag) != 1)
+        return crypto_failed(ctx);
+    return DTP_OK;
+}
+
+/* ChaCha20-Poly1305 open of ct[0..len) with `tag`. Writes len bytes at out, and wipes
+ * them again if the tag does not verify. Returns DTP_OK, DTP_ERR_DECRYPT or
+ * DTP_ERR_CRYPTO. */
+static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                    const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
+    uint8_t nonce[NONCE_LEN];
+    uint8_t tag_copy[DTP_AEAD_TAG_LEN];
+    uint8_t fin[DTP_AEAD_TAG_LEN];
+    int outl = 0;
+    make_nonce(nonce, counter);
+    /* The ctrl takes a non-const pointer; hand it a copy rather than cast const away. */
+    for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = tag[i];
+    if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 0) != 1) return crypto_failed(ctx);
+    if (ad_len > 0 && EVP_CipherUpdate(ctx->evp, NULL, &outl, ad, (int)ad_len) != 1)
+        return crypto_failed(ctx);
+    if (len > 0) {
+        if (EVP_CipherUpdate(ctx->evp, out, &outl, ct, (int)len) != 1 || (size_t)outl != len) {
+            OPENSSL_cleanse(out, len);
+            return crypto_failed(ctx);
+        }
+    }
+    if (EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) != 1) {
+        if (len > 0) OPENSSL_cleanse(out, len);
+        return crypto_failed(ctx);
+    }
+    if (EVP_CipherFinal_ex(ctx->evp, fin, &outl) != 1 || outl != 0) {
+        /* Tag mismatch: the plaintext written above is unauthenticated; erase it. */
+        if (len > 0) OPENSSL_cleanse(out, len);
+        ERR_clear_error();
+        return DTP_ERR_DECRYPT;
+    }
+    return DTP_OK;
+}
+
+/* ---- replay window (protocol.md 4.3) -------------------------------------------- */
+
+static int window_bit(const dtp_aead *ctx, uint64_t c) {
+    uint64_t pos = c % DTP_REPLAY_WINDOW;
+    return (int)((ctx->seen[pos / 64] >> (pos % 64)) & 1u);
+}
+
+/* 1 if counter c may be accepted (not yet seen and not older than the window). */
+static int window_check(const dtp_aead *ctx, uint64_t c) {
+    if (!ctx->have_top || c > ctx->top) return 1;
+    if (ctx->top - c >= DTP_REPLAY_WINDOW) return 0;
+    return !window_bit(ctx, c);
+}
+
+/* Clear `count` ring bits starting at ring position `pos` (wrapping), count < window. */
+static void window_clear(dtp_aead *ctx, uint64_t pos, uint64_t count) {
+    while (count > 0) {
+        uint64_t word = pos / 64, bit = pos % 64;
+        uint64_t span = 64 - bit;
+        if (span > count) span = count;
+        uint64_t mask = (span == 64) ? ~(uint64_t)0 : (((uint64_t)1 << span) - 1) << bit;
+        ctx->seen[word] &= ~mask;
+        count -= span;
+        pos = (pos + span) % DTP_REPLAY_WINDOW;
+    }
+}
+
+/* Record counter c as accepted (window_check(c) must have said yes). */
+static void window_mark(dtp_aead *ctx, uint64_t c) {
+    if (!ctx->have_top) {
+        for (size_t i = 0; i < WINDOW_WORDS; i++) ctx->seen[i] = 0;
+        ctx->have_top = 1;
+        ctx->top = c;
+    } else if (c > ctx->top) {
+        uint64_t shift = c - ctx->top;
+        if (shift >= DTP_REPLAY_WINDOW) {
+            /* A jump of a whole window or more: nothing old stays inside it. */
+            for (size_t i = 0; i < WINDOW_WORDS; i++) ctx->seen[i] = 0;
+        } else {
+            /* Slide: counters top+1 .. c take over the bits of top+1-W .. c-W. */
+            window_clear(ctx, (ctx->top + 1) % DTP_REPLAY_WINDOW, shift);
+        }
+        ctx->top = c;
+    }
+    uint64_t pos = c % DTP_REPLAY_WINDOW;
+    ctx->seen[pos / 64] |= (uint64_t)1 << (pos % 64);
+}
+
+/* ---- public API ---------------------------------------------------------------- */
+
+dtp_aead *dtp_aead_new(const uint8_t *key, size_t key_len) {
+    if (key == NULL || key_len != DTP_AEAD_KEY_LEN) return NULL;
+    dtp_aead *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) return NULL;
+    for (size_t i = 0; i < DTP_AEAD_KEY_LEN; i++) ctx->key[i] = key[i];
+    ctx->evp = EVP_CIPHER_CTX_new();
+    if (ctx->evp == NULL || !evp_rekey(ctx, 1)) {
+        ERR_clear_error();
+        dtp_aead_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void dtp_aead_free(dtp_aead *ctx) {
+    if (ctx == NULL) return;
+    EVP_CIPHER_CTX_free(ctx->evp); /* frees (and cleanses) OpenSSL's key schedule */
+    OPENSSL_cleanse(ctx, sizeof *ctx);
+    free(ctx);
+}
 
 int dtp_aead_seal_batch(dtp_aead *ctx, uint64_t first_counter, const uint8_t *plain,
                         size_t plain_len, const uint32_t *lens, size_t n, uint8_t *out,
-                        size_t out_cap, size_t *written) { (void)ctx; (void)first_counter; (void)plain; (void)plain_len; (void)lens; (void)n; (void)out; (void)out_cap; (void)written; return DTP_ERR_ARG; }
+                        size_t out_cap, size_t *written) {
+    if (ctx == NULL || written == NULL || (plain == NULL && plain_len > 0) ||
+        (lens == NULL && n > 0) || (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    if (n == 0) return plain_len == 0 ? DTP_OK : DTP_ERR_ARG;
+
+    /* Validate everything before writing anything. Counters first .. first+n-1 must all
+     * be below the reserved 2^64 - 1. */
+    if (first_counter == COUNTER_RESERVED ||
+        (uint64_t)(n - 1) > COUNTER_RESERVED - 1 - first_counter)
+        return DTP_ERR_COUNTER;
+    for (size_t i = 0; i < n; i++)
+        if (lens[i] > DTP_MAX_RECORD_PLAINTEXT) return DTP_ERR_RECORD_SIZE;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > plain_len - total) return DTP_ERR_ARG; /* sum would exceed plain_len */
+        total += lens[i];
+    }
+    if (total != plain_len) return DTP_ERR_ARG;
+    /* Overhead n * 28: n records fit in memory, so n <= SIZE_MAX / 28 unless the caller
+     * lies about out_cap; check without overflowing. */
+    const size_t per = DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN;
+    if (n > (SIZE_MAX - total) / per || out_cap < total + n * per) return DTP_ERR_BUFFER;
+
+    size_t in_pos = 0, out_pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t counter = first_counter + (uint64_t)i;
+        size_t len = lens[i];
+        uint8_t *hdr = out + out_pos;
+        hdr[0] = DTP_REC_DATA;
+        hdr[1] = 0;
+        dtp_put_u16le(hdr + 2, (uint16_t)(len + DTP_AEAD_TAG_LEN));
+        dtp_put_u64le(hdr + 4, counter);
+        uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+        int rc = seal_raw(ctx, counter, hdr, DTP_RECORD_HEADER_LEN,
+                          len > 0 ? plain + in_pos : NULL, len, ct, ct + len);
+        if (rc != DTP_OK) {
+            OPENSSL_cleanse(out, out_pos + DTP_RECORD_HEADER_LEN + len);
+            return rc;
+        }
+        in_pos += len;
+        out_pos += DTP_RECORD_HEADER_LEN + len + DTP_AEAD_TAG_LEN;
+    }
+    *written = out_pos;
+    return DTP_OK;
+}
 
 int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened *out,
                         size_t max_out, uint8_t *plain_out, size_t plain_cap, size_t *n_out,
-                        size_t *consumed) { (void)ctx; (void)buf; (void)len; (void)out; (void)max_out; (void)plain_out; (void)plain_cap; (void)n_out; (void)consumed; return DTP_ERR_ARG; }
-
-int dtp_aead_replay_top(const dtp_aead *ctx, uint64_t *top) { (void)ctx; (void)top; return DTP_ERR_ARG; }
+                        size_t *consumed) {
+    if (ctx == NULL || n_out == NULL || consumed == NULL || (buf == NULL && len > 0) ||
+        (out == NULL && max_out > 0) || (plain_out == NULL && plain_cap > 0))
+        return DTP_ERR_ARG;
+    size_t pos = 0, n = 0, plain_pos = 0;
+    int rc = DTP_OK;
+    while (pos < len) {
+        if (len - pos < DTP_RECORD_HEADER_LEN) {
+            rc = DTP_NEED_MORE;
+            break;
+        }
+        const uint8_t *hdr = buf + pos;
+        dtp_record rec;
+        int hc = dtp_record_header_check(hdr, &rec);
+        if (hc < 0) {
+            rc = hc;
+            break;
+        }
+        if (rec.kind != DTP_REC_DATA) {
+            rc = DTP_STOP;
+            break;
+        }
+        if (len - pos - DTP_RECORD_HEADER_LEN < rec.body_len) {
+            rc = DTP_NEED_MORE;
+            break;
+        }
+        size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
+        if (n == max_out || plain_cap - plain_pos < plen) {
+            rc = DTP_FULL;
+            break;
+        }
+        if (rec.counter == COUNTER_RESERVED) {
+            /* Never produced by an honest sender: same answer as a forgery. */
+            rc = DTP_ERR_DECRYPT;
+            break;
+        }
+        dtp_opened *o = &out[n];
+        o->counter = rec.counter;
+        o->plain_off = plain_pos;
+        if (!window_check(ctx, rec.counter)) {
+            /* Lossy carriers duplicate records: report and go on, without decrypting. */
+            o->plain_len = 0;
+            o->status = DTP_ERR_REPLAY;
+        } else {
+            const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+            /* plen > 0 implies plain_cap > 0, hence plain_out != NULL. */
+            uint8_t *dst = plen > 0 ? plain_out + plain_pos : NULL;
+            int oc = open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, dst);
+            if (oc != DTP_OK) {
+                rc = oc;
+                break;
+            }
+            window_mark(ctx, rec.counter);
+            o->plain_len = (uint32_t)plen;
+            o->status = DTP_OK;
+            plain_pos += plen;
+        }
+        n++;
+        pos += DTP_RECORD_HEADER_LEN + rec.body_len;
+    }
+    *n_out = n;
+    *consumed = pos;
+    return rc;
+}
 
 int dtp_aead_seal_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                       const uint8_t *plain, size_t plain_len, uint8_t *out, size_t out_cap,
-                      size_t *written) { (void)ctx; (void)counter; (void)ad; (void)ad_len; (void)plain; (void)plain_len; (void)out; (void)out_cap; (void)written; return DTP_ERR_ARG; }
+                      size_t *written) {
+    if (ctx == NULL || written == NULL || (ad == NULL && ad_len > 0) ||
+        (plain == NULL && plain_len > 0) || (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    if (counter == COUNTER_RESERVED) return DTP_ERR_COUNTER;
+    /* EVP takes int lengths; far above any DTP message, and below ChaCha20's 256 GiB. */
+    if (ad_len > INT_MAX || plain_len > INT_MAX) return DTP_ERR_ARG;
+    if (out_cap < plain_len + DTP_AEAD_TAG_LEN) return DTP_ERR_BUFFER;
+    int rc = seal_raw(ctx, counter, ad, ad_len, plain, plain_len, out, out + plain_len);
+    if (rc != DTP_OK) {
+        OPENSSL_cleanse(out, plain_len);
+        return rc;
+    }
+    *written = plain_len + DTP_AEAD_TAG_LEN;
+    return DTP_OK;
+}
+
 int dtp_aead_open_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                       const uint8_t *ct, size_t ct_len, uint8_t *out, size_t out_cap,
-                      size_t *written) { (void)ctx; (void)counter; (void)ad; (void)ad_len; (void)ct; (void)ct_len; (void)out; (void)out_cap; (void)written; return DTP_ERR_ARG; }
+                      size_t *written) {
+    if (ctx == NULL || written == NULL || (ad == NULL && ad_len > 0) ||
+        (ct == NULL && ct_len > 0) || (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    if (counter == COUNTER_RESERVED) return DTP_ERR_COUNTER;
+    if (ct_len < DTP_AEAD_TAG_LEN) return DTP_ERR_DECRYPT;
+    size_t plen = ct_len - DTP_AEAD_TAG_LEN;
+    if (ad_len > INT_MAX || plen > INT_MAX) return DTP_ERR_ARG;
+    if (out_cap < plen) return DTP_ERR_BUFFER;
+    int rc = open_raw(ctx, counter, ad, ad_len, ct, plen, ct + plen, out);
+    if (rc != DTP_OK) return rc;
+    *written = plen;
+    return DTP_OK;
+}
+
+int dtp_aead_replay_top(const dtp_aead *ctx, uint64_t *top) {
+    if (ctx == NULL || top == NULL) return DTP_ERR_ARG;
+    *top = ctx->have_top ? ctx->top : 0;
+    return ctx->have_top;
+}

@@ -1,4 +1,229 @@
-"""PLACEHOLDER twin: to be implemented."""
+"""Record protection: the twin of ``dtp_aead_*`` (aead.c), protocol.md section 4.
+
+ChaCha20-Poly1305 (RFC 8439) exactly as Noise's ``ChaChaPoly`` (Noise spec, section
+12.3): the 96-bit nonce is 4 zero bytes followed by the 64-bit counter, little-endian.
+A DATA record is::
+
+    header = kind 16 | flags 0 | body length u16le (= len(plaintext) + 16) | counter u64le
+    record = header || ChaCha20-Poly1305(key, nonce(counter), ad=header, plaintext)
+
+The receiver keeps a sliding replay window of :data:`REPLAY_WINDOW` counters
+(:class:`ReplayWindow`). The cipher itself comes from ``cryptography``; everything
+around it -- framing, batching, statuses, the window -- is spelled out here and must give
+the same bytes and the same results as the C core.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from dtp._reference.limits import (
+    AEAD_KEY_LEN,
+    AEAD_TAG_LEN,
+    MAX_RECORD_PLAINTEXT,
+    RECORD_HEADER_LEN,
+    REPLAY_WINDOW,
+)
+from dtp._reference.records import check_header
+from dtp._types import FULL, NEED_MORE, OK, REC_DATA, STOP, OpenedRecord, OpenResult
+from dtp.errors import DecryptionError, DTPError, ErrorCode, LocalProtocolError, error_for
+
+RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
+COUNTER_RESERVED = 2**64 - 1
+"""Never used as a nonce, as in Noise: sealing stops before it, opening rejects it."""
+
+INT_MAX = 2**31 - 1
+"""Largest plaintext / associated data for one ``encrypt``/``decrypt`` (the C core hands
+lengths to OpenSSL as ``int``)."""
+
+_HEADER = struct.Struct("<BBHQ")
+_NONCE = struct.Struct("<4xQ")
 
 
-class Aead: ...
+def nonce(counter: int) -> bytes:
+    """The 12-byte ChaCha20-Poly1305 nonce of ``counter``: 4 zero bytes || u64le."""
+    return _NONCE.pack(counter)
+
+
+class ReplayWindow:
+    """Sliding window over received counters (protocol.md 4.3).
+
+    ``top`` is the highest counter accepted so far (None before the first). Bit ``i``
+    of ``seen`` is set when counter ``top - i`` was accepted, for ``0 <= i < 4096``.
+    A counter ``c`` is new when ``c > top``, or ``top - c < 4096`` and bit ``top - c``
+    is clear; anything else is a replay (including counters that were never seen but
+    have fallen out of the window).
+    """
+
+    def __init__(self) -> None:
+        self.top: int | None = None
+        self.seen = 0
+
+    def check(self, counter: int) -> bool:
+        """True if ``counter`` may be accepted."""
+        if self.top is None or counter > self.top:
+            return True
+        age = self.top - counter
+        return age < REPLAY_WINDOW and not (self.seen >> age) & 1
+
+    def mark(self, counter: int) -> None:
+        """Record ``counter`` as accepted (``check`` must have returned True)."""
+        if self.top is None:
+            self.top, self.seen = counter, 1
+        elif counter > self.top:
+            shift = counter - self.top
+            # A jump of a whole window or more forgets everything before it.
+            kept = (self.seen << shift) if shift < REPLAY_WINDOW else 0
+            self.top, self.seen = counter, (kept | 1) & ((1 << REPLAY_WINDOW) - 1)
+        else:
+            self.seen |= 1 << (self.top - counter)
+
+
+class Aead:
+    """One direction's ChaCha20-Poly1305 key and receive replay window (pure Python).
+
+    Same methods and results as :class:`dtp._core.NativeAead`.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != AEAD_KEY_LEN:
+            raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
+        self._cipher = ChaCha20Poly1305(bytes(key))
+        self._window = ReplayWindow()
+
+    # ---- sealing ---------------------------------------------------------------------
+
+    def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
+        """Seal each plaintext as one DATA record, counters from ``first_counter``."""
+        for p in plaintexts:
+            if len(p) > MAX_RECORD_PLAINTEXT:
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        return self._seal(first_counter, [bytes(p) for p in plaintexts])
+
+    def seal_chunks(
+        self,
+        first_counter: int,
+        data: bytes | bytearray | memoryview,
+        chunk: int = MAX_RECORD_PLAINTEXT,
+    ) -> tuple[bytes, int]:
+        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter; empty
+        data gives one empty record) and seal them. Returns (sealed bytes, records)."""
+        if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        raw = bytes(data)
+        n = max(1, -(-len(raw) // chunk))
+        return self._seal(first_counter, [raw[i * chunk : (i + 1) * chunk] for i in range(n)]), n
+
+    def _seal(self, first_counter: int, plaintexts: list[bytes]) -> bytes:
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        n = len(plaintexts)
+        if n == 0:
+            return b""
+        # Every counter used must stay below the reserved 2^64 - 1.
+        if first_counter + n - 1 >= COUNTER_RESERVED:
+            raise LocalProtocolError(code=ErrorCode.COUNTER)
+        out = []
+        for i, plaintext in enumerate(plaintexts):
+            counter = first_counter + i
+            header = _HEADER.pack(REC_DATA, 0, len(plaintext) + AEAD_TAG_LEN, counter)
+            out.append(header)
+            out.append(self._cipher.encrypt(nonce(counter), plaintext, header))
+        return b"".join(out)
+
+    # ---- opening ---------------------------------------------------------------------
+
+    def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
+        """Open the DATA records at the start of ``buf`` (which may end mid-record).
+
+        Walks the records in order and stops at the end (OK), an incomplete record
+        (NEED_MORE), ``max_records`` reported (FULL), a record of another kind (STOP),
+        a malformed header (its code) or a record that fails authentication (DECRYPT).
+        Replays are reported with ``replayed=True`` and do not stop the walk.
+        """
+        view = memoryview(buf).cast("B")
+        cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
+        records: list[OpenedRecord] = []
+        pos = 0
+        status = OK
+        error: DTPError | None = None
+        while pos < len(view):
+            if len(view) - pos < RECORD_HEADER_LEN:
+                status = NEED_MORE
+                break
+            header = check_header(view, pos)
+            if isinstance(header, ErrorCode):
+                status = int(header)
+                error = _remote_error(header)
+                break
+            if header.kind != REC_DATA:
+                status = STOP
+                break
+            end = pos + RECORD_HEADER_LEN + header.body_len
+            if end > len(view):
+                status = NEED_MORE
+                break
+            if len(records) == cap:
+                status = FULL
+                break
+            counter = header.counter
+            if counter == COUNTER_RESERVED:
+                # Never sealed by an honest peer: the same answer as a forgery.
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            if not self._window.check(counter):
+                # Checked before decrypting; lossy carriers duplicate, so go on.
+                records.append(OpenedRecord(counter, b"", True))
+            else:
+                ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
+                body = bytes(view[pos + RECORD_HEADER_LEN : end])
+                try:
+                    plaintext = self._cipher.decrypt(nonce(counter), body, ad)
+                except InvalidTag:
+                    status, error = ErrorCode.DECRYPT, DecryptionError()
+                    break
+                self._window.mark(counter)
+                records.append(OpenedRecord(counter, plaintext, False))
+            pos = end
+        return OpenResult(records, pos, int(status), error)
+
+    # ---- single messages (Noise's ChaChaPoly) ----------------------------------------
+
+    def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
+        """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
+        if not 0 <= counter < COUNTER_RESERVED:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        if len(ad) > INT_MAX or len(plaintext) > INT_MAX:
+            raise LocalProtocolError(code=ErrorCode.ARG)
+        return self._cipher.encrypt(nonce(counter), bytes(plaintext), bytes(ad))
+
+    def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+        """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
+        if not 0 <= counter < COUNTER_RESERVED:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        if len(ciphertext) < AEAD_TAG_LEN:
+            raise DecryptionError()
+        if len(ad) > INT_MAX or len(ciphertext) - AEAD_TAG_LEN > INT_MAX:
+            raise _remote_error(ErrorCode.ARG)
+        try:
+            return self._cipher.decrypt(nonce(counter), bytes(ciphertext), bytes(ad))
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    @property
+    def replay_top(self) -> int | None:
+        """Highest counter accepted so far (None before the first)."""
+        return self._window.top
+
+
+def _remote_error(code: ErrorCode) -> DTPError:
+    error = error_for(code, remote=True)
+    assert isinstance(error, DTPError)
+    return error
+
+
+__all__ = ["COUNTER_RESERVED", "Aead", "ReplayWindow", "nonce"]
