@@ -237,7 +237,7 @@ def test_insufficient_funds(ledger: LocalLedger, world: World) -> None:
     assert err.name == "InsufficientCoinBalance" and poor.sui_address in str(err)
     err = unchanged(ledger, InsufficientFunds, world.open, 999)
     assert err.name == "EInsufficientDeposit"
-    conn, escrow = world.open()
+    _conn, escrow = world.open()
     unchanged(ledger, InsufficientFunds, ledger.top_up, CLIENT, escrow, 10**9)
 
 
@@ -496,7 +496,7 @@ def test_events_and_cursor(ledger: LocalLedger, world: World) -> None:
     ]
     assert events[0]["authority"] == SERVER.sui_address and events[0].sender == SERVER.sui_address
     assert ledger.events(cursor) == ([], cursor)
-    conn, escrow = world.open()
+    conn, _escrow = world.open()
     opened, cursor2 = ledger.events(cursor, EventFilter(module="transport_control"))
     assert opened[0]["connection"] == conn and opened[0]["sla"]["price_per_kib"] == 10
     assert int(cursor2 or 0) > int(cursor or 0)
