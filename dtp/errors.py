@@ -202,3 +202,398 @@ class DTPTimeoutError(DTPError, TimeoutError):
 
 class KeyFileError(DTPError):
     """A key file could not be read, decrypted, or has unsafe permissions."""
+
+
+# -- chain ---------------------------------------------------------------------------------
+#
+# Errors of the control plane (dtp.chain, dtp.escrow). Every abort of the Move package
+# `move/dtp` has one row in MOVE_ERRORS (module, constant name, numeric code of its
+# `#[error(code = N)]` attribute, the class raised), so that LocalLedger and SuiLedger
+# raise the same class with the same `.name` for the same rule.
+
+
+class ChainError(DTPError):
+    """A ledger call failed. ``name`` is the Move error constant (e.g. ``"EFirewallDenied"``)
+    or, for failures outside the Move code (signatures, balances, unknown objects), a
+    descriptive name; ``module`` is the Move module (``"host"``, ``"escrow"``…) or
+    ``"sui"`` / ``"ledger"`` for those; ``code`` is the Move error code, when there is one."""
+
+    name: str = ""
+    module: str = ""
+    code: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        module: str | None = None,
+        code: int | None = None,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        if module is not None:
+            self.module = module
+        if code is not None:
+            self.code = code
+        super().__init__(message)
+
+    @property
+    def qualified_name(self) -> str:
+        """``module::EName`` as the scenario tables write it (just ``name`` without a module)."""
+        return f"{self.module}::{self.name}" if self.module else self.name
+
+
+class ObjectNotFound(ChainError):
+    """No object with this ID exists (or it exists with another type, or was deleted)."""
+
+    name = "ObjectNotFound"
+    module = "sui"
+
+
+class InvalidObjectId(ChainError, ValueError):
+    """An object ID or address is malformed (not ``0x`` followed by hex of 32 bytes)."""
+
+    name = "InvalidObjectId"
+    module = "sui"
+
+
+class InvalidArgument(ChainError, ValueError):
+    """A call argument cannot be encoded (e.g. an integer outside u64, a port outside u16)."""
+
+    name = "InvalidArgument"
+    module = "sui"
+
+
+class InvalidTransaction(ChainError):
+    """Transaction bytes are malformed, or reuse a nonce the sender already used."""
+
+    name = "InvalidTransaction"
+    module = "sui"
+
+
+class NotAuthorized(ChainError):
+    """The sender may not do this (not the authority, cap owner, server, client,
+    participant or broadcaster)."""
+
+
+class WrongSigner(NotAuthorized):
+    """The transaction signature does not match its sender, or the transaction uses an
+    object owned by another address."""
+
+    name = "InvalidSignature"
+    module = "sui"
+
+
+class ServiceNotFound(ChainError):
+    """The host publishes no service on this port."""
+
+
+class FirewallDenied(ChainError):
+    """The host's firewall refuses this client."""
+
+
+class ConnectionLimitReached(ChainError):
+    """The service's or the per-client connection limit is reached."""
+
+
+class InsufficientFunds(ChainError):
+    """Not enough SUI for a deposit, top-up or contribution, or a deposit below the
+    service's minimum."""
+
+
+class InvalidReceipt(ChainError):
+    """A receipt is refused: bad signature, wrong amount, beyond the deposit, not
+    cumulative, or the client's key is invalid."""
+
+
+class ReplayedReceipt(InvalidReceipt):
+    """A receipt's nonce is not above the last claimed one."""
+
+
+class MalformedReceipt(InvalidReceipt):
+    """Receipt bytes received in-band cannot be decoded."""
+
+    name = "MalformedReceipt"
+    module = "escrow"
+
+
+class SpendingCapExceeded(ChainError):
+    """A claim would push the client's spending above its cap for this epoch."""
+
+
+class ConnectionStateError(ChainError):
+    """The connection or escrow is not in a state that allows this (closed, open,
+    half-closed, settled, timeout not reached)."""
+
+
+class WrongObject(ChainError):
+    """An object was passed that does not belong with the others (host, escrow, cap)."""
+
+
+class HostConfigError(ChainError):
+    """A host or service setting is invalid (Noise key, endpoints, firewall mode, port in
+    use, service still busy)."""
+
+
+class PipeError(ChainError):
+    """A pipe operation is invalid (inner count, inner index, record size, acknowledgement)."""
+
+
+class BroadcastError(ChainError):
+    """A broadcast operation is refused (cancelled, off air, no contribution, …)."""
+
+
+class BroadcastNotAuthorized(BroadcastError, NotAuthorized):
+    """Only the broadcaster can do this."""
+
+
+class MoveErrorInfo:
+    """One row of :data:`MOVE_ERRORS`: a Move error constant and the class it raises."""
+
+    __slots__ = ("cls", "code", "message", "module", "name")
+
+    def __init__(
+        self, module: str, name: str, code: int, cls: type[ChainError], message: str
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.code = code
+        self.cls = cls
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"MoveErrorInfo({self.module}::{self.name}, code={self.code}, {self.cls.__name__})"
+
+    def error(self, detail: str = "") -> ChainError:
+        """The exception for this abort; ``detail`` names the objects involved."""
+        text = self.message + (f": {detail}" if detail else ".")
+        return self.cls(text, name=self.name, module=self.module, code=self.code)
+
+
+_MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
+    ("host", "ENotAuthority", 1, NotAuthorized, "Sender is not the host's authority"),
+    ("host", "EServiceNotFound", 2, ServiceNotFound, "No service on this port"),
+    ("host", "EServiceExists", 3, HostConfigError, "A service already uses this port"),
+    ("host", "EServiceBusy", 4, HostConfigError, "Service still has open connections"),
+    ("host", "EInvalidNoiseKey", 5, HostConfigError, "Noise static key must be 32 bytes"),
+    (
+        "host",
+        "ETooManyEndpoints",
+        6,
+        HostConfigError,
+        "Too many endpoints or an endpoint is too long",
+    ),
+    (
+        "host",
+        "EInvalidFirewallMode",
+        7,
+        HostConfigError,
+        "Firewall mode must be 0 (allow-all) or 1 (allow-listed)",
+    ),
+    ("host", "EFirewallDenied", 8, FirewallDenied, "The host's firewall denies this client"),
+    ("host", "EMaxConnections", 9, ConnectionLimitReached, "Connection limit reached"),
+    ("spending_cap", "ENotCapOwner", 20, NotAuthorized, "Only the cap's owner can change it"),
+    (
+        "spending_cap",
+        "ESpendingCapExceeded",
+        21,
+        SpendingCapExceeded,
+        "Payment would exceed the client's spending cap for this epoch",
+    ),
+    ("escrow", "ENotServer", 30, NotAuthorized, "Only the connection's server can do this"),
+    ("escrow", "ENotClient", 31, NotAuthorized, "Only the connection's client can do this"),
+    (
+        "escrow",
+        "EBadSignature",
+        32,
+        InvalidReceipt,
+        "Receipt signature does not verify against the client's key",
+    ),
+    (
+        "escrow",
+        "EReplayedReceipt",
+        33,
+        ReplayedReceipt,
+        "Receipt nonce is not greater than the last claimed nonce",
+    ),
+    ("escrow", "EReceiptExceedsDeposit", 34, InvalidReceipt, "Receipt amount exceeds the deposit"),
+    (
+        "escrow",
+        "EReceiptNotCumulative",
+        35,
+        InvalidReceipt,
+        "Receipt amount is below what was already claimed",
+    ),
+    (
+        "escrow",
+        "EAmountMismatch",
+        36,
+        InvalidReceipt,
+        "Receipt amount does not match the connection's fees",
+    ),
+    ("escrow", "EEscrowSettled", 37, ConnectionStateError, "Escrow is already settled"),
+    (
+        "escrow",
+        "EWrongSpendingCap",
+        38,
+        WrongObject,
+        "Not the spending cap this escrow is bound to",
+    ),
+    ("escrow", "EInvalidPublicKey", 39, InvalidReceipt, "Ed25519 public key must be 32 bytes"),
+    (
+        "escrow",
+        "EKeyMismatch",
+        40,
+        InvalidReceipt,
+        "Public key does not belong to the client's address",
+    ),
+    (
+        "transport_control",
+        "EInsufficientDeposit",
+        50,
+        InsufficientFunds,
+        "Deposit is below the service's minimum",
+    ),
+    (
+        "transport_control",
+        "ENotParticipant",
+        51,
+        NotAuthorized,
+        "Sender is neither the client nor the server of this connection",
+    ),
+    (
+        "transport_control",
+        "EConnectionClosed",
+        52,
+        ConnectionStateError,
+        "Connection is already closed",
+    ),
+    (
+        "transport_control",
+        "EAlreadyHalfClosed",
+        53,
+        ConnectionStateError,
+        "Sender already closed its side; wait for the peer or the timeout",
+    ),
+    (
+        "transport_control",
+        "ENotHalfClosed",
+        54,
+        ConnectionStateError,
+        "Connection is not half-closed",
+    ),
+    (
+        "transport_control",
+        "ETimeoutNotReached",
+        55,
+        ConnectionStateError,
+        "Half-close timeout has not elapsed",
+    ),
+    (
+        "transport_control",
+        "EConnectionOpen",
+        56,
+        ConnectionStateError,
+        "Connection must be closed (or half-closed) first",
+    ),
+    ("transport_control", "EWrongHost", 57, WrongObject, "Not this connection's host"),
+    ("transport_control", "EWrongEscrow", 58, WrongObject, "Not this connection's escrow"),
+    (
+        "transport_control",
+        "EAlreadySettled",
+        59,
+        ConnectionStateError,
+        "Connection is already settled",
+    ),
+    ("pipe", "EInvalidInnerCount", 70, PipeError, "A pipe has between 1 and 8 inner pipes"),
+    ("pipe", "EInnerNotFound", 71, PipeError, "No inner pipe with this index"),
+    ("inner_pipe", "EDataTooLarge", 72, PipeError, "Record data exceeds the per-record limit"),
+    (
+        "inner_pipe",
+        "EAckBeyondSent",
+        73,
+        PipeError,
+        "Acknowledged sequence number was never sent",
+    ),
+    (
+        "inner_pipe",
+        "EAckRegressed",
+        74,
+        PipeError,
+        "Acknowledged sequence number went backwards",
+    ),
+    (
+        "broadcast",
+        "ENotBroadcaster",
+        90,
+        BroadcastNotAuthorized,
+        "Only the broadcaster can do this",
+    ),
+    (
+        "broadcast",
+        "ENotOnAir",
+        91,
+        BroadcastError,
+        "Listeners' contributions do not cover the current slot",
+    ),
+    ("broadcast", "EBroadcastCancelled", 92, BroadcastError, "Broadcast is cancelled"),
+    (
+        "broadcast",
+        "ENotCancelled",
+        93,
+        BroadcastError,
+        "Refunds open only after the broadcast is cancelled",
+    ),
+    ("broadcast", "ENoContribution", 94, BroadcastError, "Sender has no contribution to withdraw"),
+    (
+        "broadcast",
+        "EInvalidSlot",
+        95,
+        BroadcastError,
+        "Slot price and slot length must be positive",
+    ),
+    ("broadcast", "EZeroAmount", 96, BroadcastError, "Contribution must be positive"),
+    (
+        "broadcast",
+        "EDataTooLarge",
+        97,
+        BroadcastError,
+        "Broadcast data exceeds the per-message limit",
+    ),
+)
+
+#: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per
+#: module, not across the package (``EDataTooLarge`` exists in ``inner_pipe`` and
+#: ``broadcast``); codes are unique across the package.
+MOVE_ERRORS: dict[tuple[str, str], MoveErrorInfo] = {
+    (module, name): MoveErrorInfo(module, name, code, cls, message)
+    for module, name, code, cls, message in _MOVE_ERROR_ROWS
+}
+
+#: The same rows keyed by the numeric code of ``#[error(code = N)]``.
+MOVE_ERRORS_BY_CODE: dict[int, MoveErrorInfo] = {info.code: info for info in MOVE_ERRORS.values()}
+
+
+def move_error(module: str, name: str, detail: str = "") -> ChainError:
+    """The exception for the Move abort ``module::name``; ``detail`` names the objects."""
+    return MOVE_ERRORS[(module, name)].error(detail)
+
+
+def move_error_from_abort_code(abort_code: int, detail: str = "") -> ChainError:
+    """The exception for an on-chain abort code.
+
+    Clever-error abort codes carry the ``#[error(code = N)]`` value in bits 48..55 when the
+    top bit is set (docs/escrow.md §10); a plain small code is taken as N itself. Unknown
+    codes give a bare :class:`ChainError`.
+    """
+    code = (abort_code >> 48) & 0xFF if abort_code >> 63 else abort_code
+    info = MOVE_ERRORS_BY_CODE.get(code)
+    if info is None:
+        return ChainError(
+            f"Transaction aborted with unknown code {abort_code}"
+            + (f": {detail}" if detail else "."),
+            name="UnknownAbort",
+            code=code,
+        )
+    return info.error(detail)

@@ -1,0 +1,419 @@
+"""``dtp keys|localnet|host|service|deploy``: the chain commands of the ``dtp`` CLI.
+
+:func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
+``--ledger local|sui`` (``local`` — the embedded LocalLedger — is the default; ``sui`` is
+not wired to the CLI yet), ``--ledger-path`` (default ``$DTP_LEDGER`` or
+``$XDG_DATA_HOME/dtp/localnet.sqlite``), ``--identity`` (default: the DTP identity file)
+and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from dtp.chain.objects import FirewallMode, Sla
+from dtp.errors import DTPError
+
+__all__ = ["SUI_INSTALL_HINT", "register"]
+
+#: The one sentence printed when ``sui`` is missing.
+SUI_INSTALL_HINT: Final = (
+    "The Sui CLI (`sui`) was not found: install it as described at "
+    "https://docs.sui.io/guides/developer/getting-started/sui-install "
+    "(for example `brew install sui` or `cargo install --locked --git "
+    "https://github.com/MystenLabs/sui.git sui`) or pass --sui-bin PATH."
+)
+_SUI_NOT_CONFIGURED: Final = (
+    "The sui ledger is not configured for the CLI yet; use --ledger local (the default)."
+)
+_DEFAULT_FAUCET: Final = 10_000_000_000  # 10 SUI
+_NETWORKS: Final = ("localnet", "devnet", "testnet", "mainnet")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--ledger", choices=("local", "sui"), default="local", help="which ledger (default local)"
+    )
+    parent.add_argument(
+        "--ledger-path", help="LocalLedger file (default $DTP_LEDGER or the user data dir)"
+    )
+    parent.add_argument("--identity", help="identity file (default: the DTP identity path)")
+    parent.add_argument(
+        "--passphrase-env",
+        default="DTP_PASSPHRASE",
+        help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
+    )
+    parent.add_argument("--json", action="store_true", help="machine-readable output")
+    return parent
+
+
+def _identity_path(args: argparse.Namespace) -> Path:
+    from dtp.keys import default_identity_path
+
+    return Path(args.identity) if args.identity else default_identity_path()
+
+
+def _identity(args: argparse.Namespace) -> Any:
+    from dtp.keys import HostIdentity
+
+    return HostIdentity.load(_identity_path(args), os.environ.get(args.passphrase_env) or None)
+
+
+def _ledger(args: argparse.Namespace) -> Any:
+    from dtp.chain.local import LocalLedger, default_ledger_path
+
+    if args.ledger != "local":
+        raise _CliError(_SUI_NOT_CONFIGURED)
+    return LocalLedger(args.ledger_path or default_ledger_path())
+
+
+class _CliError(Exception):
+    """A problem to report in one line, exiting with status 1."""
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, FirewallMode):
+        return value.name.lower().replace("_", "-")
+    return value
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    data = _plain(data)
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True)
+        print(f"{key.replace('_', ' ')}: {value}")
+
+
+def _run(handler: Handler) -> Handler:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (_CliError, DTPError) as exc:
+            print(f"dtp: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+def _parse_hex32(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected 32 bytes as 64 hex digits") from None
+    if len(raw) != 32:
+        raise argparse.ArgumentTypeError("expected 32 bytes as 64 hex digits")
+    return raw
+
+
+# -- keys ------------------------------------------------------------------
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from dtp.keys import HostIdentity
+
+    path = _identity_path(args)
+    identity = HostIdentity.generate()
+    identity.save(path, os.environ.get(args.passphrase_env) or None, overwrite=args.force)
+    _emit(
+        args,
+        {
+            "identity": str(path),
+            "sui_address": identity.sui_address,
+            "noise_public": identity.noise_public.hex(),
+        },
+    )
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    identity = _identity(args)
+    _emit(
+        args,
+        {
+            "identity": str(_identity_path(args)),
+            "sui_address": identity.sui_address,
+            "ed25519_public": identity.ed25519_public.hex(),
+            "noise_public": identity.noise_public.hex(),
+        },
+    )
+    return 0
+
+
+# -- localnet ------------------------------------------------------------------
+
+
+def _localnet_status(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    counts: dict[str, int] = {}
+    for ref in ledger.objects():
+        name = ref.type.rsplit("::", 1)[-1]
+        counts[name] = counts.get(name, 0) + 1
+    _, cursor = ledger.events(limit=1_000_000)
+    _emit(
+        args,
+        {
+            "ledger": ledger.path,
+            "clock_ms": ledger.clock_ms(),
+            "clock_frozen": ledger.clock_frozen(),
+            "epoch": ledger.epoch(),
+            "minted_mist": ledger.minted(),
+            "objects": counts,
+            "events": int(cursor or 0),
+        },
+    )
+    return 0
+
+
+def _localnet_faucet(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    address = args.to or _identity(args).sui_address
+    balance = ledger.faucet(address, args.amount)
+    _emit(args, {"address": address, "received_mist": args.amount, "balance_mist": balance})
+    return 0
+
+
+def _localnet_advance_epoch(args: argparse.Namespace) -> int:
+    _emit(args, {"epoch": _ledger(args).advance_epoch()})
+    return 0
+
+
+def _localnet_advance_clock(args: argparse.Namespace) -> int:
+    _emit(args, {"clock_ms": _ledger(args).advance_clock(args.ms)})
+    return 0
+
+
+# -- host and service ------------------------------------------------------------------
+
+
+def _host_create(args: argparse.Namespace) -> int:
+    identity = _identity(args)
+    ledger = _ledger(args)
+    noise = args.noise_key if args.noise_key is not None else identity.noise_public
+    host_id = ledger.create_host(identity, noise, args.endpoint or [])
+    _emit(args, {"host": host_id, "authority": identity.sui_address})
+    return 0
+
+
+def _host_show(args: argparse.Namespace) -> int:
+    host = _ledger(args).get_host(args.host)
+    data = _plain(host)
+    data["endpoints"] = [bytes(e).decode(errors="replace") for e in host.endpoints]
+    _emit(args, data)
+    return 0
+
+
+def _host_set(args: argparse.Namespace) -> int:
+    identity = _identity(args)
+    ledger = _ledger(args)
+    done: list[str] = []
+    if args.authority:
+        ledger.set_authority(identity, args.host, args.authority)
+        done.append("authority")
+    if args.noise_key is not None:
+        ledger.set_noise_static_key(identity, args.host, args.noise_key)
+        done.append("noise key")
+    if args.endpoint is not None or args.clear_endpoints:
+        ledger.set_endpoints(identity, args.host, args.endpoint or [])
+        done.append("endpoints")
+    if args.firewall:
+        mode = FirewallMode.ALLOW_ALL if args.firewall == "allow-all" else FirewallMode.ALLOW_LISTED
+        ledger.set_firewall_mode(identity, args.host, int(mode))
+        done.append("firewall mode")
+    for name in ("allow", "disallow", "deny", "undeny"):
+        for client in getattr(args, name) or []:
+            getattr(ledger, name)(identity, args.host, client)
+            done.append(f"{name} {client}")
+    limits = (args.max_connections_per_client, args.max_bytes_per_sec, args.max_requests_per_sec)
+    if any(v is not None for v in limits):
+        current = ledger.get_host(args.host).firewall
+        ledger.set_client_limits(
+            identity,
+            args.host,
+            *(
+                new if new is not None else old
+                for new, old in zip(
+                    limits,
+                    (
+                        current.max_connections_per_client,
+                        current.max_bytes_per_sec,
+                        current.max_requests_per_sec,
+                    ),
+                    strict=True,
+                )
+            ),
+        )
+        done.append("client limits")
+    if not done:
+        raise _CliError("Nothing to change: give at least one option (see dtp host set --help).")
+    _emit(args, {"host": args.host, "changed": done})
+    return 0
+
+
+def _service_add(args: argparse.Namespace) -> int:
+    identity = _identity(args)
+    ledger = _ledger(args)
+    sla = Sla(args.price_per_kib, args.price_per_request, args.min_deposit)
+    ledger.add_service(identity, args.host, args.port, args.kind, sla, args.max_connections)
+    _emit(args, {"host": args.host, "port": args.port, "kind": args.kind, "sla": sla})
+    return 0
+
+
+# -- deploy ------------------------------------------------------------------
+
+
+def _default_package_path() -> Path:
+    return Path(__file__).resolve().parent.parent.parent / "move" / "dtp"
+
+
+def _deployments_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME", "")
+    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return data_home / "dtp" / "deployments.json"
+
+
+def _sui(sui: str, *argv: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        [sui, *argv], cwd=cwd, capture_output=True, text=True, check=False, timeout=900
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise _CliError(f"`sui {' '.join(argv)}` failed: {detail[-1] if detail else 'no output'}")
+    return result.stdout
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    sui = args.sui_bin or shutil.which("sui")
+    if not sui or not Path(sui).exists():
+        print(SUI_INSTALL_HINT, file=sys.stderr)
+        return 1
+    package = Path(args.package_path) if args.package_path else _default_package_path()
+    if not (package / "Move.toml").is_file():
+        raise _CliError(f"No Move package at {package} (Move.toml missing); pass --package-path.")
+    active = _sui(sui, "client", "active-env").strip()
+    if active != args.network:
+        raise _CliError(
+            f"The Sui CLI's active environment is {active!r}, not {args.network!r}; run "
+            f"`sui client switch --env {args.network}` first."
+        )
+    _sui(sui, "move", "build", cwd=package)
+    output = _sui(
+        sui, "client", "publish", "--json", "--gas-budget", str(args.gas_budget), cwd=package
+    )
+    try:
+        effects = json.loads(output[output.index("{") :])
+    except ValueError:
+        raise _CliError("Could not read the JSON output of `sui client publish`.") from None
+    package_id = next(
+        (
+            c.get("packageId")
+            for c in effects.get("objectChanges", [])
+            if c.get("type") == "published"
+        ),
+        None,
+    )
+    if not package_id:
+        raise _CliError("`sui client publish` reported no published package.")
+    record_path = _deployments_path()
+    records: dict[str, Any] = {}
+    if record_path.is_file():
+        records = json.loads(record_path.read_text())
+    records[args.network] = {"package_id": package_id, "digest": effects.get("digest")}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    _emit(args, {"network": args.network, "package_id": package_id, "recorded_in": record_path})
+    return 0
+
+
+# -- registration ------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``keys``, ``localnet``, ``host``, ``service`` and ``deploy`` to ``subparsers``
+    (the object returned by ``ArgumentParser.add_subparsers``)."""
+    common = _common()
+
+    def leaf(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+        parser.set_defaults(func=_run(handler))
+        return parser
+
+    keys = subparsers.add_parser("keys", help="create or show the host identity")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = leaf(keys_sub, "new", _keys_new, "create a new identity file")
+    new.add_argument("--force", action="store_true", help="overwrite an existing identity")
+    leaf(keys_sub, "show", _keys_show, "show the identity's address and public keys")
+
+    localnet = subparsers.add_parser("localnet", help="the embedded local ledger")
+    local_sub = localnet.add_subparsers(dest="localnet_command", metavar="ACTION", required=True)
+    leaf(local_sub, "status", _localnet_status, "clock, epoch, objects and events")
+    faucet = leaf(local_sub, "faucet", _localnet_faucet, "mint test SUI")
+    faucet.add_argument("--to", help="address (default: the identity's)")
+    faucet.add_argument("--amount", type=int, default=_DEFAULT_FAUCET, help="MIST (default 10 SUI)")
+    leaf(local_sub, "advance-epoch", _localnet_advance_epoch, "start the next epoch")
+    clock = leaf(local_sub, "advance-clock", _localnet_advance_clock, "move the clock forward")
+    clock.add_argument("ms", type=int, help="milliseconds")
+
+    host = subparsers.add_parser("host", help="create, show and configure hosts")
+    host_sub = host.add_subparsers(dest="host_command", metavar="ACTION", required=True)
+    create = leaf(host_sub, "create", _host_create, "create a host owned by the identity")
+    create.add_argument("--endpoint", action="append", help="reachable endpoint (repeatable)")
+    create.add_argument("--noise-key", type=_parse_hex32, help="Noise key (default: identity's)")
+    show = leaf(host_sub, "show", _host_show, "show a host")
+    show.add_argument("host", help="host ID")
+    hset = leaf(host_sub, "set", _host_set, "change a host's settings")
+    hset.add_argument("host", help="host ID")
+    hset.add_argument("--authority", help="hand the host to this address")
+    hset.add_argument("--noise-key", type=_parse_hex32, help="new Noise static key (hex)")
+    hset.add_argument("--endpoint", action="append", help="replace the endpoints (repeatable)")
+    hset.add_argument("--clear-endpoints", action="store_true", help="publish no endpoints")
+    hset.add_argument("--firewall", choices=("allow-all", "allow-listed"), help="firewall mode")
+    for name in ("allow", "disallow", "deny", "undeny"):
+        hset.add_argument(f"--{name}", action="append", metavar="ADDRESS", help=f"{name} a client")
+    for name in ("max-connections-per-client", "max-bytes-per-sec", "max-requests-per-sec"):
+        hset.add_argument(f"--{name}", type=int, help="per-client limit (0 = unlimited)")
+
+    service = subparsers.add_parser("service", help="publish services on a host")
+    service_sub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    add = leaf(service_sub, "add", _service_add, "add a service on a port")
+    add.add_argument("host", help="host ID")
+    add.add_argument("port", type=int, help="port (0-65535)")
+    add.add_argument("--kind", default="raw", help="service kind (default raw)")
+    add.add_argument("--price-per-kib", type=int, default=0, help="MIST per KiB")
+    add.add_argument("--price-per-request", type=int, default=0, help="MIST per request")
+    add.add_argument("--min-deposit", type=int, default=0, help="smallest deposit, MIST")
+    add.add_argument("--max-connections", type=int, default=0, help="0 = unlimited")
+
+    deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
+    deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")
+    deploy.add_argument("--sui-bin", help="path to the sui binary (default: found on PATH)")
+    deploy.add_argument("--package-path", help="Move package (default: move/dtp)")
+    deploy.add_argument("--gas-budget", type=int, default=500_000_000, help="MIST")

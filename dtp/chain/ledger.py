@@ -1,0 +1,335 @@
+"""The ledger interface: one method per entry point of the ``move/dtp`` package.
+
+Two implementations follow it: :class:`dtp.chain.local.LocalLedger` (embedded, SQLite)
+and ``SuiLedger`` (real Sui through pysui). Both execute the rules of docs/escrow.md with
+the same checks, in the same order, raising the same :class:`dtp.errors.ChainError`
+subclasses with the same ``.name`` (the Move error constant; see
+``dtp.errors.MOVE_ERRORS``).
+
+Conventions:
+
+- The first argument of every state-changing method is the *signer*, the
+  :class:`~dtp.keys.HostIdentity` whose address is the transaction sender (Move's
+  ``ctx.sender()``). The ledger builds the transaction, signs it with
+  ``signer.sign_transaction`` and executes it.
+- Object IDs and addresses are ``0x`` + 64 hex digits (a shorter hex form is padded like
+  Sui does; anything else raises :class:`~dtp.errors.InvalidObjectId`).
+- Money: SUI balances per address, in MIST. Deposits, top-ups and contributions are taken
+  from the signer's balance; payments and refunds are added to the receiver's balance.
+  Gas is not modelled by this interface (``LocalLedger`` charges none; ``SuiLedger`` pays
+  it from the signer's gas coins on top).
+- Where Move takes several related objects (the host of a connection, its escrow, its
+  cap) the method takes the main ID and looks the others up; the optional ``host_id`` /
+  ``escrow_id`` / ``cap_id`` arguments pass a different object explicitly, which is
+  exactly what Move would receive (and refuses with ``EWrongHost`` etc.).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dtp.chain.objects import (
+    Broadcast,
+    ChainObject,
+    Escrow,
+    Event,
+    EventFilter,
+    Host,
+    OpenedConnection,
+    Pipe,
+    Settlement,
+    Sla,
+    SpendingCap,
+    TransportControl,
+)
+
+if TYPE_CHECKING:
+    from dtp.escrow import Receipt
+    from dtp.keys import HostIdentity
+
+__all__ = ["Endpoint", "Ledger"]
+
+#: An endpoint as given by callers: bytes, or text encoded as UTF-8.
+Endpoint = bytes | str
+
+
+class Ledger(abc.ABC):
+    """A DTP control-plane ledger (see the module docs for the conventions)."""
+
+    # -- host (dtp::host) -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_host(
+        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+    ) -> str:
+        """``host::create``: a shared Host with authority = signer. Returns the host ID."""
+
+    @abc.abstractmethod
+    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        """``host::set_authority`` (authority only)."""
+
+    @abc.abstractmethod
+    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        """``host::set_noise_static_key`` (authority only; 32 bytes)."""
+
+    @abc.abstractmethod
+    def set_endpoints(
+        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
+    ) -> None:
+        """``host::set_endpoints`` (authority only; at most 16, each at most 256 bytes)."""
+
+    @abc.abstractmethod
+    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        """``host::set_firewall_mode``: 0 allow-all, 1 allow-listed."""
+
+    @abc.abstractmethod
+    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::allow``: add ``client`` to the allow list (idempotent)."""
+
+    @abc.abstractmethod
+    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::disallow``: remove ``client`` from the allow list (idempotent)."""
+
+    @abc.abstractmethod
+    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::deny``: add ``client`` to the deny list (idempotent)."""
+
+    @abc.abstractmethod
+    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::undeny``: remove ``client`` from the deny list (idempotent)."""
+
+    @abc.abstractmethod
+    def set_client_limits(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        max_connections_per_client: int,
+        max_bytes_per_sec: int,
+        max_requests_per_sec: int,
+    ) -> None:
+        """``host::set_client_limits`` (0 = unlimited)."""
+
+    @abc.abstractmethod
+    def add_service(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        kind: str,
+        sla: Sla,
+        max_connections: int = 0,
+    ) -> None:
+        """``host::add_service`` on ``port`` (u16)."""
+
+    @abc.abstractmethod
+    def update_service(
+        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
+    ) -> None:
+        """``host::update_service``: new terms for connections opened afterwards."""
+
+    @abc.abstractmethod
+    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        """``host::remove_service`` (only without open connections)."""
+
+    # -- spending cap (dtp::spending_cap) ---------------------------------------------------
+
+    @abc.abstractmethod
+    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        """``spending_cap::create``: a shared cap owned by the signer. Returns its ID."""
+
+    @abc.abstractmethod
+    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        """``spending_cap::set_max_per_epoch`` (owner only; applies at once)."""
+
+    # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
+
+    @abc.abstractmethod
+    def open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> OpenedConnection:
+        """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
+        new escrow. ``client_public_key`` defaults to the signer's Ed25519 key."""
+
+    @abc.abstractmethod
+    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance."""
+
+    @abc.abstractmethod
+    def claim(
+        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
+    ) -> int:
+        """``escrow::claim`` (server only): returns the MIST paid to the server.
+        ``cap_id`` defaults to the escrow's bound cap."""
+
+    @abc.abstractmethod
+    def close_connection(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        """``transport_control::close``: half-close, or complete the peer's half-close."""
+
+    @abc.abstractmethod
+    def finalize(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        """``transport_control::finalize``: close a half-closed connection after the timeout."""
+
+    @abc.abstractmethod
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+    ) -> Settlement:
+        """``transport_control::settle``: refund the escrow's remainder to the client."""
+
+    @abc.abstractmethod
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        """``transport_control::settle_with_receipt``: claim ``receipt``, then settle."""
+
+    # -- pipes (dtp::pipe, dtp::inner_pipe) -------------------------------------------------
+
+    @abc.abstractmethod
+    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        """``pipe::create``: a Pipe owned by the signer. Returns its ID."""
+
+    @abc.abstractmethod
+    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        """``pipe::send`` (owner only): emits ``PipeDataSent``; returns the record's seq."""
+
+    @abc.abstractmethod
+    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        """``pipe::sync`` (owner only): every seq below ``acked`` was received."""
+
+    @abc.abstractmethod
+    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        """``pipe::destroy`` (owner only)."""
+
+    # -- broadcast (dtp::broadcast) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_broadcast(
+        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+    ) -> str:
+        """``broadcast::create``: slot 0 starts now. Returns the broadcast ID."""
+
+    @abc.abstractmethod
+    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        """``broadcast::contribute``: ``amount`` MIST from the signer's balance to the pool."""
+
+    @abc.abstractmethod
+    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        """``broadcast::transmit`` (broadcaster, on air): returns the message's seq."""
+
+    @abc.abstractmethod
+    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::claim`` (broadcaster): returns the MIST paid out."""
+
+    @abc.abstractmethod
+    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        """``broadcast::cancel`` (broadcaster)."""
+
+    @abc.abstractmethod
+    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_object(self, object_id: str) -> ChainObject:
+        """Any object by ID, typed (raises :class:`~dtp.errors.ObjectNotFound`)."""
+
+    @abc.abstractmethod
+    def get_host(self, host_id: str) -> Host:
+        """The Host ``host_id``."""
+
+    @abc.abstractmethod
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        """The SpendingCap ``cap_id``."""
+
+    @abc.abstractmethod
+    def get_connection(self, connection_id: str) -> TransportControl:
+        """The TransportControl ``connection_id``."""
+
+    @abc.abstractmethod
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        """The Escrow ``escrow_id``."""
+
+    @abc.abstractmethod
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        """The Pipe ``pipe_id``."""
+
+    @abc.abstractmethod
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        """The Broadcast ``broadcast_id`` (pool and earnings as last accounted)."""
+
+    @abc.abstractmethod
+    def balance(self, address: str) -> int:
+        """The SUI balance of ``address``, in MIST."""
+
+    @abc.abstractmethod
+    def clock_ms(self) -> int:
+        """The ledger clock (Sui's ``Clock``), in milliseconds."""
+
+    @abc.abstractmethod
+    def epoch(self) -> int:
+        """The current epoch."""
+
+    # -- events ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """Events after ``cursor`` (from the start when None), oldest first, at most
+        ``limit``. Returns them and the cursor to pass next time (unchanged if none)."""
+
+    @abc.abstractmethod
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """Like :meth:`events`, but block up to ``timeout`` seconds until at least one
+        matching event exists; returns an empty list on timeout."""
+
+    async def wait_events_async(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """:meth:`wait_events` for asyncio code (runs it in a worker thread)."""
+        return await asyncio.to_thread(self.wait_events, cursor, timeout, filter, limit)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources (database handles, network clients)."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

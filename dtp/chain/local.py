@@ -1,0 +1,1056 @@
+"""LocalLedger: the embedded ledger, persisted in SQLite, following the Move rules exactly.
+
+What it models of Sui:
+
+- **Objects** with 32-byte IDs (``0x`` + 64 hex) derived like Sui's from the transaction
+  digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
+  its sender and unusable by anyone else); versions (1 at creation, +1 on every
+  transaction that changes the object).
+- **Transactions**: every call is encoded canonically (:mod:`dtp.chain.local_tx`),
+  signed with Sui intent signing (``identity.sign_transaction``) and verified against the
+  claimed sender before it runs; each (sender, nonce) pair executes at most once.
+  :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
+  transactions can be tried.
+- **Atomicity**: each call is one SQLite transaction (``BEGIN IMMEDIATE``); a failing
+  call (any check, any error) changes nothing, not even the nonce. The file is in WAL
+  mode with a busy timeout, so every process on the machine can share it.
+- **Money**: SUI balances per address in MIST. Coins are not modelled one by one: a
+  ``Coin<SUI>`` argument is split off the sender's balance, payments are added to the
+  receiver's. **Gas is free.** :meth:`LocalLedger.faucet` mints test SUI and counts it,
+  so conservation can be audited: minted == balances + escrows + broadcast pools and
+  earnings (:meth:`LocalLedger.audit`).
+- **Events** in one global order; cursors are decimal strings of their position.
+- **Time**: the clock follows wall time (ms since the Unix epoch) plus an offset, never
+  going backwards, unless frozen (:meth:`freeze_clock`, :meth:`set_clock`, or
+  ``LocalLedger(path, clock_ms=0)``), in which case it moves only by
+  :meth:`advance_clock` / :meth:`set_clock`. Epochs start at 0 and advance only by
+  :meth:`advance_epoch`. Clock and epoch are ledger state, shared by all processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from dtp.chain import local_rules as rules
+from dtp.chain.ledger import Endpoint, Ledger
+from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
+from dtp.chain.objects import (
+    Broadcast,
+    ChainObject,
+    ConnectionState,
+    Escrow,
+    Event,
+    EventFilter,
+    Firewall,
+    FirewallMode,
+    Host,
+    InnerPipe,
+    ObjectRef,
+    OpenedConnection,
+    Pipe,
+    Service,
+    Settlement,
+    Sla,
+    SpendingCap,
+    TransportControl,
+)
+from dtp.errors import (
+    InvalidArgument,
+    InvalidObjectId,
+    InvalidTransaction,
+    ObjectNotFound,
+    WrongSigner,
+)
+from dtp.keys import InvalidSignature, verify_transaction
+
+if TYPE_CHECKING:
+    from dtp.escrow import Receipt
+    from dtp.keys import HostIdentity
+
+__all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
+
+U64_MAX: Final = 2**64 - 1
+_BUSY_TIMEOUT_S: Final = 30.0
+_RETRIES: Final = 200
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, owner TEXT NOT NULL,
+    version INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS balances (address TEXT PRIMARY KEY, amount TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, sender TEXT NOT NULL,
+    tx_digest TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, fields TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS transactions (
+    sender TEXT NOT NULL, nonce TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (sender, nonce));
+"""
+
+_META_DEFAULTS: Final = {
+    "epoch": "0",
+    "minted": "0",
+    "clock_frozen": "0",
+    "clock_ms": "0",
+    "clock_offset": "0",
+    "clock_floor": "0",
+}
+
+T = TypeVar("T")
+
+
+def default_ledger_path() -> Path:
+    """``$DTP_LEDGER``, else ``$XDG_DATA_HOME/dtp/localnet.sqlite`` (``~/.local/share``
+    when XDG_DATA_HOME is unset or relative)."""
+    env = os.environ.get("DTP_LEDGER")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME", "")
+    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return data_home / "dtp" / "localnet.sqlite"
+
+
+def normalize_id(value: str, what: str = "object ID") -> str:
+    """``0x`` + 64 lowercase hex for an ID or address (short forms are zero-padded, as
+    Sui does); raises :class:`~dtp.errors.InvalidObjectId`."""
+    if not isinstance(value, str):
+        raise InvalidObjectId(
+            f"An {what} must be a string like 0x1234…, got {type(value).__name__}."
+        )
+    text = value.strip()
+    digits = text[2:] if text[:2].lower() == "0x" else None
+    if not digits or len(digits) > 64:
+        raise InvalidObjectId(
+            f"{value!r} is not a valid {what} (0x followed by 1 to 64 hex digits)."
+        )
+    try:
+        int(digits, 16)
+    except ValueError:
+        raise InvalidObjectId(f"{value!r} is not a valid {what} (not hexadecimal).") from None
+    return "0x" + digits.lower().rjust(64, "0")
+
+
+def _u64(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+        raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
+    return value
+
+
+def _endpoint(value: Endpoint) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument(f"An endpoint must be bytes or text, got {type(value).__name__}.")
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """The effects of one executed transaction."""
+
+    digest: str
+    #: The Move function's return value (an ID, MIST amount, seq), or None.
+    value: Any
+    events: tuple[Event, ...]
+    created: tuple[str, ...]
+
+
+class _SqlStore:
+    """The rules' view of storage inside the current SQLite transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
+        row = self.db.execute(
+            "SELECT type, owner, version, data FROM objects WHERE id = ?", (object_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return row[0], row[1], int(row[2]), rules.from_json(row[3])
+
+    def balance(self, address: str) -> int:
+        row = self.db.execute(
+            "SELECT amount FROM balances WHERE address = ?", (address,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+class LocalLedger(Ledger):
+    """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
+    or ``":memory:"``; ``clock_ms`` freezes the clock at that time when given."""
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._nonce_counter = itertools.count(time.time_ns())
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            if self.path != ":memory:":
+                self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._write(self._init_schema)
+        if clock_ms is not None:
+            self.set_clock(clock_ms, allow_backwards=True)
+
+    def _init_schema(self) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        for key, value in _META_DEFAULTS.items():
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        """Close the database handle."""
+        with self._lock:
+            self._db.close()
+
+    # -- transactions around SQLite ---------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        delay = 0.001
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                message = str(exc).lower()
+                if ("locked" not in message and "busy" not in message) or attempt + 1 == _RETRIES:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.05)
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
+
+        def attempt() -> T:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn()
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                self._changed.notify_all()
+                return result
+
+        return self._retry(attempt)
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one read transaction (a consistent snapshot)."""
+
+        def attempt() -> T:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    return fn()
+                finally:
+                    self._db.execute("COMMIT")
+
+        return self._retry(attempt)
+
+    def _meta(self, key: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else _META_DEFAULTS[key]
+
+    def _set_meta(self, key: str, value: int | str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+    # -- clock, epoch, faucet -----------------------------------------------------------------
+
+    def _now(self) -> int:
+        if self._meta("clock_frozen") == "1":
+            return int(self._meta("clock_ms"))
+        wall = time.time_ns() // 1_000_000 + int(self._meta("clock_offset"))
+        return max(wall, int(self._meta("clock_floor")))
+
+    def clock_ms(self) -> int:
+        """The ledger clock in ms (see the module docs for wall and frozen modes)."""
+        return self._read(self._now)
+
+    def clock_frozen(self) -> bool:
+        """Whether the clock is frozen."""
+        return self._read(lambda: self._meta("clock_frozen") == "1")
+
+    def set_clock(self, ms: int, *, allow_backwards: bool = False) -> None:
+        """Freeze the clock at ``ms``. Going backwards raises ValueError unless
+        ``allow_backwards`` (for setting up a fresh test ledger)."""
+        _u64(ms, "the clock")
+
+        def apply() -> None:
+            if not allow_backwards and ms < self._now():
+                raise ValueError(f"the clock cannot go back from {self._now()} to {ms} ms")
+            self._set_meta("clock_frozen", 1)
+            self._set_meta("clock_ms", ms)
+            self._set_meta("clock_floor", ms)
+
+        self._write(apply)
+
+    def freeze_clock(self) -> int:
+        """Freeze the clock at its current time; returns it."""
+
+        def apply() -> int:
+            now = self._now()
+            self._set_meta("clock_frozen", 1)
+            self._set_meta("clock_ms", now)
+            return now
+
+        return self._write(apply)
+
+    def unfreeze_clock(self) -> None:
+        """Let the clock follow wall time again, continuing from its current value."""
+
+        def apply() -> None:
+            now = self._now()
+            self._set_meta("clock_offset", now - time.time_ns() // 1_000_000)
+            self._set_meta("clock_floor", now)
+            self._set_meta("clock_frozen", 0)
+
+        self._write(apply)
+
+    def advance_clock(self, ms: int) -> int:
+        """Move the clock forward by ``ms`` (in either mode); returns the new time."""
+        _u64(ms, "the clock step")
+
+        def apply() -> int:
+            if self._meta("clock_frozen") == "1":
+                now = int(self._meta("clock_ms")) + ms
+                self._set_meta("clock_ms", now)
+            else:
+                self._set_meta("clock_offset", int(self._meta("clock_offset")) + ms)
+                now = self._now()
+            self._set_meta("clock_floor", now)
+            return now
+
+        return self._write(apply)
+
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._read(lambda: int(self._meta("epoch")))
+
+    def advance_epoch(self) -> int:
+        """Start the next epoch; returns it."""
+
+        def apply() -> int:
+            epoch = int(self._meta("epoch")) + 1
+            self._set_meta("epoch", epoch)
+            return epoch
+
+        return self._write(apply)
+
+    def faucet(self, address: str, amount: int) -> int:
+        """Mint ``amount`` test MIST to ``address``; returns its new balance. The total ever
+        minted may not exceed 2**64-1 (so no u64 sum of MIST can overflow)."""
+        address = normalize_id(address, "address")
+        _u64(amount, "the faucet amount")
+
+        def apply() -> int:
+            minted = int(self._meta("minted")) + amount
+            if minted > U64_MAX:
+                raise InvalidArgument(
+                    f"The faucet cannot mint {amount} MIST: the total would pass 2**64-1."
+                )
+            self._set_meta("minted", minted)
+            new = _SqlStore(self._db).balance(address) + amount
+            self._db.execute("INSERT OR REPLACE INTO balances VALUES (?, ?)", (address, str(new)))
+            return new
+
+        return self._write(apply)
+
+    def minted(self) -> int:
+        """Total MIST ever minted by the faucet."""
+        return self._read(lambda: int(self._meta("minted")))
+
+    def audit(self) -> dict[str, int]:
+        """Where all MIST is: ``minted``, ``balances``, ``escrows``, ``broadcasts`` (pools
+        plus unclaimed earnings). Conservation holds iff minted == the other three."""
+
+        def read() -> dict[str, int]:
+            balances = sum(int(r[0]) for r in self._db.execute("SELECT amount FROM balances"))
+            escrows = broadcasts = 0
+            for type_, data in self._db.execute("SELECT type, data FROM objects"):
+                obj = rules.from_json(data)
+                if type_ == rules.OBJECT_TYPES["Escrow"]:
+                    escrows += obj["funds"]
+                elif type_ == rules.OBJECT_TYPES["Broadcast"]:
+                    broadcasts += obj["pool"] + obj["earned"]
+            return {
+                "minted": int(self._meta("minted")),
+                "balances": balances,
+                "escrows": escrows,
+                "broadcasts": broadcasts,
+            }
+
+        return self._read(read)
+
+    def dump(self) -> dict[str, Any]:
+        """Every row of every table (for tests comparing states)."""
+
+        def read() -> dict[str, Any]:
+            return {
+                table: sorted(self._db.execute(f"SELECT * FROM {table}").fetchall())
+                for table in ("meta", "objects", "balances", "events", "transactions")
+            }
+
+        return self._read(read)
+
+    # -- executing transactions ---------------------------------------------------------------
+
+    def build_tx(self, sender: str, module: str, function: str, args: Sequence[TxValue]) -> bytes:
+        """Transaction bytes for ``module::function(args)`` from ``sender`` with a fresh nonce."""
+        nonce = next(self._nonce_counter) & U64_MAX
+        tx = Tx(normalize_id(sender, "address"), nonce, module, function, tuple(args))
+        return encode_tx(tx)
+
+    def execute(self, tx_bytes: bytes, signature: bytes) -> TxResult:
+        """Verify ``signature`` (a serialized Sui signature) over ``tx_bytes`` against the
+        transaction's sender, then run it atomically. Raises :class:`WrongSigner` for a bad
+        or foreign signature, :class:`InvalidTransaction` for malformed bytes or a reused
+        nonce, and the rule's ChainError if the Move call aborts."""
+        tx = decode_tx(tx_bytes)
+        try:
+            signer = verify_transaction(tx_bytes, signature)
+        except InvalidSignature as exc:
+            raise WrongSigner(
+                f"The transaction signature is invalid ({exc}); sender {tx.sender}."
+            ) from None
+        if signer != tx.sender:
+            raise WrongSigner(
+                f"The transaction is signed by {signer}, but its sender is {tx.sender}."
+            )
+        args = rules.check_args(tx.module, tx.function, tx.args)
+        handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
+        digest = tx_digest(tx_bytes)
+        return self._write(lambda: self._apply(tx, digest, handler, args))
+
+    def _apply(
+        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+    ) -> TxResult:
+        digest_text = base58(digest)
+        used = self._db.execute(
+            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?", (tx.sender, str(tx.nonce))
+        ).fetchone()
+        if used:
+            raise InvalidTransaction(
+                f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
+                "(replayed transaction)."
+            )
+        store = _SqlStore(self._db)
+        now = self._now()
+        x = rules.Exec(store, tx.sender, digest, now, int(self._meta("epoch")))
+        value = handler(x, *args)
+        # Write the effects.
+        self._db.execute(
+            "INSERT INTO transactions VALUES (?, ?, ?)", (tx.sender, str(tx.nonce), digest_text)
+        )
+        self._set_meta("clock_floor", now)
+        created: list[str] = []
+        for obj in x.objects.values():
+            if obj.deleted:
+                self._db.execute("DELETE FROM objects WHERE id = ?", (obj.id,))
+                continue
+            data = rules.to_json(obj.data)
+            if obj.before is None:
+                created.append(obj.id)
+                self._db.execute(
+                    "INSERT INTO objects VALUES (?, ?, ?, 1, ?)",
+                    (obj.id, obj.type, obj.owner, data),
+                )
+            elif data != obj.before:
+                self._db.execute(
+                    "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?",
+                    (data, obj.id),
+                )
+        for address, delta in x.credits.items():
+            new = store.balance(address) + delta
+            assert new >= 0, "take_coin guards every withdrawal"
+            self._db.execute("INSERT OR REPLACE INTO balances VALUES (?, ?)", (address, str(new)))
+        events = []
+        for type_, fields in x.events:
+            cursor = self._db.execute(
+                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (type_, tx.sender, digest_text, now, rules.to_json(fields)),
+            )
+            events.append(Event(str(cursor.lastrowid), type_, fields, tx.sender, digest_text, now))
+        return TxResult(digest_text, value, tuple(events), tuple(created))
+
+    def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
+        tx_bytes = self.build_tx(signer.sui_address, module, function, args)
+        return self.execute(tx_bytes, signer.sign_transaction(tx_bytes))
+
+    @staticmethod
+    def _id(value: str, what: str = "object ID") -> Address:
+        return Address(normalize_id(value, what))
+
+    # -- host -----------------------------------------------------------------------------------
+
+    def create_host(
+        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+    ) -> str:
+        eps: list[TxValue] = [_endpoint(e) for e in endpoints]
+        result = self._call(signer, "host", "create", bytes(noise_static_key), eps)
+        return str(result.value)
+
+    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        self._call(
+            signer, "host", "set_authority", self._id(host_id), self._id(new_authority, "address")
+        )
+
+    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        self._call(signer, "host", "set_noise_static_key", self._id(host_id), bytes(key))
+
+    def set_endpoints(
+        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
+    ) -> None:
+        eps: list[TxValue] = [_endpoint(e) for e in endpoints]
+        self._call(signer, "host", "set_endpoints", self._id(host_id), eps)
+
+    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        if not isinstance(mode, int) or not 0 <= mode <= 0xFF:
+            raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
+        self._call(signer, "host", "set_firewall_mode", self._id(host_id), int(mode))
+
+    def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._call(signer, "host", fn, self._id(host_id), self._id(client, "address"))
+
+    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("allow", signer, host_id, client)
+
+    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("disallow", signer, host_id, client)
+
+    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("deny", signer, host_id, client)
+
+    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("undeny", signer, host_id, client)
+
+    def set_client_limits(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        max_connections_per_client: int,
+        max_bytes_per_sec: int,
+        max_requests_per_sec: int,
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "set_client_limits",
+            self._id(host_id),
+            _u64(max_connections_per_client, "max_connections_per_client"),
+            _u64(max_bytes_per_sec, "max_bytes_per_sec"),
+            _u64(max_requests_per_sec, "max_requests_per_sec"),
+        )
+
+    @staticmethod
+    def _port(port: int) -> int:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
+        return port
+
+    @staticmethod
+    def _sla_args(sla: Sla) -> tuple[int, int, int]:
+        return (
+            _u64(sla.price_per_kib, "price_per_kib"),
+            _u64(sla.price_per_request, "price_per_request"),
+            _u64(sla.min_deposit, "min_deposit"),
+        )
+
+    def add_service(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        kind: str,
+        sla: Sla,
+        max_connections: int = 0,
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "add_service",
+            self._id(host_id),
+            self._port(port),
+            kind.encode(),
+            *self._sla_args(sla),
+            _u64(max_connections, "max_connections"),
+        )
+
+    def update_service(
+        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "update_service",
+            self._id(host_id),
+            self._port(port),
+            *self._sla_args(sla),
+            _u64(max_connections, "max_connections"),
+        )
+
+    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        self._call(signer, "host", "remove_service", self._id(host_id), self._port(port))
+
+    # -- spending cap ----------------------------------------------------------------------------
+
+    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        result = self._call(signer, "spending_cap", "create", _u64(max_per_epoch, "max_per_epoch"))
+        return str(result.value)
+
+    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        self._call(
+            signer,
+            "spending_cap",
+            "set_max_per_epoch",
+            self._id(cap_id),
+            _u64(max_per_epoch, "max_per_epoch"),
+        )
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> OpenedConnection:
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        result = self._call(
+            signer,
+            "transport_control",
+            "open",
+            self._id(host_id),
+            self._port(port),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+        connection = str(result.value)
+        escrow = next(e["escrow"] for e in result.events if e.name == "ConnectionOpened")
+        return OpenedConnection(connection, str(escrow))
+
+    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+        self._call(
+            signer, "escrow", "top_up", self._id(escrow_id), _u64(amount, "the top-up amount")
+        )
+
+    @staticmethod
+    def _receipt_args(receipt: Receipt) -> tuple[int, int, int, int, bytes]:
+        return (
+            _u64(receipt.total_bytes, "total_bytes"),
+            _u64(receipt.total_requests, "total_requests"),
+            _u64(receipt.total_amount, "total_amount"),
+            _u64(receipt.nonce, "nonce"),
+            bytes(receipt.signature),
+        )
+
+    def claim(
+        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
+    ) -> int:
+        escrow_id = normalize_id(escrow_id)
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
+        result = self._call(
+            signer,
+            "escrow",
+            "claim",
+            self._id(escrow_id),
+            self._id(cap_id),
+            *self._receipt_args(receipt),
+        )
+        return int(result.value)
+
+    def _connection_parts(
+        self, connection_id: str, host_id: str | None, escrow_id: str | None = None
+    ) -> tuple[Address, Address, Address]:
+        tc = self.get_connection(connection_id)
+        return (
+            self._id(tc.id),
+            self._id(host_id if host_id is not None else tc.host),
+            self._id(escrow_id if escrow_id is not None else tc.escrow),
+        )
+
+    def close_connection(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        tc, host, _ = self._connection_parts(connection_id, host_id)
+        self._call(signer, "transport_control", "close", tc, host)
+
+    def finalize(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        tc, host, _ = self._connection_parts(connection_id, host_id)
+        self._call(signer, "transport_control", "finalize", tc, host)
+
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+    ) -> Settlement:
+        tc, host, escrow = self._connection_parts(connection_id, host_id, escrow_id)
+        result = self._call(signer, "transport_control", "settle", tc, host, escrow)
+        return self._settlement(result, 0)
+
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        tc, host, escrow = self._connection_parts(connection_id, host_id, escrow_id)
+        cap = (
+            self._id(cap_id)
+            if cap_id is not None
+            else self._id(self.get_connection(tc).spending_cap)
+        )
+        result = self._call(
+            signer,
+            "transport_control",
+            "settle_with_receipt",
+            tc,
+            host,
+            escrow,
+            cap,
+            *self._receipt_args(receipt),
+        )
+        return self._settlement(result, int(result.value))
+
+    @staticmethod
+    def _settlement(result: TxResult, paid: int) -> Settlement:
+        settled = next(e for e in result.events if e.name == "ConnectionSettled")
+        return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+
+    # -- pipes -----------------------------------------------------------------------------------
+
+    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        result = self._call(
+            signer,
+            "pipe",
+            "create",
+            self._id(connection_id),
+            _u64(inner_count, "inner_count"),
+        )
+        return str(result.value)
+
+    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        result = self._call(
+            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), bytes(data)
+        )
+        return int(result.value)
+
+    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        self._call(
+            signer,
+            "pipe",
+            "sync",
+            self._id(pipe_id),
+            _u64(inner, "inner"),
+            _u64(acked, "acked"),
+        )
+
+    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        self._call(signer, "pipe", "destroy", self._id(pipe_id))
+
+    # -- broadcast -------------------------------------------------------------------------------
+
+    def create_broadcast(
+        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+    ) -> str:
+        result = self._call(
+            signer,
+            "broadcast",
+            "create",
+            channel.encode(),
+            _u64(slot_price, "slot_price"),
+            _u64(slot_ms, "slot_ms"),
+        )
+        return str(result.value)
+
+    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        self._call(
+            signer,
+            "broadcast",
+            "contribute",
+            self._id(broadcast_id),
+            _u64(amount, "the contribution"),
+        )
+
+    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        result = self._call(signer, "broadcast", "transmit", self._id(broadcast_id), bytes(data))
+        return int(result.value)
+
+    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "claim", self._id(broadcast_id)).value)
+
+    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        self._call(signer, "broadcast", "cancel", self._id(broadcast_id))
+
+    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
+
+    def is_on_air(self, broadcast_id: str) -> bool:
+        """``broadcast::is_on_air`` at the current clock."""
+
+        def read() -> bool:
+            b = self._typed(broadcast_id, "Broadcast")
+            assert isinstance(b, Broadcast)
+            return b.is_on_air(self._now())
+
+        return self._read(read)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def object_ref(self, object_id: str) -> ObjectRef:
+        """ID, version, owner and type of a live object."""
+        object_id = normalize_id(object_id)
+
+        def read() -> ObjectRef:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            return ObjectRef(object_id, row[2], row[1], row[0])
+
+        return self._read(read)
+
+    def _typed(self, object_id: str, struct: str | None) -> ChainObject:
+        object_id = normalize_id(object_id)
+        row = _SqlStore(self._db).load(object_id)
+        if row is None:
+            what = struct or "object"
+            raise ObjectNotFound(f"No {what} with ID {object_id} exists on this ledger.")
+        type_, _owner, version, data = row
+        name = type_.rsplit("::", 1)[-1]
+        if struct is not None and name != struct:
+            raise ObjectNotFound(f"Object {object_id} is a {name}, not a {struct}.")
+        return _build(name, object_id, version, data)
+
+    def get_object(self, object_id: str) -> ChainObject:
+        return self._read(lambda: self._typed(object_id, None))
+
+    def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
+        obj = self._read(lambda: self._typed(object_id, struct))
+        assert isinstance(obj, cls)
+        return obj
+
+    def get_host(self, host_id: str) -> Host:
+        return self._get(host_id, "Host", Host)
+
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        return self._get(cap_id, "SpendingCap", SpendingCap)
+
+    def get_connection(self, connection_id: str) -> TransportControl:
+        return self._get(connection_id, "TransportControl", TransportControl)
+
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        return self._get(escrow_id, "Escrow", Escrow)
+
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        return self._get(pipe_id, "Pipe", Pipe)
+
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        return self._get(broadcast_id, "Broadcast", Broadcast)
+
+    def balance(self, address: str) -> int:
+        address = normalize_id(address, "address")
+        return self._read(lambda: _SqlStore(self._db).balance(address))
+
+    def objects(self, type_name: str | None = None) -> list[ObjectRef]:
+        """Every live object (optionally only structs named ``type_name``)."""
+
+        def read() -> list[ObjectRef]:
+            rows = self._db.execute("SELECT id, version, owner, type FROM objects ORDER BY rowid")
+            refs = [ObjectRef(r[0], int(r[1]), r[2], r[3]) for r in rows]
+            if type_name is None:
+                return refs
+            return [r for r in refs if r.type.rsplit("::", 1)[-1] == type_name]
+
+        return self._read(read)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        start = self._cursor(cursor)
+
+        def read() -> tuple[list[Event], str | None]:
+            out: list[Event] = []
+            last = start
+            rows = self._db.execute(
+                "SELECT seq, type, sender, tx_digest, timestamp_ms, fields FROM events "
+                "WHERE seq > ? ORDER BY seq",
+                (start,),
+            )
+            for seq, type_, sender, digest, ts, fields in rows:
+                event = Event(str(seq), type_, rules.from_json(fields), sender, digest, int(ts))
+                last = int(seq)
+                if filter is None or filter.matches(event):
+                    out.append(event)
+                    if len(out) >= limit:
+                        break
+            return out, (str(last) if last else cursor)
+
+        return self._read(read)
+
+    @staticmethod
+    def _cursor(cursor: str | None) -> int:
+        if cursor is None:
+            return 0
+        try:
+            value = int(cursor)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.") from None
+        if value < 0:
+            raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.")
+        return value
+
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            events, cursor = self.events(cursor, filter, limit)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return events, cursor
+            # Woken at once by commits of this process; other processes are polled.
+            with self._changed:
+                self._changed.wait(min(remaining, 0.05))
+
+
+# -- building typed objects ----------------------------------------------------------------------
+
+
+def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
+    if name == "Host":
+        fw = d["firewall"]
+        services = {
+            int(port): Service(
+                s["kind"], Sla.from_fields(s["sla"]), s["max_connections"], s["open_connections"]
+            )
+            for port, s in d["services"].items()
+        }
+        return Host(
+            object_id,
+            version,
+            d["authority"],
+            d["noise_static_key"],
+            tuple(d["endpoints"]),
+            services,
+            Firewall(
+                FirewallMode(fw["mode"]),
+                tuple(fw["allow"]),
+                tuple(fw["deny"]),
+                fw["max_connections_per_client"],
+                fw["max_bytes_per_sec"],
+                fw["max_requests_per_sec"],
+            ),
+            d["open_connections"],
+            dict(d["client_connections"]),
+        )
+    if name == "SpendingCap":
+        return SpendingCap(
+            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
+        )
+    if name == "TransportControl":
+        state = d["state"]
+        kind = state["kind"]
+        return TransportControl(
+            object_id,
+            version,
+            d["host"],
+            d["port"],
+            d["client"],
+            d["server"],
+            Sla.from_fields(d["sla"]),
+            d["escrow"],
+            d["spending_cap"],
+            {"Open": ConnectionState.OPEN, "HalfClosed": ConnectionState.HALF_CLOSED}.get(
+                kind, ConnectionState.CLOSED
+            ),
+            state.get("by"),
+            state.get("at_ms", state.get("half_closed_at_ms")),
+            state.get("closed_at_ms"),
+            d["opened_at_ms"],
+            d["settled"],
+        )
+    if name == "Escrow":
+        return Escrow(
+            object_id,
+            version,
+            d["connection"],
+            d["client"],
+            d["client_public_key"],
+            d["server"],
+            d["spending_cap"],
+            Sla.from_fields(d["sla"]),
+            d["funds"],
+            d["deposited"],
+            d["claimed"],
+            d["refunded"],
+            d["latest_nonce"],
+            d["settled"],
+        )
+    if name == "Pipe":
+        return Pipe(
+            object_id,
+            version,
+            d["connection"],
+            d["owner"],
+            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
+        )
+    if name == "Broadcast":
+        return Broadcast(
+            object_id,
+            version,
+            d["broadcaster"],
+            d["channel"],
+            d["slot_price"],
+            d["slot_ms"],
+            d["start_ms"],
+            d["next_slot"],
+            d["paid_slots"],
+            d["pool"],
+            d["earned"],
+            dict(d["contributions"]),
+            d["total_contributed"],
+            d["next_seq"],
+            d["cancelled"],
+            d["refund_base"],
+            d["outstanding"],
+        )
+    raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.")

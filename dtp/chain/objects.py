@@ -1,0 +1,388 @@
+"""Typed, immutable views of the ledger's objects and events (docs/escrow.md §1, §11).
+
+Every ledger implementation (``LocalLedger``, ``SuiLedger``) returns these. Field names are
+those of the Move structs. IDs and addresses are ``0x`` + 64 lowercase hex digits; amounts
+are MIST; times are Sui clock milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "HALF_CLOSE_TIMEOUT_MS",
+    "MAX_DATA_LENGTH",
+    "MAX_ENDPOINTS",
+    "MAX_ENDPOINT_LENGTH",
+    "MAX_INNERS",
+    "Broadcast",
+    "ChainObject",
+    "ConnectionState",
+    "Escrow",
+    "Event",
+    "EventFilter",
+    "Firewall",
+    "FirewallMode",
+    "Host",
+    "InnerPipe",
+    "ObjectRef",
+    "OpenedConnection",
+    "Pipe",
+    "Service",
+    "Settlement",
+    "Sla",
+    "SpendingCap",
+    "TransportControl",
+]
+
+#: How long a half-closed connection waits for the peer (transport_control).
+HALF_CLOSE_TIMEOUT_MS: Final = 600_000
+#: Largest record (pipe) or broadcast message, in bytes.
+MAX_DATA_LENGTH: Final = 16_384
+#: Endpoint limits of a Host.
+MAX_ENDPOINTS: Final = 16
+MAX_ENDPOINT_LENGTH: Final = 256
+#: Most inner pipes per Pipe.
+MAX_INNERS: Final = 8
+
+
+class FirewallMode(enum.IntEnum):
+    """``Firewall.mode``."""
+
+    ALLOW_ALL = 0
+    ALLOW_LISTED = 1
+
+
+class ConnectionState(enum.IntEnum):
+    """``TransportControl.state_code``."""
+
+    OPEN = 0
+    HALF_CLOSED = 1
+    CLOSED = 2
+
+    @property
+    def label(self) -> str:
+        """The Move variant name: ``"Open"``, ``"HalfClosed"`` or ``"Closed"``."""
+        return ("Open", "HalfClosed", "Closed")[self.value]
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Where an object stands: its ID, current version, owner and Move type."""
+
+    object_id: str
+    #: Incremented by every transaction that mutates the object.
+    version: int
+    #: ``"shared"`` or the owning address.
+    owner: str
+    #: Short Move type, e.g. ``"dtp::host::Host"``.
+    type: str
+
+
+@dataclass(frozen=True)
+class Sla:
+    """Fee terms of a service, copied into each connection when it opens."""
+
+    #: MIST per KiB (1024 bytes), charged per byte rounded up.
+    price_per_kib: int
+    #: MIST per request.
+    price_per_request: int
+    #: Smallest deposit accepted at open, MIST.
+    min_deposit: int
+
+    def to_fields(self) -> dict[str, int]:
+        """The Move struct's fields as a dict."""
+        return {
+            "price_per_kib": self.price_per_kib,
+            "price_per_request": self.price_per_request,
+            "min_deposit": self.min_deposit,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Sla:
+        """Inverse of :meth:`to_fields`."""
+        return cls(
+            int(fields["price_per_kib"]),
+            int(fields["price_per_request"]),
+            int(fields["min_deposit"]),
+        )
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service published on a port."""
+
+    #: Free-form kind, e.g. ``"raw"``, ``"http"``, ``"jsonrpc"``.
+    kind: str
+    sla: Sla
+    #: 0 means unlimited.
+    max_connections: int
+    #: Admitted and not yet closed.
+    open_connections: int
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """A host's firewall policy."""
+
+    mode: FirewallMode
+    #: Allow list, in insertion order.
+    allow: tuple[str, ...]
+    #: Deny list (always wins), in insertion order.
+    deny: tuple[str, ...]
+    #: 0 means unlimited.
+    max_connections_per_client: int
+    #: Per-client rate limits, enforced off-chain; 0 means unlimited.
+    max_bytes_per_sec: int
+    max_requests_per_sec: int
+
+    def permits(self, client: str) -> bool:
+        """The firewall decision: deny wins, then allow-all or the allow list."""
+        if client in self.deny:
+            return False
+        return self.mode == FirewallMode.ALLOW_ALL or client in self.allow
+
+
+@dataclass(frozen=True)
+class Host:
+    """A DTP host (shared)."""
+
+    id: str
+    version: int
+    authority: str
+    #: X25519 Noise static public key, 32 bytes.
+    noise_static_key: bytes
+    endpoints: tuple[bytes, ...]
+    services: Mapping[int, Service]
+    firewall: Firewall
+    open_connections: int
+    #: Open connections per client (clients with none are absent).
+    client_connections: Mapping[str, int] = field(default_factory=dict)
+
+    def permits(self, client: str) -> bool:
+        """Whether the firewall lets ``client`` open connections (ignoring limits)."""
+        return self.firewall.permits(client)
+
+    def connections_of(self, client: str) -> int:
+        """Open connections from ``client``."""
+        return self.client_connections.get(client, 0)
+
+
+@dataclass(frozen=True)
+class SpendingCap:
+    """A client's spending limit per epoch (shared, changed only by ``owner``)."""
+
+    id: str
+    version: int
+    owner: str
+    max_per_epoch: int
+    #: Charged during :attr:`epoch`.
+    spent: int
+    epoch: int
+
+    def remaining(self, current_epoch: int) -> int:
+        """MIST that can still be charged in ``current_epoch``."""
+        spent = self.spent if current_epoch == self.epoch else 0
+        return max(0, self.max_per_epoch - spent)
+
+
+@dataclass(frozen=True)
+class TransportControl:
+    """One connection's control object (shared); its ID is the connection ID."""
+
+    id: str
+    version: int
+    host: str
+    port: int
+    client: str
+    #: The host's authority when the connection opened; receives the payments.
+    server: str
+    sla: Sla
+    escrow: str
+    spending_cap: str
+    state: ConnectionState
+    #: Who half-closed (HalfClosed only).
+    half_closed_by: str | None
+    #: When the first close happened (HalfClosed and Closed).
+    half_closed_at_ms: int | None
+    #: When the connection became Closed.
+    closed_at_ms: int | None
+    opened_at_ms: int
+    settled: bool
+
+    @property
+    def connection_id(self) -> str:
+        """Same as :attr:`id`."""
+        return self.id
+
+    @property
+    def state_code(self) -> int:
+        """0 Open, 1 HalfClosed, 2 Closed."""
+        return int(self.state)
+
+
+@dataclass(frozen=True)
+class Escrow:
+    """One connection's deposit (shared)."""
+
+    id: str
+    version: int
+    connection: str
+    client: str
+    client_public_key: bytes
+    server: str
+    spending_cap: str
+    sla: Sla
+    #: MIST currently held: ``deposited - claimed - refunded``.
+    balance: int
+    deposited: int
+    claimed: int
+    refunded: int
+    latest_nonce: int
+    settled: bool
+
+
+@dataclass(frozen=True)
+class InnerPipe:
+    """One lane of a pipe."""
+
+    index: int
+    next_seq: int
+    acked: int
+
+    @property
+    def in_flight(self) -> int:
+        """Records sent and not yet acknowledged."""
+        return self.next_seq - self.acked
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """The sending side's pipe (owned by :attr:`owner`)."""
+
+    id: str
+    version: int
+    connection: str
+    owner: str
+    inners: tuple[InnerPipe, ...]
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """A broadcast channel and its listeners' pool (shared)."""
+
+    id: str
+    version: int
+    broadcaster: str
+    channel: str
+    slot_price: int
+    slot_ms: int
+    start_ms: int
+    next_slot: int
+    paid_slots: int
+    #: Listeners' money not yet earned (as last accounted).
+    pool: int
+    #: Earned and not yet claimed (as last accounted).
+    earned: int
+    contributions: Mapping[str, int]
+    total_contributed: int
+    next_seq: int
+    cancelled: bool
+    refund_base: int
+    outstanding: int
+
+    def slot_at(self, now_ms: int) -> int:
+        """Index of the slot in progress at ``now_ms``."""
+        return 0 if now_ms < self.start_ms else (now_ms - self.start_ms) // self.slot_ms
+
+    def is_on_air(self, now_ms: int) -> bool:
+        """Whether the pool covers the slot in progress at ``now_ms`` (after accrual)."""
+        if self.cancelled:
+            return False
+        current = self.slot_at(now_ms)
+        paid = 0
+        if current > self.next_slot:
+            paid = min(current - self.next_slot, self.pool // self.slot_price)
+        return self.pool - paid * self.slot_price >= self.slot_price
+
+
+#: Any object a ledger returns from ``get_object``.
+ChainObject = Host | SpendingCap | TransportControl | Escrow | Pipe | Broadcast
+
+
+@dataclass(frozen=True)
+class OpenedConnection:
+    """What ``open_connection`` creates."""
+
+    connection_id: str
+    escrow_id: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The outcome of ``settle`` / ``settle_with_receipt``."""
+
+    #: Paid to the server by this call (the final receipt; 0 for ``settle``).
+    paid: int
+    #: Total paid to the server over the connection's life.
+    claimed: int
+    #: Returned to the client by this settlement.
+    refunded: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Move event, as emitted (docs/escrow.md §11)."""
+
+    #: Opaque position; pass it to ``events`` / ``wait_events`` to read what follows.
+    cursor: str
+    #: Full type, e.g. ``"dtp::escrow::ReceiptClaimed"``.
+    type: str
+    #: The Move struct's fields: IDs/addresses as ``0x`` hex strings, integers as int,
+    #: ``vector<u8>`` as bytes, ``String`` as str, nested structs (``Sla``) as dicts.
+    fields: Mapping[str, Any]
+    #: Transaction sender.
+    sender: str
+    #: Transaction digest (base58, as Sui shows digests).
+    tx_digest: str
+    #: Clock time of the transaction.
+    timestamp_ms: int
+
+    @property
+    def name(self) -> str:
+        """The struct name alone, e.g. ``"ReceiptClaimed"``."""
+        return self.type.rsplit("::", 1)[-1]
+
+    @property
+    def module(self) -> str:
+        """The module, e.g. ``"escrow"``."""
+        return self.type.split("::")[1]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events to return; every given criterion must match (None matches all)."""
+
+    #: Struct name (``"ReceiptClaimed"``) or full type (``"dtp::escrow::ReceiptClaimed"``).
+    type: str | None = None
+    #: Module (``"escrow"``).
+    module: str | None = None
+    sender: str | None = None
+    #: An ID or address that must appear as one of the event's field values.
+    object_id: str | None = None
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` passes this filter."""
+        if self.type is not None and self.type not in (event.type, event.name):
+            return False
+        if self.module is not None and self.module != event.module:
+            return False
+        if self.sender is not None and self.sender != event.sender:
+            return False
+        return self.object_id is None or self.object_id in event.fields.values()

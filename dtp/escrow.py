@@ -1,0 +1,358 @@
+"""Fees, receipts and metering (docs/escrow.md §3 and §6).
+
+- :func:`fee` — the fee of a usage under an SLA, exactly as Move computes it.
+- :func:`receipt_message` — the 79 bytes a client signs for a receipt.
+- :class:`Receipt` — a signed cumulative receipt, with a fixed-size binary encoding for
+  RECEIPT frames (:meth:`Receipt.encode` / :meth:`Receipt.decode`).
+- :func:`check_receipt` — the server's off-chain check of a received receipt, with the
+  same rules (and error names) as ``escrow::claim``.
+- :class:`Meter` — the client side: usage in, cumulative signed receipts out, at a
+  configurable cadence, never beyond the deposit.
+
+Nothing here reads the clock: times are passed in (milliseconds).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dtp.chain.objects import Sla
+from dtp.errors import InsufficientFunds, MalformedReceipt, move_error
+
+if TYPE_CHECKING:
+    from dtp.keys import HostIdentity
+
+__all__ = [
+    "RECEIPT_DOMAIN",
+    "RECEIPT_ENCODED_SIZE",
+    "RECEIPT_MESSAGE_SIZE",
+    "U64_MAX",
+    "Meter",
+    "Receipt",
+    "check_receipt",
+    "fee",
+    "object_id_bytes",
+    "receipt_message",
+]
+
+#: Domain tag at the start of every receipt message.
+RECEIPT_DOMAIN: Final = b"DTP-RECEIPT-V1"
+#: Size of :func:`receipt_message`'s output.
+RECEIPT_MESSAGE_SIZE: Final = 79
+#: Version byte of :meth:`Receipt.encode`.
+RECEIPT_ENCODING_VERSION: Final = 1
+_ENCODING: Final = struct.Struct("<B32sQQQQ64s")
+#: Size of :meth:`Receipt.encode`'s output (fits a RECEIPT frame's 1024 bytes).
+RECEIPT_ENCODED_SIZE: Final = _ENCODING.size
+U64_MAX: Final = 2**64 - 1
+_MESSAGE: Final = struct.Struct("<15s32sQQQQ")
+
+
+def fee(sla: Sla, total_bytes: int, total_requests: int) -> int:
+    """``ceil(total_bytes * price_per_kib / 1024) + total_requests * price_per_request``.
+
+    Exact integer arithmetic (Move uses u128). With 10/KiB and 5/request:
+    fee(0, 0) = 0, fee(1, 0) = 1, fee(1024, 0) = 10, fee(1025, 1) = 16.
+    """
+    if total_bytes < 0 or total_requests < 0:
+        raise ValueError("usage cannot be negative")
+    byte_part = (total_bytes * sla.price_per_kib + 1023) // 1024
+    return byte_part + total_requests * sla.price_per_request
+
+
+def object_id_bytes(object_id: str) -> bytes:
+    """The 32 raw bytes of an object ID given as ``0x`` + hex (short forms are left-padded
+    with zeros, as Sui does). Raises :class:`dtp.errors.InvalidObjectId`."""
+    from dtp.errors import InvalidObjectId
+
+    text = object_id.strip() if isinstance(object_id, str) else ""
+    if not text.lower().startswith("0x") or not 2 < len(text) <= 66:
+        raise InvalidObjectId(f"{object_id!r} is not an object ID (0x followed by 1-64 hex digits)")
+    digits = text[2:]
+    try:
+        value = bytes.fromhex(digits.rjust(64, "0"))
+    except ValueError:
+        raise InvalidObjectId(f"{object_id!r} is not an object ID (not hexadecimal)") from None
+    return value
+
+
+def _check_u64(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name} must be an integer in 0..2**64-1, got {value!r}")
+
+
+def receipt_message(
+    connection_id: str | bytes,
+    total_bytes: int,
+    total_requests: int,
+    total_amount: int,
+    nonce: int,
+) -> bytes:
+    """The exact 79 bytes a client signs (docs/escrow.md §6): BCS of the domain tag, the
+    connection ID (32 raw bytes) and four u64 little-endian."""
+    raw = object_id_bytes(connection_id) if isinstance(connection_id, str) else connection_id
+    if len(raw) != 32:
+        raise ValueError("a connection ID is 32 bytes")
+    for name, value in (
+        ("total_bytes", total_bytes),
+        ("total_requests", total_requests),
+        ("total_amount", total_amount),
+        ("nonce", nonce),
+    ):
+        _check_u64(name, value)
+    domain = bytes([len(RECEIPT_DOMAIN)]) + RECEIPT_DOMAIN
+    return _MESSAGE.pack(domain, bytes(raw), total_bytes, total_requests, total_amount, nonce)
+
+
+def _verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(bytes(signature), message)
+    except (_CryptoInvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A cumulative receipt for one connection, signed by its client (raw Ed25519)."""
+
+    #: The connection (TransportControl) ID, ``0x`` + 64 hex.
+    connection_id: str
+    total_bytes: int
+    total_requests: int
+    #: Cumulative MIST; must equal ``fee(sla, total_bytes, total_requests)``.
+    total_amount: int
+    #: Strictly increasing per connection.
+    nonce: int
+    #: 64-byte Ed25519 signature over :meth:`message` (empty until signed).
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        """The 79 bytes to sign."""
+        return receipt_message(
+            self.connection_id,
+            self.total_bytes,
+            self.total_requests,
+            self.total_amount,
+            self.nonce,
+        )
+
+    def sign(self, identity: HostIdentity) -> Receipt:
+        """A copy signed with ``identity``'s Ed25519 key."""
+        return replace(self, signature=identity.sign(self.message()))
+
+    def verify(self, public_key: bytes) -> bool:
+        """Whether the signature verifies against ``public_key`` (32 raw bytes)."""
+        return _verify_ed25519(public_key, self.signature, self.message())
+
+    def encode(self) -> bytes:
+        """Fixed-size binary form for RECEIPT frames: version (1) || connection ID (32) ||
+        total_bytes, total_requests, total_amount, nonce (u64 LE each) || signature (64);
+        :data:`RECEIPT_ENCODED_SIZE` bytes."""
+        if len(self.signature) != 64:
+            raise ValueError("only a signed receipt (64-byte signature) can be encoded")
+        self.message()  # validates the ID and the ranges
+        return _ENCODING.pack(
+            RECEIPT_ENCODING_VERSION,
+            object_id_bytes(self.connection_id),
+            self.total_bytes,
+            self.total_requests,
+            self.total_amount,
+            self.nonce,
+            bytes(self.signature),
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Receipt:
+        """Inverse of :meth:`encode`; raises :class:`dtp.errors.MalformedReceipt`."""
+        raw = bytes(data)
+        if len(raw) != RECEIPT_ENCODED_SIZE:
+            raise MalformedReceipt(
+                f"An encoded receipt is {RECEIPT_ENCODED_SIZE} bytes, got {len(raw)}."
+            )
+        version, conn, total_bytes, total_requests, amount, nonce, sig = _ENCODING.unpack(raw)
+        if version != RECEIPT_ENCODING_VERSION:
+            raise MalformedReceipt(f"Unknown receipt encoding version {version}.")
+        return cls("0x" + conn.hex(), total_bytes, total_requests, amount, nonce, sig)
+
+
+def check_receipt(
+    receipt: Receipt,
+    *,
+    connection_id: str,
+    sla: Sla,
+    public_key: bytes,
+    deposited: int,
+    claimed: int = 0,
+    latest_nonce: int = 0,
+) -> int:
+    """The server's check of a receipt before keeping it, with ``escrow::claim``'s rules
+    in its order (nonce, signature, amount, deposit, cumulative); returns what claiming it
+    would pay (``total_amount - claimed``).
+
+    Raises :class:`dtp.errors.ReplayedReceipt` / :class:`dtp.errors.InvalidReceipt` with
+    the Move error names; a receipt for another connection fails as ``EBadSignature``,
+    exactly as on chain (the message binds the connection ID).
+    """
+    if receipt.nonce <= latest_nonce:
+        raise move_error("escrow", "EReplayedReceipt", f"nonce {receipt.nonce} <= {latest_nonce}")
+    message = receipt_message(
+        connection_id,
+        receipt.total_bytes,
+        receipt.total_requests,
+        receipt.total_amount,
+        receipt.nonce,
+    )
+    if not _verify_ed25519(public_key, receipt.signature, message):
+        raise move_error("escrow", "EBadSignature", f"connection {connection_id}")
+    expected = fee(sla, receipt.total_bytes, receipt.total_requests)
+    if receipt.total_amount != expected:
+        raise move_error(
+            "escrow", "EAmountMismatch", f"receipt says {receipt.total_amount}, fee is {expected}"
+        )
+    if receipt.total_amount > deposited:
+        raise move_error(
+            "escrow",
+            "EReceiptExceedsDeposit",
+            f"{receipt.total_amount} MIST against a deposit of {deposited}",
+        )
+    if receipt.total_amount < claimed:
+        raise move_error(
+            "escrow",
+            "EReceiptNotCumulative",
+            f"{receipt.total_amount} MIST, {claimed} already claimed",
+        )
+    return receipt.total_amount - claimed
+
+
+class Meter:
+    """The client's meter for one connection: usage in, signed cumulative receipts out.
+
+    A receipt is issued when, since the last one, at least ``every_bytes`` bytes or
+    ``every_requests`` requests were used or ``every_ms`` milliseconds passed with unpaid
+    usage (a zero setting disables that trigger). Usage that would make the total fee
+    exceed the deposit is refused with :class:`dtp.errors.InsufficientFunds` before it
+    is counted: the caller must :meth:`top_up` first (after ``escrow::top_up``), so no
+    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` and increase by one
+    per receipt.
+    """
+
+    def __init__(
+        self,
+        identity: HostIdentity,
+        connection_id: str,
+        sla: Sla,
+        deposit: int,
+        *,
+        every_bytes: int = 64 * 1024,
+        every_requests: int = 0,
+        every_ms: int = 0,
+        start_nonce: int = 1,
+        now_ms: int = 0,
+    ) -> None:
+        object_id_bytes(connection_id)
+        if min(deposit, every_bytes, every_requests, every_ms) < 0 or start_nonce < 1:
+            raise ValueError("meter settings must be non-negative and start_nonce >= 1")
+        self._identity = identity
+        self.connection_id = connection_id
+        self.sla = sla
+        self.deposit = deposit
+        self.every_bytes = every_bytes
+        self.every_requests = every_requests
+        self.every_ms = every_ms
+        self.total_bytes = 0
+        self.total_requests = 0
+        self._next_nonce = start_nonce
+        self._receipted = (0, 0)
+        self._last_receipt_ms = now_ms
+        self.latest: Receipt | None = None
+
+    @property
+    def total_amount(self) -> int:
+        """The fee of all usage counted so far."""
+        return fee(self.sla, self.total_bytes, self.total_requests)
+
+    @property
+    def remaining(self) -> int:
+        """MIST of the deposit not yet committed to usage."""
+        return self.deposit - self.total_amount
+
+    def affordable_bytes(self) -> int:
+        """How many more bytes (without requests) the deposit covers."""
+        if self.sla.price_per_kib == 0:
+            return U64_MAX - self.total_bytes
+        budget = self.deposit - self.total_requests * self.sla.price_per_request
+        # largest b with ceil(b * price / 1024) <= budget
+        most = budget * 1024 // self.sla.price_per_kib
+        return max(0, min(most, U64_MAX) - self.total_bytes)
+
+    def top_up(self, amount: int) -> None:
+        """Raise the deposit after an ``escrow::top_up`` of ``amount``."""
+        if amount < 0:
+            raise ValueError("a top-up cannot be negative")
+        self.deposit += amount
+
+    def record(self, now_ms: int, nbytes: int = 0, requests: int = 0) -> Receipt | None:
+        """Count usage at time ``now_ms``; return a new receipt when the cadence says so.
+
+        Raises :class:`dtp.errors.InsufficientFunds` (and counts nothing) when the new
+        total fee would exceed the deposit.
+        """
+        if nbytes < 0 or requests < 0:
+            raise ValueError("usage cannot be negative")
+        new_bytes = self.total_bytes + nbytes
+        new_requests = self.total_requests + requests
+        if new_bytes > U64_MAX or new_requests > U64_MAX:
+            raise ValueError("usage beyond u64")
+        cost = fee(self.sla, new_bytes, new_requests)
+        if cost > self.deposit:
+            raise InsufficientFunds(
+                f"Usage would cost {cost} MIST but connection {self.connection_id} has a "
+                f"deposit of {self.deposit}; top up first.",
+                name="DepositExhausted",
+                module="meter",
+            )
+        self.total_bytes, self.total_requests = new_bytes, new_requests
+        return self.poll(now_ms)
+
+    def poll(self, now_ms: int) -> Receipt | None:
+        """Return a receipt if the cadence is due at ``now_ms`` (e.g. from a timer)."""
+        if not self._unpaid():
+            return None
+        done_bytes, done_requests = self._receipted
+        due = (
+            (self.every_bytes > 0 and self.total_bytes - done_bytes >= self.every_bytes)
+            or (
+                self.every_requests > 0
+                and self.total_requests - done_requests >= self.every_requests
+            )
+            or (self.every_ms > 0 and now_ms - self._last_receipt_ms >= self.every_ms)
+        )
+        return self.flush(now_ms) if due else None
+
+    def flush(self, now_ms: int) -> Receipt | None:
+        """A receipt for all usage so far, unless the last one already covers it."""
+        if not self._unpaid():
+            return None
+        receipt = Receipt(
+            self.connection_id,
+            self.total_bytes,
+            self.total_requests,
+            self.total_amount,
+            self._next_nonce,
+        ).sign(self._identity)
+        self._next_nonce += 1
+        self._receipted = (self.total_bytes, self.total_requests)
+        self._last_receipt_ms = now_ms
+        self.latest = receipt
+        return receipt
+
+    def _unpaid(self) -> bool:
+        return (self.total_bytes, self.total_requests) != self._receipted

@@ -1,0 +1,146 @@
+"""The chain CLI (dtp.chain.cli.register) against a temporary ledger and identity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.chain.cli import SUI_INSTALL_HINT, register
+from dtp.chain.local import LocalLedger
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtp")
+    register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+class Cli:
+    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.ledger = tmp / "ledger.sqlite"
+        self.identity = tmp / "id.json"
+        self.capsys = capsys
+
+    def __call__(self, *argv: str, code: int = 0) -> str:
+        args = make_parser().parse_args(
+            [*argv, "--ledger-path", str(self.ledger), "--identity", str(self.identity)]
+        )
+        assert args.func(args) == code
+        out, err = self.capsys.readouterr()
+        return out if code == 0 else err
+
+    def json(self, *argv: str) -> Any:
+        return json.loads(self(*argv, "--json"))
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
+    return Cli(tmp_path, capsys)
+
+
+def test_keys(cli: Cli) -> None:
+    created = cli.json("keys", "new")
+    assert created["sui_address"].startswith("0x") and len(created["sui_address"]) == 66
+    shown = cli.json("keys", "show")
+    assert shown["sui_address"] == created["sui_address"]
+    assert "sui address: 0x" in cli("keys", "show")
+    assert "exists" in cli("keys", "new", code=1)  # no silent overwrite
+    assert cli.json("keys", "new", "--force")["sui_address"] != created["sui_address"]
+
+
+def test_localnet_host_service(cli: Cli) -> None:
+    address = cli.json("keys", "new")["sui_address"]
+    status = cli.json("localnet", "status")
+    assert status["epoch"] == 0 and status["minted_mist"] == 0
+    assert cli.json("localnet", "faucet", "--amount", "500")["balance_mist"] == 500
+    assert cli.json("localnet", "advance-epoch")["epoch"] == 1
+    before = cli.json("localnet", "status")["clock_ms"]
+    assert cli.json("localnet", "advance-clock", "60000")["clock_ms"] >= before + 60000
+
+    host = cli.json("host", "create", "--endpoint", "tcp://127.0.0.1:7000")["host"]
+    cli(
+        "service",
+        "add",
+        host,
+        "7",
+        "--price-per-kib",
+        "10",
+        "--price-per-request",
+        "5",
+        "--min-deposit",
+        "1000",
+    )
+    cli(
+        "host",
+        "set",
+        host,
+        "--firewall",
+        "allow-listed",
+        "--allow",
+        address,
+        "--max-connections-per-client",
+        "2",
+    )
+    shown = cli.json("host", "show", host)
+    assert shown["authority"] == address
+    assert shown["endpoints"] == ["tcp://127.0.0.1:7000"]
+    assert shown["firewall"]["mode"] == "allow-listed"
+    assert shown["firewall"]["allow"] == [address]
+    assert shown["firewall"]["max_connections_per_client"] == 2
+    assert shown["services"]["7"]["sla"]["price_per_kib"] == 10
+    assert f"id: {host}" in cli("host", "show", host)
+
+    ledger = LocalLedger(cli.ledger)
+    assert ledger.balance(address) == 500
+    assert ledger.get_host(host).services[7].sla.min_deposit == 1000
+    status = cli.json("localnet", "status")
+    assert status["objects"] == {"Host": 1}
+    ledger.close()
+
+
+def test_errors_are_one_line(cli: Cli) -> None:
+    cli("keys", "new")
+    assert "not a valid object ID" in cli("host", "show", "nope", code=1)
+    assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
+    assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
+    assert "not configured" in cli("localnet", "status", "--ledger", "sui", code=1)
+
+
+def test_identity_missing(cli: Cli) -> None:
+    err = cli("host", "create", code=1)
+    assert str(cli.identity) in err
+
+
+def test_deploy_without_sui(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    err = cli("deploy", "--network", "localnet", code=1)
+    assert err.strip() == SUI_INSTALL_HINT
+    assert err.count(". ") == 0 and "install" in err  # one sentence
+    err = cli("deploy", "--network", "devnet", "--sui-bin", "/nonexistent/sui", code=1)
+    assert err.strip() == SUI_INSTALL_HINT
+
+
+def test_deploy_with_fake_sui(cli: Cli, tmp_path: Path) -> None:
+    fake = tmp_path / "sui"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '  "client active-env") echo localnet ;;\n'
+        '  "move build") echo built ;;\n'
+        '  "client publish") echo \'{"digest": "D1", "objectChanges": '
+        '[{"type": "published", "packageId": "0xabc"}]}\' ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    result = cli.json("deploy", "--network", "localnet", "--sui-bin", str(fake))
+    assert result["package_id"] == "0xabc"
+    records = json.loads(Path(result["recorded_in"]).read_text())
+    assert records["localnet"] == {"package_id": "0xabc", "digest": "D1"}
+    err = cli("deploy", "--network", "testnet", "--sui-bin", str(fake), code=1)
+    assert "sui client switch --env testnet" in err

@@ -1,0 +1,297 @@
+"""Run every scenario of tests/scenarios/*.toml on LocalLedger (format: the README there).
+
+Each step's outcome is checked: ``returns``, ``error`` (module::EName, and the ledger's
+full state unchanged afterwards), every ``check``, the events each successful step emits,
+and MIST conservation after every step. An unknown op or check key fails the test: the
+runner supports the whole table or says what it lacks.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Event, Sla
+from dtp.errors import ChainError
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+SEEDS = {
+    "client": 0x11,
+    "mallory": 0x22,
+    "server": 0x33,
+    "other": 0x44,
+    "listener_a": 0x55,
+    "listener_b": 0x66,
+}
+ACTORS = {
+    name: HostIdentity.from_private_bytes(bytes([s]) * 32, bytes([s]) * 32)
+    for name, s in SEEDS.items()
+}
+PORT = 7
+HOST_SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
+
+# The events a successful step must emit, by op (in this order, possibly among others).
+EXPECTED_EVENTS: dict[str, list[str]] = {
+    "create_cap": ["SpendingCapCreated"],
+    "open": ["ConnectionOpened"],
+    "claim": ["SpendingCapCharged", "ReceiptClaimed"],
+    "finalize": ["ConnectionClosed"],
+    "settle": ["EscrowRefunded", "ConnectionSettled"],
+    "settle_with_receipt": ["ReceiptClaimed", "EscrowRefunded", "ConnectionSettled"],
+    "deny": ["HostUpdated"],
+    "allow": ["HostUpdated"],
+    "set_firewall_mode": ["HostUpdated"],
+    "set_client_limits": ["HostUpdated"],
+    "broadcast_create": ["BroadcastCreated"],
+    "contribute": ["BroadcastContributed"],
+    "transmit": ["BroadcastTransmitted"],
+    "broadcast_claim": ["BroadcastClaimed"],
+    "broadcast_cancel": ["BroadcastCancelled"],
+    "broadcast_withdraw": ["ContributionRefunded"],
+}
+
+
+def load_scenarios() -> list[dict[str, Any]]:
+    scenarios = []
+    for path in sorted(SCENARIO_DIR.glob("*.toml")):
+        with path.open("rb") as f:
+            for scenario in tomllib.load(f)["scenario"]:
+                scenario["_file"] = path.name
+                scenarios.append(scenario)
+    return scenarios
+
+
+SCENARIOS = load_scenarios()
+
+
+def test_scenario_names_unique_and_present() -> None:
+    names = [s["name"] for s in SCENARIOS]
+    assert len(names) == len(set(names))
+    assert names, "no scenarios found"
+
+
+class Runner:
+    """Executes one scenario on a fresh LocalLedger."""
+
+    def __init__(self, scenario: dict[str, Any]) -> None:
+        self.scenario = scenario
+        self.ledger = LocalLedger(":memory:", clock_ms=0)
+        self.caps: dict[str, str] = {}
+        self.conns: dict[str, str] = {}
+        self.host_id: str | None = None
+        self.broadcast_id: str | None = None
+        self.cursor: str | None = None
+        self.minted = 0
+
+    def addr(self, actor: str) -> str:
+        return ACTORS[actor].sui_address
+
+    # setup
+
+    def setup(self) -> None:
+        setup = self.scenario["setup"]
+        fixture = setup["fixture"]
+        if fixture == "none":
+            assert set(setup) == {"fixture"}, f"unknown setup keys {setup}"
+            return
+        assert fixture == "host", f"unknown fixture {fixture!r}"
+        known = {"fixture", "service_max_connections", "cap_max_per_epoch", "client_funds"}
+        assert set(setup) <= known, f"unknown setup keys {set(setup) - known}"
+        server, client = ACTORS["server"], ACTORS["client"]
+        self.host_id = self.ledger.create_host(server, b"\x01" * 32, ["tcp://127.0.0.1:7000"])
+        self.ledger.add_service(
+            server, self.host_id, PORT, "raw", HOST_SLA, setup["service_max_connections"]
+        )
+        self.caps["client"] = self.ledger.create_spending_cap(client, setup["cap_max_per_epoch"])
+        self.fund("client", setup["client_funds"])
+        self.cursor = self.ledger.events()[1]
+
+    def fund(self, actor: str, amount: int) -> None:
+        self.ledger.faucet(self.addr(actor), amount)
+        self.minted += amount
+
+    # steps
+
+    def receipt(self, conn: str, spec: dict[str, Any]) -> Receipt:
+        assert set(spec) == {"total_bytes", "total_requests", "total_amount", "nonce", "signer"}
+        return Receipt(
+            self.conns[conn],
+            spec["total_bytes"],
+            spec["total_requests"],
+            spec["total_amount"],
+            spec["nonce"],
+        ).sign(ACTORS[spec["signer"]])
+
+    def op(self, step: dict[str, Any]) -> Callable[[], Any]:
+        ledger, op = self.ledger, step["op"]
+        by = ACTORS[step["by"]] if "by" in step else None
+        host = self.host_id or ""
+
+        def conn() -> str:
+            return self.conns[step["conn"]]
+
+        table: dict[str, Callable[[], Any]] = {
+            "fund": lambda: self.fund(step["to"], step["amount"]),
+            "create_cap": lambda: self.caps.__setitem__(
+                step["by"], ledger.create_spending_cap(by, step["max_per_epoch"])
+            ),
+            "open": lambda: self.open(step),
+            "claim": lambda: ledger.claim(
+                by,
+                ledger.get_connection(conn()).escrow,
+                self.receipt(step["conn"], step["receipt"]),
+            ),
+            "close": lambda: ledger.close_connection(by, conn()),
+            "finalize": lambda: ledger.finalize(by, conn()),
+            "settle": lambda: ledger.settle(by, conn()).refunded,
+            "settle_with_receipt": lambda: (
+                ledger.settle_with_receipt(
+                    by, conn(), self.receipt(step["conn"], step["receipt"])
+                ).paid
+            ),
+            "deny": lambda: ledger.deny(by, host, self.addr(step["client"])),
+            "allow": lambda: ledger.allow(by, host, self.addr(step["client"])),
+            "set_firewall_mode": lambda: ledger.set_firewall_mode(by, host, step["mode"]),
+            "set_client_limits": lambda: ledger.set_client_limits(
+                by,
+                host,
+                step["max_connections_per_client"],
+                step["max_bytes_per_sec"],
+                step["max_requests_per_sec"],
+            ),
+            "set_clock": lambda: ledger.set_clock(step["ms"]),
+            "advance_clock": lambda: ledger.advance_clock(step["ms"]),
+            "next_epoch": ledger.advance_epoch,
+            "broadcast_create": lambda: self.create_broadcast(step),
+            "contribute": lambda: ledger.broadcast_contribute(by, self.bcast(), step["amount"]),
+            "transmit": lambda: ledger.broadcast_transmit(by, self.bcast(), step["data"].encode()),
+            "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
+            "broadcast_cancel": lambda: ledger.broadcast_cancel(by, self.bcast()),
+            "broadcast_withdraw": lambda: ledger.broadcast_withdraw(by, self.bcast()),
+            "check": lambda: self.check(step),
+        }
+        if op not in table:
+            pytest.fail(f"scenario {self.scenario['name']}: op {op!r} has no runner support")
+        return table[op]
+
+    def bcast(self) -> str:
+        assert self.broadcast_id is not None, "no broadcast created yet"
+        return self.broadcast_id
+
+    def open(self, step: dict[str, Any]) -> None:
+        actor = step["by"]
+        key = ACTORS["mallory"].ed25519_public if actor == "other" else None
+        opened = self.ledger.open_connection(
+            ACTORS[actor], self.host_id or "", PORT, self.caps[actor], step["deposit"], key
+        )
+        self.conns[step["conn"]] = opened.connection_id
+
+    def create_broadcast(self, step: dict[str, Any]) -> None:
+        self.broadcast_id = self.ledger.create_broadcast(
+            ACTORS[step["by"]], step["channel"], step["slot_price"], step["slot_ms"]
+        )
+
+    # checks
+
+    def check(self, step: dict[str, Any]) -> None:
+        known = {"op", "balances", "escrow", "connection", "cap", "host", "broadcast"}
+        unknown = set(step) - known
+        if unknown:
+            pytest.fail(f"check keys {unknown} have no runner support")
+        ledger = self.ledger
+        for actor, expected in step.get("balances", {}).items():
+            assert ledger.balance(self.addr(actor)) == expected, f"balance of {actor}"
+        if "escrow" in step:
+            spec = dict(step["escrow"])
+            escrow = ledger.get_escrow(ledger.get_connection(self.conns[spec.pop("conn")]).escrow)
+            for key, expected in spec.items():
+                assert key in {"balance", "claimed", "refunded", "latest_nonce", "settled"}, key
+                assert getattr(escrow, key) == expected, f"escrow.{key}"
+            assert escrow.balance == escrow.deposited - escrow.claimed - escrow.refunded
+        if "connection" in step:
+            spec = dict(step["connection"])
+            tc = ledger.get_connection(self.conns[spec.pop("conn")])
+            for key, expected in spec.items():
+                if key == "state":
+                    assert tc.state.label == expected
+                elif key == "settled":
+                    assert tc.settled == expected
+                else:
+                    pytest.fail(f"connection check key {key!r} has no runner support")
+        if "cap" in step:
+            spec = dict(step["cap"])
+            cap = ledger.get_cap(self.caps[spec.pop("owner")])
+            for key, expected in spec.items():
+                assert key in {"epoch", "spent", "max_per_epoch"}, key
+                assert getattr(cap, key) == expected, f"cap.{key}"
+        if "host" in step:
+            spec = dict(step["host"])
+            h = ledger.get_host(self.host_id or "")
+            for actor, expected in spec.pop("connections_of", {}).items():
+                assert h.connections_of(self.addr(actor)) == expected, f"connections_of {actor}"
+            for key, expected in spec.items():
+                assert key == "open_connections", key
+                assert h.open_connections == expected
+        if "broadcast" in step:
+            spec = dict(step["broadcast"])
+            b = ledger.get_broadcast(self.bcast())
+            for key, expected in spec.items():
+                if key == "on_air":
+                    assert ledger.is_on_air(b.id) == expected, "on_air"
+                elif key in ("earned", "pool"):
+                    assert getattr(b, key) == expected, f"broadcast.{key}"
+                else:
+                    pytest.fail(f"broadcast check key {key!r} has no runner support")
+
+    # driving
+
+    def new_events(self) -> list[Event]:
+        events, self.cursor = self.ledger.events(self.cursor)
+        return events
+
+    def assert_conserved(self) -> None:
+        audit = self.ledger.audit()
+        assert audit["minted"] == self.minted
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+    def run(self) -> None:
+        self.setup()
+        steps = self.scenario["step"]
+        for index, step in enumerate(steps):
+            where = f"{self.scenario['name']} step {index} ({step['op']})"
+            call = self.op(step)
+            if "error" in step:
+                assert index == len(steps) - 1, f"{where}: a failing step must be the last"
+                before = self.ledger.dump()
+                with pytest.raises(ChainError) as info:
+                    call()
+                assert info.value.qualified_name == step["error"], where
+                assert str(info.value), "errors carry a message"
+                assert self.ledger.dump() == before, f"{where}: state changed by a failed call"
+                assert self.new_events() == []
+                return
+            result = call()
+            if "returns" in step:
+                assert result == step["returns"], where
+            names = [e.name for e in self.new_events()]
+            expected = EXPECTED_EVENTS.get(step["op"], [])
+            it = iter(names)
+            assert all(name in it for name in expected), f"{where}: events {names}"
+            if step["op"] == "close":
+                assert names in (["ConnectionHalfClosed"], ["ConnectionClosed"]), where
+            if step["op"] in ("fund", "check", "set_clock", "advance_clock", "next_epoch"):
+                assert names == [], where
+            self.assert_conserved()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
+def test_scenario(scenario: dict[str, Any]) -> None:
+    Runner(scenario).run()
