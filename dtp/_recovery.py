@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
@@ -98,7 +99,7 @@ class AckTracker:
 class SentRecord:
     counter: int
     time_sent: float
-    items: list[tuple[object, ...]] = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)  # what to resend if lost (the caller's)
     ack_eliciting: bool = True
 
 
@@ -189,7 +190,7 @@ class LossRecovery:
             return None
         assert self.last_eliciting_sent is not None
         pto = self.smoothed_rtt + max(4 * self.rttvar, GRANULARITY) + MAX_ACK_DELAY
-        return self.last_eliciting_sent + pto * (2**self.pto_count)
+        return self.last_eliciting_sent + pto * (1 << self.pto_count)
 
     def on_pto(self) -> list[SentRecord]:
         """The probe timer fired: the two oldest ack-eliciting records in flight are

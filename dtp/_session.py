@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from dtp.connection import Connection, ConnectionConfig, error_for_termination
 from dtp.errors import ConnectionClosed, DTPError, StreamReset
@@ -37,6 +38,7 @@ from dtp.events import (
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EXTRAS = 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -164,7 +166,7 @@ class Session:
             raise StreamReset(stream_id, buf.send_stopped)
 
 
-def _bounded_append(queue: deque[object], item: object) -> None:
+def _bounded_append(queue: deque[T], item: T) -> None:
     if len(queue) >= MAX_QUEUED_EXTRAS:
         queue.popleft()  # the application is not consuming these: keep the newest
     queue.append(item)

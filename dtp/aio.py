@@ -175,11 +175,14 @@ class DTPStreamReader:
         buf = self._session.streams.get(self._stream_id)
         return buf.data if buf is not None else bytearray()
 
+    def _ended(self) -> bool:
+        """No more bytes will arrive (some may still be buffered)."""
+        buf = self._session.streams.get(self._stream_id)
+        return (buf is not None and buf.eof) or self._session.terminated is not None
+
     def at_eof(self) -> bool:
         """True when the peer half-closed and everything was read."""
-        buf = self._session.streams.get(self._stream_id)
-        ended = (buf is not None and buf.eof) or self._session.terminated is not None
-        return ended and not self._buffer()
+        return self._ended() and not self._buffer()
 
     async def _wait_readable(self) -> None:
         await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
@@ -189,7 +192,7 @@ class DTPStreamReader:
         if n == 0:
             return b""
         if n < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 await self._wait_readable()
                 chunk = self._take(1 << 30)
@@ -204,7 +207,7 @@ class DTPStreamReader:
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
         await self._proto.wait_for(
-            lambda: len(self._buffer()) >= n or self.at_eof() or self._reset_or_failed()
+            lambda: len(self._buffer()) >= n or self._ended() or self._reset_or_failed()
         )
         if len(self._buffer()) >= n:
             return self._take(n)
@@ -235,7 +238,7 @@ class DTPStreamReader:
                 return self._take(end)
             if len(buf) > _LIMIT:
                 raise asyncio.LimitOverrunError("separator not found within the limit", len(buf))
-            if self.at_eof() or self._reset_or_failed():
+            if self._ended() or self._reset_or_failed():
                 partial = self._take(len(buf)) if buf else b""
                 if not self.at_eof():
                     self._take(1)

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     version = sub.add_parser("version", help="print the version and core backend")
     version.set_defaults(func=_cmd_version)
+
+    from dtp.chain.cli import register as register_chain
+
+    register_chain(sub)
     return parser
 
 

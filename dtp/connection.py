@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -523,7 +523,7 @@ class Connection:
                     continue  # lossy carriers duplicate records: drop silently
                 self.records_received += 1
                 self._handle_record(record.counter, record.plaintext, now)
-                if self._state is ConnState.CLOSED:
+                if self.closed:  # a frame in the record ended the connection
                     return
             del self._inbuf[: result.consumed]
             if result.error is not None:
@@ -849,7 +849,7 @@ class Connection:
             frames_now.append(RawFrame(FRAME_PING))
 
         plaintexts: list[bytes] = []
-        items_per_record: list[list[tuple[object, ...]]] = []
+        items_per_record: list[list[_Item]] = []
         eliciting: list[bool] = []
         # control frames first, packed into as few records as fit
         if frames_now:
@@ -891,12 +891,12 @@ class Connection:
         self,
         frames: list[RawFrame],
         plaintexts: list[bytes],
-        items_per_record: list[list[tuple[object, ...]]],
+        items_per_record: list[list[_Item]],
         eliciting: list[bool],
     ) -> None:
         encoded = [_core.encode_frames([f]) for f in frames]
         current: list[bytes] = []
-        items: list[tuple[object, ...]] = []
+        items: list[_Item] = []
         size = 0
         any_eliciting = False
         for frame, blob in zip(frames, encoded, strict=True):
@@ -910,13 +910,10 @@ class Connection:
             if frame.type != FRAME_ACK:
                 any_eliciting = True
             if frame.type in _RETRANSMITTED_CONTROL:
-                items.append(("frame", frame))
-            elif frame.type == FRAME_MAX_DATA:
-                items.append(("max_data",))
-            elif frame.type == FRAME_MAX_STREAM_DATA:
-                items.append(("max_stream_data", frame.a))
-            elif frame.type == FRAME_MAX_STREAMS:
-                items.append(("max_streams",))
+                items.append(_ResendFrame(frame))
+            elif frame.type in (FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA, FRAME_MAX_STREAMS):
+                # credit is re-sent with its newest value, not the lost one
+                items.append(_ResendCredit(frame.type, frame.a))
         if current:
             plaintexts.append(b"".join(current))
             items_per_record.append(items)
@@ -925,7 +922,7 @@ class Connection:
     def _pack_streams(
         self,
         plaintexts: list[bytes],
-        items_per_record: list[list[tuple[object, ...]]],
+        items_per_record: list[list[_Item]],
         eliciting: list[bool],
     ) -> None:
         budget = MAX_RECORD_PLAINTEXT - MAX_STREAM_FRAME_OVERHEAD
@@ -981,7 +978,7 @@ class Connection:
         offset: int,
         length: int,
         plaintexts: list[bytes],
-        items_per_record: list[list[tuple[object, ...]]],
+        items_per_record: list[list[_Item]],
         eliciting: list[bool],
         retransmit: bool,
     ) -> None:
@@ -995,7 +992,7 @@ class Connection:
         header += _varint(stream.stream_id) + _varint(offset) + _varint(length)
         plaintexts.append(header + data)
         stream.announce = False
-        items_per_record.append([("stream", stream.stream_id, offset, length, fin)])
+        items_per_record.append([_StreamChunk(stream.stream_id, offset, length, fin)])
         eliciting.append(True)
         if retransmit:
             if length:
@@ -1023,16 +1020,15 @@ class Connection:
     def _on_acked(self, records: list[SentRecord]) -> None:
         for record in records:
             for item in record.items:
-                if item[0] != "stream":
+                if not isinstance(item, _StreamChunk):
                     continue
-                _, sid, offset, length, fin = item
-                stream = self._streams.get(sid)  # type: ignore[arg-type]
+                stream = self._streams.get(item.stream_id)
                 if stream is None:
                     continue
-                if length:  # type: ignore[operator]
-                    stream.acked.add(offset, offset + length - 1)  # type: ignore[operator]
+                if item.length:
+                    stream.acked.add(item.offset, item.offset + item.length - 1)
                     self._advance_acked(stream)
-                if fin:
+                if item.fin:
                     stream.fin_acked = True
                     self._maybe_forget(stream)
 
@@ -1047,32 +1043,34 @@ class Connection:
     def _requeue(self, lost: list[SentRecord]) -> None:
         for record in lost:
             for item in record.items:
-                kind = item[0]
-                if kind == "stream":
-                    _, sid, offset, length, fin = item
-                    stream = self._streams.get(sid)  # type: ignore[arg-type]
-                    if stream is None or stream.send_state is SendState.RESET:
-                        continue
-                    if length:  # type: ignore[operator]
-                        lo = max(offset, stream.base_offset)  # type: ignore[call-overload]
-                        hi = offset + length - 1  # type: ignore[operator]
-                        for alo, ahi in stream.acked.ranges:
-                            if alo <= lo and hi <= ahi:
-                                lo = hi + 1
-                        if lo <= hi:
-                            stream.retransmit.add(lo, hi)
-                    if fin and not stream.fin_acked:
-                        stream.fin_pending_resend = True
-                    if not length and not fin:
-                        stream.announce = True  # the lost record only opened the stream
-                elif kind == "frame":
-                    self._ctrl.append(item[1])  # type: ignore[arg-type]
-                elif kind == "max_data":
-                    self._pending_max_data = True
-                elif kind == "max_stream_data":
-                    self._pending_stream_credit.add(item[1])  # type: ignore[arg-type]
-                elif kind == "max_streams":
-                    self._pending_max_streams = True
+                if isinstance(item, _StreamChunk):
+                    self._requeue_chunk(item)
+                elif isinstance(item, _ResendFrame):
+                    self._ctrl.append(item.frame)
+                elif isinstance(item, _ResendCredit):
+                    if item.frame_type == FRAME_MAX_DATA:
+                        self._pending_max_data = True
+                    elif item.frame_type == FRAME_MAX_STREAM_DATA:
+                        self._pending_stream_credit.add(item.stream_id)
+                    else:
+                        self._pending_max_streams = True
+
+    def _requeue_chunk(self, item: _StreamChunk) -> None:
+        stream = self._streams.get(item.stream_id)
+        if stream is None or stream.send_state is SendState.RESET:
+            return
+        if item.length:
+            lo = max(item.offset, stream.base_offset)
+            hi = item.offset + item.length - 1
+            for alo, ahi in stream.acked.ranges:
+                if alo <= lo and hi <= ahi:
+                    lo = hi + 1
+            if lo <= hi:
+                stream.retransmit.add(lo, hi)
+        if item.fin and not stream.fin_acked:
+            stream.fin_pending_resend = True
+        if not item.length and not item.fin:
+            stream.announce = True  # the lost record only opened the stream
 
     # ----------------------------------------------------------------------------------
     # helpers
@@ -1147,6 +1145,30 @@ class Connection:
         self._terminated = ConnectionTerminated(code, reason, by_peer)
         self._events.append(self._terminated)
 
+
+class _StreamChunk(NamedTuple):
+    """Stream bytes a record carried (sent again from the stream's buffer if lost)."""
+
+    stream_id: int
+    offset: int
+    length: int
+    fin: bool
+
+
+class _ResendFrame(NamedTuple):
+    """A control frame sent again as it was."""
+
+    frame: RawFrame
+
+
+class _ResendCredit(NamedTuple):
+    """A flow-control credit frame (MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS)."""
+
+    frame_type: int
+    stream_id: int
+
+
+_Item = _StreamChunk | _ResendFrame | _ResendCredit
 
 _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}
 

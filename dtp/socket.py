@@ -715,38 +715,23 @@ class DTPServer:
         tune(tcp)
         session = Session(self._config)
         engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
-        conn = session.conn
         try:
-            with engine.lock:
-                engine.pump(
-                    lambda: (
-                        session.authenticated_address is not None or session.terminated is not None
-                    ),
-                    self._config.handshake_timeout,
-                )
-                if session.terminated is not None or session.authenticated_address is None:
-                    self.handshakes_failed += 1
-                    engine.abort(CloseCode.HANDSHAKE_FAILED, "handshake failed")
-                    return
-                verdict = self._run_hook(session.authenticated_address)
-                if verdict is not None:
-                    self.refused += 1
-                    conn.refuse(verdict)
-                    engine.flush()
-                    engine.pump(lambda: not engine.out, 1.0)
-                    engine.abort(CloseCode.REFUSED, verdict)
-                    return
-                conn.accept()
-                engine.flush()
-                session.process_events()
+            outcome, reason = self._authenticate(engine)
         except DTPError as exc:
-            self.handshakes_failed += 1
             logger.debug("handshake with %s failed: %s", peer, exc)
-            engine.abort(CloseCode.HANDSHAKE_FAILED, "handshake failed")
-            return
+            outcome, reason = "failed", "handshake failed"
         except Exception:
             logger.exception("handshake with %s failed", peer)
             engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        # the engine's lock is not held here: abort() and friends take it themselves
+        if outcome == "failed":
+            self.handshakes_failed += 1
+            engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
+            return
+        if outcome == "refused":
+            self.refused += 1
+            engine.abort(CloseCode.REFUSED, reason)
             return
         engine.start_timer()
         sock = DTPSocket(engine, 0, primary=True)
@@ -754,6 +739,28 @@ class DTPServer:
             self._ready.put(sock, timeout=self._config.handshake_timeout)
         except queue.Full:
             sock.abort("server busy")
+
+    def _authenticate(self, engine: _Engine) -> tuple[str, str]:
+        """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
+        reason)."""
+        session = engine.session
+        with engine.lock:
+            engine.pump(
+                lambda: session.authenticated_address is not None or session.terminated is not None,
+                self._config.handshake_timeout,
+            )
+            if session.terminated is not None or session.authenticated_address is None:
+                return "failed", "handshake failed"
+            verdict = self._run_hook(session.authenticated_address)
+            if verdict is not None:
+                session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
+                engine.flush()
+                engine.pump(lambda: not engine.out, 1.0)
+                return "refused", verdict
+            session.conn.accept()
+            engine.flush()
+            session.process_events()
+            return "accepted", ""
 
     def _run_hook(self, address: str) -> str | None:
         """None to accept, or the refusal reason."""
