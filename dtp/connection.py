@@ -1141,7 +1141,7 @@ class Connection:
             return
         self._state = ConnState.CLOSED
         self._held_events.clear()
-        self._inbuf.clear()
+        self._inbuf = bytearray()  # rebind, not clear(): a decoder may still view the old one
         self._terminated = ConnectionTerminated(code, reason, by_peer)
         self._events.append(self._terminated)
 

@@ -145,7 +145,11 @@ class Aead:
         a malformed header (its code) or a record that fails authentication (DECRYPT).
         Replays are reported with ``replayed=True`` and do not stop the walk.
         """
-        view = memoryview(buf).cast("B")
+        # views are released on every path, errors included (callers resize buffers)
+        with memoryview(buf) as base, base.cast("B") as view:
+            return self._open(view, max_records)
+
+    def _open(self, view: memoryview, max_records: int) -> OpenResult:
         cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
         records: list[OpenedRecord] = []
         pos = 0

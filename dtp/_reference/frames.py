@@ -187,8 +187,14 @@ def decode_frames(
     """
     if max_frames < 0 or max_ranges < 0:
         raise LocalProtocolError("max_frames and max_ranges must be >= 0", ErrorCode.ARG)
-    view = memoryview(buf)
-    view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+    # views are released on every path, errors included (callers resize their buffers)
+    with memoryview(buf) as base:
+        flat = base if base.c_contiguous else memoryview(base.tobytes())
+        with flat.cast("B") as view:
+            return _decode(view, complete, max_frames, max_ranges)
+
+
+def _decode(view: memoryview, complete: bool, max_frames: int, max_ranges: int) -> FrameBatch:
     frames: list[RawFrame] = []
     n_ranges = 0
     pos = 0

@@ -52,7 +52,13 @@ def check_header(buf: bytes | memoryview, pos: int) -> RecordHeader | ErrorCode:
 
 def parse_records(buf: bytes | bytearray | memoryview, max_records: int = 1024) -> RecordBatch:
     """Split a byte stream into whole records (see ``dtp_records_parse``)."""
-    view = memoryview(buf)
+    # the view is released on every path, errors included: callers resize their
+    # buffers right after (a live export would make that fail)
+    with memoryview(buf) as view:
+        return _parse(view, max_records)
+
+
+def _parse(view: memoryview, max_records: int) -> RecordBatch:
     cap = max(1, min(max_records, len(view) // RECORD_HEADER_LEN + 1))
     records: list[RecordHeader] = []
     pos = 0
