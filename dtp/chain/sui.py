@@ -677,7 +677,7 @@ class SuiLedger(Ledger):
         return int(out.event("ReceiptClaimed")["paid"])
 
     def _connection_refs(
-        self, connection_id: str, host_id: str | None, escrow_id: str | None = None
+        self, connection_id: str, host_id: str | None
     ) -> tuple[TransportControl, SharedRef, SharedRef]:
         tc = self.get_connection(connection_id)
         tc_ref = self._shared(tc.id, "TransportControl")
