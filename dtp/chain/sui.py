@@ -1,0 +1,924 @@
+"""SuiLedger: the :class:`~dtp.chain.ledger.Ledger` interface on a real Sui network.
+
+Every state-changing method reads the object references it needs from a full node
+(shared objects' initial shared versions, owned objects' versions and digests, the
+signer's gas coins, the reference gas price), builds the programmable transaction offline
+(:mod:`dtp.chain.sui_tx`), signs it with ``signer.sign_transaction`` and executes it over
+gRPC (:mod:`dtp.chain.sui_client`). Results come from the effects (created objects by
+type) and the events (amounts, sequence numbers); Move aborts become the same
+:class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``, through
+``dtp.errors.move_error_from_abort_code``.
+
+Differences from ``LocalLedger`` that callers see: gas is paid from the signer's SUI coins
+on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much); clock and epochs
+are the network's; event cursors are opaque hex strings of ``ListEvents`` watermarks.
+
+Configuration (:meth:`SuiLedger.from_env`): ``DTP_SUI_RPC`` (gRPC endpoint,
+``https://fullnode.testnet.sui.io:443`` or ``http://127.0.0.1:9000``), ``DTP_SUI_PACKAGE``
+(the published ``move/dtp`` package ID) and optionally ``DTP_SUI_KEY`` (a Sui keystring of
+a funded Ed25519 key, exposed as :attr:`SuiLedger.default_signer`; kept in memory only),
+``DTP_SUI_GAS_BUDGET`` (MIST per transaction) and ``DTP_SUI_TIMEOUT`` (seconds per call).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
+
+from dtp.chain import sui_tx
+from dtp.chain.ledger import Endpoint, Ledger
+from dtp.chain.local import normalize_id
+from dtp.chain.objects import (
+    Broadcast,
+    ChainObject,
+    Escrow,
+    Event,
+    EventFilter,
+    Host,
+    OpenedConnection,
+    Pipe,
+    Settlement,
+    Sla,
+    SpendingCap,
+    TransportControl,
+)
+from dtp.chain.sui_client import (
+    LedgerUnavailable,
+    NodeObject,
+    SuiNode,
+    parse_endpoint,
+    timestamp_ms,
+)
+from dtp.chain.sui_codec import (
+    OBJECT_LAYOUTS,
+    OBJECT_MODULES,
+    BcsDecodeError,
+    decode_event,
+    decode_object,
+    table_id,
+)
+from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
+from dtp.errors import (
+    ChainError,
+    InsufficientFunds,
+    InvalidArgument,
+    ObjectNotFound,
+    WrongSigner,
+    move_error_from_abort_code,
+)
+
+if TYPE_CHECKING:
+    from dtp.escrow import Receipt
+    from dtp.keys import HostIdentity
+
+__all__ = [
+    "DEFAULT_GAS_BUDGET",
+    "LedgerUnavailable",
+    "SuiConfig",
+    "SuiConfigError",
+    "SuiLedger",
+    "TxOutcome",
+    "event_from_proto",
+    "execution_error",
+    "parse_executed",
+    "select_gas",
+]
+
+#: Default gas budget per transaction, in MIST (0.05 SUI).
+DEFAULT_GAS_BUDGET: Final = 50_000_000
+#: Sui accepts at most this many gas payment coins.
+MAX_GAS_COINS: Final = 255
+T = TypeVar("T")
+
+
+class SuiConfigError(ChainError):
+    """``SuiLedger`` is not configured (missing or invalid settings)."""
+
+    name = "SuiNotConfigured"
+    module = "sui"
+
+
+@dataclass(frozen=True, repr=False)
+class SuiConfig:
+    """Where and how ``SuiLedger`` reaches Sui. Holds no key material as text."""
+
+    #: gRPC endpoint URL.
+    rpc: str
+    #: Published ``move/dtp`` package ID (the one calls go to).
+    package: str
+    #: The funded identity from ``DTP_SUI_KEY``, if any (see :attr:`SuiLedger.default_signer`).
+    key: HostIdentity | None = None
+    gas_budget: int = DEFAULT_GAS_BUDGET
+    #: Seconds per node call.
+    timeout: float = 30.0
+    #: Seconds between polls in ``wait_events``.
+    poll_interval: float = 1.0
+    #: The package that defines the types (the original ID, after upgrades); ``package``
+    #: when None.
+    type_package: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            parse_endpoint(self.rpc)
+        except ValueError as exc:
+            raise SuiConfigError(f"DTP_SUI_RPC: {exc}.") from None
+        try:
+            object.__setattr__(self, "package", normalize_id(self.package, "package ID"))
+            if self.type_package is not None:
+                object.__setattr__(
+                    self, "type_package", normalize_id(self.type_package, "package ID")
+                )
+        except ChainError as exc:
+            raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
+        if not 0 < self.gas_budget < 2**64:
+            raise SuiConfigError(f"The gas budget must be positive, got {self.gas_budget}.")
+
+    def __repr__(self) -> str:
+        key = self.key.sui_address if self.key is not None else None
+        return f"SuiConfig(rpc={self.rpc!r}, package={self.package!r}, key_address={key!r})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SuiConfig:
+        """From ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and the optional ``DTP_SUI_KEY``,
+        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``; raises :class:`SuiConfigError`."""
+        env = os.environ if env is None else env
+        rpc = env.get("DTP_SUI_RPC", "").strip()
+        package = env.get("DTP_SUI_PACKAGE", "").strip()
+        missing = [n for n, v in (("DTP_SUI_RPC", rpc), ("DTP_SUI_PACKAGE", package)) if not v]
+        if missing:
+            raise SuiConfigError(
+                f"SuiLedger is not configured: set {' and '.join(missing)} (the gRPC endpoint "
+                "of a Sui full node, e.g. https://fullnode.testnet.sui.io:443, and the ID of "
+                "the published move/dtp package)."
+            )
+        key = None
+        keystring = env.get("DTP_SUI_KEY", "").strip()
+        if keystring:
+            from dtp.keys import HostIdentity
+
+            try:
+                key = HostIdentity.from_sui_keystring(keystring)
+            except ValueError as exc:
+                raise SuiConfigError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
+        try:
+            budget = int(env.get("DTP_SUI_GAS_BUDGET", "") or DEFAULT_GAS_BUDGET)
+            timeout = float(env.get("DTP_SUI_TIMEOUT", "") or 30.0)
+        except ValueError as exc:
+            raise SuiConfigError(f"DTP_SUI_GAS_BUDGET / DTP_SUI_TIMEOUT: {exc}.") from None
+        return cls(rpc, package, key, budget, timeout)
+
+
+@dataclass(frozen=True)
+class TxOutcome:
+    """What one executed transaction did."""
+
+    digest: str
+    events: tuple[Event, ...]
+    #: Created object IDs by short type (``"dtp::host::Host"``).
+    created: Mapping[str, tuple[str, ...]]
+    #: Net gas paid: computation + storage - storage rebate, in MIST.
+    gas_cost: int
+    checkpoint: int | None = None
+
+    def event(self, name: str) -> Event:
+        """The first event named ``name`` (``KeyError`` if none)."""
+        for e in self.events:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def created_of(self, struct: str) -> str | None:
+        """The ID of the created object of struct ``struct`` (e.g. ``"Host"``), if any."""
+        for type_, ids in self.created.items():
+            if type_.rsplit("::", 1)[-1] == struct and ids:
+                return ids[0]
+        return None
+
+
+# -- pure helpers (offline-testable) ------------------------------------------------------------
+
+
+def _split_type(type_: str) -> tuple[str, str, str] | None:
+    parts = type_.split("::", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return normalize_id(parts[0], "package ID"), parts[1], parts[2]
+    except ChainError:
+        return None
+
+
+def short_type(type_: str, packages: Sequence[str]) -> str | None:
+    """``dtp::module::Name`` for a type of one of ``packages``; None for other types."""
+    parts = _split_type(type_)
+    if parts is None or parts[0] not in packages:
+        return None
+    return f"dtp::{parts[1]}::{parts[2]}"
+
+
+def event_from_proto(
+    ev: Any, packages: Sequence[str], cursor: str = "", timestamp_ms: int = 0, digest: str = ""
+) -> Event | None:
+    """An :class:`Event` from a ``sui.rpc.v2.Event`` (None when it is not a dtp event)."""
+    type_ = short_type(str(ev.event_type or ""), packages)
+    if type_ is None:
+        return None
+    _, module, name = type_.split("::")
+    data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
+    fields = decode_event(module, name, data)
+    sender = normalize_id(ev.sender, "address") if ev.sender else ""
+    return Event(
+        cursor,
+        type_,
+        fields,
+        sender,
+        str(ev.transaction_digest or digest),
+        timestamp_ms,
+    )
+
+
+def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainError:
+    """The exception for a failed execution status (``sui.rpc.v2.ExecutionError``)."""
+    kind = error.kind if error is not None else None
+    description = str(getattr(error, "description", "") or "")
+    kinds = sui_prot.ExecutionErrorExecutionErrorKind
+    if kind == kinds.MOVE_ABORT and error.abort is not None:
+        abort = error.abort
+        location = abort.location
+        package = getattr(location, "package", None)
+        module = str(getattr(location, "module", "") or "")
+        if package and normalize_id(package, "package ID") not in packages:
+            return ChainError(
+                f"Transaction aborted in {package}::{module} with code {abort.abort_code}: "
+                f"{detail}",
+                name="MoveAbort",
+                module=module or "sui",
+                code=abort.abort_code,
+            )
+        clever = abort.clever_error
+        if clever is not None and clever.error_code is not None:
+            return move_error_from_abort_code(int(clever.error_code), detail)
+        return move_error_from_abort_code(int(abort.abort_code or 0), detail)
+    if kind in (kinds.INSUFFICIENT_COIN_BALANCE, kinds.INSUFFICIENT_FUNDS_FOR_WITHDRAW):
+        return InsufficientFunds(
+            f"Not enough SUI: {description or detail}",
+            name="InsufficientCoinBalance",
+            module="sui",
+        )
+    if kind == kinds.INSUFFICIENT_GAS:
+        return InsufficientFunds(
+            f"The gas budget was exhausted: {description or detail}",
+            name="InsufficientGas",
+            module="sui",
+        )
+    name = kind.name if kind is not None else "ExecutionFailed"
+    return ChainError(
+        f"Transaction failed ({name}): {description or detail}", name=name, module="sui"
+    )
+
+
+def parse_executed(executed: Any, packages: Sequence[str], detail: str = "") -> TxOutcome:
+    """A :class:`TxOutcome` from an ``ExecutedTransaction``; raises the mapped
+    :class:`ChainError` if execution failed."""
+    if executed is None or executed.effects is None:
+        raise ChainError(f"The node returned no effects for {detail}.", name="NoEffects")
+    effects = executed.effects
+    digest = str(executed.digest or effects.transaction_digest or "")
+    status = effects.status
+    if status is None or not status.success:
+        raise execution_error(
+            status.error if status is not None else None, packages, f"{detail} (tx {digest})"
+        )
+    timestamp = timestamp_ms(executed.timestamp)
+    events: list[Event] = []
+    if executed.events is not None:
+        for ev in executed.events.events:
+            event = event_from_proto(ev, packages, "", timestamp, digest)
+            if event is not None:
+                events.append(event)
+    created: dict[str, list[str]] = {}
+    for co in effects.changed_objects:
+        if co.id_operation != sui_prot.ChangedObjectIdOperation.CREATED:
+            continue
+        type_ = short_type(str(co.object_type or ""), packages)
+        if type_ is not None:
+            created.setdefault(type_, []).append(normalize_id(co.object_id))
+    gas = effects.gas_used
+    gas_cost = 0
+    if gas is not None:
+        gas_cost = (
+            int(gas.computation_cost or 0)
+            + int(gas.storage_cost or 0)
+            - int(gas.storage_rebate or 0)
+        )
+    return TxOutcome(
+        digest,
+        tuple(events),
+        {k: tuple(v) for k, v in created.items()},
+        gas_cost,
+        executed.checkpoint,
+    )
+
+
+def select_gas(
+    coins: Sequence[tuple[OwnedRef, int]], needed: int, owner: str
+) -> tuple[OwnedRef, ...]:
+    """The fewest of ``coins`` (largest first) covering ``needed`` MIST (budget plus
+    what the transaction splits off); raises :class:`InsufficientFunds`."""
+    chosen: list[OwnedRef] = []
+    total = 0
+    for ref, value in sorted(coins, key=lambda c: -c[1]):
+        if total >= needed or len(chosen) >= MAX_GAS_COINS:
+            break
+        chosen.append(ref)
+        total += value
+    if total < needed or not chosen:
+        available = sum(v for _, v in coins)
+        raise InsufficientFunds(
+            f"Address {owner} has {available} MIST in SUI coins"
+            + ("" if total == available else f" ({total} usable as gas)")
+            + f", {needed} are needed (including the gas budget).",
+            name="InsufficientCoinBalance",
+            module="sui",
+        )
+    return tuple(chosen)
+
+
+# -- the ledger -----------------------------------------------------------------------------------
+
+
+class SuiLedger(Ledger):
+    """The ledger on a Sui network (see the module docs)."""
+
+    def __init__(self, config: SuiConfig) -> None:
+        """No I/O happens here; the first method call opens the gRPC channel."""
+        self.config = config
+        self.package = config.package
+        self._packages: tuple[str, ...] = tuple(
+            dict.fromkeys([config.package, config.type_package or config.package])
+        )
+        self._node = SuiNode(config.rpc, timeout=config.timeout)
+        self._tx_lock = threading.Lock()
+        self._checkpoint_ms: dict[int, int] = {}
+        #: The outcome of the last transaction this ledger executed.
+        self.last_outcome: TxOutcome | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SuiLedger:
+        """A ledger configured by ``DTP_SUI_*`` variables (see :meth:`SuiConfig.from_env`)."""
+        return cls(SuiConfig.from_env(env))
+
+    @property
+    def default_signer(self) -> HostIdentity | None:
+        """The identity of ``DTP_SUI_KEY``, if it was set."""
+        return self.config.key
+
+    def close(self) -> None:
+        self._node.close()
+
+    def __repr__(self) -> str:
+        return f"SuiLedger(rpc={self.config.rpc!r}, package={self.package!r})"
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def _load(self, object_id: str, struct: str | None) -> tuple[NodeObject, str]:
+        obj = self._node.get_object(normalize_id(object_id))
+        short = short_type(obj.type, self._packages)
+        name = short.rsplit("::", 1)[-1] if short is not None else None
+        if name not in OBJECT_LAYOUTS:
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a dtp object.")
+        assert name is not None
+        if struct is not None and name != struct:
+            raise ObjectNotFound(f"Object {obj.object_id} is a {name}, not a {struct}.")
+        return obj, name
+
+    def _shared(self, object_id: str, struct: str) -> SharedRef:
+        obj, _ = self._load(object_id, struct)
+        if obj.initial_shared_version is None:
+            raise ObjectNotFound(f"{struct} {obj.object_id} is not a shared object.")
+        return SharedRef(obj.object_id, obj.initial_shared_version)
+
+    def _owned(self, signer: HostIdentity, object_id: str, struct: str) -> OwnedRef:
+        obj, _ = self._load(object_id, struct)
+        if obj.owner != signer.sui_address:
+            raise WrongSigner(
+                f"{struct} {obj.object_id} is owned by {obj.owner}; only its owner can use it "
+                f"(sender {signer.sui_address}).",
+                name="ObjectOwnedByAnother",
+            )
+        return obj.owned_ref()
+
+    def _typed(self, object_id: str, struct: str | None) -> ChainObject:
+        obj, name = self._load(object_id, struct)
+        entries: dict[str, int] = {}
+        table = table_id(name, obj.contents)
+        if table is not None:
+            entries = self._node.table_entries(table)
+        try:
+            return decode_object(name, obj.version, obj.contents, entries)
+        except BcsDecodeError as exc:
+            raise BcsDecodeError(
+                f"{name} {obj.object_id} does not decode ({exc}); is DTP_SUI_PACKAGE the "
+                "package these objects belong to?"
+            ) from None
+
+    def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
+        obj = self._typed(object_id, struct)
+        assert isinstance(obj, cls)
+        return obj
+
+    # -- executing -------------------------------------------------------------------------
+
+    def _execute(
+        self,
+        signer: HostIdentity,
+        what: str,
+        build: Callable[[TxContext], bytes],
+        spend: int = 0,
+    ) -> TxOutcome:
+        sender = signer.sui_address
+        with self._tx_lock:
+            _epoch, price = self._node.epoch_info()
+            budget = self.config.gas_budget
+            coins = self._node.gas_coins(sender)
+            payment = select_gas(coins, budget + max(0, spend), sender)
+            ctx = TxContext(self.package, sender, sui_tx.GasData(payment, price, budget))
+            tx_bytes = build(ctx)
+            signature = signer.sign_transaction(tx_bytes)
+            executed = self._node.execute(tx_bytes, signature)
+            outcome = parse_executed(executed, self._packages, what)
+            self.last_outcome = outcome
+            return outcome
+
+    @staticmethod
+    def _amount(value: int, what: str) -> int:
+        sui_tx.encode_u64(value, what)
+        return value
+
+    # -- host ------------------------------------------------------------------------------
+
+    def create_host(
+        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+    ) -> str:
+        out = self._execute(
+            signer,
+            "host::create",
+            lambda ctx: sui_tx.create_host(ctx, bytes(noise_static_key), list(endpoints)),
+        )
+        return out.created_of("Host") or str(out.event("HostCreated")["host"])
+
+    def _host_call(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        function: str,
+        build: Callable[[TxContext, SharedRef], bytes],
+    ) -> None:
+        host = self._shared(host_id, "Host")
+        self._execute(signer, f"host::{function}", lambda ctx: build(ctx, host))
+
+    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        new_authority = normalize_id(new_authority, "address")
+        self._host_call(
+            signer,
+            host_id,
+            "set_authority",
+            lambda ctx, h: sui_tx.set_authority(ctx, h, new_authority),
+        )
+
+    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        self._host_call(
+            signer,
+            host_id,
+            "set_noise_static_key",
+            lambda ctx, h: sui_tx.set_noise_static_key(ctx, h, bytes(key)),
+        )
+
+    def set_endpoints(
+        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
+    ) -> None:
+        eps = list(endpoints)
+        self._host_call(
+            signer, host_id, "set_endpoints", lambda ctx, h: sui_tx.set_endpoints(ctx, h, eps)
+        )
+
+    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        sui_tx.encode_u8(mode, "The firewall mode")
+        self._host_call(
+            signer,
+            host_id,
+            "set_firewall_mode",
+            lambda ctx, h: sui_tx.set_firewall_mode(ctx, h, mode),
+        )
+
+    def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
+        client = normalize_id(client, "address")
+        build = sui_tx.BUILDERS[fn]
+        self._host_call(signer, host_id, fn, lambda ctx, h: build(ctx, h, client))
+
+    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("allow", signer, host_id, client)
+
+    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("disallow", signer, host_id, client)
+
+    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("deny", signer, host_id, client)
+
+    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("undeny", signer, host_id, client)
+
+    def set_client_limits(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        max_connections_per_client: int,
+        max_bytes_per_sec: int,
+        max_requests_per_sec: int,
+    ) -> None:
+        limits = (max_connections_per_client, max_bytes_per_sec, max_requests_per_sec)
+        for value, what in zip(
+            limits,
+            ("max_connections_per_client", "max_bytes_per_sec", "max_requests_per_sec"),
+            strict=True,
+        ):
+            self._amount(value, what)
+        self._host_call(
+            signer,
+            host_id,
+            "set_client_limits",
+            lambda ctx, h: sui_tx.set_client_limits(ctx, h, *limits),
+        )
+
+    @staticmethod
+    def _check_port(port: int) -> None:
+        sui_tx.encode_u16(port, "A port")
+
+    def add_service(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        kind: str,
+        sla: Sla,
+        max_connections: int = 0,
+    ) -> None:
+        self._check_port(port)
+        self._host_call(
+            signer,
+            host_id,
+            "add_service",
+            lambda ctx, h: sui_tx.add_service(ctx, h, port, kind, sla, max_connections),
+        )
+
+    def update_service(
+        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
+    ) -> None:
+        self._check_port(port)
+        self._host_call(
+            signer,
+            host_id,
+            "update_service",
+            lambda ctx, h: sui_tx.update_service(ctx, h, port, sla, max_connections),
+        )
+
+    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        self._check_port(port)
+        self._host_call(
+            signer, host_id, "remove_service", lambda ctx, h: sui_tx.remove_service(ctx, h, port)
+        )
+
+    # -- spending cap ----------------------------------------------------------------------
+
+    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        self._amount(max_per_epoch, "max_per_epoch")
+        out = self._execute(
+            signer,
+            "spending_cap::create",
+            lambda ctx: sui_tx.create_spending_cap(ctx, max_per_epoch),
+        )
+        return out.created_of("SpendingCap") or str(out.event("SpendingCapCreated")["cap"])
+
+    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        self._amount(max_per_epoch, "max_per_epoch")
+        cap = self._shared(cap_id, "SpendingCap")
+        self._execute(
+            signer,
+            "spending_cap::set_max_per_epoch",
+            lambda ctx: sui_tx.set_max_per_epoch(ctx, cap, max_per_epoch),
+        )
+
+    # -- connections and escrow ------------------------------------------------------------
+
+    def open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> OpenedConnection:
+        self._check_port(port)
+        self._amount(deposit, "the deposit")
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        host = self._shared(host_id, "Host")
+        cap = self._shared(cap_id, "SpendingCap")
+        out = self._execute(
+            signer,
+            "transport_control::open",
+            lambda ctx: sui_tx.open_connection(ctx, host, port, cap, deposit, key),
+            spend=deposit,
+        )
+        connection = out.created_of("TransportControl")
+        escrow = out.created_of("Escrow")
+        if connection is None or escrow is None:
+            opened = out.event("ConnectionOpened")
+            connection, escrow = str(opened["connection"]), str(opened["escrow"])
+        return OpenedConnection(connection, escrow)
+
+    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+        self._amount(amount, "the top-up amount")
+        escrow = self._shared(escrow_id, "Escrow")
+        self._execute(
+            signer,
+            "escrow::top_up",
+            lambda ctx: sui_tx.top_up(ctx, escrow, amount),
+            spend=amount,
+        )
+
+    @staticmethod
+    def _check_receipt(receipt: Receipt) -> None:
+        for value, what in (
+            (receipt.total_bytes, "total_bytes"),
+            (receipt.total_requests, "total_requests"),
+            (receipt.total_amount, "total_amount"),
+            (receipt.nonce, "nonce"),
+        ):
+            sui_tx.encode_u64(value, what)
+
+    def claim(
+        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
+    ) -> int:
+        self._check_receipt(receipt)
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
+        escrow = self._shared(escrow_id, "Escrow")
+        cap = self._shared(cap_id, "SpendingCap")
+        out = self._execute(
+            signer, "escrow::claim", lambda ctx: sui_tx.claim(ctx, escrow, cap, receipt)
+        )
+        return int(out.event("ReceiptClaimed")["paid"])
+
+    def _connection_refs(
+        self, connection_id: str, host_id: str | None
+    ) -> tuple[TransportControl, SharedRef, SharedRef]:
+        tc = self.get_connection(connection_id)
+        tc_ref = self._shared(tc.id, "TransportControl")
+        host = self._shared(host_id if host_id is not None else tc.host, "Host")
+        return tc, tc_ref, host
+
+    def close_connection(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        _, tc, host = self._connection_refs(connection_id, host_id)
+        self._execute(
+            signer,
+            "transport_control::close",
+            lambda ctx: sui_tx.close_connection(ctx, tc, host),
+        )
+
+    def finalize(
+        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    ) -> None:
+        _, tc, host = self._connection_refs(connection_id, host_id)
+        self._execute(
+            signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc, host)
+        )
+
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+    ) -> Settlement:
+        conn, tc, host = self._connection_refs(connection_id, host_id)
+        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        out = self._execute(
+            signer,
+            "transport_control::settle",
+            lambda ctx: sui_tx.settle(ctx, tc, host, escrow),
+        )
+        settled = out.event("ConnectionSettled")
+        return Settlement(0, int(settled["claimed"]), int(settled["refunded"]))
+
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        host_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        self._check_receipt(receipt)
+        conn, tc, host = self._connection_refs(connection_id, host_id)
+        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        cap = self._shared(cap_id if cap_id is not None else conn.spending_cap, "SpendingCap")
+        out = self._execute(
+            signer,
+            "transport_control::settle_with_receipt",
+            lambda ctx: sui_tx.settle_with_receipt(ctx, tc, host, escrow, cap, receipt),
+        )
+        settled = out.event("ConnectionSettled")
+        paid = int(out.event("ReceiptClaimed")["paid"])
+        return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+
+    # -- pipes -----------------------------------------------------------------------------
+
+    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        self._amount(inner_count, "inner_count")
+        tc = self._shared(connection_id, "TransportControl")
+        out = self._execute(
+            signer, "pipe::create", lambda ctx: sui_tx.create_pipe(ctx, tc, inner_count)
+        )
+        return out.created_of("Pipe") or str(out.event("PipeCreated")["pipe"])
+
+    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        self._amount(inner, "inner")
+        pipe = self._owned(signer, pipe_id, "Pipe")
+        out = self._execute(
+            signer, "pipe::send", lambda ctx: sui_tx.pipe_send(ctx, pipe, inner, bytes(data))
+        )
+        return int(out.event("PipeDataSent")["seq"])
+
+    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        self._amount(inner, "inner")
+        self._amount(acked, "acked")
+        pipe = self._owned(signer, pipe_id, "Pipe")
+        self._execute(signer, "pipe::sync", lambda ctx: sui_tx.pipe_sync(ctx, pipe, inner, acked))
+
+    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        pipe = self._owned(signer, pipe_id, "Pipe")
+        self._execute(signer, "pipe::destroy", lambda ctx: sui_tx.destroy_pipe(ctx, pipe))
+
+    # -- broadcast -------------------------------------------------------------------------
+
+    def create_broadcast(
+        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+    ) -> str:
+        self._amount(slot_price, "slot_price")
+        self._amount(slot_ms, "slot_ms")
+        out = self._execute(
+            signer,
+            "broadcast::create",
+            lambda ctx: sui_tx.create_broadcast(ctx, channel, slot_price, slot_ms),
+        )
+        return out.created_of("Broadcast") or str(out.event("BroadcastCreated")["broadcast"])
+
+    def _broadcast_call(
+        self,
+        signer: HostIdentity,
+        broadcast_id: str,
+        function: str,
+        build: Callable[[TxContext, SharedRef], bytes],
+        spend: int = 0,
+    ) -> TxOutcome:
+        b = self._shared(broadcast_id, "Broadcast")
+        return self._execute(signer, f"broadcast::{function}", lambda ctx: build(ctx, b), spend)
+
+    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        self._amount(amount, "the contribution")
+        self._broadcast_call(
+            signer,
+            broadcast_id,
+            "contribute",
+            lambda ctx, b: sui_tx.broadcast_contribute(ctx, b, amount),
+            spend=amount,
+        )
+
+    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        out = self._broadcast_call(
+            signer,
+            broadcast_id,
+            "transmit",
+            lambda ctx, b: sui_tx.broadcast_transmit(ctx, b, bytes(data)),
+        )
+        return int(out.event("BroadcastTransmitted")["seq"])
+
+    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        out = self._broadcast_call(signer, broadcast_id, "claim", sui_tx.broadcast_claim)
+        return int(out.event("BroadcastClaimed")["amount"])
+
+    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        self._broadcast_call(signer, broadcast_id, "cancel", sui_tx.broadcast_cancel)
+
+    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        out = self._broadcast_call(signer, broadcast_id, "withdraw", sui_tx.broadcast_withdraw)
+        return int(out.event("ContributionRefunded")["amount"])
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_object(self, object_id: str) -> ChainObject:
+        return self._typed(object_id, None)
+
+    def get_host(self, host_id: str) -> Host:
+        return self._get(host_id, "Host", Host)
+
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        return self._get(cap_id, "SpendingCap", SpendingCap)
+
+    def get_connection(self, connection_id: str) -> TransportControl:
+        return self._get(connection_id, "TransportControl", TransportControl)
+
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        return self._get(escrow_id, "Escrow", Escrow)
+
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        return self._get(pipe_id, "Pipe", Pipe)
+
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        return self._get(broadcast_id, "Broadcast", Broadcast)
+
+    def is_on_air(self, broadcast_id: str) -> bool:
+        """``broadcast::is_on_air`` at the network clock."""
+        return self.get_broadcast(broadcast_id).is_on_air(self.clock_ms())
+
+    def balance(self, address: str) -> int:
+        return self._node.balance(normalize_id(address, "address"))
+
+    def clock_ms(self) -> int:
+        clock = self._node.get_object(sui_tx.CLOCK_ID)
+        if len(clock.contents) < 40:
+            raise BcsDecodeError("The Clock object's contents are too short.")
+        return int.from_bytes(clock.contents[32:40], "little")
+
+    def epoch(self) -> int:
+        return self._node.epoch_info()[0]
+
+    # -- events ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _cursor_bytes(cursor: str | None) -> bytes | None:
+        if cursor is None or cursor == "":
+            return None
+        try:
+            return bytes.fromhex(cursor)
+        except ValueError:
+            raise InvalidArgument(f"{cursor!r} is not a SuiLedger event cursor.") from None
+
+    def _timestamp(self, checkpoint: int | None) -> int:
+        if checkpoint is None:
+            return 0
+        if checkpoint not in self._checkpoint_ms:
+            self._checkpoint_ms[checkpoint] = self._node.checkpoint_timestamp_ms(checkpoint)
+        return self._checkpoint_ms[checkpoint]
+
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        after = self._cursor_bytes(cursor)
+        if limit <= 0:
+            return [], cursor
+        frames, last = self._node.list_events(
+            self.config.type_package or self.package, after, limit
+        )
+        out: list[Event] = []
+        for ev, position in frames:
+            event = event_from_proto(
+                ev, self._packages, position.hex(), self._timestamp(ev.checkpoint)
+            )
+            if event is not None and (filter is None or filter.matches(event)):
+                out.append(event)
+        return out, (last.hex() if last else cursor)
+
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """Polls :meth:`events` every ``config.poll_interval`` seconds until something
+        matches or ``timeout`` passes."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            events, cursor = self.events(cursor, filter, limit)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return events, cursor
+            time.sleep(min(remaining, self.config.poll_interval))
+
+
+# Object types this ledger reads, for documentation and tests.
+OBJECT_TYPES: Final = {name: f"dtp::{OBJECT_MODULES[name]}::{name}" for name in OBJECT_LAYOUTS}

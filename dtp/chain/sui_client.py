@@ -1,0 +1,382 @@
+"""Node access for ``SuiLedger``: pysui 1.5.1's gRPC layer (``sui.rpc.v2`` stubs and
+request classes) on a private asyncio loop, behind a synchronous facade.
+
+Why not ``GrpcProtocolClient``: it is built from a ``PysuiConfiguration``, which can only
+be loaded from ``~/.pysui/PysuiConfig.json`` (private keys in plain base64), and it always
+opens a TLS channel. ``SuiLedger`` keeps keys out of files and must reach plain-text
+localnets too, so it opens the ``grpclib`` channel itself (TLS for ``https://``, plain for
+``http://``) and sends pysui's own request objects (``GetObject``, ``GetEpoch``,
+``ExecuteTransaction``, ``ListEvents``…) through the generated stubs, as the client does.
+
+Sync over async: one daemon thread per :class:`SuiNode` runs an event loop, started on the
+first call (so constructing does no I/O and starts nothing); each call is submitted with
+``asyncio.run_coroutine_threadsafe`` and waited for. A per-process loop (rather than
+``asyncio.run`` per call) keeps the HTTP/2 channel open between calls and works when the
+caller already runs an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from pysui.sui.sui_grpc import pgrpc_requests as rq
+from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
+
+from dtp.chain.local import normalize_id
+from dtp.chain.sui_tx import OwnedRef
+from dtp.errors import (
+    ChainError,
+    InsufficientFunds,
+    InvalidTransaction,
+    ObjectNotFound,
+    WrongSigner,
+)
+
+__all__ = [
+    "SUI_COIN_TYPE",
+    "LedgerUnavailable",
+    "NodeObject",
+    "SuiNode",
+    "parse_endpoint",
+]
+
+SUI_COIN_TYPE: Final = "0x2::coin::Coin<0x2::sui::SUI>"
+_OBJECT_FIELDS: Final = ["object_id", "version", "digest", "owner", "object_type", "contents"]
+_EXEC_FIELDS: Final = ["digest", "effects", "events", "checkpoint", "timestamp"]
+T = TypeVar("T")
+
+
+class LedgerUnavailable(ChainError):
+    """The Sui node cannot be reached (refused, unreachable, timed out, TLS failure)."""
+
+    name = "LedgerUnavailable"
+    module = "sui"
+
+
+def parse_endpoint(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a gRPC endpoint: ``https://host[:port]`` (TLS, default
+    443), ``http://host[:port]`` (plain text, default 9000) or ``host:port`` (TLS)."""
+    text = url.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a gRPC endpoint (http(s)://host[:port])")
+    tls = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if tls else 9000)
+    except ValueError:
+        raise ValueError(f"{url!r} has an invalid port") from None
+    return parts.hostname, port, tls
+
+
+@dataclass(frozen=True)
+class NodeObject:
+    """What ``SuiLedger`` needs of one object."""
+
+    object_id: str
+    version: int
+    digest: str
+    #: ``"shared"``, ``"immutable"``, ``"object"`` or the owning address.
+    owner: str
+    #: Initial shared version (shared objects only).
+    initial_shared_version: int | None
+    #: Full Move type, e.g. ``0x…::host::Host``.
+    type: str
+    #: BCS of the Move struct (empty if not requested).
+    contents: bytes
+
+    def owned_ref(self) -> OwnedRef:
+        """As an ``ImmOrOwnedObject`` reference."""
+        return OwnedRef(self.object_id, self.version, self.digest)
+
+
+def _owner_text(owner: Any) -> tuple[str, int | None]:
+    kind = getattr(owner, "kind", None)
+    if kind == sui_prot.OwnerOwnerKind.SHARED:
+        return "shared", owner.version
+    if kind == sui_prot.OwnerOwnerKind.IMMUTABLE:
+        return "immutable", None
+    if kind == sui_prot.OwnerOwnerKind.OBJECT:
+        return "object", None
+    address = getattr(owner, "address", None)
+    return (normalize_id(address, "owner") if address else "unknown"), None
+
+
+def node_object(obj: Any) -> NodeObject:
+    """A :class:`NodeObject` from a ``sui.rpc.v2.Object``."""
+    owner, isv = _owner_text(obj.owner)
+    contents = obj.contents.value if obj.contents is not None and obj.contents.value else b""
+    return NodeObject(
+        normalize_id(obj.object_id),
+        int(obj.version or 0),
+        str(obj.digest or ""),
+        owner,
+        isv,
+        str(obj.object_type or ""),
+        bytes(contents),
+    )
+
+
+def timestamp_ms(value: datetime.datetime | None) -> int:
+    """Milliseconds since the Unix epoch of a protobuf timestamp (0 when absent)."""
+    if value is None:
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return int(value.timestamp() * 1000)
+
+
+class SuiNode:
+    """Synchronous access to one Sui full node over gRPC."""
+
+    def __init__(self, endpoint: str, *, timeout: float = 30.0) -> None:
+        """Parse ``endpoint``; no thread, socket or loop is created until the first call."""
+        self.endpoint = endpoint
+        self.host, self.port, self.tls = parse_endpoint(endpoint)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._channel: Channel | None = None
+
+    # -- the private loop -----------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"dtp-sui-{self.host}:{self.port}", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T:
+        """Run ``make()`` on the private loop; translate transport errors."""
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self._guard(make, what), loop)
+        return future.result()
+
+    async def _guard(self, make: Callable[[], Awaitable[T]], what: str) -> T:
+        try:
+            return await asyncio.wait_for(make(), self.timeout)
+        except GRPCError as exc:
+            raise self._grpc_error(exc, what) from None
+        except TimeoutError:
+            raise LedgerUnavailable(
+                f"Sui node {self.endpoint} did not answer {what} within {self.timeout} s."
+            ) from None
+        except (OSError, StreamTerminatedError, ConnectionError) as exc:
+            raise LedgerUnavailable(
+                f"Sui node {self.endpoint} is unreachable ({what}): {exc}"
+            ) from None
+
+    def _grpc_error(self, exc: GRPCError, what: str) -> ChainError:
+        message = exc.message or exc.status.name
+        if exc.status == Status.NOT_FOUND:
+            return ObjectNotFound(f"{what}: {message}")
+        if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
+            return LedgerUnavailable(f"Sui node {self.endpoint} is unavailable ({what}): {message}")
+        lowered = message.lower()
+        if "signature" in lowered or "owned by" in lowered or "not owned" in lowered:
+            return WrongSigner(f"{what} was rejected: {message}")
+        if "insufficient" in lowered and ("balance" in lowered or "gas" in lowered):
+            return InsufficientFunds(
+                f"{what} was rejected: {message}", name="InsufficientCoinBalance", module="sui"
+            )
+        if exc.status == Status.INVALID_ARGUMENT:
+            return InvalidTransaction(f"{what} was rejected: {message}")
+        return ChainError(f"{what} failed ({exc.status.name}): {message}", name=exc.status.name)
+
+    def _channel_now(self) -> Channel:
+        if self._channel is None:
+            self._channel = Channel(host=self.host, port=self.port, ssl=self.tls)
+        return self._channel
+
+    def _stub(self, service: Service) -> Any:
+        channel = self._channel_now()
+        if service == Service.LEDGER:
+            return sui_prot.LedgerServiceStub(channel)
+        if service == Service.STATE:
+            return sui_prot.StateServiceStub(channel)
+        if service == Service.TRANSACTION:
+            return sui_prot.TransactionExecutionServiceStub(channel)
+        raise ValueError(f"service {service} is not used")
+
+    async def _unary(self, request: PGRPC_Request) -> Any:
+        fn, message = request.to_request(stub=self._stub(request.service))
+        return await fn(message)
+
+    def close(self) -> None:
+        """Close the channel and stop the loop thread (idempotent)."""
+        with self._lock:
+            loop, thread, channel = self._loop, self._thread, self._channel
+            self._loop = self._thread = self._channel = None
+        if loop is None:
+            return
+        if channel is not None:
+            loop.call_soon_threadsafe(channel.close)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=5)
+        loop.close()
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def get_object(self, object_id: str, *, contents: bool = True) -> NodeObject:
+        """One object at its current version (``ObjectNotFound`` if absent)."""
+        object_id = normalize_id(object_id)
+        fields = _OBJECT_FIELDS if contents else _OBJECT_FIELDS[:-1]
+
+        async def call() -> NodeObject:
+            resp = await self._unary(rq.GetObject(object_id=object_id, field_mask=fields))
+            if resp is None or resp.object is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this network.")
+            return node_object(resp.object)
+
+        return self.run(call, f"GetObject {object_id}")
+
+    def table_entries(self, table_id: str) -> dict[str, int]:
+        """Entries of a ``Table<address, u64>`` (its dynamic fields)."""
+        table_id = normalize_id(table_id)
+
+        async def call() -> dict[str, int]:
+            out: dict[str, int] = {}
+            token: bytes | None = None
+            while True:
+                resp = await self._unary(
+                    rq.GetDynamicFields(
+                        table_id, page_size=1000, page_token=token, field_mask=["name", "value"]
+                    )
+                )
+                for df in resp.dynamic_fields:
+                    key = "0x" + bytes(df.name.value).hex()
+                    out[key] = int.from_bytes(bytes(df.value.value)[:8], "little")
+                token = resp.next_page_token
+                if not token:
+                    return out
+
+        return self.run(call, f"ListDynamicFields {table_id}")
+
+    def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:
+        """The SUI coins owned by ``owner``, with their balances, largest first."""
+        owner = normalize_id(owner, "address")
+
+        async def call() -> list[tuple[OwnedRef, int]]:
+            out: list[tuple[OwnedRef, int]] = []
+            token: bytes | None = None
+            while True:
+                resp = await self._unary(
+                    rq.GetGas(
+                        owner=owner,
+                        field_mask=["object_id", "version", "digest", "balance"],
+                        page_size=1000,
+                        page_token=token,
+                    )
+                )
+                for obj in resp.objects:
+                    if not obj.digest or obj.version is None:
+                        continue  # address-balance reservations are not coin objects
+                    ref = OwnedRef(normalize_id(obj.object_id), int(obj.version), obj.digest)
+                    out.append((ref, int(obj.balance or 0)))
+                token = resp.next_page_token
+                if not token:
+                    out.sort(key=lambda item: -item[1])
+                    return out
+
+        return self.run(call, f"ListOwnedObjects {owner}")
+
+    def epoch_info(self) -> tuple[int, int]:
+        """``(epoch, reference_gas_price)`` of the current epoch."""
+
+        async def call() -> tuple[int, int]:
+            resp = await self._unary(rq.GetEpoch(field_mask=["epoch", "reference_gas_price"]))
+            return int(resp.epoch.epoch or 0), int(resp.epoch.reference_gas_price or 0)
+
+        return self.run(call, "GetEpoch")
+
+    def balance(self, owner: str) -> int:
+        """Total SUI balance of ``owner`` (coins and address balance), in MIST."""
+        owner = normalize_id(owner, "address")
+
+        async def call() -> int:
+            resp = await self._unary(rq.GetAddressCoinBalance(owner=owner))
+            return int(resp.balance.balance or 0) if resp.balance is not None else 0
+
+        return self.run(call, f"GetBalance {owner}")
+
+    def execute(self, tx_bytes: bytes, signature: bytes) -> Any:
+        """Execute a signed transaction; returns the ``ExecutedTransaction`` message."""
+
+        async def call() -> Any:
+            request = rq.ExecuteTransaction(
+                tx_bytestr=bytes(tx_bytes), sig_array=[bytes(signature)], field_mask=_EXEC_FIELDS
+            )
+            resp = await self._unary(request)
+            return resp.transaction
+
+        return self.run(call, "ExecuteTransaction")
+
+    def checkpoint_timestamp_ms(self, sequence: int) -> int:
+        """The timestamp of a checkpoint, in ms."""
+
+        async def call() -> int:
+            resp = await self._unary(
+                rq.GetCheckpoint(sequence=sequence, field_mask=["summary.timestamp"])
+            )
+            summary = resp.checkpoint.summary if resp.checkpoint is not None else None
+            return timestamp_ms(summary.timestamp if summary is not None else None)
+
+        return self.run(call, f"GetCheckpoint {sequence}")
+
+    def list_events(
+        self, package: str, after: bytes | None, limit: int
+    ) -> tuple[list[tuple[Any, bytes]], bytes | None]:
+        """Events whose type is defined by ``package``, after the ``after`` cursor, oldest
+        first: ``([(event, resume cursor after it)], last watermark cursor)``."""
+        package = normalize_id(package, "package ID")
+        event_filter = sui_prot.EventFilter(
+            terms=[
+                sui_prot.EventTerm(
+                    literals=[
+                        sui_prot.EventLiteral(
+                            event_type=sui_prot.EventTypeFilter(event_type=package)
+                        )
+                    ]
+                )
+            ]
+        )
+
+        async def call() -> tuple[list[tuple[Any, bytes]], bytes | None]:
+            request = rq.ListEvents(
+                event_filter=event_filter,
+                options=sui_prot.QueryOptions(
+                    limit=max(1, min(limit, 1000)),
+                    after=after,
+                    ordering=sui_prot.Ordering.ASCENDING,
+                ),
+            )
+            fn, message = request.to_request(stub=self._stub(request.service))
+            out: list[tuple[Any, bytes]] = []
+            last = after
+            async for frame in fn(message):
+                cursor = frame.watermark.cursor if frame.watermark is not None else None
+                if cursor:
+                    last = bytes(cursor)
+                if frame.event is not None:
+                    out.append((frame.event, bytes(cursor or b"")))
+            return out, last
+
+        return self.run(call, "ListEvents")

@@ -1,0 +1,687 @@
+"""BCS layouts of the ``move/dtp`` structs and events, and their conversion to the typed
+views of :mod:`dtp.chain.objects` (offline; used by ``SuiLedger`` on node answers).
+
+Sui returns an object's Move contents and an event's payload as BCS bytes. The layouts
+below are written from the Move sources (field order is BCS order): ``ID``/``UID`` and
+``address`` are 32 bytes, ``String`` and ``vector<u8>`` are ``uleb128(len) || bytes``,
+``VecMap<K, V>`` is a vector of ``(K, V)`` pairs, ``VecSet<T>`` a vector of ``T``,
+``Balance<T>`` a ``u64``, ``Table<K, V>`` a ``UID`` plus a ``u64`` size (entries are
+dynamic fields, read separately), enums a ``uleb128`` variant index then its fields.
+
+Decoded values follow :class:`dtp.chain.objects.Event`: IDs and addresses as ``0x`` + 64
+lowercase hex, integers as int, ``vector<u8>`` as bytes, ``String`` as str, ``Sla`` as a
+dict — the same as ``LocalLedger`` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from dtp.chain.objects import (
+    Broadcast,
+    ChainObject,
+    ConnectionState,
+    Escrow,
+    Firewall,
+    FirewallMode,
+    Host,
+    InnerPipe,
+    Pipe,
+    Service,
+    Sla,
+    SpendingCap,
+    TransportControl,
+)
+from dtp.errors import ChainError
+
+__all__ = [
+    "EVENT_LAYOUTS",
+    "OBJECT_LAYOUTS",
+    "BcsDecodeError",
+    "decode",
+    "decode_event",
+    "decode_object",
+    "encode",
+    "encode_event",
+    "encode_object",
+    "object_to_fields",
+]
+
+#: A layout: a primitive name, or a tuple ``("vec", T)``, ``("map", K, V)``,
+#: ``("struct", ((name, T), ...))``, ``("enum", ((variant, ((name, T), ...)), ...))``.
+Layout = str | tuple[Any, ...]
+
+
+class BcsDecodeError(ChainError):
+    """BCS bytes from the node do not match the expected Move layout."""
+
+    name = "BcsDecodeError"
+    module = "sui"
+
+
+_SLA: Final[Layout] = (
+    "struct",
+    (("price_per_kib", "u64"), ("price_per_request", "u64"), ("min_deposit", "u64")),
+)
+
+
+def _struct(*fields: tuple[str, Layout]) -> Layout:
+    return ("struct", fields)
+
+
+#: Object structs by name (contents without type tag).
+OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
+    "Host": _struct(
+        ("id", "id"),
+        ("authority", "address"),
+        ("noise_static_key", "bytes"),
+        ("endpoints", ("vec", "bytes")),
+        (
+            "services",
+            (
+                "map",
+                "u16",
+                _struct(
+                    ("kind", "string"),
+                    ("sla", _SLA),
+                    ("max_connections", "u64"),
+                    ("open_connections", "u64"),
+                ),
+            ),
+        ),
+        (
+            "firewall",
+            _struct(
+                ("mode", "u8"),
+                ("allow", ("vec", "address")),
+                ("deny", ("vec", "address")),
+                ("max_connections_per_client", "u64"),
+                ("max_bytes_per_sec", "u64"),
+                ("max_requests_per_sec", "u64"),
+            ),
+        ),
+        ("open_connections", "u64"),
+        ("client_connections", "table"),
+    ),
+    "SpendingCap": _struct(
+        ("id", "id"),
+        ("owner", "address"),
+        ("max_per_epoch", "u64"),
+        ("spent", "u64"),
+        ("epoch", "u64"),
+    ),
+    "TransportControl": _struct(
+        ("id", "id"),
+        ("host", "id"),
+        ("port", "u16"),
+        ("client", "address"),
+        ("server", "address"),
+        ("sla", _SLA),
+        ("escrow", "id"),
+        ("spending_cap", "id"),
+        (
+            "state",
+            (
+                "enum",
+                (
+                    ("Open", ()),
+                    ("HalfClosed", (("by", "address"), ("at_ms", "u64"))),
+                    ("Closed", (("half_closed_at_ms", "u64"), ("closed_at_ms", "u64"))),
+                ),
+            ),
+        ),
+        ("opened_at_ms", "u64"),
+        ("settled", "bool"),
+    ),
+    "Escrow": _struct(
+        ("id", "id"),
+        ("connection", "id"),
+        ("client", "address"),
+        ("client_public_key", "bytes"),
+        ("server", "address"),
+        ("spending_cap", "id"),
+        ("sla", _SLA),
+        ("funds", "u64"),
+        ("deposited", "u64"),
+        ("claimed", "u64"),
+        ("refunded", "u64"),
+        ("latest_nonce", "u64"),
+        ("settled", "bool"),
+    ),
+    "Pipe": _struct(
+        ("id", "id"),
+        ("connection", "id"),
+        ("owner", "address"),
+        ("inners", ("vec", _struct(("index", "u64"), ("next_seq", "u64"), ("acked", "u64")))),
+    ),
+    "Broadcast": _struct(
+        ("id", "id"),
+        ("broadcaster", "address"),
+        ("channel", "string"),
+        ("slot_price", "u64"),
+        ("slot_ms", "u64"),
+        ("start_ms", "u64"),
+        ("next_slot", "u64"),
+        ("paid_slots", "u64"),
+        ("pool", "u64"),
+        ("earned", "u64"),
+        ("contributions", "table"),
+        ("total_contributed", "u64"),
+        ("next_seq", "u64"),
+        ("cancelled", "bool"),
+        ("refund_base", "u64"),
+        ("outstanding", "u64"),
+    ),
+}
+
+#: Which module defines each object struct.
+OBJECT_MODULES: Final[dict[str, str]] = {
+    "Host": "host",
+    "SpendingCap": "spending_cap",
+    "TransportControl": "transport_control",
+    "Escrow": "escrow",
+    "Pipe": "pipe",
+    "Broadcast": "broadcast",
+}
+
+#: Events by ``(module, struct)``.
+EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
+    ("host", "HostCreated"): _struct(("host", "id"), ("authority", "address")),
+    ("host", "HostUpdated"): _struct(("host", "id"), ("change", "u8")),
+    ("host", "ServiceAdded"): _struct(
+        ("host", "id"),
+        ("port", "u16"),
+        ("kind", "string"),
+        ("sla", _SLA),
+        ("max_connections", "u64"),
+    ),
+    ("host", "ServiceUpdated"): _struct(
+        ("host", "id"), ("port", "u16"), ("sla", _SLA), ("max_connections", "u64")
+    ),
+    ("host", "ServiceRemoved"): _struct(("host", "id"), ("port", "u16")),
+    ("spending_cap", "SpendingCapCreated"): _struct(
+        ("cap", "id"), ("owner", "address"), ("max_per_epoch", "u64")
+    ),
+    ("spending_cap", "SpendingCapChanged"): _struct(("cap", "id"), ("max_per_epoch", "u64")),
+    ("spending_cap", "SpendingCapCharged"): _struct(
+        ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
+    ),
+    ("escrow", "ReceiptClaimed"): _struct(
+        ("escrow", "id"),
+        ("connection", "id"),
+        ("server", "address"),
+        ("nonce", "u64"),
+        ("total_bytes", "u64"),
+        ("total_requests", "u64"),
+        ("total_amount", "u64"),
+        ("paid", "u64"),
+    ),
+    ("escrow", "EscrowToppedUp"): _struct(
+        ("escrow", "id"), ("connection", "id"), ("amount", "u64"), ("deposited", "u64")
+    ),
+    ("escrow", "EscrowRefunded"): _struct(
+        ("escrow", "id"), ("connection", "id"), ("client", "address"), ("amount", "u64")
+    ),
+    ("transport_control", "ConnectionOpened"): _struct(
+        ("connection", "id"),
+        ("host", "id"),
+        ("port", "u16"),
+        ("client", "address"),
+        ("server", "address"),
+        ("escrow", "id"),
+        ("deposit", "u64"),
+        ("sla", _SLA),
+        ("at_ms", "u64"),
+    ),
+    ("transport_control", "ConnectionHalfClosed"): _struct(
+        ("connection", "id"), ("by", "address"), ("at_ms", "u64")
+    ),
+    ("transport_control", "ConnectionClosed"): _struct(
+        ("connection", "id"), ("by", "address"), ("at_ms", "u64")
+    ),
+    ("transport_control", "ConnectionSettled"): _struct(
+        ("connection", "id"),
+        ("escrow", "id"),
+        ("by", "address"),
+        ("claimed", "u64"),
+        ("refunded", "u64"),
+    ),
+    ("pipe", "PipeCreated"): _struct(
+        ("pipe", "id"), ("connection", "id"), ("owner", "address"), ("inners", "u64")
+    ),
+    ("pipe", "PipeDestroyed"): _struct(("pipe", "id"), ("connection", "id")),
+    ("inner_pipe", "PipeDataSent"): _struct(
+        ("pipe", "id"), ("inner", "u64"), ("seq", "u64"), ("data", "bytes")
+    ),
+    ("inner_pipe", "PipeSynced"): _struct(("pipe", "id"), ("inner", "u64"), ("acked", "u64")),
+    ("broadcast", "BroadcastCreated"): _struct(
+        ("broadcast", "id"),
+        ("broadcaster", "address"),
+        ("channel", "string"),
+        ("slot_price", "u64"),
+        ("slot_ms", "u64"),
+        ("start_ms", "u64"),
+    ),
+    ("broadcast", "BroadcastContributed"): _struct(
+        ("broadcast", "id"),
+        ("listener", "address"),
+        ("amount", "u64"),
+        ("contribution", "u64"),
+        ("pool", "u64"),
+    ),
+    ("broadcast", "BroadcastTransmitted"): _struct(
+        ("broadcast", "id"), ("seq", "u64"), ("data", "bytes")
+    ),
+    ("broadcast", "BroadcastClaimed"): _struct(
+        ("broadcast", "id"), ("amount", "u64"), ("paid_slots", "u64")
+    ),
+    ("broadcast", "BroadcastCancelled"): _struct(
+        ("broadcast", "id"), ("at_ms", "u64"), ("refundable", "u64")
+    ),
+    ("broadcast", "ContributionRefunded"): _struct(
+        ("broadcast", "id"), ("listener", "address"), ("amount", "u64")
+    ),
+}
+
+_INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise BcsDecodeError(
+                f"BCS data ends at {len(self.data)} bytes; {n} more needed at {self.pos}."
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uleb(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise BcsDecodeError("ULEB128 length is too long.")
+
+
+def _read(r: _Reader, layout: Layout) -> Any:
+    if isinstance(layout, str):
+        if layout in _INT_WIDTH:
+            return int.from_bytes(r.take(_INT_WIDTH[layout]), "little")
+        if layout in ("id", "address"):
+            return "0x" + r.take(32).hex()
+        if layout == "bool":
+            b = r.take(1)[0]
+            if b > 1:
+                raise BcsDecodeError(f"Invalid BCS bool {b}.")
+            return b == 1
+        if layout == "bytes":
+            return r.take(r.uleb())
+        if layout == "string":
+            raw = r.take(r.uleb())
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                raise BcsDecodeError("A Move String is not valid UTF-8.") from None
+        if layout == "table":
+            return {"id": "0x" + r.take(32).hex(), "size": int.from_bytes(r.take(8), "little")}
+        raise ValueError(f"unknown layout {layout!r}")
+    tag = layout[0]
+    if tag == "vec":
+        return [_read(r, layout[1]) for _ in range(r.uleb())]
+    if tag == "map":
+        out: dict[Any, Any] = {}
+        for _ in range(r.uleb()):
+            key = _read(r, layout[1])
+            out[key] = _read(r, layout[2])
+        return out
+    if tag == "struct":
+        return {name: _read(r, sub) for name, sub in layout[1]}
+    if tag == "enum":
+        variants = layout[1]
+        index = r.uleb()
+        if index >= len(variants):
+            raise BcsDecodeError(f"Enum variant {index} does not exist.")
+        name, fields = variants[index]
+        return {"kind": name, **{f: _read(r, sub) for f, sub in fields}}
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def decode(layout: Layout, data: bytes) -> Any:
+    """Decode ``data`` (all of it) with ``layout``."""
+    r = _Reader(bytes(data))
+    value = _read(r, layout)
+    if r.pos != len(r.data):
+        raise BcsDecodeError(f"{len(r.data) - r.pos} bytes follow the BCS value.")
+    return value
+
+
+# -- encoding (the inverse; for tests and tooling) ------------------------------------------
+
+
+def _uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
+def _write(out: bytearray, layout: Layout, value: Any) -> None:
+    if isinstance(layout, str):
+        if layout in _INT_WIDTH:
+            out += int(value).to_bytes(_INT_WIDTH[layout], "little")
+        elif layout in ("id", "address"):
+            out += bytes.fromhex(str(value)[2:].rjust(64, "0"))
+        elif layout == "bool":
+            out.append(1 if value else 0)
+        elif layout in ("bytes", "string"):
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            out += _uleb(len(raw)) + raw
+        elif layout == "table":
+            _write(out, "id", value["id"])
+            _write(out, "u64", value["size"])
+        else:
+            raise ValueError(f"unknown layout {layout!r}")
+        return
+    tag = layout[0]
+    if tag == "vec":
+        out += _uleb(len(value))
+        for item in value:
+            _write(out, layout[1], item)
+    elif tag == "map":
+        out += _uleb(len(value))
+        for key, item in value.items():
+            _write(out, layout[1], key)
+            _write(out, layout[2], item)
+    elif tag == "struct":
+        for name, sub in layout[1]:
+            _write(out, sub, value[name])
+    elif tag == "enum":
+        names = [v[0] for v in layout[1]]
+        index = names.index(value["kind"])
+        out += _uleb(index)
+        for name, sub in layout[1][index][1]:
+            _write(out, sub, value[name])
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+
+
+def encode(layout: Layout, value: Any) -> bytes:
+    """BCS of ``value`` under ``layout`` (inverse of :func:`decode`)."""
+    out = bytearray()
+    _write(out, layout, value)
+    return bytes(out)
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def decode_event(module: str, name: str, data: bytes) -> dict[str, Any]:
+    """The fields of event ``module::name`` from its BCS payload."""
+    layout = EVENT_LAYOUTS.get((module, name))
+    if layout is None:
+        raise BcsDecodeError(f"Unknown dtp event {module}::{name}.")
+    fields: dict[str, Any] = decode(layout, data)
+    return fields
+
+
+def encode_event(module: str, name: str, fields: Mapping[str, Any]) -> bytes:
+    """BCS payload of event ``module::name`` (inverse of :func:`decode_event`)."""
+    return encode(EVENT_LAYOUTS[(module, name)], fields)
+
+
+# -- objects ----------------------------------------------------------------------------------
+
+
+def decode_object(
+    struct: str,
+    version: int,
+    data: bytes,
+    table_entries: Mapping[str, int] | None = None,
+) -> ChainObject:
+    """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
+    the entries of its ``Table<address, u64>`` (Host client connections, Broadcast
+    contributions), read from dynamic fields by the caller."""
+    layout = OBJECT_LAYOUTS.get(struct)
+    if layout is None:
+        raise BcsDecodeError(f"Unknown dtp object type {struct}.")
+    d = decode(layout, data)
+    entries = dict(table_entries or {})
+    object_id = d["id"]
+    if struct == "Host":
+        fw = d["firewall"]
+        return Host(
+            object_id,
+            version,
+            d["authority"],
+            d["noise_static_key"],
+            tuple(d["endpoints"]),
+            {
+                port: Service(
+                    s["kind"],
+                    Sla.from_fields(s["sla"]),
+                    s["max_connections"],
+                    s["open_connections"],
+                )
+                for port, s in d["services"].items()
+            },
+            Firewall(
+                FirewallMode(fw["mode"]),
+                tuple(fw["allow"]),
+                tuple(fw["deny"]),
+                fw["max_connections_per_client"],
+                fw["max_bytes_per_sec"],
+                fw["max_requests_per_sec"],
+            ),
+            d["open_connections"],
+            entries,
+        )
+    if struct == "SpendingCap":
+        return SpendingCap(
+            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
+        )
+    if struct == "TransportControl":
+        state = d["state"]
+        return TransportControl(
+            object_id,
+            version,
+            d["host"],
+            d["port"],
+            d["client"],
+            d["server"],
+            Sla.from_fields(d["sla"]),
+            d["escrow"],
+            d["spending_cap"],
+            {
+                "Open": ConnectionState.OPEN,
+                "HalfClosed": ConnectionState.HALF_CLOSED,
+                "Closed": ConnectionState.CLOSED,
+            }[state["kind"]],
+            state.get("by"),
+            state.get("at_ms", state.get("half_closed_at_ms")),
+            state.get("closed_at_ms"),
+            d["opened_at_ms"],
+            d["settled"],
+        )
+    if struct == "Escrow":
+        return Escrow(
+            object_id,
+            version,
+            d["connection"],
+            d["client"],
+            d["client_public_key"],
+            d["server"],
+            d["spending_cap"],
+            Sla.from_fields(d["sla"]),
+            d["funds"],
+            d["deposited"],
+            d["claimed"],
+            d["refunded"],
+            d["latest_nonce"],
+            d["settled"],
+        )
+    if struct == "Pipe":
+        return Pipe(
+            object_id,
+            version,
+            d["connection"],
+            d["owner"],
+            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
+        )
+    b = d
+    return Broadcast(
+        object_id,
+        version,
+        b["broadcaster"],
+        b["channel"],
+        b["slot_price"],
+        b["slot_ms"],
+        b["start_ms"],
+        b["next_slot"],
+        b["paid_slots"],
+        b["pool"],
+        b["earned"],
+        entries,
+        b["total_contributed"],
+        b["next_seq"],
+        b["cancelled"],
+        b["refund_base"],
+        b["outstanding"],
+    )
+
+
+def table_id(struct: str, data: bytes) -> str | None:
+    """The ID of the ``Table`` inside a Host or Broadcast (None for other structs)."""
+    if struct not in ("Host", "Broadcast"):
+        return None
+    d = decode(OBJECT_LAYOUTS[struct], data)
+    field = "client_connections" if struct == "Host" else "contributions"
+    return str(d[field]["id"])
+
+
+def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
+    """The Move-shaped fields of a typed object (inverse of :func:`decode_object`, with
+    ``table`` as the ID of its Table, if any)."""
+    if isinstance(obj, Host):
+        fw = obj.firewall
+        return {
+            "id": obj.id,
+            "authority": obj.authority,
+            "noise_static_key": obj.noise_static_key,
+            "endpoints": list(obj.endpoints),
+            "services": {
+                port: {
+                    "kind": s.kind,
+                    "sla": s.sla.to_fields(),
+                    "max_connections": s.max_connections,
+                    "open_connections": s.open_connections,
+                }
+                for port, s in obj.services.items()
+            },
+            "firewall": {
+                "mode": int(fw.mode),
+                "allow": list(fw.allow),
+                "deny": list(fw.deny),
+                "max_connections_per_client": fw.max_connections_per_client,
+                "max_bytes_per_sec": fw.max_bytes_per_sec,
+                "max_requests_per_sec": fw.max_requests_per_sec,
+            },
+            "open_connections": obj.open_connections,
+            "client_connections": {"id": table, "size": len(obj.client_connections)},
+        }
+    if isinstance(obj, SpendingCap):
+        return {
+            "id": obj.id,
+            "owner": obj.owner,
+            "max_per_epoch": obj.max_per_epoch,
+            "spent": obj.spent,
+            "epoch": obj.epoch,
+        }
+    if isinstance(obj, TransportControl):
+        state: dict[str, Any]
+        if obj.state == ConnectionState.OPEN:
+            state = {"kind": "Open"}
+        elif obj.state == ConnectionState.HALF_CLOSED:
+            state = {"kind": "HalfClosed", "by": obj.half_closed_by, "at_ms": obj.half_closed_at_ms}
+        else:
+            state = {
+                "kind": "Closed",
+                "half_closed_at_ms": obj.half_closed_at_ms,
+                "closed_at_ms": obj.closed_at_ms,
+            }
+        return {
+            "id": obj.id,
+            "host": obj.host,
+            "port": obj.port,
+            "client": obj.client,
+            "server": obj.server,
+            "sla": obj.sla.to_fields(),
+            "escrow": obj.escrow,
+            "spending_cap": obj.spending_cap,
+            "state": state,
+            "opened_at_ms": obj.opened_at_ms,
+            "settled": obj.settled,
+        }
+    if isinstance(obj, Escrow):
+        return {
+            "id": obj.id,
+            "connection": obj.connection,
+            "client": obj.client,
+            "client_public_key": obj.client_public_key,
+            "server": obj.server,
+            "spending_cap": obj.spending_cap,
+            "sla": obj.sla.to_fields(),
+            "funds": obj.balance,
+            "deposited": obj.deposited,
+            "claimed": obj.claimed,
+            "refunded": obj.refunded,
+            "latest_nonce": obj.latest_nonce,
+            "settled": obj.settled,
+        }
+    if isinstance(obj, Pipe):
+        return {
+            "id": obj.id,
+            "connection": obj.connection,
+            "owner": obj.owner,
+            "inners": [
+                {"index": i.index, "next_seq": i.next_seq, "acked": i.acked} for i in obj.inners
+            ],
+        }
+    return {
+        "id": obj.id,
+        "broadcaster": obj.broadcaster,
+        "channel": obj.channel,
+        "slot_price": obj.slot_price,
+        "slot_ms": obj.slot_ms,
+        "start_ms": obj.start_ms,
+        "next_slot": obj.next_slot,
+        "paid_slots": obj.paid_slots,
+        "pool": obj.pool,
+        "earned": obj.earned,
+        "contributions": {"id": table, "size": len(obj.contributions)},
+        "total_contributed": obj.total_contributed,
+        "next_seq": obj.next_seq,
+        "cancelled": obj.cancelled,
+        "refund_base": obj.refund_base,
+        "outstanding": obj.outstanding,
+    }
+
+
+def encode_object(obj: ChainObject, table: str = "0x" + "00" * 32) -> bytes:
+    """BCS contents of a typed object, as Sui stores them (for tests and tooling)."""
+    return encode(OBJECT_LAYOUTS[type(obj).__name__], object_to_fields(obj, table))

@@ -1,0 +1,764 @@
+"""Offline building of the Sui transactions behind every state-changing Ledger method.
+
+Nothing here talks to a node: each builder takes the object references it needs (owned
+objects by ``(id, version, digest)``, shared objects by ``(id, initial_shared_version)``),
+the package ID, the sender and the gas data, and returns the BCS bytes of a
+``TransactionData::V1`` that ``HostIdentity.sign_transaction`` signs.
+
+Built with pysui's low-level ``ProgrammableTransactionBuilder`` (pysui 1.5.1), with every
+pure argument encoded here to exact BCS (``u8``/``u16``/``u64`` little-endian,
+``address`` as 32 bytes, ``vector<u8>`` as ``uleb128(len) || bytes``) so that pysui's
+width-guessing ``PureInput`` is never involved. Object inputs are deduplicated by ID (a
+transaction may list an object once; a shared object used both ways is mutable).
+
+Coins: deposits, top-ups and contributions are ``SplitCoins(GasCoin, [amount])`` and the
+new coin goes straight into the Move call, which consumes it. No function of ``move/dtp``
+returns a ``Coin`` (claims, refunds and withdrawals transfer inside Move), so no builder
+needs a ``TransferObjects``; unused return values (``ID``, ``u64``) have ``drop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pysui.sui.sui_bcs import bcs
+from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
+
+from dtp.chain.ledger import Endpoint
+from dtp.chain.local import normalize_id
+from dtp.chain.objects import Sla
+from dtp.errors import InvalidArgument
+
+__all__ = [
+    "BUILDERS",
+    "CLOCK",
+    "CLOCK_ID",
+    "TARGETS",
+    "GasData",
+    "OwnedRef",
+    "SharedRef",
+    "TxContext",
+    "add_service",
+    "allow",
+    "broadcast_cancel",
+    "broadcast_claim",
+    "broadcast_contribute",
+    "broadcast_transmit",
+    "broadcast_withdraw",
+    "claim",
+    "close_connection",
+    "create_broadcast",
+    "create_host",
+    "create_pipe",
+    "create_spending_cap",
+    "deny",
+    "destroy_pipe",
+    "disallow",
+    "encode_address",
+    "encode_bytes",
+    "encode_u8",
+    "encode_u16",
+    "encode_u64",
+    "encode_uleb128",
+    "encode_vec_bytes",
+    "finalize",
+    "open_connection",
+    "pipe_send",
+    "pipe_sync",
+    "remove_service",
+    "set_authority",
+    "set_client_limits",
+    "set_endpoints",
+    "set_firewall_mode",
+    "set_max_per_epoch",
+    "set_noise_static_key",
+    "settle",
+    "settle_with_receipt",
+    "top_up",
+    "undeny",
+    "update_service",
+]
+
+#: The shared Clock object and its initial shared version (genesis).
+CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
+U64_MAX: Final = 2**64 - 1
+
+# -- pure values ----------------------------------------------------------------------------
+
+
+def encode_uleb128(n: int) -> bytes:
+    """ULEB128, as BCS writes lengths."""
+    if n < 0:
+        raise InvalidArgument(f"A length cannot be negative, got {n}.")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _uint(value: int, bits: int, what: str) -> bytes:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+        raise InvalidArgument(f"{what} must be an integer from 0 to 2**{bits}-1, got {value!r}.")
+    return value.to_bytes(bits // 8, "little")
+
+
+def encode_u8(value: int, what: str = "a u8") -> bytes:
+    """BCS ``u8``; raises :class:`InvalidArgument` out of range."""
+    return _uint(value, 8, what)
+
+
+def encode_u16(value: int, what: str = "a u16") -> bytes:
+    """BCS ``u16`` (little-endian)."""
+    return _uint(value, 16, what)
+
+
+def encode_u64(value: int, what: str = "a u64") -> bytes:
+    """BCS ``u64`` (little-endian)."""
+    return _uint(value, 64, what)
+
+
+def encode_address(value: str, what: str = "address") -> bytes:
+    """The 32 bytes of an address or object ID (``0x`` + hex, short forms padded)."""
+    return bytes.fromhex(normalize_id(value, what)[2:])
+
+
+def _as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument(f"{what} must be bytes or text, got {type(value).__name__}.")
+
+
+def encode_bytes(value: bytes | bytearray | memoryview | str, what: str = "bytes") -> bytes:
+    """BCS ``vector<u8>``: ``uleb128(len) || bytes`` (text is encoded as UTF-8)."""
+    raw = _as_bytes(value, what)
+    return encode_uleb128(len(raw)) + raw
+
+
+def encode_vec_bytes(values: Sequence[Endpoint], what: str = "endpoint") -> bytes:
+    """BCS ``vector<vector<u8>>``."""
+    if isinstance(values, str | bytes | bytearray | memoryview):
+        raise InvalidArgument(f"Expected a sequence of {what}s, got a single value.")
+    items = [encode_bytes(v, what) for v in values]
+    return encode_uleb128(len(items)) + b"".join(items)
+
+
+# -- object references and gas --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnedRef:
+    """An address-owned (or immutable) object at one version: ``ImmOrOwnedObject``."""
+
+    object_id: str
+    version: int
+    #: Base58 object digest, as Sui shows it.
+    digest: str
+
+    def to_bcs(self) -> bcs.ObjectReference:
+        """pysui's ``ObjectReference``."""
+        _uint(self.version, 64, "an object version")
+        return bcs.ObjectReference(
+            bcs.Address.from_str(normalize_id(self.object_id)),
+            self.version,
+            bcs.Digest.from_str(self.digest),
+        )
+
+
+@dataclass(frozen=True)
+class SharedRef:
+    """A shared object: its ID and the version at which it became shared."""
+
+    object_id: str
+    initial_shared_version: int
+
+
+#: The Clock (0x6), shared since genesis (initial shared version 1); always immutable.
+CLOCK: Final = SharedRef(CLOCK_ID, 1)
+
+
+@dataclass(frozen=True)
+class GasData:
+    """Gas payment: the coins (merged into ``GasCoin``), price and budget in MIST."""
+
+    payment: tuple[OwnedRef, ...]
+    price: int
+    budget: int
+    #: Who pays; the sender when None.
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class TxContext:
+    """What every transaction needs besides its call: package, sender and gas."""
+
+    package: str
+    sender: str
+    gas: GasData
+
+
+# -- the builder ------------------------------------------------------------------------------
+
+
+class _Tx:
+    """One programmable transaction under construction."""
+
+    def __init__(self, ctx: TxContext) -> None:
+        self.ctx = ctx
+        self.ptb = ProgrammableTransactionBuilder(compress_inputs=False)
+        self._objects: dict[str, tuple[bcs.BuilderArg, bcs.Argument]] = {}
+
+    def pure(self, encoded: bytes) -> bcs.Argument:
+        """A pure input from exact BCS bytes."""
+        argument: bcs.Argument = self.ptb.input_pure(bcs.BuilderArg("Pure", list(encoded)))
+        return argument
+
+    def shared(self, ref: SharedRef, *, mutable: bool) -> bcs.Argument:
+        """A shared object input (once per ID; mutable if any use is)."""
+        object_id = normalize_id(ref.object_id)
+        _uint(ref.initial_shared_version, 64, "an initial shared version")
+        if object_id == CLOCK_ID:
+            mutable = False
+        arg = bcs.ObjectArg(
+            "SharedObject",
+            bcs.SharedObjectReference(
+                bcs.Address.from_str(object_id), ref.initial_shared_version, mutable
+            ),
+        )
+        known = self._objects.get(object_id)
+        if known is not None:
+            previous = self.ptb.inputs[known[0]].value
+            if previous.enum_name == "SharedObject" and mutable and not previous.value.Mutable:
+                self.ptb.inputs[known[0]] = bcs.CallArg("Object", arg)
+            return known[1]
+        key = bcs.BuilderArg("Object", bcs.Address.from_str(object_id))
+        argument: bcs.Argument = self.ptb.input_obj(key, arg)
+        self._objects[object_id] = (key, argument)
+        return argument
+
+    def owned(self, ref: OwnedRef) -> bcs.Argument:
+        """An address-owned object input (once per ID)."""
+        object_id = normalize_id(ref.object_id)
+        known = self._objects.get(object_id)
+        if known is not None:
+            return known[1]
+        key = bcs.BuilderArg("Object", bcs.Address.from_str(object_id))
+        obj_arg = bcs.ObjectArg("ImmOrOwnedObject", ref.to_bcs())
+        argument: bcs.Argument = self.ptb.input_obj(key, obj_arg)
+        self._objects[object_id] = (key, argument)
+        return argument
+
+    def clock(self) -> bcs.Argument:
+        """The Clock, shared immutable."""
+        return self.shared(CLOCK, mutable=False)
+
+    def coin(self, amount: int, what: str) -> bcs.Argument:
+        """``SplitCoins(GasCoin, [amount])``; the new coin as ``NestedResult(i, 0)``."""
+        amount_arg = self.pure(encode_u64(amount, what))
+        index = len(self.ptb.commands)
+        self.ptb.command(
+            bcs.Command("SplitCoin", bcs.SplitCoin(bcs.Argument("GasCoin"), [amount_arg]))
+        )
+        return bcs.Argument("NestedResult", (index, 0))
+
+    def call(self, module: str, function: str, args: list[bcs.Argument]) -> bcs.Argument:
+        """``MoveCall package::module::function(args)`` with no type arguments."""
+        index = len(self.ptb.commands)
+        self.ptb.command(
+            bcs.Command(
+                "MoveCall",
+                bcs.ProgrammableMoveCall(
+                    bcs.Address.from_str(normalize_id(self.ctx.package, "package ID")),
+                    module,
+                    function,
+                    [],
+                    args,
+                ),
+            )
+        )
+        return bcs.Argument("Result", index)
+
+    def sla(self, sla: Sla) -> bcs.Argument:
+        """``host::new_sla(price_per_kib, price_per_request, min_deposit)``."""
+        return self.call(
+            "host",
+            "new_sla",
+            [
+                self.pure(encode_u64(sla.price_per_kib, "price_per_kib")),
+                self.pure(encode_u64(sla.price_per_request, "price_per_request")),
+                self.pure(encode_u64(sla.min_deposit, "min_deposit")),
+            ],
+        )
+
+    def finish(self) -> bytes:
+        """The serialized ``TransactionData::V1``."""
+        ctx = self.ctx
+        gas = ctx.gas
+        if not gas.payment:
+            raise InvalidArgument("A transaction needs at least one gas coin.")
+        sender = bcs.Address.from_str(normalize_id(ctx.sender, "sender address"))
+        owner = bcs.Address.from_str(normalize_id(gas.owner or ctx.sender, "gas owner"))
+        data = bcs.TransactionData(
+            "V1",
+            bcs.TransactionDataV1(
+                self.ptb.finish_for_inspect(),
+                sender,
+                bcs.GasData(
+                    [p.to_bcs() for p in gas.payment],
+                    owner,
+                    int.from_bytes(encode_u64(gas.price, "the gas price"), "little"),
+                    int.from_bytes(encode_u64(gas.budget, "the gas budget"), "little"),
+                ),
+                bcs.TransactionExpiration("None"),
+            ),
+        )
+        return bytes(data.serialize())
+
+
+# -- host ---------------------------------------------------------------------------------------
+
+
+def create_host(
+    ctx: TxContext, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+) -> bytes:
+    """``host::create(noise_static_key, endpoints)``."""
+    tx = _Tx(ctx)
+    tx.call(
+        "host",
+        "create",
+        [
+            tx.pure(encode_bytes(noise_static_key, "noise_static_key")),
+            tx.pure(encode_vec_bytes(endpoints)),
+        ],
+    )
+    return tx.finish()
+
+
+def set_authority(ctx: TxContext, host: SharedRef, new_authority: str) -> bytes:
+    """``host::set_authority(&mut host, new_authority)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", "set_authority", [h, tx.pure(encode_address(new_authority))])
+    return tx.finish()
+
+
+def set_noise_static_key(ctx: TxContext, host: SharedRef, key: bytes) -> bytes:
+    """``host::set_noise_static_key(&mut host, key)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", "set_noise_static_key", [h, tx.pure(encode_bytes(key, "key"))])
+    return tx.finish()
+
+
+def set_endpoints(ctx: TxContext, host: SharedRef, endpoints: Sequence[Endpoint]) -> bytes:
+    """``host::set_endpoints(&mut host, endpoints)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", "set_endpoints", [h, tx.pure(encode_vec_bytes(endpoints))])
+    return tx.finish()
+
+
+def set_firewall_mode(ctx: TxContext, host: SharedRef, mode: int) -> bytes:
+    """``host::set_firewall_mode(&mut host, mode: u8)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", "set_firewall_mode", [h, tx.pure(encode_u8(mode, "The firewall mode"))])
+    return tx.finish()
+
+
+def _firewall_list(function: str, ctx: TxContext, host: SharedRef, client: str) -> bytes:
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", function, [h, tx.pure(encode_address(client, "client address"))])
+    return tx.finish()
+
+
+def allow(ctx: TxContext, host: SharedRef, client: str) -> bytes:
+    """``host::allow(&mut host, client)``."""
+    return _firewall_list("allow", ctx, host, client)
+
+
+def disallow(ctx: TxContext, host: SharedRef, client: str) -> bytes:
+    """``host::disallow(&mut host, client)``."""
+    return _firewall_list("disallow", ctx, host, client)
+
+
+def deny(ctx: TxContext, host: SharedRef, client: str) -> bytes:
+    """``host::deny(&mut host, client)``."""
+    return _firewall_list("deny", ctx, host, client)
+
+
+def undeny(ctx: TxContext, host: SharedRef, client: str) -> bytes:
+    """``host::undeny(&mut host, client)``."""
+    return _firewall_list("undeny", ctx, host, client)
+
+
+def set_client_limits(
+    ctx: TxContext,
+    host: SharedRef,
+    max_connections_per_client: int,
+    max_bytes_per_sec: int,
+    max_requests_per_sec: int,
+) -> bytes:
+    """``host::set_client_limits(&mut host, u64, u64, u64)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call(
+        "host",
+        "set_client_limits",
+        [
+            h,
+            tx.pure(encode_u64(max_connections_per_client, "max_connections_per_client")),
+            tx.pure(encode_u64(max_bytes_per_sec, "max_bytes_per_sec")),
+            tx.pure(encode_u64(max_requests_per_sec, "max_requests_per_sec")),
+        ],
+    )
+    return tx.finish()
+
+
+def add_service(
+    ctx: TxContext,
+    host: SharedRef,
+    port: int,
+    kind: str,
+    sla: Sla,
+    max_connections: int = 0,
+) -> bytes:
+    """``host::new_sla(...)`` then ``host::add_service(&mut host, port, kind, sla, max)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    port_arg = tx.pure(encode_u16(port, "A port"))
+    kind_arg = tx.pure(encode_bytes(kind, "kind"))
+    sla_arg = tx.sla(sla)
+    max_arg = tx.pure(encode_u64(max_connections, "max_connections"))
+    tx.call("host", "add_service", [h, port_arg, kind_arg, sla_arg, max_arg])
+    return tx.finish()
+
+
+def update_service(
+    ctx: TxContext, host: SharedRef, port: int, sla: Sla, max_connections: int = 0
+) -> bytes:
+    """``host::new_sla(...)`` then ``host::update_service(&mut host, port, sla, max)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    port_arg = tx.pure(encode_u16(port, "A port"))
+    sla_arg = tx.sla(sla)
+    max_arg = tx.pure(encode_u64(max_connections, "max_connections"))
+    tx.call("host", "update_service", [h, port_arg, sla_arg, max_arg])
+    return tx.finish()
+
+
+def remove_service(ctx: TxContext, host: SharedRef, port: int) -> bytes:
+    """``host::remove_service(&mut host, port)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    tx.call("host", "remove_service", [h, tx.pure(encode_u16(port, "A port"))])
+    return tx.finish()
+
+
+# -- spending cap -------------------------------------------------------------------------------
+
+
+def create_spending_cap(ctx: TxContext, max_per_epoch: int) -> bytes:
+    """``spending_cap::create(max_per_epoch)``."""
+    tx = _Tx(ctx)
+    tx.call("spending_cap", "create", [tx.pure(encode_u64(max_per_epoch, "max_per_epoch"))])
+    return tx.finish()
+
+
+def set_max_per_epoch(ctx: TxContext, cap: SharedRef, max_per_epoch: int) -> bytes:
+    """``spending_cap::set_max_per_epoch(&mut cap, max_per_epoch)``."""
+    tx = _Tx(ctx)
+    c = tx.shared(cap, mutable=True)
+    tx.call(
+        "spending_cap",
+        "set_max_per_epoch",
+        [c, tx.pure(encode_u64(max_per_epoch, "max_per_epoch"))],
+    )
+    return tx.finish()
+
+
+# -- connections and escrow ---------------------------------------------------------------------
+
+
+def open_connection(
+    ctx: TxContext,
+    host: SharedRef,
+    port: int,
+    cap: SharedRef,
+    deposit: int,
+    client_public_key: bytes,
+) -> bytes:
+    """``SplitCoins(GasCoin, [deposit])`` then
+    ``transport_control::open(&mut host, port, &cap, client_public_key, coin, &clock)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=True)
+    port_arg = tx.pure(encode_u16(port, "A port"))
+    c = tx.shared(cap, mutable=False)
+    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
+    coin = tx.coin(deposit, "the deposit")
+    tx.call("transport_control", "open", [h, port_arg, c, key_arg, coin, tx.clock()])
+    return tx.finish()
+
+
+def top_up(ctx: TxContext, escrow: SharedRef, amount: int) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``escrow::top_up(&mut escrow, coin)``."""
+    tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    coin = tx.coin(amount, "the top-up amount")
+    tx.call("escrow", "top_up", [e, coin])
+    return tx.finish()
+
+
+def _receipt_args(tx: _Tx, receipt: Any) -> list[bcs.Argument]:
+    return [
+        tx.pure(encode_u64(receipt.total_bytes, "total_bytes")),
+        tx.pure(encode_u64(receipt.total_requests, "total_requests")),
+        tx.pure(encode_u64(receipt.total_amount, "total_amount")),
+        tx.pure(encode_u64(receipt.nonce, "nonce")),
+        tx.pure(encode_bytes(receipt.signature, "signature")),
+    ]
+
+
+def claim(ctx: TxContext, escrow: SharedRef, cap: SharedRef, receipt: Any) -> bytes:
+    """``escrow::claim(&mut escrow, &mut cap, total_bytes, total_requests, total_amount,
+    nonce, signature)`` (``receipt`` is a :class:`dtp.escrow.Receipt`)."""
+    tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    c = tx.shared(cap, mutable=True)
+    tx.call("escrow", "claim", [e, c, *_receipt_args(tx, receipt)])
+    return tx.finish()
+
+
+def close_connection(ctx: TxContext, connection: SharedRef, host: SharedRef) -> bytes:
+    """``transport_control::close(&mut tc, &mut host, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    h = tx.shared(host, mutable=True)
+    tx.call("transport_control", "close", [t, h, tx.clock()])
+    return tx.finish()
+
+
+def finalize(ctx: TxContext, connection: SharedRef, host: SharedRef) -> bytes:
+    """``transport_control::finalize(&mut tc, &mut host, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    h = tx.shared(host, mutable=True)
+    tx.call("transport_control", "finalize", [t, h, tx.clock()])
+    return tx.finish()
+
+
+def settle(ctx: TxContext, connection: SharedRef, host: SharedRef, escrow: SharedRef) -> bytes:
+    """``transport_control::settle(&mut tc, &mut host, &mut escrow, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    h = tx.shared(host, mutable=True)
+    e = tx.shared(escrow, mutable=True)
+    tx.call("transport_control", "settle", [t, h, e, tx.clock()])
+    return tx.finish()
+
+
+def settle_with_receipt(
+    ctx: TxContext,
+    connection: SharedRef,
+    host: SharedRef,
+    escrow: SharedRef,
+    cap: SharedRef,
+    receipt: Any,
+) -> bytes:
+    """``transport_control::settle_with_receipt(&mut tc, &mut host, &mut escrow, &mut cap,
+    total_bytes, total_requests, total_amount, nonce, signature, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    h = tx.shared(host, mutable=True)
+    e = tx.shared(escrow, mutable=True)
+    c = tx.shared(cap, mutable=True)
+    args = _receipt_args(tx, receipt)
+    tx.call("transport_control", "settle_with_receipt", [t, h, e, c, *args, tx.clock()])
+    return tx.finish()
+
+
+# -- pipes ----------------------------------------------------------------------------------------
+
+
+def create_pipe(ctx: TxContext, connection: SharedRef, inner_count: int) -> bytes:
+    """``pipe::create(&tc, inner_count)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=False)
+    tx.call("pipe", "create", [t, tx.pure(encode_u64(inner_count, "inner_count"))])
+    return tx.finish()
+
+
+def pipe_send(ctx: TxContext, pipe: OwnedRef, inner: int, data: bytes) -> bytes:
+    """``pipe::send(&mut pipe, inner, data)``."""
+    tx = _Tx(ctx)
+    p = tx.owned(pipe)
+    tx.call(
+        "pipe",
+        "send",
+        [p, tx.pure(encode_u64(inner, "inner")), tx.pure(encode_bytes(data, "data"))],
+    )
+    return tx.finish()
+
+
+def pipe_sync(ctx: TxContext, pipe: OwnedRef, inner: int, acked: int) -> bytes:
+    """``pipe::sync(&mut pipe, inner, acked)``."""
+    tx = _Tx(ctx)
+    p = tx.owned(pipe)
+    tx.call(
+        "pipe",
+        "sync",
+        [p, tx.pure(encode_u64(inner, "inner")), tx.pure(encode_u64(acked, "acked"))],
+    )
+    return tx.finish()
+
+
+def destroy_pipe(ctx: TxContext, pipe: OwnedRef) -> bytes:
+    """``pipe::destroy(pipe)`` (by value)."""
+    tx = _Tx(ctx)
+    tx.call("pipe", "destroy", [tx.owned(pipe)])
+    return tx.finish()
+
+
+# -- broadcast ------------------------------------------------------------------------------------
+
+
+def create_broadcast(ctx: TxContext, channel: str, slot_price: int, slot_ms: int) -> bytes:
+    """``broadcast::create(channel, slot_price, slot_ms, &clock)``."""
+    tx = _Tx(ctx)
+    tx.call(
+        "broadcast",
+        "create",
+        [
+            tx.pure(encode_bytes(channel, "channel")),
+            tx.pure(encode_u64(slot_price, "slot_price")),
+            tx.pure(encode_u64(slot_ms, "slot_ms")),
+            tx.clock(),
+        ],
+    )
+    return tx.finish()
+
+
+def broadcast_contribute(ctx: TxContext, broadcast: SharedRef, amount: int) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``broadcast::contribute(&mut b, coin, &clock)``."""
+    tx = _Tx(ctx)
+    b = tx.shared(broadcast, mutable=True)
+    coin = tx.coin(amount, "the contribution")
+    tx.call("broadcast", "contribute", [b, coin, tx.clock()])
+    return tx.finish()
+
+
+def broadcast_transmit(ctx: TxContext, broadcast: SharedRef, data: bytes) -> bytes:
+    """``broadcast::transmit(&mut b, data, &clock)``."""
+    tx = _Tx(ctx)
+    b = tx.shared(broadcast, mutable=True)
+    tx.call("broadcast", "transmit", [b, tx.pure(encode_bytes(data, "data")), tx.clock()])
+    return tx.finish()
+
+
+def broadcast_claim(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::claim(&mut b, &clock)``."""
+    tx = _Tx(ctx)
+    b = tx.shared(broadcast, mutable=True)
+    tx.call("broadcast", "claim", [b, tx.clock()])
+    return tx.finish()
+
+
+def broadcast_cancel(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::cancel(&mut b, &clock)``."""
+    tx = _Tx(ctx)
+    b = tx.shared(broadcast, mutable=True)
+    tx.call("broadcast", "cancel", [b, tx.clock()])
+    return tx.finish()
+
+
+def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::withdraw(&mut b)``."""
+    tx = _Tx(ctx)
+    b = tx.shared(broadcast, mutable=True)
+    tx.call("broadcast", "withdraw", [b])
+    return tx.finish()
+
+
+#: Ledger method name -> builder.
+BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
+    fn.__name__: fn
+    for fn in (
+        create_host,
+        set_authority,
+        set_noise_static_key,
+        set_endpoints,
+        set_firewall_mode,
+        allow,
+        disallow,
+        deny,
+        undeny,
+        set_client_limits,
+        add_service,
+        update_service,
+        remove_service,
+        create_spending_cap,
+        set_max_per_epoch,
+        open_connection,
+        top_up,
+        claim,
+        close_connection,
+        finalize,
+        settle,
+        settle_with_receipt,
+        create_pipe,
+        pipe_send,
+        pipe_sync,
+        destroy_pipe,
+        create_broadcast,
+        broadcast_contribute,
+        broadcast_transmit,
+        broadcast_claim,
+        broadcast_cancel,
+        broadcast_withdraw,
+    )
+}
+
+#: Ledger method name -> the Move function its transaction calls last (module, function).
+TARGETS: Final[dict[str, tuple[str, str]]] = {
+    "create_host": ("host", "create"),
+    "set_authority": ("host", "set_authority"),
+    "set_noise_static_key": ("host", "set_noise_static_key"),
+    "set_endpoints": ("host", "set_endpoints"),
+    "set_firewall_mode": ("host", "set_firewall_mode"),
+    "allow": ("host", "allow"),
+    "disallow": ("host", "disallow"),
+    "deny": ("host", "deny"),
+    "undeny": ("host", "undeny"),
+    "set_client_limits": ("host", "set_client_limits"),
+    "add_service": ("host", "add_service"),
+    "update_service": ("host", "update_service"),
+    "remove_service": ("host", "remove_service"),
+    "create_spending_cap": ("spending_cap", "create"),
+    "set_max_per_epoch": ("spending_cap", "set_max_per_epoch"),
+    "open_connection": ("transport_control", "open"),
+    "top_up": ("escrow", "top_up"),
+    "claim": ("escrow", "claim"),
+    "close_connection": ("transport_control", "close"),
+    "finalize": ("transport_control", "finalize"),
+    "settle": ("transport_control", "settle"),
+    "settle_with_receipt": ("transport_control", "settle_with_receipt"),
+    "create_pipe": ("pipe", "create"),
+    "pipe_send": ("pipe", "send"),
+    "pipe_sync": ("pipe", "sync"),
+    "destroy_pipe": ("pipe", "destroy"),
+    "create_broadcast": ("broadcast", "create"),
+    "broadcast_contribute": ("broadcast", "contribute"),
+    "broadcast_transmit": ("broadcast", "transmit"),
+    "broadcast_claim": ("broadcast", "claim"),
+    "broadcast_cancel": ("broadcast", "cancel"),
+    "broadcast_withdraw": ("broadcast", "withdraw"),
+}
