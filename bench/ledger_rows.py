@@ -11,7 +11,7 @@ import tempfile
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.workloads import Workload
+from bench.workload import Workload
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, check_receipt

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dtp.aio
 import dtp.socket
-from bench.workloads import Workload
+from bench.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000

@@ -15,25 +15,10 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from bench.workload import Workload
 from dtp import _core, _reference
 from dtp._types import FRAME_STREAM, HamUpdate, RawFrame
-
-
-@dataclass
-class Workload:
-    name: str
-    unit: str
-    units: float  # units of work per call of `ours` / `peer`
-    ours: Callable[[], object]
-    peer: Callable[[], object] | None = None
-    peer_units: float | None = None
-    peer_rate: Callable[[float], float] | None = None  # seconds -> rate, measured elsewhere
-    bar: float | None = None
-    note: str = ""
-    close: Callable[[], None] | None = None  # stops servers the workload started
-
 
 MB = 1_000_000
 

@@ -205,6 +205,7 @@ class Connection:
         self.pattern: str | None = None
         # streams and flow control
         self._streams: dict[int, _Stream] = {}
+        self._streams_dirty = False  # some stream may have something to send
         self._next_stream_id = 0 if self.is_client else 1
         self._peer_params: dict[str, int] = {}
         self._conn_send_credit = 0
@@ -406,6 +407,7 @@ class Connection:
         self._next_stream_id += 2
         self._opened_by_us += 1
         self._get_stream(stream_id, create=True).announce = True
+        self._streams_dirty = True
         return stream_id
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
@@ -419,6 +421,7 @@ class Connection:
             stream.send_buf += data
         if end_stream:
             stream.send_state = SendState.FIN_QUEUED
+        self._streams_dirty = True
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped."""
@@ -664,11 +667,13 @@ class Connection:
         elif ftype == FRAME_MAX_DATA:
             if frame.a > self._conn_send_credit:
                 self._conn_send_credit = frame.a
+                self._streams_dirty = True
                 self._events.append(SendWindowOpened(None))
         elif ftype == FRAME_MAX_STREAM_DATA:
             stream = self._streams.get(frame.a)
             if stream is not None and frame.b > stream.send_credit:
                 stream.send_credit = frame.b
+                self._streams_dirty = True
                 self._events.append(SendWindowOpened(frame.a))
         elif ftype == FRAME_MAX_STREAMS:
             self._peer_max_streams = max(self._peer_max_streams, frame.a)
@@ -856,11 +861,17 @@ class Connection:
             self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
         # A client may send data right behind its AUTH frame (the server holds it until
         # it accepts), but only where records cannot overtake each other.
-        if self._state is ConnState.ESTABLISHED or (
-            self.is_client
-            and self._state is ConnState.AUTHENTICATING
-            and self.config.reliable_carrier
+        if self._streams_dirty and (
+            self._state is ConnState.ESTABLISHED
+            or (
+                self.is_client
+                and self._state is ConnState.AUTHENTICATING
+                and self.config.reliable_carrier
+            )
         ):
+            # packing sends everything that flow control allows, so the streams are
+            # clean until new data, new credit or a loss marks them dirty again
+            self._streams_dirty = False
             self._pack_streams(plaintexts, items_per_record, eliciting)
         if self._close_frame is not None:
             close = _core.encode_frames([self._close_frame])
@@ -1059,6 +1070,7 @@ class Connection:
         stream = self._streams.get(item.stream_id)
         if stream is None or stream.send_state is SendState.RESET:
             return
+        self._streams_dirty = True
         if item.length:
             lo = max(item.offset, stream.base_offset)
             hi = item.offset + item.length - 1

@@ -89,10 +89,14 @@ class _Engine:
         self.out: list[memoryview] = []
         self.carrier_closed = False
         self.closed = False
+        self._rbuf = bytearray(RECV_CHUNK)
+        self._rview = memoryview(self._rbuf)
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._timer: threading.Thread | None = None
+        self._stopped = threading.Event()  # wakes the timer thread only to exit
+        self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         try:
             self.peername = sock.getpeername()
             self.sockname = sock.getsockname()
@@ -147,19 +151,22 @@ class _Engine:
         self.session.process_events()
 
     def _read_available(self) -> None:
+        # recv_into one reused buffer: a fresh 256 KiB object per recv() is an mmap,
+        # page faults and an munmap every time (above malloc's mmap threshold)
+        buf, view = self._rbuf, self._rview
         for _ in range(64):  # bounded: give other work a turn on a firehose
             try:
-                data = self.sock.recv(RECV_CHUNK)
+                n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._carrier_failed(exc)
                 return
-            if not data:
+            if not n:
                 self._carrier_failed(None)
                 return
-            self.conn.receive_data(data, time.monotonic())
-            if len(data) < RECV_CHUNK:
+            self.conn.receive_data(view[:n], time.monotonic())
+            if n < RECV_CHUNK:
                 return
 
     def pump(self, ready: Callable[[], bool], timeout: float | None) -> None:
@@ -176,7 +183,11 @@ class _Engine:
                 raise DTPTimeoutError("timed out")
             if self.pumping:
                 wait = None if deadline is None else deadline - now
-                self.cond.wait(wait)
+                self.waiters += 1
+                try:
+                    self.cond.wait(wait)
+                finally:
+                    self.waiters -= 1
                 continue
             self._pump_once(deadline)
 
@@ -212,7 +223,8 @@ class _Engine:
             self._after_io()
         finally:
             self.pumping = False
-            self.cond.notify_all()
+            if self.waiters:
+                self.cond.notify_all()
 
     def _after_io(self) -> None:
         now = time.monotonic()
@@ -233,7 +245,8 @@ class _Engine:
             self._after_io()
         finally:
             self.pumping = False
-            self.cond.notify_all()
+            if self.waiters:
+                self.cond.notify_all()
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -276,6 +289,7 @@ class _Engine:
     def _release(self) -> None:
         self.closed = True
         self.carrier_closed = True
+        self._stopped.set()
         for s in (self.sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
@@ -283,16 +297,26 @@ class _Engine:
 
 
 def _timer_loop(ref: weakref.ref[_Engine]) -> None:
+    """Keepalives and idle timeouts for a connection nobody is driving right now.
+
+    It sleeps on its own event (pumps never wake it, so it costs nothing on the hot
+    path), wakes when the connection's timer is due (at most every second), and does
+    one non-blocking pass only if no caller is busy with the connection.
+    """
     while True:
         engine = ref()
         if engine is None:
             return
+        timer = engine.conn.get_timer()
+        wait = 1.0 if timer is None else min(1.0, max(0.0, timer - time.monotonic()))
+        stopped = engine._stopped
+        del engine  # do not keep the engine alive while sleeping
+        if stopped.wait(wait):
+            return
+        engine = ref()
+        if engine is None:
+            return
         with engine.lock:
-            if engine.closed:
-                return
-            timer = engine.conn.get_timer()
-            wait = 1.0 if timer is None else min(1.0, max(0.0, timer - time.monotonic()))
-            engine.cond.wait(wait)
             if engine.closed:
                 return
             engine.poll()
