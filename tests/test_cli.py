@@ -31,4 +31,7 @@ def test_demo_runs() -> None:
     assert "replayed record" in out and "DecryptionError" in out
     assert "in order" in out
     assert "same graph on both" in out
+    assert "Noise IK handshake" in out and "got back b'HELLO, DTP'" in out
+    assert "ConnectionRefused" in out
+    assert "claimed" in out and "refunded" in out and "conservation" in out
     assert "Summary" in out

@@ -154,6 +154,7 @@ def test_meter_never_exceeds_deposit() -> None:
         meter.record(1, nbytes=1)
     assert meter.total_bytes == 102400 and meter.remaining == 0
     meter.top_up(5)
+    assert meter.deposit == 1005
     assert meter.record(2, requests=1) is None  # no request cadence set
     receipt = meter.flush(3)
     assert receipt is not None and receipt.total_amount == 1005 <= meter.deposit
