@@ -19,13 +19,21 @@ rm -rf build/asan
 $PYBIN/python dtp_core/build_ffi.py --out build/asan --sanitize >/dev/null
 ASAN_LIB=$(ls build/asan/dtp/_dtp_core*.so | head -n1)
 CORE_TESTS=$(ls tests/test_{records,frames,aead,reasm,ham,varint}.py 2>/dev/null)
-# detect_leaks=0: CPython itself keeps allocations alive at exit; C leaks are caught
-# by the leak checks in the tests instead (contexts freed and counted).
+# detect_leaks=0 here: CPython itself keeps allocations alive at exit. Leaks in the C
+# core are caught by the standalone driver below, which has no Python in the process.
 LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   DTP_CORE_LIB="$ASAN_LIB" HYPOTHESIS_PROFILE=sanitizer \
   $PYBIN/python -m pytest -q -p no:cacheprovider -x $CORE_TESTS
+
+step "C core alone under ASan + UBSan + LeakSanitizer (no Python in the process)"
+gcc -std=c11 -Wall -Wextra -Werror -Wshadow -Wvla \
+  -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1 \
+  -Idtp_core dtp_core/tests/sanitize_driver.c dtp_core/{frame,aead,reasm,ham,util}.c \
+  -lcrypto -o build/sanitize_driver
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  build/sanitize_driver
 
 step "fuzz the decoders (atheris)"
 for target in fuzz/fuzz_*.py; do
