@@ -46,22 +46,18 @@ from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_t
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
-    ConnectionState,
     Escrow,
     Event,
     EventFilter,
-    Firewall,
-    FirewallMode,
     Host,
-    InnerPipe,
     ObjectRef,
     OpenedConnection,
     Pipe,
-    Service,
     Settlement,
     Sla,
     SpendingCap,
     TransportControl,
+    object_from_fields,
 )
 from dtp.errors import (
     InvalidArgument,
@@ -956,101 +952,8 @@ class LocalLedger(Ledger):
 
 
 def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
-    if name == "Host":
-        fw = d["firewall"]
-        services = {
-            int(port): Service(
-                s["kind"], Sla.from_fields(s["sla"]), s["max_connections"], s["open_connections"]
-            )
-            for port, s in d["services"].items()
-        }
-        return Host(
-            object_id,
-            version,
-            d["authority"],
-            d["noise_static_key"],
-            tuple(d["endpoints"]),
-            services,
-            Firewall(
-                FirewallMode(fw["mode"]),
-                tuple(fw["allow"]),
-                tuple(fw["deny"]),
-                fw["max_connections_per_client"],
-                fw["max_bytes_per_sec"],
-                fw["max_requests_per_sec"],
-            ),
-            d["open_connections"],
-            dict(d["client_connections"]),
-        )
-    if name == "SpendingCap":
-        return SpendingCap(
-            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
-        )
-    if name == "TransportControl":
-        state = d["state"]
-        kind = state["kind"]
-        return TransportControl(
-            object_id,
-            version,
-            d["host"],
-            d["port"],
-            d["client"],
-            d["server"],
-            Sla.from_fields(d["sla"]),
-            d["escrow"],
-            d["spending_cap"],
-            {"Open": ConnectionState.OPEN, "HalfClosed": ConnectionState.HALF_CLOSED}.get(
-                kind, ConnectionState.CLOSED
-            ),
-            state.get("by"),
-            state.get("at_ms", state.get("half_closed_at_ms")),
-            state.get("closed_at_ms"),
-            d["opened_at_ms"],
-            d["settled"],
-        )
-    if name == "Escrow":
-        return Escrow(
-            object_id,
-            version,
-            d["connection"],
-            d["client"],
-            d["client_public_key"],
-            d["server"],
-            d["spending_cap"],
-            Sla.from_fields(d["sla"]),
-            d["funds"],
-            d["deposited"],
-            d["claimed"],
-            d["refunded"],
-            d["latest_nonce"],
-            d["settled"],
-        )
-    if name == "Pipe":
-        return Pipe(
-            object_id,
-            version,
-            d["connection"],
-            d["owner"],
-            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
-        )
-    if name == "Broadcast":
-        return Broadcast(
-            object_id,
-            version,
-            d["broadcaster"],
-            d["channel"],
-            d["slot_price"],
-            d["slot_ms"],
-            d["start_ms"],
-            d["next_slot"],
-            d["paid_slots"],
-            d["pool"],
-            d["earned"],
-            dict(d["contributions"]),
-            d["total_contributed"],
-            d["next_seq"],
-            d["cancelled"],
-            d["refund_base"],
-            d["outstanding"],
-        )
-    raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.")
+    table = d.get("client_connections") if name == "Host" else d.get("contributions")
+    try:
+        return object_from_fields(name, object_id, version, d, table or {})
+    except ValueError:
+        raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.") from None

@@ -386,3 +386,116 @@ class EventFilter:
         if self.sender is not None and self.sender != event.sender:
             return False
         return self.object_id is None or self.object_id in event.fields.values()
+
+
+def object_from_fields(
+    name: str,
+    object_id: str,
+    version: int,
+    d: Mapping[str, Any],
+    table_entries: Mapping[str, int],
+) -> ChainObject:
+    """The typed view of a dtp object from its Move fields, as both ledgers hold them.
+
+    ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a Host's
+    per-client connection counts, a Broadcast's contributions), which Sui keeps outside
+    the object. Raises ValueError for a struct name that is not a dtp object.
+    """
+    if name == "Host":
+        fw = d["firewall"]
+        services = {
+            int(port): Service(
+                s["kind"], Sla.from_fields(s["sla"]), s["max_connections"], s["open_connections"]
+            )
+            for port, s in d["services"].items()
+        }
+        return Host(
+            object_id,
+            version,
+            d["authority"],
+            d["noise_static_key"],
+            tuple(d["endpoints"]),
+            services,
+            Firewall(
+                FirewallMode(fw["mode"]),
+                tuple(fw["allow"]),
+                tuple(fw["deny"]),
+                fw["max_connections_per_client"],
+                fw["max_bytes_per_sec"],
+                fw["max_requests_per_sec"],
+            ),
+            d["open_connections"],
+            dict(table_entries),
+        )
+    if name == "SpendingCap":
+        return SpendingCap(
+            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
+        )
+    if name == "TransportControl":
+        state = d["state"]
+        kind = state["kind"]
+        return TransportControl(
+            object_id,
+            version,
+            d["host"],
+            d["port"],
+            d["client"],
+            d["server"],
+            Sla.from_fields(d["sla"]),
+            d["escrow"],
+            d["spending_cap"],
+            {"Open": ConnectionState.OPEN, "HalfClosed": ConnectionState.HALF_CLOSED}.get(
+                kind, ConnectionState.CLOSED
+            ),
+            state.get("by"),
+            state.get("at_ms", state.get("half_closed_at_ms")),
+            state.get("closed_at_ms"),
+            d["opened_at_ms"],
+            d["settled"],
+        )
+    if name == "Escrow":
+        return Escrow(
+            object_id,
+            version,
+            d["connection"],
+            d["client"],
+            d["client_public_key"],
+            d["server"],
+            d["spending_cap"],
+            Sla.from_fields(d["sla"]),
+            d["funds"],
+            d["deposited"],
+            d["claimed"],
+            d["refunded"],
+            d["latest_nonce"],
+            d["settled"],
+        )
+    if name == "Pipe":
+        return Pipe(
+            object_id,
+            version,
+            d["connection"],
+            d["owner"],
+            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
+        )
+    if name == "Broadcast":
+        return Broadcast(
+            object_id,
+            version,
+            d["broadcaster"],
+            d["channel"],
+            d["slot_price"],
+            d["slot_ms"],
+            d["start_ms"],
+            d["next_slot"],
+            d["paid_slots"],
+            d["pool"],
+            d["earned"],
+            dict(table_entries),
+            d["total_contributed"],
+            d["next_seq"],
+            d["cancelled"],
+            d["refund_base"],
+            d["outstanding"],
+        )
+    raise ValueError(f"{name} is not a dtp object type")

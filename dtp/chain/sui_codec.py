@@ -19,19 +19,14 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dtp.chain.objects import (
-    Broadcast,
     ChainObject,
     ConnectionState,
     Escrow,
-    Firewall,
-    FirewallMode,
     Host,
-    InnerPipe,
     Pipe,
-    Service,
-    Sla,
     SpendingCap,
     TransportControl,
+    object_from_fields,
 )
 from dtp.errors import ChainError
 
@@ -461,108 +456,7 @@ def decode_object(
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
     d = decode(layout, data)
-    entries = dict(table_entries or {})
-    object_id = d["id"]
-    if struct == "Host":
-        fw = d["firewall"]
-        return Host(
-            object_id,
-            version,
-            d["authority"],
-            d["noise_static_key"],
-            tuple(d["endpoints"]),
-            {
-                port: Service(
-                    s["kind"],
-                    Sla.from_fields(s["sla"]),
-                    s["max_connections"],
-                    s["open_connections"],
-                )
-                for port, s in d["services"].items()
-            },
-            Firewall(
-                FirewallMode(fw["mode"]),
-                tuple(fw["allow"]),
-                tuple(fw["deny"]),
-                fw["max_connections_per_client"],
-                fw["max_bytes_per_sec"],
-                fw["max_requests_per_sec"],
-            ),
-            d["open_connections"],
-            entries,
-        )
-    if struct == "SpendingCap":
-        return SpendingCap(
-            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
-        )
-    if struct == "TransportControl":
-        state = d["state"]
-        return TransportControl(
-            object_id,
-            version,
-            d["host"],
-            d["port"],
-            d["client"],
-            d["server"],
-            Sla.from_fields(d["sla"]),
-            d["escrow"],
-            d["spending_cap"],
-            {
-                "Open": ConnectionState.OPEN,
-                "HalfClosed": ConnectionState.HALF_CLOSED,
-                "Closed": ConnectionState.CLOSED,
-            }[state["kind"]],
-            state.get("by"),
-            state.get("at_ms", state.get("half_closed_at_ms")),
-            state.get("closed_at_ms"),
-            d["opened_at_ms"],
-            d["settled"],
-        )
-    if struct == "Escrow":
-        return Escrow(
-            object_id,
-            version,
-            d["connection"],
-            d["client"],
-            d["client_public_key"],
-            d["server"],
-            d["spending_cap"],
-            Sla.from_fields(d["sla"]),
-            d["funds"],
-            d["deposited"],
-            d["claimed"],
-            d["refunded"],
-            d["latest_nonce"],
-            d["settled"],
-        )
-    if struct == "Pipe":
-        return Pipe(
-            object_id,
-            version,
-            d["connection"],
-            d["owner"],
-            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
-        )
-    b = d
-    return Broadcast(
-        object_id,
-        version,
-        b["broadcaster"],
-        b["channel"],
-        b["slot_price"],
-        b["slot_ms"],
-        b["start_ms"],
-        b["next_slot"],
-        b["paid_slots"],
-        b["pool"],
-        b["earned"],
-        entries,
-        b["total_contributed"],
-        b["next_seq"],
-        b["cancelled"],
-        b["refund_base"],
-        b["outstanding"],
-    )
+    return object_from_fields(struct, d["id"], version, d, table_entries or {})
 
 
 def table_id(struct: str, data: bytes) -> str | None:
