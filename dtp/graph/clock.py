@@ -1,0 +1,85 @@
+"""The hybrid clock that assigns HAM states (docs/graph.md, "States").
+
+A state is a float64 number of milliseconds since the Unix epoch. Each write takes
+``max(wall clock in whole ms, last state + STEP)``: successive writes of one peer are
+strictly ordered even within one millisecond (up to 256 per ms before the clock runs
+ahead of the wall clock, as a hybrid logical clock does), and a restart that finds the
+wall clock behind the last persisted state keeps counting from that state.
+
+The *machine state* -- the bound past which an incoming update is deferred -- is the wall
+clock plus ``max_drift_ms``, the skew tolerated between honest peers. The wall clock is
+injectable (``now_ms``) so tests control time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+STEP = 1.0 / 256
+"""Smallest increment between two states of one peer, in ms (exact in binary64 for any
+date before the year 2500: the ulp of 2**44 ms is 2**-8)."""
+
+
+def wall_clock_ms() -> float:
+    """The system wall clock in milliseconds since the Unix epoch."""
+    return time.time_ns() / 1_000_000
+
+
+class HybridClock:
+    """Issues strictly increasing HAM states from a wall clock and a counter.
+
+    ``now_ms``: the wall clock (ms since the epoch); ``max_drift_ms``: how far ahead of
+    it an incoming state may be and still be applied at once; ``last``: the highest
+    state already issued (restored from storage after a restart).
+    """
+
+    def __init__(
+        self,
+        now_ms: Callable[[], float] = wall_clock_ms,
+        *,
+        max_drift_ms: float = 1000.0,
+        last: float = 0.0,
+    ) -> None:
+        if not math.isfinite(max_drift_ms) or max_drift_ms < 0:
+            raise ValueError("max_drift_ms must be a finite number >= 0")
+        self._now = now_ms
+        self.max_drift_ms = max_drift_ms
+        self._last = last
+        self._lock = threading.Lock()
+
+    @property
+    def last(self) -> float:
+        """The highest state issued (or observed) so far."""
+        return self._last
+
+    def now(self) -> float:
+        """The wall clock, in ms."""
+        return float(self._now())
+
+    def machine_state(self) -> float:
+        """Updates with a state above this are deferred (protocol.md 6.3)."""
+        return self.now() + self.max_drift_ms
+
+    def next(self, after: float | None = None) -> float:
+        """A new state, greater than every state issued before and than ``after``."""
+        with self._lock:
+            floor = self._last if after is None or after < self._last else after
+            state = float(math.floor(self.now()))
+            if state <= floor:
+                state = floor + STEP
+                if state <= floor:  # beyond the range where STEP is exact: next float up
+                    state = math.nextafter(floor, math.inf)
+            self._last = state
+            return state
+
+    def observe(self, state: float) -> None:
+        """Move the counter past a state seen elsewhere (never beyond the machine state)."""
+        with self._lock:
+            if self._last < state <= self.machine_state():
+                self._last = state
+
+
+__all__ = ["STEP", "HybridClock", "wall_clock_ms"]

@@ -1,0 +1,171 @@
+"""User space: nodes owned by a host key (docs/graph.md, "Signed namespaces").
+
+A soul that begins with ``~`` belongs to the user space. It must read
+``~0x<64 lowercase hex>`` -- a Sui address, the *owner* -- optionally followed by ``/``
+and anything. Any other soul starting with ``~`` is refused outright, so nobody can
+squat look-alike names.
+
+Every field of an owned node carries a **signed envelope** as its stored value::
+
+    value = ed25519 public key (32) || signature (64) || canonical JSON value
+
+The public key must hash to the owner's Sui address (``blake2b-256(0x00 || key)``), and
+the signature is Ed25519 over::
+
+    b"dtp-graph-v1/signed-field\\x00" || canonical HAM update encoding of
+        (soul, field, state, canonical JSON value)
+
+(protocol.md 6.1: varint lengths, the state as f64le), so a signature binds the value
+to its node, its field and its state -- it cannot be replayed elsewhere or later. The
+envelope lives inside the HAM value, so it travels, persists and is forwarded with the
+update unchanged, and every peer checks it again before the update reaches the merge.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dtp._core import decode_ham_batch, encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.keys import HostIdentity, sui_address_from_public_key
+
+USER_SPACE = b"~"
+DOMAIN = b"dtp-graph-v1/signed-field\x00"
+PUBLIC_KEY_LEN = 32
+SIGNATURE_LEN = 64
+ENVELOPE_LEN = PUBLIC_KEY_LEN + SIGNATURE_LEN
+
+_OWNED = re.compile(rb"~(0x[0-9a-f]{64})(?:/.*)?", re.DOTALL)
+_F64 = struct.Struct("<d")
+
+# reasons an update is refused (keys of Graph.stats["rejected"])
+UNSIGNED = "unsigned"
+BAD_SIGNATURE = "bad_signature"
+WRONG_KEY = "wrong_key"
+BAD_SOUL = "bad_soul"
+
+
+def user_soul(owner: str | HostIdentity, path: str = "") -> str:
+    """The soul ``~<owner address>/<path>`` (or just ``~<owner>`` without a path)."""
+    address = owner.sui_address if isinstance(owner, HostIdentity) else owner
+    soul = f"~{address}" + (f"/{path}" if path else "")
+    if owner_of(soul.encode()) != address:
+        raise LocalProtocolError(f"not a Sui address: {address!r}", ErrorCode.ARG)
+    return soul
+
+
+def is_user_space(soul: bytes) -> bool:
+    """True for souls under the ``~`` prefix (owned, or malformed and refused)."""
+    return soul.startswith(USER_SPACE)
+
+
+def owner_of(soul: bytes) -> str | None:
+    """The owner's Sui address of an owned soul; None for public souls and for
+    malformed ``~`` souls (check :func:`is_user_space` to tell them apart)."""
+    match = _OWNED.fullmatch(soul)
+    return match.group(1).decode() if match else None
+
+
+def signing_message(soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
+    """The bytes the owner signs: the domain, then the canonical update encoding."""
+    return DOMAIN + encode_ham_batch([HamUpdate(soul, field, state, value)])[5:]
+
+
+def seal(identity: HostIdentity, soul: bytes, field: bytes, state: float, value: bytes) -> bytes:
+    """The stored value of an owned field: ``public key || signature || value``."""
+    owner = owner_of(soul)
+    if owner is None:
+        raise LocalProtocolError(f"not an owned soul: {soul!r}", ErrorCode.ARG)
+    if owner != identity.sui_address:
+        raise LocalProtocolError(
+            f"{soul.decode(errors='replace')} belongs to {owner}, not {identity.sui_address}",
+            ErrorCode.ARG,
+        )
+    signature = identity.sign(signing_message(soul, field, state, value))
+    return identity.ed25519_public + signature + value
+
+
+def open_envelope(stored: bytes) -> bytes:
+    """The JSON value inside an envelope (the caller knows the field is owned)."""
+    return stored[ENVELOPE_LEN:]
+
+
+@lru_cache(maxsize=1024)
+def _key(public: bytes) -> tuple[str, Ed25519PublicKey]:
+    return sui_address_from_public_key(public), Ed25519PublicKey.from_public_bytes(public)
+
+
+def check(update: HamUpdate) -> str | None:
+    """Why an update to the user space must be refused, or None if it is valid.
+
+    Public souls (no ``~``) are always valid here.
+    """
+    soul, field, state, stored = update
+    if not soul.startswith(USER_SPACE):
+        return None
+    owner = owner_of(soul)
+    if owner is None:
+        return BAD_SOUL
+    if len(stored) < ENVELOPE_LEN:
+        return UNSIGNED
+    public = stored[:PUBLIC_KEY_LEN]
+    address, key = _key(public)
+    if address != owner:
+        return WRONG_KEY
+    try:
+        key.verify(
+            stored[PUBLIC_KEY_LEN:ENVELOPE_LEN],
+            signing_message(soul, field, state, stored[ENVELOPE_LEN:]),
+        )
+    except InvalidSignature:
+        return BAD_SIGNATURE
+    return None
+
+
+def filter_batch(batch: bytes) -> tuple[bytes, dict[str, int]]:
+    """Drop the updates of a peer's batch that break the ownership rule.
+
+    Returns the batch to merge (the input itself when nothing was dropped) and the
+    count of refusals per reason. A batch without a ``~`` byte anywhere cannot name a
+    user-space soul, so it passes without being decoded; otherwise it is decoded
+    (validated: RemoteProtocolError if malformed) and every user-space update checked.
+    """
+    if USER_SPACE not in batch:
+        return batch, {}
+    updates = decode_ham_batch(batch)
+    kept: list[HamUpdate] = []
+    refused: dict[str, int] = {}
+    for update in updates:
+        reason = check(update)
+        if reason is None:
+            kept.append(update)
+        else:
+            refused[reason] = refused.get(reason, 0) + 1
+    if not refused:
+        return batch, {}
+    return encode_ham_batch(kept), refused
+
+
+__all__ = [
+    "BAD_SIGNATURE",
+    "BAD_SOUL",
+    "DOMAIN",
+    "ENVELOPE_LEN",
+    "UNSIGNED",
+    "USER_SPACE",
+    "WRONG_KEY",
+    "check",
+    "filter_batch",
+    "is_user_space",
+    "open_envelope",
+    "owner_of",
+    "seal",
+    "signing_message",
+    "user_soul",
+]

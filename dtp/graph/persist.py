@@ -1,0 +1,181 @@
+"""SQLite persistence of a graph (docs/graph.md, "Persistence").
+
+The HAM table in memory (C) is the working set; SQLite keeps it across restarts. What is
+stored is the table's own output: every ``changed`` batch (the canonical batch of the
+updates a merge applied) is appended to a log, in order. Replaying the log with the
+clock past every state rebuilds the same table, because merge is commutative,
+associative and idempotent -- and it costs one C merge per stored batch, no per-field
+Python work. Writes are buffered and go to SQLite in one transaction (``executemany``)
+per flush; when the log has grown well past the table it is *compacted*: replaced, in one
+transaction, by the table's ``export``.
+
+The database runs in WAL mode. ``meta`` holds the replica id and the clock's last state
+(so states keep increasing after a restart even if the wall clock went back).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
+"""
+_F64 = struct.Struct("<d")
+
+
+class GraphStorage:
+    """The SQLite file behind a :class:`~dtp.graph.Graph`.
+
+    ``flush_rows`` / ``flush_bytes`` / ``flush_interval``: a buffered write goes to disk
+    once that many batches, bytes or seconds have accumulated (and always on
+    :meth:`flush` / :meth:`close`). Not thread-safe by itself: the graph holds its lock
+    around every call.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_rows: int = 1024,
+        flush_bytes: int = 8 << 20,
+        flush_interval: float = 0.25,
+    ) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._pending: list[tuple[bytes]] = []
+        self._pending_bytes = 0
+        self._flush_rows = flush_rows
+        self._flush_bytes = flush_bytes
+        self._flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
+        rows, size = row.fetchone()
+        self.log_rows: int = int(rows)
+        self.log_bytes: int = int(size)
+        base = self.get_meta("compacted_bytes")
+        self._compacted_bytes = int(base.decode()) if base else 0
+        self._compacted_rows = 0
+        self.flushes = 0
+        self.compactions = 0
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        """One value of the ``meta`` table."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Write one ``meta`` value at once (outside the buffered log)."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def replica_id(self) -> bytes:
+        """This file's random 16-byte replica id (created on first use)."""
+        rid = self.get_meta("replica_id")
+        if rid is None:
+            rid = os.urandom(16)
+            self.set_meta("replica_id", rid)
+        return rid
+
+    def clock_last(self) -> float:
+        """The last state issued before the previous shutdown (0.0 for a new file)."""
+        raw = self.get_meta("clock")
+        return _F64.unpack(raw)[0] if raw and len(raw) == 8 else 0.0
+
+    # -- the log ----------------------------------------------------------------------------
+
+    def load(self) -> Iterator[bytes]:
+        """The stored batches, oldest first."""
+        for (batch,) in self._db.execute("SELECT batch FROM log ORDER BY seq"):
+            yield bytes(batch)
+
+    def append(self, batch: bytes) -> bool:
+        """Buffer one changed batch; True when a flush is due."""
+        self._pending.append((batch,))
+        self._pending_bytes += len(batch)
+        return (
+            len(self._pending) >= self._flush_rows
+            or self._pending_bytes >= self._flush_bytes
+            or time.monotonic() - self._last_flush >= self._flush_interval
+        )
+
+    @property
+    def pending(self) -> int:
+        """Batches buffered and not yet written."""
+        return len(self._pending)
+
+    def flush(self, clock_last: float) -> None:
+        """Write the buffered batches and the clock in one transaction."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        rows, size = self._pending, self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        with self._transaction():
+            self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
+            )
+        self.log_rows += len(rows)
+        self.log_bytes += size
+        self.flushes += 1
+
+    def should_compact(self) -> bool:
+        """True when the log holds much more than the table would (old versions,
+        many small batches)."""
+        return (
+            self.log_bytes > 2 * self._compacted_bytes + (4 << 20)
+            or self.log_rows > 4096 + 4 * self._compacted_rows
+        )
+
+    def compact(self, batches: Iterable[bytes], clock_last: float) -> None:
+        """Replace the log by ``batches`` (the table's export), atomically; buffered
+        writes are dropped, since the export already holds them."""
+        rows = [(b,) for b in batches]
+        size = sum(len(b) for (b,) in rows)
+        self._pending, self._pending_bytes = [], 0
+        with self._transaction():
+            self._db.execute("DELETE FROM log")
+            self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('compacted_bytes', ?)",
+                (str(size).encode(),),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
+            )
+        self.log_rows, self.log_bytes = len(rows), size
+        self._compacted_bytes = size
+        self._compacted_rows = len(rows)
+        self._last_flush = time.monotonic()
+        self.compactions += 1
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        """Close the file (the caller flushes first)."""
+        self._db.close()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+__all__ = ["GraphStorage"]

@@ -1,0 +1,713 @@
+"""The graph: nodes ("souls") with fields, over the HAM table (docs/graph.md).
+
+:class:`Graph` is the user-facing store. Each field is one entry of the HAM table
+(``dtp._core.HamGraph``: C by default, the pure-Python twin with ``DTP_PUREPYTHON=1`` or
+``ham="python"``), keyed by (soul, field) and holding (state, canonical value bytes).
+Writes take their state from a :class:`~dtp.graph.clock.HybridClock`; updates from peers
+go through the ownership check (:mod:`dtp.graph.namespace`) and then one C merge per
+batch. Whatever a merge *changed* is, in this order: logged to SQLite
+(:mod:`dtp.graph.persist`), folded into the sync summaries, forwarded to live sync
+sessions and delivered to subscribers.
+
+Per-field Python work is paid only for what needs it. The soul index and the sync
+summaries (the *view*) are built lazily from the table's export and then kept up to
+date; a merge that changes a large share of the table drops the view instead, to be
+rebuilt on the next read (amortised O(1) per change). A bulk sync into a fresh replica
+therefore costs one C merge and one SQLite row per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dtp import _core, _reference
+from dtp._core import encode_ham_batch
+from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_REJECTED, HAM_SAME, HamUpdate
+from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.graph import namespace
+from dtp.graph._batch import Entry, batch_count, entries
+from dtp.graph.clock import HybridClock, wall_clock_ms
+from dtp.graph.persist import GraphStorage
+from dtp.graph.values import JSON, decode_value, encode_value, link_soul
+from dtp.keys import HostIdentity
+
+LEAF_BITS = 16
+"""Souls are spread over 2**16 leaves by ``blake2b(soul, digest_size=2)``."""
+FANOUT_BITS = 8
+"""Each summary level splits a node into 256 children: root -> 256 -> 65536 leaves."""
+LEAF_LEVEL = LEAF_BITS // FANOUT_BITS
+
+_MAX_STATE = sys.float_info.max  # replaying our own log: nothing is ahead of this clock
+_BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
+_VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
+
+
+def soul_leaf(soul: bytes) -> int:
+    """The leaf (0..65535) a soul's fields are summarised under."""
+    return int.from_bytes(hashlib.blake2b(soul, digest_size=2).digest(), "big")
+
+
+def entry_hash(canonical: bytes) -> int:
+    """The 64-bit hash of one update's canonical encoding (summary digests XOR these)."""
+    return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field that changed, as subscribers see it."""
+
+    soul: str
+    """The node."""
+    field: str
+    """The field name."""
+    value: JSON
+    """Its new value (a link is ``{"#": soul}``)."""
+    state: float
+    """Its HAM state (ms since the epoch, from the writer's hybrid clock)."""
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What a merge of a peer's batch did, update by update."""
+
+    applied: int = 0
+    """Updates that changed the table."""
+    historical: int = 0
+    """Updates older than (or losing the tie against) what the table holds."""
+    same: int = 0
+    """Updates equal to what the table holds."""
+    deferred: int = 0
+    """Updates ahead of the machine clock, held until their time comes."""
+    dropped: int = 0
+    """Updates ahead of the clock that found the deferred queue full."""
+    refused: int = 0
+    """Updates refused by the ownership rule (unsigned, badly signed, bad soul)."""
+
+
+class Subscription:
+    """A registered change callback; :meth:`cancel` removes it."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        soul: str,
+        field: str | None,
+        callback: Callable[[Change], None],
+    ) -> None:
+        self.soul = soul
+        self.field = field
+        self.callback = callback
+        self._graph = graph
+        self.active = True
+
+    def cancel(self) -> None:
+        """Stop receiving changes (idempotent)."""
+        if self.active:
+            self.active = False
+            self._graph._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class ChangeStream:
+    """An async iterator over the changes of a node or field (see :meth:`Graph.changes`).
+
+    Changes are queued up to ``maxsize``; beyond that the oldest are dropped and
+    :attr:`dropped` counts them (a slow reader never blocks writers).
+    """
+
+    def __init__(self, graph: Graph, soul: str, field: str | None, maxsize: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._maxsize = maxsize
+        self.dropped = 0
+        self._sub = graph.subscribe(soul, self._deliver, field=field)
+
+    def _deliver(self, change: Change) -> None:
+        self._loop.call_soon_threadsafe(self._put, change)
+
+    def _put(self, change: Change) -> None:
+        if self._queue.qsize() >= self._maxsize:
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(change)
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> Change:
+        if not self._sub.active and self._queue.empty():
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    def close(self) -> None:
+        """Stop listening; the iterator ends once the queue is drained."""
+        self._sub.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+class _View:
+    """Soul index and summary digests, derived from the table.
+
+    ``fields``: soul -> field -> entry hash; ``leaves``: leaf -> souls; ``digest`` /
+    ``count``: per leaf, the XOR of entry hashes and the number of fields.
+    """
+
+    def __init__(self) -> None:
+        self.fields: dict[bytes, dict[bytes, int]] = {}
+        self.leaf: dict[bytes, int] = {}
+        self.leaves: dict[int, set[bytes]] = {}
+        self.digest: dict[int, int] = {}
+        self.count: dict[int, int] = {}
+        self.size = 0
+
+    def add(self, items: list[Entry]) -> None:
+        """Fold applied updates in (each replaces the field's previous entry)."""
+        fields, leaf_of, leaves, digest, count = (
+            self.fields,
+            self.leaf,
+            self.leaves,
+            self.digest,
+            self.count,
+        )
+        blake = hashlib.blake2b
+        for soul, field, _state, _value, raw in items:
+            node = fields.get(soul)
+            if node is None:
+                node = fields[soul] = {}
+                leaf = leaf_of[soul] = int.from_bytes(blake(soul, digest_size=2).digest(), "big")
+                leaves.setdefault(leaf, set()).add(soul)
+            else:
+                leaf = leaf_of[soul]
+            h = int.from_bytes(blake(raw, digest_size=8).digest(), "little")
+            old = node.get(field)
+            if old is None:
+                count[leaf] = count.get(leaf, 0) + 1
+                digest[leaf] = digest.get(leaf, 0) ^ h
+                self.size += 1
+            else:
+                digest[leaf] ^= old ^ h
+            node[field] = h
+
+    def children(self, level: int, prefix: int) -> dict[int, tuple[int, int]]:
+        """Summaries of the children of node (level, prefix): child prefix ->
+        (digest, count), non-empty children only."""
+        child_level = level + 1
+        shift = LEAF_BITS - FANOUT_BITS * child_level
+        out: dict[int, tuple[int, int]] = {}
+        if level == 0:
+            for leaf, n in self.count.items():
+                if n:
+                    child = leaf >> shift
+                    d, c = out.get(child, (0, 0))
+                    out[child] = (d ^ self.digest[leaf], c + n)
+            return out
+        span = 1 << (LEAF_BITS - FANOUT_BITS * level)
+        first = prefix * span
+        for leaf in range(first, first + span):
+            n = self.count.get(leaf, 0)
+            if n:
+                child = leaf >> shift
+                d, c = out.get(child, (0, 0))
+                out[child] = (d ^ self.digest[leaf], c + n)
+        return out
+
+    def root(self) -> tuple[int, int]:
+        """(digest, count) of the whole table."""
+        d = 0
+        for value in self.digest.values():
+            d ^= value
+        return d, self.size
+
+    def souls_under(self, level: int, prefix: int) -> Iterator[bytes]:
+        """Souls in the leaves under node (level, prefix)."""
+        span = 1 << (LEAF_BITS - FANOUT_BITS * level)
+        first = prefix * span
+        if span > len(self.leaves):
+            for leaf, souls in self.leaves.items():
+                if first <= leaf < first + span:
+                    yield from souls
+        else:
+            for leaf in range(first, first + span):
+                yield from self.leaves.get(leaf, ())
+
+
+ChangeListener = Callable[[bytes, object], None]
+"""``listener(changed_batch, origin)``: a sync session forwarding changes to its peer."""
+
+
+class Graph:
+    """A replicated graph of nodes and fields, persisted in SQLite, synced over DTP.
+
+    ``path``: the SQLite file (None keeps the graph in memory only). ``identity``: the
+    host key used to sign writes to its own user space ``~<address>/...``.
+    ``now_ms``: the wall clock (injectable for tests); ``max_drift_ms``: how far ahead of
+    it a peer's state may be before the update is deferred. ``ham``: ``"c"``,
+    ``"python"`` (the twin) or None for the process-wide backend
+    (``dtp._core.HamGraph``). ``max_deferred_bytes``: cap of the deferred queue.
+
+    Thread-safe: sync sessions in other threads merge while the application reads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        identity: HostIdentity | None = None,
+        now_ms: Callable[[], float] = wall_clock_ms,
+        max_drift_ms: float = 1000.0,
+        ham: str | None = None,
+        max_deferred_bytes: int = 16 << 20,
+        flush_interval: float = 0.25,
+    ) -> None:
+        table_type: Any
+        if ham is None:
+            table_type = _core.HamGraph
+        elif ham == "c":
+            table_type = _core.NativeHamGraph
+        elif ham == "python":
+            table_type = _reference.HamGraph
+        else:
+            raise LocalProtocolError(f"unknown HAM backend {ham!r}", ErrorCode.ARG)
+        self._table = table_type(max_deferred_bytes=max_deferred_bytes)
+        self.ham_backend = "python" if table_type is _reference.HamGraph else "c"
+        self.identity = identity
+        self._lock = threading.RLock()
+        self._view: _View | None = _View()
+        self._subs: dict[str, list[Subscription]] = {}
+        self._listeners: list[tuple[ChangeListener, object]] = []
+        self.stats: dict[str, Any] = {
+            "merged_batches": 0,
+            "applied": 0,
+            "deferred": 0,
+            "dropped": 0,
+            "refused": 0,
+            "refused_by_reason": {},
+            "view_rebuilds": 0,
+        }
+        self._storage: GraphStorage | None = None
+        last = 0.0
+        if path is not None:
+            self._storage = GraphStorage(path, flush_interval=flush_interval)
+            last = self._storage.clock_last()
+            for batch in self._storage.load():
+                self._table.merge(batch, _MAX_STATE)
+            if len(self._table):
+                self._view = None
+        self.clock = HybridClock(now_ms, max_drift_ms=max_drift_ms, last=last)
+        self.replica_id = self._storage.replica_id() if self._storage else os.urandom(16)
+        self._closed = False
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def put(self, soul: str, data: Mapping[str, Any]) -> float:
+        """Write fields of node ``soul``; returns the state they were written with.
+
+        Values are JSON values; ``{"#": other}`` is a link; any other mapping becomes
+        the node ``<soul>/<field>``, written too, with a link to it in the field.
+        Writes to a user-space soul ``~<address>/...`` are signed with :attr:`identity`,
+        which must own it.
+        """
+        writes: list[tuple[bytes, bytes, bytes]] = []
+        self._flatten(soul, data, writes, 0)
+        changes: list[Change] = []
+        with self._lock:
+            self._check_open()
+            self._advance_due(changes)
+            after: float | None = None
+            for s, f, _ in writes:
+                current = self._table.get(s, f)
+                if current is not None and (after is None or current[0] > after):
+                    after = current[0]
+            state = self.clock.next(after)
+            updates = []
+            for s, f, value in writes:
+                if namespace.is_user_space(s):
+                    if self.identity is None:
+                        raise LocalProtocolError(
+                            "writing to a user-space soul needs the owner's identity",
+                            ErrorCode.ARG,
+                        )
+                    value = namespace.seal(self.identity, s, f, state, value)
+                updates.append(HamUpdate(s, f, state, value))
+            result = self._table.merge(encode_ham_batch(updates), max(state, _MAX_STATE))
+            self._changed(result.changed, None, changes)
+        self._deliver(changes)
+        return state
+
+    def set(self, soul: str, field: str, value: Any) -> float:
+        """Write one field (see :meth:`put`)."""
+        return self.put(soul, {field: value})
+
+    def _flatten(
+        self, soul: str, data: Mapping[str, Any], out: list[tuple[bytes, bytes, bytes]], depth: int
+    ) -> None:
+        if not isinstance(soul, str) or not soul:
+            raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
+        if depth > 32:
+            raise LocalProtocolError("nodes nested more than 32 deep", ErrorCode.ARG)
+        s = soul.encode()
+        if namespace.is_user_space(s) and namespace.owner_of(s) is None:
+            raise LocalProtocolError(
+                f"user-space souls read ~0x<64 hex>[/...]: {soul!r}", ErrorCode.ARG
+            )
+        if not isinstance(data, Mapping) or not data:
+            raise LocalProtocolError("put() takes a non-empty mapping of fields", ErrorCode.ARG)
+        for field, value in data.items():
+            if not isinstance(field, str) or not field:
+                raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+            if isinstance(value, Mapping) and link_soul(value) is None:
+                child = f"{soul}/{field}"
+                self._flatten(child, value, out, depth + 1)
+                value = {"#": child}
+            out.append((s, field.encode(), encode_value(value)))
+
+    # -- merging what peers send ---------------------------------------------------------------
+
+    def merge(self, batch: bytes | bytearray | memoryview, *, origin: object = None) -> MergeReport:
+        """Merge a peer's HAM batch (protocol.md 6.1) after the ownership check.
+
+        Raises RemoteProtocolError (``HAM_*`` code) for a malformed batch, before any
+        change. ``origin`` (a sync session) is not sent its own changes back.
+        """
+        data = bytes(batch)
+        filtered, refused = namespace.filter_batch(data)
+        changes: list[Change] = []
+        with self._lock:
+            self._check_open()
+            self._advance_due(changes)
+            result = self._table.merge(filtered, self.clock.machine_state())
+            statuses = result.statuses
+            report = MergeReport(
+                applied=statuses.count(HAM_APPLIED),
+                historical=statuses.count(HAM_HISTORICAL),
+                same=statuses.count(HAM_SAME),
+                deferred=statuses.count(HAM_DEFERRED),
+                dropped=statuses.count(HAM_REJECTED),
+                refused=sum(refused.values()),
+            )
+            st = self.stats
+            st["merged_batches"] += 1
+            st["deferred"] += report.deferred
+            st["dropped"] += report.dropped
+            if refused:
+                st["refused"] += report.refused
+                by_reason = st["refused_by_reason"]
+                for reason, n in refused.items():
+                    by_reason[reason] = by_reason.get(reason, 0) + n
+            self._changed(result.changed, origin, changes)
+        self._deliver(changes)
+        return report
+
+    def advance(self) -> int:
+        """Apply deferred updates whose time has come; returns how many were applied."""
+        changes: list[Change] = []
+        with self._lock:
+            self._check_open()
+            n = self._advance_due(changes)
+        self._deliver(changes)
+        return n
+
+    @property
+    def deferred_count(self) -> int:
+        """Updates held because their state is ahead of the machine clock."""
+        return int(self._table.deferred_count)
+
+    def _advance_due(self, changes: list[Change]) -> int:
+        if not self._table.deferred_count:
+            return 0
+        changed = self._table.advance(self.clock.machine_state())
+        self._changed(changed, None, changes)
+        return batch_count(changed)
+
+    def _changed(self, changed: bytes, origin: object, changes: list[Change]) -> None:
+        """Everything that follows a merge that applied updates (lock held)."""
+        n = batch_count(changed)
+        if not n:
+            return
+        self.stats["applied"] += n
+        storage = self._storage
+        if storage is not None and storage.append(changed):
+            self._flush_locked()
+        decoded: list[Entry] | None = None
+        view = self._view
+        if view is not None:
+            if n > _VIEW_DROP and n * 4 > view.size:
+                self._view = None
+            else:
+                decoded = entries(changed)
+                view.add(decoded)
+        for listener, owner in self._listeners:
+            if owner is not origin:
+                listener(changed, origin)
+        if self._subs:
+            if decoded is None:
+                decoded = entries(changed)
+            self._collect_changes(decoded, changes)
+
+    def _collect_changes(self, decoded: list[Entry], changes: list[Change]) -> None:
+        subs = self._subs
+        for soul_b, field_b, state, value, _ in decoded:
+            soul = soul_b.decode(errors="replace")
+            if soul not in subs:
+                continue
+            try:
+                decoded_value = self._value_of(soul_b, value)
+            except DTPError:
+                continue
+            changes.append(Change(soul, field_b.decode(errors="replace"), decoded_value, state))
+
+    def _deliver(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        with self._lock:
+            targets = [(c, list(self._subs.get(c.soul, ()))) for c in changes]
+        for change, subs in targets:
+            for sub in subs:
+                if sub.active and (sub.field is None or sub.field == change.field):
+                    sub.callback(change)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _value_of(soul: bytes, stored: bytes) -> JSON:
+        if namespace.is_user_space(soul):
+            stored = namespace.open_envelope(stored)
+        return decode_value(stored)
+
+    def get(self, soul: str) -> dict[str, JSON] | None:
+        """The node's fields as a dict (links as ``{"#": soul}``), or None if unknown.
+
+        Fields whose stored bytes are not JSON (written by a misbehaving peer) are
+        left out.
+        """
+        s = soul.encode()
+        with self._lock:
+            fields = self._ensure_view().fields.get(s)
+            if not fields:
+                return None
+            stored = [(f, self._table.get(s, f)) for f in fields]
+        node: dict[str, JSON] = {}
+        for f, entry in stored:
+            if entry is None:
+                continue
+            try:
+                node[f.decode(errors="replace")] = self._value_of(s, entry[1])
+            except DTPError:
+                continue
+        return node
+
+    def get_field(self, soul: str, field: str, default: Any = None) -> JSON:
+        """One field's value, or ``default`` when the field is unknown."""
+        s = soul.encode()
+        with self._lock:
+            entry = self._table.get(s, field.encode())
+        if entry is None:
+            return default  # type: ignore[no-any-return]
+        return self._value_of(s, entry[1])
+
+    def state_of(self, soul: str, field: str) -> float | None:
+        """The HAM state of a field, or None."""
+        with self._lock:
+            entry = self._table.get(soul.encode(), field.encode())
+        return None if entry is None else entry[0]
+
+    def walk(self, soul: str, *path: str) -> str:
+        """Follow links from ``soul`` through the fields in ``path``; returns the soul
+        reached. KeyError when a field is missing or not a link."""
+        current = soul
+        for field in path:
+            target = link_soul(self.get_field(current, field))
+            if target is None:
+                raise KeyError(f"{current}.{field} is not a link")
+            current = target
+        return current
+
+    def souls(self) -> list[str]:
+        """Every node with at least one field."""
+        with self._lock:
+            return sorted(s.decode(errors="replace") for s in self._ensure_view().fields)
+
+    def __len__(self) -> int:
+        """Number of fields in the table (all nodes)."""
+        with self._lock:
+            return len(self._table)
+
+    def __contains__(self, soul: object) -> bool:
+        if not isinstance(soul, str):
+            return False
+        with self._lock:
+            return soul.encode() in self._ensure_view().fields
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    def subscribe(
+        self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
+    ) -> Subscription:
+        """Call ``callback(change)`` for every change of node ``soul`` (or of one field),
+        local or from a peer. Callbacks run in the thread that made the change, after
+        the graph's lock is released."""
+        sub = Subscription(self, soul, field, callback)
+        with self._lock:
+            self._subs.setdefault(soul, []).append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.soul, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._subs.pop(sub.soul, None)
+
+    def changes(self, soul: str, *, field: str | None = None, maxsize: int = 1024) -> ChangeStream:
+        """An async iterator of :class:`Change` for a node or a field (call it from a
+        running event loop); ``close()`` it when done."""
+        return ChangeStream(self, soul, field, maxsize)
+
+    # -- what sync sessions use ---------------------------------------------------------
+
+    def add_listener(self, listener: ChangeListener, owner: object) -> None:
+        """Call ``listener(changed_batch, origin)`` after every merge that changes the
+        table, except those whose origin is ``owner``."""
+        with self._lock:
+            self._listeners.append((listener, owner))
+
+    def listen(self, listener: ChangeListener, owner: object) -> tuple[int, int]:
+        """Register a listener (as :meth:`add_listener`) and return the root summary,
+        atomically: every change after the summary reaches the listener."""
+        with self._lock:
+            self._check_open()
+            root = self._ensure_view().root()
+            self._listeners.append((listener, owner))
+            return root
+
+    def remove_listener(self, owner: object) -> None:
+        """Remove the listeners registered for ``owner``."""
+        with self._lock:
+            self._listeners = [(fn, o) for fn, o in self._listeners if o is not owner]
+
+    def _ensure_view(self) -> _View:
+        view = self._view
+        if view is None:
+            view = _View()
+            for batch in self._table.export():
+                view.add(entries(batch))
+            self._view = view
+            self.stats["view_rebuilds"] += 1
+        return view
+
+    def root_summary(self) -> tuple[int, int]:
+        """(digest, field count) of the whole table."""
+        with self._lock:
+            return self._ensure_view().root()
+
+    def child_summaries(self, level: int, prefix: int) -> dict[int, tuple[int, int]]:
+        """Non-empty children of summary node (level, prefix): prefix -> (digest, count)."""
+        with self._lock:
+            return self._ensure_view().children(level, prefix)
+
+    def node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
+        """The table's updates under summary nodes ``(level, prefix)``, as batches of at
+        most 4096 updates."""
+        with self._lock:
+            view = self._ensure_view()
+            updates: list[HamUpdate] = []
+            table = self._table
+            for level, prefix in nodes:
+                for soul in view.souls_under(level, prefix):
+                    for field in view.fields.get(soul, ()):
+                        entry = table.get(soul, field)
+                        if entry is not None:
+                            updates.append(HamUpdate(soul, field, entry[0], entry[1]))
+        for i in range(0, len(updates), _BATCH_UPDATES):
+            yield encode_ham_batch(updates[i : i + _BATCH_UPDATES])
+
+    def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The whole table as canonical batches, straight from the HAM table."""
+        with self._lock:
+            batches = list(self._table.export(max_batch_bytes))
+        yield from batches
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write buffered changes to SQLite now (compacting the log when it has grown)."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        storage = self._storage
+        if storage is None:
+            return
+        storage.flush(self.clock.last)
+        if storage.should_compact():
+            storage.compact(self._table.export(), self.clock.last)
+
+    @property
+    def storage(self) -> GraphStorage | None:
+        """The SQLite store, or None for an in-memory graph."""
+        return self._storage
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("the graph is closed", ErrorCode.ARG)
+
+    def close(self) -> None:
+        """Flush and close the SQLite file (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            if self._storage is not None:
+                self._storage.close()
+            self._closed = True
+
+    def __enter__(self) -> Graph:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def snapshot(self) -> dict[tuple[bytes, bytes], tuple[float, bytes]]:
+        """Every field as (soul, field) -> (state, stored value) -- for tests and tools."""
+        out: dict[tuple[bytes, bytes], tuple[float, bytes]] = {}
+        for batch in self.export():
+            for soul, field, state, value, _ in entries(batch):
+                out[soul, field] = (state, value)
+        return out
+
+    async def watch_deferred(self, interval: float = 0.25) -> None:
+        """Apply deferred updates as their time comes, until cancelled (asyncio)."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._table.deferred_count:
+                self.advance()
+
+
+__all__ = [
+    "FANOUT_BITS",
+    "LEAF_BITS",
+    "LEAF_LEVEL",
+    "Change",
+    "ChangeListener",
+    "ChangeStream",
+    "Graph",
+    "MergeReport",
+    "Subscription",
+    "entry_hash",
+    "soul_leaf",
+]

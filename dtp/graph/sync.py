@@ -1,0 +1,526 @@
+"""Graph sync over a DTP stream (docs/graph.md, "Sync protocol").
+
+:class:`SyncSession` is the sans-I/O protocol: bytes in (:meth:`~SyncSession.receive_data`),
+bytes out (:meth:`~SyncSession.data_to_send`), no sockets, no clock. Both peers run the
+same machine:
+
+1. Each sends HELLO with the summary of its whole table (an XOR digest of every field's
+   hash, and the field count).
+2. Summaries form a tree: root -> 256 nodes -> 65536 leaves (souls are placed by
+   ``blake2b(soul, 2 bytes)``). For a node whose digests differ, both sides take the
+   same decision from the same two summaries: if it is a leaf, if either side has no
+   field under it, or if both together have at most :data:`SMALL` fields, each side
+   *pushes* its fields under it (DATA); otherwise each side sends the summaries of the
+   node's children (SUM) and the comparison goes on one level down.
+3. When a side has pushed everything its decisions call for, it sends END. The
+   peer's END means everything the peer had at the start has arrived.
+4. From the start on, every change to the local table (a local write, or a merge from
+   a third peer) is forwarded as DATA -- the live phase needs no further message.
+
+Peers already in sync exchange two HELLOs and two ENDs. A fresh peer receives the table
+straight from the HAM export (batches of about 1 MiB, one C call each side).
+
+Framing: each message is a 4-byte big-endian length, then a msgpack array whose first
+item is the message type. Every message is bounded (``max_message``); anything
+malformed raises :class:`GraphSyncError` (a :class:`~dtp.errors.RemoteProtocolError`),
+which ends this session only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from dtp.errors import DTPError, ErrorCode, RemoteProtocolError
+from dtp.graph._batch import batch_count, entries
+from dtp.graph.store import FANOUT_BITS, LEAF_LEVEL, Graph
+
+VERSION = 1
+HELLO, SUM, DATA, END = 1, 2, 3, 4
+SMALL = 64
+"""Nodes holding at most this many fields (both sides together) are pushed whole."""
+MAX_MESSAGE = 4 << 20
+"""Default cap of one message (HAM export batches are about 1 MiB)."""
+_LEN = struct.Struct(">I")
+_U64 = 1 << 64
+
+
+class GraphSyncError(RemoteProtocolError):
+    """The peer broke the sync protocol; the session is over."""
+
+    code = ErrorCode.HAM_MALFORMED
+
+
+def _fail(message: str, code: ErrorCode = ErrorCode.HAM_MALFORMED) -> GraphSyncError:
+    return GraphSyncError(f"graph sync: {message}", code)
+
+
+Summary = dict[int, tuple[int, int]]  # child prefix -> (digest, count)
+
+
+def _differs(mine: tuple[int, int], theirs: tuple[int, int]) -> bool:
+    return mine != theirs
+
+
+def _push_whole(level: int, mine: tuple[int, int], theirs: tuple[int, int]) -> bool:
+    """The shared decision (step 2): push the node's fields, or compare its children."""
+    return level >= LEAF_LEVEL or not mine[1] or not theirs[1] or mine[1] + theirs[1] <= SMALL
+
+
+class SyncSession:
+    """One side of a graph sync session over one byte stream (sans-I/O).
+
+    Call :meth:`start` once, feed the peer's bytes to :meth:`receive_data`, send what
+    :meth:`data_to_send` returns. ``on_output`` (optional) is called -- possibly from
+    another thread, when a local change is queued for the peer -- whenever new output
+    is ready. ``live=False`` stops forwarding local changes after the initial exchange
+    (a one-shot catch-up).
+    """
+
+    def __init__(self, graph: Graph, *, max_message: int = MAX_MESSAGE, live: bool = True) -> None:
+        self.graph = graph
+        self.max_message = max_message
+        self.live = live
+        self.on_output: Callable[[], None] | None = None
+        self._out: deque[bytes] = deque()
+        self._out_lock = threading.Lock()
+        self._in = bytearray()
+        self._started = False
+        self._closed = False
+        self._my_root: tuple[int, int] = (0, 0)
+        self.peer_root: tuple[int, int] | None = None
+        self.peer_replica: bytes | None = None
+        self._sent: dict[tuple[int, int], Summary] = {}  # my child summaries, awaiting theirs
+        self.end_sent = False
+        self.end_received = False
+        self.stats: dict[str, int] = {
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "messages_sent": 0,
+            "messages_received": 0,
+            "batches_sent": 0,
+            "batches_received": 0,
+            "summaries_sent": 0,
+        }
+
+    # -- the caller's side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue HELLO and begin forwarding local changes."""
+        if self._started:
+            return
+        self._started = True
+        self._my_root = self.graph.listen(self._on_change, self)
+        digest, count = self._my_root
+        self._send([HELLO, VERSION, self.graph.replica_id, count, digest])
+
+    @property
+    def synced(self) -> bool:
+        """Both ENDs are through: each side has what the other had at the start."""
+        return self.end_sent and self.end_received
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer (empties the queue)."""
+        with self._out_lock:
+            if not self._out:
+                return b""
+            data = b"".join(self._out)
+            self._out.clear()
+        return data
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer, in any split; handles every complete message."""
+        if self._closed:
+            return
+        if not self._started:
+            self.start()
+        buf = self._in
+        buf += data
+        self.stats["bytes_received"] += len(data)
+        pos = 0
+        try:
+            while len(buf) - pos >= 4:
+                (size,) = _LEN.unpack_from(buf, pos)
+                if size > self.max_message:
+                    raise _fail(
+                        f"message of {size} bytes exceeds the {self.max_message} cap",
+                        ErrorCode.HAM_SIZE,
+                    )
+                if len(buf) - pos - 4 < size:
+                    break
+                body = bytes(buf[pos + 4 : pos + 4 + size])
+                pos += 4 + size
+                self._handle(body)
+        finally:
+            del buf[:pos]
+
+    def close(self) -> None:
+        """Stop forwarding changes (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.graph.remove_listener(self)
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _send(self, message: list[Any]) -> None:
+        body = msgpack.packb(message, use_bin_type=True)
+        frame = _LEN.pack(len(body)) + body
+        with self._out_lock:
+            self._out.append(frame)
+            self.stats["bytes_sent"] += len(frame)
+            self.stats["messages_sent"] += 1
+        if self.on_output is not None:
+            self.on_output()
+
+    def _send_batch(self, batch: bytes) -> None:
+        if len(batch) + 64 > self.max_message:
+            # a local put bigger than a message: split it
+            items = entries(batch)
+            half = len(items) // 2
+            for part in (items[:half], items[half:]):
+                count = len(part).to_bytes(4, "little")
+                self._send_batch(b"\x01" + count + b"".join(e[4] for e in part))
+            return
+        self.stats["batches_sent"] += 1
+        self._send([DATA, batch])
+
+    def _on_change(self, changed: bytes, origin: object) -> None:
+        if self._closed or (not self.live and self.end_sent):
+            return
+        self._send_batch(changed)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _handle(self, body: bytes) -> None:
+        try:
+            # unpackb bounds every length by len(body), itself capped by max_message
+            message = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise _fail(f"undecodable message ({type(exc).__name__})") from None
+        if not isinstance(message, list) or not message or type(message[0]) is not int:
+            raise _fail("a message is an array starting with its type")
+        self.stats["messages_received"] += 1
+        kind = message[0]
+        if kind == HELLO:
+            self._on_hello(message)
+            return
+        if self.peer_root is None:
+            raise _fail("the first message must be HELLO")
+        if kind == DATA:
+            if len(message) != 2 or not isinstance(message[1], bytes):
+                raise _fail("DATA is [3, batch]")
+            self.stats["batches_received"] += 1
+            self.graph.merge(message[1], origin=self)
+        elif kind == SUM:
+            self._on_sum(message)
+        elif kind == END:
+            if len(message) != 1 or self.end_received:
+                raise _fail("END is [4], once")
+            self.end_received = True
+        else:
+            raise _fail(f"unknown message type {kind}")
+
+    def _on_hello(self, message: list[Any]) -> None:
+        if self.peer_root is not None:
+            raise _fail("HELLO twice")
+        if (
+            len(message) != 5
+            or message[1] != VERSION
+            or not isinstance(message[2], bytes)
+            or len(message[2]) != 16
+            or not _is_count(message[3])
+            or not _is_digest(message[4])
+        ):
+            raise _fail("HELLO is [1, 1, replica id (16 bytes), count, digest]")
+        self.peer_replica = message[2]
+        self.peer_root = (message[4], message[3])
+        mine = self._my_root
+        if _differs(mine, self.peer_root):
+            if _push_whole(0, mine, self.peer_root):
+                if mine[1]:
+                    self._push_all()
+            else:
+                self._descend(0, 0)
+        self._maybe_end()
+
+    def _on_sum(self, message: list[Any]) -> None:
+        if len(message) != 4 or not _is_count(message[1]) or not _is_count(message[2]):
+            raise _fail("SUM is [2, level, prefix, [[child, digest, count], ...]]")
+        level, prefix, items = message[1], message[2], message[3]
+        mine = self._sent.pop((level, prefix), None)
+        if mine is None:
+            raise _fail(f"SUM for node ({level}, {prefix}) that was not compared")
+        if not isinstance(items, list) or len(items) > 1 << FANOUT_BITS:
+            raise _fail("SUM lists at most 256 children")
+        first = prefix << FANOUT_BITS
+        theirs: Summary = {}
+        for item in items:
+            if (
+                not isinstance(item, list)
+                or len(item) != 3
+                or not _is_count(item[0])
+                or not first <= item[0] < first + (1 << FANOUT_BITS)
+                or not _is_digest(item[1])
+                or not _is_count(item[2])
+            ):
+                raise _fail("bad SUM entry")
+            theirs[item[0]] = (item[1], item[2])
+        child_level = level + 1
+        push: list[tuple[int, int]] = []
+        pushed = 0
+        for child in sorted(set(mine) | set(theirs)):
+            a, b = mine.get(child, (0, 0)), theirs.get(child, (0, 0))
+            if not _differs(a, b):
+                continue
+            if _push_whole(child_level, a, b):
+                if a[1]:
+                    push.append((child_level, child))
+                    pushed += a[1]
+            else:
+                self._descend(child_level, child)
+        if push:
+            if pushed * 2 > len(self.graph):
+                self._push_all()  # cheaper from the C export than field by field
+            else:
+                for batch in self.graph.node_batches(push):
+                    self._send_batch(batch)
+        self._maybe_end()
+
+    def _descend(self, level: int, prefix: int) -> None:
+        children = self.graph.child_summaries(level, prefix)
+        self._sent[(level, prefix)] = children
+        self.stats["summaries_sent"] += 1
+        self._send([SUM, level, prefix, [[c, d, n] for c, (d, n) in sorted(children.items())]])
+
+    def _push_all(self) -> None:
+        for batch in self.graph.export():
+            if batch_count(batch):
+                self._send_batch(batch)
+
+    def _maybe_end(self) -> None:
+        if not self.end_sent and not self._sent and self.peer_root is not None:
+            self.end_sent = True
+            self._send([END])
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value < 1 << 32
+
+
+def _is_digest(value: object) -> bool:
+    return type(value) is int and 0 <= value < _U64
+
+
+# -- blocking helper -----------------------------------------------------------------------------
+
+
+def sync_blocking(
+    graph: Graph,
+    sock: Any,
+    *,
+    until_synced: bool = False,
+    max_message: int = MAX_MESSAGE,
+    tick: float = 0.25,
+) -> SyncSession:
+    """Run a sync session over a blocking DTP stream (:class:`dtp.socket.DTPSocket`).
+
+    With ``until_synced`` it returns once both sides have exchanged what the other
+    lacked (one-shot catch-up, the stream stays open); otherwise it keeps forwarding
+    changes both ways until the peer closes the stream. A writer thread sends; the
+    calling thread reads. Deferred updates are applied every ``tick`` seconds.
+    Raises GraphSyncError / RemoteProtocolError if the peer misbehaves.
+    """
+    session = SyncSession(graph, max_message=max_message, live=not until_synced)
+    wake = threading.Event()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    session.on_output = wake.set
+
+    def writer() -> None:
+        try:
+            while True:
+                data = session.data_to_send()
+                if data:
+                    sock.sendall(data)
+                    continue
+                if stop.is_set():
+                    return
+                if not wake.wait(tick):
+                    graph.advance()
+                wake.clear()
+        except BaseException as exc:  # the reader sees the connection fail too
+            failure.append(exc)
+
+    session.start()
+    thread = threading.Thread(target=writer, name="dtp-graph-sync-writer", daemon=True)
+    thread.start()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    try:
+        while not (until_synced and session.synced):
+            if failure:
+                raise failure[0]
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            session.receive_data(view[:n])
+    finally:
+        view.release()
+        session.close()
+        stop.set()
+        wake.set()
+        thread.join()
+    if failure and until_synced and not session.synced:
+        raise failure[0]
+    return session
+
+
+def connect(
+    graph: Graph,
+    address: tuple[str, int],
+    *,
+    server_key: bytes | None = None,
+    until_synced: bool = True,
+    timeout: float | None = None,
+    **connect_args: Any,
+) -> SyncSession:
+    """Connect to a graph peer over DTP and sync (blocking); see :func:`sync_blocking`."""
+    import dtp.socket
+
+    with dtp.socket.create_connection(
+        address, timeout, server_key=server_key, **connect_args
+    ) as sock:
+        return sync_blocking(graph, sock, until_synced=until_synced)
+
+
+class GraphServer:
+    """Serve a graph over DTP: every connection runs a live sync session in a thread.
+
+    ``server.address`` is where peers connect; ``server.noise_public_key`` is their
+    ``server_key``. :attr:`sessions` counts finished sessions, :attr:`errors` those that
+    ended with a protocol error.
+    """
+
+    def __init__(self, graph: Graph, address: tuple[str, int], identity: Any, **kw: Any) -> None:
+        import dtp.socket
+
+        self.graph = graph
+        self._server = dtp.socket.create_server(address, identity=identity, **kw)
+        self.address = self._server.address
+        self.noise_public_key = self._server.noise_public_key
+        self.sessions = 0
+        self.errors = 0
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(self._handle,), daemon=True
+        )
+        self._thread.start()
+
+    def _handle(self, sock: Any) -> None:
+        try:
+            sync_blocking(self.graph, sock)
+        except RemoteProtocolError:
+            self.errors += 1
+            sock.abort("graph sync protocol error")
+        except DTPError:
+            pass
+        finally:
+            self.sessions += 1
+
+    def close(self) -> None:
+        """Stop accepting (sessions already running end when their peers leave)."""
+        self._server.close()
+
+    def __enter__(self) -> GraphServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- asyncio helper ------------------------------------------------------------------------------
+
+
+async def sync_stream(
+    graph: Graph,
+    reader: Any,
+    writer: Any,
+    *,
+    until_synced: bool = False,
+    max_message: int = MAX_MESSAGE,
+    tick: float = 0.25,
+) -> SyncSession:
+    """Run a sync session over an asyncio DTP stream (``dtp.aio`` reader/writer).
+
+    As :func:`sync_blocking`: returns when synced (``until_synced``) or when the peer
+    closes the stream; the writer is left open for the caller to close.
+    """
+    loop = asyncio.get_running_loop()
+    session = SyncSession(graph, max_message=max_message, live=not until_synced)
+    wake = asyncio.Event()
+    done = False
+
+    def on_output() -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    session.on_output = on_output
+
+    async def pump() -> None:
+        while True:
+            wake.clear()
+            data = session.data_to_send()
+            if data:
+                writer.write(data)
+                await writer.drain()
+                continue
+            if done:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), tick)
+            except TimeoutError:
+                graph.advance()
+
+    session.start()
+    out = asyncio.create_task(pump())
+    try:
+        while not (until_synced and session.synced):
+            if out.done():
+                out.result()  # the write side failed: raise it
+            data = await reader.read(1 << 20)
+            if not data:
+                break
+            session.receive_data(data)
+    finally:
+        session.close()
+        done = True
+        wake.set()
+        if until_synced and session.synced:
+            await out
+        else:
+            out.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DTPError, OSError):
+                await out
+    return session
+
+
+__all__ = [
+    "DATA",
+    "END",
+    "HELLO",
+    "MAX_MESSAGE",
+    "SMALL",
+    "SUM",
+    "VERSION",
+    "GraphServer",
+    "GraphSyncError",
+    "SyncSession",
+    "connect",
+    "sync_blocking",
+    "sync_stream",
+]
