@@ -320,7 +320,8 @@ def test_forged_writes_are_rejected_and_counted(ham: str) -> None:
     good = namespace.seal(owner, soul.encode(), b"name", state, value)
     tampered = HamUpdate(soul.encode(), b"name", state, good[:-2] + b'!"')
     replayed = HamUpdate(soul.encode(), b"other", state, good)  # signature of another field
-    bad_soul = HamUpdate(b"~alice/profile", b"name", state, value)
+    look_alike = ("~0x" + owner.sui_address[2:].upper() + "/profile").encode()
+    bad_soul = HamUpdate(look_alike, b"name", state, value)
     public = HamUpdate(b"public", b"note", state, value)
     report = victim.merge(
         encode_ham_batch([unsigned, wrong_key, tampered, replayed, bad_soul, public])
@@ -344,4 +345,6 @@ def test_local_writes_to_foreign_user_space_are_refused() -> None:
     with pytest.raises(LocalProtocolError):
         Graph().set(user_soul(owner, "x"), "a", 1)
     with pytest.raises(LocalProtocolError):
-        g.set("~not-an-address", "a", 1)
+        g.set("~0x" + "A" * 64, "a", 1)
+    g.set("~bob", "a", 1)  # not a Sui address: a public soul
+    assert g.get("~bob") == {"a": 1}

@@ -1,0 +1,198 @@
+"""Graph rows of bench/compare.py.
+
+``graph_sync_100k``: a fresh peer connects over DTP on 127.0.0.1 to a graph peer holding
+100,000 fields (10,000 nodes x 10 fields, another process), receives and merges them all
+and persists them to a new SQLite file; rate in fields/s. *Ours*: both processes on the
+default backend (C HAM table, C record layer). *Peer*: the same code with
+``DTP_PUREPYTHON=1`` in both the serving and the receiving process -- the pure-Python
+HAM twin, and the twin record layer -- measured in its own process
+(``python bench/graph_rows.py receive ...``), which reports its own rate.
+
+``graph_put``: local single-field puts per second into a graph persisted in SQLite
+(batched writes, flushed at the end of each run); ours on the C HAM table, peer on the
+twin (``Graph(ham="python")``), both in this process. Reported, no bar.
+
+    python bench/graph_rows.py receive PORT KEY SECONDS   # the peer's receiving side
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.workload import Workload
+from dtp.graph import Graph, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNC_FIELDS = 100_000
+
+
+class GraphPeer:
+    """``python -m dtp.graph serve --fill N`` in its own process."""
+
+    def __init__(self, fields: int, *, pure_python: bool) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("DTP_PUREPYTHON", None)
+        if pure_python:
+            env["DTP_PUREPYTHON"] = "1"
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dtp.graph", "serve", "--fill", str(fields)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the graph peer did not start")
+        info = json.loads(line)
+        self.port: int = info["port"]
+        self.key: str = info["key"]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def receive_once(port: int, key: bytes, expected: int) -> None:
+    """One fresh peer: sync everything into a new SQLite file, check, clean up."""
+    tmp = tempfile.mkdtemp(prefix="dtp-graph-bench-")
+    try:
+        graph = Graph(Path(tmp) / "graph.db")
+        connect(graph, ("127.0.0.1", port), server_key=key, timeout=120)
+        got = len(graph)
+        graph.close()
+        if got != expected:
+            raise RuntimeError(f"synced {got} fields, expected {expected}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _receive_rate(port: int, key: bytes, seconds: float, expected: int) -> float:
+    receive_once(port, key, expected)  # warm up
+    runs = 0
+    start = time.perf_counter()
+    while True:
+        receive_once(port, key, expected)
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return expected * runs / elapsed
+
+
+def graph_sync_100k() -> Workload:
+    ours_srv = GraphPeer(SYNC_FIELDS, pure_python=False)
+    peer_srv = GraphPeer(SYNC_FIELDS, pure_python=True)
+    key = bytes.fromhex(ours_srv.key)
+
+    def ours() -> None:
+        receive_once(ours_srv.port, key, SYNC_FIELDS)
+
+    def peer_rate(seconds: float) -> float:
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "graph_rows.py"),
+                "receive",
+                str(peer_srv.port),
+                peer_srv.key,
+                str(seconds),
+            ],
+            env=peer_srv.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return float(json.loads(out.stdout)["rate"])
+
+    def close() -> None:
+        ours_srv.close()
+        peer_srv.close()
+
+    return Workload(
+        "graph_sync_100k",
+        "fields/s",
+        SYNC_FIELDS,
+        ours,
+        peer_rate=peer_rate,
+        bar=5.0,
+        note="fresh peer receives+merges+persists 100k fields over DTP loopback; "
+        "peer = same sync with DTP_PUREPYTHON=1 in both processes",
+        close=close,
+    )
+
+
+def _puts(ham: str, count: int) -> tuple[Callable[[], object], Callable[[], None]]:
+    tmp = tempfile.mkdtemp(prefix="dtp-graph-bench-")
+    graph = Graph(Path(tmp) / "graph.db", ham=ham)
+    counter = [0]
+
+    def op() -> None:
+        base = counter[0]
+        counter[0] += count
+        for i in range(base, base + count):
+            graph.set(f"node/{i % 5000}", f"f{i % 7}", i)
+        graph.flush()
+
+    def close() -> None:
+        graph.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return op, close
+
+
+def graph_put(count: int = 2000) -> Workload:
+    ours, close_ours = _puts("c", count)
+    peer, close_peer = _puts("python", count)
+
+    def close() -> None:
+        close_ours()
+        close_peer()
+
+    return Workload(
+        "graph_put",
+        "puts/s",
+        count,
+        ours,
+        peer,
+        note="single-field puts persisted to SQLite (batched); peer = twin HAM table",
+        close=close,
+    )
+
+
+GRAPH_ROWS: dict[str, Callable[[], Workload]] = {
+    "graph_sync_100k": graph_sync_100k,
+    "graph_put": graph_put,
+}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 4 and argv[0] == "receive":
+        rate = _receive_rate(int(argv[1]), bytes.fromhex(argv[2]), float(argv[3]), SYNC_FIELDS)
+        print(json.dumps({"rate": rate}))
+        return
+    raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
