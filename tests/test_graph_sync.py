@@ -402,3 +402,11 @@ def test_asyncio_sync_stream() -> None:
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_demo_graph_story_converges() -> None:
+    from dtp.graph.demo import demo_graph_story
+
+    lines: list[str] = []
+    demo_graph_story(lines.append)
+    assert any("converged: True" in line for line in lines), lines
