@@ -345,6 +345,13 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
         ledger.close()
 
 
+def demo_graph_sync(tour: Tour) -> None:
+    tour.step("Graph sync: two peers edit the same node offline, then meet over DTP")
+    from dtp.graph.demo import demo_graph_story
+
+    demo_graph_story(tour.say)
+
+
 def run_demo(quick: bool = False) -> int:
     """Run the tour; returns a process exit code."""
     tour = Tour()
@@ -358,6 +365,7 @@ def run_demo(quick: bool = False) -> int:
         lambda: demo_ham(tour, quick),
         lambda: demo_connection(tour, quick, shared),
         lambda: demo_ledger(tour, shared),
+        lambda: demo_graph_sync(tour),
     ]
     for step in steps:
         step()
@@ -365,7 +373,7 @@ def run_demo(quick: bool = False) -> int:
     for line in tour.summary:
         print(f"  • {line}")
     print(
-        "  • coming next: connections by host ID with in-band receipts, messaging,\n"
-        "    graph sync between peers and the services daemon."
+        "  • coming next: connections by host ID with in-band receipts, messaging\n"
+        "    and the services daemon."
     )
     return 0

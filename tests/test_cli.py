@@ -34,4 +34,5 @@ def test_demo_runs() -> None:
     assert "Noise IK handshake" in out and "got back b'HELLO, DTP'" in out
     assert "ConnectionRefused" in out
     assert "claimed" in out and "refunded" in out and "conservation" in out
+    assert "converged: True" in out
     assert "Summary" in out
