@@ -410,3 +410,20 @@ def test_demo_graph_story_converges() -> None:
     lines: list[str] = []
     demo_graph_story(lines.append)
     assert any("converged: True" in line for line in lines), lines
+
+
+def test_a_peer_that_does_not_read_cannot_grow_the_live_queue() -> None:
+    from dtp.graph.sync import SyncBacklogExceeded
+
+    graph = Graph()
+    session = SyncSession(graph, max_backlog=20_000)
+    session.start()
+    session.data_to_send()  # HELLO went out; from here nobody drains the session
+    for i in range(500):
+        graph.put(f"note/{i}", {"text": "x" * 100})
+    assert session.lagging
+    queued = len(session.data_to_send())
+    assert queued <= 20_000  # bounded, not 500 x ~150 bytes
+    graph.put("note/late", {"text": "after the limit"})
+    assert session.data_to_send() == b""  # the session stopped listening
+    assert issubclass(SyncBacklogExceeded, DTPError)

@@ -58,6 +58,14 @@ class GraphSyncError(RemoteProtocolError):
     code = ErrorCode.HAM_MALFORMED
 
 
+class SyncBacklogExceeded(DTPError):
+    """The peer reads too slowly: live changes for it passed the session's backlog
+    limit, so the session ended. Reconnecting catches up through the summaries."""
+
+
+MAX_BACKLOG = 64 << 20  # bytes of live changes queued for one peer before giving up
+
+
 def _fail(message: str, code: ErrorCode = ErrorCode.HAM_MALFORMED) -> GraphSyncError:
     return GraphSyncError(f"graph sync: {message}", code)
 
@@ -84,9 +92,19 @@ class SyncSession:
     (a one-shot catch-up).
     """
 
-    def __init__(self, graph: Graph, *, max_message: int = MAX_MESSAGE, live: bool = True) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        max_message: int = MAX_MESSAGE,
+        live: bool = True,
+        max_backlog: int = MAX_BACKLOG,
+    ) -> None:
         self.graph = graph
         self.max_message = max_message
+        self.max_backlog = max_backlog
+        self.lagging = False  # live changes overflowed max_backlog: the session is over
+        self._queued = 0
         self.live = live
         self.on_output: Callable[[], None] | None = None
         self._out: deque[bytes] = deque()
@@ -133,6 +151,7 @@ class SyncSession:
                 return b""
             data = b"".join(self._out)
             self._out.clear()
+            self._queued = 0
         return data
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -174,6 +193,7 @@ class SyncSession:
         frame = _LEN.pack(len(body)) + body
         with self._out_lock:
             self._out.append(frame)
+            self._queued += len(frame)
             self.stats["bytes_sent"] += len(frame)
             self.stats["messages_sent"] += 1
         if self.on_output is not None:
@@ -193,6 +213,14 @@ class SyncSession:
 
     def _on_change(self, changed: bytes, origin: object) -> None:
         if self._closed or (not self.live and self.end_sent):
+            return
+        if self._queued + len(changed) > self.max_backlog:
+            # the peer is not keeping up: stop queueing (memory stays bounded) and let
+            # the runner end the session; a later sync catches up from the summaries
+            self.lagging = True
+            self.close()
+            if self.on_output is not None:
+                self.on_output()
             return
         self._send_batch(changed)
 
@@ -350,6 +378,11 @@ def sync_blocking(
                 if data:
                     sock.sendall(data)
                     continue
+                if session.lagging:
+                    sock.abort("graph sync backlog exceeded")  # unblocks the reader
+                    raise SyncBacklogExceeded(
+                        f"the peer fell more than {session.max_backlog} bytes behind"
+                    )
                 if stop.is_set():
                     return
                 if not wake.wait(tick):
@@ -371,12 +404,17 @@ def sync_blocking(
             if not n:
                 break
             session.receive_data(view[:n])
+    except DTPError:
+        if not session.lagging:  # a lagging session's abort ends the read: reported below
+            raise
     finally:
         view.release()
         session.close()
         stop.set()
         wake.set()
         thread.join()
+    if session.lagging:
+        raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
     if failure and until_synced and not session.synced:
         raise failure[0]
     return session
@@ -479,6 +517,11 @@ async def sync_stream(
                 writer.write(data)
                 await writer.drain()
                 continue
+            if session.lagging:
+                writer.abort("graph sync backlog exceeded")  # ends the reader's wait
+                raise SyncBacklogExceeded(
+                    f"the peer fell more than {session.max_backlog} bytes behind"
+                )
             if done:
                 return
             try:
@@ -496,6 +539,9 @@ async def sync_stream(
             if not data:
                 break
             session.receive_data(data)
+    except DTPError:
+        if not session.lagging:  # a lagging session's abort ends the read: reported below
+            raise
     finally:
         session.close()
         done = True
@@ -506,6 +552,8 @@ async def sync_stream(
             out.cancel()
             with contextlib.suppress(asyncio.CancelledError, DTPError, OSError):
                 await out
+    if session.lagging:
+        raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
     return session
 
 
