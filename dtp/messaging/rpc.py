@@ -409,8 +409,7 @@ class RpcClient:
         escrow_id = None
         if self.meter is not None:
             now_ms = int(time.time() * 1000)
-            self.meter.record(now_ms, requests=1)
-            receipt = self.meter.flush(now_ms)
+            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
             if receipt is not None:
                 extra = extra or {}
                 extra["r"] = receipt.encode()
@@ -1066,10 +1065,11 @@ class AsyncRpcServer(_Registry):
             try:
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                 if inspect.isawaitable(outcome):
-                    outcome = await outcome
+                    remaining = None if event.deadline is None else event.deadline - loop.time()
+                    outcome = await asyncio.wait_for(outcome, remaining)
                 proto.send_response(event.request_id, outcome)
                 self.served += 1
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, TimeoutError):
                 return
             except Exception as exc:
                 if not isinstance(exc, E.RemoteError | TypeError):
@@ -1083,12 +1083,9 @@ class AsyncRpcServer(_Registry):
 
         try:
             while True:
-                timer = proto.get_timer()
-                timeout = None if timer is None else max(0.001, timer - loop.time())
-                try:
-                    data = await asyncio.wait_for(reader.read(RECV_SIZE), timeout)
-                except TimeoutError:
-                    data = None
+                # no wait_for around read(): cancelling a read can lose what it took;
+                # deadlines are enforced per request in run() instead
+                data = await reader.read(RECV_SIZE)
                 if data == b"":
                     return
                 if data:
