@@ -51,7 +51,7 @@ def test_anonymous_and_proven_round_trips(world: tuple) -> None:
 
 
 def test_deterministic_with_given_randomness(world: tuple) -> None:
-    _, alice, bob, _, _ = world
+    _, _, bob, _, _ = world
     args = dict(message_id=b"\x01" * 16, ephemeral=b"\x07" * 32)
     assert seal(bob.noise_public, b"x", **args) == seal(bob.noise_public, b"x", **args)
 
