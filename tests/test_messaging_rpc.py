@@ -593,3 +593,13 @@ def test_response_escrow_deliver_on_chain_when_unacknowledged() -> None:
     assert esc.state != RESPONSE_ESCROW_PAID and esc.funds == 0
     (event,) = ledger.events(filter=None)[0][-1:]
     assert event.name == "ResponseDelivered" and event["response"] == body
+
+
+def test_demo_story_runs() -> None:
+    from dtp.messaging.demo import demo_messaging_story
+
+    lines: list[str] = []
+    demo_messaging_story(lines.append)
+    text = "\n".join(lines)
+    assert "25 MIST for 1 request" in text and "'meet at noon'" in text
+    assert "Delivered 1 time(s); 1 duplicate dropped." in text
