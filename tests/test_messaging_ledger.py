@@ -4,20 +4,26 @@ scenarios, the error table against the Move sources, and the acknowledgement byt
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pysui.sui.sui_bcs import bcs
 
+from dtp.chain import sui_tx
 from dtp.chain.ledger import (
     RESPONSE_ESCROW_PAID,
     response_ack_message,
 )
 from dtp.chain.local import LocalLedger
+from dtp.chain.sui_tx import SharedRef
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
 from dtp.keys import HostIdentity
+from tests.test_ledger_sui import CTX, SENDER
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
@@ -171,3 +177,110 @@ def test_deposit_checks(kwargs: dict[str, Any], error: str) -> None:
         ledger.response_escrow_deposit(client, ACTORS["server"].sui_address, **args)
     assert info.value.qualified_name == error
     conserved(ledger)
+
+
+# -- SuiLedger: builders, golden bytes, event layouts -------------------------------------------
+
+GOLDEN = ROOT / "tests/golden/messaging_transactions.json"
+ESCROW_REF = SharedRef("0x" + "a7" * 32, 15)
+HOST_REF = SharedRef("0x" + "a1" * 32, 11)
+SUI_CASES: dict[str, tuple[Any, ...]] = {
+    "mailbox_send": (HOST_REF, b"\x01\x02sealed"),
+    "response_escrow_deposit": (
+        "0x" + "0c" * 32,
+        b"req-1",
+        SENDER.ed25519_public,
+        123_456,
+        40,
+    ),
+    "response_escrow_claim": (ESCROW_REF, b"\x09" * 32, b"\x05" * 64),
+    "response_escrow_deliver": (ESCROW_REF, b"answer"),
+    "response_escrow_refund": (ESCROW_REF,),
+}
+
+
+def build_messaging() -> dict[str, str]:
+    return {
+        name: sui_tx.MESSAGING_BUILDERS[name](CTX, *args).hex() for name, args in SUI_CASES.items()
+    }
+
+
+def test_messaging_builders_cover_the_new_ledger_methods() -> None:
+    from dtp.chain.ledger import Ledger
+
+    new = {
+        "mailbox_send",
+        "response_escrow_deposit",
+        "response_escrow_claim",
+        "response_escrow_deliver",
+        "response_escrow_refund",
+    }
+    assert new <= set(vars(Ledger))
+    assert set(sui_tx.MESSAGING_BUILDERS) == set(sui_tx.MESSAGING_TARGETS) == set(SUI_CASES) == new
+    assert not set(sui_tx.MESSAGING_BUILDERS) & set(sui_tx.BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(SUI_CASES))
+def test_messaging_golden_bytes(name: str) -> None:
+    golden = json.loads(GOLDEN.read_text())["transactions"]
+    assert build_messaging()[name] == golden[name], (
+        "run python -m tests.test_messaging_ledger --regenerate after a deliberate change"
+    )
+    data = bcs.TransactionData.from_bytes(bytes.fromhex(golden[name])).value
+    calls = [c.value for c in data.TransactionKind.value.Command if c.enum_name == "MoveCall"]
+    module, function = sui_tx.MESSAGING_TARGETS[name]
+    assert (calls[-1].Module, calls[-1].Function) == (module, function)
+    assert data.Sender.to_address_str() == SENDER.sui_address
+
+
+def test_messaging_event_layouts_match_local_ledger_events() -> None:
+    from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS
+    from dtp.chain.sui_codec import decode, encode
+
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    client, server = ACTORS["client"], ACTORS["server"]
+    host = ledger.create_host(server, b"\x01" * 32)
+    ledger.faucet(client.sui_address, 100)
+    ledger.mailbox_send(client, host, b"sealed")
+    a = ledger.response_escrow_deposit(client, server.sui_address, b"a", 10, 100)
+    b = ledger.response_escrow_deposit(client, server.sui_address, b"b", 10, 100)
+    c = ledger.response_escrow_deposit(client, server.sui_address, b"c", 10, 100)
+    ledger.response_escrow_claim(
+        server, a, b"\x01" * 32, client.sign(response_ack_message(a, b"\x01" * 32))
+    )
+    ledger.response_escrow_deliver(server, b, b"answer")
+    ledger.advance_clock(200)
+    ledger.response_escrow_refund(client, c)
+    seen = set()
+    for event in ledger.events()[0]:
+        key = (event.module, event.name)
+        if key not in MESSAGING_EVENT_LAYOUTS:
+            continue
+        layout = MESSAGING_EVENT_LAYOUTS[key]
+        assert {f for f, _ in layout[1]} == set(event.fields), key
+        assert decode(layout, encode(layout, event.fields)) == dict(event.fields)
+        seen.add(key)
+    assert seen == set(MESSAGING_EVENT_LAYOUTS)
+
+
+def regenerate() -> None:
+    """Rewrite tests/golden/messaging_transactions.json from the current builders."""
+    doc = {
+        "description": (
+            "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx messaging builders "
+            "(mailbox, response_escrow) for the fixed inputs of tests/test_messaging_ledger.py "
+            "and tests/test_ledger_sui.py. Regenerate with "
+            "`python -m tests.test_messaging_ledger --regenerate` after a deliberate change."
+        ),
+        "transactions": build_messaging(),
+    }
+    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--regenerate"]:
+        regenerate()
+    else:
+        print("usage: python -m tests.test_messaging_ledger --regenerate", file=sys.stderr)
+        sys.exit(2)
