@@ -29,7 +29,8 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from dtp.chain.objects import (
     Broadcast,
@@ -50,10 +51,79 @@ if TYPE_CHECKING:
     from dtp.escrow import Receipt
     from dtp.keys import HostIdentity
 
-__all__ = ["Endpoint", "Ledger"]
+__all__ = [
+    "MAX_MAIL_PAYLOAD",
+    "MAX_REQUEST_ID_LENGTH",
+    "MAX_RESPONSE_LENGTH",
+    "RESPONSE_ACK_DOMAIN",
+    "RESPONSE_ESCROW_DELIVERED",
+    "RESPONSE_ESCROW_OPEN",
+    "RESPONSE_ESCROW_PAID",
+    "RESPONSE_ESCROW_REFUNDED",
+    "Endpoint",
+    "Ledger",
+    "ResponseEscrow",
+    "response_ack_message",
+]
 
 #: An endpoint as given by callers: bytes, or text encoded as UTF-8.
 Endpoint = bytes | str
+
+# -- messaging: mailbox and response escrow (move/dtp/sources/mailbox.move,
+# -- response_escrow.move; docs/escrow.md "Mailbox and response escrow") ----------------------
+
+#: Largest sealed message one ``mailbox::send`` may carry (bytes).
+MAX_MAIL_PAYLOAD: Final = 16_384
+#: Largest response ``response_escrow::deliver`` may post (bytes).
+MAX_RESPONSE_LENGTH: Final = 16_384
+#: Longest request id a ResponseEscrow records (bytes).
+MAX_REQUEST_ID_LENGTH: Final = 64
+#: ``ResponseEscrow.state`` values.
+RESPONSE_ESCROW_OPEN: Final = 0
+RESPONSE_ESCROW_PAID: Final = 1
+RESPONSE_ESCROW_DELIVERED: Final = 2
+RESPONSE_ESCROW_REFUNDED: Final = 3
+#: Domain tag of response acknowledgements.
+RESPONSE_ACK_DOMAIN: Final = b"DTP-RESPONSE-V1"
+
+
+def response_ack_message(escrow_id: str, response_hash: bytes) -> bytes:
+    """The 80 bytes a requester signs (raw Ed25519) to acknowledge a response: BCS of
+    ``RESPONSE_ACK_DOMAIN`` (length-prefixed) || escrow ID (32) || response hash (32)."""
+    from dtp.escrow import object_id_bytes
+
+    if len(response_hash) != 32:
+        raise ValueError("a response hash is 32 bytes")
+    return (
+        bytes([len(RESPONSE_ACK_DOMAIN)])
+        + RESPONSE_ACK_DOMAIN
+        + object_id_bytes(escrow_id)
+        + bytes(response_hash)
+    )
+
+
+@dataclass(frozen=True)
+class ResponseEscrow:
+    """A prepaid response fee (``dtp::response_escrow::ResponseEscrow``)."""
+
+    object_id: str
+    version: int
+    #: Who prepaid and gets the fee back after the deadline.
+    requester: str
+    #: The requester's Ed25519 key: acknowledgements verify against it.
+    requester_public_key: bytes
+    #: The server's address: the only one that can claim or deliver.
+    server: str
+    #: Opaque id chosen by the requester (at most 64 bytes).
+    request_id: bytes
+    #: Ledger clock (ms) after which the requester may take the fee back.
+    deadline_ms: int
+    #: MIST held (0 once paid or refunded).
+    funds: int
+    #: MIST deposited.
+    amount: int
+    #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
+    state: int
 
 
 class Ledger(abc.ABC):
@@ -249,6 +319,48 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+
+    # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
+    # Not abstract: ledgers written before these modules keep working; both built-in
+    # ledgers implement them.
+
+    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        """``mailbox::send``: emit ``MailDeposited { recipient_host, payload }`` for the Host
+        ``host_id`` (1..MAX_MAIL_PAYLOAD bytes; anyone may send)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mailbox")
+
+    def response_escrow_deposit(
+        self,
+        signer: HostIdentity,
+        server: str,
+        request_id: bytes,
+        amount: int,
+        deadline_ms: int,
+        requester_public_key: bytes | None = None,
+    ) -> str:
+        """``response_escrow::deposit``: prepay ``amount`` MIST for a response from
+        ``server`` by ``deadline_ms`` (ledger clock). Returns the ResponseEscrow ID."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_claim(
+        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
+    ) -> int:
+        """``response_escrow::claim`` (server): paid with the requester's acknowledgement
+        (signature over :func:`response_ack_message`). Returns the MIST paid."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        """``response_escrow::deliver`` (server, before the deadline): post the response
+        as an event and take the fee. Returns the MIST paid."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        """``response_escrow::refund`` (requester, after the deadline). Returns the refund."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
+        """The ResponseEscrow ``escrow_id``."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
 
     # -- reading -----------------------------------------------------------------------------
 

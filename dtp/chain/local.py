@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.chain import local_rules as rules
-from dtp.chain.ledger import Endpoint, Ledger
+from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
 from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.chain.objects import (
     Broadcast,
@@ -374,8 +374,9 @@ class LocalLedger(Ledger):
         return self._read(lambda: int(self._meta("minted")))
 
     def audit(self) -> dict[str, int]:
-        """Where all MIST is: ``minted``, ``balances``, ``escrows``, ``broadcasts`` (pools
-        plus unclaimed earnings). Conservation holds iff minted == the other three."""
+        """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows and
+        prepaid response fees), ``broadcasts`` (pools plus unclaimed earnings).
+        Conservation holds iff minted == the other three."""
 
         def read() -> dict[str, int]:
             balances = sum(int(r[0]) for r in self._db.execute("SELECT amount FROM balances"))
@@ -386,6 +387,8 @@ class LocalLedger(Ledger):
                     escrows += obj["funds"]
                 elif type_ == rules.OBJECT_TYPES["Broadcast"]:
                     broadcasts += obj["pool"] + obj["earned"]
+                elif type_ == rules.OBJECT_TYPES["ResponseEscrow"]:
+                    escrows += obj["funds"]  # prepaid response fees count as escrow
             return {
                 "minted": int(self._meta("minted")),
                 "balances": balances,
@@ -810,6 +813,78 @@ class LocalLedger(Ledger):
 
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
+
+    # -- mailbox and response escrow ------------------------------------------------------------
+
+    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        self._call(signer, "mailbox", "send", self._id(host_id), bytes(payload))
+
+    def response_escrow_deposit(
+        self,
+        signer: HostIdentity,
+        server: str,
+        request_id: bytes,
+        amount: int,
+        deadline_ms: int,
+        requester_public_key: bytes | None = None,
+    ) -> str:
+        key = signer.ed25519_public if requester_public_key is None else requester_public_key
+        result = self._call(
+            signer,
+            "response_escrow",
+            "deposit",
+            self._id(server, "address"),
+            bytes(request_id),
+            bytes(key),
+            _u64(deadline_ms, "the deadline"),
+            _u64(amount, "the response fee"),
+        )
+        return str(result.value)
+
+    def response_escrow_claim(
+        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
+    ) -> int:
+        result = self._call(
+            signer,
+            "response_escrow",
+            "claim",
+            self._id(escrow_id),
+            bytes(response_hash),
+            bytes(signature),
+        )
+        return int(result.value)
+
+    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        result = self._call(
+            signer, "response_escrow", "deliver", self._id(escrow_id), bytes(response)
+        )
+        return int(result.value)
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        return int(self._call(signer, "response_escrow", "refund", self._id(escrow_id)).value)
+
+    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
+        object_id = normalize_id(escrow_id)
+
+        def read() -> ResponseEscrow:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None or row[0] != rules.OBJECT_TYPES["ResponseEscrow"]:
+                raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
+            _type, _owner, version, d = row
+            return ResponseEscrow(
+                object_id,
+                version,
+                d["requester"],
+                d["requester_public_key"],
+                d["server"],
+                d["request_id"],
+                d["deadline_ms"],
+                d["funds"],
+                d["amount"],
+                d["state"],
+            )
+
+        return self._read(read)
 
     def is_on_air(self, broadcast_id: str) -> bool:
         """``broadcast::is_on_air`` at the current clock."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.chain import sui_tx
-from dtp.chain.ledger import Endpoint, Ledger
+from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
 from dtp.chain.local import normalize_id
 from dtp.chain.objects import (
     Broadcast,
@@ -59,6 +59,8 @@ from dtp.chain.sui_codec import (
     OBJECT_LAYOUTS,
     OBJECT_MODULES,
     BcsDecodeError,
+    Layout,
+    decode,
     decode_event,
     decode_object,
     table_id,
@@ -71,6 +73,69 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
     move_error_from_abort_code,
+)
+
+# -- layouts of the messaging modules (move/dtp/sources/mailbox.move, response_escrow.move) ----
+
+#: ``dtp::response_escrow::ResponseEscrow`` contents.
+RESPONSE_ESCROW_LAYOUT: Layout = (
+    "struct",
+    (
+        ("id", "id"),
+        ("requester", "address"),
+        ("requester_public_key", "bytes"),
+        ("server", "address"),
+        ("request_id", "bytes"),
+        ("deadline_ms", "u64"),
+        ("funds", "u64"),
+        ("amount", "u64"),
+        ("state", "u8"),
+    ),
+)
+
+#: Event layouts of the messaging modules (sui_codec.EVENT_LAYOUTS holds the others).
+MESSAGING_EVENT_LAYOUTS: dict[tuple[str, str], Layout] = {}
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("mailbox", "MailDeposited"),
+    ("struct", (("recipient_host", "id"), ("payload", "bytes"))),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeDeposited"),
+    (
+        "struct",
+        (
+            ("escrow", "id"),
+            ("requester", "address"),
+            ("server", "address"),
+            ("request_id", "bytes"),
+            ("amount", "u64"),
+            ("deadline_ms", "u64"),
+        ),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeClaimed"),
+    (
+        "struct",
+        (("escrow", "id"), ("server", "address"), ("amount", "u64"), ("response_hash", "bytes")),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseDelivered"),
+    (
+        "struct",
+        (
+            ("escrow", "id"),
+            ("requester", "address"),
+            ("request_id", "bytes"),
+            ("response", "bytes"),
+            ("amount", "u64"),
+        ),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeRefunded"),
+    ("struct", (("escrow", "id"), ("requester", "address"), ("amount", "u64"))),
 )
 
 if TYPE_CHECKING:
@@ -231,7 +296,8 @@ def event_from_proto(
         return None
     _, module, name = type_.split("::")
     data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
-    fields = decode_event(module, name, data)
+    layout = MESSAGING_EVENT_LAYOUTS.get((module, name))
+    fields = decode_event(module, name, data) if layout is None else decode(layout, data)
     sender = normalize_id(ev.sender, "address") if ev.sender else ""
     return Event(
         cursor,
@@ -823,6 +889,90 @@ class SuiLedger(Ledger):
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         out = self._broadcast_call(signer, broadcast_id, "withdraw", sui_tx.broadcast_withdraw)
         return int(out.event("ContributionRefunded")["amount"])
+
+    # -- mailbox and response escrow --------------------------------------------------------
+
+    def _response_escrow_ref(self, escrow_id: str) -> SharedRef:
+        obj = self._node.get_object(normalize_id(escrow_id))
+        if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
+        if obj.initial_shared_version is None:
+            raise ObjectNotFound(f"ResponseEscrow {obj.object_id} is not a shared object.")
+        return SharedRef(obj.object_id, obj.initial_shared_version)
+
+    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        host = self._shared(host_id, "Host")
+        self._execute(
+            signer, "mailbox::send", lambda ctx: sui_tx.mailbox_send(ctx, host, bytes(payload))
+        )
+
+    def response_escrow_deposit(
+        self,
+        signer: HostIdentity,
+        server: str,
+        request_id: bytes,
+        amount: int,
+        deadline_ms: int,
+        requester_public_key: bytes | None = None,
+    ) -> str:
+        self._amount(amount, "the response fee")
+        key = signer.ed25519_public if requester_public_key is None else requester_public_key
+        out = self._execute(
+            signer,
+            "response_escrow::deposit",
+            lambda ctx: sui_tx.response_escrow_deposit(
+                ctx, server, bytes(request_id), bytes(key), deadline_ms, amount
+            ),
+            spend=amount,
+        )
+        return str(out.event("ResponseFeeDeposited")["escrow"])
+
+    def response_escrow_claim(
+        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
+    ) -> int:
+        e = self._response_escrow_ref(escrow_id)
+        out = self._execute(
+            signer,
+            "response_escrow::claim",
+            lambda ctx: sui_tx.response_escrow_claim(
+                ctx, e, bytes(response_hash), bytes(signature)
+            ),
+        )
+        return int(out.event("ResponseFeeClaimed")["amount"])
+
+    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        e = self._response_escrow_ref(escrow_id)
+        out = self._execute(
+            signer,
+            "response_escrow::deliver",
+            lambda ctx: sui_tx.response_escrow_deliver(ctx, e, bytes(response)),
+        )
+        return int(out.event("ResponseDelivered")["amount"])
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        e = self._response_escrow_ref(escrow_id)
+        out = self._execute(
+            signer, "response_escrow::refund", lambda ctx: sui_tx.response_escrow_refund(ctx, e)
+        )
+        return int(out.event("ResponseFeeRefunded")["amount"])
+
+    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
+        obj = self._node.get_object(normalize_id(escrow_id))
+        if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
+        d = decode(RESPONSE_ESCROW_LAYOUT, obj.contents)
+        return ResponseEscrow(
+            obj.object_id,
+            obj.version,
+            d["requester"],
+            d["requester_public_key"],
+            d["server"],
+            d["request_id"],
+            d["deadline_ms"],
+            d["funds"],
+            d["amount"],
+            d["state"],
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

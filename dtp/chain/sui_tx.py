@@ -688,6 +688,100 @@ def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
     return tx.finish()
 
 
+# -- mailbox and response escrow ------------------------------------------------------------------
+
+
+def mailbox_send(ctx: TxContext, host: SharedRef, payload: bytes) -> bytes:
+    """``mailbox::send(&host, payload)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=False)
+    tx.call("mailbox", "send", [h, tx.pure(encode_bytes(payload, "payload"))])
+    return tx.finish()
+
+
+def response_escrow_deposit(
+    ctx: TxContext,
+    server: str,
+    request_id: bytes,
+    requester_public_key: bytes,
+    deadline_ms: int,
+    amount: int,
+) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``response_escrow::deposit(server,
+    request_id, key, deadline_ms, coin, &clock)``."""
+    tx = _Tx(ctx)
+    args = [
+        tx.pure(encode_address(server, "server")),
+        tx.pure(encode_bytes(request_id, "request_id")),
+        tx.pure(encode_bytes(requester_public_key, "requester_public_key")),
+        tx.pure(encode_u64(deadline_ms, "deadline_ms")),
+    ]
+    coin = tx.coin(amount, "the response fee")
+    tx.call("response_escrow", "deposit", [*args, coin, tx.clock()])
+    return tx.finish()
+
+
+def response_escrow_claim(
+    ctx: TxContext, escrow: SharedRef, response_hash: bytes, signature: bytes
+) -> bytes:
+    """``response_escrow::claim(&mut e, response_hash, signature)``."""
+    tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    tx.call(
+        "response_escrow",
+        "claim",
+        [
+            e,
+            tx.pure(encode_bytes(response_hash, "response_hash")),
+            tx.pure(encode_bytes(signature, "signature")),
+        ],
+    )
+    return tx.finish()
+
+
+def response_escrow_deliver(ctx: TxContext, escrow: SharedRef, response: bytes) -> bytes:
+    """``response_escrow::deliver(&mut e, response, &clock)``."""
+    tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    tx.call(
+        "response_escrow",
+        "deliver",
+        [e, tx.pure(encode_bytes(response, "response")), tx.clock()],
+    )
+    return tx.finish()
+
+
+def response_escrow_refund(ctx: TxContext, escrow: SharedRef) -> bytes:
+    """``response_escrow::refund(&mut e, &clock)``."""
+    tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    tx.call("response_escrow", "refund", [e, tx.clock()])
+    return tx.finish()
+
+
+#: Builders of the messaging entry points (kept apart from :data:`BUILDERS`, which lists
+#: exactly the abstract methods of :class:`~dtp.chain.ledger.Ledger`).
+MESSAGING_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
+    fn.__name__: fn
+    for fn in (
+        mailbox_send,
+        response_escrow_deposit,
+        response_escrow_claim,
+        response_escrow_deliver,
+        response_escrow_refund,
+    )
+}
+
+#: Ledger method name -> the Move function its transaction calls (messaging entry points).
+MESSAGING_TARGETS: Final[dict[str, tuple[str, str]]] = {
+    "mailbox_send": ("mailbox", "send"),
+    "response_escrow_deposit": ("response_escrow", "deposit"),
+    "response_escrow_claim": ("response_escrow", "claim"),
+    "response_escrow_deliver": ("response_escrow", "deliver"),
+    "response_escrow_refund": ("response_escrow", "refund"),
+}
+
+
 #: Ledger method name -> builder.
 BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
     fn.__name__: fn

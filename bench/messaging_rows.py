@@ -1,0 +1,297 @@
+"""Messaging rows of bench/compare.py: DTP RPC and pub/sub against their peers, each
+server in its own process on 127.0.0.1.
+
+    python bench/messaging_rows.py serve {rpc,zmq,pubsub} [--cpu N]
+
+runs a benchmark server (prints one JSON line {"port", "key"} once listening).
+
+- ``rpc_roundtrip``: sequential ``echo`` calls with 100-byte payloads, both processes on
+  CPU 0; peer: Python ``ssl`` ping-pong of 100 bytes (bar 0.7).
+- ``rpc_roundtrip_zmq``: the same calls; peer: pyzmq REQ/REP with CURVE (bar 2).
+- ``rpc_pipelined``: 64 calls in flight on one stream (report).
+- ``pubsub_fanout``: messages/s published by one node to 4 subscriber nodes linked over
+  DTP, counting a message once all 4 have it (report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dtp.socket
+from bench.net import Peer, _tls_connect
+from bench.workload import Workload
+from dtp.keys import HostIdentity
+from dtp.messaging.pubsub import PubSubNode
+from dtp.messaging.rpc import RpcClient, RpcServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = os.urandom(100)
+
+
+class _Server:
+    """A server process started from this file."""
+
+    def __init__(self, kind: str, cpu: int | None = None) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "serve", kind]
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark server {kind} did not start")
+        info = json.loads(line)
+        self.port: int = info["port"]
+        self.key = bytes.fromhex(info["key"])
+        self.extra: dict[str, str] = info
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _pin(cpu: int | None) -> Callable[[], None]:
+    previous = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+    def restore() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, previous)
+
+    return restore
+
+
+def _rpc_client(server: _Server) -> tuple[dtp.socket.DTPSocket, RpcClient]:
+    sock = dtp.socket.create_connection(("127.0.0.1", server.port), server_key=server.key)
+    return sock, RpcClient(sock, timeout=30)
+
+
+def _tls_pingpong(sock: object, rounds: int) -> None:
+    for _ in range(rounds):
+        sock.sendall(PAYLOAD)  # type: ignore[attr-defined]
+        got = 0
+        while got < 100:
+            got += len(sock.recv(100 - got))  # type: ignore[attr-defined]
+
+
+def rpc_roundtrip(rounds: int = 1000) -> Workload:
+    """Sequential RPC calls vs ssl ping-pong, one CPU."""
+    restore = _pin(0)
+    ours = _Server("rpc", 0)
+    tls = Peer("tls-blocking", "echo", 0)
+    sock, client = _rpc_client(ours)
+    tls_sock = _tls_connect(tls)
+
+    def op() -> None:
+        for _ in range(rounds):
+            client.call("echo", PAYLOAD)
+
+    def close() -> None:
+        sock.close()
+        tls_sock.close()
+        ours.close()
+        tls.close()
+        restore()
+
+    return Workload(
+        "rpc_roundtrip",
+        "calls/s",
+        rounds,
+        op,
+        lambda: _tls_pingpong(tls_sock, rounds),
+        bar=0.7,
+        note="sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
+        close=close,
+    )
+
+
+def rpc_roundtrip_zmq(rounds: int = 1000) -> Workload:
+    """Sequential RPC calls vs pyzmq REQ/REP with CURVE."""
+    import zmq
+
+    restore = _pin(0)
+    ours = _Server("rpc", 0)
+    peer = _Server("zmq", 0)
+    sock, client = _rpc_client(ours)
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    public, secret = zmq.curve_keypair()
+    req.curve_publickey, req.curve_secretkey = public, secret
+    req.curve_serverkey = peer.extra["curve"].encode()
+    req.connect(f"tcp://127.0.0.1:{peer.port}")
+
+    def op() -> None:
+        for _ in range(rounds):
+            client.call("echo", PAYLOAD)
+
+    def zmq_op() -> None:
+        for _ in range(rounds):
+            req.send(PAYLOAD)
+            req.recv()
+
+    def close() -> None:
+        sock.close()
+        req.close(0)
+        ctx.term()
+        ours.close()
+        peer.close()
+        restore()
+
+    return Workload(
+        "rpc_roundtrip_zmq",
+        "calls/s",
+        rounds,
+        op,
+        zmq_op,
+        bar=2.0,
+        note="sequential 100-byte echo calls vs pyzmq REQ/REP + CURVE, CPU 0",
+        close=close,
+    )
+
+
+def rpc_pipelined(total: int = 2000, window: int = 64) -> Workload:
+    """64 calls in flight on one stream (report only)."""
+    ours = _Server("rpc")
+    sock, client = _rpc_client(ours)
+
+    def op() -> None:
+        pending = []
+        for _ in range(total):
+            pending.append(client.start("echo", PAYLOAD))
+            if len(pending) >= window:
+                pending.pop(0).result()
+        for call in pending:
+            call.result()
+
+    def sequential() -> None:
+        for _ in range(total):
+            client.call("echo", PAYLOAD)
+
+    def close() -> None:
+        sock.close()
+        ours.close()
+
+    return Workload(
+        "rpc_pipelined",
+        "calls/s",
+        total,
+        op,
+        sequential,
+        note=f"{window} calls in flight vs sequential calls, 100-byte payloads",
+        close=close,
+    )
+
+
+def pubsub_fanout(messages: int = 2000, subscribers: int = 4) -> Workload:
+    """One publisher, 4 subscriber nodes over DTP (report only; the peer column is the
+    same publisher with a single subscriber node, so the ratio is the cost of fan-out)."""
+    ours, ours_close = _fanout(messages, subscribers)
+    peer, peer_close = _fanout(messages, 1)
+
+    def close() -> None:
+        ours_close()
+        peer_close()
+
+    return Workload(
+        "pubsub_fanout",
+        "msgs/s",
+        messages,
+        ours,
+        peer,
+        note=f"100-byte messages to {subscribers} subscriber nodes (peer: to 1), DTP links",
+        close=close,
+    )
+
+
+def _fanout(messages: int, subscribers: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    hub = PubSubNode("hub", link_queue=8192)
+    nodes, subs, socks = [], [], []
+    for i in range(subscribers):
+        node = PubSubNode(f"s{i}")
+        client = dtp.socket.create_connection(server.address, server_key=identity.noise_public)
+        side, _ = server.accept(timeout=10)
+        client.settimeout(None)
+        side.settimeout(None)
+        socks += [client, side]
+        node.attach(client)
+        hub.attach(side)
+        nodes.append(node)
+        subs.append(node.subscribe("bench", maxsize=messages * 2))
+
+    def op() -> None:
+        for _ in range(messages):
+            hub.publish("bench", PAYLOAD)
+        for sub in subs:
+            for _ in range(messages):
+                sub.get(timeout=30)
+
+    def close() -> None:
+        hub.close()
+        for node in nodes:
+            node.close()
+        for s in socks:
+            s.abort("bench over")
+        server.close()
+
+    return op, close
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def _announce(port: int, key: bytes, **extra: str) -> None:
+    print(json.dumps({"port": port, "key": key.hex(), **extra}), flush=True)
+
+
+def serve(kind: str) -> None:
+    if kind == "rpc":
+        identity = HostIdentity.generate()
+        server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+        rpc = RpcServer(workers=0)
+        rpc.register("echo", lambda p: p)
+        _announce(server.address[1], identity.noise_public)
+        rpc.serve(server)
+    elif kind == "zmq":
+        import zmq
+
+        ctx = zmq.Context()
+        rep = ctx.socket(zmq.REP)
+        public, secret = zmq.curve_keypair()
+        rep.curve_server = True
+        rep.curve_secretkey = secret
+        port = rep.bind_to_random_port("tcp://127.0.0.1")
+        _announce(port, b"", curve=public.decode())
+        while True:
+            rep.send(rep.recv())
+    else:
+        raise SystemExit(f"unknown server kind {kind}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("kind")
+    parser.add_argument("--cpu", type=int)
+    args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    threading.current_thread().name = f"bench-{args.kind}"
+    serve(args.kind)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Errors of :mod:`dtp.messaging`, all under :class:`dtp.errors.DTPError`.
+
+- Bad bytes from the peer (a frame that is not msgpack, not a message, or too large) raise
+  subclasses of :class:`dtp.errors.RemoteProtocolError`; each carries ``wire_code``, the
+  JSON-RPC-style integer that the error frame sent back to the peer uses.
+- A call that the remote side answered with an error raises :class:`RemoteError` (or the
+  subclass for its code: :class:`MethodNotFound`, :class:`InvalidParams`, …).
+- Local outcomes of a call: :class:`RpcTimeout` (the deadline passed),
+  :class:`RpcCancelled`, :class:`RpcConnectionLost`.
+- Sealed messages: :class:`SealedDecryptError` (detail-free), :class:`ForgedSender`,
+  :class:`MalformedSealed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from dtp.errors import DTPError, DTPTimeoutError, ErrorCode, RemoteProtocolError
+
+__all__ = [
+    "WIRE_CODES",
+    "Cancelled",
+    "DeadlineExceeded",
+    "DiscoveryError",
+    "ForgedSender",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MalformedMessage",
+    "MalformedSealed",
+    "MessageTooLarge",
+    "MessagingError",
+    "MethodNotFound",
+    "ParseError",
+    "PayloadTooLarge",
+    "PaymentRequired",
+    "PubSubError",
+    "RemoteError",
+    "RequestTooLarge",
+    "RpcCancelled",
+    "RpcConnectionLost",
+    "RpcError",
+    "RpcTimeout",
+    "SealedDecryptError",
+    "SealedError",
+    "ServerBusy",
+    "remote_error",
+]
+
+# -- wire error codes (JSON-RPC 2.0 §5.1 where it has one, -320xx for DTP's own) --------------
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+MESSAGE_TOO_LARGE: Final = -32001
+DEADLINE_EXCEEDED: Final = -32002
+CANCELLED: Final = -32003
+PAYMENT_REQUIRED: Final = -32004
+SERVER_BUSY: Final = -32005
+
+
+class MessagingError(DTPError):
+    """Root of the messaging layer's errors."""
+
+
+# -- the peer sent bad bytes --------------------------------------------------------------------
+
+
+class MessagingProtocolError(RemoteProtocolError, MessagingError):
+    """The peer sent a frame that breaks the messaging wire format (docs/messaging.md)."""
+
+    wire_code: int = INVALID_REQUEST
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "invalid message", ErrorCode.FRAME_VALUE)
+
+
+class MalformedMessage(MessagingProtocolError):
+    """A frame's body is not valid msgpack, or not a message of the wire format."""
+
+    wire_code = PARSE_ERROR
+
+
+class MessageTooLarge(MessagingProtocolError):
+    """A frame exceeds the receiver's size cap (it is skipped; the stream stays usable)."""
+
+    wire_code = MESSAGE_TOO_LARGE
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "message exceeds the size cap")
+        self.code = ErrorCode.FRAME_SIZE
+
+
+# -- a call failed ------------------------------------------------------------------------------
+
+
+class RpcError(MessagingError):
+    """A remote call did not produce a result."""
+
+
+class RemoteError(RpcError):
+    """The remote side answered with an error: ``code``, ``message`` and ``data``."""
+
+    wire_code: int = INTERNAL_ERROR
+
+    def __init__(self, message: str, code: int | None = None, data: Any = None) -> None:
+        self.code: int = self.wire_code if code is None else code
+        self.message = message
+        self.data = data
+        super().__init__(f"[{self.code}] {message}")
+
+
+class ParseError(RemoteError):
+    """The remote side could not decode our message."""
+
+    wire_code = PARSE_ERROR
+
+
+class InvalidRequest(RemoteError):
+    """The remote side says our message is not a valid request."""
+
+    wire_code = INVALID_REQUEST
+
+
+class MethodNotFound(RemoteError):
+    """No such method on the remote side."""
+
+    wire_code = METHOD_NOT_FOUND
+
+
+class InvalidParams(RemoteError):
+    """The method refused its parameters."""
+
+    wire_code = INVALID_PARAMS
+
+
+class InternalError(RemoteError):
+    """The remote handler failed."""
+
+    wire_code = INTERNAL_ERROR
+
+
+class RequestTooLarge(RemoteError):
+    """Our request exceeded the remote side's size cap."""
+
+    wire_code = MESSAGE_TOO_LARGE
+
+
+class DeadlineExceeded(RemoteError):
+    """The remote side gave up: the request's deadline passed there."""
+
+    wire_code = DEADLINE_EXCEEDED
+
+
+class Cancelled(RemoteError):
+    """The remote side cancelled the request."""
+
+    wire_code = CANCELLED
+
+
+class PaymentRequired(RemoteError):
+    """The request is not covered by a valid receipt or prepaid response fee."""
+
+    wire_code = PAYMENT_REQUIRED
+
+
+class ServerBusy(RemoteError):
+    """The remote side has too many requests in progress."""
+
+    wire_code = SERVER_BUSY
+
+
+WIRE_CODES: Final[dict[int, type[RemoteError]]] = {
+    cls.wire_code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        RequestTooLarge,
+        DeadlineExceeded,
+        Cancelled,
+        PaymentRequired,
+        ServerBusy,
+    )
+}
+
+
+def remote_error(code: int, message: str, data: Any = None) -> RemoteError:
+    """The typed exception for an error frame (unknown codes give :class:`RemoteError`)."""
+    cls = WIRE_CODES.get(code, RemoteError)
+    return cls(message, code, data)
+
+
+class RpcTimeout(RpcError, DTPTimeoutError):
+    """No answer before the call's deadline (the request was cancelled)."""
+
+
+class RpcCancelled(RpcError):
+    """The call was cancelled locally."""
+
+
+class RpcConnectionLost(RpcError):
+    """The stream or connection ended before the answer came."""
+
+
+# -- sealed messages ----------------------------------------------------------------------------
+
+
+class SealedError(MessagingError):
+    """A sealed message cannot be opened or sent."""
+
+
+class SealedDecryptError(SealedError):
+    """A sealed message is not for us, or was tampered with. Carries no detail on purpose."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__("sealed message failed to open")
+
+
+class MalformedSealed(SealedError, RemoteProtocolError):
+    """Sealed-message bytes do not follow the format (docs/messaging.md)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        RemoteProtocolError.__init__(self, message or "malformed sealed message", ErrorCode.ARG)
+
+
+class ForgedSender(SealedError):
+    """The claimed sender does not match the key that sealed the message."""
+
+
+# -- pub/sub, discovery -------------------------------------------------------------------------
+
+
+class PubSubError(MessagingError):
+    """A pub/sub operation is invalid (topic too long, node closed, …)."""
+
+
+class DiscoveryError(MessagingError):
+    """A discovery record is invalid or cannot be published."""
+
+
+class PayloadTooLarge(MessagingError, ValueError):
+    """A message we were asked to send exceeds the size cap (nothing was sent)."""

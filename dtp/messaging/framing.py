@@ -1,0 +1,123 @@
+"""Length-prefixed msgpack frames: the byte layer under every messaging protocol.
+
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack
+(docs/messaging.md §1). :class:`FrameDecoder` is a resumable parser with a cap: partial
+input yields nothing, a frame above the cap is *skipped* (its bytes are discarded as they
+arrive, never buffered) and reported as :class:`Oversized`, so one bad frame does not end
+the stream. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from dtp.messaging.errors import MalformedMessage, PayloadTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "HEAD_KEEP",
+    "FrameDecoder",
+    "Oversized",
+    "decode_body",
+    "encode_frame",
+]
+
+#: Default cap on one frame's body (bytes).
+DEFAULT_MAX_MESSAGE: Final = 1 << 20
+#: Bytes of an oversized frame's body kept for the caller (enough for a message's kind and
+#: id, so a server can still answer the request that was too large).
+HEAD_KEEP: Final = 24
+_HEADER: Final = struct.Struct(">I")
+_packb = msgpack.packb
+
+
+def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
+    """The frame for ``message`` (any msgpack-able value). Raises :class:`PayloadTooLarge`
+    above ``max_size`` and TypeError for values msgpack cannot encode."""
+    body: bytes = _packb(message, use_bin_type=True)
+    if len(body) > max_size:
+        raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Any:
+    """Decode one frame body; raises :class:`MalformedMessage` for anything not msgpack
+    (trailing bytes, bad UTF-8, nesting too deep, unhashable map keys…)."""
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors
+        raise MalformedMessage(f"frame is not valid msgpack ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A frame above the cap was skipped."""
+
+    #: The length the frame's header announced.
+    length: int
+    #: Its first bytes (at most :data:`HEAD_KEEP`).
+    head: bytes
+
+
+class FrameDecoder:
+    """Resumable frame parser: :meth:`feed` bytes, then call :meth:`next` until None."""
+
+    __slots__ = ("_buf", "_head", "_max", "_pos", "_skip", "_skip_len")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        if max_size <= 0 or max_size > 0xFFFFFFFF:
+            raise ValueError("max_size must be in 1..2**32-1")
+        self._max = max_size
+        self._buf = bytearray()
+        self._pos = 0
+        self._skip = 0  # bytes of an oversized frame still to discard
+        self._skip_len = 0
+        self._head = b""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held (at most one partial frame of up to the cap, plus unread frames)."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes."""
+        if self._pos and self._pos >= len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next(self) -> bytes | Oversized | None:
+        """The next complete frame body, an :class:`Oversized` notice, or None (need more)."""
+        buf = self._buf
+        while True:
+            avail = len(buf) - self._pos
+            if self._skip:
+                take = min(self._skip, avail)
+                self._pos += take
+                self._skip -= take
+                if self._skip:
+                    return None
+                return Oversized(self._skip_len, self._head)
+            if avail < 4:
+                return None
+            (length,) = _HEADER.unpack_from(buf, self._pos)
+            if length > self._max:
+                start = self._pos + 4
+                self._head = bytes(buf[start : start + min(HEAD_KEEP, length)])
+                self._pos = start
+                self._skip = length
+                self._skip_len = length
+                continue
+            if avail < 4 + length:
+                return None
+            start = self._pos + 4
+            body = bytes(buf[start : start + length])
+            self._pos = start + length
+            if self._pos == len(buf):
+                buf.clear()
+                self._pos = 0
+            return body

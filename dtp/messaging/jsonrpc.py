@@ -1,0 +1,226 @@
+"""The JSON-RPC 2.0 service kind (docs/messaging.md §2.4).
+
+A JSON-RPC service answers the DTP RPC method ``jsonrpc``, whose params are the bytes of
+a JSON-RPC 2.0 request (or batch) and whose result is the bytes of the JSON-RPC response
+(``None`` for notifications-only input). Two backends:
+
+- :class:`JsonRpcHandler` — methods implemented in Python;
+- :class:`JsonRpcHttpProxy` — forwards to an HTTP JSON-RPC endpoint (stdlib
+  ``http.client``), e.g. an Ethereum or Sui full node behind the DTP host.
+
+:class:`JsonRpcClient` wraps an :class:`~dtp.messaging.rpc.RpcClient` and raises the
+typed errors of :mod:`dtp.messaging.errors` for JSON-RPC error objects.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.parse
+from collections.abc import Callable
+from typing import Any, Final
+
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import RpcClient, RpcServer
+
+__all__ = [
+    "JSONRPC_METHOD",
+    "MAX_JSON",
+    "JsonRpcClient",
+    "JsonRpcHandler",
+    "JsonRpcHttpProxy",
+    "serve_jsonrpc",
+]
+
+JSONRPC_METHOD: Final = "jsonrpc"
+#: Largest JSON document accepted or returned (bytes).
+MAX_JSON: Final = 1 << 20
+MAX_BATCH: Final = 256
+
+
+def _error(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "error": err, "id": id_}
+
+
+class JsonRpcHandler:
+    """JSON-RPC 2.0 methods implemented in Python: ``fn(params)`` with params a list, a
+    dict or None; raise a :class:`~dtp.messaging.errors.RemoteError` for an error object
+    with its code."""
+
+    def __init__(self, methods: dict[str, Callable[[Any], Any]] | None = None) -> None:
+        self.methods: dict[str, Callable[[Any], Any]] = dict(methods or {})
+
+    def register(self, name: str, fn: Callable[[Any], Any]) -> None:
+        self.methods[name] = fn
+
+    def _one(self, request: Any) -> dict[str, Any] | None:
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0":
+            return _error(None, E.INVALID_REQUEST, "Invalid Request")
+        id_ = request.get("id")
+        is_notification = "id" not in request
+        method = request.get("method")
+        params = request.get("params")
+        if not isinstance(method, str) or not (params is None or isinstance(params, list | dict)):
+            return _error(id_, E.INVALID_REQUEST, "Invalid Request")
+        fn = self.methods.get(method)
+        if fn is None:
+            return None if is_notification else _error(id_, E.METHOD_NOT_FOUND, "Method not found")
+        try:
+            result = fn(params)
+        except E.RemoteError as exc:
+            return None if is_notification else _error(id_, exc.code, exc.message, exc.data)
+        except TypeError as exc:
+            return None if is_notification else _error(id_, E.INVALID_PARAMS, str(exc))
+        except Exception as exc:
+            return (
+                None
+                if is_notification
+                else _error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})")
+            )
+        return None if is_notification else {"jsonrpc": "2.0", "result": result, "id": id_}
+
+    def __call__(self, document: bytes) -> bytes | None:
+        """Answer one JSON-RPC document (bytes in, bytes out; None if nothing to say)."""
+        try:
+            request = json.loads(document)
+        except (ValueError, UnicodeDecodeError):
+            return json.dumps(_error(None, E.PARSE_ERROR, "Parse error")).encode()
+        if isinstance(request, list):
+            if not request or len(request) > MAX_BATCH:
+                return json.dumps(_error(None, E.INVALID_REQUEST, "Invalid Request")).encode()
+            answers = [a for a in (self._one(r) for r in request) if a is not None]
+            return json.dumps(answers).encode() if answers else None
+        answer = self._one(request)
+        return None if answer is None else json.dumps(answer).encode()
+
+
+class JsonRpcHttpProxy:
+    """Forward JSON-RPC documents to an HTTP(S) endpoint (POST, ``application/json``).
+
+    One keep-alive ``http.client`` connection per thread; responses above ``max_response``
+    bytes and HTTP errors become JSON-RPC ``INTERNAL_ERROR`` answers (the backend's
+    detail is not passed on)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, max_response: int = MAX_JSON) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port
+        self.path = parts.path or "/"
+        if parts.query:
+            self.path += "?" + parts.query
+        self.timeout = timeout
+        self.max_response = max_response
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = cls(self.host, self.port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def __call__(self, document: bytes) -> bytes | None:
+        for attempt in range(2):  # one retry when a kept-alive connection went stale
+            conn = self._connection()
+            try:
+                conn.request(
+                    "POST",
+                    self.path,
+                    body=document,
+                    headers={"Content-Type": "application/json", "Accept": "application/json"},
+                )
+                response = conn.getresponse()
+                body = response.read(self.max_response + 1)
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    return json.dumps(
+                        _error(None, E.INTERNAL_ERROR, "backend unreachable")
+                    ).encode()
+                continue
+            if len(body) > self.max_response:
+                conn.close()
+                self._local.conn = None
+                return json.dumps(
+                    _error(None, E.INTERNAL_ERROR, "backend answer too large")
+                ).encode()
+            if status == 204 or (200 <= status < 300 and not body):
+                return None
+            if not 200 <= status < 300:
+                return json.dumps(_error(None, E.INTERNAL_ERROR, f"backend HTTP {status}")).encode()
+            return body
+        return None  # pragma: no cover - the loop always returns
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def serve_jsonrpc(server: RpcServer, backend: Callable[[bytes], bytes | None]) -> None:
+    """Register the ``jsonrpc`` method on ``server``, answered by ``backend``."""
+
+    def handle(params: Any) -> bytes | None:
+        if isinstance(params, str):
+            params = params.encode()
+        if not isinstance(params, bytes):
+            raise E.InvalidParams("jsonrpc takes the JSON document as bytes")
+        if len(params) > MAX_JSON:
+            raise E.RequestTooLarge(f"JSON document exceeds {MAX_JSON} bytes")
+        return backend(params)
+
+    server.register(JSONRPC_METHOD, handle)
+
+
+class JsonRpcClient:
+    """JSON-RPC 2.0 calls through a DTP RPC client."""
+
+    def __init__(self, client: RpcClient) -> None:
+        self.client = client
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
+        """Call ``method``; returns its result or raises the typed RemoteError."""
+        with self._lock:
+            id_ = self._next
+            self._next += 1
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
+        if params is not None:
+            request["params"] = params
+        raw = self.client.call(JSONRPC_METHOD, json.dumps(request).encode(), **kw)
+        if not isinstance(raw, bytes):
+            raise E.MalformedMessage("the JSON-RPC service answered no document")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
+        if not isinstance(answer, dict):
+            raise E.MalformedMessage("the JSON-RPC answer is not an object")
+        if "error" in answer:
+            err = answer["error"]
+            if not isinstance(err, dict) or type(err.get("code")) is not int:
+                raise E.MalformedMessage("malformed JSON-RPC error object")
+            raise E.remote_error(err["code"], str(err.get("message", "")), err.get("data"))
+        return answer.get("result")
+
+    def notify(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> None:
+        """A JSON-RPC notification (no id, no answer)."""
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            request["params"] = params
+        self.client.call(JSONRPC_METHOD, json.dumps(request).encode())

@@ -1,0 +1,522 @@
+"""The sans-I/O RPC core: messages in, events out (docs/messaging.md §2).
+
+:class:`RpcProtocol` is symmetric — either side may send requests and notifications on
+one stream — and never touches a socket, the clock or randomness: callers pass ``now``
+(seconds, any monotonic clock) and move bytes with :meth:`RpcProtocol.receive_data` /
+:meth:`RpcProtocol.data_to_send`. Timers: :meth:`RpcProtocol.get_timer` /
+:meth:`RpcProtocol.handle_timer`.
+
+Bad input never raises out of :meth:`RpcProtocol.receive_data`: a frame that is not a
+message becomes a :class:`ProtocolViolation` event and, when the peer could be waiting for
+an answer, an error frame back; the stream stays usable (frames are length-prefixed, so
+the next one is found regardless).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from dtp.messaging import errors as E
+from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, Oversized, decode_body
+
+__all__ = [
+    "ACK",
+    "CANCEL",
+    "ERROR",
+    "MAX_METHOD_LENGTH",
+    "NOTIFY",
+    "REQUEST",
+    "RESPONSE",
+    "AckReceived",
+    "ErrorReceived",
+    "NotificationReceived",
+    "ProtocolViolation",
+    "RequestCancelled",
+    "RequestReceived",
+    "RequestTimedOut",
+    "ResponseReceived",
+    "RpcEvent",
+    "RpcProtocol",
+]
+
+# Message kinds: the first element of every message array.
+REQUEST: Final = 0  # [0, id, method, params, timeout_ms, meta]
+RESPONSE: Final = 1  # [1, id, result, meta]
+ERROR: Final = 2  # [2, id | nil, code, message, data]
+NOTIFY: Final = 3  # [3, method, params, meta]
+CANCEL: Final = 4  # [4, id]
+ACK: Final = 5  # [5, id, signature]
+
+#: Longest method name (UTF-8 bytes).
+MAX_METHOD_LENGTH: Final = 256
+#: Largest request id (ids are 1..2**63-1).
+MAX_ID: Final = 2**63 - 1
+#: Longest relative timeout a request may carry (ms; about 49 days).
+MAX_TIMEOUT_MS: Final = 2**32 - 1
+_packb = msgpack.packb
+_MISSING: Any = object()
+
+
+def _frame(message: list[Any], cap: int) -> bytes:
+    body: bytes = _packb(message, use_bin_type=True)
+    if len(body) > cap:
+        raise E.PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {cap}")
+    return len(body).to_bytes(4, "big") + body
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """The peer asks us to run ``method``; answer with ``send_response``/``send_error``."""
+
+    #: Correlation id chosen by the peer (unique among its requests in flight).
+    request_id: int
+    method: str
+    #: Any msgpack value (JSON-RPC style: a list or a map, or nil).
+    params: Any
+    #: Local time (the ``now`` clock) after which the peer no longer waits; None = never.
+    deadline: float | None
+    #: Optional map of extensions (receipts ``"r"``, prepaid response escrow ``"re"``).
+    meta: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceived:
+    """A one-way message: no answer is expected (or possible)."""
+
+    method: str
+    params: Any
+    meta: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The result of one of our requests."""
+
+    request_id: int
+    result: Any
+    meta: Mapping[str, Any] | None
+    #: The raw msgpack body of the frame (hashed by response-escrow acknowledgements).
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReceived:
+    """One of our requests failed on the peer's side."""
+
+    request_id: int
+    #: The typed error (a :class:`~dtp.messaging.errors.RemoteError` subclass by code).
+    error: E.RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancelled:
+    """A request the peer sent us ended before we answered: the peer cancelled it
+    (``reason == "cancelled"``) or its deadline passed (``"deadline"``)."""
+
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimedOut:
+    """One of our requests reached its deadline unanswered; a CANCEL was queued."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """The peer acknowledged our response to ``request_id`` with a signature (response
+    escrow, docs/escrow.md "Response escrow")."""
+
+    request_id: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The peer sent a frame that breaks the format; it was skipped (and answered with an
+    error frame when the peer may wait for one)."""
+
+    error: E.MessagingProtocolError
+    #: The id of the request it belonged to, when that much could be read.
+    request_id: int | None
+    #: A peer's own error report without a request id (``ERROR`` with nil id), if any.
+    reported: E.RemoteError | None = None
+
+
+RpcEvent = (
+    RequestReceived
+    | NotificationReceived
+    | ResponseReceived
+    | ErrorReceived
+    | RequestCancelled
+    | RequestTimedOut
+    | AckReceived
+    | ProtocolViolation
+)
+
+
+def _valid_id(value: Any) -> bool:
+    return type(value) is int and 0 < value <= MAX_ID
+
+
+def _check_meta(value: Any) -> Mapping[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise E.MalformedMessage("meta must be a map or nil")
+
+
+def _check_method(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_METHOD_LENGTH:
+        raise E.MalformedMessage(f"method must be text of 1..{MAX_METHOD_LENGTH} bytes")
+    return value
+
+
+def _peek_request_id(head: bytes) -> int | None:
+    """The id of a REQUEST from the first bytes of its body (for oversized frames)."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(head)
+    try:
+        if unpacker.read_array_header() < 2:
+            return None
+        kind, request_id = unpacker.unpack(), unpacker.unpack()
+    except Exception:
+        return None
+    return request_id if kind == REQUEST and _valid_id(request_id) else None
+
+
+class RpcProtocol:
+    """One side of an RPC stream.
+
+    ``max_message_size`` caps frames both ways; ``max_outgoing`` caps our requests in
+    flight (:class:`~dtp.messaging.errors.PayloadTooLarge` /
+    :class:`~dtp.errors.LocalProtocolError` beyond); ``max_incoming`` caps the peer's
+    requests we have not answered yet — beyond it, requests are answered at once with
+    ``SERVER_BUSY``; ``max_outbox`` caps queued output (bytes) so that a peer which never
+    reads cannot make us buffer without bound.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_outgoing: int = 65536,
+        max_incoming: int = 4096,
+        max_events: int = 65536,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.max_outgoing = max_outgoing
+        self.max_incoming = max_incoming
+        self.max_events = max_events
+        self._decoder = FrameDecoder(max_message_size)
+        self._out: list[bytes] = []
+        self._events: deque[RpcEvent] = deque()
+        self._next_id = 1
+        #: our requests in flight: id -> deadline (None = none)
+        self._outgoing: dict[int, float | None] = {}
+        #: the peer's requests we have not answered: id -> deadline
+        self._incoming: dict[int, float | None] = {}
+        self._timers: list[tuple[float, int, int]] = []  # (deadline, side 0=out 1=in, id)
+        #: Counters for monitoring.
+        self.violations = 0
+        self.late_responses = 0
+        self.busy_rejections = 0
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Our requests awaiting an answer."""
+        return len(self._outgoing)
+
+    @property
+    def pending_incoming(self) -> int:
+        """The peer's requests we still owe an answer."""
+        return len(self._incoming)
+
+    def is_pending(self, request_id: int) -> bool:
+        """Whether our request ``request_id`` still awaits an answer."""
+        return request_id in self._outgoing
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        now: float = 0.0,
+        timeout: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Queue a request; returns its id. ``timeout`` (seconds) sets the deadline
+        ``now + timeout``, which is also sent (relative, in ms) so the peer can give up."""
+        from dtp.errors import LocalProtocolError
+
+        _check_method(method)
+        if len(self._outgoing) >= self.max_outgoing:
+            raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
+        request_id = self._next_id
+        timeout_ms = 0
+        if timeout is not None:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
+            timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
+        self._out.append(
+            _frame(
+                [REQUEST, request_id, method, params, timeout_ms, meta],
+                self.max_message_size,
+            )
+        )
+        self._next_id = request_id + 1 if request_id < MAX_ID else 1
+        deadline = None if timeout is None else now + timeout
+        self._outgoing[request_id] = deadline
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, 0, request_id))
+        return request_id
+
+    def send_notification(
+        self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Queue a notification (no answer)."""
+        _check_method(method)
+        self._out.append(_frame([NOTIFY, method, params, meta], self.max_message_size))
+
+    def send_response(
+        self, request_id: int, result: Any, *, meta: Mapping[str, Any] | None = None
+    ) -> bytes | None:
+        """Answer the peer's request. Returns the response's msgpack body (what an
+        acknowledgement signs the hash of), or None when the request is no longer
+        pending (cancelled, expired, or answered) and nothing was sent.
+
+        A result too large for the cap is replaced by a ``MESSAGE_TOO_LARGE`` error.
+        """
+        if self._incoming.pop(request_id, _MISSING) is _MISSING:
+            return None
+        try:
+            body: bytes = _packb([RESPONSE, request_id, result, meta], use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._error_frame(request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}")
+            return None
+        if len(body) > self.max_message_size:
+            self._error_frame(request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap")
+            return None
+        self._out.append(len(body).to_bytes(4, "big") + body)
+        return body
+
+    def _error_frame(self, request_id: int | None, code: int, text: str) -> None:
+        self._out.append(_frame([ERROR, request_id, code, text, None], self.max_message_size))
+
+    def send_error(self, request_id: int | None, code: int, message: str, data: Any = None) -> bool:
+        """Answer the peer's request with an error (``request_id`` None: a complaint about
+        a frame whose id is unknown). Returns False when the request is not pending."""
+        if request_id is not None:
+            if request_id not in self._incoming:
+                return False
+            del self._incoming[request_id]
+        try:
+            frame = _frame([ERROR, request_id, code, message, data], self.max_message_size)
+        except (E.PayloadTooLarge, TypeError):
+            frame = _frame([ERROR, request_id, code, message[:200], None], self.max_message_size)
+        self._out.append(frame)
+        return True
+
+    def cancel(self, request_id: int) -> bool:
+        """Stop waiting for our request and tell the peer (CANCEL). False if not pending."""
+        if self._outgoing.pop(request_id, _MISSING) is _MISSING:
+            return False
+        self._out.append(_frame([CANCEL, request_id], self.max_message_size))
+        return True
+
+    def send_ack(self, request_id: int, signature: bytes) -> None:
+        """Acknowledge the peer's response to our request ``request_id`` (response escrow)."""
+        self._out.append(_frame([ACK, request_id, bytes(signature)], self.max_message_size))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer (empty when nothing)."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
+        """Feed bytes from the peer; events become available from :meth:`next_event`."""
+        decoder = self._decoder
+        decoder.feed(data)
+        while True:
+            item = decoder.next()
+            if item is None:
+                return
+            if isinstance(item, Oversized):
+                self._oversized(item)
+            else:
+                self._handle_body(item, now)
+
+    def next_event(self) -> RpcEvent | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[RpcEvent]:
+        """All pending events at once."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def _event(self, event: RpcEvent) -> None:
+        self._events.append(event)
+
+    def _violation(
+        self, error: E.MessagingProtocolError, request_id: int | None, reply: bool
+    ) -> None:
+        self.violations += 1
+        if reply:
+            if request_id is not None:
+                self._incoming.pop(request_id, None)
+            self._error_frame(request_id, error.wire_code, str(error))
+        self._event(ProtocolViolation(error, request_id))
+
+    def _oversized(self, item: Oversized) -> None:
+        request_id = _peek_request_id(item.head)
+        error = E.MessageTooLarge(
+            f"message of {item.length} bytes exceeds the cap of {self.max_message_size}"
+        )
+        self._violation(error, request_id, reply=True)
+
+    def _handle_body(self, body: bytes, now: float) -> None:
+        try:
+            message = decode_body(body)
+        except E.MalformedMessage as exc:
+            self._violation(exc, None, reply=True)
+            return
+        if not isinstance(message, list) or not message or type(message[0]) is not int:
+            self._violation(E.MalformedMessage("a message is an array [kind, ...]"), None, True)
+            return
+        kind = message[0]
+        try:
+            if kind == RESPONSE:
+                self._on_response(message, body)
+            elif kind == REQUEST:
+                self._on_request(message, now)
+            elif kind == NOTIFY:
+                if len(message) != 4:
+                    raise E.MalformedMessage("NOTIFY has 4 elements")
+                self._event(
+                    NotificationReceived(
+                        _check_method(message[1]), message[2], _check_meta(message[3])
+                    )
+                )
+            elif kind == ERROR:
+                self._on_error(message)
+            elif kind == CANCEL:
+                if len(message) != 2 or not _valid_id(message[1]):
+                    raise E.MalformedMessage("CANCEL is [4, id]")
+                if self._incoming.pop(message[1], _MISSING) is not _MISSING:
+                    self._event(RequestCancelled(message[1], "cancelled"))
+            elif kind == ACK:
+                if len(message) != 3 or not _valid_id(message[1]):
+                    raise E.MalformedMessage("ACK is [5, id, signature]")
+                if not isinstance(message[2], bytes) or len(message[2]) != 64:
+                    raise E.MalformedMessage("an ACK signature is 64 bytes")
+                self._event(AckReceived(message[1], message[2]))
+            else:
+                raise E.MalformedMessage(f"unknown message kind {kind}")
+        except E.MessagingProtocolError as exc:
+            request_id = message[1] if kind == REQUEST and len(message) > 1 else None
+            if request_id is not None and not _valid_id(request_id):
+                request_id = None
+            # never answer an ERROR with an ERROR (two broken peers would loop)
+            self._violation(exc, request_id, reply=kind != ERROR)
+
+    def _on_request(self, message: list[Any], now: float) -> None:
+        if len(message) != 6:
+            raise E.MalformedMessage("REQUEST has 6 elements")
+        _, request_id, method, params, timeout_ms, meta = message
+        if not _valid_id(request_id):
+            raise E.MalformedMessage("request id must be an integer in 1..2**63-1")
+        method = _check_method(method)
+        if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
+            raise E.MalformedMessage("timeout_ms must be an integer in 0..2**32-1")
+        meta = _check_meta(meta)
+        if request_id in self._incoming:
+            raise E.MalformedMessage(f"request id {request_id} is already in progress")
+        if len(self._incoming) >= self.max_incoming:
+            self.busy_rejections += 1
+            self._error_frame(request_id, E.SERVER_BUSY, "too many requests in progress")
+            return
+        deadline = None if timeout_ms == 0 else now + timeout_ms / 1000
+        self._incoming[request_id] = deadline
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, 1, request_id))
+        self._event(RequestReceived(request_id, method, params, deadline, meta))
+
+    def _on_response(self, message: list[Any], body: bytes) -> None:
+        if len(message) != 4 or not _valid_id(message[1]):
+            raise E.MalformedMessage("RESPONSE is [1, id, result, meta]")
+        request_id = message[1]
+        meta = _check_meta(message[3])
+        if self._outgoing.pop(request_id, _MISSING) is _MISSING:
+            self.late_responses += 1  # cancelled or timed out: drop it
+            return
+        self._event(ResponseReceived(request_id, message[2], meta, body))
+
+    def _on_error(self, message: list[Any]) -> None:
+        if len(message) != 5:
+            raise E.MalformedMessage("ERROR has 5 elements")
+        _, request_id, code, text, data = message
+        if type(code) is not int or not isinstance(text, str):
+            raise E.MalformedMessage("ERROR code must be an integer and message text")
+        error = E.remote_error(code, text[:1024], data)
+        if request_id is None:
+            self.violations += 1
+            self._event(
+                ProtocolViolation(E.MalformedMessage("the peer reported an error"), None, error)
+            )
+            return
+        if not _valid_id(request_id):
+            raise E.MalformedMessage("ERROR id must be nil or a request id")
+        if self._outgoing.pop(request_id, _MISSING) is _MISSING:
+            self.late_responses += 1
+            return
+        self._event(ErrorReceived(request_id, error))
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next run (the earliest live deadline)."""
+        timers = self._timers
+        while timers:
+            deadline, side, request_id = timers[0]
+            table = self._outgoing if side == 0 else self._incoming
+            if table.get(request_id, _MISSING) == deadline:
+                return deadline
+            heapq.heappop(timers)  # answered, cancelled or reused: stale
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Expire deadlines up to ``now``: our requests time out (and are cancelled at the
+        peer); the peer's requests are dropped (it has stopped waiting)."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, side, request_id = heapq.heappop(timers)
+            if side == 0:
+                if self._outgoing.get(request_id, _MISSING) == deadline:
+                    del self._outgoing[request_id]
+                    self._out.append(_frame([CANCEL, request_id], self.max_message_size))
+                    self._event(RequestTimedOut(request_id))
+            elif self._incoming.get(request_id, _MISSING) == deadline:
+                del self._incoming[request_id]
+                self._event(RequestCancelled(request_id, "deadline"))

@@ -1,0 +1,1127 @@
+"""RPC over DTP streams: blocking :class:`RpcClient` / :class:`RpcServer` and asyncio
+:class:`AsyncRpcClient` / :class:`AsyncRpcServer`, on the sans-I/O
+:class:`~dtp.messaging.protocol.RpcProtocol` (wire format: docs/messaging.md §2).
+
+Every API takes an already-open stream — a :class:`dtp.socket.DTPSocket` (or anything with
+``sendall``/``recv``/``settimeout``), or an asyncio ``(reader, writer)`` pair from
+:mod:`dtp.aio` — so how the connection was made (address + server key today, a host ID
+later) is the caller's business::
+
+    sock = dtp.socket.create_connection(addr, server_key=key)
+    client = RpcClient(sock)
+    client.call("add", [1, 2], timeout=5.0)   # -> 3
+
+The blocking client does its socket work in the calling thread ("leader/follower"): one
+waiting caller reads for everyone and hands out the responses it finds, so a sequential
+call costs no thread hand-off, and many threads may have calls in flight on one stream.
+
+Money (docs/escrow.md): a client with a :class:`~dtp.escrow.Meter` attaches a signed
+cumulative receipt to every request, and a server with :class:`RequestPayments` refuses
+requests that no valid receipt covers. With :class:`ResponsePrepay` the client prepays the
+response fee into a ledger ``ResponseEscrow`` per request; the server checks it
+(:class:`ResponseFeePolicy`), the client acknowledges each response with a signature, and
+the server claims with it — or the client takes the fee back after the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dtp.errors import DTPError, LocalProtocolError
+from dtp.escrow import Meter, Receipt, check_receipt
+from dtp.messaging import errors as E
+from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging.protocol import (
+    AckReceived,
+    ErrorReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestCancelled,
+    RequestReceived,
+    RequestTimedOut,
+    ResponseReceived,
+    RpcEvent,
+    RpcProtocol,
+)
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.chain.objects import Sla
+    from dtp.keys import HostIdentity
+
+__all__ = [
+    "AsyncRpcClient",
+    "AsyncRpcServer",
+    "BlockingStream",
+    "CallContext",
+    "RequestPayments",
+    "ResponseFeePolicy",
+    "ResponsePrepay",
+    "RpcCall",
+    "RpcClient",
+    "RpcServer",
+    "response_hash",
+]
+
+logger = logging.getLogger(__name__)
+
+RECV_SIZE = 256 * 1024
+_DEFAULT: Any = object()
+
+
+class BlockingStream(Protocol):
+    """What the blocking client and server need from a stream (a DTPSocket has it)."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def settimeout(self, timeout: float | None, /) -> None: ...
+
+
+def response_hash(body: bytes) -> bytes:
+    """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
+    return hashlib.blake2b(body, digest_size=32).digest()
+
+
+# -- money ----------------------------------------------------------------------------------------
+
+
+class RequestPayments:
+    """The server's per-request fee check for one connection's escrow.
+
+    Each request may carry a receipt (meta ``"r"``); it is checked with
+    :func:`dtp.escrow.check_receipt` (the rules of ``escrow::claim``) and kept when valid.
+    A request is served only while ``served < latest.total_requests + credit_requests``;
+    otherwise it fails with :class:`~dtp.messaging.errors.PaymentRequired`. Claim
+    :attr:`latest` on the ledger whenever convenient.
+    """
+
+    def __init__(
+        self,
+        connection_id: str,
+        sla: Sla,
+        client_public_key: bytes,
+        deposited: int,
+        *,
+        credit_requests: int = 0,
+    ) -> None:
+        self.connection_id = connection_id
+        self.sla = sla
+        self.client_public_key = client_public_key
+        self.deposited = deposited
+        self.credit_requests = credit_requests
+        self.served = 0
+        self.latest: Receipt | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def earned(self) -> int:
+        """MIST the latest receipt lets the server claim."""
+        return 0 if self.latest is None else self.latest.total_amount
+
+    def admit(self, meta: Mapping[str, Any] | None) -> None:
+        """Check the request's receipt (if any) and count the request, or raise
+        PaymentRequired."""
+        raw = None if meta is None else meta.get("r")
+        with self._lock:
+            if raw is not None:
+                if not isinstance(raw, bytes):
+                    raise E.PaymentRequired("receipt must be bytes")
+                try:
+                    receipt = Receipt.decode(raw)
+                    latest = self.latest
+                    check_receipt(
+                        receipt,
+                        connection_id=self.connection_id,
+                        sla=self.sla,
+                        public_key=self.client_public_key,
+                        deposited=self.deposited,
+                        claimed=0 if latest is None else latest.total_amount,
+                        latest_nonce=0 if latest is None else latest.nonce,
+                    )
+                except DTPError as exc:
+                    raise E.PaymentRequired(f"receipt refused: {exc}") from None
+                self.latest = receipt
+            paid = 0 if self.latest is None else self.latest.total_requests
+            if self.served >= paid + self.credit_requests:
+                raise E.PaymentRequired(
+                    f"request {self.served + 1} is not covered (receipts cover {paid})"
+                )
+            self.served += 1
+
+
+@dataclass
+class ResponsePrepay:
+    """Client side of response escrow: prepay ``amount`` MIST per call to ``server``
+    (its Sui address) on ``ledger``; the fee comes back after the deadline when no
+    response came. ``grace_ms`` is added to the call's timeout for the ledger deadline
+    (ledger clock), so the server has time to claim."""
+
+    ledger: Ledger
+    identity: HostIdentity
+    server: str
+    amount: int
+    grace_ms: int = 1000
+    #: escrows whose call got no response: refund them with :meth:`refund_due`.
+    unanswered: list[str] = field(default_factory=list)
+
+    def deposit(self, timeout: float) -> str:
+        """Create the ResponseEscrow for one call; returns its ID."""
+        deadline = self.ledger.clock_ms() + int(timeout * 1000) + self.grace_ms
+        return self.ledger.response_escrow_deposit(
+            self.identity, self.server, os.urandom(16), self.amount, deadline
+        )
+
+    def refund_due(self) -> int:
+        """Refund every unanswered escrow whose deadline passed; returns the MIST back."""
+        from dtp.errors import ChainError
+
+        total = 0
+        keep = []
+        for escrow_id in self.unanswered:
+            esc = self.ledger.get_response_escrow(escrow_id)
+            if esc.state != 0:
+                continue
+            if self.ledger.clock_ms() <= esc.deadline_ms:
+                keep.append(escrow_id)
+                continue
+            try:
+                total += self.ledger.response_escrow_refund(self.identity, escrow_id)
+            except ChainError:
+                keep.append(escrow_id)
+        self.unanswered = keep
+        return total
+
+
+class ResponseFeePolicy:
+    """Server side of response escrow: which prepaid escrows a request may use, and the
+    acknowledgements collected for claiming.
+
+    A request must name (meta ``"re"``) an open ResponseEscrow on ``ledger`` that pays
+    ``identity``'s address at least ``min_amount`` with a deadline still ahead; otherwise
+    it fails with PaymentRequired (when ``required``; else it is served unpaid).
+    """
+
+    def __init__(
+        self, ledger: Ledger, identity: HostIdentity, min_amount: int, *, required: bool = True
+    ) -> None:
+        self.ledger = ledger
+        self.identity = identity
+        self.min_amount = min_amount
+        self.required = required
+        self._lock = threading.Lock()
+        #: escrow ID -> (response hash, response body) for answered requests
+        self.answered: dict[str, tuple[bytes, bytes]] = {}
+        #: escrow ID -> (response hash, requester signature): ready to claim
+        self.acks: dict[str, tuple[bytes, bytes]] = {}
+        self.claimed = 0
+
+    def admit(self, meta: Mapping[str, Any] | None) -> str | None:
+        """The escrow ID a request prepaid with (None if none and not required)."""
+        from dtp.chain.ledger import RESPONSE_ESCROW_OPEN
+        from dtp.errors import ChainError
+
+        escrow_id = None if meta is None else meta.get("re")
+        if escrow_id is None:
+            if self.required:
+                raise E.PaymentRequired("this service needs a prepaid response fee")
+            return None
+        if not isinstance(escrow_id, str):
+            raise E.PaymentRequired("re must be an object ID")
+        try:
+            esc = self.ledger.get_response_escrow(escrow_id)
+        except ChainError as exc:
+            raise E.PaymentRequired(f"no such response escrow: {exc}") from None
+        if esc.state != RESPONSE_ESCROW_OPEN or esc.server != self.identity.sui_address:
+            raise E.PaymentRequired("the response escrow is not open for this server")
+        if esc.amount < self.min_amount:
+            raise E.PaymentRequired(f"response fee {esc.amount} < {self.min_amount} MIST")
+        if esc.deadline_ms <= self.ledger.clock_ms():
+            raise E.PaymentRequired("the response escrow's deadline has passed")
+        with self._lock:
+            if escrow_id in self.answered or escrow_id in self.acks:
+                raise E.PaymentRequired("this response escrow was already used")
+            self.answered[escrow_id] = (b"", b"")
+        return escrow_id
+
+    def responded(self, escrow_id: str, body: bytes) -> None:
+        with self._lock:
+            self.answered[escrow_id] = (response_hash(body), body)
+
+    def acknowledged(self, escrow_id: str, signature: bytes) -> bool:
+        """Keep a requester's acknowledgement if it verifies; returns whether it did."""
+        from dtp.chain.ledger import response_ack_message
+        from dtp.escrow import _verify_ed25519
+
+        with self._lock:
+            entry = self.answered.get(escrow_id)
+        if entry is None or not entry[0]:
+            return False
+        esc = self.ledger.get_response_escrow(escrow_id)
+        message = response_ack_message(escrow_id, entry[0])
+        if not _verify_ed25519(esc.requester_public_key, signature, message):
+            return False
+        with self._lock:
+            self.answered.pop(escrow_id, None)
+            self.acks[escrow_id] = (entry[0], signature)
+        return True
+
+    def claim_all(self) -> int:
+        """Claim every acknowledged response fee on the ledger; returns the MIST earned."""
+        with self._lock:
+            acks, self.acks = self.acks, {}
+        total = 0
+        for escrow_id, (digest, signature) in acks.items():
+            total += self.ledger.response_escrow_claim(self.identity, escrow_id, digest, signature)
+        self.claimed += total
+        return total
+
+    def deliver_unacknowledged(self) -> int:
+        """Post unacknowledged responses on the ledger (before their deadlines) to be paid
+        without the requester's help; returns the MIST earned."""
+        from dtp.errors import ChainError
+
+        with self._lock:
+            pending = {k: v for k, v in self.answered.items() if v[1]}
+        total = 0
+        for escrow_id, (_, body) in pending.items():
+            try:
+                total += self.ledger.response_escrow_deliver(self.identity, escrow_id, body)
+            except ChainError as exc:
+                logger.info("cannot deliver response for %s: %s", escrow_id, exc)
+                continue
+            with self._lock:
+                self.answered.pop(escrow_id, None)
+        self.claimed += total
+        return total
+
+
+# -- calls ----------------------------------------------------------------------------------------
+
+
+class RpcCall:
+    """A call in flight on an :class:`RpcClient` (a small future)."""
+
+    __slots__ = ("_client", "_error", "_event", "_result", "done", "escrow_id", "request_id")
+
+    def __init__(self, client: RpcClient, request_id: int) -> None:
+        self._client = client
+        self.request_id = request_id
+        self.done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._event: threading.Event | None = None
+        #: The ResponseEscrow this call prepaid, if any.
+        self.escrow_id: str | None = None
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error, self.done = result, error, True
+        if self._event is not None:
+            self._event.set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the answer: the result, or the call's typed error."""
+        self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> bool:
+        """Cancel the call (the peer is told); False if it already finished."""
+        return self._client._cancel(self)
+
+
+class RpcClient:
+    """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
+
+    ``timeout``: default seconds per call (None: wait forever). ``meter``: attach a
+    receipt to every request (per-request fees). ``prepay``: prepay each call's response
+    fee into a ResponseEscrow. The client does not own the stream: :meth:`close` fails the
+    calls in flight and leaves the stream open unless ``close_stream`` is set.
+    """
+
+    def __init__(
+        self,
+        stream: BlockingStream,
+        *,
+        timeout: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_in_flight: int = 4096,
+        meter: Meter | None = None,
+        prepay: ResponsePrepay | None = None,
+        on_notification: Callable[[str, Any], None] | None = None,
+        close_stream: bool = False,
+    ) -> None:
+        self._stream = stream
+        self.timeout = timeout
+        self.meter = meter
+        self.prepay = prepay
+        self.on_notification = on_notification
+        self._close_stream = close_stream
+        self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
+        self._calls: dict[int, RpcCall] = {}
+        self._lock = threading.Lock()  # protocol state and _calls
+        self._cond = threading.Condition(self._lock)
+        self._wlock = threading.Lock()  # order of bytes on the stream
+        self._reading = False
+        self._closed: BaseException | None = None
+        self._current_timeout: float | object | None = _DEFAULT
+        #: Frames from the peer that broke the format (skipped).
+        self.violations: list[ProtocolViolation] = []
+
+    # -- public ---------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` and wait for its result (raises the typed error otherwise)."""
+        return self.start(method, params, timeout=timeout, meta=meta).result()
+
+    def start(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,
+        meta: Mapping[str, Any] | None = None,
+    ) -> RpcCall:
+        """Send a request and return its :class:`RpcCall` at once (pipelining)."""
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        extra = dict(meta) if meta else None
+        escrow_id = None
+        if self.meter is not None:
+            now_ms = int(time.time() * 1000)
+            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
+            if receipt is not None:
+                extra = extra or {}
+                extra["r"] = receipt.encode()
+        if self.prepay is not None:
+            escrow_id = self.prepay.deposit(timeout if timeout is not None else 60.0)
+            extra = extra or {}
+            extra["re"] = escrow_id
+        with self._wlock:
+            with self._lock:
+                if self._closed is not None:
+                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                request_id = self._proto.send_request(
+                    method, params, now=time.monotonic(), timeout=timeout, meta=extra
+                )
+                call = RpcCall(self, request_id)
+                call.escrow_id = escrow_id
+                self._calls[request_id] = call
+                data = self._proto.data_to_send()
+            self._send(data)
+        return call
+
+    def notify(
+        self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send a notification (no response)."""
+        with self._wlock:
+            with self._lock:
+                if self._closed is not None:
+                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                self._proto.send_notification(method, params, meta=meta)
+                data = self._proto.data_to_send()
+            self._send(data)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls awaiting their answer."""
+        return len(self._calls)
+
+    def close(self) -> None:
+        """Fail the calls in flight with RpcConnectionLost (and close the stream if owned)."""
+        with self._lock:
+            self._fail_all(E.RpcConnectionLost("the client was closed"))
+        if self._close_stream:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        """Write ``data`` (``_wlock`` held)."""
+        if not data:
+            return
+        try:
+            self._stream.sendall(data)
+        except (DTPError, OSError) as exc:
+            with self._lock:
+                self._fail_all(E.RpcConnectionLost(f"sending failed: {exc}"))
+            raise E.RpcConnectionLost(f"sending failed: {exc}") from exc
+
+    def _flush_soon(self) -> None:
+        """Send queued protocol output if no writer is busy (it would send it anyway)."""
+        while True:
+            if not self._wlock.acquire(blocking=False):
+                return
+            try:
+                with self._lock:
+                    data = self._proto.data_to_send()
+                if data:
+                    with contextlib.suppress(E.RpcConnectionLost):
+                        self._send(data)
+            finally:
+                self._wlock.release()
+            with self._lock:
+                if not self._proto._out:
+                    return
+
+    def _fail_all(self, error: BaseException) -> None:
+        """(lock held)"""
+        if self._closed is None:
+            self._closed = error
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call._finish(None, error)
+            if call.escrow_id and self.prepay is not None:
+                self.prepay.unanswered.append(call.escrow_id)
+        self._cond.notify_all()
+
+    def _cancel(self, call: RpcCall) -> bool:
+        with self._lock:
+            if call.done:
+                return False
+            self._proto.cancel(call.request_id)
+            self._calls.pop(call.request_id, None)
+            call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
+            if call.escrow_id and self.prepay is not None:
+                self.prepay.unanswered.append(call.escrow_id)
+            self._cond.notify_all()
+        self._flush_soon()
+        return True
+
+    def _dispatch(self, events: list[RpcEvent]) -> None:
+        """Hand events to their calls (lock held)."""
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    if call.escrow_id and self.prepay is not None:
+                        self._acknowledge(call, event)
+                    call._finish(event.result, None)
+            elif isinstance(event, ErrorReceived):
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    if call.escrow_id and self.prepay is not None:
+                        self.prepay.unanswered.append(call.escrow_id)
+                    call._finish(None, event.error)
+            elif isinstance(event, RequestTimedOut):
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    if call.escrow_id and self.prepay is not None:
+                        self.prepay.unanswered.append(call.escrow_id)
+                    call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
+            elif isinstance(event, NotificationReceived):
+                if self.on_notification is not None:
+                    try:
+                        self.on_notification(event.method, event.params)
+                    except Exception:
+                        logger.exception("notification handler failed")
+            elif isinstance(event, ProtocolViolation):
+                if len(self.violations) < 1000:
+                    self.violations.append(event)
+            elif isinstance(event, RequestReceived):
+                # this client serves nothing: say so, keep the stream usable
+                self._proto.send_error(
+                    event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
+                )
+        self._cond.notify_all()
+
+    def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
+        from dtp.chain.ledger import response_ack_message
+
+        assert self.prepay is not None and call.escrow_id is not None
+        message = response_ack_message(call.escrow_id, response_hash(event.body))
+        self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
+
+    def _wait(self, call: RpcCall, deadline: float | None) -> None:
+        """Wait until ``call`` is done, reading for everybody while nobody else does."""
+        stream = self._stream
+        while True:
+            with self._lock:
+                while not call.done and self._reading:
+                    wait = self._wait_time(deadline)
+                    if wait is not None and wait <= 0:
+                        self._expire(call, deadline)
+                        break
+                    self._cond.wait(wait)
+                if call.done:
+                    break
+                self._reading = True
+                timer = self._proto.get_timer()
+            try:
+                now = time.monotonic()
+                limits = [t for t in (timer, deadline) if t is not None]
+                wait = None if not limits else max(0.0, min(limits) - now)
+                if wait != self._current_timeout:
+                    stream.settimeout(wait if wait is None else max(wait, 1e-4))
+                    self._current_timeout = wait
+                try:
+                    data = stream.recv(RECV_SIZE)
+                except TimeoutError:
+                    data = None
+                except (DTPError, OSError) as exc:
+                    with self._lock:
+                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {exc}"))
+                    break
+                with self._lock:
+                    if data == b"":
+                        self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
+                        break
+                    now = time.monotonic()
+                    if data:
+                        self._proto.receive_data(data, now)
+                    timer = self._proto.get_timer()
+                    if timer is not None and timer <= now:
+                        self._proto.handle_timer(now)
+                    self._dispatch(self._proto.events())
+                    if not call.done and deadline is not None and now >= deadline:
+                        self._expire(call, deadline)
+                    pending_out = bool(self._proto._out)
+                if pending_out:
+                    self._flush_soon()
+            finally:
+                with self._lock:
+                    self._reading = False
+                    self._cond.notify_all()
+            if call.done:
+                break
+
+    def _wait_time(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            timer = self._proto.get_timer()
+            return None if timer is None else max(0.0, timer - time.monotonic()) + 0.001
+        return deadline - time.monotonic()
+
+    def _expire(self, call: RpcCall, deadline: float | None) -> None:
+        """A ``result(timeout)`` wait ran out (lock held): time out the call itself."""
+        now = time.monotonic()
+        timer = self._proto.get_timer()
+        if timer is not None and timer <= now:
+            self._proto.handle_timer(now)
+            self._dispatch(self._proto.events())
+        if not call.done and deadline is not None and now >= deadline:
+            self._proto.cancel(call.request_id)
+            self._calls.pop(call.request_id, None)
+            if call.escrow_id and self.prepay is not None:
+                self.prepay.unanswered.append(call.escrow_id)
+            call._finish(None, E.RpcTimeout(f"no answer to call {call.request_id}"))
+
+
+# -- server ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallContext:
+    """What a handler registered with ``context=True`` gets besides the params."""
+
+    request_id: int
+    method: str
+    #: ``time.monotonic()`` value after which the caller stops waiting (None: never).
+    deadline: float | None
+    meta: Mapping[str, Any] | None
+    #: The client's verified Sui address (from the DTP handshake), when known.
+    peer_address: str | None
+    #: Set when the caller cancels or the deadline passes: long handlers should check it.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    #: The ResponseEscrow this request prepaid, if any.
+    escrow_id: str | None = None
+
+
+Handler = Callable[..., Any]
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.methods: dict[str, tuple[Handler, bool]] = {}
+        self.notifications: dict[str, tuple[Handler, bool]] = {}
+
+    def register(
+        self, name: str, fn: Handler, *, context: bool = False, notification: bool = False
+    ) -> None:
+        table = self.notifications if notification else self.methods
+        table[name] = (fn, context)
+
+    def method(
+        self, name: str | None = None, *, context: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`."""
+
+        def wrap(fn: Handler) -> Handler:
+            self.register(name or fn.__name__, fn, context=context)
+            return fn
+
+        return wrap
+
+
+def _error_reply(exc: BaseException) -> tuple[int, str, Any]:
+    if isinstance(exc, E.RemoteError):
+        return exc.code, exc.message, exc.data
+    if isinstance(exc, TypeError):
+        return E.INVALID_PARAMS, f"invalid params: {exc}", None
+    return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
+
+
+class RpcServer(_Registry):
+    """Blocking RPC server: register handlers, then serve streams.
+
+    ``workers``: 0 runs handlers inline in the stream's thread (lowest latency, one
+    request at a time per stream); N > 0 runs them in a pool of N threads, so requests
+    on one stream overlap and answers go out in completion order. ``payments`` /
+    ``response_fees``: see the module docs.
+
+    Handlers are ``fn(params)`` or, registered with ``context=True``,
+    ``fn(params, ctx)``; they return the result or raise a
+    :class:`~dtp.messaging.errors.RemoteError` subclass to answer with its code (any
+    other exception answers ``INTERNAL_ERROR`` without detail).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_pending: int = 1024,
+        payments: RequestPayments | None = None,
+        response_fees: ResponseFeePolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.payments = payments
+        self.response_fees = response_fees
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
+        self._closed = threading.Event()
+        self.violations = 0
+        self.served = 0
+
+    def serve_stream(self, stream: BlockingStream, *, peer_address: str | None = None) -> None:
+        """Answer requests on ``stream`` until the peer closes it (or it fails)."""
+        if peer_address is None:
+            peer_address = getattr(stream, "peer_address", None)
+        _ServerStream(self, stream, peer_address).run()
+
+    def serve(self, server: Any) -> None:
+        """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,
+        serving each connection's first stream in its own thread."""
+
+        def run(sock: Any) -> None:
+            with sock:
+                try:
+                    self.serve_stream(sock)
+                except DTPError as exc:
+                    logger.debug("RPC connection ended: %s", exc)
+
+        while not self._closed.is_set():
+            try:
+                sock, _ = server.accept(timeout=0.5)
+            except TimeoutError:
+                continue
+            except LocalProtocolError:
+                return
+            threading.Thread(target=run, args=(sock,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop :meth:`serve` and the worker pool."""
+        self._closed.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ServerStream:
+    def __init__(self, server: RpcServer, stream: BlockingStream, peer: str | None) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        self.proto = RpcProtocol(
+            max_message_size=server.max_message_size, max_incoming=server.max_pending
+        )
+        self.lock = threading.Lock()
+        self.wlock = threading.Lock()
+        self.contexts: dict[int, CallContext] = {}
+        self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
+
+    def flush(self) -> None:
+        with self.wlock:
+            with self.lock:
+                data = self.proto.data_to_send()
+            if data:
+                self.stream.sendall(data)
+
+    def run(self) -> None:
+        stream, proto = self.stream, self.proto
+        current: float | object | None = _DEFAULT
+        try:
+            while True:
+                with self.lock:
+                    timer = proto.get_timer()
+                wait = None if timer is None else max(1e-3, timer - time.monotonic())
+                if wait != current:
+                    stream.settimeout(wait)
+                    current = wait
+                try:
+                    data = stream.recv(RECV_SIZE)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    return
+                with self.lock:
+                    now = time.monotonic()
+                    if data:
+                        proto.receive_data(data, now)
+                    timer = proto.get_timer()
+                    if timer is not None and timer <= now:
+                        proto.handle_timer(now)
+                    events = proto.events()
+                for event in events:
+                    self.handle(event)
+                self.flush()
+        except (DTPError, OSError) as exc:
+            logger.debug("RPC stream ended: %s", exc)
+        finally:
+            for ctx in list(self.contexts.values()):
+                ctx.cancelled.set()
+
+    def handle(self, event: RpcEvent) -> None:
+        server = self.server
+        if isinstance(event, RequestReceived):
+            entry = server.methods.get(event.method)
+            if entry is None:
+                with self.lock:
+                    proto = self.proto
+                    proto.send_error(
+                        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}"
+                    )
+                return
+            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, self.peer)
+            try:
+                if server.payments is not None:
+                    server.payments.admit(event.meta)
+                if server.response_fees is not None:
+                    ctx.escrow_id = server.response_fees.admit(event.meta)
+            except E.RemoteError as exc:
+                with self.lock:
+                    self.proto.send_error(event.request_id, exc.code, exc.message)
+                return
+            fn, wants_ctx = entry
+            if server._pool is None:
+                self.run_handler(fn, wants_ctx, event.params, ctx)
+            else:
+                self.contexts[event.request_id] = ctx
+                try:
+                    server._pool.submit(self.run_in_pool, fn, wants_ctx, event.params, ctx)
+                except RuntimeError:  # pool shut down
+                    with self.lock:
+                        self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+        elif isinstance(event, NotificationReceived):
+            entry = server.notifications.get(event.method)
+            if entry is not None:
+                fn, wants_ctx = entry
+                ctx = CallContext(0, event.method, None, event.meta, self.peer)
+                try:
+                    fn(event.params, ctx) if wants_ctx else fn(event.params)
+                except Exception:
+                    logger.exception("notification handler %s failed", event.method)
+        elif isinstance(event, RequestCancelled):
+            ctx_found = self.contexts.pop(event.request_id, None)
+            if ctx_found is not None:
+                ctx_found.cancelled.set()
+        elif isinstance(event, AckReceived):
+            escrow_id = self.escrows.pop(event.request_id, None)
+            if escrow_id is not None and server.response_fees is not None:
+                server.response_fees.acknowledged(escrow_id, event.signature)
+        elif isinstance(event, ProtocolViolation):
+            server.violations += 1
+
+    def run_handler(self, fn: Handler, wants_ctx: bool, params: Any, ctx: CallContext) -> None:
+        try:
+            result = fn(params, ctx) if wants_ctx else fn(params)
+            error = None
+        except Exception as exc:
+            result, error = None, exc
+            if not isinstance(exc, E.RemoteError | TypeError):
+                logger.exception("handler %s failed", ctx.method)
+        with self.lock:
+            self.contexts.pop(ctx.request_id, None)
+            if error is not None:
+                code, message, data = _error_reply(error)
+                self.proto.send_error(ctx.request_id, code, message, data)
+                return
+            body = self.proto.send_response(ctx.request_id, result)
+            self.server.served += 1
+        if body is not None and ctx.escrow_id is not None and self.server.response_fees:
+            self.server.response_fees.responded(ctx.escrow_id, body)
+            self.escrows[ctx.request_id] = ctx.escrow_id
+
+    def run_in_pool(self, fn: Handler, wants_ctx: bool, params: Any, ctx: CallContext) -> None:
+        self.run_handler(fn, wants_ctx, params, ctx)
+        try:
+            self.flush()
+        except (DTPError, OSError) as exc:
+            logger.debug("RPC reply not sent: %s", exc)
+
+
+# -- asyncio --------------------------------------------------------------------------------------
+
+
+class AsyncRpcClient:
+    """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
+    :func:`dtp.aio.open_connection`). A background task reads; calls await futures."""
+
+    def __init__(
+        self,
+        reader: Any,
+        writer: Any,
+        *,
+        timeout: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_in_flight: int = 4096,
+        on_notification: Callable[[str, Any], Any] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self.on_notification = on_notification
+        self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._closed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self.violations = 0
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = _DEFAULT,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` and await its result (raises the typed error otherwise)."""
+        self._start()
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        if self._closed is not None:
+            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+        loop = asyncio.get_running_loop()
+        request_id = self._proto.send_request(
+            method, params, now=loop.time(), timeout=timeout, meta=meta
+        )
+        future: asyncio.Future[Any] = loop.create_future()
+        self._futures[request_id] = future
+        await self._flush()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._futures.pop(request_id, None)
+            if self._proto.cancel(request_id):
+                await self._flush()
+            if future.done() and not future.cancelled():
+                return future.result()
+            raise E.RpcTimeout(f"no answer to call {request_id}") from None
+        except asyncio.CancelledError:
+            self._futures.pop(request_id, None)
+            if self._proto.cancel(request_id):
+                with contextlib.suppress(Exception):
+                    await self._flush()
+            raise
+
+    async def notify(
+        self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send a notification."""
+        self._start()
+        self._proto.send_notification(method, params, meta=meta)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        data = self._proto.data_to_send()
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await self._reader.read(RECV_SIZE)
+                if not data:
+                    raise E.RpcConnectionLost("the peer closed the stream")
+                self._proto.receive_data(data, loop.time())
+                for event in self._proto.events():
+                    self._dispatch(event)
+                await self._flush()
+        except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
+            error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
+            self._fail_all(error)
+
+    def _dispatch(self, event: RpcEvent) -> None:
+        if isinstance(event, ResponseReceived):
+            future = self._futures.pop(event.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(event.result)
+        elif isinstance(event, ErrorReceived):
+            future = self._futures.pop(event.request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(event.error)
+        elif isinstance(event, NotificationReceived) and self.on_notification is not None:
+            try:
+                outcome = self.on_notification(event.method, event.params)
+                if inspect.isawaitable(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                logger.exception("notification handler failed")
+        elif isinstance(event, RequestReceived):
+            self._proto.send_error(event.request_id, E.METHOD_NOT_FOUND, "no methods here")
+        elif isinstance(event, ProtocolViolation):
+            self.violations += 1
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._closed = error
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        """Stop reading and fail calls in flight (the stream stays open)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._fail_all(E.RpcConnectionLost("the client was closed"))
+
+    async def __aenter__(self) -> AsyncRpcClient:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRpcServer(_Registry):
+    """asyncio RPC server: handlers may be coroutines or plain functions; each request
+    runs as its own task, so answers go out in completion order. Use :meth:`serve` as a
+    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``)."""
+
+    def __init__(
+        self, *, max_message_size: int = DEFAULT_MAX_MESSAGE, max_pending: int = 1024
+    ) -> None:
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.violations = 0
+        self.served = 0
+
+    async def serve(self, reader: Any, writer: Any) -> None:
+        """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
+        proto = RpcProtocol(max_message_size=self.max_message_size, max_incoming=self.max_pending)
+        tasks: dict[int, asyncio.Task[None]] = {}
+        loop = asyncio.get_running_loop()
+        peer = getattr(writer, "peer_address", None)
+
+        async def flush() -> None:
+            data = proto.data_to_send()
+            if data:
+                writer.write(data)
+                await writer.drain()
+
+        async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
+            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            try:
+                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
+                if inspect.isawaitable(outcome):
+                    remaining = None if event.deadline is None else event.deadline - loop.time()
+                    outcome = await asyncio.wait_for(outcome, remaining)
+                proto.send_response(event.request_id, outcome)
+                self.served += 1
+            except (asyncio.CancelledError, TimeoutError):
+                return
+            except Exception as exc:
+                if not isinstance(exc, E.RemoteError | TypeError):
+                    logger.exception("handler %s failed", event.method)
+                code, message, data = _error_reply(exc)
+                proto.send_error(event.request_id, code, message, data)
+            finally:
+                tasks.pop(event.request_id, None)
+            with contextlib.suppress(DTPError, OSError):
+                await flush()
+
+        try:
+            while True:
+                # no wait_for around read(): cancelling a read can lose what it took;
+                # deadlines are enforced per request in run() instead
+                data = await reader.read(RECV_SIZE)
+                if data == b"":
+                    return
+                if data:
+                    proto.receive_data(data, loop.time())
+                timer = proto.get_timer()
+                if timer is not None and timer <= loop.time():
+                    proto.handle_timer(loop.time())
+                for event in proto.events():
+                    if isinstance(event, RequestReceived):
+                        entry = self.methods.get(event.method)
+                        if entry is None:
+                            proto.send_error(
+                                event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}"
+                            )
+                            continue
+                        tasks[event.request_id] = loop.create_task(run(event, *entry))
+                    elif isinstance(event, RequestCancelled):
+                        task = tasks.pop(event.request_id, None)
+                        if task is not None:
+                            task.cancel()
+                    elif isinstance(event, NotificationReceived):
+                        n_entry = self.notifications.get(event.method)
+                        if n_entry is not None:
+                            fn, wants_ctx = n_entry
+                            ctx = CallContext(0, event.method, None, event.meta, peer)
+                            try:
+                                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
+                                if inspect.isawaitable(outcome):
+                                    await outcome
+                            except Exception:
+                                logger.exception("notification handler failed")
+                    elif isinstance(event, ProtocolViolation):
+                        self.violations += 1
+                await flush()
+        except (DTPError, OSError) as exc:
+            logger.debug("RPC stream ended: %s", exc)
+        finally:
+            for task in list(tasks.values()):
+                task.cancel()

@@ -1,0 +1,401 @@
+"""Sealed messages to a host: one-way Noise to the recipient's static key
+(docs/messaging.md §3).
+
+- ``N`` (anonymous): only the recipient can read the message; the sender stays unknown.
+- ``X`` (sender proven): Noise ``X`` authenticates the sender's static X25519 key, and the
+  plaintext carries the sender's Sui address with an Ed25519 signature binding it to that
+  key, the recipient's key, the message id and the body. A message claiming someone else's
+  address, or a host whose published Noise key is not the one that sealed it, is refused
+  with :class:`~dtp.messaging.errors.ForgedSender`.
+
+Delivery: directly over any DTP stream (:class:`SealedInbox` registers an RPC method
+``sealed.deliver``) when the recipient is online, or through the ledger mailbox
+(``mailbox::send`` → ``MailDeposited`` events) when it is not; :meth:`SealedInbox.fetch`
+reads the mailbox from a saved cursor. Each message id is delivered to the application
+once, whichever way (and however often) it arrived.
+
+:func:`seal` / :func:`open_sealed` are pure functions of their inputs (keys and randomness
+are passed in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack
+from noise.connection import Keypair, NoiseConnection
+
+from dtp.keys import sui_address_from_public_key
+from dtp.messaging import errors as E
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.keys import HostIdentity
+    from dtp.messaging.rpc import RpcClient, RpcServer
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_SEALED",
+    "PATTERN_N",
+    "PATTERN_X",
+    "OpenedMessage",
+    "SealedInbox",
+    "open_sealed",
+    "seal",
+    "send_sealed",
+]
+
+VERSION: Final = 1
+PATTERN_N: Final = 1
+PATTERN_X: Final = 2
+_NAMES: Final = {
+    PATTERN_N: b"Noise_N_25519_ChaChaPoly_BLAKE2s",
+    PATTERN_X: b"Noise_X_25519_ChaChaPoly_BLAKE2s",
+}
+PROLOGUE: Final = b"DTP-SEALED-V1"
+SIGN_DOMAIN: Final = b"DTP-SEALED-SENDER-V1"
+#: Largest sealed message (it must fit one ``mailbox::send``).
+MAX_SEALED: Final = 16_384
+#: Largest body: the sealed size minus the worst-case overhead (X header, address,
+#: signature, ids and msgpack framing).
+MAX_BODY: Final = MAX_SEALED - 512
+_ID_SIZE: Final = 16
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """A sealed message after opening."""
+
+    #: 16 random bytes chosen by the sender: the de-duplication key.
+    message_id: bytes
+    body: bytes
+    #: Sender's clock (ms since the epoch) when sealing; informational only.
+    sent_ms: int
+    #: The recipient host ID the sender addressed (None if not given).
+    recipient_host: str | None
+    #: ``X`` only: the sender's Noise static key (authenticated by the handshake).
+    sender_static: bytes | None = None
+    #: ``X`` only: the sender's Sui address (proven by its signature).
+    sender_address: str | None = None
+    #: ``X`` only: the host the sender says it is (checked against the ledger when one is
+    #: given to :func:`open_sealed`).
+    sender_host: str | None = None
+    #: How it arrived: "direct" or "mailbox" (set by :class:`SealedInbox`).
+    via: str = ""
+
+    @property
+    def anonymous(self) -> bool:
+        """True for ``N`` messages."""
+        return self.sender_static is None
+
+
+def _noise(pattern: int) -> Any:
+    return NoiseConnection.from_name(_NAMES[pattern])
+
+
+def _sender_message(
+    recipient_static: bytes, sender_static: bytes, message_id: bytes, body: bytes, host: str
+) -> bytes:
+    return b"".join(
+        [
+            SIGN_DOMAIN,
+            recipient_static,
+            sender_static,
+            message_id,
+            hashlib.blake2b(body, digest_size=32).digest(),
+            host.encode(),
+        ]
+    )
+
+
+def seal(
+    recipient_static: bytes,
+    body: bytes,
+    *,
+    sender: HostIdentity | None = None,
+    sender_host: str | None = None,
+    recipient_host: str | None = None,
+    message_id: bytes | None = None,
+    ephemeral: bytes | None = None,
+    now_ms: int = 0,
+) -> bytes:
+    """Seal ``body`` to ``recipient_static`` (32-byte X25519 key). With ``sender`` the
+    pattern is ``X`` (sender proven), else ``N`` (anonymous). ``message_id`` and
+    ``ephemeral`` (X25519 private bytes) default to fresh randomness."""
+    if len(recipient_static) != 32:
+        raise ValueError("the recipient's static key is 32 bytes")
+    if len(body) > MAX_BODY:
+        raise E.PayloadTooLarge(f"sealed body of {len(body)} bytes exceeds {MAX_BODY}")
+    message_id = message_id or os.urandom(_ID_SIZE)
+    if len(message_id) != _ID_SIZE:
+        raise ValueError("a message id is 16 bytes")
+    pattern = PATTERN_N if sender is None else PATTERN_X
+    fields: list[Any] = [message_id, int(now_ms), recipient_host, bytes(body)]
+    if sender is not None:
+        host = sender_host or ""
+        proof = sender.sign(
+            _sender_message(recipient_static, sender.noise_public, message_id, body, host)
+        )
+        fields += [sender.ed25519_public, proof, sender_host]
+    plaintext = msgpack.packb(fields, use_bin_type=True)
+    noise = _noise(pattern)
+    noise.set_prologue(PROLOGUE)
+    noise.set_as_initiator()
+    if sender is not None:
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, sender.noise_private_bytes())
+    noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, bytes(recipient_static))
+    if ephemeral is None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        ephemeral = X25519PrivateKey.generate().private_bytes_raw()
+    noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
+        noise.start_handshake()
+    message = bytes(noise.write_message(plaintext))
+    return bytes([VERSION, pattern]) + message
+
+
+def open_sealed(
+    identity: HostIdentity, data: bytes, *, ledger: Ledger | None = None
+) -> OpenedMessage:
+    """Open a sealed message addressed to ``identity``'s Noise key.
+
+    Raises :class:`~dtp.messaging.errors.MalformedSealed` for bytes that are not a sealed
+    message, :class:`~dtp.messaging.errors.SealedDecryptError` when it is not for us or was
+    altered, :class:`~dtp.messaging.errors.ForgedSender` when an ``X`` message's sender
+    proof fails or (with ``ledger``) its claimed host publishes another Noise key.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise E.MalformedSealed("a sealed message is bytes")
+    data = bytes(data)
+    if len(data) < 2 + 32 + 16 or len(data) > MAX_SEALED:
+        raise E.MalformedSealed(f"a sealed message is 50..{MAX_SEALED} bytes, got {len(data)}")
+    version, pattern = data[0], data[1]
+    if version != VERSION or pattern not in _NAMES:
+        raise E.MalformedSealed(f"unknown sealed version {version} / pattern {pattern}")
+    noise = _noise(pattern)
+    noise.set_prologue(PROLOGUE)
+    noise.set_as_responder()
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, identity.noise_private_bytes())
+    noise.start_handshake()
+    state = noise.noise_protocol.handshake_state
+    try:
+        plaintext = bytes(noise.read_message(data[2:]))
+    except Exception:
+        raise E.SealedDecryptError() from None
+    sender_static = None
+    if pattern == PATTERN_X:
+        remote = getattr(state.rs, "public_bytes", None)
+        if remote is None:
+            raise E.SealedDecryptError()
+        sender_static = bytes(remote)
+    try:
+        fields = msgpack.unpackb(plaintext, raw=False, use_list=True)
+    except Exception:
+        raise E.MalformedSealed("the sealed plaintext is not msgpack") from None
+    expected = 4 if pattern == PATTERN_N else 7
+    if not isinstance(fields, list) or len(fields) != expected:
+        raise E.MalformedSealed("wrong number of sealed fields")
+    message_id, sent_ms, recipient_host, body = fields[:4]
+    if (
+        not isinstance(message_id, bytes)
+        or len(message_id) != _ID_SIZE
+        or type(sent_ms) is not int
+        or not isinstance(body, bytes)
+        or not (recipient_host is None or isinstance(recipient_host, str))
+    ):
+        raise E.MalformedSealed("invalid sealed fields")
+    if sender_static is None:
+        return OpenedMessage(message_id, body, sent_ms, recipient_host)
+    public_key, proof, sender_host = fields[4:]
+    if (
+        not isinstance(public_key, bytes)
+        or len(public_key) != 32
+        or not isinstance(proof, bytes)
+        or not (sender_host is None or isinstance(sender_host, str))
+    ):
+        raise E.MalformedSealed("invalid sender fields")
+    from dtp.escrow import _verify_ed25519
+
+    signed = _sender_message(
+        identity.noise_public, sender_static, message_id, body, sender_host or ""
+    )
+    if not _verify_ed25519(public_key, proof, signed):
+        raise E.ForgedSender("the sender's signature does not bind its key to this message")
+    address = sui_address_from_public_key(public_key)
+    if sender_host is not None and ledger is not None:
+        from dtp.errors import ChainError
+
+        try:
+            host = ledger.get_host(sender_host)
+        except ChainError:
+            raise E.ForgedSender(
+                f"the sender claims host {sender_host}, which does not exist"
+            ) from None
+        if host.noise_static_key != sender_static or host.authority != address:
+            raise E.ForgedSender(
+                f"host {sender_host} publishes other keys than the ones that sealed this message"
+            )
+    return OpenedMessage(
+        message_id, body, sent_ms, recipient_host, sender_static, address, sender_host
+    )
+
+
+def send_sealed(
+    data: bytes,
+    *,
+    recipient_host: str,
+    client: RpcClient | None = None,
+    ledger: Ledger | None = None,
+    signer: HostIdentity | None = None,
+    timeout: float = 5.0,
+) -> str:
+    """Deliver sealed bytes: directly through ``client`` (an RPC client on a stream to the
+    recipient) when given and it answers, else into the recipient's ledger mailbox
+    (``ledger`` and ``signer`` pay for the transaction). Returns ``"direct"`` or
+    ``"mailbox"``."""
+    if client is not None:
+        try:
+            client.call("sealed.deliver", data, timeout=timeout)
+            return "direct"
+        except (E.RpcError, OSError):
+            if ledger is None:
+                raise
+    if ledger is None or signer is None:
+        raise E.SealedError("the recipient is offline and no ledger mailbox was given")
+    ledger.mailbox_send(signer, recipient_host, data)
+    return "mailbox"
+
+
+class SealedInbox:
+    """A host's inbox for sealed messages: opens them, drops duplicates, and remembers
+    the mailbox cursor (in ``state_path``, a small JSON file, when given) so that each
+    message reaches the application once — across restarts too.
+
+    ``max_seen`` bounds the remembered message ids (oldest forgotten first).
+    """
+
+    def __init__(
+        self,
+        identity: HostIdentity,
+        host_id: str,
+        ledger: Ledger | None = None,
+        *,
+        state_path: str | os.PathLike[str] | None = None,
+        max_seen: int = 100_000,
+        verify_hosts: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.host_id = host_id
+        self.ledger = ledger
+        self.verify_hosts = verify_hosts
+        self.max_seen = max_seen
+        self._path = Path(state_path) if state_path is not None else None
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cursor: str | None = None
+        #: Messages refused (undecryptable, malformed, forged), by reason.
+        self.rejected: dict[str, int] = {}
+        self.duplicates = 0
+        self._load()
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        state = json.loads(self._path.read_text())
+        self.cursor = state.get("cursor")
+        for hex_id in state.get("seen", []):
+            self._seen[bytes.fromhex(hex_id)] = None
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        state = {"cursor": self.cursor, "seen": [m.hex() for m in self._seen]}
+        tmp = self._path.with_suffix(self._path.suffix + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self._path)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def accept(self, data: bytes, via: str = "direct") -> OpenedMessage | None:
+        """Open ``data``; returns the message, or None for a duplicate. Raises the typed
+        errors of :func:`open_sealed` (and counts them in :attr:`rejected`)."""
+        try:
+            ledger = self.ledger if self.verify_hosts else None
+            message = open_sealed(self.identity, data, ledger=ledger)
+        except E.SealedError as exc:
+            name = type(exc).__name__
+            self.rejected[name] = self.rejected.get(name, 0) + 1
+            raise
+        if message.recipient_host is not None and message.recipient_host != self.host_id:
+            self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
+            raise E.SealedDecryptError()
+        with self._lock:
+            if message.message_id in self._seen:
+                self.duplicates += 1
+                return None
+            self._seen[message.message_id] = None
+            while len(self._seen) > self.max_seen:
+                self._seen.popitem(last=False)
+            self._save()
+        return OpenedMessage(**{**message.__dict__, "via": via})
+
+    def fetch(self, limit: int = 1000, *, wait: float = 0.0) -> list[OpenedMessage]:
+        """Read the ledger mailbox after the saved cursor (waiting up to ``wait`` seconds
+        for something new); returns the new messages. Bad mail is skipped and counted."""
+        from dtp.chain.objects import EventFilter
+
+        if self.ledger is None:
+            raise E.SealedError("this inbox has no ledger")
+        flt = EventFilter(type="MailDeposited", object_id=self.host_id)
+        if wait > 0:
+            events, cursor = self.ledger.wait_events(self.cursor, wait, flt, limit)
+        else:
+            events, cursor = self.ledger.events(self.cursor, flt, limit)
+        out = []
+        for event in events:
+            if event.fields.get("recipient_host") != self.host_id:
+                continue
+            payload = event.fields.get("payload")
+            if not isinstance(payload, bytes):
+                continue
+            try:
+                message = self.accept(payload, via="mailbox")
+            except E.SealedError:
+                continue
+            if message is not None:
+                out.append(message)
+        with self._lock:
+            self.cursor = cursor
+            self._save()
+        return out
+
+    def register(self, server: RpcServer, on_message: Any) -> None:
+        """Serve ``sealed.deliver`` on ``server``: each new message goes to
+        ``on_message(message)``; the caller gets True (new) or False (duplicate), or a
+        typed error for bad bytes."""
+
+        def deliver(params: Any) -> bool:
+            if not isinstance(params, bytes):
+                raise E.InvalidParams("sealed.deliver takes the sealed bytes")
+            try:
+                message = self.accept(params, via="direct")
+            except E.SealedError as exc:
+                raise E.InvalidParams(f"refused: {type(exc).__name__}") from None
+            if message is None:
+                return False
+            on_message(message)
+            return True
+
+        server.register("sealed.deliver", deliver)

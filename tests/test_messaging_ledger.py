@@ -1,0 +1,286 @@
+"""The mailbox and response-escrow ledger rules: tests/scenarios/messaging.toml run on
+LocalLedger (with MIST conservation after every step), the Move mirror of those
+scenarios, the error table against the Move sources, and the acknowledgement bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysui.sui.sui_bcs import bcs
+
+from dtp.chain import sui_tx
+from dtp.chain.ledger import (
+    RESPONSE_ESCROW_PAID,
+    response_ack_message,
+)
+from dtp.chain.local import LocalLedger
+from dtp.chain.sui_tx import SharedRef
+from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
+from dtp.keys import HostIdentity
+from tests.test_ledger_sui import CTX, SENDER
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
+    "messaging_scenario"
+]
+MOVE_TESTS = ROOT / "move/dtp/tests/messaging_scenario_tests.move"
+ACTORS = {
+    name: HostIdentity.from_private_bytes(bytes([s]) * 32, bytes([s]) * 32)
+    for name, s in {"client": 0x11, "mallory": 0x22, "server": 0x33}.items()
+}
+
+
+def conserved(ledger: LocalLedger) -> None:
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+class Runner:
+    def __init__(self, scenario: dict[str, Any]) -> None:
+        self.s = scenario
+        self.ledger = LocalLedger(":memory:", clock_ms=0)
+        server = ACTORS["server"]
+        self.host = self.ledger.create_host(server, b"\x01" * 32)
+        funds = scenario["setup"]["client_funds"]
+        if funds:
+            self.ledger.faucet(ACTORS["client"].sui_address, funds)
+        self.escrow: str | None = None
+
+    def op(self, step: dict[str, Any]) -> Any:
+        ledger, op = self.ledger, step["op"]
+        by = ACTORS.get(step.get("by", ""))
+        if op == "mail_send":
+            assert by is not None
+            return ledger.mailbox_send(by, self.host, b"\x2a" * step["size"])
+        if op == "deposit":
+            assert by is not None
+            self.escrow = ledger.response_escrow_deposit(
+                by, ACTORS["server"].sui_address, b"req-1", step["amount"], step["deadline_ms"]
+            )
+            return None
+        assert self.escrow is not None or op in ("advance_clock", "check")
+        if op == "refund":
+            assert by is not None and self.escrow is not None
+            return ledger.response_escrow_refund(by, self.escrow)
+        if op == "deliver":
+            assert by is not None and self.escrow is not None
+            return ledger.response_escrow_deliver(by, self.escrow, b"\x2a" * step["size"])
+        if op == "claim_bad_sig":
+            assert by is not None and self.escrow is not None
+            return ledger.response_escrow_claim(by, self.escrow, b"\x07" * 32, b"\x00" * 64)
+        if op == "advance_clock":
+            return ledger.advance_clock(step["ms"])
+        if op == "check":
+            for actor, amount in step.get("balances", {}).items():
+                assert ledger.balance(ACTORS[actor].sui_address) == amount, actor
+            if "state" in step:
+                assert self.escrow is not None
+                assert ledger.get_response_escrow(self.escrow).state == step["state"]
+            return None
+        raise AssertionError(f"unknown op {op}")
+
+    def run(self) -> None:
+        for step in self.s["step"]:
+            if "error" in step:
+                before = self.ledger.dump()
+                with pytest.raises(ChainError) as info:
+                    self.op(step)
+                assert info.value.qualified_name == step["error"]
+                assert self.ledger.dump() == before
+            else:
+                value = self.op(step)
+                if "returns" in step:
+                    assert value == step["returns"]
+            conserved(self.ledger)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s["name"])
+def test_messaging_scenario(scenario: dict[str, Any]) -> None:
+    Runner(scenario).run()
+
+
+def test_scenarios_mirror_move_tests() -> None:
+    source = MOVE_TESTS.read_text()
+    pattern = re.compile(
+        r"#\[test(?:, expected_failure\(abort_code = (\w+::\w+)\))?\]\s*\nfun (\w+)\(\)"
+    )
+    move = {name: error or None for error, name in pattern.findall(source)}
+    assert sorted(move) == sorted(s["name"] for s in SCENARIOS)
+    for s in SCENARIOS:
+        assert move[s["name"]] == s["step"][-1].get("error"), s["name"]
+
+
+def test_error_table_matches_move_sources() -> None:
+    for module in ("mailbox", "response_escrow"):
+        text = (ROOT / f"move/dtp/sources/{module}.move").read_text()
+        declared = {
+            name: int(code)
+            for code, name in re.findall(r"#\[error\(code = (\d+)\)\]\s*const (\w+)", text)
+        }
+        table = {n: i.code for (m, n), i in MOVE_ERRORS.items() if m == module}
+        assert declared == table, module
+    codes = [info.code for info in MOVE_ERRORS.values()]
+    assert len(codes) == len(set(codes))
+
+
+def test_ack_message_layout_and_claim_with_real_ack() -> None:
+    message = response_ack_message("0x" + "ab" * 32, b"\x01" * 32)
+    assert len(message) == 80 and message[:16] == b"\x0fDTP-RESPONSE-V1"
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    client, server, mallory = ACTORS["client"], ACTORS["server"], ACTORS["mallory"]
+    ledger.faucet(client.sui_address, 50)
+    escrow = ledger.response_escrow_deposit(client, server.sui_address, b"r", 20, 100)
+    digest = b"\x09" * 32
+    forged = mallory.sign(response_ack_message(escrow, digest))
+    with pytest.raises(InvalidReceipt):
+        ledger.response_escrow_claim(server, escrow, digest, forged)
+    ack = client.sign(response_ack_message(escrow, digest))
+    with pytest.raises(NotAuthorized):
+        ledger.response_escrow_claim(mallory, escrow, digest, ack)
+    assert ledger.response_escrow_claim(server, escrow, digest, ack) == 20
+    state = ledger.get_response_escrow(escrow)
+    assert state.state == RESPONSE_ESCROW_PAID and state.funds == 0 and state.amount == 20
+    ledger.advance_clock(1000)
+    with pytest.raises(ChainError) as closed:
+        ledger.response_escrow_refund(client, escrow)
+    assert closed.value.qualified_name == "response_escrow::EEscrowClosed"
+    names = [e.name for e in ledger.events()[0]]
+    assert names[-2:] == ["ResponseFeeDeposited", "ResponseFeeClaimed"]
+    conserved(ledger)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"requester_public_key": b"\x00" * 31}, "response_escrow::EInvalidPublicKey"),
+        (
+            {"requester_public_key": ACTORS["mallory"].ed25519_public},
+            "response_escrow::EKeyMismatch",
+        ),
+        ({"amount": 0}, "response_escrow::EZeroAmount"),
+        ({"request_id": b"x" * 65}, "response_escrow::ERequestIdTooLong"),
+        ({"amount": 10_000}, "sui::InsufficientCoinBalance"),
+    ],
+)
+def test_deposit_checks(kwargs: dict[str, Any], error: str) -> None:
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    client = ACTORS["client"]
+    ledger.faucet(client.sui_address, 100)
+    args: dict[str, Any] = {"request_id": b"r", "amount": 5, "deadline_ms": 10, **kwargs}
+    with pytest.raises(ChainError) as info:
+        ledger.response_escrow_deposit(client, ACTORS["server"].sui_address, **args)
+    assert info.value.qualified_name == error
+    conserved(ledger)
+
+
+# -- SuiLedger: builders, golden bytes, event layouts -------------------------------------------
+
+GOLDEN = ROOT / "tests/golden/messaging_transactions.json"
+ESCROW_REF = SharedRef("0x" + "a7" * 32, 15)
+HOST_REF = SharedRef("0x" + "a1" * 32, 11)
+SUI_CASES: dict[str, tuple[Any, ...]] = {
+    "mailbox_send": (HOST_REF, b"\x01\x02sealed"),
+    "response_escrow_deposit": (
+        "0x" + "0c" * 32,
+        b"req-1",
+        SENDER.ed25519_public,
+        123_456,
+        40,
+    ),
+    "response_escrow_claim": (ESCROW_REF, b"\x09" * 32, b"\x05" * 64),
+    "response_escrow_deliver": (ESCROW_REF, b"answer"),
+    "response_escrow_refund": (ESCROW_REF,),
+}
+
+
+def build_messaging() -> dict[str, str]:
+    return {
+        name: sui_tx.MESSAGING_BUILDERS[name](CTX, *args).hex() for name, args in SUI_CASES.items()
+    }
+
+
+def test_messaging_builders_cover_the_new_ledger_methods() -> None:
+    from dtp.chain.ledger import Ledger
+
+    new = {
+        "mailbox_send",
+        "response_escrow_deposit",
+        "response_escrow_claim",
+        "response_escrow_deliver",
+        "response_escrow_refund",
+    }
+    assert new <= set(vars(Ledger))
+    assert set(sui_tx.MESSAGING_BUILDERS) == set(sui_tx.MESSAGING_TARGETS) == set(SUI_CASES) == new
+    assert not set(sui_tx.MESSAGING_BUILDERS) & set(sui_tx.BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(SUI_CASES))
+def test_messaging_golden_bytes(name: str) -> None:
+    golden = json.loads(GOLDEN.read_text())["transactions"]
+    assert build_messaging()[name] == golden[name], (
+        "run python -m tests.test_messaging_ledger --regenerate after a deliberate change"
+    )
+    data = bcs.TransactionData.from_bytes(bytes.fromhex(golden[name])).value
+    calls = [c.value for c in data.TransactionKind.value.Command if c.enum_name == "MoveCall"]
+    module, function = sui_tx.MESSAGING_TARGETS[name]
+    assert (calls[-1].Module, calls[-1].Function) == (module, function)
+    assert data.Sender.to_address_str() == SENDER.sui_address
+
+
+def test_messaging_event_layouts_match_local_ledger_events() -> None:
+    from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS
+    from dtp.chain.sui_codec import decode, encode
+
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    client, server = ACTORS["client"], ACTORS["server"]
+    host = ledger.create_host(server, b"\x01" * 32)
+    ledger.faucet(client.sui_address, 100)
+    ledger.mailbox_send(client, host, b"sealed")
+    a = ledger.response_escrow_deposit(client, server.sui_address, b"a", 10, 100)
+    b = ledger.response_escrow_deposit(client, server.sui_address, b"b", 10, 100)
+    c = ledger.response_escrow_deposit(client, server.sui_address, b"c", 10, 100)
+    ledger.response_escrow_claim(
+        server, a, b"\x01" * 32, client.sign(response_ack_message(a, b"\x01" * 32))
+    )
+    ledger.response_escrow_deliver(server, b, b"answer")
+    ledger.advance_clock(200)
+    ledger.response_escrow_refund(client, c)
+    seen = set()
+    for event in ledger.events()[0]:
+        key = (event.module, event.name)
+        if key not in MESSAGING_EVENT_LAYOUTS:
+            continue
+        layout = MESSAGING_EVENT_LAYOUTS[key]
+        assert {f for f, _ in layout[1]} == set(event.fields), key
+        assert decode(layout, encode(layout, event.fields)) == dict(event.fields)
+        seen.add(key)
+    assert seen == set(MESSAGING_EVENT_LAYOUTS)
+
+
+def regenerate() -> None:
+    """Rewrite tests/golden/messaging_transactions.json from the current builders."""
+    doc = {
+        "description": (
+            "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx messaging builders "
+            "(mailbox, response_escrow) for the fixed inputs of tests/test_messaging_ledger.py "
+            "and tests/test_ledger_sui.py. Regenerate with "
+            "`python -m tests.test_messaging_ledger --regenerate` after a deliberate change."
+        ),
+        "transactions": build_messaging(),
+    }
+    GOLDEN.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(doc['transactions'])} vectors to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--regenerate"]:
+        regenerate()
+    else:
+        print("usage: python -m tests.test_messaging_ledger --regenerate", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,605 @@
+"""RPC: the sans-I/O protocol (whole / byte-at-a-time / random splits, bad input), the
+blocking and asyncio clients and servers over real DTP connections on 127.0.0.1
+(hundreds in flight, out-of-order answers, deadlines, cancellation, typed errors,
+oversized and malformed input), JSON-RPC 2.0 (handler and HTTP proxy), per-request fees
+and response escrow on LocalLedger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgpack
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.ledger import (
+    RESPONSE_ESCROW_PAID,
+    RESPONSE_ESCROW_REFUNDED,
+)
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import InsufficientFunds
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
+from dtp.messaging.jsonrpc import (
+    JsonRpcClient,
+    JsonRpcHandler,
+    JsonRpcHttpProxy,
+    serve_jsonrpc,
+)
+from dtp.messaging.protocol import (
+    ErrorReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestCancelled,
+    RequestReceived,
+    RequestTimedOut,
+    ResponseReceived,
+    RpcProtocol,
+)
+from dtp.messaging.rpc import (
+    AsyncRpcClient,
+    AsyncRpcServer,
+    CallContext,
+    RequestPayments,
+    ResponseFeePolicy,
+    ResponsePrepay,
+    RpcClient,
+    RpcServer,
+)
+
+# -- the sans-I/O core ---------------------------------------------------------------------------
+
+
+def pair() -> tuple[RpcProtocol, RpcProtocol]:
+    return RpcProtocol(max_message_size=4096), RpcProtocol(max_message_size=4096)
+
+
+def feed(dst: RpcProtocol, data: bytes, how: str, rng: random.Random) -> None:
+    if how == "whole":
+        dst.receive_data(data)
+    elif how == "bytes":
+        for i in range(len(data)):
+            dst.receive_data(data[i : i + 1])
+    else:
+        i = 0
+        while i < len(data):
+            n = rng.randint(1, 17)
+            dst.receive_data(data[i : i + n])
+            i += n
+
+
+@pytest.mark.parametrize("how", ["whole", "bytes", "random"])
+def test_protocol_roundtrip_any_split(how: str) -> None:
+    rng = random.Random(7)
+    client, server = pair()
+    ids = [client.send_request("m", {"i": i, "b": b"\x00" * i}) for i in range(20)]
+    client.send_notification("note", [1, 2])
+    feed(server, client.data_to_send(), how, rng)
+    events = server.events()
+    requests = [e for e in events if isinstance(e, RequestReceived)]
+    assert [r.request_id for r in requests] == ids
+    assert isinstance(events[-1], NotificationReceived) and events[-1].params == [1, 2]
+    for r in reversed(requests):  # answer out of order
+        server.send_response(r.request_id, r.params["i"])
+    feed(client, server.data_to_send(), how, rng)
+    got = {e.request_id: e.result for e in client.events() if isinstance(e, ResponseReceived)}
+    assert got == {rid: i for i, rid in enumerate(ids)}
+    assert client.in_flight == 0 and server.pending_incoming == 0
+
+
+def test_protocol_malformed_msgpack_is_reported_and_stream_stays_usable() -> None:
+    client, server = pair()
+    garbage = b"\xc1\xc1\xc1"  # 0xc1 is never valid msgpack
+    server.receive_data(struct.pack(">I", len(garbage)) + garbage)
+    (event,) = server.events()
+    assert isinstance(event, ProtocolViolation)
+    assert isinstance(event.error, E.MalformedMessage) and event.error.wire_code == E.PARSE_ERROR
+    client.receive_data(server.data_to_send())
+    (report,) = client.events()
+    assert isinstance(report, ProtocolViolation) and isinstance(report.reported, E.ParseError)
+    assert client.data_to_send() == b""  # an ERROR is never answered with an ERROR
+    rid = client.send_request("ok")
+    server.receive_data(client.data_to_send())
+    (req,) = server.events()
+    assert isinstance(req, RequestReceived) and req.request_id == rid
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [],
+        ["x"],
+        [0, 1, "m"],
+        [0, 0, "m", None, 0, None],
+        [0, 1, "", None, 0, None],
+        [0, 1, "m", None, -1, None],
+        [0, 1, "m", None, 0, [1]],
+        [1, 1],
+        [2, 1, "code", "msg", None],
+        [4, "x"],
+        [5, 1, b"short"],
+        [99, 1],
+        {"a": 1},
+    ],
+)
+def test_protocol_invalid_messages_are_typed(message: Any) -> None:
+    _, server = pair()
+    server.receive_data(encode_frame(message))
+    events = server.events()
+    assert len(events) == 1 and isinstance(events[0], ProtocolViolation)
+    assert isinstance(events[0].error, E.MessagingProtocolError)
+
+
+def test_protocol_bad_request_fields_answer_with_the_request_id() -> None:
+    client, server = pair()
+    server.receive_data(encode_frame([0, 5, "m", None, "soon", None]))
+    assert isinstance(server.events()[0], ProtocolViolation)
+    client._outgoing[5] = None  # pretend we sent request 5
+    client.receive_data(server.data_to_send())
+    (event,) = client.events()
+    assert isinstance(event, ErrorReceived) and event.request_id == 5
+    assert isinstance(event.error, E.ParseError)
+
+
+def test_protocol_oversized_request_is_skipped_and_answered() -> None:
+    client, server = RpcProtocol(max_message_size=1 << 16), RpcProtocol(max_message_size=1024)
+    big = client.send_request("m", b"x" * 5000)
+    small = client.send_request("m", b"y")
+    data = client.data_to_send()
+    for i in range(0, len(data), 100):  # arrives in pieces: never buffered whole
+        server.receive_data(data[i : i + 100])
+        assert server._decoder.buffered <= 1024 + 8
+    events = server.events()
+    assert isinstance(events[0], ProtocolViolation) and events[0].request_id == big
+    assert isinstance(events[0].error, E.MessageTooLarge)
+    assert isinstance(events[1], RequestReceived) and events[1].request_id == small
+    client.receive_data(server.data_to_send())
+    (err,) = client.events()
+    assert isinstance(err, ErrorReceived) and isinstance(err.error, E.RequestTooLarge)
+
+
+def test_protocol_send_caps_and_busy() -> None:
+    client = RpcProtocol(max_message_size=100)
+    with pytest.raises(E.PayloadTooLarge):
+        client.send_request("m", b"x" * 200)
+    assert client.in_flight == 0
+    server = RpcProtocol(max_incoming=2)
+    sender = RpcProtocol()
+    ids = [sender.send_request("m") for _ in range(3)]
+    server.receive_data(sender.data_to_send())
+    assert len(server.events()) == 2 and server.busy_rejections == 1
+    sender.receive_data(server.data_to_send())
+    (busy,) = sender.events()
+    assert isinstance(busy, ErrorReceived) and busy.request_id == ids[2]
+    assert isinstance(busy.error, E.ServerBusy)
+
+
+def test_protocol_deadlines_and_cancel() -> None:
+    client, server = pair()
+    rid = client.send_request("slow", now=100.0, timeout=2.0)
+    server.receive_data(client.data_to_send(), now=50.0)
+    (req,) = server.events()
+    assert isinstance(req, RequestReceived) and req.deadline == pytest.approx(52.0)
+    assert client.get_timer() == pytest.approx(102.0)
+    client.handle_timer(101.0)
+    assert client.events() == []
+    client.handle_timer(102.0)
+    (timed_out,) = client.events()
+    assert isinstance(timed_out, RequestTimedOut) and timed_out.request_id == rid
+    server.receive_data(client.data_to_send(), now=51.0)  # the CANCEL
+    (cancelled,) = server.events()
+    assert isinstance(cancelled, RequestCancelled) and cancelled.reason == "cancelled"
+    assert server.send_response(rid, "late") is None  # nothing sent for a cancelled request
+    assert server.data_to_send() == b""
+    # the peer's deadline also expires on its own
+    rid2 = client.send_request("slow", timeout=1.0)
+    server.receive_data(client.data_to_send(), now=60.0)
+    server.events()
+    server.handle_timer(61.0)
+    (expired,) = server.events()
+    assert expired == RequestCancelled(rid2, "deadline")
+    # a late response to a request we gave up on is dropped and counted
+    client.cancel(rid2)
+    client.receive_data(encode_frame([1, rid2, "late", None]))
+    assert client.events() == [] and client.late_responses == 1
+
+
+def test_frame_decoder_random_garbage_never_raises() -> None:
+    rng = random.Random(3)
+    for _ in range(300):
+        decoder = FrameDecoder(64)
+        decoder.feed(rng.randbytes(rng.randint(0, 300)))
+        while (item := decoder.next()) is not None:
+            assert isinstance(item, bytes | Oversized)
+        proto = RpcProtocol(max_message_size=64)
+        proto.receive_data(rng.randbytes(rng.randint(0, 300)))
+        for event in proto.events():
+            assert isinstance(event, ProtocolViolation | RequestReceived | NotificationReceived)
+
+
+# -- blocking client and server over DTP -----------------------------------------------------------
+
+
+class Served:
+    """A DTP server answering RPC in background threads."""
+
+    def __init__(self, rpc: RpcServer) -> None:
+        self.identity = HostIdentity.generate()
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
+        self.rpc = rpc
+        self.thread = threading.Thread(target=rpc.serve, args=(self.server,), daemon=True)
+        self.thread.start()
+        self.socks: list[dtp.socket.DTPSocket] = []
+
+    def connect(self, **kw: Any) -> RpcClient:
+        sock = dtp.socket.create_connection(
+            self.server.address, server_key=self.identity.noise_public, timeout=10
+        )
+        self.socks.append(sock)
+        return RpcClient(sock, **kw)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.server.close()
+        self.rpc.close()
+        self.thread.join(5)
+
+
+def make_rpc(workers: int = 16, **kw: Any) -> RpcServer:
+    rpc = RpcServer(workers=workers, **kw)
+    rpc.register("echo", lambda p: p)
+
+    def sleep_then(p: list[Any]) -> Any:
+        time.sleep(p[0])
+        return p[1]
+
+    rpc.register("sleep", sleep_then)
+
+    def fail(p: Any) -> Any:
+        raise E.InvalidParams("bad value", data={"got": p})
+
+    rpc.register("fail", fail)
+
+    def crash(p: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    rpc.register("crash", crash)
+
+    def wait_cancel(p: Any, ctx: CallContext) -> Any:
+        return ctx.cancelled.wait(5)
+
+    rpc.register("wait_cancel", wait_cancel, context=True)
+    return rpc
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served(make_rpc())
+    yield s
+    s.close()
+
+
+def test_rpc_call_and_typed_errors(served: Served) -> None:
+    client = served.connect(timeout=5)
+    assert client.call("echo", {"a": [1, b"\x00", None]}) == {"a": [1, b"\x00", None]}
+    with pytest.raises(E.MethodNotFound):
+        client.call("nope")
+    with pytest.raises(E.InvalidParams) as info:
+        client.call("fail", 7)
+    assert info.value.data == {"got": 7}
+    with pytest.raises(E.InternalError) as crash:
+        client.call("crash")
+    assert "secret" not in str(crash.value)
+    assert client.call("echo", 1) == 1  # still usable
+
+
+def test_rpc_hundreds_in_flight_out_of_order(served: Served) -> None:
+    client = served.connect(timeout=20)
+    rng = random.Random(1)
+    calls = [client.start("sleep", [rng.random() * 0.02, i]) for i in range(300)]
+    assert client.in_flight > 0
+    assert [c.result() for c in calls] == list(range(300))
+    # and from many threads at once
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        for i in range(25):
+            value = client.call("sleep", [0.001 * (i % 3), k * 100 + i])
+            with lock:
+                results.append(value)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted(k * 100 + i for k in range(12) for i in range(25))
+
+
+def test_rpc_deadline_and_cancellation(served: Served) -> None:
+    client = served.connect()
+    start = time.monotonic()
+    with pytest.raises(E.RpcTimeout):
+        client.call("sleep", [1.0, "late"], timeout=0.2)
+    assert time.monotonic() - start < 0.9
+    call = client.start("wait_cancel", None)
+    time.sleep(0.05)
+    assert call.cancel()
+    with pytest.raises(E.RpcCancelled):
+        call.result()
+    assert client.call("echo", "after", timeout=5) == "after"
+    with pytest.raises(E.RpcTimeout):
+        client.start("sleep", [1.0, 0]).result(timeout=0.1)
+    assert client.call("echo", "again", timeout=5) == "again"
+
+
+def test_rpc_oversized_and_raw_garbage_keep_the_stream_usable() -> None:
+    s = Served(make_rpc(max_message_size=4096))
+    try:
+        client = s.connect(timeout=5, max_message_size=1 << 20)
+        with pytest.raises(E.RequestTooLarge):
+            client.call("echo", b"x" * 10_000)
+        assert client.call("echo", "ok") == "ok"
+        with pytest.raises(E.PayloadTooLarge):
+            RpcClient(s.socks[0], max_message_size=100).call("echo", b"y" * 200)
+        sock = s.socks[0]
+        junk = b"\xc1not msgpack"
+        sock.sendall(struct.pack(">I", len(junk)) + junk)
+        sock.sendall(encode_frame([0, 999, "echo", None, 0, None])[:-1] + b"\xc1")
+        assert client.call("echo", "still ok") == "still ok"
+        assert s.rpc.violations >= 2
+        assert len(client.violations) >= 1  # the server's complaint about the junk frame
+    finally:
+        s.close()
+
+
+def test_rpc_notifications_and_inline_server() -> None:
+    got: list[Any] = []
+    rpc = RpcServer(workers=0)
+    rpc.register("echo", lambda p: p)
+    rpc.register("note", got.append, notification=True)
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=5)
+        client.notify("note", {"x": 1})
+        client.notify("unknown-note", 1)  # ignored
+        assert client.call("echo", 2) == 2
+        assert got == [{"x": 1}]
+    finally:
+        s.close()
+
+
+def test_rpc_peer_closes_fails_calls(served: Served) -> None:
+    client = served.connect()
+    call = client.start("sleep", [5.0, 0])
+    served.socks[0].abort("test")
+    with pytest.raises(E.RpcConnectionLost):
+        call.result(timeout=5)
+
+
+# -- asyncio --------------------------------------------------------------------------------------
+
+
+def test_async_rpc_concurrency_and_errors() -> None:
+    async def main() -> None:
+        rpc = AsyncRpcServer()
+
+        async def sleep_then(p: list[Any]) -> Any:
+            await asyncio.sleep(p[0])
+            return p[1]
+
+        rpc.register("sleep", sleep_then)
+        rpc.register("echo", lambda p: p)
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        try:
+            host, port = server.address
+            reader, writer = await dtp.aio.open_connection(
+                host, port, server_key=identity.noise_public
+            )
+            async with AsyncRpcClient(reader, writer, timeout=10) as client:
+                rng = random.Random(5)
+                results = await asyncio.gather(
+                    *(client.call("sleep", [rng.random() * 0.05, i]) for i in range(300))
+                )
+                assert results == list(range(300))
+                with pytest.raises(E.MethodNotFound):
+                    await client.call("nope")
+                with pytest.raises(E.RpcTimeout):
+                    await client.call("sleep", [1.0, 0], timeout=0.1)
+                assert await client.call("echo", b"ok") == b"ok"
+                await client.notify("whatever", 1)
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+# -- JSON-RPC -------------------------------------------------------------------------------------
+
+
+def test_jsonrpc_handler_over_dtp() -> None:
+    handler = JsonRpcHandler({"add": lambda p: p[0] + p[1], "boom": lambda p: 1 / 0})
+    rpc = RpcServer()
+    serve_jsonrpc(rpc, handler)
+    s = Served(rpc)
+    try:
+        client = JsonRpcClient(s.connect(timeout=5))
+        assert client.call("add", [2, 3]) == 5
+        with pytest.raises(E.MethodNotFound):
+            client.call("sub", [1, 1])
+        with pytest.raises(E.InternalError):
+            client.call("boom")
+        raw = s.connect(timeout=5)
+        assert json.loads(raw.call("jsonrpc", b"{not json"))["error"]["code"] == E.PARSE_ERROR
+        batch = json.dumps(
+            [
+                {"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": 1},
+                {"jsonrpc": "2.0", "method": "add", "params": [0, 0]},
+            ]
+        ).encode()
+        assert json.loads(raw.call("jsonrpc", batch)) == [{"jsonrpc": "2.0", "result": 2, "id": 1}]
+        assert raw.call("jsonrpc", b'{"jsonrpc":"2.0","method":"add","params":[1,1]}') is None
+        with pytest.raises(E.InvalidParams):
+            raw.call("jsonrpc", 5)
+    finally:
+        s.close()
+
+
+class _Backend(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        answer = JsonRpcHandler({"mul": lambda p: p[0] * p[1]})(body)
+        data = answer or b""
+        self.send_response(200 if answer else 204)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_jsonrpc_http_proxy() -> None:
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    thread = threading.Thread(target=backend.serve_forever, daemon=True)
+    thread.start()
+    proxy = JsonRpcHttpProxy(f"http://127.0.0.1:{backend.server_address[1]}/rpc", timeout=5)
+    rpc = RpcServer(workers=4)
+    serve_jsonrpc(rpc, proxy)
+    s = Served(rpc)
+    try:
+        client = JsonRpcClient(s.connect(timeout=10))
+        assert client.call("mul", [6, 7]) == 42
+        assert [client.call("mul", [i, i]) for i in range(20)] == [i * i for i in range(20)]
+        with pytest.raises(E.MethodNotFound):
+            client.call("div", [1, 2])
+    finally:
+        s.close()
+        proxy.close()
+        backend.shutdown()
+        backend.server_close()
+    dead = JsonRpcHttpProxy("http://127.0.0.1:1/", timeout=1)
+    assert json.loads(dead(b"{}") or b"{}")["error"]["code"] == E.INTERNAL_ERROR
+    with pytest.raises(ValueError):
+        JsonRpcHttpProxy("ftp://x/")
+
+
+# -- money ----------------------------------------------------------------------------------------
+
+
+def test_per_request_fees_from_the_sla() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "jsonrpc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
+    rpc = make_rpc(payments=payments)
+    s = Served(rpc)
+    try:
+        meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+        client = s.connect(timeout=5, meter=meter)
+        for i in range(7):
+            assert client.call("echo", i) == i
+        with pytest.raises(InsufficientFunds):
+            client.call("echo", 8)  # an 8th request would exceed the 50 MIST deposit
+        unpaid = s.connect(timeout=5)
+        with pytest.raises(E.PaymentRequired):
+            unpaid.call("echo", 1)
+        assert payments.earned == 49 and payments.served == 7
+        assert payments.latest is not None
+        paid = ledger.claim(server_id, opened.escrow_id, payments.latest)
+        assert paid == 49 and ledger.balance(server_id.sui_address) == 49
+        audit = ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+    finally:
+        s.close()
+
+
+def test_response_escrow_paid_with_ack_and_refunded_after_deadline() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = Served(make_rpc(response_fees=policy))
+    try:
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=500)
+        client = s.connect(timeout=5, prepay=prepay)
+        assert client.call("echo", "paid") == "paid"
+        call = client.start("sleep", [0.6, "too late"], timeout=0.2)
+        with pytest.raises(E.RpcTimeout):
+            call.result()
+        assert ledger.balance(client_id.sui_address) == 980
+        deadline = time.monotonic() + 5
+        while not policy.acks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.claim_all() == 10
+        assert ledger.balance(server_id.sui_address) == 10
+        # the unanswered call: no refund before its deadline, then the full fee back
+        assert prepay.refund_due() == 0
+        ledger.advance_clock(10_000)
+        time.sleep(0.7)  # the slow handler answers after the client gave up: dropped
+        assert prepay.refund_due() == 10
+        assert ledger.balance(client_id.sui_address) == 990
+        escrows = [ledger.get_response_escrow(e) for e in policy.acks] or []
+        assert escrows == []
+        assert call.escrow_id is not None
+        assert ledger.get_response_escrow(call.escrow_id).state == RESPONSE_ESCROW_REFUNDED
+        # without a prepaid fee the service refuses
+        with pytest.raises(E.PaymentRequired):
+            s.connect(timeout=5).call("echo", 1)
+        audit = ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+        assert audit["escrows"] == 0
+    finally:
+        s.close()
+
+
+def test_response_escrow_deliver_on_chain_when_unacknowledged() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 100)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=5)
+    escrow_id = ledger.response_escrow_deposit(client_id, server_id.sui_address, b"r1", 5, 10_000)
+    assert policy.admit({"re": escrow_id}) == escrow_id
+    with pytest.raises(E.PaymentRequired):
+        policy.admit({"re": escrow_id})  # one escrow pays one response
+    body = msgpack.packb([1, 1, "answer", None])
+    policy.responded(escrow_id, body)
+    assert not policy.acknowledged(escrow_id, b"\x00" * 64)  # a bad ack is not kept
+    assert policy.deliver_unacknowledged() == 5
+    esc = ledger.get_response_escrow(escrow_id)
+    assert esc.state != RESPONSE_ESCROW_PAID and esc.funds == 0
+    (event,) = ledger.events(filter=None)[0][-1:]
+    assert event.name == "ResponseDelivered" and event["response"] == body
+
+
+def test_demo_story_runs() -> None:
+    from dtp.messaging.demo import demo_messaging_story
+
+    lines: list[str] = []
+    demo_messaging_story(lines.append)
+    text = "\n".join(lines)
+    assert "25 MIST for 1 request" in text and "'meet at noon'" in text
+    assert "Delivered 1 time(s); 1 duplicate dropped." in text

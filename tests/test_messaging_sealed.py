@@ -1,0 +1,187 @@
+"""Sealed messages: Noise N and X round trips, tampering, forged senders, the ledger
+mailbox for an offline host (delivered exactly once after it returns, across restarts),
+direct delivery over DTP, and the mailbox rules (size caps, conservation)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.ledger import MAX_MAIL_PAYLOAD
+from dtp.chain.local import LocalLedger
+from dtp.errors import ChainError, ObjectNotFound
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.sealed import (
+    MAX_BODY,
+    OpenedMessage,
+    SealedInbox,
+    open_sealed,
+    seal,
+    send_sealed,
+)
+
+
+@pytest.fixture
+def world() -> tuple[LocalLedger, HostIdentity, HostIdentity, str, str]:
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    alice, bob = HostIdentity.generate(), HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    hb = ledger.create_host(bob, bob.noise_public)
+    return ledger, alice, bob, ha, hb
+
+
+def test_anonymous_and_proven_round_trips(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    anon = open_sealed(bob, seal(bob.noise_public, b"hello", recipient_host=hb))
+    assert anon.body == b"hello" and anon.anonymous and anon.sender_address is None
+    proven = open_sealed(
+        bob,
+        seal(bob.noise_public, b"from alice", sender=alice, sender_host=ha, now_ms=42),
+        ledger=ledger,
+    )
+    assert proven.sender_address == alice.sui_address
+    assert proven.sender_static == alice.noise_public and proven.sender_host == ha
+    assert proven.sent_ms == 42 and not proven.anonymous
+
+
+def test_deterministic_with_given_randomness(world: tuple) -> None:
+    _, _, bob, _, _ = world
+    args = dict(message_id=b"\x01" * 16, ephemeral=b"\x07" * 32)
+    assert seal(bob.noise_public, b"x", **args) == seal(bob.noise_public, b"x", **args)
+
+
+def test_not_for_us_and_tampering_fail_without_detail(world: tuple) -> None:
+    _, alice, bob, _, _ = world
+    sealed = seal(bob.noise_public, b"secret")
+    with pytest.raises(E.SealedDecryptError) as info:
+        open_sealed(alice, sealed)
+    assert str(info.value) == "sealed message failed to open"
+    rng = random.Random(2)
+    for _ in range(20):
+        i = rng.randrange(2, len(sealed))
+        bad = bytearray(sealed)
+        bad[i] ^= 1 << rng.randrange(8)
+        with pytest.raises(E.SealedDecryptError):
+            open_sealed(bob, bytes(bad))
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x01", b"\x02\x01" + b"\x00" * 60, b"\x01\x09" + b"\x00" * 60, 5]
+)
+def test_malformed_sealed_bytes(world: tuple, data: object) -> None:
+    _, _, bob, _, _ = world
+    with pytest.raises(E.MalformedSealed):
+        open_sealed(bob, data)  # type: ignore[arg-type]
+
+
+def test_forged_sender_rejected(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    mallory = HostIdentity.generate()
+    # mallory claims to be alice's host: her keys are not the ones alice's host publishes
+    forged = seal(bob.noise_public, b"pay mallory", sender=mallory, sender_host=ha)
+    with pytest.raises(E.ForgedSender):
+        open_sealed(bob, forged, ledger=ledger)
+    # a proof made for another message does not carry over
+    genuine = seal(bob.noise_public, b"a", sender=alice, sender_host=ha)
+    assert open_sealed(bob, genuine, ledger=ledger).sender_host == ha
+    with pytest.raises(E.ForgedSender):
+        open_sealed(
+            bob,
+            seal(bob.noise_public, b"x", sender=mallory, sender_host="0x" + "ab" * 32),
+            ledger=ledger,
+        )
+    inbox = SealedInbox(bob, hb, ledger)
+    with pytest.raises(E.ForgedSender):
+        inbox.accept(forged)
+    assert inbox.rejected == {"ForgedSender": 1}
+
+
+def test_size_caps(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    with pytest.raises(E.PayloadTooLarge):
+        seal(bob.noise_public, b"x" * (MAX_BODY + 1))
+    biggest = seal(bob.noise_public, b"x" * MAX_BODY, sender=alice, sender_host=ha)
+    assert len(biggest) <= MAX_MAIL_PAYLOAD
+    ledger.mailbox_send(alice, hb, biggest)
+    with pytest.raises(ChainError) as too_big:
+        ledger.mailbox_send(alice, hb, b"x" * (MAX_MAIL_PAYLOAD + 1))
+    assert too_big.value.qualified_name == "mailbox::EPayloadTooLarge"
+    assert too_big.value.code == 161
+    with pytest.raises(ChainError) as empty:
+        ledger.mailbox_send(alice, hb, b"")
+    assert empty.value.qualified_name == "mailbox::EEmptyPayload"
+    with pytest.raises(ObjectNotFound):
+        ledger.mailbox_send(alice, "0x" + "cd" * 32, b"x")
+
+
+def test_offline_host_gets_each_message_once_after_it_returns(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, ha, hb = world
+    state = tmp_path / "inbox.json"
+    sealed = [
+        seal(bob.noise_public, f"m{i}".encode(), sender=alice, sender_host=ha, recipient_host=hb)
+        for i in range(5)
+    ]
+    for s in sealed:  # bob is offline: everything goes to the mailbox
+        assert send_sealed(s, recipient_host=hb, ledger=ledger, signer=alice) == "mailbox"
+    ledger.mailbox_send(alice, hb, sealed[0])  # a resend of the same message
+    ledger.mailbox_send(alice, hb, b"\x01\x01garbage" + b"\x00" * 60)  # junk mail
+    other = ledger.create_host(alice, alice.noise_public)
+    ledger.mailbox_send(alice, other, seal(alice.noise_public, b"not bob's"))
+    # bob returns
+    inbox = SealedInbox(bob, hb, ledger, state_path=state)
+    got = inbox.fetch()
+    assert [m.body for m in got] == [f"m{i}".encode() for i in range(5)]
+    assert all(m.via == "mailbox" and m.sender_address == alice.sui_address for m in got)
+    assert inbox.duplicates == 1 and inbox.fetch() == []
+    # restart: the saved cursor and ids mean nothing is seen twice
+    again = SealedInbox(bob, hb, ledger, state_path=state)
+    assert again.fetch() == []
+    ledger.mailbox_send(alice, hb, sealed[3])  # replayed later: still a duplicate
+    assert again.fetch() == [] and again.duplicates == 1
+    fresh = seal(bob.noise_public, b"new")
+    ledger.mailbox_send(alice, hb, fresh)
+    assert [m.body for m in again.fetch(wait=1.0)] == [b"new"]
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_direct_delivery_and_fallback(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    received: list[OpenedMessage] = []
+    rpc = RpcServer()
+    inbox.register(rpc, received.append)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
+    try:
+        client = RpcClient(sock, timeout=5)
+        message = seal(bob.noise_public, b"online", sender=alice, sender_host=ha, recipient_host=hb)
+        assert send_sealed(message, recipient_host=hb, client=client) == "direct"
+        assert client.call("sealed.deliver", message) is False  # duplicate
+        with pytest.raises(E.InvalidParams):
+            client.call("sealed.deliver", b"\x01\x01" + b"\x00" * 80)
+        assert [m.body for m in received] == [b"online"] and received[0].via == "direct"
+        # the same message later also found in the mailbox is not delivered again
+        ledger.mailbox_send(alice, hb, message)
+        assert inbox.fetch() == []
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+    # bob is gone: delivery falls back to the mailbox
+    dead = RpcClient(sock, timeout=1)
+    late = seal(bob.noise_public, b"offline now")
+    assert (
+        send_sealed(late, recipient_host=hb, client=dead, ledger=ledger, signer=alice) == "mailbox"
+    )
+    assert [m.body for m in inbox.fetch()] == [b"offline now"]
+    with pytest.raises(E.SealedError):
+        send_sealed(late, recipient_host=hb)
