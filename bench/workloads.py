@@ -214,6 +214,12 @@ ALL: dict[str, Callable[[], Workload]] = {
 # The network rows live in bench/net.py (they import Workload from here).
 from bench.graph_rows import graph_put, graph_sync_100k  # noqa: E402
 from bench.ledger_rows import ledger_open_close, receipt_verify  # noqa: E402
+from bench.messaging_rows import (  # noqa: E402
+    pubsub_fanout,
+    rpc_pipelined,
+    rpc_roundtrip,
+    rpc_roundtrip_zmq,
+)
 from bench.net import NET_ROWS  # noqa: E402
 
 ALL.update(NET_ROWS)
@@ -221,3 +227,7 @@ ALL["receipt_verify"] = receipt_verify
 ALL["ledger_open_close"] = ledger_open_close
 ALL["graph_sync_100k"] = graph_sync_100k
 ALL["graph_put"] = graph_put
+ALL["rpc_roundtrip"] = rpc_roundtrip
+ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
+ALL["rpc_pipelined"] = rpc_pipelined
+ALL["pubsub_fanout"] = pubsub_fanout

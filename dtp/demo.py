@@ -352,6 +352,13 @@ def demo_graph_sync(tour: Tour) -> None:
     demo_graph_story(tour.say)
 
 
+def demo_messaging(tour: Tour) -> None:
+    tour.step("Messaging: a paid JSON-RPC call and a sealed message to an offline host")
+    from dtp.messaging.demo import demo_messaging_story
+
+    demo_messaging_story(tour.say)
+
+
 def run_demo(quick: bool = False) -> int:
     """Run the tour; returns a process exit code."""
     tour = Tour()
@@ -366,6 +373,7 @@ def run_demo(quick: bool = False) -> int:
         lambda: demo_connection(tour, quick, shared),
         lambda: demo_ledger(tour, shared),
         lambda: demo_graph_sync(tour),
+        lambda: demo_messaging(tour),
     ]
     for step in steps:
         step()
@@ -373,7 +381,7 @@ def run_demo(quick: bool = False) -> int:
     for line in tour.summary:
         print(f"  • {line}")
     print(
-        "  • coming next: connections by host ID with in-band receipts, messaging\n"
-        "    and the services daemon."
+        "  • coming next: connections by host ID with in-band receipts, broadcast,\n"
+        "    discovery and the services daemon."
     )
     return 0
