@@ -9,6 +9,9 @@
   :class:`RpcCancelled`, :class:`RpcConnectionLost`.
 - Sealed messages: :class:`SealedDecryptError` (detail-free), :class:`ForgedSender`,
   :class:`MalformedSealed`.
+- Broadcast stations: :class:`OffAir` (nothing sent), :class:`ForgedBroadcast`,
+  :class:`ReplayedBroadcast`, :class:`InvalidTip`.
+- Discovery: :class:`ForgedAnnouncement`, :class:`ExpiredAnnouncement`.
 """
 
 from __future__ import annotations
@@ -22,20 +25,26 @@ __all__ = [
     "Cancelled",
     "DeadlineExceeded",
     "DiscoveryError",
+    "ExpiredAnnouncement",
+    "ForgedAnnouncement",
+    "ForgedBroadcast",
     "ForgedSender",
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "InvalidTip",
     "MalformedMessage",
     "MalformedSealed",
     "MessageTooLarge",
     "MessagingError",
     "MethodNotFound",
+    "OffAir",
     "ParseError",
     "PayloadTooLarge",
     "PaymentRequired",
     "PubSubError",
     "RemoteError",
+    "ReplayedBroadcast",
     "RequestTooLarge",
     "RpcCancelled",
     "RpcConnectionLost",
@@ -44,6 +53,7 @@ __all__ = [
     "SealedDecryptError",
     "SealedError",
     "ServerBusy",
+    "StationError",
     "remote_error",
 ]
 
@@ -245,3 +255,56 @@ class DiscoveryError(MessagingError):
 
 class PayloadTooLarge(MessagingError, ValueError):
     """A message we were asked to send exceeds the size cap (nothing was sent)."""
+
+
+# -- broadcast stations -------------------------------------------------------------------------
+
+
+class StationError(MessagingError):
+    """A broadcast station or listener operation failed."""
+
+
+class OffAir(StationError):
+    """The station is off air (the pool does not cover the slot in progress, or the
+    broadcast is cancelled); nothing was sent."""
+
+
+class ForgedBroadcast(StationError, RemoteProtocolError):
+    """A broadcast message's signature does not verify under the broadcaster's key."""
+
+    def __init__(self, message: str | None = None) -> None:
+        RemoteProtocolError.__init__(
+            self, message or "broadcast signature does not verify", ErrorCode.ARG
+        )
+
+
+class ReplayedBroadcast(StationError, RemoteProtocolError):
+    """A broadcast message's sequence number is not above the last one accepted."""
+
+    def __init__(self, message: str | None = None) -> None:
+        RemoteProtocolError.__init__(
+            self, message or "broadcast message replayed or out of order", ErrorCode.ARG
+        )
+
+
+class InvalidTip(StationError, RemoteProtocolError):
+    """A tip is not signed by its contributor or not covered by its contributions."""
+
+    def __init__(self, message: str | None = None) -> None:
+        RemoteProtocolError.__init__(self, message or "invalid tip", ErrorCode.ARG)
+
+
+# -- discovery (continued) ----------------------------------------------------------------------
+
+
+class ForgedAnnouncement(DiscoveryError, RemoteProtocolError):
+    """A discovery announcement is not signed by the host's authority."""
+
+    def __init__(self, message: str | None = None) -> None:
+        RemoteProtocolError.__init__(
+            self, message or "announcement signature does not verify", ErrorCode.ARG
+        )
+
+
+class ExpiredAnnouncement(DiscoveryError):
+    """A discovery announcement's expiry has passed."""

@@ -1,0 +1,670 @@
+"""Broadcast stations and listeners over DTP streams (docs/messaging.md §5).
+
+A :class:`BroadcastStation` is the broadcaster's side of an on-chain ``Broadcast`` object
+(docs/escrow.md §9). Listeners connect to it over ordinary DTP streams; the station sends
+every listener the same public stream of messages, each signed (raw Ed25519, by the
+broadcaster's authority) over a domain-separated encoding of the broadcast ID, channel,
+sequence number and payload, so a message can be checked by anyone who knows the
+broadcaster's Sui address, whoever relayed it. :class:`BroadcastListener` verifies each
+message and rejects forged ones (:class:`~dtp.messaging.errors.ForgedBroadcast`) and
+replayed or out-of-order ones (:class:`~dtp.messaging.errors.ReplayedBroadcast`); it
+counts both and never delivers them.
+
+The station is *on air* only while the ledger says the listeners' pool covers the slot in
+progress (``Broadcast.is_on_air``). It asks the ledger once per slot (a covered slot stays
+covered until it ends: accrual only happens at slot boundaries), and again whenever it is
+off air, so a top-up is seen at once. Off air it refuses to send (:class:`OffAir`) and
+tells every listener (an AIR frame); back on air it tells them again.
+
+Listeners pay through the ledger (:meth:`BroadcastListener.contribute`). A *tip* is a
+contribution plus a short signed message to the station, which accepts it only while the
+tipper's recorded contributions cover all its accepted tips. A *request* is a short
+message from a listener to the station. The broadcaster claims what its slots earned
+(:meth:`BroadcastStation.claim`); after :meth:`BroadcastStation.cancel`, listeners take
+their pooled refunds (:meth:`BroadcastListener.withdraw`).
+
+Nothing waits on a slow party: each listener link has a writer thread with a bounded
+queue; when it is full the message is dropped for that listener only and counted, and
+the listener sees the gap in sequence numbers (:attr:`BroadcastMessage.missed_before`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from dtp.errors import DTPError
+from dtp.keys import sui_address_from_public_key
+from dtp.messaging import errors as E
+from dtp.messaging.framing import FrameDecoder, Oversized, decode_body, encode_frame
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.keys import HostIdentity
+    from dtp.messaging.rpc import BlockingStream
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "MAX_REQUEST",
+    "MAX_TIP_MESSAGE",
+    "AirChange",
+    "BroadcastListener",
+    "BroadcastMessage",
+    "BroadcastStation",
+    "ListenerRequest",
+    "Tip",
+    "signed_message",
+    "signed_tip",
+    "verify_message",
+]
+
+logger = logging.getLogger(__name__)
+
+HELLO: Final = 20  # [20, broadcast_id, channel, broadcaster_public, on_air, next_seq]
+MESSAGE: Final = 21  # [21, channel, seq, payload, signature]
+AIR: Final = 22  # [22, on_air, reason, next_seq]
+REQUEST: Final = 23  # [23, text]
+TIP: Final = 24  # [24, tip_id, amount, message, ed25519_public, signature]
+
+#: Largest payload of one broadcast message (bytes).
+MAX_PAYLOAD: Final = 64 * 1024
+#: Largest listener request (bytes of UTF-8).
+MAX_REQUEST: Final = 1024
+#: Largest tip message (bytes of UTF-8).
+MAX_TIP_MESSAGE: Final = 280
+_FRAME_CAP: Final = MAX_PAYLOAD + 1024
+_MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V1\x00"
+_TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V1\x00"
+_U64: Final = struct.Struct(">Q")
+_STOP: Final = b""
+
+
+def _field(data: bytes) -> bytes:
+    """A length-prefixed field (so no two encodings share bytes)."""
+    return struct.pack(">I", len(data)) + data
+
+
+def signed_message(broadcast_id: str, channel: str, seq: int, payload: bytes) -> bytes:
+    """The bytes a broadcaster signs for one message: a domain tag, then the broadcast ID,
+    channel, sequence number and payload, each length-prefixed or fixed-size."""
+    return (
+        _MSG_DOMAIN
+        + _field(broadcast_id.lower().encode())
+        + _field(channel.encode())
+        + _U64.pack(seq)
+        + _field(bytes(payload))
+    )
+
+
+def signed_tip(broadcast_id: str, tip_id: bytes, amount: int, message: str) -> bytes:
+    """The bytes a listener signs for a tip."""
+    return (
+        _TIP_DOMAIN
+        + _field(broadcast_id.lower().encode())
+        + _field(bytes(tip_id))
+        + _U64.pack(amount)
+        + _field(message.encode())
+    )
+
+
+def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    from dtp.escrow import _verify_ed25519
+
+    return _verify_ed25519(public_key, signature, message)
+
+
+def verify_message(
+    broadcaster_public: bytes,
+    broadcast_id: str,
+    channel: str,
+    seq: int,
+    payload: bytes,
+    signature: bytes,
+) -> None:
+    """Raise :class:`ForgedBroadcast` unless ``signature`` is the broadcaster's over this
+    message."""
+    if not _verify(
+        broadcaster_public, signature, signed_message(broadcast_id, channel, seq, payload)
+    ):
+        raise E.ForgedBroadcast()
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastMessage:
+    """A verified broadcast message."""
+
+    #: The broadcast's channel name.
+    channel: str
+    #: Sequence number (strictly increasing; gaps are messages this listener missed).
+    seq: int
+    payload: bytes
+    #: Messages missed just before this one (the gap in sequence numbers).
+    missed_before: int
+
+
+@dataclass(frozen=True, slots=True)
+class AirChange:
+    """The station went on or off air."""
+
+    on_air: bool
+    #: Why (``"covered"``, ``"pool exhausted"``, ``"cancelled"``…).
+    reason: str
+    #: The sequence number the next message will carry.
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    """A tip the station accepted."""
+
+    #: The tipper's Sui address (proven by its signature).
+    address: str
+    amount: int
+    message: str
+    tip_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRequest:
+    """A listener's message to the station."""
+
+    #: The station's name for the listener's link.
+    listener: str
+    text: str
+
+
+class _StationLink:
+    """One listener of a station: a reader thread (tips, requests) and a writer thread with
+    a bounded queue of frames."""
+
+    def __init__(
+        self, station: BroadcastStation, stream: BlockingStream, name: str, maxsize: int
+    ) -> None:
+        self.station = station
+        self.stream = stream
+        self.name = name
+        self._out: queue.Queue[bytes] = queue.Queue(maxsize)
+        #: Frames dropped for this listener because it was slow.
+        self.dropped = 0
+        self.violations = 0
+        self.closed = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name=f"bcast-r-{name}")
+        self._writer = threading.Thread(target=self._write_loop, name=f"bcast-w-{name}")
+        self._reader.daemon = self._writer.daemon = True
+
+    def start(self, hello: bytes) -> None:
+        self._out.put_nowait(hello)
+        self._reader.start()
+        self._writer.start()
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame; False (and counted) when the queue is full."""
+        if self.closed.is_set():
+            return False
+        try:
+            self._out.put_nowait(frame)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                frame = self._out.get()
+                if frame is _STOP or self.closed.is_set():
+                    return
+                self.stream.sendall(frame)
+        except (DTPError, OSError) as exc:
+            logger.debug("broadcast link %s: writing failed: %s", self.name, exc)
+            self.close()
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder(4096)
+        try:
+            while not self.closed.is_set():
+                data = self.stream.recv(65536)
+                if not data:
+                    break
+                decoder.feed(data)
+                while (item := decoder.next()) is not None:
+                    if isinstance(item, Oversized):
+                        self.violations += 1
+                        continue
+                    try:
+                        self.station._handle(self, decode_body(item))
+                    except E.MessagingProtocolError:
+                        self.violations += 1
+        except (DTPError, OSError) as exc:
+            logger.debug("broadcast link %s: reading failed: %s", self.name, exc)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop both threads and forget the link (the stream is left to its owner)."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        with contextlib.suppress(queue.Full):
+            self._out.put_nowait(_STOP)
+        self.station._detach(self)
+
+
+class BroadcastStation:
+    """The broadcaster's side: signs and fans out messages while the ledger says it is on
+    air, collects tips and requests, claims earnings."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        broadcast_id: str,
+        *,
+        link_queue: int = 256,
+        max_listeners: int = 1024,
+        inbox_size: int = 256,
+    ) -> None:
+        b = ledger.get_broadcast(broadcast_id)
+        if b.broadcaster != identity.sui_address:
+            raise E.StationError("this identity is not the broadcaster")
+        self.ledger = ledger
+        self.identity = identity
+        self.broadcast_id = b.id
+        self.channel = b.channel
+        self._start_ms = b.start_ms
+        self._slot_ms = b.slot_ms
+        self.link_queue = link_queue
+        self.max_listeners = max_listeners
+        self._lock = threading.Lock()
+        self._links: list[_StationLink] = []
+        self._seq = 1
+        self._on_air = False
+        self._checked_slot = -1
+        self._cancelled = b.cancelled
+        self._tipped: dict[str, int] = {}
+        self._tip_ids: set[bytes] = set()
+        #: Accepted tips (bounded; the oldest are dropped when full and counted).
+        self.tips: queue.Queue[Tip] = queue.Queue(inbox_size)
+        #: Listener requests (bounded likewise).
+        self.requests: queue.Queue[ListenerRequest] = queue.Queue(inbox_size)
+        self.invalid_tips = 0
+        self.inbox_dropped = 0
+        self._monitor: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    @property
+    def listeners(self) -> int:
+        """Listener links open now."""
+        with self._lock:
+            return len(self._links)
+
+    def attach(self, stream: BlockingStream, name: str = "") -> None:
+        """Start broadcasting to the listener at the other end of ``stream``."""
+        with self._lock:
+            if len(self._links) >= self.max_listeners:
+                raise E.StationError("too many listeners")
+            link = _StationLink(
+                self, stream, name or f"listener-{len(self._links)}", self.link_queue
+            )
+            self._links.append(link)
+            hello = encode_frame(
+                [
+                    HELLO,
+                    self.broadcast_id,
+                    self.channel,
+                    self.identity.ed25519_public,
+                    self._on_air,
+                    self._seq,
+                ]
+            )
+        link.start(hello)
+
+    def _detach(self, link: _StationLink) -> None:
+        with self._lock:
+            if link in self._links:
+                self._links.remove(link)
+
+    def _fan_out(self, frame: bytes) -> None:
+        """(lock held) Queue a frame for every listener, in order."""
+        for link in self._links:
+            link.offer(frame)
+
+    # -- air time ------------------------------------------------------------------------------
+
+    @property
+    def on_air(self) -> bool:
+        """The last decision of :meth:`check`."""
+        return self._on_air
+
+    def check(self) -> bool:
+        """Whether the station is on air now, asking the ledger when the slot changed or
+        the station is off air (docs/escrow.md §9). Listeners are told of any change."""
+        now = self.ledger.clock_ms()
+        slot = 0 if now < self._start_ms else (now - self._start_ms) // self._slot_ms
+        with self._lock:
+            if self._on_air and slot == self._checked_slot:
+                return True
+        b = self.ledger.get_broadcast(self.broadcast_id)
+        on = b.is_on_air(now)
+        if b.cancelled:
+            reason = "cancelled"
+        elif on:
+            reason = "covered"
+        else:
+            reason = "pool exhausted"
+        self._set_air(on, reason, slot)
+        return on
+
+    def _set_air(self, on: bool, reason: str, slot: int) -> None:
+        with self._lock:
+            self._checked_slot = slot
+            cancelled = reason == "cancelled"
+            if on == self._on_air and cancelled == self._cancelled:
+                return
+            self._on_air = on
+            self._cancelled = cancelled
+            self._fan_out(encode_frame([AIR, on, reason, self._seq]))
+
+    def send(self, payload: bytes) -> int:
+        """Sign ``payload`` and send it to every listener; returns its sequence number.
+        Raises :class:`OffAir` (nothing sent) when the pool does not cover this slot."""
+        payload = bytes(payload)
+        if len(payload) > MAX_PAYLOAD:
+            raise E.PayloadTooLarge(f"a broadcast payload is at most {MAX_PAYLOAD} bytes")
+        if not self.check():
+            raise E.OffAir("the broadcast is off air")
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            signature = self.identity.sign(
+                signed_message(self.broadcast_id, self.channel, seq, payload)
+            )
+            self._fan_out(encode_frame([MESSAGE, self.channel, seq, payload, signature]))
+        return seq
+
+    def start_monitor(self, interval: float = 0.1) -> None:
+        """Check the ledger every ``interval`` seconds in a thread, so listeners learn of
+        air changes even while nothing is sent."""
+        if self._monitor is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.check()
+                except DTPError as exc:
+                    logger.debug("broadcast monitor: %s", exc)
+
+        self._monitor = threading.Thread(target=run, name="bcast-monitor", daemon=True)
+        self._monitor.start()
+
+    # -- money ---------------------------------------------------------------------------------
+
+    def claim(self) -> int:
+        """Claim everything the completed, covered slots earned; returns the amount."""
+        return self.ledger.broadcast_claim(self.identity, self.broadcast_id)
+
+    def cancel(self) -> None:
+        """Cancel the broadcast on the ledger (listeners can then withdraw their share of
+        the pool) and tell every listener."""
+        self.ledger.broadcast_cancel(self.identity, self.broadcast_id)
+        self._set_air(False, "cancelled", self._checked_slot)
+
+    # -- from listeners ------------------------------------------------------------------------
+
+    def _inbox(self, box: queue.Queue[Any], item: object) -> None:
+        try:
+            box.put_nowait(item)
+        except queue.Full:
+            self.inbox_dropped += 1
+
+    def _handle(self, link: _StationLink, message: Any) -> None:
+        if not isinstance(message, list) or not message:
+            raise E.MalformedMessage("a broadcast frame is an array")
+        kind = message[0]
+        if kind == REQUEST and len(message) == 2 and isinstance(message[1], str):
+            if len(message[1].encode()) > MAX_REQUEST:
+                raise E.MalformedMessage("request too long")
+            self._inbox(self.requests, ListenerRequest(link.name, message[1]))
+            return
+        if kind == TIP and len(message) == 6:
+            try:
+                self._inbox(self.tips, self._check_tip(message))
+            except E.InvalidTip:
+                self.invalid_tips += 1
+            return
+        raise E.MalformedMessage("not a broadcast frame for the station")
+
+    def _check_tip(self, message: list[Any]) -> Tip:
+        _, tip_id, amount, text, public, signature = message
+        if not (
+            isinstance(tip_id, bytes)
+            and len(tip_id) == 16
+            and type(amount) is int
+            and 0 < amount < 1 << 64
+            and isinstance(text, str)
+            and len(text.encode()) <= MAX_TIP_MESSAGE
+            and isinstance(public, bytes)
+            and isinstance(signature, bytes)
+        ):
+            raise E.InvalidTip("malformed tip")
+        if not _verify(public, signature, signed_tip(self.broadcast_id, tip_id, amount, text)):
+            raise E.InvalidTip("tip signature does not verify")
+        address = sui_address_from_public_key(public)
+        contributed = self.ledger.get_broadcast(self.broadcast_id).contributions.get(address, 0)
+        with self._lock:
+            if tip_id in self._tip_ids:
+                raise E.InvalidTip("tip replayed")
+            if self._tipped.get(address, 0) + amount > contributed:
+                raise E.InvalidTip("tip not covered by the tipper's contributions")
+            self._tip_ids.add(tip_id)
+            self._tipped[address] = self._tipped.get(address, 0) + amount
+        return Tip(address, amount, text, tip_id)
+
+    def close(self) -> None:
+        """Stop the monitor and close every listener link (streams are left to their
+        owners)."""
+        self._stop.set()
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.close()
+
+
+class BroadcastListener:
+    """A listener: verifies the station's stream, and pays, tips and asks through it."""
+
+    def __init__(
+        self,
+        stream: BlockingStream,
+        *,
+        ledger: Ledger | None = None,
+        identity: HostIdentity | None = None,
+        broadcast_id: str | None = None,
+        broadcaster: str | None = None,
+        queue_size: int = 1024,
+    ) -> None:
+        """``broadcast_id`` and ``broadcaster`` (a Sui address) pin what the station must
+        announce; with a ledger and a broadcast ID the broadcaster is read from the
+        ledger. ``identity`` signs contributions and tips."""
+        self.stream = stream
+        self.ledger = ledger
+        self.identity = identity
+        self.broadcast_id = broadcast_id
+        if broadcaster is None and ledger is not None and broadcast_id is not None:
+            broadcaster = ledger.get_broadcast(broadcast_id).broadcaster
+        self.broadcaster = broadcaster
+        self.channel: str | None = None
+        self._public: bytes | None = None
+        self._queue: queue.Queue[BroadcastMessage | AirChange] = queue.Queue(queue_size)
+        self._last_seq = 0
+        self._send_lock = threading.Lock()
+        self.hello = threading.Event()
+        self.closed = threading.Event()
+        self.on_air = False
+        self.received = 0
+        self.forged = 0
+        self.replayed = 0
+        self.violations = 0
+        self.missed = 0
+        self.dropped = 0
+        #: The last rejection (for diagnostics).
+        self.last_error: DTPError | None = None
+        self._on_error: Callable[[DTPError], None] | None = None
+        self._reader = threading.Thread(target=self._read_loop, name="bcast-listener", daemon=True)
+        self._reader.start()
+
+    def wait_hello(self, timeout: float) -> bool:
+        """Wait until the station introduced itself (and was accepted)."""
+        return self.hello.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> BroadcastMessage | AirChange:
+        """The next message or air change (raises ``queue.Empty`` after ``timeout``)."""
+        return self._queue.get(timeout=timeout)
+
+    def _put(self, item: BroadcastMessage | AirChange) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder(_FRAME_CAP)
+        try:
+            while not self.closed.is_set():
+                data = self.stream.recv(256 * 1024)
+                if not data:
+                    break
+                decoder.feed(data)
+                while (item := decoder.next()) is not None:
+                    if isinstance(item, Oversized):
+                        self.violations += 1
+                        continue
+                    try:
+                        self._handle(decode_body(item))
+                    except E.ForgedBroadcast as exc:
+                        self.forged += 1
+                        self.last_error = exc
+                        if self._public is None:
+                            return  # an impostor station: stop listening
+                    except E.ReplayedBroadcast as exc:
+                        self.replayed += 1
+                        self.last_error = exc
+                    except E.MessagingProtocolError as exc:
+                        self.violations += 1
+                        self.last_error = exc
+        except (DTPError, OSError) as exc:
+            logger.debug("broadcast listener: reading failed: %s", exc)
+        finally:
+            self.closed.set()
+
+    def _handle(self, message: Any) -> None:
+        if not isinstance(message, list) or not message:
+            raise E.MalformedMessage("a broadcast frame is an array")
+        kind = message[0]
+        if kind == HELLO and len(message) == 6 and self._public is None:
+            _, b_id, channel, public, on_air, next_seq = message
+            if not (
+                isinstance(b_id, str)
+                and isinstance(channel, str)
+                and isinstance(public, bytes)
+                and len(public) == 32
+                and isinstance(on_air, bool)
+                and type(next_seq) is int
+                and next_seq >= 1
+            ):
+                raise E.MalformedMessage("invalid HELLO")
+            if self.broadcast_id is not None and b_id.lower() != self.broadcast_id.lower():
+                raise E.ForgedBroadcast("the station announces another broadcast")
+            if (
+                self.broadcaster is not None
+                and sui_address_from_public_key(public) != self.broadcaster
+            ):
+                raise E.ForgedBroadcast("the station's key is not the broadcaster's")
+            self.broadcast_id, self.channel, self._public = b_id, channel, public
+            self._last_seq = next_seq - 1
+            self.on_air = on_air
+            self.hello.set()
+            return
+        if self._public is None or self.broadcast_id is None:
+            raise E.MalformedMessage("a frame before HELLO")
+        if kind == MESSAGE and len(message) == 5:
+            _, channel, seq, payload, signature = message
+            if not (
+                isinstance(channel, str)
+                and type(seq) is int
+                and 0 < seq < 1 << 64
+                and isinstance(payload, bytes)
+                and isinstance(signature, bytes)
+            ):
+                raise E.MalformedMessage("invalid MESSAGE")
+            if channel != self.channel:
+                raise E.ForgedBroadcast("message for another channel")
+            verify_message(self._public, self.broadcast_id, channel, seq, payload, signature)
+            if seq <= self._last_seq:
+                raise E.ReplayedBroadcast(f"sequence {seq} after {self._last_seq}")
+            missed = seq - self._last_seq - 1
+            self._last_seq = seq
+            self.missed += missed
+            self.received += 1
+            self._put(BroadcastMessage(channel, seq, payload, missed))
+            return
+        if kind == AIR and len(message) == 4:
+            _, on_air, reason, next_seq = message
+            if isinstance(on_air, bool) and isinstance(reason, str) and type(next_seq) is int:
+                self.on_air = on_air
+                self._put(AirChange(on_air, reason[:256], next_seq))
+                return
+        raise E.MalformedMessage("not a broadcast frame")
+
+    # -- to the station and the ledger --------------------------------------------------------
+
+    def _send(self, message: list[Any]) -> None:
+        with self._send_lock:
+            self.stream.sendall(encode_frame(message, 4096))
+
+    def _need(self) -> tuple[Ledger, HostIdentity, str]:
+        if self.ledger is None or self.identity is None or self.broadcast_id is None:
+            raise E.StationError("a ledger, an identity and a broadcast ID are needed")
+        return self.ledger, self.identity, self.broadcast_id
+
+    def request(self, text: str) -> None:
+        """Send the station a short message (at most :data:`MAX_REQUEST` bytes)."""
+        if len(text.encode()) > MAX_REQUEST:
+            raise E.PayloadTooLarge(f"a request is at most {MAX_REQUEST} bytes")
+        self._send([REQUEST, text])
+
+    def contribute(self, amount: int) -> None:
+        """Add ``amount`` MIST to the broadcast's pool (through the ledger)."""
+        ledger, identity, b_id = self._need()
+        ledger.broadcast_contribute(identity, b_id, amount)
+
+    def tip(self, amount: int, message: str) -> bytes:
+        """Contribute ``amount`` and send the station a signed tip with ``message``;
+        returns the tip's id."""
+        if len(message.encode()) > MAX_TIP_MESSAGE:
+            raise E.PayloadTooLarge(f"a tip message is at most {MAX_TIP_MESSAGE} bytes")
+        ledger, identity, b_id = self._need()
+        ledger.broadcast_contribute(identity, b_id, amount)
+        tip_id = os.urandom(16)
+        signature = identity.sign(signed_tip(b_id, tip_id, amount, message))
+        self._send([TIP, tip_id, amount, message, identity.ed25519_public, signature])
+        return tip_id
+
+    def withdraw(self) -> int:
+        """After a cancel: take this listener's share of the pool; returns it."""
+        ledger, identity, b_id = self._need()
+        return ledger.broadcast_withdraw(identity, b_id)
+
+    def close(self) -> None:
+        """Stop listening (the stream is left to its owner)."""
+        self.closed.set()

@@ -1,0 +1,278 @@
+"""Broadcast stations over real DTP connections on a LocalLedger: on/off air as the pool
+runs out and is topped up (with the slot math of docs/escrow.md §9 and conservation
+checked by ``audit()``), signed messages (a forged or replayed one is rejected and
+counted), tips and requests, and cancel → pooled refunds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.broadcast import (
+    AIR,
+    HELLO,
+    MESSAGE,
+    AirChange,
+    BroadcastListener,
+    BroadcastMessage,
+    BroadcastStation,
+    signed_message,
+    verify_message,
+)
+from dtp.messaging.framing import encode_frame
+
+PRICE = 100
+SLOT_MS = 1000
+
+
+@dataclass
+class World:
+    ledger: LocalLedger
+    caster: HostIdentity
+    fans: list[HostIdentity]
+    broadcast_id: str
+    server: dtp.socket.DTPServer
+    socks: list[dtp.socket.DTPSocket]
+
+    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+        """A DTP connection: (station side, listener side)."""
+        client = dtp.socket.create_connection(
+            self.server.address, server_key=self.caster.noise_public, timeout=10
+        )
+        server_side, _ = self.server.accept(timeout=10)
+        client.settimeout(None)
+        server_side.settimeout(None)
+        self.socks += [client, server_side]
+        return server_side, client
+
+    def conserved(self) -> None:
+        audit = self.ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    caster = HostIdentity.generate()
+    fans = [HostIdentity.generate() for _ in range(2)]
+    for fan in fans:
+        ledger.faucet(fan.sui_address, 10_000)
+    b_id = ledger.create_broadcast(caster, "radio", PRICE, SLOT_MS)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=caster)
+    w = World(ledger, caster, fans, b_id, server, [])
+    yield w
+    for sock in w.socks:
+        sock.abort("test over")
+    server.close()
+
+
+def next_item(listener: BroadcastListener, timeout: float = 10.0) -> BroadcastMessage | AirChange:
+    return listener.get(timeout=timeout)
+
+
+def station_and_listener(w: World, fan: int = 0) -> tuple[BroadcastStation, BroadcastListener]:
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[fan], broadcast_id=w.broadcast_id
+    )
+    station.attach(s_side, f"fan{fan}")
+    assert listener.wait_hello(10)
+    return station, listener
+
+
+def test_on_and_off_air_with_slot_math(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        assert not station.check()
+        with pytest.raises(E.OffAir):
+            station.send(b"too early")
+        listener.contribute(250)  # covers slots 0 and 1 (and half of 2)
+        assert station.check()
+        assert next_item(listener) == AirChange(True, "covered", 1)
+        assert station.send(b"slot 0") == 1
+        msg = next_item(listener)
+        assert isinstance(msg, BroadcastMessage)
+        assert (msg.channel, msg.seq, msg.payload, msg.missed_before) == ("radio", 1, b"slot 0", 0)
+
+        w.ledger.advance_clock(SLOT_MS)  # slot 1: slot 0 paid, pool 150 covers it
+        assert station.send(b"slot 1") == 2
+        assert next_item(listener).payload == b"slot 1"  # type: ignore[union-attr]
+
+        w.ledger.advance_clock(SLOT_MS)  # slot 2: slot 1 paid, pool 50 < price
+        with pytest.raises(E.OffAir):
+            station.send(b"slot 2")
+        assert next_item(listener) == AirChange(False, "pool exhausted", 3)
+        assert not listener.on_air
+        assert station.claim() == 2 * PRICE
+        b = w.ledger.get_broadcast(w.broadcast_id)
+        assert (b.paid_slots, b.pool, b.earned) == (2, 50, 0)
+        w.conserved()
+
+        # three slots pass off air: never charged
+        w.ledger.advance_clock(3 * SLOT_MS)
+        listener.contribute(100)  # pool 150 covers slot 5
+        assert station.send(b"slot 5") == 3
+        assert next_item(listener) == AirChange(True, "covered", 3)
+        assert next_item(listener).payload == b"slot 5"  # type: ignore[union-attr]
+        w.ledger.advance_clock(SLOT_MS)  # slot 6: slot 5 paid, pool 50
+        assert station.claim() == PRICE
+        b = w.ledger.get_broadcast(w.broadcast_id)
+        assert (b.paid_slots, b.pool, b.total_contributed) == (3, 50, 350)
+        assert w.ledger.balance(w.caster.sui_address) == 3 * PRICE
+        assert w.ledger.balance(w.fans[0].sui_address) == 10_000 - 350
+        w.conserved()
+    finally:
+        station.close()
+
+
+def test_monitor_tells_listeners_when_the_pool_runs_out(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        listener.contribute(PRICE)
+        station.start_monitor(0.02)
+        assert next_item(listener) == AirChange(True, "covered", 1)
+        w.ledger.advance_clock(SLOT_MS)
+        assert next_item(listener) == AirChange(False, "pool exhausted", 1)
+    finally:
+        station.close()
+
+
+def test_forged_and_replayed_messages_rejected(world: World) -> None:
+    w = world
+    impostor = HostIdentity.generate()
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(l_side, ledger=w.ledger, broadcast_id=w.broadcast_id)
+    pub = w.caster.ed25519_public
+
+    def frame(seq: int, payload: bytes, signer: HostIdentity) -> bytes:
+        sig = signer.sign(signed_message(w.broadcast_id, "radio", seq, payload))
+        return encode_frame([MESSAGE, "radio", seq, payload, sig])
+
+    good = frame(1, b"real", w.caster)
+    s_side.sendall(encode_frame([HELLO, w.broadcast_id, "radio", pub, True, 1]))
+    s_side.sendall(frame(1, b"fake", impostor))  # forged
+    s_side.sendall(good)
+    s_side.sendall(good)  # replayed
+    s_side.sendall(frame(3, b"later", w.caster))  # seq 2 missed
+    s_side.sendall(frame(2, b"late", w.caster))  # out of order
+    s_side.sendall(encode_frame([AIR, False, "pool exhausted", 4]))
+    assert next_item(listener).payload == b"real"  # type: ignore[union-attr]
+    later = next_item(listener)
+    assert isinstance(later, BroadcastMessage) and later.missed_before == 1
+    assert next_item(listener) == AirChange(False, "pool exhausted", 4)
+    assert (listener.forged, listener.replayed, listener.received) == (1, 2, 2)
+    assert isinstance(listener.last_error, E.ReplayedBroadcast)
+
+    with pytest.raises(E.ForgedBroadcast):
+        verify_message(pub, w.broadcast_id, "radio", 1, b"fake", b"\x00" * 64)
+    # the same signature under another broadcast ID is not valid (domain separation)
+    sig = w.caster.sign(signed_message(w.broadcast_id, "radio", 1, b"x"))
+    with pytest.raises(E.ForgedBroadcast):
+        verify_message(pub, "0x" + "ab" * 32, "radio", 1, b"x", sig)
+
+
+def test_impostor_station_rejected(world: World) -> None:
+    w = world
+    impostor = HostIdentity.generate()
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(l_side, ledger=w.ledger, broadcast_id=w.broadcast_id)
+    s_side.sendall(encode_frame([HELLO, w.broadcast_id, "radio", impostor.ed25519_public, True, 1]))
+    assert listener.closed.wait(10)
+    assert not listener.hello.is_set() and listener.forged == 1
+    with pytest.raises(E.StationError):
+        BroadcastStation(w.ledger, impostor, w.broadcast_id)
+
+
+def test_tips_and_requests(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        listener.request("play the blues")
+        req = station.requests.get(timeout=10)
+        assert (req.listener, req.text) == ("fan0", "play the blues")
+        tip_id = listener.tip(300, "great show")
+        tip = station.tips.get(timeout=10)
+        assert (tip.address, tip.amount, tip.message, tip.tip_id) == (
+            w.fans[0].sui_address,
+            300,
+            "great show",
+            tip_id,
+        )
+        assert w.ledger.get_broadcast(w.broadcast_id).pool == 300
+        # a tip not covered by contributions (sent without paying) is refused
+        from dtp.messaging.broadcast import TIP, signed_tip
+
+        fake_id = b"\x05" * 16
+        sig = w.fans[0].sign(signed_tip(w.broadcast_id, fake_id, 1, "free"))
+        listener._send([TIP, fake_id, 1, "free", w.fans[0].ed25519_public, sig])
+        listener._send([TIP, tip_id, 1, "bad sig", w.fans[0].ed25519_public, sig])
+        listener.request("sync")
+        assert station.requests.get(timeout=10).text == "sync"
+        assert station.invalid_tips == 2 and station.tips.empty()
+        with pytest.raises(E.PayloadTooLarge):
+            listener.tip(1, "x" * 300)
+    finally:
+        station.close()
+
+
+def test_cancel_refunds_pooled(world: World) -> None:
+    w = world
+    station, first = station_and_listener(w, 0)
+    s_side, l_side = w.pair()
+    second = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[1], broadcast_id=w.broadcast_id
+    )
+    station.attach(s_side, "fan1")
+    assert second.wait_hello(10)
+    try:
+        first.contribute(300)
+        second.contribute(100)
+        assert station.check()
+        w.ledger.advance_clock(SLOT_MS + SLOT_MS // 2)  # slot 0 paid; slot 1 in progress
+        station.cancel()
+        for listener in (first, second):
+            items = [next_item(listener) for _ in range(2)]
+            assert items[-1] == AirChange(False, "cancelled", 1)
+        with pytest.raises(E.OffAir):
+            station.send(b"after cancel")
+        # pool 300 after one paid slot; refunds in proportion 3:1, the last one out
+        # takes the remainder
+        assert first.withdraw() == 300 * 300 // 400
+        assert second.withdraw() == 300 - 300 * 300 // 400
+        assert station.claim() == PRICE
+        assert w.ledger.balance(w.fans[0].sui_address) == 10_000 - 300 + 225
+        assert w.ledger.balance(w.fans[1].sui_address) == 10_000 - 100 + 75
+        w.conserved()
+        assert w.ledger.audit()["broadcasts"] == 0
+    finally:
+        station.close()
+
+
+def test_slow_listener_does_not_stall_the_station(world: World) -> None:
+    w = world
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, link_queue=4)
+    s_side, _l_side = w.pair()  # nobody reads it
+    station.attach(s_side, "stuck")
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, PRICE)
+    done = threading.Event()
+
+    def blast() -> None:
+        for _ in range(2000):
+            station.send(b"x" * 4096)
+        done.set()
+
+    threading.Thread(target=blast, daemon=True).start()
+    try:
+        assert done.wait(30)
+    finally:
+        station.close()
