@@ -1,0 +1,396 @@
+"""Service discovery: on the ledger, and gossiped over pub/sub (docs/messaging.md §6).
+
+**On the ledger.** A host publishes a named service with ``host::add_service`` (its
+``kind`` is the name) and its endpoints with ``host::set_endpoints``;
+:func:`publish_service` does both. :func:`lookup_host` reads one Host object;
+:func:`list_services` replays the ``ServiceAdded`` / ``ServiceRemoved`` events to find
+every host that ever published, then reads the current Host objects (so a removed or
+changed service shows as it is now). No Move code is involved beyond what ``dtp::host``
+already has.
+
+**Gossip.** :class:`DiscoveryGossip` rides a :class:`~dtp.messaging.pubsub.PubSubNode`
+on one topic. An :class:`Announcement` lists a host's services and endpoints with an
+issue time and an expiry, and is signed (raw Ed25519) by the host's authority over a
+domain tag and the exact announcement bytes. Receivers verify the signature and, with a
+ledger at hand, that the signer is the host's authority on the ledger
+(:class:`~dtp.messaging.errors.ForgedAnnouncement`); they drop expired ones
+(:class:`~dtp.messaging.errors.ExpiredAnnouncement`) and keep only the newest per host
+(older or equal issue times are duplicates). The cache is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack
+
+from dtp.chain.objects import EventFilter
+from dtp.errors import DTPError, ObjectNotFound
+from dtp.keys import sui_address_from_public_key
+from dtp.messaging import errors as E
+from dtp.messaging.framing import decode_body
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Endpoint, Ledger
+    from dtp.chain.objects import Sla
+    from dtp.keys import HostIdentity
+    from dtp.messaging.pubsub import PubSubNode
+
+__all__ = [
+    "DEFAULT_TOPIC",
+    "MAX_TTL_MS",
+    "Announcement",
+    "DiscoveryGossip",
+    "ServiceRecord",
+    "list_services",
+    "lookup_host",
+    "publish_service",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The pub/sub topic announcements travel on.
+DEFAULT_TOPIC: Final = "dtp/discovery"
+#: Longest lifetime of an announcement (one day).
+MAX_TTL_MS: Final = 24 * 3600 * 1000
+_DOMAIN: Final = b"DTP-DISCOVERY-ANN-V1\x00"
+_VERSION: Final = 1
+_MAX_SERVICES: Final = 64
+_MAX_ENDPOINTS: Final = 16
+_MAX_NAME: Final = 64
+_MAX_ENDPOINT: Final = 256
+_MAX_ANNOUNCEMENT: Final = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """One named service of one host, as found."""
+
+    host_id: str
+    port: int
+    #: The service's name (its ``kind`` on the ledger).
+    name: str
+    endpoints: tuple[bytes, ...]
+
+
+# -- on the ledger ------------------------------------------------------------------------------
+
+
+def publish_service(
+    ledger: Ledger,
+    identity: HostIdentity,
+    host_id: str,
+    port: int,
+    name: str,
+    sla: Sla,
+    *,
+    endpoints: Sequence[Endpoint] | None = None,
+    max_connections: int = 0,
+) -> None:
+    """Publish service ``name`` on ``port`` of ``host_id`` (and, when given, replace the
+    host's endpoints). Raises :class:`DiscoveryError` for a bad name."""
+    _check_name(name)
+    if endpoints is not None:
+        ledger.set_endpoints(identity, host_id, endpoints)
+    ledger.add_service(identity, host_id, port, name, sla, max_connections)
+
+
+def lookup_host(ledger: Ledger, host_id: str, name: str | None = None) -> list[ServiceRecord]:
+    """The services ``host_id`` publishes now (only those called ``name`` when given),
+    by port. A missing host has none."""
+    try:
+        host = ledger.get_host(host_id)
+    except ObjectNotFound:
+        return []
+    return [
+        ServiceRecord(host.id, port, svc.kind, tuple(host.endpoints))
+        for port, svc in sorted(host.services.items())
+        if name is None or svc.kind == name
+    ]
+
+
+def list_services(
+    ledger: Ledger, name: str | None = None, *, max_events: int = 100_000
+) -> list[ServiceRecord]:
+    """Every service published on the ledger now (only those called ``name`` when
+    given): hosts are found through ``ServiceAdded`` events, then read as they are."""
+    hosts: dict[str, None] = {}
+    cursor: str | None = None
+    seen = 0
+    flt = EventFilter(type="ServiceAdded")
+    while seen < max_events:
+        events, cursor = ledger.events(cursor, flt, 1000)
+        if not events:
+            break
+        seen += len(events)
+        for event in events:
+            hosts[str(event["host"])] = None
+    out: list[ServiceRecord] = []
+    for host_id in hosts:
+        out += lookup_host(ledger, host_id, name)
+    return out
+
+
+# -- gossip -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A host's signed statement of its services, valid until ``expires_ms``."""
+
+    host_id: str
+    #: The signer's Sui address (the host's authority, when checked against a ledger).
+    authority: str
+    #: (port, name) pairs.
+    services: tuple[tuple[int, str], ...]
+    endpoints: tuple[bytes, ...]
+    issued_ms: int
+    expires_ms: int
+
+    def records(self) -> list[ServiceRecord]:
+        """The announced services as records."""
+        return [ServiceRecord(self.host_id, p, n, self.endpoints) for p, n in self.services]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not 0 < len(name.encode()) <= _MAX_NAME:
+        raise E.DiscoveryError(f"a service name is 1..{_MAX_NAME} bytes of text")
+
+
+def encode_announcement(
+    identity: HostIdentity,
+    host_id: str,
+    services: Sequence[tuple[int, str]],
+    endpoints: Sequence[bytes | str],
+    issued_ms: int,
+    ttl_ms: int,
+) -> bytes:
+    """A signed announcement: msgpack ``[body, signature]`` where ``body`` is the msgpack
+    of ``[1, host_id, ed25519_public, issued_ms, expires_ms, [[port, name]...],
+    [endpoint...]]`` and the signature covers the domain tag and ``body``."""
+    if not 0 < ttl_ms <= MAX_TTL_MS:
+        raise E.DiscoveryError(f"the lifetime is 1..{MAX_TTL_MS} ms")
+    if len(services) > _MAX_SERVICES or len(endpoints) > _MAX_ENDPOINTS:
+        raise E.DiscoveryError("too many services or endpoints")
+    for port, name in services:
+        _check_name(name)
+        if not 0 <= port <= 0xFFFF:
+            raise E.DiscoveryError("a port is a u16")
+    eps = [e.encode() if isinstance(e, str) else bytes(e) for e in endpoints]
+    if any(len(e) > _MAX_ENDPOINT for e in eps):
+        raise E.DiscoveryError(f"an endpoint is at most {_MAX_ENDPOINT} bytes")
+    body: bytes = msgpack.packb(
+        [
+            _VERSION,
+            host_id.lower(),
+            identity.ed25519_public,
+            issued_ms,
+            issued_ms + ttl_ms,
+            [[p, n] for p, n in services],
+            eps,
+        ],
+        use_bin_type=True,
+    )
+    data: bytes = msgpack.packb([body, identity.sign(_DOMAIN + body)], use_bin_type=True)
+    if len(data) > _MAX_ANNOUNCEMENT:
+        raise E.PayloadTooLarge("announcement too large")
+    return data
+
+
+def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) -> Announcement:
+    """Verify and decode an announcement. Raises :class:`MalformedMessage`,
+    :class:`ForgedAnnouncement` (bad signature, or the signer is not the host's authority
+    on ``ledger``) or :class:`ExpiredAnnouncement`."""
+    from dtp.escrow import _verify_ed25519
+
+    if len(data) > _MAX_ANNOUNCEMENT:
+        raise E.MalformedMessage("announcement too large")
+    outer = decode_body(data)
+    if not (
+        isinstance(outer, list)
+        and len(outer) == 2
+        and isinstance(outer[0], bytes)
+        and isinstance(outer[1], bytes)
+    ):
+        raise E.MalformedMessage("not an announcement")
+    body, signature = outer
+    fields: Any = decode_body(body)
+    if not (isinstance(fields, list) and len(fields) == 7 and fields[0] == _VERSION):
+        raise E.MalformedMessage("not an announcement")
+    _, host_id, public, issued, expires, services, endpoints = fields
+    if not (
+        isinstance(host_id, str)
+        and len(host_id) <= 128
+        and isinstance(public, bytes)
+        and len(public) == 32
+        and type(issued) is int
+        and type(expires) is int
+        and 0 <= issued < expires <= issued + MAX_TTL_MS
+        and isinstance(services, list)
+        and len(services) <= _MAX_SERVICES
+        and all(
+            isinstance(s, list)
+            and len(s) == 2
+            and type(s[0]) is int
+            and 0 <= s[0] <= 0xFFFF
+            and isinstance(s[1], str)
+            and 0 < len(s[1].encode()) <= _MAX_NAME
+            for s in services
+        )
+        and isinstance(endpoints, list)
+        and len(endpoints) <= _MAX_ENDPOINTS
+        and all(isinstance(e, bytes) and len(e) <= _MAX_ENDPOINT for e in endpoints)
+    ):
+        raise E.MalformedMessage("invalid announcement fields")
+    if not _verify_ed25519(public, signature, _DOMAIN + body):
+        raise E.ForgedAnnouncement()
+    authority = sui_address_from_public_key(public)
+    if ledger is not None:
+        try:
+            host = ledger.get_host(host_id)
+        except (ObjectNotFound, DTPError):
+            raise E.ForgedAnnouncement("no such host on the ledger") from None
+        if host.authority != authority:
+            raise E.ForgedAnnouncement("the signer is not the host's authority")
+    if expires <= now_ms:
+        raise E.ExpiredAnnouncement(f"expired at {expires} ms (now {now_ms} ms)")
+    return Announcement(
+        host_id,
+        authority,
+        tuple((int(p), str(n)) for p, n in services),
+        tuple(endpoints),
+        issued,
+        expires,
+    )
+
+
+class DiscoveryGossip:
+    """Announce this host's services on a pub/sub mesh and learn everyone else's."""
+
+    def __init__(
+        self,
+        node: PubSubNode,
+        *,
+        ledger: Ledger | None = None,
+        topic: str = DEFAULT_TOPIC,
+        clock_ms: Callable[[], int] | None = None,
+        max_records: int = 4096,
+    ) -> None:
+        """``clock_ms`` defaults to the ledger's clock, else wall time. With a ledger,
+        announcements are accepted only from the host's authority."""
+        self.node = node
+        self.ledger = ledger
+        self.topic = topic
+        if clock_ms is None:
+            clock_ms = ledger.clock_ms if ledger is not None else lambda: time.time_ns() // 10**6
+        self.clock_ms = clock_ms
+        self.max_records = max_records
+        self._lock = threading.Condition()
+        self._records: dict[str, Announcement] = {}
+        self.accepted = 0
+        self.forged = 0
+        self.expired = 0
+        self.duplicates = 0
+        self.malformed = 0
+        self._sub = node.subscribe(topic)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
+        self._thread.start()
+
+    def announce(
+        self,
+        identity: HostIdentity,
+        host_id: str,
+        services: Sequence[tuple[int, str]],
+        endpoints: Sequence[bytes | str] = (),
+        *,
+        ttl_ms: int = 600_000,
+    ) -> Announcement:
+        """Sign and gossip an announcement (also recorded locally); returns it."""
+        data = encode_announcement(identity, host_id, services, endpoints, self.clock_ms(), ttl_ms)
+        ann = decode_announcement(data, self.clock_ms())
+        self.node.publish(self.topic, data)
+        return ann
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delivery = self._sub.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.receive(delivery.data)
+
+    def receive(self, data: bytes) -> Announcement | None:
+        """Check one announcement and keep it if it is new; returns it, or None when it
+        was rejected or a duplicate (counted)."""
+        try:
+            ann = decode_announcement(data, self.clock_ms(), self.ledger)
+        except E.ForgedAnnouncement:
+            self.forged += 1
+            return None
+        except E.ExpiredAnnouncement:
+            self.expired += 1
+            return None
+        except E.MessagingProtocolError:
+            self.malformed += 1
+            return None
+        with self._lock:
+            old = self._records.get(ann.host_id)
+            if old is not None and old.issued_ms >= ann.issued_ms:
+                self.duplicates += 1
+                return None
+            self._records[ann.host_id] = ann
+            if len(self._records) > self.max_records:
+                self._evict()
+            self.accepted += 1
+            self._lock.notify_all()
+        return ann
+
+    def _evict(self) -> None:
+        """(lock held) Drop expired records, then the soonest to expire."""
+        now = self.clock_ms()
+        for host_id in [h for h, a in self._records.items() if a.expires_ms <= now]:
+            del self._records[host_id]
+        while len(self._records) > self.max_records:
+            victim = min(self._records.values(), key=lambda a: a.expires_ms)
+            del self._records[victim.host_id]
+
+    def lookup(self, name: str | None = None) -> list[ServiceRecord]:
+        """Live (unexpired) services learnt by gossip, only those called ``name`` when
+        given."""
+        now = self.clock_ms()
+        with self._lock:
+            anns = [a for a in self._records.values() if a.expires_ms > now]
+        return [r for a in anns for r in a.records() if name is None or r.name == name]
+
+    def host(self, host_id: str) -> Announcement | None:
+        """The live announcement of ``host_id``, if any."""
+        with self._lock:
+            ann = self._records.get(host_id.lower())
+        return ann if ann is not None and ann.expires_ms > self.clock_ms() else None
+
+    def wait_for(self, host_id: str, timeout: float) -> Announcement | None:
+        """Wait up to ``timeout`` seconds for a live announcement of ``host_id``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                ann = self._records.get(host_id.lower())
+                if ann is not None:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+        return self.host(host_id)
+
+    def close(self) -> None:
+        """Stop listening (the pub/sub node is left to its owner)."""
+        self._stop.set()
+        self._sub.close()
+        self._thread.join(timeout=1)

@@ -1,0 +1,153 @@
+"""Discovery: services published on a LocalLedger are found by host and by listing the
+events; announcements gossiped across a 3-peer DTP mesh reach every peer once, forged or
+tampered ones are rejected, and expired ones are dropped."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+
+from dtp.chain.ledger import Sla
+from dtp.chain.local import LocalLedger
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.discovery import (
+    DiscoveryGossip,
+    ServiceRecord,
+    decode_announcement,
+    encode_announcement,
+    list_services,
+    lookup_host,
+    publish_service,
+)
+from tests.test_messaging_pubsub import Mesh
+
+SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=0)
+
+
+@pytest.fixture
+def ledger() -> LocalLedger:
+    return LocalLedger(":memory:", clock_ms=1_000_000)
+
+
+def test_publish_on_ledger_then_lookup(ledger: LocalLedger) -> None:
+    alice, bob = HostIdentity.generate(), HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    hb = ledger.create_host(bob, bob.noise_public)
+    publish_service(ledger, alice, ha, 80, "http", SLA, endpoints=[b"udp:127.0.0.1:4000"])
+    publish_service(ledger, alice, ha, 81, "jsonrpc", SLA)
+    publish_service(ledger, bob, hb, 80, "http", SLA)
+    assert lookup_host(ledger, ha) == [
+        ServiceRecord(ha, 80, "http", (b"udp:127.0.0.1:4000",)),
+        ServiceRecord(ha, 81, "jsonrpc", (b"udp:127.0.0.1:4000",)),
+    ]
+    assert lookup_host(ledger, ha, "jsonrpc") == [
+        ServiceRecord(ha, 81, "jsonrpc", (b"udp:127.0.0.1:4000",))
+    ]
+    assert {(r.host_id, r.port) for r in list_services(ledger, "http")} == {(ha, 80), (hb, 80)}
+    ledger.remove_service(alice, ha, 80)
+    assert {(r.host_id, r.port) for r in list_services(ledger, "http")} == {(hb, 80)}
+    assert lookup_host(ledger, "0x" + "00" * 32) == []
+    with pytest.raises(E.DiscoveryError):
+        publish_service(ledger, alice, ha, 82, "", SLA)
+
+
+@pytest.fixture
+def mesh3() -> Iterator[Mesh]:
+    m = Mesh(3, [(0, 1), (1, 2)])  # a line: 0 and 2 only meet through 1
+    yield m
+    m.close()
+
+
+def test_gossip_across_three_peers(ledger: LocalLedger, mesh3: Mesh) -> None:
+    alice = HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    gossips = [DiscoveryGossip(node, ledger=ledger) for node in mesh3.nodes]
+    try:
+        ann = gossips[0].announce(alice, ha, [(80, "http"), (81, "jsonrpc")], [b"ep"])
+        for g in gossips[1:]:
+            got = g.wait_for(ha, 10)
+            assert got == ann
+        assert gossips[2].lookup("jsonrpc") == [ServiceRecord(ha, 81, "jsonrpc", (b"ep",))]
+        # a re-announcement supersedes; an old one replayed is a duplicate
+        ledger.advance_clock(1000)
+        newer = gossips[0].announce(alice, ha, [(80, "http")])
+        old = encode_announcement(alice, ha, [(9, "old")], [], 1_000_000, 60_000)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and gossips[2].host(ha) != newer:
+            time.sleep(0.02)
+        assert gossips[2].host(ha) == newer
+        assert gossips[2].receive(old) is None and gossips[2].duplicates >= 1
+        assert gossips[2].lookup() == [ServiceRecord(ha, 80, "http", ())]
+    finally:
+        for g in gossips:
+            g.close()
+
+
+def test_forged_announcements_rejected(ledger: LocalLedger) -> None:
+    alice, mallory = HostIdentity.generate(), HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    now = ledger.clock_ms()
+    # mallory signs for alice's host: valid signature, wrong authority
+    forged = encode_announcement(mallory, ha, [(80, "http")], [], now, 60_000)
+    with pytest.raises(E.ForgedAnnouncement):
+        decode_announcement(forged, now, ledger)
+    # tampered body: the signature no longer covers it
+    body, sig = msgpack.unpackb(encode_announcement(alice, ha, [(80, "http")], [], now, 60_000))
+    tampered = msgpack.packb([body.replace(b"http", b"evil"), sig], use_bin_type=True)
+    with pytest.raises(E.ForgedAnnouncement):
+        decode_announcement(tampered, now, ledger)
+    with pytest.raises(E.MalformedMessage):
+        decode_announcement(b"\xc1", now)
+    node_stub = _Node()
+    g = DiscoveryGossip(node_stub, ledger=ledger)  # type: ignore[arg-type]
+    try:
+        assert g.receive(forged) is None and g.receive(tampered) is None
+        assert g.receive(b"junk") is None
+        assert (g.forged, g.malformed, g.lookup()) == (2, 1, [])
+    finally:
+        g.close()
+
+
+def test_expiry(ledger: LocalLedger) -> None:
+    alice = HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    now = ledger.clock_ms()
+    g = DiscoveryGossip(_Node(), ledger=ledger)  # type: ignore[arg-type]
+    try:
+        ann = encode_announcement(alice, ha, [(80, "http")], [], now, 5_000)
+        assert g.receive(ann) is not None
+        assert g.lookup("http") == [ServiceRecord(ha, 80, "http", ())]
+        ledger.advance_clock(5_000)
+        assert g.lookup("http") == [] and g.host(ha) is None
+        stale = encode_announcement(alice, ha, [(80, "http")], [], now + 1, 4_000)
+        assert g.receive(stale) is None and g.expired == 1
+        with pytest.raises(E.ExpiredAnnouncement):
+            decode_announcement(stale, ledger.clock_ms())
+        with pytest.raises(E.DiscoveryError):
+            encode_announcement(alice, ha, [], [], now, 0)
+    finally:
+        g.close()
+
+
+class _Node:
+    """A pub/sub node stand-in for tests that feed announcements by hand."""
+
+    def subscribe(self, topic: str) -> _Sub:
+        return _Sub()
+
+    def publish(self, topic: str, data: bytes) -> bytes:
+        return b""
+
+
+class _Sub:
+    def get(self, timeout: float | None = None) -> object:
+        time.sleep(timeout or 0)
+        raise queue.Empty
+
+    def close(self) -> None:
+        pass
