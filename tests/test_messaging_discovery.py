@@ -68,6 +68,7 @@ def test_gossip_across_three_peers(ledger: LocalLedger, mesh3: Mesh) -> None:
     ha = ledger.create_host(alice, alice.noise_public)
     gossips = [DiscoveryGossip(node, ledger=ledger) for node in mesh3.nodes]
     try:
+        mesh3.settle("dtp/discovery")
         ann = gossips[0].announce(alice, ha, [(80, "http"), (81, "jsonrpc")], [b"ep"])
         for g in gossips[1:]:
             got = g.wait_for(ha, 10)

@@ -43,6 +43,12 @@ class Mesh:
         self.nodes[b].attach(server_side, f"{b}<-{a}")
         return client, server_side
 
+    def settle(self, topic: str) -> None:
+        """Wait until every link of every node has declared interest in ``topic`` (once
+        every node subscribes to it, subscriptions have spread)."""
+        for node in self.nodes:
+            assert node.wait_for_interest(topic, len(node.links), timeout=10)
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()
@@ -74,6 +80,7 @@ def drain(sub: object, count: int, timeout: float = 10.0) -> list[bytes]:
 def test_five_peer_mesh_converges_without_duplicates(mesh: Mesh) -> None:
     subs = [node.subscribe("news") for node in mesh.nodes]
     other = mesh.nodes[3].subscribe("other")
+    mesh.settle("news")
     sent = []
     for i in range(40):
         publisher = mesh.nodes[i % 5]
@@ -89,6 +96,7 @@ def test_five_peer_mesh_converges_without_duplicates(mesh: Mesh) -> None:
     assert other.qsize() == 0
     # messages from one publisher arrive in order at every subscriber
     one = [node.subscribe("ordered") for node in mesh.nodes]
+    mesh.settle("ordered")
     for i in range(30):
         mesh.nodes[2].publish("ordered", bytes([i]))
     for sub in one:
@@ -99,6 +107,7 @@ def test_hop_limit(mesh: Mesh) -> None:
     line = Mesh(4, [(0, 1), (1, 2), (2, 3)])
     try:
         subs = [node.subscribe("t") for node in line.nodes]
+        line.settle("t")
         line.nodes[0].publish("t", b"short", hops=2)
         assert drain(subs[2], 1) == [b"short"]
         time.sleep(0.3)
@@ -111,6 +120,7 @@ def test_hop_limit(mesh: Mesh) -> None:
 def test_slow_subscriber_drops_are_counted_and_reported(mesh: Mesh) -> None:
     slow = mesh.nodes[1].subscribe("load", maxsize=5)
     fast = mesh.nodes[1].subscribe("load", maxsize=1000)
+    assert mesh.nodes[0].wait_for_interest("load", timeout=10)
     for i in range(100):
         mesh.nodes[0].publish("load", bytes([i]))
     assert len(drain(fast, 100)) == 100
@@ -134,6 +144,7 @@ def test_peer_that_stops_reading_never_stalls_the_others() -> None:
         client.settimeout(None)
         link = mesh.nodes[0].attach(client, "0->stuck")
         sub = mesh.nodes[1].subscribe("flood")
+        assert mesh.nodes[0].wait_for_interest("flood", timeout=10)
         payload = b"z" * 60_000
         start = time.monotonic()
         for i in range(100):  # paced by the healthy peer: each arrives while one is stuck
@@ -158,14 +169,18 @@ def test_peer_that_stops_reading_never_stalls_the_others() -> None:
 
 def test_malformed_frames_are_skipped(mesh: Mesh) -> None:
     sub = mesh.nodes[1].subscribe("x")
+    assert mesh.nodes[0].wait_for_interest("x", timeout=10)
     raw = mesh.socks[0]  # node 0's side of the 0-1 link
     raw.sendall(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
     raw.sendall(encode_frame([10, b"short-id", "x", 3, b"d", None]))
     raw.sendall(encode_frame([99]))
+    raw.sendall(encode_frame([12, [["", 1]]]))  # SUBSCRIBE to an empty topic
+    raw.sendall(encode_frame([12, [["ok", 256]]]))  # distance out of range
+    raw.sendall(encode_frame([13, [5]]))  # UNSUBSCRIBE from a non-topic
     mesh.nodes[0].publish("x", b"fine")
     assert drain(sub, 1) == [b"fine"]
     link = next(lk for lk in mesh.nodes[1].links if lk.name == "1<-0")
-    assert link.violations == 3
+    assert link.violations == 6
     with pytest.raises(E.PubSubError):
         mesh.nodes[0].publish("", b"x")
     with pytest.raises(E.PubSubError):
@@ -179,3 +194,87 @@ def test_close_is_clean(mesh: Mesh) -> None:
     mesh.nodes[0].publish("solo", b"local only")
     assert sub.get(timeout=1).data == b"local only"
     threading.Event().wait(0.05)
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_messages_go_only_toward_subscribers() -> None:
+    # a star: 1 in the middle, leaves 0, 2 and 3
+    star = Mesh(4, [(0, 1), (1, 2), (1, 3)])
+    try:
+        # every peer has sent its first SUBSCRIBE (until then a link gets everything)
+        assert wait_until(lambda: all(lk.remote is not None for n in star.nodes for lk in n.links))
+        sub = star.nodes[2].subscribe("a")
+        assert star.nodes[0].wait_for_interest("a", timeout=10)
+        assert star.nodes[0].interested_links("a") == ["0->1"]
+        for i in range(20):
+            star.nodes[0].publish("a", bytes([i]))
+        assert drain(sub, 20) == [bytes([i]) for i in range(20)]
+        star.nodes[0].publish("nobody", b"x")  # no interest anywhere: never leaves node 0
+        time.sleep(0.2)
+        assert sum(lk.received for lk in star.nodes[3].links) == 0
+        assert sum(lk.received for lk in star.nodes[1].links) == 20
+        # the leaf unsubscribes: interest is withdrawn along the path
+        sub.close()
+        assert wait_until(lambda: star.nodes[0].interested_links("a") == [])
+        star.nodes[0].publish("a", b"unheard")
+        time.sleep(0.2)
+        assert sum(lk.received for lk in star.nodes[1].links) == 20
+        # a new subscriber at another leaf
+        sub3 = star.nodes[3].subscribe("a")
+        assert star.nodes[0].wait_for_interest("a", timeout=10)
+        star.nodes[0].publish("a", b"again")
+        assert drain(sub3, 1) == [b"again"]
+        assert sum(lk.received for lk in star.nodes[2].links) == 20
+    finally:
+        star.close()
+
+
+def test_stale_interest_in_loops_dies_out(mesh: Mesh) -> None:
+    sub = mesh.nodes[3].subscribe("loop")
+    for node in mesh.nodes:
+        if node is not mesh.nodes[3]:
+            assert node.wait_for_interest("loop", timeout=10)
+    mesh.nodes[0].publish("loop", b"one")
+    assert drain(sub, 1) == [b"one"]
+    sub.close()
+
+    def clear() -> bool:
+        return all(node.interested_links("loop") == [] for node in mesh.nodes)
+
+    assert wait_until(clear)
+
+
+def test_interest_stops_at_the_horizon() -> None:
+    line = Mesh(4, [(0, 1), (1, 2), (2, 3)], max_hops=2)
+    try:
+        sub = line.nodes[3].subscribe("far")
+        assert line.nodes[1].wait_for_interest("far", timeout=10)  # distance 1 via 2
+        # distance 2 is beyond the horizon: node 0 never hears of it
+        assert wait_until(lambda: line.nodes[0].links[0].remote is not None)
+        time.sleep(0.2)
+        assert line.nodes[0].interested_links("far") == []
+        line.nodes[1].publish("far", b"near enough")
+        assert drain(sub, 1) == [b"near enough"]
+    finally:
+        line.close()
+
+
+def test_closed_link_withdraws_its_interest() -> None:
+    line = Mesh(3, [(0, 1), (1, 2)])
+    try:
+        line.nodes[2].subscribe("t")
+        assert line.nodes[0].wait_for_interest("t", timeout=10)
+        for lk in line.nodes[1].links:
+            if lk.name == "1->2":
+                lk.close()
+        assert wait_until(lambda: line.nodes[0].interested_links("t") == [])
+    finally:
+        line.close()

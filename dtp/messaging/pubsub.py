@@ -3,9 +3,18 @@
 A :class:`PubSubNode` holds links to peers (any open bidirectional stream: attach a
 :class:`dtp.socket.DTPSocket` with :meth:`PubSubNode.attach`). A published message gets a
 random 16-byte id and a hop limit; every node delivers it to its local subscribers once
-(ids are remembered in a bounded cache) and forwards it to every other link while hops
-remain. So messages reach every node of a connected mesh, whatever its shape, and loops
-and duplicate paths cost bandwidth but never duplicate deliveries.
+(ids are remembered in a bounded cache) and forwards it, while hops remain, to the other
+links whose peer is *interested* in its topic. So messages reach every subscriber of a
+connected mesh within the hop limit, whatever its shape, and loops and duplicate paths
+cost bandwidth but never duplicate deliveries.
+
+Interest is a distance vector per topic: a node tells each peer (SUBSCRIBE / UNSUBSCRIBE
+frames) the topics for which it has local subscribers (distance 0) or a peer other than
+that one that is interested (its distance + 1), as long as the distance stays below the
+node's horizon (``max_hops``). Interest therefore only ever points along paths to real
+subscribers; after an unsubscription, stale interest circulating in a loop grows by one
+per round and vanishes at the horizon, so the routing state converges. Until a peer has
+sent its first SUBSCRIBE frame it gets every message (a peer that does not route).
 
 Nothing waits on a slow party: each link has its own writer thread and a bounded queue,
 each subscription a bounded queue; when one is full the message is dropped *for that
@@ -42,9 +51,15 @@ logger = logging.getLogger(__name__)
 
 PUBLISH: Final = 10  # [10, id, topic, hops_left, data, origin]
 DROPPED: Final = 11  # [11, count]
+SUBSCRIBE: Final = 12  # [12, [[topic, distance], ...]]
+UNSUBSCRIBE: Final = 13  # [13, [topic, ...]]
+#: Most topics one peer may declare interest in (more are refused and counted).
+MAX_PEER_TOPICS: Final = 4096
+_CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
 MAX_TOPIC_LENGTH: Final = 256
 DEFAULT_HOPS: Final = 8
 _STOP: Final = b""
+_WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,16 @@ class Link:
         self.received = 0
         self.sent = 0
         self.violations = 0
+        #: Topics the peer declared interest in, with its distance to a subscriber; None
+        #: until its first SUBSCRIBE frame (until then it gets every message).
+        self.remote: dict[str, int] | None = None
+        #: What this node wants the peer to know (written under the node's lock).
+        self._desired: dict[str, int] = {}
+        #: What the peer has been told (writer thread only; None: nothing yet).
+        self._advertised: dict[str, int] | None = None
+        self._dirty = threading.Event()
+        self._dirty.set()
+        self._wake_pending = False
         self.closed = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"pubsub-r-{name}")
         self._writer = threading.Thread(target=self._write_loop, name=f"pubsub-w-{name}")
@@ -125,6 +150,46 @@ class Link:
     def start(self) -> None:
         self._reader.start()
         self._writer.start()
+        self.mark_dirty()
+
+    def wants(self, topic: str) -> bool:
+        """(node lock held) Whether to forward a message of ``topic`` to this peer."""
+        return self.remote is None or topic in self.remote
+
+    def mark_dirty(self) -> None:
+        """Ask the writer to send the peer what changed in this node's interest. The
+        state, not a queue of changes, is sent, so nothing is lost when the queue is full
+        (the writer is then busy and flushes before its next frame)."""
+        self._dirty.set()
+        with self._drop_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._out.put_nowait(_WAKE)
+        except queue.Full:
+            with self._drop_lock:
+                self._wake_pending = False
+
+    def _flush_control(self) -> None:
+        self._dirty.clear()
+        with self.node._lock:
+            desired = dict(self._desired)
+        told = self._advertised
+        if told is None:
+            sets = desired
+            unsets: list[str] = []
+        else:
+            sets = {t: d for t, d in desired.items() if told.get(t) != d}
+            unsets = [t for t in told if t not in desired]
+        items = sorted(sets.items())
+        if told is None or items:
+            for i in range(0, max(len(items), 1), _CHUNK):
+                chunk = [[t, d] for t, d in items[i : i + _CHUNK]]
+                self.stream.sendall(encode_frame([SUBSCRIBE, chunk], 1 << 24))
+        for i in range(0, len(unsets), _CHUNK):
+            self.stream.sendall(encode_frame([UNSUBSCRIBE, unsets[i : i + _CHUNK]], 1 << 24))
+        self._advertised = desired
 
     def offer(self, frame: bytes) -> bool:
         """Queue a frame for the peer; False (and counted) when the queue is full."""
@@ -147,8 +212,14 @@ class Link:
                     return
                 with self._drop_lock:
                     unreported, self._unreported = self._unreported, 0
+                    if frame is _WAKE:
+                        self._wake_pending = False
+                if self._dirty.is_set():
+                    self._flush_control()
                 if unreported:
                     self.stream.sendall(encode_frame([DROPPED, unreported]))
+                if frame is _WAKE:
+                    continue
                 self.stream.sendall(frame)
                 self.sent += 1
         except (DTPError, OSError) as exc:
@@ -185,8 +256,7 @@ class Link:
             if (
                 isinstance(message_id, bytes)
                 and len(message_id) == 16
-                and isinstance(topic, str)
-                and 0 < len(topic.encode()) <= MAX_TOPIC_LENGTH
+                and _valid_topic(topic)
                 and type(hops) is int
                 and 0 <= hops <= 255
                 and isinstance(data, bytes)
@@ -197,6 +267,26 @@ class Link:
                 return
         elif kind == DROPPED and len(message) == 2 and type(message[1]) is int:
             self.dropped_upstream += max(0, message[1])
+            return
+        elif kind == SUBSCRIBE and len(message) == 2 and isinstance(message[1], list):
+            entries = message[1]
+            if all(
+                isinstance(e, list)
+                and len(e) == 2
+                and _valid_topic(e[0])
+                and type(e[1]) is int
+                and 0 <= e[1] <= 255
+                for e in entries
+            ):
+                self.node._interest(self, {t: d for t, d in entries}, [])
+                return
+        elif (
+            kind == UNSUBSCRIBE
+            and len(message) == 2
+            and isinstance(message[1], list)
+            and all(_valid_topic(t) for t in message[1])
+        ):
+            self.node._interest(self, {}, message[1])
             return
         raise E.MalformedMessage("not a pub/sub frame")
 
@@ -228,6 +318,7 @@ class PubSubNode:
         self.seen_cache = seen_cache
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
@@ -245,6 +336,10 @@ class PubSubNode:
         link = Link(self, stream, name or f"{self.node_id}-{len(self._links)}", self.link_queue)
         with self._lock:
             self._links.append(link)
+            topics = set(self._subs)
+            for other in self._links:
+                topics.update(other.remote or ())
+            self._recompute(topics)
         link.start()
         return link
 
@@ -252,13 +347,81 @@ class PubSubNode:
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
+                self._recompute(set(link.remote or ()))
+                self._changed.notify_all()
+
+    # -- interest routing ----------------------------------------------------------------------
+
+    def _recompute(self, topics: set[str]) -> None:
+        """(lock held) Update what each link should be told about ``topics``: distance 0
+        with local subscribers, else 1 + the nearest other peer's distance, dropped at the
+        horizon (docs/messaging.md §4)."""
+        dirty = set()
+        for topic in topics:
+            local = bool(self._subs.get(topic))
+            dists = [
+                (link, link.remote[topic])
+                for link in self._links
+                if link.remote is not None and topic in link.remote
+            ]
+            for link in self._links:
+                dist: int | None = 0 if local else None
+                if not local:
+                    others = [d for lk, d in dists if lk is not link]
+                    if others:
+                        dist = min(others) + 1
+                if dist is not None and dist >= self.max_hops:
+                    dist = None
+                if link._desired.get(topic) != dist:
+                    if dist is None:
+                        del link._desired[topic]
+                    else:
+                        link._desired[topic] = dist
+                    dirty.add(link)
+        for link in dirty:
+            link.mark_dirty()
+
+    def _interest(self, link: Link, sets: dict[str, int], unsets: list[str]) -> None:
+        """A peer declared (``sets``) or withdrew (``unsets``) interest."""
+        with self._lock:
+            if link.remote is None:
+                link.remote = {}
+            remote = link.remote
+            for topic, dist in sets.items():
+                if topic not in remote and len(remote) >= MAX_PEER_TOPICS:
+                    link.violations += 1
+                    continue
+                remote[topic] = dist
+            for topic in unsets:
+                remote.pop(topic, None)
+            self._recompute(set(sets) | set(unsets))
+            self._changed.notify_all()
+
+    def interested_links(self, topic: str) -> list[str]:
+        """Names of the links a message of ``topic`` would be forwarded to."""
+        with self._lock:
+            return [link.name for link in self._links if link.wants(topic)]
+
+    def wait_for_interest(self, topic: str, count: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` links have *declared* interest in ``topic``
+        (peers that have not sent SUBSCRIBE yet do not count)."""
+
+        def ready() -> bool:
+            n = sum(1 for lk in self._links if lk.remote is not None and topic in lk.remote)
+            return n >= count
+
+        with self._changed:
+            return self._changed.wait_for(ready, timeout)
 
     def subscribe(self, topic: str, maxsize: int = 1024) -> Subscription:
         """A new subscription to ``topic`` (exact match)."""
         _check_topic(topic)
         sub = Subscription(self, topic, maxsize)
         with self._lock:
-            self._subs.setdefault(topic, []).append(sub)
+            subs = self._subs.setdefault(topic, [])
+            subs.append(sub)
+            if len(subs) == 1:
+                self._recompute({topic})
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -266,6 +429,9 @@ class PubSubNode:
             subs = self._subs.get(sub.topic, [])
             if sub in subs:
                 subs.remove(sub)
+                if not subs:
+                    del self._subs[sub.topic]
+                    self._recompute({sub.topic})
 
     def publish(self, topic: str, data: bytes, *, hops: int | None = None) -> bytes:
         """Publish ``data`` on ``topic``; returns the message id."""
@@ -279,7 +445,7 @@ class PubSubNode:
         )
         with self._lock:
             self._remember(message_id)
-            links = list(self._links)
+            links = [link for link in self._links if link.wants(topic)]
         self._deliver(topic, bytes(data), message_id, self.node_id)
         if hops > 0:
             for link in links:
@@ -302,7 +468,7 @@ class PubSubNode:
             if not self._remember(message_id):
                 self.duplicates += 1
                 return
-            links = [link for link in self._links if link is not src]
+            links = [link for link in self._links if link is not src and link.wants(topic)]
         self._deliver(topic, data, message_id, origin)
         if hops <= 1:
             self.hop_limited += 1
@@ -323,6 +489,10 @@ class PubSubNode:
             link.close()
 
 
+def _valid_topic(topic: object) -> bool:
+    return isinstance(topic, str) and 0 < len(topic.encode()) <= MAX_TOPIC_LENGTH
+
+
 def _check_topic(topic: str) -> None:
-    if not isinstance(topic, str) or not 0 < len(topic.encode()) <= MAX_TOPIC_LENGTH:
+    if not _valid_topic(topic):
         raise E.PubSubError(f"a topic is 1..{MAX_TOPIC_LENGTH} bytes of text")
