@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from dtp._uleb128 import uleb128
 from dtp.errors import DTPError, KeyFileError
 
 __all__ = [
@@ -119,18 +120,6 @@ def _blake2b256(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
-def _uleb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def sui_address_from_public_key(ed25519_public: bytes) -> str:
     """The Sui address of an Ed25519 public key: ``0x`` + blake2b-256(0x00 || key), hex."""
     if len(ed25519_public) != 32:
@@ -145,7 +134,7 @@ def personal_message_digest(message: bytes) -> bytes:
     message BCS-encoded as ``vector<u8>``.
     """
     data = bytes(message)
-    return _blake2b256(_INTENT_PERSONAL_MESSAGE + _uleb128(len(data)) + data)
+    return _blake2b256(_INTENT_PERSONAL_MESSAGE + uleb128(len(data)) + data)
 
 
 def transaction_digest(tx_bytes: bytes) -> bytes:

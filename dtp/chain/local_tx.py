@@ -25,6 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
+from dtp._uleb128 import uleb128
 from dtp.errors import InvalidTransaction
 
 __all__ = [
@@ -69,18 +70,6 @@ class Tx:
     args: tuple[TxValue, ...]
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _encode_value(value: TxValue, out: bytearray) -> None:
     if isinstance(value, Address):
         out.append(_T_ADDRESS)
@@ -92,10 +81,10 @@ def _encode_value(value: TxValue, out: bytearray) -> None:
         out += value.to_bytes(8, "little")
     elif isinstance(value, bytes):
         out.append(_T_BYTES)
-        out += _uleb(len(value)) + value
+        out += uleb128(len(value)) + value
     elif isinstance(value, list):
         out.append(_T_VECTOR)
-        out += _uleb(len(value))
+        out += uleb128(len(value))
         for item in value:
             _encode_value(item, out)
     else:
@@ -104,13 +93,13 @@ def _encode_value(value: TxValue, out: bytearray) -> None:
 
 def encode_tx(tx: Tx) -> bytes:
     """The canonical bytes of ``tx`` (see the module docs)."""
-    out = bytearray(_uleb(len(TX_TAG)) + TX_TAG)
+    out = bytearray(uleb128(len(TX_TAG)) + TX_TAG)
     out += bytes.fromhex(tx.sender[2:])
     out += tx.nonce.to_bytes(8, "little")
     for name in (tx.module, tx.function):
         raw = name.encode()
-        out += _uleb(len(raw)) + raw
-    out += _uleb(len(tx.args))
+        out += uleb128(len(raw)) + raw
+    out += uleb128(len(tx.args))
     for arg in tx.args:
         _encode_value(arg, out)
     return bytes(out)
@@ -139,7 +128,7 @@ class _Reader:
                 break
             if shift > 28:
                 raise InvalidTransaction("Transaction length field is too long.")
-        if self.pos - start != len(_uleb(value)):
+        if self.pos - start != len(uleb128(value)):
             raise InvalidTransaction("Transaction length field is not in its shortest form.")
         if value > _MAX_LEN:
             raise InvalidTransaction("Transaction field is too large.")
@@ -167,7 +156,7 @@ class _Reader:
 def decode_tx(tx_bytes: bytes) -> Tx:
     """Parse transaction bytes; raises :class:`dtp.errors.InvalidTransaction`."""
     reader = _Reader(bytes(tx_bytes))
-    if reader.take(1 + len(TX_TAG)) != _uleb(len(TX_TAG)) + TX_TAG:
+    if reader.take(1 + len(TX_TAG)) != uleb128(len(TX_TAG)) + TX_TAG:
         raise InvalidTransaction("Not a LocalLedger transaction (wrong tag).")
     sender = "0x" + reader.take(32).hex()
     nonce = int.from_bytes(reader.take(8), "little")

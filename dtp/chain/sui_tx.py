@@ -26,6 +26,7 @@ from typing import Any, Final
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
+from dtp._uleb128 import uleb128
 from dtp.chain.ledger import Endpoint
 from dtp.chain.local import normalize_id
 from dtp.chain.objects import Sla
@@ -92,15 +93,7 @@ def encode_uleb128(n: int) -> bytes:
     """ULEB128, as BCS writes lengths."""
     if n < 0:
         raise InvalidArgument(f"A length cannot be negative, got {n}.")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    return uleb128(n)
 
 
 def _uint(value: int, bits: int, what: str) -> bytes:
