@@ -57,11 +57,11 @@ from dtp.chain.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    normalize_id,
     object_from_fields,
 )
 from dtp.errors import (
     InvalidArgument,
-    InvalidObjectId,
     InvalidTransaction,
     ObjectNotFound,
     WrongSigner,
@@ -113,26 +113,6 @@ def default_ledger_path() -> Path:
     base = os.environ.get("XDG_DATA_HOME", "")
     data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
     return data_home / "dtp" / "localnet.sqlite"
-
-
-def normalize_id(value: str, what: str = "object ID") -> str:
-    """``0x`` + 64 lowercase hex for an ID or address (short forms are zero-padded, as
-    Sui does); raises :class:`~dtp.errors.InvalidObjectId`."""
-    if not isinstance(value, str):
-        raise InvalidObjectId(
-            f"An {what} must be a string like 0x1234…, got {type(value).__name__}."
-        )
-    text = value.strip()
-    digits = text[2:] if text[:2].lower() == "0x" else None
-    if not digits or len(digits) > 64:
-        raise InvalidObjectId(
-            f"{value!r} is not a valid {what} (0x followed by 1 to 64 hex digits)."
-        )
-    try:
-        int(digits, 16)
-    except ValueError:
-        raise InvalidObjectId(f"{value!r} is not a valid {what} (not hexadecimal).") from None
-    return "0x" + digits.lower().rjust(64, "0")
 
 
 def _u64(value: int, what: str) -> int:

@@ -8,6 +8,7 @@ are MIST; times are Sui clock milliseconds.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -499,3 +500,24 @@ def object_from_fields(
             d["outstanding"],
         )
     raise ValueError(f"{name} is not a dtp object type")
+
+
+_HEX_ID = re.compile(r"0[xX]([0-9a-fA-F]{1,64})")
+
+
+def normalize_id(value: str, what: str = "object ID") -> str:
+    """``0x`` + 64 lowercase hex for an ID or address (short forms are zero-padded, as
+    Sui does); raises :class:`~dtp.errors.InvalidObjectId`."""
+    from dtp.errors import InvalidObjectId
+
+    if not isinstance(value, str):
+        raise InvalidObjectId(
+            f"An {what} must be a string like 0x1234…, got {type(value).__name__}."
+        )
+    # a strict pattern, not int(x, 16): that also takes "_" separators and signs
+    match = _HEX_ID.fullmatch(value.strip())
+    if match is None:
+        raise InvalidObjectId(
+            f"{value!r} is not a valid {what} (0x followed by 1 to 64 hex digits)."
+        )
+    return "0x" + match.group(1).lower().rjust(64, "0")

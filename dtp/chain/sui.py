@@ -33,7 +33,6 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.chain import sui_tx
 from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
-from dtp.chain.local import normalize_id
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
@@ -47,6 +46,7 @@ from dtp.chain.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    normalize_id,
 )
 from dtp.chain.sui_client import (
     LedgerUnavailable,

@@ -32,7 +32,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
-from dtp.chain.local import normalize_id
+from dtp.chain.objects import normalize_id
 from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
     ChainError,

@@ -28,8 +28,7 @@ from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransaction
 
 from dtp._uleb128 import uleb128
 from dtp.chain.ledger import Endpoint
-from dtp.chain.local import normalize_id
-from dtp.chain.objects import Sla
+from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import InvalidArgument
 
 __all__ = [

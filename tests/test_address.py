@@ -1,0 +1,61 @@
+"""DTP addresses and object IDs: parsing, normalisation, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtp.address import HostAddress, InvalidAddress, is_dtp_address
+from dtp.chain.objects import normalize_id
+from dtp.errors import InvalidObjectId
+
+FULL = "0x" + "ab" * 32
+
+
+def test_parse_forms_and_round_trip() -> None:
+    a = HostAddress.parse(f"dtp://{FULL}:443")
+    assert (a.host_id, a.port) == (FULL, 443)
+    assert str(a) == f"dtp://{FULL}:443"
+    assert HostAddress.parse(str(a)) == a
+    assert HostAddress.parse(f"{FULL.upper().replace('0X', '0x')}:443") == a
+    short = HostAddress.parse("DTP://0xC0FFEE:0")
+    assert short.host_id == "0x" + "0" * 58 + "c0ffee" and short.port == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "dtp://",
+        f"dtp://{FULL}",
+        f"dtp://{FULL}:",
+        f"dtp://{FULL}:65536",
+        f"dtp://{FULL}:-1",
+        f"dtp://{FULL}:4 43",
+        f"dtp://{FULL}:٤٤٣",  # non-ASCII digits
+        "dtp://0x:443",
+        "dtp://0x1_0:443",  # int() would accept the underscore
+        "dtp://0x+1:443",  # ...and a sign
+        "dtp://example.com:443",
+        f"dtp://0x{'1' * 65}:443",
+    ],
+)
+def test_bad_addresses_are_typed_errors(text: str) -> None:
+    with pytest.raises(InvalidAddress):
+        HostAddress.parse(text)
+    assert not is_dtp_address(text)
+
+
+@pytest.mark.parametrize("bad", ["0x1_0", "0x+1", "0x-1", "0x", "1234", "0x12 34", "0x" + "f" * 65])
+def test_normalize_id_is_strict(bad: str) -> None:
+    with pytest.raises(InvalidObjectId):
+        normalize_id(bad)
+
+
+@given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(0, 65535))
+def test_any_id_and_port_round_trip(value: int, port: int) -> None:
+    address = HostAddress(hex(value), port)
+    assert len(address.host_id) == 66
+    assert HostAddress.parse(str(address)) == address
+    assert is_dtp_address(str(address))
