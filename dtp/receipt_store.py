@@ -1,0 +1,125 @@
+"""The server's durable record of what it has earned: the latest valid receipt of
+every connection, in SQLite.
+
+A receipt is kept only after :func:`dtp.escrow.check_receipt` accepted it, and only
+if its nonce is higher than the one stored (one atomic statement, so concurrent
+writers cannot go backwards). Every write is committed before :meth:`ReceiptStore.keep`
+returns: a crash right after it loses no earned fee. After a restart,
+:meth:`ReceiptStore.unclaimed` lists what is still to be claimed on the ledger.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtp.chain.objects import normalize_id
+from dtp.escrow import Receipt
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    connection_id TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    total_amount TEXT NOT NULL,
+    encoded BLOB NOT NULL,
+    claimed_amount TEXT NOT NULL DEFAULT '00000000000000000000',
+    updated_ms INTEGER NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    """The latest receipt of a connection and how much of it was already claimed."""
+
+    receipt: Receipt
+    claimed_amount: int
+
+    @property
+    def unclaimed(self) -> int:
+        return self.receipt.total_amount - self.claimed_amount
+
+
+class ReceiptStore:
+    """Latest receipts per connection, persisted in a SQLite file (WAL mode)."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
+        self._db.execute(_SCHEMA)
+
+    def keep(self, receipt: Receipt) -> bool:
+        """Store ``receipt`` if it is newer (higher nonce) than the stored one; True
+        when it was stored. The caller has already checked it."""
+        connection_id = normalize_id(receipt.connection_id, "connection ID")
+        # One statement: the comparison and the write cannot interleave with another
+        # writer's. Nonces are u64, beyond SQLite's signed integers, so they are stored
+        # as 20-digit zero-padded text, which orders exactly like the numbers.
+        cursor = self._db.execute(
+            "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
+            "total_amount = excluded.total_amount, encoded = excluded.encoded, "
+            "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce",
+            (
+                connection_id,
+                _u64_text(receipt.nonce),
+                _u64_text(receipt.total_amount),
+                receipt.encode(),
+                _now_ms(),
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def latest(self, connection_id: str) -> StoredReceipt | None:
+        """The stored receipt of a connection, or None."""
+        row = self._db.execute(
+            "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?",
+            (normalize_id(connection_id, "connection ID"),),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredReceipt(Receipt.decode(row[0]), int(row[1]))
+
+    def mark_claimed(self, connection_id: str, amount: int) -> None:
+        """Record that the ledger paid out up to ``amount`` (cumulative) for it."""
+        self._db.execute(
+            "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?",
+            (_u64_text(amount), normalize_id(connection_id, "connection ID")),
+        )
+
+    def unclaimed(self) -> Iterator[StoredReceipt]:
+        """Receipts with MIST still to claim (e.g. after a crash), oldest first."""
+        rows = self._db.execute(
+            "SELECT encoded, claimed_amount FROM receipts ORDER BY updated_ms"
+        ).fetchall()
+        for encoded, claimed in rows:
+            stored = StoredReceipt(Receipt.decode(encoded), int(claimed))
+            if stored.unclaimed > 0:
+                yield stored
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ReceiptStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _u64_text(value: int) -> str:
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{value} is not a u64")
+    return f"{value:020d}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+__all__ = ["ReceiptStore", "StoredReceipt"]
