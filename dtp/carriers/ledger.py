@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Event, EventFilter
 from dtp.connection import Connection
+from dtp.errors import PipeError
 from dtp.escrow import object_id_bytes
 from dtp.keys import HostIdentity
 
@@ -71,6 +72,8 @@ _FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
 _MAX_FRAGMENTS = 255
 #: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
 MAX_PARTIAL_RECORDS = 64
+#: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later.
+MAX_ORPHAN_EVENTS = 1024
 
 
 def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
@@ -194,6 +197,7 @@ class LedgerCarrier:
         self._sent = [inner.next_seq for inner in pipe.inners]
         self._acked = [inner.acked for inner in pipe.inners]
         self._rr = 0
+        self._orphans: list[Event] = []
         self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
         self._unreported = 0
         self._first_unreported_at: float | None = None
@@ -208,6 +212,7 @@ class LedgerCarrier:
         self.syncs_sent = 0
         self.pipe_syncs = 0
         self.fragments_dropped = 0
+        self.malformed = 0
 
     # -- state ------------------------------------------------------------------------
 
@@ -286,7 +291,8 @@ class LedgerCarrier:
                 events, cursor = self.ledger.events(self.cursor, self._filter, self.page_size)
             first = False
             self.cursor = cursor
-            for event in events:
+            # pipes first: a batch may come reordered, data before its PipeCreated
+            for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
                 self._on_event(event, now, out)
             if len(events) < self.page_size:
                 break
@@ -304,13 +310,22 @@ class LedgerCarrier:
             ):
                 self._peer_pipes.append(fields["pipe"])
                 self._lanes[fields["pipe"]] = [_Lane() for _ in range(int(fields["inners"]))]
+                orphans = [e for e in self._orphans if e.fields.get("pipe") == fields["pipe"]]
+                self._orphans = [e for e in self._orphans if e not in orphans]
+                for orphan in orphans:
+                    self._on_event(orphan, now, out)
         elif name == "PipeDestroyed":
             if fields.get("pipe") in self._peer_pipes:
                 self.peer_closed = True
         elif name == "PipeDataSent":
             lanes = self._lanes.get(fields.get("pipe", ""))
             inner = int(fields.get("inner", -1))
-            if lanes is None or not 0 <= inner < len(lanes):
+            if lanes is None:
+                # maybe a pipe of the peer's whose PipeCreated we have not seen yet
+                self._orphans.append(event)
+                del self._orphans[:-MAX_ORPHAN_EVENTS]
+                return
+            if not 0 <= inner < len(lanes):
                 return
             lane = lanes[inner]
             if not lane.see(int(fields["seq"])):
@@ -330,6 +345,7 @@ class LedgerCarrier:
 
     def _on_payload(self, pipe: str, payload: bytes, now: float, out: list[bytes]) -> None:
         if not payload:
+            self.malformed += 1
             return
         kind = payload[0]
         if kind == KIND_RECORD:
@@ -339,6 +355,7 @@ class LedgerCarrier:
             self._note_data(now)
             _, fid, index, count = _FRAG_HEADER.unpack_from(payload)
             if not index < count:
+                self.malformed += 1
                 return
             key = (pipe, fid)
             parts = self._partial.setdefault(key, {})
@@ -351,6 +368,8 @@ class LedgerCarrier:
                 self.fragments_dropped += 1
         elif kind == KIND_SYNC and len(payload) >= 34:
             self._on_sync(payload)
+        else:
+            self.malformed += 1
 
     def _on_sync(self, payload: bytes) -> None:
         if payload[1:33] != object_id_bytes(self.pipe_id):
@@ -361,10 +380,18 @@ class LedgerCarrier:
         prefixes = struct.unpack_from(f"<{n}Q", payload, 34)
         for inner, seen in enumerate(prefixes[: self.inner_count]):
             acked = min(seen, self._sent[inner])
-            if acked > self._acked[inner]:
+            if acked <= self._acked[inner]:
+                continue
+            try:
                 self.ledger.pipe_sync(self.identity, self.pipe_id, inner, acked)
-                self._acked[inner] = acked
-                self.pipe_syncs += 1
+            except PipeError:
+                # another carrier on this pipe (an adopted pipe) moved it: re-read it
+                lane = self.ledger.get_pipe(self.pipe_id).inners[inner]
+                self._sent[inner] = max(self._sent[inner], lane.next_seq)
+                self._acked[inner] = max(self._acked[inner], lane.acked)
+                continue
+            self._acked[inner] = acked
+            self.pipe_syncs += 1
 
     # -- timers -----------------------------------------------------------------------
 
