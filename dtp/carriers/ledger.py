@@ -1,0 +1,540 @@
+"""The ledger carrier: DTP records through ``pipe::send`` instead of TCP (IP-hiding mode).
+
+Each side owns one Pipe for the connection (``pipe::create``; owned objects, so only the
+owner can send on it) and posts its outgoing DTP records as the ``data`` of
+``pipe::send`` calls, spread over the Pipe's InnerPipes (least loaded first: fewest
+records sent and not yet acknowledged). The other side reads the sender's
+``PipeDataSent`` events from a cursor and feeds the payloads to its connection.
+
+The ledger is a lossless, ordered log, but nothing here relies on that: the connection
+runs with ``ConnectionConfig(reliable_carrier=False)`` (ACKs, retransmission and
+reassembly), and the carrier accepts events in any order, with duplicates and gaps.
+
+Payload framing (docs/protocol.md §7). A DATA record is up to 12 + 16400 bytes while
+``pipe::send`` takes at most 16384 (``inner_pipe::EDataTooLarge``), so every payload
+starts with a one-byte kind:
+
+- ``0x00`` RECORD: the rest is one whole DTP record (at most 16383 bytes).
+- ``0x01`` FRAGMENT: ``u32le id || u8 index || u8 count || bytes``; a record too large
+  for one payload is cut into ``count`` (2..255) fragments sharing ``id``.
+- ``0x02`` SYNC: ``pipe id (32) || u8 n || n × u64le prefix``: the receiver's report that
+  it has seen every seq below ``prefix[i]`` of inner ``i`` of that pipe. Only the owner
+  may call ``pipe::sync``, so the receiver posts this on *its own* pipe and the owner,
+  reading it, calls ``pipe::sync`` on its pipe.
+
+Acknowledgement cadence: a SYNC is posted after ``sync_every`` new data payloads, or
+``sync_interval`` seconds after the first unreported one. SYNCs themselves do not count
+as data, so two carriers never echo SYNCs back and forth. A gap in an inner's seqs (an
+event that never arrives) is given up after ``gap_timeout`` seconds so the prefix can
+advance; the connection retransmits whatever the lost payload carried.
+
+Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes and the
+per-inner seen sets; a new carrier built with ``state=`` continues from there, so it does
+not hand back a payload the old one already returned after that snapshot. (An older
+snapshot re-delivers what came later; the connection's replay window drops those.)
+
+:class:`LedgerLink` drives two connections over two carriers with a virtual clock, like
+:class:`dtp.carriers.memory.MemoryLink`.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dtp.chain.ledger import Ledger
+from dtp.chain.objects import Event, EventFilter
+from dtp.connection import Connection
+from dtp.errors import PipeError
+from dtp.escrow import object_id_bytes
+from dtp.keys import HostIdentity
+
+__all__ = [
+    "KIND_FRAGMENT",
+    "KIND_RECORD",
+    "KIND_SYNC",
+    "MAX_PIPE_DATA",
+    "CarrierState",
+    "LedgerCarrier",
+    "LedgerLink",
+    "frame_record",
+]
+
+#: Largest ``data`` one ``pipe::send`` accepts (``inner_pipe::MAX_DATA_LENGTH``).
+MAX_PIPE_DATA = 16_384
+KIND_RECORD = 0x00
+KIND_FRAGMENT = 0x01
+KIND_SYNC = 0x02
+_FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
+_MAX_FRAGMENTS = 255
+#: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
+MAX_PARTIAL_RECORDS = 64
+#: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later.
+MAX_ORPHAN_EVENTS = 1024
+
+
+def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
+    """The payloads that carry ``record``: one RECORD payload when it fits in ``limit``
+    bytes, otherwise FRAGMENT payloads with id ``fragment_id`` (mod 2**32)."""
+    if len(record) + 1 <= limit:
+        return [bytes([KIND_RECORD]) + record]
+    chunk = limit - _FRAG_HEADER.size
+    count = -(-len(record) // chunk)
+    if count > _MAX_FRAGMENTS:
+        raise ValueError(f"a {len(record)}-byte record needs more than {_MAX_FRAGMENTS} payloads")
+    fid = fragment_id & 0xFFFFFFFF
+    return [
+        _FRAG_HEADER.pack(KIND_FRAGMENT, fid, i, count) + record[i * chunk : (i + 1) * chunk]
+        for i in range(count)
+    ]
+
+
+@dataclass
+class _Lane:
+    """What the receiver has seen of one inner pipe of a peer pipe."""
+
+    prefix: int = 0
+    """Every seq below this was seen (or given up)."""
+    above: set[int] = field(default_factory=set)
+    """Seqs seen at or above ``prefix`` (never contains ``prefix``)."""
+    gap_since: float | None = None
+    """When ``above`` last became non-empty with ``prefix`` missing."""
+
+    def see(self, seq: int) -> bool:
+        """Record ``seq``; False if it was seen before."""
+        if seq < self.prefix or seq in self.above:
+            return False
+        self.above.add(seq)
+        self._advance()
+        return True
+
+    def _advance(self) -> None:
+        while self.prefix in self.above:
+            self.above.remove(self.prefix)
+            self.prefix += 1
+
+    def give_up_gap(self) -> int:
+        """Skip the missing seqs below the smallest one seen; returns how many."""
+        if not self.above:
+            return 0
+        first = min(self.above)
+        skipped = first - self.prefix
+        self.prefix = first
+        self._advance()
+        return skipped
+
+
+@dataclass
+class CarrierState:
+    """What a :class:`LedgerCarrier` needs to resume (plain data; copy it anywhere)."""
+
+    pipe_id: str
+    cursor: str | None
+    peer_pipes: list[str]
+    #: peer pipe → per inner (prefix, sorted seqs seen above it)
+    lanes: dict[str, list[tuple[int, list[int]]]]
+    next_fragment_id: int = 0
+
+
+class LedgerCarrier:
+    """One side's ledger carrier for connection ``connection_id`` (see the module docs).
+
+    ``identity`` signs our transactions (it must be a participant of the connection);
+    ``peer_address`` is the Sui address whose pipe we read. ``pipe_id`` adopts an existing
+    pipe of ours instead of creating one; ``state`` resumes a previous carrier.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        connection_id: str,
+        *,
+        peer_address: str,
+        inner_count: int = 4,
+        pipe_id: str | None = None,
+        state: CarrierState | None = None,
+        sync_every: int = 16,
+        sync_interval: float = 1.0,
+        gap_timeout: float = 2.0,
+        max_payload: int = MAX_PIPE_DATA,
+        page_size: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
+            raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
+        self.ledger = ledger
+        self.identity = identity
+        self.connection_id = connection_id
+        self.peer_address = peer_address
+        self.sync_every = sync_every
+        self.sync_interval = sync_interval
+        self.gap_timeout = gap_timeout
+        self.max_payload = max_payload
+        self.page_size = page_size
+        self.clock = clock
+        self._filter = EventFilter(sender=peer_address)
+        self._lanes: dict[str, list[_Lane]] = {}
+        self._peer_pipes: list[str] = []
+        self.cursor: str | None = None
+        self._next_fragment_id = 0
+        if state is not None:
+            pipe_id = state.pipe_id
+            self.cursor = state.cursor
+            self._peer_pipes = list(state.peer_pipes)
+            self._next_fragment_id = state.next_fragment_id
+            for pid, lanes in state.lanes.items():
+                self._lanes[pid] = [_Lane(p, set(above)) for p, above in lanes]
+        if pipe_id is None:
+            pipe_id = ledger.create_pipe(identity, connection_id, inner_count)
+        self.pipe_id: str = pipe_id
+        pipe = ledger.get_pipe(pipe_id)
+        if pipe.connection != connection_id:
+            raise ValueError(f"pipe {pipe_id} belongs to connection {pipe.connection}")
+        self._sent = [inner.next_seq for inner in pipe.inners]
+        self._acked = [inner.acked for inner in pipe.inners]
+        self._rr = 0
+        self._orphans: list[Event] = []
+        self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
+        self._unreported = 0
+        self._first_unreported_at: float | None = None
+        self._last_reported: dict[str, list[int]] = {}
+        self.peer_closed = False
+        self.closed = False
+        # statistics
+        self.payloads_sent = 0
+        self.payloads_received = 0
+        self.duplicates = 0
+        self.gaps_given_up = 0
+        self.syncs_sent = 0
+        self.pipe_syncs = 0
+        self.fragments_dropped = 0
+        self.malformed = 0
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def inner_count(self) -> int:
+        """How many inner pipes our pipe has."""
+        return len(self._sent)
+
+    @property
+    def peer_pipes(self) -> tuple[str, ...]:
+        """The peer's pipes for this connection, as discovered so far."""
+        return tuple(self._peer_pipes)
+
+    def in_flight(self) -> list[int]:
+        """Per inner of our pipe: payloads sent and not yet acknowledged by the peer."""
+        return [s - a for s, a in zip(self._sent, self._acked, strict=True)]
+
+    def state(self) -> CarrierState:
+        """A snapshot to resume from (see the module docs)."""
+        return CarrierState(
+            pipe_id=self.pipe_id,
+            cursor=self.cursor,
+            peer_pipes=list(self._peer_pipes),
+            lanes={
+                pid: [(lane.prefix, sorted(lane.above)) for lane in lanes]
+                for pid, lanes in self._lanes.items()
+            },
+            next_fragment_id=self._next_fragment_id,
+        )
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _pick_inner(self) -> int:
+        loads = self.in_flight()
+        best = min(loads)
+        n = len(loads)
+        for step in range(n):
+            i = (self._rr + step) % n
+            if loads[i] == best:
+                self._rr = (i + 1) % n
+                return i
+        raise AssertionError("unreachable")
+
+    def _post(self, payload: bytes) -> None:
+        inner = self._pick_inner()
+        seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
+        self._sent[inner] = seq + 1
+        self.payloads_sent += 1
+
+    def send(self, records: Sequence[bytes]) -> None:
+        """Post whole DTP records (each as one payload, or fragments when too large).
+        Ledger errors propagate: nothing is dropped silently."""
+        if self.closed:
+            raise RuntimeError("the carrier is closed")
+        for record in records:
+            payloads = frame_record(bytes(record), self._next_fragment_id, self.max_payload)
+            if len(payloads) > 1:
+                self._next_fragment_id = (self._next_fragment_id + 1) & 0xFFFFFFFF
+            for payload in payloads:
+                self._post(payload)
+
+    # -- receiving --------------------------------------------------------------------
+
+    def receive(self, timeout: float = 0.0, now: float | None = None) -> list[bytes]:
+        """DTP records the peer posted since the last call (waiting up to ``timeout``
+        seconds for the first). Also posts our SYNC and calls ``pipe::sync`` as due."""
+        now = self.clock() if now is None else now
+        out: list[bytes] = []
+        first = True
+        while True:
+            if first and timeout > 0:
+                events, cursor = self.ledger.wait_events(
+                    self.cursor, timeout, self._filter, self.page_size
+                )
+            else:
+                events, cursor = self.ledger.events(self.cursor, self._filter, self.page_size)
+            first = False
+            self.cursor = cursor
+            # pipes first: a batch may come reordered, data before its PipeCreated
+            for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
+                self._on_event(event, now, out)
+            if len(events) < self.page_size:
+                break
+        self.poll(now)
+        return out
+
+    def _on_event(self, event: Event, now: float, out: list[bytes]) -> None:
+        name = event.name
+        fields = event.fields
+        if name == "PipeCreated":
+            if (
+                fields.get("connection") == self.connection_id
+                and fields.get("owner") == self.peer_address
+                and fields["pipe"] not in self._peer_pipes
+            ):
+                self._peer_pipes.append(fields["pipe"])
+                self._lanes[fields["pipe"]] = [_Lane() for _ in range(int(fields["inners"]))]
+                orphans = [e for e in self._orphans if e.fields.get("pipe") == fields["pipe"]]
+                self._orphans = [e for e in self._orphans if e not in orphans]
+                for orphan in orphans:
+                    self._on_event(orphan, now, out)
+        elif name == "PipeDestroyed":
+            if fields.get("pipe") in self._peer_pipes:
+                self.peer_closed = True
+        elif name == "PipeDataSent":
+            lanes = self._lanes.get(fields.get("pipe", ""))
+            inner = int(fields.get("inner", -1))
+            if lanes is None:
+                # maybe a pipe of the peer's whose PipeCreated we have not seen yet
+                self._orphans.append(event)
+                del self._orphans[:-MAX_ORPHAN_EVENTS]
+                return
+            if not 0 <= inner < len(lanes):
+                return
+            lane = lanes[inner]
+            if not lane.see(int(fields["seq"])):
+                self.duplicates += 1
+                return
+            if lane.above and lane.gap_since is None:
+                lane.gap_since = now
+            elif not lane.above:
+                lane.gap_since = None
+            self.payloads_received += 1
+            self._on_payload(fields["pipe"], bytes(fields["data"]), now, out)
+
+    def _note_data(self, now: float) -> None:
+        self._unreported += 1
+        if self._first_unreported_at is None:
+            self._first_unreported_at = now
+
+    def _on_payload(self, pipe: str, payload: bytes, now: float, out: list[bytes]) -> None:
+        if not payload:
+            self.malformed += 1
+            return
+        kind = payload[0]
+        if kind == KIND_RECORD:
+            self._note_data(now)
+            out.append(payload[1:])
+        elif kind == KIND_FRAGMENT and len(payload) > _FRAG_HEADER.size:
+            self._note_data(now)
+            _, fid, index, count = _FRAG_HEADER.unpack_from(payload)
+            if not index < count:
+                self.malformed += 1
+                return
+            key = (pipe, fid)
+            parts = self._partial.setdefault(key, {})
+            parts[index] = payload[_FRAG_HEADER.size :]
+            if len(parts) == count:
+                del self._partial[key]
+                out.append(b"".join(parts[i] for i in range(count)))
+            while len(self._partial) > MAX_PARTIAL_RECORDS:
+                self._partial.popitem(last=False)
+                self.fragments_dropped += 1
+        elif kind == KIND_SYNC and len(payload) >= 34:
+            self._on_sync(payload)
+        else:
+            self.malformed += 1
+
+    def _on_sync(self, payload: bytes) -> None:
+        if payload[1:33] != object_id_bytes(self.pipe_id):
+            return
+        n = payload[33]
+        if len(payload) < 34 + 8 * n:
+            return
+        prefixes = struct.unpack_from(f"<{n}Q", payload, 34)
+        for inner, seen in enumerate(prefixes[: self.inner_count]):
+            acked = min(seen, self._sent[inner])
+            if acked <= self._acked[inner]:
+                continue
+            try:
+                self.ledger.pipe_sync(self.identity, self.pipe_id, inner, acked)
+            except PipeError:
+                # another carrier on this pipe (an adopted pipe) moved it: re-read it
+                lane = self.ledger.get_pipe(self.pipe_id).inners[inner]
+                self._sent[inner] = max(self._sent[inner], lane.next_seq)
+                self._acked[inner] = max(self._acked[inner], lane.acked)
+                continue
+            self._acked[inner] = acked
+            self.pipe_syncs += 1
+
+    # -- timers -----------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`poll` has something to do next (None: nothing pending)."""
+        if self.closed:
+            return None
+        times = [
+            lane.gap_since + self.gap_timeout
+            for lanes in self._lanes.values()
+            for lane in lanes
+            if lane.gap_since is not None
+        ]
+        if self._first_unreported_at is not None:
+            times.append(self._first_unreported_at + self.sync_interval)
+        return min(times) if times else None
+
+    def poll(self, now: float | None = None) -> None:
+        """Give up expired gaps and post a SYNC when one is due (no ledger reads)."""
+        now = self.clock() if now is None else now
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                if lane.gap_since is not None and now >= lane.gap_since + self.gap_timeout:
+                    self.gaps_given_up += lane.give_up_gap()
+                    lane.gap_since = now if lane.above else None
+                    self._note_data(now)
+        due = self._unreported >= self.sync_every or (
+            self._first_unreported_at is not None
+            and now >= self._first_unreported_at + self.sync_interval
+        )
+        if due and not self.closed:
+            self._report()
+
+    def _report(self) -> None:
+        self._unreported = 0
+        self._first_unreported_at = None
+        for pid, lanes in self._lanes.items():
+            prefixes = [lane.prefix for lane in lanes]
+            if self._last_reported.get(pid) == prefixes:
+                continue
+            payload = (
+                bytes([KIND_SYNC])
+                + object_id_bytes(pid)
+                + bytes([len(prefixes)])
+                + struct.pack(f"<{len(prefixes)}Q", *prefixes)
+            )
+            self._post(payload)
+            self._last_reported[pid] = prefixes
+            self.syncs_sent += 1
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroy our pipe (``pipe::destroy``). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.ledger.destroy_pipe(self.identity, self.pipe_id)
+
+
+class LedgerLink:
+    """Drives connections ``a`` and ``b`` over carriers ``ca`` and ``cb`` (``ca`` posts
+    what ``a`` sends and reads what ``b``'s carrier posted) with a virtual clock; the same
+    shape as :class:`~dtp.carriers.memory.MemoryLink`."""
+
+    def __init__(
+        self,
+        a: Connection,
+        b: Connection,
+        ca: LedgerCarrier,
+        cb: LedgerCarrier,
+        *,
+        now: float = 0.0,
+    ) -> None:
+        self.a, self.b, self.ca, self.cb = a, b, ca, cb
+        self.now = now
+        self.delivered_records = 0
+
+    def _pairs(self) -> tuple[tuple[Connection, LedgerCarrier], ...]:
+        return ((self.a, self.ca), (self.b, self.cb))
+
+    def pump(self) -> bool:
+        """Post what both sides have, then read what both sides received. True if
+        anything moved."""
+        moved = False
+        for conn, carrier in self._pairs():
+            records = conn.datagrams_to_send(self.now)
+            if records and not carrier.closed:
+                carrier.send(records)
+                moved = True
+        for conn, carrier in self._pairs():
+            if carrier.closed:
+                continue
+            for record in carrier.receive(0.0, now=self.now):
+                self.delivered_records += 1
+                conn.receive_datagram(record, self.now)
+                moved = True
+        return moved
+
+    def advance(self) -> bool:
+        """Jump the clock to the next timer (connections' or carriers') and fire it."""
+        timers = [
+            t
+            for t in (
+                self.a.get_timer(),
+                self.b.get_timer(),
+                self.ca.get_timer(),
+                self.cb.get_timer(),
+            )
+            if t is not None
+        ]
+        if not timers:
+            return False
+        self.now = max(self.now, min(timers))
+        for conn, carrier in self._pairs():
+            timer = conn.get_timer()
+            if timer is not None and timer <= self.now:
+                conn.handle_timer(self.now)
+            ctimer = carrier.get_timer()
+            if ctimer is not None and ctimer <= self.now and not carrier.closed:
+                carrier.poll(self.now)
+        return True
+
+    def run(
+        self,
+        until: Callable[[], bool] | None = None,
+        *,
+        max_rounds: int = 100_000,
+        max_time: float = 120.0,
+        on_round: Callable[[], None] | None = None,
+    ) -> bool:
+        """Pump, advancing virtual time when idle, until ``until()`` holds, both sides are
+        quiet, or a limit is hit (see :meth:`MemoryLink.run`)."""
+        start = self.now
+        for _ in range(max_rounds):
+            if on_round is not None:
+                on_round()
+            if until is not None and until():
+                return True
+            if self.pump():
+                continue
+            if until is None:
+                return True
+            if self.now - start > max_time or not self.advance():
+                return until()
+        return until() if until is not None else False
