@@ -1,3 +1,3 @@
-"""Carriers move DTP records between hosts: ``tcp`` (direct), ``memory`` (tests and
-simulations, with loss/duplication/reordering), and later ``ledger`` (through the
-ledger, for hosts that hide their IP address)."""
+"""Carriers move DTP records between hosts: ``tcp`` (direct), ``ledger`` (records as
+Pipe payloads on the ledger, for hosts that hide their IP address) and ``memory``
+(tests and simulations, with loss, duplication and reordering)."""
