@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -230,6 +231,10 @@ class Connection:
         # lossy carriers
         self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
         self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
+        self.stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None = None
+        """When set (by the I/O adapters' Session), in-order stream bytes go straight to
+        ``handler(stream_id, data, end_stream)`` instead of becoming StreamDataReceived
+        events; ``data`` may be a view that is only valid during the call."""
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -417,11 +422,67 @@ class Connection:
         stream = self._get_stream(stream_id, create=False)
         if stream.send_state is not SendState.OPEN:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
+        if not stream.send_buf and self._can_seal_now():
+            # Fast path: nothing queued anywhere that must go first, so seal what flow
+            # control allows straight from the caller's buffer (the bytes and records
+            # are the ones _pack_streams would produce) and queue only the rest.
+            data = self._seal_stream_now(stream, data, end_stream)
+            if not data and not end_stream:
+                return
         if data:
             stream.send_buf += data
         if end_stream:
             stream.send_state = SendState.FIN_QUEUED
         self._streams_dirty = True
+
+    def _can_seal_now(self) -> bool:
+        return (
+            self._acks is None
+            and (
+                self._state is ConnState.ESTABLISHED
+                or (self.is_client and self._state is ConnState.AUTHENTICATING)
+            )
+            and not (
+                self._ctrl
+                or self._pending_max_data
+                or self._pending_stream_credit
+                or self._pending_max_streams
+                or self._ping_pending
+                or self._close_frame is not None
+            )
+        )
+
+    def _seal_stream_now(
+        self, stream: _Stream, data: bytes | bytearray | memoryview, end_stream: bool
+    ) -> bytes | bytearray | memoryview:
+        """Seal as much of ``data`` as flow control allows; returns the rest. A FIN
+        goes out with the last byte when everything fits; otherwise it stays for the
+        caller to queue."""
+        size = len(data)
+        credit = min(
+            stream.send_credit - stream.next_offset, self._conn_send_credit - self._conn_sent
+        )
+        n = size if size <= credit else max(credit, 0)
+        fin = end_stream and n == size
+        if not n and not fin:
+            return data
+        offset = stream.next_offset
+        view = data if n == size else memoryview(data)[:n]
+        sealed, records = self._send_aead.seal_stream(
+            self._send_counter, stream.stream_id, offset, view, fin
+        )
+        self._send_counter += records
+        self.records_sent += records
+        self._out.append(sealed)
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        self._conn_sent += n
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+            stream.fin_acked = True
+            self._maybe_forget(stream)
+            return b""
+        return b"" if n == size else memoryview(data)[n:]
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped."""
@@ -518,14 +579,14 @@ class Connection:
                 if not self._process_handshake_records(now):
                     return
                 continue
-            result = self._recv_aead.open(self._inbuf)
+            result = self._recv_aead.open_frames(self._inbuf)
             for record in result.records:
                 if record.replayed:
                     if self.config.reliable_carrier:
                         raise ReplayError()
                     continue  # lossy carriers duplicate records: drop silently
                 self.records_received += 1
-                self._handle_record(record.counter, record.plaintext, now)
+                self._handle_record(record.counter, record.frames, now)
                 if self.closed:  # a frame in the record ended the connection
                     return
             del self._inbuf[: result.consumed]
@@ -638,25 +699,59 @@ class Connection:
         assert self.peer_static is not None and self.handshake_hash is not None
         self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
 
-    def _handle_record(self, counter: int, plaintext: bytes, now: float) -> None:
+    def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:
+        """Act on one opened record's frames (their data may be views into the AEAD's
+        scratch buffer: whatever outlives this call is copied)."""
         if self.is_client and self._hs_resend_at is not None:
             # the server answered with sealed data: our handshake messages arrived
             self._hs_resend_at = None
             self._hs_messages.clear()
-        frames = _core.decode_frames(plaintext)
         ack_eliciting = False
         for frame in frames:
             ftype = frame.type
             if ftype not in (FRAME_ACK, FRAME_PADDING):
                 ack_eliciting = True
+            if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                continue
             self._handle_frame(frame, now)
             if self._state is ConnState.CLOSED:
                 return
         if self._acks is not None:
             self._acks.on_record(counter, ack_eliciting, now)
 
+    def _fast_stream_frame(self, stream_id: int, offset: int, data: bytes | memoryview) -> bool:
+        """In-order data on an open stream of an established connection over a reliable
+        carrier, within flow control, with a handler to take it: deliver it and return
+        True. Anything else returns False for the general path to judge."""
+        handler = self.stream_data_handler
+        stream = self._streams.get(stream_id)
+        if (
+            handler is None
+            or stream is None
+            or stream.recv_state is not RecvState.OPEN
+            or offset != stream.delivered
+            or self._acks is not None
+            or self._state is not ConnState.ESTABLISHED
+        ):
+            return False
+        end = offset + len(data)
+        if end > stream.recv_limit:
+            return False
+        grown = end - stream.recv_highest
+        if grown > 0:
+            if self._conn_received + grown > self._conn_recv_limit:
+                return False
+            self._conn_received += grown
+            stream.recv_highest = end
+        if data:
+            stream.delivered = end
+            handler(stream_id, data, False)
+        return True
+
     def _handle_frame(self, frame: RawFrame, now: float) -> None:
         ftype = frame.type
+        if frame.data and type(frame.data) is not bytes:
+            frame = frame._replace(data=bytes(frame.data))  # a view into scratch space
         if ftype in (FRAME_STREAM, FRAME_STREAM_FIN):
             self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
         elif ftype == FRAME_ACK:
@@ -780,7 +875,13 @@ class Connection:
         if chunk or (done and stream.recv_state is not RecvState.DONE):
             if done:
                 stream.recv_state = RecvState.DONE
-            self._deliver(StreamDataReceived(stream_id, chunk, done))
+            handler = self.stream_data_handler
+            if handler is not None and (
+                self.is_client or self._state is not ConnState.AUTHENTICATING
+            ):
+                handler(stream_id, chunk, done)
+            else:
+                self._deliver(StreamDataReceived(stream_id, chunk, done))
             if done:
                 self._maybe_forget(stream)
 
@@ -827,6 +928,16 @@ class Connection:
     def _build_records(self, now: float) -> None:
         if self._send_aead is None:
             return
+        if self._acks is None and not (
+            self._streams_dirty
+            or self._ctrl
+            or self._pending_max_data
+            or self._pending_stream_credit
+            or self._pending_max_streams
+            or self._ping_pending
+            or self._close_frame is not None
+        ):
+            return  # nothing to send (the common case after a fast-path seal)
         frames_now: list[RawFrame] = []
         if self._acks is not None and (
             self._acks.ack_due(now) or (self._acks.received and self._has_outgoing())

@@ -455,7 +455,7 @@ class DTPSocket:
             self._wait(room)
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
-            engine.conn.send_stream_data(self._stream_id, bytes(view[:n]))
+            engine.conn.send_stream_data(self._stream_id, view[:n])
             engine.flush()
             return n
 
