@@ -125,7 +125,7 @@ class ConnectionConfig:
     """Client only, XX: refuse the server unless its static key equals this."""
     reliable_carrier: bool = True
     """True for ordered, reliable carriers (TCP); False turns on ACKs and retransmission."""
-    stream_window: int = 1 << 20
+    stream_window: int = 4 << 20
     """Bytes a peer may send on one stream beyond what our application has read."""
     connection_window: int = 8 << 20
     """The same, summed over all streams."""
@@ -970,6 +970,11 @@ class Connection:
         # control frames first, packed into as few records as fit
         if frames_now:
             self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
+            if self._acks is None:
+                # reliable carriers: stream data is sealed straight from the send
+                # buffers below, so the control records must be sealed before it
+                self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+                plaintexts, items_per_record, eliciting = [], [], []
         # A client may send data right behind its AUTH frame (the server holds it until
         # it accepts), but only where records cannot overtake each other.
         if self._streams_dirty and (
@@ -990,6 +995,15 @@ class Connection:
             plaintexts.append(close)
             items_per_record.append([])
             eliciting.append(False)
+        self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+
+    def _seal_plaintexts(
+        self,
+        plaintexts: list[bytes],
+        items_per_record: list[list[_Item]],
+        eliciting: list[bool],
+        now: float,
+    ) -> None:
         if not plaintexts:
             return
         first = self._send_counter
@@ -1078,6 +1092,12 @@ class Connection:
                 wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
                 if unsent and credit > 0:
                     length = min(unsent, credit, budget)
+                    if self._acks is None:
+                        # reliable carrier: all that flow control allows in one call
+                        self._seal_queued(stream, min(unsent, credit))
+                        if stream.send_state is SendState.FIN_SENT:
+                            break
+                        continue
                 elif (wants_fin or stream.announce) and not unsent:
                     length = 0
                 else:
@@ -1093,6 +1113,31 @@ class Connection:
                 )
                 if stream.send_state is SendState.FIN_SENT:
                     break
+
+    def _seal_queued(self, stream: _Stream, length: int) -> None:
+        """Reliable carriers: seal ``length`` queued bytes of ``stream`` (from its
+        first unsent byte) in one C call, straight from the send buffer, into the
+        records _emit_stream_chunk would build one by one; then drop them."""
+        offset = stream.next_offset
+        end = offset + length
+        fin = stream.send_state is SendState.FIN_QUEUED and end == stream.end_offset
+        start = offset - stream.base_offset
+        with memoryview(stream.send_buf) as view:
+            sealed, records = self._send_aead.seal_stream(
+                self._send_counter, stream.stream_id, offset, view[start : start + length], fin
+            )
+        self._send_counter += records
+        self.records_sent += records
+        self._out.append(sealed)
+        stream.announce = False
+        stream.next_offset = end
+        self._conn_sent += length
+        del stream.send_buf[: end - stream.base_offset]
+        stream.base_offset = end
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+            stream.fin_acked = True
+            self._maybe_forget(stream)
 
     def _emit_stream_chunk(
         self,
