@@ -10,6 +10,7 @@ import time
 import pytest
 
 import dtp.socket
+from dtp.connection import ConnectionConfig
 from dtp.errors import (
     ConnectionLost,
     ConnectionRefused,
@@ -164,8 +165,9 @@ def test_flow_control_blocks_sender_of_slow_reader() -> None:
         with pytest.raises(DTPTimeoutError):
             while True:
                 sent += sock.send(os.urandom(65536))
-        # the peer's window (1 MiB) plus our queue bound what was accepted
-        assert sent <= (1 << 20) + dtp.socket.SEND_HIGH_WATER + 65536
+        # the peer's stream window (the default) plus our queue bound what was accepted
+        window = ConnectionConfig.__dataclass_fields__["stream_window"].default
+        assert sent <= window + dtp.socket.SEND_HIGH_WATER + 65536
 
 
 def test_connect_to_nothing_fails_fast() -> None:
