@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
@@ -415,7 +415,9 @@ class Connection:
         self._streams_dirty = True
         return stream_id
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_stream_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> None:
         """Queue bytes on a stream (and optionally its end). Never blocks: callers
         bound their own buffering with :meth:`send_buffered`."""
         self._require_open()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import io
 import logging
 import queue
@@ -94,8 +95,6 @@ class _Engine:
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._timer: threading.Thread | None = None
-        self._stopped = threading.Event()  # wakes the timer thread only to exit
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         try:
             self.peername = sock.getpeername()
@@ -251,11 +250,7 @@ class _Engine:
     # -- lifetime -------------------------------------------------------------------------
 
     def start_timer(self) -> None:
-        ref = weakref.ref(self)
-        thread = threading.Thread(target=_timer_loop, args=(ref,), name=f"dtp-timer-{self.name}")
-        thread.daemon = True
-        self._timer = thread
-        thread.start()
+        _TIMERS.add(self)
 
     def shutdown(self, linger: float) -> None:
         """Close gracefully: wait up to ``linger`` for queued data, then CLOSE."""
@@ -289,38 +284,70 @@ class _Engine:
     def _release(self) -> None:
         self.closed = True
         self.carrier_closed = True
-        self._stopped.set()
         for s in (self.sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
         self.cond.notify_all()
 
 
-def _timer_loop(ref: weakref.ref[_Engine]) -> None:
-    """Keepalives and idle timeouts for a connection nobody is driving right now.
+class _TimerService:
+    """Keepalives and idle timeouts for connections nobody is driving right now.
 
-    It sleeps on its own event (pumps never wake it, so it costs nothing on the hot
-    path), wakes when the connection's timer is due (at most every second), and does
-    one non-blocking pass only if no caller is busy with the connection.
+    One thread per process serves every engine (a thread per connection would cost a
+    thread start and exit per connect). It sleeps until the earliest engine is due (at
+    most a second, as the engine's timers may move while callers drive it), and then
+    does one non-blocking pass on each due engine whose lock is free and which no
+    caller is busy with. Engines are held weakly and dropped once closed.
     """
-    while True:
-        engine = ref()
-        if engine is None:
-            return
+
+    MAX_WAIT = 1.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, weakref.ref[_Engine]]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, engine: _Engine) -> None:
+        with self._cond:
+            self._push(engine, time.monotonic())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def _push(self, engine: _Engine, now: float) -> None:
         timer = engine.conn.get_timer()
-        wait = 1.0 if timer is None else min(1.0, max(0.0, timer - time.monotonic()))
-        stopped = engine._stopped
-        del engine  # do not keep the engine alive while sleeping
-        if stopped.wait(wait):
-            return
-        engine = ref()
-        if engine is None:
-            return
-        with engine.lock:
-            if engine.closed:
-                return
-            engine.poll()
-        del engine
+        due = now + self.MAX_WAIT if timer is None else min(now + self.MAX_WAIT, timer)
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, weakref.ref(engine)))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, ref = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            engine = ref()
+            if engine is None or engine.closed:
+                continue
+            if engine.lock.acquire(blocking=False):
+                try:
+                    if not engine.closed:
+                        engine.poll()
+                finally:
+                    engine.lock.release()
+            if not engine.closed:
+                with self._cond:
+                    self._push(engine, time.monotonic())
+            del engine
+
+
+_TIMERS = _TimerService()
 
 
 class DTPSocket:
