@@ -315,10 +315,13 @@ class NativeAead:
         self._sizes = ffi.new("size_t[4]")
         self._recs: Any = None  # open_frames arrays, allocated on first use
         self._recs_len = 0
+        self._recs_view: memoryview
         self._frames: Any = None
         self._frames_len = 0
+        self._frames_view: memoryview
         self._ranges: Any = None
         self._ranges_len = 0
+        self._ranges_view: memoryview
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -425,8 +428,10 @@ class NativeAead:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
         size = len(data)
-        cap = lib.dtp_stream_seal_size(sid, off, size, chunk)
-        out = self._buffer(max(1, cap))
+        # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
+        # most 25 of frame header per record
+        cap = size + (size // chunk + 1) * 53
+        out = self._buffer(cap)
         counts = self._sizes
         rc = lib.dtp_stream_seal(
             self._ctx,
@@ -468,33 +473,35 @@ class NativeAead:
     def _open_frames(
         self, buf: Any, size: int, cap: int, max_frames: int, max_ranges: int
     ) -> OpenFramesResult:
-        if cap > self._recs_len:
-            self._recs = _new_uninit("dtp_opened_rec[]", cap)
-            self._recs_len = cap
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)
         rcap = min(max_ranges, size)
-        if max(1, fcap) > self._frames_len:
-            self._frames = _new_uninit("dtp_frame[]", max(1, fcap))
-            self._frames_len = max(1, fcap)
-        if max(1, rcap) > self._ranges_len:
-            self._ranges = _new_uninit("dtp_ack_range[]", max(1, rcap))
-            self._ranges_len = max(1, rcap)
+        if cap > self._recs_len:
+            self._recs = _new_uninit("dtp_opened_rec[]", cap)
+            self._recs_len = cap
+            self._recs_view = memoryview(ffi.buffer(self._recs))
+        if fcap > self._frames_len or self._frames is None:
+            self._frames_len = max(1, fcap, min(max_frames, 64))
+            self._frames = _new_uninit("dtp_frame[]", self._frames_len)
+            self._frames_view = memoryview(ffi.buffer(self._frames))
+        if rcap > self._ranges_len or self._ranges is None:
+            self._ranges_len = max(1, rcap, min(max_ranges, 64))
+            self._ranges = _new_uninit("dtp_ack_range[]", self._ranges_len)
+            self._ranges_view = memoryview(ffi.buffer(self._ranges))
         plain = self._buffer(max(1, size))
         counts = self._sizes
-        recs, frames, ranges = self._recs, self._frames, self._ranges
         rc = lib.dtp_aead_open_frames(
             self._ctx,
             _from(buf),
             size,
-            recs,
+            self._recs,
             cap,
             plain,
             size,
-            frames,
+            self._frames,
             fcap,
-            ranges,
+            self._ranges,
             rcap,
             counts,
             counts + 1,
@@ -505,24 +512,26 @@ class NativeAead:
         records: list[OpenedFrames] = []
         if n:
             view = ffi.buffer(plain, size)
-            cframes = list(_CFRAME.iter_unpack(ffi.buffer(frames, nf * _CFRAME.size)))
+            if nf == 1:
+                cframes = [_CFRAME.unpack_from(self._frames_view)]
+            else:
+                cframes = list(_CFRAME.iter_unpack(self._frames_view[: nf * _CFRAME.size]))
             append = records.append
-            for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(
-                ffi.buffer(recs, n * _OPENED_REC.size)
-            ):
+            recs = self._recs_view[: n * _OPENED_REC.size]
+            for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
                 for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
                     if ftype == t.FRAME_ACK:
-                        raw = ffi.buffer(ranges + a, b * _CRANGE.size)
+                        raw = self._ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
                         ack = tuple(_CRANGE.iter_unpack(raw))
-                        out.append(RawFrame._make((ftype, 0, 0, c, b"", ack)))
+                        out.append(_tuple_new(RawFrame, (ftype, 0, 0, c, b"", ack)))
                     else:
                         data = view[data_off : data_off + data_len] if data_len else b""
-                        out.append(RawFrame._make((ftype, a, b, c, data, ())))
+                        out.append(_tuple_new(RawFrame, (ftype, a, b, c, data, ())))
                 append(_tuple_new(OpenedFrames, (counter, status != 0, out)))
         if rc < 0:
             return OpenFramesResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
-        return OpenFramesResult(records, consumed, rc)
+        return _tuple_new(OpenFramesResult, (records, consumed, rc, None))
 
     def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""

@@ -308,13 +308,19 @@ class Connection:
         """Bytes to hand to the carrier now (possibly empty)."""
         if self._state is not ConnState.CLOSED or self._close_frame is not None:
             self._build_records(now)
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
+        if len(out) == 1:
+            data = out.pop()
+            self._last_sent = now
+            self.bytes_sent += len(data)
+            return data
+        joined = b"".join(out)
+        out.clear()
         self._last_sent = now
-        self.bytes_sent += len(out)
-        return out
+        self.bytes_sent += len(joined)
+        return joined
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
@@ -335,6 +341,18 @@ class Connection:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
         if self._state is ConnState.CLOSED:
             return None
+        config = self.config
+        if (
+            self._state is ConnState.ESTABLISHED
+            and self._acks is None
+            and self._hs_resend_at is None
+        ):
+            # the common case, without building a list: idle timeout and keepalive
+            idle = self._last_received + config.idle_timeout
+            if config.keepalive_interval:
+                keepalive = self._last_sent + config.keepalive_interval
+                return keepalive if keepalive < idle else idle
+            return idle
         deadlines = [self._last_received + self.config.idle_timeout]
         if self._state is not ConnState.ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)

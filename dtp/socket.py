@@ -68,6 +68,7 @@ SHUT_RDWR = _socket.SHUT_RDWR
 
 SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024
+_IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
 
 AcceptHook = Callable[[str], "bool | str | None"]
@@ -104,14 +105,25 @@ class _Engine:
 
     # -- output ------------------------------------------------------------------------
 
-    def _collect(self) -> None:
-        data = self.conn.data_to_send(time.monotonic())
-        if data:
-            self.out.append(memoryview(data))
-
     def _send_some(self) -> None:
         """Write what the socket takes now, without blocking."""
-        while self.out and not self.carrier_closed:
+        out = self.out
+        if len(out) > 1 and not self.carrier_closed:
+            # many buffers (records sealed in several calls): one writev, not one
+            # send each
+            try:
+                n = self.sock.sendmsg(out[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return
+            while out and n >= len(out[0]):
+                n -= len(out.pop(0))
+            if n:
+                out[0] = out[0][n:]
+                return
+        while out and not self.carrier_closed:
             head = self.out[0]
             try:
                 n = self.sock.send(head)
@@ -128,10 +140,26 @@ class _Engine:
 
     def flush(self) -> None:
         """Collect the connection's output and write what fits; lock held."""
-        self._collect()
-        self._send_some()
-        if self.out and self.pumping:
-            self._wake()
+        data = self.conn.data_to_send(time.monotonic())
+        if data:
+            if not self.out and not self.carrier_closed:
+                # the common case: write straight away, queue only what does not fit
+                try:
+                    n = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as exc:
+                    self._carrier_failed(exc)
+                    return
+                if n == len(data):
+                    return
+                self.out.append(memoryview(data)[n:])
+            else:
+                self.out.append(memoryview(data))
+        if self.out:
+            self._send_some()
+            if self.out and self.pumping:
+                self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -149,24 +177,29 @@ class _Engine:
         self.conn.carrier_lost(what)
         self.session.process_events()
 
-    def _read_available(self) -> None:
+    def _read_available(self) -> bool:
+        """Read what has arrived, without blocking; True if anything was read (or the
+        carrier ended)."""
         # recv_into one reused buffer: a fresh 256 KiB object per recv() is an mmap,
         # page faults and an munmap every time (above malloc's mmap threshold)
         buf, view = self._rbuf, self._rview
+        got = False
         for _ in range(64):  # bounded: give other work a turn on a firehose
             try:
                 n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                return
+                return got
             except OSError as exc:
                 self._carrier_failed(exc)
-                return
+                return True
             if not n:
                 self._carrier_failed(None)
-                return
+                return True
+            got = True
             self.conn.receive_data(view[:n], time.monotonic())
             if n < RECV_CHUNK:
-                return
+                return True
+        return True
 
     def pump(self, ready: Callable[[], bool], timeout: float | None) -> None:
         """Drive I/O until ``ready()`` is true; lock held on entry and exit.
@@ -194,9 +227,15 @@ class _Engine:
         self.pumping = True
         try:
             self.flush()
+            # What we wait for has often arrived already (a reply that came while we
+            # were sending): a non-blocking read first saves the wait and its syscall.
+            if not self.carrier_closed and self._read_available():
+                self._after_io()
+                return
             timer = self.conn.get_timer()
-            limits = [t for t in (deadline, timer) if t is not None]
-            wait = max(0.0, min(limits) - time.monotonic()) if limits else None
+            if deadline is not None and (timer is None or deadline < timer):
+                timer = deadline
+            wait = None if timer is None else max(0.0, timer - time.monotonic())
             wlist = [self.sock] if self.out and not self.carrier_closed else []
             rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
             self.lock.release()
@@ -226,10 +265,12 @@ class _Engine:
                 self.cond.notify_all()
 
     def _after_io(self) -> None:
-        now = time.monotonic()
-        timer = self.conn.get_timer()
-        if timer is not None and now >= timer:
-            self.conn.handle_timer(now)
+        conn = self.conn
+        timer = conn.get_timer()
+        if timer is not None:
+            now = time.monotonic()
+            if now >= timer:
+                conn.handle_timer(now)
         self.session.process_events()
         self.flush()
 
@@ -433,9 +474,11 @@ class DTPSocket:
         if self._rd_shut:
             return b""
         engine = self._engine
+        session = engine.session
         with engine.lock:
-            self._wait(lambda: engine.session.readable(self._stream_id))
-            data = engine.session.take(self._stream_id, bufsize)
+            if not session.readable(self._stream_id):
+                self._wait(lambda: session.readable(self._stream_id))
+            data = session.take(self._stream_id, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
 
@@ -448,9 +491,11 @@ class DTPSocket:
         if self._rd_shut or not len(view):
             return 0
         engine = self._engine
+        session = engine.session
         with engine.lock:
-            self._wait(lambda: engine.session.readable(self._stream_id))
-            n = engine.session.take_into(self._stream_id, view)
+            if not session.readable(self._stream_id):
+                self._wait(lambda: session.readable(self._stream_id))
+            n = session.take_into(self._stream_id, view)
             engine.flush()
             return n
 
@@ -470,6 +515,17 @@ class DTPSocket:
             return 0
         engine = self._engine
         with engine.lock:
+            conn = engine.conn
+            sid = self._stream_id
+            if engine.session.terminated is None and conn.send_buffered(sid) == 0:
+                # the common case: the stream exists (or it would have nothing
+                # buffered only if it was never opened) and has room
+                engine.session.check_writable(sid)
+                if sid in conn._streams:
+                    n = min(len(view), SEND_HIGH_WATER)
+                    conn.send_stream_data(sid, view if n == len(view) else view[:n])
+                    engine.flush()
+                    return n
             self._wait(self._stream_ready_for_send)
             engine.session.check_writable(self._stream_id)
 
