@@ -279,10 +279,16 @@ class Connection:
         """Feed bytes from the carrier (any split: whole, partial, many records)."""
         if self._state is ConnState.CLOSED or not data:
             return
-        self._inbuf += data
         self._last_received = now
         self.bytes_received += len(data)
         try:
+            if not self._inbuf and self._recv_aead is not None:
+                # whole records are opened straight from the caller's buffer; only a
+                # trailing partial record (or anything unusual) is copied and queued
+                data = self._process_direct(data, now)
+                if not data:
+                    return
+            self._inbuf += data
             self._process_input(now)
         except HandshakeError as exc:
             self._fail(CloseCode.HANDSHAKE_FAILED, str(exc), now)
@@ -622,6 +628,31 @@ class Connection:
             if result.status == FULL:
                 continue
             return
+
+    def _process_direct(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Open the DATA records at the start of ``data`` without copying it; returns
+        what is left for :meth:`_process_input` (a partial record, or a record that
+        needs its attention: an error or a handshake record)."""
+        view = memoryview(data)
+        pos = 0
+        size = len(view)
+        while pos < size:
+            result = self._recv_aead.open_frames(view[pos:] if pos else view)
+            for record in result.records:
+                if record.replayed:
+                    if self.config.reliable_carrier:
+                        raise ReplayError()
+                    continue  # lossy carriers duplicate records: drop silently
+                self.records_received += 1
+                self._handle_record(record.counter, record.frames, now)
+                if self._state is ConnState.CLOSED:  # a frame ended the connection
+                    return b""
+            pos += result.consumed
+            if result.status != FULL or result.error is not None:
+                break
+        return view[pos:] if pos else data
 
     def _drop_bad_record(self) -> None:
         batch = _core.parse_records(self._inbuf, max_records=1)
