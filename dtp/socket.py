@@ -789,6 +789,7 @@ class DTPServer:
         self._listener = listen_tcp(address, backlog)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
+        self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._pool = ThreadPoolExecutor(max_handshakes, thread_name_prefix="dtp-handshake")
         self._closed = threading.Event()
         self.handshakes_failed = 0
@@ -842,6 +843,10 @@ class DTPServer:
             return
         engine.start_timer()
         sock = DTPSocket(engine, 0, primary=True)
+        dispatch = self._dispatch
+        if dispatch is not None and not self._closed.is_set():
+            dispatch(sock)
+            return
         try:
             self._ready.put(sock, timeout=self._config.handshake_timeout)
         except queue.Full:
@@ -910,6 +915,12 @@ class DTPServer:
                 except Exception:
                     logger.exception("handler failed for %s", sock.peer_address)
 
+        def start(sock: DTPSocket) -> None:
+            threading.Thread(target=run, args=(sock,), daemon=True).start()
+
+        # From now on, handshake workers start handlers themselves (one thread hand-off
+        # less per connection); the loop below serves what was queued before.
+        self._dispatch = start
         while not self._closed.is_set():
             try:
                 sock, _ = self.accept(timeout=0.5)
@@ -917,7 +928,7 @@ class DTPServer:
                 continue
             except LocalProtocolError:
                 return
-            threading.Thread(target=run, args=(sock,), daemon=True).start()
+            start(sock)
 
     def close(self) -> None:
         """Stop listening; connections already accepted stay open."""
