@@ -32,7 +32,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -768,8 +767,10 @@ def create_connection(
 
 
 class DTPServer:
-    """A listening DTP endpoint. Handshakes run in worker threads, so a slow or hostile
-    client cannot stall :meth:`accept` for others."""
+    """A listening DTP endpoint. Each connection's handshake runs in a thread of its
+    own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
+    :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
+    handler."""
 
     def __init__(
         self,
@@ -790,7 +791,7 @@ class DTPServer:
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
-        self._pool = ThreadPoolExecutor(max_handshakes, thread_name_prefix="dtp-handshake")
+        self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
         self.handshakes_failed = 0
         self.refused = 0
@@ -811,13 +812,39 @@ class DTPServer:
                     return
                 time.sleep(0.05)
                 continue
-            try:
-                self._pool.submit(self._handshake, tcp, peer)
-            except RuntimeError:  # pool shut down while closing
+            # at most max_handshakes at once: further clients wait in the backlog
+            while not self._slots.acquire(timeout=0.5):
+                if self._closed.is_set():
+                    tcp.close()
+                    return
+            if self._closed.is_set():
+                self._slots.release()
                 tcp.close()
                 return
+            thread = threading.Thread(
+                target=self._serve_one, args=(tcp, peer), name="dtp-handshake", daemon=True
+            )
+            thread.start()
 
-    def _handshake(self, tcp: _socket.socket, peer: Any) -> None:
+    def _serve_one(self, tcp: _socket.socket, peer: Any) -> None:
+        """One connection's thread: the handshake, then (under serve_forever) the
+        handler, with no thread hand-off between them."""
+        try:
+            sock = self._handshake(tcp, peer)
+        finally:
+            self._slots.release()
+        if sock is None:
+            return
+        dispatch = self._dispatch
+        if dispatch is not None and not self._closed.is_set():
+            dispatch(sock)
+            return
+        try:
+            self._ready.put(sock, timeout=self._config.handshake_timeout)
+        except queue.Full:
+            sock.abort("server busy")
+
+    def _handshake(self, tcp: _socket.socket, peer: Any) -> DTPSocket | None:
         from dtp.carriers.tcp import tune
 
         tune(tcp)
@@ -831,26 +858,18 @@ class DTPServer:
         except Exception:
             logger.exception("handshake with %s failed", peer)
             engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
-            return
+            return None
         # the engine's lock is not held here: abort() and friends take it themselves
         if outcome == "failed":
             self.handshakes_failed += 1
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
-            return
+            return None
         if outcome == "refused":
             self.refused += 1
             engine.abort(CloseCode.REFUSED, reason)
-            return
+            return None
         engine.start_timer()
-        sock = DTPSocket(engine, 0, primary=True)
-        dispatch = self._dispatch
-        if dispatch is not None and not self._closed.is_set():
-            dispatch(sock)
-            return
-        try:
-            self._ready.put(sock, timeout=self._config.handshake_timeout)
-        except queue.Full:
-            sock.abort("server busy")
+        return DTPSocket(engine, 0, primary=True)
 
     def _authenticate(self, engine: _Engine) -> tuple[str, str]:
         """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
@@ -918,9 +937,9 @@ class DTPServer:
         def start(sock: DTPSocket) -> None:
             threading.Thread(target=run, args=(sock,), daemon=True).start()
 
-        # From now on, handshake workers start handlers themselves (one thread hand-off
-        # less per connection); the loop below serves what was queued before.
-        self._dispatch = start
+        # From now on, each connection's handshake thread goes on to run its handler
+        # (no thread hand-off); the loop below serves what was queued before.
+        self._dispatch = run
         while not self._closed.is_set():
             try:
                 sock, _ = self.accept(timeout=0.5)
@@ -937,7 +956,6 @@ class DTPServer:
         self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(queue.Full):
             self._ready.put_nowait(None)
 
