@@ -68,6 +68,7 @@ from dtp._types import (
     REC_HS_INIT,
     REC_HS_RESP,
     STOP,
+    OpenedFrames,
     RawFrame,
 )
 from dtp.crypto import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
@@ -282,11 +283,14 @@ class Connection:
         self._last_received = now
         self.bytes_received += len(data)
         try:
-            if not self._inbuf and self._recv_aead is not None:
-                # whole records are opened straight from the caller's buffer; only a
-                # trailing partial record (or anything unusual) is copied and queued
-                data = self._process_direct(data, now)
-                if not data:
+            if self._recv_aead is not None:
+                if self._inbuf:
+                    data = self._complete_partial(data, now)
+                if not self._inbuf and data and not self.closed:
+                    # whole records are opened straight from the caller's buffer; only
+                    # a trailing partial record (or anything unusual) is copied
+                    data = self._process_direct(data, now)
+                if not data or self.closed:
                     return
             self._inbuf += data
             self._process_input(now)
@@ -606,15 +610,8 @@ class Connection:
                     return
                 continue
             result = self._recv_aead.open_frames(self._inbuf)
-            for record in result.records:
-                if record.replayed:
-                    if self.config.reliable_carrier:
-                        raise ReplayError()
-                    continue  # lossy carriers duplicate records: drop silently
-                self.records_received += 1
-                self._handle_record(record.counter, record.frames, now)
-                if self.closed:  # a frame in the record ended the connection
-                    return
+            if not self._handle_records(result.records, now):
+                return
             del self._inbuf[: result.consumed]
             if result.error is not None:
                 if isinstance(result.error, DecryptionError) and not self.config.reliable_carrier:
@@ -629,6 +626,28 @@ class Connection:
                 continue
             return
 
+    def _complete_partial(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Move into the input buffer only the bytes that complete the partial record
+        held there, and process it; returns the rest of ``data``. (Same as feeding the
+        data in two pieces, which any split must handle alike.)"""
+        view = memoryview(data)
+        inbuf = self._inbuf
+        while inbuf and view and self._state is not ConnState.CLOSED:
+            have = len(inbuf)
+            if have < 12:
+                need = 12 - have  # the header first: its checks come as soon as it is whole
+            else:
+                need = 12 + (inbuf[2] | inbuf[3] << 8) - have
+                if need <= 0:
+                    break  # a whole record the general path left for later
+            inbuf += view[:need]
+            view = view[need:]
+            self._process_input(now)
+            inbuf = self._inbuf  # _terminate rebinds it
+        return view
+
     def _process_direct(
         self, data: bytes | bytearray | memoryview, now: float
     ) -> bytes | bytearray | memoryview:
@@ -640,15 +659,8 @@ class Connection:
         size = len(view)
         while pos < size:
             result = self._recv_aead.open_frames(view[pos:] if pos else view)
-            for record in result.records:
-                if record.replayed:
-                    if self.config.reliable_carrier:
-                        raise ReplayError()
-                    continue  # lossy carriers duplicate records: drop silently
-                self.records_received += 1
-                self._handle_record(record.counter, record.frames, now)
-                if self._state is ConnState.CLOSED:  # a frame ended the connection
-                    return b""
+            if not self._handle_records(result.records, now):
+                return b""
             pos += result.consumed
             if result.status != FULL or result.error is not None:
                 break
@@ -749,6 +761,31 @@ class Connection:
         self._state = transition(self._state, new_state)
         assert self.peer_static is not None and self.handshake_hash is not None
         self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
+
+    def _handle_records(self, records: list[OpenedFrames], now: float) -> bool:
+        """Act on opened records; False if one of them ended the connection.
+
+        Records holding one in-order STREAM frame (the bulk of any transfer) are
+        delivered right here when :meth:`_fast_stream_frame` would accept them; every
+        other record goes through :meth:`_handle_record`."""
+        fast = self._acks is None and self.stream_data_handler is not None
+        for record in records:
+            if record.replayed:
+                if self.config.reliable_carrier:
+                    raise ReplayError()
+                continue  # lossy carriers duplicate records: drop silently
+            self.records_received += 1
+            frames = record.frames
+            if fast and len(frames) == 1:
+                frame = frames[0]
+                if frame.type == FRAME_STREAM and self._fast_stream_frame(
+                    frame.a, frame.b, frame.data
+                ):
+                    continue
+            self._handle_record(record.counter, frames, now)
+            if self._state is ConnState.CLOSED:  # a frame in the record ended it
+                return False
+        return True
 
     def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:
         """Act on one opened record's frames (their data may be views into the AEAD's
