@@ -143,7 +143,8 @@ class Session:
         stream was reset or the connection failed with nothing left to read."""
         buf = self.streams.get(stream_id)
         if buf is not None and buf.data:
-            chunk = bytes(buf.data[:max_bytes])
+            with memoryview(buf.data) as view:
+                chunk = view[:max_bytes].tobytes()  # one copy (a slice would make two)
             del buf.data[: len(chunk)]
             self.conn.acknowledge_read(stream_id, len(chunk))
             return chunk
