@@ -341,6 +341,7 @@ class _TimerService:
     """
 
     MAX_WAIT = 1.0
+    MIN_WAIT = 0.005
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -357,9 +358,10 @@ class _TimerService:
             else:
                 self._cond.notify()
 
-    def _push(self, engine: _Engine, now: float) -> None:
+    def _push(self, engine: _Engine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
         due = now + self.MAX_WAIT if timer is None else min(now + self.MAX_WAIT, timer)
+        due = max(due, now + min_wait)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, weakref.ref(engine)))
 
@@ -383,7 +385,9 @@ class _TimerService:
                     engine.lock.release()
             if not engine.closed:
                 with self._cond:
-                    self._push(engine, time.monotonic())
+                    # a due timer that a busy caller is about to handle: look again
+                    # shortly rather than spin
+                    self._push(engine, time.monotonic(), self.MIN_WAIT)
             del engine
 
 
