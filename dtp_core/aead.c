@@ -422,6 +422,9 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
         (plain_out == NULL && plain_cap > 0) || (frames == NULL && max_frames > 0) ||
         (ranges == NULL && max_ranges > 0))
         return DTP_ERR_ARG;
+    /* first_frame / n_frames are 32-bit: never hand out more frame slots than that
+     * (unreachable in practice: it would take gigabytes of input) */
+    if (max_frames > UINT32_MAX) max_frames = UINT32_MAX;
     size_t pos = 0, n = 0, nf = 0, nr = 0, plain_pos = 0;
     int rc = DTP_OK;
     while (pos < len) {
