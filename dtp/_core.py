@@ -25,7 +25,9 @@ from dtp._types import (
     FrameBatch,
     HamUpdate,
     MergeResult,
+    OpenedFrames,
     OpenedRecord,
+    OpenFramesResult,
     OpenResult,
     RawFrame,
     RecordBatch,
@@ -282,6 +284,10 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 
 
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
+# dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
+_OPENED_REC = struct.Struct("=QQIiII")
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp._reference.aead.MAX_STREAM_CHUNK
+OPEN_FRAMES_MAX = 1024
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 
@@ -306,7 +312,16 @@ class NativeAead:
         self._scratch_len = 1
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
-        self._sizes = ffi.new("size_t[2]")
+        self._sizes = ffi.new("size_t[4]")
+        self._recs: Any = None  # open_frames arrays, allocated on first use
+        self._recs_len = 0
+        self._recs_view: memoryview
+        self._frames: Any = None
+        self._frames_len = 0
+        self._frames_view: memoryview
+        self._ranges: Any = None
+        self._ranges_len = 0
+        self._ranges_view: memoryview
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -394,6 +409,129 @@ class NativeAead:
         if rc < 0:
             return OpenResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
         return OpenResult(records, consumed, rc)
+
+    def seal_stream(
+        self,
+        first_counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fin: bool = False,
+        max_chunk: int = MAX_STREAM_CHUNK,
+    ) -> tuple[bytes, int]:
+        """Seal stream bytes as records of one STREAM frame each, straight from ``data``
+        (``dtp_stream_seal``): chunks of ``max_chunk`` (one empty record for empty
+        data), the last frame STREAM_FIN when ``fin``. Returns (sealed bytes, records)."""
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        if max_chunk <= 0:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
+        size = len(data)
+        # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
+        # most 25 of frame header per record
+        cap = size + (size // chunk + 1) * 53
+        out = self._buffer(cap)
+        counts = self._sizes
+        rc = lib.dtp_stream_seal(
+            self._ctx,
+            first_counter,
+            sid,
+            off,
+            _from(data),
+            size,
+            int(fin),
+            chunk,
+            out,
+            cap,
+            counts,
+            counts + 1,
+        )
+        _check(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, counts[0])[:]
+        return sealed, counts[1]
+
+    def open_frames(
+        self,
+        buf: bytes | bytearray | memoryview,
+        max_records: int = 1024,
+        max_frames: int = OPEN_FRAMES_MAX,
+        max_ranges: int = OPEN_FRAMES_MAX,
+    ) -> OpenFramesResult:
+        """Open the DATA records at the start of ``buf`` and decode their frames in one
+        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp._reference.aead`.
+        Frame data are memoryviews into a scratch buffer, valid until the next call."""
+        if max_records < 0 or max_frames < 0 or max_ranges < 0:
+            raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
+        size = len(buf)
+        cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
+        result = self._open_frames(buf, size, cap, max_frames, max_ranges)
+        if result.status == t.FULL and not result.records:
+            result = self._open_frames(buf, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+        return result
+
+    def _open_frames(
+        self, buf: Any, size: int, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        # every frame and range takes at least one byte of plaintext: more slots than
+        # input bytes never change the result
+        fcap = min(max_frames, size)
+        rcap = min(max_ranges, size)
+        if cap > self._recs_len:
+            self._recs = _new_uninit("dtp_opened_rec[]", cap)
+            self._recs_len = cap
+            self._recs_view = memoryview(ffi.buffer(self._recs))
+        if fcap > self._frames_len or self._frames is None:
+            self._frames_len = max(1, fcap, min(max_frames, 64))
+            self._frames = _new_uninit("dtp_frame[]", self._frames_len)
+            self._frames_view = memoryview(ffi.buffer(self._frames))
+        if rcap > self._ranges_len or self._ranges is None:
+            self._ranges_len = max(1, rcap, min(max_ranges, 64))
+            self._ranges = _new_uninit("dtp_ack_range[]", self._ranges_len)
+            self._ranges_view = memoryview(ffi.buffer(self._ranges))
+        plain = self._buffer(max(1, size))
+        counts = self._sizes
+        rc = lib.dtp_aead_open_frames(
+            self._ctx,
+            _from(buf),
+            size,
+            self._recs,
+            cap,
+            plain,
+            size,
+            self._frames,
+            fcap,
+            self._ranges,
+            rcap,
+            counts,
+            counts + 1,
+            counts + 2,
+            counts + 3,
+        )
+        n, nf, consumed = counts[0], counts[1], counts[3]
+        records: list[OpenedFrames] = []
+        if n:
+            view = ffi.buffer(plain, size)
+            if nf == 1:
+                cframes = [_CFRAME.unpack_from(self._frames_view)]
+            else:
+                cframes = list(_CFRAME.iter_unpack(self._frames_view[: nf * _CFRAME.size]))
+            append = records.append
+            recs = self._recs_view[: n * _OPENED_REC.size]
+            for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
+                out: list[RawFrame] = []
+                for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
+                    if ftype == t.FRAME_ACK:
+                        raw = self._ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
+                        ack = tuple(_CRANGE.iter_unpack(raw))
+                        out.append(_tuple_new(RawFrame, (ftype, 0, 0, c, b"", ack)))
+                    else:
+                        data = view[data_off : data_off + data_len] if data_len else b""
+                        out.append(_tuple_new(RawFrame, (ftype, a, b, c, data, ())))
+                append(_tuple_new(OpenedFrames, (counter, status != 0, out)))
+        if rc < 0:
+            return OpenFramesResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
+        return _tuple_new(OpenFramesResult, (records, consumed, rc, None))
 
     def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""

@@ -69,12 +69,25 @@ class Session:
         self.error: DTPError | None = None
         self.on_authenticated: Callable[[str], None] | None = None
         self.on_receipt: Callable[[bytes], None] | None = None
+        self._data_arrived = False
+        # stream bytes skip the event queue: one copy, straight into the stream's buffer
+        self.conn.stream_data_handler = self._on_stream_data
+
+    def _on_stream_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        buf = self.streams.get(stream_id)
+        if buf is None:
+            buf = self.streams[stream_id] = StreamBuffer()
+        buf.data += data
+        if end:
+            buf.eof = True
+        self._data_arrived = True
 
     # -- events ------------------------------------------------------------------------
 
     def process_events(self) -> bool:
         """Apply every pending event; True if anything a waiter cares about changed."""
-        changed = False
+        changed = self._data_arrived
+        self._data_arrived = False
         while (event := self.conn.next_event()) is not None:
             changed = True
             self._apply(event)
@@ -130,7 +143,8 @@ class Session:
         stream was reset or the connection failed with nothing left to read."""
         buf = self.streams.get(stream_id)
         if buf is not None and buf.data:
-            chunk = bytes(buf.data[:max_bytes])
+            with memoryview(buf.data) as view:
+                chunk = view[:max_bytes].tobytes()  # one copy (a slice would make two)
             del buf.data[: len(chunk)]
             self.conn.acknowledge_read(stream_id, len(chunk))
             return chunk
@@ -149,7 +163,8 @@ class Session:
         buf = self.streams.get(stream_id)
         if buf is not None and buf.data:
             n = min(len(view), len(buf.data))
-            view[:n] = buf.data[:n]
+            with memoryview(buf.data) as src:
+                view[:n] = src[:n]
             del buf.data[:n]
             self.conn.acknowledge_read(stream_id, n)
             return n

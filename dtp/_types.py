@@ -133,6 +133,27 @@ class OpenResult(NamedTuple):
     error: DTPError | None = None
 
 
+class OpenedFrames(NamedTuple):
+    """One record opened by ``Aead.open_frames``: its counter, whether it was a replay
+    (then it has no frames), and its decoded frames. A frame's ``data`` may be a
+    memoryview that stays valid only until the next call on the same ``Aead``."""
+
+    counter: int
+    replayed: bool
+    frames: list[RawFrame]
+
+
+class OpenFramesResult(NamedTuple):
+    """What one ``Aead.open_frames`` call produced; as :class:`OpenResult`, with the
+    records' frames decoded. ``error`` is set when the call stopped on a bad record (a
+    header, authentication or frame decoding error); ``consumed`` then points at it."""
+
+    records: list[OpenedFrames]
+    consumed: int
+    status: int
+    error: DTPError | None = None
+
+
 class HamUpdate(NamedTuple):
     """One field write: ``value`` is the field's canonical value bytes."""
 

@@ -309,7 +309,8 @@ class DTPStreamWriter:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)
         if data:
-            self._conn.send_stream_data(self._stream_id, bytes(data))
+            # no defensive copy: the connection seals the bytes now or copies them
+            self._conn.send_stream_data(self._stream_id, data)
             self._proto.flush()
 
     def writelines(self, lines: Any) -> None:

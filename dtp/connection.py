@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -67,6 +68,7 @@ from dtp._types import (
     REC_HS_INIT,
     REC_HS_RESP,
     STOP,
+    OpenedFrames,
     RawFrame,
 )
 from dtp.crypto import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
@@ -124,7 +126,7 @@ class ConnectionConfig:
     """Client only, XX: refuse the server unless its static key equals this."""
     reliable_carrier: bool = True
     """True for ordered, reliable carriers (TCP); False turns on ACKs and retransmission."""
-    stream_window: int = 1 << 20
+    stream_window: int = 4 << 20
     """Bytes a peer may send on one stream beyond what our application has read."""
     connection_window: int = 8 << 20
     """The same, summed over all streams."""
@@ -230,6 +232,10 @@ class Connection:
         # lossy carriers
         self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
         self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
+        self.stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None = None
+        """When set (by the I/O adapters' Session), in-order stream bytes go straight to
+        ``handler(stream_id, data, end_stream)`` instead of becoming StreamDataReceived
+        events; ``data`` may be a view that is only valid during the call."""
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -274,10 +280,19 @@ class Connection:
         """Feed bytes from the carrier (any split: whole, partial, many records)."""
         if self._state is ConnState.CLOSED or not data:
             return
-        self._inbuf += data
         self._last_received = now
         self.bytes_received += len(data)
         try:
+            if self._recv_aead is not None:
+                if self._inbuf:
+                    data = self._complete_partial(data, now)
+                if not self._inbuf and data and not self.closed:
+                    # whole records are opened straight from the caller's buffer; only
+                    # a trailing partial record (or anything unusual) is copied
+                    data = self._process_direct(data, now)
+                if not data or self.closed:
+                    return
+            self._inbuf += data
             self._process_input(now)
         except HandshakeError as exc:
             self._fail(CloseCode.HANDSHAKE_FAILED, str(exc), now)
@@ -303,13 +318,19 @@ class Connection:
         """Bytes to hand to the carrier now (possibly empty)."""
         if self._state is not ConnState.CLOSED or self._close_frame is not None:
             self._build_records(now)
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
+        if len(out) == 1:
+            data = out.pop()
+            self._last_sent = now
+            self.bytes_sent += len(data)
+            return data
+        joined = b"".join(out)
+        out.clear()
         self._last_sent = now
-        self.bytes_sent += len(out)
-        return out
+        self.bytes_sent += len(joined)
+        return joined
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
@@ -330,6 +351,18 @@ class Connection:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
         if self._state is ConnState.CLOSED:
             return None
+        config = self.config
+        if (
+            self._state is ConnState.ESTABLISHED
+            and self._acks is None
+            and self._hs_resend_at is None
+        ):
+            # the common case, without building a list: idle timeout and keepalive
+            idle = self._last_received + config.idle_timeout
+            if config.keepalive_interval:
+                keepalive = self._last_sent + config.keepalive_interval
+                return keepalive if keepalive < idle else idle
+            return idle
         deadlines = [self._last_received + self.config.idle_timeout]
         if self._state is not ConnState.ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)
@@ -410,18 +443,76 @@ class Connection:
         self._streams_dirty = True
         return stream_id
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_stream_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> None:
         """Queue bytes on a stream (and optionally its end). Never blocks: callers
         bound their own buffering with :meth:`send_buffered`."""
         self._require_open()
         stream = self._get_stream(stream_id, create=False)
         if stream.send_state is not SendState.OPEN:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
+        if not stream.send_buf and self._can_seal_now():
+            # Fast path: nothing queued anywhere that must go first, so seal what flow
+            # control allows straight from the caller's buffer (the bytes and records
+            # are the ones _pack_streams would produce) and queue only the rest.
+            data = self._seal_stream_now(stream, data, end_stream)
+            if not data and not end_stream:
+                return
         if data:
             stream.send_buf += data
         if end_stream:
             stream.send_state = SendState.FIN_QUEUED
         self._streams_dirty = True
+
+    def _can_seal_now(self) -> bool:
+        return (
+            self._acks is None
+            and (
+                self._state is ConnState.ESTABLISHED
+                or (self.is_client and self._state is ConnState.AUTHENTICATING)
+            )
+            and not (
+                self._ctrl
+                or self._pending_max_data
+                or self._pending_stream_credit
+                or self._pending_max_streams
+                or self._ping_pending
+                or self._close_frame is not None
+            )
+        )
+
+    def _seal_stream_now(
+        self, stream: _Stream, data: bytes | bytearray | memoryview, end_stream: bool
+    ) -> bytes | bytearray | memoryview:
+        """Seal as much of ``data`` as flow control allows; returns the rest. A FIN
+        goes out with the last byte when everything fits; otherwise it stays for the
+        caller to queue."""
+        size = len(data)
+        credit = min(
+            stream.send_credit - stream.next_offset, self._conn_send_credit - self._conn_sent
+        )
+        n = size if size <= credit else max(credit, 0)
+        fin = end_stream and n == size
+        if not n and not fin:
+            return data
+        offset = stream.next_offset
+        view = data if n == size else memoryview(data)[:n]
+        sealed, records = self._send_aead.seal_stream(
+            self._send_counter, stream.stream_id, offset, view, fin
+        )
+        self._send_counter += records
+        self.records_sent += records
+        self._out.append(sealed)
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        self._conn_sent += n
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+            stream.fin_acked = True
+            self._maybe_forget(stream)
+            return b""
+        return b"" if n == size else memoryview(data)[n:]
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped."""
@@ -518,16 +609,9 @@ class Connection:
                 if not self._process_handshake_records(now):
                     return
                 continue
-            result = self._recv_aead.open(self._inbuf)
-            for record in result.records:
-                if record.replayed:
-                    if self.config.reliable_carrier:
-                        raise ReplayError()
-                    continue  # lossy carriers duplicate records: drop silently
-                self.records_received += 1
-                self._handle_record(record.counter, record.plaintext, now)
-                if self.closed:  # a frame in the record ended the connection
-                    return
+            result = self._recv_aead.open_frames(self._inbuf)
+            if not self._handle_records(result.records, now):
+                return
             del self._inbuf[: result.consumed]
             if result.error is not None:
                 if isinstance(result.error, DecryptionError) and not self.config.reliable_carrier:
@@ -541,6 +625,46 @@ class Connection:
             if result.status == FULL:
                 continue
             return
+
+    def _complete_partial(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Move into the input buffer only the bytes that complete the partial record
+        held there, and process it; returns the rest of ``data``. (Same as feeding the
+        data in two pieces, which any split must handle alike.)"""
+        view = memoryview(data)
+        inbuf = self._inbuf
+        while inbuf and view and self._state is not ConnState.CLOSED:
+            have = len(inbuf)
+            if have < 12:
+                need = 12 - have  # the header first: its checks come as soon as it is whole
+            else:
+                need = 12 + (inbuf[2] | inbuf[3] << 8) - have
+                if need <= 0:
+                    break  # a whole record the general path left for later
+            inbuf += view[:need]
+            view = view[need:]
+            self._process_input(now)
+            inbuf = self._inbuf  # _terminate rebinds it
+        return view
+
+    def _process_direct(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
+        """Open the DATA records at the start of ``data`` without copying it; returns
+        what is left for :meth:`_process_input` (a partial record, or a record that
+        needs its attention: an error or a handshake record)."""
+        view = memoryview(data)
+        pos = 0
+        size = len(view)
+        while pos < size:
+            result = self._recv_aead.open_frames(view[pos:] if pos else view)
+            if not self._handle_records(result.records, now):
+                return b""
+            pos += result.consumed
+            if result.status != FULL or result.error is not None:
+                break
+        return view[pos:] if pos else data
 
     def _drop_bad_record(self) -> None:
         batch = _core.parse_records(self._inbuf, max_records=1)
@@ -638,25 +762,84 @@ class Connection:
         assert self.peer_static is not None and self.handshake_hash is not None
         self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
 
-    def _handle_record(self, counter: int, plaintext: bytes, now: float) -> None:
+    def _handle_records(self, records: list[OpenedFrames], now: float) -> bool:
+        """Act on opened records; False if one of them ended the connection.
+
+        Records holding one in-order STREAM frame (the bulk of any transfer) are
+        delivered right here when :meth:`_fast_stream_frame` would accept them; every
+        other record goes through :meth:`_handle_record`."""
+        fast = self._acks is None and self.stream_data_handler is not None
+        for record in records:
+            if record.replayed:
+                if self.config.reliable_carrier:
+                    raise ReplayError()
+                continue  # lossy carriers duplicate records: drop silently
+            self.records_received += 1
+            frames = record.frames
+            if fast and len(frames) == 1:
+                frame = frames[0]
+                if frame.type == FRAME_STREAM and self._fast_stream_frame(
+                    frame.a, frame.b, frame.data
+                ):
+                    continue
+            self._handle_record(record.counter, frames, now)
+            if self._state is ConnState.CLOSED:  # a frame in the record ended it
+                return False
+        return True
+
+    def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:
+        """Act on one opened record's frames (their data may be views into the AEAD's
+        scratch buffer: whatever outlives this call is copied)."""
         if self.is_client and self._hs_resend_at is not None:
             # the server answered with sealed data: our handshake messages arrived
             self._hs_resend_at = None
             self._hs_messages.clear()
-        frames = _core.decode_frames(plaintext)
         ack_eliciting = False
         for frame in frames:
             ftype = frame.type
             if ftype not in (FRAME_ACK, FRAME_PADDING):
                 ack_eliciting = True
+            if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                continue
             self._handle_frame(frame, now)
             if self._state is ConnState.CLOSED:
                 return
         if self._acks is not None:
             self._acks.on_record(counter, ack_eliciting, now)
 
+    def _fast_stream_frame(self, stream_id: int, offset: int, data: bytes | memoryview) -> bool:
+        """In-order data on an open stream of an established connection over a reliable
+        carrier, within flow control, with a handler to take it: deliver it and return
+        True. Anything else returns False for the general path to judge."""
+        handler = self.stream_data_handler
+        stream = self._streams.get(stream_id)
+        if (
+            handler is None
+            or stream is None
+            or stream.recv_state is not RecvState.OPEN
+            or offset != stream.delivered
+            or self._acks is not None
+            or self._state is not ConnState.ESTABLISHED
+        ):
+            return False
+        end = offset + len(data)
+        if end > stream.recv_limit:
+            return False
+        grown = end - stream.recv_highest
+        if grown > 0:
+            if self._conn_received + grown > self._conn_recv_limit:
+                return False
+            self._conn_received += grown
+            stream.recv_highest = end
+        if data:
+            stream.delivered = end
+            handler(stream_id, data, False)
+        return True
+
     def _handle_frame(self, frame: RawFrame, now: float) -> None:
         ftype = frame.type
+        if frame.data and type(frame.data) is not bytes:
+            frame = frame._replace(data=bytes(frame.data))  # a view into scratch space
         if ftype in (FRAME_STREAM, FRAME_STREAM_FIN):
             self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
         elif ftype == FRAME_ACK:
@@ -780,7 +963,13 @@ class Connection:
         if chunk or (done and stream.recv_state is not RecvState.DONE):
             if done:
                 stream.recv_state = RecvState.DONE
-            self._deliver(StreamDataReceived(stream_id, chunk, done))
+            handler = self.stream_data_handler
+            if handler is not None and (
+                self.is_client or self._state is not ConnState.AUTHENTICATING
+            ):
+                handler(stream_id, chunk, done)
+            else:
+                self._deliver(StreamDataReceived(stream_id, chunk, done))
             if done:
                 self._maybe_forget(stream)
 
@@ -827,6 +1016,16 @@ class Connection:
     def _build_records(self, now: float) -> None:
         if self._send_aead is None:
             return
+        if self._acks is None and not (
+            self._streams_dirty
+            or self._ctrl
+            or self._pending_max_data
+            or self._pending_stream_credit
+            or self._pending_max_streams
+            or self._ping_pending
+            or self._close_frame is not None
+        ):
+            return  # nothing to send (the common case after a fast-path seal)
         frames_now: list[RawFrame] = []
         if self._acks is not None and (
             self._acks.ack_due(now) or (self._acks.received and self._has_outgoing())
@@ -859,6 +1058,11 @@ class Connection:
         # control frames first, packed into as few records as fit
         if frames_now:
             self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
+            if self._acks is None:
+                # reliable carriers: stream data is sealed straight from the send
+                # buffers below, so the control records must be sealed before it
+                self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+                plaintexts, items_per_record, eliciting = [], [], []
         # A client may send data right behind its AUTH frame (the server holds it until
         # it accepts), but only where records cannot overtake each other.
         if self._streams_dirty and (
@@ -879,6 +1083,15 @@ class Connection:
             plaintexts.append(close)
             items_per_record.append([])
             eliciting.append(False)
+        self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+
+    def _seal_plaintexts(
+        self,
+        plaintexts: list[bytes],
+        items_per_record: list[list[_Item]],
+        eliciting: list[bool],
+        now: float,
+    ) -> None:
         if not plaintexts:
             return
         first = self._send_counter
@@ -967,6 +1180,12 @@ class Connection:
                 wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
                 if unsent and credit > 0:
                     length = min(unsent, credit, budget)
+                    if self._acks is None:
+                        # reliable carrier: all that flow control allows in one call
+                        self._seal_queued(stream, min(unsent, credit))
+                        if stream.send_state is SendState.FIN_SENT:
+                            break
+                        continue
                 elif (wants_fin or stream.announce) and not unsent:
                     length = 0
                 else:
@@ -982,6 +1201,31 @@ class Connection:
                 )
                 if stream.send_state is SendState.FIN_SENT:
                     break
+
+    def _seal_queued(self, stream: _Stream, length: int) -> None:
+        """Reliable carriers: seal ``length`` queued bytes of ``stream`` (from its
+        first unsent byte) in one C call, straight from the send buffer, into the
+        records _emit_stream_chunk would build one by one; then drop them."""
+        offset = stream.next_offset
+        end = offset + length
+        fin = stream.send_state is SendState.FIN_QUEUED and end == stream.end_offset
+        start = offset - stream.base_offset
+        with memoryview(stream.send_buf) as view:
+            sealed, records = self._send_aead.seal_stream(
+                self._send_counter, stream.stream_id, offset, view[start : start + length], fin
+            )
+        self._send_counter += records
+        self.records_sent += records
+        self._out.append(sealed)
+        stream.announce = False
+        stream.next_offset = end
+        self._conn_sent += length
+        del stream.send_buf[: end - stream.base_offset]
+        stream.base_offset = end
+        if fin:
+            stream.send_state = SendState.FIN_SENT
+            stream.fin_acked = True
+            self._maybe_forget(stream)
 
     def _emit_stream_chunk(
         self,

@@ -45,10 +45,14 @@ is unique to this session, so the proof cannot be replayed into another one.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import warnings
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from noise.backends.default.backend import DefaultNoiseBackend
+from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -131,6 +135,44 @@ def _check_key(name: str, key: bytes) -> bytes:
     if len(key) != KEY_SIZE:
         raise ValueError(f"{name} must be {KEY_SIZE} bytes, got {len(key)}")
     return key
+
+
+class _Blake2sHash(BLAKE2sHash):  # type: ignore[misc]
+    """BLAKE2s for Noise through :mod:`hashlib` (the same function as the default
+    backend's, without building a ``cryptography`` hash object per call)."""
+
+    @property
+    def fn(self) -> Any:
+        return _blake2s_fn
+
+    def hash(self, data: bytes) -> bytes:
+        return hashlib.blake2s(data).digest()
+
+
+_blake2s_fn = BLAKE2sHash().fn  # what the default backend's HMAC is given for BLAKE2s
+
+
+def _hmac(key: bytes, data: bytes, algorithm: Any) -> bytes:
+    """HMAC-HASH as the default backend computes it; HMAC-BLAKE2s (block 64, digest
+    32) through :mod:`hmac` and :mod:`hashlib`."""
+    if algorithm is _blake2s_fn:
+        return hmac.digest(key, data, hashlib.blake2s)
+    return bytes(hmac_hash(key, data, algorithm))
+
+
+class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
+    """noiseprotocol's default backend with a cheaper BLAKE2s and HMAC (a handshake
+    hashes some forty times); every result is the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        hashes: dict[str, Any] = dict(vars(self)["hashes"])
+        hashes["BLAKE2s"] = _Blake2sHash
+        self.hashes = hashes
+        self.hmac = _hmac
+
+
+_BACKEND = _Backend()
 
 
 class Handshake:
@@ -220,7 +262,7 @@ class Handshake:
         )
 
     def _start_noise(self, pattern: int) -> Any:
-        noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern])
+        noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
         noise.set_prologue(self._prologue)
         if self._is_initiator:
             noise.set_as_initiator()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import io
 import logging
 import queue
@@ -31,7 +32,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +67,7 @@ SHUT_RDWR = _socket.SHUT_RDWR
 
 SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024
+_IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
 
 AcceptHook = Callable[[str], "bool | str | None"]
@@ -94,8 +95,6 @@ class _Engine:
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._timer: threading.Thread | None = None
-        self._stopped = threading.Event()  # wakes the timer thread only to exit
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         try:
             self.peername = sock.getpeername()
@@ -105,14 +104,25 @@ class _Engine:
 
     # -- output ------------------------------------------------------------------------
 
-    def _collect(self) -> None:
-        data = self.conn.data_to_send(time.monotonic())
-        if data:
-            self.out.append(memoryview(data))
-
     def _send_some(self) -> None:
         """Write what the socket takes now, without blocking."""
-        while self.out and not self.carrier_closed:
+        out = self.out
+        if len(out) > 1 and not self.carrier_closed:
+            # many buffers (records sealed in several calls): one writev, not one
+            # send each
+            try:
+                n = self.sock.sendmsg(out[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return
+            while out and n >= len(out[0]):
+                n -= len(out.pop(0))
+            if n:
+                out[0] = out[0][n:]
+                return
+        while out and not self.carrier_closed:
             head = self.out[0]
             try:
                 n = self.sock.send(head)
@@ -129,10 +139,26 @@ class _Engine:
 
     def flush(self) -> None:
         """Collect the connection's output and write what fits; lock held."""
-        self._collect()
-        self._send_some()
-        if self.out and self.pumping:
-            self._wake()
+        data = self.conn.data_to_send(time.monotonic())
+        if data:
+            if not self.out and not self.carrier_closed:
+                # the common case: write straight away, queue only what does not fit
+                try:
+                    n = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as exc:
+                    self._carrier_failed(exc)
+                    return
+                if n == len(data):
+                    return
+                self.out.append(memoryview(data)[n:])
+            else:
+                self.out.append(memoryview(data))
+        if self.out:
+            self._send_some()
+            if self.out and self.pumping:
+                self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -150,24 +176,29 @@ class _Engine:
         self.conn.carrier_lost(what)
         self.session.process_events()
 
-    def _read_available(self) -> None:
+    def _read_available(self) -> bool:
+        """Read what has arrived, without blocking; True if anything was read (or the
+        carrier ended)."""
         # recv_into one reused buffer: a fresh 256 KiB object per recv() is an mmap,
         # page faults and an munmap every time (above malloc's mmap threshold)
         buf, view = self._rbuf, self._rview
+        got = False
         for _ in range(64):  # bounded: give other work a turn on a firehose
             try:
                 n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                return
+                return got
             except OSError as exc:
                 self._carrier_failed(exc)
-                return
+                return True
             if not n:
                 self._carrier_failed(None)
-                return
+                return True
+            got = True
             self.conn.receive_data(view[:n], time.monotonic())
             if n < RECV_CHUNK:
-                return
+                return True
+        return True
 
     def pump(self, ready: Callable[[], bool], timeout: float | None) -> None:
         """Drive I/O until ``ready()`` is true; lock held on entry and exit.
@@ -195,9 +226,15 @@ class _Engine:
         self.pumping = True
         try:
             self.flush()
+            # What we wait for has often arrived already (a reply that came while we
+            # were sending): a non-blocking read first saves the wait and its syscall.
+            if not self.carrier_closed and self._read_available():
+                self._after_io()
+                return
             timer = self.conn.get_timer()
-            limits = [t for t in (deadline, timer) if t is not None]
-            wait = max(0.0, min(limits) - time.monotonic()) if limits else None
+            if deadline is not None and (timer is None or deadline < timer):
+                timer = deadline
+            wait = None if timer is None else max(0.0, timer - time.monotonic())
             wlist = [self.sock] if self.out and not self.carrier_closed else []
             rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
             self.lock.release()
@@ -227,10 +264,12 @@ class _Engine:
                 self.cond.notify_all()
 
     def _after_io(self) -> None:
-        now = time.monotonic()
-        timer = self.conn.get_timer()
-        if timer is not None and now >= timer:
-            self.conn.handle_timer(now)
+        conn = self.conn
+        timer = conn.get_timer()
+        if timer is not None:
+            now = time.monotonic()
+            if now >= timer:
+                conn.handle_timer(now)
         self.session.process_events()
         self.flush()
 
@@ -251,11 +290,7 @@ class _Engine:
     # -- lifetime -------------------------------------------------------------------------
 
     def start_timer(self) -> None:
-        ref = weakref.ref(self)
-        thread = threading.Thread(target=_timer_loop, args=(ref,), name=f"dtp-timer-{self.name}")
-        thread.daemon = True
-        self._timer = thread
-        thread.start()
+        _TIMERS.add(self)
 
     def shutdown(self, linger: float) -> None:
         """Close gracefully: wait up to ``linger`` for queued data, then CLOSE."""
@@ -289,38 +324,74 @@ class _Engine:
     def _release(self) -> None:
         self.closed = True
         self.carrier_closed = True
-        self._stopped.set()
         for s in (self.sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
         self.cond.notify_all()
 
 
-def _timer_loop(ref: weakref.ref[_Engine]) -> None:
-    """Keepalives and idle timeouts for a connection nobody is driving right now.
+class _TimerService:
+    """Keepalives and idle timeouts for connections nobody is driving right now.
 
-    It sleeps on its own event (pumps never wake it, so it costs nothing on the hot
-    path), wakes when the connection's timer is due (at most every second), and does
-    one non-blocking pass only if no caller is busy with the connection.
+    One thread per process serves every engine (a thread per connection would cost a
+    thread start and exit per connect). It sleeps until the earliest engine is due (at
+    most a second, as the engine's timers may move while callers drive it), and then
+    does one non-blocking pass on each due engine whose lock is free and which no
+    caller is busy with. Engines are held weakly and dropped once closed.
     """
-    while True:
-        engine = ref()
-        if engine is None:
-            return
+
+    MAX_WAIT = 1.0
+    MIN_WAIT = 0.005
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, weakref.ref[_Engine]]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, engine: _Engine) -> None:
+        with self._cond:
+            self._push(engine, time.monotonic())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def _push(self, engine: _Engine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
-        wait = 1.0 if timer is None else min(1.0, max(0.0, timer - time.monotonic()))
-        stopped = engine._stopped
-        del engine  # do not keep the engine alive while sleeping
-        if stopped.wait(wait):
-            return
-        engine = ref()
-        if engine is None:
-            return
-        with engine.lock:
-            if engine.closed:
-                return
-            engine.poll()
-        del engine
+        due = now + self.MAX_WAIT if timer is None else min(now + self.MAX_WAIT, timer)
+        due = max(due, now + min_wait)
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, weakref.ref(engine)))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, ref = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            engine = ref()
+            if engine is None or engine.closed:
+                continue
+            if engine.lock.acquire(blocking=False):
+                try:
+                    if not engine.closed:
+                        engine.poll()
+                finally:
+                    engine.lock.release()
+            if not engine.closed:
+                with self._cond:
+                    # a due timer that a busy caller is about to handle: look again
+                    # shortly rather than spin
+                    self._push(engine, time.monotonic(), self.MIN_WAIT)
+            del engine
+
+
+_TIMERS = _TimerService()
 
 
 class DTPSocket:
@@ -406,9 +477,11 @@ class DTPSocket:
         if self._rd_shut:
             return b""
         engine = self._engine
+        session = engine.session
         with engine.lock:
-            self._wait(lambda: engine.session.readable(self._stream_id))
-            data = engine.session.take(self._stream_id, bufsize)
+            if not session.readable(self._stream_id):
+                self._wait(lambda: session.readable(self._stream_id))
+            data = session.take(self._stream_id, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
 
@@ -421,9 +494,11 @@ class DTPSocket:
         if self._rd_shut or not len(view):
             return 0
         engine = self._engine
+        session = engine.session
         with engine.lock:
-            self._wait(lambda: engine.session.readable(self._stream_id))
-            n = engine.session.take_into(self._stream_id, view)
+            if not session.readable(self._stream_id):
+                self._wait(lambda: session.readable(self._stream_id))
+            n = session.take_into(self._stream_id, view)
             engine.flush()
             return n
 
@@ -443,6 +518,17 @@ class DTPSocket:
             return 0
         engine = self._engine
         with engine.lock:
+            conn = engine.conn
+            sid = self._stream_id
+            if engine.session.terminated is None and conn.send_buffered(sid) == 0:
+                # the common case: the stream exists (or it would have nothing
+                # buffered only if it was never opened) and has room
+                engine.session.check_writable(sid)
+                if sid in conn._streams:
+                    n = min(len(view), SEND_HIGH_WATER)
+                    conn.send_stream_data(sid, view if n == len(view) else view[:n])
+                    engine.flush()
+                    return n
             self._wait(self._stream_ready_for_send)
             engine.session.check_writable(self._stream_id)
 
@@ -455,7 +541,7 @@ class DTPSocket:
             self._wait(room)
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
-            engine.conn.send_stream_data(self._stream_id, bytes(view[:n]))
+            engine.conn.send_stream_data(self._stream_id, view[:n])
             engine.flush()
             return n
 
@@ -685,8 +771,10 @@ def create_connection(
 
 
 class DTPServer:
-    """A listening DTP endpoint. Handshakes run in worker threads, so a slow or hostile
-    client cannot stall :meth:`accept` for others."""
+    """A listening DTP endpoint. Each connection's handshake runs in a thread of its
+    own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
+    :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
+    handler."""
 
     def __init__(
         self,
@@ -706,7 +794,8 @@ class DTPServer:
         self._listener = listen_tcp(address, backlog)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
-        self._pool = ThreadPoolExecutor(max_handshakes, thread_name_prefix="dtp-handshake")
+        self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
+        self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
         self.handshakes_failed = 0
         self.refused = 0
@@ -727,13 +816,39 @@ class DTPServer:
                     return
                 time.sleep(0.05)
                 continue
-            try:
-                self._pool.submit(self._handshake, tcp, peer)
-            except RuntimeError:  # pool shut down while closing
+            # at most max_handshakes at once: further clients wait in the backlog
+            while not self._slots.acquire(timeout=0.5):
+                if self._closed.is_set():
+                    tcp.close()
+                    return
+            if self._closed.is_set():
+                self._slots.release()
                 tcp.close()
                 return
+            thread = threading.Thread(
+                target=self._serve_one, args=(tcp, peer), name="dtp-handshake", daemon=True
+            )
+            thread.start()
 
-    def _handshake(self, tcp: _socket.socket, peer: Any) -> None:
+    def _serve_one(self, tcp: _socket.socket, peer: Any) -> None:
+        """One connection's thread: the handshake, then (under serve_forever) the
+        handler, with no thread hand-off between them."""
+        try:
+            sock = self._handshake(tcp, peer)
+        finally:
+            self._slots.release()
+        if sock is None:
+            return
+        dispatch = self._dispatch
+        if dispatch is not None and not self._closed.is_set():
+            dispatch(sock)
+            return
+        try:
+            self._ready.put(sock, timeout=self._config.handshake_timeout)
+        except queue.Full:
+            sock.abort("server busy")
+
+    def _handshake(self, tcp: _socket.socket, peer: Any) -> DTPSocket | None:
         from dtp.carriers.tcp import tune
 
         tune(tcp)
@@ -747,22 +862,18 @@ class DTPServer:
         except Exception:
             logger.exception("handshake with %s failed", peer)
             engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
-            return
+            return None
         # the engine's lock is not held here: abort() and friends take it themselves
         if outcome == "failed":
             self.handshakes_failed += 1
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
-            return
+            return None
         if outcome == "refused":
             self.refused += 1
             engine.abort(CloseCode.REFUSED, reason)
-            return
+            return None
         engine.start_timer()
-        sock = DTPSocket(engine, 0, primary=True)
-        try:
-            self._ready.put(sock, timeout=self._config.handshake_timeout)
-        except queue.Full:
-            sock.abort("server busy")
+        return DTPSocket(engine, 0, primary=True)
 
     def _authenticate(self, engine: _Engine) -> tuple[str, str]:
         """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
@@ -827,6 +938,12 @@ class DTPServer:
                 except Exception:
                     logger.exception("handler failed for %s", sock.peer_address)
 
+        def start(sock: DTPSocket) -> None:
+            threading.Thread(target=run, args=(sock,), daemon=True).start()
+
+        # From now on, each connection's handshake thread goes on to run its handler
+        # (no thread hand-off); the loop below serves what was queued before.
+        self._dispatch = run
         while not self._closed.is_set():
             try:
                 sock, _ = self.accept(timeout=0.5)
@@ -834,7 +951,7 @@ class DTPServer:
                 continue
             except LocalProtocolError:
                 return
-            threading.Thread(target=run, args=(sock,), daemon=True).start()
+            start(sock)
 
     def close(self) -> None:
         """Stop listening; connections already accepted stay open."""
@@ -843,7 +960,6 @@ class DTPServer:
         self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(queue.Full):
             self._ready.put_nowait(None)
 

@@ -66,10 +66,13 @@ static void make_nonce(uint8_t nonce[NONCE_LEN], uint64_t counter) {
     dtp_put_u64le(nonce + 4, counter);
 }
 
-/* ChaCha20-Poly1305 seal: out[0..len) = ciphertext, tag[0..16) = tag. Lengths are at
- * most INT_MAX (checked by the callers). Returns DTP_OK or DTP_ERR_CRYPTO. */
-static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                    const uint8_t *plain, size_t len, uint8_t *out, uint8_t *tag) {
+/* ChaCha20-Poly1305 seal of the plaintext p1[0..l1) || p2[0..l2) (two pieces, so that a
+ * frame header and the caller's data need not be copied together first): out[0..l1+l2)
+ * = ciphertext, tag[0..16) = tag. Lengths are at most INT_MAX (checked by the callers).
+ * Returns DTP_OK or DTP_ERR_CRYPTO. */
+static int seal_raw2(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *p1, size_t l1, const uint8_t *p2, size_t l2, uint8_t *out,
+                     uint8_t *tag) {
     uint8_t nonce[NONCE_LEN];
     uint8_t fin[DTP_AEAD_TAG_LEN];
     int outl = 0;
@@ -77,8 +80,12 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
     if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 1) != 1) return crypto_failed(ctx);
     if (ad_len > 0 && EVP_CipherUpdate(ctx->evp, NULL, &outl, ad, (int)ad_len) != 1)
         return crypto_failed(ctx);
-    if (len > 0) {
-        if (EVP_CipherUpdate(ctx->evp, out, &outl, plain, (int)len) != 1 || (size_t)outl != len)
+    if (l1 > 0) {
+        if (EVP_CipherUpdate(ctx->evp, out, &outl, p1, (int)l1) != 1 || (size_t)outl != l1)
+            return crypto_failed(ctx);
+    }
+    if (l2 > 0) {
+        if (EVP_CipherUpdate(ctx->evp, out + l1, &outl, p2, (int)l2) != 1 || (size_t)outl != l2)
             return crypto_failed(ctx);
     }
     /* A stream cipher: Final writes nothing, but give it a valid pointer anyway. */
@@ -87,6 +94,11 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
     if (EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_GET_TAG, DTP_AEAD_TAG_LEN, tag) != 1)
         return crypto_failed(ctx);
     return DTP_OK;
+}
+
+static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                    const uint8_t *plain, size_t len, uint8_t *out, uint8_t *tag) {
+    return seal_raw2(ctx, counter, ad, ad_len, plain, len, NULL, 0, out, tag);
 }
 
 /* ChaCha20-Poly1305 open of ct[0..len) with `tag`. Writes len bytes at out, and wipes
@@ -307,6 +319,193 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
         pos += DTP_RECORD_HEADER_LEN + rec.body_len;
     }
     *n_out = n;
+    *consumed = pos;
+    return rc;
+}
+
+/* ---- stream fast paths ------------------------------------------------------------ */
+
+#define STREAM_HEADER_MAX 25 /* type + three 8-byte varints */
+#define VARINT_MAX_U64 ((uint64_t)DTP_VARINT_MAX)
+
+/* Records needed for len bytes in chunks of max_chunk (>= 1): one for empty data. */
+static size_t stream_records(size_t len, size_t max_chunk) {
+    return len == 0 ? 1 : len / max_chunk + (len % max_chunk != 0);
+}
+
+/* Validate dtp_stream_seal's stream arguments (checks 2 to 5 of its header comment) and
+ * compute the exact output size. Returns DTP_OK or the error code. */
+static int stream_seal_check(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk,
+                             size_t *n_out, size_t *size_out) {
+    if (max_chunk == 0) return DTP_ERR_ARG;
+    if (max_chunk > DTP_MAX_FRAME_DATA) return DTP_ERR_FRAME_SIZE;
+    if (stream_id > VARINT_MAX_U64 || offset > VARINT_MAX_U64) return DTP_ERR_VARINT;
+    if ((uint64_t)len > VARINT_MAX_U64 - offset) return DTP_ERR_FRAME_VALUE;
+    size_t n = stream_records(len, max_chunk);
+    const size_t per = DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN + STREAM_HEADER_MAX;
+    /* n <= len / 1 + 1 records; a size that cannot be represented cannot fit anywhere. */
+    if (n > (SIZE_MAX - len) / per) return DTP_ERR_BUFFER;
+    size_t total = 0, sid_size = dtp_varint_size(stream_id);
+    for (size_t i = 0; i < n; i++) {
+        size_t pos = i * max_chunk;
+        size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;
+        size_t hdr = 1 + sid_size + dtp_varint_size(offset + (uint64_t)pos) +
+                     dtp_varint_size((uint64_t)chunk);
+        if (hdr + chunk > DTP_MAX_RECORD_PLAINTEXT) return DTP_ERR_RECORD_SIZE;
+        total += DTP_RECORD_HEADER_LEN + hdr + chunk + DTP_AEAD_TAG_LEN;
+    }
+    *n_out = n;
+    *size_out = total;
+    return DTP_OK;
+}
+
+size_t dtp_stream_seal_size(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk) {
+    size_t n = 0, size = 0;
+    if (stream_seal_check(stream_id, offset, len, max_chunk, &n, &size) != DTP_OK) return 0;
+    return size;
+}
+
+int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, uint64_t offset,
+                    const uint8_t *data, size_t len, int fin, size_t max_chunk, uint8_t *out,
+                    size_t out_cap, size_t *written, size_t *n_records) {
+    if (ctx == NULL || written == NULL || n_records == NULL || (data == NULL && len > 0) ||
+        (out == NULL && out_cap > 0))
+        return DTP_ERR_ARG;
+    *written = 0;
+    *n_records = 0;
+    size_t n = 0, total = 0;
+    int rc = stream_seal_check(stream_id, offset, len, max_chunk, &n, &total);
+    if (rc != DTP_OK) return rc;
+    if (first_counter == COUNTER_RESERVED ||
+        (uint64_t)(n - 1) > COUNTER_RESERVED - 1 - first_counter)
+        return DTP_ERR_COUNTER;
+    if (out_cap < total) return DTP_ERR_BUFFER;
+
+    size_t out_pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t pos = i * max_chunk;
+        size_t chunk = (len - pos < max_chunk) ? len - pos : max_chunk;
+        uint8_t fh[STREAM_HEADER_MAX];
+        size_t h = 0;
+        fh[h++] = (fin && i == n - 1) ? DTP_FRAME_STREAM_FIN : DTP_FRAME_STREAM;
+        h += dtp_varint_put(fh + h, sizeof fh - h, stream_id);
+        h += dtp_varint_put(fh + h, sizeof fh - h, offset + (uint64_t)pos);
+        h += dtp_varint_put(fh + h, sizeof fh - h, (uint64_t)chunk);
+        uint64_t counter = first_counter + (uint64_t)i;
+        uint8_t *hdr = out + out_pos;
+        size_t plen = h + chunk;
+        hdr[0] = DTP_REC_DATA;
+        hdr[1] = 0;
+        dtp_put_u16le(hdr + 2, (uint16_t)(plen + DTP_AEAD_TAG_LEN));
+        dtp_put_u64le(hdr + 4, counter);
+        uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+        rc = seal_raw2(ctx, counter, hdr, DTP_RECORD_HEADER_LEN, fh, h,
+                       chunk > 0 ? data + pos : NULL, chunk, ct, ct + plen);
+        if (rc != DTP_OK) {
+            OPENSSL_cleanse(out, out_pos + DTP_RECORD_HEADER_LEN + plen);
+            return rc;
+        }
+        out_pos += DTP_RECORD_HEADER_LEN + plen + DTP_AEAD_TAG_LEN;
+    }
+    *written = out_pos;
+    *n_records = n;
+    return DTP_OK;
+}
+
+int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened_rec *recs,
+                         size_t max_recs, uint8_t *plain_out, size_t plain_cap,
+                         dtp_frame *frames, size_t max_frames, dtp_ack_range *ranges,
+                         size_t max_ranges, size_t *n_recs, size_t *n_frames, size_t *n_ranges,
+                         size_t *consumed) {
+    if (ctx == NULL || n_recs == NULL || n_frames == NULL || n_ranges == NULL ||
+        consumed == NULL || (buf == NULL && len > 0) || (recs == NULL && max_recs > 0) ||
+        (plain_out == NULL && plain_cap > 0) || (frames == NULL && max_frames > 0) ||
+        (ranges == NULL && max_ranges > 0))
+        return DTP_ERR_ARG;
+    /* first_frame / n_frames are 32-bit: never hand out more frame slots than that
+     * (unreachable in practice: it would take gigabytes of input) */
+    if (max_frames > UINT32_MAX) max_frames = UINT32_MAX;
+    size_t pos = 0, n = 0, nf = 0, nr = 0, plain_pos = 0;
+    int rc = DTP_OK;
+    while (pos < len) {
+        if (len - pos < DTP_RECORD_HEADER_LEN) {
+            rc = DTP_NEED_MORE;
+            break;
+        }
+        const uint8_t *hdr = buf + pos;
+        dtp_record rec;
+        int hc = dtp_record_header_check(hdr, &rec);
+        if (hc < 0) {
+            rc = hc;
+            break;
+        }
+        if (rec.kind != DTP_REC_DATA) {
+            rc = DTP_STOP;
+            break;
+        }
+        if (len - pos - DTP_RECORD_HEADER_LEN < rec.body_len) {
+            rc = DTP_NEED_MORE;
+            break;
+        }
+        size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
+        if (n == max_recs || plain_cap - plain_pos < plen) {
+            rc = DTP_FULL;
+            break;
+        }
+        if (rec.counter == COUNTER_RESERVED) {
+            rc = DTP_ERR_DECRYPT;
+            break;
+        }
+        dtp_opened_rec *o = &recs[n];
+        o->counter = rec.counter;
+        o->plain_off = plain_pos;
+        o->first_frame = (uint32_t)nf;
+        o->n_frames = 0;
+        if (!window_check(ctx, rec.counter)) {
+            o->plain_len = 0;
+            o->status = DTP_ERR_REPLAY;
+        } else {
+            const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+            uint8_t *dst = plen > 0 ? plain_out + plain_pos : NULL;
+            int oc = open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, dst);
+            if (oc != DTP_OK) {
+                rc = oc;
+                break;
+            }
+            size_t fn = 0, rn = 0, used = 0;
+            int dc = DTP_OK;
+            if (plen > 0)
+                dc = dtp_frames_decode(dst, plen, 1, frames == NULL ? NULL : frames + nf,
+                                       max_frames - nf, ranges == NULL ? NULL : ranges + nr,
+                                       max_ranges - nr, &fn, &rn, &used);
+            if (dc != DTP_OK) {
+                /* DTP_FULL (retry with room) or a decode error: the record is not
+                 * reported, so its plaintext must not linger either. */
+                OPENSSL_cleanse(dst, plen);
+                rc = dc;
+                break;
+            }
+            for (size_t k = 0; k < fn; k++) {
+                dtp_frame *f = &frames[nf + k];
+                if (f->type == DTP_FRAME_ACK)
+                    f->a += (uint64_t)nr;
+                else if (f->data_len > 0)
+                    f->data_off += (uint64_t)plain_pos;
+            }
+            window_mark(ctx, rec.counter);
+            o->plain_len = (uint32_t)plen;
+            o->status = DTP_OK;
+            o->n_frames = (uint32_t)fn;
+            nf += fn;
+            nr += rn;
+            plain_pos += plen;
+        }
+        n++;
+        pos += DTP_RECORD_HEADER_LEN + rec.body_len;
+    }
+    *n_recs = n;
+    *n_frames = nf;
+    *n_ranges = nr;
     *consumed = pos;
     return rc;
 }

@@ -200,6 +200,53 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
                         size_t max_out, uint8_t *plain_out, size_t plain_cap, size_t *n_out,
                         size_t *consumed);
 
+/* Seal stream bytes straight from the caller's buffer: the fast path for STREAM data.
+ * data[0..len) is cut into chunks of max_chunk bytes (the last may be shorter; len 0
+ * gives one empty chunk), and chunk i becomes one DATA record (counter first_counter+i)
+ * whose plaintext is a single frame: STREAM, or STREAM_FIN for the last chunk when fin
+ * is nonzero, with stream id, offset + i * max_chunk, the chunk's length (minimal
+ * varints, exactly as dtp_frames_encode writes it) and the chunk. Checks, in order:
+ * NULL pointers -> DTP_ERR_ARG; max_chunk 0 -> DTP_ERR_ARG; max_chunk > 16384 ->
+ * DTP_ERR_FRAME_SIZE; stream_id or offset > DTP_VARINT_MAX -> DTP_ERR_VARINT;
+ * offset + len > DTP_VARINT_MAX -> DTP_ERR_FRAME_VALUE; a record plaintext (frame header
+ * + chunk) over 16384 -> DTP_ERR_RECORD_SIZE; counters past 2^64 - 2 -> DTP_ERR_COUNTER;
+ * out_cap below the exact output size -> DTP_ERR_BUFFER. Nothing is written on error.
+ * On success *written bytes and *n_records records; dtp_stream_seal_size gives the size. */
+int dtp_stream_seal(dtp_aead *ctx, uint64_t first_counter, uint64_t stream_id, uint64_t offset,
+                    const uint8_t *data, size_t len, int fin, size_t max_chunk, uint8_t *out,
+                    size_t out_cap, size_t *written, size_t *n_records);
+
+/* Output size of dtp_stream_seal for these arguments (0 if they are invalid). */
+size_t dtp_stream_seal_size(uint64_t stream_id, uint64_t offset, size_t len, size_t max_chunk);
+
+/* One record opened by dtp_aead_open_frames: its counter, where its plaintext landed in
+ * plain_out, its status (DTP_OK, or DTP_ERR_REPLAY with no plaintext and no frames) and
+ * its frames, frames[first_frame .. first_frame + n_frames). */
+typedef struct dtp_opened_rec {
+    uint64_t counter;
+    uint64_t plain_off;
+    uint32_t plain_len;
+    int32_t status;
+    uint32_t first_frame;
+    uint32_t n_frames;
+} dtp_opened_rec;
+
+/* dtp_aead_open_batch and dtp_frames_decode (complete = 1) of each record in one call.
+ * Frames of all records go to frames[] / ranges[] in order; a frame's data_off is an
+ * offset into plain_out and an ACK's `a` indexes ranges[] (as in dtp_frames_decode with
+ * the arrays shared). Stops as dtp_aead_open_batch does (end, incomplete record, record
+ * of another kind, bad header, authentication failure), and with DTP_FULL before a
+ * record when recs[] is full, plain_out has no room for its plaintext, or its frames or
+ * ranges do not fit in the slots left. A record whose frames do not decode stops the
+ * call with the decoder's code. Neither kind of stopping record is reported, and the
+ * replay window only advances for reported records (a full stop opens it again next
+ * call). *consumed is the bytes of the reported records. */
+int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened_rec *recs,
+                         size_t max_recs, uint8_t *plain_out, size_t plain_cap,
+                         dtp_frame *frames, size_t max_frames, dtp_ack_range *ranges,
+                         size_t max_ranges, size_t *n_recs, size_t *n_frames, size_t *n_ranges,
+                         size_t *consumed);
+
 /* Seal / open one message with an explicit counter and associated data (no record
  * header, no replay window): out = ciphertext || tag. Byte-compatible with Noise's
  * ChaChaPoly encrypt(k, n, ad, plaintext). open_one returns DTP_ERR_DECRYPT on any

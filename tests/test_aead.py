@@ -551,3 +551,207 @@ def test_differential_single(key: bytes, counter: int, ad: bytes, data: bytes) -
     )
     for fn in (native.decrypt, reference.decrypt):
         assert outcome(fn, counter, ad, data) == outcome(reference.decrypt, counter, ad, data)
+
+
+# --------------------------------------------------------------------------------------
+# stream fast paths: dtp_stream_seal and dtp_aead_open_frames
+
+VMAX = 2**62 - 1
+
+
+def frames_summary(result: Any) -> tuple[Any, ...]:
+    """Everything an OpenFramesResult says, comparable across backends."""
+    error = None
+    if result.error is not None:
+        error = (type(result.error).__name__, getattr(result.error, "code", None))
+    records = [
+        (r.counter, r.replayed, [(*f[:4], bytes(f.data), f.ranges) for f in r.frames])
+        for r in result.records
+    ]
+    return (records, result.consumed, int(result.status), error)
+
+
+def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) -> None:
+    from dtp._reference.frames import encode_frames
+    from dtp._types import FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
+
+    key = os.urandom(32)
+    data = os.urandom(40000)
+    sealed, n = backend.Aead(key).seal_stream(9, 4, 1000, data, True, 16000)
+    assert n == 3
+    chunks = [data[:16000], data[16000:32000], data[32000:]]
+    plaintexts = [
+        encode_frames(
+            [RawFrame(FRAME_STREAM_FIN if i == 2 else FRAME_STREAM, 4, 1000 + i * 16000, 0, c)]
+        )
+        for i, c in enumerate(chunks)
+    ]
+    assert sealed == REFERENCE.Aead(key).seal(9, plaintexts)
+
+
+def test_seal_stream_empty_and_fin(backend: SimpleNamespace) -> None:
+    key = os.urandom(32)
+    for fin in (False, True):
+        sealed, n = backend.Aead(key).seal_stream(0, 1, 7, b"", fin)
+        assert n == 1
+        result = backend.Aead(key).open_frames(sealed)
+        (rec,) = result.records
+        (frame,) = rec.frames
+        assert (frame.type, frame.a, frame.b, bytes(frame.data)) == (9 if fin else 8, 1, 7, b"")
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ((0, 0, 0, b"x", False, 0), ErrorCode.ARG),
+        ((0, 0, 0, b"x", False, -1), ErrorCode.ARG),
+        ((0, 0, 0, b"x", False, MAX + 1), ErrorCode.FRAME_SIZE),
+        ((0, VMAX + 1, 0, b"x", False, 100), ErrorCode.VARINT),
+        ((0, -1, 0, b"x", False, 100), ErrorCode.VARINT),
+        ((0, 0, VMAX + 1, b"", False, 100), ErrorCode.VARINT),
+        ((0, 0, VMAX, b"x", False, 100), ErrorCode.FRAME_VALUE),
+        ((0, 0, 0, bytes(MAX), False, MAX), ErrorCode.RECORD_SIZE),
+        ((LAST + 1, 0, 0, b"x", False, 100), ErrorCode.COUNTER),
+        ((LAST, 0, 0, bytes(101), False, 100), ErrorCode.COUNTER),
+        ((-1, 0, 0, b"x", False, 100), ErrorCode.COUNTER),
+        ((2**64, 0, 0, b"x", False, 100), ErrorCode.COUNTER),
+    ],
+)
+def test_seal_stream_bad_input(backend: SimpleNamespace, args: tuple[Any, ...], code: int) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        backend.Aead(os.urandom(32)).seal_stream(*args)
+    assert info.value.code == code
+
+
+def test_open_frames_statuses_and_errors(backend: SimpleNamespace) -> None:
+    from dtp._reference.frames import encode_frames
+    from dtp._types import FRAME_ACK, FRAME_PING, RawFrame
+
+    key = os.urandom(32)
+    sealer = REFERENCE.Aead(key)
+    ack = RawFrame(FRAME_ACK, c=5, ranges=((10, 12), (3, 4)))
+    good = sealer.seal(0, [encode_frames([RawFrame(FRAME_PING), ack]), b""])
+    bad_frames = sealer.seal(2, [b"\x3f"])  # unknown frame type
+    aead = backend.Aead(key)
+    result = aead.open_frames(good + bad_frames + good[:5])
+    assert [len(r.frames) for r in result.records] == [2, 0]
+    assert result.records[0].frames[1].ranges == ((10, 12), (3, 4))
+    assert result.consumed == len(good)
+    assert result.status == ErrorCode.FRAME_TYPE
+    assert isinstance(result.error, RemoteProtocolError)
+    assert aead.replay_top == 1  # the record that did not decode left the window alone
+    # a replay is reported without frames; a tampered record stops the batch
+    tampered = bytearray(sealer.seal(3, [b"\x01"]))
+    tampered[-1] ^= 1
+    result = aead.open_frames(sealer.seal(0, [b"\x01"]) + bytes(tampered))
+    assert [(r.counter, r.replayed) for r in result.records] == [(0, True)]
+    assert result.status == ErrorCode.DECRYPT
+    assert isinstance(result.error, DecryptionError)
+
+
+def test_open_frames_full_on_frame_slots(backend: SimpleNamespace) -> None:
+    key = os.urandom(32)
+    sealer = REFERENCE.Aead(key)
+    stream = sealer.seal(0, [b"\x01" * 3, b"\x01" * 3, b"\x01" * 5000])
+    aead = backend.Aead(key)
+    result = aead.open_frames(stream, max_frames=4)
+    assert [len(r.frames) for r in result.records] == [3]
+    assert (result.status, result.consumed) == (FULL, 12 + 3 + 16)
+    # a first record too big for the slots is opened alone
+    result = aead.open_frames(stream[31:], max_frames=4)
+    assert [len(r.frames) for r in result.records] == [3]
+    result = aead.open_frames(stream[62:], max_frames=4)
+    assert [len(r.frames) for r in result.records] == [5000]
+    assert result.status == OK
+    with pytest.raises(LocalProtocolError):
+        aead.open_frames(stream, max_frames=-1)
+
+
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    first=st.integers(LAST - 5, LAST + 1) | st.integers(0, 1000),
+    stream_id=st.integers(0, 100) | st.sampled_from([VMAX, VMAX + 1, -1]),
+    offset=st.integers(0, 2**20) | st.sampled_from([VMAX - 300, VMAX, VMAX + 1]),
+    data=st.binary(max_size=300),
+    fin=st.booleans(),
+    chunk=st.integers(-1, 70) | st.sampled_from([MAX - 25, MAX - 21, MAX, MAX + 1]),
+)
+def test_differential_seal_stream(
+    key: bytes, first: int, stream_id: int, offset: int, data: bytes, fin: bool, chunk: int
+) -> None:
+    require_native()
+    args = (first, stream_id, offset, data, fin, chunk)
+    assert outcome(NATIVE.Aead(key).seal_stream, *args) == outcome(
+        REFERENCE.Aead(key).seal_stream, *args
+    )
+
+
+@st.composite
+def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
+    """Records whose plaintexts are frames (valid, malformed, padding, ACKs), some
+    replayed, tampered or foreign, with a possible truncation."""
+    from dtp._reference.frames import encode_frames
+    from dtp._types import FRAME_ACK, FRAME_CLOSE, FRAME_PING, FRAME_STREAM, RawFrame
+
+    key = draw(st.binary(min_size=32, max_size=32))
+    sealer = REFERENCE.Aead(key)
+    frame = st.sampled_from(
+        [
+            encode_frames([RawFrame(FRAME_PING)]),
+            encode_frames([RawFrame(FRAME_STREAM, 3, 9, 0, b"hello")]),
+            encode_frames([RawFrame(FRAME_ACK, c=1, ranges=((20, 30), (5, 9), (0, 2)))]),
+            encode_frames([RawFrame(FRAME_CLOSE, 0, 0, 0, b"bye")]),
+            b"\x00\x00\x00",
+            b"\x3f",
+            b"\x08\x01",
+        ]
+    )
+    pieces = []
+    for c in draw(st.lists(st.integers(0, 12), max_size=10)):
+        body = b"".join(draw(st.lists(frame, max_size=4)))
+        piece = sealer.seal(c, [body])
+        action = draw(st.sampled_from(["keep"] * 6 + ["flip", "foreign"]))
+        if action == "flip":
+            flipped = bytearray(piece)
+            flipped[draw(st.integers(0, len(piece) - 1))] ^= 1
+            piece = bytes(flipped)
+        elif action == "foreign":
+            piece = record(0, b"\x01", kind=REC_HS_INIT) + piece
+        pieces.append(piece)
+    stream = b"".join(pieces)
+    cut = draw(st.integers(0, len(stream)))
+    return (
+        key,
+        stream[:cut] if draw(st.booleans()) else stream,
+        draw(st.integers(0, 12)),
+        draw(st.integers(0, 10)),
+        draw(st.integers(0, 10)),
+    )
+
+
+@given(frame_record_streams(), st.booleans())
+def test_differential_open_frames(streams: tuple[bytes, bytes, int, int, int], twice: bool) -> None:
+    require_native()
+    key, data, max_records, max_frames, max_ranges = streams
+    native = NATIVE.Aead(key)
+    reference = REFERENCE.Aead(key)
+    for _ in range(2 if twice else 1):
+        got = frames_summary(native.open_frames(data, max_records, max_frames, max_ranges))
+        want = frames_summary(reference.open_frames(data, max_records, max_frames, max_ranges))
+        assert got == want
+        assert native.replay_top == reference.replay_top
+
+
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    data=st.binary(max_size=2000),
+    chunk=st.integers(1, 700),
+    fin=st.booleans(),
+)
+def test_seal_stream_open_frames_roundtrip(key: bytes, data: bytes, chunk: int, fin: bool) -> None:
+    require_native()
+    sealed, n = NATIVE.Aead(key).seal_stream(5, 2, 77, data, fin, chunk)
+    result = NATIVE.Aead(key).open_frames(sealed)
+    assert len(result.records) == n and result.status == OK
+    assert b"".join(bytes(r.frames[0].data) for r in result.records) == data
+    assert [r.frames[0].b for r in result.records] == [77 + i * chunk for i in range(n)]

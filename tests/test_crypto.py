@@ -602,3 +602,17 @@ def test_bad_handshake_hash_length() -> None:
         make_auth_proof(CLIENT, bytes(31))
     with pytest.raises(ValueError):
         verify_auth_proof(bytes(97), bytes(33))
+
+
+@given(key=st.binary(max_size=100), data=st.binary(max_size=300))
+def test_fast_noise_hashes_match_the_default_backend(key: bytes, data: bytes) -> None:
+    """The handshake's BLAKE2s and HMAC shortcuts give the default backend's bytes."""
+    from noise.backends.default import noise_backend
+
+    from dtp.crypto import _BACKEND
+
+    fast, slow = _BACKEND.hashes["BLAKE2s"](), noise_backend.hashes["BLAKE2s"]()
+    assert fast.hash(data) == slow.hash(data)
+    assert _BACKEND.hmac(key, data, fast.fn) == noise_backend.hmac(key, data, slow.fn)
+    sha = noise_backend.hashes["SHA256"]()
+    assert _BACKEND.hmac(key, data, sha.fn) == noise_backend.hmac(key, data, sha.fn)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import dtp.socket
+from dtp.connection import ConnectionConfig
 from dtp.errors import (
     ConnectionLost,
     ConnectionRefused,
@@ -164,8 +165,9 @@ def test_flow_control_blocks_sender_of_slow_reader() -> None:
         with pytest.raises(DTPTimeoutError):
             while True:
                 sent += sock.send(os.urandom(65536))
-        # the peer's window (1 MiB) plus our queue bound what was accepted
-        assert sent <= (1 << 20) + dtp.socket.SEND_HIGH_WATER + 65536
+        # the peer's stream window (the default) plus our queue bound what was accepted
+        window = ConnectionConfig.__dataclass_fields__["stream_window"].default
+        assert sent <= window + dtp.socket.SEND_HIGH_WATER + 65536
 
 
 def test_connect_to_nothing_fails_fast() -> None:
@@ -201,3 +203,44 @@ def test_in_process_server_with_threads() -> None:
             assert sock.recv(100) == b""  # the server closed
         t.join(10)
         assert seen == [CLIENT.sui_address]
+
+
+def test_recv_into_while_waiting_gets_every_byte_in_order() -> None:
+    """A reader blocked in recv_into receives arriving bytes straight into its buffer;
+    nothing is lost or reordered across small and large buffers, timeouts, EOF."""
+    server_id = HostIdentity.generate()
+    payload = os.urandom(3_000_000)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id) as server:
+
+        def serve() -> None:
+            sock, _ = server.accept(timeout=10)
+            with sock:
+                assert sock.recv(1) == b"g"
+                time.sleep(0.3)  # the client is waiting in recv_into by now
+                for i in range(0, len(payload), 100_000):
+                    sock.sendall(payload[i : i + 100_000])
+                    if i % 700_000 == 0:
+                        time.sleep(0.05)
+                sock.shutdown(dtp.socket.SHUT_WR)
+                sock.recv(1)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key
+        ) as sock:
+            sock.settimeout(0.05)
+            with pytest.raises(DTPTimeoutError):  # nothing yet: a timed-out wait loses nothing
+                sock.recv_into(bytearray(10))
+            sock.settimeout(10)
+            sock.sendall(b"g")
+            received = bytearray()
+            sizes = [7, 1 << 20, 1000, 65536, 3, 1 << 21]
+            buf = bytearray(1 << 21)
+            i = 0
+            while n := sock.recv_into(memoryview(buf)[: sizes[i % len(sizes)]]):
+                received += buf[:n]
+                i += 1
+            assert bytes(received) == payload
+            sock.sendall(b"x")
+        t.join(10)

@@ -24,13 +24,35 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from dtp._reference.limits import (
     AEAD_KEY_LEN,
     AEAD_TAG_LEN,
+    MAX_FRAME_DATA,
     MAX_RECORD_PLAINTEXT,
     RECORD_HEADER_LEN,
     REPLAY_WINDOW,
+    VARINT_MAX,
 )
 from dtp._reference.records import check_header
-from dtp._types import FULL, NEED_MORE, OK, REC_DATA, STOP, OpenedRecord, OpenResult
-from dtp.errors import DecryptionError, DTPError, ErrorCode, LocalProtocolError, error_for
+from dtp._reference.varint import varint_encode, varint_size
+from dtp._types import (
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    FULL,
+    NEED_MORE,
+    OK,
+    REC_DATA,
+    STOP,
+    OpenedFrames,
+    OpenedRecord,
+    OpenFramesResult,
+    OpenResult,
+)
+from dtp.errors import (
+    DecryptionError,
+    DTPError,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    error_for,
+)
 
 RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
 COUNTER_RESERVED = 2**64 - 1
@@ -39,6 +61,13 @@ COUNTER_RESERVED = 2**64 - 1
 INT_MAX = 2**31 - 1
 """Largest plaintext / associated data for one ``encrypt``/``decrypt`` (the C core hands
 lengths to OpenSSL as ``int``)."""
+
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21
+"""Default stream bytes per record in ``seal_stream``: a STREAM frame header (type, two
+8-byte varints, a 2-byte length) and the chunk always fit one record."""
+
+OPEN_FRAMES_MAX = 1024
+"""Default frame and ACK range slots of one ``open_frames`` call."""
 
 _HEADER = struct.Struct("<BBHQ")
 _NONCE = struct.Struct("<4xQ")
@@ -195,6 +224,130 @@ class Aead:
             pos = end
         return OpenResult(records, pos, int(status), error)
 
+    # ---- stream fast paths (dtp_stream_seal, dtp_aead_open_frames) ----------------
+
+    def seal_stream(
+        self,
+        first_counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fin: bool = False,
+        max_chunk: int = MAX_STREAM_CHUNK,
+    ) -> tuple[bytes, int]:
+        """Seal stream bytes as records of one STREAM frame each (``dtp_stream_seal``):
+        ``data`` in chunks of ``max_chunk`` (one empty record for empty data), the last
+        frame STREAM_FIN when ``fin``. Returns (sealed bytes, number of records)."""
+        raw = bytes(data)
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        if max_chunk <= 0:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        if max_chunk > MAX_FRAME_DATA:
+            raise LocalProtocolError(code=ErrorCode.FRAME_SIZE)
+        if not (0 <= stream_id <= VARINT_MAX and 0 <= offset <= VARINT_MAX):
+            raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
+        if len(raw) > VARINT_MAX - offset:
+            raise LocalProtocolError("stream offset out of range", ErrorCode.FRAME_VALUE)
+        n = max(1, -(-len(raw) // max_chunk))
+        plaintexts = []
+        for i in range(n):
+            chunk = raw[i * max_chunk : (i + 1) * max_chunk]
+            ftype = FRAME_STREAM_FIN if fin and i == n - 1 else FRAME_STREAM
+            header = bytes([ftype]) + b"".join(
+                varint_encode(v) or b"" for v in (stream_id, offset + i * max_chunk, len(chunk))
+            )
+            size = 1 + varint_size(stream_id) + varint_size(offset + i * max_chunk)
+            size += varint_size(len(chunk)) + len(chunk)
+            if size > MAX_RECORD_PLAINTEXT:
+                raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+            plaintexts.append(header + chunk)
+        if first_counter + n - 1 >= COUNTER_RESERVED:
+            raise LocalProtocolError(code=ErrorCode.COUNTER)
+        return self._seal(first_counter, plaintexts), n
+
+    def open_frames(
+        self,
+        buf: bytes | bytearray | memoryview,
+        max_records: int = 1024,
+        max_frames: int = OPEN_FRAMES_MAX,
+        max_ranges: int = OPEN_FRAMES_MAX,
+    ) -> OpenFramesResult:
+        """Open the DATA records at the start of ``buf`` and decode their frames
+        (``dtp_aead_open_frames``). Stops as :meth:`open` does, and also (FULL) before
+        a record whose frames or ACK ranges do not fit in what is left of
+        ``max_frames`` / ``max_ranges``, or (with the decoder's error) at a record whose
+        frames do not decode; the stopping record is not reported and does not move
+        the replay window. A first record too big for the slots is opened alone, with
+        room for any record (at most 16384 frames and ranges)."""
+        if max_records < 0 or max_frames < 0 or max_ranges < 0:
+            raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
+        with memoryview(buf) as base, base.cast("B") as view:
+            cap = max(1, min(max_records, len(view) // RECORD_OVERHEAD + 1))
+            result = self._open_frames(view, cap, max_frames, max_ranges)
+            if result.status == FULL and not result.records:
+                result = self._open_frames(view, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+            return result
+
+    def _open_frames(
+        self, view: memoryview, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        from dtp._reference.frames import decode_frames
+
+        records: list[OpenedFrames] = []
+        pos = 0
+        status = OK
+        error: DTPError | None = None
+        n_frames = n_ranges = 0
+        while pos < len(view):
+            if len(view) - pos < RECORD_HEADER_LEN:
+                status = NEED_MORE
+                break
+            header = check_header(view, pos)
+            if isinstance(header, ErrorCode):
+                status, error = int(header), _remote_error(header)
+                break
+            if header.kind != REC_DATA:
+                status = STOP
+                break
+            end = pos + RECORD_HEADER_LEN + header.body_len
+            if end > len(view):
+                status = NEED_MORE
+                break
+            if len(records) == cap:
+                status = FULL
+                break
+            counter = header.counter
+            if counter == COUNTER_RESERVED:
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            if not self._window.check(counter):
+                records.append(OpenedFrames(counter, True, []))
+                pos = end
+                continue
+            ad = bytes(view[pos : pos + RECORD_HEADER_LEN])
+            body = bytes(view[pos + RECORD_HEADER_LEN : end])
+            try:
+                plaintext = self._cipher.decrypt(nonce(counter), body, ad)
+            except InvalidTag:
+                status, error = ErrorCode.DECRYPT, DecryptionError()
+                break
+            try:
+                batch = decode_frames(plaintext, True, max_frames - n_frames, max_ranges - n_ranges)
+            except ProtocolError as exc:
+                status, error = int(exc.code), exc
+                break
+            if batch.status == FULL:
+                status = FULL
+                break
+            frames = list(batch)
+            n_frames += len(frames)
+            n_ranges += sum(len(f.ranges) for f in frames)
+            self._window.mark(counter)
+            records.append(OpenedFrames(counter, False, frames))
+            pos = end
+        return OpenFramesResult(records, pos, int(status), error)
+
     # ---- single messages (Noise's ChaChaPoly) ----------------------------------------
 
     def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
@@ -230,4 +383,11 @@ def _remote_error(code: ErrorCode) -> DTPError:
     return error
 
 
-__all__ = ["COUNTER_RESERVED", "Aead", "ReplayWindow", "nonce"]
+__all__ = [
+    "COUNTER_RESERVED",
+    "MAX_STREAM_CHUNK",
+    "OPEN_FRAMES_MAX",
+    "Aead",
+    "ReplayWindow",
+    "nonce",
+]
