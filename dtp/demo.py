@@ -381,7 +381,7 @@ def run_demo(quick: bool = False) -> int:
     for line in tour.summary:
         print(f"  • {line}")
     print(
-        "  • coming next: connections by host ID with in-band receipts, broadcast,\n"
-        "    discovery and the services daemon."
+        "  • coming next: connections by host ID with in-band receipts, and the\n"
+        "    services daemon that puts existing TCP servers behind DTP."
     )
     return 0
