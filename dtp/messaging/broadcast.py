@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 from dtp.errors import DTPError
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
-from dtp.messaging.framing import FrameDecoder, Oversized, decode_body, encode_frame
+from dtp.messaging.framing import Oversized, decode_body, encode_frame, read_frames
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -227,21 +227,15 @@ class _StationLink:
             self.close()
 
     def _read_loop(self) -> None:
-        decoder = FrameDecoder(4096)
         try:
-            while not self.closed.is_set():
-                data = self.stream.recv(65536)
-                if not data:
-                    break
-                decoder.feed(data)
-                while (item := decoder.next()) is not None:
-                    if isinstance(item, Oversized):
-                        self.violations += 1
-                        continue
-                    try:
-                        self.station._handle(self, decode_body(item))
-                    except E.MessagingProtocolError:
-                        self.violations += 1
+            for item in read_frames(self.stream, 4096, self.closed):
+                if isinstance(item, Oversized):
+                    self.violations += 1
+                    continue
+                try:
+                    self.station._handle(self, decode_body(item))
+                except E.MessagingProtocolError:
+                    self.violations += 1
         except (DTPError, OSError) as exc:
             logger.debug("broadcast link %s: reading failed: %s", self.name, exc)
         finally:
@@ -538,30 +532,24 @@ class BroadcastListener:
             self.dropped += 1
 
     def _read_loop(self) -> None:
-        decoder = FrameDecoder(_FRAME_CAP)
         try:
-            while not self.closed.is_set():
-                data = self.stream.recv(256 * 1024)
-                if not data:
-                    break
-                decoder.feed(data)
-                while (item := decoder.next()) is not None:
-                    if isinstance(item, Oversized):
-                        self.violations += 1
-                        continue
-                    try:
-                        self._handle(decode_body(item))
-                    except E.ForgedBroadcast as exc:
-                        self.forged += 1
-                        self.last_error = exc
-                        if self._public is None:
-                            return  # an impostor station: stop listening
-                    except E.ReplayedBroadcast as exc:
-                        self.replayed += 1
-                        self.last_error = exc
-                    except E.MessagingProtocolError as exc:
-                        self.violations += 1
-                        self.last_error = exc
+            for item in read_frames(self.stream, _FRAME_CAP, self.closed, 256 * 1024):
+                if isinstance(item, Oversized):
+                    self.violations += 1
+                    continue
+                try:
+                    self._handle(decode_body(item))
+                except E.ForgedBroadcast as exc:
+                    self.forged += 1
+                    self.last_error = exc
+                    if self._public is None:
+                        return  # an impostor station: stop listening
+                except E.ReplayedBroadcast as exc:
+                    self.replayed += 1
+                    self.last_error = exc
+                except E.MessagingProtocolError as exc:
+                    self.violations += 1
+                    self.last_error = exc
         except (DTPError, OSError) as exc:
             logger.debug("broadcast listener: reading failed: %s", exc)
         finally:

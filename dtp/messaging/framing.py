@@ -10,6 +10,8 @@ the stream. Nothing here does I/O.
 from __future__ import annotations
 
 import struct
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +26,7 @@ __all__ = [
     "Oversized",
     "decode_body",
     "encode_frame",
+    "read_frames",
 ]
 
 #: Default cap on one frame's body (bytes).
@@ -121,3 +124,19 @@ class FrameDecoder:
                 buf.clear()
                 self._pos = 0
             return body
+
+
+def read_frames(
+    stream: Any, max_size: int, stop: threading.Event, chunk: int = 65536
+) -> Iterator[bytes | Oversized]:
+    """Frames from a blocking DTP stream until the peer ends it or ``stop`` is set:
+    each a message body, or :class:`Oversized` for a frame over ``max_size`` (skipped
+    as it arrived). Stream errors propagate to the caller."""
+    decoder = FrameDecoder(max_size)
+    while not stop.is_set():
+        data = stream.recv(chunk)
+        if not data:
+            return
+        decoder.feed(data)
+        while (item := decoder.next()) is not None:
+            yield item

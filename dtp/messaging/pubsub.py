@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
-from dtp.messaging.framing import FrameDecoder, Oversized, decode_body, encode_frame
+from dtp.messaging.framing import Oversized, decode_body, encode_frame, read_frames
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
@@ -227,21 +227,16 @@ class Link:
             self.close()
 
     def _read_loop(self) -> None:
-        decoder = FrameDecoder(self.node.max_message_size)
+        frames = read_frames(self.stream, self.node.max_message_size, self.closed, 256 * 1024)
         try:
-            while not self.closed.is_set():
-                data = self.stream.recv(256 * 1024)
-                if not data:
-                    break
-                decoder.feed(data)
-                while (item := decoder.next()) is not None:
-                    if isinstance(item, Oversized):
-                        self.violations += 1
-                        continue
-                    try:
-                        self._handle(decode_body(item))
-                    except E.MessagingProtocolError:
-                        self.violations += 1
+            for item in frames:
+                if isinstance(item, Oversized):
+                    self.violations += 1
+                    continue
+                try:
+                    self._handle(decode_body(item))
+                except E.MessagingProtocolError:
+                    self.violations += 1
         except (DTPError, OSError) as exc:
             logger.debug("pubsub link %s: reading failed: %s", self.name, exc)
         finally:
