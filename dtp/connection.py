@@ -139,6 +139,12 @@ class ConnectionConfig:
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
+    connection_id: bytes | None = None
+    """Client only: the ledger connection (TransportControl) ID this connection is paid
+    by, 32 raw bytes; sent to the server in the handshake (key ``"cid"``)."""
+    port: int | None = None
+    """Client only: the DTP port (service) we connect to; sent in the handshake (key
+    ``"port"``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +215,7 @@ class Connection:
         self._streams: dict[int, _Stream] = {}
         self._streams_dirty = False  # some stream may have something to send
         self._next_stream_id = 0 if self.is_client else 1
-        self._peer_params: dict[str, int] = {}
+        self._peer_params: dict[str, Any] = {}
         self._conn_send_credit = 0
         self._conn_sent = 0  # new bytes sent over all streams
         self._conn_recv_limit = config.connection_window
@@ -263,6 +269,25 @@ class Connection:
     @property
     def established(self) -> bool:
         return self._state is ConnState.ESTABLISHED
+
+    @property
+    def peer_params(self) -> dict[str, Any]:
+        """The peer's validated transport parameters (empty before its handshake
+        message arrives)."""
+        return dict(self._peer_params)
+
+    @property
+    def peer_connection_id(self) -> bytes | None:
+        """Server side: the ledger connection ID (32 bytes) the client named in its
+        handshake, if any. Authenticated once the client's AUTH proof is verified."""
+        cid: bytes | None = self._peer_params.get("cid")
+        return cid
+
+    @property
+    def peer_port(self) -> int | None:
+        """Server side: the DTP port the client named in its handshake, if any."""
+        port: int | None = self._peer_params.get("port")
+        return port
 
     @property
     def closed(self) -> bool:
@@ -993,13 +1018,20 @@ class Connection:
     # output
 
     def _transport_params(self) -> bytes:
-        params = {
+        params: dict[str, Any] = {
             "v": TRANSPORT_VERSION,
             "md": self.config.connection_window,
             "msd": self.config.stream_window,
             "ms": self.config.max_streams,
             "it": int(self.config.idle_timeout * 1000),
         }
+        if self.is_client:
+            # optional binding to a ledger connection; covered by the handshake hash,
+            # which the client's AUTH proof signs
+            if self.config.connection_id is not None:
+                params["cid"] = bytes(self.config.connection_id)
+            if self.config.port is not None:
+                params["port"] = self.config.port
         packed: bytes = msgpack.packb(params)
         return packed
 
@@ -1456,14 +1488,16 @@ def _varint(value: int) -> bytes:
     return encoded
 
 
-def _parse_params(payload: bytes) -> dict[str, int]:
+def _parse_params(payload: bytes) -> dict[str, Any]:
+    """Decode and validate the peer's transport parameters: the required integers, and
+    the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a client may send."""
     try:
         params = msgpack.unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types
         raise HandshakeError("malformed transport parameters") from exc
     if not isinstance(params, dict):
         raise HandshakeError("malformed transport parameters")
-    out: dict[str, int] = {}
+    out: dict[str, Any] = {}
     for key in ("v", "md", "msd", "ms", "it"):
         value = params.get(key)
         if not isinstance(value, int) or value < 0 or value >= 2**62:
@@ -1471,6 +1505,16 @@ def _parse_params(payload: bytes) -> dict[str, int]:
         out[key] = value
     if out["v"] != TRANSPORT_VERSION:
         raise HandshakeError(f"peer speaks DTP transport version {out['v']}")
+    if "cid" in params:
+        cid = params["cid"]
+        if not isinstance(cid, bytes) or len(cid) != 32:
+            raise HandshakeError("transport parameter 'cid' must be 32 bytes")
+        out["cid"] = cid
+    if "port" in params:
+        port = params["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+            raise HandshakeError("transport parameter 'port' must be an integer in 0..65535")
+        out["port"] = port
     return out
 
 

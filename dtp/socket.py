@@ -33,9 +33,11 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp._session import Session
+from dtp.address import HostAddress
+from dtp.admission import LedgerAdmission, PeerInfo, peer_info, resolve_service
 from dtp.carriers.tcp import connect_tcp, listen_tcp
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -48,13 +50,18 @@ from dtp.errors import (
 )
 from dtp.keys import HostIdentity
 
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+
 __all__ = [
     "SHUT_RD",
     "SHUT_RDWR",
     "SHUT_WR",
     "AcceptHook",
+    "AdmitHook",
     "DTPServer",
     "DTPSocket",
+    "PeerInfo",
     "create_connection",
     "create_server",
 ]
@@ -73,6 +80,10 @@ LINGER = 5.0  # seconds close() waits for queued data to leave
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
 accept, False or a reason string to refuse."""
+
+AdmitHook = Callable[[PeerInfo], "bool | str | None"]
+"""Server admission hook: gets a :class:`~dtp.admission.PeerInfo` (verified address,
+the ledger connection ID and port the client named); same verdicts as AcceptHook."""
 
 
 class _Engine:
@@ -405,6 +416,10 @@ class DTPSocket:
         self._closed = False
         self._wr_shut = False
         self._rd_shut = False
+        self.connection_id: str | None = None
+        """Client connected by host ID: the ledger connection (TransportControl) ID."""
+        self.escrow_id: str | None = None
+        """Client connected by host ID: the connection's escrow ID."""
 
     # -- identity --------------------------------------------------------------------------
 
@@ -416,6 +431,17 @@ class DTPSocket:
     def peer_address(self) -> str | None:
         """On a server: the client's verified Sui address."""
         return self._engine.conn.peer_address
+
+    @property
+    def peer_connection_id(self) -> str | None:
+        """On a server: the ledger connection ID the client named in its handshake."""
+        cid = self._engine.conn.peer_connection_id
+        return None if cid is None else "0x" + cid.hex()
+
+    @property
+    def peer_port(self) -> int | None:
+        """On a server: the DTP port the client named in its handshake."""
+        return self._engine.conn.peer_port
 
     @property
     def peer_static_key(self) -> bytes | None:
@@ -702,24 +728,58 @@ class _StreamIO(io.RawIOBase):
 
 
 def create_connection(
-    address: tuple[str, int],
+    address: tuple[str, int] | str | HostAddress,
     timeout: float | None = None,
     *,
     server_key: bytes | None = None,
     expected_server_key: bytes | None = None,
     identity: HostIdentity | None = None,
     config: ConnectionConfig | None = None,
+    ledger: Ledger | None = None,
+    deposit: int | None = None,
+    cap_id: str | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
-    ``address``: the server's carrier endpoint ``(host, port)``. ``server_key``: its
-    Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
+    ``address``: the server's carrier endpoint ``(host, port)``, or a DTP address
+    (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.address.HostAddress`). ``server_key``:
+    its Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
     server without that key cannot answer; without it the handshake is Noise XX and
     ``expected_server_key`` may pin the key the server must present. ``identity``: our
     keys (a fresh anonymous identity when omitted). Raises ConnectionRefused when the
     server refuses us, HandshakeError when the handshake fails, DTPTimeoutError when
     ``timeout`` passes first.
+
+    **Connecting by host ID.** With a DTP address, ``ledger`` and ``identity`` (the
+    paying Sui key) are required. In order: the Host is read (``ObjectNotFound``); the
+    service must exist (``ServiceNotFound``), the firewall must permit us
+    (``FirewallDenied``), ``deposit`` (default: the SLA's ``min_deposit``) must reach
+    the minimum and our balance (``InsufficientFunds``), and the host must publish a TCP
+    endpoint (:class:`~dtp.admission.NoCarrierEndpoint`) — all before any money moves.
+    Then, when ``cap_id`` is None, a new SpendingCap owned by us with
+    ``max_per_epoch = deposit`` is created (pass ``cap_id`` to reuse one); the connection
+    is opened on the ledger (``deposit`` MIST into its escrow); and we connect to the
+    host's first TCP endpoint with Noise IK to the host's published ``noise_static_key``
+    (``server_key`` may not disagree with it), naming the connection ID and port in the
+    handshake. The socket's ``connection_id`` and ``escrow_id`` name the ledger objects.
+    If anything fails after the ledger open (refused, timeout, handshake), we close the
+    connection on the ledger (our half-close), so that the deposit can be refunded once
+    the close timeout has passed (docs/escrow.md §7); the original error is raised.
+    ``timeout`` bounds the carrier connect and handshake, not the ledger calls.
     """
+    if isinstance(address, (str, HostAddress)):
+        return _connect_by_host_id(
+            HostAddress.parse(address) if isinstance(address, str) else address,
+            timeout,
+            server_key=server_key,
+            identity=identity,
+            config=config,
+            ledger=ledger,
+            deposit=deposit,
+            cap_id=cap_id,
+        )
+    if ledger is not None or deposit is not None or cap_id is not None:
+        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
@@ -729,10 +789,77 @@ def create_connection(
         server_static=server_key,
         expected_server_static=expected_server_key,
     )
+    return _connect(address, timeout, cfg)
+
+
+def _connect_by_host_id(
+    address: HostAddress,
+    timeout: float | None,
+    *,
+    server_key: bytes | None,
+    identity: HostIdentity | None,
+    config: ConnectionConfig | None,
+    ledger: Ledger | None,
+    deposit: int | None,
+    cap_id: str | None,
+) -> DTPSocket:
+    """create_connection for a DTP address (see there)."""
+    if ledger is None:
+        raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
+    if identity is None:
+        raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
+    if deposit is None:
+        host = ledger.get_host(address.host_id)
+        service = host.services.get(address.port)
+        deposit = service.sla.min_deposit if service is not None else 0
+    if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
+        raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
+    resolved = resolve_service(ledger, address.host_id, address.port, identity.sui_address, deposit)
+    host_key = resolved.host.noise_static_key
+    if server_key is not None and server_key != host_key:
+        raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+    if cap_id is None:
+        cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
+    opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+    try:
+        base = config or ConnectionConfig(identity=identity, is_client=True)
+        cfg = replace(
+            base,
+            identity=identity,
+            is_client=True,
+            server_static=host_key,
+            expected_server_static=None,
+            connection_id=bytes.fromhex(opened.connection_id[2:]),
+            port=address.port,
+        )
+        sock = _connect(resolved.endpoint, timeout, cfg, name=str(address))
+    except BaseException as exc:
+        try:
+            ledger.close_connection(identity, opened.connection_id, address.host_id)
+        except Exception as close_exc:  # keep the original error; log the second one
+            logger.warning(
+                "could not close connection %s on the ledger after %r: %s",
+                opened.connection_id,
+                exc,
+                close_exc,
+            )
+        raise
+    sock.connection_id = opened.connection_id
+    sock.escrow_id = opened.escrow_id
+    return sock
+
+
+def _connect(
+    address: tuple[str, int],
+    timeout: float | None,
+    cfg: ConnectionConfig,
+    name: str | None = None,
+) -> DTPSocket:
+    """Carrier connect + handshake + acceptance with a ready client config."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout)
     session = Session(cfg)
-    engine = _Engine(tcp, session, name=f"client-{address[0]}:{address[1]}")
+    engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
     remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
     try:
         with engine.lock:
@@ -782,13 +909,18 @@ class DTPServer:
         identity: HostIdentity,
         *,
         accept: AcceptHook | None = None,
+        admit: AdmitHook | None = None,
         config: ConnectionConfig | None = None,
         backlog: int = 128,
         max_handshakes: int = 32,
         max_pending: int = 128,
     ) -> None:
+        """``accept``: hook given the client's verified Sui address; ``admit``: hook
+        given a :class:`PeerInfo` (address plus the ledger connection ID and port the
+        client named). Both run when both are given, ``accept`` first."""
         self.identity = identity
         self._accept_hook = accept
+        self._admit_hook = admit
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = listen_tcp(address, backlog)
@@ -886,7 +1018,14 @@ class DTPServer:
             )
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
-            verdict = self._run_hook(session.authenticated_address)
+            conn = session.conn
+            peer = peer_info(
+                session.authenticated_address,
+                conn.peer_connection_id,
+                conn.peer_port,
+                conn.peer_static,
+            )
+            verdict = self._run_hook(peer)
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
@@ -897,20 +1036,25 @@ class DTPServer:
             session.process_events()
             return "accepted", ""
 
-    def _run_hook(self, address: str) -> str | None:
+    def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
-        if self._accept_hook is None:
-            return None
-        try:
-            verdict = self._accept_hook(address)
-        except Exception:
-            logger.exception("accept hook failed for %s", address)
-            return "internal error in the server's accept hook"
-        if verdict is None or verdict is True:
-            return None
-        if verdict is False:
-            return "refused by the server"
-        return str(verdict)
+        hooks: list[tuple[Callable[[Any], bool | str | None], Any]] = []
+        if self._accept_hook is not None:
+            hooks.append((self._accept_hook, peer.address))
+        if self._admit_hook is not None:
+            hooks.append((self._admit_hook, peer))
+        for hook, arg in hooks:
+            try:
+                verdict = hook(arg)
+            except Exception:
+                logger.exception("accept hook failed for %s", peer.address)
+                return "internal error in the server's accept hook"
+            if verdict is None or verdict is True:
+                continue
+            if verdict is False:
+                return "refused by the server"
+            return str(verdict)
+        return None
 
     def accept(self, timeout: float | None = None) -> tuple[DTPSocket, str]:
         """Wait for the next accepted connection: (its first stream, client address)."""
@@ -975,8 +1119,25 @@ def create_server(
     *,
     identity: HostIdentity,
     accept: AcceptHook | None = None,
+    admit: AdmitHook | None = None,
     config: ConnectionConfig | None = None,
     backlog: int = 128,
+    ledger: Ledger | None = None,
+    host_id: str | None = None,
+    port: int | None = None,
 ) -> DTPServer:
-    """Listen for DTP connections on ``address`` with the host's ``identity``."""
-    return DTPServer(address, identity, accept=accept, config=config, backlog=backlog)
+    """Listen for DTP connections on ``address`` with the host's ``identity``.
+
+    ``accept`` / ``admit``: see :class:`DTPServer`. With ``ledger``, ``host_id`` and
+    ``port`` (the DTP port served, a service of that Host), clients are admitted only
+    through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
+    ledger connection of theirs to this host and port with a funded escrow, and the
+    host's firewall must permit them; others get ConnectionRefused with the reason.
+    """
+    if ledger is not None or host_id is not None or port is not None:
+        if ledger is None or host_id is None or port is None:
+            raise ValueError("ledger admission needs ledger, host_id and port together")
+        if admit is not None:
+            raise ValueError("pass either admit or ledger/host_id/port, not both")
+        admit = LedgerAdmission(ledger, host_id, port)
+    return DTPServer(address, identity, accept=accept, admit=admit, config=config, backlog=backlog)

@@ -1,0 +1,190 @@
+"""Connecting by host ID: the ledger checks on both sides of a ``dtp://`` connection.
+
+Client side (:func:`resolve_service`): before any money moves, the Host object is read
+and the ledger's own admission rules (docs/escrow.md §2, §5) are checked early — the
+service exists, the firewall permits us, the deposit reaches the SLA minimum — and a
+TCP endpoint is picked.
+
+Server side (:class:`LedgerAdmission`): an admission hook for :class:`dtp.socket.DTPServer`
+that accepts a client only when the connection ID it named in its handshake is an Open
+TransportControl of this client, host and port whose escrow is funded, and the host's
+firewall (read afresh) still permits the client.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dtp.chain.objects import ConnectionState, Host, Service, normalize_id
+from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+
+__all__ = [
+    "LedgerAdmission",
+    "NoCarrierEndpoint",
+    "PeerInfo",
+    "ResolvedService",
+    "resolve_service",
+    "tcp_endpoints",
+]
+
+
+class NoCarrierEndpoint(DTPError):
+    """The host publishes no endpoint this client can reach over TCP (it may only be
+    reachable through the ledger carrier, which ``create_connection`` does not use yet)."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What a server knows of a client once its identity proof is verified."""
+
+    address: str
+    """The client's verified Sui address."""
+    connection_id: str | None
+    """The ledger connection ID the client named (``0x`` + 64 hex digits), if any."""
+    port: int | None
+    """The DTP port the client named, if any."""
+    public_key: bytes | None = None
+    """The client's Noise static key."""
+
+
+@dataclass(frozen=True)
+class ResolvedService:
+    """A service found on the ledger, ready to be connected to."""
+
+    host: Host
+    service: Service
+    endpoint: tuple[str, int]
+    """The first TCP endpoint of the host."""
+
+
+def _hex_id(raw: bytes) -> str:
+    return "0x" + raw.hex()
+
+
+def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
+    """The host's endpoints reachable over TCP, in published order.
+
+    Accepted forms: ``tcp://host:port`` and a bare ``host:port`` (``[v6]:port`` for IPv6);
+    other schemes and undecodable entries are skipped.
+    """
+    found: list[tuple[str, int]] = []
+    for raw in host.endpoints:
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            continue
+        text = text.strip()
+        if "://" not in text:
+            text = "tcp://" + text
+        try:
+            parts = urllib.parse.urlsplit(text)
+            port = parts.port
+        except ValueError:
+            continue
+        if parts.scheme.lower() != "tcp" or not parts.hostname or port is None:
+            continue
+        found.append((parts.hostname, port))
+    return found
+
+
+def resolve_service(
+    ledger: Ledger, host_id: str, port: int, client: str, deposit: int
+) -> ResolvedService:
+    """Read the Host and check, in the ledger's order, what ``open_connection`` would
+    refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
+    (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
+    minimum, or more than ``client`` holds); then :class:`NoCarrierEndpoint` when the
+    host publishes no TCP endpoint. Nothing is written to the ledger."""
+    host = ledger.get_host(host_id)
+    service = host.services.get(port)
+    if service is None:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
+    if not host.firewall.permits(client):
+        raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
+    if deposit < service.sla.min_deposit:
+        raise move_error(
+            "transport_control",
+            "EInsufficientDeposit",
+            f"deposit {deposit} < minimum {service.sla.min_deposit} of port {port}",
+        )
+    endpoints = tcp_endpoints(host)
+    if not endpoints:
+        raise NoCarrierEndpoint(
+            f"host {host.id} publishes no TCP endpoint; reaching it needs the ledger "
+            "carrier, which connecting by host ID does not use yet"
+        )
+    balance = ledger.balance(client)
+    if balance < deposit:
+        raise InsufficientFunds(
+            f"{client} holds {balance} MIST, less than the deposit {deposit}",
+            name="InsufficientBalance",
+            module="sui",
+        )
+    return ResolvedService(host, service, endpoints[0])
+
+
+class LedgerAdmission:
+    """Server admission against the ledger, for ``DTPServer(admit=...)``.
+
+    ``host_id``: the Host this server serves; ``port``: the DTP port it serves. Returns
+    None to accept, or the refusal reason (which the client receives as
+    ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
+    """
+
+    def __init__(self, ledger: Ledger, host_id: str, port: int) -> None:
+        self.ledger = ledger
+        self.host_id = normalize_id(host_id, "host ID")
+        self.port = port
+
+    def __call__(self, peer: PeerInfo) -> str | None:
+        """None to accept ``peer``, or why it is refused."""
+        try:
+            return self._check(peer)
+        except ChainError as exc:
+            return f"cannot check the connection on the ledger: {exc}"
+
+    def _check(self, peer: PeerInfo) -> str | None:
+        cid = peer.connection_id
+        if cid is None:
+            return "no connection ID: open a connection on the ledger first"
+        if peer.port is not None and peer.port != self.port:
+            return f"this server serves port {self.port}, not {peer.port}"
+        try:
+            tc = self.ledger.get_connection(cid)
+        except ObjectNotFound:
+            return f"unknown connection {cid}"
+        if tc.state != ConnectionState.OPEN:
+            return f"connection {cid} is {tc.state.label}, not Open"
+        if tc.client != peer.address:
+            return f"connection {cid} belongs to another client"
+        if tc.host != self.host_id:
+            return f"connection {cid} is for another host"
+        if tc.port != self.port:
+            return f"connection {cid} is for port {tc.port}, not {self.port}"
+        escrow = self.ledger.get_escrow(tc.escrow)
+        if escrow.balance < tc.sla.min_deposit:
+            return (
+                f"the escrow of connection {cid} holds {escrow.balance}, "
+                f"below the minimum {tc.sla.min_deposit}"
+            )
+        host = self.ledger.get_host(self.host_id)
+        if not host.firewall.permits(peer.address):
+            return "the host's firewall denies this client"
+        return None
+
+
+def peer_info(
+    address: str, connection_id: bytes | None, port: int | None, public_key: bytes | None
+) -> PeerInfo:
+    """A :class:`PeerInfo` from what the handshake carried."""
+    return PeerInfo(
+        address=address,
+        connection_id=None if connection_id is None else _hex_id(connection_id),
+        port=port,
+        public_key=public_key,
+    )
