@@ -253,7 +253,7 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
                 f"{total >> 20} MiB sent and confirmed: {rate:,.0f} MB/s, encrypted end to end"
             )
             tour.remember(f"connection: {rate:,.0f} MB/s over loopback")
-            shared["bytes_used"] = total + 10
+            shared["bytes_used"] = total
         thread.join(10)
         tour.ok(f"the server saw the client's verified Sui address {seen[0][:18]}…")
         try:
@@ -265,10 +265,12 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
 
 
 def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
-    tour.step("Paying for it: escrow, signed receipts and the refund (embedded ledger)")
+    tour.step("Connecting by host ID to a paid service: escrow, receipts and the refund")
     import tempfile
+    import threading
     from pathlib import Path
 
+    import dtp.socket
     from dtp.chain.local import LocalLedger
     from dtp.chain.objects import Sla
     from dtp.escrow import Meter, check_receipt
@@ -276,63 +278,84 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sui = 1_000_000_000
+    total = int(shared.get("bytes_used", 16 << 20))  # type: ignore[call-overload]
     with tempfile.TemporaryDirectory() as tmp:
         ledger = LocalLedger(Path(tmp) / "localnet.sqlite")
         ledger.faucet(provider.sui_address, 1 * sui)
         ledger.faucet(client.sui_address, 2 * sui)
-        before = {
-            n: ledger.balance(i.sui_address)
-            for n, i in (("provider", provider), ("client", client))
-        }
-        host = ledger.create_host(provider, provider.noise_public, ["127.0.0.1:7000"])
+        who = (("provider", provider), ("client", client))
+        before = {name: ledger.balance(i.sui_address) for name, i in who}
         sla = Sla(price_per_kib=1_000, price_per_request=0, min_deposit=50_000_000)
-        ledger.add_service(provider, host, 7000, "echo", sla)
-        tour.say(f"host {host[:18]}… offers port 7000 at {sla.price_per_kib} MIST/KiB")
-        cap = ledger.create_spending_cap(client, 1 * sui)
-        deposit = 200_000_000
-        opened = ledger.open_connection(client, host, 7000, cap, deposit)
-        tour.ok(
-            f"client opened connection {opened.connection_id[:18]}… with {deposit:,} MIST in escrow"
+        host = ledger.create_host(provider, provider.noise_public, [])
+        ledger.add_service(provider, host, 7000, "sink", sla)
+        server = dtp.socket.create_server(
+            ("127.0.0.1", 0), identity=provider, ledger=ledger, host_id=host, port=7000
         )
+        ledger.set_endpoints(provider, host, [f"127.0.0.1:{server.address[1]}"])
+        tour.say(f"host {host[:18]}… publishes its endpoint, Noise key and port 7000 at")
+        tour.say(f"{sla.price_per_kib:,} MIST/KiB (min deposit {sla.min_deposit:,}) on the ledger")
 
-        # the client meters what it used and signs cumulative receipts; the server checks
-        # each one and keeps the latest (in-band over the connection from the next issue)
-        meter = Meter(client, opened.connection_id, sla, deposit, every_bytes=4 << 20)
-        used = int(shared.get("bytes_used", 16 << 20))  # type: ignore[call-overload]
+        def serve() -> None:
+            sock, _ = server.accept(timeout=30)
+            with sock:
+                received = 0
+                while received < total:
+                    received += len(sock.recv(1 << 20))
+                sock.sendall(str(received).encode())
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        deposit = 200_000_000
+        address = f"dtp://{host}:7000"
+        with dtp.socket.create_connection(
+            address, timeout=30, ledger=ledger, identity=client, deposit=deposit
+        ) as sock:
+            connection_id = sock.connection_id
+            assert connection_id is not None and sock.escrow_id is not None
+            tour.ok(f"connected to dtp://{host[:10]}…:7000 with {deposit:,} MIST in escrow")
+            chunk = os.urandom(1 << 20)
+            for _ in range(total >> 20):
+                sock.sendall(chunk)
+            assert int(sock.recv(100)) == total
+        thread.join(10)
+        server.close()
+        tour.ok(f"the server admitted us only after checking connection {connection_id[:12]}…")
+
+        # The client signs cumulative receipts for what it used; the provider checks each
+        # and keeps the latest. (In-band over the connection comes with metering.)
+        meter = Meter(client, connection_id, sla, deposit, every_bytes=4 << 20)
         receipts = []
-        for _ in range(0, used, 1 << 20):
-            receipt = meter.record(0, nbytes=min(1 << 20, used - meter.total_bytes))
+        while meter.total_bytes < total:
+            receipt = meter.record(0, nbytes=min(1 << 20, total - meter.total_bytes))
             if receipt is not None:
                 receipts.append(receipt)
         final = meter.flush(0)
         if final is not None:
             receipts.append(final)
-        latest = receipts[-1]
         for r in receipts:
             check_receipt(
                 r,
-                connection_id=opened.connection_id,
+                connection_id=connection_id,
                 sla=sla,
                 public_key=client.ed25519_public,
                 deposited=deposit,
             )
+        latest = receipts[-1]
         tour.say(
-            f"{len(receipts)} signed receipts for {used:,} bytes; latest: nonce {latest.nonce}, "
-            f"{latest.total_amount:,} MIST"
+            f"{len(receipts)} signed receipts for {total:,} bytes; latest: nonce "
+            f"{latest.nonce}, {latest.total_amount:,} MIST"
         )
-        paid = ledger.claim(provider, opened.escrow_id, latest)
+        escrow_id = ledger.get_connection(connection_id).escrow
+        paid = ledger.claim(provider, escrow_id, latest)
         tour.ok(f"the provider claimed {paid:,} MIST with the latest receipt")
-        ledger.close_connection(client, opened.connection_id)
-        ledger.close_connection(provider, opened.connection_id)
+        ledger.close_connection(client, connection_id)
+        ledger.close_connection(provider, connection_id)
         # the server may settle at once; the client only after the half-close timeout,
         # which leaves the server time to claim its last receipt (docs/escrow.md §7)
-        settled = ledger.settle(provider, opened.connection_id)
+        settled = ledger.settle(provider, connection_id)
         tour.ok(f"both sides closed; settlement refunded {settled.refunded:,} MIST to the client")
-        after = {
-            n: ledger.balance(i.sui_address)
-            for n, i in (("provider", provider), ("client", client))
-        }
-        for name in ("provider", "client"):
+        after = {name: ledger.balance(i.sui_address) for name, i in who}
+        for name, _ in who:
             delta = after[name] - before[name]
             tour.say(f"{name:<8} {before[name]:>15,} → {after[name]:>15,} MIST ({delta:+,})")
         audit = ledger.audit()
@@ -340,7 +363,7 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
         assert audit["minted"] == held, audit
         tour.ok(f"conservation: {audit['minted']:,} MIST minted = {held:,} MIST held")
         tour.remember(
-            f"escrow: paid {paid:,} MIST for {used:,} bytes, refunded {settled.refunded:,}"
+            f"escrow: paid {paid:,} MIST for {total:,} bytes, refunded {settled.refunded:,}"
         )
         ledger.close()
 

@@ -33,6 +33,7 @@ def test_demo_runs() -> None:
     assert "same graph on both" in out
     assert "Noise IK handshake" in out and "got back b'HELLO, DTP'" in out
     assert "ConnectionRefused" in out
+    assert "connected to dtp://0x" in out and "admitted us only after checking" in out
     assert "claimed" in out and "refunded" in out and "conservation" in out
     assert "converged: True" in out
     assert "Summary" in out
