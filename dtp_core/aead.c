@@ -256,6 +256,28 @@ int dtp_aead_seal_batch(dtp_aead *ctx, uint64_t first_counter, const uint8_t *pl
     return DTP_OK;
 }
 
+/* The next DATA record of a byte stream, checked in the order every open path uses:
+ * DTP_OK with *rec filled (header valid, body complete), or the status that stops a
+ * batch at pos: DTP_NEED_MORE, the header's error code, or DTP_STOP for another kind.
+ * Output capacity and the reserved counter are the caller's checks (in that order). */
+static int next_data_record(const uint8_t *buf, size_t len, size_t pos, dtp_record *rec) {
+    if (len - pos < DTP_RECORD_HEADER_LEN) return DTP_NEED_MORE;
+    int hc = dtp_record_header_check(buf + pos, rec);
+    if (hc < 0) return hc;
+    if (rec->kind != DTP_REC_DATA) return DTP_STOP;
+    if (len - pos - DTP_RECORD_HEADER_LEN < rec->body_len) return DTP_NEED_MORE;
+    return DTP_OK;
+}
+
+/* Authenticate and decrypt the record at hdr (checked by next_data_record) into dst;
+ * the record header is the associated data. */
+static int open_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
+                       uint8_t *dst) {
+    size_t plen = rec->body_len - DTP_AEAD_TAG_LEN;
+    const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+    return open_raw(ctx, rec->counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, dst);
+}
+
 int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opened *out,
                         size_t max_out, uint8_t *plain_out, size_t plain_cap, size_t *n_out,
                         size_t *consumed) {
@@ -265,23 +287,11 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
     size_t pos = 0, n = 0, plain_pos = 0;
     int rc = DTP_OK;
     while (pos < len) {
-        if (len - pos < DTP_RECORD_HEADER_LEN) {
-            rc = DTP_NEED_MORE;
-            break;
-        }
         const uint8_t *hdr = buf + pos;
         dtp_record rec;
-        int hc = dtp_record_header_check(hdr, &rec);
-        if (hc < 0) {
-            rc = hc;
-            break;
-        }
-        if (rec.kind != DTP_REC_DATA) {
-            rc = DTP_STOP;
-            break;
-        }
-        if (len - pos - DTP_RECORD_HEADER_LEN < rec.body_len) {
-            rc = DTP_NEED_MORE;
+        int wc = next_data_record(buf, len, pos, &rec);
+        if (wc != DTP_OK) {
+            rc = wc;
             break;
         }
         size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
@@ -302,10 +312,9 @@ int dtp_aead_open_batch(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_opene
             o->plain_len = 0;
             o->status = DTP_ERR_REPLAY;
         } else {
-            const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
             /* plen > 0 implies plain_cap > 0, hence plain_out != NULL. */
             uint8_t *dst = plen > 0 ? plain_out + plain_pos : NULL;
-            int oc = open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, dst);
+            int oc = open_record(ctx, hdr, &rec, dst);
             if (oc != DTP_OK) {
                 rc = oc;
                 break;
@@ -428,23 +437,11 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
     size_t pos = 0, n = 0, nf = 0, nr = 0, plain_pos = 0;
     int rc = DTP_OK;
     while (pos < len) {
-        if (len - pos < DTP_RECORD_HEADER_LEN) {
-            rc = DTP_NEED_MORE;
-            break;
-        }
         const uint8_t *hdr = buf + pos;
         dtp_record rec;
-        int hc = dtp_record_header_check(hdr, &rec);
-        if (hc < 0) {
-            rc = hc;
-            break;
-        }
-        if (rec.kind != DTP_REC_DATA) {
-            rc = DTP_STOP;
-            break;
-        }
-        if (len - pos - DTP_RECORD_HEADER_LEN < rec.body_len) {
-            rc = DTP_NEED_MORE;
+        int wc = next_data_record(buf, len, pos, &rec);
+        if (wc != DTP_OK) {
+            rc = wc;
             break;
         }
         size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
@@ -465,9 +462,8 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
             o->plain_len = 0;
             o->status = DTP_ERR_REPLAY;
         } else {
-            const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
             uint8_t *dst = plen > 0 ? plain_out + plain_pos : NULL;
-            int oc = open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, dst);
+            int oc = open_record(ctx, hdr, &rec, dst);
             if (oc != DTP_OK) {
                 rc = oc;
                 break;
