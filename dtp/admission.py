@@ -13,21 +13,28 @@ firewall (read afresh) still permits the client.
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from dtp.address import HostAddress
 from dtp.chain.objects import ConnectionState, Host, Service, normalize_id
+from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
+    from dtp.keys import HostIdentity
 
 __all__ = [
     "LedgerAdmission",
     "NoCarrierEndpoint",
     "PeerInfo",
+    "PreparedConnection",
     "ResolvedService",
+    "abandon_host_connection",
+    "prepare_host_connection",
     "resolve_service",
     "tcp_endpoints",
 ]
@@ -188,3 +195,83 @@ def peer_info(
         port=port,
         public_key=public_key,
     )
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedConnection:
+    """A connection opened on the ledger, ready for the carrier connect and handshake."""
+
+    endpoint: tuple[str, int]
+    """The host's TCP endpoint."""
+    config: ConnectionConfig
+    """Client config: the host's Noise key (IK), the connection ID and the port."""
+    connection_id: str
+    escrow_id: str
+
+
+def prepare_host_connection(
+    ledger: Ledger,
+    address: HostAddress,
+    identity: HostIdentity,
+    *,
+    deposit: int | None = None,
+    cap_id: str | None = None,
+    server_key: bytes | None = None,
+    config: ConnectionConfig | None = None,
+) -> PreparedConnection:
+    """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
+
+    Checks what the ledger would refuse before any money moves (:func:`resolve_service`),
+    creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
+    the connection with ``deposit`` (default: the SLA's minimum) and returns the client
+    config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
+    If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
+    """
+    if deposit is None:
+        host = ledger.get_host(address.host_id)
+        service = host.services.get(address.port)
+        deposit = service.sla.min_deposit if service is not None else 0
+    if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
+        raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
+    resolved = resolve_service(ledger, address.host_id, address.port, identity.sui_address, deposit)
+    host_key = resolved.host.noise_static_key
+    if server_key is not None and server_key != host_key:
+        raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+    if cap_id is None:
+        cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
+    opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+    base = config or ConnectionConfig(identity=identity, is_client=True)
+    cfg = replace(
+        base,
+        identity=identity,
+        is_client=True,
+        server_static=host_key,
+        expected_server_static=None,
+        connection_id=bytes.fromhex(opened.connection_id[2:]),
+        port=address.port,
+    )
+    return PreparedConnection(resolved.endpoint, cfg, opened.connection_id, opened.escrow_id)
+
+
+def abandon_host_connection(
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: HostAddress,
+    prepared: PreparedConnection,
+    cause: BaseException,
+) -> None:
+    """Half-close a prepared connection on the ledger after the connect failed, so the
+    deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
+    failure here is logged, not raised: the caller re-raises ``cause``."""
+    try:
+        ledger.close_connection(identity, prepared.connection_id, address.host_id)
+    except Exception as close_exc:
+        logger.warning(
+            "could not close connection %s on the ledger after %r: %s",
+            prepared.connection_id,
+            cause,
+            close_exc,
+        )

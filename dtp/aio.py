@@ -20,9 +20,11 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp._session import Session
+from dtp.address import HostAddress
+from dtp.admission import abandon_host_connection, prepare_host_connection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -33,6 +35,9 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
 
 __all__ = [
     "DTPServer",
@@ -275,6 +280,9 @@ class DTPStreamWriter:
         self._closing = False
         self._eof_sent = False
         self._close_task: asyncio.Future[None] | None = None
+        self.connection_id: str | None = None
+        """The ledger connection (TransportControl) ID when connected by host ID."""
+        self.escrow_id: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -426,21 +434,53 @@ class DTPStreamWriter:
 
 
 async def open_connection(
-    host: str,
-    port: int,
+    host: str | HostAddress,
+    port: int | None = None,
     *,
     server_key: bytes | None = None,
     expected_server_key: bytes | None = None,
     identity: HostIdentity | None = None,
     config: ConnectionConfig | None = None,
     timeout: float | None = None,
+    ledger: Ledger | None = None,
+    deposit: int | None = None,
+    cap_id: str | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
-    Arguments as :func:`dtp.socket.create_connection`. Raises ConnectionRefused,
-    HandshakeError or DTPTimeoutError as it does.
+    Arguments as :func:`dtp.socket.create_connection`: ``host`` and ``port`` name the
+    carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
+    :class:`~dtp.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
+    ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
+    writer's ``connection_id`` / ``escrow_id`` name the ledger connection then. Raises
+    ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
     """
-    loop = asyncio.get_running_loop()
+    if port is None:
+        address = HostAddress.parse(host) if isinstance(host, str) else host
+        if ledger is None or identity is None:
+            raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
+        prepared = await asyncio.to_thread(
+            prepare_host_connection,
+            ledger,
+            address,
+            identity,
+            deposit=deposit,
+            cap_id=cap_id,
+            server_key=server_key,
+            config=config,
+        )
+        try:
+            reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
+        except BaseException as exc:
+            await asyncio.to_thread(
+                abandon_host_connection, ledger, identity, address, prepared, exc
+            )
+            raise
+        writer.connection_id = prepared.connection_id
+        writer.escrow_id = prepared.escrow_id
+        return reader, writer
+    if isinstance(host, HostAddress) or ledger is not None or deposit is not None or cap_id:
+        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
@@ -450,6 +490,14 @@ async def open_connection(
         server_static=server_key,
         expected_server_static=expected_server_key,
     )
+    return await _open(host, port, cfg, timeout)
+
+
+async def _open(
+    host: str, port: int, cfg: ConnectionConfig, timeout: float | None
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """Carrier connect + handshake + acceptance with a ready client config."""
+    loop = asyncio.get_running_loop()
     session = Session(cfg, now=loop.time())
     proto = _Protocol(session, loop)
 

@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 from dtp._session import Session
 from dtp.address import HostAddress
-from dtp.admission import LedgerAdmission, PeerInfo, peer_info, resolve_service
+from dtp.admission import (
+    LedgerAdmission,
+    PeerInfo,
+    abandon_host_connection,
+    peer_info,
+    prepare_host_connection,
+)
 from dtp.carriers.tcp import connect_tcp, listen_tcp
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -808,44 +814,22 @@ def _connect_by_host_id(
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
-    if deposit is None:
-        host = ledger.get_host(address.host_id)
-        service = host.services.get(address.port)
-        deposit = service.sla.min_deposit if service is not None else 0
-    if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
-        raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
-    resolved = resolve_service(ledger, address.host_id, address.port, identity.sui_address, deposit)
-    host_key = resolved.host.noise_static_key
-    if server_key is not None and server_key != host_key:
-        raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
-    if cap_id is None:
-        cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
-    opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+    prepared = prepare_host_connection(
+        ledger,
+        address,
+        identity,
+        deposit=deposit,
+        cap_id=cap_id,
+        server_key=server_key,
+        config=config,
+    )
     try:
-        base = config or ConnectionConfig(identity=identity, is_client=True)
-        cfg = replace(
-            base,
-            identity=identity,
-            is_client=True,
-            server_static=host_key,
-            expected_server_static=None,
-            connection_id=bytes.fromhex(opened.connection_id[2:]),
-            port=address.port,
-        )
-        sock = _connect(resolved.endpoint, timeout, cfg, name=str(address))
+        sock = _connect(prepared.endpoint, timeout, prepared.config, name=str(address))
     except BaseException as exc:
-        try:
-            ledger.close_connection(identity, opened.connection_id, address.host_id)
-        except Exception as close_exc:  # keep the original error; log the second one
-            logger.warning(
-                "could not close connection %s on the ledger after %r: %s",
-                opened.connection_id,
-                exc,
-                close_exc,
-            )
+        abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
-    sock.connection_id = opened.connection_id
-    sock.escrow_id = opened.escrow_id
+    sock.connection_id = prepared.connection_id
+    sock.escrow_id = prepared.escrow_id
     return sock
 
 

@@ -346,3 +346,34 @@ def test_create_connection_argument_checks(world: World) -> None:
         dtp.socket.create_connection(world.server.address, ledger=world.ledger)
     with pytest.raises(ValueError, match="together"):
         dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, ledger=world.ledger)
+
+
+def test_asyncio_connect_by_host_id(world: World) -> None:
+    import asyncio
+
+    import dtp.aio
+
+    async def main() -> None:
+        before = world.ledger.balance(CLIENT.sui_address)
+        reader, writer = await dtp.aio.open_connection(
+            world.address(), ledger=world.ledger, identity=CLIENT, deposit=5000, timeout=10
+        )
+        writer.write(b"hello from asyncio")
+        assert await reader.readexactly(18) == b"hello from asyncio"
+        assert writer.connection_id is not None and writer.escrow_id is not None
+        tc = world.ledger.get_connection(writer.connection_id)
+        assert tc.client == CLIENT.sui_address and tc.escrow == writer.escrow_id
+        writer.close()
+        await writer.wait_closed()
+        assert world.ledger.balance(CLIENT.sui_address) == before - 5000
+        # the same early checks as the blocking API: no money moves on a refusal
+        with pytest.raises(ServiceNotFound):
+            await dtp.aio.open_connection(
+                f"dtp://{world.host_id}:9", ledger=world.ledger, identity=CLIENT
+            )
+        assert world.ledger.balance(CLIENT.sui_address) == before - 5000
+        with pytest.raises(ValueError, match="ledger"):
+            await dtp.aio.open_connection(world.address())
+
+    asyncio.run(main())
+    assert world.conserved()
