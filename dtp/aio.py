@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from dtp._session import Session
 from dtp.address import HostAddress
-from dtp.admission import abandon_host_connection, prepare_host_connection
+from dtp.admission import (
+    LedgerAdmission,
+    PeerInfo,
+    abandon_host_connection,
+    peer_info,
+    prepare_host_connection,
+)
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -53,6 +59,9 @@ SEND_HIGH_WATER = 512 * 1024
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
+AdmitHook = Callable[[PeerInfo], "bool | str | Awaitable[bool | str | None] | None"]
+"""Like AcceptHook but given a :class:`~dtp.admission.PeerInfo`. A plain (non-async)
+admit hook runs in a worker thread, since it may read the ledger."""
 ClientCallback = Callable[["DTPStreamReader", "DTPStreamWriter"], "Awaitable[None] | None"]
 
 
@@ -549,10 +558,12 @@ class DTPServer:
         identity: HostIdentity,
         accept: AcceptHook | None,
         config: ConnectionConfig,
+        admit: AdmitHook | None = None,
     ) -> None:
         self._callback = callback
         self.identity = identity
         self._accept = accept
+        self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -596,7 +607,14 @@ class DTPServer:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return
-        verdict = await self._run_hook(session.authenticated_address)
+        conn = session.conn
+        peer = peer_info(
+            session.authenticated_address,
+            conn.peer_connection_id,
+            conn.peer_port,
+            conn.peer_static,
+        )
+        verdict = await self._run_hook(peer)
         if verdict is not None:
             self.refused += 1
             session.conn.refuse(verdict)
@@ -619,21 +637,28 @@ class DTPServer:
             logger.exception("client callback failed for %s", session.authenticated_address)
             writer.abort("internal error")
 
-    async def _run_hook(self, address: str) -> str | None:
-        if self._accept is None:
-            return None
-        try:
-            verdict = self._accept(address)
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-        except Exception:
-            logger.exception("accept hook failed for %s", address)
-            return "internal error in the server's accept hook"
-        if verdict is None or verdict is True:
-            return None
-        if verdict is False:
-            return "refused by the server"
-        return str(verdict)
+    async def _run_hook(self, peer: PeerInfo) -> str | None:
+        """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
+        hooks: list[tuple[Callable[[Any], Any], Any, bool]] = []
+        if self._accept is not None:
+            hooks.append((self._accept, peer.address, False))
+        if self._admit is not None:
+            threaded = not inspect.iscoroutinefunction(self._admit)
+            hooks.append((self._admit, peer, threaded))
+        for hook, arg, threaded in hooks:
+            try:
+                verdict = await asyncio.to_thread(hook, arg) if threaded else hook(arg)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception:
+                logger.exception("accept hook failed for %s", peer.address)
+                return "internal error in the server's accept hook"
+            if verdict is None or verdict is True:
+                continue
+            if verdict is False:
+                return "refused by the server"
+            return str(verdict)
+        return None
 
     async def _start(self, host: str, port: int, backlog: int) -> None:
         loop = asyncio.get_running_loop()
@@ -669,13 +694,31 @@ async def start_server(
     *,
     identity: HostIdentity,
     accept: AcceptHook | None = None,
+    admit: AdmitHook | None = None,
     config: ConnectionConfig | None = None,
     backlog: int = 128,
+    ledger: Ledger | None = None,
+    host_id: str | None = None,
+    dtp_port: int | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
-    accepted client (the ``accept`` hook, sync or async, may refuse it first)."""
+    accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
+    ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`).
+
+    With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
+    Host), clients are admitted only through :class:`~dtp.admission.LedgerAdmission`, as
+    with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
+    connection of theirs to this host and port with a funded escrow, and the host's
+    firewall must permit them; others get ConnectionRefused with the reason.
+    """
+    if ledger is not None or host_id is not None or dtp_port is not None:
+        if ledger is None or host_id is None or dtp_port is None:
+            raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
+        if admit is not None:
+            raise ValueError("pass either admit or ledger/host_id/dtp_port, not both")
+        admit = LedgerAdmission(ledger, host_id, dtp_port)
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
-    server = DTPServer(client_connected_cb, identity, accept, cfg)
+    server = DTPServer(client_connected_cb, identity, accept, cfg, admit)
     await server._start(host, port, backlog)
     return server

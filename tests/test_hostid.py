@@ -377,3 +377,56 @@ def test_asyncio_connect_by_host_id(world: World) -> None:
 
     asyncio.run(main())
     assert world.conserved()
+
+
+def test_asyncio_server_ledger_admission(tmp_path: Path) -> None:
+    """dtp.aio.start_server(ledger=, host_id=, dtp_port=) admits only a funded Open
+    connection of this client to this port; a raw connect naming none is refused."""
+    import asyncio
+
+    import dtp.aio
+
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    seen: list[str | None] = []
+
+    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        seen.append(writer.peer_address)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            handle,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            ledger=LocalLedger(tmp_path / "ledger.db"),
+            host_id=host_id,
+            dtp_port=PORT,
+        )
+        async with server:
+            endpoint = f"tcp://127.0.0.1:{server.address[1]}"
+            await asyncio.to_thread(ledger.set_endpoints, SERVER, host_id, [endpoint])
+            reader, writer = await dtp.aio.open_connection(
+                f"dtp://{host_id}:{PORT}", ledger=ledger, identity=CLIENT, timeout=10
+            )
+            writer.write(b"admitted")
+            assert await reader.readexactly(8) == b"admitted"
+            writer.close()
+            await writer.wait_closed()
+            # the right server key but no ledger connection named: refused with the reason
+            with pytest.raises(ConnectionRefused, match="connection"):
+                await dtp.aio.open_connection(
+                    *server.address, server_key=SERVER.noise_public, identity=CLIENT, timeout=10
+                )
+        assert seen == [CLIENT.sui_address]
+        assert server.refused == 1
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="together"):
+        asyncio.run(dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER, ledger=ledger))
