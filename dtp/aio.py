@@ -41,6 +41,8 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -77,6 +79,7 @@ class _Protocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
+        self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -120,7 +123,10 @@ class _Protocol(asyncio.Protocol):
     def flush(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        data = self.conn.data_to_send(self.loop.time())
+        now = self.loop.time()
+        if self.payment is not None:
+            self.payment.tick(now)
+        data = self.conn.data_to_send(now)
         if data:
             self.transport.write(data)
         self._schedule_timer()
@@ -385,17 +391,25 @@ class DTPStreamWriter:
                 ),
                 5.0,
             )
+        payment = self._proto.payment
+        if payment is not None:
+            payment.closing()  # the final receipt goes out before CLOSE
+            self._proto.flush()
         self._conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
         transport = self._proto.transport
         if transport is not None:
             transport.close()
+        if payment is not None:
+            await asyncio.to_thread(payment.finish)  # half-close on the ledger
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed (first stream) or until this
         stream's queued data has been handed on."""
         if self._primary:
             await self._proto.closed_future
+            if self._close_task is not None:
+                await self._close_task
         else:
             await self._proto.wait_for(
                 lambda: (
@@ -454,6 +468,7 @@ async def open_connection(
     ledger: Ledger | None = None,
     deposit: int | None = None,
     cap_id: str | None = None,
+    metering: MeteringConfig | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
@@ -463,6 +478,7 @@ async def open_connection(
     ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
     writer's ``connection_id`` / ``escrow_id`` name the ledger connection then. Raises
     ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
+    A connection by host ID is metered as with the blocking API (``metering``).
     """
     if port is None:
         address = HostAddress.parse(host) if isinstance(host, str) else host
@@ -487,9 +503,25 @@ async def open_connection(
             raise
         writer.connection_id = prepared.connection_id
         writer.escrow_id = prepared.escrow_id
+        if metering is None or metering.enabled:
+            proto = writer._proto
+            payment = await asyncio.to_thread(
+                ClientPayment,
+                ledger,
+                identity,
+                address.host_id,
+                prepared.connection_id,
+                proto.conn,
+                metering,
+                now=proto.loop.time(),
+            )
+            proto.payment = payment
+            proto.session.on_receipt = payment.on_server_receipt
         return reader, writer
     if isinstance(host, HostAddress) or ledger is not None or deposit is not None or cap_id:
         raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
+    if metering is not None:
+        raise ValueError("metering applies only to a DTP address (dtp://…)")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(

@@ -277,6 +277,13 @@ class Connection:
         return dict(self._peer_params)
 
     @property
+    def usage(self) -> tuple[int, int]:
+        """What paid connections meter (docs/escrow.md §6.1): (application stream bytes
+        sent plus received, over all streams; streams opened by the client)."""
+        client_streams = self._opened_by_us if self.is_client else self._peer_opened
+        return self._conn_sent + self._conn_received, client_streams
+
+    @property
     def peer_connection_id(self) -> bytes | None:
         """Server side: the ledger connection ID (32 bytes) the client named in its
         handshake, if any. Authenticated once the client's AUTH proof is verified."""

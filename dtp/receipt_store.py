@@ -47,7 +47,11 @@ class ReceiptStore:
     """Latest receipts per connection, persisted in a SQLite file (WAL mode)."""
 
     def __init__(self, path: str | Path = ":memory:") -> None:
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        # one handle shared by a server's connection threads, serialized by SQLite's own
+        # mutex (the default serialized threading mode); each call is one statement
+        self._db = sqlite3.connect(
+            str(path), timeout=30, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
         self._db.execute(_SCHEMA)

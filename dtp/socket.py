@@ -55,6 +55,8 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -113,6 +115,7 @@ class _Engine:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
+        self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
         try:
             self.peername = sock.getpeername()
             self.sockname = sock.getsockname()
@@ -156,7 +159,10 @@ class _Engine:
 
     def flush(self) -> None:
         """Collect the connection's output and write what fits; lock held."""
-        data = self.conn.data_to_send(time.monotonic())
+        now = time.monotonic()
+        if self.payment is not None:
+            self.payment.tick(now)
+        data = self.conn.data_to_send(now)
         if data:
             if not self.out and not self.carrier_closed:
                 # the common case: write straight away, queue only what does not fit
@@ -322,6 +328,9 @@ class _Engine:
                         ),
                         linger,
                     )
+                if self.payment is not None:
+                    self.payment.closing()  # the final receipt goes out before CLOSE
+                    self.flush()
                 self.conn.close(CloseCode.NO_ERROR, "")
                 self.flush()
                 with contextlib.suppress(DTPError):
@@ -611,6 +620,8 @@ class DTPSocket:
             return
         if self._primary:
             self._engine.shutdown(LINGER)
+            if self._engine.payment is not None:
+                self._engine.payment.finish()  # half-close on the ledger
         else:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
@@ -620,6 +631,8 @@ class DTPSocket:
         """Close the whole connection at once, dropping queued data."""
         self._engine.abort(CloseCode.APPLICATION, reason)
         self._closed = True
+        if self._primary and self._engine.payment is not None:
+            self._engine.payment.finish()
 
     def __enter__(self) -> DTPSocket:
         return self
@@ -744,6 +757,7 @@ def create_connection(
     ledger: Ledger | None = None,
     deposit: int | None = None,
     cap_id: str | None = None,
+    metering: MeteringConfig | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
@@ -772,6 +786,9 @@ def create_connection(
     connection on the ledger (our half-close), so that the deposit can be refunded once
     the close timeout has passed (docs/escrow.md §7); the original error is raised.
     ``timeout`` bounds the carrier connect and handshake, not the ledger calls.
+    The connection is metered (signed cumulative receipts in-band, a final one at
+    close, then our half-close on the ledger; docs/escrow.md §6.1) unless
+    ``metering=MeteringConfig(enabled=False)``; ``metering`` also sets the cadence.
     """
     if isinstance(address, (str, HostAddress)):
         return _connect_by_host_id(
@@ -783,6 +800,7 @@ def create_connection(
             ledger=ledger,
             deposit=deposit,
             cap_id=cap_id,
+            metering=metering,
         )
     if ledger is not None or deposit is not None or cap_id is not None:
         raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
@@ -808,6 +826,7 @@ def _connect_by_host_id(
     ledger: Ledger | None,
     deposit: int | None,
     cap_id: str | None,
+    metering: MeteringConfig | None = None,
 ) -> DTPSocket:
     """create_connection for a DTP address (see there)."""
     if ledger is None:
@@ -830,7 +849,32 @@ def _connect_by_host_id(
         raise
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
+    if metering is None or metering.enabled:
+        _attach_payment(sock, ledger, identity, address, prepared.connection_id, metering)
     return sock
+
+
+def _attach_payment(
+    sock: DTPSocket,
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: HostAddress,
+    connection_id: str,
+    metering: MeteringConfig | None,
+) -> None:
+    engine = sock._engine
+    payment = ClientPayment(
+        ledger,
+        identity,
+        address.host_id,
+        connection_id,
+        engine.conn,
+        metering,
+        now=time.monotonic(),
+    )
+    with engine.lock:
+        engine.payment = payment
+        engine.session.on_receipt = payment.on_server_receipt
 
 
 def _connect(

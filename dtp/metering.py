@@ -1,0 +1,279 @@
+"""In-band metering of paid connections, sans I/O (docs/escrow.md §6.1).
+
+- :class:`MeteringConfig` — the client's knobs: on/off and the receipt cadence.
+- :class:`ClientMeter` — the client side: the connection's usage counters in, signed
+  cumulative receipts out (wraps :class:`dtp.escrow.Meter`); when the deposit runs out
+  it signs one last receipt for the whole deposit and pays nothing beyond it.
+- :class:`ReceiptGate` — the server side: checks every RECEIPT frame with
+  :func:`dtp.escrow.check_receipt` against the connection's escrow, keeps it durably
+  (:class:`dtp.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
+  pause or close given the usage the server has seen.
+
+What is metered: application bytes of every stream in both directions (new bytes the
+connection sent plus received, as :attr:`dtp.connection.Connection.usage` counts them)
+and requests = streams opened by the client. Both sides count the same bytes, so they
+disagree only by what is in flight.
+
+Nothing here reads the clock: ``now_ms`` is always passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from dtp.chain.objects import Sla
+from dtp.errors import InsufficientFunds, InvalidReceipt, move_error
+from dtp.escrow import Meter, Receipt, check_receipt, fee
+
+if TYPE_CHECKING:
+    from dtp.keys import HostIdentity
+    from dtp.receipt_store import ReceiptStore
+
+__all__ = [
+    "CLOSE_FIREWALL_DENIED",
+    "CLOSE_PAYMENT_REQUIRED",
+    "RECEIPT_REQUEST",
+    "ClientMeter",
+    "GateState",
+    "GateVerdict",
+    "MeteringConfig",
+    "ReceiptGate",
+]
+
+#: CLOSE code (application range) a paid server uses when receipts stop covering usage.
+CLOSE_PAYMENT_REQUIRED: Final = 0x1402
+#: CLOSE code a paid server uses when the host's firewall now denies the client.
+CLOSE_FIREWALL_DENIED: Final = 0x1403
+#: Payload of a RECEIPT frame sent by the server: "send me a receipt now". The server
+#: sends it while paused, so a client whose sends are blocked by flow control (and so
+#: uses nothing new) still pays for what it used below its cadence.
+RECEIPT_REQUEST: Final = b""
+
+
+@dataclass(frozen=True)
+class MeteringConfig:
+    """How a client meters a connection made by host ID."""
+
+    enabled: bool = True
+    """False: send no receipts (the server will pause and then close the connection
+    once the unreceipted usage exceeds its allowance)."""
+    every_bytes: int = 1 << 20
+    """Sign a receipt after this many new bytes (0: never for bytes)."""
+    every_ms: int = 1000
+    """...or this long after the last one when there is unpaid usage (0: never). Checked
+    whenever the connection does I/O."""
+    every_requests: int = 0
+    """...or after this many new requests (streams we open; 0: never)."""
+
+
+class ClientMeter:
+    """The client's meter of one connection.
+
+    :meth:`update` takes the connection's cumulative usage and returns a receipt when the
+    cadence says so. Usage the deposit cannot cover is not signed for: the meter then
+    signs once for as much as the deposit covers and sets :attr:`exhausted`.
+    """
+
+    def __init__(
+        self,
+        identity: HostIdentity,
+        connection_id: str,
+        sla: Sla,
+        deposit: int,
+        config: MeteringConfig | None = None,
+        *,
+        now_ms: int = 0,
+    ) -> None:
+        cfg = config or MeteringConfig()
+        self.meter = Meter(
+            identity,
+            connection_id,
+            sla,
+            deposit,
+            every_bytes=cfg.every_bytes,
+            every_requests=cfg.every_requests,
+            every_ms=cfg.every_ms,
+            now_ms=now_ms,
+        )
+        self.exhausted = False
+        """True once usage went beyond what the deposit covers."""
+        self._seen_bytes = 0
+        self._seen_requests = 0
+        self._timed = cfg.every_ms > 0
+
+    @property
+    def latest(self) -> Receipt | None:
+        """The last receipt signed."""
+        return self.meter.latest
+
+    def update(self, now_ms: int, total_bytes: int, total_requests: int) -> Receipt | None:
+        """Cumulative usage at ``now_ms`` in; a receipt out when one is due."""
+        new_bytes = total_bytes - self._seen_bytes
+        new_requests = total_requests - self._seen_requests
+        if not new_bytes and not new_requests:
+            # the hot path: called on every flush, nothing new
+            return self.meter.poll(now_ms) if self._timed else None
+        if new_bytes < 0 or new_requests < 0:
+            raise ValueError("usage counters went backwards")
+        self._seen_bytes, self._seen_requests = total_bytes, total_requests
+        if self.exhausted:
+            return None
+        try:
+            return self.meter.record(now_ms, new_bytes, new_requests)
+        except InsufficientFunds:
+            return self._exhaust(now_ms, new_bytes, new_requests)
+
+    def _exhaust(self, now_ms: int, new_bytes: int, new_requests: int) -> Receipt | None:
+        self.exhausted = True
+        meter = self.meter
+        with contextlib.suppress(InsufficientFunds):  # if not even the requests fit,
+            meter.record(now_ms, 0, new_requests)  # sign for bytes only
+        meter.record(now_ms, min(new_bytes, meter.affordable_bytes()), 0)
+        return meter.flush(now_ms)
+
+    def flush(self, now_ms: int) -> Receipt | None:
+        """A receipt for all counted usage now (on request or at close), if unpaid."""
+        return self.meter.flush(now_ms)
+
+
+class GateState(enum.Enum):
+    """What a paid server should do with a connection."""
+
+    SERVE = "serve"
+    PAUSE = "pause"
+    CLOSE = "close"
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The outcome of :meth:`ReceiptGate.verdict`."""
+
+    state: GateState
+    owed: int
+    """MIST of usage seen that no accepted receipt covers."""
+    reason: str = ""
+    """Why (for PAUSE and CLOSE)."""
+
+
+class ReceiptGate:
+    """The server's receipt check and credit limit for one connection.
+
+    ``allowance``: how many MIST of usage the server extends on credit (usage seen
+    minus the latest accepted receipt) before it pauses. The SLA has no such field and
+    the Move structs stay as they are, so it is a server policy; the default is the
+    SLA's ``min_deposit``: the server never serves more on credit than the minimum
+    escrow guarantees it can be paid. ``pause_timeout_ms``: a connection paused this
+    long without a covering receipt is to be closed. ``spend_limit``: the most the
+    client's spending cap lets the server claim (None: no limit beyond the deposit);
+    receipts above it still count only up to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        connection_id: str,
+        client_public_key: bytes,
+        sla: Sla,
+        deposited: int,
+        claimed: int = 0,
+        latest_nonce: int = 0,
+        allowance: int | None = None,
+        pause_timeout_ms: int = 10_000,
+        spend_limit: int | None = None,
+        store: ReceiptStore | None = None,
+    ) -> None:
+        if pause_timeout_ms < 0 or (allowance is not None and allowance < 0):
+            raise ValueError("allowance and pause_timeout_ms must be non-negative")
+        self.connection_id = connection_id
+        self.client_public_key = client_public_key
+        self.sla = sla
+        self.deposited = deposited
+        self.claimed = claimed
+        self.allowance = sla.min_deposit if allowance is None else allowance
+        self.pause_timeout_ms = pause_timeout_ms
+        self.spend_limit = spend_limit
+        self.store = store
+        self.latest: Receipt | None = None
+        self.latest_nonce = latest_nonce
+        self.latest_amount = claimed
+        self.violation: str | None = None
+        """Set when the client sent an unacceptable receipt: the connection must close."""
+        self._paused_since: int | None = None
+
+    def receive(self, data: bytes) -> Receipt:
+        """Check an encoded receipt and keep it (durably first, when there is a store).
+
+        Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
+        malformed, replayed, badly signed, priced wrong, beyond the deposit or lower than
+        an earlier one.
+        """
+        try:
+            receipt = Receipt.decode(data)
+            check_receipt(
+                receipt,
+                connection_id=self.connection_id,
+                sla=self.sla,
+                public_key=self.client_public_key,
+                deposited=self.deposited,
+                claimed=self.claimed,
+                latest_nonce=self.latest_nonce,
+            )
+            if receipt.total_amount < self.latest_amount:
+                raise move_error(
+                    "escrow",
+                    "EReceiptNotCumulative",
+                    f"{receipt.total_amount} MIST after a receipt for {self.latest_amount}",
+                )
+            # durable before it counts: once service resumes on this receipt, a crash
+            # must not lose the fee it earns
+            if self.store is not None and not self.store.keep(receipt):
+                raise move_error(
+                    "escrow", "EReplayedReceipt", f"nonce {receipt.nonce} already stored"
+                )
+        except InvalidReceipt as exc:
+            self.violation = f"invalid receipt: {exc}"
+            raise
+        self.latest = receipt
+        self.latest_nonce = receipt.nonce
+        self.latest_amount = receipt.total_amount
+        return receipt
+
+    def payable(self) -> int:
+        """What the accepted receipts let the server collect."""
+        if self.spend_limit is None:
+            return self.latest_amount
+        return min(self.latest_amount, self.spend_limit)
+
+    def owed(self, total_bytes: int, total_requests: int) -> int:
+        """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
+        return max(0, fee(self.sla, total_bytes, total_requests) - self.payable())
+
+    def verdict(self, now_ms: int, total_bytes: int, total_requests: int) -> GateVerdict:
+        """Serve, pause (unreceipted credit above the allowance) or close (a bad
+        receipt, or paused longer than ``pause_timeout_ms``)."""
+        owed = self.owed(total_bytes, total_requests)
+        if self.violation is not None:
+            return GateVerdict(GateState.CLOSE, owed, self.violation)
+        if owed <= self.allowance:
+            self._paused_since = None
+            return GateVerdict(GateState.SERVE, owed)
+        if self._paused_since is None:
+            self._paused_since = now_ms
+        waited = now_ms - self._paused_since
+        if waited >= self.pause_timeout_ms:
+            return GateVerdict(
+                GateState.CLOSE,
+                owed,
+                f"payment required: {owed} MIST of usage unreceipted (allowance "
+                f"{self.allowance}) for {waited} ms",
+            )
+        return GateVerdict(GateState.PAUSE, owed, f"waiting for a receipt: {owed} MIST unreceipted")
+
+    def pause_deadline_ms(self) -> int | None:
+        """When a paused connection is due to close (None when not paused)."""
+        if self._paused_since is None:
+            return None
+        return self._paused_since + self.pause_timeout_ms

@@ -1,0 +1,157 @@
+"""The host's runtime firewall, sans I/O: per-client rate limits and the policy refresh.
+
+- :class:`TokenBucket` — a rate in units per second; :meth:`TokenBucket.charge` says
+  how long to wait so that what was used stays within the rate. Callers wait *before*
+  serving more (and so before returning flow-control credit): back-pressure, never drops.
+- :class:`RateLimiter` — one pair of buckets (bytes/s, requests/s) per client address,
+  shared by all of that client's connections, as the Host's ``Firewall`` publishes them.
+- :class:`HostPolicy` — the Host as last read, re-read every ``refresh_interval``;
+  :meth:`HostPolicy.refresh` reports the new limits and which clients are now denied, so
+  changes made on the Host reach open connections within one interval.
+
+Times are seconds (any monotonic origin), passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dtp.chain.objects import Firewall, Host
+
+__all__ = ["ClientBuckets", "HostPolicy", "PolicyChange", "RateLimiter", "TokenBucket"]
+
+
+class TokenBucket:
+    """``rate`` units per second with a burst of ``burst_seconds`` worth; rate 0 is
+    unlimited. Usage is charged after the fact and may run the bucket into debt, so a
+    large chunk is allowed at once and paid for by the wait that follows."""
+
+    def __init__(self, rate: float, now: float, burst_seconds: float = 0.25) -> None:
+        if rate < 0 or burst_seconds <= 0:
+            raise ValueError("rate must be >= 0 and burst_seconds > 0")
+        self.burst_seconds = burst_seconds
+        self.rate = float(rate)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    @property
+    def capacity(self) -> float:
+        return self.rate * self.burst_seconds
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate from ``now`` on (tokens beyond the new burst are dropped)."""
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self._refill(now)
+        self.rate = float(rate)
+        self.tokens = min(self.tokens, self.capacity)
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before using more (0 when there is no debt)."""
+        if self.rate == 0:
+            return 0.0
+        self._refill(now)
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def charge(self, amount: float, now: float) -> float:
+        """Use ``amount`` units at ``now``; returns the seconds to wait before the next
+        use (0 while within the rate)."""
+        if self.rate == 0 or amount <= 0:
+            return 0.0
+        self._refill(now)
+        self.tokens -= amount
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass
+class ClientBuckets:
+    """One client's buckets and how many of its connections use them."""
+
+    bytes: TokenBucket
+    requests: TokenBucket
+    users: int = 0
+
+
+@dataclass
+class RateLimiter:
+    """Per-client token buckets (``Firewall.max_bytes_per_sec`` and
+    ``max_requests_per_sec``; 0 = unlimited)."""
+
+    bytes_per_sec: int = 0
+    requests_per_sec: int = 0
+    clients: dict[str, ClientBuckets] = field(default_factory=dict)
+
+    def acquire(self, client: str, now: float) -> ClientBuckets:
+        """The buckets of ``client`` (created on its first connection)."""
+        buckets = self.clients.get(client)
+        if buckets is None:
+            buckets = ClientBuckets(
+                TokenBucket(self.bytes_per_sec, now), TokenBucket(self.requests_per_sec, now)
+            )
+            self.clients[client] = buckets
+        buckets.users += 1
+        return buckets
+
+    def release(self, client: str) -> None:
+        """One connection of ``client`` ended; its buckets go with its last one."""
+        buckets = self.clients.get(client)
+        if buckets is not None:
+            buckets.users -= 1
+            if buckets.users <= 0:
+                del self.clients[client]
+
+    def set_limits(self, bytes_per_sec: int, requests_per_sec: int, now: float) -> None:
+        """New limits, applied to every client's buckets at once."""
+        self.bytes_per_sec, self.requests_per_sec = bytes_per_sec, requests_per_sec
+        for buckets in self.clients.values():
+            buckets.bytes.set_rate(bytes_per_sec, now)
+            buckets.requests.set_rate(requests_per_sec, now)
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What a refresh of the Host found."""
+
+    firewall: Firewall
+    limits_changed: bool
+    """The per-client rate limits differ from the previous read."""
+    denied: frozenset[str]
+    """Of the clients asked about, those the firewall no longer permits."""
+
+
+class HostPolicy:
+    """The host's firewall as last read from the ledger, refreshed every
+    ``refresh_interval`` seconds."""
+
+    def __init__(self, host: Host, now: float, refresh_interval: float = 2.0) -> None:
+        if refresh_interval <= 0:
+            raise ValueError("refresh_interval must be positive")
+        self.refresh_interval = refresh_interval
+        self.firewall = host.firewall
+        self.next_refresh = now + refresh_interval
+
+    def due(self, now: float) -> bool:
+        """Whether the Host should be read again."""
+        return now >= self.next_refresh
+
+    def permits(self, client: str) -> bool:
+        return self.firewall.permits(client)
+
+    def refresh(
+        self, host: Host, now: float, clients: frozenset[str] = frozenset()
+    ) -> PolicyChange:
+        """Apply a fresh read of the Host; ``clients``: those with open connections."""
+        old = self.firewall
+        self.firewall = host.firewall
+        self.next_refresh = now + self.refresh_interval
+        changed = (old.max_bytes_per_sec, old.max_requests_per_sec) != (
+            self.firewall.max_bytes_per_sec,
+            self.firewall.max_requests_per_sec,
+        )
+        denied = frozenset(c for c in clients if not self.firewall.permits(c))
+        return PolicyChange(self.firewall, changed, denied)

@@ -1,0 +1,226 @@
+"""The ledger ends of a paid connection (docs/escrow.md §6.1, §7), shared by the blocking
+and asyncio adapters.
+
+Client: :class:`ClientPayment` meters a connection made by host ID (hooked into the
+adapter's output path), sends the final receipt before CLOSE and then half-closes the
+connection on the ledger; :func:`collect_refund` settles once the close timeout has
+passed when the server never did.
+
+Server: :func:`publish_endpoint` puts the server's endpoint and Noise key in the Host;
+:func:`claim_and_settle` claims a connection's latest stored receipt and refunds the
+client the rest; :func:`recover_unclaimed` does it for every receipt a previous run left
+unclaimed (crash recovery).
+
+These functions call the ledger and block: run them in a thread from asyncio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from dtp.chain.objects import ConnectionState, Settlement
+from dtp.connection import Connection
+from dtp.errors import ChainError, ConnectionStateError, DTPError, SpendingCapExceeded
+from dtp.metering import ClientMeter, MeteringConfig
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.keys import HostIdentity
+    from dtp.receipt_store import ReceiptStore
+
+__all__ = [
+    "ClientPayment",
+    "claim_and_settle",
+    "collect_refund",
+    "publish_endpoint",
+    "recover_unclaimed",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ClientPayment:
+    """The client side of one paid connection: meter, in-band receipts, ledger close.
+
+    The adapter calls :meth:`tick` each time it collects the connection's output (cheap
+    when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
+    (a request for a receipt now), :meth:`closing` just before it closes the connection,
+    and :meth:`finish` after (the ledger half-close; blocking).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        host_id: str,
+        connection_id: str,
+        conn: Connection,
+        config: MeteringConfig | None = None,
+        *,
+        now: float = 0.0,
+    ) -> None:
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = host_id
+        self.connection_id = connection_id
+        self.conn = conn
+        self.meter = ClientMeter(
+            identity, connection_id, tc.sla, escrow.deposited, config, now_ms=int(now * 1000)
+        )
+        self.receipts_sent = 0
+        self._now_ms = int(now * 1000)
+        self._finished = False
+
+    def tick(self, now: float) -> None:
+        """Sign and queue a receipt if the cadence says so."""
+        conn = self.conn
+        if conn.closed:
+            return
+        total_bytes, total_requests = conn.usage
+        self._now_ms = now_ms = int(now * 1000)
+        receipt = self.meter.update(now_ms, total_bytes, total_requests)
+        if receipt is not None:
+            conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+
+    def on_server_receipt(self, data: bytes) -> None:
+        """The server asks for a receipt (it paused service): pay all usage now."""
+        self._pay_now()
+
+    def closing(self) -> None:
+        """Queue the final receipt (call before the CLOSE frame is queued)."""
+        self._pay_now()
+
+    def _pay_now(self) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        total_bytes, total_requests = conn.usage
+        now_ms = self._now_ms  # the time of the last tick: no cadence depends on it here
+        self.meter.update(now_ms, total_bytes, total_requests)
+        receipt = self.meter.flush(now_ms)
+        if receipt is not None:
+            conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+
+    def finish(self) -> None:
+        """Half-close the connection on the ledger (once; failures are logged): the
+        server then claims the latest receipt and refunds the rest (or the client calls
+        :func:`collect_refund` after the timeout)."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self.ledger.close_connection(self.identity, self.connection_id, self.host_id)
+        except ConnectionStateError as exc:
+            # the server closed (and maybe settled) first: nothing left for us to do
+            logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
+        except DTPError as exc:
+            logger.warning(
+                "could not close connection %s on the ledger: %s", self.connection_id, exc
+            )
+
+
+def collect_refund(ledger: Ledger, identity: HostIdentity, connection_id: str) -> int:
+    """The client's refund of a connection, in MIST.
+
+    When the connection is already settled (the server settled it, the usual case),
+    returns what that settlement refunded. Otherwise half-closes it if still Open and
+    settles; that succeeds only once the half-close timeout has passed
+    (``ConnectionStateError`` ``ETimeoutNotReached`` before), which leaves the server
+    that long to claim its last receipt.
+    """
+    tc = ledger.get_connection(connection_id)
+    if tc.settled:
+        return ledger.get_escrow(tc.escrow).refunded
+    if tc.state == ConnectionState.OPEN:
+        ledger.close_connection(identity, connection_id, tc.host)
+    return ledger.settle(identity, connection_id, tc.host).refunded
+
+
+def claim_and_settle(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | None,
+) -> Settlement | None:
+    """The server's end of a connection: close it on the ledger if still Open, claim the
+    latest stored receipt and settle (the client is refunded the rest at once).
+
+    Returns None when nothing could be done now: the connection was already settled, or
+    the client's spending cap refuses the claim in this epoch (the receipt stays in the
+    store, unclaimed, for :func:`recover_unclaimed` to retry; settling without it would
+    refund the client what it owes).
+    """
+    tc = ledger.get_connection(connection_id)
+    stored = store.latest(connection_id) if store is not None else None
+    if tc.settled:
+        if stored is not None and stored.unclaimed > 0:
+            escrow = ledger.get_escrow(tc.escrow)
+            store.mark_claimed(connection_id, escrow.claimed)  # type: ignore[union-attr]
+            if escrow.claimed < stored.receipt.total_amount:
+                logger.warning(
+                    "connection %s was settled before its receipt for %d MIST was claimed",
+                    connection_id,
+                    stored.receipt.total_amount,
+                )
+        return None
+    if tc.state == ConnectionState.OPEN:
+        # the client may close in between: settling below works all the same
+        with contextlib.suppress(ConnectionStateError):
+            ledger.close_connection(identity, connection_id, tc.host)
+    escrow = ledger.get_escrow(tc.escrow)
+    try:
+        if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
+            settlement = ledger.settle_with_receipt(identity, connection_id, stored.receipt)
+        else:
+            settlement = ledger.settle(identity, connection_id, tc.host)
+    except SpendingCapExceeded as exc:
+        logger.warning(
+            "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
+        )
+        return None
+    if stored is not None and store is not None:
+        store.mark_claimed(connection_id, settlement.claimed)
+    logger.info(
+        "settled %s: %d MIST claimed, %d refunded",
+        connection_id,
+        settlement.claimed,
+        settlement.refunded,
+    )
+    return settlement
+
+
+def recover_unclaimed(
+    ledger: Ledger, identity: HostIdentity, store: ReceiptStore
+) -> list[tuple[str, Settlement]]:
+    """Claim and settle every connection the store holds an unclaimed receipt for (run at
+    start: a previous run's connections are gone). Failures are logged and skipped."""
+    done: list[tuple[str, Settlement]] = []
+    for stored in list(store.unclaimed()):
+        cid = stored.receipt.connection_id
+        try:
+            settlement = claim_and_settle(ledger, identity, cid, store)
+        except ChainError as exc:
+            logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
+            continue
+        if settlement is not None:
+            done.append((cid, settlement))
+    return done
+
+
+def publish_endpoint(
+    ledger: Ledger, identity: HostIdentity, host_id: str, address: tuple[str, int]
+) -> None:
+    """Make the Host list this server: its TCP endpoint first (replacing the published
+    list when it differs) and ``identity``'s Noise key. Only the host's authority can."""
+    host = ledger.get_host(host_id)
+    endpoint = f"tcp://{address[0]}:{address[1]}".encode()
+    if host.noise_static_key != identity.noise_public:
+        ledger.set_noise_static_key(identity, host_id, identity.noise_public)
+    if tuple(host.endpoints) != (endpoint,):
+        ledger.set_endpoints(identity, host_id, [endpoint])
