@@ -45,13 +45,19 @@ from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dtp.chain.ledger import Ledger
+    from dtp.paid import ServicePolicy
+    from dtp.paid_aio import PaidAioServer, PaidCallback
+    from dtp.receipt_store import ReceiptStore
 
 __all__ = [
     "DTPServer",
     "DTPStreamReader",
     "DTPStreamWriter",
     "open_connection",
+    "serve",
     "start_server",
 ]
 
@@ -754,3 +760,35 @@ async def start_server(
     server = DTPServer(client_connected_cb, identity, accept, cfg, admit)
     await server._start(host, port, backlog)
     return server
+
+
+async def serve(
+    host_id: str,
+    port: int,
+    callback: PaidCallback,
+    *,
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: tuple[str, int] = ("127.0.0.1", 0),
+    receipts: ReceiptStore | str | Path | None = None,
+    policy: ServicePolicy | None = None,
+    config: ConnectionConfig | None = None,
+    endpoint: tuple[str, int] | None = None,
+) -> PaidAioServer:
+    """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
+    :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
+    Returns the running :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
+    from dtp.paid_aio import serve as serve_paid
+
+    return await serve_paid(
+        host_id,
+        port,
+        callback,
+        ledger=ledger,
+        identity=identity,
+        address=address,
+        receipts=receipts,
+        policy=policy,
+        config=config,
+        endpoint=endpoint,
+    )

@@ -204,6 +204,11 @@ class KeyFileError(DTPError):
     """A key file could not be read, decrypted, or has unsafe permissions."""
 
 
+class PaymentRequired(ConnectionClosed):
+    """A paid server closed the connection: no receipt covered the usage in time, or a
+    receipt was invalid (docs/escrow.md §6.1)."""
+
+
 # -- chain ---------------------------------------------------------------------------------
 #
 # Errors of the control plane (dtp.chain, dtp.escrow). Every abort of the Move package

@@ -59,7 +59,11 @@ from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dtp.chain.ledger import Ledger
+    from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+    from dtp.receipt_store import ReceiptStore
 
 __all__ = [
     "SHUT_RD",
@@ -72,6 +76,7 @@ __all__ = [
     "PeerInfo",
     "create_connection",
     "create_server",
+    "serve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1169,3 +1174,36 @@ def create_server(
             raise ValueError("pass either admit or ledger/host_id/port, not both")
         admit = LedgerAdmission(ledger, host_id, port)
     return DTPServer(address, identity, accept=accept, admit=admit, config=config, backlog=backlog)
+
+
+def serve(
+    host_id: str,
+    port: int,
+    handler: Callable[[PaidSocket], None],
+    *,
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: tuple[str, int] = ("127.0.0.1", 0),
+    receipts: ReceiptStore | str | Path | None = None,
+    policy: ServicePolicy | None = None,
+    config: ConnectionConfig | None = None,
+    endpoint: tuple[str, int] | None = None,
+) -> PaidServer:
+    """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
+    and Noise key in the Host, admit clients through the ledger, meter them, apply the
+    host's firewall at runtime and settle each connection when it ends. Returns the
+    running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`."""
+    from dtp.paid import PaidServer
+
+    return PaidServer(
+        host_id,
+        port,
+        handler,
+        ledger=ledger,
+        identity=identity,
+        address=address,
+        receipts=receipts,
+        policy=policy,
+        config=config,
+        endpoint=endpoint,
+    )

@@ -1,0 +1,454 @@
+"""Serving a paid DTP service on a host, with blocking sockets (docs/escrow.md §6.1).
+
+    server = dtp.socket.serve(host_id, 7000, handler, ledger=ledger, identity=host_key,
+                              receipts="receipts.db")
+    ...
+    server.close()
+
+:class:`PaidServer` publishes its endpoint and Noise key in the Host, claims whatever
+receipts a previous run left unclaimed, and admits a client only through
+:class:`~dtp.admission.LedgerAdmission`. Each handler gets a :class:`PaidSocket`: the
+connection's first stream, which before every read and write
+
+- checks the client's receipts (:class:`~dtp.metering.ReceiptGate`): when the usage no
+  receipt covers exceeds the allowance it stops reading and writing — the client's sends
+  then block on flow control — asks for a receipt, resumes when one arrives, and closes
+  the connection with :data:`~dtp.metering.CLOSE_PAYMENT_REQUIRED` if none comes within
+  the pause timeout;
+- applies the host's per-client rate limits by waiting (back-pressure, never drops).
+
+The Host is re-read every ``refresh_interval``: new limits apply to open connections,
+and a client the firewall now denies is closed with
+:data:`~dtp.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
+or the client vanished), the server claims its latest receipt and the client is refunded
+the rest (:func:`~dtp.settlement.claim_and_settle`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dtp.chain.objects import normalize_id
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    DTPTimeoutError,
+    InvalidReceipt,
+    PaymentRequired,
+    move_error,
+)
+from dtp.metering import (
+    CLOSE_FIREWALL_DENIED,
+    CLOSE_PAYMENT_REQUIRED,
+    RECEIPT_REQUEST,
+    GateState,
+    GateVerdict,
+    MeteringConfig,
+    ReceiptGate,
+)
+from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
+from dtp.receipt_store import ReceiptStore
+from dtp.settlement import (
+    claim_and_settle,
+    collect_refund,
+    publish_endpoint,
+    recover_unclaimed,
+)
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.connection import ConnectionConfig
+    from dtp.keys import HostIdentity
+    from dtp.socket import DTPSocket
+
+__all__ = [
+    "MeteringConfig",
+    "PaidServer",
+    "PaidSocket",
+    "ServicePolicy",
+    "collect_refund",
+    "gate_for",
+]
+
+logger = logging.getLogger(__name__)
+
+_SEND_SLICE = 256 * 1024  # sendall pieces: the gate and the rate limit act between them
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """A paid server's own settings (the SLA and the firewall are on the ledger)."""
+
+    allowance: int | None = None
+    """MIST of usage served on credit before pausing; None: the SLA's ``min_deposit``
+    (the server never serves more on credit than the minimum escrow guarantees)."""
+    pause_timeout: float = 10.0
+    """Seconds a paused connection waits for a covering receipt before it is closed."""
+    refresh_interval: float = 2.0
+    """Seconds between reads of the Host (limits and deny list reach open connections
+    within this delay)."""
+    request_interval: float = 0.2
+    """Seconds between receipt requests while paused."""
+
+
+def gate_for(
+    ledger: Ledger, connection_id: str, policy: ServicePolicy, store: ReceiptStore | None
+) -> ReceiptGate:
+    """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
+    escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
+    the server claim this epoch)."""
+    tc = ledger.get_connection(connection_id)
+    escrow = ledger.get_escrow(tc.escrow)
+    cap = ledger.get_cap(escrow.spending_cap)
+    return ReceiptGate(
+        connection_id=tc.id,
+        client_public_key=escrow.client_public_key,
+        sla=tc.sla,
+        deposited=escrow.deposited,
+        claimed=escrow.claimed,
+        latest_nonce=escrow.latest_nonce,
+        allowance=policy.allowance,
+        pause_timeout_ms=int(policy.pause_timeout * 1000),
+        spend_limit=escrow.claimed + cap.remaining(ledger.epoch()),
+        store=store,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class _PaidConnection:
+    """The server's state of one paid connection (shared by its streams)."""
+
+    def __init__(
+        self,
+        sock: DTPSocket,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        limit_lock: threading.Lock,
+        policy: ServicePolicy,
+    ) -> None:
+        self.sock = sock
+        # the engine is the connection's I/O driver; the paid layer waits on it while
+        # paused, as the socket's own calls do
+        self.engine = sock._engine
+        self.client = sock.peer_address or ""
+        self.connection_id = sock.peer_connection_id or ""
+        self.gate = gate
+        self.buckets = buckets
+        self.limit_lock = limit_lock
+        self.policy = policy
+        self.receipts = 0
+
+    def on_receipt(self, data: bytes) -> None:
+        """A RECEIPT frame from the client (engine lock held)."""
+        try:
+            receipt = self.gate.receive(data)
+        except InvalidReceipt as exc:
+            logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        self.receipts += 1
+        logger.debug(
+            "connection %s: receipt %d for %d MIST",
+            self.connection_id,
+            receipt.nonce,
+            receipt.total_amount,
+        )
+
+    def verdict(self) -> GateVerdict:
+        total_bytes, total_requests = self.engine.conn.usage
+        return self.gate.verdict(_now_ms(), total_bytes, total_requests)
+
+    def wait_paid(self) -> None:
+        """Return when the receipts cover the usage (within the allowance); while they
+        do not, neither read nor write (so no flow-control credit goes back) and ask the
+        client for a receipt. Raises PaymentRequired after closing the connection when
+        none comes within the pause timeout."""
+        verdict = self.verdict()
+        if verdict.state is GateState.SERVE:
+            return
+        engine = self.engine
+        with engine.lock:
+            while verdict.state is GateState.PAUSE:
+                if engine.session.terminated is not None or engine.closed:
+                    return  # the caller's own call reports how the connection ended
+                with contextlib.suppress(DTPError):
+                    engine.conn.send_receipt(RECEIPT_REQUEST)
+                engine.flush()
+                with contextlib.suppress(DTPTimeoutError):
+                    engine.pump(
+                        lambda: (
+                            self.verdict().state is not GateState.PAUSE
+                            or engine.session.terminated is not None
+                        ),
+                        self.policy.request_interval,
+                    )
+                verdict = self.verdict()
+        if verdict.state is GateState.CLOSE:
+            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
+            engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
+            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+
+    def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Charge the client's rate limits and wait as long as they say."""
+        now = time.monotonic()
+        with self.limit_lock:
+            delay = max(
+                self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
+            )
+        if delay > 0:
+            time.sleep(delay)
+
+    def deny(self) -> None:
+        """The host's firewall now denies the client: close the connection."""
+        logger.info(
+            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
+        )
+        self.engine.abort(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+
+
+class PaidSocket:
+    """A stream of a paid connection: a :class:`dtp.socket.DTPSocket` whose reads and
+    writes wait for payment and for the rate limits first. Other attributes are the
+    wrapped socket's."""
+
+    def __init__(self, sock: DTPSocket, paid: _PaidConnection) -> None:
+        self._sock = sock
+        self._paid = paid
+
+    @property
+    def gate(self) -> ReceiptGate:
+        """The connection's receipt gate (latest receipt, allowance)."""
+        return self._paid.gate
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._paid.wait_paid()
+        data = self._sock.recv(bufsize, flags)
+        self._paid.throttle(len(data))
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._paid.wait_paid()
+        n = self._sock.recv_into(buffer, nbytes, flags)
+        self._paid.throttle(n)
+        return n
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._paid.wait_paid()
+        n = self._sock.send(data, flags)
+        self._paid.throttle(n)
+        return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            n = self.send(view[:_SEND_SLICE])
+            view = view[n:]
+
+    def accept_stream(self) -> PaidSocket:
+        """Wait for the client to open a stream (one request) and return it."""
+        self._paid.wait_paid()
+        stream = self._sock.accept_stream()
+        self._paid.throttle(requests=1)
+        return PaidSocket(stream, self._paid)
+
+    def open_stream(self) -> PaidSocket:
+        return PaidSocket(self._sock.open_stream(), self._paid)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> PaidSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+Handler = Callable[[PaidSocket], None]
+
+
+class PaidServer:
+    """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
+    in background threads from construction until :meth:`close`.
+
+    ``identity`` must be the host's authority (it publishes the endpoint and signs the
+    claims). ``receipts``: a :class:`ReceiptStore` or its file path (keep it across
+    restarts: that is what makes earned fees survive a crash); None keeps them in
+    memory only. ``endpoint``: what to publish when it differs from the listening
+    address (e.g. listening on 0.0.0.0).
+    """
+
+    def __init__(
+        self,
+        host_id: str,
+        port: int,
+        handler: Handler,
+        *,
+        ledger: Ledger,
+        identity: HostIdentity,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+        receipts: ReceiptStore | str | Path | None = None,
+        policy: ServicePolicy | None = None,
+        config: ConnectionConfig | None = None,
+        endpoint: tuple[str, int] | None = None,
+    ) -> None:
+        from dtp.socket import create_server
+
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = normalize_id(host_id, "host ID")
+        self.port = port
+        self.handler = handler
+        self.policy = policy or ServicePolicy()
+        self.store = (
+            receipts if isinstance(receipts, ReceiptStore) else ReceiptStore(receipts or ":memory:")
+        )
+        host = ledger.get_host(self.host_id)
+        if port not in host.services:
+            raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
+        self.recovered = recover_unclaimed(ledger, identity, self.store)
+        """(connection ID, settlement) of what a previous run left unclaimed."""
+        self.server = create_server(
+            address,
+            identity=identity,
+            ledger=ledger,
+            host_id=self.host_id,
+            port=port,
+            config=config,
+        )
+        self.address = self.server.address
+        try:
+            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
+        except BaseException:
+            self.server.close()
+            raise
+        now = time.monotonic()
+        self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+        self.limiter = RateLimiter(
+            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
+        )
+        self._limit_lock = threading.Lock()
+        self._live: dict[int, _PaidConnection] = {}
+        self._live_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.settlements: list[tuple[str, Any]] = []
+        self._threads = [
+            threading.Thread(
+                target=self.server.serve_forever, args=(self._handle,), name="dtp-paid", daemon=True
+            ),
+            threading.Thread(target=self._policy_loop, name="dtp-paid-policy", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- connections -------------------------------------------------------------------
+
+    def _handle(self, sock: DTPSocket) -> None:
+        cid = sock.peer_connection_id
+        client = sock.peer_address
+        if cid is None or client is None:  # LedgerAdmission refuses these already
+            sock.abort("no ledger connection")
+            return
+        try:
+            gate = gate_for(self.ledger, cid, self.policy, self.store)
+        except ChainError as exc:
+            logger.warning("cannot meter connection %s: %s", cid, exc)
+            sock.abort("the server cannot read the connection on the ledger")
+            return
+        with self._limit_lock:
+            buckets = self.limiter.acquire(client, time.monotonic())
+        paid = _PaidConnection(sock, gate, buckets, self._limit_lock, self.policy)
+        engine = paid.engine
+        with engine.lock:
+            engine.session.on_receipt = paid.on_receipt
+            while engine.session.receipts:  # those that came before the callback was set
+                paid.on_receipt(engine.session.receipts.popleft())
+        with self._live_lock:
+            self._live[id(paid)] = paid
+        try:
+            paid.throttle(requests=1)  # the first stream is the first request
+            self.handler(PaidSocket(sock, paid))
+        except PaymentRequired as exc:
+            logger.info("connection %s ended: %s", cid, exc)
+        except DTPError as exc:
+            logger.info("connection %s ended: %s", cid, exc)
+        except Exception:
+            logger.exception("handler failed for connection %s", cid)
+        finally:
+            sock.close()
+            with self._live_lock:
+                self._live.pop(id(paid), None)
+            with self._limit_lock:
+                self.limiter.release(client)
+            self._settle(cid)
+
+    def _settle(self, cid: str) -> None:
+        try:
+            settlement = claim_and_settle(self.ledger, self.identity, cid, self.store)
+        except ChainError as exc:
+            logger.warning("could not settle connection %s: %s", cid, exc)
+            return
+        if settlement is not None:
+            self.settlements.append((cid, settlement))
+
+    # -- the host's policy -------------------------------------------------------------
+
+    def _policy_loop(self) -> None:
+        while not self._closed.wait(self.policy.refresh_interval):
+            self.refresh_policy()
+
+    def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        try:
+            host = self.ledger.get_host(self.host_id)
+        except ChainError as exc:
+            logger.warning("cannot read host %s: %s", self.host_id, exc)
+            return
+        with self._live_lock:
+            live = list(self._live.values())
+        now = time.monotonic()
+        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        if change.limits_changed:
+            with self._limit_lock:
+                self.limiter.set_limits(
+                    change.firewall.max_bytes_per_sec, change.firewall.max_requests_per_sec, now
+                )
+        for paid in live:
+            if paid.client in change.denied:
+                paid.deny()
+
+    @property
+    def open_connections(self) -> int:
+        with self._live_lock:
+            return len(self._live)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close`."""
+        self._closed.wait()
+
+    def close(self) -> None:
+        """Stop accepting and refreshing (open connections finish and settle)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.server.close()
+
+    def __enter__(self) -> PaidServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
