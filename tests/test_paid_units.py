@@ -1,0 +1,233 @@
+"""Sans-I/O parts of paid connections: the client meter, the server's receipt gate, the
+token buckets and the host policy (dtp.metering, dtp.ratelimit), plus the ledger-side
+helpers of dtp.settlement on a LocalLedger file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
+from dtp.errors import ConnectionStateError, InvalidReceipt, ReplayedReceipt
+from dtp.escrow import Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.metering import ClientMeter, GateState, MeteringConfig, ReceiptGate
+from dtp.ratelimit import HostPolicy, RateLimiter, TokenBucket
+from dtp.receipt_store import ReceiptStore
+from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
+CID = "0x" + "ab" * 32
+OTHER_CID = "0x" + "cd" * 32
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+CLIENT, SERVER, MALLORY = ident(0x51), ident(0x52), ident(0x53)
+
+
+def gate(store: ReceiptStore | None = None, **kw: int) -> ReceiptGate:
+    args: dict[str, int] = {"deposited": 10_000, "pause_timeout_ms": 1000}
+    args.update(kw)
+    return ReceiptGate(
+        connection_id=CID,
+        client_public_key=CLIENT.ed25519_public,
+        sla=SLA,
+        store=store,
+        **args,  # type: ignore[arg-type]
+    )
+
+
+def receipt(total_bytes: int, requests: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
+    amount = fee(SLA, total_bytes, requests)
+    return Receipt(CID, total_bytes, requests, amount, nonce).sign(signer).encode()
+
+
+# -- client meter ---------------------------------------------------------------------------
+
+
+def test_client_meter_cadence_and_cumulative_receipts() -> None:
+    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=0))
+    assert meter.update(0, 1000, 1) is None
+    assert meter.update(1, 1000, 1) is None  # nothing new
+    first = meter.update(2, 5000, 1)
+    assert first is not None and (first.total_bytes, first.total_requests, first.nonce) == (
+        5000,
+        1,
+        1,
+    )
+    assert first.total_amount == fee(SLA, 5000, 1) and first.verify(CLIENT.ed25519_public)
+    assert meter.update(3, 6000, 1) is None
+    final = meter.flush(4)
+    assert final is not None and final.total_bytes == 6000 and final.nonce == 2
+    assert meter.flush(5) is None  # nothing unpaid
+    with pytest.raises(ValueError):
+        meter.update(6, 10, 1)
+
+
+def test_client_meter_time_cadence() -> None:
+    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=0, every_ms=100))
+    assert meter.update(50, 10, 0) is None
+    assert meter.update(99, 10, 0) is None
+    due = meter.update(100, 10, 0)
+    assert due is not None and due.total_bytes == 10
+
+
+def test_client_meter_never_signs_beyond_the_deposit() -> None:
+    deposit = 1005  # 100 KiB + 1 request at 10/KiB and 5/request
+    meter = ClientMeter(CLIENT, CID, SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0))
+    last = meter.update(0, 500 * 1024, 1)
+    assert meter.exhausted
+    assert last is not None and last.total_amount == deposit
+    assert (last.total_bytes, last.total_requests) == (100 * 1024, 1)
+    assert meter.update(1, 900 * 1024, 2) is None  # nothing more is ever signed
+    assert meter.flush(2) is None
+
+
+# -- receipt gate ---------------------------------------------------------------------------
+
+
+def test_gate_keeps_valid_receipts_durably_and_rejects_bad_ones(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path / "r.db")
+    g = gate(store)
+    kept = g.receive(receipt(4096, 1, 1))
+    assert g.latest_amount == kept.total_amount == 45
+    stored = ReceiptStore(tmp_path / "r.db").latest(CID)  # another handle: it is on disk
+    assert stored is not None and stored.receipt == kept
+    with pytest.raises(ReplayedReceipt):
+        g.receive(receipt(8192, 1, 1))
+    with pytest.raises(InvalidReceipt) as bad_sig:
+        g.receive(receipt(8192, 1, 2, signer=MALLORY))
+    assert bad_sig.value.name == "EBadSignature"
+    wrong_conn = Receipt(OTHER_CID, 1024, 1, 15, 3).sign(CLIENT).encode()
+    with pytest.raises(InvalidReceipt):
+        g.receive(wrong_conn)
+    with pytest.raises(InvalidReceipt) as beyond:
+        g.receive(receipt(2 << 20, 1, 4))
+    assert beyond.value.name == "EReceiptExceedsDeposit"
+    with pytest.raises(InvalidReceipt) as lower:
+        g.receive(receipt(1024, 1, 5))
+    assert lower.value.name == "EReceiptNotCumulative"
+    with pytest.raises(InvalidReceipt):
+        g.receive(b"short")
+    assert g.latest_amount == 45 and g.violation is not None
+    assert g.verdict(0, 0, 0).state is GateState.CLOSE
+
+
+def test_gate_pauses_beyond_the_allowance_and_closes_after_the_timeout() -> None:
+    g = gate()
+    assert g.allowance == SLA.min_deposit  # the default: the SLA's minimum deposit
+    assert g.verdict(0, 99 * 1024, 1).state is GateState.SERVE  # 995 MIST on credit
+    paused = g.verdict(10, 200 * 1024, 1)
+    assert paused.state is GateState.PAUSE and paused.owed == 2005
+    assert g.verdict(500, 200 * 1024, 1).state is GateState.PAUSE
+    g.receive(receipt(150 * 1024, 1, 1))  # owed now 500: resume
+    assert g.verdict(600, 200 * 1024, 1).state is GateState.SERVE
+    assert g.verdict(700, 400 * 1024, 1).state is GateState.PAUSE
+    closed = g.verdict(1700, 400 * 1024, 1)
+    assert closed.state is GateState.CLOSE and "payment required" in closed.reason
+
+
+def test_gate_custom_allowance_and_spend_limit() -> None:
+    g = gate(allowance=0, spend_limit=100)
+    assert g.verdict(0, 1, 0).state is GateState.PAUSE
+    g.receive(receipt(50 * 1024, 0, 1))  # 500 MIST, but the cap lets 100 be claimed
+    assert g.payable() == 100
+    assert g.owed(50 * 1024, 0) == 400
+
+
+# -- rate limits and host policy ------------------------------------------------------------
+
+
+def test_token_bucket_back_pressure() -> None:
+    bucket = TokenBucket(1000, now=0.0, burst_seconds=0.5)
+    assert bucket.charge(400, 0.0) == 0.0
+    assert bucket.charge(600, 0.0) == pytest.approx(0.5)  # 500 in debt at 1000/s
+    assert bucket.delay(0.25) == pytest.approx(0.25)
+    assert bucket.delay(1.0) == 0.0
+    bucket.set_rate(0, 1.0)
+    assert bucket.charge(10**9, 1.0) == 0.0  # 0 = unlimited
+    with pytest.raises(ValueError):
+        TokenBucket(-1, 0.0)
+
+
+def test_rate_limiter_is_per_client_and_follows_new_limits() -> None:
+    limiter = RateLimiter(bytes_per_sec=100)
+    a1 = limiter.acquire("0xa", 0.0)
+    a2 = limiter.acquire("0xa", 0.0)
+    b = limiter.acquire("0xb", 0.0)
+    assert a1 is a2 and a1 is not b  # one budget per client, across its connections
+    assert a1.bytes.charge(125, 0.0) == pytest.approx(1.0)
+    limiter.set_limits(1000, 7, 0.0)
+    assert a1.bytes.rate == b.bytes.rate == 1000 and b.requests.rate == 7
+    limiter.release("0xa")
+    assert "0xa" in limiter.clients
+    limiter.release("0xa")
+    assert "0xa" not in limiter.clients
+
+
+def test_host_policy_refresh_sees_deny_and_limits(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "l.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    policy = HostPolicy(ledger.get_host(host_id), now=0.0, refresh_interval=2.0)
+    assert not policy.due(1.9) and policy.due(2.0)
+    ledger.deny(SERVER, host_id, CLIENT.sui_address)
+    ledger.set_client_limits(SERVER, host_id, 0, 5000, 3)
+    change = policy.refresh(
+        ledger.get_host(host_id), 2.0, frozenset({CLIENT.sui_address, MALLORY.sui_address})
+    )
+    assert change.denied == {CLIENT.sui_address}
+    assert change.limits_changed and change.firewall.max_bytes_per_sec == 5000
+    assert not policy.permits(CLIENT.sui_address) and policy.permits(MALLORY.sui_address)
+    assert not policy.due(3.9)
+    assert not policy.refresh(ledger.get_host(host_id), 4.0).limits_changed
+
+
+# -- settlement on the ledger ---------------------------------------------------------------
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    a = ledger.audit()
+    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+
+def open_paid(ledger: LocalLedger, deposit: int = 5000) -> tuple[str, str]:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, 7, "echo", SLA)
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    cap = ledger.create_spending_cap(CLIENT, deposit)
+    opened = ledger.open_connection(CLIENT, host_id, 7, cap, deposit)
+    return host_id, opened.connection_id
+
+
+def test_recovery_claims_stored_receipts_and_refunds_the_rest(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "l.db")
+    _, cid = open_paid(ledger)
+    store = ReceiptStore(tmp_path / "r.db")
+    r = Receipt(cid, 100 * 1024, 2, fee(SLA, 100 * 1024, 2), 3).sign(CLIENT)
+    assert store.keep(r)
+    done = recover_unclaimed(ledger, SERVER, ReceiptStore(tmp_path / "r.db"))
+    assert [c for c, _ in done] == [cid]
+    assert done[0][1].claimed == 1010 and done[0][1].refunded == 5000 - 1010
+    assert ledger.balance(SERVER.sui_address) == 1010
+    assert list(store.unclaimed()) == []
+    assert collect_refund(ledger, CLIENT, cid) == 5000 - 1010  # already settled: reported
+    assert claim_and_settle(ledger, SERVER, cid, store) is None
+    assert conserved(ledger)
+
+
+def test_client_refund_waits_for_the_half_close_timeout(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "l.db", clock_ms=1_000_000)
+    _, cid = open_paid(ledger)
+    before = ledger.balance(CLIENT.sui_address)
+    with pytest.raises(ConnectionStateError) as early:
+        collect_refund(ledger, CLIENT, cid)  # half-closes, but the server has time to claim
+    assert early.value.name == "ETimeoutNotReached"
+    ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    assert collect_refund(ledger, CLIENT, cid) == 5000
+    assert ledger.balance(CLIENT.sui_address) == before + 5000
+    assert conserved(ledger)
