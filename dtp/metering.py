@@ -129,10 +129,12 @@ class ClientMeter:
     def _exhaust(self, now_ms: int, new_bytes: int, new_requests: int) -> Receipt | None:
         self.exhausted = True
         meter = self.meter
+        signed = None
         with contextlib.suppress(InsufficientFunds):  # if not even the requests fit,
-            meter.record(now_ms, 0, new_requests)  # sign for bytes only
-        meter.record(now_ms, min(new_bytes, meter.affordable_bytes()), 0)
-        return meter.flush(now_ms)
+            signed = meter.record(now_ms, 0, new_requests)  # sign for bytes only
+        signed = meter.record(now_ms, min(new_bytes, meter.affordable_bytes()), 0) or signed
+        # the cadence may have signed already: either way the newest covers everything
+        return meter.flush(now_ms) or signed
 
     def flush(self, now_ms: int) -> Receipt | None:
         """A receipt for all counted usage now (on request or at close), if unpaid."""

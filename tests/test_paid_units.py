@@ -231,3 +231,11 @@ def test_client_refund_waits_for_the_half_close_timeout(tmp_path: Path) -> None:
     assert collect_refund(ledger, CLIENT, cid) == 5000
     assert ledger.balance(CLIENT.sui_address) == before + 5000
     assert conserved(ledger)
+
+
+def test_client_meter_exhaustion_receipt_is_returned_even_when_the_cadence_signed_it() -> None:
+    meter = ClientMeter(CLIENT, CID, SLA, 1005, MeteringConfig(every_bytes=1024, every_ms=0))
+    assert meter.update(0, 2048, 1) is not None
+    last = meter.update(1, 10 << 20, 1)  # the cadence is due too
+    assert meter.exhausted and last is not None and last.total_amount == 1005
+    assert last == meter.latest

@@ -1,0 +1,403 @@
+"""Paid connections end to end: the service runs in its own OS process
+(tests/paid_servers.py), clients here, all sharing one LocalLedger file. Every test
+checks that MIST is conserved."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionStateError,
+    DTPError,
+    FirewallDenied,
+)
+from dtp.escrow import fee
+from dtp.keys import HostIdentity
+from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.receipt_store import ReceiptStore
+from dtp.settlement import collect_refund
+
+ROOT = Path(__file__).resolve().parent.parent
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+SERVER_SEED = bytes([0x71]) * 32
+SERVER = HostIdentity.from_private_bytes(SERVER_SEED, SERVER_SEED)
+METERING = MeteringConfig(every_bytes=64 * 1024, every_ms=200)
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+@dataclass
+class World:
+    tmp: Path
+    ledger: LocalLedger
+    host_id: str
+
+    @property
+    def address(self) -> str:
+        return f"dtp://{self.host_id}:{PORT}"
+
+    @property
+    def receipts(self) -> Path:
+        return self.tmp / "receipts.db"
+
+    def conserved(self) -> bool:
+        a = self.ledger.audit()
+        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+    def wait_settled(self, cid: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ledger.get_connection(cid).settled:
+            assert time.monotonic() < deadline, f"connection {cid} not settled in time"
+            time.sleep(0.05)
+
+    def claimed(self, cid: str) -> int:
+        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    try:
+        yield World(tmp_path, ledger, host_id)
+    finally:
+        ledger.close()
+
+
+@contextmanager
+def paid_server(
+    world: World,
+    api: str = "blocking",
+    mode: str = "echo",
+    pause_timeout: float = 10.0,
+    refresh: float = 2.0,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """The paid service in its own process; yields (process, its announcement)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.paid_servers",
+        str(world.tmp / "ledger.db"),
+        world.host_id,
+        str(PORT),
+        SERVER_SEED.hex(),
+        str(world.receipts),
+        "--api",
+        api,
+        "--mode",
+        mode,
+        "--pause-timeout",
+        str(pause_timeout),
+        "--refresh",
+        str(refresh),
+    ]
+    with open(world.tmp / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                "paid server did not start:\n" + (world.tmp / "server.log").read_text()
+            )
+        yield proc, json.loads(line)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def fund(world: World, *clients: HostIdentity, amount: int = 100_000) -> None:
+    for client in clients:
+        world.ledger.faucet(client.sui_address, amount)
+
+
+def echo_blocking(world: World, client: HostIdentity, nbytes: int, deposit: int = 20_000) -> str:
+    """Connect by host ID, echo ``nbytes`` in 32 KiB pieces, close; returns the connection ID."""
+    payload = os.urandom(nbytes)
+    with dtp.socket.create_connection(
+        world.address,
+        timeout=15,
+        ledger=world.ledger,
+        identity=client,
+        deposit=deposit,
+        metering=METERING,
+    ) as sock:
+        for i in range(0, nbytes, 32 * 1024):
+            piece = payload[i : i + 32 * 1024]
+            sock.sendall(piece)
+            got = b""
+            while len(got) < len(piece):
+                got += sock.recv(len(piece) - len(got))
+            assert got == piece
+        assert sock.connection_id is not None
+        return sock.connection_id
+
+
+async def echo_asyncio(
+    world: World, client: HostIdentity, nbytes: int, deposit: int = 20_000
+) -> str:
+    payload = os.urandom(nbytes)
+    reader, writer = await dtp.aio.open_connection(
+        world.address,
+        ledger=world.ledger,
+        identity=client,
+        deposit=deposit,
+        metering=METERING,
+        timeout=15,
+    )
+    for i in range(0, nbytes, 32 * 1024):
+        piece = payload[i : i + 32 * 1024]
+        writer.write(piece)
+        await writer.drain()
+        assert await reader.readexactly(len(piece)) == piece
+    writer.close()
+    await writer.wait_closed()
+    assert writer.connection_id is not None
+    return writer.connection_id
+
+
+# -- many clients, each paying exactly for what it used ----------------------------------------
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_paid_echo_many_clients_pay_exactly_their_usage(world: World, api: str) -> None:
+    clients = [ident(0x60 + i) for i in range(6)]
+    fund(world, *clients)
+    sizes = [(96 + 32 * i) * 1024 for i in range(len(clients))]
+    with paid_server(world, api=api):
+        if api == "blocking":
+            cids: list[str] = [""] * len(clients)
+            errors: list[BaseException] = []
+
+            def run(i: int) -> None:
+                try:
+                    cids[i] = echo_blocking(world, clients[i], sizes[i])
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+        else:
+
+            async def run_all() -> list[str]:
+                return list(
+                    await asyncio.gather(
+                        *(echo_asyncio(world, c, n) for c, n in zip(clients, sizes, strict=True))
+                    )
+                )
+
+            cids = asyncio.run(run_all())
+        for cid in cids:
+            world.wait_settled(cid)
+    earned = 0
+    for client, cid, size in zip(clients, cids, sizes, strict=True):
+        expected = fee(SLA, 2 * size, 1)  # both directions, one stream = one request
+        assert world.claimed(cid) == expected
+        assert world.ledger.balance(client.sui_address) == 100_000 - expected
+        earned += expected
+    assert world.ledger.balance(SERVER.sui_address) == earned
+    assert list(ReceiptStore(world.receipts).unclaimed()) == []
+    assert world.conserved()
+
+
+def test_denied_client_moves_no_money(world: World) -> None:
+    mallory = ident(0x6F)
+    fund(world, mallory)
+    world.ledger.deny(SERVER, world.host_id, mallory.sui_address)
+    with paid_server(world), pytest.raises(FirewallDenied):
+        echo_blocking(world, mallory, 1024)
+    assert world.ledger.balance(mallory.sui_address) == 100_000
+    assert world.conserved()
+
+
+# -- running out of deposit --------------------------------------------------------------------
+
+
+def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(world: World) -> None:
+    client = ident(0x65)
+    fund(world, client)
+    deposit = 6000  # covers ~600 KiB; the client tries to echo 2 MiB
+    with paid_server(world, pause_timeout=1.0):
+        sock = dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=deposit,
+            metering=METERING,
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        received = 0
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                sock.sendall(os.urandom(2 << 20))
+            except DTPError as exc:
+                failure.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                data = sock.recv(1 << 16)
+                assert data, "the server must not end the stream as if all were well"
+                received += len(data)
+        elapsed = time.monotonic() - started
+        sender.join(10)
+        sock.close()
+        assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+        assert "payment required" in closed.value.reason
+        assert elapsed >= 1.0  # it paused for the pause timeout first
+        # served at most the deposit plus the allowance (min_deposit) of echo
+        assert fee(SLA, received, 0) <= deposit + SLA.min_deposit
+        world.wait_settled(cid)
+    claimed = world.claimed(cid)
+    assert deposit - 10 <= claimed <= deposit  # the exhausted meter paid the whole deposit
+    assert world.ledger.balance(SERVER.sui_address) == claimed
+    assert world.ledger.balance(client.sui_address) == 100_000 - claimed
+    assert world.conserved()
+
+
+# -- the server crashes ------------------------------------------------------------------------
+
+
+def test_server_killed_mid_stream_keeps_its_fees_and_client_is_refunded(world: World) -> None:
+    client = ident(0x66)
+    fund(world, client)
+    deposit = 50_000
+    with paid_server(world) as (proc, _):
+        sock = dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=deposit,
+            metering=METERING,
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        piece = os.urandom(32 * 1024)
+        for _ in range(20):  # 640 KiB each way
+            sock.sendall(piece)
+            got = 0
+            while got < len(piece):
+                got += len(sock.recv(len(piece) - got))
+        time.sleep(0.3)  # let the last receipts land
+        proc.kill()  # SIGKILL: no settlement, no goodbye
+        proc.wait(10)
+        with pytest.raises((ConnectionLost, ConnectionClosed)):
+            for _ in range(100):
+                sock.sendall(piece)
+                sock.recv(1 << 16)
+        sock.close()  # the client half-closes on the ledger
+    stored = ReceiptStore(world.receipts).latest(cid)
+    assert stored is not None and stored.unclaimed == stored.receipt.total_amount
+    assert fee(SLA, 2 * 18 * 32 * 1024, 1) <= stored.receipt.total_amount <= deposit
+    with pytest.raises(ConnectionStateError) as early:
+        collect_refund(world.ledger, client, cid)
+    assert early.value.name == "ETimeoutNotReached"
+    assert world.conserved()
+    world.ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    with paid_server(world) as (_, info):  # the restart claims what the store holds
+        assert info["recovered"] == 1
+        world.wait_settled(cid)
+    earned = stored.receipt.total_amount
+    assert world.claimed(cid) == earned
+    assert world.ledger.balance(SERVER.sui_address) == earned
+    assert collect_refund(world.ledger, client, cid) == deposit - earned
+    assert world.ledger.balance(client.sui_address) == 100_000 - earned
+    assert world.conserved()
+
+
+# -- the runtime firewall ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_deny_applies_to_an_open_connection_within_the_refresh(world: World, api: str) -> None:
+    client = ident(0x67)
+    fund(world, client)
+    with paid_server(world, api=api, refresh=0.3):
+        sock = dtp.socket.create_connection(
+            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"before")
+        assert sock.recv(10) == b"before"
+        world.ledger.deny(SERVER, world.host_id, client.sui_address)
+        denied_at = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                sock.sendall(b"x")
+                assert sock.recv(10) == b"x"
+                time.sleep(0.02)
+        assert time.monotonic() - denied_at < 3.0  # the refresh interval plus slack
+        assert closed.value.code == CLOSE_FIREWALL_DENIED
+        sock.close()
+        world.wait_settled(cid)
+    assert world.claimed(cid) <= SLA.min_deposit
+    assert world.conserved()
+
+
+def test_rate_limit_is_back_pressure_not_drops(world: World) -> None:
+    client = ident(0x68)
+    fund(world, client)
+    world.ledger.set_client_limits(SERVER, world.host_id, 0, 200_000, 0)  # 200 kB/s
+    total = 250_000
+    with paid_server(world, mode="sink"):
+        with dtp.socket.create_connection(
+            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
+        ) as sock:
+            cid = sock.connection_id
+            started = time.monotonic()
+            sock.sendall(os.urandom(total))
+            sock.shutdown(dtp.socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(64):
+                reply += chunk
+            elapsed = time.monotonic() - started
+        assert int(reply) == total  # every byte arrived
+        # at 200 kB/s with a 50 kB burst the last byte is read after >= 1 s
+        assert 0.8 <= elapsed < 5.0
+        assert cid is not None
+        world.wait_settled(cid)
+    assert world.conserved()
