@@ -231,3 +231,6 @@ ALL["rpc_roundtrip"] = rpc_roundtrip
 ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
 ALL["rpc_pipelined"] = rpc_pipelined
 ALL["pubsub_fanout"] = pubsub_fanout
+from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
+
+ALL.update(HOSTID_ROWS)

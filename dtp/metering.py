@@ -60,8 +60,10 @@ class MeteringConfig:
     enabled: bool = True
     """False: send no receipts (the server will pause and then close the connection
     once the unreceipted usage exceeds its allowance)."""
-    every_bytes: int = 1 << 20
-    """Sign a receipt after this many new bytes (0: never for bytes)."""
+    every_bytes: int = 16 << 20
+    """Sign a receipt after this many new bytes (0: never for bytes). A client signs
+    sooner when this much would cost more than a quarter of the SLA's ``min_deposit``
+    (the server's default allowance), so a client paying on cadence is never paused."""
     every_ms: int = 1000
     """...or this long after the last one when there is unpaid usage (0: never). Checked
     whenever the connection does I/O."""
@@ -88,12 +90,16 @@ class ClientMeter:
         now_ms: int = 0,
     ) -> None:
         cfg = config or MeteringConfig()
+        every_bytes = cfg.every_bytes
+        if every_bytes and sla.price_per_kib:
+            quarter = max(4096, sla.min_deposit // 4 * 1024 // sla.price_per_kib)
+            every_bytes = min(every_bytes, quarter)
         self.meter = Meter(
             identity,
             connection_id,
             sla,
             deposit,
-            every_bytes=cfg.every_bytes,
+            every_bytes=every_bytes,
             every_requests=cfg.every_requests,
             every_ms=cfg.every_ms,
             now_ms=now_ms,

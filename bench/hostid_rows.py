@@ -1,0 +1,195 @@
+"""Benchmark rows for connections by host ID on a paid service (LocalLedger file):
+
+- ``hostid_connect_rate`` — connect by host ID (ledger open, handshake naming the
+  connection), one 100-byte round trip, close (final receipt, ledger half-close; the
+  server settles); peer: ``ssl`` connect + handshake + one round trip.
+- ``paid_bulk`` — one-way 256 MiB through a metered connection (receipts in-band,
+  the server's receipt gate on every read); peer: the same through an unmetered DTP
+  connection.
+
+The paid server runs in its own process: ``python bench/hostid_rows.py LEDGER HOST_ID
+PORT SEED_HEX {sink,echo}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dtp.socket
+from bench.net import MB, Peer, _pingpong, _send_bulk, _tls_connect
+from bench.workload import Workload
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+
+__all__ = ["HOSTID_ROWS", "hostid_connect_rate", "paid_bulk"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_PORT = 7000
+# 1 MIST per KiB; the allowance (min_deposit) is far above what one receipt interval
+# spans, so a client that pays on cadence is never paused
+_SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1 << 24)
+_DEPOSIT = 1 << 26
+
+
+class _PaidPeer:
+    """A LocalLedger file with a host and its paid service, served by another process."""
+
+    def __init__(self, mode: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="dtp-bench-hostid-")
+        path = os.path.join(self.dir, "ledger.db")
+        self.ledger = LocalLedger(path)
+        seed = os.urandom(32)
+        server = HostIdentity.from_private_bytes(seed, seed)
+        self.client = HostIdentity.generate()
+        self.host_id = self.ledger.create_host(server, server.noise_public)
+        self.ledger.add_service(server, self.host_id, _PORT, mode, _SLA)
+        self.ledger.faucet(self.client.sui_address, 1 << 60)
+        # one spending cap for all connections, as a client would keep
+        self.cap = self.ledger.create_spending_cap(self.client, 1 << 62)
+        cmd = [sys.executable, __file__, path, self.host_id, str(_PORT), seed.hex(), mode]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        assert self.proc.stdout is not None
+        if not self.proc.stdout.readline():
+            raise RuntimeError("the paid benchmark server did not start")
+        self.address = f"dtp://{self.host_id}:{_PORT}"
+
+    def connect(self, metering: MeteringConfig | None = None) -> dtp.socket.DTPSocket:
+        return dtp.socket.create_connection(
+            self.address,
+            timeout=30,
+            ledger=self.ledger,
+            identity=self.client,
+            deposit=_DEPOSIT,
+            cap_id=self.cap,
+            metering=metering,
+        )
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.ledger.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def hostid_connect_rate(per_op: int = 10) -> Workload:
+    paid = _PaidPeer("echo")
+    tls = Peer("tls-blocking", "echo")
+
+    def ours() -> None:
+        for _ in range(per_op):
+            with paid.connect() as sock:
+                _pingpong(sock, 1)
+
+    def peer() -> None:
+        for _ in range(per_op):
+            with _tls_connect(tls) as sock:
+                _pingpong(sock, 1)
+
+    def close() -> None:
+        paid.close()
+        tls.close()
+
+    return Workload(
+        "hostid_connect_rate",
+        "conn/s",
+        per_op,
+        ours,
+        peer,
+        bar=0.5,
+        note="dtp:// connect incl. ledger open/close, receipt, 1 round trip vs ssl connect",
+        close=close,
+    )
+
+
+def paid_bulk(total: int = 256 << 20) -> Workload:
+    paid = _PaidPeer("sink")
+    plain = Peer("dtp-blocking", "sink")
+
+    def ours() -> None:
+        with paid.connect() as sock:
+            _send_bulk(sock, total)
+
+    def peer() -> None:
+        with dtp.socket.create_connection(plain.endpoint, server_key=plain.key) as sock:
+            _send_bulk(sock, total)
+
+    def close() -> None:
+        paid.close()
+        plain.close()
+
+    return Workload(
+        "paid_bulk",
+        "MB/s",
+        total / MB,
+        ours,
+        peer,
+        bar=0.95,
+        note="one-way 256 MiB, metered by host ID (receipts every MiB) vs unmetered DTP",
+        close=close,
+    )
+
+
+HOSTID_ROWS: dict[str, Callable[[], Workload]] = {
+    "hostid_connect_rate": hostid_connect_rate,
+    "paid_bulk": paid_bulk,
+}
+
+
+# -- the paid server process -----------------------------------------------------------------
+
+
+def _serve(ledger_path: str, host_id: str, port: int, seed_hex: str, mode: str) -> None:
+    from dtp.paid import PaidSocket
+
+    seed = bytes.fromhex(seed_hex)
+    identity = HostIdentity.from_private_bytes(seed, seed)
+
+    def handle(sock: PaidSocket) -> None:
+        buf = bytearray(1 << 20)
+        if mode == "echo":
+            while n := sock.recv_into(buf):
+                sock.sendall(memoryview(buf)[:n])
+            return
+        header = b""
+        while len(header) < 8:
+            data = sock.recv(8 - len(header))
+            if not data:
+                return
+            header += data
+        expected, got = int.from_bytes(header, "big"), 0
+        while got < expected:
+            n = sock.recv_into(buf, min(len(buf), expected - got))
+            if not n:
+                return
+            got += n
+        sock.sendall(str(got).encode())
+        sock.recv(1)  # until the client closes
+
+    server = dtp.socket.serve(
+        host_id,
+        port,
+        handle,
+        ledger=LocalLedger(ledger_path),
+        identity=identity,
+        receipts=os.path.join(os.path.dirname(ledger_path), "receipts.db"),
+    )
+    print(json.dumps({"port": server.address[1]}), flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
