@@ -216,7 +216,8 @@ class ReceiptGate:
 
         Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
         malformed, replayed, badly signed, priced wrong, beyond the deposit or lower than
-        an earlier one.
+        an earlier one; :class:`dtp.errors.SpendingCapExceeded` (not a violation: it is
+        just not counted) when it is above ``spend_limit``.
         """
         try:
             receipt = Receipt.decode(data)
@@ -229,6 +230,15 @@ class ReceiptGate:
                 claimed=self.claimed,
                 latest_nonce=self.latest_nonce,
             )
+            if self.spend_limit is not None and receipt.total_amount > self.spend_limit:
+                # valid, but the client's cap would refuse its claim this epoch, and a
+                # cumulative receipt cannot be claimed in part: keep the previous one
+                raise move_error(
+                    "spending_cap",
+                    "ESpendingCapExceeded",
+                    f"receipt for {receipt.total_amount} MIST, the cap lets "
+                    f"{self.spend_limit} be claimed",
+                )
             if receipt.total_amount < self.latest_amount:
                 raise move_error(
                     "escrow",

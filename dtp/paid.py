@@ -40,7 +40,6 @@ from dtp.errors import (
     ChainError,
     DTPError,
     DTPTimeoutError,
-    InvalidReceipt,
     PaymentRequired,
     move_error,
 )
@@ -152,7 +151,7 @@ class _PaidConnection:
         """A RECEIPT frame from the client (engine lock held)."""
         try:
             receipt = self.gate.receive(data)
-        except InvalidReceipt as exc:
+        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
             return
         self.receipts += 1

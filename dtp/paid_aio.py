@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.chain.objects import normalize_id
-from dtp.errors import ChainError, DTPError, InvalidReceipt, PaymentRequired, move_error
+from dtp.errors import ChainError, DTPError, PaymentRequired, move_error
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_PAYMENT_REQUIRED,
@@ -66,7 +66,7 @@ class _PaidConnection:
     def on_receipt(self, data: bytes) -> None:
         try:
             self.gate.receive(data)
-        except InvalidReceipt as exc:
+        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
 
     def verdict(self) -> GateVerdict:

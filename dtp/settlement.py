@@ -63,13 +63,17 @@ class ClientPayment:
     ) -> None:
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
+        cap = ledger.get_cap(escrow.spending_cap)
+        # never sign for more than the server can claim: the deposit, and what our
+        # spending cap still allows this epoch (a shared cap may be below the deposit)
+        limit = min(escrow.deposited, escrow.claimed + cap.remaining(ledger.epoch()))
         self.ledger = ledger
         self.identity = identity
         self.host_id = host_id
         self.connection_id = connection_id
         self.conn = conn
         self.meter = ClientMeter(
-            identity, connection_id, tc.sla, escrow.deposited, config, now_ms=int(now * 1000)
+            identity, connection_id, tc.sla, limit, config, now_ms=int(now * 1000)
         )
         self.receipts_sent = 0
         self._now_ms = int(now * 1000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -400,4 +401,67 @@ def test_rate_limit_is_back_pressure_not_drops(world: World) -> None:
         assert 0.8 <= elapsed < 5.0
         assert cid is not None
         world.wait_settled(cid)
+    assert world.conserved()
+
+
+# -- spending caps and vanished clients ----------------------------------------------------
+
+
+def test_spending_cap_below_the_deposit_limits_what_is_served(world: World) -> None:
+    client = ident(0x69)
+    fund(world, client)
+    cap = world.ledger.create_spending_cap(client, 3000)  # shared cap, below the deposit
+    with paid_server(world, pause_timeout=1.0):
+        sock = dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=8000,
+            cap_id=cap,
+            metering=METERING,
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        piece = os.urandom(32 * 1024)
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(200):  # 12.5 MiB of echo: far beyond what the cap pays
+                sock.sendall(piece)
+                got = 0
+                while got < len(piece):
+                    data = sock.recv(len(piece) - got)
+                    assert data
+                    got += len(data)
+        sock.close()
+        assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+        world.wait_settled(cid)
+    claimed = world.claimed(cid)
+    assert 3000 - 20 <= claimed <= 3000  # the whole cap, never beyond
+    assert world.ledger.get_cap(cap).spent == claimed
+    assert world.ledger.balance(client.sui_address) == 100_000 - claimed
+    assert world.conserved()
+
+
+def test_client_that_vanishes_is_settled_by_the_server(world: World) -> None:
+    client = ident(0x6A)
+    fund(world, client)
+    with paid_server(world):
+        sock = dtp.socket.create_connection(
+            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        piece = os.urandom(100 * 1024)
+        sock.sendall(piece)
+        got = 0
+        while got < len(piece):
+            got += len(sock.recv(1 << 16))
+        time.sleep(0.4)  # the time cadence (200 ms) pays for the echo
+        # the client vanishes: its TCP connection drops, no CLOSE, no ledger call
+        sock._engine.sock.shutdown(socket.SHUT_RDWR)
+        world.wait_settled(cid)
+        sock.abort()
+    claimed = world.claimed(cid)
+    assert claimed == fee(SLA, 2 * len(piece), 1)
+    assert world.ledger.balance(client.sui_address) == 100_000 - claimed
     assert world.conserved()

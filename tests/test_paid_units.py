@@ -10,7 +10,12 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
-from dtp.errors import ConnectionStateError, InvalidReceipt, ReplayedReceipt
+from dtp.errors import (
+    ConnectionStateError,
+    InvalidReceipt,
+    ReplayedReceipt,
+    SpendingCapExceeded,
+)
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, GateState, MeteringConfig, ReceiptGate
@@ -133,11 +138,13 @@ def test_gate_pauses_beyond_the_allowance_and_closes_after_the_timeout() -> None
 
 
 def test_gate_custom_allowance_and_spend_limit() -> None:
-    g = gate(allowance=0, spend_limit=100)
+    g = gate(allowance=0, spend_limit=300)
     assert g.verdict(0, 1, 0).state is GateState.PAUSE
-    g.receive(receipt(50 * 1024, 0, 1))  # 500 MIST, but the cap lets 100 be claimed
-    assert g.payable() == 100
-    assert g.owed(50 * 1024, 0) == 400
+    g.receive(receipt(20 * 1024, 0, 1))  # 200 MIST: claimable under the cap
+    with pytest.raises(SpendingCapExceeded):
+        g.receive(receipt(50 * 1024, 0, 2))  # 500 MIST: the cap would refuse the claim
+    assert g.violation is None and g.latest_amount == 200 and g.latest_nonce == 1
+    assert g.owed(50 * 1024, 0) == 300
 
 
 # -- rate limits and host policy ------------------------------------------------------------
