@@ -456,12 +456,18 @@ def test_client_that_vanishes_is_settled_by_the_server(world: World) -> None:
         got = 0
         while got < len(piece):
             got += len(sock.recv(1 << 16))
-        time.sleep(0.4)  # the time cadence (200 ms) pays for the echo
+        # the time cadence pays for the echo once the idle connection is next polled
+        expected = fee(SLA, 2 * len(piece), 1)
+        store = ReceiptStore(world.receipts)
+        deadline = time.monotonic() + 10
+        while (kept := store.latest(cid)) is None or kept.receipt.total_amount < expected:
+            assert time.monotonic() < deadline, "no receipt for the echo"
+            time.sleep(0.05)
         # the client vanishes: its TCP connection drops, no CLOSE, no ledger call
         sock._engine.sock.shutdown(socket.SHUT_RDWR)
         world.wait_settled(cid)
         sock.abort()
     claimed = world.claimed(cid)
-    assert claimed == fee(SLA, 2 * len(piece), 1)
+    assert claimed == expected
     assert world.ledger.balance(client.sui_address) == 100_000 - claimed
     assert world.conserved()
