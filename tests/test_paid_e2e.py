@@ -379,12 +379,13 @@ def test_deny_applies_to_an_open_connection_within_the_refresh(world: World, api
     assert world.conserved()
 
 
-def test_rate_limit_is_back_pressure_not_drops(world: World) -> None:
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_rate_limit_is_back_pressure_not_drops(world: World, api: str) -> None:
     client = ident(0x68)
     fund(world, client)
     world.ledger.set_client_limits(SERVER, world.host_id, 0, 200_000, 0)  # 200 kB/s
     total = 250_000
-    with paid_server(world, mode="sink"):
+    with paid_server(world, api=api, mode="sink"):
         with dtp.socket.create_connection(
             world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
         ) as sock:
@@ -470,4 +471,40 @@ def test_client_that_vanishes_is_settled_by_the_server(world: World) -> None:
     claimed = world.claimed(cid)
     assert claimed == expected
     assert world.ledger.balance(client.sui_address) == 100_000 - claimed
+    assert world.conserved()
+
+
+def test_new_rate_limits_reach_an_open_connection(world: World) -> None:
+    client = ident(0x6B)
+    fund(world, client)
+    world.ledger.set_client_limits(SERVER, world.host_id, 0, 100_000, 0)  # 100 kB/s
+
+    def echo_timed(sock: dtp.socket.DTPSocket, nbytes: int) -> float:
+        started = time.monotonic()
+        piece = os.urandom(20_000)
+        for _ in range(nbytes // len(piece)):
+            sock.sendall(piece)
+            got = 0
+            while got < len(piece):
+                got += len(sock.recv(len(piece) - got))
+        return time.monotonic() - started
+
+    with paid_server(world, refresh=0.3):
+        with dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=50_000,
+            metering=METERING,
+        ) as sock:
+            # 60 kB each way = 120 kB charged at 100 kB/s, 25 kB of burst
+            assert echo_timed(sock, 60_000) >= 0.6  # the last write waits after it is sent
+            world.ledger.set_client_limits(SERVER, world.host_id, 0, 0, 0)  # unlimited
+            time.sleep(0.8)  # more than the refresh interval
+            # 10x more would take >= 12 s at the old rate
+            assert echo_timed(sock, 600_000) < 3.0
+            cid = sock.connection_id
+        assert cid is not None
+        world.wait_settled(cid)
     assert world.conserved()
