@@ -267,14 +267,16 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
 def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     tour.step("Connecting by host ID to a paid service: escrow, receipts and the refund")
     import tempfile
-    import threading
+    import time
     from pathlib import Path
 
     import dtp.socket
     from dtp.chain.local import LocalLedger
     from dtp.chain.objects import Sla
-    from dtp.escrow import Meter, check_receipt
     from dtp.keys import HostIdentity
+    from dtp.metering import MeteringConfig
+    from dtp.paid import PaidSocket
+    from dtp.receipt_store import ReceiptStore
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sui = 1_000_000_000
@@ -288,27 +290,29 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
         sla = Sla(price_per_kib=1_000, price_per_request=0, min_deposit=50_000_000)
         host = ledger.create_host(provider, provider.noise_public, [])
         ledger.add_service(provider, host, 7000, "sink", sla)
-        server = dtp.socket.create_server(
-            ("127.0.0.1", 0), identity=provider, ledger=ledger, host_id=host, port=7000
+
+        def sink(sock: PaidSocket) -> None:
+            received = 0
+            while received < total:
+                received += len(sock.recv(1 << 20))
+            sock.sendall(str(received).encode())
+            sock.recv(1)  # until the client closes (after its final receipt)
+
+        store = ReceiptStore(Path(tmp) / "receipts.db")
+        service = dtp.socket.serve(
+            host, 7000, sink, ledger=ledger, identity=provider, receipts=store
         )
-        ledger.set_endpoints(provider, host, [f"127.0.0.1:{server.address[1]}"])
-        tour.say(f"host {host[:18]}… publishes its endpoint, Noise key and port 7000 at")
-        tour.say(f"{sla.price_per_kib:,} MIST/KiB (min deposit {sla.min_deposit:,}) on the ledger")
-
-        def serve() -> None:
-            sock, _ = server.accept(timeout=30)
-            with sock:
-                received = 0
-                while received < total:
-                    received += len(sock.recv(1 << 20))
-                sock.sendall(str(received).encode())
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+        tour.say(f"host {host[:18]}… serves port 7000 at {sla.price_per_kib:,} MIST/KiB")
+        tour.say(f"(min deposit {sla.min_deposit:,}); serve() published its endpoint and key")
         deposit = 200_000_000
         address = f"dtp://{host}:7000"
         with dtp.socket.create_connection(
-            address, timeout=30, ledger=ledger, identity=client, deposit=deposit
+            address,
+            timeout=30,
+            ledger=ledger,
+            identity=client,
+            deposit=deposit,
+            metering=MeteringConfig(every_bytes=4 << 20),
         ) as sock:
             connection_id = sock.connection_id
             assert connection_id is not None and sock.escrow_id is not None
@@ -317,43 +321,24 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
             for _ in range(total >> 20):
                 sock.sendall(chunk)
             assert int(sock.recv(100)) == total
-        thread.join(10)
-        server.close()
-        tour.ok(f"the server admitted us only after checking connection {connection_id[:12]}…")
-
-        # The client signs cumulative receipts for what it used; the provider checks each
-        # and keeps the latest. (In-band over the connection comes with metering.)
-        meter = Meter(client, connection_id, sla, deposit, every_bytes=4 << 20)
-        receipts = []
-        while meter.total_bytes < total:
-            receipt = meter.record(0, nbytes=min(1 << 20, total - meter.total_bytes))
-            if receipt is not None:
-                receipts.append(receipt)
-        final = meter.flush(0)
-        if final is not None:
-            receipts.append(final)
-        for r in receipts:
-            check_receipt(
-                r,
-                connection_id=connection_id,
-                sla=sla,
-                public_key=client.ed25519_public,
-                deposited=deposit,
-            )
-        latest = receipts[-1]
+        deadline = time.monotonic() + 10
+        while not ledger.get_connection(connection_id).settled:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the provider did not settle the connection")
+            time.sleep(0.02)
+        service.close()
+        latest = store.latest(connection_id)
+        assert latest is not None
         tour.say(
-            f"{len(receipts)} signed receipts for {total:,} bytes; latest: nonce "
-            f"{latest.nonce}, {latest.total_amount:,} MIST"
+            f"the client signed receipts in-band as it sent (every 4 MiB and on close); the "
+            f"provider kept the latest: nonce {latest.receipt.nonce}, "
+            f"{latest.receipt.total_amount:,} MIST"
         )
-        escrow_id = ledger.get_connection(connection_id).escrow
-        paid = ledger.claim(provider, escrow_id, latest)
-        tour.ok(f"the provider claimed {paid:,} MIST with the latest receipt")
-        ledger.close_connection(client, connection_id)
-        ledger.close_connection(provider, connection_id)
-        # the server may settle at once; the client only after the half-close timeout,
-        # which leaves the server time to claim its last receipt (docs/escrow.md §7)
-        settled = ledger.settle(provider, connection_id)
-        tour.ok(f"both sides closed; settlement refunded {settled.refunded:,} MIST to the client")
+        escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+        tour.ok(
+            f"on close the provider claimed {escrow.claimed:,} MIST and the client was "
+            f"refunded {escrow.refunded:,}"
+        )
         after = {name: ledger.balance(i.sui_address) for name, i in who}
         for name, _ in who:
             delta = after[name] - before[name]
@@ -363,8 +348,10 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
         assert audit["minted"] == held, audit
         tour.ok(f"conservation: {audit['minted']:,} MIST minted = {held:,} MIST held")
         tour.remember(
-            f"escrow: paid {paid:,} MIST for {total:,} bytes, refunded {settled.refunded:,}"
+            f"escrow: paid {escrow.claimed:,} MIST for {total:,} bytes, "
+            f"refunded {escrow.refunded:,}"
         )
+        store.close()
         ledger.close()
 
 
@@ -403,8 +390,5 @@ def run_demo(quick: bool = False) -> int:
     print(f"\n{bold('Summary')}")
     for line in tour.summary:
         print(f"  • {line}")
-    print(
-        "  • coming next: connections by host ID with in-band receipts, and the\n"
-        "    services daemon that puts existing TCP servers behind DTP."
-    )
+    print("  • coming next: the services daemon that puts existing TCP servers behind DTP.")
     return 0
