@@ -380,6 +380,9 @@ class DTPStreamWriter:
             return
         self._closing = True
         if self._session.terminated is not None:
+            payment = self._proto.payment
+            if self._primary and payment is not None:  # the peer closed first
+                self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
             return
         if self._primary:
             self._close_task = asyncio.ensure_future(self._close_connection())

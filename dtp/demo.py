@@ -327,6 +327,7 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
                 raise RuntimeError("the provider did not settle the connection")
             time.sleep(0.02)
         service.close()
+        tour.ok(f"the server admitted us only after checking connection {connection_id[:12]}…")
         latest = store.latest(connection_id)
         assert latest is not None
         tour.say(

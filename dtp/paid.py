@@ -30,12 +30,13 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtp.chain.objects import normalize_id
+from dtp.chain.objects import Settlement, normalize_id
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -342,7 +343,8 @@ class PaidServer:
         self._live: dict[int, _PaidConnection] = {}
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
-        self.settlements: list[tuple[str, Any]] = []
+        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
+        """The most recent settlements: (connection ID, outcome)."""
         self._threads = [
             threading.Thread(
                 target=self.server.serve_forever, args=(self._handle,), name="dtp-paid", daemon=True

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,7 +219,7 @@ class PaidAioServer:
         self.host_policy: HostPolicy | None = None
         self.limiter = RateLimiter()
         self.recovered: list[tuple[str, Settlement]] = []
-        self.settlements: list[tuple[str, Settlement]] = []
+        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
         self._policy_task: asyncio.Task[None] | None = None
 
