@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -154,6 +155,9 @@ class _PaidConnection:
             receipt = self.gate.receive(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        except sqlite3.Error as exc:  # not kept durably, so not counted: service pauses
+            logger.error("connection %s: cannot store a receipt: %s", self.connection_id, exc)
             return
         self.receipts += 1
         logger.debug(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,8 @@ class _PaidConnection:
             self.gate.receive(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
+        except sqlite3.Error as exc:  # not kept durably, so not counted: service pauses
+            logger.error("connection %s: cannot store a receipt: %s", self.connection_id, exc)
 
     def verdict(self) -> GateVerdict:
         total_bytes, total_requests = self.conn.usage

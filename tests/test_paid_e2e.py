@@ -250,11 +250,14 @@ def test_denied_client_moves_no_money(world: World) -> None:
 # -- running out of deposit --------------------------------------------------------------------
 
 
-def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(world: World) -> None:
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
+    world: World, api: str
+) -> None:
     client = ident(0x65)
     fund(world, client)
     deposit = 6000  # covers ~600 KiB; the client tries to echo 2 MiB
-    with paid_server(world, pause_timeout=1.0):
+    with paid_server(world, api=api, pause_timeout=1.0):
         sock = dtp.socket.create_connection(
             world.address,
             timeout=15,
@@ -507,4 +510,95 @@ def test_new_rate_limits_reach_an_open_connection(world: World) -> None:
             cid = sock.connection_id
         assert cid is not None
         world.wait_settled(cid)
+    assert world.conserved()
+
+
+# -- the server asks for receipts ----------------------------------------------------------
+
+ON_REQUEST_ONLY = MeteringConfig(every_bytes=0, every_ms=0)  # pays only when asked or at close
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_paused_server_asks_and_the_client_pays_on_request(world: World, api: str) -> None:
+    client = ident(0x6C)
+    fund(world, client)
+    nbytes = 1 << 20  # 2 MiB of echo = 20480 MIST, four times the allowance
+    with paid_server(world, api=api, pause_timeout=5.0):
+        if api == "blocking":
+            with dtp.socket.create_connection(
+                world.address,
+                timeout=15,
+                ledger=world.ledger,
+                identity=client,
+                deposit=50_000,
+                metering=ON_REQUEST_ONLY,
+            ) as sock:
+                cid = sock.connection_id
+                payload = os.urandom(nbytes)
+                for i in range(0, nbytes, 32 * 1024):
+                    sock.sendall(payload[i : i + 32 * 1024])
+                    got = 0
+                    while got < 32 * 1024:
+                        got += len(sock.recv(32 * 1024 - got))
+                assert sock._engine.payment is not None
+                answered = sock._engine.payment.receipts_sent
+        else:
+
+            async def run() -> tuple[str | None, int]:
+                reader, writer = await dtp.aio.open_connection(
+                    world.address,
+                    ledger=world.ledger,
+                    identity=client,
+                    deposit=50_000,
+                    metering=ON_REQUEST_ONLY,
+                    timeout=15,
+                )
+                piece = os.urandom(32 * 1024)
+                for _ in range(nbytes // len(piece)):
+                    writer.write(piece)
+                    await writer.drain()
+                    assert await reader.readexactly(len(piece)) == piece
+                assert writer._proto.payment is not None
+                sent = writer._proto.payment.receipts_sent
+                writer.close()
+                await writer.wait_closed()
+                return writer.connection_id, sent
+
+            cid, answered = asyncio.run(run())
+        assert cid is not None
+        world.wait_settled(cid)
+    assert answered >= 3  # one per pause: usage reached the allowance at least 3 times
+    assert world.claimed(cid) == fee(SLA, 2 * nbytes, 1)  # the close receipt paid the rest
+    assert world.conserved()
+
+
+def test_unmetered_client_is_closed_and_refunded_in_full(world: World) -> None:
+    client = ident(0x6D)
+    fund(world, client)
+    with paid_server(world, pause_timeout=0.5):
+        sock = dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=9000,
+            metering=MeteringConfig(enabled=False),
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        piece = os.urandom(64 * 1024)
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(64):
+                sock.sendall(piece)
+                got = 0
+                while got < len(piece):
+                    data = sock.recv(len(piece) - got)
+                    assert data
+                    got += len(data)
+        sock.close()
+        assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+        world.wait_settled(cid)
+    assert world.claimed(cid) == 0  # no receipt, nothing to claim
+    assert world.ledger.balance(client.sui_address) == 100_000
+    assert world.ledger.balance(SERVER.sui_address) == 0
     assert world.conserved()
