@@ -246,3 +246,20 @@ def test_client_meter_exhaustion_receipt_is_returned_even_when_the_cadence_signe
     last = meter.update(1, 10 << 20, 1)  # the cadence is due too
     assert meter.exhausted and last is not None and last.total_amount == 1005
     assert last == meter.latest
+
+
+def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "l.db")
+    _, cid = open_paid(ledger, deposit=5000)
+    cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
+    ledger.set_max_per_epoch(CLIENT, cap, 1000)  # the client lowers its cap
+    store = ReceiptStore(tmp_path / "r.db")
+    store.keep(Receipt(cid, 150 * 1024, 0, 1500, 1).sign(CLIENT))
+    assert claim_and_settle(ledger, SERVER, cid, store) is None
+    assert not ledger.get_connection(cid).settled
+    assert [s.unclaimed for s in store.unclaimed()] == [1500]
+    ledger.set_max_per_epoch(CLIENT, cap, 2000)  # e.g. the next epoch, or a raised cap
+    done = recover_unclaimed(ledger, SERVER, store)
+    assert [(c, s.claimed, s.refunded) for c, s in done] == [(cid, 1500, 3500)]
+    assert list(store.unclaimed()) == []
+    assert conserved(ledger)
