@@ -603,3 +603,113 @@ def test_demo_story_runs() -> None:
     text = "\n".join(lines)
     assert "25 MIST for 1 request" in text and "'meet at noon'" in text
     assert "Delivered 1 time(s); 1 duplicate dropped." in text
+
+
+def test_async_rpc_fees_receipts_and_prepaid_responses() -> None:
+    """The asyncio client and server apply the same fee policies as the blocking ones:
+    per-request receipts from a Meter, and prepaid response fees acknowledged, claimed,
+    or refunded after the deadline when the call went unanswered."""
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "jsonrpc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1_000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=200)
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(payments=payments, response_fees=policy)
+        rpc.register("echo", lambda p: p)
+
+        async def slow(p: Any) -> Any:
+            await asyncio.sleep(0.5)
+            return p
+
+        rpc.register("slow", slow)
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public, identity=client_id
+            )
+            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+            async with AsyncRpcClient(
+                reader, writer, timeout=5, meter=meter, prepay=prepay
+            ) as client:
+                assert await client.call("echo", "a") == "a"
+                assert await client.call("echo", "b") == "b"
+                with pytest.raises(E.RpcTimeout):
+                    await client.call("slow", "late", timeout=0.1)
+                for _ in range(100):  # acks travel after the responses
+                    if len(policy.acks) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(policy.acks) == 2
+                assert len(prepay.unanswered) == 1
+            writer.close()
+            # a client without receipts is refused per request, the stream stays usable
+            reader2, writer2 = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public
+            )
+            async with AsyncRpcClient(reader2, writer2, timeout=5) as unpaid:
+                with pytest.raises(E.PaymentRequired):
+                    await unpaid.call("echo", 1)
+                with pytest.raises(E.PaymentRequired):
+                    await unpaid.call("echo", 2)
+            writer2.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert payments.served == 3 and payments.earned == 21
+
+    asyncio.run(main())
+    assert policy.claim_all() == 20
+    assert payments.latest is not None
+    assert ledger.claim(server_id, opened.escrow_id, payments.latest) == 21
+    assert prepay.refund_due() == 0  # not before the ledger deadline
+    ledger.advance_clock(10_000)
+    assert prepay.refund_due() == 10
+    assert ledger.balance(server_id.sui_address) == 41
+    assert ledger.balance(client_id.sui_address) == 1_000 - 50 - 20
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_rpc_served_on_every_stream_the_client_opens() -> None:
+    """RpcServer.serve / AsyncRpcServer.serve_connection answer on extra streams too."""
+    s = Served(make_rpc())
+    try:
+        client = s.connect(timeout=5)
+        extra = [s.socks[0].open_stream() for _ in range(3)]
+        clients = [RpcClient(sock, timeout=5) for sock in extra]
+        assert [c.call("echo", i) for i, c in enumerate(clients)] == [0, 1, 2]
+        assert client.call("echo", "first") == "first"
+    finally:
+        s.close()
+
+    async def main() -> None:
+        rpc = AsyncRpcServer()
+        rpc.register("echo", lambda p: p)
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(rpc.serve_connection, "127.0.0.1", 0, identity=identity)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            pairs = [await writer.open_stream() for _ in range(3)]
+            answers = []
+            for i, (r, w) in enumerate(pairs):
+                async with AsyncRpcClient(r, w, timeout=5) as c:
+                    answers.append(await c.call("echo", i))
+            async with AsyncRpcClient(reader, writer, timeout=5) as c:
+                answers.append(await c.call("echo", "first"))
+            assert answers == [0, 1, 2, "first"]
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

@@ -729,17 +729,37 @@ class RpcServer(_Registry):
             peer_address = getattr(stream, "peer_address", None)
         _ServerStream(self, stream, peer_address).run()
 
+    def serve_connection(self, sock: Any) -> None:
+        """Answer requests on a connection's first stream ``sock`` and on every stream
+        the client opens on it, each in a thread of its own, until the first stream
+        ends; then the connection is closed (it lives as long as its first stream)."""
+        peer = getattr(sock, "peer_address", None)
+
+        def run_stream(stream: Any) -> None:
+            with stream:
+                try:
+                    self.serve_stream(stream, peer_address=peer)
+                except DTPError as exc:
+                    logger.debug("RPC stream ended: %s", exc)
+
+        def accept_streams() -> None:
+            while not self._closed.is_set():
+                try:
+                    stream = sock.accept_stream()
+                except (DTPError, OSError):
+                    return  # the connection ended
+                threading.Thread(target=run_stream, args=(stream,), daemon=True).start()
+
+        threading.Thread(target=accept_streams, name="rpc-streams", daemon=True).start()
+        with sock:
+            try:
+                self.serve_stream(sock, peer_address=peer)
+            except DTPError as exc:
+                logger.debug("RPC connection ended: %s", exc)
+
     def serve(self, server: Any) -> None:
         """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,
-        serving each connection's first stream in its own thread."""
-
-        def run(sock: Any) -> None:
-            with sock:
-                try:
-                    self.serve_stream(sock)
-                except DTPError as exc:
-                    logger.debug("RPC connection ended: %s", exc)
-
+        serving each with :meth:`serve_connection` in its own thread."""
         while not self._closed.is_set():
             try:
                 sock, _ = server.accept(timeout=0.5)
@@ -747,7 +767,7 @@ class RpcServer(_Registry):
                 continue
             except LocalProtocolError:
                 return
-            threading.Thread(target=run, args=(sock,), daemon=True).start()
+            threading.Thread(target=self.serve_connection, args=(sock,), daemon=True).start()
 
     def close(self) -> None:
         """Stop :meth:`serve` and the worker pool."""
@@ -894,7 +914,12 @@ class _ServerStream:
 
 class AsyncRpcClient:
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
-    :func:`dtp.aio.open_connection`). A background task reads; calls await futures."""
+    :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
+
+    ``meter`` and ``prepay`` work as for :class:`RpcClient` (per-request receipts;
+    prepaid response fees, acknowledged on each response); the ledger calls of
+    ``prepay`` run in a worker thread.
+    """
 
     def __init__(
         self,
@@ -905,10 +930,16 @@ class AsyncRpcClient:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_in_flight: int = 4096,
         on_notification: Callable[[str, Any], Any] | None = None,
+        meter: Meter | None = None,
+        prepay: ResponsePrepay | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
+        self.meter = meter
+        self.prepay = prepay
+        #: request ID -> the ResponseEscrow its call prepaid
+        self._escrows: dict[int, str] = {}
         self.on_notification = on_notification
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
@@ -936,11 +967,27 @@ class AsyncRpcClient:
         if self._closed is not None:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         loop = asyncio.get_running_loop()
+        extra = dict(meta) if meta else None
+        escrow_id = None
+        if self.meter is not None:
+            now_ms = int(time.time() * 1000)
+            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
+            if receipt is not None:
+                extra = extra or {}
+                extra["r"] = receipt.encode()
+        if self.prepay is not None:
+            escrow_id = await asyncio.to_thread(
+                self.prepay.deposit, timeout if timeout is not None else 60.0
+            )
+            extra = extra or {}
+            extra["re"] = escrow_id
         request_id = self._proto.send_request(
-            method, params, now=loop.time(), timeout=timeout, meta=meta
+            method, params, now=loop.time(), timeout=timeout, meta=extra
         )
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
+        if escrow_id is not None:
+            self._escrows[request_id] = escrow_id
         await self._flush()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -950,13 +997,21 @@ class AsyncRpcClient:
                 await self._flush()
             if future.done() and not future.cancelled():
                 return future.result()
+            self._unanswered(request_id)
             raise E.RpcTimeout(f"no answer to call {request_id}") from None
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
+            self._unanswered(request_id)
             if self._proto.cancel(request_id):
                 with contextlib.suppress(Exception):
                     await self._flush()
             raise
+
+    def _unanswered(self, request_id: int) -> None:
+        """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
+        escrow_id = self._escrows.pop(request_id, None)
+        if escrow_id is not None and self.prepay is not None:
+            self.prepay.unanswered.append(escrow_id)
 
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
@@ -990,10 +1045,17 @@ class AsyncRpcClient:
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
+            escrow_id = self._escrows.pop(event.request_id, None)
+            if escrow_id is not None and self.prepay is not None:
+                from dtp.chain.ledger import response_ack_message
+
+                message = response_ack_message(escrow_id, response_hash(event.body))
+                self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):
             future = self._futures.pop(event.request_id, None)
+            self._unanswered(event.request_id)
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, NotificationReceived) and self.on_notification is not None:
@@ -1036,16 +1098,54 @@ class AsyncRpcClient:
 class AsyncRpcServer(_Registry):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
     runs as its own task, so answers go out in completion order. Use :meth:`serve` as a
-    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``)."""
+    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``), or
+    :meth:`serve_connection` to also answer on every stream the client opens.
+
+    ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
+    a worker thread.
+    """
 
     def __init__(
-        self, *, max_message_size: int = DEFAULT_MAX_MESSAGE, max_pending: int = 1024
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_pending: int = 1024,
+        payments: RequestPayments | None = None,
+        response_fees: ResponseFeePolicy | None = None,
     ) -> None:
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
+        self.payments = payments
+        self.response_fees = response_fees
         self.violations = 0
         self.served = 0
+
+    async def serve_connection(self, reader: Any, writer: Any) -> None:
+        """:meth:`serve` on the connection's first stream and on every stream the client
+        opens on it (``writer.accept_stream()``), until the first stream ends; a
+        :func:`dtp.aio.start_server` callback."""
+        streams: set[asyncio.Task[None]] = set()
+
+        async def accept_streams() -> None:
+            while True:
+                try:
+                    r, w = await writer.accept_stream()
+                except (DTPError, OSError):
+                    return
+                task = asyncio.get_running_loop().create_task(self.serve(r, w))
+                streams.add(task)
+                task.add_done_callback(streams.discard)
+
+        acceptor = asyncio.get_running_loop().create_task(accept_streams())
+        try:
+            await self.serve(reader, writer)
+        finally:
+            acceptor.cancel()
+            for task in list(streams):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(acceptor, *streams, return_exceptions=True)
 
     async def serve(self, reader: Any, writer: Any) -> None:
         """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
@@ -1060,15 +1160,24 @@ class AsyncRpcServer(_Registry):
                 writer.write(data)
                 await writer.drain()
 
+        escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
+
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
             try:
+                if self.payments is not None:
+                    self.payments.admit(event.meta)
+                if self.response_fees is not None:
+                    ctx.escrow_id = await asyncio.to_thread(self.response_fees.admit, event.meta)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                 if inspect.isawaitable(outcome):
                     remaining = None if event.deadline is None else event.deadline - loop.time()
                     outcome = await asyncio.wait_for(outcome, remaining)
-                proto.send_response(event.request_id, outcome)
+                body = proto.send_response(event.request_id, outcome)
                 self.served += 1
+                if body is not None and ctx.escrow_id is not None and self.response_fees:
+                    self.response_fees.responded(ctx.escrow_id, body)
+                    escrows[event.request_id] = ctx.escrow_id
             except (asyncio.CancelledError, TimeoutError):
                 return
             except Exception as exc:
@@ -1117,6 +1226,12 @@ class AsyncRpcServer(_Registry):
                                     await outcome
                             except Exception:
                                 logger.exception("notification handler failed")
+                    elif isinstance(event, AckReceived):
+                        acked = escrows.pop(event.request_id, None)
+                        if acked is not None and self.response_fees is not None:
+                            await asyncio.to_thread(
+                                self.response_fees.acknowledged, acked, event.signature
+                            )
                     elif isinstance(event, ProtocolViolation):
                         self.violations += 1
                 await flush()
