@@ -303,6 +303,17 @@ class DTPStreamWriter:
         return self._conn.peer_address
 
     @property
+    def peer_connection_id(self) -> str | None:
+        """On a server: the ledger connection ID the client named in its handshake."""
+        cid = self._conn.peer_connection_id
+        return None if cid is None else "0x" + cid.hex()
+
+    @property
+    def peer_port(self) -> int | None:
+        """On a server: the DTP port the client named in its handshake."""
+        return self._conn.peer_port
+
+    @property
     def transport(self) -> asyncio.Transport | None:
         return self._proto.transport
 
@@ -312,6 +323,8 @@ class DTPStreamWriter:
         extras = {
             "peer_address": self._conn.peer_address,
             "peer_static_key": self._conn.peer_static,
+            "peer_connection_id": self.peer_connection_id,
+            "peer_port": self._conn.peer_port,
             "handshake_hash": self._conn.handshake_hash,
             "stream_id": self._stream_id,
         }

@@ -71,6 +71,7 @@ __all__ = [
     "RpcCall",
     "RpcClient",
     "RpcServer",
+    "ledger_payments",
     "response_hash",
 ]
 
@@ -116,8 +117,12 @@ class RequestPayments:
         deposited: int,
         *,
         credit_requests: int = 0,
+        on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
         self.connection_id = connection_id
+        #: Called with each accepted receipt (e.g. ``ReceiptStore.keep``), before the
+        #: request it pays for is served.
+        self.on_receipt = on_receipt
         self.sla = sla
         self.client_public_key = client_public_key
         self.deposited = deposited
@@ -125,6 +130,28 @@ class RequestPayments:
         self.served = 0
         self.latest: Receipt | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_ledger(
+        cls,
+        ledger: Ledger,
+        connection_id: str,
+        *,
+        credit_requests: int = 0,
+        on_receipt: Callable[[Receipt], None] | None = None,
+    ) -> RequestPayments:
+        """The check for a ledger connection, with its SLA, client key and deposit read
+        from its TransportControl and Escrow (for servers reached by host ID)."""
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+        return cls(
+            connection_id,
+            tc.sla,
+            escrow.client_public_key,
+            escrow.deposited,
+            credit_requests=credit_requests,
+            on_receipt=on_receipt,
+        )
 
     @property
     def earned(self) -> int:
@@ -154,12 +181,82 @@ class RequestPayments:
                 except DTPError as exc:
                     raise E.PaymentRequired(f"receipt refused: {exc}") from None
                 self.latest = receipt
+                if self.on_receipt is not None:
+                    self.on_receipt(receipt)
             paid = 0 if self.latest is None else self.latest.total_requests
             if self.served >= paid + self.credit_requests:
                 raise E.PaymentRequired(
                     f"request {self.served + 1} is not covered (receipts cover {paid})"
                 )
             self.served += 1
+
+
+# A server's ``payments``: one :class:`RequestPayments` for every stream, or a function
+# from the ledger connection ID a client named in its handshake (None when it named none)
+# to that connection's check (None: serve unpaid). The function runs once per connection
+# and its result is shared by the connection's streams; a DTPError it raises refuses
+# every request of the connection with PaymentRequired and that message.
+
+
+def ledger_payments(
+    ledger: Ledger, *, on_receipt: Callable[[Receipt], None] | None = None
+) -> Callable[[str | None], RequestPayments]:
+    """A ``payments`` source for servers reached by host ID: each connection's check is
+    built from its ledger connection (:meth:`RequestPayments.from_ledger`); requests of a
+    client that named no ledger connection (or an unknown one) get PaymentRequired.
+    ``on_receipt`` sees every accepted receipt of every connection (keep them to claim)."""
+
+    def source(connection_id: str | None) -> RequestPayments:
+        if connection_id is None:
+            raise E.PaymentRequired("this service is paid: connect by host ID (dtp://…)")
+        try:
+            return RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+        except DTPError as exc:
+            raise E.PaymentRequired(f"no ledger connection {connection_id}: {exc}") from None
+
+    return source
+
+
+class _PaymentsCache:
+    """Resolves a payments source per connection ID, once, for all its streams being
+    served (an entry lives while a stream of its connection is served, so a client
+    cannot reset its count by reconnecting a stream)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self._by_connection: dict[str | None, Any] = {}
+        self._users: dict[str | None, int] = {}
+
+    def release(self, connection_id: str | None) -> None:
+        """A stream of ``connection_id`` is no longer served."""
+        with self._lock:
+            left = self._users.get(connection_id, 0) - 1
+            if left > 0:
+                self._users[connection_id] = left
+            else:
+                self._users.pop(connection_id, None)
+                self._by_connection.pop(connection_id, None)
+
+    def resolve(self, connection_id: str | None) -> RequestPayments | None:
+        """The connection's check; raises the DTPError that building it raised."""
+        if self.source is None or isinstance(self.source, RequestPayments):
+            return self.source
+        with self._lock:
+            if connection_id in self._by_connection:
+                found = self._by_connection[connection_id]
+            else:
+                try:
+                    found = self.source(connection_id)
+                except DTPError as exc:
+                    found = exc
+                if connection_id is not None:
+                    self._by_connection[connection_id] = found
+            if connection_id is not None:
+                self._users[connection_id] = self._users.get(connection_id, 0) + 1
+        if isinstance(found, BaseException):
+            raise found
+        return found  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -710,13 +807,14 @@ class RpcServer(_Registry):
         workers: int = 0,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_pending: int = 1024,
-        payments: RequestPayments | None = None,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
         self.payments = payments
+        self._payments = _PaymentsCache(payments)
         self.response_fees = response_fees
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
@@ -776,6 +874,17 @@ class RpcServer(_Registry):
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _stream_payments(
+    cache: _PaymentsCache, stream: Any
+) -> tuple[RequestPayments | None, str | None]:
+    """(the check for the stream's connection, or why there is none and requests must be
+    refused)."""
+    try:
+        return cache.resolve(getattr(stream, "peer_connection_id", None)), None
+    except DTPError as exc:
+        return None, str(exc)
+
+
 class _ServerStream:
     def __init__(self, server: RpcServer, stream: BlockingStream, peer: str | None) -> None:
         self.server = server
@@ -788,6 +897,8 @@ class _ServerStream:
         self.wlock = threading.Lock()
         self.contexts: dict[int, CallContext] = {}
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
+        self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
+        self.payments, self.payments_error = _stream_payments(server._payments, stream)
 
     def flush(self) -> None:
         with self.wlock:
@@ -827,6 +938,7 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
+            self.server._payments.release(self.connection_id)
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
 
@@ -843,8 +955,10 @@ class _ServerStream:
                 return
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, self.peer)
             try:
-                if server.payments is not None:
-                    server.payments.admit(event.meta)
+                if self.payments_error is not None:
+                    raise E.PaymentRequired(self.payments_error)
+                if self.payments is not None:
+                    self.payments.admit(event.meta)
                 if server.response_fees is not None:
                     ctx.escrow_id = server.response_fees.admit(event.meta)
             except E.RemoteError as exc:
@@ -1110,13 +1224,14 @@ class AsyncRpcServer(_Registry):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_pending: int = 1024,
-        payments: RequestPayments | None = None,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
         self.payments = payments
+        self._payments = _PaymentsCache(payments)
         self.response_fees = response_fees
         self.violations = 0
         self.served = 0
@@ -1161,12 +1276,15 @@ class AsyncRpcServer(_Registry):
                 await writer.drain()
 
         escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
+        payments, payments_error = await asyncio.to_thread(_stream_payments, self._payments, writer)
 
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
             try:
-                if self.payments is not None:
-                    self.payments.admit(event.meta)
+                if payments_error is not None:
+                    raise E.PaymentRequired(payments_error)
+                if payments is not None:
+                    payments.admit(event.meta)
                 if self.response_fees is not None:
                     ctx.escrow_id = await asyncio.to_thread(self.response_fees.admit, event.meta)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
@@ -1238,5 +1356,6 @@ class AsyncRpcServer(_Registry):
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
+            self._payments.release(getattr(writer, "peer_connection_id", None))
             for task in list(tasks.values()):
                 task.cancel()
