@@ -425,6 +425,26 @@ class DTPStreamWriter:
         if self._proto.transport is not None:
             self._proto.transport.close()
 
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one unreliable datagram on the connection (see
+        :meth:`dtp.socket.DTPSocket.send_datagram`)."""
+        session = self._session
+        if session.terminated is not None:
+            raise session.error or ConnectionClosed("the connection is closed")
+        self._conn.send_datagram(bytes(data))
+        self._proto.flush()
+
+    async def recv_datagram(self) -> bytes:
+        """The connection's next datagram."""
+        session = self._session
+        if not session.datagrams:
+            await self._proto.wait_for(
+                lambda: bool(session.datagrams) or session.terminated is not None
+            )
+        if not session.datagrams:
+            raise session.error or ConnectionClosed("the connection is closed")
+        return session.datagrams.popleft()
+
     async def open_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """Open another stream on this connection."""
         self._session.check_writable(self._stream_id)
