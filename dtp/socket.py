@@ -31,7 +31,7 @@ import socket as _socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -645,6 +645,31 @@ class DTPSocket:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
             engine.conn.send_datagram(bytes(data))
             engine.flush()
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        """:meth:`send_datagram` for many at once (sealed and written together)."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+            conn = engine.conn
+            for data in datagrams:
+                conn.send_datagram(bytes(data))
+            engine.flush()
+
+    def recv_datagrams(
+        self, max_count: int = 1024, timeout: float | None | Literal["socket"] = "socket"
+    ) -> list[bytes]:
+        """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
+        most ``max_count``)."""
+        first = self.recv_datagram(timeout)
+        out = [first]
+        queue = self._engine.session.datagrams
+        with self._engine.lock:
+            while queue and len(out) < max_count:
+                out.append(queue.popleft())
+        return out
 
     def recv_datagram(self, timeout: float | None | Literal["socket"] = "socket") -> bytes:
         """Wait for the connection's next datagram: up to ``timeout`` seconds (None:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dtp.errors import DTPError, InsufficientFunds, LocalProtocolError
+from dtp.errors import DTPError, InsufficientFunds
 from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
@@ -294,22 +294,26 @@ def relay_udp(
     last = [time.monotonic()]
     control = None if billing is None else _RelayControl(sock, billing, report_every)
 
+    limit = sock.max_datagram_size
+
     def replies() -> None:
         with contextlib.suppress(OSError, DTPError):
             while not done.is_set():
                 ready, _, _ = select.select([udp], [], [], 0.2)
                 if not ready:
                     continue
-                data = udp.recv(MAX_UDP_PAYLOAD)
-                try:
-                    sock.send_datagram(data)
-                except LocalProtocolError:
-                    stats.add(dropped_oversized=1)
+                batch = _drain(udp)
+                fits = [d for d in batch if len(d) <= limit]
+                if len(fits) < len(batch):
+                    stats.add(dropped_oversized=len(batch) - len(fits))
+                if not fits:
                     continue
+                sock.send_datagrams(fits)
                 last[0] = time.monotonic()
+                nbytes = sum(map(len, fits))
                 if billing is not None:
-                    billing.replied(len(data))
-                stats.add(datagrams_out=1, bytes_out=len(data))
+                    billing.replied(nbytes)
+                stats.add(datagrams_out=len(fits), bytes_out=nbytes)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -321,7 +325,7 @@ def relay_udp(
     try:
         while time.monotonic() - last[0] < idle_timeout:
             try:
-                data = sock.recv_datagram(wait)
+                batch = sock.recv_datagrams(256, wait)
             except TimeoutError:
                 if control is not None:
                     control.report(force=True)
@@ -329,12 +333,16 @@ def relay_udp(
             except DTPError:
                 break  # the connection ended
             last[0] = time.monotonic()
-            if billing is not None and not billing.admit(len(data)):
-                stats.add(dropped_unpaid=1)
-                continue
-            with contextlib.suppress(OSError):  # e.g. ECONNREFUSED from a previous send
-                udp.send(data)
-                stats.add(datagrams_in=1, bytes_in=len(data))
+            sent = nbytes = unpaid = 0
+            for data in batch:
+                if billing is not None and not billing.admit(len(data)):
+                    unpaid += 1
+                    continue
+                with contextlib.suppress(OSError):  # e.g. ECONNREFUSED from a previous send
+                    udp.send(data)
+                    sent += 1
+                    nbytes += len(data)
+            stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
             if control is not None:
                 control.report()
     except (DTPError, OSError) as exc:
@@ -474,8 +482,11 @@ class UdpForwarder:
             try:
                 ready, _, _ = select.select([self._udp], [], [], 0.2)
                 if ready:
-                    data, source = self._udp.recvfrom(MAX_UDP_PAYLOAD)
-                    self._forward(data, source[:2])
+                    flows: dict[tuple[str, int], list[bytes]] = {}
+                    for data, source in _drain_from(self._udp):
+                        flows.setdefault(source[:2], []).append(data)
+                    for source, batch in flows.items():
+                        self._forward(batch, source)
             except OSError:
                 if self._closed.is_set():
                     return
@@ -507,44 +518,58 @@ class UdpForwarder:
             ).start()
         return session
 
-    def _forward(self, data: bytes, source: tuple[str, int]) -> None:
+    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
         session = self._session(source)
         if session is None:
-            self.stats.add(dropped_no_session=1)
+            self.stats.add(dropped_no_session=len(batch))
             return
         session.last = time.monotonic()
-        if len(data) > session.sock.max_datagram_size:
-            self.stats.add(dropped_oversized=1)
-            return
+        limit = session.sock.max_datagram_size
+        oversized = unpaid = 0
+        out: list[bytes] = []
         try:
             with session.lock:
-                if not session.affordable(len(data)):
-                    self.stats.add(dropped_unpaid=1)
-                    return
-                session.sock.send_datagram(data)
-                session.sent_datagrams += 1
-                session.sent_bytes += len(data)
+                for data in batch:
+                    if len(data) > limit:
+                        oversized += 1
+                    elif not session.affordable(len(data)):
+                        unpaid += 1
+                    else:
+                        out.append(data)
+                        session.sent_datagrams += 1
+                        session.sent_bytes += len(data)
+                if out:
+                    session.sock.send_datagrams(out)
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", source, exc)
             self._end(session)
             return
-        self.stats.add(datagrams_out=1, bytes_out=len(data))
+        self.stats.add(
+            datagrams_out=len(out),
+            bytes_out=sum(map(len, out)),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+        )
 
     def _replies(self, session: _Session) -> None:
         sock = session.sock
         while not session.closed:
             try:
-                data = sock.recv_datagram(0.5)
+                batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
                 continue
             except DTPError:
                 break
             session.last = time.monotonic()
+            nbytes = sum(map(len, batch))
             with session.lock:
-                session.received_bytes += len(data)
-            with contextlib.suppress(OSError):
-                self._udp.sendto(data, session.source)
-                self.stats.add(datagrams_in=1, bytes_in=len(data))
+                session.received_bytes += nbytes
+            delivered = 0
+            for data in batch:
+                with contextlib.suppress(OSError):
+                    self._udp.sendto(data, session.source)
+                    delivered += 1
+            self.stats.add(datagrams_in=delivered, bytes_in=nbytes)
         self._end(session)
 
     def _sweep(self) -> None:
@@ -588,6 +613,24 @@ class UdpForwarder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
+    """Every datagram waiting on a ready socket (at most ``limit``)."""
+    out = [udp.recv(MAX_UDP_PAYLOAD)]
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while len(out) < limit:
+            out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    return out
+
+
+def _drain_from(udp: _socket.socket, limit: int = 256) -> list[tuple[bytes, tuple[str, int]]]:
+    """Every datagram waiting on a ready socket, with its source (at most ``limit``)."""
+    out = [udp.recvfrom(MAX_UDP_PAYLOAD)]
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while len(out) < limit:
+            out.append(udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    return out
 
 
 def _now_ms() -> int:
