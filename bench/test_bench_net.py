@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bench import net
+from bench import net, udp_rows
 from bench.workloads import Workload
 
 ROWS: dict[str, Callable[[], Workload]] = {
@@ -16,6 +16,7 @@ ROWS: dict[str, Callable[[], Workload]] = {
     "tcp_bulk_asyncio": lambda: net.tcp_bulk_asyncio(16 << 20),
     "pingpong_100b": lambda: net.pingpong_100b(200),
     "connect_rate": lambda: net.connect_rate(5),
+    "udp_tunnel_pps": lambda: udp_rows.udp_tunnel_pps(256),
 }
 
 

@@ -231,6 +231,10 @@ ALL["rpc_roundtrip"] = rpc_roundtrip
 ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
 ALL["rpc_pipelined"] = rpc_pipelined
 ALL["pubsub_fanout"] = pubsub_fanout
+
+from bench.udp_rows import udp_tunnel_pps  # noqa: E402
+
+ALL["udp_tunnel_pps"] = udp_tunnel_pps
 from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 
 ALL.update(HOSTID_ROWS)

@@ -61,6 +61,8 @@ class Session:
         self.streams: dict[int, StreamBuffer] = {}
         self.incoming_streams: deque[int] = deque()
         self.datagrams: deque[bytes] = deque()
+        #: Datagrams dropped because the application did not read them in time.
+        self.datagrams_dropped = 0
         self.controls: deque[tuple[int, bytes]] = deque()
         self.receipts: deque[bytes] = deque()
         self.accepted = False
@@ -115,6 +117,8 @@ class Session:
             if self.on_authenticated is not None:
                 self.on_authenticated(event.address)
         elif isinstance(event, DatagramReceived):
+            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
+                self.datagrams_dropped += 1
             _bounded_append(self.datagrams, event.data)
         elif isinstance(event, ControlReceived):
             _bounded_append(self.controls, (event.kind, event.data))

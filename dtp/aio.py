@@ -315,6 +315,17 @@ class DTPStreamWriter:
         return self._conn.peer_address
 
     @property
+    def peer_connection_id(self) -> str | None:
+        """On a server: the ledger connection ID the client named in its handshake."""
+        cid = self._conn.peer_connection_id
+        return None if cid is None else "0x" + cid.hex()
+
+    @property
+    def peer_port(self) -> int | None:
+        """On a server: the DTP port the client named in its handshake."""
+        return self._conn.peer_port
+
+    @property
     def transport(self) -> asyncio.Transport | None:
         return self._proto.transport
 
@@ -324,6 +335,8 @@ class DTPStreamWriter:
         extras = {
             "peer_address": self._conn.peer_address,
             "peer_static_key": self._conn.peer_static,
+            "peer_connection_id": self.peer_connection_id,
+            "peer_port": self._conn.peer_port,
             "handshake_hash": self._conn.handshake_hash,
             "stream_id": self._stream_id,
         }
@@ -434,6 +447,26 @@ class DTPStreamWriter:
         self._proto.flush()
         if self._proto.transport is not None:
             self._proto.transport.close()
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one unreliable datagram on the connection (see
+        :meth:`dtp.socket.DTPSocket.send_datagram`)."""
+        session = self._session
+        if session.terminated is not None:
+            raise session.error or ConnectionClosed("the connection is closed")
+        self._conn.send_datagram(bytes(data))
+        self._proto.flush()
+
+    async def recv_datagram(self) -> bytes:
+        """The connection's next datagram."""
+        session = self._session
+        if not session.datagrams:
+            await self._proto.wait_for(
+                lambda: bool(session.datagrams) or session.terminated is not None
+            )
+        if not session.datagrams:
+            raise session.error or ConnectionClosed("the connection is closed")
+        return session.datagrams.popleft()
 
     async def open_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """Open another stream on this connection."""

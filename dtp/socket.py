@@ -31,9 +31,9 @@ import socket as _socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
 from dtp.address import HostAddress
@@ -649,6 +649,80 @@ class DTPSocket:
         if not getattr(self, "_closed", True) and self._primary:
             with contextlib.suppress(Exception):
                 self._engine.abort(CloseCode.NO_ERROR, "socket garbage-collected")
+
+    # -- datagrams -------------------------------------------------------------------------
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one unreliable datagram on this connection (not on a stream): it arrives
+        whole or not at all, unordered, never retransmitted. At most
+        ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError)."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+            engine.conn.send_datagram(bytes(data))
+            engine.flush()
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        """:meth:`send_datagram` for many at once (sealed and written together)."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+            conn = engine.conn
+            for data in datagrams:
+                conn.send_datagram(bytes(data))
+            engine.flush()
+
+    def recv_datagrams(
+        self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
+    ) -> list[bytes]:
+        """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
+        most ``max_count``)."""
+        first = self.recv_datagram(timeout)
+        out = [first]
+        queue = self._engine.session.datagrams
+        with self._engine.lock:
+            while queue and len(out) < max_count:
+                out.append(queue.popleft())
+        return out
+
+    def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
+        """Wait for the connection's next datagram: up to ``timeout`` seconds (None:
+        forever; by default the socket's timeout), then DTPTimeoutError. Datagrams not
+        read in time are dropped oldest first (``datagrams_dropped``)."""
+        self._check_open()
+        engine = self._engine
+        session = engine.session
+        with engine.lock:
+            if not session.datagrams:
+
+                def ready() -> bool:
+                    return bool(session.datagrams) or session.terminated is not None
+
+                if timeout == "socket":
+                    self._wait(ready)
+                elif timeout is not None and timeout <= 0:
+                    engine.poll()
+                    if not ready():
+                        raise DTPTimeoutError("no datagram")
+                else:
+                    engine.pump(ready, timeout)
+            if not session.datagrams:
+                raise session.error or ConnectionClosed("the connection is closed")
+            return session.datagrams.popleft()
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram :meth:`send_datagram` takes."""
+        return self._engine.conn.config.max_datagram_size
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams that arrived but were dropped because they were not read in time."""
+        return self._engine.session.datagrams_dropped
 
     # -- streams ---------------------------------------------------------------------------
 

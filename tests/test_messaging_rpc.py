@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -28,7 +29,7 @@ from dtp.chain.ledger import (
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds
-from dtp.escrow import Meter
+from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
@@ -57,6 +58,7 @@ from dtp.messaging.rpc import (
     ResponsePrepay,
     RpcClient,
     RpcServer,
+    ledger_payments,
 )
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
@@ -603,3 +605,190 @@ def test_demo_story_runs() -> None:
     text = "\n".join(lines)
     assert "25 MIST for 1 request" in text and "'meet at noon'" in text
     assert "Delivered 1 time(s); 1 duplicate dropped." in text
+
+
+def test_async_rpc_fees_receipts_and_prepaid_responses() -> None:
+    """The asyncio client and server apply the same fee policies as the blocking ones:
+    per-request receipts from a Meter, and prepaid response fees acknowledged, claimed,
+    or refunded after the deadline when the call went unanswered."""
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "jsonrpc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1_000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=200)
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(payments=payments, response_fees=policy)
+        rpc.register("echo", lambda p: p)
+
+        async def slow(p: Any) -> Any:
+            await asyncio.sleep(0.5)
+            return p
+
+        rpc.register("slow", slow)
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public, identity=client_id
+            )
+            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+            async with AsyncRpcClient(
+                reader, writer, timeout=5, meter=meter, prepay=prepay
+            ) as client:
+                assert await client.call("echo", "a") == "a"
+                assert await client.call("echo", "b") == "b"
+                with pytest.raises(E.RpcTimeout):
+                    await client.call("slow", "late", timeout=0.1)
+                for _ in range(100):  # acks travel after the responses
+                    if len(policy.acks) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(policy.acks) == 2
+                assert len(prepay.unanswered) == 1
+            writer.close()
+            # a client without receipts is refused per request, the stream stays usable
+            reader2, writer2 = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public
+            )
+            async with AsyncRpcClient(reader2, writer2, timeout=5) as unpaid:
+                with pytest.raises(E.PaymentRequired):
+                    await unpaid.call("echo", 1)
+                with pytest.raises(E.PaymentRequired):
+                    await unpaid.call("echo", 2)
+            writer2.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert payments.served == 3 and payments.earned == 21
+
+    asyncio.run(main())
+    assert policy.claim_all() == 20
+    assert payments.latest is not None
+    assert ledger.claim(server_id, opened.escrow_id, payments.latest) == 21
+    assert prepay.refund_due() == 0  # not before the ledger deadline
+    ledger.advance_clock(10_000)
+    assert prepay.refund_due() == 10
+    assert ledger.balance(server_id.sui_address) == 41
+    assert ledger.balance(client_id.sui_address) == 1_000 - 50 - 20
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_rpc_served_on_every_stream_the_client_opens() -> None:
+    """RpcServer.serve / AsyncRpcServer.serve_connection answer on extra streams too."""
+    s = Served(make_rpc())
+    try:
+        client = s.connect(timeout=5)
+        extra = [s.socks[0].open_stream() for _ in range(3)]
+        clients = [RpcClient(sock, timeout=5) for sock in extra]
+        assert [c.call("echo", i) for i, c in enumerate(clients)] == [0, 1, 2]
+        assert client.call("echo", "first") == "first"
+    finally:
+        s.close()
+
+    async def main() -> None:
+        rpc = AsyncRpcServer()
+        rpc.register("echo", lambda p: p)
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(rpc.serve_connection, "127.0.0.1", 0, identity=identity)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            pairs = [await writer.open_stream() for _ in range(3)]
+            answers = []
+            for i, (r, w) in enumerate(pairs):
+                async with AsyncRpcClient(r, w, timeout=5) as c:
+                    answers.append(await c.call("echo", i))
+            async with AsyncRpcClient(reader, writer, timeout=5) as c:
+                answers.append(await c.call("echo", "first"))
+            assert answers == [0, 1, 2, "first"]
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
+    """An RPC service reached by ``dtp://``: each connection's receipts are checked
+    against its own ledger connection (ledger_payments), kept through on_receipt and
+    claimed; a client that named no ledger connection is refused per request."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    provider, user = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)
+    host = ledger.create_host(provider, provider.noise_public)
+    ledger.add_service(provider, host, 8545, "jsonrpc", sla)
+    ledger.faucet(user.sui_address, 10_000)
+    kept: dict[str, Receipt] = {}
+    payments = ledger_payments(ledger, on_receipt=lambda r: kept.update({r.connection_id: r}))
+    rpc = make_rpc(payments=payments)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
+    ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    try:
+        sock = dtp.socket.create_connection(
+            f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
+        )
+        assert sock.connection_id is not None and sock.escrow_id is not None
+        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        client = RpcClient(sock, timeout=5, meter=meter)
+        assert [client.call("echo", i) for i in range(3)] == [0, 1, 2]
+        # a second stream of the same connection shares the connection's count
+        extra = RpcClient(sock.open_stream(), timeout=5, meter=meter)
+        assert extra.call("echo", "x") == "x"
+        with pytest.raises(InsufficientFunds):
+            client.call("echo", 5)  # a 5th request would exceed the deposit
+        assert kept[sock.connection_id].total_requests == 4
+        # a raw connection that named no ledger connection: refused per request
+        raw = dtp.socket.create_connection(
+            server.address, server_key=provider.noise_public, timeout=10
+        )
+        with pytest.raises(E.PaymentRequired, match="host ID"):
+            RpcClient(raw, timeout=5).call("echo", 1)
+        raw.close()
+
+        async def main() -> str:
+            rpc_async = AsyncRpcServer(payments=payments)
+            rpc_async.register("echo", lambda p: p)
+            aserver = await dtp.aio.start_server(
+                rpc_async.serve_connection, "127.0.0.1", 0, identity=provider
+            )
+            try:
+                await asyncio.to_thread(
+                    ledger.set_endpoints, provider, host, [f"tcp://127.0.0.1:{aserver.address[1]}"]
+                )
+                reader, writer = await dtp.aio.open_connection(
+                    f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
+                )
+                assert writer.connection_id is not None
+                ameter = Meter(user, writer.connection_id, sla, 100, every_requests=1)
+                async with AsyncRpcClient(reader, writer, timeout=5, meter=ameter) as c:
+                    assert await c.call("echo", "async") == "async"
+                writer.close()
+                return writer.connection_id
+            finally:
+                aserver.close()
+                await aserver.wait_closed()
+
+        async_connection = asyncio.run(main())
+        assert kept[async_connection].total_amount == 25
+        tc = ledger.get_connection(sock.connection_id)
+        assert ledger.claim(provider, tc.escrow, kept[sock.connection_id]) == 100
+        async_escrow = ledger.get_connection(async_connection).escrow
+        assert ledger.claim(provider, async_escrow, kept[async_connection]) == 25
+        assert ledger.balance(provider.sui_address) == 125
+        sock.close()
+    finally:
+        server.close()
+        rpc.close()
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.escrow import Meter
+from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
-from dtp.messaging.rpc import RequestPayments, RpcClient, RpcServer
+from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed
 
 __all__ = ["demo_messaging_story"]
@@ -26,30 +26,34 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
     host = ledger.create_host(provider, provider.noise_public)
     ledger.add_service(provider, host, 8545, "jsonrpc", sla)
     ledger.faucet(user.sui_address, 1_000)
-    cap = ledger.create_spending_cap(user, 10_000)
-    opened = ledger.open_connection(user, host, 8545, cap, 100)
     say(
         f"A JSON-RPC service on port 8545 of host {host[:10]}…: "
         f"{sla.price_per_request} MIST per request."
     )
-    say(f"The user deposits 100 MIST in escrow {opened.escrow_id[:10]}….")
 
-    payments = RequestPayments(opened.connection_id, sla, user.ed25519_public, 100)
-    rpc = RpcServer(payments=payments)
+    # the provider checks each connection's receipts against its own ledger connection
+    earned: dict[str, Receipt] = {}  # connection ID -> latest receipt, to claim
+    rpc = RpcServer(
+        payments=ledger_payments(ledger, on_receipt=lambda r: earned.update({r.connection_id: r}))
+    )
     serve_jsonrpc(rpc, JsonRpcHandler({"eth_blockNumber": lambda _: "0x10d4f"}))
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=provider, ledger=ledger, host_id=host, port=8545
+    )
+    ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
     thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
-        server.address, server_key=provider.noise_public, identity=user, timeout=10
+        f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
     )
     try:
-        meter = Meter(user, opened.connection_id, sla, 100, every_requests=1)
+        assert sock.connection_id is not None and sock.escrow_id is not None
+        say(f"The user connects to dtp://{host[:10]}…:8545, depositing 100 MIST in escrow.")
+        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
         client = JsonRpcClient(RpcClient(sock, timeout=10, meter=meter))
         block = client.call("eth_blockNumber")
         say(f"eth_blockNumber over DTP -> {block} (the request carried a signed receipt).")
-        assert payments.latest is not None
-        paid = ledger.claim(provider, opened.escrow_id, payments.latest)
+        paid = ledger.claim(provider, sock.escrow_id, earned[sock.connection_id])
         say(f"The provider claims the receipt: {paid} MIST for 1 request.")
     finally:
         sock.close()

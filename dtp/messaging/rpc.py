@@ -71,6 +71,7 @@ __all__ = [
     "RpcCall",
     "RpcClient",
     "RpcServer",
+    "ledger_payments",
     "response_hash",
 ]
 
@@ -116,8 +117,12 @@ class RequestPayments:
         deposited: int,
         *,
         credit_requests: int = 0,
+        on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
         self.connection_id = connection_id
+        #: Called with each accepted receipt (e.g. ``ReceiptStore.keep``), before the
+        #: request it pays for is served.
+        self.on_receipt = on_receipt
         self.sla = sla
         self.client_public_key = client_public_key
         self.deposited = deposited
@@ -125,6 +130,28 @@ class RequestPayments:
         self.served = 0
         self.latest: Receipt | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_ledger(
+        cls,
+        ledger: Ledger,
+        connection_id: str,
+        *,
+        credit_requests: int = 0,
+        on_receipt: Callable[[Receipt], None] | None = None,
+    ) -> RequestPayments:
+        """The check for a ledger connection, with its SLA, client key and deposit read
+        from its TransportControl and Escrow (for servers reached by host ID)."""
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+        return cls(
+            connection_id,
+            tc.sla,
+            escrow.client_public_key,
+            escrow.deposited,
+            credit_requests=credit_requests,
+            on_receipt=on_receipt,
+        )
 
     @property
     def earned(self) -> int:
@@ -154,12 +181,82 @@ class RequestPayments:
                 except DTPError as exc:
                     raise E.PaymentRequired(f"receipt refused: {exc}") from None
                 self.latest = receipt
+                if self.on_receipt is not None:
+                    self.on_receipt(receipt)
             paid = 0 if self.latest is None else self.latest.total_requests
             if self.served >= paid + self.credit_requests:
                 raise E.PaymentRequired(
                     f"request {self.served + 1} is not covered (receipts cover {paid})"
                 )
             self.served += 1
+
+
+# A server's ``payments``: one :class:`RequestPayments` for every stream, or a function
+# from the ledger connection ID a client named in its handshake (None when it named none)
+# to that connection's check (None: serve unpaid). The function runs once per connection
+# and its result is shared by the connection's streams; a DTPError it raises refuses
+# every request of the connection with PaymentRequired and that message.
+
+
+def ledger_payments(
+    ledger: Ledger, *, on_receipt: Callable[[Receipt], None] | None = None
+) -> Callable[[str | None], RequestPayments]:
+    """A ``payments`` source for servers reached by host ID: each connection's check is
+    built from its ledger connection (:meth:`RequestPayments.from_ledger`); requests of a
+    client that named no ledger connection (or an unknown one) get PaymentRequired.
+    ``on_receipt`` sees every accepted receipt of every connection (keep them to claim)."""
+
+    def source(connection_id: str | None) -> RequestPayments:
+        if connection_id is None:
+            raise E.PaymentRequired("this service is paid: connect by host ID (dtp://…)")
+        try:
+            return RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+        except DTPError as exc:
+            raise E.PaymentRequired(f"no ledger connection {connection_id}: {exc}") from None
+
+    return source
+
+
+class _PaymentsCache:
+    """Resolves a payments source per connection ID, once, for all its streams being
+    served (an entry lives while a stream of its connection is served, so a client
+    cannot reset its count by reconnecting a stream)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self._by_connection: dict[str | None, Any] = {}
+        self._users: dict[str | None, int] = {}
+
+    def release(self, connection_id: str | None) -> None:
+        """A stream of ``connection_id`` is no longer served."""
+        with self._lock:
+            left = self._users.get(connection_id, 0) - 1
+            if left > 0:
+                self._users[connection_id] = left
+            else:
+                self._users.pop(connection_id, None)
+                self._by_connection.pop(connection_id, None)
+
+    def resolve(self, connection_id: str | None) -> RequestPayments | None:
+        """The connection's check; raises the DTPError that building it raised."""
+        if self.source is None or isinstance(self.source, RequestPayments):
+            return self.source
+        with self._lock:
+            if connection_id in self._by_connection:
+                found = self._by_connection[connection_id]
+            else:
+                try:
+                    found = self.source(connection_id)
+                except DTPError as exc:
+                    found = exc
+                if connection_id is not None:
+                    self._by_connection[connection_id] = found
+            if connection_id is not None:
+                self._users[connection_id] = self._users.get(connection_id, 0) + 1
+        if isinstance(found, BaseException):
+            raise found
+        return found  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -710,13 +807,14 @@ class RpcServer(_Registry):
         workers: int = 0,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_pending: int = 1024,
-        payments: RequestPayments | None = None,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
         self.payments = payments
+        self._payments = _PaymentsCache(payments)
         self.response_fees = response_fees
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
@@ -729,17 +827,37 @@ class RpcServer(_Registry):
             peer_address = getattr(stream, "peer_address", None)
         _ServerStream(self, stream, peer_address).run()
 
+    def serve_connection(self, sock: Any) -> None:
+        """Answer requests on a connection's first stream ``sock`` and on every stream
+        the client opens on it, each in a thread of its own, until the first stream
+        ends; then the connection is closed (it lives as long as its first stream)."""
+        peer = getattr(sock, "peer_address", None)
+
+        def run_stream(stream: Any) -> None:
+            with stream:
+                try:
+                    self.serve_stream(stream, peer_address=peer)
+                except DTPError as exc:
+                    logger.debug("RPC stream ended: %s", exc)
+
+        def accept_streams() -> None:
+            while not self._closed.is_set():
+                try:
+                    stream = sock.accept_stream()
+                except (DTPError, OSError):
+                    return  # the connection ended
+                threading.Thread(target=run_stream, args=(stream,), daemon=True).start()
+
+        threading.Thread(target=accept_streams, name="rpc-streams", daemon=True).start()
+        with sock:
+            try:
+                self.serve_stream(sock, peer_address=peer)
+            except DTPError as exc:
+                logger.debug("RPC connection ended: %s", exc)
+
     def serve(self, server: Any) -> None:
         """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,
-        serving each connection's first stream in its own thread."""
-
-        def run(sock: Any) -> None:
-            with sock:
-                try:
-                    self.serve_stream(sock)
-                except DTPError as exc:
-                    logger.debug("RPC connection ended: %s", exc)
-
+        serving each with :meth:`serve_connection` in its own thread."""
         while not self._closed.is_set():
             try:
                 sock, _ = server.accept(timeout=0.5)
@@ -747,13 +865,24 @@ class RpcServer(_Registry):
                 continue
             except LocalProtocolError:
                 return
-            threading.Thread(target=run, args=(sock,), daemon=True).start()
+            threading.Thread(target=self.serve_connection, args=(sock,), daemon=True).start()
 
     def close(self) -> None:
         """Stop :meth:`serve` and the worker pool."""
         self._closed.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _stream_payments(
+    cache: _PaymentsCache, stream: Any
+) -> tuple[RequestPayments | None, str | None]:
+    """(the check for the stream's connection, or why there is none and requests must be
+    refused)."""
+    try:
+        return cache.resolve(getattr(stream, "peer_connection_id", None)), None
+    except DTPError as exc:
+        return None, str(exc)
 
 
 class _ServerStream:
@@ -768,6 +897,8 @@ class _ServerStream:
         self.wlock = threading.Lock()
         self.contexts: dict[int, CallContext] = {}
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
+        self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
+        self.payments, self.payments_error = _stream_payments(server._payments, stream)
 
     def flush(self) -> None:
         with self.wlock:
@@ -807,6 +938,7 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
+            self.server._payments.release(self.connection_id)
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
 
@@ -823,8 +955,10 @@ class _ServerStream:
                 return
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, self.peer)
             try:
-                if server.payments is not None:
-                    server.payments.admit(event.meta)
+                if self.payments_error is not None:
+                    raise E.PaymentRequired(self.payments_error)
+                if self.payments is not None:
+                    self.payments.admit(event.meta)
                 if server.response_fees is not None:
                     ctx.escrow_id = server.response_fees.admit(event.meta)
             except E.RemoteError as exc:
@@ -894,7 +1028,12 @@ class _ServerStream:
 
 class AsyncRpcClient:
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
-    :func:`dtp.aio.open_connection`). A background task reads; calls await futures."""
+    :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
+
+    ``meter`` and ``prepay`` work as for :class:`RpcClient` (per-request receipts;
+    prepaid response fees, acknowledged on each response); the ledger calls of
+    ``prepay`` run in a worker thread.
+    """
 
     def __init__(
         self,
@@ -905,10 +1044,16 @@ class AsyncRpcClient:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_in_flight: int = 4096,
         on_notification: Callable[[str, Any], Any] | None = None,
+        meter: Meter | None = None,
+        prepay: ResponsePrepay | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
+        self.meter = meter
+        self.prepay = prepay
+        #: request ID -> the ResponseEscrow its call prepaid
+        self._escrows: dict[int, str] = {}
         self.on_notification = on_notification
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
@@ -936,11 +1081,27 @@ class AsyncRpcClient:
         if self._closed is not None:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         loop = asyncio.get_running_loop()
+        extra = dict(meta) if meta else None
+        escrow_id = None
+        if self.meter is not None:
+            now_ms = int(time.time() * 1000)
+            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
+            if receipt is not None:
+                extra = extra or {}
+                extra["r"] = receipt.encode()
+        if self.prepay is not None:
+            escrow_id = await asyncio.to_thread(
+                self.prepay.deposit, timeout if timeout is not None else 60.0
+            )
+            extra = extra or {}
+            extra["re"] = escrow_id
         request_id = self._proto.send_request(
-            method, params, now=loop.time(), timeout=timeout, meta=meta
+            method, params, now=loop.time(), timeout=timeout, meta=extra
         )
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
+        if escrow_id is not None:
+            self._escrows[request_id] = escrow_id
         await self._flush()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -950,13 +1111,21 @@ class AsyncRpcClient:
                 await self._flush()
             if future.done() and not future.cancelled():
                 return future.result()
+            self._unanswered(request_id)
             raise E.RpcTimeout(f"no answer to call {request_id}") from None
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
+            self._unanswered(request_id)
             if self._proto.cancel(request_id):
                 with contextlib.suppress(Exception):
                     await self._flush()
             raise
+
+    def _unanswered(self, request_id: int) -> None:
+        """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
+        escrow_id = self._escrows.pop(request_id, None)
+        if escrow_id is not None and self.prepay is not None:
+            self.prepay.unanswered.append(escrow_id)
 
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
@@ -990,10 +1159,17 @@ class AsyncRpcClient:
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
+            escrow_id = self._escrows.pop(event.request_id, None)
+            if escrow_id is not None and self.prepay is not None:
+                from dtp.chain.ledger import response_ack_message
+
+                message = response_ack_message(escrow_id, response_hash(event.body))
+                self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):
             future = self._futures.pop(event.request_id, None)
+            self._unanswered(event.request_id)
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, NotificationReceived) and self.on_notification is not None:
@@ -1036,16 +1212,55 @@ class AsyncRpcClient:
 class AsyncRpcServer(_Registry):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
     runs as its own task, so answers go out in completion order. Use :meth:`serve` as a
-    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``)."""
+    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``), or
+    :meth:`serve_connection` to also answer on every stream the client opens.
+
+    ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
+    a worker thread.
+    """
 
     def __init__(
-        self, *, max_message_size: int = DEFAULT_MAX_MESSAGE, max_pending: int = 1024
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_pending: int = 1024,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
+        response_fees: ResponseFeePolicy | None = None,
     ) -> None:
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
+        self.payments = payments
+        self._payments = _PaymentsCache(payments)
+        self.response_fees = response_fees
         self.violations = 0
         self.served = 0
+
+    async def serve_connection(self, reader: Any, writer: Any) -> None:
+        """:meth:`serve` on the connection's first stream and on every stream the client
+        opens on it (``writer.accept_stream()``), until the first stream ends; a
+        :func:`dtp.aio.start_server` callback."""
+        streams: set[asyncio.Task[None]] = set()
+
+        async def accept_streams() -> None:
+            while True:
+                try:
+                    r, w = await writer.accept_stream()
+                except (DTPError, OSError):
+                    return
+                task = asyncio.get_running_loop().create_task(self.serve(r, w))
+                streams.add(task)
+                task.add_done_callback(streams.discard)
+
+        acceptor = asyncio.get_running_loop().create_task(accept_streams())
+        try:
+            await self.serve(reader, writer)
+        finally:
+            acceptor.cancel()
+            for task in list(streams):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(acceptor, *streams, return_exceptions=True)
 
     async def serve(self, reader: Any, writer: Any) -> None:
         """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
@@ -1060,15 +1275,27 @@ class AsyncRpcServer(_Registry):
                 writer.write(data)
                 await writer.drain()
 
+        escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
+        payments, payments_error = await asyncio.to_thread(_stream_payments, self._payments, writer)
+
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
             try:
+                if payments_error is not None:
+                    raise E.PaymentRequired(payments_error)
+                if payments is not None:
+                    payments.admit(event.meta)
+                if self.response_fees is not None:
+                    ctx.escrow_id = await asyncio.to_thread(self.response_fees.admit, event.meta)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                 if inspect.isawaitable(outcome):
                     remaining = None if event.deadline is None else event.deadline - loop.time()
                     outcome = await asyncio.wait_for(outcome, remaining)
-                proto.send_response(event.request_id, outcome)
+                body = proto.send_response(event.request_id, outcome)
                 self.served += 1
+                if body is not None and ctx.escrow_id is not None and self.response_fees:
+                    self.response_fees.responded(ctx.escrow_id, body)
+                    escrows[event.request_id] = ctx.escrow_id
             except (asyncio.CancelledError, TimeoutError):
                 return
             except Exception as exc:
@@ -1117,11 +1344,18 @@ class AsyncRpcServer(_Registry):
                                     await outcome
                             except Exception:
                                 logger.exception("notification handler failed")
+                    elif isinstance(event, AckReceived):
+                        acked = escrows.pop(event.request_id, None)
+                        if acked is not None and self.response_fees is not None:
+                            await asyncio.to_thread(
+                                self.response_fees.acknowledged, acked, event.signature
+                            )
                     elif isinstance(event, ProtocolViolation):
                         self.violations += 1
                 await flush()
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
+            self._payments.release(getattr(writer, "peer_connection_id", None))
             for task in list(tasks.values()):
                 task.cancel()

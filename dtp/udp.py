@@ -1,0 +1,637 @@
+"""UDP through DTP: a local UDP flow's datagrams carried as DTP DATAGRAM frames.
+
+Two halves, both blocking (threads), on :mod:`dtp.socket` connections:
+
+- :func:`relay_udp` — the exposing side. For one accepted DTP connection it forwards each
+  DTP datagram to a UDP backend from a UDP socket of its own (so the backend's replies
+  come back to it), and each reply back as a DTP datagram, until the connection ends or
+  sits idle.
+- :class:`UdpForwarder` — the client side. A local UDP socket; each distinct source
+  address gets a DTP connection of its own from a ``connect`` function (direct, or by
+  host ID), NAT-style, closed after ``idle_timeout``; replies go back to that source.
+
+UDP semantics are kept: nothing is retransmitted and nothing queues without bound;
+every drop is counted in :class:`UdpStats`.
+
+**Metering, per datagram** (docs/escrow.md §3 fees): the client pays exactly for what
+the relay forwarded — each datagram the relay delivered to the backend is one request
+plus its bytes, and each reply the relay sent back counts by its bytes. The relay counts
+(:class:`UdpBilling`) and reports its totals on the connection's first stream every few
+datagrams; the forwarder checks a report against what it sent and received (a relay
+cannot bill more than that), signs a cumulative receipt for it with its
+:class:`~dtp.escrow.Meter` and sends it back. Datagrams lost on the way, before the relay
+counted them, are never billed. The relay forwards a datagram only while the datagrams no
+receipt covers stay below ``credit_datagrams``; others are dropped and counted as unpaid.
+On close the forwarder asks for a final report and signs it, so the latest receipt
+equals the relay's count.
+
+Control stream (stream 0, both ways): frames of a 4-byte big-endian length and a body
+whose first byte is the kind — ``U`` a usage report (u64 datagrams, u64 bytes, big-endian;
+relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay), ``F`` a
+request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket as _socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dtp.errors import DTPError, InsufficientFunds
+from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.chain.objects import Sla
+    from dtp.socket import DTPSocket
+
+__all__ = [
+    "MAX_UDP_PAYLOAD",
+    "UdpBilling",
+    "UdpForwarder",
+    "UdpStats",
+    "relay_udp",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest datagram relayed (a UDP payload over IPv4 is at most 65507 bytes; DTP's
+#: default ``max_datagram_size`` is lower, 16000, and wins when smaller).
+MAX_UDP_PAYLOAD = 65507
+_LEN = struct.Struct(">I")
+
+
+@dataclass
+class UdpStats:
+    """Counters of one relay or forwarder (all sessions)."""
+
+    #: Datagrams (and bytes) from the UDP side sent into DTP.
+    datagrams_out: int = 0
+    bytes_out: int = 0
+    #: Datagrams (and bytes) from DTP delivered to the UDP side.
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    #: Dropped: too large for a DTP datagram.
+    dropped_oversized: int = 0
+    #: Dropped: not covered by a receipt (relay) or beyond the deposit (forwarder).
+    dropped_unpaid: int = 0
+    #: Dropped: the session limit was reached (forwarder).
+    dropped_no_session: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to counters atomically (sessions run in threads of their own)."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+# -- the exposing side ---------------------------------------------------------------------
+
+
+class UdpBilling:
+    """The relay's check of one connection's per-datagram payments.
+
+    ``credit_datagrams``: datagrams served ahead of the receipts covering them — the
+    relay's risk, and the slack a fast stream needs while reports and receipts make
+    their round trip (at 512 bytes, 1024 datagrams are 0.5 MB of traffic). ``on_receipt``
+    sees every accepted receipt (e.g. ``ReceiptStore.keep``).
+    """
+
+    def __init__(
+        self,
+        connection_id: str,
+        sla: Sla,
+        client_public_key: bytes,
+        deposited: int,
+        *,
+        credit_datagrams: int = 1024,
+        on_receipt: Callable[[Receipt], None] | None = None,
+    ) -> None:
+        if credit_datagrams < 0:
+            raise ValueError("credit_datagrams cannot be negative")
+        self.connection_id = connection_id
+        self.sla = sla
+        self.client_public_key = client_public_key
+        self.deposited = deposited
+        self.credit_datagrams = credit_datagrams
+        self.on_receipt = on_receipt
+        self.latest: Receipt | None = None
+        #: What the relay forwarded for this client: its datagrams (requests) and the
+        #: bytes both ways, i.e. what an exact receipt covers.
+        self.datagrams = 0
+        self.bytes = 0
+        self.refused_receipts = 0
+        self._reported = (0, 0)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger, connection_id: str, **kw: object) -> UdpBilling:
+        """The check for a ledger connection (SLA, client key, deposit from the ledger)."""
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+        return cls(connection_id, tc.sla, escrow.client_public_key, escrow.deposited, **kw)  # type: ignore[arg-type]
+
+    @property
+    def owed(self) -> int:
+        """The fee of what was forwarded so far."""
+        return fee(self.sla, self.bytes, self.datagrams)
+
+    def receipt(self, encoded: bytes) -> bool:
+        """Check and keep a receipt; False (and counted) when it is refused."""
+        try:
+            receipt = Receipt.decode(encoded)
+            with self._lock:
+                latest = self.latest
+                check_receipt(
+                    receipt,
+                    connection_id=self.connection_id,
+                    sla=self.sla,
+                    public_key=self.client_public_key,
+                    deposited=self.deposited,
+                    claimed=0 if latest is None else latest.total_amount,
+                    latest_nonce=0 if latest is None else latest.nonce,
+                )
+                self.latest = receipt
+        except DTPError as exc:
+            self.refused_receipts += 1
+            logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
+            return False
+        if self.on_receipt is not None:
+            self.on_receipt(receipt)
+        return True
+
+    def admit(self, nbytes: int) -> bool:
+        """Whether a datagram of ``nbytes`` from the client may be forwarded (and count
+        it when it may)."""
+        with self._lock:
+            paid = 0 if self.latest is None else self.latest.total_requests
+            if self.datagrams - paid >= self.credit_datagrams:
+                return False
+            self.datagrams += 1
+            self.bytes += nbytes
+            return True
+
+    def replied(self, nbytes: int) -> None:
+        """Count a reply of ``nbytes`` sent to the client."""
+        with self._lock:
+            self.bytes += nbytes
+
+    def final_totals(self) -> tuple[int, int]:
+        """The totals now, reported as final."""
+        with self._lock:
+            self._reported = (self.datagrams, self.bytes)
+            return self._reported
+
+    def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
+        """The totals to report when ``every`` datagrams passed since the last report
+        (or anything changed, with ``force``); None when no report is due."""
+        with self._lock:
+            last_datagrams = self._reported[0]
+            changed = (self.datagrams, self.bytes) != self._reported
+            if not changed or not (force or self.datagrams - last_datagrams >= every):
+                return None
+            self._reported = (self.datagrams, self.bytes)
+            return self._reported
+
+
+def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        data = sock.recv(n - len(chunks))
+        if not data:
+            return None
+        chunks += data
+    return bytes(chunks)
+
+
+_MAX_CONTROL = 1 + RECEIPT_ENCODED_SIZE
+
+
+def _read_control(sock: DTPSocket) -> bytes | None:
+    """The next control frame's body, or None at the end of the stream (or on a frame
+    no peer of ours sends)."""
+    header = _read_exact(sock, 4)
+    if header is None:
+        return None
+    (size,) = _LEN.unpack(header)
+    if not 1 <= size <= _MAX_CONTROL:
+        logger.info("bad UDP control frame of %d bytes: closing the control stream", size)
+        return None
+    return _read_exact(sock, size)
+
+
+def _control(kind: bytes, body: bytes = b"") -> bytes:
+    return _LEN.pack(1 + len(body)) + kind + body
+
+
+_USAGE = struct.Struct(">QQ")
+
+
+class _RelayControl:
+    """The relay's end of the control stream: reports out, receipts in."""
+
+    def __init__(self, sock: DTPSocket, billing: UdpBilling, report_every: int) -> None:
+        self.sock = sock
+        self.billing = billing
+        self.report_every = report_every
+        self.wlock = threading.Lock()
+
+    def report(self, force: bool = False) -> None:
+        totals = self.billing.report_due(self.report_every, force)
+        if totals is not None:
+            with self.wlock:
+                self.sock.sendall(_control(b"U", _USAGE.pack(*totals)))
+
+    def run(self) -> None:
+        with contextlib.suppress(DTPError, OSError):
+            while (body := _read_control(self.sock)) is not None:
+                if body[:1] == b"R":
+                    self.billing.receipt(body[1:])
+                elif body[:1] == b"F":
+                    totals = self.billing.final_totals()
+                    with self.wlock:
+                        self.sock.sendall(_control(b"Z", _USAGE.pack(*totals)))
+                else:
+                    logger.info("unknown UDP control frame %r: closing", body[:1])
+                    return
+
+
+def relay_udp(
+    sock: DTPSocket,
+    backend: tuple[str, int],
+    *,
+    billing: UdpBilling | None = None,
+    stats: UdpStats | None = None,
+    idle_timeout: float = 60.0,
+    report_every: int = 32,
+) -> UdpStats:
+    """Relay one DTP connection's datagrams to ``backend`` and its replies back, until
+    the connection ends or no datagram passes for ``idle_timeout`` seconds. Use it as a
+    :meth:`dtp.socket.DTPServer.serve_forever` handler (``functools.partial``). With
+    ``billing``, usage is reported every ``report_every`` datagrams (and when traffic
+    pauses), receipts are read from the connection's first stream and unpaid datagrams
+    are dropped. Returns the counters (``stats`` if given, shared)."""
+    stats = stats if stats is not None else UdpStats()
+    family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
+    udp = _socket.socket(family, _socket.SOCK_DGRAM)
+    udp.connect(backend)
+    done = threading.Event()
+    last = [time.monotonic()]
+    control = None if billing is None else _RelayControl(sock, billing, report_every)
+
+    limit = sock.max_datagram_size
+
+    def replies() -> None:
+        with contextlib.suppress(OSError, DTPError):
+            while not done.is_set():
+                ready, _, _ = select.select([udp], [], [], 0.2)
+                if not ready:
+                    continue
+                batch = _drain(udp)
+                fits = [d for d in batch if len(d) <= limit]
+                if len(fits) < len(batch):
+                    stats.add(dropped_oversized=len(batch) - len(fits))
+                if not fits:
+                    continue
+                sock.send_datagrams(fits)
+                last[0] = time.monotonic()
+                nbytes = sum(map(len, fits))
+                if billing is not None:
+                    billing.replied(nbytes)
+                stats.add(datagrams_out=len(fits), bytes_out=nbytes)
+
+    threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
+    if control is not None:
+        threads.append(threading.Thread(target=control.run, name="dtp-udp-control", daemon=True))
+    for thread in threads:
+        thread.start()
+    # short waits while billing, so a pause in traffic flushes the report promptly
+    wait = 0.05 if control is not None else min(1.0, idle_timeout)
+    try:
+        while time.monotonic() - last[0] < idle_timeout:
+            try:
+                batch = sock.recv_datagrams(256, wait)
+            except TimeoutError:
+                if control is not None:
+                    control.report(force=True)
+                continue
+            except DTPError:
+                break  # the connection ended
+            last[0] = time.monotonic()
+            sent = nbytes = unpaid = 0
+            for data in batch:
+                if billing is not None and not billing.admit(len(data)):
+                    unpaid += 1
+                    continue
+                with contextlib.suppress(OSError):  # e.g. ECONNREFUSED from a previous send
+                    udp.send(data)
+                    sent += 1
+                    nbytes += len(data)
+            stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
+            if control is not None:
+                control.report()
+    except (DTPError, OSError) as exc:
+        logger.info("UDP relay ended: %s", exc)
+    finally:
+        done.set()
+        with contextlib.suppress(DTPError, OSError):
+            sock.close()
+        for thread in threads:
+            thread.join(2)
+        udp.close()
+    return stats
+
+
+# -- the client side -----------------------------------------------------------------------
+
+
+class _Session:
+    """One source address's DTP connection, and what it owes."""
+
+    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
+        self.source = source
+        self.sock = sock
+        self.meter = meter
+        self.last = time.monotonic()
+        self.closed = False
+        self.lock = threading.Lock()  # counters, meter, control stream writes
+        #: What went through DTP: datagrams and bytes sent, bytes received.
+        self.sent_datagrams = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        #: What the relay reported and we signed for.
+        self.billed = (0, 0)
+        self.final = threading.Event()
+
+    def affordable(self, nbytes: int) -> bool:
+        """Whether the deposit covers this datagram on top of everything sent so far
+        (the relay may bill all of it)."""
+        meter = self.meter
+        if meter is None:
+            return True
+        total = fee(
+            meter.sla,
+            self.sent_bytes + self.received_bytes + nbytes,
+            self.sent_datagrams + 1,
+        )
+        return total <= meter.deposit
+
+    def sign(self, datagrams: int, nbytes: int) -> None:
+        """Sign a receipt for the relay's reported totals, capped by what we sent and
+        received (lock held)."""
+        meter = self.meter
+        if meter is None:
+            return
+        datagrams = min(datagrams, self.sent_datagrams)
+        nbytes = min(nbytes, self.sent_bytes + self.received_bytes)
+        d0, b0 = self.billed
+        if datagrams < d0 or nbytes < b0:
+            logger.info("UDP relay reported less than before: ignored")
+            return
+        if (datagrams, nbytes) == self.billed:
+            return
+        now = _now_ms()
+        receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
+        receipt = receipt or meter.flush(now)
+        self.billed = (datagrams, nbytes)
+        if receipt is not None:
+            self.sock.sendall(_control(b"R", receipt.encode()))
+
+    def read_control(self) -> None:
+        """Usage reports in, receipts out, until the stream ends."""
+        with contextlib.suppress(DTPError, OSError):
+            while (body := _read_control(self.sock)) is not None:
+                kind = body[:1]
+                if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
+                    logger.info("unexpected UDP control frame %r: closing", kind)
+                    return
+                datagrams, nbytes = _USAGE.unpack(body[1:])
+                try:
+                    with self.lock:
+                        self.sign(datagrams, nbytes)
+                except InsufficientFunds as exc:
+                    logger.warning("UDP flow from %s: %s", self.source, exc)
+                if kind == b"Z":
+                    self.final.set()
+        self.final.set()
+
+
+class UdpForwarder:
+    """A local UDP endpoint whose flows go through DTP to a remote UDP service.
+
+    ``connect()`` returns a new DTP connection to the relaying service (e.g. a
+    ``functools.partial`` of :func:`dtp.socket.create_connection` with a ``dtp://``
+    address). ``meter_for(sock)`` returns the :class:`~dtp.escrow.Meter` of a new
+    connection (None: unmetered): the forwarder signs the relay's usage reports with it
+    and asks for a final one when a session ends (waiting up to ``final_timeout``).
+    Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in
+    threads from construction until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        connect: Callable[[], DTPSocket],
+        *,
+        meter_for: Callable[[DTPSocket], Meter | None] | None = None,
+        idle_timeout: float = 30.0,
+        max_sessions: int = 256,
+        final_timeout: float = 2.0,
+    ) -> None:
+        self._connect = connect
+        self._meter_for = meter_for
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self.final_timeout = final_timeout
+        self.stats = UdpStats()
+        family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
+        self._udp = _socket.socket(family, _socket.SOCK_DGRAM)
+        self._udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
+        self._udp.bind(listen)
+        self.address: tuple[str, int] = self._udp.getsockname()[:2]
+        self._sessions: dict[tuple[str, int], _Session] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
+        self._thread.start()
+
+    @property
+    def sessions(self) -> int:
+        """Open sessions (source addresses with a DTP connection)."""
+        with self._lock:
+            return len(self._sessions)
+
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+        while not self._closed.is_set():
+            try:
+                ready, _, _ = select.select([self._udp], [], [], 0.2)
+                if ready:
+                    flows: dict[tuple[str, int], list[bytes]] = {}
+                    for data, source in _drain_from(self._udp):
+                        flows.setdefault(source[:2], []).append(data)
+                    for source, batch in flows.items():
+                        self._forward(batch, source)
+            except OSError:
+                if self._closed.is_set():
+                    return
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+
+    def _session(self, source: tuple[str, int]) -> _Session | None:
+        with self._lock:
+            session = self._sessions.get(source)
+            if session is not None or len(self._sessions) >= self.max_sessions:
+                return session
+        try:
+            sock = self._connect()
+        except DTPError as exc:
+            logger.warning("UDP flow from %s: cannot reach the service: %s", source, exc)
+            return None
+        meter = self._meter_for(sock) if self._meter_for is not None else None
+        session = _Session(source, sock, meter)
+        with self._lock:
+            self._sessions[source] = session
+        self.stats.add(sessions_opened=1)
+        threading.Thread(
+            target=self._replies, args=(session,), name="dtp-udp-session", daemon=True
+        ).start()
+        if meter is not None:
+            threading.Thread(
+                target=session.read_control, name="dtp-udp-control", daemon=True
+            ).start()
+        return session
+
+    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
+        session = self._session(source)
+        if session is None:
+            self.stats.add(dropped_no_session=len(batch))
+            return
+        session.last = time.monotonic()
+        limit = session.sock.max_datagram_size
+        oversized = unpaid = 0
+        out: list[bytes] = []
+        try:
+            with session.lock:
+                for data in batch:
+                    if len(data) > limit:
+                        oversized += 1
+                    elif not session.affordable(len(data)):
+                        unpaid += 1
+                    else:
+                        out.append(data)
+                        session.sent_datagrams += 1
+                        session.sent_bytes += len(data)
+                if out:
+                    session.sock.send_datagrams(out)
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", source, exc)
+            self._end(session)
+            return
+        self.stats.add(
+            datagrams_out=len(out),
+            bytes_out=sum(map(len, out)),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+        )
+
+    def _replies(self, session: _Session) -> None:
+        sock = session.sock
+        while not session.closed:
+            try:
+                batch = sock.recv_datagrams(256, 0.5)
+            except TimeoutError:
+                continue
+            except DTPError:
+                break
+            session.last = time.monotonic()
+            nbytes = sum(map(len, batch))
+            with session.lock:
+                session.received_bytes += nbytes
+            delivered = 0
+            for data in batch:
+                with contextlib.suppress(OSError):
+                    self._udp.sendto(data, session.source)
+                    delivered += 1
+            self.stats.add(datagrams_in=delivered, bytes_in=nbytes)
+        self._end(session)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last >= self.idle_timeout]
+        for session in idle:
+            self._end(session)
+
+    def _end(self, session: _Session) -> None:
+        with self._lock:
+            if self._sessions.get(session.source) is not session:
+                return
+            del self._sessions[session.source]
+        session.closed = True
+        if session.meter is not None:
+            # the relay's final count, signed, before the connection goes
+            with contextlib.suppress(DTPError, OSError):
+                with session.lock:
+                    session.sock.sendall(_control(b"F"))
+                if not session.final.wait(self.final_timeout):
+                    logger.info("UDP flow from %s: no final report from the relay", session.source)
+        with contextlib.suppress(DTPError, OSError):
+            session.sock.close()
+        self.stats.add(sessions_closed=1)
+
+    def close(self) -> None:
+        """Stop forwarding; each session settles its final receipt and closes."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._thread.join(2)
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            self._end(session)
+        self._udp.close()
+
+    def __enter__(self) -> UdpForwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
+    """Every datagram waiting on a ready socket (at most ``limit``)."""
+    out = [udp.recv(MAX_UDP_PAYLOAD)]
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while len(out) < limit:
+            out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    return out
+
+
+def _drain_from(udp: _socket.socket, limit: int = 256) -> list[tuple[bytes, tuple[str, int]]]:
+    """Every datagram waiting on a ready socket, with its source (at most ``limit``)."""
+    out = [udp.recvfrom(MAX_UDP_PAYLOAD)]
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while len(out) < limit:
+            out.append(udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

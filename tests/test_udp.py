@@ -1,0 +1,304 @@
+"""UDP through DTP: real UDP sockets on 127.0.0.1 on both ends, a DTP connection per
+flow, loss tolerated, per-datagram metering exact."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError, LocalProtocolError
+from dtp.escrow import Meter, Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+
+SERVER = HostIdentity.from_private_bytes(b"\x51" * 32, b"\x51" * 32)
+CLIENT = HostIdentity.from_private_bytes(b"\x52" * 32, b"\x52" * 32)
+
+
+class DnsLikeBackend:
+    """Answers each query (2-byte ID + name) with the ID, the name and a 4-byte
+    'address' derived from it; counts what it saw."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()
+        self.received = 0
+        self.bytes = 0
+        self.answer = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.bytes += len(data)
+            if self.answer:
+                digest = sum(data) & 0xFFFFFFFF
+                self.sock.sendto(data + struct.pack(">I", digest), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[DnsLikeBackend]:
+    b = DnsLikeBackend()
+    yield b
+    b.close()
+
+
+def _serve(server: dtp.socket.DTPServer, handler: object) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _client() -> socket.socket:
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.bind(("127.0.0.1", 0))
+    c.settimeout(2.0)
+    return c
+
+
+def test_datagrams_on_the_socket_api() -> None:
+    """send_datagram / recv_datagram; oversized is a clear local error."""
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+
+        def echo(sock: dtp.socket.DTPSocket) -> None:
+            sock.settimeout(5)
+            with contextlib.suppress(DTPError):
+                while True:
+                    sock.send_datagram(sock.recv_datagram()[::-1])
+
+        _serve(server, echo)
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            for word in (b"abc", b"", b"x" * sock.max_datagram_size):
+                sock.send_datagram(word)
+                assert sock.recv_datagram() == word[::-1]
+            with pytest.raises(LocalProtocolError, match="exceeds"):
+                sock.send_datagram(b"y" * (sock.max_datagram_size + 1))
+            sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                sock.recv_datagram()
+            assert sock.datagrams_dropped == 0
+
+
+def test_dns_style_queries_through_the_tunnel(backend: DnsLikeBackend) -> None:
+    relay_stats = UdpStats()
+    handler = functools.partial(relay_udp, backend=backend.address, stats=relay_stats)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        _serve(server, handler)
+        connect = functools.partial(
+            dtp.socket.create_connection,
+            server.address,
+            server_key=SERVER.noise_public,
+            timeout=5,
+        )
+        with UdpForwarder(("127.0.0.1", 0), connect) as fwd:
+            clients = [_client() for _ in range(3)]
+            answers = 0
+            for i in range(150):
+                client = clients[i % 3]
+                query = struct.pack(">H", i) + f"host{i}.example".encode()
+                client.sendto(query, fwd.address)
+                try:
+                    reply, _ = client.recvfrom(65535)
+                except TimeoutError:
+                    continue  # UDP may lose; the test tolerates it
+                assert reply[:-4] == query
+                assert struct.unpack(">I", reply[-4:])[0] == sum(query) & 0xFFFFFFFF
+                answers += 1
+            assert answers >= 140
+            assert fwd.sessions == 3  # one DTP connection per source address
+            for c in clients:
+                c.close()
+        stats = fwd.stats.snapshot()
+        assert stats["sessions_opened"] == stats["sessions_closed"] == 3
+        assert stats["datagrams_in"] == answers
+    # the relay delivered each query it got to the backend, and the backend saw them
+    deadline = time.monotonic() + 5
+    while relay_stats.datagrams_in < stats["datagrams_out"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert relay_stats.datagrams_in == stats["datagrams_out"]
+    assert backend.received == relay_stats.datagrams_in
+
+
+def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
+    """A one-way bulk UDP stream through a paid host-ID service: the relay's count, the
+    client's meter and the claimed receipt agree exactly; loss is tolerated; MIST is
+    conserved."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    sla = Sla(price_per_kib=2, price_per_request=1, min_deposit=1000)
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, 53, "udp", sla)
+    ledger.faucet(CLIENT.sui_address, 1_000_000)
+    sink = DnsLikeBackend()
+    sink.answer = False
+    billings: list[UdpBilling] = []
+    kept: dict[str, Receipt] = {}
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        assert sock.peer_connection_id is not None
+        billing = UdpBilling.from_ledger(
+            ledger, sock.peer_connection_id, on_receipt=lambda r: kept.update({r.connection_id: r})
+        )
+        billings.append(billing)
+        relay_udp(sock, sink.address, billing=billing, idle_timeout=10)
+
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER, ledger=ledger, host_id=host, port=53
+    )
+    ledger.set_endpoints(SERVER, host, [f"tcp://127.0.0.1:{server.address[1]}"])
+    _serve(server, handler)
+    meters: list[Meter] = []
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+        assert sock.connection_id is not None
+        meter = Meter(CLIENT, sock.connection_id, sla, 50_000, every_requests=16)
+        meters.append(meter)
+        return meter
+
+    connect = functools.partial(
+        dtp.socket.create_connection,
+        f"dtp://{host}:53",
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=50_000,
+        timeout=5,
+    )
+    sent = 2000
+    try:
+        with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
+            client = _client()
+            payload = bytes(range(256)) * 2
+            for i in range(sent):
+                client.sendto(struct.pack(">I", i) + payload[4:], fwd.address)
+                if i % 64 == 63:
+                    time.sleep(0.002)  # a paced stream, as real senders are
+            client.close()
+            deadline = time.monotonic() + 10
+            while fwd.stats.datagrams_out + fwd.stats.dropped_unpaid < sent and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.01)
+            forwarded = fwd.stats.datagrams_out
+        # closing settled the relay's final count; wait for its receipt to arrive
+        (meter,) = meters
+        (billing,) = billings
+        deadline = time.monotonic() + 10
+        while billing.latest != meter.latest and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # loopback UDP and DTP datagrams may drop a few under load: tolerated, not billed
+        assert sent * 0.9 <= billing.datagrams <= forwarded <= sent
+        assert meter.total_requests == billing.datagrams
+        assert meter.total_bytes == billing.datagrams * 512 == billing.bytes
+        assert billing.latest is not None and billing.latest == meter.latest
+        assert billing.latest.total_amount == fee(sla, billing.bytes, billing.datagrams)
+        assert billing.refused_receipts == 0
+        deadline = time.monotonic() + 1  # the sink's own socket may drop: tolerated
+        while sink.received < billing.datagrams and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sink.received <= billing.datagrams
+        escrow = ledger.get_connection(billing.connection_id).escrow
+        paid = ledger.claim(SERVER, escrow, kept[billing.connection_id])
+        assert paid == fee(sla, billing.bytes, billing.datagrams)
+    finally:
+        server.close()
+        sink.close()
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_unpaid_datagrams_are_dropped_and_counted(backend: DnsLikeBackend) -> None:
+    """A client that sends no receipts gets credit_datagrams through, then drops."""
+    connection_id = "0x" + "ab" * 32
+    billing = UdpBilling(
+        connection_id, Sla(0, 1, 0), CLIENT.ed25519_public, 100, credit_datagrams=5
+    )
+    relay_stats = UdpStats()
+    handler = functools.partial(
+        relay_udp, backend=backend.address, billing=billing, stats=relay_stats
+    )
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        _serve(server, handler)
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            for i in range(12):
+                sock.send_datagram(bytes([i]))
+            sock.settimeout(2)
+            replies = [sock.recv_datagram() for _ in range(5)]
+            assert sorted(r[0] for r in replies) == [0, 1, 2, 3, 4]
+            deadline = time.monotonic() + 5
+            while relay_stats.dropped_unpaid < 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert relay_stats.dropped_unpaid == 7 and billing.datagrams == 5
+            # a receipt covering 10 datagrams opens the way for 5 more (credit 5 + paid 10)
+            meter = Meter(CLIENT, connection_id, Sla(0, 1, 0), 100, every_requests=0)
+            meter.record(0, requests=10)
+            receipt = meter.flush(0)
+            assert receipt is not None
+            assert billing.receipt(receipt.encode())
+            assert not billing.receipt(receipt.encode())  # replayed: refused
+            assert billing.refused_receipts == 1
+            for i in range(12, 22):
+                sock.send_datagram(bytes([i]))
+            got = {sock.recv_datagram()[0] for _ in range(10)}
+            assert got == set(range(12, 22))
+
+
+def test_forwarder_limits_and_idle_sessions(backend: DnsLikeBackend) -> None:
+    handler = functools.partial(relay_udp, backend=backend.address, idle_timeout=5)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        _serve(server, handler)
+        connect = functools.partial(
+            dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
+        )
+        with UdpForwarder(("127.0.0.1", 0), connect, idle_timeout=0.5, max_sessions=1) as fwd:
+            a, b = _client(), _client()
+            a.sendto(b"\x00\x01first", fwd.address)
+            assert a.recvfrom(65535)[0].startswith(b"\x00\x01first")
+            b.sendto(b"\x00\x02second", fwd.address)  # over the session limit: dropped
+            deadline = time.monotonic() + 5
+            while fwd.stats.dropped_no_session < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fwd.stats.dropped_no_session == 1
+            # oversized for a DTP datagram: dropped before it is sent or metered
+            a.sendto(b"z" * 20_000, fwd.address)
+            deadline = time.monotonic() + 5
+            while fwd.stats.dropped_oversized < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fwd.stats.dropped_oversized == 1
+            # the idle session is closed, freeing the slot for b
+            deadline = time.monotonic() + 5
+            while fwd.sessions and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert fwd.sessions == 0
+            b.sendto(b"\x00\x03again", fwd.address)
+            assert b.recvfrom(65535)[0].startswith(b"\x00\x03again")
+            a.close()
+            b.close()
