@@ -207,17 +207,21 @@ class ReceiptGate:
         self.latest: Receipt | None = None
         self.latest_nonce = latest_nonce
         self.latest_amount = claimed
+        self._checked_nonce = latest_nonce
+        self._checked_amount = claimed
         self.violation: str | None = None
         """Set when the client sent an unacceptable receipt: the connection must close."""
         self._paused_since: int | None = None
 
-    def receive(self, data: bytes) -> Receipt:
-        """Check an encoded receipt and keep it (durably first, when there is a store).
+    def check(self, data: bytes) -> Receipt:
+        """Validate an encoded receipt without counting it yet; the caller stores it
+        durably and then calls :meth:`kept` (which is when it starts to count).
 
         Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
         malformed, replayed, badly signed, priced wrong, beyond the deposit or lower than
         an earlier one; :class:`dtp.errors.SpendingCapExceeded` (not a violation: it is
-        just not counted) when it is above ``spend_limit``.
+        just not counted) when it is above ``spend_limit``. Replays and regressions are
+        judged against the newest receipt checked, kept or not.
         """
         try:
             receipt = Receipt.decode(data)
@@ -228,7 +232,7 @@ class ReceiptGate:
                 public_key=self.client_public_key,
                 deposited=self.deposited,
                 claimed=self.claimed,
-                latest_nonce=self.latest_nonce,
+                latest_nonce=self._checked_nonce,
             )
             if self.spend_limit is not None and receipt.total_amount > self.spend_limit:
                 # valid, but the client's cap would refuse its claim this epoch, and a
@@ -239,24 +243,34 @@ class ReceiptGate:
                     f"receipt for {receipt.total_amount} MIST, the cap lets "
                     f"{self.spend_limit} be claimed",
                 )
-            if receipt.total_amount < self.latest_amount:
+            if receipt.total_amount < self._checked_amount:
                 raise move_error(
                     "escrow",
                     "EReceiptNotCumulative",
-                    f"{receipt.total_amount} MIST after a receipt for {self.latest_amount}",
-                )
-            # durable before it counts: once service resumes on this receipt, a crash
-            # must not lose the fee it earns
-            if self.store is not None and not self.store.keep(receipt):
-                raise move_error(
-                    "escrow", "EReplayedReceipt", f"nonce {receipt.nonce} already stored"
+                    f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
         except InvalidReceipt as exc:
             self.violation = f"invalid receipt: {exc}"
             raise
-        self.latest = receipt
-        self.latest_nonce = receipt.nonce
-        self.latest_amount = receipt.total_amount
+        self._checked_nonce = receipt.nonce
+        self._checked_amount = receipt.total_amount
+        return receipt
+
+    def kept(self, receipt: Receipt) -> None:
+        """``receipt`` (from :meth:`check`) is stored durably: from now on it counts."""
+        if receipt.nonce > self.latest_nonce:
+            self.latest = receipt
+            self.latest_nonce = receipt.nonce
+            self.latest_amount = receipt.total_amount
+
+    def receive(self, data: bytes) -> Receipt:
+        """:meth:`check`, keep in ``store`` (when there is one), :meth:`kept`: durable
+        before it counts, so once service resumes on a receipt, a crash cannot lose the
+        fee it earns."""
+        receipt = self.check(data)
+        if self.store is not None and not self.store.keep(receipt):
+            raise move_error("escrow", "EReplayedReceipt", f"nonce {receipt.nonce} already stored")
+        self.kept(receipt)
         return receipt
 
     def payable(self) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -45,6 +44,7 @@ from dtp.errors import (
     PaymentRequired,
     move_error,
 )
+from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_PAYMENT_REQUIRED,
@@ -56,6 +56,7 @@ from dtp.metering import (
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import (
     claim_and_settle,
     collect_refund,
@@ -100,7 +101,7 @@ class ServicePolicy:
 
 
 def gate_for(
-    ledger: Ledger, connection_id: str, policy: ServicePolicy, store: ReceiptStore | None
+    ledger: Ledger, connection_id: str, policy: ServicePolicy, store: ReceiptStore | None = None
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
     escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
@@ -136,8 +137,10 @@ class _PaidConnection:
         buckets: ClientBuckets,
         limit_lock: threading.Lock,
         policy: ServicePolicy,
+        writer: ReceiptWriter,
     ) -> None:
         self.sock = sock
+        self.receipt_writer = writer
         # the engine is the connection's I/O driver; the paid layer waits on it while
         # paused, as the socket's own calls do
         self.engine = sock._engine
@@ -150,22 +153,20 @@ class _PaidConnection:
         self.receipts = 0
 
     def on_receipt(self, data: bytes) -> None:
-        """A RECEIPT frame from the client (engine lock held)."""
+        """A RECEIPT frame from the client (engine lock held): check it here, store it
+        in the writer thread, count it once stored."""
         try:
-            receipt = self.gate.receive(data)
+            receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
             return
-        except sqlite3.Error as exc:  # not kept durably, so not counted: service pauses
-            logger.error("connection %s: cannot store a receipt: %s", self.connection_id, exc)
-            return
+        self.receipt_writer.submit(receipt, self._kept)
+
+    def _kept(self, receipt: Receipt) -> None:
+        """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
+        self.gate.kept(receipt)
         self.receipts += 1
-        logger.debug(
-            "connection %s: receipt %d for %d MIST",
-            self.connection_id,
-            receipt.nonce,
-            receipt.total_amount,
-        )
+        self.engine._wake()
 
     def verdict(self) -> GateVerdict:
         total_bytes, total_requests = self.engine.conn.usage
@@ -323,6 +324,7 @@ class PaidServer:
         if port not in host.services:
             raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
         self.recovered = recover_unclaimed(ledger, identity, self.store)
+        self.receipt_writer = ReceiptWriter(self.store)
         """(connection ID, settlement) of what a previous run left unclaimed."""
         self.server = create_server(
             address,
@@ -367,14 +369,16 @@ class PaidServer:
             sock.abort("no ledger connection")
             return
         try:
-            gate = gate_for(self.ledger, cid, self.policy, self.store)
+            gate = gate_for(self.ledger, cid, self.policy)
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
             return
         with self._limit_lock:
             buckets = self.limiter.acquire(client, time.monotonic())
-        paid = _PaidConnection(sock, gate, buckets, self._limit_lock, self.policy)
+        paid = _PaidConnection(
+            sock, gate, buckets, self._limit_lock, self.policy, self.receipt_writer
+        )
         engine = paid.engine
         with engine.lock:
             engine.session.on_receipt = paid.on_receipt
@@ -397,6 +401,7 @@ class PaidServer:
                 self._live.pop(id(paid), None)
             with self._limit_lock:
                 self.limiter.release(client)
+            self.receipt_writer.flush(cid)  # its last receipt is on disk before we claim it
             self._settle(cid)
 
     def _settle(self, cid: str) -> None:

@@ -3,9 +3,8 @@
 
 The callback gets a :class:`PaidReader` / :class:`PaidWriter` pair: reads and
 ``drain()`` wait for payment and for the rate limits first (no flow-control credit goes
-back meanwhile, so the client's writes block). Ledger calls run in worker threads; the
-receipt store is written on the event loop (one small synchronous SQLite write per
-receipt, at the client's cadence).
+back meanwhile, so the client's writes block). Ledger calls and receipt-store writes
+run in threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, DTPError, PaymentRequired, move_error
+from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_PAYMENT_REQUIRED,
@@ -34,6 +33,7 @@ from dtp.metering import (
 from dtp.paid import ServicePolicy, gate_for
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import claim_and_settle, publish_endpoint, recover_unclaimed
 
 if TYPE_CHECKING:
@@ -54,9 +54,15 @@ class _PaidConnection:
     """The server's state of one paid connection (shared by its streams)."""
 
     def __init__(
-        self, proto: _Protocol, gate: ReceiptGate, buckets: ClientBuckets, policy: ServicePolicy
+        self,
+        proto: _Protocol,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        policy: ServicePolicy,
+        writer: ReceiptWriter,
     ) -> None:
         self.proto = proto
+        self.receipt_writer = writer
         self.conn = proto.conn
         self.client = proto.conn.peer_address or ""
         cid = proto.conn.peer_connection_id
@@ -66,12 +72,23 @@ class _PaidConnection:
         self.policy = policy
 
     def on_receipt(self, data: bytes) -> None:
+        """A RECEIPT frame: checked here, stored by the writer thread (never on the event
+        loop), counted once stored."""
         try:
-            self.gate.receive(data)
+            receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
-        except sqlite3.Error as exc:  # not kept durably, so not counted: service pauses
-            logger.error("connection %s: cannot store a receipt: %s", self.connection_id, exc)
+            return
+        self.receipt_writer.submit(receipt, self._stored)
+
+    def _stored(self, receipt: Receipt) -> None:
+        """In the writer thread: hand the stored receipt to the event loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to resume
+            self.proto.loop.call_soon_threadsafe(self._kept, receipt)
+
+    def _kept(self, receipt: Receipt) -> None:
+        self.gate.kept(receipt)
+        self.proto._notify()  # a paused reader or drain() looks again
 
     def verdict(self) -> GateVerdict:
         total_bytes, total_requests = self.conn.usage
@@ -217,6 +234,7 @@ class PaidAioServer:
         self.port = port
         self.callback = callback
         self.store = store
+        self.receipt_writer = ReceiptWriter(store)
         self.policy = policy
         self.server: DTPServer | None = None
         self.host_policy: HostPolicy | None = None
@@ -278,13 +296,17 @@ class PaidAioServer:
             return
         cid = "0x" + raw_cid.hex()
         try:
-            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy, self.store)
+            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             writer.abort("the server cannot read the connection on the ledger")
             return
         paid = _PaidConnection(
-            proto, gate, self.limiter.acquire(client, time.monotonic()), self.policy
+            proto,
+            gate,
+            self.limiter.acquire(client, time.monotonic()),
+            self.policy,
+            self.receipt_writer,
         )
         proto.session.on_receipt = paid.on_receipt
         while proto.session.receipts:
@@ -306,6 +328,8 @@ class PaidAioServer:
                 writer.close()
                 with contextlib.suppress(DTPError):
                     await writer.wait_closed()
+            # its last receipt is on disk before we claim it
+            await asyncio.to_thread(self.receipt_writer.flush, cid)
             try:
                 settlement = await asyncio.to_thread(
                     claim_and_settle, self.ledger, self.identity, cid, self.store

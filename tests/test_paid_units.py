@@ -263,3 +263,38 @@ def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
     assert [(c, s.claimed, s.refunded) for c, s in done] == [(cid, 1500, 3500)]
     assert list(store.unclaimed()) == []
     assert conserved(ledger)
+
+
+def test_gate_counts_a_receipt_only_once_kept_and_refuses_replays_meanwhile() -> None:
+    g = gate()
+    first = g.check(receipt(300 * 1024, 1, 1))
+    assert g.owed(300 * 1024, 1) == 3005  # checked, not yet on disk: not counted
+    with pytest.raises(ReplayedReceipt):
+        g.check(receipt(300 * 1024, 1, 1))
+    g.kept(first)
+    assert g.owed(300 * 1024, 1) == 0 and g.latest == first
+
+
+def test_receipt_writer_stores_the_newest_and_reports_it(tmp_path: Path) -> None:
+    import threading
+
+    from dtp.receipt_writer import ReceiptWriter
+
+    store = ReceiptStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def record(r: Receipt) -> None:
+        with lock:
+            done.append(r.nonce)
+
+    for nonce in range(1, 21):
+        writer.submit(Receipt.decode(receipt(1024 * nonce, 1, nonce)), record)
+    assert writer.flush(CID, timeout=10)
+    stored = store.latest(CID)
+    assert stored is not None and stored.receipt.nonce == 20
+    assert done[-1] == 20 and done == sorted(done)  # older ones may be skipped, never reordered
+    writer.close()
+    with pytest.raises(RuntimeError):
+        writer.submit(stored.receipt, record)
