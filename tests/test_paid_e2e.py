@@ -304,11 +304,14 @@ def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
 # -- the server crashes ------------------------------------------------------------------------
 
 
-def test_server_killed_mid_stream_keeps_its_fees_and_client_is_refunded(world: World) -> None:
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_server_killed_mid_stream_keeps_its_fees_and_client_is_refunded(
+    world: World, api: str
+) -> None:
     client = ident(0x66)
     fund(world, client)
     deposit = 50_000
-    with paid_server(world) as (proc, _):
+    with paid_server(world, api=api) as (proc, _):
         sock = dtp.socket.create_connection(
             world.address,
             timeout=15,
@@ -341,7 +344,7 @@ def test_server_killed_mid_stream_keeps_its_fees_and_client_is_refunded(world: W
     assert early.value.name == "ETimeoutNotReached"
     assert world.conserved()
     world.ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
-    with paid_server(world) as (_, info):  # the restart claims what the store holds
+    with paid_server(world, api=api) as (_, info):  # the restart claims what the store holds
         assert info["recovered"] == 1
         world.wait_settled(cid)
     earned = stored.receipt.total_amount
