@@ -246,9 +246,7 @@ class Runner:
                 "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
             ),
             "sponsor_fund": lambda: ledger.fund_sponsor_pool(by, m["pool"], step["amount"]),
-            "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(
-                by, m["pool"], step["amount"]
-            ),
+            "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(by, m["pool"], step["amount"]),
             "open_sponsored": lambda: opened(
                 ledger.open_sponsored_connection(
                     by, m["pool"], self.caps[step["by"]], step["deposit"]
