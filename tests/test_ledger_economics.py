@@ -280,6 +280,47 @@ def test_ledgers_without_payment_models_say_so() -> None:
     assert issubclass(Ledger, PaymentModels)
 
 
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_publishes_and_buys_payment_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_chain_cli import Cli
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
+    cli = Cli(tmp_path, capsys)
+    address = cli.json("keys", "new")["sui_address"]
+    cli.json("localnet", "faucet", "--amount", "10000")
+    host = cli.json("host", "create")["host"]
+    cli("service", "add", host, "7", "--price-per-kib", "10", "--min-deposit", "1000")
+    offer = cli.json("service", "subscription", host, "7", "--price-per-epoch", "100")["offer"]
+    assert (offer["provider"], offer["price_per_epoch"], offer["period_epochs"]) == (
+        address,
+        100,
+        1,
+    )
+    pool = cli.json("service", "sponsor", host, "7", "--share-bps", "2500", "--fund", "500")
+    assert (pool["pool"]["share_bps"], pool["pool"]["funds"]) == (2500, 500)
+    terms = cli.json(
+        "service", "retention", host, "7", "--retention-ms", "60000",
+        "--storage-price-per-byte", "2",
+    )["terms"]  # fmt: skip
+    assert terms["retention_ms"] == 60000
+    sub = cli.json("subscription", "buy", offer["id"], "--epochs", "2")["subscription"]
+    assert (sub["holder"], sub["expires_epoch"], sub["funds"]) == (address, 2, 200)
+    renewed = cli.json("subscription", "renew", sub["id"], "--epochs", "1")["subscription"]
+    assert renewed["expires_epoch"] == 3
+    assert cli.json("subscription", "show", sub["id"])["live"] is True
+    refused = cli("subscription", "buy", offer["id"], "--epochs", "0", code=1)
+    assert refused.startswith("dtp: Epochs must be a positive multiple of the offer's period")
+    ledger = LocalLedger(cli.ledger)
+    assert ledger.balance(address) == 10_000 - 500 - 300
+    assert conserved(ledger)
+    ledger.close()
+
+
 # -- SuiLedger builders: golden bytes ------------------------------------------------------------
 
 HOST = SharedRef("0x" + "a1" * 32, 11)
