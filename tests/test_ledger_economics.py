@@ -10,6 +10,7 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -549,6 +550,46 @@ def _proto_event(module: str, name: str, raw: bytes) -> Any:
         contents=sui_prot.Bcs(name=name, value=raw),
         transaction_digest="Digest111",
     )
+
+
+# -- SuiLedger without a node, and on a live one ---------------------------------------------------
+
+
+def test_sui_ledger_payment_models_need_a_node() -> None:
+    from dtp.chain.sui import SuiConfig, SuiLedger
+    from dtp.chain.sui_client import LedgerUnavailable
+    from dtp.errors import InvalidArgument
+    from tests.test_ledger_sui import _closed_port
+
+    ledger = SuiLedger(SuiConfig(f"http://127.0.0.1:{_closed_port()}", PACKAGE, timeout=5))
+    with pytest.raises(LedgerUnavailable):
+        ledger.get_subscription("0x" + "b2" * 32)
+    with pytest.raises(LedgerUnavailable):
+        ledger.create_ticket_sale(SENDER, "show", 1, 1, 0, 10)
+    with pytest.raises(InvalidArgument):  # refused before any network access
+        ledger.fund_sponsor_pool(SENDER, "0x" + "b3" * 32, -1)
+    ledger.close()
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("DTP_SUI_RPC") and os.environ.get("DTP_SUI_PACKAGE")),
+    reason="DTP_SUI_RPC and DTP_SUI_PACKAGE (and a funded DTP_SUI_KEY) are not set",
+)
+def test_live_ticket_sale_cancel_refund() -> None:
+    from dtp.chain.sui import SuiLedger
+
+    sui = SuiLedger.from_env()
+    organizer = sui.default_signer
+    assert organizer is not None
+    sale = sui.create_ticket_sale(organizer, "live", 1_000, 2, 0, sui.clock_ms() + 600_000)
+    sui.buy_tickets(organizer, sale, 1)
+    assert sui.get_ticket_sale(sale).holders == {organizer.sui_address: 1}
+    with pytest.raises(PaymentModelError):
+        sui.go_on_air(organizer, sale)  # EThresholdNotMet: 1 of 2 sold
+    sui.cancel_ticket_sale(organizer, sale)
+    assert sui.refund_tickets(organizer, sale) == 1_000
+    assert sui.get_ticket_sale(sale).sold == 0
+    sui.close()
 
 
 def regenerate() -> None:
