@@ -17,8 +17,6 @@ from dtp.errors import move_error
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
-U64_MAX: Final = 2**64 - 1
-
 #: Move types of the payment-model objects, by struct name.
 OBJECT_TYPES: Final = {
     "SubscriptionOffer": "dtp::subscription::SubscriptionOffer",
@@ -28,19 +26,6 @@ OBJECT_TYPES: Final = {
     "RetentionTerms": "dtp::retention::RetentionTerms",
     "RetainedRecord": "dtp::retention::RetainedRecord",
 }
-
-
-def _mul_u64(a: int, b: int) -> int:
-    product = a * b
-    if product > U64_MAX:
-        from dtp.errors import ChainError
-
-        raise ChainError(
-            "Arithmetic overflow: a u64 product exceeds 2**64-1.",
-            name="ArithmeticError",
-            module="sui",
-        )
-    return product
 
 
 def _coin_exists(x: Exec, amount: int) -> None:
@@ -190,6 +175,8 @@ def subscription_claim(x: Exec, sub_id: str, offer_id: str) -> int:
 
 
 def subscription_renew(x: Exec, sub_id: str, offer_id: str, epochs: int, paid: int) -> int:
+    x.load(sub_id, "Subscription")
+    x.load(offer_id, "SubscriptionOffer")
     x.take_coin(paid)
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
     if offer["withdrawn"]:
@@ -260,9 +247,13 @@ def subscription_refund(x: Exec, sub_id: str, offer_id: str) -> int:
 def subscription_open(
     x: Exec, sub_id: str, offer_id: str, host_id: str, cap_id: str, key: bytes, amount: int
 ) -> str:
+    # Every input object is checked before the coin is split and the call runs.
+    x.load(sub_id, "Subscription")
+    x.load(offer_id, "SubscriptionOffer")
+    x.load(host_id, "Host")
+    x.load(cap_id, "SpendingCap")
     _coin_exists(x, amount)
     sub, offer = _sub_and_offer(x, sub_id, offer_id, "holder")
-    x.load(host_id, "Host")
     if host_id != offer["host"]:
         raise move_error("subscription", "EWrongHost", f"offer {offer_id} is for {offer['host']}")
     if offer["withdrawn"]:
@@ -358,6 +349,7 @@ def sponsor_withdraw(x: Exec, pool_id: str, amount: int) -> None:
 def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, amount: int) -> str:
     pool = x.load(pool_id, "SponsorPool")
     x.load(host_id, "Host")
+    x.load(cap_id, "SpendingCap")
     _coin_exists(x, amount)
     if host_id != pool["host"]:
         raise move_error("sponsor", "EWrongHost", f"pool {pool_id} is for host {pool['host']}")
