@@ -42,7 +42,7 @@ from dtp.errors import (
     SubscriptionExpired,
     WrongObject,
 )
-from dtp.escrow import Receipt
+from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from tests.test_ledger_sui import CTX, PACKAGE, SENDER
 
@@ -160,8 +160,16 @@ def test_subscribed_connection_is_unmetered_and_claims_zero(world: World) -> Non
         InsufficientFunds, "EInsufficientDeposit", ledger.open_connection, CLIENT, world.host, 7,
         world.cap, 0,
     )  # fmt: skip
-    receipt = Receipt(opened.connection_id, 10**9, 10**6, 0, 1).sign(CLIENT)
+    # The in-band meter, fed the connection's SLA as the socket layer reads it, signs
+    # receipts for 0 MIST that the server can claim.
+    deposited = ledger.get_escrow(opened.escrow_id).deposited
+    meter = Meter(CLIENT, opened.connection_id, tc.sla, deposited)
+    metered = meter.record(now_ms=0, nbytes=50 << 20) or meter.flush(0)
+    assert metered is not None and metered.total_amount == 0
+    assert ledger.claim(SERVER, opened.escrow_id, metered) == 0
+    receipt = Receipt(opened.connection_id, 10**9, 10**6, 0, metered.nonce + 1).sign(CLIENT)
     assert ledger.claim(SERVER, opened.escrow_id, receipt) == 0
+    assert ledger.get_escrow(opened.escrow_id).claimed == 0
     assert conserved(ledger)
 
 
