@@ -289,6 +289,47 @@ def test_ledgers_without_payment_models_say_so() -> None:
     assert issubclass(Ledger, PaymentModels)
 
 
+# -- two processes racing for the last tickets on one file --------------------------------------
+
+TICKETS = 60
+
+
+def _buy_until_sold_out(path: str, seed: int, sale: str) -> None:
+    ledger = LocalLedger(path)
+    me = ident(seed)
+    try:
+        while True:
+            ledger.buy_tickets(me, sale, 1)
+    except PaymentModelError as exc:
+        assert exc.name == "ESoldOut", exc
+    ledger.close()
+
+
+def test_two_processes_never_oversell(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = str(tmp_path / "tickets.sqlite")
+    setup = LocalLedger(path, clock_ms=0)
+    buyers = (0x61, 0x62)
+    for seed in buyers:
+        setup.faucet(ident(seed).sui_address, 10 * TICKETS)
+    sale = setup.create_ticket_sale(SERVER, "race", 10, TICKETS, TICKETS, 10_000)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_buy_until_sold_out, args=(path, s, sale)) for s in buyers]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    state = setup.get_ticket_sale(sale)
+    assert state.sold == TICKETS == sum(state.holders.values())
+    spent = {s: 10 * TICKETS - setup.balance(ident(s).sui_address) for s in buyers}
+    assert {s: 10 * state.holders.get(ident(s).sui_address, 0) for s in buyers} == spent
+    assert setup.go_on_air(SERVER, sale) == 10 * TICKETS
+    assert conserved(setup)
+    setup.close()
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 
