@@ -235,6 +235,10 @@ ALL["pubsub_fanout"] = pubsub_fanout
 from bench.udp_rows import udp_tunnel_pps  # noqa: E402
 
 ALL["udp_tunnel_pps"] = udp_tunnel_pps
+
+from bench.economics_rows import sponsored_cycle, subscribed_open_close  # noqa: E402
+
+ALL.update(subscribed_open_close=subscribed_open_close, sponsored_cycle=sponsored_cycle)
 from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 
 ALL.update(HOSTID_ROWS)

@@ -353,6 +353,23 @@ class BroadcastNotAuthorized(BroadcastError, NotAuthorized):
     """Only the broadcaster can do this."""
 
 
+class PaymentModelError(ChainError):
+    """A subscription, sponsor pool, ticket sale or retained record refuses the operation
+    in its current state (docs/escrow.md §13-16)."""
+
+
+class SubscriptionExpired(PaymentModelError):
+    """The subscription does not cover the current epoch."""
+
+
+class SponsorUnfunded(PaymentModelError, InsufficientFunds):
+    """The sponsor pool has too little unpledged money."""
+
+
+class AlreadyRefunded(PaymentModelError):
+    """The refund or reimbursement was already paid."""
+
+
 class MoveErrorInfo:
     """One row of :data:`MOVE_ERRORS`: a Move error constant and the class it raises."""
 
@@ -647,6 +664,58 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         InvalidArgument,
         "Response exceeds the per-message limit",
     ),
+    # -- payment models (docs/escrow.md §13-16) --
+    ("subscription", "ENotProvider", 185, NotAuthorized, "Only the offer's provider can do this"),
+    ("subscription", "ENotHolder", 186, NotAuthorized, "Only the holder can do this"),
+    ("subscription", "EInvalidTerms", 187, InvalidArgument, "Price and period must be positive"),
+    (
+        "subscription",
+        "EInvalidEpochs",
+        188,
+        InvalidArgument,
+        "Epochs must be a positive multiple of the offer's period",
+    ),
+    (
+        "subscription",
+        "EWrongPayment",
+        189,
+        InvalidArgument,
+        "Payment must be the epochs times the price per epoch",
+    ),
+    ("subscription", "EOfferWithdrawn", 190, PaymentModelError, "The offer is withdrawn"),
+    ("subscription", "ESubscriptionExpired", 191, SubscriptionExpired, "Subscription not live"),
+    ("subscription", "EWrongOffer", 192, WrongObject, "Not this subscription's offer"),
+    ("subscription", "EWrongHost", 193, WrongObject, "Not the offer's host"),
+    ("subscription", "ENotWithdrawn", 194, PaymentModelError, "The offer is not withdrawn"),
+    ("subscription", "EAlreadyRefunded", 195, AlreadyRefunded, "Subscription already refunded"),
+    ("sponsor", "ENotProvider", 200, NotAuthorized, "Only the pool's provider can do this"),
+    ("sponsor", "EInvalidShare", 201, InvalidArgument, "Share must be 1 to 10000 basis points"),
+    ("sponsor", "ESponsorUnfunded", 202, SponsorUnfunded, "Too little unpledged money in the pool"),
+    ("sponsor", "EWrongHost", 203, WrongObject, "Not the pool's host"),
+    ("sponsor", "ENotSettled", 204, ConnectionStateError, "The connection is not settled yet"),
+    ("sponsor", "EAlreadyReimbursed", 205, AlreadyRefunded, "Connection already reimbursed"),
+    ("sponsor", "ENotSponsored", 206, WrongObject, "Connection not opened through this pool"),
+    ("sponsor", "EZeroAmount", 207, InvalidArgument, "Amount must be positive"),
+    ("sponsor", "EWrongEscrow", 208, WrongObject, "Not this connection's escrow"),
+    ("tickets", "ENotOrganizer", 210, NotAuthorized, "Only the organizer can do this"),
+    ("tickets", "EInvalidTerms", 211, InvalidArgument, "Invalid ticket sale terms"),
+    ("tickets", "EWrongPayment", 212, InvalidArgument, "Payment must be tickets times the price"),
+    ("tickets", "ESoldOut", 213, PaymentModelError, "Not that many tickets are left"),
+    ("tickets", "ESaleClosed", 214, PaymentModelError, "The sale's deadline has passed"),
+    ("tickets", "EThresholdNotMet", 215, PaymentModelError, "Fewer tickets sold than needed"),
+    ("tickets", "EAlreadyOnAir", 216, PaymentModelError, "The event is already on air"),
+    ("tickets", "ERefundNotOpen", 217, PaymentModelError, "Refunds are not open"),
+    ("tickets", "ENoTickets", 218, AlreadyRefunded, "Sender holds no tickets to refund"),
+    ("tickets", "ECancelled", 219, PaymentModelError, "The sale is cancelled"),
+    ("retention", "ENotProvider", 220, NotAuthorized, "Only the host's authority can do this"),
+    ("retention", "EWrongConnection", 221, WrongObject, "Pipe of another connection"),
+    ("retention", "EWrongTerms", 222, WrongObject, "Terms of another service"),
+    ("retention", "EWrongDeposit", 223, InvalidArgument, "Deposit must be bytes times the price"),
+    ("retention", "ENotReceiver", 224, NotAuthorized, "Only the receiver can confirm"),
+    ("retention", "EAlreadyConsumed", 225, PaymentModelError, "Consumption already confirmed"),
+    ("retention", "ENotSender", 226, NotAuthorized, "Only the sender can delete the record"),
+    ("retention", "ENotConsumed", 227, PaymentModelError, "Consumption not confirmed yet"),
+    ("retention", "ERetentionNotElapsed", 228, PaymentModelError, "Retention time not elapsed"),
 )
 
 #: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per

@@ -17,7 +17,7 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, Sla
-from dtp.errors import ChainError
+from dtp.errors import ChainError, ObjectNotFound
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 
@@ -56,6 +56,29 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "broadcast_claim": ["BroadcastClaimed"],
     "broadcast_cancel": ["BroadcastCancelled"],
     "broadcast_withdraw": ["ContributionRefunded"],
+    # payment models (docs/escrow.md §13-16)
+    "offer_create": ["SubscriptionOfferCreated"],
+    "subscribe": ["Subscribed"],
+    "renew": ["SubscriptionRenewed"],
+    "subscription_claim": ["SubscriptionClaimed"],
+    "offer_withdraw": ["SubscriptionOfferWithdrawn"],
+    "subscription_refund": ["SubscriptionRefunded"],
+    "open_subscribed": ["ConnectionOpened", "SubscribedConnectionOpened"],
+    "sponsor_create": ["SponsorPoolCreated"],
+    "sponsor_fund": ["SponsorPoolFunded"],
+    "sponsor_withdraw": ["SponsorPoolWithdrawn"],
+    "open_sponsored": ["ConnectionOpened", "SponsoredConnectionOpened"],
+    "reimburse": ["SponsorReimbursed"],
+    "ticket_sale_create": ["TicketSaleCreated"],
+    "buy_tickets": ["TicketsBought"],
+    "go_on_air": ["TicketedEventOnAir"],
+    "ticket_sale_cancel": ["TicketSaleCancelled"],
+    "refund_tickets": ["TicketsRefunded"],
+    "retention_terms": ["RetentionTermsCreated"],
+    "create_pipe": ["PipeCreated"],
+    "send_retained": ["PipeDataSent", "RecordRetained"],
+    "confirm_consumed": ["RecordConsumed"],
+    "delete_retained": ["RecordDeleted"],
 }
 
 
@@ -88,6 +111,10 @@ class Runner:
         self.conns: dict[str, str] = {}
         self.host_id: str | None = None
         self.broadcast_id: str | None = None
+        # payment models: one offer, subscription, pool, sale and terms per scenario
+        self.model: dict[str, str] = {}
+        self.pipes: dict[str, str] = {}
+        self.records: dict[str, str] = {}
         self.cursor: str | None = None
         self.minted = 0
 
@@ -177,10 +204,129 @@ class Runner:
             "broadcast_cancel": lambda: ledger.broadcast_cancel(by, self.bcast()),
             "broadcast_withdraw": lambda: ledger.broadcast_withdraw(by, self.bcast()),
             "check": lambda: self.check(step),
+            **self.model_ops(step),
         }
         if op not in table:
             pytest.fail(f"scenario {self.scenario['name']}: op {op!r} has no runner support")
         return table[op]
+
+    def model_ops(self, step: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+        """Ops of the payment models (docs/escrow.md §13-16)."""
+        ledger, m = self.ledger, self.model
+        by = ACTORS[step["by"]] if "by" in step else None
+        host = self.host_id or ""
+
+        def keep(key: str, value: str) -> None:
+            m[key] = value
+
+        def opened(opened: Any) -> None:
+            self.conns[step["conn"]] = opened.connection_id
+
+        def record() -> str:
+            return self.records[step["record"]]
+
+        return {
+            "offer_create": lambda: keep(
+                "offer",
+                ledger.create_subscription_offer(
+                    by, host, PORT, step["price_per_epoch"], step["period_epochs"]
+                ),
+            ),
+            "subscribe": lambda: keep("sub", ledger.subscribe(by, m["offer"], step["epochs"])),
+            "renew": lambda: ledger.renew_subscription(by, m["sub"], step["epochs"]),
+            "subscription_claim": lambda: ledger.claim_subscription(by, m["sub"]),
+            "offer_withdraw": lambda: ledger.withdraw_subscription_offer(by, m["offer"]),
+            "subscription_refund": lambda: ledger.refund_subscription(by, m["sub"]),
+            "open_subscribed": lambda: opened(
+                ledger.open_subscribed_connection(
+                    by, m["sub"], self.caps[step["by"]], step["deposit"]
+                )
+            ),
+            "sponsor_create": lambda: keep(
+                "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
+            ),
+            "sponsor_fund": lambda: ledger.fund_sponsor_pool(by, m["pool"], step["amount"]),
+            "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(by, m["pool"], step["amount"]),
+            "open_sponsored": lambda: opened(
+                ledger.open_sponsored_connection(
+                    by, m["pool"], self.caps[step["by"]], step["deposit"]
+                )
+            ),
+            "reimburse": lambda: ledger.reimburse(by, m["pool"], self.conns[step["conn"]]),
+            "ticket_sale_create": lambda: keep(
+                "sale",
+                ledger.create_ticket_sale(
+                    by,
+                    step["title"],
+                    step["ticket_price"],
+                    step["min_tickets"],
+                    step["max_tickets"],
+                    step["deadline_ms"],
+                ),
+            ),
+            "buy_tickets": lambda: ledger.buy_tickets(by, m["sale"], step["count"]),
+            "go_on_air": lambda: ledger.go_on_air(by, m["sale"]),
+            "ticket_sale_cancel": lambda: ledger.cancel_ticket_sale(by, m["sale"]),
+            "refund_tickets": lambda: ledger.refund_tickets(by, m["sale"]),
+            "retention_terms": lambda: keep(
+                "terms",
+                ledger.create_retention_terms(
+                    by, host, PORT, step["retention_ms"], step["storage_price_per_byte"]
+                ),
+            ),
+            "create_pipe": lambda: self.pipes.__setitem__(
+                step["by"], ledger.create_pipe(by, self.conns[step["conn"]], step["inners"])
+            ),
+            "send_retained": lambda: self.records.__setitem__(
+                step["record"],
+                ledger.send_retained(
+                    by, self.pipes[step["by"]], m["terms"], step["inner"], step["data"].encode()
+                ),
+            ),
+            "confirm_consumed": lambda: ledger.confirm_consumed(by, record()),
+            "delete_retained": lambda: ledger.delete_retained(by, record()),
+        }
+
+    def check_models(self, step: dict[str, Any]) -> None:
+        """The payment models' ``check`` keys."""
+        ledger = self.ledger
+        if "subscription" in step:
+            sub = ledger.get_subscription(self.model["sub"])
+            for key, expected in step["subscription"].items():
+                if key == "live":
+                    assert sub.is_live(ledger.epoch()) == expected, "subscription live"
+                else:
+                    assert key in {"start_epoch", "expires_epoch", "claimed_epochs", "funds"}, key
+                    assert getattr(sub, key) == expected, f"subscription.{key}"
+            span = sub.expires_epoch - sub.start_epoch - sub.claimed_epochs
+            assert sub.funds == span * sub.price_per_epoch, "subscription funds invariant"
+        if "sponsor" in step:
+            pool = ledger.get_sponsor_pool(self.model["pool"])
+            for key, expected in step["sponsor"].items():
+                if key == "quote":
+                    fee, client_part, provider_part = expected
+                    assert pool.quote(fee) == (client_part, provider_part), "quote"
+                else:
+                    assert key in {"funds", "reserved"}, key
+                    assert getattr(pool, key) == expected, f"sponsor.{key}"
+            assert 0 <= pool.reserved <= pool.funds
+        if "tickets" in step:
+            sale = ledger.get_ticket_sale(self.model["sale"])
+            for key, expected in step["tickets"].items():
+                assert key in {"sold", "funds", "on_air"}, key
+                assert getattr(sale, key) == expected, f"tickets.{key}"
+            assert sum(sale.holders.values()) == sale.sold
+            if not sale.on_air:
+                assert sale.funds == sale.sold * sale.ticket_price
+        if "record" in step:
+            spec = dict(step["record"])
+            record_id = self.records[spec.pop("record")]
+            if spec.pop("deleted", False):
+                with pytest.raises(ObjectNotFound):
+                    ledger.get_retained_record(record_id)
+            for key, expected in spec.items():
+                assert key in {"deposit", "consumed", "seq"}, key
+                assert getattr(ledger.get_retained_record(record_id), key) == expected, key
 
     def bcast(self) -> str:
         assert self.broadcast_id is not None, "no broadcast created yet"
@@ -203,6 +349,7 @@ class Runner:
 
     def check(self, step: dict[str, Any]) -> None:
         known = {"op", "balances", "escrow", "connection", "cap", "host", "broadcast"}
+        known |= {"subscription", "sponsor", "tickets", "record"}
         unknown = set(step) - known
         if unknown:
             pytest.fail(f"check keys {unknown} have no runner support")
@@ -250,6 +397,7 @@ class Runner:
                     assert getattr(b, key) == expected, f"broadcast.{key}"
                 else:
                     pytest.fail(f"broadcast check key {key!r} has no runner support")
+        self.check_models(step)
 
     # driving
 

@@ -82,7 +82,8 @@ def _scenarios() -> list[dict]:
 
 def _move_scenario_tests() -> dict[str, str | None]:
     """Scenario test name -> expected error `module::EName` (None for a passing test)."""
-    source = (PACKAGE / "tests" / "scenario_tests.move").read_text()
+    names = ("scenario_tests.move", "economics_scenario_tests.move")
+    source = "\n".join((PACKAGE / "tests" / name).read_text() for name in names)
     tests: dict[str, str | None] = {}
     pattern = re.compile(
         r"#\[test(?:, expected_failure\(abort_code = (\w+::\w+)\))?\]\s*\nfun (\w+)\(\)"

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dtp.chain.economics import (
+    RetainedRecord,
+    RetentionTerms,
+    SponsorPool,
+    Subscription,
+    SubscriptionOffer,
+    TicketSale,
+)
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import (
     Broadcast,
@@ -50,10 +58,16 @@ __all__ = [
     "ObjectRef",
     "OpenedConnection",
     "Pipe",
+    "RetainedRecord",
+    "RetentionTerms",
     "Service",
     "Settlement",
     "Sla",
     "SpendingCap",
+    "SponsorPool",
+    "Subscription",
+    "SubscriptionOffer",
+    "TicketSale",
     "TransportControl",
 ]
 

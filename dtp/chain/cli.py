@@ -1,4 +1,6 @@
-"""``dtp keys|localnet|host|service|deploy``: the chain commands of the ``dtp`` CLI.
+"""``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
+``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
+docs/escrow.md §13-16).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
 ``--ledger local|sui`` (``local`` — the embedded LocalLedger — is the default; ``sui`` is
@@ -287,6 +289,58 @@ def _service_add(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- payment models (docs/escrow.md §13-16) ----------------------------------------
+
+
+def _service_subscription(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    offer = ledger.create_subscription_offer(
+        _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
+    )
+    _emit(args, {"offer": ledger.get_subscription_offer(offer)})
+    return 0
+
+
+def _service_sponsor(args: argparse.Namespace) -> int:
+    identity = _identity(args)
+    ledger = _ledger(args)
+    pool = ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps)
+    if args.fund:
+        ledger.fund_sponsor_pool(identity, pool, args.fund)
+    _emit(args, {"pool": ledger.get_sponsor_pool(pool)})
+    return 0
+
+
+def _service_retention(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    terms = ledger.create_retention_terms(
+        _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
+    )
+    _emit(args, {"terms": ledger.get_retention_terms(terms)})
+    return 0
+
+
+def _subscription_buy(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    sub = ledger.subscribe(_identity(args), args.offer, args.epochs)
+    _emit(args, {"subscription": ledger.get_subscription(sub)})
+    return 0
+
+
+def _subscription_renew(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    ledger.renew_subscription(_identity(args), args.subscription, args.epochs)
+    _emit(args, {"subscription": ledger.get_subscription(args.subscription)})
+    return 0
+
+
+def _subscription_show(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    sub = ledger.get_subscription(args.subscription)
+    _emit(args, {"subscription": sub, "live": sub.is_live(ledger.epoch())})
+    return 0
+
+
 # -- deploy ------------------------------------------------------------------
 
 
@@ -357,8 +411,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``keys``, ``localnet``, ``host``, ``service`` and ``deploy`` to ``subparsers``
-    (the object returned by ``ArgumentParser.add_subparsers``)."""
+    """Add ``keys``, ``localnet``, ``host``, ``service``, ``subscription`` and ``deploy`` to
+    ``subparsers`` (the object returned by ``ArgumentParser.add_subparsers``)."""
     common = _common()
 
     def leaf(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -411,6 +465,35 @@ def register(subparsers: Any) -> None:
     add.add_argument("--price-per-request", type=int, default=0, help="MIST per request")
     add.add_argument("--min-deposit", type=int, default=0, help="smallest deposit, MIST")
     add.add_argument("--max-connections", type=int, default=0, help="0 = unlimited")
+
+    offer = leaf(service_sub, "subscription", _service_subscription, "sell access by the epoch")
+    offer.add_argument("host", help="host ID")
+    offer.add_argument("port", type=int, help="port of the service")
+    offer.add_argument("--price-per-epoch", type=int, required=True, help="MIST per epoch")
+    offer.add_argument("--period-epochs", type=int, default=1, help="sold in multiples of")
+    sponsor = leaf(service_sub, "sponsor", _service_sponsor, "pay a share of clients' fees")
+    sponsor.add_argument("host", help="host ID")
+    sponsor.add_argument("port", type=int, help="port of the service")
+    sponsor.add_argument("--share-bps", type=int, required=True, help="1..10000 basis points")
+    sponsor.add_argument("--fund", type=int, default=0, help="MIST to put in the pool")
+    keep = leaf(service_sub, "retention", _service_retention, "retain ledger-carried data")
+    keep.add_argument("host", help="host ID")
+    keep.add_argument("port", type=int, help="port of the service")
+    keep.add_argument("--retention-ms", type=int, required=True, help="how long to keep data")
+    keep.add_argument("--storage-price-per-byte", type=int, default=0, help="MIST per byte")
+
+    subscription = subparsers.add_parser("subscription", help="pre-paid service access")
+    sub_sub = subscription.add_subparsers(
+        dest="subscription_command", metavar="ACTION", required=True
+    )
+    buy = leaf(sub_sub, "buy", _subscription_buy, "subscribe to an offer")
+    buy.add_argument("offer", help="SubscriptionOffer ID")
+    buy.add_argument("--epochs", type=int, required=True, help="epochs to pay for")
+    renew = leaf(sub_sub, "renew", _subscription_renew, "extend a subscription")
+    renew.add_argument("subscription", help="Subscription ID")
+    renew.add_argument("--epochs", type=int, required=True, help="epochs to add")
+    sshow = leaf(sub_sub, "show", _subscription_show, "show a subscription")
+    sshow.add_argument("subscription", help="Subscription ID")
 
     deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
     deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from dtp.chain.economics import PaymentModels
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
@@ -126,8 +127,9 @@ class ResponseEscrow:
     state: int
 
 
-class Ledger(abc.ABC):
-    """A DTP control-plane ledger (see the module docs for the conventions)."""
+class Ledger(PaymentModels, abc.ABC):
+    """A DTP control-plane ledger (see the module docs for the conventions; the payment
+    models' methods come from :class:`~dtp.chain.economics.PaymentModels`)."""
 
     # -- host (dtp::host) -----------------------------------------------------------------
 
@@ -437,7 +439,7 @@ class Ledger(abc.ABC):
         """:meth:`wait_events` for asyncio code (runs it in a worker thread)."""
         return await asyncio.to_thread(self.wait_events, cursor, timeout, filter, limit)
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+    def close(self) -> None:  # optional hook: nothing to release by default
         """Release resources (database handles, network clients)."""
 
     def __enter__(self) -> Ledger:

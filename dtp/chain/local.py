@@ -40,7 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
+from dtp.chain.economics import (
+    EconomicsObject,
+    RetainedRecord,
+    RetentionTerms,
+    SponsorPool,
+    Subscription,
+    SubscriptionOffer,
+    TicketSale,
+    economics_object_from_fields,
+)
 from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
 from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.chain.objects import (
@@ -102,6 +113,16 @@ _META_DEFAULTS: Final = {
 }
 
 T = TypeVar("T")
+
+# The payment models' rules (docs/escrow.md §13-16) join the call table.
+rules.FUNCTIONS.update(local_economics.FUNCTIONS)
+rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
+#: Escrow-like money holders of the payment models: Move type -> the balance field.
+_ESCROW_LIKE: Final = {
+    rules.OBJECT_TYPES["Subscription"]: "funds",
+    rules.OBJECT_TYPES["SponsorPool"]: "funds",
+    rules.OBJECT_TYPES["RetainedRecord"]: "deposit",
+}
 
 
 def default_ledger_path() -> Path:
@@ -354,9 +375,10 @@ class LocalLedger(Ledger):
         return self._read(lambda: int(self._meta("minted")))
 
     def audit(self) -> dict[str, int]:
-        """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows and
-        prepaid response fees), ``broadcasts`` (pools plus unclaimed earnings).
-        Conservation holds iff minted == the other three."""
+        """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows,
+        prepaid response fees, unearned subscription money, sponsor pools and retained
+        records' storage deposits), ``broadcasts`` (pools plus unclaimed earnings, and ticket
+        money of events not yet on air). Conservation holds iff minted == the other three."""
 
         def read() -> dict[str, int]:
             balances = sum(int(r[0]) for r in self._db.execute("SELECT amount FROM balances"))
@@ -369,6 +391,10 @@ class LocalLedger(Ledger):
                     broadcasts += obj["pool"] + obj["earned"]
                 elif type_ == rules.OBJECT_TYPES["ResponseEscrow"]:
                     escrows += obj["funds"]  # prepaid response fees count as escrow
+                elif type_ in _ESCROW_LIKE:
+                    escrows += obj[_ESCROW_LIKE[type_]]
+                elif type_ == rules.OBJECT_TYPES["TicketSale"]:
+                    broadcasts += obj["funds"]  # ticket money waits for an event to air
             return {
                 "minted": int(self._meta("minted")),
                 "balances": balances,
@@ -865,6 +891,277 @@ class LocalLedger(Ledger):
             )
 
         return self._read(read)
+
+    # -- payment models (docs/escrow.md §13-16) -----------------------------------------------
+
+    def _model(self, object_id: str, struct: str) -> EconomicsObject:
+        object_id = normalize_id(object_id)
+
+        def read() -> EconomicsObject:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None or row[0] != rules.OBJECT_TYPES[struct]:
+                raise ObjectNotFound(f"No {struct} with ID {object_id} exists.")
+            _type, _owner, version, data = row
+            return economics_object_from_fields(struct, object_id, version, data)
+
+        return self._read(read)
+
+    def create_subscription_offer(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        price_per_epoch: int,
+        period_epochs: int = 1,
+    ) -> str:
+        result = self._call(
+            signer,
+            "subscription",
+            "create_offer",
+            self._id(host_id),
+            self._port(port),
+            _u64(price_per_epoch, "price_per_epoch"),
+            _u64(period_epochs, "period_epochs"),
+        )
+        return str(result.value)
+
+    def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
+        offer = self.get_subscription_offer(offer_id)
+        payment = _u64(_u64(epochs, "epochs") * offer.price_per_epoch, "the payment")
+        result = self._call(
+            signer, "subscription", "subscribe", self._id(offer_id), epochs, payment
+        )
+        return str(result.value)
+
+    def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
+        sub = self.get_subscription(subscription_id)
+        payment = _u64(_u64(epochs, "epochs") * sub.price_per_epoch, "the payment")
+        result = self._call(
+            signer,
+            "subscription",
+            "renew",
+            self._id(subscription_id),
+            self._id(sub.offer),
+            epochs,
+            payment,
+        )
+        return int(result.value)
+
+    def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        sub = self.get_subscription(subscription_id)
+        result = self._call(
+            signer, "subscription", "claim", self._id(subscription_id), self._id(sub.offer)
+        )
+        return int(result.value)
+
+    def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
+        self._call(signer, "subscription", "withdraw_offer", self._id(offer_id))
+
+    def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        sub = self.get_subscription(subscription_id)
+        result = self._call(
+            signer, "subscription", "refund", self._id(subscription_id), self._id(sub.offer)
+        )
+        return int(result.value)
+
+    def open_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        subscription_id: str,
+        cap_id: str,
+        deposit: int = 0,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        sub = self.get_subscription(subscription_id)
+        host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        result = self._call(
+            signer,
+            "subscription",
+            "open_connection",
+            self._id(subscription_id),
+            self._id(sub.offer),
+            self._id(host),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+        return self._opened(result)
+
+    @staticmethod
+    def _opened(result: TxResult) -> OpenedConnection:
+        opened = next(e for e in result.events if e.name == "ConnectionOpened")
+        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+
+    def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
+        obj = self._model(offer_id, "SubscriptionOffer")
+        assert isinstance(obj, SubscriptionOffer)
+        return obj
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        obj = self._model(subscription_id, "Subscription")
+        assert isinstance(obj, Subscription)
+        return obj
+
+    def create_sponsor_pool(
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+    ) -> str:
+        result = self._call(
+            signer,
+            "sponsor",
+            "create",
+            self._id(host_id),
+            self._port(port),
+            _u64(share_bps, "share_bps"),
+        )
+        return str(result.value)
+
+    def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        self._call(signer, "sponsor", "fund", self._id(pool_id), _u64(amount, "the amount"))
+
+    def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        self._call(signer, "sponsor", "withdraw", self._id(pool_id), _u64(amount, "the amount"))
+
+    def open_sponsored_connection(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        result = self._call(
+            signer,
+            "sponsor",
+            "open_connection",
+            self._id(pool_id),
+            self._id(host),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+        return self._opened(result)
+
+    def reimburse(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        connection_id: str,
+        escrow_id: str | None = None,
+    ) -> int:
+        escrow = escrow_id if escrow_id is not None else self.get_connection(connection_id).escrow
+        result = self._call(
+            signer,
+            "sponsor",
+            "reimburse",
+            self._id(pool_id),
+            self._id(connection_id),
+            self._id(escrow),
+        )
+        return int(result.value)
+
+    def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
+        obj = self._model(pool_id, "SponsorPool")
+        assert isinstance(obj, SponsorPool)
+        return obj
+
+    def create_ticket_sale(
+        self,
+        signer: HostIdentity,
+        title: str,
+        ticket_price: int,
+        min_tickets: int,
+        max_tickets: int,
+        deadline_ms: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "tickets",
+            "create",
+            title.encode(),
+            _u64(ticket_price, "ticket_price"),
+            _u64(min_tickets, "min_tickets"),
+            _u64(max_tickets, "max_tickets"),
+            _u64(deadline_ms, "deadline_ms"),
+        )
+        return str(result.value)
+
+    def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
+        sale = self.get_ticket_sale(sale_id)
+        payment = _u64(_u64(count, "count") * sale.ticket_price, "the payment")
+        self._call(signer, "tickets", "buy", self._id(sale_id), count, payment)
+
+    def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
+        return int(self._call(signer, "tickets", "go_on_air", self._id(sale_id)).value)
+
+    def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
+        self._call(signer, "tickets", "cancel", self._id(sale_id))
+
+    def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
+        return int(self._call(signer, "tickets", "refund", self._id(sale_id)).value)
+
+    def get_ticket_sale(self, sale_id: str) -> TicketSale:
+        obj = self._model(sale_id, "TicketSale")
+        assert isinstance(obj, TicketSale)
+        return obj
+
+    def create_retention_terms(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "retention",
+            "create_terms",
+            self._id(host_id),
+            self._port(port),
+            _u64(retention_ms, "retention_ms"),
+            _u64(storage_price_per_byte, "storage_price_per_byte"),
+        )
+        return str(result.value)
+
+    def send_retained(
+        self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
+    ) -> str:
+        pipe = self.get_pipe(pipe_id)
+        terms = self.get_retention_terms(terms_id)
+        deposit = _u64(terms.deposit_for(len(data)), "the storage deposit")
+        result = self._call(
+            signer,
+            "retention",
+            "send",
+            self._id(pipe_id),
+            self._id(pipe.connection),
+            self._id(terms_id),
+            _u64(inner, "inner"),
+            bytes(data),
+            deposit,
+        )
+        return str(result.value)
+
+    def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
+        self._call(signer, "retention", "confirm", self._id(record_id))
+
+    def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
+        return int(self._call(signer, "retention", "delete", self._id(record_id)).value)
+
+    def get_retention_terms(self, terms_id: str) -> RetentionTerms:
+        obj = self._model(terms_id, "RetentionTerms")
+        assert isinstance(obj, RetentionTerms)
+        return obj
+
+    def get_retained_record(self, record_id: str) -> RetainedRecord:
+        obj = self._model(record_id, "RetainedRecord")
+        assert isinstance(obj, RetainedRecord)
+        return obj
 
     def is_on_air(self, broadcast_id: str) -> bool:
         """``broadcast::is_on_air`` at the current clock."""

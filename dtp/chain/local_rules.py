@@ -600,7 +600,18 @@ def _refund_remainder(x: Exec, escrow: dict[str, Any], escrow_id: str) -> int:
 # -- transport control -----------------------------------------------------------------------
 
 
-def tc_open(x: Exec, host_id: str, port: int, cap_id: str, public_key: bytes, amount: int) -> str:
+def tc_open(
+    x: Exec,
+    host_id: str,
+    port: int,
+    cap_id: str,
+    public_key: bytes,
+    amount: int,
+    *,
+    prepaid: bool = False,
+) -> str:
+    """``transport_control::open``; ``prepaid`` is ``open_prepaid`` (all-zero SLA, used by
+    ``subscription::open_connection``)."""
     host = x.load(host_id, "Host")
     cap = x.load(cap_id, "SpendingCap")
     x.take_coin(amount)
@@ -608,6 +619,8 @@ def tc_open(x: Exec, host_id: str, port: int, cap_id: str, public_key: bytes, am
     if cap["owner"] != client:
         raise move_error("spending_cap", "ENotCapOwner", f"cap {cap_id} belongs to {cap['owner']}")
     sla = _admit(host, host_id, port, client)
+    if prepaid:
+        sla = _sla(0, 0, 0)
     if amount < sla["min_deposit"]:
         raise move_error(
             "transport_control",

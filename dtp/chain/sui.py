@@ -32,6 +32,16 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.chain import sui_tx
+from dtp.chain.economics import (
+    ECONOMICS_MODULES,
+    EconomicsObject,
+    RetainedRecord,
+    RetentionTerms,
+    SponsorPool,
+    Subscription,
+    SubscriptionOffer,
+    TicketSale,
+)
 from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
 from dtp.chain.objects import (
     Broadcast,
@@ -64,6 +74,11 @@ from dtp.chain.sui_codec import (
     decode_event,
     decode_object,
     table_id,
+)
+from dtp.chain.sui_economics import (
+    ECONOMICS_EVENT_LAYOUTS,
+    decode_economics_object,
+    economics_table_id,
 )
 from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
 from dtp.errors import (
@@ -296,7 +311,9 @@ def event_from_proto(
         return None
     _, module, name = type_.split("::")
     data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
-    layout = MESSAGING_EVENT_LAYOUTS.get((module, name))
+    layout = MESSAGING_EVENT_LAYOUTS.get((module, name)) or ECONOMICS_EVENT_LAYOUTS.get(
+        (module, name)
+    )
     fields = decode_event(module, name, data) if layout is None else decode(layout, data)
     sender = normalize_id(ev.sender, "address") if ev.sender else ""
     return Event(
@@ -973,6 +990,322 @@ class SuiLedger(Ledger):
             d["amount"],
             d["state"],
         )
+
+    # -- payment models (docs/escrow.md §13-16) ---------------------------------------------
+
+    def _model_object(self, object_id: str, struct: str) -> NodeObject:
+        obj = self._node.get_object(normalize_id(object_id))
+        if short_type(obj.type, self._packages) != f"dtp::{ECONOMICS_MODULES[struct]}::{struct}":
+            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a {struct}.")
+        return obj
+
+    def _model_ref(self, object_id: str, struct: str) -> SharedRef:
+        obj = self._model_object(object_id, struct)
+        if obj.initial_shared_version is None:
+            raise ObjectNotFound(f"{struct} {obj.object_id} is not a shared object.")
+        return SharedRef(obj.object_id, obj.initial_shared_version)
+
+    def _model(self, object_id: str, struct: str) -> EconomicsObject:
+        obj = self._model_object(object_id, struct)
+        table = economics_table_id(struct, obj.contents)
+        entries = self._node.table_entries(table) if table is not None else {}
+        return decode_economics_object(struct, obj.version, obj.contents, entries)
+
+    def _opened(self, out: TxOutcome) -> OpenedConnection:
+        opened = out.event("ConnectionOpened")
+        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+
+    def create_subscription_offer(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        price_per_epoch: int,
+        period_epochs: int = 1,
+    ) -> str:
+        host = self._shared(host_id, "Host")
+        out = self._execute(
+            signer,
+            "subscription::create_offer",
+            lambda ctx: sui_tx.create_subscription_offer(
+                ctx, host, port, price_per_epoch, period_epochs
+            ),
+        )
+        return str(out.event("SubscriptionOfferCreated")["offer"])
+
+    def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
+        offer = self.get_subscription_offer(offer_id)
+        ref = self._model_ref(offer_id, "SubscriptionOffer")
+        payment = self._amount(self._amount(epochs, "epochs") * offer.price_per_epoch, "payment")
+        out = self._execute(
+            signer,
+            "subscription::subscribe",
+            lambda ctx: sui_tx.subscribe(ctx, ref, epochs, payment),
+            spend=payment,
+        )
+        return str(out.event("Subscribed")["subscription"])
+
+    def _sub_refs(self, subscription_id: str) -> tuple[Subscription, SharedRef, SharedRef]:
+        sub = self.get_subscription(subscription_id)
+        return (
+            sub,
+            self._model_ref(subscription_id, "Subscription"),
+            self._model_ref(sub.offer, "SubscriptionOffer"),
+        )
+
+    def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
+        sub, ref, offer = self._sub_refs(subscription_id)
+        payment = self._amount(self._amount(epochs, "epochs") * sub.price_per_epoch, "payment")
+        out = self._execute(
+            signer,
+            "subscription::renew",
+            lambda ctx: sui_tx.renew_subscription(ctx, ref, offer, epochs, payment),
+            spend=payment,
+        )
+        return int(out.event("SubscriptionRenewed")["expires_epoch"])
+
+    def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        _, ref, offer = self._sub_refs(subscription_id)
+        out = self._execute(
+            signer,
+            "subscription::claim",
+            lambda ctx: sui_tx.claim_subscription(ctx, ref, offer),
+        )
+        return int(out.event("SubscriptionClaimed")["amount"])
+
+    def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
+        ref = self._model_ref(offer_id, "SubscriptionOffer")
+        self._execute(
+            signer,
+            "subscription::withdraw_offer",
+            lambda ctx: sui_tx.withdraw_subscription_offer(ctx, ref),
+        )
+
+    def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        _, ref, offer = self._sub_refs(subscription_id)
+        out = self._execute(
+            signer,
+            "subscription::refund",
+            lambda ctx: sui_tx.refund_subscription(ctx, ref, offer),
+        )
+        return int(out.event("SubscriptionRefunded")["amount"])
+
+    def open_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        subscription_id: str,
+        cap_id: str,
+        deposit: int = 0,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        self._amount(deposit, "the deposit")
+        sub, ref, offer = self._sub_refs(subscription_id)
+        if host_id is None:
+            host_id = self.get_subscription_offer(sub.offer).host
+        host = self._shared(host_id, "Host")
+        cap = self._shared(cap_id, "SpendingCap")
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        out = self._execute(
+            signer,
+            "subscription::open_connection",
+            lambda ctx: sui_tx.open_subscribed_connection(ctx, ref, offer, host, cap, deposit, key),
+            spend=deposit,
+        )
+        return self._opened(out)
+
+    def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
+        obj = self._model(offer_id, "SubscriptionOffer")
+        assert isinstance(obj, SubscriptionOffer)
+        return obj
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        obj = self._model(subscription_id, "Subscription")
+        assert isinstance(obj, Subscription)
+        return obj
+
+    def create_sponsor_pool(
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+    ) -> str:
+        host = self._shared(host_id, "Host")
+        out = self._execute(
+            signer,
+            "sponsor::create",
+            lambda ctx: sui_tx.create_sponsor_pool(ctx, host, port, share_bps),
+        )
+        return str(out.event("SponsorPoolCreated")["pool"])
+
+    def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        self._amount(amount, "the amount")
+        ref = self._model_ref(pool_id, "SponsorPool")
+        self._execute(
+            signer,
+            "sponsor::fund",
+            lambda ctx: sui_tx.fund_sponsor_pool(ctx, ref, amount),
+            spend=amount,
+        )
+
+    def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        ref = self._model_ref(pool_id, "SponsorPool")
+        self._execute(
+            signer,
+            "sponsor::withdraw",
+            lambda ctx: sui_tx.withdraw_sponsor_pool(ctx, ref, amount),
+        )
+
+    def open_sponsored_connection(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        self._amount(deposit, "the deposit")
+        ref = self._model_ref(pool_id, "SponsorPool")
+        host = self._shared(host_id or self.get_sponsor_pool(pool_id).host, "Host")
+        cap = self._shared(cap_id, "SpendingCap")
+        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        out = self._execute(
+            signer,
+            "sponsor::open_connection",
+            lambda ctx: sui_tx.open_sponsored_connection(ctx, ref, host, cap, deposit, key),
+            spend=deposit,
+        )
+        return self._opened(out)
+
+    def reimburse(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        connection_id: str,
+        escrow_id: str | None = None,
+    ) -> int:
+        ref = self._model_ref(pool_id, "SponsorPool")
+        tc = self.get_connection(connection_id)
+        tc_ref = self._shared(tc.id, "TransportControl")
+        escrow = self._shared(escrow_id or tc.escrow, "Escrow")
+        out = self._execute(
+            signer,
+            "sponsor::reimburse",
+            lambda ctx: sui_tx.reimburse(ctx, ref, tc_ref, escrow),
+        )
+        return int(out.event("SponsorReimbursed")["amount"])
+
+    def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
+        obj = self._model(pool_id, "SponsorPool")
+        assert isinstance(obj, SponsorPool)
+        return obj
+
+    def create_ticket_sale(
+        self,
+        signer: HostIdentity,
+        title: str,
+        ticket_price: int,
+        min_tickets: int,
+        max_tickets: int,
+        deadline_ms: int,
+    ) -> str:
+        out = self._execute(
+            signer,
+            "tickets::create",
+            lambda ctx: sui_tx.create_ticket_sale(
+                ctx, title, ticket_price, min_tickets, max_tickets, deadline_ms
+            ),
+        )
+        return str(out.event("TicketSaleCreated")["sale"])
+
+    def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
+        sale = self.get_ticket_sale(sale_id)
+        ref = self._model_ref(sale_id, "TicketSale")
+        payment = self._amount(self._amount(count, "count") * sale.ticket_price, "payment")
+        self._execute(
+            signer,
+            "tickets::buy",
+            lambda ctx: sui_tx.buy_tickets(ctx, ref, count, payment),
+            spend=payment,
+        )
+
+    def _sale_call(
+        self, signer: HostIdentity, sale_id: str, fn: str, build: Callable[..., bytes]
+    ) -> TxOutcome:
+        ref = self._model_ref(sale_id, "TicketSale")
+        return self._execute(signer, f"tickets::{fn}", lambda ctx: build(ctx, ref))
+
+    def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
+        out = self._sale_call(signer, sale_id, "go_on_air", sui_tx.go_on_air)
+        return int(out.event("TicketedEventOnAir")["revenue"])
+
+    def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
+        self._sale_call(signer, sale_id, "cancel", sui_tx.cancel_ticket_sale)
+
+    def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
+        out = self._sale_call(signer, sale_id, "refund", sui_tx.refund_tickets)
+        return int(out.event("TicketsRefunded")["amount"])
+
+    def get_ticket_sale(self, sale_id: str) -> TicketSale:
+        obj = self._model(sale_id, "TicketSale")
+        assert isinstance(obj, TicketSale)
+        return obj
+
+    def create_retention_terms(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        host = self._shared(host_id, "Host")
+        out = self._execute(
+            signer,
+            "retention::create_terms",
+            lambda ctx: sui_tx.create_retention_terms(
+                ctx, host, port, retention_ms, storage_price_per_byte
+            ),
+        )
+        return str(out.event("RetentionTermsCreated")["terms"])
+
+    def send_retained(
+        self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
+    ) -> str:
+        pipe = self.get_pipe(pipe_id)
+        pipe_ref = self._owned(signer, pipe_id, "Pipe")
+        tc = self._shared(pipe.connection, "TransportControl")
+        terms = self.get_retention_terms(terms_id)
+        terms_ref = self._model_ref(terms_id, "RetentionTerms")
+        deposit = self._amount(terms.deposit_for(len(data)), "the storage deposit")
+        out = self._execute(
+            signer,
+            "retention::send",
+            lambda ctx: sui_tx.send_retained(
+                ctx, pipe_ref, tc, terms_ref, inner, bytes(data), deposit
+            ),
+            spend=deposit,
+        )
+        return str(out.event("RecordRetained")["record"])
+
+    def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
+        ref = self._model_ref(record_id, "RetainedRecord")
+        self._execute(signer, "retention::confirm", lambda ctx: sui_tx.confirm_consumed(ctx, ref))
+
+    def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
+        ref = self._model_ref(record_id, "RetainedRecord")
+        out = self._execute(
+            signer, "retention::delete", lambda ctx: sui_tx.delete_retained(ctx, ref)
+        )
+        return int(out.event("RecordDeleted")["refunded"])
+
+    def get_retention_terms(self, terms_id: str) -> RetentionTerms:
+        obj = self._model(terms_id, "RetentionTerms")
+        assert isinstance(obj, RetentionTerms)
+        return obj
+
+    def get_retained_record(self, record_id: str) -> RetainedRecord:
+        obj = self._model(record_id, "RetainedRecord")
+        assert isinstance(obj, RetainedRecord)
+        return obj
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -751,6 +751,298 @@ def response_escrow_refund(ctx: TxContext, escrow: SharedRef) -> bytes:
     return tx.finish()
 
 
+# -- payment models (docs/escrow.md §13-16) -------------------------------------------------------
+
+
+def create_subscription_offer(
+    ctx: TxContext, host: SharedRef, port: int, price_per_epoch: int, period_epochs: int
+) -> bytes:
+    """``subscription::create_offer(&host, port, price_per_epoch, period_epochs)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=False)
+    args = [
+        tx.pure(encode_u16(port, "A port")),
+        tx.pure(encode_u64(price_per_epoch, "price_per_epoch")),
+        tx.pure(encode_u64(period_epochs, "period_epochs")),
+    ]
+    tx.call("subscription", "create_offer", [h, *args])
+    return tx.finish()
+
+
+def subscribe(ctx: TxContext, offer: SharedRef, epochs: int, payment: int) -> bytes:
+    """``SplitCoins(GasCoin, [payment])`` then ``subscription::subscribe(&offer, epochs,
+    coin)``."""
+    tx = _Tx(ctx)
+    o = tx.shared(offer, mutable=False)
+    epochs_arg = tx.pure(encode_u64(epochs, "epochs"))
+    coin = tx.coin(payment, "the payment")
+    tx.call("subscription", "subscribe", [o, epochs_arg, coin])
+    return tx.finish()
+
+
+def renew_subscription(
+    ctx: TxContext, subscription: SharedRef, offer: SharedRef, epochs: int, payment: int
+) -> bytes:
+    """``SplitCoins(GasCoin, [payment])`` then ``subscription::renew(&mut sub, &offer,
+    epochs, coin)``."""
+    tx = _Tx(ctx)
+    sub = tx.shared(subscription, mutable=True)
+    o = tx.shared(offer, mutable=False)
+    epochs_arg = tx.pure(encode_u64(epochs, "epochs"))
+    coin = tx.coin(payment, "the payment")
+    tx.call("subscription", "renew", [sub, o, epochs_arg, coin])
+    return tx.finish()
+
+
+def _subscription_pair(
+    function: str, ctx: TxContext, subscription: SharedRef, offer: SharedRef
+) -> bytes:
+    tx = _Tx(ctx)
+    sub = tx.shared(subscription, mutable=True)
+    o = tx.shared(offer, mutable=False)
+    tx.call("subscription", function, [sub, o])
+    return tx.finish()
+
+
+def claim_subscription(ctx: TxContext, subscription: SharedRef, offer: SharedRef) -> bytes:
+    """``subscription::claim(&mut sub, &offer)``."""
+    return _subscription_pair("claim", ctx, subscription, offer)
+
+
+def refund_subscription(ctx: TxContext, subscription: SharedRef, offer: SharedRef) -> bytes:
+    """``subscription::refund(&mut sub, &offer)``."""
+    return _subscription_pair("refund", ctx, subscription, offer)
+
+
+def withdraw_subscription_offer(ctx: TxContext, offer: SharedRef) -> bytes:
+    """``subscription::withdraw_offer(&mut offer)``."""
+    tx = _Tx(ctx)
+    tx.call("subscription", "withdraw_offer", [tx.shared(offer, mutable=True)])
+    return tx.finish()
+
+
+def open_subscribed_connection(
+    ctx: TxContext,
+    subscription: SharedRef,
+    offer: SharedRef,
+    host: SharedRef,
+    cap: SharedRef,
+    deposit: int,
+    client_public_key: bytes,
+) -> bytes:
+    """``SplitCoins(GasCoin, [deposit])`` then ``subscription::open_connection(&sub,
+    &offer, &mut host, &cap, client_public_key, coin, &clock)``."""
+    tx = _Tx(ctx)
+    sub = tx.shared(subscription, mutable=False)
+    o = tx.shared(offer, mutable=False)
+    h = tx.shared(host, mutable=True)
+    c = tx.shared(cap, mutable=False)
+    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
+    coin = tx.coin(deposit, "the deposit")
+    tx.call("subscription", "open_connection", [sub, o, h, c, key_arg, coin, tx.clock()])
+    return tx.finish()
+
+
+def create_sponsor_pool(ctx: TxContext, host: SharedRef, port: int, share_bps: int) -> bytes:
+    """``sponsor::create(&host, port, share_bps)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=False)
+    args = [tx.pure(encode_u16(port, "A port")), tx.pure(encode_u64(share_bps, "share_bps"))]
+    tx.call("sponsor", "create", [h, *args])
+    return tx.finish()
+
+
+def fund_sponsor_pool(ctx: TxContext, pool: SharedRef, amount: int) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``sponsor::fund(&mut pool, coin)``."""
+    tx = _Tx(ctx)
+    p = tx.shared(pool, mutable=True)
+    coin = tx.coin(amount, "the amount")
+    tx.call("sponsor", "fund", [p, coin])
+    return tx.finish()
+
+
+def withdraw_sponsor_pool(ctx: TxContext, pool: SharedRef, amount: int) -> bytes:
+    """``sponsor::withdraw(&mut pool, amount)``."""
+    tx = _Tx(ctx)
+    p = tx.shared(pool, mutable=True)
+    tx.call("sponsor", "withdraw", [p, tx.pure(encode_u64(amount, "the amount"))])
+    return tx.finish()
+
+
+def open_sponsored_connection(
+    ctx: TxContext,
+    pool: SharedRef,
+    host: SharedRef,
+    cap: SharedRef,
+    deposit: int,
+    client_public_key: bytes,
+) -> bytes:
+    """``SplitCoins(GasCoin, [deposit])`` then ``sponsor::open_connection(&mut pool,
+    &mut host, &cap, client_public_key, coin, &clock)``."""
+    tx = _Tx(ctx)
+    p = tx.shared(pool, mutable=True)
+    h = tx.shared(host, mutable=True)
+    c = tx.shared(cap, mutable=False)
+    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
+    coin = tx.coin(deposit, "the deposit")
+    tx.call("sponsor", "open_connection", [p, h, c, key_arg, coin, tx.clock()])
+    return tx.finish()
+
+
+def reimburse(ctx: TxContext, pool: SharedRef, connection: SharedRef, escrow: SharedRef) -> bytes:
+    """``sponsor::reimburse(&mut pool, &tc, &escrow)``."""
+    tx = _Tx(ctx)
+    p = tx.shared(pool, mutable=True)
+    t = tx.shared(connection, mutable=False)
+    e = tx.shared(escrow, mutable=False)
+    tx.call("sponsor", "reimburse", [p, t, e])
+    return tx.finish()
+
+
+def create_ticket_sale(
+    ctx: TxContext,
+    title: str,
+    ticket_price: int,
+    min_tickets: int,
+    max_tickets: int,
+    deadline_ms: int,
+) -> bytes:
+    """``tickets::create(title, ticket_price, min_tickets, max_tickets, deadline_ms,
+    &clock)``."""
+    tx = _Tx(ctx)
+    args = [
+        tx.pure(encode_bytes(title, "title")),
+        tx.pure(encode_u64(ticket_price, "ticket_price")),
+        tx.pure(encode_u64(min_tickets, "min_tickets")),
+        tx.pure(encode_u64(max_tickets, "max_tickets")),
+        tx.pure(encode_u64(deadline_ms, "deadline_ms")),
+    ]
+    tx.call("tickets", "create", [*args, tx.clock()])
+    return tx.finish()
+
+
+def buy_tickets(ctx: TxContext, sale: SharedRef, count: int, payment: int) -> bytes:
+    """``SplitCoins(GasCoin, [payment])`` then ``tickets::buy(&mut sale, count, coin,
+    &clock)``."""
+    tx = _Tx(ctx)
+    s = tx.shared(sale, mutable=True)
+    count_arg = tx.pure(encode_u64(count, "count"))
+    coin = tx.coin(payment, "the payment")
+    tx.call("tickets", "buy", [s, count_arg, coin, tx.clock()])
+    return tx.finish()
+
+
+def go_on_air(ctx: TxContext, sale: SharedRef) -> bytes:
+    """``tickets::go_on_air(&mut sale, &clock)``."""
+    tx = _Tx(ctx)
+    s = tx.shared(sale, mutable=True)
+    tx.call("tickets", "go_on_air", [s, tx.clock()])
+    return tx.finish()
+
+
+def cancel_ticket_sale(ctx: TxContext, sale: SharedRef) -> bytes:
+    """``tickets::cancel(&mut sale)``."""
+    tx = _Tx(ctx)
+    tx.call("tickets", "cancel", [tx.shared(sale, mutable=True)])
+    return tx.finish()
+
+
+def refund_tickets(ctx: TxContext, sale: SharedRef) -> bytes:
+    """``tickets::refund(&mut sale, &clock)``."""
+    tx = _Tx(ctx)
+    s = tx.shared(sale, mutable=True)
+    tx.call("tickets", "refund", [s, tx.clock()])
+    return tx.finish()
+
+
+def create_retention_terms(
+    ctx: TxContext,
+    host: SharedRef,
+    port: int,
+    retention_ms: int,
+    storage_price_per_byte: int,
+) -> bytes:
+    """``retention::create_terms(&host, port, retention_ms, storage_price_per_byte)``."""
+    tx = _Tx(ctx)
+    h = tx.shared(host, mutable=False)
+    args = [
+        tx.pure(encode_u16(port, "A port")),
+        tx.pure(encode_u64(retention_ms, "retention_ms")),
+        tx.pure(encode_u64(storage_price_per_byte, "storage_price_per_byte")),
+    ]
+    tx.call("retention", "create_terms", [h, *args])
+    return tx.finish()
+
+
+def send_retained(
+    ctx: TxContext,
+    pipe: OwnedRef,
+    connection: SharedRef,
+    terms: SharedRef,
+    inner: int,
+    data: bytes,
+    deposit: int,
+) -> bytes:
+    """``SplitCoins(GasCoin, [deposit])`` then ``retention::send(&mut pipe, &tc, &terms,
+    inner, data, coin, &clock)``."""
+    tx = _Tx(ctx)
+    p = tx.owned(pipe)
+    t = tx.shared(connection, mutable=False)
+    r = tx.shared(terms, mutable=False)
+    inner_arg = tx.pure(encode_u64(inner, "inner"))
+    data_arg = tx.pure(encode_bytes(data, "data"))
+    coin = tx.coin(deposit, "the storage deposit")
+    tx.call("retention", "send", [p, t, r, inner_arg, data_arg, coin, tx.clock()])
+    return tx.finish()
+
+
+def confirm_consumed(ctx: TxContext, record: SharedRef) -> bytes:
+    """``retention::confirm(&mut record)``."""
+    tx = _Tx(ctx)
+    tx.call("retention", "confirm", [tx.shared(record, mutable=True)])
+    return tx.finish()
+
+
+def delete_retained(ctx: TxContext, record: SharedRef) -> bytes:
+    """``retention::delete(record, &clock)`` (by value: the shared record is deleted)."""
+    tx = _Tx(ctx)
+    r = tx.shared(record, mutable=True)
+    tx.call("retention", "delete", [r, tx.clock()])
+    return tx.finish()
+
+
+#: Ledger method name -> the Move function its transaction calls (payment models).
+ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
+    "create_subscription_offer": ("subscription", "create_offer"),
+    "subscribe": ("subscription", "subscribe"),
+    "renew_subscription": ("subscription", "renew"),
+    "claim_subscription": ("subscription", "claim"),
+    "withdraw_subscription_offer": ("subscription", "withdraw_offer"),
+    "refund_subscription": ("subscription", "refund"),
+    "open_subscribed_connection": ("subscription", "open_connection"),
+    "create_sponsor_pool": ("sponsor", "create"),
+    "fund_sponsor_pool": ("sponsor", "fund"),
+    "withdraw_sponsor_pool": ("sponsor", "withdraw"),
+    "open_sponsored_connection": ("sponsor", "open_connection"),
+    "reimburse": ("sponsor", "reimburse"),
+    "create_ticket_sale": ("tickets", "create"),
+    "buy_tickets": ("tickets", "buy"),
+    "go_on_air": ("tickets", "go_on_air"),
+    "cancel_ticket_sale": ("tickets", "cancel"),
+    "refund_tickets": ("tickets", "refund"),
+    "create_retention_terms": ("retention", "create_terms"),
+    "send_retained": ("retention", "send"),
+    "confirm_consumed": ("retention", "confirm"),
+    "delete_retained": ("retention", "delete"),
+}
+
+#: Builders of the payment models' entry points (apart from :data:`BUILDERS`, which lists
+#: exactly the abstract methods of :class:`~dtp.chain.ledger.Ledger`).
+ECONOMICS_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
+    name: globals()[name] for name in ECONOMICS_TARGETS
+}
+
+
 #: Builders of the messaging entry points (kept apart from :data:`BUILDERS`, which lists
 #: exactly the abstract methods of :class:`~dtp.chain.ledger.Ledger`).
 MESSAGING_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {

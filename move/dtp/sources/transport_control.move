@@ -17,7 +17,7 @@
 module dtp::transport_control;
 
 use dtp::escrow::{Self, Escrow};
-use dtp::host::{Host, Sla};
+use dtp::host::{Self, Host, Sla};
 use dtp::spending_cap::SpendingCap;
 use sui::clock::Clock;
 use sui::coin::Coin;
@@ -142,9 +142,39 @@ public fun open(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    open_with(host, port, cap, client_public_key, deposit, false, clock, ctx)
+}
+
+/// `open` for a holder of a live subscription (`dtp::subscription::open_connection`):
+/// the same checks, but the connection's SLA is all zeros, so it needs no deposit and
+/// every receipt must be for 0 MIST (docs/escrow.md §13).
+public(package) fun open_prepaid(
+    host: &mut Host,
+    port: u16,
+    cap: &SpendingCap,
+    client_public_key: vector<u8>,
+    deposit: Coin<SUI>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    open_with(host, port, cap, client_public_key, deposit, true, clock, ctx)
+}
+
+fun open_with(
+    host: &mut Host,
+    port: u16,
+    cap: &SpendingCap,
+    client_public_key: vector<u8>,
+    deposit: Coin<SUI>,
+    prepaid: bool,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
     let client = ctx.sender();
     cap.assert_owner(client);
-    let sla = host.admit(port, client);
+    let admitted = host.admit(port, client);
+    // Admission still counts the connection; a prepaid one is simply not metered.
+    let sla = if (prepaid) host::new_sla(0, 0, 0) else admitted;
     let amount = deposit.value();
     assert!(amount >= sla.min_deposit(), EInsufficientDeposit);
 

@@ -1,0 +1,250 @@
+/// Data retention on the ledger carrier, with a storage deposit per byte.
+///
+/// A service publishes `RetentionTerms` (host, port): how long data sent through the
+/// ledger must be kept (`retention_ms`) and the storage deposit per byte. A participant
+/// sends a record with `send`: it goes out on the pipe as usual (`PipeDataSent`) and is
+/// also kept in a shared `RetainedRecord` holding the data and the sender's deposit
+/// `len(data) * storage_price_per_byte`. The receiver confirms consumption (`confirm`);
+/// once both that has happened and `retention_ms` has passed since the record was stored,
+/// the sender deletes the record (`delete`) and gets the whole deposit back.
+///
+/// On Sui the record's object storage fee is in addition rebated to the deleter by the
+/// network (gas storage rebate); the explicit deposit is what LocalLedger models, and the
+/// same rule on both ledgers.
+module dtp::retention;
+
+use dtp::host::Host;
+use dtp::pipe::Pipe;
+use dtp::transport_control::TransportControl;
+use sui::balance::Balance;
+use sui::clock::Clock;
+use sui::coin::{Self, Coin};
+use sui::event;
+use sui::sui::SUI;
+
+// === Errors ===
+
+#[error(code = 220)]
+const ENotProvider: vector<u8> = b"Only the host's authority can set retention terms";
+#[error(code = 221)]
+const EWrongConnection: vector<u8> = b"The pipe does not belong to this connection";
+#[error(code = 222)]
+const EWrongTerms: vector<u8> = b"The terms are not those of the connection's service";
+#[error(code = 223)]
+const EWrongDeposit: vector<u8> = b"Deposit must be the data length times the storage price per byte";
+#[error(code = 224)]
+const ENotReceiver: vector<u8> = b"Only the record's receiver can confirm consumption";
+#[error(code = 225)]
+const EAlreadyConsumed: vector<u8> = b"Consumption was already confirmed";
+#[error(code = 226)]
+const ENotSender: vector<u8> = b"Only the record's sender can delete it";
+#[error(code = 227)]
+const ENotConsumed: vector<u8> = b"The receiver has not confirmed consumption";
+#[error(code = 228)]
+const ERetentionNotElapsed: vector<u8> = b"The retention time has not elapsed";
+
+// === Objects ===
+
+public struct RetentionTerms has key {
+    id: UID,
+    host: ID,
+    port: u16,
+    /// Records are kept at least this long after they are stored (ms).
+    retention_ms: u64,
+    /// MIST deposited per byte of data, returned when the record is deleted.
+    storage_price_per_byte: u64,
+}
+
+public struct RetainedRecord has key {
+    id: UID,
+    connection: ID,
+    pipe: ID,
+    inner: u64,
+    seq: u64,
+    sender: address,
+    receiver: address,
+    data: vector<u8>,
+    stored_at_ms: u64,
+    retention_ms: u64,
+    deposit: Balance<SUI>,
+    consumed: bool,
+}
+
+// === Events ===
+
+public struct RetentionTermsCreated has copy, drop {
+    terms: ID,
+    host: ID,
+    port: u16,
+    retention_ms: u64,
+    storage_price_per_byte: u64,
+}
+
+public struct RecordRetained has copy, drop {
+    record: ID,
+    connection: ID,
+    pipe: ID,
+    inner: u64,
+    seq: u64,
+    sender: address,
+    receiver: address,
+    deposit: u64,
+    delete_after_ms: u64,
+}
+
+public struct RecordConsumed has copy, drop {
+    record: ID,
+    receiver: address,
+}
+
+public struct RecordDeleted has copy, drop {
+    record: ID,
+    sender: address,
+    refunded: u64,
+}
+
+// === Provider ===
+
+/// Publish retention terms for the service `port` of `host`. Checks: authority
+/// (`ENotProvider`), the service exists (`host::EServiceNotFound`). Returns the terms' ID.
+public fun create_terms(
+    host: &Host,
+    port: u16,
+    retention_ms: u64,
+    storage_price_per_byte: u64,
+    ctx: &mut TxContext,
+): ID {
+    assert!(ctx.sender() == host.authority(), ENotProvider);
+    let _ = host.service(port);
+    let terms = RetentionTerms {
+        id: object::new(ctx),
+        host: object::id(host),
+        port,
+        retention_ms,
+        storage_price_per_byte,
+    };
+    let terms_id = object::id(&terms);
+    event::emit(RetentionTermsCreated {
+        terms: terms_id,
+        host: terms.host,
+        port,
+        retention_ms,
+        storage_price_per_byte,
+    });
+    transfer::share_object(terms);
+    terms_id
+}
+
+// === Sender ===
+
+/// Send `data` on lane `inner` of the sender's pipe and retain it. Checks: the pipe's
+/// connection is `tc` (`EWrongConnection`), the terms are the connection's service's
+/// (`EWrongTerms`), deposit == len(data) * price (`EWrongDeposit`), then those of
+/// `pipe::send` (`EInnerNotFound`, `EDataTooLarge`). Returns the record's ID.
+public fun send(
+    pipe: &mut Pipe,
+    tc: &TransportControl,
+    terms: &RetentionTerms,
+    inner: u64,
+    data: vector<u8>,
+    deposit: Coin<SUI>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    assert!(pipe.connection() == tc.connection_id(), EWrongConnection);
+    assert!(terms.host == tc.host_id() && terms.port == tc.port(), EWrongTerms);
+    let amount = deposit.value();
+    assert!(
+        (amount as u128) == (data.length() as u128) * (terms.storage_price_per_byte as u128),
+        EWrongDeposit,
+    );
+    let seq = pipe.send(inner, copy data);
+    let sender = ctx.sender();
+    let receiver = if (sender == tc.client()) tc.server() else tc.client();
+    let now = clock.timestamp_ms();
+    let record = RetainedRecord {
+        id: object::new(ctx),
+        connection: tc.connection_id(),
+        pipe: object::id(pipe),
+        inner,
+        seq,
+        sender,
+        receiver,
+        data,
+        stored_at_ms: now,
+        retention_ms: terms.retention_ms,
+        deposit: deposit.into_balance(),
+        consumed: false,
+    };
+    let record_id = object::id(&record);
+    event::emit(RecordRetained {
+        record: record_id,
+        connection: record.connection,
+        pipe: record.pipe,
+        inner,
+        seq,
+        sender,
+        receiver,
+        deposit: amount,
+        delete_after_ms: now + terms.retention_ms,
+    });
+    transfer::share_object(record);
+    record_id
+}
+
+/// Delete a consumed record after its retention time; the deposit goes back to the
+/// sender. Checks: sender (`ENotSender`), consumed (`ENotConsumed`), now >= stored_at_ms +
+/// retention_ms (`ERetentionNotElapsed`). Returns the refund.
+public fun delete(record: RetainedRecord, clock: &Clock, ctx: &mut TxContext): u64 {
+    assert!(ctx.sender() == record.sender, ENotSender);
+    assert!(record.consumed, ENotConsumed);
+    assert!(clock.timestamp_ms() >= record.stored_at_ms + record.retention_ms, ERetentionNotElapsed);
+    let RetainedRecord {
+        id,
+        connection: _,
+        pipe: _,
+        inner: _,
+        seq: _,
+        sender,
+        receiver: _,
+        data: _,
+        stored_at_ms: _,
+        retention_ms: _,
+        deposit,
+        consumed: _,
+    } = record;
+    let refunded = deposit.value();
+    if (refunded > 0) {
+        transfer::public_transfer(coin::from_balance(deposit, ctx), sender);
+    } else {
+        deposit.destroy_zero();
+    };
+    event::emit(RecordDeleted { record: id.to_inner(), sender, refunded });
+    id.delete();
+    refunded
+}
+
+// === Receiver ===
+
+/// The receiver confirms it consumed the record. Checks: receiver (`ENotReceiver`), not
+/// confirmed before (`EAlreadyConsumed`).
+public fun confirm(record: &mut RetainedRecord, ctx: &TxContext) {
+    assert!(ctx.sender() == record.receiver, ENotReceiver);
+    assert!(!record.consumed, EAlreadyConsumed);
+    record.consumed = true;
+    event::emit(RecordConsumed { record: object::id(record), receiver: record.receiver });
+}
+
+// === Reading ===
+
+public fun retention_ms(terms: &RetentionTerms): u64 { terms.retention_ms }
+
+public fun storage_price_per_byte(terms: &RetentionTerms): u64 { terms.storage_price_per_byte }
+
+public fun data(record: &RetainedRecord): vector<u8> { record.data }
+
+public fun deposit_value(record: &RetainedRecord): u64 { record.deposit.value() }
+
+public fun is_consumed(record: &RetainedRecord): bool { record.consumed }
+
+public fun delete_after_ms(record: &RetainedRecord): u64 { record.stored_at_ms + record.retention_ms }

@@ -1,0 +1,609 @@
+/// The payment-model scenarios (tests/scenarios/subscription.toml, sponsor.toml,
+/// tickets.toml, retention.toml), one test per scenario with the same name. As in
+/// `dtp::scenario_tests`, a scenario whose last step expects an error is an
+/// `expected_failure` test whose last call must abort with it.
+#[test_only]
+module dtp::economics_scenario_tests;
+
+use dtp::escrow::{Self, Escrow};
+use dtp::host::Host;
+use dtp::pipe::{Self, Pipe};
+use dtp::retention::{Self, RetainedRecord, RetentionTerms};
+use dtp::spending_cap::SpendingCap;
+use dtp::sponsor::{Self, SponsorPool};
+use dtp::subscription::{Self, Subscription, SubscriptionOffer};
+use dtp::test_helpers as th;
+use dtp::tickets::{Self, TicketSale};
+use dtp::transport_control::TransportControl;
+use sui::clock::Clock;
+use sui::test_scenario::{Self as ts, Scenario};
+
+/// The client's signature over receipt (10240 bytes, 4 requests, 0 MIST, nonce 1) for
+/// connection 0x…c0ffee (made like the vectors of `dtp::test_helpers`).
+const RFREE_SIG: vector<u8> = x"f020d136f610d49ce8e2d46cb5778ed91004ac24af69a0999388183cc12023d5651889addad2cf00e938ef837bde1c1d9f4684fad1432b881f8f8b17b6890e03";
+
+// === Subscription helpers ===
+
+fun offer_create(scenario: &mut Scenario, price: u64, period: u64) {
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    subscription::create_offer(&h, th::port(), price, period, scenario.ctx());
+    ts::return_shared(h);
+}
+
+fun subscribe(scenario: &mut Scenario, epochs: u64, price: u64) {
+    scenario.next_tx(th::client());
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let payment = th::take(scenario, th::client(), epochs * price);
+    subscription::subscribe(&offer, epochs, payment, scenario.ctx());
+    ts::return_shared(offer);
+}
+
+fun subscription_claim(scenario: &mut Scenario): u64 {
+    scenario.next_tx(th::server());
+    let mut sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let amount = sub.claim(&offer, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    amount
+}
+
+fun offer_withdraw(scenario: &mut Scenario) {
+    scenario.next_tx(th::server());
+    let mut offer = scenario.take_shared<SubscriptionOffer>();
+    offer.withdraw_offer(scenario.ctx());
+    ts::return_shared(offer);
+}
+
+fun subscription_refund(scenario: &mut Scenario): u64 {
+    scenario.next_tx(th::client());
+    let mut sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let amount = sub.refund(&offer, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    amount
+}
+
+/// CLIENT opens a subscribed connection; its escrow is pinned to 0x…c0ffee.
+fun open_subscribed(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {
+    scenario.next_tx(th::client());
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let mut h = scenario.take_shared<Host>();
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(scenario, th::client(), deposit);
+    let conn = sub.open_connection(
+        &offer,
+        &mut h,
+        &cap,
+        th::client_pk(),
+        payment,
+        clock,
+        scenario.ctx(),
+    );
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    pin_escrow(scenario);
+    conn
+}
+
+fun pin_escrow(scenario: &mut Scenario) {
+    scenario.next_tx(th::client());
+    let mut e = scenario.take_shared<Escrow>();
+    e.set_connection_for_testing(th::connection());
+    ts::return_shared(e);
+}
+
+// === Subscription stories ===
+
+#[test]
+fun subscription_expiry_and_renewal() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 2, 100);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 9_800);
+    open_subscribed(&mut scenario, &clock, cap_id, 0);
+    assert!(th::claim(&mut scenario, 10240, 4, 0, 1, RFREE_SIG) == 0);
+    assert!(subscription_claim(&mut scenario) == 100);
+    scenario.next_epoch(th::server());
+    scenario.next_epoch(th::server());
+    scenario.next_tx(th::client());
+    {
+        let sub = scenario.take_shared<Subscription>();
+        assert!(!sub.is_live(scenario.ctx().epoch()));
+        assert!(sub.claimed_epochs() == 1 && sub.funds_value() == 100);
+        ts::return_shared(sub);
+    };
+    scenario.next_tx(th::client());
+    {
+        let mut sub = scenario.take_shared<Subscription>();
+        let offer = scenario.take_shared<SubscriptionOffer>();
+        let payment = th::take(&mut scenario, th::client(), 100);
+        assert!(sub.renew(&offer, 1, payment, scenario.ctx()) == 3);
+        ts::return_shared(sub);
+        ts::return_shared(offer);
+    };
+    scenario.next_tx(th::client());
+    {
+        let sub = scenario.take_shared<Subscription>();
+        assert!(sub.start_epoch() == 2 && sub.expires_epoch() == 3);
+        assert!(sub.claimed_epochs() == 0 && sub.funds_value() == 100);
+        ts::return_shared(sub);
+    };
+    assert!(th::balance_of(&scenario, th::client()) == 9_700);
+    assert!(th::balance_of(&scenario, th::server()) == 200);
+    open_subscribed(&mut scenario, &clock, cap_id, 0);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    assert!(h.open_connections() == 2);
+    ts::return_shared(h);
+    let e = scenario.take_shared<Escrow>();
+    assert!(e.balance() == 0 && e.claimed() == 0);
+    ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ESubscriptionExpired)]
+fun subscription_expired_open_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    scenario.next_epoch(th::server());
+    open_subscribed(&mut scenario, &clock, cap_id, 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EAmountMismatch)]
+fun subscription_metered_receipt_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    open_subscribed(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun subscription_withdrawal_refunds_unused_epochs() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 5, 100);
+    scenario.next_epoch(th::server());
+    assert!(subscription_claim(&mut scenario) == 200);
+    scenario.next_epoch(th::server());
+    offer_withdraw(&mut scenario);
+    assert!(subscription_refund(&mut scenario) == 200);
+    assert!(subscription_claim(&mut scenario) == 100);
+    scenario.next_tx(th::client());
+    let sub = scenario.take_shared<Subscription>();
+    assert!(sub.expires_epoch() == 3 && sub.claimed_epochs() == 3 && sub.funds_value() == 0);
+    ts::return_shared(sub);
+    assert!(th::balance_of(&scenario, th::client()) == 9_700);
+    assert!(th::balance_of(&scenario, th::server()) == 300);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EAlreadyRefunded)]
+fun subscription_double_refund_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 2);
+    subscribe(&mut scenario, 4, 100);
+    offer_withdraw(&mut scenario);
+    assert!(subscription_refund(&mut scenario) == 300);
+    subscription_refund(&mut scenario);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EInvalidEpochs)]
+fun subscription_wrong_period_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 2);
+    subscribe(&mut scenario, 3, 100);
+    th::finish(scenario, clock);
+}
+
+// === Sponsor helpers ===
+
+/// SERVER receives `server_funds`, creates a pool with `share_bps` and puts `pool_funds`
+/// into it.
+fun sponsor_setup(scenario: &mut Scenario, server_funds: u64, share_bps: u64, pool_funds: u64) {
+    th::fund(scenario, th::server(), server_funds);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    sponsor::create(&h, th::port(), share_bps, scenario.ctx());
+    ts::return_shared(h);
+    scenario.next_tx(th::server());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let payment = th::take(scenario, th::server(), pool_funds);
+    pool.fund(payment);
+    ts::return_shared(pool);
+}
+
+/// CLIENT opens a sponsored connection; its escrow is pinned to 0x…c0ffee.
+fun open_sponsored(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {
+    scenario.next_tx(th::client());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let mut h = scenario.take_shared<Host>();
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(scenario, th::client(), deposit);
+    let conn = pool.open_connection(&mut h, &cap, th::client_pk(), payment, clock, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    pin_escrow(scenario);
+    conn
+}
+
+fun reimburse(scenario: &mut Scenario, conn: ID, who: address): u64 {
+    scenario.next_tx(who);
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let amount = pool.reimburse(&tc, &e, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    amount
+}
+
+fun pool_state(scenario: &mut Scenario): (u64, u64) {
+    scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let state = (pool.funds_value(), pool.reserved());
+    ts::return_shared(pool);
+    state
+}
+
+fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
+    scenario.next_tx(th::server());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    pool.withdraw(amount, scenario.ctx());
+    ts::return_shared(pool);
+}
+
+/// Claim R1 (120 MIST), close from both sides, and let the server settle.
+fun claim_close_settle(scenario: &mut Scenario, clock: &Clock, conn: ID) {
+    assert!(th::claim(scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::close_as(scenario, clock, conn, th::client());
+    th::close_as(scenario, clock, conn, th::server());
+    th::settle_as(scenario, clock, conn, th::server());
+}
+
+// === Sponsor stories ===
+
+#[test]
+fun sponsor_pays_all() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 2_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 2_000 && reserved == 1_000);
+    claim_close_settle(&mut scenario, &clock, conn);
+    assert!(reimburse(&mut scenario, conn, th::client()) == 120);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 10_000);
+    assert!(th::balance_of(&scenario, th::server()) == 3_120);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 1_880 && reserved == 0);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun sponsor_split_costs() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 2_500, 1_000);
+    scenario.next_tx(th::client());
+    {
+        let pool = scenario.take_shared<SponsorPool>();
+        let (client_part, provider_part) = pool.quote(120);
+        assert!(client_part == 90 && provider_part == 30);
+        ts::return_shared(pool);
+    };
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let (_, reserved) = pool_state(&mut scenario);
+    assert!(reserved == 250);
+    th::close_as(&mut scenario, &clock, conn, th::server());
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    scenario.next_tx(th::server());
+    {
+        let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+        let mut h = scenario.take_shared<Host>();
+        let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+        let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+        tc.settle_with_receipt(
+            &mut h,
+            &mut e,
+            &mut cap,
+            10240,
+            4,
+            120,
+            1,
+            th::r1_sig(),
+            &clock,
+            scenario.ctx(),
+        );
+        ts::return_shared(tc);
+        ts::return_shared(h);
+        ts::return_shared(e);
+        ts::return_shared(cap);
+    };
+    assert!(reimburse(&mut scenario, conn, th::server()) == 30);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 9_910);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 970 && reserved == 0);
+    sponsor_withdraw(&mut scenario, 970);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 1_090);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 0 && reserved == 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ESponsorUnfunded)]
+fun sponsor_unfunded_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 100, 5_000, 100);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ESponsorUnfunded)]
+fun sponsor_pledge_cannot_be_withdrawn() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    sponsor_withdraw(&mut scenario, 501);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ENotSettled)]
+fun sponsor_reimburse_before_settle_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    reimburse(&mut scenario, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EAlreadyReimbursed)]
+fun sponsor_double_reimburse_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    claim_close_settle(&mut scenario, &clock, conn);
+    assert!(reimburse(&mut scenario, conn, th::client()) == 60);
+    reimburse(&mut scenario, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+// === Ticket helpers ===
+
+fun sale_create(scenario: &mut Scenario, clock: &Clock, min_tickets: u64, max_tickets: u64) {
+    scenario.next_tx(th::server());
+    tickets::create(b"launch", 50, min_tickets, max_tickets, 10_000, clock, scenario.ctx());
+    th::fund(scenario, th::listener_a(), 1_000);
+    th::fund(scenario, th::listener_b(), 1_000);
+}
+
+fun buy(scenario: &mut Scenario, clock: &Clock, who: address, count: u64) {
+    scenario.next_tx(who);
+    let mut sale = scenario.take_shared<TicketSale>();
+    let payment = th::take(scenario, who, count * 50);
+    sale.buy(count, payment, clock, scenario.ctx());
+    ts::return_shared(sale);
+}
+
+fun go_on_air(scenario: &mut Scenario, clock: &Clock): u64 {
+    scenario.next_tx(th::server());
+    let mut sale = scenario.take_shared<TicketSale>();
+    let revenue = sale.go_on_air(clock, scenario.ctx());
+    ts::return_shared(sale);
+    revenue
+}
+
+fun refund_tickets(scenario: &mut Scenario, clock: &Clock, who: address): u64 {
+    scenario.next_tx(who);
+    let mut sale = scenario.take_shared<TicketSale>();
+    let amount = sale.refund(clock, scenario.ctx());
+    ts::return_shared(sale);
+    amount
+}
+
+fun sale_state(scenario: &mut Scenario): (u64, u64, bool) {
+    scenario.next_tx(th::server());
+    let sale = scenario.take_shared<TicketSale>();
+    let state = (sale.sold(), sale.funds_value(), sale.is_on_air());
+    ts::return_shared(sale);
+    state
+}
+
+// === Ticket stories ===
+
+#[test, expected_failure(abort_code = tickets::EAlreadyOnAir)]
+fun tickets_threshold_met() {
+    let (mut scenario, mut clock) = th::start();
+    sale_create(&mut scenario, &clock, 3, 5);
+    buy(&mut scenario, &clock, th::listener_a(), 2);
+    buy(&mut scenario, &clock, th::listener_b(), 1);
+    let (sold, funds, on_air) = sale_state(&mut scenario);
+    assert!(sold == 3 && funds == 150 && !on_air);
+    clock.set_for_testing(9_000);
+    assert!(go_on_air(&mut scenario, &clock) == 150);
+    let (sold, funds, on_air) = sale_state(&mut scenario);
+    assert!(sold == 3 && funds == 0 && on_air);
+    assert!(th::balance_of(&scenario, th::server()) == 150);
+    assert!(th::balance_of(&scenario, th::listener_a()) == 900);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 950);
+    buy(&mut scenario, &clock, th::listener_b(), 1);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = tickets::ENoTickets)]
+fun tickets_threshold_missed_refunds() {
+    let (mut scenario, mut clock) = th::start();
+    sale_create(&mut scenario, &clock, 3, 0);
+    buy(&mut scenario, &clock, th::listener_a(), 2);
+    clock.set_for_testing(10_001);
+    assert!(refund_tickets(&mut scenario, &clock, th::listener_a()) == 100);
+    let (sold, funds, on_air) = sale_state(&mut scenario);
+    assert!(sold == 0 && funds == 0 && !on_air);
+    assert!(th::balance_of(&scenario, th::listener_a()) == 1_000);
+    refund_tickets(&mut scenario, &clock, th::listener_a());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = tickets::EThresholdNotMet)]
+fun tickets_below_threshold_not_on_air() {
+    let (mut scenario, clock) = th::start();
+    sale_create(&mut scenario, &clock, 3, 0);
+    buy(&mut scenario, &clock, th::listener_a(), 2);
+    go_on_air(&mut scenario, &clock);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = tickets::ERefundNotOpen)]
+fun tickets_refund_before_deadline_rejected() {
+    let (mut scenario, clock) = th::start();
+    sale_create(&mut scenario, &clock, 3, 0);
+    buy(&mut scenario, &clock, th::listener_a(), 1);
+    refund_tickets(&mut scenario, &clock, th::listener_a());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun tickets_cancel_refunds() {
+    let (mut scenario, clock) = th::start();
+    sale_create(&mut scenario, &clock, 1, 0);
+    buy(&mut scenario, &clock, th::listener_a(), 3);
+    buy(&mut scenario, &clock, th::listener_b(), 1);
+    scenario.next_tx(th::server());
+    {
+        let mut sale = scenario.take_shared<TicketSale>();
+        sale.cancel(scenario.ctx());
+        ts::return_shared(sale);
+    };
+    assert!(refund_tickets(&mut scenario, &clock, th::listener_a()) == 150);
+    assert!(refund_tickets(&mut scenario, &clock, th::listener_b()) == 50);
+    let (sold, funds, _) = sale_state(&mut scenario);
+    assert!(sold == 0 && funds == 0);
+    assert!(th::balance_of(&scenario, th::listener_a()) == 1_000);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 1_000);
+    assert!(th::balance_of(&scenario, th::server()) == 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = tickets::ESoldOut)]
+fun tickets_sold_out_rejected() {
+    let (mut scenario, clock) = th::start();
+    sale_create(&mut scenario, &clock, 1, 2);
+    buy(&mut scenario, &clock, th::listener_a(), 3);
+    th::finish(scenario, clock);
+}
+
+// === Retention helpers ===
+
+/// Terms (60000 ms, 2 MIST/byte), a connection from CLIENT with a 1000 deposit, a
+/// two-lane pipe of CLIENT's, and "hello world" sent on lane 1 with its 22 MIST deposit.
+fun retention_setup(scenario: &mut Scenario, clock: &Clock) {
+    let cap_id = th::setup(scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    retention::create_terms(&h, th::port(), 60_000, 2, scenario.ctx());
+    ts::return_shared(h);
+    let conn = th::open_as(scenario, clock, th::client(), th::client_pk(), cap_id, 1_000);
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    pipe::create(&tc, 2, scenario.ctx());
+    ts::return_shared(tc);
+    scenario.next_tx(th::client());
+    let mut p = scenario.take_from_sender<Pipe>();
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let terms = scenario.take_shared<RetentionTerms>();
+    let deposit = th::take(scenario, th::client(), 22);
+    retention::send(&mut p, &tc, &terms, 1, b"hello world", deposit, clock, scenario.ctx());
+    ts::return_to_sender(scenario, p);
+    ts::return_shared(tc);
+    ts::return_shared(terms);
+}
+
+fun confirm(scenario: &mut Scenario, who: address) {
+    scenario.next_tx(who);
+    let mut record = scenario.take_shared<RetainedRecord>();
+    record.confirm(scenario.ctx());
+    ts::return_shared(record);
+}
+
+fun delete_record(scenario: &mut Scenario, clock: &Clock): u64 {
+    scenario.next_tx(th::client());
+    let record = scenario.take_shared<RetainedRecord>();
+    record.delete(clock, scenario.ctx())
+}
+
+// === Retention stories ===
+
+#[test]
+fun retention_delete_refunds_storage() {
+    let (mut scenario, mut clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 8_978);
+    {
+        let record = scenario.take_shared<RetainedRecord>();
+        assert!(record.deposit_value() == 22 && !record.is_consumed());
+        assert!(record.data() == b"hello world");
+        ts::return_shared(record);
+    };
+    confirm(&mut scenario, th::server());
+    clock.set_for_testing(60_000);
+    assert!(delete_record(&mut scenario, &clock) == 22);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 9_000);
+    assert!(!ts::has_most_recent_shared<RetainedRecord>());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ERetentionNotElapsed)]
+fun retention_delete_before_time_rejected() {
+    let (mut scenario, mut clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    confirm(&mut scenario, th::server());
+    clock.set_for_testing(59_999);
+    delete_record(&mut scenario, &clock);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ENotConsumed)]
+fun retention_delete_unconsumed_rejected() {
+    let (mut scenario, mut clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    clock.set_for_testing(120_000);
+    delete_record(&mut scenario, &clock);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ENotReceiver)]
+fun retention_confirm_by_sender_rejected() {
+    let (mut scenario, clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    confirm(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
