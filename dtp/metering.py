@@ -283,6 +283,14 @@ class ReceiptGate:
         """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
         return max(0, fee(self.sla, total_bytes, total_requests) - self.payable())
 
+    def settled_up(self, total_bytes: int, total_requests: int) -> bool:
+        """Whether no further receipt is to be expected: the usage is covered, or the
+        receipts already reach all the client can pay (its deposit, or its cap)."""
+        ceiling = (
+            self.deposited if self.spend_limit is None else min(self.deposited, self.spend_limit)
+        )
+        return self.owed(total_bytes, total_requests) == 0 or self.payable() >= ceiling
+
     def verdict(self, now_ms: int, total_bytes: int, total_requests: int) -> GateVerdict:
         """Serve, pause (unreceipted credit above the allowance) or close (a bad
         receipt, or paused longer than ``pause_timeout_ms``)."""

@@ -98,6 +98,10 @@ class ServicePolicy:
     within this delay)."""
     request_interval: float = 0.2
     """Seconds between receipt requests while paused."""
+    final_receipt_timeout: float = 1.0
+    """When the handler ends a connection the client has not closed: how long to ask
+    for a receipt covering everything before closing (the client pays at its own close
+    otherwise, but a server that closes first would never see that one)."""
 
 
 def gate_for(
@@ -201,6 +205,26 @@ class _PaidConnection:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+
+    def request_final_receipt(self) -> None:
+        """Before the server closes: ask for a receipt for all usage, and wait up to
+        ``final_receipt_timeout`` for one (while the client is still there)."""
+        engine = self.engine
+        session = engine.session
+
+        def done() -> bool:
+            return session.terminated is not None or self.gate.settled_up(*engine.conn.usage)
+
+        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        with engine.lock:
+            while not engine.closed and not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(DTPError):
+                    engine.conn.send_receipt(RECEIPT_REQUEST)
+                    engine.flush()
+                    engine.pump(done, min(left, self.policy.request_interval))
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say."""
@@ -396,6 +420,8 @@ class PaidServer:
         except Exception:
             logger.exception("handler failed for connection %s", cid)
         finally:
+            with contextlib.suppress(DTPError):
+                paid.request_final_receipt()
             sock.close()
             with self._live_lock:
                 self._live.pop(id(paid), None)

@@ -126,6 +126,26 @@ class _PaidConnection:
             self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
 
+    async def request_final_receipt(self) -> None:
+        """As :meth:`dtp.paid._PaidConnection.request_final_receipt`."""
+        session = self.proto.session
+
+        def done() -> bool:
+            return session.terminated is not None or self.gate.settled_up(*self.conn.usage)
+
+        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(DTPError):
+                self.conn.send_receipt(RECEIPT_REQUEST)
+            self.proto.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.proto.wait_for(done), min(left, self.policy.request_interval)
+                )
+
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         now = time.monotonic()
         delay = max(
@@ -324,6 +344,8 @@ class PaidAioServer:
         finally:
             self._live.discard(paid)
             self.limiter.release(client)
+            if proto.session.terminated is None:
+                await paid.request_final_receipt()
             if proto.session.terminated is None:
                 writer.close()
                 with contextlib.suppress(DTPError):

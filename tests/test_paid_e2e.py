@@ -605,3 +605,30 @@ def test_unmetered_client_is_closed_and_refunded_in_full(world: World) -> None:
     assert world.ledger.balance(client.sui_address) == 100_000
     assert world.ledger.balance(SERVER.sui_address) == 0
     assert world.conserved()
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_server_that_closes_first_asks_for_a_final_receipt(world: World, api: str) -> None:
+    client = ident(0x6E)
+    fund(world, client)
+    with paid_server(world, api=api, mode="sink"):  # replies with the count and closes
+        with dtp.socket.create_connection(
+            world.address,
+            timeout=15,
+            ledger=world.ledger,
+            identity=client,
+            deposit=20_000,
+            metering=ON_REQUEST_ONLY,
+        ) as sock:
+            cid = sock.connection_id
+            sock.sendall(os.urandom(100_000))
+            sock.shutdown(dtp.socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(64):
+                reply += chunk
+        assert cid is not None and int(reply) == 100_000
+        world.wait_settled(cid)
+    # the client's own close came after the server's, too late for a receipt: the one
+    # the server asked for covers everything, the reply included
+    assert world.claimed(cid) == fee(SLA, 100_000 + len(reply), 1)
+    assert world.conserved()
