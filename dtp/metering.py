@@ -291,6 +291,16 @@ class ReceiptGate:
         )
         return self.owed(total_bytes, total_requests) == 0 or self.payable() >= ceiling
 
+    def serving(self, total_bytes: int, total_requests: int) -> bool:
+        """The cheap check made before every read and write: True when the verdict is
+        SERVE (no bad receipt, credit within the allowance)."""
+        if self.violation is not None:
+            return False
+        if fee(self.sla, total_bytes, total_requests) - self.payable() > self.allowance:
+            return False
+        self._paused_since = None
+        return True
+
     def verdict(self, now_ms: int, total_bytes: int, total_requests: int) -> GateVerdict:
         """Serve, pause (unreceipted credit above the allowance) or close (a bad
         receipt, or paused longer than ``pause_timeout_ms``)."""

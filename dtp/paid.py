@@ -181,9 +181,9 @@ class _PaidConnection:
         do not, neither read nor write (so no flow-control credit goes back) and ask the
         client for a receipt. Raises PaymentRequired after closing the connection when
         none comes within the pause timeout."""
-        verdict = self.verdict()
-        if verdict.state is GateState.SERVE:
+        if self.gate.serving(*self.engine.conn.usage):
             return
+        verdict = self.verdict()
         engine = self.engine
         with engine.lock:
             while verdict.state is GateState.PAUSE:
@@ -228,6 +228,9 @@ class _PaidConnection:
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say."""
+        buckets = self.buckets
+        if not buckets.bytes.rate and not buckets.requests.rate:
+            return  # unlimited: the common case costs no clock read and no lock
         now = time.monotonic()
         with self.limit_lock:
             delay = max(

@@ -102,6 +102,8 @@ class _PaidConnection:
 
     async def wait_paid(self) -> None:
         """As :meth:`dtp.paid._PaidConnection.wait_paid`."""
+        if self.gate.serving(*self.conn.usage):
+            return
         verdict = self.verdict()
         session = self.proto.session
         while verdict.state is GateState.PAUSE:
@@ -147,6 +149,8 @@ class _PaidConnection:
                 )
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        if not self.buckets.bytes.rate and not self.buckets.requests.rate:
+            return
         now = time.monotonic()
         delay = max(
             self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)

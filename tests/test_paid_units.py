@@ -298,3 +298,14 @@ def test_receipt_writer_stores_the_newest_and_reports_it(tmp_path: Path) -> None
     writer.close()
     with pytest.raises(RuntimeError):
         writer.submit(stored.receipt, record)
+
+
+def test_gate_serving_is_the_verdicts_fast_path() -> None:
+    g = gate()
+    assert g.serving(99 * 1024, 1)
+    assert not g.serving(200 * 1024, 1)
+    assert g.verdict(0, 200 * 1024, 1).state is GateState.PAUSE
+    assert g.serving(10, 1)  # back within the allowance: the pause is over
+    assert g.verdict(5000, 200 * 1024, 1).state is GateState.PAUSE  # a new pause, not a close
+    g.violation = "invalid receipt"
+    assert not g.serving(0, 0)
