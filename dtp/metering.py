@@ -108,29 +108,43 @@ class ClientMeter:
         """True once usage went beyond what the deposit covers."""
         self._seen_bytes = 0
         self._seen_requests = 0
-        self._timed = cfg.every_ms > 0
+        self._every_ms = cfg.every_ms
+        # usage is counted in steps of at least this many bytes (or a request, or the
+        # time cadence coming due): the check runs on every write, the counting need not
+        self._step = max(1, (every_bytes or 1 << 20) // 16)
+        self._due_ms = now_ms + cfg.every_ms if cfg.every_ms else None
 
     @property
     def latest(self) -> Receipt | None:
         """The last receipt signed."""
         return self.meter.latest
 
-    def update(self, now_ms: int, total_bytes: int, total_requests: int) -> Receipt | None:
-        """Cumulative usage at ``now_ms`` in; a receipt out when one is due."""
+    def update(
+        self, now_ms: int, total_bytes: int, total_requests: int, *, force: bool = False
+    ) -> Receipt | None:
+        """Cumulative usage at ``now_ms`` in; a receipt out when one is due. Small
+        increments are counted a step at a time unless ``force``."""
         new_bytes = total_bytes - self._seen_bytes
         new_requests = total_requests - self._seen_requests
-        if not new_bytes and not new_requests:
-            # the hot path: called on every flush, nothing new
-            return self.meter.poll(now_ms) if self._timed else None
         if new_bytes < 0 or new_requests < 0:
             raise ValueError("usage counters went backwards")
+        due = self._due_ms is not None and now_ms >= self._due_ms
+        if not force and not new_requests and new_bytes < self._step and not due:
+            return None  # the hot path: called on every write
         self._seen_bytes, self._seen_requests = total_bytes, total_requests
         if self.exhausted:
             return None
         try:
-            return self.meter.record(now_ms, new_bytes, new_requests)
+            receipt = self.meter.record(now_ms, new_bytes, new_requests)
         except InsufficientFunds:
-            return self._exhaust(now_ms, new_bytes, new_requests)
+            receipt = self._exhaust(now_ms, new_bytes, new_requests)
+        if due or receipt is not None:
+            self._rearm(now_ms)
+        return receipt
+
+    def _rearm(self, now_ms: int) -> None:
+        if self._every_ms:
+            self._due_ms = now_ms + self._every_ms
 
     def _exhaust(self, now_ms: int, new_bytes: int, new_requests: int) -> Receipt | None:
         self.exhausted = True
@@ -144,7 +158,10 @@ class ClientMeter:
 
     def flush(self, now_ms: int) -> Receipt | None:
         """A receipt for all counted usage now (on request or at close), if unpaid."""
-        return self.meter.flush(now_ms)
+        receipt = self.meter.flush(now_ms)
+        if receipt is not None:
+            self._rearm(now_ms)
+        return receipt
 
 
 class GateState(enum.Enum):

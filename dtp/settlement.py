@@ -105,7 +105,7 @@ class ClientPayment:
             return
         total_bytes, total_requests = conn.usage
         now_ms = self._now_ms  # the time of the last tick: no cadence depends on it here
-        receipt = self.meter.update(now_ms, total_bytes, total_requests)
+        receipt = self.meter.update(now_ms, total_bytes, total_requests, force=True)
         receipt = self.meter.flush(now_ms) or receipt
         if receipt is not None:
             conn.send_receipt(receipt.encode())

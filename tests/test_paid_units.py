@@ -309,3 +309,11 @@ def test_gate_serving_is_the_verdicts_fast_path() -> None:
     assert g.verdict(5000, 200 * 1024, 1).state is GateState.PAUSE  # a new pause, not a close
     g.violation = "invalid receipt"
     assert not g.serving(0, 0)
+
+
+def test_client_meter_counts_small_writes_in_steps_but_pays_them_when_asked() -> None:
+    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=16 * 1024, every_ms=0))
+    for n in range(1, 10):
+        assert meter.update(n, n * 100, 1) is None  # below a step: not even counted yet
+    paid = meter.update(10, 1000, 1, force=True) or meter.flush(10)
+    assert paid is not None and (paid.total_bytes, paid.total_requests) == (1000, 1)
