@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 from dtp._session import Session
 from dtp.address import HostAddress
 from dtp.admission import (
+    CarrierChoice,
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
 )
+from dtp.carriers.ledger_bridge import LedgerCarrierOptions, connect_ledger_carrier
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -487,6 +490,8 @@ async def open_connection(
     ledger: Ledger | None = None,
     deposit: int | None = None,
     cap_id: str | None = None,
+    carrier: CarrierChoice = "auto",
+    ledger_options: LedgerCarrierOptions | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
@@ -494,7 +499,9 @@ async def open_connection(
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
     ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
-    writer's ``connection_id`` / ``escrow_id`` name the ledger connection then. Raises
+    writer's ``connection_id`` / ``escrow_id`` name the ledger connection then; a host
+    without a TCP endpoint (or ``carrier="ledger"``) is reached over the ledger carrier,
+    as with the blocking API. Raises
     ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
     """
     if port is None:
@@ -510,9 +517,23 @@ async def open_connection(
             cap_id=cap_id,
             server_key=server_key,
             config=config,
+            carrier=carrier,
         )
         try:
-            reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
+            if prepared.endpoint is None:
+                bridge = await asyncio.to_thread(
+                    connect_ledger_carrier,
+                    ledger,
+                    identity,
+                    prepared.connection_id,
+                    prepared.server_address,
+                    ledger_options,
+                )
+                reader, writer = await _open(
+                    *bridge.peername, prepared.config, timeout, sock=bridge.socket
+                )
+            else:
+                reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
         except BaseException as exc:
             await asyncio.to_thread(
                 abandon_host_connection, ledger, identity, address, prepared, exc
@@ -521,7 +542,13 @@ async def open_connection(
         writer.connection_id = prepared.connection_id
         writer.escrow_id = prepared.escrow_id
         return reader, writer
-    if isinstance(host, HostAddress) or ledger is not None or deposit is not None or cap_id:
+    if (
+        isinstance(host, HostAddress)
+        or ledger is not None
+        or deposit is not None
+        or cap_id
+        or carrier == "ledger"
+    ):
         raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
@@ -536,16 +563,24 @@ async def open_connection(
 
 
 async def _open(
-    host: str, port: int, cfg: ConnectionConfig, timeout: float | None
+    host: str,
+    port: Any,
+    cfg: ConnectionConfig,
+    timeout: float | None,
+    sock: socket.socket | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
-    """Carrier connect + handshake + acceptance with a ready client config."""
+    """Carrier connect + handshake + acceptance with a ready client config; with
+    ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP."""
     loop = asyncio.get_running_loop()
     session = Session(cfg, now=loop.time())
     proto = _Protocol(session, loop)
 
     async def establish() -> None:
         try:
-            await loop.create_connection(lambda: proto, host, port)
+            if sock is None:
+                await loop.create_connection(lambda: proto, host, port)
+            else:
+                await loop.create_connection(lambda: proto, sock=sock)
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
         await proto.wait_for(
