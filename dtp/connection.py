@@ -139,6 +139,9 @@ class ConnectionConfig:
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
+    max_record_plaintext: int = MAX_RECORD_PLAINTEXT
+    """Lossy carriers: largest plaintext of the DATA records we seal (at most 16384).
+    The ledger carrier uses less, so that each record fits one ``pipe::send`` whole."""
     connection_id: bytes | None = None
     """Client only: the ledger connection (TransportControl) ID this connection is paid
     by, 32 raw bytes; sent to the server in the handshake (key ``"cid"``)."""
@@ -1156,7 +1159,7 @@ class Connection:
         size = 0
         any_eliciting = False
         for frame, blob in zip(frames, encoded, strict=True):
-            if size + len(blob) > MAX_RECORD_PLAINTEXT and current:
+            if size + len(blob) > self.config.max_record_plaintext and current:
                 plaintexts.append(b"".join(current))
                 items_per_record.append(items)
                 eliciting.append(any_eliciting)
@@ -1181,7 +1184,7 @@ class Connection:
         items_per_record: list[list[_Item]],
         eliciting: list[bool],
     ) -> None:
-        budget = MAX_RECORD_PLAINTEXT - MAX_STREAM_FRAME_OVERHEAD
+        budget = self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD
         for stream in list(self._streams.values()):
             if stream.send_state is SendState.RESET:
                 continue

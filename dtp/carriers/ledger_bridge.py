@@ -48,6 +48,7 @@ from dtp.keys import HostIdentity
 
 __all__ = [
     "LEDGER_HANDSHAKE_TIMEOUT",
+    "LEDGER_RECORD_PLAINTEXT",
     "LedgerBridge",
     "LedgerCarrierOptions",
     "LedgerListener",
@@ -64,7 +65,11 @@ logger = logging.getLogger(__name__)
 LEDGER_HANDSHAKE_TIMEOUT = 30.0
 
 _HEADER = 12
+_TAG = 16
 _DATA = 16
+#: Record plaintext that keeps a whole DATA record inside one RECORD payload
+#: (kind byte + 12-byte header + plaintext + tag = MAX_PIPE_DATA): no fragments.
+LEDGER_RECORD_PLAINTEXT = MAX_PIPE_DATA - 1 - _HEADER - _TAG
 _HANDSHAKE_KINDS = (1, 2, 3)
 _READ_CHUNK = 256 * 1024
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
@@ -79,9 +84,12 @@ class LedgerCarrierOptions:
 
     inner_count: int = 4
     """Inner pipes of our pipe (1..8)."""
-    sync_every: int = 16
+    sync_every: int = 64
     sync_interval: float = 0.25
-    """How soon the receiver acknowledges (a SYNC payload) after the first new payload."""
+    """The receiver acknowledges (a SYNC payload, then ``pipe::sync`` by the owner) after
+    ``sync_every`` new payloads or ``sync_interval`` seconds after the first one; the
+    connection's own ACKs drive retransmission, so these only keep the pipes' counters
+    moving and need not be frequent."""
     gap_timeout: float = 0.5
     """Seconds before a missing event is given up (the connection retransmits it)."""
     max_payload: int = MAX_PIPE_DATA
@@ -97,12 +105,13 @@ class LedgerCarrierOptions:
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
     """``base`` made fit for the ledger carrier: acknowledgements and retransmission on
-    (``reliable_carrier=False``) and a handshake timeout of at least
-    :data:`LEDGER_HANDSHAKE_TIMEOUT`."""
+    (``reliable_carrier=False``), records that fit one ``pipe::send`` and a handshake
+    timeout of at least :data:`LEDGER_HANDSHAKE_TIMEOUT`."""
     return replace(
         base,
         reliable_carrier=False,
         handshake_timeout=max(base.handshake_timeout, LEDGER_HANDSHAKE_TIMEOUT),
+        max_record_plaintext=min(base.max_record_plaintext, LEDGER_RECORD_PLAINTEXT),
     )
 
 
@@ -216,6 +225,7 @@ class LedgerBridge:
         out = bytearray()  # ledger → adapter
         wait = opts.poll_min
         app_closed = False
+        write_failed = False
         peer_closed_at: float | None = None
         while not self._stop.is_set():
             timer = carrier.get_timer()
@@ -237,14 +247,8 @@ class LedgerBridge:
                         moved = True
             if app_closed:
                 return  # the finally destroys our pipe: the peer sees PipeDestroyed
-            if w and out:
-                try:
-                    n = sock.send(out)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    return  # the adapter is gone
-                del out[:n]
+            if w and out and not self._write_out(out):
+                write_failed = True
             if len(out) < _OUT_HIGH_WATER:
                 for record in carrier.receive(0.0):
                     if _valid_record(record):
@@ -255,9 +259,12 @@ class LedgerBridge:
                         self.records_malformed += 1
             else:
                 carrier.poll()
-            if out:
-                with contextlib.suppress(BlockingIOError, InterruptedError):
-                    del out[: sock.send(out)]
+            if out and not self._write_out(out):
+                write_failed = True
+            if write_failed:
+                # the adapter closed its end: what it wrote before (its CLOSE) is still
+                # to be read and posted, so go on reading until EOF
+                out.clear()
             if carrier.peer_closed:
                 now = time.monotonic()
                 if peer_closed_at is None:
@@ -268,6 +275,17 @@ class LedgerBridge:
                     self._drain_until_closed(sock)
                     return
             wait = opts.poll_min if moved else min(wait * 2, opts.poll_max)
+
+    def _write_out(self, out: bytearray) -> bool:
+        """Write what the adapter's end takes now; False if it is closed."""
+        try:
+            n = self._sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        del out[:n]
+        return True
 
     def _drain_until_closed(self, sock: socket.socket) -> None:
         """After the peer left: discard what the adapter still writes until it closes."""
