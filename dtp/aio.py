@@ -394,13 +394,26 @@ class DTPStreamWriter:
             self._proto.flush()
 
     async def _close_connection(self) -> None:
-        with contextlib.suppress(asyncio.TimeoutError, DTPError):
-            await asyncio.wait_for(
-                self._proto.wait_for(
-                    lambda: self._conn.send_buffered() == 0 or self._session.terminated is not None
-                ),
-                5.0,
-            )
+        conn = self._conn
+        if conn.config.reliable_carrier:
+            with contextlib.suppress(asyncio.TimeoutError, DTPError):
+                await asyncio.wait_for(
+                    self._proto.wait_for(
+                        lambda: conn.send_buffered() == 0 or self._session.terminated is not None
+                    ),
+                    5.0,
+                )
+        else:
+            # over a lossy carrier (the ledger) data has left only once acknowledged, and
+            # an ACK is no event: look again every 50 ms, for up to 30 s
+            deadline = self._proto.loop.time() + 30.0
+            while self._session.terminated is None and (
+                conn.send_buffered() or conn.awaiting_acks()
+            ):
+                if self._proto.loop.time() >= deadline:
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._proto.wait_change(), 0.05)
         self._conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
         transport = self._proto.transport

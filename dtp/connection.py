@@ -589,6 +589,17 @@ class Connection:
             return stream.unsent() if stream else 0
         return sum(s.unsent() for s in self._streams.values())
 
+    def awaiting_acks(self) -> bool:
+        """Lossy carriers: whether something we sent may still have to be sent again (a
+        record not yet acknowledged, or lost and queued for retransmission). Always
+        False over a reliable carrier. Graceful closes wait for this to clear."""
+        recovery = self._recovery
+        if recovery is None:
+            return False
+        if any(r.ack_eliciting for r in recovery.in_flight.values()):
+            return True
+        return any(s.retransmit or s.fin_pending_resend for s in self._streams.values())
+
     def send_control(self, kind: int, data: bytes = b"") -> None:
         """Send an application CONTROL frame (kind >= 16)."""
         self._require_open()

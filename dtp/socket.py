@@ -90,6 +90,7 @@ SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
+LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -121,6 +122,7 @@ class _Engine:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
+        self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         try:
             self.peername = sock.getpeername()
             self.sockname = sock.getsockname()
@@ -326,7 +328,8 @@ class _Engine:
                 with contextlib.suppress(DTPError):
                     self.pump(
                         lambda: (
-                            self.conn.send_buffered() == 0 or self.session.terminated is not None
+                            (self.conn.send_buffered() == 0 and not self.conn.awaiting_acks())
+                            or self.session.terminated is not None
                         ),
                         linger,
                     )
@@ -614,11 +617,11 @@ class DTPSocket:
 
     def close(self) -> None:
         """Close this stream; closing the first stream closes the connection (after
-        up to 5 s for queued data to leave)."""
+        up to 5 s for queued data to leave; 30 s over the ledger carrier)."""
         if self._closed:
             return
         if self._primary:
-            self._engine.shutdown(LINGER)
+            self._engine.shutdown(self._engine.linger)
         else:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)

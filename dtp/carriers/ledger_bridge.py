@@ -246,6 +246,7 @@ class LedgerBridge:
                         self.records_posted += len(records)
                         moved = True
             if app_closed:
+                logger.debug("%s: the adapter closed its end", self._thread.name)
                 return  # the finally destroys our pipe: the peer sees PipeDestroyed
             if w and out and not self._write_out(out):
                 write_failed = True
@@ -270,6 +271,7 @@ class LedgerBridge:
                 if peer_closed_at is None:
                     peer_closed_at = now
                 elif now - peer_closed_at >= opts.peer_close_grace and not out:
+                    logger.debug("%s: the peer destroyed its pipe", self._thread.name)
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_WR)  # the adapter sees the carrier end
                     self._drain_until_closed(sock)
