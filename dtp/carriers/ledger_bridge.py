@@ -54,7 +54,6 @@ __all__ = [
     "LedgerListener",
     "connect_ledger_carrier",
     "ledger_config",
-    "ledger_head",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,6 @@ _READ_CHUNK = 256 * 1024
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
 #: stops reading the ledger (events wait there) until the adapter catches up.
 _OUT_HIGH_WATER = 4 << 20
-_NEVER = EventFilter(type="\x00no event has this type")
 
 
 @dataclass(frozen=True)
@@ -113,16 +111,6 @@ def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
         handshake_timeout=max(base.handshake_timeout, LEDGER_HANDSHAKE_TIMEOUT),
         max_record_plaintext=min(base.max_record_plaintext, LEDGER_RECORD_PLAINTEXT),
     )
-
-
-def ledger_head(ledger: Ledger) -> str | None:
-    """The cursor after the newest event now on the ledger (None: no events yet)."""
-    cursor: str | None = None
-    while True:
-        _, after = ledger.events(cursor, _NEVER, 1000)
-        if after == cursor:
-            return cursor
-        cursor = after
 
 
 def _valid_record(record: bytes) -> bool:
@@ -178,7 +166,8 @@ class LedgerBridge:
         self.records_posted = 0
         self.records_delivered = 0
         self.records_malformed = 0
-        self._thread = threading.Thread(target=self._run, name=f"dtp-ledger-{name}", daemon=True)
+        self.name = f"dtp-ledger-{name}"
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     @property
     def peername(self) -> tuple[str, str]:
@@ -212,8 +201,10 @@ class LedgerBridge:
             self.error = exc
             logger.warning("ledger carrier %s failed: %s", self.carrier.connection_id, exc)
         finally:
-            with contextlib.suppress(DTPError, OSError, RuntimeError):
+            try:
                 self.carrier.close()
+            except Exception as exc:  # the ledger may be gone too: nothing more to do
+                logger.debug("ledger carrier %s: destroying the pipe failed: %s", self.name, exc)
             with contextlib.suppress(OSError):
                 self._sock.close()
 
@@ -343,7 +334,7 @@ def connect_ledger_carrier(
     """Client side: create our pipe for ``connection_id`` and start a bridge reading
     ``peer_address``'s pipe (the host authority's). Blocking (ledger calls)."""
     opts = options or LedgerCarrierOptions()
-    head = ledger_head(ledger)
+    head = ledger.head_cursor()
     carrier = _carrier(ledger, identity, connection_id, peer_address, head, opts)
     bridge = LedgerBridge(carrier, name=f"client-{connection_id[:10]}", options=opts)
     bridge.start()
@@ -387,7 +378,7 @@ class LedgerListener:
         self._stop = threading.Event()
         self.accepted = 0
         self.skipped = 0
-        self.cursor = ledger_head(ledger)
+        self.cursor = ledger.head_cursor()
         self._thread = threading.Thread(target=self._run, name="dtp-ledger-listener", daemon=True)
         self._thread.start()
 
