@@ -235,3 +235,7 @@ ALL["pubsub_fanout"] = pubsub_fanout
 from bench.udp_rows import udp_tunnel_pps  # noqa: E402
 
 ALL["udp_tunnel_pps"] = udp_tunnel_pps
+
+from bench.ledger_carrier_rows import ledger_carrier_bulk  # noqa: E402
+
+ALL["ledger_carrier_bulk"] = ledger_carrier_bulk

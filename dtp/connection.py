@@ -1151,10 +1151,15 @@ class Connection:
                     self._recovery.on_sent(SentRecord(first + i, now, items, True))
 
     def _has_outgoing(self) -> bool:
-        return bool(
-            self._ctrl
-            or self._ping_pending
-            or any(s.unsent() or s.retransmit for s in self._streams.values())
+        """Whether the next records will carry something an ACK can ride along with.
+        Stream data blocked by flow control does not count: an ACK frame would then
+        travel alone, on every call, while the peer's credit is awaited."""
+        if self._ctrl or self._ping_pending:
+            return True
+        conn_credit = self._conn_send_credit > self._conn_sent
+        return any(
+            s.retransmit or (s.unsent() and conn_credit and s.send_credit > s.next_offset)
+            for s in self._streams.values()
         )
 
     def _pack_control(
