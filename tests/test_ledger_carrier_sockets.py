@@ -33,8 +33,14 @@ from dtp.carriers.ledger_bridge import (
 )
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
-from dtp.errors import ConnectionRefused, FirewallDenied, LocalProtocolError, ObjectNotFound
+from dtp.chain.objects import ConnectionState, EventFilter, Sla
+from dtp.errors import (
+    ConnectionRefused,
+    DTPTimeoutError,
+    FirewallDenied,
+    LocalProtocolError,
+    ObjectNotFound,
+)
 from tests.ledger_faults import impair
 from tests.ledger_server import identity_from_seed
 
@@ -423,3 +429,33 @@ def test_head_cursor_is_after_the_newest_event(host: Host) -> None:
     events, _ = host.ledger.events(head)
     assert [e.name for e in events] == ["SpendingCapCreated"]
     assert LocalLedger(":memory:").head_cursor() is None
+
+
+def test_no_ack_only_records_while_blocked_by_flow_control() -> None:
+    """A lossy-carrier sender whose stream waits for credit sends nothing on further
+    flushes (it used to send an ACK-only record on every one: a storm on the ledger)."""
+    from tests.test_connection import connect, run
+
+    c, s, link = connect(reliable_carrier=False, stream_window=32 * 1024)
+    s.auto_read = False  # the server's application reads nothing: no credit comes back
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, os.urandom(200_000))
+    assert run(link, c, s)  # until quiet
+    assert c.conn.send_buffered() > 0  # blocked by flow control
+    assert len(s.data[sid]) == 32 * 1024
+    now = link.now
+    assert [c.conn.datagrams_to_send(now + i * 1e-6) for i in range(50)] == [[]] * 50
+
+
+def test_no_listener_times_out_and_cleans_up(host: Host) -> None:
+    """Nobody serves the host on the ledger: the handshake times out, our bridge ends
+    and the ledger connection is half-closed so the deposit can be refunded later."""
+    with pytest.raises(DTPTimeoutError):
+        dtp.socket.create_connection(
+            host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=0.5
+        )
+    assert wait_until(lambda: not bridge_threads())
+    opened, _ = host.ledger.events(filter=EventFilter(type="ConnectionOpened"), limit=10)
+    (event,) = opened
+    assert host.ledger.get_connection(event["connection"]).state == ConnectionState.HALF_CLOSED
+    assert host.conserved()
