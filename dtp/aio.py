@@ -33,7 +33,13 @@ from dtp.admission import (
     peer_info,
     prepare_host_connection,
 )
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions, connect_ledger_carrier
+from dtp.carriers.ledger_bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -647,6 +653,8 @@ class DTPServer:
         self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
+        self._ledger_listener: LedgerListener | None = None
+        self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes_failed = 0
         self.refused = 0
@@ -661,12 +669,54 @@ class DTPServer:
 
     @property
     def address(self) -> tuple[str, int]:
+        if not self.sockets:
+            raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         name = self.sockets[0].getsockname()
         return name[0], name[1]
 
-    def _protocol_factory(self) -> _Protocol:
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
+        event loop). The listener watches the ledger in a thread of its own and hands
+        each bridged connection to the loop."""
+        if self._ledger_listener is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
         loop = asyncio.get_running_loop()
-        session = Session(self._config, now=loop.time())
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
+            loop.call_soon_threadsafe(self._accept_ledger, bridge, config)
+
+        self._ledger_listener = LedgerListener(
+            ledger, self.identity, host_id, port, handoff, options=options
+        )
+        return self._ledger_listener
+
+    def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def attach() -> None:
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: self._protocol_factory(config), sock=bridge.socket
+                )
+            except OSError as exc:
+                logger.warning("ledger connection %s: %s", bridge.peername[1], exc)
+                bridge.socket.close()
+
+        task = loop.create_task(attach())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _protocol_factory(self, config: ConnectionConfig | None = None) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        session = Session(config or self._config, now=loop.time())
         proto = _Protocol(session, loop)
         task = loop.create_task(self._serve(proto))
         self._tasks.add(task)
@@ -682,7 +732,7 @@ class DTPServer:
                         session.authenticated_address is not None or session.terminated is not None
                     )
                 ),
-                self._config.handshake_timeout,
+                session.conn.config.handshake_timeout,
             )
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
@@ -751,14 +801,19 @@ class DTPServer:
         """Stop listening (connections already accepted go on)."""
         if self._server is not None:
             self._server.close()
+        if self._ledger_listener is not None:
+            self._ledger_listener.close()
+        self._closed.set()
 
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        if self._server is not None:
+            await self._server.serve_forever()
+            return
+        await self._closed.wait()  # ledger carrier only: serve until closed
 
     async def __aenter__(self) -> DTPServer:
         return self
@@ -770,8 +825,8 @@ class DTPServer:
 
 async def start_server(
     client_connected_cb: ClientCallback,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     *,
     identity: HostIdentity,
     accept: AcceptHook | None = None,
@@ -781,6 +836,8 @@ async def start_server(
     ledger: Ledger | None = None,
     host_id: str | None = None,
     dtp_port: int | None = None,
+    carriers: tuple[str, ...] | None = None,
+    ledger_options: LedgerCarrierOptions | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -791,7 +848,19 @@ async def start_server(
     with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.
+
+    ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
+    when ``host`` is None) the server also accepts connections that come over the ledger
+    carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
     """
+    if carriers is None:
+        carriers = ("tcp",) if host is not None else ("ledger",)
+    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
+    if ("tcp" in carriers) != (host is not None and port is not None):
+        raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
+    if "ledger" in carriers and (ledger is None or host_id is None or dtp_port is None):
+        raise ValueError("the ledger carrier needs ledger, host_id and dtp_port")
     if ledger is not None or host_id is not None or dtp_port is not None:
         if ledger is None or host_id is None or dtp_port is None:
             raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
@@ -801,5 +870,9 @@ async def start_server(
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
     server = DTPServer(client_connected_cb, identity, accept, cfg, admit)
-    await server._start(host, port, backlog)
+    if host is not None and port is not None:
+        await server._start(host, port, backlog)
+    if "ledger" in carriers:
+        assert ledger is not None and host_id is not None and dtp_port is not None
+        server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
     return server

@@ -459,3 +459,61 @@ def test_no_listener_times_out_and_cleans_up(host: Host) -> None:
     (event,) = opened
     assert host.ledger.get_connection(event["connection"]).state == ConnectionState.HALF_CLOSED
     assert host.conserved()
+
+
+def test_asyncio_server_on_the_ledger_carrier(host: Host) -> None:
+    """dtp.aio.start_server with no TCP listener: asyncio and blocking clients reach it
+    by host ID over the ledger carrier."""
+    payload = random.Random(3).randbytes(200_000)
+
+    async def echo_cb(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await reader.read(1)  # until the client closes
+
+    async def main() -> tuple[bytes, bytes]:
+        server_ledger = LocalLedger(host.path)
+        server = await dtp.aio.start_server(
+            echo_cb,
+            None,
+            None,
+            identity=SERVER,
+            ledger=server_ledger,
+            host_id=host.host_id,
+            dtp_port=PORT,
+        )
+        serving = asyncio.ensure_future(server.serve_forever())
+        try:
+            with pytest.raises(LocalProtocolError):
+                _ = server.address
+            reader, writer = await dtp.aio.open_connection(
+                host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=30
+            )
+            writer.write(payload)
+            writer.write_eof()
+            got = bytearray()
+            while data := await reader.read(1 << 20):
+                got.extend(data)
+            writer.close()
+            await writer.wait_closed()
+
+            def blocking() -> bytes:
+                with dtp.socket.create_connection(
+                    host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=30
+                ) as sock:
+                    return echo_exchange(sock, payload[:50_000])
+
+            got_blocking = await asyncio.to_thread(blocking)
+            await asyncio.to_thread(wait_until, lambda: not bridge_threads())
+            return bytes(got), got_blocking
+        finally:
+            server.close()
+            await serving
+            server_ledger.close()
+
+    got, got_blocking = asyncio.run(main())
+    assert got == payload and got_blocking == payload[:50_000]
+    assert not bridge_threads()
+    assert host.conserved()
