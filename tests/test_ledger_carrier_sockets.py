@@ -517,3 +517,18 @@ def test_asyncio_server_on_the_ledger_carrier(host: Host) -> None:
     assert got == payload and got_blocking == payload[:50_000]
     assert not bridge_threads()
     assert host.conserved()
+
+
+def test_bridge_stop_destroys_the_pipe_and_ends_the_pair(host: Host) -> None:
+    cap = host.ledger.create_spending_cap(CLIENT, DEPOSIT)
+    opened = host.ledger.open_connection(CLIENT, host.host_id, PORT, cap, DEPOSIT)
+    bridge = connect_ledger_carrier(host.ledger, CLIENT, opened.connection_id, SERVER.sui_address)
+    assert bridge.running and bridge.peername == ("ledger", opened.connection_id)
+    pipe = bridge.carrier.pipe_id
+    assert not pipe_gone(host, pipe)
+    bridge.stop()
+    assert not bridge.running and bridge.error is None
+    assert pipe_gone(host, pipe)
+    bridge.socket.settimeout(5)
+    assert bridge.socket.recv(10) == b""  # the adapter sees the carrier end
+    bridge.socket.close()

@@ -36,6 +36,7 @@ import select
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -80,6 +81,9 @@ _READ_CHUNK = 256 * 1024
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
 #: stops reading the ledger (events wait there) until the adapter catches up.
 _OUT_HIGH_WATER = 4 << 20
+#: Connection IDs a listener remembers having handled (a client's second pipe for the
+#: same connection is not a new connection); the oldest are forgotten beyond this.
+_MAX_SEEN = 65_536
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,11 @@ class LedgerBridge:
 
     @property
     def running(self) -> bool:
+        """Whether the thread is still moving records."""
         return self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end."""
         self._thread.join(timeout)
 
     # -- the thread -----------------------------------------------------------------------
@@ -206,7 +212,7 @@ class LedgerBridge:
     def _run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # a ledger failure ends the carrier, not the process
+        except Exception as exc:  # a ledger failure ends the carrier, not the process
             self.error = exc
             logger.warning("ledger carrier %s failed: %s", self.carrier.connection_id, exc)
         finally:
@@ -383,7 +389,7 @@ class LedgerListener:
         self.options = options or LedgerCarrierOptions()
         self.poll = poll
         self._on_accept = on_accept
-        self._seen: set[str] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # connections handled
         self._stop = threading.Event()
         self.accepted = 0
         self.skipped = 0
@@ -427,7 +433,9 @@ class LedgerListener:
             return
         if tc.host != self.host_id or tc.port != self.port or tc.client != owner:
             return
-        self._seen.add(cid)
+        self._seen[cid] = None
+        while len(self._seen) > _MAX_SEEN:
+            self._seen.popitem(last=False)
         if tc.state != ConnectionState.OPEN or tc.server != self.identity.sui_address:
             self.skipped += 1
             return
