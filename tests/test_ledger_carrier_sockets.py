@@ -532,3 +532,23 @@ def test_bridge_stop_destroys_the_pipe_and_ends_the_pair(host: Host) -> None:
     bridge.socket.settimeout(5)
     assert bridge.socket.recv(10) == b""  # the adapter sees the carrier end
     bridge.socket.close()
+
+
+def test_datagrams_over_the_ledger_carrier(host: Host) -> None:
+    """Unreliable datagrams ride the same bridge (whole, each in one pipe payload)."""
+
+    def echo_datagrams(sock: dtp.socket.DTPSocket) -> None:
+        for _ in range(3):
+            sock.send_datagram(sock.recv_datagram(10).upper())
+        sock.recv(1)
+
+    with (
+        server_in_thread(host, echo_datagrams),
+        dtp.socket.create_connection(
+            host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=30
+        ) as sock,
+    ):
+        big = b"d" * sock.max_datagram_size
+        for message in (b"one", b"two", big):
+            sock.send_datagram(message)
+            assert sock.recv_datagram(10) == message.upper()
