@@ -28,8 +28,10 @@ class ImpairedLedger:
         loss: float = 0.0,
         duplicate: float = 0.0,
         reorder: float = 0.0,
+        drop_first: int = 0,
     ) -> None:
         self._ledger = ledger
+        self.drop_first = drop_first
         self.rng = random.Random(seed)
         self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
         self._held: list[Event] = []
@@ -48,7 +50,8 @@ class ImpairedLedger:
             if event.name != "PipeDataSent":
                 out.append(event)
                 continue
-            if self.rng.random() < self.loss:
+            if self.drop_first > 0 or self.rng.random() < self.loss:
+                self.drop_first = max(0, self.drop_first - 1)
                 self.dropped += 1
                 continue
             self._held.append(event)
@@ -75,17 +78,28 @@ class ImpairedLedger:
 
 
 def impair(
-    *, seed: int, loss: float = 0.0, duplicate: float = 0.0, reorder: float = 0.0
+    *,
+    seed: int,
+    loss: float = 0.0,
+    duplicate: float = 0.0,
+    reorder: float = 0.0,
+    drop_first: int = 0,
 ) -> tuple[Callable[[Ledger], Ledger], list[ImpairedLedger]]:
     """A ``ledger_filter`` giving every carrier its own :class:`ImpairedLedger` (seeds
-    ``seed``, ``seed + 1``, …), and the list the wrappers are collected in."""
+    ``seed``, ``seed + 1``, …; each drops its first ``drop_first`` data events), and the
+    list the wrappers are collected in."""
     made: list[ImpairedLedger] = []
     lock = threading.Lock()
 
     def wrap(ledger: Ledger) -> Ledger:
         with lock:
             wrapper = ImpairedLedger(
-                ledger, seed=seed + len(made), loss=loss, duplicate=duplicate, reorder=reorder
+                ledger,
+                seed=seed + len(made),
+                loss=loss,
+                duplicate=duplicate,
+                reorder=reorder,
+                drop_first=drop_first,
             )
             made.append(wrapper)
         return wrapper  # type: ignore[return-value]

@@ -278,6 +278,7 @@ def test_asyncio_client_over_the_ledger_against_the_blocking_server(host: Host) 
 
 def test_handshake_survives_15_percent_loss(host: Host) -> None:
     """The lossy handshake resends (0.5 s doubling) within the ledger handshake timeout."""
+    lost = 0
     for seed in range(3):
         wrap, wrappers = impair(seed=100 * seed, loss=0.15, duplicate=0.05, reorder=0.2)
         options = LedgerCarrierOptions(ledger_filter=wrap)
@@ -294,7 +295,25 @@ def test_handshake_survives_15_percent_loss(host: Host) -> None:
         ):
             assert echo_exchange(sock, b"x" * 50_000) == b"x" * 50_000
         assert len(wrappers) == 2
+        lost += sum(w.dropped for w in wrappers)
+    assert lost > 0
     assert host.conserved()
+
+
+def test_lost_handshake_records_are_resent_through_the_bridge(host: Host) -> None:
+    """The host's carrier misses the client's first two records (its handshake message
+    and the first resend): the resend after 1.5 s gets through."""
+    wrap, wrappers = impair(seed=5, drop_first=2)
+    start = time.monotonic()
+    with (
+        server_in_thread(host, ledger_options=LedgerCarrierOptions(ledger_filter=wrap)),
+        dtp.socket.create_connection(
+            host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=30
+        ) as sock,
+    ):
+        assert time.monotonic() - start >= 1.4
+        assert echo_exchange(sock, b"hello") == b"hello"
+    assert [w.dropped for w in wrappers] == [2]
 
 
 def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> None:
