@@ -567,8 +567,12 @@ async def open_connection(
         or deposit is not None
         or cap_id
         or carrier == "ledger"
+        or ledger_options is not None
     ):
-        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
+        raise ValueError(
+            "ledger, deposit, cap_id and the ledger carrier apply only to a DTP address "
+            "(dtp://…)"
+        )
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(

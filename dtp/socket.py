@@ -878,8 +878,17 @@ def create_connection(
             carrier=carrier,
             ledger_options=ledger_options,
         )
-    if ledger is not None or deposit is not None or cap_id is not None or carrier == "ledger":
-        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
+    if (
+        ledger is not None
+        or deposit is not None
+        or cap_id is not None
+        or carrier == "ledger"
+        or ledger_options is not None
+    ):
+        raise ValueError(
+            "ledger, deposit, cap_id and the ledger carrier apply only to a DTP address "
+            "(dtp://…)"
+        )
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
