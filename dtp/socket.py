@@ -670,7 +670,7 @@ class DTPSocket:
             engine.flush()
 
     def recv_datagrams(
-        self, max_count: int = 1024, timeout: float | None | Literal["socket"] = "socket"
+        self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
         """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
         most ``max_count``)."""
@@ -682,7 +682,7 @@ class DTPSocket:
                 out.append(queue.popleft())
         return out
 
-    def recv_datagram(self, timeout: float | None | Literal["socket"] = "socket") -> bytes:
+    def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """Wait for the connection's next datagram: up to ``timeout`` seconds (None:
         forever; by default the socket's timeout), then DTPTimeoutError. Datagrams not
         read in time are dropped oldest first (``datagrams_dropped``)."""
