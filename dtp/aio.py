@@ -569,7 +569,7 @@ async def open_connection(
         or carrier == "ledger"
         or ledger_options is not None
     ):
-        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a dtp:// address")
+        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(

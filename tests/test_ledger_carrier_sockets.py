@@ -435,7 +435,7 @@ def test_server_arguments() -> None:
         )
     with pytest.raises(ValueError, match="carriers"):
         dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, carriers=("udp",))
-    with pytest.raises(ValueError, match="need a dtp:// address"):
+    with pytest.raises(ValueError, match="need a DTP address"):
         dtp.socket.create_connection(("127.0.0.1", 1), carrier="ledger")
     ledger.close()
 
