@@ -1,0 +1,271 @@
+"""The client side: a local TCP listener whose every accepted connection becomes a
+tunnel (a DTP stream) to a remote ``<host id>:<port>`` service.
+
+All tunnels of a forwarder share one DTP connection (opened on the ledger with its
+escrow on first use, reopened if it ends or its deposit runs out). Usage of paid
+services is metered by :class:`dtp.daemon.fees.ClientFees`; receipts go on stream 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import dtp.aio
+from dtp.chain.ledger import Ledger
+from dtp.daemon.config import ForwardConfig
+from dtp.daemon.fees import ClientFees
+from dtp.daemon.state import ForwardStats, StatusBook
+from dtp.daemon.tunnel import read_status, splice
+from dtp.errors import ChainError, DTPError, InsufficientFunds, TunnelError
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+__all__ = ["Forwarder"]
+
+from dtp.daemon.logs import kv
+
+logger = logging.getLogger("dtp.daemon.forwarder")
+
+
+@dataclass(eq=False)
+class _Link:
+    """One DTP connection to the target service."""
+
+    connection_id: str
+    reader: dtp.aio.DTPStreamReader
+    writer: dtp.aio.DTPStreamWriter
+    fees: ClientFees
+    tunnels: int = 0
+    paid: int = 0
+    """MIST covered by the latest receipt sent."""
+    retired: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def usable(self) -> bool:
+        return not self.retired and not self.closed.is_set() and not self.writer.is_closing()
+
+
+class Forwarder:
+    """Listens on ``config.listen`` and tunnels to ``config.target``."""
+
+    def __init__(
+        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.identity = identity
+        self.book = book
+        self.server: asyncio.Server | None = None
+        self._link: _Link | None = None
+        self._links: set[_Link] = set()
+        self._opening = asyncio.Lock()
+        self._clients: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    @property
+    def stats(self) -> ForwardStats:
+        row = self.book.forward(self.config.name)
+        row.target = str(self.config.target)
+        return row
+
+    async def start(self) -> tuple[str, int]:
+        """Start listening; returns the bound address."""
+        self.server = await asyncio.start_server(
+            self._on_client,
+            self.config.listen.host,
+            self.config.listen.port,
+            limit=1 << 20,
+            backlog=512,
+            reuse_address=True,
+        )
+        name = self.server.sockets[0].getsockname()
+        self.stats.listen = f"{name[0]}:{name[1]}"
+        return name[0], name[1]
+
+    # -- the shared connection -------------------------------------------------------------
+
+    async def _get_link(self) -> _Link:
+        async with self._opening:
+            link = self._link
+            if link is not None and link.usable:
+                return link
+            link = await self._open_link()
+            self._link = link
+            return link
+
+    async def _open_link(self) -> _Link:
+        target = self.config.target
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                target,
+                ledger=self.ledger,
+                identity=self.identity,
+                deposit=self.config.deposit,
+                timeout=10.0,
+            )
+        except DTPError as exc:
+            if isinstance(exc, ChainError) or "refuse" in str(exc).lower():
+                self.stats.denials += 1
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
+        assert writer.connection_id is not None
+        connection_id = writer.connection_id
+        tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
+        escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+        fees = ClientFees(
+            self.identity, connection_id, tc.sla, escrow.deposited, self.config.receipt_every
+        )
+        link = _Link(connection_id, reader, writer, fees)
+        self._links.add(link)
+        self.stats.connections += 1
+        logger.info(
+            "connection open",
+            extra=kv(forward=self.config.name, connection=connection_id),
+        )
+        watcher = asyncio.ensure_future(self._watch(link))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return link
+
+    async def _watch(self, link: _Link) -> None:
+        """Wait until the connection ends, then half-close it on the ledger (the daemon
+        claims and settles, refunding the rest of the deposit)."""
+        with contextlib.suppress(DTPError, asyncio.IncompleteReadError):
+            await link.reader.read()
+        link.closed.set()
+        self._links.discard(link)
+        if self._link is link:
+            self._link = None
+        await self._close_on_ledger(link)
+
+    async def _close_on_ledger(self, link: _Link) -> None:
+        def close() -> None:
+            tc = self.ledger.get_connection(link.connection_id)
+            if tc.state.label != "Closed" and tc.half_closed_by != self.identity.sui_address:
+                self.ledger.close_connection(self.identity, link.connection_id)
+
+        try:
+            await asyncio.to_thread(close)
+        except ChainError as exc:
+            logger.debug("ledger close skipped: %s", exc)
+
+    def _send_receipt(self, link: _Link, receipt: Receipt | None) -> None:
+        if receipt is None or link.closed.is_set():
+            return
+        with contextlib.suppress(DTPError):
+            link.writer.write(receipt.encode())
+            self.stats.receipts_sent += 1
+            self.stats.fees_paid += receipt.total_amount - link.paid
+            link.paid = receipt.total_amount
+
+    def _release(self, link: _Link) -> None:
+        link.tunnels -= 1
+        self._send_receipt(link, link.fees.flush())
+        if link.retired and link.tunnels == 0:
+            link.writer.close()
+
+    # -- tunnels -------------------------------------------------------------------------
+
+    async def _on_client(
+        self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+        stats = self.stats
+        try:
+            link = await self._get_link()
+            link.tunnels += 1
+            try:
+                self._send_receipt(link, link.fees.record(requests=1))
+            except InsufficientFunds:
+                link.retired = True
+                link.tunnels -= 1
+                link = await self._get_link()
+                link.tunnels += 1
+                self._send_receipt(link, link.fees.record(requests=1))
+            s_reader, s_writer = await link.writer.open_stream()
+        except (DTPError, OSError) as exc:
+            stats.errors += 1
+            logger.warning(
+                "tunnel failed",
+                extra=kv(forward=self.config.name, error=str(exc)),
+            )
+            c_writer.close()
+            return
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        try:
+            await read_status(s_reader)
+        except (DTPError, asyncio.IncompleteReadError) as exc:
+            stats.active_tunnels -= 1
+            stats.errors += 1
+            logger.warning(
+                "tunnel refused",
+                extra=kv(forward=self.config.name, reason=str(exc)),
+            )
+            c_writer.close()
+            s_writer.close()
+            self._release(link)
+            return
+
+        def count(n: int, direction: str) -> None:
+            if direction == "in":
+                stats.bytes_in += n
+            else:
+                stats.bytes_out += n
+            self.book.touch()
+            try:
+                receipt = link.fees.record(n)
+            except InsufficientFunds:
+                link.retired = True
+                raise TunnelError("the deposit of this DTP connection is used up") from None
+            self._send_receipt(link, receipt)
+
+        try:
+            error = await splice(
+                c_reader,
+                c_writer,
+                s_reader,
+                s_writer,
+                lambda n: count(n, "in"),
+                lambda n: count(n, "out"),
+            )
+        finally:
+            stats.active_tunnels -= 1
+            self._release(link)
+        if error is not None:
+            stats.errors += 1
+            logger.info(
+                "tunnel ended with an error",
+                extra=kv(forward=self.config.name, error=str(error)),
+            )
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    @property
+    def active_tunnels(self) -> int:
+        return len(self._clients)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, wait up to ``timeout`` for tunnels, then close connections."""
+        self.stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._clients and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._clients):
+            task.cancel()
+        for link in list(self._links):
+            self._send_receipt(link, link.fees.flush())
+            link.writer.close()
+        if self._watchers:
+            await asyncio.wait(set(self._watchers), timeout=5.0)
