@@ -235,3 +235,7 @@ ALL["pubsub_fanout"] = pubsub_fanout
 from bench.udp_rows import udp_tunnel_pps  # noqa: E402
 
 ALL["udp_tunnel_pps"] = udp_tunnel_pps
+
+from bench.tunnel_rows import TUNNEL_ROWS  # noqa: E402
+
+ALL.update(TUNNEL_ROWS)

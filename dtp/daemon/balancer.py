@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 from collections.abc import Callable
+from typing import TypeVar
 
 from dtp.daemon.config import Backend
 from dtp.errors import TunnelError
@@ -16,6 +16,8 @@ from dtp.errors import TunnelError
 __all__ = ["BackendPool"]
 
 from dtp.daemon.logs import kv
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 logger = logging.getLogger("dtp.daemon.balancer")
 
@@ -95,14 +97,16 @@ class BackendPool:
         rotated = [self.backends[(start + i) % count] for i in range(count)]
         return [b for b in rotated if self.healthy[b]] + [b for b in rotated if not self.healthy[b]]
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Backend]:
-        """A TCP connection to the first backend that answers; unreachable ones are
-        marked down. Raises :class:`TunnelError` when none answers."""
+    async def connect(self, factory: Callable[[], P]) -> tuple[P, Backend]:
+        """A TCP connection (driven by ``factory()``'s protocol) to the first backend
+        that answers; unreachable ones are marked down. Raises :class:`TunnelError`
+        when none answers."""
+        loop = asyncio.get_running_loop()
         tried: list[str] = []
         for backend in self.order():
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(backend.host, backend.port, limit=1 << 20),
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(factory, backend.host, backend.port),
                     self.connect_timeout,
                 )
             except (OSError, TimeoutError) as exc:
@@ -111,10 +115,6 @@ class BackendPool:
                 if self._on_failure is not None:
                     self._on_failure(backend)
                 continue
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._mark(backend, True)
-            return reader, writer, backend
+            return protocol, backend
         raise TunnelError(f"no backend of service {self.name} is reachable: {', '.join(tried)}")

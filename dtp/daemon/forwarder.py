@@ -18,7 +18,7 @@ from dtp.chain.ledger import Ledger
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
-from dtp.daemon.tunnel import read_status, splice
+from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import ChainError, DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
@@ -59,7 +59,7 @@ class Forwarder:
         self.ledger = ledger
         self.identity = identity
         self.book = book
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.base_events.Server | None = None
         self._link: _Link | None = None
         self._links: set[_Link] = set()
         self._opening = asyncio.Lock()
@@ -74,17 +74,33 @@ class Forwarder:
 
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the bound address."""
-        self.server = await asyncio.start_server(
-            self._on_client,
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._new_leg,
             self.config.listen.host,
             self.config.listen.port,
-            limit=1 << 20,
             backlog=512,
             reuse_address=True,
         )
         name = self.server.sockets[0].getsockname()
         self.stats.listen = f"{name[0]}:{name[1]}"
         return name[0], name[1]
+
+    def _new_leg(self) -> TcpLeg:
+        """A local client connected: its tunnel is set up in a task while its
+        reading stays paused."""
+        holder: list[_Link] = []
+        stats = self.stats
+
+        def count_in(n: int) -> None:
+            stats.bytes_in += n
+            self._meter(holder[0], n)
+
+        leg = TcpLeg(count_in)
+        task = asyncio.get_running_loop().create_task(self._tunnel(leg, holder))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+        return leg
 
     # -- the shared connection -------------------------------------------------------------
 
@@ -169,13 +185,16 @@ class Forwarder:
 
     # -- tunnels -------------------------------------------------------------------------
 
-    async def _on_client(
-        self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._clients.add(task)
-            task.add_done_callback(self._clients.discard)
+    def _meter(self, link: _Link, n: int) -> None:
+        self.book.touch()
+        try:
+            receipt = link.fees.record(n)
+        except InsufficientFunds:
+            link.retired = True
+            raise TunnelError("the deposit of this DTP connection is used up") from None
+        self._send_receipt(link, receipt)
+
+    async def _tunnel(self, leg: TcpLeg, holder: list[_Link]) -> None:
         stats = self.stats
         try:
             link = await self._get_link()
@@ -184,66 +203,45 @@ class Forwarder:
                 self._send_receipt(link, link.fees.record(requests=1))
             except InsufficientFunds:
                 link.retired = True
-                link.tunnels -= 1
+                self._release(link)
                 link = await self._get_link()
                 link.tunnels += 1
                 self._send_receipt(link, link.fees.record(requests=1))
             s_reader, s_writer = await link.writer.open_stream()
         except (DTPError, OSError) as exc:
             stats.errors += 1
-            logger.warning(
-                "tunnel failed",
-                extra=kv(forward=self.config.name, error=str(exc)),
-            )
-            c_writer.close()
+            logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=str(exc)))
+            leg.close()
             return
+        holder.append(link)
         stats.tunnels += 1
         stats.active_tunnels += 1
         try:
-            await read_status(s_reader)
-        except (DTPError, asyncio.IncompleteReadError) as exc:
-            stats.active_tunnels -= 1
-            stats.errors += 1
-            logger.warning(
-                "tunnel refused",
-                extra=kv(forward=self.config.name, reason=str(exc)),
-            )
-            c_writer.close()
-            s_writer.close()
-            self._release(link)
-            return
-
-        def count(n: int, direction: str) -> None:
-            if direction == "in":
-                stats.bytes_in += n
-            else:
-                stats.bytes_out += n
-            self.book.touch()
             try:
-                receipt = link.fees.record(n)
-            except InsufficientFunds:
-                link.retired = True
-                raise TunnelError("the deposit of this DTP connection is used up") from None
-            self._send_receipt(link, receipt)
+                await read_status(s_reader)
+            except (DTPError, asyncio.IncompleteReadError) as exc:
+                stats.errors += 1
+                logger.warning(
+                    "tunnel refused", extra=kv(forward=self.config.name, reason=str(exc))
+                )
+                leg.close()
+                s_writer.close()
+                return
 
-        try:
-            error = await splice(
-                c_reader,
-                c_writer,
-                s_reader,
-                s_writer,
-                lambda n: count(n, "in"),
-                lambda n: count(n, "out"),
-            )
+            def count_out(n: int) -> None:
+                stats.bytes_out += n
+                self._meter(link, n)
+
+            error = await splice_leg(leg, s_reader, s_writer, count_out)
+            if error is not None:
+                stats.errors += 1
+                logger.info(
+                    "tunnel ended with an error",
+                    extra=kv(forward=self.config.name, error=str(error)),
+                )
         finally:
             stats.active_tunnels -= 1
             self._release(link)
-        if error is not None:
-            stats.errors += 1
-            logger.info(
-                "tunnel ended with an error",
-                extra=kv(forward=self.config.name, error=str(error)),
-            )
 
     # -- shutdown ------------------------------------------------------------------------
 

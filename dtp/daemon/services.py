@@ -22,7 +22,7 @@ from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
 from dtp.daemon.state import ServiceStats, StatusBook
-from dtp.daemon.tunnel import STATUS_OK, refusal, splice
+from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import DTPError, InvalidReceipt, TunnelError
 from dtp.keys import HostIdentity
 
@@ -255,25 +255,6 @@ class ServiceHost:
         service = self.services.get(conn.service.port, conn.service)
         stats = self.stats(service)
         pool = self.pools.get(service.port)
-        try:
-            if pool is None:
-                raise TunnelError(f"service {service.name} was removed")
-            self._check_paid(conn, service)
-            b_reader, b_writer, backend = await pool.connect()
-        except TunnelError as exc:
-            stats.unavailable += 1
-            logger.warning(
-                "tunnel refused",
-                extra=kv(service=service.name, reason=str(exc)),
-            )
-            with contextlib.suppress(DTPError):
-                writer.write(refusal(str(exc)))
-                writer.close()
-            return
-        stats.tunnels += 1
-        stats.active_tunnels += 1
-        stats.healthy_backends = pool.healthy_count
-        writer.write(STATUS_OK)
 
         def count_in(n: int) -> None:
             stats.bytes_in += n
@@ -284,18 +265,30 @@ class ServiceHost:
             self._count(conn, service, n)
 
         try:
-            error = await splice(reader, writer, b_reader, b_writer, count_in, count_out)
+            if pool is None:
+                raise TunnelError(f"service {service.name} was removed")
+            self._check_paid(conn, service)
+            leg, backend = await pool.connect(lambda: TcpLeg(count_out))
+        except TunnelError as exc:
+            stats.unavailable += 1
+            logger.warning("tunnel refused", extra=kv(service=service.name, reason=str(exc)))
+            with contextlib.suppress(DTPError):
+                writer.write(refusal(str(exc)))
+                writer.close()
+            return
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        stats.healthy_backends = pool.healthy_count
+        writer.write(STATUS_OK)
+        try:
+            error = await splice_leg(leg, reader, writer, count_in)
         finally:
             stats.active_tunnels -= 1
             self.book.touch()
         if error is not None:
             logger.info(
                 "tunnel ended with an error",
-                extra=kv(
-                    service=service.name,
-                    backend=str(backend),
-                    error=str(error),
-                ),
+                extra=kv(service=service.name, backend=str(backend), error=str(error)),
             )
 
     def _count(self, conn: _Conn, service: ServiceConfig, n: int) -> None:
