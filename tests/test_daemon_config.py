@@ -38,6 +38,15 @@ def test_the_example_file_is_valid() -> None:
     assert config.firewall.deny[0].endswith("bad01")
 
 
+def test_the_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "daemon.md").read_text()
+    block = text.split("```toml\n")[1].split("```")[0]
+    config = parse_config(block, tmp_path / "dtp.toml")
+    assert [s.name for s in config.services] == ["web", "rpc"]
+    assert config == parse_config(block, tmp_path / "dtp.toml")
+    assert config.services == load_config(EXAMPLE).services
+
+
 def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
     text = '[daemon]\nledger = "x"\n\n[[service]]\nbackends = [\n  "a:1",\n  "b:2",\n]\nport = 3\n'
     text += '[[service]]\nport = 4 # comment\n[firewall]\n"mode" = "open"\n'

@@ -206,9 +206,10 @@ class ServiceHost:
             )
 
     def _count_held(self) -> None:
-        held: dict[str, int] = {}
-        for port, service in self.services.items():
-            held[service.name] = sum(1 for c in self.conns.values() if c.service.port == port)
+        held = dict.fromkeys((s.name for s in self.services.values()), 0)
+        for conn in self.conns.values():
+            if conn.paid_bytes or self.fees.held(conn.connection_id) is not None:
+                held[conn.service.name] = held.get(conn.service.name, 0) + 1
         for name, count in held.items():
             self.book.service(name).receipts_held = count
 
