@@ -149,8 +149,10 @@ class Forwarder:
     async def _watch(self, link: _Link) -> None:
         """Wait until the connection ends, then half-close it on the ledger (the daemon
         claims and settles, refunding the rest of the deposit)."""
-        with contextlib.suppress(DTPError, asyncio.IncompleteReadError):
-            await link.reader.read()
+        # wait_closed, not a read of stream 0: a reader would wake on every event of
+        # the connection, a task switch per tunnel chunk
+        with contextlib.suppress(DTPError):
+            await link.writer.wait_closed()
         link.closed.set()
         self._links.discard(link)
         if self._link is link:

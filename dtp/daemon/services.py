@@ -181,7 +181,13 @@ class ServiceHost:
         )
         acceptor = asyncio.ensure_future(self._accept_tunnels(conn))
         try:
-            await self._read_receipts(conn, reader)
+            if terms.sla.price_per_kib or terms.sla.price_per_request:
+                await self._read_receipts(conn, reader)
+            else:
+                # nothing to read on stream 0 of a free service; a reader would wake on
+                # every event of the connection
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
         finally:
             acceptor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -26,7 +26,7 @@ __all__ = [
     "splice_leg",
 ]
 
-CHUNK = 256 * 1024
+CHUNK = 1 << 20
 STATUS_OK = b"\x00"
 _REFUSED = 1
 
