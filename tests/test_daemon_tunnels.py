@@ -224,9 +224,13 @@ def test_firewall_denial(setup: Setup) -> None:
     assert wait_until(lambda: fwd_row(setup)["errors"] >= 1)
     assert svc_row(setup)["tunnels"] == 0
     assert '"denied"' in d.log() and "denies" in d.log()
+    # the refused connection was settled at once: its deposit is back with the client
+    ledger = setup.ledger()
+    assert wait_until(lambda: ledger.audit()["escrows"] == 0)
+    assert conserved(ledger)
     f.stop()
     d.stop()
-    assert conserved(setup.ledger())
+    assert conserved(ledger)
 
 
 def test_host_firewall_on_the_ledger_denies_before_money_moves(setup: Setup) -> None:
@@ -298,6 +302,9 @@ def test_paid_service_fees_survive_a_daemon_crash(setup: Setup) -> None:
     claimed = receipt.total_amount
     row = wait_until(lambda: svc_row(setup)["fees_claimed"] == claimed and svc_row(setup))
     assert row["fees_earned"] >= claimed
+    # the forwarder reconnects to the restarted daemon (at its new endpoint)
+    assert echo_roundtrip(address, b"again") == b"again"
+    assert wait_until(lambda: fwd_row(setup)["connections"] == 2)
     f.stop()
     d2.stop()
     assert conserved(ledger)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import dtp.aio
 from dtp.admission import LedgerAdmission, PeerInfo
@@ -66,7 +67,8 @@ class ServiceHost:
         self.pools: dict[int, BackendPool] = {}
         self.server: dtp.aio.DTPServer | None = None
         self.conns: dict[str, _Conn] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Future[Any]] = set()
+        """Connection handlers and ledger settlements still running."""
 
     @property
     def fees(self) -> ServerFees:
@@ -135,12 +137,18 @@ class ServiceHost:
                 extra=kv(client=peer.address, port=peer.port),
             )
             return f"no service on port {peer.port}"
-        reason: str | None = None
-        if peer.address in service.deny or (service.allow and peer.address not in service.allow):
+        admission = LedgerAdmission(self.ledger, self.host_id, service.port)
+        reason = await asyncio.to_thread(admission, peer)
+        if reason is None and (
+            peer.address in service.deny or (service.allow and peer.address not in service.allow)
+        ):
             reason = f"the firewall of service {service.name} denies {peer.address}"
-        else:
-            admission = LedgerAdmission(self.ledger, self.host_id, service.port)
-            reason = await asyncio.to_thread(admission, peer)
+            # a valid, funded connection we refuse: close and settle it now, so the
+            # client's deposit comes back at once instead of after the close timeout
+            assert peer.connection_id is not None
+            task = asyncio.ensure_future(self.fees.settle(peer.connection_id))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         if reason is not None:
             self.stats(service).denials += 1
             logger.warning(
