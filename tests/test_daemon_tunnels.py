@@ -192,8 +192,10 @@ def test_many_concurrent_tunnels(setup: Setup) -> None:
         return await asyncio.gather(*(one(i) for i in range(60)))
 
     assert all(asyncio.run(run()))
-    row = wait_until(lambda: svc_row(setup)["tunnels"] == 60 and svc_row(setup))
-    assert row["active_tunnels"] == 0 and row["connections"] == 1
+    row = wait_until(
+        lambda: (r := svc_row(setup))["tunnels"] == 60 and r["active_tunnels"] == 0 and r
+    )
+    assert row["connections"] == 1 and row["bytes_in"] == sum(1000 + 997 * i for i in range(60))
     assert conserved(setup.ledger())
 
 
@@ -346,6 +348,12 @@ def test_graceful_shutdown_drains_open_tunnels(setup: Setup) -> None:
     sock.close()
     assert d.stop() == 0
     assert status(setup.tmp / "daemon-state").get("stopped")
+    # structured logs: one JSON object per line, with the fields of the event
+    entries = [json.loads(line) for line in d.log().splitlines()]
+    assert {"ts", "level", "logger", "msg"} <= set(entries[0])
+    opened = next(e for e in entries if e["msg"] == "connection open")
+    assert opened["service"] == "svc7000" and opened["client"] == setup.client.sui_address
+    assert entries[-1]["msg"] == "stopped"
     f.stop()
     assert setup.ledger().audit()["escrows"] == 0
     assert conserved(setup.ledger())
