@@ -357,3 +357,29 @@ def test_graceful_shutdown_drains_open_tunnels(setup: Setup) -> None:
     f.stop()
     assert setup.ledger().audit()["escrows"] == 0
     assert conserved(setup.ledger())
+
+
+def test_forwarder_reload_adds_a_forward_and_keeps_open_tunnels(setup: Setup) -> None:
+    b1, b2 = setup.backend(), setup.backend()
+    services = service([b1.info["port"]]) + service([b2.info["port"]], port=7001)
+    d, f, address = setup.pair(services)
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(b"open ")
+    assert sock.recv(100) == b"open "
+    config = setup.tmp / "forwarder.toml"
+    config.write_text(
+        config.read_text() + f'\n[[forward]]\nname = "second"\nlisten = "127.0.0.1:0"\n'
+        f'target = "dtp://{d.info["host_id"]}:7001"\n'
+    )
+    f.send(signal.SIGHUP)
+
+    def second() -> str | None:
+        rows = status(setup.tmp / "forwarder-state")["forwards"]
+        return rows.get("second", {}).get("listen") or None  # type: ignore[attr-defined,no-any-return]
+
+    host, port = wait_until(second, what="the new forward").rsplit(":", 1)
+    assert echo_roundtrip((host, int(port)), b"via 7001") == b"via 7001"
+    assert wait_until(lambda: svc_row(setup, "svc7001")["tunnels"] == 1)
+    sock.sendall(b"still open")
+    assert sock.recv(100) == b"still open"
+    sock.close()
