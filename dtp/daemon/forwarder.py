@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import dtp.aio
 from dtp.chain.ledger import Ledger
+from dtp.chain.objects import ConnectionState
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
-from dtp.errors import ChainError, DTPError, InsufficientFunds, TunnelError
+from dtp.errors import ChainError, ConnectionRefused, DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 
@@ -124,7 +125,7 @@ class Forwarder:
                 timeout=10.0,
             )
         except DTPError as exc:
-            if isinstance(exc, ChainError) or "refuse" in str(exc).lower():
+            if isinstance(exc, ChainError | ConnectionRefused):
                 self.stats.denials += 1
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
         assert writer.connection_id is not None
@@ -162,7 +163,10 @@ class Forwarder:
     async def _close_on_ledger(self, link: _Link) -> None:
         def close() -> None:
             tc = self.ledger.get_connection(link.connection_id)
-            if tc.state.label != "Closed" and tc.half_closed_by != self.identity.sui_address:
+            if (
+                tc.state != ConnectionState.CLOSED
+                and tc.half_closed_by != self.identity.sui_address
+            ):
                 self.ledger.close_connection(self.identity, link.connection_id)
 
         try:
@@ -250,6 +254,17 @@ class Forwarder:
     def stop_listening(self) -> None:
         if self.server is not None:
             self.server.close()
+
+    def retire(self) -> None:
+        """Stop accepting (after a reload replaced this forwarder); each connection
+        closes once its last open tunnel ends."""
+        self.stop_listening()
+        self._link = None
+        for link in list(self._links):
+            link.retired = True
+            if link.tunnels == 0:
+                self._send_receipt(link, link.fees.flush())
+                link.writer.close()
 
     @property
     def active_tunnels(self) -> int:

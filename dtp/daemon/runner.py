@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,7 @@ class Daemon:
         for name, forward in old.items():
             if fresh.get(name) != forward:
                 fwd = self.forwarders.pop(name)
-                fwd.stop_listening()
+                fwd.retire()
                 self._old_forwarders.add(fwd)  # its open tunnels go on
         for name, forward in fresh.items():
             if old.get(name) != forward:
@@ -300,8 +301,6 @@ class Daemon:
 
 
 def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...]) -> DaemonConfig:
-    from dataclasses import replace
-
     return replace(config, services=services)
 
 
