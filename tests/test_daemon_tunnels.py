@@ -224,6 +224,7 @@ def test_firewall_denial(setup: Setup) -> None:
     assert echo_roundtrip(address, b"hello", timeout=10) == b""
     assert wait_until(lambda: svc_row(setup)["denials"] >= 1)
     assert wait_until(lambda: fwd_row(setup)["errors"] >= 1)
+    assert wait_until(lambda: fwd_row(setup)["denials"] >= 1)
     assert svc_row(setup)["tunnels"] == 0
     assert '"denied"' in d.log() and "denies" in d.log()
     # the refused connection was settled at once: its deposit is back with the client
