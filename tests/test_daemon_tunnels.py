@@ -181,7 +181,7 @@ def test_many_concurrent_tunnels(setup: Setup) -> None:
 
     async def one(i: int) -> bool:
         reader, writer = await asyncio.open_connection(*address)
-        payload = os.urandom(1000 + 997 * i)
+        payload = os.urandom(1000 + 97 * i)
         writer.write(payload)
         writer.write_eof()
         got = await reader.read()
@@ -189,13 +189,14 @@ def test_many_concurrent_tunnels(setup: Setup) -> None:
         return got == payload
 
     async def run() -> list[bool]:
-        return await asyncio.gather(*(one(i) for i in range(60)))
+        # more than the 128 streams a DTP connection allows by default
+        return await asyncio.gather(*(one(i) for i in range(200)))
 
     assert all(asyncio.run(run()))
     row = wait_until(
-        lambda: (r := svc_row(setup))["tunnels"] == 60 and r["active_tunnels"] == 0 and r
+        lambda: (r := svc_row(setup))["tunnels"] == 200 and r["active_tunnels"] == 0 and r
     )
-    assert row["connections"] == 1 and row["bytes_in"] == sum(1000 + 997 * i for i in range(60))
+    assert row["connections"] == 1 and row["bytes_in"] == sum(1000 + 97 * i for i in range(200))
     assert conserved(setup.ledger())
 
 
@@ -384,3 +385,21 @@ def test_forwarder_reload_adds_a_forward_and_keeps_open_tunnels(setup: Setup) ->
     sock.sendall(b"still open")
     assert sock.recv(100) == b"still open"
     sock.close()
+
+
+def test_used_up_deposit_rolls_over_to_a_new_connection(setup: Setup) -> None:
+    b = setup.backend()
+    per_tunnel = "price_per_request = 1000\nmin_deposit = 2500"
+    d, f, address = setup.pair(service([b.info["port"]], extra=per_tunnel))
+    for i in range(5):  # the deposit pays for two tunnels per connection
+        assert echo_roundtrip(address, b"tunnel %d" % i) == b"tunnel %d" % i
+    assert wait_until(lambda: fwd_row(setup)["connections"] == 3)
+    assert wait_until(lambda: fwd_row(setup)["fees_paid"] == 5000)
+    f.stop()
+    d.stop()
+    ledger = setup.ledger()
+    row = svc_row(setup)
+    assert row["connections"] == 3 and row["tunnels"] == 5
+    assert row["fees_earned"] == row["fees_claimed"] == 5000
+    assert ledger.audit()["escrows"] == 0
+    assert conserved(ledger)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ChainError
-from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt
+from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
 from dtp.receipt_store import ReceiptStore
 
 if TYPE_CHECKING:
@@ -67,6 +67,14 @@ class ClientFees:
         if not self.paid:
             return None
         return self.meter.record(_now_ms(), nbytes, requests)
+
+    def affordable(self, nbytes: int = 0, requests: int = 0) -> bool:
+        """Whether the deposit still covers this much more usage."""
+        if not self.paid:
+            return True
+        meter = self.meter
+        cost = fee(meter.sla, meter.total_bytes + nbytes, meter.total_requests + requests)
+        return cost <= meter.deposit
 
     def flush(self) -> Receipt | None:
         """A receipt for all usage so far, unless one already covers it."""

@@ -20,7 +20,14 @@ from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
-from dtp.errors import ChainError, ConnectionRefused, DTPError, InsufficientFunds, TunnelError
+from dtp.errors import (
+    ChainError,
+    ConnectionRefused,
+    DTPError,
+    InsufficientFunds,
+    LocalProtocolError,
+    TunnelError,
+)
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 
@@ -200,20 +207,40 @@ class Forwarder:
             raise TunnelError("the deposit of this DTP connection is used up") from None
         self._send_receipt(link, receipt)
 
+    def _retire(self, link: _Link) -> None:
+        """No new tunnels on ``link``; it closes once its open tunnels end."""
+        link.retired = True
+        if self._link is link:
+            self._link = None
+        if link.tunnels == 0 and not link.closed.is_set():
+            self._send_receipt(link, link.fees.flush())
+            link.writer.close()
+
+    async def _open_tunnel(
+        self,
+    ) -> tuple[_Link, dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        """A new stream for one tunnel, on a connection that can pay for it and has a
+        stream left (else on a fresh connection)."""
+        for _ in range(3):
+            link = await self._get_link()
+            if not link.fees.affordable(requests=1):
+                self._retire(link)
+                continue
+            try:
+                s_reader, s_writer = await link.writer.open_stream()
+            except LocalProtocolError:
+                # the daemon's limit of tunnels per connection: spill over to another
+                self._retire(link)
+                continue
+            link.tunnels += 1
+            self._send_receipt(link, link.fees.record(requests=1))
+            return link, s_reader, s_writer
+        raise TunnelError(f"no usable connection to {self.config.target}")
+
     async def _tunnel(self, leg: TcpLeg, holder: list[_Link]) -> None:
         stats = self.stats
         try:
-            link = await self._get_link()
-            link.tunnels += 1
-            try:
-                self._send_receipt(link, link.fees.record(requests=1))
-            except InsufficientFunds:
-                link.retired = True
-                self._release(link)
-                link = await self._get_link()
-                link.tunnels += 1
-                self._send_receipt(link, link.fees.record(requests=1))
-            s_reader, s_writer = await link.writer.open_stream()
+            link, s_reader, s_writer = await self._open_tunnel()
         except (DTPError, OSError) as exc:
             stats.errors += 1
             logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=str(exc)))
@@ -259,12 +286,8 @@ class Forwarder:
         """Stop accepting (after a reload replaced this forwarder); each connection
         closes once its last open tunnel ends."""
         self.stop_listening()
-        self._link = None
         for link in list(self._links):
-            link.retired = True
-            if link.tunnels == 0:
-                self._send_receipt(link, link.fees.flush())
-                link.writer.close()
+            self._retire(link)
 
     @property
     def active_tunnels(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import dtp.aio
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
+from dtp.connection import ConnectionConfig
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
@@ -32,6 +33,10 @@ __all__ = ["ServiceHost"]
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon.services")
+
+MAX_TUNNELS_PER_CONNECTION = 1024
+"""Streams a forwarder may have open on one connection (the DTP default is 128); a
+forwarder needing more opens another connection."""
 
 
 @dataclass(eq=False)
@@ -120,8 +125,17 @@ class ServiceHost:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen for DTP connections; returns the bound address."""
+        config = ConnectionConfig(
+            identity=self.identity, is_client=False, max_streams=MAX_TUNNELS_PER_CONNECTION
+        )
         self.server = await dtp.aio.start_server(
-            self._handle, host, port, identity=self.identity, admit=self._admit, backlog=512
+            self._handle,
+            host,
+            port,
+            identity=self.identity,
+            admit=self._admit,
+            config=config,
+            backlog=512,
         )
         return self.server.address
 
