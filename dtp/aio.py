@@ -318,8 +318,7 @@ class DTPStreamWriter:
         return self._proto.transport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``peer_address``, ``peer_static_key``, ``handshake_hash``, ``peer_connection_id``,
-        ``peer_port`` (what the client named in its handshake) or any carrier
+        """``peer_address``, ``peer_static_key``, ``handshake_hash`` or any carrier
         transport extra (``peername``, ``sockname``, ``socket``)."""
         extras = {
             "peer_address": self._conn.peer_address,
@@ -328,8 +327,6 @@ class DTPStreamWriter:
             "peer_port": self._conn.peer_port,
             "handshake_hash": self._conn.handshake_hash,
             "stream_id": self._stream_id,
-            "peer_connection_id": self._conn.peer_connection_id,
-            "peer_port": self._conn.peer_port,
         }
         if name in extras:
             return extras[name]

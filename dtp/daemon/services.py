@@ -176,13 +176,12 @@ class ServiceHost:
     async def _handle(
         self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
     ) -> None:
-        raw_id: bytes = writer.get_extra_info("peer_connection_id")
-        port: int = writer.get_extra_info("peer_port")
-        service = self.services.get(port)
-        if service is None or raw_id is None:
+        connection_id = writer.peer_connection_id
+        port = writer.peer_port
+        service = self.services.get(port) if port is not None else None
+        if service is None or connection_id is None:
             writer.abort("service removed")
             return
-        connection_id = "0x" + raw_id.hex()
         client: str = writer.get_extra_info("peer_address")
         task = asyncio.current_task()
         if task is not None:
