@@ -243,3 +243,7 @@ ALL.update(subscribed_open_close=subscribed_open_close, sponsored_cycle=sponsore
 from bench.ledger_carrier_rows import ledger_carrier_bulk  # noqa: E402
 
 ALL["ledger_carrier_bulk"] = ledger_carrier_bulk
+
+from bench.tunnel_rows import TUNNEL_ROWS  # noqa: E402
+
+ALL.update(TUNNEL_ROWS)

@@ -369,6 +369,11 @@ class DTPStreamWriter:
     def is_closing(self) -> bool:
         return self._closing or self._session.terminated is not None
 
+    def get_write_buffer_size(self) -> int:
+        """Bytes written to this stream and not sent yet (held by flow control), as
+        asyncio's ``WriteTransport.get_write_buffer_size``."""
+        return self._conn.send_buffered(self._stream_id)
+
     async def drain(self) -> None:
         """Wait until the queue is below the high-water mark (raises if the
         connection failed)."""
