@@ -165,7 +165,9 @@ class _Protocol(asyncio.Protocol):
         """Wait until anything happens on the connection."""
         if self._changed.done():
             self._changed = self.loop.create_future()
-        await self._changed
+        # shielded: the future is shared by every waiter, and a waiter cancelled (e.g.
+        # by asyncio.wait_for) must not cancel it under the others
+        await asyncio.shield(self._changed)
 
     async def wait_for(self, ready: Callable[[], bool]) -> None:
         while not ready():

@@ -145,6 +145,9 @@ async def relay_udp_async(
     finally:
         transport.close()
         if control_task is not None:
+            # the stream may still hold the final receipt: read it to the end first
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(control_task), 2.0)
             control_task.cancel()
             with contextlib.suppress(BaseException):
                 await control_task

@@ -1,11 +1,12 @@
 """TCP backends for the services daemon tests, run in their own process.
 
-    python -m tests.daemon_backends {echo,http} [--port N]
+    python -m tests.daemon_backends {echo,http,udp} [--port N]
 
 Prints one JSON line {"port"} once listening, then serves until killed.
   echo  an asyncio server echoing every byte until EOF
   http  Python's http.server (HTTP/1.1, keep-alive) answering JSON-RPC 2.0 POSTs:
         "echo" returns its params, "add" their sum, "whoami" the backend's port
+  udp   a UDP server answering each datagram with itself plus a 2-byte marker
 """
 
 from __future__ import annotations
@@ -73,13 +74,26 @@ def serve_http(port: int) -> None:
     server.serve_forever()
 
 
+def serve_udp(port: int) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+    while True:
+        data, peer = sock.recvfrom(65535)
+        sock.sendto(data + b"OK", peer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["echo", "http"])
+    parser.add_argument("mode", choices=["echo", "http", "udp"])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.mode == "echo":
         asyncio.run(serve_echo(args.port))
+    elif args.mode == "udp":
+        serve_udp(args.port)
     else:
         serve_http(args.port)
 

@@ -403,3 +403,72 @@ def test_used_up_deposit_rolls_over_to_a_new_connection(setup: Setup) -> None:
     assert row["fees_earned"] == row["fees_claimed"] == 5000
     assert ledger.audit()["escrows"] == 0
     assert conserved(ledger)
+
+
+def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
+    """``protocol = "udp"`` on both sides: DNS-style datagrams through a forwarder
+    process → DTP → daemon process → UDP backend, billed per datagram; the daemon claims
+    exactly the final receipt and the client is refunded the rest."""
+    b = setup.backend("udp")
+    ledger = setup.ledger()
+    udp_service = service(
+        [b.info["port"]],
+        port=5300,
+        extra='protocol = "udp"\nprice_per_kib = 4\nprice_per_request = 2\nmin_deposit = 100000',
+    )
+    d = setup.daemon(setup.write_daemon(udp_service))
+    f = setup.daemon(
+        setup.write_forwarder(d.info["host_id"], 5300, 'protocol = "udp"\nidle_timeout = 1')
+    )
+    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    answered = 0
+    for i in range(60):
+        query = i.to_bytes(2, "big") + b"example.org"
+        client.sendto(query, (host, int(port)))
+        with contextlib.suppress(TimeoutError):
+            assert client.recv(65535) == query + b"OK"
+            answered += 1
+    client.close()
+    assert answered >= 55
+
+    # the flow goes idle: the forwarder settles the final count, the daemon claims it
+    def claimed() -> dict[str, int] | None:
+        found = status(setup.tmp / "daemon-state").get("services", {})
+        row = found.get("svc5300") if isinstance(found, dict) else None
+        return row if row and row["fees_claimed"] else None
+
+    row = wait_until(claimed, 20, "the daemon's claim")
+    assert row["tunnels"] == 1 and row["bytes_in"] >= answered * 13
+    store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
+    (held,) = [store.latest(c) for c in _connections(ledger, setup)]
+    store.close()
+    assert held is not None
+    receipt = held.receipt
+    datagrams = receipt.total_requests
+    assert answered <= datagrams <= 60
+    # bytes: each query (13 B) in, each answer (15 B) out, as the relay counted them
+    assert receipt.total_bytes == 13 * datagrams + 15 * datagrams
+    assert (
+        row["fees_claimed"]
+        == receipt.total_amount
+        == (28 * datagrams * 4 + 1023) // 1024 + 2 * datagrams
+    )
+    tc = ledger.get_connection(receipt.connection_id)
+    escrow = ledger.get_escrow(tc.escrow)
+    assert escrow.settled and escrow.claimed == receipt.total_amount
+    assert escrow.refunded == escrow.deposited - receipt.total_amount
+    f.stop()
+    d.stop()
+    assert conserved(ledger)
+
+
+def _connections(ledger: LocalLedger, setup: Setup) -> list[str]:
+    """The client's ledger connections (from the ledger's events)."""
+    events, _ = ledger.events()
+    return [
+        e["connection"]
+        for e in events
+        if e.name == "ConnectionOpened" and e["client"] == setup.client.sui_address
+    ]

@@ -76,6 +76,13 @@ class ServiceConfig:
     """Bytes a paying client may run ahead of its latest receipt before the daemon
     cuts the tunnel; must exceed the connection's flow-control window (8 MiB) plus
     the forwarder's ``receipt_every``, since bytes in flight are not yet receipted."""
+    protocol: str = "tcp"
+    """``"tcp"`` (streams to TCP backends) or ``"udp"`` (DTP datagrams to UDP backends,
+    one per client flow, billed per datagram: docs/udp.md)."""
+    idle_timeout: float = 60.0
+    """UDP: a flow with no datagram for this long ends (and is settled)."""
+    credit_datagrams: int = 1024
+    """UDP, paid: datagrams relayed ahead of the receipts that cover them."""
 
     @property
     def paid(self) -> bool:
@@ -93,6 +100,11 @@ class ForwardConfig:
     """MIST per DTP connection; default the SLA's minimum."""
     receipt_every: int = 256 * 1024
     """Bytes between signed receipts (paid services)."""
+    protocol: str = "tcp"
+    """``"tcp"`` or ``"udp"`` (a local UDP port; one DTP connection per source
+    address, billed per datagram)."""
+    idle_timeout: float = 30.0
+    """UDP: a local flow with no datagram for this long ends its DTP connection."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +376,9 @@ def parse_config(text: str, path: Path) -> DaemonConfig:
     _unique(check, [(("service", i, "name"), s.name) for i, s in enumerate(services)], "name")
     _unique(check, [(("forward", i, "name"), f.name) for i, f in enumerate(forwards)], "name")
     listens = [
-        (("forward", i, "listen"), f.listen) for i, f in enumerate(forwards) if f.listen.port
+        (("forward", i, "listen"), f"{f.protocol}://{f.listen}")
+        for i, f in enumerate(forwards)
+        if f.listen.port
     ]
     _unique(check, listens, "listen address")
     if not services and not forwards:
@@ -455,6 +469,9 @@ _SERVICE_KEYS = {
     "health_interval",
     "connect_timeout",
     "unpaid_slack",
+    "protocol",
+    "idle_timeout",
+    "credit_datagrams",
 }
 
 
@@ -488,11 +505,18 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         health_interval=check.number(doc, (*k, "health_interval"), 2.0),
         connect_timeout=check.number(doc, (*k, "connect_timeout"), 2.0),
         unpaid_slack=check.integer(doc, (*k, "unpaid_slack"), 16 << 20, 0),
+        protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
+        idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
+        credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 0),
     )
 
 
 def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConfig:
-    check.table(doc, k, {"name", "listen", "target", "deposit", "receipt_every"})
+    check.table(
+        doc,
+        k,
+        {"name", "listen", "target", "deposit", "receipt_every", "protocol", "idle_timeout"},
+    )
     target_text = check.string(doc, (*k, "target"))
     try:
         target = HostAddress.parse(target_text)
@@ -507,4 +531,6 @@ def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConf
         target=target,
         deposit=deposit,
         receipt_every=check.integer(doc, (*k, "receipt_every"), 256 * 1024, 1),
+        protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
+        idle_timeout=check.number(doc, (*k, "idle_timeout"), 30.0),
     )

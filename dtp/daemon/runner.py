@@ -28,6 +28,7 @@ from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
+from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ChainError, DaemonConfigError, HostConfigError, KeyFileError
 from dtp.keys import HostIdentity
 
@@ -66,8 +67,8 @@ class Daemon:
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
-        self.forwarders: dict[str, Forwarder] = {}
-        self._old_forwarders: set[Forwarder] = set()
+        self.forwarders: dict[str, Forwarder | UdpForward] = {}
+        self._old_forwarders: set[Forwarder | UdpForward] = set()
         self._stop = asyncio.Event()
         self.endpoint: tuple[str, int] | None = None
 
@@ -193,7 +194,11 @@ class Daemon:
             )
 
     async def _start_forwarder(self, forward: ForwardConfig) -> str:
-        fwd = Forwarder(forward, self.ledger, self.identity, self.book)
+        fwd: Forwarder | UdpForward
+        if forward.protocol == "udp":
+            fwd = UdpForward(forward, self.ledger, self.identity, self.book)
+        else:
+            fwd = Forwarder(forward, self.ledger, self.identity, self.book)
         host, port = await fwd.start()
         self.forwarders[forward.name] = fwd
         return f"{host}:{port}"
@@ -269,6 +274,9 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     def _refresh_live(self) -> None:
+        for fwd in self.forwarders.values():
+            if isinstance(fwd, UdpForward):
+                fwd.refresh()
         if self.services is None:
             return
         for port, pool in self.services.pools.items():

@@ -26,7 +26,10 @@ from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import DTPError, InvalidReceipt, TunnelError
+from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from dtp.udp import UdpBilling, UdpStats
+from dtp.udp_aio import relay_udp_async
 
 __all__ = ["ServiceHost"]
 
@@ -72,6 +75,7 @@ class ServiceHost:
         self.pools: dict[int, BackendPool] = {}
         self.server: dtp.aio.DTPServer | None = None
         self.conns: dict[str, _Conn] = {}
+        self._udp_turn = 0
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
 
@@ -105,6 +109,9 @@ class ServiceHost:
             ):
                 await self.pools.pop(port).stop()
         for port, service in wanted.items():
+            if service.protocol == "udp":
+                self.stats(service)  # a row in the status from the start
+                continue  # no health checks: UDP backends do not answer connects
             if port not in self.pools:
                 stats = self.stats(service)
 
@@ -200,6 +207,9 @@ class ServiceHost:
             "connection open",
             extra=kv(service=service.name, client=client, connection=connection_id),
         )
+        if service.protocol == "udp":
+            await self._udp_flow(conn, reader)
+            return
         acceptor = asyncio.ensure_future(self._accept_tunnels(conn))
         try:
             if terms.sla.price_per_kib or terms.sla.price_per_request:
@@ -227,6 +237,72 @@ class ServiceHost:
                     service=service.name,
                     connection=connection_id,
                     bytes=conn.bytes,
+                    claimed=settled.claimed,
+                    refunded=settled.refunded,
+                ),
+            )
+
+    async def _udp_flow(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
+        """A UDP service: this connection is one client flow, relayed to a backend (round
+        robin over the service's backends) and billed per datagram (docs/udp.md)."""
+        service, terms, writer = conn.service, conn.terms, conn.writer
+        stats = self.stats(service)
+        backend = service.backends[self._udp_turn % len(service.backends)]
+        self._udp_turn += 1
+        billing = None
+        if terms.sla.price_per_kib or terms.sla.price_per_request:
+            earned = [0]
+
+            def keep(receipt: Receipt) -> None:
+                try:
+                    self.fees.accept(terms, receipt.encode())
+                except DTPError as exc:  # checked already; the store may disagree
+                    logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
+                    return
+                stats.fees_earned += receipt.total_amount - earned[0]
+                earned[0] = receipt.total_amount
+                self.book.touch()
+
+            billing = UdpBilling(
+                conn.connection_id,
+                terms.sla,
+                terms.client_public_key,
+                terms.deposited,
+                credit_datagrams=service.credit_datagrams,
+                on_receipt=keep,
+            )
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        udp_stats = UdpStats()
+        try:
+            await relay_udp_async(
+                reader,
+                writer,
+                (backend.host, backend.port),
+                billing=billing,
+                stats=udp_stats,
+                idle_timeout=service.idle_timeout,
+            )
+        finally:
+            stats.active_tunnels -= 1
+            snap = udp_stats.snapshot()
+            stats.bytes_in += snap["bytes_in"]
+            stats.bytes_out += snap["bytes_out"]
+            stats.denials += snap["dropped_unpaid"]
+            conn.bytes = snap["bytes_in"] + snap["bytes_out"]
+            self.conns.pop(conn.connection_id, None)
+            writer.close()
+            settled = await self.fees.settle(conn.connection_id, terms.escrow_id)
+            stats.fees_claimed += settled.claimed
+            stats.refunded += settled.refunded
+            self._count_held()
+            self.book.touch()
+            logger.info(
+                "udp flow closed",
+                extra=kv(
+                    service=service.name,
+                    connection=conn.connection_id,
+                    datagrams=snap["datagrams_in"],
                     claimed=settled.claimed,
                     refunded=settled.refunded,
                 ),
