@@ -20,3 +20,9 @@ def test_demo_step_moves_data_and_settles_exact_fees() -> None:
     assert result.service.startswith("dtp://0x") and result.service.endswith(":7000")
     assert any("forwarder listens" in line for line in lines)
     assert result.megabytes_per_second > 0
+    # balances before and after: the provider gained exactly what the client paid
+    p0, p1 = result.provider_balance
+    c0, c1 = result.client_balance
+    assert p1 - p0 == expected and c0 - c1 == expected
+    # the client on the deny list got nothing through and paid nothing
+    assert result.denied and result.denied_paid_nothing

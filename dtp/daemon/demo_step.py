@@ -52,6 +52,14 @@ class DaemonStepResult:
     fees_claimed: int
     refunded: int
     conserved: bool
+    provider_balance: tuple[int, int] = (0, 0)
+    """The provider's MIST before the traffic and after settlement."""
+    client_balance: tuple[int, int] = (0, 0)
+    """The paying client's MIST before its connection opened and after settlement."""
+    denied: bool = False
+    """A client on the host's deny list got its TCP connection closed, no data through."""
+    denied_paid_nothing: bool = False
+    """The denied client's balance did not move (refused before any money moved)."""
 
     @property
     def megabytes_per_second(self) -> float:
@@ -115,6 +123,17 @@ def _roundtrip(address: tuple[str, int], data: bytes) -> bool:
     return received == len(data) and digest.digest() == hashlib.sha256(data).digest()
 
 
+def _refused(address: tuple[str, int]) -> bool:
+    """An ordinary TCP client's view of a refused tunnel: the connection ends with no
+    echo (closed or reset)."""
+    try:
+        with socket.create_connection(address, timeout=30) as sock:
+            sock.sendall(b"let me in")
+            return sock.recv(64) == b""
+    except ConnectionError:
+        return True
+
+
 def run_daemon_step(
     quick: bool = False, say: Callable[[str], None] | None = None
 ) -> DaemonStepResult:
@@ -125,8 +144,10 @@ def run_daemon_step(
     with tempfile.TemporaryDirectory(prefix="dtp-daemon-demo-") as tmp_name:
         tmp = Path(tmp_name)
         provider, client = HostIdentity.generate(), HostIdentity.generate()
+        mallory = HostIdentity.generate()
         provider.save(tmp / "provider.key")
         client.save(tmp / "client.key")
+        mallory.save(tmp / "mallory.key")
         backend = _EchoServer(("127.0.0.1", 0), _Echo)
         threading.Thread(target=backend.serve_forever, daemon=True).start()
         backend_port = backend.server_address[1]
@@ -135,7 +156,8 @@ def run_daemon_step(
             f'[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\n'
             f'state_dir = "provider-state"\nfaucet = {SUI}\nlog_level = "warning"\n\n'
             f'[[service]]\nname = "echo"\nport = 7000\nbackends = ["127.0.0.1:{backend_port}"]\n'
-            "price_per_kib = 10\nprice_per_request = 100\nmin_deposit = 5000000\n"
+            "price_per_kib = 10\nprice_per_request = 100\nmin_deposit = 5000000\n\n"
+            f'[firewall]\ndeny = ["{mallory.sui_address}"]\n'
         )
         procs: list[subprocess.Popen[str]] = []
         try:
@@ -152,6 +174,9 @@ def run_daemon_step(
             )
             forward_proc, fready = _start(tmp / "client.toml")
             procs.append(forward_proc)
+            ledger = LocalLedger(tmp / "ledger.sqlite")
+            provider_before = ledger.balance(provider.sui_address)
+            client_before = ledger.balance(client.sui_address)
             host, port = fready["forwards"]["echo"].rsplit(":", 1)
             address = (host, int(port))
             tell(f"a forwarder listens on {host}:{port}; plain TCP clients connect there")
@@ -169,6 +194,20 @@ def run_daemon_step(
             seconds = time.perf_counter() - start
             intact = len(results) == clients and all(results)
             tell(f"{clients} clients echoed {size:,} bytes through the tunnel in {seconds:.2f} s")
+            # a client on the host's deny list: its forwarder is refused before any money
+            # moves, and its local TCP client just sees the connection closed
+            (tmp / "mallory.toml").write_text(
+                f'[daemon]\nledger = "ledger.sqlite"\nidentity = "mallory.key"\n'
+                f'state_dir = "mallory-state"\nfaucet = {SUI}\nlog_level = "error"\n\n'
+                f'[[forward]]\nname = "echo"\nlisten = "127.0.0.1:0"\ntarget = "{service}"\n'
+            )
+            mallory_proc, mready = _start(tmp / "mallory.toml")
+            procs.append(mallory_proc)
+            mallory_before = ledger.balance(mallory.sui_address)
+            mhost, mport = mready["forwards"]["echo"].rsplit(":", 1)
+            denied = _refused((mhost, int(mport)))
+            denied_paid_nothing = ledger.balance(mallory.sui_address) == mallory_before
+            tell("a client on the host's deny list is refused; it paid nothing")
         finally:
             for proc in reversed(procs):
                 _stop(proc)
@@ -176,7 +215,8 @@ def run_daemon_step(
             backend.server_close()
         status = read_status(tmp / "provider-state") or {}
         row = status.get("services", {}).get("echo", {})
-        ledger = LocalLedger(tmp / "ledger.sqlite")
+        provider_after = ledger.balance(provider.sui_address)
+        client_after = ledger.balance(client.sui_address)
         audit = ledger.audit()
         conserved = audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
         ledger.close()
@@ -191,6 +231,10 @@ def run_daemon_step(
             fees_claimed=int(row.get("fees_claimed", 0)),
             refunded=int(row.get("refunded", 0)),
             conserved=conserved,
+            provider_balance=(provider_before, provider_after),
+            client_balance=(client_before, client_after),
+            denied=denied,
+            denied_paid_nothing=denied_paid_nothing,
         )
 
 
