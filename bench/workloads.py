@@ -239,6 +239,15 @@ ALL["udp_tunnel_pps"] = udp_tunnel_pps
 from bench.economics_rows import sponsored_cycle, subscribed_open_close  # noqa: E402
 
 ALL.update(subscribed_open_close=subscribed_open_close, sponsored_cycle=sponsored_cycle)
+
+from bench.ledger_carrier_rows import ledger_carrier_bulk  # noqa: E402
+
+ALL["ledger_carrier_bulk"] = ledger_carrier_bulk
+
+from bench.tunnel_rows import TUNNEL_ROWS  # noqa: E402
+
+ALL.update(TUNNEL_ROWS)
+
 from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 
 ALL.update(HOSTID_ROWS)

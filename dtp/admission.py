@@ -2,8 +2,9 @@
 
 Client side (:func:`resolve_service`): before any money moves, the Host object is read
 and the ledger's own admission rules (docs/escrow.md §2, §5) are checked early — the
-service exists, the firewall permits us, the deposit reaches the SLA minimum — and a
-TCP endpoint is picked.
+service exists, the firewall permits us, the deposit reaches the SLA minimum — and the
+carrier is picked: the host's first TCP endpoint when it publishes one, otherwise the
+ledger carrier (the IP-hiding mode, docs/ledger-carrier.md).
 
 Server side (:class:`LedgerAdmission`): an admission hook for :class:`dtp.socket.DTPServer`
 that accepts a client only when the connection ID it named in its handshake is an Open
@@ -16,9 +17,10 @@ from __future__ import annotations
 import logging
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from dtp.address import HostAddress
+from dtp.carriers.ledger_bridge import ledger_config
 from dtp.chain.objects import ConnectionState, Host, Service, normalize_id
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from dtp.keys import HostIdentity
 
 __all__ = [
+    "CarrierChoice",
     "LedgerAdmission",
     "NoCarrierEndpoint",
     "PeerInfo",
@@ -41,8 +44,13 @@ __all__ = [
 
 
 class NoCarrierEndpoint(DTPError):
-    """The host publishes no endpoint this client can reach over TCP (it may only be
-    reachable through the ledger carrier, which ``create_connection`` does not use yet)."""
+    """The host publishes no endpoint this client can reach over TCP, and the caller
+    asked for the direct carrier (``carrier="tcp"``); the ledger carrier reaches it."""
+
+
+CarrierChoice = Literal["auto", "tcp", "ledger"]
+"""How to reach a host: ``"auto"`` (its TCP endpoint if it publishes one, else the
+ledger carrier), ``"tcp"`` (direct only) or ``"ledger"`` (IP-hiding, through pipes)."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,8 @@ class ResolvedService:
 
     host: Host
     service: Service
-    endpoint: tuple[str, int]
-    """The first TCP endpoint of the host."""
+    endpoint: tuple[str, int] | None
+    """The first TCP endpoint of the host; None when the ledger carrier is to be used."""
 
 
 def _hex_id(raw: bytes) -> str:
@@ -100,13 +108,22 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
 
 
 def resolve_service(
-    ledger: Ledger, host_id: str, port: int, client: str, deposit: int
+    ledger: Ledger,
+    host_id: str,
+    port: int,
+    client: str,
+    deposit: int,
+    carrier: CarrierChoice = "auto",
 ) -> ResolvedService:
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
     (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
-    minimum, or more than ``client`` holds); then :class:`NoCarrierEndpoint` when the
-    host publishes no TCP endpoint. Nothing is written to the ledger."""
+    minimum, or more than ``client`` holds); then, with ``carrier="tcp"``,
+    :class:`NoCarrierEndpoint` when the host publishes no TCP endpoint. The result's
+    ``endpoint`` is None when the ledger carrier is to be used. Nothing is written to
+    the ledger."""
+    if carrier not in ("auto", "tcp", "ledger"):
+        raise ValueError(f"carrier must be 'auto', 'tcp' or 'ledger', not {carrier!r}")
     host = ledger.get_host(host_id)
     service = host.services.get(port)
     if service is None:
@@ -119,11 +136,11 @@ def resolve_service(
             "EInsufficientDeposit",
             f"deposit {deposit} < minimum {service.sla.min_deposit} of port {port}",
         )
-    endpoints = tcp_endpoints(host)
-    if not endpoints:
+    endpoints = [] if carrier == "ledger" else tcp_endpoints(host)
+    if not endpoints and carrier == "tcp":
         raise NoCarrierEndpoint(
             f"host {host.id} publishes no TCP endpoint; reaching it needs the ledger "
-            "carrier, which connecting by host ID does not use yet"
+            "carrier (carrier='auto' or 'ledger')"
         )
     balance = ledger.balance(client)
     if balance < deposit:
@@ -132,7 +149,7 @@ def resolve_service(
             name="InsufficientBalance",
             module="sui",
         )
-    return ResolvedService(host, service, endpoints[0])
+    return ResolvedService(host, service, endpoints[0] if endpoints else None)
 
 
 class LedgerAdmission:
@@ -204,12 +221,20 @@ logger = logging.getLogger(__name__)
 class PreparedConnection:
     """A connection opened on the ledger, ready for the carrier connect and handshake."""
 
-    endpoint: tuple[str, int]
-    """The host's TCP endpoint."""
+    endpoint: tuple[str, int] | None
+    """The host's TCP endpoint; None: connect over the ledger carrier."""
     config: ConnectionConfig
-    """Client config: the host's Noise key (IK), the connection ID and the port."""
+    """Client config: the host's Noise key (IK), the connection ID and the port (and,
+    for the ledger carrier, acknowledgements and retransmission on)."""
     connection_id: str
     escrow_id: str
+    server_address: str = ""
+    """The host authority's Sui address (whose pipe the ledger carrier reads)."""
+
+    @property
+    def carrier(self) -> Literal["tcp", "ledger"]:
+        """The carrier chosen: ``"tcp"`` or ``"ledger"``."""
+        return "ledger" if self.endpoint is None else "tcp"
 
 
 def prepare_host_connection(
@@ -221,10 +246,12 @@ def prepare_host_connection(
     cap_id: str | None = None,
     server_key: bytes | None = None,
     config: ConnectionConfig | None = None,
+    carrier: CarrierChoice = "auto",
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
-    Checks what the ledger would refuse before any money moves (:func:`resolve_service`),
+    Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
+    which also picks the carrier: see :data:`CarrierChoice`),
     creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
@@ -236,7 +263,9 @@ def prepare_host_connection(
         deposit = service.sla.min_deposit if service is not None else 0
     if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
         raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
-    resolved = resolve_service(ledger, address.host_id, address.port, identity.sui_address, deposit)
+    resolved = resolve_service(
+        ledger, address.host_id, address.port, identity.sui_address, deposit, carrier
+    )
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
         raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
@@ -253,7 +282,11 @@ def prepare_host_connection(
         connection_id=bytes.fromhex(opened.connection_id[2:]),
         port=address.port,
     )
-    return PreparedConnection(resolved.endpoint, cfg, opened.connection_id, opened.escrow_id)
+    if resolved.endpoint is None:
+        cfg = ledger_config(cfg)
+    return PreparedConnection(
+        resolved.endpoint, cfg, opened.connection_id, opened.escrow_id, resolved.host.authority
+    )
 
 
 def abandon_host_connection(

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,19 @@ from typing import TYPE_CHECKING, Any
 from dtp._session import Session
 from dtp.address import HostAddress
 from dtp.admission import (
+    CarrierChoice,
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
+)
+from dtp.carriers.ledger_bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
 )
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -168,7 +177,9 @@ class _Protocol(asyncio.Protocol):
         """Wait until anything happens on the connection."""
         if self._changed.done():
             self._changed = self.loop.create_future()
-        await self._changed
+        # shielded: the future is shared by every waiter, and a waiter cancelled (e.g.
+        # by asyncio.wait_for) must not cancel it under the others
+        await asyncio.shield(self._changed)
 
     async def wait_for(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -372,6 +383,11 @@ class DTPStreamWriter:
     def is_closing(self) -> bool:
         return self._closing or self._session.terminated is not None
 
+    def get_write_buffer_size(self) -> int:
+        """Bytes written to this stream and not sent yet (held by flow control), as
+        asyncio's ``WriteTransport.get_write_buffer_size``."""
+        return self._conn.send_buffered(self._stream_id)
+
     async def drain(self) -> None:
         """Wait until the queue is below the high-water mark (raises if the
         connection failed)."""
@@ -406,13 +422,26 @@ class DTPStreamWriter:
             self._proto.flush()
 
     async def _close_connection(self) -> None:
-        with contextlib.suppress(asyncio.TimeoutError, DTPError):
-            await asyncio.wait_for(
-                self._proto.wait_for(
-                    lambda: self._conn.send_buffered() == 0 or self._session.terminated is not None
-                ),
-                5.0,
-            )
+        conn = self._conn
+        if conn.config.reliable_carrier:
+            with contextlib.suppress(asyncio.TimeoutError, DTPError):
+                await asyncio.wait_for(
+                    self._proto.wait_for(
+                        lambda: conn.send_buffered() == 0 or self._session.terminated is not None
+                    ),
+                    5.0,
+                )
+        else:
+            # over a lossy carrier (the ledger) data has left only once acknowledged, and
+            # an ACK is no event: look again every 50 ms, for up to 30 s
+            deadline = self._proto.loop.time() + 30.0
+            while self._session.terminated is None and (
+                conn.send_buffered() or conn.awaiting_acks()
+            ):
+                if self._proto.loop.time() >= deadline:
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._proto.wait_change(), 0.05)
         payment = self._proto.payment
         if payment is not None:
             payment.closing()  # the final receipt goes out before CLOSE
@@ -510,6 +539,8 @@ async def open_connection(
     ledger: Ledger | None = None,
     deposit: int | None = None,
     cap_id: str | None = None,
+    carrier: CarrierChoice = "auto",
+    ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
@@ -518,7 +549,9 @@ async def open_connection(
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
     ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
-    writer's ``connection_id`` / ``escrow_id`` name the ledger connection then. Raises
+    writer's ``connection_id`` / ``escrow_id`` name the ledger connection then; a host
+    without a TCP endpoint (or ``carrier="ledger"``) is reached over the ledger carrier,
+    as with the blocking API. Raises
     ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
     A connection by host ID is metered as with the blocking API (``metering``).
     """
@@ -535,9 +568,23 @@ async def open_connection(
             cap_id=cap_id,
             server_key=server_key,
             config=config,
+            carrier=carrier,
         )
         try:
-            reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
+            if prepared.endpoint is None:
+                bridge = await asyncio.to_thread(
+                    connect_ledger_carrier,
+                    ledger,
+                    identity,
+                    prepared.connection_id,
+                    prepared.server_address,
+                    ledger_options,
+                )
+                reader, writer = await _open(
+                    *bridge.peername, prepared.config, timeout, sock=bridge.socket
+                )
+            else:
+                reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
         except BaseException as exc:
             await asyncio.to_thread(
                 abandon_host_connection, ledger, identity, address, prepared, exc
@@ -560,8 +607,15 @@ async def open_connection(
             proto.payment = payment
             proto.session.on_receipt = payment.on_server_receipt
         return reader, writer
-    if isinstance(host, HostAddress) or ledger is not None or deposit is not None or cap_id:
-        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
+    if (
+        isinstance(host, HostAddress)
+        or ledger is not None
+        or deposit is not None
+        or cap_id
+        or carrier == "ledger"
+        or ledger_options is not None
+    ):
+        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     if metering is not None:
         raise ValueError("metering applies only to a DTP address (dtp://…)")
     identity = identity or HostIdentity.generate()
@@ -577,16 +631,24 @@ async def open_connection(
 
 
 async def _open(
-    host: str, port: int, cfg: ConnectionConfig, timeout: float | None
+    host: str,
+    port: Any,
+    cfg: ConnectionConfig,
+    timeout: float | None,
+    sock: socket.socket | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
-    """Carrier connect + handshake + acceptance with a ready client config."""
+    """Carrier connect + handshake + acceptance with a ready client config; with
+    ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP."""
     loop = asyncio.get_running_loop()
     session = Session(cfg, now=loop.time())
     proto = _Protocol(session, loop)
 
     async def establish() -> None:
         try:
-            await loop.create_connection(lambda: proto, host, port)
+            if sock is None:
+                await loop.create_connection(lambda: proto, host, port)
+            else:
+                await loop.create_connection(lambda: proto, sock=sock)
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
         await proto.wait_for(
@@ -640,6 +702,8 @@ class DTPServer:
         self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
+        self._ledger_listener: LedgerListener | None = None
+        self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes_failed = 0
         self.refused = 0
@@ -654,12 +718,54 @@ class DTPServer:
 
     @property
     def address(self) -> tuple[str, int]:
+        if not self.sockets:
+            raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         name = self.sockets[0].getsockname()
         return name[0], name[1]
 
-    def _protocol_factory(self) -> _Protocol:
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
+        event loop). The listener watches the ledger in a thread of its own and hands
+        each bridged connection to the loop."""
+        if self._ledger_listener is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
         loop = asyncio.get_running_loop()
-        session = Session(self._config, now=loop.time())
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
+            loop.call_soon_threadsafe(self._accept_ledger, bridge, config)
+
+        self._ledger_listener = LedgerListener(
+            ledger, self.identity, host_id, port, handoff, options=options
+        )
+        return self._ledger_listener
+
+    def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def attach() -> None:
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: self._protocol_factory(config), sock=bridge.socket
+                )
+            except OSError as exc:
+                logger.warning("ledger connection %s: %s", bridge.peername[1], exc)
+                bridge.socket.close()
+
+        task = loop.create_task(attach())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _protocol_factory(self, config: ConnectionConfig | None = None) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        session = Session(config or self._config, now=loop.time())
         proto = _Protocol(session, loop)
         task = loop.create_task(self._serve(proto))
         self._tasks.add(task)
@@ -675,7 +781,7 @@ class DTPServer:
                         session.authenticated_address is not None or session.terminated is not None
                     )
                 ),
-                self._config.handshake_timeout,
+                session.conn.config.handshake_timeout,
             )
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
@@ -744,14 +850,19 @@ class DTPServer:
         """Stop listening (connections already accepted go on)."""
         if self._server is not None:
             self._server.close()
+        if self._ledger_listener is not None:
+            self._ledger_listener.close()
+        self._closed.set()
 
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        if self._server is not None:
+            await self._server.serve_forever()
+            return
+        await self._closed.wait()  # ledger carrier only: serve until closed
 
     async def __aenter__(self) -> DTPServer:
         return self
@@ -763,8 +874,8 @@ class DTPServer:
 
 async def start_server(
     client_connected_cb: ClientCallback,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     *,
     identity: HostIdentity,
     accept: AcceptHook | None = None,
@@ -774,6 +885,8 @@ async def start_server(
     ledger: Ledger | None = None,
     host_id: str | None = None,
     dtp_port: int | None = None,
+    carriers: tuple[str, ...] | None = None,
+    ledger_options: LedgerCarrierOptions | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -784,7 +897,19 @@ async def start_server(
     with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.
+
+    ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
+    when ``host`` is None) the server also accepts connections that come over the ledger
+    carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
     """
+    if carriers is None:
+        carriers = ("tcp",) if host is not None else ("ledger",)
+    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
+    if ("tcp" in carriers) != (host is not None and port is not None):
+        raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
+    if "ledger" in carriers and (ledger is None or host_id is None or dtp_port is None):
+        raise ValueError("the ledger carrier needs ledger, host_id and dtp_port")
     if ledger is not None or host_id is not None or dtp_port is not None:
         if ledger is None or host_id is None or dtp_port is None:
             raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
@@ -794,7 +919,11 @@ async def start_server(
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
     server = DTPServer(client_connected_cb, identity, accept, cfg, admit)
-    await server._start(host, port, backlog)
+    if host is not None and port is not None:
+        await server._start(host, port, backlog)
+    if "ledger" in carriers:
+        assert ledger is not None and host_id is not None and dtp_port is not None
+        server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
     return server
 
 

@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_cmd_version)
 
     from dtp.chain.cli import register as register_chain
+    from dtp.daemon.cli import register as register_daemon
 
     register_chain(sub)
+    register_daemon(sub)
     return parser
 
 

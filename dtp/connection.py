@@ -139,6 +139,9 @@ class ConnectionConfig:
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
+    max_record_plaintext: int = MAX_RECORD_PLAINTEXT
+    """Lossy carriers: largest plaintext of the DATA records we seal (at most 16384).
+    The ledger carrier uses less, so that each record fits one ``pipe::send`` whole."""
     connection_id: bytes | None = None
     """Client only: the ledger connection (TransportControl) ID this connection is paid
     by, 32 raw bytes; sent to the server in the handshake (key ``"cid"``)."""
@@ -592,6 +595,17 @@ class Connection:
             stream = self._streams.get(stream_id)
             return stream.unsent() if stream else 0
         return sum(s.unsent() for s in self._streams.values())
+
+    def awaiting_acks(self) -> bool:
+        """Lossy carriers: whether something we sent may still have to be sent again (a
+        record not yet acknowledged, or lost and queued for retransmission). Always
+        False over a reliable carrier. Graceful closes wait for this to clear."""
+        recovery = self._recovery
+        if recovery is None:
+            return False
+        if any(r.ack_eliciting for r in recovery.in_flight.values()):
+            return True
+        return any(s.retransmit or s.fin_pending_resend for s in self._streams.values())
 
     def send_control(self, kind: int, data: bytes = b"") -> None:
         """Send an application CONTROL frame (kind >= 16)."""
@@ -1144,10 +1158,15 @@ class Connection:
                     self._recovery.on_sent(SentRecord(first + i, now, items, True))
 
     def _has_outgoing(self) -> bool:
-        return bool(
-            self._ctrl
-            or self._ping_pending
-            or any(s.unsent() or s.retransmit for s in self._streams.values())
+        """Whether the next records will carry something an ACK can ride along with.
+        Stream data blocked by flow control does not count: an ACK frame would then
+        travel alone, on every call, while the peer's credit is awaited."""
+        if self._ctrl or self._ping_pending:
+            return True
+        conn_credit = self._conn_send_credit > self._conn_sent
+        return any(
+            s.retransmit or (s.unsent() and conn_credit and s.send_credit > s.next_offset)
+            for s in self._streams.values()
         )
 
     def _pack_control(
@@ -1163,7 +1182,7 @@ class Connection:
         size = 0
         any_eliciting = False
         for frame, blob in zip(frames, encoded, strict=True):
-            if size + len(blob) > MAX_RECORD_PLAINTEXT and current:
+            if size + len(blob) > self.config.max_record_plaintext and current:
                 plaintexts.append(b"".join(current))
                 items_per_record.append(items)
                 eliciting.append(any_eliciting)
@@ -1188,7 +1207,7 @@ class Connection:
         items_per_record: list[list[_Item]],
         eliciting: list[bool],
     ) -> None:
-        budget = MAX_RECORD_PLAINTEXT - MAX_STREAM_FRAME_OVERHEAD
+        budget = self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD
         for stream in list(self._streams.values()):
             if stream.send_state is SendState.RESET:
                 continue

@@ -204,6 +204,15 @@ class KeyFileError(DTPError):
     """A key file could not be read, decrypted, or has unsafe permissions."""
 
 
+class DaemonConfigError(DTPError, ValueError):
+    """A services daemon config file is invalid; the message names file:line: key."""
+
+
+class TunnelError(DTPError):
+    """A tunnel through the services daemon could not be set up (no healthy backend,
+    unknown service, unpaid usage)."""
+
+
 class PaymentRequired(ConnectionClosed):
     """A paid server closed the connection: no receipt covered the usage in time, or a
     receipt was invalid (docs/escrow.md §6.1)."""

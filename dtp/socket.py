@@ -38,13 +38,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from dtp._session import Session
 from dtp.address import HostAddress
 from dtp.admission import (
+    CarrierChoice,
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
 )
-from dtp.carriers.tcp import connect_tcp, listen_tcp
+from dtp.carriers.ledger_bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -89,6 +97,7 @@ SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
+LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -120,6 +129,7 @@ class _Engine:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
+        self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
         try:
             self.peername = sock.getpeername()
@@ -329,7 +339,8 @@ class _Engine:
                 with contextlib.suppress(DTPError):
                     self.pump(
                         lambda: (
-                            self.conn.send_buffered() == 0 or self.session.terminated is not None
+                            (self.conn.send_buffered() == 0 and not self.conn.awaiting_acks())
+                            or self.session.terminated is not None
                         ),
                         linger,
                     )
@@ -620,11 +631,11 @@ class DTPSocket:
 
     def close(self) -> None:
         """Close this stream; closing the first stream closes the connection (after
-        up to 5 s for queued data to leave)."""
+        up to 5 s for queued data to leave; 30 s over the ledger carrier)."""
         if self._closed:
             return
         if self._primary:
-            self._engine.shutdown(LINGER)
+            self._engine.shutdown(self._engine.linger)
             if self._engine.payment is not None:
                 self._engine.payment.finish()  # half-close on the ledger
         else:
@@ -836,6 +847,8 @@ def create_connection(
     ledger: Ledger | None = None,
     deposit: int | None = None,
     cap_id: str | None = None,
+    carrier: CarrierChoice = "auto",
+    ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
@@ -853,14 +866,19 @@ def create_connection(
     paying Sui key) are required. In order: the Host is read (``ObjectNotFound``); the
     service must exist (``ServiceNotFound``), the firewall must permit us
     (``FirewallDenied``), ``deposit`` (default: the SLA's ``min_deposit``) must reach
-    the minimum and our balance (``InsufficientFunds``), and the host must publish a TCP
-    endpoint (:class:`~dtp.admission.NoCarrierEndpoint`) — all before any money moves.
+    the minimum and our balance (``InsufficientFunds``), and with ``carrier="tcp"`` the host
+    must publish a TCP endpoint (:class:`~dtp.admission.NoCarrierEndpoint`) — all before
+    any money moves.
     Then, when ``cap_id`` is None, a new SpendingCap owned by us with
     ``max_per_epoch = deposit`` is created (pass ``cap_id`` to reuse one); the connection
     is opened on the ledger (``deposit`` MIST into its escrow); and we connect to the
     host's first TCP endpoint with Noise IK to the host's published ``noise_static_key``
     (``server_key`` may not disagree with it), naming the connection ID and port in the
     handshake. The socket's ``connection_id`` and ``escrow_id`` name the ledger objects.
+    When the host publishes no TCP endpoint (``carrier="auto"``), or with
+    ``carrier="ledger"``, the records travel through pipes on the ledger instead (the
+    IP-hiding mode, docs/ledger-carrier.md; ``ledger_options`` tunes it); the connection
+    then acknowledges and retransmits itself and its handshake timeout is at least 30 s.
     If anything fails after the ledger open (refused, timeout, handshake), we close the
     connection on the ledger (our half-close), so that the deposit can be refunded once
     the close timeout has passed (docs/escrow.md §7); the original error is raised.
@@ -879,10 +897,18 @@ def create_connection(
             ledger=ledger,
             deposit=deposit,
             cap_id=cap_id,
+            carrier=carrier,
+            ledger_options=ledger_options,
             metering=metering,
         )
-    if ledger is not None or deposit is not None or cap_id is not None:
-        raise ValueError("ledger, deposit and cap_id apply only to a DTP address (dtp://…)")
+    if (
+        ledger is not None
+        or deposit is not None
+        or cap_id is not None
+        or carrier == "ledger"
+        or ledger_options is not None
+    ):
+        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     identity = identity or HostIdentity.generate()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
@@ -905,6 +931,8 @@ def _connect_by_host_id(
     ledger: Ledger | None,
     deposit: int | None,
     cap_id: str | None,
+    carrier: CarrierChoice = "auto",
+    ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
 ) -> DTPSocket:
     """create_connection for a DTP address (see there)."""
@@ -920,9 +948,16 @@ def _connect_by_host_id(
         cap_id=cap_id,
         server_key=server_key,
         config=config,
+        carrier=carrier,
     )
     try:
-        sock = _connect(prepared.endpoint, timeout, prepared.config, name=str(address))
+        if prepared.endpoint is None:
+            bridge = connect_ledger_carrier(
+                ledger, identity, prepared.connection_id, prepared.server_address, ledger_options
+            )
+            sock = _connect(bridge.peername, timeout, prepared.config, str(address), bridge.socket)
+        else:
+            sock = _connect(prepared.endpoint, timeout, prepared.config, name=str(address))
     except BaseException as exc:
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
@@ -957,16 +992,20 @@ def _attach_payment(
 
 
 def _connect(
-    address: tuple[str, int],
+    address: tuple[str, Any],
     timeout: float | None,
     cfg: ConnectionConfig,
     name: str | None = None,
+    carrier: _socket.socket | None = None,
 ) -> DTPSocket:
-    """Carrier connect + handshake + acceptance with a ready client config."""
+    """Carrier connect + handshake + acceptance with a ready client config; with
+    ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP."""
     start = time.monotonic()
-    tcp = connect_tcp(address, timeout)
+    tcp = connect_tcp(address, timeout) if carrier is None else carrier
     session = Session(cfg)
     engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
+    if carrier is not None:
+        engine.peername = address
     remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
     try:
         with engine.lock:
@@ -1008,11 +1047,11 @@ class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
     :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
-    handler."""
+    handler. ``address`` None: no TCP listener (see :meth:`listen_ledger`)."""
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | None,
         identity: HostIdentity,
         *,
         accept: AcceptHook | None = None,
@@ -1030,16 +1069,51 @@ class DTPServer:
         self._admit_hook = admit
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
-        self._listener = listen_tcp(address, backlog)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._listener = None if address is None else listen_tcp(address, backlog)
+        self._address: tuple[str, int] | None = None
+        if self._listener is not None:
+            host, tcp_port = self._listener.getsockname()[:2]
+            self._address = (str(host), int(tcp_port))
+        self._ledger_listener: LedgerListener | None = None
         self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
         self.handshakes_failed = 0
         self.refused = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="dtp-acceptor", daemon=True)
-        self._thread.start()
+        if self._listener is not None:
+            thread = threading.Thread(target=self._accept_loop, name="dtp-acceptor", daemon=True)
+            thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The TCP address listened on."""
+        if self._address is None:
+            raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
+        return self._address
+
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
+        the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
+        connections. Our identity must be the host's authority."""
+        if self._ledger_listener is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:
+            self._handoff(bridge.socket, bridge.peername, config)
+
+        self._ledger_listener = LedgerListener(
+            ledger, self.identity, host_id, port, handoff, options=options
+        )
+        return self._ledger_listener
 
     @property
     def noise_public_key(self) -> bytes:
@@ -1047,6 +1121,7 @@ class DTPServer:
         return self.identity.noise_public
 
     def _accept_loop(self) -> None:
+        assert self._listener is not None
         while not self._closed.is_set():
             try:
                 tcp, peer = self._listener.accept()
@@ -1055,25 +1130,34 @@ class DTPServer:
                     return
                 time.sleep(0.05)
                 continue
-            # at most max_handshakes at once: further clients wait in the backlog
-            while not self._slots.acquire(timeout=0.5):
-                if self._closed.is_set():
-                    tcp.close()
-                    return
-            if self._closed.is_set():
-                self._slots.release()
-                tcp.close()
+            with contextlib.suppress(OSError):
+                tune(tcp)
+            if not self._handoff(tcp, peer, self._config):
                 return
-            thread = threading.Thread(
-                target=self._serve_one, args=(tcp, peer), name="dtp-handshake", daemon=True
-            )
-            thread.start()
 
-    def _serve_one(self, tcp: _socket.socket, peer: Any) -> None:
+    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Start the handshake thread of a new carrier connection; False (and the
+        carrier closed) once the server is closed."""
+        # at most max_handshakes at once: further clients wait (TCP: in the backlog)
+        while not self._slots.acquire(timeout=0.5):
+            if self._closed.is_set():
+                carrier.close()
+                return False
+        if self._closed.is_set():
+            self._slots.release()
+            carrier.close()
+            return False
+        thread = threading.Thread(
+            target=self._serve_one, args=(carrier, peer, config), name="dtp-handshake", daemon=True
+        )
+        thread.start()
+        return True
+
+    def _serve_one(self, tcp: _socket.socket, peer: Any, config: ConnectionConfig) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
         handler, with no thread hand-off between them."""
         try:
-            sock = self._handshake(tcp, peer)
+            sock = self._handshake(tcp, peer, config)
         finally:
             self._slots.release()
         if sock is None:
@@ -1087,12 +1171,12 @@ class DTPServer:
         except queue.Full:
             sock.abort("server busy")
 
-    def _handshake(self, tcp: _socket.socket, peer: Any) -> DTPSocket | None:
-        from dtp.carriers.tcp import tune
-
-        tune(tcp)
-        session = Session(self._config)
+    def _handshake(
+        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig
+    ) -> DTPSocket | None:
+        session = Session(config)
         engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
+        engine.peername = peer
         try:
             outcome, reason = self._authenticate(engine)
         except DTPError as exc:
@@ -1121,7 +1205,7 @@ class DTPServer:
         with engine.lock:
             engine.pump(
                 lambda: session.authenticated_address is not None or session.terminated is not None,
-                self._config.handshake_timeout,
+                session.conn.config.handshake_timeout,
             )
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
@@ -1209,8 +1293,11 @@ class DTPServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
+        if self._ledger_listener is not None:
+            self._ledger_listener.close()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
         with contextlib.suppress(queue.Full):
             self._ready.put_nowait(None)
 
@@ -1222,7 +1309,7 @@ class DTPServer:
 
 
 def create_server(
-    address: tuple[str, int],
+    address: tuple[str, int] | None,
     *,
     identity: HostIdentity,
     accept: AcceptHook | None = None,
@@ -1232,6 +1319,8 @@ def create_server(
     ledger: Ledger | None = None,
     host_id: str | None = None,
     port: int | None = None,
+    carriers: tuple[str, ...] | None = None,
+    ledger_options: LedgerCarrierOptions | None = None,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -1240,14 +1329,34 @@ def create_server(
     through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
     host's firewall must permit them; others get ConnectionRefused with the reason.
+
+    ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
+    ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts
+    connections that come over the ledger carrier — how a host that publishes no endpoint
+    (IP-hiding) is reached: it needs ``ledger``/``host_id``/``port``, ``identity`` must be
+    the host's authority, and the same admission applies (docs/ledger-carrier.md).
     """
+    if carriers is None:
+        carriers = ("tcp",) if address is not None else ("ledger",)
+    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
+    if ("tcp" in carriers) != (address is not None):
+        raise ValueError("an address is needed for the 'tcp' carrier, and only for it")
+    if "ledger" in carriers and (ledger is None or host_id is None or port is None):
+        raise ValueError("the ledger carrier needs ledger, host_id and port")
     if ledger is not None or host_id is not None or port is not None:
         if ledger is None or host_id is None or port is None:
             raise ValueError("ledger admission needs ledger, host_id and port together")
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/port, not both")
         admit = LedgerAdmission(ledger, host_id, port)
-    return DTPServer(address, identity, accept=accept, admit=admit, config=config, backlog=backlog)
+    server = DTPServer(
+        address, identity, accept=accept, admit=admit, config=config, backlog=backlog
+    )
+    if "ledger" in carriers:
+        assert ledger is not None and host_id is not None and port is not None
+        server.listen_ledger(ledger, host_id, port, ledger_options)
+    return server
 
 
 def serve(

@@ -172,7 +172,10 @@ class UdpBilling:
             logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
             return False
         if self.on_receipt is not None:
-            self.on_receipt(receipt)
+            try:
+                self.on_receipt(receipt)
+            except Exception:
+                logger.exception("on_receipt failed for %s", self.connection_id)
         return True
 
     def admit(self, nbytes: int) -> bool:
@@ -349,10 +352,12 @@ def relay_udp(
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
-        with contextlib.suppress(DTPError, OSError):
-            sock.close()
+        # the control stream may still hold the final receipt: let it be read to its
+        # end (the peer's close) before closing our side
         for thread in threads:
             thread.join(2)
+        with contextlib.suppress(DTPError, OSError):
+            sock.close()
         udp.close()
     return stats
 

@@ -163,3 +163,34 @@ def test_in_process_server_accept_hook_async() -> None:
             await dtp.aio.open_connection(host, port, server_key=server.noise_public_key, timeout=3)
 
     asyncio.run(main())
+
+
+def test_a_cancelled_waiter_does_not_break_the_others() -> None:
+    """Many tasks wait on one connection; one of them timing out (asyncio.wait_for)
+    must not cancel the others' waits (they share the connection's change signal)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        go = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await go.wait()
+            writer.write(b"late")
+            await writer.drain()
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            patient = asyncio.ensure_future(reader.readexactly(4))
+            await asyncio.sleep(0.05)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writer.recv_datagram(), 0.05)
+            go.set()
+            assert await asyncio.wait_for(patient, 5) == b"late"
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())

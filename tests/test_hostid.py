@@ -232,7 +232,7 @@ def test_no_tcp_endpoint(world: World) -> None:
     before = world.balances()
     with pytest.raises(NoCarrierEndpoint, match="ledger carrier"):
         dtp.socket.create_connection(
-            world.address(), ledger=world.ledger, identity=CLIENT, deposit=5000
+            world.address(), ledger=world.ledger, identity=CLIENT, deposit=5000, carrier="tcp"
         )
     assert world.balances() == before
 

@@ -302,3 +302,96 @@ def test_forwarder_limits_and_idle_sessions(backend: DnsLikeBackend) -> None:
             assert b.recvfrom(65535)[0].startswith(b"\x00\x03again")
             a.close()
             b.close()
+
+
+def test_asyncio_relay_and_forwarder_paid_by_host_id(
+    tmp_path: Path, backend: DnsLikeBackend
+) -> None:
+    """The asyncio twins: DNS-style queries through AsyncUdpForwarder → DTP (by host
+    ID, metered) → relay_udp_async → backend; the receipt pays exactly the relay's count."""
+    import asyncio
+
+    import dtp.aio
+    from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    sla = Sla(price_per_kib=3, price_per_request=2, min_deposit=500)
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, 53, "udp", sla)
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    billings: list[UdpBilling] = []
+    meters: list[Meter] = []
+
+    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        assert writer.peer_connection_id is not None
+        billing = await asyncio.to_thread(UdpBilling.from_ledger, ledger, writer.peer_connection_id)
+        billings.append(billing)
+        await relay_udp_async(reader, writer, backend.address, billing=billing, idle_timeout=10)
+        writer.close()
+
+    async def main() -> int:
+        server = await dtp.aio.start_server(
+            handle,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            ledger=ledger,
+            host_id=host,
+            dtp_port=53,
+        )
+        await asyncio.to_thread(
+            ledger.set_endpoints, SERVER, host, [f"tcp://127.0.0.1:{server.address[1]}"]
+        )
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                f"dtp://{host}:53", ledger=ledger, identity=CLIENT, deposit=20_000, timeout=10
+            )
+
+        def meter_for(writer: dtp.aio.DTPStreamWriter) -> Meter:
+            assert writer.connection_id is not None
+            meter = Meter(CLIENT, writer.connection_id, sla, 20_000)
+            meters.append(meter)
+            return meter
+
+        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect, meter_for=meter_for)
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                answers.put_nowait(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+        got = 0
+        for i in range(100):
+            query = struct.pack(">H", i) + b"name.example"
+            transport.sendto(query, fwd.address)
+            try:
+                reply = await asyncio.wait_for(answers.get(), 2)
+            except TimeoutError:
+                continue
+            assert reply[:-4] == query
+            got += 1
+        transport.close()
+        await fwd.close()
+        stats = fwd.stats.snapshot()
+        assert stats["sessions_opened"] == stats["sessions_closed"] == 1
+        # the final receipt reaches the relay
+        for _ in range(200):
+            if billings and billings[0].latest == meters[0].latest:
+                break
+            await asyncio.sleep(0.01)
+        server.close()
+        return got
+
+    got = asyncio.run(main())
+    assert got >= 95
+    (billing,), (meter,) = billings, meters
+    assert billing.latest is not None and billing.latest == meter.latest
+    assert billing.datagrams == meter.total_requests >= got
+    assert billing.latest.total_amount == fee(sla, billing.bytes, billing.datagrams)
+    escrow = ledger.get_connection(billing.connection_id).escrow
+    assert ledger.claim(SERVER, escrow, billing.latest) == billing.latest.total_amount
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

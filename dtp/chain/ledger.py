@@ -429,6 +429,17 @@ class Ledger(PaymentModels, abc.ABC):
         """Like :meth:`events`, but block up to ``timeout`` seconds until at least one
         matching event exists; returns an empty list on timeout."""
 
+    def head_cursor(self) -> str | None:
+        """The cursor after the newest event now on the ledger (None: no events yet):
+        reading from it returns only events that come later."""
+        never = EventFilter(type="\x00no event has this type")
+        cursor: str | None = None
+        while True:
+            _, after = self.events(cursor, never, 1000)
+            if after == cursor:
+                return cursor
+            cursor = after
+
     async def wait_events_async(
         self,
         cursor: str | None,

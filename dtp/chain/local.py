@@ -1259,9 +1259,13 @@ class LocalLedger(Ledger):
                 "WHERE seq > ? ORDER BY seq",
                 (start,),
             )
+            # the type and sender are columns: rows they rule out are not decoded
+            pre = filter if filter is not None and filter.object_id is None else None
             for seq, type_, sender, digest, ts, fields in rows:
-                event = Event(str(seq), type_, rules.from_json(fields), sender, digest, int(ts))
                 last = int(seq)
+                if pre is not None and not pre.matches(Event("", type_, {}, sender, digest, 0)):
+                    continue
+                event = Event(str(seq), type_, rules.from_json(fields), sender, digest, int(ts))
                 if filter is None or filter.matches(event):
                     out.append(event)
                     if len(out) >= limit:
@@ -1269,6 +1273,10 @@ class LocalLedger(Ledger):
             return out, (str(last) if last else cursor)
 
         return self._read(read)
+
+    def head_cursor(self) -> str | None:
+        row = self._read(lambda: self._db.execute("SELECT max(seq) FROM events").fetchone())
+        return None if row is None or row[0] is None else str(row[0])
 
     @staticmethod
     def _cursor(cursor: str | None) -> int:

@@ -1,0 +1,455 @@
+"""The ledger carrier under the socket APIs: a background thread per connection that
+moves records between a :class:`~dtp.carriers.ledger.LedgerCarrier` and one end of a
+local socket pair, and a listener that finds the connections made to a host over the
+ledger (docs/ledger-carrier.md).
+
+The I/O adapters (``dtp.socket``'s engine, ``dtp.aio``'s protocol) drive a connection
+over a connected stream socket; handing them the other end of an ``AF_UNIX`` stream
+socketpair lets them run over the ledger unchanged. What crosses the pair is the
+connection's byte stream: a sequence of whole records (docs/protocol.md §2), each with
+its length in its header. So the bridge needs no framing of its own:
+
+- socket → ledger: the bytes read are cut at record boundaries (a trailing partial
+  record waits for the rest) and each whole record is posted with
+  :meth:`LedgerCarrier.send` (one ``pipe::send``, or fragments).
+- ledger → socket: each record the carrier hands back came whole from one payload (or
+  reassembled fragments); it is written only if its header is valid and its length is
+  exactly the header's, since one bad record in a byte stream would end the connection
+  (a stream parser cannot resynchronise). The lossy-carrier connection drops records
+  that fail authentication, so damage inside a valid frame costs only a retransmission.
+
+Closing: when the application side closes its end (the engine has written its CLOSE
+record first), the bridge posts what is left and destroys its pipe (``pipe::destroy``,
+§7). When the peer's pipe is destroyed, the bridge writes what arrived, waits
+``peer_close_grace`` for stragglers (events may come reordered) and then ends its side
+of the pair, which the adapter sees as the carrier ending.
+
+The connection must run with ``reliable_carrier=False``: :func:`ledger_config` gives
+that, with a handshake timeout that suits the ledger's latency and loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier
+from dtp.chain.ledger import Ledger
+from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
+from dtp.connection import ConnectionConfig
+from dtp.errors import DTPError
+from dtp.keys import HostIdentity
+
+__all__ = [
+    "LEDGER_HANDSHAKE_TIMEOUT",
+    "LEDGER_RECORD_PLAINTEXT",
+    "LEDGER_STREAM_WINDOW",
+    "LedgerBridge",
+    "LedgerCarrierOptions",
+    "LedgerListener",
+    "connect_ledger_carrier",
+    "ledger_config",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Handshake timeout of ledger-carrier connections. A lossy handshake is resent after
+#: 0.5 s, doubling up to 8 s (dtp.connection): 30 s leaves room for six resends, so a
+#: handshake survives a 15 % event loss with a failure chance well below 1e-3.
+LEDGER_HANDSHAKE_TIMEOUT = 30.0
+
+_HEADER = 12
+_TAG = 16
+_DATA = 16
+#: Flow-control window per stream of ledger-carrier connections (twice that per
+#: connection). Every record costs a transaction, so a deep window only queues records
+#: behind the ledger: their RTT samples grow, and so do spurious retransmissions
+#: (measured on LocalLedger: 256 KiB ≈ 6 MB/s, 1-4 MiB ≈ 3-4 MB/s).
+LEDGER_STREAM_WINDOW = 256 * 1024
+#: Record plaintext that keeps a whole DATA record inside one RECORD payload
+#: (kind byte + 12-byte header + plaintext + tag = MAX_PIPE_DATA): no fragments.
+LEDGER_RECORD_PLAINTEXT = MAX_PIPE_DATA - 1 - _HEADER - _TAG
+_HANDSHAKE_KINDS = (1, 2, 3)
+_READ_CHUNK = 256 * 1024
+#: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
+#: stops reading the ledger (events wait there) until the adapter catches up.
+_OUT_HIGH_WATER = 4 << 20
+#: Connection IDs a listener remembers having handled (a client's second pipe for the
+#: same connection is not a new connection); the oldest are forgotten beyond this.
+_MAX_SEEN = 65_536
+
+
+@dataclass(frozen=True)
+class LedgerCarrierOptions:
+    """Tuning of ledger-carrier connections (both sides)."""
+
+    inner_count: int = 4
+    """Inner pipes of our pipe (1..8)."""
+    sync_every: int = 64
+    sync_interval: float = 0.25
+    """The receiver acknowledges (a SYNC payload, then ``pipe::sync`` by the owner) after
+    ``sync_every`` new payloads or ``sync_interval`` seconds after the first one; the
+    connection's own ACKs drive retransmission, so these only keep the pipes' counters
+    moving and need not be frequent."""
+    gap_timeout: float = 0.5
+    """Seconds before a missing event is given up (the connection retransmits it)."""
+    max_payload: int = MAX_PIPE_DATA
+    poll_min: float = 0.001
+    poll_max: float = 0.02
+    """Ledger polling interval: ``poll_min`` right after traffic, doubling while idle up
+    to ``poll_max`` (other processes' transactions are only seen by polling)."""
+    peer_close_grace: float = 1.0
+    """Seconds to keep reading after the peer destroyed its pipe."""
+    ledger_filter: Callable[[Ledger], Ledger] | None = None
+    """Wraps the ledger each carrier uses (tests: fault injection at the ledger edge)."""
+
+
+def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
+    """``base`` made fit for the ledger carrier: acknowledgements and retransmission on
+    (``reliable_carrier=False``), records that fit one ``pipe::send``, windows of at most
+    :data:`LEDGER_STREAM_WINDOW` and a handshake timeout of at least
+    :data:`LEDGER_HANDSHAKE_TIMEOUT`."""
+    return replace(
+        base,
+        reliable_carrier=False,
+        handshake_timeout=max(base.handshake_timeout, LEDGER_HANDSHAKE_TIMEOUT),
+        max_record_plaintext=min(base.max_record_plaintext, LEDGER_RECORD_PLAINTEXT),
+        stream_window=min(base.stream_window, LEDGER_STREAM_WINDOW),
+        connection_window=min(base.connection_window, 2 * LEDGER_STREAM_WINDOW),
+    )
+
+
+def _valid_record(record: bytes) -> bool:
+    """Whether ``record`` is one whole record with a valid header (docs/protocol.md §2)."""
+    if len(record) < _HEADER + 1 or record[1] != 0:
+        return False
+    body = record[2] | record[3] << 8
+    if len(record) != _HEADER + body:
+        return False
+    kind = record[0]
+    if kind == _DATA:
+        return 16 <= body <= 16400
+    return kind in _HANDSHAKE_KINDS and body <= 4096
+
+
+def _cut_records(buf: bytearray) -> list[bytes]:
+    """Remove and return the whole records at the start of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    size = len(buf)
+    while size - pos >= _HEADER:
+        end = pos + _HEADER + (buf[pos + 2] | buf[pos + 3] << 8)
+        if end > size:
+            break
+        out.append(bytes(buf[pos:end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
+
+
+class LedgerBridge:
+    """Runs ``carrier`` in a daemon thread; :attr:`socket` is the adapter's end.
+
+    The thread ends when the adapter closes :attr:`socket` (after posting what it wrote
+    and destroying our pipe), when the peer's pipe is gone, on a ledger error, or on
+    :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        carrier: LedgerCarrier,
+        *,
+        name: str,
+        options: LedgerCarrierOptions | None = None,
+    ) -> None:
+        self.carrier = carrier
+        self.options = options or LedgerCarrierOptions()
+        self.socket, self._sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.setblocking(False)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self.records_posted = 0
+        self.records_delivered = 0
+        self.records_malformed = 0
+        self.name = f"dtp-ledger-{name}"
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    @property
+    def peername(self) -> tuple[str, str]:
+        """What ``getpeername()`` reports for a ledger-carrier connection."""
+        return ("ledger", self.carrier.connection_id)
+
+    def start(self) -> socket.socket:
+        """Start the thread; returns the adapter's end of the pair."""
+        self._thread.start()
+        return self.socket
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to finish (posting nothing more) and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is still moving records."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end."""
+        self._thread.join(timeout)
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a ledger failure ends the carrier, not the process
+            self.error = exc
+            logger.warning("ledger carrier %s failed: %s", self.carrier.connection_id, exc)
+        finally:
+            try:
+                self.carrier.close()
+            except Exception as exc:  # the ledger may be gone too: nothing more to do
+                logger.debug("ledger carrier %s: destroying the pipe failed: %s", self.name, exc)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    def _loop(self) -> None:
+        opts = self.options
+        carrier = self.carrier
+        sock = self._sock
+        inbuf = bytearray()  # adapter → ledger, a partial record at most
+        out = bytearray()  # ledger → adapter
+        wait = opts.poll_min
+        app_closed = False
+        write_failed = False
+        peer_closed_at: float | None = None
+        while not self._stop.is_set():
+            timer = carrier.get_timer()
+            timeout = wait if timer is None else max(0.0, min(wait, timer - time.monotonic()))
+            rlist = [sock] if not app_closed else []
+            wlist = [sock] if out else []
+            r, w, _ = select.select(rlist, wlist, [], timeout)
+            moved = False
+            if r:
+                data = _recv(sock)
+                if data is None:
+                    app_closed = True
+                elif data:
+                    inbuf += data
+                    records = _cut_records(inbuf)
+                    if records:
+                        carrier.send(records)
+                        self.records_posted += len(records)
+                        moved = True
+            if app_closed:
+                logger.debug("%s: the adapter closed its end", self._thread.name)
+                return  # the finally destroys our pipe: the peer sees PipeDestroyed
+            if w and out and not self._write_out(out):
+                write_failed = True
+            if len(out) < _OUT_HIGH_WATER:
+                for record in carrier.receive(0.0):
+                    if _valid_record(record):
+                        out += record
+                        self.records_delivered += 1
+                        moved = True
+                    else:
+                        self.records_malformed += 1
+            else:
+                carrier.poll()
+            if out and not self._write_out(out):
+                write_failed = True
+            if write_failed:
+                # the adapter closed its end: what it wrote before (its CLOSE) is still
+                # to be read and posted, so go on reading until EOF
+                out.clear()
+            if carrier.peer_closed:
+                now = time.monotonic()
+                if peer_closed_at is None:
+                    peer_closed_at = now
+                elif now - peer_closed_at >= opts.peer_close_grace and not out:
+                    logger.debug("%s: the peer destroyed its pipe", self._thread.name)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)  # the adapter sees the carrier end
+                    self._drain_until_closed(sock)
+                    return
+            wait = opts.poll_min if moved else min(wait * 2, opts.poll_max)
+
+    def _write_out(self, out: bytearray) -> bool:
+        """Write what the adapter's end takes now; False if it is closed."""
+        try:
+            n = self._sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        del out[:n]
+        return True
+
+    def _drain_until_closed(self, sock: socket.socket) -> None:
+        """After the peer left: discard what the adapter still writes until it closes."""
+        while not self._stop.is_set():
+            r, _, _ = select.select([sock], [], [], 0.1)
+            if r and _recv(sock) is None:
+                return
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """Bytes available now (b"" if none), or None once the other end closed."""
+    try:
+        data = sock.recv(_READ_CHUNK)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError:
+        return None
+    return data or None
+
+
+def _carrier(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    peer_address: str,
+    cursor: str | None,
+    options: LedgerCarrierOptions,
+) -> LedgerCarrier:
+    led = options.ledger_filter(ledger) if options.ledger_filter is not None else ledger
+    carrier = LedgerCarrier(
+        led,
+        identity,
+        connection_id,
+        peer_address=peer_address,
+        inner_count=options.inner_count,
+        sync_every=options.sync_every,
+        sync_interval=options.sync_interval,
+        gap_timeout=options.gap_timeout,
+        max_payload=options.max_payload,
+    )
+    # the peer's pipe is created after the connection opened: no need to read older events
+    carrier.cursor = cursor
+    return carrier
+
+
+def connect_ledger_carrier(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    peer_address: str,
+    options: LedgerCarrierOptions | None = None,
+) -> LedgerBridge:
+    """Client side: create our pipe for ``connection_id`` and start a bridge reading
+    ``peer_address``'s pipe (the host authority's). Blocking (ledger calls)."""
+    opts = options or LedgerCarrierOptions()
+    head = ledger.head_cursor()
+    carrier = _carrier(ledger, identity, connection_id, peer_address, head, opts)
+    bridge = LedgerBridge(carrier, name=f"client-{connection_id[:10]}", options=opts)
+    bridge.start()
+    return bridge
+
+
+Accepted = Callable[[LedgerBridge], None]
+
+
+class LedgerListener:
+    """Server side: finds connections made to ``host_id``:``port`` over the ledger
+    carrier and hands each one, bridged, to ``on_accept``.
+
+    A client that reaches the host over the ledger creates its pipe for the connection
+    (``PipeCreated``, owner = the client); the listener then checks that the connection
+    is an Open TransportControl of that client to this host and port, creates the
+    host's pipe and starts a :class:`LedgerBridge`. Admission proper (escrow, firewall)
+    is the server's usual hook, run on the handshake that follows. Connections whose
+    pipe was created before the listener started are not picked up.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        host_id: str,
+        port: int,
+        on_accept: Accepted,
+        *,
+        options: LedgerCarrierOptions | None = None,
+        poll: float = 0.05,
+    ) -> None:
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = normalize_id(host_id, "host ID")
+        self.port = port
+        self.options = options or LedgerCarrierOptions()
+        self.poll = poll
+        self._on_accept = on_accept
+        self._seen: OrderedDict[str, None] = OrderedDict()  # connections handled
+        self._stop = threading.Event()
+        self.accepted = 0
+        self.skipped = 0
+        self.cursor = ledger.head_cursor()
+        self._thread = threading.Thread(target=self._run, name="dtp-ledger-listener", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop watching (bridges already handed over go on). Idempotent."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        flt = EventFilter(type="PipeCreated")
+        while not self._stop.is_set():
+            try:
+                start = self.cursor
+                events, cursor = self.ledger.wait_events(start, self.poll, flt, 100)
+            except Exception as exc:
+                logger.warning("ledger listener: reading events failed: %s", exc)
+                self._stop.wait(self.poll)
+                continue
+            before = start
+            for event in events:
+                if self._stop.is_set():
+                    return
+                self._consider(event, before)
+                before = event.cursor
+            self.cursor = cursor
+
+    def _consider(self, event: Event, before: str | None) -> None:
+        fields = event.fields
+        cid = str(fields.get("connection", ""))
+        owner = str(fields.get("owner", ""))
+        if cid in self._seen or owner == self.identity.sui_address:
+            return
+        try:
+            tc = self.ledger.get_connection(cid)
+        except DTPError:
+            return
+        if tc.host != self.host_id or tc.port != self.port or tc.client != owner:
+            return
+        self._seen[cid] = None
+        while len(self._seen) > _MAX_SEEN:
+            self._seen.popitem(last=False)
+        if tc.state != ConnectionState.OPEN or tc.server != self.identity.sui_address:
+            self.skipped += 1
+            return
+        try:
+            carrier = _carrier(self.ledger, self.identity, cid, owner, before, self.options)
+        except DTPError as exc:
+            self.skipped += 1
+            logger.warning("cannot create a pipe for connection %s: %s", cid, exc)
+            return
+        bridge = LedgerBridge(carrier, name=f"server-{cid[:10]}", options=self.options)
+        bridge.start()
+        self.accepted += 1
+        try:
+            self._on_accept(bridge)
+        except Exception:
+            logger.exception("handing over ledger connection %s failed", cid)
+            bridge.socket.close()

@@ -1,0 +1,120 @@
+"""Load spreading over a service's TCP backends: round robin over the healthy ones,
+periodic TCP health checks, and failover when a connect fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from dtp.daemon.config import Backend
+from dtp.errors import TunnelError
+
+__all__ = ["BackendPool"]
+
+from dtp.daemon.logs import kv
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+logger = logging.getLogger("dtp.daemon.balancer")
+
+
+class BackendPool:
+    """The backends of one service and what is known of their health."""
+
+    def __init__(
+        self,
+        name: str,
+        backends: tuple[Backend, ...],
+        health_interval: float,
+        connect_timeout: float,
+        on_failure: Callable[[Backend], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.backends = backends
+        self.health_interval = health_interval
+        self.connect_timeout = connect_timeout
+        self.healthy: dict[Backend, bool] = dict.fromkeys(backends, True)
+        self._on_failure = on_failure
+        self._turn = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the health checks (in the running loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._check_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(self.healthy.values())
+
+    def _mark(self, backend: Backend, ok: bool) -> None:
+        if self.healthy.get(backend) != ok:
+            logger.log(
+                logging.INFO if ok else logging.WARNING,
+                "backend up" if ok else "backend down",
+                extra=kv(service=self.name, backend=str(backend)),
+            )
+        self.healthy[backend] = ok
+
+    async def _probe(self, backend: Backend) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port), self.connect_timeout
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def check_now(self) -> None:
+        """Probe every backend once."""
+        results = await asyncio.gather(*(self._probe(b) for b in self.backends))
+        for backend, ok in zip(self.backends, results, strict=True):
+            self._mark(backend, ok)
+
+    async def _check_forever(self) -> None:
+        while True:
+            await self.check_now()
+            await asyncio.sleep(self.health_interval)
+
+    def order(self) -> list[Backend]:
+        """Backends to try, healthy ones first, rotating the start for spreading."""
+        count = len(self.backends)
+        start = next(self._turn) % count
+        rotated = [self.backends[(start + i) % count] for i in range(count)]
+        return [b for b in rotated if self.healthy[b]] + [b for b in rotated if not self.healthy[b]]
+
+    async def connect(self, factory: Callable[[], P]) -> tuple[P, Backend]:
+        """A TCP connection (driven by ``factory()``'s protocol) to the first backend
+        that answers; unreachable ones are marked down. Raises :class:`TunnelError`
+        when none answers."""
+        loop = asyncio.get_running_loop()
+        tried: list[str] = []
+        for backend in self.order():
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(factory, backend.host, backend.port),
+                    self.connect_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                tried.append(f"{backend} ({getattr(exc, 'strerror', None) or 'timeout'})")
+                self._mark(backend, False)
+                if self._on_failure is not None:
+                    self._on_failure(backend)
+                continue
+            self._mark(backend, True)
+            return protocol, backend
+        raise TunnelError(f"no backend of service {self.name} is reachable: {', '.join(tried)}")

@@ -1,0 +1,536 @@
+"""The daemon's config file (TOML, docs/daemon.md): parsing and validation.
+
+Every error names the file, the line and the key (``dtp.toml:12: service[1].port: …``).
+``tomllib`` gives values but no positions, so :func:`key_lines` scans the text once and
+maps each key path (``("service", 1, "port")``) to the line it is set on.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtp.address import HostAddress
+from dtp.chain.objects import normalize_id
+from dtp.errors import DaemonConfigError, InvalidObjectId
+
+__all__ = [
+    "Backend",
+    "DaemonConfig",
+    "DaemonSettings",
+    "FirewallConfig",
+    "ForwardConfig",
+    "ServiceConfig",
+    "key_lines",
+    "load_config",
+    "parse_config",
+]
+
+KeyPath = tuple[str | int, ...]
+U64 = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One TCP backend of a service."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    """The host-wide firewall, published on the ledger."""
+
+    mode: str = "open"
+    """``"open"`` (everyone not denied) or ``"allowlist"``."""
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A DTP service (``<host id>:<port>``) backed by local TCP backends."""
+
+    name: str
+    port: int
+    backends: tuple[Backend, ...]
+    kind: str = "raw"
+    price_per_kib: int = 0
+    price_per_request: int = 0
+    min_deposit: int = 0
+    max_connections: int = 0
+    allow: tuple[str, ...] = ()
+    """Per-service allow list, enforced by the daemon (empty: everyone)."""
+    deny: tuple[str, ...] = ()
+    """Per-service deny list, enforced by the daemon."""
+    health_interval: float = 2.0
+    connect_timeout: float = 2.0
+    unpaid_slack: int = 16 << 20
+    """Bytes a paying client may run ahead of its latest receipt before the daemon
+    cuts the tunnel; must exceed the connection's flow-control window (8 MiB) plus
+    the forwarder's ``receipt_every``, since bytes in flight are not yet receipted."""
+    protocol: str = "tcp"
+    """``"tcp"`` (streams to TCP backends) or ``"udp"`` (DTP datagrams to UDP backends,
+    one per client flow, billed per datagram: docs/udp.md)."""
+    idle_timeout: float = 60.0
+    """UDP: a flow with no datagram for this long ends (and is settled)."""
+    credit_datagrams: int = 1024
+    """UDP, paid: datagrams relayed ahead of the receipts that cover them."""
+
+    @property
+    def paid(self) -> bool:
+        return self.price_per_kib > 0 or self.price_per_request > 0
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """A local TCP listener whose connections are tunnelled to a remote DTP service."""
+
+    name: str
+    listen: Backend
+    target: HostAddress
+    deposit: int | None = None
+    """MIST per DTP connection; default the SLA's minimum."""
+    receipt_every: int = 256 * 1024
+    """Bytes between signed receipts (paid services)."""
+    protocol: str = "tcp"
+    """``"tcp"`` or ``"udp"`` (a local UDP port; one DTP connection per source
+    address, billed per datagram)."""
+    idle_timeout: float = 30.0
+    """UDP: a local flow with no datagram for this long ends its DTP connection."""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The ``[daemon]`` table."""
+
+    ledger: Path
+    identity: Path
+    state_dir: Path
+    listen: Backend = Backend("127.0.0.1", 0)
+    public_endpoint: str | None = None
+    host_id: str | None = None
+    faucet: int = 0
+    drain_timeout: float = 10.0
+    log_format: str = "json"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """A whole validated config file."""
+
+    path: Path
+    daemon: DaemonSettings
+    firewall: FirewallConfig = FirewallConfig()
+    services: tuple[ServiceConfig, ...] = ()
+    forwards: tuple[ForwardConfig, ...] = ()
+    lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
+
+
+# -- key positions -------------------------------------------------------------------------
+
+
+def _split_key(text: str) -> list[str]:
+    """A dotted TOML key into its parts (bare or quoted)."""
+    parts: list[str] = []
+    current = ""
+    quote: str | None = None
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = None
+            else:
+                current += ch
+        elif ch in "\"'":
+            quote = ch
+        elif ch == ".":
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    parts.append(current.strip())
+    return parts
+
+
+def _bracket_delta(value: str) -> tuple[int, bool]:
+    """Net ``[``/``{`` depth change of a value fragment outside strings, and whether a
+    multi-line basic/literal string stays open at its end."""
+    depth = 0
+    i = 0
+    quote: str | None = None
+    while i < len(value):
+        ch = value[i]
+        triple = value[i : i + 3]
+        if quote is None:
+            if triple in ('"""', "'''"):
+                end = value.find(triple, i + 3)
+                if end < 0:
+                    return depth, True
+                i = end + 3
+                continue
+            if ch in "\"'":
+                quote = ch
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth -= 1
+            elif ch == "#":
+                break
+        elif ch == "\\" and quote == '"':
+            i += 1
+        elif ch == quote:
+            quote = None
+        i += 1
+    return depth, False
+
+
+def key_lines(text: str) -> dict[KeyPath, int]:
+    """Map each key path to the (1-based) line that sets it; array-of-tables entries are
+    indexed (``("service", 0, "port")``), and each table header maps too."""
+    lines: dict[KeyPath, int] = {}
+    counts: dict[tuple[str, ...], int] = {}
+    table: KeyPath = ()
+    depth = 0
+    in_string: str | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if in_string is not None:
+            if in_string in line:
+                in_string = None
+            continue
+        if depth > 0:
+            delta, _ = _bracket_delta(line)
+            depth = max(0, depth + delta)
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[["):
+            name = tuple(_split_key(line[2 : line.index("]]")]))
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            table = (*name, index)
+            lines[table] = number
+            continue
+        if line.startswith("["):
+            table = tuple(_split_key(line[1 : line.index("]")]))
+            lines[table] = number
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        lines[(*table, *_split_key(key))] = number
+        delta, open_string = _bracket_delta(value)
+        depth = max(0, delta)
+        if open_string:
+            in_string = '"""' if '"""' in value else "'''"
+    return lines
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+class _Checker:
+    """Reads values out of the parsed document, raising errors with positions."""
+
+    def __init__(self, path: Path, lines: Mapping[KeyPath, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def where(self, key: KeyPath) -> str:
+        probe = key
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe)
+        return f"{self.path}:{line}" if line is not None else str(self.path)
+
+    def fail(self, key: KeyPath, message: str) -> DaemonConfigError:
+        return DaemonConfigError(f"{self.where(key)}: {_dotted(key)}: {message}")
+
+    def table(self, doc: Mapping[str, Any], key: KeyPath, known: set[str]) -> None:
+        for name in doc:
+            if name not in known:
+                hint = ", ".join(sorted(known))
+                return_key = (*key, name)
+                raise self.fail(return_key, f"unknown key (expected one of: {hint})")
+
+    def string(self, doc: Mapping[str, Any], key: KeyPath, default: str | None = None) -> str:
+        value = doc.get(str(key[-1]), default)
+        if value is None:
+            raise self.fail(key, "is required")
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def integer(
+        self,
+        doc: Mapping[str, Any],
+        key: KeyPath,
+        default: int,
+        low: int = 0,
+        high: int = 2**64 - 1,
+    ) -> int:
+        value = doc.get(str(key[-1]), default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"expected an integer in {low}..{high}, got {value!r}")
+        return value
+
+    def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
+        value = doc.get(str(key[-1]), default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def choice(
+        self, doc: Mapping[str, Any], key: KeyPath, default: str, options: tuple[str, ...]
+    ) -> str:
+        value = doc.get(str(key[-1]), default)
+        if value not in options:
+            raise self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    def endpoint(self, doc: Mapping[str, Any], key: KeyPath, value: Any = None) -> Backend:
+        text = doc.get(str(key[-1])) if value is None else value
+        if text is None:
+            raise self.fail(key, "is required")
+        host, sep, port = str(text).rpartition(":")
+        host = host.strip("[]")
+        if not isinstance(text, str) or not sep or not host or not port.isdigit():
+            raise self.fail(key, f'expected "host:port", got {text!r}')
+        if not 0 <= int(port) <= 0xFFFF:
+            raise self.fail(key, f"port {port} is outside 0..65535")
+        return Backend(host, int(port))
+
+    def addresses(self, doc: Mapping[str, Any], key: KeyPath) -> tuple[str, ...]:
+        value = doc.get(str(key[-1]), [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of Sui addresses, got {value!r}")
+        out: list[str] = []
+        for item in value:
+            try:
+                out.append(normalize_id(item, "address"))
+            except InvalidObjectId as exc:
+                raise self.fail(key, f"{item!r} is not a Sui address ({exc})") from None
+        return tuple(out)
+
+    def path_value(self, doc: Mapping[str, Any], key: KeyPath, default: str | None) -> Path:
+        text = self.string(doc, key, default)
+        candidate = Path(text).expanduser()
+        return candidate if candidate.is_absolute() else self.path.parent / candidate
+
+
+def _dotted(key: KeyPath) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a config file; raises :class:`DaemonConfigError`."""
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DaemonConfigError(f"{target}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DaemonConfigError(f"{target}: the config file is not UTF-8 text") from None
+    return parse_config(text, target)
+
+
+def parse_config(text: str, path: Path) -> DaemonConfig:
+    """Validate config ``text`` read from ``path`` (paths inside are relative to it)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line = ""
+        if "(at line " in message:
+            message, _, position = message.partition(" (at line ")
+            line = ":" + position.split(",")[0].rstrip(")")
+        raise DaemonConfigError(f"{path}{line}: TOML syntax error: {message}") from None
+    lines = key_lines(text)
+    check = _Checker(path, lines)
+    check.table(doc, (), {"daemon", "firewall", "service", "forward"})
+    daemon_doc = doc.get("daemon", {})
+    if not isinstance(daemon_doc, dict):
+        raise check.fail(("daemon",), "expected a table [daemon]")
+    settings = _settings(check, daemon_doc)
+    firewall = _firewall(check, doc.get("firewall", {}))
+    services = tuple(
+        _service(check, item, ("service", i))
+        for i, item in enumerate(_array(check, doc, "service"))
+    )
+    forwards = tuple(
+        _forward(check, item, ("forward", i))
+        for i, item in enumerate(_array(check, doc, "forward"))
+    )
+    _unique(check, [(("service", i, "port"), s.port) for i, s in enumerate(services)], "port")
+    _unique(check, [(("service", i, "name"), s.name) for i, s in enumerate(services)], "name")
+    _unique(check, [(("forward", i, "name"), f.name) for i, f in enumerate(forwards)], "name")
+    listens = [
+        (("forward", i, "listen"), f"{f.protocol}://{f.listen}")
+        for i, f in enumerate(forwards)
+        if f.listen.port
+    ]
+    _unique(check, listens, "listen address")
+    if not services and not forwards:
+        raise DaemonConfigError(f"{path}: nothing to do: add a [[service]] or a [[forward]]")
+    return DaemonConfig(path, settings, firewall, services, forwards, lines)
+
+
+def _array(check: _Checker, doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    value = doc.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise check.fail((name,), f"expected [[{name}]] tables")
+    return value
+
+
+def _unique(check: _Checker, items: Sequence[tuple[KeyPath, object]], what: str) -> None:
+    seen: dict[object, KeyPath] = {}
+    for key, value in items:
+        if value in seen:
+            raise check.fail(key, f"duplicate {what} {value} (also at {check.where(seen[value])})")
+        seen[value] = key
+
+
+_DAEMON_KEYS = {
+    "ledger",
+    "identity",
+    "state_dir",
+    "listen",
+    "public_endpoint",
+    "host_id",
+    "faucet",
+    "drain_timeout",
+    "log_format",
+    "log_level",
+}
+
+
+def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
+    k: KeyPath = ("daemon",)
+    check.table(doc, k, _DAEMON_KEYS)
+    host_id = None
+    if "host_id" in doc:
+        try:
+            host_id = normalize_id(check.string(doc, (*k, "host_id")), "host ID")
+        except InvalidObjectId as exc:
+            raise check.fail((*k, "host_id"), str(exc)) from None
+    public = doc.get("public_endpoint")
+    if public is not None:
+        check.endpoint(doc, (*k, "public_endpoint"))
+    return DaemonSettings(
+        ledger=check.path_value(doc, (*k, "ledger"), None),
+        identity=check.path_value(doc, (*k, "identity"), None),
+        state_dir=check.path_value(doc, (*k, "state_dir"), "dtp-state"),
+        listen=check.endpoint(doc, (*k, "listen"), doc.get("listen", "127.0.0.1:0")),
+        public_endpoint=public,
+        host_id=host_id,
+        faucet=check.integer(doc, (*k, "faucet"), 0),
+        drain_timeout=check.number(doc, (*k, "drain_timeout"), 10.0),
+        log_format=check.choice(doc, (*k, "log_format"), "json", ("json", "text")),
+        log_level=check.choice(
+            doc, (*k, "log_level"), "info", ("debug", "info", "warning", "error")
+        ),
+    )
+
+
+def _firewall(check: _Checker, doc: Any) -> FirewallConfig:
+    k: KeyPath = ("firewall",)
+    if not isinstance(doc, dict):
+        raise check.fail(k, "expected a table [firewall]")
+    check.table(doc, k, {"mode", "allow", "deny"})
+    return FirewallConfig(
+        mode=check.choice(doc, (*k, "mode"), "open", ("open", "allowlist")),
+        allow=check.addresses(doc, (*k, "allow")),
+        deny=check.addresses(doc, (*k, "deny")),
+    )
+
+
+_SERVICE_KEYS = {
+    "name",
+    "port",
+    "kind",
+    "backends",
+    "price_per_kib",
+    "price_per_request",
+    "min_deposit",
+    "max_connections",
+    "allow",
+    "deny",
+    "health_interval",
+    "connect_timeout",
+    "unpaid_slack",
+    "protocol",
+    "idle_timeout",
+    "credit_datagrams",
+}
+
+
+def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConfig:
+    check.table(doc, k, _SERVICE_KEYS)
+    raw_backends = doc.get("backends")
+    bk: KeyPath = (*k, "backends")
+    if raw_backends is None:
+        raise check.fail(bk, 'is required (a list of "host:port")')
+    if isinstance(raw_backends, str):
+        raw_backends = [raw_backends]
+    if not isinstance(raw_backends, list) or not raw_backends:
+        raise check.fail(bk, f'expected a non-empty list of "host:port", got {raw_backends!r}')
+    backends = tuple(check.endpoint(doc, bk, item) for item in raw_backends)
+    for backend in backends:
+        if backend.port == 0:
+            raise check.fail(bk, f"backend {backend} has port 0")
+    if "port" not in doc:
+        raise check.fail((*k, "port"), "is required (the DTP port, 0..65535)")
+    return ServiceConfig(
+        name=check.string(doc, (*k, "name")),
+        port=check.integer(doc, (*k, "port"), -1, 0, 0xFFFF),
+        backends=backends,
+        kind=check.string(doc, (*k, "kind"), "raw"),
+        price_per_kib=check.integer(doc, (*k, "price_per_kib"), 0),
+        price_per_request=check.integer(doc, (*k, "price_per_request"), 0),
+        min_deposit=check.integer(doc, (*k, "min_deposit"), 0),
+        max_connections=check.integer(doc, (*k, "max_connections"), 0),
+        allow=check.addresses(doc, (*k, "allow")),
+        deny=check.addresses(doc, (*k, "deny")),
+        health_interval=check.number(doc, (*k, "health_interval"), 2.0),
+        connect_timeout=check.number(doc, (*k, "connect_timeout"), 2.0),
+        unpaid_slack=check.integer(doc, (*k, "unpaid_slack"), 16 << 20, 0),
+        protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
+        idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
+        credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 0),
+    )
+
+
+def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConfig:
+    check.table(
+        doc,
+        k,
+        {"name", "listen", "target", "deposit", "receipt_every", "protocol", "idle_timeout"},
+    )
+    target_text = check.string(doc, (*k, "target"))
+    try:
+        target = HostAddress.parse(target_text)
+    except InvalidObjectId as exc:
+        raise check.fail((*k, "target"), str(exc)) from None
+    deposit = None
+    if "deposit" in doc:
+        deposit = check.integer(doc, (*k, "deposit"), 0)
+    return ForwardConfig(
+        name=check.string(doc, (*k, "name")),
+        listen=check.endpoint(doc, (*k, "listen")),
+        target=target,
+        deposit=deposit,
+        receipt_every=check.integer(doc, (*k, "receipt_every"), 256 * 1024, 1),
+        protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
+        idle_timeout=check.number(doc, (*k, "idle_timeout"), 30.0),
+    )

@@ -1,0 +1,196 @@
+"""Fee and receipt accounting of the daemon, behind two small classes so that the
+shared in-band metering runtime can replace them later without touching the tunnels.
+
+- :class:`ClientFees` (forwarder side): counts tunnel bytes and tunnels (one request
+  each) on a :class:`dtp.escrow.Meter` and hands out signed cumulative receipts, which
+  the forwarder sends on the connection's control stream (stream 0) as
+  :meth:`dtp.escrow.Receipt.encode` records of :data:`RECEIPT_SIZE` bytes.
+- :class:`ServerFees` (daemon side): checks each receipt with
+  :func:`dtp.escrow.check_receipt`, keeps the newest in a :class:`ReceiptStore` (durable
+  before it is acknowledged anywhere), and on connection end claims it on the ledger,
+  closes the connection and settles it so the client is refunded the rest.
+  :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind.
+
+Ledger calls block: the async methods run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.errors import ChainError
+from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
+from dtp.receipt_store import ReceiptStore
+
+if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
+    from dtp.keys import HostIdentity
+
+__all__ = ["RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
+
+from dtp.daemon.logs import kv
+
+logger = logging.getLogger("dtp.daemon.fees")
+
+RECEIPT_SIZE = RECEIPT_ENCODED_SIZE
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class ClientFees:
+    """The forwarder's meter for one DTP connection (free services: no receipts)."""
+
+    def __init__(
+        self,
+        identity: HostIdentity,
+        connection_id: str,
+        sla: Sla,
+        deposit: int,
+        every_bytes: int,
+    ) -> None:
+        self.paid = sla.price_per_kib > 0 or sla.price_per_request > 0
+        self.meter = Meter(
+            identity, connection_id, sla, deposit, every_bytes=every_bytes, every_ms=1000
+        )
+
+    def record(self, nbytes: int = 0, requests: int = 0) -> Receipt | None:
+        """Count usage; a receipt to send when one is due. Raises
+        :class:`dtp.errors.InsufficientFunds` when the deposit does not cover it."""
+        if not self.paid:
+            return None
+        return self.meter.record(_now_ms(), nbytes, requests)
+
+    def affordable(self, nbytes: int = 0, requests: int = 0) -> bool:
+        """Whether the deposit still covers this much more usage."""
+        if not self.paid:
+            return True
+        meter = self.meter
+        cost = fee(meter.sla, meter.total_bytes + nbytes, meter.total_requests + requests)
+        return cost <= meter.deposit
+
+    def flush(self) -> Receipt | None:
+        """A receipt for all usage so far, unless one already covers it."""
+        return self.meter.flush(_now_ms()) if self.paid else None
+
+
+@dataclass(frozen=True)
+class ConnectionTerms:
+    """What the daemon needs to check one connection's receipts."""
+
+    connection_id: str
+    escrow_id: str
+    sla: Sla
+    client_public_key: bytes
+    deposited: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The outcome of closing one connection on the ledger."""
+
+    claimed: int
+    """MIST paid to the daemon's host by this call."""
+    refunded: int
+    """MIST returned to the client (0 if the settlement did not happen here)."""
+
+
+class ServerFees:
+    """The daemon's receipts: checked, stored, claimed. Use from one event loop."""
+
+    def __init__(self, ledger: Ledger, identity: HostIdentity, host_id: str, path: Path) -> None:
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = host_id
+        self.store = ReceiptStore(path)
+
+    async def terms(self, connection_id: str) -> ConnectionTerms:
+        """Read a connection's fee terms from the ledger."""
+
+        def read() -> ConnectionTerms:
+            tc = self.ledger.get_connection(connection_id)
+            escrow = self.ledger.get_escrow(tc.escrow)
+            return ConnectionTerms(
+                tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited
+            )
+
+        return await asyncio.to_thread(read)
+
+    def accept(self, terms: ConnectionTerms, data: bytes) -> Receipt:
+        """Check and keep one encoded receipt; raises :class:`InvalidReceipt` (with the
+        ``escrow::claim`` error name) when it would not be claimable."""
+        receipt = Receipt.decode(data)
+        stored = self.store.latest(terms.connection_id)
+        check_receipt(
+            receipt,
+            connection_id=terms.connection_id,
+            sla=terms.sla,
+            public_key=terms.client_public_key,
+            deposited=terms.deposited,
+            claimed=stored.claimed_amount if stored else 0,
+            latest_nonce=stored.receipt.nonce if stored else 0,
+        )
+        self.store.keep(receipt)
+        return receipt
+
+    def held(self, connection_id: str) -> Receipt | None:
+        stored = self.store.latest(connection_id)
+        return stored.receipt if stored else None
+
+    async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
+        """Claim the latest receipt, close the connection and settle it (refunding the
+        client). Ledger refusals are logged and leave the receipt in the store."""
+        stored = self.store.latest(connection_id)
+        claimed = 0
+        if stored is not None and stored.unclaimed > 0:
+            receipt = stored.receipt
+
+            def claim() -> int:
+                escrow = escrow_id or self.ledger.get_connection(connection_id).escrow
+                return self.ledger.claim(self.identity, escrow, receipt)
+
+            try:
+                claimed = await asyncio.to_thread(claim)
+            except ChainError as exc:
+                logger.warning(
+                    "claim failed",
+                    extra=kv(connection=connection_id, error=str(exc)),
+                )
+                return Settled(0, 0)
+            self.store.mark_claimed(connection_id, receipt.total_amount)
+        refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
+        return Settled(claimed, refunded)
+
+    def _close_and_settle(self, connection_id: str) -> int:
+        try:
+            tc = self.ledger.get_connection(connection_id)
+            if tc.state == ConnectionState.OPEN or (
+                tc.state == ConnectionState.HALF_CLOSED and tc.half_closed_by != tc.server
+            ):
+                self.ledger.close_connection(self.identity, connection_id, self.host_id)
+            return self.ledger.settle(self.identity, connection_id, self.host_id).refunded
+        except ChainError as exc:
+            logger.info(
+                "settle skipped",
+                extra=kv(connection=connection_id, reason=str(exc)),
+            )
+            return 0
+
+    async def claim_leftovers(self) -> list[tuple[str, Settled]]:
+        """Claim and settle every stored receipt with MIST still unclaimed (after a
+        restart nothing is live yet)."""
+        done: list[tuple[str, Settled]] = []
+        for stored in list(self.store.unclaimed()):
+            cid = stored.receipt.connection_id
+            done.append((cid, await self.settle(cid)))
+        return done
+
+    def close(self) -> None:
+        self.store.close()

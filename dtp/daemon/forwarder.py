@@ -1,0 +1,309 @@
+"""The client side: a local TCP listener whose every accepted connection becomes a
+tunnel (a DTP stream) to a remote ``<host id>:<port>`` service.
+
+All tunnels of a forwarder share one DTP connection (opened on the ledger with its
+escrow on first use, reopened if it ends or its deposit runs out). Usage of paid
+services is metered by :class:`dtp.daemon.fees.ClientFees`; receipts go on stream 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import dtp.aio
+from dtp.chain.ledger import Ledger
+from dtp.chain.objects import ConnectionState
+from dtp.daemon.config import ForwardConfig
+from dtp.daemon.fees import ClientFees
+from dtp.daemon.state import ForwardStats, StatusBook
+from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
+from dtp.errors import (
+    ChainError,
+    ConnectionRefused,
+    DTPError,
+    InsufficientFunds,
+    LocalProtocolError,
+    TunnelError,
+)
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+__all__ = ["Forwarder"]
+
+from dtp.daemon.logs import kv
+
+logger = logging.getLogger("dtp.daemon.forwarder")
+
+
+@dataclass(eq=False)
+class _Link:
+    """One DTP connection to the target service."""
+
+    connection_id: str
+    reader: dtp.aio.DTPStreamReader
+    writer: dtp.aio.DTPStreamWriter
+    fees: ClientFees
+    tunnels: int = 0
+    paid: int = 0
+    """MIST covered by the latest receipt sent."""
+    retired: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def usable(self) -> bool:
+        return not self.retired and not self.closed.is_set() and not self.writer.is_closing()
+
+
+class Forwarder:
+    """Listens on ``config.listen`` and tunnels to ``config.target``."""
+
+    def __init__(
+        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.identity = identity
+        self.book = book
+        self.server: asyncio.base_events.Server | None = None
+        self._link: _Link | None = None
+        self._links: set[_Link] = set()
+        self._opening = asyncio.Lock()
+        self._clients: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    @property
+    def stats(self) -> ForwardStats:
+        row = self.book.forward(self.config.name)
+        row.target = str(self.config.target)
+        return row
+
+    async def start(self) -> tuple[str, int]:
+        """Start listening; returns the bound address."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._new_leg,
+            self.config.listen.host,
+            self.config.listen.port,
+            backlog=512,
+            reuse_address=True,
+        )
+        name = self.server.sockets[0].getsockname()
+        self.stats.listen = f"{name[0]}:{name[1]}"
+        return name[0], name[1]
+
+    def _new_leg(self) -> TcpLeg:
+        """A local client connected: its tunnel is set up in a task while its
+        reading stays paused."""
+        holder: list[_Link] = []
+        stats = self.stats
+
+        def count_in(n: int) -> None:
+            stats.bytes_in += n
+            self._meter(holder[0], n)
+
+        leg = TcpLeg(count_in)
+        task = asyncio.get_running_loop().create_task(self._tunnel(leg, holder))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+        return leg
+
+    # -- the shared connection -------------------------------------------------------------
+
+    async def _get_link(self) -> _Link:
+        async with self._opening:
+            link = self._link
+            if link is not None and link.usable:
+                return link
+            link = await self._open_link()
+            self._link = link
+            return link
+
+    async def _open_link(self) -> _Link:
+        target = self.config.target
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                target,
+                ledger=self.ledger,
+                identity=self.identity,
+                deposit=self.config.deposit,
+                timeout=10.0,
+            )
+        except DTPError as exc:
+            if isinstance(exc, ChainError | ConnectionRefused):
+                self.stats.denials += 1
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
+        assert writer.connection_id is not None
+        connection_id = writer.connection_id
+        tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
+        escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+        fees = ClientFees(
+            self.identity, connection_id, tc.sla, escrow.deposited, self.config.receipt_every
+        )
+        link = _Link(connection_id, reader, writer, fees)
+        self._links.add(link)
+        self.stats.connections += 1
+        logger.info(
+            "connection open",
+            extra=kv(forward=self.config.name, connection=connection_id),
+        )
+        watcher = asyncio.ensure_future(self._watch(link))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return link
+
+    async def _watch(self, link: _Link) -> None:
+        """Wait until the connection ends, then half-close it on the ledger (the daemon
+        claims and settles, refunding the rest of the deposit)."""
+        # wait_closed, not a read of stream 0: a reader would wake on every event of
+        # the connection, a task switch per tunnel chunk
+        with contextlib.suppress(DTPError):
+            await link.writer.wait_closed()
+        link.closed.set()
+        self._links.discard(link)
+        if self._link is link:
+            self._link = None
+        await self._close_on_ledger(link)
+
+    async def _close_on_ledger(self, link: _Link) -> None:
+        def close() -> None:
+            tc = self.ledger.get_connection(link.connection_id)
+            if (
+                tc.state != ConnectionState.CLOSED
+                and tc.half_closed_by != self.identity.sui_address
+            ):
+                self.ledger.close_connection(self.identity, link.connection_id)
+
+        try:
+            await asyncio.to_thread(close)
+        except ChainError as exc:
+            logger.debug("ledger close skipped: %s", exc)
+
+    def _send_receipt(self, link: _Link, receipt: Receipt | None) -> None:
+        if receipt is None or link.closed.is_set():
+            return
+        with contextlib.suppress(DTPError):
+            link.writer.write(receipt.encode())
+            self.stats.receipts_sent += 1
+            self.stats.fees_paid += receipt.total_amount - link.paid
+            link.paid = receipt.total_amount
+
+    def _release(self, link: _Link) -> None:
+        link.tunnels -= 1
+        self._send_receipt(link, link.fees.flush())
+        if link.retired and link.tunnels == 0:
+            link.writer.close()
+
+    # -- tunnels -------------------------------------------------------------------------
+
+    def _meter(self, link: _Link, n: int) -> None:
+        self.book.touch()
+        try:
+            receipt = link.fees.record(n)
+        except InsufficientFunds:
+            link.retired = True
+            raise TunnelError("the deposit of this DTP connection is used up") from None
+        self._send_receipt(link, receipt)
+
+    def _retire(self, link: _Link) -> None:
+        """No new tunnels on ``link``; it closes once its open tunnels end."""
+        link.retired = True
+        if self._link is link:
+            self._link = None
+        if link.tunnels == 0 and not link.closed.is_set():
+            self._send_receipt(link, link.fees.flush())
+            link.writer.close()
+
+    async def _open_tunnel(
+        self,
+    ) -> tuple[_Link, dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        """A new stream for one tunnel, on a connection that can pay for it and has a
+        stream left (else on a fresh connection)."""
+        for _ in range(3):
+            link = await self._get_link()
+            if not link.fees.affordable(requests=1):
+                self._retire(link)
+                continue
+            try:
+                s_reader, s_writer = await link.writer.open_stream()
+            except LocalProtocolError:
+                # the daemon's limit of tunnels per connection: spill over to another
+                self._retire(link)
+                continue
+            link.tunnels += 1
+            self._send_receipt(link, link.fees.record(requests=1))
+            return link, s_reader, s_writer
+        raise TunnelError(f"no usable connection to {self.config.target}")
+
+    async def _tunnel(self, leg: TcpLeg, holder: list[_Link]) -> None:
+        stats = self.stats
+        try:
+            link, s_reader, s_writer = await self._open_tunnel()
+        except (DTPError, OSError) as exc:
+            stats.errors += 1
+            logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=str(exc)))
+            leg.close()
+            return
+        holder.append(link)
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        try:
+            try:
+                await read_status(s_reader)
+            except (DTPError, asyncio.IncompleteReadError) as exc:
+                stats.errors += 1
+                logger.warning(
+                    "tunnel refused", extra=kv(forward=self.config.name, reason=str(exc))
+                )
+                leg.close()
+                s_writer.close()
+                return
+
+            def count_out(n: int) -> None:
+                stats.bytes_out += n
+                self._meter(link, n)
+
+            error = await splice_leg(leg, s_reader, s_writer, count_out)
+            if error is not None:
+                stats.errors += 1
+                logger.info(
+                    "tunnel ended with an error",
+                    extra=kv(forward=self.config.name, error=str(error)),
+                )
+        finally:
+            stats.active_tunnels -= 1
+            self._release(link)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def retire(self) -> None:
+        """Stop accepting (after a reload replaced this forwarder); each connection
+        closes once its last open tunnel ends."""
+        self.stop_listening()
+        for link in list(self._links):
+            self._retire(link)
+
+    @property
+    def active_tunnels(self) -> int:
+        return len(self._clients)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, wait up to ``timeout`` for tunnels, then close connections."""
+        self.stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._clients and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._clients):
+            task.cancel()
+        for link in list(self._links):
+            self._send_receipt(link, link.fees.flush())
+            link.writer.close()
+        if self._watchers:
+            await asyncio.wait(set(self._watchers), timeout=5.0)

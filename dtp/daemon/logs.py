@@ -1,0 +1,58 @@
+"""Structured logs of the daemon: one JSON object per line (or ``key=value`` text).
+
+Call sites pass their fields as ``extra=kv(service=..., client=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+__all__ = ["JsonFormatter", "kv", "setup_logging"]
+
+
+def kv(**fields: Any) -> dict[str, Any]:
+    """The ``extra`` argument that attaches ``fields`` to a log record."""
+    return {"fields": fields}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's
+    ``fields`` extra."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict) and extra:
+            text += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return text
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    """Send the daemon's logs to stderr in ``fmt`` (``json`` or ``text``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

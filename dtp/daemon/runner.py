@@ -1,0 +1,337 @@
+"""``dtp daemon``: set up the host on the ledger, run the services and forwarders,
+reload on SIGHUP, drain on SIGTERM/SIGINT, log structured lines.
+
+Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdout
+(host ID, DTP endpoint, forwarder addresses); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from dtp.chain.ledger import Ledger
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import FirewallMode, Sla
+from dtp.daemon.config import DaemonConfig, ForwardConfig, ServiceConfig, load_config
+from dtp.daemon.fees import ServerFees
+from dtp.daemon.forwarder import Forwarder
+from dtp.daemon.logs import kv, setup_logging
+from dtp.daemon.services import ServiceHost
+from dtp.daemon.state import StatusBook
+from dtp.daemon.udp_forward import UdpForward
+from dtp.errors import ChainError, DaemonConfigError, HostConfigError, KeyFileError
+from dtp.keys import HostIdentity
+
+__all__ = ["Daemon", "main"]
+
+logger = logging.getLogger("dtp.daemon")
+
+HOST_FILE = "host.json"
+RECEIPTS_FILE = "receipts.sqlite"
+
+
+def _sla(service: ServiceConfig) -> Sla:
+    return Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
+
+
+def load_identity(path: Path) -> HostIdentity:
+    """The daemon's identity; a new one is generated and saved on first start."""
+    if not path.exists():
+        identity = HostIdentity.generate()
+        identity.save(path)
+        logger.info("identity created", extra=kv(path=str(path)))
+        return identity
+    return HostIdentity.load(path)
+
+
+class Daemon:
+    """One daemon process (see the module docs)."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        settings = config.daemon
+        self.identity = load_identity(settings.identity)
+        self.ledger: Ledger = LocalLedger(settings.ledger)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.book = StatusBook.open(settings.state_dir)
+        self.host_id: str | None = None
+        self.services: ServiceHost | None = None
+        self.fees: ServerFees | None = None
+        self.forwarders: dict[str, Forwarder | UdpForward] = {}
+        self._old_forwarders: set[Forwarder | UdpForward] = set()
+        self._stop = asyncio.Event()
+        self.endpoint: tuple[str, int] | None = None
+
+    # -- ledger set-up (blocking; run in a thread) --------------------------------------
+
+    def _fund(self) -> None:
+        want = self.config.daemon.faucet
+        if want and isinstance(self.ledger, LocalLedger):
+            have = self.ledger.balance(self.identity.sui_address)
+            if have < want:
+                self.ledger.faucet(self.identity.sui_address, want - have)
+
+    def _host_id(self, endpoint: str) -> str:
+        settings = self.config.daemon
+        if settings.host_id is not None:
+            return settings.host_id
+        record = settings.state_dir / HOST_FILE
+        if record.exists():
+            return str(json.loads(record.read_text())["host_id"])
+        host_id = self.ledger.create_host(self.identity, self.identity.noise_public, [endpoint])
+        record.write_text(json.dumps({"host_id": host_id}))
+        logger.info("host created", extra=kv(host_id=host_id))
+        return host_id
+
+    def sync_host(self, config: DaemonConfig, endpoint: str) -> str:
+        """Publish the endpoint, key, services and firewall of ``config`` on the ledger
+        (only what differs); returns the host ID."""
+        ledger, me = self.ledger, self.identity
+        host_id = self.host_id or self._host_id(endpoint)
+        host = ledger.get_host(host_id)
+        if host.authority != me.sui_address:
+            raise HostConfigError(
+                f"host {host_id} belongs to {host.authority}, not to this daemon's identity "
+                f"{me.sui_address}"
+            )
+        if host.noise_static_key != me.noise_public:
+            ledger.set_noise_static_key(me, host_id, me.noise_public)
+        if [e if isinstance(e, bytes) else str(e).encode() for e in host.endpoints] != [
+            endpoint.encode()
+        ]:
+            ledger.set_endpoints(me, host_id, [endpoint])
+        wanted = {s.port: s for s in config.services}
+        for port, service in wanted.items():
+            current = host.services.get(port)
+            if current is None:
+                ledger.add_service(
+                    me, host_id, port, service.kind, _sla(service), service.max_connections
+                )
+            elif (current.sla, current.max_connections) != (_sla(service), service.max_connections):
+                ledger.update_service(me, host_id, port, _sla(service), service.max_connections)
+        for port in host.services:
+            if port not in wanted:
+                try:
+                    ledger.remove_service(me, host_id, port)
+                except ChainError as exc:
+                    logger.warning(
+                        "service kept on the ledger",
+                        extra=kv(port=port, reason=str(exc)),
+                    )
+        fw = config.firewall
+        mode = FirewallMode.ALLOW_LISTED if fw.mode == "allowlist" else FirewallMode.ALLOW_ALL
+        if host.firewall.mode != mode:
+            ledger.set_firewall_mode(me, host_id, int(mode))
+        for client in set(fw.allow) - set(host.firewall.allow):
+            ledger.allow(me, host_id, client)
+        for client in set(host.firewall.allow) - set(fw.allow):
+            ledger.disallow(me, host_id, client)
+        for client in set(fw.deny) - set(host.firewall.deny):
+            ledger.deny(me, host_id, client)
+        for client in set(host.firewall.deny) - set(fw.deny):
+            ledger.undeny(me, host_id, client)
+        return host_id
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, Any]:
+        """Set up and start listening; returns the ready record."""
+        settings = self.config.daemon
+        await asyncio.to_thread(self._fund)
+        ready: dict[str, Any] = {
+            "event": "ready",
+            "pid": os.getpid(),
+            "address": self.identity.sui_address,
+        }
+        if self.config.services:
+            self.services = ServiceHost(self.ledger, self.identity, self.book)
+            await self.services.configure(self.config.services)
+            self.endpoint = await self.services.start(settings.listen.host, settings.listen.port)
+            public = settings.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
+            self.host_id = await asyncio.to_thread(self.sync_host, self.config, public)
+            self.fees = ServerFees(
+                self.ledger, self.identity, self.host_id, settings.state_dir / RECEIPTS_FILE
+            )
+            self.services.host_id = self.host_id
+            self.services.fees = self.fees
+            await self._claim_leftovers()
+            ready["host_id"] = self.host_id
+            ready["endpoint"] = public
+        forwards: dict[str, str] = {}
+        for forward in self.config.forwards:
+            forwards[forward.name] = await self._start_forwarder(forward)
+        ready["forwards"] = forwards
+        self.book.info.update(ready, started=time.time(), config=str(self.config.path))
+        self.book.info.pop("event", None)
+        self.book.save(force=True)
+        return ready
+
+    async def _claim_leftovers(self) -> None:
+        assert self.fees is not None and self.services is not None
+        for connection_id, settled in await self.fees.claim_leftovers():
+            try:
+                tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
+            except ChainError:
+                continue
+            service = self.services.services.get(tc.port)
+            if service is not None:
+                row = self.services.stats(service)
+                row.fees_claimed += settled.claimed
+                row.refunded += settled.refunded
+            logger.info(
+                "claimed after restart",
+                extra=kv(connection=connection_id, claimed=settled.claimed),
+            )
+
+    async def _start_forwarder(self, forward: ForwardConfig) -> str:
+        fwd: Forwarder | UdpForward
+        if forward.protocol == "udp":
+            fwd = UdpForward(forward, self.ledger, self.identity, self.book)
+        else:
+            fwd = Forwarder(forward, self.ledger, self.identity, self.book)
+        host, port = await fwd.start()
+        self.forwarders[forward.name] = fwd
+        return f"{host}:{port}"
+
+    async def reload(self) -> None:
+        """Re-read the config file; keep open tunnels. A bad file changes nothing."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except DaemonConfigError as exc:
+            logger.error("reload refused", extra=kv(error=str(exc)))
+            return
+        if new.daemon != self.config.daemon:
+            logger.warning("[daemon] changes take effect at the next restart")
+        if bool(new.services) != bool(self.config.services):
+            logger.warning("adding the first or removing the last service needs a restart")
+            new = _replace_services(new, self.config.services)
+        if self.services is not None and self.endpoint is not None:
+            public = self.config.daemon.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
+            try:
+                await asyncio.to_thread(self.sync_host, new, public)
+            except ChainError as exc:
+                logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
+                return
+            await self.services.configure(new.services)
+        old = {f.name: f for f in self.config.forwards}
+        fresh = {f.name: f for f in new.forwards}
+        for name, forward in old.items():
+            if fresh.get(name) != forward:
+                fwd = self.forwarders.pop(name)
+                fwd.retire()
+                self._old_forwarders.add(fwd)  # its open tunnels go on
+        for name, forward in fresh.items():
+            if old.get(name) != forward:
+                await self._start_forwarder(forward)
+        self.config = new
+        self.book.info["reloaded"] = time.time()
+        self.book.touch()
+        logger.info(
+            "reloaded",
+            extra=kv(services=len(new.services), forwards=len(new.forwards)),
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, then serve until asked to stop; drains before returning."""
+        loop = asyncio.get_running_loop()
+        ready = await self.start()
+        print(json.dumps(ready), flush=True)
+        logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            while not self._stop.is_set():
+                self._refresh_live()
+                self.book.save()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.25)
+        finally:
+            # a second SIGTERM while draining is ignored (the handler only sets the event)
+            loop.remove_signal_handler(signal.SIGHUP)
+            await self.drain()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _refresh_live(self) -> None:
+        for fwd in self.forwarders.values():
+            if isinstance(fwd, UdpForward):
+                fwd.refresh()
+        if self.services is None:
+            return
+        for port, pool in self.services.pools.items():
+            service = self.services.services.get(port)
+            if service is not None:
+                row = self.book.services.get(service.name)
+                if row is not None and row.healthy_backends != pool.healthy_count:
+                    row.healthy_backends = pool.healthy_count
+                    self.book.touch()
+
+    async def drain(self) -> None:
+        """Graceful shutdown: stop accepting, let tunnels finish (up to
+        ``drain_timeout``), settle every connection, save the status."""
+        timeout = self.config.daemon.drain_timeout
+        logger.info("draining", extra=kv(timeout=timeout))
+        forwarders = [*self.forwarders.values(), *self._old_forwarders]
+        for fwd in forwarders:
+            fwd.stop_listening()
+        if self.services is not None:
+            self.services.stop_listening()
+        await asyncio.gather(*(f.drain(timeout) for f in forwarders))
+        if self.services is not None:
+            await self.services.drain(timeout)
+        if self.fees is not None:
+            self.fees.close()
+        self.book.info["stopped"] = time.time()
+        self.book.save(force=True)
+        self.ledger.close()
+        logger.info("stopped")
+
+
+def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...]) -> DaemonConfig:
+    return replace(config, services=services)
+
+
+def main(config_path: str, log_format: str | None = None) -> int:
+    """Entry point of ``dtp daemon``; returns the exit status."""
+    try:
+        config = load_config(config_path)
+    except DaemonConfigError as exc:
+        print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
+    try:
+        daemon = Daemon(config)
+    except (KeyFileError, ChainError, OSError) as exc:
+        print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 1
+
+    async def go() -> None:
+        await daemon.run()
+
+    try:
+        asyncio.run(go())
+    except (ChainError, HostConfigError) as exc:
+        print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,438 @@
+"""The exposing side: one DTP listener for every service of the host; each admitted
+connection's extra streams are tunnels to the service's TCP backends.
+
+Admission per connection: the DTP port the client named must be a configured service,
+the service's own allow/deny lists must permit the client, then
+:class:`dtp.admission.LedgerAdmission` (Open connection of this client to this host and
+port, funded escrow, host firewall). Tunnels of a paid service are refused or cut when
+the client's receipts fall more than ``unpaid_slack`` bytes behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import dtp.aio
+from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.chain.ledger import Ledger
+from dtp.connection import ConnectionConfig
+from dtp.daemon.balancer import BackendPool
+from dtp.daemon.config import ServiceConfig
+from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
+from dtp.daemon.state import ServiceStats, StatusBook
+from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
+from dtp.errors import DTPError, InvalidReceipt, TunnelError
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+from dtp.udp import UdpBilling, UdpStats
+from dtp.udp_aio import relay_udp_async
+
+__all__ = ["ServiceHost"]
+
+from dtp.daemon.logs import kv
+
+logger = logging.getLogger("dtp.daemon.services")
+
+MAX_TUNNELS_PER_CONNECTION = 1024
+"""Streams a forwarder may have open on one connection (the DTP default is 128); a
+forwarder needing more opens another connection."""
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One admitted DTP connection."""
+
+    connection_id: str
+    service: ServiceConfig
+    terms: ConnectionTerms
+    client: str
+    writer: dtp.aio.DTPStreamWriter
+    bytes: int = 0
+    paid_bytes: int = 0
+    tunnels: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class ServiceHost:
+    """Serves a host's services through one DTP listener."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
+    ) -> None:
+        self.ledger = ledger
+        self.identity = identity
+        self.book = book
+        self.host_id = ""
+        """Set once the host is on the ledger (the endpoint it publishes is ours)."""
+        self._fees: ServerFees | None = None
+        self.services: dict[int, ServiceConfig] = {}
+        self.pools: dict[int, BackendPool] = {}
+        self.server: dtp.aio.DTPServer | None = None
+        self.conns: dict[str, _Conn] = {}
+        self._udp_turn = 0
+        self._handlers: set[asyncio.Future[Any]] = set()
+        """Connection handlers and ledger settlements still running."""
+
+    @property
+    def fees(self) -> ServerFees:
+        assert self._fees is not None, "ServiceHost.fees is set before clients can connect"
+        return self._fees
+
+    @fees.setter
+    def fees(self, fees: ServerFees) -> None:
+        self._fees = fees
+
+    # -- configuration -----------------------------------------------------------------
+
+    def stats(self, service: ServiceConfig) -> ServiceStats:
+        row = self.book.service(service.name)
+        row.port = service.port
+        return row
+
+    async def configure(self, services: tuple[ServiceConfig, ...]) -> None:
+        """Adopt a (new) service list: pools are rebuilt only for changed backends;
+        open connections keep the terms they were admitted with."""
+        wanted = {s.port: s for s in services}
+        for port in list(self.pools):
+            old = self.services[port]
+            new = wanted.get(port)
+            if new is None or (new.backends, new.health_interval, new.connect_timeout) != (
+                old.backends,
+                old.health_interval,
+                old.connect_timeout,
+            ):
+                await self.pools.pop(port).stop()
+        for port, service in wanted.items():
+            if service.protocol == "udp":
+                self.stats(service)  # a row in the status from the start
+                continue  # no health checks: UDP backends do not answer connects
+            if port not in self.pools:
+                stats = self.stats(service)
+
+                def failed(_: object, stats: ServiceStats = stats) -> None:
+                    stats.backend_errors += 1
+                    self.book.touch()
+
+                pool = BackendPool(
+                    service.name,
+                    service.backends,
+                    service.health_interval,
+                    service.connect_timeout,
+                    failed,
+                )
+                self.pools[port] = pool
+                pool.start()
+        self.services = wanted
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen for DTP connections; returns the bound address."""
+        config = ConnectionConfig(
+            identity=self.identity, is_client=False, max_streams=MAX_TUNNELS_PER_CONNECTION
+        )
+        self.server = await dtp.aio.start_server(
+            self._handle,
+            host,
+            port,
+            identity=self.identity,
+            admit=self._admit,
+            config=config,
+            backlog=512,
+        )
+        return self.server.address
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def _admit(self, peer: PeerInfo) -> str | None:
+        if not self.host_id:
+            return "the daemon is still starting"
+        service = self.services.get(peer.port) if peer.port is not None else None
+        if service is None:
+            logger.info(
+                "refused: no such service",
+                extra=kv(client=peer.address, port=peer.port),
+            )
+            return f"no service on port {peer.port}"
+        admission = LedgerAdmission(self.ledger, self.host_id, service.port)
+        reason = await asyncio.to_thread(admission, peer)
+        if reason is None and (
+            peer.address in service.deny or (service.allow and peer.address not in service.allow)
+        ):
+            reason = f"the firewall of service {service.name} denies {peer.address}"
+            # a valid, funded connection we refuse: close and settle it now, so the
+            # client's deposit comes back at once instead of after the close timeout
+            assert peer.connection_id is not None
+            task = asyncio.ensure_future(self.fees.settle(peer.connection_id))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        if reason is not None:
+            self.stats(service).denials += 1
+            logger.warning(
+                "denied",
+                extra=kv(service=service.name, client=peer.address, reason=reason),
+            )
+        return reason
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _handle(
+        self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
+    ) -> None:
+        connection_id = writer.peer_connection_id
+        port = writer.peer_port
+        service = self.services.get(port) if port is not None else None
+        if service is None or connection_id is None:
+            writer.abort("service removed")
+            return
+        client: str = writer.get_extra_info("peer_address")
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        try:
+            terms = await self.fees.terms(connection_id)
+        except DTPError as exc:
+            writer.abort(f"cannot read the connection: {exc}")
+            return
+        conn = _Conn(connection_id, service, terms, client, writer)
+        self.conns[connection_id] = conn
+        stats = self.stats(service)
+        stats.connections += 1
+        logger.info(
+            "connection open",
+            extra=kv(service=service.name, client=client, connection=connection_id),
+        )
+        if service.protocol == "udp":
+            await self._udp_flow(conn, reader)
+            return
+        acceptor = asyncio.ensure_future(self._accept_tunnels(conn))
+        try:
+            if terms.sla.price_per_kib or terms.sla.price_per_request:
+                await self._read_receipts(conn, reader)
+            else:
+                # nothing to read on stream 0 of a free service; a reader would wake on
+                # every event of the connection
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
+        finally:
+            acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await acceptor
+            if conn.tunnels:
+                await asyncio.gather(*conn.tunnels, return_exceptions=True)
+            self.conns.pop(connection_id, None)
+            writer.close()
+            settled = await self.fees.settle(connection_id, terms.escrow_id)
+            stats.fees_claimed += settled.claimed
+            stats.refunded += settled.refunded
+            self._count_held()
+            logger.info(
+                "connection closed",
+                extra=kv(
+                    service=service.name,
+                    connection=connection_id,
+                    bytes=conn.bytes,
+                    claimed=settled.claimed,
+                    refunded=settled.refunded,
+                ),
+            )
+
+    async def _udp_flow(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
+        """A UDP service: this connection is one client flow, relayed to a backend (round
+        robin over the service's backends) and billed per datagram (docs/udp.md)."""
+        service, terms, writer = conn.service, conn.terms, conn.writer
+        stats = self.stats(service)
+        backend = service.backends[self._udp_turn % len(service.backends)]
+        self._udp_turn += 1
+        billing = None
+        if terms.sla.price_per_kib or terms.sla.price_per_request:
+            earned = [0]
+
+            def keep(receipt: Receipt) -> None:
+                try:
+                    self.fees.accept(terms, receipt.encode())
+                except DTPError as exc:  # checked already; the store may disagree
+                    logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
+                    return
+                stats.fees_earned += receipt.total_amount - earned[0]
+                earned[0] = receipt.total_amount
+                self.book.touch()
+
+            billing = UdpBilling(
+                conn.connection_id,
+                terms.sla,
+                terms.client_public_key,
+                terms.deposited,
+                credit_datagrams=service.credit_datagrams,
+                on_receipt=keep,
+            )
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        udp_stats = UdpStats()
+        try:
+            await relay_udp_async(
+                reader,
+                writer,
+                (backend.host, backend.port),
+                billing=billing,
+                stats=udp_stats,
+                idle_timeout=service.idle_timeout,
+            )
+        finally:
+            stats.active_tunnels -= 1
+            snap = udp_stats.snapshot()
+            stats.bytes_in += snap["bytes_in"]
+            stats.bytes_out += snap["bytes_out"]
+            stats.denials += snap["dropped_unpaid"]
+            conn.bytes = snap["bytes_in"] + snap["bytes_out"]
+            self.conns.pop(conn.connection_id, None)
+            writer.close()
+            settled = await self.fees.settle(conn.connection_id, terms.escrow_id)
+            stats.fees_claimed += settled.claimed
+            stats.refunded += settled.refunded
+            self._count_held()
+            self.book.touch()
+            logger.info(
+                "udp flow closed",
+                extra=kv(
+                    service=service.name,
+                    connection=conn.connection_id,
+                    datagrams=snap["datagrams_in"],
+                    claimed=settled.claimed,
+                    refunded=settled.refunded,
+                ),
+            )
+
+    def _count_held(self) -> None:
+        held = dict.fromkeys((s.name for s in self.services.values()), 0)
+        for conn in self.conns.values():
+            if conn.paid_bytes or self.fees.held(conn.connection_id) is not None:
+                held[conn.service.name] = held.get(conn.service.name, 0) + 1
+        for name, count in held.items():
+            self.book.service(name).receipts_held = count
+
+    async def _read_receipts(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
+        """Stream 0 carries receipts until the client closes the connection."""
+        stats = self.stats(conn.service)
+        while True:
+            try:
+                data = await reader.readexactly(RECEIPT_SIZE)
+            except (asyncio.IncompleteReadError, DTPError):
+                return
+            try:
+                previous = self.fees.held(conn.connection_id)
+                receipt = self.fees.accept(conn.terms, data)
+            except InvalidReceipt as exc:
+                logger.warning(
+                    "bad receipt",
+                    extra=kv(connection=conn.connection_id, error=str(exc)),
+                )
+                conn.writer.abort(f"bad receipt: {exc}")
+                return
+            before = previous.total_amount if previous else 0
+            stats.fees_earned += receipt.total_amount - before
+            conn.paid_bytes = receipt.total_bytes
+            self._count_held()
+
+    async def _accept_tunnels(self, conn: _Conn) -> None:
+        while True:
+            try:
+                s_reader, s_writer = await conn.writer.accept_stream()
+            except DTPError:
+                return
+            task = asyncio.ensure_future(self._tunnel(conn, s_reader, s_writer))
+            conn.tunnels.add(task)
+            task.add_done_callback(conn.tunnels.discard)
+
+    async def _tunnel(
+        self,
+        conn: _Conn,
+        reader: dtp.aio.DTPStreamReader,
+        writer: dtp.aio.DTPStreamWriter,
+    ) -> None:
+        # Look the service up again: a reload may have changed its backends.
+        service = self.services.get(conn.service.port, conn.service)
+        stats = self.stats(service)
+        pool = self.pools.get(service.port)
+
+        def count_in(n: int) -> None:
+            stats.bytes_in += n
+            self._count(conn, service, n)
+
+        def count_out(n: int) -> None:
+            stats.bytes_out += n
+            self._count(conn, service, n)
+
+        try:
+            if pool is None:
+                raise TunnelError(f"service {service.name} was removed")
+            self._check_paid(conn, service)
+            leg, backend = await pool.connect(lambda: TcpLeg(count_out))
+        except TunnelError as exc:
+            stats.unavailable += 1
+            logger.warning("tunnel refused", extra=kv(service=service.name, reason=str(exc)))
+            with contextlib.suppress(DTPError):
+                writer.write(refusal(str(exc)))
+                writer.close()
+            return
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        stats.healthy_backends = pool.healthy_count
+        writer.write(STATUS_OK)
+        try:
+            error = await splice_leg(leg, reader, writer, count_in)
+        finally:
+            stats.active_tunnels -= 1
+            self.book.touch()
+        if error is not None:
+            logger.info(
+                "tunnel ended with an error",
+                extra=kv(service=service.name, backend=str(backend), error=str(error)),
+            )
+
+    def _count(self, conn: _Conn, service: ServiceConfig, n: int) -> None:
+        conn.bytes += n
+        self.book.touch()
+        self._check_paid(conn, service)
+
+    def _check_paid(self, conn: _Conn, service: ServiceConfig) -> None:
+        terms = conn.terms.sla
+        if terms.price_per_kib == 0:
+            return
+        if conn.bytes - conn.paid_bytes > service.unpaid_slack:
+            self.stats(service).denials += 1
+            raise TunnelError(
+                f"{conn.bytes - conn.paid_bytes} bytes not covered by receipts "
+                f"(slack {service.unpaid_slack})"
+            )
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    @property
+    def active_tunnels(self) -> int:
+        return sum(len(c.tunnels) for c in self.conns.values())
+
+    async def drain(self, timeout: float) -> None:
+        """Stop listening, wait up to ``timeout`` for tunnels to end, then close every
+        connection (claiming and settling each)."""
+        self.stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.active_tunnels and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.conns.values()):
+            conn.writer.close()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=max(1.0, deadline - loop.time()))
+        for pool in list(self.pools.values()):
+            await pool.stop()
+        self.pools.clear()

@@ -1,0 +1,153 @@
+"""The daemon's counters and the status file ``dtp status`` reads.
+
+Counters live in memory (one event loop writes them) and are written to
+``<state_dir>/status.json`` atomically (temp file + rename) at most every
+``interval`` seconds and at exit. Cumulative counters survive a restart: they are read
+back from the previous file at start; live counters (active tunnels) start at zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STATUS_FILE", "ForwardStats", "ServiceStats", "StatusBook", "read_status"]
+
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class ServiceStats:
+    """Counters of one exposed service."""
+
+    port: int = 0
+    connections: int = 0
+    """DTP connections admitted."""
+    tunnels: int = 0
+    """Tunnels (one per forwarded TCP connection) served."""
+    active_tunnels: int = 0
+    bytes_in: int = 0
+    """Bytes from clients to the backends."""
+    bytes_out: int = 0
+    """Bytes from the backends to clients."""
+    denials: int = 0
+    """Connections or tunnels refused (firewall, admission, unpaid usage)."""
+    backend_errors: int = 0
+    """Backend connects that failed (another backend may have taken over)."""
+    unavailable: int = 0
+    """Tunnels refused because no backend was reachable."""
+    receipts_held: int = 0
+    """Connections whose latest receipt still has MIST to claim."""
+    fees_earned: int = 0
+    """MIST covered by accepted receipts."""
+    fees_claimed: int = 0
+    """MIST claimed on the ledger."""
+    refunded: int = 0
+    """MIST refunded to clients at settlement."""
+    healthy_backends: int = 0
+
+
+@dataclass
+class ForwardStats:
+    """Counters of one client-side forwarder."""
+
+    listen: str = ""
+    target: str = ""
+    connections: int = 0
+    """DTP connections opened on the ledger."""
+    tunnels: int = 0
+    active_tunnels: int = 0
+    bytes_in: int = 0
+    """Bytes from local clients into the tunnel."""
+    bytes_out: int = 0
+    """Bytes from the tunnel back to local clients."""
+    denials: int = 0
+    """Connections the remote side or its ledger refused."""
+    errors: int = 0
+    """Tunnels that ended with an error (unreachable service, no backend)."""
+    receipts_sent: int = 0
+    fees_paid: int = 0
+    """MIST covered by the receipts sent."""
+
+
+_LIVE = {"active_tunnels", "healthy_backends", "receipts_held"}
+
+
+@dataclass
+class StatusBook:
+    """All counters of one daemon process, and the file they are saved to."""
+
+    state_dir: Path
+    services: dict[str, ServiceStats] = field(default_factory=dict)
+    forwards: dict[str, ForwardStats] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    interval: float = 0.5
+    _saved_at: float = 0.0
+    _dirty: bool = True
+
+    @classmethod
+    def open(cls, state_dir: Path) -> StatusBook:
+        """A book carrying over the cumulative counters of the last run."""
+        book = cls(state_dir)
+        previous = read_status(state_dir)
+        if previous is not None:
+            for name, row in previous.get("services", {}).items():
+                book.services[name] = _revive(ServiceStats, row)
+            for name, row in previous.get("forwards", {}).items():
+                book.forwards[name] = _revive(ForwardStats, row)
+        return book
+
+    def service(self, name: str) -> ServiceStats:
+        self._dirty = True
+        return self.services.setdefault(name, ServiceStats())
+
+    def forward(self, name: str) -> ForwardStats:
+        self._dirty = True
+        return self.forwards.setdefault(name, ForwardStats())
+
+    def touch(self) -> None:
+        self._dirty = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "updated": time.time(),
+            "services": {k: asdict(v) for k, v in sorted(self.services.items())},
+            "forwards": {k: asdict(v) for k, v in sorted(self.forwards.items())},
+        }
+
+    def save(self, force: bool = False) -> None:
+        """Write the file if anything changed and ``interval`` passed (or ``force``)."""
+        now = time.monotonic()
+        if not force and (not self._dirty or now - self._saved_at < self.interval):
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        target = self.state_dir / STATUS_FILE
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+        os.replace(tmp, target)
+        self._saved_at = now
+        self._dirty = False
+
+
+def _revive(kind: type[Any], row: Any) -> Any:
+    names = {f.name for f in fields(kind)}
+    values = (
+        {k: v for k, v in row.items() if k in names and k not in _LIVE}
+        if isinstance(row, dict)
+        else {}
+    )
+    return kind(**values)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last saved status, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,102 @@
+"""``dtp status``: the daemon's counters as a table, or JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dtp.daemon.config import load_config
+from dtp.daemon.state import read_status
+from dtp.errors import DaemonConfigError
+
+__all__ = ["format_table", "main", "state_dir_of"]
+
+_SERVICE_COLUMNS = (
+    ("service", "name"),
+    ("port", "port"),
+    ("conns", "connections"),
+    ("tunnels", "tunnels"),
+    ("active", "active_tunnels"),
+    ("bytes in", "bytes_in"),
+    ("bytes out", "bytes_out"),
+    ("denied", "denials"),
+    ("no backend", "unavailable"),
+    ("healthy", "healthy_backends"),
+    ("receipts", "receipts_held"),
+    ("earned", "fees_earned"),
+    ("claimed", "fees_claimed"),
+)
+_FORWARD_COLUMNS = (
+    ("forward", "name"),
+    ("listen", "listen"),
+    ("conns", "connections"),
+    ("tunnels", "tunnels"),
+    ("active", "active_tunnels"),
+    ("bytes in", "bytes_in"),
+    ("bytes out", "bytes_out"),
+    ("denied", "denials"),
+    ("errors", "errors"),
+    ("receipts", "receipts_sent"),
+    ("paid", "fees_paid"),
+)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _table(rows: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    body = [
+        [_cell(name if key == "name" else row.get(key, "")) for _, key in columns]
+        for name, row in rows.items()
+    ]
+    heads = [title for title, _ in columns]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(heads)]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    return [line(heads), *(line(r) for r in body)]
+
+
+def format_table(status: dict[str, Any]) -> str:
+    """A readable summary of a status record."""
+    out: list[str] = []
+    state = "stopped" if status.get("stopped") else f"running (pid {status.get('pid')})"
+    out.append(f"daemon: {state}")
+    if status.get("host_id"):
+        out.append(f"host:   {status['host_id']} at {status.get('endpoint')}")
+    services = status.get("services") or {}
+    forwards = status.get("forwards") or {}
+    if services:
+        out += ["", *_table(services, _SERVICE_COLUMNS)]
+    if forwards:
+        out += ["", *_table(forwards, _FORWARD_COLUMNS)]
+    if not services and not forwards:
+        out.append("no services or forwarders yet")
+    return "\n".join(out)
+
+
+def state_dir_of(config: str | None, state_dir: str | None) -> Path:
+    """The state directory named directly or by a config file."""
+    if state_dir:
+        return Path(state_dir)
+    return load_config(config or "dtp.toml").daemon.state_dir
+
+
+def main(config: str | None, state_dir: str | None, as_json: bool) -> int:
+    """Entry point of ``dtp status``."""
+    try:
+        directory = state_dir_of(config, state_dir)
+    except DaemonConfigError as exc:
+        print(f"dtp status: {exc}")
+        return 2
+    status = read_status(directory)
+    if status is None:
+        print(f"dtp status: no daemon status in {directory} (has the daemon run?)")
+        return 1
+    print(json.dumps(status, indent=2, sort_keys=True) if as_json else format_table(status))
+    return 0

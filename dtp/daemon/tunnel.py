@@ -1,0 +1,240 @@
+"""What a tunnel is on the wire, and the byte pump both ends share.
+
+A DTP connection from a forwarder to the daemon carries, on stream 0, the control
+channel (client → daemon: signed receipts, :data:`dtp.daemon.fees.RECEIPT_SIZE` bytes
+each), and one further stream per forwarded TCP connection. On each tunnel stream the
+daemon first answers one status: ``0x00`` (connected to a backend, bytes follow) or
+``0x01`` + u16 length + UTF-8 reason (no tunnel; the stream ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from dtp.errors import DTPError, TunnelError
+
+__all__ = [
+    "CHUNK",
+    "STATUS_OK",
+    "TcpLeg",
+    "read_status",
+    "refusal",
+    "splice_leg",
+]
+
+CHUNK = 1 << 20
+STATUS_OK = b"\x00"
+_REFUSED = 1
+
+
+class _Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def refusal(reason: str) -> bytes:
+    """The status that refuses a tunnel with ``reason``."""
+    raw = reason.encode("utf-8")[:1024]
+    return bytes([_REFUSED]) + struct.pack(">H", len(raw)) + raw
+
+
+async def read_status(reader: _Reader) -> None:
+    """Read the daemon's status on a tunnel stream; raises :class:`TunnelError` with the
+    daemon's reason when it refused."""
+    first = await _exactly(reader, 1)
+    if first == STATUS_OK:
+        return
+    if first[0] != _REFUSED:
+        raise TunnelError(f"unexpected tunnel status byte {first[0]}")
+    size = struct.unpack(">H", await _exactly(reader, 2))[0]
+    raise TunnelError((await _exactly(reader, size)).decode("utf-8", "replace"))
+
+
+async def _exactly(reader: _Reader, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = await reader.read(n - len(data))
+        if not chunk:
+            raise TunnelError("the tunnel closed before the daemon answered")
+        data += chunk
+    return data
+
+
+class _DTPWriter(_Writer, Protocol):
+    def get_write_buffer_size(self) -> int: ...
+
+
+class TcpLeg(asyncio.Protocol):
+    """The TCP side of a tunnel as a protocol: bytes from the TCP peer go straight into
+    the DTP stream (no StreamReader buffer and no task switch per chunk); reading
+    pauses while the DTP stream holds more than :data:`HIGH_WATER` unsent bytes.
+
+    Until :meth:`attach` names the DTP stream, reading is paused.
+    """
+
+    def __init__(self, count: Callable[[int], None]) -> None:
+        self._count = count
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._sink: _DTPWriter | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._draining = False
+        self.read_done: asyncio.Future[None] = self._loop.create_future()
+        """Done when the TCP peer sent EOF (forwarded) or the connection failed."""
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self.error: BaseException | None = None
+        self._close_when_made = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._close_when_made:
+            transport.close()
+        elif self._sink is None:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        assert sink is not None
+        try:
+            self._count(len(data))
+            sink.write(data)
+        except (DTPError, RuntimeError) as exc:
+            self.fail(exc)
+            return
+        if not self._draining and sink.get_write_buffer_size() > HIGH_WATER:
+            self._draining = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._loop.create_task(self._drain(sink))
+
+    async def _drain(self, sink: _DTPWriter) -> None:
+        try:
+            await sink.drain()
+        except DTPError as exc:
+            self.fail(exc)
+            return
+        self._draining = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        if self._sink is not None:
+            with contextlib.suppress(DTPError, RuntimeError):
+                self._sink.write_eof()
+        self._finish(self.read_done)
+        return True  # keep the transport open: the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._writable.set()
+        self._finish(self.read_done)
+        self._finish(self.lost)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- tunnel ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _finish(future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def attach(self, sink: _DTPWriter) -> None:
+        """Start reading into ``sink``."""
+        self._sink = sink
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the TCP connection (at once, or as soon as it is made)."""
+        if self.transport is None:
+            self._close_when_made = True
+        else:
+            self.transport.close()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish(self.read_done)
+
+    async def copy_from(self, source: _Reader, count: Callable[[int], None]) -> None:
+        """Copy the DTP stream ``source`` to the TCP peer until EOF, then half-close."""
+        while True:
+            data = await source.read(CHUNK)
+            if not data:
+                break
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the TCP side of the tunnel closed")
+            count(len(data))
+            transport.write(data)
+            if not self._writable.is_set():
+                await self._writable.wait()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write_eof()
+
+
+HIGH_WATER = 512 * 1024
+
+
+async def splice_leg(
+    leg: TcpLeg,
+    reader: _Reader,
+    writer: _DTPWriter,
+    count_back: Callable[[int], None],
+) -> BaseException | None:
+    """Run a tunnel between an attached :class:`TcpLeg` and a DTP stream until both
+    directions ended (or one failed); closes both. Returns the first error."""
+    leg.attach(writer)
+    back = asyncio.ensure_future(leg.copy_from(reader, count_back))
+    error: BaseException | None = None
+    try:
+        await asyncio.wait([back, leg.read_done], return_when=asyncio.FIRST_COMPLETED)
+        if back.done():
+            error = back.exception()  # the DTP side failed, or ended: wait for TCP EOF
+            if error is None:
+                await leg.read_done
+                error = leg.error
+        else:
+            error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
+            if error is None:
+                await back
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = exc
+    finally:
+        if not back.done():
+            back.cancel()
+        if leg.transport is not None:
+            if error is None:
+                leg.transport.close()
+            else:
+                leg.transport.abort()
+        with contextlib.suppress(Exception):
+            writer.close()
+    return error

@@ -1,0 +1,126 @@
+"""UDP forwarders of the daemon (``[[forward]] protocol = "udp"``): a local UDP port
+whose flows reach a remote ``<host id>:<port>`` UDP service through DTP, one connection
+per source address (opened on the ledger with the forward's deposit), billed per
+datagram (docs/udp.md). Same interface as :class:`dtp.daemon.forwarder.Forwarder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import dtp.aio
+from dtp.chain.ledger import Ledger
+from dtp.chain.objects import Sla
+from dtp.daemon.config import ForwardConfig
+from dtp.daemon.logs import kv
+from dtp.daemon.state import ForwardStats, StatusBook
+from dtp.errors import ConnectionRefused, DTPError
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.udp_aio import AsyncUdpForwarder
+
+__all__ = ["UdpForward"]
+
+logger = logging.getLogger("dtp.daemon.udp_forward")
+
+
+class UdpForward:
+    """Listens on ``config.listen`` (UDP) and forwards to ``config.target``."""
+
+    def __init__(
+        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.identity = identity
+        self.book = book
+        self._forwarder: AsyncUdpForwarder | None = None
+        self._slas: dict[str, Sla] = {}
+        self._deposits: dict[str, int] = {}
+
+    @property
+    def stats(self) -> ForwardStats:
+        row = self.book.forward(self.config.name)
+        row.target = f"udp {self.config.target}"
+        return row
+
+    async def _connect(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        stats = self.stats
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                self.config.target,
+                ledger=self.ledger,
+                identity=self.identity,
+                deposit=self.config.deposit,
+                timeout=30,
+            )
+        except ConnectionRefused as exc:
+            stats.denials += 1
+            self.book.touch()
+            logger.warning("refused", extra=kv(forward=self.config.name, reason=str(exc)))
+            raise
+        except DTPError:
+            stats.errors += 1
+            self.book.touch()
+            raise
+        assert writer.connection_id is not None and writer.escrow_id is not None
+        escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
+        self._slas[writer.connection_id] = escrow.sla
+        self._deposits[writer.connection_id] = escrow.deposited
+        stats.connections += 1
+        stats.tunnels += 1
+        self.book.touch()
+        return reader, writer
+
+    def _meter_for(self, writer: dtp.aio.DTPStreamWriter) -> Meter | None:
+        connection_id = writer.connection_id
+        assert connection_id is not None
+        sla = self._slas.pop(connection_id)
+        deposit = self._deposits.pop(connection_id)
+        if sla.price_per_kib == 0 and sla.price_per_request == 0:
+            return None
+        return Meter(self.identity, connection_id, sla, deposit, every_bytes=0)
+
+    async def start(self) -> tuple[str, int]:
+        """Bind the local UDP port; returns the bound address."""
+        listen = (self.config.listen.host, self.config.listen.port)
+        self._forwarder = await AsyncUdpForwarder.start(
+            listen,
+            self._connect,
+            meter_for=self._meter_for,
+            idle_timeout=self.config.idle_timeout,
+        )
+        host, port = self._forwarder.address
+        self.stats.listen = f"udp://{host}:{port}"
+        self.book.touch()
+        return host, port
+
+    def refresh(self) -> None:
+        """Copy the forwarder's datagram counters into the status book."""
+        if self._forwarder is None:
+            return
+        snap = self._forwarder.stats.snapshot()
+        row = self.stats
+        row.bytes_in = snap["bytes_out"]  # local clients → the tunnel
+        row.bytes_out = snap["bytes_in"]
+        row.active_tunnels = self._forwarder.sessions
+        self.book.touch()
+
+    def stop_listening(self) -> None:
+        """Nothing to stop before drain: a UDP port has no backlog of connections."""
+
+    def retire(self) -> None:
+        """Replaced by a reload: close at once (UDP flows simply start over)."""
+        if self._forwarder is not None:
+            asyncio.get_running_loop().create_task(self._forwarder.close())
+
+    @property
+    def active_tunnels(self) -> int:
+        return 0 if self._forwarder is None else self._forwarder.sessions
+
+    async def drain(self, timeout: float) -> None:
+        """End every flow (each settles its final receipt) and close the port."""
+        if self._forwarder is not None:
+            await asyncio.wait_for(self._forwarder.close(), max(timeout, 1.0))
+            self.refresh()

@@ -1,0 +1,388 @@
+"""UDP through DTP on asyncio: :func:`relay_udp_async` and :class:`AsyncUdpForwarder`,
+the asyncio twins of :func:`dtp.udp.relay_udp` and :class:`dtp.udp.UdpForwarder`, with
+the same wire (DATAGRAM frames; usage reports and receipts on stream 0) and the same
+per-datagram billing (docs/udp.md). The services daemon uses them for UDP services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dtp.aio import DTPStreamReader, DTPStreamWriter
+from dtp.errors import DTPError, InsufficientFunds
+from dtp.escrow import Meter
+from dtp.udp import (
+    _LEN,
+    _MAX_CONTROL,
+    _USAGE,
+    UdpBilling,
+    UdpStats,
+    _control,
+    _now_ms,
+)
+
+__all__ = ["AsyncUdpForwarder", "relay_udp_async"]
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 256
+
+
+async def _read_control(reader: DTPStreamReader) -> bytes | None:
+    """The next control frame's body, or None at the end of the stream (or on a frame
+    no peer of ours sends)."""
+    try:
+        header = await reader.readexactly(4)
+        (size,) = _LEN.unpack(header)
+        if not 1 <= size <= _MAX_CONTROL:
+            logger.info("bad UDP control frame of %d bytes: closing the control stream", size)
+            return None
+        return await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, DTPError):
+        return None
+
+
+async def _next_datagrams(writer: DTPStreamWriter, wait: float) -> list[bytes]:
+    """Every queued datagram (waiting up to ``wait`` seconds for the first)."""
+    first = await asyncio.wait_for(writer.recv_datagram(), wait)
+    out = [first]
+    queue = writer._session.datagrams
+    while queue and len(out) < _BATCH:
+        out.append(queue.popleft())
+    return out
+
+
+class _BackendProtocol(asyncio.DatagramProtocol):
+    def __init__(self, on_reply: Callable[[bytes], None]) -> None:
+        self.on_reply = on_reply
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.on_reply(data)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("UDP backend error: %s", exc)
+
+
+async def relay_udp_async(
+    reader: DTPStreamReader,
+    writer: DTPStreamWriter,
+    backend: tuple[str, int],
+    *,
+    billing: UdpBilling | None = None,
+    stats: UdpStats | None = None,
+    idle_timeout: float = 60.0,
+    report_every: int = 32,
+) -> UdpStats:
+    """Relay one DTP connection's datagrams to ``backend`` and back (see
+    :func:`dtp.udp.relay_udp`), until the connection ends or sits idle."""
+    stats = stats if stats is not None else UdpStats()
+    loop = asyncio.get_running_loop()
+    last = [loop.time()]
+    limit = writer._conn.config.max_datagram_size
+
+    def on_reply(data: bytes) -> None:
+        if len(data) > limit:
+            stats.add(dropped_oversized=1)
+            return
+        try:
+            writer.send_datagram(data)
+        except DTPError:
+            return
+        last[0] = loop.time()
+        if billing is not None:
+            billing.replied(len(data))
+        stats.add(datagrams_out=1, bytes_out=len(data))
+
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _BackendProtocol(on_reply), remote_addr=backend
+    )
+
+    def report(force: bool = False) -> None:
+        if billing is None:
+            return
+        totals = billing.report_due(report_every, force)
+        if totals is not None:
+            writer.write(_control(b"U", _USAGE.pack(*totals)))
+
+    async def control() -> None:
+        assert billing is not None
+        while (body := await _read_control(reader)) is not None:
+            if body[:1] == b"R":
+                billing.receipt(body[1:])
+            elif body[:1] == b"F":
+                writer.write(_control(b"Z", _USAGE.pack(*billing.final_totals())))
+            else:
+                logger.info("unknown UDP control frame %r: closing", body[:1])
+                return
+
+    control_task = loop.create_task(control()) if billing is not None else None
+    wait = 0.05 if billing is not None else min(1.0, idle_timeout)
+    try:
+        while loop.time() - last[0] < idle_timeout:
+            try:
+                batch = await _next_datagrams(writer, wait)
+            except TimeoutError:
+                report(force=True)
+                continue
+            except DTPError:
+                break
+            last[0] = loop.time()
+            sent = nbytes = unpaid = 0
+            for data in batch:
+                if billing is not None and not billing.admit(len(data)):
+                    unpaid += 1
+                    continue
+                transport.sendto(data)
+                sent += 1
+                nbytes += len(data)
+            stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
+            report()
+    finally:
+        transport.close()
+        if control_task is not None:
+            # the stream may still hold the final receipt: read it to the end first
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(control_task), 2.0)
+            control_task.cancel()
+            with contextlib.suppress(BaseException):
+                await control_task
+    return stats
+
+
+class _Flow:
+    """One source address's DTP connection (asyncio)."""
+
+    def __init__(self, source: tuple[str, int]) -> None:
+        self.source = source
+        self.reader: DTPStreamReader | None = None
+        self.writer: DTPStreamWriter | None = None
+        self.meter: Meter | None = None
+        self.pending: list[bytes] = []  # datagrams that arrived while connecting
+        self.last = time.monotonic()
+        self.sent_datagrams = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self.billed = (0, 0)
+        self.final = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    def affordable(self, nbytes: int) -> bool:
+        from dtp.escrow import fee
+
+        meter = self.meter
+        if meter is None:
+            return True
+        total = fee(
+            meter.sla, self.sent_bytes + self.received_bytes + nbytes, self.sent_datagrams + 1
+        )
+        return total <= meter.deposit
+
+    def sign(self, datagrams: int, nbytes: int) -> None:
+        meter, writer = self.meter, self.writer
+        if meter is None or writer is None:
+            return
+        datagrams = min(datagrams, self.sent_datagrams)
+        nbytes = min(nbytes, self.sent_bytes + self.received_bytes)
+        d0, b0 = self.billed
+        if datagrams < d0 or nbytes < b0 or (datagrams, nbytes) == self.billed:
+            return
+        now = _now_ms()
+        receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
+        receipt = receipt or meter.flush(now)
+        self.billed = (datagrams, nbytes)
+        if receipt is not None:
+            writer.write(_control(b"R", receipt.encode()))
+
+
+class AsyncUdpForwarder(asyncio.DatagramProtocol):
+    """A local UDP endpoint whose flows go through DTP (see
+    :class:`dtp.udp.UdpForwarder`). Create with :meth:`start`.
+
+    ``connect()`` is a coroutine function returning a new ``(reader, writer)`` to the
+    relaying service (e.g. :func:`dtp.aio.open_connection` with a ``dtp://`` address);
+    ``meter_for(writer)`` the connection's Meter (None: unmetered).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[tuple[DTPStreamReader, DTPStreamWriter]]],
+        *,
+        meter_for: Callable[[DTPStreamWriter], Meter | None] | None = None,
+        idle_timeout: float = 30.0,
+        max_sessions: int = 256,
+        final_timeout: float = 2.0,
+        max_pending: int = 256,
+    ) -> None:
+        self._connect = connect
+        self._meter_for = meter_for
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self.final_timeout = final_timeout
+        self.max_pending = max_pending
+        self.stats = UdpStats()
+        self._flows: dict[tuple[str, int], _Flow] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.address: tuple[str, int] = ("", 0)
+
+    @classmethod
+    async def start(
+        cls,
+        listen: tuple[str, int],
+        connect: Callable[[], Awaitable[tuple[DTPStreamReader, DTPStreamWriter]]],
+        **kw: Any,
+    ) -> AsyncUdpForwarder:
+        """Bind ``listen`` and start forwarding."""
+        loop = asyncio.get_running_loop()
+        forwarder = cls(connect, **kw)
+        transport, _ = await loop.create_datagram_endpoint(lambda: forwarder, local_addr=listen)
+        forwarder._transport = transport
+        forwarder.address = transport.get_extra_info("sockname")[:2]
+        forwarder._sweeper = loop.create_task(forwarder._sweep())
+        return forwarder
+
+    @property
+    def sessions(self) -> int:
+        """Open flows."""
+        return len(self._flows)
+
+    # -- datagrams from local clients ---------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        source = (addr[0], addr[1])
+        flow = self._flows.get(source)
+        if flow is None:
+            if len(self._flows) >= self.max_sessions:
+                self.stats.add(dropped_no_session=1)
+                return
+            flow = _Flow(source)
+            self._flows[source] = flow
+            flow.pending.append(data)
+            flow.tasks.append(asyncio.get_running_loop().create_task(self._open(flow)))
+            return
+        flow.last = time.monotonic()
+        if flow.writer is None:
+            if len(flow.pending) < self.max_pending:
+                flow.pending.append(data)
+            else:
+                self.stats.add(dropped_no_session=1)
+            return
+        self._send(flow, [data])
+
+    def _send(self, flow: _Flow, batch: list[bytes]) -> None:
+        writer = flow.writer
+        assert writer is not None
+        limit = writer._conn.config.max_datagram_size
+        for data in batch:
+            if len(data) > limit:
+                self.stats.add(dropped_oversized=1)
+            elif not flow.affordable(len(data)):
+                self.stats.add(dropped_unpaid=1)
+            else:
+                try:
+                    writer.send_datagram(data)
+                except DTPError as exc:
+                    logger.info("UDP flow from %s ended: %s", flow.source, exc)
+                    asyncio.get_running_loop().create_task(self._end(flow))
+                    return
+                flow.sent_datagrams += 1
+                flow.sent_bytes += len(data)
+                self.stats.add(datagrams_out=1, bytes_out=len(data))
+
+    async def _open(self, flow: _Flow) -> None:
+        try:
+            reader, writer = await self._connect()
+        except (DTPError, OSError) as exc:
+            logger.warning("UDP flow from %s: cannot reach the service: %s", flow.source, exc)
+            self.stats.add(dropped_no_session=len(flow.pending))
+            self._flows.pop(flow.source, None)
+            return
+        flow.reader, flow.writer = reader, writer
+        flow.meter = self._meter_for(writer) if self._meter_for is not None else None
+        self.stats.add(sessions_opened=1)
+        loop = asyncio.get_running_loop()
+        flow.tasks.append(loop.create_task(self._replies(flow)))
+        if flow.meter is not None:
+            flow.tasks.append(loop.create_task(self._control(flow)))
+        pending, flow.pending = flow.pending, []
+        self._send(flow, pending)
+
+    async def _replies(self, flow: _Flow) -> None:
+        writer = flow.writer
+        assert writer is not None
+        while not flow.closed:
+            try:
+                batch = await _next_datagrams(writer, 0.5)
+            except TimeoutError:
+                continue
+            except DTPError:
+                break
+            flow.last = time.monotonic()
+            nbytes = sum(map(len, batch))
+            flow.received_bytes += nbytes
+            if self._transport is not None:
+                for data in batch:
+                    self._transport.sendto(data, flow.source)
+            self.stats.add(datagrams_in=len(batch), bytes_in=nbytes)
+        if not flow.closed:
+            await self._end(flow)
+
+    async def _control(self, flow: _Flow) -> None:
+        assert flow.reader is not None
+        while (body := await _read_control(flow.reader)) is not None:
+            kind = body[:1]
+            if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
+                logger.info("unexpected UDP control frame %r: closing", kind)
+                break
+            try:
+                flow.sign(*_USAGE.unpack(body[1:]))
+            except InsufficientFunds as exc:
+                logger.warning("UDP flow from %s: %s", flow.source, exc)
+            if kind == b"Z":
+                flow.final.set()
+        flow.final.set()
+
+    async def _end(self, flow: _Flow) -> None:
+        if flow.closed:
+            return
+        flow.closed = True
+        self._flows.pop(flow.source, None)
+        writer = flow.writer
+        if writer is not None:
+            if flow.meter is not None:
+                with contextlib.suppress(DTPError, OSError):
+                    writer.write(_control(b"F"))
+                    await asyncio.wait_for(flow.final.wait(), self.final_timeout)
+            with contextlib.suppress(DTPError, OSError):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 5)
+            self.stats.add(sessions_closed=1)
+        current = asyncio.current_task()
+        for task in flow.tasks:
+            if task is not current:
+                task.cancel()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout))
+            now = time.monotonic()
+            for flow in list(self._flows.values()):
+                if flow.writer is not None and now - flow.last >= self.idle_timeout:
+                    await self._end(flow)
+
+    async def close(self) -> None:
+        """Stop forwarding; each flow settles its final receipt and closes."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeper
+        if self._transport is not None:
+            self._transport.close()
+        for flow in list(self._flows.values()):
+            await self._end(flow)

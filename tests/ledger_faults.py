@@ -1,0 +1,107 @@
+"""A test-only fault injector at the ledger edge: wraps a ledger so that the
+``PipeDataSent`` events a ledger carrier reads are dropped, duplicated and reordered
+(also across calls). Everything else passes through untouched.
+
+Give each carrier its own wrapper (``LedgerCarrierOptions(ledger_filter=impair(...))``):
+held-back events belong to the reader that was going to see them.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dtp.chain.ledger import Ledger
+from dtp.chain.objects import Event, EventFilter
+
+
+class ImpairedLedger:
+    """See the module docstring; ``seed`` makes the faults repeatable."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        seed: int,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        drop_first: int = 0,
+    ) -> None:
+        self._ledger = ledger
+        self.drop_first = drop_first
+        self.rng = random.Random(seed)
+        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
+        self._held: list[Event] = []
+        self.dropped = 0
+        self.duplicated = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def events(
+        self, cursor: str | None = None, filter: EventFilter | None = None, limit: int = 1000
+    ) -> tuple[list[Event], str | None]:
+        events, cursor = self._ledger.events(cursor, filter, limit)
+        out: list[Event] = []
+        for event in events:
+            if event.name != "PipeDataSent":
+                out.append(event)
+                continue
+            if self.drop_first > 0 or self.rng.random() < self.loss:
+                self.drop_first = max(0, self.drop_first - 1)
+                self.dropped += 1
+                continue
+            self._held.append(event)
+            if self.rng.random() < self.duplicate:
+                self.duplicated += 1
+                self._held.append(event)
+        if self.reorder and self._held:
+            self.rng.shuffle(self._held)
+            # some events wait for a later call: reordering across reads, too
+            keep = int(len(self._held) * self.reorder * self.rng.random())
+            release, self._held = self._held[keep:], self._held[:keep]
+        else:
+            release, self._held = self._held, []
+        return out + release, cursor
+
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        return self.events(cursor, filter, limit)
+
+
+def impair(
+    *,
+    seed: int,
+    loss: float = 0.0,
+    duplicate: float = 0.0,
+    reorder: float = 0.0,
+    drop_first: int = 0,
+) -> tuple[Callable[[Ledger], Ledger], list[ImpairedLedger]]:
+    """A ``ledger_filter`` giving every carrier its own :class:`ImpairedLedger` (seeds
+    ``seed``, ``seed + 1``, …; each drops its first ``drop_first`` data events), and the
+    list the wrappers are collected in."""
+    made: list[ImpairedLedger] = []
+    lock = threading.Lock()
+
+    def wrap(ledger: Ledger) -> Ledger:
+        with lock:
+            wrapper = ImpairedLedger(
+                ledger,
+                seed=seed + len(made),
+                loss=loss,
+                duplicate=duplicate,
+                reorder=reorder,
+                drop_first=drop_first,
+            )
+            made.append(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return wrap, made

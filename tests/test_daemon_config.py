@@ -1,0 +1,135 @@
+"""The daemon's config file: validation errors name file:line: key; `dtp status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtp.daemon.config import key_lines, load_config, parse_config
+from dtp.daemon.state import StatusBook
+from dtp.daemon.status import format_table
+from dtp.daemon.status import main as status_main
+from dtp.errors import DaemonConfigError
+from tests.daemon_procs import ENV, ROOT
+
+EXAMPLE = ROOT / "examples" / "dtp.toml"
+HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'
+SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'
+
+
+def error_of(text: str, name: str = "dtp.toml") -> str:
+    with pytest.raises(DaemonConfigError) as info:
+        parse_config(text, Path(name))
+    return str(info.value)
+
+
+def test_the_example_file_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert [s.port for s in config.services] == [80, 8545]
+    web = config.services[0]
+    assert [str(b) for b in web.backends] == ["127.0.0.1:8080", "127.0.0.1:8081"]
+    assert web.paid and web.min_deposit == 1_000_000
+    assert config.forwards[0].target.port == 5432
+    assert config.daemon.ledger == EXAMPLE.parent / "dtp-ledger.sqlite"
+    assert config.firewall.deny[0].endswith("bad01")
+
+
+def test_the_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "daemon.md").read_text()
+    block = text.split("```toml\n")[1].split("```")[0]
+    config = parse_config(block, tmp_path / "dtp.toml")
+    assert [s.name for s in config.services] == ["web", "rpc"]
+    assert config == parse_config(block, tmp_path / "dtp.toml")
+    assert config.services == load_config(EXAMPLE).services
+
+
+def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
+    text = '[daemon]\nledger = "x"\n\n[[service]]\nbackends = [\n  "a:1",\n  "b:2",\n]\nport = 3\n'
+    text += '[[service]]\nport = 4 # comment\n[firewall]\n"mode" = "open"\n'
+    lines = key_lines(text)
+    assert lines[("daemon", "ledger")] == 2
+    assert lines[("service", 0, "backends")] == 5
+    assert lines[("service", 0, "port")] == 9
+    assert lines[("service", 1, "port")] == 11
+    assert lines[("firewall", "mode")] == 13
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (HEAD + SVC.replace("port = 80", 'port = "eighty"'), "dtp.toml:7: service[0].port: "),
+        (HEAD + SVC.replace("port = 80", "port = 70000"), "dtp.toml:7: service[0].port: "),
+        (HEAD + SVC.replace("port = 80\n", ""), "dtp.toml:5: service[0].port: is required"),
+        (
+            HEAD + SVC + SVC.replace('"a"', '"b"'),
+            "dtp.toml:12: service[1].port: duplicate port 80 (also at dtp.toml:7)",
+        ),
+        (HEAD + SVC.replace("backends", "backend"), "dtp.toml:8: service[0].backend: unknown key"),
+        (HEAD + SVC.replace("127.0.0.1:8080", "localhost"), "dtp.toml:8: service[0].backends:"),
+        (HEAD + SVC + 'deny = ["0xzz"]\n', "dtp.toml:9: service[0].deny: '0xzz' is not"),
+        (HEAD.replace('ledger = "l.sqlite"\n', "") + SVC, "dtp.toml:1: daemon.ledger: is required"),
+        (HEAD + "listen = 7\n" + SVC, 'dtp.toml:4: daemon.listen: expected "host:port"'),
+        (HEAD + 'log_format = "xml"\n' + SVC, "dtp.toml:4: daemon.log_format: expected one of"),
+        (
+            HEAD + '[[forward]]\nname = "f"\nlisten = "127.0.0.1:1"\ntarget = "http://x"\n',
+            "dtp.toml:7: forward[0].target: ",
+        ),
+        (HEAD + SVC + "[firewall]\nmode = 'closed'\n", "dtp.toml:10: firewall.mode: expected one"),
+        (HEAD + "port = = 3\n", "dtp.toml:4: TOML syntax error"),
+        (HEAD, "dtp.toml: nothing to do"),
+    ],
+)
+def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
+    assert error_of(text).startswith(expected), error_of(text)
+
+
+def test_the_daemon_refuses_a_bad_config_with_exit_status_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(HEAD + SVC.replace("port = 80", "port = -1"))
+    done = subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{bad}:7: service[0].port: expected an integer in 0..65535, got -1" in done.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "cannot read the config file" in missing.stderr
+
+
+def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    book = StatusBook.open(tmp_path)
+    row = book.service("web")
+    row.port, row.bytes_in, row.fees_earned, row.denials = 80, 123_456, 789, 2
+    book.forward("db").tunnels = 5
+    book.info.update(pid=42, host_id="0xabc", endpoint="127.0.0.1:7700")
+    book.save(force=True)
+    assert status_main(None, str(tmp_path), as_json=False) == 0
+    table = capsys.readouterr().out
+    assert "running (pid 42)" in table
+    web = next(line for line in table.splitlines() if line.startswith("web"))
+    assert "123,456" in web and "789" in web
+    assert status_main(None, str(tmp_path), as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["services"]["web"]["bytes_in"] == 123_456
+    assert data["forwards"]["db"]["tunnels"] == 5
+    # cumulative counters carry over to the next run; live ones do not
+    row.active_tunnels = 3
+    book.save(force=True)
+    again = StatusBook.open(tmp_path)
+    assert again.services["web"].bytes_in == 123_456
+    assert again.services["web"].active_tunnels == 0
+    assert "web" in format_table(again.to_json())
+    assert status_main(None, str(tmp_path / "nowhere"), as_json=False) == 1

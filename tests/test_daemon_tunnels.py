@@ -1,0 +1,474 @@
+"""The services daemon end to end: real backends, a real daemon process exposing them
+and a real forwarder process, driven by ordinary TCP and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.daemon.state import read_status
+from dtp.keys import HostIdentity
+from dtp.receipt_store import ReceiptStore
+from tests.daemon_procs import Proc, backend, daemon, wait_until
+
+SUI = 1_000_000_000
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    a = ledger.audit()
+    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+
+@dataclass
+class Setup:
+    """Files of one scenario and the processes it started."""
+
+    tmp: Path
+    provider: HostIdentity = field(default_factory=HostIdentity.generate)
+    client: HostIdentity = field(default_factory=HostIdentity.generate)
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.provider.save(self.tmp / "provider.key")
+        self.client.save(self.tmp / "client.key")
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.tmp / "ledger.sqlite"
+
+    def ledger(self) -> LocalLedger:
+        return LocalLedger(self.ledger_path)
+
+    def start(self, proc: Proc) -> Proc:
+        self.procs.append(proc)
+        return proc
+
+    def backend(self, mode: str = "echo", port: int = 0) -> Proc:
+        return self.start(backend(mode, port))
+
+    def write_daemon(self, services: str, extra: str = "", name: str = "daemon") -> Path:
+        path = self.tmp / f"{name}.toml"
+        path.write_text(
+            f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "{name}-state"
+faucet = {SUI}
+drain_timeout = 5
+{extra}
+{services}"""
+        )
+        return path
+
+    def write_forwarder(self, host_id: str, port: int, extra: str = "") -> Path:
+        path = self.tmp / "forwarder.toml"
+        path.write_text(
+            f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "client.key"
+state_dir = "forwarder-state"
+faucet = {10 * SUI}
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{host_id}:{port}"
+{extra}
+"""
+        )
+        return path
+
+    def daemon(self, config: Path) -> Proc:
+        return self.start(daemon(config))
+
+    def pair(
+        self, services: str, port: int = 7000, forward_extra: str = ""
+    ) -> tuple[Proc, Proc, tuple[str, int]]:
+        d = self.daemon(self.write_daemon(services))
+        f = self.daemon(self.write_forwarder(d.info["host_id"], port, forward_extra))
+        host, fport = f.info["forwards"]["svc"].rsplit(":", 1)
+        return d, f, (host, int(fport))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    try:
+        yield s
+    finally:
+        for proc in reversed(s.procs):
+            proc.kill()
+
+
+def service(backends: list[int], port: int = 7000, extra: str = "") -> str:
+    listed = ", ".join(f'"127.0.0.1:{b}"' for b in backends)
+    return f"""
+[[service]]
+name = "svc{port}"
+port = {port}
+backends = [{listed}]
+health_interval = 0.3
+{extra}
+"""
+
+
+def echo_roundtrip(address: tuple[str, int], data: bytes, timeout: float = 30) -> bytes:
+    """Send ``data`` while reading the echo, as any TCP client would."""
+    sock = socket.create_connection(address, timeout=timeout)
+    with sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # a refused tunnel may close first
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = bytearray()
+        # a refused tunnel closes the client's connection, with a reset when the
+        # forwarder never read what the client sent
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                got += chunk
+        sender.join()
+    return bytes(got)
+
+
+def status(state_dir: Path) -> dict[str, object]:
+    found = read_status(state_dir)
+    assert found is not None
+    return found
+
+
+def svc_row(setup: Setup, name: str = "svc7000", state: str = "daemon-state") -> dict[str, int]:
+    return status(setup.tmp / state)["services"][name]  # type: ignore[index,no-any-return]
+
+
+def fwd_row(setup: Setup) -> dict[str, int]:
+    return status(setup.tmp / "forwarder-state")["forwards"]["svc"]  # type: ignore[index,no-any-return]
+
+
+def test_large_transfer_integrity_and_status(setup: Setup) -> None:
+    b = setup.backend()
+    d, f, address = setup.pair(service([b.info["port"]]))
+    data = os.urandom(24 << 20)
+    assert echo_roundtrip(address, data) == data
+    row = wait_until(lambda: svc_row(setup)["bytes_out"] == len(data) and svc_row(setup))
+    assert row["bytes_in"] == len(data) and row["tunnels"] == 1 and row["connections"] == 1
+    assert wait_until(lambda: fwd_row(setup)["bytes_in"] == len(data))
+    assert f.stop() == 0 and d.stop() == 0
+    ledger = setup.ledger()
+    # both sides closed and settled: the deposit went back, nothing is held in escrow
+    assert ledger.audit()["escrows"] == 0
+    assert conserved(ledger)
+
+
+def test_many_concurrent_tunnels(setup: Setup) -> None:
+    b1, b2 = setup.backend(), setup.backend()
+    _, _, address = setup.pair(service([b1.info["port"], b2.info["port"]]))
+
+    async def one(i: int) -> bool:
+        reader, writer = await asyncio.open_connection(*address)
+        payload = os.urandom(1000 + 97 * i)
+        writer.write(payload)
+        writer.write_eof()
+        got = await reader.read()
+        writer.close()
+        return got == payload
+
+    async def run() -> list[bool]:
+        # more than the 128 streams a DTP connection allows by default
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    assert all(asyncio.run(run()))
+    row = wait_until(
+        lambda: (r := svc_row(setup))["tunnels"] == 200 and r["active_tunnels"] == 0 and r
+    )
+    assert row["connections"] == 1 and row["bytes_in"] == sum(1000 + 97 * i for i in range(200))
+    assert conserved(setup.ledger())
+
+
+def test_http_jsonrpc_keepalive_spread_over_backends(setup: Setup) -> None:
+    h1, h2 = setup.backend("http"), setup.backend("http")
+    _, _, address = setup.pair(service([h1.info["port"], h2.info["port"]], extra='kind = "http"'))
+    seen = set()
+    for _ in range(4):
+        conn = http.client.HTTPConnection(*address, timeout=10)
+        for i in range(5):  # five requests on one kept-alive connection = one tunnel
+            body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, 40]})
+            conn.request("POST", "/", body, {"Content-Type": "application/json"})
+            reply = json.loads(conn.getresponse().read())
+            assert reply == {"jsonrpc": "2.0", "id": i, "result": i + 40}
+        conn.request("POST", "/", json.dumps({"jsonrpc": "2.0", "id": 9, "method": "whoami"}))
+        seen.add(json.loads(conn.getresponse().read())["result"])
+        conn.close()
+    # round robin: the four tunnels went to both backends
+    assert seen == {h1.info["port"], h2.info["port"]}
+
+
+def test_firewall_denial(setup: Setup) -> None:
+    b = setup.backend()
+    extra = f'deny = ["{setup.client.sui_address}"]'
+    d, f, address = setup.pair(service([b.info["port"]], extra=extra))
+    assert echo_roundtrip(address, b"hello", timeout=10) == b""
+    assert wait_until(lambda: svc_row(setup)["denials"] >= 1)
+    assert wait_until(lambda: fwd_row(setup)["errors"] >= 1)
+    assert wait_until(lambda: fwd_row(setup)["denials"] >= 1)
+    assert svc_row(setup)["tunnels"] == 0
+    assert '"denied"' in d.log() and "denies" in d.log()
+    # the refused connection was settled at once: its deposit is back with the client
+    ledger = setup.ledger()
+    assert wait_until(lambda: ledger.audit()["escrows"] == 0)
+    assert conserved(ledger)
+    f.stop()
+    d.stop()
+    assert conserved(ledger)
+
+
+def test_host_firewall_on_the_ledger_denies_before_money_moves(setup: Setup) -> None:
+    b = setup.backend()
+    ledger = setup.ledger()
+    d = setup.daemon(
+        setup.write_daemon(
+            service([b.info["port"]]), extra=f'\n[firewall]\ndeny = ["{setup.client.sui_address}"]'
+        )
+    )
+    f = setup.daemon(setup.write_forwarder(d.info["host_id"], 7000))
+    before = ledger.balance(setup.client.sui_address)
+    address = f.info["forwards"]["svc"].rsplit(":", 1)
+    assert echo_roundtrip((address[0], int(address[1])), b"x", timeout=10) == b""
+    assert wait_until(lambda: fwd_row(setup)["denials"] == 1)
+    assert f"refuses {setup.client.sui_address}" in f.log()
+    assert ledger.balance(setup.client.sui_address) == before
+    assert conserved(ledger)
+
+
+def test_backend_failover_then_clean_error(setup: Setup) -> None:
+    b1, b2 = setup.backend(), setup.backend()
+    _, _, address = setup.pair(service([b1.info["port"], b2.info["port"]]))
+    assert echo_roundtrip(address, b"both up") == b"both up"
+    b1.kill()
+    for i in range(4):  # every tunnel still works: the dead backend is skipped
+        assert echo_roundtrip(address, b"one up %d" % i) == b"one up %d" % i
+    b2.kill()
+    assert echo_roundtrip(address, b"none up", timeout=10) == b""
+    row = wait_until(lambda: svc_row(setup)["unavailable"] >= 1 and svc_row(setup))
+    assert row["backend_errors"] >= 2
+    assert wait_until(lambda: svc_row(setup)["healthy_backends"] == 0)
+    assert wait_until(lambda: fwd_row(setup)["errors"] >= 1)
+    # a backend coming back is used again
+    b3 = setup.backend("echo", b2.info["port"])
+    assert b3.info["port"] == b2.info["port"]
+    assert echo_roundtrip(address, b"back") == b"back"
+
+
+PAID = "price_per_kib = 10\nprice_per_request = 3\nmin_deposit = 2000000"
+
+
+def test_paid_service_fees_survive_a_daemon_crash(setup: Setup) -> None:
+    b = setup.backend()
+    ledger = setup.ledger()
+    paid = service([b.info["port"]], extra=PAID)
+    d, f, address = setup.pair(paid, forward_extra="receipt_every = 65536")
+    host_id = d.info["host_id"]
+    data = os.urandom(3 << 20)
+    assert echo_roundtrip(address, data) == data
+    # 6 MiB both ways at 10 MIST/KiB, minus what the last receipt may not cover yet
+    assert wait_until(lambda: svc_row(setup)["fees_earned"] >= 60_000)
+    d.kill()  # SIGKILL: no drain, no claim
+    store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
+    held = list(store.unclaimed())
+    store.close()
+    assert len(held) == 1 and held[0].unclaimed > 0
+    receipt = held[0].receipt
+    # the receipt covers every byte both ways plus the tunnel as one request
+    assert receipt.total_bytes == 2 * len(data) and receipt.total_requests == 1
+    provider_before = ledger.balance(setup.provider.sui_address)
+    d2 = setup.daemon(setup.tmp / "daemon.toml")
+    assert d2.info["host_id"] == host_id
+    wait_until(lambda: ledger.balance(setup.provider.sui_address) > provider_before)
+    gained = ledger.balance(setup.provider.sui_address) - provider_before
+    assert gained == receipt.total_amount
+    escrow = ledger.get_escrow(ledger.get_connection(receipt.connection_id).escrow)
+    assert escrow.claimed == receipt.total_amount
+    claimed = receipt.total_amount
+    row = wait_until(lambda: svc_row(setup)["fees_claimed"] == claimed and svc_row(setup))
+    assert row["fees_earned"] >= claimed
+    # the forwarder reconnects to the restarted daemon (at its new endpoint)
+    assert echo_roundtrip(address, b"again") == b"again"
+    assert wait_until(lambda: fwd_row(setup)["connections"] == 2)
+    f.stop()
+    d2.stop()
+    assert conserved(ledger)
+
+
+def test_reload_on_sighup_keeps_open_tunnels(setup: Setup) -> None:
+    b1, b2 = setup.backend(), setup.backend()
+    d, _, address = setup.pair(service([b1.info["port"]]))
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(b"before ")
+    assert sock.recv(100) == b"before "
+    config = setup.tmp / "daemon.toml"
+    config.write_text(config.read_text() + service([b2.info["port"]], port=7001))
+    d.send(signal.SIGHUP)
+    wait_until(lambda: "svc7001" in status(setup.tmp / "daemon-state")["services"])  # type: ignore[operator]
+    sock.sendall(b"after")
+    assert sock.recv(100) == b"after"
+    sock.close()
+    assert 7001 in setup.ledger().get_host(d.info["host_id"]).services
+    # a broken file is refused and changes nothing
+    config.write_text("[daemon\n")
+    d.send(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in d.log())
+    assert echo_roundtrip(address, b"still") == b"still"
+
+
+def test_graceful_shutdown_drains_open_tunnels(setup: Setup) -> None:
+    b = setup.backend()
+    d, f, address = setup.pair(service([b.info["port"]]))
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(b"one")
+    assert sock.recv(10) == b"one"
+    d.send(signal.SIGTERM)
+    wait_until(lambda: '"draining"' in d.log())
+    sock.sendall(b"two")  # the open tunnel still works while draining
+    assert sock.recv(10) == b"two"
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(10) == b""
+    sock.close()
+    assert d.stop() == 0
+    assert status(setup.tmp / "daemon-state").get("stopped")
+    # structured logs: one JSON object per line, with the fields of the event
+    entries = [json.loads(line) for line in d.log().splitlines()]
+    assert {"ts", "level", "logger", "msg"} <= set(entries[0])
+    opened = next(e for e in entries if e["msg"] == "connection open")
+    assert opened["service"] == "svc7000" and opened["client"] == setup.client.sui_address
+    assert entries[-1]["msg"] == "stopped"
+    f.stop()
+    assert setup.ledger().audit()["escrows"] == 0
+    assert conserved(setup.ledger())
+
+
+def test_forwarder_reload_adds_a_forward_and_keeps_open_tunnels(setup: Setup) -> None:
+    b1, b2 = setup.backend(), setup.backend()
+    services = service([b1.info["port"]]) + service([b2.info["port"]], port=7001)
+    d, f, address = setup.pair(services)
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(b"open ")
+    assert sock.recv(100) == b"open "
+    config = setup.tmp / "forwarder.toml"
+    config.write_text(
+        config.read_text() + f'\n[[forward]]\nname = "second"\nlisten = "127.0.0.1:0"\n'
+        f'target = "dtp://{d.info["host_id"]}:7001"\n'
+    )
+    f.send(signal.SIGHUP)
+
+    def second() -> str | None:
+        rows = status(setup.tmp / "forwarder-state")["forwards"]
+        return rows.get("second", {}).get("listen") or None  # type: ignore[attr-defined,no-any-return]
+
+    host, port = wait_until(second, what="the new forward").rsplit(":", 1)
+    assert echo_roundtrip((host, int(port)), b"via 7001") == b"via 7001"
+    assert wait_until(lambda: svc_row(setup, "svc7001")["tunnels"] == 1)
+    sock.sendall(b"still open")
+    assert sock.recv(100) == b"still open"
+    sock.close()
+
+
+def test_used_up_deposit_rolls_over_to_a_new_connection(setup: Setup) -> None:
+    b = setup.backend()
+    per_tunnel = "price_per_request = 1000\nmin_deposit = 2500"
+    d, f, address = setup.pair(service([b.info["port"]], extra=per_tunnel))
+    for i in range(5):  # the deposit pays for two tunnels per connection
+        assert echo_roundtrip(address, b"tunnel %d" % i) == b"tunnel %d" % i
+    assert wait_until(lambda: fwd_row(setup)["connections"] == 3)
+    assert wait_until(lambda: fwd_row(setup)["fees_paid"] == 5000)
+    f.stop()
+    d.stop()
+    ledger = setup.ledger()
+    row = svc_row(setup)
+    assert row["connections"] == 3 and row["tunnels"] == 5
+    assert row["fees_earned"] == row["fees_claimed"] == 5000
+    assert ledger.audit()["escrows"] == 0
+    assert conserved(ledger)
+
+
+def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
+    """``protocol = "udp"`` on both sides: DNS-style datagrams through a forwarder
+    process → DTP → daemon process → UDP backend, billed per datagram; the daemon claims
+    exactly the final receipt and the client is refunded the rest."""
+    b = setup.backend("udp")
+    ledger = setup.ledger()
+    udp_service = service(
+        [b.info["port"]],
+        port=5300,
+        extra='protocol = "udp"\nprice_per_kib = 4\nprice_per_request = 2\nmin_deposit = 100000',
+    )
+    d = setup.daemon(setup.write_daemon(udp_service))
+    f = setup.daemon(
+        setup.write_forwarder(d.info["host_id"], 5300, 'protocol = "udp"\nidle_timeout = 1')
+    )
+    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    answered = 0
+    for i in range(60):
+        query = i.to_bytes(2, "big") + b"example.org"
+        client.sendto(query, (host, int(port)))
+        with contextlib.suppress(TimeoutError):
+            assert client.recv(65535) == query + b"OK"
+            answered += 1
+    client.close()
+    assert answered >= 55
+
+    # the flow goes idle: the forwarder settles the final count, the daemon claims it
+    def claimed() -> dict[str, int] | None:
+        found = status(setup.tmp / "daemon-state").get("services", {})
+        row = found.get("svc5300") if isinstance(found, dict) else None
+        return row if row and row["fees_claimed"] else None
+
+    row = wait_until(claimed, 20, "the daemon's claim")
+    assert row["tunnels"] == 1 and row["bytes_in"] >= answered * 13
+    store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
+    (held,) = [store.latest(c) for c in _connections(ledger, setup)]
+    store.close()
+    assert held is not None
+    receipt = held.receipt
+    datagrams = receipt.total_requests
+    assert answered <= datagrams <= 60
+    # bytes: each query (13 B) in, each answer (15 B) out, as the relay counted them
+    assert receipt.total_bytes == 13 * datagrams + 15 * datagrams
+    assert (
+        row["fees_claimed"]
+        == receipt.total_amount
+        == (28 * datagrams * 4 + 1023) // 1024 + 2 * datagrams
+    )
+    tc = ledger.get_connection(receipt.connection_id)
+    escrow = ledger.get_escrow(tc.escrow)
+    assert escrow.settled and escrow.claimed == receipt.total_amount
+    assert escrow.refunded == escrow.deposited - receipt.total_amount
+    f.stop()
+    d.stop()
+    assert conserved(ledger)
+
+
+def _connections(ledger: LocalLedger, setup: Setup) -> list[str]:
+    """The client's ledger connections (from the ledger's events)."""
+    events, _ = ledger.events()
+    return [
+        e["connection"]
+        for e in events
+        if e.name == "ConnectionOpened" and e["client"] == setup.client.sui_address
+    ]
