@@ -60,8 +60,12 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
+from dtp.metering import MeteringConfig
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
+
+
+OFF = MeteringConfig(enabled=False)  # billed per request instead (RequestPayments)
 
 
 def pair() -> tuple[RpcProtocol, RpcProtocol]:
@@ -736,7 +740,12 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
     thread.start()
     try:
         sock = dtp.socket.create_connection(
-            f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
+            f"dtp://{host}:8545",
+            ledger=ledger,
+            identity=user,
+            deposit=100,
+            timeout=10,
+            metering=OFF,
         )
         assert sock.connection_id is not None and sock.escrow_id is not None
         meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
@@ -767,7 +776,12 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
                     ledger.set_endpoints, provider, host, [f"tcp://127.0.0.1:{aserver.address[1]}"]
                 )
                 reader, writer = await dtp.aio.open_connection(
-                    f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
+                    f"dtp://{host}:8545",
+                    ledger=ledger,
+                    identity=user,
+                    deposit=100,
+                    timeout=10,
+                    metering=OFF,
                 )
                 assert writer.connection_id is not None
                 ameter = Meter(user, writer.connection_id, sla, 100, every_requests=1)

@@ -20,7 +20,10 @@ from dtp.chain.objects import Sla
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.escrow import Meter, Receipt, fee
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
 from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+
+OFF = MeteringConfig(enabled=False)  # billed per datagram instead (UdpBilling)
 
 SERVER = HostIdentity.from_private_bytes(b"\x51" * 32, b"\x51" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x52" * 32, b"\x52" * 32)
@@ -189,6 +192,7 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
         identity=CLIENT,
         deposit=50_000,
         timeout=5,
+        metering=OFF,
     )
     sent = 2000
     try:
@@ -345,7 +349,12 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
 
         async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
             return await dtp.aio.open_connection(
-                f"dtp://{host}:53", ledger=ledger, identity=CLIENT, deposit=20_000, timeout=10
+                f"dtp://{host}:53",
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=20_000,
+                timeout=10,
+                metering=OFF,
             )
 
         def meter_for(writer: dtp.aio.DTPStreamWriter) -> Meter:

@@ -30,10 +30,15 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
 
 __all__ = ["Forwarder"]
 
 from dtp.daemon.logs import kv
+
+_OWN_BILLING = MeteringConfig(enabled=False)
+"""The daemon bills its tunnels itself (dtp/daemon/fees.py, docs/udp.md): no transport
+receipts on top."""
 
 logger = logging.getLogger("dtp.daemon.forwarder")
 
@@ -130,6 +135,7 @@ class Forwarder:
                 identity=self.identity,
                 deposit=self.config.deposit,
                 timeout=10.0,
+                metering=_OWN_BILLING,
             )
         except DTPError as exc:
             if isinstance(exc, ChainError | ConnectionRefused):

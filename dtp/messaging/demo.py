@@ -14,8 +14,12 @@ from dtp.keys import HostIdentity
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed
+from dtp.metering import MeteringConfig
 
 __all__ = ["demo_messaging_story"]
+
+
+OFF = MeteringConfig(enabled=False)  # billed per request instead (RequestPayments)
 
 
 def demo_messaging_story(say: Callable[[str], None]) -> None:
@@ -44,7 +48,7 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
     thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
-        f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10
+        f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10, metering=OFF
     )
     try:
         assert sock.connection_id is not None and sock.escrow_id is not None
