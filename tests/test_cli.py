@@ -36,4 +36,10 @@ def test_demo_runs() -> None:
     assert "connected to dtp://0x" in out and "admitted us only after checking" in out
     assert "claimed" in out and "refunded" in out and "conservation" in out
     assert "converged: True" in out
+    # the daemon story: an ordinary TCP client through a forwarder, fees, a denied client
+    assert "every byte came back intact" in out and "paid nothing" in out
+    assert "provider" in out and "client" in out and "[1/10]" in out
+    # UDP billed per datagram, messaging
+    assert "queries answered through one DTP connection" in out
+    assert "eth_blockNumber over DTP" in out and "meet at noon" in out
     assert "Summary" in out
