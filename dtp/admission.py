@@ -114,6 +114,8 @@ def resolve_service(
     client: str,
     deposit: int,
     carrier: CarrierChoice = "auto",
+    *,
+    min_deposit: int | None = None,
 ) -> ResolvedService:
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
@@ -121,7 +123,8 @@ def resolve_service(
     minimum, or more than ``client`` holds); then, with ``carrier="tcp"``,
     :class:`NoCarrierEndpoint` when the host publishes no TCP endpoint. The result's
     ``endpoint`` is None when the ledger carrier is to be used. Nothing is written to
-    the ledger."""
+    the ledger. ``min_deposit`` overrides the SLA's minimum (0 for a subscription:
+    subscribed connections open with an all-zero SLA)."""
     if carrier not in ("auto", "tcp", "ledger"):
         raise ValueError(f"carrier must be 'auto', 'tcp' or 'ledger', not {carrier!r}")
     host = ledger.get_host(host_id)
@@ -130,11 +133,12 @@ def resolve_service(
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
     if not host.firewall.permits(client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
-    if deposit < service.sla.min_deposit:
+    minimum = service.sla.min_deposit if min_deposit is None else min_deposit
+    if deposit < minimum:
         raise move_error(
             "transport_control",
             "EInsufficientDeposit",
-            f"deposit {deposit} < minimum {service.sla.min_deposit} of port {port}",
+            f"deposit {deposit} < minimum {minimum} of port {port}",
         )
     endpoints = [] if carrier == "ledger" else tcp_endpoints(host)
     if not endpoints and carrier == "tcp":
@@ -247,8 +251,16 @@ def prepare_host_connection(
     server_key: bytes | None = None,
     config: ConnectionConfig | None = None,
     carrier: CarrierChoice = "auto",
+    subscription: str | None = None,
+    sponsor_pool: str | None = None,
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
+
+    Paying another way (docs/escrow.md §13-14): with ``subscription`` (a live
+    Subscription of ours to this service) the connection opens unmetered with an
+    all-zero SLA and ``deposit`` defaults to 0; with ``sponsor_pool`` (the service's
+    SponsorPool) the pool pledges its share of the deposit, paid back to us by
+    ``reimburse`` after settlement.
 
     Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
     which also picks the carrier: see :data:`CarrierChoice`),
@@ -257,6 +269,15 @@ def prepare_host_connection(
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
     If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
     """
+    if subscription is not None and sponsor_pool is not None:
+        raise ValueError("pass either subscription or sponsor_pool, not both")
+    if subscription is not None:
+        _check_subscription(ledger, subscription, address, identity.sui_address)
+        deposit = 0 if deposit is None else deposit
+    elif sponsor_pool is not None:
+        pool = ledger.get_sponsor_pool(sponsor_pool)
+        if normalize_id(pool.host, "host ID") != address.host_id or pool.port != address.port:
+            raise ValueError(f"sponsor pool {sponsor_pool} is not for {address}")
     if deposit is None:
         host = ledger.get_host(address.host_id)
         service = host.services.get(address.port)
@@ -264,14 +285,29 @@ def prepare_host_connection(
     if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
         raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
     resolved = resolve_service(
-        ledger, address.host_id, address.port, identity.sui_address, deposit, carrier
+        ledger,
+        address.host_id,
+        address.port,
+        identity.sui_address,
+        deposit,
+        carrier,
+        min_deposit=0 if subscription is not None else None,
     )
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
         raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
     if cap_id is None:
         cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
-    opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+    if subscription is not None:
+        opened = ledger.open_subscribed_connection(
+            identity, subscription, cap_id, deposit, host_id=address.host_id
+        )
+    elif sponsor_pool is not None:
+        opened = ledger.open_sponsored_connection(
+            identity, sponsor_pool, cap_id, deposit, host_id=address.host_id
+        )
+    else:
+        opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
         base,
@@ -287,6 +323,27 @@ def prepare_host_connection(
     return PreparedConnection(
         resolved.endpoint, cfg, opened.connection_id, opened.escrow_id, resolved.host.authority
     )
+
+
+def _check_subscription(
+    ledger: Ledger, subscription_id: str, address: HostAddress, client: str
+) -> None:
+    """Early, typed refusals for a subscription that cannot open this connection."""
+    from dtp.errors import SubscriptionExpired
+
+    sub = ledger.get_subscription(subscription_id)
+    offer = ledger.get_subscription_offer(sub.offer)
+    if normalize_id(offer.host, "host ID") != address.host_id or offer.port != address.port:
+        raise ValueError(f"subscription {subscription_id} is for another service than {address}")
+    if sub.holder != client:
+        raise ValueError(f"subscription {subscription_id} belongs to {sub.holder}, not {client}")
+    epoch = ledger.epoch()
+    if not sub.is_live(epoch) or offer.withdrawn:
+        raise SubscriptionExpired(
+            f"subscription {subscription_id} covers epochs {sub.start_epoch}.."
+            f"{sub.expires_epoch - 1}; it is epoch {epoch}"
+            + (" and the offer was withdrawn" if offer.withdrawn else "")
+        )
 
 
 def abandon_host_connection(

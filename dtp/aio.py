@@ -542,6 +542,8 @@ async def open_connection(
     carrier: CarrierChoice = "auto",
     ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
+    subscription: str | None = None,
+    sponsor_pool: str | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
@@ -553,7 +555,8 @@ async def open_connection(
     without a TCP endpoint (or ``carrier="ledger"``) is reached over the ledger carrier,
     as with the blocking API. Raises
     ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
-    A connection by host ID is metered as with the blocking API (``metering``).
+    A connection by host ID is metered as with the blocking API (``metering``), and may
+    pay with a ``subscription`` or through a ``sponsor_pool`` as there.
     """
     if port is None:
         address = HostAddress.parse(host) if isinstance(host, str) else host
@@ -569,6 +572,8 @@ async def open_connection(
             server_key=server_key,
             config=config,
             carrier=carrier,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
         )
         try:
             if prepared.endpoint is None:
@@ -614,6 +619,8 @@ async def open_connection(
         or cap_id
         or carrier == "ledger"
         or ledger_options is not None
+        or subscription is not None
+        or sponsor_pool is not None
     ):
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     if metering is not None:

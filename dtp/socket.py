@@ -850,6 +850,8 @@ def create_connection(
     carrier: CarrierChoice = "auto",
     ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
+    subscription: str | None = None,
+    sponsor_pool: str | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
@@ -886,6 +888,10 @@ def create_connection(
     The connection is metered (signed cumulative receipts in-band, a final one at
     close, then our half-close on the ledger; docs/escrow.md §6.1) unless
     ``metering=MeteringConfig(enabled=False)``; ``metering`` also sets the cadence.
+    ``subscription`` (a live Subscription of ours to this service: the connection opens
+    unmetered, ``deposit`` defaulting to 0) or ``sponsor_pool`` (the service's
+    SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
+    §13-14; :func:`dtp.admission.prepare_host_connection`).
     """
     if isinstance(address, (str, HostAddress)):
         return _connect_by_host_id(
@@ -900,6 +906,8 @@ def create_connection(
             carrier=carrier,
             ledger_options=ledger_options,
             metering=metering,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
         )
     if (
         ledger is not None
@@ -907,6 +915,8 @@ def create_connection(
         or cap_id is not None
         or carrier == "ledger"
         or ledger_options is not None
+        or subscription is not None
+        or sponsor_pool is not None
     ):
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     identity = identity or HostIdentity.generate()
@@ -934,6 +944,8 @@ def _connect_by_host_id(
     carrier: CarrierChoice = "auto",
     ledger_options: LedgerCarrierOptions | None = None,
     metering: MeteringConfig | None = None,
+    subscription: str | None = None,
+    sponsor_pool: str | None = None,
 ) -> DTPSocket:
     """create_connection for a DTP address (see there)."""
     if ledger is None:
@@ -949,6 +961,8 @@ def _connect_by_host_id(
         server_key=server_key,
         config=config,
         carrier=carrier,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
     )
     try:
         if prepared.endpoint is None:

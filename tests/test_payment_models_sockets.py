@@ -1,0 +1,166 @@
+"""The payment models on real connections: connecting by host ID with a subscription
+(unmetered) or through a sponsor pool (the provider pays its share), against a paid
+server (dtp.socket.serve) on a LocalLedger file; MIST conserved throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import SubscriptionExpired
+from dtp.keys import HostIdentity
+from dtp.paid import PaidServer, PaidSocket
+
+SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)
+PORT = 8080
+
+
+@dataclass
+class World:
+    ledger: LocalLedger
+    provider: HostIdentity
+    client: HostIdentity
+    host: str
+    server: PaidServer
+
+    @property
+    def address(self) -> str:
+        return f"dtp://{self.host}:{PORT}"
+
+    def conserved(self) -> bool:
+        a = self.ledger.audit()
+        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+    def settled(self, connection_id: str) -> None:
+        deadline = time.monotonic() + 10
+        while not self.ledger.get_connection(connection_id).settled:
+            assert time.monotonic() < deadline, "the server did not settle"
+            time.sleep(0.02)
+
+
+def echo(sock: PaidSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    provider, client = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(provider.sui_address, 1_000_000)
+    ledger.faucet(client.sui_address, 1_000_000)
+    host = ledger.create_host(provider, provider.noise_public)
+    ledger.add_service(provider, host, PORT, "echo", SLA)
+    server = dtp.socket.serve(
+        host,
+        PORT,
+        echo,
+        ledger=LocalLedger(tmp_path / "ledger.db"),
+        identity=provider,
+        receipts=tmp_path / "receipts.db",
+    )
+    yield World(ledger, provider, client, host, server)
+    server.close()
+
+
+def _transfer(sock: dtp.socket.DTPSocket, size: int) -> None:
+    data = b"x" * size
+    sock.sendall(data)
+    got = 0
+    while got < size:
+        got += len(sock.recv(65536))
+
+
+def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> None:
+    ledger, client = world.ledger, world.client
+    offer = ledger.create_subscription_offer(world.provider, world.host, PORT, 1_000)
+    sub = ledger.subscribe(client, offer, epochs=2)
+    before = ledger.balance(client.sui_address)
+    with dtp.socket.create_connection(
+        world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
+    ) as sock:
+        assert sock.connection_id is not None
+        tc = ledger.get_connection(sock.connection_id)
+        assert tc.sla == Sla(0, 0, 0)  # unmetered: 1 MiB below costs nothing
+        _transfer(sock, 1 << 20)
+        connection_id = sock.connection_id
+    world.settled(connection_id)
+    escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+    assert escrow.deposited == 0 and escrow.claimed == 0
+    # only the subscription cost money (paid before), and the spending cap's creation none
+    assert ledger.balance(client.sui_address) == before
+
+    # asyncio too
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
+        )
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+    # an expired subscription is refused before any money moves
+    ledger.advance_epoch()
+    ledger.advance_epoch()
+    with pytest.raises(SubscriptionExpired):
+        dtp.socket.create_connection(
+            world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
+        )
+    assert ledger.balance(client.sui_address) == before
+    # someone else's subscription, or one for another service: a clear ValueError
+    other = HostIdentity.generate()
+    ledger.faucet(other.sui_address, 10_000)
+    with pytest.raises(ValueError, match="belongs to"):
+        dtp.socket.create_connection(
+            world.address, ledger=ledger, identity=other, subscription=sub, timeout=10
+        )
+    with pytest.raises(ValueError, match="either"):
+        dtp.socket.create_connection(
+            world.address, ledger=ledger, identity=client, subscription=sub, sponsor_pool=sub
+        )
+    assert world.conserved()
+
+
+def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
+    ledger, client, provider = world.ledger, world.client, world.provider
+    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500)
+    ledger.fund_sponsor_pool(provider, pool, 100_000)
+    before = ledger.balance(client.sui_address)
+    with dtp.socket.create_connection(
+        world.address,
+        ledger=ledger,
+        identity=client,
+        deposit=60_000,
+        sponsor_pool=pool,
+        timeout=10,
+    ) as sock:
+        assert sock.connection_id is not None
+        _transfer(sock, 256 << 10)
+        connection_id = sock.connection_id
+    world.settled(connection_id)
+    escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+    fee_paid = escrow.claimed
+    assert fee_paid > 0  # 512 KiB both ways at 10 MIST/KiB
+    client_part, provider_part = ledger.get_sponsor_pool(pool).quote(fee_paid)
+    back = ledger.reimburse(client, pool, connection_id)
+    assert back == provider_part and client_part + provider_part == fee_paid
+    assert ledger.balance(client.sui_address) == before - client_part
+    # a pool for another port is refused early
+    ledger.add_service(provider, world.host, PORT + 1, "echo", SLA)
+    other = ledger.create_sponsor_pool(provider, world.host, PORT + 1, share_bps=5_000)
+    with pytest.raises(ValueError, match="not for"):
+        dtp.socket.create_connection(
+            world.address, ledger=ledger, identity=client, sponsor_pool=other, timeout=10
+        )
+    assert world.conserved()
