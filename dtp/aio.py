@@ -157,7 +157,10 @@ class _Protocol(asyncio.Protocol):
     def _schedule_timer(self) -> None:
         deadline = self.conn.get_timer()
         if self._timer is not None:
-            if deadline is not None and abs(self._timer.when() - deadline) < 0.001:
+            # Most writes push the deadline later (idle, keepalive): a timer armed for
+            # an earlier time is kept — when it fires, handle_timer finds nothing due and
+            # we re-arm once — instead of a cancel and a new TimerHandle per write.
+            if deadline is not None and self._timer.when() <= deadline + 0.001:
                 return
             self._timer.cancel()
             self._timer = None
