@@ -20,6 +20,7 @@ from dtp.carriers.ledger import (
     LedgerCarrier,
     LedgerLink,
     confirm_records,
+    confirm_retained,
     reclaim_retained,
 )
 from dtp.carriers.ledger_bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
@@ -180,7 +181,9 @@ def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None
     with pytest.raises(NotAuthorized) as denied:
         confirm_records(ledger, CLIENT_ID, [record])  # the sender is not the receiver
     assert denied.value.name == "ENotReceiver"
-    assert confirm_records(ledger, SERVER_ID, [record, record]) == 1
+    assert confirm_retained(ledger, CLIENT_ID, world.conn_id) == 0  # not addressed to it
+    assert confirm_retained(ledger, SERVER_ID, world.conn_id) == 1
+    assert confirm_records(ledger, SERVER_ID, [record, record]) == 0  # already: skipped
     assert cc.reclaim_storage() == 101 * PRICE
     assert confirm_records(ledger, SERVER_ID, [record]) == 0  # deleted: skipped
     assert conserved(ledger)

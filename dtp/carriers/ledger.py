@@ -37,7 +37,8 @@ carrier, option or not, notices the peer's ``RecordRetained`` events addressed t
 and offers each record for confirmation (:meth:`LedgerCarrier.take_confirmations`,
 :meth:`LedgerCarrier.confirm_retained`) once its payload is handed on, or given up as
 a gap (the connection retransmits its content, so the receiver never needs it again).
-:func:`reclaim_retained` finds a sender's records by their events, for later reclaims.
+:func:`reclaim_retained` (the sender) and :func:`confirm_retained` (the receiver) find
+the records of a connection by their events, for later or after a crash.
 
 Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes and the
 per-inner seen sets; a new carrier built with ``state=`` continues from there, so it does
@@ -74,6 +75,7 @@ __all__ = [
     "LedgerCarrier",
     "LedgerLink",
     "confirm_records",
+    "confirm_retained",
     "frame_record",
     "reclaim_retained",
 ]
@@ -597,6 +599,27 @@ def confirm_records(ledger: Ledger, identity: HostIdentity, records: Sequence[st
             continue
         n += 1
     return n
+
+
+def confirm_retained(
+    ledger: Ledger, identity: HostIdentity, connection_id: str, *, page_size: int = 1000
+) -> int:
+    """Confirm every RetainedRecord on ``connection_id`` addressed to ``identity`` that
+    is not confirmed yet, found by their ``RecordRetained`` events: a receiver whose
+    carrier ended early (a crash) lets the senders reclaim. Returns how many."""
+    flt = EventFilter(type="RecordRetained", object_id=identity.sui_address)
+    records: list[str] = []
+    cursor: str | None = None
+    while True:
+        events, cursor = ledger.events(cursor, flt, page_size)
+        records += [
+            str(e["record"])
+            for e in events
+            if e["connection"] == connection_id and e["receiver"] == identity.sui_address
+        ]
+        if len(events) < page_size:
+            break
+    return confirm_records(ledger, identity, records)
 
 
 def _reclaim(
