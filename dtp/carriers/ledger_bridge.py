@@ -26,8 +26,10 @@ of the pair, which the adapter sees as the carrier ending.
 
 Retention (``LedgerCarrierOptions.retention_terms``, docs/ledger-carrier.md): the
 bridge confirms the peer's retained records in a second thread, started on the first
-one, so confirmations never hold up the records; at its end it waits for them, and
-reclaims its own deposits that are already deletable.
+one, so confirmations never hold up the records. At its end, if the peer retains, it
+reads on until the peer's pipe is gone (at most ``2 × peer_close_grace``) so that the
+peer's last records are confirmed too, waits for its confirmations, and deletes its
+own records that are already deletable.
 
 The connection must run with ``reliable_carrier=False``: :func:`ledger_config` gives
 that, with a handshake timeout that suits the ledger's latency and loss.
