@@ -184,7 +184,13 @@ def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None
     assert confirm_retained(ledger, CLIENT_ID, world.conn_id) == 0  # not addressed to it
     assert confirm_retained(ledger, SERVER_ID, world.conn_id) == 1
     assert confirm_records(ledger, SERVER_ID, [record, record]) == 0  # already: skipped
-    assert cc.reclaim_storage() == 101 * PRICE
+    # a carrier resumed from a snapshot still knows its records
+    resumed = LedgerCarrier(
+        ledger, CLIENT_ID, world.conn_id, peer_address=SERVER_ID.sui_address, state=cc.state()
+    )
+    assert resumed.pipe_id == cc.pipe_id and resumed.retained == [record]
+    assert resumed.reclaim_storage() == 101 * PRICE
+    assert resumed.retained == [] and cc.reclaim_storage() == 0
     assert confirm_records(ledger, SERVER_ID, [record]) == 0  # deleted: skipped
     assert conserved(ledger)
 
