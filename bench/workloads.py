@@ -251,3 +251,7 @@ ALL.update(TUNNEL_ROWS)
 from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 
 ALL.update(HOSTID_ROWS)
+
+from bench.retention_rows import ledger_retention_bulk  # noqa: E402
+
+ALL["ledger_retention_bulk"] = ledger_retention_bulk

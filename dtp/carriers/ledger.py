@@ -28,6 +28,18 @@ as data, so two carriers never echo SYNCs back and forth. A gap in an inner's se
 event that never arrives) is given up after ``gap_timeout`` seconds so the prefix can
 advance; the connection retransmits whatever the lost payload carried.
 
+Retention (docs/escrow.md §16, docs/ledger-carrier.md "Retention"): with
+``retention_terms`` a side posts its RECORD and FRAGMENT payloads with
+``retention::send`` (SYNCs stay plain ``pipe::send``: they are not the connection's
+data) and remembers each RetainedRecord; :meth:`LedgerCarrier.reclaim_storage` deletes
+those that are consumed and past their retention time, returning the deposits. Every
+carrier, option or not, notices the peer's ``RecordRetained`` events addressed to it
+and offers each record for confirmation (:meth:`LedgerCarrier.take_confirmations`,
+:meth:`LedgerCarrier.confirm_retained`) once its payload is handed on, or given up as
+a gap (the connection retransmits its content, so the receiver never needs it again).
+:func:`reclaim_retained` (the sender) and :func:`confirm_retained` (the receiver) find
+the records of a connection by their events, for later or after a crash.
+
 Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes and the
 per-inner seen sets; a new carrier built with ``state=`` continues from there, so it does
 not hand back a payload the old one already returned after that snapshot. (An older
@@ -40,15 +52,17 @@ snapshot re-delivers what came later; the connection's replay window drops those
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Event, EventFilter
 from dtp.connection import Connection
-from dtp.errors import PipeError
+from dtp.errors import ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
 from dtp.keys import HostIdentity
 
@@ -60,7 +74,10 @@ __all__ = [
     "CarrierState",
     "LedgerCarrier",
     "LedgerLink",
+    "confirm_records",
+    "confirm_retained",
     "frame_record",
+    "reclaim_retained",
 ]
 
 #: Largest ``data`` one ``pipe::send`` accepts (``inner_pipe::MAX_DATA_LENGTH``).
@@ -74,6 +91,8 @@ _MAX_FRAGMENTS = 255
 MAX_PARTIAL_RECORDS = 64
 #: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later.
 MAX_ORPHAN_EVENTS = 1024
+#: The peer's RecordRetained events whose payload was not seen yet, kept at once.
+MAX_PENDING_RETAINED = 65_536
 
 
 def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
@@ -137,6 +156,8 @@ class CarrierState:
     #: peer pipe → per inner (prefix, sorted seqs seen above it)
     lanes: dict[str, list[tuple[int, list[int]]]]
     next_fragment_id: int = 0
+    #: RetainedRecords we sent and have not deleted yet (``retention_terms``)
+    retained: list[str] = field(default_factory=list)
 
 
 class LedgerCarrier:
@@ -145,6 +166,8 @@ class LedgerCarrier:
     ``identity`` signs our transactions (it must be a participant of the connection);
     ``peer_address`` is the Sui address whose pipe we read. ``pipe_id`` adopts an existing
     pipe of ours instead of creating one; ``state`` resumes a previous carrier.
+    ``retention_terms`` (a RetentionTerms ID of the connection's service) makes our data
+    payloads RetainedRecords (see the module docs).
     """
 
     def __init__(
@@ -163,6 +186,7 @@ class LedgerCarrier:
         max_payload: int = MAX_PIPE_DATA,
         page_size: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        retention_terms: str | None = None,
     ) -> None:
         if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
             raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
@@ -181,7 +205,13 @@ class LedgerCarrier:
         self._peer_pipes: list[str] = []
         self.cursor: str | None = None
         self._next_fragment_id = 0
+        self.retention_terms = retention_terms
+        #: our RetainedRecords not deleted yet, oldest first
+        self.retained: list[str] = []
+        # reclaim_storage may run in another thread than send (a bridge's owner)
+        self._retained_lock = threading.Lock()
         if state is not None:
+            self.retained = list(state.retained)
             pipe_id = state.pipe_id
             self.cursor = state.cursor
             self._peer_pipes = list(state.peer_pipes)
@@ -204,6 +234,11 @@ class LedgerCarrier:
         self._last_reported: dict[str, list[int]] = {}
         self.peer_closed = False
         self.closed = False
+        # the peer's records addressed to us: waiting for their payload, then to confirm
+        # record -> (pipe, inner, seq, when its RecordRetained was seen)
+        self._retained_pending: OrderedDict[str, tuple[str, int, int, float]] = OrderedDict()
+        self._to_confirm: list[str] = []
+        self._offered: set[str] = set()
         # statistics
         self.payloads_sent = 0
         self.payloads_received = 0
@@ -213,6 +248,9 @@ class LedgerCarrier:
         self.pipe_syncs = 0
         self.fragments_dropped = 0
         self.malformed = 0
+        self.retained_sent = 0
+        self.confirmed = 0
+        self.reclaimed = 0
 
     # -- state ------------------------------------------------------------------------
 
@@ -241,6 +279,7 @@ class LedgerCarrier:
                 for pid, lanes in self._lanes.items()
             },
             next_fragment_id=self._next_fragment_id,
+            retained=list(self.retained),
         )
 
     # -- sending ----------------------------------------------------------------------
@@ -256,10 +295,20 @@ class LedgerCarrier:
                 return i
         raise AssertionError("unreachable")
 
-    def _post(self, payload: bytes) -> None:
+    def _post(self, payload: bytes, *, data: bool = False) -> None:
         inner = self._pick_inner()
-        seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
-        self._sent[inner] = seq + 1
+        if data and self.retention_terms is not None:
+            record = self.ledger.send_retained(
+                self.identity, self.pipe_id, self.retention_terms, inner, payload
+            )
+            with self._retained_lock:
+                self.retained.append(record)
+            self.retained_sent += 1
+            # we own the pipe: retention::send took the inner's next seq
+            self._sent[inner] += 1
+        else:
+            seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
+            self._sent[inner] = seq + 1
         self.payloads_sent += 1
 
     def send(self, records: Sequence[bytes]) -> None:
@@ -272,7 +321,7 @@ class LedgerCarrier:
             if len(payloads) > 1:
                 self._next_fragment_id = (self._next_fragment_id + 1) & 0xFFFFFFFF
             for payload in payloads:
-                self._post(payload)
+                self._post(payload, data=True)
 
     # -- receiving --------------------------------------------------------------------
 
@@ -299,6 +348,81 @@ class LedgerCarrier:
         self.poll(now)
         return out
 
+    # -- retention --------------------------------------------------------------------
+
+    def _on_retained(self, fields: Mapping[str, Any], now: float) -> None:
+        record = str(fields.get("record", ""))
+        if (
+            fields.get("receiver") != self.identity.sui_address
+            or fields.get("connection") != self.connection_id
+            or record in self._offered
+            or record in self._retained_pending
+        ):
+            return
+        where = (str(fields.get("pipe", "")), int(fields["inner"]), int(fields["seq"]), now)
+        self._retained_pending[record] = where
+        while len(self._retained_pending) > MAX_PENDING_RETAINED:
+            self._retained_pending.popitem(last=False)
+
+    def _settle_retained(self, now: float) -> None:
+        """Offer the pending records whose payload the lanes have passed, or whose data
+        event did not come within ``gap_timeout`` of their RecordRetained (both come from
+        one transaction, so it is lost to us: given up like a gap)."""
+        done: list[str] = []
+        for record, (pipe, inner, seq, since) in self._retained_pending.items():
+            lanes = self._lanes.get(pipe)
+            if now >= since + self.gap_timeout:
+                done.append(record)
+                continue
+            if lanes is None or not 0 <= inner < len(lanes):
+                continue
+            lane = lanes[inner]
+            if seq < lane.prefix or seq in lane.above:
+                done.append(record)
+        for record in done:
+            del self._retained_pending[record]
+            self._offered.add(record)
+            self._to_confirm.append(record)
+
+    @property
+    def peer_retains(self) -> bool:
+        """Whether the peer sent us retained records on this connection."""
+        return bool(self._offered or self._retained_pending)
+
+    def give_up_retained(self) -> None:
+        """Offer every pending record for confirmation now, its data seen or not (the
+        connection is over: we will never need it)."""
+        self._to_confirm += self._retained_pending
+        self._offered.update(self._retained_pending)
+        self._retained_pending.clear()
+
+    def take_confirmations(self) -> list[str]:
+        """The peer's RetainedRecords (addressed to us) whose payload we handed on or
+        gave up since the last call; each record is offered once, however many times
+        its events arrive."""
+        out, self._to_confirm = self._to_confirm, []
+        return out
+
+    def confirm_retained(self) -> int:
+        """Confirm what :meth:`take_confirmations` gives, here and now (ledger calls);
+        returns how many were confirmed."""
+        n = confirm_records(self.ledger, self.identity, self.take_confirmations())
+        self.confirmed += n
+        return n
+
+    def reclaim_storage(self, now_ms: int | None = None) -> int:
+        """Delete our RetainedRecords that are consumed and past their retention time
+        (at ledger time ``now_ms``, default the ledger's clock); returns the MIST
+        refunded. Records not deletable yet stay for a later call."""
+        now_ms = self.ledger.clock_ms() if now_ms is None else now_ms
+        with self._retained_lock:
+            records = list(self.retained)
+        refunded, kept = _reclaim(self.ledger, self.identity, records, now_ms)
+        with self._retained_lock:
+            self.retained = kept + self.retained[len(records) :]
+            self.reclaimed += refunded
+        return refunded
+
     def _on_event(self, event: Event, now: float, out: list[bytes]) -> None:
         name = event.name
         fields = event.fields
@@ -317,6 +441,8 @@ class LedgerCarrier:
         elif name == "PipeDestroyed":
             if fields.get("pipe") in self._peer_pipes:
                 self.peer_closed = True
+        elif name == "RecordRetained":
+            self._on_retained(fields, now)
         elif name == "PipeDataSent":
             lanes = self._lanes.get(fields.get("pipe", ""))
             inner = int(fields.get("inner", -1))
@@ -372,8 +498,8 @@ class LedgerCarrier:
             self.malformed += 1
 
     def _on_sync(self, payload: bytes) -> None:
-        if payload[1:33] != object_id_bytes(self.pipe_id):
-            return
+        if self.closed or payload[1:33] != object_id_bytes(self.pipe_id):
+            return  # closed: our pipe is gone, nothing to sync (a lingering read)
         n = payload[33]
         if len(payload) < 34 + 8 * n:
             return
@@ -407,6 +533,9 @@ class LedgerCarrier:
         ]
         if self._first_unreported_at is not None:
             times.append(self._first_unreported_at + self.sync_interval)
+        if self._retained_pending:
+            oldest = next(iter(self._retained_pending.values()))
+            times.append(oldest[3] + self.gap_timeout)
         return min(times) if times else None
 
     def poll(self, now: float | None = None) -> None:
@@ -424,6 +553,8 @@ class LedgerCarrier:
         )
         if due and not self.closed:
             self._report()
+        if self._retained_pending:
+            self._settle_retained(now)
 
     def _report(self) -> None:
         self._unreported = 0
@@ -450,6 +581,87 @@ class LedgerCarrier:
             return
         self.closed = True
         self.ledger.destroy_pipe(self.identity, self.pipe_id)
+
+
+def confirm_records(ledger: Ledger, identity: HostIdentity, records: Sequence[str]) -> int:
+    """Confirm consumption (``retention::confirm``) of ``records`` as their receiver
+    ``identity``; returns how many this call confirmed. Records already confirmed or
+    deleted are skipped, so repeating a confirmation (a resumed carrier) never fails."""
+    n = 0
+    for record in records:
+        try:
+            ledger.confirm_consumed(identity, record)
+        except ObjectNotFound:
+            continue
+        except PaymentModelError as exc:
+            if exc.name != "EAlreadyConsumed":
+                raise
+            continue
+        n += 1
+    return n
+
+
+def confirm_retained(
+    ledger: Ledger, identity: HostIdentity, connection_id: str, *, page_size: int = 1000
+) -> int:
+    """Confirm every RetainedRecord on ``connection_id`` addressed to ``identity`` that
+    is not confirmed yet, found by their ``RecordRetained`` events: a receiver whose
+    carrier ended early (a crash) lets the senders reclaim. Returns how many."""
+    flt = EventFilter(type="RecordRetained", object_id=identity.sui_address)
+    records: list[str] = []
+    cursor: str | None = None
+    while True:
+        events, cursor = ledger.events(cursor, flt, page_size)
+        records += [
+            str(e["record"])
+            for e in events
+            if e["connection"] == connection_id and e["receiver"] == identity.sui_address
+        ]
+        if len(events) < page_size:
+            break
+    return confirm_records(ledger, identity, records)
+
+
+def _reclaim(
+    ledger: Ledger, identity: HostIdentity, records: Sequence[str], now_ms: int
+) -> tuple[int, list[str]]:
+    """Delete the deletable ``records`` of ``identity``: (MIST refunded, records kept)."""
+    refunded = 0
+    kept: list[str] = []
+    for record in records:
+        try:
+            info = ledger.get_retained_record(record)
+        except ObjectNotFound:
+            continue  # deleted already
+        if not info.consumed or now_ms < info.delete_after_ms:
+            kept.append(record)
+            continue
+        refunded += ledger.delete_retained(identity, record)
+    return refunded, kept
+
+
+def reclaim_retained(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    *,
+    now_ms: int | None = None,
+    page_size: int = 1000,
+) -> int:
+    """Delete every RetainedRecord ``identity`` sent on ``connection_id`` that is
+    consumed and past its retention time, finding them by their ``RecordRetained``
+    events (no carrier needed: after a close, a crash, or from another process).
+    Returns the MIST refunded; records not deletable yet stay."""
+    flt = EventFilter(type="RecordRetained", sender=identity.sui_address)
+    records: list[str] = []
+    cursor: str | None = None
+    while True:
+        events, cursor = ledger.events(cursor, flt, page_size)
+        records += [str(e["record"]) for e in events if e["connection"] == connection_id]
+        if len(events) < page_size:
+            break
+    now_ms = ledger.clock_ms() if now_ms is None else now_ms
+    return _reclaim(ledger, identity, records, now_ms)[0]
 
 
 class LedgerLink:
@@ -488,6 +700,8 @@ class LedgerLink:
             for record in carrier.receive(0.0, now=self.now):
                 self.delivered_records += 1
                 conn.receive_datagram(record, self.now)
+                moved = True
+            if carrier.confirm_retained():
                 moved = True
         return moved
 

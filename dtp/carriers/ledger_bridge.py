@@ -24,6 +24,13 @@ record first), the bridge posts what is left and destroys its pipe (``pipe::dest
 ``peer_close_grace`` for stragglers (events may come reordered) and then ends its side
 of the pair, which the adapter sees as the carrier ending.
 
+Retention (``LedgerCarrierOptions.retention_terms``, docs/ledger-carrier.md): the
+bridge confirms the peer's retained records in a second thread, started on the first
+one, so confirmations never hold up the records. At its end, if the peer retains, it
+reads on until the peer's pipe is gone (at most ``2 × peer_close_grace``) so that the
+peer's last records are confirmed too, waits for its confirmations, and deletes its
+own records that are already deletable.
+
 The connection must run with ``reliable_carrier=False``: :func:`ledger_config` gives
 that, with a handshake timeout that suits the ledger's latency and loss.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import select
 import socket
 import threading
@@ -40,7 +48,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier
+from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
@@ -109,6 +117,10 @@ class LedgerCarrierOptions:
     """Seconds to keep reading after the peer destroyed its pipe."""
     ledger_filter: Callable[[Ledger], Ledger] | None = None
     """Wraps the ledger each carrier uses (tests: fault injection at the ledger edge)."""
+    retention_terms: str | None = None
+    """A RetentionTerms ID of the connection's service: our data payloads become
+    RetainedRecords with a storage deposit (docs/escrow.md §16). The peer's retained
+    records are confirmed whatever this says."""
 
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
@@ -179,8 +191,11 @@ class LedgerBridge:
         self.records_posted = 0
         self.records_delivered = 0
         self.records_malformed = 0
+        self.records_confirmed = 0
         self.name = f"dtp-ledger-{name}"
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._confirms: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._confirmer: threading.Thread | None = None
 
     @property
     def peername(self) -> tuple[str, str]:
@@ -207,6 +222,62 @@ class LedgerBridge:
         """Wait for the thread to end."""
         self._thread.join(timeout)
 
+    def reclaim_storage(self) -> int:
+        """Delete our RetainedRecords that are consumed and past their retention time;
+        returns the MIST refunded (see :meth:`LedgerCarrier.reclaim_storage`). Callable
+        while the bridge runs and after it ended."""
+        return self.carrier.reclaim_storage()
+
+    # -- confirming the peer's retained records ---------------------------------------------
+
+    def _offer_confirmations(self) -> None:
+        records = self.carrier.take_confirmations()
+        if not records:
+            return
+        if self._confirmer is None:
+            self._confirmer = threading.Thread(
+                target=self._confirm_loop, name=f"{self.name}-confirm", daemon=True
+            )
+            self._confirmer.start()
+        self._confirms.put(records)
+
+    def _confirm_loop(self) -> None:
+        carrier = self.carrier
+        while (records := self._confirms.get()) is not None:
+            try:
+                self.records_confirmed += confirm_records(carrier.ledger, carrier.identity, records)
+            except Exception as exc:  # the data already went through: only log it
+                logger.warning("%s: confirming retained records failed: %s", self.name, exc)
+
+    def _linger_for_retained(self) -> None:
+        """After our side ended: if the peer retains its records, read its last ones
+        (posted while we closed) until its pipe is gone or ``2 × peer_close_grace``, so
+        that they are confirmed too and the peer gets their deposits back."""
+        carrier = self.carrier
+        if not carrier.peer_retains:
+            return
+        deadline = time.monotonic() + 2 * self.options.peer_close_grace
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            was_closed = carrier.peer_closed
+            carrier.receive(0.0)  # the records go nowhere: the connection is over
+            self._offer_confirmations()
+            if was_closed:
+                break
+            self._stop.wait(self.options.poll_max)
+        carrier.give_up_retained()
+        self._offer_confirmations()
+
+    def _finish_retention(self) -> None:
+        """At the end: the pending confirmations, then our already deletable deposits."""
+        if self._confirmer is not None:
+            self._confirms.put(None)
+            self._confirmer.join(30)
+        if self.carrier.retained:
+            try:
+                self.carrier.reclaim_storage()
+            except Exception as exc:  # a later reclaim_retained() can still do it
+                logger.warning("%s: reclaiming retained records failed: %s", self.name, exc)
+
     # -- the thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -221,7 +292,12 @@ class LedgerBridge:
             except Exception as exc:  # the ledger may be gone too: nothing more to do
                 logger.debug("ledger carrier %s: destroying the pipe failed: %s", self.name, exc)
             with contextlib.suppress(OSError):
-                self._sock.close()
+                self._sock.close()  # first: the adapter need not wait for what follows
+            try:
+                self._linger_for_retained()
+            except Exception as exc:  # the ledger may be gone: confirm what we have
+                logger.debug("%s: reading the last retained records failed: %s", self.name, exc)
+            self._finish_retention()
 
     def _loop(self) -> None:
         opts = self.options
@@ -266,6 +342,7 @@ class LedgerBridge:
                         self.records_malformed += 1
             else:
                 carrier.poll()
+            self._offer_confirmations()
             if out and not self._write_out(out):
                 write_failed = True
             if write_failed:
@@ -333,6 +410,7 @@ def _carrier(
         sync_interval=options.sync_interval,
         gap_timeout=options.gap_timeout,
         max_payload=options.max_payload,
+        retention_terms=options.retention_terms,
     )
     # the peer's pipe is created after the connection opened: no need to read older events
     carrier.cursor = cursor

@@ -1,0 +1,352 @@
+"""Data retention on the ledger carrier (docs/ledger-carrier.md "Retention", docs/escrow.md
+§16): data payloads sent as RetainedRecords, confirmed by the receiver once consumed, and
+deleted by the sender after the retention time for its storage deposit; sans-I/O over
+LedgerLink and through the socket bridge, on LocalLedger files."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.carriers.ledger import (
+    KIND_SYNC,
+    LedgerCarrier,
+    LedgerLink,
+    confirm_records,
+    confirm_retained,
+    reclaim_retained,
+)
+from dtp.carriers.ledger_bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter, Sla
+from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
+from tests.ledger_faults import impair
+from tests.test_carrier_ledger import ImpairedLedger, _exchange, _frozen, _stepper
+from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.test_ledger_carrier_sockets import (
+    CLIENT,
+    DEPOSIT,
+    PORT,
+    SERVER,
+    Host,
+    bridge_threads,
+    echo_exchange,
+    server_in_thread,
+    wait_until,
+)
+
+SLA = Sla(10, 5, 1000)
+RETENTION_MS = 60_000
+PRICE = 2  # MIST per stored byte
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    a = ledger.audit()
+    return bool(a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"])
+
+
+def retained_events(ledger: LocalLedger, connection: str) -> list[dict[str, Any]]:
+    events, _ = ledger.events(filter=EventFilter(type="RecordRetained"), limit=1_000_000)
+    return [dict(e.fields) for e in events if e["connection"] == connection]
+
+
+def deposits_of(ledger: LocalLedger, connection: str, sender: str) -> int:
+    return sum(e["deposit"] for e in retained_events(ledger, connection) if e["sender"] == sender)
+
+
+def all_consumed(ledger: LocalLedger, connection: str) -> bool:
+    return all(
+        ledger.get_retained_record(e["record"]).consumed
+        for e in retained_events(ledger, connection)
+    )
+
+
+class CountingLedger:
+    """Passes everything through, counting ``confirm_consumed`` calls per record."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+        self.confirms: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def confirm_consumed(self, signer: Any, record_id: str) -> None:
+        self.confirms[record_id] += 1
+        self._ledger.confirm_consumed(signer, record_id)
+
+
+class World:
+    """A LocalLedger file with the server's host, service and retention terms, both sides
+    funded, and one opened connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.ledger = LocalLedger(path, clock_ms=1_000_000)
+        self.host = self.ledger.create_host(SERVER_ID, SERVER_ID.noise_public, [])
+        self.ledger.add_service(SERVER_ID, self.host, PORT, "raw", SLA)
+        for who in (CLIENT_ID, SERVER_ID):
+            self.ledger.faucet(who.sui_address, 2_000_000)
+        self.terms = self.ledger.create_retention_terms(
+            SERVER_ID, self.host, PORT, RETENTION_MS, PRICE
+        )
+        cap = self.ledger.create_spending_cap(CLIENT_ID, 1_000_000)
+        self.conn_id = self.ledger.open_connection(
+            CLIENT_ID, self.host, PORT, cap, 1000
+        ).connection_id
+
+    def link(
+        self, ledger: Any = None, **kw: Any
+    ) -> tuple[Side, Side, LedgerLink, LedgerCarrier, LedgerCarrier]:
+        led = self.ledger if ledger is None else ledger
+        client, server = make_pair(
+            reliable_carrier=False, stream_window=256 * 1024, handshake_timeout=60.0
+        )
+        carriers = [
+            LedgerCarrier(led, me, self.conn_id, peer_address=peer.sui_address, clock=_frozen, **kw)
+            for me, peer in ((CLIENT_ID, SERVER_ID), (SERVER_ID, CLIENT_ID))
+        ]
+        c, s = Side(client), Side(server)
+        link = LedgerLink(client, server, *carriers)
+        assert link.run(lambda: client.established and server.established, on_round=_stepper(c, s))
+        return c, s, link, carriers[0], carriers[1]
+
+
+# -- sans-I/O ----------------------------------------------------------------------------------
+
+
+def test_retained_data_is_confirmed_and_reclaimed_after_retention(tmp_path: Path) -> None:
+    world = World(tmp_path / "ledger.db")
+    ledger = world.ledger
+    before = {who: ledger.balance(who.sui_address) for who in (CLIENT_ID, SERVER_ID)}
+    c, s, link, cc, sc = world.link(retention_terms=world.terms)
+    _exchange(c, s, link, (40_000, 3_000), seed=11)
+    assert link.run(lambda: all_consumed(ledger, world.conn_id), max_time=30)
+
+    events = retained_events(ledger, world.conn_id)
+    # data payloads only: SYNCs travel as plain pipe::send and cost no deposit
+    data, _ = ledger.events(filter=EventFilter(type="PipeDataSent"), limit=1_000_000)
+    assert len(events) == sum(1 for e in data if bytes(e["data"])[0] != KIND_SYNC)
+    assert {e["record"] for e in events} == set(cc.retained) | set(sc.retained)
+    assert cc.confirmed == len(sc.retained) and sc.confirmed == len(cc.retained)
+    client_deposits = deposits_of(ledger, world.conn_id, CLIENT_ID.sui_address)
+    server_deposits = deposits_of(ledger, world.conn_id, SERVER_ID.sui_address)
+    assert client_deposits > 40_000 * PRICE and server_deposits > 40_000 * PRICE
+    assert ledger.balance(CLIENT_ID.sui_address) == before[CLIENT_ID] - client_deposits
+    assert ledger.audit()["escrows"] >= client_deposits + server_deposits
+    assert conserved(ledger)
+
+    # before the retention time: nothing is deletable, and the ledger says why
+    with pytest.raises(PaymentModelError) as err:
+        ledger.delete_retained(CLIENT_ID, cc.retained[0])
+    assert err.value.name == "ERetentionNotElapsed"
+    assert cc.reclaim_storage() == 0 and len(cc.retained) == sc.confirmed
+
+    ledger.advance_clock(RETENTION_MS)
+    assert cc.reclaim_storage() == client_deposits
+    assert cc.retained == [] and cc.reclaimed == client_deposits
+    assert ledger.balance(CLIENT_ID.sui_address) == before[CLIENT_ID]
+    assert cc.reclaim_storage() == 0  # nothing twice
+    # the server reclaims by events alone (no carrier state), once
+    assert reclaim_retained(ledger, SERVER_ID, world.conn_id) == server_deposits
+    assert reclaim_retained(ledger, SERVER_ID, world.conn_id) == 0
+    assert ledger.balance(SERVER_ID.sui_address) == before[SERVER_ID]
+    assert conserved(ledger)
+
+
+def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None:
+    """A record nobody confirmed is kept however late it is; only the receiver confirms;
+    confirming twice is skipped, not an error."""
+    world = World(tmp_path / "ledger.db")
+    ledger = world.ledger
+    cc = LedgerCarrier(
+        ledger,
+        CLIENT_ID,
+        world.conn_id,
+        peer_address=SERVER_ID.sui_address,
+        retention_terms=world.terms,
+        clock=_frozen,
+    )
+    cc.send([bytes(100)])
+    (record,) = cc.retained
+    assert ledger.get_retained_record(record).deposit == 101 * PRICE  # kind byte included
+    ledger.advance_clock(2 * RETENTION_MS)
+    assert cc.reclaim_storage() == 0 and cc.retained == [record]
+    with pytest.raises(NotAuthorized) as denied:
+        confirm_records(ledger, CLIENT_ID, [record])  # the sender is not the receiver
+    assert denied.value.name == "ENotReceiver"
+    assert confirm_retained(ledger, CLIENT_ID, world.conn_id) == 0  # not addressed to it
+    assert confirm_retained(ledger, SERVER_ID, world.conn_id) == 1
+    assert confirm_records(ledger, SERVER_ID, [record, record]) == 0  # already: skipped
+    # a carrier resumed from a snapshot still knows its records
+    resumed = LedgerCarrier(
+        ledger, CLIENT_ID, world.conn_id, peer_address=SERVER_ID.sui_address, state=cc.state()
+    )
+    assert resumed.pipe_id == cc.pipe_id and resumed.retained == [record]
+    assert resumed.reclaim_storage() == 101 * PRICE
+    assert resumed.retained == [] and cc.reclaim_storage() == 0
+    assert confirm_records(ledger, SERVER_ID, [record]) == 0  # deleted: skipped
+    assert conserved(ledger)
+
+
+def test_terms_of_another_service_are_refused(tmp_path: Path) -> None:
+    world = World(tmp_path / "ledger.db")
+    world.ledger.add_service(SERVER_ID, world.host, PORT + 1, "raw", SLA)
+    other = world.ledger.create_retention_terms(SERVER_ID, world.host, PORT + 1, 1, 1)
+    cc = LedgerCarrier(
+        world.ledger,
+        CLIENT_ID,
+        world.conn_id,
+        peer_address=SERVER_ID.sui_address,
+        retention_terms=other,
+    )
+    with pytest.raises(WrongObject):
+        cc.send([b"x" * 20])
+    assert cc.retained == []
+    assert conserved(world.ledger)
+
+
+def test_loss_and_duplicates_confirm_each_record_once(tmp_path: Path) -> None:
+    """Lost data events are given up (the connection retransmits; the record is still
+    confirmed), duplicated ones are confirmed once: every deposit comes back."""
+    world = World(tmp_path / "ledger.db")
+    ledger = world.ledger
+    impaired = ImpairedLedger(ledger, seed=4, loss=0.1, duplicate=0.2, reorder=0.3)
+    counting = CountingLedger(impaired)
+    c, s, link, cc, sc = world.link(counting, retention_terms=world.terms, gap_timeout=0.5)
+    _exchange(c, s, link, (300_000, 2_000), seed=4)
+    assert link.run(lambda: all_consumed(ledger, world.conn_id), max_time=60)
+    assert impaired.dropped > 0 and cc.duplicates + sc.duplicates > 0
+    assert cc.gaps_given_up + sc.gaps_given_up > 0
+    assert set(counting.confirms.values()) == {1}
+    assert set(counting.confirms) == set(cc.retained) | set(sc.retained)
+    cc.close()
+    sc.close()
+    ledger.advance_clock(RETENTION_MS)
+    client_deposits = deposits_of(ledger, world.conn_id, CLIENT_ID.sui_address)
+    assert cc.reclaim_storage() == client_deposits
+    assert reclaim_retained(ledger, SERVER_ID, world.conn_id) == deposits_of(
+        ledger, world.conn_id, SERVER_ID.sui_address
+    )
+    assert ledger.audit()["escrows"] == 1000  # only the connection's escrow is left
+    assert conserved(ledger)
+
+
+# -- through the socket bridge ---------------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    """A host with no published endpoint and an echo service on a LocalLedger file
+    (wall clock); client and host authority funded."""
+    path = tmp_path / "ledger.db"
+    ledger = LocalLedger(path)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.faucet(CLIENT.sui_address, 1_000_000)
+    try:
+        yield Host(path, ledger, host_id)
+    finally:
+        ledger.close()
+
+
+def _retention_host(host: Host) -> LedgerCarrierOptions:
+    host.ledger.faucet(SERVER.sui_address, 2_000_000)
+    terms = host.ledger.create_retention_terms(SERVER, host.host_id, PORT, RETENTION_MS, PRICE)
+    return LedgerCarrierOptions(retention_terms=terms)
+
+
+def _retained_echo(host: Host, payload: bytes, options: LedgerCarrierOptions) -> str:
+    with server_in_thread(host, ledger_options=options):
+        sock = dtp.socket.create_connection(
+            host.address,
+            timeout=LEDGER_HANDSHAKE_TIMEOUT,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            ledger_options=options,
+        )
+        assert echo_exchange(sock, payload) == payload
+        sock.close()
+        assert wait_until(lambda: not bridge_threads(), 30)
+    return sock.connection_id
+
+
+def _check_reclaim(ledger: LocalLedger, cid: str, before: dict[Any, int]) -> None:
+    """Everything confirmed; nothing deletable before the retention time; afterwards
+    each side reclaims exactly its deposits and the balances are whole again."""
+    events = retained_events(ledger, cid)
+    assert {e["sender"] for e in events} == {CLIENT.sui_address, SERVER.sui_address}
+    assert all_consumed(ledger, cid)
+    deposits = {who: deposits_of(ledger, cid, who.sui_address) for who in (CLIENT, SERVER)}
+    mine = next(e["record"] for e in events if e["sender"] == CLIENT.sui_address)
+    with pytest.raises(PaymentModelError) as err:
+        ledger.delete_retained(CLIENT, mine)
+    assert err.value.name == "ERetentionNotElapsed"
+    assert reclaim_retained(ledger, CLIENT, cid) == 0
+    assert conserved(ledger)
+    ledger.advance_clock(RETENTION_MS)
+    for who in (CLIENT, SERVER):
+        assert reclaim_retained(ledger, who, cid) == deposits[who] > 0
+        assert reclaim_retained(ledger, who, cid) == 0
+    assert ledger.balance(CLIENT.sui_address) == before[CLIENT] - DEPOSIT
+    assert ledger.balance(SERVER.sui_address) == before[SERVER]
+    assert conserved(ledger)
+
+
+def test_echo_with_retention_through_the_bridge(host: Host) -> None:
+    options = _retention_host(host)
+    ledger = host.ledger
+    before = {who: ledger.balance(who.sui_address) for who in (CLIENT, SERVER)}
+    cid = _retained_echo(host, random.Random(5).randbytes(200_000), options)
+    _check_reclaim(ledger, cid, before)
+
+
+def test_retention_with_loss_and_duplicates_through_the_bridge(host: Host) -> None:
+    """Both carriers read through a faulty ledger edge: the bytes come back, every
+    record is confirmed exactly once, and every deposit comes back."""
+    options = _retention_host(host)
+    wrap, wrappers = impair(seed=21, loss=0.1, duplicate=0.15, reorder=0.3)
+    counters: list[CountingLedger] = []
+
+    def counted(ledger: Any) -> Any:
+        counters.append(CountingLedger(wrap(ledger)))
+        return counters[-1]
+
+    options = replace(options, ledger_filter=counted, gap_timeout=0.3)
+    ledger = host.ledger
+    before = {who: ledger.balance(who.sui_address) for who in (CLIENT, SERVER)}
+    cid = _retained_echo(host, random.Random(6).randbytes(300_000), options)
+    assert sum(w.dropped for w in wrappers) > 0 and sum(w.duplicated for w in wrappers) > 0
+    confirms = sum((c.confirms for c in counters), Counter[str]())
+    assert set(confirms.values()) == {1}
+    assert set(confirms) == {e["record"] for e in retained_events(ledger, cid)}
+    _check_reclaim(ledger, cid, before)
+
+
+def test_a_closing_bridge_reclaims_what_is_already_deletable(host: Host) -> None:
+    """With no retention time, records consumed when a bridge ends are deleted by it;
+    the rest (confirmed after its end) by reclaim_retained later."""
+    host.ledger.faucet(SERVER.sui_address, 2_000_000)
+    terms = host.ledger.create_retention_terms(SERVER, host.host_id, PORT, 0, PRICE)
+    options = LedgerCarrierOptions(retention_terms=terms)
+    ledger = host.ledger
+    before = {who: ledger.balance(who.sui_address) for who in (CLIENT, SERVER)}
+    cid = _retained_echo(host, random.Random(7).randbytes(100_000), options)
+    records = {e["record"] for e in retained_events(ledger, cid)}
+    deleted, _ = ledger.events(filter=EventFilter(type="RecordDeleted"), limit=100_000)
+    auto = {e["record"] for e in deleted} & records
+    assert auto and sum(e["refunded"] for e in deleted if e["record"] in auto) > 0
+    rest = sum(reclaim_retained(ledger, who, cid) for who in (CLIENT, SERVER))
+    assert rest == sum(
+        e["deposit"] for e in retained_events(ledger, cid) if e["record"] not in auto
+    )
+    assert ledger.balance(CLIENT.sui_address) == before[CLIENT] - DEPOSIT
+    assert ledger.balance(SERVER.sui_address) == before[SERVER]
+    assert conserved(ledger)
