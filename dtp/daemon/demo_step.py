@@ -170,7 +170,7 @@ def run_daemon_step(
                 f'[daemon]\nledger = "ledger.sqlite"\nidentity = "client.key"\n'
                 f'state_dir = "client-state"\nfaucet = {SUI}\nlog_level = "warning"\n\n'
                 f'[[forward]]\nname = "echo"\nlisten = "127.0.0.1:0"\ntarget = "{service}"\n'
-                "deposit = 50000000\n"
+                "deposit = 50000000\nreceipt_every = 2097152\n"
             )
             forward_proc, fready = _start(tmp / "client.toml")
             procs.append(forward_proc)
