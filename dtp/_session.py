@@ -51,6 +51,31 @@ class StreamBuffer:
     send_stopped: int | None = None  # the peer sent STOP_SENDING with this code
 
 
+class StreamSink:
+    """A consumer that takes a stream's bytes as they arrive, instead of a buffer the
+    application reads (e.g. a tunnel writing straight to a TCP transport).
+
+    ``on_data(chunk)`` gets each chunk; ``on_end(error)`` is called once, with None at
+    the end of the stream or the error that ended it (reset, connection failure).
+    Flow-control credit is returned as bytes are delivered, except while
+    :attr:`paused`: then it is held, so the sender stops once its window is used, and
+    returned by :meth:`Session.resume_sink`.
+    """
+
+    __slots__ = ("ended", "held", "on_data", "on_end", "paused")
+
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        on_end: Callable[[BaseException | None], None],
+    ) -> None:
+        self.on_data = on_data
+        self.on_end = on_end
+        self.paused = False
+        self.held = 0
+        self.ended = False
+
+
 class Session:
     """A connection and the application-side state around it."""
 
@@ -71,11 +96,16 @@ class Session:
         self.error: DTPError | None = None
         self.on_authenticated: Callable[[str], None] | None = None
         self.on_receipt: Callable[[bytes], None] | None = None
+        self.sinks: dict[int, StreamSink] = {}
         self._data_arrived = False
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
 
     def _on_stream_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        sink = self.sinks.get(stream_id)
+        if sink is not None:
+            self._to_sink(stream_id, sink, data, end)
+            return
         buf = self.streams.get(stream_id)
         if buf is None:
             buf = self.streams[stream_id] = StreamBuffer()
@@ -83,6 +113,61 @@ class Session:
         if end:
             buf.eof = True
         self._data_arrived = True
+
+    def _to_sink(
+        self, stream_id: int, sink: StreamSink, data: bytes | memoryview, end: bool
+    ) -> None:
+        if sink.ended:
+            return
+        n = len(data)
+        if n:
+            sink.on_data(bytes(data))  # a copy: the view's buffer is reused
+            if sink.paused:
+                sink.held += n
+            else:
+                self.conn.acknowledge_read(stream_id, n)
+        if end:
+            self._end_sink(stream_id, sink, None)
+        self._data_arrived = True
+
+    def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
+        if not sink.ended:
+            sink.ended = True
+            del self.sinks[stream_id]
+            sink.on_end(error)
+
+    def attach_sink(self, stream_id: int, sink: StreamSink) -> None:
+        """Deliver ``stream_id``'s bytes to ``sink`` from now on, starting with what is
+        buffered already; ends it at once if the stream already ended."""
+        self.sinks[stream_id] = sink
+        buf = self.streams.get(stream_id)
+        if buf is not None:
+            if buf.data:
+                data = bytes(buf.data)
+                buf.data.clear()
+                sink.on_data(data)
+                if sink.paused:
+                    sink.held += len(data)
+                else:
+                    self.conn.acknowledge_read(stream_id, len(data))
+            if buf.reset_code is not None:
+                self._end_sink(stream_id, sink, StreamReset(stream_id, buf.reset_code))
+                return
+            if buf.eof:
+                self._end_sink(stream_id, sink, None)
+                return
+        if self.terminated is not None:
+            self._end_sink(
+                stream_id, sink, self.error or ConnectionClosed("the connection is closed")
+            )
+
+    def resume_sink(self, stream_id: int) -> None:
+        """Un-pause a sink and return the credit it held."""
+        sink = self.sinks.get(stream_id)
+        if sink is not None and sink.paused:
+            sink.paused = False
+            held, sink.held = sink.held, 0
+            self.conn.acknowledge_read(stream_id, held)
 
     # -- events ------------------------------------------------------------------------
 
@@ -97,6 +182,10 @@ class Session:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, StreamDataReceived):
+            sink = self.sinks.get(event.stream_id)
+            if sink is not None:
+                self._to_sink(event.stream_id, sink, event.data, event.end_stream)
+                return
             buf = self.streams.setdefault(event.stream_id, StreamBuffer())
             buf.data += event.data
             if event.end_stream:
@@ -107,6 +196,11 @@ class Session:
         elif isinstance(event, StreamResetReceived):
             buf = self.streams.setdefault(event.stream_id, StreamBuffer())
             buf.reset_code = event.error_code
+            sink = self.sinks.get(event.stream_id)
+            if sink is not None:
+                self._end_sink(
+                    event.stream_id, sink, StreamReset(event.stream_id, event.error_code)
+                )
         elif isinstance(event, StopSendingReceived):
             buf = self.streams.setdefault(event.stream_id, StreamBuffer())
             buf.send_stopped = event.error_code
@@ -130,6 +224,8 @@ class Session:
         elif isinstance(event, ConnectionTerminated):
             self.terminated = event
             self.error = error_for_termination(event)
+            for stream_id, sink in list(self.sinks.items()):
+                self._end_sink(stream_id, sink, self.error)
         elif isinstance(event, (HandshakeCompleted, SendWindowOpened)):
             pass  # waiters re-check their condition on any change
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import Session
+from dtp._session import Session, StreamSink
 from dtp.address import HostAddress
 from dtp.admission import (
     CarrierChoice,
@@ -204,6 +204,35 @@ class DTPStreamReader:
     @property
     def stream_id(self) -> int:
         return self._stream_id
+
+    # -- push delivery ----------------------------------------------------------------------
+
+    def set_sink(
+        self,
+        on_data: Callable[[bytes], None],
+        on_end: Callable[[BaseException | None], None],
+    ) -> StreamSink:
+        """Have this stream's bytes pushed to ``on_data`` as they arrive (what is
+        buffered first), instead of read; ``on_end(error)`` follows once (None at the
+        end of the stream). For relays: no task wake-up and no buffer per chunk. Pause
+        with :meth:`pause_sink` when the consumer is backed up (the peer then stops at
+        its flow-control window) and resume with :meth:`resume_sink`. Do not read the
+        stream afterwards."""
+        sink = StreamSink(on_data, on_end)
+        self._session.attach_sink(self._stream_id, sink)
+        self._proto.flush()  # credit for what was buffered
+        return sink
+
+    def pause_sink(self) -> None:
+        """Hold flow-control credit for pushed bytes (see :meth:`set_sink`)."""
+        sink = self._session.sinks.get(self._stream_id)
+        if sink is not None:
+            sink.paused = True
+
+    def resume_sink(self) -> None:
+        """Return the held credit and go on."""
+        self._session.resume_sink(self._stream_id)
+        self._proto.flush()
 
     def _take(self, n: int) -> bytes:
         data = self._session.take(self._stream_id, n)

@@ -194,3 +194,55 @@ def test_a_cancelled_waiter_does_not_break_the_others() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_stream_sink_pushes_bytes_holds_credit_and_ends() -> None:
+    """set_sink: bytes already buffered come first, then each chunk as it arrives; a
+    paused sink holds flow-control credit (the sender stops at its window) until
+    resumed; the end of the stream (or its reset) ends the sink once."""
+    from dtp.connection import ConnectionConfig
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        window = 64 * 1024
+        got: list[bytes] = []
+        ended: list[BaseException | None] = []
+        attached = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await reader.readexactly(5)  # b"first"
+            await asyncio.sleep(0.1)  # let more arrive into the buffer
+            sink = reader.set_sink(got.append, ended.append)
+            sink.paused = True
+            attached.set()
+            await asyncio.sleep(0.3)
+            held = sink.held
+            assert held <= window + 16  # the sender waits at its window
+            reader.resume_sink()
+            await asyncio.sleep(0.5)
+            writer.write(str(sum(map(len, got))).encode())
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+        server_cfg = ConnectionConfig(identity=identity, is_client=False, stream_window=window)
+        server = await dtp.aio.start_server(
+            handle, "127.0.0.1", 0, identity=identity, config=server_cfg
+        )
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.write(b"first")
+            writer.write(b"b" * 1000)
+            payload = b"x" * (300 * 1024)
+            writer.write(payload)
+            writer.write_eof()
+            await asyncio.wait_for(writer.drain(), 10)
+            count = int(await asyncio.wait_for(reader.read(100), 10))
+            assert count == 1000 + len(payload)
+            assert b"".join(got) == b"b" * 1000 + payload
+            assert ended == [None]
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
+from dtp.aio import DTPStreamReader
 from dtp.errors import DTPError, TunnelError
 
 __all__ = [
@@ -98,6 +99,8 @@ class TcpLeg(asyncio.Protocol):
         self.lost: asyncio.Future[None] = self._loop.create_future()
         self.error: BaseException | None = None
         self._close_when_made = False
+        self._on_writable: Callable[[], None] | None = None
+        """Set while a pushing DTP stream is paused for our transport's buffer."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -153,6 +156,9 @@ class TcpLeg(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        resume, self._on_writable = self._on_writable, None
+        if resume is not None:
+            resume()
 
     # -- tunnel ------------------------------------------------------------------------------
 
@@ -182,7 +188,14 @@ class TcpLeg(asyncio.Protocol):
         self._finish(self.read_done)
 
     async def copy_from(self, source: _Reader, count: Callable[[int], None]) -> None:
-        """Copy the DTP stream ``source`` to the TCP peer until EOF, then half-close."""
+        """Copy the DTP stream ``source`` to the TCP peer until EOF, then half-close.
+
+        A :class:`dtp.aio.DTPStreamReader` pushes its bytes straight into the TCP
+        transport (no task wake-up per chunk); while the transport is backed up, the
+        stream holds its flow-control credit, so the DTP peer waits."""
+        if isinstance(source, DTPStreamReader):
+            await self._push_from(source, count)
+            return
         while True:
             data = await source.read(CHUNK)
             if not data:
@@ -194,6 +207,37 @@ class TcpLeg(asyncio.Protocol):
             transport.write(data)
             if not self._writable.is_set():
                 await self._writable.wait()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    async def _push_from(self, source: DTPStreamReader, count: Callable[[int], None]) -> None:
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def on_data(data: bytes) -> None:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                if not done.done():
+                    done.set_exception(ConnectionResetError("the TCP side of the tunnel closed"))
+                return
+            count(len(data))
+            transport.write(data)
+            if not self._writable.is_set():
+                source.pause_sink()
+                self._on_writable = source.resume_sink
+
+        def on_end(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        source.set_sink(on_data, on_end)
+        try:
+            await done
+        finally:
+            self._on_writable = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write_eof()
 
