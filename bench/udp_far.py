@@ -1,6 +1,7 @@
 """The far side of the udp_tunnel_pps row, in its own process: a UDP echo backend and,
-in front of it, either a DTP server relaying datagrams (``dtp``) or a plain Python UDP
-relay (``plain``). Prints one JSON line: the port to reach (and the DTP key)."""
+in front of it, either a DTP server relaying datagrams (``dtp``: the blocking relay;
+``dtp-aio``: the asyncio relay the services daemon runs) or a plain Python UDP relay
+(``plain``). Prints one JSON line: the port to reach (and the DTP key)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,35 @@ def plain_relay(backend: tuple[str, int]) -> int:
     return int(front.getsockname()[1])
 
 
+def serve_aio(backend: tuple[str, int]) -> None:
+    """The services daemon's UDP path: dtp.aio server + relay_udp_async."""
+    import asyncio
+
+    import dtp.aio
+    from dtp.udp_aio import relay_udp_async
+
+    identity = HostIdentity.generate()
+
+    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        await relay_udp_async(reader, writer, backend)
+
+    async def run() -> None:
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        info = {"port": server.address[1], "key": identity.noise_public.hex()}
+        print(json.dumps(info), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(run())
+
+
 def main() -> None:
     kind = sys.argv[1]
     backend = echo_backend()
     if kind == "plain":
         print(json.dumps({"port": plain_relay(backend), "key": ""}), flush=True)
+    elif kind == "dtp-aio":
+        serve_aio(backend)
+        return
     else:
         identity = HostIdentity.generate()
         server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)

@@ -108,12 +108,47 @@ def _drive(target: tuple[str, int], count: int) -> Callable[[], object]:
     return op
 
 
-def udp_tunnel_pps(count: int = 4096) -> Workload:
-    ours_far, peer_far = _Far("dtp"), _Far("plain")
-    connect = functools.partial(
-        dtp.socket.create_connection, ours_far.address, server_key=ours_far.key, timeout=10
-    )
-    forwarder = UdpForwarder(("127.0.0.1", 0), connect)
+class _AsyncForwarder:
+    """The services daemon's forwarder path (dtp.udp_aio) on an event loop thread."""
+
+    def __init__(self, far: _Far) -> None:
+        import asyncio
+
+        import dtp.aio
+        from dtp.udp_aio import AsyncUdpForwarder
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(*far.address, server_key=far.key, timeout=10)
+
+        async def start() -> AsyncUdpForwarder:
+            return await AsyncUdpForwarder.start(("127.0.0.1", 0), connect)
+
+        self.forwarder = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.address = self.forwarder.address
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.forwarder.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def udp_tunnel_pps(count: int = 4096, path: str = "daemon") -> Workload:
+    """``path="daemon"``: the services daemon's asyncio forwarder and relay
+    (dtp.udp_aio); ``"blocking"``: the dtp.udp threads."""
+    ours_far = _Far("dtp-aio" if path == "daemon" else "dtp")
+    peer_far = _Far("plain")
+    forwarder: _AsyncForwarder | UdpForwarder
+    if path == "daemon":
+        forwarder = _AsyncForwarder(ours_far)
+    else:
+        connect = functools.partial(
+            dtp.socket.create_connection, ours_far.address, server_key=ours_far.key, timeout=10
+        )
+        forwarder = UdpForwarder(("127.0.0.1", 0), connect)
     near = _NearRelay(peer_far.address)
 
     def close() -> None:
@@ -129,6 +164,7 @@ def udp_tunnel_pps(count: int = 4096) -> Workload:
         _drive(forwarder.address, count),
         _drive(near.address, count),
         bar=0.5,
-        note="512 B datagrams, windows of 32 echoed: forwarder→DTP→relay→UDP vs a UDP relay pair",
+        note=f"512 B datagrams, windows of 32 echoed: forwarder→DTP→relay→UDP ({path}) "
+        "vs a UDP relay pair",
         close=close,
     )

@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ class _Protocol(asyncio.Protocol):
         self.conn = session.conn
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self._changed: asyncio.Future[None] = loop.create_future()
+        self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
@@ -173,16 +173,23 @@ class _Protocol(asyncio.Protocol):
         self._after_io()
 
     def _notify(self) -> None:
-        if not self._changed.done():
-            self._changed.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_change(self) -> None:
         """Wait until anything happens on the connection."""
-        if self._changed.done():
-            self._changed = self.loop.create_future()
-        # shielded: the future is shared by every waiter, and a waiter cancelled (e.g.
-        # by asyncio.wait_for) must not cancel it under the others
-        await asyncio.shield(self._changed)
+        # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
+        # only its own, never the others' wake-up
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     async def wait_for(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -516,6 +523,16 @@ class DTPStreamWriter:
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
         self._conn.send_datagram(bytes(data))
+        self._proto.flush()
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        """:meth:`send_datagram` for many at once (sealed and written together)."""
+        session = self._session
+        if session.terminated is not None:
+            raise session.error or ConnectionClosed("the connection is closed")
+        conn = self._conn
+        for data in datagrams:
+            conn.send_datagram(bytes(data))
         self._proto.flush()
 
     async def recv_datagram(self) -> bytes:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.errors import DTPError, InsufficientFunds
+from dtp.errors import ConnectionClosed, DTPError, InsufficientFunds
 from dtp.escrow import Meter
 from dtp.udp import (
     _LEN,
     _MAX_CONTROL,
     _USAGE,
+    MAX_UDP_PAYLOAD,
     UdpBilling,
     UdpStats,
     _control,
@@ -48,24 +50,37 @@ async def _read_control(reader: DTPStreamReader) -> bytes | None:
 
 
 async def _next_datagrams(writer: DTPStreamWriter, wait: float) -> list[bytes]:
-    """Every queued datagram (waiting up to ``wait`` seconds for the first)."""
-    first = await asyncio.wait_for(writer.recv_datagram(), wait)
-    out = [first]
-    queue = writer._session.datagrams
+    """Every queued datagram, waiting up to ``wait`` seconds for the first (then
+    TimeoutError). No task per wait (``asyncio.wait_for`` makes one): a timer wakes
+    the connection's waiters instead."""
+    session, proto = writer._session, writer._proto
+    queue = session.datagrams
+    if not queue:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        timer = loop.call_at(deadline, proto._notify)
+        try:
+            while not queue and session.terminated is None:
+                if loop.time() >= deadline:
+                    raise TimeoutError("no datagram")
+                await proto.wait_change()
+        finally:
+            timer.cancel()
+        if not queue:
+            raise session.error or ConnectionClosed("the connection is closed")
+    out = [queue.popleft()]
     while queue and len(out) < _BATCH:
         out.append(queue.popleft())
     return out
 
 
-class _BackendProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_reply: Callable[[bytes], None]) -> None:
-        self.on_reply = on_reply
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.on_reply(data)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("UDP backend error: %s", exc)
+def _drain(sock: socket.socket, limit: int = _BATCH) -> list[bytes]:
+    """Every datagram waiting on a non-blocking socket (at most ``limit``)."""
+    out: list[bytes] = []
+    with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionRefusedError):
+        while len(out) < limit:
+            out.append(sock.recv(MAX_UDP_PAYLOAD))
+    return out
 
 
 async def relay_udp_async(
@@ -85,22 +100,30 @@ async def relay_udp_async(
     last = [loop.time()]
     limit = writer._conn.config.max_datagram_size
 
-    def on_reply(data: bytes) -> None:
-        if len(data) > limit:
-            stats.add(dropped_oversized=1)
+    family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    udp.setblocking(False)
+    udp.connect(backend)
+
+    def on_replies() -> None:
+        # every reply waiting, sealed and written to DTP together
+        batch = _drain(udp)
+        fits = [d for d in batch if len(d) <= limit]
+        if len(fits) < len(batch):
+            stats.add(dropped_oversized=len(batch) - len(fits))
+        if not fits:
             return
         try:
-            writer.send_datagram(data)
+            writer.send_datagrams(fits)
         except DTPError:
             return
         last[0] = loop.time()
+        nbytes = sum(map(len, fits))
         if billing is not None:
-            billing.replied(len(data))
-        stats.add(datagrams_out=1, bytes_out=len(data))
+            billing.replied(nbytes)
+        stats.add(datagrams_out=len(fits), bytes_out=nbytes)
 
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _BackendProtocol(on_reply), remote_addr=backend
-    )
+    loop.add_reader(udp.fileno(), on_replies)
 
     def report(force: bool = False) -> None:
         if billing is None:
@@ -137,13 +160,16 @@ async def relay_udp_async(
                 if billing is not None and not billing.admit(len(data)):
                     unpaid += 1
                     continue
-                transport.sendto(data)
-                sent += 1
-                nbytes += len(data)
+                # a full socket buffer or an ICMP error drops the datagram, as UDP does
+                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                    udp.send(data)
+                    sent += 1
+                    nbytes += len(data)
             stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
             report()
     finally:
-        transport.close()
+        loop.remove_reader(udp.fileno())
+        udp.close()
         if control_task is not None:
             # the stream may still hold the final receipt: read it to the end first
             with contextlib.suppress(BaseException):
@@ -200,7 +226,7 @@ class _Flow:
             writer.write(_control(b"R", receipt.encode()))
 
 
-class AsyncUdpForwarder(asyncio.DatagramProtocol):
+class AsyncUdpForwarder:
     """A local UDP endpoint whose flows go through DTP (see
     :class:`dtp.udp.UdpForwarder`). Create with :meth:`start`.
 
@@ -227,7 +253,7 @@ class AsyncUdpForwarder(asyncio.DatagramProtocol):
         self.max_pending = max_pending
         self.stats = UdpStats()
         self._flows: dict[tuple[str, int], _Flow] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -241,9 +267,14 @@ class AsyncUdpForwarder(asyncio.DatagramProtocol):
         """Bind ``listen`` and start forwarding."""
         loop = asyncio.get_running_loop()
         forwarder = cls(connect, **kw)
-        transport, _ = await loop.create_datagram_endpoint(lambda: forwarder, local_addr=listen)
-        forwarder._transport = transport
-        forwarder.address = transport.get_extra_info("sockname")[:2]
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setblocking(False)
+        sock.bind(listen)
+        forwarder._sock = sock
+        forwarder.address = sock.getsockname()[:2]
+        loop.add_reader(sock.fileno(), forwarder._readable)
         forwarder._sweeper = loop.create_task(forwarder._sweep())
         return forwarder
 
@@ -254,46 +285,65 @@ class AsyncUdpForwarder(asyncio.DatagramProtocol):
 
     # -- datagrams from local clients ---------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        source = (addr[0], addr[1])
+    def _readable(self) -> None:
+        """Every datagram waiting, grouped by source: one seal and write per flow."""
+        assert self._sock is not None
+        flows: dict[tuple[str, int], list[bytes]] = {}
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            for _ in range(_BATCH):
+                data, addr = self._sock.recvfrom(MAX_UDP_PAYLOAD)
+                flows.setdefault((addr[0], addr[1]), []).append(data)
+        for source, batch in flows.items():
+            self._datagrams_from(source, batch)
+
+    def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
         flow = self._flows.get(source)
         if flow is None:
             if len(self._flows) >= self.max_sessions:
-                self.stats.add(dropped_no_session=1)
+                self.stats.add(dropped_no_session=len(batch))
                 return
             flow = _Flow(source)
             self._flows[source] = flow
-            flow.pending.append(data)
+            flow.pending.extend(batch[: self.max_pending])
             flow.tasks.append(asyncio.get_running_loop().create_task(self._open(flow)))
             return
         flow.last = time.monotonic()
         if flow.writer is None:
-            if len(flow.pending) < self.max_pending:
-                flow.pending.append(data)
-            else:
-                self.stats.add(dropped_no_session=1)
+            room = self.max_pending - len(flow.pending)
+            flow.pending.extend(batch[: max(0, room)])
+            if len(batch) > room:
+                self.stats.add(dropped_no_session=len(batch) - max(0, room))
             return
-        self._send(flow, [data])
+        self._send(flow, batch)
 
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
         limit = writer._conn.config.max_datagram_size
+        out: list[bytes] = []
+        oversized = unpaid = 0
         for data in batch:
             if len(data) > limit:
-                self.stats.add(dropped_oversized=1)
+                oversized += 1
             elif not flow.affordable(len(data)):
-                self.stats.add(dropped_unpaid=1)
+                unpaid += 1
             else:
-                try:
-                    writer.send_datagram(data)
-                except DTPError as exc:
-                    logger.info("UDP flow from %s ended: %s", flow.source, exc)
-                    asyncio.get_running_loop().create_task(self._end(flow))
-                    return
+                out.append(data)
                 flow.sent_datagrams += 1
                 flow.sent_bytes += len(data)
-                self.stats.add(datagrams_out=1, bytes_out=len(data))
+        if out:
+            try:
+                writer.send_datagrams(out)
+            except DTPError as exc:
+                logger.info("UDP flow from %s ended: %s", flow.source, exc)
+                asyncio.get_running_loop().create_task(self._end(flow))
+                return
+        self.stats.add(
+            datagrams_out=len(out),
+            bytes_out=sum(map(len, out)),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+        )
 
     async def _open(self, flow: _Flow) -> None:
         try:
@@ -326,10 +376,13 @@ class AsyncUdpForwarder(asyncio.DatagramProtocol):
             flow.last = time.monotonic()
             nbytes = sum(map(len, batch))
             flow.received_bytes += nbytes
-            if self._transport is not None:
+            delivered = 0
+            if self._sock is not None:
                 for data in batch:
-                    self._transport.sendto(data, flow.source)
-            self.stats.add(datagrams_in=len(batch), bytes_in=nbytes)
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        self._sock.sendto(data, flow.source)
+                        delivered += 1
+            self.stats.add(datagrams_in=delivered, bytes_in=nbytes)
         if not flow.closed:
             await self._end(flow)
 
@@ -382,7 +435,10 @@ class AsyncUdpForwarder(asyncio.DatagramProtocol):
             self._sweeper.cancel()
             with contextlib.suppress(BaseException):
                 await self._sweeper
-        if self._transport is not None:
-            self._transport.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
         for flow in list(self._flows.values()):
             await self._end(flow)
+        if sock is not None:
+            sock.close()
