@@ -97,6 +97,8 @@ class Session:
         self.on_authenticated: Callable[[str], None] | None = None
         self.on_receipt: Callable[[bytes], None] | None = None
         self.sinks: dict[int, StreamSink] = {}
+        #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
+        self.datagram_sink: Callable[[bytes], None] | None = None
         self._data_arrived = False
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
@@ -211,6 +213,9 @@ class Session:
             if self.on_authenticated is not None:
                 self.on_authenticated(event.address)
         elif isinstance(event, DatagramReceived):
+            if self.datagram_sink is not None:
+                self.datagram_sink(event.data)
+                return
             if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
                 self.datagrams_dropped += 1
             _bounded_append(self.datagrams, event.data)

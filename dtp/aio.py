@@ -535,6 +535,16 @@ class DTPStreamWriter:
             conn.send_datagram(bytes(data))
         self._proto.flush()
 
+    def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
+        """Have the connection's datagrams pushed to ``sink`` as they arrive (those
+        already queued first) instead of read with :meth:`recv_datagram`; None undoes
+        it. For relays: no task wake-up per datagram."""
+        session = self._session
+        session.datagram_sink = sink
+        if sink is not None:
+            while session.datagrams:
+                sink(session.datagrams.popleft())
+
     async def recv_datagram(self) -> bytes:
         """The connection's next datagram."""
         session = self._session

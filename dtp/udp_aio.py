@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.errors import ConnectionClosed, DTPError, InsufficientFunds
+from dtp.errors import DTPError, InsufficientFunds
 from dtp.escrow import Meter
 from dtp.udp import (
     _LEN,
@@ -47,31 +47,6 @@ async def _read_control(reader: DTPStreamReader) -> bytes | None:
         return await reader.readexactly(size)
     except (asyncio.IncompleteReadError, DTPError):
         return None
-
-
-async def _next_datagrams(writer: DTPStreamWriter, wait: float) -> list[bytes]:
-    """Every queued datagram, waiting up to ``wait`` seconds for the first (then
-    TimeoutError). No task per wait (``asyncio.wait_for`` makes one): a timer wakes
-    the connection's waiters instead."""
-    session, proto = writer._session, writer._proto
-    queue = session.datagrams
-    if not queue:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        timer = loop.call_at(deadline, proto._notify)
-        try:
-            while not queue and session.terminated is None:
-                if loop.time() >= deadline:
-                    raise TimeoutError("no datagram")
-                await proto.wait_change()
-        finally:
-            timer.cancel()
-        if not queue:
-            raise session.error or ConnectionClosed("the connection is closed")
-    out = [queue.popleft()]
-    while queue and len(out) < _BATCH:
-        out.append(queue.popleft())
-    return out
 
 
 def _drain(sock: socket.socket, limit: int = _BATCH) -> list[bytes]:
@@ -143,31 +118,32 @@ async def relay_udp_async(
                 logger.info("unknown UDP control frame %r: closing", body[:1])
                 return
 
+    def on_datagram(data: bytes) -> None:
+        # pushed by the connection as each datagram arrives: no task wake-up per datagram
+        last[0] = loop.time()
+        if billing is not None and not billing.admit(len(data)):
+            stats.add(dropped_unpaid=1)
+            return
+        # a full socket buffer or an ICMP error drops the datagram, as UDP does
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+            udp.send(data)
+            stats.add(datagrams_in=1, bytes_in=len(data))
+        report()
+
     control_task = loop.create_task(control()) if billing is not None else None
+    # short waits while billing, so a pause in traffic flushes the report promptly
     wait = 0.05 if billing is not None else min(1.0, idle_timeout)
+    session, proto = writer._session, writer._proto
+    writer.set_datagram_sink(on_datagram)
     try:
-        while loop.time() - last[0] < idle_timeout:
-            try:
-                batch = await _next_datagrams(writer, wait)
-            except TimeoutError:
+        ended = proto.closed_future
+        while session.terminated is None and loop.time() - last[0] < idle_timeout:
+            # wake for the connection's end or a pause in traffic, not per datagram
+            await asyncio.wait([ended], timeout=wait)
+            if billing is not None and loop.time() - last[0] >= wait:
                 report(force=True)
-                continue
-            except DTPError:
-                break
-            last[0] = loop.time()
-            sent = nbytes = unpaid = 0
-            for data in batch:
-                if billing is not None and not billing.admit(len(data)):
-                    unpaid += 1
-                    continue
-                # a full socket buffer or an ICMP error drops the datagram, as UDP does
-                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
-                    udp.send(data)
-                    sent += 1
-                    nbytes += len(data)
-            stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
-            report()
     finally:
+        writer.set_datagram_sink(None)
         loop.remove_reader(udp.fileno())
         udp.close()
         if control_task is not None:
@@ -364,25 +340,27 @@ class AsyncUdpForwarder:
         self._send(flow, pending)
 
     async def _replies(self, flow: _Flow) -> None:
+        """Replies are pushed by the connection straight to the flow's source; this
+        task only waits for the connection to end."""
         writer = flow.writer
         assert writer is not None
-        while not flow.closed:
-            try:
-                batch = await _next_datagrams(writer, 0.5)
-            except TimeoutError:
-                continue
-            except DTPError:
-                break
+        stats = self.stats
+
+        def on_reply(data: bytes) -> None:
             flow.last = time.monotonic()
-            nbytes = sum(map(len, batch))
-            flow.received_bytes += nbytes
-            delivered = 0
+            flow.received_bytes += len(data)
             if self._sock is not None:
-                for data in batch:
-                    with contextlib.suppress(BlockingIOError, InterruptedError):
-                        self._sock.sendto(data, flow.source)
-                        delivered += 1
-            self.stats.add(datagrams_in=delivered, bytes_in=nbytes)
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    self._sock.sendto(data, flow.source)
+                    stats.add(datagrams_in=1, bytes_in=len(data))
+                    return
+            stats.add(bytes_in=len(data))
+
+        writer.set_datagram_sink(on_reply)
+        try:
+            await writer._proto.closed_future
+        finally:
+            writer.set_datagram_sink(None)
         if not flow.closed:
             await self._end(flow)
 

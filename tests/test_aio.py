@@ -246,3 +246,43 @@ def test_stream_sink_pushes_bytes_holds_credit_and_ends() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_datagram_sink_gets_queued_then_live_datagrams() -> None:
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            assert await reader.readexactly(2) == b"go"  # two datagrams are queued by now
+
+            def sink(data: bytes) -> None:
+                got.append(data)
+                if len(got) == 4:
+                    done.set()
+
+            writer.set_datagram_sink(sink)
+            writer.write(b"ok")
+            await done.wait()
+            writer.set_datagram_sink(None)
+            writer.send_datagrams([b"back-1", b"back-2"])
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.send_datagrams([b"q1", b"q2"])
+            writer.write(b"go")
+            assert await reader.readexactly(2) == b"ok"
+            writer.send_datagram(b"l1")
+            writer.send_datagram(b"l2")
+            assert await asyncio.wait_for(writer.recv_datagram(), 5) == b"back-1"
+            assert await asyncio.wait_for(writer.recv_datagram(), 5) == b"back-2"
+            assert got == [b"q1", b"q2", b"l1", b"l2"]
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
