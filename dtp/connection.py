@@ -1176,19 +1176,22 @@ class Connection:
         items_per_record: list[list[_Item]],
         eliciting: list[bool],
     ) -> None:
-        encoded = [_core.encode_frames([f]) for f in frames]
-        current: list[bytes] = []
+        # Frames are grouped by an upper bound of their encoded size (the C encoder's own
+        # budget), so each record's frames are encoded in one call, not one per frame.
+        limit = self.config.max_record_plaintext
+        group: list[RawFrame] = []
         items: list[_Item] = []
-        size = 0
+        bound = 0
         any_eliciting = False
-        for frame, blob in zip(frames, encoded, strict=True):
-            if size + len(blob) > self.config.max_record_plaintext and current:
-                plaintexts.append(b"".join(current))
+        for frame in frames:
+            cost = _frame_bound(frame)
+            if group and bound + cost > limit:
+                plaintexts.append(_core.encode_frames(group))
                 items_per_record.append(items)
                 eliciting.append(any_eliciting)
-                current, items, size, any_eliciting = [], [], 0, False
-            current.append(blob)
-            size += len(blob)
+                group, items, bound, any_eliciting = [], [], 0, False
+            group.append(frame)
+            bound += cost
             if frame.type != FRAME_ACK:
                 any_eliciting = True
             if frame.type in _RETRANSMITTED_CONTROL:
@@ -1196,8 +1199,8 @@ class Connection:
             elif frame.type in (FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA, FRAME_MAX_STREAMS):
                 # credit is re-sent with its newest value, not the lost one
                 items.append(_ResendCredit(frame.type, frame.a))
-        if current:
-            plaintexts.append(b"".join(current))
+        if group:
+            plaintexts.append(_core.encode_frames(group))
             items_per_record.append(items)
             eliciting.append(any_eliciting)
 
@@ -1483,6 +1486,16 @@ class _ResendCredit(NamedTuple):
 
 
 _Item = _StreamChunk | _ResendFrame | _ResendCredit
+
+
+def _frame_bound(frame: RawFrame) -> int:
+    """An upper bound of a frame's encoded size (the C encoder's budget): type, three
+    varints and a length, plus the data; an ACK's ranges at 16 bytes each."""
+    if frame.type == FRAME_ACK:
+        return 27 + 16 * len(frame.ranges)
+    padding = frame.a if frame.type == FRAME_PADDING else 0
+    return 33 + len(frame.data) + padding
+
 
 _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}
 
