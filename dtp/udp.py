@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_UDP_PAYLOAD",
+    "FlowAccount",
     "UdpBilling",
     "UdpForwarder",
     "UdpStats",
@@ -365,23 +366,18 @@ def relay_udp(
 # -- the client side -----------------------------------------------------------------------
 
 
-class _Session:
-    """One source address's DTP connection, and what it owes."""
+class FlowAccount:
+    """What one forwarded flow sent and received through DTP, and what its client signed
+    for: the billing half shared by :class:`UdpForwarder` and
+    :class:`dtp.udp_aio.AsyncUdpForwarder` (the caller serializes access)."""
 
-    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
-        self.source = source
-        self.sock = sock
+    def __init__(self, meter: Meter | None = None) -> None:
         self.meter = meter
-        self.last = time.monotonic()
-        self.closed = False
-        self.lock = threading.Lock()  # counters, meter, control stream writes
-        #: What went through DTP: datagrams and bytes sent, bytes received.
         self.sent_datagrams = 0
         self.sent_bytes = 0
         self.received_bytes = 0
-        #: What the relay reported and we signed for.
+        #: The relay's totals we last signed for: (datagrams, bytes).
         self.billed = (0, 0)
-        self.final = threading.Event()
 
     def affordable(self, nbytes: int) -> bool:
         """Whether the deposit covers this datagram on top of everything sent so far
@@ -396,26 +392,38 @@ class _Session:
         )
         return total <= meter.deposit
 
-    def sign(self, datagrams: int, nbytes: int) -> None:
-        """Sign a receipt for the relay's reported totals, capped by what we sent and
-        received (lock held)."""
+    def sign(self, datagrams: int, nbytes: int) -> bytes | None:
+        """The control frame carrying a receipt for the relay's reported totals, capped
+        by what we sent and received; None when there is nothing new to sign."""
         meter = self.meter
         if meter is None:
-            return
+            return None
         datagrams = min(datagrams, self.sent_datagrams)
         nbytes = min(nbytes, self.sent_bytes + self.received_bytes)
         d0, b0 = self.billed
         if datagrams < d0 or nbytes < b0:
             logger.info("UDP relay reported less than before: ignored")
-            return
+            return None
         if (datagrams, nbytes) == self.billed:
-            return
+            return None
         now = _now_ms()
         receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
         receipt = receipt or meter.flush(now)
         self.billed = (datagrams, nbytes)
-        if receipt is not None:
-            self.sock.sendall(_control(b"R", receipt.encode()))
+        return None if receipt is None else _control(b"R", receipt.encode())
+
+
+class _Session(FlowAccount):
+    """One source address's DTP connection, and what it owes."""
+
+    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
+        super().__init__(meter)
+        self.source = source
+        self.sock = sock
+        self.last = time.monotonic()
+        self.closed = False
+        self.lock = threading.Lock()  # counters, meter, control stream writes
+        self.final = threading.Event()
 
     def read_control(self) -> None:
         """Usage reports in, receipts out, until the stream ends."""
@@ -428,7 +436,9 @@ class _Session:
                 datagrams, nbytes = _USAGE.unpack(body[1:])
                 try:
                     with self.lock:
-                        self.sign(datagrams, nbytes)
+                        frame = self.sign(datagrams, nbytes)
+                        if frame is not None:
+                            self.sock.sendall(frame)
                 except InsufficientFunds as exc:
                     logger.warning("UDP flow from %s: %s", self.source, exc)
                 if kind == b"Z":
@@ -621,9 +631,10 @@ class UdpForwarder:
 
 
 def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
-    """Every datagram waiting on a ready socket (at most ``limit``)."""
-    out = [udp.recv(MAX_UDP_PAYLOAD)]
-    with contextlib.suppress(BlockingIOError, InterruptedError):
+    """Every datagram waiting on a ready socket (at most ``limit``; none when the
+    readiness was an ICMP error, e.g. the backend's port is closed)."""
+    out: list[bytes] = []
+    with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionRefusedError):
         while len(out) < limit:
             out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
     return out

@@ -22,10 +22,11 @@ from dtp.udp import (
     _MAX_CONTROL,
     _USAGE,
     MAX_UDP_PAYLOAD,
+    FlowAccount,
     UdpBilling,
     UdpStats,
     _control,
-    _now_ms,
+    _drain,
 )
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
@@ -47,15 +48,6 @@ async def _read_control(reader: DTPStreamReader) -> bytes | None:
         return await reader.readexactly(size)
     except (asyncio.IncompleteReadError, DTPError):
         return None
-
-
-def _drain(sock: socket.socket, limit: int = _BATCH) -> list[bytes]:
-    """Every datagram waiting on a non-blocking socket (at most ``limit``)."""
-    out: list[bytes] = []
-    with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionRefusedError):
-        while len(out) < limit:
-            out.append(sock.recv(MAX_UDP_PAYLOAD))
-    return out
 
 
 async def relay_udp_async(
@@ -158,50 +150,19 @@ async def relay_udp_async(
     return stats
 
 
-class _Flow:
+class _Flow(FlowAccount):
     """One source address's DTP connection (asyncio)."""
 
     def __init__(self, source: tuple[str, int]) -> None:
+        super().__init__()
         self.source = source
         self.reader: DTPStreamReader | None = None
         self.writer: DTPStreamWriter | None = None
-        self.meter: Meter | None = None
         self.pending: list[bytes] = []  # datagrams that arrived while connecting
         self.last = time.monotonic()
-        self.sent_datagrams = 0
-        self.sent_bytes = 0
-        self.received_bytes = 0
-        self.billed = (0, 0)
         self.final = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.closed = False
-
-    def affordable(self, nbytes: int) -> bool:
-        from dtp.escrow import fee
-
-        meter = self.meter
-        if meter is None:
-            return True
-        total = fee(
-            meter.sla, self.sent_bytes + self.received_bytes + nbytes, self.sent_datagrams + 1
-        )
-        return total <= meter.deposit
-
-    def sign(self, datagrams: int, nbytes: int) -> None:
-        meter, writer = self.meter, self.writer
-        if meter is None or writer is None:
-            return
-        datagrams = min(datagrams, self.sent_datagrams)
-        nbytes = min(nbytes, self.sent_bytes + self.received_bytes)
-        d0, b0 = self.billed
-        if datagrams < d0 or nbytes < b0 or (datagrams, nbytes) == self.billed:
-            return
-        now = _now_ms()
-        receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
-        receipt = receipt or meter.flush(now)
-        self.billed = (datagrams, nbytes)
-        if receipt is not None:
-            writer.write(_control(b"R", receipt.encode()))
 
 
 class AsyncUdpForwarder:
@@ -376,7 +337,9 @@ class AsyncUdpForwarder:
                 logger.info("unexpected UDP control frame %r: closing", kind)
                 break
             try:
-                flow.sign(*_USAGE.unpack(body[1:]))
+                frame = flow.sign(*_USAGE.unpack(body[1:]))
+                if frame is not None and flow.writer is not None:
+                    flow.writer.write(frame)
             except InsufficientFunds as exc:
                 logger.warning("UDP flow from %s: %s", flow.source, exc)
             if kind == b"Z":
