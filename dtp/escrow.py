@@ -25,6 +25,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, MalformedReceipt, move_error
 
 if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
     "RECEIPT_ENCODED_SIZE",
     "RECEIPT_MESSAGE_SIZE",
     "U64_MAX",
+    "ConnectionTerms",
     "Meter",
     "Receipt",
+    "check_next_receipt",
     "check_receipt",
     "fee",
     "object_id_bytes",
@@ -230,6 +233,48 @@ def check_receipt(
             f"{receipt.total_amount} MIST, {claimed} already claimed",
         )
     return receipt.total_amount - claimed
+
+
+def check_next_receipt(
+    receipt: Receipt,
+    latest: Receipt | None,
+    *,
+    connection_id: str,
+    sla: Sla,
+    public_key: bytes,
+    deposited: int,
+) -> int:
+    """:func:`check_receipt` against the latest receipt accepted so far on the
+    connection (None before the first): its nonce must be exceeded and its amount may
+    not go down."""
+    return check_receipt(
+        receipt,
+        connection_id=connection_id,
+        sla=sla,
+        public_key=public_key,
+        deposited=deposited,
+        claimed=0 if latest is None else latest.total_amount,
+        latest_nonce=0 if latest is None else latest.nonce,
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionTerms:
+    """What a server needs to check one ledger connection's receipts, read from its
+    TransportControl and Escrow."""
+
+    connection_id: str
+    escrow_id: str
+    sla: Sla
+    client_public_key: bytes
+    deposited: int
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger, connection_id: str) -> ConnectionTerms:
+        """Read the terms of ``connection_id`` (blocking ledger reads)."""
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
+        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited)
 
 
 class Meter:

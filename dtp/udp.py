@@ -45,7 +45,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dtp.errors import DTPError, InsufficientFunds
-from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
+from dtp.escrow import (
+    RECEIPT_ENCODED_SIZE,
+    ConnectionTerms,
+    Meter,
+    Receipt,
+    check_next_receipt,
+    fee,
+)
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -143,9 +150,8 @@ class UdpBilling:
     @classmethod
     def from_ledger(cls, ledger: Ledger, connection_id: str, **kw: object) -> UdpBilling:
         """The check for a ledger connection (SLA, client key, deposit from the ledger)."""
-        tc = ledger.get_connection(connection_id)
-        escrow = ledger.get_escrow(tc.escrow)
-        return cls(connection_id, tc.sla, escrow.client_public_key, escrow.deposited, **kw)  # type: ignore[arg-type]
+        terms = ConnectionTerms.from_ledger(ledger, connection_id)
+        return cls(connection_id, terms.sla, terms.client_public_key, terms.deposited, **kw)  # type: ignore[arg-type]
 
     @property
     def owed(self) -> int:
@@ -157,15 +163,13 @@ class UdpBilling:
         try:
             receipt = Receipt.decode(encoded)
             with self._lock:
-                latest = self.latest
-                check_receipt(
+                check_next_receipt(
                     receipt,
+                    self.latest,
                     connection_id=self.connection_id,
                     sla=self.sla,
                     public_key=self.client_public_key,
                     deposited=self.deposited,
-                    claimed=0 if latest is None else latest.total_amount,
-                    latest_nonce=0 if latest is None else latest.nonce,
                 )
                 self.latest = receipt
         except DTPError as exc:

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING
 
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ChainError
-from dtp.escrow import RECEIPT_ENCODED_SIZE, Meter, Receipt, check_receipt, fee
+from dtp.escrow import (
+    RECEIPT_ENCODED_SIZE,
+    ConnectionTerms,
+    Meter,
+    Receipt,
+    check_receipt,
+    fee,
+)
 from dtp.receipt_store import ReceiptStore
 
 if TYPE_CHECKING:
@@ -82,17 +89,6 @@ class ClientFees:
 
 
 @dataclass(frozen=True)
-class ConnectionTerms:
-    """What the daemon needs to check one connection's receipts."""
-
-    connection_id: str
-    escrow_id: str
-    sla: Sla
-    client_public_key: bytes
-    deposited: int
-
-
-@dataclass(frozen=True)
 class Settled:
     """The outcome of closing one connection on the ledger."""
 
@@ -114,14 +110,7 @@ class ServerFees:
     async def terms(self, connection_id: str) -> ConnectionTerms:
         """Read a connection's fee terms from the ledger."""
 
-        def read() -> ConnectionTerms:
-            tc = self.ledger.get_connection(connection_id)
-            escrow = self.ledger.get_escrow(tc.escrow)
-            return ConnectionTerms(
-                tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited
-            )
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 
     def accept(self, terms: ConnectionTerms, data: bytes) -> Receipt:
         """Check and keep one encoded receipt; raises :class:`InvalidReceipt` (with the

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dtp.errors import DTPError, LocalProtocolError
-from dtp.escrow import Meter, Receipt, check_receipt
+from dtp.escrow import ConnectionTerms, Meter, Receipt, check_next_receipt
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
@@ -142,13 +142,12 @@ class RequestPayments:
     ) -> RequestPayments:
         """The check for a ledger connection, with its SLA, client key and deposit read
         from its TransportControl and Escrow (for servers reached by host ID)."""
-        tc = ledger.get_connection(connection_id)
-        escrow = ledger.get_escrow(tc.escrow)
+        terms = ConnectionTerms.from_ledger(ledger, connection_id)
         return cls(
             connection_id,
-            tc.sla,
-            escrow.client_public_key,
-            escrow.deposited,
+            terms.sla,
+            terms.client_public_key,
+            terms.deposited,
             credit_requests=credit_requests,
             on_receipt=on_receipt,
         )
@@ -168,15 +167,13 @@ class RequestPayments:
                     raise E.PaymentRequired("receipt must be bytes")
                 try:
                     receipt = Receipt.decode(raw)
-                    latest = self.latest
-                    check_receipt(
+                    check_next_receipt(
                         receipt,
+                        self.latest,
                         connection_id=self.connection_id,
                         sla=self.sla,
                         public_key=self.client_public_key,
                         deposited=self.deposited,
-                        claimed=0 if latest is None else latest.total_amount,
-                        latest_nonce=0 if latest is None else latest.nonce,
                     )
                 except DTPError as exc:
                     raise E.PaymentRequired(f"receipt refused: {exc}") from None
