@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from dtp.keys import HostIdentity
 
 __all__ = [
+    "HOOK_FAILED",
     "CarrierChoice",
     "LedgerAdmission",
     "NoCarrierEndpoint",
@@ -38,6 +39,7 @@ __all__ = [
     "ResolvedService",
     "abandon_host_connection",
     "prepare_host_connection",
+    "refusal_reason",
     "resolve_service",
     "tcp_endpoints",
 ]
@@ -204,6 +206,20 @@ class LedgerAdmission:
         if not host.firewall.permits(peer.address):
             return "the host's firewall denies this client"
         return None
+
+
+HOOK_FAILED = "internal error in the server's accept hook"
+"""The refusal a client gets when an accept or admit hook raised."""
+
+
+def refusal_reason(verdict: object) -> str | None:
+    """What an accept/admit hook's verdict means: None (or True) accepts; False refuses
+    with a generic reason; anything else refuses with itself as the reason."""
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return "refused by the server"
+    return str(verdict)
 
 
 def peer_info(

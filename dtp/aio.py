@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 from dtp._session import Session, StreamSink
 from dtp.address import HostAddress
 from dtp.admission import (
+    HOOK_FAILED,
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
+    refusal_reason,
 )
 from dtp.carriers.ledger_bridge import (
     LedgerBridge,
@@ -898,12 +900,10 @@ class DTPServer:
                     verdict = await verdict
             except Exception:
                 logger.exception("accept hook failed for %s", peer.address)
-                return "internal error in the server's accept hook"
-            if verdict is None or verdict is True:
-                continue
-            if verdict is False:
-                return "refused by the server"
-            return str(verdict)
+                return HOOK_FAILED
+            reason = refusal_reason(verdict)
+            if reason is not None:
+                return reason
         return None
 
     async def _start(self, host: str, port: int, backlog: int) -> None:

@@ -38,12 +38,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from dtp._session import Session
 from dtp.address import HostAddress
 from dtp.admission import (
+    HOOK_FAILED,
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
+    refusal_reason,
 )
 from dtp.carriers.ledger_bridge import (
     LedgerBridge,
@@ -1253,12 +1255,10 @@ class DTPServer:
                 verdict = hook(arg)
             except Exception:
                 logger.exception("accept hook failed for %s", peer.address)
-                return "internal error in the server's accept hook"
-            if verdict is None or verdict is True:
-                continue
-            if verdict is False:
-                return "refused by the server"
-            return str(verdict)
+                return HOOK_FAILED
+            reason = refusal_reason(verdict)
+            if reason is not None:
+                return reason
         return None
 
     def accept(self, timeout: float | None = None) -> tuple[DTPSocket, str]:
