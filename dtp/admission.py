@@ -118,6 +118,7 @@ def resolve_service(
     carrier: CarrierChoice = "auto",
     *,
     min_deposit: int | None = None,
+    host: Host | None = None,
 ) -> ResolvedService:
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
@@ -126,10 +127,12 @@ def resolve_service(
     :class:`NoCarrierEndpoint` when the host publishes no TCP endpoint. The result's
     ``endpoint`` is None when the ledger carrier is to be used. Nothing is written to
     the ledger. ``min_deposit`` overrides the SLA's minimum (0 for a subscription:
-    subscribed connections open with an all-zero SLA)."""
+    subscribed connections open with an all-zero SLA). ``host``: the Host object when the
+    caller has just read it (saves reading it again)."""
     if carrier not in ("auto", "tcp", "ledger"):
         raise ValueError(f"carrier must be 'auto', 'tcp' or 'ledger', not {carrier!r}")
-    host = ledger.get_host(host_id)
+    if host is None:
+        host = ledger.get_host(host_id)
     service = host.services.get(port)
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
@@ -294,6 +297,7 @@ def prepare_host_connection(
         pool = ledger.get_sponsor_pool(sponsor_pool)
         if normalize_id(pool.host, "host ID") != address.host_id or pool.port != address.port:
             raise ValueError(f"sponsor pool {sponsor_pool} is not for {address}")
+    host = None
     if deposit is None:
         host = ledger.get_host(address.host_id)
         service = host.services.get(address.port)
@@ -308,6 +312,7 @@ def prepare_host_connection(
         deposit,
         carrier,
         min_deposit=0 if subscription is not None else None,
+        host=host,
     )
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
