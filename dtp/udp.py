@@ -501,10 +501,7 @@ class UdpForwarder:
             try:
                 ready, _, _ = select.select([self._udp], [], [], 0.2)
                 if ready:
-                    flows: dict[tuple[str, int], list[bytes]] = {}
-                    for data, source in _drain_from(self._udp):
-                        flows.setdefault(source[:2], []).append(data)
-                    for source, batch in flows.items():
+                    for source, batch in _drain_by_source(self._udp).items():
                         self._forward(batch, source)
             except OSError:
                 if self._closed.is_set():
@@ -644,13 +641,15 @@ def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     return out
 
 
-def _drain_from(udp: _socket.socket, limit: int = 256) -> list[tuple[bytes, tuple[str, int]]]:
-    """Every datagram waiting on a ready socket, with its source (at most ``limit``)."""
-    out = [udp.recvfrom(MAX_UDP_PAYLOAD)]
+def _drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, int], list[bytes]]:
+    """Every datagram waiting on a ready socket (at most ``limit``), grouped by source
+    address in arrival order: each flow's burst is then sealed and sent together."""
+    flows: dict[tuple[str, int], list[bytes]] = {}
     with contextlib.suppress(BlockingIOError, InterruptedError):
-        while len(out) < limit:
-            out.append(udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
-    return out
+        for _ in range(limit):
+            data, source = udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT)
+            flows.setdefault((source[0], source[1]), []).append(data)
+    return flows
 
 
 def _now_ms() -> int:

@@ -21,12 +21,12 @@ from dtp.udp import (
     _LEN,
     _MAX_CONTROL,
     _USAGE,
-    MAX_UDP_PAYLOAD,
     FlowAccount,
     UdpBilling,
     UdpStats,
     _control,
     _drain,
+    _drain_by_source,
 )
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
@@ -227,12 +227,7 @@ class AsyncUdpForwarder:
     def _readable(self) -> None:
         """Every datagram waiting, grouped by source: one seal and write per flow."""
         assert self._sock is not None
-        flows: dict[tuple[str, int], list[bytes]] = {}
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            for _ in range(_BATCH):
-                data, addr = self._sock.recvfrom(MAX_UDP_PAYLOAD)
-                flows.setdefault((addr[0], addr[1]), []).append(data)
-        for source, batch in flows.items():
+        for source, batch in _drain_by_source(self._sock, _BATCH).items():
             self._datagrams_from(source, batch)
 
     def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
