@@ -32,6 +32,7 @@ from dtp._types import (
     RawFrame,
     RecordBatch,
     RecordHeader,
+    TakeResult,
 )
 from dtp.errors import ErrorCode, LocalProtocolError, error_for
 
@@ -287,6 +288,8 @@ _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, s
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
 MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp._reference.aead.MAX_STREAM_CHUNK
+# a record of one STREAM frame: header, tag and at most 25 bytes of frame header
+_STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 OPEN_FRAMES_MAX = 1024
 _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
@@ -588,6 +591,101 @@ class NativeAead:
 # reassembly
 
 
+class NativeLane:
+    """The fast path of an established stream over a reliable carrier (C core).
+
+    :meth:`seal` seals stream bytes into a buffer the lane owns (``dtp_stream_seal``);
+    :meth:`take` takes one stream's in-order bytes out of received records straight
+    into the caller's buffer (``dtp_rx_take``). Each is one C call with every buffer and
+    result slot allocated once, so a small message costs little more than the crypto.
+    The AEADs are the connection's own (their counters and replay window are shared
+    with its general path). Not thread-safe.
+    """
+
+    def __init__(self, send: NativeAead, recv: NativeAead, seal_cap: int = 1 << 18) -> None:
+        per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
+        if seal_cap < per_record:
+            raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
+        self._send = send
+        self._recv = recv
+        self._send_ctx = send._ctx
+        self._recv_ctx = recv._ctx
+        #: Most bytes one :meth:`seal` call takes.
+        self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
+        self._out = _new_uninit("uint8_t[]", seal_cap)
+        self._out_cap = seal_cap
+        self._out_view = memoryview(ffi.buffer(self._out))
+        self._counts = ffi.new("size_t[2]")
+        self._counts1 = self._counts + 1
+        self._rx = ffi.new("dtp_rx *")
+        self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+        self._scratch_view = memoryview(ffi.buffer(self._scratch))
+
+    def seal(
+        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+    ) -> tuple[memoryview, int]:
+        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
+        ``counter``; returns the sealed bytes (a view valid until the next call) and
+        the number of records."""
+        if len(data) > self.max_seal:
+            raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
+        counts = self._counts
+        rc = lib.dtp_stream_seal(
+            self._send_ctx,
+            counter,
+            stream_id,
+            offset,
+            ffi.from_buffer(data),
+            len(data),
+            0,
+            MAX_STREAM_CHUNK,
+            self._out,
+            self._out_cap,
+            counts,
+            self._counts1,
+        )
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        return self._out_view[: counts[0]], counts[1]
+
+    def take(
+        self,
+        buf: bytes | bytearray | memoryview,
+        stream_id: int,
+        offset: int,
+        stream_limit: int,
+        conn_received: int,
+        conn_limit: int,
+        dst: bytearray | memoryview,
+    ) -> TakeResult:
+        """Take the records at the start of ``buf`` that carry ``stream_id``'s next
+        bytes within both flow-control limits, their data into ``dst``; stops before
+        anything else (see ``dtp_rx_take``)."""
+        rx = self._rx
+        rx.stream_id = stream_id
+        rx.offset = offset
+        rx.stream_limit = stream_limit
+        rx.conn_received = conn_received
+        rx.conn_limit = conn_limit
+        rc = lib.dtp_rx_take(
+            self._recv_ctx,
+            ffi.from_buffer(buf),
+            len(buf),
+            rx,
+            ffi.from_buffer(dst, require_writable=True),
+            len(dst),
+            self._scratch,
+            MAX_RECORD_PLAINTEXT,
+        )
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        spill: bytes | memoryview = b""
+        if rx.spill_len:
+            start = rx.spill_off
+            spill = self._scratch_view[start : start + rx.spill_len]
+        return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
+
+
 class NativeReassembler:
     """Reorder buffer over a byte sequence space (C core); memory capped by ``window``."""
 
@@ -754,10 +852,12 @@ if TYPE_CHECKING or not PUREPYTHON:
     Aead = NativeAead
     Reassembler = NativeReassembler
     HamGraph = NativeHamGraph
+    Lane = NativeLane
 else:
     from dtp._reference import (
         Aead,
         HamGraph,
+        Lane,
         Reassembler,
         decode_frames,
         encode_frames,
@@ -773,6 +873,7 @@ __all__ = [
     "Aead",
     "HamGraph",
     "HamUpdate",
+    "Lane",
     "Reassembler",
     "decode_frames",
     "decode_ham_batch",

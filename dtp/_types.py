@@ -154,6 +154,19 @@ class OpenFramesResult(NamedTuple):
     error: DTPError | None = None
 
 
+class TakeResult(NamedTuple):
+    """What one ``Lane.take`` call produced: its status (OK, NEED_MORE, FULL or STOP),
+    the input bytes and records it took, the bytes it wrote to the caller's buffer, and
+    the data of the last record that did not fit there (a view valid until the next
+    call). The stream's offset advanced by ``taken + len(spill)``."""
+
+    status: int
+    consumed: int
+    records: int
+    taken: int
+    spill: bytes | memoryview
+
+
 class HamUpdate(NamedTuple):
     """One field write: ``value`` is the field's canonical value bytes."""
 

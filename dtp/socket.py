@@ -127,6 +127,7 @@ class _Engine:
         self.closed = False
         self._rbuf = bytearray(RECV_CHUNK)
         self._rview = memoryview(self._rbuf)
+        self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -200,9 +201,36 @@ class _Engine:
             if self.out and self.pumping:
                 self._wake()
 
+    def write_sealed(self, sealed: memoryview) -> None:
+        """Write records the connection's lane sealed (a view of a buffer it reuses):
+        straight to the socket, copying only what the socket does not take now."""
+        if self.carrier_closed:
+            return
+        if not self.out:
+            try:
+                n = self.sock.send(sealed)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return
+            if n == len(sealed):
+                return
+            sealed = sealed[n:]
+        self.out.append(memoryview(sealed.tobytes()))
+        self._send_some()
+        if self.out and self.pumping:
+            self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
+
+    def recv_scratch(self) -> memoryview:
+        """A buffer for recv() to read into before copying out (lock held)."""
+        if self._recv_scratch is None:
+            self._recv_scratch = memoryview(bytearray(RECV_CHUNK))
+        return self._recv_scratch
 
     # -- input and waiting ---------------------------------------------------------------
 
@@ -240,6 +268,43 @@ class _Engine:
                 return True
         return True
 
+    def read_fast(self, stream_id: int, dst: memoryview) -> int:
+        """One non-blocking read of the carrier (lock held), with ``stream_id``'s next
+        bytes going straight into ``dst``: returns how many landed there. Everything
+        else the read brought takes the general path (the streams' buffers, events)."""
+        if self.carrier_closed:
+            return 0
+        try:
+            n = self.sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._carrier_failed(exc)
+            return 0
+        if not n:
+            self._carrier_failed(None)
+            return 0
+        taken, attention = self.conn.take_fast(self._rview[:n], stream_id, dst, time.monotonic())
+        if attention:
+            self._after_io()
+        return taken
+
+    def wait_io(self, deadline: float | None) -> None:
+        """Wait (lock held on entry and exit) until the carrier may have bytes to read,
+        a timer is due or another thread changed something; the caller reads.
+        Raises DTPTimeoutError once ``deadline`` has passed."""
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DTPTimeoutError("timed out")
+        if self.pumping:
+            self.waiters += 1
+            try:
+                self.cond.wait(None if deadline is None else deadline - now)
+            finally:
+                self.waiters -= 1
+            return
+        self._pump_once(deadline, read=False)
+
     def pump(self, ready: Callable[[], bool], timeout: float | None) -> None:
         """Drive I/O until ``ready()`` is true; lock held on entry and exit.
 
@@ -262,13 +327,15 @@ class _Engine:
                 continue
             self._pump_once(deadline)
 
-    def _pump_once(self, deadline: float | None) -> None:
+    def _pump_once(self, deadline: float | None, read: bool = True) -> None:
+        """Flush, wait for the carrier, then act on what happened; ``read=False``
+        leaves the reading to the caller (who reads straight into its own buffer)."""
         self.pumping = True
         try:
             self.flush()
             # What we wait for has often arrived already (a reply that came while we
             # were sending): a non-blocking read first saves the wait and its syscall.
-            if not self.carrier_closed and self._read_available():
+            if read and not self.carrier_closed and self._read_available():
                 self._after_io()
                 return
             timer = self.conn.get_timer()
@@ -293,7 +360,7 @@ class _Engine:
             if self._wake_r in r:
                 with contextlib.suppress(OSError):
                     self._wake_r.recv(4096)
-            if self.sock in r:
+            if read and self.sock in r:
                 self._read_available()
             if self.sock in w:
                 self._send_some()
@@ -538,8 +605,12 @@ class DTPSocket:
         engine = self._engine
         session = engine.session
         with engine.lock:
-            if not session.readable(self._stream_id):
-                self._wait(lambda: session.readable(self._stream_id))
+            if not session.readable(self._stream_id) and bufsize:
+                scratch = engine.recv_scratch()
+                view = scratch[:bufsize] if bufsize < len(scratch) else scratch
+                n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
+                if n:
+                    return view[:n].tobytes()
             data = session.take(self._stream_id, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
@@ -556,10 +627,37 @@ class DTPSocket:
         session = engine.session
         with engine.lock:
             if not session.readable(self._stream_id):
-                self._wait(lambda: session.readable(self._stream_id))
+                # what we wait for has often arrived already: read it straight in
+                n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
+                if n:
+                    return n
             n = session.take_into(self._stream_id, view)
             engine.flush()
             return n
+
+    def _read_direct(self, view: memoryview) -> int:
+        """Nothing is buffered for this stream and nothing came with a first read
+        (lock held): wait for the carrier as the timeout allows and read it, with the
+        stream's next bytes going straight into ``view``. Returns how many did; 0 when
+        they went to the stream's buffer instead or the connection ended (the caller
+        takes from the buffer, or reports)."""
+        engine = self._engine
+        session = engine.session
+        sid = self._stream_id
+        deadline: float | None = None
+        while True:
+            if session.readable(sid):
+                return 0
+            if engine.carrier_closed and not engine.out:
+                return 0
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
+            if deadline is None and self._timeout is not None:
+                deadline = time.monotonic() + self._timeout
+            engine.wait_io(deadline)
+            n = engine.read_fast(sid, view)
+            if n:
+                return n
 
     # -- writing -------------------------------------------------------------------------
 
@@ -579,6 +677,25 @@ class DTPSocket:
         with engine.lock:
             conn = engine.conn
             sid = self._stream_id
+            sealed = conn.seal_fast(sid, view, time.monotonic())
+            if sealed is not None:
+                records, n = sealed
+                if engine.out or engine.carrier_closed:
+                    engine.write_sealed(records)
+                else:
+                    # the common case, inline: straight to the socket
+                    try:
+                        sent = engine.sock.send(records)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        sent = len(records)
+                    if sent < len(records):
+                        engine.write_sealed(records[sent:])
+                if engine.payment is not None:
+                    engine.flush()  # the meter's receipts
+                return n
             if engine.session.terminated is None and conn.send_buffered(sid) == 0:
                 # the common case: the stream exists (or it would have nothing
                 # buffered only if it was never opened) and has room

@@ -15,6 +15,7 @@
  */
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -503,6 +504,82 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
     *n_frames = nf;
     *n_ranges = nr;
     *consumed = pos;
+    return rc;
+}
+
+/* The data of a record plaintext p[0..plen) that is exactly one nonempty STREAM frame
+ * of rx's stream at rx's offset, within both limits: its length (*data_off set), or 0. */
+static size_t rx_stream_data(const dtp_rx *rx, const uint8_t *p, size_t plen,
+                             size_t *data_off) {
+    if (plen < 4 || p[0] != DTP_FRAME_STREAM) return 0;
+    uint64_t sid = 0, off = 0, n = 0;
+    size_t h = 1, k;
+    if ((k = dtp_varint_get(p + h, plen - h, &sid)) == 0) return 0;
+    h += k;
+    if ((k = dtp_varint_get(p + h, plen - h, &off)) == 0) return 0;
+    h += k;
+    if ((k = dtp_varint_get(p + h, plen - h, &n)) == 0) return 0;
+    h += k;
+    if (sid != rx->stream_id || off != rx->offset || n == 0 || n != (uint64_t)(plen - h))
+        return 0;
+    /* both limits, written so that nothing can overflow */
+    if (rx->offset > rx->stream_limit || n > rx->stream_limit - rx->offset) return 0;
+    if (rx->conn_received > rx->conn_limit || n > rx->conn_limit - rx->conn_received) return 0;
+    *data_off = h;
+    return (size_t)n;
+}
+
+int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
+                size_t dst_cap, uint8_t *scratch, size_t scratch_cap) {
+    if (ctx == NULL || rx == NULL || (buf == NULL && len > 0) || (dst == NULL && dst_cap > 0) ||
+        scratch == NULL || scratch_cap < DTP_MAX_RECORD_PLAINTEXT)
+        return DTP_ERR_ARG;
+    rx->consumed = rx->records = rx->taken = rx->spill_off = rx->spill_len = 0;
+    size_t pos = 0, taken = 0;
+    int rc = DTP_OK;
+    while (pos < len) {
+        if (taken == dst_cap) {
+            rc = DTP_FULL;
+            break;
+        }
+        const uint8_t *hdr = buf + pos;
+        dtp_record rec;
+        int wc = next_data_record(buf, len, pos, &rec);
+        if (wc != DTP_OK) {
+            rc = wc == DTP_NEED_MORE ? DTP_NEED_MORE : DTP_STOP;
+            break;
+        }
+        size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
+        if (rec.counter == COUNTER_RESERVED || !window_check(ctx, rec.counter) ||
+            open_record(ctx, hdr, &rec, plen > 0 ? scratch : NULL) != DTP_OK) {
+            rc = DTP_STOP;
+            break;
+        }
+        size_t data_off = 0;
+        size_t n = rx_stream_data(rx, scratch, plen, &data_off);
+        if (n == 0) {
+            OPENSSL_cleanse(scratch, plen);
+            rc = DTP_STOP;
+            break;
+        }
+        window_mark(ctx, rec.counter);
+        size_t room = dst_cap - taken;
+        size_t copy = n < room ? n : room;
+        memcpy(dst + taken, scratch + data_off, copy);
+        taken += copy;
+        rx->offset += n;
+        rx->conn_received += n;
+        rx->records++;
+        pos += DTP_RECORD_HEADER_LEN + rec.body_len;
+        if (copy < n) {
+            rx->spill_off = data_off + copy;
+            rx->spill_len = n - copy;
+            rc = DTP_FULL;
+            break;
+        }
+    }
+    rx->consumed = pos;
+    rx->taken = taken;
     return rc;
 }
 

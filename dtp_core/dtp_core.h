@@ -247,6 +247,38 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
                          size_t max_ranges, size_t *n_recs, size_t *n_frames, size_t *n_ranges,
                          size_t *consumed);
 
+/* The receive side of an established stream's fast path: where one stream's in-order
+ * bytes go, and the flow-control limits they must stay within. The caller fills the
+ * inputs; dtp_rx_take advances offset and conn_received and fills the outputs. */
+typedef struct dtp_rx {
+    uint64_t stream_id;     /* in: the stream whose bytes are taken */
+    uint64_t offset;        /* in/out: the stream's next byte */
+    uint64_t stream_limit;  /* in: offset + bytes taken must stay <= this */
+    uint64_t conn_received; /* in/out: the connection's bytes received so far */
+    uint64_t conn_limit;    /* in: conn_received must stay <= this */
+    uint64_t consumed;      /* out: input bytes of the records taken */
+    uint64_t records;       /* out: records taken */
+    uint64_t taken;         /* out: bytes written to dst */
+    uint64_t spill_off;     /* out: data of the last record that did not fit in dst ... */
+    uint64_t spill_len;     /* ... is at scratch[spill_off .. spill_off + spill_len) */
+} dtp_rx;
+
+/* Take the DATA records at the start of buf[0..len) while each one's plaintext is exactly
+ * one STREAM frame (not STREAM_FIN, not empty) of rx->stream_id at rx->offset that stays
+ * within rx->stream_limit and rx->conn_limit: authenticate it (the replay window advances
+ * for it), and copy its data to dst at rx->taken. Plaintext is opened into scratch, which
+ * must hold DTP_MAX_RECORD_PLAINTEXT bytes. When a record's data does not fit in what is
+ * left of dst, what fits is copied, the rest is reported as the spill (still in scratch,
+ * valid until the next call) and the call ends there with DTP_FULL.
+ * Stops, consuming nothing more, with DTP_OK at the end of buf, DTP_NEED_MORE before an
+ * incomplete record, DTP_FULL when dst is full, and DTP_STOP before any other record --
+ * of another kind, malformed, replayed, failing authentication, holding other frames or
+ * breaking a limit -- for the general path (dtp_aead_open_frames) to open and judge; such
+ * a record's plaintext is wiped and the replay window does not advance for it.
+ * NULL pointers, or scratch_cap below DTP_MAX_RECORD_PLAINTEXT -> DTP_ERR_ARG. */
+int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
+                size_t dst_cap, uint8_t *scratch, size_t scratch_cap);
+
 /* Seal / open one message with an explicit counter and associated data (no record
  * header, no replay window): out = ciphertext || tag. Byte-compatible with Noise's
  * ChaChaPoly encrypt(k, n, ad, plaintext). open_one returns DTP_ERR_DECRYPT on any

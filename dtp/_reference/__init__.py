@@ -8,11 +8,13 @@ tests check that both backends agree on outputs and error codes.
 from dtp._reference.aead import Aead
 from dtp._reference.frames import decode_frames, encode_frames, parse_records, write_record_header
 from dtp._reference.ham import HamGraph, decode_ham_batch, encode_ham_batch
+from dtp._reference.lane import Lane
 from dtp._reference.reasm import Reassembler
 
 __all__ = [
     "Aead",
     "HamGraph",
+    "Lane",
     "Reassembler",
     "decode_frames",
     "decode_ham_batch",

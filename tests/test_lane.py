@@ -1,0 +1,361 @@
+"""The established-stream fast path (``dtp_rx_take`` / ``Lane``): what it takes, where it
+stops, C-vs-twin agreement, and that a connection using it delivers exactly what the
+general path would."""
+
+from __future__ import annotations
+
+import os
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtp import _core
+from dtp._types import (
+    FRAME_MAX_DATA,
+    FULL,
+    NEED_MORE,
+    OK,
+    STOP,
+    RawFrame,
+    TakeResult,
+)
+from dtp.connection import Connection
+from dtp.errors import DecryptionError, LocalProtocolError
+from dtp.events import StreamDataReceived
+from tests.conftest import NATIVE, REFERENCE, require_native
+from tests.test_connection import connect
+
+SID = 4
+BIG = 1 << 40
+
+
+def lane_pair(backend: SimpleNamespace, key: bytes) -> tuple[Any, Any]:
+    """A sending Aead (to make records) and a lane whose receive side opens them."""
+    sender = backend.Aead(key)
+    lane = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
+    return sender, lane
+
+
+def take(lane: Any, buf: bytes, dst: bytearray, offset: int = 0, **limits: int) -> TakeResult:
+    return lane.take(
+        buf,
+        SID,
+        offset,
+        limits.get("stream_limit", BIG),
+        limits.get("conn_received", 0),
+        limits.get("conn_limit", BIG),
+        dst,
+    )
+
+
+def control_record(sender: Any, counter: int) -> bytes:
+    plain = _core.encode_frames([RawFrame(FRAME_MAX_DATA, 1 << 20)])
+    sealed: bytes = sender.seal(counter, [plain])
+    return sealed
+
+
+def test_takes_a_run_of_stream_records(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, os.urandom(32))
+    data = os.urandom(50_000)
+    sealed, n = sender.seal_stream(0, SID, 0, data)
+    dst = bytearray(60_000)
+    result = take(lane, sealed, dst)
+    assert (result.status, result.consumed, result.records, result.taken) == (
+        OK,
+        len(sealed),
+        n,
+        len(data),
+    )
+    assert bytes(dst[: len(data)]) == data and result.spill == b""
+
+
+def test_small_buffer_spills_the_rest_of_a_record(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, os.urandom(32))
+    data = os.urandom(1000)
+    sealed = sender.seal_stream(0, SID, 0, data)[0] + sender.seal_stream(1, SID, 1000, data)[0]
+    dst = bytearray(300)
+    result = take(lane, sealed, dst)
+    assert (result.status, result.records, result.taken) == (FULL, 1, 300)
+    assert bytes(dst) == data[:300] and bytes(result.spill) == data[300:]
+    # the second record is untouched: the next call takes it at the advanced offset
+    second = take(lane, sealed[result.consumed :], bytearray(2000), offset=1000)
+    assert (second.status, second.taken) == (OK, 1000)
+
+
+def test_full_buffer_stops_between_records(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, os.urandom(32))
+    sealed = sender.seal_stream(0, SID, 0, b"a" * 10)[0] + sender.seal_stream(1, SID, 10, b"b")[0]
+    result = take(lane, sealed, bytearray(10))
+    assert (result.status, result.records, result.taken, result.spill) == (FULL, 1, 10, b"")
+
+
+def test_partial_record_needs_more(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, os.urandom(32))
+    first = sender.seal_stream(0, SID, 0, b"x" * 100)[0]
+    second = sender.seal_stream(1, SID, 100, b"y" * 100)[0]
+    result = take(lane, first + second[:50], bytearray(1000))
+    assert (result.status, result.consumed, result.taken) == (NEED_MORE, len(first), 100)
+    assert take(lane, second[:5], bytearray(10), offset=100).status == NEED_MORE
+
+
+def _stops(backend: SimpleNamespace, record: bytes, **kw: int) -> None:
+    """``record`` after one good record: the lane takes the good one and stops before
+    ``record`` without advancing the replay window for it."""
+    sender, lane = lane_pair(backend, KEY)
+    good = sender.seal_stream(0, SID, 0, b"g" * 10)[0]
+    result = take(lane, good + record, bytearray(100), **kw)
+    summary = (result.status, result.consumed, result.records, result.taken)
+    assert summary == (STOP, len(good), 1, 10)
+
+
+KEY = os.urandom(32)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other_stream", "wrong_offset", "fin", "empty", "control", "handshake", "bad_header"],
+)
+def test_stops_before_records_for_the_general_path(backend: SimpleNamespace, case: str) -> None:
+    sender = backend.Aead(KEY)
+    sender.seal_stream(0, SID, 0, b"g" * 10)  # the counter the helper's good record uses
+    record = {
+        "other_stream": lambda: sender.seal_stream(1, SID + 4, 0, b"o")[0],
+        "wrong_offset": lambda: sender.seal_stream(1, SID, 11, b"o")[0],
+        "fin": lambda: sender.seal_stream(1, SID, 10, b"o", fin=True)[0],
+        "empty": lambda: sender.seal_stream(1, SID, 10, b"")[0],
+        "control": lambda: control_record(sender, 1),
+        "handshake": lambda: _core.write_record_header(1, 0, 3, 0) + b"abc",
+        "bad_header": lambda: b"\x10\x01" + bytes(30),
+    }[case]()
+    _stops(backend, record)
+
+
+def test_stops_at_each_flow_control_limit(backend: SimpleNamespace) -> None:
+    sender = backend.Aead(KEY)
+    sender.seal_stream(0, SID, 0, b"g" * 10)
+    record = sender.seal_stream(1, SID, 10, b"z" * 10)[0]
+    _stops(backend, record, stream_limit=19)
+    _stops(backend, record, conn_received=100, conn_limit=119)
+    # exactly at both limits is allowed
+    lane = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(KEY))
+    result = take(lane, record, bytearray(10), offset=10, stream_limit=20, conn_limit=10)
+    assert (result.status, result.taken) == (OK, 10)
+
+
+def test_tampered_record_is_left_for_the_general_path(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, KEY)
+    good = sender.seal_stream(0, SID, 0, b"g" * 10)[0]
+    bad = bytearray(sender.seal_stream(1, SID, 10, b"h" * 10)[0])
+    bad[-1] ^= 1
+    result = take(lane, good + bytes(bad), bytearray(100))
+    assert (result.status, result.consumed, result.taken) == (STOP, len(good), 10)
+    opened = lane._recv.open_frames(bytes(bad))
+    assert isinstance(opened.error, DecryptionError)
+
+
+def test_replayed_record_is_left_for_the_general_path(backend: SimpleNamespace) -> None:
+    sender, lane = lane_pair(backend, KEY)
+    good = sender.seal_stream(0, SID, 0, b"g" * 10)[0]
+    assert take(lane, good, bytearray(100)).taken == 10
+    again = take(lane, good, bytearray(100), offset=10)
+    assert (again.status, again.consumed, again.records) == (STOP, 0, 0)
+    assert lane._recv.open_frames(good).records[0].replayed
+
+
+def test_a_record_stopped_for_its_frames_opens_on_the_general_path(
+    backend: SimpleNamespace,
+) -> None:
+    sender, lane = lane_pair(backend, KEY)
+    records = sender.seal_stream(0, SID, 0, b"a")[0] + control_record(sender, 1)
+    result = take(lane, records, bytearray(10))
+    assert result.status == STOP
+    opened = lane._recv.open_frames(records[result.consumed :])
+    assert opened.error is None
+    assert [f.type for f in opened.records[0].frames] == [FRAME_MAX_DATA]
+
+
+def test_seal_is_dtp_stream_seal_and_bounded(backend: SimpleNamespace) -> None:
+    key = os.urandom(32)
+    lane = backend.Lane(backend.Aead(key), backend.Aead(os.urandom(32)))
+    data = os.urandom(70_000)
+    sealed, n = lane.seal(7, SID, 123, data)
+    assert (bytes(sealed), n) == backend.Aead(key).seal_stream(7, SID, 123, data)
+    with pytest.raises(LocalProtocolError):
+        lane.seal(0, SID, 0, bytes(lane.max_seal + 1))
+    with pytest.raises(LocalProtocolError):
+        backend.Lane(backend.Aead(key), backend.Aead(key), seal_cap=100)
+
+
+# -- the C core and its twin agree ----------------------------------------------------------
+
+PIECES = ["good", "other", "offset", "fin", "control", "tamper", "replay", "empty"]
+
+
+@given(
+    pieces=st.lists(st.sampled_from(PIECES), max_size=8),
+    sizes=st.lists(st.integers(1, 20_000), min_size=8, max_size=8),
+    cut=st.integers(0, 200),
+    dst_size=st.integers(0, 40_000),
+    stream_slack=st.integers(0, 60_000),
+    conn_slack=st.integers(0, 60_000),
+)
+@settings(max_examples=150, deadline=None)
+def test_native_and_reference_take_agree(
+    pieces: list[str],
+    sizes: list[int],
+    cut: int,
+    dst_size: int,
+    stream_slack: int,
+    conn_slack: int,
+) -> None:
+    require_native()
+    key = os.urandom(32)
+    sender = _core.NativeAead(key)
+    blob = bytearray()
+    counter = offset = 0
+    last = b""
+    for piece, size in zip(pieces, sizes, strict=False):
+        data = bytes([counter % 251]) * size
+        if piece == "replay" and last:
+            blob += last
+            continue
+        if piece == "control":
+            record = control_record(sender, counter)
+        else:
+            sid = SID + 4 if piece == "other" else SID
+            at = offset + 1 if piece == "offset" else offset
+            body = b"" if piece == "empty" else data[: min(size, 16_000)]
+            record = sender.seal_stream(counter, sid, at, body, fin=piece == "fin")[0]
+            if piece == "good":
+                offset += len(body)
+        if piece == "tamper":
+            record = record[:-1] + bytes([record[-1] ^ 0x80])
+        blob += record
+        last = record
+        counter += 1
+    blob = blob[: max(0, len(blob) - cut)]
+    outcomes = []
+    for backend in (NATIVE, REFERENCE):
+        lane = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
+        dst = bytearray(dst_size)
+        result = lane.take(bytes(blob), SID, 0, stream_slack, 0, conn_slack, dst)
+        rest = lane._recv.open_frames(bytes(blob[result.consumed :]))
+        outcomes.append(
+            (
+                result.status,
+                result.consumed,
+                result.records,
+                result.taken,
+                bytes(result.spill),
+                bytes(dst[: result.taken]),
+                rest.consumed,
+                rest.status,
+                type(rest.error),
+                [(r.counter, r.replayed, len(r.frames)) for r in rest.records],
+                lane._recv.replay_top,
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+
+
+# -- a connection using the lane delivers what the general path would ----------------------
+
+
+def _feed(
+    receiver: Connection,
+    data: bytes,
+    use_lane: bool,
+    dst_size: int,
+    got: bytearray,
+    other: dict[int, bytearray],
+) -> int:
+    """Feed carrier bytes to ``receiver`` by the lane or the general path, collecting
+    stream 0's bytes in ``got`` (in stream order) and other streams' in ``other``."""
+    taken = 0
+    if use_lane:
+        dst = bytearray(dst_size)
+        taken, _ = receiver.take_fast(data, 0, dst, 0.0)
+        got += dst[:taken]
+    else:
+        receiver.receive_data(data, 0.0)
+    while (event := receiver.next_event()) is not None:
+        if isinstance(event, StreamDataReceived):
+            if event.stream_id == 0:
+                got += event.data
+            else:
+                other.setdefault(event.stream_id, bytearray()).extend(event.data)
+            receiver.acknowledge_read(event.stream_id, len(event.data))
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_connection_lane_and_general_paths_deliver_the_same(seed: int) -> None:
+    rng = random.Random(seed)
+    c, s, _ = connect(stream_window=64 * 1024, connection_window=128 * 1024)
+    client, server = c.conn, s.conn
+    sid = client.open_stream()
+    side = client.open_stream()  # a second stream, written now and then
+    assert sid == 0
+    written = bytearray()
+    side_written = bytearray()
+    other: dict[int, bytearray] = {}
+    got = bytearray()
+    pending = bytearray()  # carrier bytes sent but not yet fed to the server
+    sealed_fast = taken_fast = 0
+    for _ in range(120):
+        size = rng.choice([1, 100, 5000, 40_000])
+        data = os.urandom(size)
+        if rng.random() < 0.5:
+            sealed = client.seal_fast(sid, data, 0.0)
+            if sealed is not None:
+                records, n = sealed
+                pending += records
+                written += data[:n]
+                sealed_fast += n
+        else:
+            if client.send_buffered(sid) < 256 * 1024:
+                client.send_stream_data(sid, data)
+                written += data
+        if rng.random() < 0.1:
+            client.ping()  # a control record between stream records
+        if rng.random() < 0.1 and client.send_buffered(side) < 64 * 1024:
+            extra = os.urandom(rng.choice([1, 3000]))
+            client.send_stream_data(side, extra)
+            side_written += extra
+        pending += client.data_to_send(0.0)
+        if pending and rng.random() < 0.7:
+            cut = rng.randint(1, len(pending))
+            chunk, pending = bytes(pending[:cut]), pending[cut:]
+            dst_size = rng.choice([10, 1000, 70_000])
+            taken_fast += _feed(server, chunk, rng.random() < 0.7, dst_size, got, other)
+            client.receive_data(server.data_to_send(0.0), 0.0)  # credit flows back
+    while True:
+        pending += client.data_to_send(0.0)
+        if not pending:
+            break
+        _feed(server, bytes(pending), True, 1 << 20, got, other)
+        pending = bytearray()
+        client.receive_data(server.data_to_send(0.0), 0.0)
+    assert not server.closed and not client.closed
+    assert bytes(got) == bytes(written)
+    assert bytes(other.get(side, b"")) == bytes(side_written)
+    assert client.send_buffered(sid) == 0
+    assert sealed_fast and taken_fast  # both lanes carried data
+
+
+def test_lane_is_not_used_before_the_connection_is_established() -> None:
+    from tests.test_connection import make_pair
+
+    client, _ = make_pair()
+    assert client.seal_fast(0, b"x", 0.0) is None
+
+
+def test_connection_uses_the_selected_backends_lane() -> None:
+    c, _, _ = connect()
+    sid = c.conn.open_stream()
+    assert c.conn.seal_fast(sid, b"hello", 0.0) is not None
+    assert type(c.conn._lane) is _core.Lane
