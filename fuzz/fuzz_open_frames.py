@@ -1,5 +1,6 @@
 """Fuzz target: ``dtp_aead_open_frames`` (open records and decode their frames in one
-call) on arbitrary record plaintexts and arbitrary record streams (atheris / libFuzzer).
+call) and ``dtp_rx_take`` (the lane's run of in-order STREAM records) on arbitrary record
+plaintexts and arbitrary record streams (atheris / libFuzzer).
 
 Each input is used twice: as the plaintexts of genuine records (so that the frame
 decoder behind the AEAD is reached) and as a raw record stream (headers, truncation,
@@ -53,6 +54,22 @@ def test_one_input(data: bytes) -> None:
         got, want = _summary(native), _summary(twin)
         if got != want:
             raise AssertionError(f"backends disagree: {got!r} != {want!r}")
+        got, want = (_take(lane, blob, data) for lane in (_core.NativeLane, _reference.Lane))
+        if got != want:
+            raise AssertionError(f"lanes disagree: {got!r} != {want!r}")
+
+
+def _take(lane_type: Any, blob: bytes, data: bytes) -> object:
+    """One lane take of ``blob`` for stream ``data[0] % 8`` from offset 0, with the
+    buffer and the limits drawn from ``data``; everything it reports."""
+    recv = (_core.NativeAead if lane_type is _core.NativeLane else _reference.Aead)(KEY)
+    lane = lane_type(recv, recv)
+    dst = bytearray(data[1] * 64)
+    limit = (data[2] if len(data) > 2 else 0) * 256
+    result = lane.take(blob, data[0] % 8, 0, limit, 0, limit or 1 << 20, dst)
+    if result.status not in (OK, NEED_MORE, FULL, STOP) or result.consumed > len(blob):
+        raise AssertionError(f"bad take result {result!r}")
+    return (*result[:4], bytes(result.spill), bytes(dst[: result.taken]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,6 +108,47 @@ static void exercise_aead(void) {
     dtp_aead_free(NULL);
 }
 
+static void exercise_rx_take(void) {
+    static uint8_t data[40000], sealed[40000 + 8 * 53], dst[50000];
+    static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT];
+    uint8_t key[32];
+    size_t written, n;
+    fill(key, sizeof key);
+    dtp_aead *tx = dtp_aead_new(key, sizeof key);
+    dtp_aead *rx = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL && rx != NULL);
+    uint64_t counter = 0, offset = 0;
+    for (int round = 0; round < 500; round++) {
+        size_t len = 1 + next() % sizeof data;
+        fill(data, len);
+        CHECK(dtp_stream_seal(tx, counter, 4, offset, data, len, 0, 16363, sealed, sizeof sealed,
+                              &written, &n) == DTP_OK);
+        counter += n;
+        if (round % 5 == 1) sealed[next() % written] ^= (uint8_t)(1u << (next() % 8));
+        size_t cut = round % 3 == 2 ? next() % written : written;
+        size_t cap = next() % sizeof dst;
+        dtp_rx r = {.stream_id = 4, .offset = offset, .stream_limit = offset + next() % 60000,
+                    .conn_received = 0, .conn_limit = next() % 60000};
+        int rc = dtp_rx_take(rx, sealed, cut, &r, dst, cap, scratch, sizeof scratch);
+        CHECK(rc >= 0 && r.consumed <= cut && r.taken <= cap);
+        CHECK(r.spill_off + r.spill_len <= sizeof scratch);
+        CHECK(r.offset - offset == r.taken + r.spill_len);
+        /* the sender's stream moves on, whatever the receiver made of these bytes */
+        offset += len;
+        if (r.offset != offset) {
+            /* resynchronise: a fresh receiver for the next round's counters */
+            dtp_aead_free(rx);
+            rx = dtp_aead_new(key, sizeof key);
+            CHECK(rx != NULL);
+        }
+    }
+    dtp_rx r = {0};
+    CHECK(dtp_rx_take(rx, sealed, 1, &r, dst, 1, scratch, 10) == DTP_ERR_ARG);
+    CHECK(dtp_rx_take(NULL, sealed, 1, &r, dst, 1, scratch, sizeof scratch) == DTP_ERR_ARG);
+    dtp_aead_free(tx);
+    dtp_aead_free(rx);
+}
+
 static void exercise_reasm(void) {
     uint8_t data[4096], out[65536];
     dtp_chunk chunks[16];
@@ -209,6 +250,7 @@ static void exercise_ham(void) {
 int main(void) {
     exercise_frames();
     exercise_aead();
+    exercise_rx_take();
     exercise_reasm();
     exercise_ham();
     if (failures) {
