@@ -770,7 +770,9 @@ class Connection:
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
         self._conn_consumed += nbytes
-        if self._conn_recv_limit - self._conn_consumed < self.config.connection_window // 2:
+        # Credit goes back once a quarter of the window is used: a sender on a fast
+        # carrier then always has most of a window to go on while the update travels.
+        if self._conn_recv_limit - self._conn_consumed < self.config.connection_window * 3 // 4:
             self._conn_recv_limit = self._conn_consumed + self.config.connection_window
             self._pending_max_data = True
         stream = self._streams.get(stream_id)
@@ -779,7 +781,7 @@ class Connection:
         stream.consumed += nbytes
         if (
             stream.recv_state is RecvState.OPEN
-            and stream.recv_limit - stream.consumed < self.config.stream_window // 2
+            and stream.recv_limit - stream.consumed < self.config.stream_window * 3 // 4
         ):
             stream.recv_limit = stream.consumed + self.config.stream_window
             self._pending_stream_credit.add(stream_id)

@@ -678,6 +678,11 @@ class DTPSocket:
             conn = engine.conn
             sid = self._stream_id
             sealed = conn.seal_fast(sid, view, time.monotonic())
+            if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
+                # out of credit, perhaps only because a sender never reads: the peer's
+                # credit update may be waiting in the socket already
+                engine.poll()
+                sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is not None:
                 records, n = sealed
                 if engine.out or engine.carrier_closed:

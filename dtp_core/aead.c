@@ -102,38 +102,50 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
     return seal_raw2(ctx, counter, ad, ad_len, plain, len, NULL, 0, out, tag);
 }
 
-/* ChaCha20-Poly1305 open of ct[0..len) with `tag`. Writes len bytes at out, and wipes
- * them again if the tag does not verify. Returns DTP_OK, DTP_ERR_DECRYPT or
- * DTP_ERR_CRYPTO. */
-static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                    const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
+/* ChaCha20-Poly1305 open of ct[0..len) with `tag`, the plaintext split: its first l1
+ * bytes to out1, the rest to out2 (so that a frame header and its data can land in
+ * different places). Writes len bytes in all, and wipes them again if the tag does not
+ * verify. Returns DTP_OK, DTP_ERR_DECRYPT or DTP_ERR_CRYPTO. */
+static int open_raw2(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out1,
+                     size_t l1, uint8_t *out2) {
     uint8_t nonce[NONCE_LEN];
     uint8_t tag_copy[DTP_AEAD_TAG_LEN];
     uint8_t fin[DTP_AEAD_TAG_LEN];
     int outl = 0;
+    size_t l2 = len - l1;
     make_nonce(nonce, counter);
     /* The ctrl takes a non-const pointer; hand it a copy rather than cast const away. */
     for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = tag[i];
     if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 0) != 1) return crypto_failed(ctx);
     if (ad_len > 0 && EVP_CipherUpdate(ctx->evp, NULL, &outl, ad, (int)ad_len) != 1)
         return crypto_failed(ctx);
-    if (len > 0) {
-        if (EVP_CipherUpdate(ctx->evp, out, &outl, ct, (int)len) != 1 || (size_t)outl != len) {
-            OPENSSL_cleanse(out, len);
-            return crypto_failed(ctx);
-        }
-    }
-    if (EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) != 1) {
-        if (len > 0) OPENSSL_cleanse(out, len);
+    int ok = 1;
+    if (l1 > 0)
+        ok = EVP_CipherUpdate(ctx->evp, out1, &outl, ct, (int)l1) == 1 && (size_t)outl == l1;
+    if (ok && l2 > 0)
+        ok = EVP_CipherUpdate(ctx->evp, out2, &outl, ct + l1, (int)l2) == 1 &&
+             (size_t)outl == l2;
+    if (ok)
+        ok = EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) == 1;
+    if (!ok) {
+        if (l1 > 0) OPENSSL_cleanse(out1, l1);
+        if (l2 > 0) OPENSSL_cleanse(out2, l2);
         return crypto_failed(ctx);
     }
     if (EVP_CipherFinal_ex(ctx->evp, fin, &outl) != 1 || outl != 0) {
         /* Tag mismatch: the plaintext written above is unauthenticated; erase it. */
-        if (len > 0) OPENSSL_cleanse(out, len);
+        if (l1 > 0) OPENSSL_cleanse(out1, l1);
+        if (l2 > 0) OPENSSL_cleanse(out2, l2);
         ERR_clear_error();
         return DTP_ERR_DECRYPT;
     }
     return DTP_OK;
+}
+
+static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                    const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
+    return open_raw2(ctx, counter, ad, ad_len, ct, len, tag, out, len, NULL);
 }
 
 /* ---- replay window (protocol.md 4.3) -------------------------------------------- */
@@ -507,26 +519,37 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
     return rc;
 }
 
-/* The data of a record plaintext p[0..plen) that is exactly one nonempty STREAM frame
- * of rx's stream at rx's offset, within both limits: its length (*data_off set), or 0. */
-static size_t rx_stream_data(const dtp_rx *rx, const uint8_t *p, size_t plen,
-                             size_t *data_off) {
-    if (plen < 4 || p[0] != DTP_FRAME_STREAM) return 0;
+/* Parse the STREAM frame header at p[0..avail): the header length, or 0 unless it is a
+ * STREAM (not FIN) frame of rx's stream at rx's offset, whose data -- the rest of a
+ * plaintext of plen bytes exactly -- is nonempty and within both limits. */
+static size_t rx_stream_header(const dtp_rx *rx, const uint8_t *p, size_t avail,
+                               size_t plen) {
+    if (avail < 4 || p[0] != DTP_FRAME_STREAM) return 0;
     uint64_t sid = 0, off = 0, n = 0;
     size_t h = 1, k;
-    if ((k = dtp_varint_get(p + h, plen - h, &sid)) == 0) return 0;
+    if ((k = dtp_varint_get(p + h, avail - h, &sid)) == 0) return 0;
     h += k;
-    if ((k = dtp_varint_get(p + h, plen - h, &off)) == 0) return 0;
+    if ((k = dtp_varint_get(p + h, avail - h, &off)) == 0) return 0;
     h += k;
-    if ((k = dtp_varint_get(p + h, plen - h, &n)) == 0) return 0;
+    if ((k = dtp_varint_get(p + h, avail - h, &n)) == 0) return 0;
     h += k;
-    if (sid != rx->stream_id || off != rx->offset || n == 0 || n != (uint64_t)(plen - h))
+    if (sid != rx->stream_id || off != rx->offset || n == 0 || h > plen ||
+        n != (uint64_t)(plen - h))
         return 0;
     /* both limits, written so that nothing can overflow */
     if (rx->offset > rx->stream_limit || n > rx->stream_limit - rx->offset) return 0;
     if (rx->conn_received > rx->conn_limit || n > rx->conn_limit - rx->conn_received) return 0;
-    *data_off = h;
-    return (size_t)n;
+    return h;
+}
+
+/* The header length dtp_stream_seal writes for a plaintext of plen bytes at rx's stream
+ * and offset (minimal varints), or 0 if there is none. */
+static size_t rx_predicted_header(const dtp_rx *rx, size_t plen) {
+    size_t base = 1 + dtp_varint_size(rx->stream_id) + dtp_varint_size(rx->offset);
+    for (size_t k = 1; k <= 8; k *= 2)
+        if (plen > base + k && dtp_varint_size((uint64_t)(plen - base - k)) == k)
+            return base + k;
+    return 0;
 }
 
 int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
@@ -550,30 +573,58 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
             break;
         }
         size_t plen = rec.body_len - DTP_AEAD_TAG_LEN;
-        if (rec.counter == COUNTER_RESERVED || !window_check(ctx, rec.counter) ||
-            open_record(ctx, hdr, &rec, plen > 0 ? scratch : NULL) != DTP_OK) {
+        if (rec.counter == COUNTER_RESERVED || !window_check(ctx, rec.counter)) {
             rc = DTP_STOP;
             break;
         }
-        size_t data_off = 0;
-        size_t n = rx_stream_data(rx, scratch, plen, &data_off);
-        if (n == 0) {
-            OPENSSL_cleanse(scratch, plen);
-            rc = DTP_STOP;
-            break;
+        const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+        size_t room = dst_cap - taken, n, h;
+        size_t guess = rx_predicted_header(rx, plen);
+        if (guess > 0 && plen - guess <= room && guess <= STREAM_HEADER_MAX) {
+            /* The usual record: the frame header to a small buffer, the data straight
+             * to its place in dst -- no copy after the decryption. */
+            uint8_t fh[STREAM_HEADER_MAX];
+            n = plen - guess;
+            if (open_raw2(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, fh,
+                          guess, dst + taken) != DTP_OK) {
+                rc = DTP_STOP;
+                break;
+            }
+            if (rx_stream_header(rx, fh, guess, plen) != guess) {
+                OPENSSL_cleanse(fh, guess);
+                OPENSSL_cleanse(dst + taken, n);
+                rc = DTP_STOP;
+                break;
+            }
+            window_mark(ctx, rec.counter);
+            taken += n;
+        } else {
+            if (open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen,
+                         plen > 0 ? scratch : NULL) != DTP_OK) {
+                rc = DTP_STOP;
+                break;
+            }
+            h = rx_stream_header(rx, scratch, plen, plen);
+            if (h == 0) {
+                OPENSSL_cleanse(scratch, plen);
+                rc = DTP_STOP;
+                break;
+            }
+            window_mark(ctx, rec.counter);
+            n = plen - h;
+            size_t copy = n < room ? n : room;
+            memcpy(dst + taken, scratch + h, copy);
+            taken += copy;
+            if (copy < n) {
+                rx->spill_off = h + copy;
+                rx->spill_len = n - copy;
+            }
         }
-        window_mark(ctx, rec.counter);
-        size_t room = dst_cap - taken;
-        size_t copy = n < room ? n : room;
-        memcpy(dst + taken, scratch + data_off, copy);
-        taken += copy;
         rx->offset += n;
         rx->conn_received += n;
         rx->records++;
         pos += DTP_RECORD_HEADER_LEN + rec.body_len;
-        if (copy < n) {
-            rx->spill_off = data_off + copy;
-            rx->spill_len = n - copy;
+        if (rx->spill_len > 0) {
             rc = DTP_FULL;
             break;
         }
