@@ -108,6 +108,7 @@ __all__ = ["CloseCode", "Connection", "ConnectionConfig", "error_for_termination
 logger = logging.getLogger(__name__)
 
 MAX_RECORD_PLAINTEXT = 16384
+_LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between reads
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
@@ -207,7 +208,9 @@ class Connection:
         self._send_aead: Any = None
         self._recv_aead: Any = None
         self._send_counter = 0
-        self._lane: Any = None  # _core.Lane, made on first use of seal_fast/take_fast
+        self._lane: Any = None  # _core.Lane, made on first use
+        self._lane_sid: int | None = None  # the stream that got data last (lane's guess)
+        self._lane_buf: memoryview | None = None
         self._early_records: list[bytes] = []
         self.peer_static: bytes | None = None
         self.handshake_hash: bytes | None = None
@@ -318,6 +321,23 @@ class Connection:
             return
         self._last_received = now
         self.bytes_received += len(data)
+        sid = self._lane_sid
+        if (
+            sid is not None
+            and self.stream_data_handler is not None
+            and self._acks is None
+            and self._state is ConnState.ESTABLISHED
+        ):
+            # the stream that got data last probably gets this too: the lane opens its
+            # run of records into one buffer, for one handler call
+            stream = self._streams.get(sid)
+            if (
+                stream is not None
+                and stream.recv_state is RecvState.OPEN
+                and stream.recv_highest == stream.delivered
+            ):
+                self._lane_feed(memoryview(data), stream, self._lane_buffer(len(data)), now, True)
+                return
         self._receive(data, now)
 
     def _receive(self, data: bytes | bytearray | memoryview, now: float) -> None:
@@ -639,7 +659,26 @@ class Connection:
             return 0, True
         self._last_received = now
         self.bytes_received += len(data)
-        view = memoryview(data)
+        return self._lane_feed(memoryview(data), stream, memoryview(dst), now, False)
+
+    def _lane_buffer(self, size: int) -> memoryview:
+        """The buffer the lane opens records into for the handler (a run of a read
+        is at most the read plus the record it completes)."""
+        size += MAX_RECORD_PLAINTEXT
+        buf = self._lane_buf
+        if buf is None or len(buf) < size:
+            buf = memoryview(bytearray(size))
+            if size <= _LANE_BUFFER_KEEP:
+                self._lane_buf = buf
+        return buf
+
+    def _lane_feed(
+        self, view: memoryview, stream: _Stream, dst: memoryview, now: float, deliver: bool
+    ) -> tuple[int, bool]:
+        """Bytes from the carrier (bookkeeping done) through the lane for ``stream``:
+        first the record a previous read ended inside, if any, then the rest. With
+        ``deliver`` the bytes go to the handler (``dst`` is scratch space); without,
+        they stay in ``dst`` for the caller. Returns (bytes taken, attention)."""
         if self._inbuf:
             # the last read ended inside a record: complete it, so the lane sees it whole
             inbuf = self._inbuf
@@ -659,14 +698,16 @@ class Connection:
                 return 0, False
             first = bytes(inbuf) + view[:need]
             inbuf.clear()
-            taken, attention, general = self._take_run(first, stream, dst, now)
+            taken, attention, general = self._take_run(first, stream, dst, now, deliver)
             rest = view[need:]
             if general or not rest:
                 self._receive(rest, now)  # after what the general path took
                 return taken, attention
-            more, attention2, _ = self._take_run(rest, stream, memoryview(dst)[taken:], now)
+            more, attention2, _ = self._take_run(
+                rest, stream, dst if deliver else dst[taken:], now, deliver
+            )
             return taken + more, attention or attention2
-        taken, attention, _ = self._take_run(view, stream, dst, now)
+        taken, attention, _ = self._take_run(view, stream, dst, now, deliver)
         return taken, attention
 
     def _take_run(
@@ -675,15 +716,17 @@ class Connection:
         stream: _Stream,
         dst: bytearray | memoryview,
         now: float,
+        deliver: bool = False,
     ) -> tuple[int, bool, bool]:
-        """:meth:`take_fast` over whole records and perhaps a partial one at the end
-        (bookkeeping done): returns the bytes written to ``dst``, attention, and whether
-        the general path took over for good (then later bytes must go that way too)."""
+        """:meth:`_lane_feed` over whole records and perhaps a partial one at the end:
+        returns the bytes taken, attention, and whether the general path took over for
+        good (then later bytes must go that way too)."""
         lane = self._lane or self._get_lane()
         stream_id = stream.stream_id
         taken = 0
         attention = general = False
         out = dst if type(dst) is memoryview else memoryview(dst)
+        handler = self.stream_data_handler
         while view:
             result = lane.take(
                 view,
@@ -692,7 +735,7 @@ class Connection:
                 stream.recv_limit,
                 self._conn_received,
                 self._conn_recv_limit,
-                out[taken:] if taken else out,
+                out[taken:] if taken and not deliver else out,
             )
             if result.records:
                 n = result.taken
@@ -702,6 +745,8 @@ class Connection:
                 self._conn_received += got
                 self.records_received += result.records
                 taken += n
+                if deliver and n and handler is not None:
+                    handler(stream_id, out[:n], False)
                 if spill:
                     if self.stream_data_handler is not None:
                         self.stream_data_handler(stream_id, spill, False)
@@ -721,8 +766,14 @@ class Connection:
             # something bad); past it the lane goes on if it delivered nothing of ours
             before = stream.delivered
             size = 12 + (view[2] | view[3] << 8) if len(view) >= 12 else len(view)
+            self._lane_sid = None
             self._receive(view[:size], now)
             view = view[size:]
+            if deliver and self._lane_sid not in (None, stream_id):
+                # the general path delivered to another stream: follow it
+                other = self._streams.get(self._lane_sid)
+                if other is not None and other.recv_highest == other.delivered:
+                    stream, stream_id, before = other, other.stream_id, other.delivered
             if (
                 self._state is not ConnState.ESTABLISHED
                 or stream.delivered != before
@@ -732,7 +783,8 @@ class Connection:
                 self._receive(view, now)
                 general = True
                 break
-        if taken:
+        self._lane_sid = stream_id
+        if taken and not deliver:
             self.acknowledge_read(stream_id, taken)
         if not attention:
             keepalive = self.config.keepalive_interval
@@ -1076,6 +1128,7 @@ class Connection:
             stream.recv_highest = end
         if data:
             stream.delivered = end
+            self._lane_sid = stream_id
             handler(stream_id, data, False)
         return True
 
@@ -1202,6 +1255,8 @@ class Connection:
                 stream.reasm.push(offset, data)
             chunk = stream.reasm.pop()
         stream.delivered += len(chunk)
+        if chunk:
+            self._lane_sid = stream_id
         done = stream.final_size is not None and stream.delivered == stream.final_size
         if chunk or (done and stream.recv_state is not RecvState.DONE):
             if done:

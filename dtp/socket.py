@@ -271,7 +271,8 @@ class _Engine:
     def read_fast(self, stream_id: int, dst: memoryview) -> int:
         """One non-blocking read of the carrier (lock held), with ``stream_id``'s next
         bytes going straight into ``dst``: returns how many landed there. Everything
-        else the read brought takes the general path (the streams' buffers, events)."""
+        else the read brought takes the general path (the streams' buffers, events).
+        Only for a stream with nothing buffered: those bytes would come first."""
         if self.carrier_closed:
             return 0
         try:
@@ -655,6 +656,8 @@ class DTPSocket:
             if deadline is None and self._timeout is not None:
                 deadline = time.monotonic() + self._timeout
             engine.wait_io(deadline)
+            if session.readable(sid):
+                return 0  # another thread read the carrier meanwhile: buffered bytes first
             n = engine.read_fast(sid, view)
             if n:
                 return n

@@ -102,50 +102,84 @@ static int seal_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
     return seal_raw2(ctx, counter, ad, ad_len, plain, len, NULL, 0, out, tag);
 }
 
-/* ChaCha20-Poly1305 open of ct[0..len) with `tag`, the plaintext split: its first l1
- * bytes to out1, the rest to out2 (so that a frame header and its data can land in
- * different places). Writes len bytes in all, and wipes them again if the tag does not
- * verify. Returns DTP_OK, DTP_ERR_DECRYPT or DTP_ERR_CRYPTO. */
-static int open_raw2(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                     const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out1,
-                     size_t l1, uint8_t *out2) {
+/* ChaCha20-Poly1305 open of ct[0..len) with `tag`. Writes len bytes at out, and wipes
+ * them again if the tag does not verify. Returns DTP_OK, DTP_ERR_DECRYPT or
+ * DTP_ERR_CRYPTO. */
+static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
+                    const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
     uint8_t nonce[NONCE_LEN];
     uint8_t tag_copy[DTP_AEAD_TAG_LEN];
     uint8_t fin[DTP_AEAD_TAG_LEN];
     int outl = 0;
-    size_t l2 = len - l1;
     make_nonce(nonce, counter);
     /* The ctrl takes a non-const pointer; hand it a copy rather than cast const away. */
     for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = tag[i];
     if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 0) != 1) return crypto_failed(ctx);
     if (ad_len > 0 && EVP_CipherUpdate(ctx->evp, NULL, &outl, ad, (int)ad_len) != 1)
         return crypto_failed(ctx);
-    int ok = 1;
-    if (l1 > 0)
-        ok = EVP_CipherUpdate(ctx->evp, out1, &outl, ct, (int)l1) == 1 && (size_t)outl == l1;
-    if (ok && l2 > 0)
-        ok = EVP_CipherUpdate(ctx->evp, out2, &outl, ct + l1, (int)l2) == 1 &&
-             (size_t)outl == l2;
-    if (ok)
-        ok = EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) == 1;
-    if (!ok) {
-        if (l1 > 0) OPENSSL_cleanse(out1, l1);
-        if (l2 > 0) OPENSSL_cleanse(out2, l2);
+    if (len > 0) {
+        if (EVP_CipherUpdate(ctx->evp, out, &outl, ct, (int)len) != 1 || (size_t)outl != len) {
+            OPENSSL_cleanse(out, len);
+            return crypto_failed(ctx);
+        }
+    }
+    if (EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) != 1) {
+        if (len > 0) OPENSSL_cleanse(out, len);
         return crypto_failed(ctx);
     }
     if (EVP_CipherFinal_ex(ctx->evp, fin, &outl) != 1 || outl != 0) {
         /* Tag mismatch: the plaintext written above is unauthenticated; erase it. */
-        if (l1 > 0) OPENSSL_cleanse(out1, l1);
-        if (l2 > 0) OPENSSL_cleanse(out2, l2);
+        if (len > 0) OPENSSL_cleanse(out, len);
         ERR_clear_error();
         return DTP_ERR_DECRYPT;
     }
     return DTP_OK;
 }
 
-static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
-                    const uint8_t *ct, size_t len, const uint8_t *tag, uint8_t *out) {
-    return open_raw2(ctx, counter, ad, ad_len, ct, len, tag, out, len, NULL);
+static size_t rx_stream_header(const dtp_rx *rx, const uint8_t *p, size_t avail, size_t plen);
+
+/* Open a DATA record expected to hold one STREAM frame whose header takes h bytes: the
+ * header is decrypted into fh first and checked (by `check`, on unauthenticated bytes:
+ * only to decide whether to go on); when it matches, the rest -- the frame's data -- is
+ * decrypted straight into out and the tag verified. Returns DTP_OK, DTP_STOP when the
+ * header does not match (out untouched, fh wiped), DTP_ERR_DECRYPT or DTP_ERR_CRYPTO
+ * (fh and out wiped). */
+static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
+                              const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
+    uint8_t nonce[NONCE_LEN];
+    uint8_t tag_copy[DTP_AEAD_TAG_LEN];
+    uint8_t fin[DTP_AEAD_TAG_LEN];
+    int outl = 0;
+    size_t plen = rec->body_len - DTP_AEAD_TAG_LEN, n = plen - h;
+    const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
+    make_nonce(nonce, rec->counter);
+    for (size_t i = 0; i < DTP_AEAD_TAG_LEN; i++) tag_copy[i] = ct[plen + i];
+    if (EVP_CipherInit_ex(ctx->evp, NULL, NULL, NULL, nonce, 0) != 1 ||
+        EVP_CipherUpdate(ctx->evp, NULL, &outl, hdr, DTP_RECORD_HEADER_LEN) != 1 ||
+        EVP_CipherUpdate(ctx->evp, fh, &outl, ct, (int)h) != 1 || (size_t)outl != h) {
+        OPENSSL_cleanse(fh, h);
+        return crypto_failed(ctx);
+    }
+    if (rx_stream_header(rx, fh, h, plen) != h) {
+        /* not the record hoped for: leave it (and the context, re-initialised by the
+         * next call's nonce) without decrypting further */
+        OPENSSL_cleanse(fh, h);
+        return DTP_STOP;
+    }
+    int ok = EVP_CipherUpdate(ctx->evp, out, &outl, ct + h, (int)n) == 1 && (size_t)outl == n &&
+             EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) == 1;
+    if (!ok) {
+        OPENSSL_cleanse(fh, h);
+        OPENSSL_cleanse(out, n);
+        return crypto_failed(ctx);
+    }
+    if (EVP_CipherFinal_ex(ctx->evp, fin, &outl) != 1 || outl != 0) {
+        OPENSSL_cleanse(fh, h);
+        OPENSSL_cleanse(out, n);
+        ERR_clear_error();
+        return DTP_ERR_DECRYPT;
+    }
+    return DTP_OK;
 }
 
 /* ---- replay window (protocol.md 4.3) -------------------------------------------- */
@@ -585,17 +619,11 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
              * to its place in dst -- no copy after the decryption. */
             uint8_t fh[STREAM_HEADER_MAX];
             n = plen - guess;
-            if (open_raw2(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen, fh,
-                          guess, dst + taken) != DTP_OK) {
+            if (open_stream_record(ctx, hdr, &rec, rx, fh, guess, dst + taken) != DTP_OK) {
                 rc = DTP_STOP;
                 break;
             }
-            if (rx_stream_header(rx, fh, guess, plen) != guess) {
-                OPENSSL_cleanse(fh, guess);
-                OPENSSL_cleanse(dst + taken, n);
-                rc = DTP_STOP;
-                break;
-            }
+            OPENSSL_cleanse(fh, guess);
             window_mark(ctx, rec.counter);
             taken += n;
         } else {
