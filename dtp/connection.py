@@ -70,6 +70,7 @@ from dtp._types import (
     STOP,
     OpenedFrames,
     RawFrame,
+    TakeResult,
 )
 from dtp.crypto import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
 from dtp.errors import (
@@ -228,6 +229,9 @@ class Connection:
         self._conn_recv_limit = config.connection_window
         self._conn_received = 0  # highest offsets received, summed
         self._conn_consumed = 0
+        # credit updates go out when less than this much of a window is left
+        self._conn_credit_at = config.connection_window * 3 // 4
+        self._stream_credit_at = config.stream_window * 3 // 4
         self._peer_max_streams = 0  # how many streams we may open in total
         self._opened_by_us = 0
         self._local_max_streams = config.max_streams  # total peer-opened streams allowed
@@ -659,7 +663,44 @@ class Connection:
             return 0, True
         self._last_received = now
         self.bytes_received += len(data)
-        return self._lane_feed(memoryview(data), stream, memoryview(dst), now, False)
+        if self._inbuf:
+            return self._lane_feed(memoryview(data), stream, memoryview(dst), now, False)
+        lane = self._lane or self._get_lane()
+        result = lane.take(
+            data,
+            stream_id,
+            stream.delivered,
+            stream.recv_limit,
+            self._conn_received,
+            self._conn_recv_limit,
+            dst,
+        )
+        if result.consumed != len(data) or result.spill:
+            # something else came along: the general machinery goes on from here
+            taken, attention, _ = self._take_run(
+                memoryview(data), stream, memoryview(dst), now, False, result
+            )
+            return taken, attention
+        # the usual read: whole records of this stream, all of them in dst, read
+        n = result.taken
+        stream.delivered = stream.recv_highest = stream.delivered + n
+        stream.consumed += n
+        self._conn_received += n
+        self._conn_consumed += n
+        self.records_received += result.records
+        self._lane_sid = stream_id
+        if (
+            self._conn_recv_limit - self._conn_consumed < self._conn_credit_at
+            or stream.recv_limit - stream.consumed < self._stream_credit_at
+        ):
+            self._return_credit(stream)
+        keepalive = self.config.keepalive_interval
+        return n, bool(
+            self._events
+            or self._pending_max_data
+            or self._pending_stream_credit
+            or (keepalive and now >= self._last_sent + keepalive)
+        )
 
     def _lane_buffer(self, size: int) -> memoryview:
         """The buffer the lane opens records into for the handler (a run of a read
@@ -717,10 +758,12 @@ class Connection:
         dst: bytearray | memoryview,
         now: float,
         deliver: bool = False,
+        result: TakeResult | None = None,
     ) -> tuple[int, bool, bool]:
         """:meth:`_lane_feed` over whole records and perhaps a partial one at the end:
         returns the bytes taken, attention, and whether the general path took over for
-        good (then later bytes must go that way too)."""
+        good (then later bytes must go that way too). ``result``: the lane's take of
+        ``view`` into ``dst`` already made, to go on from."""
         lane = self._lane or self._get_lane()
         stream_id = stream.stream_id
         taken = 0
@@ -728,15 +771,16 @@ class Connection:
         out = dst if type(dst) is memoryview else memoryview(dst)
         handler = self.stream_data_handler
         while view:
-            result = lane.take(
-                view,
-                stream_id,
-                stream.delivered,
-                stream.recv_limit,
-                self._conn_received,
-                self._conn_recv_limit,
-                out[taken:] if taken and not deliver else out,
-            )
+            if result is None:
+                result = lane.take(
+                    view,
+                    stream_id,
+                    stream.delivered,
+                    stream.recv_limit,
+                    self._conn_received,
+                    self._conn_recv_limit,
+                    out[taken:] if taken and not deliver else out,
+                )
             if result.records:
                 n = result.taken
                 spill = result.spill
@@ -753,10 +797,11 @@ class Connection:
                     else:
                         self._deliver(StreamDataReceived(stream_id, bytes(spill), False))
             view = view[result.consumed :]
+            status, result = result.status, None
             if not view:
                 break
             attention = True
-            if result.status != STOP:
+            if status != STOP:
                 # a partial record (kept for the next read), or dst is full: the rest
                 # waits in the general path's buffers, after what dst holds
                 self._receive(view, now)
@@ -822,21 +867,26 @@ class Connection:
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
         self._conn_consumed += nbytes
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.consumed += nbytes
+        self._return_credit(stream)
+
+    def _return_credit(self, stream: _Stream | None) -> None:
+        """After the application consumed bytes (of ``stream``): queue credit updates
+        for the windows that are used up enough."""
         # Credit goes back once a quarter of the window is used: a sender on a fast
         # carrier then always has most of a window to go on while the update travels.
-        if self._conn_recv_limit - self._conn_consumed < self.config.connection_window * 3 // 4:
+        if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
             self._conn_recv_limit = self._conn_consumed + self.config.connection_window
             self._pending_max_data = True
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        stream.consumed += nbytes
         if (
-            stream.recv_state is RecvState.OPEN
-            and stream.recv_limit - stream.consumed < self.config.stream_window * 3 // 4
+            stream is not None
+            and stream.recv_state is RecvState.OPEN
+            and stream.recv_limit - stream.consumed < self._stream_credit_at
         ):
             stream.recv_limit = stream.consumed + self.config.stream_window
-            self._pending_stream_credit.add(stream_id)
+            self._pending_stream_credit.add(stream.stream_id)
 
     def send_buffered(self, stream_id: int | None = None) -> int:
         """Bytes queued but not yet sent (on one stream, or on all)."""

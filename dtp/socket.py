@@ -618,7 +618,8 @@ class DTPSocket:
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read into a writable buffer; returns the number of bytes read."""
-        self._check_open()
+        if self._closed:
+            raise LocalProtocolError("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
         if nbytes:
             view = view[:nbytes]
@@ -627,7 +628,11 @@ class DTPSocket:
         engine = self._engine
         session = engine.session
         with engine.lock:
-            if not session.readable(self._stream_id):
+            buf = session.streams.get(self._stream_id)
+            if session.terminated is None and (
+                buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
+            ):
+                # nothing buffered (Session.readable, inline: this is the hot path), and
                 # what we wait for has often arrived already: read it straight in
                 n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
                 if n:
@@ -670,7 +675,8 @@ class DTPSocket:
 
     def send(self, data: Any, flags: int = 0) -> int:
         """Queue as much of ``data`` as fits; returns the count (blocks while none fits)."""
-        self._check_open()
+        if self._closed:
+            raise LocalProtocolError("operation on a closed DTP socket")
         if self._wr_shut:
             raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
         view = memoryview(data).cast("B")
