@@ -288,6 +288,10 @@ class _Engine:
         taken, attention = self.conn.take_fast(self._rview[:n], stream_id, dst, time.monotonic())
         if attention:
             self._after_io()
+            if self.pumping:
+                # another thread waits on the carrier (lock released): what we read may
+                # be what it waits for, and it would not see the socket readable again
+                self._wake()
         return taken
 
     def wait_io(self, deadline: float | None) -> None:
