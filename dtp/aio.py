@@ -403,9 +403,25 @@ class DTPStreamWriter:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)
         if data:
+            proto = self._proto
+            transport = proto.transport
+            if transport is not None and not transport.is_closing():
+                # the lane: sealed straight from the caller's bytes into records that
+                # go to the transport at once (it copies what it cannot send now)
+                view = memoryview(data).cast("B")
+                while view:
+                    sealed = self._conn.seal_fast(self._stream_id, view, proto.loop.time())
+                    if sealed is None:
+                        break
+                    transport.write(sealed[0])
+                    view = view[sealed[1] :]
+                if not view:
+                    proto.flush()  # the meter, control frames, timers
+                    return
+                data = view
             # no defensive copy: the connection seals the bytes now or copies them
             self._conn.send_stream_data(self._stream_id, data)
-            self._proto.flush()
+            proto.flush()
 
     def writelines(self, lines: Any) -> None:
         self.write(b"".join(lines))
