@@ -7,9 +7,10 @@ shared in-band metering runtime can replace them later without touching the tunn
   :meth:`dtp.escrow.Receipt.encode` records of :data:`RECEIPT_SIZE` bytes.
 - :class:`ServerFees` (daemon side): checks each receipt with
   :func:`dtp.escrow.check_receipt`, keeps the newest in a :class:`ReceiptStore` (durable
-  before it is acknowledged anywhere), and on connection end claims it on the ledger,
-  closes the connection and settles it so the client is refunded the rest.
-  :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind.
+  before it counts anywhere: written by a :class:`dtp.receipt_writer.ReceiptWriter`
+  thread, so that the fsync never stalls the event loop), and on connection end claims
+  it on the ledger, closes the connection and settles it so the client is refunded the
+  rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind.
 
 Ledger calls block: the async methods run them in worker threads.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +36,7 @@ from dtp.escrow import (
     fee,
 )
 from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -106,36 +109,61 @@ class ServerFees:
         self.identity = identity
         self.host_id = host_id
         self.store = ReceiptStore(path)
+        self.writer = ReceiptWriter(self.store)
+        # per live connection: the newest receipt checked (perhaps not stored yet) and
+        # the MIST already claimed, so a receipt is checked without a read of the store
+        self._checked: dict[str, tuple[Receipt | None, int]] = {}
 
     async def terms(self, connection_id: str) -> ConnectionTerms:
         """Read a connection's fee terms from the ledger."""
 
         return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 
-    def accept(self, terms: ConnectionTerms, data: bytes) -> Receipt:
-        """Check and keep one encoded receipt; raises :class:`InvalidReceipt` (with the
-        ``escrow::claim`` error name) when it would not be claimable."""
+    def accept(
+        self, terms: ConnectionTerms, data: bytes, on_kept: Callable[[Receipt], None]
+    ) -> Receipt:
+        """Check one encoded receipt and have it stored; raises :class:`InvalidReceipt`
+        (with the ``escrow::claim`` error name) when it would not be claimable.
+        ``on_kept(receipt)`` runs on this event loop once the receipt is on disk (only
+        then does it count); a newer receipt may replace it before that."""
         receipt = Receipt.decode(data)
-        stored = self.store.latest(terms.connection_id)
+        cid = terms.connection_id
+        known = self._checked.get(cid)
+        if known is None:
+            stored = self.store.latest(cid)
+            known = (stored.receipt, stored.claimed_amount) if stored else (None, 0)
+        newest, claimed = known
         check_receipt(
             receipt,
-            connection_id=terms.connection_id,
+            connection_id=cid,
             sla=terms.sla,
             public_key=terms.client_public_key,
             deposited=terms.deposited,
-            claimed=stored.claimed_amount if stored else 0,
-            latest_nonce=stored.receipt.nonce if stored else 0,
+            claimed=claimed,
+            latest_nonce=newest.nonce if newest else 0,
         )
-        self.store.keep(receipt)
+        self._checked[cid] = (receipt, claimed)
+        loop = asyncio.get_running_loop()
+
+        def kept(stored: Receipt) -> None:  # in the writer's thread
+            loop.call_soon_threadsafe(on_kept, stored)
+
+        self.writer.submit(receipt, kept)
         return receipt
 
     def held(self, connection_id: str) -> Receipt | None:
+        """The newest receipt of a connection checked so far (stored, or being)."""
+        known = self._checked.get(connection_id)
+        if known is not None:
+            return known[0]
         stored = self.store.latest(connection_id)
         return stored.receipt if stored else None
 
     async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
         """Claim the latest receipt, close the connection and settle it (refunding the
         client). Ledger refusals are logged and leave the receipt in the store."""
+        await asyncio.to_thread(self.writer.flush, connection_id)  # its newest on disk
+        self._checked.pop(connection_id, None)
         stored = self.store.latest(connection_id)
         claimed = 0
         if stored is not None and stored.unclaimed > 0:
@@ -182,4 +210,5 @@ class ServerFees:
         return done
 
     def close(self) -> None:
+        self.writer.close()
         self.store.close()

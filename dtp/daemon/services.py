@@ -253,15 +253,16 @@ class ServiceHost:
         if terms.sla.price_per_kib or terms.sla.price_per_request:
             earned = [0]
 
-            def keep(receipt: Receipt) -> None:
-                try:
-                    self.fees.accept(terms, receipt.encode())
-                except DTPError as exc:  # checked already; the store may disagree
-                    logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
-                    return
+            def kept(receipt: Receipt) -> None:
                 stats.fees_earned += receipt.total_amount - earned[0]
                 earned[0] = receipt.total_amount
                 self.book.touch()
+
+            def keep(receipt: Receipt) -> None:
+                try:
+                    self.fees.accept(terms, receipt.encode(), kept)
+                except DTPError as exc:  # checked already; the store may disagree
+                    logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
 
             billing = UdpBilling(
                 conn.connection_id,
@@ -319,14 +320,25 @@ class ServiceHost:
     async def _read_receipts(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
         """Stream 0 carries receipts until the client closes the connection."""
         stats = self.stats(conn.service)
+        earned = [0]
+
+        def kept(receipt: Receipt) -> None:
+            # on disk now: it counts (receipts of one connection are kept in order)
+            stats.fees_earned += receipt.total_amount - earned[0]
+            earned[0] = receipt.total_amount
+            conn.paid_bytes = receipt.total_bytes
+            self._count_held()
+
+        stored = self.fees.held(conn.connection_id)
+        if stored is not None:  # a connection the daemon saw before a restart
+            earned[0] = stored.total_amount
         while True:
             try:
                 data = await reader.readexactly(RECEIPT_SIZE)
             except (asyncio.IncompleteReadError, DTPError):
                 return
             try:
-                previous = self.fees.held(conn.connection_id)
-                receipt = self.fees.accept(conn.terms, data)
+                self.fees.accept(conn.terms, data, kept)
             except InvalidReceipt as exc:
                 logger.warning(
                     "bad receipt",
@@ -334,10 +346,6 @@ class ServiceHost:
                 )
                 conn.writer.abort(f"bad receipt: {exc}")
                 return
-            before = previous.total_amount if previous else 0
-            stats.fees_earned += receipt.total_amount - before
-            conn.paid_bytes = receipt.total_bytes
-            self._count_held()
 
     async def _accept_tunnels(self, conn: _Conn) -> None:
         while True:

@@ -1,0 +1,89 @@
+"""The daemon's receipt keeping (dtp.daemon.fees.ServerFees): receipts are checked at
+once, stored by a writer thread (the event loop never waits for the fsync), and count
+only once stored; a settle claims the newest one on the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.daemon.fees import ServerFees
+from dtp.errors import InvalidReceipt
+from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.receipt_store import ReceiptStore
+
+SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
+DEPOSIT = 1_000_000
+
+
+def _receipt(client: HostIdentity, cid: str, total_bytes: int, nonce: int) -> Receipt:
+    return Receipt(cid, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(client)
+
+
+def _setup(tmp_path: Path) -> tuple[LocalLedger, HostIdentity, HostIdentity, str, str]:
+    ledger = LocalLedger(str(tmp_path / "ledger.db"))
+    server, client = HostIdentity.generate(), HostIdentity.generate()
+    host_id = ledger.create_host(server, server.noise_public)
+    ledger.add_service(server, host_id, 80, "raw", SLA)
+    ledger.faucet(client.sui_address, 10 * DEPOSIT)
+    cap = ledger.create_spending_cap(client, 10 * DEPOSIT)
+    opened = ledger.open_connection(client, host_id, 80, cap, DEPOSIT)
+    return ledger, server, client, host_id, opened.connection_id
+
+
+def test_receipts_are_checked_at_once_and_count_once_stored(tmp_path: Path) -> None:
+    ledger, server, client, host_id, cid = _setup(tmp_path)
+    fees = ServerFees(ledger, server, host_id, tmp_path / "receipts.db")
+    terms = ConnectionTerms.from_ledger(ledger, cid)
+    before = ledger.balance(server.sui_address)
+
+    async def run() -> list[Receipt]:
+        kept: list[Receipt] = []
+        for n in range(1, 6):
+            fees.accept(terms, _receipt(client, cid, n * 4096, n).encode(), kept.append)
+        # the newest checked receipt is known before any is on disk: a replay of an
+        # older nonce is refused at once
+        with pytest.raises(InvalidReceipt):
+            fees.accept(terms, _receipt(client, cid, 4096, 2).encode(), kept.append)
+        assert fees.held(cid) is not None and fees.held(cid).nonce == 5  # type: ignore[union-attr]
+        settled = await fees.settle(cid, terms.escrow_id)
+        assert settled.claimed == fee(SLA, 5 * 4096, 0)
+        return kept
+
+    kept = asyncio.run(run())
+    # callbacks ran on the loop, in order, ending with the newest (older ones may have
+    # been replaced while a write was under way)
+    assert kept and kept[-1].nonce == 5
+    assert [r.nonce for r in kept] == sorted(r.nonce for r in kept)
+    fees.close()
+    store = ReceiptStore(tmp_path / "receipts.db")
+    stored = store.latest(cid)
+    assert stored is not None and stored.receipt.nonce == 5 and stored.unclaimed == 0
+    store.close()
+    assert ledger.balance(server.sui_address) - before == fee(SLA, 5 * 4096, 0)
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_a_forged_receipt_is_refused_and_never_stored(tmp_path: Path) -> None:
+    ledger, server, _client, host_id, cid = _setup(tmp_path)
+    fees = ServerFees(ledger, server, host_id, tmp_path / "receipts.db")
+    terms = ConnectionTerms.from_ledger(ledger, cid)
+    forger = HostIdentity.generate()
+
+    async def run() -> None:
+        with pytest.raises(InvalidReceipt):
+            fees.accept(terms, _receipt(forger, cid, 4096, 1).encode(), lambda r: None)
+        await asyncio.to_thread(fees.writer.flush)
+
+    asyncio.run(run())
+    assert fees.held(cid) is None
+    fees.close()
+    store = ReceiptStore(tmp_path / "receipts.db")
+    assert store.latest(cid) is None
+    store.close()
