@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,48 @@ def test_host_firewall_on_the_ledger_denies_before_money_moves(setup: Setup) -> 
     assert f"refuses {setup.client.sui_address}" in f.log()
     assert ledger.balance(setup.client.sui_address) == before
     assert conserved(ledger)
+
+
+def test_host_rate_limits_hold_tunnels_back(setup: Setup) -> None:
+    b = setup.backend()
+    rate = 1 << 20  # bytes per second, both directions of the client's tunnels together
+    d = setup.daemon(
+        setup.write_daemon(
+            service([b.info["port"]]),
+            extra=f"\n[firewall]\nmax_bytes_per_sec = {rate}\nmax_requests_per_sec = 2",
+        )
+    )
+    host = setup.ledger().get_host(d.info["host_id"])
+    assert (host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec) == (rate, 2)
+    f = setup.daemon(setup.write_forwarder(d.info["host_id"], 7000))
+    address = f.info["forwards"]["svc"].rsplit(":", 1)
+    data = os.urandom(600_000)
+    start = time.monotonic()
+    assert echo_roundtrip((address[0], int(address[1])), data) == data
+    # 1.2 MB counted at 1 MiB/s, less a quarter second of burst: held back, not dropped
+    assert time.monotonic() - start >= 0.8
+    # requests: one tunnel each, 2 per second (after a burst of a quarter second's worth)
+    start = time.monotonic()
+    for _ in range(4):
+        assert echo_roundtrip((address[0], int(address[1])), b"x") == b"x"
+    assert time.monotonic() - start >= 1.0
+
+
+def test_a_deny_on_the_ledger_reaches_open_tunnels(setup: Setup) -> None:
+    b = setup.backend()
+    d, _, address = setup.pair(service([b.info["port"]]))
+    sock = socket.create_connection(address, timeout=10)
+    with sock:
+        sock.sendall(b"ping")
+        assert sock.recv(16) == b"ping"
+        setup.ledger().deny(setup.provider, d.info["host_id"], setup.client.sui_address)
+        # the daemon re-reads its Host every couple of seconds and cuts the connection
+        sock.settimeout(10)
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(16) == b""
+        assert time.monotonic() - start < 8
+    assert wait_until(lambda: svc_row(setup)["denials"] >= 1)
 
 
 def test_backend_failover_then_clean_error(setup: Setup) -> None:

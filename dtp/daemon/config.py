@@ -52,6 +52,13 @@ class FirewallConfig:
     """``"open"`` (everyone not denied) or ``"allowlist"``."""
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    max_connections_per_client: int = 0
+    """Per-client limits published on the Host (0: unlimited). The daemon enforces
+    the rates on its tunnels by back-pressure, with the values read back from the
+    ledger (so a change made there reaches open tunnels within a refresh)."""
+    max_bytes_per_sec: int = 0
+    max_requests_per_sec: int = 0
+    """A request is one tunnel."""
 
 
 @dataclass(frozen=True)
@@ -447,11 +454,15 @@ def _firewall(check: _Checker, doc: Any) -> FirewallConfig:
     k: KeyPath = ("firewall",)
     if not isinstance(doc, dict):
         raise check.fail(k, "expected a table [firewall]")
-    check.table(doc, k, {"mode", "allow", "deny"})
+    limits = ("max_connections_per_client", "max_bytes_per_sec", "max_requests_per_sec")
+    check.table(doc, k, {"mode", "allow", "deny", *limits})
     return FirewallConfig(
         mode=check.choice(doc, (*k, "mode"), "open", ("open", "allowlist")),
         allow=check.addresses(doc, (*k, "allow")),
         deny=check.addresses(doc, (*k, "deny")),
+        max_connections_per_client=check.integer(doc, (*k, limits[0]), 0),
+        max_bytes_per_sec=check.integer(doc, (*k, limits[1]), 0),
+        max_requests_per_sec=check.integer(doc, (*k, limits[2]), 0),
     )
 
 

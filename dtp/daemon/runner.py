@@ -140,6 +140,14 @@ class Daemon:
             ledger.deny(me, host_id, client)
         for client in set(host.firewall.deny) - set(fw.deny):
             ledger.undeny(me, host_id, client)
+        limits = (fw.max_connections_per_client, fw.max_bytes_per_sec, fw.max_requests_per_sec)
+        published = host.firewall
+        if limits != (
+            published.max_connections_per_client,
+            published.max_bytes_per_sec,
+            published.max_requests_per_sec,
+        ):
+            ledger.set_client_limits(me, host_id, *limits)
         return host_id
 
     # -- running ---------------------------------------------------------------------------

@@ -13,21 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import dtp.aio
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
+from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
-from dtp.errors import DTPError, InvalidReceipt, TunnelError
+from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.udp import UdpBilling, UdpStats
 from dtp.udp_aio import relay_udp_async
 
@@ -36,6 +39,9 @@ __all__ = ["ServiceHost"]
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon.services")
+
+POLICY_REFRESH = 2.0
+"""Seconds between reads of the Host's firewall (rate limits, denials) while serving."""
 
 MAX_TUNNELS_PER_CONNECTION = 1024
 """Streams a forwarder may have open on one connection (the DTP default is 128); a
@@ -54,6 +60,8 @@ class _Conn:
     bytes: int = 0
     paid_bytes: int = 0
     tunnels: set[asyncio.Task[None]] = field(default_factory=set)
+    buckets: ClientBuckets | None = None
+    """The client's rate-limit buckets (shared by its connections)."""
 
 
 class ServiceHost:
@@ -78,6 +86,9 @@ class ServiceHost:
         self._udp_turn = 0
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
+        self.limiter = RateLimiter()
+        self._firewall: Firewall | None = None  # the Host's, as last read
+        self._policy_task: asyncio.Task[None] | None = None
 
     @property
     def fees(self) -> ServerFees:
@@ -200,6 +211,8 @@ class ServiceHost:
             writer.abort(f"cannot read the connection: {exc}")
             return
         conn = _Conn(connection_id, service, terms, client, writer)
+        await self._watch_policy()
+        conn.buckets = self.limiter.acquire(client, time.monotonic())
         self.conns[connection_id] = conn
         stats = self.stats(service)
         stats.connections += 1
@@ -226,6 +239,7 @@ class ServiceHost:
             if conn.tunnels:
                 await asyncio.gather(*conn.tunnels, return_exceptions=True)
             self.conns.pop(connection_id, None)
+            self.limiter.release(client)
             writer.close()
             settled = await self.fees.settle(connection_id, terms.escrow_id)
             stats.fees_claimed += settled.claimed
@@ -368,14 +382,23 @@ class ServiceHost:
         stats = self.stats(service)
         pool = self.pools.get(service.port)
 
-        def count_in(n: int) -> None:
+        buckets = conn.buckets
+
+        def count_in(n: int) -> float | None:
             stats.bytes_in += n
             self._count(conn, service, n)
+            return buckets.bytes.charge(n, time.monotonic()) if buckets else None
 
-        def count_out(n: int) -> None:
+        def count_out(n: int) -> float | None:
             stats.bytes_out += n
             self._count(conn, service, n)
+            return buckets.bytes.charge(n, time.monotonic()) if buckets else None
 
+        if buckets is not None:
+            # one request per tunnel: over the client's rate, the tunnel waits its turn
+            wait = buckets.requests.charge(1, time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
         try:
             if pool is None:
                 raise TunnelError(f"service {service.name} was removed")
@@ -419,6 +442,44 @@ class ServiceHost:
                 f"(slack {service.unpaid_slack})"
             )
 
+    # -- the host's firewall at runtime ---------------------------------------------------
+
+    async def _watch_policy(self) -> None:
+        """Read the Host's firewall once (before the first connection is served), then
+        keep re-reading it every :data:`POLICY_REFRESH` seconds."""
+        if self._policy_task is None and self.host_id:
+            await self.refresh_policy()
+            self._policy_task = asyncio.ensure_future(self._policy_loop())
+
+    async def _policy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_REFRESH)
+            await self.refresh_policy()
+
+    async def refresh_policy(self) -> None:
+        """Apply the Host's firewall as on the ledger now: the per-client rate limits
+        to every client's buckets, and a deny to the open connections it names."""
+        try:
+            host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
+        except ChainError as exc:
+            logger.warning("cannot read the host", extra=kv(error=str(exc)))
+            return
+        fw, old = host.firewall, self._firewall
+        self._firewall = fw
+        if old is None or (old.max_bytes_per_sec, old.max_requests_per_sec) != (
+            fw.max_bytes_per_sec,
+            fw.max_requests_per_sec,
+        ):
+            self.limiter.set_limits(fw.max_bytes_per_sec, fw.max_requests_per_sec, time.monotonic())
+        for conn in list(self.conns.values()):
+            if not fw.permits(conn.client):
+                self.stats(conn.service).denials += 1
+                logger.warning(
+                    "the host's firewall now denies a client",
+                    extra=kv(client=conn.client, connection=conn.connection_id),
+                )
+                conn.writer.abort("the host's firewall now denies this client")
+
     # -- shutdown ------------------------------------------------------------------------
 
     def stop_listening(self) -> None:
@@ -444,3 +505,8 @@ class ServiceHost:
         for pool in list(self.pools.values()):
             await pool.stop()
         self.pools.clear()
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._policy_task
+            self._policy_task = None

@@ -86,8 +86,9 @@ class TcpLeg(asyncio.Protocol):
     Until :meth:`attach` names the DTP stream, reading is paused.
     """
 
-    def __init__(self, count: Callable[[int], None]) -> None:
-        self._count = count
+    def __init__(self, count: Callable[[int], float | None]) -> None:
+        self._count = count  # returns how long to hold reading (the client's rate limit)
+        self._throttled = False
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._sink: _DTPWriter | None = None
@@ -116,7 +117,7 @@ class TcpLeg(asyncio.Protocol):
         sink = self._sink
         assert sink is not None
         try:
-            self._count(len(data))
+            hold = self._count(len(data))
             sink.write(data)
         except (DTPError, RuntimeError) as exc:
             self.fail(exc)
@@ -126,6 +127,15 @@ class TcpLeg(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
             self._loop.create_task(self._drain(sink))
+        if hold and self.transport is not None and not self._throttled:
+            self._throttled = True
+            self.transport.pause_reading()
+            self._loop.call_later(hold, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        if not self._draining and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     async def _drain(self, sink: _DTPWriter) -> None:
         try:
@@ -134,7 +144,7 @@ class TcpLeg(asyncio.Protocol):
             self.fail(exc)
             return
         self._draining = False
-        if self.transport is not None and not self.transport.is_closing():
+        if not self._throttled and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
@@ -187,7 +197,7 @@ class TcpLeg(asyncio.Protocol):
             self.transport.abort()
         self._finish(self.read_done)
 
-    async def copy_from(self, source: _Reader, count: Callable[[int], None]) -> None:
+    async def copy_from(self, source: _Reader, count: Callable[[int], float | None]) -> None:
         """Copy the DTP stream ``source`` to the TCP peer until EOF, then half-close.
 
         A :class:`dtp.aio.DTPStreamReader` pushes its bytes straight into the TCP
@@ -203,15 +213,31 @@ class TcpLeg(asyncio.Protocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the TCP side of the tunnel closed")
-            count(len(data))
+            hold = count(len(data))
             transport.write(data)
             if not self._writable.is_set():
                 await self._writable.wait()
+            if hold:
+                await asyncio.sleep(hold)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write_eof()
 
-    async def _push_from(self, source: DTPStreamReader, count: Callable[[int], None]) -> None:
+    async def _push_from(
+        self, source: DTPStreamReader, count: Callable[[int], float | None]
+    ) -> None:
         done: asyncio.Future[None] = self._loop.create_future()
+        holds: set[str] = set()  # why the stream is paused: "writable", "rate"
+
+        def hold(reason: str) -> None:
+            if not holds:
+                source.pause_sink()
+            holds.add(reason)
+
+        def release(reason: str) -> None:
+            if reason in holds:
+                holds.discard(reason)
+                if not holds and not done.done():
+                    source.resume_sink()
 
         def on_data(data: bytes) -> None:
             transport = self.transport
@@ -219,11 +245,14 @@ class TcpLeg(asyncio.Protocol):
                 if not done.done():
                     done.set_exception(ConnectionResetError("the TCP side of the tunnel closed"))
                 return
-            count(len(data))
+            wait = count(len(data))
             transport.write(data)
             if not self._writable.is_set():
-                source.pause_sink()
-                self._on_writable = source.resume_sink
+                hold("writable")
+                self._on_writable = lambda: release("writable")
+            if wait and "rate" not in holds:
+                hold("rate")
+                self._loop.call_later(wait, release, "rate")
 
         def on_end(error: BaseException | None) -> None:
             if done.done():
@@ -249,7 +278,7 @@ async def splice_leg(
     leg: TcpLeg,
     reader: _Reader,
     writer: _DTPWriter,
-    count_back: Callable[[int], None],
+    count_back: Callable[[int], float | None],
 ) -> BaseException | None:
     """Run a tunnel between an attached :class:`TcpLeg` and a DTP stream until both
     directions ended (or one failed); closes both. Returns the first error."""
