@@ -79,6 +79,10 @@ def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
             "dtp.toml:7: forward[0].target: ",
         ),
         (HEAD + SVC + "[firewall]\nmode = 'closed'\n", "dtp.toml:10: firewall.mode: expected one"),
+        (
+            HEAD + SVC + "[firewall]\nmax_bytes_per_sec = -5\n",
+            "dtp.toml:10: firewall.max_bytes_per_sec: expected an integer",
+        ),
         (HEAD + "port = = 3\n", "dtp.toml:4: TOML syntax error"),
         (HEAD, "dtp.toml: nothing to do"),
     ],
