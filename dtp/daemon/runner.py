@@ -196,6 +196,9 @@ class Daemon:
                 row = self.services.stats(service)
                 row.fees_claimed += settled.claimed
                 row.refunded += settled.refunded
+                # a receipt stored just before the crash may not have reached the saved
+                # status yet: what was claimed was earned
+                row.fees_earned = max(row.fees_earned, row.fees_claimed)
             logger.info(
                 "claimed after restart",
                 extra=kv(connection=connection_id, claimed=settled.claimed),
