@@ -93,6 +93,28 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    def frames(self, data: bytes | bytearray | memoryview) -> list[bytes | Oversized]:
+        """:meth:`feed` ``data``, then every complete item :meth:`next` would give."""
+        out: list[bytes | Oversized] = []
+        pos = 0
+        if not self._buf and not self._skip and type(data) is bytes:
+            # the common case, whole frames in one read: slice them out of ``data``,
+            # with no copy through the buffer
+            end, cap = len(data), self._max
+            while end - pos >= 4:
+                length = int.from_bytes(data[pos : pos + 4], "big")
+                stop = pos + 4 + length
+                if length > cap or stop > end:
+                    break
+                out.append(data[pos + 4 : stop])
+                pos = stop
+            if pos == end:
+                return out
+        self.feed(memoryview(data)[pos:] if pos else data)
+        while (item := self.next()) is not None:
+            out.append(item)
+        return out
+
     def next(self) -> bytes | Oversized | None:
         """The next complete frame body, an :class:`Oversized` notice, or None (need more)."""
         buf = self._buf

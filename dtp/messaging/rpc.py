@@ -473,7 +473,8 @@ class RpcClient:
         self._lock = threading.Lock()  # protocol state and _calls
         self._cond = threading.Condition(self._lock)
         self._wlock = threading.Lock()  # order of bytes on the stream
-        self._reading = False
+        self._reading = False  # a thread is reading for everybody
+        self._followers = 0  # threads waiting in _cond for the reader
         self._closed: BaseException | None = None
         self._current_timeout: float | object | None = _DEFAULT
         #: Frames from the peer that broke the format (skipped).
@@ -601,7 +602,7 @@ class RpcClient:
             call._finish(None, error)
             if call.escrow_id and self.prepay is not None:
                 self.prepay.unanswered.append(call.escrow_id)
-        self._cond.notify_all()
+        self._wake_followers()
 
     def _cancel(self, call: RpcCall) -> bool:
         with self._lock:
@@ -612,7 +613,7 @@ class RpcClient:
             call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
             if call.escrow_id and self.prepay is not None:
                 self.prepay.unanswered.append(call.escrow_id)
-            self._cond.notify_all()
+            self._wake_followers()
         self._flush_soon()
         return True
 
@@ -651,7 +652,7 @@ class RpcClient:
                 self._proto.send_error(
                     event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
                 )
-        self._cond.notify_all()
+        self._wake_followers()
 
     def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
         from dtp.chain.ledger import response_ack_message
@@ -660,58 +661,73 @@ class RpcClient:
         message = response_ack_message(call.escrow_id, response_hash(event.body))
         self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
 
+    def _wake_followers(self) -> None:
+        """Wake the threads waiting for the reader (lock held), if there are any."""
+        if self._followers:
+            self._cond.notify_all()
+
     def _wait(self, call: RpcCall, deadline: float | None) -> None:
         """Wait until ``call`` is done, reading for everybody while nobody else does."""
-        stream = self._stream
+        stream, proto, lock = self._stream, self._proto, self._lock
+        monotonic = time.monotonic
         while True:
-            with self._lock:
+            with lock:
                 while not call.done and self._reading:
                     wait = self._wait_time(deadline)
                     if wait is not None and wait <= 0:
                         self._expire(call, deadline)
                         break
-                    self._cond.wait(wait)
+                    self._followers += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._followers -= 1
                 if call.done:
-                    break
+                    return
                 self._reading = True
-                timer = self._proto.get_timer()
+                timer = proto.get_timer()
+            leading = True
             try:
-                now = time.monotonic()
-                limits = [t for t in (timer, deadline) if t is not None]
-                wait = None if not limits else max(0.0, min(limits) - now)
+                if deadline is not None and (timer is None or deadline < timer):
+                    timer = deadline
+                wait = None if timer is None else max(timer - monotonic(), 1e-4)
                 if wait != self._current_timeout:
-                    stream.settimeout(wait if wait is None else max(wait, 1e-4))
+                    stream.settimeout(wait)
                     self._current_timeout = wait
+                failed: BaseException | None = None
                 try:
-                    data = stream.recv(RECV_SIZE)
+                    data: bytes | None = stream.recv(RECV_SIZE)
                 except TimeoutError:
                     data = None
                 except (DTPError, OSError) as exc:
-                    with self._lock:
-                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {exc}"))
-                    break
-                with self._lock:
+                    data, failed = None, exc
+                with lock:
+                    self._reading = leading = False
+                    if failed is not None:
+                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+                        return
                     if data == b"":
                         self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
-                        break
-                    now = time.monotonic()
+                        return
+                    now = monotonic()
                     if data:
-                        self._proto.receive_data(data, now)
-                    timer = self._proto.get_timer()
+                        proto.receive_data(data, now)
+                    timer = proto.get_timer()
                     if timer is not None and timer <= now:
-                        self._proto.handle_timer(now)
-                    self._dispatch(self._proto.events())
+                        proto.handle_timer(now)
+                    self._dispatch(proto.events())  # wakes the followers
                     if not call.done and deadline is not None and now >= deadline:
                         self._expire(call, deadline)
-                    pending_out = bool(self._proto._out)
+                    pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
             finally:
-                with self._lock:
-                    self._reading = False
-                    self._cond.notify_all()
+                if leading:  # left by an exception: let another thread read
+                    with lock:
+                        self._reading = False
+                        self._wake_followers()
             if call.done:
-                break
+                return
 
     def _wait_time(self, deadline: float | None) -> float | None:
         if deadline is None:
