@@ -69,7 +69,7 @@ class Oversized:
 class FrameDecoder:
     """Resumable frame parser: :meth:`feed` bytes, then call :meth:`next` until None."""
 
-    __slots__ = ("_buf", "_head", "_max", "_pos", "_skip", "_skip_len")
+    __slots__ = ("_buf", "_head", "_head_want", "_max", "_pos", "_skip", "_skip_len")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
         if max_size <= 0 or max_size > 0xFFFFFFFF:
@@ -80,6 +80,7 @@ class FrameDecoder:
         self._skip = 0  # bytes of an oversized frame still to discard
         self._skip_len = 0
         self._head = b""
+        self._head_want = 0  # bytes of the skipped frame's head to keep
 
     @property
     def buffered(self) -> int:
@@ -122,6 +123,9 @@ class FrameDecoder:
             avail = len(buf) - self._pos
             if self._skip:
                 take = min(self._skip, avail)
+                want = self._head_want - len(self._head)
+                if want > 0:  # the head may come in several reads
+                    self._head += bytes(buf[self._pos : self._pos + min(want, take)])
                 self._pos += take
                 self._skip -= take
                 if self._skip:
@@ -131,9 +135,9 @@ class FrameDecoder:
                 return None
             (length,) = _HEADER.unpack_from(buf, self._pos)
             if length > self._max:
-                start = self._pos + 4
-                self._head = bytes(buf[start : start + min(HEAD_KEEP, length)])
-                self._pos = start
+                self._head = b""
+                self._head_want = min(HEAD_KEEP, length)
+                self._pos += 4
                 self._skip = length
                 self._skip_len = length
                 continue
