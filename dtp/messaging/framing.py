@@ -102,8 +102,12 @@ class FrameDecoder:
             # the common case, whole frames in one read: slice them out of ``data``,
             # with no copy through the buffer
             end, cap = len(data), self._max
+            if end >= 4:
+                (length,) = _HEADER.unpack_from(data)
+                if length + 4 == end and length <= cap:
+                    return [data[4:]]  # exactly one frame: a call's request or answer
             while end - pos >= 4:
-                length = int.from_bytes(data[pos : pos + 4], "big")
+                (length,) = _HEADER.unpack_from(data, pos)
                 stop = pos + 4 + length
                 if length > cap or stop > end:
                     break

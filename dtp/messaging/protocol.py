@@ -61,6 +61,7 @@ MAX_ID: Final = 2**63 - 1
 #: Longest relative timeout a request may carry (ms; about 49 days).
 MAX_TIMEOUT_MS: Final = 2**32 - 1
 _MISSING: Any = object()
+_unpackb = msgpack.unpackb
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
 _SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
@@ -397,9 +398,12 @@ class RpcProtocol:
 
     def _handle_body(self, body: bytes, now: float) -> None:
         try:
-            message = decode_body(body)
-        except E.MalformedMessage as exc:
-            self._violation(exc, None, reply=True)
+            message = _unpackb(body, raw=False, strict_map_key=False, use_list=True)
+        except Exception:  # not msgpack: let decode_body say why, in its words
+            try:
+                decode_body(body)
+            except E.MalformedMessage as exc:
+                self._violation(exc, None, reply=True)
             return
         if not isinstance(message, list) or not message or type(message[0]) is not int:
             self._violation(E.MalformedMessage("a message is an array [kind, ...]"), None, True)
@@ -444,12 +448,16 @@ class RpcProtocol:
         if len(message) != 6:
             raise E.MalformedMessage("REQUEST has 6 elements")
         _, request_id, method, params, timeout_ms, meta = message
-        if not _valid_id(request_id):
+        # the checks of _valid_id, _check_method and _check_meta, inline: every request
+        # passes here
+        if type(request_id) is not int or not 0 < request_id <= MAX_ID:
             raise E.MalformedMessage("request id must be an integer in 1..2**63-1")
-        method = _check_method(method)
+        if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
+            method = _check_method(method)
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
             raise E.MalformedMessage("timeout_ms must be an integer in 0..2**32-1")
-        meta = _check_meta(meta)
+        if meta is not None and type(meta) is not dict:
+            meta = _check_meta(meta)
         if request_id in self._incoming:
             raise E.MalformedMessage(f"request id {request_id} is already in progress")
         if len(self._incoming) >= self.max_incoming:
@@ -460,17 +468,20 @@ class RpcProtocol:
         self._incoming[request_id] = deadline
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, 1, request_id))
-        self._event(RequestReceived(request_id, method, params, deadline, meta))
+        self._events.append(RequestReceived(request_id, method, params, deadline, meta))
 
     def _on_response(self, message: list[Any], body: bytes) -> None:
-        if len(message) != 4 or not _valid_id(message[1]):
+        if len(message) != 4:
             raise E.MalformedMessage("RESPONSE is [1, id, result, meta]")
-        request_id = message[1]
-        meta = _check_meta(message[3])
+        _, request_id, result, meta = message
+        if type(request_id) is not int or not 0 < request_id <= MAX_ID:
+            raise E.MalformedMessage("RESPONSE is [1, id, result, meta]")
+        if meta is not None and type(meta) is not dict:
+            meta = _check_meta(meta)
         if self._outgoing.pop(request_id, _MISSING) is _MISSING:
             self.late_responses += 1  # cancelled or timed out: drop it
             return
-        self._event(ResponseReceived(request_id, message[2], meta, body))
+        self._events.append(ResponseReceived(request_id, result, meta, body))
 
     def _on_error(self, message: list[Any]) -> None:
         if len(message) != 5:
