@@ -35,13 +35,23 @@ DEFAULT_MAX_MESSAGE: Final = 1 << 20
 #: id, so a server can still answer the request that was too large).
 HEAD_KEEP: Final = 24
 _HEADER: Final = struct.Struct(">I")
-_packb = msgpack.packb
+# one msgpack Packer per thread: msgpack.packb builds one (with a 256 KiB buffer) per call
+_packers = threading.local()
+
+
+def _pack(message: Any) -> bytes:
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
+    body: bytes = pack(message)
+    return body
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
     """The frame for ``message`` (any msgpack-able value). Raises :class:`PayloadTooLarge`
     above ``max_size`` and TypeError for values msgpack cannot encode."""
-    body: bytes = _packb(message, use_bin_type=True)
+    body = _pack(message)
     if len(body) > max_size:
         raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")
     return _HEADER.pack(len(body)) + body
