@@ -721,11 +721,12 @@ class RpcClient:
                     pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
-            finally:
-                if leading:  # left by an exception: let another thread read
-                    with lock:
+            except BaseException:
+                with lock:  # let another thread read, and re-check
+                    if leading:
                         self._reading = False
-                        self._wake_followers()
+                    self._wake_followers()
+                raise
             if call.done:
                 return
 
