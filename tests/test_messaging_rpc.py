@@ -316,7 +316,24 @@ def served() -> Iterator[Served]:
 
 
 def test_rpc_call_and_typed_errors(served: Served) -> None:
-    client = served.connect(timeout=5)
+    check_calls_and_typed_errors(served.connect(timeout=5))
+
+
+def test_rpc_inline_server_calls_and_typed_errors() -> None:
+    """The same answers from handlers run inline (workers=0), with and without a
+    context."""
+    rpc = make_rpc(workers=0)
+    rpc.register("whoami", lambda p, ctx: [ctx.method, p], context=True)
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=5)
+        check_calls_and_typed_errors(client)
+        assert client.call("whoami", 3) == ["whoami", 3]
+    finally:
+        s.close()
+
+
+def check_calls_and_typed_errors(client: RpcClient) -> None:
     assert client.call("echo", {"a": [1, b"\x00", None]}) == {"a": [1, b"\x00", None]}
     with pytest.raises(E.MethodNotFound):
         client.call("nope")

@@ -943,6 +943,16 @@ class _ServerStream:
         current: float | object | None = _DEFAULT
         accepting = self.on_stream is not None
         gap = ACCEPT_POLL_MIN
+        server = self.server
+        methods = server.methods
+        # handlers run inline, unpaid and without a context: no other thread touches
+        # the protocol, so plain calls are answered without locks or dispatch
+        fast = (
+            server._pool is None
+            and self.payments is None
+            and self.payments_error is None
+            and server.response_fees is None
+        )
         next_poll = monotonic()  # streams opened before the first request
         try:
             while True:
@@ -977,6 +987,18 @@ class _ServerStream:
                     if timer is not None and timer <= now:
                         proto.handle_timer(now)
                     events = proto.events()
+                if fast:
+                    for event in events:
+                        if type(event) is RequestReceived:
+                            entry = methods.get(event.method)
+                            if entry is not None and not entry[1]:
+                                self.answer_plain(entry[0], event)
+                                continue
+                        self.handle(event)
+                    data = proto.data_to_send()
+                    if data:
+                        stream.sendall(data)
+                    continue
                 for event in events:
                     self.handle(event)
                 self.flush()
@@ -1088,6 +1110,20 @@ class _ServerStream:
             if fees is not None:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
+
+    def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
+        """Run a handler that takes no context inline and queue its answer (the stream's
+        thread only, no pool, no fees)."""
+        try:
+            result = fn(event.params)
+        except Exception as exc:
+            if not isinstance(exc, E.RemoteError | TypeError):
+                logger.exception("handler %s failed", event.method)
+            code, message, data = _error_reply(exc)
+            self.proto.send_error(event.request_id, code, message, data)
+            return
+        self.proto.send_response(event.request_id, result)
+        self.server.served += 1
 
     def run_in_pool(
         self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
