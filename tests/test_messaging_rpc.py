@@ -50,6 +50,7 @@ from dtp.messaging.protocol import (
     RpcProtocol,
 )
 from dtp.messaging.rpc import (
+    ACCEPT_POLL_MAX,
     AsyncRpcClient,
     AsyncRpcServer,
     CallContext,
@@ -176,6 +177,22 @@ def test_protocol_oversized_request_is_skipped_and_answered() -> None:
     assert isinstance(err, ErrorReceived) and isinstance(err.error, E.RequestTooLarge)
 
 
+def test_protocol_oversized_request_split_in_its_head_is_still_answered() -> None:
+    """The id of an oversized request is read even when its head arrives in pieces."""
+    client, server = RpcProtocol(max_message_size=1 << 16), RpcProtocol(max_message_size=1024)
+    big = client.send_request("method", b"x" * 5000)
+    data = client.data_to_send()
+    for i in range(0, 64):  # header and head a byte at a time
+        server.receive_data(data[i : i + 1])
+    server.receive_data(data[64:])
+    (violation,) = server.events()
+    assert isinstance(violation, ProtocolViolation) and violation.request_id == big
+    client.receive_data(server.data_to_send())
+    (err,) = client.events()
+    assert isinstance(err, ErrorReceived) and err.request_id == big
+    assert isinstance(err.error, E.RequestTooLarge)
+
+
 def test_protocol_send_caps_and_busy() -> None:
     client = RpcProtocol(max_message_size=100)
     with pytest.raises(E.PayloadTooLarge):
@@ -299,7 +316,24 @@ def served() -> Iterator[Served]:
 
 
 def test_rpc_call_and_typed_errors(served: Served) -> None:
-    client = served.connect(timeout=5)
+    check_calls_and_typed_errors(served.connect(timeout=5))
+
+
+def test_rpc_inline_server_calls_and_typed_errors() -> None:
+    """The same answers from handlers run inline (workers=0), with and without a
+    context."""
+    rpc = make_rpc(workers=0)
+    rpc.register("whoami", lambda p, ctx: [ctx.method, p], context=True)
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=5)
+        check_calls_and_typed_errors(client)
+        assert client.call("whoami", 3) == ["whoami", 3]
+    finally:
+        s.close()
+
+
+def check_calls_and_typed_errors(client: RpcClient) -> None:
     assert client.call("echo", {"a": [1, b"\x00", None]}) == {"a": [1, b"\x00", None]}
     with pytest.raises(E.MethodNotFound):
         client.call("nope")
@@ -719,6 +753,29 @@ def test_rpc_served_on_every_stream_the_client_opens() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_rpc_streams_opened_on_a_busy_or_idle_connection_are_served_promptly() -> None:
+    """The first stream's thread takes new streams (no thread blocked on the connection
+    besides it): one opened while calls flow is served at once, one opened after the
+    connection sat idle within about ACCEPT_POLL_MAX."""
+    s = Served(make_rpc(workers=0))
+    try:
+        client = s.connect(timeout=5)
+        start = time.monotonic()
+        flowing = [client.start("echo", i) for i in range(200)]
+        busy = RpcClient(s.socks[0].open_stream(), timeout=5)
+        assert busy.call("echo", "busy") == "busy"
+        assert [c.result() for c in flowing] == list(range(200))
+        assert time.monotonic() - start < 2.0
+        time.sleep(4 * ACCEPT_POLL_MAX)  # long enough for the polls to back off fully
+        idle = RpcClient(s.socks[0].open_stream(), timeout=5)
+        start = time.monotonic()
+        assert idle.call("echo", "idle") == "idle"
+        assert time.monotonic() - start < ACCEPT_POLL_MAX + 0.5
+        assert client.call("echo", "first") == "first"
+    finally:
+        s.close()
 
 
 def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:

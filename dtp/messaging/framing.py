@@ -35,13 +35,23 @@ DEFAULT_MAX_MESSAGE: Final = 1 << 20
 #: id, so a server can still answer the request that was too large).
 HEAD_KEEP: Final = 24
 _HEADER: Final = struct.Struct(">I")
-_packb = msgpack.packb
+# one msgpack Packer per thread: msgpack.packb builds one (with a 256 KiB buffer) per call
+_packers = threading.local()
+
+
+def _pack(message: Any) -> bytes:
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
+    body: bytes = pack(message)
+    return body
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
     """The frame for ``message`` (any msgpack-able value). Raises :class:`PayloadTooLarge`
     above ``max_size`` and TypeError for values msgpack cannot encode."""
-    body: bytes = _packb(message, use_bin_type=True)
+    body = _pack(message)
     if len(body) > max_size:
         raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")
     return _HEADER.pack(len(body)) + body
@@ -69,7 +79,7 @@ class Oversized:
 class FrameDecoder:
     """Resumable frame parser: :meth:`feed` bytes, then call :meth:`next` until None."""
 
-    __slots__ = ("_buf", "_head", "_max", "_pos", "_skip", "_skip_len")
+    __slots__ = ("_buf", "_head", "_head_want", "_max", "_pos", "_skip", "_skip_len")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
         if max_size <= 0 or max_size > 0xFFFFFFFF:
@@ -80,6 +90,7 @@ class FrameDecoder:
         self._skip = 0  # bytes of an oversized frame still to discard
         self._skip_len = 0
         self._head = b""
+        self._head_want = 0  # bytes of the skipped frame's head to keep
 
     @property
     def buffered(self) -> int:
@@ -93,6 +104,32 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    def frames(self, data: bytes | bytearray | memoryview) -> list[bytes | Oversized]:
+        """:meth:`feed` ``data``, then every complete item :meth:`next` would give."""
+        out: list[bytes | Oversized] = []
+        pos = 0
+        if not self._buf and not self._skip and type(data) is bytes:
+            # the common case, whole frames in one read: slice them out of ``data``,
+            # with no copy through the buffer
+            end, cap = len(data), self._max
+            if end >= 4:
+                (length,) = _HEADER.unpack_from(data)
+                if length + 4 == end and length <= cap:
+                    return [data[4:]]  # exactly one frame: a call's request or answer
+            while end - pos >= 4:
+                (length,) = _HEADER.unpack_from(data, pos)
+                stop = pos + 4 + length
+                if length > cap or stop > end:
+                    break
+                out.append(data[pos + 4 : stop])
+                pos = stop
+            if pos == end:
+                return out
+        self.feed(memoryview(data)[pos:] if pos else data)
+        while (item := self.next()) is not None:
+            out.append(item)
+        return out
+
     def next(self) -> bytes | Oversized | None:
         """The next complete frame body, an :class:`Oversized` notice, or None (need more)."""
         buf = self._buf
@@ -100,6 +137,9 @@ class FrameDecoder:
             avail = len(buf) - self._pos
             if self._skip:
                 take = min(self._skip, avail)
+                want = self._head_want - len(self._head)
+                if want > 0:  # the head may come in several reads
+                    self._head += bytes(buf[self._pos : self._pos + min(want, take)])
                 self._pos += take
                 self._skip -= take
                 if self._skip:
@@ -109,9 +149,9 @@ class FrameDecoder:
                 return None
             (length,) = _HEADER.unpack_from(buf, self._pos)
             if length > self._max:
-                start = self._pos + 4
-                self._head = bytes(buf[start : start + min(HEAD_KEEP, length)])
-                self._pos = start
+                self._head = b""
+                self._head_want = min(HEAD_KEEP, length)
+                self._pos += 4
                 self._skip = length
                 self._skip_len = length
                 continue

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgpack
 
+from dtp.errors import LocalProtocolError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, Oversized, decode_body
 
@@ -59,15 +60,11 @@ MAX_METHOD_LENGTH: Final = 256
 MAX_ID: Final = 2**63 - 1
 #: Longest relative timeout a request may carry (ms; about 49 days).
 MAX_TIMEOUT_MS: Final = 2**32 - 1
-_packb = msgpack.packb
 _MISSING: Any = object()
-
-
-def _frame(message: list[Any], cap: int) -> bytes:
-    body: bytes = _packb(message, use_bin_type=True)
-    if len(body) > cap:
-        raise E.PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {cap}")
-    return len(body).to_bytes(4, "big") + body
+_unpackb = msgpack.unpackb
+#: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
+#: most 4 UTF-8 bytes each), so they need no encoding to be checked.
+_SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -177,7 +174,11 @@ def _check_meta(value: Any) -> Mapping[str, Any] | None:
 
 
 def _check_method(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > MAX_METHOD_LENGTH:
+    if (
+        not isinstance(value, str)
+        or not value
+        or (len(value) > _SHORT_METHOD and len(value.encode()) > MAX_METHOD_LENGTH)
+    ):
         raise E.MalformedMessage(f"method must be text of 1..{MAX_METHOD_LENGTH} bytes")
     return value
 
@@ -219,6 +220,9 @@ class RpcProtocol:
         self.max_incoming = max_incoming
         self.max_events = max_events
         self._decoder = FrameDecoder(max_message_size)
+        # one packer for the protocol's life: msgpack.packb builds one (with a 256 KiB
+        # buffer) per message; the protocol is not shared between threads unlocked
+        self._pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
         self._out: list[bytes] = []
         self._events: deque[RpcEvent] = deque()
         self._next_id = 1
@@ -261,8 +265,6 @@ class RpcProtocol:
     ) -> int:
         """Queue a request; returns its id. ``timeout`` (seconds) sets the deadline
         ``now + timeout``, which is also sent (relative, in ms) so the peer can give up."""
-        from dtp.errors import LocalProtocolError
-
         _check_method(method)
         if len(self._outgoing) >= self.max_outgoing:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
@@ -272,12 +274,7 @@ class RpcProtocol:
             if timeout <= 0:
                 raise ValueError("timeout must be positive")
             timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
-        self._out.append(
-            _frame(
-                [REQUEST, request_id, method, params, timeout_ms, meta],
-                self.max_message_size,
-            )
-        )
+        self._out.append(self._frame([REQUEST, request_id, method, params, timeout_ms, meta]))
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
         deadline = None if timeout is None else now + timeout
         self._outgoing[request_id] = deadline
@@ -290,7 +287,7 @@ class RpcProtocol:
     ) -> None:
         """Queue a notification (no answer)."""
         _check_method(method)
-        self._out.append(_frame([NOTIFY, method, params, meta], self.max_message_size))
+        self._out.append(self._frame([NOTIFY, method, params, meta]))
 
     def send_response(
         self, request_id: int, result: Any, *, meta: Mapping[str, Any] | None = None
@@ -304,7 +301,7 @@ class RpcProtocol:
         if self._incoming.pop(request_id, _MISSING) is _MISSING:
             return None
         try:
-            body: bytes = _packb([RESPONSE, request_id, result, meta], use_bin_type=True)
+            body: bytes = self._pack([RESPONSE, request_id, result, meta])
         except (TypeError, ValueError, OverflowError) as exc:
             self._error_frame(request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}")
             return None
@@ -315,7 +312,7 @@ class RpcProtocol:
         return body
 
     def _error_frame(self, request_id: int | None, code: int, text: str) -> None:
-        self._out.append(_frame([ERROR, request_id, code, text, None], self.max_message_size))
+        self._out.append(self._frame([ERROR, request_id, code, text, None]))
 
     def send_error(self, request_id: int | None, code: int, message: str, data: Any = None) -> bool:
         """Answer the peer's request with an error (``request_id`` None: a complaint about
@@ -325,9 +322,9 @@ class RpcProtocol:
                 return False
             del self._incoming[request_id]
         try:
-            frame = _frame([ERROR, request_id, code, message, data], self.max_message_size)
+            frame = self._frame([ERROR, request_id, code, message, data])
         except (E.PayloadTooLarge, TypeError):
-            frame = _frame([ERROR, request_id, code, message[:200], None], self.max_message_size)
+            frame = self._frame([ERROR, request_id, code, message[:200], None])
         self._out.append(frame)
         return True
 
@@ -335,12 +332,20 @@ class RpcProtocol:
         """Stop waiting for our request and tell the peer (CANCEL). False if not pending."""
         if self._outgoing.pop(request_id, _MISSING) is _MISSING:
             return False
-        self._out.append(_frame([CANCEL, request_id], self.max_message_size))
+        self._out.append(self._frame([CANCEL, request_id]))
         return True
 
     def send_ack(self, request_id: int, signature: bytes) -> None:
         """Acknowledge the peer's response to our request ``request_id`` (response escrow)."""
-        self._out.append(_frame([ACK, request_id, bytes(signature)], self.max_message_size))
+        self._out.append(self._frame([ACK, request_id, bytes(signature)]))
+
+    def _frame(self, message: list[Any]) -> bytes:
+        body: bytes = self._pack(message)
+        if len(body) > self.max_message_size:
+            raise E.PayloadTooLarge(
+                f"message of {len(body)} bytes exceeds the cap of {self.max_message_size}"
+            )
+        return len(body).to_bytes(4, "big") + body
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer (empty when nothing)."""
@@ -355,12 +360,7 @@ class RpcProtocol:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float = 0.0) -> None:
         """Feed bytes from the peer; events become available from :meth:`next_event`."""
-        decoder = self._decoder
-        decoder.feed(data)
-        while True:
-            item = decoder.next()
-            if item is None:
-                return
+        for item in self._decoder.frames(data):
             if isinstance(item, Oversized):
                 self._oversized(item)
             else:
@@ -398,9 +398,12 @@ class RpcProtocol:
 
     def _handle_body(self, body: bytes, now: float) -> None:
         try:
-            message = decode_body(body)
-        except E.MalformedMessage as exc:
-            self._violation(exc, None, reply=True)
+            message = _unpackb(body, raw=False, strict_map_key=False, use_list=True)
+        except Exception:  # not msgpack: let decode_body say why, in its words
+            try:
+                decode_body(body)
+            except E.MalformedMessage as exc:
+                self._violation(exc, None, reply=True)
             return
         if not isinstance(message, list) or not message or type(message[0]) is not int:
             self._violation(E.MalformedMessage("a message is an array [kind, ...]"), None, True)
@@ -445,12 +448,16 @@ class RpcProtocol:
         if len(message) != 6:
             raise E.MalformedMessage("REQUEST has 6 elements")
         _, request_id, method, params, timeout_ms, meta = message
-        if not _valid_id(request_id):
+        # the checks of _valid_id, _check_method and _check_meta, inline: every request
+        # passes here
+        if type(request_id) is not int or not 0 < request_id <= MAX_ID:
             raise E.MalformedMessage("request id must be an integer in 1..2**63-1")
-        method = _check_method(method)
+        if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
+            method = _check_method(method)
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
             raise E.MalformedMessage("timeout_ms must be an integer in 0..2**32-1")
-        meta = _check_meta(meta)
+        if meta is not None and type(meta) is not dict:
+            meta = _check_meta(meta)
         if request_id in self._incoming:
             raise E.MalformedMessage(f"request id {request_id} is already in progress")
         if len(self._incoming) >= self.max_incoming:
@@ -461,17 +468,20 @@ class RpcProtocol:
         self._incoming[request_id] = deadline
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, 1, request_id))
-        self._event(RequestReceived(request_id, method, params, deadline, meta))
+        self._events.append(RequestReceived(request_id, method, params, deadline, meta))
 
     def _on_response(self, message: list[Any], body: bytes) -> None:
-        if len(message) != 4 or not _valid_id(message[1]):
+        if len(message) != 4:
             raise E.MalformedMessage("RESPONSE is [1, id, result, meta]")
-        request_id = message[1]
-        meta = _check_meta(message[3])
+        _, request_id, result, meta = message
+        if type(request_id) is not int or not 0 < request_id <= MAX_ID:
+            raise E.MalformedMessage("RESPONSE is [1, id, result, meta]")
+        if meta is not None and type(meta) is not dict:
+            meta = _check_meta(meta)
         if self._outgoing.pop(request_id, _MISSING) is _MISSING:
             self.late_responses += 1  # cancelled or timed out: drop it
             return
-        self._event(ResponseReceived(request_id, message[2], meta, body))
+        self._events.append(ResponseReceived(request_id, result, meta, body))
 
     def _on_error(self, message: list[Any]) -> None:
         if len(message) != 5:
@@ -515,7 +525,7 @@ class RpcProtocol:
             if side == 0:
                 if self._outgoing.get(request_id, _MISSING) == deadline:
                     del self._outgoing[request_id]
-                    self._out.append(_frame([CANCEL, request_id], self.max_message_size))
+                    self._out.append(self._frame([CANCEL, request_id]))
                     self._event(RequestTimedOut(request_id))
             elif self._incoming.get(request_id, _MISSING) == deadline:
                 del self._incoming[request_id]

@@ -78,6 +78,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECV_SIZE = 256 * 1024
+#: A connection's first stream looks for streams the client opened at most this often
+#: (seconds) while requests flow; when idle, at growing intervals up to ACCEPT_POLL_MAX.
+ACCEPT_POLL_MIN = 0.005
+ACCEPT_POLL_MAX = 0.1
 _DEFAULT: Any = object()
 
 
@@ -469,7 +473,8 @@ class RpcClient:
         self._lock = threading.Lock()  # protocol state and _calls
         self._cond = threading.Condition(self._lock)
         self._wlock = threading.Lock()  # order of bytes on the stream
-        self._reading = False
+        self._reading = False  # a thread is reading for everybody
+        self._followers = 0  # threads waiting in _cond for the reader
         self._closed: BaseException | None = None
         self._current_timeout: float | object | None = _DEFAULT
         #: Frames from the peer that broke the format (skipped).
@@ -597,7 +602,7 @@ class RpcClient:
             call._finish(None, error)
             if call.escrow_id and self.prepay is not None:
                 self.prepay.unanswered.append(call.escrow_id)
-        self._cond.notify_all()
+        self._wake_followers()
 
     def _cancel(self, call: RpcCall) -> bool:
         with self._lock:
@@ -608,7 +613,7 @@ class RpcClient:
             call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
             if call.escrow_id and self.prepay is not None:
                 self.prepay.unanswered.append(call.escrow_id)
-            self._cond.notify_all()
+            self._wake_followers()
         self._flush_soon()
         return True
 
@@ -647,7 +652,7 @@ class RpcClient:
                 self._proto.send_error(
                     event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
                 )
-        self._cond.notify_all()
+        self._wake_followers()
 
     def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
         from dtp.chain.ledger import response_ack_message
@@ -656,58 +661,74 @@ class RpcClient:
         message = response_ack_message(call.escrow_id, response_hash(event.body))
         self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
 
+    def _wake_followers(self) -> None:
+        """Wake the threads waiting for the reader (lock held), if there are any."""
+        if self._followers:
+            self._cond.notify_all()
+
     def _wait(self, call: RpcCall, deadline: float | None) -> None:
         """Wait until ``call`` is done, reading for everybody while nobody else does."""
-        stream = self._stream
+        stream, proto, lock = self._stream, self._proto, self._lock
+        monotonic = time.monotonic
         while True:
-            with self._lock:
+            with lock:
                 while not call.done and self._reading:
                     wait = self._wait_time(deadline)
                     if wait is not None and wait <= 0:
                         self._expire(call, deadline)
                         break
-                    self._cond.wait(wait)
+                    self._followers += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._followers -= 1
                 if call.done:
-                    break
+                    return
                 self._reading = True
-                timer = self._proto.get_timer()
+                timer = proto.get_timer()
+            leading = True
             try:
-                now = time.monotonic()
-                limits = [t for t in (timer, deadline) if t is not None]
-                wait = None if not limits else max(0.0, min(limits) - now)
+                if deadline is not None and (timer is None or deadline < timer):
+                    timer = deadline
+                wait = None if timer is None else max(timer - monotonic(), 1e-4)
                 if wait != self._current_timeout:
-                    stream.settimeout(wait if wait is None else max(wait, 1e-4))
+                    stream.settimeout(wait)
                     self._current_timeout = wait
+                failed: BaseException | None = None
                 try:
-                    data = stream.recv(RECV_SIZE)
+                    data: bytes | None = stream.recv(RECV_SIZE)
                 except TimeoutError:
                     data = None
                 except (DTPError, OSError) as exc:
-                    with self._lock:
-                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {exc}"))
-                    break
-                with self._lock:
+                    data, failed = None, exc
+                with lock:
+                    self._reading = leading = False
+                    if failed is not None:
+                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+                        return
                     if data == b"":
                         self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
-                        break
-                    now = time.monotonic()
+                        return
+                    now = monotonic()
                     if data:
-                        self._proto.receive_data(data, now)
-                    timer = self._proto.get_timer()
+                        proto.receive_data(data, now)
+                    timer = proto.get_timer()
                     if timer is not None and timer <= now:
-                        self._proto.handle_timer(now)
-                    self._dispatch(self._proto.events())
+                        proto.handle_timer(now)
+                    self._dispatch(proto.events())  # wakes the followers
                     if not call.done and deadline is not None and now >= deadline:
                         self._expire(call, deadline)
-                    pending_out = bool(self._proto._out)
+                    pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
-            finally:
-                with self._lock:
-                    self._reading = False
-                    self._cond.notify_all()
+            except BaseException:
+                with lock:  # let another thread read, and re-check
+                    if leading:
+                        self._reading = False
+                    self._wake_followers()
+                raise
             if call.done:
-                break
+                return
 
     def _wait_time(self, deadline: float | None) -> float | None:
         if deadline is None:
@@ -827,7 +848,12 @@ class RpcServer(_Registry):
     def serve_connection(self, sock: Any) -> None:
         """Answer requests on a connection's first stream ``sock`` and on every stream
         the client opens on it, each in a thread of its own, until the first stream
-        ends; then the connection is closed (it lives as long as its first stream)."""
+        ends; then the connection is closed (it lives as long as its first stream).
+
+        The first stream's thread also takes the new streams, between requests and at
+        least every :data:`ACCEPT_POLL_MAX` seconds when idle: a second thread blocked
+        on the connection would take the reads in turn with it, a thread hand-off per
+        request."""
         peer = getattr(sock, "peer_address", None)
 
         def run_stream(stream: Any) -> None:
@@ -837,18 +863,12 @@ class RpcServer(_Registry):
                 except DTPError as exc:
                     logger.debug("RPC stream ended: %s", exc)
 
-        def accept_streams() -> None:
-            while not self._closed.is_set():
-                try:
-                    stream = sock.accept_stream()
-                except (DTPError, OSError):
-                    return  # the connection ended
-                threading.Thread(target=run_stream, args=(stream,), daemon=True).start()
+        def start(stream: Any) -> None:
+            threading.Thread(target=run_stream, args=(stream,), daemon=True).start()
 
-        threading.Thread(target=accept_streams, name="rpc-streams", daemon=True).start()
         with sock:
             try:
-                self.serve_stream(sock, peer_address=peer)
+                _ServerStream(self, sock, peer, on_stream=start).run()
             except DTPError as exc:
                 logger.debug("RPC connection ended: %s", exc)
 
@@ -883,10 +903,23 @@ def _stream_payments(
 
 
 class _ServerStream:
-    def __init__(self, server: RpcServer, stream: BlockingStream, peer: str | None) -> None:
+    """One stream being served: the reading loop runs in the stream's thread; with a
+    worker pool, handlers answer from the pool's threads (``lock`` guards the protocol,
+    ``wlock`` the order of writes)."""
+
+    def __init__(
+        self,
+        server: RpcServer,
+        stream: BlockingStream,
+        peer: str | None,
+        *,
+        on_stream: Callable[[Any], None] | None = None,
+    ) -> None:
         self.server = server
         self.stream = stream
         self.peer = peer
+        #: takes the streams the client opens (the connection's first stream only)
+        self.on_stream = on_stream
         self.proto = RpcProtocol(
             max_message_size=server.max_message_size, max_incoming=server.max_pending
         )
@@ -905,13 +938,36 @@ class _ServerStream:
                 self.stream.sendall(data)
 
     def run(self) -> None:
-        stream, proto = self.stream, self.proto
+        stream, proto, lock = self.stream, self.proto, self.lock
+        monotonic = time.monotonic
         current: float | object | None = _DEFAULT
+        accepting = self.on_stream is not None
+        gap = ACCEPT_POLL_MIN
+        server = self.server
+        methods = server.methods
+        # handlers run inline, unpaid and without a context: no other thread touches
+        # the protocol, so plain calls are answered without locks or dispatch
+        fast = (
+            server._pool is None
+            and self.payments is None
+            and self.payments_error is None
+            and server.response_fees is None
+        )
+        next_poll = monotonic()  # streams opened before the first request
         try:
             while True:
-                with self.lock:
+                now = monotonic()
+                if accepting and now >= next_poll:
+                    accepting = self.accept_streams()
+                    current = _DEFAULT  # accept_streams changed the stream's timeout
+                    next_poll = now + gap
+                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+                with lock:
                     timer = proto.get_timer()
-                wait = None if timer is None else max(1e-3, timer - time.monotonic())
+                until = timer
+                if accepting and (until is None or next_poll < until):
+                    until = next_poll
+                wait = None if until is None else max(1e-3, until - now)
                 if wait != current:
                     stream.settimeout(wait)
                     current = wait
@@ -921,14 +977,28 @@ class _ServerStream:
                     data = None
                 if data == b"":
                     return
-                with self.lock:
-                    now = time.monotonic()
+                with lock:
+                    now = monotonic()
                     if data:
+                        gap = ACCEPT_POLL_MIN
                         proto.receive_data(data, now)
-                    timer = proto.get_timer()
+                    # deadlines of requests just read are all ahead: only older ones
+                    # can be due
                     if timer is not None and timer <= now:
                         proto.handle_timer(now)
                     events = proto.events()
+                if fast:
+                    for event in events:
+                        if type(event) is RequestReceived:
+                            entry = methods.get(event.method)
+                            if entry is not None and not entry[1]:
+                                self.answer_plain(entry[0], event)
+                                continue
+                        self.handle(event)
+                    data = proto.data_to_send()
+                    if data:
+                        stream.sendall(data)
+                    continue
                 for event in events:
                     self.handle(event)
                 self.flush()
@@ -939,46 +1009,70 @@ class _ServerStream:
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
 
+    def accept_streams(self) -> bool:
+        """Pass the streams the client has opened to ``on_stream``, without waiting;
+        False once the connection gives no more."""
+        assert self.on_stream is not None
+        sock: Any = self.stream
+        sock.settimeout(0)
+        while not self.server._closed.is_set():
+            try:
+                stream = sock.accept_stream()
+            except BlockingIOError:
+                return True
+            except (DTPError, OSError):
+                return False  # the connection ended
+            self.on_stream(stream)
+        return False
+
     def handle(self, event: RpcEvent) -> None:
         server = self.server
         if isinstance(event, RequestReceived):
             entry = server.methods.get(event.method)
             if entry is None:
                 with self.lock:
-                    proto = self.proto
-                    proto.send_error(
+                    self.proto.send_error(
                         event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}"
                     )
                 return
-            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, self.peer)
+            fn, wants_ctx = entry
+            # a context (and its Event) only for handlers that see it or escrows that
+            # need it: most calls have neither
+            ctx = None
+            if wants_ctx or server.response_fees is not None:
+                ctx = CallContext(
+                    event.request_id, event.method, event.deadline, event.meta, self.peer
+                )
             try:
                 if self.payments_error is not None:
                     raise E.PaymentRequired(self.payments_error)
                 if self.payments is not None:
                     self.payments.admit(event.meta)
-                if server.response_fees is not None:
+                if ctx is not None and server.response_fees is not None:
                     ctx.escrow_id = server.response_fees.admit(event.meta)
             except E.RemoteError as exc:
                 with self.lock:
                     self.proto.send_error(event.request_id, exc.code, exc.message)
                 return
-            fn, wants_ctx = entry
             if server._pool is None:
-                self.run_handler(fn, wants_ctx, event.params, ctx)
-            else:
+                self.run_handler(fn, wants_ctx, event, ctx)
+                return
+            if ctx is not None:
                 self.contexts[event.request_id] = ctx
-                try:
-                    server._pool.submit(self.run_in_pool, fn, wants_ctx, event.params, ctx)
-                except RuntimeError:  # pool shut down
-                    with self.lock:
-                        self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+            try:
+                server._pool.submit(self.run_in_pool, fn, wants_ctx, event, ctx)
+            except RuntimeError:  # pool shut down
+                with self.lock:
+                    self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
         elif isinstance(event, NotificationReceived):
-            entry = server.notifications.get(event.method)
-            if entry is not None:
-                fn, wants_ctx = entry
-                ctx = CallContext(0, event.method, None, event.meta, self.peer)
+            n_entry = server.notifications.get(event.method)
+            if n_entry is not None:
+                fn, wants_ctx = n_entry
                 try:
-                    fn(event.params, ctx) if wants_ctx else fn(event.params)
+                    if wants_ctx:
+                        fn(event.params, CallContext(0, event.method, None, event.meta, self.peer))
+                    else:
+                        fn(event.params)
                 except Exception:
                     logger.exception("notification handler %s failed", event.method)
         elif isinstance(event, RequestCancelled):
@@ -992,28 +1086,49 @@ class _ServerStream:
         elif isinstance(event, ProtocolViolation):
             server.violations += 1
 
-    def run_handler(self, fn: Handler, wants_ctx: bool, params: Any, ctx: CallContext) -> None:
+    def run_handler(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        request_id = event.request_id
         try:
-            result = fn(params, ctx) if wants_ctx else fn(params)
-            error = None
+            result = fn(event.params, ctx) if wants_ctx else fn(event.params)
         except Exception as exc:
-            result, error = None, exc
             if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", ctx.method)
+                logger.exception("handler %s failed", event.method)
+            code, message, data = _error_reply(exc)
+            with self.lock:
+                self.contexts.pop(request_id, None)
+                self.proto.send_error(request_id, code, message, data)
+            return
         with self.lock:
-            self.contexts.pop(ctx.request_id, None)
-            if error is not None:
-                code, message, data = _error_reply(error)
-                self.proto.send_error(ctx.request_id, code, message, data)
-                return
-            body = self.proto.send_response(ctx.request_id, result)
+            if ctx is not None:
+                self.contexts.pop(request_id, None)
+            body = self.proto.send_response(request_id, result)
             self.server.served += 1
-        if body is not None and ctx.escrow_id is not None and self.server.response_fees:
-            self.server.response_fees.responded(ctx.escrow_id, body)
-            self.escrows[ctx.request_id] = ctx.escrow_id
+        if body is not None and ctx is not None and ctx.escrow_id is not None:
+            fees = self.server.response_fees
+            if fees is not None:
+                fees.responded(ctx.escrow_id, body)
+                self.escrows[request_id] = ctx.escrow_id
 
-    def run_in_pool(self, fn: Handler, wants_ctx: bool, params: Any, ctx: CallContext) -> None:
-        self.run_handler(fn, wants_ctx, params, ctx)
+    def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
+        """Run a handler that takes no context inline and queue its answer (the stream's
+        thread only, no pool, no fees)."""
+        try:
+            result = fn(event.params)
+        except Exception as exc:
+            if not isinstance(exc, E.RemoteError | TypeError):
+                logger.exception("handler %s failed", event.method)
+            code, message, data = _error_reply(exc)
+            self.proto.send_error(event.request_id, code, message, data)
+            return
+        self.proto.send_response(event.request_id, result)
+        self.server.served += 1
+
+    def run_in_pool(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        self.run_handler(fn, wants_ctx, event, ctx)
         try:
             self.flush()
         except (DTPError, OSError) as exc:
