@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import warnings
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from noise.backends.default.backend import DefaultNoiseBackend
 from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
+from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -63,7 +63,7 @@ from noise.exceptions import (
 )
 
 from dtp.errors import HandshakeError
-from dtp.keys import HostIdentity, InvalidSignature, verify_personal_message
+from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -175,6 +175,17 @@ class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
 _BACKEND = _Backend()
 
 
+def _static_keypair(private: bytes) -> Any:
+    """The Noise keypair of a static key. The key object of a live
+    :class:`~dtp.keys.HostIdentity` is reused: building one from the bytes derives the
+    public key, a scalar multiplication as costly as a DH, on every handshake."""
+    key = noise_key_object(private)
+    if key is None:
+        return KeyPair25519.from_private_bytes(private)
+    public = key.public_key()
+    return KeyPair25519(private=key, public=public, public_bytes=public.public_bytes_raw())
+
+
 class Handshake:
     """One side of a DTP handshake (Noise IK or XX), driven by the caller.
 
@@ -268,15 +279,16 @@ class Handshake:
             noise.set_as_initiator()
         else:
             noise.set_as_responder()
-        noise.set_keypair_from_private_bytes(Keypair.STATIC, self._static)
-        noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, self._ephemeral)
+        noise.noise_protocol.keypairs["s"] = _static_keypair(self._static)
         if self._is_initiator and self._remote_static is not None:
             noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote_static)
-        # noiseprotocol warns whenever the ephemeral key is set by the caller ("OK for
-        # testing"); here it is the design: randomness comes from the caller (sans-I/O).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
-            noise.start_handshake()
+        noise.start_handshake()
+        # The ephemeral key comes from the caller (sans-I/O). It goes into the handshake
+        # state once that exists (neither pattern has an ephemeral pre-message, so the
+        # state is the same as with the key set before): set earlier, noiseprotocol
+        # warns ("OK for testing") on every handshake, and silencing that costs more
+        # than the rest of the set-up.
+        noise.noise_protocol.handshake_state.e = KeyPair25519.from_private_bytes(self._ephemeral)
         return noise
 
     # -- state ----------------------------------------------------------------------------

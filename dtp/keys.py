@@ -47,6 +47,7 @@ import os
 import secrets
 import stat
 import unicodedata
+import weakref
 from pathlib import Path
 from typing import Any, Final
 
@@ -72,6 +73,7 @@ __all__ = [
     "HostIdentity",
     "InvalidSignature",
     "default_identity_path",
+    "noise_key_object",
     "personal_message_digest",
     "sui_address_from_public_key",
     "transaction_digest",
@@ -242,6 +244,19 @@ def _bech32_decode(text: str, hrp: str) -> bytes:
 
 # -- the identity ---------------------------------------------------------------------------
 
+# Identities by their raw Noise private key, held weakly (an entry lasts as long as its
+# identity). A handshake is given the raw key; building a key object from bytes derives
+# the public key again, a scalar multiplication as costly as a DH, on every handshake.
+_BY_NOISE_KEY: weakref.WeakValueDictionary[bytes, HostIdentity] = weakref.WeakValueDictionary()
+
+
+def noise_key_object(noise_private: bytes) -> X25519PrivateKey | None:
+    """The X25519 key object of a live identity whose Noise private key is
+    ``noise_private`` (it passed through :meth:`HostIdentity.noise_private_bytes`), or
+    None."""
+    identity = _BY_NOISE_KEY.get(bytes(noise_private))
+    return None if identity is None else identity._noise
+
 
 def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -263,7 +278,14 @@ class HostIdentity:
     public keys (and therefore their private keys) are the same.
     """
 
-    __slots__ = ("_ed25519", "_ed25519_public", "_noise", "_noise_public", "_sui_address")
+    __slots__ = (
+        "__weakref__",
+        "_ed25519",
+        "_ed25519_public",
+        "_noise",
+        "_noise_public",
+        "_sui_address",
+    )
 
     _ed25519: Ed25519PrivateKey
     _noise: X25519PrivateKey
@@ -371,7 +393,9 @@ class HostIdentity:
 
     def noise_private_bytes(self) -> bytes:
         """The raw 32-byte X25519 private key, for the Noise handshake. Keep it secret."""
-        return _raw_private(self._noise)
+        raw = self._noise.private_bytes_raw()
+        _BY_NOISE_KEY[raw] = self
+        return raw
 
     # -- signing --------------------------------------------------------------------------
 

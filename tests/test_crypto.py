@@ -28,7 +28,7 @@ from dtp.crypto import (
     verify_auth_proof,
 )
 from dtp.errors import HandshakeError
-from dtp.keys import HostIdentity
+from dtp.keys import HostIdentity, noise_key_object
 
 KEYS = st.binary(min_size=32, max_size=32)
 PATTERNS = st.sampled_from([PATTERN_IK, PATTERN_XX])
@@ -458,6 +458,37 @@ def test_bad_constructor_arguments() -> None:
     initiator, _ = pair(PATTERN_IK)
     with pytest.raises(TypeError):
         initiator.write_message(5)  # type: ignore[arg-type]
+
+
+def test_reusing_an_identity_key_object_changes_no_byte() -> None:
+    # The same static keys, first as bare bytes (key objects built from them), then
+    # handed out by live identities (their own key objects reused): same handshake.
+    client_raw, server_raw = bytes(range(1, 33)), bytes(range(33, 65))
+    server_public = HostIdentity.from_private_bytes(bytes(32), server_raw).noise_public
+
+    def handshake() -> tuple[object, ...]:
+        initiator = Handshake.initiator(client_raw, E_CLIENT, server_public)
+        responder = Handshake.responder(server_raw, E_SERVER)
+        messages, received = run(initiator, responder, [b"one", b"two"])
+        return (
+            messages,
+            received,
+            initiator.handshake_hash,
+            initiator.transport_keys(),
+            responder.transport_keys(),
+            responder.remote_static,
+        )
+
+    assert noise_key_object(client_raw) is None and noise_key_object(server_raw) is None
+    cold = handshake()
+    client = HostIdentity.from_private_bytes(bytes(32), client_raw)
+    server = HostIdentity.from_private_bytes(bytes(32), server_raw)
+    assert client.noise_private_bytes() == client_raw
+    assert server.noise_private_bytes() == server_raw
+    assert noise_key_object(client_raw) is not None
+    assert noise_key_object(server_raw) is not None
+    assert handshake() == cold
+    assert cold[5] == client.noise_public
 
 
 def test_repr_has_no_keys() -> None:

@@ -23,6 +23,7 @@ from dtp.keys import (
     HostIdentity,
     InvalidSignature,
     default_identity_path,
+    noise_key_object,
     personal_message_digest,
     sui_address_from_public_key,
     transaction_digest,
@@ -184,6 +185,20 @@ def test_immutable_and_not_picklable(alice: HostIdentity) -> None:
         del alice._ed25519
     with pytest.raises(TypeError):
         pickle.dumps(alice)
+
+
+def test_noise_key_object_is_the_identity_key_while_it_lives() -> None:
+    import gc
+
+    identity = HostIdentity.generate()
+    raw = identity.noise_private_bytes()
+    key = noise_key_object(raw)
+    assert key is identity._noise
+    assert key.private_bytes_raw() == raw
+    assert noise_key_object(bytes(32)) is None
+    del identity, key
+    gc.collect()
+    assert noise_key_object(raw) is None  # held weakly: gone with its identity
 
 
 def test_equality_and_hash() -> None:
