@@ -1198,7 +1198,12 @@ class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
     :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
-    handler. ``address`` None: no TCP listener (see :meth:`listen_ledger`)."""
+    handler. Threads are reused: one whose connection is done waits a while
+    (:attr:`WORKER_IDLE`) for the next, so a steady stream of connections costs no
+    thread start each. ``address`` None: no TCP listener (see :meth:`listen_ledger`)."""
+
+    WORKER_IDLE = 2.0
+    """Seconds a connection thread with nothing to do waits for a new connection."""
 
     def __init__(
         self,
@@ -1230,6 +1235,13 @@ class DTPServer:
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
+        # connection threads waiting for work: _idle counts those not yet promised a
+        # job from _jobs (see _handoff and _work)
+        self._jobs: queue.SimpleQueue[tuple[_socket.socket, Any, ConnectionConfig] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = 0
+        self._idle_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
         if self._listener is not None:
@@ -1298,11 +1310,33 @@ class DTPServer:
             self._slots.release()
             carrier.close()
             return False
-        thread = threading.Thread(
-            target=self._serve_one, args=(carrier, peer, config), name="dtp-handshake", daemon=True
-        )
+        job = (carrier, peer, config)
+        with self._idle_lock:
+            if self._idle:
+                self._idle -= 1  # that waiting thread is promised this job
+                self._jobs.put(job)
+                return True
+        thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
         thread.start()
         return True
+
+    def _work(self, job: tuple[_socket.socket, Any, ConnectionConfig] | None) -> None:
+        """A connection thread: serve ``job``, then wait up to WORKER_IDLE for another."""
+        while job is not None:
+            self._serve_one(*job)
+            with self._idle_lock:
+                if self._closed.is_set():
+                    return
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=self.WORKER_IDLE)
+            except queue.Empty:
+                with self._idle_lock:
+                    if self._idle:
+                        self._idle -= 1  # no job promised to us: leave
+                        return
+                # every waiting thread was promised a job, we included: it is queued
+                job = self._jobs.get()
 
     def _serve_one(self, tcp: _socket.socket, peer: Any, config: ConnectionConfig) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
@@ -1442,6 +1476,10 @@ class DTPServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._idle_lock:
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)  # waiting connection threads end now
         if self._ledger_listener is not None:
             self._ledger_listener.close()
         if self._listener is not None:

@@ -1,0 +1,127 @@
+"""DTPServer's connection threads: reused across connections, one per concurrent
+connection, ended by close() and after WORKER_IDLE without work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import dtp.socket
+from dtp.keys import HostIdentity
+
+SERVER = HostIdentity.generate()
+CLIENT = HostIdentity.generate()
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def connection_threads(before: set[int] | None = None) -> list[threading.Thread]:
+    """Live connection threads (those not in ``before``: other tests' servers')."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name == "dtp-handshake" and t.ident not in (before or set())
+    ]
+
+
+def idents() -> set[int]:
+    return {t.ident for t in connection_threads() if t.ident is not None}
+
+
+def echo_once(server: dtp.socket.DTPServer, data: bytes) -> bytes:
+    with dtp.socket.create_connection(
+        server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+    ) as sock:
+        sock.sendall(data)
+        return sock.recv(100)
+
+
+def test_serve_forever_reuses_the_thread_of_a_finished_connection() -> None:
+    served: list[int] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        served.append(threading.get_ident())
+        sock.sendall(sock.recv(100))
+
+    before = idents()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        server.WORKER_IDLE = 30.0
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        for i in range(4):
+            assert echo_once(server, b"ping %d" % i) == b"ping %d" % i
+            # the thread is free again once the handler returned and closed the socket
+            assert wait_for(lambda: server._idle == 1)
+        assert len(served) == 4
+        assert len(set(served)) == 1
+        assert len(connection_threads(before)) == 1
+    # close() ends waiting threads at once, not after WORKER_IDLE
+    assert wait_for(lambda: not connection_threads(before), timeout=5.0)
+
+
+def test_concurrent_connections_each_get_a_thread() -> None:
+    inside = threading.Barrier(3, timeout=10)
+    served: list[int] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        data = sock.recv(100)
+        served.append(threading.get_ident())
+        inside.wait()  # all three handlers run at once, or this times out
+        sock.sendall(data)
+
+    replies: list[bytes] = []
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        clients = [
+            threading.Thread(target=lambda i=i: replies.append(echo_once(server, b"c%d" % i)))
+            for i in range(3)
+        ]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(20)
+        assert sorted(replies) == [b"c0", b"c1", b"c2"]
+        assert len(set(served)) == 3
+        assert not inside.broken
+
+
+def test_idle_threads_end_after_worker_idle_and_new_ones_start() -> None:
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100))
+
+    before = idents()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        server.WORKER_IDLE = 0.2
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        assert echo_once(server, b"first") == b"first"
+        assert wait_for(lambda: not connection_threads(before) and server._idle == 0, 5.0)
+        assert echo_once(server, b"second") == b"second"  # a fresh thread serves it
+
+
+def test_accept_mode_threads_are_reused_too() -> None:
+    before = idents()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        server.WORKER_IDLE = 30.0
+        for i in range(3):
+            result: list[bytes] = []
+
+            def client(i: int = i, result: list[bytes] = result) -> None:
+                result.append(echo_once(server, b"a%d" % i))
+
+            t = threading.Thread(target=client)
+            t.start()
+            sock, address = server.accept(timeout=10)
+            with sock:
+                assert address == CLIENT.sui_address
+                sock.sendall(sock.recv(100))
+            t.join(10)
+            assert result == [b"a%d" % i]
+            assert wait_for(lambda: server._idle == 1)
+        assert len(connection_threads(before)) == 1
