@@ -86,8 +86,14 @@ if TYPE_CHECKING:
 __all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 
 U64_MAX: Final = 2**64 - 1
+#: How long a call waits for another writer (any process) to finish before failing.
 _BUSY_TIMEOUT_S: Final = 30.0
-_RETRIES: Final = 200
+# Waits between tries while another writer holds the file. SQLite's own busy handler
+# sleeps 1, 2, 5, 10... ms, which is long next to the sub-millisecond transactions
+# here: two processes taking turns (a client opening while its server settles) would
+# wait a millisecond or more for a lock that is free after a fraction of that.
+_FIRST_BACKOFF_S: Final = 0.0001
+_MAX_BACKOFF_S: Final = 0.005
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -190,14 +196,15 @@ class LocalLedger(Ledger):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # no SQLite busy handler: _retry waits for other writers, with finer steps
         self._db = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._nonce_counter = itertools.count(time.time_ns())
         with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA busy_timeout = 0")
             if self.path != ":memory:":
                 self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
                 self._db.execute("PRAGMA synchronous = NORMAL")
@@ -220,17 +227,24 @@ class LocalLedger(Ledger):
     # -- transactions around SQLite ---------------------------------------------------------
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        delay = 0.001
-        for attempt in range(_RETRIES):
+        """Run ``fn``, again while another connection holds the database (up to
+        _BUSY_TIMEOUT_S); ``fn`` is a whole transaction, so a retry starts it afresh."""
+        delay = _FIRST_BACKOFF_S
+        deadline: float | None = None
+        while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
                 message = str(exc).lower()
-                if ("locked" not in message and "busy" not in message) or attempt + 1 == _RETRIES:
+                if "locked" not in message and "busy" not in message:
                     raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.05)
-        raise AssertionError("unreachable")
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _BUSY_TIMEOUT_S
+                elif now >= deadline:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, _MAX_BACKOFF_S)
 
     def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
@@ -240,10 +254,11 @@ class LocalLedger(Ledger):
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn()
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
                 self._changed.notify_all()
                 return result
 
@@ -262,28 +277,45 @@ class LocalLedger(Ledger):
 
         return self._retry(attempt)
 
+    def _read_one(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, which reads with a single statement: that statement is a
+        transaction of its own (autocommit), so no BEGIN and COMMIT around it."""
+
+        def attempt() -> T:
+            with self._lock:
+                return fn()
+
+        return self._retry(attempt)
+
     def _meta(self, key: str) -> str:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else _META_DEFAULTS[key]
+
+    def _metas(self) -> dict[str, str]:
+        """Every meta value (one statement; missing keys have their defaults)."""
+        return {**_META_DEFAULTS, **dict(self._db.execute("SELECT key, value FROM meta"))}
 
     def _set_meta(self, key: str, value: int | str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
 
     # -- clock, epoch, faucet -----------------------------------------------------------------
 
-    def _now(self) -> int:
-        if self._meta("clock_frozen") == "1":
-            return int(self._meta("clock_ms"))
-        wall = time.time_ns() // 1_000_000 + int(self._meta("clock_offset"))
-        return max(wall, int(self._meta("clock_floor")))
+    def _now(self, meta: dict[str, str] | None = None) -> int:
+        """The clock, from ``meta`` (:meth:`_metas`) or read now."""
+        if meta is None:
+            meta = self._metas()
+        if meta["clock_frozen"] == "1":
+            return int(meta["clock_ms"])
+        wall = time.time_ns() // 1_000_000 + int(meta["clock_offset"])
+        return max(wall, int(meta["clock_floor"]))
 
     def clock_ms(self) -> int:
         """The ledger clock in ms (see the module docs for wall and frozen modes)."""
-        return self._read(self._now)
+        return self._read_one(self._now)
 
     def clock_frozen(self) -> bool:
         """Whether the clock is frozen."""
-        return self._read(lambda: self._meta("clock_frozen") == "1")
+        return self._read_one(lambda: self._meta("clock_frozen") == "1")
 
     def set_clock(self, ms: int, *, allow_backwards: bool = False) -> None:
         """Freeze the clock at ``ms``. Going backwards raises ValueError unless
@@ -339,7 +371,7 @@ class LocalLedger(Ledger):
 
     def epoch(self) -> int:
         """The current epoch."""
-        return self._read(lambda: int(self._meta("epoch")))
+        return self._read_one(lambda: int(self._meta("epoch")))
 
     def advance_epoch(self) -> int:
         """Start the next epoch; returns it."""
@@ -372,7 +404,7 @@ class LocalLedger(Ledger):
 
     def minted(self) -> int:
         """Total MIST ever minted by the faucet."""
-        return self._read(lambda: int(self._meta("minted")))
+        return self._read_one(lambda: int(self._meta("minted")))
 
     def audit(self) -> dict[str, int]:
         """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows,
@@ -448,23 +480,26 @@ class LocalLedger(Ledger):
         self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
     ) -> TxResult:
         digest_text = base58(digest)
-        used = self._db.execute(
-            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?", (tx.sender, str(tx.nonce))
-        ).fetchone()
-        if used:
+        # (sender, nonce) is the table's key: a replay fails here, before the rule runs
+        # (and a failing rule rolls this back with everything else)
+        try:
+            self._db.execute(
+                "INSERT INTO transactions VALUES (?, ?, ?)",
+                (tx.sender, str(tx.nonce), digest_text),
+            )
+        except sqlite3.IntegrityError:
             raise InvalidTransaction(
                 f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
                 "(replayed transaction)."
-            )
+            ) from None
         store = _SqlStore(self._db)
-        now = self._now()
-        x = rules.Exec(store, tx.sender, digest, now, int(self._meta("epoch")))
+        meta = self._metas()
+        now = self._now(meta)
+        x = rules.Exec(store, tx.sender, digest, now, int(meta["epoch"]))
         value = handler(x, *args)
         # Write the effects.
-        self._db.execute(
-            "INSERT INTO transactions VALUES (?, ?, ?)", (tx.sender, str(tx.nonce), digest_text)
-        )
-        self._set_meta("clock_floor", now)
+        if now != int(meta["clock_floor"]):
+            self._set_meta("clock_floor", now)
         created: list[str] = []
         for obj in x.objects.values():
             if obj.deleted:
@@ -690,23 +725,33 @@ class LocalLedger(Ledger):
     def _connection_parts(
         self, connection_id: str, host_id: str | None, escrow_id: str | None = None
     ) -> tuple[Address, Address, Address]:
-        tc = self.get_connection(connection_id)
-        return (
-            self._id(tc.id),
-            self._id(host_id if host_id is not None else tc.host),
-            self._id(escrow_id if escrow_id is not None else tc.escrow),
-        )
+        # the connection is read only for what the caller did not give (the rule loads
+        # and checks every object itself)
+        if host_id is None or escrow_id is None:
+            tc = self.get_connection(connection_id)
+            host_id = tc.host if host_id is None else host_id
+            escrow_id = tc.escrow if escrow_id is None else escrow_id
+        return self._id(connection_id), self._id(host_id), self._id(escrow_id)
+
+    def _connection_and_host(
+        self, connection_id: str, host_id: str | None
+    ) -> tuple[Address, Address]:
+        # the rule loads both objects anyway: read the connection first only to learn
+        # its host (a missing connection fails in the rule then, ObjectNotFound alike)
+        if host_id is None:
+            host_id = self.get_connection(connection_id).host
+        return self._id(connection_id), self._id(host_id)
 
     def close_connection(
         self, signer: HostIdentity, connection_id: str, host_id: str | None = None
     ) -> None:
-        tc, host, _ = self._connection_parts(connection_id, host_id)
+        tc, host = self._connection_and_host(connection_id, host_id)
         self._call(signer, "transport_control", "close", tc, host)
 
     def finalize(
         self, signer: HostIdentity, connection_id: str, host_id: str | None = None
     ) -> None:
-        tc, host, _ = self._connection_parts(connection_id, host_id)
+        tc, host = self._connection_and_host(connection_id, host_id)
         self._call(signer, "transport_control", "finalize", tc, host)
 
     def settle(
@@ -729,20 +774,19 @@ class LocalLedger(Ledger):
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
-        tc, host, escrow = self._connection_parts(connection_id, host_id, escrow_id)
-        cap = (
-            self._id(cap_id)
-            if cap_id is not None
-            else self._id(self.get_connection(tc).spending_cap)
-        )
+        if host_id is None or escrow_id is None or cap_id is None:
+            known = self.get_connection(connection_id)  # one read for all that is missing
+            host_id = known.host if host_id is None else host_id
+            escrow_id = known.escrow if escrow_id is None else escrow_id
+            cap_id = known.spending_cap if cap_id is None else cap_id
         result = self._call(
             signer,
             "transport_control",
             "settle_with_receipt",
-            tc,
-            host,
-            escrow,
-            cap,
+            self._id(connection_id),
+            self._id(host_id),
+            self._id(escrow_id),
+            self._id(cap_id),
             *self._receipt_args(receipt),
         )
         return self._settlement(result, int(result.value))
@@ -890,7 +934,7 @@ class LocalLedger(Ledger):
                 d["state"],
             )
 
-        return self._read(read)
+        return self._read_one(read)
 
     # -- payment models (docs/escrow.md §13-16) -----------------------------------------------
 
@@ -904,7 +948,7 @@ class LocalLedger(Ledger):
             _type, _owner, version, data = row
             return economics_object_from_fields(struct, object_id, version, data)
 
-        return self._read(read)
+        return self._read_one(read)
 
     def create_subscription_offer(
         self,
@@ -1185,7 +1229,7 @@ class LocalLedger(Ledger):
                 raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
             return ObjectRef(object_id, row[2], row[1], row[0])
 
-        return self._read(read)
+        return self._read_one(read)
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
         object_id = normalize_id(object_id)
@@ -1200,10 +1244,10 @@ class LocalLedger(Ledger):
         return _build(name, object_id, version, data)
 
     def get_object(self, object_id: str) -> ChainObject:
-        return self._read(lambda: self._typed(object_id, None))
+        return self._read_one(lambda: self._typed(object_id, None))
 
     def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
-        obj = self._read(lambda: self._typed(object_id, struct))
+        obj = self._read_one(lambda: self._typed(object_id, struct))
         assert isinstance(obj, cls)
         return obj
 
@@ -1227,7 +1271,7 @@ class LocalLedger(Ledger):
 
     def balance(self, address: str) -> int:
         address = normalize_id(address, "address")
-        return self._read(lambda: _SqlStore(self._db).balance(address))
+        return self._read_one(lambda: _SqlStore(self._db).balance(address))
 
     def objects(self, type_name: str | None = None) -> list[ObjectRef]:
         """Every live object (optionally only structs named ``type_name``)."""
@@ -1275,7 +1319,7 @@ class LocalLedger(Ledger):
         return self._read(read)
 
     def head_cursor(self) -> str | None:
-        row = self._read(lambda: self._db.execute("SELECT max(seq) FROM events").fetchone())
+        row = self._read_one(lambda: self._db.execute("SELECT max(seq) FROM events").fetchone())
         return None if row is None or row[0] is None else str(row[0])
 
     @staticmethod
