@@ -55,26 +55,32 @@ OBJECT_TYPES: Final = {
 # -- JSON with bytes -------------------------------------------------------------------------
 
 
+def _bytes_to_json(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"$b": obj.hex()}
+    raise TypeError(f"cannot store {type(obj).__name__}")
+
+
+def _bytes_from_json(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$b" in obj:
+        return bytes.fromhex(obj["$b"])
+    return obj
+
+
+# One encoder and one decoder for every call: json.dumps/loads with options build a new
+# one each time, and a transaction encodes and decodes every object it touches.
+_ENCODER: Final = json.JSONEncoder(default=_bytes_to_json, sort_keys=True, separators=(",", ":"))
+_DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
+
+
 def to_json(value: Any) -> str:
     """Canonical JSON of object data; bytes become ``{"$b": hex}``."""
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, bytes):
-            return {"$b": obj.hex()}
-        raise TypeError(f"cannot store {type(obj).__name__}")
-
-    return json.dumps(value, default=default, sort_keys=True, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def from_json(text: str) -> Any:
     """Inverse of :func:`to_json`."""
-
-    def hook(obj: dict[str, Any]) -> Any:
-        if len(obj) == 1 and "$b" in obj:
-            return bytes.fromhex(obj["$b"])
-        return obj
-
-    return json.loads(text, object_hook=hook)
+    return _DECODER.decode(text)
 
 
 # -- execution context -------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from dtp.errors import InvalidObjectId
+
 __all__ = [
     "HALF_CLOSE_TIMEOUT_MS",
     "MAX_DATA_LENGTH",
@@ -508,8 +510,6 @@ _HEX_ID = re.compile(r"0[xX]([0-9a-fA-F]{1,64})")
 def normalize_id(value: str, what: str = "object ID") -> str:
     """``0x`` + 64 lowercase hex for an ID or address (short forms are zero-padded, as
     Sui does); raises :class:`~dtp.errors.InvalidObjectId`."""
-    from dtp.errors import InvalidObjectId
-
     if not isinstance(value, str):
         raise InvalidObjectId(
             f"An {what} must be a string like 0x1234…, got {type(value).__name__}."
