@@ -1,0 +1,138 @@
+"""LocalLedger sharing its file with another writer: waiting for the lock in short steps
+(no SQLite busy-handler sleeps of many milliseconds), reads that never wait, giving up
+after the busy timeout with nothing changed; and the calls that read the connection
+only for the IDs the caller did not pass."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.chain.local as local_module
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.errors import ObjectNotFound
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+SLA = Sla(10, 5, 1000)
+SERVER = HostIdentity.from_private_bytes(bytes([0x61]) * 32, bytes([0x61]) * 32)
+CLIENT = HostIdentity.from_private_bytes(bytes([0x62]) * 32, bytes([0x62]) * 32)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "shared.sqlite")
+
+
+@pytest.fixture
+def ledger(path: str) -> Iterator[LocalLedger]:
+    led = LocalLedger(path)
+    yield led
+    led.close()
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    a = ledger.audit()
+    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+
+def hold_write_lock(path: str, seconds: float, released: list[float]) -> threading.Thread:
+    """Another connection takes the write lock at once and keeps it for ``seconds``."""
+    held = threading.Event()
+
+    def run() -> None:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        other.execute("COMMIT")
+        released.append(time.monotonic())
+        other.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+def test_a_writer_waits_for_the_lock_and_goes_on_right_after_release(
+    ledger: LocalLedger, path: str
+) -> None:
+    late: list[float] = []
+    for hold in (0.35, 0.42, 0.49):
+        released: list[float] = []
+        holder = hold_write_lock(path, hold, released)
+        start = time.monotonic()
+        ledger.faucet(CLIENT.sui_address, 1000)
+        done = time.monotonic()
+        holder.join(10)
+        assert done - start >= hold - 0.05  # it did wait for the other writer
+        late.append(done - released[0])
+    # SQLite's own busy handler sleeps in 100 ms steps by then: up to 100 ms late
+    assert max(late) < 0.05, late
+    assert ledger.balance(CLIENT.sui_address) == 3000
+    assert conserved(ledger)
+
+
+def test_reads_do_not_wait_for_a_writer(ledger: LocalLedger, path: str) -> None:
+    host = ledger.create_host(SERVER, b"\x01" * 32)
+    released: list[float] = []
+    holder = hold_write_lock(path, 0.5, released)
+    start = time.monotonic()
+    assert ledger.get_host(host).authority == SERVER.sui_address
+    assert ledger.balance(CLIENT.sui_address) == 0
+    assert ledger.epoch() == 0
+    assert time.monotonic() - start < 0.3 and not released
+    holder.join(10)
+
+
+def test_a_writer_gives_up_after_the_busy_timeout_with_nothing_changed(
+    ledger: LocalLedger, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.faucet(CLIENT.sui_address, 10)
+    before = ledger.dump()
+    monkeypatch.setattr(local_module, "_BUSY_TIMEOUT_S", 0.2)
+    released: list[float] = []
+    holder = hold_write_lock(path, 1.0, released)
+    start = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        ledger.faucet(CLIENT.sui_address, 5)
+    assert 0.15 < time.monotonic() - start < 0.9
+    holder.join(10)
+    assert ledger.dump() == before
+    assert conserved(ledger)
+
+
+def test_close_and_settle_with_and_without_the_ids(ledger: LocalLedger) -> None:
+    host = ledger.create_host(SERVER, b"\x01" * 32)
+    ledger.add_service(SERVER, host, 7, "raw", SLA)
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    missing = "0x" + "ab" * 32
+    for host_id in (None, host):
+        with pytest.raises(ObjectNotFound):
+            ledger.close_connection(CLIENT, missing, host_id)
+    # the client half-closes without naming the host, the server with it
+    first = ledger.open_connection(CLIENT, host, 7, cap, 1000)
+    ledger.close_connection(CLIENT, first.connection_id)
+    ledger.close_connection(SERVER, first.connection_id, host)
+    assert ledger.get_connection(first.connection_id).state == ConnectionState.CLOSED
+    assert ledger.settle(SERVER, first.connection_id, host, first.escrow_id).refunded == 1000
+    # settling with a receipt: every ID given, or none (read from the connection)
+    for given in (True, False):
+        opened = ledger.open_connection(CLIENT, host, 7, cap, 1000)
+        ledger.close_connection(CLIENT, opened.connection_id, host)
+        receipt = Receipt(opened.connection_id, 2048, 1, 25, 1).sign(CLIENT)
+        ids = {"host_id": host, "escrow_id": opened.escrow_id, "cap_id": cap} if given else {}
+        settled = ledger.settle_with_receipt(SERVER, opened.connection_id, receipt, **ids)
+        assert (settled.paid, settled.claimed, settled.refunded) == (25, 25, 975)
+        assert ledger.get_connection(opened.connection_id).settled
+    assert ledger.balance(SERVER.sui_address) == 50
+    assert ledger.balance(CLIENT.sui_address) == 100_000 - 50
+    assert conserved(ledger)
