@@ -55,7 +55,7 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
-from dtp.connection import CloseCode, ConnectionConfig
+from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -1101,45 +1101,55 @@ def _connect_by_host_id(
         subscription=subscription,
         sponsor_pool=sponsor_pool,
     )
+    payments: list[ClientPayment] = []
+
+    def meter(conn: Connection) -> None:
+        # the meter's ledger reads run while the server works on our first message
+        payments.append(
+            ClientPayment(
+                ledger,
+                identity,
+                address.host_id,
+                prepared.connection_id,
+                conn,
+                metering,
+                now=time.monotonic(),
+            )
+        )
+
+    while_waiting = meter if metering is None or metering.enabled else None
     try:
         if prepared.endpoint is None:
             bridge = connect_ledger_carrier(
                 ledger, identity, prepared.connection_id, prepared.server_address, ledger_options
             )
-            sock = _connect(bridge.peername, timeout, prepared.config, str(address), bridge.socket)
+            sock = _connect(
+                bridge.peername,
+                timeout,
+                prepared.config,
+                str(address),
+                bridge.socket,
+                while_waiting=while_waiting,
+            )
         else:
-            sock = _connect(prepared.endpoint, timeout, prepared.config, name=str(address))
+            sock = _connect(
+                prepared.endpoint,
+                timeout,
+                prepared.config,
+                name=str(address),
+                while_waiting=while_waiting,
+            )
     except BaseException as exc:
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
-    if metering is None or metering.enabled:
-        _attach_payment(sock, ledger, identity, address, prepared.connection_id, metering)
+    if payments:
+        engine = sock._engine
+        with engine.lock:
+            engine.payment = payments[0]
+            engine.session.on_receipt = payments[0].on_server_receipt
     return sock
-
-
-def _attach_payment(
-    sock: DTPSocket,
-    ledger: Ledger,
-    identity: HostIdentity,
-    address: HostAddress,
-    connection_id: str,
-    metering: MeteringConfig | None,
-) -> None:
-    engine = sock._engine
-    payment = ClientPayment(
-        ledger,
-        identity,
-        address.host_id,
-        connection_id,
-        engine.conn,
-        metering,
-        now=time.monotonic(),
-    )
-    with engine.lock:
-        engine.payment = payment
-        engine.session.on_receipt = payment.on_server_receipt
 
 
 def _connect(
@@ -1148,9 +1158,13 @@ def _connect(
     cfg: ConnectionConfig,
     name: str | None = None,
     carrier: _socket.socket | None = None,
+    *,
+    while_waiting: Callable[[Connection], None] | None = None,
 ) -> DTPSocket:
     """Carrier connect + handshake + acceptance with a ready client config; with
-    ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP."""
+    ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
+    ``while_waiting(connection)`` runs once the first handshake message is out, while
+    the server works on it; what it raises fails the connect."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     session = Session(cfg)
@@ -1161,6 +1175,11 @@ def _connect(
     try:
         with engine.lock:
             engine.flush()
+            if while_waiting is not None:
+                while_waiting(engine.conn)
+                remaining = (
+                    None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                )
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
                 remaining,
