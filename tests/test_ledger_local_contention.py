@@ -136,3 +136,29 @@ def test_close_and_settle_with_and_without_the_ids(ledger: LocalLedger) -> None:
     assert ledger.balance(SERVER.sui_address) == 50
     assert ledger.balance(CLIENT.sui_address) == 100_000 - 50
     assert conserved(ledger)
+
+
+def test_objects_a_transaction_reads_but_does_not_change_keep_their_version(
+    ledger: LocalLedger,
+) -> None:
+    host = ledger.create_host(SERVER, b"\x01" * 32)
+    ledger.add_service(SERVER, host, 7, "raw", SLA)
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    opened = ledger.open_connection(CLIENT, host, 7, cap, 1000)
+    ids = (opened.connection_id, opened.escrow_id, host, cap)
+
+    def versions() -> dict[str, int]:
+        return {i: ledger.object_ref(i).version for i in ids}
+
+    before = versions()
+    ledger.create_pipe(CLIENT, opened.connection_id, 1)  # reads the connection only
+    assert versions() == before
+    ledger.top_up(CLIENT, opened.escrow_id, 500)  # changes the escrow only
+    after = versions()
+    assert after[opened.escrow_id] == before[opened.escrow_id] + 1
+    assert {i: v for i, v in after.items() if i != opened.escrow_id} == {
+        i: v for i, v in before.items() if i != opened.escrow_id
+    }
+    assert ledger.get_escrow(opened.escrow_id).balance == 1500
+    assert conserved(ledger)

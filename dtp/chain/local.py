@@ -174,12 +174,16 @@ class _SqlStore:
         self.db = db
 
     def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
+        row = self.load_stored(object_id)
+        return None if row is None else row[:4]
+
+    def load_stored(self, object_id: str) -> tuple[str, str, int, dict[str, Any], str] | None:
         row = self.db.execute(
             "SELECT type, owner, version, data FROM objects WHERE id = ?", (object_id,)
         ).fetchone()
         if row is None:
             return None
-        return row[0], row[1], int(row[2]), rules.from_json(row[3])
+        return row[0], row[1], int(row[2]), rules.from_json(row[3]), row[3]
 
     def balance(self, address: str) -> int:
         row = self.db.execute(

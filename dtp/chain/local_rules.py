@@ -92,6 +92,9 @@ class Store(Protocol):
     def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
         """(type, owner, version, data) of a live object, or None."""
 
+    def load_stored(self, object_id: str) -> tuple[str, str, int, dict[str, Any], str] | None:
+        """:meth:`load` plus the data as stored (:func:`to_json` of it)."""
+
     def balance(self, address: str) -> int:
         """SUI balance of ``address``."""
 
@@ -130,11 +133,13 @@ class Exec:
         if object_id in self.objects and not self.objects[object_id].deleted:
             obj = self.objects[object_id]
         else:
-            row = self.store.load(object_id)
+            row = self.store.load_stored(object_id)
             if row is None:
                 raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            type_, owner, version, data = row
-            obj = Obj(object_id, type_, owner, version, data, to_json(data))
+            # the stored text is the canonical JSON of the data: what the object is
+            # compared with at the end, to write only what changed
+            type_, owner, version, data, stored = row
+            obj = Obj(object_id, type_, owner, version, data, stored)
             self.objects[object_id] = obj
         if obj.type != OBJECT_TYPES[struct]:
             raise ObjectNotFound(
