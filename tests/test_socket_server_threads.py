@@ -23,17 +23,16 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def connection_threads(before: set[int] | None = None) -> list[threading.Thread]:
+def connection_threads(before: set[threading.Thread] | None = None) -> list[threading.Thread]:
     """Live connection threads (those not in ``before``: other tests' servers')."""
     return [
-        t
-        for t in threading.enumerate()
-        if t.name == "dtp-handshake" and t.ident not in (before or set())
+        t for t in threading.enumerate() if t.name == "dtp-handshake" and t not in (before or set())
     ]
 
 
-def idents() -> set[int]:
-    return {t.ident for t in connection_threads() if t.ident is not None}
+def existing() -> set[threading.Thread]:
+    # the Thread objects, not their idents: an ident is reused once its thread ended
+    return set(connection_threads())
 
 
 def echo_once(server: dtp.socket.DTPServer, data: bytes) -> bytes:
@@ -51,7 +50,7 @@ def test_serve_forever_reuses_the_thread_of_a_finished_connection() -> None:
         served.append(threading.get_ident())
         sock.sendall(sock.recv(100))
 
-    before = idents()
+    before = existing()
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         server.WORKER_IDLE = 30.0
         threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
@@ -96,7 +95,7 @@ def test_idle_threads_end_after_worker_idle_and_new_ones_start() -> None:
     def handler(sock: dtp.socket.DTPSocket) -> None:
         sock.sendall(sock.recv(100))
 
-    before = idents()
+    before = existing()
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         server.WORKER_IDLE = 0.2
         threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
@@ -106,7 +105,7 @@ def test_idle_threads_end_after_worker_idle_and_new_ones_start() -> None:
 
 
 def test_accept_mode_threads_are_reused_too() -> None:
-    before = idents()
+    before = existing()
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         server.WORKER_IDLE = 30.0
         for i in range(3):
