@@ -206,7 +206,9 @@ class LocalLedger(Ledger):
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._nonce_counter = itertools.count(time.time_ns())
+        # nonces from a random start: two instances signing for one sender (threads,
+        # processes sharing the file) never reuse one, whenever they were created
+        self._nonce_counter = itertools.count(int.from_bytes(os.urandom(8)) >> 1)
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 0")
             if self.path != ":memory:":
