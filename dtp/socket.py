@@ -96,7 +96,8 @@ SHUT_WR = _socket.SHUT_WR
 SHUT_RDWR = _socket.SHUT_RDWR
 
 SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
-RECV_CHUNK = 256 * 1024
+RECV_CHUNK = 256 * 1024  # the most one carrier read takes
+FIRST_RECV_CHUNK = 16 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
@@ -125,7 +126,9 @@ class _Engine:
         self.out: list[memoryview] = []
         self.carrier_closed = False
         self.closed = False
-        self._rbuf = bytearray(RECV_CHUNK)
+        # the carrier's read buffer starts small (a short connection never pays for
+        # zeroing RECV_CHUNK) and doubles whenever a read fills it
+        self._rbuf = bytearray(FIRST_RECV_CHUNK)
         self._rview = memoryview(self._rbuf)
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._wake_r, self._wake_w = _socket.socketpair()
@@ -226,11 +229,16 @@ class _Engine:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
-    def recv_scratch(self) -> memoryview:
-        """A buffer for recv() to read into before copying out (lock held)."""
-        if self._recv_scratch is None:
-            self._recv_scratch = memoryview(bytearray(RECV_CHUNK))
-        return self._recv_scratch
+    def recv_scratch(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes (at most RECV_CHUNK) for recv() to read into
+        before copying out (lock held). Sized by the calls made: a connection that only
+        ever asks for 100 bytes never pays for zeroing 256 KiB."""
+        size = min(size, RECV_CHUNK)
+        scratch = self._recv_scratch
+        if scratch is None or len(scratch) < size:
+            have = 0 if scratch is None else len(scratch)
+            scratch = self._recv_scratch = memoryview(bytearray(max(size, 2 * have, 4096)))
+        return scratch[:size]
 
     # -- input and waiting ---------------------------------------------------------------
 
@@ -264,9 +272,17 @@ class _Engine:
                 return True
             got = True
             self.conn.receive_data(view[:n], time.monotonic())
-            if n < RECV_CHUNK:
+            if n < len(buf):
                 return True
+            if len(buf) < RECV_CHUNK:
+                buf, view = self._grow_rbuf()
         return True
+
+    def _grow_rbuf(self) -> tuple[bytearray, memoryview]:
+        """A read filled the buffer: double it for the next ones."""
+        self._rbuf = bytearray(min(2 * len(self._rbuf), RECV_CHUNK))
+        self._rview = memoryview(self._rbuf)
+        return self._rbuf, self._rview
 
     def read_fast(self, stream_id: int, dst: memoryview) -> int:
         """One non-blocking read of the carrier (lock held), with ``stream_id``'s next
@@ -285,7 +301,10 @@ class _Engine:
         if not n:
             self._carrier_failed(None)
             return 0
-        taken, attention = self.conn.take_fast(self._rview[:n], stream_id, dst, time.monotonic())
+        view = self._rview
+        if n == len(view) and n < RECV_CHUNK:
+            self._grow_rbuf()  # the next read may take more (this one is still in view)
+        taken, attention = self.conn.take_fast(view[:n], stream_id, dst, time.monotonic())
         if attention:
             self._after_io()
             if self.pumping:
@@ -611,8 +630,7 @@ class DTPSocket:
         session = engine.session
         with engine.lock:
             if not session.readable(self._stream_id) and bufsize:
-                scratch = engine.recv_scratch()
-                view = scratch[:bufsize] if bufsize < len(scratch) else scratch
+                view = engine.recv_scratch(bufsize)
                 n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
                 if n:
                     return view[:n].tobytes()
