@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from bench import hostid_rows
-from bench.workload import Workload
+from bench.workload import Workload, run_side
 
 ROWS: dict[str, Callable[[], Workload]] = {
     "hostid_connect_rate": lambda: hostid_rows.hostid_connect_rate(3),
@@ -19,12 +19,4 @@ ROWS: dict[str, Callable[[], Workload]] = {
 @pytest.mark.parametrize("name", list(ROWS))
 @pytest.mark.parametrize("side", ["ours", "peer"])
 def test_hostid(benchmark, name: str, side: str) -> None:  # type: ignore[no-untyped-def]
-    w = ROWS[name]()
-    try:
-        benchmark.group = name
-        op = w.ours if side == "ours" else w.peer
-        assert op is not None
-        benchmark.pedantic(op, rounds=3 if benchmark.enabled else 1, iterations=1)
-    finally:
-        assert w.close is not None
-        w.close()
+    run_side(benchmark, ROWS[name](), side)

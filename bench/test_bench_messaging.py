@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from bench import messaging_rows
-from bench.workload import Workload
+from bench.workload import Workload, run_side
 
 ROWS: dict[str, Callable[[], Workload]] = {
     "rpc_roundtrip": lambda: messaging_rows.rpc_roundtrip(50),
@@ -20,12 +20,4 @@ ROWS: dict[str, Callable[[], Workload]] = {
 @pytest.mark.parametrize("name", list(ROWS))
 @pytest.mark.parametrize("side", ["ours", "peer"])
 def test_messaging(benchmark, name: str, side: str) -> None:  # type: ignore[no-untyped-def]
-    w = ROWS[name]()
-    try:
-        benchmark.group = name
-        op = w.ours if side == "ours" else w.peer
-        assert op is not None
-        benchmark.pedantic(op, rounds=3 if benchmark.enabled else 1, iterations=1)
-    finally:
-        assert w.close is not None
-        w.close()
+    run_side(benchmark, ROWS[name](), side)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from bench import net, udp_rows
+from bench.workload import run_side
 from bench.workloads import Workload
 
 ROWS: dict[str, Callable[[], Workload]] = {
@@ -23,12 +24,4 @@ ROWS: dict[str, Callable[[], Workload]] = {
 @pytest.mark.parametrize("name", list(ROWS))
 @pytest.mark.parametrize("side", ["ours", "peer"])
 def test_net(benchmark, name: str, side: str) -> None:  # type: ignore[no-untyped-def]
-    w = ROWS[name]()
-    try:
-        benchmark.group = name
-        op = w.ours if side == "ours" else w.peer
-        assert op is not None
-        benchmark.pedantic(op, rounds=3 if benchmark.enabled else 1, iterations=1)
-    finally:
-        assert w.close is not None
-        w.close()
+    run_side(benchmark, ROWS[name](), side)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -18,3 +19,17 @@ class Workload:
     bar: float | None = None
     note: str = ""
     close: Callable[[], None] | None = None  # stops servers the workload started
+
+
+def run_side(benchmark: Any, w: Workload, side: str) -> None:
+    """One side (``"ours"`` or ``"peer"``) of a started workload under pytest-benchmark:
+    three rounds, or one when benchmarks are disabled (the default test run, which only
+    checks that the body works); then stop what the workload started."""
+    try:
+        benchmark.group = w.name
+        op = w.ours if side == "ours" else w.peer
+        assert op is not None
+        benchmark.pedantic(op, rounds=3 if benchmark.enabled else 1, iterations=1)
+    finally:
+        if w.close is not None:
+            w.close()

@@ -185,42 +185,30 @@ class _Engine:
             self.payment.tick(now)
         data = self.conn.data_to_send(now)
         if data:
-            if not self.out and not self.carrier_closed:
-                # the common case: write straight away, queue only what does not fit
-                try:
-                    n = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError as exc:
-                    self._carrier_failed(exc)
-                    return
-                if n == len(data):
-                    return
-                self.out.append(memoryview(data)[n:])
-            else:
-                self.out.append(memoryview(data))
-        if self.out:
+            self.write(memoryview(data))
+        elif self.out:
             self._send_some()
             if self.out and self.pumping:
                 self._wake()
 
-    def write_sealed(self, sealed: memoryview) -> None:
-        """Write records the connection's lane sealed (a view of a buffer it reuses):
-        straight to the socket, copying only what the socket does not take now."""
+    def write(self, data: memoryview, reused: bool = False) -> None:
+        """Write records after those queued: straight to the socket when none are (the
+        common case), queueing only what it does not take now -- as a copy when
+        ``reused`` (records the lane sealed into a buffer it writes over next time)."""
         if self.carrier_closed:
-            return
+            return  # nothing will go out any more
         if not self.out:
             try:
-                n = self.sock.send(sealed)
+                n = self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
                 self._carrier_failed(exc)
                 return
-            if n == len(sealed):
+            if n == len(data):
                 return
-            sealed = sealed[n:]
-        self.out.append(memoryview(sealed.tobytes()))
+            data = data[n:]
+        self.out.append(memoryview(data.tobytes()) if reused else data)
         self._send_some()
         if self.out and self.pumping:
             self._wake()
@@ -716,19 +704,7 @@ class DTPSocket:
                 sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is not None:
                 records, n = sealed
-                if engine.out or engine.carrier_closed:
-                    engine.write_sealed(records)
-                else:
-                    # the common case, inline: straight to the socket
-                    try:
-                        sent = engine.sock.send(records)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        engine._carrier_failed(exc)
-                        sent = len(records)
-                    if sent < len(records):
-                        engine.write_sealed(records[sent:])
+                engine.write(records, reused=True)
                 if engine.payment is not None:
                     engine.flush()  # the meter's receipts
                 return n
