@@ -44,6 +44,7 @@ from dtp._types import (
     OpenedRecord,
     OpenFramesResult,
     OpenResult,
+    RecordHeader,
 )
 from dtp.errors import (
     DecryptionError,
@@ -76,6 +77,22 @@ _NONCE = struct.Struct("<4xQ")
 def nonce(counter: int) -> bytes:
     """The 12-byte ChaCha20-Poly1305 nonce of ``counter``: 4 zero bytes || u64le."""
     return _NONCE.pack(counter)
+
+
+def next_data_record(view: memoryview, pos: int) -> RecordHeader | int:
+    """The DATA record at ``view[pos:]`` with its body complete (``next_data_record`` in
+    aead.c), or why not: NEED_MORE, STOP (a record of another kind) or the header's
+    error code. Checked in the order every open path uses."""
+    if len(view) - pos < RECORD_HEADER_LEN:
+        return NEED_MORE
+    header = check_header(view, pos)
+    if isinstance(header, ErrorCode):
+        return int(header)
+    if header.kind != REC_DATA:
+        return STOP
+    if pos + RECORD_HEADER_LEN + header.body_len > len(view):
+        return NEED_MORE
+    return header
 
 
 class ReplayWindow:
@@ -185,21 +202,13 @@ class Aead:
         status = OK
         error: DTPError | None = None
         while pos < len(view):
-            if len(view) - pos < RECORD_HEADER_LEN:
-                status = NEED_MORE
-                break
-            header = check_header(view, pos)
-            if isinstance(header, ErrorCode):
-                status = int(header)
-                error = _remote_error(header)
-                break
-            if header.kind != REC_DATA:
-                status = STOP
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = header
+                if header < 0:
+                    error = _remote_error(ErrorCode(header))
                 break
             end = pos + RECORD_HEADER_LEN + header.body_len
-            if end > len(view):
-                status = NEED_MORE
-                break
             if len(records) == cap:
                 status = FULL
                 break
@@ -300,20 +309,13 @@ class Aead:
         error: DTPError | None = None
         n_frames = n_ranges = 0
         while pos < len(view):
-            if len(view) - pos < RECORD_HEADER_LEN:
-                status = NEED_MORE
-                break
-            header = check_header(view, pos)
-            if isinstance(header, ErrorCode):
-                status, error = int(header), _remote_error(header)
-                break
-            if header.kind != REC_DATA:
-                status = STOP
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = header
+                if header < 0:
+                    error = _remote_error(ErrorCode(header))
                 break
             end = pos + RECORD_HEADER_LEN + header.body_len
-            if end > len(view):
-                status = NEED_MORE
-                break
             if len(records) == cap:
                 status = FULL
                 break

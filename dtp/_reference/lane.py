@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from cryptography.exceptions import InvalidTag
 
-from dtp._reference.aead import COUNTER_RESERVED, MAX_STREAM_CHUNK, Aead, nonce
+from dtp._reference.aead import (
+    COUNTER_RESERVED,
+    MAX_STREAM_CHUNK,
+    Aead,
+    next_data_record,
+    nonce,
+)
 from dtp._reference.limits import AEAD_TAG_LEN, RECORD_HEADER_LEN
-from dtp._reference.records import check_header
 from dtp._reference.varint import varint_decode
-from dtp._types import FRAME_STREAM, FULL, NEED_MORE, OK, REC_DATA, STOP, TakeResult
+from dtp._types import FRAME_STREAM, FULL, NEED_MORE, OK, STOP, TakeResult
 from dtp.errors import ErrorCode, LocalProtocolError
 
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
@@ -96,17 +101,11 @@ class Lane:
             if taken == len(out):
                 status = FULL
                 break
-            if len(view) - pos < RECORD_HEADER_LEN:
-                status = NEED_MORE
-                break
-            header = check_header(view, pos)
-            if isinstance(header, ErrorCode) or header.kind != REC_DATA:
-                status = STOP
+            header = next_data_record(view, pos)
+            if isinstance(header, int):
+                status = NEED_MORE if header == NEED_MORE else STOP
                 break
             end = pos + RECORD_HEADER_LEN + header.body_len
-            if end > len(view):
-                status = NEED_MORE
-                break
             counter = header.counter
             if counter == COUNTER_RESERVED or not window.check(counter):
                 status = STOP
