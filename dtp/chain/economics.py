@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.chain.objects import OpenedConnection
 
@@ -196,6 +196,17 @@ ECONOMICS_MODULES: Final = {
 EconomicsObject = (
     SubscriptionOffer | Subscription | SponsorPool | TicketSale | RetentionTerms | RetainedRecord
 )
+_M = TypeVar("_M", bound=EconomicsObject)
+
+_AREAS: Final = {
+    "SubscriptionOffer": "subscriptions",
+    "Subscription": "subscriptions",
+    "SponsorPool": "sponsor pools",
+    "TicketSale": "ticket sales",
+    "RetentionTerms": "retention",
+    "RetainedRecord": "retention",
+}
+"""The payment model each object type belongs to (for "this ledger has no ...")."""
 
 
 def economics_object_from_fields(
@@ -291,6 +302,16 @@ class PaymentModels:
     """Ledger methods of the payment models; one per entry function of
     ``dtp::subscription``, ``dtp::sponsor``, ``dtp::tickets`` and ``dtp::retention``."""
 
+    def _model(self, object_id: str, struct: str) -> EconomicsObject:
+        """Read the payment-model object ``object_id`` of Move type ``struct`` (each
+        ledger reads its own way); the typed getters below are built on it."""
+        raise _missing(self, _AREAS[struct])
+
+    def _typed_model(self, object_id: str, struct: str, cls: type[_M]) -> _M:
+        obj = self._model(object_id, struct)
+        assert isinstance(obj, cls)
+        return obj
+
     # -- subscriptions ------------------------------------------------------------------------
 
     def create_subscription_offer(
@@ -340,11 +361,11 @@ class PaymentModels:
 
     def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
         """The SubscriptionOffer ``offer_id``."""
-        raise _missing(self, "subscriptions")
+        return self._typed_model(offer_id, "SubscriptionOffer", SubscriptionOffer)
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """The Subscription ``subscription_id``."""
-        raise _missing(self, "subscriptions")
+        return self._typed_model(subscription_id, "Subscription", Subscription)
 
     # -- sponsoring ----------------------------------------------------------------------------
 
@@ -387,7 +408,7 @@ class PaymentModels:
 
     def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
         """The SponsorPool ``pool_id``."""
-        raise _missing(self, "sponsor pools")
+        return self._typed_model(pool_id, "SponsorPool", SponsorPool)
 
     # -- tickets -------------------------------------------------------------------------------
 
@@ -421,7 +442,7 @@ class PaymentModels:
 
     def get_ticket_sale(self, sale_id: str) -> TicketSale:
         """The TicketSale ``sale_id``."""
-        raise _missing(self, "ticket sales")
+        return self._typed_model(sale_id, "TicketSale", TicketSale)
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -453,8 +474,8 @@ class PaymentModels:
 
     def get_retention_terms(self, terms_id: str) -> RetentionTerms:
         """The RetentionTerms ``terms_id``."""
-        raise _missing(self, "retention")
+        return self._typed_model(terms_id, "RetentionTerms", RetentionTerms)
 
     def get_retained_record(self, record_id: str) -> RetainedRecord:
         """The RetainedRecord ``record_id``."""
-        raise _missing(self, "retention")
+        return self._typed_model(record_id, "RetainedRecord", RetainedRecord)

@@ -44,12 +44,6 @@ from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
 from dtp.chain.economics import (
     EconomicsObject,
-    RetainedRecord,
-    RetentionTerms,
-    SponsorPool,
-    Subscription,
-    SubscriptionOffer,
-    TicketSale,
     economics_object_from_fields,
 )
 from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
@@ -1044,16 +1038,6 @@ class LocalLedger(Ledger):
         opened = next(e for e in result.events if e.name == "ConnectionOpened")
         return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
 
-    def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
-        obj = self._model(offer_id, "SubscriptionOffer")
-        assert isinstance(obj, SubscriptionOffer)
-        return obj
-
-    def get_subscription(self, subscription_id: str) -> Subscription:
-        obj = self._model(subscription_id, "Subscription")
-        assert isinstance(obj, Subscription)
-        return obj
-
     def create_sponsor_pool(
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int
     ) -> str:
@@ -1114,11 +1098,6 @@ class LocalLedger(Ledger):
         )
         return int(result.value)
 
-    def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
-        obj = self._model(pool_id, "SponsorPool")
-        assert isinstance(obj, SponsorPool)
-        return obj
-
     def create_ticket_sale(
         self,
         signer: HostIdentity,
@@ -1153,11 +1132,6 @@ class LocalLedger(Ledger):
 
     def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
         return int(self._call(signer, "tickets", "refund", self._id(sale_id)).value)
-
-    def get_ticket_sale(self, sale_id: str) -> TicketSale:
-        obj = self._model(sale_id, "TicketSale")
-        assert isinstance(obj, TicketSale)
-        return obj
 
     def create_retention_terms(
         self,
@@ -1202,16 +1176,6 @@ class LocalLedger(Ledger):
 
     def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
         return int(self._call(signer, "retention", "delete", self._id(record_id)).value)
-
-    def get_retention_terms(self, terms_id: str) -> RetentionTerms:
-        obj = self._model(terms_id, "RetentionTerms")
-        assert isinstance(obj, RetentionTerms)
-        return obj
-
-    def get_retained_record(self, record_id: str) -> RetainedRecord:
-        obj = self._model(record_id, "RetainedRecord")
-        assert isinstance(obj, RetainedRecord)
-        return obj
 
     def is_on_air(self, broadcast_id: str) -> bool:
         """``broadcast::is_on_air`` at the current clock."""

@@ -35,12 +35,7 @@ from dtp.chain import sui_tx
 from dtp.chain.economics import (
     ECONOMICS_MODULES,
     EconomicsObject,
-    RetainedRecord,
-    RetentionTerms,
-    SponsorPool,
     Subscription,
-    SubscriptionOffer,
-    TicketSale,
 )
 from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
 from dtp.chain.objects import (
@@ -1114,16 +1109,6 @@ class SuiLedger(Ledger):
         )
         return self._opened(out)
 
-    def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
-        obj = self._model(offer_id, "SubscriptionOffer")
-        assert isinstance(obj, SubscriptionOffer)
-        return obj
-
-    def get_subscription(self, subscription_id: str) -> Subscription:
-        obj = self._model(subscription_id, "Subscription")
-        assert isinstance(obj, Subscription)
-        return obj
-
     def create_sponsor_pool(
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int
     ) -> str:
@@ -1193,11 +1178,6 @@ class SuiLedger(Ledger):
         )
         return int(out.event("SponsorReimbursed")["amount"])
 
-    def get_sponsor_pool(self, pool_id: str) -> SponsorPool:
-        obj = self._model(pool_id, "SponsorPool")
-        assert isinstance(obj, SponsorPool)
-        return obj
-
     def create_ticket_sale(
         self,
         signer: HostIdentity,
@@ -1243,11 +1223,6 @@ class SuiLedger(Ledger):
     def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
         out = self._sale_call(signer, sale_id, "refund", sui_tx.refund_tickets)
         return int(out.event("TicketsRefunded")["amount"])
-
-    def get_ticket_sale(self, sale_id: str) -> TicketSale:
-        obj = self._model(sale_id, "TicketSale")
-        assert isinstance(obj, TicketSale)
-        return obj
 
     def create_retention_terms(
         self,
@@ -1296,16 +1271,6 @@ class SuiLedger(Ledger):
             signer, "retention::delete", lambda ctx: sui_tx.delete_retained(ctx, ref)
         )
         return int(out.event("RecordDeleted")["refunded"])
-
-    def get_retention_terms(self, terms_id: str) -> RetentionTerms:
-        obj = self._model(terms_id, "RetentionTerms")
-        assert isinstance(obj, RetentionTerms)
-        return obj
-
-    def get_retained_record(self, record_id: str) -> RetainedRecord:
-        obj = self._model(record_id, "RetainedRecord")
-        assert isinstance(obj, RetainedRecord)
-        return obj
 
     # -- reading ---------------------------------------------------------------------------
 
