@@ -35,6 +35,7 @@ from dtp.escrow import (
     check_receipt,
     fee,
 )
+from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 
@@ -42,13 +43,17 @@ if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
 
-__all__ = ["RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
+__all__ = ["OWN_BILLING", "RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
 
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon.fees")
 
 RECEIPT_SIZE = RECEIPT_ENCODED_SIZE
+
+OWN_BILLING = MeteringConfig(enabled=False)
+"""The metering the daemon's forwarders connect with: the daemon bills its tunnels
+itself (this module, docs/udp.md), so no transport receipts on top."""
 
 
 def _now_ms() -> int:

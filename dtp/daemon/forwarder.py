@@ -17,7 +17,7 @@ import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
 from dtp.daemon.config import ForwardConfig
-from dtp.daemon.fees import ClientFees
+from dtp.daemon.fees import OWN_BILLING, ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -30,15 +30,10 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
 
 __all__ = ["Forwarder"]
 
 from dtp.daemon.logs import kv
-
-_OWN_BILLING = MeteringConfig(enabled=False)
-"""The daemon bills its tunnels itself (dtp/daemon/fees.py, docs/udp.md): no transport
-receipts on top."""
 
 logger = logging.getLogger("dtp.daemon.forwarder")
 
@@ -135,7 +130,7 @@ class Forwarder:
                 identity=self.identity,
                 deposit=self.config.deposit,
                 timeout=10.0,
-                metering=_OWN_BILLING,
+                metering=OWN_BILLING,
             )
         except DTPError as exc:
             if isinstance(exc, ChainError | ConnectionRefused):

@@ -13,19 +13,16 @@ import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Sla
 from dtp.daemon.config import ForwardConfig
+from dtp.daemon.fees import OWN_BILLING
 from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
 from dtp.udp_aio import AsyncUdpForwarder
 
 __all__ = ["UdpForward"]
 
-_OWN_BILLING = MeteringConfig(enabled=False)
-"""The daemon bills its tunnels itself (dtp/daemon/fees.py, docs/udp.md): no transport
-receipts on top."""
 
 logger = logging.getLogger("dtp.daemon.udp_forward")
 
@@ -59,7 +56,7 @@ class UdpForward:
                 identity=self.identity,
                 deposit=self.config.deposit,
                 timeout=30,
-                metering=_OWN_BILLING,
+                metering=OWN_BILLING,
             )
         except ConnectionRefused as exc:
             stats.denials += 1
