@@ -792,8 +792,8 @@ class Connection:
                 if deliver and n and handler is not None:
                     handler(stream_id, out[:n], False)
                 if spill:
-                    if self.stream_data_handler is not None:
-                        self.stream_data_handler(stream_id, spill, False)
+                    if handler is not None:
+                        handler(stream_id, spill, False)
                     else:
                         self._deliver(StreamDataReceived(stream_id, bytes(spill), False))
             view = view[result.consumed :]
