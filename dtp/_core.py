@@ -591,6 +591,9 @@ class NativeAead:
 # reassembly
 
 
+_U8 = ffi.typeof("uint8_t[]")
+
+
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -602,10 +605,18 @@ class NativeLane:
     with its general path). Not thread-safe.
     """
 
-    def __init__(self, send: NativeAead, recv: NativeAead, seal_cap: int = 1 << 18) -> None:
+    def __init__(
+        self,
+        send: NativeAead,
+        recv: NativeAead,
+        seal_cap: int = 1 << 18,
+        recv_cap: int = 1 << 18,
+    ) -> None:
         per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
         if seal_cap < per_record:
             raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
+        if recv_cap < 1:
+            raise LocalProtocolError("empty receive buffer", ErrorCode.ARG)
         self._send = send
         self._recv = recv
         self._send_ctx = send._ctx
@@ -620,6 +631,17 @@ class NativeLane:
         self._rx = ffi.new("dtp_rx *")
         self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
         self._scratch_view = memoryview(ffi.buffer(self._scratch))
+        #: The state of the stream the connection lends (``dtp_flow``): see
+        #: :meth:`dtp.connection.Connection.lend`.
+        self.flow = ffi.new("dtp_flow *")
+        #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap``
+        #: bytes; pages are touched only as reads fill them).
+        self._rbuf = _new_uninit("uint8_t[]", recv_cap)
+        self._rbuf_cap = recv_cap
+        self.rview = memoryview(ffi.buffer(self._rbuf))
+        #: What the last flow_read / flow_send did (``dtp_io``: got, sent, err).
+        self.io = ffi.new("dtp_io *")
+        self._err = ffi.new("int *")
 
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
@@ -684,6 +706,129 @@ class NativeLane:
             start = rx.spill_off
             spill = self._scratch_view[start : start + rx.spill_len]
         return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
+
+    def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
+        """Seal the start of ``data`` on the lent stream, as much as its limits allow
+        (``dtp_flow_seal``); returns the records (a view valid until the next call;
+        empty when nothing was sealed). ``flow.taken``: how much of ``data`` they hold."""
+        flow = self.flow
+        rc = lib.dtp_flow_seal(
+            self._send_ctx,
+            flow,
+            ffi.from_buffer(data),
+            len(data),
+            MAX_STREAM_CHUNK,
+            self._out,
+            self._out_cap,
+            now,
+        )
+        if rc:
+            if rc < 0:
+                raise error_for(rc, remote=False)
+            return self._out_view[:0]
+        return self._out_view[: flow.written]
+
+    def flow_take(self, n: int, dst: bytearray | memoryview, now: float) -> int:
+        """Take the lent stream's next bytes from the records at the start of
+        ``rview[:n]`` (the carrier read there) into ``dst`` (``dtp_flow_take``); returns
+        the status (OK, DUE, NEED_MORE, FULL, STOP). ``flow.rx`` holds what was taken
+        and consumed; :meth:`flow_spill` the data of a record that did not fit."""
+        if not 0 <= n <= len(self.rview):
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        try:
+            out = ffi.from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        rc: int = lib.dtp_flow_take(
+            self._recv_ctx,
+            self.flow,
+            self._rbuf,
+            n,
+            out,
+            len(dst),
+            self._scratch,
+            MAX_RECORD_PLAINTEXT,
+            now,
+        )
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        return rc
+
+    def wait_readable(self, fd: int, wake_fd: int, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` (negative: forever) for ``fd`` or ``wake_fd`` (-1:
+        none) to be readable (``dtp_wait_readable``): READY, WAKE or WAIT (timed out or
+        interrupted). Raises OSError if the wait fails."""
+        err = self._err
+        rc: int = lib.dtp_wait_readable(fd, wake_fd, timeout_ms, err)
+        if rc < 0:
+            if rc == lib.DTP_ERR_IO:
+                raise OSError(err[0], os.strerror(err[0]))
+            raise error_for(rc, remote=False)
+        return rc
+
+    def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
+        """Read the carrier ``fd`` once into :attr:`rview` and :meth:`flow_take` what
+        came (``dtp_flow_read``): the take's status, or WAIT (nothing to read) or EOF;
+        ``io.got`` bytes were read. Raises OSError if the read fails."""
+        try:
+            out = ffi.from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        rc: int = lib.dtp_flow_read(
+            self._recv_ctx,
+            self.flow,
+            self.io,
+            fd,
+            self._rbuf,
+            self._rbuf_cap,
+            out,
+            len(dst),
+            self._scratch,
+            MAX_RECORD_PLAINTEXT,
+        )
+        if rc < 0:
+            if rc == lib.DTP_ERR_IO:
+                raise OSError(self.io.err, os.strerror(self.io.err))
+            raise error_for(rc, remote=False)
+        return rc
+
+    def flow_send(self, fd: int, data: bytes | bytearray | memoryview, now: float) -> int:
+        """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
+        ``fd`` (``dtp_flow_send``); returns how much of ``data`` they hold (0: none
+        sealed). ``io.sent`` of ``flow.written`` bytes went out: the caller queues
+        :meth:`flow_unsent`. Raises OSError if the write fails."""
+        flow = self.flow
+        rc = lib.dtp_flow_send(
+            self._send_ctx,
+            flow,
+            self.io,
+            fd,
+            ffi.from_buffer(data),
+            len(data),
+            MAX_STREAM_CHUNK,
+            self._out,
+            self._out_cap,
+            now,
+        )
+        if rc:
+            if rc == lib.DTP_ERR_IO:
+                raise OSError(self.io.err, os.strerror(self.io.err))
+            if rc < 0:
+                raise error_for(rc, remote=False)
+            return 0
+        taken: int = flow.taken
+        return taken
+
+    def flow_unsent(self) -> memoryview:
+        """The records the last :meth:`flow_send` sealed but the carrier did not take
+        (a view valid until the next call)."""
+        return self._out_view[self.io.sent : self.flow.written]
+
+    def flow_spill(self) -> memoryview:
+        """After :meth:`flow_take` returned FULL: the data of the last record that did
+        not fit in ``dst`` (valid until the next call)."""
+        rx = self.flow.rx
+        return self._scratch_view[rx.spill_off : rx.spill_off + rx.spill_len]
 
 
 class NativeReassembler:

@@ -13,6 +13,12 @@ OK = 0
 NEED_MORE = 1
 FULL = 2
 STOP = 3
+DUE = 4
+# ... and of the carrier I/O of a lent stream (DTP_WAIT ... DTP_EOF)
+WAIT = 5
+READY = 6
+WAKE = 7
+EOF = 8
 
 # Record kinds.
 REC_HS_INIT = 1

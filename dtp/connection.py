@@ -212,6 +212,13 @@ class Connection:
         self._lane: Any = None  # _core.Lane, made on first use
         self._lane_sid: int | None = None  # the stream that got data last (lane's guess)
         self._lane_buf: memoryview | None = None
+        #: The lane while a stream is lent to it (:meth:`lend`), else None; with the
+        #: stream's ID and a time no later than the connection's next timer.
+        self.lent_lane: Any = None
+        self.lent_stream_id: int | None = None
+        self.lent_timer: float | None = None
+        self.lent_can_recv = False  # whether the lane may take the lent stream's bytes
+        self._lent: _Stream | None = None
         self._early_records: list[bytes] = []
         self.peer_static: bytes | None = None
         self.handshake_hash: bytes | None = None
@@ -292,6 +299,11 @@ class Connection:
         """What paid connections meter (docs/escrow.md §6.1): (application stream bytes
         sent plus received, over all streams; streams opened by the client)."""
         client_streams = self._opened_by_us if self.is_client else self._peer_opened
+        if self.lent_lane is not None:
+            # read where the loan keeps them, without ending it: metering threads read
+            # this without the adapter's lock
+            f = self.lent_lane.flow
+            return f.conn_sent + f.rx.conn_received, client_streams
         return self._conn_sent + self._conn_received, client_streams
 
     @property
@@ -321,6 +333,8 @@ class Connection:
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed bytes from the carrier (any split: whole, partial, many records)."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is ConnState.CLOSED or not data:
             return
         self._last_received = now
@@ -372,6 +386,8 @@ class Connection:
     def receive_datagram(self, datagram: bytes, now: float) -> None:
         """Feed one datagram from a message-oriented carrier (one or more whole
         records). A datagram that does not parse is dropped, as lossy carriers must."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is ConnState.CLOSED:
             return
         self.receive_data(datagram, now)
@@ -382,6 +398,8 @@ class Connection:
 
     def data_to_send(self, now: float) -> bytes:
         """Bytes to hand to the carrier now (possibly empty)."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is not ConnState.CLOSED or self._close_frame is not None:
             self._build_records(now)
         out = self._out
@@ -400,6 +418,8 @@ class Connection:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is not ConnState.CLOSED or self._close_frame is not None:
             self._build_records(now)
         out = [piece for blob in self._out for piece in _split_records(blob)]
@@ -415,6 +435,10 @@ class Connection:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should be called next (None: no timer)."""
+        if self.lent_lane is not None:
+            # no later than the real one (sends and receives only move timers later),
+            # and read-only: timer threads ask without the adapter's lock
+            return self.lent_timer
         if self._state is ConnState.CLOSED:
             return None
         config = self.config
@@ -446,6 +470,8 @@ class Connection:
 
     def handle_timer(self, now: float) -> None:
         """Act on whatever timers have expired at ``now``."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is ConnState.CLOSED:
             return
         if now >= self._last_received + self.config.idle_timeout:
@@ -478,6 +504,8 @@ class Connection:
 
     def accept(self) -> None:
         """Server: let the authenticated client in (after PeerAuthenticated)."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self.is_client or self._state is not ConnState.AUTHENTICATING:
             raise LocalProtocolError("accept() is for a server whose client has authenticated")
         if self.peer_address is None:
@@ -490,6 +518,8 @@ class Connection:
 
     def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
         """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self.is_client:
             raise LocalProtocolError("refuse() is for servers")
         self._held_events.clear()
@@ -497,6 +527,8 @@ class Connection:
 
     def open_stream(self) -> int:
         """Open a new stream; returns its ID."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         if self._opened_by_us >= self._peer_max_streams:
             raise LocalProtocolError(
@@ -514,6 +546,8 @@ class Connection:
     ) -> None:
         """Queue bytes on a stream (and optionally its end). Never blocks: callers
         bound their own buffering with :meth:`send_buffered`."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         stream = self._get_stream(stream_id, create=False)
         if stream.send_state is not SendState.OPEN:
@@ -599,6 +633,8 @@ class Connection:
         taken) or None to use :meth:`send_stream_data`. The records are a view into the
         lane's buffer, valid until the next call: the caller writes them to the carrier
         (or copies them) at once, before anything :meth:`data_to_send` returns."""
+        if self.lent_lane is not None:
+            self._take_back()
         stream = self._streams.get(stream_id)
         if (
             stream is None
@@ -650,6 +686,8 @@ class Connection:
         Returns how many bytes were written to ``dst``, and whether the connection now
         needs the adapter's usual attention (events, output, timers); when it does
         not, all ``data`` held was that stream's bytes."""
+        if self.lent_lane is not None:
+            self._take_back()
         stream = self._streams.get(stream_id)
         if (
             stream is None
@@ -701,6 +739,131 @@ class Connection:
             or self._pending_stream_credit
             or (keepalive and now >= self._last_sent + keepalive)
         )
+
+    # ----------------------------------------------------------------------------------
+    # lending a stream: its hot state moves into the lane's flow (dtp_flow), so that an
+    # adapter's send or receive on it is one C call with no bookkeeping here. Every
+    # other entry point takes it back first (_take_back), so the connection never acts
+    # on stale fields; the adapter only ever sees the lane.
+
+    def lend(self, stream_id: int, now: float) -> Any:
+        """Lend ``stream_id`` to the lane, when the connection has nothing else to do
+        first: returns the lane (its ``flow`` filled; ``flow_seal`` / ``flow_take``
+        then move the stream's bytes) or None. The loan lasts until any other method
+        of the connection is called, or :meth:`take_back`.
+
+        While lent, :attr:`lent_timer` is a time no later than the next timer (the
+        adapter wakes by then and calls :meth:`get_timer`)."""
+        if self.lent_lane is not None:
+            if self.lent_stream_id == stream_id:
+                return self.lent_lane
+            self._take_back()
+        stream = self._streams.get(stream_id)
+        if (
+            stream is None
+            or self._state is not ConnState.ESTABLISHED
+            or self._acks is not None  # a lossy carrier: records are tracked for resending
+            or self._out
+            or self._inbuf
+            or self._events
+            or self._ctrl
+            or self._pending_max_data
+            or self._pending_stream_credit
+            or self._pending_max_streams
+            or self._ping_pending
+        ):
+            return None
+        can_send = stream.send_state is SendState.OPEN and not stream.send_buf
+        can_recv = stream.recv_state is RecvState.OPEN and stream.recv_highest == stream.delivered
+        if not (can_send or can_recv):
+            return None
+        timer = self.get_timer()
+        lane = self._lane or self._get_lane()
+        f = lane.flow
+        f.stream_id = stream_id
+        f.can_send = can_send
+        f.can_recv = can_recv
+        f.send_counter = self._send_counter
+        f.send_offset = stream.next_offset
+        f.send_limit = max(stream.send_credit, stream.next_offset)
+        f.conn_sent = self._conn_sent
+        f.conn_send_limit = max(self._conn_send_credit, self._conn_sent)
+        f.records_sent = f.wire_sent = f.records_received = f.wire_received = 0
+        f.last_sent = self._last_sent
+        f.last_received = self._last_received
+        rx = f.rx
+        rx.stream_id = stream_id
+        rx.offset = stream.delivered
+        rx.stream_limit = stream.recv_limit
+        rx.conn_received = self._conn_received
+        rx.conn_limit = self._conn_recv_limit
+        # credit is due (see _return_credit) once what is read leaves less than the
+        # *_credit_at of a window; reads here are taken as read at once
+        f.credit_offset = stream.delivered + max(
+            0, stream.recv_limit - stream.consumed - self._stream_credit_at
+        )
+        f.credit_conn = self._conn_received + max(
+            0, self._conn_recv_limit - self._conn_consumed - self._conn_credit_at
+        )
+        self.lent_lane = lane
+        self.lent_stream_id = stream_id
+        self.lent_timer = timer
+        self.lent_can_recv = can_recv
+        self._lent = stream
+        return lane
+
+    def take_back(
+        self,
+        now: float,
+        spill: bytes | memoryview = b"",
+        rest: bytes | bytearray | memoryview = b"",
+    ) -> None:
+        """End the loan of :meth:`lend` after a lane call that did not go cleanly:
+        ``spill`` is the data of a record ``flow_take`` could not fit (the stream's next
+        bytes, still to be read), ``rest`` what the adapter read from the carrier past
+        the records taken (the general path has it next)."""
+        stream = self._lent
+        if stream is None:
+            return
+        self._take_back(len(spill))
+        if spill:
+            handler = self.stream_data_handler
+            if handler is not None:
+                handler(stream.stream_id, spill, False)
+            else:
+                self._deliver(StreamDataReceived(stream.stream_id, bytes(spill), False))
+        if rest:
+            self.receive_data(rest, now)
+
+    def _take_back(self, unread: int = 0) -> None:
+        """The lent stream's state back from the lane's flow (``unread``: bytes taken
+        there that the application has not read)."""
+        f = self.lent_lane.flow
+        stream = self._lent
+        assert stream is not None
+        self.lent_lane = self.lent_stream_id = self.lent_timer = self._lent = None
+        self.lent_can_recv = False
+        self._send_counter = f.send_counter
+        if f.send_offset != stream.next_offset:
+            stream.announce = False
+            stream.next_offset = stream.base_offset = f.send_offset
+            self._conn_sent = f.conn_sent
+            self.records_sent += f.records_sent
+            self.bytes_sent += f.wire_sent
+            self._last_sent = f.last_sent
+        rx = f.rx
+        got = rx.offset - stream.delivered
+        if got:
+            stream.delivered = stream.recv_highest = rx.offset
+            self._conn_received = rx.conn_received
+            read = got - unread
+            stream.consumed += read
+            self._conn_consumed += read
+            self.records_received += f.records_received
+            self.bytes_received += f.wire_received
+            self._last_received = f.last_received
+            self._lane_sid = stream.stream_id
+            self._return_credit(stream)
 
     def _lane_buffer(self, size: int) -> memoryview:
         """The buffer the lane opens records into for the handler (a run of a read
@@ -843,6 +1006,8 @@ class Connection:
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         stream = self._get_stream(stream_id, create=False)
         if stream.send_state is SendState.RESET:
@@ -857,6 +1022,8 @@ class Connection:
 
     def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
         """Ask the peer to stop sending on a stream (we will not read it)."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         stream = self._get_stream(stream_id, create=False)
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
@@ -864,6 +1031,8 @@ class Connection:
 
     def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
         """The application consumed ``nbytes`` of a stream: return flow-control credit."""
+        if self.lent_lane is not None:
+            self._take_back()
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
         self._conn_consumed += nbytes
@@ -908,6 +1077,8 @@ class Connection:
 
     def send_control(self, kind: int, data: bytes = b"") -> None:
         """Send an application CONTROL frame (kind >= 16)."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         if kind < ControlKind.APPLICATION:
             raise LocalProtocolError("control kinds below 16 are reserved for DTP")
@@ -915,11 +1086,15 @@ class Connection:
 
     def send_receipt(self, receipt: bytes) -> None:
         """Send a RECEIPT frame (a signed cumulative fee receipt)."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, bytes(receipt)))
 
     def send_datagram(self, data: bytes) -> None:
         """Send an unreliable datagram (never retransmitted)."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         if len(data) > self.config.max_datagram_size:
             raise LocalProtocolError(
@@ -929,15 +1104,21 @@ class Connection:
 
     def ping(self) -> None:
         """Send a PING (keeps the peer's idle timer alive)."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._require_open()
         self._ping_pending = True
 
     def carrier_lost(self, reason: str = "the peer vanished") -> None:
         """The carrier failed or was closed under us: end the connection at once."""
+        if self.lent_lane is not None:
+            self._take_back()
         self._terminate(CloseCode.CONNECTION_LOST, reason, by_peer=True, now=None)
 
     def close(self, error_code: int = CloseCode.NO_ERROR, reason: str = "") -> None:
         """Close the connection with a code and reason; idempotent."""
+        if self.lent_lane is not None:
+            self._take_back()
         if self._state is ConnState.CLOSED:
             return
         encoded = reason.encode("utf-8")[:1024]

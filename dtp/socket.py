@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
+from dtp._types import EOF, FULL, OK, READY, WAIT
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -101,6 +102,7 @@ FIRST_RECV_CHUNK = 16 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
+DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -131,8 +133,10 @@ class _Engine:
         self._rbuf = bytearray(FIRST_RECV_CHUNK)
         self._rview = memoryview(self._rbuf)
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
+        self._fd = sock.fileno()
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
         self._wake_w.setblocking(False)
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
@@ -301,6 +305,98 @@ class _Engine:
                 self._wake()
         return taken
 
+    def lend(self, stream_id: int) -> Any:
+        """The connection's lane with ``stream_id`` lent to it (lock held), or None when
+        the connection cannot lend it now or this engine must watch every byte (a
+        metered client)."""
+        conn = self.conn
+        if conn.lent_stream_id == stream_id:
+            return conn.lent_lane
+        if self.payment is not None or self.carrier_closed or self.closed:
+            return None
+        return conn.lend(stream_id, time.monotonic())
+
+    def recv_lent(self, stream_id: int, dst: memoryview, timeout: float | None) -> int:
+        """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
+        going straight into ``dst`` through the lent lane: one C call per read, while
+        the stream's records come whole and in order. Returns how many bytes landed in
+        ``dst``; 0 when the general path must go on (nothing taken, the loan ended,
+        another thread wants attention, a timer is due). Raises DTPTimeoutError when
+        ``timeout`` passes with nothing read."""
+        conn = self.conn
+        lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
+        if lane is None or not conn.lent_can_recv or self.pumping:
+            return 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self._fd
+        lock = self.lock
+        while True:
+            until = conn.lent_timer
+            if deadline is not None and (until is None or deadline < until):
+                until = deadline
+            ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+            self.pumping = True
+            lock.release()
+            try:
+                ready = lane.wait_readable(fd, self._wake_fd, ms)
+            except OSError as exc:
+                ready = exc
+            finally:
+                lock.acquire()
+                self.pumping = False
+                if self.waiters:
+                    self.cond.notify_all()
+            if conn.lent_lane is not lane or conn.lent_stream_id != stream_id:
+                return 0  # another thread used the connection meanwhile
+            if ready != READY:
+                if ready == WAIT:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise DTPTimeoutError("timed out")
+                    if until is not None and time.monotonic() >= until:
+                        return 0  # a timer is due
+                    continue  # interrupted
+                if isinstance(ready, OSError):
+                    self._carrier_failed(ready)
+                return 0  # the wake socket: another thread wants the general path
+            try:
+                status = lane.flow_read(fd, dst)
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return 0
+            if status == OK:
+                taken: int = lane.flow.taken
+                if taken:
+                    return taken
+                continue
+            if status == WAIT:
+                continue
+            if status == EOF:
+                self._carrier_failed(None)
+                return 0
+            # something the lane does not take: the connection goes on from there
+            rx = lane.flow.rx
+            taken = rx.taken
+            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+            conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.got])
+            self._after_io()
+            return taken
+
+    def send_lent(self, lane: Any, data: bytes | memoryview) -> int:
+        """Seal the start of ``data`` on the lent stream and write it (lock held, the
+        output queue empty): returns how much of ``data`` went (0: nothing could, the
+        caller takes the general path)."""
+        try:
+            n: int = lane.flow_send(self._fd, data, time.monotonic())
+        except OSError as exc:
+            self._carrier_failed(exc)
+            return len(data)  # sealed and lost with the carrier: the next call reports it
+        if n and lane.io.sent != lane.flow.written:
+            # the carrier is full: the rest of the records wait for the next writes
+            self.out.append(memoryview(lane.flow_unsent().tobytes()))
+            if self.pumping:
+                self._wake()
+        return n
+
     def wait_io(self, deadline: float | None) -> None:
         """Wait (lock held on entry and exit) until the carrier may have bytes to read,
         a timer is due or another thread changed something; the caller reads.
@@ -432,8 +528,40 @@ class _Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
+                self._drain_carrier(min(linger, 1.0))
             self.session.process_events()
             self._release()
+
+    def _drain_carrier(self, timeout: float) -> None:
+        """Before closing the carrier: half-close it and read (discarding) until the peer
+        closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. Closing a TCP
+        socket with unread bytes resets the connection, and the reset can destroy what
+        the peer has not read yet (RFC 1122 4.2.2.13) -- the end of our data, when the
+        peer, still reading it, sends flow-control updates after we stopped reading."""
+        if self.carrier_closed or self.out:
+            return
+        try:
+            self.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not self.sock.recv_into(self._rbuf):
+                    return  # the peer closed its side too
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return
+            left = min(deadline - time.monotonic(), DRAIN_QUIET)
+            if left <= 0:
+                return
+            try:
+                if not select.select([self.sock], [], [], left)[0]:
+                    return  # quiet: nothing more is coming that a reset could cut off
+            except (OSError, ValueError):
+                return
 
     def abort(self, code: int, reason: str) -> None:
         with self.lock:
@@ -569,7 +697,10 @@ class DTPSocket:
 
     @property
     def connection_stats(self) -> dict[str, int]:
-        conn = self._engine.conn
+        engine = self._engine
+        conn = engine.conn
+        with engine.lock:
+            conn.take_back(time.monotonic())  # the counts of a lent stream
         return {
             "bytes_sent": conn.bytes_sent,
             "bytes_received": conn.bytes_received,
@@ -617,9 +748,15 @@ class DTPSocket:
         engine = self._engine
         session = engine.session
         with engine.lock:
-            if not session.readable(self._stream_id) and bufsize:
+            buf = session.streams.get(self._stream_id)
+            if (
+                session.terminated is None
+                and (buf is None or not (buf.data or buf.eof or buf.reset_code is not None))
+                and bufsize
+            ):
+                # nothing buffered (Session.readable, inline: this is the hot path)
                 view = engine.recv_scratch(bufsize)
-                n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
+                n = self._read_lent_or_direct(view)
                 if n:
                     return view[:n].tobytes()
             data = session.take(self._stream_id, bufsize)
@@ -642,14 +779,31 @@ class DTPSocket:
             if session.terminated is None and (
                 buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
             ):
-                # nothing buffered (Session.readable, inline: this is the hot path), and
-                # what we wait for has often arrived already: read it straight in
-                n = engine.read_fast(self._stream_id, view) or self._read_direct(view)
+                # nothing buffered (Session.readable, inline: this is the hot path): read
+                # straight in, through the lent lane when the connection lends it
+                n = self._read_lent_or_direct(view)
                 if n:
                     return n
             n = session.take_into(self._stream_id, view)
             engine.flush()
             return n
+
+    def _read_lent_or_direct(self, view: memoryview) -> int:
+        """Nothing is buffered for this stream (lock held): read the carrier with the
+        stream's next bytes going straight into ``view`` -- through the lent lane when
+        the connection lends the stream, else one record run at a time. Returns how
+        many landed there; 0 when they went to the stream's buffer instead (the
+        general path took over: the caller takes from the buffer) or the connection
+        ended."""
+        engine = self._engine
+        sid = self._stream_id
+        if self._timeout != 0:
+            n = engine.recv_lent(sid, view, self._timeout)
+            if n:
+                return n
+            if engine.session.readable(sid):
+                return 0  # the general path buffered the stream's next bytes: those first
+        return engine.read_fast(sid, view) or self._read_direct(view)
 
     def _read_direct(self, view: memoryview) -> int:
         """Nothing is buffered for this stream and nothing came with a first read
@@ -696,6 +850,11 @@ class DTPSocket:
         with engine.lock:
             conn = engine.conn
             sid = self._stream_id
+            lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
+            if lane is not None and not engine.out and not engine.carrier_closed:
+                n = engine.send_lent(lane, view)
+                if n:
+                    return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
                 # out of credit, perhaps only because a sender never reads: the peer's
@@ -735,7 +894,27 @@ class DTPSocket:
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` (waits while the peer or the network is slow)."""
-        view = memoryview(data).cast("B")
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        engine = self._engine
+        conn = engine.conn
+        if conn.lent_stream_id == self._stream_id and not self._closed and not self._wr_shut:
+            # the stream is lent (the usual case once it carries data): the whole of
+            # a small write in one call
+            with engine.lock:
+                lane = conn.lent_lane
+                if (
+                    lane is not None
+                    and conn.lent_stream_id == self._stream_id
+                    and not engine.out
+                    and not engine.carrier_closed
+                    and len(view)
+                ):
+                    n = engine.send_lent(lane, view)
+                    if n == len(view):
+                        return
+                    view = memoryview(view)[n:]
+        if type(view) is bytes:
+            view = memoryview(view)
         while len(view):
             n = self.send(view)
             view = view[n:]

@@ -662,6 +662,60 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
     return rc;
 }
 
+int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
+                  size_t max_chunk, uint8_t *out, size_t out_cap, double now) {
+    if (ctx == NULL || f == NULL || (data == NULL && len > 0) || out == NULL ||
+        max_chunk == 0 || max_chunk > DTP_MAX_FRAME_DATA)
+        return DTP_ERR_ARG;
+    f->taken = f->written = 0;
+    if (!f->can_send || len == 0 || f->send_offset >= f->send_limit ||
+        f->conn_sent >= f->conn_send_limit)
+        return DTP_STOP;
+    uint64_t n = len;
+    if (n > f->send_limit - f->send_offset) n = f->send_limit - f->send_offset;
+    if (n > f->conn_send_limit - f->conn_sent) n = f->conn_send_limit - f->conn_sent;
+    /* whole records of max_chunk bytes, each with at most its largest overhead */
+    size_t per = max_chunk + DTP_RECORD_HEADER_LEN + DTP_AEAD_TAG_LEN + STREAM_HEADER_MAX;
+    uint64_t room = (uint64_t)(out_cap / per) * max_chunk;
+    if (n > room) n = room;
+    if (n == 0) return DTP_STOP;
+    size_t written = 0, records = 0;
+    int rc = dtp_stream_seal(ctx, f->send_counter, f->stream_id, f->send_offset, data,
+                             (size_t)n, 0, max_chunk, out, out_cap, &written, &records);
+    if (rc != DTP_OK) return rc;
+    f->send_counter += records;
+    f->send_offset += n;
+    f->conn_sent += n;
+    f->records_sent += records;
+    f->wire_sent += written;
+    f->last_sent = now;
+    f->taken = n;
+    f->written = written;
+    return DTP_OK;
+}
+
+int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, uint8_t *dst,
+                  size_t dst_cap, uint8_t *scratch, size_t scratch_cap, double now) {
+    if (ctx == NULL || f == NULL) return DTP_ERR_ARG;
+    f->taken = 0;
+    if (!f->can_recv) {
+        f->rx.consumed = f->rx.records = f->rx.taken = f->rx.spill_off = f->rx.spill_len = 0;
+        return DTP_STOP;
+    }
+    if (f->rx.stream_id != f->stream_id) return DTP_ERR_ARG;
+    int rc = dtp_rx_take(ctx, buf, len, &f->rx, dst, dst_cap, scratch, scratch_cap);
+    if (rc < 0) return rc;
+    f->taken = f->rx.taken;
+    if (f->rx.records > 0) {
+        f->records_received += f->rx.records;
+        f->wire_received += f->rx.consumed;
+        f->last_received = now;
+    }
+    if (rc == DTP_OK && (f->rx.offset > f->credit_offset || f->rx.conn_received > f->credit_conn))
+        rc = DTP_DUE;
+    return rc;
+}
+
 int dtp_aead_seal_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t ad_len,
                       const uint8_t *plain, size_t plain_len, uint8_t *out, size_t out_cap,
                       size_t *written) {

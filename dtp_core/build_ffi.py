@@ -25,7 +25,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "dtp_core.h"
 ROOT = HERE.parent
-SOURCES = ["frame.c", "aead.c", "reasm.c", "ham.c", "util.c"]
+SOURCES = ["frame.c", "aead.c", "flowio.c", "reasm.c", "ham.c", "util.c"]
 
 WARNINGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wvla", "-Wstrict-prototypes"]
 SANITIZE = [

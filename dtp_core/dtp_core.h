@@ -28,6 +28,7 @@
 #define DTP_NEED_MORE 1 /* input ends inside an item: feed more bytes and call again */
 #define DTP_FULL 2      /* the output array is full: consume it and call again */
 #define DTP_STOP 3      /* stopped before a record of a kind this call does not handle */
+#define DTP_DUE 4       /* all input taken, and flow-control credit is now due */
 
 #define DTP_ERR_BUFFER -1 /* caller's output buffer is too small (local misuse) */
 #define DTP_ERR_ARG -2    /* invalid argument (local misuse) */
@@ -278,6 +279,82 @@ typedef struct dtp_rx {
  * NULL pointers, or scratch_cap below DTP_MAX_RECORD_PLAINTEXT -> DTP_ERR_ARG. */
 int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8_t *dst,
                 size_t dst_cap, uint8_t *scratch, size_t scratch_cap);
+
+/* An established stream lent to the I/O adapter: the state that changes on every send
+ * and receive of that stream, kept here (and not in the connection's own fields) for
+ * as long as the connection lends it, so one call does a whole send or receive. The
+ * connection fills the "in" fields when it lends the stream and reads the "in/out"
+ * ones back when it takes it back. */
+typedef struct dtp_flow {
+    uint64_t stream_id;        /* in: the stream lent */
+    uint32_t can_send;         /* in: its bytes may be sealed here (0 / 1) */
+    uint32_t can_recv;         /* in: its bytes may be taken here (0 / 1) */
+    uint64_t send_counter;     /* in/out: the connection's next record counter */
+    uint64_t send_offset;      /* in/out: the stream's next byte to send */
+    uint64_t send_limit;       /* in: send_offset must stay <= this (peer's credit) */
+    uint64_t conn_sent;        /* in/out: the connection's stream bytes sent so far */
+    uint64_t conn_send_limit;  /* in: conn_sent must stay <= this */
+    uint64_t records_sent;     /* in/out: records sealed */
+    uint64_t wire_sent;        /* in/out: bytes sealed */
+    double last_sent;          /* in/out: `now` of the last seal */
+    dtp_rx rx;                 /* in/out: the receive side, as for dtp_rx_take */
+    uint64_t credit_offset;    /* in: the stream's credit is due once rx.offset passes this */
+    uint64_t credit_conn;      /* in: the connection's once rx.conn_received passes this */
+    uint64_t records_received; /* in/out: records taken */
+    uint64_t wire_received;    /* in/out: bytes of the records taken */
+    double last_received;      /* in/out: `now` of the last take that took a record */
+    uint64_t taken;            /* out: data bytes of the last call (sealed, or into dst) */
+    uint64_t written;          /* out: bytes dtp_flow_seal wrote to out */
+} dtp_flow;
+
+/* Seal the start of data[0..len) as STREAM records of the lent stream: as much as both
+ * send limits allow and out holds (max_chunk data bytes per record). Advances the
+ * counters and sets taken / written. DTP_STOP, sealing nothing, when the stream may not
+ * send here, len is 0, or there is no credit; negative on error (nothing advances). */
+int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
+                  size_t max_chunk, uint8_t *out, size_t out_cap, double now);
+
+/* dtp_rx_take on the lent stream, counting what it takes: same results in f->rx and the
+ * same statuses, plus DTP_DUE in place of DTP_OK when credit is due after it; DTP_STOP,
+ * taking nothing, when the stream's bytes may not be taken here. */
+int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, uint8_t *dst,
+                  size_t dst_cap, uint8_t *scratch, size_t scratch_cap, double now);
+
+/* ---- the lent stream's carrier I/O (flowio.c) -------------------------------------- */
+/* What dtp_flow_recv / dtp_flow_send did, besides the dtp_flow_take / dtp_flow_seal
+ * status they return: */
+typedef struct dtp_io {
+    uint64_t got;  /* dtp_flow_read: bytes read into rbuf (0 if none were read) */
+    uint64_t sent; /* dtp_flow_send: bytes of out written to fd */
+    int32_t err;   /* the errno of a failed read or write (with DTP_ERR_IO), else 0 */
+    int32_t reserved;
+} dtp_io;
+
+#define DTP_WAIT 5     /* nothing to read yet (dtp_flow_read), or the timeout passed */
+#define DTP_READY 6    /* dtp_wait_readable: fd is readable */
+#define DTP_WAKE 7     /* dtp_wait_readable: wake_fd is readable */
+#define DTP_EOF 8      /* dtp_flow_read: the peer closed the carrier */
+#define DTP_ERR_IO -60 /* a wait, read or write failed: io->err holds errno */
+
+/* Wait up to timeout_ms (negative: forever) until fd or wake_fd (if >= 0) is readable:
+ * DTP_WAKE if wake_fd is, else DTP_READY if fd is, DTP_WAIT on timeout or interruption,
+ * DTP_ERR_IO (errno in *err) if poll() fails. */
+int dtp_wait_readable(int fd, int wake_fd, int timeout_ms, int *err);
+
+/* Read the carrier fd (non-blocking) once into rbuf[0..rbuf_cap), and dtp_flow_take
+ * what came, stamping f->last_received with CLOCK_MONOTONIC (the clock of Python's
+ * time.monotonic). Returns dtp_flow_take's status with io->got set, or DTP_WAIT (nothing
+ * to read), DTP_EOF, DTP_ERR_IO. */
+int dtp_flow_read(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, uint8_t *rbuf,
+                  size_t rbuf_cap, uint8_t *dst, size_t dst_cap, uint8_t *scratch,
+                  size_t scratch_cap);
+
+/* dtp_flow_seal, then write what it sealed to the carrier fd (non-blocking, no
+ * SIGPIPE): io->sent bytes of f->written went out; the caller queues the rest of
+ * out[io->sent .. f->written). Returns dtp_flow_seal's status, or DTP_ERR_IO when the
+ * write failed (the records stay sealed and counted: the carrier is lost). */
+int dtp_flow_send(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, const uint8_t *data,
+                  size_t len, size_t max_chunk, uint8_t *out, size_t out_cap, double now);
 
 /* Seal / open one message with an explicit counter and associated data (no record
  * header, no replay window): out = ciphertext || tag. Byte-compatible with Noise's

@@ -13,6 +13,10 @@ to open and judge.
 
 from __future__ import annotations
 
+import os
+import select
+import time
+
 from cryptography.exceptions import InvalidTag
 
 from dtp._reference.aead import (
@@ -24,7 +28,19 @@ from dtp._reference.aead import (
 )
 from dtp._reference.limits import AEAD_TAG_LEN, RECORD_HEADER_LEN
 from dtp._reference.varint import varint_decode
-from dtp._types import FRAME_STREAM, FULL, NEED_MORE, OK, STOP, TakeResult
+from dtp._types import (
+    DUE,
+    EOF,
+    FRAME_STREAM,
+    FULL,
+    NEED_MORE,
+    OK,
+    READY,
+    STOP,
+    WAIT,
+    WAKE,
+    TakeResult,
+)
 from dtp.errors import ErrorCode, LocalProtocolError
 
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
@@ -55,17 +71,94 @@ def _stream_data(
     return pos
 
 
+class Rx:
+    """The receive side of a lent stream (``dtp_rx``)."""
+
+    __slots__ = (
+        "conn_limit",
+        "conn_received",
+        "consumed",
+        "offset",
+        "records",
+        "spill_len",
+        "spill_off",
+        "stream_id",
+        "stream_limit",
+        "taken",
+    )
+
+    def __init__(self) -> None:
+        self.stream_id = self.offset = self.stream_limit = 0
+        self.conn_received = self.conn_limit = 0
+        self.consumed = self.records = self.taken = self.spill_off = self.spill_len = 0
+
+
+class Flow:
+    """A lent stream's state (``dtp_flow``): the same fields, the same meaning."""
+
+    __slots__ = (
+        "can_recv",
+        "can_send",
+        "conn_send_limit",
+        "conn_sent",
+        "credit_conn",
+        "credit_offset",
+        "last_received",
+        "last_sent",
+        "records_received",
+        "records_sent",
+        "rx",
+        "send_counter",
+        "send_limit",
+        "send_offset",
+        "stream_id",
+        "taken",
+        "wire_received",
+        "wire_sent",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.stream_id = self.can_send = self.can_recv = 0
+        self.send_counter = self.send_offset = self.send_limit = 0
+        self.conn_sent = self.conn_send_limit = self.records_sent = self.wire_sent = 0
+        self.rx = Rx()
+        self.credit_offset = self.credit_conn = 0
+        self.records_received = self.wire_received = 0
+        self.last_sent = self.last_received = 0.0
+        self.taken = self.written = 0
+
+
+class Io:
+    """What the last flow_read / flow_send did (``dtp_io``)."""
+
+    __slots__ = ("err", "got", "sent")
+
+    def __init__(self) -> None:
+        self.got = self.sent = self.err = 0
+
+
 class Lane:
     """The fast path of an established stream (pure Python); same methods and results
     as :class:`dtp._core.NativeLane`."""
 
-    def __init__(self, send: Aead, recv: Aead, seal_cap: int = 1 << 18) -> None:
+    def __init__(
+        self, send: Aead, recv: Aead, seal_cap: int = 1 << 18, recv_cap: int = 1 << 18
+    ) -> None:
         per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
         if seal_cap < per_record:
             raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
+        if recv_cap < 1:
+            raise LocalProtocolError("empty receive buffer", ErrorCode.ARG)
+        #: Where the adapter reads the carrier for :meth:`flow_take`.
+        self.rview = memoryview(bytearray(recv_cap))
         self._send = send
         self._recv = recv
         self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
+        self.flow = Flow()
+        self.io = Io()
+        self._spill: bytes = b""
+        self._unsent = memoryview(b"")
 
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
@@ -137,3 +230,140 @@ class Lane:
                 status = FULL
                 break
         return TakeResult(status, pos, records, taken, spill)
+
+    def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
+        """Seal the start of ``data`` on the lent stream, as much as its limits allow;
+        returns the records (empty when nothing was sealed). ``flow.taken``: how much
+        of ``data`` they hold."""
+        f = self.flow
+        f.taken = f.written = 0
+        if not f.can_send or not len(data):
+            return memoryview(b"")
+        n = min(
+            len(data),
+            f.send_limit - f.send_offset,
+            f.conn_send_limit - f.conn_sent,
+            self.max_seal,
+        )
+        if n <= 0:
+            return memoryview(b"")
+        sealed, records = self.seal(
+            f.send_counter, f.stream_id, f.send_offset, memoryview(data)[:n]
+        )
+        f.send_counter += records
+        f.send_offset += n
+        f.conn_sent += n
+        f.records_sent += records
+        f.wire_sent += len(sealed)
+        f.last_sent = now
+        f.taken = n
+        f.written = len(sealed)
+        return sealed
+
+    def flow_take(self, n: int, dst: bytearray | memoryview, now: float) -> int:
+        """Take the lent stream's next bytes from the records at the start of
+        ``rview[:n]`` into ``dst``; returns the status (OK, DUE, NEED_MORE, FULL, STOP).
+        ``flow.rx`` holds what was taken and consumed; :meth:`flow_spill` the data of a
+        record that did not fit."""
+        if not 0 <= n <= len(self.rview):
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        if memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        buf = self.rview[:n]
+        f = self.flow
+        rx = f.rx
+        f.taken = 0
+        if not f.can_recv:
+            rx.consumed = rx.records = rx.taken = rx.spill_off = rx.spill_len = 0
+            return STOP
+        if rx.stream_id != f.stream_id:
+            raise LocalProtocolError("flow and receive side name other streams", ErrorCode.ARG)
+        result = self.take(
+            buf, f.stream_id, rx.offset, rx.stream_limit, rx.conn_received, rx.conn_limit, dst
+        )
+        got = result.taken + len(result.spill)
+        rx.offset += got
+        rx.conn_received += got
+        rx.consumed = result.consumed
+        rx.records = result.records
+        rx.taken = result.taken
+        rx.spill_off = 0
+        rx.spill_len = len(result.spill)
+        self._spill = bytes(result.spill)
+        f.taken = result.taken
+        if result.records:
+            f.records_received += result.records
+            f.wire_received += result.consumed
+            f.last_received = now
+        status = result.status
+        if status == OK and (rx.offset > f.credit_offset or rx.conn_received > f.credit_conn):
+            status = DUE
+        return status
+
+    def flow_spill(self) -> memoryview:
+        """After :meth:`flow_take` returned FULL: the data of the last record that did
+        not fit in ``dst``."""
+        return memoryview(self._spill)
+
+    def wait_readable(self, fd: int, wake_fd: int, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` (negative: forever) for ``fd`` or ``wake_fd`` (-1:
+        none) to be readable: READY, WAKE or WAIT (timed out)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if wake_fd >= 0:
+            poller.register(wake_fd, select.POLLIN)
+        ready = poller.poll(None if timeout_ms < 0 else timeout_ms)
+        if not ready:
+            return WAIT
+        if any(got == wake_fd for got, _ in ready):
+            return WAKE
+        return READY
+
+    def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
+        """Read the carrier ``fd`` (non-blocking) once into :attr:`rview` and
+        :meth:`flow_take` what came: the take's status, or WAIT (nothing to read) or
+        EOF; ``io.got`` bytes were read."""
+        if memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        io = self.io
+        io.got = io.sent = io.err = 0
+        try:
+            data = os.read(fd, len(self.rview))
+        except (BlockingIOError, InterruptedError):
+            return WAIT
+        if not data:
+            return EOF
+        n = len(data)
+        self.rview[:n] = data
+        io.got = n
+        return self.flow_take(n, dst, time.monotonic())
+
+    def flow_send(self, fd: int, data: bytes | bytearray | memoryview, now: float) -> int:
+        """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
+        ``fd`` (non-blocking); returns how much of ``data`` they hold. ``io.sent`` of
+        ``flow.written`` bytes went out; :meth:`flow_unsent` is the rest."""
+        io = self.io
+        io.got = io.sent = io.err = 0
+        sealed = self.flow_seal(data, now)
+        self._unsent = memoryview(b"")
+        if not sealed:
+            return 0
+        sent = 0
+        while sent < len(sealed):
+            try:
+                sent += os.write(fd, sealed[sent:])
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                io.sent = sent
+                io.err = exc.errno or 0
+                raise
+        io.sent = sent
+        self._unsent = memoryview(bytes(sealed[sent:]))
+        return self.flow.taken
+
+    def flow_unsent(self) -> memoryview:
+        """The records the last :meth:`flow_send` sealed but the carrier did not take."""
+        return self._unsent

@@ -1,0 +1,434 @@
+"""A stream lent to the lane (``Connection.lend``, ``dtp_flow_*``): the C calls and
+their twins, the carrier I/O over real sockets, and that a connection lending its
+streams at random moments delivers exactly the bytes the general path would."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtp import _core
+from dtp._core import MAX_STREAM_CHUNK
+from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, READY, STOP, WAIT, WAKE
+from dtp.connection import Connection
+from dtp.errors import LocalProtocolError
+from dtp.events import StreamDataReceived
+from tests.conftest import NATIVE, REFERENCE, require_native
+from tests.test_connection import connect
+
+SID = 4
+BIG = 1 << 40
+
+
+def lent_pair(backend: SimpleNamespace) -> tuple[Any, Any]:
+    """Two lanes whose flows talk to each other: ``a`` seals, ``b`` takes."""
+    k1, k2 = os.urandom(32), os.urandom(32)
+    a = backend.Lane(backend.Aead(k1), backend.Aead(k2))
+    b = backend.Lane(backend.Aead(k2), backend.Aead(k1))
+    for lane in (a, b):
+        f = lane.flow
+        f.stream_id = f.rx.stream_id = SID
+        f.can_send = f.can_recv = 1
+        f.send_limit = f.conn_send_limit = BIG
+        f.rx.stream_limit = f.rx.conn_limit = BIG
+        f.credit_offset = f.credit_conn = BIG
+    return a, b
+
+
+def deliver(a: Any, b: Any, data: bytes, dst: bytearray) -> int:
+    """Seal ``data`` on ``a`` and take it on ``b`` into ``dst``: the status."""
+    records = bytes(a.flow_seal(data, 1.0))
+    b.rview[: len(records)] = records
+    status: int = b.flow_take(len(records), dst, 2.0)
+    return status
+
+
+# -- the calls -----------------------------------------------------------------------------
+
+
+def test_seal_then_take_moves_the_bytes_and_counts(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend)
+    dst = bytearray(1000)
+    assert deliver(a, b, b"hello", dst) == OK
+    assert bytes(dst[:5]) == b"hello"
+    fa, fb = a.flow, b.flow
+    assert (fa.taken, fa.send_offset, fa.conn_sent, fa.send_counter, fa.records_sent) == (
+        5,
+        5,
+        5,
+        1,
+        1,
+    )
+    assert fa.wire_sent == fa.written == 12 + 4 + 5 + 16  # header, frame header, data, tag
+    assert fa.last_sent == 1.0
+    assert (fb.taken, fb.rx.offset, fb.rx.conn_received, fb.records_received) == (5, 5, 5, 1)
+    assert fb.wire_received == fa.wire_sent and fb.last_received == 2.0
+    assert deliver(a, b, b"world!", dst) == OK
+    assert bytes(dst[:6]) == b"world!" and b.flow.rx.offset == 11
+
+
+def test_seal_stays_within_both_send_limits(backend: SimpleNamespace) -> None:
+    a, _ = lent_pair(backend)
+    f = a.flow
+    f.send_limit = 10
+    f.conn_send_limit = 7
+    a.flow_seal(b"x" * 100, 0.0)
+    assert f.taken == 7 and f.send_offset == 7
+    assert not a.flow_seal(b"x", 0.0) and f.taken == 0  # the connection's limit
+    f.conn_send_limit = 100
+    a.flow_seal(b"x" * 100, 0.0)
+    assert f.taken == 3 and f.send_offset == 10  # the stream's
+    f.send_limit = f.conn_send_limit = BIG
+    f.can_send = 0
+    assert not a.flow_seal(b"x", 0.0) and f.send_offset == 10
+    f.can_send = 1
+    assert not a.flow_seal(b"", 0.0)
+    big = a.flow_seal(b"y" * (a.max_seal + 5000), 0.0)
+    assert f.taken == a.max_seal and len(big) == f.written
+    assert f.records_sent == 2 + a.max_seal // MAX_STREAM_CHUNK
+
+
+def test_take_reports_credit_due(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend)
+    b.flow.credit_offset = 8
+    dst = bytearray(100)
+    assert deliver(a, b, b"12345678", dst) == OK  # at the threshold, not past it
+    assert deliver(a, b, b"9", dst) == DUE
+    b.flow.credit_offset = BIG
+    b.flow.credit_conn = 9
+    assert deliver(a, b, b"0", dst) == DUE
+
+
+def test_take_spills_and_stops(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend)
+    small = bytearray(3)
+    assert deliver(a, b, b"abcdef", small) == FULL
+    assert bytes(small) == b"abc" and bytes(b.flow_spill()) == b"def"
+    assert b.flow.taken == 3 and b.flow.rx.offset == 6
+    b.flow.can_recv = 0
+    assert deliver(a, b, b"gh", bytearray(10)) == STOP
+    assert b.flow.rx.consumed == 0 and b.flow.rx.offset == 6
+    b.flow.can_recv = 1
+    records = bytes(a.flow_seal(b"ijkl", 0.0))
+    b.rview[: len(records) - 1] = records[:-1]
+    assert b.flow_take(len(records) - 1, bytearray(10), 0.0) == NEED_MORE
+    assert b.flow.rx.consumed == 0
+
+
+def test_take_rejects_misuse(backend: SimpleNamespace) -> None:
+    _, b = lent_pair(backend)
+    with pytest.raises(LocalProtocolError):
+        b.flow_take(len(b.rview) + 1, bytearray(10), 0.0)
+    with pytest.raises(LocalProtocolError):
+        b.flow_take(0, b"read-only", 0.0)  # type: ignore[arg-type]
+    b.flow.rx.stream_id = SID + 1
+    with pytest.raises(LocalProtocolError):
+        b.flow_take(0, bytearray(10), 0.0)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 40_000), min_size=1, max_size=6),
+    dst_sizes=st.lists(st.integers(0, 50_000), min_size=6, max_size=6),
+    send_limit=st.integers(0, 120_000),
+    conn_limit=st.integers(0, 120_000),
+    credit=st.integers(0, 120_000),
+    cut=st.integers(0, 40),
+)
+@settings(max_examples=100, deadline=None)
+def test_native_and_reference_flows_agree(
+    sizes: list[int],
+    dst_sizes: list[int],
+    send_limit: int,
+    conn_limit: int,
+    credit: int,
+    cut: int,
+) -> None:
+    require_native()
+    k1, k2 = os.urandom(32), os.urandom(32)
+    outcomes = []
+    for backend in (NATIVE, REFERENCE):
+        a = backend.Lane(backend.Aead(k1), backend.Aead(k2))
+        b = backend.Lane(backend.Aead(k2), backend.Aead(k1))
+        for lane in (a, b):
+            f = lane.flow
+            f.stream_id = f.rx.stream_id = SID
+            f.can_send = f.can_recv = 1
+            f.send_limit, f.conn_send_limit = send_limit, conn_limit
+            f.rx.stream_limit, f.rx.conn_limit = BIG, BIG
+            f.credit_offset, f.credit_conn = credit, BIG
+        seen = []
+        for size, dst_size in zip(sizes, dst_sizes, strict=False):
+            records = bytes(a.flow_seal(bytes([size % 251]) * size, 1.0))
+            records = records[: max(0, len(records) - cut)]
+            b.rview[: len(records)] = records
+            dst = bytearray(dst_size)
+            status = b.flow_take(len(records), dst, 2.0)
+            fa, fb = a.flow, b.flow
+            seen.append(
+                (
+                    records,
+                    status,
+                    bytes(dst[: fb.taken]),
+                    bytes(b.flow_spill()) if status == FULL else b"",
+                    [getattr(fa, k) for k in ("taken", "written", "send_offset", "send_counter")],
+                    [getattr(fb.rx, k) for k in ("offset", "consumed", "records", "taken")],
+                    (fb.records_received, fb.wire_received),
+                )
+            )
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+
+
+# -- carrier I/O over a real socket pair -----------------------------------------------------
+
+
+@pytest.fixture
+def socks() -> Any:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> None:
+    sa, sb = socks
+    a, b = lent_pair(backend)
+    assert a.flow_send(sa.fileno(), b"ping" * 10, 1.0) == 40
+    assert a.io.sent == a.flow.written and not a.flow_unsent()
+    assert b.wait_readable(sb.fileno(), -1, 1000) == READY
+    dst = bytearray(100)
+    assert b.flow_read(sb.fileno(), dst) == OK
+    assert b.io.got == a.flow.written and bytes(dst[:40]) == b"ping" * 10
+    assert b.flow_read(sb.fileno(), dst) == WAIT  # nothing more
+    sa.shutdown(socket.SHUT_WR)
+    assert b.flow_read(sb.fileno(), dst) == EOF
+
+
+def test_wait_wakes_times_out_and_fails(backend: SimpleNamespace, socks: Any) -> None:
+    sa, sb = socks
+    _, b = lent_pair(backend)
+    wake_r, wake_w = socket.socketpair()
+    with wake_r, wake_w:
+        assert b.wait_readable(sb.fileno(), wake_r.fileno(), 0) == WAIT
+        wake_w.send(b"!")
+        sa.send(b"x")
+        assert b.wait_readable(sb.fileno(), wake_r.fileno(), 1000) == WAKE
+        assert b.wait_readable(sb.fileno(), -1, 1000) == READY
+    bad = os.open(os.devnull, os.O_RDONLY)
+    os.close(bad)  # a descriptor number nothing holds
+    with pytest.raises(OSError):
+        b.flow_read(bad, bytearray(10))
+
+
+def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks: Any) -> None:
+    sa, sb = socks
+    a, b = lent_pair(backend)
+    sent = bytearray()
+    queued = bytearray()
+    data = os.urandom(a.max_seal)
+    while not queued:
+        a.flow_send(sa.fileno(), data, 0.0)
+        sent += data
+        queued += a.flow_unsent()
+    assert a.io.sent + len(queued) == a.flow.written
+    # the reader gets everything that went out, then the queued rest
+    wire = bytearray()
+    while True:
+        try:
+            chunk = sb.recv(1 << 20)
+        except BlockingIOError:
+            break
+        wire += chunk
+    wire += queued
+    got = bytearray()
+    dst = bytearray(len(sent))
+    pos = 0
+    while pos < len(wire):
+        n = min(len(b.rview), len(wire) - pos)
+        b.rview[:n] = wire[pos : pos + n]
+        status = b.flow_take(n, memoryview(dst)[len(got) :], 0.0)
+        got += dst[len(got) : len(got) + b.flow.taken]
+        pos += b.flow.rx.consumed
+        assert status in (OK, NEED_MORE)
+    assert got == sent
+
+
+def test_a_write_to_a_closed_carrier_raises(backend: SimpleNamespace, socks: Any) -> None:
+    sa, sb = socks
+    a, _ = lent_pair(backend)
+    sb.close()
+    with pytest.raises(OSError):
+        for _ in range(10):  # the first write may still be accepted
+            a.flow_send(sa.fileno(), b"x" * 1000, 0.0)
+    assert a.io.err != 0
+
+
+# -- a connection lending a stream ---------------------------------------------------------
+
+
+class Receiver:
+    """The receiving connection as dtp.socket drives it: the application's bytes of
+    one stream in order, whichever path they take."""
+
+    def __init__(self, conn: Connection, sid: int, handler: bool) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.app = bytearray()  # what the application read, in order
+        self.buffered = bytearray()  # delivered by the general path, not yet read
+        if handler:
+            conn.stream_data_handler = self._on_data
+
+    def _on_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        assert stream_id == self.sid
+        self.buffered += data
+
+    def drain_events(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, StreamDataReceived):
+                assert event.stream_id == self.sid
+                self.buffered += event.data
+
+    def read_buffered(self, n: int) -> None:
+        take = bytes(self.buffered[:n])
+        del self.buffered[:n]
+        self.app += take
+        if take:
+            self.conn.acknowledge_read(self.sid, len(take))
+
+    def feed(self, chunk: bytes, dst_size: int, lend: bool, now: float) -> None:
+        """Bytes from the carrier, as Engine.recv_lent (``lend``) or the general path."""
+        self.drain_events()
+        lane = self.conn.lend(self.sid, now) if lend and not self.buffered else None
+        if lane is None or not self.conn.lent_can_recv:
+            self.conn.receive_data(chunk, now)
+            self.drain_events()
+            return
+        lane.rview[: len(chunk)] = chunk
+        dst = bytearray(dst_size)
+        status = lane.flow_take(len(chunk), dst, now)
+        rx = lane.flow.rx
+        self.app += dst[: rx.taken]
+        if status != OK:
+            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+            self.conn.take_back(now, spill, lane.rview[rx.consumed : len(chunk)])
+        self.drain_events()
+
+
+@pytest.mark.parametrize("handler", [False, True], ids=["events", "handler"])
+@pytest.mark.parametrize("seed", range(8))
+def test_lending_at_random_delivers_what_was_sent(seed: int, handler: bool) -> None:
+    rng = random.Random(seed)
+    c, s, _ = connect(stream_window=64 * 1024, connection_window=128 * 1024)
+    sender, receiver = c.conn, s.conn
+    sid = sender.open_stream()
+    sender.send_stream_data(sid, b"open")
+    wire_to_receiver = bytearray(sender.data_to_send(0.0))
+    rx = Receiver(receiver, sid, handler)
+    sent = bytearray(b"open")
+    now = 1.0
+    for _ in range(300):
+        now += 0.001
+        op = rng.random()
+        if op < 0.45:
+            data = os.urandom(rng.choice([1, 100, 5000, 20_000, 70_000]))
+            lane = sender.lend(sid, now) if rng.random() < 0.7 else None
+            taken = 0
+            if lane is not None:
+                wire_to_receiver += lane.flow_seal(data, now)
+                taken = lane.flow.taken
+            if taken < len(data) and rng.random() < 0.5:
+                sender.send_stream_data(sid, data[taken:])
+                taken = len(data)
+            sent += data[:taken]
+        elif op < 0.85 and wire_to_receiver:
+            n = rng.randint(1, len(wire_to_receiver))
+            chunk = bytes(wire_to_receiver[:n])
+            del wire_to_receiver[:n]
+            rx.feed(chunk, rng.choice([1, 50, 4096, 16_384, 1 << 17]), rng.random() < 0.8, now)
+        else:
+            rx.read_buffered(rng.choice([10, 1000, 1 << 20]))
+        # the general path's output (credit updates, queued data) both ways
+        wire_to_receiver += sender.data_to_send(now)
+        back = receiver.data_to_send(now)
+        if back:
+            sender.receive_data(back, now)
+    # everything still on the way arrives
+    for _ in range(200):
+        wire_to_receiver += sender.data_to_send(now)
+        if wire_to_receiver:
+            chunk = bytes(wire_to_receiver)
+            wire_to_receiver.clear()
+            rx.feed(chunk, 1 << 20, True, now)
+        rx.read_buffered(1 << 30)
+        back = receiver.data_to_send(now)
+        if back:
+            sender.receive_data(back, now)
+        if len(rx.app) == len(sent) and not wire_to_receiver:
+            break
+    assert rx.app == sent
+    assert not sender.closed and not receiver.closed
+    # the counters came back from the loans: everything sent was counted once
+    receiver.take_back(now)
+    sender.take_back(now)
+    assert receiver.usage[0] == len(sent) + sender.usage[0] - len(sent)
+
+
+def test_lend_waits_for_what_must_go_first() -> None:
+    c, _s, _ = connect()
+    conn = c.conn
+    sid = conn.open_stream()
+    conn.send_stream_data(sid, b"queued")
+    assert conn.lend(sid, 1.0) is None  # records waiting in the connection
+    conn.data_to_send(1.0)
+    lane = conn.lend(sid, 1.0)
+    assert lane is not None and conn.lent_stream_id == sid
+    assert conn.lend(sid, 1.0) is lane
+    assert conn.lend(sid + 4, 1.0) is None and conn.lent_lane is None  # unknown stream
+    conn.ping()
+    assert conn.lend(sid, 1.0) is None
+
+
+def test_a_loan_ends_at_any_other_call_with_the_state_back() -> None:
+    c, s, _ = connect()
+    conn = c.conn
+    sid = conn.open_stream()
+    conn.send_stream_data(sid, b"a")
+    first = conn.data_to_send(1.0)
+    before = (conn.bytes_sent, conn.records_sent)
+    lane = conn.lend(sid, 1.0)
+    records = bytes(lane.flow_seal(b"b" * 10, 2.0))
+    assert conn.usage[0] == 11  # read from the loan, which goes on
+    assert conn.lent_lane is lane
+    timer = conn.get_timer()
+    assert timer is not None and timer <= 2.0 + conn.config.keepalive_interval
+    assert conn.lent_lane is lane  # get_timer does not end it
+    conn.acknowledge_read(sid, 0)  # any other call ends it
+    assert conn.lent_lane is None
+    assert conn.bytes_sent == before[0] + len(records)
+    assert conn.records_sent == before[1] + 1
+    conn.send_stream_data(sid, b"c")
+    s.conn.receive_data(first + records + conn.data_to_send(3.0), 3.0)
+    got = b"".join(
+        e.data for e in iter(s.conn.next_event, None) if isinstance(e, StreamDataReceived)
+    )
+    assert got == b"a" + b"b" * 10 + b"c"
+
+
+def test_native_io_calls_check_their_arguments() -> None:
+    require_native()
+    lane = _core.NativeLane(_core.NativeAead(os.urandom(32)), _core.NativeAead(os.urandom(32)))
+    with pytest.raises(LocalProtocolError):
+        lane.wait_readable(-1, -1, 0)
+    with pytest.raises(LocalProtocolError):
+        lane.flow_read(-1, bytearray(10))
+    with pytest.raises(LocalProtocolError):
+        lane.flow_send(-1, b"x", 0.0)
