@@ -740,24 +740,33 @@ class DTPSocket:
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes; b"" once the peer half-closed its side."""
-        self._check_open()
+        if self._closed:
+            raise LocalProtocolError("operation on a closed DTP socket")
         if bufsize < 0:
             raise ValueError("negative buffer size")
         if self._rd_shut:
             return b""
         engine = self._engine
         session = engine.session
+        sid = self._stream_id
         with engine.lock:
-            buf = session.streams.get(self._stream_id)
+            buf = session.streams.get(sid)
             if (
                 session.terminated is None
                 and (buf is None or not (buf.data or buf.eof or buf.reset_code is not None))
                 and bufsize
             ):
                 # nothing buffered (Session.readable, inline: this is the hot path)
-                view = engine.recv_scratch(bufsize)
-                n = self._read_lent_or_direct(view)
-                if n:
+                scratch = engine._recv_scratch
+                if scratch is not None and bufsize <= len(scratch):
+                    view = scratch[:bufsize]
+                else:
+                    view = engine.recv_scratch(bufsize)
+                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                if n or (
+                    not session.readable(sid)
+                    and (n := engine.read_fast(sid, view) or self._read_direct(view))
+                ):
                     return view[:n].tobytes()
             data = session.take(self._stream_id, bufsize)
             engine.flush()  # flow-control credit goes back promptly
@@ -780,30 +789,18 @@ class DTPSocket:
                 buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
             ):
                 # nothing buffered (Session.readable, inline: this is the hot path): read
-                # straight in, through the lent lane when the connection lends it
-                n = self._read_lent_or_direct(view)
-                if n:
+                # straight in, through the lent lane when the connection lends it --
+                # unless the general path took over and buffered the stream's next bytes
+                sid = self._stream_id
+                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                if n or (
+                    not session.readable(sid)
+                    and (n := engine.read_fast(sid, view) or self._read_direct(view))
+                ):
                     return n
             n = session.take_into(self._stream_id, view)
             engine.flush()
             return n
-
-    def _read_lent_or_direct(self, view: memoryview) -> int:
-        """Nothing is buffered for this stream (lock held): read the carrier with the
-        stream's next bytes going straight into ``view`` -- through the lent lane when
-        the connection lends the stream, else one record run at a time. Returns how
-        many landed there; 0 when they went to the stream's buffer instead (the
-        general path took over: the caller takes from the buffer) or the connection
-        ended."""
-        engine = self._engine
-        sid = self._stream_id
-        if self._timeout != 0:
-            n = engine.recv_lent(sid, view, self._timeout)
-            if n:
-                return n
-            if engine.session.readable(sid):
-                return 0  # the general path buffered the stream's next bytes: those first
-        return engine.read_fast(sid, view) or self._read_direct(view)
 
     def _read_direct(self, view: memoryview) -> int:
         """Nothing is buffered for this stream and nothing came with a first read
