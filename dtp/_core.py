@@ -592,6 +592,7 @@ class NativeAead:
 
 
 _U8 = ffi.typeof("uint8_t[]")
+_READY = lib.DTP_READY
 
 
 class NativeLane:
@@ -754,17 +755,30 @@ class NativeLane:
             raise error_for(rc, remote=False)
         return rc
 
-    def wait_readable(self, fd: int, wake_fd: int, timeout_ms: int) -> int:
-        """Wait up to ``timeout_ms`` (negative: forever) for ``fd`` or ``wake_fd`` (-1:
-        none) to be readable (``dtp_wait_readable``): READY, WAKE or WAIT (timed out or
-        interrupted). Raises OSError if the wait fails."""
+    def wait_read(
+        self, lock: Any, fd: int, wake_fd: int, timeout_ms: int, dst: bytearray | memoryview
+    ) -> int:
+        """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
+        the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable
+        (``dtp_wait_readable``), then, lock held again, :meth:`flow_read`. Returns WAKE
+        or WAIT from the wait, else the read's status. Raises OSError if either fails."""
+        try:
+            out = ffi.from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
         err = self._err
-        rc: int = lib.dtp_wait_readable(fd, wake_fd, timeout_ms, err)
-        if rc < 0:
-            if rc == lib.DTP_ERR_IO:
-                raise OSError(err[0], os.strerror(err[0]))
-            raise error_for(rc, remote=False)
-        return rc
+        lock.release()
+        try:
+            rc: int = lib.dtp_wait_readable(fd, wake_fd, timeout_ms, err)
+        finally:
+            lock.acquire()
+        if rc != _READY:
+            if rc < 0:
+                if rc == lib.DTP_ERR_IO:
+                    raise OSError(err[0], os.strerror(err[0]))
+                raise error_for(rc, remote=False)
+            return rc
+        return self._read(fd, out, len(dst))
 
     def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
         """Read the carrier ``fd`` once into :attr:`rview` and :meth:`flow_take` what
@@ -774,6 +788,9 @@ class NativeLane:
             out = ffi.from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        return self._read(fd, out, len(dst))
+
+    def _read(self, fd: int, out: Any, size: int) -> int:
         rc: int = lib.dtp_flow_read(
             self._recv_ctx,
             self.flow,
@@ -782,7 +799,7 @@ class NativeLane:
             self._rbuf,
             self._rbuf_cap,
             out,
-            len(dst),
+            size,
             self._scratch,
             MAX_RECORD_PLAINTEXT,
         )
@@ -792,16 +809,24 @@ class NativeLane:
             raise error_for(rc, remote=False)
         return rc
 
-    def flow_send(self, fd: int, data: bytes | bytearray | memoryview, now: float) -> int:
+    def flow_send(
+        self,
+        fd: int,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        queue: list[memoryview] | None = None,
+    ) -> int:
         """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
         ``fd`` (``dtp_flow_send``); returns how much of ``data`` they hold (0: none
-        sealed). ``io.sent`` of ``flow.written`` bytes went out: the caller queues
-        :meth:`flow_unsent`. Raises OSError if the write fails."""
+        sealed). ``io.sent`` of ``flow.written`` bytes went out; the rest (a copy) is
+        appended to ``queue``, when given, for the caller to write later. Raises
+        OSError if the write fails."""
         flow = self.flow
+        io = self.io
         rc = lib.dtp_flow_send(
             self._send_ctx,
             flow,
-            self.io,
+            io,
             fd,
             ffi.from_buffer(data),
             len(data),
@@ -812,10 +837,12 @@ class NativeLane:
         )
         if rc:
             if rc == lib.DTP_ERR_IO:
-                raise OSError(self.io.err, os.strerror(self.io.err))
+                raise OSError(io.err, os.strerror(io.err))
             if rc < 0:
                 raise error_for(rc, remote=False)
             return 0
+        if queue is not None and io.sent != flow.written:
+            queue.append(memoryview(self._out_view[io.sent : flow.written].tobytes()))
         taken: int = flow.taken
         return taken
 

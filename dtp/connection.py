@@ -821,19 +821,19 @@ class Connection:
         """End the loan of :meth:`lend` after a lane call that did not go cleanly:
         ``spill`` is the data of a record ``flow_take`` could not fit (the stream's next
         bytes, still to be read), ``rest`` what the adapter read from the carrier past
-        the records taken (the general path has it next)."""
+        the records taken (the general path has it next, also when the loan had
+        already ended)."""
         stream = self._lent
-        if stream is None:
-            return
-        self._take_back(len(spill))
-        if spill:
-            handler = self.stream_data_handler
-            if handler is not None:
-                handler(stream.stream_id, spill, False)
-            else:
-                self._deliver(StreamDataReceived(stream.stream_id, bytes(spill), False))
+        if stream is not None:
+            self._take_back(len(spill))
+            if spill:
+                handler = self.stream_data_handler
+                if handler is not None:
+                    handler(stream.stream_id, spill, False)
+                else:
+                    self._deliver(StreamDataReceived(stream.stream_id, bytes(spill), False))
         if rest:
-            self.receive_data(rest, now)
+            self.receive_data(rest, now)  # also when the loan had ended already
 
     def _take_back(self, unread: int = 0) -> None:
         """The lent stream's state back from the lane's flow (``unread``: bytes taken
@@ -843,6 +843,9 @@ class Connection:
         assert stream is not None
         self.lent_lane = self.lent_stream_id = self.lent_timer = self._lent = None
         self.lent_can_recv = False
+        # a lane call made with a stale view of the loan (an adapter that waited
+        # without the lock meanwhile) now moves nothing
+        f.can_send = f.can_recv = 0
         self._send_counter = f.send_counter
         if f.send_offset != stream.next_offset:
             stream.announce = False

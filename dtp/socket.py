@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
-from dtp._types import EOF, FULL, OK, READY, WAIT
+from dtp._types import EOF, FULL, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -328,74 +328,47 @@ class _Engine:
         if lane is None or not conn.lent_can_recv or self.pumping:
             return 0
         deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self._fd
-        lock = self.lock
         while True:
             until = conn.lent_timer
             if deadline is not None and (until is None or deadline < until):
                 until = deadline
             ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+            # the lock is released for the wait only; meanwhile other threads leave the
+            # carrier to us (pumping) but may end the loan: the read then takes nothing
             self.pumping = True
-            lock.release()
             try:
-                ready = lane.wait_readable(fd, self._wake_fd, ms)
-            except OSError as exc:
-                ready = exc
-            finally:
-                lock.acquire()
-                self.pumping = False
-                if self.waiters:
-                    self.cond.notify_all()
-            if conn.lent_lane is not lane or conn.lent_stream_id != stream_id:
-                return 0  # another thread used the connection meanwhile
-            if ready != READY:
-                if ready == WAIT:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise DTPTimeoutError("timed out")
-                    if until is not None and time.monotonic() >= until:
-                        return 0  # a timer is due
-                    continue  # interrupted
-                if isinstance(ready, OSError):
-                    self._carrier_failed(ready)
-                return 0  # the wake socket: another thread wants the general path
-            try:
-                status = lane.flow_read(fd, dst)
+                status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst)
             except OSError as exc:
                 self._carrier_failed(exc)
                 return 0
+            finally:
+                self.pumping = False
+                if self.waiters:
+                    self.cond.notify_all()
             if status == OK:
                 taken: int = lane.flow.taken
                 if taken:
                     return taken
                 continue
             if status == WAIT:
-                continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DTPTimeoutError("timed out")
+                if until is not None and time.monotonic() >= until:
+                    return 0  # a timer is due
+                continue  # interrupted, or nothing to read after all
+            if status == WAKE:
+                return 0  # another thread wants the general path
             if status == EOF:
                 self._carrier_failed(None)
                 return 0
-            # something the lane does not take: the connection goes on from there
+            # something the lane does not take (or the loan ended meanwhile): the
+            # connection goes on from there
             rx = lane.flow.rx
             taken = rx.taken
             spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
             conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.got])
             self._after_io()
             return taken
-
-    def send_lent(self, lane: Any, data: bytes | memoryview) -> int:
-        """Seal the start of ``data`` on the lent stream and write it (lock held, the
-        output queue empty): returns how much of ``data`` went (0: nothing could, the
-        caller takes the general path)."""
-        try:
-            n: int = lane.flow_send(self._fd, data, time.monotonic())
-        except OSError as exc:
-            self._carrier_failed(exc)
-            return len(data)  # sealed and lost with the carrier: the next call reports it
-        if n and lane.io.sent != lane.flow.written:
-            # the carrier is full: the rest of the records wait for the next writes
-            self.out.append(memoryview(lane.flow_unsent().tobytes()))
-            if self.pumping:
-                self._wake()
-        return n
 
     def wait_io(self, deadline: float | None) -> None:
         """Wait (lock held on entry and exit) until the carrier may have bytes to read,
@@ -849,8 +822,14 @@ class DTPSocket:
             sid = self._stream_id
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
-                n = engine.send_lent(lane, view)
+                try:
+                    n: int = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                except OSError as exc:
+                    engine._carrier_failed(exc)
+                    n = len(view)  # lost with the carrier: the next call reports it
                 if n:
+                    if engine.out and engine.pumping:
+                        engine._wake()  # the carrier is full: the pumping thread writes
                     return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
@@ -906,7 +885,13 @@ class DTPSocket:
                     and not engine.carrier_closed
                     and len(view)
                 ):
-                    n = engine.send_lent(lane, view)
+                    try:
+                        n = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        n = len(view)  # lost with the carrier: the next call reports it
+                    if engine.out and engine.pumping:
+                        engine._wake()  # the carrier is full: the pumping thread writes
                     if n == len(view):
                         return
                     view = memoryview(view)[n:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from dtp import _core
 from dtp._core import MAX_STREAM_CHUNK
-from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, READY, STOP, WAIT, WAKE
+from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
 from dtp.connection import Connection
 from dtp.errors import LocalProtocolError
 from dtp.events import StreamDataReceived
@@ -202,27 +203,45 @@ def socks() -> Any:
 def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> None:
     sa, sb = socks
     a, b = lent_pair(backend)
-    assert a.flow_send(sa.fileno(), b"ping" * 10, 1.0) == 40
-    assert a.io.sent == a.flow.written and not a.flow_unsent()
-    assert b.wait_readable(sb.fileno(), -1, 1000) == READY
+    queue: list[memoryview] = []
+    assert a.flow_send(sa.fileno(), b"ping" * 10, 1.0, queue) == 40
+    assert a.io.sent == a.flow.written and not a.flow_unsent() and not queue
+    lock = threading.Lock()
     dst = bytearray(100)
-    assert b.flow_read(sb.fileno(), dst) == OK
+    with lock:
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst) == OK
+        assert lock.locked()
     assert b.io.got == a.flow.written and bytes(dst[:40]) == b"ping" * 10
     assert b.flow_read(sb.fileno(), dst) == WAIT  # nothing more
     sa.shutdown(socket.SHUT_WR)
     assert b.flow_read(sb.fileno(), dst) == EOF
 
 
-def test_wait_wakes_times_out_and_fails(backend: SimpleNamespace, socks: Any) -> None:
+def test_the_wait_releases_the_lock_wakes_and_times_out(
+    backend: SimpleNamespace, socks: Any
+) -> None:
     sa, sb = socks
-    _, b = lent_pair(backend)
+    a, b = lent_pair(backend)
+    lock = threading.Lock()
+    dst = bytearray(100)
     wake_r, wake_w = socket.socketpair()
-    with wake_r, wake_w:
-        assert b.wait_readable(sb.fileno(), wake_r.fileno(), 0) == WAIT
+    with wake_r, wake_w, lock:
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 0, dst) == WAIT
+
+        def sender() -> None:
+            with lock:  # only possible while the reader waits
+                a.flow_send(sa.fileno(), b"late", 0.0)
+
+        t = threading.Thread(target=sender)
+        t.start()
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 5000, dst) == OK
+        t.join()
+        assert bytes(dst[:4]) == b"late"
         wake_w.send(b"!")
-        sa.send(b"x")
-        assert b.wait_readable(sb.fileno(), wake_r.fileno(), 1000) == WAKE
-        assert b.wait_readable(sb.fileno(), -1, 1000) == READY
+        a.flow_send(sa.fileno(), b"more", 0.0)
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 1000, dst) == WAKE
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst) == OK  # unread meanwhile
+        assert bytes(dst[:4]) == b"more"
     bad = os.open(os.devnull, os.O_RDONLY)
     os.close(bad)  # a descriptor number nothing holds
     with pytest.raises(OSError):
@@ -235,11 +254,13 @@ def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks
     sent = bytearray()
     queued = bytearray()
     data = os.urandom(a.max_seal)
+    queue: list[memoryview] = []
     while not queued:
-        a.flow_send(sa.fileno(), data, 0.0)
+        a.flow_send(sa.fileno(), data, 0.0, queue)
         sent += data
         queued += a.flow_unsent()
     assert a.io.sent + len(queued) == a.flow.written
+    assert [bytes(q) for q in queue] == [bytes(queued)]
     # the reader gets everything that went out, then the queued rest
     wire = bytearray()
     while True:
@@ -426,9 +447,31 @@ def test_a_loan_ends_at_any_other_call_with_the_state_back() -> None:
 def test_native_io_calls_check_their_arguments() -> None:
     require_native()
     lane = _core.NativeLane(_core.NativeAead(os.urandom(32)), _core.NativeAead(os.urandom(32)))
-    with pytest.raises(LocalProtocolError):
-        lane.wait_readable(-1, -1, 0)
+    lock = threading.Lock()
+    with lock, pytest.raises(LocalProtocolError):
+        lane.wait_read(lock, -1, -1, 0, bytearray(1))
     with pytest.raises(LocalProtocolError):
         lane.flow_read(-1, bytearray(10))
     with pytest.raises(LocalProtocolError):
         lane.flow_send(-1, b"x", 0.0)
+
+
+def test_a_read_after_the_loan_ended_meanwhile_loses_nothing() -> None:
+    """An adapter that waited without the lock may read with a loan that another
+    thread ended: the lane takes nothing, and what was read goes the general way."""
+    c, s, _ = connect()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"first")
+    s.conn.receive_data(c.conn.data_to_send(1.0), 1.0)
+    s.drain()
+    lane = s.conn.lend(sid, 1.0)
+    assert lane is not None and s.conn.lent_can_recv
+    s.conn.acknowledge_read(sid, 0)  # another thread ends the loan
+    c.conn.send_stream_data(sid, b"second")
+    wire = c.conn.data_to_send(2.0)
+    lane.rview[: len(wire)] = wire
+    assert lane.flow_take(len(wire), bytearray(100), 2.0) == STOP
+    assert lane.flow.rx.consumed == 0
+    s.conn.take_back(2.0, b"", lane.rview[: len(wire)])
+    s.drain()
+    assert bytes(s.data[sid]) == b"firstsecond"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import time
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -35,7 +36,6 @@ from dtp._types import (
     FULL,
     NEED_MORE,
     OK,
-    READY,
     STOP,
     WAIT,
     WAKE,
@@ -305,19 +305,29 @@ class Lane:
         not fit in ``dst``."""
         return memoryview(self._spill)
 
-    def wait_readable(self, fd: int, wake_fd: int, timeout_ms: int) -> int:
-        """Wait up to ``timeout_ms`` (negative: forever) for ``fd`` or ``wake_fd`` (-1:
-        none) to be readable: READY, WAKE or WAIT (timed out)."""
+    def wait_read(
+        self, lock: Any, fd: int, wake_fd: int, timeout_ms: int, dst: bytearray | memoryview
+    ) -> int:
+        """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
+        the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable, then, lock held
+        again, :meth:`flow_read`. Returns WAKE or WAIT from the wait, else the read's
+        status."""
+        if memoryview(dst).readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         if wake_fd >= 0:
             poller.register(wake_fd, select.POLLIN)
-        ready = poller.poll(None if timeout_ms < 0 else timeout_ms)
+        lock.release()
+        try:
+            ready = poller.poll(None if timeout_ms < 0 else timeout_ms)
+        finally:
+            lock.acquire()
         if not ready:
             return WAIT
         if any(got == wake_fd for got, _ in ready):
             return WAKE
-        return READY
+        return self.flow_read(fd, dst)
 
     def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
         """Read the carrier ``fd`` (non-blocking) once into :attr:`rview` and
@@ -338,10 +348,17 @@ class Lane:
         io.got = n
         return self.flow_take(n, dst, time.monotonic())
 
-    def flow_send(self, fd: int, data: bytes | bytearray | memoryview, now: float) -> int:
+    def flow_send(
+        self,
+        fd: int,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        queue: list[memoryview] | None = None,
+    ) -> int:
         """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
         ``fd`` (non-blocking); returns how much of ``data`` they hold. ``io.sent`` of
-        ``flow.written`` bytes went out; :meth:`flow_unsent` is the rest."""
+        ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
+        when given."""
         io = self.io
         io.got = io.sent = io.err = 0
         sealed = self.flow_seal(data, now)
@@ -362,6 +379,8 @@ class Lane:
                 raise
         io.sent = sent
         self._unsent = memoryview(bytes(sealed[sent:]))
+        if queue is not None and self._unsent:
+            queue.append(self._unsent)
         return self.flow.taken
 
     def flow_unsent(self) -> memoryview:
