@@ -328,34 +328,44 @@ class _Engine:
         if lane is None or not conn.lent_can_recv or self.pumping:
             return 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        # what we wait for has often arrived already (a reply that came while we were
+        # sending): a read first saves the wait's syscall
+        try:
+            status = lane.flow_read(self._fd, dst)
+        except OSError as exc:
+            self._carrier_failed(exc)
+            return 0
         while True:
-            until = conn.lent_timer
-            if deadline is not None and (until is None or deadline < until):
-                until = deadline
-            ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
-            # the lock is released for the wait only; meanwhile other threads leave the
-            # carrier to us (pumping) but may end the loan: the read then takes nothing
-            self.pumping = True
-            try:
-                status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst)
-            except OSError as exc:
-                self._carrier_failed(exc)
-                return 0
-            finally:
-                self.pumping = False
-                if self.waiters:
-                    self.cond.notify_all()
+            if status == WAIT:
+                until = conn.lent_timer
+                if deadline is not None and (until is None or deadline < until):
+                    until = deadline
+                ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                # the lock is released for the wait only; meanwhile other threads leave
+                # the carrier to us (pumping) but may end the loan: the read then takes
+                # nothing
+                self.pumping = True
+                try:
+                    status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst)
+                except OSError as exc:
+                    self._carrier_failed(exc)
+                    return 0
+                finally:
+                    self.pumping = False
+                    if self.waiters:
+                        self.cond.notify_all()
+                if status == WAIT:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise DTPTimeoutError("timed out")
+                    if until is not None and time.monotonic() >= until:
+                        return 0  # a timer is due
+                    continue  # interrupted, or nothing to read after all
             if status == OK:
                 taken: int = lane.flow.taken
                 if taken:
                     return taken
+                status = WAIT  # records without data: wait for more
                 continue
-            if status == WAIT:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise DTPTimeoutError("timed out")
-                if until is not None and time.monotonic() >= until:
-                    return 0  # a timer is due
-                continue  # interrupted, or nothing to read after all
             if status == WAKE:
                 return 0  # another thread wants the general path
             if status == EOF:
