@@ -625,6 +625,20 @@ class Connection:
             self._lane = _core.Lane(self._send_aead, self._recv_aead)
         return self._lane
 
+    def _nothing_goes_first(self) -> bool:
+        """Whether the lane may move stream bytes now: an established connection over a
+        reliable carrier with no records or control frames waiting to go first."""
+        return not (
+            self._state is not ConnState.ESTABLISHED
+            or self._acks is not None  # a lossy carrier: records are tracked for resending
+            or self._out
+            or self._ctrl
+            or self._pending_max_data
+            or self._pending_stream_credit
+            or self._pending_max_streams
+            or self._ping_pending
+        )
+
     def seal_fast(
         self, stream_id: int, data: bytes | bytearray | memoryview, now: float
     ) -> tuple[memoryview, int] | None:
@@ -640,15 +654,7 @@ class Connection:
             stream is None
             or stream.send_buf
             or stream.send_state is not SendState.OPEN
-            or self._out
-            or self._state is not ConnState.ESTABLISHED
-            or self._acks is not None  # a lossy carrier: records are tracked for resending
-            # control frames waiting go first
-            or self._ctrl
-            or self._pending_max_data
-            or self._pending_stream_credit
-            or self._pending_max_streams
-            or self._ping_pending
+            or not self._nothing_goes_first()
         ):
             return None
         offset = stream.next_offset
@@ -761,16 +767,9 @@ class Connection:
         stream = self._streams.get(stream_id)
         if (
             stream is None
-            or self._state is not ConnState.ESTABLISHED
-            or self._acks is not None  # a lossy carrier: records are tracked for resending
-            or self._out
-            or self._inbuf
+            or not self._nothing_goes_first()
+            or self._inbuf  # the lane starts at a record boundary
             or self._events
-            or self._ctrl
-            or self._pending_max_data
-            or self._pending_stream_credit
-            or self._pending_max_streams
-            or self._ping_pending
         ):
             return None
         can_send = stream.send_state is SendState.OPEN and not stream.send_buf

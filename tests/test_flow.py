@@ -28,18 +28,24 @@ SID = 4
 BIG = 1 << 40
 
 
-def lent_pair(backend: SimpleNamespace) -> tuple[Any, Any]:
+def lent_pair(
+    backend: SimpleNamespace,
+    keys: tuple[bytes, bytes] | None = None,
+    send_limit: int = BIG,
+    conn_limit: int = BIG,
+    credit: int = BIG,
+) -> tuple[Any, Any]:
     """Two lanes whose flows talk to each other: ``a`` seals, ``b`` takes."""
-    k1, k2 = os.urandom(32), os.urandom(32)
+    k1, k2 = keys or (os.urandom(32), os.urandom(32))
     a = backend.Lane(backend.Aead(k1), backend.Aead(k2))
     b = backend.Lane(backend.Aead(k2), backend.Aead(k1))
     for lane in (a, b):
         f = lane.flow
         f.stream_id = f.rx.stream_id = SID
         f.can_send = f.can_recv = 1
-        f.send_limit = f.conn_send_limit = BIG
+        f.send_limit, f.conn_send_limit = send_limit, conn_limit
         f.rx.stream_limit = f.rx.conn_limit = BIG
-        f.credit_offset = f.credit_conn = BIG
+        f.credit_offset, f.credit_conn = credit, BIG
     return a, b
 
 
@@ -152,18 +158,10 @@ def test_native_and_reference_flows_agree(
     cut: int,
 ) -> None:
     require_native()
-    k1, k2 = os.urandom(32), os.urandom(32)
+    keys = os.urandom(32), os.urandom(32)
     outcomes = []
     for backend in (NATIVE, REFERENCE):
-        a = backend.Lane(backend.Aead(k1), backend.Aead(k2))
-        b = backend.Lane(backend.Aead(k2), backend.Aead(k1))
-        for lane in (a, b):
-            f = lane.flow
-            f.stream_id = f.rx.stream_id = SID
-            f.can_send = f.can_recv = 1
-            f.send_limit, f.conn_send_limit = send_limit, conn_limit
-            f.rx.stream_limit, f.rx.conn_limit = BIG, BIG
-            f.credit_offset, f.credit_conn = credit, BIG
+        a, b = lent_pair(backend, keys, send_limit, conn_limit, credit)
         seen = []
         for size, dst_size in zip(sizes, dst_sizes, strict=False):
             records = bytes(a.flow_seal(bytes([size % 251]) * size, 1.0))
