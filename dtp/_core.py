@@ -592,7 +592,8 @@ class NativeAead:
 
 
 _U8 = ffi.typeof("uint8_t[]")
-_READY = lib.DTP_READY
+_READY: int = lib.DTP_READY
+_WAKE: int = lib.DTP_WAKE
 
 
 class NativeLane:
@@ -756,12 +757,21 @@ class NativeLane:
         return rc
 
     def wait_read(
-        self, lock: Any, fd: int, wake_fd: int, timeout_ms: int, dst: bytearray | memoryview
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        timeout_ms: int,
+        dst: bytearray | memoryview,
+        stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
         the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable
-        (``dtp_wait_readable``), then, lock held again, :meth:`flow_read`. Returns WAKE
-        or WAIT from the wait, else the read's status. Raises OSError if either fails."""
+        (``dtp_wait_readable``), then, lock held again, :meth:`flow_read` -- if the
+        flow is still lent ``stream_id`` (another thread may have lent another stream
+        meanwhile). Returns WAKE (also when the flow changed hands: nothing was read)
+        or WAIT from the wait, else the read's status. Raises OSError if either
+        fails."""
         try:
             out = ffi.from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
@@ -778,6 +788,9 @@ class NativeLane:
                     raise OSError(err[0], os.strerror(err[0]))
                 raise error_for(rc, remote=False)
             return rc
+        flow = self.flow
+        if flow.stream_id != stream_id or not flow.can_recv:
+            return _WAKE
         return self._read(fd, out, len(dst))
 
     def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:

@@ -323,9 +323,11 @@ class _Engine:
         ``dst``; 0 when the general path must go on (nothing taken, the loan ended,
         another thread wants attention, a timer is due). Raises DTPTimeoutError when
         ``timeout`` passes with nothing read."""
+        if self.pumping:
+            return 0  # another thread reads the carrier: do not take its loan away
         conn = self.conn
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
-        if lane is None or not conn.lent_can_recv or self.pumping:
+        if lane is None or not conn.lent_can_recv:
             return 0
         deadline = None if timeout is None else time.monotonic() + timeout
         # what we wait for has often arrived already (a reply that came while we were
@@ -346,7 +348,7 @@ class _Engine:
                 # nothing
                 self.pumping = True
                 try:
-                    status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst)
+                    status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
                 except OSError as exc:
                     self._carrier_failed(exc)
                     return 0
@@ -367,7 +369,7 @@ class _Engine:
                 status = WAIT  # records without data: wait for more
                 continue
             if status == WAKE:
-                return 0  # another thread wants the general path
+                return 0  # another thread wants the general path, or took the lane
             if status == EOF:
                 self._carrier_failed(None)
                 return 0

@@ -207,7 +207,7 @@ def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> No
     lock = threading.Lock()
     dst = bytearray(100)
     with lock:
-        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst) == OK
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == OK
         assert lock.locked()
     assert b.io.got == a.flow.written and bytes(dst[:40]) == b"ping" * 10
     assert b.flow_read(sb.fileno(), dst) == WAIT  # nothing more
@@ -224,7 +224,7 @@ def test_the_wait_releases_the_lock_wakes_and_times_out(
     dst = bytearray(100)
     wake_r, wake_w = socket.socketpair()
     with wake_r, wake_w, lock:
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 0, dst) == WAIT
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 0, dst, SID) == WAIT
 
         def sender() -> None:
             with lock:  # only possible while the reader waits
@@ -232,13 +232,13 @@ def test_the_wait_releases_the_lock_wakes_and_times_out(
 
         t = threading.Thread(target=sender)
         t.start()
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 5000, dst) == OK
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 5000, dst, SID) == OK
         t.join()
         assert bytes(dst[:4]) == b"late"
         wake_w.send(b"!")
         a.flow_send(sa.fileno(), b"more", 0.0)
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 1000, dst) == WAKE
-        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst) == OK  # unread meanwhile
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 1000, dst, SID) == WAKE
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == OK  # unread meanwhile
         assert bytes(dst[:4]) == b"more"
     bad = os.open(os.devnull, os.O_RDONLY)
     os.close(bad)  # a descriptor number nothing holds
@@ -447,7 +447,7 @@ def test_native_io_calls_check_their_arguments() -> None:
     lane = _core.NativeLane(_core.NativeAead(os.urandom(32)), _core.NativeAead(os.urandom(32)))
     lock = threading.Lock()
     with lock, pytest.raises(LocalProtocolError):
-        lane.wait_read(lock, -1, -1, 0, bytearray(1))
+        lane.wait_read(lock, -1, -1, 0, bytearray(1), 0)
     with pytest.raises(LocalProtocolError):
         lane.flow_read(-1, bytearray(10))
     with pytest.raises(LocalProtocolError):
@@ -473,3 +473,101 @@ def test_a_read_after_the_loan_ended_meanwhile_loses_nothing() -> None:
     s.conn.take_back(2.0, b"", lane.rview[: len(wire)])
     s.drain()
     assert bytes(s.data[sid]) == b"firstsecond"
+
+
+def test_loans_move_between_threads_and_streams_without_loss() -> None:
+    """Real sockets: one thread writes a stream while another reads its echo, and a
+    third keeps opening other streams for ping-pongs, so the loan moves between
+    streams and threads all the time. Every byte arrives, in order."""
+    import hashlib
+
+    import dtp.socket
+    from dtp.keys import HostIdentity
+
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+
+    def echo(sock: dtp.socket.DTPSocket) -> None:
+        buf = bytearray(1 << 16)
+        while n := sock.recv_into(buf):
+            sock.sendall(memoryview(buf)[:n])
+
+    def handle(sock: dtp.socket.DTPSocket) -> None:
+        def streams() -> None:
+            while True:
+                try:
+                    extra = sock.accept_stream()
+                except Exception:
+                    return
+                threading.Thread(target=echo, args=(extra,), daemon=True).start()
+
+        threading.Thread(target=streams, daemon=True).start()
+        echo(sock)
+
+    threading.Thread(target=server.serve_forever, args=(handle,), daemon=True).start()
+    rng = random.Random(7)
+    payload = os.urandom(4 << 20)
+    try:
+        with dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=30
+        ) as sock:
+            digest = hashlib.sha256()
+            got = [0]
+
+            def reader() -> None:
+                while got[0] < len(payload):
+                    data = sock.recv(rng.choice([7, 1000, 1 << 16, 1 << 20]))
+                    if not data:
+                        return
+                    digest.update(data)
+                    got[0] += len(data)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            pos = 0
+            rounds = 0
+            while pos < len(payload):
+                size = rng.choice([1, 100, 5000, 70_000])
+                sock.sendall(payload[pos : pos + size])
+                pos += size
+                if rng.random() < 0.05:
+                    with sock.open_stream() as other:
+                        for _ in range(3):
+                            message = os.urandom(rng.randint(1, 3000))
+                            other.sendall(message)
+                            back = b""
+                            while len(back) < len(message):
+                                back += other.recv(len(message) - len(back))
+                            assert back == message
+                    rounds += 1
+            t.join(60)
+            assert not t.is_alive()
+            assert got[0] == len(payload)
+            assert digest.digest() == hashlib.sha256(payload).digest()
+            assert rounds > 0
+    finally:
+        server.close()
+
+
+def test_a_wait_does_not_read_for_a_stream_lent_meanwhile(
+    backend: SimpleNamespace, socks: Any
+) -> None:
+    """While a reader waits without the lock, another thread may lend the flow to
+    another stream: the reader must not take that stream's bytes."""
+    sa, sb = socks
+    a, b = lent_pair(backend)
+    lock = threading.Lock()
+    dst = bytearray(100)
+    with lock:
+
+        def other_stream() -> None:
+            with lock:
+                b.flow.stream_id = b.flow.rx.stream_id = SID + 4  # lent elsewhere
+                a.flow_send(sa.fileno(), b"not yours", 0.0)
+
+        t = threading.Thread(target=other_stream)
+        t.start()
+        assert b.wait_read(lock, sb.fileno(), -1, 5000, dst, SID) == WAKE
+        t.join()
+    assert b.io.got == 0 and dst == bytearray(100)
+    assert sb.recv(100)  # still in the socket for the general path

@@ -306,12 +306,19 @@ class Lane:
         return memoryview(self._spill)
 
     def wait_read(
-        self, lock: Any, fd: int, wake_fd: int, timeout_ms: int, dst: bytearray | memoryview
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        timeout_ms: int,
+        dst: bytearray | memoryview,
+        stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
         the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable, then, lock held
-        again, :meth:`flow_read`. Returns WAKE or WAIT from the wait, else the read's
-        status."""
+        again, :meth:`flow_read` -- if the flow is still lent ``stream_id``. Returns
+        WAKE (also when the flow changed hands: nothing was read) or WAIT from the
+        wait, else the read's status."""
         if memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         poller = select.poll()
@@ -326,6 +333,8 @@ class Lane:
         if not ready:
             return WAIT
         if any(got == wake_fd for got, _ in ready):
+            return WAKE
+        if self.flow.stream_id != stream_id or not self.flow.can_recv:
             return WAKE
         return self.flow_read(fd, dst)
 
