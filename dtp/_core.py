@@ -772,10 +772,6 @@ class NativeLane:
         meanwhile). Returns WAKE (also when the flow changed hands: nothing was read)
         or WAIT from the wait, else the read's status. Raises OSError if either
         fails."""
-        try:
-            out = ffi.from_buffer(_U8, dst, True)
-        except (TypeError, BufferError):
-            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
         err = self._err
         lock.release()
         try:
@@ -791,7 +787,7 @@ class NativeLane:
         flow = self.flow
         if flow.stream_id != stream_id or not flow.can_recv:
             return _WAKE
-        return self._read(fd, out, len(dst))
+        return self.flow_read(fd, dst)
 
     def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
         """Read the carrier ``fd`` once into :attr:`rview` and :meth:`flow_take` what
@@ -801,9 +797,6 @@ class NativeLane:
             out = ffi.from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
-        return self._read(fd, out, len(dst))
-
-    def _read(self, fd: int, out: Any, size: int) -> int:
         rc: int = lib.dtp_flow_read(
             self._recv_ctx,
             self.flow,
@@ -812,7 +805,7 @@ class NativeLane:
             self._rbuf,
             self._rbuf_cap,
             out,
-            size,
+            len(dst),
             self._scratch,
             MAX_RECORD_PLAINTEXT,
         )
