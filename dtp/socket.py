@@ -103,6 +103,7 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
+READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -134,6 +135,7 @@ class _Engine:
         self._rview = memoryview(self._rbuf)
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._fd = sock.fileno()
+        self._read_first_skip = 0  # reads to go before recv_lent tries one without waiting
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
@@ -330,13 +332,21 @@ class _Engine:
         if lane is None or not conn.lent_can_recv:
             return 0
         deadline = None if timeout is None else time.monotonic() + timeout
-        # what we wait for has often arrived already (a reply that came while we were
-        # sending): a read first saves the wait's syscall
-        try:
-            status = lane.flow_read(self._fd, dst)
-        except OSError as exc:
-            self._carrier_failed(exc)
-            return 0
+        # What we wait for has often arrived already (a reply that came while we were
+        # sending): a read first saves the wait's syscall. Where it usually has not (a
+        # server waiting for the next request), the read first is tried only now and
+        # then, as it would cost a syscall of its own.
+        status = WAIT
+        if self._read_first_skip:
+            self._read_first_skip -= 1
+        else:
+            try:
+                status = lane.flow_read(self._fd, dst)
+            except OSError as exc:
+                self._carrier_failed(exc)
+                return 0
+            if status == WAIT:
+                self._read_first_skip = READ_FIRST_SKIP
         while True:
             if status == WAIT:
                 until = conn.lent_timer
