@@ -55,6 +55,19 @@ class ReceiptStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
         self._db.execute(_SCHEMA)
+        # The "claimed" marks go through a second handle that does not sync its commits
+        # (WAL, synchronous=NORMAL): a mark lost in a crash only means that, at restart,
+        # recover_unclaimed asks the ledger again, sees the connection settled and marks
+        # it then (the ledger, not this mark, is what stops a double claim). Receipts keep
+        # their sync on every commit: the next synced commit (or checkpoint) also makes
+        # earlier WAL frames durable, never the reverse. An in-memory store (":memory:" or
+        # "") is one database per handle, so it keeps one handle.
+        self._marks = self._db
+        if str(path) not in (":memory:", ""):
+            self._marks = sqlite3.connect(
+                str(path), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._marks.execute("PRAGMA synchronous=NORMAL")
 
     def keep(self, receipt: Receipt) -> bool:
         """Store ``receipt`` if it is newer (higher nonce) than the stored one; True
@@ -91,7 +104,7 @@ class ReceiptStore:
 
     def mark_claimed(self, connection_id: str, amount: int) -> None:
         """Record that the ledger paid out up to ``amount`` (cumulative) for it."""
-        self._db.execute(
+        self._marks.execute(
             "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?",
             (_u64_text(amount), normalize_id(connection_id, "connection ID")),
         )
@@ -107,6 +120,8 @@ class ReceiptStore:
                 yield stored
 
     def close(self) -> None:
+        if self._marks is not self._db:
+            self._marks.close()
         self._db.close()
 
     def __enter__(self) -> ReceiptStore:
