@@ -688,8 +688,13 @@ class LocalLedger(Ledger):
             _u64(deposit, "the deposit"),
         )
         connection = str(result.value)
-        escrow = next(e["escrow"] for e in result.events if e.name == "ConnectionOpened")
-        return OpenedConnection(connection, str(escrow))
+        opened = next(e for e in result.events if e.name == "ConnectionOpened")
+        return OpenedConnection(
+            connection,
+            str(opened["escrow"]),
+            Sla.from_fields(opened["sla"]),
+            int(opened["deposit"]),
+        )
 
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
         self._call(
