@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.admission import LedgerAdmission
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
+from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -103,6 +104,10 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
+    client_close_grace: float = 0.05
+    """When a paying client closed the connection (with a final receipt), how long the
+    settlement waits for the client's own half-close on the ledger before closing it
+    itself (which would cost a transaction on each side)."""
 
 
 def gate_for(
@@ -442,11 +447,21 @@ class PaidServer:
             with self._limit_lock:
                 self.limiter.release(client)
             self.receipt_writer.flush(cid)  # its last receipt is on disk before we claim it
-            self._settle(cid)
+            ended = engine.session.terminated
+            # a metered client that closed cleanly half-closes on the ledger next
+            paying_client_closed = (
+                ended is not None
+                and ended.by_peer
+                and ended.error_code == CloseCode.NO_ERROR
+                and gate.latest is not None
+            )
+            self._settle(cid, self.policy.client_close_grace if paying_client_closed else 0.0)
 
-    def _settle(self, cid: str) -> None:
+    def _settle(self, cid: str, client_grace: float = 0.0) -> None:
         try:
-            settlement = claim_and_settle(self.ledger, self.identity, cid, self.store)
+            settlement = claim_and_settle(
+                self.ledger, self.identity, cid, self.store, client_grace=client_grace
+            )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)
             return

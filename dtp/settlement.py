@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, OpenedConnection, Settlement
+from dtp.chain.objects import ConnectionState, OpenedConnection, Settlement, TransportControl
 from dtp.connection import Connection
 from dtp.errors import ChainError, ConnectionStateError, DTPError, SpendingCapExceeded
 from dtp.metering import ClientMeter, MeteringConfig
@@ -168,9 +169,16 @@ def claim_and_settle(
     identity: HostIdentity,
     connection_id: str,
     store: ReceiptStore | None,
+    *,
+    client_grace: float = 0.0,
 ) -> Settlement | None:
     """The server's end of a connection: close it on the ledger if still Open, claim the
     latest stored receipt and settle (the client is refunded the rest at once).
+
+    ``client_grace``: when the connection is still Open, wait up to this many seconds
+    for the client's own half-close first (for a metered client that has just closed
+    the connection: it half-closes right after). Closing it ourselves as well would cost
+    a transaction on each side, ours and then the client's, which fails.
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -178,6 +186,8 @@ def claim_and_settle(
     refund the client what it owes).
     """
     tc = ledger.get_connection(connection_id)
+    if tc.state == ConnectionState.OPEN and client_grace > 0:
+        tc = _await_half_close(ledger, tc, client_grace)
     stored = store.latest(connection_id) if store is not None else None
     if tc.settled:
         if stored is not None and stored.unclaimed > 0:
@@ -222,6 +232,24 @@ def claim_and_settle(
         settlement.refunded,
     )
     return settlement
+
+
+_FIRST_POLL_S = 0.0005
+_MAX_POLL_S = 0.01
+
+
+def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:
+    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed."""
+    deadline = time.monotonic() + grace
+    delay = _FIRST_POLL_S
+    while tc.state == ConnectionState.OPEN:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, _MAX_POLL_S)
+        tc = ledger.get_connection(tc.id)
+    return tc
 
 
 def recover_unclaimed(

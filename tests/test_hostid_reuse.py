@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from dtp import escrow as escrow_module
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
+from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, check_receipt, fee, receipt_message
 from dtp.keys import HostIdentity
@@ -322,3 +324,79 @@ def test_marks_and_receipts_share_one_file(tmp_path: Path) -> None:
     stored = memory.latest(cid)
     assert stored is not None and stored.claimed_amount == 1
     memory.close()
+
+
+# -- the settlement's grace for the client's own half-close ----------------------------------
+
+
+def half_closes(ledger: LocalLedger, cid: str) -> list[str]:
+    """Who half-closed ``cid`` on the ledger (the ``by`` of its ConnectionHalfClosed)."""
+    found, _ = ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
+    return [e["by"] for e in found if e["connection"] == cid]
+
+
+def test_settlement_waits_for_the_clients_half_close(world: World, tmp_path: Path) -> None:
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 4096, 1)
+    client_ledger = LocalLedger(tmp_path / "ledger.db")  # the client's own handle
+
+    def client_closes_later() -> None:
+        time.sleep(0.05)
+        client_ledger.close_connection(CLIENT, cid, world.host_id)
+
+    with ReceiptStore() as store:
+        store.keep(receipt)
+        closer = threading.Thread(target=client_closes_later)
+        closer.start()
+        settled = claim_and_settle(world.ledger, SERVER, cid, store, client_grace=5.0)
+        closer.join(10)
+    client_ledger.close()
+    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]  # we never closed it
+    assert settled is not None and settled.claimed == receipt.total_amount
+    assert conserved(world.ledger)
+
+
+def test_settlement_closes_itself_once_the_grace_is_over(world: World) -> None:
+    cid, _ = world.open()
+    start = time.monotonic()
+    settled = claim_and_settle(world.ledger, SERVER, cid, None, client_grace=0.1)
+    waited = time.monotonic() - start
+    assert 0.1 <= waited < 5
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
+
+
+def test_paid_server_lets_each_metered_client_half_close_itself(world: World) -> None:
+    import dtp.socket
+    from dtp.paid import PaidSocket
+
+    def echo(sock: PaidSocket) -> None:
+        while data := sock.recv(1024):
+            sock.sendall(data)
+
+    # a grace far above any scheduling delay: every half-close must be the client's
+    policy = ServicePolicy(client_close_grace=10.0)
+    with dtp.socket.serve(
+        world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER, policy=policy
+    ) as server:
+        cids = []
+        for _ in range(4):
+            with dtp.socket.create_connection(
+                f"dtp://{world.host_id}:{PORT}",
+                timeout=10,
+                ledger=world.ledger,
+                identity=CLIENT,
+                cap_id=world.cap,
+            ) as sock:
+                sock.sendall(b"x" * 100)
+                assert sock.recv(100) == b"x" * 100
+                cids.append(sock.connection_id)
+        deadline = time.monotonic() + 20
+        while len(server.settlements) < len(cids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(c for c, _ in server.settlements) == sorted(cids)
+    for cid in cids:
+        assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
+        assert world.ledger.get_connection(cid).settled
+    assert conserved(world.ledger)
