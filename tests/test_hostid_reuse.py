@@ -297,7 +297,7 @@ def test_a_lost_claimed_mark_is_rederived_from_the_ledger(world: World, tmp_path
         settled = claim_and_settle(world.ledger, SERVER, cid, store)
         assert settled is not None
         # as if the unsynced mark had not reached the disk before a crash
-        store._marks.execute("UPDATE receipts SET claimed_amount = '00000000000000000000'")
+        store._db.execute("UPDATE receipts SET claimed_amount = '00000000000000000000'")
     balance = world.ledger.balance(SERVER.sui_address)
     with ReceiptStore(path) as store:
         assert [s.receipt for s in store.unclaimed()] == [receipt]
@@ -308,22 +308,20 @@ def test_a_lost_claimed_mark_is_rederived_from_the_ledger(world: World, tmp_path
     assert conserved(world.ledger)
 
 
-def test_marks_and_receipts_share_one_file(tmp_path: Path) -> None:
+def test_only_the_claimed_mark_skips_the_sync(tmp_path: Path) -> None:
     cid = "0x" + "cd" * 32
     receipt = Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT)
     with ReceiptStore(tmp_path / "r.db") as store:
-        assert store._marks is not store._db
+        full = store._db.execute("PRAGMA synchronous").fetchone()[0]
+        assert full == 2  # FULL: every kept receipt is synced
         store.keep(receipt)
         store.mark_claimed(cid, receipt.total_amount)
-        stored = store.latest(cid)  # read through the other handle
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == full  # back to FULL
+        stored = store.latest(cid)
         assert stored is not None and stored.unclaimed == 0
-    memory = ReceiptStore()
-    assert memory._marks is memory._db
-    memory.keep(receipt)
-    memory.mark_claimed(cid, 1)
-    stored = memory.latest(cid)
-    assert stored is not None and stored.claimed_amount == 1
-    memory.close()
+    with ReceiptStore(tmp_path / "r.db") as reopened:  # the mark reached the file
+        stored = reopened.latest(cid)
+        assert stored is not None and stored.claimed_amount == receipt.total_amount
 
 
 # -- the settlement's grace for the client's own half-close ----------------------------------
@@ -400,3 +398,52 @@ def test_paid_server_lets_each_metered_client_half_close_itself(world: World) ->
         assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
         assert world.ledger.get_connection(cid).settled
     assert conserved(world.ledger)
+
+
+def test_keeping_and_marking_from_two_threads_never_fails(tmp_path: Path) -> None:
+    """The writer thread keeps receipts while settling threads mark claims."""
+    cids = ["0x" + f"{i:064x}" for i in range(1, 301)]
+    failures: list[BaseException] = []
+    with ReceiptStore(tmp_path / "r.db") as store:
+
+        def keep_all() -> None:
+            try:
+                for nonce, cid in enumerate(cids, 1):
+                    assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), nonce).sign(CLIENT))
+            except BaseException as exc:
+                failures.append(exc)
+
+        def mark_all() -> None:
+            try:
+                for cid in cids:
+                    for _ in range(3):
+                        store.mark_claimed(cid, 1)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=keep_all), threading.Thread(target=mark_all)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert all(store.latest(cid) is not None for cid in cids)
+
+
+def test_a_mark_during_an_open_read_does_not_block_the_next_keep(tmp_path: Path) -> None:
+    """A settling thread's read can still be open on the store when the writer thread
+    keeps the next receipt: a claimed mark committed in between must not make that
+    keep fail (it did when marks went through a second SQLite handle: stale snapshot)."""
+    first, second = "0x" + "e1" * 32, "0x" + "e2" * 32
+    with ReceiptStore(tmp_path / "r.db") as store:
+        for cid in (first, second):
+            assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT))
+        reading = store._db.execute("SELECT connection_id FROM receipts")
+        assert reading.fetchone() is not None  # the statement stays open: a read snapshot
+        store.mark_claimed(first, 1)
+        assert store.keep(Receipt(second, 2048, 0, fee(SLA, 2048, 0), 2).sign(CLIENT))
+        reading.close()
+        stored = store.latest(second)
+        assert stored is not None and stored.receipt.nonce == 2
+        marked = store.latest(first)
+        assert marked is not None and marked.claimed_amount == 1
