@@ -15,13 +15,22 @@ firewall (read afresh) still permits the client.
 from __future__ import annotations
 
 import logging
+import threading
 import urllib.parse
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
-from dtp.chain.objects import ConnectionState, Host, Service, normalize_id
+from dtp.chain.objects import (
+    ConnectionState,
+    Escrow,
+    Host,
+    OpenedConnection,
+    Service,
+    TransportControl,
+    normalize_id,
+)
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
 
@@ -167,12 +176,23 @@ class LedgerAdmission:
     ``host_id``: the Host this server serves; ``port``: the DTP port it serves. Returns
     None to accept, or the refusal reason (which the client receives as
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
+
+    ``remember``: keep the TransportControl and Escrow read for each accepted
+    connection, for :meth:`take_admitted` (a paid server builds its receipt gate from
+    them instead of reading both again a moment later); at most :attr:`REMEMBERED`
+    connections not yet taken are kept.
     """
 
-    def __init__(self, ledger: Ledger, host_id: str, port: int) -> None:
+    REMEMBERED = 256
+    """How many accepted connections' objects are kept for :meth:`take_admitted`."""
+
+    def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
         self.ledger = ledger
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
+        self.remember = remember
+        self._admitted: dict[str, tuple[TransportControl, Escrow]] = {}
+        self._admitted_lock = threading.Lock()
 
     def __call__(self, peer: PeerInfo) -> str | None:
         """None to accept ``peer``, or why it is refused."""
@@ -180,6 +200,21 @@ class LedgerAdmission:
             return self._check(peer)
         except ChainError as exc:
             return f"cannot check the connection on the ledger: {exc}"
+
+    def take_admitted(self, connection_id: str) -> tuple[TransportControl, Escrow] | None:
+        """The connection and escrow as read when ``connection_id`` was accepted (once;
+        None when not remembered)."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._admitted_lock:
+            return self._admitted.pop(key, None)
+
+    def _remember(self, cid: str, tc: TransportControl, escrow: Escrow) -> None:
+        key = normalize_id(cid, "connection ID")
+        with self._admitted_lock:
+            self._admitted[key] = (tc, escrow)
+            if len(self._admitted) > self.REMEMBERED:
+                # never taken (the handshake failed after admission): drop the oldest
+                del self._admitted[next(iter(self._admitted))]
 
     def _check(self, peer: PeerInfo) -> str | None:
         cid = peer.connection_id
@@ -208,6 +243,8 @@ class LedgerAdmission:
         host = self.ledger.get_host(self.host_id)
         if not host.firewall.permits(peer.address):
             return "the host's firewall denies this client"
+        if self.remember:
+            self._remember(cid, tc, escrow)
         return None
 
 
@@ -253,6 +290,10 @@ class PreparedConnection:
     escrow_id: str
     server_address: str = ""
     """The host authority's Sui address (whose pipe the ledger carrier reads)."""
+    opened: OpenedConnection | None = None
+    """What the ledger reported of the opening (SLA and deposit, when it does)."""
+    cap_id: str | None = None
+    """The SpendingCap the connection was opened with."""
 
     @property
     def carrier(self) -> Literal["tcp", "ledger"]:
@@ -342,7 +383,13 @@ def prepare_host_connection(
     if resolved.endpoint is None:
         cfg = ledger_config(cfg)
     return PreparedConnection(
-        resolved.endpoint, cfg, opened.connection_id, opened.escrow_id, resolved.host.authority
+        resolved.endpoint,
+        cfg,
+        opened.connection_id,
+        opened.escrow_id,
+        resolved.host.authority,
+        opened,
+        cap_id,
     )
 
 

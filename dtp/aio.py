@@ -685,6 +685,8 @@ async def open_connection(
                 proto.conn,
                 metering,
                 now=proto.loop.time(),
+                opened=prepared.opened,
+                cap_id=prepared.cap_id,
             )
             proto.payment = payment
             proto.session.on_receipt = payment.on_server_receipt

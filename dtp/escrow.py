@@ -15,6 +15,7 @@ Nothing here reads the clock: times are passed in (milliseconds).
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
@@ -112,13 +113,33 @@ def receipt_message(
     return _MESSAGE.pack(domain, bytes(raw), total_bytes, total_requests, total_amount, nonce)
 
 
+# Signatures this process has verified: a paid server checks a connection's final
+# receipt when it arrives and the ledger's claim rule checks it again at settlement, in
+# the same process (LocalLedger). Ed25519 verification is deterministic, so a success for
+# the exact (key, signature, message) bytes holds for good; only successes are kept, and
+# only of short messages (receipts are 79 bytes), so the memo stays small.
+_VERIFIED_MAX: Final = 1024
+_MEMO_MESSAGE_MAX: Final = 256
+_verified: dict[tuple[bytes, bytes, bytes], None] = {}
+_verified_lock = threading.Lock()
+
+
 def _verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
     if len(public_key) != 32 or len(signature) != 64:
         return False
+    key = (bytes(public_key), bytes(signature), bytes(message))
+    if key in _verified:
+        return True
     try:
-        Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(bytes(signature), message)
+        Ed25519PublicKey.from_public_bytes(key[0]).verify(key[1], key[2])
     except (_CryptoInvalidSignature, ValueError):
         return False
+    if len(message) > _MEMO_MESSAGE_MAX:
+        return True
+    with _verified_lock:
+        _verified[key] = None
+        if len(_verified) > _VERIFIED_MAX:
+            del _verified[next(iter(_verified))]  # the oldest
     return True
 
 

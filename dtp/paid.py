@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtp.chain.objects import Settlement, normalize_id
+from dtp.admission import LedgerAdmission
+from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
+from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -102,16 +104,32 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
+    client_close_grace: float = 0.05
+    """When a paying client closed the connection (with a final receipt), how long the
+    settlement waits for the client's own half-close on the ledger before closing it
+    itself (which would cost a transaction on each side)."""
 
 
 def gate_for(
-    ledger: Ledger, connection_id: str, policy: ServicePolicy, store: ReceiptStore | None = None
+    ledger: Ledger,
+    connection_id: str,
+    policy: ServicePolicy,
+    store: ReceiptStore | None = None,
+    *,
+    admitted: tuple[TransportControl, Escrow] | None = None,
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
     escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
-    the server claim this epoch)."""
-    tc = ledger.get_connection(connection_id)
-    escrow = ledger.get_escrow(tc.escrow)
+    the server claim this epoch). ``admitted``: the connection and escrow as admission
+    just read them (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so that they
+    are not read again; the cap and the epoch are always read now."""
+    if admitted is not None and admitted[0].id == normalize_id(connection_id, "connection ID"):
+        # what the gate takes from them cannot have moved against the server since:
+        # key and SLA are fixed, the deposit only grows, claims are the server's own
+        tc, escrow = admitted
+    else:
+        tc = ledger.get_connection(connection_id)
+        escrow = ledger.get_escrow(tc.escrow)
     cap = ledger.get_cap(escrow.spending_cap)
     return ReceiptGate(
         connection_id=tc.id,
@@ -351,16 +369,12 @@ class PaidServer:
         if port not in host.services:
             raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
         self.recovered = recover_unclaimed(ledger, identity, self.store)
-        self.receipt_writer = ReceiptWriter(self.store)
         """(connection ID, settlement) of what a previous run left unclaimed."""
-        self.server = create_server(
-            address,
-            identity=identity,
-            ledger=ledger,
-            host_id=self.host_id,
-            port=port,
-            config=config,
-        )
+        self.receipt_writer = ReceiptWriter(self.store)
+        # our own LedgerAdmission (what create_server would make from ledger, host_id
+        # and port), remembering what it read for the gate
+        self.admission = LedgerAdmission(ledger, self.host_id, port, remember=True)
+        self.server = create_server(address, identity=identity, admit=self.admission, config=config)
         self.address = self.server.address
         try:
             publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
@@ -396,7 +410,9 @@ class PaidServer:
             sock.abort("no ledger connection")
             return
         try:
-            gate = gate_for(self.ledger, cid, self.policy)
+            gate = gate_for(
+                self.ledger, cid, self.policy, admitted=self.admission.take_admitted(cid)
+            )
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
@@ -431,11 +447,21 @@ class PaidServer:
             with self._limit_lock:
                 self.limiter.release(client)
             self.receipt_writer.flush(cid)  # its last receipt is on disk before we claim it
-            self._settle(cid)
+            ended = engine.session.terminated
+            # a metered client that closed cleanly half-closes on the ledger next
+            paying_client_closed = (
+                ended is not None
+                and ended.by_peer
+                and ended.error_code == CloseCode.NO_ERROR
+                and gate.latest is not None
+            )
+            self._settle(cid, self.policy.client_close_grace if paying_client_closed else 0.0)
 
-    def _settle(self, cid: str) -> None:
+    def _settle(self, cid: str, client_grace: float = 0.0) -> None:
         try:
-            settlement = claim_and_settle(self.ledger, self.identity, cid, self.store)
+            settlement = claim_and_settle(
+                self.ledger, self.identity, cid, self.store, client_grace=client_grace
+            )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)
             return

@@ -11,6 +11,7 @@ returns: a crash right after it loses no earned fee. After a restart,
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,16 @@ class ReceiptStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
         self._db.execute(_SCHEMA)
+        # The "claimed" marks are committed without a sync (synchronous=NORMAL for that
+        # one statement): a mark lost in a crash only means that, at restart,
+        # recover_unclaimed asks the ledger again, sees the connection settled and marks
+        # it then (the ledger, not this mark, is what stops a double claim). Receipts
+        # keep their sync on every commit, and a synced WAL commit (or checkpoint) also
+        # makes the earlier frames durable, never the reverse. The same handle does both
+        # (a second handle's commits can leave a read that is still open on this one
+        # with a stale snapshot, and the next keep then fails as "database is locked");
+        # this lock keeps every keep out while the handle is switched to NORMAL.
+        self._write_lock = threading.Lock()
 
     def keep(self, receipt: Receipt) -> bool:
         """Store ``receipt`` if it is newer (higher nonce) than the stored one; True
@@ -63,20 +74,21 @@ class ReceiptStore:
         # One statement: the comparison and the write cannot interleave with another
         # writer's. Nonces are u64, beyond SQLite's signed integers, so they are stored
         # as 20-digit zero-padded text, which orders exactly like the numbers.
-        cursor = self._db.execute(
-            "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
-            "VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
-            "total_amount = excluded.total_amount, encoded = excluded.encoded, "
-            "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce",
-            (
-                connection_id,
-                _u64_text(receipt.nonce),
-                _u64_text(receipt.total_amount),
-                receipt.encode(),
-                _now_ms(),
-            ),
-        )
+        with self._write_lock:
+            cursor = self._db.execute(
+                "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
+                "total_amount = excluded.total_amount, encoded = excluded.encoded, "
+                "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce",
+                (
+                    connection_id,
+                    _u64_text(receipt.nonce),
+                    _u64_text(receipt.total_amount),
+                    receipt.encode(),
+                    _now_ms(),
+                ),
+            )
         return cursor.rowcount == 1
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
@@ -91,10 +103,17 @@ class ReceiptStore:
 
     def mark_claimed(self, connection_id: str, amount: int) -> None:
         """Record that the ledger paid out up to ``amount`` (cumulative) for it."""
-        self._db.execute(
-            "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?",
-            (_u64_text(amount), normalize_id(connection_id, "connection ID")),
-        )
+        key = normalize_id(connection_id, "connection ID")
+        with self._write_lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute(
+                    "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) "
+                    "WHERE connection_id = ?",
+                    (_u64_text(amount), key),
+                )
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def unclaimed(self) -> Iterator[StoredReceipt]:
         """Receipts with MIST still to claim (e.g. after a crash), oldest first."""

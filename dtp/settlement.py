@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, Settlement
+from dtp.chain.objects import ConnectionState, OpenedConnection, Settlement, TransportControl
 from dtp.connection import Connection
 from dtp.errors import ChainError, ConnectionStateError, DTPError, SpendingCapExceeded
 from dtp.metering import ClientMeter, MeteringConfig
@@ -60,20 +61,37 @@ class ClientPayment:
         config: MeteringConfig | None = None,
         *,
         now: float = 0.0,
+        opened: OpenedConnection | None = None,
+        cap_id: str | None = None,
     ) -> None:
-        tc = ledger.get_connection(connection_id)
-        escrow = ledger.get_escrow(tc.escrow)
-        cap = ledger.get_cap(escrow.spending_cap)
+        """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
+        and ``cap_id`` (the SpendingCap it was opened with) spare reading the connection
+        and its escrow back: nothing can have been claimed from an escrow this new, as we
+        have signed no receipt yet. Without them both are read."""
+        if (
+            opened is not None
+            and opened.sla is not None
+            and opened.deposit is not None
+            and cap_id is not None
+            and opened.connection_id == connection_id
+        ):
+            sla, deposited, claimed = opened.sla, opened.deposit, 0
+        else:
+            tc = ledger.get_connection(connection_id)
+            escrow = ledger.get_escrow(tc.escrow)
+            sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
+            cap_id = escrow.spending_cap
+        cap = ledger.get_cap(cap_id)
         # never sign for more than the server can claim: the deposit, and what our
         # spending cap still allows this epoch (a shared cap may be below the deposit)
-        limit = min(escrow.deposited, escrow.claimed + cap.remaining(ledger.epoch()))
+        limit = min(deposited, claimed + cap.remaining(ledger.epoch()))
         self.ledger = ledger
         self.identity = identity
         self.host_id = host_id
         self.connection_id = connection_id
         self.conn = conn
         self.meter = ClientMeter(
-            identity, connection_id, tc.sla, limit, config, now_ms=int(now * 1000)
+            identity, connection_id, sla, limit, config, now_ms=int(now * 1000)
         )
         self.receipts_sent = 0
         self._now_ms = int(now * 1000)
@@ -151,9 +169,16 @@ def claim_and_settle(
     identity: HostIdentity,
     connection_id: str,
     store: ReceiptStore | None,
+    *,
+    client_grace: float = 0.0,
 ) -> Settlement | None:
     """The server's end of a connection: close it on the ledger if still Open, claim the
     latest stored receipt and settle (the client is refunded the rest at once).
+
+    ``client_grace``: when the connection is still Open, wait up to this many seconds
+    for the client's own half-close first (for a metered client that has just closed
+    the connection: it half-closes right after). Closing it ourselves as well would cost
+    a transaction on each side, ours and then the client's, which fails.
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -161,6 +186,8 @@ def claim_and_settle(
     refund the client what it owes).
     """
     tc = ledger.get_connection(connection_id)
+    if tc.state == ConnectionState.OPEN and client_grace > 0:
+        tc = _await_half_close(ledger, tc, client_grace)
     stored = store.latest(connection_id) if store is not None else None
     if tc.settled:
         if stored is not None and stored.unclaimed > 0:
@@ -179,10 +206,18 @@ def claim_and_settle(
             ledger.close_connection(identity, connection_id, tc.host)
     escrow = ledger.get_escrow(tc.escrow)
     try:
+        # the IDs come from the connection just read: the ledger need not read it again
         if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
-            settlement = ledger.settle_with_receipt(identity, connection_id, stored.receipt)
+            settlement = ledger.settle_with_receipt(
+                identity,
+                connection_id,
+                stored.receipt,
+                host_id=tc.host,
+                escrow_id=tc.escrow,
+                cap_id=escrow.spending_cap,
+            )
         else:
-            settlement = ledger.settle(identity, connection_id, tc.host)
+            settlement = ledger.settle(identity, connection_id, tc.host, tc.escrow)
     except SpendingCapExceeded as exc:
         logger.warning(
             "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
@@ -197,6 +232,24 @@ def claim_and_settle(
         settlement.refunded,
     )
     return settlement
+
+
+_FIRST_POLL_S = 0.0005
+_MAX_POLL_S = 0.01
+
+
+def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:
+    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed."""
+    deadline = time.monotonic() + grace
+    delay = _FIRST_POLL_S
+    while tc.state == ConnectionState.OPEN:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, _MAX_POLL_S)
+        tc = ledger.get_connection(tc.id)
+    return tc
 
 
 def recover_unclaimed(

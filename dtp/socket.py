@@ -1291,6 +1291,8 @@ def _connect_by_host_id(
                 conn,
                 metering,
                 now=time.monotonic(),
+                opened=prepared.opened,
+                cap_id=prepared.cap_id,
             )
         )
 

@@ -72,6 +72,14 @@ class World:
             assert time.monotonic() < deadline, f"connection {cid} not settled in time"
             time.sleep(0.05)
 
+    def wait_marked(self, timeout: float = 15.0) -> None:
+        """Until the server's receipt store has nothing left unclaimed."""
+        deadline = time.monotonic() + timeout
+        with ReceiptStore(self.receipts) as store:
+            while list(store.unclaimed()):
+                assert time.monotonic() < deadline, "claims not marked in the store in time"
+                time.sleep(0.02)
+
     def claimed(self, cid: str) -> int:
         return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
 
@@ -226,6 +234,9 @@ def test_paid_echo_many_clients_pay_exactly_their_usage(world: World, api: str) 
             cids = asyncio.run(run_all())
         for cid in cids:
             world.wait_settled(cid)
+        # the server marks a claim in its store just after the settlement lands on the
+        # ledger: wait for that before the server process is killed
+        world.wait_marked()
     earned = 0
     for client, cid, size in zip(clients, cids, sizes, strict=True):
         expected = fee(SLA, 2 * size, 1)  # both directions, one stream = one request

@@ -322,6 +322,11 @@ class OpenedConnection:
 
     connection_id: str
     escrow_id: str
+    sla: Sla | None = None
+    """The SLA the connection opened with (its ``ConnectionOpened`` event), when the
+    ledger reports it: a client metering the connection need not read it back."""
+    deposit: int | None = None
+    """The MIST deposited into the new escrow (same event), when reported."""
 
 
 @dataclass(frozen=True)

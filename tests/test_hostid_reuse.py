@@ -1,0 +1,449 @@
+"""What the host-ID connect path no longer reads or checks twice still refuses what it
+must: the signature memo, the admission objects a paid server's gate reuses, the open
+transaction's SLA and deposit the client meter uses, the settlement's IDs and the
+receipt store's claimed marks (on a second, unsynced SQLite handle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp import escrow as escrow_module
+from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, EventFilter, Sla
+from dtp.errors import InvalidReceipt
+from dtp.escrow import Receipt, check_receipt, fee, receipt_message
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.paid import ServicePolicy, gate_for
+from dtp.receipt_store import ReceiptStore
+from dtp.settlement import ClientPayment, claim_and_settle, recover_unclaimed
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
+PORT = 7000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+CLIENT, SERVER, MALLORY = ident(0x61), ident(0x62), ident(0x63)
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    a = ledger.audit()
+    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+
+class World:
+    """A LocalLedger file with the server's host and service and a funded client."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ledger = LocalLedger(tmp_path / "ledger.db")
+        self.host_id = self.ledger.create_host(SERVER, SERVER.noise_public)
+        self.ledger.add_service(SERVER, self.host_id, PORT, "echo", SLA)
+        self.ledger.faucet(CLIENT.sui_address, 1_000_000)
+        self.cap = self.ledger.create_spending_cap(CLIENT, 1_000_000)
+
+    def open(self, deposit: int = 10_000) -> tuple[str, str]:
+        opened = self.ledger.open_connection(CLIENT, self.host_id, PORT, self.cap, deposit)
+        return opened.connection_id, opened.escrow_id
+
+    def receipt(self, cid: str, nbytes: int, nonce: int, signer: HostIdentity = CLIENT) -> Receipt:
+        return Receipt(cid, nbytes, 1, fee(SLA, nbytes, 1), nonce).sign(signer)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.ledger.close()
+
+
+# -- the signature memo ------------------------------------------------------------------
+
+
+def test_memo_never_accepts_what_was_not_verified() -> None:
+    cid = "0x" + "ab" * 32
+    good = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(CLIENT)
+    message = receipt_message(cid, 2048, 1, fee(SLA, 2048, 1), 7)
+    assert escrow_module._verify_ed25519(CLIENT.ed25519_public, good.signature, message)
+    # the good triple is remembered now: every other combination is still verified
+    forged = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(MALLORY)
+    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, forged.signature, message)
+    assert not escrow_module._verify_ed25519(MALLORY.ed25519_public, good.signature, message)
+    other = receipt_message(cid, 4096, 1, fee(SLA, 4096, 1), 7)
+    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, good.signature, other)
+    flipped = bytes([good.signature[0] ^ 1]) + good.signature[1:]
+    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, flipped, message)
+    assert (CLIENT.ed25519_public, flipped, message) not in escrow_module._verified
+
+
+def test_memo_is_bounded_and_skips_long_messages() -> None:
+    key = CLIENT.ed25519_public
+    for i in range(escrow_module._VERIFIED_MAX + 50):
+        message = i.to_bytes(8, "little")
+        assert escrow_module._verify_ed25519(key, CLIENT.sign(message), message)
+    assert len(escrow_module._verified) == escrow_module._VERIFIED_MAX
+    long_message = b"x" * (escrow_module._MEMO_MESSAGE_MAX + 1)
+    signature = CLIENT.sign(long_message)
+    assert escrow_module._verify_ed25519(key, signature, long_message)
+    assert (key, signature, long_message) not in escrow_module._verified
+
+
+def test_ledger_claim_refuses_a_receipt_the_gate_never_accepted(world: World) -> None:
+    cid, _ = world.open()
+    good = world.receipt(cid, 4096, 1)
+    check_receipt(
+        good, connection_id=cid, sla=SLA, public_key=CLIENT.ed25519_public, deposited=10_000
+    )
+    # same amounts and nonce, signed by someone else: the claim rule verifies it itself
+    forged = world.receipt(cid, 4096, 1, signer=MALLORY)
+    world.ledger.close_connection(CLIENT, cid, world.host_id)
+    with pytest.raises(InvalidReceipt) as refused:
+        world.ledger.settle_with_receipt(SERVER, cid, forged)
+    assert refused.value.name == "EBadSignature"
+    settled = world.ledger.settle_with_receipt(SERVER, cid, good)
+    assert settled.paid == good.total_amount
+    assert conserved(world.ledger)
+
+
+# -- admission objects reused by the gate --------------------------------------------------
+
+
+def peer(cid: str, address: str = CLIENT.sui_address) -> PeerInfo:
+    return PeerInfo(address=address, connection_id=cid, port=PORT)
+
+
+def test_gate_from_admission_equals_gate_from_fresh_reads(world: World) -> None:
+    cid, _ = world.open()
+    admission = LedgerAdmission(world.ledger, world.host_id, PORT, remember=True)
+    assert admission(peer(cid)) is None
+    admitted = admission.take_admitted(cid)
+    assert admitted is not None and admitted[0].id == cid
+    assert admission.take_admitted(cid) is None  # taken once
+    policy = ServicePolicy()
+    reused = gate_for(world.ledger, cid, policy, admitted=admitted)
+    fresh = gate_for(world.ledger, cid, policy)
+    fields = ("connection_id", "client_public_key", "sla", "deposited", "claimed")
+    for name in (*fields, "latest_nonce", "allowance", "spend_limit"):
+        assert getattr(reused, name) == getattr(fresh, name), name
+
+
+def test_gate_ignores_objects_of_another_connection(world: World) -> None:
+    first, _ = world.open(10_000)
+    second, _ = world.open(20_000)
+    admission = LedgerAdmission(world.ledger, world.host_id, PORT, remember=True)
+    assert admission(peer(first)) is None
+    admitted = admission.take_admitted(first)
+    gate = gate_for(world.ledger, second, ServicePolicy(), admitted=admitted)
+    assert gate.connection_id == second and gate.deposited == 20_000
+
+
+def test_refused_connections_are_not_remembered(world: World) -> None:
+    admission = LedgerAdmission(world.ledger, world.host_id, PORT, remember=True)
+    closed, _ = world.open()
+    world.ledger.close_connection(CLIENT, closed, world.host_id)
+    assert "not Open" in (admission(peer(closed)) or "")
+    # an escrow claimed below the SLA minimum is unfunded for admission
+    drained, drained_escrow = world.open(SLA.min_deposit)
+    world.ledger.claim(SERVER, drained_escrow, world.receipt(drained, 2048, 1))
+    assert "below the minimum" in (admission(peer(drained)) or "")
+    stranger, _ = world.open()
+    assert "another client" in (admission(peer(stranger, MALLORY.sui_address)) or "")
+    denied, _ = world.open()
+    world.ledger.deny(SERVER, world.host_id, CLIENT.sui_address)
+    assert "firewall" in (admission(peer(denied)) or "")
+    for cid in (closed, drained, stranger, denied):
+        assert admission.take_admitted(cid) is None
+    assert conserved(world.ledger)
+
+
+def test_admission_remembers_only_when_asked_and_within_its_bound(world: World) -> None:
+    cids = [world.open(SLA.min_deposit)[0] for _ in range(3)]
+    plain = LedgerAdmission(world.ledger, world.host_id, PORT)
+    assert plain(peer(cids[0])) is None
+    assert plain.take_admitted(cids[0]) is None
+    bounded = LedgerAdmission(world.ledger, world.host_id, PORT, remember=True)
+    bounded.REMEMBERED = 2
+    for cid in cids:
+        assert bounded(peer(cid)) is None
+    assert bounded.take_admitted(cids[0]) is None  # the oldest was dropped
+    assert bounded.take_admitted(cids[1]) is not None
+    assert bounded.take_admitted(cids[2]) is not None
+
+
+# -- the client meter from the open transaction --------------------------------------------
+
+
+def test_open_reports_the_sla_and_deposit_it_opened_with(world: World) -> None:
+    opened = world.ledger.open_connection(CLIENT, world.host_id, PORT, world.cap, 12_345)
+    tc = world.ledger.get_connection(opened.connection_id)
+    escrow = world.ledger.get_escrow(opened.escrow_id)
+    assert opened.sla == tc.sla == SLA
+    assert opened.deposit == escrow.deposited == 12_345
+
+
+class _Conn:
+    """The two Connection attributes ClientPayment reads."""
+
+    closed = False
+    usage = (0, 0)
+
+
+def test_client_payment_from_open_matches_reading_back(world: World) -> None:
+    world.ledger.set_max_per_epoch(CLIENT, world.cap, 5_000)  # the cap is below the deposit
+    opened = world.ledger.open_connection(CLIENT, world.host_id, PORT, world.cap, 10_000)
+    cid = opened.connection_id
+    args = (world.ledger, CLIENT, world.host_id, cid, _Conn(), MeteringConfig())
+    read = ClientPayment(*args)  # type: ignore[arg-type]
+    reused = ClientPayment(*args, opened=opened, cap_id=world.cap)  # type: ignore[arg-type]
+    assert reused.meter.meter.deposit == read.meter.meter.deposit == 5_000
+    assert reused.meter.meter.sla == read.meter.meter.sla == SLA
+    # what the ledger did not report is read back
+    bare = dataclasses.replace(opened, sla=None, deposit=None)
+    fallback = ClientPayment(*args, opened=bare, cap_id=world.cap)  # type: ignore[arg-type]
+    assert fallback.meter.meter.deposit == 5_000
+
+
+# -- settlement ------------------------------------------------------------------------------
+
+
+class _CountingLedger:
+    """Counts the connection reads a LocalLedger serves."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+        self.connection_reads = 0
+
+    def get_connection(self, cid: str):  # type: ignore[no-untyped-def]
+        self.connection_reads += 1
+        return self._ledger.get_connection(cid)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._ledger, name)
+
+
+def test_settle_reads_the_connection_once_and_conserves(world: World, tmp_path: Path) -> None:
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 8192, 1)
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep(receipt)
+        world.ledger.close_connection(CLIENT, cid, world.host_id)
+        counting = _CountingLedger(world.ledger)
+        settled = claim_and_settle(counting, SERVER, cid, store)  # type: ignore[arg-type]
+        assert counting.connection_reads == 1
+        assert settled is not None and settled.claimed == receipt.total_amount
+        assert settled.refunded == 10_000 - receipt.total_amount
+        stored = store.latest(cid)
+        assert stored is not None and stored.unclaimed == 0
+    tc = world.ledger.get_connection(cid)
+    assert tc.settled and tc.state == ConnectionState.CLOSED
+    assert conserved(world.ledger)
+
+
+# -- the receipt store -----------------------------------------------------------------------
+
+_KEEP_AND_DIE = textwrap.dedent(
+    """
+    import os, sys
+    from dtp.escrow import Receipt
+    from dtp.receipt_store import ReceiptStore
+    store = ReceiptStore(sys.argv[1])
+    assert store.keep(Receipt.decode(bytes.fromhex(sys.argv[2])))
+    os._exit(0)  # no close, no checkpoint: what keep() committed must be there
+    """
+)
+
+
+def test_a_kept_receipt_survives_the_process_dying(world: World, tmp_path: Path) -> None:
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 4096, 3)
+    path = tmp_path / "receipts.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [sys.executable, "-c", _KEEP_AND_DIE, str(path), receipt.encode().hex()],
+        check=True,
+        env=env,
+        timeout=60,
+    )
+    with ReceiptStore(path) as store:
+        [found] = list(store.unclaimed())
+        assert found.receipt == receipt
+        world.ledger.close_connection(CLIENT, cid, world.host_id)
+        [(settled_cid, settlement)] = recover_unclaimed(world.ledger, SERVER, store)
+    assert settled_cid == cid and settlement.claimed == receipt.total_amount
+    assert conserved(world.ledger)
+
+
+def test_a_lost_claimed_mark_is_rederived_from_the_ledger(world: World, tmp_path: Path) -> None:
+    cid, escrow_id = world.open()
+    receipt = world.receipt(cid, 4096, 1)
+    path = tmp_path / "receipts.db"
+    with ReceiptStore(path) as store:
+        store.keep(receipt)
+        world.ledger.close_connection(CLIENT, cid, world.host_id)
+        settled = claim_and_settle(world.ledger, SERVER, cid, store)
+        assert settled is not None
+        # as if the unsynced mark had not reached the disk before a crash
+        store._db.execute("UPDATE receipts SET claimed_amount = '00000000000000000000'")
+    balance = world.ledger.balance(SERVER.sui_address)
+    with ReceiptStore(path) as store:
+        assert [s.receipt for s in store.unclaimed()] == [receipt]
+        assert recover_unclaimed(world.ledger, SERVER, store) == []  # nothing claimed twice
+        assert list(store.unclaimed()) == []  # marked from the ledger
+    assert world.ledger.balance(SERVER.sui_address) == balance
+    assert world.ledger.get_escrow(escrow_id).claimed == receipt.total_amount
+    assert conserved(world.ledger)
+
+
+def test_only_the_claimed_mark_skips_the_sync(tmp_path: Path) -> None:
+    cid = "0x" + "cd" * 32
+    receipt = Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT)
+    with ReceiptStore(tmp_path / "r.db") as store:
+        full = store._db.execute("PRAGMA synchronous").fetchone()[0]
+        assert full == 2  # FULL: every kept receipt is synced
+        store.keep(receipt)
+        store.mark_claimed(cid, receipt.total_amount)
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == full  # back to FULL
+        stored = store.latest(cid)
+        assert stored is not None and stored.unclaimed == 0
+    with ReceiptStore(tmp_path / "r.db") as reopened:  # the mark reached the file
+        stored = reopened.latest(cid)
+        assert stored is not None and stored.claimed_amount == receipt.total_amount
+
+
+# -- the settlement's grace for the client's own half-close ----------------------------------
+
+
+def half_closes(ledger: LocalLedger, cid: str) -> list[str]:
+    """Who half-closed ``cid`` on the ledger (the ``by`` of its ConnectionHalfClosed)."""
+    found, _ = ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
+    return [e["by"] for e in found if e["connection"] == cid]
+
+
+def test_settlement_waits_for_the_clients_half_close(world: World, tmp_path: Path) -> None:
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 4096, 1)
+    client_ledger = LocalLedger(tmp_path / "ledger.db")  # the client's own handle
+
+    def client_closes_later() -> None:
+        time.sleep(0.05)
+        client_ledger.close_connection(CLIENT, cid, world.host_id)
+
+    with ReceiptStore() as store:
+        store.keep(receipt)
+        closer = threading.Thread(target=client_closes_later)
+        closer.start()
+        settled = claim_and_settle(world.ledger, SERVER, cid, store, client_grace=5.0)
+        closer.join(10)
+    client_ledger.close()
+    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]  # we never closed it
+    assert settled is not None and settled.claimed == receipt.total_amount
+    assert conserved(world.ledger)
+
+
+def test_settlement_closes_itself_once_the_grace_is_over(world: World) -> None:
+    cid, _ = world.open()
+    start = time.monotonic()
+    settled = claim_and_settle(world.ledger, SERVER, cid, None, client_grace=0.1)
+    waited = time.monotonic() - start
+    assert 0.1 <= waited < 5
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
+
+
+def test_paid_server_lets_each_metered_client_half_close_itself(world: World) -> None:
+    import dtp.socket
+    from dtp.paid import PaidSocket
+
+    def echo(sock: PaidSocket) -> None:
+        while data := sock.recv(1024):
+            sock.sendall(data)
+
+    # a grace far above any scheduling delay: every half-close must be the client's
+    policy = ServicePolicy(client_close_grace=10.0)
+    with dtp.socket.serve(
+        world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER, policy=policy
+    ) as server:
+        cids = []
+        for _ in range(4):
+            with dtp.socket.create_connection(
+                f"dtp://{world.host_id}:{PORT}",
+                timeout=10,
+                ledger=world.ledger,
+                identity=CLIENT,
+                cap_id=world.cap,
+            ) as sock:
+                sock.sendall(b"x" * 100)
+                assert sock.recv(100) == b"x" * 100
+                cids.append(sock.connection_id)
+        deadline = time.monotonic() + 20
+        while len(server.settlements) < len(cids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(c for c, _ in server.settlements) == sorted(cids)
+    for cid in cids:
+        assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
+        assert world.ledger.get_connection(cid).settled
+    assert conserved(world.ledger)
+
+
+def test_keeping_and_marking_from_two_threads_never_fails(tmp_path: Path) -> None:
+    """The writer thread keeps receipts while settling threads mark claims."""
+    cids = ["0x" + f"{i:064x}" for i in range(1, 301)]
+    failures: list[BaseException] = []
+    with ReceiptStore(tmp_path / "r.db") as store:
+
+        def keep_all() -> None:
+            try:
+                for nonce, cid in enumerate(cids, 1):
+                    assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), nonce).sign(CLIENT))
+            except BaseException as exc:
+                failures.append(exc)
+
+        def mark_all() -> None:
+            try:
+                for cid in cids:
+                    for _ in range(3):
+                        store.mark_claimed(cid, 1)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=keep_all), threading.Thread(target=mark_all)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert all(store.latest(cid) is not None for cid in cids)
+
+
+def test_a_mark_during_an_open_read_does_not_block_the_next_keep(tmp_path: Path) -> None:
+    """A settling thread's read can still be open on the store when the writer thread
+    keeps the next receipt: a claimed mark committed in between must not make that
+    keep fail (it did when marks went through a second SQLite handle: stale snapshot)."""
+    first, second = "0x" + "e1" * 32, "0x" + "e2" * 32
+    with ReceiptStore(tmp_path / "r.db") as store:
+        for cid in (first, second):
+            assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT))
+        reading = store._db.execute("SELECT connection_id FROM receipts")
+        assert reading.fetchone() is not None  # the statement stays open: a read snapshot
+        store.mark_claimed(first, 1)
+        assert store.keep(Receipt(second, 2048, 0, fee(SLA, 2048, 0), 2).sign(CLIENT))
+        reading.close()
+        stored = store.latest(second)
+        assert stored is not None and stored.receipt.nonce == 2
+        marked = store.latest(first)
+        assert marked is not None and marked.claimed_amount == 1
