@@ -64,6 +64,7 @@ from noise.exceptions import (
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
+from dtp.keys_ahead import take_ephemeral_keypair
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -211,6 +212,8 @@ class Handshake:
         self._is_initiator = is_initiator
         self._static = _check_key("static_private", static_private)
         self._ephemeral = _check_key("ephemeral_private", ephemeral_private)
+        # made ahead by dtp.keys_ahead (None otherwise): its public half is known already
+        self._ephemeral_keypair: Any = take_ephemeral_keypair(self._ephemeral)
         self._prologue = _as_bytes("prologue", prologue)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
@@ -288,7 +291,11 @@ class Handshake:
         # state is the same as with the key set before): set earlier, noiseprotocol
         # warns ("OK for testing") on every handshake, and silencing that costs more
         # than the rest of the set-up.
-        noise.noise_protocol.handshake_state.e = KeyPair25519.from_private_bytes(self._ephemeral)
+        ephemeral = self._ephemeral_keypair
+        self._ephemeral_keypair = None
+        if ephemeral is None:
+            ephemeral = KeyPair25519.from_private_bytes(self._ephemeral)
+        noise.noise_protocol.handshake_state.e = ephemeral
         return noise
 
     # -- state ----------------------------------------------------------------------------

@@ -65,6 +65,11 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+from dtp.keys_ahead import (
+    prepare_anonymous_identity,
+    prepare_ephemeral_key,
+    take_anonymous_identity,
+)
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
 
@@ -1050,7 +1055,8 @@ def create_connection(
         or sponsor_pool is not None
     ):
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
-    identity = identity or HostIdentity.generate()
+    anonymous = identity is None
+    identity = identity or take_anonymous_identity()
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
         base,
@@ -1059,7 +1065,15 @@ def create_connection(
         server_static=server_key,
         expected_server_static=expected_server_key,
     )
-    return _connect(address, timeout, cfg)
+    return _connect(
+        address, timeout, cfg, while_waiting=_prepare_next_anonymous if anonymous else None
+    )
+
+
+def _prepare_next_anonymous(conn: Connection) -> None:
+    # a process that connects anonymously once usually does again: make the next
+    # identity while the server works on this handshake
+    prepare_anonymous_identity()
 
 
 def _connect_by_host_id(
@@ -1165,22 +1179,31 @@ def _connect(
     engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
     if carrier is not None:
         engine.peername = address
-    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def open_first_stream() -> None:
+        # as the handshake completes: the stream's opening shares the record (and the
+        # send) that carries our AUTH proof
+        session.on_handshake = None
+        engine.conn.open_stream()
+
+    session.on_handshake = open_first_stream
     try:
         with engine.lock:
             engine.flush()
+            # the server now works on our first message: make the next connect's keys
+            # meanwhile (off this connect's critical path)
+            prepare_ephemeral_key()
             if while_waiting is not None:
                 while_waiting(engine.conn)
-                remaining = (
-                    None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                )
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
                 remaining,
             )
             if session.terminated is None:
-                engine.conn.open_stream()
-                engine.flush()
+                if session.on_handshake is not None:
+                    open_first_stream()
+                    engine.flush()
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
                 engine.pump(
                     lambda: session.accepted or session.terminated is not None,
@@ -1400,14 +1423,25 @@ class DTPServer:
         """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
         reason)."""
         session = engine.session
+        conn = session.conn
+        timeout = conn.config.handshake_timeout
+        deadline = time.monotonic() + timeout
         with engine.lock:
             engine.pump(
-                lambda: session.authenticated_address is not None or session.terminated is not None,
-                session.conn.config.handshake_timeout,
+                lambda: conn.handshake_hash is not None or session.terminated is not None, timeout
             )
+            if session.terminated is None:
+                # our reply is out and the client works on it: make the next
+                # connection's ephemeral key meanwhile
+                prepare_ephemeral_key()
+                engine.pump(
+                    lambda: (
+                        session.authenticated_address is not None or session.terminated is not None
+                    ),
+                    max(0.0, deadline - time.monotonic()),
+                )
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
-            conn = session.conn
             peer = peer_info(
                 session.authenticated_address,
                 conn.peer_connection_id,
