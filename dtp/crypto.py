@@ -50,7 +50,9 @@ import hmac
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.backends.default.backend import DefaultNoiseBackend
+from noise.backends.default.ciphers import ChaCha20Cipher
 from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
 from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
@@ -61,6 +63,7 @@ from noise.exceptions import (
     NoiseValidationError,
     NoiseValueError,
 )
+from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
@@ -161,16 +164,84 @@ def _hmac(key: bytes, data: bytes, algorithm: Any) -> bytes:
     return bytes(hmac_hash(key, data, algorithm))
 
 
+# HMAC (RFC 2104) with BLAKE2s: the key, zero-padded to the 64-byte block, XORed with
+# these pads (bytes.translate does the XOR of every byte at once).
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+
+
+def _blake2s_pads(key: bytes) -> tuple[Any, Any]:
+    """The inner and outer BLAKE2s states of HMAC-BLAKE2s under ``key``, to be copied
+    for each message: one key serves two or three HMACs in an HKDF."""
+    if len(key) > 64:
+        key = hashlib.blake2s(key).digest()
+    block = key.ljust(64, b"\0")
+    return hashlib.blake2s(block.translate(_IPAD)), hashlib.blake2s(block.translate(_OPAD))
+
+
+def _hmac_padded(pads: tuple[Any, Any], data: bytes) -> bytes:
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
+def _hkdf(
+    chaining_key: bytes, input_key_material: bytes, num_outputs: int, hmac_hash_fn: Any
+) -> tuple[bytes, ...]:
+    """Noise's HKDF (spec section 4.3), HMAC-BLAKE2s computed with the pads of each key
+    made once; other hashes go to noiseprotocol's own."""
+    if getattr(hmac_hash_fn, "keywords", {}).get("algorithm") is not _blake2s_fn:
+        result: tuple[bytes, ...] = noise_hkdf(
+            chaining_key, input_key_material, num_outputs, hmac_hash_fn
+        )
+        return result
+    temp = _blake2s_pads(_hmac_padded(_blake2s_pads(chaining_key), input_key_material))
+    output1 = _hmac_padded(temp, b"\x01")
+    output2 = _hmac_padded(temp, output1 + b"\x02")
+    if num_outputs == 2:
+        return output1, output2
+    return output1, output2, _hmac_padded(temp, output2 + b"\x03")
+
+
+class _LazyChaCha20Cipher(ChaCha20Cipher):  # type: ignore[misc]
+    """ChaChaPoly for Noise, its ``cryptography`` object made on first use: a handshake
+    sets a key at every DH (MixKey) but encrypts under only some of them."""
+
+    def initialize(self, key: bytes) -> None:
+        self._key = key
+        self.cipher: ChaCha20Poly1305 | None = None
+
+    def _aead(self) -> ChaCha20Poly1305:
+        aead = self.cipher
+        if aead is None:
+            aead = self.cipher = ChaCha20Poly1305(self._key)
+        return aead
+
+    def encrypt(self, k: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
+        return self._aead().encrypt(self.format_nonce(n), plaintext, ad)
+
+    def decrypt(self, k: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+        return self._aead().decrypt(self.format_nonce(n), ciphertext, ad)
+
+
 class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
-    """noiseprotocol's default backend with a cheaper BLAKE2s and HMAC (a handshake
-    hashes some forty times); every result is the same."""
+    """noiseprotocol's default backend with a cheaper BLAKE2s, HMAC and HKDF (a
+    handshake hashes some forty times) and ChaChaPoly objects made only when used;
+    every result is the same."""
 
     def __init__(self) -> None:
         super().__init__()
         hashes: dict[str, Any] = dict(vars(self)["hashes"])
         hashes["BLAKE2s"] = _Blake2sHash
         self.hashes = hashes
+        ciphers: dict[str, Any] = dict(vars(self)["ciphers"])
+        ciphers["ChaChaPoly"] = _LazyChaCha20Cipher
+        self.ciphers = ciphers
         self.hmac = _hmac
+        self.hkdf = _hkdf
 
 
 _BACKEND = _Backend()
