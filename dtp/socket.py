@@ -1230,13 +1230,26 @@ def _connect(
 # server
 
 
+class _AcceptTurn:
+    """The job of a DTPServer connection thread whose turn it is to accept on the
+    listener (there is one such job per listening server)."""
+
+
+_ACCEPT_TURN = _AcceptTurn()
+# what a connection thread is given: the turn to accept, or a carrier to serve
+_Job = _AcceptTurn | tuple[_socket.socket, Any, ConnectionConfig]
+
+
 class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
     :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
-    handler. Threads are reused: one whose connection is done waits a while
-    (:attr:`WORKER_IDLE`) for the next, so a steady stream of connections costs no
-    thread start each. ``address`` None: no TCP listener (see :meth:`listen_ledger`)."""
+    handler. The thread that accepts a TCP connection serves it itself and passes the
+    accepting on to another (leader/follower), so a connection reaches its handshake
+    with no thread hand-off. Threads are reused: one whose connection is done waits a
+    while (:attr:`WORKER_IDLE`) for the next turn to accept (or a ledger connection), so
+    a steady stream of connections costs no thread start each. ``address`` None: no TCP
+    listener (see :meth:`listen_ledger`)."""
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -1271,18 +1284,16 @@ class DTPServer:
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
-        # connection threads waiting for work: _idle counts those not yet promised a
-        # job from _jobs (see _handoff and _work)
-        self._jobs: queue.SimpleQueue[tuple[_socket.socket, Any, ConnectionConfig] | None] = (
-            queue.SimpleQueue()
-        )
+        # connection threads waiting for work (a carrier to serve, or the turn to
+        # accept on the listener): _idle counts those not yet promised a job from _jobs
+        # (see _give and _work)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
         if self._listener is not None:
-            thread = threading.Thread(target=self._accept_loop, name="dtp-acceptor", daemon=True)
-            thread.start()
+            self._give(_ACCEPT_TURN)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -1319,46 +1330,68 @@ class DTPServer:
         """The key clients pass as ``server_key``."""
         return self.identity.noise_public
 
-    def _accept_loop(self) -> None:
+    def _accept_next(self) -> tuple[_socket.socket, Any, ConnectionConfig] | None:
+        """The accepting thread's turn: the next TCP connection, with a handshake slot
+        taken for it; None once the server is closed."""
         assert self._listener is not None
         while not self._closed.is_set():
             try:
                 tcp, peer = self._listener.accept()
             except OSError:
                 if self._closed.is_set():
-                    return
+                    return None
                 time.sleep(0.05)
                 continue
             with contextlib.suppress(OSError):
                 tune(tcp)
-            if not self._handoff(tcp, peer, self._config):
-                return
+            # at most max_handshakes at once: while none is free we hold this one and
+            # further clients wait in the backlog
+            if not self._take_slot():
+                tcp.close()
+                return None
+            return tcp, peer, self._config
+        return None
 
-    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
-        """Start the handshake thread of a new carrier connection; False (and the
-        carrier closed) once the server is closed."""
-        # at most max_handshakes at once: further clients wait (TCP: in the backlog)
+    def _take_slot(self) -> bool:
+        """Wait for a handshake slot; False (no slot taken) once the server is closed."""
         while not self._slots.acquire(timeout=0.5):
             if self._closed.is_set():
-                carrier.close()
                 return False
         if self._closed.is_set():
             self._slots.release()
+            return False
+        return True
+
+    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Serve a carrier connection that came from elsewhere (a ledger bridge) in a
+        connection thread; False (and the carrier closed) once the server is closed."""
+        if not self._take_slot():
             carrier.close()
             return False
-        job = (carrier, peer, config)
+        self._give((carrier, peer, config))
+        return True
+
+    def _give(self, job: _Job) -> None:
+        """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
             if self._idle:
                 self._idle -= 1  # that waiting thread is promised this job
                 self._jobs.put(job)
-                return True
+                return
         thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
         thread.start()
-        return True
 
-    def _work(self, job: tuple[_socket.socket, Any, ConnectionConfig] | None) -> None:
-        """A connection thread: serve ``job``, then wait up to WORKER_IDLE for another."""
+    def _work(self, job: _Job | None) -> None:
+        """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
+        With the turn to accept, it accepts one connection, passes the turn on and
+        serves that connection itself."""
         while job is not None:
+            if isinstance(job, _AcceptTurn):
+                accepted = self._accept_next()
+                if accepted is None:
+                    return  # closed: nobody accepts any more
+                self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                job = accepted
             self._serve_one(*job)
             with self._idle_lock:
                 if self._closed.is_set():
@@ -1530,6 +1563,10 @@ class DTPServer:
         if self._ledger_listener is not None:
             self._ledger_listener.close()
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                # wakes the thread blocked in accept() (close() alone would not, and
+                # would leave the port listening until that thread ends)
+                self._listener.shutdown(_socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._listener.close()
         with contextlib.suppress(queue.Full):
