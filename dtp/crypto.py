@@ -50,9 +50,11 @@ import hmac
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.backends.default.backend import DefaultNoiseBackend
 from noise.backends.default.ciphers import ChaCha20Cipher
+from noise.backends.default.diffie_hellmans import ED25519
 from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
 from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
@@ -67,7 +69,7 @@ from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
-from dtp.keys_ahead import take_ephemeral_keypair
+from dtp.keys_ahead import take_ephemeral_keypair, take_shared_secret
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -227,6 +229,20 @@ class _LazyChaCha20Cipher(ChaCha20Cipher):  # type: ignore[misc]
         return self._aead().decrypt(self.format_nonce(n), ciphertext, ad)
 
 
+class _X25519(ED25519):  # type: ignore[misc]
+    """X25519 for Noise that first takes a result made ahead for exactly these two keys
+    (dtp.keys_ahead: a client's IK ``es``/``ss`` computed while it waited on its
+    previous connect), else computes it."""
+
+    def dh(self, private_key: Any, public_key: Any) -> bytes:
+        if isinstance(private_key, X25519PrivateKey) and isinstance(public_key, X25519PublicKey):
+            made = take_shared_secret(private_key, public_key)
+            if made is not None:
+                return made
+        result: bytes = super().dh(private_key, public_key)
+        return result
+
+
 class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
     """noiseprotocol's default backend with a cheaper BLAKE2s, HMAC and HKDF (a
     handshake hashes some forty times) and ChaChaPoly objects made only when used;
@@ -240,6 +256,9 @@ class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
         ciphers: dict[str, Any] = dict(vars(self)["ciphers"])
         ciphers["ChaChaPoly"] = _LazyChaCha20Cipher
         self.ciphers = ciphers
+        dhs: dict[str, Any] = dict(vars(self)["diffie_hellmans"])
+        dhs["25519"] = _X25519
+        self.diffie_hellmans = dhs
         self.hmac = _hmac
         self.hkdf = _hkdf
 

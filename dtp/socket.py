@@ -68,6 +68,7 @@ from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     prepare_anonymous_identity,
     prepare_ephemeral_key,
+    prepare_static_secret,
     take_anonymous_identity,
 )
 from dtp.metering import MeteringConfig
@@ -1065,15 +1066,7 @@ def create_connection(
         server_static=server_key,
         expected_server_static=expected_server_key,
     )
-    return _connect(
-        address, timeout, cfg, while_waiting=_prepare_next_anonymous if anonymous else None
-    )
-
-
-def _prepare_next_anonymous(conn: Connection) -> None:
-    # a process that connects anonymously once usually does again: make the next
-    # identity while the server works on this handshake
-    prepare_anonymous_identity()
+    return _connect(address, timeout, cfg, anonymous=anonymous)
 
 
 def _connect_by_host_id(
@@ -1168,11 +1161,13 @@ def _connect(
     carrier: _socket.socket | None = None,
     *,
     while_waiting: Callable[[Connection], None] | None = None,
+    anonymous: bool = False,
 ) -> DTPSocket:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
     ``while_waiting(connection)`` runs once the first handshake message is out, while
-    the server works on it; what it raises fails the connect."""
+    the server works on it; what it raises fails the connect. ``anonymous``: the
+    identity is a throwaway one (the next connect will want another)."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     session = Session(cfg)
@@ -1191,8 +1186,8 @@ def _connect(
         with engine.lock:
             engine.flush()
             # the server now works on our first message: make the next connect's keys
-            # meanwhile (off this connect's critical path)
-            prepare_ephemeral_key()
+            # meanwhile (off its critical path), betting it goes to the same server
+            _prepare_next_connect(cfg, anonymous)
             if while_waiting is not None:
                 while_waiting(engine.conn)
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
@@ -1224,6 +1219,18 @@ def _connect(
     sock = DTPSocket(engine, 0, primary=True)
     sock.settimeout(timeout)
     return sock
+
+
+def _prepare_next_connect(cfg: ConnectionConfig, anonymous: bool) -> None:
+    """Keys for a next connect like this one (dtp.keys_ahead): an ephemeral key and,
+    in IK, its DH with the server's key; an anonymous identity (a process that connects
+    anonymously once usually does again), or our static key's DH with the server's."""
+    server_key = cfg.server_static
+    prepare_ephemeral_key(server_key)
+    if anonymous:
+        prepare_anonymous_identity(server_key)
+    elif server_key is not None:
+        prepare_static_secret(cfg.identity, server_key)
 
 
 # -----------------------------------------------------------------------------------------

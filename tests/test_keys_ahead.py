@@ -14,6 +14,7 @@ import dtp.socket
 from dtp import keys_ahead
 from dtp.crypto import PATTERN_IK, Handshake
 from dtp.keys import HostIdentity
+from tests.procs import server_process
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -156,3 +157,54 @@ def test_connect_makes_the_next_connects_keys_and_each_is_fresh() -> None:
         assert not keys_ahead._identities
     assert len(set(addresses)) == 3  # a new anonymous identity per connection
     assert CLIENT.sui_address not in addresses
+
+
+def test_shared_secrets_made_ahead_are_the_handshakes_and_used_once() -> None:
+    keys_ahead.prepare_anonymous_identity(SERVER.noise_public)
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    assert len(keys_ahead._shared) == 2  # IK's ss and es with this server
+    identity = keys_ahead.take_anonymous_identity()
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    server = Handshake.responder(SERVER.noise_private_bytes(), keys_ahead.new_ephemeral_key())
+    m1 = client.write_message(b"one")
+    assert not keys_ahead._shared  # both taken by message 1
+    assert server.read_message(m1) == b"one"  # so they were the right ones
+    assert client.read_message(server.write_message(b"two")) == b"two"
+    assert client.handshake_hash == server.handshake_hash
+
+
+def test_shared_secrets_for_another_server_are_left_alone() -> None:
+    other = HostIdentity.generate()
+    keys_ahead.prepare_static_secret(CLIENT, other.noise_public)
+    keys_ahead.prepare_ephemeral_key(other.noise_public)
+    made = dict(keys_ahead._shared)
+    client = Handshake.initiator(
+        CLIENT.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    server = Handshake.responder(SERVER.noise_private_bytes(), bytes(range(32)))
+    assert server.read_message(client.write_message(b"x")) == b"x"
+    assert keys_ahead._shared == made  # keyed by both keys: nothing taken
+    for _ in range(keys_ahead._MAX_SHARED + 5):
+        keys_ahead.prepare_static_secret(HostIdentity.generate(), other.noise_public)
+    assert len(keys_ahead._shared) == keys_ahead._MAX_SHARED
+    # no secret for a malformed or low-order key
+    keys_ahead._forget_all()
+    keys_ahead.prepare_static_secret(CLIENT, bytes(32))
+    keys_ahead.prepare_static_secret(CLIENT, b"short")
+    assert not keys_ahead._shared
+
+
+def test_each_connect_uses_the_secrets_the_previous_one_made() -> None:
+    # the server in a process of its own: in this one it would take ephemeral keys the
+    # client made (for its handshakes, where the client's es is of no use)
+    with server_process("echo", deny=[]) as srv:
+        made: set[tuple[bytes, bytes]] = set()
+        for i in range(3):
+            with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock:
+                sock.sendall(b"%d" % i)
+                assert sock.recv(100) == b"%d" % i
+            assert not made & set(keys_ahead._shared)  # the last connect's were taken
+            made = set(keys_ahead._shared)
+            assert len(made) == 2  # and it left two for the next
