@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -83,6 +84,7 @@ __all__ = [
     "PROTOCOL_NAMES",
     "Handshake",
     "make_auth_proof",
+    "prepare_handshake",
     "verify_auth_proof",
 ]
 
@@ -277,6 +279,74 @@ def _static_keypair(private: bytes) -> Any:
     return KeyPair25519(private=key, public=public, public_bytes=public.public_bytes_raw())
 
 
+_NoiseKey = tuple[bool, int, bytes, bytes | None, bytes]
+# (initiator?, pattern, static private key, remote static key, prologue)
+
+
+def _new_noise(
+    initiator: bool, pattern: int, static: bytes, remote_static: bytes | None, prologue: bytes
+) -> Any:
+    """A started noiseprotocol handshake with these keys, its ephemeral key not set yet
+    (the state so far depends on nothing else: name, prologue, pre-message keys)."""
+    noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
+    noise.set_prologue(prologue)
+    if initiator:
+        noise.set_as_initiator()
+    else:
+        noise.set_as_responder()
+    noise.noise_protocol.keypairs["s"] = _static_keypair(static)
+    if initiator and remote_static is not None:
+        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
+    noise.start_handshake()
+    return noise
+
+
+# Handshakes started ahead of need (prepare_handshake): at most a few, each used once.
+_STARTED: dict[_NoiseKey, list[Any]] = {}
+_MAX_STARTED: Final = 8
+
+
+def _take_started(key: _NoiseKey) -> Any:
+    ready = _STARTED.get(key)
+    if not ready:
+        return None
+    try:
+        return ready.pop()
+    except IndexError:  # another thread took the last one
+        return None
+
+
+def prepare_handshake(
+    static_private: bytes,
+    remote_static: bytes | None = None,
+    *,
+    initiator: bool,
+    prologue: bytes = DEFAULT_PROLOGUE,
+) -> None:
+    """Start the Noise state of a later handshake ahead of need (while waiting on the
+    network): an IK initiator to ``remote_static``, or a responder expecting IK. A
+    :class:`Handshake` with the same role and keys takes it instead of starting its
+    own; the result is the same bytes. Keeps at most a few."""
+    pattern = PATTERN_XX if initiator and remote_static is None else PATTERN_IK
+    key: _NoiseKey = (
+        initiator,
+        pattern,
+        _check_key("static_private", static_private),
+        None if remote_static is None else _check_key("remote_static", remote_static),
+        _as_bytes("prologue", prologue),
+    )
+    if sum(map(len, _STARTED.values())) >= _MAX_STARTED:
+        _STARTED.clear()  # unused ones (a bet on a next peer that did not come)
+    _STARTED.setdefault(key, []).append(_new_noise(*key))
+
+
+def _forget_started() -> None:
+    _STARTED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_started)
+
+
 class Handshake:
     """One side of a DTP handshake (Noise IK or XX), driven by the caller.
 
@@ -366,16 +436,10 @@ class Handshake:
         )
 
     def _start_noise(self, pattern: int) -> Any:
-        noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
-        noise.set_prologue(self._prologue)
-        if self._is_initiator:
-            noise.set_as_initiator()
-        else:
-            noise.set_as_responder()
-        noise.noise_protocol.keypairs["s"] = _static_keypair(self._static)
-        if self._is_initiator and self._remote_static is not None:
-            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote_static)
-        noise.start_handshake()
+        key = (self._is_initiator, pattern, self._static, self._remote_static, self._prologue)
+        noise = _take_started(key)
+        if noise is None:
+            noise = _new_noise(*key)
         # The ephemeral key comes from the caller (sans-I/O). It goes into the handshake
         # state once that exists (neither pattern has an ephemeral pre-message, so the
         # state is the same as with the key set before): set earlier, noiseprotocol

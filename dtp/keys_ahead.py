@@ -113,14 +113,16 @@ def take_ephemeral_keypair(private: bytes) -> Any:
     return _handed.pop(private, None)
 
 
-def prepare_anonymous_identity(peer_static: bytes | None = None) -> None:
+def prepare_anonymous_identity(peer_static: bytes | None = None) -> HostIdentity | None:
     """Make one anonymous client identity for a later connect (unless
-    :data:`MAX_AHEAD` are ready already), and its static key's DH with ``peer_static``
-    (IK's ``ss``, as for :func:`prepare_ephemeral_key`)."""
-    if len(_identities) < MAX_AHEAD:
-        identity = HostIdentity.generate()
-        _share_ahead(identity._noise, peer_static)
-        _identities.append(identity)
+    :data:`MAX_AHEAD` are ready already: then None), and its static key's DH with
+    ``peer_static`` (IK's ``ss``, as for :func:`prepare_ephemeral_key`)."""
+    if len(_identities) >= MAX_AHEAD:
+        return None
+    identity = HostIdentity.generate()
+    _share_ahead(identity._noise, peer_static)
+    _identities.append(identity)
+    return identity
 
 
 def prepare_static_secret(identity: HostIdentity, peer_static: bytes | None) -> None:

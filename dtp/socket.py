@@ -56,6 +56,7 @@ from dtp.carriers.ledger_bridge import (
 )
 from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, Connection, ConnectionConfig
+from dtp.crypto import prepare_handshake
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -1224,13 +1225,17 @@ def _connect(
 def _prepare_next_connect(cfg: ConnectionConfig, anonymous: bool) -> None:
     """Keys for a next connect like this one (dtp.keys_ahead): an ephemeral key and,
     in IK, its DH with the server's key; an anonymous identity (a process that connects
-    anonymously once usually does again), or our static key's DH with the server's."""
+    anonymously once usually does again), or our static key's DH with the server's;
+    and in IK the Noise state started for that identity and server."""
     server_key = cfg.server_static
     prepare_ephemeral_key(server_key)
+    identity: HostIdentity | None = cfg.identity
     if anonymous:
-        prepare_anonymous_identity(server_key)
+        identity = prepare_anonymous_identity(server_key)
     elif server_key is not None:
         prepare_static_secret(cfg.identity, server_key)
+    if identity is not None and server_key is not None:
+        prepare_handshake(identity.noise_private_bytes(), server_key, initiator=True)
 
 
 # -----------------------------------------------------------------------------------------
@@ -1472,8 +1477,9 @@ class DTPServer:
             )
             if session.terminated is None:
                 # our reply is out and the client works on it: make the next
-                # connection's ephemeral key meanwhile
+                # connection's ephemeral key and start its Noise state meanwhile
                 prepare_ephemeral_key()
+                prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
                 engine.pump(
                     lambda: (
                         session.authenticated_address is not None or session.terminated is not None

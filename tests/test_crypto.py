@@ -694,3 +694,45 @@ def test_lazy_chachapoly_matches_the_default_cipher() -> None:
             assert ours.decrypt(key, n, b"ad", sealed) == b"plaintext"
         with pytest.raises(InvalidTag):
             ours.decrypt(key, 0, b"other ad", ours.encrypt(key, 0, b"ad", b"x"))
+
+
+@pytest.mark.parametrize("pattern", [PATTERN_IK, PATTERN_XX])
+def test_handshakes_started_ahead_give_the_same_bytes_and_are_used_once(pattern: int) -> None:
+    from dtp import crypto
+
+    crypto._forget_started()
+    expected = run(*pair(pattern), [b"a", b"b", b"c"])
+    expected_hash = pair(pattern)[0]
+    remote = SERVER.noise_public if pattern == PATTERN_IK else None
+    crypto.prepare_handshake(CLIENT.noise_private_bytes(), remote, initiator=True)
+    crypto.prepare_handshake(SERVER.noise_private_bytes(), initiator=False)
+    initiator, responder = pair(pattern)
+    # the initiator took its state at once; a responder prepared for IK only
+    assert sum(map(len, crypto._STARTED.values())) == 1
+    assert run(initiator, responder, [b"a", b"b", b"c"]) == expected
+    run(expected_hash, pair(pattern)[1], [b"a", b"b", b"c"])
+    assert initiator.handshake_hash == expected_hash.handshake_hash
+    assert initiator.transport_keys() == expected_hash.transport_keys()
+    left = sum(map(len, crypto._STARTED.values()))
+    assert left == (1 if pattern == PATTERN_XX else 0)  # IK took the responder's too
+
+
+def test_handshakes_started_ahead_only_serve_their_own_keys() -> None:
+    from dtp import crypto
+
+    crypto._forget_started()
+    other = HostIdentity.from_private_bytes(bytes([7]) * 32, bytes([8]) * 32)
+    crypto.prepare_handshake(CLIENT.noise_private_bytes(), other.noise_public, initiator=True)
+    crypto.prepare_handshake(
+        CLIENT.noise_private_bytes(), SERVER.noise_public, initiator=True, prologue=b"other"
+    )
+    crypto.prepare_handshake(other.noise_private_bytes(), initiator=False)
+    before = {key: len(ready) for key, ready in crypto._STARTED.items()}
+    assert run(*pair(PATTERN_IK), [b"x", b"y"])[1] == [b"x", b"y"]
+    assert {key: len(ready) for key, ready in crypto._STARTED.items()} == before
+    for _ in range(20):
+        crypto.prepare_handshake(other.noise_private_bytes(), initiator=False)
+    assert sum(map(len, crypto._STARTED.values())) <= crypto._MAX_STARTED
+    with pytest.raises(ValueError):
+        crypto.prepare_handshake(bytes(31), initiator=False)
+    crypto._forget_started()
