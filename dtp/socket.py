@@ -1059,14 +1059,14 @@ def create_connection(
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     anonymous = identity is None
     identity = identity or take_anonymous_identity()
-    base = config or ConnectionConfig(identity=identity, is_client=True)
-    cfg = replace(
-        base,
-        identity=identity,
-        is_client=True,
-        server_static=server_key,
-        expected_server_static=expected_server_key,
-    )
+    fields: dict[str, Any] = {
+        "identity": identity,
+        "is_client": True,
+        "server_static": server_key,
+        "expected_server_static": expected_server_key,
+    }
+    # one dataclass made, not a default one and then its replacement
+    cfg = ConnectionConfig(**fields) if config is None else replace(config, **fields)
     return _connect(address, timeout, cfg, anonymous=anonymous)
 
 
