@@ -604,11 +604,14 @@ class _TimerService:
 
     def add(self, engine: _Engine) -> None:
         with self._cond:
+            head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
                 self._thread.start()
-            else:
+            elif head is None or self._heap[0][0] < head:
+                # the thread sleeps until the old head: wake it only for an earlier one
+                # (every connect would otherwise wake it, on both sides)
                 self._cond.notify()
 
     def _push(self, engine: _Engine, now: float, min_wait: float = 0.0) -> None:
