@@ -691,7 +691,15 @@ class RpcClient:
                 if deadline is not None and (timer is None or deadline < timer):
                     timer = deadline
                 wait = None if timer is None else max(timer - monotonic(), 1e-4)
-                if wait != self._current_timeout:
+                current = self._current_timeout
+                if wait != current and not (
+                    # the timeout already set is as good when it is a little shorter (the
+                    # wait ends a moment early and the loop comes back) or at most a
+                    # millisecond longer (a deadline is late by that much at worst)
+                    wait is not None
+                    and type(current) is float
+                    and wait - 0.05 <= current <= wait + 0.001
+                ):
                     stream.settimeout(wait)
                     self._current_timeout = wait
                 failed: BaseException | None = None
@@ -712,7 +720,8 @@ class RpcClient:
                     now = monotonic()
                     if data:
                         proto.receive_data(data, now)
-                    timer = proto.get_timer()
+                    # what was read only settles or adds deadlines after ``now``: only
+                    # the timer that was due before can be due
                     if timer is not None and timer <= now:
                         proto.handle_timer(now)
                     self._dispatch(proto.events())  # wakes the followers
@@ -968,7 +977,13 @@ class _ServerStream:
                 if accepting and (until is None or next_poll < until):
                     until = next_poll
                 wait = None if until is None else max(1e-3, until - now)
-                if wait != current:
+                if wait != current and not (
+                    # as in RpcClient._wait: a timeout a little shorter, or at most a
+                    # millisecond longer, than the one wanted does as well
+                    wait is not None
+                    and type(current) is float
+                    and wait - 0.05 <= current <= wait + 0.001
+                ):
                     stream.settimeout(wait)
                     current = wait
                 try:
