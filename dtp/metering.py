@@ -142,6 +142,12 @@ class ClientMeter:
             self._rearm(now_ms)
         return receipt
 
+    def quiet_until(self) -> tuple[int, int | None]:
+        """(total bytes, ms time or None): while the usage stays below the one and the
+        clock before the other, with no new requests, :meth:`update` returns None at
+        once -- a caller on a hot path may skip calling it."""
+        return self._seen_bytes + self._step, self._due_ms
+
     def _rearm(self, now_ms: int) -> None:
         if self._every_ms:
             self._due_ms = now_ms + self._every_ms

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,10 @@ class ClientPayment:
         self.receipts_sent = 0
         self._now_ms = int(now * 1000)
         self._finished = False
+        #: Below this usage (bytes) and before this time (monotonic s), :meth:`tick`
+        #: has nothing to do: an adapter's hot path may skip it.
+        self.quiet_bytes = 0
+        self.quiet_until = 0.0
 
     def tick(self, now: float) -> None:
         """Sign and queue a receipt if the cadence says so."""
@@ -108,6 +113,9 @@ class ClientPayment:
         if receipt is not None:
             conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
+        quiet_bytes, due_ms = self.meter.quiet_until()
+        self.quiet_bytes = quiet_bytes
+        self.quiet_until = math.inf if due_ms is None else due_ms / 1000
 
     def on_server_receipt(self, data: bytes) -> None:
         """The server asks for a receipt (it paused service): pay all usage now."""

@@ -316,14 +316,28 @@ class _Engine:
 
     def lend(self, stream_id: int) -> Any:
         """The connection's lane with ``stream_id`` lent to it (lock held), or None when
-        the connection cannot lend it now or this engine must watch every byte (a
-        metered client)."""
+        the connection cannot lend it now. (A metered client's meter reads the loan's
+        counts through Connection.usage; its sends flush, which ticks the meter.)"""
         conn = self.conn
         if conn.lent_stream_id == stream_id:
             return conn.lent_lane
-        if self.payment is not None or self.carrier_closed or self.closed:
+        if self.carrier_closed or self.closed:
             return None
         return conn.lend(stream_id, time.monotonic())
+
+    def tick_meter(self, lane: Any) -> None:
+        """A metered client after a send on a lent stream (lock held): tick the meter
+        when it may have something to do, and write what it queued -- a receipt, which
+        took the stream back -- without taking the stream back on every send."""
+        payment = self.payment
+        assert payment is not None
+        now = time.monotonic()
+        f = lane.flow
+        if f.conn_sent + f.rx.conn_received < payment.quiet_bytes and now < payment.quiet_until:
+            return
+        payment.tick(now)
+        if self.conn.lent_lane is None:
+            self.flush()
 
     def recv_lent(self, stream_id: int, dst: memoryview, timeout: float | None) -> int:
         """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
@@ -862,6 +876,8 @@ class DTPSocket:
                 if n:
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
+                    if engine.payment is not None:
+                        engine.tick_meter(lane)
                     return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
@@ -924,6 +940,8 @@ class DTPSocket:
                         n = len(view)  # lost with the carrier: the next call reports it
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
+                    if engine.payment is not None:
+                        engine.tick_meter(lane)
                     if n == len(view):
                         return
                     view = memoryview(view)[n:]

@@ -82,6 +82,23 @@ def test_client_meter_time_cadence() -> None:
     assert due is not None and due.total_bytes == 10
 
 
+def test_client_meter_quiet_until_is_where_update_would_do_nothing() -> None:
+    """Adapters skip update() below quiet_until(): it must never skip a receipt."""
+    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=100))
+    assert meter.update(0, 10, 1) is None
+    quiet_bytes, due_ms = meter.quiet_until()
+    assert due_ms is not None
+    # anything below both marks: update does nothing, whatever the call
+    for now_ms, total in ((1, 10), (due_ms - 1, quiet_bytes - 1)):
+        assert meter.update(now_ms, total, 1) is None
+        assert meter.quiet_until() == (quiet_bytes, due_ms)
+    # at the time mark, a receipt for the unpaid usage; the marks move on
+    receipt = meter.update(due_ms, quiet_bytes - 1, 1)
+    assert receipt is not None and receipt.total_bytes == quiet_bytes - 1
+    later_bytes, later_ms = meter.quiet_until()
+    assert later_ms is not None and later_ms > due_ms and later_bytes > quiet_bytes - 1
+
+
 def test_client_meter_never_signs_beyond_the_deposit() -> None:
     deposit = 1005  # 100 KiB + 1 request at 10/KiB and 5/request
     meter = ClientMeter(CLIENT, CID, SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0))
