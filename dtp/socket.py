@@ -317,7 +317,7 @@ class _Engine:
     def lend(self, stream_id: int) -> Any:
         """The connection's lane with ``stream_id`` lent to it (lock held), or None when
         the connection cannot lend it now. (A metered client's meter reads the loan's
-        counts through Connection.usage; its sends flush, which ticks the meter.)"""
+        counts through Connection.usage, and its sends tick it: tick_meter.)"""
         conn = self.conn
         if conn.lent_stream_id == stream_id:
             return conn.lent_lane
