@@ -592,6 +592,16 @@ class NativeAead:
 
 
 _U8 = ffi.typeof("uint8_t[]")
+
+
+def _writable(dst: bytearray | memoryview) -> Any:
+    """A C pointer into a writable buffer (read-only ones are refused)."""
+    try:
+        return ffi.from_buffer(_U8, dst, True)
+    except (TypeError, BufferError):
+        raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+
+
 _READY: int = lib.DTP_READY
 _WAKE: int = lib.DTP_WAKE
 
@@ -737,10 +747,7 @@ class NativeLane:
         and consumed; :meth:`flow_spill` the data of a record that did not fit."""
         if not 0 <= n <= len(self.rview):
             raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
-        try:
-            out = ffi.from_buffer(_U8, dst, True)
-        except (TypeError, BufferError):
-            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        out = _writable(dst)
         rc: int = lib.dtp_flow_take(
             self._recv_ctx,
             self.flow,
@@ -793,10 +800,7 @@ class NativeLane:
         """Read the carrier ``fd`` once into :attr:`rview` and :meth:`flow_take` what
         came (``dtp_flow_read``): the take's status, or WAIT (nothing to read) or EOF;
         ``io.got`` bytes were read. Raises OSError if the read fails."""
-        try:
-            out = ffi.from_buffer(_U8, dst, True)
-        except (TypeError, BufferError):
-            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        out = _writable(dst)
         rc: int = lib.dtp_flow_read(
             self._recv_ctx,
             self.flow,
