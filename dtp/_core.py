@@ -856,11 +856,6 @@ class NativeLane:
         taken: int = flow.taken
         return taken
 
-    def flow_unsent(self) -> memoryview:
-        """The records the last :meth:`flow_send` sealed but the carrier did not take
-        (a view valid until the next call)."""
-        return self._out_view[self.io.sent : self.flow.written]
-
     def flow_spill(self) -> memoryview:
         """After :meth:`flow_take` returned FULL: the data of the last record that did
         not fit in ``dst`` (valid until the next call)."""

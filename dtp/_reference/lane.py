@@ -158,7 +158,6 @@ class Lane:
         self.flow = Flow()
         self.io = Io()
         self._spill: bytes = b""
-        self._unsent = memoryview(b"")
 
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
@@ -371,7 +370,6 @@ class Lane:
         io = self.io
         io.got = io.sent = io.err = 0
         sealed = self.flow_seal(data, now)
-        self._unsent = memoryview(b"")
         if not sealed:
             return 0
         sent = 0
@@ -387,11 +385,6 @@ class Lane:
                 io.err = exc.errno or 0
                 raise
         io.sent = sent
-        self._unsent = memoryview(bytes(sealed[sent:]))
-        if queue is not None and self._unsent:
-            queue.append(self._unsent)
+        if queue is not None and sent < len(sealed):
+            queue.append(memoryview(bytes(sealed[sent:])))
         return self.flow.taken
-
-    def flow_unsent(self) -> memoryview:
-        """The records the last :meth:`flow_send` sealed but the carrier did not take."""
-        return self._unsent
