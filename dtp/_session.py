@@ -10,7 +10,6 @@ reader bounds the sender), and the connection's end becomes one exception.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
+from dtp.keys_ahead import new_ephemeral_key
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Session:
 
     def __init__(self, config: ConnectionConfig, *, now: float | None = None) -> None:
         self.conn = Connection(
-            config, ephemeral_key=os.urandom(32), now=time.monotonic() if now is None else now
+            config, ephemeral_key=new_ephemeral_key(), now=time.monotonic() if now is None else now
         )
         self.streams: dict[int, StreamBuffer] = {}
         self.incoming_streams: deque[int] = deque()
@@ -96,6 +96,9 @@ class Session:
         self.error: DTPError | None = None
         self.on_authenticated: Callable[[str], None] | None = None
         self.on_receipt: Callable[[bytes], None] | None = None
+        #: Called once the handshake completes, before what it queued goes out: what it
+        #: queues shares those records (a client opens its first stream here).
+        self.on_handshake: Callable[[], None] | None = None
         self.sinks: dict[int, StreamSink] = {}
         #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
         self.datagram_sink: Callable[[bytes], None] | None = None
@@ -231,7 +234,10 @@ class Session:
             self.error = error_for_termination(event)
             for stream_id, sink in list(self.sinks.items()):
                 self._end_sink(stream_id, sink, self.error)
-        elif isinstance(event, (HandshakeCompleted, SendWindowOpened)):
+        elif isinstance(event, HandshakeCompleted):
+            if self.on_handshake is not None:
+                self.on_handshake()
+        elif isinstance(event, SendWindowOpened):
             pass  # waiters re-check their condition on any change
 
     # -- reading -----------------------------------------------------------------------

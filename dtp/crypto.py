@@ -47,10 +47,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.backends.default.backend import DefaultNoiseBackend
+from noise.backends.default.ciphers import ChaCha20Cipher
+from noise.backends.default.diffie_hellmans import ED25519
 from noise.backends.default.hashes import BLAKE2sHash, hmac_hash
 from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
@@ -61,9 +66,11 @@ from noise.exceptions import (
     NoiseValidationError,
     NoiseValueError,
 )
+from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
+from dtp.keys_ahead import take_ephemeral_keypair, take_shared_secret
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -77,6 +84,7 @@ __all__ = [
     "PROTOCOL_NAMES",
     "Handshake",
     "make_auth_proof",
+    "prepare_handshake",
     "verify_auth_proof",
 ]
 
@@ -160,16 +168,101 @@ def _hmac(key: bytes, data: bytes, algorithm: Any) -> bytes:
     return bytes(hmac_hash(key, data, algorithm))
 
 
+# HMAC (RFC 2104) with BLAKE2s: the key, zero-padded to the 64-byte block, XORed with
+# these pads (bytes.translate does the XOR of every byte at once).
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+
+
+def _blake2s_pads(key: bytes) -> tuple[Any, Any]:
+    """The inner and outer BLAKE2s states of HMAC-BLAKE2s under ``key``, to be copied
+    for each message: one key serves two or three HMACs in an HKDF."""
+    if len(key) > 64:
+        key = hashlib.blake2s(key).digest()
+    block = key.ljust(64, b"\0")
+    return hashlib.blake2s(block.translate(_IPAD)), hashlib.blake2s(block.translate(_OPAD))
+
+
+def _hmac_padded(pads: tuple[Any, Any], data: bytes) -> bytes:
+    inner = pads[0].copy()
+    inner.update(data)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
+def _hkdf(
+    chaining_key: bytes, input_key_material: bytes, num_outputs: int, hmac_hash_fn: Any
+) -> tuple[bytes, ...]:
+    """Noise's HKDF (spec section 4.3), HMAC-BLAKE2s computed with the pads of each key
+    made once; other hashes go to noiseprotocol's own."""
+    if getattr(hmac_hash_fn, "keywords", {}).get("algorithm") is not _blake2s_fn:
+        result: tuple[bytes, ...] = noise_hkdf(
+            chaining_key, input_key_material, num_outputs, hmac_hash_fn
+        )
+        return result
+    temp = _blake2s_pads(_hmac_padded(_blake2s_pads(chaining_key), input_key_material))
+    output1 = _hmac_padded(temp, b"\x01")
+    output2 = _hmac_padded(temp, output1 + b"\x02")
+    if num_outputs == 2:
+        return output1, output2
+    return output1, output2, _hmac_padded(temp, output2 + b"\x03")
+
+
+class _LazyChaCha20Cipher(ChaCha20Cipher):  # type: ignore[misc]
+    """ChaChaPoly for Noise, its ``cryptography`` object made on first use: a handshake
+    sets a key at every DH (MixKey) but encrypts under only some of them."""
+
+    def initialize(self, key: bytes) -> None:
+        self._key = key
+        self.cipher: ChaCha20Poly1305 | None = None
+
+    def _aead(self) -> ChaCha20Poly1305:
+        aead = self.cipher
+        if aead is None:
+            aead = self.cipher = ChaCha20Poly1305(self._key)
+        return aead
+
+    def encrypt(self, k: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
+        return self._aead().encrypt(self.format_nonce(n), plaintext, ad)
+
+    def decrypt(self, k: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+        return self._aead().decrypt(self.format_nonce(n), ciphertext, ad)
+
+
+class _X25519(ED25519):  # type: ignore[misc]
+    """X25519 for Noise that first takes a result made ahead for exactly these two keys
+    (dtp.keys_ahead: a client's IK ``es``/``ss`` computed while it waited on its
+    previous connect), else computes it."""
+
+    def dh(self, private_key: Any, public_key: Any) -> bytes:
+        if isinstance(private_key, X25519PrivateKey) and isinstance(public_key, X25519PublicKey):
+            made = take_shared_secret(private_key, public_key)
+            if made is not None:
+                return made
+        result: bytes = super().dh(private_key, public_key)
+        return result
+
+
 class _Backend(DefaultNoiseBackend):  # type: ignore[misc]
-    """noiseprotocol's default backend with a cheaper BLAKE2s and HMAC (a handshake
-    hashes some forty times); every result is the same."""
+    """noiseprotocol's default backend with a cheaper BLAKE2s, HMAC and HKDF (a
+    handshake hashes some forty times) and ChaChaPoly objects made only when used;
+    every result is the same."""
 
     def __init__(self) -> None:
         super().__init__()
         hashes: dict[str, Any] = dict(vars(self)["hashes"])
         hashes["BLAKE2s"] = _Blake2sHash
         self.hashes = hashes
+        ciphers: dict[str, Any] = dict(vars(self)["ciphers"])
+        ciphers["ChaChaPoly"] = _LazyChaCha20Cipher
+        self.ciphers = ciphers
+        dhs: dict[str, Any] = dict(vars(self)["diffie_hellmans"])
+        dhs["25519"] = _X25519
+        self.diffie_hellmans = dhs
         self.hmac = _hmac
+        self.hkdf = _hkdf
 
 
 _BACKEND = _Backend()
@@ -184,6 +277,74 @@ def _static_keypair(private: bytes) -> Any:
         return KeyPair25519.from_private_bytes(private)
     public = key.public_key()
     return KeyPair25519(private=key, public=public, public_bytes=public.public_bytes_raw())
+
+
+_NoiseKey = tuple[bool, int, bytes, bytes | None, bytes]
+# (initiator?, pattern, static private key, remote static key, prologue)
+
+
+def _new_noise(
+    initiator: bool, pattern: int, static: bytes, remote_static: bytes | None, prologue: bytes
+) -> Any:
+    """A started noiseprotocol handshake with these keys, its ephemeral key not set yet
+    (the state so far depends on nothing else: name, prologue, pre-message keys)."""
+    noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
+    noise.set_prologue(prologue)
+    if initiator:
+        noise.set_as_initiator()
+    else:
+        noise.set_as_responder()
+    noise.noise_protocol.keypairs["s"] = _static_keypair(static)
+    if initiator and remote_static is not None:
+        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
+    noise.start_handshake()
+    return noise
+
+
+# Handshakes started ahead of need (prepare_handshake): at most a few, each used once.
+_STARTED: dict[_NoiseKey, list[Any]] = {}
+_MAX_STARTED: Final = 8
+
+
+def _take_started(key: _NoiseKey) -> Any:
+    ready = _STARTED.get(key)
+    if not ready:
+        return None
+    try:
+        return ready.pop()
+    except IndexError:  # another thread took the last one
+        return None
+
+
+def prepare_handshake(
+    static_private: bytes,
+    remote_static: bytes | None = None,
+    *,
+    initiator: bool,
+    prologue: bytes = DEFAULT_PROLOGUE,
+) -> None:
+    """Start the Noise state of a later handshake ahead of need (while waiting on the
+    network): an IK initiator to ``remote_static``, or a responder expecting IK. A
+    :class:`Handshake` with the same role and keys takes it instead of starting its
+    own; the result is the same bytes. Keeps at most a few."""
+    pattern = PATTERN_XX if initiator and remote_static is None else PATTERN_IK
+    key: _NoiseKey = (
+        initiator,
+        pattern,
+        _check_key("static_private", static_private),
+        None if remote_static is None else _check_key("remote_static", remote_static),
+        _as_bytes("prologue", prologue),
+    )
+    if sum(map(len, _STARTED.values())) >= _MAX_STARTED:
+        _STARTED.clear()  # unused ones (a bet on a next peer that did not come)
+    _STARTED.setdefault(key, []).append(_new_noise(*key))
+
+
+def _forget_started() -> None:
+    _STARTED.clear()
+
+
+os.register_at_fork(after_in_child=_forget_started)
 
 
 class Handshake:
@@ -211,6 +372,8 @@ class Handshake:
         self._is_initiator = is_initiator
         self._static = _check_key("static_private", static_private)
         self._ephemeral = _check_key("ephemeral_private", ephemeral_private)
+        # made ahead by dtp.keys_ahead (None otherwise): its public half is known already
+        self._ephemeral_keypair: Any = take_ephemeral_keypair(self._ephemeral)
         self._prologue = _as_bytes("prologue", prologue)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
@@ -273,22 +436,20 @@ class Handshake:
         )
 
     def _start_noise(self, pattern: int) -> Any:
-        noise = NoiseConnection.from_name(PROTOCOL_NAMES[pattern], backend=_BACKEND)
-        noise.set_prologue(self._prologue)
-        if self._is_initiator:
-            noise.set_as_initiator()
-        else:
-            noise.set_as_responder()
-        noise.noise_protocol.keypairs["s"] = _static_keypair(self._static)
-        if self._is_initiator and self._remote_static is not None:
-            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, self._remote_static)
-        noise.start_handshake()
+        key = (self._is_initiator, pattern, self._static, self._remote_static, self._prologue)
+        noise = _take_started(key)
+        if noise is None:
+            noise = _new_noise(*key)
         # The ephemeral key comes from the caller (sans-I/O). It goes into the handshake
         # state once that exists (neither pattern has an ephemeral pre-message, so the
         # state is the same as with the key set before): set earlier, noiseprotocol
         # warns ("OK for testing") on every handshake, and silencing that costs more
         # than the rest of the set-up.
-        noise.noise_protocol.handshake_state.e = KeyPair25519.from_private_bytes(self._ephemeral)
+        ephemeral = self._ephemeral_keypair
+        self._ephemeral_keypair = None
+        if ephemeral is None:
+            ephemeral = KeyPair25519.from_private_bytes(self._ephemeral)
+        noise.noise_protocol.handshake_state.e = ephemeral
         return noise
 
     # -- state ----------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from dtp.carriers.ledger_bridge import (
 )
 from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, Connection, ConnectionConfig
+from dtp.crypto import prepare_handshake
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -66,6 +67,12 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+from dtp.keys_ahead import (
+    prepare_anonymous_identity,
+    prepare_ephemeral_key,
+    prepare_static_secret,
+    take_anonymous_identity,
+)
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
 
@@ -1254,16 +1261,17 @@ def create_connection(
         or sponsor_pool is not None
     ):
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
-    identity = identity or HostIdentity.generate()
-    base = config or ConnectionConfig(identity=identity, is_client=True)
-    cfg = replace(
-        base,
-        identity=identity,
-        is_client=True,
-        server_static=server_key,
-        expected_server_static=expected_server_key,
-    )
-    return _connect(address, timeout, cfg)
+    anonymous = identity is None
+    identity = identity or take_anonymous_identity()
+    fields: dict[str, Any] = {
+        "identity": identity,
+        "is_client": True,
+        "server_static": server_key,
+        "expected_server_static": expected_server_key,
+    }
+    # one dataclass made, not a default one and then its replacement
+    cfg = ConnectionConfig(**fields) if config is None else replace(config, **fields)
+    return _connect(address, timeout, cfg, anonymous=anonymous)
 
 
 def _connect_by_host_id(
@@ -1360,33 +1368,44 @@ def _connect(
     carrier: _socket.socket | None = None,
     *,
     while_waiting: Callable[[Connection], None] | None = None,
+    anonymous: bool = False,
 ) -> DTPSocket:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
     ``while_waiting(connection)`` runs once the first handshake message is out, while
-    the server works on it; what it raises fails the connect."""
+    the server works on it; what it raises fails the connect. ``anonymous``: the
+    identity is a throwaway one (the next connect will want another)."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     session = Session(cfg)
     engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
     if carrier is not None:
         engine.peername = address
-    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def open_first_stream() -> None:
+        # as the handshake completes: the stream's opening shares the record (and the
+        # send) that carries our AUTH proof
+        session.on_handshake = None
+        engine.conn.open_stream()
+
+    session.on_handshake = open_first_stream
     try:
         with engine.lock:
             engine.flush()
+            # the server now works on our first message: make the next connect's keys
+            # meanwhile (off its critical path), betting it goes to the same server
+            _prepare_next_connect(cfg, anonymous)
             if while_waiting is not None:
                 while_waiting(engine.conn)
-                remaining = (
-                    None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                )
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
                 remaining,
             )
             if session.terminated is None:
-                engine.conn.open_stream()
-                engine.flush()
+                if session.on_handshake is not None:
+                    open_first_stream()
+                    engine.flush()
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
                 engine.pump(
                     lambda: session.accepted or session.terminated is not None,
@@ -1409,17 +1428,46 @@ def _connect(
     return sock
 
 
+def _prepare_next_connect(cfg: ConnectionConfig, anonymous: bool) -> None:
+    """Keys for a next connect like this one (dtp.keys_ahead): an ephemeral key and,
+    in IK, its DH with the server's key; an anonymous identity (a process that connects
+    anonymously once usually does again), or our static key's DH with the server's;
+    and in IK the Noise state started for that identity and server."""
+    server_key = cfg.server_static
+    prepare_ephemeral_key(server_key)
+    identity: HostIdentity | None = cfg.identity
+    if anonymous:
+        identity = prepare_anonymous_identity(server_key)
+    elif server_key is not None:
+        prepare_static_secret(cfg.identity, server_key)
+    if identity is not None and server_key is not None:
+        prepare_handshake(identity.noise_private_bytes(), server_key, initiator=True)
+
+
 # -----------------------------------------------------------------------------------------
 # server
+
+
+class _AcceptTurn:
+    """The job of a DTPServer connection thread whose turn it is to accept on the
+    listener (there is one such job per listening server)."""
+
+
+_ACCEPT_TURN = _AcceptTurn()
+# what a connection thread is given: the turn to accept, or a carrier to serve
+_Job = _AcceptTurn | tuple[_socket.socket, Any, ConnectionConfig]
 
 
 class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
     :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
-    handler. Threads are reused: one whose connection is done waits a while
-    (:attr:`WORKER_IDLE`) for the next, so a steady stream of connections costs no
-    thread start each. ``address`` None: no TCP listener (see :meth:`listen_ledger`)."""
+    handler. The thread that accepts a TCP connection serves it itself and passes the
+    accepting on to another (leader/follower), so a connection reaches its handshake
+    with no thread hand-off. Threads are reused: one whose connection is done waits a
+    while (:attr:`WORKER_IDLE`) for the next turn to accept (or a ledger connection), so
+    a steady stream of connections costs no thread start each. ``address`` None: no TCP
+    listener (see :meth:`listen_ledger`)."""
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -1454,18 +1502,16 @@ class DTPServer:
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
-        # connection threads waiting for work: _idle counts those not yet promised a
-        # job from _jobs (see _handoff and _work)
-        self._jobs: queue.SimpleQueue[tuple[_socket.socket, Any, ConnectionConfig] | None] = (
-            queue.SimpleQueue()
-        )
+        # connection threads waiting for work (a carrier to serve, or the turn to
+        # accept on the listener): _idle counts those not yet promised a job from _jobs
+        # (see _give and _work)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
         if self._listener is not None:
-            thread = threading.Thread(target=self._accept_loop, name="dtp-acceptor", daemon=True)
-            thread.start()
+            self._give(_ACCEPT_TURN)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -1502,46 +1548,68 @@ class DTPServer:
         """The key clients pass as ``server_key``."""
         return self.identity.noise_public
 
-    def _accept_loop(self) -> None:
+    def _accept_next(self) -> tuple[_socket.socket, Any, ConnectionConfig] | None:
+        """The accepting thread's turn: the next TCP connection, with a handshake slot
+        taken for it; None once the server is closed."""
         assert self._listener is not None
         while not self._closed.is_set():
             try:
                 tcp, peer = self._listener.accept()
             except OSError:
                 if self._closed.is_set():
-                    return
+                    return None
                 time.sleep(0.05)
                 continue
             with contextlib.suppress(OSError):
                 tune(tcp)
-            if not self._handoff(tcp, peer, self._config):
-                return
+            # at most max_handshakes at once: while none is free we hold this one and
+            # further clients wait in the backlog
+            if not self._take_slot():
+                tcp.close()
+                return None
+            return tcp, peer, self._config
+        return None
 
-    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
-        """Start the handshake thread of a new carrier connection; False (and the
-        carrier closed) once the server is closed."""
-        # at most max_handshakes at once: further clients wait (TCP: in the backlog)
+    def _take_slot(self) -> bool:
+        """Wait for a handshake slot; False (no slot taken) once the server is closed."""
         while not self._slots.acquire(timeout=0.5):
             if self._closed.is_set():
-                carrier.close()
                 return False
         if self._closed.is_set():
             self._slots.release()
+            return False
+        return True
+
+    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Serve a carrier connection that came from elsewhere (a ledger bridge) in a
+        connection thread; False (and the carrier closed) once the server is closed."""
+        if not self._take_slot():
             carrier.close()
             return False
-        job = (carrier, peer, config)
+        self._give((carrier, peer, config))
+        return True
+
+    def _give(self, job: _Job) -> None:
+        """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
             if self._idle:
                 self._idle -= 1  # that waiting thread is promised this job
                 self._jobs.put(job)
-                return True
+                return
         thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
         thread.start()
-        return True
 
-    def _work(self, job: tuple[_socket.socket, Any, ConnectionConfig] | None) -> None:
-        """A connection thread: serve ``job``, then wait up to WORKER_IDLE for another."""
+    def _work(self, job: _Job | None) -> None:
+        """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
+        With the turn to accept, it accepts one connection, passes the turn on and
+        serves that connection itself."""
         while job is not None:
+            if isinstance(job, _AcceptTurn):
+                accepted = self._accept_next()
+                if accepted is None:
+                    return  # closed: nobody accepts any more
+                self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                job = accepted
             self._serve_one(*job)
             with self._idle_lock:
                 if self._closed.is_set():
@@ -1606,14 +1674,26 @@ class DTPServer:
         """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
         reason)."""
         session = engine.session
+        conn = session.conn
+        timeout = conn.config.handshake_timeout
+        deadline = time.monotonic() + timeout
         with engine.lock:
             engine.pump(
-                lambda: session.authenticated_address is not None or session.terminated is not None,
-                session.conn.config.handshake_timeout,
+                lambda: conn.handshake_hash is not None or session.terminated is not None, timeout
             )
+            if session.terminated is None:
+                # our reply is out and the client works on it: make the next
+                # connection's ephemeral key and start its Noise state meanwhile
+                prepare_ephemeral_key()
+                prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
+                engine.pump(
+                    lambda: (
+                        session.authenticated_address is not None or session.terminated is not None
+                    ),
+                    max(0.0, deadline - time.monotonic()),
+                )
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
-            conn = session.conn
             peer = peer_info(
                 session.authenticated_address,
                 conn.peer_connection_id,
@@ -1702,6 +1782,10 @@ class DTPServer:
         if self._ledger_listener is not None:
             self._ledger_listener.close()
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                # wakes the thread blocked in accept() (close() alone would not, and
+                # would leave the port listening until that thread ends)
+                self._listener.shutdown(_socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._listener.close()
         with contextlib.suppress(queue.Full):

@@ -647,3 +647,92 @@ def test_fast_noise_hashes_match_the_default_backend(key: bytes, data: bytes) ->
     assert _BACKEND.hmac(key, data, fast.fn) == noise_backend.hmac(key, data, slow.fn)
     sha = noise_backend.hashes["SHA256"]()
     assert _BACKEND.hmac(key, data, sha.fn) == noise_backend.hmac(key, data, sha.fn)
+
+
+@given(
+    chaining_key=st.binary(min_size=32, max_size=32) | st.binary(max_size=100),
+    material=st.binary(max_size=100),
+    outputs=st.sampled_from([2, 3]),
+)
+def test_fast_noise_hkdf_matches_the_default_backend(
+    chaining_key: bytes, material: bytes, outputs: int
+) -> None:
+    """Our HKDF (HMAC-BLAKE2s pads made once per key) gives noiseprotocol's bytes, and
+    leaves other hashes to noiseprotocol's own."""
+    from functools import partial
+
+    from noise.backends.default import noise_backend
+    from noise.functions.hash import hkdf
+
+    from dtp.crypto import _BACKEND
+
+    blake = partial(noise_backend.hmac, algorithm=noise_backend.hashes["BLAKE2s"]().fn)
+    fast_blake = partial(_BACKEND.hmac, algorithm=_BACKEND.hashes["BLAKE2s"]().fn)
+    expected = hkdf(chaining_key, material, outputs, blake)
+    assert len(expected) == outputs
+    assert _BACKEND.hkdf(chaining_key, material, outputs, fast_blake) == expected
+    sha = partial(noise_backend.hmac, algorithm=noise_backend.hashes["SHA256"]().fn)
+    assert _BACKEND.hkdf(chaining_key, material, outputs, sha) == hkdf(
+        chaining_key, material, outputs, sha
+    )
+
+
+def test_lazy_chachapoly_matches_the_default_cipher() -> None:
+    """The handshake's ChaChaPoly (its AEAD object made on first use) seals and opens
+    the same bytes as noiseprotocol's, also after a new key is set."""
+    from noise.backends.default import noise_backend
+
+    from dtp.crypto import _BACKEND
+
+    ours, stock = _BACKEND.ciphers["ChaChaPoly"](), noise_backend.ciphers["ChaChaPoly"]()
+    for key in (bytes(range(32)), bytes(range(1, 33))):
+        ours.initialize(key)
+        stock.initialize(key)
+        for n in (0, 1, 2**40):
+            sealed = ours.encrypt(key, n, b"ad", b"plaintext")
+            assert sealed == stock.encrypt(key, n, b"ad", b"plaintext")
+            assert ours.decrypt(key, n, b"ad", sealed) == b"plaintext"
+        with pytest.raises(InvalidTag):
+            ours.decrypt(key, 0, b"other ad", ours.encrypt(key, 0, b"ad", b"x"))
+
+
+@pytest.mark.parametrize("pattern", [PATTERN_IK, PATTERN_XX])
+def test_handshakes_started_ahead_give_the_same_bytes_and_are_used_once(pattern: int) -> None:
+    from dtp import crypto
+
+    crypto._forget_started()
+    expected = run(*pair(pattern), [b"a", b"b", b"c"])
+    expected_hash = pair(pattern)[0]
+    remote = SERVER.noise_public if pattern == PATTERN_IK else None
+    crypto.prepare_handshake(CLIENT.noise_private_bytes(), remote, initiator=True)
+    crypto.prepare_handshake(SERVER.noise_private_bytes(), initiator=False)
+    initiator, responder = pair(pattern)
+    # the initiator took its state at once; a responder prepared for IK only
+    assert sum(map(len, crypto._STARTED.values())) == 1
+    assert run(initiator, responder, [b"a", b"b", b"c"]) == expected
+    run(expected_hash, pair(pattern)[1], [b"a", b"b", b"c"])
+    assert initiator.handshake_hash == expected_hash.handshake_hash
+    assert initiator.transport_keys() == expected_hash.transport_keys()
+    left = sum(map(len, crypto._STARTED.values()))
+    assert left == (1 if pattern == PATTERN_XX else 0)  # IK took the responder's too
+
+
+def test_handshakes_started_ahead_only_serve_their_own_keys() -> None:
+    from dtp import crypto
+
+    crypto._forget_started()
+    other = HostIdentity.from_private_bytes(bytes([7]) * 32, bytes([8]) * 32)
+    crypto.prepare_handshake(CLIENT.noise_private_bytes(), other.noise_public, initiator=True)
+    crypto.prepare_handshake(
+        CLIENT.noise_private_bytes(), SERVER.noise_public, initiator=True, prologue=b"other"
+    )
+    crypto.prepare_handshake(other.noise_private_bytes(), initiator=False)
+    before = {key: len(ready) for key, ready in crypto._STARTED.items()}
+    assert run(*pair(PATTERN_IK), [b"x", b"y"])[1] == [b"x", b"y"]
+    assert {key: len(ready) for key, ready in crypto._STARTED.items()} == before
+    for _ in range(20):
+        crypto.prepare_handshake(other.noise_private_bytes(), initiator=False)
+    assert sum(map(len, crypto._STARTED.values())) <= crypto._MAX_STARTED
+    with pytest.raises(ValueError):
+        crypto.prepare_handshake(bytes(31), initiator=False)
+    crypto._forget_started()

@@ -1,5 +1,7 @@
-"""DTPServer's connection threads: reused across connections, one per concurrent
-connection, ended by close() and after WORKER_IDLE without work."""
+"""DTPServer's connection threads: the one that accepts a connection serves it and
+passes the accepting on (two threads take turns for one client at a time), one per
+concurrent connection, reused across connections, ended by close() and (all but the one
+accepting) after WORKER_IDLE without work."""
 
 from __future__ import annotations
 
@@ -57,15 +59,30 @@ def test_serve_forever_reuses_the_thread_of_a_finished_connection() -> None:
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         server.WORKER_IDLE = 30.0
         threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
-        for i in range(4):
+        for i in range(6):
             assert echo_once(server, b"ping %d" % i) == b"ping %d" % i
-            # the thread is free again once the handler returned and closed the socket
+            # the thread is free again once the handler returned and closed the socket;
+            # the other one waits in accept()
             assert wait_for(lambda: server._idle == 1)
-        assert len(served) == 4
-        assert len(set(served)) == 1
-        assert len(connection_threads(before)) == 1
-    # close() ends waiting threads at once, not after WORKER_IDLE
+        assert len(served) == 6
+        # two threads take turns: each serves what it accepted, then waits for the
+        # next turn; no thread was started after the first connection
+        assert len(set(served)) == 2
+        assert served[0::2] == [served[0]] * 3 and served[1::2] == [served[1]] * 3
+        assert len(connection_threads(before)) == 2
+    # close() ends waiting threads at once, not after WORKER_IDLE, and the accepting one
     assert wait_for(lambda: not connection_threads(before), timeout=5.0)
+
+
+def test_close_stops_listening_at_once() -> None:
+    before = existing()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    address = server.address
+    assert wait_for(lambda: len(connection_threads(before)) == 1)  # the one accepting
+    server.close()
+    assert wait_for(lambda: not connection_threads(before), timeout=5.0)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(address, timeout=5):
+        pass
 
 
 def test_concurrent_connections_each_get_a_thread() -> None:
@@ -103,8 +120,10 @@ def test_idle_threads_end_after_worker_idle_and_new_ones_start() -> None:
         server.WORKER_IDLE = 0.2
         threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
         assert echo_once(server, b"first") == b"first"
-        assert wait_for(lambda: not connection_threads(before) and server._idle == 0, 5.0)
-        assert echo_once(server, b"second") == b"second"  # a fresh thread serves it
+        # the thread that served it ended; the one accepting stays
+        assert wait_for(lambda: len(connection_threads(before)) == 1 and server._idle == 0, 5.0)
+        assert echo_once(server, b"second") == b"second"  # a fresh thread accepts next
+        assert wait_for(lambda: len(connection_threads(before)) == 1 and server._idle == 0, 5.0)
 
 
 def test_accept_mode_threads_are_reused_too() -> None:
@@ -126,7 +145,7 @@ def test_accept_mode_threads_are_reused_too() -> None:
             t.join(10)
             assert result == [b"a%d" % i]
             assert wait_for(lambda: server._idle == 1)
-        assert len(connection_threads(before)) == 1
+        assert len(connection_threads(before)) == 2  # one accepting, one waiting
 
 
 def test_close_stops_listening_at_once() -> None:

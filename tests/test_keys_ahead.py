@@ -1,0 +1,210 @@
+"""Keys made ahead of need (dtp.keys_ahead): each is handed out once, the key pair made
+ahead is the one the handshake uses, a forked child never reuses its parent's keys, and
+a connect makes the next one's keys while it waits."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+import dtp.socket
+from dtp import keys_ahead
+from dtp.crypto import PATTERN_IK, Handshake
+from dtp.keys import HostIdentity
+from tests.procs import server_process
+
+SERVER = HostIdentity.generate()
+CLIENT = HostIdentity.generate()
+
+
+@pytest.fixture(autouse=True)
+def empty_pools() -> None:
+    keys_ahead._forget_all()
+
+
+def _public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def test_prepared_ephemeral_keys_are_handed_out_once_then_fresh_ones() -> None:
+    for _ in range(keys_ahead.MAX_AHEAD + 3):  # more than the pool holds
+        keys_ahead.prepare_ephemeral_key()
+    assert len(keys_ahead._ephemeral) == keys_ahead.MAX_AHEAD
+    keys = [keys_ahead.new_ephemeral_key() for _ in range(keys_ahead.MAX_AHEAD + 2)]
+    assert all(len(k) == 32 for k in keys)
+    assert len(set(keys)) == len(keys)
+    # the prepared ones wait for their handshake; the two made on the spot have no pair
+    assert sum(keys_ahead._handed.get(k) is not None for k in keys) == keys_ahead.MAX_AHEAD
+    first = keys[0]
+    pair = keys_ahead.take_ephemeral_keypair(first)
+    assert pair.public_bytes == _public(first)
+    assert keys_ahead.take_ephemeral_keypair(first) is None  # once only
+
+
+def test_handshake_uses_the_prepared_key_pair_and_completes() -> None:
+    keys_ahead.prepare_ephemeral_key()
+    keys_ahead.prepare_ephemeral_key()
+    client_e = keys_ahead.new_ephemeral_key()
+    server_e = keys_ahead.new_ephemeral_key()
+    client = Handshake.initiator(CLIENT.noise_private_bytes(), client_e, SERVER.noise_public)
+    server = Handshake.responder(SERVER.noise_private_bytes(), server_e)
+    assert not keys_ahead._handed  # both handshakes took their pairs when made
+    m1 = client.write_message(b"hello")
+    assert m1[0] == PATTERN_IK
+    assert m1[1:33] == _public(client_e)  # IK message 1 opens with e, in clear
+    assert server.read_message(m1) == b"hello"
+    m2 = server.write_message(b"world")
+    assert m2[:32] == _public(server_e)
+    assert client.read_message(m2) == b"world"
+    assert client.handshake_hash == server.handshake_hash
+    send, recv = client.transport_keys()
+    assert server.transport_keys() == (recv, send)
+
+
+def test_unused_handed_keys_are_bounded() -> None:
+    for _ in range(keys_ahead._MAX_HANDED + 10):
+        keys_ahead.prepare_ephemeral_key()
+        keys_ahead.new_ephemeral_key()
+    assert len(keys_ahead._handed) == keys_ahead._MAX_HANDED
+
+
+def test_anonymous_identities_are_distinct_and_used_once() -> None:
+    keys_ahead.prepare_anonymous_identity()
+    prepared = keys_ahead._identities[0]
+    first = keys_ahead.take_anonymous_identity()
+    assert first is prepared
+    second = keys_ahead.take_anonymous_identity()  # pool empty: a new one
+    assert second.sui_address != first.sui_address
+    assert second.noise_public != first.noise_public
+
+
+def test_forked_child_does_not_reuse_the_parents_keys() -> None:
+    keys_ahead.prepare_anonymous_identity()
+    keys_ahead.prepare_ephemeral_key()
+    parent_identity = keys_ahead._identities[0]
+    parent_key = keys_ahead._ephemeral[0][0]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it would hand out, then leave at once
+        try:
+            identity = keys_ahead.take_anonymous_identity()
+            key = keys_ahead.new_ephemeral_key()
+            os.write(write_end, identity.noise_public + key)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        got = pipe.read()
+    os.waitpid(pid, 0)
+    assert len(got) == 64
+    assert got[:32] != parent_identity.noise_public
+    assert got[32:] != parent_key
+    # the parent's own keys are still there for it
+    assert keys_ahead.take_anonymous_identity() is parent_identity
+
+
+def test_concurrent_takers_never_share_a_key() -> None:
+    for _ in range(keys_ahead.MAX_AHEAD):
+        keys_ahead.prepare_ephemeral_key()
+    got: list[bytes] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(50):
+            key = keys_ahead.new_ephemeral_key()
+            with lock:
+                got.append(key)
+            keys_ahead.prepare_ephemeral_key()
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(got) == 200
+    assert len(set(got)) == 200
+
+
+def test_connect_makes_the_next_connects_keys_and_each_is_fresh() -> None:
+    addresses: list[str] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100))
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        for i in range(3):
+            with dtp.socket.create_connection(
+                server.address, timeout=10, server_key=server.noise_public_key
+            ) as sock:
+                sock.sendall(b"anon %d" % i)
+                assert sock.recv(100) == b"anon %d" % i
+                addresses.append(sock._engine.conn.config.identity.sui_address)
+            # this connect left the next one an identity and ephemeral keys
+            assert len(keys_ahead._identities) == 1
+            assert keys_ahead._ephemeral
+        # a named identity is not replaced, and leaves no anonymous one behind
+        keys_ahead._forget_all()
+        with dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+        ) as sock:
+            sock.sendall(b"named")
+            assert sock.recv(100) == b"named"
+            assert sock._engine.conn.config.identity is CLIENT
+        assert not keys_ahead._identities
+    assert len(set(addresses)) == 3  # a new anonymous identity per connection
+    assert CLIENT.sui_address not in addresses
+
+
+def test_shared_secrets_made_ahead_are_the_handshakes_and_used_once() -> None:
+    keys_ahead.prepare_anonymous_identity(SERVER.noise_public)
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    assert len(keys_ahead._shared) == 2  # IK's ss and es with this server
+    identity = keys_ahead.take_anonymous_identity()
+    client = Handshake.initiator(
+        identity.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    server = Handshake.responder(SERVER.noise_private_bytes(), keys_ahead.new_ephemeral_key())
+    m1 = client.write_message(b"one")
+    assert not keys_ahead._shared  # both taken by message 1
+    assert server.read_message(m1) == b"one"  # so they were the right ones
+    assert client.read_message(server.write_message(b"two")) == b"two"
+    assert client.handshake_hash == server.handshake_hash
+
+
+def test_shared_secrets_for_another_server_are_left_alone() -> None:
+    other = HostIdentity.generate()
+    keys_ahead.prepare_static_secret(CLIENT, other.noise_public)
+    keys_ahead.prepare_ephemeral_key(other.noise_public)
+    made = dict(keys_ahead._shared)
+    client = Handshake.initiator(
+        CLIENT.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    server = Handshake.responder(SERVER.noise_private_bytes(), bytes(range(32)))
+    assert server.read_message(client.write_message(b"x")) == b"x"
+    assert keys_ahead._shared == made  # keyed by both keys: nothing taken
+    for _ in range(keys_ahead._MAX_SHARED + 5):
+        keys_ahead.prepare_static_secret(HostIdentity.generate(), other.noise_public)
+    assert len(keys_ahead._shared) == keys_ahead._MAX_SHARED
+    # no secret for a malformed or low-order key
+    keys_ahead._forget_all()
+    keys_ahead.prepare_static_secret(CLIENT, bytes(32))
+    keys_ahead.prepare_static_secret(CLIENT, b"short")
+    assert not keys_ahead._shared
+
+
+def test_each_connect_uses_the_secrets_the_previous_one_made() -> None:
+    # the server in a process of its own: in this one it would take ephemeral keys the
+    # client made (for its handshakes, where the client's es is of no use)
+    with server_process("echo", deny=[]) as srv:
+        made: set[tuple[bytes, bytes]] = set()
+        for i in range(3):
+            with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock:
+                sock.sendall(b"%d" % i)
+                assert sock.recv(100) == b"%d" % i
+            assert not made & set(keys_ahead._shared)  # the last connect's were taken
+            made = set(keys_ahead._shared)
+            assert len(made) == 2  # and it left two for the next
