@@ -484,14 +484,18 @@ class NativeAead:
             self._recs = _new_uninit("dtp_opened_rec[]", cap)
             self._recs_len = cap
             self._recs_view = memoryview(ffi.buffer(self._recs))
+        # each array is stored before its length: a length is never larger than the
+        # array it describes, even to a caller that breaks the one-thread rule
         if fcap > self._frames_len or self._frames is None:
-            self._frames_len = max(1, fcap, min(max_frames, 64))
-            self._frames = _new_uninit("dtp_frame[]", self._frames_len)
+            frames_len = max(1, fcap, min(max_frames, 64))
+            self._frames = _new_uninit("dtp_frame[]", frames_len)
             self._frames_view = memoryview(ffi.buffer(self._frames))
+            self._frames_len = frames_len
         if rcap > self._ranges_len or self._ranges is None:
-            self._ranges_len = max(1, rcap, min(max_ranges, 64))
-            self._ranges = _new_uninit("dtp_ack_range[]", self._ranges_len)
+            ranges_len = max(1, rcap, min(max_ranges, 64))
+            self._ranges = _new_uninit("dtp_ack_range[]", ranges_len)
             self._ranges_view = memoryview(ffi.buffer(self._ranges))
+            self._ranges_len = ranges_len
         plain = self._buffer(max(1, size))
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
