@@ -144,7 +144,44 @@ def transaction_digest(tx_bytes: bytes) -> bytes:
     return _blake2b256(_INTENT_TRANSACTION + bytes(tx_bytes))
 
 
-def _verify_sui_signature(digest: bytes, sui_signature: bytes) -> str:
+def _small_order_ys() -> frozenset[int]:
+    """The y coordinates of Ed25519's eight points of small order (1, 2, 4, 8), worked
+    out from the curve -x^2 + y^2 = 1 + d x^2 y^2: y = 1 (the identity), p - 1
+    (order 2), 0 (order 4), and the two ±y of the order-8 points, which double to the
+    order-4 points (y(2P) = 0 means y^2 = -x^2, so d x^4 - 2 x^2 - 1 = 0)."""
+    p, d = _ED25519_P, (-121665 * pow(121666, -1, _ED25519_P)) % _ED25519_P
+
+    def sqrt(a: int) -> int | None:  # p = 5 mod 8 (RFC 8032, 5.1.3)
+        x = pow(a % p, (p + 3) // 8, p)
+        if (x * x - a) % p:
+            x = x * pow(2, (p - 1) // 4, p) % p
+        return x if (x * x - a) % p == 0 else None
+
+    ys = {0, 1, p - 1}
+    root = sqrt(1 + d)
+    assert root is not None
+    for x2 in ((1 + root) * pow(d, -1, p) % p, (1 - root) * pow(d, -1, p) % p):
+        y = sqrt(-x2)
+        if y is not None:
+            ys |= {y, p - y}
+    assert len(ys) == 5
+    return frozenset(ys)
+
+
+_ED25519_P: Final = 2**255 - 19
+_SMALL_ORDER_YS: Final = _small_order_ys()
+
+
+def has_small_order(public: bytes) -> bool:
+    """True if the 32-byte Ed25519 public key encodes a point of small order (any of
+    the eight, canonically encoded or not). For such a key valid-looking signatures
+    can be made without any private key (under Sui's ZIP-215 verification every
+    all-zero signature verifies for the all-zero key), so it proves no one."""
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    return y % _ED25519_P in _SMALL_ORDER_YS
+
+
+def _verify_sui_signature(digest: bytes, sui_signature: bytes, *, proof: bool = False) -> str:
     sig = bytes(sui_signature)
     if len(sig) == 0:
         raise InvalidSignature("empty Sui signature")
@@ -155,6 +192,8 @@ def _verify_sui_signature(digest: bytes, sui_signature: bytes) -> str:
             f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
         )
     raw, public = sig[1:65], sig[65:]
+    if proof and has_small_order(public):
+        raise InvalidSignature("the signing key is of small order (it proves no one)")
     if not _ed25519_verify(public, raw, digest):
         raise InvalidSignature("Sui signature does not verify")
     return sui_address_from_public_key(public)
@@ -198,9 +237,11 @@ def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
 
     ``sui_signature`` is the serialized form (``0x00 || sig || pubkey``, 97 bytes), as
     :meth:`HostIdentity.sign_personal_message` and Sui wallets produce it (base64-decoded).
-    Raises :class:`InvalidSignature` if it is malformed, not Ed25519, or does not verify.
+    Raises :class:`InvalidSignature` if it is malformed, not Ed25519, made with a key
+    of small order (:func:`has_small_order`; DTP's proofs and receipts must come from a
+    real key, a stricter rule than Sui's for transactions), or does not verify.
     """
-    return _verify_sui_signature(personal_message_digest(message), sui_signature)
+    return _verify_sui_signature(personal_message_digest(message), sui_signature, proof=True)
 
 
 def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
