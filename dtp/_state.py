@@ -17,6 +17,7 @@ class ConnState(enum.Enum):
     CLIENT_HELLO = "client-hello"  # client: first handshake message sent, waiting
     SERVER_WAIT = "server-wait"  # server: waiting for the first handshake message
     SERVER_FINAL = "server-final"  # server (XX): waiting for the third message
+    SERVER_DECIDING = "server-deciding"  # server (IK): client proven; accept() or refuse()
     AUTHENTICATING = "authenticating"  # keys ready; identity proof / accept pending
     ESTABLISHED = "established"  # application data flows
     CLOSED = "closed"  # terminal; ConnectionTerminated was reported
@@ -24,7 +25,18 @@ class ConnState(enum.Enum):
 
 _TRANSITIONS: dict[ConnState, set[ConnState]] = {
     ConnState.CLIENT_HELLO: {ConnState.AUTHENTICATING, ConnState.CLOSED},
-    ConnState.SERVER_WAIT: {ConnState.SERVER_FINAL, ConnState.AUTHENTICATING, ConnState.CLOSED},
+    ConnState.SERVER_WAIT: {
+        ConnState.SERVER_FINAL,
+        ConnState.SERVER_DECIDING,
+        ConnState.AUTHENTICATING,
+        ConnState.CLOSED,
+    },
+    # IK: message 2 goes out with the verdict (ACCEPT, or a CLOSE right behind it)
+    ConnState.SERVER_DECIDING: {
+        ConnState.ESTABLISHED,
+        ConnState.AUTHENTICATING,
+        ConnState.CLOSED,
+    },
     ConnState.SERVER_FINAL: {ConnState.AUTHENTICATING, ConnState.CLOSED},
     ConnState.AUTHENTICATING: {ConnState.ESTABLISHED, ConnState.CLOSED},
     ConnState.ESTABLISHED: {ConnState.CLOSED},
@@ -62,7 +74,7 @@ class CloseCode(enum.IntEnum):
 class ControlKind(enum.IntEnum):
     """Kinds of CONTROL frames. Kinds >= 16 are passed up as ControlReceived events."""
 
-    AUTH = 1  # client -> server: the Sui identity proof bound to the handshake hash
+    AUTH = 1  # client -> server (XX): the Sui identity proof bound to the handshake hash
     ACCEPT = 2  # server -> client: application data may flow
     APPLICATION = 16
 

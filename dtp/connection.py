@@ -11,10 +11,14 @@ Life of a connection (see :mod:`dtp._state`):
 1. Noise handshake in handshake records (IK when the client knows the server's static
    key, XX otherwise); each side's first handshake payload carries its transport
    parameters (flow-control windows, stream limit, idle timeout).
-2. The client's first DATA record carries its identity proof (an AUTH control frame:
-   a Sui signature over the handshake hash). The server reports
-   :class:`~dtp.events.PeerAuthenticated` and holds any application data until the
-   application calls :meth:`Connection.accept` or :meth:`Connection.refuse`.
+2. The client proves its Sui address (:mod:`dtp.crypto`, channel binding). In IK the
+   proof rides in message 1: the server reports :class:`~dtp.events.PeerAuthenticated`
+   and answers only once the application calls :meth:`Connection.accept` (message 2
+   and an ACCEPT in one flight) or :meth:`Connection.refuse` (message 2 and a CLOSE),
+   so the client has its verdict after one round trip; the client's first stream (0)
+   is then open on both sides without being announced. In XX the client's first DATA
+   record carries the proof (an AUTH control frame over the handshake hash) and the
+   server holds any application data until it accepts or refuses.
 3. Streams: ordered reliable byte streams with per-stream and per-connection flow
    control, half-close and reset; datagrams, control frames and receipts.
 4. CLOSE with a code and reason, or an idle timeout.
@@ -72,7 +76,13 @@ from dtp._types import (
     RawFrame,
     TakeResult,
 )
-from dtp.crypto import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
+from dtp.crypto import (
+    AUTH_PROOF_SIZE,
+    PATTERN_IK,
+    Handshake,
+    make_auth_proof,
+    verify_auth_proof,
+)
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -506,15 +516,26 @@ class Connection:
         """Server: let the authenticated client in (after PeerAuthenticated)."""
         if self.lent_lane is not None:
             self._take_back()
-        if self.is_client or self._state is not ConnState.AUTHENTICATING:
+        if self.is_client or self._state not in (
+            ConnState.AUTHENTICATING,
+            ConnState.SERVER_DECIDING,
+        ):
             raise LocalProtocolError("accept() is for a server whose client has authenticated")
         if self.peer_address is None:
             raise LocalProtocolError("the client has not proved its identity yet")
-        self._state = transition(self._state, ConnState.ESTABLISHED)
+        if self._state is ConnState.SERVER_DECIDING:
+            self._answer_hello()
+            self._finish_handshake(ConnState.ESTABLISHED)
+        else:
+            self._state = transition(self._state, ConnState.ESTABLISHED)
         self._ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
         self._events.append(ConnectionAccepted(self.peer_address))
         self._events.extend(self._held_events)
         self._held_events.clear()
+        if self.pattern == "IK" and 0 not in self._streams:
+            # IK: the client's first stream is open from acceptance on, so that a
+            # server may speak first without waiting for a flight that announces it
+            self._open_peer_streams_up_to(0)
 
     def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
         """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
@@ -523,6 +544,11 @@ class Connection:
         if self.is_client:
             raise LocalProtocolError("refuse() is for servers")
         self._held_events.clear()
+        if self._state is ConnState.SERVER_DECIDING:
+            # IK: the verdict goes out as a CLOSE right behind message 2, so that the
+            # client reads the reason under the session's keys
+            self._answer_hello()
+            self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)
 
     def open_stream(self) -> int:
@@ -537,8 +563,12 @@ class Connection:
         stream_id = self._next_stream_id
         self._next_stream_id += 2
         self._opened_by_us += 1
-        self._get_stream(stream_id, create=True).announce = True
-        self._streams_dirty = True
+        if stream_id or self.pattern != "IK":
+            # (IK: the server opens stream 0 itself when it accepts us)
+            self._get_stream(stream_id, create=True).announce = True
+            self._streams_dirty = True
+        else:
+            self._get_stream(stream_id, create=True)
         return stream_id
 
     def send_stream_data(
@@ -1249,6 +1279,19 @@ class Connection:
         payload = self._hs.read_message(body)
         if kind == REC_HS_INIT:
             self._peer_params = _parse_params(payload)
+            proof = self._peer_params.pop("auth", None)
+            if self._hs.pattern == PATTERN_IK:
+                if proof is None:
+                    raise HandshakeError("IK message 1 carries no identity proof")
+                self._authenticated(
+                    proof, verify_auth_proof(proof, self._hs.auth_binding, early=True)
+                )
+                self.peer_static = self._hs.remote_static
+                # message 2 waits for the application's verdict (accept / refuse)
+                self._state = transition(self._state, ConnState.SERVER_DECIDING)
+                return
+            if proof is not None:
+                raise HandshakeError("an identity proof in XX message 1 (it goes after message 3)")
             reply = self._hs.write_message(self._transport_params())
             self._send_handshake(REC_HS_RESP, reply, now, resend=False)
             if self._hs.complete:
@@ -1268,8 +1311,9 @@ class Connection:
             if expected_key is not None and self._hs.remote_static != expected_key:
                 raise HandshakeError("the server's static key is not the expected one")
             self._finish_handshake(ConnState.AUTHENTICATING)
-            proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
-            self._ctrl.insert(0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof))
+            if self.pattern == "XX":  # in IK the proof went in message 1
+                proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
+                self._ctrl.insert(0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof))
         else:  # REC_HS_FINAL
             self._finish_handshake(ConnState.AUTHENTICATING)
         early, self._early_records = self._early_records, []
@@ -1415,14 +1459,7 @@ class Connection:
             if self.is_client or self.peer_address is not None:
                 raise RemoteProtocolError("unexpected AUTH frame", ErrorCode.FRAME_VALUE)
             assert self.handshake_hash is not None
-            try:
-                address = verify_auth_proof(data, self.handshake_hash)
-            except HandshakeError:
-                raise
-            self.peer_address = address
-            self.peer_public_key = data[65:97]
-            self._auth_proof = data
-            self._events.append(PeerAuthenticated(address, data[65:97]))
+            self._authenticated(data, verify_auth_proof(data, self.handshake_hash))
         elif kind == ControlKind.ACCEPT:
             if lossy and self.is_client and self._state is ConnState.ESTABLISHED:
                 return  # a retransmitted copy
@@ -1434,6 +1471,18 @@ class Connection:
             self._deliver(ControlReceived(kind, data))
         else:
             raise RemoteProtocolError(f"unknown control kind {kind}", ErrorCode.FRAME_VALUE)
+
+    def _authenticated(self, proof: bytes, address: str) -> None:
+        """The client's identity proof checked out: it is ``address``."""
+        self.peer_address = address
+        self.peer_public_key = proof[65:97]
+        self._auth_proof = proof
+        self._events.append(PeerAuthenticated(address, proof[65:97]))
+
+    def _answer_hello(self) -> None:
+        """Server, IK: message 2, which completes the handshake (sent with the verdict)."""
+        reply = self._hs.write_message(self._transport_params())
+        self._send_handshake(REC_HS_RESP, reply, None, resend=False)
 
     def _deliver(self, event: Event) -> None:
         """Application-facing events wait for accept() on the server."""
@@ -1532,8 +1581,12 @@ class Connection:
             "it": int(self.config.idle_timeout * 1000),
         }
         if self.is_client:
-            # optional binding to a ledger connection; covered by the handshake hash,
-            # which the client's AUTH proof signs
+            if self._hs.pattern == PATTERN_IK:
+                params["auth"] = make_auth_proof(
+                    self.config.identity, self._hs.auth_binding, early=True
+                )
+            # optional binding to a ledger connection: part of message 1's payload, which
+            # only the holder of the ephemeral key the identity proof names can write
             if self.config.connection_id is not None:
                 params["cid"] = bytes(self.config.connection_id)
             if self.config.port is not None:
@@ -1541,7 +1594,9 @@ class Connection:
         packed: bytes = msgpack.packb(params)
         return packed
 
-    def _send_handshake(self, kind: int, message: bytes, now: float, resend: bool = True) -> None:
+    def _send_handshake(
+        self, kind: int, message: bytes, now: float | None, resend: bool = True
+    ) -> None:
         record = _core.write_record_header(kind, 0, len(message), 0) + message
         self._out.append(record)
         if resend:
@@ -1549,6 +1604,7 @@ class Connection:
         else:
             self._hs_messages = [(kind, message)]
         if not self.config.reliable_carrier and self.is_client:
+            assert now is not None  # only the client resends on its own
             self._hs_resend_at = now + self._hs_resend_interval
 
     def _build_records(self, now: float) -> None:
@@ -2014,7 +2070,9 @@ def _varint(value: int) -> bytes:
 
 def _parse_params(payload: bytes) -> dict[str, Any]:
     """Decode and validate the peer's transport parameters: the required integers, and
-    the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a client may send."""
+    the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a client may send, and
+    the ``"auth"`` identity proof an IK client sends (its size checked here, its
+    signature by the caller)."""
     try:
         params = msgpack.unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -2039,6 +2097,11 @@ def _parse_params(payload: bytes) -> dict[str, Any]:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
             raise HandshakeError("transport parameter 'port' must be an integer in 0..65535")
         out["port"] = port
+    if "auth" in params:
+        proof = params["auth"]
+        if not isinstance(proof, bytes) or len(proof) != AUTH_PROOF_SIZE:
+            raise HandshakeError(f"transport parameter 'auth' must be {AUTH_PROOF_SIZE} bytes")
+        out["auth"] = proof
     return out
 
 

@@ -37,10 +37,21 @@ raises on message 1 and there is nothing to send back); the connection layer see
 carrier close or its handshake timeout. A message 2 from anyone but the holder of the
 server key the client used fails the client's ``read_message`` with ``HandshakeError``.
 
-Channel binding: after the handshake the client proves its Sui address with
-:func:`make_auth_proof`, a Sui personal-message signature over ``b"DTP-AUTH-V1" ||
-handshake_hash``; the server checks it with :func:`verify_auth_proof`. The handshake hash
-is unique to this session, so the proof cannot be replayed into another one.
+Channel binding: the client proves its Sui address with :func:`make_auth_proof`, a Sui
+personal-message signature, and the server checks it with :func:`verify_auth_proof`.
+
+- In XX the proof is sent once the handshake is complete and signs ``b"DTP-AUTH-V1" ||
+  handshake_hash``. The handshake hash is unique to this session, so the proof cannot be
+  replayed into another one.
+- In IK it travels in the payload of message 1 (``early=True``), so that the server can
+  decide on the client before it answers and the client learns the verdict with message
+  2, saving a round trip. It then signs ``b"DTP-AUTH-IK-V1" || binding``, where the
+  binding (:attr:`Handshake.auth_binding`) is BLAKE2s over the IK protocol name, the
+  prologue (u16le length first), the server's static key and the client's ephemeral
+  public key. The ephemeral key is fresh for every handshake and the session keys
+  depend on its private half (``es``, ``ee``), so a copied proof is of no use to anyone
+  without that key, even to someone holding the server's static key (``ee`` needs one of
+  the two ephemeral private keys).
 """
 
 from __future__ import annotations
@@ -74,6 +85,7 @@ from dtp.keys_ahead import take_ephemeral_keypair, take_shared_secret
 
 __all__ = [
     "AUTH_CONTEXT",
+    "AUTH_EARLY_CONTEXT",
     "AUTH_PROOF_SIZE",
     "DEFAULT_PROLOGUE",
     "KEY_SIZE",
@@ -114,6 +126,8 @@ KEY_SIZE: Final = 32
 
 #: Domain separation tag of the client's identity proof.
 AUTH_CONTEXT: Final = b"DTP-AUTH-V1"
+#: Domain separation tag of the identity proof an IK client sends in message 1.
+AUTH_EARLY_CONTEXT: Final = b"DTP-AUTH-IK-V1"
 #: Size of an identity proof (a serialized Ed25519 Sui signature).
 AUTH_PROOF_SIZE: Final = 97
 
@@ -384,6 +398,7 @@ class Handshake:
         self._failed = False
         self._hash: bytes | None = None
         self._keys: tuple[bytes, bytes] | None = None
+        self._binding: bytes | None = None  # IK: what an early identity proof signs
         if is_initiator:
             self._pattern = PATTERN_XX if self._remote_static is None else PATTERN_IK
             self._noise = self._start_noise(self._pattern)
@@ -450,6 +465,11 @@ class Handshake:
         if ephemeral is None:
             ephemeral = KeyPair25519.from_private_bytes(self._ephemeral)
         noise.noise_protocol.handshake_state.e = ephemeral
+        if self._is_initiator and pattern == PATTERN_IK:
+            assert self._remote_static is not None
+            self._binding = _early_binding(
+                self._prologue, self._remote_static, ephemeral.public_bytes
+            )
         return noise
 
     # -- state ----------------------------------------------------------------------------
@@ -497,6 +517,15 @@ class Handshake:
         if self._hash is None:
             raise HandshakeError("the handshake hash exists only once the handshake is complete")
         return self._hash
+
+    @property
+    def auth_binding(self) -> bytes:
+        """IK only: the 32 bytes a client's identity proof in message 1 signs (see the
+        module docs); the initiator has it from the start, the responder once it has
+        read message 1. Raises :class:`HandshakeError` otherwise."""
+        if self._binding is None:
+            raise HandshakeError("an early identity proof binding exists only in IK")
+        return self._binding
 
     def transport_keys(self) -> tuple[bytes, bytes]:
         """``(send_key, recv_key)``: this side's raw 32-byte ChaCha20-Poly1305 keys.
@@ -595,6 +624,10 @@ class Handshake:
                 f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
             )
         self._after_message(state)
+        if self._messages_done == 1 and self._pattern == PATTERN_IK:
+            # IK message 1 opens with the client's ephemeral public key, in clear
+            own = noise.noise_protocol.keypairs["s"].public_bytes
+            self._binding = _early_binding(self._prologue, bytes(own), data[:KEY_SIZE])
         return payload
 
     def _after_message(self, state: Any) -> None:
@@ -618,30 +651,42 @@ class Handshake:
 # -- channel binding ------------------------------------------------------------------------
 
 
-def _auth_message(handshake_hash: bytes) -> bytes:
-    handshake_hash = bytes(handshake_hash)
-    if len(handshake_hash) != 32:
-        raise ValueError("a handshake hash is 32 bytes")
-    return AUTH_CONTEXT + handshake_hash
+def _early_binding(prologue: bytes, server_static: bytes, client_ephemeral: bytes) -> bytes:
+    return hashlib.blake2s(
+        PROTOCOL_NAMES[PATTERN_IK]
+        + len(prologue).to_bytes(2, "little")
+        + prologue
+        + server_static
+        + client_ephemeral
+    ).digest()
 
 
-def make_auth_proof(identity: HostIdentity, handshake_hash: bytes) -> bytes:
+def _auth_message(session_digest: bytes, early: bool) -> bytes:
+    session_digest = bytes(session_digest)
+    if len(session_digest) != 32:
+        raise ValueError("a handshake hash or binding is 32 bytes")
+    return (AUTH_EARLY_CONTEXT if early else AUTH_CONTEXT) + session_digest
+
+
+def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: bool = False) -> bytes:
     """The client's proof of its Sui address for this session (97 bytes).
 
-    A Sui personal-message signature by ``identity`` over
-    ``b"DTP-AUTH-V1" || handshake_hash``; the connection sends it once the handshake is
-    complete. Raises ValueError if ``handshake_hash`` is not 32 bytes.
+    A Sui personal-message signature by ``identity`` over ``b"DTP-AUTH-V1" ||
+    handshake_hash`` (XX: sent once the handshake is complete), or with ``early`` over
+    ``b"DTP-AUTH-IK-V1" || auth_binding`` (IK: sent in message 1; see the module docs).
+    Raises ValueError if ``session_digest`` is not 32 bytes.
     """
-    return identity.sign_personal_message(_auth_message(handshake_hash))
+    return identity.sign_personal_message(_auth_message(session_digest, early))
 
 
-def verify_auth_proof(proof: bytes, handshake_hash: bytes) -> str:
+def verify_auth_proof(proof: bytes, session_digest: bytes, *, early: bool = False) -> str:
     """Check a client's identity proof for this session; return the client's Sui address.
 
-    Raises :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not
-    made over this ``handshake_hash``; ValueError if ``handshake_hash`` is not 32 bytes.
+    ``session_digest`` and ``early`` as for :func:`make_auth_proof`. Raises
+    :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not made
+    over this digest in this context; ValueError if the digest is not 32 bytes.
     """
-    message = _auth_message(handshake_hash)
+    message = _auth_message(session_digest, early)
     proof = bytes(proof)
     if len(proof) != AUTH_PROOF_SIZE:
         raise HandshakeError(f"identity proof must be {AUTH_PROOF_SIZE} bytes, got {len(proof)}")

@@ -1386,7 +1386,8 @@ def _connect(
         # as the handshake completes: the stream's opening shares the record (and the
         # send) that carries our AUTH proof
         session.on_handshake = None
-        engine.conn.open_stream()
+        if not engine.conn.closed:  # a refusal can come in the same read (IK)
+            engine.conn.open_stream()
 
     session.on_handshake = open_first_stream
     try:
@@ -1675,23 +1676,13 @@ class DTPServer:
         reason)."""
         session = engine.session
         conn = session.conn
-        timeout = conn.config.handshake_timeout
-        deadline = time.monotonic() + timeout
         with engine.lock:
+            # IK: the client's proof comes with its first message and our reply waits
+            # for the verdict; XX: the proof comes after the three messages
             engine.pump(
-                lambda: conn.handshake_hash is not None or session.terminated is not None, timeout
+                lambda: session.authenticated_address is not None or session.terminated is not None,
+                conn.config.handshake_timeout,
             )
-            if session.terminated is None:
-                # our reply is out and the client works on it: make the next
-                # connection's ephemeral key and start its Noise state meanwhile
-                prepare_ephemeral_key()
-                prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
-                engine.pump(
-                    lambda: (
-                        session.authenticated_address is not None or session.terminated is not None
-                    ),
-                    max(0.0, deadline - time.monotonic()),
-                )
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
             peer = peer_info(
@@ -1709,6 +1700,10 @@ class DTPServer:
             session.conn.accept()
             engine.flush()
             session.process_events()
+            # our reply is out and the client works on it: make the next connection's
+            # ephemeral key and start its Noise state meanwhile
+            prepare_ephemeral_key()
+            prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
             return "accepted", ""
 
     def _run_hook(self, peer: PeerInfo) -> str | None:

@@ -523,3 +523,114 @@ class StreamsMachine(RuleBasedStateMachine):
 
 TestStreamsMachine = StreamsMachine.TestCase
 TestStreamsMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+# -- IK: the identity proof in message 1, the verdict with message 2 -------------------------
+
+
+def _first_message(client: Connection) -> bytes:
+    return client.data_to_send(0.0)
+
+
+def test_ik_server_decides_before_it_answers_and_client_is_in_after_one_flight() -> None:
+    client, server = make_pair()
+    c, s = Side(client), Side(server)
+    server.receive_data(_first_message(client), 0.0)
+    s.drain()
+    assert [type(e) for e in s.events] == [PeerAuthenticated]
+    assert server.peer_address == CLIENT_ID.sui_address
+    assert server.peer_static == CLIENT_ID.noise_public  # for the accept hook
+    assert server.data_to_send(0.0) == b""  # nothing before the verdict
+    server.accept()
+    s.drain()
+    assert s.of(HandshakeCompleted) and s.of(ConnectionAccepted)
+    assert [e.stream_id for e in s.of(StreamOpened)] == [0]  # type: ignore[attr-defined]
+    client.receive_data(server.data_to_send(0.0), 0.0)
+    c.drain()
+    assert client.established and c.of(ConnectionAccepted)
+    assert client.data_to_send(0.0) == b""  # no AUTH frame follows: it was in message 1
+
+
+def test_ik_refusal_reaches_the_client_with_message_2() -> None:
+    client, server = make_pair()
+    server.receive_data(_first_message(client), 0.0)
+    server.refuse("not on the list")
+    client.receive_data(server.data_to_send(0.0), 0.0)
+    assert client.closed
+    term = [e for e in iter(client.next_event, None) if isinstance(e, ConnectionTerminated)]
+    error = error_for_termination(term[0])
+    assert isinstance(error, ConnectionRefused) and "not on the list" in str(error)
+
+
+def _tampered_hello(change_params: object) -> bytes:
+    """An IK message 1 from CLIENT_ID whose transport parameters were changed by
+    ``change_params(params)`` before the client sealed them (as a forger would)."""
+    import msgpack
+
+    client, _ = make_pair()
+    hs = client._hs
+    params = msgpack.unpackb(client._transport_params())
+    change_params(params)  # type: ignore[operator]
+    # the same handshake state, a second message 1 with the forged payload
+    fresh, _ = make_pair()
+    fresh._hs = hs.__class__.initiator(
+        CLIENT_ID.noise_private_bytes(), os.urandom(32), remote_static=SERVER_ID.noise_public
+    )
+    body = fresh._hs.write_message(msgpack.packb(params))
+    return _core.write_record_header(1, 0, len(body), 0) + body
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: p.pop("auth"), id="no-proof"),
+        pytest.param(lambda p: p.__setitem__("auth", b"\x00" * 97), id="garbage-proof"),
+        pytest.param(lambda p: p.__setitem__("auth", p["auth"][:-1]), id="short-proof"),
+        # a proof made for another handshake (another ephemeral key): a replayed proof
+        pytest.param(lambda p: None, id="proof-of-another-handshake"),
+    ],
+)
+def test_ik_server_rejects_a_missing_forged_or_replayed_proof(change: object) -> None:
+    _, server = make_pair()
+    server.receive_data(_tampered_hello(change), 0.0)
+    assert server.closed and server.peer_address is None
+    term = server.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert not [e for e in iter(server.next_event, None) if isinstance(e, PeerAuthenticated)]
+    assert server.data_to_send(0.0) == b""  # no message 2 for a forger
+
+
+def test_xx_first_message_with_a_proof_is_refused() -> None:
+    import msgpack
+
+    client, server = make_pair(ik=False)
+    params = msgpack.unpackb(client._transport_params())
+    params["auth"] = make_proof = CLIENT_ID.sign_personal_message(b"x" * 32)
+    assert len(make_proof) == 97
+    hs = client._hs.__class__.initiator(CLIENT_ID.noise_private_bytes(), os.urandom(32))
+    body = hs.write_message(msgpack.packb(params))
+    server.receive_data(_core.write_record_header(1, 0, len(body), 0) + body, 0.0)
+    term = server.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert server.peer_address is None
+
+
+def test_ik_accept_and_refuse_only_while_deciding() -> None:
+    client, server = make_pair()
+    with pytest.raises(LocalProtocolError):
+        server.accept()  # nothing to decide on yet
+    server.receive_data(_first_message(client), 0.0)
+    with pytest.raises(LocalProtocolError):
+        client.accept()
+    server.accept()
+    with pytest.raises(LocalProtocolError):
+        server.accept()  # decided already
+
+
+def test_ik_deciding_server_times_out_like_any_handshake() -> None:
+    client, server = make_pair(handshake_timeout=2.0)
+    server.receive_data(_first_message(client), 0.0)
+    timer = server.get_timer()
+    assert timer is not None and timer <= 2.0
+    server.handle_timer(2.0)
+    assert server.closed

@@ -736,3 +736,56 @@ def test_handshakes_started_ahead_only_serve_their_own_keys() -> None:
     with pytest.raises(ValueError):
         crypto.prepare_handshake(bytes(31), initiator=False)
     crypto._forget_started()
+
+
+# -- the IK identity proof in message 1 (early=True) -----------------------------------------
+
+
+def test_auth_binding_agrees_on_both_sides_and_follows_the_spec() -> None:
+    initiator, responder = pair(PATTERN_IK)
+    binding = initiator.auth_binding  # known before message 1 is written
+    responder.read_message(initiator.write_message(b""))
+    assert responder.auth_binding == binding
+    e_public = noise_key_object(E_CLIENT)
+    assert e_public is None  # E_CLIENT is no live identity's key: derive it here
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    e_pub = X25519PrivateKey.from_private_bytes(E_CLIENT).public_key().public_bytes_raw()
+    name = PROTOCOL_NAMES[PATTERN_IK]
+    expected = hashlib.blake2s(name + b"\x05\x00" + b"DTP/1" + SERVER.noise_public + e_pub)
+    assert binding == expected.digest()
+
+
+def test_auth_binding_differs_per_ephemeral_key_server_and_prologue() -> None:
+    base = pair(PATTERN_IK)[0].auth_binding
+    assert pair(PATTERN_IK, e_client=bytes([7]) * 32)[0].auth_binding != base
+    other = HostIdentity.generate()
+    assert pair(PATTERN_IK, server_key=other.noise_public)[0].auth_binding != base
+    assert pair(PATTERN_IK, prologue=b"DTP/2")[0].auth_binding != base
+
+
+def test_auth_binding_exists_only_in_ik() -> None:
+    initiator, responder = pair(PATTERN_XX)
+    with pytest.raises(HandshakeError):
+        _ = initiator.auth_binding
+    responder.read_message(initiator.write_message(b""))
+    with pytest.raises(HandshakeError):
+        _ = responder.auth_binding
+    _, ik_responder = pair(PATTERN_IK)
+    with pytest.raises(HandshakeError):
+        _ = ik_responder.auth_binding  # before message 1
+
+
+def test_early_proof_round_trip_and_its_own_domain() -> None:
+    binding = pair(PATTERN_IK)[0].auth_binding
+    proof = make_auth_proof(CLIENT, binding, early=True)
+    assert len(proof) == AUTH_PROOF_SIZE
+    assert verify_auth_proof(proof, binding, early=True) == CLIENT.sui_address
+    # an early proof is no XX proof over the same 32 bytes, nor the other way round
+    with pytest.raises(HandshakeError):
+        verify_auth_proof(proof, binding)
+    with pytest.raises(HandshakeError):
+        verify_auth_proof(make_auth_proof(CLIENT, binding), binding, early=True)
+    other = pair(PATTERN_IK, e_client=bytes([7]) * 32)[0].auth_binding
+    with pytest.raises(HandshakeError):
+        verify_auth_proof(proof, other, early=True)

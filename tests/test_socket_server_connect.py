@@ -1,6 +1,7 @@
-"""What one connect costs on the wire: the client opens its first stream as the
-handshake completes (Session.on_handshake), so the opening leaves in the same flight
-as the AUTH proof instead of a send of its own; the connection works the same."""
+"""What one connect costs on the wire. In IK the client's identity proof rides in
+message 1 and the server answers only with its verdict: message 2 and the ACCEPT leave
+in one flight, and the client's first stream (opened as the handshake completes, by
+Session.on_handshake) is open on both sides without a flight of its own."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 
 
-def test_on_handshake_output_leaves_with_the_auth_proof() -> None:
+def test_one_round_trip_to_the_verdict_and_no_flight_for_the_first_stream() -> None:
     client = Session(
         ConnectionConfig(identity=CLIENT, is_client=True, server_static=SERVER.noise_public),
         now=0.0,
@@ -25,21 +26,23 @@ def test_on_handshake_output_leaves_with_the_auth_proof() -> None:
     client.on_handshake = lambda: opened.append(client.conn.open_stream())
     server.conn.receive_data(client.conn.data_to_send(0.0), 0.0)
     server.process_events()
+    assert server.authenticated_address == CLIENT.sui_address  # from message 1 alone
+    assert server.conn.data_to_send(0.0) == b""  # no reply before the verdict
+    server.conn.accept()
+    server.process_events()
+    assert list(server.incoming_streams) == [0]  # the client's first stream
     client.conn.receive_data(server.conn.data_to_send(0.0), 0.0)
     assert opened == []  # called from process_events, not from inside the connection
     client.process_events()
     assert opened == [0]
+    assert client.accepted and client.conn.established  # one round trip
     client.process_events()
     assert opened == [0]  # once per handshake
-    flight = client.conn.data_to_send(0.0)
-    assert client.conn.data_to_send(0.0) == b""  # nothing left for a second send
-    server.conn.receive_data(flight, 0.0)
-    server.process_events()
-    assert server.authenticated_address == CLIENT.sui_address
-    assert not server.incoming_streams  # held until the accept hook says yes
-    server.conn.accept()
-    server.process_events()
-    assert list(server.incoming_streams) == [0]  # its opening was in that flight
+    assert client.conn.data_to_send(0.0) == b""  # the opening needs no flight
+    server.conn.send_stream_data(0, b"server speaks first")
+    client.conn.receive_data(server.conn.data_to_send(0.0), 0.0)
+    client.process_events()
+    assert client.take(0, 100) == b"server speaks first"
 
 
 def test_connect_then_echo_on_the_first_stream() -> None:
