@@ -16,7 +16,8 @@ Life of a connection (see :mod:`dtp._state`):
    and answers only once the application calls :meth:`Connection.accept` (message 2
    and an ACCEPT in one flight) or :meth:`Connection.refuse` (message 2 and a CLOSE),
    so the client has its verdict after one round trip; the client's first stream (0)
-   is then open on both sides without being announced. In XX the client's first DATA
+   is then open on both sides without a frame of its own (its first
+   :meth:`Connection.open_stream` returns it). In XX the client's first DATA
    record carries the proof (an AUTH control frame over the handshake hash) and the
    server holds any application data until it accepts or refuses.
 3. Streams: ordered reliable byte streams with per-stream and per-connection flow
@@ -254,6 +255,8 @@ class Connection:
         self._local_max_streams = config.max_streams  # total peer-opened streams allowed
         self._peer_opened = 0
         self._peer_streams_done = 0
+        # client, IK: stream 0 was opened by the acceptance; open_stream() hands it out
+        self._first_stream_unclaimed = False
         # frames waiting for the next record
         self._ctrl: list[RawFrame] = []
         self._pending_max_data = False
@@ -532,10 +535,7 @@ class Connection:
         self._events.append(ConnectionAccepted(self.peer_address))
         self._events.extend(self._held_events)
         self._held_events.clear()
-        if self.pattern == "IK" and 0 not in self._streams:
-            # IK: the client's first stream is open from acceptance on, so that a
-            # server may speak first without waiting for a flight that announces it
-            self._open_peer_streams_up_to(0)
+        self._open_first_stream()
 
     def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
         """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
@@ -556,6 +556,9 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
+        if self._first_stream_unclaimed:
+            self._first_stream_unclaimed = False
+            return 0
         if self._opened_by_us >= self._peer_max_streams:
             raise LocalProtocolError(
                 f"peer allows {self._peer_max_streams} streams; wait for one to finish"
@@ -563,12 +566,8 @@ class Connection:
         stream_id = self._next_stream_id
         self._next_stream_id += 2
         self._opened_by_us += 1
-        if stream_id or self.pattern != "IK":
-            # (IK: the server opens stream 0 itself when it accepts us)
-            self._get_stream(stream_id, create=True).announce = True
-            self._streams_dirty = True
-        else:
-            self._get_stream(stream_id, create=True)
+        self._get_stream(stream_id, create=True).announce = True
+        self._streams_dirty = True
         return stream_id
 
     def send_stream_data(
@@ -1467,10 +1466,26 @@ class Connection:
                 raise RemoteProtocolError("unexpected ACCEPT frame", ErrorCode.FRAME_VALUE)
             self._state = transition(self._state, ConnState.ESTABLISHED)
             self._events.append(ConnectionAccepted(None))
+            self._open_first_stream()
         elif kind >= ControlKind.APPLICATION:
             self._deliver(ControlReceived(kind, data))
         else:
             raise RemoteProtocolError(f"unknown control kind {kind}", ErrorCode.FRAME_VALUE)
+
+    def _open_first_stream(self) -> None:
+        """IK, on acceptance: the client's stream 0 opens on both sides with no frame of
+        its own, so that either side may send on it first (the server's first bytes can
+        arrive in the client's very read that brings the ACCEPT)."""
+        if self.pattern != "IK" or 0 in self._streams:
+            return
+        if self.is_client:
+            if self._next_stream_id == 0 and self._peer_max_streams > 0:
+                self._get_stream(0, create=True)
+                self._next_stream_id = 2
+                self._opened_by_us = 1
+                self._first_stream_unclaimed = True
+        elif self._local_max_streams > 0:
+            self._open_peer_streams_up_to(0)
 
     def _authenticated(self, proof: bytes, address: str) -> None:
         """The client's identity proof checked out: it is ``address``."""
