@@ -231,6 +231,9 @@ class RpcProtocol:
         #: the peer's requests we have not answered: id -> deadline
         self._incoming: dict[int, float | None] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, side 0=out 1=in, id)
+        # begin_request: the last timeout seen, and its value on the wire
+        self._last_timeout: float | None = None
+        self._last_timeout_ms = 0
         #: Counters for monitoring.
         self.violations = 0
         self.late_responses = 0
@@ -338,6 +341,153 @@ class RpcProtocol:
     def send_ack(self, request_id: int, signature: bytes) -> None:
         """Acknowledge the peer's response to our request ``request_id`` (response escrow)."""
         self._out.append(self._frame([ACK, request_id, bytes(signature)]))
+
+    # -- the fast path ------------------------------------------------------------------
+    # A caller that moves the bytes itself can skip the queue and the events for the
+    # common exchange: a request out and the one frame read next being its answer (a
+    # client), or the one frame read being a request that is answered at once (a
+    # server). The protocol's state stays exact; anything else takes the general path.
+
+    def begin_request(
+        self, method: str, params: Any, now: float, timeout: float | None
+    ) -> tuple[int, bytes]:
+        """Frame a request for the caller to send itself (nothing is queued): returns
+        (id, frame). The request is in flight (:meth:`is_pending`) with its deadline
+        but no timer: the caller reads the answer with :meth:`take_response`, or
+        hands the request to the timers with :meth:`track`. Raises as
+        :meth:`send_request` does."""
+        if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
+            _check_method(method)
+        if len(self._outgoing) >= self.max_outgoing:
+            raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
+        if timeout is None:
+            timeout_ms = 0
+        elif timeout == self._last_timeout:
+            timeout_ms = self._last_timeout_ms
+        else:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
+            timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
+            self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
+        request_id = self._next_id
+        frame = self._frame([REQUEST, request_id, method, params, timeout_ms, None])
+        self._next_id = request_id + 1 if request_id < MAX_ID else 1
+        self._outgoing[request_id] = None if timeout is None else now + timeout
+        return request_id, frame
+
+    def track(self, request_id: int) -> None:
+        """Give a request from :meth:`begin_request` its timer, as :meth:`send_request`
+        does (when it is still pending and has a deadline)."""
+        deadline = self._outgoing.get(request_id)
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, 0, request_id))
+
+    def take_response(self, request_id: int, data: bytes) -> tuple[Any] | None:
+        """When ``data`` (bytes just read) is exactly one frame, the RESPONSE to our
+        pending request ``request_id``: settle the request and return ``(result,)``
+        (a response's meta is not kept). Otherwise None, with nothing changed: feed
+        ``data`` to :meth:`receive_data`."""
+        n = len(data)
+        decoder = self._decoder
+        if (
+            n < 6
+            or int.from_bytes(data[:4], "big") != n - 4
+            or n - 4 > self.max_message_size
+            or decoder._buf
+            or decoder._skip
+        ):
+            return None
+        try:
+            message = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
+        except Exception:
+            return None
+        if (
+            type(message) is list
+            and len(message) == 4
+            and type(message[0]) is int
+            and message[0] == RESPONSE
+            and type(message[1]) is int
+            and message[1] == request_id
+            and (message[3] is None or type(message[3]) is dict)
+            and self._outgoing.pop(request_id, _MISSING) is not _MISSING
+        ):
+            return (message[2],)
+        return None
+
+    def take_request(self, data: bytes) -> list[Any] | None:
+        """When ``data`` (bytes just read) is exactly one frame holding a well-formed
+        REQUEST that can be taken now, and no event waits: the message ``[kind, id,
+        method, params, timeout_ms, meta]``, which the caller answers at once with
+        :meth:`response_frame` or :meth:`error_frame` (before anything else happens on
+        this protocol: it is never pending), or hands back with
+        :meth:`admit_request`. Otherwise None, with nothing changed: feed ``data`` to
+        :meth:`receive_data`."""
+        n = len(data)
+        decoder = self._decoder
+        if (
+            n < 6
+            or int.from_bytes(data[:4], "big") != n - 4
+            or n - 4 > self.max_message_size
+            or decoder._buf
+            or decoder._skip
+            or self._events
+        ):
+            return None
+        try:
+            message = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
+        except Exception:
+            return None
+        if (
+            type(message) is not list
+            or len(message) != 6
+            or type(message[0]) is not int
+            or message[0] != REQUEST
+            or type(message[2]) is not str
+            or type(message[4]) is not int
+            or (message[5] is not None and type(message[5]) is not dict)
+        ):
+            return None
+        request_id = message[1]
+        if (
+            type(request_id) is not int
+            or not 0 < request_id <= MAX_ID
+            or not 0 < len(message[2]) <= _SHORT_METHOD
+            or not 0 <= message[4] <= MAX_TIMEOUT_MS
+            or request_id in self._incoming
+            or len(self._incoming) >= self.max_incoming
+        ):
+            return None
+        return message
+
+    def admit_request(self, message: list[Any], now: float) -> None:
+        """A request from :meth:`take_request` that the caller does not answer at once:
+        it becomes pending and a :class:`RequestReceived` event, as it would have from
+        :meth:`receive_data` (``now``: when it was read)."""
+        self._on_request(message, now)
+
+    def response_frame(self, request_id: int, result: Any) -> bytes:
+        """The frame answering a request from :meth:`take_request` with ``result``: as
+        :meth:`send_response` would send it (an error frame for a result that cannot
+        be encoded or is too large)."""
+        try:
+            body: bytes = self._pack([RESPONSE, request_id, result, None])
+        except (TypeError, ValueError, OverflowError) as exc:
+            return self._frame(
+                [ERROR, request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}", None]
+            )
+        if len(body) > self.max_message_size:
+            return self._frame(
+                [ERROR, request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap", None]
+            )
+        return len(body).to_bytes(4, "big") + body
+
+    def error_frame(self, request_id: int, code: int, message: str, data: Any = None) -> bytes:
+        """The frame answering a request from :meth:`take_request` with an error, as
+        :meth:`send_error` would send it."""
+        try:
+            return self._frame([ERROR, request_id, code, message, data])
+        except (E.PayloadTooLarge, TypeError):
+            return self._frame([ERROR, request_id, code, message[:200], None])
 
     def _frame(self, message: list[Any]) -> bytes:
         body: bytes = self._pack(message)

@@ -491,6 +491,12 @@ class RpcClient:
         meta: Mapping[str, Any] | None = None,
     ) -> Any:
         """Call ``method`` and wait for its result (raises the typed error otherwise)."""
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        if meta is None and self.meter is None and self.prepay is None:
+            outcome = self._call_quiet(method, params, timeout)
+            if outcome is not None:
+                return outcome[0]
         return self.start(method, params, timeout=timeout, meta=meta).result()
 
     def start(
@@ -666,6 +672,119 @@ class RpcClient:
         if self._followers:
             self._cond.notify_all()
 
+    def _call_quiet(self, method: str, params: Any, timeout: float | None) -> tuple[Any] | None:
+        """:meth:`call` on a quiet stream -- no other call in flight, nobody reading,
+        nothing queued -- in one send and (usually) one read: the request is framed and
+        sent as is, and the read that follows is taken as its answer when it is exactly
+        that (one frame, the RESPONSE), with no RpcCall, timer, event or dispatch. Any
+        other outcome turns the request into an ordinary call, which the general path
+        finishes. Returns ``(result,)``, or None when the stream is not quiet (nothing
+        was done); raises as :meth:`call` does."""
+        wlock, lock, proto = self._wlock, self._lock, self._proto
+        if not wlock.acquire(False):
+            return None
+        try:
+            with lock:
+                if self._calls or self._reading or self._closed is not None or proto._out:
+                    return None
+                request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
+                # we read for everybody until the answer: calls other threads start
+                # meanwhile wait for us (RpcClient._wait), as for any reader
+                self._reading = True
+            try:
+                self._stream.sendall(frame)
+            except BaseException as exc:
+                with lock:
+                    self._reading = False
+                    self._wake_followers()
+                    if isinstance(exc, DTPError | OSError):
+                        proto._outgoing.pop(request_id, None)
+                        self._fail_all(E.RpcConnectionLost(f"sending failed: {exc}"))
+                        raise E.RpcConnectionLost(f"sending failed: {exc}") from exc
+                    self._adopt(request_id)
+                raise
+        finally:
+            wlock.release()
+        stream = self._stream
+        current = self._current_timeout
+        if timeout != current and not (
+            # as in _wait: a timeout set a little shorter, or at most a millisecond
+            # longer, does as well
+            timeout is not None
+            and type(current) is float
+            and timeout - 0.05 <= current <= timeout + 0.001
+        ):
+            stream.settimeout(timeout)
+            self._current_timeout = timeout
+        failed: BaseException | None = None
+        try:
+            data: bytes | None = stream.recv(RECV_SIZE)
+        except TimeoutError:
+            data = None
+        except (DTPError, OSError) as exc:
+            data, failed = None, exc
+        except BaseException:
+            with lock:
+                self._reading = False
+                self._adopt(request_id)  # a later reader settles it
+                self._wake_followers()
+            raise
+        with lock:
+            self._reading = False
+            if self._closed is not None:  # close() while we read: the call failed
+                proto._outgoing.pop(request_id, None)
+                self._wake_followers()
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+            if data:
+                got = proto.take_response(request_id, data)
+                if got is not None:
+                    if self._followers:
+                        self._cond.notify_all()
+                    return got
+            call = self._adopt(request_id)
+            self._absorb(data, failed, proto.get_timer(), call, None)  # wakes the followers
+            pending_out = bool(proto._out)
+        if pending_out:
+            self._flush_soon()
+        return (call.result(),)
+
+    def _adopt(self, request_id: int) -> RpcCall:
+        """Make a request from :meth:`_call_quiet` an ordinary call (lock held): what
+        settles it reaches it through the protocol's events, or its timer."""
+        call = RpcCall(self, request_id)
+        self._calls[request_id] = call
+        self._proto.track(request_id)
+        return call
+
+    def _absorb(
+        self,
+        data: bytes | None,
+        failed: BaseException | None,
+        timer: float | None,
+        call: RpcCall,
+        deadline: float | None,
+    ) -> None:
+        """Act on a read (lock held, the reader flag cleared): ``data`` (None: the read
+        timed out; b"": the peer closed) or the error ``failed``; ``timer`` is the
+        protocol timer the read waited for."""
+        proto = self._proto
+        if failed is not None:
+            self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+            return
+        if data == b"":
+            self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
+            return
+        now = time.monotonic()
+        if data:
+            proto.receive_data(data, now)
+        # what was read only settles or adds deadlines after ``now``: only the timer
+        # that was due before can be due
+        if timer is not None and timer <= now:
+            proto.handle_timer(now)
+        self._dispatch(proto.events())  # wakes the followers
+        if not call.done and deadline is not None and now >= deadline:
+            self._expire(call, deadline)
+
     def _wait(self, call: RpcCall, deadline: float | None) -> None:
         """Wait until ``call`` is done, reading for everybody while nobody else does."""
         stream, proto, lock = self._stream, self._proto, self._lock
@@ -711,22 +830,9 @@ class RpcClient:
                     data, failed = None, exc
                 with lock:
                     self._reading = leading = False
-                    if failed is not None:
-                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+                    self._absorb(data, failed, timer, call, deadline)
+                    if failed is not None or data == b"":
                         return
-                    if data == b"":
-                        self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
-                        return
-                    now = monotonic()
-                    if data:
-                        proto.receive_data(data, now)
-                    # what was read only settles or adds deadlines after ``now``: only
-                    # the timer that was due before can be due
-                    if timer is not None and timer <= now:
-                        proto.handle_timer(now)
-                    self._dispatch(proto.events())  # wakes the followers
-                    if not call.done and deadline is not None and now >= deadline:
-                        self._expire(call, deadline)
                     pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
@@ -971,8 +1077,11 @@ class _ServerStream:
                     current = _DEFAULT  # accept_streams changed the stream's timeout
                     next_poll = now + gap
                     gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
-                with lock:
+                if fast:
                     timer = proto.get_timer()
+                else:
+                    with lock:
+                        timer = proto.get_timer()
                 until = timer
                 if accepting and (until is None or next_poll < until):
                     until = next_poll
@@ -992,6 +1101,18 @@ class _ServerStream:
                     data = None
                 if data == b"":
                     return
+                if fast and data and timer is None:
+                    # the common case: the read is one request for a plain handler,
+                    # answered at once (no event, no pending entry, no queue)
+                    gap = ACCEPT_POLL_MIN
+                    message = proto.take_request(data)
+                    if message is not None:
+                        entry = methods.get(message[2])
+                        if entry is not None and not entry[1]:
+                            stream.sendall(self.answer_now(entry[0], message))
+                            continue
+                        proto.admit_request(message, monotonic())
+                        data = None  # the protocol has it
                 with lock:
                     now = monotonic()
                     if data:
@@ -1125,6 +1246,20 @@ class _ServerStream:
             if fees is not None:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
+
+    def answer_now(self, fn: Handler, request: list[Any]) -> bytes:
+        """Run a plain handler for a request from RpcProtocol.take_request (the
+        stream's thread only, no pool, no fees); returns the answer's frame."""
+        _, request_id, method, params, _, _ = request
+        try:
+            result = fn(params)
+        except Exception as exc:
+            if not isinstance(exc, E.RemoteError | TypeError):
+                logger.exception("handler %s failed", method)
+            code, message, data = _error_reply(exc)
+            return self.proto.error_frame(request_id, code, message, data)
+        self.server.served += 1
+        return self.proto.response_frame(request_id, result)
 
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
         """Run a handler that takes no context inline and queue its answer (the stream's
