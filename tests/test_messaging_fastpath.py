@@ -105,6 +105,8 @@ def responses() -> st.SearchStrategy[bytes]:
         st.builds(lambda v: PACK([1, 1, v, {"k": 1}]), VALUES),
         st.builds(lambda i, v: PACK([1, i, v, None]), st.integers(0, 3), VALUES),
         st.just(PACK([2, 1, -32603, "boom", None])),
+        st.just(b"\x94\x01\xcc\x01\xa1x\xc0"),  # the id in a longer form than needed
+        st.just(b"\xdc\x00\x04\x01\x01\xa1x\xc0"),  # the array in a longer form
         st.just(PACK([3, "note", [1], None])),
         st.binary(max_size=20),
     )
@@ -148,6 +150,8 @@ def requests() -> st.SearchStrategy[bytes]:
         ),
         st.builds(lambda v: PACK([0, 5, "m", v, 0, {"r": b"x"}]), VALUES),
         st.just(PACK([4, 5])),
+        st.just(b"\x96\x00\xcc\x05\xa1m\xc0\x00\xc0"),  # the id in a longer form
+        st.just(b"\xdc\x00\x06\x00\x05\xa1m\xc0\x00\xc0"),  # the array in a longer form
         st.binary(max_size=20),
     )
     return st.builds(

@@ -61,6 +61,25 @@ MAX_ID: Final = 2**63 - 1
 #: Longest relative timeout a request may carry (ms; about 49 days).
 MAX_TIMEOUT_MS: Final = 2**32 - 1
 _MISSING: Any = object()
+#: The first bytes of a RESPONSE's and a REQUEST's body: their array and kind.
+_RESPONSE_HEAD: Final = b"\x94\x01"
+_REQUEST_HEAD: Final = b"\x96\x00"
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+
+
+def _uint(n: int) -> bytes:
+    """msgpack's (shortest) encoding of an integer in 0..2**64-1."""
+    if n < 0x80:
+        return _BYTE[n]
+    if n < 0x100:
+        return b"\xcc" + _BYTE[n]
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
+
+
 _unpackb = msgpack.unpackb
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
@@ -370,10 +389,14 @@ class RpcProtocol:
             timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
             self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
         request_id = self._next_id
-        frame = self._frame([REQUEST, request_id, method, params, timeout_ms, None])
+        body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
+        if len(body) > self.max_message_size:
+            raise E.PayloadTooLarge(
+                f"message of {len(body)} bytes exceeds the cap of {self.max_message_size}"
+            )
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
         self._outgoing[request_id] = None if timeout is None else now + timeout
-        return request_id, frame
+        return request_id, len(body).to_bytes(4, "big") + body
 
     def track(self, request_id: int) -> None:
         """Give a request from :meth:`begin_request` its timer, as :meth:`send_request`
@@ -384,15 +407,18 @@ class RpcProtocol:
 
     def take_response(self, request_id: int, data: bytes) -> tuple[Any] | None:
         """When ``data`` (bytes just read) is exactly one frame, the RESPONSE to our
-        pending request ``request_id``: settle the request and return ``(result,)``
-        (a response's meta is not kept). Otherwise None, with nothing changed: feed
-        ``data`` to :meth:`receive_data`."""
+        pending request ``request_id`` (as msgpack encodes it: the id in its shortest
+        form): settle the request and return ``(result,)`` (a response's meta is not
+        kept). Otherwise None, with nothing changed: feed ``data`` to
+        :meth:`receive_data`."""
         n = len(data)
         decoder = self._decoder
         if (
-            n < 6
-            or int.from_bytes(data[:4], "big") != n - 4
+            n < 8
             or n - 4 > self.max_message_size
+            or int.from_bytes(data[:4], "big") != n - 4
+            # [1, request_id, ...: a 4-element array, kind 1, this id
+            or not data.startswith(_RESPONSE_HEAD + _uint(request_id), 4)
             or decoder._buf
             or decoder._skip
         ):
@@ -401,16 +427,10 @@ class RpcProtocol:
             message = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
         except Exception:
             return None
-        if (
-            type(message) is list
-            and len(message) == 4
-            and type(message[0]) is int
-            and message[0] == RESPONSE
-            and type(message[1]) is int
-            and message[1] == request_id
-            and (message[3] is None or type(message[3]) is dict)
-            and self._outgoing.pop(request_id, _MISSING) is not _MISSING
-        ):
+        meta = message[3]
+        if (meta is None or type(meta) is dict) and self._outgoing.pop(
+            request_id, _MISSING
+        ) is not _MISSING:
             return (message[2],)
         return None
 
@@ -425,39 +445,33 @@ class RpcProtocol:
         n = len(data)
         decoder = self._decoder
         if (
-            n < 6
-            or int.from_bytes(data[:4], "big") != n - 4
+            n < 11
             or n - 4 > self.max_message_size
+            or int.from_bytes(data[:4], "big") != n - 4
+            or not data.startswith(_REQUEST_HEAD, 4)  # a 6-element array, kind 0
             or decoder._buf
             or decoder._skip
             or self._events
         ):
             return None
         try:
-            message = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
+            message: list[Any] = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
         except Exception:
             return None
+        _, request_id, method, _, timeout_ms, meta = message
         if (
-            type(message) is not list
-            or len(message) != 6
-            or type(message[0]) is not int
-            or message[0] != REQUEST
-            or type(message[2]) is not str
-            or type(message[4]) is not int
-            or (message[5] is not None and type(message[5]) is not dict)
+            type(request_id) is int
+            and 0 < request_id <= MAX_ID
+            and type(method) is str
+            and 0 < len(method) <= _SHORT_METHOD
+            and type(timeout_ms) is int
+            and 0 <= timeout_ms <= MAX_TIMEOUT_MS
+            and (meta is None or type(meta) is dict)
+            and request_id not in self._incoming
+            and len(self._incoming) < self.max_incoming
         ):
-            return None
-        request_id = message[1]
-        if (
-            type(request_id) is not int
-            or not 0 < request_id <= MAX_ID
-            or not 0 < len(message[2]) <= _SHORT_METHOD
-            or not 0 <= message[4] <= MAX_TIMEOUT_MS
-            or request_id in self._incoming
-            or len(self._incoming) >= self.max_incoming
-        ):
-            return None
-        return message
+            return message
+        return None
 
     def admit_request(self, message: list[Any], now: float) -> None:
         """A request from :meth:`take_request` that the caller does not answer at once:
