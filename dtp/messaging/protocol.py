@@ -64,20 +64,6 @@ _MISSING: Any = object()
 #: The first bytes of a RESPONSE's and a REQUEST's body: their array and kind.
 _RESPONSE_HEAD: Final = b"\x94\x01"
 _REQUEST_HEAD: Final = b"\x96\x00"
-_BYTE: Final = tuple(bytes((i,)) for i in range(256))
-
-
-def _uint(n: int) -> bytes:
-    """msgpack's (shortest) encoding of an integer in 0..2**64-1."""
-    if n < 0x80:
-        return _BYTE[n]
-    if n < 0x100:
-        return b"\xcc" + _BYTE[n]
-    if n < 0x10000:
-        return b"\xcd" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\xce" + n.to_bytes(4, "big")
-    return b"\xcf" + n.to_bytes(8, "big")
 
 
 _unpackb = msgpack.unpackb
@@ -407,31 +393,33 @@ class RpcProtocol:
 
     def take_response(self, request_id: int, data: bytes) -> tuple[Any] | None:
         """When ``data`` (bytes just read) is exactly one frame, the RESPONSE to our
-        pending request ``request_id`` (as msgpack encodes it: the id in its shortest
-        form): settle the request and return ``(result,)`` (a response's meta is not
-        kept). Otherwise None, with nothing changed: feed ``data`` to
-        :meth:`receive_data`."""
+        pending request ``request_id``: settle the request and return ``(result,)`` (a
+        response's meta is not kept). Otherwise None, with nothing changed: feed
+        ``data`` to :meth:`receive_data`."""
         n = len(data)
         decoder = self._decoder
         if (
             n < 8
             or n - 4 > self.max_message_size
             or int.from_bytes(data[:4], "big") != n - 4
-            # [1, request_id, ...: a 4-element array, kind 1, this id
-            or not data.startswith(_RESPONSE_HEAD + _uint(request_id), 4)
+            or not data.startswith(_RESPONSE_HEAD, 4)  # a 4-element array, kind 1
             or decoder._buf
             or decoder._skip
         ):
             return None
         try:
-            message = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
+            _, got_id, result, meta = _unpackb(
+                data[4:], raw=False, strict_map_key=False, use_list=True
+            )
         except Exception:
             return None
-        meta = message[3]
-        if (meta is None or type(meta) is dict) and self._outgoing.pop(
-            request_id, _MISSING
-        ) is not _MISSING:
-            return (message[2],)
+        if (
+            type(got_id) is int
+            and got_id == request_id
+            and (meta is None or type(meta) is dict)
+            and self._outgoing.pop(request_id, _MISSING) is not _MISSING
+        ):
+            return (result,)
         return None
 
     def take_request(self, data: bytes) -> list[Any] | None:
