@@ -1053,97 +1053,127 @@ class _ServerStream:
                 self.stream.sendall(data)
 
     def run(self) -> None:
-        stream, proto, lock = self.stream, self.proto, self.lock
-        monotonic = time.monotonic
-        current: float | object | None = _DEFAULT
-        accepting = self.on_stream is not None
-        gap = ACCEPT_POLL_MIN
         server = self.server
-        methods = server.methods
-        # handlers run inline, unpaid and without a context: no other thread touches
-        # the protocol, so plain calls are answered without locks or dispatch
-        fast = (
-            server._pool is None
-            and self.payments is None
-            and self.payments_error is None
-            and server.response_fees is None
-        )
-        next_poll = monotonic()  # streams opened before the first request
         try:
-            while True:
-                now = monotonic()
-                if accepting and now >= next_poll:
-                    accepting = self.accept_streams()
-                    current = _DEFAULT  # accept_streams changed the stream's timeout
-                    next_poll = now + gap
-                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
-                if fast:
-                    timer = proto.get_timer()
-                else:
-                    with lock:
-                        timer = proto.get_timer()
-                until = timer
-                if accepting and (until is None or next_poll < until):
-                    until = next_poll
-                wait = None if until is None else max(1e-3, until - now)
-                if wait != current and not (
-                    # as in RpcClient._wait: a timeout a little shorter, or at most a
-                    # millisecond longer, than the one wanted does as well
-                    wait is not None
-                    and type(current) is float
-                    and wait - 0.05 <= current <= wait + 0.001
-                ):
-                    stream.settimeout(wait)
-                    current = wait
-                try:
-                    data = stream.recv(RECV_SIZE)
-                except TimeoutError:
-                    data = None
-                if data == b"":
-                    return
-                if fast and data and timer is None:
-                    # the common case: the read is one request for a plain handler,
-                    # answered at once (no event, no pending entry, no queue)
-                    gap = ACCEPT_POLL_MIN
-                    message = proto.take_request(data)
-                    if message is not None:
-                        entry = methods.get(message[2])
-                        if entry is not None and not entry[1]:
-                            stream.sendall(self.answer_now(entry[0], message))
-                            continue
-                        proto.admit_request(message, monotonic())
-                        data = None  # the protocol has it
-                with lock:
-                    now = monotonic()
-                    if data:
-                        gap = ACCEPT_POLL_MIN
-                        proto.receive_data(data, now)
-                    # deadlines of requests just read are all ahead: only older ones
-                    # can be due
-                    if timer is not None and timer <= now:
-                        proto.handle_timer(now)
-                    events = proto.events()
-                if fast:
-                    for event in events:
-                        if type(event) is RequestReceived:
-                            entry = methods.get(event.method)
-                            if entry is not None and not entry[1]:
-                                self.answer_plain(entry[0], event)
-                                continue
-                        self.handle(event)
-                    data = proto.data_to_send()
-                    if data:
-                        stream.sendall(data)
-                    continue
-                for event in events:
-                    self.handle(event)
-                self.flush()
+            if (
+                server._pool is None
+                and self.payments is None
+                and self.payments_error is None
+                and server.response_fees is None
+            ):
+                self.run_inline()
+            else:
+                self.run_general()
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
             self.server._payments.release(self.connection_id)
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
+
+    def run_inline(self) -> None:
+        """The read loop when every request is answered in this thread as it is read
+        (no worker pool, no fees): no other thread touches the protocol (no locks),
+        and nothing is pending between reads, so no deadline comes due while we wait
+        -- a read waits only for the next look for new streams. A read that is one
+        request for a plain handler is answered straight away; anything else takes the
+        protocol's general path and the handlers run in turn."""
+        stream, proto = self.stream, self.proto
+        methods = self.server.methods
+        monotonic = time.monotonic
+        accepting = self.on_stream is not None
+        gap = ACCEPT_POLL_MIN
+        next_poll = monotonic()  # streams opened before the first request
+        if not accepting:
+            stream.settimeout(None)
+        while True:
+            if accepting:
+                now = monotonic()
+                if now >= next_poll:
+                    accepting = self.accept_streams()
+                    next_poll = now + gap
+                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+                    # reads wait until the next look at most (while requests keep
+                    # coming, it happens between two of them)
+                    stream.settimeout(max(1e-3, next_poll - now) if accepting else None)
+            try:
+                data = stream.recv(RECV_SIZE)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            gap = ACCEPT_POLL_MIN
+            message = proto.take_request(data)
+            if message is not None:
+                entry = methods.get(message[2])
+                if entry is not None and not entry[1]:
+                    stream.sendall(self.answer_now(entry[0], message))
+                    continue
+                proto.admit_request(message, monotonic())
+            else:
+                proto.receive_data(data, monotonic())
+            for event in proto.events():
+                if type(event) is RequestReceived:
+                    entry = methods.get(event.method)
+                    if entry is not None and not entry[1]:
+                        self.answer_plain(entry[0], event)
+                        continue
+                self.handle(event)  # answers requests, contexts and all, inline
+            proto.get_timer()  # drops the timers of the requests just answered
+            data = proto.data_to_send()
+            if data:
+                stream.sendall(data)
+
+    def run_general(self) -> None:
+        """The read loop with a worker pool or fees: handlers answer from other threads
+        (``lock`` guards the protocol), deadlines are kept by the protocol's timers."""
+        stream, proto, lock = self.stream, self.proto, self.lock
+        monotonic = time.monotonic
+        current: float | object | None = _DEFAULT
+        accepting = self.on_stream is not None
+        gap = ACCEPT_POLL_MIN
+        next_poll = monotonic()  # streams opened before the first request
+        while True:
+            now = monotonic()
+            if accepting and now >= next_poll:
+                accepting = self.accept_streams()
+                current = _DEFAULT  # accept_streams changed the stream's timeout
+                next_poll = now + gap
+                gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+            with lock:
+                timer = proto.get_timer()
+            until = timer
+            if accepting and (until is None or next_poll < until):
+                until = next_poll
+            wait = None if until is None else max(1e-3, until - now)
+            if wait != current and not (
+                # as in RpcClient._wait: a timeout a little shorter, or at most a
+                # millisecond longer, than the one wanted does as well
+                wait is not None
+                and type(current) is float
+                and wait - 0.05 <= current <= wait + 0.001
+            ):
+                stream.settimeout(wait)
+                current = wait
+            try:
+                data = stream.recv(RECV_SIZE)
+            except TimeoutError:
+                data = None
+            if data == b"":
+                return
+            with lock:
+                now = monotonic()
+                if data:
+                    gap = ACCEPT_POLL_MIN
+                    proto.receive_data(data, now)
+                # deadlines of requests just read are all ahead: only older ones
+                # can be due
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)
+                events = proto.events()
+            for event in events:
+                self.handle(event)
+            self.flush()
 
     def accept_streams(self) -> bool:
         """Pass the streams the client has opened to ``on_stream``, without waiting;
