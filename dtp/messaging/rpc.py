@@ -14,6 +14,11 @@ later) is the caller's business::
 The blocking client does its socket work in the calling thread ("leader/follower"): one
 waiting caller reads for everyone and hands out the responses it finds, so a sequential
 call costs no thread hand-off, and many threads may have calls in flight on one stream.
+A call on a quiet stream (no other call in flight, no fees) is one send and usually one
+read: the read is taken as its answer when it is exactly that, with no call object,
+timer or event; anything else makes it an ordinary call. Likewise a server answering
+inline (``workers=0``, no fees) answers a read that is one request for a plain handler
+straight away. Both fall back to the general path for everything else.
 
 Money (docs/escrow.md): a client with a :class:`~dtp.escrow.Meter` attaches a signed
 cumulative receipt to every request, and a server with :class:`RequestPayments` refuses
