@@ -7,6 +7,7 @@ and response escrow on LocalLedger."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import struct
@@ -21,6 +22,7 @@ import msgpack
 import pytest
 
 import dtp.aio
+import dtp.errors
 import dtp.socket
 from dtp.chain.ledger import (
     RESPONSE_ESCROW_PAID,
@@ -774,6 +776,149 @@ def test_rpc_streams_opened_on_a_busy_or_idle_connection_are_served_promptly() -
         assert idle.call("echo", "idle") == "idle"
         assert time.monotonic() - start < ACCEPT_POLL_MAX + 0.5
         assert client.call("echo", "first") == "first"
+    finally:
+        s.close()
+
+
+class ScriptedPeer:
+    """A DTP server whose answers are scripted bytes: ``script(request, send)`` gets
+    each request the client sends and ``send(bytes)`` (one sendall each)."""
+
+    def __init__(self, script: Any) -> None:
+        self.identity = HostIdentity.generate()
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
+        self.script = script
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        self.sock = dtp.socket.create_connection(
+            self.server.address, server_key=self.identity.noise_public, timeout=10
+        )
+
+    def run(self) -> None:
+        peer, _ = self.server.accept(timeout=10)
+        peer.settimeout(None)
+        proto = RpcProtocol()
+        with contextlib.suppress(dtp.errors.DTPError, OSError):
+            while data := peer.recv(65536):
+                proto.receive_data(data)
+                for event in proto.events():
+                    if isinstance(event, RequestReceived):
+                        self.script(event, peer.sendall)
+                    if isinstance(event, RequestReceived) and event.method == "close":
+                        peer.close()
+                        return
+
+    def close(self) -> None:
+        self.sock.close()
+        self.server.close()
+        self.thread.join(5)
+
+
+def _response(request_id: int, result: Any, meta: Any = None) -> bytes:
+    return encode_frame([1, request_id, result, meta])
+
+
+def test_rpc_quiet_calls_take_every_answer_shape() -> None:
+    """Sequential calls read their answer straight from the read that follows the
+    request when it is just that; every other shape of what comes back -- the answer in
+    pieces, after a notification or junk or a stale answer, with meta, of any value, an
+    error, nothing in time, the stream closing -- is handled as on the general path."""
+
+    def script(request: RequestReceived, send: Any) -> None:
+        rid, how = request.request_id, request.method
+        if how == "split":
+            frame = _response(rid, "split")
+            send(frame[:3])
+            time.sleep(0.05)
+            send(frame[3:])
+        elif how == "note_first":
+            send(encode_frame([3, "note", [1], None]) + _response(rid, "after note"))
+        elif how == "note_after":
+            send(_response(rid, "before note"))
+            send(encode_frame([3, "note", [2], None]))
+        elif how == "meta":
+            send(_response(rid, "with meta", {"x": 1}))
+        elif how == "value":
+            send(_response(rid, request.params))
+        elif how == "error":
+            send(encode_frame([2, rid, E.INVALID_PARAMS, "no", {"d": 1}]))
+        elif how == "junk_first":
+            send(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+            send(_response(rid, "after junk"))
+        elif how == "stale_first":
+            send(_response(rid + 1000, "stale") + _response(rid, "fresh"))
+        elif how == "slow":
+            threading.Timer(0.8, lambda: send(_response(rid, "late"))).start()
+        elif how == "close":
+            pass  # the peer closes the stream
+
+    peer = ScriptedPeer(script)
+    notes: list[Any] = []
+    try:
+        client = RpcClient(peer.sock, timeout=5, on_notification=lambda m, p: notes.append(p))
+        assert client.call("split") == "split"
+        assert client.call("note_first") == "after note"
+        assert client.call("note_after") == "before note"
+        assert client.call("meta") == "with meta"
+        for value in (b"\x00" * 300, "text", None, 7, -3, 1.5, True, [1, {"a": b""}]):
+            assert client.call("value", value) == value
+        with pytest.raises(E.InvalidParams) as info:
+            client.call("error")
+        assert info.value.data == {"d": 1}
+        assert client.call("junk_first") == "after junk"
+        assert client.call("stale_first") == "fresh"
+        start = time.monotonic()
+        with pytest.raises(E.RpcTimeout):
+            client.call("slow", timeout=0.15)
+        assert time.monotonic() - start < 0.7
+        assert client.call("value", "next", timeout=5) == "next"
+        time.sleep(max(0.0, start + 1.0 - time.monotonic()))  # the late answer: dropped
+        assert client.call("value", "again") == "again"
+        assert notes == [[1], [2]]
+        assert client.in_flight == 0 and client._proto.in_flight == 0
+        with pytest.raises(E.RpcConnectionLost):
+            client.call("close")
+        with pytest.raises(E.RpcConnectionLost):
+            client.call("value", 1)
+    finally:
+        peer.close()
+
+
+def test_rpc_quiet_call_with_other_threads_and_close() -> None:
+    """Calls started by other threads while a call on a quiet stream reads wait for
+    that reader, as for any reader; close() fails the call that is reading."""
+    s = Served(make_rpc(workers=4))
+    try:
+        client = s.connect(timeout=5)
+        outcome: list[Any] = []
+
+        def slow() -> None:
+            outcome.append(client.call("sleep", [0.3, "slow"]))
+
+        reader = threading.Thread(target=slow)
+        reader.start()
+        time.sleep(0.05)  # it reads now, on a quiet stream
+        assert client.call("echo", "meanwhile") == "meanwhile"
+        pipelined = client.start("sleep", [0.01, "pipelined"])
+        assert pipelined.result() == "pipelined"
+        reader.join(5)
+        assert outcome == ["slow"]
+        failed: list[BaseException] = []
+
+        def doomed() -> None:
+            try:
+                client.call("sleep", [0.3, 0])
+            except E.RpcConnectionLost as exc:
+                failed.append(exc)
+
+        reader = threading.Thread(target=doomed)
+        reader.start()
+        time.sleep(0.05)
+        client.close()
+        reader.join(5)
+        assert len(failed) == 1
+        with pytest.raises(E.RpcConnectionLost):
+            client.call("echo", 1)
     finally:
         s.close()
 

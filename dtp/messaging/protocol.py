@@ -61,6 +61,11 @@ MAX_ID: Final = 2**63 - 1
 #: Longest relative timeout a request may carry (ms; about 49 days).
 MAX_TIMEOUT_MS: Final = 2**32 - 1
 _MISSING: Any = object()
+#: The first bytes of a RESPONSE's and a REQUEST's body: their array and kind.
+_RESPONSE_HEAD: Final = b"\x94\x01"
+_REQUEST_HEAD: Final = b"\x96\x00"
+
+
 _unpackb = msgpack.unpackb
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
@@ -231,6 +236,9 @@ class RpcProtocol:
         #: the peer's requests we have not answered: id -> deadline
         self._incoming: dict[int, float | None] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, side 0=out 1=in, id)
+        # begin_request: the last timeout seen, and its value on the wire
+        self._last_timeout: float | None = None
+        self._last_timeout_ms = 0
         #: Counters for monitoring.
         self.violations = 0
         self.late_responses = 0
@@ -338,6 +346,150 @@ class RpcProtocol:
     def send_ack(self, request_id: int, signature: bytes) -> None:
         """Acknowledge the peer's response to our request ``request_id`` (response escrow)."""
         self._out.append(self._frame([ACK, request_id, bytes(signature)]))
+
+    # -- the fast path ------------------------------------------------------------------
+    # A caller that moves the bytes itself can skip the queue and the events for the
+    # common exchange: a request out and the one frame read next being its answer (a
+    # client), or the one frame read being a request that is answered at once (a
+    # server). The protocol's state stays exact; anything else takes the general path.
+
+    def begin_request(
+        self, method: str, params: Any, now: float, timeout: float | None
+    ) -> tuple[int, bytes]:
+        """Frame a request for the caller to send itself (nothing is queued): returns
+        (id, frame). The request is in flight (:meth:`is_pending`) with its deadline
+        but no timer: the caller reads the answer with :meth:`take_response`, or
+        hands the request to the timers with :meth:`track`. Raises as
+        :meth:`send_request` does."""
+        if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
+            _check_method(method)
+        if len(self._outgoing) >= self.max_outgoing:
+            raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
+        if timeout is None:
+            timeout_ms = 0
+        elif timeout == self._last_timeout:
+            timeout_ms = self._last_timeout_ms
+        else:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
+            timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
+            self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
+        request_id = self._next_id
+        body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
+        if len(body) > self.max_message_size:
+            raise E.PayloadTooLarge(
+                f"message of {len(body)} bytes exceeds the cap of {self.max_message_size}"
+            )
+        self._next_id = request_id + 1 if request_id < MAX_ID else 1
+        self._outgoing[request_id] = None if timeout is None else now + timeout
+        return request_id, len(body).to_bytes(4, "big") + body
+
+    def track(self, request_id: int) -> None:
+        """Give a request from :meth:`begin_request` its timer, as :meth:`send_request`
+        does (when it is still pending and has a deadline)."""
+        deadline = self._outgoing.get(request_id)
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, 0, request_id))
+
+    def take_response(self, request_id: int, data: bytes) -> tuple[Any] | None:
+        """When ``data`` (bytes just read) is exactly one frame, the RESPONSE to our
+        pending request ``request_id``: settle the request and return ``(result,)`` (a
+        response's meta is not kept). Otherwise None, with nothing changed: feed
+        ``data`` to :meth:`receive_data`."""
+        n = len(data)
+        decoder = self._decoder
+        if (
+            n < 8
+            or n - 4 > self.max_message_size
+            or int.from_bytes(data[:4], "big") != n - 4
+            or not data.startswith(_RESPONSE_HEAD, 4)  # a 4-element array, kind 1
+            or decoder._buf
+            or decoder._skip
+        ):
+            return None
+        try:
+            _, got_id, result, meta = _unpackb(
+                data[4:], raw=False, strict_map_key=False, use_list=True
+            )
+        except Exception:
+            return None
+        if (
+            type(got_id) is int
+            and got_id == request_id
+            and (meta is None or type(meta) is dict)
+            and self._outgoing.pop(request_id, _MISSING) is not _MISSING
+        ):
+            return (result,)
+        return None
+
+    def take_request(self, data: bytes) -> list[Any] | None:
+        """When ``data`` (bytes just read) is exactly one frame holding a well-formed
+        REQUEST that can be taken now, and no event waits: the message ``[kind, id,
+        method, params, timeout_ms, meta]``, which the caller answers at once with
+        :meth:`response_frame` or :meth:`error_frame` (before anything else happens on
+        this protocol: it is never pending), or hands back with
+        :meth:`admit_request`. Otherwise None, with nothing changed: feed ``data`` to
+        :meth:`receive_data`."""
+        n = len(data)
+        decoder = self._decoder
+        if (
+            n < 11
+            or n - 4 > self.max_message_size
+            or int.from_bytes(data[:4], "big") != n - 4
+            or not data.startswith(_REQUEST_HEAD, 4)  # a 6-element array, kind 0
+            or decoder._buf
+            or decoder._skip
+            or self._events
+        ):
+            return None
+        try:
+            message: list[Any] = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
+        except Exception:
+            return None
+        _, request_id, method, _, timeout_ms, meta = message
+        if (
+            type(request_id) is int
+            and 0 < request_id <= MAX_ID
+            and type(method) is str
+            and 0 < len(method) <= _SHORT_METHOD
+            and type(timeout_ms) is int
+            and 0 <= timeout_ms <= MAX_TIMEOUT_MS
+            and (meta is None or type(meta) is dict)
+            and request_id not in self._incoming
+            and len(self._incoming) < self.max_incoming
+        ):
+            return message
+        return None
+
+    def admit_request(self, message: list[Any], now: float) -> None:
+        """A request from :meth:`take_request` that the caller does not answer at once:
+        it becomes pending and a :class:`RequestReceived` event, as it would have from
+        :meth:`receive_data` (``now``: when it was read)."""
+        self._on_request(message, now)
+
+    def response_frame(self, request_id: int, result: Any) -> bytes:
+        """The frame answering a request from :meth:`take_request` with ``result``: as
+        :meth:`send_response` would send it (an error frame for a result that cannot
+        be encoded or is too large)."""
+        try:
+            body: bytes = self._pack([RESPONSE, request_id, result, None])
+        except (TypeError, ValueError, OverflowError) as exc:
+            return self._frame(
+                [ERROR, request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}", None]
+            )
+        if len(body) > self.max_message_size:
+            return self._frame(
+                [ERROR, request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap", None]
+            )
+        return len(body).to_bytes(4, "big") + body
+
+    def error_frame(self, request_id: int, code: int, message: str, data: Any = None) -> bytes:
+        """The frame answering a request from :meth:`take_request` with an error, as
+        :meth:`send_error` would send it."""
+        try:
+            return self._frame([ERROR, request_id, code, message, data])
+        except (E.PayloadTooLarge, TypeError):
+            return self._frame([ERROR, request_id, code, message[:200], None])
 
     def _frame(self, message: list[Any]) -> bytes:
         body: bytes = self._pack(message)

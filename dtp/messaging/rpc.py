@@ -14,6 +14,11 @@ later) is the caller's business::
 The blocking client does its socket work in the calling thread ("leader/follower"): one
 waiting caller reads for everyone and hands out the responses it finds, so a sequential
 call costs no thread hand-off, and many threads may have calls in flight on one stream.
+A call on a quiet stream (no other call in flight, no fees) is one send and usually one
+read: the read is taken as its answer when it is exactly that, with no call object,
+timer or event; anything else makes it an ordinary call. Likewise a server answering
+inline (``workers=0``, no fees) answers a read that is one request for a plain handler
+straight away. Both fall back to the general path for everything else.
 
 Money (docs/escrow.md): a client with a :class:`~dtp.escrow.Meter` attaches a signed
 cumulative receipt to every request, and a server with :class:`RequestPayments` refuses
@@ -491,6 +496,12 @@ class RpcClient:
         meta: Mapping[str, Any] | None = None,
     ) -> Any:
         """Call ``method`` and wait for its result (raises the typed error otherwise)."""
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        if meta is None and self.meter is None and self.prepay is None:
+            outcome = self._call_quiet(method, params, timeout)
+            if outcome is not None:
+                return outcome[0]
         return self.start(method, params, timeout=timeout, meta=meta).result()
 
     def start(
@@ -666,6 +677,119 @@ class RpcClient:
         if self._followers:
             self._cond.notify_all()
 
+    def _call_quiet(self, method: str, params: Any, timeout: float | None) -> tuple[Any] | None:
+        """:meth:`call` on a quiet stream -- no other call in flight, nobody reading,
+        nothing queued -- in one send and (usually) one read: the request is framed and
+        sent as is, and the read that follows is taken as its answer when it is exactly
+        that (one frame, the RESPONSE), with no RpcCall, timer, event or dispatch. Any
+        other outcome turns the request into an ordinary call, which the general path
+        finishes. Returns ``(result,)``, or None when the stream is not quiet (nothing
+        was done); raises as :meth:`call` does."""
+        wlock, lock, proto = self._wlock, self._lock, self._proto
+        if not wlock.acquire(False):
+            return None
+        try:
+            with lock:
+                if self._calls or self._reading or self._closed is not None or proto._out:
+                    return None
+                request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
+                # we read for everybody until the answer: calls other threads start
+                # meanwhile wait for us (RpcClient._wait), as for any reader
+                self._reading = True
+            try:
+                self._stream.sendall(frame)
+            except BaseException as exc:
+                with lock:
+                    self._reading = False
+                    self._wake_followers()
+                    if isinstance(exc, DTPError | OSError):
+                        proto._outgoing.pop(request_id, None)
+                        self._fail_all(E.RpcConnectionLost(f"sending failed: {exc}"))
+                        raise E.RpcConnectionLost(f"sending failed: {exc}") from exc
+                    self._adopt(request_id)
+                raise
+        finally:
+            wlock.release()
+        stream = self._stream
+        current = self._current_timeout
+        if timeout != current and not (
+            # as in _wait: a timeout set a little shorter, or at most a millisecond
+            # longer, does as well
+            timeout is not None
+            and type(current) is float
+            and timeout - 0.05 <= current <= timeout + 0.001
+        ):
+            stream.settimeout(timeout)
+            self._current_timeout = timeout
+        failed: BaseException | None = None
+        try:
+            data: bytes | None = stream.recv(RECV_SIZE)
+        except TimeoutError:
+            data = None
+        except (DTPError, OSError) as exc:
+            data, failed = None, exc
+        except BaseException:
+            with lock:
+                self._reading = False
+                self._adopt(request_id)  # a later reader settles it
+                self._wake_followers()
+            raise
+        with lock:
+            self._reading = False
+            if self._closed is not None:  # close() while we read: the call failed
+                proto._outgoing.pop(request_id, None)
+                self._wake_followers()
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+            if data:
+                got = proto.take_response(request_id, data)
+                if got is not None:
+                    if self._followers:
+                        self._cond.notify_all()
+                    return got
+            call = self._adopt(request_id)
+            self._absorb(data, failed, proto.get_timer(), call, None)  # wakes the followers
+            pending_out = bool(proto._out)
+        if pending_out:
+            self._flush_soon()
+        return (call.result(),)
+
+    def _adopt(self, request_id: int) -> RpcCall:
+        """Make a request from :meth:`_call_quiet` an ordinary call (lock held): what
+        settles it reaches it through the protocol's events, or its timer."""
+        call = RpcCall(self, request_id)
+        self._calls[request_id] = call
+        self._proto.track(request_id)
+        return call
+
+    def _absorb(
+        self,
+        data: bytes | None,
+        failed: BaseException | None,
+        timer: float | None,
+        call: RpcCall,
+        deadline: float | None,
+    ) -> None:
+        """Act on a read (lock held, the reader flag cleared): ``data`` (None: the read
+        timed out; b"": the peer closed) or the error ``failed``; ``timer`` is the
+        protocol timer the read waited for."""
+        proto = self._proto
+        if failed is not None:
+            self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+            return
+        if data == b"":
+            self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
+            return
+        now = time.monotonic()
+        if data:
+            proto.receive_data(data, now)
+        # what was read only settles or adds deadlines after ``now``: only the timer
+        # that was due before can be due
+        if timer is not None and timer <= now:
+            proto.handle_timer(now)
+        self._dispatch(proto.events())  # wakes the followers
+        if not call.done and deadline is not None and now >= deadline:
+            self._expire(call, deadline)
+
     def _wait(self, call: RpcCall, deadline: float | None) -> None:
         """Wait until ``call`` is done, reading for everybody while nobody else does."""
         stream, proto, lock = self._stream, self._proto, self._lock
@@ -711,22 +835,9 @@ class RpcClient:
                     data, failed = None, exc
                 with lock:
                     self._reading = leading = False
-                    if failed is not None:
-                        self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+                    self._absorb(data, failed, timer, call, deadline)
+                    if failed is not None or data == b"":
                         return
-                    if data == b"":
-                        self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
-                        return
-                    now = monotonic()
-                    if data:
-                        proto.receive_data(data, now)
-                    # what was read only settles or adds deadlines after ``now``: only
-                    # the timer that was due before can be due
-                    if timer is not None and timer <= now:
-                        proto.handle_timer(now)
-                    self._dispatch(proto.events())  # wakes the followers
-                    if not call.done and deadline is not None and now >= deadline:
-                        self._expire(call, deadline)
                     pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
@@ -947,82 +1058,127 @@ class _ServerStream:
                 self.stream.sendall(data)
 
     def run(self) -> None:
-        stream, proto, lock = self.stream, self.proto, self.lock
-        monotonic = time.monotonic
-        current: float | object | None = _DEFAULT
-        accepting = self.on_stream is not None
-        gap = ACCEPT_POLL_MIN
         server = self.server
-        methods = server.methods
-        # handlers run inline, unpaid and without a context: no other thread touches
-        # the protocol, so plain calls are answered without locks or dispatch
-        fast = (
-            server._pool is None
-            and self.payments is None
-            and self.payments_error is None
-            and server.response_fees is None
-        )
-        next_poll = monotonic()  # streams opened before the first request
         try:
-            while True:
-                now = monotonic()
-                if accepting and now >= next_poll:
-                    accepting = self.accept_streams()
-                    current = _DEFAULT  # accept_streams changed the stream's timeout
-                    next_poll = now + gap
-                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
-                with lock:
-                    timer = proto.get_timer()
-                until = timer
-                if accepting and (until is None or next_poll < until):
-                    until = next_poll
-                wait = None if until is None else max(1e-3, until - now)
-                if wait != current and not (
-                    # as in RpcClient._wait: a timeout a little shorter, or at most a
-                    # millisecond longer, than the one wanted does as well
-                    wait is not None
-                    and type(current) is float
-                    and wait - 0.05 <= current <= wait + 0.001
-                ):
-                    stream.settimeout(wait)
-                    current = wait
-                try:
-                    data = stream.recv(RECV_SIZE)
-                except TimeoutError:
-                    data = None
-                if data == b"":
-                    return
-                with lock:
-                    now = monotonic()
-                    if data:
-                        gap = ACCEPT_POLL_MIN
-                        proto.receive_data(data, now)
-                    # deadlines of requests just read are all ahead: only older ones
-                    # can be due
-                    if timer is not None and timer <= now:
-                        proto.handle_timer(now)
-                    events = proto.events()
-                if fast:
-                    for event in events:
-                        if type(event) is RequestReceived:
-                            entry = methods.get(event.method)
-                            if entry is not None and not entry[1]:
-                                self.answer_plain(entry[0], event)
-                                continue
-                        self.handle(event)
-                    data = proto.data_to_send()
-                    if data:
-                        stream.sendall(data)
-                    continue
-                for event in events:
-                    self.handle(event)
-                self.flush()
+            if (
+                server._pool is None
+                and self.payments is None
+                and self.payments_error is None
+                and server.response_fees is None
+            ):
+                self.run_inline()
+            else:
+                self.run_general()
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
             self.server._payments.release(self.connection_id)
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
+
+    def run_inline(self) -> None:
+        """The read loop when every request is answered in this thread as it is read
+        (no worker pool, no fees): no other thread touches the protocol (no locks),
+        and nothing is pending between reads, so no deadline comes due while we wait
+        -- a read waits only for the next look for new streams. A read that is one
+        request for a plain handler is answered straight away; anything else takes the
+        protocol's general path and the handlers run in turn."""
+        stream, proto = self.stream, self.proto
+        methods = self.server.methods
+        monotonic = time.monotonic
+        accepting = self.on_stream is not None
+        gap = ACCEPT_POLL_MIN
+        next_poll = monotonic()  # streams opened before the first request
+        if not accepting:
+            stream.settimeout(None)
+        while True:
+            if accepting:
+                now = monotonic()
+                if now >= next_poll:
+                    accepting = self.accept_streams()
+                    next_poll = now + gap
+                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+                    # reads wait until the next look at most (while requests keep
+                    # coming, it happens between two of them)
+                    stream.settimeout(max(1e-3, next_poll - now) if accepting else None)
+            try:
+                data = stream.recv(RECV_SIZE)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            gap = ACCEPT_POLL_MIN
+            message = proto.take_request(data)
+            if message is not None:
+                entry = methods.get(message[2])
+                if entry is not None and not entry[1]:
+                    stream.sendall(self.answer_now(entry[0], message))
+                    continue
+                proto.admit_request(message, monotonic())
+            else:
+                proto.receive_data(data, monotonic())
+            for event in proto.events():
+                if type(event) is RequestReceived:
+                    entry = methods.get(event.method)
+                    if entry is not None and not entry[1]:
+                        self.answer_plain(entry[0], event)
+                        continue
+                self.handle(event)  # answers requests, contexts and all, inline
+            proto.get_timer()  # drops the timers of the requests just answered
+            data = proto.data_to_send()
+            if data:
+                stream.sendall(data)
+
+    def run_general(self) -> None:
+        """The read loop with a worker pool or fees: handlers answer from other threads
+        (``lock`` guards the protocol), deadlines are kept by the protocol's timers."""
+        stream, proto, lock = self.stream, self.proto, self.lock
+        monotonic = time.monotonic
+        current: float | object | None = _DEFAULT
+        accepting = self.on_stream is not None
+        gap = ACCEPT_POLL_MIN
+        next_poll = monotonic()  # streams opened before the first request
+        while True:
+            now = monotonic()
+            if accepting and now >= next_poll:
+                accepting = self.accept_streams()
+                current = _DEFAULT  # accept_streams changed the stream's timeout
+                next_poll = now + gap
+                gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+            with lock:
+                timer = proto.get_timer()
+            until = timer
+            if accepting and (until is None or next_poll < until):
+                until = next_poll
+            wait = None if until is None else max(1e-3, until - now)
+            if wait != current and not (
+                # as in RpcClient._wait: a timeout a little shorter, or at most a
+                # millisecond longer, than the one wanted does as well
+                wait is not None
+                and type(current) is float
+                and wait - 0.05 <= current <= wait + 0.001
+            ):
+                stream.settimeout(wait)
+                current = wait
+            try:
+                data = stream.recv(RECV_SIZE)
+            except TimeoutError:
+                data = None
+            if data == b"":
+                return
+            with lock:
+                now = monotonic()
+                if data:
+                    gap = ACCEPT_POLL_MIN
+                    proto.receive_data(data, now)
+                # deadlines of requests just read are all ahead: only older ones
+                # can be due
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)
+                events = proto.events()
+            for event in events:
+                self.handle(event)
+            self.flush()
 
     def accept_streams(self) -> bool:
         """Pass the streams the client has opened to ``on_stream``, without waiting;
@@ -1125,6 +1281,20 @@ class _ServerStream:
             if fees is not None:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
+
+    def answer_now(self, fn: Handler, request: list[Any]) -> bytes:
+        """Run a plain handler for a request from RpcProtocol.take_request (the
+        stream's thread only, no pool, no fees); returns the answer's frame."""
+        _, request_id, method, params, _, _ = request
+        try:
+            result = fn(params)
+        except Exception as exc:
+            if not isinstance(exc, E.RemoteError | TypeError):
+                logger.exception("handler %s failed", method)
+            code, message, data = _error_reply(exc)
+            return self.proto.error_frame(request_id, code, message, data)
+        self.server.served += 1
+        return self.proto.response_frame(request_id, result)
 
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
         """Run a handler that takes no context inline and queue its answer (the stream's
