@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
-from dtp._types import EOF, FULL, OK, WAIT, WAKE
+from dtp._types import EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -316,7 +316,9 @@ class _Engine:
             return conn.lent_lane
         if self.carrier_closed or self.closed:
             return None
-        return conn.lend(stream_id, time.monotonic())
+        # the lane takes the stream's bytes only while nothing is buffered for it (the
+        # buffer's bytes come first), so a lent stream that may receive has none
+        return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
 
     def tick_meter(self, lane: Any) -> None:
         """A metered client after a send on a lent stream (lock held): tick the meter
@@ -335,9 +337,10 @@ class _Engine:
     def recv_lent(self, stream_id: int, dst: memoryview, timeout: float | None) -> int:
         """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
         going straight into ``dst`` through the lent lane: one C call per read, while
-        the stream's records come whole and in order. Returns how many bytes landed in
-        ``dst``; 0 when the general path must go on (nothing taken, the loan ended,
-        another thread wants attention, a timer is due). Raises DTPTimeoutError when
+        the stream's records come in order (a read that ends inside a record keeps its
+        start in the lane for the next). Returns how many bytes landed in ``dst``; 0
+        when the general path must go on (nothing taken, the loan ended, another
+        thread wants attention, a timer is due). Raises DTPTimeoutError when
         ``timeout`` passes with nothing read."""
         if self.pumping:
             return 0  # another thread reads the carrier: do not take its loan away
@@ -345,24 +348,34 @@ class _Engine:
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
         if lane is None or not conn.lent_can_recv:
             return 0
-        deadline = None if timeout is None else time.monotonic() + timeout
         # What we wait for has often arrived already (a reply that came while we were
         # sending): a read first saves the wait's syscall. Where it usually has not (a
         # server waiting for the next request), the read first is tried only now and
         # then, as it would cost a syscall of its own.
-        status = WAIT
         if self._read_first_skip:
             self._read_first_skip -= 1
+            status = WAIT
         else:
             try:
-                status = lane.flow_read(self._fd, dst)
+                n: int = lane.recv(self._fd, dst)
             except OSError as exc:
                 self._carrier_failed(exc)
                 return 0
+            if n:
+                return n
+            status = lane.status
             if status == WAIT:
                 self._read_first_skip = READ_FIRST_SKIP
+        return self._recv_lent_wait(lane, stream_id, dst, timeout, status)
+
+    def _recv_lent_wait(
+        self, lane: Any, stream_id: int, dst: memoryview, timeout: float | None, status: int
+    ) -> int:
+        """:meth:`recv_lent` after a read that took nothing (``status``)."""
+        conn = self.conn
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if status == WAIT:
+            if status in (WAIT, NEED_MORE, OK):
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline
@@ -372,7 +385,7 @@ class _Engine:
                 # nothing
                 self.pumping = True
                 try:
-                    status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
+                    n: int = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
                 except OSError as exc:
                     self._carrier_failed(exc)
                     return 0
@@ -380,17 +393,16 @@ class _Engine:
                     self.pumping = False
                     if self.waiters:
                         self.cond.notify_all()
-                if status == WAIT:
-                    if deadline is not None and time.monotonic() >= deadline:
+                if n:
+                    return n
+                status = lane.status
+                if status in (WAIT, NEED_MORE):
+                    # the wait timed out, was interrupted, or brought part of a record
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
                         raise DTPTimeoutError("timed out")
-                    if until is not None and time.monotonic() >= until:
+                    if until is not None and now >= until:
                         return 0  # a timer is due
-                    continue  # interrupted, or nothing to read after all
-            if status == OK:
-                taken: int = lane.flow.taken
-                if taken:
-                    return taken
-                status = WAIT  # records without data: wait for more
                 continue
             if status == WAKE:
                 return 0  # another thread wants the general path, or took the lane
@@ -400,9 +412,9 @@ class _Engine:
             # something the lane does not take (or the loan ended meanwhile): the
             # connection goes on from there
             rx = lane.flow.rx
-            taken = rx.taken
+            taken: int = rx.taken
             spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-            conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.got])
+            conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
 
@@ -752,15 +764,37 @@ class DTPSocket:
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes; b"" once the peer half-closed its side."""
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if (
+            conn.lent_stream_id == sid
+            and bufsize > 0
+            and self._timeout != 0
+            and not self._rd_shut
+            and not self._closed
+        ):
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight into scratch
+            with engine.lock:
+                if conn.lent_stream_id == sid and conn.lent_can_recv:
+                    scratch = engine._recv_scratch
+                    if scratch is not None and bufsize <= len(scratch):
+                        view = scratch[:bufsize]
+                    else:
+                        view = engine.recv_scratch(bufsize)
+                    n = engine.recv_lent(sid, view, self._timeout)
+                    if n:
+                        return view[:n].tobytes()
+                    lent = True
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         if bufsize < 0:
             raise ValueError("negative buffer size")
         if self._rd_shut:
             return b""
-        engine = self._engine
         session = engine.session
-        sid = self._stream_id
         with engine.lock:
             buf = session.streams.get(sid)
             if (
@@ -768,24 +802,41 @@ class DTPSocket:
                 and (buf is None or not (buf.data or buf.eof or buf.reset_code is not None))
                 and bufsize
             ):
-                # nothing buffered (Session.readable, inline: this is the hot path)
-                scratch = engine._recv_scratch
-                if scratch is not None and bufsize <= len(scratch):
-                    view = scratch[:bufsize]
-                else:
-                    view = engine.recv_scratch(bufsize)
-                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                # nothing buffered (Session.readable, inline)
+                view = engine.recv_scratch(bufsize)
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
                 if n or (
                     not session.readable(sid)
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return view[:n].tobytes()
-            data = session.take(self._stream_id, bufsize)
+            data = session.take(sid, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read into a writable buffer; returns the number of bytes read."""
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if (
+            conn.lent_stream_id == sid
+            and not nbytes
+            and self._timeout != 0
+            and not self._rd_shut
+            and not self._closed
+        ):
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight in
+            with engine.lock:
+                if conn.lent_stream_id == sid and conn.lent_can_recv:
+                    n: int = engine.recv_lent(sid, buffer, self._timeout)
+                    if n:
+                        return n
+                    lent = True
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
@@ -793,24 +844,24 @@ class DTPSocket:
             view = view[:nbytes]
         if self._rd_shut or not len(view):
             return 0
-        engine = self._engine
         session = engine.session
         with engine.lock:
-            buf = session.streams.get(self._stream_id)
+            buf = session.streams.get(sid)
             if session.terminated is None and (
                 buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
             ):
-                # nothing buffered (Session.readable, inline: this is the hot path): read
-                # straight in, through the lent lane when the connection lends it --
-                # unless the general path took over and buffered the stream's next bytes
-                sid = self._stream_id
-                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                # nothing buffered (Session.readable, inline): read straight in,
+                # through the lent lane when the connection lends it -- unless the
+                # general path took over and buffered the stream's next bytes
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
                 if n or (
                     not session.readable(sid)
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return n
-            n = session.take_into(self._stream_id, view)
+            n = session.take_into(sid, view)
             engine.flush()
             return n
 
@@ -862,7 +913,7 @@ class DTPSocket:
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
-                    n: int = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                    n: int = lane.send(engine._fd, view, engine.out)
                 except OSError as exc:
                     engine._carrier_failed(exc)
                     n = len(view)  # lost with the carrier: the next call reports it
@@ -911,7 +962,6 @@ class DTPSocket:
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` (waits while the peer or the network is slow)."""
-        view = data if type(data) is bytes else memoryview(data).cast("B")
         engine = self._engine
         conn = engine.conn
         if conn.lent_stream_id == self._stream_id and not self._closed and not self._wr_shut:
@@ -924,22 +974,20 @@ class DTPSocket:
                     and conn.lent_stream_id == self._stream_id
                     and not engine.out
                     and not engine.carrier_closed
-                    and len(view)
                 ):
                     try:
-                        n = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                        n: int = lane.send(engine._fd, data, engine.out)
                     except OSError as exc:
                         engine._carrier_failed(exc)
-                        n = len(view)  # lost with the carrier: the next call reports it
+                        return  # lost with the carrier: the next call reports it
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                     if engine.payment is not None:
                         engine.tick_meter(lane)
-                    if n == len(view):
+                    if n == (len(data) if type(data) is bytes else memoryview(data).nbytes):
                         return
-                    view = memoryview(view)[n:]
-        if type(view) is bytes:
-            view = memoryview(view)
+                    data = memoryview(data).cast("B")[n:]
+        view = memoryview(data).cast("B")
         while len(view):
             n = self.send(view)
             view = view[n:]
