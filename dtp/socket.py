@@ -919,6 +919,10 @@ class DTPSocket:
         with engine.lock:
             conn = engine.conn
             sid = self._stream_id
+            if engine.out and self._timeout != 0 and not engine.carrier_closed:
+                # the carrier is full: wait (reading meanwhile) until it has taken what
+                # is queued, rather than seal more behind it -- copies that only wait
+                self._wait(lambda: not engine.out or engine.carrier_closed)
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
