@@ -607,6 +607,7 @@ _WAKE: int = lib.DTP_WAKE
 _ERR_IO: int = lib.DTP_ERR_IO
 _ERR_QUEUE: int = lib.DTP_ERR_QUEUE
 _MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
 _from_buffer = ffi.from_buffer
 _lane_recv = lib.dtp_lane_recv
 _lane_send = lib.dtp_lane_send
@@ -661,6 +662,11 @@ class NativeLane:
         #: The carrier I/O's context (``dtp_lane``): the buffers, and what the last
         #: :meth:`recv` / :meth:`send` did (``got``, ``end``, ``sent``, ``status``,
         #: ``err``; ``pending``: the start of a record kept at ``rview[:pending]``).
+        #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes;
+        #: pages are touched only as reads fill them).
+        self._own = _new_uninit("uint8_t[]", OWN_CAP)
+        self.own = memoryview(ffi.buffer(self._own))
+        self.own_cap = OWN_CAP
         self.io = io = ffi.new("dtp_lane *")
         io.send = self._send_ctx
         io.recv = self._recv_ctx
@@ -837,19 +843,25 @@ class NativeLane:
         io.status = rc
         return 0
 
-    def recv(self, fd: int, dst: bytearray | memoryview) -> int:
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
         """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
-        and :meth:`flow_take` what is there into ``dst`` (``dtp_lane_recv``). Returns
-        the bytes taken (:attr:`status` OK, or NEED_MORE with a record kept pending);
-        0 with :attr:`status` NEED_MORE (no record whole yet), WAIT (nothing to read),
-        EOF, or FULL / STOP / DUE, when ``flow.rx`` tells what was taken and consumed
-        and ``rview[flow.rx.consumed : io.end]`` is the general path's (nothing stays
-        pending then). Raises OSError if the read fails."""
-        try:
-            out = _from_buffer(_U8, dst, True)
-        except (TypeError, BufferError):
-            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
-        n: int = _lane_recv(self.io, fd, out, len(out))
+        and :meth:`flow_take` what is there into ``dst`` (``dtp_lane_recv``) -- a
+        writable buffer, or a size: then into :attr:`own` (at most :attr:`own_cap`).
+        Returns the bytes taken (:attr:`status` OK, or NEED_MORE with a record kept
+        pending); 0 with :attr:`status` NEED_MORE (no record whole yet), WAIT (nothing
+        to read), EOF, or FULL / STOP / DUE, when ``flow.rx`` tells what was taken and
+        consumed and ``rview[flow.rx.consumed : io.end]`` is the general path's (nothing
+        stays pending then). Raises OSError if the read fails."""
+        if type(dst) is int:
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            n: int = _lane_recv(self.io, fd, self._own, dst)
+        else:
+            try:
+                out = _from_buffer(_U8, dst, True)
+            except (TypeError, BufferError):
+                raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+            n = _lane_recv(self.io, fd, out, len(out))
         if n < 0:
             if n == _ERR_IO:
                 raise OSError(self.io.err, os.strerror(self.io.err))
@@ -873,22 +885,25 @@ class NativeLane:
     ) -> int:
         """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
         and write the records to the carrier ``fd`` (``dtp_lane_send``); returns how
-        much of ``data`` they hold (0: none sealed). ``io.sent`` of ``flow.written``
-        bytes went out; the rest (a copy) is appended to ``queue``, when given, for the
-        caller to write later. Raises OSError if the write fails."""
+        many bytes of ``data`` are left (not sealed: 0 when all were). ``io.sent`` of
+        ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
+        when given, for the caller to write later. Raises OSError if the write
+        fails."""
         if type(data) is bytes:
-            n: int = _lane_send(self.io, fd, data, len(data))
+            size = len(data)
+            n: int = _lane_send(self.io, fd, data, size)
         else:
             buf = _from_buffer(data)
-            n = _lane_send(self.io, fd, buf, len(buf))
+            size = len(buf)
+            n = _lane_send(self.io, fd, buf, size)
         if n >= 0:
-            return n
+            return size - n
         io = self.io
         if n == _ERR_QUEUE:
             if queue is not None:
                 queue.append(memoryview(self._out_view[io.sent : self.flow.written].tobytes()))
             n = self.flow.taken
-            return n
+            return size - n
         if n == _ERR_IO:
             raise OSError(io.err, os.strerror(io.err))
         raise error_for(n, remote=False)

@@ -334,7 +334,7 @@ class _Engine:
         if self.conn.lent_lane is None:
             self.flush()
 
-    def recv_lent(self, stream_id: int, dst: memoryview, timeout: float | None) -> int:
+    def recv_lent(self, stream_id: int, dst: Any, timeout: float | None) -> int:
         """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
         going straight into ``dst`` through the lent lane: one C call per read, while
         the stream's records come in order (a read that ends inside a record keeps its
@@ -348,6 +348,11 @@ class _Engine:
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
         if lane is None or not conn.lent_can_recv:
             return 0
+        return self.read_lent(lane, stream_id, dst, timeout)
+
+    def read_lent(self, lane: Any, stream_id: int, dst: Any, timeout: float | None) -> int:
+        """:meth:`recv_lent` once the stream is known to be lent and no other thread
+        pumps. ``dst``: a writable buffer, or the size of a read into ``lane.own``."""
         # What we wait for has often arrived already (a reply that came while we were
         # sending): a read first saves the wait's syscall. Where it usually has not (a
         # server waiting for the next request), the read first is tried only now and
@@ -369,7 +374,7 @@ class _Engine:
         return self._recv_lent_wait(lane, stream_id, dst, timeout, status)
 
     def _recv_lent_wait(
-        self, lane: Any, stream_id: int, dst: memoryview, timeout: float | None, status: int
+        self, lane: Any, stream_id: int, dst: Any, timeout: float | None, status: int
     ) -> int:
         """:meth:`recv_lent` after a read that took nothing (``status``)."""
         conn = self.conn
@@ -680,6 +685,10 @@ class DTPSocket:
         self._closed = False
         self._wr_shut = False
         self._rd_shut = False
+        # whether reads / writes may take the lent stream's fast path, as far as this
+        # socket goes (open, not shut down, and reads: blocking): one check there
+        self._fast_read = self._timeout != 0
+        self._fast_write = True
         self.connection_id: str | None = None
         """Client connected by host ID: the ledger connection (TransportControl) ID."""
         self.escrow_id: str | None = None
@@ -739,12 +748,18 @@ class DTPSocket:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
         self._timeout = timeout
+        self._update_fast()
 
     def gettimeout(self) -> float | None:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
         self._timeout = None if flag else 0.0
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        self._fast_read = self._timeout != 0 and not self._rd_shut and not self._closed
+        self._fast_write = not self._wr_shut and not self._closed
 
     # -- reading -------------------------------------------------------------------------
 
@@ -768,28 +783,25 @@ class DTPSocket:
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if (
-            conn.lent_stream_id == sid
-            and bufsize > 0
-            and self._timeout != 0
-            and not self._rd_shut
-            and not self._closed
-        ):
+        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0:
             # the usual case once the stream carries data: it is lent, so nothing is
-            # buffered for it (Engine.lend), and the lane reads straight into scratch
-            # (acquire / release: cheaper than a with block, and this is the hot path)
+            # buffered for it (Engine.lend), and the lane reads straight into a buffer
+            # of its own (acquire / release: cheaper than a with block)
             lock = engine.lock
             lock.acquire()
             try:
-                if conn.lent_stream_id == sid and conn.lent_can_recv:
-                    scratch = engine._recv_scratch
-                    if scratch is not None and bufsize <= len(scratch):
-                        view = scratch[:bufsize]
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    lane: Any = conn.lent_lane
+                    if bufsize <= lane.own_cap:
+                        n = engine.read_lent(lane, sid, bufsize, self._timeout)
+                        if n:
+                            data: bytes = lane.own[:n].tobytes()
+                            return data
                     else:
                         view = engine.recv_scratch(bufsize)
-                    n = engine.recv_lent(sid, view, self._timeout)
-                    if n:
-                        return view[:n].tobytes()
+                        n = engine.read_lent(lane, sid, view, self._timeout)
+                        if n:
+                            return view[:n].tobytes()
                     lent = True
             finally:
                 lock.release()
@@ -827,20 +839,14 @@ class DTPSocket:
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if (
-            conn.lent_stream_id == sid
-            and not nbytes
-            and self._timeout != 0
-            and not self._rd_shut
-            and not self._closed
-        ):
+        if conn.lent_stream_id == sid and self._fast_read and not nbytes:
             # the usual case once the stream carries data: it is lent, so nothing is
             # buffered for it (Engine.lend), and the lane reads straight in
             lock = engine.lock
             lock.acquire()
             try:
-                if conn.lent_stream_id == sid and conn.lent_can_recv:
-                    n: int = engine.recv_lent(sid, buffer, self._timeout)
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    n: int = engine.read_lent(conn.lent_lane, sid, buffer, self._timeout)
                     if n:
                         return n
                     lent = True
@@ -926,7 +932,7 @@ class DTPSocket:
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
-                    n: int = lane.send(engine._fd, view, engine.out)
+                    n: int = len(view) - lane.send(engine._fd, view, engine.out)
                 except OSError as exc:
                     engine._carrier_failed(exc)
                     n = len(view)  # lost with the carrier: the next call reports it
@@ -977,21 +983,20 @@ class DTPSocket:
         """Send all of ``data`` (waits while the peer or the network is slow)."""
         engine = self._engine
         conn = engine.conn
-        if conn.lent_stream_id == self._stream_id and not self._closed and not self._wr_shut:
+        if conn.lent_stream_id == self._stream_id and self._fast_write:
             # the stream is lent (the usual case once it carries data): the whole of
             # a small write in one call (acquire / release: cheaper than a with block)
             lock = engine.lock
             lock.acquire()
             try:
-                lane = conn.lent_lane
                 if (
-                    lane is not None
-                    and conn.lent_stream_id == self._stream_id
+                    conn.lent_stream_id == self._stream_id
                     and not engine.out
                     and not engine.carrier_closed
                 ):
+                    lane = conn.lent_lane
                     try:
-                        n: int = lane.send(engine._fd, data, engine.out)
+                        left: int = lane.send(engine._fd, data, engine.out)
                     except OSError as exc:
                         engine._carrier_failed(exc)
                         return  # lost with the carrier: the next call reports it
@@ -999,16 +1004,9 @@ class DTPSocket:
                         engine._wake()  # the carrier is full: the pumping thread writes
                     if engine.payment is not None:
                         engine.tick_meter(lane)
-                    kind = type(data)
-                    if n == (
-                        len(data)
-                        if kind is bytes or kind is bytearray
-                        else data.nbytes
-                        if kind is memoryview
-                        else memoryview(data).nbytes
-                    ):
+                    if not left:
                         return
-                    data = memoryview(data).cast("B")[n:]
+                    data = memoryview(data).cast("B")[-left:]
             finally:
                 lock.release()
         view = memoryview(data).cast("B")
@@ -1025,11 +1023,13 @@ class DTPSocket:
         with engine.lock:
             if how in (SHUT_WR, SHUT_RDWR) and not self._wr_shut:
                 self._wr_shut = True
+                self._update_fast()
                 self._wait(self._stream_ready_for_send)
                 if engine.session.terminated is None:
                     engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
             if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                 self._rd_shut = True
+                self._update_fast()
                 buf = engine.session.streams.get(self._stream_id)
                 if engine.session.terminated is None and not (buf and buf.eof):
                     with contextlib.suppress(DTPError):
@@ -1049,11 +1049,13 @@ class DTPSocket:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
         self._closed = True
+        self._update_fast()
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
         self._engine.abort(CloseCode.APPLICATION, reason)
         self._closed = True
+        self._update_fast()
         if self._primary and self._engine.payment is not None:
             self._engine.payment.finish()
 

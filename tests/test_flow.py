@@ -258,7 +258,7 @@ def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> No
     a, b = lent_pair(backend)
     queue: list[memoryview] = []
     before = time.monotonic()
-    assert a.send(sa.fileno(), b"ping" * 10, queue) == 40
+    assert a.send(sa.fileno(), b"ping" * 10, queue) == 0  # nothing left
     assert a.io.sent == a.flow.written and not queue
     assert before <= a.flow.last_sent <= time.monotonic()  # the monotonic clock
     lock = threading.Lock()
@@ -269,6 +269,10 @@ def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> No
     assert b.io.got == a.flow.written and bytes(dst[:40]) == b"ping" * 10
     assert before <= b.flow.last_received <= time.monotonic()
     assert b.recv(sb.fileno(), dst) == 0 and b.status == WAIT  # nothing more
+    assert a.send(sa.fileno(), memoryview(b"pong" * 10)[5:]) == 0
+    assert b.recv(sb.fileno(), 35) == 35 and bytes(b.own[:35]) == (b"pong" * 10)[5:]
+    with pytest.raises(LocalProtocolError):
+        b.recv(sb.fileno(), b.own_cap + 1)
     sa.shutdown(socket.SHUT_WR)
     assert b.recv(sb.fileno(), dst) == 0 and b.status == EOF
 
@@ -313,7 +317,7 @@ def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks
     data = os.urandom(a.max_seal)
     queue: list[memoryview] = []
     while not queue:
-        assert a.send(sa.fileno(), data, queue) == len(data)
+        assert a.send(sa.fileno(), data, queue) == 0
         sent += data
     assert len(queue) == 1  # only the call the carrier could not take whole
     queued = bytes(queue[0])

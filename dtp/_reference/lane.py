@@ -45,6 +45,7 @@ from dtp.errors import ErrorCode, LocalProtocolError
 
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
 _MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
 
 
 def _stream_data(
@@ -155,6 +156,9 @@ class Lane:
             raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
         #: Where the adapter reads the carrier for :meth:`flow_take`.
         self.rview = memoryview(bytearray(recv_cap))
+        #: A buffer of the lane's own for :meth:`recv` to read into.
+        self.own = memoryview(bytearray(OWN_CAP))
+        self.own_cap = OWN_CAP
         self._send = send
         self._recv = recv
         self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
@@ -338,7 +342,7 @@ class Lane:
         again, :meth:`recv` -- if the flow is still lent ``stream_id``. Returns what
         :meth:`recv` does; 0 with :attr:`status` WAKE (also when the flow changed hands:
         nothing was read) or WAIT after the wait alone."""
-        if memoryview(dst).readonly:
+        if not isinstance(dst, int) and memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -359,13 +363,18 @@ class Lane:
             return 0
         return self.recv(fd, dst)
 
-    def recv(self, fd: int, dst: bytearray | memoryview) -> int:
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
         """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
-        and :meth:`flow_take` what is there into ``dst``. Returns the bytes taken
-        (:attr:`status` OK, or NEED_MORE with a record kept pending); 0 with
-        :attr:`status` NEED_MORE (no record whole yet), WAIT, EOF, or FULL / STOP / DUE,
-        when ``flow.rx`` tells what was taken and consumed and
-        ``rview[flow.rx.consumed : io.end]`` is the general path's."""
+        and :meth:`flow_take` what is there into ``dst`` -- a writable buffer, or a
+        size: then into :attr:`own`. Returns the bytes taken (:attr:`status` OK, or
+        NEED_MORE with a record kept pending); 0 with :attr:`status` NEED_MORE (no
+        record whole yet), WAIT, EOF, or FULL / STOP / DUE, when ``flow.rx`` tells
+        what was taken and consumed and ``rview[flow.rx.consumed : io.end]`` is the
+        general path's."""
+        if isinstance(dst, int):
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            dst = self.own[:dst]
         if memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         io = self.io
@@ -413,14 +422,15 @@ class Lane:
         self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
     ) -> int:
         """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
-        and write the records to the carrier ``fd`` (non-blocking); returns how much of
-        ``data`` they hold. ``io.sent`` of ``flow.written`` bytes went out; the rest (a
-        copy) is appended to ``queue``, when given."""
+        and write the records to the carrier ``fd`` (non-blocking); returns how many
+        bytes of ``data`` are left (not sealed). ``io.sent`` of ``flow.written`` bytes
+        went out; the rest (a copy) is appended to ``queue``, when given."""
         io = self.io
         io.sent = io.err = 0
-        sealed = self.flow_seal(memoryview(data).cast("B"), time.monotonic())
+        view = memoryview(data).cast("B")
+        sealed = self.flow_seal(view, time.monotonic())
         if not sealed:
-            return 0
+            return len(view)
         sent = 0
         while sent < len(sealed):
             try:
@@ -436,4 +446,4 @@ class Lane:
         io.sent = sent
         if queue is not None and sent < len(sealed):
             queue.append(memoryview(bytes(sealed[sent:])))
-        return self.flow.taken
+        return len(view) - self.flow.taken
