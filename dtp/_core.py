@@ -851,7 +851,9 @@ class NativeLane:
         pending); 0 with :attr:`status` NEED_MORE (no record whole yet), WAIT (nothing
         to read), EOF, or FULL / STOP / DUE, when ``flow.rx`` tells what was taken and
         consumed and ``rview[flow.rx.consumed : io.end]`` is the general path's (nothing
-        stays pending then). Raises OSError if the read fails."""
+        stays pending then; after DUE, only what stays :attr:`pending` is, which the
+        connection takes when it takes the stream back). Raises OSError if the read
+        fails."""
         if type(dst) is int:
             if not 0 <= dst <= OWN_CAP:
                 raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
-from dtp._types import EOF, FULL, NEED_MORE, OK, WAIT, WAKE
+from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -418,8 +418,14 @@ class _Engine:
             # connection goes on from there
             rx = lane.flow.rx
             taken: int = rx.taken
-            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-            conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
+            if status == DUE:
+                # all taken, but credit is owed: the connection sends it (what the lane
+                # keeps pending of a record goes to the connection, and comes back
+                # with the next loan)
+                conn.take_back(time.monotonic())
+            else:
+                spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+                conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
 

@@ -362,10 +362,11 @@ int dtp_wait_readable(int fd, int wake_fd, int timeout_ms, int *err);
  * inside a record (DTP_NEED_MORE), that record's bytes move to the start of rbuf and
  * stay pending for the next call. Returns the bytes taken into dst, with L->status
  * DTP_OK or (a record pending) DTP_NEED_MORE; or 0 with L->status DTP_NEED_MORE (no
- * record whole yet) or the take's DTP_FULL, DTP_STOP, DTP_DUE (credit is due, also
- * after a take that ended inside a record): then nothing stays pending, flow->rx tells
- * what was taken and consumed, and rbuf[flow->rx.consumed .. L->end) is for the
- * general path. Negative on error (DTP_ERR_ARG, or the take's). */
+ * record whole yet); DTP_DUE (all taken as with DTP_OK / DTP_NEED_MORE, flow->rx.taken
+ * bytes into dst, but credit is due: the connection takes the stream back); or the
+ * take's DTP_FULL, DTP_STOP: then nothing stays pending, flow->rx tells what was taken
+ * and consumed, and rbuf[flow->rx.consumed .. L->end) is for the general path.
+ * Negative on error (DTP_ERR_ARG, or the take's). */
 int64_t dtp_lane_take(dtp_lane *L, size_t n, uint8_t *dst, size_t dst_cap);
 
 /* Read the carrier fd (non-blocking) once into rbuf after the pending bytes, and

@@ -61,18 +61,22 @@ int64_t dtp_lane_take(dtp_lane *L, size_t n, uint8_t *dst, size_t dst_cap) {
         L->status = rc;
         return rc;
     }
-    if (rc == DTP_OK || (rc == DTP_NEED_MORE && !credit_due(f))) {
+    if (rc == DTP_OK || rc == DTP_NEED_MORE || rc == DTP_DUE) {
         /* all taken, perhaps up to a record the carrier has only begun to bring: its
          * bytes wait at the start of rbuf for the rest */
         size_t used = (size_t)f->rx.consumed, left = end - used;
         if (left > 0 && used > 0) memmove(L->rbuf, L->rbuf + used, left);
         L->pending = left;
-        L->status = rc;
-        return (int64_t)f->rx.taken;
+        if (rc != DTP_DUE && !credit_due(f)) {
+            L->status = rc;
+            return (int64_t)f->rx.taken;
+        }
+        L->status = DTP_DUE; /* the bytes are taken, but the connection owes credit */
+        return 0;
     }
     /* the general path's turn: it gets everything not taken, pending bytes included */
     L->pending = 0;
-    L->status = rc == DTP_NEED_MORE ? DTP_DUE : rc;
+    L->status = rc;
     return 0;
 }
 

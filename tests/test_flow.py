@@ -223,6 +223,18 @@ def test_native_and_reference_feeds_agree(
     assert outcomes[0] == outcomes[1]
 
 
+def test_credit_due_keeps_the_pending_record(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend, credit=100)
+    first = bytes(a.flow_seal(b"x" * 150, 1.0))
+    wire = first + bytes(a.flow_seal(b"y" * 50, 1.0))
+    upto = len(first) + 7
+    b.rview[:upto] = wire[:upto]
+    dst = bytearray(1000)
+    assert b.feed(upto, dst) == 0 and b.status == DUE  # taken, but credit is owed
+    assert b.flow.rx.taken == 150 and bytes(dst[:150]) == b"x" * 150
+    assert b.pending == 7 and bytes(b.rview[:7]) == wire[len(first) : upto]
+
+
 def test_a_record_in_pieces_stays_pending_until_whole(backend: SimpleNamespace) -> None:
     a, b = lent_pair(backend)
     first = bytes(a.flow_seal(b"x" * 100, 1.0))
@@ -413,8 +425,11 @@ class Receiver:
                 continue
             rx = lane.flow.rx
             self.app += dst[: rx.taken]
-            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-            self.conn.take_back(now, spill, lane.rview[rx.consumed : lane.io.end])
+            if status == DUE:
+                self.conn.take_back(now)  # the pending bytes go with the stream
+            else:
+                spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+                self.conn.take_back(now, spill, lane.rview[rx.consumed : lane.io.end])
             self.conn.receive_data(view, now)
             break
         self.drain_events()

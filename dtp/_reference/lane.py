@@ -407,15 +407,19 @@ class Lane:
         status = self.flow_take(end, dst, time.monotonic())
         f = self.flow
         rx = f.rx
-        due = rx.offset > f.credit_offset or rx.conn_received > f.credit_conn
-        if status == OK or (status == NEED_MORE and not due):
+        if status in (OK, NEED_MORE, DUE):
             left = end - rx.consumed
             self.rview[:left] = self.rview[rx.consumed : end]
             io.pending = left
-            io.status = status
-            return rx.taken
+            if status != DUE and not (
+                rx.offset > f.credit_offset or rx.conn_received > f.credit_conn
+            ):
+                io.status = status
+                return rx.taken
+            io.status = DUE  # the bytes are taken, but the connection owes credit
+            return 0
         io.pending = 0
-        io.status = DUE if status == NEED_MORE else status
+        io.status = status
         return 0
 
     def send(
