@@ -104,6 +104,8 @@ LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
+_READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
+_WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -380,7 +382,7 @@ class _Engine:
         conn = self.conn
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if status in (WAIT, NEED_MORE, OK):
+            if status in _READ_ON:
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline
@@ -401,7 +403,7 @@ class _Engine:
                 if n:
                     return n
                 status = lane.status
-                if status in (WAIT, NEED_MORE):
+                if status in _WAITED:
                     # the wait timed out, was interrupted, or brought part of a record
                     now = time.monotonic()
                     if deadline is not None and now >= deadline:
