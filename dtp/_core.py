@@ -814,7 +814,7 @@ class NativeLane:
         fd: int,
         wake_fd: int,
         timeout_ms: int,
-        dst: bytearray | memoryview,
+        dst: bytearray | memoryview | int,
         stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
@@ -834,7 +834,18 @@ class NativeLane:
         if rc == _READY:
             flow = self.flow
             if flow.stream_id == stream_id and flow.can_recv:
-                return self.recv(fd, dst)
+                if type(dst) is int:
+                    return self.recv(fd, dst)
+                try:
+                    out = _from_buffer(_U8, dst, True)
+                except (TypeError, BufferError):
+                    return self.recv(fd, dst)  # (raises)
+                n: int = _lane_recv(io, fd, out, len(out))
+                if n < 0:
+                    if n == _ERR_IO:
+                        raise OSError(io.err, os.strerror(io.err))
+                    raise error_for(n, remote=False)
+                return n
             rc = _WAKE
         elif rc < 0:
             if rc == _ERR_IO:

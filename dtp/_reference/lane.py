@@ -334,7 +334,7 @@ class Lane:
         fd: int,
         wake_fd: int,
         timeout_ms: int,
-        dst: bytearray | memoryview,
+        dst: bytearray | memoryview | int,
         stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
