@@ -608,6 +608,14 @@ def _writable(dst: bytearray | memoryview) -> Any:
 
 _READY: int = lib.DTP_READY
 _WAKE: int = lib.DTP_WAKE
+_ERR_IO: int = lib.DTP_ERR_IO
+_ERR_QUEUE: int = lib.DTP_ERR_QUEUE
+_MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+_from_buffer = ffi.from_buffer
+_lane_recv = lib.dtp_lane_recv
+_lane_send = lib.dtp_lane_send
+_wait_readable = lib.dtp_wait_readable
 
 
 class NativeLane:
@@ -631,8 +639,8 @@ class NativeLane:
         per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
         if seal_cap < per_record:
             raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
-        if recv_cap < 1:
-            raise LocalProtocolError("empty receive buffer", ErrorCode.ARG)
+        if recv_cap <= _MAX_RECORD:
+            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
         self._send = send
         self._recv = recv
         self._send_ctx = send._ctx
@@ -655,9 +663,46 @@ class NativeLane:
         self._rbuf = _new_uninit("uint8_t[]", recv_cap)
         self._rbuf_cap = recv_cap
         self.rview = memoryview(ffi.buffer(self._rbuf))
-        #: What the last flow_read / flow_send did (``dtp_io``: got, sent, err).
-        self.io = ffi.new("dtp_io *")
+        #: The carrier I/O's context (``dtp_lane``): the buffers, and what the last
+        #: :meth:`recv` / :meth:`send` did (``got``, ``end``, ``sent``, ``status``,
+        #: ``err``; ``pending``: the start of a record kept at ``rview[:pending]``).
+        #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes;
+        #: pages are touched only as reads fill them).
+        self._own = _new_uninit("uint8_t[]", OWN_CAP)
+        self.own = memoryview(ffi.buffer(self._own))
+        self.own_cap = OWN_CAP
+        self.io = io = ffi.new("dtp_lane *")
+        io.send = self._send_ctx
+        io.recv = self._recv_ctx
+        io.flow = self.flow
+        io.out = self._out
+        io.out_cap = seal_cap
+        io.max_chunk = MAX_STREAM_CHUNK
+        io.rbuf = self._rbuf
+        io.rbuf_cap = recv_cap
+        io.scratch = self._scratch
+        io.scratch_cap = MAX_RECORD_PLAINTEXT
         self._err = ffi.new("int *")
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a record the carrier has only begun to bring, kept at
+        ``rview[:pending]`` for :meth:`recv` to complete (the connection moves them to
+        and from its own input buffer when it lends or takes back a stream)."""
+        n: int = self.io.pending
+        return n
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+            raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
+        self.io.pending = n
+
+    @property
+    def status(self) -> int:
+        """The status of the last :meth:`recv` or :meth:`wait_read`."""
+        n: int = self.io.status
+        return n
 
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
@@ -773,92 +818,112 @@ class NativeLane:
         fd: int,
         wake_fd: int,
         timeout_ms: int,
-        dst: bytearray | memoryview,
+        dst: bytearray | memoryview | int,
         stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
         the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable
-        (``dtp_wait_readable``), then, lock held again, :meth:`flow_read` -- if the
-        flow is still lent ``stream_id`` (another thread may have lent another stream
-        meanwhile). Returns WAKE (also when the flow changed hands: nothing was read)
-        or WAIT from the wait, else the read's status. Raises OSError if either
-        fails."""
+        (``dtp_wait_readable``), then, lock held again, :meth:`recv` -- if the flow is
+        still lent ``stream_id`` (another thread may have lent another stream
+        meanwhile). Returns what :meth:`recv` does; 0 with :attr:`status` WAKE (also
+        when the flow changed hands: nothing was read) or WAIT after the wait alone.
+        Raises OSError if the wait or the read fails."""
+        io = self.io
         err = self._err
         lock.release()
         try:
-            rc: int = lib.dtp_wait_readable(fd, wake_fd, timeout_ms, err)
+            rc: int = _wait_readable(fd, wake_fd, timeout_ms, err)
         finally:
             lock.acquire()
-        if rc != _READY:
-            if rc < 0:
-                if rc == lib.DTP_ERR_IO:
-                    raise OSError(err[0], os.strerror(err[0]))
-                raise error_for(rc, remote=False)
-            return rc
-        flow = self.flow
-        if flow.stream_id != stream_id or not flow.can_recv:
-            return _WAKE
-        return self.flow_read(fd, dst)
-
-    def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
-        """Read the carrier ``fd`` once into :attr:`rview` and :meth:`flow_take` what
-        came (``dtp_flow_read``): the take's status, or WAIT (nothing to read) or EOF;
-        ``io.got`` bytes were read. Raises OSError if the read fails."""
-        out = _writable(dst)
-        rc: int = lib.dtp_flow_read(
-            self._recv_ctx,
-            self.flow,
-            self.io,
-            fd,
-            self._rbuf,
-            self._rbuf_cap,
-            out,
-            len(dst),
-            self._scratch,
-            MAX_RECORD_PLAINTEXT,
-        )
-        if rc < 0:
-            if rc == lib.DTP_ERR_IO:
-                raise OSError(self.io.err, os.strerror(self.io.err))
+        if rc == _READY:
+            flow = self.flow
+            if flow.stream_id == stream_id and flow.can_recv:
+                if type(dst) is int:
+                    return self.recv(fd, dst)
+                try:
+                    out = _from_buffer(_U8, dst, True)
+                except (TypeError, BufferError):
+                    return self.recv(fd, dst)  # (raises)
+                n: int = _lane_recv(io, fd, out, len(out))
+                if n < 0:
+                    if n == _ERR_IO:
+                        raise OSError(io.err, os.strerror(io.err))
+                    raise error_for(n, remote=False)
+                return n
+            rc = _WAKE
+        elif rc < 0:
+            if rc == _ERR_IO:
+                raise OSError(err[0], os.strerror(err[0]))
             raise error_for(rc, remote=False)
-        return rc
+        io.status = rc
+        return 0
 
-    def flow_send(
-        self,
-        fd: int,
-        data: bytes | bytearray | memoryview,
-        now: float,
-        queue: list[memoryview] | None = None,
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
+        """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
+        and :meth:`flow_take` what is there into ``dst`` (``dtp_lane_recv``) -- a
+        writable buffer, or a size: then into :attr:`own` (at most :attr:`own_cap`).
+        Returns the bytes taken (:attr:`status` OK, or NEED_MORE with a record kept
+        pending); 0 with :attr:`status` NEED_MORE (no record whole yet), WAIT (nothing
+        to read), EOF, or FULL / STOP / DUE, when ``flow.rx`` tells what was taken and
+        consumed and ``rview[flow.rx.consumed : io.end]`` is the general path's (nothing
+        stays pending then; after DUE, only what stays :attr:`pending` is, which the
+        connection takes when it takes the stream back). Raises OSError if the read
+        fails."""
+        if type(dst) is int:
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            n: int = _lane_recv(self.io, fd, self._own, dst)
+        else:
+            try:
+                out = _from_buffer(_U8, dst, True)
+            except (TypeError, BufferError):
+                raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+            n = _lane_recv(self.io, fd, out, len(out))
+        if n < 0:
+            if n == _ERR_IO:
+                raise OSError(self.io.err, os.strerror(self.io.err))
+            raise error_for(n, remote=False)
+        return n
+
+    def feed(self, n: int, dst: bytearray | memoryview) -> int:
+        """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
+        n]``: take them as :meth:`recv` takes what it reads (``dtp_lane_take``)."""
+        try:
+            out = _from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        got: int = lib.dtp_lane_take(self.io, n, out, len(out))
+        if got < 0:
+            raise error_for(got, remote=False)
+        return got
+
+    def send(
+        self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
     ) -> int:
-        """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
-        ``fd`` (``dtp_flow_send``); returns how much of ``data`` they hold (0: none
-        sealed). ``io.sent`` of ``flow.written`` bytes went out; the rest (a copy) is
-        appended to ``queue``, when given, for the caller to write later. Raises
-        OSError if the write fails."""
-        flow = self.flow
+        """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
+        and write the records to the carrier ``fd`` (``dtp_lane_send``); returns how
+        many bytes of ``data`` are left (not sealed: 0 when all were). ``io.sent`` of
+        ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
+        when given, for the caller to write later. Raises OSError if the write
+        fails."""
+        if type(data) is bytes:
+            size = len(data)
+            n: int = _lane_send(self.io, fd, data, size)
+        else:
+            buf = _from_buffer(data)
+            size = len(buf)
+            n = _lane_send(self.io, fd, buf, size)
+        if n >= 0:
+            return size - n
         io = self.io
-        rc = lib.dtp_flow_send(
-            self._send_ctx,
-            flow,
-            io,
-            fd,
-            ffi.from_buffer(data),
-            len(data),
-            MAX_STREAM_CHUNK,
-            self._out,
-            self._out_cap,
-            now,
-        )
-        if rc:
-            if rc == lib.DTP_ERR_IO:
-                raise OSError(io.err, os.strerror(io.err))
-            if rc < 0:
-                raise error_for(rc, remote=False)
-            return 0
-        if queue is not None and io.sent != flow.written:
-            queue.append(memoryview(self._out_view[io.sent : flow.written].tobytes()))
-        taken: int = flow.taken
-        return taken
+        if n == _ERR_QUEUE:
+            if queue is not None:
+                queue.append(memoryview(self._out_view[io.sent : self.flow.written].tobytes()))
+            n = self.flow.taken
+            return size - n
+        if n == _ERR_IO:
+            raise OSError(io.err, os.strerror(io.err))
+        raise error_for(n, remote=False)
 
     def flow_spill(self) -> memoryview:
         """After :meth:`flow_take` returned FULL: the data of the last record that did

@@ -781,11 +781,12 @@ class Connection:
     # other entry point takes it back first (_take_back), so the connection never acts
     # on stale fields; the adapter only ever sees the lane.
 
-    def lend(self, stream_id: int, now: float) -> Any:
+    def lend(self, stream_id: int, now: float, recv: bool = True) -> Any:
         """Lend ``stream_id`` to the lane, when the connection has nothing else to do
         first: returns the lane (its ``flow`` filled; ``flow_seal`` / ``flow_take``
         then move the stream's bytes) or None. The loan lasts until any other method
-        of the connection is called, or :meth:`take_back`.
+        of the connection is called, or :meth:`take_back`. ``recv=False`` lends the
+        stream for sending only (:attr:`lent_can_recv` is then False).
 
         While lent, :attr:`lent_timer` is a time no later than the next timer (the
         adapter wakes by then and calls :meth:`get_timer`)."""
@@ -794,19 +795,31 @@ class Connection:
                 return self.lent_lane
             self._take_back()
         stream = self._streams.get(stream_id)
-        if (
-            stream is None
-            or not self._nothing_goes_first()
-            or self._inbuf  # the lane starts at a record boundary
-            or self._events
-        ):
+        if stream is None or not self._nothing_goes_first() or self._events:
             return None
         can_send = stream.send_state is SendState.OPEN and not stream.send_buf
-        can_recv = stream.recv_state is RecvState.OPEN and stream.recv_highest == stream.delivered
+        can_recv = (
+            recv and stream.recv_state is RecvState.OPEN and stream.recv_highest == stream.delivered
+        )
+        inbuf = self._inbuf
+        if inbuf:
+            # the start of a record the carrier has not brought whole yet: the lane
+            # keeps it for its next read (anything more waits for the general path)
+            have = len(inbuf)
+            if (
+                not can_recv
+                or have > MAX_RECORD_PLAINTEXT + 28
+                or (have >= 12 and have >= 12 + (inbuf[2] | inbuf[3] << 8))
+            ):
+                return None
         if not (can_send or can_recv):
             return None
         timer = self.get_timer()
         lane = self._lane or self._get_lane()
+        if inbuf:
+            lane.rview[: len(inbuf)] = inbuf
+            lane.pending = len(inbuf)
+            inbuf.clear()
         f = lane.flow
         f.stream_id = stream_id
         f.can_send = can_send
@@ -866,7 +879,8 @@ class Connection:
     def _take_back(self, unread: int = 0) -> None:
         """The lent stream's state back from the lane's flow (``unread``: bytes taken
         there that the application has not read)."""
-        f = self.lent_lane.flow
+        lane = self.lent_lane
+        f = lane.flow
         stream = self._lent
         assert stream is not None
         self.lent_lane = self.lent_stream_id = self.lent_timer = self._lent = None
@@ -874,6 +888,11 @@ class Connection:
         # a lane call made with a stale view of the loan (an adapter that waited
         # without the lock meanwhile) now moves nothing
         f.can_send = f.can_recv = 0
+        pending = lane.pending
+        if pending:
+            # the start of a record the lane kept: the general path completes it
+            self._inbuf += lane.rview[:pending]
+            lane.pending = 0
         self._send_counter = f.send_counter
         if f.send_offset != stream.next_offset:
             stream.announce = False

@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import Session
-from dtp._types import EOF, FULL, OK, WAIT, WAKE
+from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -111,6 +111,8 @@ LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
+_READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
+_WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -323,7 +325,9 @@ class _Engine:
             return conn.lent_lane
         if self.carrier_closed or self.closed:
             return None
-        return conn.lend(stream_id, time.monotonic())
+        # the lane takes the stream's bytes only while nothing is buffered for it (the
+        # buffer's bytes come first), so a lent stream that may receive has none
+        return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
 
     def tick_meter(self, lane: Any) -> None:
         """A metered client after a send on a lent stream (lock held): tick the meter
@@ -339,12 +343,13 @@ class _Engine:
         if self.conn.lent_lane is None:
             self.flush()
 
-    def recv_lent(self, stream_id: int, dst: memoryview, timeout: float | None) -> int:
+    def recv_lent(self, stream_id: int, dst: Any, timeout: float | None) -> int:
         """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
         going straight into ``dst`` through the lent lane: one C call per read, while
-        the stream's records come whole and in order. Returns how many bytes landed in
-        ``dst``; 0 when the general path must go on (nothing taken, the loan ended,
-        another thread wants attention, a timer is due). Raises DTPTimeoutError when
+        the stream's records come in order (a read that ends inside a record keeps its
+        start in the lane for the next). Returns how many bytes landed in ``dst``; 0
+        when the general path must go on (nothing taken, the loan ended, another
+        thread wants attention, a timer is due). Raises DTPTimeoutError when
         ``timeout`` passes with nothing read."""
         if self.pumping:
             return 0  # another thread reads the carrier: do not take its loan away
@@ -352,24 +357,39 @@ class _Engine:
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
         if lane is None or not conn.lent_can_recv:
             return 0
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return self.read_lent(lane, stream_id, dst, timeout)
+
+    def read_lent(self, lane: Any, stream_id: int, dst: Any, timeout: float | None) -> int:
+        """:meth:`recv_lent` once the stream is known to be lent and no other thread
+        pumps. ``dst``: a writable buffer, or the size of a read into ``lane.own``."""
         # What we wait for has often arrived already (a reply that came while we were
         # sending): a read first saves the wait's syscall. Where it usually has not (a
         # server waiting for the next request), the read first is tried only now and
         # then, as it would cost a syscall of its own.
-        status = WAIT
         if self._read_first_skip:
             self._read_first_skip -= 1
+            status = WAIT
         else:
             try:
-                status = lane.flow_read(self._fd, dst)
+                n: int = lane.recv(self._fd, dst)
             except OSError as exc:
                 self._carrier_failed(exc)
                 return 0
+            if n:
+                return n
+            status = lane.status
             if status == WAIT:
                 self._read_first_skip = READ_FIRST_SKIP
+        return self._recv_lent_wait(lane, stream_id, dst, timeout, status)
+
+    def _recv_lent_wait(
+        self, lane: Any, stream_id: int, dst: Any, timeout: float | None, status: int
+    ) -> int:
+        """:meth:`recv_lent` after a read that took nothing (``status``)."""
+        conn = self.conn
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if status == WAIT:
+            if status in _READ_ON:
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline
@@ -379,7 +399,7 @@ class _Engine:
                 # nothing
                 self.pumping = True
                 try:
-                    status = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
+                    n: int = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
                 except OSError as exc:
                     self._carrier_failed(exc)
                     return 0
@@ -387,17 +407,16 @@ class _Engine:
                     self.pumping = False
                     if self.waiters:
                         self.cond.notify_all()
-                if status == WAIT:
-                    if deadline is not None and time.monotonic() >= deadline:
+                if n:
+                    return n
+                status = lane.status
+                if status in _WAITED:
+                    # the wait timed out, was interrupted, or brought part of a record
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
                         raise DTPTimeoutError("timed out")
-                    if until is not None and time.monotonic() >= until:
+                    if until is not None and now >= until:
                         return 0  # a timer is due
-                    continue  # interrupted, or nothing to read after all
-            if status == OK:
-                taken: int = lane.flow.taken
-                if taken:
-                    return taken
-                status = WAIT  # records without data: wait for more
                 continue
             if status == WAKE:
                 return 0  # another thread wants the general path, or took the lane
@@ -407,9 +426,15 @@ class _Engine:
             # something the lane does not take (or the loan ended meanwhile): the
             # connection goes on from there
             rx = lane.flow.rx
-            taken = rx.taken
-            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-            conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.got])
+            taken: int = rx.taken
+            if status == DUE:
+                # all taken, but credit is owed: the connection sends it (what the lane
+                # keeps pending of a record goes to the connection, and comes back
+                # with the next loan)
+                conn.take_back(time.monotonic())
+            else:
+                spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+                conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
 
@@ -675,6 +700,10 @@ class DTPSocket:
         self._closed = False
         self._wr_shut = False
         self._rd_shut = False
+        # whether reads / writes may take the lent stream's fast path, as far as this
+        # socket goes (open, not shut down, and reads: blocking): one check there
+        self._fast_read = self._timeout != 0
+        self._fast_write = True
         self.connection_id: str | None = None
         """Client connected by host ID: the ledger connection (TransportControl) ID."""
         self.escrow_id: str | None = None
@@ -734,12 +763,18 @@ class DTPSocket:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
         self._timeout = timeout
+        self._update_fast()
 
     def gettimeout(self) -> float | None:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
         self._timeout = None if flag else 0.0
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        self._fast_read = self._timeout != 0 and not self._rd_shut and not self._closed
+        self._fast_write = not self._wr_shut and not self._closed
 
     # -- reading -------------------------------------------------------------------------
 
@@ -759,15 +794,39 @@ class DTPSocket:
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes; b"" once the peer half-closed its side."""
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0:
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight into a buffer
+            # of its own (acquire / release: cheaper than a with block)
+            lock = engine.lock
+            lock.acquire()
+            try:
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    lane: Any = conn.lent_lane
+                    if bufsize <= lane.own_cap:
+                        n = engine.read_lent(lane, sid, bufsize, self._timeout)
+                        if n:
+                            data: bytes = lane.own[:n].tobytes()
+                            return data
+                    else:
+                        view = engine.recv_scratch(bufsize)
+                        n = engine.read_lent(lane, sid, view, self._timeout)
+                        if n:
+                            return view[:n].tobytes()
+                    lent = True
+            finally:
+                lock.release()
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         if bufsize < 0:
             raise ValueError("negative buffer size")
         if self._rd_shut:
             return b""
-        engine = self._engine
         session = engine.session
-        sid = self._stream_id
         with engine.lock:
             buf = session.streams.get(sid)
             if (
@@ -775,24 +834,39 @@ class DTPSocket:
                 and (buf is None or not (buf.data or buf.eof or buf.reset_code is not None))
                 and bufsize
             ):
-                # nothing buffered (Session.readable, inline: this is the hot path)
-                scratch = engine._recv_scratch
-                if scratch is not None and bufsize <= len(scratch):
-                    view = scratch[:bufsize]
-                else:
-                    view = engine.recv_scratch(bufsize)
-                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                # nothing buffered (Session.readable, inline)
+                view = engine.recv_scratch(bufsize)
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
                 if n or (
                     not session.readable(sid)
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return view[:n].tobytes()
-            data = session.take(self._stream_id, bufsize)
+            data = session.take(sid, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read into a writable buffer; returns the number of bytes read."""
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if conn.lent_stream_id == sid and self._fast_read and not nbytes:
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight in
+            lock = engine.lock
+            lock.acquire()
+            try:
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    n: int = engine.read_lent(conn.lent_lane, sid, buffer, self._timeout)
+                    if n:
+                        return n
+                    lent = True
+            finally:
+                lock.release()
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
@@ -800,24 +874,24 @@ class DTPSocket:
             view = view[:nbytes]
         if self._rd_shut or not len(view):
             return 0
-        engine = self._engine
         session = engine.session
         with engine.lock:
-            buf = session.streams.get(self._stream_id)
+            buf = session.streams.get(sid)
             if session.terminated is None and (
                 buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
             ):
-                # nothing buffered (Session.readable, inline: this is the hot path): read
-                # straight in, through the lent lane when the connection lends it --
-                # unless the general path took over and buffered the stream's next bytes
-                sid = self._stream_id
-                n = engine.recv_lent(sid, view, self._timeout) if self._timeout != 0 else 0
+                # nothing buffered (Session.readable, inline): read straight in,
+                # through the lent lane when the connection lends it -- unless the
+                # general path took over and buffered the stream's next bytes
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
                 if n or (
                     not session.readable(sid)
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return n
-            n = session.take_into(self._stream_id, view)
+            n = session.take_into(sid, view)
             engine.flush()
             return n
 
@@ -866,10 +940,14 @@ class DTPSocket:
         with engine.lock:
             conn = engine.conn
             sid = self._stream_id
+            if engine.out and self._timeout != 0 and not engine.carrier_closed:
+                # the carrier is full: wait (reading meanwhile) until it has taken what
+                # is queued, rather than seal more behind it -- copies that only wait
+                self._wait(lambda: not engine.out or engine.carrier_closed)
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
-                    n: int = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                    n: int = len(view) - lane.send(engine._fd, view, engine.out)
                 except OSError as exc:
                     engine._carrier_failed(exc)
                     n = len(view)  # lost with the carrier: the next call reports it
@@ -918,35 +996,35 @@ class DTPSocket:
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` (waits while the peer or the network is slow)."""
-        view = data if type(data) is bytes else memoryview(data).cast("B")
         engine = self._engine
         conn = engine.conn
-        if conn.lent_stream_id == self._stream_id and not self._closed and not self._wr_shut:
+        if conn.lent_stream_id == self._stream_id and self._fast_write:
             # the stream is lent (the usual case once it carries data): the whole of
-            # a small write in one call
-            with engine.lock:
-                lane = conn.lent_lane
+            # a small write in one call (acquire / release: cheaper than a with block)
+            lock = engine.lock
+            lock.acquire()
+            try:
                 if (
-                    lane is not None
-                    and conn.lent_stream_id == self._stream_id
+                    conn.lent_stream_id == self._stream_id
                     and not engine.out
                     and not engine.carrier_closed
-                    and len(view)
                 ):
+                    lane = conn.lent_lane
                     try:
-                        n = lane.flow_send(engine._fd, view, time.monotonic(), engine.out)
+                        left: int = lane.send(engine._fd, data, engine.out)
                     except OSError as exc:
                         engine._carrier_failed(exc)
-                        n = len(view)  # lost with the carrier: the next call reports it
+                        return  # lost with the carrier: the next call reports it
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                     if engine.payment is not None:
                         engine.tick_meter(lane)
-                    if n == len(view):
+                    if not left:
                         return
-                    view = memoryview(view)[n:]
-        if type(view) is bytes:
-            view = memoryview(view)
+                    data = memoryview(data).cast("B")[-left:]
+            finally:
+                lock.release()
+        view = memoryview(data).cast("B")
         while len(view):
             n = self.send(view)
             view = view[n:]
@@ -960,11 +1038,13 @@ class DTPSocket:
         with engine.lock:
             if how in (SHUT_WR, SHUT_RDWR) and not self._wr_shut:
                 self._wr_shut = True
+                self._update_fast()
                 self._wait(self._stream_ready_for_send)
                 if engine.session.terminated is None:
                     engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
             if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                 self._rd_shut = True
+                self._update_fast()
                 buf = engine.session.streams.get(self._stream_id)
                 if engine.session.terminated is None and not (buf and buf.eof):
                     with contextlib.suppress(DTPError):
@@ -984,11 +1064,13 @@ class DTPSocket:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
         self._closed = True
+        self._update_fast()
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
         self._engine.abort(CloseCode.APPLICATION, reason)
         self._closed = True
+        self._update_fast()
         if self._primary and self._engine.payment is not None:
             self._engine.payment.finish()
 

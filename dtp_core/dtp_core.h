@@ -321,40 +321,68 @@ int dtp_flow_take(dtp_aead *ctx, dtp_flow *f, const uint8_t *buf, size_t len, ui
                   size_t dst_cap, uint8_t *scratch, size_t scratch_cap, double now);
 
 /* ---- the lent stream's carrier I/O (flowio.c) -------------------------------------- */
-/* What dtp_flow_recv / dtp_flow_send did, besides the dtp_flow_take / dtp_flow_seal
- * status they return: */
-typedef struct dtp_io {
-    uint64_t got;  /* dtp_flow_read: bytes read into rbuf (0 if none were read) */
-    uint64_t sent; /* dtp_flow_send: bytes of out written to fd */
-    int32_t err;   /* the errno of a failed read or write (with DTP_ERR_IO), else 0 */
-    int32_t reserved;
-} dtp_io;
+/* Everything a send or a read of the lent stream needs besides the data, so that each
+ * is one call with few arguments. The caller allocates the buffers and fills the "in"
+ * fields once (a connection's lane lives as long as the connection). */
+typedef struct dtp_lane {
+    dtp_aead *send;     /* in: the connection's sending AEAD */
+    dtp_aead *recv;     /* in: its receiving AEAD */
+    dtp_flow *flow;     /* in: the lent stream */
+    uint8_t *out;       /* in: where dtp_lane_send seals, out_cap bytes */
+    uint64_t out_cap;
+    uint64_t max_chunk; /* in: data bytes per record (<= DTP_MAX_FRAME_DATA) */
+    uint8_t *rbuf;      /* in: where dtp_lane_recv reads the carrier, rbuf_cap bytes */
+    uint64_t rbuf_cap;  /*     (more than a record: DTP_MAX_RECORD_PLAINTEXT + 28) */
+    uint8_t *scratch;   /* in: DTP_MAX_RECORD_PLAINTEXT bytes for dtp_flow_take */
+    uint64_t scratch_cap;
+    uint64_t pending;   /* in/out: the start of a record at rbuf[0 .. pending), whose
+                           rest the carrier has not brought yet (taken before new bytes) */
+    uint64_t end;       /* out: bytes in rbuf after the last read (pending + got) */
+    uint64_t got;       /* out: bytes the last read took from the carrier */
+    uint64_t sent;      /* out: bytes of out[0 .. flow->written) the last send wrote */
+    int32_t status;     /* out: the last dtp_lane_recv's status (see there) */
+    int32_t err;        /* out: the errno of a failed read or write (with DTP_ERR_IO) */
+} dtp_lane;
 
-#define DTP_WAIT 5     /* nothing to read yet (dtp_flow_read), or the timeout passed */
-#define DTP_READY 6    /* dtp_wait_readable: fd is readable */
-#define DTP_WAKE 7     /* dtp_wait_readable: wake_fd is readable */
-#define DTP_EOF 8      /* dtp_flow_read: the peer closed the carrier */
-#define DTP_ERR_IO -60 /* a wait, read or write failed: io->err holds errno */
+#define DTP_WAIT 5        /* nothing to read yet, or the timeout passed */
+#define DTP_READY 6       /* dtp_wait_readable: fd is readable */
+#define DTP_WAKE 7        /* dtp_wait_readable: wake_fd is readable */
+#define DTP_EOF 8         /* dtp_lane_recv: the peer closed the carrier */
+#define DTP_ERR_IO -60    /* a wait, read or write failed: the errno is in err */
+#define DTP_ERR_QUEUE -61 /* dtp_lane_send: sealed, but the carrier took only part */
 
 /* Wait up to timeout_ms (negative: forever) until fd or wake_fd (if >= 0) is readable:
  * DTP_WAKE if wake_fd is, else DTP_READY if fd is, DTP_WAIT on timeout or interruption,
  * DTP_ERR_IO (errno in *err) if poll() fails. */
 int dtp_wait_readable(int fd, int wake_fd, int timeout_ms, int *err);
 
-/* Read the carrier fd (non-blocking) once into rbuf[0..rbuf_cap), and dtp_flow_take
- * what came, stamping f->last_received with CLOCK_MONOTONIC (the clock of Python's
- * time.monotonic). Returns dtp_flow_take's status with io->got set, or DTP_WAIT (nothing
- * to read), DTP_EOF, DTP_ERR_IO. */
-int dtp_flow_read(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, uint8_t *rbuf,
-                  size_t rbuf_cap, uint8_t *dst, size_t dst_cap, uint8_t *scratch,
-                  size_t scratch_cap);
+/* The carrier's next n bytes were written at rbuf[pending .. pending + n): dtp_flow_take
+ * everything from the start of rbuf into dst[0 .. dst_cap), stamping f->last_received
+ * with CLOCK_MONOTONIC (the clock of Python's time.monotonic). When the take ends
+ * inside a record (DTP_NEED_MORE), that record's bytes move to the start of rbuf and
+ * stay pending for the next call. Returns the bytes taken into dst, with L->status
+ * DTP_OK or (a record pending) DTP_NEED_MORE; or 0 with L->status DTP_NEED_MORE (no
+ * record whole yet); DTP_DUE (all taken as with DTP_OK / DTP_NEED_MORE, flow->rx.taken
+ * bytes into dst, but credit is due: the connection takes the stream back); or the
+ * take's DTP_FULL, DTP_STOP: then nothing stays pending, flow->rx tells what was taken
+ * and consumed, and rbuf[flow->rx.consumed .. L->end) is for the general path.
+ * Negative on error (DTP_ERR_ARG, or the take's). */
+int64_t dtp_lane_take(dtp_lane *L, size_t n, uint8_t *dst, size_t dst_cap);
 
-/* dtp_flow_seal, then write what it sealed to the carrier fd (non-blocking, no
- * SIGPIPE): io->sent bytes of f->written went out; the caller queues the rest of
- * out[io->sent .. f->written). Returns dtp_flow_seal's status, or DTP_ERR_IO when the
- * write failed (the records stay sealed and counted: the carrier is lost). */
-int dtp_flow_send(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, const uint8_t *data,
-                  size_t len, size_t max_chunk, uint8_t *out, size_t out_cap, double now);
+/* Read the carrier fd (non-blocking) once into rbuf after the pending bytes, and
+ * dtp_lane_take what came: its result, or 0 with L->status DTP_WAIT (nothing to read)
+ * or DTP_EOF; DTP_ERR_IO when the read fails (errno in L->err). L->got: the bytes
+ * read. */
+int64_t dtp_lane_recv(dtp_lane *L, int fd, uint8_t *dst, size_t dst_cap);
+
+/* dtp_flow_seal as much of data[0..len) as the limits and out allow, stamped with
+ * CLOCK_MONOTONIC, then write the records to the carrier fd (non-blocking, no
+ * SIGPIPE). Returns the bytes of data sealed (0: none, see dtp_flow_seal) when the
+ * carrier took all the records; DTP_ERR_QUEUE when it took only L->sent bytes of
+ * flow->written (flow->taken bytes of data were sealed: the caller queues the rest of
+ * out); DTP_ERR_IO when the write failed (errno in L->err; the records stay sealed
+ * and counted: the carrier is lost); another negative code from dtp_flow_seal. */
+int64_t dtp_lane_send(dtp_lane *L, int fd, const uint8_t *data, size_t len);
 
 /* Seal / open one message with an explicit counter and associated data (no record
  * header, no replay window): out = ciphertext || tag. Byte-compatible with Noise's

@@ -1,5 +1,5 @@
 /* The lent stream's carrier I/O: one call reads the carrier and takes the stream's
- * bytes (dtp_flow_read), or seals and writes them (dtp_flow_send), so a small message
+ * bytes (dtp_lane_recv), or seals and writes them (dtp_lane_send), so a small message
  * costs one crossing of the cffi boundary each way, plus a wait (dtp_wait_readable).
  * The socket stays non-blocking (other threads share it): the wait is a poll() that a
  * wake descriptor can interrupt. Python twins: dtp/_reference/lane.py. */
@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
@@ -39,45 +40,95 @@ int dtp_wait_readable(int fd, int wake_fd, int timeout_ms, int *err) {
     return DTP_READY;
 }
 
-int dtp_flow_read(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, uint8_t *rbuf,
-                  size_t rbuf_cap, uint8_t *dst, size_t dst_cap, uint8_t *scratch,
-                  size_t scratch_cap) {
-    if (ctx == NULL || f == NULL || io == NULL || fd < 0 || rbuf == NULL || rbuf_cap == 0 ||
-        (dst == NULL && dst_cap > 0))
-        return DTP_ERR_ARG;
-    io->got = io->sent = 0;
-    io->err = 0;
-    ssize_t n = recv(fd, rbuf, rbuf_cap, MSG_DONTWAIT);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return DTP_WAIT;
-        io->err = errno;
-        return DTP_ERR_IO;
-    }
-    if (n == 0) return DTP_EOF;
-    io->got = (uint64_t)n;
-    return dtp_flow_take(ctx, f, rbuf, (size_t)n, dst, dst_cap, scratch, scratch_cap,
-                         monotonic_now());
+static int credit_due(const dtp_flow *f) {
+    return f->rx.offset > f->credit_offset || f->rx.conn_received > f->credit_conn;
 }
 
-int dtp_flow_send(dtp_aead *ctx, dtp_flow *f, dtp_io *io, int fd, const uint8_t *data,
-                  size_t len, size_t max_chunk, uint8_t *out, size_t out_cap, double now) {
-    if (io == NULL || fd < 0) return DTP_ERR_ARG;
-    io->got = io->sent = 0;
-    io->err = 0;
-    int rc = dtp_flow_seal(ctx, f, data, len, max_chunk, out, out_cap, now);
-    if (rc != DTP_OK) return rc;
-    size_t sent = 0;
-    while (sent < f->written) {
-        ssize_t n = send(fd, out + sent, f->written - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+int64_t dtp_lane_take(dtp_lane *L, size_t n, uint8_t *dst, size_t dst_cap) {
+    if (L == NULL) return DTP_ERR_ARG;
+    if (L->flow == NULL || L->recv == NULL || L->rbuf == NULL || L->pending >= L->rbuf_cap ||
+        n > L->rbuf_cap - L->pending || (dst == NULL && dst_cap > 0)) {
+        L->status = DTP_ERR_ARG;
+        return DTP_ERR_ARG;
+    }
+    size_t end = (size_t)L->pending + n;
+    L->end = end;
+    dtp_flow *f = L->flow;
+    int rc = dtp_flow_take(L->recv, f, L->rbuf, end, dst, dst_cap, L->scratch,
+                           (size_t)L->scratch_cap, monotonic_now());
+    if (rc < 0) {
+        L->pending = 0;
+        L->status = rc;
+        return rc;
+    }
+    if (rc == DTP_OK || rc == DTP_NEED_MORE || rc == DTP_DUE) {
+        /* all taken, perhaps up to a record the carrier has only begun to bring: its
+         * bytes wait at the start of rbuf for the rest */
+        size_t used = (size_t)f->rx.consumed, left = end - used;
+        if (left > 0 && used > 0) memmove(L->rbuf, L->rbuf + used, left);
+        L->pending = left;
+        if (rc != DTP_DUE && !credit_due(f)) {
+            L->status = rc;
+            return (int64_t)f->rx.taken;
+        }
+        L->status = DTP_DUE; /* the bytes are taken, but the connection owes credit */
+        return 0;
+    }
+    /* the general path's turn: it gets everything not taken, pending bytes included */
+    L->pending = 0;
+    L->status = rc;
+    return 0;
+}
+
+int64_t dtp_lane_recv(dtp_lane *L, int fd, uint8_t *dst, size_t dst_cap) {
+    if (L == NULL) return DTP_ERR_ARG;
+    L->got = 0;
+    L->err = 0;
+    L->end = L->pending;
+    if (fd < 0 || L->rbuf == NULL || L->pending >= L->rbuf_cap) {
+        L->status = DTP_ERR_ARG;
+        return DTP_ERR_ARG;
+    }
+    ssize_t n = recv(fd, L->rbuf + L->pending, (size_t)(L->rbuf_cap - L->pending), MSG_DONTWAIT);
+    if (n <= 0) {
+        if (n == 0) {
+            L->status = DTP_EOF;
+            return 0;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            L->status = DTP_WAIT;
+            return 0;
+        }
+        L->err = errno;
+        L->status = DTP_ERR_IO;
+        return DTP_ERR_IO;
+    }
+    L->got = (uint64_t)n;
+    return dtp_lane_take(L, (size_t)n, dst, dst_cap);
+}
+
+int64_t dtp_lane_send(dtp_lane *L, int fd, const uint8_t *data, size_t len) {
+    if (L == NULL) return DTP_ERR_ARG;
+    L->sent = 0;
+    L->err = 0;
+    if (fd < 0 || L->flow == NULL) return DTP_ERR_ARG;
+    dtp_flow *f = L->flow;
+    int rc = dtp_flow_seal(L->send, f, data, len, (size_t)L->max_chunk, L->out,
+                           (size_t)L->out_cap, monotonic_now());
+    if (rc != DTP_OK) return rc == DTP_STOP ? 0 : rc;
+    const uint8_t *out = L->out;
+    size_t sent = 0, written = (size_t)f->written;
+    while (sent < written) {
+        ssize_t n = send(fd, out + sent, written - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            io->sent = sent;
-            io->err = errno;
+            L->sent = sent;
+            L->err = errno;
             return DTP_ERR_IO;
         }
         sent += (size_t)n;
     }
-    io->sent = sent;
-    return DTP_OK;
+    L->sent = sent;
+    return sent == written ? (int64_t)f->taken : DTP_ERR_QUEUE;
 }

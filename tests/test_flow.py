@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -185,6 +186,72 @@ def test_native_and_reference_flows_agree(
     assert outcomes[0] == outcomes[1]
 
 
+@given(
+    sizes=st.lists(st.integers(1, 40_000), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(1, 50_000), min_size=1, max_size=12),
+    dst_size=st.sampled_from([10, 5000, 1 << 17]),
+    credit=st.sampled_from([BIG, 30_000]),
+)
+@settings(max_examples=100, deadline=None)
+def test_native_and_reference_feeds_agree(
+    sizes: list[int], cuts: list[int], dst_size: int, credit: int
+) -> None:
+    """The carrier's bytes in arbitrary pieces: each backend keeps the same record
+    pending and takes the same bytes."""
+    require_native()
+    keys = os.urandom(32), os.urandom(32)
+    outcomes = []
+    for backend in (NATIVE, REFERENCE):
+        a, b = lent_pair(backend, keys, credit=credit)
+        wire = b"".join(bytes(a.flow_seal(bytes([n % 251]) * n, 1.0)) for n in sizes)
+        seen = []
+        pos = 0
+        for cut in cuts:
+            start = b.pending
+            n = min(cut, len(wire) - pos, len(b.rview) - start)
+            b.rview[start : start + n] = wire[pos : pos + n]
+            pos += n
+            dst = bytearray(dst_size)
+            got = b.feed(n, dst)
+            status = b.status
+            rx = b.flow.rx
+            seen.append((got, status, b.pending, b.io.end, bytes(dst[: rx.taken]), rx.consumed))
+            assert bytes(b.rview[: b.pending]) == wire[pos - b.pending : pos]
+            if status not in (OK, NEED_MORE):
+                break  # the general path's turn
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+
+
+def test_credit_due_keeps_the_pending_record(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend, credit=100)
+    first = bytes(a.flow_seal(b"x" * 150, 1.0))
+    wire = first + bytes(a.flow_seal(b"y" * 50, 1.0))
+    upto = len(first) + 7
+    b.rview[:upto] = wire[:upto]
+    dst = bytearray(1000)
+    assert b.feed(upto, dst) == 0 and b.status == DUE  # taken, but credit is owed
+    assert b.flow.rx.taken == 150 and bytes(dst[:150]) == b"x" * 150
+    assert b.pending == 7 and bytes(b.rview[:7]) == wire[len(first) : upto]
+
+
+def test_a_record_in_pieces_stays_pending_until_whole(backend: SimpleNamespace) -> None:
+    a, b = lent_pair(backend)
+    first = bytes(a.flow_seal(b"x" * 100, 1.0))
+    wire = first + bytes(a.flow_seal(b"y" * 50, 1.0))
+    dst = bytearray(1000)
+    b.rview[:5] = wire[:5]
+    assert b.feed(5, dst) == 0 and b.status == NEED_MORE and b.pending == 5
+    upto = len(first) + 7  # the first record and the start of the second
+    b.rview[5:upto] = wire[5:upto]
+    assert b.feed(upto - 5, dst) == 100 and b.status == NEED_MORE and b.pending == 7
+    assert bytes(b.rview[:7]) == wire[len(first) : upto] and bytes(dst[:100]) == b"x" * 100
+    rest = wire[upto:]
+    b.rview[7 : 7 + len(rest)] = rest
+    assert b.feed(len(rest), dst) == 50 and b.status == OK and b.pending == 0
+    assert bytes(dst[:50]) == b"y" * 50
+
+
 # -- carrier I/O over a real socket pair -----------------------------------------------------
 
 
@@ -202,17 +269,24 @@ def test_send_and_read_over_a_socket(backend: SimpleNamespace, socks: Any) -> No
     sa, sb = socks
     a, b = lent_pair(backend)
     queue: list[memoryview] = []
-    assert a.flow_send(sa.fileno(), b"ping" * 10, 1.0, queue) == 40
+    before = time.monotonic()
+    assert a.send(sa.fileno(), b"ping" * 10, queue) == 0  # nothing left
     assert a.io.sent == a.flow.written and not queue
+    assert before <= a.flow.last_sent <= time.monotonic()  # the monotonic clock
     lock = threading.Lock()
     dst = bytearray(100)
     with lock:
-        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == OK
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == 40 and b.status == OK
         assert lock.locked()
     assert b.io.got == a.flow.written and bytes(dst[:40]) == b"ping" * 10
-    assert b.flow_read(sb.fileno(), dst) == WAIT  # nothing more
+    assert before <= b.flow.last_received <= time.monotonic()
+    assert b.recv(sb.fileno(), dst) == 0 and b.status == WAIT  # nothing more
+    assert a.send(sa.fileno(), memoryview(b"pong" * 10)[5:]) == 0
+    assert b.recv(sb.fileno(), 35) == 35 and bytes(b.own[:35]) == (b"pong" * 10)[5:]
+    with pytest.raises(LocalProtocolError):
+        b.recv(sb.fileno(), b.own_cap + 1)
     sa.shutdown(socket.SHUT_WR)
-    assert b.flow_read(sb.fileno(), dst) == EOF
+    assert b.recv(sb.fileno(), dst) == 0 and b.status == EOF
 
 
 def test_the_wait_releases_the_lock_wakes_and_times_out(
@@ -224,26 +298,28 @@ def test_the_wait_releases_the_lock_wakes_and_times_out(
     dst = bytearray(100)
     wake_r, wake_w = socket.socketpair()
     with wake_r, wake_w, lock:
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 0, dst, SID) == WAIT
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 0, dst, SID) == 0
+        assert b.status == WAIT
 
         def sender() -> None:
             with lock:  # only possible while the reader waits
-                a.flow_send(sa.fileno(), b"late", 0.0)
+                a.send(sa.fileno(), b"late")
 
         t = threading.Thread(target=sender)
         t.start()
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 5000, dst, SID) == OK
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 5000, dst, SID) == 4
         t.join()
         assert bytes(dst[:4]) == b"late"
         wake_w.send(b"!")
-        a.flow_send(sa.fileno(), b"more", 0.0)
-        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 1000, dst, SID) == WAKE
-        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == OK  # unread meanwhile
+        a.send(sa.fileno(), b"more")
+        assert b.wait_read(lock, sb.fileno(), wake_r.fileno(), 1000, dst, SID) == 0
+        assert b.status == WAKE
+        assert b.wait_read(lock, sb.fileno(), -1, 1000, dst, SID) == 4  # unread meanwhile
         assert bytes(dst[:4]) == b"more"
     bad = os.open(os.devnull, os.O_RDONLY)
     os.close(bad)  # a descriptor number nothing holds
     with pytest.raises(OSError):
-        b.flow_read(bad, bytearray(10))
+        b.recv(bad, bytearray(10))
 
 
 def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks: Any) -> None:
@@ -253,7 +329,7 @@ def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks
     data = os.urandom(a.max_seal)
     queue: list[memoryview] = []
     while not queue:
-        a.flow_send(sa.fileno(), data, 0.0, queue)
+        assert a.send(sa.fileno(), data, queue) == 0
         sent += data
     assert len(queue) == 1  # only the call the carrier could not take whole
     queued = bytes(queue[0])
@@ -286,7 +362,7 @@ def test_a_write_to_a_closed_carrier_raises(backend: SimpleNamespace, socks: Any
     sb.close()
     with pytest.raises(OSError):
         for _ in range(10):  # the first write may still be accepted
-            a.flow_send(sa.fileno(), b"x" * 1000, 0.0)
+            a.send(sa.fileno(), b"x" * 1000)
     assert a.io.err != 0
 
 
@@ -302,6 +378,8 @@ class Receiver:
         self.sid = sid
         self.app = bytearray()  # what the application read, in order
         self.buffered = bytearray()  # delivered by the general path, not yet read
+        self.kept = 0  # reads that ended inside a record, kept by the lane
+        self.resumed = 0  # loans that began inside a record the general path had begun
         if handler:
             conn.stream_data_handler = self._on_data
 
@@ -323,21 +401,37 @@ class Receiver:
             self.conn.acknowledge_read(self.sid, len(take))
 
     def feed(self, chunk: bytes, dst_size: int, lend: bool, now: float) -> None:
-        """Bytes from the carrier, as Engine.recv_lent (``lend``) or the general path."""
+        """Bytes from the carrier, as Engine.recv_lent (``lend``: read by read, each at
+        most what the lane's buffer has room for) or the general path."""
         self.drain_events()
-        lane = self.conn.lend(self.sid, now) if lend and not self.buffered else None
+        lane = self.conn.lend(self.sid, now, not self.buffered) if lend else None
         if lane is None or not self.conn.lent_can_recv:
             self.conn.receive_data(chunk, now)
             self.drain_events()
             return
-        lane.rview[: len(chunk)] = chunk
-        dst = bytearray(dst_size)
-        status = lane.flow_take(len(chunk), dst, now)
-        rx = lane.flow.rx
-        self.app += dst[: rx.taken]
-        if status != OK:
-            spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-            self.conn.take_back(now, spill, lane.rview[rx.consumed : len(chunk)])
+        view = memoryview(chunk)
+        self.resumed += lane.pending > 0
+        while view:
+            start = lane.pending
+            n = min(len(view), len(lane.rview) - start)
+            lane.rview[start : start + n] = view[:n]
+            view = view[n:]
+            dst = bytearray(dst_size)
+            got = lane.feed(n, dst)
+            status = lane.status
+            if status in (OK, NEED_MORE):
+                self.app += dst[:got]
+                self.kept += lane.pending > 0
+                continue
+            rx = lane.flow.rx
+            self.app += dst[: rx.taken]
+            if status == DUE:
+                self.conn.take_back(now)  # the pending bytes go with the stream
+            else:
+                spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
+                self.conn.take_back(now, spill, lane.rview[rx.consumed : lane.io.end])
+            self.conn.receive_data(view, now)
+            break
         self.drain_events()
 
 
@@ -393,6 +487,7 @@ def test_lending_at_random_delivers_what_was_sent(seed: int, handler: bool) -> N
         if len(rx.app) == len(sent) and not wire_to_receiver:
             break
     assert rx.app == sent
+    assert rx.kept and rx.resumed, (rx.kept, rx.resumed)
     assert not sender.closed and not receiver.closed
     # the counters came back from the loans: everything sent was counted once
     receiver.take_back(now)
@@ -448,9 +543,15 @@ def test_native_io_calls_check_their_arguments() -> None:
     with lock, pytest.raises(LocalProtocolError):
         lane.wait_read(lock, -1, -1, 0, bytearray(1), 0)
     with pytest.raises(LocalProtocolError):
-        lane.flow_read(-1, bytearray(10))
+        lane.recv(-1, bytearray(10))
     with pytest.raises(LocalProtocolError):
-        lane.flow_send(-1, b"x", 0.0)
+        lane.send(-1, b"x")
+    with pytest.raises(LocalProtocolError):
+        lane.recv(0, b"read-only")
+    with pytest.raises(LocalProtocolError):
+        lane.feed(len(lane.rview) + 1, bytearray(10))
+    with pytest.raises(LocalProtocolError):
+        lane.pending = len(lane.rview)
 
 
 def test_a_read_after_the_loan_ended_meanwhile_loses_nothing() -> None:
@@ -562,11 +663,12 @@ def test_a_wait_does_not_read_for_a_stream_lent_meanwhile(
         def other_stream() -> None:
             with lock:
                 b.flow.stream_id = b.flow.rx.stream_id = SID + 4  # lent elsewhere
-                a.flow_send(sa.fileno(), b"not yours", 0.0)
+                a.send(sa.fileno(), b"not yours")
 
         t = threading.Thread(target=other_stream)
         t.start()
-        assert b.wait_read(lock, sb.fileno(), -1, 5000, dst, SID) == WAKE
+        assert b.wait_read(lock, sb.fileno(), -1, 5000, dst, SID) == 0
+        assert b.status == WAKE
         t.join()
     assert b.io.got == 0 and dst == bytearray(100)
     assert sb.recv(100)  # still in the socket for the general path

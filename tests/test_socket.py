@@ -72,6 +72,48 @@ def test_large_transfer_integrity_and_half_close(echo_server) -> None:  # type: 
         assert received.digest() == hashlib.sha256(payload).digest()
 
 
+def test_bulk_reads_stay_on_the_lent_stream() -> None:
+    """Reads that end inside a record keep its start in the lane: a bulk reader takes
+    the general path (read_fast) only now and then, not on most reads."""
+    server_id = HostIdentity.generate()
+    payload = os.urandom(16 << 20)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id) as server:
+
+        def serve() -> None:
+            sock, _ = server.accept(timeout=10)
+            with sock:
+                for i in range(0, len(payload), 65536):
+                    sock.sendall(payload[i : i + 65536])
+                sock.recv(1)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=30, server_key=server.noise_public_key
+        ) as sock:
+            engine = sock._engine
+            calls = {"read_fast": 0, "recv_into": 0}
+            read_fast = engine.read_fast
+
+            def counting_read_fast(*args: object) -> int:
+                calls["read_fast"] += 1
+                return read_fast(*args)  # type: ignore[arg-type]
+
+            engine.read_fast = counting_read_fast  # type: ignore[method-assign]
+            received = hashlib.sha256()
+            buf = bytearray(1 << 20)
+            got = 0
+            while got < len(payload):
+                n = sock.recv_into(buf)
+                calls["recv_into"] += 1
+                received.update(memoryview(buf)[:n])
+                got += n
+            sock.sendall(b"x")
+            assert received.digest() == hashlib.sha256(payload).digest()
+            assert calls["read_fast"] * 10 <= calls["recv_into"], calls
+        t.join(10)
+
+
 def test_recv_into_makefile_and_streams(echo_server) -> None:  # type: ignore[no-untyped-def]
     with dtp.socket.create_connection(
         echo_server.endpoint, timeout=10, server_key=echo_server.key
@@ -168,6 +210,24 @@ def test_flow_control_blocks_sender_of_slow_reader() -> None:
         # the peer's stream window (the default) plus our queue bound what was accepted
         window = ConnectionConfig.__dataclass_fields__["stream_window"].default
         assert sent <= window + dtp.socket.SEND_HIGH_WATER + 65536
+
+
+def test_a_full_carrier_holds_back_the_sender() -> None:
+    """A sender whose carrier is full waits for it to take what is queued instead of
+    sealing more behind it: the queue stays at about one write."""
+    with (
+        server_process("slow") as srv,
+        dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,
+    ):
+        sock.settimeout(1.0)
+        chunk = os.urandom(65536)
+        most = 0
+        with pytest.raises(DTPTimeoutError):
+            while True:
+                sock.sendall(chunk)
+                most = max(most, sum(len(b) for b in sock._engine.out))
+        sock.abort()  # (a close would wait for the queue the peer never reads)
+        assert most <= 2 * len(chunk)
 
 
 def test_connect_to_nothing_fails_fast() -> None:

@@ -27,7 +27,7 @@ from dtp._reference.aead import (
     next_data_record,
     nonce,
 )
-from dtp._reference.limits import AEAD_TAG_LEN, RECORD_HEADER_LEN
+from dtp._reference.limits import AEAD_TAG_LEN, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
 from dtp._reference.varint import varint_decode
 from dtp._types import (
     DUE,
@@ -44,6 +44,8 @@ from dtp._types import (
 from dtp.errors import ErrorCode, LocalProtocolError
 
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
+_MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
 
 
 def _stream_data(
@@ -130,12 +132,14 @@ class Flow:
 
 
 class Io:
-    """What the last flow_read / flow_send did (``dtp_io``)."""
+    """The carrier I/O's state (``dtp_lane``): the bytes kept pending, and what the last
+    recv / send did."""
 
-    __slots__ = ("err", "got", "sent")
+    __slots__ = ("end", "err", "got", "pending", "sent", "status")
 
     def __init__(self) -> None:
-        self.got = self.sent = self.err = 0
+        self.pending = self.end = self.got = self.sent = self.err = 0
+        self.status = OK
 
 
 class Lane:
@@ -148,10 +152,13 @@ class Lane:
         per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
         if seal_cap < per_record:
             raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
-        if recv_cap < 1:
-            raise LocalProtocolError("empty receive buffer", ErrorCode.ARG)
+        if recv_cap <= _MAX_RECORD:
+            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
         #: Where the adapter reads the carrier for :meth:`flow_take`.
         self.rview = memoryview(bytearray(recv_cap))
+        #: A buffer of the lane's own for :meth:`recv` to read into.
+        self.own = memoryview(bytearray(OWN_CAP))
+        self.own_cap = OWN_CAP
         self._send = send
         self._recv = recv
         self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
@@ -304,21 +311,38 @@ class Lane:
         not fit in ``dst``."""
         return memoryview(self._spill)
 
+    @property
+    def pending(self) -> int:
+        """Bytes of a record the carrier has only begun to bring, kept at
+        ``rview[:pending]`` for :meth:`recv` to complete."""
+        return self.io.pending
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+            raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
+        self.io.pending = n
+
+    @property
+    def status(self) -> int:
+        """The status of the last :meth:`recv` or :meth:`wait_read`."""
+        return self.io.status
+
     def wait_read(
         self,
         lock: Any,
         fd: int,
         wake_fd: int,
         timeout_ms: int,
-        dst: bytearray | memoryview,
+        dst: bytearray | memoryview | int,
         stream_id: int,
     ) -> int:
         """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
         the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable, then, lock held
-        again, :meth:`flow_read` -- if the flow is still lent ``stream_id``. Returns
-        WAKE (also when the flow changed hands: nothing was read) or WAIT from the
-        wait, else the read's status."""
-        if memoryview(dst).readonly:
+        again, :meth:`recv` -- if the flow is still lent ``stream_id``. Returns what
+        :meth:`recv` does; 0 with :attr:`status` WAKE (also when the flow changed hands:
+        nothing was read) or WAIT after the wait alone."""
+        if not isinstance(dst, int) and memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -330,48 +354,87 @@ class Lane:
         finally:
             lock.acquire()
         if not ready:
-            return WAIT
-        if any(got == wake_fd for got, _ in ready):
-            return WAKE
-        if self.flow.stream_id != stream_id or not self.flow.can_recv:
-            return WAKE
-        return self.flow_read(fd, dst)
+            self.io.status = WAIT
+            return 0
+        if any(got == wake_fd for got, _ in ready) or (
+            self.flow.stream_id != stream_id or not self.flow.can_recv
+        ):
+            self.io.status = WAKE
+            return 0
+        return self.recv(fd, dst)
 
-    def flow_read(self, fd: int, dst: bytearray | memoryview) -> int:
-        """Read the carrier ``fd`` (non-blocking) once into :attr:`rview` and
-        :meth:`flow_take` what came: the take's status, or WAIT (nothing to read) or
-        EOF; ``io.got`` bytes were read."""
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
+        """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
+        and :meth:`flow_take` what is there into ``dst`` -- a writable buffer, or a
+        size: then into :attr:`own`. Returns the bytes taken (:attr:`status` OK, or
+        NEED_MORE with a record kept pending); 0 with :attr:`status` NEED_MORE (no
+        record whole yet), WAIT, EOF, or FULL / STOP / DUE, when ``flow.rx`` tells
+        what was taken and consumed and ``rview[flow.rx.consumed : io.end]`` is the
+        general path's."""
+        if isinstance(dst, int):
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            dst = self.own[:dst]
         if memoryview(dst).readonly:
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         io = self.io
-        io.got = io.sent = io.err = 0
+        pending = io.pending
+        io.got = io.err = 0
+        io.end = pending
         try:
-            data = os.read(fd, len(self.rview))
+            data = os.read(fd, len(self.rview) - pending)
         except (BlockingIOError, InterruptedError):
-            return WAIT
-        if not data:
-            return EOF
-        n = len(data)
-        self.rview[:n] = data
-        io.got = n
-        return self.flow_take(n, dst, time.monotonic())
-
-    def flow_send(
-        self,
-        fd: int,
-        data: bytes | bytearray | memoryview,
-        now: float,
-        queue: list[memoryview] | None = None,
-    ) -> int:
-        """:meth:`flow_seal` the start of ``data`` and write the records to the carrier
-        ``fd`` (non-blocking); returns how much of ``data`` they hold. ``io.sent`` of
-        ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
-        when given."""
-        io = self.io
-        io.got = io.sent = io.err = 0
-        sealed = self.flow_seal(data, now)
-        if not sealed:
+            io.status = WAIT
             return 0
+        except OSError as exc:
+            io.err = exc.errno or 0
+            raise
+        if not data:
+            io.status = EOF
+            return 0
+        self.rview[pending : pending + len(data)] = data
+        io.got = len(data)
+        return self.feed(len(data), dst)
+
+    def feed(self, n: int, dst: bytearray | memoryview) -> int:
+        """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
+        n]``: take them as :meth:`recv` takes what it reads."""
+        io = self.io
+        if not 0 <= n <= len(self.rview) - io.pending:
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        end = io.pending + n
+        io.end = end
+        status = self.flow_take(end, dst, time.monotonic())
+        f = self.flow
+        rx = f.rx
+        if status in (OK, NEED_MORE, DUE):
+            left = end - rx.consumed
+            self.rview[:left] = self.rview[rx.consumed : end]
+            io.pending = left
+            if status != DUE and not (
+                rx.offset > f.credit_offset or rx.conn_received > f.credit_conn
+            ):
+                io.status = status
+                return rx.taken
+            io.status = DUE  # the bytes are taken, but the connection owes credit
+            return 0
+        io.pending = 0
+        io.status = status
+        return 0
+
+    def send(
+        self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
+    ) -> int:
+        """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
+        and write the records to the carrier ``fd`` (non-blocking); returns how many
+        bytes of ``data`` are left (not sealed). ``io.sent`` of ``flow.written`` bytes
+        went out; the rest (a copy) is appended to ``queue``, when given."""
+        io = self.io
+        io.sent = io.err = 0
+        view = memoryview(data).cast("B")
+        sealed = self.flow_seal(view, time.monotonic())
+        if not sealed:
+            return len(view)
         sent = 0
         while sent < len(sealed):
             try:
@@ -387,4 +450,4 @@ class Lane:
         io.sent = sent
         if queue is not None and sent < len(sealed):
             queue.append(memoryview(bytes(sealed[sent:])))
-        return self.flow.taken
+        return len(view) - self.flow.taken
