@@ -47,6 +47,7 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
+from dtp.errors import ObjectNotFound
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -61,6 +62,7 @@ __all__ = [
     "RESPONSE_ESCROW_OPEN",
     "RESPONSE_ESCROW_PAID",
     "RESPONSE_ESCROW_REFUNDED",
+    "ConnectionView",
     "Endpoint",
     "Ledger",
     "ResponseEscrow",
@@ -125,6 +127,35 @@ class ResponseEscrow:
     amount: int
     #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
     state: int
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """A connection and what deciding on it takes (:meth:`Ledger.connection_view`)."""
+
+    connection: TransportControl
+    escrow: Escrow
+    host: Host
+    cap: SpendingCap | None = None
+    """The escrow's SpendingCap (None unless asked for)."""
+    epoch: int | None = None
+    """The epoch, read with the cap."""
+
+
+def _connection_view(
+    tc: TransportControl, found: Sequence[ChainObject], host_id: str, epoch: int | None
+) -> ConnectionView:
+    """A :class:`ConnectionView` from the objects read for ``tc``: its escrow, the host
+    and maybe its cap, in that order (each checked to be of its type)."""
+    escrow, host = found[0], found[1]
+    cap = found[2] if len(found) > 2 else None
+    if not isinstance(escrow, Escrow):
+        raise ObjectNotFound(f"Object {tc.escrow} is not an Escrow.")
+    if not isinstance(host, Host):
+        raise ObjectNotFound(f"Object {host_id} is not a Host.")
+    if cap is not None and not isinstance(cap, SpendingCap):
+        raise ObjectNotFound(f"Object {tc.spending_cap} is not a SpendingCap.")
+    return ConnectionView(tc, escrow, host, cap, epoch)
 
 
 class Ledger(PaymentModels, abc.ABC):
@@ -369,6 +400,27 @@ class Ledger(PaymentModels, abc.ABC):
     @abc.abstractmethod
     def get_object(self, object_id: str) -> ChainObject:
         """Any object by ID, typed (raises :class:`~dtp.errors.ObjectNotFound`)."""
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        """The connection ``connection_id`` with its escrow and the Host ``host_id`` (and,
+        ``with_cap``, its SpendingCap and the epoch), read together where the ledger can
+        (LocalLedger: one statement, one snapshot). None when there is no such connection;
+        :class:`~dtp.errors.ObjectNotFound` when one of the others is missing."""
+        try:
+            tc = self.get_connection(connection_id)
+        except ObjectNotFound:
+            return None
+        wanted = [tc.escrow, host_id] + ([tc.spending_cap] if with_cap else [])
+        found = self.get_objects(wanted)
+        return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        """Several objects by ID, typed, in the order asked (raises
+        :class:`~dtp.errors.ObjectNotFound` for a missing one). One read where the ledger
+        can (LocalLedger: one statement, one snapshot); here: one :meth:`get_object` each."""
+        return [self.get_object(object_id) for object_id in object_ids]
 
     @abc.abstractmethod
     def get_host(self, host_id: str) -> Host:

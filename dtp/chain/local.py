@@ -30,13 +30,14 @@ What it models of Sui:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -46,7 +47,13 @@ from dtp.chain.economics import (
     EconomicsObject,
     economics_object_from_fields,
 )
-from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
+from dtp.chain.ledger import (
+    ConnectionView,
+    Endpoint,
+    Ledger,
+    ResponseEscrow,
+    _connection_view,
+)
 from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.chain.objects import (
     Broadcast,
@@ -78,6 +85,8 @@ if TYPE_CHECKING:
     from dtp.keys import HostIdentity
 
 __all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
+
+logger = logging.getLogger(__name__)
 
 U64_MAX: Final = 2**64 - 1
 #: How long a call waits for another writer (any process) to finish before failing.
@@ -124,6 +133,21 @@ _META_DEFAULTS: Final = {
 
 T = TypeVar("T")
 
+# LocalLedger.connection_view: a connection (?1), the escrow and cap its data names, a
+# host (?2), and with ?3 the epoch (under the empty ID)
+_CONNECTION_VIEW: Final = """
+SELECT id, type, version, data FROM objects WHERE id IN (
+    ?1, ?2,
+    (SELECT json_extract(data, '$.escrow') FROM objects WHERE id = ?1),
+    (SELECT json_extract(data, '$.spending_cap') FROM objects WHERE id = ?1 AND ?3))
+UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
+"""
+
+# LocalLedger's own calls skip decoding the bytes they just encoded below this size (far
+# below the decoder's limits: 64 arguments, 1 MiB a field)
+_DIRECT_TX_MAX: Final = 4096
+_DIRECT_ARGS_MAX: Final = 16
+
 # The payment models' rules (docs/escrow.md §13-16) join the call table.
 rules.FUNCTIONS.update(local_economics.FUNCTIONS)
 rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
@@ -160,6 +184,54 @@ def _endpoint(value: Endpoint) -> bytes:
     raise InvalidArgument(f"An endpoint must be bytes or text, got {type(value).__name__}.")
 
 
+class _Checkpointer:
+    """Checkpoints of file ledgers, off the transactions' path.
+
+    In WAL mode SQLite checkpoints from the connection whose commit takes the WAL past
+    ``wal_autocheckpoint`` pages: that commit then waits for the copy into the database
+    and two fsyncs, often milliseconds, where a transaction otherwise takes a fraction of
+    one. Here every :data:`_CHECKPOINT_EVERY` commits of a ledger handle start a short
+    thread that runs a PASSIVE checkpoint on a connection of its own (SQLite leaves the
+    GIL while it copies and syncs; PASSIVE neither waits for nor blocks readers and
+    writers); at most one at a time per file. SQLite's own checkpoint still restarts the
+    WAL, but only every :data:`_WAL_AUTOCHECKPOINT_PAGES` pages, and finds little left to
+    copy by then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[str] = set()  # ledger paths
+
+    def request(self, path: str) -> None:
+        with self._lock:
+            if path in self._running:
+                return
+            self._running.add(path)
+        threading.Thread(target=self._run, args=(path,), name="dtp-checkpoint", daemon=True).start()
+
+    def _run(self, path: str) -> None:
+        try:
+            # mode=rw: a file removed meanwhile is not created again
+            uri = Path(path).absolute().as_uri() + "?mode=rw"
+            db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # busy or gone: a later request tries again
+            logger.debug("checkpoint of %s skipped: %s", path, exc)
+        finally:
+            with self._lock:
+                self._running.discard(path)
+
+
+_CHECKPOINTER: Final = _Checkpointer()
+#: Commits of one ledger handle between two background checkpoints.
+_CHECKPOINT_EVERY: Final = 64
+#: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 8000
+
+
 @dataclass(frozen=True)
 class TxResult:
     """The effects of one executed transaction."""
@@ -169,6 +241,10 @@ class TxResult:
     value: Any
     events: tuple[Event, ...]
     created: tuple[str, ...]
+    #: The data of every object the transaction read or wrote, as it left them.
+    objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The epoch it ran in.
+    epoch: int = 0
 
 
 class _SqlStore:
@@ -210,6 +286,7 @@ class LocalLedger(Ledger):
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._commits = 0
         # nonces from a random start: two instances signing for one sender (threads,
         # processes sharing the file) never reuse one, whenever they were created
         self._nonce_counter = itertools.count(int.from_bytes(os.urandom(8)) >> 1)
@@ -218,6 +295,9 @@ class LocalLedger(Ledger):
             if self.path != ":memory:":
                 self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
                 self._db.execute("PRAGMA synchronous = NORMAL")
+                # checkpoints run in the background (see _Checkpointer); this is only the
+                # bound on the WAL should they not keep up
+                self._db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
             self._write(self._init_schema)
         if clock_ms is not None:
             self.set_clock(clock_ms, allow_backwards=True)
@@ -270,6 +350,9 @@ class LocalLedger(Ledger):
                         self._db.execute("ROLLBACK")
                     raise
                 self._changed.notify_all()
+                self._commits += 1
+                if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
+                    _CHECKPOINTER.request(self.path)
                 return result
 
         return self._retry(attempt)
@@ -470,7 +553,10 @@ class LocalLedger(Ledger):
         transaction's sender, then run it atomically. Raises :class:`WrongSigner` for a bad
         or foreign signature, :class:`InvalidTransaction` for malformed bytes or a reused
         nonce, and the rule's ChainError if the Move call aborts."""
-        tx = decode_tx(tx_bytes)
+        return self._execute(decode_tx(tx_bytes), tx_bytes, signature)
+
+    def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
+        """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``."""
         try:
             signer = verify_transaction(tx_bytes, signature)
         except InvalidSignature as exc:
@@ -539,11 +625,26 @@ class LocalLedger(Ledger):
                 (type_, tx.sender, digest_text, now, rules.to_json(fields)),
             )
             events.append(Event(str(cursor.lastrowid), type_, fields, tx.sender, digest_text, now))
-        return TxResult(digest_text, value, tuple(events), tuple(created))
+        touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
+        return TxResult(
+            digest_text, value, tuple(events), tuple(created), touched, int(meta["epoch"])
+        )
 
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
-        tx_bytes = self.build_tx(signer.sui_address, module, function, args)
-        return self.execute(tx_bytes, signer.sign_transaction(tx_bytes))
+        # The bytes are encoded from this Tx here: decoding them again would give it back
+        # (everything else execute() does -- the signature check first -- still runs).
+        # Vectors and oversized transactions go through the decoder all the same: it alone
+        # enforces the nesting and size limits.
+        nonce = next(self._nonce_counter) & U64_MAX
+        tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
+        tx_bytes = encode_tx(tx)
+        if (
+            len(tx_bytes) > _DIRECT_TX_MAX
+            or len(args) > _DIRECT_ARGS_MAX
+            or any(isinstance(a, list) for a in args)
+        ):
+            tx = decode_tx(tx_bytes)
+        return self._execute(tx, tx_bytes, signer.sign_transaction(tx_bytes))
 
     @staticmethod
     def _id(value: str, what: str = "object ID") -> Address:
@@ -699,11 +800,15 @@ class LocalLedger(Ledger):
         )
         connection = str(result.value)
         opened = next(e for e in result.events if e.name == "ConnectionOpened")
+        # the cap as the transaction left it (it loads it): what it still allows this epoch
+        cap = result.objects[normalize_id(cap_id)]
+        spent = cap["spent"] if cap["epoch"] == result.epoch else 0
         return OpenedConnection(
             connection,
             str(opened["escrow"]),
             Sla.from_fields(opened["sla"]),
             int(opened["deposit"]),
+            max(0, int(cap["max_per_epoch"]) - int(spent)),
         )
 
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
@@ -1230,6 +1335,71 @@ class LocalLedger(Ledger):
 
     def get_object(self, object_id: str) -> ChainObject:
         return self._read_one(lambda: self._typed(object_id, None))
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        ids = [normalize_id(object_id) for object_id in object_ids]
+        marks = ",".join("?" * len(ids))
+
+        def read() -> dict[str, tuple[str, int, str]]:
+            rows = self._db.execute(
+                f"SELECT id, type, version, data FROM objects WHERE id IN ({marks})", ids
+            )
+            return {row[0]: (row[1], int(row[2]), row[3]) for row in rows}
+
+        found = self._read_one(read) if ids else {}
+        out: list[ChainObject] = []
+        for object_id in ids:
+            row = found.get(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            type_, version, data = row
+            out.append(_build(type_.rsplit("::", 1)[-1], object_id, version, rules.from_json(data)))
+        return out
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        # One statement: the connection, the escrow and cap it names, the host (and the
+        # epoch) from one snapshot. Each object's type is checked as the typed reads do.
+        cid = normalize_id(connection_id, "connection ID")
+        hid = normalize_id(host_id, "host ID")
+
+        def read() -> dict[str, tuple[str, int, str]]:
+            rows = self._db.execute(_CONNECTION_VIEW, (cid, hid, 1 if with_cap else 0))
+            return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+        found = self._read_one(read)
+        row = found.get(cid)
+        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            return None
+        tc = _build("TransportControl", cid, int(row[1]), rules.from_json(row[2]))
+        assert isinstance(tc, TransportControl)
+        wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
+        objects: list[ChainObject] = []
+        for object_id in wanted:
+            row = found.get(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            name = row[0].rsplit("::", 1)[-1]
+            objects.append(_build(name, object_id, int(row[1]), rules.from_json(row[2])))
+        epoch_row = found.get("") if with_cap else None
+        epoch = int(epoch_row[2]) if epoch_row is not None else (0 if with_cap else None)
+        return _connection_view(tc, objects, hid, epoch)
+
+    def object_version(self, object_id: str) -> int:
+        """The version of a live object: it changes with every transaction that changes
+        the object (a cheap way to watch one)."""
+        object_id = normalize_id(object_id)
+
+        def read() -> int:
+            row = self._db.execute(
+                "SELECT version FROM objects WHERE id = ?", (object_id,)
+            ).fetchone()
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            return int(row[0])
+
+        return self._read_one(read)
 
     def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
         obj = self._read_one(lambda: self._typed(object_id, struct))
