@@ -18,7 +18,7 @@ import logging
 import threading
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
@@ -28,11 +28,12 @@ from dtp.chain.objects import (
     Host,
     OpenedConnection,
     Service,
+    SpendingCap,
     TransportControl,
     normalize_id,
 )
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
+from dtp.errors import ChainError, DTPError, InsufficientFunds, move_error
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOOK_FAILED",
+    "Admitted",
     "CarrierChoice",
     "LedgerAdmission",
     "NoCarrierEndpoint",
@@ -170,6 +172,17 @@ def resolve_service(
     return ResolvedService(host, service, endpoints[0] if endpoints else None)
 
 
+class Admitted(NamedTuple):
+    """What :class:`LedgerAdmission` read of a connection it accepted."""
+
+    connection: TransportControl
+    escrow: Escrow
+    cap: SpendingCap | None = None
+    """The escrow's SpendingCap (None: not read)."""
+    epoch: int | None = None
+    """The epoch, read with the cap."""
+
+
 class LedgerAdmission:
     """Server admission against the ledger, for ``DTPServer(admit=...)``.
 
@@ -177,10 +190,13 @@ class LedgerAdmission:
     None to accept, or the refusal reason (which the client receives as
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
 
-    ``remember``: keep the TransportControl and Escrow read for each accepted
-    connection, for :meth:`take_admitted` (a paid server builds its receipt gate from
-    them instead of reading both again a moment later); at most :attr:`REMEMBERED`
+    ``remember``: keep the TransportControl, Escrow and SpendingCap read for each
+    accepted connection, for :meth:`take_admitted` (a paid server builds its receipt gate
+    from them instead of reading them again a moment later); at most :attr:`REMEMBERED`
     connections not yet taken are kept.
+
+    A decision takes one read where the ledger can: the connection with its escrow and
+    the host (and cap and epoch) together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
     """
 
     REMEMBERED = 256
@@ -191,7 +207,7 @@ class LedgerAdmission:
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.remember = remember
-        self._admitted: dict[str, tuple[TransportControl, Escrow]] = {}
+        self._admitted: dict[str, Admitted] = {}
         self._admitted_lock = threading.Lock()
 
     def __call__(self, peer: PeerInfo) -> str | None:
@@ -201,17 +217,17 @@ class LedgerAdmission:
         except ChainError as exc:
             return f"cannot check the connection on the ledger: {exc}"
 
-    def take_admitted(self, connection_id: str) -> tuple[TransportControl, Escrow] | None:
-        """The connection and escrow as read when ``connection_id`` was accepted (once;
-        None when not remembered)."""
+    def take_admitted(self, connection_id: str) -> Admitted | None:
+        """The connection, escrow and cap as read when ``connection_id`` was accepted
+        (once; None when not remembered)."""
         key = normalize_id(connection_id, "connection ID")
         with self._admitted_lock:
             return self._admitted.pop(key, None)
 
-    def _remember(self, cid: str, tc: TransportControl, escrow: Escrow) -> None:
-        key = normalize_id(cid, "connection ID")
+    def _remember(self, admitted: Admitted) -> None:
+        key = admitted.connection.id
         with self._admitted_lock:
-            self._admitted[key] = (tc, escrow)
+            self._admitted[key] = admitted
             if len(self._admitted) > self.REMEMBERED:
                 # never taken (the handshake failed after admission): drop the oldest
                 del self._admitted[next(iter(self._admitted))]
@@ -222,10 +238,11 @@ class LedgerAdmission:
             return "no connection ID: open a connection on the ledger first"
         if peer.port is not None and peer.port != self.port:
             return f"this server serves port {self.port}, not {peer.port}"
-        try:
-            tc = self.ledger.get_connection(cid)
-        except ObjectNotFound:
+        # the connection, its escrow and the host (and for the gate the cap) in one read
+        view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        if view is None:
             return f"unknown connection {cid}"
+        tc, escrow, host = view.connection, view.escrow, view.host
         if tc.state != ConnectionState.OPEN:
             return f"connection {cid} is {tc.state.label}, not Open"
         if tc.client != peer.address:
@@ -234,17 +251,15 @@ class LedgerAdmission:
             return f"connection {cid} is for another host"
         if tc.port != self.port:
             return f"connection {cid} is for port {tc.port}, not {self.port}"
-        escrow = self.ledger.get_escrow(tc.escrow)
         if escrow.balance < tc.sla.min_deposit:
             return (
                 f"the escrow of connection {cid} holds {escrow.balance}, "
                 f"below the minimum {tc.sla.min_deposit}"
             )
-        host = self.ledger.get_host(self.host_id)
         if not host.firewall.permits(peer.address):
             return "the host's firewall denies this client"
         if self.remember:
-            self._remember(cid, tc, escrow)
+            self._remember(Admitted(tc, escrow, view.cap, view.epoch))
         return None
 
 

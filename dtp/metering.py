@@ -232,6 +232,8 @@ class ReceiptGate:
         self.latest_amount = claimed
         self._checked_nonce = latest_nonce
         self._checked_amount = claimed
+        self.checked: Receipt | None = None
+        """The newest receipt :meth:`check` accepted (kept or not yet)."""
         self.violation: str | None = None
         """Set when the client sent an unacceptable receipt: the connection must close."""
         self._paused_since: int | None = None
@@ -277,6 +279,7 @@ class ReceiptGate:
             raise
         self._checked_nonce = receipt.nonce
         self._checked_amount = receipt.total_amount
+        self.checked = receipt
         return receipt
 
     def kept(self, receipt: Receipt) -> None:

@@ -7,6 +7,12 @@ SQLite commit is an fsync: done where the connection is driven, it would stall r
 credit (within the allowance) meanwhile and counts a receipt once its write returns.
 Only the newest receipt of a connection matters, so a newer one replaces an older one
 still waiting: under load, fewer fsyncs.
+
+The writer also stands in for its store in the settlement
+(:func:`dtp.settlement.claim_and_settle`): :meth:`ReceiptWriter.latest` knows the
+receipts still on their way to the disk, so a claim need not wait for the fsync (a claim
+on the ledger is what the durable copy is for), and :meth:`ReceiptWriter.mark_claimed`
+marks the claim once the receipt it is for has been written.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from dtp.chain.objects import normalize_id
 from dtp.escrow import Receipt
-from dtp.receipt_store import ReceiptStore
+from dtp.receipt_store import ReceiptStore, StoredReceipt
 
 __all__ = ["ReceiptWriter"]
 
@@ -33,7 +40,8 @@ class ReceiptWriter:
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
         self._pending: dict[str, tuple[Receipt, Done]] = {}
-        self._busy: set[str] = set()
+        self._marks: dict[str, int] = {}  # claimed marks to write after the receipts
+        self._busy: dict[str, Receipt | None] = {}  # being written (None: a mark only)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
@@ -47,14 +55,39 @@ class ReceiptWriter:
             self._pending[receipt.connection_id] = (receipt, done)
             self._cond.notify_all()
 
+    def latest(self, connection_id: str) -> StoredReceipt | None:
+        """The newest receipt of a connection: the one waiting or being written (as not
+        yet claimed), else the stored one (:meth:`ReceiptStore.latest`)."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._cond:
+            waiting = self._pending.get(key)
+            receipt = waiting[0] if waiting is not None else self._busy.get(key)
+        if receipt is not None:
+            return StoredReceipt(receipt, 0)
+        return self.store.latest(key)
+
+    def mark_claimed(self, connection_id: str, amount: int) -> None:
+        """Queue :meth:`ReceiptStore.mark_claimed`, written after any receipt of the
+        connection submitted before it."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the receipt writer is closed")
+            self._marks[key] = max(amount, self._marks.get(key, 0))
+            self._cond.notify_all()
+
     def flush(self, connection_id: str | None = None, timeout: float = 30.0) -> bool:
         """Wait until nothing (of ``connection_id``, or at all) is waiting or being
         written; False on timeout."""
 
         def idle() -> bool:
             if connection_id is None:
-                return not self._pending and not self._busy
-            return connection_id not in self._pending and connection_id not in self._busy
+                return not self._pending and not self._marks and not self._busy
+            return (
+                connection_id not in self._pending
+                and connection_id not in self._marks
+                and connection_id not in self._busy
+            )
 
         with self._cond:
             return self._cond.wait_for(idle, timeout)
@@ -62,11 +95,15 @@ class ReceiptWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
-                if not self._pending:
+                self._cond.wait_for(lambda: bool(self._pending or self._marks) or self._closed)
+                if not self._pending and not self._marks:
                     return  # closed and drained
                 batch, self._pending = self._pending, {}
-                self._busy = set(batch)
+                marks, self._marks = self._marks, {}
+                busy: dict[str, Receipt | None] = {cid: r for cid, (r, _) in batch.items()}
+                for cid in marks:
+                    busy.setdefault(cid, None)
+                self._busy = busy
             for receipt, done in batch.values():
                 try:
                     self.store.keep(receipt)
@@ -77,8 +114,13 @@ class ReceiptWriter:
                     done(receipt)
                 except Exception:
                     logger.exception("receipt callback failed for %s", receipt.connection_id)
+            for cid, amount in marks.items():  # after the receipts they are for
+                try:
+                    self.store.mark_claimed(cid, amount)
+                except sqlite3.Error as exc:  # re-derived from the ledger at the next start
+                    logger.warning("cannot mark the claim of %s: %s", cid, exc)
             with self._cond:
-                self._busy = set()
+                self._busy = {}
                 self._cond.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:

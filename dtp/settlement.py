@@ -22,15 +22,28 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, OpenedConnection, Settlement, TransportControl
+from dtp.chain.objects import (
+    ConnectionState,
+    Escrow,
+    OpenedConnection,
+    Settlement,
+    TransportControl,
+)
 from dtp.connection import Connection
-from dtp.errors import ChainError, ConnectionStateError, DTPError, SpendingCapExceeded
+from dtp.errors import (
+    ChainError,
+    ConnectionStateError,
+    DTPError,
+    ReplayedReceipt,
+    SpendingCapExceeded,
+)
 from dtp.metering import ClientMeter, MeteringConfig
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
-    from dtp.receipt_store import ReceiptStore
+    from dtp.receipt_store import ReceiptStore, StoredReceipt
+    from dtp.receipt_writer import ReceiptWriter
 
 __all__ = [
     "ClientPayment",
@@ -68,7 +81,9 @@ class ClientPayment:
         """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
         and ``cap_id`` (the SpendingCap it was opened with) spare reading the connection
         and its escrow back: nothing can have been claimed from an escrow this new, as we
-        have signed no receipt yet. Without them both are read."""
+        have signed no receipt yet. Without them both are read. What the cap still allows
+        is read too, unless the open reported it (``opened.cap_remaining``)."""
+        remaining = None
         if (
             opened is not None
             and opened.sla is not None
@@ -77,15 +92,17 @@ class ClientPayment:
             and opened.connection_id == connection_id
         ):
             sla, deposited, claimed = opened.sla, opened.deposit, 0
+            remaining = opened.cap_remaining
         else:
             tc = ledger.get_connection(connection_id)
             escrow = ledger.get_escrow(tc.escrow)
             sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
             cap_id = escrow.spending_cap
-        cap = ledger.get_cap(cap_id)
+        if remaining is None:
+            remaining = ledger.get_cap(cap_id).remaining(ledger.epoch())
         # never sign for more than the server can claim: the deposit, and what our
         # spending cap still allows this epoch (a shared cap may be below the deposit)
-        limit = min(deposited, claimed + cap.remaining(ledger.epoch()))
+        limit = min(deposited, claimed + remaining)
         self.ledger = ledger
         self.identity = identity
         self.host_id = host_id
@@ -176,9 +193,10 @@ def claim_and_settle(
     ledger: Ledger,
     identity: HostIdentity,
     connection_id: str,
-    store: ReceiptStore | None,
+    store: ReceiptStore | ReceiptWriter | None,
     *,
     client_grace: float = 0.0,
+    escrow: Escrow | None = None,
 ) -> Settlement | None:
     """The server's end of a connection: close it on the ledger if still Open, claim the
     latest stored receipt and settle (the client is refunded the rest at once).
@@ -187,6 +205,15 @@ def claim_and_settle(
     for the client's own half-close first (for a metered client that has just closed
     the connection: it half-closes right after). Closing it ourselves as well would cost
     a transaction on each side, ours and then the client's, which fails.
+
+    ``store``: where the connection's latest receipt is, and where the claim is marked:
+    the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
+    receipts still on their way to the disk: the claim need not wait for the fsync).
+    ``escrow``: the connection's Escrow as the caller read it (a paid server, at
+    admission): what is taken from it -- its ID, spending cap and latest claimed nonce --
+    cannot have moved since unless the caller claimed, so it is not read again. Should it
+    be stale all the same (claimed since), the ledger refuses the claim as replayed (it
+    checks the nonce itself) and the escrow is read afresh for one more try.
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -212,20 +239,19 @@ def claim_and_settle(
         # the client may close in between: settling below works all the same
         with contextlib.suppress(ConnectionStateError):
             ledger.close_connection(identity, connection_id, tc.host)
-    escrow = ledger.get_escrow(tc.escrow)
+    if escrow is None or escrow.id != tc.escrow:
+        escrow = ledger.get_escrow(tc.escrow)
+        known = False
+    else:
+        known = True
     try:
-        # the IDs come from the connection just read: the ledger need not read it again
-        if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
-            settlement = ledger.settle_with_receipt(
-                identity,
-                connection_id,
-                stored.receipt,
-                host_id=tc.host,
-                escrow_id=tc.escrow,
-                cap_id=escrow.spending_cap,
-            )
-        else:
-            settlement = ledger.settle(identity, connection_id, tc.host, tc.escrow)
+        try:
+            settlement = _settle(ledger, identity, tc, escrow, stored)
+        except ReplayedReceipt:
+            if not known:
+                raise
+            # the escrow was claimed since the caller read it: read it and try again
+            settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
     except SpendingCapExceeded as exc:
         logger.warning(
             "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
@@ -242,20 +268,46 @@ def claim_and_settle(
     return settlement
 
 
+def _settle(
+    ledger: Ledger,
+    identity: HostIdentity,
+    tc: TransportControl,
+    escrow: Escrow,
+    stored: StoredReceipt | None,
+) -> Settlement:
+    """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet."""
+    # the IDs come from the connection and escrow: the ledger need not read them again
+    if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
+        return ledger.settle_with_receipt(
+            identity,
+            tc.id,
+            stored.receipt,
+            host_id=tc.host,
+            escrow_id=tc.escrow,
+            cap_id=escrow.spending_cap,
+        )
+    return ledger.settle(identity, tc.id, tc.host, tc.escrow)
+
+
 _FIRST_POLL_S = 0.0005
 _MAX_POLL_S = 0.01
 
 
 def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:
-    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed."""
+    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed. Where
+    the ledger tells an object's version cheaply (LocalLedger.object_version), only that
+    is watched, and the connection read again once it changed."""
     deadline = time.monotonic() + grace
     delay = _FIRST_POLL_S
+    version_of = getattr(ledger, "object_version", None)
     while tc.state == ConnectionState.OPEN:
         left = deadline - time.monotonic()
         if left <= 0:
             break
         time.sleep(min(delay, left))
         delay = min(delay * 2, _MAX_POLL_S)
+        if version_of is not None and version_of(tc.id) == tc.version:
+            continue
         tc = ledger.get_connection(tc.id)
     return tc
 
