@@ -537,6 +537,9 @@ class _Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
+                if self.payment is not None:
+                    # the ledger half-close while the server ends its side
+                    self.payment.finish()
                 self._drain_carrier(min(linger, 1.0))
             self.session.process_events()
             self._release()
