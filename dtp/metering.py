@@ -60,10 +60,13 @@ class MeteringConfig:
     enabled: bool = True
     """False: send no receipts (the server will pause and then close the connection
     once the unreceipted usage exceeds its allowance)."""
-    every_bytes: int = 16 << 20
+    every_bytes: int = 64 << 20
     """Sign a receipt after this many new bytes (0: never for bytes). A client signs
     sooner when this much would cost more than a quarter of the SLA's ``min_deposit``
-    (the server's default allowance), so a client paying on cadence is never paused."""
+    (the server's default allowance), so a client paying on cadence is never paused.
+    Each receipt costs a signature here and a verification and a synced write at the
+    server (about 0.4 ms of CPU in all): every 64 MiB that stays under 1% of a transfer
+    at 1 GB/s, where every 16 MiB took over 2%."""
     every_ms: int = 1000
     """...or this long after the last one when there is unpaid usage (0: never). Checked
     whenever the connection does I/O."""
@@ -141,6 +144,12 @@ class ClientMeter:
         if due or receipt is not None:
             self._rearm(now_ms)
         return receipt
+
+    @property
+    def seen_requests(self) -> int:
+        """The request count as last counted (new requests end the quiet of
+        :meth:`quiet_until`)."""
+        return self._seen_requests
 
     def quiet_until(self) -> tuple[int, int | None]:
         """(total bytes, ms time or None): while the usage stays below the one and the

@@ -126,6 +126,12 @@ class ClientPayment:
             return
         total_bytes, total_requests = conn.usage
         self._now_ms = now_ms = int(now * 1000)
+        if (
+            total_bytes < self.quiet_bytes
+            and now < self.quiet_until
+            and total_requests == self.meter.seen_requests
+        ):
+            return  # what the meter's own hot path would find, without asking it
         receipt = self.meter.update(now_ms, total_bytes, total_requests)
         if receipt is not None:
             conn.send_receipt(receipt.encode())
