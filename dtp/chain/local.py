@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from dtp import _ed25519
 from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
 from dtp.chain.economics import (
@@ -78,7 +79,13 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.keys import InvalidSignature, verify_transaction
+from dtp.keys import (
+    ED25519_FLAG,
+    SUI_SIGNATURE_SIZE,
+    InvalidSignature,
+    sui_address_from_public_key,
+    transaction_digest,
+)
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -230,6 +237,25 @@ _CHECKPOINTER: Final = _Checkpointer()
 _CHECKPOINT_EVERY: Final = 64
 #: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 8000
+
+
+def _verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
+    """:func:`dtp.keys.verify_transaction` -- the same checks and refusals, a serialized
+    Ed25519 Sui signature over the transaction's intent digest -- with the Ed25519 step
+    verified as Sui validators do (:mod:`dtp._ed25519`). Returns the signer's address."""
+    sig = bytes(sui_signature)
+    if len(sig) == 0:
+        raise InvalidSignature("empty Sui signature")
+    if sig[0] != ED25519_FLAG:
+        raise InvalidSignature(f"unsupported Sui signature scheme flag 0x{sig[0]:02x}")
+    if len(sig) != SUI_SIGNATURE_SIZE:
+        raise InvalidSignature(
+            f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
+        )
+    raw, public = sig[1:65], sig[65:]
+    if not _ed25519.verify(public, raw, transaction_digest(tx_bytes)):
+        raise InvalidSignature("Sui signature does not verify")
+    return sui_address_from_public_key(public)
 
 
 @dataclass(frozen=True)
@@ -558,7 +584,7 @@ class LocalLedger(Ledger):
     def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
         """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``."""
         try:
-            signer = verify_transaction(tx_bytes, signature)
+            signer = _verify_transaction(tx_bytes, signature)
         except InvalidSignature as exc:
             raise WrongSigner(
                 f"The transaction signature is invalid ({exc}); sender {tx.sender}."
