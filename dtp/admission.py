@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -328,6 +329,7 @@ def prepare_host_connection(
     carrier: CarrierChoice = "auto",
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    on_resolved: Callable[[ResolvedService], None] | None = None,
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
@@ -343,6 +345,8 @@ def prepare_host_connection(
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
     If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
+    ``on_resolved(service)`` runs once the checks passed, before the ledger writes (a
+    caller starts its carrier connect there, to overlap with them).
     """
     if subscription is not None and sponsor_pool is not None:
         raise ValueError("pass either subscription or sponsor_pool, not both")
@@ -373,6 +377,8 @@ def prepare_host_connection(
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
         raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+    if on_resolved is not None:
+        on_resolved(resolved)
     if cap_id is None:
         cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
     if subscription is not None:
