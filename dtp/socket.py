@@ -43,6 +43,7 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
+    ResolvedService,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
@@ -55,7 +56,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import PendingTcp, connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -1290,18 +1291,31 @@ def _connect_by_host_id(
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
-    prepared = prepare_host_connection(
-        ledger,
-        address,
-        identity,
-        deposit=deposit,
-        cap_id=cap_id,
-        server_key=server_key,
-        config=config,
-        carrier=carrier,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-    )
+    early: list[PendingTcp] = []
+
+    def connect_early(resolved: ResolvedService) -> None:
+        # the TCP connect runs while the ledger opens the connection
+        if resolved.endpoint is not None:
+            early.append(PendingTcp(resolved.endpoint))
+
+    try:
+        prepared = prepare_host_connection(
+            ledger,
+            address,
+            identity,
+            deposit=deposit,
+            cap_id=cap_id,
+            server_key=server_key,
+            config=config,
+            carrier=carrier,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+            on_resolved=connect_early,
+        )
+    except BaseException:
+        for pending in early:
+            pending.close()
+        raise
     payments: list[ClientPayment] = []
 
     def meter(conn: Connection) -> None:
@@ -1335,14 +1349,18 @@ def _connect_by_host_id(
                 while_waiting=while_waiting,
             )
         else:
+            tcp = early[0].finish(timeout) if early else None
             sock = _connect(
                 prepared.endpoint,
                 timeout,
                 prepared.config,
                 name=str(address),
+                carrier=tcp,
                 while_waiting=while_waiting,
             )
     except BaseException as exc:
+        for pending in early:
+            pending.close()
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
     sock.connection_id = prepared.connection_id
