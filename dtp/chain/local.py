@@ -297,6 +297,14 @@ class _SqlStore:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def balances(self, addresses: Sequence[str]) -> dict[str, int]:
+        """The balances of ``addresses`` that are not zero (one statement)."""
+        marks = ",".join("?" * len(addresses))
+        rows = self.db.execute(
+            f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
+        )
+        return {address: int(amount) for address, amount in rows}
+
 
 class LocalLedger(Ledger):
     """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
@@ -622,35 +630,54 @@ class LocalLedger(Ledger):
         # Write the effects.
         if now != int(meta["clock_floor"]):
             self._set_meta("clock_floor", now)
+        # (one statement for each kind of change, whatever the number of rows)
+        db = self._db
         created: list[str] = []
+        deleted: list[tuple[str]] = []
+        inserted: list[tuple[str, str, str, str]] = []
+        updated: list[tuple[str, str]] = []
         for obj in x.objects.values():
             if obj.deleted:
-                self._db.execute("DELETE FROM objects WHERE id = ?", (obj.id,))
+                deleted.append((obj.id,))
                 continue
             data = rules.to_json(obj.data)
             if obj.before is None:
                 created.append(obj.id)
-                self._db.execute(
-                    "INSERT INTO objects VALUES (?, ?, ?, 1, ?)",
-                    (obj.id, obj.type, obj.owner, data),
-                )
+                inserted.append((obj.id, obj.type, obj.owner, data))
             elif data != obj.before:
-                self._db.execute(
-                    "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?",
-                    (data, obj.id),
-                )
-        for address, delta in x.credits.items():
-            new = store.balance(address) + delta
-            assert new >= 0, "take_coin guards every withdrawal"
-            self._db.execute(_UPSERT_BALANCE, (address, str(new)))
-        events = []
-        for type_, fields in x.events:
-            cursor = self._db.execute(
-                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (type_, tx.sender, digest_text, now, rules.to_json(fields)),
+                updated.append((data, obj.id))
+        if deleted:
+            db.executemany("DELETE FROM objects WHERE id = ?", deleted)
+        if inserted:
+            db.executemany("INSERT INTO objects VALUES (?, ?, ?, 1, ?)", inserted)
+        if updated:
+            db.executemany(
+                "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?", updated
             )
-            events.append(Event(str(cursor.lastrowid), type_, fields, tx.sender, digest_text, now))
+        if x.credits:
+            held = store.balances(list(x.credits))
+            balances = []
+            for address, delta in x.credits.items():
+                new = held.get(address, 0) + delta
+                assert new >= 0, "take_coin guards every withdrawal"
+                balances.append((address, str(new)))
+            db.executemany(_UPSERT_BALANCE, balances)
+        events = []
+        if x.events:
+            # one INSERT of all rows: they get consecutive sequence numbers, the last one
+            # reported as lastrowid
+            rows = ",".join(["(?, ?, ?, ?, ?)"] * len(x.events))
+            values: list[Any] = []
+            for type_, fields in x.events:
+                values += (type_, tx.sender, digest_text, now, rules.to_json(fields))
+            cursor = db.execute(
+                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
+                values,
+            )
+            seq = int(cursor.lastrowid or 0) - len(x.events)
+            for type_, fields in x.events:
+                seq += 1
+                events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
         touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
         return TxResult(
             digest_text, value, tuple(events), tuple(created), touched, int(meta["epoch"])
