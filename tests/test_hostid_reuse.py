@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -459,9 +460,9 @@ class _BlockedStore(ReceiptStore):
         super().__init__(path)
         self.release = threading.Event()
 
-    def keep(self, receipt: Receipt) -> bool:
+    def keep_many(self, receipts: Any, claimed: Any = None) -> list[bool]:
         assert self.release.wait(10)
-        return super().keep(receipt)
+        return super().keep_many(receipts, claimed)
 
 
 def test_the_writer_knows_receipts_on_their_way_and_marks_after_them(
@@ -565,3 +566,52 @@ def test_the_half_close_is_watched_by_version(world: World) -> None:
     assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
     assert settled is not None and settled.refunded == 10_000
     assert conserved(world.ledger)
+
+
+def test_keep_many_keeps_newer_receipts_and_marks_after_them(world: World, tmp_path: Path) -> None:
+    first, _ = world.open()
+    second, _ = world.open()
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep_many([world.receipt(first, 1024, 2)]) == [True]
+        stored = store.keep_many(
+            [world.receipt(first, 2048, 1), world.receipt(second, 4096, 1)],  # a replay
+            {second: world.receipt(second, 4096, 1).total_amount},
+        )
+        assert stored == [False, True]
+        a, b = store.latest(first), store.latest(second)
+        assert a is not None and a.receipt.nonce == 2 and a.unclaimed > 0
+        assert b is not None and b.unclaimed == 0  # marked after it was kept
+
+
+def test_claimed_marks_go_with_the_next_receipt_write(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtp import receipt_writer
+    from dtp.receipt_writer import ReceiptWriter
+
+    monkeypatch.setattr(receipt_writer, "MARK_DELAY", 0.3)
+    first, _ = world.open()
+    second, _ = world.open()
+    third, _ = world.open()
+    store = ReceiptStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    r1 = world.receipt(first, 4096, 1)
+    writer.submit(r1, lambda r: None)
+    assert writer.flush(first, timeout=10)
+    writer.mark_claimed(first, r1.total_amount)
+    time.sleep(0.05)
+    assert store.latest(first).unclaimed > 0  # type: ignore[union-attr]  # waits
+    written = threading.Event()
+    writer.submit(world.receipt(second, 4096, 1), lambda r: written.set())
+    assert written.wait(10)
+    assert store.latest(first).unclaimed == 0  # type: ignore[union-attr]  # went with it
+    # alone, a mark is written once MARK_DELAY has passed
+    r3 = world.receipt(third, 4096, 1)
+    writer.submit(r3, lambda r: None)
+    assert writer.flush(third, timeout=10)
+    writer.mark_claimed(third, r3.total_amount)
+    deadline = time.monotonic() + 10
+    while store.latest(third).unclaimed > 0:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    writer.close()
