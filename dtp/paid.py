@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.admission import Admitted, LedgerAdmission
-from dtp.chain.objects import Escrow, Settlement, normalize_id
+from dtp.chain.objects import Settlement, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
@@ -453,11 +453,10 @@ class PaidServer:
                 self._live.pop(id(paid), None)
             with self._limit_lock:
                 self.limiter.release(client)
-            # the escrow as admission read it: only we claim from it, so it is current
-            escrow = (
-                admitted[1]
-                if admitted is not None and admitted[0].id == gate.connection_id
-                else None
+            # the connection and escrow as admission read them: only we claim from the
+            # escrow, so it is current; the connection is read again once it changed
+            known = (
+                admitted if admitted is not None and admitted[0].id == gate.connection_id else None
             )
             ended = engine.session.terminated
             # a metered client that closed cleanly half-closes on the ledger next (its
@@ -469,10 +468,10 @@ class PaidServer:
                 and gate.checked is not None
             )
             self._settle(
-                cid, self.policy.client_close_grace if paying_client_closed else 0.0, escrow
+                cid, self.policy.client_close_grace if paying_client_closed else 0.0, known
             )
 
-    def _settle(self, cid: str, client_grace: float = 0.0, escrow: Escrow | None = None) -> None:
+    def _settle(self, cid: str, client_grace: float = 0.0, known: Admitted | None = None) -> None:
         # The claim is made from the receipt writer: its last receipt may still be on its
         # way to the disk (the claim on the ledger does not wait for the fsync; the writer
         # marks the claim in the store once the receipt is written)
@@ -483,7 +482,8 @@ class PaidServer:
                 cid,
                 self.receipt_writer,
                 client_grace=client_grace,
-                escrow=escrow,
+                escrow=known[1] if known is not None else None,
+                connection=known[0] if known is not None else None,
             )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)

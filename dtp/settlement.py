@@ -28,6 +28,7 @@ from dtp.chain.objects import (
     OpenedConnection,
     Settlement,
     TransportControl,
+    normalize_id,
 )
 from dtp.connection import Connection
 from dtp.errors import (
@@ -203,6 +204,7 @@ def claim_and_settle(
     *,
     client_grace: float = 0.0,
     escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
 ) -> Settlement | None:
     """The server's end of a connection: close it on the ledger if still Open, claim the
     latest stored receipt and settle (the client is refunded the rest at once).
@@ -220,13 +222,15 @@ def claim_and_settle(
     cannot have moved since unless the caller claimed, so it is not read again. Should it
     be stale all the same (claimed since), the ledger refuses the claim as replayed (it
     checks the nonce itself) and the escrow is read afresh for one more try.
+    ``connection``: the TransportControl as the caller read it; where the ledger tells
+    an object's version cheaply, it is read again only once its version moved.
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
     store, unclaimed, for :func:`recover_unclaimed` to retry; settling without it would
     refund the client what it owes).
     """
-    tc = ledger.get_connection(connection_id)
+    tc = _current(ledger, connection_id, connection)
     if tc.state == ConnectionState.OPEN and client_grace > 0:
         tc = _await_half_close(ledger, tc, client_grace)
     stored = store.latest(connection_id) if store is not None else None
@@ -297,6 +301,22 @@ def _settle(
 
 _FIRST_POLL_S = 0.0005
 _MAX_POLL_S = 0.01
+
+
+def _current(
+    ledger: Ledger, connection_id: str, known: TransportControl | None
+) -> TransportControl:
+    """The connection as it is now: ``known`` when its version has not moved (where the
+    ledger tells versions cheaply), else read."""
+    version_of = getattr(ledger, "object_version", None)
+    if (
+        known is not None
+        and version_of is not None
+        and known.id == normalize_id(connection_id, "connection ID")
+        and version_of(known.id) == known.version
+    ):
+        return known
+    return ledger.get_connection(connection_id)
 
 
 def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:

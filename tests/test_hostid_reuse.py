@@ -615,3 +615,37 @@ def test_claimed_marks_go_with_the_next_receipt_write(
         assert time.monotonic() < deadline
         time.sleep(0.01)
     writer.close()
+
+
+def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> None:
+    cid, escrow_id = world.open()
+    known = world.ledger.get_connection(cid)  # as admission read it
+    escrow = world.ledger.get_escrow(escrow_id)
+    world.ledger.close_connection(CLIENT, cid, world.host_id)  # it moved
+    counting = _CountingReads(world.ledger)
+    settled = claim_and_settle(
+        counting,  # type: ignore[arg-type]
+        SERVER,
+        cid,
+        None,
+        escrow=escrow,
+        connection=known,
+    )
+    assert counting.connection_reads == 1 and counting.escrow_reads == 0
+    assert settled is not None and settled.refunded == 10_000
+    # still Open, as known: nothing read but its version; the server closes it itself
+    cid, escrow_id = world.open()
+    known = world.ledger.get_connection(cid)
+    counting = _CountingReads(world.ledger)
+    settled = claim_and_settle(
+        counting,  # type: ignore[arg-type]
+        SERVER,
+        cid,
+        None,
+        escrow=world.ledger.get_escrow(escrow_id),
+        connection=known,
+    )
+    assert counting.connection_reads == 0
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
