@@ -101,8 +101,11 @@ _BUSY_TIMEOUT_S: Final = 30.0
 # Waits between tries while another writer holds the file. SQLite's own busy handler
 # sleeps 1, 2, 5, 10... ms, which is long next to the sub-millisecond transactions
 # here: two processes taking turns (a client opening while its server settles) would
-# wait a millisecond or more for a lock that is free after a fraction of that.
+# wait a millisecond or more for a lock that is free after a fraction of that. So the
+# tries come every _FIRST_BACKOFF_S for as long as one other transaction could hold the
+# lock (_STEADY_BACKOFF_S), and only then further and further apart.
 _FIRST_BACKOFF_S: Final = 0.0001
+_STEADY_BACKOFF_S: Final = 0.002
 _MAX_BACKOFF_S: Final = 0.005
 
 _SCHEMA: Final = """
@@ -368,7 +371,8 @@ class LocalLedger(Ledger):
                 elif now >= deadline:
                     raise
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+                if now > deadline - _BUSY_TIMEOUT_S + _STEADY_BACKOFF_S:
+                    delay = min(delay * 2, _MAX_BACKOFF_S)
 
     def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
