@@ -11,9 +11,11 @@ What it models of Sui:
   claimed sender before it runs; each (sender, nonce) pair executes at most once.
   :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
   transactions can be tried.
-- **Atomicity**: each call is one SQLite transaction (``BEGIN IMMEDIATE``); a failing
-  call (any check, any error) changes nothing, not even the nonce. The file is in WAL
-  mode with a busy timeout, so every process on the machine can share it.
+- **Atomicity**: each call is one SQLite transaction; a failing call (any check, any
+  error) changes nothing, not even the nonce. A transaction reads and runs its rule
+  first and takes the write lock only to write its effects: should another writer have
+  committed in between, it runs again from the start. The file is in WAL mode with a
+  busy timeout, so every process on the machine can share it.
 - **Money**: SUI balances per address in MIST. Coins are not modelled one by one: a
   ``Coin<SUI>`` argument is split off the sender's balance, payments are added to the
   receiver's. **Gas is free.** :meth:`LocalLedger.faucet` mints test SUI and counts it,
@@ -192,6 +194,13 @@ def _endpoint(value: Endpoint) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise InvalidArgument(f"An endpoint must be bytes or text, got {type(value).__name__}.")
+
+
+def _replayed(tx: Tx) -> InvalidTransaction:
+    return InvalidTransaction(
+        f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
+        "(replayed transaction)."
+    )
 
 
 class _Checkpointer:
@@ -387,13 +396,18 @@ class LocalLedger(Ledger):
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
-                self._changed.notify_all()
-                self._commits += 1
-                if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
-                    _CHECKPOINTER.request(self.path)
+                self._committed()
                 return result
 
         return self._retry(attempt)
+
+    def _committed(self) -> None:
+        """After a commit (lock held): wake waiters for events, and now and then ask for a
+        checkpoint."""
+        self._changed.notify_all()
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
+            _CHECKPOINTER.request(self.path)
 
     def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot)."""
@@ -608,34 +622,51 @@ class LocalLedger(Ledger):
         args = rules.check_args(tx.module, tx.function, tx.args)
         handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
         digest = tx_digest(tx_bytes)
-        return self._write(lambda: self._apply(tx, digest, handler, args))
+        return self._apply(tx, digest, handler, args)
 
     def _apply(
         self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
     ) -> TxResult:
+        """Run a verified transaction: its reads and its rule first, in a read transaction
+        (another writer, say another process, is not kept waiting meanwhile), then its
+        writes all together. The first write takes the write lock; when another writer
+        holds it, or committed since this one's reads (SQLite's BUSY_SNAPSHOT), it fails
+        as "locked" and :meth:`_retry` runs the whole transaction again, reads included:
+        what it writes always follows from what the ledger holds when it commits."""
+
+        def attempt() -> TxResult:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    result = self._apply_in(tx, digest, handler, args)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._committed()
+                return result
+
+        return self._retry(attempt)
+
+    def _apply_in(
+        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+    ) -> TxResult:
+        db = self._db
         digest_text = base58(digest)
-        # (sender, nonce) is the table's key: a replay fails here, before the rule runs
-        # (and a failing rule rolls this back with everything else)
-        try:
-            self._db.execute(
-                "INSERT INTO transactions VALUES (?, ?, ?)",
-                (tx.sender, str(tx.nonce), digest_text),
-            )
-        except sqlite3.IntegrityError:
-            raise InvalidTransaction(
-                f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
-                "(replayed transaction)."
-            ) from None
-        store = _SqlStore(self._db)
+        # (sender, nonce) executes once: a replay fails here, before the rule runs; the
+        # row itself is written with the effects (the primary key guards it too)
+        if db.execute(
+            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?",
+            (tx.sender, str(tx.nonce)),
+        ).fetchone():
+            raise _replayed(tx)
+        store = _SqlStore(db)
         meta = self._metas()
         now = self._now(meta)
         x = rules.Exec(store, tx.sender, digest, now, int(meta["epoch"]))
         value = handler(x, *args)
-        # Write the effects.
-        if now != int(meta["clock_floor"]):
-            self._set_meta("clock_floor", now)
-        # (one statement for each kind of change, whatever the number of rows)
-        db = self._db
+        # The effects, computed from what was read ...
         created: list[str] = []
         deleted: list[tuple[str]] = []
         inserted: list[tuple[str, str, str, str]] = []
@@ -650,6 +681,25 @@ class LocalLedger(Ledger):
                 inserted.append((obj.id, obj.type, obj.owner, data))
             elif data != obj.before:
                 updated.append((data, obj.id))
+        balances = []
+        if x.credits:
+            held = store.balances(list(x.credits))
+            for address, delta in x.credits.items():
+                new = held.get(address, 0) + delta
+                assert new >= 0, "take_coin guards every withdrawal"
+                balances.append((address, str(new)))
+        event_values: list[Any] = []
+        for type_, fields in x.events:
+            event_values += (type_, tx.sender, digest_text, now, rules.to_json(fields))
+        # ... then written, one statement for each kind of change
+        try:
+            db.execute(
+                "INSERT INTO transactions VALUES (?, ?, ?)", (tx.sender, str(tx.nonce), digest_text)
+            )
+        except sqlite3.IntegrityError:
+            raise _replayed(tx) from None
+        if now != int(meta["clock_floor"]):
+            self._set_meta("clock_floor", now)
         if deleted:
             db.executemany("DELETE FROM objects WHERE id = ?", deleted)
         if inserted:
@@ -658,25 +708,16 @@ class LocalLedger(Ledger):
             db.executemany(
                 "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?", updated
             )
-        if x.credits:
-            held = store.balances(list(x.credits))
-            balances = []
-            for address, delta in x.credits.items():
-                new = held.get(address, 0) + delta
-                assert new >= 0, "take_coin guards every withdrawal"
-                balances.append((address, str(new)))
+        if balances:
             db.executemany(_UPSERT_BALANCE, balances)
         events = []
         if x.events:
             # one INSERT of all rows: they get consecutive sequence numbers, the last one
             # reported as lastrowid
             rows = ",".join(["(?, ?, ?, ?, ?)"] * len(x.events))
-            values: list[Any] = []
-            for type_, fields in x.events:
-                values += (type_, tx.sender, digest_text, now, rules.to_json(fields))
             cursor = db.execute(
                 "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
-                values,
+                event_values,
             )
             seq = int(cursor.lastrowid or 0) - len(x.events)
             for type_, fields in x.events:
