@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -65,6 +65,7 @@ __all__ = [
     "ConnectionView",
     "Endpoint",
     "Ledger",
+    "PendingOpen",
     "ResponseEscrow",
     "response_ack_message",
 ]
@@ -156,6 +157,38 @@ def _connection_view(
     if cap is not None and not isinstance(cap, SpendingCap):
         raise ObjectNotFound(f"Object {tc.spending_cap} is not a SpendingCap.")
     return ConnectionView(tc, escrow, host, cap, epoch)
+
+
+class PendingOpen:
+    """A signed ``transport_control::open`` not yet executed, with the IDs it creates
+    (derived from the transaction's digest, as Sui derives them): a client can name the
+    connection in its handshake while the open lands (:meth:`execute`, once)."""
+
+    def __init__(
+        self, connection_id: str, escrow_id: str, run: Callable[[], OpenedConnection]
+    ) -> None:
+        self.connection_id = connection_id
+        self.escrow_id = escrow_id
+        self._run: Callable[[], OpenedConnection] | None = run
+        self.opened: OpenedConnection | None = None
+        """What :meth:`execute` returned (None before it succeeded)."""
+
+    def execute(self) -> OpenedConnection:
+        """Execute the open (the ledger's errors as ``open_connection`` raises them);
+        the IDs are checked to be the ones announced."""
+        if self.opened is not None:
+            return self.opened
+        run, self._run = self._run, None
+        if run is None:
+            raise RuntimeError("this open was executed already, and failed")
+        opened = run()
+        if (opened.connection_id, opened.escrow_id) != (self.connection_id, self.escrow_id):
+            raise RuntimeError(
+                f"the open created {opened.connection_id}, not the {self.connection_id} "
+                "it announced"
+            )
+        self.opened = opened
+        return opened
 
 
 class Ledger(PaymentModels, abc.ABC):
@@ -261,6 +294,20 @@ class Ledger(PaymentModels, abc.ABC):
     ) -> OpenedConnection:
         """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
         new escrow. ``client_public_key`` defaults to the signer's Ed25519 key."""
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen | None:
+        """:meth:`open_connection` signed now and executed later
+        (:meth:`PendingOpen.execute`), its connection and escrow IDs known at once; None
+        where the ledger does not tell them ahead (then call :meth:`open_connection`)."""
+        return None
 
     @abc.abstractmethod
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:

@@ -54,10 +54,20 @@ from dtp.chain.ledger import (
     ConnectionView,
     Endpoint,
     Ledger,
+    PendingOpen,
     ResponseEscrow,
     _connection_view,
 )
-from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
+from dtp.chain.local_tx import (
+    Address,
+    Tx,
+    TxValue,
+    base58,
+    decode_tx,
+    derive_object_id,
+    encode_tx,
+    tx_digest,
+)
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
@@ -729,6 +739,12 @@ class LocalLedger(Ledger):
         )
 
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
+        return self._execute(*self._signed(signer, module, function, *args))
+
+    def _signed(
+        self, signer: HostIdentity, module: str, function: str, *args: TxValue
+    ) -> tuple[Tx, bytes, bytes]:
+        """The transaction, its bytes and ``signer``'s signature, ready for _execute."""
         # The bytes are encoded from this Tx here: decoding them again would give it back
         # (everything else execute() does -- the signature check first -- still runs).
         # Vectors and oversized transactions go through the decoder all the same: it alone
@@ -742,7 +758,7 @@ class LocalLedger(Ledger):
             or any(isinstance(a, list) for a in args)
         ):
             tx = decode_tx(tx_bytes)
-        return self._execute(tx, tx_bytes, signer.sign_transaction(tx_bytes))
+        return tx, tx_bytes, signer.sign_transaction(tx_bytes)
 
     @staticmethod
     def _id(value: str, what: str = "object ID") -> Address:
@@ -885,8 +901,22 @@ class LocalLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
+        pending = self.prepare_open_connection(
+            signer, host_id, port, cap_id, deposit, client_public_key
+        )
+        return pending.execute()
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen:
         key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
-        result = self._call(
+        signed = self._signed(
             signer,
             "transport_control",
             "open",
@@ -896,18 +926,26 @@ class LocalLedger(Ledger):
             key,
             _u64(deposit, "the deposit"),
         )
-        connection = str(result.value)
-        opened = next(e for e in result.events if e.name == "ConnectionOpened")
-        # the cap as the transaction left it (it loads it): what it still allows this epoch
-        cap = result.objects[normalize_id(cap_id)]
-        spent = cap["spent"] if cap["epoch"] == result.epoch else 0
-        return OpenedConnection(
-            connection,
-            str(opened["escrow"]),
-            Sla.from_fields(opened["sla"]),
-            int(opened["deposit"]),
-            max(0, int(cap["max_per_epoch"]) - int(spent)),
-        )
+        cap_key = normalize_id(cap_id)
+
+        def run() -> OpenedConnection:
+            result = self._execute(*signed)
+            opened = next(e for e in result.events if e.name == "ConnectionOpened")
+            # the cap as the transaction left it (it loads it): what it still allows
+            # this epoch
+            cap = result.objects[cap_key]
+            spent = cap["spent"] if cap["epoch"] == result.epoch else 0
+            return OpenedConnection(
+                str(result.value),
+                str(opened["escrow"]),
+                Sla.from_fields(opened["sla"]),
+                int(opened["deposit"]),
+                max(0, int(cap["max_per_epoch"]) - int(spent)),
+            )
+
+        # transport_control::open creates the connection first, then its escrow
+        digest = tx_digest(signed[1])
+        return PendingOpen(derive_object_id(digest, 0), derive_object_id(digest, 1), run)
 
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
         self._call(
