@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, DTPError, InsufficientFunds, move_error
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
+    from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -202,6 +203,10 @@ class LedgerAdmission:
 
     REMEMBERED = 256
     """How many accepted connections' objects are kept for :meth:`take_admitted`."""
+    OPEN_GRACE = 0.25
+    """Seconds an unknown connection is looked for again before it is refused: a client
+    may name its connection in its handshake while its open transaction lands
+    (``dtp.socket`` does, the open overlapping the server's work on the first message)."""
 
     def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
         self.ledger = ledger
@@ -240,7 +245,7 @@ class LedgerAdmission:
         if peer.port is not None and peer.port != self.port:
             return f"this server serves port {self.port}, not {peer.port}"
         # the connection, its escrow and the host (and for the gate the cap) in one read
-        view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        view = self._view(cid)
         if view is None:
             return f"unknown connection {cid}"
         tc, escrow, host = view.connection, view.escrow, view.host
@@ -263,6 +268,24 @@ class LedgerAdmission:
             self._remember(Admitted(tc, escrow, view.cap, view.epoch))
         return None
 
+    def _view(self, cid: str) -> ConnectionView | None:
+        """The connection's view; looked for again, more and more rarely, for up to
+        :attr:`OPEN_GRACE` while there is no such connection (yet)."""
+        view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        deadline = time.monotonic() + self.OPEN_GRACE
+        delay = _FIRST_LOOK_S
+        while view is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _MAX_LOOK_S)
+            view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        return view
+
+
+_FIRST_LOOK_S = 0.0002
+_MAX_LOOK_S = 0.02
 
 HOOK_FAILED = "internal error in the server's accept hook"
 """The refusal a client gets when an accept or admit hook raised."""
@@ -310,6 +333,9 @@ class PreparedConnection:
     """What the ledger reported of the opening (SLA and deposit, when it does)."""
     cap_id: str | None = None
     """The SpendingCap the connection was opened with."""
+    pending_open: PendingOpen | None = None
+    """With ``defer_open``: the signed open, to execute while the server works on the
+    first handshake message (``connection_id`` and ``escrow_id`` are its)."""
 
     @property
     def carrier(self) -> Literal["tcp", "ledger"]:
@@ -330,6 +356,7 @@ def prepare_host_connection(
     subscription: str | None = None,
     sponsor_pool: str | None = None,
     on_resolved: Callable[[ResolvedService], None] | None = None,
+    defer_open: bool = False,
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
@@ -347,6 +374,13 @@ def prepare_host_connection(
     If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
     ``on_resolved(service)`` runs once the checks passed, before the ledger writes (a
     caller starts its carrier connect there, to overlap with them).
+
+    ``defer_open``: where the ledger can tell the connection's ID before the open lands
+    (:meth:`~dtp.chain.ledger.Ledger.prepare_open_connection`), and for a paid open over
+    the TCP carrier, the open is only signed here: the result's ``pending_open`` is to be
+    executed by the caller while the server works on its first handshake message (the
+    server's admission gives a connection still landing a moment:
+    :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
     """
     if subscription is not None and sponsor_pool is not None:
         raise ValueError("pass either subscription or sponsor_pool, not both")
@@ -381,6 +415,8 @@ def prepare_host_connection(
         on_resolved(resolved)
     if cap_id is None:
         cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
+    pending = None
+    opened: OpenedConnection | None
     if subscription is not None:
         opened = ledger.open_subscribed_connection(
             identity, subscription, cap_id, deposit, host_id=address.host_id
@@ -390,7 +426,20 @@ def prepare_host_connection(
             identity, sponsor_pool, cap_id, deposit, host_id=address.host_id
         )
     else:
-        opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+        if defer_open and resolved.endpoint is not None:
+            pending = ledger.prepare_open_connection(
+                identity, address.host_id, address.port, cap_id, deposit
+            )
+        opened = (
+            None
+            if pending is not None
+            else ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+        )
+    if pending is not None:
+        connection_id, escrow_id = pending.connection_id, pending.escrow_id
+    else:
+        assert opened is not None
+        connection_id, escrow_id = opened.connection_id, opened.escrow_id
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
         base,
@@ -398,7 +447,7 @@ def prepare_host_connection(
         is_client=True,
         server_static=host_key,
         expected_server_static=None,
-        connection_id=bytes.fromhex(opened.connection_id[2:]),
+        connection_id=bytes.fromhex(connection_id[2:]),
         port=address.port,
     )
     if resolved.endpoint is None:
@@ -406,11 +455,12 @@ def prepare_host_connection(
     return PreparedConnection(
         resolved.endpoint,
         cfg,
-        opened.connection_id,
-        opened.escrow_id,
+        connection_id,
+        escrow_id,
         resolved.host.authority,
         opened,
         cap_id,
+        pending,
     )
 
 
@@ -444,7 +494,10 @@ def abandon_host_connection(
 ) -> None:
     """Half-close a prepared connection on the ledger after the connect failed, so the
     deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
-    failure here is logged, not raised: the caller re-raises ``cause``."""
+    failure here is logged, not raised: the caller re-raises ``cause``. A deferred open
+    that never landed leaves nothing to close."""
+    if prepared.pending_open is not None and prepared.pending_open.opened is None:
+        return
     try:
         ledger.close_connection(identity, prepared.connection_id, address.host_id)
     except Exception as close_exc:

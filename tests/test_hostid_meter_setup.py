@@ -33,6 +33,9 @@ class CapUnreadable:
         opened = self._ledger.open_connection(*args, **kwargs)
         return dataclasses.replace(opened, cap_remaining=None)
 
+    def prepare_open_connection(self, *args: Any, **kwargs: Any) -> None:
+        return None  # nor tells the connection ID ahead: the open is made at once
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)
 
