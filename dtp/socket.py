@@ -1311,30 +1311,36 @@ def _connect_by_host_id(
             subscription=subscription,
             sponsor_pool=sponsor_pool,
             on_resolved=connect_early,
+            defer_open=True,
         )
     except BaseException:
         for pending in early:
             pending.close()
         raise
     payments: list[ClientPayment] = []
+    metered = metering is None or metering.enabled
 
-    def meter(conn: Connection) -> None:
-        # the meter's ledger reads run while the server works on our first message
-        payments.append(
-            ClientPayment(
-                ledger,
-                identity,
-                address.host_id,
-                prepared.connection_id,
-                conn,
-                metering,
-                now=time.monotonic(),
-                opened=prepared.opened,
-                cap_id=prepared.cap_id,
+    def while_waiting(conn: Connection) -> None:
+        # While the server works on our first message: the open lands on the ledger (the
+        # server's admission gives it a moment), then the meter is set up from it
+        opened = prepared.opened
+        if prepared.pending_open is not None:
+            opened = prepared.pending_open.execute()
+        if metered:
+            payments.append(
+                ClientPayment(
+                    ledger,
+                    identity,
+                    address.host_id,
+                    prepared.connection_id,
+                    conn,
+                    metering,
+                    now=time.monotonic(),
+                    opened=opened,
+                    cap_id=prepared.cap_id,
+                )
             )
-        )
 
-    while_waiting = meter if metering is None or metering.enabled else None
     try:
         if prepared.endpoint is None:
             bridge = connect_ledger_carrier(
