@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidReceipt, move_error
-from dtp.escrow import Meter, Receipt, check_receipt, fee
+from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
     from dtp.keys import HostIdentity
@@ -335,6 +335,19 @@ class ReceiptGate:
             return False
         self._paused_since = None
         return True
+
+    def credit_bytes(self, total_bytes: int, total_requests: int) -> int:
+        """How many more bytes (no new request) keep :meth:`serving` True from this usage,
+        on the receipts accepted so far (0 when it is not serving)."""
+        if self.violation is not None:
+            return 0
+        room = self.allowance + self.payable() - total_requests * self.sla.price_per_request
+        if room < 0:
+            return 0
+        if not self.sla.price_per_kib:
+            return U64_MAX
+        # ceil(b * price / 1024) <= room  <=>  b <= room * 1024 // price
+        return max(0, room * 1024 // self.sla.price_per_kib - total_bytes)
 
     def verdict(self, now_ms: int, total_bytes: int, total_requests: int) -> GateVerdict:
         """Serve, pause (unreceipted credit above the allowance) or close (a bad

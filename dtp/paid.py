@@ -84,6 +84,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SEND_SLICE = 256 * 1024  # sendall pieces: the gate and the rate limit act between them
+_CREDIT_MAX = 4 << 20  # the gate is looked at again after at most this many bytes ...
+_CALL_COST = 64 << 10  # ... each read or write counted as at least this many
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,11 @@ class _PaidConnection:
         self.limit_lock = limit_lock
         self.policy = policy
         self.receipts = 0
+        # Bytes that may still move before the gate is asked again: what it allowed at
+        # its last look (at most _CREDIT_MAX), less every read and write since, each also
+        # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
+        # then looked at within _CREDIT_MAX / _CALL_COST calls all the same)
+        self._credit = 0
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -188,6 +195,7 @@ class _PaidConnection:
         try:
             receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
+            self._credit = 0  # a violation closes the connection at the next look
             logger.warning("connection %s: %s", self.connection_id, exc)
             return
         self.receipt_writer.submit(receipt, self._kept)
@@ -207,7 +215,12 @@ class _PaidConnection:
         do not, neither read nor write (so no flow-control credit goes back) and ask the
         client for a receipt. Raises PaymentRequired after closing the connection when
         none comes within the pause timeout."""
-        if self.gate.serving(*self.engine.conn.usage):
+        if self._credit > 0:
+            return  # within what the gate allowed at its last look
+        total_bytes, total_requests = self.engine.conn.usage
+        gate = self.gate
+        if gate.serving(total_bytes, total_requests):
+            self._credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
             return
         verdict = self.verdict()
         engine = self.engine
@@ -253,7 +266,9 @@ class _PaidConnection:
                     engine.pump(done, min(left, self.policy.request_interval))
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
-        """Charge the client's rate limits and wait as long as they say."""
+        """Charge the client's rate limits and wait as long as they say (and count what
+        moved against the gate's last look; a request ends it)."""
+        self._credit = self._credit - max(nbytes, _CALL_COST) if not requests else 0
         buckets = self.buckets
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
