@@ -183,3 +183,20 @@ def test_a_checkpoint_never_creates_a_missing_file(tmp_path: Path) -> None:
     path = str(tmp_path / "gone.db")
     checkpointer._run(path)
     assert not Path(path).exists()
+
+
+def test_from_json_without_bytes_takes_the_plain_decoder() -> None:
+    from dtp.chain import local_rules as rules
+
+    samples = [
+        {"a": 1, "b": [1, 2, {"c": "d"}]},
+        {"k": b"xy", "l": [b"", {"q": b"z"}]},
+        {"s": '"$b"', "t": b"\x00"},
+        {"s": '"$b"'},
+        [],
+        {"nested": {"deeper": {"bytes": b"\xff" * 40}}},
+    ]
+    for value in samples:
+        text = rules.to_json(value)
+        assert rules.from_json(text) == value
+        assert rules.from_json(text) == rules._DECODER.decode(text)
