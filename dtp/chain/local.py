@@ -389,6 +389,8 @@ class LocalLedger(Ledger):
                     deadline = now + _BUSY_TIMEOUT_S
                 elif now >= deadline:
                     raise
+                if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY_SNAPSHOT":
+                    continue  # another writer committed since our reads: again, at once
                 time.sleep(delay * (0.5 + random.random()))
                 if now > deadline - _BUSY_TIMEOUT_S + _STEADY_BACKOFF_S:
                     delay = min(delay * 2, _MAX_BACKOFF_S)
