@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
@@ -28,18 +30,20 @@ from dtp.chain.objects import (
     Host,
     OpenedConnection,
     Service,
+    SpendingCap,
     TransportControl,
     normalize_id,
 )
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, DTPError, InsufficientFunds, ObjectNotFound, move_error
+from dtp.errors import ChainError, DTPError, InsufficientFunds, move_error
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
+    from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen
     from dtp.keys import HostIdentity
 
 __all__ = [
     "HOOK_FAILED",
+    "Admitted",
     "CarrierChoice",
     "LedgerAdmission",
     "NoCarrierEndpoint",
@@ -170,6 +174,17 @@ def resolve_service(
     return ResolvedService(host, service, endpoints[0] if endpoints else None)
 
 
+class Admitted(NamedTuple):
+    """What :class:`LedgerAdmission` read of a connection it accepted."""
+
+    connection: TransportControl
+    escrow: Escrow
+    cap: SpendingCap | None = None
+    """The escrow's SpendingCap (None: not read)."""
+    epoch: int | None = None
+    """The epoch, read with the cap."""
+
+
 class LedgerAdmission:
     """Server admission against the ledger, for ``DTPServer(admit=...)``.
 
@@ -177,21 +192,28 @@ class LedgerAdmission:
     None to accept, or the refusal reason (which the client receives as
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
 
-    ``remember``: keep the TransportControl and Escrow read for each accepted
-    connection, for :meth:`take_admitted` (a paid server builds its receipt gate from
-    them instead of reading both again a moment later); at most :attr:`REMEMBERED`
+    ``remember``: keep the TransportControl, Escrow and SpendingCap read for each
+    accepted connection, for :meth:`take_admitted` (a paid server builds its receipt gate
+    from them instead of reading them again a moment later); at most :attr:`REMEMBERED`
     connections not yet taken are kept.
+
+    A decision takes one read where the ledger can: the connection with its escrow and
+    the host (and cap and epoch) together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
     """
 
     REMEMBERED = 256
     """How many accepted connections' objects are kept for :meth:`take_admitted`."""
+    OPEN_GRACE = 0.25
+    """Seconds an unknown connection is looked for again before it is refused: a client
+    may name its connection in its handshake while its open transaction lands
+    (``dtp.socket`` does, the open overlapping the server's work on the first message)."""
 
     def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
         self.ledger = ledger
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.remember = remember
-        self._admitted: dict[str, tuple[TransportControl, Escrow]] = {}
+        self._admitted: dict[str, Admitted] = {}
         self._admitted_lock = threading.Lock()
 
     def __call__(self, peer: PeerInfo) -> str | None:
@@ -201,17 +223,17 @@ class LedgerAdmission:
         except ChainError as exc:
             return f"cannot check the connection on the ledger: {exc}"
 
-    def take_admitted(self, connection_id: str) -> tuple[TransportControl, Escrow] | None:
-        """The connection and escrow as read when ``connection_id`` was accepted (once;
-        None when not remembered)."""
+    def take_admitted(self, connection_id: str) -> Admitted | None:
+        """The connection, escrow and cap as read when ``connection_id`` was accepted
+        (once; None when not remembered)."""
         key = normalize_id(connection_id, "connection ID")
         with self._admitted_lock:
             return self._admitted.pop(key, None)
 
-    def _remember(self, cid: str, tc: TransportControl, escrow: Escrow) -> None:
-        key = normalize_id(cid, "connection ID")
+    def _remember(self, admitted: Admitted) -> None:
+        key = admitted.connection.id
         with self._admitted_lock:
-            self._admitted[key] = (tc, escrow)
+            self._admitted[key] = admitted
             if len(self._admitted) > self.REMEMBERED:
                 # never taken (the handshake failed after admission): drop the oldest
                 del self._admitted[next(iter(self._admitted))]
@@ -222,10 +244,11 @@ class LedgerAdmission:
             return "no connection ID: open a connection on the ledger first"
         if peer.port is not None and peer.port != self.port:
             return f"this server serves port {self.port}, not {peer.port}"
-        try:
-            tc = self.ledger.get_connection(cid)
-        except ObjectNotFound:
+        # the connection, its escrow and the host (and for the gate the cap) in one read
+        view = self._view(cid)
+        if view is None:
             return f"unknown connection {cid}"
+        tc, escrow, host = view.connection, view.escrow, view.host
         if tc.state != ConnectionState.OPEN:
             return f"connection {cid} is {tc.state.label}, not Open"
         if tc.client != peer.address:
@@ -234,19 +257,35 @@ class LedgerAdmission:
             return f"connection {cid} is for another host"
         if tc.port != self.port:
             return f"connection {cid} is for port {tc.port}, not {self.port}"
-        escrow = self.ledger.get_escrow(tc.escrow)
         if escrow.balance < tc.sla.min_deposit:
             return (
                 f"the escrow of connection {cid} holds {escrow.balance}, "
                 f"below the minimum {tc.sla.min_deposit}"
             )
-        host = self.ledger.get_host(self.host_id)
         if not host.firewall.permits(peer.address):
             return "the host's firewall denies this client"
         if self.remember:
-            self._remember(cid, tc, escrow)
+            self._remember(Admitted(tc, escrow, view.cap, view.epoch))
         return None
 
+    def _view(self, cid: str) -> ConnectionView | None:
+        """The connection's view; looked for again, more and more rarely, for up to
+        :attr:`OPEN_GRACE` while there is no such connection (yet)."""
+        view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        deadline = time.monotonic() + self.OPEN_GRACE
+        delay = _FIRST_LOOK_S
+        while view is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _MAX_LOOK_S)
+            view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
+        return view
+
+
+_FIRST_LOOK_S = 0.0002
+_MAX_LOOK_S = 0.02
 
 HOOK_FAILED = "internal error in the server's accept hook"
 """The refusal a client gets when an accept or admit hook raised."""
@@ -294,6 +333,9 @@ class PreparedConnection:
     """What the ledger reported of the opening (SLA and deposit, when it does)."""
     cap_id: str | None = None
     """The SpendingCap the connection was opened with."""
+    pending_open: PendingOpen | None = None
+    """With ``defer_open``: the signed open, to execute while the server works on the
+    first handshake message (``connection_id`` and ``escrow_id`` are its)."""
 
     @property
     def carrier(self) -> Literal["tcp", "ledger"]:
@@ -313,6 +355,8 @@ def prepare_host_connection(
     carrier: CarrierChoice = "auto",
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    on_resolved: Callable[[ResolvedService], None] | None = None,
+    defer_open: bool = False,
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
@@ -328,6 +372,15 @@ def prepare_host_connection(
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
     If the carrier connect or handshake then fails, call :func:`abandon_host_connection`.
+    ``on_resolved(service)`` runs once the checks passed, before the ledger writes (a
+    caller starts its carrier connect there, to overlap with them).
+
+    ``defer_open``: where the ledger can tell the connection's ID before the open lands
+    (:meth:`~dtp.chain.ledger.Ledger.prepare_open_connection`), and for a paid open over
+    the TCP carrier, the open is only signed here: the result's ``pending_open`` is to be
+    executed by the caller while the server works on its first handshake message (the
+    server's admission gives a connection still landing a moment:
+    :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
     """
     if subscription is not None and sponsor_pool is not None:
         raise ValueError("pass either subscription or sponsor_pool, not both")
@@ -358,8 +411,12 @@ def prepare_host_connection(
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
         raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+    if on_resolved is not None:
+        on_resolved(resolved)
     if cap_id is None:
         cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
+    pending = None
+    opened: OpenedConnection | None
     if subscription is not None:
         opened = ledger.open_subscribed_connection(
             identity, subscription, cap_id, deposit, host_id=address.host_id
@@ -369,7 +426,20 @@ def prepare_host_connection(
             identity, sponsor_pool, cap_id, deposit, host_id=address.host_id
         )
     else:
-        opened = ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+        if defer_open and resolved.endpoint is not None:
+            pending = ledger.prepare_open_connection(
+                identity, address.host_id, address.port, cap_id, deposit
+            )
+        opened = (
+            None
+            if pending is not None
+            else ledger.open_connection(identity, address.host_id, address.port, cap_id, deposit)
+        )
+    if pending is not None:
+        connection_id, escrow_id = pending.connection_id, pending.escrow_id
+    else:
+        assert opened is not None
+        connection_id, escrow_id = opened.connection_id, opened.escrow_id
     base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
         base,
@@ -377,7 +447,7 @@ def prepare_host_connection(
         is_client=True,
         server_static=host_key,
         expected_server_static=None,
-        connection_id=bytes.fromhex(opened.connection_id[2:]),
+        connection_id=bytes.fromhex(connection_id[2:]),
         port=address.port,
     )
     if resolved.endpoint is None:
@@ -385,11 +455,12 @@ def prepare_host_connection(
     return PreparedConnection(
         resolved.endpoint,
         cfg,
-        opened.connection_id,
-        opened.escrow_id,
+        connection_id,
+        escrow_id,
         resolved.host.authority,
         opened,
         cap_id,
+        pending,
     )
 
 
@@ -423,7 +494,10 @@ def abandon_host_connection(
 ) -> None:
     """Half-close a prepared connection on the ledger after the connect failed, so the
     deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
-    failure here is logged, not raised: the caller re-raises ``cause``."""
+    failure here is logged, not raised: the caller re-raises ``cause``. A deferred open
+    that never landed leaves nothing to close."""
+    if prepared.pending_open is not None and prepared.pending_open.opened is None:
+        return
     try:
         ledger.close_connection(identity, prepared.connection_id, address.host_id)
     except Exception as close_exc:

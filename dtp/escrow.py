@@ -19,9 +19,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from dtp import _ed25519
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, MalformedReceipt, move_error
 
@@ -130,9 +128,7 @@ def _verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool
     key = (bytes(public_key), bytes(signature), bytes(message))
     if key in _verified:
         return True
-    try:
-        Ed25519PublicKey.from_public_bytes(key[0]).verify(key[1], key[2])
-    except (_CryptoInvalidSignature, ValueError):
+    if not _ed25519.verify(*key):
         return False
     if len(message) > _MEMO_MESSAGE_MAX:
         return True

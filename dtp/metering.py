@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidReceipt, move_error
-from dtp.escrow import Meter, Receipt, check_receipt, fee
+from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
     from dtp.keys import HostIdentity
@@ -60,10 +60,13 @@ class MeteringConfig:
     enabled: bool = True
     """False: send no receipts (the server will pause and then close the connection
     once the unreceipted usage exceeds its allowance)."""
-    every_bytes: int = 16 << 20
+    every_bytes: int = 64 << 20
     """Sign a receipt after this many new bytes (0: never for bytes). A client signs
     sooner when this much would cost more than a quarter of the SLA's ``min_deposit``
-    (the server's default allowance), so a client paying on cadence is never paused."""
+    (the server's default allowance), so a client paying on cadence is never paused.
+    Each receipt costs a signature here and a verification and a synced write at the
+    server (about 0.4 ms of CPU in all): every 64 MiB that stays under 1% of a transfer
+    at 1 GB/s, where every 16 MiB took over 2%."""
     every_ms: int = 1000
     """...or this long after the last one when there is unpaid usage (0: never). Checked
     whenever the connection does I/O."""
@@ -141,6 +144,12 @@ class ClientMeter:
         if due or receipt is not None:
             self._rearm(now_ms)
         return receipt
+
+    @property
+    def seen_requests(self) -> int:
+        """The request count as last counted (new requests end the quiet of
+        :meth:`quiet_until`)."""
+        return self._seen_requests
 
     def quiet_until(self) -> tuple[int, int | None]:
         """(total bytes, ms time or None): while the usage stays below the one and the
@@ -232,6 +241,8 @@ class ReceiptGate:
         self.latest_amount = claimed
         self._checked_nonce = latest_nonce
         self._checked_amount = claimed
+        self.checked: Receipt | None = None
+        """The newest receipt :meth:`check` accepted (kept or not yet)."""
         self.violation: str | None = None
         """Set when the client sent an unacceptable receipt: the connection must close."""
         self._paused_since: int | None = None
@@ -277,6 +288,7 @@ class ReceiptGate:
             raise
         self._checked_nonce = receipt.nonce
         self._checked_amount = receipt.total_amount
+        self.checked = receipt
         return receipt
 
     def kept(self, receipt: Receipt) -> None:
@@ -323,6 +335,19 @@ class ReceiptGate:
             return False
         self._paused_since = None
         return True
+
+    def credit_bytes(self, total_bytes: int, total_requests: int) -> int:
+        """How many more bytes (no new request) keep :meth:`serving` True from this usage,
+        on the receipts accepted so far (0 when it is not serving)."""
+        if self.violation is not None:
+            return 0
+        room = self.allowance + self.payable() - total_requests * self.sla.price_per_request
+        if room < 0:
+            return 0
+        if not self.sla.price_per_kib:
+            return U64_MAX
+        # ceil(b * price / 1024) <= room  <=>  b <= room * 1024 // price
+        return max(0, room * 1024 // self.sla.price_per_kib - total_bytes)
 
     def verdict(self, now_ms: int, total_bytes: int, total_requests: int) -> GateVerdict:
         """Serve, pause (unreceipted credit above the allowance) or close (a bad

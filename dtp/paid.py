@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtp.admission import LedgerAdmission
-from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
+from dtp.admission import Admitted, LedgerAdmission
+from dtp.chain.objects import Settlement, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
@@ -84,6 +84,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SEND_SLICE = 256 * 1024  # sendall pieces: the gate and the rate limit act between them
+_CREDIT_MAX = 4 << 20  # the gate is looked at again after at most this many bytes ...
+_CALL_COST = 64 << 10  # ... each read or write counted as at least this many
 
 
 @dataclass(frozen=True)
@@ -116,21 +118,29 @@ def gate_for(
     policy: ServicePolicy,
     store: ReceiptStore | None = None,
     *,
-    admitted: tuple[TransportControl, Escrow] | None = None,
+    admitted: Admitted | None = None,
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
     escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
-    the server claim this epoch). ``admitted``: the connection and escrow as admission
-    just read them (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so that they
-    are not read again; the cap and the epoch are always read now."""
+    the server claim this epoch). ``admitted``: the connection, escrow and cap as
+    admission just read them with the epoch
+    (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so that they are not read
+    again."""
+    cap = None
+    epoch = None
     if admitted is not None and admitted[0].id == normalize_id(connection_id, "connection ID"):
         # what the gate takes from them cannot have moved against the server since:
-        # key and SLA are fixed, the deposit only grows, claims are the server's own
-        tc, escrow = admitted
+        # key and SLA are fixed, the deposit only grows, claims are the server's own;
+        # the cap is shared, but read a moment ago is as good as read now (another
+        # connection's claim may charge it any time after either)
+        tc, escrow = admitted[0], admitted[1]
+        if isinstance(admitted, Admitted):
+            cap, epoch = admitted.cap, admitted.epoch
     else:
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
-    cap = ledger.get_cap(escrow.spending_cap)
+    if cap is None or cap.id != escrow.spending_cap or epoch is None:
+        cap, epoch = ledger.get_cap(escrow.spending_cap), ledger.epoch()
     return ReceiptGate(
         connection_id=tc.id,
         client_public_key=escrow.client_public_key,
@@ -140,7 +150,7 @@ def gate_for(
         latest_nonce=escrow.latest_nonce,
         allowance=policy.allowance,
         pause_timeout_ms=int(policy.pause_timeout * 1000),
-        spend_limit=escrow.claimed + cap.remaining(ledger.epoch()),
+        spend_limit=escrow.claimed + cap.remaining(epoch),
         store=store,
     )
 
@@ -173,6 +183,11 @@ class _PaidConnection:
         self.limit_lock = limit_lock
         self.policy = policy
         self.receipts = 0
+        # Bytes that may still move before the gate is asked again: what it allowed at
+        # its last look (at most _CREDIT_MAX), less every read and write since, each also
+        # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
+        # then looked at within _CREDIT_MAX / _CALL_COST calls all the same)
+        self._credit = 0
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -180,6 +195,7 @@ class _PaidConnection:
         try:
             receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
+            self._credit = 0  # a violation closes the connection at the next look
             logger.warning("connection %s: %s", self.connection_id, exc)
             return
         self.receipt_writer.submit(receipt, self._kept)
@@ -199,7 +215,12 @@ class _PaidConnection:
         do not, neither read nor write (so no flow-control credit goes back) and ask the
         client for a receipt. Raises PaymentRequired after closing the connection when
         none comes within the pause timeout."""
-        if self.gate.serving(*self.engine.conn.usage):
+        if self._credit > 0:
+            return  # within what the gate allowed at its last look
+        total_bytes, total_requests = self.engine.conn.usage
+        gate = self.gate
+        if gate.serving(total_bytes, total_requests):
+            self._credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
             return
         verdict = self.verdict()
         engine = self.engine
@@ -245,7 +266,9 @@ class _PaidConnection:
                     engine.pump(done, min(left, self.policy.request_interval))
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
-        """Charge the client's rate limits and wait as long as they say."""
+        """Charge the client's rate limits and wait as long as they say (and count what
+        moved against the gate's last look; a request ends it)."""
+        self._credit = self._credit - max(nbytes, _CALL_COST) if not requests else 0
         buckets = self.buckets
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
@@ -409,10 +432,9 @@ class PaidServer:
         if cid is None or client is None:  # LedgerAdmission refuses these already
             sock.abort("no ledger connection")
             return
+        admitted = self.admission.take_admitted(cid)
         try:
-            gate = gate_for(
-                self.ledger, cid, self.policy, admitted=self.admission.take_admitted(cid)
-            )
+            gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
@@ -446,21 +468,37 @@ class PaidServer:
                 self._live.pop(id(paid), None)
             with self._limit_lock:
                 self.limiter.release(client)
-            self.receipt_writer.flush(cid)  # its last receipt is on disk before we claim it
+            # the connection and escrow as admission read them: only we claim from the
+            # escrow, so it is current; the connection is read again once it changed
+            known = (
+                admitted if admitted is not None and admitted[0].id == gate.connection_id else None
+            )
             ended = engine.session.terminated
-            # a metered client that closed cleanly half-closes on the ledger next
+            # a metered client that closed cleanly half-closes on the ledger next (its
+            # final receipt may still be on its way to the disk)
             paying_client_closed = (
                 ended is not None
                 and ended.by_peer
                 and ended.error_code == CloseCode.NO_ERROR
-                and gate.latest is not None
+                and gate.checked is not None
             )
-            self._settle(cid, self.policy.client_close_grace if paying_client_closed else 0.0)
+            self._settle(
+                cid, self.policy.client_close_grace if paying_client_closed else 0.0, known
+            )
 
-    def _settle(self, cid: str, client_grace: float = 0.0) -> None:
+    def _settle(self, cid: str, client_grace: float = 0.0, known: Admitted | None = None) -> None:
+        # The claim is made from the receipt writer: its last receipt may still be on its
+        # way to the disk (the claim on the ledger does not wait for the fsync; the writer
+        # marks the claim in the store once the receipt is written)
         try:
             settlement = claim_and_settle(
-                self.ledger, self.identity, cid, self.store, client_grace=client_grace
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                client_grace=client_grace,
+                escrow=known[1] if known is not None else None,
+                connection=known[0] if known is not None else None,
             )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)

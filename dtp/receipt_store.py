@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     updated_ms INTEGER NOT NULL
 )
 """
+
+
+# One statement: the comparison and the write cannot interleave with another writer's.
+_KEEP = (
+    "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
+    "VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
+    "total_amount = excluded.total_amount, encoded = excluded.encoded, "
+    "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce"
+)
+_MARK = "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?"
 
 
 @dataclass(frozen=True)
@@ -76,11 +87,7 @@ class ReceiptStore:
         # as 20-digit zero-padded text, which orders exactly like the numbers.
         with self._write_lock:
             cursor = self._db.execute(
-                "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
-                "VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
-                "total_amount = excluded.total_amount, encoded = excluded.encoded, "
-                "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce",
+                _KEEP,
                 (
                     connection_id,
                     _u64_text(receipt.nonce),
@@ -90,6 +97,41 @@ class ReceiptStore:
                 ),
             )
         return cursor.rowcount == 1
+
+    def keep_many(
+        self, receipts: Sequence[Receipt], claimed: Mapping[str, int] | None = None
+    ) -> list[bool]:
+        """:meth:`keep` each of ``receipts`` and :meth:`mark_claimed` each of ``claimed``
+        (connection ID -> amount, after the receipts) in one synced commit; which
+        receipts were stored."""
+        rows = [
+            (
+                normalize_id(r.connection_id, "connection ID"),
+                _u64_text(r.nonce),
+                _u64_text(r.total_amount),
+                r.encode(),
+                _now_ms(),
+            )
+            for r in receipts
+        ]
+        marks = [
+            (_u64_text(amount), normalize_id(cid, "connection ID"))
+            for cid, amount in (claimed or {}).items()
+        ]
+        stored = []
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    stored.append(self._db.execute(_KEEP, row).rowcount == 1)
+                if marks:
+                    self._db.executemany(_MARK, marks)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return stored
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
@@ -103,15 +145,30 @@ class ReceiptStore:
 
     def mark_claimed(self, connection_id: str, amount: int) -> None:
         """Record that the ledger paid out up to ``amount`` (cumulative) for it."""
-        key = normalize_id(connection_id, "connection ID")
+        self.mark_claimed_many({connection_id: amount})
+
+    def mark_claimed_many(self, claimed: Mapping[str, int]) -> None:
+        """:meth:`mark_claimed` for each connection ID -> amount, in one commit."""
+        marks = [
+            (_u64_text(amount), normalize_id(cid, "connection ID"))
+            for cid, amount in claimed.items()
+        ]
+        if not marks:
+            return
         with self._write_lock:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._db.execute(
-                    "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) "
-                    "WHERE connection_id = ?",
-                    (_u64_text(amount), key),
-                )
+                if len(marks) == 1:
+                    self._db.execute(_MARK, marks[0])
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany(_MARK, marks)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                        raise
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 

@@ -7,6 +7,13 @@ SQLite commit is an fsync: done where the connection is driven, it would stall r
 credit (within the allowance) meanwhile and counts a receipt once its write returns.
 Only the newest receipt of a connection matters, so a newer one replaces an older one
 still waiting: under load, fewer fsyncs.
+
+The writer also stands in for its store in the settlement
+(:func:`dtp.settlement.claim_and_settle`): :meth:`ReceiptWriter.latest` knows the
+receipts still on their way to the disk, so a claim need not wait for the fsync (a claim
+on the ledger is what the durable copy is for), and :meth:`ReceiptWriter.mark_claimed`
+marks the claim once the receipt it is for has been written (with the next receipts'
+commit: a settlement costs no write of its own).
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 
+from dtp.chain.objects import normalize_id
 from dtp.escrow import Receipt
-from dtp.receipt_store import ReceiptStore
+from dtp.receipt_store import ReceiptStore, StoredReceipt
 
 __all__ = ["ReceiptWriter"]
 
@@ -26,14 +35,27 @@ logger = logging.getLogger(__name__)
 Done = Callable[[Receipt], None]
 
 
+#: How long a claimed mark may wait for a receipt write to go with (seconds).
+MARK_DELAY = 1.0
+
+
 class ReceiptWriter:
     """One thread writing receipts to ``store``; ``done(receipt)`` runs (in that thread)
-    after a receipt is stored."""
+    after a receipt is stored.
+
+    Claimed marks (:meth:`mark_claimed`) are bookkeeping the store commits without a
+    sync anyway (a lost one is derived from the ledger again at the next start): they
+    wait up to :data:`MARK_DELAY` for the next receipt write and go into its commit, so
+    a paid server's settlement costs no write of its own; :meth:`flush` and
+    :meth:`close` write them at once."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
         self._pending: dict[str, tuple[Receipt, Done]] = {}
-        self._busy: set[str] = set()
+        self._marks: dict[str, int] = {}  # claimed marks, written with the next receipts
+        self._marks_since = 0.0
+        self._mark_now = False
+        self._busy: dict[str, Receipt | None] = {}  # being written (None: a mark only)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
@@ -47,38 +69,96 @@ class ReceiptWriter:
             self._pending[receipt.connection_id] = (receipt, done)
             self._cond.notify_all()
 
+    def latest(self, connection_id: str) -> StoredReceipt | None:
+        """The newest receipt of a connection: the one waiting or being written (as not
+        yet claimed), else the stored one (:meth:`ReceiptStore.latest`)."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._cond:
+            waiting = self._pending.get(key)
+            receipt = waiting[0] if waiting is not None else self._busy.get(key)
+        if receipt is not None:
+            return StoredReceipt(receipt, 0)
+        return self.store.latest(key)
+
+    def mark_claimed(self, connection_id: str, amount: int) -> None:
+        """Queue :meth:`ReceiptStore.mark_claimed`, written after any receipt of the
+        connection submitted before it (with the next receipts written, or within
+        :data:`MARK_DELAY`)."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the receipt writer is closed")
+            if not self._marks:
+                self._marks_since = time.monotonic()
+            self._marks[key] = max(amount, self._marks.get(key, 0))
+            self._cond.notify_all()
+
     def flush(self, connection_id: str | None = None, timeout: float = 30.0) -> bool:
         """Wait until nothing (of ``connection_id``, or at all) is waiting or being
-        written; False on timeout."""
+        written, claimed marks included; False on timeout."""
 
         def idle() -> bool:
             if connection_id is None:
-                return not self._pending and not self._busy
-            return connection_id not in self._pending and connection_id not in self._busy
+                return not self._pending and not self._marks and not self._busy
+            return (
+                connection_id not in self._pending
+                and connection_id not in self._marks
+                and connection_id not in self._busy
+            )
 
         with self._cond:
+            if self._marks:
+                self._mark_now = True
+                self._cond.notify_all()
             return self._cond.wait_for(idle, timeout)
+
+    def _take(self) -> tuple[dict[str, tuple[Receipt, Done]], dict[str, int]] | None:
+        """The next batch to write (lock held; waits for one); None once closed and
+        drained."""
+        while True:
+            if self._pending:
+                break
+            if self._marks:
+                left = self._marks_since + MARK_DELAY - time.monotonic()
+                if self._mark_now or self._closed or left <= 0:
+                    break
+                self._cond.wait(left)
+                continue
+            if self._closed:
+                return None
+            self._cond.wait()
+        batch, self._pending = self._pending, {}
+        marks, self._marks = self._marks, {}
+        self._mark_now = False
+        busy: dict[str, Receipt | None] = {cid: r for cid, (r, _) in batch.items()}
+        for cid in marks:
+            busy.setdefault(cid, None)
+        self._busy = busy
+        return batch, marks
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
-                if not self._pending:
-                    return  # closed and drained
-                batch, self._pending = self._pending, {}
-                self._busy = set(batch)
+                taken = self._take()
+            if taken is None:
+                return
+            batch, marks = taken
+            receipts = [receipt for receipt, _ in batch.values()]
+            try:
+                if receipts:  # the marks go into the receipts' commit
+                    self.store.keep_many(receipts, marks)
+                else:
+                    self.store.mark_claimed_many(marks)
+            except sqlite3.Error as exc:  # not stored, so it never counts
+                logger.error("cannot store receipts (%s): %s", ", ".join(batch or marks), exc)
+                batch = {}
             for receipt, done in batch.values():
-                try:
-                    self.store.keep(receipt)
-                except sqlite3.Error as exc:  # not stored, so it never counts
-                    logger.error("cannot store receipt of %s: %s", receipt.connection_id, exc)
-                    continue
                 try:
                     done(receipt)
                 except Exception:
                     logger.exception("receipt callback failed for %s", receipt.connection_id)
             with self._cond:
-                self._busy = set()
+                self._busy = {}
                 self._cond.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:

@@ -22,15 +22,29 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, OpenedConnection, Settlement, TransportControl
+from dtp.chain.objects import (
+    ConnectionState,
+    Escrow,
+    OpenedConnection,
+    Settlement,
+    TransportControl,
+    normalize_id,
+)
 from dtp.connection import Connection
-from dtp.errors import ChainError, ConnectionStateError, DTPError, SpendingCapExceeded
+from dtp.errors import (
+    ChainError,
+    ConnectionStateError,
+    DTPError,
+    ReplayedReceipt,
+    SpendingCapExceeded,
+)
 from dtp.metering import ClientMeter, MeteringConfig
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
-    from dtp.receipt_store import ReceiptStore
+    from dtp.receipt_store import ReceiptStore, StoredReceipt
+    from dtp.receipt_writer import ReceiptWriter
 
 __all__ = [
     "ClientPayment",
@@ -68,7 +82,9 @@ class ClientPayment:
         """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
         and ``cap_id`` (the SpendingCap it was opened with) spare reading the connection
         and its escrow back: nothing can have been claimed from an escrow this new, as we
-        have signed no receipt yet. Without them both are read."""
+        have signed no receipt yet. Without them both are read. What the cap still allows
+        is read too, unless the open reported it (``opened.cap_remaining``)."""
+        remaining = None
         if (
             opened is not None
             and opened.sla is not None
@@ -77,15 +93,17 @@ class ClientPayment:
             and opened.connection_id == connection_id
         ):
             sla, deposited, claimed = opened.sla, opened.deposit, 0
+            remaining = opened.cap_remaining
         else:
             tc = ledger.get_connection(connection_id)
             escrow = ledger.get_escrow(tc.escrow)
             sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
             cap_id = escrow.spending_cap
-        cap = ledger.get_cap(cap_id)
+        if remaining is None:
+            remaining = ledger.get_cap(cap_id).remaining(ledger.epoch())
         # never sign for more than the server can claim: the deposit, and what our
         # spending cap still allows this epoch (a shared cap may be below the deposit)
-        limit = min(deposited, claimed + cap.remaining(ledger.epoch()))
+        limit = min(deposited, claimed + remaining)
         self.ledger = ledger
         self.identity = identity
         self.host_id = host_id
@@ -109,6 +127,12 @@ class ClientPayment:
             return
         total_bytes, total_requests = conn.usage
         self._now_ms = now_ms = int(now * 1000)
+        if (
+            total_bytes < self.quiet_bytes
+            and now < self.quiet_until
+            and total_requests == self.meter.seen_requests
+        ):
+            return  # what the meter's own hot path would find, without asking it
         receipt = self.meter.update(now_ms, total_bytes, total_requests)
         if receipt is not None:
             conn.send_receipt(receipt.encode())
@@ -176,9 +200,11 @@ def claim_and_settle(
     ledger: Ledger,
     identity: HostIdentity,
     connection_id: str,
-    store: ReceiptStore | None,
+    store: ReceiptStore | ReceiptWriter | None,
     *,
     client_grace: float = 0.0,
+    escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
 ) -> Settlement | None:
     """The server's end of a connection: close it on the ledger if still Open, claim the
     latest stored receipt and settle (the client is refunded the rest at once).
@@ -188,12 +214,23 @@ def claim_and_settle(
     the connection: it half-closes right after). Closing it ourselves as well would cost
     a transaction on each side, ours and then the client's, which fails.
 
+    ``store``: where the connection's latest receipt is, and where the claim is marked:
+    the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
+    receipts still on their way to the disk: the claim need not wait for the fsync).
+    ``escrow``: the connection's Escrow as the caller read it (a paid server, at
+    admission): what is taken from it -- its ID, spending cap and latest claimed nonce --
+    cannot have moved since unless the caller claimed, so it is not read again. Should it
+    be stale all the same (claimed since), the ledger refuses the claim as replayed (it
+    checks the nonce itself) and the escrow is read afresh for one more try.
+    ``connection``: the TransportControl as the caller read it; where the ledger tells
+    an object's version cheaply, it is read again only once its version moved.
+
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
     store, unclaimed, for :func:`recover_unclaimed` to retry; settling without it would
     refund the client what it owes).
     """
-    tc = ledger.get_connection(connection_id)
+    tc = _current(ledger, connection_id, connection)
     if tc.state == ConnectionState.OPEN and client_grace > 0:
         tc = _await_half_close(ledger, tc, client_grace)
     stored = store.latest(connection_id) if store is not None else None
@@ -212,20 +249,19 @@ def claim_and_settle(
         # the client may close in between: settling below works all the same
         with contextlib.suppress(ConnectionStateError):
             ledger.close_connection(identity, connection_id, tc.host)
-    escrow = ledger.get_escrow(tc.escrow)
+    if escrow is None or escrow.id != tc.escrow:
+        escrow = ledger.get_escrow(tc.escrow)
+        known = False
+    else:
+        known = True
     try:
-        # the IDs come from the connection just read: the ledger need not read it again
-        if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
-            settlement = ledger.settle_with_receipt(
-                identity,
-                connection_id,
-                stored.receipt,
-                host_id=tc.host,
-                escrow_id=tc.escrow,
-                cap_id=escrow.spending_cap,
-            )
-        else:
-            settlement = ledger.settle(identity, connection_id, tc.host, tc.escrow)
+        try:
+            settlement = _settle(ledger, identity, tc, escrow, stored)
+        except ReplayedReceipt:
+            if not known:
+                raise
+            # the escrow was claimed since the caller read it: read it and try again
+            settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
     except SpendingCapExceeded as exc:
         logger.warning(
             "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
@@ -242,20 +278,69 @@ def claim_and_settle(
     return settlement
 
 
-_FIRST_POLL_S = 0.0005
+def _settle(
+    ledger: Ledger,
+    identity: HostIdentity,
+    tc: TransportControl,
+    escrow: Escrow,
+    stored: StoredReceipt | None,
+) -> Settlement:
+    """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet."""
+    # the IDs come from the connection and escrow: the ledger need not read them again
+    if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
+        return ledger.settle_with_receipt(
+            identity,
+            tc.id,
+            stored.receipt,
+            host_id=tc.host,
+            escrow_id=tc.escrow,
+            cap_id=escrow.spending_cap,
+        )
+    return ledger.settle(identity, tc.id, tc.host, tc.escrow)
+
+
+# The client's half-close lands a fraction of a millisecond after its CLOSE: looked for
+# every _FIRST_POLL_S for _STEADY_POLL_S (so that the settlement starts at once, before
+# the client's next connection needs the server), then less and less often.
+_FIRST_POLL_S = 0.00015
+_STEADY_POLL_S = 0.0015
 _MAX_POLL_S = 0.01
 
 
+def _current(
+    ledger: Ledger, connection_id: str, known: TransportControl | None
+) -> TransportControl:
+    """The connection as it is now: ``known`` when its version has not moved (where the
+    ledger tells versions cheaply), else read."""
+    version_of = getattr(ledger, "object_version", None)
+    if (
+        known is not None
+        and version_of is not None
+        and known.id == normalize_id(connection_id, "connection ID")
+        and version_of(known.id) == known.version
+    ):
+        return known
+    return ledger.get_connection(connection_id)
+
+
 def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:
-    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed."""
-    deadline = time.monotonic() + grace
+    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed. Where
+    the ledger tells an object's version cheaply (LocalLedger.object_version), only that
+    is watched, and the connection read again once it changed."""
+    start = time.monotonic()
+    deadline = start + grace
     delay = _FIRST_POLL_S
+    version_of = getattr(ledger, "object_version", None)
     while tc.state == ConnectionState.OPEN:
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             break
         time.sleep(min(delay, left))
-        delay = min(delay * 2, _MAX_POLL_S)
+        if now - start >= _STEADY_POLL_S:
+            delay = min(delay * 2, _MAX_POLL_S)
+        if version_of is not None and version_of(tc.id) == tc.version:
+            continue
         tc = ledger.get_connection(tc.id)
     return tc
 

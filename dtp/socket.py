@@ -43,6 +43,7 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
+    ResolvedService,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
@@ -55,7 +56,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import PendingTcp, connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.errors import (
@@ -569,6 +570,9 @@ class _Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
+                if self.payment is not None:
+                    # the ledger half-close while the server ends its side
+                    self.payment.finish()
                 self._drain_carrier(min(linger, 1.0))
             self.session.process_events()
             self._release()
@@ -1377,37 +1381,56 @@ def _connect_by_host_id(
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
-    prepared = prepare_host_connection(
-        ledger,
-        address,
-        identity,
-        deposit=deposit,
-        cap_id=cap_id,
-        server_key=server_key,
-        config=config,
-        carrier=carrier,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-    )
-    payments: list[ClientPayment] = []
+    early: list[PendingTcp] = []
 
-    def meter(conn: Connection) -> None:
-        # the meter's ledger reads run while the server works on our first message
-        payments.append(
-            ClientPayment(
-                ledger,
-                identity,
-                address.host_id,
-                prepared.connection_id,
-                conn,
-                metering,
-                now=time.monotonic(),
-                opened=prepared.opened,
-                cap_id=prepared.cap_id,
-            )
+    def connect_early(resolved: ResolvedService) -> None:
+        # the TCP connect runs while the ledger opens the connection
+        if resolved.endpoint is not None:
+            early.append(PendingTcp(resolved.endpoint))
+
+    try:
+        prepared = prepare_host_connection(
+            ledger,
+            address,
+            identity,
+            deposit=deposit,
+            cap_id=cap_id,
+            server_key=server_key,
+            config=config,
+            carrier=carrier,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+            on_resolved=connect_early,
+            defer_open=True,
         )
+    except BaseException:
+        for pending in early:
+            pending.close()
+        raise
+    payments: list[ClientPayment] = []
+    metered = metering is None or metering.enabled
 
-    while_waiting = meter if metering is None or metering.enabled else None
+    def while_waiting(conn: Connection) -> None:
+        # While the server works on our first message: the open lands on the ledger (the
+        # server's admission gives it a moment), then the meter is set up from it
+        opened = prepared.opened
+        if prepared.pending_open is not None:
+            opened = prepared.pending_open.execute()
+        if metered:
+            payments.append(
+                ClientPayment(
+                    ledger,
+                    identity,
+                    address.host_id,
+                    prepared.connection_id,
+                    conn,
+                    metering,
+                    now=time.monotonic(),
+                    opened=opened,
+                    cap_id=prepared.cap_id,
+                )
+            )
+
     try:
         if prepared.endpoint is None:
             bridge = connect_ledger_carrier(
@@ -1422,14 +1445,18 @@ def _connect_by_host_id(
                 while_waiting=while_waiting,
             )
         else:
+            tcp = early[0].finish(timeout) if early else None
             sock = _connect(
                 prepared.endpoint,
                 timeout,
                 prepared.config,
                 name=str(address),
+                carrier=tcp,
                 while_waiting=while_waiting,
             )
     except BaseException as exc:
+        for pending in early:
+            pending.close()
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
     sock.connection_id = prepared.connection_id

@@ -4,6 +4,7 @@ half-closes the connection on the ledger, like any other failure after the open.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -18,13 +19,22 @@ __all__ = ["world"]  # the fixture, used by name below
 
 
 class CapUnreadable:
-    """A ledger whose SpendingCaps cannot be read (everything else passes through)."""
+    """A ledger whose SpendingCaps cannot be read, and whose open does not report what
+    the cap allows (as a ledger may not): the meter has to read it (everything else
+    passes through)."""
 
     def __init__(self, ledger: LocalLedger) -> None:
         self._ledger = ledger
 
     def get_cap(self, cap_id: str) -> Any:
         raise ObjectNotFound(f"cap {cap_id} is unreadable here")
+
+    def open_connection(self, *args: Any, **kwargs: Any) -> Any:
+        opened = self._ledger.open_connection(*args, **kwargs)
+        return dataclasses.replace(opened, cap_remaining=None)
+
+    def prepare_open_connection(self, *args: Any, **kwargs: Any) -> None:
+        return None  # nor tells the connection ID ahead: the open is made at once
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)

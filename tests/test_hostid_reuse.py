@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -447,3 +448,204 @@ def test_a_mark_during_an_open_read_does_not_block_the_next_keep(tmp_path: Path)
         assert stored is not None and stored.receipt.nonce == 2
         marked = store.latest(first)
         assert marked is not None and marked.claimed_amount == 1
+
+
+# -- settling from the receipt writer, with the escrow admission read --------------------
+
+
+class _BlockedStore(ReceiptStore):
+    """A ReceiptStore whose writes wait for ``release`` (a slow disk)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def keep_many(self, receipts: Any, claimed: Any = None) -> list[bool]:
+        assert self.release.wait(10)
+        return super().keep_many(receipts, claimed)
+
+
+def test_the_writer_knows_receipts_on_their_way_and_marks_after_them(
+    world: World, tmp_path: Path
+) -> None:
+    from dtp.receipt_writer import ReceiptWriter
+
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 4096, 1)
+    store = _BlockedStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    kept: list[Receipt] = []
+    writer.submit(receipt, kept.append)
+    waiting = writer.latest(cid)
+    assert waiting is not None and waiting.receipt == receipt and waiting.unclaimed > 0
+    assert store.latest(cid) is None  # not on disk yet
+    writer.mark_claimed(cid, receipt.total_amount)
+    assert not writer.flush(cid, timeout=0.05)  # the write and the mark are pending
+    store.release.set()
+    assert writer.flush(cid, timeout=10)
+    stored = store.latest(cid)
+    assert stored is not None and stored.receipt == receipt and stored.unclaimed == 0
+    assert kept == [receipt]
+    assert writer.latest(cid) == stored
+    writer.close()
+
+
+class _CountingReads(_CountingLedger):
+    """Counts the connection and escrow reads (and version looks) a LocalLedger serves."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        super().__init__(ledger)
+        self.escrow_reads = 0
+
+    def get_escrow(self, escrow_id: str):  # type: ignore[no-untyped-def]
+        self.escrow_reads += 1
+        return self._ledger.get_escrow(escrow_id)
+
+
+def test_settling_from_the_writer_with_the_admitted_escrow(world: World, tmp_path: Path) -> None:
+    from dtp.receipt_writer import ReceiptWriter
+
+    cid, escrow_id = world.open()
+    escrow = world.ledger.get_escrow(escrow_id)  # as admission read it
+    receipt = world.receipt(cid, 8192, 1)
+    store = _BlockedStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    writer.submit(receipt, lambda r: None)  # still on its way to the disk
+    world.ledger.close_connection(CLIENT, cid, world.host_id)
+    counting = _CountingReads(world.ledger)
+    settled = claim_and_settle(counting, SERVER, cid, writer, escrow=escrow)  # type: ignore[arg-type]
+    assert settled is not None and settled.claimed == receipt.total_amount
+    assert counting.connection_reads == 1 and counting.escrow_reads == 0
+    store.release.set()
+    assert writer.flush(timeout=10)
+    stored = store.latest(cid)  # written, then marked claimed
+    assert stored is not None and stored.receipt == receipt and stored.unclaimed == 0
+    assert conserved(world.ledger)
+    writer.close()
+
+
+def test_a_stale_escrow_is_read_again(world: World) -> None:
+    cid, escrow_id = world.open()
+    stale = world.ledger.get_escrow(escrow_id)
+    first = world.receipt(cid, 4096, 1)
+    world.ledger.claim(SERVER, escrow_id, first)  # claimed since it was read
+    world.ledger.close_connection(CLIENT, cid, world.host_id)
+    with ReceiptStore() as store:
+        store.keep(first)
+        settled = claim_and_settle(world.ledger, SERVER, cid, store, escrow=stale)
+    # the ledger refused the replay; read afresh, the escrow says there is nothing to claim
+    assert settled is not None and settled.paid == 0
+    assert settled.claimed == first.total_amount
+    assert settled.refunded == 10_000 - first.total_amount
+    assert conserved(world.ledger)
+
+
+def test_the_half_close_is_watched_by_version(world: World) -> None:
+    cid, _ = world.open()
+    looks: list[str] = []
+
+    class Watching(_CountingLedger):
+        def object_version(self, object_id: str) -> int:
+            looks.append(object_id)
+            return self._ledger.object_version(object_id)
+
+    client_ledger = LocalLedger(world.ledger.path)
+
+    def client_closes_later() -> None:
+        time.sleep(0.05)
+        client_ledger.close_connection(CLIENT, cid, world.host_id)
+
+    closer = threading.Thread(target=client_closes_later)
+    closer.start()
+    counting = Watching(world.ledger)
+    settled = claim_and_settle(counting, SERVER, cid, None, client_grace=5.0)  # type: ignore[arg-type]
+    closer.join(10)
+    client_ledger.close()
+    assert looks and set(looks) == {cid}
+    assert counting.connection_reads == 2  # once at the start, once when it changed
+    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
+    assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
+
+
+def test_keep_many_keeps_newer_receipts_and_marks_after_them(world: World, tmp_path: Path) -> None:
+    first, _ = world.open()
+    second, _ = world.open()
+    with ReceiptStore(tmp_path / "r.db") as store:
+        assert store.keep_many([world.receipt(first, 1024, 2)]) == [True]
+        stored = store.keep_many(
+            [world.receipt(first, 2048, 1), world.receipt(second, 4096, 1)],  # a replay
+            {second: world.receipt(second, 4096, 1).total_amount},
+        )
+        assert stored == [False, True]
+        a, b = store.latest(first), store.latest(second)
+        assert a is not None and a.receipt.nonce == 2 and a.unclaimed > 0
+        assert b is not None and b.unclaimed == 0  # marked after it was kept
+
+
+def test_claimed_marks_go_with_the_next_receipt_write(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtp import receipt_writer
+    from dtp.receipt_writer import ReceiptWriter
+
+    monkeypatch.setattr(receipt_writer, "MARK_DELAY", 0.3)
+    first, _ = world.open()
+    second, _ = world.open()
+    third, _ = world.open()
+    store = ReceiptStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    r1 = world.receipt(first, 4096, 1)
+    writer.submit(r1, lambda r: None)
+    assert writer.flush(first, timeout=10)
+    writer.mark_claimed(first, r1.total_amount)
+    time.sleep(0.05)
+    assert store.latest(first).unclaimed > 0  # type: ignore[union-attr]  # waits
+    written = threading.Event()
+    writer.submit(world.receipt(second, 4096, 1), lambda r: written.set())
+    assert written.wait(10)
+    assert store.latest(first).unclaimed == 0  # type: ignore[union-attr]  # went with it
+    # alone, a mark is written once MARK_DELAY has passed
+    r3 = world.receipt(third, 4096, 1)
+    writer.submit(r3, lambda r: None)
+    assert writer.flush(third, timeout=10)
+    writer.mark_claimed(third, r3.total_amount)
+    deadline = time.monotonic() + 10
+    while store.latest(third).unclaimed > 0:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    writer.close()
+
+
+def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> None:
+    cid, escrow_id = world.open()
+    known = world.ledger.get_connection(cid)  # as admission read it
+    escrow = world.ledger.get_escrow(escrow_id)
+    world.ledger.close_connection(CLIENT, cid, world.host_id)  # it moved
+    counting = _CountingReads(world.ledger)
+    settled = claim_and_settle(
+        counting,  # type: ignore[arg-type]
+        SERVER,
+        cid,
+        None,
+        escrow=escrow,
+        connection=known,
+    )
+    assert counting.connection_reads == 1 and counting.escrow_reads == 0
+    assert settled is not None and settled.refunded == 10_000
+    # still Open, as known: nothing read but its version; the server closes it itself
+    cid, escrow_id = world.open()
+    known = world.ledger.get_connection(cid)
+    counting = _CountingReads(world.ledger)
+    settled = claim_and_settle(
+        counting,  # type: ignore[arg-type]
+        SERVER,
+        cid,
+        None,
+        escrow=world.ledger.get_escrow(escrow_id),
+        connection=known,
+    )
+    assert counting.connection_reads == 0
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)

@@ -162,3 +162,51 @@ def test_objects_a_transaction_reads_but_does_not_change_keep_their_version(
     }
     assert ledger.get_escrow(opened.escrow_id).balance == 1500
     assert conserved(ledger)
+
+
+def test_a_transaction_whose_reads_went_stale_runs_again(
+    ledger: LocalLedger, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction reads and runs its rule before it takes the write lock: when
+    another writer commits in between, its first write fails and the whole transaction
+    runs again on what the ledger holds then (no lost update)."""
+    from dtp.chain import local_rules as rules
+
+    host = ledger.create_host(SERVER, b"\x01" * 32)
+    ledger.add_service(SERVER, host, 7, "raw", SLA)
+    ledger.faucet(CLIENT.sui_address, 5000)
+    cap = ledger.create_spending_cap(CLIENT, 10**6)
+    other = LocalLedger(path)
+    schema, real = rules.FUNCTIONS[("transport_control", "open")]
+    runs: list[int] = []
+
+    def interleaved(x: rules.Exec, *args: object) -> object:
+        runs.append(x.store.balance(CLIENT.sui_address))
+        if len(runs) == 1:  # another process pays the client after our reads
+            other.faucet(CLIENT.sui_address, 7)
+        return real(x, *args)
+
+    monkeypatch.setitem(rules.FUNCTIONS, ("transport_control", "open"), (schema, interleaved))
+    ledger.open_connection(CLIENT, host, 7, cap, 2000)
+    other.close()
+    assert runs == [5000, 5007]  # run again, and the second time it saw the payment
+    assert ledger.balance(CLIENT.sui_address) == 5000 + 7 - 2000
+    assert conserved(ledger)
+
+
+def test_a_writer_reads_while_another_holds_the_lock(ledger: LocalLedger, path: str) -> None:
+    """Only its writes wait for the other writer: a transaction whose rule refuses it
+    never waits at all."""
+    from dtp.errors import InsufficientFunds
+
+    host = ledger.create_host(SERVER, b"\x01" * 32)
+    ledger.add_service(SERVER, host, 7, "raw", SLA)
+    cap = ledger.create_spending_cap(CLIENT, 10**6)
+    released: list[float] = []
+    holder = hold_write_lock(path, 0.5, released)
+    start = time.monotonic()
+    with pytest.raises(InsufficientFunds):  # the client holds nothing
+        ledger.open_connection(CLIENT, host, 7, cap, 2000)
+    assert time.monotonic() - start < 0.3 and not released
+    holder.join(10)
+    assert conserved(ledger)

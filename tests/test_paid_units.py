@@ -334,3 +334,19 @@ def test_client_meter_counts_small_writes_in_steps_but_pays_them_when_asked() ->
         assert meter.update(n, n * 100, 1) is None  # below a step: not even counted yet
     paid = meter.update(10, 1000, 1, force=True) or meter.flush(10)
     assert paid is not None and (paid.total_bytes, paid.total_requests) == (1000, 1)
+
+
+@pytest.mark.parametrize("requests", [0, 1, 3])
+def test_gate_credit_is_exactly_what_serving_allows(requests: int) -> None:
+    g = gate()
+    for used in (0, 1, 1023, 50 * 1024, 98 * 1024 + 7):
+        credit = g.credit_bytes(used, requests)
+        assert g.serving(used + credit, requests)
+        assert not g.serving(used + credit + 1, requests)
+    assert not g.serving(99 * 1024 + 7, 3) and g.credit_bytes(99 * 1024 + 7, 3) == 0
+    g.kept(Receipt.decode(receipt(100 * 1024, requests, 1)))  # paid up: more credit
+    assert g.credit_bytes(0, requests) > gate().credit_bytes(0, requests)
+    assert g.serving(g.credit_bytes(0, requests), requests)
+    g.violation = "invalid receipt"
+    assert g.credit_bytes(0, requests) == 0
+    assert gate().credit_bytes(10**9, requests) == 0  # beyond the allowance already

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
 
 from dtp.errors import ConnectionLost, DTPTimeoutError
@@ -25,6 +27,54 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
         ) from exc
     tune(sock)
     return sock
+
+
+class PendingTcp:
+    """:func:`connect_tcp` in two halves: the connect starts here without waiting (the
+    caller has other work meanwhile, e.g. a ledger transaction) and :meth:`finish` waits
+    for it. Whatever goes wrong early is left to :func:`connect_tcp`, called by
+    :meth:`finish` instead, which then raises its errors."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                address[0], address[1], type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            return
+        sock.setblocking(False)
+        try:
+            err = sock.connect_ex(sockaddr)
+        except OSError:
+            err = -1
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            return
+        self._sock = sock
+
+    def finish(self, timeout: float | None) -> socket.socket:
+        """The connected, tuned socket (as :func:`connect_tcp` returns it)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                writable = select.select([], [sock], [], timeout)[1]
+                if writable and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    sock.settimeout(timeout)
+                    tune(sock)
+                    return sock
+            except OSError:
+                pass
+            sock.close()
+        return connect_tcp(self.address, timeout)
+
+    def close(self) -> None:
+        """Give up the connect (when it is not needed after all)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
 
 def listen_tcp(address: tuple[str, int], backlog: int = 128) -> socket.socket:

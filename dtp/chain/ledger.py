@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -47,6 +47,7 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
+from dtp.errors import ObjectNotFound
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -61,8 +62,10 @@ __all__ = [
     "RESPONSE_ESCROW_OPEN",
     "RESPONSE_ESCROW_PAID",
     "RESPONSE_ESCROW_REFUNDED",
+    "ConnectionView",
     "Endpoint",
     "Ledger",
+    "PendingOpen",
     "ResponseEscrow",
     "response_ack_message",
 ]
@@ -125,6 +128,67 @@ class ResponseEscrow:
     amount: int
     #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
     state: int
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """A connection and what deciding on it takes (:meth:`Ledger.connection_view`)."""
+
+    connection: TransportControl
+    escrow: Escrow
+    host: Host
+    cap: SpendingCap | None = None
+    """The escrow's SpendingCap (None unless asked for)."""
+    epoch: int | None = None
+    """The epoch, read with the cap."""
+
+
+def _connection_view(
+    tc: TransportControl, found: Sequence[ChainObject], host_id: str, epoch: int | None
+) -> ConnectionView:
+    """A :class:`ConnectionView` from the objects read for ``tc``: its escrow, the host
+    and maybe its cap, in that order (each checked to be of its type)."""
+    escrow, host = found[0], found[1]
+    cap = found[2] if len(found) > 2 else None
+    if not isinstance(escrow, Escrow):
+        raise ObjectNotFound(f"Object {tc.escrow} is not an Escrow.")
+    if not isinstance(host, Host):
+        raise ObjectNotFound(f"Object {host_id} is not a Host.")
+    if cap is not None and not isinstance(cap, SpendingCap):
+        raise ObjectNotFound(f"Object {tc.spending_cap} is not a SpendingCap.")
+    return ConnectionView(tc, escrow, host, cap, epoch)
+
+
+class PendingOpen:
+    """A signed ``transport_control::open`` not yet executed, with the IDs it creates
+    (derived from the transaction's digest, as Sui derives them): a client can name the
+    connection in its handshake while the open lands (:meth:`execute`, once)."""
+
+    def __init__(
+        self, connection_id: str, escrow_id: str, run: Callable[[], OpenedConnection]
+    ) -> None:
+        self.connection_id = connection_id
+        self.escrow_id = escrow_id
+        self._run: Callable[[], OpenedConnection] | None = run
+        self.opened: OpenedConnection | None = None
+        """What :meth:`execute` returned (None before it succeeded)."""
+
+    def execute(self) -> OpenedConnection:
+        """Execute the open (the ledger's errors as ``open_connection`` raises them);
+        the IDs are checked to be the ones announced."""
+        if self.opened is not None:
+            return self.opened
+        run, self._run = self._run, None
+        if run is None:
+            raise RuntimeError("this open was executed already, and failed")
+        opened = run()
+        if (opened.connection_id, opened.escrow_id) != (self.connection_id, self.escrow_id):
+            raise RuntimeError(
+                f"the open created {opened.connection_id}, not the {self.connection_id} "
+                "it announced"
+            )
+        self.opened = opened
+        return opened
 
 
 class Ledger(PaymentModels, abc.ABC):
@@ -230,6 +294,20 @@ class Ledger(PaymentModels, abc.ABC):
     ) -> OpenedConnection:
         """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
         new escrow. ``client_public_key`` defaults to the signer's Ed25519 key."""
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen | None:
+        """:meth:`open_connection` signed now and executed later
+        (:meth:`PendingOpen.execute`), its connection and escrow IDs known at once; None
+        where the ledger does not tell them ahead (then call :meth:`open_connection`)."""
+        return None
 
     @abc.abstractmethod
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
@@ -369,6 +447,27 @@ class Ledger(PaymentModels, abc.ABC):
     @abc.abstractmethod
     def get_object(self, object_id: str) -> ChainObject:
         """Any object by ID, typed (raises :class:`~dtp.errors.ObjectNotFound`)."""
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        """The connection ``connection_id`` with its escrow and the Host ``host_id`` (and,
+        ``with_cap``, its SpendingCap and the epoch), read together where the ledger can
+        (LocalLedger: one statement, one snapshot). None when there is no such connection;
+        :class:`~dtp.errors.ObjectNotFound` when one of the others is missing."""
+        try:
+            tc = self.get_connection(connection_id)
+        except ObjectNotFound:
+            return None
+        wanted = [tc.escrow, host_id] + ([tc.spending_cap] if with_cap else [])
+        found = self.get_objects(wanted)
+        return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        """Several objects by ID, typed, in the order asked (raises
+        :class:`~dtp.errors.ObjectNotFound` for a missing one). One read where the ledger
+        can (LocalLedger: one statement, one snapshot); here: one :meth:`get_object` each."""
+        return [self.get_object(object_id) for object_id in object_ids]
 
     @abc.abstractmethod
     def get_host(self, host_id: str) -> Host:

@@ -11,9 +11,11 @@ What it models of Sui:
   claimed sender before it runs; each (sender, nonce) pair executes at most once.
   :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
   transactions can be tried.
-- **Atomicity**: each call is one SQLite transaction (``BEGIN IMMEDIATE``); a failing
-  call (any check, any error) changes nothing, not even the nonce. The file is in WAL
-  mode with a busy timeout, so every process on the machine can share it.
+- **Atomicity**: each call is one SQLite transaction; a failing call (any check, any
+  error) changes nothing, not even the nonce. A transaction reads and runs its rule
+  first and takes the write lock only to write its effects: should another writer have
+  committed in between, it runs again from the start. The file is in WAL mode with a
+  busy timeout, so every process on the machine can share it.
 - **Money**: SUI balances per address in MIST. Coins are not modelled one by one: a
   ``Coin<SUI>`` argument is split off the sender's balance, payments are added to the
   receiver's. **Gas is free.** :meth:`LocalLedger.faucet` mints test SUI and counts it,
@@ -30,24 +32,42 @@ What it models of Sui:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from dtp import _ed25519
 from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
 from dtp.chain.economics import (
     EconomicsObject,
     economics_object_from_fields,
 )
-from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
-from dtp.chain.local_tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
+from dtp.chain.ledger import (
+    ConnectionView,
+    Endpoint,
+    Ledger,
+    PendingOpen,
+    ResponseEscrow,
+    _connection_view,
+)
+from dtp.chain.local_tx import (
+    Address,
+    Tx,
+    TxValue,
+    base58,
+    decode_tx,
+    derive_object_id,
+    encode_tx,
+    tx_digest,
+)
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
@@ -71,7 +91,13 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.keys import InvalidSignature, verify_transaction
+from dtp.keys import (
+    ED25519_FLAG,
+    SUI_SIGNATURE_SIZE,
+    InvalidSignature,
+    sui_address_from_public_key,
+    transaction_digest,
+)
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -79,14 +105,19 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 
+logger = logging.getLogger(__name__)
+
 U64_MAX: Final = 2**64 - 1
 #: How long a call waits for another writer (any process) to finish before failing.
 _BUSY_TIMEOUT_S: Final = 30.0
 # Waits between tries while another writer holds the file. SQLite's own busy handler
 # sleeps 1, 2, 5, 10... ms, which is long next to the sub-millisecond transactions
 # here: two processes taking turns (a client opening while its server settles) would
-# wait a millisecond or more for a lock that is free after a fraction of that.
+# wait a millisecond or more for a lock that is free after a fraction of that. So the
+# tries come every _FIRST_BACKOFF_S for as long as one other transaction could hold the
+# lock (_STEADY_BACKOFF_S), and only then further and further apart.
 _FIRST_BACKOFF_S: Final = 0.0001
+_STEADY_BACKOFF_S: Final = 0.002
 _MAX_BACKOFF_S: Final = 0.005
 
 _SCHEMA: Final = """
@@ -124,6 +155,21 @@ _META_DEFAULTS: Final = {
 
 T = TypeVar("T")
 
+# LocalLedger.connection_view: a connection (?1), the escrow and cap its data names, a
+# host (?2), and with ?3 the epoch (under the empty ID)
+_CONNECTION_VIEW: Final = """
+SELECT id, type, version, data FROM objects WHERE id IN (
+    ?1, ?2,
+    (SELECT json_extract(data, '$.escrow') FROM objects WHERE id = ?1),
+    (SELECT json_extract(data, '$.spending_cap') FROM objects WHERE id = ?1 AND ?3))
+UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
+"""
+
+# LocalLedger's own calls skip decoding the bytes they just encoded below this size (far
+# below the decoder's limits: 64 arguments, 1 MiB a field)
+_DIRECT_TX_MAX: Final = 4096
+_DIRECT_ARGS_MAX: Final = 16
+
 # The payment models' rules (docs/escrow.md §13-16) join the call table.
 rules.FUNCTIONS.update(local_economics.FUNCTIONS)
 rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
@@ -160,6 +206,80 @@ def _endpoint(value: Endpoint) -> bytes:
     raise InvalidArgument(f"An endpoint must be bytes or text, got {type(value).__name__}.")
 
 
+def _replayed(tx: Tx) -> InvalidTransaction:
+    return InvalidTransaction(
+        f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
+        "(replayed transaction)."
+    )
+
+
+class _Checkpointer:
+    """Checkpoints of file ledgers, off the transactions' path.
+
+    In WAL mode SQLite checkpoints from the connection whose commit takes the WAL past
+    ``wal_autocheckpoint`` pages: that commit then waits for the copy into the database
+    and two fsyncs, often milliseconds, where a transaction otherwise takes a fraction of
+    one. Here every :data:`_CHECKPOINT_EVERY` commits of a ledger handle start a short
+    thread that runs a PASSIVE checkpoint on a connection of its own (SQLite leaves the
+    GIL while it copies and syncs; PASSIVE neither waits for nor blocks readers and
+    writers); at most one at a time per file. SQLite's own checkpoint still restarts the
+    WAL, but only every :data:`_WAL_AUTOCHECKPOINT_PAGES` pages, and finds little left to
+    copy by then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[str] = set()  # ledger paths
+
+    def request(self, path: str) -> None:
+        with self._lock:
+            if path in self._running:
+                return
+            self._running.add(path)
+        threading.Thread(target=self._run, args=(path,), name="dtp-checkpoint", daemon=True).start()
+
+    def _run(self, path: str) -> None:
+        try:
+            # mode=rw: a file removed meanwhile is not created again
+            uri = Path(path).absolute().as_uri() + "?mode=rw"
+            db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # busy or gone: a later request tries again
+            logger.debug("checkpoint of %s skipped: %s", path, exc)
+        finally:
+            with self._lock:
+                self._running.discard(path)
+
+
+_CHECKPOINTER: Final = _Checkpointer()
+#: Commits of one ledger handle between two background checkpoints.
+_CHECKPOINT_EVERY: Final = 64
+#: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 8000
+
+
+def _verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
+    """:func:`dtp.keys.verify_transaction` -- the same checks and refusals, a serialized
+    Ed25519 Sui signature over the transaction's intent digest -- with the Ed25519 step
+    verified as Sui validators do (:mod:`dtp._ed25519`). Returns the signer's address."""
+    sig = bytes(sui_signature)
+    if len(sig) == 0:
+        raise InvalidSignature("empty Sui signature")
+    if sig[0] != ED25519_FLAG:
+        raise InvalidSignature(f"unsupported Sui signature scheme flag 0x{sig[0]:02x}")
+    if len(sig) != SUI_SIGNATURE_SIZE:
+        raise InvalidSignature(
+            f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
+        )
+    raw, public = sig[1:65], sig[65:]
+    if not _ed25519.verify(public, raw, transaction_digest(tx_bytes)):
+        raise InvalidSignature("Sui signature does not verify")
+    return sui_address_from_public_key(public)
+
+
 @dataclass(frozen=True)
 class TxResult:
     """The effects of one executed transaction."""
@@ -169,6 +289,10 @@ class TxResult:
     value: Any
     events: tuple[Event, ...]
     created: tuple[str, ...]
+    #: The data of every object the transaction read or wrote, as it left them.
+    objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The epoch it ran in.
+    epoch: int = 0
 
 
 class _SqlStore:
@@ -195,6 +319,14 @@ class _SqlStore:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def balances(self, addresses: Sequence[str]) -> dict[str, int]:
+        """The balances of ``addresses`` that are not zero (one statement)."""
+        marks = ",".join("?" * len(addresses))
+        rows = self.db.execute(
+            f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
+        )
+        return {address: int(amount) for address, amount in rows}
+
 
 class LocalLedger(Ledger):
     """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
@@ -210,6 +342,7 @@ class LocalLedger(Ledger):
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._commits = 0
         # nonces from a random start: two instances signing for one sender (threads,
         # processes sharing the file) never reuse one, whenever they were created
         self._nonce_counter = itertools.count(int.from_bytes(os.urandom(8)) >> 1)
@@ -218,6 +351,9 @@ class LocalLedger(Ledger):
             if self.path != ":memory:":
                 self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
                 self._db.execute("PRAGMA synchronous = NORMAL")
+                # checkpoints run in the background (see _Checkpointer); this is only the
+                # bound on the WAL should they not keep up
+                self._db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
             self._write(self._init_schema)
         if clock_ms is not None:
             self.set_clock(clock_ms, allow_backwards=True)
@@ -253,8 +389,11 @@ class LocalLedger(Ledger):
                     deadline = now + _BUSY_TIMEOUT_S
                 elif now >= deadline:
                     raise
+                if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY_SNAPSHOT":
+                    continue  # another writer committed since our reads: again, at once
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+                if now > deadline - _BUSY_TIMEOUT_S + _STEADY_BACKOFF_S:
+                    delay = min(delay * 2, _MAX_BACKOFF_S)
 
     def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
@@ -269,10 +408,18 @@ class LocalLedger(Ledger):
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
-                self._changed.notify_all()
+                self._committed()
                 return result
 
         return self._retry(attempt)
+
+    def _committed(self) -> None:
+        """After a commit (lock held): wake waiters for events, and now and then ask for a
+        checkpoint."""
+        self._changed.notify_all()
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
+            _CHECKPOINTER.request(self.path)
 
     def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot)."""
@@ -470,9 +617,12 @@ class LocalLedger(Ledger):
         transaction's sender, then run it atomically. Raises :class:`WrongSigner` for a bad
         or foreign signature, :class:`InvalidTransaction` for malformed bytes or a reused
         nonce, and the rule's ChainError if the Move call aborts."""
-        tx = decode_tx(tx_bytes)
+        return self._execute(decode_tx(tx_bytes), tx_bytes, signature)
+
+    def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
+        """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``."""
         try:
-            signer = verify_transaction(tx_bytes, signature)
+            signer = _verify_transaction(tx_bytes, signature)
         except InvalidSignature as exc:
             raise WrongSigner(
                 f"The transaction signature is invalid ({exc}); sender {tx.sender}."
@@ -484,66 +634,133 @@ class LocalLedger(Ledger):
         args = rules.check_args(tx.module, tx.function, tx.args)
         handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
         digest = tx_digest(tx_bytes)
-        return self._write(lambda: self._apply(tx, digest, handler, args))
+        return self._apply(tx, digest, handler, args)
 
     def _apply(
         self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
     ) -> TxResult:
+        """Run a verified transaction: its reads and its rule first, in a read transaction
+        (another writer, say another process, is not kept waiting meanwhile), then its
+        writes all together. The first write takes the write lock; when another writer
+        holds it, or committed since this one's reads (SQLite's BUSY_SNAPSHOT), it fails
+        as "locked" and :meth:`_retry` runs the whole transaction again, reads included:
+        what it writes always follows from what the ledger holds when it commits."""
+
+        def attempt() -> TxResult:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    result = self._apply_in(tx, digest, handler, args)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._committed()
+                return result
+
+        return self._retry(attempt)
+
+    def _apply_in(
+        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+    ) -> TxResult:
+        db = self._db
         digest_text = base58(digest)
-        # (sender, nonce) is the table's key: a replay fails here, before the rule runs
-        # (and a failing rule rolls this back with everything else)
-        try:
-            self._db.execute(
-                "INSERT INTO transactions VALUES (?, ?, ?)",
-                (tx.sender, str(tx.nonce), digest_text),
-            )
-        except sqlite3.IntegrityError:
-            raise InvalidTransaction(
-                f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
-                "(replayed transaction)."
-            ) from None
-        store = _SqlStore(self._db)
+        # (sender, nonce) executes once: a replay fails here, before the rule runs; the
+        # row itself is written with the effects (the primary key guards it too)
+        if db.execute(
+            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?",
+            (tx.sender, str(tx.nonce)),
+        ).fetchone():
+            raise _replayed(tx)
+        store = _SqlStore(db)
         meta = self._metas()
         now = self._now(meta)
         x = rules.Exec(store, tx.sender, digest, now, int(meta["epoch"]))
         value = handler(x, *args)
-        # Write the effects.
-        if now != int(meta["clock_floor"]):
-            self._set_meta("clock_floor", now)
+        # The effects, computed from what was read ...
         created: list[str] = []
+        deleted: list[tuple[str]] = []
+        inserted: list[tuple[str, str, str, str]] = []
+        updated: list[tuple[str, str]] = []
         for obj in x.objects.values():
             if obj.deleted:
-                self._db.execute("DELETE FROM objects WHERE id = ?", (obj.id,))
+                deleted.append((obj.id,))
                 continue
             data = rules.to_json(obj.data)
             if obj.before is None:
                 created.append(obj.id)
-                self._db.execute(
-                    "INSERT INTO objects VALUES (?, ?, ?, 1, ?)",
-                    (obj.id, obj.type, obj.owner, data),
-                )
+                inserted.append((obj.id, obj.type, obj.owner, data))
             elif data != obj.before:
-                self._db.execute(
-                    "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?",
-                    (data, obj.id),
-                )
-        for address, delta in x.credits.items():
-            new = store.balance(address) + delta
-            assert new >= 0, "take_coin guards every withdrawal"
-            self._db.execute(_UPSERT_BALANCE, (address, str(new)))
-        events = []
+                updated.append((data, obj.id))
+        balances = []
+        if x.credits:
+            held = store.balances(list(x.credits))
+            for address, delta in x.credits.items():
+                new = held.get(address, 0) + delta
+                assert new >= 0, "take_coin guards every withdrawal"
+                balances.append((address, str(new)))
+        event_values: list[Any] = []
         for type_, fields in x.events:
-            cursor = self._db.execute(
-                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (type_, tx.sender, digest_text, now, rules.to_json(fields)),
+            event_values += (type_, tx.sender, digest_text, now, rules.to_json(fields))
+        # ... then written, one statement for each kind of change
+        try:
+            db.execute(
+                "INSERT INTO transactions VALUES (?, ?, ?)", (tx.sender, str(tx.nonce), digest_text)
             )
-            events.append(Event(str(cursor.lastrowid), type_, fields, tx.sender, digest_text, now))
-        return TxResult(digest_text, value, tuple(events), tuple(created))
+        except sqlite3.IntegrityError:
+            raise _replayed(tx) from None
+        if now != int(meta["clock_floor"]):
+            self._set_meta("clock_floor", now)
+        if deleted:
+            db.executemany("DELETE FROM objects WHERE id = ?", deleted)
+        if inserted:
+            db.executemany("INSERT INTO objects VALUES (?, ?, ?, 1, ?)", inserted)
+        if updated:
+            db.executemany(
+                "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?", updated
+            )
+        if balances:
+            db.executemany(_UPSERT_BALANCE, balances)
+        events = []
+        if x.events:
+            # one INSERT of all rows: they get consecutive sequence numbers, the last one
+            # reported as lastrowid
+            rows = ",".join(["(?, ?, ?, ?, ?)"] * len(x.events))
+            cursor = db.execute(
+                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
+                event_values,
+            )
+            seq = int(cursor.lastrowid or 0) - len(x.events)
+            for type_, fields in x.events:
+                seq += 1
+                events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
+        touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
+        return TxResult(
+            digest_text, value, tuple(events), tuple(created), touched, int(meta["epoch"])
+        )
 
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
-        tx_bytes = self.build_tx(signer.sui_address, module, function, args)
-        return self.execute(tx_bytes, signer.sign_transaction(tx_bytes))
+        return self._execute(*self._signed(signer, module, function, *args))
+
+    def _signed(
+        self, signer: HostIdentity, module: str, function: str, *args: TxValue
+    ) -> tuple[Tx, bytes, bytes]:
+        """The transaction, its bytes and ``signer``'s signature, ready for _execute."""
+        # The bytes are encoded from this Tx here: decoding them again would give it back
+        # (everything else execute() does -- the signature check first -- still runs).
+        # Vectors and oversized transactions go through the decoder all the same: it alone
+        # enforces the nesting and size limits.
+        nonce = next(self._nonce_counter) & U64_MAX
+        tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
+        tx_bytes = encode_tx(tx)
+        if (
+            len(tx_bytes) > _DIRECT_TX_MAX
+            or len(args) > _DIRECT_ARGS_MAX
+            or any(isinstance(a, list) for a in args)
+        ):
+            tx = decode_tx(tx_bytes)
+        return tx, tx_bytes, signer.sign_transaction(tx_bytes)
 
     @staticmethod
     def _id(value: str, what: str = "object ID") -> Address:
@@ -686,8 +903,22 @@ class LocalLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
+        pending = self.prepare_open_connection(
+            signer, host_id, port, cap_id, deposit, client_public_key
+        )
+        return pending.execute()
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen:
         key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
-        result = self._call(
+        signed = self._signed(
             signer,
             "transport_control",
             "open",
@@ -697,14 +928,26 @@ class LocalLedger(Ledger):
             key,
             _u64(deposit, "the deposit"),
         )
-        connection = str(result.value)
-        opened = next(e for e in result.events if e.name == "ConnectionOpened")
-        return OpenedConnection(
-            connection,
-            str(opened["escrow"]),
-            Sla.from_fields(opened["sla"]),
-            int(opened["deposit"]),
-        )
+        cap_key = normalize_id(cap_id)
+
+        def run() -> OpenedConnection:
+            result = self._execute(*signed)
+            opened = next(e for e in result.events if e.name == "ConnectionOpened")
+            # the cap as the transaction left it (it loads it): what it still allows
+            # this epoch
+            cap = result.objects[cap_key]
+            spent = cap["spent"] if cap["epoch"] == result.epoch else 0
+            return OpenedConnection(
+                str(result.value),
+                str(opened["escrow"]),
+                Sla.from_fields(opened["sla"]),
+                int(opened["deposit"]),
+                max(0, int(cap["max_per_epoch"]) - int(spent)),
+            )
+
+        # transport_control::open creates the connection first, then its escrow
+        digest = tx_digest(signed[1])
+        return PendingOpen(derive_object_id(digest, 0), derive_object_id(digest, 1), run)
 
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
         self._call(
@@ -1230,6 +1473,71 @@ class LocalLedger(Ledger):
 
     def get_object(self, object_id: str) -> ChainObject:
         return self._read_one(lambda: self._typed(object_id, None))
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        ids = [normalize_id(object_id) for object_id in object_ids]
+        marks = ",".join("?" * len(ids))
+
+        def read() -> dict[str, tuple[str, int, str]]:
+            rows = self._db.execute(
+                f"SELECT id, type, version, data FROM objects WHERE id IN ({marks})", ids
+            )
+            return {row[0]: (row[1], int(row[2]), row[3]) for row in rows}
+
+        found = self._read_one(read) if ids else {}
+        out: list[ChainObject] = []
+        for object_id in ids:
+            row = found.get(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            type_, version, data = row
+            out.append(_build(type_.rsplit("::", 1)[-1], object_id, version, rules.from_json(data)))
+        return out
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        # One statement: the connection, the escrow and cap it names, the host (and the
+        # epoch) from one snapshot. Each object's type is checked as the typed reads do.
+        cid = normalize_id(connection_id, "connection ID")
+        hid = normalize_id(host_id, "host ID")
+
+        def read() -> dict[str, tuple[str, int, str]]:
+            rows = self._db.execute(_CONNECTION_VIEW, (cid, hid, 1 if with_cap else 0))
+            return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+        found = self._read_one(read)
+        row = found.get(cid)
+        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            return None
+        tc = _build("TransportControl", cid, int(row[1]), rules.from_json(row[2]))
+        assert isinstance(tc, TransportControl)
+        wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
+        objects: list[ChainObject] = []
+        for object_id in wanted:
+            row = found.get(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            name = row[0].rsplit("::", 1)[-1]
+            objects.append(_build(name, object_id, int(row[1]), rules.from_json(row[2])))
+        epoch_row = found.get("") if with_cap else None
+        epoch = int(epoch_row[2]) if epoch_row is not None else (0 if with_cap else None)
+        return _connection_view(tc, objects, hid, epoch)
+
+    def object_version(self, object_id: str) -> int:
+        """The version of a live object: it changes with every transaction that changes
+        the object (a cheap way to watch one)."""
+        object_id = normalize_id(object_id)
+
+        def read() -> int:
+            row = self._db.execute(
+                "SELECT version FROM objects WHERE id = ?", (object_id,)
+            ).fetchone()
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            return int(row[0])
+
+        return self._read_one(read)
 
     def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
         obj = self._read_one(lambda: self._typed(object_id, struct))

@@ -71,6 +71,9 @@ def _bytes_from_json(obj: dict[str, Any]) -> Any:
 # one each time, and a transaction encodes and decodes every object it touches.
 _ENCODER: Final = json.JSONEncoder(default=_bytes_to_json, sort_keys=True, separators=(",", ":"))
 _DECODER: Final = json.JSONDecoder(object_hook=_bytes_from_json)
+# Without the hook the C decoder calls no Python per object: for data holding no bytes
+# (no "$b" key can be in a text without that substring, as to_json writes it)
+_PLAIN_DECODER: Final = json.JSONDecoder()
 
 
 def to_json(value: Any) -> str:
@@ -80,6 +83,8 @@ def to_json(value: Any) -> str:
 
 def from_json(text: str) -> Any:
     """Inverse of :func:`to_json`."""
+    if '"$b"' not in text:
+        return _PLAIN_DECODER.decode(text)
     return _DECODER.decode(text)
 
 

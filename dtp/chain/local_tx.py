@@ -185,12 +185,17 @@ def derive_object_id(digest: bytes, index: int) -> str:
 _B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
+_B58_PAIRS: Final = [a + b for a in _B58 for b in _B58]  # two digits per division
+
+
 def base58(data: bytes) -> str:
     """Bitcoin-alphabet base58, as Sui displays digests."""
     n = int.from_bytes(data, "big")
-    out = ""
+    pairs = _B58_PAIRS
+    out = []
     while n:
-        n, rem = divmod(n, 58)
-        out = _B58[rem] + out
+        n, rem = divmod(n, 58 * 58)
+        out.append(pairs[rem])
+    text = "".join(reversed(out)).lstrip("1")  # the top pair's leading zero digit
     zeros = len(data) - len(data.lstrip(b"\0"))
-    return "1" * zeros + out
+    return "1" * zeros + text

@@ -327,6 +327,9 @@ class OpenedConnection:
     ledger reports it: a client metering the connection need not read it back."""
     deposit: int | None = None
     """The MIST deposited into the new escrow (same event), when reported."""
+    cap_remaining: int | None = None
+    """What the SpendingCap still allowed to be charged in the epoch the connection
+    opened in, as the open left it (when the ledger reports it)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Connecting by host ID with the open landing during the handshake: the client signs
+the open first, names the connection its digest will create, and executes the open
+while the server works on the first handshake message; the server's admission gives a
+connection still landing a moment, and refuses one that never lands."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import dtp.socket
+from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.chain.ledger import PendingOpen
+from dtp.chain.objects import ConnectionState, EventFilter
+from dtp.errors import ConnectionRefused, NotAuthorized
+from tests.test_hostid import CLIENT, MALLORY, PORT, World, connect_raw, world
+
+__all__ = ["world"]  # the fixture, used by name below
+
+
+def test_a_pending_open_announces_the_ids_it_creates(world: World) -> None:
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
+    assert isinstance(pending, PendingOpen) and pending.opened is None
+    before = world.ledger.dump()
+    # nothing happened on the ledger yet
+    assert world.ledger.dump() == before
+    opened = pending.execute()
+    assert (opened.connection_id, opened.escrow_id) == (pending.connection_id, pending.escrow_id)
+    assert pending.execute() is opened  # once
+    tc = world.ledger.get_connection(pending.connection_id)
+    assert tc.escrow == pending.escrow_id and tc.state == ConnectionState.OPEN
+    assert world.conserved()
+
+
+def test_a_failed_pending_open_changes_nothing(world: World) -> None:
+    cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # not the client's cap
+    pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
+    before = world.ledger.dump()
+    with pytest.raises(NotAuthorized):
+        pending.execute()
+    assert pending.opened is None and world.ledger.dump() == before
+    with pytest.raises(RuntimeError):
+        pending.execute()
+
+
+def test_admission_waits_for_a_connection_still_landing(world: World) -> None:
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
+    admission = LedgerAdmission(world.ledger, world.host_id, PORT)
+    lands = threading.Timer(0.05, pending.execute)
+    lands.start()
+    start = time.monotonic()
+    peer = PeerInfo(CLIENT.sui_address, pending.connection_id, PORT)
+    assert admission(peer) is None
+    assert 0.04 < time.monotonic() - start < admission.OPEN_GRACE
+    lands.join(5)
+    # one that never lands is refused once the grace is over
+    start = time.monotonic()
+    stranger = PeerInfo(CLIENT.sui_address, "0x" + "cd" * 32, PORT)
+    assert "unknown connection" in (admission(stranger) or "")
+    assert time.monotonic() - start >= admission.OPEN_GRACE
+
+
+def test_connect_opens_during_the_handshake(world: World) -> None:
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    with dtp.socket.create_connection(
+        world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+    ) as sock:
+        sock.sendall(b"deferred")
+        assert sock.recv(100) == b"deferred"
+        tc = world.ledger.get_connection(sock.connection_id or "")
+        assert tc.state == ConnectionState.OPEN and tc.escrow == sock.escrow_id
+    assert world.conserved()
+
+
+def test_an_open_failing_during_the_handshake_fails_the_connect(world: World) -> None:
+    cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # the ledger refuses it
+    with pytest.raises(NotAuthorized):
+        dtp.socket.create_connection(
+            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+        )
+    opened, _ = world.ledger.events(filter=EventFilter(type="ConnectionOpened"))
+    assert opened == []  # nothing was opened, so nothing to half-close
+    closed, _ = world.ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
+    assert closed == []
+    assert world.conserved()
+    # the server goes on serving
+    good = world.ledger.create_spending_cap(CLIENT, 10**6)
+    with dtp.socket.create_connection(
+        world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=good
+    ) as sock:
+        sock.sendall(b"ok")
+        assert sock.recv(10) == b"ok"
+    with pytest.raises(ConnectionRefused, match="unknown connection"):
+        connect_raw(world, CLIENT, "0x" + "ab" * 32, PORT)
