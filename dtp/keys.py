@@ -51,7 +51,6 @@ import weakref
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature as _CryptographyInvalidSignature
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -62,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from dtp import _ed25519
 from dtp._uleb128 import uleb128
 from dtp.errors import DTPError, KeyFileError
 
@@ -194,42 +194,9 @@ def _verify_sui_signature(digest: bytes, sui_signature: bytes, *, proof: bool = 
     raw, public = sig[1:65], sig[65:]
     if proof and has_small_order(public):
         raise InvalidSignature("the signing key is of small order (it proves no one)")
-    if not _ed25519_verify(public, raw, digest):
+    if not _ed25519.verify(public, raw, digest):
         raise InvalidSignature("Sui signature does not verify")
     return sui_address_from_public_key(public)
-
-
-def _ed25519_verify_openssl(public: bytes, signature: bytes, message: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
-    except (_CryptographyInvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _ed25519_verify_fastcrypto(public: bytes, signature: bytes, message: bytes) -> bool:
-    try:
-        ok: bool = _fastcrypto.verify_pubk(
-            ED25519_FLAG,
-            public,
-            base64.b64encode(message).decode(),
-            base64.b64encode(signature).decode(),
-        )
-    except (ValueError, TypeError):  # a malformed key or signature
-        return False
-    return ok
-
-
-# Ed25519 verification as Sui validators do it: fastcrypto (pysui's own native module,
-# installed with pysui) when present -- also about twice as fast as OpenSSL's, which
-# matters on the server's path of every handshake (the client's AUTH proof) --
-# else cryptography's (OpenSSL).
-try:
-    import pysui_fastcrypto as _fastcrypto
-except ImportError:  # pragma: no cover - pysui always brings it
-    _ed25519_verify = _ed25519_verify_openssl
-else:
-    _ed25519_verify = _ed25519_verify_fastcrypto
 
 
 def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
