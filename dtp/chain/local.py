@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from dtp import _ed25519
 from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
 from dtp.chain.economics import (
@@ -92,11 +91,8 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.keys import (
-    ED25519_FLAG,
-    SUI_SIGNATURE_SIZE,
     InvalidSignature,
-    sui_address_from_public_key,
-    transaction_digest,
+    verify_transaction,
 )
 
 if TYPE_CHECKING:
@@ -259,25 +255,6 @@ _CHECKPOINTER: Final = _Checkpointer()
 _CHECKPOINT_EVERY: Final = 64
 #: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 8000
-
-
-def _verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
-    """:func:`dtp.keys.verify_transaction` -- the same checks and refusals, a serialized
-    Ed25519 Sui signature over the transaction's intent digest -- with the Ed25519 step
-    verified as Sui validators do (:mod:`dtp._ed25519`). Returns the signer's address."""
-    sig = bytes(sui_signature)
-    if len(sig) == 0:
-        raise InvalidSignature("empty Sui signature")
-    if sig[0] != ED25519_FLAG:
-        raise InvalidSignature(f"unsupported Sui signature scheme flag 0x{sig[0]:02x}")
-    if len(sig) != SUI_SIGNATURE_SIZE:
-        raise InvalidSignature(
-            f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
-        )
-    raw, public = sig[1:65], sig[65:]
-    if not _ed25519.verify(public, raw, transaction_digest(tx_bytes)):
-        raise InvalidSignature("Sui signature does not verify")
-    return sui_address_from_public_key(public)
 
 
 @dataclass(frozen=True)
@@ -622,7 +599,7 @@ class LocalLedger(Ledger):
     def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
         """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``."""
         try:
-            signer = _verify_transaction(tx_bytes, signature)
+            signer = verify_transaction(tx_bytes, signature)
         except InvalidSignature as exc:
             raise WrongSigner(
                 f"The transaction signature is invalid ({exc}); sender {tx.sender}."

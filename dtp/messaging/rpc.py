@@ -711,16 +711,7 @@ class RpcClient:
         finally:
             wlock.release()
         stream = self._stream
-        current = self._current_timeout
-        if timeout != current and not (
-            # as in _wait: a timeout set a little shorter, or at most a millisecond
-            # longer, does as well
-            timeout is not None
-            and type(current) is float
-            and timeout - 0.05 <= current <= timeout + 0.001
-        ):
-            stream.settimeout(timeout)
-            self._current_timeout = timeout
+        self._read_timeout(stream, timeout)
         failed: BaseException | None = None
         try:
             data: bytes | None = stream.recv(RECV_SIZE)
@@ -790,6 +781,19 @@ class RpcClient:
         if not call.done and deadline is not None and now >= deadline:
             self._expire(call, deadline)
 
+    def _read_timeout(self, stream: BlockingStream, timeout: float | None) -> None:
+        """Give the stream's reads ``timeout``, unless the one already set is as good: a
+        little shorter (the wait ends a moment early and the loop comes back) or at most
+        a millisecond longer (a deadline is late by that much at worst)."""
+        current = self._current_timeout
+        if timeout != current and not (
+            timeout is not None
+            and type(current) is float
+            and timeout - 0.05 <= current <= timeout + 0.001
+        ):
+            stream.settimeout(timeout)
+            self._current_timeout = timeout
+
     def _wait(self, call: RpcCall, deadline: float | None) -> None:
         """Wait until ``call`` is done, reading for everybody while nobody else does."""
         stream, proto, lock = self._stream, self._proto, self._lock
@@ -815,17 +819,7 @@ class RpcClient:
                 if deadline is not None and (timer is None or deadline < timer):
                     timer = deadline
                 wait = None if timer is None else max(timer - monotonic(), 1e-4)
-                current = self._current_timeout
-                if wait != current and not (
-                    # the timeout already set is as good when it is a little shorter (the
-                    # wait ends a moment early and the loop comes back) or at most a
-                    # millisecond longer (a deadline is late by that much at worst)
-                    wait is not None
-                    and type(current) is float
-                    and wait - 0.05 <= current <= wait + 0.001
-                ):
-                    stream.settimeout(wait)
-                    self._current_timeout = wait
+                self._read_timeout(stream, wait)
                 failed: BaseException | None = None
                 try:
                     data: bytes | None = stream.recv(RECV_SIZE)
