@@ -544,11 +544,14 @@ class PaidServer:
         self._closed.wait()
 
     def close(self) -> None:
-        """Stop accepting and refreshing (open connections finish and settle)."""
+        """Stop accepting and refreshing (open connections finish and settle), and
+        write what the receipt writer holds (claimed marks wait up to a second for a
+        receipt write to share), so that the caller may close the store next."""
         if self._closed.is_set():
             return
         self._closed.set()
         self.server.close()
+        self.receipt_writer.flush(timeout=5.0)
 
     def __enter__(self) -> PaidServer:
         return self

@@ -395,11 +395,14 @@ class PaidAioServer:
         return len(self._live)
 
     def close(self) -> None:
-        """Stop accepting and refreshing (open connections finish and settle)."""
+        """Stop accepting and refreshing (open connections finish and settle), and
+        write what the receipt writer holds, so that the caller may close the store
+        next (a short wait: one SQLite commit at most)."""
         if self._policy_task is not None:
             self._policy_task.cancel()
         if self.server is not None:
             self.server.close()
+        self.receipt_writer.flush(timeout=5.0)
 
     async def wait_closed(self) -> None:
         if self.server is not None:

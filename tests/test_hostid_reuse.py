@@ -395,6 +395,10 @@ def test_paid_server_lets_each_metered_client_half_close_itself(world: World) ->
         while len(server.settlements) < len(cids) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sorted(c for c, _ in server.settlements) == sorted(cids)
+    # close() wrote the claimed marks that waited for a receipt write to share
+    for cid in cids:
+        kept = server.store.latest(cid)
+        assert kept is not None and kept.unclaimed == 0
     for cid in cids:
         assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
         assert world.ledger.get_connection(cid).settled
