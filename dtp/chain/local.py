@@ -374,21 +374,22 @@ class LocalLedger(Ledger):
 
     def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
+        return self._retry(lambda: self._transaction("BEGIN IMMEDIATE", fn))
 
-        def attempt() -> T:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn()
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._committed()
-                return result
-
-        return self._retry(attempt)
+    def _transaction(self, begin: str, fn: Callable[[], T]) -> T:
+        """One attempt: ``fn`` between ``begin`` and COMMIT under the handle's lock,
+        rolled back on any error (:meth:`_retry` decides whether to try again)."""
+        with self._lock:
+            self._db.execute(begin)
+            try:
+                result = fn()
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._committed()
+            return result
 
     def _committed(self) -> None:
         """After a commit (lock held): wake waiters for events, and now and then ask for a
@@ -622,21 +623,9 @@ class LocalLedger(Ledger):
         holds it, or committed since this one's reads (SQLite's BUSY_SNAPSHOT), it fails
         as "locked" and :meth:`_retry` runs the whole transaction again, reads included:
         what it writes always follows from what the ledger holds when it commits."""
-
-        def attempt() -> TxResult:
-            with self._lock:
-                self._db.execute("BEGIN")
-                try:
-                    result = self._apply_in(tx, digest, handler, args)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._committed()
-                return result
-
-        return self._retry(attempt)
+        return self._retry(
+            lambda: self._transaction("BEGIN", lambda: self._apply_in(tx, digest, handler, args))
+        )
 
     def _apply_in(
         self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
