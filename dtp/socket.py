@@ -1085,9 +1085,17 @@ class DTPSocket:
         self.close()
 
     def __del__(self) -> None:
+        # A finalizer runs wherever the garbage collector happens to start: inside any
+        # allocation, possibly in the middle of sealing on this or another connection.
+        # So it does no protocol work (no seal, no flush, no lock): it only closes the
+        # carrier, as a garbage-collected socket.socket does; the peer sees the
+        # connection end. (Sealing a CLOSE from here crashed the C-core suite once.)
         if not getattr(self, "_closed", True) and self._primary:
-            with contextlib.suppress(Exception):
-                self._engine.abort(CloseCode.NO_ERROR, "socket garbage-collected")
+            engine = self._engine
+            engine.closed = engine.carrier_closed = True
+            for s in (engine.sock, engine._wake_r, engine._wake_w):
+                with contextlib.suppress(OSError):
+                    s.close()
 
     # -- datagrams -------------------------------------------------------------------------
 
