@@ -14,6 +14,8 @@ Times are seconds (any monotonic origin), passed in.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dtp.chain.objects import Firewall, Host
@@ -75,6 +77,29 @@ class ClientBuckets:
     bytes: TokenBucket
     requests: TokenBucket
     users: int = 0
+    #: Serializes :meth:`admit` and :meth:`charge_bytes` (relays run a thread each).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def admit(self, sizes: Sequence[int], now: float) -> int:
+        """How many of ``sizes`` (datagrams, in arrival order) may be served at ``now``:
+        each is one request of its bytes, admitted while neither bucket is in debt and
+        charged when admitted. For traffic that cannot wait (UDP), where the caller
+        drops what is over the rate instead of holding it back."""
+        admitted = 0
+        with self.lock:
+            for size in sizes:
+                if self.bytes.delay(now) > 0 or self.requests.delay(now) > 0:
+                    break
+                self.bytes.charge(size, now)
+                self.requests.charge(1, now)
+                admitted += 1
+        return admitted
+
+    def charge_bytes(self, nbytes: int, now: float) -> None:
+        """Count ``nbytes`` already sent to the client (e.g. a backend's replies): the
+        debt delays what the client may send next."""
+        with self.lock:
+            self.bytes.charge(nbytes, now)
 
 
 @dataclass

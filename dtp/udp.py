@@ -57,6 +57,7 @@ from dtp.escrow import (
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Sla
+    from dtp.ratelimit import ClientBuckets
     from dtp.socket import DTPSocket
 
 __all__ = [
@@ -92,6 +93,8 @@ class UdpStats:
     dropped_unpaid: int = 0
     #: Dropped: the session limit was reached (forwarder).
     dropped_no_session: int = 0
+    #: Dropped: over the client's rate limits, the host firewall's (relay).
+    dropped_rate_limited: int = 0
     sessions_opened: int = 0
     sessions_closed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -287,13 +290,19 @@ def relay_udp(
     stats: UdpStats | None = None,
     idle_timeout: float = 60.0,
     report_every: int = 32,
+    limits: ClientBuckets | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and its replies back, until
     the connection ends or no datagram passes for ``idle_timeout`` seconds. Use it as a
     :meth:`dtp.socket.DTPServer.serve_forever` handler (``functools.partial``). With
     ``billing``, usage is reported every ``report_every`` datagrams (and when traffic
     pauses), receipts are read from the connection's first stream and unpaid datagrams
-    are dropped. Returns the counters (``stats`` if given, shared)."""
+    are dropped. With ``limits`` (the client's firewall buckets, see
+    :meth:`dtp.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
+    and replies count by their bytes; datagrams over the rate are dropped and counted
+    (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
+    holding it back would only add delay the application did not ask for. Returns the
+    counters (``stats`` if given, shared)."""
     stats = stats if stats is not None else UdpStats()
     family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
     udp = _socket.socket(family, _socket.SOCK_DGRAM)
@@ -321,6 +330,8 @@ def relay_udp(
                 nbytes = sum(map(len, fits))
                 if billing is not None:
                     billing.replied(nbytes)
+                if limits is not None:
+                    limits.charge_bytes(nbytes, last[0])
                 stats.add(datagrams_out=len(fits), bytes_out=nbytes)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
@@ -341,6 +352,11 @@ def relay_udp(
             except DTPError:
                 break  # the connection ended
             last[0] = time.monotonic()
+            limited = 0
+            if limits is not None:
+                admitted = limits.admit([len(d) for d in batch], last[0])
+                limited = len(batch) - admitted
+                del batch[admitted:]
             sent = nbytes = unpaid = 0
             for data in batch:
                 if billing is not None and not billing.admit(len(data)):
@@ -350,7 +366,12 @@ def relay_udp(
                     udp.send(data)
                     sent += 1
                     nbytes += len(data)
-            stats.add(datagrams_in=sent, bytes_in=nbytes, dropped_unpaid=unpaid)
+            stats.add(
+                datagrams_in=sent,
+                bytes_in=nbytes,
+                dropped_unpaid=unpaid,
+                dropped_rate_limited=limited,
+            )
             if control is not None:
                 control.report()
     except (DTPError, OSError) as exc:

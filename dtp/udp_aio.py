@@ -17,6 +17,7 @@ from typing import Any
 from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, InsufficientFunds
 from dtp.escrow import Meter
+from dtp.ratelimit import ClientBuckets
 from dtp.udp import (
     _LEN,
     _MAX_CONTROL,
@@ -59,9 +60,11 @@ async def relay_udp_async(
     stats: UdpStats | None = None,
     idle_timeout: float = 60.0,
     report_every: int = 32,
+    limits: ClientBuckets | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and back (see
-    :func:`dtp.udp.relay_udp`), until the connection ends or sits idle."""
+    :func:`dtp.udp.relay_udp`, billing and ``limits`` included), until the connection
+    ends or sits idle."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
     last = [loop.time()]
@@ -88,6 +91,8 @@ async def relay_udp_async(
         nbytes = sum(map(len, fits))
         if billing is not None:
             billing.replied(nbytes)
+        if limits is not None:
+            limits.charge_bytes(nbytes, time.monotonic())
         stats.add(datagrams_out=len(fits), bytes_out=nbytes)
 
     loop.add_reader(udp.fileno(), on_replies)
@@ -113,6 +118,9 @@ async def relay_udp_async(
     def on_datagram(data: bytes) -> None:
         # pushed by the connection as each datagram arrives: no task wake-up per datagram
         last[0] = loop.time()
+        if limits is not None and not limits.admit((len(data),), time.monotonic()):
+            stats.add(dropped_rate_limited=1)
+            return
         if billing is not None and not billing.admit(len(data)):
             stats.add(dropped_unpaid=1)
             return

@@ -507,6 +507,55 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
     assert conserved(ledger)
 
 
+def test_udp_flows_keep_the_hosts_request_rate(setup: Setup) -> None:
+    """The firewall's requests/s holds for UDP flows too: a burst beyond it is dropped at
+    the daemon and counted (a datagram cannot wait), and never billed."""
+    b = setup.backend("udp")
+    udp_service = service(
+        [b.info["port"]],
+        port=5301,
+        extra='protocol = "udp"\nprice_per_kib = 4\nprice_per_request = 2\nmin_deposit = 100000',
+    )
+    d = setup.daemon(
+        setup.write_daemon(udp_service, extra="\n[firewall]\nmax_requests_per_sec = 8")
+    )
+    f = setup.daemon(
+        setup.write_forwarder(d.info["host_id"], 5301, 'protocol = "udp"\nidle_timeout = 1')
+    )
+    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(0.5)
+    # the first datagram opens the flow; the burst follows once it is answered
+    client.sendto(b"\x00\x00example.org", (host, int(port)))
+    assert client.recv(65535) == b"\x00\x00example.org" + b"OK"
+    time.sleep(0.5)  # the bucket refills (a quarter second of burst: 2)
+    for i in range(1, 31):
+        client.sendto(i.to_bytes(2, "big") + b"example.org", (host, int(port)))
+    answered = 0
+    with contextlib.suppress(TimeoutError):
+        while True:
+            client.recv(65535)
+            answered += 1
+    client.close()
+    assert 1 <= answered <= 8
+
+    def settled() -> dict[str, int] | None:
+        found = status(setup.tmp / "daemon-state").get("services", {})
+        row = found.get("svc5301") if isinstance(found, dict) else None
+        return row if row and row["fees_claimed"] else None
+
+    row = wait_until(settled, 20, "the daemon's claim")
+    assert row["rate_limited"] == 30 - answered
+    store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
+    ledger = setup.ledger()
+    (held,) = [store.latest(c) for c in _connections(ledger, setup)]
+    store.close()
+    assert held is not None and held.receipt.total_requests == 1 + answered
+    f.stop()
+    d.stop()
+    assert conserved(ledger)
+
+
 def _connections(ledger: LocalLedger, setup: Setup) -> list[str]:
     """The client's ledger connections (from the ledger's events)."""
     events, _ = ledger.events()

@@ -297,6 +297,7 @@ class ServiceHost:
                 billing=billing,
                 stats=udp_stats,
                 idle_timeout=service.idle_timeout,
+                limits=conn.buckets,
             )
         finally:
             stats.active_tunnels -= 1
@@ -304,6 +305,7 @@ class ServiceHost:
             stats.bytes_in += snap["bytes_in"]
             stats.bytes_out += snap["bytes_out"]
             stats.denials += snap["dropped_unpaid"]
+            stats.rate_limited += snap["dropped_rate_limited"]
             conn.bytes = snap["bytes_in"] + snap["bytes_out"]
             self.conns.pop(conn.connection_id, None)
             writer.close()

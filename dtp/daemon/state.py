@@ -36,6 +36,8 @@ class ServiceStats:
     """Bytes from the backends to clients."""
     denials: int = 0
     """Connections or tunnels refused (firewall, admission, unpaid usage)."""
+    rate_limited: int = 0
+    """UDP datagrams dropped over the client's rate limits (TCP tunnels wait instead)."""
     backend_errors: int = 0
     """Backend connects that failed (another backend may have taken over)."""
     unavailable: int = 0
