@@ -106,10 +106,6 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
-    client_close_grace: float = 0.05
-    """When a paying client closed the connection (with a final receipt), how long the
-    settlement waits for the client's own half-close on the ledger before closing it
-    itself (which would cost a transaction on each side)."""
 
 
 def gate_for(
@@ -463,30 +459,29 @@ class PaidServer:
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
-            sock.close()
-            with self._live_lock:
-                self._live.pop(id(paid), None)
-            with self._limit_lock:
-                self.limiter.release(client)
             # the connection and escrow as admission read them: only we claim from the
             # escrow, so it is current; the connection is read again once it changed
             known = (
                 admitted if admitted is not None and admitted[0].id == gate.connection_id else None
             )
             ended = engine.session.terminated
-            # a metered client that closed cleanly half-closes on the ledger next (its
-            # final receipt may still be on its way to the disk)
-            paying_client_closed = (
-                ended is not None
-                and ended.by_peer
-                and ended.error_code == CloseCode.NO_ERROR
-                and gate.checked is not None
+            client_closed = (
+                ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
             )
-            self._settle(
-                cid, self.policy.client_close_grace if paying_client_closed else 0.0, known
-            )
+            if client_closed:
+                # settle (closing the connection on the ledger in the same transaction)
+                # before our end of the carrier closes: the client waits for that end
+                # and then finds nothing left to do on the ledger
+                self._settle(cid, known)
+            sock.close()
+            with self._live_lock:
+                self._live.pop(id(paid), None)
+            with self._limit_lock:
+                self.limiter.release(client)
+            if not client_closed:
+                self._settle(cid, known)
 
-    def _settle(self, cid: str, client_grace: float = 0.0, known: Admitted | None = None) -> None:
+    def _settle(self, cid: str, known: Admitted | None = None) -> None:
         # The claim is made from the receipt writer: its last receipt may still be on its
         # way to the disk (the claim on the ledger does not wait for the fsync; the writer
         # marks the claim in the store once the receipt is written)
@@ -496,7 +491,6 @@ class PaidServer:
                 self.identity,
                 cid,
                 self.receipt_writer,
-                client_grace=client_grace,
                 escrow=known[1] if known is not None else None,
                 connection=known[0] if known is not None else None,
             )

@@ -570,10 +570,11 @@ class _Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
-                if self.payment is not None:
-                    # the ledger half-close while the server ends its side
-                    self.payment.finish()
+                # the server's end of the carrier closes once it settled on the ledger:
+                # the payment then has nothing left to do there (one read)
                 self._drain_carrier(min(linger, 1.0))
+                if self.payment is not None:
+                    self.payment.finish()
             self.session.process_events()
             self._release()
 
