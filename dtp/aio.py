@@ -54,6 +54,7 @@ from dtp.errors import (
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
+from dtp.socket import DRAIN_QUIET
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -97,6 +98,9 @@ class _Protocol(asyncio.Protocol):
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        #: Keep the carrier open once the session ended, until its owner closes it (a
+        #: paid server settles first: the client waits for our end before it looks)
+        self.hold_carrier = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -151,7 +155,11 @@ class _Protocol(asyncio.Protocol):
     def _after_io(self) -> None:
         changed = self.session.process_events()
         self.flush()
-        if self.session.terminated is not None and self.transport is not None:
+        if (
+            self.session.terminated is not None
+            and self.transport is not None
+            and not self.hold_carrier
+        ):
             self.transport.close()
         if changed:
             self._notify()
@@ -505,11 +513,16 @@ class DTPStreamWriter:
             self._proto.flush()
         self._conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
+        if payment is not None:
+            # a paid server closes its end once it settled: then the payment finds
+            # nothing to do on the ledger (as the blocking socket's drain)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._proto.closed_future), DRAIN_QUIET)
         transport = self._proto.transport
         if transport is not None:
             transport.close()
         if payment is not None:
-            await asyncio.to_thread(payment.finish)  # half-close on the ledger
+            await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed (first stream) or until this

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.chain.objects import normalize_id
+from dtp.connection import CloseCode
 from dtp.errors import ChainError, DTPError, PaymentRequired, move_error
 from dtp.escrow import Receipt
 from dtp.metering import (
@@ -335,6 +336,7 @@ class PaidAioServer:
         proto.session.on_receipt = paid.on_receipt
         while proto.session.receipts:
             paid.on_receipt(proto.session.receipts.popleft())
+        proto.hold_carrier = True  # until settled, should the client close
         self._live.add(paid)
         try:
             await paid.throttle(requests=1)
@@ -350,21 +352,39 @@ class PaidAioServer:
             self.limiter.release(client)
             if proto.session.terminated is None:
                 await paid.request_final_receipt()
-            if proto.session.terminated is None:
-                writer.close()
-                with contextlib.suppress(DTPError):
-                    await writer.wait_closed()
-            # its last receipt is on disk before we claim it
-            await asyncio.to_thread(self.receipt_writer.flush, cid)
-            try:
-                settlement = await asyncio.to_thread(
-                    claim_and_settle, self.ledger, self.identity, cid, self.store
-                )
-            except ChainError as exc:
-                logger.warning("could not settle connection %s: %s", cid, exc)
+            ended = proto.session.terminated
+            if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
+                # the client closed: settle before our end of the carrier closes (as
+                # dtp.paid does)
+                await self._settle(cid)
+                self._release_carrier(proto)
             else:
-                if settlement is not None:
-                    self.settlements.append((cid, settlement))
+                self._release_carrier(proto)
+                if proto.session.terminated is None:
+                    writer.close()
+                    with contextlib.suppress(DTPError):
+                        await writer.wait_closed()
+                await self._settle(cid)
+
+    @staticmethod
+    def _release_carrier(proto: _Protocol) -> None:
+        proto.hold_carrier = False
+        if proto.session.terminated is not None and proto.transport is not None:
+            proto.transport.close()
+
+    async def _settle(self, cid: str) -> None:
+        # claimed from the receipt writer: its last receipt may still be on its way to
+        # the disk (the claim does not wait for the fsync; the writer marks the claim
+        # in the store once the receipt is written)
+        try:
+            settlement = await asyncio.to_thread(
+                claim_and_settle, self.ledger, self.identity, cid, self.receipt_writer
+            )
+        except ChainError as exc:
+            logger.warning("could not settle connection %s: %s", cid, exc)
+        else:
+            if settlement is not None:
+                self.settlements.append((cid, settlement))
 
     async def _policy_loop(self) -> None:
         while True:

@@ -432,17 +432,28 @@ def test_client_payment_half_closes_only_a_connection_still_open(world: World) -
     assert conserved(world.ledger)
 
 
+def _slow(settle: Any) -> Any:
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return settle(*args, **kwargs)
+
+    return slow
+
+
 def test_paid_server_settles_before_the_client_is_done_closing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two transactions per connection the client closes: its open and the server's
     settlement, which lands before the client's close() returns (the client waits for
     the server's end of the carrier, which closes after the settlement)."""
+    import dtp.paid
     import dtp.socket
     from dtp.paid import PaidSocket
 
     # the client waits for the server's end however slowly this machine schedules it
     monkeypatch.setattr(dtp.socket, "DRAIN_QUIET", 5.0)
+    # a slow settlement: a client that did not wait for it would half-close meanwhile
+    monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
@@ -701,4 +712,62 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
     assert half_closes(world.ledger, cid) == []  # closed and settled at once
     assert closes(world.ledger, cid) == [SERVER.sui_address]
     assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
+
+
+def test_aio_paid_pair_settles_before_the_clients_close_returns(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dtp.paid_aio settles a connection its client closed before its end of the
+    carrier closes, and dtp.aio's client waits for that end: two transactions per
+    connection, as with the blocking pair."""
+    import asyncio
+
+    import dtp.aio
+    import dtp.paid_aio
+
+    monkeypatch.setattr(dtp.aio, "DRAIN_QUIET", 5.0)
+    # a slow settlement: a client that did not wait for it would half-close meanwhile
+    monkeypatch.setattr(dtp.paid_aio, "claim_and_settle", _slow(claim_and_settle))
+
+    async def echo(reader: Any, writer: Any) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> list[str]:
+        cids: list[str] = []
+        server = await dtp.paid_aio.serve(
+            world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER
+        )
+        async with server:
+            for _ in range(3):
+                before = server_transactions(world.ledger)
+                reader, writer = await dtp.aio.open_connection(
+                    f"dtp://{world.host_id}:{PORT}",
+                    timeout=10,
+                    ledger=world.ledger,
+                    identity=CLIENT,
+                    cap_id=world.cap,
+                )
+                writer.write(b"y" * 100)
+                await writer.drain()
+                assert await reader.readexactly(100) == b"y" * 100
+                cid = writer.connection_id
+                assert cid is not None
+                cids.append(cid)
+                writer.close()
+                await writer.wait_closed()
+                tc = world.ledger.get_connection(cid)
+                assert tc.settled and tc.state == ConnectionState.CLOSED
+                assert server_transactions(world.ledger) == before + 1
+                assert half_closes(world.ledger, cid) == []
+                assert closes(world.ledger, cid) == [SERVER.sui_address]
+            assert sorted(c for c, _ in server.settlements) == sorted(cids)
+        return cids
+
+    cids = asyncio.run(main())
+    for cid in cids:
+        escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
+        assert escrow.claimed > 0  # the final receipt, claimed before its fsync was awaited
     assert conserved(world.ledger)
