@@ -509,8 +509,7 @@ class DTPStreamWriter:
                     await asyncio.wait_for(self._proto.wait_change(), 0.05)
         payment = self._proto.payment
         if payment is not None:
-            payment.closing()  # the final receipt goes out before CLOSE
-            self._proto.flush()
+            payment.closing()  # the final receipt goes out before CLOSE, in the same write
         self._conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
         if payment is not None:
