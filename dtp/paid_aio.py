@@ -31,11 +31,11 @@ from dtp.metering import (
     GateVerdict,
     ReceiptGate,
 )
-from dtp.paid import ServicePolicy, gate_for
+from dtp.paid import ServicePolicy, _stored, gate_for
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import claim_and_settle, publish_endpoint, recover_unclaimed
+from dtp.settlement import claim_and_settle, claimed, publish_endpoint, recover_unclaimed
 
 if TYPE_CHECKING:
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
@@ -71,6 +71,9 @@ class _PaidConnection:
         self.gate = gate
         self.buckets = buckets
         self.policy = policy
+        #: The receipt that came with the end of the connection, claimed by the settlement
+        #: instead of written first (as dtp.paid's)
+        self.final: Receipt | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -79,6 +82,9 @@ class _PaidConnection:
             receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        if self.conn.closed:
+            self.final = receipt
             return
         self.receipt_writer.submit(receipt, self._stored)
 
@@ -356,7 +362,7 @@ class PaidAioServer:
             if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
                 # the client closed: settle before our end of the carrier closes (as
                 # dtp.paid does)
-                await self._settle(cid)
+                await self._settle(cid, paid.final)
                 self._release_carrier(proto)
             else:
                 self._release_carrier(proto)
@@ -364,7 +370,7 @@ class PaidAioServer:
                     writer.close()
                     with contextlib.suppress(DTPError):
                         await writer.wait_closed()
-                await self._settle(cid)
+                await self._settle(cid, paid.final)
 
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
@@ -372,19 +378,28 @@ class PaidAioServer:
         if proto.session.terminated is not None and proto.transport is not None:
             proto.transport.close()
 
-    async def _settle(self, cid: str) -> None:
+    async def _settle(self, cid: str, final: Receipt | None) -> None:
         # claimed from the receipt writer: its last receipt may still be on its way to
         # the disk (the claim does not wait for the fsync; the writer marks the claim
         # in the store once the receipt is written)
+        settlement = None
         try:
             settlement = await asyncio.to_thread(
-                claim_and_settle, self.ledger, self.identity, cid, self.receipt_writer
+                claim_and_settle,
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final=final,
             )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)
-        else:
-            if settlement is not None:
-                self.settlements.append((cid, settlement))
+        finally:
+            if final is not None and not claimed(settlement, final):
+                # kept for a later claim (recover_unclaimed at the next start)
+                self.receipt_writer.submit(final, _stored)
+        if settlement is not None:
+            self.settlements.append((cid, settlement))
 
     async def _policy_loop(self) -> None:
         while True:

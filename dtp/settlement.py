@@ -45,11 +45,13 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.metering import ClientMeter, MeteringConfig
+from dtp.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
+    from dtp.escrow import Receipt
     from dtp.keys import HostIdentity
-    from dtp.receipt_store import ReceiptStore, StoredReceipt
+    from dtp.receipt_store import ReceiptStore
     from dtp.receipt_writer import ReceiptWriter
 
 __all__ = [
@@ -216,6 +218,7 @@ def claim_and_settle(
     *,
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
+    final: Receipt | None = None,
 ) -> Settlement | None:
     """The server's end of a connection: claim the latest stored receipt and settle (the
     client is refunded the rest at once), in one transaction that also closes the
@@ -232,6 +235,9 @@ def claim_and_settle(
     checks the nonce itself) and the escrow is read afresh for one more try.
     ``connection``: the TransportControl as the caller read it; where the ledger tells
     an object's version cheaply, it is read again only once its version moved.
+    ``final``: a checked receipt newer than the store's that was not stored (the one the
+    client's CLOSE came with: the claim on the ledger is its durable copy); the caller
+    stores it should the settlement not claim it (:func:`claimed`).
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -240,10 +246,12 @@ def claim_and_settle(
     """
     tc = _current(ledger, connection_id, connection)
     stored = store.latest(connection_id) if store is not None else None
+    if final is not None and (stored is None or final.nonce > stored.receipt.nonce):
+        stored = StoredReceipt(final, 0)
     if tc.settled:
-        if stored is not None and stored.unclaimed > 0:
+        if stored is not None and stored.unclaimed > 0 and store is not None:
             escrow = ledger.get_escrow(tc.escrow)
-            store.mark_claimed(connection_id, escrow.claimed)  # type: ignore[union-attr]
+            store.mark_claimed(connection_id, escrow.claimed)
             if escrow.claimed < stored.receipt.total_amount:
                 logger.warning(
                     "connection %s was settled before its receipt for %d MIST was claimed",
@@ -283,6 +291,11 @@ def claim_and_settle(
         settlement.refunded,
     )
     return settlement
+
+
+def claimed(settlement: Settlement | None, receipt: Receipt) -> bool:
+    """Whether ``settlement`` (from :func:`claim_and_settle`) claimed ``receipt``."""
+    return settlement is not None and settlement.claimed >= receipt.total_amount
 
 
 def _settle(

@@ -471,6 +471,7 @@ def test_paid_server_settles_before_the_client_is_done_closing(
                 ledger=world.ledger,
                 identity=CLIENT,
                 cap_id=world.cap,
+                metering=MeteringConfig(every_bytes=64),  # a receipt mid-connection too
             ) as sock:
                 sock.sendall(b"x" * 100)
                 assert sock.recv(100) == b"x" * 100
@@ -483,12 +484,52 @@ def test_paid_server_settles_before_the_client_is_done_closing(
             assert half_closes(world.ledger, cid) == []
             assert closes(world.ledger, cid) == [SERVER.sui_address]
         assert sorted(c for c, _ in server.settlements) == sorted(cids)
-    # close() wrote the claimed marks that waited for a receipt write to share
     for cid in cids:
+        # the final receipt (100 bytes each way, one request) was claimed, not written
+        # first; the one written mid-connection is marked claimed: close() wrote the mark
+        # that waited for a receipt write to share
+        escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
+        assert escrow.claimed == fee(SLA, 200, 1)
         kept = server.store.latest(cid)
         assert kept is not None and kept.unclaimed == 0
-        escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
-        assert escrow.claimed == kept.receipt.total_amount > 0
+        assert kept.receipt.total_amount == fee(SLA, 100, 1) < escrow.claimed
+    assert conserved(world.ledger)
+
+
+def test_a_final_receipt_the_settlement_could_not_claim_is_stored(world: World) -> None:
+    """The receipt that came with the client's CLOSE is written only when the
+    settlement did not claim it: here the client's cap refuses the claim, and the
+    receipt waits in the store for recover_unclaimed."""
+    import dtp.socket
+    from dtp.paid import PaidSocket
+
+    def echo(sock: PaidSocket) -> None:
+        while data := sock.recv(1024):
+            sock.sendall(data)
+
+    with (
+        dtp.socket.serve(world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER) as server,
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=10,
+            ledger=world.ledger,
+            identity=CLIENT,
+            cap_id=world.cap,
+        ) as sock,
+    ):
+        sock.sendall(b"z" * 100)
+        assert sock.recv(100) == b"z" * 100
+        cid = sock.connection_id
+        assert cid is not None
+        world.ledger.set_max_per_epoch(CLIENT, world.cap, 0)  # no claim this epoch
+    tc = world.ledger.get_connection(cid)
+    assert not tc.settled and tc.half_closed_by == SERVER.sui_address
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]  # the client saw it
+    kept = server.store.latest(cid)
+    assert kept is not None and kept.unclaimed == kept.receipt.total_amount == fee(SLA, 200, 1)
+    world.ledger.set_max_per_epoch(CLIENT, world.cap, 1_000_000)
+    done = recover_unclaimed(world.ledger, SERVER, server.store)
+    assert [(c, s.claimed) for c, s in done] == [(cid, fee(SLA, 200, 1))]
     assert conserved(world.ledger)
 
 
@@ -769,5 +810,5 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
     cids = asyncio.run(main())
     for cid in cids:
         escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
-        assert escrow.claimed > 0  # the final receipt, claimed before its fsync was awaited
+        assert escrow.claimed > 0  # the final receipt, claimed without being written first
     assert conserved(world.ledger)
