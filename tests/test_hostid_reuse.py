@@ -471,13 +471,23 @@ def test_paid_server_settles_before_the_client_is_done_closing(
                 ledger=world.ledger,
                 identity=CLIENT,
                 cap_id=world.cap,
-                metering=MeteringConfig(every_bytes=64),  # a receipt mid-connection too
             ) as sock:
-                sock.sendall(b"x" * 100)
-                assert sock.recv(100) == b"x" * 100
                 cid = sock.connection_id
                 assert cid is not None
                 cids.append(cid)
+                sock.sendall(b"x" * 50)
+                assert sock.recv(50) == b"x" * 50
+                # a receipt mid-connection, as a server's request for one makes it
+                engine = sock._engine
+                with engine.lock:
+                    assert engine.payment is not None
+                    engine.payment.on_server_receipt(b"")
+                    engine.flush()
+                deadline = time.monotonic() + 10
+                while server.store.latest(cid) is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                sock.sendall(b"x" * 50)
+                assert sock.recv(50) == b"x" * 50
             tc = world.ledger.get_connection(cid)
             assert tc.settled and tc.state == ConnectionState.CLOSED
             assert server_transactions(world.ledger) == before + 1
@@ -486,8 +496,8 @@ def test_paid_server_settles_before_the_client_is_done_closing(
         assert sorted(c for c, _ in server.settlements) == sorted(cids)
     for cid in cids:
         # the final receipt (100 bytes each way, one request) was claimed, not written
-        # first; the one written mid-connection is marked claimed: close() wrote the mark
-        # that waited for a receipt write to share
+        # first; the one written mid-connection (half that) is marked claimed: close()
+        # wrote the mark that waited for a receipt write to share
         escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
         assert escrow.claimed == fee(SLA, 200, 1)
         kept = server.store.latest(cid)
