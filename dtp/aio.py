@@ -30,6 +30,7 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
+    ResolvedService,
     abandon_host_connection,
     peer_info,
     prepare_host_connection,
@@ -42,6 +43,8 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
+from dtp.carriers.tcp import PendingTcp
+from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
@@ -54,6 +57,7 @@ from dtp.errors import (
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
+from dtp.socket import DRAIN_QUIET
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -97,6 +101,9 @@ class _Protocol(asyncio.Protocol):
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        #: Keep the carrier open once the session ended, until its owner closes it (a
+        #: paid server settles first: the client waits for our end before it looks)
+        self.hold_carrier = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -151,7 +158,11 @@ class _Protocol(asyncio.Protocol):
     def _after_io(self) -> None:
         changed = self.session.process_events()
         self.flush()
-        if self.session.terminated is not None and self.transport is not None:
+        if (
+            self.session.terminated is not None
+            and self.transport is not None
+            and not self.hold_carrier
+        ):
             self.transport.close()
         if changed:
             self._notify()
@@ -501,15 +512,19 @@ class DTPStreamWriter:
                     await asyncio.wait_for(self._proto.wait_change(), 0.05)
         payment = self._proto.payment
         if payment is not None:
-            payment.closing()  # the final receipt goes out before CLOSE
-            self._proto.flush()
+            payment.closing()  # the final receipt goes out before CLOSE, in the same write
         self._conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
+        if payment is not None:
+            # a paid server closes its end once it settled: then the payment finds
+            # nothing to do on the ledger (as the blocking socket's drain)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._proto.closed_future), DRAIN_QUIET)
         transport = self._proto.transport
         if transport is not None:
             transport.close()
         if payment is not None:
-            await asyncio.to_thread(payment.finish)  # half-close on the ledger
+            await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed (first stream) or until this
@@ -639,58 +654,21 @@ async def open_connection(
         address = HostAddress.parse(host) if isinstance(host, str) else host
         if ledger is None or identity is None:
             raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
-        prepared = await asyncio.to_thread(
-            prepare_host_connection,
-            ledger,
+        return await _open_by_host_id(
             address,
+            ledger,
             identity,
-            deposit=deposit,
-            cap_id=cap_id,
+            timeout,
             server_key=server_key,
             config=config,
+            deposit=deposit,
+            cap_id=cap_id,
             carrier=carrier,
+            ledger_options=ledger_options,
+            metering=metering,
             subscription=subscription,
             sponsor_pool=sponsor_pool,
         )
-        try:
-            if prepared.endpoint is None:
-                bridge = await asyncio.to_thread(
-                    connect_ledger_carrier,
-                    ledger,
-                    identity,
-                    prepared.connection_id,
-                    prepared.server_address,
-                    ledger_options,
-                )
-                reader, writer = await _open(
-                    *bridge.peername, prepared.config, timeout, sock=bridge.socket
-                )
-            else:
-                reader, writer = await _open(*prepared.endpoint, prepared.config, timeout)
-        except BaseException as exc:
-            await asyncio.to_thread(
-                abandon_host_connection, ledger, identity, address, prepared, exc
-            )
-            raise
-        writer.connection_id = prepared.connection_id
-        writer.escrow_id = prepared.escrow_id
-        if metering is None or metering.enabled:
-            proto = writer._proto
-            payment = await asyncio.to_thread(
-                ClientPayment,
-                ledger,
-                identity,
-                address.host_id,
-                prepared.connection_id,
-                proto.conn,
-                metering,
-                now=proto.loop.time(),
-                opened=prepared.opened,
-                cap_id=prepared.cap_id,
-            )
-            proto.payment = payment
-            proto.session.on_receipt = payment.on_server_receipt
-        return reader, writer
     if (
         isinstance(host, HostAddress)
         or ledger is not None
@@ -716,15 +694,131 @@ async def open_connection(
     return await _open(host, port, cfg, timeout)
 
 
+async def _open_by_host_id(
+    address: HostAddress,
+    ledger: Ledger,
+    identity: HostIdentity,
+    timeout: float | None,
+    *,
+    server_key: bytes | None,
+    config: ConnectionConfig | None,
+    deposit: int | None,
+    cap_id: str | None,
+    carrier: CarrierChoice,
+    ledger_options: LedgerCarrierOptions | None,
+    metering: MeteringConfig | None,
+    subscription: str | None,
+    sponsor_pool: str | None,
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
+    connect starts as soon as the service is resolved (while the open is signed), and
+    the open executes while the server works on the first handshake message."""
+    early: list[PendingTcp] = []
+
+    def connect_early(resolved: ResolvedService) -> None:
+        if resolved.endpoint is not None:
+            early.append(PendingTcp(resolved.endpoint))
+
+    try:
+        prepared = await asyncio.to_thread(
+            prepare_host_connection,
+            ledger,
+            address,
+            identity,
+            deposit=deposit,
+            cap_id=cap_id,
+            server_key=server_key,
+            config=config,
+            carrier=carrier,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+            on_resolved=connect_early,
+            defer_open=True,
+        )
+    except BaseException:
+        for pending in early:
+            pending.close()
+        raise
+    pending_open = prepared.pending_open
+    # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
+    # connect waits for it before it decides what to half-close
+    landing: asyncio.Future[OpenedConnection] | None = None
+    payments: list[ClientPayment] = []
+
+    async def while_waiting(proto: _Protocol) -> None:
+        nonlocal landing
+        opened = prepared.opened
+        if pending_open is not None:
+            landing = asyncio.ensure_future(asyncio.to_thread(pending_open.execute))
+            opened = await asyncio.shield(landing)
+        if metering is None or metering.enabled:
+            payments.append(
+                await asyncio.to_thread(
+                    ClientPayment,
+                    ledger,
+                    identity,
+                    address.host_id,
+                    prepared.connection_id,
+                    proto.conn,
+                    metering,
+                    now=proto.loop.time(),
+                    opened=opened,
+                    cap_id=prepared.cap_id,
+                )
+            )
+
+    try:
+        if prepared.endpoint is None:
+            bridge = await asyncio.to_thread(
+                connect_ledger_carrier,
+                ledger,
+                identity,
+                prepared.connection_id,
+                prepared.server_address,
+                ledger_options,
+            )
+            reader, writer = await _open(
+                *bridge.peername,
+                prepared.config,
+                timeout,
+                sock=bridge.socket,
+                while_waiting=while_waiting,
+            )
+        else:
+            tcp = await asyncio.to_thread(early[0].finish, timeout) if early else None
+            reader, writer = await _open(
+                *prepared.endpoint, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
+            )
+    except BaseException as exc:
+        for pending in early:
+            pending.close()
+        if landing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(landing)
+        await asyncio.to_thread(abandon_host_connection, ledger, identity, address, prepared, exc)
+        raise
+    writer.connection_id = prepared.connection_id
+    writer.escrow_id = prepared.escrow_id
+    if payments:
+        proto = writer._proto
+        proto.payment = payments[0]
+        proto.session.on_receipt = payments[0].on_server_receipt
+    return reader, writer
+
+
 async def _open(
     host: str,
     port: Any,
     cfg: ConnectionConfig,
     timeout: float | None,
     sock: socket.socket | None = None,
+    *,
+    while_waiting: Callable[[_Protocol], Awaitable[None]] | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Carrier connect + handshake + acceptance with a ready client config; with
-    ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP."""
+    ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
+    ``while_waiting(protocol)`` runs once the first handshake message is out, while the
+    server works on it; what it raises fails the connect."""
     loop = asyncio.get_running_loop()
     session = Session(cfg, now=loop.time())
     proto = _Protocol(session, loop)
@@ -737,6 +831,8 @@ async def _open(
                 await loop.create_connection(lambda: proto, sock=sock)
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+        if while_waiting is not None:
+            await while_waiting(proto)
         await proto.wait_for(
             lambda: session.conn.handshake_hash is not None or session.terminated is not None
         )

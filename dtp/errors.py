@@ -526,7 +526,7 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         "EConnectionOpen",
         56,
         ConnectionStateError,
-        "Connection must be closed (or half-closed) first",
+        "Connection must be closed (or half-closed) first, or settled by the server",
     ),
     ("transport_control", "EWrongHost", 57, WrongObject, "Not this connection's host"),
     ("transport_control", "EWrongEscrow", 58, WrongObject, "Not this connection's escrow"),

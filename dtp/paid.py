@@ -61,6 +61,7 @@ from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import (
     claim_and_settle,
+    claimed,
     collect_refund,
     publish_endpoint,
     recover_unclaimed,
@@ -106,10 +107,6 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
-    client_close_grace: float = 0.05
-    """When a paying client closed the connection (with a final receipt), how long the
-    settlement waits for the client's own half-close on the ledger before closing it
-    itself (which would cost a transaction on each side)."""
 
 
 def gate_for(
@@ -159,6 +156,10 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def _stored(receipt: Receipt) -> None:
+    """A receipt nothing waits on is stored."""
+
+
 class _PaidConnection:
     """The server's state of one paid connection (shared by its streams)."""
 
@@ -188,6 +189,11 @@ class _PaidConnection:
         # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
         # then looked at within _CREDIT_MAX / _CALL_COST calls all the same)
         self._credit = 0
+        #: The receipt that came with the end of the connection (the client's final one,
+        #: in the read that brought its CLOSE): nothing is served on it any more, so it is
+        #: not written first but claimed by the settlement at once, whose claim on the
+        #: ledger is its durable copy; written only should the settlement not claim it
+        self.final: Receipt | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -197,6 +203,9 @@ class _PaidConnection:
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             self._credit = 0  # a violation closes the connection at the next look
             logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        if self.engine.conn.closed:
+            self.final = receipt
             return
         self.receipt_writer.submit(receipt, self._kept)
 
@@ -463,46 +472,51 @@ class PaidServer:
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
-            sock.close()
-            with self._live_lock:
-                self._live.pop(id(paid), None)
-            with self._limit_lock:
-                self.limiter.release(client)
             # the connection and escrow as admission read them: only we claim from the
             # escrow, so it is current; the connection is read again once it changed
             known = (
                 admitted if admitted is not None and admitted[0].id == gate.connection_id else None
             )
             ended = engine.session.terminated
-            # a metered client that closed cleanly half-closes on the ledger next (its
-            # final receipt may still be on its way to the disk)
-            paying_client_closed = (
-                ended is not None
-                and ended.by_peer
-                and ended.error_code == CloseCode.NO_ERROR
-                and gate.checked is not None
+            client_closed = (
+                ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
             )
-            self._settle(
-                cid, self.policy.client_close_grace if paying_client_closed else 0.0, known
-            )
+            if client_closed:
+                # settle (closing the connection on the ledger in the same transaction)
+                # before our end of the carrier closes: the client waits for that end
+                # and then finds nothing left to do on the ledger
+                self._settle(cid, known, paid.final)
+            sock.close()
+            with self._live_lock:
+                self._live.pop(id(paid), None)
+            with self._limit_lock:
+                self.limiter.release(client)
+            if not client_closed:
+                self._settle(cid, known, paid.final)
 
-    def _settle(self, cid: str, client_grace: float = 0.0, known: Admitted | None = None) -> None:
+    def _settle(
+        self, cid: str, known: Admitted | None = None, final: Receipt | None = None
+    ) -> None:
         # The claim is made from the receipt writer: its last receipt may still be on its
         # way to the disk (the claim on the ledger does not wait for the fsync; the writer
         # marks the claim in the store once the receipt is written)
+        settlement = None
         try:
             settlement = claim_and_settle(
                 self.ledger,
                 self.identity,
                 cid,
                 self.receipt_writer,
-                client_grace=client_grace,
                 escrow=known[1] if known is not None else None,
                 connection=known[0] if known is not None else None,
+                final=final,
             )
         except ChainError as exc:
             logger.warning("could not settle connection %s: %s", cid, exc)
-            return
+        finally:
+            if final is not None and not claimed(settlement, final):
+                # kept for a later claim (recover_unclaimed at the next start)
+                self.receipt_writer.submit(final, _stored)
         if settlement is not None:
             self.settlements.append((cid, settlement))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.chain.objects import normalize_id
+from dtp.connection import CloseCode
 from dtp.errors import ChainError, DTPError, PaymentRequired, move_error
 from dtp.escrow import Receipt
 from dtp.metering import (
@@ -30,11 +31,11 @@ from dtp.metering import (
     GateVerdict,
     ReceiptGate,
 )
-from dtp.paid import ServicePolicy, gate_for
+from dtp.paid import ServicePolicy, _stored, gate_for
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import claim_and_settle, publish_endpoint, recover_unclaimed
+from dtp.settlement import claim_and_settle, claimed, publish_endpoint, recover_unclaimed
 
 if TYPE_CHECKING:
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
@@ -70,6 +71,9 @@ class _PaidConnection:
         self.gate = gate
         self.buckets = buckets
         self.policy = policy
+        #: The receipt that came with the end of the connection, claimed by the settlement
+        #: instead of written first (as dtp.paid's)
+        self.final: Receipt | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -78,6 +82,9 @@ class _PaidConnection:
             receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
             logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        if self.conn.closed:
+            self.final = receipt
             return
         self.receipt_writer.submit(receipt, self._stored)
 
@@ -335,6 +342,7 @@ class PaidAioServer:
         proto.session.on_receipt = paid.on_receipt
         while proto.session.receipts:
             paid.on_receipt(proto.session.receipts.popleft())
+        proto.hold_carrier = True  # until settled, should the client close
         self._live.add(paid)
         try:
             await paid.throttle(requests=1)
@@ -350,21 +358,48 @@ class PaidAioServer:
             self.limiter.release(client)
             if proto.session.terminated is None:
                 await paid.request_final_receipt()
-            if proto.session.terminated is None:
-                writer.close()
-                with contextlib.suppress(DTPError):
-                    await writer.wait_closed()
-            # its last receipt is on disk before we claim it
-            await asyncio.to_thread(self.receipt_writer.flush, cid)
-            try:
-                settlement = await asyncio.to_thread(
-                    claim_and_settle, self.ledger, self.identity, cid, self.store
-                )
-            except ChainError as exc:
-                logger.warning("could not settle connection %s: %s", cid, exc)
+            ended = proto.session.terminated
+            if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
+                # the client closed: settle before our end of the carrier closes (as
+                # dtp.paid does)
+                await self._settle(cid, paid.final)
+                self._release_carrier(proto)
             else:
-                if settlement is not None:
-                    self.settlements.append((cid, settlement))
+                self._release_carrier(proto)
+                if proto.session.terminated is None:
+                    writer.close()
+                    with contextlib.suppress(DTPError):
+                        await writer.wait_closed()
+                await self._settle(cid, paid.final)
+
+    @staticmethod
+    def _release_carrier(proto: _Protocol) -> None:
+        proto.hold_carrier = False
+        if proto.session.terminated is not None and proto.transport is not None:
+            proto.transport.close()
+
+    async def _settle(self, cid: str, final: Receipt | None) -> None:
+        # claimed from the receipt writer: its last receipt may still be on its way to
+        # the disk (the claim does not wait for the fsync; the writer marks the claim
+        # in the store once the receipt is written)
+        settlement = None
+        try:
+            settlement = await asyncio.to_thread(
+                claim_and_settle,
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final=final,
+            )
+        except ChainError as exc:
+            logger.warning("could not settle connection %s: %s", cid, exc)
+        finally:
+            if final is not None and not claimed(settlement, final):
+                # kept for a later claim (recover_unclaimed at the next start)
+                self.receipt_writer.submit(final, _stored)
+        if settlement is not None:
+            self.settlements.append((cid, settlement))
 
     async def _policy_loop(self) -> None:
         while True:

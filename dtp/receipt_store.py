@@ -52,7 +52,9 @@ class StoredReceipt:
 
     @property
     def unclaimed(self) -> int:
-        return self.receipt.total_amount - self.claimed_amount
+        # a claim may exceed the stored receipt: the settlement claimed a newer one it
+        # was never written before (the receipt a client's CLOSE came with)
+        return max(0, self.receipt.total_amount - self.claimed_amount)
 
 
 class ReceiptStore:

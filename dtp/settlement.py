@@ -3,13 +3,20 @@ and asyncio adapters.
 
 Client: :class:`ClientPayment` meters a connection made by host ID (hooked into the
 adapter's output path), sends the final receipt before CLOSE and then half-closes the
-connection on the ledger; :func:`collect_refund` settles once the close timeout has
-passed when the server never did.
+connection on the ledger unless the server already closed it there;
+:func:`collect_refund` settles once the close timeout has passed when the server never
+did.
 
 Server: :func:`publish_endpoint` puts the server's endpoint and Noise key in the Host;
 :func:`claim_and_settle` claims a connection's latest stored receipt and refunds the
-client the rest; :func:`recover_unclaimed` does it for every receipt a previous run left
-unclaimed (crash recovery).
+client the rest, closing the connection in the same transaction when it is still Open;
+:func:`recover_unclaimed` does it for every receipt a previous run left unclaimed (crash
+recovery).
+
+A connection the client closes in-band thus costs two transactions in all, its open and
+the server's settlement: a paid server settles before it closes its end of the carrier,
+and the client, once that end closed, finds the connection settled and has nothing
+left to do (docs/escrow.md §6.1).
 
 These functions call the ledger and block: run them in a thread from asyncio.
 """
@@ -19,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import (
@@ -39,11 +45,13 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.metering import ClientMeter, MeteringConfig
+from dtp.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
+    from dtp.escrow import Receipt
     from dtp.keys import HostIdentity
-    from dtp.receipt_store import ReceiptStore, StoredReceipt
+    from dtp.receipt_store import ReceiptStore
     from dtp.receipt_writer import ReceiptWriter
 
 __all__ = [
@@ -63,7 +71,8 @@ class ClientPayment:
     The adapter calls :meth:`tick` each time it collects the connection's output (cheap
     when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
     (a request for a receipt now), :meth:`closing` just before it closes the connection,
-    and :meth:`finish` after (the ledger half-close; blocking).
+    and :meth:`finish` after, once the server closed its end of the carrier (the ledger
+    half-close, when still needed; blocking).
     """
 
     def __init__(
@@ -162,13 +171,18 @@ class ClientPayment:
             self.receipts_sent += 1
 
     def finish(self) -> None:
-        """Half-close the connection on the ledger (once; failures are logged): the
-        server then claims the latest receipt and refunds the rest (or the client calls
-        :func:`collect_refund` after the timeout)."""
+        """Half-close the connection on the ledger unless it is no longer Open (once;
+        failures are logged). A paid server that saw our CLOSE closes and settles it in
+        one transaction before it closes its end of the carrier, so a caller that waited
+        for that end finds it settled: one read, no transaction. Otherwise our half-close
+        starts the timeout after which :func:`collect_refund` may settle without the
+        server (a server that closed the connection itself started it already)."""
         if self._finished:
             return
         self._finished = True
         try:
+            if self.ledger.get_connection(self.connection_id).state != ConnectionState.OPEN:
+                return
             self.ledger.close_connection(self.identity, self.connection_id, self.host_id)
         except ConnectionStateError as exc:
             # the server closed (and maybe settled) first: nothing left for us to do
@@ -202,17 +216,14 @@ def claim_and_settle(
     connection_id: str,
     store: ReceiptStore | ReceiptWriter | None,
     *,
-    client_grace: float = 0.0,
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
+    final: Receipt | None = None,
 ) -> Settlement | None:
-    """The server's end of a connection: close it on the ledger if still Open, claim the
-    latest stored receipt and settle (the client is refunded the rest at once).
-
-    ``client_grace``: when the connection is still Open, wait up to this many seconds
-    for the client's own half-close first (for a metered client that has just closed
-    the connection: it half-closes right after). Closing it ourselves as well would cost
-    a transaction on each side, ours and then the client's, which fails.
+    """The server's end of a connection: claim the latest stored receipt and settle (the
+    client is refunded the rest at once), in one transaction that also closes the
+    connection when it is still Open (the server may settle at any time, docs/escrow.md
+    §7; on a ledger whose package predates that, it half-closes first).
 
     ``store``: where the connection's latest receipt is, and where the claim is marked:
     the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
@@ -224,6 +235,9 @@ def claim_and_settle(
     checks the nonce itself) and the escrow is read afresh for one more try.
     ``connection``: the TransportControl as the caller read it; where the ledger tells
     an object's version cheaply, it is read again only once its version moved.
+    ``final``: a checked receipt newer than the store's that was not stored (the one the
+    client's CLOSE came with: the claim on the ledger is its durable copy); the caller
+    stores it should the settlement not claim it (:func:`claimed`).
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -231,13 +245,13 @@ def claim_and_settle(
     refund the client what it owes).
     """
     tc = _current(ledger, connection_id, connection)
-    if tc.state == ConnectionState.OPEN and client_grace > 0:
-        tc = _await_half_close(ledger, tc, client_grace)
     stored = store.latest(connection_id) if store is not None else None
+    if final is not None and (stored is None or final.nonce > stored.receipt.nonce):
+        stored = StoredReceipt(final, 0)
     if tc.settled:
-        if stored is not None and stored.unclaimed > 0:
+        if stored is not None and stored.unclaimed > 0 and store is not None:
             escrow = ledger.get_escrow(tc.escrow)
-            store.mark_claimed(connection_id, escrow.claimed)  # type: ignore[union-attr]
+            store.mark_claimed(connection_id, escrow.claimed)
             if escrow.claimed < stored.receipt.total_amount:
                 logger.warning(
                     "connection %s was settled before its receipt for %d MIST was claimed",
@@ -245,10 +259,6 @@ def claim_and_settle(
                     stored.receipt.total_amount,
                 )
         return None
-    if tc.state == ConnectionState.OPEN:
-        # the client may close in between: settling below works all the same
-        with contextlib.suppress(ConnectionStateError):
-            ledger.close_connection(identity, connection_id, tc.host)
     if escrow is None or escrow.id != tc.escrow:
         escrow = ledger.get_escrow(tc.escrow)
         known = False
@@ -266,6 +276,11 @@ def claim_and_settle(
         logger.warning(
             "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
         )
+        if tc.state == ConnectionState.OPEN:
+            # the refused claim closed nothing: half-close, so that the client's refund
+            # timeout runs (it could not tell that we are done serving it)
+            with contextlib.suppress(ConnectionStateError):
+                ledger.close_connection(identity, connection_id, tc.host)
         return None
     if stored is not None and store is not None:
         store.mark_claimed(connection_id, settlement.claimed)
@@ -278,6 +293,11 @@ def claim_and_settle(
     return settlement
 
 
+def claimed(settlement: Settlement | None, receipt: Receipt) -> bool:
+    """Whether ``settlement`` (from :func:`claim_and_settle`) claimed ``receipt``."""
+    return settlement is not None and settlement.claimed >= receipt.total_amount
+
+
 def _settle(
     ledger: Ledger,
     identity: HostIdentity,
@@ -285,7 +305,26 @@ def _settle(
     escrow: Escrow,
     stored: StoredReceipt | None,
 ) -> Settlement:
-    """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet."""
+    """Settle ``tc``, claiming ``stored`` when the escrow has not seen it yet; an Open
+    connection is closed by the same transaction, or first where the ledger's package
+    refuses that (it predates the server's settling an Open connection)."""
+    try:
+        return _settle_once(ledger, identity, tc, escrow, stored)
+    except ConnectionStateError as exc:
+        if exc.name != "EConnectionOpen":
+            raise
+    with contextlib.suppress(ConnectionStateError):  # the client may close meanwhile
+        ledger.close_connection(identity, tc.id, tc.host)
+    return _settle_once(ledger, identity, tc, escrow, stored)
+
+
+def _settle_once(
+    ledger: Ledger,
+    identity: HostIdentity,
+    tc: TransportControl,
+    escrow: Escrow,
+    stored: StoredReceipt | None,
+) -> Settlement:
     # the IDs come from the connection and escrow: the ledger need not read them again
     if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
         return ledger.settle_with_receipt(
@@ -297,14 +336,6 @@ def _settle(
             cap_id=escrow.spending_cap,
         )
     return ledger.settle(identity, tc.id, tc.host, tc.escrow)
-
-
-# The client's half-close lands a fraction of a millisecond after its CLOSE: looked for
-# every _FIRST_POLL_S for _STEADY_POLL_S (so that the settlement starts at once, before
-# the client's next connection needs the server), then less and less often.
-_FIRST_POLL_S = 0.00015
-_STEADY_POLL_S = 0.0015
-_MAX_POLL_S = 0.01
 
 
 def _current(
@@ -321,28 +352,6 @@ def _current(
     ):
         return known
     return ledger.get_connection(connection_id)
-
-
-def _await_half_close(ledger: Ledger, tc: TransportControl, grace: float) -> TransportControl:
-    """``tc`` re-read until it is no longer Open or ``grace`` seconds have passed. Where
-    the ledger tells an object's version cheaply (LocalLedger.object_version), only that
-    is watched, and the connection read again once it changed."""
-    start = time.monotonic()
-    deadline = start + grace
-    delay = _FIRST_POLL_S
-    version_of = getattr(ledger, "object_version", None)
-    while tc.state == ConnectionState.OPEN:
-        now = time.monotonic()
-        left = deadline - now
-        if left <= 0:
-            break
-        time.sleep(min(delay, left))
-        if now - start >= _STEADY_POLL_S:
-            delay = min(delay * 2, _MAX_POLL_S)
-        if version_of is not None and version_of(tc.id) == tc.version:
-            continue
-        tc = ledger.get_connection(tc.id)
-    return tc
 
 
 def recover_unclaimed(

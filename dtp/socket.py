@@ -564,16 +564,18 @@ class _Engine:
                         linger,
                     )
                 if self.payment is not None:
-                    self.payment.closing()  # the final receipt goes out before CLOSE
-                    self.flush()
+                    # the final receipt goes out before CLOSE, in the same write: the
+                    # server wakes once for both
+                    self.payment.closing()
                 self.conn.close(CloseCode.NO_ERROR, "")
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
-                if self.payment is not None:
-                    # the ledger half-close while the server ends its side
-                    self.payment.finish()
+                # the server's end of the carrier closes once it settled on the ledger:
+                # the payment then has nothing left to do there (one read)
                 self._drain_carrier(min(linger, 1.0))
+                if self.payment is not None:
+                    self.payment.finish()
             self.session.process_events()
             self._release()
 
@@ -1510,11 +1512,12 @@ def _connect(
     try:
         with engine.lock:
             engine.flush()
-            # the server now works on our first message: make the next connect's keys
-            # meanwhile (off its critical path), betting it goes to the same server
-            _prepare_next_connect(cfg, anonymous)
+            # the server now works on our first message. What it may wait for (the open
+            # landing) goes first; then the next connect's keys (off its critical path),
+            # betting it goes to the same server
             if while_waiting is not None:
                 while_waiting(engine.conn)
+            _prepare_next_connect(cfg, anonymous)
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,

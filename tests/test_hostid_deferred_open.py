@@ -96,3 +96,68 @@ def test_an_open_failing_during_the_handshake_fails_the_connect(world: World) ->
         assert sock.recv(10) == b"ok"
     with pytest.raises(ConnectionRefused, match="unknown connection"):
         connect_raw(world, CLIENT, "0x" + "ab" * 32, PORT)
+
+
+def test_aio_connect_opens_during_the_handshake(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dtp.aio overlaps as dtp.socket does: the open executes once the first handshake
+    message is out (connection_made sends it), not before."""
+    import asyncio
+
+    import dtp.aio
+
+    order: list[str] = []
+    made, execute = dtp.aio._Protocol.connection_made, PendingOpen.execute
+
+    def connection_made(self: dtp.aio._Protocol, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        order.append("first message out")
+
+    def recorded_execute(self: PendingOpen) -> object:
+        order.append("open")
+        return execute(self)
+
+    monkeypatch.setattr(dtp.aio._Protocol, "connection_made", connection_made)
+    monkeypatch.setattr(PendingOpen, "execute", recorded_execute)
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+
+    async def main() -> str:
+        reader, writer = await dtp.aio.open_connection(
+            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+        )
+        writer.write(b"deferred")
+        await writer.drain()
+        assert await reader.readexactly(8) == b"deferred"
+        cid = writer.connection_id
+        assert cid is not None
+        tc = world.ledger.get_connection(cid)
+        assert tc.state == ConnectionState.OPEN and tc.escrow == writer.escrow_id
+        writer.close()
+        await writer.wait_closed()
+        return cid
+
+    asyncio.run(main())
+    assert order == ["first message out", "open"]
+    assert world.conserved()
+
+
+def test_aio_open_failing_during_the_handshake_fails_the_connect(world: World) -> None:
+    import asyncio
+
+    import dtp.aio
+
+    cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # the ledger refuses it
+
+    async def main() -> None:
+        with pytest.raises(NotAuthorized):
+            await dtp.aio.open_connection(
+                world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+            )
+
+    asyncio.run(main())
+    opened, _ = world.ledger.events(filter=EventFilter(type="ConnectionOpened"))
+    assert opened == []  # nothing was opened, so nothing to half-close
+    closed, _ = world.ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
+    assert closed == []
+    assert world.conserved()

@@ -22,7 +22,7 @@ from dtp import escrow as escrow_module
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
-from dtp.errors import InvalidReceipt
+from dtp.errors import ConnectionStateError, InvalidReceipt, move_error
 from dtp.escrow import Receipt, check_receipt, fee, receipt_message
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
@@ -325,7 +325,7 @@ def test_only_the_claimed_mark_skips_the_sync(tmp_path: Path) -> None:
         assert stored is not None and stored.claimed_amount == receipt.total_amount
 
 
-# -- the settlement's grace for the client's own half-close ----------------------------------
+# -- one transaction closes and settles ---------------------------------------------------
 
 
 def half_closes(ledger: LocalLedger, cid: str) -> list[str]:
@@ -334,53 +334,137 @@ def half_closes(ledger: LocalLedger, cid: str) -> list[str]:
     return [e["by"] for e in found if e["connection"] == cid]
 
 
-def test_settlement_waits_for_the_clients_half_close(world: World, tmp_path: Path) -> None:
+def closes(ledger: LocalLedger, cid: str) -> list[str]:
+    """Who closed ``cid`` fully (the ``by`` of its ConnectionClosed)."""
+    found, _ = ledger.events(filter=EventFilter(type="ConnectionClosed"))
+    return [e["by"] for e in found if e["connection"] == cid]
+
+
+def server_transactions(ledger: LocalLedger) -> int:
+    return int(
+        ledger._db.execute(
+            "SELECT COUNT(*) FROM transactions WHERE sender = ?", (SERVER.sui_address,)
+        ).fetchone()[0]
+    )
+
+
+def test_settlement_closes_an_open_connection_in_the_same_transaction(
+    world: World, tmp_path: Path
+) -> None:
     cid, _ = world.open()
     receipt = world.receipt(cid, 4096, 1)
-    client_ledger = LocalLedger(tmp_path / "ledger.db")  # the client's own handle
-
-    def client_closes_later() -> None:
-        time.sleep(0.05)
-        client_ledger.close_connection(CLIENT, cid, world.host_id)
-
-    with ReceiptStore() as store:
+    host_before = world.ledger.get_host(world.host_id)
+    before = server_transactions(world.ledger)
+    with ReceiptStore(tmp_path / "r.db") as store:
         store.keep(receipt)
-        closer = threading.Thread(target=client_closes_later)
-        closer.start()
-        settled = claim_and_settle(world.ledger, SERVER, cid, store, client_grace=5.0)
-        closer.join(10)
-    client_ledger.close()
-    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]  # we never closed it
+        settled = claim_and_settle(world.ledger, SERVER, cid, store)
+        stored = store.latest(cid)
+        assert stored is not None and stored.unclaimed == 0
+    assert server_transactions(world.ledger) == before + 1
+    assert half_closes(world.ledger, cid) == []
+    assert closes(world.ledger, cid) == [SERVER.sui_address]
+    tc = world.ledger.get_connection(cid)
+    assert tc.settled and tc.state == ConnectionState.CLOSED
     assert settled is not None and settled.claimed == receipt.total_amount
+    assert settled.refunded == 10_000 - receipt.total_amount
+    # the host's connection counts were released, as a close releases them
+    host = world.ledger.get_host(world.host_id)
+    assert host.open_connections == host_before.open_connections - 1
+    assert host.services[PORT].open_connections == host_before.services[PORT].open_connections - 1
+    assert host.connections_of(CLIENT.sui_address) == 0
+    # the client, too late, finds nothing to close
+    with pytest.raises(ConnectionStateError) as closed:
+        world.ledger.close_connection(CLIENT, cid, world.host_id)
+    assert closed.value.name == "EConnectionClosed"
     assert conserved(world.ledger)
 
 
-def test_settlement_closes_itself_once_the_grace_is_over(world: World) -> None:
+def test_settlement_after_the_clients_own_half_close(world: World) -> None:
     cid, _ = world.open()
-    start = time.monotonic()
-    settled = claim_and_settle(world.ledger, SERVER, cid, None, client_grace=0.1)
-    waited = time.monotonic() - start
-    assert 0.1 <= waited < 5
-    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    world.ledger.close_connection(CLIENT, cid, world.host_id)
+    settled = claim_and_settle(world.ledger, SERVER, cid, None)
+    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
+    assert closes(world.ledger, cid) == [SERVER.sui_address]
     assert settled is not None and settled.refunded == 10_000
     assert conserved(world.ledger)
 
 
-def test_paid_server_lets_each_metered_client_half_close_itself(world: World) -> None:
+def test_a_package_that_refuses_settling_an_open_connection_gets_a_half_close_first(
+    world: World,
+) -> None:
+    """A ledger running the package from before the server could settle an Open
+    connection: the settlement half-closes first, then settles."""
+    cid, _ = world.open()
+    receipt = world.receipt(cid, 2048, 1)
+    refused: list[str] = []
+
+    class OldPackage(_CountingLedger):
+        def settle_with_receipt(self, signer, connection_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self._ledger.get_connection(connection_id).state == ConnectionState.OPEN:
+                refused.append(connection_id)
+                raise move_error("transport_control", "EConnectionOpen", connection_id)
+            return self._ledger.settle_with_receipt(signer, connection_id, *args, **kwargs)
+
+    with ReceiptStore() as store:
+        store.keep(receipt)
+        settled = claim_and_settle(OldPackage(world.ledger), SERVER, cid, store)  # type: ignore[arg-type]
+    assert refused == [cid]
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert settled is not None and settled.claimed == receipt.total_amount
+    assert world.ledger.get_connection(cid).settled
+    assert conserved(world.ledger)
+
+
+def test_client_payment_half_closes_only_a_connection_still_open(world: World) -> None:
+    def payment(cid: str) -> ClientPayment:
+        return ClientPayment(world.ledger, CLIENT, world.host_id, cid, _Conn())  # type: ignore[arg-type]
+
+    settled_cid, _ = world.open()
+    claim_and_settle(world.ledger, SERVER, settled_cid, None)
+    payment(settled_cid).finish()  # the server settled: one read, no transaction
+    assert half_closes(world.ledger, settled_cid) == []
+    open_cid, _ = world.open()
+    pay = payment(open_cid)
+    pay.finish()
+    pay.finish()  # once only
+    assert half_closes(world.ledger, open_cid) == [CLIENT.sui_address]
+    assert not world.ledger.get_connection(open_cid).settled  # the server's turn, or the timeout's
+    assert conserved(world.ledger)
+
+
+def _slow(settle: Any) -> Any:
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return settle(*args, **kwargs)
+
+    return slow
+
+
+def test_paid_server_settles_before_the_client_is_done_closing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two transactions per connection the client closes: its open and the server's
+    settlement, which lands before the client's close() returns (the client waits for
+    the server's end of the carrier, which closes after the settlement)."""
+    import dtp.paid
     import dtp.socket
     from dtp.paid import PaidSocket
+
+    # the client waits for the server's end however slowly this machine schedules it
+    monkeypatch.setattr(dtp.socket, "DRAIN_QUIET", 5.0)
+    # a slow settlement: a client that did not wait for it would half-close meanwhile
+    monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
             sock.sendall(data)
 
-    # a grace far above any scheduling delay: every half-close must be the client's
-    policy = ServicePolicy(client_close_grace=10.0)
     with dtp.socket.serve(
-        world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER, policy=policy
+        world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER
     ) as server:
         cids = []
         for _ in range(4):
+            before = server_transactions(world.ledger)
             with dtp.socket.create_connection(
                 f"dtp://{world.host_id}:{PORT}",
                 timeout=10,
@@ -388,20 +472,74 @@ def test_paid_server_lets_each_metered_client_half_close_itself(world: World) ->
                 identity=CLIENT,
                 cap_id=world.cap,
             ) as sock:
-                sock.sendall(b"x" * 100)
-                assert sock.recv(100) == b"x" * 100
-                cids.append(sock.connection_id)
-        deadline = time.monotonic() + 20
-        while len(server.settlements) < len(cids) and time.monotonic() < deadline:
-            time.sleep(0.01)
+                cid = sock.connection_id
+                assert cid is not None
+                cids.append(cid)
+                sock.sendall(b"x" * 50)
+                assert sock.recv(50) == b"x" * 50
+                # a receipt mid-connection, as a server's request for one makes it
+                engine = sock._engine
+                with engine.lock:
+                    assert engine.payment is not None
+                    engine.payment.on_server_receipt(b"")
+                    engine.flush()
+                deadline = time.monotonic() + 10
+                while server.store.latest(cid) is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                sock.sendall(b"x" * 50)
+                assert sock.recv(50) == b"x" * 50
+            tc = world.ledger.get_connection(cid)
+            assert tc.settled and tc.state == ConnectionState.CLOSED
+            assert server_transactions(world.ledger) == before + 1
+            assert half_closes(world.ledger, cid) == []
+            assert closes(world.ledger, cid) == [SERVER.sui_address]
         assert sorted(c for c, _ in server.settlements) == sorted(cids)
-    # close() wrote the claimed marks that waited for a receipt write to share
     for cid in cids:
+        # the final receipt (100 bytes each way, one request) was claimed, not written
+        # first; the one written mid-connection (half that) is marked claimed: close()
+        # wrote the mark that waited for a receipt write to share
+        escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
+        assert escrow.claimed == fee(SLA, 200, 1)
         kept = server.store.latest(cid)
         assert kept is not None and kept.unclaimed == 0
-    for cid in cids:
-        assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
-        assert world.ledger.get_connection(cid).settled
+        assert kept.receipt.total_amount == fee(SLA, 100, 1) < escrow.claimed
+    assert conserved(world.ledger)
+
+
+def test_a_final_receipt_the_settlement_could_not_claim_is_stored(world: World) -> None:
+    """The receipt that came with the client's CLOSE is written only when the
+    settlement did not claim it: here the client's cap refuses the claim, and the
+    receipt waits in the store for recover_unclaimed."""
+    import dtp.socket
+    from dtp.paid import PaidSocket
+
+    def echo(sock: PaidSocket) -> None:
+        while data := sock.recv(1024):
+            sock.sendall(data)
+
+    with (
+        dtp.socket.serve(world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER) as server,
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=10,
+            ledger=world.ledger,
+            identity=CLIENT,
+            cap_id=world.cap,
+        ) as sock,
+    ):
+        sock.sendall(b"z" * 100)
+        assert sock.recv(100) == b"z" * 100
+        cid = sock.connection_id
+        assert cid is not None
+        world.ledger.set_max_per_epoch(CLIENT, world.cap, 0)  # no claim this epoch
+    tc = world.ledger.get_connection(cid)
+    assert not tc.settled and tc.half_closed_by == SERVER.sui_address
+    assert half_closes(world.ledger, cid) == [SERVER.sui_address]  # the client saw it
+    kept = server.store.latest(cid)
+    assert kept is not None and kept.unclaimed == kept.receipt.total_amount == fee(SLA, 200, 1)
+    world.ledger.set_max_per_epoch(CLIENT, world.cap, 1_000_000)
+    done = recover_unclaimed(world.ledger, SERVER, server.store)
+    assert [(c, s.claimed) for c, s in done] == [(cid, fee(SLA, 200, 1))]
     assert conserved(world.ledger)
 
 
@@ -544,34 +682,6 @@ def test_a_stale_escrow_is_read_again(world: World) -> None:
     assert conserved(world.ledger)
 
 
-def test_the_half_close_is_watched_by_version(world: World) -> None:
-    cid, _ = world.open()
-    looks: list[str] = []
-
-    class Watching(_CountingLedger):
-        def object_version(self, object_id: str) -> int:
-            looks.append(object_id)
-            return self._ledger.object_version(object_id)
-
-    client_ledger = LocalLedger(world.ledger.path)
-
-    def client_closes_later() -> None:
-        time.sleep(0.05)
-        client_ledger.close_connection(CLIENT, cid, world.host_id)
-
-    closer = threading.Thread(target=client_closes_later)
-    closer.start()
-    counting = Watching(world.ledger)
-    settled = claim_and_settle(counting, SERVER, cid, None, client_grace=5.0)  # type: ignore[arg-type]
-    closer.join(10)
-    client_ledger.close()
-    assert looks and set(looks) == {cid}
-    assert counting.connection_reads == 2  # once at the start, once when it changed
-    assert half_closes(world.ledger, cid) == [CLIENT.sui_address]
-    assert settled is not None and settled.refunded == 10_000
-    assert conserved(world.ledger)
-
-
 def test_keep_many_keeps_newer_receipts_and_marks_after_them(world: World, tmp_path: Path) -> None:
     first, _ = world.open()
     second, _ = world.open()
@@ -637,7 +747,7 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
     )
     assert counting.connection_reads == 1 and counting.escrow_reads == 0
     assert settled is not None and settled.refunded == 10_000
-    # still Open, as known: nothing read but its version; the server closes it itself
+    # still Open, as known: nothing read but its version; the settlement closes it
     cid, escrow_id = world.open()
     known = world.ledger.get_connection(cid)
     counting = _CountingReads(world.ledger)
@@ -650,6 +760,65 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
         connection=known,
     )
     assert counting.connection_reads == 0
-    assert half_closes(world.ledger, cid) == [SERVER.sui_address]
+    assert half_closes(world.ledger, cid) == []  # closed and settled at once
+    assert closes(world.ledger, cid) == [SERVER.sui_address]
     assert settled is not None and settled.refunded == 10_000
+    assert conserved(world.ledger)
+
+
+def test_aio_paid_pair_settles_before_the_clients_close_returns(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dtp.paid_aio settles a connection its client closed before its end of the
+    carrier closes, and dtp.aio's client waits for that end: two transactions per
+    connection, as with the blocking pair."""
+    import asyncio
+
+    import dtp.aio
+    import dtp.paid_aio
+
+    monkeypatch.setattr(dtp.aio, "DRAIN_QUIET", 5.0)
+    # a slow settlement: a client that did not wait for it would half-close meanwhile
+    monkeypatch.setattr(dtp.paid_aio, "claim_and_settle", _slow(claim_and_settle))
+
+    async def echo(reader: Any, writer: Any) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> list[str]:
+        cids: list[str] = []
+        server = await dtp.paid_aio.serve(
+            world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER
+        )
+        async with server:
+            for _ in range(3):
+                before = server_transactions(world.ledger)
+                reader, writer = await dtp.aio.open_connection(
+                    f"dtp://{world.host_id}:{PORT}",
+                    timeout=10,
+                    ledger=world.ledger,
+                    identity=CLIENT,
+                    cap_id=world.cap,
+                )
+                writer.write(b"y" * 100)
+                await writer.drain()
+                assert await reader.readexactly(100) == b"y" * 100
+                cid = writer.connection_id
+                assert cid is not None
+                cids.append(cid)
+                writer.close()
+                await writer.wait_closed()
+                tc = world.ledger.get_connection(cid)
+                assert tc.settled and tc.state == ConnectionState.CLOSED
+                assert server_transactions(world.ledger) == before + 1
+                assert half_closes(world.ledger, cid) == []
+                assert closes(world.ledger, cid) == [SERVER.sui_address]
+            assert sorted(c for c, _ in server.settlements) == sorted(cids)
+        return cids
+
+    cids = asyncio.run(main())
+    for cid in cids:
+        escrow = world.ledger.get_escrow(world.ledger.get_connection(cid).escrow)
+        assert escrow.claimed > 0  # the final receipt, claimed without being written first
     assert conserved(world.ledger)

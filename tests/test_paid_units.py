@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.errors import (
     ConnectionStateError,
     InvalidReceipt,
@@ -273,7 +273,10 @@ def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path / "r.db")
     store.keep(Receipt(cid, 150 * 1024, 0, 1500, 1).sign(CLIENT))
     assert claim_and_settle(ledger, SERVER, cid, store) is None
-    assert not ledger.get_connection(cid).settled
+    tc = ledger.get_connection(cid)
+    assert not tc.settled
+    # closed on our side all the same: the client's refund timeout runs
+    assert tc.state is ConnectionState.HALF_CLOSED and tc.half_closed_by == SERVER.sui_address
     assert [s.unclaimed for s in store.unclaimed()] == [1500]
     ledger.set_max_per_epoch(CLIENT, cap, 2000)  # e.g. the next epoch, or a raised cap
     done = recover_unclaimed(ledger, SERVER, store)

@@ -799,8 +799,12 @@ def tc_settle(x: Exec, tc_id: str, host_id: str, escrow_id: str) -> int:
     is_server = x.sender == tc["server"]
     state = tc["state"]
     if state["kind"] == "Open":
-        raise move_error("transport_control", "EConnectionOpen", f"connection {tc_id}")
-    if state["kind"] == "HalfClosed":
+        # the server may close and settle at once (it forgoes further claims); the
+        # client must half-close and leave the server its timeout to claim
+        if not is_server:
+            raise move_error("transport_control", "EConnectionOpen", f"connection {tc_id}")
+        _close_fully(x, tc, tc_id, host, x.now_ms)
+    elif state["kind"] == "HalfClosed":
         if not is_server and x.now_ms < state["at_ms"] + HALF_CLOSE_TIMEOUT_MS:
             raise _timeout_error(tc_id, state["at_ms"], x.now_ms)
         _close_fully(x, tc, tc_id, host, state["at_ms"])
@@ -844,8 +848,6 @@ def tc_settle_with_receipt(
         raise move_error(
             "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
         )
-    if tc["state"]["kind"] == "Open":
-        raise move_error("transport_control", "EConnectionOpen", f"connection {tc_id}")
     paid = escrow_claim(
         x, escrow_id, cap_id, total_bytes, total_requests, total_amount, nonce, signature
     )

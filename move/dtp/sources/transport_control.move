@@ -39,7 +39,7 @@ const ENotHalfClosed: vector<u8> = b"Connection is not half-closed";
 #[error(code = 55)]
 const ETimeoutNotReached: vector<u8> = b"Half-close timeout has not elapsed";
 #[error(code = 56)]
-const EConnectionOpen: vector<u8> = b"Connection must be closed (or half-closed) first";
+const EConnectionOpen: vector<u8> = b"Connection must be closed (or half-closed) first, or settled by the server";
 #[error(code = 57)]
 const EWrongHost: vector<u8> = b"Not this connection's host";
 #[error(code = 58)]
@@ -264,9 +264,10 @@ public fun finalize(tc: &mut TransportControl, host: &mut Host, clock: &Clock, c
 // === Settlement ===
 
 /// Settle without a final receipt: refund everything left in the escrow to the client.
-/// The server may settle as soon as the connection is not Open (it forgoes further
-/// claims); the client only once `HALF_CLOSE_TIMEOUT_MS` has passed since the first
-/// close. A half-closed connection becomes Closed.
+/// The server may settle at any time (it forgoes further claims), an Open connection
+/// closing in the same step: one transaction ends a connection whose client closed it
+/// in-band. The client may settle only once `HALF_CLOSE_TIMEOUT_MS` has passed since
+/// the first close. An Open or half-closed connection becomes Closed.
 public fun settle(
     tc: &mut TransportControl,
     host: &mut Host,
@@ -283,7 +284,10 @@ public fun settle(
     let is_server = who == tc.server;
     let state = tc.state;
     match (state) {
-        State::Open => abort EConnectionOpen,
+        State::Open => {
+            assert!(is_server, EConnectionOpen);
+            tc.close_fully(host, now, now, who);
+        },
         State::HalfClosed { by: _, at_ms } => {
             assert!(is_server || now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
             tc.close_fully(host, at_ms, now, who);
@@ -306,8 +310,9 @@ public fun settle(
     });
 }
 
-/// The server's final settlement: claim the latest receipt, then refund the rest to the
-/// client (see `escrow::claim` for the receipt checks and `settle` for the rest).
+/// The server's final settlement, in any state but settled: claim the latest receipt,
+/// then refund the rest to the client (see `escrow::claim` for the receipt checks and
+/// `settle` for the rest).
 public fun settle_with_receipt(
     tc: &mut TransportControl,
     host: &mut Host,
@@ -323,7 +328,6 @@ public fun settle_with_receipt(
 ) {
     assert!(!tc.settled, EAlreadySettled);
     assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
-    assert!(tc.state_code() != STATE_OPEN, EConnectionOpen);
     // `claim` aborts with escrow::ENotServer unless the sender is the server.
     escrow.claim(cap, total_bytes, total_requests, total_amount, nonce, signature, ctx);
     settle(tc, host, escrow, clock, ctx);

@@ -388,11 +388,27 @@ fun finalize_needs_half_close() {
 }
 
 #[test, expected_failure(abort_code = transport_control::EConnectionOpen)]
-fun open_connection_cannot_settle() {
+fun client_cannot_settle_an_open_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::settle_as(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun server_closes_and_settles_an_open_connection() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     th::settle_as(&mut scenario, &clock, conn, th::server());
+    scenario.next_tx(th::client());
+    {
+        let tc = scenario.take_shared_by_id<TransportControl>(conn);
+        assert!(tc.state_code() == transport_control::state_closed());
+        assert!(tc.is_settled());
+        ts::return_shared(tc);
+    };
     th::finish(scenario, clock);
 }
 
