@@ -335,6 +335,32 @@ def test_rpc_inline_server_calls_and_typed_errors() -> None:
         s.close()
 
 
+def test_rpc_inline_server_over_a_plain_socket() -> None:
+    """The inline server over a stream that is not a DTPSocket (no send_recv: it sends
+    each answer and reads on itself), real TCP on 127.0.0.1: plain answers, typed
+    errors, pipelined requests and a peer that goes away."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client_sock = socket.create_connection(listener.getsockname())
+    server_sock, _ = listener.accept()
+    listener.close()
+    rpc = make_rpc(workers=0)
+    thread = threading.Thread(target=rpc.serve_stream, args=(server_sock,), daemon=True)
+    thread.start()
+    try:
+        client = RpcClient(client_sock, timeout=5)
+        check_calls_and_typed_errors(client)
+        calls = [client.start("echo", i) for i in range(100)]
+        assert [c.result() for c in calls] == list(range(100))
+        assert rpc.served >= 102
+    finally:
+        client_sock.close()
+        thread.join(5)
+        server_sock.close()
+    assert not thread.is_alive()
+
+
 def check_calls_and_typed_errors(client: RpcClient) -> None:
     assert client.call("echo", {"a": [1, b"\x00", None]}) == {"a": [1, b"\x00", None]}
     with pytest.raises(E.MethodNotFound):

@@ -711,14 +711,10 @@ class RpcClient:
         finally:
             wlock.release()
         stream = self._stream
-        self._read_timeout(stream, timeout)
-        failed: BaseException | None = None
+        if timeout != self._current_timeout:
+            self._read_timeout(stream, timeout)
         try:
-            data: bytes | None = stream.recv(RECV_SIZE)
-        except TimeoutError:
-            data = None
-        except (DTPError, OSError) as exc:
-            data, failed = None, exc
+            data, failed = self._read(stream)
         except BaseException:
             with lock:
                 self._reading = False
@@ -781,6 +777,18 @@ class RpcClient:
         if not call.done and deadline is not None and now >= deadline:
             self._expire(call, deadline)
 
+    @staticmethod
+    def _read(stream: BlockingStream) -> tuple[bytes | None, BaseException | None]:
+        """One read for everybody (the reader flag set): ``(data, None)`` -- b"" when
+        the peer closed -- or ``(None, None)`` when the read timed out, ``(None, the
+        error)`` when it failed (what :meth:`_absorb` takes)."""
+        try:
+            return stream.recv(RECV_SIZE), None
+        except TimeoutError:
+            return None, None
+        except (DTPError, OSError) as exc:
+            return None, exc
+
     def _read_timeout(self, stream: BlockingStream, timeout: float | None) -> None:
         """Give the stream's reads ``timeout``, unless the one already set is as good: a
         little shorter (the wait ends a moment early and the loop comes back) or at most
@@ -820,13 +828,7 @@ class RpcClient:
                     timer = deadline
                 wait = None if timer is None else max(timer - monotonic(), 1e-4)
                 self._read_timeout(stream, wait)
-                failed: BaseException | None = None
-                try:
-                    data: bytes | None = stream.recv(RECV_SIZE)
-                except TimeoutError:
-                    data = None
-                except (DTPError, OSError) as exc:
-                    data, failed = None, exc
+                data, failed = self._read(stream)
                 with lock:
                     self._reading = leading = False
                     self._absorb(data, failed, timer, call, deadline)
@@ -1079,38 +1081,59 @@ class _ServerStream:
         protocol's general path and the handlers run in turn."""
         stream, proto = self.stream, self.proto
         methods = self.server.methods
+        take_request, response_frame = proto.take_request, proto.response_frame
+        # a DTPSocket sends an answer and reads on in one go (None: do it ourselves)
+        send_recv: Callable[[bytes, int], bytes | None] = getattr(
+            stream, "send_recv", lambda reply, size: None
+        )
         monotonic = time.monotonic
         accepting = self.on_stream is not None
         gap = ACCEPT_POLL_MIN
         next_poll = monotonic()  # streams opened before the first request
         if not accepting:
             stream.settimeout(None)
+        data: bytes | None = None
         while True:
-            if accepting:
-                now = monotonic()
-                if now >= next_poll:
-                    accepting = self.accept_streams()
-                    next_poll = now + gap
-                    gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
-                    # reads wait until the next look at most (while requests keep
-                    # coming, it happens between two of them)
-                    stream.settimeout(max(1e-3, next_poll - now) if accepting else None)
-            try:
-                data = stream.recv(RECV_SIZE)
-            except TimeoutError:
-                continue
+            if data is None:
+                if accepting:
+                    now = monotonic()
+                    if now >= next_poll:
+                        accepting = self.accept_streams()
+                        next_poll = now + gap
+                        gap = min(gap * 2, ACCEPT_POLL_MAX)  # back to the minimum on traffic
+                        # reads wait until the next look at most (while requests keep
+                        # coming, it happens between two of them)
+                        stream.settimeout(max(1e-3, next_poll - now) if accepting else None)
+                try:
+                    data = stream.recv(RECV_SIZE)
+                except TimeoutError:
+                    continue
             if not data:
                 return
             gap = ACCEPT_POLL_MIN
-            message = proto.take_request(data)
+            message = take_request(data)
             if message is not None:
                 entry = methods.get(message[2])
                 if entry is not None and not entry[1]:
-                    stream.sendall(self.answer_now(entry[0], message))
+                    # a plain handler: answered at once
+                    try:
+                        reply = response_frame(message[1], entry[0](message[3]))
+                        self.server.served += 1
+                    except Exception as exc:
+                        reply = self.answer_error(message, exc)
+                    data = None
+                    if not accepting or monotonic() < next_poll:  # no look for streams due
+                        try:
+                            data = send_recv(reply, RECV_SIZE)
+                        except TimeoutError:  # the read's: look for new streams, read again
+                            continue
+                    if data is None:
+                        stream.sendall(reply)
                     continue
                 proto.admit_request(message, monotonic())
             else:
                 proto.receive_data(data, monotonic())
+            data = None
             for event in proto.events():
                 if type(event) is RequestReceived:
                     entry = methods.get(event.method)
@@ -1119,9 +1142,9 @@ class _ServerStream:
                         continue
                 self.handle(event)  # answers requests, contexts and all, inline
             proto.get_timer()  # drops the timers of the requests just answered
-            data = proto.data_to_send()
-            if data:
-                stream.sendall(data)
+            out = proto.data_to_send()
+            if out:
+                stream.sendall(out)
 
     def run_general(self) -> None:
         """The read loop with a worker pool or fees: handlers answer from other threads
@@ -1276,19 +1299,13 @@ class _ServerStream:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
 
-    def answer_now(self, fn: Handler, request: list[Any]) -> bytes:
-        """Run a plain handler for a request from RpcProtocol.take_request (the
-        stream's thread only, no pool, no fees); returns the answer's frame."""
-        _, request_id, method, params, _, _ = request
-        try:
-            result = fn(params)
-        except Exception as exc:
-            if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", method)
-            code, message, data = _error_reply(exc)
-            return self.proto.error_frame(request_id, code, message, data)
-        self.server.served += 1
-        return self.proto.response_frame(request_id, result)
+    def answer_error(self, request: list[Any], exc: Exception) -> bytes:
+        """The frame answering a request from RpcProtocol.take_request whose plain
+        handler raised ``exc`` (the stream's thread only, no pool, no fees)."""
+        if not isinstance(exc, E.RemoteError | TypeError):
+            logger.exception("handler %s failed", request[2], exc_info=exc)
+        code, message, data = _error_reply(exc)
+        return self.proto.error_frame(request[1], code, message, data)
 
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
         """Run a handler that takes no context inline and queue its answer (the stream's
