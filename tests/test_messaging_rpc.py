@@ -53,6 +53,8 @@ from dtp.messaging.protocol import (
 )
 from dtp.messaging.rpc import (
     ACCEPT_POLL_MAX,
+    QUICK_RECV_SIZE,
+    RECV_SIZE,
     AsyncRpcClient,
     AsyncRpcServer,
     CallContext,
@@ -331,6 +333,26 @@ def test_rpc_inline_server_calls_and_typed_errors() -> None:
         client = s.connect(timeout=5)
         check_calls_and_typed_errors(client)
         assert client.call("whoami", 3) == ["whoami", 3]
+    finally:
+        s.close()
+
+
+def test_rpc_inline_small_and_large_messages_alternate() -> None:
+    """The fast paths read small messages with QUICK_RECV_SIZE and switch to RECV_SIZE
+    after one that did not come whole in a short read: messages of every size in any
+    order arrive whole, and the client's read size follows the last answer."""
+    s = Served(make_rpc(workers=0))
+    try:
+        client = s.connect(timeout=10)
+        rng = random.Random(7)
+        for size in [100, 200_000, 100, 70_000, 65_536, 900_000, 10, 300_000, 5, 64_000]:
+            payload = rng.randbytes(size)
+            assert client.call("echo", payload) == payload
+            if size <= 1000:
+                assert client._read_size == QUICK_RECV_SIZE, size
+            elif size >= QUICK_RECV_SIZE:
+                assert client._read_size == RECV_SIZE, size
+        assert client.call("echo", [1, "two"]) == [1, "two"]
     finally:
         s.close()
 
