@@ -812,20 +812,32 @@ class DTPSocket:
             lock.acquire()
             try:
                 if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
-                    lane: Any = conn.lent_lane
-                    if bufsize <= lane.own_cap:
-                        n = engine.read_lent(lane, sid, bufsize, self._timeout)
-                        if n:
-                            data: bytes = lane.own[:n].tobytes()
-                            return data
-                    else:
-                        view = engine.recv_scratch(bufsize)
-                        n = engine.read_lent(lane, sid, view, self._timeout)
-                        if n:
-                            return view[:n].tobytes()
+                    data = self._read_lent(conn.lent_lane, bufsize)
+                    if data is not None:
+                        return data
                     lent = True
             finally:
                 lock.release()
+        return self._recv_general(bufsize, lent)
+
+    def _read_lent(self, lane: Any, bufsize: int) -> bytes | None:
+        """A read of up to ``bufsize`` bytes through the lent ``lane`` (lock held); None
+        when it took nothing (the general path goes on)."""
+        engine = self._engine
+        if bufsize <= lane.own_cap:
+            n = engine.read_lent(lane, self._stream_id, bufsize, self._timeout)
+            if n:
+                data: bytes = lane.own[:n].tobytes()
+                return data
+            return None
+        view = engine.recv_scratch(bufsize)
+        n = engine.read_lent(lane, self._stream_id, view, self._timeout)
+        return view[:n].tobytes() if n else None
+
+    def _recv_general(self, bufsize: int, lent: bool) -> bytes:
+        """:meth:`recv` past its lent fast path (``lent``: it was tried)."""
+        engine = self._engine
+        sid = self._stream_id
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         if bufsize < 0:
@@ -1034,6 +1046,49 @@ class DTPSocket:
         while len(view):
             n = self.send(view)
             view = view[n:]
+
+    def send_recv(self, data: bytes, bufsize: int) -> bytes | None:
+        """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (an answer,
+        then the read of the next request), under one hold of the connection's lock,
+        when the stream is lent (the usual case once it carries data). The send never
+        waits: what flow control does not let out at once is queued for the connection
+        to send, so a TimeoutError is the read's. Returns None, with nothing sent,
+        when the stream is not lent now (call :meth:`sendall` and :meth:`recv`)."""
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        if not (
+            conn.lent_stream_id == sid
+            and self._fast_write
+            and self._fast_read
+            and bufsize > 0
+            and engine.payment is None
+        ):
+            return None
+        lock = engine.lock
+        lock.acquire()
+        try:
+            if conn.lent_stream_id != sid or engine.out or engine.carrier_closed or engine.pumping:
+                return None
+            lane: Any = conn.lent_lane
+            try:
+                left: int = lane.send(engine._fd, data, engine.out)
+            except OSError as exc:
+                engine._carrier_failed(exc)
+                left = 0  # lost with the carrier: the read reports it
+            lent = False
+            if left:
+                # out of credit: the rest is queued (this takes the stream back)
+                conn.send_stream_data(sid, memoryview(data).cast("B")[-left:])
+                engine.flush()
+            elif not engine.out and conn.lent_stream_id == sid and conn.lent_can_recv:
+                got = self._read_lent(lane, bufsize)
+                if got is not None:
+                    return got
+                lent = True
+        finally:
+            lock.release()
+        return self._recv_general(bufsize, lent)
 
     # -- closing ----------------------------------------------------------------------------
 

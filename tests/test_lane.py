@@ -4,6 +4,7 @@ general path would."""
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from types import SimpleNamespace
@@ -72,6 +73,27 @@ def test_takes_a_run_of_stream_records(backend: SimpleNamespace) -> None:
         len(data),
     )
     assert bytes(dst[: len(data)]) == data and result.spill == b""
+
+
+def test_the_lane_keeps_its_aeads_alive(backend: SimpleNamespace) -> None:
+    """The C lane (dtp_lane) holds raw pointers to the AEADs' contexts: the lane object
+    keeps their owners alive, so a lane whose AEADs nobody else references still seals
+    and opens after collections (a freed context would be a use-after-free, which the
+    sanitizer run of this file reports)."""
+    send_key, recv_key = os.urandom(32), os.urandom(32)
+    lane = backend.Lane(backend.Aead(send_key), backend.Aead(recv_key))
+    gc.collect()
+    churn = [backend.Aead(os.urandom(32)) for _ in range(64)]  # reuses freed memory, if any
+    del churn
+    gc.collect()
+    data = os.urandom(3000)
+    sealed, n = lane.seal(7, SID, 0, data)
+    assert (bytes(sealed), n) == backend.Aead(send_key).seal_stream(7, SID, 0, data)
+    incoming = backend.Aead(recv_key).seal_stream(0, SID, 0, data)[0]
+    dst = bytearray(4000)
+    result = take(lane, incoming, dst)
+    assert (result.status, result.taken) == (OK, len(data))
+    assert bytes(dst[: len(data)]) == data
 
 
 def test_small_buffer_spills_the_rest_of_a_record(backend: SimpleNamespace) -> None:

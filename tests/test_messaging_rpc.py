@@ -53,6 +53,8 @@ from dtp.messaging.protocol import (
 )
 from dtp.messaging.rpc import (
     ACCEPT_POLL_MAX,
+    QUICK_RECV_SIZE,
+    RECV_SIZE,
     AsyncRpcClient,
     AsyncRpcServer,
     CallContext,
@@ -333,6 +335,52 @@ def test_rpc_inline_server_calls_and_typed_errors() -> None:
         assert client.call("whoami", 3) == ["whoami", 3]
     finally:
         s.close()
+
+
+def test_rpc_inline_small_and_large_messages_alternate() -> None:
+    """The fast paths read small messages with QUICK_RECV_SIZE and switch to RECV_SIZE
+    after one that did not come whole in a short read: messages of every size in any
+    order arrive whole, and the client's read size follows the last answer."""
+    s = Served(make_rpc(workers=0))
+    try:
+        client = s.connect(timeout=10)
+        rng = random.Random(7)
+        for size in [100, 200_000, 100, 70_000, 65_536, 900_000, 10, 300_000, 5, 64_000]:
+            payload = rng.randbytes(size)
+            assert client.call("echo", payload) == payload
+            if size <= 1000:
+                assert client._read_size == QUICK_RECV_SIZE, size
+            elif size >= QUICK_RECV_SIZE:
+                assert client._read_size == RECV_SIZE, size
+        assert client.call("echo", [1, "two"]) == [1, "two"]
+    finally:
+        s.close()
+
+
+def test_rpc_inline_server_over_a_plain_socket() -> None:
+    """The inline server over a stream that is not a DTPSocket (no send_recv: it sends
+    each answer and reads on itself), real TCP on 127.0.0.1: plain answers, typed
+    errors, pipelined requests and a peer that goes away."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client_sock = socket.create_connection(listener.getsockname())
+    server_sock, _ = listener.accept()
+    listener.close()
+    rpc = make_rpc(workers=0)
+    thread = threading.Thread(target=rpc.serve_stream, args=(server_sock,), daemon=True)
+    thread.start()
+    try:
+        client = RpcClient(client_sock, timeout=5)
+        check_calls_and_typed_errors(client)
+        calls = [client.start("echo", i) for i in range(100)]
+        assert [c.result() for c in calls] == list(range(100))
+        assert rpc.served >= 102
+    finally:
+        client_sock.close()
+        thread.join(5)
+        server_sock.close()
+    assert not thread.is_alive()
 
 
 def check_calls_and_typed_errors(client: RpcClient) -> None:

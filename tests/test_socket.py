@@ -230,6 +230,72 @@ def test_a_full_carrier_holds_back_the_sender() -> None:
         assert most <= 2 * len(chunk)
 
 
+def test_send_recv_exchanges_through_the_lent_stream(echo_server) -> None:  # type: ignore[no-untyped-def]
+    """send_recv sends and reads in one go once the stream is lent; before that it
+    sends nothing and says so (None)."""
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        conn = sock._engine.conn
+        if conn.lent_stream_id != sock._stream_id:
+            assert sock.send_recv(b"not sent", 100) is None
+        sock.sendall(b"first")
+        assert sock.recv(100) == b"first"
+        assert conn.lent_stream_id == sock._stream_id
+        for i in range(50):
+            message = os.urandom(1 + i * 37)
+            assert sock.send_recv(message, 1 << 18) == message
+        # a read that ends inside the message: the rest comes with the next reads
+        message = os.urandom(5000)
+        got = sock.send_recv(message, 1000)
+        assert got is not None and len(got) <= 1000
+        while len(got) < len(message):
+            got += sock.recv(len(message) - len(got))
+        assert got == message
+        # more than one seal takes: the lane sends what it can, the rest goes on
+        sock.sendall(b"lend")
+        assert sock.recv(100) == b"lend"
+        assert conn.lent_stream_id == sock._stream_id
+        big = os.urandom(3 << 20)
+        got = sock.send_recv(big, 1 << 20)
+        assert got is not None
+        received = hashlib.sha256(got)
+        count = len(got)
+        while count < len(big):
+            data = sock.recv(1 << 20)
+            assert data
+            received.update(data)
+            count += len(data)
+        assert count == len(big)
+        assert received.digest() == hashlib.sha256(big).digest()
+        got = sock.send_recv(b"after", 100)
+        if got is None:  # not lent at the moment: nothing was sent
+            sock.sendall(b"after")
+            got = sock.recv(100)
+        assert got == b"after"
+
+
+def test_send_recv_never_waits_to_send() -> None:
+    """Out of credit (a peer that never reads), send_recv queues what flow control
+    holds back and waits only for the read: its TimeoutError is the read's."""
+    with (
+        server_process("slow") as srv,
+        dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,
+    ):
+        sock.sendall(b"x")  # the stream is lent once it carries data
+        assert sock._engine.conn.lent_stream_id == sock._stream_id
+        sock.settimeout(0.3)
+        window = ConnectionConfig.__dataclass_fields__["stream_window"].default
+        start = time.monotonic()
+        with pytest.raises(DTPTimeoutError):
+            sock.send_recv(os.urandom(window + (1 << 20)), 100)
+        assert time.monotonic() - start < 3
+        engine = sock._engine
+        queued = engine.conn.send_buffered(sock._stream_id) + sum(len(b) for b in engine.out)
+        assert queued >= 1 << 20
+        sock.abort()
+
+
 def test_connect_to_nothing_fails_fast() -> None:
     with pytest.raises(DTPError):
         dtp.socket.create_connection(("127.0.0.1", 1), timeout=5, server_key=os.urandom(32))

@@ -396,23 +396,10 @@ class RpcProtocol:
         pending request ``request_id``: settle the request and return ``(result,)`` (a
         response's meta is not kept). Otherwise None, with nothing changed: feed
         ``data`` to :meth:`receive_data`."""
-        n = len(data)
-        decoder = self._decoder
-        if (
-            n < 8
-            or n - 4 > self.max_message_size
-            or int.from_bytes(data[:4], "big") != n - 4
-            or not data.startswith(_RESPONSE_HEAD, 4)  # a 4-element array, kind 1
-            or decoder._buf
-            or decoder._skip
-        ):
+        message = self._lone_frame(data, _RESPONSE_HEAD, 8)
+        if message is None:
             return None
-        try:
-            _, got_id, result, meta = _unpackb(
-                data[4:], raw=False, strict_map_key=False, use_list=True
-            )
-        except Exception:
-            return None
+        _, got_id, result, meta = message
         if (
             type(got_id) is int
             and got_id == request_id
@@ -430,21 +417,10 @@ class RpcProtocol:
         this protocol: it is never pending), or hands back with
         :meth:`admit_request`. Otherwise None, with nothing changed: feed ``data`` to
         :meth:`receive_data`."""
-        n = len(data)
-        decoder = self._decoder
-        if (
-            n < 11
-            or n - 4 > self.max_message_size
-            or int.from_bytes(data[:4], "big") != n - 4
-            or not data.startswith(_REQUEST_HEAD, 4)  # a 6-element array, kind 0
-            or decoder._buf
-            or decoder._skip
-            or self._events
-        ):
+        if self._events:
             return None
-        try:
-            message: list[Any] = _unpackb(data[4:], raw=False, strict_map_key=False, use_list=True)
-        except Exception:
+        message = self._lone_frame(data, _REQUEST_HEAD, 11)
+        if message is None:
             return None
         _, request_id, method, _, timeout_ms, meta = message
         if (
@@ -460,6 +436,29 @@ class RpcProtocol:
         ):
             return message
         return None
+
+    def _lone_frame(self, data: bytes, head: bytes, min_len: int) -> list[Any] | None:
+        """The message of ``data`` when it is exactly one frame (at least ``min_len``
+        bytes, within the cap) whose body starts with ``head`` (its array and kind) and
+        decodes, and no partial frame waits in the decoder; else None."""
+        n = len(data)
+        decoder = self._decoder
+        if (
+            n < min_len
+            or n - 4 > self.max_message_size
+            or int.from_bytes(data[:4], "big") != n - 4
+            or not data.startswith(head, 4)
+            or decoder._buf
+            or decoder._skip
+        ):
+            return None
+        try:
+            # msgpack's defaults are raw=False and use_list=True: only the map-key
+            # rule is ours (keyword parsing is a measurable part of a small call)
+            message: list[Any] = _unpackb(data[4:], strict_map_key=False)
+        except Exception:
+            return None
+        return message
 
     def admit_request(self, message: list[Any], now: float) -> None:
         """A request from :meth:`take_request` that the caller does not answer at once:
