@@ -1056,3 +1056,27 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
         rpc.close()
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+@pytest.mark.parametrize(("workers", "context"), [(0, False), (0, True), (4, False)])
+def test_rpc_server_waits_for_a_slow_reader_of_a_large_answer(workers: int, context: bool) -> None:
+    """A connection's first stream reads with short timeouts (to look for new streams
+    in between); sending an answer the client is slow to take must not inherit them:
+    the answer waits for flow control and arrives whole, and the stream lives on
+    (handlers inline, plain or with a context, and in a pool)."""
+    rpc = RpcServer(workers=workers, max_message_size=8 << 20)
+    blob = random.Random(3).randbytes(6 << 20)  # beyond one stream window (4 MiB)
+    if context:
+        rpc.register("blob", lambda p, ctx: blob, context=True)
+    else:
+        rpc.register("blob", lambda p: blob)
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=20, max_message_size=8 << 20)
+        assert client.call("blob", None) == blob  # the stream is lent by now
+        call = client.start("blob", None)
+        time.sleep(1.0)  # nobody reads: the server's send waits for window
+        assert call.result() == blob
+        assert client.call("blob", None) == blob
+    finally:
+        s.close()

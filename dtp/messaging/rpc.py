@@ -115,6 +115,28 @@ class BlockingStream(Protocol):
     def settimeout(self, timeout: float | None, /) -> None: ...
 
 
+def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -> None:
+    """``stream.sendall(data)`` whatever read timeout the stream has. A connection's
+    first stream reads with short timeouts, to look for the streams the client opens
+    in between (and the general loop waits for deadlines the same way), and the
+    timeout is the stream's, shared by its reads and writes: an answer that a client
+    is slow to take must wait for its flow-control window instead, or the stream would
+    end with the answer half sent. It waits until the server closes."""
+    send = getattr(stream, "send", None)
+    if send is None:
+        stream.sendall(data)
+        return
+    view = memoryview(data)
+    while view:
+        try:
+            n: int = send(view)  # a timeout means nothing of this call was taken
+        except TimeoutError:
+            if closed.is_set():
+                raise
+            continue
+        view = view[n:]
+
+
 def response_hash(body: bytes) -> bytes:
     """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
     return hashlib.blake2b(body, digest_size=32).digest()
@@ -1068,7 +1090,7 @@ class _ServerStream:
             with self.lock:
                 data = self.proto.data_to_send()
             if data:
-                self.stream.sendall(data)
+                _send_answer(self.stream, data, self.server._closed)
 
     def run(self) -> None:
         server = self.server
@@ -1099,6 +1121,7 @@ class _ServerStream:
         stream, proto = self.stream, self.proto
         methods = self.server.methods
         take_request, response_frame = proto.take_request, proto.response_frame
+        closed = self.server._closed
         # a DTPSocket sends an answer and reads on in one go (None: do it ourselves)
         send_recv: Callable[[bytes, int], bytes | None] = getattr(
             stream, "send_recv", lambda reply, size: None
@@ -1147,7 +1170,7 @@ class _ServerStream:
                         except TimeoutError:  # the read's: look for new streams, read again
                             continue
                     if data is None:
-                        stream.sendall(reply)
+                        _send_answer(stream, reply, closed)
                     continue
                 proto.admit_request(message, monotonic())
             else:
@@ -1163,7 +1186,7 @@ class _ServerStream:
             proto.get_timer()  # drops the timers of the requests just answered
             out = proto.data_to_send()
             if out:
-                stream.sendall(out)
+                _send_answer(stream, out, closed)
 
     def run_general(self) -> None:
         """The read loop with a worker pool or fees: handlers answer from other threads
