@@ -117,6 +117,7 @@ def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     book = StatusBook.open(tmp_path)
     row = book.service("web")
     row.port, row.bytes_in, row.fees_earned, row.denials = 80, 123_456, 789, 2
+    row.rate_limited = 31_337
     book.forward("db").tunnels = 5
     book.info.update(pid=42, host_id="0xabc", endpoint="127.0.0.1:7700")
     book.save(force=True)
@@ -124,7 +125,8 @@ def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     table = capsys.readouterr().out
     assert "running (pid 42)" in table
     web = next(line for line in table.splitlines() if line.startswith("web"))
-    assert "123,456" in web and "789" in web
+    assert "123,456" in web and "789" in web and "31,337" in web
+    assert "rate-limited" in table
     assert status_main(None, str(tmp_path), as_json=True) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["services"]["web"]["bytes_in"] == 123_456

@@ -21,6 +21,7 @@ _SERVICE_COLUMNS = (
     ("bytes in", "bytes_in"),
     ("bytes out", "bytes_out"),
     ("denied", "denials"),
+    ("rate-limited", "rate_limited"),
     ("no backend", "unavailable"),
     ("healthy", "healthy_backends"),
     ("receipts", "receipts_held"),
