@@ -20,10 +20,11 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
+from dtp.carriers.tcp import PendingTcp
 from dtp.chain.objects import (
     ConnectionState,
     Escrow,
@@ -51,6 +52,7 @@ __all__ = [
     "PreparedConnection",
     "ResolvedService",
     "abandon_host_connection",
+    "prepare_connecting_early",
     "prepare_host_connection",
     "refusal_reason",
     "resolve_service",
@@ -341,6 +343,31 @@ class PreparedConnection:
     def carrier(self) -> Literal["tcp", "ledger"]:
         """The carrier chosen: ``"tcp"`` or ``"ledger"``."""
         return "ledger" if self.endpoint is None else "tcp"
+
+
+def prepare_connecting_early(
+    ledger: Ledger, address: HostAddress, identity: HostIdentity, **options: Any
+) -> tuple[PreparedConnection, PendingTcp | None]:
+    """:func:`prepare_host_connection` with ``defer_open`` (``options`` are its other
+    keywords), and the TCP connect to the host's endpoint started as soon as the service
+    is resolved, so it runs while the ledger work goes on. Returns the prepared
+    connection and that pending connect (None when the host publishes no endpoint),
+    which the caller finishes or closes; it is closed here if preparing fails."""
+    early: list[PendingTcp] = []
+
+    def connect_early(resolved: ResolvedService) -> None:
+        if resolved.endpoint is not None:
+            early.append(PendingTcp(resolved.endpoint))
+
+    try:
+        prepared = prepare_host_connection(
+            ledger, address, identity, on_resolved=connect_early, defer_open=True, **options
+        )
+    except BaseException:
+        for pending in early:
+            pending.close()
+        raise
+    return prepared, (early[0] if early else None)
 
 
 def prepare_host_connection(

@@ -30,10 +30,9 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
-    ResolvedService,
     abandon_host_connection,
     peer_info,
-    prepare_host_connection,
+    prepare_connecting_early,
     refusal_reason,
 )
 from dtp.carriers.ledger_bridge import (
@@ -43,7 +42,6 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -713,32 +711,19 @@ async def _open_by_host_id(
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
     the open executes while the server works on the first handshake message."""
-    early: list[PendingTcp] = []
-
-    def connect_early(resolved: ResolvedService) -> None:
-        if resolved.endpoint is not None:
-            early.append(PendingTcp(resolved.endpoint))
-
-    try:
-        prepared = await asyncio.to_thread(
-            prepare_host_connection,
-            ledger,
-            address,
-            identity,
-            deposit=deposit,
-            cap_id=cap_id,
-            server_key=server_key,
-            config=config,
-            carrier=carrier,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            on_resolved=connect_early,
-            defer_open=True,
-        )
-    except BaseException:
-        for pending in early:
-            pending.close()
-        raise
+    prepared, early = await asyncio.to_thread(
+        prepare_connecting_early,
+        ledger,
+        address,
+        identity,
+        deposit=deposit,
+        cap_id=cap_id,
+        server_key=server_key,
+        config=config,
+        carrier=carrier,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+    )
     pending_open = prepared.pending_open
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
@@ -785,13 +770,13 @@ async def _open_by_host_id(
                 while_waiting=while_waiting,
             )
         else:
-            tcp = await asyncio.to_thread(early[0].finish, timeout) if early else None
+            tcp = await asyncio.to_thread(early.finish, timeout) if early is not None else None
             reader, writer = await _open(
                 *prepared.endpoint, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
             )
     except BaseException as exc:
-        for pending in early:
-            pending.close()
+        if early is not None:
+            early.close()
         if landing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(landing)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.admission import Admitted, LedgerAdmission
-from dtp.chain.objects import Settlement, normalize_id
+from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
@@ -158,6 +158,42 @@ def _now_ms() -> int:
 
 def _stored(receipt: Receipt) -> None:
     """A receipt nothing waits on is stored."""
+
+
+def settle_ended(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    writer: ReceiptWriter,
+    final: Receipt | None,
+    *,
+    escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
+) -> Settlement | None:
+    """A paid server's settlement of a connection that ended (:func:`claim_and_settle`;
+    ``escrow`` and ``connection`` as the server read them, if it did). The claim is made
+    from the receipt writer: its last receipt may still be on its way to the disk (the
+    claim on the ledger does not wait for the fsync; the writer marks the claim in the
+    store once the receipt is written). ``final``, the receipt the client's CLOSE came
+    with, is handed to the writer should the settlement not claim it, kept for a later
+    claim (recover_unclaimed at the next start). A ChainError is logged: None."""
+    settlement = None
+    try:
+        settlement = claim_and_settle(
+            ledger,
+            identity,
+            connection_id,
+            writer,
+            escrow=escrow,
+            connection=connection,
+            final=final,
+        )
+    except ChainError as exc:
+        logger.warning("could not settle connection %s: %s", connection_id, exc)
+    finally:
+        if final is not None and not claimed(settlement, final):
+            writer.submit(final, _stored)
+    return settlement
 
 
 class _PaidConnection:
@@ -497,26 +533,15 @@ class PaidServer:
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
     ) -> None:
-        # The claim is made from the receipt writer: its last receipt may still be on its
-        # way to the disk (the claim on the ledger does not wait for the fsync; the writer
-        # marks the claim in the store once the receipt is written)
-        settlement = None
-        try:
-            settlement = claim_and_settle(
-                self.ledger,
-                self.identity,
-                cid,
-                self.receipt_writer,
-                escrow=known[1] if known is not None else None,
-                connection=known[0] if known is not None else None,
-                final=final,
-            )
-        except ChainError as exc:
-            logger.warning("could not settle connection %s: %s", cid, exc)
-        finally:
-            if final is not None and not claimed(settlement, final):
-                # kept for a later claim (recover_unclaimed at the next start)
-                self.receipt_writer.submit(final, _stored)
+        settlement = settle_ended(
+            self.ledger,
+            self.identity,
+            cid,
+            self.receipt_writer,
+            final,
+            escrow=known[1] if known is not None else None,
+            connection=known[0] if known is not None else None,
+        )
         if settlement is not None:
             self.settlements.append((cid, settlement))
 

@@ -31,11 +31,11 @@ from dtp.metering import (
     GateVerdict,
     ReceiptGate,
 )
-from dtp.paid import ServicePolicy, _stored, gate_for
+from dtp.paid import ServicePolicy, gate_for, settle_ended
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import claim_and_settle, claimed, publish_endpoint, recover_unclaimed
+from dtp.settlement import publish_endpoint, recover_unclaimed
 
 if TYPE_CHECKING:
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
@@ -379,25 +379,9 @@ class PaidAioServer:
             proto.transport.close()
 
     async def _settle(self, cid: str, final: Receipt | None) -> None:
-        # claimed from the receipt writer: its last receipt may still be on its way to
-        # the disk (the claim does not wait for the fsync; the writer marks the claim
-        # in the store once the receipt is written)
-        settlement = None
-        try:
-            settlement = await asyncio.to_thread(
-                claim_and_settle,
-                self.ledger,
-                self.identity,
-                cid,
-                self.receipt_writer,
-                final=final,
-            )
-        except ChainError as exc:
-            logger.warning("could not settle connection %s: %s", cid, exc)
-        finally:
-            if final is not None and not claimed(settlement, final):
-                # kept for a later claim (recover_unclaimed at the next start)
-                self.receipt_writer.submit(final, _stored)
+        settlement = await asyncio.to_thread(
+            settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
+        )
         if settlement is not None:
             self.settlements.append((cid, settlement))
 

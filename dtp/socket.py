@@ -43,10 +43,9 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
-    ResolvedService,
     abandon_host_connection,
     peer_info,
-    prepare_host_connection,
+    prepare_connecting_early,
     refusal_reason,
 )
 from dtp.carriers.ledger_bridge import (
@@ -56,7 +55,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp, connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.errors import (
@@ -1446,32 +1445,18 @@ def _connect_by_host_id(
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
-    early: list[PendingTcp] = []
-
-    def connect_early(resolved: ResolvedService) -> None:
-        # the TCP connect runs while the ledger opens the connection
-        if resolved.endpoint is not None:
-            early.append(PendingTcp(resolved.endpoint))
-
-    try:
-        prepared = prepare_host_connection(
-            ledger,
-            address,
-            identity,
-            deposit=deposit,
-            cap_id=cap_id,
-            server_key=server_key,
-            config=config,
-            carrier=carrier,
-            subscription=subscription,
-            sponsor_pool=sponsor_pool,
-            on_resolved=connect_early,
-            defer_open=True,
-        )
-    except BaseException:
-        for pending in early:
-            pending.close()
-        raise
+    prepared, early = prepare_connecting_early(
+        ledger,
+        address,
+        identity,
+        deposit=deposit,
+        cap_id=cap_id,
+        server_key=server_key,
+        config=config,
+        carrier=carrier,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+    )
     payments: list[ClientPayment] = []
     metered = metering is None or metering.enabled
 
@@ -1510,7 +1495,7 @@ def _connect_by_host_id(
                 while_waiting=while_waiting,
             )
         else:
-            tcp = early[0].finish(timeout) if early else None
+            tcp = early.finish(timeout) if early is not None else None
             sock = _connect(
                 prepared.endpoint,
                 timeout,
@@ -1520,8 +1505,8 @@ def _connect_by_host_id(
                 while_waiting=while_waiting,
             )
     except BaseException as exc:
-        for pending in early:
-            pending.close()
+        if early is not None:
+            early.close()
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
     sock.connection_id = prepared.connection_id

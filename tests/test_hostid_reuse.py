@@ -775,11 +775,13 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
     import asyncio
 
     import dtp.aio
+    import dtp.paid
     import dtp.paid_aio
 
     monkeypatch.setattr(dtp.aio, "DRAIN_QUIET", 5.0)
-    # a slow settlement: a client that did not wait for it would half-close meanwhile
-    monkeypatch.setattr(dtp.paid_aio, "claim_and_settle", _slow(claim_and_settle))
+    # a slow settlement (dtp.paid.settle_ended, shared by both servers, makes it): a
+    # client that did not wait for it would half-close meanwhile
+    monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
 
     async def echo(reader: Any, writer: Any) -> None:
         while data := await reader.read(1024):
