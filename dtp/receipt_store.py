@@ -10,6 +10,7 @@ returns: a crash right after it loses no earned fee. After a restart,
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -121,19 +122,24 @@ class ReceiptStore:
             for cid, amount in (claimed or {}).items()
         ]
         stored = []
-        with self._write_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for row in rows:
-                    stored.append(self._db.execute(_KEEP, row).rowcount == 1)
-                if marks:
-                    self._db.executemany(_MARK, marks)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._write_lock, self._transaction():
+            for row in rows:
+                stored.append(self._db.execute(_KEEP, row).rowcount == 1)
+            if marks:
+                self._db.executemany(_MARK, marks)
         return stored
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (write lock held)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
@@ -163,14 +169,8 @@ class ReceiptStore:
                 if len(marks) == 1:
                     self._db.execute(_MARK, marks[0])
                 else:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
+                    with self._transaction():
                         self._db.executemany(_MARK, marks)
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        if self._db.in_transaction:
-                            self._db.execute("ROLLBACK")
-                        raise
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 
