@@ -8,6 +8,10 @@ runs a benchmark server (prints one JSON line {"port", "key"} once listening).
 - ``rpc_roundtrip``: sequential ``echo`` calls with 100-byte payloads, both processes on
   CPU 0; peer: Python ``ssl`` ping-pong of 100 bytes (bar 0.7).
 - ``rpc_roundtrip_zmq``: the same calls; peer: pyzmq REQ/REP with CURVE (bar 2).
+- ``rpc_raw_frame``: the same server answering one pre-framed ``echo`` request written
+  straight on the socket, so the client does no RPC work; peer: the same ``ssl``
+  ping-pong (report: what the server and the transports leave for the client's RPC
+  layer under ``rpc_roundtrip``'s bar).
 - ``rpc_pipelined``: 64 calls in flight on one stream (report).
 - ``pubsub_fanout``: messages/s published by one node to 4 subscriber nodes linked over
   DTP, counting a message once all 4 have it (report).
@@ -24,6 +28,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
@@ -31,7 +37,7 @@ from bench.net import Peer, _tls_connect
 from bench.workload import Workload
 from dtp.keys import HostIdentity
 from dtp.messaging.pubsub import PubSubNode
-from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.rpc import QUICK_RECV_SIZE, RpcClient, RpcServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = os.urandom(100)
@@ -113,6 +119,45 @@ def rpc_roundtrip(rounds: int = 1000) -> Workload:
         lambda: _tls_pingpong(tls_sock, rounds),
         bar=0.7,
         note="sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
+        close=close,
+    )
+
+
+def rpc_raw_frame(rounds: int = 1000) -> Workload:
+    """The RPC server's answers to a fixed request frame vs ssl ping-pong, one CPU."""
+    restore = _pin(0)
+    ours = _Server("rpc", 0)
+    tls = Peer("tls-blocking", "echo", 0)
+    sock = dtp.socket.create_connection(("127.0.0.1", ours.port), server_key=ours.key)
+    sock.settimeout(30)
+    # [REQUEST, id, method, params, timeout_ms, meta]: id 1 over and over is fine, as
+    # each is answered before the next arrives
+    body = msgpack.packb([0, 1, "echo", PAYLOAD, 30_000, None], use_bin_type=True)
+    frame = len(body).to_bytes(4, "big") + body
+    answer = len(msgpack.packb([1, 1, PAYLOAD, None], use_bin_type=True)) + 4
+    tls_sock = _tls_connect(tls)
+
+    def op() -> None:
+        for _ in range(rounds):
+            sock.sendall(frame)
+            got = len(sock.recv(QUICK_RECV_SIZE))
+            while got < answer:
+                got += len(sock.recv(QUICK_RECV_SIZE))
+
+    def close() -> None:
+        sock.close()
+        tls_sock.close()
+        ours.close()
+        tls.close()
+        restore()
+
+    return Workload(
+        "rpc_raw_frame",
+        "calls/s",
+        rounds,
+        op,
+        lambda: _tls_pingpong(tls_sock, rounds),
+        note="the RPC server answering a pre-framed request (no client RPC work) vs ssl, CPU 0",
         close=close,
     )
 

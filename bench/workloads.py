@@ -217,6 +217,7 @@ from bench.ledger_rows import ledger_open_close, receipt_verify  # noqa: E402
 from bench.messaging_rows import (  # noqa: E402
     pubsub_fanout,
     rpc_pipelined,
+    rpc_raw_frame,
     rpc_roundtrip,
     rpc_roundtrip_zmq,
 )
@@ -229,6 +230,7 @@ ALL["graph_sync_100k"] = graph_sync_100k
 ALL["graph_put"] = graph_put
 ALL["rpc_roundtrip"] = rpc_roundtrip
 ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
+ALL["rpc_raw_frame"] = rpc_raw_frame
 ALL["rpc_pipelined"] = rpc_pipelined
 ALL["pubsub_fanout"] = pubsub_fanout
 
