@@ -15,6 +15,7 @@ the next one is found regardless).
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ _REQUEST_HEAD: Final = b"\x96\x00"
 
 
 _unpackb = msgpack.unpackb
+_frame_length = struct.Struct(">I").unpack_from
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
 _SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
@@ -363,7 +365,8 @@ class RpcProtocol:
         :meth:`send_request` does."""
         if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
             _check_method(method)
-        if len(self._outgoing) >= self.max_outgoing:
+        outgoing = self._outgoing
+        if len(outgoing) >= self.max_outgoing:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
         if timeout is None:
             timeout_ms = 0
@@ -376,13 +379,14 @@ class RpcProtocol:
             self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
         request_id = self._next_id
         body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
-        if len(body) > self.max_message_size:
+        size = len(body)
+        if size > self.max_message_size:
             raise E.PayloadTooLarge(
-                f"message of {len(body)} bytes exceeds the cap of {self.max_message_size}"
+                f"message of {size} bytes exceeds the cap of {self.max_message_size}"
             )
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
-        self._outgoing[request_id] = None if timeout is None else now + timeout
-        return request_id, len(body).to_bytes(4, "big") + body
+        outgoing[request_id] = None if timeout is None else now + timeout
+        return request_id, size.to_bytes(4, "big") + body
 
     def track(self, request_id: int) -> None:
         """Give a request from :meth:`begin_request` its timer, as :meth:`send_request`
@@ -439,15 +443,16 @@ class RpcProtocol:
 
     def _lone_frame(self, data: bytes, head: bytes, min_len: int) -> list[Any] | None:
         """The message of ``data`` when it is exactly one frame (at least ``min_len``
-        bytes, within the cap) whose body starts with ``head`` (its array and kind) and
-        decodes, and no partial frame waits in the decoder; else None."""
+        bytes, within the cap) whose body starts with ``head`` (its array and kind, two
+        bytes) and decodes, and no partial frame waits in the decoder; else None."""
         n = len(data)
         decoder = self._decoder
         if (
             n < min_len
             or n - 4 > self.max_message_size
-            or int.from_bytes(data[:4], "big") != n - 4
-            or not data.startswith(head, 4)
+            # (struct and a slice: a third of int.from_bytes and startswith here)
+            or _frame_length(data)[0] != n - 4
+            or data[4:6] != head
             or decoder._buf
             or decoder._skip
         ):

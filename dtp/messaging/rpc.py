@@ -723,17 +723,22 @@ class RpcClient:
         other outcome turns the request into an ordinary call, which the general path
         finishes. Returns ``(result,)``, or None when the stream is not quiet (nothing
         was done); raises as :meth:`call` does."""
+        # (acquire / release rather than with blocks, and the read inline: this is the
+        # whole of a sequential call's own cost)
         wlock, lock, proto = self._wlock, self._lock, self._proto
         if not wlock.acquire(False):
             return None
         try:
-            with lock:
+            lock.acquire()
+            try:
                 if self._calls or self._reading or self._closed is not None or proto._out:
                     return None
                 request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
                 # we read for everybody until the answer: calls other threads start
                 # meanwhile wait for us (RpcClient._wait), as for any reader
                 self._reading = True
+            finally:
+                lock.release()
             try:
                 self._stream.sendall(frame)
             except BaseException as exc:
@@ -751,15 +756,21 @@ class RpcClient:
         stream = self._stream
         if timeout != self._current_timeout:
             self._read_timeout(stream, timeout)
-        try:
-            data, failed = self._read(stream, self._read_size)
+        failed: BaseException | None = None
+        try:  # (RpcClient._read, inline)
+            data: bytes | None = stream.recv(self._read_size)
+        except TimeoutError:
+            data = None
+        except (DTPError, OSError) as exc:
+            data, failed = None, exc
         except BaseException:
             with lock:
                 self._reading = False
                 self._adopt(request_id)  # a later reader settles it
                 self._wake_followers()
             raise
-        with lock:
+        lock.acquire()
+        try:
             self._reading = False
             if self._closed is not None:  # close() while we read: the call failed
                 proto._outgoing.pop(request_id, None)
@@ -775,6 +786,8 @@ class RpcClient:
             call = self._adopt(request_id)
             self._absorb(data, failed, proto.get_timer(), call, None)  # wakes the followers
             pending_out = bool(proto._out)
+        finally:
+            lock.release()
         if pending_out:
             self._flush_soon()
         return (call.result(),)
