@@ -92,17 +92,21 @@ def _tls_pingpong(sock: object, rounds: int) -> None:
             got += len(sock.recv(100 - got))  # type: ignore[attr-defined]
 
 
-def rpc_roundtrip(rounds: int = 1000) -> Workload:
-    """Sequential RPC calls vs ssl ping-pong, one CPU."""
+def _rpc_vs_tls(
+    name: str,
+    rounds: int,
+    client: Callable[[_Server], tuple[dtp.socket.DTPSocket, Callable[[], None]]],
+    note: str,
+    bar: float | None = None,
+) -> Workload:
+    """A row of ``rounds`` calls to the RPC server against ``ssl`` ping-pong, both servers
+    and this process on CPU 0; ``client(server)`` gives the socket and the calls (a loop
+    of its own: a function call per call would be ours alone)."""
     restore = _pin(0)
     ours = _Server("rpc", 0)
     tls = Peer("tls-blocking", "echo", 0)
-    sock, client = _rpc_client(ours)
+    sock, op = client(ours)
     tls_sock = _tls_connect(tls)
-
-    def op() -> None:
-        for _ in range(rounds):
-            client.call("echo", PAYLOAD)
 
     def close() -> None:
         sock.close()
@@ -112,53 +116,64 @@ def rpc_roundtrip(rounds: int = 1000) -> Workload:
         restore()
 
     return Workload(
-        "rpc_roundtrip",
+        name,
         "calls/s",
         rounds,
         op,
         lambda: _tls_pingpong(tls_sock, rounds),
-        bar=0.7,
-        note="sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
+        bar=bar,
+        note=note,
         close=close,
+    )
+
+
+def rpc_roundtrip(rounds: int = 1000) -> Workload:
+    """Sequential RPC calls vs ssl ping-pong, one CPU."""
+
+    def client(server: _Server) -> tuple[dtp.socket.DTPSocket, Callable[[], None]]:
+        sock, rpc = _rpc_client(server)
+
+        def calls() -> None:
+            for _ in range(rounds):
+                rpc.call("echo", PAYLOAD)
+
+        return sock, calls
+
+    return _rpc_vs_tls(
+        "rpc_roundtrip",
+        rounds,
+        client,
+        "sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
+        bar=0.7,
     )
 
 
 def rpc_raw_frame(rounds: int = 1000) -> Workload:
     """The RPC server's answers to a fixed request frame vs ssl ping-pong, one CPU."""
-    restore = _pin(0)
-    ours = _Server("rpc", 0)
-    tls = Peer("tls-blocking", "echo", 0)
-    sock = dtp.socket.create_connection(("127.0.0.1", ours.port), server_key=ours.key)
-    sock.settimeout(30)
     # [REQUEST, id, method, params, timeout_ms, meta]: id 1 over and over is fine, as
     # each is answered before the next arrives
     body = msgpack.packb([0, 1, "echo", PAYLOAD, 30_000, None], use_bin_type=True)
     frame = len(body).to_bytes(4, "big") + body
     answer = len(msgpack.packb([1, 1, PAYLOAD, None], use_bin_type=True)) + 4
-    tls_sock = _tls_connect(tls)
 
-    def op() -> None:
-        for _ in range(rounds):
-            sock.sendall(frame)
-            got = len(sock.recv(QUICK_RECV_SIZE))
-            while got < answer:
-                got += len(sock.recv(QUICK_RECV_SIZE))
+    def client(server: _Server) -> tuple[dtp.socket.DTPSocket, Callable[[], None]]:
+        sock = dtp.socket.create_connection(("127.0.0.1", server.port), server_key=server.key)
+        sock.settimeout(30)
 
-    def close() -> None:
-        sock.close()
-        tls_sock.close()
-        ours.close()
-        tls.close()
-        restore()
+        def calls() -> None:
+            for _ in range(rounds):
+                sock.sendall(frame)
+                got = len(sock.recv(QUICK_RECV_SIZE))
+                while got < answer:
+                    got += len(sock.recv(QUICK_RECV_SIZE))
 
-    return Workload(
+        return sock, calls
+
+    return _rpc_vs_tls(
         "rpc_raw_frame",
-        "calls/s",
         rounds,
-        op,
-        lambda: _tls_pingpong(tls_sock, rounds),
-        note="the RPC server answering a pre-framed request (no client RPC work) vs ssl, CPU 0",
-        close=close,
+        client,
+        "the RPC server answering a pre-framed request (no client RPC work) vs ssl, CPU 0",
     )
 
 
