@@ -66,6 +66,7 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     prepare_anonymous_identity,
@@ -1615,8 +1616,10 @@ class _AcceptTurn:
 
 
 _ACCEPT_TURN = _AcceptTurn()
-# what a connection thread is given: the turn to accept, or a carrier to serve
-_Job = _AcceptTurn | tuple[_socket.socket, Any, ConnectionConfig]
+# what a connection thread is given: the turn to accept, or a carrier to serve (with
+# the client IP address whose per-address handshake slot it holds, if any)
+_Serve = tuple[_socket.socket, Any, ConnectionConfig, str | None]
+_Job = _AcceptTurn | _Serve
 
 
 class DTPServer:
@@ -1628,7 +1631,15 @@ class DTPServer:
     with no thread hand-off. Threads are reused: one whose connection is done waits a
     while (:attr:`WORKER_IDLE`) for the next turn to accept (or a ledger connection), so
     a steady stream of connections costs no thread start each. ``address`` None: no TCP
-    listener (see :meth:`listen_ledger`)."""
+    listener (see :meth:`listen_ledger`).
+
+    A single client must not be able to hold every handshake slot (open
+    ``max_handshakes`` TCP connections, send nothing, and stall every other client's
+    handshake until ``handshake_timeout``), so at most ``max_handshakes_per_address``
+    handshakes from one IP address are in progress at once: a further TCP connection
+    from that address is closed at once, before it takes a slot, and counted in
+    :attr:`busy_refused`. None lifts that cap. Connections that come over the ledger
+    carrier have no IP address and are not capped by it."""
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -1644,10 +1655,16 @@ class DTPServer:
         backlog: int = 128,
         max_handshakes: int = 32,
         max_pending: int = 128,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     ) -> None:
         """``accept``: hook given the client's verified Sui address; ``admit``: hook
         given a :class:`PeerInfo` (address plus the ledger connection ID and port the
-        client named). Both run when both are given, ``accept`` first."""
+        client named). Both run when both are given, ``accept`` first.
+        ``max_handshakes_per_address``: see the class docstring (ValueError below 1)."""
+        # first: a bad cap must fail before we listen (and leave nothing open)
+        self._address_slots: AddressSlots | None = (
+            None if max_handshakes_per_address is None else AddressSlots(max_handshakes_per_address)
+        )
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
@@ -1671,6 +1688,9 @@ class DTPServer:
         self._idle_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
+        #: TCP connections closed unserved: their address had max_handshakes_per_address
+        #: handshakes in progress already
+        self.busy_refused = 0
         if self._listener is not None:
             self._give(_ACCEPT_TURN)
 
@@ -1709,9 +1729,9 @@ class DTPServer:
         """The key clients pass as ``server_key``."""
         return self.identity.noise_public
 
-    def _accept_next(self) -> tuple[_socket.socket, Any, ConnectionConfig] | None:
+    def _accept_next(self) -> _Serve | None:
         """The accepting thread's turn: the next TCP connection, with a handshake slot
-        taken for it; None once the server is closed."""
+        (and its address's slot) taken for it; None once the server is closed."""
         assert self._listener is not None
         while not self._closed.is_set():
             try:
@@ -1721,15 +1741,35 @@ class DTPServer:
                     return None
                 time.sleep(0.05)
                 continue
+            ip = str(peer[0])
+            # checked before the global slot: an address at its cap must not make us
+            # wait for a slot on its behalf (and so hold up the clients behind it)
+            if self._address_slots is not None and not self._address_slots.try_take(ip):
+                self.busy_refused += 1
+                logger.debug(
+                    "closed a connection from %s: %d handshakes from that address in progress",
+                    peer,
+                    self._address_slots.cap,
+                )
+                tcp.close()
+                continue
+            key = ip if self._address_slots is not None else None
             with contextlib.suppress(OSError):
                 tune(tcp)
             # at most max_handshakes at once: while none is free we hold this one and
             # further clients wait in the backlog
             if not self._take_slot():
+                self._release_address(key)
                 tcp.close()
                 return None
-            return tcp, peer, self._config
+            return tcp, peer, self._config, key
         return None
+
+    def _release_address(self, key: str | None) -> None:
+        """Free the per-address slot a connection holds (``key`` None: it holds none)."""
+        if key is not None:
+            assert self._address_slots is not None
+            self._address_slots.release(key)
 
     def _take_slot(self) -> bool:
         """Wait for a handshake slot; False (no slot taken) once the server is closed."""
@@ -1747,7 +1787,8 @@ class DTPServer:
         if not self._take_slot():
             carrier.close()
             return False
-        self._give((carrier, peer, config))
+        # no IP address to cap by: the ledger bridge is a local socket
+        self._give((carrier, peer, config, None))
         return True
 
     def _give(self, job: _Job) -> None:
@@ -1786,13 +1827,18 @@ class DTPServer:
                 # every waiting thread was promised a job, we included: it is queued
                 job = self._jobs.get()
 
-    def _serve_one(self, tcp: _socket.socket, peer: Any, config: ConnectionConfig) -> None:
+    def _serve_one(
+        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig, key: str | None
+    ) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
-        handler, with no thread hand-off between them."""
+        handler, with no thread hand-off between them. ``key``: the address whose
+        per-address slot this connection holds."""
         try:
             sock = self._handshake(tcp, peer, config)
         finally:
+            # however the handshake ended: its slots are free for the next client
             self._slots.release()
+            self._release_address(key)
         if sock is None:
             return
         dispatch = self._dispatch
@@ -1966,6 +2012,7 @@ def create_server(
     port: int | None = None,
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -1980,6 +2027,10 @@ def create_server(
     connections that come over the ledger carrier — how a host that publishes no endpoint
     (IP-hiding) is reached: it needs ``ledger``/``host_id``/``port``, ``identity`` must be
     the host's authority, and the same admission applies (docs/ledger-carrier.md).
+
+    ``max_handshakes_per_address``: at most that many handshakes from one client IP
+    address in progress at once, so one client cannot hold every handshake slot; see
+    :class:`DTPServer` (None: no such cap).
     """
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
@@ -1996,7 +2047,13 @@ def create_server(
             raise ValueError("pass either admit or ledger/host_id/port, not both")
         admit = LedgerAdmission(ledger, host_id, port)
     server = DTPServer(
-        address, identity, accept=accept, admit=admit, config=config, backlog=backlog
+        address,
+        identity,
+        accept=accept,
+        admit=admit,
+        config=config,
+        backlog=backlog,
+        max_handshakes_per_address=max_handshakes_per_address,
     )
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and port is not None
