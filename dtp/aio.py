@@ -52,6 +52,7 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
@@ -102,6 +103,9 @@ class _Protocol(asyncio.Protocol):
         #: Keep the carrier open once the session ended, until its owner closes it (a
         #: paid server settles first: the client waits for our end before it looks)
         self.hold_carrier = False
+        #: Called once the transport is set (a server decides by the peer's address
+        #: whether to serve the connection at all)
+        self.on_connected: Callable[[], None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -115,6 +119,8 @@ class _Protocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 tune(sock)
         self.flush()
+        if self.on_connected is not None:
+            self.on_connected()
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data, self.loop.time())
@@ -853,7 +859,14 @@ def _abort(proto: _Protocol, code: int, reason: str) -> None:
 
 
 class DTPServer:
-    """A listening asyncio DTP server (see :func:`start_server`)."""
+    """A listening asyncio DTP server (see :func:`start_server`).
+
+    At most ``max_handshakes_per_address`` handshakes from one client IP address are in
+    progress at once, as in :class:`dtp.socket.DTPServer`: each costs a socket and a
+    task until ``handshake_timeout``, and a single client must not be able to open them
+    without bound. A further TCP connection from that address is closed at once and
+    counted in :attr:`busy_refused`; None lifts the cap. Connections that come over the
+    ledger carrier have no IP address and are not capped by it."""
 
     def __init__(
         self,
@@ -862,7 +875,11 @@ class DTPServer:
         accept: AcceptHook | None,
         config: ConnectionConfig,
         admit: AdmitHook | None = None,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     ) -> None:
+        self._address_slots: AddressSlots | None = (
+            None if max_handshakes_per_address is None else AddressSlots(max_handshakes_per_address)
+        )
         self._callback = callback
         self.identity = identity
         self._accept = accept
@@ -874,6 +891,9 @@ class DTPServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes_failed = 0
         self.refused = 0
+        #: TCP connections closed unserved: their address had max_handshakes_per_address
+        #: handshakes in progress already
+        self.busy_refused = 0
 
     @property
     def noise_public_key(self) -> bytes:
@@ -919,8 +939,9 @@ class DTPServer:
 
         async def attach() -> None:
             try:
+                # by_address=False: the bridge is a local socket, not the client's IP
                 await loop.connect_accepted_socket(
-                    lambda: self._protocol_factory(config), sock=bridge.socket
+                    lambda: self._protocol_factory(config, by_address=False), sock=bridge.socket
                 )
             except OSError as exc:
                 logger.warning("ledger connection %s: %s", bridge.peername[1], exc)
@@ -930,16 +951,68 @@ class DTPServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _protocol_factory(self, config: ConnectionConfig | None = None) -> _Protocol:
+    def _protocol_factory(
+        self, config: ConnectionConfig | None = None, *, by_address: bool = True
+    ) -> _Protocol:
+        """A connection's protocol; its task starts once the transport is there, when
+        the peer's address is known (``by_address``: capped by it)."""
         loop = asyncio.get_running_loop()
         session = Session(config or self._config, now=loop.time())
         proto = _Protocol(session, loop)
-        task = loop.create_task(self._serve(proto))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        proto.on_connected = lambda: self._connected(proto, by_address)
         return proto
 
-    async def _serve(self, proto: _Protocol) -> None:
+    def _connected(self, proto: _Protocol, by_address: bool) -> None:
+        """Serve a new connection, unless its address has its cap of handshakes in
+        progress: then close it at once."""
+        assert proto.transport is not None
+        key: str | None = None
+        if by_address and self._address_slots is not None:
+            peer = proto.transport.get_extra_info("peername")
+            # no peername: the client is gone already and its handshake fails at once
+            if peer:
+                key = str(peer[0])
+                if not self._address_slots.try_take(key):
+                    self.busy_refused += 1
+                    logger.debug(
+                        "closed a connection from %s: %d handshakes from that address in progress",
+                        peer,
+                        self._address_slots.cap,
+                    )
+                    proto.transport.close()
+                    return
+        task = proto.loop.create_task(self._serve(proto, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, proto: _Protocol, key: str | None) -> None:
+        """One connection: the handshake and hooks, then the client callback.
+        ``key``: the address whose per-address slot this connection holds."""
+        try:
+            accepted = await self._handshake(proto)
+        finally:
+            # however the handshake ended (accepted, refused, failed, timed out, an error
+            # or a cancellation): the address's slot is free for its next connection
+            if key is not None:
+                assert self._address_slots is not None
+                self._address_slots.release(key)
+        if not accepted:
+            return
+        session = proto.session
+        reader = DTPStreamReader(proto, 0)
+        writer = DTPStreamWriter(proto, 0, primary=True)
+        try:
+            result = self._callback(reader, writer)
+            if inspect.isawaitable(result):
+                await result
+        except DTPError as exc:
+            logger.info("connection from %s ended: %s", session.authenticated_address, exc)
+        except Exception:
+            logger.exception("client callback failed for %s", session.authenticated_address)
+            writer.abort("internal error")
+
+    async def _handshake(self, proto: _Protocol) -> bool:
+        """The handshake and the hooks: True once the client is accepted."""
         session = proto.session
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
@@ -953,7 +1026,7 @@ class DTPServer:
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
-            return
+            return False
         conn = session.conn
         peer = peer_info(
             session.authenticated_address,
@@ -968,21 +1041,11 @@ class DTPServer:
             proto.flush()
             if proto.transport is not None:
                 proto.transport.close()
-            return
+            return False
         session.conn.accept()
         session.process_events()
         proto.flush()
-        reader = DTPStreamReader(proto, 0)
-        writer = DTPStreamWriter(proto, 0, primary=True)
-        try:
-            result = self._callback(reader, writer)
-            if inspect.isawaitable(result):
-                await result
-        except DTPError as exc:
-            logger.info("connection from %s ended: %s", session.authenticated_address, exc)
-        except Exception:
-            logger.exception("client callback failed for %s", session.authenticated_address)
-            writer.abort("internal error")
+        return True
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
@@ -1052,6 +1115,7 @@ async def start_server(
     dtp_port: int | None = None,
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -1066,6 +1130,9 @@ async def start_server(
     ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
     when ``host`` is None) the server also accepts connections that come over the ledger
     carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
+
+    ``max_handshakes_per_address``: at most that many handshakes from one client IP
+    address in progress at once (None: no cap); see :class:`DTPServer`.
     """
     if carriers is None:
         carriers = ("tcp",) if host is not None else ("ledger",)
@@ -1083,7 +1150,14 @@ async def start_server(
         admit = LedgerAdmission(ledger, host_id, dtp_port)
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
-    server = DTPServer(client_connected_cb, identity, accept, cfg, admit)
+    server = DTPServer(
+        client_connected_cb,
+        identity,
+        accept,
+        cfg,
+        admit,
+        max_handshakes_per_address=max_handshakes_per_address,
+    )
     if host is not None and port is not None:
         await server._start(host, port, backlog)
     if "ledger" in carriers:
