@@ -1,0 +1,480 @@
+"""The per-address cap on handshakes in progress (slowloris hardening): the
+AddressSlots helper, then the blocking and asyncio servers over real sockets.
+
+Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
+come from a second client address while real clients connect from 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.connection import ConnectionConfig
+from dtp.errors import ConnectionRefused, DTPTimeoutError
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
+from dtp.keys import HostIdentity
+
+SERVER = HostIdentity.generate()
+CLIENT = HostIdentity.generate()
+DENIED = HostIdentity.generate()
+OTHER_IP = "127.0.0.2"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def closed_by_peer(sock: socket.socket, within: float = 2.0) -> bool:
+    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
+    """A raw TCP connection that never sends a byte."""
+    return socket.create_connection(address, timeout=5, source_address=(source, 0))
+
+
+# -- AddressSlots ----------------------------------------------------------------------
+
+
+def test_take_up_to_the_cap_per_address() -> None:
+    slots = AddressSlots(2)
+    assert slots.try_take("10.0.0.1") and slots.try_take("10.0.0.1")
+    assert not slots.try_take("10.0.0.1")  # at its cap
+    assert slots.in_progress("10.0.0.1") == 2  # the refused take counted nothing
+    assert slots.try_take("10.0.0.2")  # another address has its own share
+    slots.release("10.0.0.1")
+    assert slots.try_take("10.0.0.1")
+    assert not slots.try_take("10.0.0.1")
+
+
+def test_addresses_with_nothing_in_progress_are_dropped() -> None:
+    slots = AddressSlots(3)
+    for i in range(100):
+        assert slots.try_take(f"10.0.0.{i}")
+        assert slots.try_take(f"10.0.0.{i}")
+    assert len(slots) == 100
+    for i in range(100):
+        slots.release(f"10.0.0.{i}")
+        slots.release(f"10.0.0.{i}")
+    assert len(slots) == 0
+    assert slots._counts == {}  # no entry left behind at count 0
+
+
+def test_release_without_take_and_a_cap_below_one_are_errors() -> None:
+    slots = AddressSlots(1)
+    with pytest.raises(ValueError):
+        slots.release("10.0.0.1")
+    assert slots.try_take("10.0.0.1")
+    slots.release("10.0.0.1")
+    with pytest.raises(ValueError):
+        slots.release("10.0.0.1")  # once per take, not twice
+    with pytest.raises(ValueError):
+        AddressSlots(0)
+
+
+def test_concurrent_takes_never_pass_the_cap() -> None:
+    slots = AddressSlots(3)
+    start = threading.Barrier(10, timeout=10)
+    results: list[bool] = []
+
+    def take() -> None:
+        start.wait()  # all at once
+        results.append(slots.try_take("10.0.0.1"))
+
+    threads = [threading.Thread(target=take) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == [False] * 7 + [True] * 3
+    assert slots.in_progress("10.0.0.1") == 3
+
+
+def test_take_and_release_from_many_threads_balance_out() -> None:
+    slots = AddressSlots(2)
+    over_cap: list[int] = []
+
+    def churn(address: str) -> None:
+        for _ in range(2000):
+            if slots.try_take(address):
+                if (n := slots.in_progress(address)) > 2:
+                    over_cap.append(n)
+                slots.release(address)
+
+    threads = [threading.Thread(target=churn, args=(f"10.0.0.{i % 2}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert over_cap == []
+    assert len(slots) == 0
+
+
+def test_the_default_cap_leaves_room_for_other_clients() -> None:
+    # a quarter of the blocking server's default max_handshakes (32)
+    assert DEFAULT_MAX_HANDSHAKES_PER_ADDRESS == 8
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        assert server._address_slots is not None
+        assert server._address_slots.cap == DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
+        assert server._slots._value == 32
+
+
+# -- the blocking server ---------------------------------------------------------------
+
+
+def echo(sock: dtp.socket.DTPSocket) -> None:
+    sock.sendall(sock.recv(100))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., dtp.socket.DTPServer]]:
+    """Start an echoing DTPServer on 127.0.0.1 with the given keywords."""
+    servers: list[dtp.socket.DTPServer] = []
+
+    def start(**kw: object) -> dtp.socket.DTPServer:
+        server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, **kw)  # type: ignore[arg-type]
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def echo_once(server: dtp.socket.DTPServer, data: bytes, timeout: float = 10.0) -> bytes:
+    with dtp.socket.create_connection(
+        server.address, timeout=timeout, server_key=server.noise_public_key, identity=CLIENT
+    ) as sock:
+        sock.sendall(data)
+        return sock.recv(100)
+
+
+def test_a_connection_beyond_the_cap_is_closed_at_once(
+    serve: Callable[..., dtp.socket.DTPServer],
+) -> None:
+    server = serve(max_handshakes=8, max_handshakes_per_address=2)
+    slots = server._address_slots
+    assert slots is not None
+    held = [idle(server.address), idle(server.address)]
+    try:
+        assert wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
+        third = idle(server.address)
+        with third:
+            started = time.monotonic()
+            assert closed_by_peer(third, within=2.0)
+            assert time.monotonic() - started < 2.0
+        assert server.busy_refused == 1
+        assert slots.in_progress("127.0.0.1") == 2  # the refused one took nothing
+        assert server._slots._value == 6  # nor a global slot
+    finally:
+        for sock in held:
+            sock.close()
+    # the idle ones' handshakes end with their close: the address may connect again
+    assert wait_for(lambda: len(slots) == 0)
+    assert echo_once(server, b"after the idle ones left") == b"after the idle ones left"
+    assert server.busy_refused == 1
+
+
+@pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
+def test_idle_connections_from_one_address_stall_others_only_without_the_cap(
+    serve: Callable[..., dtp.socket.DTPServer], cap: int | None
+) -> None:
+    server = serve(max_handshakes=4, max_handshakes_per_address=cap)
+    # one client (127.0.0.2) opens as many idle connections as there are slots
+    held = [idle(server.address, OTHER_IP) for _ in range(4)]
+    try:
+        if cap is None:
+            # all four hold a slot; the server then waits for one before it serves more
+            assert wait_for(lambda: server._slots._value == 0)
+            with pytest.raises(DTPTimeoutError):
+                echo_once(server, b"stalled", timeout=1.0)
+            assert server.busy_refused == 0
+        else:
+            # two hold a slot, the other two were closed at once
+            assert wait_for(lambda: server.busy_refused == 2)
+            assert sum(closed_by_peer(sock, within=0.5) for sock in held) == 2
+            assert server._address_slots is not None
+            assert server._address_slots.in_progress(OTHER_IP) == 2
+            started = time.monotonic()
+            assert echo_once(server, b"from 127.0.0.1", timeout=5.0) == b"from 127.0.0.1"
+            assert time.monotonic() - started < 2.0  # promptly, not after a timeout
+            assert server._address_slots.in_progress(OTHER_IP) == 2  # still held meanwhile
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_count_returns_to_zero_however_a_handshake_ends(
+    serve: Callable[..., dtp.socket.DTPServer],
+) -> None:
+    config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
+    server = serve(
+        max_handshakes_per_address=2,
+        config=config,
+        accept=lambda address: address != DENIED.sui_address,
+    )
+    slots = server._address_slots
+    assert slots is not None
+
+    def settled() -> bool:
+        return wait_for(lambda: len(slots) == 0 and slots.in_progress("127.0.0.1") == 0)
+
+    # success, one after another and two at once (as many as the cap)
+    for i in range(3):
+        assert echo_once(server, b"ok %d" % i) == b"ok %d" % i
+    replies: list[bytes] = []
+    clients = [
+        threading.Thread(target=lambda i=i: replies.append(echo_once(server, b"c%d" % i)))
+        for i in range(2)
+    ]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(20)
+    assert sorted(replies) == [b"c0", b"c1"]
+    assert settled()
+
+    # garbage, then closed
+    with idle(server.address) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+    assert wait_for(lambda: server.handshakes_failed == 1)
+    assert settled()
+
+    # closed before sending anything
+    idle(server.address).close()
+    assert wait_for(lambda: server.handshakes_failed == 2)
+    assert settled()
+
+    # silent until the server's handshake timeout closes it
+    with idle(server.address) as raw:
+        assert wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
+        assert closed_by_peer(raw, within=5.0)
+    assert wait_for(lambda: server.handshakes_failed == 3)
+    assert settled()
+
+    # refused by the accept hook
+    with pytest.raises(ConnectionRefused):
+        dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key, identity=DENIED
+        )
+    assert wait_for(lambda: server.refused == 1)
+    assert settled()
+    assert server.busy_refused == 0
+    assert echo_once(server, b"still fine") == b"still fine"
+
+
+def test_ledger_handoffs_are_not_capped_by_address() -> None:
+    # a ledger-carrier connection reaches the server as a local socket (no client IP)
+    with dtp.socket.DTPServer(None, SERVER, max_handshakes_per_address=1) as server:
+        pairs = [socket.socketpair() for _ in range(3)]
+        try:
+            for ours, _ in pairs:
+                assert server._handoff(ours, ("ledger", "0xabc"), server._config)
+            for _, theirs in pairs:
+                theirs.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    theirs.recv(1)  # still open: its handshake waits for us
+            assert server.busy_refused == 0
+            assert server._address_slots is not None and len(server._address_slots) == 0
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes_per_address=0)
+
+
+# -- the asyncio server ------------------------------------------------------------------
+
+
+async def aio_echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+    writer.close()
+
+
+async def aio_echo_once(server: dtp.aio.DTPServer, data: bytes) -> bytes:
+    host, port = server.address
+    reader, writer = await dtp.aio.open_connection(
+        host, port, server_key=server.noise_public_key, identity=CLIENT, timeout=10
+    )
+    writer.write(data)
+    await writer.drain()
+    reply = await reader.read(100)
+    writer.close()
+    return reply
+
+
+async def aio_closed_by_peer(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def aio_idle(
+    server: dtp.aio.DTPServer, source: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = server.address
+    return await asyncio.open_connection(host, port, local_addr=(source, 0))
+
+
+def test_aio_a_connection_beyond_the_cap_is_closed_at_once() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
+        )
+        async with server:
+            slots = server._address_slots
+            assert slots is not None
+            held = [await aio_idle(server), await aio_idle(server)]
+            assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
+            reader, writer = await aio_idle(server)
+            started = time.monotonic()
+            assert await aio_closed_by_peer(reader, within=2.0)
+            assert time.monotonic() - started < 2.0
+            writer.close()
+            assert server.busy_refused == 1
+            assert slots.in_progress("127.0.0.1") == 2
+            for _, idle_writer in held:
+                idle_writer.close()
+            assert await async_wait_for(lambda: len(slots) == 0)
+            assert await aio_echo_once(server, b"after") == b"after"
+            assert server.busy_refused == 1
+
+    asyncio.run(main())
+
+
+def test_aio_another_address_connects_while_one_holds_its_cap() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
+        )
+        async with server:
+            slots = server._address_slots
+            assert slots is not None
+            held = [await aio_idle(server, OTHER_IP) for _ in range(4)]
+            assert await async_wait_for(lambda: server.busy_refused == 2)
+            closed = [await aio_closed_by_peer(reader, within=0.5) for reader, _ in held]
+            assert sum(closed) == 2
+            assert slots.in_progress(OTHER_IP) == 2
+            started = time.monotonic()
+            assert await aio_echo_once(server, b"from 127.0.0.1") == b"from 127.0.0.1"
+            assert time.monotonic() - started < 2.0
+            assert slots.in_progress(OTHER_IP) == 2
+            for _, writer in held:
+                writer.close()
+            assert await async_wait_for(lambda: len(slots) == 0)
+
+    asyncio.run(main())
+
+
+def test_aio_the_count_returns_to_zero_however_a_handshake_ends() -> None:
+    async def main() -> None:
+        config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
+        server = await dtp.aio.start_server(
+            aio_echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            config=config,
+            accept=lambda address: address != DENIED.sui_address,
+            max_handshakes_per_address=2,
+        )
+        async with server:
+            slots = server._address_slots
+            assert slots is not None
+            host, port = server.address
+
+            async def settled() -> bool:
+                return await async_wait_for(lambda: len(slots) == 0)
+
+            replies = await asyncio.gather(aio_echo_once(server, b"a"), aio_echo_once(server, b"b"))
+            assert list(replies) == [b"a", b"b"]
+            assert await settled()
+
+            reader, writer = await aio_idle(server)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            await writer.drain()
+            writer.close()
+            assert await async_wait_for(lambda: server.handshakes_failed == 1)
+            assert await settled()
+
+            reader, writer = await aio_idle(server)  # silent: the handshake times out
+            assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
+            assert await aio_closed_by_peer(reader, within=5.0)
+            writer.close()
+            assert await async_wait_for(lambda: server.handshakes_failed == 2)
+            assert await settled()
+
+            with pytest.raises(ConnectionRefused):
+                await dtp.aio.open_connection(
+                    host, port, server_key=server.noise_public_key, identity=DENIED, timeout=10
+                )
+            assert await async_wait_for(lambda: server.refused == 1)
+            assert await settled()
+            assert server.busy_refused == 0
+
+    asyncio.run(main())
+
+
+def test_aio_ledger_connections_are_not_capped_by_address() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=1
+        )
+        async with server:
+            loop = asyncio.get_running_loop()
+            pairs = [socket.socketpair() for _ in range(3)]
+            try:
+                for ours, _ in pairs:
+                    # how _accept_ledger attaches a ledger bridge's local socket
+                    await loop.connect_accepted_socket(
+                        lambda: server._protocol_factory(server._config, by_address=False),
+                        sock=ours,
+                    )
+                await asyncio.sleep(0.3)
+                for _, theirs in pairs:
+                    theirs.setblocking(False)
+                    with pytest.raises(BlockingIOError):
+                        theirs.recv(1)  # still open: its handshake waits for us
+                assert server.busy_refused == 0
+                assert server._address_slots is not None and len(server._address_slots) == 0
+            finally:
+                for _, theirs in pairs:
+                    theirs.close()
+
+    asyncio.run(main())
