@@ -17,7 +17,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionRefused, DTPTimeoutError
+from dtp.errors import ConnectionRefused, DTPTimeoutError, HandshakeError
 from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
 from dtp.keys import HostIdentity
 
@@ -195,13 +195,19 @@ def test_a_connection_beyond_the_cap_is_closed_at_once(
         assert server.busy_refused == 1
         assert slots.in_progress("127.0.0.1") == 2  # the refused one took nothing
         assert server._slots._value == 6  # nor a global slot
+        # a real client from that address is turned away the same way, quickly
+        started = time.monotonic()
+        with pytest.raises(HandshakeError):
+            echo_once(server, b"turned away", timeout=5.0)
+        assert time.monotonic() - started < 2.0
+        assert server.busy_refused == 2
     finally:
         for sock in held:
             sock.close()
     # the idle ones' handshakes end with their close: the address may connect again
     assert wait_for(lambda: len(slots) == 0)
     assert echo_once(server, b"after the idle ones left") == b"after the idle ones left"
-    assert server.busy_refused == 1
+    assert server.busy_refused == 2
 
 
 @pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
