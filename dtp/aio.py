@@ -836,7 +836,8 @@ async def _open(
             if isinstance(error, ConnectionLost):
                 error = HandshakeError(
                     "the server closed the connection during the handshake "
-                    "(wrong server key, or not a DTP server?)"
+                    "(wrong server key, not a DTP server, or too many handshakes from this "
+                    "address in progress there?)"
                 )
             raise error or HandshakeError("the handshake did not complete")
 

@@ -197,7 +197,7 @@ def test_a_connection_beyond_the_cap_is_closed_at_once(
         assert server._slots._value == 6  # nor a global slot
         # a real client from that address is turned away the same way, quickly
         started = time.monotonic()
-        with pytest.raises(HandshakeError):
+        with pytest.raises(HandshakeError, match="too many handshakes"):
             echo_once(server, b"turned away", timeout=5.0)
         assert time.monotonic() - started < 2.0
         assert server.busy_refused == 2
