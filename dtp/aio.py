@@ -52,7 +52,7 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
@@ -972,7 +972,7 @@ class DTPServer:
             peer = proto.transport.get_extra_info("peername")
             # no peername: the client is gone already and its handshake fails at once
             if peer:
-                key = str(peer[0])
+                key = address_key(str(peer[0]))
                 if not self._address_slots.try_take(key):
                     self.busy_refused += 1
                     logger.debug(

@@ -13,14 +13,31 @@ Used by both servers, so the blocking and asyncio ones count the same way.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 
-__all__ = ["DEFAULT_MAX_HANDSHAKES_PER_ADDRESS", "AddressSlots"]
+__all__ = ["DEFAULT_MAX_HANDSHAKES_PER_ADDRESS", "AddressSlots", "address_key"]
 
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 8
 """The servers' default cap: a quarter of the blocking server's default
 ``max_handshakes`` (32), so one address can never hold more than that quarter, yet a
 client that opens a few connections at once (a pool, a NAT'd office) is not refused."""
+
+
+def address_key(host: str) -> str:
+    """What the cap counts by for a client's IP address ``host``: the address itself for
+    IPv4 (and IPv4-mapped IPv6), the /64 network for IPv6 -- one subscriber usually
+    holds a whole /64, so counting single IPv6 addresses would give one client 2**64
+    caps. Anything that does not parse is counted as given."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # (a scope ID: fe80::1%eth0)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class AddressSlots:

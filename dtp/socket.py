@@ -66,7 +66,7 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     prepare_anonymous_identity,
@@ -1742,7 +1742,7 @@ class DTPServer:
                     return None
                 time.sleep(0.05)
                 continue
-            ip = str(peer[0])
+            ip = address_key(str(peer[0]))
             # checked before the global slot: an address at its cap must not make us
             # wait for a slot on its behalf (and so hold up the clients behind it)
             if self._address_slots is not None and not self._address_slots.try_take(ip):
@@ -2013,6 +2013,7 @@ def create_server(
     port: int | None = None,
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
+    max_handshakes: int = 32,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
@@ -2029,9 +2030,10 @@ def create_server(
     (IP-hiding) is reached: it needs ``ledger``/``host_id``/``port``, ``identity`` must be
     the host's authority, and the same admission applies (docs/ledger-carrier.md).
 
-    ``max_handshakes_per_address``: at most that many handshakes from one client IP
-    address in progress at once, so one client cannot hold every handshake slot; see
-    :class:`DTPServer` (None: no such cap).
+    ``max_handshakes`` / ``max_handshakes_per_address``: at most that many handshakes in
+    progress at once, and at most that many from one client IP address (an IPv6 /64), so
+    one client cannot hold every handshake slot; see :class:`DTPServer` (None: no
+    per-address cap).
     """
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
@@ -2054,6 +2056,7 @@ def create_server(
         admit=admit,
         config=config,
         backlog=backlog,
+        max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
     )
     if "ledger" in carriers:

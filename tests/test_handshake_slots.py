@@ -18,7 +18,7 @@ import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPTimeoutError, HandshakeError
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots
+from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
 from dtp.keys import HostIdentity
 
 SERVER = HostIdentity.generate()
@@ -484,3 +484,19 @@ def test_aio_ledger_connections_are_not_capped_by_address() -> None:
                     theirs.close()
 
     asyncio.run(main())
+
+
+def test_address_key_groups_ipv6_by_its_64_and_keeps_ipv4() -> None:
+    """One IPv6 subscriber holds a /64: its addresses share one count; IPv4 addresses
+    (and IPv4-mapped IPv6) count one by one."""
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    a, b = address_key("2001:db8:1:2::1"), address_key("2001:db8:1:2:ffff::9")
+    assert a == b == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != a
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("not an address") == "not an address"
+    slots = AddressSlots(1)
+    assert slots.try_take(address_key("2001:db8::1"))
+    assert not slots.try_take(address_key("2001:db8::2"))  # the same /64
+    assert slots.try_take(address_key("2001:db8:0:1::1"))
