@@ -1687,6 +1687,9 @@ class DTPServer:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
+        # connection threads count at once: += on an attribute is a read and a write,
+        # and two threads could each write back the same count
+        self._stats_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
         #: TCP connections closed unserved: their address had max_handshakes_per_address
@@ -1784,12 +1787,19 @@ class DTPServer:
 
     def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
         """Serve a carrier connection that came from elsewhere (a ledger bridge) in a
-        connection thread; False (and the carrier closed) once the server is closed."""
+        connection thread; False (and the carrier closed) once the server is closed, or
+        when no thread can be started for it."""
         if not self._take_slot():
             carrier.close()
             return False
-        # no IP address to cap by: the ledger bridge is a local socket
-        self._give((carrier, peer, config, None))
+        try:
+            # no IP address to cap by: the ledger bridge is a local socket
+            self._give((carrier, peer, config, None))
+        except RuntimeError as exc:  # the process is out of threads
+            logger.warning("no thread for a ledger connection from %s: %s", peer, exc)
+            self._slots.release()
+            carrier.close()
+            return False
         return True
 
     def _give(self, job: _Job) -> None:
@@ -1807,13 +1817,23 @@ class DTPServer:
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
         while job is not None:
+            keep_turn = False
             if isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
                 if accepted is None:
                     return  # closed: nobody accepts any more
-                self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                try:
+                    self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                except RuntimeError as exc:
+                    # the process is out of threads: losing the turn would stop all
+                    # accepting for good, so we keep it and accept again after this one
+                    logger.warning("no thread to pass the accepting on to: %s", exc)
+                    keep_turn = True
                 job = accepted
             self._serve_one(*job)
+            if keep_turn:
+                job = _ACCEPT_TURN
+                continue
             with self._idle_lock:
                 if self._closed.is_set():
                     return
@@ -1868,11 +1888,13 @@ class DTPServer:
             return None
         # the engine's lock is not held here: abort() and friends take it themselves
         if outcome == "failed":
-            self.handshakes_failed += 1
+            with self._stats_lock:
+                self.handshakes_failed += 1
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
             return None
         if outcome == "refused":
-            self.refused += 1
+            with self._stats_lock:
+                self.refused += 1
             engine.abort(CloseCode.REFUSED, reason)
             return None
         engine.start_timer()

@@ -146,3 +146,61 @@ def test_accept_mode_threads_are_reused_too() -> None:
             assert result == [b"a%d" % i]
             assert wait_for(lambda: server._idle == 1)
         assert len(connection_threads(before)) == 2  # one accepting, one waiting
+
+
+def test_a_thread_that_cannot_be_started_does_not_stop_the_accepting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of threads (Thread.start raises RuntimeError, as it does when the process may
+    start no more), the thread that accepted a connection cannot pass the accepting on:
+    it keeps the turn and accepts again once it served that connection, so later
+    clients still connect and nothing leaks (its handshake slot is free again)."""
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100))
+
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "dtp-handshake" and refusing.is_set():
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    refusing = threading.Event()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        server.WORKER_IDLE = 30.0
+        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+        assert wait_for(lambda: len(connection_threads()) >= 1)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        refusing.set()
+        for i in range(4):
+            assert echo_once(server, b"n%d" % i) == b"n%d" % i
+        assert refused  # the accepting thread did try to pass its turn on, and could not
+        refusing.clear()
+        assert echo_once(server, b"after") == b"after"
+        assert wait_for(lambda: server._slots._value == 32)  # type: ignore[attr-defined]
+
+
+def test_a_ledger_connection_without_a_thread_is_closed_and_frees_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A carrier handed over by the ledger listener when no thread can be started is
+    closed (the client sees its connection end), and its handshake slot is free."""
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        # an idle worker would take the job without a new thread: none may be idle
+        assert wait_for(lambda: server._idle == 0)
+
+        def start(self: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            monkeypatch.setattr(threading.Thread, "start", start)
+            handed = server._handoff(ours, ("ledger", "0xabc"), server._config)
+            monkeypatch.undo()
+            assert handed is False
+            theirs.settimeout(5)
+            assert theirs.recv(1) == b""  # closed on our side
+        assert server._slots._value == 32  # type: ignore[attr-defined]
