@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,13 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+    AddressSlots,
+    Verdict,
+    address_key,
+)
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
@@ -865,9 +872,11 @@ class DTPServer:
     At most ``max_handshakes_per_address`` handshakes from one client IP address are in
     progress at once, as in :class:`dtp.socket.DTPServer`: each costs a socket and a
     task until ``handshake_timeout``, and a single client must not be able to open them
-    without bound. A further TCP connection from that address is closed at once and
-    counted in :attr:`busy_refused`; None lifts the cap. Connections that come over the
-    ledger carrier have no IP address and are not capped by it."""
+    without bound. Its further TCP connections wait, unread, in a line of at most
+    ``max_waiting_per_address``; one that finds the line full, or waits longer than the
+    handshake timeout, is closed and counted in :attr:`busy_refused`; None lifts the
+    cap. Connections that come over the ledger carrier have no IP address and are not
+    capped by it."""
 
     def __init__(
         self,
@@ -877,9 +886,12 @@ class DTPServer:
         config: ConnectionConfig,
         admit: AdmitHook | None = None,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     ) -> None:
-        self._address_slots: AddressSlots | None = (
-            None if max_handshakes_per_address is None else AddressSlots(max_handshakes_per_address)
+        self._address_slots: AddressSlots[_Protocol] | None = (
+            None
+            if max_handshakes_per_address is None
+            else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
         )
         self._callback = callback
         self.identity = identity
@@ -965,26 +977,66 @@ class DTPServer:
 
     def _connected(self, proto: _Protocol, by_address: bool) -> None:
         """Serve a new connection, unless its address has its cap of handshakes in
-        progress: then close it at once."""
+        progress: then it waits in its address's line, not read meanwhile (or is closed
+        at once when the line is full)."""
         assert proto.transport is not None
         key: str | None = None
-        if by_address and self._address_slots is not None:
+        slots = self._address_slots
+        if by_address and slots is not None:
             peer = proto.transport.get_extra_info("peername")
             # no peername: the client is gone already and its handshake fails at once
             if peer:
                 key = address_key(str(peer[0]))
-                if not self._address_slots.try_take(key):
-                    self.busy_refused += 1
-                    logger.debug(
-                        "closed a connection from %s: %d handshakes from that address in progress",
-                        peer,
-                        self._address_slots.cap,
-                    )
-                    proto.transport.close()
+                deadline = time.monotonic() + self._config.handshake_timeout
+                verdict = slots.take_or_wait(key, proto, deadline)
+                if verdict is Verdict.WAITING:
+                    proto.transport.pause_reading()  # its handshake starts in its turn
                     return
+                if verdict is Verdict.FULL:
+                    self._refuse_busy([proto])
+                    return
+        self._start_serving(proto, key)
+
+    def _start_serving(self, proto: _Protocol, key: str | None) -> None:
         task = proto.loop.create_task(self._serve(proto, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _release_address(self, key: str) -> None:
+        """A handshake from ``key`` ended: the next connection waiting in its line takes
+        the slot and starts; those that waited too long are closed."""
+        assert self._address_slots is not None
+        while True:
+            waited, expired = self._address_slots.release(key, time.monotonic())
+            self._refuse_busy(expired)
+            if waited is None:
+                return
+            transport = waited.transport
+            if self._closed.is_set() or transport is None or transport.is_closing():
+                if transport is not None:
+                    transport.close()
+                continue  # (the slot passed to it: release it for the next one)
+            transport.resume_reading()
+            self._start_serving(waited, key)
+            return
+
+    def _refuse_busy(self, protos: list[_Protocol]) -> None:
+        """Close connections that found their address's line full, or waited in it past
+        the handshake timeout."""
+        if not protos:
+            return
+        self.busy_refused += len(protos)
+        assert self._address_slots is not None
+        for proto in protos:
+            transport = proto.transport
+            if transport is None:
+                continue
+            logger.debug(
+                "closed a connection from %s: %d handshakes from that address in progress",
+                transport.get_extra_info("peername"),
+                self._address_slots.cap,
+            )
+            transport.close()
 
     async def _serve(self, proto: _Protocol, key: str | None) -> None:
         """One connection: the handshake and hooks, then the client callback.
@@ -995,8 +1047,7 @@ class DTPServer:
             # however the handshake ended (accepted, refused, failed, timed out, an error
             # or a cancellation): the address's slot is free for its next connection
             if key is not None:
-                assert self._address_slots is not None
-                self._address_slots.release(key)
+                self._release_address(key)
         if not accepted:
             return
         session = proto.session
@@ -1076,9 +1127,14 @@ class DTPServer:
         )
 
     def close(self) -> None:
-        """Stop listening (connections already accepted go on)."""
+        """Stop listening (connections already accepted go on; those still waiting for
+        their address's handshake slot are closed)."""
         if self._server is not None:
             self._server.close()
+        if self._address_slots is not None:
+            for proto in self._address_slots.drain():
+                if proto.transport is not None:
+                    proto.transport.close()
         if self._ledger_listener is not None:
             self._ledger_listener.close()
         self._closed.set()
@@ -1117,6 +1173,7 @@ async def start_server(
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -1132,8 +1189,9 @@ async def start_server(
     when ``host`` is None) the server also accepts connections that come over the ledger
     carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
 
-    ``max_handshakes_per_address``: at most that many handshakes from one client IP
-    address in progress at once (None: no cap); see :class:`DTPServer`.
+    ``max_handshakes_per_address`` / ``max_waiting_per_address``: at most that many
+    handshakes from one client IP address in progress at once (None: no cap), and at
+    most that many of its connections waiting for one to end; see :class:`DTPServer`.
     """
     if carriers is None:
         carriers = ("tcp",) if host is not None else ("ledger",)
@@ -1158,6 +1216,7 @@ async def start_server(
         cfg,
         admit,
         max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
     )
     if host is not None and port is not None:
         await server._start(host, port, backlog)

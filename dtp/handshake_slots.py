@@ -6,22 +6,49 @@ connections and sends nothing (slowloris) would otherwise hold every one of them
 :class:`dtp.socket.DTPServer` that is every handshake slot (``max_handshakes``), which
 stalls the handshakes of everyone else; in :mod:`dtp.aio` a socket and a task each.
 :class:`AddressSlots` caps that per address, so one address can hold at most its share
-and a connection beyond it is closed at once instead of waiting for a slot.
+and its further connections wait in a short line of their own -- holding a socket,
+but no slot, thread or task -- for one of its handshakes to end. A client that opens
+many connections at once (a pool warming up, a forwarder opening a flow per source)
+is served in turn rather than refused; a line that is full, or a wait longer than the
+handshake timeout, closes the connection.
 
 Used by both servers, so the blocking and asyncio ones count the same way.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import threading
+from collections import deque
+from typing import Generic, TypeVar
 
-__all__ = ["DEFAULT_MAX_HANDSHAKES_PER_ADDRESS", "AddressSlots", "address_key"]
+__all__ = [
+    "DEFAULT_MAX_HANDSHAKES_PER_ADDRESS",
+    "DEFAULT_MAX_WAITING_PER_ADDRESS",
+    "AddressSlots",
+    "Verdict",
+    "address_key",
+]
+
+T = TypeVar("T")
 
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 8
 """The servers' default cap: a quarter of the blocking server's default
 ``max_handshakes`` (32), so one address can never hold more than that quarter, yet a
 client that opens a few connections at once (a pool, a NAT'd office) is not refused."""
+
+DEFAULT_MAX_WAITING_PER_ADDRESS = 64
+"""Connections from one address that may wait for its handshake slots (each holds only
+a socket meanwhile); beyond that they are closed at once."""
+
+
+class Verdict(enum.Enum):
+    """What :meth:`AddressSlots.take_or_wait` did with a new connection."""
+
+    TAKEN = "taken"  #: a slot is its: start the handshake
+    WAITING = "waiting"  #: in its address's line: :meth:`AddressSlots.release` hands it on
+    FULL = "full"  #: the line is full: close it
 
 
 def address_key(host: str) -> str:
@@ -40,19 +67,24 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
-class AddressSlots:
-    """Handshakes in progress per client address, at most ``cap`` each.
+class AddressSlots(Generic[T]):
+    """Handshakes in progress per client address, at most ``cap`` each, and a line of at
+    most ``max_waiting`` connections per address waiting for one of them to end.
 
     Thread-safe: the blocking server takes a slot in the accepting thread and releases
-    it in the connection's own thread. Addresses with nothing in progress are dropped,
-    so the table holds only the addresses with a handshake under way (it cannot grow
-    with the number of clients ever seen)."""
+    it in the connection's own thread. Addresses with nothing in progress and nobody
+    waiting are dropped, so the tables hold only the addresses with a handshake under
+    way (they cannot grow with the number of clients ever seen)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, max_waiting: int = DEFAULT_MAX_WAITING_PER_ADDRESS) -> None:
         if cap < 1:
             raise ValueError(f"the per-address handshake cap must be at least 1, got {cap}")
+        if max_waiting < 0:
+            raise ValueError(f"the per-address waiting line cannot be negative, got {max_waiting}")
         self.cap = cap
+        self.max_waiting = max_waiting
         self._counts: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[float, T]]] = {}
         self._lock = threading.Lock()
 
     def try_take(self, address: str) -> bool:
@@ -65,23 +97,70 @@ class AddressSlots:
             self._counts[address] = count + 1
             return True
 
-    def release(self, address: str) -> None:
-        """One handshake from ``address`` ended (in any way). Releasing more than was
-        taken is a bug in the caller: ValueError, as with a BoundedSemaphore, rather
-        than a count that silently drifts and lets that address past its cap."""
+    def take_or_wait(self, address: str, item: T, deadline: float) -> Verdict:
+        """A new connection ``item`` from ``address``: a slot for it (TAKEN), else a
+        place in the address's line until ``deadline`` (a monotonic time; WAITING),
+        else FULL (nothing kept: the caller closes it)."""
+        with self._lock:
+            count = self._counts.get(address, 0)
+            if count < self.cap:
+                self._counts[address] = count + 1
+                return Verdict.TAKEN
+            line = self._waiting.get(address)
+            if line is None:
+                if not self.max_waiting:
+                    return Verdict.FULL
+                line = self._waiting[address] = deque()
+            elif len(line) >= self.max_waiting:
+                return Verdict.FULL
+            line.append((deadline, item))
+            return Verdict.WAITING
+
+    def release(self, address: str, now: float = 0.0) -> tuple[T | None, list[T]]:
+        """One handshake from ``address`` ended (in any way): ``(next, expired)`` --
+        the first waiting connection whose deadline is after ``now``, which now holds the
+        slot (the caller starts its handshake), or None when the slot is free; and the
+        connections that waited past their deadline (the caller closes them).
+        Releasing more than was taken is a bug in the caller: ValueError, as with a
+        BoundedSemaphore, rather than a count that silently drifts and lets that
+        address past its cap."""
+        expired: list[T] = []
         with self._lock:
             count = self._counts.get(address, 0)
             if count <= 0:
                 raise ValueError(f"no handshake in progress from {address} to release")
+            line = self._waiting.get(address)
+            while line:
+                deadline, item = line.popleft()
+                if deadline > now:
+                    if not line:
+                        del self._waiting[address]
+                    return item, expired  # the slot passes to it: the count stays
+                expired.append(item)
+            if line is not None:
+                del self._waiting[address]
             if count == 1:
                 del self._counts[address]
             else:
                 self._counts[address] = count - 1
+            return None, expired
+
+    def drain(self) -> list[T]:
+        """Every waiting connection, taken out of the lines (the server is closing)."""
+        with self._lock:
+            lines, self._waiting = self._waiting, {}
+        return [item for line in lines.values() for _, item in line]
 
     def in_progress(self, address: str) -> int:
         """Handshakes from ``address`` in progress now."""
         with self._lock:
             return self._counts.get(address, 0)
+
+    def waiting(self, address: str) -> int:
+        """Connections from ``address`` waiting for a slot."""
+        with self._lock:
+            line = self._waiting.get(address)
+            return len(line) if line else 0
 
     def __len__(self) -> int:
         """Addresses with a handshake in progress."""

@@ -33,7 +33,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dtp._session import Session
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
@@ -66,7 +66,13 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+    AddressSlots,
+    Verdict,
+    address_key,
+)
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     prepare_anonymous_identity,
@@ -1618,9 +1624,20 @@ class _AcceptTurn:
 
 _ACCEPT_TURN = _AcceptTurn()
 # what a connection thread is given: the turn to accept, or a carrier to serve (with
-# the client IP address whose per-address handshake slot it holds, if any)
+# the client IP address whose per-address handshake slot it holds, if any), or a
+# connection whose turn in its address's line came (it still needs a global slot)
 _Serve = tuple[_socket.socket, Any, ConnectionConfig, str | None]
-_Job = _AcceptTurn | _Serve
+
+
+class _Waited(NamedTuple):
+    """A connection that waited for its address's handshake slot and now holds it."""
+
+    tcp: _socket.socket
+    peer: Any
+    key: str
+
+
+_Job = _AcceptTurn | _Serve | _Waited
 
 
 class DTPServer:
@@ -1637,9 +1654,11 @@ class DTPServer:
     A single client must not be able to hold every handshake slot (open
     ``max_handshakes`` TCP connections, send nothing, and stall every other client's
     handshake until ``handshake_timeout``), so at most ``max_handshakes_per_address``
-    handshakes from one IP address are in progress at once: a further TCP connection
-    from that address is closed at once, before it takes a slot, and counted in
-    :attr:`busy_refused`. None lifts that cap. Connections that come over the ledger
+    handshakes from one IP address (an IPv6 /64) are in progress at once. Its further
+    TCP connections wait, unread and holding no slot or thread, in a line of at most
+    ``max_waiting_per_address`` for one of its handshakes to end; one that finds the
+    line full, or waits longer than the handshake timeout, is closed and counted in
+    :attr:`busy_refused`. None lifts the cap. Connections that come over the ledger
     carrier have no IP address and are not capped by it."""
 
     WORKER_IDLE = 2.0
@@ -1657,14 +1676,18 @@ class DTPServer:
         max_handshakes: int = 32,
         max_pending: int = 128,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     ) -> None:
         """``accept``: hook given the client's verified Sui address; ``admit``: hook
         given a :class:`PeerInfo` (address plus the ledger connection ID and port the
         client named). Both run when both are given, ``accept`` first.
-        ``max_handshakes_per_address``: see the class docstring (ValueError below 1)."""
+        ``max_handshakes_per_address`` / ``max_waiting_per_address``: see the class
+        docstring (ValueError below 1 / below 0)."""
         # first: a bad cap must fail before we listen (and leave nothing open)
-        self._address_slots: AddressSlots | None = (
-            None if max_handshakes_per_address is None else AddressSlots(max_handshakes_per_address)
+        self._address_slots: AddressSlots[tuple[_socket.socket, Any]] | None = (
+            None
+            if max_handshakes_per_address is None
+            else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
         )
         self.identity = identity
         self._accept_hook = accept
@@ -1745,19 +1768,20 @@ class DTPServer:
                     return None
                 time.sleep(0.05)
                 continue
-            ip = address_key(str(peer[0]))
-            # checked before the global slot: an address at its cap must not make us
-            # wait for a slot on its behalf (and so hold up the clients behind it)
-            if self._address_slots is not None and not self._address_slots.try_take(ip):
-                self.busy_refused += 1
-                logger.debug(
-                    "closed a connection from %s: %d handshakes from that address in progress",
-                    peer,
-                    self._address_slots.cap,
-                )
-                tcp.close()
-                continue
-            key = ip if self._address_slots is not None else None
+            key: str | None = None
+            slots = self._address_slots
+            if slots is not None:
+                # checked before the global slot: an address at its cap must not make
+                # us wait for a slot on its behalf (and so hold up the clients behind
+                # it); its further connections wait in its own line instead
+                key = address_key(str(peer[0]))
+                deadline = time.monotonic() + self._config.handshake_timeout
+                verdict = slots.take_or_wait(key, (tcp, peer), deadline)
+                if verdict is Verdict.WAITING:
+                    continue  # started when one of its address's handshakes ends
+                if verdict is Verdict.FULL:
+                    self._refuse_busy([(tcp, peer)])
+                    continue
             with contextlib.suppress(OSError):
                 tune(tcp)
             # at most max_handshakes at once: while none is free we hold this one and
@@ -1770,10 +1794,43 @@ class DTPServer:
         return None
 
     def _release_address(self, key: str | None) -> None:
-        """Free the per-address slot a connection holds (``key`` None: it holds none)."""
-        if key is not None:
-            assert self._address_slots is not None
-            self._address_slots.release(key)
+        """Free the per-address slot a connection holds (``key`` None: it holds none):
+        the next connection waiting in that address's line takes it and goes to a
+        connection thread; those that waited too long are closed."""
+        if key is None:
+            return
+        assert self._address_slots is not None
+        while True:
+            waited, expired = self._address_slots.release(key, time.monotonic())
+            self._refuse_busy(expired)
+            if waited is None:
+                return
+            tcp, peer = waited
+            if self._closed.is_set():
+                tcp.close()
+                continue  # (the slot passed to it: release it for the next one)
+            try:
+                self._give(_Waited(tcp, peer, key))
+                return
+            except RuntimeError as exc:  # the process is out of threads
+                logger.warning("no thread for a connection from %s: %s", peer, exc)
+                tcp.close()
+
+    def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]]) -> None:
+        """Close connections that found their address's line full, or waited in it past
+        the handshake timeout."""
+        if not connections:
+            return
+        with self._stats_lock:
+            self.busy_refused += len(connections)
+        assert self._address_slots is not None
+        for tcp, peer in connections:
+            logger.debug(
+                "closed a connection from %s: %d handshakes from that address in progress",
+                peer,
+                self._address_slots.cap,
+            )
+            tcp.close()
 
     def _take_slot(self) -> bool:
         """Wait for a handshake slot; False (no slot taken) once the server is closed."""
@@ -1818,7 +1875,16 @@ class DTPServer:
         serves that connection itself."""
         while job is not None:
             keep_turn = False
-            if isinstance(job, _AcceptTurn):
+            if isinstance(job, _Waited):
+                # its turn in its address's line came: it needs a global slot too
+                if not self._take_slot():
+                    job.tcp.close()
+                    self._release_address(job.key)
+                    return  # closed
+                with contextlib.suppress(OSError):
+                    tune(job.tcp)
+                job = (job.tcp, job.peer, self._config, job.key)
+            elif isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
                 if accepted is None:
                     return  # closed: nobody accepts any more
@@ -1999,6 +2065,9 @@ class DTPServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._address_slots is not None:
+            for tcp, _ in self._address_slots.drain():  # (waiting: never served)
+                tcp.close()
         with self._idle_lock:
             idle, self._idle = self._idle, 0
         for _ in range(idle):
@@ -2037,6 +2106,7 @@ def create_server(
     ledger_options: LedgerCarrierOptions | None = None,
     max_handshakes: int = 32,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -2052,10 +2122,11 @@ def create_server(
     (IP-hiding) is reached: it needs ``ledger``/``host_id``/``port``, ``identity`` must be
     the host's authority, and the same admission applies (docs/ledger-carrier.md).
 
-    ``max_handshakes`` / ``max_handshakes_per_address``: at most that many handshakes in
-    progress at once, and at most that many from one client IP address (an IPv6 /64), so
-    one client cannot hold every handshake slot; see :class:`DTPServer` (None: no
-    per-address cap).
+    ``max_handshakes`` / ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
+    most that many handshakes in progress at once, and at most that many from one client
+    IP address (an IPv6 /64), whose further connections wait in a line of at most that
+    many, so one client cannot hold every handshake slot; see :class:`DTPServer` (None:
+    no per-address cap).
     """
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
@@ -2080,6 +2151,7 @@ def create_server(
         backlog=backlog,
         max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
     )
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and port is not None

@@ -1,5 +1,6 @@
-"""The per-address cap on handshakes in progress (slowloris hardening): the
-AddressSlots helper, then the blocking and asyncio servers over real sockets.
+"""The per-address cap on handshakes in progress (slowloris hardening) and the line its
+further connections wait in: the AddressSlots helper, then the blocking and asyncio
+servers over real sockets.
 
 Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
 come from a second client address while real clients connect from 127.0.0.1."""
@@ -18,7 +19,12 @@ import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPTimeoutError, HandshakeError
-from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, AddressSlots, address_key
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    AddressSlots,
+    Verdict,
+    address_key,
+)
 from dtp.keys import HostIdentity
 
 SERVER = HostIdentity.generate()
@@ -138,6 +144,51 @@ def test_take_and_release_from_many_threads_balance_out() -> None:
     assert len(slots) == 0
 
 
+def test_connections_beyond_the_cap_wait_in_line_and_take_the_slot_in_turn() -> None:
+    slots: AddressSlots[str] = AddressSlots(1, max_waiting=2)
+    assert slots.take_or_wait("10.0.0.1", "first", 10.0) is Verdict.TAKEN
+    assert slots.take_or_wait("10.0.0.1", "second", 10.0) is Verdict.WAITING
+    assert slots.take_or_wait("10.0.0.1", "third", 10.0) is Verdict.WAITING
+    assert slots.take_or_wait("10.0.0.1", "fourth", 10.0) is Verdict.FULL  # line full
+    assert slots.take_or_wait("10.0.0.2", "elsewhere", 10.0) is Verdict.TAKEN
+    assert slots.waiting("10.0.0.1") == 2 and slots.in_progress("10.0.0.1") == 1
+    # each release hands the slot to the next in line, in order
+    assert slots.release("10.0.0.1", 1.0) == ("second", [])
+    assert slots.in_progress("10.0.0.1") == 1 and slots.waiting("10.0.0.1") == 1
+    assert slots.release("10.0.0.1", 1.0) == ("third", [])
+    assert slots.release("10.0.0.1", 1.0) == (None, [])
+    assert slots.in_progress("10.0.0.1") == 0 and slots.waiting("10.0.0.1") == 0
+    slots.release("10.0.0.2")
+    assert len(slots) == 0 and slots._waiting == {}
+
+
+def test_a_connection_that_waited_past_its_deadline_is_handed_back_to_close() -> None:
+    slots: AddressSlots[str] = AddressSlots(1)
+    assert slots.take_or_wait("a", "holder", 0.0) is Verdict.TAKEN
+    assert slots.take_or_wait("a", "stale", 5.0) is Verdict.WAITING
+    assert slots.take_or_wait("a", "also stale", 6.0) is Verdict.WAITING
+    assert slots.take_or_wait("a", "fresh", 20.0) is Verdict.WAITING
+    assert slots.release("a", 10.0) == ("fresh", ["stale", "also stale"])
+    assert slots.take_or_wait("a", "late", 30.0) is Verdict.WAITING
+    assert slots.release("a", 40.0) == (None, ["late"])  # expired: the slot is free
+    assert len(slots) == 0 and slots.waiting("a") == 0
+
+
+def test_no_line_and_draining_it() -> None:
+    slots: AddressSlots[str] = AddressSlots(1, max_waiting=0)
+    assert slots.take_or_wait("a", "x", 1.0) is Verdict.TAKEN
+    assert slots.take_or_wait("a", "y", 1.0) is Verdict.FULL
+    line: AddressSlots[str] = AddressSlots(1)
+    line.take_or_wait("a", "x", 1.0)
+    line.take_or_wait("a", "y", 1.0)
+    line.take_or_wait("b", "z", 1.0)
+    line.take_or_wait("b", "w", 1.0)
+    assert sorted(line.drain()) == ["w", "y"]
+    assert line.waiting("a") == line.waiting("b") == 0
+    with pytest.raises(ValueError):
+        AddressSlots(1, max_waiting=-1)
+
+
 def test_the_default_cap_leaves_room_for_other_clients() -> None:
     # a quarter of the blocking server's default max_handshakes (32)
     assert DEFAULT_MAX_HANDSHAKES_PER_ADDRESS == 8
@@ -178,10 +229,10 @@ def echo_once(server: dtp.socket.DTPServer, data: bytes, timeout: float = 10.0) 
         return sock.recv(100)
 
 
-def test_a_connection_beyond_the_cap_is_closed_at_once(
+def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed(
     serve: Callable[..., dtp.socket.DTPServer],
 ) -> None:
-    server = serve(max_handshakes=8, max_handshakes_per_address=2)
+    server = serve(max_handshakes=8, max_handshakes_per_address=2, max_waiting_per_address=1)
     slots = server._address_slots
     assert slots is not None
     held = [idle(server.address), idle(server.address)]
@@ -189,18 +240,28 @@ def test_a_connection_beyond_the_cap_is_closed_at_once(
         assert wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
         third = idle(server.address)
         with third:
+            # in line: neither closed nor holding a slot of any kind
+            assert wait_for(lambda: slots.waiting("127.0.0.1") == 1)
+            assert not closed_by_peer(third, within=0.3)
+            assert slots.in_progress("127.0.0.1") == 2
+            assert server._slots._value == 6
+            fourth = idle(server.address)
+            with fourth:
+                started = time.monotonic()
+                assert closed_by_peer(fourth, within=2.0)  # the line is full
+                assert time.monotonic() - started < 2.0
+            assert server.busy_refused == 1
+            # a real client that finds the line full is turned away the same way, quickly
             started = time.monotonic()
-            assert closed_by_peer(third, within=2.0)
+            with pytest.raises(HandshakeError, match="too many handshakes"):
+                echo_once(server, b"turned away", timeout=5.0)
             assert time.monotonic() - started < 2.0
-        assert server.busy_refused == 1
-        assert slots.in_progress("127.0.0.1") == 2  # the refused one took nothing
-        assert server._slots._value == 6  # nor a global slot
-        # a real client from that address is turned away the same way, quickly
-        started = time.monotonic()
-        with pytest.raises(HandshakeError, match="too many handshakes"):
-            echo_once(server, b"turned away", timeout=5.0)
-        assert time.monotonic() - started < 2.0
-        assert server.busy_refused == 2
+            assert server.busy_refused == 2
+            held[0].close()  # its handshake ends: the third takes its slot
+            assert wait_for(lambda: slots.waiting("127.0.0.1") == 0)
+            assert slots.in_progress("127.0.0.1") == 2
+            # (its thread takes the global slot a moment later)
+            assert wait_for(lambda: server._slots._value == 6)
     finally:
         for sock in held:
             sock.close()
@@ -208,6 +269,41 @@ def test_a_connection_beyond_the_cap_is_closed_at_once(
     assert wait_for(lambda: len(slots) == 0)
     assert echo_once(server, b"after the idle ones left") == b"after the idle ones left"
     assert server.busy_refused == 2
+
+
+def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
+    serve: Callable[..., dtp.socket.DTPServer],
+) -> None:
+    """Twelve clients of one address at once, with a cap of 2: all are served (those
+    beyond the cap waited), none refused, and the cap held throughout."""
+    server = serve(max_handshakes_per_address=2)
+    slots = server._address_slots
+    assert slots is not None
+    peak = [0]
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            peak[0] = max(peak[0], slots.in_progress("127.0.0.1"))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    replies: list[bytes] = []
+    clients = [
+        threading.Thread(target=lambda i=i: replies.append(echo_once(server, b"b%d" % i)))
+        for i in range(12)
+    ]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(30)
+    watching.set()
+    watcher.join(5)
+    assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
+    assert server.busy_refused == 0
+    assert 1 <= peak[0] <= 2
+    assert wait_for(lambda: len(slots) == 0)
 
 
 @pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
@@ -225,15 +321,17 @@ def test_idle_connections_from_one_address_stall_others_only_without_the_cap(
                 echo_once(server, b"stalled", timeout=1.0)
             assert server.busy_refused == 0
         else:
-            # two hold a slot, the other two were closed at once
-            assert wait_for(lambda: server.busy_refused == 2)
-            assert sum(closed_by_peer(sock, within=0.5) for sock in held) == 2
+            # two hold a slot, the other two wait in their address's line
             assert server._address_slots is not None
+            assert wait_for(lambda: server._address_slots.waiting(OTHER_IP) == 2)  # type: ignore[union-attr]
             assert server._address_slots.in_progress(OTHER_IP) == 2
+            assert server._slots._value == 2
+            assert server.busy_refused == 0
             started = time.monotonic()
             assert echo_once(server, b"from 127.0.0.1", timeout=5.0) == b"from 127.0.0.1"
             assert time.monotonic() - started < 2.0  # promptly, not after a timeout
             assert server._address_slots.in_progress(OTHER_IP) == 2  # still held meanwhile
+            assert server._address_slots.waiting(OTHER_IP) == 2
     finally:
         for sock in held:
             sock.close()
@@ -358,28 +456,54 @@ async def aio_idle(
     return await asyncio.open_connection(host, port, local_addr=(source, 0))
 
 
-def test_aio_a_connection_beyond_the_cap_is_closed_at_once() -> None:
+def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed() -> None:
     async def main() -> None:
         server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
+            aio_echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            max_handshakes_per_address=2,
+            max_waiting_per_address=1,
         )
         async with server:
             slots = server._address_slots
             assert slots is not None
             held = [await aio_idle(server), await aio_idle(server)]
             assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
+            third_reader, third_writer = await aio_idle(server)
+            assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 1)
+            assert not await aio_closed_by_peer(third_reader, within=0.3)
             reader, writer = await aio_idle(server)
             started = time.monotonic()
-            assert await aio_closed_by_peer(reader, within=2.0)
+            assert await aio_closed_by_peer(reader, within=2.0)  # the line is full
             assert time.monotonic() - started < 2.0
             writer.close()
             assert server.busy_refused == 1
             assert slots.in_progress("127.0.0.1") == 2
-            for _, idle_writer in held:
+            held[0][1].close()  # its handshake ends: the third takes its slot
+            assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 0)
+            assert slots.in_progress("127.0.0.1") == 2
+            for _, idle_writer in [held[1], (third_reader, third_writer)]:
                 idle_writer.close()
             assert await async_wait_for(lambda: len(slots) == 0)
             assert await aio_echo_once(server, b"after") == b"after"
             assert server.busy_refused == 1
+
+    asyncio.run(main())
+
+
+def test_aio_a_burst_beyond_the_cap_from_one_address_is_served_in_turn() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
+        )
+        async with server:
+            replies = await asyncio.gather(*(aio_echo_once(server, b"b%d" % i) for i in range(12)))
+            assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
+            assert server.busy_refused == 0
+            assert server._address_slots is not None
+            assert await async_wait_for(lambda: len(server._address_slots) == 0)  # type: ignore[arg-type]
 
     asyncio.run(main())
 
@@ -393,10 +517,10 @@ def test_aio_another_address_connects_while_one_holds_its_cap() -> None:
             slots = server._address_slots
             assert slots is not None
             held = [await aio_idle(server, OTHER_IP) for _ in range(4)]
-            assert await async_wait_for(lambda: server.busy_refused == 2)
-            closed = [await aio_closed_by_peer(reader, within=0.5) for reader, _ in held]
-            assert sum(closed) == 2
+            # two hold a slot, the other two wait in their address's line
+            assert await async_wait_for(lambda: slots.waiting(OTHER_IP) == 2)
             assert slots.in_progress(OTHER_IP) == 2
+            assert server.busy_refused == 0
             started = time.monotonic()
             assert await aio_echo_once(server, b"from 127.0.0.1") == b"from 127.0.0.1"
             assert time.monotonic() - started < 2.0
