@@ -1006,19 +1006,18 @@ class DTPServer:
         """A handshake from ``key`` ended: the next connection waiting in its line takes
         the slot and starts; those that waited too long are closed."""
         assert self._address_slots is not None
-        while True:
-            waited, expired = self._address_slots.release(key, time.monotonic())
-            self._refuse_busy(expired)
-            if waited is None:
-                return
+
+        def start(waited: _Protocol) -> bool:
             transport = waited.transport
             if self._closed.is_set() or transport is None or transport.is_closing():
                 if transport is not None:
                     transport.close()
-                continue  # (the slot passed to it: release it for the next one)
+                return False
             transport.resume_reading()
             self._start_serving(waited, key)
-            return
+            return True
+
+        self._address_slots.hand_on(key, start, self._refuse_busy)
 
     def _refuse_busy(self, protos: list[_Protocol]) -> None:
         """Close connections that found their address's line full, or waited in it past

@@ -20,7 +20,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = [
@@ -144,6 +146,20 @@ class AddressSlots(Generic[T]):
             else:
                 self._counts[address] = count - 1
             return None, expired
+
+    def hand_on(
+        self, address: str, start: Callable[[T], bool], refuse: Callable[[list[T]], None]
+    ) -> None:
+        """:meth:`release` one handshake of ``address`` and hand its slot on: ``refuse``
+        (close) the connections that waited past their deadline, and ``start`` the next
+        one in line -- which returns False when that one cannot start (it is gone, or
+        the server is closing): the slot then goes to the one after it."""
+        while True:
+            waited, expired = self.release(address, time.monotonic())
+            if expired:
+                refuse(expired)
+            if waited is None or start(waited):
+                return
 
     def drain(self) -> list[T]:
         """Every waiting connection, taken out of the lines (the server is closing)."""

@@ -1800,21 +1800,21 @@ class DTPServer:
         if key is None:
             return
         assert self._address_slots is not None
-        while True:
-            waited, expired = self._address_slots.release(key, time.monotonic())
-            self._refuse_busy(expired)
-            if waited is None:
-                return
+
+        def start(waited: tuple[_socket.socket, Any]) -> bool:
             tcp, peer = waited
             if self._closed.is_set():
                 tcp.close()
-                continue  # (the slot passed to it: release it for the next one)
+                return False
             try:
                 self._give(_Waited(tcp, peer, key))
-                return
             except RuntimeError as exc:  # the process is out of threads
                 logger.warning("no thread for a connection from %s: %s", peer, exc)
                 tcp.close()
+                return False
+            return True
+
+        self._address_slots.hand_on(key, start, self._refuse_busy)
 
     def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]]) -> None:
         """Close connections that found their address's line full, or waited in it past

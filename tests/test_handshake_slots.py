@@ -174,6 +174,28 @@ def test_a_connection_that_waited_past_its_deadline_is_handed_back_to_close() ->
     assert len(slots) == 0 and slots.waiting("a") == 0
 
 
+def test_hand_on_skips_connections_that_cannot_start() -> None:
+    slots: AddressSlots[str] = AddressSlots(1)
+    slots.take_or_wait("a", "holder", 1e12)
+    for name in ("gone", "next", "last"):
+        assert slots.take_or_wait("a", name, 1e12) is Verdict.WAITING
+    started: list[str] = []
+    refused: list[list[str]] = []
+
+    def start(item: str) -> bool:
+        if item == "gone":
+            return False  # e.g. its client left: the slot goes to the one after it
+        started.append(item)
+        return True
+
+    slots.hand_on("a", start, refused.append)
+    assert started == ["next"] and refused == []
+    assert slots.in_progress("a") == 1 and slots.waiting("a") == 1
+    slots.hand_on("a", start, refused.append)
+    slots.hand_on("a", start, refused.append)
+    assert started == ["next", "last"] and len(slots) == 0
+
+
 def test_no_line_and_draining_it() -> None:
     slots: AddressSlots[str] = AddressSlots(1, max_waiting=0)
     assert slots.take_or_wait("a", "x", 1.0) is Verdict.TAKEN
