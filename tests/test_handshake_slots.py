@@ -328,6 +328,18 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
     assert wait_for(lambda: len(slots) == 0)
 
 
+def test_closing_the_server_closes_the_connections_waiting_in_line() -> None:
+    server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes_per_address=1)
+    slots = server._address_slots
+    assert slots is not None
+    holder, waiting = idle(server.address), idle(server.address)
+    with holder, waiting:
+        assert wait_for(lambda: slots.waiting("127.0.0.1") == 1)
+        server.close()
+        assert closed_by_peer(waiting, within=2.0)
+        assert slots.waiting("127.0.0.1") == 0
+
+
 @pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
 def test_idle_connections_from_one_address_stall_others_only_without_the_cap(
     serve: Callable[..., dtp.socket.DTPServer], cap: int | None
@@ -511,6 +523,26 @@ def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_c
             assert await async_wait_for(lambda: len(slots) == 0)
             assert await aio_echo_once(server, b"after") == b"after"
             assert server.busy_refused == 1
+
+    asyncio.run(main())
+
+
+def test_aio_closing_the_server_closes_the_connections_waiting_in_line() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=1
+        )
+        slots = server._address_slots
+        assert slots is not None
+        holder = await aio_idle(server)
+        reader, writer = await aio_idle(server)
+        assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 1)
+        server.close()
+        assert await aio_closed_by_peer(reader, within=2.0)
+        assert slots.waiting("127.0.0.1") == 0
+        writer.close()
+        holder[1].close()
+        await server.wait_closed()
 
     asyncio.run(main())
 
