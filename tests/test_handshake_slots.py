@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,7 @@ def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
 
 
 def test_take_up_to_the_cap_per_address() -> None:
-    slots = AddressSlots(2)
+    slots: AddressSlots[str] = AddressSlots(2)
     assert slots.try_take("10.0.0.1") and slots.try_take("10.0.0.1")
     assert not slots.try_take("10.0.0.1")  # at its cap
     assert slots.in_progress("10.0.0.1") == 2  # the refused take counted nothing
@@ -82,7 +83,7 @@ def test_take_up_to_the_cap_per_address() -> None:
 
 
 def test_addresses_with_nothing_in_progress_are_dropped() -> None:
-    slots = AddressSlots(3)
+    slots: AddressSlots[str] = AddressSlots(3)
     for i in range(100):
         assert slots.try_take(f"10.0.0.{i}")
         assert slots.try_take(f"10.0.0.{i}")
@@ -95,7 +96,7 @@ def test_addresses_with_nothing_in_progress_are_dropped() -> None:
 
 
 def test_release_without_take_and_a_cap_below_one_are_errors() -> None:
-    slots = AddressSlots(1)
+    slots: AddressSlots[str] = AddressSlots(1)
     with pytest.raises(ValueError):
         slots.release("10.0.0.1")
     assert slots.try_take("10.0.0.1")
@@ -107,7 +108,7 @@ def test_release_without_take_and_a_cap_below_one_are_errors() -> None:
 
 
 def test_concurrent_takes_never_pass_the_cap() -> None:
-    slots = AddressSlots(3)
+    slots: AddressSlots[str] = AddressSlots(3)
     start = threading.Barrier(10, timeout=10)
     results: list[bool] = []
 
@@ -125,7 +126,7 @@ def test_concurrent_takes_never_pass_the_cap() -> None:
 
 
 def test_take_and_release_from_many_threads_balance_out() -> None:
-    slots = AddressSlots(2)
+    slots: AddressSlots[str] = AddressSlots(2)
     over_cap: list[int] = []
 
     def churn(address: str) -> None:
@@ -251,6 +252,22 @@ def echo_once(server: dtp.socket.DTPServer, data: bytes, timeout: float = 10.0) 
         return sock.recv(100)
 
 
+def echo_from_threads(server: dtp.socket.DTPServer, prefix: bytes, n: int) -> list[bytes]:
+    """``n`` clients echoing ``prefix`` + their number at once, each in a thread; the
+    replies, in the order they came."""
+    replies: list[bytes] = []
+
+    def client(i: int) -> None:
+        replies.append(echo_once(server, b"%s%d" % (prefix, i)))
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(30)
+    return replies
+
+
 def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed(
     serve: Callable[..., dtp.socket.DTPServer],
 ) -> None:
@@ -311,15 +328,7 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    replies: list[bytes] = []
-    clients = [
-        threading.Thread(target=lambda i=i: replies.append(echo_once(server, b"b%d" % i)))
-        for i in range(12)
-    ]
-    for t in clients:
-        t.start()
-    for t in clients:
-        t.join(30)
+    replies = echo_from_threads(server, b"b", 12)
     watching.set()
     watcher.join(5)
     assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
@@ -389,16 +398,7 @@ def test_the_count_returns_to_zero_however_a_handshake_ends(
     # success, one after another and two at once (as many as the cap)
     for i in range(3):
         assert echo_once(server, b"ok %d" % i) == b"ok %d" % i
-    replies: list[bytes] = []
-    clients = [
-        threading.Thread(target=lambda i=i: replies.append(echo_once(server, b"c%d" % i)))
-        for i in range(2)
-    ]
-    for t in clients:
-        t.start()
-    for t in clients:
-        t.join(20)
-    assert sorted(replies) == [b"c0", b"c1"]
+    assert sorted(echo_from_threads(server, b"c", 2)) == [b"c0", b"c1"]
     assert settled()
 
     # garbage, then closed
@@ -462,6 +462,11 @@ async def aio_echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWri
     writer.close()
 
 
+async def aio_server(**kw: Any) -> dtp.aio.DTPServer:
+    """An echoing asyncio server on 127.0.0.1 with the given keywords."""
+    return await dtp.aio.start_server(aio_echo, "127.0.0.1", 0, identity=SERVER, **kw)
+
+
 async def aio_echo_once(server: dtp.aio.DTPServer, data: bytes) -> bytes:
     host, port = server.address
     reader, writer = await dtp.aio.open_connection(
@@ -492,14 +497,7 @@ async def aio_idle(
 
 def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed() -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo,
-            "127.0.0.1",
-            0,
-            identity=SERVER,
-            max_handshakes_per_address=2,
-            max_waiting_per_address=1,
-        )
+        server = await aio_server(max_handshakes_per_address=2, max_waiting_per_address=1)
         async with server:
             slots = server._address_slots
             assert slots is not None
@@ -529,9 +527,7 @@ def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_c
 
 def test_aio_closing_the_server_closes_the_connections_waiting_in_line() -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=1
-        )
+        server = await aio_server(max_handshakes_per_address=1)
         slots = server._address_slots
         assert slots is not None
         holder = await aio_idle(server)
@@ -549,9 +545,7 @@ def test_aio_closing_the_server_closes_the_connections_waiting_in_line() -> None
 
 def test_aio_a_burst_beyond_the_cap_from_one_address_is_served_in_turn() -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
-        )
+        server = await aio_server(max_handshakes_per_address=2)
         async with server:
             replies = await asyncio.gather(*(aio_echo_once(server, b"b%d" % i) for i in range(12)))
             assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
@@ -564,9 +558,7 @@ def test_aio_a_burst_beyond_the_cap_from_one_address_is_served_in_turn() -> None
 
 def test_aio_another_address_connects_while_one_holds_its_cap() -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=2
-        )
+        server = await aio_server(max_handshakes_per_address=2)
         async with server:
             slots = server._address_slots
             assert slots is not None
@@ -589,11 +581,7 @@ def test_aio_another_address_connects_while_one_holds_its_cap() -> None:
 def test_aio_the_count_returns_to_zero_however_a_handshake_ends() -> None:
     async def main() -> None:
         config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
-        server = await dtp.aio.start_server(
-            aio_echo,
-            "127.0.0.1",
-            0,
-            identity=SERVER,
+        server = await aio_server(
             config=config,
             accept=lambda address: address != DENIED.sui_address,
             max_handshakes_per_address=2,
@@ -637,9 +625,7 @@ def test_aio_the_count_returns_to_zero_however_a_handshake_ends() -> None:
 
 def test_aio_ledger_connections_are_not_capped_by_address() -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, max_handshakes_per_address=1
-        )
+        server = await aio_server(max_handshakes_per_address=1)
         async with server:
             loop = asyncio.get_running_loop()
             pairs = [socket.socketpair() for _ in range(3)]
@@ -674,7 +660,7 @@ def test_address_key_groups_ipv6_by_its_64_and_keeps_ipv4() -> None:
     assert address_key("2001:db8:1:3::1") != a
     assert address_key("fe80::1%eth0") == "fe80::/64"
     assert address_key("not an address") == "not an address"
-    slots = AddressSlots(1)
+    slots: AddressSlots[str] = AddressSlots(1)
     assert slots.try_take(address_key("2001:db8::1"))
     assert not slots.try_take(address_key("2001:db8::2"))  # the same /64
     assert slots.try_take(address_key("2001:db8:0:1::1"))

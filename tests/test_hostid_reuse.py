@@ -348,6 +348,16 @@ def server_transactions(ledger: LocalLedger) -> int:
     )
 
 
+def assert_closed_by_the_settlement_alone(ledger: LocalLedger, cid: str, before: int) -> None:
+    """``cid`` is settled and closed, by one server transaction after ``before`` (the
+    settlement) and with no half-close by either side."""
+    tc = ledger.get_connection(cid)
+    assert tc.settled and tc.state == ConnectionState.CLOSED
+    assert server_transactions(ledger) == before + 1
+    assert half_closes(ledger, cid) == []
+    assert closes(ledger, cid) == [SERVER.sui_address]
+
+
 def test_settlement_closes_an_open_connection_in_the_same_transaction(
     world: World, tmp_path: Path
 ) -> None:
@@ -488,11 +498,7 @@ def test_paid_server_settles_before_the_client_is_done_closing(
                     time.sleep(0.005)
                 sock.sendall(b"x" * 50)
                 assert sock.recv(50) == b"x" * 50
-            tc = world.ledger.get_connection(cid)
-            assert tc.settled and tc.state == ConnectionState.CLOSED
-            assert server_transactions(world.ledger) == before + 1
-            assert half_closes(world.ledger, cid) == []
-            assert closes(world.ledger, cid) == [SERVER.sui_address]
+            assert_closed_by_the_settlement_alone(world.ledger, cid, before)
         assert sorted(c for c, _ in server.settlements) == sorted(cids)
     for cid in cids:
         # the final receipt (100 bytes each way, one request) was claimed, not written
@@ -811,11 +817,7 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
                 cids.append(cid)
                 writer.close()
                 await writer.wait_closed()
-                tc = world.ledger.get_connection(cid)
-                assert tc.settled and tc.state == ConnectionState.CLOSED
-                assert server_transactions(world.ledger) == before + 1
-                assert half_closes(world.ledger, cid) == []
-                assert closes(world.ledger, cid) == [SERVER.sui_address]
+                assert_closed_by_the_settlement_alone(world.ledger, cid, before)
             assert sorted(c for c, _ in server.settlements) == sorted(cids)
         return cids
 
