@@ -904,8 +904,8 @@ class DTPServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes_failed = 0
         self.refused = 0
-        #: TCP connections closed unserved: their address had max_handshakes_per_address
-        #: handshakes in progress already
+        #: TCP connections closed unserved: their address's line was full, or they
+        #: waited in it past the handshake timeout
         self.busy_refused = 0
 
     @property

@@ -1715,8 +1715,8 @@ class DTPServer:
         self._stats_lock = threading.Lock()
         self.handshakes_failed = 0
         self.refused = 0
-        #: TCP connections closed unserved: their address had max_handshakes_per_address
-        #: handshakes in progress already
+        #: TCP connections closed unserved: their address's line was full, or they
+        #: waited in it past the handshake timeout
         self.busy_refused = 0
         if self._listener is not None:
             self._give(_ACCEPT_TURN)
@@ -1768,6 +1768,8 @@ class DTPServer:
                     return None
                 time.sleep(0.05)
                 continue
+            with contextlib.suppress(OSError):
+                tune(tcp)
             key: str | None = None
             slots = self._address_slots
             if slots is not None:
@@ -1782,8 +1784,6 @@ class DTPServer:
                 if verdict is Verdict.FULL:
                     self._refuse_busy([(tcp, peer)])
                     continue
-            with contextlib.suppress(OSError):
-                tune(tcp)
             # at most max_handshakes at once: while none is free we hold this one and
             # further clients wait in the backlog
             if not self._take_slot():
@@ -1881,8 +1881,6 @@ class DTPServer:
                     job.tcp.close()
                     self._release_address(job.key)
                     return  # closed
-                with contextlib.suppress(OSError):
-                    tune(job.tcp)
                 job = (job.tcp, job.peer, self._config, job.key)
             elif isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
