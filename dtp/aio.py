@@ -841,11 +841,7 @@ async def _open(
         if not session.accepted:
             error = session.error
             if isinstance(error, ConnectionLost):
-                error = HandshakeError(
-                    "the server closed the connection during the handshake "
-                    "(wrong server key, not a DTP server, or too many handshakes from this "
-                    "address in progress there?)"
-                )
+                error = HandshakeError.server_closed()
             raise error or HandshakeError("the handshake did not complete")
 
     try:

@@ -164,6 +164,15 @@ class HandshakeError(DTPError):
     """The Noise handshake or the client's identity proof failed (wrong server key,
     bad signature, malformed handshake message, peer gone during the handshake)."""
 
+    @classmethod
+    def server_closed(cls) -> HandshakeError:
+        """The server closed the carrier before the handshake completed (what the
+        blocking and asyncio clients raise for a ConnectionLost then)."""
+        return cls(
+            "the server closed the connection during the handshake (wrong server key, not "
+            "a DTP server, or too many handshakes from this address in progress there?)"
+        )
+
 
 class ConnectionRefused(DTPError, ConnectionRefusedError):
     """The server refused this client (accept hook, firewall); ``reason`` says why."""

@@ -1582,11 +1582,7 @@ def _connect(
             if not session.accepted:
                 error = session.error
                 if isinstance(error, ConnectionLost):
-                    error = HandshakeError(
-                        "the server closed the connection during the handshake "
-                        "(wrong server key, not a DTP server, or too many handshakes from this "
-                        "address in progress there?)"
-                    )
+                    error = HandshakeError.server_closed()
                 raise error or HandshakeError("the handshake did not complete")
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
