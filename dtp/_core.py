@@ -946,15 +946,79 @@ class NativeLane:
             n = _lane_send(self.io, fd, buf, size)
         if n >= 0:
             return size - n
+        return self._unsent(n, size, queue)
+
+    def _unsent(self, n: int, size: int, queue: list[memoryview] | None) -> int:
+        """:meth:`send` after ``dtp_lane_send`` returned the error ``n`` for ``size``
+        bytes: the bytes left (a partial write queued), or raise."""
         io = self.io
         if n == _ERR_QUEUE:
             if queue is not None:
                 queue.append(memoryview(self._out_view[io.sent : self.flow.written].tobytes()))
-            n = self.flow.taken
-            return size - n
+            taken: int = self.flow.taken
+            return size - taken
         if n == _ERR_IO:
             raise OSError(io.err, os.strerror(io.err))
         raise error_for(n, remote=False)
+
+    def exchange(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        data: bytes,
+        queue: list[memoryview],
+        release: Any,
+        timeout_ms: int,
+        size: int,
+        stream_id: int,
+    ) -> int:
+        """:meth:`send` ``data`` and, when every record of all of it went out,
+        :meth:`wait_read` up to ``size`` bytes (at most :attr:`own_cap`) into
+        :attr:`own` -- a request and its answer in one call, the wait first (the answer
+        cannot have come yet). ``release`` (a lock the caller holds, or None) is
+        released once the records are written, or when this raises before. Returns what
+        :meth:`wait_read` does; when not all of ``data`` went on the wire, -1 - the
+        bytes of it left unsealed (the records sealed but not written are appended to
+        ``queue``, as :meth:`send` does), and nothing waited. Raises OSError if the
+        write, the wait or the read fails."""
+        # (wait_read inline: one Python frame for the whole exchange, which is most of
+        # a small call's cost when two processes share a CPU)
+        io = self.io
+        size_in = len(data)
+        try:
+            if not 0 <= size <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            n: int = _lane_send(
+                io, fd, data if type(data) is bytes else _from_buffer(data), size_in
+            )
+        finally:
+            if release is not None:
+                release.release()
+        if n != size_in:
+            return -1 - (size_in - n if n >= 0 else self._unsent(n, size_in, queue))
+        err = self._err
+        lock.release()
+        try:
+            rc: int = _wait_readable(fd, wake_fd, timeout_ms, err)
+        finally:
+            lock.acquire()
+        if rc == _READY:
+            flow = self.flow
+            if flow.stream_id == stream_id and flow.can_recv:
+                n = _lane_recv(io, fd, self._own, size)
+                if n < 0:
+                    if n == _ERR_IO:
+                        raise OSError(io.err, os.strerror(io.err))
+                    raise error_for(n, remote=False)
+                return n
+            rc = _WAKE
+        elif rc < 0:
+            if rc == _ERR_IO:
+                raise OSError(err[0], os.strerror(err[0]))
+            raise error_for(rc, remote=False)
+        io.status = rc
+        return 0
 
     def flow_spill(self) -> memoryview:
         """After :meth:`flow_take` returned FULL: the data of the last record that did

@@ -387,14 +387,15 @@ class _Engine:
             status = lane.status
             if status == WAIT:
                 self._read_first_skip = READ_FIRST_SKIP
-        return self._recv_lent_wait(lane, stream_id, dst, timeout, status)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._recv_lent_wait(lane, stream_id, dst, deadline, status)
 
     def _recv_lent_wait(
-        self, lane: Any, stream_id: int, dst: Any, timeout: float | None, status: int
+        self, lane: Any, stream_id: int, dst: Any, deadline: float | None, status: int
     ) -> int:
-        """:meth:`recv_lent` after a read that took nothing (``status``)."""
+        """:meth:`recv_lent` after a read that took nothing (``status``), until the
+        monotonic ``deadline`` (None: none)."""
         conn = self.conn
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if status in _READ_ON:
                 until = conn.lent_timer
@@ -1053,13 +1054,18 @@ class DTPSocket:
             n = self.send(view)
             view = view[n:]
 
-    def send_recv(self, data: bytes, bufsize: int) -> bytes | None:
-        """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (an answer,
-        then the read of the next request), under one hold of the connection's lock,
-        when the stream is lent (the usual case once it carries data). The send never
-        waits: what flow control does not let out at once is queued for the connection
-        to send, so a TimeoutError is the read's. Returns None, with nothing sent,
-        when the stream is not lent now (call :meth:`sendall` and :meth:`recv`)."""
+    def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
+        """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (a request,
+        then its answer; or an answer, then the next request), under one hold of the
+        connection's lock, when the stream is lent (the usual case once it carries
+        data). The send never waits: what flow control does not let out at once is
+        queued for the connection to send, so a TimeoutError is the read's. Returns
+        None, with nothing sent, when the stream is not lent now (call :meth:`sendall`
+        and :meth:`recv`).
+
+        ``release``: a lock the caller holds to keep other writers off the stream
+        (``acquire`` / ``release``), released as soon as ``data`` is on its way -- before
+        the read waits -- or when this raises first; kept when None is returned."""
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
@@ -1072,28 +1078,90 @@ class DTPSocket:
         ):
             return None
         lock = engine.lock
-        lock.acquire()
+        owed = release  # until the lane has it
         try:
-            if conn.lent_stream_id != sid or engine.out or engine.carrier_closed or engine.pumping:
-                return None
-            lane: Any = conn.lent_lane
+            lock.acquire()
             try:
-                left: int = lane.send(engine._fd, data, engine.out)
-            except OSError as exc:
-                engine._carrier_failed(exc)
-                left = 0  # lost with the carrier: the read reports it
-            lent = False
-            if left:
-                # out of credit: the rest is queued (this takes the stream back)
-                conn.send_stream_data(sid, memoryview(data).cast("B")[-left:])
-                engine.flush()
-            elif not engine.out and conn.lent_stream_id == sid and conn.lent_can_recv:
-                got = self._read_lent(lane, bufsize)
-                if got is not None:
-                    return got
-                lent = True
+                if (
+                    conn.lent_stream_id != sid
+                    or engine.out
+                    or engine.carrier_closed
+                    or engine.pumping
+                ):
+                    owed = None
+                    return None
+                lane: Any = conn.lent_lane
+                lent = False
+                if bufsize <= lane.own_cap:
+                    # the send and the wait for what comes back in one call (the usual case)
+                    until = conn.lent_timer
+                    deadline = None
+                    if self._timeout is not None:
+                        deadline = time.monotonic() + self._timeout
+                        if until is None or deadline < until:
+                            until = deadline
+                    ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                    engine.pumping = True  # (others see it only while the wait lets go of lock)
+                    owed = None
+                    try:
+                        n: int = lane.exchange(
+                            lock,
+                            engine._fd,
+                            engine._wake_fd,
+                            data,
+                            engine.out,
+                            release,
+                            ms,
+                            bufsize,
+                            sid,
+                        )
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        n = -1  # the general path reports it
+                    finally:
+                        engine.pumping = False
+                        if engine.waiters:
+                            engine.cond.notify_all()
+                    if n > 0:
+                        got: bytes = lane.own[:n].tobytes()
+                        return got
+                    if n == 0:
+                        n = engine._recv_lent_wait(lane, sid, bufsize, deadline, lane.status)
+                        if n:
+                            got = lane.own[:n].tobytes()
+                            return got
+                        lent = True
+                    elif n < -1:
+                        # out of credit: the rest is queued (this takes the stream back)
+                        conn.send_stream_data(sid, memoryview(data).cast("B")[n + 1 :])
+                        engine.flush()
+                else:
+                    owed = None
+                    try:
+                        left: int = lane.send(engine._fd, data, engine.out)
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        left = 0  # lost with the carrier: the read reports it
+                    finally:
+                        if release is not None:
+                            release.release()
+                    if left:
+                        conn.send_stream_data(sid, memoryview(data).cast("B")[-left:])
+                        engine.flush()
+                    elif not engine.out and conn.lent_stream_id == sid and conn.lent_can_recv:
+                        view = engine.recv_scratch(bufsize)
+                        deadline = (
+                            None if self._timeout is None else time.monotonic() + self._timeout
+                        )
+                        n = engine._recv_lent_wait(lane, sid, view, deadline, WAIT)
+                        if n:
+                            return view[:n].tobytes()
+                        lent = True
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            if owed is not None:
+                owed.release()
         return self._recv_general(bufsize, lent)
 
     # -- closing ----------------------------------------------------------------------------

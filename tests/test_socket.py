@@ -275,6 +275,71 @@ def test_send_recv_exchanges_through_the_lent_stream(echo_server) -> None:  # ty
         assert got == b"after"
 
 
+def test_send_recv_lets_go_of_the_callers_lock(echo_server) -> None:  # type: ignore[no-untyped-def]
+    """``release``: kept when nothing was sent (None), let go of once the data is out
+    -- the answer comes through the lane's own buffer in one exchange -- and let go
+    of when the read then fails."""
+    writers = threading.Lock()
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        conn = sock._engine.conn
+        if conn.lent_stream_id != sock._stream_id:
+            writers.acquire()
+            assert sock.send_recv(b"not sent", 100, release=writers) is None
+            assert writers.locked()
+            writers.release()
+        sock.sendall(b"first")
+        assert sock.recv(100) == b"first"
+        exchanged = 0
+        for i in range(200):
+            message = os.urandom(1 + i * 7)
+            writers.acquire()
+            got = sock.send_recv(message, 4096, release=writers)
+            if got is None:  # taken back for a moment (credit owed): not sent, lock kept
+                assert writers.locked()
+                writers.release()
+                sock.sendall(message)
+                got = b""
+            else:
+                exchanged += 1
+            assert not writers.locked()
+            while len(got) < len(message):
+                got += sock.recv(len(message) - len(got))
+            assert got == message
+        assert exchanged >= 150
+    with (
+        server_process("slow") as srv,
+        dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as sock,
+    ):
+        sock.sendall(b"x")
+        assert sock._engine.conn.lent_stream_id == sock._stream_id
+        sock.settimeout(0.5)
+        failed: list[BaseException] = []
+
+        def wait_for_nothing() -> None:
+            writers.acquire()
+            try:
+                sock.send_recv(b"no answer comes", 100, release=writers)
+            except BaseException as exc:
+                failed.append(exc)
+
+        waiter = threading.Thread(target=wait_for_nothing)
+        start = time.monotonic()
+        waiter.start()
+        # while it waits, another writer gets the lock and the carrier
+        assert writers.acquire(timeout=5)
+        sock.sendall(b"meanwhile")
+        writers.release()
+        assert waiter.is_alive() or failed
+        waiter.join(10)
+        elapsed = time.monotonic() - start
+        assert len(failed) == 1 and isinstance(failed[0], DTPTimeoutError)
+        assert 0.45 <= elapsed < 5
+        assert not writers.locked()
+        sock.abort()
+
+
 def test_send_recv_never_waits_to_send() -> None:
     """Out of credit (a peer that never reads), send_recv queues what flow control
     holds back and waits only for the read: its TimeoutError is the read's."""

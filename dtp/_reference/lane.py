@@ -422,6 +422,37 @@ class Lane:
         io.status = status
         return 0
 
+    def exchange(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        data: bytes,
+        queue: list[memoryview],
+        release: Any,
+        timeout_ms: int,
+        size: int,
+        stream_id: int,
+    ) -> int:
+        """:meth:`send` ``data`` and, when every record of all of it went out,
+        :meth:`wait_read` up to ``size`` bytes (at most :attr:`own_cap`) into
+        :attr:`own`. ``release`` (a lock the caller holds, or None) is released once
+        the records are written, or when this raises before. Returns what :meth:`wait_read`
+        does; when not all of ``data`` went on the wire, -1 - the bytes of it left
+        unsealed (the records sealed but not written are appended to ``queue``), and
+        nothing waited."""
+        queued = len(queue)
+        try:
+            if not 0 <= size <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            left = self.send(fd, data, queue)
+        finally:
+            if release is not None:
+                release.release()
+        if left or len(queue) != queued:
+            return -1 - left
+        return self.wait_read(lock, fd, wake_fd, timeout_ms, size, stream_id)
+
     def send(
         self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
     ) -> int:

@@ -520,6 +520,8 @@ class RpcClient:
         self._closed: BaseException | None = None
         self._current_timeout: float | object | None = _DEFAULT
         self._read_size = QUICK_RECV_SIZE  # the quiet call's (see _next_read_size)
+        # a DTPSocket sends a request and reads its answer in one go (DTPSocket.send_recv)
+        self._send_recv: Callable[..., bytes | None] | None = getattr(stream, "send_recv", None)
         #: Frames from the peer that broke the format (skipped).
         self.violations: list[ProtocolViolation] = []
 
@@ -728,47 +730,56 @@ class RpcClient:
         wlock, lock, proto = self._wlock, self._lock, self._proto
         if not wlock.acquire(False):
             return None
+        lock.acquire()
         try:
-            lock.acquire()
-            try:
-                if self._calls or self._reading or self._closed is not None or proto._out:
-                    return None
+            quiet = not (self._calls or self._reading or self._closed is not None or proto._out)
+            if quiet:
                 request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
                 # we read for everybody until the answer: calls other threads start
                 # meanwhile wait for us (RpcClient._wait), as for any reader
                 self._reading = True
-            finally:
-                lock.release()
-            try:
-                self._stream.sendall(frame)
-            except BaseException as exc:
-                with lock:
-                    self._reading = False
-                    self._wake_followers()
-                    if isinstance(exc, DTPError | OSError):
-                        proto._outgoing.pop(request_id, None)
-                        self._fail_all(E.RpcConnectionLost(f"sending failed: {exc}"))
-                        raise E.RpcConnectionLost(f"sending failed: {exc}") from exc
-                    self._adopt(request_id)
-                raise
-        finally:
+        except BaseException:
             wlock.release()
+            raise
+        finally:
+            lock.release()
+        if not quiet:
+            wlock.release()
+            return None
         stream = self._stream
-        if timeout != self._current_timeout:
-            self._read_timeout(stream, timeout)
+        data: bytes | None = None
         failed: BaseException | None = None
-        try:  # (RpcClient._read, inline)
-            data: bytes | None = stream.recv(self._read_size)
+        sent = False
+        try:
+            if timeout != self._current_timeout:
+                self._read_timeout(stream, timeout)
+            if self._send_recv is not None:
+                # the send and the read in one go: from here wlock is send_recv's to let
+                # go of once the frame is out (None back: nothing was done, it is ours)
+                sent = True
+                data = self._send_recv(frame, self._read_size, release=wlock)
+                sent = data is not None
+            if not sent:
+                try:
+                    stream.sendall(frame)
+                finally:
+                    sent = True
+                    wlock.release()
+                data = stream.recv(self._read_size)
         except TimeoutError:
             data = None
         except (DTPError, OSError) as exc:
-            data, failed = None, exc
+            failed = exc
         except BaseException:
+            if not sent:
+                wlock.release()
             with lock:
                 self._reading = False
                 self._adopt(request_id)  # a later reader settles it
                 self._wake_followers()
             raise
+        if failed is not None and not sent:
+            wlock.release()
         lock.acquire()
         try:
             self._reading = False
