@@ -17,7 +17,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from dtp import _types as t
 from dtp._reference.limits import MAX_ACK_RANGES, MAX_FRAME_DATA
@@ -649,6 +649,14 @@ _lane_send = lib.dtp_lane_send
 _wait_readable = lib.dtp_wait_readable
 
 
+def _lane_failed(rc: int, err: int) -> NoReturn:
+    """Raise for a lane call's negative result ``rc``: OSError (``err``: the errno)
+    when the carrier's wait, read or write failed, else the code's DTPError."""
+    if rc == _ERR_IO:
+        raise OSError(err, os.strerror(err))
+    raise error_for(rc, remote=False)
+
+
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -877,15 +885,11 @@ class NativeLane:
                     return self.recv(fd, dst)  # (raises)
                 n: int = _lane_recv(io, fd, out, len(out))
                 if n < 0:
-                    if n == _ERR_IO:
-                        raise OSError(io.err, os.strerror(io.err))
-                    raise error_for(n, remote=False)
+                    _lane_failed(n, io.err)
                 return n
             rc = _WAKE
         elif rc < 0:
-            if rc == _ERR_IO:
-                raise OSError(err[0], os.strerror(err[0]))
-            raise error_for(rc, remote=False)
+            _lane_failed(rc, err[0])
         io.status = rc
         return 0
 
@@ -911,9 +915,7 @@ class NativeLane:
                 raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
             n = _lane_recv(self.io, fd, out, len(out))
         if n < 0:
-            if n == _ERR_IO:
-                raise OSError(self.io.err, os.strerror(self.io.err))
-            raise error_for(n, remote=False)
+            _lane_failed(n, self.io.err)
         return n
 
     def feed(self, n: int, dst: bytearray | memoryview) -> int:
@@ -957,9 +959,7 @@ class NativeLane:
                 queue.append(memoryview(self._out_view[io.sent : self.flow.written].tobytes()))
             taken: int = self.flow.taken
             return size - taken
-        if n == _ERR_IO:
-            raise OSError(io.err, os.strerror(io.err))
-        raise error_for(n, remote=False)
+        _lane_failed(n, io.err)
 
     def exchange(
         self,
@@ -1008,15 +1008,11 @@ class NativeLane:
             if flow.stream_id == stream_id and flow.can_recv:
                 n = _lane_recv(io, fd, self._own, size)
                 if n < 0:
-                    if n == _ERR_IO:
-                        raise OSError(io.err, os.strerror(io.err))
-                    raise error_for(n, remote=False)
+                    _lane_failed(n, io.err)
                 return n
             rc = _WAKE
         elif rc < 0:
-            if rc == _ERR_IO:
-                raise OSError(err[0], os.strerror(err[0]))
-            raise error_for(rc, remote=False)
+            _lane_failed(rc, err[0])
         io.status = rc
         return 0
 

@@ -322,6 +322,47 @@ def test_the_wait_releases_the_lock_wakes_and_times_out(
         b.recv(bad, bytearray(10))
 
 
+def test_an_exchange_sends_then_waits_for_the_answer(backend: SimpleNamespace, socks: Any) -> None:
+    """exchange: the send, the caller's writer lock let go, then the wait (lock
+    released meanwhile) and the read into the lane's own buffer; -1 - what is left
+    when flow control held some back (no wait then)."""
+    sa, sb = socks
+    a, b = lent_pair(backend)
+    lock, writers, peer_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    queue: list[memoryview] = []
+
+    def answer() -> None:
+        dst = bytearray(100)
+        with peer_lock:
+            n = b.wait_read(peer_lock, sb.fileno(), -1, 5000, dst, SID)
+        b.send(sb.fileno(), bytes(dst[:n]).upper())
+
+    peer = threading.Thread(target=answer)
+    peer.start()
+    writers.acquire()
+    with lock:
+        n = a.exchange(lock, sa.fileno(), -1, b"ping", queue, writers, 5000, 100, SID)
+        assert lock.locked()
+    peer.join()
+    assert n == 4 and bytes(a.own[:4]) == b"PING" and a.status == OK
+    assert not writers.locked() and not queue
+    # no answer: the wait times out (WAIT), and the writer lock was let go all the same
+    writers.acquire()
+    with lock:
+        assert a.exchange(lock, sa.fileno(), -1, b"quiet", queue, writers, 0, 100, SID) == 0
+    assert a.status == WAIT and not writers.locked()
+    # more than the lane's own buffer: refused before anything is sent, lock let go
+    writers.acquire()
+    with lock, pytest.raises(LocalProtocolError):
+        a.exchange(lock, sa.fileno(), -1, b"x", queue, writers, 0, a.own_cap + 1, SID)
+    assert not writers.locked()
+    # flow control lets 10 bytes out: the other 15 come back to the caller, unwaited
+    c, _ = lent_pair(backend, send_limit=10)
+    with lock:
+        assert c.exchange(lock, sa.fileno(), -1, b"y" * 25, queue, None, 5000, 100, SID) == -16
+    assert c.flow.taken == 10 and not queue
+
+
 def test_a_full_carrier_leaves_the_rest_to_queue(backend: SimpleNamespace, socks: Any) -> None:
     sa, sb = socks
     a, b = lent_pair(backend)
