@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
@@ -92,6 +92,9 @@ class ResolvedService:
     service: Service
     endpoint: tuple[str, int] | None
     """The first TCP endpoint of the host; None when the ledger carrier is to be used."""
+
+
+_T = TypeVar("_T")
 
 
 def _hex_id(raw: bytes) -> str:
@@ -271,23 +274,37 @@ class LedgerAdmission:
         return None
 
     def _view(self, cid: str) -> ConnectionView | None:
-        """The connection's view; looked for again, more and more rarely, for up to
-        :attr:`OPEN_GRACE` while there is no such connection (yet)."""
-        view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
-        deadline = time.monotonic() + self.OPEN_GRACE
-        delay = _FIRST_LOOK_S
-        while view is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, _MAX_LOOK_S)
-            view = self.ledger.connection_view(cid, self.host_id, with_cap=self.remember)
-        return view
+        """The connection's view; looked for again for up to :attr:`OPEN_GRACE` while
+        there is no such connection (yet)."""
+        return while_opening(
+            lambda: self.ledger.connection_view(cid, self.host_id, with_cap=self.remember),
+            self.OPEN_GRACE,
+        )
 
 
 _FIRST_LOOK_S = 0.0002
 _MAX_LOOK_S = 0.02
+
+
+def while_opening(read: Callable[[], _T | None], grace: float) -> _T | None:
+    """``read()`` of a connection a client named, looked for again, more and more
+    rarely, for up to ``grace`` seconds while it gives None (no such connection): the
+    client may name it while its open transaction lands, as ``dtp.socket`` does."""
+    found = read()
+    if found is not None:
+        return found
+    deadline = time.monotonic() + grace
+    delay = _FIRST_LOOK_S
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, _MAX_LOOK_S)
+        found = read()
+        if found is not None:
+            return found
+
 
 HOOK_FAILED = "internal error in the server's accept hook"
 """The refusal a client gets when an accept or admit hook raised."""

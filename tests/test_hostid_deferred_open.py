@@ -64,6 +64,31 @@ def test_admission_waits_for_a_connection_still_landing(world: World) -> None:
     assert time.monotonic() - start >= admission.OPEN_GRACE
 
 
+def test_rpc_payments_wait_for_a_connection_still_landing(world: World) -> None:
+    """An RPC server's per-request fees (ledger_payments) read the connection when its
+    first stream starts, which may be before the client's open has landed: it is given
+    the admission's grace too, and one that never lands is refused per request."""
+    from dtp.messaging import errors as E
+    from dtp.messaging.rpc import RequestPayments, ledger_payments
+
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
+    source = ledger_payments(world.ledger)
+    lands = threading.Timer(0.05, pending.execute)
+    lands.start()
+    start = time.monotonic()
+    payments = source(pending.connection_id)
+    assert 0.04 < time.monotonic() - start < LedgerAdmission.OPEN_GRACE
+    lands.join(5)
+    assert isinstance(payments, RequestPayments)
+    assert payments.connection_id == pending.connection_id and payments.deposited == 5000
+    never = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
+    start = time.monotonic()
+    with pytest.raises(E.PaymentRequired, match=never.connection_id):
+        source(never.connection_id)
+    assert time.monotonic() - start >= LedgerAdmission.OPEN_GRACE
+
+
 def test_connect_opens_during_the_handshake(world: World) -> None:
     cap = world.ledger.create_spending_cap(CLIENT, 10**6)
     with dtp.socket.create_connection(

@@ -43,7 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dtp.errors import DTPError, LocalProtocolError
+from dtp.admission import LedgerAdmission, while_opening
+from dtp.errors import DTPError, LocalProtocolError, ObjectNotFound
 from dtp.escrow import ConnectionTerms, Meter, Receipt, check_next_receipt
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
@@ -249,13 +250,24 @@ def ledger_payments(
     client that named no ledger connection (or an unknown one) get PaymentRequired.
     ``on_receipt`` sees every accepted receipt of every connection (keep them to claim)."""
 
+    def read(connection_id: str) -> RequestPayments | None:
+        try:
+            return RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+        except ObjectNotFound:
+            return None
+
     def source(connection_id: str | None) -> RequestPayments:
         if connection_id is None:
             raise E.PaymentRequired("this service is paid: connect by host ID (dtp://…)")
         try:
-            return RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+            # a stream may start (and this run) while the client's open lands: the
+            # client names its connection in the handshake before the open is done
+            found = while_opening(lambda: read(connection_id), LedgerAdmission.OPEN_GRACE)
         except DTPError as exc:
             raise E.PaymentRequired(f"no ledger connection {connection_id}: {exc}") from None
+        if found is None:
+            raise E.PaymentRequired(f"no ledger connection {connection_id}")
+        return found
 
     return source
 
