@@ -27,20 +27,12 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.keys import HostIdentity
+from tests.polling import wait_for
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 DENIED = HostIdentity.generate()
 OTHER_IP = "127.0.0.2"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:

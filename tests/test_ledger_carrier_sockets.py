@@ -43,6 +43,7 @@ from dtp.errors import (
 )
 from tests.ledger_faults import impair
 from tests.ledger_server import identity_from_seed
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SLA = Sla(10, 5, 1000)
@@ -106,7 +107,7 @@ def server_in_thread(
         server.close()
         thread.join(5)
         # accepted connections outlive the server: let their bridges finish first
-        assert wait_until(lambda: not bridge_threads(), 30), _stacks()
+        assert wait_for(lambda: not bridge_threads(), 30), _stacks()
         ledger.close()
 
 
@@ -162,15 +163,6 @@ def pipe_gone(host: Host, pipe: str) -> bool:
     except ObjectNotFound:
         return True
     return False
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def open_fds() -> int:
@@ -237,12 +229,12 @@ def test_echo_across_processes_with_loss_duplication_reordering(host: Host) -> N
         assert sock.getpeername() == ("ledger", sock.connection_id)
         got = echo_exchange(sock, payload)
         sock.close()
-        assert wait_until(lambda: not bridge_threads()), _stacks()
+        assert wait_for(lambda: not bridge_threads()), _stacks()
         # the records went through pipes, one per side, both destroyed once closed
         created, _ = host.ledger.events(filter=EventFilter(type="PipeCreated"), limit=100)
         owners = {e["owner"] for e in created if e["connection"] == sock.connection_id}
         assert owners == {CLIENT.sui_address, SERVER.sui_address}
-        assert wait_until(lambda: all(pipe_gone(host, e["pipe"]) for e in created))
+        assert wait_for(lambda: all(pipe_gone(host, e["pipe"]) for e in created))
     assert got == payload
     assert sum(w.dropped for w in wrappers) > 0 and sum(w.duplicated for w in wrappers) > 0
     assert host.ledger.balance(CLIENT.sui_address) == before - DEPOSIT
@@ -269,7 +261,7 @@ def test_asyncio_client_over_the_ledger_against_the_blocking_server(host: Host) 
 
     with server_process(host, "echo"):
         assert asyncio.run(main()) == payload
-    assert wait_until(lambda: not bridge_threads())
+    assert wait_for(lambda: not bridge_threads())
     assert host.conserved()
 
 
@@ -318,7 +310,7 @@ def test_lost_handshake_records_are_resent_through_the_bridge(host: Host) -> Non
 
 def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> None:
     with server_in_thread(host) as server:
-        assert wait_until(lambda: not bridge_threads())
+        assert wait_for(lambda: not bridge_threads())
         fds = open_fds()
         threads = {t.ident for t in threading.enumerate()}
         for _ in range(3):
@@ -328,8 +320,8 @@ def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> Non
             assert len(bridge_threads()) == 2  # ours and the server's
             assert echo_exchange(sock, b"ping" * 1000) == b"ping" * 1000
             sock.close()
-            assert wait_until(lambda: not bridge_threads())
-        assert wait_until(lambda: open_fds() <= fds)
+            assert wait_for(lambda: not bridge_threads())
+        assert wait_for(lambda: open_fds() <= fds)
         pipes, _ = host.ledger.events(filter=EventFilter(type="PipeCreated"), limit=100)
         destroyed, _ = host.ledger.events(filter=EventFilter(type="PipeDestroyed"), limit=100)
         assert len(pipes) == 6 and {e["pipe"] for e in destroyed} == {e["pipe"] for e in pipes}
@@ -337,7 +329,7 @@ def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> Non
             _ = server.address  # no TCP listener at all
     # the listener's thread ends with the server; only the process-wide timer service
     # (started by the first connection) may remain
-    assert wait_until(
+    assert wait_for(
         lambda: {t.name for t in threading.enumerate() if t.ident not in threads} <= {"dtp-timers"}
     )
     assert not any(t.name == "dtp-ledger-listener" for t in threading.enumerate())
@@ -365,8 +357,8 @@ def test_firewall_refusal_over_the_ledger_carrier(host: Host) -> None:
         )
         with pytest.raises(ConnectionRefused, match="firewall"):
             dtp.socket._connect(bridge.peername, 30, prepared.config, "denied", bridge.socket)
-        assert wait_until(lambda: server.refused == 1)
-        assert wait_until(lambda: not bridge.running)
+        assert wait_for(lambda: server.refused == 1)
+        assert wait_for(lambda: not bridge.running)
     assert host.conserved()
 
 
@@ -473,7 +465,7 @@ def test_no_listener_times_out_and_cleans_up(host: Host) -> None:
         dtp.socket.create_connection(
             host.address, ledger=host.ledger, identity=CLIENT, deposit=DEPOSIT, timeout=0.5
         )
-    assert wait_until(lambda: not bridge_threads())
+    assert wait_for(lambda: not bridge_threads())
     opened, _ = host.ledger.events(filter=EventFilter(type="ConnectionOpened"), limit=10)
     (event,) = opened
     assert host.ledger.get_connection(event["connection"]).state == ConnectionState.HALF_CLOSED
@@ -525,7 +517,7 @@ def test_asyncio_server_on_the_ledger_carrier(host: Host) -> None:
                     return echo_exchange(sock, payload[:50_000])
 
             got_blocking = await asyncio.to_thread(blocking)
-            await asyncio.to_thread(wait_until, lambda: not bridge_threads())
+            await asyncio.to_thread(wait_for, lambda: not bridge_threads())
             return bytes(got), got_blocking
         finally:
             server.close()

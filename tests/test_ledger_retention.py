@@ -28,6 +28,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from tests.ledger_faults import impair
+from tests.polling import wait_for
 from tests.test_carrier_ledger import ImpairedLedger, _exchange, _frozen, _stepper
 from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
 from tests.test_ledger_carrier_sockets import (
@@ -39,7 +40,6 @@ from tests.test_ledger_carrier_sockets import (
     bridge_threads,
     echo_exchange,
     server_in_thread,
-    wait_until,
 )
 
 SLA = Sla(10, 5, 1000)
@@ -274,7 +274,7 @@ def _retained_echo(host: Host, payload: bytes, options: LedgerCarrierOptions) ->
         )
         assert echo_exchange(sock, payload) == payload
         sock.close()
-        assert wait_until(lambda: not bridge_threads(), 30)
+        assert wait_for(lambda: not bridge_threads(), 30)
     return sock.connection_id
 
 

@@ -18,6 +18,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.pubsub import PubSubNode
+from tests.polling import wait_for
 
 
 class Mesh:
@@ -181,7 +182,7 @@ def test_malformed_frames_are_skipped(mesh: Mesh) -> None:
     assert drain(sub, 1) == [b"fine"]
     link = next(lk for lk in mesh.nodes[1].links if lk.name == "1<-0")
     # "fine" may come round the mesh before this link has read the bad frames
-    assert wait_until(lambda: link.violations >= 6)
+    assert wait_for(lambda: link.violations >= 6)
     assert link.violations == 6
     with pytest.raises(E.PubSubError):
         mesh.nodes[0].publish("", b"x")
@@ -198,21 +199,12 @@ def test_close_is_clean(mesh: Mesh) -> None:
     threading.Event().wait(0.05)
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_messages_go_only_toward_subscribers() -> None:
     # a star: 1 in the middle, leaves 0, 2 and 3
     star = Mesh(4, [(0, 1), (1, 2), (1, 3)])
     try:
         # every peer has sent its first SUBSCRIBE (until then a link gets everything)
-        assert wait_until(lambda: all(lk.remote is not None for n in star.nodes for lk in n.links))
+        assert wait_for(lambda: all(lk.remote is not None for n in star.nodes for lk in n.links))
         sub = star.nodes[2].subscribe("a")
         assert star.nodes[0].wait_for_interest("a", timeout=10)
         assert star.nodes[0].interested_links("a") == ["0->1"]
@@ -225,7 +217,7 @@ def test_messages_go_only_toward_subscribers() -> None:
         assert sum(lk.received for lk in star.nodes[1].links) == 20
         # the leaf unsubscribes: interest is withdrawn along the path
         sub.close()
-        assert wait_until(lambda: star.nodes[0].interested_links("a") == [])
+        assert wait_for(lambda: star.nodes[0].interested_links("a") == [])
         star.nodes[0].publish("a", b"unheard")
         time.sleep(0.2)
         assert sum(lk.received for lk in star.nodes[1].links) == 20
@@ -251,7 +243,7 @@ def test_stale_interest_in_loops_dies_out(mesh: Mesh) -> None:
     def clear() -> bool:
         return all(node.interested_links("loop") == [] for node in mesh.nodes)
 
-    assert wait_until(clear)
+    assert wait_for(clear)
 
 
 def test_interest_stops_at_the_horizon() -> None:
@@ -260,7 +252,7 @@ def test_interest_stops_at_the_horizon() -> None:
         sub = line.nodes[3].subscribe("far")
         assert line.nodes[1].wait_for_interest("far", timeout=10)  # distance 1 via 2
         # distance 2 is beyond the horizon: node 0 never hears of it
-        assert wait_until(lambda: line.nodes[0].links[0].remote is not None)
+        assert wait_for(lambda: line.nodes[0].links[0].remote is not None)
         time.sleep(0.2)
         assert line.nodes[0].interested_links("far") == []
         line.nodes[1].publish("far", b"near enough")
@@ -277,6 +269,6 @@ def test_closed_link_withdraws_its_interest() -> None:
         for lk in line.nodes[1].links:
             if lk.name == "1->2":
                 lk.close()
-        assert wait_until(lambda: line.nodes[0].interested_links("t") == [])
+        assert wait_for(lambda: line.nodes[0].interested_links("t") == [])
     finally:
         line.close()

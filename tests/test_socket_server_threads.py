@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 import dtp.socket
 from dtp.keys import HostIdentity
+from tests.polling import wait_for
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def connection_threads(before: set[threading.Thread] | None = None) -> list[threading.Thread]:
