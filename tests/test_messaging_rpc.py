@@ -938,6 +938,7 @@ def test_rpc_quiet_call_with_other_threads_and_close() -> None:
     s = Served(make_rpc(workers=4))
     try:
         client = s.connect(timeout=5)
+        assert client.call("echo", "first") == "first"  # the stream carries data: lent
         outcome: list[Any] = []
 
         def slow() -> None:
@@ -947,6 +948,8 @@ def test_rpc_quiet_call_with_other_threads_and_close() -> None:
         reader.start()
         time.sleep(0.05)  # it reads now, on a quiet stream
         assert client.call("echo", "meanwhile") == "meanwhile"
+        # answered while the slow call still waits: its writer lock went with its request
+        assert reader.is_alive()
         pipelined = client.start("sleep", [0.01, "pipelined"])
         assert pipelined.result() == "pipelined"
         reader.join(5)
