@@ -247,8 +247,11 @@ def ledger_payments(
 ) -> Callable[[str | None], RequestPayments]:
     """A ``payments`` source for servers reached by host ID: each connection's check is
     built from its ledger connection (:meth:`RequestPayments.from_ledger`); requests of a
-    client that named no ledger connection (or an unknown one) get PaymentRequired.
-    ``on_receipt`` sees every accepted receipt of every connection (keep them to claim)."""
+    client that named no ledger connection (or an unknown one) get PaymentRequired. A
+    connection not found is looked for again for up to
+    :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` first, as the admission does: the
+    client's open may still be landing when the stream starts. ``on_receipt`` sees every
+    accepted receipt of every connection (keep them to claim)."""
 
     def read(connection_id: str) -> RequestPayments | None:
         try:
