@@ -340,6 +340,34 @@ def test_send_recv_lets_go_of_the_callers_lock(echo_server) -> None:  # type: ig
         sock.abort()
 
 
+def test_send_recv_reports_a_peer_that_vanishes() -> None:
+    """A peer killed before an exchange, or during its wait: ConnectionLost at once,
+    not a hang until the timeout."""
+    with server_process("echo") as srv:
+        sock = dtp.socket.create_connection(srv.endpoint, timeout=5, server_key=srv.key)
+        with sock:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+            assert sock.send_recv(b"lent", 100) == b"lent"
+            srv.proc.kill()
+            srv.proc.wait(10)
+            start = time.monotonic()
+            with pytest.raises(ConnectionLost):
+                sock.send_recv(b"after", 100)
+            assert time.monotonic() - start < 2
+    with server_process("slow") as srv:
+        sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
+        with sock:
+            sock.sendall(b"x")
+            killer = threading.Timer(0.3, srv.proc.kill)
+            killer.start()
+            start = time.monotonic()
+            with pytest.raises(ConnectionLost):
+                sock.send_recv(b"waiting", 100)
+            assert time.monotonic() - start < 5
+            killer.join()
+
+
 def test_send_recv_never_waits_to_send() -> None:
     """Out of credit (a peer that never reads), send_recv queues what flow control
     holds back and waits only for the read: its TimeoutError is the read's."""
