@@ -360,6 +360,10 @@ class _Engine:
         ``timeout`` passes with nothing read."""
         if self.pumping:
             return 0  # another thread reads the carrier: do not take its loan away
+        if self.out:
+            # records a full carrier did not take wait to be written: the lane's waits
+            # only read, so the peer could wait for them while we wait for it
+            return 0
         conn = self.conn
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
         if lane is None or not conn.lent_can_recv:
@@ -818,7 +822,14 @@ class DTPSocket:
             lock = engine.lock
             lock.acquire()
             try:
-                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                # (records queued for a full carrier: the general path's wait writes them,
+                # the lane's waits only read)
+                if (
+                    conn.lent_stream_id == sid
+                    and conn.lent_can_recv
+                    and not engine.pumping
+                    and not engine.out
+                ):
                     data = self._read_lent(conn.lent_lane, bufsize)
                     if data is not None:
                         return data
@@ -885,7 +896,14 @@ class DTPSocket:
             lock = engine.lock
             lock.acquire()
             try:
-                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                # (records queued for a full carrier: the general path's wait writes them,
+                # the lane's waits only read)
+                if (
+                    conn.lent_stream_id == sid
+                    and conn.lent_can_recv
+                    and not engine.pumping
+                    and not engine.out
+                ):
                     n: int = engine.read_lent(conn.lent_lane, sid, buffer, self._timeout)
                     if n:
                         return n

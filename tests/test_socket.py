@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -366,6 +368,68 @@ def test_send_recv_reports_a_peer_that_vanishes() -> None:
                 sock.send_recv(b"waiting", 100)
             assert time.monotonic() - start < 5
             killer.join()
+
+
+@pytest.mark.parametrize("call", ["send_recv", "sendall_then_recv"])
+def test_a_request_the_carrier_takes_in_part_is_written_while_the_answer_is_awaited(
+    call: str,
+) -> None:
+    """The last write of a request that the carrier takes only in part (small socket
+    buffers, a peer not reading yet) leaves the rest queued; the read that waits for
+    the answer must write it too -- the lane's waits only read, and the peer, missing
+    the end of the request, would never answer (this hung until the timeout)."""
+    identity = HostIdentity.generate()
+    total = 1_000_000
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=identity) as server:
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                conn._engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                assert conn.recv(1) == b"x"
+                conn.sendall(b"!")
+                time.sleep(0.2)  # not reading: the client's carrier fills up
+                got = 0
+                while got < total:
+                    data = conn.recv(1 << 20)
+                    assert data
+                    got += len(data)
+                conn.sendall(b"ok")
+                conn.recv(1)  # until the client closes
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=10
+        ) as sock:
+            sock._engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"!"
+            for _ in range((total - 60_000) // 1000):
+                sock.sendall(b"m" * 1000)
+            start = time.monotonic()
+            if call == "send_recv":
+                lane = sock._engine.conn.lent_lane
+                assert lane is not None
+                results: list[int] = []
+                exchange = lane.exchange
+
+                def counted(*args: Any) -> int:
+                    n: int = exchange(*args)
+                    results.append(n)
+                    return n
+
+                lane.exchange = counted
+                assert sock.send_recv(b"z" * 60_000, 10) == b"ok"
+                assert results == [-1]  # all sealed, part of it queued: no wait in the lane
+            else:
+                sock.sendall(b"z" * 60_000)
+                assert sock._engine.out  # the carrier took only part of the last write
+                assert sock.recv(10) == b"ok"
+            assert time.monotonic() - start < 5
+        thread.join(10)
+        assert not thread.is_alive()
 
 
 def test_send_recv_never_waits_to_send() -> None:
