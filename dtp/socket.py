@@ -360,10 +360,6 @@ class _Engine:
         ``timeout`` passes with nothing read."""
         if self.pumping:
             return 0  # another thread reads the carrier: do not take its loan away
-        if self.out:
-            # records a full carrier did not take wait to be written: the lane's waits
-            # only read, so the peer could wait for them while we wait for it
-            return 0
         conn = self.conn
         lane = conn.lent_lane if conn.lent_stream_id == stream_id else self.lend(stream_id)
         if lane is None or not conn.lent_can_recv:
@@ -372,7 +368,12 @@ class _Engine:
 
     def read_lent(self, lane: Any, stream_id: int, dst: Any, timeout: float | None) -> int:
         """:meth:`recv_lent` once the stream is known to be lent and no other thread
-        pumps. ``dst``: a writable buffer, or the size of a read into ``lane.own``."""
+        pumps. ``dst``: a writable buffer, or the size of a read into ``lane.own``.
+        0 at once while records a full carrier did not take are queued: the lane's
+        waits only read, so the peer could wait for them while we wait for it (the
+        general path's wait writes them)."""
+        if self.out:
+            return 0
         # What we wait for has often arrived already (a reply that came while we were
         # sending): a read first saves the wait's syscall. Where it usually has not (a
         # server waiting for the next request), the read first is tried only now and
@@ -822,14 +823,7 @@ class DTPSocket:
             lock = engine.lock
             lock.acquire()
             try:
-                # (records queued for a full carrier: the general path's wait writes them,
-                # the lane's waits only read)
-                if (
-                    conn.lent_stream_id == sid
-                    and conn.lent_can_recv
-                    and not engine.pumping
-                    and not engine.out
-                ):
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
                     data = self._read_lent(conn.lent_lane, bufsize)
                     if data is not None:
                         return data
@@ -896,14 +890,7 @@ class DTPSocket:
             lock = engine.lock
             lock.acquire()
             try:
-                # (records queued for a full carrier: the general path's wait writes them,
-                # the lane's waits only read)
-                if (
-                    conn.lent_stream_id == sid
-                    and conn.lent_can_recv
-                    and not engine.pumping
-                    and not engine.out
-                ):
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
                     n: int = engine.read_lent(conn.lent_lane, sid, buffer, self._timeout)
                     if n:
                         return n
