@@ -22,6 +22,7 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
+from tests.polling import wait_for
 from tests.procs import server_process
 
 CLIENT = HostIdentity.generate()
@@ -379,7 +380,9 @@ def test_a_request_the_carrier_takes_in_part_is_written_while_the_answer_is_awai
     the answer must write it too -- the lane's waits only read, and the peer, missing
     the end of the request, would never answer (this hung until the timeout)."""
     identity = HostIdentity.generate()
-    total = 1_000_000
+    size = 200_000  # far more than both socket buffers hold
+    client: list[dtp.socket.DTPSocket] = []
+    writing = threading.Event()
     with dtp.socket.create_server(("127.0.0.1", 0), identity=identity) as server:
 
         def serve() -> None:
@@ -389,9 +392,12 @@ def test_a_request_the_carrier_takes_in_part_is_written_while_the_answer_is_awai
                 conn._engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
                 assert conn.recv(1) == b"x"
                 conn.sendall(b"!")
-                time.sleep(0.2)  # not reading: the client's carrier fills up
+                # not reading until the client's carrier is full and records wait in its
+                # queue (a fixed pause here lost that race on a loaded machine)
+                assert writing.wait(10)
+                assert wait_for(lambda: bool(client[0]._engine.out), 10)
                 got = 0
-                while got < total:
+                while got < size:
                     data = conn.recv(1 << 20)
                     assert data
                     got += len(data)
@@ -403,12 +409,13 @@ def test_a_request_the_carrier_takes_in_part_is_written_while_the_answer_is_awai
         with dtp.socket.create_connection(
             server.address, server_key=identity.noise_public, timeout=10
         ) as sock:
+            client.append(sock)
             sock._engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
             sock.sendall(b"x")
             assert sock.recv(1) == b"!"
-            for _ in range((total - 60_000) // 1000):
-                sock.sendall(b"m" * 1000)
+            assert not sock._engine.out
             start = time.monotonic()
+            writing.set()
             if call == "send_recv":
                 lane = sock._engine.conn.lent_lane
                 assert lane is not None
@@ -421,10 +428,10 @@ def test_a_request_the_carrier_takes_in_part_is_written_while_the_answer_is_awai
                     return n
 
                 lane.exchange = counted
-                assert sock.send_recv(b"z" * 60_000, 10) == b"ok"
+                assert sock.send_recv(b"z" * size, 10) == b"ok"
                 assert results == [-1]  # all sealed, part of it queued: no wait in the lane
             else:
-                sock.sendall(b"z" * 60_000)
+                sock.sendall(b"z" * size)
                 assert sock._engine.out  # the carrier took only part of the last write
                 assert sock.recv(10) == b"ok"
             assert time.monotonic() - start < 5
