@@ -94,6 +94,7 @@ from dtp.errors import (
     ErrorCode,
     HandshakeError,
     LocalProtocolError,
+    PaymentRequired,
     ProtocolError,
     RemoteProtocolError,
     ReplayError,
@@ -114,6 +115,7 @@ from dtp.events import (
     StreamResetReceived,
 )
 from dtp.keys import HostIdentity
+from dtp.metering import CLOSE_PAYMENT_REQUIRED
 
 __all__ = ["CloseCode", "Connection", "ConnectionConfig", "error_for_termination"]
 
@@ -2161,6 +2163,8 @@ def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
         return DecryptionError()
     if 2 <= code <= 8 and not event.by_peer:
         return RemoteProtocolError(f"peer violated the protocol: {reason}")
+    if code == CLOSE_PAYMENT_REQUIRED and event.by_peer:
+        return PaymentRequired(reason or "payment required", code)
     if code >= CloseCode.APPLICATION or not event.by_peer:
         return ConnectionClosed(reason, code)
     return ConnectionLost(f"peer closed the connection: {reason} (code {code})")

@@ -222,7 +222,14 @@ class TunnelError(DTPError):
     unknown service, unpaid usage)."""
 
 
-class PaymentRequired(ConnectionClosed):
+class PaymentError(DTPError):
+    """A paid service refused to go on for want of payment. The base of both
+    :class:`PaymentRequired` here (a paid connection closed: no receipt covered the
+    usage) and :class:`dtp.messaging.errors.PaymentRequired` (one RPC request refused:
+    its fee not covered), so that one ``except PaymentError`` handles either."""
+
+
+class PaymentRequired(ConnectionClosed, PaymentError):
     """A paid server closed the connection: no receipt covered the usage in time, or a
     receipt was invalid (docs/escrow.md §6.1)."""
 

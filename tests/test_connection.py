@@ -21,6 +21,8 @@ from dtp.errors import (
     DecryptionError,
     HandshakeError,
     LocalProtocolError,
+    PaymentError,
+    PaymentRequired,
     RemoteProtocolError,
 )
 from dtp.events import (
@@ -37,6 +39,7 @@ from dtp.events import (
     StreamResetReceived,
 )
 from dtp.keys import HostIdentity
+from dtp.metering import CLOSE_PAYMENT_REQUIRED
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()
@@ -364,6 +367,22 @@ def test_control_receipt_datagram_ping() -> None:
         c.conn.send_datagram(b"x" * 20000)
 
 
+def test_a_paid_server_closing_for_payment_raises_payment_required_at_the_client() -> None:
+    c, s, link = connect()
+    reason = "payment required: no receipt in 10 s"
+    s.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
+    run(link, c, s)
+    theirs, ours = c.conn.termination, s.conn.termination
+    assert theirs is not None and ours is not None
+    error = error_for_termination(theirs)
+    # still a ConnectionClosed (code and reason), and a PaymentError as an RPC refusal is
+    assert isinstance(error, PaymentRequired)
+    assert isinstance(error, ConnectionClosed) and isinstance(error, PaymentError)
+    assert (error.code, error.reason) == (CLOSE_PAYMENT_REQUIRED, reason)
+    # the server that closed sees its own close, not a payment error
+    assert type(error_for_termination(ours)) is ConnectionClosed
+
+
 def test_graceful_close_with_code_and_reason() -> None:
     c, s, link = connect()
     c.conn.close(CloseCode.APPLICATION + 5, "bye now")
@@ -371,7 +390,8 @@ def test_graceful_close_with_code_and_reason() -> None:
     term = s.conn.termination
     assert term is not None and term.by_peer
     assert (term.error_code, term.reason) == (CloseCode.APPLICATION + 5, "bye now")
-    assert isinstance(error_for_termination(term), ConnectionClosed)
+    error = error_for_termination(term)
+    assert type(error) is ConnectionClosed
     assert c.of(ConnectionTerminated)[-1] == c.conn.termination
     with pytest.raises(ConnectionClosed):
         c.conn.send_stream_data(0, b"x")

@@ -30,7 +30,7 @@ from dtp.chain.ledger import (
 )
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import InsufficientFunds
+from dtp.errors import InsufficientFunds, PaymentError
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
@@ -615,8 +615,9 @@ def test_per_request_fees_from_the_sla() -> None:
         with pytest.raises(InsufficientFunds):
             client.call("echo", 8)  # an 8th request would exceed the 50 MIST deposit
         unpaid = s.connect(timeout=5)
-        with pytest.raises(E.PaymentRequired):
+        with pytest.raises(PaymentError) as refused:  # as a paid connection's close is
             unpaid.call("echo", 1)
+        assert isinstance(refused.value, E.PaymentRequired)
         assert payments.earned == 49 and payments.served == 7
         assert payments.latest is not None
         paid = ledger.claim(server_id, opened.escrow_id, payments.latest)

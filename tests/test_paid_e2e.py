@@ -29,6 +29,7 @@ from dtp.errors import (
     ConnectionStateError,
     DTPError,
     FirewallDenied,
+    PaymentRequired,
 )
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
@@ -298,7 +299,7 @@ def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
         sender = threading.Thread(target=send, daemon=True)
         started = time.monotonic()
         sender.start()
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(PaymentRequired) as closed:
             while True:
                 data = sock.recv(1 << 16)
                 assert data, "the server must not end the stream as if all were well"
@@ -449,7 +450,7 @@ def test_spending_cap_below_the_deposit_limits_what_is_served(world: World) -> N
         cid = sock.connection_id
         assert cid is not None
         piece = os.urandom(32 * 1024)
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(PaymentRequired) as closed:
             for _ in range(200):  # 12.5 MiB of echo: far beyond what the cap pays
                 sock.sendall(piece)
                 got = 0
@@ -608,7 +609,7 @@ def test_unmetered_client_is_closed_and_refunded_in_full(world: World) -> None:
         cid = sock.connection_id
         assert cid is not None
         piece = os.urandom(64 * 1024)
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(PaymentRequired) as closed:
             for _ in range(64):
                 sock.sendall(piece)
                 got = 0

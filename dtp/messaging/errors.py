@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dtp.errors import DTPError, DTPTimeoutError, ErrorCode, RemoteProtocolError
+from dtp.errors import DTPError, DTPTimeoutError, ErrorCode, PaymentError, RemoteProtocolError
 
 __all__ = [
     "WIRE_CODES",
@@ -170,8 +170,10 @@ class Cancelled(RemoteError):
     wire_code = CANCELLED
 
 
-class PaymentRequired(RemoteError):
-    """The request is not covered by a valid receipt or prepaid response fee."""
+class PaymentRequired(RemoteError, PaymentError):
+    """The request is not covered by a valid receipt or prepaid response fee (a
+    :class:`dtp.errors.PaymentError`, as a paid connection closed for want of
+    receipts is)."""
 
     wire_code = PAYMENT_REQUIRED
 
