@@ -66,6 +66,7 @@ from dtp.messaging.rpc import (
     ledger_payments,
 )
 from dtp.metering import MeteringConfig
+from tests.polling import wait_for
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
 
@@ -943,11 +944,11 @@ def test_rpc_quiet_call_with_other_threads_and_close() -> None:
         outcome: list[Any] = []
 
         def slow() -> None:
-            outcome.append(client.call("sleep", [0.3, "slow"]))
+            outcome.append(client.call("sleep", [1.0, "slow"]))
 
         reader = threading.Thread(target=slow)
         reader.start()
-        time.sleep(0.05)  # it reads now, on a quiet stream
+        assert wait_for(lambda: client._reading)  # it reads now, on a quiet stream
         assert client.call("echo", "meanwhile") == "meanwhile"
         # answered while the slow call still waits: its writer lock went with its request
         assert reader.is_alive()
@@ -965,7 +966,7 @@ def test_rpc_quiet_call_with_other_threads_and_close() -> None:
 
         reader = threading.Thread(target=doomed)
         reader.start()
-        time.sleep(0.05)
+        assert wait_for(lambda: client._reading)
         client.close()
         reader.join(5)
         assert len(failed) == 1
