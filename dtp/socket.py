@@ -1097,14 +1097,12 @@ class DTPSocket:
                     return None
                 lane: Any = conn.lent_lane
                 lent = False
+                deadline = None if self._timeout is None else time.monotonic() + self._timeout
                 if bufsize <= lane.own_cap:
                     # the send and the wait for what comes back in one call (the usual case)
                     until = conn.lent_timer
-                    deadline = None
-                    if self._timeout is not None:
-                        deadline = time.monotonic() + self._timeout
-                        if until is None or deadline < until:
-                            until = deadline
+                    if deadline is not None and (until is None or deadline < until):
+                        until = deadline
                     ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
                     engine.pumping = True  # (others see it only while the wait lets go of lock)
                     owed = None
@@ -1155,9 +1153,6 @@ class DTPSocket:
                         engine.flush()
                     elif not engine.out and conn.lent_stream_id == sid and conn.lent_can_recv:
                         view = engine.recv_scratch(bufsize)
-                        deadline = (
-                            None if self._timeout is None else time.monotonic() + self._timeout
-                        )
                         n = engine._recv_lent_wait(lane, sid, view, deadline, WAIT)
                         if n:
                             return view[:n].tobytes()
