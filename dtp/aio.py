@@ -839,10 +839,7 @@ async def _open(
             proto.flush()
             await proto.wait_for(lambda: session.accepted or session.terminated is not None)
         if not session.accepted:
-            error = session.error
-            if isinstance(error, ConnectionLost):
-                error = HandshakeError.server_closed()
-            raise error or HandshakeError("the handshake did not complete")
+            raise HandshakeError.for_client(session.error)
 
     try:
         await asyncio.wait_for(establish(), timeout)

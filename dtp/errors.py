@@ -173,6 +173,26 @@ class HandshakeError(DTPError):
             "a DTP server, or too many handshakes from this address in progress there?)"
         )
 
+    @classmethod
+    def for_client(cls, error: BaseException | None) -> BaseException:
+        """What a client raises when its handshake ended with ``error`` (its session's
+        error, None when there is none): a carrier that closed, or bytes that are not
+        DTP at all (an HTTP, TLS or SSH server on that port), become a HandshakeError
+        that says so; anything else (a refusal, a timeout, a handshake the server
+        failed) is raised as it is."""
+        if isinstance(error, ConnectionLost):
+            return cls.server_closed()
+        if isinstance(error, RemoteProtocolError) and not isinstance(
+            error, DecryptionError | ReplayError
+        ):
+            # (a client reports a protocol error only for bytes it read itself)
+            failure = cls(
+                f"the server's reply is not DTP ({error}): not a DTP server, or the wrong port?"
+            )
+            failure.__cause__ = error
+            return failure
+        return error or cls("the handshake did not complete")
+
 
 class ConnectionRefused(DTPError, ConnectionRefusedError):
     """The server refused this client (accept hook, firewall); ``reason`` says why."""

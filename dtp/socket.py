@@ -60,7 +60,6 @@ from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.errors import (
     ConnectionClosed,
-    ConnectionLost,
     DTPError,
     DTPTimeoutError,
     HandshakeError,
@@ -1648,10 +1647,7 @@ def _connect(
                     None if remaining is None else max(0.0, remaining),
                 )
             if not session.accepted:
-                error = session.error
-                if isinstance(error, ConnectionLost):
-                    error = HandshakeError.server_closed()
-                raise error or HandshakeError("the handshake did not complete")
+                raise HandshakeError.for_client(session.error)
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
