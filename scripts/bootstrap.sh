@@ -39,7 +39,7 @@ so=$(ls dtp/_dtp_core*.so 2>/dev/null | head -n1 || true)
 stamp=.venv/.dtp-installed
 if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml setup.py -newer "$so" -type f 2>/dev/null | head -n1)" ]; then
   log "installing dtp and its dependencies (builds the C core)"
-  .venv/bin/pip install -q -e '.[test,dev,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+  PYTHONWARNINGS=ignore .venv/bin/pip install -q -e '.[test,dev,bench]' 2>&1 | grep -v '^WARNING: Location' || true
   touch "$stamp"
 fi
 .venv/bin/python -c 'import dtp._core as c; assert c.HAVE_NATIVE' \
