@@ -706,6 +706,14 @@ class _TimerService:
 _TIMERS = _TimerService()
 
 
+def _no_flags(flags: int) -> LocalProtocolError:
+    """The error for socket flags given to a DTP stream, which takes none: ignoring
+    MSG_PEEK would consume what the caller meant to leave, MSG_DONTWAIT would block."""
+    return LocalProtocolError(
+        f"DTP sockets take no flags (got {flags:#x}); use settimeout(0) for non-blocking calls"
+    )
+
+
 class DTPSocket:
     """One stream of a DTP connection, with the blocking socket API."""
 
@@ -810,12 +818,13 @@ class DTPSocket:
         engine.pump(ready, self._timeout)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        """Up to ``bufsize`` bytes; b"" once the peer half-closed its side."""
+        """Up to ``bufsize`` bytes; b"" once the peer half-closed its side. ``flags``
+        must be 0 (a DTP stream has no MSG_PEEK, MSG_OOB ...)."""
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0:
+        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0 and not flags:
             # the usual case once the stream carries data: it is lent, so nothing is
             # buffered for it (Engine.lend), and the lane reads straight into a buffer
             # of its own (acquire / release: cheaper than a with block)
@@ -829,6 +838,8 @@ class DTPSocket:
                     lent = True
             finally:
                 lock.release()
+        if flags:
+            raise _no_flags(flags)
         return self._recv_general(bufsize, lent)
 
     def _read_lent(self, lane: Any, bufsize: int) -> bytes | None:
@@ -878,12 +889,12 @@ class DTPSocket:
             return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        """Read into a writable buffer; returns the number of bytes read."""
+        """Read into a writable buffer; returns the number of bytes read (``flags``: 0)."""
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if conn.lent_stream_id == sid and self._fast_read and not nbytes:
+        if conn.lent_stream_id == sid and self._fast_read and not nbytes and not flags:
             # the usual case once the stream carries data: it is lent, so nothing is
             # buffered for it (Engine.lend), and the lane reads straight in
             lock = engine.lock
@@ -896,6 +907,8 @@ class DTPSocket:
                     lent = True
             finally:
                 lock.release()
+        if flags:
+            raise _no_flags(flags)
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
@@ -957,7 +970,10 @@ class DTPSocket:
         return self._stream_id in conn._streams or self._engine.session.terminated is not None
 
     def send(self, data: Any, flags: int = 0) -> int:
-        """Queue as much of ``data`` as fits; returns the count (blocks while none fits)."""
+        """Queue as much of ``data`` as fits; returns the count (blocks while none fits;
+        ``flags``: 0)."""
+        if flags:
+            raise _no_flags(flags)
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         if self._wr_shut:
@@ -1024,7 +1040,10 @@ class DTPSocket:
             return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        """Send all of ``data`` (waits while the peer or the network is slow)."""
+        """Send all of ``data`` (waits while the peer or the network is slow; ``flags``:
+        0)."""
+        if flags:
+            raise _no_flags(flags)
         engine = self._engine
         conn = engine.conn
         if conn.lent_stream_id == self._stream_id and self._fast_write:

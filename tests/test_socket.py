@@ -189,6 +189,26 @@ def test_peer_killed_mid_transfer_raises_not_hangs() -> None:
         sock.close()
 
 
+def test_socket_flags_are_refused_and_lose_nothing(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        with pytest.raises(LocalProtocolError, match="no flags"):
+            sock.sendall(b"never sent", socket.MSG_DONTWAIT)
+        with pytest.raises(LocalProtocolError, match="no flags"):
+            sock.send(b"never sent", socket.MSG_OOB)
+        sock.sendall(b"peek at me")
+        time.sleep(0.05)  # the echo is likely there: a peek then would have taken it
+        with pytest.raises(LocalProtocolError, match="no flags"):
+            sock.recv(100, socket.MSG_PEEK)
+        with pytest.raises(LocalProtocolError, match="no flags"):
+            sock.recv_into(bytearray(100), 0, socket.MSG_PEEK)
+        got = b""
+        while len(got) < 10:
+            got += sock.recv(100)
+        assert got == b"peek at me"  # and the refused sends sent nothing
+
+
 def test_closed_socket_use_is_local_error(echo_server) -> None:  # type: ignore[no-untyped-def]
     sock = dtp.socket.create_connection(
         echo_server.endpoint, timeout=10, server_key=echo_server.key
