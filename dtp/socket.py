@@ -797,6 +797,10 @@ class DTPSocket:
         self._timeout = None if flag else 0.0
         self._update_fast()
 
+    def getblocking(self) -> bool:
+        """False in non-blocking mode (timeout 0), as for a socket."""
+        return self._timeout != 0
+
     def _update_fast(self) -> None:
         self._fast_read = self._timeout != 0 and not self._rd_shut and not self._closed
         self._fast_write = not self._wr_shut and not self._closed

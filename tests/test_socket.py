@@ -150,9 +150,13 @@ def test_timeout_on_recv(echo_server) -> None:  # type: ignore[no-untyped-def]
             sock.recv(10)
         assert isinstance(info.value, TimeoutError)
         assert 0.25 < time.monotonic() - start < 3
+        assert sock.getblocking() and sock.gettimeout() == 0.3
         sock.setblocking(False)
+        assert not sock.getblocking() and sock.gettimeout() == 0.0
         with pytest.raises(BlockingIOError):
             sock.recv(10)
+        sock.setblocking(True)
+        assert sock.getblocking() and sock.gettimeout() is None
 
 
 def test_refused_client_gets_reason() -> None:
