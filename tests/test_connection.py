@@ -19,6 +19,7 @@ from dtp.errors import (
     ConnectionClosed,
     ConnectionRefused,
     DecryptionError,
+    DTPError,
     HandshakeError,
     LocalProtocolError,
     PaymentError,
@@ -439,6 +440,30 @@ def test_fuzz_server_input_only_closes(data: bytes, after_handshake: bool) -> No
     # either still waiting for more, or closed with a protocol code; never an exception
     if server.closed:
         assert server.termination is not None
+
+
+@given(st.binary(max_size=600), st.booleans(), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_fuzz_client_handshake_input_gives_a_handshake_error(
+    data: bytes, ik: bool, http_prefix: bool
+) -> None:
+    """Whatever a server answers a client's first message with -- a real HTTP reply's
+    start, or any bytes -- the client keeps waiting or closes, and what its adapter
+    raises then is a HandshakeError or another DTPError, never anything else."""
+    client, _ = make_pair(ik=ik)
+    client.data_to_send(0.0)
+    if http_prefix:
+        data = b"HTTP/1.1 400 Bad Request\r\n" + data
+    client.receive_data(data, 1.0)
+    if not client.closed:
+        assert not http_prefix  # an HTTP reply is never mistaken for a record's start
+        return
+    term = client.termination
+    assert term is not None and not client.established
+    error = HandshakeError.for_client(error_for_termination(term))
+    assert isinstance(error, DTPError)
+    if http_prefix:
+        assert isinstance(error, HandshakeError) and "not DTP" in str(error)
 
 
 # -- lossy carriers ---------------------------------------------------------------------
