@@ -13,6 +13,17 @@ def test_version(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "core backend" in capsys.readouterr().out
 
 
+def test_python_dash_m_dtp_is_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dtp", "version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "core backend" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "dtp", "no-such-command"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_no_command_prints_help(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
