@@ -991,9 +991,20 @@ class DTPServer:
         self._start_serving(proto, key)
 
     def _start_serving(self, proto: _Protocol, key: str | None) -> None:
-        task = proto.loop.create_task(self._serve(proto, key))
+        started: list[bool] = []  # set by _serve's first step
+        task = proto.loop.create_task(self._serve(proto, key, started))
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled() and not started:
+                # cancelled before its first step (the loop shutting down): none of
+                # _serve ran, its finally blocks included
+                if key is not None:
+                    self._release_address(key)
+                _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
+
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(done)
 
     def _release_address(self, key: str) -> None:
         """A handshake from ``key`` ended: the next connection waiting in its line takes
@@ -1030,11 +1041,17 @@ class DTPServer:
             )
             transport.close()
 
-    async def _serve(self, proto: _Protocol, key: str | None) -> None:
+    async def _serve(self, proto: _Protocol, key: str | None, started: list[bool]) -> None:
         """One connection: the handshake and hooks, then the client callback.
-        ``key``: the address whose per-address slot this connection holds."""
+        ``key``: the address whose per-address slot this connection holds. Cancelled
+        (the loop shutting down), it aborts the connection rather than leave the
+        transport open."""
+        started.append(True)
         try:
             accepted = await self._handshake(proto)
+        except asyncio.CancelledError:
+            _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
+            raise
         finally:
             # however the handshake ended (accepted, refused, failed, timed out, an error
             # or a cancellation): the address's slot is free for its next connection
@@ -1049,6 +1066,9 @@ class DTPServer:
             result = self._callback(reader, writer)
             if inspect.isawaitable(result):
                 await result
+        except asyncio.CancelledError:
+            writer.abort("the server is shutting down")
+            raise
         except DTPError as exc:
             logger.info("connection from %s ended: %s", session.authenticated_address, exc)
         except Exception:

@@ -9,7 +9,13 @@ import os
 import pytest
 
 import dtp.aio
-from dtp.errors import ConnectionLost, ConnectionRefused, DTPTimeoutError, HandshakeError
+from dtp.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionRefused,
+    DTPTimeoutError,
+    HandshakeError,
+)
 from dtp.keys import HostIdentity
 from tests.procs import server_process
 
@@ -286,3 +292,73 @@ def test_datagram_sink_gets_queued_then_live_datagrams() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def _unclosed_transport_warnings(run: object) -> list[str]:
+    """``run()``, then the ResourceWarnings about unclosed transports it left behind."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        run()  # type: ignore[operator]
+        gc.collect()
+    return [str(w.message) for w in caught if "unclosed transport" in str(w.message)]
+
+
+@pytest.mark.parametrize("stage", ["handshake", "callback"])
+def test_a_loop_that_ends_aborts_the_servers_connections(stage: str) -> None:
+    """When the server's event loop ends (asyncio.run cancels what still runs), each
+    connection it was serving -- in its handshake or in the client callback -- is
+    aborted rather than its transport left open, and the client sees the end."""
+    import socket
+    import threading
+
+    import dtp.socket
+
+    identity = HostIdentity.generate()
+    entered = threading.Event()
+    outcome: list[object] = []
+
+    async def hang(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    def client(port: int) -> None:
+        if stage == "handshake":
+            # TCP only, no DTP bytes: the server waits in the handshake
+            raw = socket.create_connection(("127.0.0.1", port))
+            entered.set()
+            raw.settimeout(10)
+            outcome.append(raw.recv(100))  # b"" (or a CLOSE record) once aborted
+            raw.close()
+            return
+        with dtp.socket.create_connection(
+            ("127.0.0.1", port), server_key=identity.noise_public, timeout=10
+        ) as sock:
+            try:
+                outcome.append(sock.recv(10))
+            except Exception as exc:  # the abort's typed error
+                outcome.append(exc)
+
+    thread: list[threading.Thread] = []
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(hang, "127.0.0.1", 0, identity=identity)
+        thread.append(threading.Thread(target=client, args=(server.address[1],), daemon=True))
+        thread[0].start()
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        server.close()
+        # main returns with the connection's task still running: asyncio.run cancels it
+
+    assert _unclosed_transport_warnings(lambda: asyncio.run(main())) == []
+    thread[0].join(10)
+    assert not thread[0].is_alive(), "the client never saw the connection end"
+    assert len(outcome) == 1
+    if stage == "handshake":
+        assert isinstance(outcome[0], bytes)  # the carrier closed (nothing else to say)
+    else:
+        assert isinstance(outcome[0], ConnectionClosed), outcome
+        assert "shutting down" in str(outcome[0])
