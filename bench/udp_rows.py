@@ -49,10 +49,14 @@ class _Side:
                 pipe.close()
 
 
-def _drive(target: tuple[str, int], count: int) -> Callable[[], object]:
+def _drive(
+    target: tuple[str, int], count: int, sockets: list[socket.socket]
+) -> Callable[[], object]:
     """Send ``count`` datagrams in windows of WINDOW, reading each window's echoes
-    (a lost one costs a short timeout, so loss shows in the rate)."""
+    (a lost one costs a short timeout, so loss shows in the rate); the client's socket
+    goes into ``sockets``, for the workload's close."""
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sockets.append(client)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     client.bind(("127.0.0.1", 0))
     client.settimeout(0.2)
@@ -88,7 +92,11 @@ def udp_tunnel_pps(count: int = 4096, path: str = "daemon") -> Workload:
             side.close()
         raise
 
+    clients: list[socket.socket] = []
+
     def close() -> None:
+        for client in clients:
+            client.close()
         for side in sides:
             side.close()
 
@@ -96,8 +104,8 @@ def udp_tunnel_pps(count: int = 4096, path: str = "daemon") -> Workload:
         "udp_tunnel_pps",
         "dgram/s",
         count,
-        _drive(ours.address, count),
-        _drive(peer.address, count),
+        _drive(ours.address, count, clients),
+        _drive(peer.address, count, clients),
         bar=0.5,
         note=f"512 B datagrams, windows of 32 echoed: forwarder→DTP→relay→UDP ({path}) "
         "vs a UDP relay pair, each half in its own process",
