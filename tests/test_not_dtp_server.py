@@ -102,24 +102,23 @@ def test_blocking_client_times_out_on_a_silent_server() -> None:
         dtp.socket.create_connection(("127.0.0.1", port), server_key=os.urandom(32), timeout=0.3)
 
 
-@pytest.mark.parametrize("reply", [HTTP_400, TLS_ALERT, SSH_BANNER])
-def test_asyncio_client_names_a_server_that_is_not_dtp(reply: bytes) -> None:
+def _asyncio_handshake_error(reply: bytes | None) -> HandshakeError:
+    """What dtp.aio.open_connection raises against a plain server answering ``reply``."""
+
     async def main(port: int) -> HandshakeError:
         with pytest.raises(HandshakeError) as info:
             await dtp.aio.open_connection("127.0.0.1", port, server_key=os.urandom(32), timeout=5)
         return info.value
 
     with plain_server(reply) as port:
-        error = asyncio.run(main(port))
-    _check_not_dtp(error)
+        return asyncio.run(main(port))
+
+
+@pytest.mark.parametrize("reply", [HTTP_400, TLS_ALERT, SSH_BANNER])
+def test_asyncio_client_names_a_server_that_is_not_dtp(reply: bytes) -> None:
+    _check_not_dtp(_asyncio_handshake_error(reply))
 
 
 def test_asyncio_client_told_when_the_server_only_hangs_up() -> None:
-    async def main(port: int) -> HandshakeError:
-        with pytest.raises(HandshakeError) as info:
-            await dtp.aio.open_connection("127.0.0.1", port, server_key=os.urandom(32), timeout=5)
-        return info.value
-
-    with plain_server(None) as port:
-        error = asyncio.run(main(port))
+    error = _asyncio_handshake_error(None)
     assert "closed the connection during the handshake" in str(error)
