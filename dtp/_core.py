@@ -644,6 +644,16 @@ _ERR_QUEUE: int = lib.DTP_ERR_QUEUE
 _MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
 OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
 _from_buffer = ffi.from_buffer
+
+
+def _bytes_like(data: Any) -> Any:
+    """``data``'s buffer for a C call, or the TypeError a socket raises for it."""
+    try:
+        return _from_buffer(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
+
+
 _lane_recv = lib.dtp_lane_recv
 _lane_send = lib.dtp_lane_send
 _wait_readable = lib.dtp_wait_readable
@@ -943,7 +953,7 @@ class NativeLane:
             size = len(data)
             n: int = _lane_send(self.io, fd, data, size)
         else:
-            buf = _from_buffer(data)
+            buf = _bytes_like(data)
             size = len(buf)
             n = _lane_send(self.io, fd, buf, size)
         if n >= 0:
@@ -989,9 +999,7 @@ class NativeLane:
         try:
             if not 0 <= size <= OWN_CAP:
                 raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
-            n: int = _lane_send(
-                io, fd, data if type(data) is bytes else _from_buffer(data), size_in
-            )
+            n: int = _lane_send(io, fd, data if type(data) is bytes else _bytes_like(data), size_in)
         finally:
             if release is not None:
                 release.release()

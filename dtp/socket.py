@@ -25,6 +25,7 @@ import errno
 import heapq
 import io
 import logging
+import numbers
 import queue
 import select
 import socket as _socket
@@ -706,6 +707,20 @@ class _TimerService:
 _TIMERS = _TimerService()
 
 
+def _writable(buffer: Any) -> memoryview:
+    """``buffer`` as bytes to read into, or the TypeError a socket raises for it."""
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise TypeError(
+            f"recv_into() needs a writable bytes-like buffer, not {type(buffer).__name__!r}"
+        ) from None
+    if view.readonly:
+        what = type(buffer).__name__
+        raise TypeError(f"recv_into() needs a writable buffer, not a read-only {what}")
+    return view.cast("B")
+
+
 def _no_flags(flags: int) -> LocalProtocolError:
     """The error for socket flags given to a DTP stream, which takes none: ignoring
     MSG_PEEK would consume what the caller meant to leave, MSG_DONTWAIT would block."""
@@ -785,8 +800,12 @@ class DTPSocket:
 
     def settimeout(self, timeout: float | None) -> None:
         """Seconds a blocking call may wait (None: forever, 0: non-blocking)."""
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 or None")
+        if timeout is not None:
+            if not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+            timeout = float(timeout)
+            if not timeout >= 0:  # (NaN too)
+                raise ValueError("timeout must be >= 0 or None")
         self._timeout = timeout
         self._update_fast()
 
@@ -868,8 +887,8 @@ class DTPSocket:
             raise LocalProtocolError("operation on a closed DTP socket")
         if bufsize < 0:
             raise ValueError("negative buffer size")
-        if self._rd_shut:
-            return b""
+        if self._rd_shut or bufsize == 0:
+            return b""  # (recv(0) returns at once, as on a socket)
         session = engine.session
         with engine.lock:
             buf = session.streams.get(sid)
@@ -894,6 +913,8 @@ class DTPSocket:
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read into a writable buffer; returns the number of bytes read (``flags``: 0)."""
+        if type(buffer) is not bytearray:
+            buffer = _writable(buffer)  # (a TypeError now, not after a wait)
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
@@ -1190,6 +1211,8 @@ class DTPSocket:
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR sends end-of-stream; SHUT_RD stops reading; SHUT_RDWR both."""
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise ValueError(f"shutdown() takes SHUT_RD, SHUT_WR or SHUT_RDWR, got {how!r}")
         self._check_open()
         engine = self._engine
         with engine.lock:
@@ -1482,6 +1505,12 @@ def create_connection(
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.admission.prepare_host_connection`).
     """
+    if timeout is not None and not timeout > 0:
+        # (a connect cannot be non-blocking here: the socket it returns is the result)
+        raise ValueError(
+            f"a connect's timeout must be > 0 or None, got {timeout!r} (settimeout(0) on "
+            "the connected socket makes its calls non-blocking)"
+        )
     if isinstance(address, (str, HostAddress)):
         return _connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,
@@ -2009,14 +2038,38 @@ class DTPServer:
             self._release_address(key)
         if sock is None:
             return
+        if self._closed.is_set():
+            sock.abort("the server is closed")  # nobody will take it now
+            return
         dispatch = self._dispatch
-        if dispatch is not None and not self._closed.is_set():
+        if dispatch is not None:
             dispatch(sock)
             return
         try:
             self._ready.put(sock, timeout=self._config.handshake_timeout)
         except queue.Full:
             sock.abort("server busy")
+            return
+        if self._closed.is_set():
+            self._drain_ready()  # close() ran meanwhile and may have missed it
+
+    def _drain_ready(self) -> None:
+        """Close the connections that completed their handshake but that accept() never
+        took (the server is closed: nobody will); a waiting accept() still gets the
+        end-of-server mark."""
+        ended = False
+        while True:
+            try:
+                sock = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if sock is None:
+                ended = True
+            else:
+                sock.abort("the server is closed")
+        if ended:
+            with contextlib.suppress(queue.Full):
+                self._ready.put_nowait(None)
 
     def _handshake(
         self, tcp: _socket.socket, peer: Any, config: ConnectionConfig
@@ -2142,7 +2195,9 @@ class DTPServer:
             start(sock)
 
     def close(self) -> None:
-        """Stop listening; connections already accepted stay open."""
+        """Stop listening. Connections accept() handed out (or serve_forever's handlers
+        hold) stay open; those that completed their handshake but were never taken are
+        closed."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -2162,6 +2217,7 @@ class DTPServer:
                 self._listener.shutdown(_socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._listener.close()
+        self._drain_ready()
         with contextlib.suppress(queue.Full):
             self._ready.put_nowait(None)
 

@@ -213,6 +213,40 @@ def test_socket_flags_are_refused_and_lose_nothing(echo_server) -> None:  # type
         assert got == b"peek at me"  # and the refused sends sent nothing
 
 
+def test_bad_arguments_raise_as_on_a_socket_and_lose_nothing(echo_server) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        dtp.socket.create_connection(echo_server.endpoint, timeout=0, server_key=echo_server.key)
+    with dtp.socket.create_connection(
+        echo_server.endpoint, timeout=10, server_key=echo_server.key
+    ) as sock:
+        sock.sendall(b"warm")  # the stream is lent from here: the fast paths check too
+        assert sock.recv(10) == b"warm"
+        with pytest.raises(TypeError, match="bytes-like object is required, not 'str'"):
+            sock.sendall("text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="bytes-like object is required, not 'str'"):
+            sock.send("text")  # type: ignore[arg-type]
+        # a read-only buffer is refused at once, not after waiting for data
+        with pytest.raises(TypeError, match="writable"):
+            sock.recv_into(b"read-only")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="writable"):
+            sock.recv_into(memoryview(b"read-only"))
+        with pytest.raises(TypeError, match="number"):
+            sock.settimeout("1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            sock.settimeout(float("nan"))
+        assert sock.gettimeout() == 10
+        with pytest.raises(ValueError, match="SHUT_RD"):
+            sock.shutdown(7)
+        assert sock.recv(0) == b""  # at once, as on a socket
+        # none of it sent, took or shut anything
+        sock.sendall(b"still here")
+        buf = bytearray(10)
+        got = 0
+        while got < 10:
+            got += sock.recv_into(memoryview(buf)[got:])
+        assert buf == b"still here"
+
+
 def test_closed_socket_use_is_local_error(echo_server) -> None:  # type: ignore[no-untyped-def]
     sock = dtp.socket.create_connection(
         echo_server.endpoint, timeout=10, server_key=echo_server.key

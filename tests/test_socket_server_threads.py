@@ -194,3 +194,35 @@ def test_a_ledger_connection_without_a_thread_is_closed_and_frees_its_slot(
             theirs.settimeout(5)
             assert theirs.recv(1) == b""  # closed on our side
         assert server._slots._value == 32  # type: ignore[attr-defined]
+
+
+def test_close_ends_connections_that_accept_never_took() -> None:
+    """A connection whose handshake completed while nobody called accept() is closed
+    with the server -- the client is told, and no socket is left open -- while one that
+    accept() handed out stays open."""
+    import gc
+    import warnings
+
+    from dtp.errors import ConnectionClosed
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        srv = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+        taken_client = dtp.socket.create_connection(
+            srv.address, server_key=SERVER.noise_public, timeout=10
+        )
+        taken, _ = srv.accept(timeout=10)
+        queued = dtp.socket.create_connection(
+            srv.address, server_key=SERVER.noise_public, timeout=10
+        )
+        srv.close()
+        with pytest.raises(ConnectionClosed, match="the server is closed"):
+            queued.recv(10)
+        queued.close()
+        # the connection accept() handed out is the application's: still open
+        taken_client.sendall(b"still")
+        assert taken.recv(10) == b"still"
+        taken.close()
+        taken_client.close()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
