@@ -1010,7 +1010,7 @@ class RpcServer(_Registry):
     Handlers are ``fn(params)`` or, registered with ``context=True``,
     ``fn(params, ctx)``; they return the result or raise a
     :class:`~dtp.messaging.errors.RemoteError` subclass to answer with its code (any
-    other exception answers ``INTERNAL_ERROR`` without detail).
+    other exception answers ``INTERNAL_ERROR`` with its type name, never its message).
     """
 
     def __init__(
