@@ -306,6 +306,8 @@ class DTPStreamReader:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream."""
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
+        if n == 0:
+            return b""  # (as asyncio's: at once, whatever the stream's state)
         await self._proto.wait_for(
             lambda: len(self._buffer()) >= n or self._ended() or self._reset_or_failed()
         )
@@ -424,7 +426,9 @@ class DTPStreamWriter:
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)
-        if data:
+        if not data:
+            memoryview(data)  # None and other non-buffers: the TypeError a transport raises
+        else:
             proto = self._proto
             transport = proto.transport
             if transport is not None and not transport.is_closing():

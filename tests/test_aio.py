@@ -28,6 +28,30 @@ def echo_server():  # type: ignore[no-untyped-def]
         yield srv
 
 
+def test_bad_arguments_raise_as_asyncio_streams_do(echo_server) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=10
+        )
+        with pytest.raises(TypeError, match="bytes-like"):
+            writer.write(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="bytes-like"):
+            writer.write("text")  # type: ignore[arg-type]
+        writer.write(b"")  # nothing, as asyncio's
+        # zero bytes at once, with nothing buffered (asyncio's StreamReader does so)
+        assert await asyncio.wait_for(reader.readexactly(0), 1) == b""
+        assert await asyncio.wait_for(reader.read(0), 1) == b""
+        with pytest.raises(ValueError):
+            await reader.readexactly(-1)
+        writer.write(b"intact")
+        await writer.drain()
+        assert await reader.readexactly(6) == b"intact"
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+
+
 def test_echo_and_stream_reader_api(echo_server) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
         reader, writer = await dtp.aio.open_connection(
