@@ -138,12 +138,18 @@ static int open_raw(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t a
 
 static size_t rx_stream_header(const dtp_rx *rx, const uint8_t *p, size_t avail, size_t plen);
 
+/* open_stream_record's answer for a record whose first bytes start a STREAM frame of the
+ * stream taken, but not with the header predicted (the same values may be encoded with
+ * longer varints): only a parse of the whole plaintext can tell. Never returned by a
+ * public entry point. */
+#define RX_REPARSE (-1000)
+
 /* Open a DATA record expected to hold one STREAM frame whose header takes h bytes: the
- * header is decrypted into fh first and checked (by `check`, on unauthenticated bytes:
- * only to decide whether to go on); when it matches, the rest -- the frame's data -- is
- * decrypted straight into out and the tag verified. Returns DTP_OK, DTP_STOP when the
- * header does not match (out untouched, fh wiped), DTP_ERR_DECRYPT or DTP_ERR_CRYPTO
- * (fh and out wiped). */
+ * header is decrypted into fh first and checked (on unauthenticated bytes: only to decide
+ * whether to go on); when it matches, the rest -- the frame's data -- is decrypted
+ * straight into out and the tag verified. Returns DTP_OK; DTP_STOP when the header does
+ * not match and is not a STREAM frame of rx's stream, RX_REPARSE when it is one (out
+ * untouched, fh wiped, both); DTP_ERR_DECRYPT or DTP_ERR_CRYPTO (fh and out wiped). */
 static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_record *rec,
                               const dtp_rx *rx, uint8_t *fh, size_t h, uint8_t *out) {
     uint8_t nonce[NONCE_LEN];
@@ -163,8 +169,12 @@ static int open_stream_record(dtp_aead *ctx, const uint8_t *hdr, const dtp_recor
     if (rx_stream_header(rx, fh, h, plen) != h) {
         /* not the record hoped for: leave it (and the context, re-initialised by the
          * next call's nonce) without decrypting further */
+        uint64_t sid = 0;
+        /* (a stream ID longer than fh holds could still be ours) */
+        int ours = fh[0] == DTP_FRAME_STREAM &&
+                   (dtp_varint_get(fh + 1, h - 1, &sid) == 0 || sid == rx->stream_id);
         OPENSSL_cleanse(fh, h);
-        return DTP_STOP;
+        return ours ? RX_REPARSE : DTP_STOP;
     }
     int ok = EVP_CipherUpdate(ctx->evp, out, &outl, ct + h, (int)n) == 1 && (size_t)outl == n &&
              EVP_CIPHER_CTX_ctrl(ctx->evp, EVP_CTRL_AEAD_SET_TAG, DTP_AEAD_TAG_LEN, tag_copy) == 1;
@@ -612,21 +622,30 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
             break;
         }
         const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
-        size_t room = dst_cap - taken, n, h;
+        size_t room = dst_cap - taken, n = 0, h;
         size_t guess = rx_predicted_header(rx, plen);
+        int direct = RX_REPARSE; /* DTP_OK once the record went straight to dst */
         if (guess > 0 && plen - guess <= room && guess <= STREAM_HEADER_MAX) {
             /* The usual record: the frame header to a small buffer, the data straight
              * to its place in dst -- no copy after the decryption. */
             uint8_t fh[STREAM_HEADER_MAX];
-            n = plen - guess;
-            if (open_stream_record(ctx, hdr, &rec, rx, fh, guess, dst + taken) != DTP_OK) {
+            direct = open_stream_record(ctx, hdr, &rec, rx, fh, guess, dst + taken);
+            if (direct != DTP_OK && direct != RX_REPARSE) {
+                /* another frame or stream, or a failure: the general path's (it reports
+                 * failures) */
                 rc = DTP_STOP;
                 break;
             }
-            OPENSSL_cleanse(fh, guess);
-            window_mark(ctx, rec.counter);
-            taken += n;
-        } else {
+            if (direct == DTP_OK) {
+                OPENSSL_cleanse(fh, guess);
+                window_mark(ctx, rec.counter);
+                n = plen - guess;
+                taken += n;
+            }
+        }
+        if (direct != DTP_OK) {
+            /* no prediction, no room for it, or a STREAM frame of ours encoded otherwise
+             * than predicted: the whole plaintext to scratch, then the header parsed */
             if (open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen,
                          plen > 0 ? scratch : NULL) != DTP_OK) {
                 rc = DTP_STOP;

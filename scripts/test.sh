@@ -36,8 +36,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   build/sanitize_driver
 
 step "fuzz the decoders (atheris)"
+# A fixed seed, so that a run is reproducible (a failure here is the code's, not the
+# draw's); DTP_FUZZ_SEED=0 draws one, and longer runs explore more:
+#   .venv/bin/python fuzz/fuzz_open_frames.py -runs=2000000
 for target in fuzz/fuzz_*.py; do
-  $PYBIN/python "$target" -runs=30000 -print_final_stats=0 2>&1 | tail -n 2
+  $PYBIN/python "$target" -runs=30000 -seed="${DTP_FUZZ_SEED:-20261122}" \
+    -print_final_stats=0 2>&1 | tail -n 2
 done
 
 step "benchmark bodies (run once each, no timing)"

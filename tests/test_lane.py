@@ -18,6 +18,7 @@ from dtp import _core
 from dtp._core import MAX_STREAM_CHUNK
 from dtp._types import (
     FRAME_MAX_DATA,
+    FRAME_STREAM,
     FULL,
     NEED_MORE,
     OK,
@@ -73,6 +74,49 @@ def test_takes_a_run_of_stream_records(backend: SimpleNamespace) -> None:
         len(data),
     )
     assert bytes(dst[: len(data)]) == data and result.spill == b""
+
+
+def _varint(value: int, size: int) -> bytes:
+    """``value`` as a QUIC varint of exactly ``size`` bytes (1, 2, 4 or 8): longer than
+    needed is valid, only not what our sender writes."""
+    prefix = {1: 0, 2: 1, 4: 2, 8: 3}[size]
+    return (value | prefix << (8 * size - 2)).to_bytes(size, "big")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "sid", "taken"),
+    [
+        ((1, 2, 2), SID, True),  # the fuzzer's case: an offset written in two bytes
+        ((2, 4, 2), SID, True),
+        ((8, 8, 8), SID, True),  # a stream ID longer than the header predicted
+        ((8, 1, 2), SID + 4, False),  # another stream's, however written: not taken
+        ((2, 2, 2), SID + 4, False),
+    ],
+)
+def test_stream_records_with_longer_varints(
+    backend: SimpleNamespace, sizes: tuple[int, int, int], sid: int, taken: bool
+) -> None:
+    """A STREAM frame whose varints are longer than needed is taken as any other (the
+    C core's predicted-header path falls back to a full parse, as its twin parses)."""
+    sender, lane = lane_pair(backend, os.urandom(32))
+    first, first_n = sender.seal_stream(0, SID, 0, b"12345")
+    data = os.urandom(700)
+    plain = (
+        bytes([FRAME_STREAM])
+        + _varint(sid, sizes[0])
+        + _varint(5, sizes[1])
+        + _varint(len(data), sizes[2])
+        + data
+    )
+    blob = first + sender.seal(first_n, [plain])
+    dst = bytearray(4096)
+    result = take(lane, blob, dst)
+    if taken:
+        assert (result.status, result.consumed, result.records) == (OK, len(blob), 2)
+        assert bytes(dst[: result.taken]) == b"12345" + data
+    else:
+        assert (result.status, result.consumed, result.records) == (STOP, len(first), 1)
+        assert bytes(dst[: result.taken]) == b"12345"
 
 
 def test_the_lane_keeps_its_aeads_alive(backend: SimpleNamespace) -> None:
