@@ -38,6 +38,18 @@ from dtp.keys_ahead import new_ephemeral_key
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EXTRAS = 1024
+
+
+def check_connect_timeout(timeout: float | None) -> None:
+    """A connect's ``timeout`` must be > 0 or None (both APIs): a connect cannot be
+    non-blocking, as the connection it returns is its result."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(
+            f"a connect's timeout must be > 0 or None, got {timeout!r} (settimeout(0) on "
+            "the connected socket makes its calls non-blocking)"
+        )
+
+
 T = TypeVar("T")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import Session, StreamSink
+from dtp._session import Session, StreamSink, check_connect_timeout
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -665,6 +665,7 @@ async def open_connection(
     A connection by host ID is metered as with the blocking API (``metering``), and may
     pay with a ``subscription`` or through a ``sponsor_pool`` as there.
     """
+    check_connect_timeout(timeout)
     if port is None:
         address = HostAddress.parse(host) if isinstance(host, str) else host
         if ledger is None or identity is None:

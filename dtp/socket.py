@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from dtp._session import Session
+from dtp._session import Session, check_connect_timeout
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
@@ -1505,12 +1505,7 @@ def create_connection(
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.admission.prepare_host_connection`).
     """
-    if timeout is not None and not timeout > 0:
-        # (a connect cannot be non-blocking here: the socket it returns is the result)
-        raise ValueError(
-            f"a connect's timeout must be > 0 or None, got {timeout!r} (settimeout(0) on "
-            "the connected socket makes its calls non-blocking)"
-        )
+    check_connect_timeout(timeout)
     if isinstance(address, (str, HostAddress)):
         return _connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,

@@ -30,6 +30,10 @@ def echo_server():  # type: ignore[no-untyped-def]
 
 def test_bad_arguments_raise_as_asyncio_streams_do(echo_server) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
+        with pytest.raises(ValueError, match="timeout must be > 0"):  # as the blocking API
+            await dtp.aio.open_connection(
+                "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=0
+            )
         reader, writer = await dtp.aio.open_connection(
             "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=10
         )
