@@ -17,6 +17,7 @@ from dtp.errors import (
     HandshakeError,
 )
 from dtp.keys import HostIdentity
+from tests.leaks import resource_warnings
 from tests.procs import server_process
 
 CLIENT = HostIdentity.generate()
@@ -322,18 +323,6 @@ def test_datagram_sink_gets_queued_then_live_datagrams() -> None:
     asyncio.run(main())
 
 
-def _unclosed_transport_warnings(run: object) -> list[str]:
-    """``run()``, then the ResourceWarnings about unclosed transports it left behind."""
-    import gc
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        run()  # type: ignore[operator]
-        gc.collect()
-    return [str(w.message) for w in caught if "unclosed transport" in str(w.message)]
-
-
 @pytest.mark.parametrize("stage", ["handshake", "callback"])
 def test_a_loop_that_ends_aborts_the_servers_connections(stage: str) -> None:
     """When the server's event loop ends (asyncio.run cancels what still runs), each
@@ -381,7 +370,8 @@ def test_a_loop_that_ends_aborts_the_servers_connections(stage: str) -> None:
         server.close()
         # main returns with the connection's task still running: asyncio.run cancels it
 
-    assert _unclosed_transport_warnings(lambda: asyncio.run(main())) == []
+    left = resource_warnings(lambda: asyncio.run(main()))
+    assert [m for m in left if "unclosed transport" in m] == []
     thread[0].join(10)
     assert not thread[0].is_alive(), "the client never saw the connection end"
     assert len(outcome) == 1

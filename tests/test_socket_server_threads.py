@@ -12,6 +12,7 @@ import pytest
 
 import dtp.socket
 from dtp.keys import HostIdentity
+from tests.leaks import resource_warnings
 from tests.polling import wait_for
 
 SERVER = HostIdentity.generate()
@@ -200,13 +201,9 @@ def test_close_ends_connections_that_accept_never_took() -> None:
     """A connection whose handshake completed while nobody called accept() is closed
     with the server -- the client is told, and no socket is left open -- while one that
     accept() handed out stays open."""
-    import gc
-    import warnings
-
     from dtp.errors import ConnectionClosed
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
+    def run() -> None:
         srv = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
         taken_client = dtp.socket.create_connection(
             srv.address, server_key=SERVER.noise_public, timeout=10
@@ -224,5 +221,5 @@ def test_close_ends_connections_that_accept_never_took() -> None:
         assert taken.recv(10) == b"still"
         taken.close()
         taken_client.close()
-        gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+    assert resource_warnings(run) == []
