@@ -624,26 +624,27 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
         const uint8_t *ct = hdr + DTP_RECORD_HEADER_LEN;
         size_t room = dst_cap - taken, n = 0, h;
         size_t guess = rx_predicted_header(rx, plen);
-        int direct = RX_REPARSE; /* DTP_OK once the record went straight to dst */
+        int straight = 0; /* the record's data went straight to dst */
         if (guess > 0 && plen - guess <= room && guess <= STREAM_HEADER_MAX) {
             /* The usual record: the frame header to a small buffer, the data straight
              * to its place in dst -- no copy after the decryption. */
             uint8_t fh[STREAM_HEADER_MAX];
-            direct = open_stream_record(ctx, hdr, &rec, rx, fh, guess, dst + taken);
-            if (direct != DTP_OK && direct != RX_REPARSE) {
+            int oc = open_stream_record(ctx, hdr, &rec, rx, fh, guess, dst + taken);
+            if (oc != DTP_OK && oc != RX_REPARSE) {
                 /* another frame or stream, or a failure: the general path's (it reports
                  * failures) */
                 rc = DTP_STOP;
                 break;
             }
-            if (direct == DTP_OK) {
+            if (oc == DTP_OK) {
                 OPENSSL_cleanse(fh, guess);
                 window_mark(ctx, rec.counter);
                 n = plen - guess;
                 taken += n;
+                straight = 1;
             }
         }
-        if (direct != DTP_OK) {
+        if (!straight) {
             /* no prediction, no room for it, or a STREAM frame of ours encoded otherwise
              * than predicted: the whole plaintext to scratch, then the header parsed */
             if (open_raw(ctx, rec.counter, hdr, DTP_RECORD_HEADER_LEN, ct, plen, ct + plen,
