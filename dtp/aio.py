@@ -570,17 +570,16 @@ class DTPStreamWriter:
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
-        self._conn.send_datagram(bytes(data))
+        self._conn.send_datagram(data)
         self._proto.flush()
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
-        """:meth:`send_datagram` for many at once (sealed and written together)."""
+        """:meth:`send_datagram` for many at once (sealed and written together; when one
+        of them is not bytes-like or too large, none is sent)."""
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
-        conn = self._conn
-        for data in datagrams:
-            conn.send_datagram(bytes(data))
+        self._conn.send_datagrams(datagrams)
         self._proto.flush()
 
     def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:

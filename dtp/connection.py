@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -1143,16 +1143,24 @@ class Connection:
         self._require_open()
         self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, bytes(receipt)))
 
-    def send_datagram(self, data: bytes) -> None:
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send an unreliable datagram (never retransmitted)."""
+        self.send_datagrams((data,))
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send unreliable datagrams: all of them, or (on a TypeError or
+        LocalProtocolError for any one) none."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        if len(data) > self.config.max_datagram_size:
-            raise LocalProtocolError(
-                f"datagram of {len(data)} bytes exceeds {self.config.max_datagram_size}"
-            )
-        self._ctrl.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, bytes(data)))
+        limit = self.config.max_datagram_size
+        frames = []
+        for data in datagrams:
+            body = _datagram_bytes(data)
+            if len(body) > limit:
+                raise LocalProtocolError(f"datagram of {len(body)} bytes exceeds {limit}")
+            frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
+        self._ctrl.extend(frames)
 
     def ping(self) -> None:
         """Send a PING (keeps the peer's idle timer alive)."""
@@ -2063,6 +2071,15 @@ class _ResendCredit(NamedTuple):
 
 
 _Item = _StreamChunk | _ResendFrame | _ResendCredit
+
+
+def _datagram_bytes(data: Any) -> bytes:
+    """A datagram's bytes from a bytes-like ``data``, or the TypeError a socket raises
+    (``bytes(5)`` would be five zero bytes, ``bytes("x")`` a confusing message)."""
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
 
 
 def _frame_bound(frame: RawFrame) -> int:

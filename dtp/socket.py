@@ -1284,26 +1284,28 @@ class DTPSocket:
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-            engine.conn.send_datagram(bytes(data))
+            engine.conn.send_datagram(data)
             engine.flush()
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
-        """:meth:`send_datagram` for many at once (sealed and written together)."""
+        """:meth:`send_datagram` for many at once (sealed and written together). When
+        one of them is not bytes-like (TypeError) or too large (LocalProtocolError),
+        none is sent."""
         self._check_open()
         engine = self._engine
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-            conn = engine.conn
-            for data in datagrams:
-                conn.send_datagram(bytes(data))
+            engine.conn.send_datagrams(datagrams)
             engine.flush()
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
         """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
-        most ``max_count``)."""
+        most ``max_count``, which is at least 1)."""
+        if max_count < 1:
+            raise ValueError(f"max_count must be at least 1, not {max_count}")
         first = self.recv_datagram(timeout)
         out = [first]
         queue = self._engine.session.datagrams

@@ -15,6 +15,7 @@ from dtp.errors import (
     ConnectionRefused,
     DTPTimeoutError,
     HandshakeError,
+    LocalProtocolError,
 )
 from dtp.keys import HostIdentity
 from tests.leaks import resource_warnings
@@ -277,6 +278,35 @@ def test_stream_sink_pushes_bytes_holds_credit_and_ends() -> None:
             assert count == 1000 + len(payload)
             assert b"".join(got) == b"b" * 1000 + payload
             assert ended == [None]
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_datagram_arguments_are_checked_before_anything_is_sent() -> None:
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        got: list[bytes] = []
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            while (datagram := await writer.recv_datagram()) != b"end":
+                got.append(datagram)
+            writer.write(b"done")
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            with pytest.raises(TypeError, match="bytes-like object is required, not 'int'"):
+                writer.send_datagram(5)  # type: ignore[arg-type]
+            with pytest.raises(LocalProtocolError, match="exceeds"):
+                writer.send_datagrams([b"lost", b"y" * 100_000])
+            writer.send_datagrams([b"kept", b"end"])
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"done"
+            assert got == [b"kept"]
             writer.close()
             await writer.wait_closed()
 

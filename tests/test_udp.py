@@ -110,6 +110,40 @@ def test_datagrams_on_the_socket_api() -> None:
             assert sock.datagrams_dropped == 0
 
 
+def test_datagram_arguments_are_checked_before_anything_is_sent() -> None:
+    """Only bytes-like datagrams are taken (an int is not five zero bytes); a batch with
+    a bad one sends none of it; recv_datagrams wants a count of at least 1."""
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+        got: list[bytes] = []
+
+        def collect(sock: dtp.socket.DTPSocket) -> None:
+            sock.settimeout(5)
+            with contextlib.suppress(DTPError):
+                while True:
+                    datagram = sock.recv_datagram()
+                    got.append(datagram)
+                    if datagram == b"end":
+                        sock.sendall(b"done")
+
+        _serve(server, collect)
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            for bad in (5, "abc", None, 2.5):
+                with pytest.raises(TypeError, match="bytes-like object is required"):
+                    sock.send_datagram(bad)  # type: ignore[arg-type]
+            too_big = b"y" * (sock.max_datagram_size + 1)
+            with pytest.raises(LocalProtocolError, match="exceeds"):
+                sock.send_datagrams([b"lost-1", too_big, b"lost-2"])
+            with pytest.raises(TypeError):
+                sock.send_datagrams([b"lost-3", 7])  # type: ignore[list-item]
+            with pytest.raises(ValueError, match="at least 1"):
+                sock.recv_datagrams(0)
+            sock.send_datagrams([bytearray(b"kept"), memoryview(b"end")])
+            assert sock.recv(4) == b"done"
+        assert got == [b"kept", b"end"]
+
+
 def test_dns_style_queries_through_the_tunnel(backend: DnsLikeBackend) -> None:
     relay_stats = UdpStats()
     handler = functools.partial(relay_udp, backend=backend.address, stats=relay_stats)
