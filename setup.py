@@ -1,4 +1,32 @@
-from setuptools import setup
+import shutil
+from pathlib import Path
 
-# Everything else lives in pyproject.toml; setuptools needs setup.py only for cffi_modules.
-setup(cffi_modules=["dtp_core/build_ffi.py:ffi"])
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# Everything else lives in pyproject.toml; setuptools needs setup.py for cffi_modules, and
+# for shipping the Move package (move/dtp, outside the Python package) inside it.
+
+ROOT = Path(__file__).resolve().parent
+MOVE_PACKAGE = ROOT / "move" / "dtp"
+# what `sui move build` and `sui client publish` read; the build/ they write is not shipped
+MOVE_FILES = ("Move.toml", "sources/*.move", "tests/*.move")
+
+
+class BuildPyWithMove(build_py):
+    """build_py that also copies move/dtp to dtp/move/dtp, where an installed `dtp deploy`
+    finds it (a checkout's own move/dtp comes first; dtp.chain.cli)."""
+
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "dtp" / "move" / "dtp"
+        if target.exists():
+            shutil.rmtree(target)
+        for pattern in MOVE_FILES:
+            for source in sorted(MOVE_PACKAGE.glob(pattern)):
+                dest = target / source.relative_to(MOVE_PACKAGE)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, dest)
+
+
+setup(cffi_modules=["dtp_core/build_ffi.py:ffi"], cmdclass={"build_py": BuildPyWithMove})

@@ -70,3 +70,28 @@ def test_bad_core_lib_path_is_explained() -> None:
     )
     assert result.returncode != 0
     assert "DTP_CORE_LIB='/nonexistent/_dtp_core.so' does not exist" in result.stderr
+
+
+def test_the_built_package_carries_the_move_package(tmp_path: Path) -> None:
+    """setup.py's build_py copies move/dtp into dtp/move/dtp (what an installed
+    `dtp deploy` publishes): Move.toml and every source and test module, unchanged."""
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    source = ROOT / "move" / "dtp"
+    shipped = tmp_path / "dtp" / "move" / "dtp"
+    expected = sorted(
+        p.relative_to(source)
+        for p in [
+            source / "Move.toml",
+            *source.glob("sources/*.move"),
+            *source.glob("tests/*.move"),
+        ]
+    )
+    assert len(expected) > 10
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()) == expected
+    for rel in expected:
+        assert (shipped / rel).read_bytes() == (source / rel).read_bytes()

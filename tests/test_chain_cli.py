@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,35 @@ def test_deploy_with_fake_sui(cli: Cli, tmp_path: Path) -> None:
     assert records["localnet"] == {"package_id": "0xabc", "digest": "D1"}
     err = cli("deploy", "--network", "testnet", "--sui-bin", str(fake), code=1)
     assert "sui client switch --env testnet" in err
+
+
+def test_deploy_the_bundled_package_from_a_copy(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed dtp (no checkout beside it) deploys the Move package it carries, built
+    in a temporary copy: sui writes build/ and Move.lock there, not into site-packages."""
+    import dtp.chain.cli as chain_cli
+
+    bundled = tmp_path / "site-packages" / "dtp" / "move" / "dtp"
+    shutil.copytree(chain_cli.CHECKOUT_PACKAGE, bundled)
+    monkeypatch.setattr(chain_cli, "CHECKOUT_PACKAGE", tmp_path / "no-checkout")
+    monkeypatch.setattr(chain_cli, "BUNDLED_PACKAGE", bundled)
+    seen = tmp_path / "seen"
+    fake = tmp_path / "sui"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '  "client active-env") echo localnet ;;\n'
+        f'  "move build") test -f Move.toml -a -f sources/escrow.move || exit 1; pwd > {seen}; '
+        "mkdir build; touch Move.lock; echo built ;;\n"
+        '  "client publish") echo \'{"digest": "D2", "objectChanges": '
+        '[{"type": "published", "packageId": "0xdef"}]}\' ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    result = cli.json("deploy", "--network", "localnet", "--sui-bin", str(fake))
+    assert result["package_id"] == "0xdef"
+    built_in = Path(seen.read_text().strip())
+    assert built_in != bundled and built_in.name == "dtp"
+    assert not built_in.exists()  # the temporary copy is gone
+    assert not (bundled / "build").exists() and not (bundled / "Move.lock").exists()

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -344,8 +345,17 @@ def _subscription_show(args: argparse.Namespace) -> int:
 # -- deploy ------------------------------------------------------------------
 
 
-def _default_package_path() -> Path:
-    return Path(__file__).resolve().parent.parent.parent / "move" / "dtp"
+#: The Move package of a checkout (``move/dtp`` beside ``dtp/``), and the copy an
+#: installed ``dtp`` carries (setup.py copies it in; read-only, so built in a copy).
+CHECKOUT_PACKAGE = Path(__file__).resolve().parent.parent.parent / "move" / "dtp"
+BUNDLED_PACKAGE = Path(__file__).resolve().parent.parent / "move" / "dtp"
+
+
+def _default_package_path() -> tuple[Path, bool]:
+    """The Move package to deploy and whether it is the bundled copy."""
+    if (CHECKOUT_PACKAGE / "Move.toml").is_file():
+        return CHECKOUT_PACKAGE, False
+    return BUNDLED_PACKAGE, True
 
 
 def _deployments_path() -> Path:
@@ -369,9 +379,22 @@ def _deploy(args: argparse.Namespace) -> int:
     if not sui or not Path(sui).exists():
         print(SUI_INSTALL_HINT, file=sys.stderr)
         return 1
-    package = Path(args.package_path) if args.package_path else _default_package_path()
+    package, bundled = (
+        (Path(args.package_path), False) if args.package_path else _default_package_path()
+    )
     if not (package / "Move.toml").is_file():
         raise _CliError(f"No Move package at {package} (Move.toml missing); pass --package-path.")
+    if bundled:
+        # `sui move build` writes build/ and Move.lock beside Move.toml: not into the
+        # installed package
+        with tempfile.TemporaryDirectory(prefix="dtp-move-") as tmp:
+            copy = Path(tmp) / "dtp"
+            shutil.copytree(package, copy)
+            return _publish(args, sui, copy)
+    return _publish(args, sui, package)
+
+
+def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
     active = _sui(sui, "client", "active-env").strip()
     if active != args.network:
         raise _CliError(
@@ -498,5 +521,8 @@ def register(subparsers: Any) -> None:
     deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
     deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")
     deploy.add_argument("--sui-bin", help="path to the sui binary (default: found on PATH)")
-    deploy.add_argument("--package-path", help="Move package (default: move/dtp)")
+    deploy.add_argument(
+        "--package-path",
+        help="Move package (default: the checkout's move/dtp, else the copy installed with dtp)",
+    )
     deploy.add_argument("--gas-budget", type=int, default=500_000_000, help="MIST")
