@@ -272,3 +272,22 @@ def test_closed_link_withdraws_its_interest() -> None:
         assert wait_for(lambda: line.nodes[0].interested_links("t") == [])
     finally:
         line.close()
+
+
+def test_messages_above_one_mib_are_forwarded_with_the_nodes_cap() -> None:
+    # the forwarding node re-encoded with framing's 1 MiB default, so a larger message
+    # (within the node's own cap) ended the link to its sender instead of going on
+    line = Mesh(3, [(0, 1), (1, 2)], max_message_size=4 << 20)
+    try:
+        subs = [node.subscribe("big") for node in line.nodes]
+        line.settle("big")
+        big = b"x" * (2 << 20)
+        line.nodes[0].publish("big", big)
+        for sub in subs:
+            assert sub.get(timeout=10).data == big
+        assert [len(node.links) for node in line.nodes] == [1, 2, 1]
+        line.nodes[0].publish("big", b"small")
+        for sub in subs:
+            assert sub.get(timeout=10).data == b"small"
+    finally:
+        line.close()

@@ -468,7 +468,11 @@ class PubSubNode:
         if hops <= 1:
             self.hop_limited += 1
             return
-        frame = encode_frame([PUBLISH, message_id, topic, hops - 1, data, origin])
+        # the node's own cap, not encode_frame's default: a message this node accepted
+        # (at most max_message_size) re-encodes no larger, so it always fits
+        frame = encode_frame(
+            [PUBLISH, message_id, topic, hops - 1, data, origin], self.max_message_size
+        )
         for link in links:
             link.offer(frame)
 
