@@ -116,6 +116,11 @@ class BlockingStream(Protocol):
     def settimeout(self, timeout: float | None, /) -> None: ...
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` value ``timeout`` seconds from now (None: none)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
 def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -> None:
     """``stream.sendall(data)`` whatever read timeout the stream has. A connection's
     first stream reads with short timeouts, to look for the streams the client opens
@@ -136,6 +141,20 @@ def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -
                 raise
             continue
         view = view[n:]
+
+
+#: How long one wait of a blocked write lasts (seconds) before it looks at its deadline.
+_SEND_STEP = 0.25
+
+
+def _send_failed(exc: BaseException) -> E.RpcConnectionLost:
+    """The error of every call once a write failed with ``exc``."""
+    if isinstance(exc, TimeoutError):
+        return E.RpcConnectionLost(
+            "sending timed out: the peer took no data before the call's deadline, and the "
+            "stream may hold part of a message"
+        )
+    return E.RpcConnectionLost(f"sending failed: {exc}")
 
 
 def response_hash(body: bytes) -> bytes:
@@ -593,7 +612,7 @@ class RpcClient:
                 call.escrow_id = escrow_id
                 self._calls[request_id] = call
                 data = self._proto.data_to_send()
-            self._send(data)
+            self._send(data, _deadline(timeout))
         return call
 
     def notify(
@@ -606,7 +625,7 @@ class RpcClient:
                     raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
                 self._proto.send_notification(method, params, meta=meta)
                 data = self._proto.data_to_send()
-            self._send(data)
+            self._send(data, _deadline(self.timeout))
 
     @property
     def in_flight(self) -> int:
@@ -631,16 +650,54 @@ class RpcClient:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
-        """Write ``data`` (``_wlock`` held)."""
+    def _send(self, data: bytes, deadline: float | None) -> None:
+        """Write ``data`` (``_wlock`` held), waiting for the peer's flow control until
+        ``deadline`` (``time.monotonic()``; None: no limit). Past it the stream may hold
+        part of a frame, so every call fails."""
         if not data:
             return
         try:
-            self._stream.sendall(data)
+            self._write(data, deadline)
         except (DTPError, OSError) as exc:
+            error = _send_failed(exc)
             with self._lock:
-                self._fail_all(E.RpcConnectionLost(f"sending failed: {exc}"))
-            raise E.RpcConnectionLost(f"sending failed: {exc}") from exc
+                self._fail_all(error)
+            raise error from exc
+
+    def _write(self, data: bytes, deadline: float | None) -> None:
+        """``stream.sendall(data)`` by ``deadline`` (TimeoutError past it), whatever
+        timeout the last read left on the stream: the timeout is shared by reads and
+        writes, and reads set short ones to keep deadlines, which a write held up by the
+        peer's flow control must not end at with a frame half sent."""
+        stream = self._stream
+        send = getattr(stream, "send", None)
+        if send is None:  # only sendall: its own timeout applies
+            stream.sendall(data)
+            return
+        if deadline is not None:
+            current = self._current_timeout
+            left = deadline - time.monotonic()
+            if not (isinstance(current, float | int) and current <= left + 0.05):
+                # the stream's timeout (None, unknown or longer) would outlast the deadline
+                step = min(max(left, 1e-3), _SEND_STEP)
+                stream.settimeout(step)
+                self._current_timeout = step
+        view = memoryview(data)
+        while view:
+            try:
+                n: int = send(view)  # a timeout means nothing of this call was taken
+            except TimeoutError:
+                step = _SEND_STEP
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise
+                    step = min(remaining, _SEND_STEP)
+                # wait on in steps (the last read's timeout may be a fraction of a ms)
+                stream.settimeout(step)
+                self._current_timeout = step
+                continue
+            view = view[n:]
 
     def _flush_soon(self) -> None:
         """Send queued protocol output if no writer is busy (it would send it anyway)."""
@@ -652,7 +709,7 @@ class RpcClient:
                     data = self._proto.data_to_send()
                 if data:
                     with contextlib.suppress(E.RpcConnectionLost):
-                        self._send(data)
+                        self._send(data, _deadline(self.timeout))
             finally:
                 self._wlock.release()
             with self._lock:
@@ -776,7 +833,9 @@ class RpcClient:
                 sent = data is not None
             if not sent:
                 try:
-                    stream.sendall(frame)
+                    self._write(frame, _deadline(timeout))
+                except TimeoutError as exc:  # the write's, not a read's
+                    raise _send_failed(exc) from exc
                 finally:
                     sent = True
                     wlock.release()
