@@ -11,16 +11,25 @@ transaction, by the table's ``export``.
 
 The database runs in WAL mode. ``meta`` holds the replica id and the clock's last state
 (so states keep increasing after a restart even if the wall clock went back).
+
+A buffer that no later write comes to flush is flushed by :class:`IdleFlusher`, a
+thread armed by each buffered write: without it the last writes before an idle period
+would stay in memory until ``close()``, and a crash would lose them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import struct
+import threading
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -32,10 +41,10 @@ _F64 = struct.Struct("<d")
 class GraphStorage:
     """The SQLite file behind a :class:`~dtp.graph.Graph`.
 
-    ``flush_rows`` / ``flush_bytes`` / ``flush_interval``: a buffered write goes to disk
-    once that many batches, bytes or seconds have accumulated (and always on
-    :meth:`flush` / :meth:`close`). Not thread-safe by itself: the graph holds its lock
-    around every call.
+    ``flush_rows`` / ``flush_bytes`` / ``flush_interval``: :meth:`append` reports a flush
+    due once that many batches, bytes or seconds have accumulated (the graph also
+    flushes on ``flush()`` / ``close()``, and an :class:`IdleFlusher` when no later write
+    comes). Not thread-safe by itself: the graph holds its lock around every call.
     """
 
     def __init__(
@@ -119,12 +128,14 @@ class GraphStorage:
         if not self._pending:
             return
         rows, size = self._pending, self._pending_bytes
-        self._pending, self._pending_bytes = [], 0
         with self._transaction():
             self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
             )
+        # cleared only once committed: a failed transaction (disk full, locked file)
+        # keeps the batches for the next flush instead of dropping them
+        self._pending, self._pending_bytes = [], 0
         self.log_rows += len(rows)
         self.log_bytes += size
         self.flushes += 1
@@ -167,6 +178,69 @@ class GraphStorage:
         self._db.close()
 
 
+class IdleFlusher:
+    """A thread that calls ``flush`` once a buffered write is ``interval`` seconds old.
+
+    :meth:`arm` after every buffered write; arming an armed flusher changes nothing, so
+    the oldest buffered write sets the deadline. ``flush`` is held through a
+    :class:`weakref.WeakMethod` so that the thread does not keep an unclosed graph
+    alive; the thread ends on :meth:`close` or when the graph is gone. A failing flush
+    is logged and retried one interval later (the storage keeps the batches).
+    """
+
+    def __init__(self, flush: weakref.WeakMethod[Callable[[], None]], interval: float) -> None:
+        self._flush = flush
+        self._interval = interval
+        self._cond = threading.Condition()
+        self._due: float | None = None  # monotonic deadline; None while nothing is buffered
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="dtp-graph-flusher", daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        """A write was buffered: flush it within the interval."""
+        with self._cond:
+            if self._due is None and not self._closed:
+                self._due = time.monotonic() + self._interval
+                self._cond.notify()
+
+    def _wait_due(self) -> bool:
+        """Block until the deadline passes (True) or the flusher is closed (False)."""
+        with self._cond:
+            while not self._closed:
+                if self._due is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._due - time.monotonic()
+                if remaining <= 0:
+                    self._due = None
+                    return True
+                self._cond.wait(remaining)
+            return False
+
+    def _run(self) -> None:
+        while self._wait_due():
+            flush = self._flush()
+            if flush is None:
+                return
+            try:
+                flush()
+            except Exception:  # a daemon thread has nobody to raise to
+                logger.exception("graph: flushing buffered writes to SQLite failed; retrying")
+                self.arm()
+            del flush  # do not hold the graph while waiting
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (idempotent; the caller flushes)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        # the last reference to a graph can drop inside the thread itself (its finalizer
+        # then calls this): it cannot join itself, and it is ending anyway
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -178,4 +252,4 @@ class _Transaction:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-__all__ = ["GraphStorage"]
+__all__ = ["GraphStorage", "IdleFlusher"]

@@ -23,6 +23,7 @@ import hashlib
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace
 from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.clock import HybridClock, wall_clock_ms
-from dtp.graph.persist import GraphStorage
+from dtp.graph.persist import GraphStorage, IdleFlusher
 from dtp.graph.values import JSON, decode_value, encode_value, link_soul
 from dtp.keys import HostIdentity
 
@@ -299,6 +300,9 @@ class Graph:
             "view_rebuilds": 0,
         }
         self._storage: GraphStorage | None = None
+        self._flush_interval = flush_interval
+        self._flusher: IdleFlusher | None = None
+        self._stop_flusher: weakref.finalize[[], Graph] | None = None
         last = 0.0
         if path is not None:
             self._storage = GraphStorage(path, flush_interval=flush_interval)
@@ -440,8 +444,11 @@ class Graph:
             return
         self.stats["applied"] += n
         storage = self._storage
-        if storage is not None and storage.append(changed):
-            self._flush_locked()
+        if storage is not None:
+            if storage.append(changed):
+                self._flush_locked()
+            else:
+                self._arm_flusher()
         decoded: list[Entry] | None = None
         view = self._view
         if view is not None:
@@ -649,6 +656,25 @@ class Graph:
         with self._lock:
             self._flush_locked()
 
+    def _arm_flusher(self) -> None:
+        """Make sure what is buffered reaches disk even if no later write comes (lock
+        held). The thread starts with the first buffered write, so in-memory and
+        read-only graphs have none."""
+        flusher = self._flusher
+        if flusher is None:
+            flusher = self._flusher = IdleFlusher(
+                weakref.WeakMethod(self._flush_idle), self._flush_interval
+            )
+            # an unclosed graph that is collected must not leave its thread waiting
+            self._stop_flusher = weakref.finalize(self, flusher.close)
+            self._stop_flusher.atexit = False
+        flusher.arm()
+
+    def _flush_idle(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._flush_locked()
+
     def _flush_locked(self) -> None:
         storage = self._storage
         if storage is None:
@@ -675,6 +701,11 @@ class Graph:
             if self._storage is not None:
                 self._storage.close()
             self._closed = True
+            stop, self._stop_flusher, self._flusher = self._stop_flusher, None, None
+        if stop is not None:
+            # joined outside the lock: the thread may be waiting for it, and then finds
+            # the graph closed
+            stop()
 
     def __enter__(self) -> Graph:
         return self

@@ -1,0 +1,112 @@
+"""dtp.graph under failure: writes reach disk while the graph is idle (a crash loses at
+most the flush interval)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from dtp.graph import Graph
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _flushers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dtp-graph-flusher"]
+
+
+def _log_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+        except sqlite3.OperationalError:  # the writer has not created the table yet
+            return 0
+
+
+# -- writes reach disk while the graph is idle ---------------------------------------------------
+
+
+def test_idle_writes_reach_disk_before_a_crash(tmp_path: Path) -> None:
+    """Five puts, then nothing: within the flush interval they are in SQLite, with the
+    clock, so a process killed without close() loses none of them."""
+    path = tmp_path / "g.db"
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from dtp.graph import Graph
+        g = Graph({str(path)!r})
+        for i in range(5):
+            g.put("note/%d" % i, {{"text": "hello %d" % i}})
+        print(repr(g.clock.last), flush=True)
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        last = float(proc.stdout.readline())
+        deadline = time.monotonic() + 20
+        while _log_rows(path) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    g = Graph(path)
+    try:
+        assert g.souls() == [f"note/{i}" for i in range(5)]
+        assert g.get_field("note/3", "text") == "hello 3"
+        assert g.storage is not None and g.storage.clock_last() == last
+    finally:
+        g.close()
+
+
+def test_idle_flush_thread_starts_with_the_first_write_and_ends_with_close(
+    tmp_path: Path,
+) -> None:
+    before = len(_flushers())
+    g = Graph(tmp_path / "g.db", flush_interval=0.05)
+    assert len(_flushers()) == before  # nothing buffered yet: no thread
+    g.set("a", "b", 1)
+    storage = g.storage
+    assert storage is not None
+    deadline = time.monotonic() + 10
+    while storage.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert storage.pending == 0 and storage.log_rows == 1
+    g.set("a", "b", 2)  # the thread serves every later idle period too
+    deadline = time.monotonic() + 10
+    while storage.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert storage.pending == 0 and storage.log_rows == 2
+    assert len(_flushers()) == before + 1
+    g.close()
+    assert len(_flushers()) == before
+
+
+def test_an_unclosed_graph_does_not_leak_its_flush_thread(tmp_path: Path) -> None:
+    before = len(_flushers())
+    g = Graph(tmp_path / "g.db", flush_interval=3600)
+    g.set("a", "b", 1)
+    assert len(_flushers()) == before + 1
+    storage = g.storage
+    assert storage is not None
+    del g
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(_flushers()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_flushers()) == before
+    storage.close()
