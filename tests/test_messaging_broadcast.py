@@ -27,6 +27,7 @@ from dtp.messaging.broadcast import (
     verify_message,
 )
 from dtp.messaging.framing import encode_frame
+from tests.polling import wait_for
 
 PRICE = 100
 SLOT_MS = 1000
@@ -276,3 +277,84 @@ def test_slow_listener_does_not_stall_the_station(world: World) -> None:
         assert done.wait(30)
     finally:
         station.close()
+
+
+def blocked_get(listener: BroadcastListener) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread waiting in ``listener.get()`` (no timeout); what it raised goes in the list."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            listener.get()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    threading.Event().wait(0.1)
+    assert thread.is_alive()
+    return thread, raised
+
+
+def test_get_wakes_when_the_station_vanishes(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        listener.contribute(250)
+        assert station.check()
+        station.send(b"last words")
+        assert isinstance(next_item(listener), AirChange)
+        assert next_item(listener).payload == b"last words"  # type: ignore[union-attr]
+        thread, raised = blocked_get(listener)
+        w.socks[-1].abort("station gone")  # the station's side
+        thread.join(10)
+        assert not thread.is_alive() and isinstance(raised[0], E.StationError)
+        assert listener.closed.is_set() and listener.close_reason is not None
+        with pytest.raises(E.StationError):
+            listener.get(timeout=5)
+    finally:
+        station.close()
+
+
+def test_listener_close_wakes_get_after_the_queue_drains(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        listener.contribute(250)
+        assert station.check()
+        assert isinstance(next_item(listener), AirChange)
+        thread, raised = blocked_get(listener)
+        listener.close()
+        thread.join(5)
+        assert not thread.is_alive() and isinstance(raised[0], E.StationError)
+        # the closed listener's reader ends at the next bytes, delivering none of them
+        reader = listener._reader
+        station.send(b"nobody listens")
+        reader.join(10)
+        assert not reader.is_alive()
+        with pytest.raises(E.StationError):
+            listener.get(timeout=5)
+        assert listener.received == 0
+    finally:
+        station.close()
+
+    # a queue that was full when the listener closed: its items come first
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    s_side, l_side = w.pair()
+    full = BroadcastListener(l_side, ledger=w.ledger, broadcast_id=w.broadcast_id, queue_size=2)
+    station.attach(s_side, "full")
+    try:
+        assert full.wait_hello(10)
+        assert station.check()  # an AIR frame, then two messages for a queue of two
+        station.send(b"kept")
+        station.send(b"dropped")
+        assert wait_for(lambda: full.dropped == 1)
+        full.close()
+        assert isinstance(next_item(full), AirChange)
+        assert next_item(full).payload == b"kept"  # type: ignore[union-attr]
+        with pytest.raises(E.StationError):
+            full.get(timeout=5)
+    finally:
+        station.close()
+    with pytest.raises(ValueError):
+        BroadcastListener(l_side, queue_size=0)

@@ -4,7 +4,6 @@ tampered ones are rejected, and expired ones are dropped."""
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Iterator
 
@@ -24,6 +23,7 @@ from dtp.messaging.discovery import (
     lookup_host,
     publish_service,
 )
+from dtp.messaging.pubsub import PubSubNode
 from tests.test_messaging_pubsub import Mesh
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=0)
@@ -104,8 +104,7 @@ def test_forged_announcements_rejected(ledger: LocalLedger) -> None:
         decode_announcement(tampered, now, ledger)
     with pytest.raises(E.MalformedMessage):
         decode_announcement(b"\xc1", now)
-    node_stub = _Node()
-    g = DiscoveryGossip(node_stub, ledger=ledger)  # type: ignore[arg-type]
+    g = DiscoveryGossip(PubSubNode("alone"), ledger=ledger)
     try:
         assert g.receive(forged) is None and g.receive(tampered) is None
         assert g.receive(b"junk") is None
@@ -118,7 +117,7 @@ def test_expiry(ledger: LocalLedger) -> None:
     alice = HostIdentity.generate()
     ha = ledger.create_host(alice, alice.noise_public)
     now = ledger.clock_ms()
-    g = DiscoveryGossip(_Node(), ledger=ledger)  # type: ignore[arg-type]
+    g = DiscoveryGossip(PubSubNode("alone"), ledger=ledger)
     try:
         ann = encode_announcement(alice, ha, [(80, "http")], [], now, 5_000)
         assert g.receive(ann) is not None
@@ -135,20 +134,19 @@ def test_expiry(ledger: LocalLedger) -> None:
         g.close()
 
 
-class _Node:
-    """A pub/sub node stand-in for tests that feed announcements by hand."""
-
-    def subscribe(self, topic: str) -> _Sub:
-        return _Sub()
-
-    def publish(self, topic: str, data: bytes) -> bytes:
-        return b""
-
-
-class _Sub:
-    def get(self, timeout: float | None = None) -> object:
-        time.sleep(timeout or 0)
-        raise queue.Empty
-
-    def close(self) -> None:
-        pass
+def test_gossip_thread_ends_when_its_node_closes() -> None:
+    # the thread waits in Subscription.get() without polling: closing the node (or the
+    # gossip) must wake it
+    node = PubSubNode("alone")
+    g = DiscoveryGossip(node)
+    try:
+        time.sleep(0.05)
+        assert g._thread.is_alive()
+        node.close()
+        g._thread.join(5)
+        assert not g._thread.is_alive()
+    finally:
+        g.close()
+    g = DiscoveryGossip(PubSubNode("alone"))
+    g.close()
+    assert not g._thread.is_alive()

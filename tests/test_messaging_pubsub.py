@@ -17,7 +17,7 @@ import dtp.socket
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
-from dtp.messaging.pubsub import PubSubNode
+from dtp.messaging.pubsub import PubSubNode, Subscription
 from tests.polling import wait_for
 
 
@@ -291,3 +291,80 @@ def test_messages_above_one_mib_are_forwarded_with_the_nodes_cap() -> None:
             assert sub.get(timeout=10).data == b"small"
     finally:
         line.close()
+
+
+def blocked_get(sub: Subscription) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread waiting in ``sub.get()`` (no timeout); what it raised goes in the list."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sub.get()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()
+    return thread, raised
+
+
+def test_closing_a_subscription_wakes_get_after_the_queue_drains() -> None:
+    node = PubSubNode("solo")
+    sub = node.subscribe("t", maxsize=2)
+    thread, raised = blocked_get(sub)
+    sub.close()
+    thread.join(5)
+    assert not thread.is_alive() and isinstance(raised[0], E.PubSubError)
+    with pytest.raises(E.PubSubError):  # and every later get, waiting or not
+        sub.get(timeout=5)
+    with pytest.raises(E.PubSubError):
+        sub.get_nowait()
+    # what was queued first is still delivered, even from a full queue
+    full = node.subscribe("t", maxsize=2)
+    for data in (b"a", b"b", b"dropped"):
+        node.publish("t", data)
+    full.close()
+    node.publish("t", b"after close")
+    assert full.qsize() == 2 and full.dropped == 1
+    assert [full.get(timeout=1).data, full.get_nowait().data] == [b"a", b"b"]
+    assert full.qsize() == 0
+    with pytest.raises(E.PubSubError):
+        full.get(timeout=5)
+
+
+def test_closing_the_node_wakes_get_and_drops_what_its_links_still_read() -> None:
+    line = Mesh(2, [(0, 1)])
+    try:
+        sub = line.nodes[1].subscribe("t")
+        assert line.nodes[0].wait_for_interest("t", timeout=10)
+        thread, raised = blocked_get(sub)
+        line.nodes[1].close()
+        thread.join(5)
+        assert not thread.is_alive() and isinstance(raised[0], E.PubSubError)
+        # node 1 stays usable locally, but its closed link neither delivers nor forwards
+        # what node 0 (which has not noticed) still sends; the link's reader thread ends
+        # at those bytes, without waiting for the stream's owner
+        fresh = line.nodes[1].subscribe("t")
+        line.nodes[0].publish("t", b"too late")
+        reader = [t for t in threading.enumerate() if t.name == "pubsub-r-1<-0"]
+        assert wait_for(lambda: not any(t.is_alive() for t in reader))
+        time.sleep(0.1)
+        assert fresh.qsize() == 0
+        line.nodes[1].publish("t", b"local")
+        assert fresh.get(timeout=1).data == b"local"
+    finally:
+        line.close()
+
+
+def test_subscription_queue_size_is_checked() -> None:
+    node = PubSubNode("solo")
+    with pytest.raises(ValueError):
+        node.subscribe("t", maxsize=0)  # was an unbounded queue
+    with pytest.raises(TypeError):
+        node.subscribe("t", maxsize=1.5)  # type: ignore[arg-type]
+    one = node.subscribe("t", maxsize=1)
+    node.publish("t", b"kept")
+    node.publish("t", b"dropped")
+    assert one.dropped == 1 and one.get_nowait().data == b"kept"

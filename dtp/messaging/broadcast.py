@@ -229,6 +229,8 @@ class _StationLink:
     def _read_loop(self) -> None:
         try:
             for item in read_frames(self.stream, 4096, self.closed):
+                if self.closed.is_set():
+                    return  # a closed link takes no more tips or requests
                 if isinstance(item, Oversized):
                     self.violations += 1
                     continue
@@ -242,7 +244,9 @@ class _StationLink:
             self.close()
 
     def close(self) -> None:
-        """Stop both threads and forget the link (the stream is left to its owner)."""
+        """Stop the writer thread and forget the link. The stream is left to its owner,
+        so the reader thread, blocked in ``recv``, ends only when that returns: the next
+        bytes arrive (they are discarded) or the stream ends."""
         if self.closed.is_set():
             return
         self.closed.set()
@@ -465,8 +469,9 @@ class BroadcastStation:
         return Tip(address, amount, text, tip_id)
 
     def close(self) -> None:
-        """Stop the monitor and close every listener link (streams are left to their
-        owners)."""
+        """Stop the monitor and close every listener link. The streams are left to their
+        owners, and so are the links' reader threads: each ends when its stream does, or
+        at the next bytes it receives (:meth:`_StationLink.close`)."""
         self._stop.set()
         with self._lock:
             links = list(self._links)
@@ -499,7 +504,16 @@ class BroadcastListener:
         self.broadcaster = broadcaster
         self.channel: str | None = None
         self._public: bytes | None = None
-        self._queue: queue.Queue[BroadcastMessage | AirChange] = queue.Queue(queue_size)
+        if type(queue_size) is not int or queue_size < 1:
+            raise ValueError("a listener's queue holds at least 1 item")
+        self._queue_size = queue_size
+        # unbounded underneath, bounded by _put (the reader is the only producer): the
+        # end-of-stream marker (None) must always fit, or a consumer blocked on a queue
+        # that was full at close would never wake up
+        self._queue: queue.Queue[BroadcastMessage | AirChange | None] = queue.Queue()
+        self._queue_lock = threading.Lock()
+        #: Why the listener stopped (None while it listens).
+        self.close_reason: str | None = None
         self._last_seq = 0
         self._send_lock = threading.Lock()
         self.hello = threading.Event()
@@ -522,18 +536,39 @@ class BroadcastListener:
         return self.hello.wait(timeout)
 
     def get(self, timeout: float | None = None) -> BroadcastMessage | AirChange:
-        """The next message or air change (raises ``queue.Empty`` after ``timeout``)."""
-        return self._queue.get(timeout=timeout)
+        """The next message or air change (raises ``queue.Empty`` after ``timeout``).
+        Once the listener is closed (:meth:`close`, the station's stream ended or an
+        impostor station) and what was queued has been taken, raises
+        :class:`~dtp.messaging.errors.StationError`; a ``get`` waiting then wakes up."""
+        item = self._queue.get(timeout=timeout)
+        if item is None:
+            self._queue.put_nowait(None)  # for the next get(), in this thread or another
+            raise E.StationError(f"the listener is closed ({self.close_reason})")
+        return item
 
     def _put(self, item: BroadcastMessage | AirChange) -> None:
-        try:
+        with self._queue_lock:
+            if self.close_reason is not None:
+                return  # the marker stays last
+            if self._queue.qsize() >= self._queue_size:
+                self.dropped += 1
+                return
             self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
+
+    def _close(self, reason: str) -> None:
+        with self._queue_lock:
+            if self.close_reason is not None:
+                return
+            self.close_reason = reason
+            self.closed.set()
+            self._queue.put_nowait(None)
 
     def _read_loop(self) -> None:
+        reason = "the station's stream ended"
         try:
             for item in read_frames(self.stream, _FRAME_CAP, self.closed, 256 * 1024):
+                if self.closed.is_set():
+                    return  # closed locally: what still arrives is not delivered
                 if isinstance(item, Oversized):
                     self.violations += 1
                     continue
@@ -543,7 +578,8 @@ class BroadcastListener:
                     self.forged += 1
                     self.last_error = exc
                     if self._public is None:
-                        return  # an impostor station: stop listening
+                        reason = "an impostor station"
+                        return  # stop listening
                 except E.ReplayedBroadcast as exc:
                     self.replayed += 1
                     self.last_error = exc
@@ -552,8 +588,9 @@ class BroadcastListener:
                     self.last_error = exc
         except (DTPError, OSError) as exc:
             logger.debug("broadcast listener: reading failed: %s", exc)
+            reason = f"reading failed: {type(exc).__name__}"
         finally:
-            self.closed.set()
+            self._close(reason)
 
     def _handle(self, message: Any) -> None:
         if not isinstance(message, list) or not message:
@@ -654,5 +691,9 @@ class BroadcastListener:
         return ledger.broadcast_withdraw(identity, b_id)
 
     def close(self) -> None:
-        """Stop listening (the stream is left to its owner)."""
-        self.closed.set()
+        """Stop listening: :meth:`get` raises :class:`~dtp.messaging.errors.StationError`
+        once the queue is drained, waiting calls included. The stream is left to its
+        owner, so the reader thread, blocked in ``recv``, ends only when that returns:
+        the next bytes arrive (they are discarded) or the stream ends (closed by its
+        owner or the station)."""
+        self._close("closed")

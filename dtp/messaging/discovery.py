@@ -21,7 +21,6 @@ ledger at hand, that the signer is the host's authority on the ledger
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -321,9 +320,9 @@ class DiscoveryGossip:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                delivery = self._sub.get(timeout=0.1)
-            except queue.Empty:
-                continue
+                delivery = self._sub.get()
+            except E.PubSubError:
+                return  # closed: by close(), or by the node's close()
             self.receive(delivery.data)
 
     def receive(self, data: bytes) -> Announcement | None:

@@ -76,42 +76,71 @@ class Delivery:
 
 
 class Subscription:
-    """Messages of one topic for one consumer, in a bounded queue."""
+    """Messages of one topic for one consumer, in a bounded queue.
+
+    After :meth:`close` (or :meth:`PubSubNode.close`), :meth:`get` still returns what was
+    queued, then raises :class:`~dtp.messaging.errors.PubSubError`; a :meth:`get` waiting
+    at that moment wakes up and raises it too."""
 
     def __init__(self, node: PubSubNode, topic: str, maxsize: int) -> None:
         self.node = node
         self.topic = topic
-        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        # unbounded underneath, bounded by _offer (the only producer, under _lock): the
+        # end-of-subscription marker (None) must always fit, or a consumer blocked on a
+        # queue that was full at close would never wake up
+        self._queue: queue.Queue[Delivery | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._closed = False
         self._missed = 0
         #: Total messages dropped because this subscriber was slow.
         self.dropped = 0
         self.delivered = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _offer(self, topic: str, data: bytes, message_id: bytes, origin: str | None) -> None:
         with self._lock:
-            try:
-                self._queue.put_nowait(Delivery(topic, data, message_id, origin, self._missed))
-            except queue.Full:
+            if self._closed:
+                return  # the marker stays last
+            if self._queue.qsize() >= self.maxsize:
                 self._missed += 1
                 self.dropped += 1
                 return
+            self._queue.put_nowait(Delivery(topic, data, message_id, origin, self._missed))
             self._missed = 0
             self.delivered += 1
 
+    def _take(self, item: Delivery | None) -> Delivery:
+        if item is None:
+            self._queue.put_nowait(None)  # for the next get(), in this thread or another
+            raise E.PubSubError(f"the subscription to {self.topic!r} is closed")
+        return item
+
     def get(self, timeout: float | None = None) -> Delivery:
-        """The next message (raises ``queue.Empty`` after ``timeout``)."""
-        return self._queue.get(timeout=timeout)
+        """The next message (raises ``queue.Empty`` after ``timeout``, and
+        :class:`~dtp.messaging.errors.PubSubError` once the subscription is closed and
+        its queue drained)."""
+        return self._take(self._queue.get(timeout=timeout))
 
     def get_nowait(self) -> Delivery:
-        return self._queue.get_nowait()
+        return self._take(self._queue.get_nowait())
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        """Messages waiting (the end-of-subscription marker is not one)."""
+        return max(0, self._queue.qsize() - self._closed)
 
     def close(self) -> None:
-        """Unsubscribe."""
+        """Unsubscribe; waiting and later :meth:`get` calls raise
+        :class:`~dtp.messaging.errors.PubSubError` once the queue is drained."""
         self.node._unsubscribe(self)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put_nowait(None)
 
 
 class Link:
@@ -230,6 +259,8 @@ class Link:
         frames = read_frames(self.stream, self.node.max_message_size, self.closed, 256 * 1024)
         try:
             for item in frames:
+                if self.closed.is_set():
+                    break  # a closed link neither delivers nor forwards
                 if isinstance(item, Oversized):
                     self.violations += 1
                     continue
@@ -286,7 +317,10 @@ class Link:
         raise E.MalformedMessage("not a pub/sub frame")
 
     def close(self) -> None:
-        """Stop both threads and forget the link (the stream is left to its owner)."""
+        """Stop the writer thread and forget the link. The stream is left to its owner,
+        so the reader thread, blocked in ``recv``, ends only when that returns: the next
+        bytes arrive (they are discarded) or the stream ends (closed by its owner or the
+        peer)."""
         if self.closed.is_set():
             return
         self.closed.set()
@@ -409,8 +443,13 @@ class PubSubNode:
             return self._changed.wait_for(ready, timeout)
 
     def subscribe(self, topic: str, maxsize: int = 1024) -> Subscription:
-        """A new subscription to ``topic`` (exact match)."""
+        """A new subscription to ``topic`` (exact match) whose queue holds up to
+        ``maxsize`` messages (at least 1; more are dropped and counted)."""
         _check_topic(topic)
+        if type(maxsize) is not int:
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
+        if maxsize < 1:
+            raise ValueError("a subscription's queue holds at least 1 message")
         sub = Subscription(self, topic, maxsize)
         with self._lock:
             subs = self._subs.setdefault(topic, [])
@@ -483,9 +522,19 @@ class PubSubNode:
             sub._offer(topic, data, message_id, origin)
 
     def close(self) -> None:
-        """Close every link (streams are left to their owners)."""
+        """Close every link and every subscription (their waiting :meth:`Subscription.get`
+        calls wake up). The node stays usable locally: new subscriptions, publishing and
+        new links work as on a new node.
+
+        The streams are left to their owners, and so is each link's reader thread: it is
+        blocked in ``recv`` and ends when that returns (:meth:`Link.close`), at the latest
+        when the owner closes the stream."""
         for link in self.links:
             link.close()
+        with self._lock:
+            subs = [sub for subs in self._subs.values() for sub in subs]
+        for sub in subs:
+            sub.close()
 
 
 def _valid_topic(topic: object) -> bool:
