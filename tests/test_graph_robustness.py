@@ -1,10 +1,11 @@
 """dtp.graph under failure: writes reach disk while the graph is idle (a crash loses at
-most the flush interval)."""
+most the flush interval) and subscribers that raise."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from dtp.graph import Graph
+import pytest
+
+from dtp.graph import Change, Graph, GraphServer, connect
+from dtp.keys import HostIdentity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,3 +114,51 @@ def test_an_unclosed_graph_does_not_leak_its_flush_thread(tmp_path: Path) -> Non
         time.sleep(0.01)
     assert len(_flushers()) == before
     storage.close()
+
+
+# -- subscribers that raise -----------------------------------------------------------------------
+
+
+def test_a_raising_subscriber_breaks_neither_put_nor_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = Graph()
+    seen: list[object] = []
+
+    def broken(change: Change) -> None:
+        raise ZeroDivisionError("subscriber bug")
+
+    g.subscribe("a", broken)
+    g.subscribe("a", lambda change: seen.append(change.value))
+    with caplog.at_level(logging.ERROR, logger="dtp.graph.store"):
+        g.put("a", {"f": 1})  # the value is committed: put returns normally
+        g.put("a", {"f": 2})
+    assert seen == [1, 2]
+    assert g.get_field("a", "f") == 2
+    errors = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(errors) == 2
+
+
+def test_a_raising_subscriber_does_not_end_a_sync_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src = Graph()
+    for i in range(10):
+        src.put(f"n{i}", {"v": i})
+    dst = Graph()
+    seen: list[object] = []
+
+    def broken(change: Change) -> None:
+        raise ZeroDivisionError("subscriber bug")
+
+    dst.subscribe("n3", broken)
+    dst.subscribe("n3", lambda change: seen.append(change.value))
+    with (
+        caplog.at_level(logging.ERROR, logger="dtp.graph.store"),
+        GraphServer(src, ("127.0.0.1", 0), HostIdentity.generate()) as server,
+    ):
+        session = connect(dst, server.address, server_key=server.noise_public_key, timeout=10)
+    assert session.synced
+    assert dst.snapshot() == src.snapshot()
+    assert seen == [3]
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)

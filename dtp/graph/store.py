@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -48,6 +49,8 @@ LEAF_LEVEL = LEAF_BITS // FANOUT_BITS
 _MAX_STATE = sys.float_info.max  # replaying our own log: nothing is ahead of this clock
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
 _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
+
+logger = logging.getLogger(__name__)
 
 
 def soul_leaf(soul: bytes) -> int:
@@ -485,7 +488,14 @@ class Graph:
         for change, subs in targets:
             for sub in subs:
                 if sub.active and (sub.field is None or sub.field == change.field):
-                    sub.callback(change)
+                    # the change is already committed: a failing callback must not make
+                    # put()/merge() raise (nor end a sync session), nor starve the others
+                    try:
+                        sub.callback(change)
+                    except Exception:
+                        logger.exception(
+                            "graph: subscriber %r of %r raised", sub.callback, change.soul
+                        )
 
     # -- reading --------------------------------------------------------------------------------
 
