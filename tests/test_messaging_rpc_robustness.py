@@ -4,14 +4,18 @@ never reads its answers. Real DTP connections (and plain TCP) on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
+import dtp.aio
+from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from tests.test_messaging_rpc import Served
 
 BIG = b"x" * 900_000  # several such requests fill the stream's flow-control window
@@ -95,3 +99,73 @@ def test_a_plain_socket_write_is_not_taken_for_a_read_timeout() -> None:
         thread.join(5)
         server_sock.close()
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["call", "start"])
+def test_close_ends_a_wait_without_a_timeout(how: str) -> None:
+    """close() (stream not owned) fails the calls in flight, and a thread waiting for
+    one without a timeout returns within about a second, not when the server answers."""
+    rpc = RpcServer(workers=4)
+    rpc.register("sleep", lambda p: time.sleep(p) or "slept")
+    s = Served(rpc)
+    try:
+        client = s.connect()
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                if how == "call":
+                    client.call("sleep", 6)
+                else:
+                    client.start("sleep", 6).result()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        time.sleep(0.3)
+        closed = time.monotonic()
+        client.close()
+        thread.join(3)
+        assert not thread.is_alive()
+        assert time.monotonic() - closed < 2.5
+        assert len(outcome) == 1 and isinstance(outcome[0], E.RpcConnectionLost)
+    finally:
+        s.close()
+
+
+def test_async_handler_raising_timeouterror_is_answered() -> None:
+    """A handler whose own work times out (TimeoutError, async or not) gets an internal
+    error answer like any failure; only the request's deadline goes unanswered (before,
+    every TimeoutError was taken for the deadline: no answer, and the request stayed
+    counted against max_pending)."""
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(max_pending=2)
+
+        async def backend_timeout(p: Any) -> Any:
+            await asyncio.sleep(0.01)
+            raise TimeoutError("the backend did not answer")
+
+        def sync_timeout(p: Any) -> Any:
+            raise TimeoutError("the backend did not answer")
+
+        rpc.register("atimeout", backend_timeout)
+        rpc.register("stimeout", sync_timeout)
+        rpc.register("echo", lambda p: p)
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            client = AsyncRpcClient(reader, writer)
+            for method in ("atimeout", "stimeout", "atimeout", "atimeout"):
+                with pytest.raises(E.InternalError, match="TimeoutError"):
+                    await client.call(method, None, timeout=5)
+            assert await client.call("echo", 1, timeout=5) == 1
+            await client.close()
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())

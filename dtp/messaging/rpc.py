@@ -145,6 +145,9 @@ def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -
 
 #: How long one wait of a blocked write lasts (seconds) before it looks at its deadline.
 _SEND_STEP = 0.25
+#: The longest a client's read waits (seconds) before it looks whether the client was
+#: closed (it does not own the stream, so it cannot end a read in progress).
+_READ_SLICE = 1.0
 
 
 def _send_failed(exc: BaseException) -> E.RpcConnectionLost:
@@ -823,8 +826,11 @@ class RpcClient:
         failed: BaseException | None = None
         sent = False
         try:
-            if timeout != self._current_timeout:
-                self._read_timeout(stream, timeout)
+            # reads last a slice at most, so that close() ends the wait (the rest of a
+            # longer one is the general path's)
+            read_for = timeout if timeout is not None and timeout <= _READ_SLICE else _READ_SLICE
+            if read_for != self._current_timeout:
+                self._read_timeout(stream, read_for)
             if self._send_recv is not None:
                 # the send and the read in one go: from here wlock is send_recv's to let
                 # go of once the frame is out (None back: nothing was done, it is ours)
@@ -963,7 +969,12 @@ class RpcClient:
             try:
                 if deadline is not None and (timer is None or deadline < timer):
                     timer = deadline
-                wait = None if timer is None else max(timer - monotonic(), 1e-4)
+                # a slice at most: close() fails the calls, and the wait sees it
+                wait = (
+                    _READ_SLICE
+                    if timer is None
+                    else min(max(timer - monotonic(), 1e-4), _READ_SLICE)
+                )
                 self._read_timeout(stream, wait)
                 data, failed = self._read(stream, RECV_SIZE)
                 with lock:
@@ -1744,9 +1755,16 @@ class AsyncRpcServer(_Registry):
                 if body is not None and ctx.escrow_id is not None and self.response_fees:
                     self.response_fees.responded(ctx.escrow_id, body)
                     escrows[event.request_id] = ctx.escrow_id
-            except (asyncio.CancelledError, TimeoutError):
+            except asyncio.CancelledError:
                 return
             except Exception as exc:
+                if (
+                    isinstance(exc, TimeoutError)
+                    and event.deadline is not None
+                    and loop.time() >= event.deadline
+                ):
+                    return  # the request's deadline (wait_for's): the caller stopped waiting
+                # (a TimeoutError of the handler's own is its failure, answered as any)
                 if not isinstance(exc, E.RemoteError | TypeError):
                     logger.exception("handler %s failed", event.method)
                 code, message, data = _error_reply(exc)
