@@ -433,6 +433,30 @@ def test_forwarder_reload_adds_a_forward_and_keeps_open_tunnels(setup: Setup) ->
     sock.close()
 
 
+def test_a_reload_whose_listen_port_is_taken_keeps_the_old_listener(setup: Setup) -> None:
+    b = setup.backend()
+    _, f, address = setup.pair(service([b.info["port"]]))
+    config = setup.tmp / "forwarder.toml"
+    busy = socket.create_server(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    with busy:
+        config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+        f.send(signal.SIGHUP)
+        wait_until(lambda: "forward keeps its old listener" in f.log(), what="the error")
+        assert "Traceback" not in f.log()
+        assert echo_roundtrip(address, b"still here") == b"still here"
+    # the port is free now: the same file, reloaded again, moves the forward to it
+    f.send(signal.SIGHUP)
+    wait_until(lambda: fwd_row(setup)["listen"] == f"127.0.0.1:{port}", what="the move")  # type: ignore[comparison-overlap]
+    assert echo_roundtrip(("127.0.0.1", port), b"moved") == b"moved"
+    # another change on the same fixed port: the old listener gives the port up first
+    config.write_text(config.read_text() + "deposit = 3000000\n")
+    f.send(signal.SIGHUP)
+    wait_until(lambda: f.log().count('"reloaded"') == 3, what="the third reload")
+    assert "cannot be bound" not in f.log().split('"reloaded"')[-2]
+    assert echo_roundtrip(("127.0.0.1", port), b"same port") == b"same port"
+
+
 def test_used_up_deposit_rolls_over_to_a_new_connection(setup: Setup) -> None:
     b = setup.backend()
     per_tunnel = "price_per_request = 1000\nmin_deposit = 2500"

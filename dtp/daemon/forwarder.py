@@ -290,6 +290,10 @@ class Forwarder:
         for link in list(self._links):
             self._retire(link)
 
+    async def release(self) -> None:
+        """Retire; the port is free on return (closing the server closes its sockets)."""
+        self.retire()
+
     @property
     def active_tunnels(self) -> int:
         return len(self._clients)

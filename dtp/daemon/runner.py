@@ -205,14 +205,20 @@ class Daemon:
             )
 
     async def _start_forwarder(self, forward: ForwardConfig) -> str:
+        fwd, address = await self._open_forwarder(forward)
+        self.forwarders[forward.name] = fwd
+        return address
+
+    async def _open_forwarder(self, forward: ForwardConfig) -> tuple[Forwarder | UdpForward, str]:
+        """A started forwarder, not yet registered, and its bound address; raises
+        OSError when it cannot bind."""
         fwd: Forwarder | UdpForward
         if forward.protocol == "udp":
             fwd = UdpForward(forward, self.ledger, self.identity, self.book)
         else:
             fwd = Forwarder(forward, self.ledger, self.identity, self.book)
         host, port = await fwd.start()
-        self.forwarders[forward.name] = fwd
-        return f"{host}:{port}"
+        return fwd, f"{host}:{port}"
 
     async def reload(self) -> None:
         """Re-read the config file; keep open tunnels. A bad file changes nothing."""
@@ -234,23 +240,93 @@ class Daemon:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
                 return
             await self.services.configure(new.services)
-        old = {f.name: f for f in self.config.forwards}
-        fresh = {f.name: f for f in new.forwards}
-        for name, forward in old.items():
-            if fresh.get(name) != forward:
-                fwd = self.forwarders.pop(name)
-                fwd.retire()
-                self._old_forwarders.add(fwd)  # its open tunnels go on
-        for name, forward in fresh.items():
-            if old.get(name) != forward:
-                await self._start_forwarder(forward)
-        self.config = new
+        running = await self._reload_forwards(new.forwards)
+        # what runs, not what the file says: a forward that kept its old listener is
+        # compared against its old settings at the next reload, which then retries it
+        self.config = replace(new, forwards=running)
         self.book.info["reloaded"] = time.time()
         self.book.touch()
         logger.info(
             "reloaded",
             extra=kv(services=len(new.services), forwards=len(new.forwards)),
         )
+
+    async def _reload_forwards(
+        self, wanted: tuple[ForwardConfig, ...]
+    ) -> tuple[ForwardConfig, ...]:
+        """Give changed and new forwards their listener and retire removed ones; returns
+        the settings of the forwards now running. A forward whose new listener cannot
+        bind keeps its old one (and old settings); the error is logged."""
+        old = {f.name: f for f in self.config.forwards}
+        running: dict[str, ForwardConfig] = {}
+        for forward in wanted:
+            previous = old.get(forward.name)
+            if previous == forward:
+                running[forward.name] = forward
+                continue
+            kept = await self._replace_forwarder(previous, forward)
+            if kept is not None:
+                running[forward.name] = kept
+        for name in old.keys() - {f.name for f in wanted}:
+            self._retire(name)
+        return tuple(running.values())
+
+    async def _replace_forwarder(
+        self, previous: ForwardConfig | None, forward: ForwardConfig
+    ) -> ForwardConfig | None:
+        """Start ``forward`` in place of ``previous``; returns the settings that run."""
+        try:
+            # the new listener first: the old one keeps accepting until it is up
+            fresh, _ = await self._open_forwarder(forward)
+        except OSError as exc:
+            if previous is None or not _same_listen(previous, forward):
+                self._log_kept(forward, previous, exc)
+                return previous
+            # the old listener itself holds the address: free it, then try again
+            await self._release(forward.name)
+            try:
+                fresh, _ = await self._open_forwarder(forward)
+            except OSError as exc:
+                self._log_kept(forward, previous, exc)
+                try:
+                    await self._start_forwarder(previous)
+                except OSError as again:
+                    logger.error(
+                        "forward stopped: its old listener could not bind again",
+                        extra=kv(
+                            forward=previous.name, listen=str(previous.listen), error=_why(again)
+                        ),
+                    )
+                    return None
+                return previous
+        else:
+            self._retire(forward.name)
+        self.forwarders[forward.name] = fresh
+        return forward
+
+    def _log_kept(
+        self, forward: ForwardConfig, previous: ForwardConfig | None, exc: OSError
+    ) -> None:
+        if previous is None:
+            message = "reload: new forward not started, its listen address cannot be bound"
+        else:
+            message = "reload: forward keeps its old listener, the new one cannot be bound"
+        logger.error(
+            message, extra=kv(forward=forward.name, listen=str(forward.listen), error=_why(exc))
+        )
+
+    def _retire(self, name: str) -> None:
+        fwd = self.forwarders.pop(name, None)
+        if fwd is not None:
+            fwd.retire()
+            self._old_forwarders.add(fwd)  # its open tunnels go on
+
+    async def _release(self, name: str) -> None:
+        """Retire a forwarder and wait until its port is free."""
+        fwd = self.forwarders.pop(name, None)
+        if fwd is not None:
+            await fwd.release()
+            self._old_forwarders.add(fwd)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -259,18 +335,28 @@ class Daemon:
         """Start, then serve until asked to stop; drains before returning."""
         loop = asyncio.get_running_loop()
         ready = await self.start()
-        print(json.dumps(ready), flush=True)
-        logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
         reloads: set[asyncio.Task[None]] = set()
 
+        async def reload() -> None:
+            try:
+                await self.reload()
+            except Exception as exc:
+                # the daemon keeps serving; without this the error would only surface
+                # as asyncio's "Task exception was never retrieved"
+                logger.error("reload failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+
         def on_hup() -> None:
-            task = loop.create_task(self.reload())
+            task = loop.create_task(reload())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        # only now: a script may signal the moment it reads the line, and SIGHUP's
+        # default action would kill the process
+        print(json.dumps(ready), flush=True)
+        logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
         try:
             while not self._stop.is_set():
                 self._refresh_live()
@@ -317,6 +403,15 @@ class Daemon:
         self.book.save(force=True)
         self.ledger.close()
         logger.info("stopped")
+
+
+def _same_listen(a: ForwardConfig, b: ForwardConfig) -> bool:
+    """Whether ``b`` would bind the very address ``a`` is bound to."""
+    return a.protocol == b.protocol and a.listen == b.listen and a.listen.port != 0
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...]) -> DaemonConfig:

@@ -118,6 +118,12 @@ class UdpForward:
         if self._forwarder is not None:
             asyncio.get_running_loop().create_task(self._forwarder.close())
 
+    async def release(self) -> None:
+        """Retire and wait until the port is closed."""
+        if self._forwarder is not None:
+            await self._forwarder.close()  # closing twice (at drain) does nothing
+            self.refresh()
+
     @property
     def active_tunnels(self) -> int:
         return 0 if self._forwarder is None else self._forwarder.sessions
