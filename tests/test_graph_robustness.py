@@ -1,8 +1,10 @@
 """dtp.graph under failure: writes reach disk while the graph is idle (a crash loses at
-most the flush interval) and subscribers that raise."""
+most the flush interval), subscribers that raise, and change streams closed while a
+reader waits."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -162,3 +164,83 @@ def test_a_raising_subscriber_does_not_end_a_sync_session(
     assert dst.snapshot() == src.snapshot()
     assert seen == [3]
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+# -- change streams -------------------------------------------------------------------------------
+
+
+def test_closing_a_change_stream_ends_a_waiting_reader() -> None:
+    async def main() -> list[object]:
+        g = Graph()
+        stream = g.changes("a")
+        got: list[object] = []
+
+        async def consume() -> str:
+            async for change in stream:
+                got.append(change.value)
+            return "ended"
+
+        task = asyncio.create_task(consume())
+        g.set("a", "f", 1)
+        while not got:
+            await asyncio.sleep(0.01)
+        stream.close()  # the reader is waiting for the next change
+        assert await asyncio.wait_for(task, 5) == "ended"
+        return got
+
+    assert asyncio.run(main()) == [1]
+
+
+def test_closing_a_change_stream_from_another_thread_ends_the_reader() -> None:
+    async def main() -> None:
+        g = Graph()
+        stream = g.changes("a")
+        task = asyncio.create_task(anext(stream, "ended"))
+        await asyncio.sleep(0.05)
+        closer = threading.Thread(target=stream.close)
+        closer.start()
+        assert await asyncio.wait_for(task, 5) == "ended"
+        closer.join()
+
+    asyncio.run(main())
+
+
+def test_change_stream_drains_what_came_before_close_and_drops_the_oldest() -> None:
+    async def main() -> tuple[list[object], int]:
+        g = Graph()
+        stream = g.changes("a", maxsize=2)
+        for i in range(5):
+            g.set("a", "f", i)
+        await asyncio.sleep(0.05)  # the changes are handed over through the loop
+        stream.close()
+        g.set("a", "f", 99)  # after close: not delivered
+        return [c.value async for c in stream], stream.dropped
+
+    assert asyncio.run(main()) == ([3, 4], 3)
+
+
+@pytest.mark.parametrize("maxsize", [0, -1, 1.5, True])
+def test_change_stream_maxsize_must_be_at_least_one(maxsize: object) -> None:
+    async def main() -> None:
+        g = Graph()
+        with pytest.raises(ValueError, match="maxsize"):
+            g.changes("a", maxsize=maxsize)  # type: ignore[arg-type]
+        assert not g._subs  # nothing left subscribed
+
+    asyncio.run(main())
+
+
+def test_a_change_stream_whose_loop_is_gone_stops_listening(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = Graph()
+
+    async def open_stream() -> None:
+        g.changes("a")  # never closed, its loop ends with asyncio.run
+
+    asyncio.run(open_stream())
+    with caplog.at_level(logging.ERROR, logger="dtp.graph.store"):
+        g.set("a", "f", 1)
+        g.set("a", "f", 2)
+    assert not caplog.records
+    assert not g._subs

@@ -19,12 +19,14 @@ therefore costs one C merge and one SQLite row per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,37 +129,72 @@ class Subscription:
 class ChangeStream:
     """An async iterator over the changes of a node or field (see :meth:`Graph.changes`).
 
-    Changes are queued up to ``maxsize``; beyond that the oldest are dropped and
-    :attr:`dropped` counts them (a slow reader never blocks writers).
+    Changes are queued up to ``maxsize`` (at least 1); beyond that the oldest are
+    dropped and :attr:`dropped` counts them (a slow reader never blocks writers).
     """
 
     def __init__(self, graph: Graph, soul: str, field: str | None, maxsize: int) -> None:
+        if type(maxsize) is not int or maxsize < 1:
+            raise ValueError(f"changes(maxsize=...) must be an int >= 1, not {maxsize!r}")
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._queue: deque[Change] = deque()
         self._maxsize = maxsize
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
         self.dropped = 0
         self._sub = graph.subscribe(soul, self._deliver, field=field)
 
     def _deliver(self, change: Change) -> None:
-        self._loop.call_soon_threadsafe(self._put, change)
+        try:
+            self._loop.call_soon_threadsafe(self._put, change)
+        except RuntimeError:  # the loop is closed: nobody can read this stream any more
+            self._sub.cancel()
 
     def _put(self, change: Change) -> None:
-        if self._queue.qsize() >= self._maxsize:
-            self._queue.get_nowait()
+        if len(self._queue) >= self._maxsize:
+            self._queue.popleft()
             self.dropped += 1
-        self._queue.put_nowait(change)
+        self._queue.append(change)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def __aiter__(self) -> ChangeStream:
         return self
 
     async def __anext__(self) -> Change:
-        if not self._sub.active and self._queue.empty():
-            raise StopAsyncIteration
-        return await self._queue.get()
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                # a cancelled reader must not leave its future behind
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._queue.popleft()
 
     def close(self) -> None:
-        """Stop listening; the iterator ends once the queue is drained."""
+        """Stop listening; the iterator ends once the queue is drained (a reader
+        waiting for the next change is woken). Callable from any thread."""
         self._sub.cancel()
+        self._closed = True
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._wake()
+        else:
+            # futures belong to their loop: wake the readers from it
+            with contextlib.suppress(RuntimeError):  # a closed loop has no readers left
+                self._loop.call_soon_threadsafe(self._wake)
 
     async def aclose(self) -> None:
         self.close()
@@ -592,7 +629,8 @@ class Graph:
 
     def changes(self, soul: str, *, field: str | None = None, maxsize: int = 1024) -> ChangeStream:
         """An async iterator of :class:`Change` for a node or a field (call it from a
-        running event loop); ``close()`` it when done."""
+        running event loop); ``close()`` it when done. It holds at most ``maxsize``
+        changes (>= 1, else ValueError), dropping the oldest beyond that."""
         return ChangeStream(self, soul, field, maxsize)
 
     # -- what sync sessions use ---------------------------------------------------------
