@@ -185,3 +185,80 @@ def test_direct_delivery_and_fallback(world: tuple) -> None:
     assert [m.body for m in inbox.fetch()] == [b"offline now"]
     with pytest.raises(E.SealedError):
         send_sealed(late, recipient_host=hb)
+
+
+def test_a_message_whose_handler_failed_is_delivered_when_resent(world: tuple) -> None:
+    # the id used to be marked seen before on_message ran: when it raised, the sender's
+    # retry was answered "duplicate" and the application never got the message
+    _, _, bob, _, hb = world
+    inbox = SealedInbox(bob, hb)
+    received: list[bytes] = []
+    failures = [RuntimeError("database busy")]
+    entered = threading.Event()
+    release = threading.Event()
+
+    def on_message(message: OpenedMessage) -> None:
+        if message.body == b"slow":
+            entered.set()
+            assert release.wait(10)
+        if failures:
+            raise failures.pop()
+        received.append(message.body)
+
+    rpc = RpcServer(workers=4)
+    inbox.register(rpc, on_message)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    socks = [
+        dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
+        for _ in range(2)
+    ]
+    try:
+        first, second = (RpcClient(sock, timeout=10) for sock in socks)
+        message = seal(bob.noise_public, b"important")
+        with pytest.raises(E.InternalError):
+            first.call("sealed.deliver", message)
+        assert received == [] and inbox.duplicates == 0
+        assert first.call("sealed.deliver", message) is True
+        assert first.call("sealed.deliver", message) is False
+        assert received == [b"important"] and inbox.duplicates == 1
+        # two copies at once: the second waits for the first's outcome, and takes over
+        # when that failed
+        failures.append(RuntimeError("database busy"))
+        slow = seal(bob.noise_public, b"slow")
+        outcome: list[object] = []
+
+        def deliver_first() -> None:
+            try:
+                outcome.append(first.call("sealed.deliver", slow))
+            except E.RemoteError as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=deliver_first)
+        caller.start()
+        assert entered.wait(10)
+        threading.Timer(0.2, release.set).start()
+        assert second.call("sealed.deliver", slow) is True
+        caller.join(10)
+        assert isinstance(outcome[0], E.InternalError)
+        assert received == [b"important", b"slow"]
+        # and when the first succeeds, the concurrent copy is a duplicate
+        release.clear()
+        entered.clear()
+        outcome.clear()
+        slow_ok = seal(bob.noise_public, b"slow")
+        caller = threading.Thread(
+            target=lambda: outcome.append(first.call("sealed.deliver", slow_ok))
+        )
+        caller.start()
+        assert entered.wait(10)
+        threading.Timer(0.2, release.set).start()
+        assert second.call("sealed.deliver", slow_ok) is False
+        caller.join(10)
+        assert outcome == [True] and received == [b"important", b"slow", b"slow"]
+    finally:
+        for sock in socks:
+            sock.close()
+        server.close()
+        rpc.close()

@@ -302,6 +302,10 @@ class SealedInbox:
         self._path = Path(state_path) if state_path is not None else None
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        # ids being handed to register()'s on_message: marked seen only once it
+        # returned, and a concurrent copy waits for that outcome (see _claim)
+        self._pending: set[bytes] = set()
+        self._settled = threading.Condition(self._lock)
         self.cursor: str | None = None
         #: Messages refused (undecryptable, malformed, forged), by reason.
         self.rejected: dict[str, int] = {}
@@ -331,6 +335,13 @@ class SealedInbox:
     def accept(self, data: bytes, via: str = "direct") -> OpenedMessage | None:
         """Open ``data``; returns the message, or None for a duplicate. Raises the typed
         errors of :func:`open_sealed` (and counts them in :attr:`rejected`)."""
+        message = self._open(data, via)
+        if not self._claim(message.message_id):
+            return None
+        self._settle(message.message_id, delivered=True)
+        return message
+
+    def _open(self, data: bytes, via: str) -> OpenedMessage:
         try:
             ledger = self.ledger if self.verify_hosts else None
             message = open_sealed(self.identity, data, ledger=ledger)
@@ -341,15 +352,31 @@ class SealedInbox:
         if message.recipient_host is not None and message.recipient_host != self.host_id:
             self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
             raise E.SealedDecryptError()
-        with self._lock:
-            if message.message_id in self._seen:
-                self.duplicates += 1
-                return None
-            self._seen[message.message_id] = None
-            while len(self._seen) > self.max_seen:
-                self._seen.popitem(last=False)
-            self._save()
         return OpenedMessage(**{**message.__dict__, "via": via})
+
+    def _claim(self, message_id: bytes) -> bool:
+        """Take ``message_id`` for delivery: False (a counted duplicate) if it was seen.
+        While another thread is delivering it, wait for that to end: seen if it
+        succeeded, ours to deliver if it failed."""
+        with self._settled:
+            while message_id in self._pending:
+                self._settled.wait()
+            if message_id in self._seen:
+                self.duplicates += 1
+                return False
+            self._pending.add(message_id)
+            return True
+
+    def _settle(self, message_id: bytes, delivered: bool) -> None:
+        """End a :meth:`_claim`: remember the id if the message was delivered."""
+        with self._settled:
+            self._pending.discard(message_id)
+            if delivered:
+                self._seen[message_id] = None
+                while len(self._seen) > self.max_seen:
+                    self._seen.popitem(last=False)
+                self._save()
+            self._settled.notify_all()
 
     def fetch(self, limit: int = 1000, *, wait: float = 0.0) -> list[OpenedMessage]:
         """Read the ledger mailbox after the saved cursor (waiting up to ``wait`` seconds
@@ -384,18 +411,25 @@ class SealedInbox:
     def register(self, server: RpcServer, on_message: Any) -> None:
         """Serve ``sealed.deliver`` on ``server``: each new message goes to
         ``on_message(message)``; the caller gets True (new) or False (duplicate), or a
-        typed error for bad bytes."""
+        typed error for bad bytes. A message counts as seen only once ``on_message``
+        returned: if it raises, the caller gets an internal error and the message is
+        delivered again when resent."""
 
         def deliver(params: Any) -> bool:
             if not isinstance(params, bytes):
                 raise E.InvalidParams("sealed.deliver takes the sealed bytes")
             try:
-                message = self.accept(params, via="direct")
+                message = self._open(params, "direct")
             except E.SealedError as exc:
                 raise E.InvalidParams(f"refused: {type(exc).__name__}") from None
-            if message is None:
+            if not self._claim(message.message_id):
                 return False
-            on_message(message)
+            delivered = False
+            try:
+                on_message(message)
+                delivered = True
+            finally:
+                self._settle(message.message_id, delivered)
             return True
 
         server.register("sealed.deliver", deliver)
