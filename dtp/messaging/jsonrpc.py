@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import urllib.parse
 from collections.abc import Callable
+from http.client import RemoteDisconnected
 from typing import Any, Final
 
 from dtp.messaging import errors as E
@@ -32,6 +34,8 @@ __all__ = [
     "JsonRpcHttpProxy",
     "serve_jsonrpc",
 ]
+
+logger = logging.getLogger(__name__)
 
 JSONRPC_METHOD: Final = "jsonrpc"
 #: Largest JSON document accepted or returned (bytes).
@@ -103,7 +107,8 @@ class JsonRpcHttpProxy:
 
     One keep-alive ``http.client`` connection per thread; responses above ``max_response``
     bytes and HTTP errors become JSON-RPC ``INTERNAL_ERROR`` answers (the backend's
-    detail is not passed on)."""
+    detail is not passed on). A document is sent again only when the reused connection
+    was found closed by the backend before any answer, never after a timeout."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, max_response: int = MAX_JSON) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -132,8 +137,9 @@ class JsonRpcHttpProxy:
         return conn
 
     def __call__(self, document: bytes) -> bytes | None:
-        for attempt in range(2):  # one retry when a kept-alive connection went stale
+        while True:
             conn = self._connection()
+            reused = conn.sock is not None
             try:
                 conn.request(
                     "POST",
@@ -142,19 +148,28 @@ class JsonRpcHttpProxy:
                     headers={"Content-Type": "application/json", "Accept": "application/json"},
                 )
                 response = conn.getresponse()
-                body = response.read(self.max_response + 1)
-                status = response.status
+            except (RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop(conn)
+                # a kept-alive connection the backend had closed while idle: it read
+                # nothing of this request, so it is sent once more on a fresh one; a
+                # fresh connection failing so, or anything else (a timeout above all:
+                # the backend may be working on it), is never retried, since a JSON-RPC
+                # call (eth_sendRawTransaction…) must not run twice
+                if reused:
+                    logger.debug("jsonrpc proxy: kept-alive connection closed (%r)", exc)
+                    continue
+                return _unreachable()
             except (OSError, http.client.HTTPException):
-                conn.close()
-                self._local.conn = None
-                if attempt:
-                    return json.dumps(
-                        _error(None, E.INTERNAL_ERROR, "backend unreachable")
-                    ).encode()
-                continue
+                self._drop(conn)
+                return _unreachable()
+            try:
+                body = response.read(self.max_response + 1)
+            except (OSError, http.client.HTTPException):
+                self._drop(conn)
+                return _unreachable()
+            status = response.status
             if len(body) > self.max_response:
-                conn.close()
-                self._local.conn = None
+                self._drop(conn)
                 return json.dumps(
                     _error(None, E.INTERNAL_ERROR, "backend answer too large")
                 ).encode()
@@ -163,12 +178,19 @@ class JsonRpcHttpProxy:
             if not 200 <= status < 300:
                 return json.dumps(_error(None, E.INTERNAL_ERROR, f"backend HTTP {status}")).encode()
             return body
-        return None  # pragma: no cover - the loop always returns
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        self._local.conn = None
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+
+
+def _unreachable() -> bytes:
+    return json.dumps(_error(None, E.INTERNAL_ERROR, "backend unreachable")).encode()
 
 
 def serve_jsonrpc(server: RpcServer, backend: Callable[[bytes], bytes | None]) -> None:

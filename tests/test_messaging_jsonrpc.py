@@ -1,0 +1,108 @@
+"""The JSON-RPC service kind: the HTTP proxy against real local HTTP backends (a slow
+one must get each request once; a kept-alive connection the backend closed is retried),
+and JsonRpcHandler's answers for odd results and documents, directly and over DTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from dtp.messaging import errors as E
+from dtp.messaging.jsonrpc import JsonRpcHttpProxy
+
+
+class Backend:
+    """A local HTTP JSON-RPC backend that counts the POSTs it gets, answering each
+    after ``delay`` seconds; with ``drop_idle`` it closes every connection after its
+    answer while letting the client believe it is kept alive."""
+
+    def __init__(self, delay: float = 0.0, *, drop_idle: bool = False) -> None:
+        self.delay = delay
+        self.posts: list[bytes] = []
+        self.done = threading.Semaphore(0)
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive unless told otherwise
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                backend.posts.append(body)
+                try:
+                    time.sleep(backend.delay)
+                    answer = b'{"jsonrpc":"2.0","result":%d,"id":1}' % len(backend.posts)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    pass  # the proxy gave up first
+                finally:
+                    # no "Connection: close" header: the client keeps the connection
+                    self.close_connection = drop_idle
+                    backend.done.release()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/rpc"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def call(proxy: JsonRpcHttpProxy, method: str) -> Any:
+    answer = proxy(json.dumps({"jsonrpc": "2.0", "method": method, "id": 1}).encode())
+    assert answer is not None
+    return json.loads(answer)
+
+
+def test_proxy_never_resends_a_request_the_backend_is_slow_to_answer() -> None:
+    # a read timeout used to be retried like a stale connection: the backend ran the
+    # call twice (eth_sendRawTransaction!) and the caller waited twice the timeout
+    backend = Backend(delay=1.5)
+    proxy = JsonRpcHttpProxy(backend.url, timeout=0.5)
+    try:
+        for kept_alive in (False, True):
+            if kept_alive:  # a quick call first, so the slow one reuses its connection
+                backend.delay = 0.0
+                assert call(proxy, "eth_blockNumber")["result"] == 1
+                assert backend.done.acquire(timeout=5)
+                backend.posts.clear()
+                backend.delay = 1.5
+            start = time.monotonic()
+            assert call(proxy, "eth_sendRawTransaction")["error"]["code"] == E.INTERNAL_ERROR
+            assert time.monotonic() - start < 1.2
+            assert backend.done.acquire(timeout=5)
+            time.sleep(0.2)  # a resend would have arrived by now
+            assert len(backend.posts) == 1
+            backend.posts.clear()
+    finally:
+        proxy.close()
+        backend.close()
+
+
+def test_proxy_resends_only_over_a_kept_alive_connection_the_backend_closed() -> None:
+    backend = Backend(drop_idle=True)
+    proxy = JsonRpcHttpProxy(backend.url, timeout=5)
+    try:
+        assert call(proxy, "a")["result"] == 1
+        assert backend.done.acquire(timeout=5)
+        time.sleep(0.1)  # the backend has closed the connection the proxy keeps
+        assert call(proxy, "b")["result"] == 2  # sent again on a new connection
+        assert len(backend.posts) == 2
+    finally:
+        proxy.close()
+        backend.close()
+    # nothing listens any more: a fresh connection failing is not retried either
+    assert call(proxy, "c")["error"]["code"] == E.INTERNAL_ERROR
