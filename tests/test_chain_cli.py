@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import pytest
 
 from dtp.chain.cli import SUI_INSTALL_HINT, register
 from dtp.chain.local import LocalLedger
+from dtp.errors import ChainError
+from tests.daemon_procs import ENV
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -51,15 +55,18 @@ def test_keys(cli: Cli) -> None:
     shown = cli.json("keys", "show")
     assert shown["sui_address"] == created["sui_address"]
     assert "sui address: 0x" in cli("keys", "show")
-    assert "exists" in cli("keys", "new", code=1)  # no silent overwrite
+    err = cli("keys", "new", code=1)  # no silent overwrite
+    assert "already exists; pass --force to replace it" in err and "overwrite=" not in err
     assert cli.json("keys", "new", "--force")["sui_address"] != created["sui_address"]
 
 
 def test_localnet_host_service(cli: Cli) -> None:
     address = cli.json("keys", "new")["sui_address"]
-    status = cli.json("localnet", "status")
-    assert status["epoch"] == 0 and status["minted_mist"] == 0
+    assert "No ledger at" in cli("localnet", "status", code=1)  # status creates nothing
+    assert not cli.ledger.exists()
     assert cli.json("localnet", "faucet", "--amount", "500")["balance_mist"] == 500
+    status = cli.json("localnet", "status")
+    assert status["epoch"] == 0 and status["minted_mist"] == 500
     assert cli.json("localnet", "advance-epoch")["epoch"] == 1
     before = cli.json("localnet", "status")["clock_ms"]
     assert cli.json("localnet", "advance-clock", "60000")["clock_ms"] >= before + 60000
@@ -107,6 +114,7 @@ def test_localnet_host_service(cli: Cli) -> None:
 
 def test_errors_are_one_line(cli: Cli) -> None:
     cli("keys", "new")
+    cli("localnet", "advance-epoch")  # creates the ledger
     assert "not a valid object ID" in cli("host", "show", "nope", code=1)
     assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
     assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
@@ -177,3 +185,45 @@ def test_deploy_the_bundled_package_from_a_copy(
     assert built_in != bundled and built_in.name == "dtp"
     assert not built_in.exists()  # the temporary copy is gone
     assert not (bundled / "build").exists() and not (bundled / "Move.lock").exists()
+
+
+def test_read_only_commands_need_an_existing_ledger(cli: Cli, tmp_path: Path) -> None:
+    typo = tmp_path / "typo" / "dir" / "x.sqlite"
+    for argv in (
+        ("localnet", "status"),
+        ("host", "show", "0x" + "12" * 32),
+        ("subscription", "show", "0x" + "12" * 32),
+    ):
+        args = make_parser().parse_args([*argv, "--ledger-path", str(typo)])
+        assert args.func(args) == 1
+        err = cli.capsys.readouterr().err
+        assert (
+            err == f"dtp: No ledger at {typo}: check --ledger-path, or create one with "
+            "`dtp localnet faucet`.\n"
+        )
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_file_that_is_not_a_ledger_is_a_one_line_error(tmp_path: Path) -> None:
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not SQLite\n" * 100)
+    for path, reason in (
+        (not_db, "file is not a database"),
+        (tmp_path, "it is a directory"),
+        (not_db / "x.sqlite", "File exists"),
+    ):
+        with pytest.raises(ChainError) as info:
+            LocalLedger(path)
+        assert str(info.value).startswith(f"cannot open the ledger {path}: {reason}")
+        assert info.value.name == "LedgerUnavailable"
+        command = "status" if path.exists() else "advance-epoch"  # status wants a file
+        done = subprocess.run(
+            [sys.executable, "-m", "dtp", "localnet", command, "--ledger-path", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+        )
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"dtp: cannot open the ledger {path}: ")
+        assert done.stderr.count("\n") == 1

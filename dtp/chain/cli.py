@@ -77,12 +77,19 @@ def _identity(args: argparse.Namespace) -> Any:
     return HostIdentity.load(_identity_path(args), os.environ.get(args.passphrase_env) or None)
 
 
-def _ledger(args: argparse.Namespace) -> Any:
+def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
+    """The ledger of ``args``; read-only commands pass ``create=False``, so that a
+    mistyped --ledger-path is an error rather than a new, empty ledger."""
     from dtp.chain.local import LocalLedger, default_ledger_path
 
     if args.ledger != "local":
         raise _CliError(_SUI_NOT_CONFIGURED)
-    return LocalLedger(args.ledger_path or default_ledger_path())
+    path = Path(args.ledger_path) if args.ledger_path else default_ledger_path()
+    if not create and not path.exists():
+        raise _CliError(
+            f"No ledger at {path}: check --ledger-path, or create one with `dtp localnet faucet`."
+        )
+    return LocalLedger(path)
 
 
 class _CliError(Exception):
@@ -123,6 +130,10 @@ def _run(handler: Handler) -> Handler:
         except (_CliError, DTPError) as exc:
             print(f"dtp: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # a file the command reads or writes
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"dtp: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 1
 
     return wrapped
 
@@ -144,6 +155,9 @@ def _keys_new(args: argparse.Namespace) -> int:
     from dtp.keys import HostIdentity
 
     path = _identity_path(args)
+    if not args.force and os.path.lexists(path):
+        # said here in the CLI's words (HostIdentity.save names its Python argument)
+        raise _CliError(f"{path} already exists; pass --force to replace it.")
     identity = HostIdentity.generate()
     identity.save(path, os.environ.get(args.passphrase_env) or None, overwrite=args.force)
     _emit(
@@ -175,7 +189,7 @@ def _keys_show(args: argparse.Namespace) -> int:
 
 
 def _localnet_status(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     counts: dict[str, int] = {}
     for ref in ledger.objects():
         name = ref.type.rsplit("::", 1)[-1]
@@ -227,7 +241,7 @@ def _host_create(args: argparse.Namespace) -> int:
 
 
 def _host_show(args: argparse.Namespace) -> int:
-    host = _ledger(args).get_host(args.host)
+    host = _ledger(args, create=False).get_host(args.host)
     data = _plain(host)
     data["endpoints"] = [bytes(e).decode(errors="replace") for e in host.endpoints]
     _emit(args, data)
@@ -336,7 +350,7 @@ def _subscription_renew(args: argparse.Namespace) -> int:
 
 
 def _subscription_show(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     sub = ledger.get_subscription(args.subscription)
     _emit(args, {"subscription": sub, "live": sub.is_live(ledger.epoch())})
     return 0

@@ -85,6 +85,7 @@ from dtp.chain.objects import (
     object_from_fields,
 )
 from dtp.errors import (
+    ChainError,
     InvalidArgument,
     InvalidTransaction,
     ObjectNotFound,
@@ -311,29 +312,52 @@ class LocalLedger(Ledger):
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # no SQLite busy handler: _retry waits for other writers, with finer steps
-        self._db = sqlite3.connect(
-            self.path, timeout=0, isolation_level=None, check_same_thread=False
-        )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._commits = 0
         # nonces from a random start: two instances signing for one sender (threads,
         # processes sharing the file) never reuse one, whenever they were created
         self._nonce_counter = itertools.count(int.from_bytes(os.urandom(8)) >> 1)
-        with self._lock:
-            self._db.execute("PRAGMA busy_timeout = 0")
-            if self.path != ":memory:":
-                self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
-                self._db.execute("PRAGMA synchronous = NORMAL")
-                # checkpoints run in the background (see _Checkpointer); this is only the
-                # bound on the WAL should they not keep up
-                self._db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
-            self._write(self._init_schema)
+        try:
+            self._db = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            # a typed one-line error naming the file, not SQLite's bare "file is not a
+            # database" (callers such as the CLI report ChainError as it is)
+            reason = str(exc)
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+            elif os.path.isdir(self.path):
+                reason = "it is a directory"  # SQLite only says "unable to open database file"
+            raise ChainError(
+                f"cannot open the ledger {self.path}: {reason}",
+                name="LedgerUnavailable",
+                module="ledger",
+            ) from None
         if clock_ms is not None:
             self.set_clock(clock_ms, allow_backwards=True)
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect to ``self.path`` and set the file up (WAL, schema)."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # no SQLite busy handler: _retry waits for other writers, with finer steps
+        self._db = sqlite3.connect(
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA busy_timeout = 0")
+                if self.path != ":memory:":
+                    self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+                    # checkpoints run in the background (see _Checkpointer); this is only
+                    # the bound on the WAL should they not keep up
+                    self._db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+                self._write(self._init_schema)
+        except BaseException:
+            self._db.close()
+            raise
+        return self._db
 
     def _init_schema(self) -> None:
         for statement in _SCHEMA.split(";"):
