@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dtp.daemon.config import key_lines, load_config, parse_config
+from dtp.connection import ConnectionConfig
+from dtp.daemon.config import (
+    MIN_UNPAID_SLACK,
+    ForwardConfig,
+    key_lines,
+    load_config,
+    parse_config,
+)
 from dtp.daemon.state import StatusBook
 from dtp.daemon.status import format_table
 from dtp.daemon.status import main as status_main
@@ -84,11 +92,42 @@ def test_key_lines_follow_tables_arrays_and_multiline_values() -> None:
             "dtp.toml:10: firewall.max_bytes_per_sec: expected an integer",
         ),
         (HEAD + "port = = 3\n", "dtp.toml:4: TOML syntax error"),
+        # isdigit() takes "²" for a digit; int() does not
+        (
+            HEAD + 'listen = "127.0.0.1:²"\n' + SVC,
+            'dtp.toml:4: daemon.listen: expected "host:port"',
+        ),
+        (HEAD + SVC.replace("127.0.0.1:8080", "127.0.0.1:٨٠"), "dtp.toml:8: service[0].backends:"),
+        # nan <= 0 is False: time settings must be finite
+        (HEAD + "drain_timeout = nan\n" + SVC, "dtp.toml:4: daemon.drain_timeout: expected a pos"),
+        (HEAD + "drain_timeout = inf\n" + SVC, "dtp.toml:4: daemon.drain_timeout: expected a pos"),
+        (HEAD + SVC + "health_interval = nan\n", "dtp.toml:9: service[0].health_interval: "),
+        (HEAD + SVC + "connect_timeout = -inf\n", "dtp.toml:9: service[0].connect_timeout: "),
+        (HEAD + SVC + "idle_timeout = +nan\n", "dtp.toml:9: service[0].idle_timeout: expected"),
+        (
+            HEAD + '[[forward]]\nname = "f"\nlisten = "127.0.0.1:1"\n'
+            'target = "dtp://0x' + "ab" * 32 + ':7"\nidle_timeout = inf\n',
+            "dtp.toml:8: forward[0].idle_timeout: expected a positive number",
+        ),
+        # a slack within the connection window cuts every paid tunnel at once
+        (HEAD + SVC + "unpaid_slack = 0\n", "dtp.toml:9: service[0].unpaid_slack: must exceed"),
+        (
+            HEAD + SVC + f"unpaid_slack = {MIN_UNPAID_SLACK}\n",
+            f"dtp.toml:9: service[0].unpaid_slack: must exceed {MIN_UNPAID_SLACK} bytes",
+        ),
         (HEAD, "dtp.toml: nothing to do"),
     ],
 )
 def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
     assert error_of(text).startswith(expected), error_of(text)
+
+
+def test_the_unpaid_slack_floor_is_the_window_plus_the_default_receipt_interval() -> None:
+    # the dataclasses' defaults, which the daemon's connections and forwards use
+    assert ConnectionConfig.connection_window + ForwardConfig.receipt_every == MIN_UNPAID_SLACK
+    config = parse_config(HEAD + SVC + f"unpaid_slack = {MIN_UNPAID_SLACK + 1}\n", Path("x"))
+    assert config.services[0].unpaid_slack == MIN_UNPAID_SLACK + 1
+    assert parse_config(HEAD + SVC, Path("x")).services[0].unpaid_slack == 16 << 20
 
 
 def test_the_daemon_refuses_a_bad_config_with_exit_status_2(tmp_path: Path) -> None:
@@ -111,6 +150,63 @@ def test_the_daemon_refuses_a_bad_config_with_exit_status_2(tmp_path: Path) -> N
         timeout=60,
     )
     assert missing.returncode == 2 and "cannot read the config file" in missing.stderr
+
+
+def run_daemon(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**ENV, **env},
+        timeout=60,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The daemon's error: one line on stderr after any JSON log lines, no traceback."""
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith('{"ts"')]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_listen_address_that_cannot_be_bound_is_a_config_error(tmp_path: Path) -> None:
+    busy = socket.create_server(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    config = tmp_path / "dtp.toml"
+    with busy:
+        config.write_text(HEAD + f'listen = "127.0.0.1:{port}"\n' + SVC)
+        done = run_daemon(config)
+        assert done.returncode == 2
+        assert one_line(done) == (
+            f"dtp daemon: {config}:4: daemon.listen: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use"
+        )
+        config.write_text(
+            HEAD + f'[[forward]]\nname = "f"\nlisten = "127.0.0.1:{port}"\n'
+            'target = "dtp://0x' + "ab" * 32 + ':7"\n'
+        )
+        done = run_daemon(config)
+        assert done.returncode == 2
+        assert one_line(done).startswith(f"dtp daemon: {config}:6: forward[0].listen: cannot")
+    config.write_text(HEAD + 'listen = "nonexistent.invalid:0"\n' + SVC)
+    done = run_daemon(config)
+    assert done.returncode == 2
+    assert one_line(done).startswith(
+        f"dtp daemon: {config}:4: daemon.listen: cannot listen on nonexistent.invalid:0: "
+    )
+
+
+def test_a_ledger_that_is_not_sqlite_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "dtp.toml"
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    for ledger, reason in (("notes.txt", "file is not a database"), (".", "it is a directory")):
+        config.write_text(HEAD.replace("l.sqlite", ledger) + SVC)
+        done = run_daemon(config)
+        assert done.returncode == 1
+        assert one_line(done) == (
+            f"dtp daemon: cannot open the ledger {tmp_path / ledger}: {reason}"
+        )
 
 
 def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ maps each key path (``("service", 1, "port")``) to the line it is set on.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class DaemonConfig:
     services: tuple[ServiceConfig, ...] = ()
     forwards: tuple[ForwardConfig, ...] = ()
     lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def error(self, key: KeyPath, message: str) -> DaemonConfigError:
+        """An error about ``key`` in the config's words: ``file:line: key: message``."""
+        return _Checker(self.path, self.lines).fail(key, message)
 
 
 # -- key positions -------------------------------------------------------------------------
@@ -291,7 +296,13 @@ class _Checker:
 
     def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # TOML has nan and inf; nan <= 0 is False, so finiteness is checked on its own
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
         return float(value)
 
@@ -309,7 +320,10 @@ class _Checker:
             raise self.fail(key, "is required")
         host, sep, port = str(text).rpartition(":")
         host = host.strip("[]")
-        if not isinstance(text, str) or not sep or not host or not port.isdigit():
+        # isdigit() alone accepts "²", which int() then refuses
+        if not isinstance(text, str) or not sep or not host or not port.isascii():
+            raise self.fail(key, f'expected "host:port", got {text!r}')
+        if not port.isdigit():
             raise self.fail(key, f'expected "host:port", got {text!r}')
         if not 0 <= int(port) <= 0xFFFF:
             raise self.fail(key, f"port {port} is outside 0..65535")
@@ -515,11 +529,28 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         deny=check.addresses(doc, (*k, "deny")),
         health_interval=check.number(doc, (*k, "health_interval"), 2.0),
         connect_timeout=check.number(doc, (*k, "connect_timeout"), 2.0),
-        unpaid_slack=check.integer(doc, (*k, "unpaid_slack"), 16 << 20, 0),
+        unpaid_slack=_unpaid_slack(check, doc, (*k, "unpaid_slack")),
         protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
         credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 0),
     )
+
+
+#: The connection window a paying client may fill before its receipts catch up
+#: (dtp.connection.ConnectionConfig.connection_window) plus a forward's default
+#: ``receipt_every``: a slack this small or smaller cuts every paid tunnel at once.
+MIN_UNPAID_SLACK = (8 << 20) + (256 << 10)
+
+
+def _unpaid_slack(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> int:
+    value = check.integer(doc, key, 16 << 20)
+    if value <= MIN_UNPAID_SLACK:
+        raise check.fail(
+            key,
+            f"must exceed {MIN_UNPAID_SLACK} bytes (the 8 MiB connection window plus the "
+            f"default receipt_every of 256 KiB), got {value}",
+        )
+    return value
 
 
 def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConfig:

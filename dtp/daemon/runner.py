@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import sqlite3
 import sys
 import time
 from dataclasses import replace
@@ -22,7 +24,13 @@ from typing import Any
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
-from dtp.daemon.config import DaemonConfig, ForwardConfig, ServiceConfig, load_config
+from dtp.daemon.config import (
+    Backend,
+    DaemonConfig,
+    ForwardConfig,
+    ServiceConfig,
+    load_config,
+)
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
@@ -164,7 +172,12 @@ class Daemon:
         if self.config.services:
             self.services = ServiceHost(self.ledger, self.identity, self.book)
             await self.services.configure(self.config.services)
-            self.endpoint = await self.services.start(settings.listen.host, settings.listen.port)
+            try:
+                self.endpoint = await self.services.start(
+                    settings.listen.host, settings.listen.port
+                )
+            except OSError as exc:
+                raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             public = settings.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
             self.host_id = await asyncio.to_thread(self.sync_host, self.config, public)
             self.fees = ServerFees(
@@ -176,8 +189,13 @@ class Daemon:
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
         forwards: dict[str, str] = {}
-        for forward in self.config.forwards:
-            forwards[forward.name] = await self._start_forwarder(forward)
+        for i, forward in enumerate(self.config.forwards):
+            try:
+                forwards[forward.name] = await self._start_forwarder(forward)
+            except OSError as exc:
+                raise _bind_error(
+                    self.config, ("forward", i, "listen"), forward.listen, exc
+                ) from None
         ready["forwards"] = forwards
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
@@ -405,12 +423,23 @@ class Daemon:
         logger.info("stopped")
 
 
+def _bind_error(
+    config: DaemonConfig, key: tuple[str | int, ...], address: Backend, exc: OSError
+) -> DaemonConfigError:
+    """A listen address that cannot be bound (in use, unknown host), reported as the
+    config error it is fixed by."""
+    return config.error(key, f"cannot listen on {address}: {_why(exc)}")
+
+
 def _same_listen(a: ForwardConfig, b: ForwardConfig) -> bool:
     """Whether ``b`` would bind the very address ``a`` is bound to."""
     return a.protocol == b.protocol and a.listen == b.listen and a.listen.port != 0
 
 
 def _why(exc: OSError) -> str:
+    if exc.errno and not isinstance(exc, socket.gaierror):
+        # asyncio's bind error repeats the address: "error while attempting to bind..."
+        return os.strerror(exc.errno)
     return exc.strerror or str(exc)
 
 
@@ -428,8 +457,11 @@ def main(config_path: str, log_format: str | None = None) -> int:
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
     try:
         daemon = Daemon(config)
-    except (KeyFileError, ChainError, OSError) as exc:
+    except (KeyFileError, ChainError) as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the state directory
+        print(f"dtp daemon: {_os_error(exc)}", file=sys.stderr)
         return 1
 
     async def go() -> None:
@@ -437,7 +469,22 @@ def main(config_path: str, log_format: str | None = None) -> int:
 
     try:
         asyncio.run(go())
-    except (ChainError, HostConfigError) as exc:
+    except DaemonConfigError as exc:
+        print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 2
+    except (ChainError, KeyFileError) as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"dtp daemon: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # the ledger or the receipt store, while running
+        print(f"dtp daemon: database error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return exc.strerror or str(exc)
