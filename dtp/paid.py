@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -43,6 +44,7 @@ from dtp.errors import (
     ChainError,
     DTPError,
     DTPTimeoutError,
+    InvalidArgument,
     PaymentRequired,
     move_error,
 )
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.connection import ConnectionConfig
     from dtp.keys import HostIdentity
-    from dtp.socket import DTPSocket
+    from dtp.socket import DTPServer, DTPSocket
 
 __all__ = [
     "MeteringConfig",
@@ -107,6 +109,45 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
+
+    def __post_init__(self) -> None:
+        # Checked here, not where the values are used: a server takes its policy only
+        # after it listens and has published its endpoint, and a bad value found there
+        # would leave both behind.
+        allowance = self.allowance
+        if allowance is not None and (
+            not isinstance(allowance, int)
+            or isinstance(allowance, bool)
+            or not 0 <= allowance < 2**64
+        ):
+            raise InvalidArgument(
+                f"ServicePolicy.allowance must be None or an integer from 0 to 2**64-1 "
+                f"(MIST), got {allowance!r}"
+            )
+        _seconds("pause_timeout", self.pause_timeout, zero=True)
+        _seconds("refresh_interval", self.refresh_interval, zero=False)
+        _seconds("request_interval", self.request_interval, zero=False)
+        _seconds("final_receipt_timeout", self.final_receipt_timeout, zero=True)
+
+
+def _seconds(name: str, value: object, *, zero: bool) -> None:
+    """Refuse a ServicePolicy duration that is not a number of seconds above 0 (or at
+    least 0 with ``zero``) and within what a thread can wait for: a NaN compares false
+    both ways and would slip past a plain range check, an interval of 0 makes a loop
+    that never waits, and a wait beyond threading.TIMEOUT_MAX raises OverflowError in
+    the thread that waits, long after the server started."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= threading.TIMEOUT_MAX
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0 and"
+        raise InvalidArgument(
+            f"ServicePolicy.{name} must be a number of seconds {low} up to "
+            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
 
 
 def gate_for(
@@ -397,6 +438,44 @@ class PaidSocket:
 Handler = Callable[[PaidSocket], None]
 
 
+def open_store(receipts: ReceiptStore | str | Path | None) -> tuple[ReceiptStore, bool]:
+    """The paid server's receipt store, and whether it was opened here (from a file
+    path, or in memory for None) rather than passed in: one passed in stays its
+    owner's to close."""
+    if isinstance(receipts, ReceiptStore):
+        return receipts, False
+    if receipts is not None and not isinstance(receipts, str | Path):
+        raise TypeError(
+            f"receipts must be a ReceiptStore, a file path or None, got {type(receipts).__name__}"
+        )
+    return ReceiptStore(receipts or ":memory:"), True
+
+
+def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
+    """Whether a paid server's close() closes the store it opened: only one on a file.
+    An in-memory store (None) holds no file, and ``server.store`` is the only place its
+    receipts can still be read from after close (for :func:`recover_unclaimed`)."""
+    return not isinstance(receipts, ReceiptStore) and bool(receipts)
+
+
+def check_address(address: object, what: str) -> None:
+    """Refuse a listening or published address that is not a (host, port) tuple before
+    anything opens (a string such as "127.0.0.1:0" would fail only in bind(), leaving
+    the socket it was made for behind)."""
+    if (
+        not isinstance(address, tuple)
+        or not 2 <= len(address) <= 4  # (an IPv6 one may add flowinfo and scope_id)
+        or not isinstance(address[0], str)
+        or not isinstance(address[1], int)
+        or isinstance(address[1], bool)
+    ):
+        raise TypeError(
+            f"{what} must be a (host, port) tuple such as ('127.0.0.1', 0), got {address!r}"
+        )
+    if not 0 <= address[1] <= 0xFFFF:
+        raise InvalidArgument(f"{what}: port {address[1]} is outside 0..65535")
+
+
 class PaidServer:
     """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
     in background threads from construction until :meth:`close`.
@@ -424,54 +503,91 @@ class PaidServer:
     ) -> None:
         from dtp.socket import create_server
 
+        check_address(address, "address")
+        if endpoint is not None:
+            check_address(endpoint, "endpoint")
         self.ledger = ledger
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.handler = handler
         self.policy = policy or ServicePolicy()
-        self.store = (
-            receipts if isinstance(receipts, ReceiptStore) else ReceiptStore(receipts or ":memory:")
-        )
-        host = ledger.get_host(self.host_id)
-        if port not in host.services:
-            raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
-        self.recovered = recover_unclaimed(ledger, identity, self.store)
-        """(connection ID, settlement) of what a previous run left unclaimed."""
-        self.receipt_writer = ReceiptWriter(self.store)
-        # our own LedgerAdmission (what create_server would make from ledger, host_id
-        # and port), remembering what it read for the gate
-        self.admission = LedgerAdmission(ledger, self.host_id, port, remember=True)
-        self.server = create_server(address, identity=identity, admit=self.admission, config=config)
-        self.address = self.server.address
-        try:
-            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
-        except BaseException:
-            self.server.close()
-            raise
-        now = time.monotonic()
-        self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
-        self.limiter = RateLimiter(
-            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
-        )
-        self._limit_lock = threading.Lock()
         self._live: dict[int, _PaidConnection] = {}
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
+        self._handling = 0  # _handle calls running (they may still write receipts)
+        self._threads: list[threading.Thread] = []
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         """The most recent settlements: (connection ID, outcome)."""
-        self._threads = [
-            threading.Thread(
-                target=self.server.serve_forever, args=(self._handle,), name="dtp-paid", daemon=True
-            ),
-            threading.Thread(target=self._policy_loop, name="dtp-paid-policy", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self.store, opened = open_store(receipts)
+        self._own_store = closes_store(receipts)
+        try:
+            self.receipt_writer = ReceiptWriter(self.store)
+        except BaseException:
+            if opened:
+                self.store.close()
+            raise
+        self.server: DTPServer | None = None
+        try:
+            host = ledger.get_host(self.host_id)
+            if port not in host.services:
+                raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
+            self.recovered = recover_unclaimed(ledger, identity, self.store)
+            """(connection ID, settlement) of what a previous run left unclaimed."""
+            # our own LedgerAdmission (what create_server would make from ledger,
+            # host_id and port), remembering what it read for the gate
+            self.admission = LedgerAdmission(ledger, self.host_id, port, remember=True)
+            self.server = create_server(
+                address, identity=identity, admit=self.admission, config=config
+            )
+            self.address = self.server.address
+            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
+            now = time.monotonic()
+            self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+            self.limiter = RateLimiter(
+                host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
+            )
+            self._limit_lock = threading.Lock()
+            self._threads = [
+                threading.Thread(
+                    target=self.server.serve_forever,
+                    args=(self._handle,),
+                    name="dtp-paid",
+                    daemon=True,
+                ),
+                threading.Thread(target=self._policy_loop, name="dtp-paid-policy", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
+        except BaseException:
+            # nothing was served yet: whatever started so far stops with the error, the
+            # store too (in memory as well: nobody gets this server)
+            self._own_store = opened
+            self.close()
+            raise
 
     # -- connections -------------------------------------------------------------------
 
     def _handle(self, sock: DTPSocket) -> None:
+        with self._live_lock:
+            closed = self._closed.is_set()
+            if not closed:
+                self._handling += 1
+        if closed:
+            # a handshake that finished as the server closed: the receipt writer may be
+            # gone already, so nothing could be kept for it
+            sock.abort("the server is closed")
+            return
+        try:
+            self._serve(sock)
+        finally:
+            with self._live_lock:
+                self._handling -= 1
+                last = self._closed.is_set() and self._handling == 0
+            if last:
+                self._release()
+
+    def _serve(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
         client = sock.peer_address
         if cid is None or client is None:  # LedgerAdmission refuses these already
@@ -583,14 +699,35 @@ class PaidServer:
         self._closed.wait()
 
     def close(self) -> None:
-        """Stop accepting and refreshing (open connections finish and settle), and
-        write what the receipt writer holds (claimed marks wait up to a second for a
-        receipt write to share), so that the caller may close the store next."""
-        if self._closed.is_set():
+        """Stop accepting and refreshing. Open connections finish and settle; once the
+        last has (at once when there are none), the receipt writer writes what it holds
+        and stops, and a store the server opened from ``receipts`` (a path) is closed. A
+        :class:`ReceiptStore` passed in stays open: the caller's to close, after this."""
+        with self._live_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            idle = self._handling == 0
+        if self.server is not None:
+            self.server.close()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(5.0)
+        if idle:
+            self._release()
+        else:
+            # what is waiting is written now; the last connection to end stops the writer
+            self.receipt_writer.flush(timeout=5.0)
+
+    def _release(self) -> None:
+        """Stop the receipt writer (after it wrote everything) and close our own store.
+        Runs once, when the server is closed and no connection can write any more."""
+        if not self.receipt_writer.close():
+            # still writing: the store stays open under it rather than lose a receipt
+            logger.error("the receipt writer did not finish; receipt store left open")
             return
-        self._closed.set()
-        self.server.close()
-        self.receipt_writer.flush(timeout=5.0)
+        if self._own_store:
+            self.store.close()
 
     def __enter__(self) -> PaidServer:
         return self

@@ -31,7 +31,14 @@ from dtp.metering import (
     GateVerdict,
     ReceiptGate,
 )
-from dtp.paid import ServicePolicy, gate_for, settle_ended
+from dtp.paid import (
+    ServicePolicy,
+    check_address,
+    closes_store,
+    gate_for,
+    open_store,
+    settle_ended,
+)
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -258,6 +265,7 @@ class PaidAioServer:
         identity: HostIdentity,
         store: ReceiptStore,
         policy: ServicePolicy,
+        close_store: bool = False,
     ) -> None:
         self.ledger = ledger
         self.identity = identity
@@ -265,6 +273,7 @@ class PaidAioServer:
         self.port = port
         self.callback = callback
         self.store = store
+        self._own_store = close_store  # closed with the server (one serve() opened)
         self.receipt_writer = ReceiptWriter(store)
         self.policy = policy
         self.server: DTPServer | None = None
@@ -274,6 +283,8 @@ class PaidAioServer:
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
         self._policy_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._handling = 0  # _handle calls running (they may still write receipts)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -304,13 +315,9 @@ class PaidAioServer:
             host_id=self.host_id,
             dtp_port=self.port,
         )
-        try:
-            await asyncio.to_thread(
-                publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
-            )
-        except BaseException:
-            self.server.close()
-            raise
+        await asyncio.to_thread(
+            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
+        )
         self.host_policy = HostPolicy(host, time.monotonic(), self.policy.refresh_interval)
         self.limiter.set_limits(
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
@@ -318,6 +325,20 @@ class PaidAioServer:
         self._policy_task = asyncio.ensure_future(self._policy_loop())
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+        if self._closed:
+            # a handshake that finished as the server closed: the receipt writer may be
+            # gone already, so nothing could be kept for it
+            writer.abort("the server is closed")
+            return
+        self._handling += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._handling -= 1
+            if self._closed and not self._handling:
+                self._release()
+
+    async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         proto = writer._proto  # the connection's I/O driver: the gate waits on it
         conn = proto.conn
         client = conn.peer_address
@@ -414,14 +435,33 @@ class PaidAioServer:
         return len(self._live)
 
     def close(self) -> None:
-        """Stop accepting and refreshing (open connections finish and settle), and
-        write what the receipt writer holds, so that the caller may close the store
-        next (a short wait: one SQLite commit at most)."""
+        """Stop accepting and refreshing. Open connections finish and settle; once the
+        last has (at once when there are none), the receipt writer writes what it holds
+        and stops (a short wait on the event loop: one SQLite commit at most), and a
+        store :func:`serve` opened from ``receipts`` (a path) is closed. A
+        :class:`ReceiptStore` passed in stays open: the caller's to close, after this."""
+        if self._closed:
+            return
+        self._closed = True
         if self._policy_task is not None:
             self._policy_task.cancel()
         if self.server is not None:
             self.server.close()
-        self.receipt_writer.flush(timeout=5.0)
+        if not self._handling:
+            self._release()
+        else:
+            # what is waiting is written now; the last connection to end stops the writer
+            self.receipt_writer.flush(timeout=5.0)
+
+    def _release(self) -> None:
+        """Stop the receipt writer (after it wrote everything) and close our own store.
+        Runs once, when the server is closed and no connection can write any more."""
+        if not self.receipt_writer.close():
+            # still writing: the store stays open under it rather than lose a receipt
+            logger.error("the receipt writer did not finish; receipt store left open")
+            return
+        if self._own_store:
+            self.store.close()
 
     async def wait_closed(self) -> None:
         if self.server is not None:
@@ -454,15 +494,34 @@ async def serve(
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client."""
-    store = receipts if isinstance(receipts, ReceiptStore) else ReceiptStore(receipts or ":memory:")
-    server = PaidAioServer(
-        host_id,
-        port,
-        callback,
-        ledger=ledger,
-        identity=identity,
-        store=store,
-        policy=policy or ServicePolicy(),
-    )
-    await server._start(address, config, endpoint)
+    check_address(address, "address")
+    if endpoint is not None:
+        check_address(endpoint, "endpoint")
+    store, opened = open_store(receipts)
+    try:
+        server = PaidAioServer(
+            host_id,
+            port,
+            callback,
+            ledger=ledger,
+            identity=identity,
+            store=store,
+            policy=policy or ServicePolicy(),
+            close_store=closes_store(receipts),
+        )
+    except BaseException:
+        if opened:
+            store.close()
+        raise
+    try:
+        await server._start(address, config, endpoint)
+    except BaseException:
+        # whatever started so far stops with the error, the store too (in memory as
+        # well: nobody gets this server); closed by the release, which waits for a
+        # connection admitted while the endpoint was being published
+        server._own_store = opened
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+        raise
     return server

@@ -161,9 +161,12 @@ class ReceiptWriter:
                 self._busy = {}
                 self._cond.notify_all()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is waiting, then stop the thread."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is waiting, then stop the thread; False when it is still writing
+        after ``timeout`` (the store is then still in use: do not close it yet)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not threading.current_thread():  # (a done callback closing)
+            self._thread.join(timeout)
+        return not self._thread.is_alive()

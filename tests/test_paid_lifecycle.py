@@ -1,0 +1,389 @@
+"""What a paid server (blocking and asyncio) holds, and lets go of: the receipt writer's
+thread and the receipt store's files after close() and after a failed start, with the
+receipts it had still durable; and the arguments it refuses before anything starts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import InvalidArgument, ServiceNotFound
+from dtp.escrow import Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
+from tests.leaks import resource_warnings
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+CID = "0x" + "ab" * 32
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x61), ident(0x62)
+
+
+@dataclass
+class World:
+    tmp: Path
+    ledger: LocalLedger
+    host_id: str
+
+    @property
+    def receipts(self) -> Path:
+        return self.tmp / "receipts.db"
+
+    def endpoints(self) -> list[bytes]:
+        return [bytes(e) for e in self.ledger.get_host(self.host_id).endpoints]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    try:
+        yield World(tmp_path, ledger, host_id)
+    finally:
+        ledger.close()
+
+
+def dtp_threads() -> list[str]:
+    # not dtp-timers: one thread for the whole process, started by the first connection
+    return sorted(
+        t.name for t in threading.enumerate() if t.name.startswith("dtp") and t.name != "dtp-timers"
+    )
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def assert_back_to(threads: list[str], fds: set[str], timeout: float = 10.0) -> None:
+    """The DTP threads and the open files are those of before, within ``timeout`` (a
+    closed server's idle handshake threads end on their own, a moment later)."""
+    deadline = time.monotonic() + timeout
+    while (dtp_threads(), open_fds()) != (threads, fds) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert dtp_threads() == threads
+    assert open_fds() - fds == set()
+
+
+def a_receipt(nonce: int, total_bytes: int = 4096) -> Receipt:
+    return Receipt(CID, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT)
+
+
+def echo(sock: PaidSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+async def echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+def serve_blocking(world: World, **kw: object) -> PaidServer:
+    return dtp.socket.serve(
+        world.host_id,
+        kw.pop("port", PORT),  # type: ignore[arg-type]
+        echo,
+        ledger=world.ledger,
+        identity=SERVER,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# -- the receipt writer ----------------------------------------------------------------------
+
+
+def test_receipt_writer_close_writes_what_waits_then_ends_its_thread(tmp_path: Path) -> None:
+    with ReceiptStore(tmp_path / "r.db") as store:
+        writer = ReceiptWriter(store)
+        written: list[Receipt] = []
+        writer.submit(a_receipt(1), written.append)
+        writer.mark_claimed(CID, 10)  # a mark alone would wait MARK_DELAY for company
+        writer.submit(a_receipt(2, 8192), written.append)
+        assert writer.close(timeout=10.0) is True
+        assert not any(t.name == "dtp-receipts" for t in threading.enumerate())
+        with pytest.raises(RuntimeError):
+            writer.submit(a_receipt(3), written.append)
+    assert written and written[-1].nonce == 2
+    with ReceiptStore(tmp_path / "r.db") as again:
+        kept = again.latest(CID)
+        assert kept is not None and kept.receipt.nonce == 2 and kept.claimed_amount == 10
+
+
+# -- close() -----------------------------------------------------------------------------------
+
+
+def test_blocking_close_ends_the_writer_and_closes_the_store_it_opened(world: World) -> None:
+    threads, fds = dtp_threads(), open_fds()
+    server = serve_blocking(world, receipts=world.receipts)
+    assert "dtp-receipts" in dtp_threads()
+    # a receipt on its way to the disk as the server closes is written, not lost
+    server.receipt_writer.submit(a_receipt(1), lambda r: None)
+    server.close()
+    assert_back_to(threads, fds)
+    with pytest.raises(sqlite3.ProgrammingError):  # closed: it was the server's own
+        server.store.latest(CID)
+    with ReceiptStore(world.receipts) as store:
+        kept = store.latest(CID)
+        assert kept is not None and kept.receipt == a_receipt(1)
+    server.close()  # again: nothing left to do
+
+
+def test_blocking_close_leaves_a_store_passed_in_open(world: World) -> None:
+    threads = dtp_threads()
+    with ReceiptStore(world.receipts) as store:
+        fds = open_fds()
+        with serve_blocking(world, receipts=store) as server:
+            server.receipt_writer.submit(a_receipt(1), lambda r: None)
+        assert_back_to(threads, fds)
+        kept = store.latest(CID)  # still open: the caller's
+        assert kept is not None and kept.receipt == a_receipt(1)
+
+
+def test_asyncio_close_ends_the_writer_and_closes_the_store_it_opened(world: World) -> None:
+    async def main() -> None:
+        threads, fds = dtp_threads(), open_fds()
+        for i in range(3):
+            server = await dtp.aio.serve(
+                world.host_id,
+                PORT,
+                echo_aio,
+                ledger=world.ledger,
+                identity=SERVER,
+                receipts=world.tmp / f"r{i}.db",
+            )
+            server.receipt_writer.submit(a_receipt(i + 1), lambda r: None)
+            server.close()
+            await server.wait_closed()
+        assert_back_to(threads, fds)
+        for i in range(3):
+            with ReceiptStore(world.tmp / f"r{i}.db") as store:
+                kept = store.latest(CID)
+                assert kept is not None and kept.receipt == a_receipt(i + 1)
+        with ReceiptStore(world.receipts) as store:
+            fds = open_fds()
+            async with await dtp.aio.serve(
+                world.host_id, PORT, echo_aio, ledger=world.ledger, identity=SERVER, receipts=store
+            ):
+                pass
+            assert_back_to(threads, fds)
+            assert store.latest(CID) is None  # still open: the caller's
+
+    asyncio.run(main())
+
+
+def test_a_connection_open_at_close_settles_then_the_writer_ends(world: World) -> None:
+    """close() leaves open connections to finish: the writer and the store stay until
+    the last one has settled (its final receipt may need writing), then go."""
+    world.ledger.faucet(CLIENT.sui_address, 100_000)
+    threads, fds = dtp_threads(), open_fds()
+    server = serve_blocking(world, receipts=world.receipts)
+    with dtp.socket.create_connection(
+        f"dtp://{world.host_id}:{PORT}", timeout=10, ledger=world.ledger, identity=CLIENT
+    ) as sock:
+        sock.sendall(b"x" * 100)
+        assert sock.recv(100) == b"x" * 100
+        server.close()
+        assert "dtp-receipts" in dtp_threads()
+        sock.sendall(b"y" * 100)  # still served
+        assert sock.recv(100) == b"y" * 100
+        cid = sock.connection_id
+        assert cid is not None
+    assert_back_to(threads, fds)
+    assert world.ledger.get_connection(cid).settled
+    assert [c for c, _ in server.settlements] == [cid]
+
+
+def test_asyncio_connection_open_at_close_settles_then_the_writer_ends(world: World) -> None:
+    world.ledger.faucet(CLIENT.sui_address, 100_000)
+
+    async def main() -> None:
+        threads, fds = dtp_threads(), open_fds()
+        server = await dtp.aio.serve(
+            world.host_id,
+            PORT,
+            echo_aio,
+            ledger=world.ledger,
+            identity=SERVER,
+            receipts=world.receipts,
+        )
+        reader, writer = await dtp.aio.open_connection(
+            f"dtp://{world.host_id}:{PORT}", ledger=world.ledger, identity=CLIENT, timeout=10
+        )
+        writer.write(b"x" * 100)
+        await writer.drain()
+        assert await reader.readexactly(100) == b"x" * 100
+        server.close()
+        await server.wait_closed()
+        assert "dtp-receipts" in dtp_threads()
+        writer.write(b"y" * 100)  # still served
+        await writer.drain()
+        assert await reader.readexactly(100) == b"y" * 100
+        writer.close()
+        await writer.wait_closed()
+        cid = writer.connection_id
+        assert cid is not None
+        deadline = time.monotonic() + 10
+        while "dtp-receipts" in dtp_threads() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the server's side settles on this loop
+        assert_back_to(threads, fds)
+        assert world.ledger.get_connection(cid).settled
+        assert [c for c, _ in server.settlements] == [cid]
+
+    asyncio.run(main())
+
+
+# -- failed starts -----------------------------------------------------------------------------
+
+
+def test_blocking_failed_start_leaves_nothing_behind(world: World) -> None:
+    threads, fds = dtp_threads(), open_fds()
+    with pytest.raises(ServiceNotFound):
+        serve_blocking(world, port=PORT + 1, receipts=world.receipts)
+    assert_back_to(threads, fds)
+    busy = socket.socket()
+    try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        fds = open_fds()
+        with pytest.raises(OSError):
+            serve_blocking(world, receipts=world.receipts, address=busy.getsockname())
+        assert_back_to(threads, fds)
+    finally:
+        busy.close()
+    assert world.endpoints() == []
+
+
+def test_asyncio_failed_start_leaves_nothing_behind(world: World) -> None:
+    async def main() -> None:
+        threads, fds = dtp_threads(), open_fds()
+        with pytest.raises(ServiceNotFound):
+            await dtp.aio.serve(
+                world.host_id,
+                PORT + 1,
+                echo_aio,
+                ledger=world.ledger,
+                identity=SERVER,
+                receipts=world.receipts,
+            )
+        assert_back_to(threads, fds)
+        busy = socket.socket()
+        try:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            fds = open_fds()
+            with pytest.raises(OSError):
+                await dtp.aio.serve(
+                    world.host_id,
+                    PORT,
+                    echo_aio,
+                    ledger=world.ledger,
+                    identity=SERVER,
+                    receipts=world.receipts,
+                    address=busy.getsockname(),
+                )
+            assert_back_to(threads, fds)
+        finally:
+            busy.close()
+
+    asyncio.run(main())
+    assert world.endpoints() == []
+
+
+# -- arguments refused up front -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"refresh_interval": 0},
+        {"refresh_interval": -1.0},
+        {"refresh_interval": math.nan},
+        {"refresh_interval": math.inf},
+        {"refresh_interval": 1e300},
+        {"request_interval": 0.0},
+        {"request_interval": "0.2"},
+        {"pause_timeout": -0.5},
+        {"pause_timeout": math.nan},
+        {"pause_timeout": True},
+        {"final_receipt_timeout": -1},
+        {"allowance": -1},
+        {"allowance": 2**64},
+        {"allowance": 10.5},
+        {"allowance": True},
+    ],
+)
+def test_service_policy_refuses_bad_values(values: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        ServicePolicy(**values)  # type: ignore[arg-type]
+    assert isinstance(refused.value, ValueError)  # what HostPolicy raised before
+    assert next(iter(values)) in str(refused.value)
+
+
+def test_service_policy_takes_edge_values() -> None:
+    policy = ServicePolicy(
+        allowance=0, pause_timeout=0, final_receipt_timeout=0, refresh_interval=0.01
+    )
+    assert policy.allowance == 0 and policy.refresh_interval == 0.01
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_bad_policy_or_address_starts_nothing(world: World, api: str) -> None:
+    """Refused before the server listens or publishes anything (a zero refresh interval
+    used to be found only after both, leaving that server running)."""
+    threads, fds = dtp_threads(), open_fds()
+
+    def start(**kw: object) -> None:
+        if api == "blocking":
+            serve_blocking(world, receipts=world.receipts, **kw)
+        else:
+            asyncio.run(
+                dtp.aio.serve(
+                    world.host_id,
+                    PORT,
+                    echo_aio,
+                    ledger=world.ledger,
+                    identity=SERVER,
+                    receipts=world.receipts,
+                    **kw,  # type: ignore[arg-type]
+                )
+            )
+
+    def attempts() -> None:
+        with pytest.raises(InvalidArgument):
+            start(policy=ServicePolicy(refresh_interval=0))
+        with pytest.raises(TypeError, match="address must be a"):
+            start(address="127.0.0.1:0")
+        with pytest.raises(TypeError, match="endpoint must be a"):
+            start(endpoint=["127.0.0.1", 7000])
+        with pytest.raises(InvalidArgument, match="65535"):
+            start(address=("127.0.0.1", 70000))
+
+    assert resource_warnings(attempts) == []
+    assert_back_to(threads, fds)
+    assert world.endpoints() == []
+    assert not world.receipts.exists()
