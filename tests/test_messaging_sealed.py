@@ -262,3 +262,49 @@ def test_a_message_whose_handler_failed_is_delivered_when_resent(world: tuple) -
             sock.close()
         server.close()
         rpc.close()
+
+
+def test_seal_refuses_what_open_sealed_would(world: tuple) -> None:
+    # only the body was checked: a full body plus long host IDs sealed to 20 KB, which
+    # open_sealed and the mailbox refuse
+    _, alice, bob, _, _ = world
+    long_host = "0x" + "a" * 2000
+    with pytest.raises(E.PayloadTooLarge):
+        seal(
+            bob.noise_public,
+            b"x" * MAX_BODY,
+            sender=alice,
+            sender_host=long_host,
+            recipient_host=long_host,
+        )
+    fits = seal(bob.noise_public, b"x" * (MAX_BODY - 4000), recipient_host=long_host)
+    assert open_sealed(bob, fits).recipient_host == long_host
+    for bad in ("text", 5, None):
+        with pytest.raises(TypeError, match="a bytes-like object is required"):
+            seal(bob.noise_public, bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="a bytes-like object is required"):
+            seal(bad, b"x")  # type: ignore[arg-type]
+    assert open_sealed(bob, seal(bytearray(bob.noise_public), memoryview(b"view"))).body == b"view"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"seen": ["zz"]}',
+        b'{"seen": ["00"]}',
+        b'{"seen": "00"}',
+        b'{"cursor": 5}',
+        b'{"seen": [5]}',
+    ],
+)
+def test_corrupt_inbox_state_file_is_a_typed_error(
+    world: tuple, tmp_path: Path, content: bytes
+) -> None:
+    _, _, bob, _, hb = world
+    state = tmp_path / "inbox.json"
+    state.write_bytes(content)
+    with pytest.raises(E.SealedError, match=r"inbox\.json"):
+        SealedInbox(bob, hb, state_path=state)

@@ -129,7 +129,12 @@ def seal(
 ) -> bytes:
     """Seal ``body`` to ``recipient_static`` (32-byte X25519 key). With ``sender`` the
     pattern is ``X`` (sender proven), else ``N`` (anonymous). ``message_id`` and
-    ``ephemeral`` (X25519 private bytes) default to fresh randomness."""
+    ``ephemeral`` (X25519 private bytes) default to fresh randomness.
+
+    Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
+    :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count)."""
+    recipient_static = _bytes_like(recipient_static)
+    body = _bytes_like(body)
     if len(recipient_static) != 32:
         raise ValueError("the recipient's static key is 32 bytes")
     if len(body) > MAX_BODY:
@@ -160,8 +165,23 @@ def seal(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
         noise.start_handshake()
-    message = bytes(noise.write_message(plaintext))
-    return bytes([VERSION, pattern]) + message
+    message = bytes([VERSION, pattern]) + bytes(noise.write_message(plaintext))
+    # MAX_BODY leaves room for the fixed fields only: host IDs are free text, and a
+    # message above MAX_SEALED would be refused by open_sealed and the mailbox
+    if len(message) > MAX_SEALED:
+        raise E.PayloadTooLarge(
+            f"the sealed message is {len(message)} bytes, above {MAX_SEALED}"
+            " (shorten the body or the host IDs)"
+        )
+    return message
+
+
+def _bytes_like(data: object) -> bytes:
+    """``data`` as bytes; TypeError (as a socket would say) for anything not bytes-like
+    (bytes(5) would be 5 zero bytes, bytes("x") a TypeError about encodings)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}")
+    return bytes(data)
 
 
 def open_sealed(
@@ -281,7 +301,9 @@ class SealedInbox:
     the mailbox cursor (in ``state_path``, a small JSON file, when given) so that each
     message reaches the application once — across restarts too.
 
-    ``max_seen`` bounds the remembered message ids (oldest forgotten first).
+    ``max_seen`` bounds the remembered message ids (oldest forgotten first). A state
+    file that is not what :meth:`_save` writes raises
+    :class:`~dtp.messaging.errors.SealedError` naming it.
     """
 
     def __init__(
@@ -317,10 +339,25 @@ class SealedInbox:
     def _load(self) -> None:
         if self._path is None or not self._path.exists():
             return
-        state = json.loads(self._path.read_text())
-        self.cursor = state.get("cursor")
-        for hex_id in state.get("seen", []):
-            self._seen[bytes.fromhex(hex_id)] = None
+        try:
+            state = json.loads(self._path.read_bytes())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            cursor = state.get("cursor")
+            seen = state.get("seen", [])
+            if not (cursor is None or isinstance(cursor, str)) or not isinstance(seen, list):
+                raise ValueError("cursor or seen of the wrong type")
+            ids = [bytes.fromhex(hex_id) for hex_id in seen]
+            if any(len(m) != _ID_SIZE for m in ids):
+                raise ValueError("a seen id is not 16 bytes")
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeError too
+            raise E.SealedError(
+                f"inbox state file {str(self._path)!r} is corrupt ({exc}); "
+                "move it away to start over"
+            ) from None
+        self.cursor = cursor
+        for message_id in ids:
+            self._seen[message_id] = None
 
     def _save(self) -> None:
         if self._path is None:
