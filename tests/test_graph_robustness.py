@@ -1,6 +1,6 @@
 """dtp.graph under failure: writes reach disk while the graph is idle (a crash loses at
-most the flush interval), subscribers that raise, and change streams closed while a
-reader waits."""
+most the flush interval), subscribers that raise, change streams closed while a reader
+waits, and bad input to the Graph API (typed errors)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from dtp._core import encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
 from dtp.keys import HostIdentity
 
@@ -27,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _flushers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "dtp-graph-flusher"]
+
+
+def _open_fds(path: Path) -> int:
+    """How many of this process's file descriptors are on ``path`` (Linux /proc)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
 
 
 def _log_rows(path: Path) -> int:
@@ -244,3 +257,116 @@ def test_a_change_stream_whose_loop_is_gone_stops_listening(
         g.set("a", "f", 2)
     assert not caplog.records
     assert not g._subs
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("soul", "fields"),
+    [
+        ("a", {"f": "\ud800"}),
+        ("a", {"f": {"nested": ["ok", "\udfff"]}}),
+        ("a", {"f": {"k\ud800": 1}}),  # an object key inside a value
+        ("a", {"\ud800": 1}),
+        ("\ud800", {"f": 1}),
+        ("a", {"child": {"\ud800": 1}}),  # a field of a nested node
+    ],
+)
+def test_lone_surrogates_are_refused_with_a_typed_error(
+    soul: str, fields: dict[str, object]
+) -> None:
+    g = Graph()
+    with pytest.raises(LocalProtocolError, match="Unicode"):
+        g.put(soul, fields)
+    assert len(g) == 0
+    assert soul not in g
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: g.get(5),
+        lambda g: g.get("\ud800"),
+        lambda g: g.get_field("a", 5),
+        lambda g: g.get_field(b"a", "f"),
+        lambda g: g.state_of(None, "f"),
+        lambda g: g.state_of("a", "\ud800"),
+        lambda g: g.walk("a", 5),
+        lambda g: g.subscribe(5, print),
+        lambda g: g.subscribe("a", print, field=5),
+        lambda g: g.subscribe("a", None),
+        lambda g: g.merge("abc"),
+        lambda g: g.merge(5),  # bytes(5) would be five zero bytes
+    ],
+)
+def test_bad_arguments_give_typed_errors(call: object) -> None:
+    g = Graph()
+    g.put("a", {"f": 1})
+    with pytest.raises(LocalProtocolError):
+        call(g)  # type: ignore[operator]
+    assert not g._subs
+
+
+def test_merge_still_takes_any_bytes_like_batch() -> None:
+    batch = encode_ham_batch([HamUpdate(b"a", b"f", 1.0, b"1")])
+    for form in (batch, bytearray(batch), memoryview(batch)):
+        g = Graph()
+        assert g.merge(form).applied == 1
+
+
+def test_a_path_that_is_not_a_graph_database_gives_a_typed_error(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("just some text, long enough to be read as a header " * 4)
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, line TEXT)")  # not our log
+        db.commit()
+    for path in (tmp_path, text, other, tmp_path / "no" / "such" / "dir.db"):
+        with pytest.raises(LocalProtocolError, match="cannot open graph database") as error:
+            Graph(path)
+        # closed at once, not when the traceback (which holds the storage) goes away
+        assert _open_fds(path) == 0, error
+    assert text.read_text().startswith("just some text")
+
+
+def test_a_corrupt_log_gives_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with Graph(path) as g:
+        g.put("a", {"f": 1})
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO log (batch) VALUES (?)", (b"\x01\x05\x00\x00\x00garbage",))
+        db.commit()
+    with pytest.raises(RemoteProtocolError) as error:
+        Graph(path)
+    assert _open_fds(path) == 0, error  # the replay failed: the file is closed
+
+
+def test_a_closed_graph_refuses_reads_and_subscriptions(tmp_path: Path) -> None:
+    g = Graph(tmp_path / "g.db")
+    g.put("a", {"f": 1, "link": {"x": 2}})
+    sub = g.subscribe("a", print)
+    g.close()
+    calls = [
+        lambda: g.get("a"),
+        lambda: g.get_field("a", "f"),
+        lambda: g.state_of("a", "f"),
+        lambda: g.walk("a", "link"),
+        lambda: g.souls(),
+        lambda: g.subscribe("a", print),
+        lambda: g.snapshot(),
+        lambda: g.root_summary(),
+        lambda: g.child_summaries(0, 0),
+    ]
+    for call in calls:
+        with pytest.raises(LocalProtocolError, match="closed"):
+            call()
+
+    async def open_stream() -> None:
+        g.changes("a")
+
+    with pytest.raises(LocalProtocolError, match="closed"):
+        asyncio.run(open_stream())
+    sub.cancel()  # still fine: it only forgets the callback
+    assert not sub.active
+    g.close()  # idempotent

@@ -29,6 +29,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from dtp.errors import ErrorCode, LocalProtocolError
+
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -56,22 +58,29 @@ class GraphStorage:
         flush_interval: float = 0.25,
     ) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
+            raise _open_error(self.path, exc) from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
+            rows, size = row.fetchone()
+            base = self.get_meta("compacted_bytes")
+            self._compacted_bytes = int(base.decode()) if base else 0
+        except (sqlite3.Error, ValueError) as exc:  # not a database, or not ours
+            self._db.close()
+            raise _open_error(self.path, exc) from exc
         self._pending: list[tuple[bytes]] = []
         self._pending_bytes = 0
         self._flush_rows = flush_rows
         self._flush_bytes = flush_bytes
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
-        rows, size = row.fetchone()
         self.log_rows: int = int(rows)
         self.log_bytes: int = int(size)
-        base = self.get_meta("compacted_bytes")
-        self._compacted_bytes = int(base.decode()) if base else 0
         self._compacted_rows = 0
         self.flushes = 0
         self.compactions = 0
@@ -176,6 +185,10 @@ class GraphStorage:
     def close(self) -> None:
         """Close the file (the caller flushes first)."""
         self._db.close()
+
+
+def _open_error(path: Path, exc: Exception) -> LocalProtocolError:
+    return LocalProtocolError(f"cannot open graph database {str(path)!r}: {exc}", ErrorCode.ARG)
 
 
 class IdleFlusher:

@@ -65,6 +65,19 @@ def entry_hash(canonical: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
 
 
+def _utf8(text: object, what: str) -> bytes:
+    """A soul or field name as the UTF-8 bytes the table keys on; LocalProtocolError for
+    anything else (a lone surrogate has no UTF-8 form)."""
+    if not isinstance(text, str):
+        raise LocalProtocolError(f"{what} must be a str, not {type(text).__name__}", ErrorCode.ARG)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            f"{what} is not valid Unicode (lone surrogate): {text[:64]!r}", ErrorCode.ARG
+        ) from None
+
+
 @dataclass(frozen=True)
 class Change:
     """One field that changed, as subscribers see it."""
@@ -346,9 +359,14 @@ class Graph:
         last = 0.0
         if path is not None:
             self._storage = GraphStorage(path, flush_interval=flush_interval)
-            last = self._storage.clock_last()
-            for batch in self._storage.load():
-                self._table.merge(batch, _MAX_STATE)
+            try:
+                last = self._storage.clock_last()
+                for batch in self._storage.load():
+                    self._table.merge(batch, _MAX_STATE)
+            except BaseException:
+                # no Graph to close() comes out of a failed constructor: close the file here
+                self._storage.close()
+                raise
             if len(self._table):
                 self._view = None
         self.clock = HybridClock(now_ms, max_drift_ms=max_drift_ms, last=last)
@@ -403,7 +421,7 @@ class Graph:
             raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
         if depth > 32:
             raise LocalProtocolError("nodes nested more than 32 deep", ErrorCode.ARG)
-        s = soul.encode()
+        s = _utf8(soul, "a soul")
         if namespace.is_user_space(s) and namespace.owner_of(s) is None:
             raise LocalProtocolError(
                 f"user-space souls read ~0x<64 hex>[/...]: {soul!r}", ErrorCode.ARG
@@ -417,7 +435,7 @@ class Graph:
                 child = f"{soul}/{field}"
                 self._flatten(child, value, out, depth + 1)
                 value = {"#": child}
-            out.append((s, field.encode(), encode_value(value)))
+            out.append((s, _utf8(field, "a field name"), encode_value(value)))
 
     # -- merging what peers send ---------------------------------------------------------------
 
@@ -427,6 +445,11 @@ class Graph:
         Raises RemoteProtocolError (``HAM_*`` code) for a malformed batch, before any
         change. ``origin`` (a sync session) is not sent its own changes back.
         """
+        if not isinstance(batch, bytes | bytearray | memoryview):
+            # bytes(5) would be five zero bytes, bytes("x") a TypeError
+            raise LocalProtocolError(
+                f"merge() takes a HAM batch as bytes, not {type(batch).__name__}", ErrorCode.ARG
+            )
         data = bytes(batch)
         filtered, refused = namespace.filter_batch(data)
         changes: list[Change] = []
@@ -548,8 +571,9 @@ class Graph:
         Fields whose stored bytes are not JSON (written by a misbehaving peer) are
         left out.
         """
-        s = soul.encode()
+        s = _utf8(soul, "a soul")
         with self._lock:
+            self._check_open()
             fields = self._ensure_view().fields.get(s)
             if not fields:
                 return None
@@ -566,17 +590,21 @@ class Graph:
 
     def get_field(self, soul: str, field: str, default: Any = None) -> JSON:
         """One field's value, or ``default`` when the field is unknown."""
-        s = soul.encode()
+        s = _utf8(soul, "a soul")
+        f = _utf8(field, "a field name")
         with self._lock:
-            entry = self._table.get(s, field.encode())
+            self._check_open()
+            entry = self._table.get(s, f)
         if entry is None:
             return default  # type: ignore[no-any-return]
         return self._value_of(s, entry[1])
 
     def state_of(self, soul: str, field: str) -> float | None:
         """The HAM state of a field, or None."""
+        s, f = _utf8(soul, "a soul"), _utf8(field, "a field name")
         with self._lock:
-            entry = self._table.get(soul.encode(), field.encode())
+            self._check_open()
+            entry = self._table.get(s, f)
         return None if entry is None else entry[0]
 
     def walk(self, soul: str, *path: str) -> str:
@@ -593,6 +621,7 @@ class Graph:
     def souls(self) -> list[str]:
         """Every node with at least one field."""
         with self._lock:
+            self._check_open()
             return sorted(s.decode(errors="replace") for s in self._ensure_view().fields)
 
     def __len__(self) -> int:
@@ -603,8 +632,12 @@ class Graph:
     def __contains__(self, soul: object) -> bool:
         if not isinstance(soul, str):
             return False
+        try:
+            s = soul.encode()
+        except UnicodeEncodeError:  # no soul can hold a lone surrogate
+            return False
         with self._lock:
-            return soul.encode() in self._ensure_view().fields
+            return s in self._ensure_view().fields
 
     # -- subscriptions ----------------------------------------------------------------------------
 
@@ -614,8 +647,14 @@ class Graph:
         """Call ``callback(change)`` for every change of node ``soul`` (or of one field),
         local or from a peer. Callbacks run in the thread that made the change, after
         the graph's lock is released."""
+        _utf8(soul, "a soul")
+        if field is not None:
+            _utf8(field, "a field name")
+        if not callable(callback):
+            raise LocalProtocolError("subscribe() needs a callable callback", ErrorCode.ARG)
         sub = Subscription(self, soul, field, callback)
         with self._lock:
+            self._check_open()
             self._subs.setdefault(soul, []).append(sub)
         return sub
 
@@ -668,17 +707,20 @@ class Graph:
     def root_summary(self) -> tuple[int, int]:
         """(digest, field count) of the whole table."""
         with self._lock:
+            self._check_open()
             return self._ensure_view().root()
 
     def child_summaries(self, level: int, prefix: int) -> dict[int, tuple[int, int]]:
         """Non-empty children of summary node (level, prefix): prefix -> (digest, count)."""
         with self._lock:
+            self._check_open()
             return self._ensure_view().children(level, prefix)
 
     def node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
         """The table's updates under summary nodes ``(level, prefix)``, as batches of at
         most 4096 updates."""
         with self._lock:
+            self._check_open()
             view = self._ensure_view()
             updates: list[HamUpdate] = []
             table = self._table
@@ -694,6 +736,7 @@ class Graph:
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as canonical batches, straight from the HAM table."""
         with self._lock:
+            self._check_open()
             batches = list(self._table.export(max_batch_bytes))
         yield from batches
 
@@ -741,7 +784,8 @@ class Graph:
             raise LocalProtocolError("the graph is closed", ErrorCode.ARG)
 
     def close(self) -> None:
-        """Flush and close the SQLite file (idempotent)."""
+        """Flush and close the SQLite file (idempotent). From then on writes, reads and
+        subscribe() raise LocalProtocolError (existing subscriptions can still cancel)."""
         with self._lock:
             if self._closed:
                 return

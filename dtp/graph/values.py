@@ -75,7 +75,12 @@ def _check(value: object, depth: int = 0) -> None:
 def encode_value(value: object) -> bytes:
     """The canonical bytes of a JSON value (raises LocalProtocolError for anything else)."""
     _check(value)
-    return _encoder.encode(value).encode("utf-8")
+    try:
+        return _encoder.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            "graph values must be valid Unicode: a string holds a lone surrogate", ErrorCode.ARG
+        ) from None
 
 
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
