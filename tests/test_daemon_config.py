@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +23,8 @@ from dtp.daemon.config import (
 from dtp.daemon.state import StatusBook
 from dtp.daemon.status import format_table
 from dtp.daemon.status import main as status_main
-from dtp.errors import DaemonConfigError
+from dtp.errors import DaemonConfigError, KeyFileError
+from dtp.keys import HostIdentity
 from tests.daemon_procs import ENV, ROOT
 
 EXAMPLE = ROOT / "examples" / "dtp.toml"
@@ -157,7 +160,7 @@ def run_daemon(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
         capture_output=True,
         text=True,
-        env={**ENV, **env},
+        env={**{k: v for k, v in ENV.items() if k != "DTP_PASSPHRASE"}, **env},
         timeout=60,
     )
 
@@ -207,6 +210,41 @@ def test_a_ledger_that_is_not_sqlite_is_a_one_line_error(tmp_path: Path) -> None
         assert one_line(done) == (
             f"dtp daemon: cannot open the ledger {tmp_path / ledger}: {reason}"
         )
+
+
+def test_a_passphrase_protected_identity_is_read_with_dtp_passphrase(tmp_path: Path) -> None:
+    config = tmp_path / "dtp.toml"
+    config.write_text(HEAD + SVC)
+
+    def start(passphrase: str) -> dict[str, Any]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**ENV, "DTP_PASSPHRASE": passphrase},
+        )
+        with proc:
+            assert proc.stdout is not None
+            ready: dict[str, Any] = json.loads(proc.stdout.readline())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        return ready
+
+    # the first start creates the identity, encrypted with the passphrase
+    first = start("correct horse")
+    with pytest.raises(KeyFileError, match="a passphrase is required"):
+        HostIdentity.load(tmp_path / "k.key")
+    assert HostIdentity.load(tmp_path / "k.key", "correct horse").sui_address == first["address"]
+    assert start("correct horse")["address"] == first["address"]
+    done = run_daemon(config)
+    assert done.returncode == 1
+    assert one_line(done) == (
+        f"dtp daemon: {tmp_path / 'k.key'} is encrypted; a passphrase is required "
+        "(set $DTP_PASSPHRASE)"
+    )
+    wrong = run_daemon(config, DTP_PASSPHRASE="wrong")
+    assert wrong.returncode == 1 and "passphrase" in one_line(wrong)
 
 
 def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from dtp.daemon.runner import main
 
-    return main(args.config, args.log_format)
+    return main(args.config, args.log_format, args.passphrase_env)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -23,6 +23,11 @@ def register(sub: Any) -> None:
     daemon = sub.add_parser("daemon", help="expose and reach TCP services through DTP")
     daemon.add_argument("--config", default="dtp.toml", help="config file (default dtp.toml)")
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
+    daemon.add_argument(
+        "--passphrase-env",
+        default="DTP_PASSPHRASE",
+        help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
+    )
     daemon.set_defaults(func=_cmd_daemon)
 
     status = sub.add_parser("status", help="show the services daemon's counters")

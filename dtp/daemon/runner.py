@@ -52,23 +52,30 @@ def _sla(service: ServiceConfig) -> Sla:
     return Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
 
 
-def load_identity(path: Path) -> HostIdentity:
-    """The daemon's identity; a new one is generated and saved on first start."""
+#: The environment variable holding the identity file's passphrase, as for the chain
+#: commands of the ``dtp`` CLI (``--passphrase-env``).
+PASSPHRASE_ENV = "DTP_PASSPHRASE"
+
+
+def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
+    """The daemon's identity, decrypted with ``passphrase`` when the file is
+    encrypted; a new one is generated and saved (encrypted when a passphrase is given)
+    on first start."""
     if not path.exists():
         identity = HostIdentity.generate()
-        identity.save(path)
+        identity.save(path, passphrase)
         logger.info("identity created", extra=kv(path=str(path)))
         return identity
-    return HostIdentity.load(path)
+    return HostIdentity.load(path, passphrase)
 
 
 class Daemon:
     """One daemon process (see the module docs)."""
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, passphrase: str | None = None) -> None:
         self.config = config
         settings = config.daemon
-        self.identity = load_identity(settings.identity)
+        self.identity = load_identity(settings.identity, passphrase)
         self.ledger: Ledger = LocalLedger(settings.ledger)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.book = StatusBook.open(settings.state_dir)
@@ -447,17 +454,27 @@ def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...])
     return replace(config, services=services)
 
 
-def main(config_path: str, log_format: str | None = None) -> int:
-    """Entry point of ``dtp daemon``; returns the exit status."""
+def main(
+    config_path: str, log_format: str | None = None, passphrase_env: str = PASSPHRASE_ENV
+) -> int:
+    """Entry point of ``dtp daemon``; returns the exit status. The identity's passphrase,
+    if it has one, is read from the environment variable ``passphrase_env``."""
     try:
         config = load_config(config_path)
     except DaemonConfigError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
+    passphrase = os.environ.get(passphrase_env) or None
     try:
-        daemon = Daemon(config)
-    except (KeyFileError, ChainError) as exc:
+        daemon = Daemon(config, passphrase)
+    except KeyFileError as exc:
+        hint = (
+            f" (set ${passphrase_env})" if passphrase is None and "passphrase" in str(exc) else ""
+        )
+        print(f"dtp daemon: {exc}{hint}", file=sys.stderr)
+        return 1
+    except ChainError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the state directory
