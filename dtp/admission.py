@@ -36,11 +36,11 @@ from dtp.chain.objects import (
     normalize_id,
 )
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, DTPError, InsufficientFunds, move_error
+from dtp.errors import ChainError, DTPError, InsufficientFunds, InvalidArgument, move_error
+from dtp.keys import HostIdentity
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen
-    from dtp.keys import HostIdentity
 
 __all__ = [
     "HOOK_FAILED",
@@ -426,6 +426,19 @@ def prepare_host_connection(
     server's admission gives a connection still landing a moment:
     :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
     """
+    # before any ledger read, with the errors the ledger gives the same mistakes (a
+    # str identity used to surface as an AttributeError deep in the resolution)
+    if not isinstance(identity, HostIdentity):
+        raise TypeError(
+            f"identity must be a HostIdentity (the paying client's keys), "
+            f"got {type(identity).__name__}"
+        )
+    if deposit is not None and (
+        not isinstance(deposit, int) or isinstance(deposit, bool) or not 0 <= deposit < 2**64
+    ):
+        raise InvalidArgument(
+            f"deposit must be an integer from 0 to 2**64-1 (MIST), got {deposit!r}"
+        )
     if subscription is not None and sponsor_pool is not None:
         raise ValueError("pass either subscription or sponsor_pool, not both")
     if subscription is not None:
@@ -440,8 +453,6 @@ def prepare_host_connection(
         host = ledger.get_host(address.host_id)
         service = host.services.get(address.port)
         deposit = service.sla.min_deposit if service is not None else 0
-    if isinstance(deposit, bool) or not isinstance(deposit, int) or deposit < 0:
-        raise ValueError(f"deposit must be a non-negative integer, got {deposit!r}")
     resolved = resolve_service(
         ledger,
         address.host_id,

@@ -387,3 +387,37 @@ def test_a_bad_policy_or_address_starts_nothing(world: World, api: str) -> None:
     assert_back_to(threads, fds)
     assert world.endpoints() == []
     assert not world.receipts.exists()
+
+
+# -- the paying client's arguments ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_paying_clients_bad_deposit_or_identity_is_a_typed_error(world: World, api: str) -> None:
+    """Refused before any ledger write, with the ledger's own error for a bad amount (a
+    plain ValueError before) and a TypeError naming HostIdentity for a key that is not
+    one (an AttributeError before)."""
+    world.ledger.faucet(CLIENT.sui_address, 100_000)
+    address = f"dtp://{world.host_id}:{PORT}"
+
+    def connect(**kw: object) -> None:
+        args: dict[str, object] = {"ledger": world.ledger, "identity": CLIENT, "timeout": 5}
+        args.update(kw)
+        if api == "blocking":
+            dtp.socket.create_connection(address, **args).close()  # type: ignore[arg-type]
+        else:
+
+            async def main() -> None:
+                _, writer = await dtp.aio.open_connection(address, **args)  # type: ignore[arg-type]
+                writer.close()
+                await writer.wait_closed()
+
+            asyncio.run(main())
+
+    with serve_blocking(world):
+        for deposit in ("6000", -1, True, 6000.5, 2**64):
+            with pytest.raises(InvalidArgument, match="deposit"):
+                connect(deposit=deposit)
+        with pytest.raises(TypeError, match="HostIdentity"):
+            connect(identity="0x1")
+    assert world.ledger.balance(CLIENT.sui_address) == 100_000  # no money moved
