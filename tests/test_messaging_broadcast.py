@@ -358,3 +358,20 @@ def test_listener_close_wakes_get_after_the_queue_drains(world: World) -> None:
         station.close()
     with pytest.raises(ValueError):
         BroadcastListener(l_side, queue_size=0)
+
+
+def test_send_takes_only_bytes_like_payloads(world: World) -> None:
+    # bytes(5) made send(5) broadcast five zero bytes
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        listener.contribute(250)
+        assert station.check()
+        for bad in (5, "text", None):
+            with pytest.raises(TypeError, match="a bytes-like object is required"):
+                station.send(bad)  # type: ignore[arg-type]
+        assert station.send(bytearray(b"ok")) == 1
+        assert isinstance(next_item(listener), AirChange)
+        assert next_item(listener).payload == b"ok"  # type: ignore[union-attr]
+    finally:
+        station.close()

@@ -368,3 +368,22 @@ def test_subscription_queue_size_is_checked() -> None:
     node.publish("t", b"kept")
     node.publish("t", b"dropped")
     assert one.dropped == 1 and one.get_nowait().data == b"kept"
+
+
+def test_publish_takes_only_bytes_like_data_and_an_int_hop_count() -> None:
+    # bytes(5) made publish("t", 5) send five zero bytes, and hops=1.5 went out in a
+    # frame every peer refuses
+    node = PubSubNode("solo")
+    sub = node.subscribe("t")
+    for bad in (5, "text", None, [1, 2]):
+        with pytest.raises(TypeError, match="a bytes-like object is required"):
+            node.publish("t", bad)  # type: ignore[arg-type]
+    for hops in (1.5, "3", True):
+        with pytest.raises(TypeError, match="hops must be an int"):
+            node.publish("t", b"x", hops=hops)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        node.publish("t", b"x", hops=256)
+    assert sub.qsize() == 0
+    node.publish("t", bytearray(b"ba"))
+    node.publish("t", memoryview(b"mv"), hops=0)
+    assert [sub.get_nowait().data for _ in range(2)] == [b"ba", b"mv"]

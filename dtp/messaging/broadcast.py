@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 from dtp.errors import DTPError
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
-from dtp.messaging.framing import Oversized, decode_body, encode_frame, read_frames
+from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -374,8 +374,9 @@ class BroadcastStation:
 
     def send(self, payload: bytes) -> int:
         """Sign ``payload`` and send it to every listener; returns its sequence number.
-        Raises :class:`OffAir` (nothing sent) when the pool does not cover this slot."""
-        payload = bytes(payload)
+        Raises :class:`OffAir` (nothing sent) when the pool does not cover this slot, and
+        TypeError for a payload that is not bytes-like."""
+        payload = bytes_like(payload)
         if len(payload) > MAX_PAYLOAD:
             raise E.PayloadTooLarge(f"a broadcast payload is at most {MAX_PAYLOAD} bytes")
         if not self.check():

@@ -24,6 +24,7 @@ __all__ = [
     "HEAD_KEEP",
     "FrameDecoder",
     "Oversized",
+    "bytes_like",
     "decode_body",
     "encode_frame",
     "read_frames",
@@ -46,6 +47,15 @@ def _pack(message: Any) -> bytes:
         pack = _packers.pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
     body: bytes = pack(message)
     return body
+
+
+def bytes_like(data: object) -> bytes:
+    """``data`` (bytes, bytearray or memoryview) as bytes; TypeError, worded as a socket
+    words it, for anything else: ``bytes(5)`` would quietly be 5 zero bytes, and
+    ``bytes("x")`` fails with a message about encodings."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}")
+    return bytes(data)
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:

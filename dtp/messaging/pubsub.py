@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
-from dtp.messaging.framing import Oversized, decode_body, encode_frame, read_frames
+from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
@@ -468,19 +468,23 @@ class PubSubNode:
                     self._recompute({sub.topic})
 
     def publish(self, topic: str, data: bytes, *, hops: int | None = None) -> bytes:
-        """Publish ``data`` on ``topic``; returns the message id."""
+        """Publish ``data`` (bytes-like) on ``topic``, forwarded up to ``hops`` times (an
+        int in 0..255; default ``max_hops``); returns the message id."""
         _check_topic(topic)
+        data = bytes_like(data)
         message_id = os.urandom(16)
         hops = self.max_hops if hops is None else hops
+        if type(hops) is not int:  # peers refuse anything else (a bool included)
+            raise TypeError(f"hops must be an int, not {type(hops).__name__!r}")
         if not 0 <= hops <= 255:
             raise ValueError("hops must be in 0..255")
         frame = encode_frame(
-            [PUBLISH, message_id, topic, hops, bytes(data), self.node_id], self.max_message_size
+            [PUBLISH, message_id, topic, hops, data, self.node_id], self.max_message_size
         )
         with self._lock:
             self._remember(message_id)
             links = [link for link in self._links if link.wants(topic)]
-        self._deliver(topic, bytes(data), message_id, self.node_id)
+        self._deliver(topic, data, message_id, self.node_id)
         if hops > 0:
             for link in links:
                 link.offer(frame)

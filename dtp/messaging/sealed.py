@@ -35,6 +35,7 @@ from noise.connection import Keypair, NoiseConnection
 
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
+from dtp.messaging.framing import bytes_like
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -133,8 +134,8 @@ def seal(
 
     Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
     :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count)."""
-    recipient_static = _bytes_like(recipient_static)
-    body = _bytes_like(body)
+    recipient_static = bytes_like(recipient_static)
+    body = bytes_like(body)
     if len(recipient_static) != 32:
         raise ValueError("the recipient's static key is 32 bytes")
     if len(body) > MAX_BODY:
@@ -174,14 +175,6 @@ def seal(
             " (shorten the body or the host IDs)"
         )
     return message
-
-
-def _bytes_like(data: object) -> bytes:
-    """``data`` as bytes; TypeError (as a socket would say) for anything not bytes-like
-    (bytes(5) would be 5 zero bytes, bytes("x") a TypeError about encodings)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}")
-    return bytes(data)
 
 
 def open_sealed(
