@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,42 +93,66 @@ def test_idle_writes_reach_disk_before_a_crash(tmp_path: Path) -> None:
         g.close()
 
 
+def test_a_clean_exit_without_close_keeps_the_last_writes(tmp_path: Path) -> None:
+    """The interval has not passed when the interpreter exits: the writes still go to
+    disk (the graph's finalizer runs at exit)."""
+    path = tmp_path / "g.db"
+    child = textwrap.dedent(
+        f"""
+        from dtp.graph import Graph
+        g = Graph({str(path)!r}, flush_interval=3600)
+        for i in range(5):
+            g.put("note/%d" % i, {{"text": "hello %d" % i}})
+        assert g.storage.pending == 5
+        """
+    )
+    subprocess.run([sys.executable, "-c", child], cwd=ROOT, check=True, timeout=60)
+    with Graph(path) as g:
+        assert g.souls() == [f"note/{i}" for i in range(5)]
+
+
+def _wait_for(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def test_idle_flush_thread_starts_with_the_first_write_and_ends_with_close(
     tmp_path: Path,
 ) -> None:
-    before = len(_flushers())
-    g = Graph(tmp_path / "g.db", flush_interval=0.05)
-    assert len(_flushers()) == before  # nothing buffered yet: no thread
+    before = set(_flushers())
+    # the interval is long enough that the first write right after opening is buffered
+    # (an older buffer is flushed by the write itself)
+    g = Graph(tmp_path / "g.db", flush_interval=0.5)
+    assert set(_flushers()) == before  # nothing buffered yet: no thread
     g.set("a", "b", 1)
     storage = g.storage
     assert storage is not None
-    deadline = time.monotonic() + 10
-    while storage.pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert storage.pending == 0 and storage.log_rows == 1
-    g.set("a", "b", 2)  # the thread serves every later idle period too
-    deadline = time.monotonic() + 10
-    while storage.pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert storage.pending == 0 and storage.log_rows == 2
-    assert len(_flushers()) == before + 1
+    (thread,) = set(_flushers()) - before
+    assert _wait_for(lambda: storage.pending == 0)
+    assert storage.log_rows == 1
+    g.set("a", "b", 2)  # the same thread serves every later idle period too
+    assert _wait_for(lambda: storage.pending == 0)
+    assert storage.log_rows == 2
+    assert set(_flushers()) - before == {thread}
     g.close()
-    assert len(_flushers()) == before
+    assert not thread.is_alive()
 
 
-def test_an_unclosed_graph_does_not_leak_its_flush_thread(tmp_path: Path) -> None:
-    before = len(_flushers())
+def test_an_unclosed_graph_that_is_collected_flushes_and_ends_its_thread(
+    tmp_path: Path,
+) -> None:
+    before = set(_flushers())
     g = Graph(tmp_path / "g.db", flush_interval=3600)
     g.set("a", "b", 1)
-    assert len(_flushers()) == before + 1
+    (thread,) = set(_flushers()) - before
     storage = g.storage
-    assert storage is not None
+    assert storage is not None and storage.pending == 1
     del g
     gc.collect()
-    deadline = time.monotonic() + 10
-    while len(_flushers()) > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(_flushers()) == before
+    assert _wait_for(lambda: not thread.is_alive())
+    assert storage.pending == 0 and storage.log_rows == 1
     storage.close()
 
 

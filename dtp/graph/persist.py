@@ -243,14 +243,13 @@ class IdleFlusher:
                 self.arm()
             del flush  # do not hold the graph while waiting
 
-    def close(self) -> None:
-        """Stop the thread and wait for it (idempotent; the caller flushes)."""
+    def close(self, *, join: bool = True) -> None:
+        """Stop the thread and, with ``join``, wait for it (idempotent; the caller
+        flushes)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        # the last reference to a graph can drop inside the thread itself (its finalizer
-        # then calls this): it cannot join itself, and it is ending anyway
-        if threading.current_thread() is not self._thread:
+        if join and threading.current_thread() is not self._thread:
             self._thread.join()
 
 

@@ -299,6 +299,24 @@ class _View:
                 yield from self.leaves.get(leaf, ())
 
 
+def _flush_unclosed(
+    lock: threading.RLock, storage: GraphStorage, clock: HybridClock, flusher: IdleFlusher
+) -> None:
+    """A graph collected, or still open at interpreter exit, without close(): write what
+    is buffered (the flush thread covers a crash, but a clean exit would otherwise lose
+    the last interval) and stop its thread. Holds no reference to the graph itself."""
+    flusher.close(join=False)  # it may be the thread dropping the graph's last reference
+    # at exit a daemon thread may hold the lock for good: better lose the tail than hang
+    if not lock.acquire(timeout=5):
+        return
+    try:
+        storage.flush(clock.last)
+    except Exception:
+        logger.exception("graph: writing buffered changes of an unclosed graph failed")
+    finally:
+        lock.release()
+
+
 ChangeListener = Callable[[bytes, object], None]
 """``listener(changed_batch, origin)``: a sync session forwarding changes to its peer."""
 
@@ -355,7 +373,7 @@ class Graph:
         self._storage: GraphStorage | None = None
         self._flush_interval = flush_interval
         self._flusher: IdleFlusher | None = None
-        self._stop_flusher: weakref.finalize[[], Graph] | None = None
+        self._unclosed: weakref.finalize[..., Graph] | None = None
         last = 0.0
         if path is not None:
             self._storage = GraphStorage(path, flush_interval=flush_interval)
@@ -511,7 +529,7 @@ class Graph:
             if storage.append(changed):
                 self._flush_locked()
             else:
-                self._arm_flusher()
+                self._arm_flusher(storage)
         decoded: list[Entry] | None = None
         view = self._view
         if view is not None:
@@ -747,7 +765,7 @@ class Graph:
         with self._lock:
             self._flush_locked()
 
-    def _arm_flusher(self) -> None:
+    def _arm_flusher(self, storage: GraphStorage) -> None:
         """Make sure what is buffered reaches disk even if no later write comes (lock
         held). The thread starts with the first buffered write, so in-memory and
         read-only graphs have none."""
@@ -756,9 +774,9 @@ class Graph:
             flusher = self._flusher = IdleFlusher(
                 weakref.WeakMethod(self._flush_idle), self._flush_interval
             )
-            # an unclosed graph that is collected must not leave its thread waiting
-            self._stop_flusher = weakref.finalize(self, flusher.close)
-            self._stop_flusher.atexit = False
+            self._unclosed = weakref.finalize(
+                self, _flush_unclosed, self._lock, storage, self.clock, flusher
+            )
         flusher.arm()
 
     def _flush_idle(self) -> None:
@@ -793,11 +811,14 @@ class Graph:
             if self._storage is not None:
                 self._storage.close()
             self._closed = True
-            stop, self._stop_flusher, self._flusher = self._stop_flusher, None, None
-        if stop is not None:
+            flusher, self._flusher = self._flusher, None
+            if self._unclosed is not None:
+                self._unclosed.detach()
+                self._unclosed = None
+        if flusher is not None:
             # joined outside the lock: the thread may be waiting for it, and then finds
             # the graph closed
-            stop()
+            flusher.close()
 
     def __enter__(self) -> Graph:
         return self
