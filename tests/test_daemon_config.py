@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from dtp.daemon.status import format_table
 from dtp.daemon.status import main as status_main
 from dtp.errors import DaemonConfigError, KeyFileError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT
+from tests.daemon_procs import ENV, ROOT, daemon
 
 EXAMPLE = ROOT / "examples" / "dtp.toml"
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'
@@ -253,16 +254,17 @@ def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     row.port, row.bytes_in, row.fees_earned, row.denials = 80, 123_456, 789, 2
     row.rate_limited = 31_337
     book.forward("db").tunnels = 5
-    book.info.update(pid=42, host_id="0xabc", endpoint="127.0.0.1:7700")
+    book.info.update(pid=os.getpid(), host_id="0xabc", endpoint="127.0.0.1:7700")
     book.save(force=True)
     assert status_main(None, str(tmp_path), as_json=False) == 0
     table = capsys.readouterr().out
-    assert "running (pid 42)" in table
+    assert f"running (pid {os.getpid()})" in table
     web = next(line for line in table.splitlines() if line.startswith("web"))
     assert "123,456" in web and "789" in web and "31,337" in web
     assert "rate-limited" in table
     assert status_main(None, str(tmp_path), as_json=True) == 0
     data = json.loads(capsys.readouterr().out)
+    assert data["running"] is True
     assert data["services"]["web"]["bytes_in"] == 123_456
     assert data["forwards"]["db"]["tunnels"] == 5
     # cumulative counters carry over to the next run; live ones do not
@@ -273,3 +275,49 @@ def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert again.services["web"].active_tunnels == 0
     assert "web" in format_table(again.to_json())
     assert status_main(None, str(tmp_path / "nowhere"), as_json=False) == 1
+
+
+def test_status_of_a_killed_daemon_says_not_running(tmp_path: Path) -> None:
+    config = tmp_path / "dtp.toml"
+    config.write_text(HEAD + SVC)
+    proc = daemon(config)
+    pid = proc.info["pid"]
+    proc.kill()  # SIGKILL, and reaped: no clean stop is recorded
+    done = subprocess.run(
+        [sys.executable, "-m", "dtp", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    first = done.stdout.splitlines()[0]
+    assert first == f"daemon: not running (pid {pid} ended without stopping cleanly)"
+    as_json = subprocess.run(
+        [sys.executable, "-m", "dtp", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert json.loads(as_json.stdout)["running"] is False
+
+
+def test_status_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert status_main(None, str(tmp_path / "nowhere"), as_json=True) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("dtp status: no daemon status in ")
+    assert status_main(str(tmp_path / "none.toml"), None, as_json=True) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot read the config file" in err
+    for damaged, problem in (
+        ({"services": {"a": 5}}, "services['a'] is not an object"),
+        ({"forwards": ["x"]}, "'forwards' is not an object"),
+    ):
+        (tmp_path / "status.json").write_text(json.dumps(damaged))
+        assert status_main(None, str(tmp_path), as_json=False) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == f"dtp status: {tmp_path / 'status.json'} is damaged: {problem}\n"
+        # and a daemon starting over such a file starts afresh rather than failing
+        assert StatusBook.open(tmp_path).forwards == {}

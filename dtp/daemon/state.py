@@ -97,9 +97,11 @@ class StatusBook:
         book = cls(state_dir)
         previous = read_status(state_dir)
         if previous is not None:
-            for name, row in previous.get("services", {}).items():
+            # a damaged file costs the old counters, not the start
+            services, forwards = previous.get("services"), previous.get("forwards")
+            for name, row in (services if isinstance(services, dict) else {}).items():
                 book.services[name] = _revive(ServiceStats, row)
-            for name, row in previous.get("forwards", {}).items():
+            for name, row in (forwards if isinstance(forwards, dict) else {}).items():
                 book.forwards[name] = _revive(ForwardStats, row)
         return book
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from dtp.daemon.config import load_config
-from dtp.daemon.state import read_status
+from dtp.daemon.state import STATUS_FILE, read_status
 from dtp.errors import DaemonConfigError
 
-__all__ = ["format_table", "main", "state_dir_of"]
+__all__ = ["daemon_running", "format_table", "main", "state_dir_of"]
 
 _SERVICE_COLUMNS = (
     ("service", "name"),
@@ -63,10 +65,36 @@ def _table(rows: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ...]
     return [line(heads), *(line(r) for r in body)]
 
 
+def daemon_running(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``status`` still runs: it did not record a clean
+    stop and its pid is alive (a SIGKILLed or crashed daemon records nothing)."""
+    pid = status.get("pid")
+    if status.get("stopped") or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, run by another user
+    try:
+        # an exited child its parent has not reaped yet still answers kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
 def format_table(status: dict[str, Any]) -> str:
     """A readable summary of a status record."""
     out: list[str] = []
-    state = "stopped" if status.get("stopped") else f"running (pid {status.get('pid')})"
+    pid = status.get("pid")
+    if status.get("stopped"):
+        state = "stopped"
+    elif daemon_running(status):
+        state = f"running (pid {pid})"
+    else:
+        state = f"not running (pid {pid} ended without stopping cleanly)"
     out.append(f"daemon: {state}")
     if status.get("host_id"):
         out.append(f"host:   {status['host_id']} at {status.get('endpoint')}")
@@ -88,16 +116,37 @@ def state_dir_of(config: str | None, state_dir: str | None) -> Path:
     return load_config(config or "dtp.toml").daemon.state_dir
 
 
+def _malformed(status: dict[str, Any]) -> str | None:
+    """What makes a status record unusable for the table, if anything."""
+    for part in ("services", "forwards"):
+        rows = status.get(part)
+        if rows is None:
+            continue
+        if not isinstance(rows, dict):
+            return f"{part!r} is not an object"
+        for name, row in rows.items():
+            if not isinstance(row, dict):
+                return f"{part}[{name!r}] is not an object"
+    return None
+
+
 def main(config: str | None, state_dir: str | None, as_json: bool) -> int:
-    """Entry point of ``dtp status``."""
+    """Entry point of ``dtp status``: the status on stdout, errors on stderr."""
     try:
         directory = state_dir_of(config, state_dir)
     except DaemonConfigError as exc:
-        print(f"dtp status: {exc}")
+        print(f"dtp status: {exc}", file=sys.stderr)
         return 2
     status = read_status(directory)
     if status is None:
-        print(f"dtp status: no daemon status in {directory} (has the daemon run?)")
+        print(f"dtp status: no daemon status in {directory} (has the daemon run?)", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2, sort_keys=True) if as_json else format_table(status))
+    problem = _malformed(status)
+    if problem is not None:
+        print(f"dtp status: {directory / STATUS_FILE} is damaged: {problem}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps({**status, "running": daemon_running(status)}, indent=2, sort_keys=True))
+    else:
+        print(format_table(status))
     return 0
