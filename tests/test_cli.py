@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from dtp.cli import main
+from dtp.daemon.state import StatusBook
 
 
 def test_version(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -54,3 +57,22 @@ def test_demo_runs() -> None:
     assert "queries answered through one DTP connection" in out
     assert "eth_blockNumber over DTP" in out and "meet at noon" in out
     assert "Summary" in out
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:
+    """`dtp status | head -1`: the pipe closes before dtp writes."""
+    book = StatusBook.open(tmp_path)
+    for i in range(2000):  # more than a pipe buffer holds
+        book.service(f"service-{i}").bytes_in = i
+    book.save(force=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtp", "status", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the interpreter has started
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 128 + signal.SIGPIPE
