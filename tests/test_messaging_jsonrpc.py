@@ -10,8 +10,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+
+import dtp.socket
+from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.jsonrpc import JsonRpcHttpProxy
+from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
+from dtp.messaging.rpc import RpcClient, RpcServer
 
 
 class Backend:
@@ -106,3 +111,83 @@ def test_proxy_resends_only_over_a_kept_alive_connection_the_backend_closed() ->
         backend.close()
     # nothing listens any more: a fresh connection failing is not retried either
     assert call(proxy, "c")["error"]["code"] == E.INTERNAL_ERROR
+
+
+def doc(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def refuse_with_bytes_data(params: Any) -> Any:
+    raise E.InvalidParams("no", data=b"not JSON")
+
+
+HANDLER = JsonRpcHandler(
+    {
+        "ok": lambda p: 1,
+        "bytes": lambda p: b"raw",
+        "nan": lambda p: float("nan"),
+        "bad_data": refuse_with_bytes_data,
+    }
+)
+
+
+def test_a_result_that_is_not_json_fails_only_its_own_answer() -> None:
+    # json.dumps of the whole answer used to raise: the DTP caller got InvalidParams with
+    # the json library's message, and a batch lost every other answer
+    for method in ("bytes", "nan", "bad_data"):
+        answer = json.loads(HANDLER(doc({"jsonrpc": "2.0", "method": method, "id": 7})) or b"")
+        assert answer["id"] == 7 and answer["error"]["code"] == E.INTERNAL_ERROR
+    batch = [
+        {"jsonrpc": "2.0", "method": "ok", "id": 1},
+        {"jsonrpc": "2.0", "method": "bytes", "id": 2},
+        {"jsonrpc": "2.0", "method": "bytes"},  # a notification: no answer at all
+        {"jsonrpc": "2.0", "method": "ok", "id": 3},
+    ]
+    answers = json.loads(HANDLER(doc(batch)) or b"")
+    assert [a.get("result") for a in answers] == [1, None, 1]
+    assert answers[1]["id"] == 2 and answers[1]["error"]["code"] == E.INTERNAL_ERROR
+
+
+def test_deep_nesting_and_nan_are_parse_errors() -> None:
+    # deep nesting was an internal error with a logged traceback; NaN was accepted and
+    # echoed back as an id, which is not JSON
+    for bad in (
+        b"[" * 200_000,
+        b'{"jsonrpc": "2.0", "method": "ok", "id": NaN}',
+        b'{"jsonrpc": "2.0", "method": "ok", "params": [Infinity], "id": 1}',
+        b'[{"jsonrpc": "2.0", "method": "ok", "id": -Infinity}]',
+    ):
+        answer = HANDLER(bad)
+        assert answer is not None
+        parsed = json.loads(answer, parse_constant=lambda name: pytest.fail(name))
+        assert parsed == {
+            "jsonrpc": "2.0",
+            "error": {"code": E.PARSE_ERROR, "message": "Parse error"},
+            "id": None,
+        }
+
+
+def test_handler_answers_over_dtp() -> None:
+    identity = HostIdentity.generate()
+    rpc = RpcServer()
+    serve_jsonrpc(rpc, HANDLER)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    sock = dtp.socket.create_connection(server.address, server_key=identity.noise_public, timeout=5)
+    try:
+        raw = RpcClient(sock, timeout=5)
+        client = JsonRpcClient(raw)
+        assert client.call("ok") == 1
+        with pytest.raises(E.InternalError):
+            client.call("bytes")
+        with pytest.raises(ValueError):
+            client.call("ok", [float("nan")])  # not sent: it is not JSON
+        answer = json.loads(raw.call("jsonrpc", b"[" * 200_000))
+        assert answer["error"]["code"] == E.PARSE_ERROR
+        assert client.call("ok") == 1
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+        thread.join(5)

@@ -61,45 +61,64 @@ class JsonRpcHandler:
     def register(self, name: str, fn: Callable[[Any], Any]) -> None:
         self.methods[name] = fn
 
-    def _one(self, request: Any) -> dict[str, Any] | None:
+    def _one(self, request: Any) -> str | None:
+        """The JSON text answering one request (None for a notification)."""
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0":
-            return _error(None, E.INVALID_REQUEST, "Invalid Request")
+            return _dumps(_error(None, E.INVALID_REQUEST, "Invalid Request"))
         id_ = request.get("id")
         is_notification = "id" not in request
         method = request.get("method")
         params = request.get("params")
         if not isinstance(method, str) or not (params is None or isinstance(params, list | dict)):
-            return _error(id_, E.INVALID_REQUEST, "Invalid Request")
+            return _dumps(_error(id_, E.INVALID_REQUEST, "Invalid Request"))
         fn = self.methods.get(method)
         if fn is None:
-            return None if is_notification else _error(id_, E.METHOD_NOT_FOUND, "Method not found")
+            if is_notification:
+                return None
+            return _dumps(_error(id_, E.METHOD_NOT_FOUND, "Method not found"))
         try:
             result = fn(params)
         except E.RemoteError as exc:
-            return None if is_notification else _error(id_, exc.code, exc.message, exc.data)
+            answer = _error(id_, exc.code, exc.message, exc.data)
         except TypeError as exc:
-            return None if is_notification else _error(id_, E.INVALID_PARAMS, str(exc))
+            answer = _error(id_, E.INVALID_PARAMS, str(exc))
         except Exception as exc:
-            return (
-                None
-                if is_notification
-                else _error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})")
-            )
-        return None if is_notification else {"jsonrpc": "2.0", "result": result, "id": id_}
+            answer = _error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})")
+        else:
+            answer = {"jsonrpc": "2.0", "result": result, "id": id_}
+        if is_notification:
+            return None
+        try:
+            return _dumps(answer)
+        except (TypeError, ValueError, RecursionError) as exc:
+            # the method's result (or its error's data) is not JSON: that one answer
+            # becomes an internal error, the rest of a batch is unaffected
+            return _dumps(_error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})"))
 
     def __call__(self, document: bytes) -> bytes | None:
         """Answer one JSON-RPC document (bytes in, bytes out; None if nothing to say)."""
         try:
-            request = json.loads(document)
-        except (ValueError, UnicodeDecodeError):
-            return json.dumps(_error(None, E.PARSE_ERROR, "Parse error")).encode()
+            request = json.loads(document, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            # RecursionError: nesting too deep for the decoder, which is still malformed
+            # input, not a failure of the service
+            return _dumps(_error(None, E.PARSE_ERROR, "Parse error")).encode()
         if isinstance(request, list):
             if not request or len(request) > MAX_BATCH:
-                return json.dumps(_error(None, E.INVALID_REQUEST, "Invalid Request")).encode()
+                return _dumps(_error(None, E.INVALID_REQUEST, "Invalid Request")).encode()
             answers = [a for a in (self._one(r) for r in request) if a is not None]
-            return json.dumps(answers).encode() if answers else None
+            return ("[" + ", ".join(answers) + "]").encode() if answers else None
         answer = self._one(request)
-        return None if answer is None else json.dumps(answer).encode()
+        return None if answer is None else answer.encode()
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON: NaN and the infinities are not JSON (ValueError)."""
+    return json.dumps(value, allow_nan=False)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class JsonRpcHttpProxy:
@@ -217,19 +236,20 @@ class JsonRpcClient:
         self._lock = threading.Lock()
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
-        """Call ``method``; returns its result or raises the typed RemoteError."""
+        """Call ``method``; returns its result or raises the typed RemoteError. ``params``
+        must be strict JSON (TypeError, or ValueError for NaN and the infinities)."""
         with self._lock:
             id_ = self._next
             self._next += 1
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
         if params is not None:
             request["params"] = params
-        raw = self.client.call(JSONRPC_METHOD, json.dumps(request).encode(), **kw)
+        raw = self.client.call(JSONRPC_METHOD, _dumps(request).encode(), **kw)
         if not isinstance(raw, bytes):
             raise E.MalformedMessage("the JSON-RPC service answered no document")
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
         if not isinstance(answer, dict):
             raise E.MalformedMessage("the JSON-RPC answer is not an object")
@@ -245,4 +265,4 @@ class JsonRpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             request["params"] = params
-        self.client.call(JSONRPC_METHOD, json.dumps(request).encode())
+        self.client.call(JSONRPC_METHOD, _dumps(request).encode())
