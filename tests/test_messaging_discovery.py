@@ -15,6 +15,8 @@ from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.discovery import (
+    MAX_CLOCK_SKEW_MS,
+    MAX_TTL_MS,
     DiscoveryGossip,
     ServiceRecord,
     decode_announcement,
@@ -150,3 +152,30 @@ def test_gossip_thread_ends_when_its_node_closes() -> None:
     g = DiscoveryGossip(PubSubNode("alone"))
     g.close()
     assert not g._thread.is_alive()
+
+
+def test_announcements_issued_in_the_future_are_refused() -> None:
+    # one issued a year ahead used to be kept: live for a year, not a day, and the
+    # host's real announcements (issued earlier) counted as duplicates of it
+    now = [1_000_000_000]
+    g = DiscoveryGossip(PubSubNode("alone"), clock_ms=lambda: now[0])
+    host = "0x" + "ab" * 32
+    real, skewed = HostIdentity.generate(), HostIdentity.generate()
+    year = 365 * 24 * 3600 * 1000
+    try:
+        for ahead in (year, MAX_CLOCK_SKEW_MS + 1):
+            future = encode_announcement(
+                skewed, host, [(1, "evil")], [], now[0] + ahead, MAX_TTL_MS
+            )
+            assert g.receive(future) is None
+            with pytest.raises(E.ExpiredAnnouncement):
+                decode_announcement(future, now[0])
+        assert g.expired == 2 and g.lookup() == []
+        ann = g.receive(encode_announcement(real, host, [(1, "real")], [], now[0], 600_000))
+        assert ann is not None and g.duplicates == 0
+        # a sender's clock slightly ahead is fine
+        ahead = encode_announcement(real, host, [(2, "real")], [], now[0] + MAX_CLOCK_SKEW_MS, 1)
+        assert g.receive(ahead) is not None
+        assert g.lookup() == [ServiceRecord(host, 2, "real", ())]
+    finally:
+        g.close()

@@ -13,7 +13,8 @@ on one topic. An :class:`Announcement` lists a host's services and endpoints wit
 issue time and an expiry, and is signed (raw Ed25519) by the host's authority over a
 domain tag and the exact announcement bytes. Receivers verify the signature and, with a
 ledger at hand, that the signer is the host's authority on the ledger
-(:class:`~dtp.messaging.errors.ForgedAnnouncement`); they drop expired ones
+(:class:`~dtp.messaging.errors.ForgedAnnouncement`); they drop expired ones and ones
+issued more than a few minutes ahead of their clock
 (:class:`~dtp.messaging.errors.ExpiredAnnouncement`) and keep only the newest per host
 (older or equal issue times are duplicates). The cache is bounded.
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TOPIC",
+    "MAX_CLOCK_SKEW_MS",
     "MAX_TTL_MS",
     "Announcement",
     "DiscoveryGossip",
@@ -58,6 +60,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOPIC: Final = "dtp/discovery"
 #: Longest lifetime of an announcement (one day).
 MAX_TTL_MS: Final = 24 * 3600 * 1000
+#: How far in the future (on the receiver's clock) an announcement may be issued: clocks
+#: differ a little, but one issued later than this would outlive MAX_TTL_MS and shadow
+#: the host's real announcements (an older issue time is a duplicate).
+MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
 _DOMAIN: Final = b"DTP-DISCOVERY-ANN-V1\x00"
 _VERSION: Final = 1
 _MAX_SERVICES: Final = 64
@@ -205,7 +211,8 @@ def encode_announcement(
 def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) -> Announcement:
     """Verify and decode an announcement. Raises :class:`MalformedMessage`,
     :class:`ForgedAnnouncement` (bad signature, or the signer is not the host's authority
-    on ``ledger``) or :class:`ExpiredAnnouncement`."""
+    on ``ledger``) or :class:`ExpiredAnnouncement` (not valid at ``now_ms``: expired, or
+    issued more than :data:`MAX_CLOCK_SKEW_MS` ahead)."""
     from dtp.escrow import _verify_ed25519
 
     if len(data) > _MAX_ANNOUNCEMENT:
@@ -259,6 +266,8 @@ def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) 
             raise E.ForgedAnnouncement("the signer is not the host's authority")
     if expires <= now_ms:
         raise E.ExpiredAnnouncement(f"expired at {expires} ms (now {now_ms} ms)")
+    if issued > now_ms + MAX_CLOCK_SKEW_MS:
+        raise E.ExpiredAnnouncement(f"issued at {issued} ms, in the future (now {now_ms} ms)")
     return Announcement(
         host_id,
         authority,
