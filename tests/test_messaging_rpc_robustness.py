@@ -10,11 +10,13 @@ import threading
 import time
 from typing import Any
 
+import msgpack
 import pytest
 
 import dtp.aio
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
+from dtp.messaging.protocol import ErrorReceived, ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from tests.test_messaging_rpc import Served
 
@@ -169,3 +171,46 @@ def test_async_handler_raising_timeouterror_is_answered() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_an_answer_over_the_clients_cap_fails_its_call() -> None:
+    """Sans-I/O: a RESPONSE or ERROR too large for us fails the request it answers with
+    MessageTooLarge (before: only a violation was noted, and the call waited for its
+    timeout, or forever); one for no request of ours is only a violation."""
+    client = RpcProtocol(max_message_size=4096)
+    server = RpcProtocol(max_message_size=1 << 20)
+    first = client.send_request("big", None, now=0.0, timeout=None)
+    second = client.send_request("big_error", None, now=0.0, timeout=None)
+    server.receive_data(client.data_to_send(), 0.0)
+    ids = [e.request_id for e in server.events() if isinstance(e, RequestReceived)]
+    assert ids == [first, second]
+    server.send_response(first, b"r" * 10_000)
+    server.send_error(second, E.INTERNAL_ERROR, "e" * 10_000)
+    stray = msgpack.packb([1, 999, b"r" * 10_000, None])  # answers no request of ours
+    client.receive_data(server.data_to_send() + len(stray).to_bytes(4, "big") + stray, 0.0)
+    events = client.events()
+    failed = {e.request_id: e.error for e in events if isinstance(e, ErrorReceived)}
+    assert set(failed) == {first, second}
+    assert all(isinstance(error, E.MessageTooLarge) for error in failed.values())
+    assert sum(isinstance(e, ProtocolViolation) for e in events) == 3
+    assert client.in_flight == 0
+    assert client.data_to_send() == b""  # nothing to tell the server
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_call_whose_answer_is_too_large_raises_at_once(timeout: float | None) -> None:
+    rpc = RpcServer(workers=0)
+    rpc.register("blob", lambda n: b"b" * n)
+    s = Served(rpc)
+    try:
+        client = s.connect(max_message_size=4096)
+        started = time.monotonic()
+        with pytest.raises(E.MessageTooLarge):
+            client.call("blob", 10_000, timeout=timeout)
+        with pytest.raises(E.MessageTooLarge):
+            client.start("blob", 20_000, timeout=timeout).result()
+        assert time.monotonic() - started < 2
+        assert client.call("blob", 10, timeout=5) == b"b" * 10
+        assert client.in_flight == 0
+    finally:
+        s.close()

@@ -117,8 +117,9 @@ class ErrorReceived:
     """One of our requests failed on the peer's side."""
 
     request_id: int
-    #: The typed error (a :class:`~dtp.messaging.errors.RemoteError` subclass by code).
-    error: E.RemoteError
+    #: The typed error: a :class:`~dtp.messaging.errors.RemoteError` subclass by code,
+    #: or :class:`~dtp.messaging.errors.MessageTooLarge` for an answer over our cap.
+    error: E.RemoteError | E.MessageTooLarge
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,17 +191,18 @@ def _check_method(value: Any) -> str:
     return value
 
 
-def _peek_request_id(head: bytes) -> int | None:
-    """The id of a REQUEST from the first bytes of its body (for oversized frames)."""
+def _peek_kind_and_id(head: bytes) -> tuple[Any, int | None]:
+    """The kind and request id of a message from the first bytes of its body (for
+    oversized frames): ``(kind, id)``, ``(kind, None)`` or ``(None, None)``."""
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(head)
     try:
         if unpacker.read_array_header() < 2:
-            return None
+            return None, None
         kind, request_id = unpacker.unpack(), unpacker.unpack()
     except Exception:
-        return None
-    return request_id if kind == REQUEST and _valid_id(request_id) else None
+        return None, None
+    return kind, request_id if _valid_id(request_id) else None
 
 
 class RpcProtocol:
@@ -546,11 +548,19 @@ class RpcProtocol:
         self._event(ProtocolViolation(error, request_id))
 
     def _oversized(self, item: Oversized) -> None:
-        request_id = _peek_request_id(item.head)
+        kind, request_id = _peek_kind_and_id(item.head)
         error = E.MessageTooLarge(
             f"message of {item.length} bytes exceeds the cap of {self.max_message_size}"
         )
-        self._violation(error, request_id, reply=True)
+        if kind in (RESPONSE, ERROR) and request_id is not None:
+            # the answer to one of our requests, too large to take: that call fails
+            # (the peer is not told: it has nothing left to do for it)
+            self.violations += 1
+            self._event(ProtocolViolation(error, request_id))
+            if self._outgoing.pop(request_id, _MISSING) is not _MISSING:
+                self._event(ErrorReceived(request_id, error))
+            return
+        self._violation(error, request_id if kind == REQUEST else None, reply=True)
 
     def _handle_body(self, body: bytes, now: float) -> None:
         try:
