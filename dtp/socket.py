@@ -721,6 +721,13 @@ def _writable(buffer: Any) -> memoryview:
     return view.cast("B")
 
 
+class _Own:
+    """The type of :data:`_OWN`."""
+
+
+_OWN = _Own()  # (a timeout argument) the socket's own timeout
+
+
 def _no_flags(flags: int) -> LocalProtocolError:
     """The error for socket flags given to a DTP stream, which takes none: ignoring
     MSG_PEEK would consume what the caller meant to leave, MSG_DONTWAIT would block."""
@@ -830,15 +837,19 @@ class DTPSocket:
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
 
-    def _wait(self, ready: Callable[[], bool]) -> None:
+    def _wait(self, ready: Callable[[], bool], timeout: float | _Own | None = _OWN) -> None:
+        """Wait until ``ready()``: for ``timeout`` seconds (by default the socket's; 0:
+        BlockingIOError at once unless it is ready after one look)."""
         engine = self._engine
-        if self._timeout == 0:
+        if isinstance(timeout, _Own):
+            timeout = self._timeout
+        if timeout == 0:
             if not ready():
                 engine.poll()
                 if not ready():
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
             return
-        engine.pump(ready, self._timeout)
+        engine.pump(ready, timeout)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes; b"" once the peer half-closed its side. ``flags``
@@ -995,10 +1006,14 @@ class DTPSocket:
         return self._stream_id in conn._streams or self._engine.session.terminated is not None
 
     def send(self, data: Any, flags: int = 0) -> int:
-        """Queue as much of ``data`` as fits; returns the count (blocks while none fits;
-        ``flags``: 0)."""
+        """Queue as much of ``data`` as fits; returns the count (blocks while none fits,
+        up to the socket's timeout). ``flags``: 0, or ``socket.MSG_DONTWAIT`` to take
+        only what fits now, whatever the timeout (BlockingIOError when nothing does)."""
+        timeout = self._timeout
         if flags:
-            raise _no_flags(flags)
+            if flags != _socket.MSG_DONTWAIT:
+                raise _no_flags(flags)
+            timeout = 0.0
         if self._closed:
             raise LocalProtocolError("operation on a closed DTP socket")
         if self._wr_shut:
@@ -1010,10 +1025,10 @@ class DTPSocket:
         with engine.lock:
             conn = engine.conn
             sid = self._stream_id
-            if engine.out and self._timeout != 0 and not engine.carrier_closed:
+            if engine.out and timeout != 0 and not engine.carrier_closed:
                 # the carrier is full: wait (reading meanwhile) until it has taken what
                 # is queued, rather than seal more behind it -- copies that only wait
-                self._wait(lambda: not engine.out or engine.carrier_closed)
+                self._wait(lambda: not engine.out or engine.carrier_closed, timeout)
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
@@ -1048,7 +1063,7 @@ class DTPSocket:
                     conn.send_stream_data(sid, view if n == len(view) else view[:n])
                     engine.flush()
                     return n
-            self._wait(self._stream_ready_for_send)
+            self._wait(self._stream_ready_for_send, timeout)
             engine.session.check_writable(self._stream_id)
 
             def room() -> bool:
@@ -1057,7 +1072,7 @@ class DTPSocket:
                     or engine.session.terminated is not None
                 )
 
-            self._wait(room)
+            self._wait(room, timeout)
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
             engine.conn.send_stream_data(self._stream_id, view[:n])

@@ -213,6 +213,43 @@ def test_socket_flags_are_refused_and_lose_nothing(echo_server) -> None:  # type
         assert got == b"peek at me"  # and the refused sends sent nothing
 
 
+def test_send_with_msg_dontwait_takes_what_fits_and_never_waits() -> None:
+    """send(data, MSG_DONTWAIT) on a blocking socket (timeout None) whose peer does not
+    read: it takes what fits, then raises BlockingIOError at once instead of waiting;
+    what it took arrives whole and in order once the peer reads."""
+    identity = HostIdentity.generate()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=identity) as server:
+        go = threading.Event()
+        got: list[bytes] = []
+
+        def reader() -> None:
+            conn, _ = server.accept()
+            with conn:
+                go.wait(10)
+                while data := conn.recv(1 << 20):
+                    got.append(data)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        with dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=None
+        ) as sock:
+            chunk = os.urandom(256 << 10)
+            taken = bytearray()
+            started = time.monotonic()
+            with pytest.raises(BlockingIOError):
+                for _ in range(400):  # 100 MiB: far beyond every window and buffer
+                    n = sock.send(chunk, socket.MSG_DONTWAIT)
+                    assert 0 < n <= len(chunk)
+                    taken += chunk[:n]
+            assert time.monotonic() - started < 5
+            assert taken
+            go.set()
+            sock.shutdown(socket.SHUT_WR)
+            thread.join(20)
+        assert b"".join(got) == bytes(taken)
+
+
 def test_bad_arguments_raise_as_on_a_socket_and_lose_nothing(echo_server) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="timeout must be > 0"):
         dtp.socket.create_connection(echo_server.endpoint, timeout=0, server_key=echo_server.key)
