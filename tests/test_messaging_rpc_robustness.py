@@ -214,3 +214,28 @@ def test_a_call_whose_answer_is_too_large_raises_at_once(timeout: float | None) 
         assert client.in_flight == 0
     finally:
         s.close()
+
+
+def test_a_client_that_never_reads_its_answers_holds_up_no_one_else() -> None:
+    """RpcServer(workers=2): one client pipelines 40 requests with large answers and
+    never reads them. Other clients, old and new, are answered at once meanwhile (before,
+    both workers waited on that client's flow control and every connection stalled),
+    and that client gets every answer, in full, once it reads."""
+    rpc = RpcServer(workers=2, max_message_size=2 << 20)
+    rpc.register("big", lambda p: bytes([p % 256]) * 900_000)
+    rpc.register("echo", lambda p: p)
+    s = Served(rpc)
+    try:
+        good = s.connect(timeout=5)
+        assert good.call("echo", 0) == 0
+        bad = s.connect(timeout=60, max_message_size=2 << 20)
+        calls = [bad.start("big", i) for i in range(40)]
+        time.sleep(1.0)  # the server's writes to `bad` have filled its window by now
+        started = time.monotonic()
+        assert good.call("echo", 1) == 1
+        assert s.connect(timeout=5).call("echo", 2) == 2
+        assert time.monotonic() - started < 1.0
+        assert [c.result() for c in calls] == [bytes([i]) * 900_000 for i in range(40)]
+        assert good.call("echo", 3) == 3
+    finally:
+        s.close()

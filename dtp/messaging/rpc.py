@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import logging
 import os
+import socket as _socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +61,7 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
 )
+from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -1168,8 +1170,8 @@ def _stream_payments(
 
 class _ServerStream:
     """One stream being served: the reading loop runs in the stream's thread; with a
-    worker pool, handlers answer from the pool's threads (``lock`` guards the protocol,
-    ``wlock`` the order of writes)."""
+    worker pool, handlers answer from the pool's threads (``lock`` guards the protocol
+    and the sending role, :meth:`flush`)."""
 
     def __init__(
         self,
@@ -1188,18 +1190,77 @@ class _ServerStream:
             max_message_size=server.max_message_size, max_incoming=server.max_pending
         )
         self.lock = threading.Lock()
-        self.wlock = threading.Lock()
+        #: (``lock``) a thread is sending what the protocol queued: the others leave it
+        #: what they queue (it looks again before it stops)
+        self.sending = False
+        #: the stream's send takes MSG_DONTWAIT (a DTPSocket, a socket): answers from
+        #: the pool never wait for the client
+        self.dontwait = isinstance(stream, _socket.socket | DTPSocket)
         self.contexts: dict[int, CallContext] = {}
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
         self.payments, self.payments_error = _stream_payments(server._payments, stream)
 
     def flush(self) -> None:
-        with self.wlock:
+        """Send what the protocol queued without waiting for the client: what it does
+        not take now is left to a writer thread of the stream's, which waits for it.
+        So a client that does not read its answers holds up neither a pool worker
+        (nor, through the pool, other connections) nor the stream's reading."""
+        with self.lock:
+            if self.sending:
+                return
+            data = self.proto.data_to_send()
+            if not data:
+                return
+            self.sending = True
+        try:
+            while True:
+                rest = self._send_now(data)
+                if rest:
+                    threading.Thread(
+                        target=self._send_rest, args=(rest,), name="dtp-rpc-writer", daemon=True
+                    ).start()
+                    return  # the writer is the sender now
+                with self.lock:
+                    data = self.proto.data_to_send()
+                    if not data:
+                        self.sending = False
+                        return
+        except BaseException:
             with self.lock:
-                data = self.proto.data_to_send()
-            if data:
+                self.sending = False
+            raise
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Send what the stream takes of ``data`` now; returns the rest."""
+        if not self.dontwait:
+            _send_answer(self.stream, data, self.server._closed)
+            return b""
+        send = self.stream.send  # type: ignore[attr-defined]
+        view = memoryview(data)
+        while view:
+            try:
+                n: int = send(view, _socket.MSG_DONTWAIT)
+            except (BlockingIOError, TimeoutError):
+                # (a socket with a timeout waits for room that long before it tries)
+                return bytes(view)
+            view = view[n:]
+        return b""
+
+    def _send_rest(self, data: bytes) -> None:
+        """The writer thread: send ``data`` however long the client takes (until the
+        server closes or the stream fails), then what was queued meanwhile."""
+        try:
+            while True:
                 _send_answer(self.stream, data, self.server._closed)
+                with self.lock:
+                    data = self.proto.data_to_send()
+                    if not data:
+                        self.sending = False
+                        return
+        except (DTPError, OSError) as exc:
+            # the stream is done for: its reading ends too (and the sending role with it)
+            logger.debug("RPC answers not sent: %s", exc)
 
     def run(self) -> None:
         server = self.server
