@@ -239,3 +239,90 @@ def test_a_client_that_never_reads_its_answers_holds_up_no_one_else() -> None:
         assert good.call("echo", 3) == 3
     finally:
         s.close()
+
+
+def test_bad_call_arguments_are_the_callers_errors_and_lose_nothing() -> None:
+    """A bad method name, timeout or meta is a TypeError / ValueError at once (a bad
+    method was a MalformedMessage, the peer's-fault error with the wire's parse code;
+    NaN or infinite timeouts raw ValueError / OverflowError from deep inside; a meta
+    that is not a mapping a confusing TypeError), nothing is sent, and the client
+    stays usable."""
+    rpc = RpcServer(workers=0)
+    rpc.register("echo", lambda p: p)
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=5)
+        bad: list[tuple[type[Exception], dict[str, Any]]] = [
+            (TypeError, {"method": 5}),
+            (ValueError, {"method": ""}),
+            (ValueError, {"method": "m" * 300}),
+            (ValueError, {"timeout": 0}),
+            (ValueError, {"timeout": -1.0}),
+            (ValueError, {"timeout": float("nan")}),
+            (ValueError, {"timeout": float("inf")}),
+            (TypeError, {"timeout": "5"}),
+            (TypeError, {"meta": [("k", 1)]}),
+        ]
+        for error, kw in bad:
+            method = kw.pop("method", "echo")
+            with pytest.raises(error):
+                client.call(method, 1, **kw)
+            with pytest.raises(error):
+                client.start(method, 1, **kw)
+            assert client.call("echo", 2) == 2
+        with pytest.raises(TypeError):
+            client.notify(7)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            client.notify("echo", meta=3)  # type: ignore[arg-type]
+        assert client.in_flight == 0
+        assert client.call("echo", 3) == 3
+    finally:
+        s.close()
+
+
+def test_async_client_on_a_closed_writer_or_after_close() -> None:
+    """call() on a writer the application closed raises RpcConnectionLost (was
+    LocalProtocolError, and its future stayed registered: 'Future exception was never
+    retrieved'); notify() after close() raises too (it was silently sent)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        rpc = AsyncRpcServer()
+        rpc.register("echo", lambda p: p)
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            client = AsyncRpcClient(reader, writer, timeout=5)
+            assert await client.call("echo", 1) == 1
+            writer.close()
+            with pytest.raises(E.RpcConnectionLost, match="sending failed"):
+                await client.call("echo", 2)
+            with pytest.raises(E.RpcConnectionLost):
+                await client.notify("echo", 3)
+            await client.close()
+            await writer.wait_closed()
+
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            client = AsyncRpcClient(reader, writer, timeout=5)
+            assert await client.call("echo", 1) == 1
+            await client.close()
+            with pytest.raises(E.RpcConnectionLost, match="closed"):
+                await client.notify("echo", 2)
+            with pytest.raises(E.RpcConnectionLost, match="closed"):
+                await client.call("echo", 3)
+            writer.close()
+            await writer.wait_closed()
+        import gc
+
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unhandled == []
+
+    asyncio.run(main())

@@ -15,6 +15,7 @@ the next one is found regardless).
 from __future__ import annotations
 
 import heapq
+import math
 import struct
 from collections import deque
 from collections.abc import Mapping
@@ -191,6 +192,30 @@ def _check_method(value: Any) -> str:
     return value
 
 
+def _check_our_method(value: Any) -> None:
+    """A method name we send: the caller's mistake is a TypeError / ValueError here,
+    not the MalformedMessage (the peer's fault, by the wire's code) of one we read."""
+    if not isinstance(value, str):
+        raise TypeError(f"a method name is a str, not {type(value).__name__!r}")
+    if not value or len(value.encode()) > MAX_METHOD_LENGTH:
+        raise ValueError(
+            f"a method name is 1..{MAX_METHOD_LENGTH} bytes of UTF-8, got {value!r:.80}"
+        )
+
+
+def _check_our_timeout(timeout: Any) -> None:
+    """A request's timeout we send: seconds above 0, finite (None: no deadline)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__!r}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"a timeout must be a finite number of seconds above 0, not {timeout!r}")
+
+
+def _check_our_meta(meta: Any) -> None:
+    if meta is not None and not isinstance(meta, Mapping):
+        raise TypeError(f"meta is a mapping or None, not {type(meta).__name__!r}")
+
+
 def _peek_kind_and_id(head: bytes) -> tuple[Any, int | None]:
     """The kind and request id of a message from the first bytes of its body (for
     oversized frames): ``(kind, id)``, ``(kind, None)`` or ``(None, None)``."""
@@ -277,14 +302,14 @@ class RpcProtocol:
     ) -> int:
         """Queue a request; returns its id. ``timeout`` (seconds) sets the deadline
         ``now + timeout``, which is also sent (relative, in ms) so the peer can give up."""
-        _check_method(method)
+        _check_our_method(method)
+        _check_our_meta(meta)
         if len(self._outgoing) >= self.max_outgoing:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
         request_id = self._next_id
         timeout_ms = 0
         if timeout is not None:
-            if timeout <= 0:
-                raise ValueError("timeout must be positive")
+            _check_our_timeout(timeout)
             timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
         self._out.append(self._frame([REQUEST, request_id, method, params, timeout_ms, meta]))
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
@@ -298,7 +323,8 @@ class RpcProtocol:
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
     ) -> None:
         """Queue a notification (no answer)."""
-        _check_method(method)
+        _check_our_method(method)
+        _check_our_meta(meta)
         self._out.append(self._frame([NOTIFY, method, params, meta]))
 
     def send_response(
@@ -366,7 +392,7 @@ class RpcProtocol:
         hands the request to the timers with :meth:`track`. Raises as
         :meth:`send_request` does."""
         if type(method) is not str or not 0 < len(method) <= _SHORT_METHOD:
-            _check_method(method)
+            _check_our_method(method)
         outgoing = self._outgoing
         if len(outgoing) >= self.max_outgoing:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
@@ -375,8 +401,7 @@ class RpcProtocol:
         elif timeout == self._last_timeout:
             timeout_ms = self._last_timeout_ms
         else:
-            if timeout <= 0:
-                raise ValueError("timeout must be positive")
+            _check_our_timeout(timeout)
             timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
             self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
         request_id = self._next_id

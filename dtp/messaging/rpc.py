@@ -118,6 +118,15 @@ class BlockingStream(Protocol):
     def settimeout(self, timeout: float | None, /) -> None: ...
 
 
+def _meta_copy(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A call's ``meta`` to add to (None when empty); TypeError when not a mapping."""
+    if meta is None:
+        return None
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta is a mapping or None, not {type(meta).__name__!r}")
+    return dict(meta) if meta else None
+
+
 def _deadline(timeout: float | None) -> float | None:
     """The ``time.monotonic()`` value ``timeout`` seconds from now (None: none)."""
     return None if timeout is None else time.monotonic() + timeout
@@ -594,7 +603,7 @@ class RpcClient:
         """Send a request and return its :class:`RpcCall` at once (pipelining)."""
         if timeout is _DEFAULT:
             timeout = self.timeout
-        extra = dict(meta) if meta else None
+        extra = _meta_copy(meta)
         escrow_id = None
         if self.meter is not None:
             now_ms = int(time.time() * 1000)
@@ -1601,7 +1610,7 @@ class AsyncRpcClient:
         if self._closed is not None:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         loop = asyncio.get_running_loop()
-        extra = dict(meta) if meta else None
+        extra = _meta_copy(meta)
         escrow_id = None
         if self.meter is not None:
             now_ms = int(time.time() * 1000)
@@ -1622,7 +1631,7 @@ class AsyncRpcClient:
         self._futures[request_id] = future
         if escrow_id is not None:
             self._escrows[request_id] = escrow_id
-        await self._flush()
+        await self._send(request_id)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
@@ -1652,8 +1661,24 @@ class AsyncRpcClient:
     ) -> None:
         """Send a notification."""
         self._start()
+        if self._closed is not None:
+            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         self._proto.send_notification(method, params, meta=meta)
-        await self._flush()
+        await self._send()
+
+    async def _send(self, request_id: int | None = None) -> None:
+        """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
+        fails every call (RpcConnectionLost, as the blocking client's), and this one's
+        error is raised here."""
+        try:
+            await self._flush()
+        except (DTPError, OSError) as exc:
+            if request_id is not None:
+                self._futures.pop(request_id, None)
+                self._unanswered(request_id)
+            error = _send_failed(exc)
+            self._fail_all(error)
+            raise error from exc
 
     async def _flush(self) -> None:
         data = self._proto.data_to_send()
