@@ -326,3 +326,27 @@ def test_async_client_on_a_closed_writer_or_after_close() -> None:
         assert unhandled == []
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_handlers_own_typeerror_text_stays_private(workers: int) -> None:
+    """A TypeError answers INVALID_PARAMS; Python's text goes back only when the
+    handler's signature refused the params, not a TypeError from inside the handler,
+    whose text may hold anything (as any other exception's)."""
+    rpc = RpcServer(workers=workers)
+
+    def inner(p: Any) -> Any:
+        raise TypeError("secret path /srv/keys/host.key")
+
+    rpc.register("inner", inner)
+    rpc.register("no_params", lambda: 1)  # type: ignore[arg-type,misc]
+    s = Served(rpc)
+    try:
+        client = s.connect(timeout=5)
+        with pytest.raises(E.InvalidParams) as info:
+            client.call("inner", 1)
+        assert "secret" not in str(info.value) and info.value.message == "invalid params"
+        with pytest.raises(E.InvalidParams, match="positional argument"):
+            client.call("no_params", 1)
+    finally:
+        s.close()

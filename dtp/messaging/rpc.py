@@ -1076,7 +1076,12 @@ def _error_reply(exc: BaseException) -> tuple[int, str, Any]:
     if isinstance(exc, E.RemoteError):
         return exc.code, exc.message, exc.data
     if isinstance(exc, TypeError):
-        return E.INVALID_PARAMS, f"invalid params: {exc}", None
+        # taken for params the handler cannot take; its text is sent only when Python
+        # raised it binding the call (the handler never ran): a handler's own text stays
+        # private, as any other exception's does
+        tb = exc.__traceback__
+        detail = f": {exc}" if tb is not None and tb.tb_next is None else ""
+        return E.INVALID_PARAMS, f"invalid params{detail}", None
     return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
 
 
@@ -1090,8 +1095,10 @@ class RpcServer(_Registry):
 
     Handlers are ``fn(params)`` or, registered with ``context=True``,
     ``fn(params, ctx)``; they return the result or raise a
-    :class:`~dtp.messaging.errors.RemoteError` subclass to answer with its code (any
-    other exception answers ``INTERNAL_ERROR`` with its type name, never its message).
+    :class:`~dtp.messaging.errors.RemoteError` subclass to answer with its code (a
+    TypeError answers ``INVALID_PARAMS``, with Python's message only when the handler's
+    signature refused the params; any other exception answers ``INTERNAL_ERROR`` with
+    its type name, never its message).
     """
 
     def __init__(
