@@ -151,6 +151,13 @@ def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -
             if closed.is_set():
                 raise
             continue
+        except BlockingIOError:
+            # the first stream's thread set timeout 0 for a moment (to look for new
+            # streams without waiting): it sets its own again at once
+            if closed.is_set():
+                raise
+            time.sleep(0.001)
+            continue
         view = view[n:]
 
 
@@ -1277,6 +1284,10 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             # the stream is done for: its reading ends too (and the sending role with it)
             logger.debug("RPC answers not sent: %s", exc)
+        except BaseException:
+            with self.lock:
+                self.sending = False
+            raise
 
     def run(self) -> None:
         server = self.server
