@@ -1048,6 +1048,9 @@ class CallContext:
     #: The client's verified Sui address (from the DTP handshake), when known.
     peer_address: str | None
     #: Set when the caller cancels or the deadline passes: long handlers should check it.
+    #: Only a server that reads while handlers run sees either: :class:`RpcServer` with
+    #: a worker pool. Inline (``workers=0``) it stays clear: check :attr:`deadline`.
+    #: :class:`AsyncRpcServer` cancels the handler's task instead.
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: The ResponseEscrow this request prepaid, if any.
     escrow_id: str | None = None
@@ -1096,9 +1099,11 @@ class RpcServer(_Registry):
     """Blocking RPC server: register handlers, then serve streams.
 
     ``workers``: 0 runs handlers inline in the stream's thread (lowest latency, one
-    request at a time per stream); N > 0 runs them in a pool of N threads, so requests
-    on one stream overlap and answers go out in completion order. ``payments`` /
-    ``response_fees``: see the module docs.
+    request at a time per stream, nothing read while a handler runs); N > 0 runs them in
+    a pool of N threads, so requests on one stream overlap and answers go out in
+    completion order. Notification handlers run in the stream's thread, in order: a
+    slow one delays the requests read after it (hand long work to a thread).
+    ``payments`` / ``response_fees``: see the module docs.
 
     Handlers are ``fn(params)`` or, registered with ``context=True``,
     ``fn(params, ctx)``; they return the result or raise a
@@ -1174,7 +1179,10 @@ class RpcServer(_Registry):
             threading.Thread(target=self.serve_connection, args=(sock,), daemon=True).start()
 
     def close(self) -> None:
-        """Stop :meth:`serve` and the worker pool."""
+        """Stop :meth:`serve` (no new connections) and the worker pool. Connections being
+        served stay open, as with :meth:`asyncio.Server.close`: inline handlers go on
+        answering, and with a pool their requests are refused with ``SERVER_BUSY``,
+        until their clients close them (or their DTPSockets are closed)."""
         self._closed.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -1774,7 +1782,9 @@ class AsyncRpcClient:
 
 class AsyncRpcServer(_Registry):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
-    runs as its own task, so answers go out in completion order. Use :meth:`serve` as a
+    runs as its own task, so answers go out in completion order. Notifications are
+    handled in order by the stream's reading loop (an async notification handler is
+    awaited there: a slow one delays the requests behind it). Use :meth:`serve` as a
     :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``), or
     :meth:`serve_connection` to also answer on every stream the client opens.
 
