@@ -458,6 +458,17 @@ def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
     return not isinstance(receipts, ReceiptStore) and bool(receipts)
 
 
+def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
+    """A closed paid server's last step: stop the receipt writer (after it wrote
+    everything), then close the store if the server opened it."""
+    if not writer.close():
+        # still writing: the store stays open under it rather than lose a receipt
+        logger.error("the receipt writer did not finish; receipt store left open")
+        return
+    if own_store:
+        store.close()
+
+
 def check_address(address: object, what: str) -> None:
     """Refuse a listening or published address that is not a (host, port) tuple before
     anything opens (a string such as "127.0.0.1:0" would fail only in bind(), leaving
@@ -720,14 +731,9 @@ class PaidServer:
             self.receipt_writer.flush(timeout=5.0)
 
     def _release(self) -> None:
-        """Stop the receipt writer (after it wrote everything) and close our own store.
-        Runs once, when the server is closed and no connection can write any more."""
-        if not self.receipt_writer.close():
-            # still writing: the store stays open under it rather than lose a receipt
-            logger.error("the receipt writer did not finish; receipt store left open")
-            return
-        if self._own_store:
-            self.store.close()
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more)."""
+        release_receipts(self.receipt_writer, self.store, self._own_store)
 
     def __enter__(self) -> PaidServer:
         return self

@@ -37,6 +37,7 @@ from dtp.paid import (
     closes_store,
     gate_for,
     open_store,
+    release_receipts,
     settle_ended,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
@@ -454,14 +455,9 @@ class PaidAioServer:
             self.receipt_writer.flush(timeout=5.0)
 
     def _release(self) -> None:
-        """Stop the receipt writer (after it wrote everything) and close our own store.
-        Runs once, when the server is closed and no connection can write any more."""
-        if not self.receipt_writer.close():
-            # still writing: the store stays open under it rather than lose a receipt
-            logger.error("the receipt writer did not finish; receipt store left open")
-            return
-        if self._own_store:
-            self.store.close()
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more)."""
+        release_receipts(self.receipt_writer, self.store, self._own_store)
 
     async def wait_closed(self) -> None:
         if self.server is not None:
