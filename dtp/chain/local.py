@@ -91,13 +91,13 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
+from dtp.escrow import Receipt
 from dtp.keys import (
     InvalidSignature,
     verify_transaction,
 )
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.keys import HostIdentity
 
 __all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
@@ -195,12 +195,31 @@ def _u64(value: int, what: str) -> int:
     return value
 
 
-def _endpoint(value: Endpoint) -> bytes:
+# _bytes and _endpoints accept and refuse exactly what sui_tx's encode_bytes and
+# encode_vec_bytes do (a test holds the two ledgers to it): a call that Sui would refuse
+# must not succeed here. Plain bytes(x) would turn an int into x zero bytes, and a list
+# comprehension over a str would publish one endpoint per character. (Duplicated rather
+# than imported: importing sui_tx loads pysui, half a second LocalLedger users never need.)
+
+
+def _bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    raise InvalidArgument(f"An endpoint must be bytes or text, got {type(value).__name__}.")
+    raise InvalidArgument(f"{what} must be bytes or text, got {type(value).__name__}.")
+
+
+def _endpoints(values: Sequence[Endpoint], what: str = "endpoint") -> list[TxValue]:
+    if isinstance(values, str | bytes | bytearray | memoryview):
+        raise InvalidArgument(f"Expected a sequence of {what}s, got a single value.")
+    try:
+        items = iter(values)
+    except TypeError:
+        raise InvalidArgument(
+            f"Expected a sequence of {what}s, got {type(values).__name__}."
+        ) from None
+    return [_bytes(v, what) for v in items]
 
 
 def _replayed(tx: Tx) -> InvalidTransaction:
@@ -761,8 +780,8 @@ class LocalLedger(Ledger):
     def create_host(
         self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
     ) -> str:
-        eps: list[TxValue] = [_endpoint(e) for e in endpoints]
-        result = self._call(signer, "host", "create", bytes(noise_static_key), eps)
+        key = _bytes(noise_static_key, "noise_static_key")
+        result = self._call(signer, "host", "create", key, _endpoints(endpoints))
         return str(result.value)
 
     def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
@@ -771,16 +790,15 @@ class LocalLedger(Ledger):
         )
 
     def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
-        self._call(signer, "host", "set_noise_static_key", self._id(host_id), bytes(key))
+        self._call(signer, "host", "set_noise_static_key", self._id(host_id), _bytes(key, "key"))
 
     def set_endpoints(
         self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
     ) -> None:
-        eps: list[TxValue] = [_endpoint(e) for e in endpoints]
-        self._call(signer, "host", "set_endpoints", self._id(host_id), eps)
+        self._call(signer, "host", "set_endpoints", self._id(host_id), _endpoints(endpoints))
 
     def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
-        if not isinstance(mode, int) or not 0 <= mode <= 0xFF:
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
             raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
         self._call(signer, "host", "set_firewall_mode", self._id(host_id), int(mode))
 
@@ -825,6 +843,8 @@ class LocalLedger(Ledger):
 
     @staticmethod
     def _sla_args(sla: Sla) -> tuple[int, int, int]:
+        if not isinstance(sla, Sla):
+            raise InvalidArgument(f"sla must be an Sla, got {type(sla).__name__}.")
         return (
             _u64(sla.price_per_kib, "price_per_kib"),
             _u64(sla.price_per_request, "price_per_request"),
@@ -846,7 +866,7 @@ class LocalLedger(Ledger):
             "add_service",
             self._id(host_id),
             self._port(port),
-            kind.encode(),
+            _bytes(kind, "kind"),
             *self._sla_args(sla),
             _u64(max_connections, "max_connections"),
         )
@@ -907,7 +927,11 @@ class LocalLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> PendingOpen:
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else _bytes(client_public_key, "client_public_key")
+        )
         signed = self._signed(
             signer,
             "transport_control",
@@ -946,12 +970,14 @@ class LocalLedger(Ledger):
 
     @staticmethod
     def _receipt_args(receipt: Receipt) -> tuple[int, int, int, int, bytes]:
+        if not isinstance(receipt, Receipt):
+            raise InvalidArgument(f"receipt must be a Receipt, got {type(receipt).__name__}.")
         return (
             _u64(receipt.total_bytes, "total_bytes"),
             _u64(receipt.total_requests, "total_requests"),
             _u64(receipt.total_amount, "total_amount"),
             _u64(receipt.nonce, "nonce"),
-            bytes(receipt.signature),
+            _bytes(receipt.signature, "signature"),
         )
 
     def claim(
@@ -1058,7 +1084,7 @@ class LocalLedger(Ledger):
 
     def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
         result = self._call(
-            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), bytes(data)
+            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), _bytes(data, "data")
         )
         return int(result.value)
 
@@ -1084,7 +1110,7 @@ class LocalLedger(Ledger):
             signer,
             "broadcast",
             "create",
-            channel.encode(),
+            _bytes(channel, "channel"),
             _u64(slot_price, "slot_price"),
             _u64(slot_ms, "slot_ms"),
         )
@@ -1100,7 +1126,9 @@ class LocalLedger(Ledger):
         )
 
     def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
-        result = self._call(signer, "broadcast", "transmit", self._id(broadcast_id), bytes(data))
+        result = self._call(
+            signer, "broadcast", "transmit", self._id(broadcast_id), _bytes(data, "data")
+        )
         return int(result.value)
 
     def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
@@ -1115,7 +1143,7 @@ class LocalLedger(Ledger):
     # -- mailbox and response escrow ------------------------------------------------------------
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
-        self._call(signer, "mailbox", "send", self._id(host_id), bytes(payload))
+        self._call(signer, "mailbox", "send", self._id(host_id), _bytes(payload, "payload"))
 
     def response_escrow_deposit(
         self,
@@ -1132,8 +1160,8 @@ class LocalLedger(Ledger):
             "response_escrow",
             "deposit",
             self._id(server, "address"),
-            bytes(request_id),
-            bytes(key),
+            _bytes(request_id, "request_id"),
+            _bytes(key, "requester_public_key"),
             _u64(deadline_ms, "the deadline"),
             _u64(amount, "the response fee"),
         )
@@ -1147,14 +1175,14 @@ class LocalLedger(Ledger):
             "response_escrow",
             "claim",
             self._id(escrow_id),
-            bytes(response_hash),
-            bytes(signature),
+            _bytes(response_hash, "response_hash"),
+            _bytes(signature, "signature"),
         )
         return int(result.value)
 
     def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
         result = self._call(
-            signer, "response_escrow", "deliver", self._id(escrow_id), bytes(response)
+            signer, "response_escrow", "deliver", self._id(escrow_id), _bytes(response, "response")
         )
         return int(result.value)
 
@@ -1267,7 +1295,11 @@ class LocalLedger(Ledger):
     ) -> OpenedConnection:
         sub = self.get_subscription(subscription_id)
         host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else _bytes(client_public_key, "client_public_key")
+        )
         result = self._call(
             signer,
             "subscription",
@@ -1315,7 +1347,11 @@ class LocalLedger(Ledger):
         host_id: str | None = None,
     ) -> OpenedConnection:
         host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else _bytes(client_public_key, "client_public_key")
+        )
         result = self._call(
             signer,
             "sponsor",
@@ -1359,7 +1395,7 @@ class LocalLedger(Ledger):
             signer,
             "tickets",
             "create",
-            title.encode(),
+            _bytes(title, "title"),
             _u64(ticket_price, "ticket_price"),
             _u64(min_tickets, "min_tickets"),
             _u64(max_tickets, "max_tickets"),
@@ -1403,9 +1439,10 @@ class LocalLedger(Ledger):
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
     ) -> str:
+        payload = _bytes(data, "data")  # before len(): the deposit is for what is sent
         pipe = self.get_pipe(pipe_id)
         terms = self.get_retention_terms(terms_id)
-        deposit = _u64(terms.deposit_for(len(data)), "the storage deposit")
+        deposit = _u64(terms.deposit_for(len(payload)), "the storage deposit")
         result = self._call(
             signer,
             "retention",
@@ -1414,7 +1451,7 @@ class LocalLedger(Ledger):
             self._id(pipe.connection),
             self._id(terms_id),
             _u64(inner, "inner"),
-            bytes(data),
+            payload,
             deposit,
         )
         return str(result.value)

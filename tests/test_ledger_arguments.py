@@ -1,0 +1,192 @@
+"""LocalLedger refuses wrong-typed call arguments as the Sui transaction builders do.
+
+Before, plain ``bytes(x)`` turned an int into that many zero bytes (an all-zero Noise key
+published on the host) and a str given as the whole endpoint list became one endpoint per
+character; sui_tx refuses both, so a program tested against LocalLedger broke on Sui.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.chain import sui_tx
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import InvalidArgument
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x41), ident(0x42)
+SLA = Sla(10, 5, 1000)
+# what sui_tx.encode_bytes refuses; bytes(32) == 32 zero bytes is the case that mattered
+NOT_BYTES: list[Any] = [32, 0, None, 1.5, True, [1, 2], (b"a",)]
+
+
+class World:
+    """A file ledger with a host (service 7), an open connection with a pipe, a
+    broadcast on air, a response escrow and retention terms."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self.ledger = ledger
+        ledger.faucet(SERVER.sui_address, 10**9)
+        ledger.faucet(CLIENT.sui_address, 10**9)
+        self.host = ledger.create_host(SERVER, SERVER.noise_public, ["tcp://127.0.0.1:7000"])
+        ledger.add_service(SERVER, self.host, 7, "echo", SLA)
+        self.cap = ledger.create_spending_cap(CLIENT, 10**9)
+        opened = ledger.open_connection(CLIENT, self.host, 7, self.cap, 1000)
+        self.connection, self.escrow = opened.connection_id, opened.escrow_id
+        self.pipe = ledger.create_pipe(CLIENT, self.connection, 1)
+        self.broadcast = ledger.create_broadcast(SERVER, "news", 1, 1000)
+        ledger.broadcast_contribute(CLIENT, self.broadcast, 10)
+        self.response = ledger.response_escrow_deposit(
+            CLIENT, SERVER.sui_address, b"req-1", 10, 10**6
+        )
+        self.terms = ledger.create_retention_terms(SERVER, self.host, 7, 5_000, 1)
+        self.offer = ledger.create_subscription_offer(SERVER, self.host, 7, 10)
+        self.subscription = ledger.subscribe(CLIENT, self.offer, 1)
+        self.pool = ledger.create_sponsor_pool(SERVER, self.host, 7, 5000)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.sqlite", clock_ms=0)
+    try:
+        yield World(ledger)
+    finally:
+        ledger.close()
+
+
+def refused(world: World, call: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """``call`` raises InvalidArgument and leaves the ledger as it was; returns the text."""
+    before = world.ledger.dump()
+    with pytest.raises(InvalidArgument) as info:
+        call(*args, **kwargs)
+    assert world.ledger.dump() == before
+    return str(info.value)
+
+
+def byte_calls(w: World, bad: Any) -> dict[str, Callable[[], Any]]:
+    """Every LocalLedger call with a ``vector<u8>`` argument, given ``bad`` there."""
+    L = w.ledger
+    r = Receipt(w.connection, 1024, 0, 10, 1).sign(CLIENT)
+    calls = {
+        "create_host noise_static_key": lambda: L.create_host(SERVER, bad),
+        "create_host endpoint": lambda: L.create_host(SERVER, SERVER.noise_public, [bad]),
+        "set_noise_static_key": lambda: L.set_noise_static_key(SERVER, w.host, bad),
+        "set_endpoints endpoint": lambda: L.set_endpoints(SERVER, w.host, ["a", bad]),
+        "add_service kind": lambda: L.add_service(SERVER, w.host, 8, bad, SLA),
+        "open_connection key": lambda: L.open_connection(CLIENT, w.host, 7, w.cap, 1000, bad),
+        "claim signature": lambda: L.claim(
+            SERVER, w.escrow, Receipt(w.connection, 1024, 0, 10, 1, bad)
+        ),
+        "settle_with_receipt signature": lambda: L.settle_with_receipt(
+            SERVER, w.connection, Receipt(r.connection_id, 1024, 0, 10, 1, bad)
+        ),
+        "pipe_send data": lambda: L.pipe_send(CLIENT, w.pipe, 0, bad),
+        "create_broadcast channel": lambda: L.create_broadcast(SERVER, bad, 1, 1000),
+        "broadcast_transmit data": lambda: L.broadcast_transmit(SERVER, w.broadcast, bad),
+        "mailbox_send payload": lambda: L.mailbox_send(CLIENT, w.host, bad),
+        "response_escrow_deposit request_id": lambda: L.response_escrow_deposit(
+            CLIENT, SERVER.sui_address, bad, 10, 10**6
+        ),
+        "response_escrow_deposit key": lambda: L.response_escrow_deposit(
+            CLIENT, SERVER.sui_address, b"r", 10, 10**6, bad
+        ),
+        "response_escrow_claim hash": lambda: L.response_escrow_claim(
+            SERVER, w.response, bad, bytes(64)
+        ),
+        "response_escrow_claim signature": lambda: L.response_escrow_claim(
+            SERVER, w.response, bytes(32), bad
+        ),
+        "response_escrow_deliver response": lambda: L.response_escrow_deliver(
+            SERVER, w.response, bad
+        ),
+        "create_ticket_sale title": lambda: L.create_ticket_sale(SERVER, bad, 1, 1, 2, 10**6),
+        "send_retained data": lambda: L.send_retained(CLIENT, w.pipe, w.terms, 0, bad),
+        "open_subscribed_connection key": lambda: L.open_subscribed_connection(
+            CLIENT, w.subscription, w.cap, 0, bad
+        ),
+        "open_sponsored_connection key": lambda: L.open_sponsored_connection(
+            CLIENT, w.pool, w.cap, 1000, bad
+        ),
+    }
+    if bad is None:  # None is the default of the optional keys: the signer's own key
+        calls = {name: call for name, call in calls.items() if not name.endswith(" key")}
+    return calls
+
+
+@pytest.mark.parametrize("bad", NOT_BYTES, ids=repr)
+def test_byte_arguments_that_are_not_bytes_or_text_are_refused(world: World, bad: Any) -> None:
+    # the Sui builders refuse the same values (the reference for LocalLedger)
+    with pytest.raises(InvalidArgument, match="must be bytes or text"):
+        sui_tx.encode_bytes(bad, "x")
+    for name, call in byte_calls(world, bad).items():
+        text = refused(world, call)
+        assert "must be bytes or text" in text, (name, text)
+        assert type(bad).__name__ in text, (name, text)
+
+
+def test_an_int_key_is_not_published_as_zero_bytes(world: World) -> None:
+    # the reported case: 32 was stored as an all-zero Noise key
+    text = refused(world, world.ledger.create_host, SERVER, 32)
+    assert text == "noise_static_key must be bytes or text, got int."
+    refused(world, world.ledger.set_noise_static_key, SERVER, world.host, 32)
+    assert world.ledger.get_host(world.host).noise_static_key == SERVER.noise_public
+
+
+@pytest.mark.parametrize("single", ["127.0.0.1:7000", b"127.0.0.1:7000", bytearray(b"x")])
+def test_a_single_endpoint_is_not_a_list_of_endpoints(world: World, single: Any) -> None:
+    with pytest.raises(InvalidArgument, match="single value"):
+        sui_tx.encode_vec_bytes(single)
+    L = world.ledger
+    text = refused(world, L.create_host, SERVER, SERVER.noise_public, single)
+    assert text == "Expected a sequence of endpoints, got a single value."
+    refused(world, L.set_endpoints, SERVER, world.host, single)
+    assert L.get_host(world.host).endpoints == (b"tcp://127.0.0.1:7000",)
+
+
+def test_endpoints_that_are_no_sequence_are_refused(world: World) -> None:
+    refused(world, world.ledger.create_host, SERVER, SERVER.noise_public, 5)
+    refused(world, world.ledger.set_endpoints, SERVER, world.host, None)
+
+
+def test_what_sui_tx_accepts_is_accepted(world: World) -> None:
+    # text and every buffer type encode as sui_tx encodes them
+    L = world.ledger
+    host = L.create_host(
+        SERVER, bytearray(SERVER.noise_public), ("a:1", b"b:2", bytearray(b"c:3"), memoryview(b"d"))
+    )
+    assert L.get_host(host).endpoints == (b"a:1", b"b:2", b"c:3", b"d")
+    L.set_endpoints(SERVER, host, (e for e in ["x:1"]))  # any iterable, as sui_tx
+    assert L.get_host(host).endpoints == (b"x:1",)
+    L.set_noise_static_key(SERVER, host, memoryview(bytes(range(32))))
+    assert L.get_host(host).noise_static_key == bytes(range(32))
+    L.add_service(SERVER, host, 8, b"echo", SLA)  # sui_tx takes bytes for kind
+    assert L.get_host(host).services[8].kind == "echo"
+    L.create_broadcast(SERVER, b"chan", 1, 1000)
+    L.create_ticket_sale(SERVER, b"title", 1, 1, 2, 10**6)
+    assert L.pipe_send(CLIENT, world.pipe, 0, "hi") >= 0
+
+
+def test_sla_and_receipt_of_the_wrong_type_are_refused(world: World) -> None:
+    L = world.ledger
+    assert "must be an Sla" in refused(world, L.add_service, SERVER, world.host, 9, "x", (1, 1, 1))
+    refused(world, L.update_service, SERVER, world.host, 7, None)
+    assert "must be a Receipt" in refused(world, L.claim, SERVER, world.escrow, None)
+    refused(world, L.settle_with_receipt, SERVER, world.connection, (1, 2, 3))
+
+
+@pytest.mark.parametrize("mode", [True, False, 1.0, "1", 256, -1])
+def test_set_firewall_mode_takes_a_u8_and_no_bool(world: World, mode: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        sui_tx.encode_u8(mode, "The firewall mode")
+    refused(world, world.ledger.set_firewall_mode, SERVER, world.host, mode)
