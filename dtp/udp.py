@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dtp.errors import DTPError, InsufficientFunds
+from dtp.errors import DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -95,6 +95,10 @@ class UdpStats:
     dropped_no_session: int = 0
     #: Dropped: over the client's rate limits, the host firewall's (relay).
     dropped_rate_limited: int = 0
+    #: Dropped: the UDP socket refused the send -- the backend's port is closed (an ICMP
+    #: error left by an earlier datagram), unreachable or the buffer full (relay; such
+    #: datagrams are not billed), or the same for the local client (forwarder).
+    dropped_send_failed: int = 0
     sessions_opened: int = 0
     sessions_closed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -186,9 +190,24 @@ class UdpBilling:
                 logger.exception("on_receipt failed for %s", self.connection_id)
         return True
 
+    def may_forward(self) -> bool:
+        """Whether the receipts so far leave credit for one more datagram. The relays
+        ask this before sending and count with :meth:`forwarded` only once the backend's
+        socket took the datagram: a send that fails is not billed."""
+        with self._lock:
+            paid = 0 if self.latest is None else self.latest.total_requests
+            return self.datagrams - paid < self.credit_datagrams
+
+    def forwarded(self, nbytes: int) -> None:
+        """Count a datagram of ``nbytes`` delivered to the backend."""
+        with self._lock:
+            self.datagrams += 1
+            self.bytes += nbytes
+
     def admit(self, nbytes: int) -> bool:
-        """Whether a datagram of ``nbytes`` from the client may be forwarded (and count
-        it when it may)."""
+        """Whether a datagram of ``nbytes`` from the client may be forwarded, counting
+        it when it may (for a caller whose delivery cannot fail; the relays use
+        :meth:`may_forward` and :meth:`forwarded`)."""
         with self._lock:
             paid = 0 if self.latest is None else self.latest.total_requests
             if self.datagrams - paid >= self.credit_datagrams:
@@ -301,12 +320,18 @@ def relay_udp(
     :meth:`dtp.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
     and replies count by their bytes; datagrams over the rate are dropped and counted
     (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
-    holding it back would only add delay the application did not ask for. Returns the
-    counters (``stats`` if given, shared)."""
+    holding it back would only add delay the application did not ask for. A datagram
+    the backend's socket refuses (its port closed, say) is dropped, counted
+    (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
+    shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
+    as a UDP destination at all (``sock`` is closed then too, as at the end)."""
     stats = stats if stats is not None else UdpStats()
-    family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
-    udp = _socket.socket(family, _socket.SOCK_DGRAM)
-    udp.connect(backend)
+    try:
+        udp = _backend_socket(backend)
+    except TunnelError:
+        with contextlib.suppress(DTPError, OSError):
+            sock.close()
+        raise
     done = threading.Event()
     last = [time.monotonic()]
     control = None if billing is None else _RelayControl(sock, billing, report_every)
@@ -357,20 +382,28 @@ def relay_udp(
                 admitted = limits.admit([len(d) for d in batch], last[0])
                 limited = len(batch) - admitted
                 del batch[admitted:]
-            sent = nbytes = unpaid = 0
+            sent = nbytes = unpaid = failed = 0
             for data in batch:
-                if billing is not None and not billing.admit(len(data)):
+                if billing is not None and not billing.may_forward():
                     unpaid += 1
                     continue
-                with contextlib.suppress(OSError):  # e.g. ECONNREFUSED from a previous send
+                try:
                     udp.send(data)
-                    sent += 1
-                    nbytes += len(data)
+                except OSError:
+                    # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
+                    # this send, which the kernel then discards -- nothing to bill
+                    failed += 1
+                    continue
+                if billing is not None:
+                    billing.forwarded(len(data))
+                sent += 1
+                nbytes += len(data)
             stats.add(
                 datagrams_in=sent,
                 bytes_in=nbytes,
                 dropped_unpaid=unpaid,
                 dropped_rate_limited=limited,
+                dropped_send_failed=failed,
             )
             if control is not None:
                 control.report()
@@ -650,6 +683,24 @@ class UdpForwarder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _backend_socket(backend: tuple[str, int], *, blocking: bool = True) -> _socket.socket:
+    """A UDP socket connected to ``backend`` (so only its replies come back), or
+    :class:`TunnelError` when the address cannot be a UDP destination (e.g. a broadcast
+    address, an unknown host) -- closed first, not left to the garbage collector."""
+    family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
+    try:
+        udp = _socket.socket(family, _socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise TunnelError(f"UDP backend {backend}: no socket: {exc}") from exc
+    try:
+        udp.setblocking(blocking)
+        udp.connect(backend)
+    except OSError as exc:
+        udp.close()
+        raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
+    return udp
 
 
 def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:

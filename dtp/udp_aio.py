@@ -25,6 +25,7 @@ from dtp.udp import (
     FlowAccount,
     UdpBilling,
     UdpStats,
+    _backend_socket,
     _control,
     _drain,
     _drain_by_source,
@@ -64,16 +65,13 @@ async def relay_udp_async(
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and back (see
     :func:`dtp.udp.relay_udp`, billing and ``limits`` included), until the connection
-    ends or sits idle."""
+    ends or sits idle. Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot
+    be used as a UDP destination at all."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
     last = [loop.time()]
     limit = writer._conn.config.max_datagram_size
-
-    family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
-    udp = socket.socket(family, socket.SOCK_DGRAM)
-    udp.setblocking(False)
-    udp.connect(backend)
+    udp = _backend_socket(backend, blocking=False)
 
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
@@ -121,15 +119,21 @@ async def relay_udp_async(
         if limits is not None and not limits.admit((len(data),), time.monotonic()):
             stats.add(dropped_rate_limited=1)
             return
-        if billing is not None and not billing.admit(len(data)):
+        if billing is not None and not billing.may_forward():
             stats.add(dropped_unpaid=1)
             return
-        # a full socket buffer or an ICMP error drops the datagram, as UDP does
-        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+        try:
             udp.send(data)
-            # one thread (the event loop) writes these counters: no lock per datagram
-            stats.datagrams_in += 1
-            stats.bytes_in += len(data)
+        except OSError:
+            # a full socket buffer or an ICMP error drops the datagram, as UDP does;
+            # the client pays only for what reached the backend
+            stats.add(dropped_send_failed=1)
+            return
+        if billing is not None:
+            billing.forwarded(len(data))
+        # one thread (the event loop) writes these counters: no lock per datagram
+        stats.datagrams_in += 1
+        stats.bytes_in += len(data)
         report()
 
     control_task = loop.create_task(control()) if billing is not None else None
