@@ -566,12 +566,17 @@ class DTPStreamWriter:
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on the connection (see
-        :meth:`dtp.socket.DTPSocket.send_datagram`)."""
+        :meth:`dtp.socket.DTPSocket.send_datagram`). Never waits: while the transport
+        holds more than ``dtp.connection.DATAGRAM_SEND_BACKLOG`` unsent bytes (the peer
+        is stalled or slow) it is dropped and counted in
+        :attr:`datagrams_send_dropped`."""
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
-        self._conn.send_datagram(data)
-        self._proto.flush()
+        transport = self._proto.transport
+        backlog = 0 if transport is None else transport.get_write_buffer_size()
+        if self._conn.send_datagram(data, backlog):
+            self._proto.flush()
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
         """:meth:`send_datagram` for many at once (sealed and written together; when one
@@ -579,8 +584,22 @@ class DTPStreamWriter:
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
-        self._conn.send_datagrams(datagrams)
-        self._proto.flush()
+        transport = self._proto.transport
+        backlog = 0 if transport is None else transport.get_write_buffer_size()
+        if self._conn.send_datagrams(datagrams, backlog):
+            self._proto.flush()
+
+    @property
+    def datagrams_send_dropped(self) -> int:
+        """Datagrams :meth:`send_datagram` / :meth:`send_datagrams` dropped because the
+        carrier was backed up (for the whole connection)."""
+        return self._conn.datagrams_send_dropped
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams that arrived but were dropped because they were not read in time
+        (the connection keeps the newest 1024)."""
+        return self._session.datagrams_dropped
 
     def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
         """Have the connection's datagrams pushed to ``sink`` as they arrive (those

@@ -126,6 +126,11 @@ _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between re
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
+#: Unsent bytes on the carrier beyond which new datagrams are dropped (counted in
+#: ``Connection.datagrams_send_dropped``) rather than queued behind them: a datagram
+#: that waits for a stalled peer only arrives late, and queuing them would grow
+#: without bound (docs/udp.md).
+DATAGRAM_SEND_BACKLOG = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,8 @@ class Connection:
         self.bytes_received = 0
         self.records_sent = 0
         self.records_received = 0
+        #: Datagrams dropped instead of sent because the carrier was backed up
+        self.datagrams_send_dropped = 0
 
         if self.is_client:
             self._hs = Handshake.initiator(
@@ -1143,24 +1150,43 @@ class Connection:
         self._require_open()
         self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, bytes(receipt)))
 
-    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
-        """Send an unreliable datagram (never retransmitted)."""
-        self.send_datagrams((data,))
+    def send_datagram(self, data: bytes | bytearray | memoryview, backlog: int = 0) -> int:
+        """Send an unreliable datagram (never retransmitted); see :meth:`send_datagrams`."""
+        return self.send_datagrams((data,), backlog)
 
-    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send_datagrams(
+        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int = 0
+    ) -> int:
         """Send unreliable datagrams: all of them, or (on a TypeError or
-        LocalProtocolError for any one) none."""
+        LocalProtocolError for any one) none. ``backlog``: bytes the I/O adapter holds
+        that the carrier has not taken yet. Those that would take it past
+        DATAGRAM_SEND_BACKLOG are dropped and counted in :attr:`datagrams_send_dropped`
+        instead (never a wait: a late datagram is worth less than a lost one). Returns
+        how many were queued."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
         limit = self.config.max_datagram_size
         frames = []
+        size = 0
         for data in datagrams:
             body = _datagram_bytes(data)
             if len(body) > limit:
                 raise LocalProtocolError(f"datagram of {len(body)} bytes exceeds {limit}")
             frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
+            size += len(body)
+        if backlog + size > DATAGRAM_SEND_BACKLOG:
+            room = DATAGRAM_SEND_BACKLOG - backlog
+            kept = 0
+            for frame in frames:
+                room -= len(frame.data)
+                if room < 0:
+                    break
+                kept += 1
+            self.datagrams_send_dropped += len(frames) - kept
+            del frames[kept:]
         self._ctrl.extend(frames)
+        return len(frames)
 
     def ping(self) -> None:
         """Send a PING (keeps the peer's idle timer alive)."""

@@ -57,7 +57,7 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
-from dtp.connection import CloseCode, Connection, ConnectionConfig
+from dtp.connection import DATAGRAM_SEND_BACKLOG, CloseCode, Connection, ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.errors import (
     ConnectionClosed,
@@ -114,6 +114,9 @@ SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024  # the most one carrier read takes
 FIRST_RECV_CHUNK = 16 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
+# Buffers queued for the carrier beyond which a datagram is dropped whatever their size
+# (each datagram sent while the carrier is full queues one): their sum stays cheap.
+_BACKLOG_ENTRIES = 256
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
@@ -234,6 +237,18 @@ class _Engine:
         self._send_some()
         if self.out and self.pumping:
             self._wake()
+
+    def backlog(self) -> int:
+        """Bytes queued for the carrier that it has not taken, after offering them to it
+        once more (lock held): what a datagram would wait behind. Only for when
+        :attr:`out` is not empty. The sum runs over at most _BACKLOG_ENTRIES buffers
+        (beyond that, ``DATAGRAM_SEND_BACKLOG``: full), so a datagram sent while the
+        peer is stalled costs little even when it is dropped."""
+        self._send_some()
+        out = self.out
+        if len(out) > _BACKLOG_ENTRIES:
+            return DATAGRAM_SEND_BACKLOG
+        return sum(map(len, out))
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -1293,26 +1308,30 @@ class DTPSocket:
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on this connection (not on a stream): it arrives
         whole or not at all, unordered, never retransmitted. At most
-        ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError)."""
+        ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError). Never
+        blocks: while more than ``dtp.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
+        or 256 writes, wait for the carrier (the peer is stalled or slow), the datagram
+        is dropped and counted in :attr:`datagrams_send_dropped`, as UDP drops what
+        does not fit its socket buffer."""
         self._check_open()
         engine = self._engine
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-            engine.conn.send_datagram(data)
-            engine.flush()
+            if engine.conn.send_datagram(data, engine.backlog() if engine.out else 0):
+                engine.flush()
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
         """:meth:`send_datagram` for many at once (sealed and written together). When
         one of them is not bytes-like (TypeError) or too large (LocalProtocolError),
-        none is sent."""
+        none is sent; those that do not fit the backlog are dropped and counted."""
         self._check_open()
         engine = self._engine
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-            engine.conn.send_datagrams(datagrams)
-            engine.flush()
+            if engine.conn.send_datagrams(datagrams, engine.backlog() if engine.out else 0):
+                engine.flush()
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
@@ -1363,6 +1382,12 @@ class DTPSocket:
     def datagrams_dropped(self) -> int:
         """Datagrams that arrived but were dropped because they were not read in time."""
         return self._engine.session.datagrams_dropped
+
+    @property
+    def datagrams_send_dropped(self) -> int:
+        """Datagrams :meth:`send_datagram` / :meth:`send_datagrams` dropped because the
+        carrier was backed up (for the whole connection)."""
+        return self._engine.conn.datagrams_send_dropped
 
     # -- streams ---------------------------------------------------------------------------
 
