@@ -1,4 +1,6 @@
-"""LocalLedger refuses wrong-typed call arguments as the Sui transaction builders do.
+"""LocalLedger refuses wrong-typed call arguments as the Sui transaction builders do;
+its handle refuses a bad path or clock before creating anything, survives fork() and
+fails typed after close(); events() honours its limit and refuses malformed cursors.
 
 Before, plain ``bytes(x)`` turned an int into that many zero bytes (an all-zero Noise key
 published on the host) and a str given as the whole endpoint list became one endpoint per
@@ -7,6 +9,7 @@ character; sui_tx refuses both, so a program tested against LocalLedger broke on
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 from dtp.chain import sui_tx
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import InvalidArgument
+from dtp.errors import ChainError, InvalidArgument
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 
@@ -190,3 +193,131 @@ def test_set_firewall_mode_takes_a_u8_and_no_bool(world: World, mode: Any) -> No
     with pytest.raises(InvalidArgument):
         sui_tx.encode_u8(mode, "The firewall mode")
     refused(world, world.ledger.set_firewall_mode, SERVER, world.host, mode)
+
+
+# -- the handle: its path, fork(), close() --------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [None, 5, b"ledger.sqlite", 1.5])
+def test_a_path_that_is_not_text_is_refused_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)  # str(path) made files named ./None and ./5 here
+    with pytest.raises(TypeError, match="ledger path"):
+        LocalLedger(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidArgument, match="empty"):
+        LocalLedger("")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("clock_ms", [-1, 1.5, True, "0", 2**64])
+def test_a_bad_clock_is_refused_before_the_file_is_created(tmp_path: Path, clock_ms: Any) -> None:
+    path = tmp_path / "sub" / "ledger.sqlite"
+    with pytest.raises(InvalidArgument, match="clock_ms"):
+        LocalLedger(path, clock_ms=clock_ms)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_a_pathlike_path_is_taken(tmp_path: Path) -> None:
+    with LocalLedger(tmp_path / "ledger.sqlite", clock_ms=5) as ledger:
+        assert ledger.path == str(tmp_path / "ledger.sqlite")
+        assert ledger.clock_ms() == 5
+
+
+def _in_child(call: Callable[[], str]) -> str:
+    """Run ``call`` in a forked child; its result, or raise with the child's error."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running pytest's teardown
+        code = 1
+        try:
+            os.write(w, b"ok:" + call().encode())
+            code = 0
+        except BaseException as exc:
+            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:1000])
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as out:
+        text = out.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert text.startswith("ok:"), text
+    return text[3:]
+
+
+def test_a_handle_carried_across_fork_works_in_child_and_parent(tmp_path: Path) -> None:
+    with LocalLedger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.faucet(CLIENT.sui_address, 10**6)
+        first = ledger.create_spending_cap(CLIENT, 1)  # in use before the fork
+        child_cap = _in_child(lambda: ledger.create_spending_cap(CLIENT, 2))
+        # the child drew fresh nonces: the parent's next one is no replay of its
+        # (before: InvalidTransaction "replayed transaction" here)
+        parent_cap = ledger.create_spending_cap(CLIENT, 3)
+        caps = {first: 1, child_cap: 2, parent_cap: 3}
+        assert {c: ledger.get_cap(c).max_per_epoch for c in caps} == caps
+        # the child's own connection is its own to close; the parent's goes on
+        _in_child(lambda: str(ledger.close()))
+        assert ledger.get_cap(child_cap).max_per_epoch == 2
+        ledger.create_spending_cap(CLIENT, 4)
+
+
+def test_a_memory_ledger_carried_across_fork_is_the_childs_own_copy() -> None:
+    with LocalLedger(":memory:") as ledger:
+        ledger.faucet(CLIENT.sui_address, 10**6)
+        cap = ledger.create_spending_cap(CLIENT, 1)
+
+        def child() -> str:
+            assert ledger.get_cap(cap).max_per_epoch == 1
+            return ledger.create_spending_cap(CLIENT, 2)
+
+        child_cap = _in_child(child)
+        assert [ref.object_id for ref in ledger.objects("SpendingCap")] == [cap]
+        assert child_cap != cap
+        ledger.create_spending_cap(CLIENT, 3)
+
+
+def test_calls_after_close_raise_a_typed_error(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    ledger.close()
+    for call in (ledger.epoch, lambda: ledger.faucet(CLIENT.sui_address, 1), ledger.events):
+        with pytest.raises(ChainError, match="is closed") as info:
+            call()
+        assert info.value.name == "LedgerUnavailable"
+    ledger.close()  # again: nothing happens
+    with LocalLedger(tmp_path / "ledger.sqlite") as again:
+        pass
+    with pytest.raises(ChainError, match="is closed"):
+        again.clock_ms()
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def test_events_returns_at_most_limit(world: World) -> None:
+    L = world.ledger
+    cursor = L.head_cursor()
+    assert cursor is not None and int(cursor) > 3
+    for limit in (0, -5):
+        # before: one event whatever the limit
+        assert L.events(None, None, limit) == ([], None)
+        assert L.events("1", None, limit) == ([], "1")
+    events, after = L.events(None, None, 2)
+    assert len(events) == 2 and after == events[-1].cursor
+    with pytest.raises(InvalidArgument):
+        L.events(None, None, 1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cursor", [str(2**70), str(2**63), " 3 ", "-0", "1_0", "x", "٣", 3])
+def test_a_malformed_cursor_is_refused(world: World, cursor: Any) -> None:
+    with pytest.raises(InvalidArgument, match="not a LocalLedger event cursor"):
+        world.ledger.events(cursor)
+
+
+def test_a_cursor_past_the_last_event_returns_nothing(world: World) -> None:
+    assert world.ledger.events(str(2**63 - 1)) == ([], str(2**63 - 1))

@@ -38,10 +38,11 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
@@ -105,6 +106,8 @@ __all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 logger = logging.getLogger(__name__)
 
 U64_MAX: Final = 2**64 - 1
+#: The largest event position SQLite can hold (a signed 64-bit INTEGER).
+_SEQ_MAX: Final = 2**63 - 1
 #: How long a call waits for another writer (any process) to finish before failing.
 _BUSY_TIMEOUT_S: Final = 30.0
 # Waits between tries while another writer holds the file. SQLite's own busy handler
@@ -247,6 +250,12 @@ class _Checkpointer:
         self._lock = threading.Lock()
         self._running: set[str] = set()  # ledger paths
 
+    def forked(self) -> None:
+        """In the child of fork(): the parent's checkpoint threads are not there, and one
+        may have held the lock or left its path marked as running."""
+        self._lock = threading.Lock()
+        self._running = set()
+
     def request(self, path: str) -> None:
         with self._lock:
             if path in self._running:
@@ -275,6 +284,66 @@ _CHECKPOINTER: Final = _Checkpointer()
 _CHECKPOINT_EVERY: Final = 64
 #: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 8000
+
+
+def _nonces() -> itertools.count[int]:
+    # from a random start: two instances signing for one sender (threads, processes
+    # sharing the file, a parent and its forked child) never reuse a nonce
+    return itertools.count(int.from_bytes(os.urandom(8)) >> 1)
+
+
+def _unavailable(message: str) -> ChainError:
+    return ChainError(message, name="LedgerUnavailable", module="ledger")
+
+
+class _ClosedConnection:
+    """Held by a closed LocalLedger in place of its SQLite connection: any use raises a
+    typed error naming the ledger (not sqlite3.ProgrammingError); closing again is fine."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise _unavailable(f"The ledger {self._path} is closed: open a new LocalLedger.")
+
+    def close(self) -> None:
+        pass
+
+
+class _ReopenInChild:
+    """Held by a file LocalLedger in the child of fork() in place of the connection it
+    inherited, which must not be used there (its locks and WAL index state belong to the
+    parent): the first use opens the child's own connection to the same file."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        ledger = self._ledger
+        with ledger._lock:
+            if ledger._db is cast(sqlite3.Connection, self):
+                ledger._db = ledger._connect()
+        return getattr(ledger._db, name)
+
+    def close(self) -> None:
+        pass  # nothing of the child's own is open yet
+
+
+# Connections inherited across fork(), kept referenced in the child so that they are
+# never closed there: closing one would have SQLite release POSIX locks and maybe
+# checkpoint on the parent's behalf.
+_INHERITED: list[sqlite3.Connection] = []
+# Every live LocalLedger, for the fork handler below.
+_LEDGERS: weakref.WeakSet[LocalLedger] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _CHECKPOINTER.forked()
+    for ledger in list(_LEDGERS):
+        ledger._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
@@ -327,19 +396,56 @@ class _SqlStore:
 
 class LocalLedger(Ledger):
     """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
-    or ``":memory:"``; ``clock_ms`` freezes the clock at that time when given."""
+    or ``":memory:"``: a ``str`` or ``os.PathLike`` (TypeError otherwise);
+    ``clock_ms`` freezes the clock at that time when given. Bad arguments are refused
+    before anything is created.
+
+    A handle may be used from many threads. It also survives ``fork()``: in the child, a
+    file ledger opens a connection of its own at its first use (SQLite connections must
+    not cross a fork, so the inherited one is left untouched) and draws fresh nonces,
+    so parent and child keep sharing the file as any two processes do. A ``:memory:``
+    ledger's child goes on with its own copy, which diverges from the parent's from
+    then on. After :meth:`close` every call raises ChainError ``LedgerUnavailable``."""
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
-        self.path = str(path)
+        if not isinstance(path, str | os.PathLike):
+            # str(None) would be a file named "None" in the working directory
+            raise TypeError(f"The ledger path must be str or os.PathLike, got {path!r}.")
+        self.path = os.fspath(path)
+        if not isinstance(self.path, str):
+            raise TypeError(f"The ledger path must be text, got {self.path!r}.")
+        if not self.path:
+            # SQLite would open a private temporary file: a ledger nobody can share
+            raise InvalidArgument("The ledger path is empty.")
+        if clock_ms is not None:
+            _u64(clock_ms, "clock_ms")
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._commits = 0
-        # nonces from a random start: two instances signing for one sender (threads,
-        # processes sharing the file) never reuse one, whenever they were created
-        self._nonce_counter = itertools.count(int.from_bytes(os.urandom(8)) >> 1)
+        self._nonce_counter = _nonces()
+        self._db = self._connect()
+        _LEDGERS.add(self)
+        if clock_ms is not None:
+            self.set_clock(clock_ms, allow_backwards=True)
+
+    def _forked(self) -> None:
+        """In the child of fork() (see the class docs): the threads that may have held
+        the locks are gone, and the parent goes on drawing the same nonces."""
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._nonce_counter = _nonces()
+        if self.path != ":memory:" and isinstance(self._db, sqlite3.Connection):
+            _INHERITED.append(self._db)
+            self._db = cast(sqlite3.Connection, _ReopenInChild(self))
+
+    def _connect(self) -> sqlite3.Connection:
+        """:meth:`_open`, with failures as a typed error naming the file."""
+        previous = getattr(self, "_db", None)
         try:
-            self._db = self._open()
+            return self._open()
         except (sqlite3.Error, OSError) as exc:
+            if previous is not None:
+                self._db = previous  # a child's reopening: the next use tries again
             # a typed one-line error naming the file, not SQLite's bare "file is not a
             # database" (callers such as the CLI report ChainError as it is)
             reason = str(exc)
@@ -352,8 +458,6 @@ class LocalLedger(Ledger):
                 name="LedgerUnavailable",
                 module="ledger",
             ) from None
-        if clock_ms is not None:
-            self.set_clock(clock_ms, allow_backwards=True)
 
     def _open(self) -> sqlite3.Connection:
         """Connect to ``self.path`` and set the file up (WAL, schema)."""
@@ -386,9 +490,10 @@ class LocalLedger(Ledger):
             self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
-        """Close the database handle."""
+        """Close the database handle (again: nothing happens)."""
         with self._lock:
             self._db.close()
+            self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))
 
     # -- transactions around SQLite ---------------------------------------------------------
 
@@ -1614,6 +1719,12 @@ class LocalLedger(Ledger):
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
         start = self._cursor(cursor)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
+        if limit <= 0:
+            # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
+            # before it compares with limit)
+            return [], cursor
 
         def read() -> tuple[list[Event], str | None]:
             out: list[Event] = []
@@ -1646,13 +1757,16 @@ class LocalLedger(Ledger):
     def _cursor(cursor: str | None) -> int:
         if cursor is None:
             return 0
-        try:
-            value = int(cursor)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.") from None
-        if value < 0:
+        # the decimal positions events() hands out; int() alone would take " 3", "-0"
+        # and "1_0", and a value past SQLite's 64-bit INTEGER raised OverflowError
+        if (
+            not isinstance(cursor, str)
+            or not (cursor.isascii() and cursor.isdecimal())
+            or len(cursor) > 19
+            or int(cursor) > _SEQ_MAX
+        ):
             raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.")
-        return value
+        return int(cursor)
 
     def wait_events(
         self,
