@@ -99,10 +99,16 @@ _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
 _SALT_SIZE: Final = 16
 _NONCE_SIZE: Final = 12
-# Cost ceilings accepted on load, so a crafted file cannot make us burn gigabytes.
+# Cost ceilings accepted on load, so a crafted file cannot make us burn gigabytes or
+# minutes. Each of n, r, p within its own bound is not enough: scrypt's memory is
+# 128 * r * n bytes (n=2**20, r=32 is 4 GiB) and its work grows with n * r * p. The
+# ceilings sit well above what save() writes (32 MiB, n*r*p = 2**18, about 0.15 s),
+# so files from a future, costlier default still load.
 _SCRYPT_MAX_N: Final = 2**20
 _SCRYPT_MAX_R: Final = 32
 _SCRYPT_MAX_P: Final = 16
+_SCRYPT_MAX_MEMORY: Final = 256 * 2**20  # 128 * r * n bytes: 8x the default
+_SCRYPT_MAX_WORK: Final = 2**22  # n * r * p: 16x the default, a few seconds
 _ENCRYPTED: Final = "scrypt-chacha20poly1305"
 _PLAIN: Final = "plain"
 # Bech32 private keys ("suiprivkey1..."), as `sui keytool export` and wallets show them.
@@ -506,9 +512,12 @@ class HostIdentity:
         ChaCha20-Poly1305, the public header as associated data); without one it is stored
         base64-encoded, readable by anyone who can read the file. The file is created
         with mode 0600 and appears atomically; missing parent directories are created
-        with mode 0700. Raises :class:`KeyFileError` if the file exists and ``overwrite``
-        is false, or if it cannot be written.
+        with mode 0700 (each of them). Raises :class:`KeyFileError` if the file exists
+        and ``overwrite`` is false, or if it cannot be written; TypeError if
+        ``passphrase`` is not a str, ValueError if it is empty (pass None to store the
+        identity unencrypted).
         """
+        _check_passphrase_type(passphrase)
         target = Path(path)
         header = self._header()
         document: dict[str, Any] = dict(header)
@@ -552,9 +561,11 @@ class HostIdentity:
         identity file (or has an unknown version), is encrypted and no passphrase was
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
         both), or, on POSIX, can be accessed by group or others (like ssh; pass
-        ``allow_insecure=True`` to accept it anyway). A passphrase given for a plain file
-        is ignored.
+        ``allow_insecure=True`` to accept it anyway). An empty passphrase is a wrong one
+        (:meth:`save` never encrypts with it). A passphrase given for a plain file is
+        ignored. Raises TypeError if ``passphrase`` is neither None nor a str.
         """
+        _check_passphrase_type(passphrase)
         target = Path(path)
         raw = _read_private_file(target, allow_insecure=allow_insecure)
         try:
@@ -611,9 +622,12 @@ def _associated_data(header: dict[str, Any]) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _check_passphrase_type(passphrase: object) -> None:
+    if passphrase is not None and not isinstance(passphrase, str):
+        raise TypeError(f"the passphrase must be a str or None, got {type(passphrase).__name__}")
+
+
 def _derive_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    if not isinstance(passphrase, str):
-        raise TypeError("the passphrase must be a str")
     if passphrase == "":
         raise ValueError("empty passphrase; pass None to store the identity unencrypted")
     # NFC so that the same passphrase typed on different systems gives the same key.
@@ -641,22 +655,38 @@ def _decrypt_secret(
         isinstance(n, int)
         and isinstance(r, int)
         and isinstance(p, int)
+        and not any(isinstance(v, bool) for v in (n, r, p))  # JSON true is no cost
         and 2 <= n <= _SCRYPT_MAX_N
         and n & (n - 1) == 0
         and 1 <= r <= _SCRYPT_MAX_R
         and 1 <= p <= _SCRYPT_MAX_P
     ):
         raise KeyFileError(f"{path} is damaged (scrypt parameters out of range)")
+    if 128 * r * n > _SCRYPT_MAX_MEMORY or n * r * p > _SCRYPT_MAX_WORK:
+        raise KeyFileError(
+            f"{path} asks for a costlier scrypt than DTP accepts (n={n}, r={r}, p={p}: "
+            f"{128 * r * n // 2**20} MiB); at most {_SCRYPT_MAX_MEMORY // 2**20} MiB "
+            f"and n*r*p <= {_SCRYPT_MAX_WORK}"
+        )
     salt = _b64(kdf.get("salt"), path)
     nonce = _b64(secret.get("nonce"), path)
     ciphertext = _b64(secret.get("ciphertext"), path)
     if len(salt) < _SALT_SIZE or len(nonce) != _NONCE_SIZE:
         raise KeyFileError(f"{path} is damaged (bad salt or nonce)")
-    key = _derive_key(passphrase, salt, n, r, p)
+    wrong = f"cannot decrypt {path}: wrong passphrase or damaged file"
+    if passphrase == "":
+        raise KeyFileError(wrong)  # save() refuses it: no file is encrypted with it
+    try:
+        key = _derive_key(passphrase, salt, n, r, p)
+    except (MemoryError, ValueError, OverflowError) as exc:
+        # OpenSSL's own limits, or memory the machine does not have
+        raise KeyFileError(
+            f"cannot decrypt {path}: scrypt failed ({exc or 'out of memory'})"
+        ) from None
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, _associated_data(header))
     except InvalidTag:
-        raise KeyFileError(f"cannot decrypt {path}: wrong passphrase or damaged file") from None
+        raise KeyFileError(wrong) from None
 
 
 def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
@@ -699,10 +729,25 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
         os.close(fd)
 
 
+def _make_private_directories(directory: Path) -> None:
+    """Create ``directory`` and every missing parent with mode 0700 (Path.mkdir with
+    parents=True gives the mode to the last one only, the others get 0777 - umask)."""
+    missing: list[Path] = []
+    while not os.path.isdir(directory) and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        try:
+            each.mkdir(mode=0o700)
+        except FileExistsError:
+            if not each.is_dir():  # else another process made it meanwhile
+                raise
+
+
 def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
     directory = path.parent
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private_directories(directory)
     except OSError as exc:
         raise KeyFileError(f"cannot create {directory}: {exc.strerror}") from None
     if not overwrite and os.path.lexists(path):
