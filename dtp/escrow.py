@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp import _ed25519
 from dtp.chain.objects import Sla
-from dtp.errors import InsufficientFunds, MalformedReceipt, move_error
+from dtp.errors import InsufficientFunds, InvalidArgument, MalformedReceipt, move_error
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -294,6 +294,14 @@ class ConnectionTerms:
         return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited)
 
 
+def _meter_count(name: str, value: object) -> int:
+    # int only: a float or NaN counted into the totals made every later receipt
+    # unbuildable, and NaN passed the deposit check (cost > deposit is False for NaN)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
 class Meter:
     """The client's meter for one connection: usage in, signed cumulative receipts out.
 
@@ -303,7 +311,8 @@ class Meter:
     exceed the deposit is refused with :class:`dtp.errors.InsufficientFunds` before it
     is counted: the caller must :meth:`top_up` first (after ``escrow::top_up``), so no
     receipt ever exceeds the deposit. Nonces start at ``start_nonce`` and increase by one
-    per receipt.
+    per receipt. Amounts and usage are integers: anything else (a float, a bool, a
+    negative number) is :class:`dtp.errors.InvalidArgument`, a ValueError.
     """
 
     def __init__(
@@ -320,8 +329,15 @@ class Meter:
         now_ms: int = 0,
     ) -> None:
         object_id_bytes(connection_id)
-        if min(deposit, every_bytes, every_requests, every_ms) < 0 or start_nonce < 1:
-            raise ValueError("meter settings must be non-negative and start_nonce >= 1")
+        _meter_count("deposit", deposit)
+        for name, value in (
+            ("every_bytes", every_bytes),
+            ("every_requests", every_requests),
+            ("every_ms", every_ms),
+        ):
+            _meter_count(name, value)
+        if _meter_count("start_nonce", start_nonce) < 1:
+            raise InvalidArgument("meter settings must be non-negative and start_nonce >= 1")
         self._identity = identity
         self.connection_id = connection_id
         self.sla = sla
@@ -356,24 +372,24 @@ class Meter:
         return max(0, min(most, U64_MAX) - self.total_bytes)
 
     def top_up(self, amount: int) -> None:
-        """Raise the deposit after an ``escrow::top_up`` of ``amount``."""
-        if amount < 0:
-            raise ValueError("a top-up cannot be negative")
-        self.deposit += amount
+        """Raise the deposit after an ``escrow::top_up`` of ``amount`` (an int >= 0)."""
+        self.deposit += _meter_count("a top-up", amount)
 
     def record(self, now_ms: int, nbytes: int = 0, requests: int = 0) -> Receipt | None:
         """Count usage at time ``now_ms``; return a new receipt when the cadence says so.
 
         Raises :class:`dtp.errors.InsufficientFunds` (and counts nothing) when the new
-        total fee would exceed the deposit.
+        total fee would exceed the deposit, :class:`dtp.errors.InvalidArgument` (and
+        counts nothing) for usage that is not a non-negative int or takes a total past
+        u64.
         """
-        if nbytes < 0 or requests < 0:
-            raise ValueError("usage cannot be negative")
-        new_bytes = self.total_bytes + nbytes
-        new_requests = self.total_requests + requests
+        new_bytes = self.total_bytes + _meter_count("nbytes", nbytes)
+        new_requests = self.total_requests + _meter_count("requests", requests)
         if new_bytes > U64_MAX or new_requests > U64_MAX:
-            raise ValueError("usage beyond u64")
+            raise InvalidArgument("usage beyond u64")
         cost = fee(self.sla, new_bytes, new_requests)
+        if cost > U64_MAX:  # a receipt's amount is a u64 (a deposit may be larger)
+            raise InvalidArgument(f"a total fee of {cost} MIST is beyond u64")
         if cost > self.deposit:
             raise InsufficientFunds(
                 f"Usage would cost {cost} MIST but connection {self.connection_id} has a "
@@ -381,8 +397,15 @@ class Meter:
                 name="DepositExhausted",
                 module="meter",
             )
+        before = self.total_bytes, self.total_requests
         self.total_bytes, self.total_requests = new_bytes, new_requests
-        return self.poll(now_ms)
+        try:
+            return self.poll(now_ms)
+        except BaseException:
+            # no receipt could be made: this usage is not counted either, so the meter
+            # stays as it was and usable
+            self.total_bytes, self.total_requests = before
+            raise
 
     def poll(self, now_ms: int) -> Receipt | None:
         """Return a receipt if the cadence is due at ``now_ms`` (e.g. from a timer)."""
