@@ -504,6 +504,20 @@ class _Session(FlowAccount):
         self.final.set()
 
 
+class _Connecting:
+    """A source whose DTP connection is being made; its datagrams wait here."""
+
+    def __init__(self, source: tuple[str, int]) -> None:
+        self.source = source
+        self.pending: list[bytes] = []
+        self.thread: threading.Thread | None = None
+
+
+#: How long :meth:`UdpForwarder.close` waits for connects in progress; one that returns
+#: later still closes its new connection at once (its thread sees the forwarder closed).
+_CLOSE_WAIT = 10.0
+
+
 class UdpForwarder:
     """A local UDP endpoint whose flows go through DTP to a remote UDP service.
 
@@ -514,6 +528,14 @@ class UdpForwarder:
     and asks for a final one when a session ends (waiting up to ``final_timeout``).
     Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in
     threads from construction until :meth:`close`.
+
+    A new source's connection is made in a thread of its own, so a slow or unreachable
+    service holds up only that source: up to ``max_pending`` of its datagrams wait for
+    the connection, more are dropped (``dropped_no_session``). When ``connect()`` or
+    ``meter_for()`` fails (any exception; unexpected ones are logged with their
+    traceback) the waiting datagrams are dropped and counted, and that source's next
+    attempt waits ``retry_after`` seconds (its datagrams meanwhile dropped and counted):
+    each attempt at an unreachable service costs a connect timeout.
     """
 
     def __init__(
@@ -525,19 +547,29 @@ class UdpForwarder:
         idle_timeout: float = 30.0,
         max_sessions: int = 256,
         final_timeout: float = 2.0,
+        max_pending: int = 256,
+        retry_after: float = 1.0,
     ) -> None:
         self._connect = connect
         self._meter_for = meter_for
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.final_timeout = final_timeout
+        self.max_pending = max_pending
+        self.retry_after = retry_after
         self.stats = UdpStats()
         family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
         self._udp = _socket.socket(family, _socket.SOCK_DGRAM)
-        self._udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
-        self._udp.bind(listen)
+        try:
+            self._udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
+            self._udp.bind(listen)
+        except OSError:
+            self._udp.close()
+            raise
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
         self._sessions: dict[tuple[str, int], _Session] = {}
+        self._connecting: dict[tuple[str, int], _Connecting] = {}
+        self._retry_at: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
@@ -560,66 +592,126 @@ class UdpForwarder:
             except OSError:
                 if self._closed.is_set():
                     return
+            except Exception:
+                # this thread reads for every flow: it must outlive any one flow's bug
+                logger.exception("UDP forwarder on %s: unexpected error", self.address)
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
 
-    def _session(self, source: tuple[str, int]) -> _Session | None:
+    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
         with self._lock:
             session = self._sessions.get(source)
-            if session is not None or len(self._sessions) >= self.max_sessions:
-                return session
+            if session is None:
+                self._hold(batch, source)
+                return
+        self._send(session, batch)
+
+    def _hold(self, batch: list[bytes], source: tuple[str, int]) -> None:
+        """Keep a batch from a source without a session until its connection is made,
+        starting the connect if none is in progress (called holding ``_lock``)."""
+        connecting = self._connecting.get(source)
+        if connecting is None:
+            busy = len(self._sessions) + len(self._connecting) >= self.max_sessions
+            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
+            if busy or waiting or self._closed.is_set():
+                self.stats.add(dropped_no_session=len(batch))
+                return
+            connecting = _Connecting(source)
+            self._connecting[source] = connecting
+            connecting.thread = threading.Thread(
+                target=self._open, args=(connecting,), name="dtp-udp-connect", daemon=True
+            )
+            connecting.thread.start()
+        room = max(0, self.max_pending - len(connecting.pending))
+        connecting.pending.extend(batch[:room])
+        if len(batch) > room:
+            self.stats.add(dropped_no_session=len(batch) - room)
+
+    def _open(self, connecting: _Connecting) -> None:
+        """Connect a new source (in a thread of its own), then send what it queued."""
+        source = connecting.source
+        sock: DTPSocket | None = None
         try:
             sock = self._connect()
-        except DTPError as exc:
-            logger.warning("UDP flow from %s: cannot reach the service: %s", source, exc)
-            return None
-        meter = self._meter_for(sock) if self._meter_for is not None else None
-        session = _Session(source, sock, meter)
-        with self._lock:
-            self._sessions[source] = session
-        self.stats.add(sessions_opened=1)
-        threading.Thread(
-            target=self._replies, args=(session,), name="dtp-udp-session", daemon=True
-        ).start()
-        if meter is not None:
-            threading.Thread(
-                target=session.read_control, name="dtp-udp-control", daemon=True
-            ).start()
-        return session
-
-    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
-        session = self._session(source)
-        if session is None:
-            self.stats.add(dropped_no_session=len(batch))
+            meter = self._meter_for(sock) if self._meter_for is not None else None
+        except Exception as exc:
+            if isinstance(exc, (DTPError, OSError)):
+                logger.warning("UDP flow from %s: cannot reach the service: %s", source, exc)
+            else:
+                logger.exception("UDP flow from %s: connect() or meter_for() failed", source)
+            if sock is not None:
+                with contextlib.suppress(DTPError, OSError):
+                    sock.close()
+            with self._lock:
+                del self._connecting[source]
+                self._retry_at[source] = time.monotonic() + self.retry_after
+                dropped = len(connecting.pending)
+            self.stats.add(dropped_no_session=dropped)
             return
+        session = _Session(source, sock, meter)
+        # held until the queued datagrams are sent: later ones from this source wait
+        # for them in _send, so the flow keeps its order
+        with session.lock:
+            with self._lock:
+                del self._connecting[source]
+                closed = self._closed.is_set()
+                if not closed:
+                    self._sessions[source] = session
+                pending, connecting.pending = connecting.pending, []
+            if closed:
+                # close() has taken its list of sessions: this one is ours to close
+                with contextlib.suppress(DTPError, OSError):
+                    sock.close()
+                self.stats.add(dropped_no_session=len(pending))
+                return
+            self.stats.add(sessions_opened=1)
+            threading.Thread(
+                target=self._replies, args=(session,), name="dtp-udp-session", daemon=True
+            ).start()
+            if meter is not None:
+                threading.Thread(
+                    target=session.read_control, name="dtp-udp-control", daemon=True
+                ).start()
+            sent = self._send_locked(session, pending)
+        if not sent:
+            self._end(session)
+
+    def _send(self, session: _Session, batch: list[bytes]) -> None:
+        with session.lock:
+            sent = self._send_locked(session, batch)
+        if not sent:
+            self._end(session)
+
+    def _send_locked(self, session: _Session, batch: list[bytes]) -> bool:
+        """Send a batch on a session (holding ``session.lock``); False when its
+        connection has ended."""
         session.last = time.monotonic()
         limit = session.sock.max_datagram_size
         oversized = unpaid = 0
         out: list[bytes] = []
-        try:
-            with session.lock:
-                for data in batch:
-                    if len(data) > limit:
-                        oversized += 1
-                    elif not session.affordable(len(data)):
-                        unpaid += 1
-                    else:
-                        out.append(data)
-                        session.sent_datagrams += 1
-                        session.sent_bytes += len(data)
-                if out:
-                    session.sock.send_datagrams(out)
-        except DTPError as exc:
-            logger.info("UDP flow from %s ended: %s", source, exc)
-            self._end(session)
-            return
+        for data in batch:
+            if len(data) > limit:
+                oversized += 1
+            elif not session.affordable(len(data)):
+                unpaid += 1
+            else:
+                out.append(data)
+                session.sent_datagrams += 1
+                session.sent_bytes += len(data)
+        if out:
+            try:
+                session.sock.send_datagrams(out)
+            except DTPError as exc:
+                logger.info("UDP flow from %s ended: %s", session.source, exc)
+                return False
         self.stats.add(
             datagrams_out=len(out),
             bytes_out=sum(map(len, out)),
             dropped_oversized=oversized,
             dropped_unpaid=unpaid,
         )
+        return True
 
     def _replies(self, session: _Session) -> None:
         sock = session.sock
@@ -631,21 +723,26 @@ class UdpForwarder:
             except DTPError:
                 break
             session.last = time.monotonic()
-            nbytes = sum(map(len, batch))
             with session.lock:
-                session.received_bytes += nbytes
-            delivered = 0
+                session.received_bytes += sum(map(len, batch))
+            delivered = nbytes = failed = 0
             for data in batch:
-                with contextlib.suppress(OSError):
+                try:
                     self._udp.sendto(data, session.source)
-                    delivered += 1
-            self.stats.add(datagrams_in=delivered, bytes_in=nbytes)
+                except OSError:
+                    failed += 1
+                    continue
+                delivered += 1
+                nbytes += len(data)
+            self.stats.add(datagrams_in=delivered, bytes_in=nbytes, dropped_send_failed=failed)
         self._end(session)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
             idle = [s for s in self._sessions.values() if now - s.last >= self.idle_timeout]
+            for source in [s for s, t in self._retry_at.items() if t <= now]:
+                del self._retry_at[source]
         for session in idle:
             self._end(session)
 
@@ -667,13 +764,19 @@ class UdpForwarder:
         self.stats.add(sessions_closed=1)
 
     def close(self) -> None:
-        """Stop forwarding; each session settles its final receipt and closes."""
+        """Stop forwarding; each session settles its final receipt and closes. Connects
+        in progress are waited for (up to 10 s) and their connections closed."""
         if self._closed.is_set():
             return
         self._closed.set()
-        self._thread.join(2)
+        self._thread.join(5)
         with self._lock:
+            # no session is added after this: a connect that returns sees _closed
             sessions = list(self._sessions.values())
+            connects = [c.thread for c in self._connecting.values() if c.thread is not None]
+        deadline = time.monotonic() + _CLOSE_WAIT
+        for thread in connects:
+            thread.join(max(0.0, deadline - time.monotonic()))
         for session in sessions:
             self._end(session)
         self._udp.close()

@@ -13,15 +13,18 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
-from dtp.udp import UdpBilling, UdpStats, relay_udp
+from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.udp_aio import relay_udp_async
+from tests.test_udp import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x71" * 32, b"\x71" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x72" * 32, b"\x72" * 32)
@@ -176,3 +179,165 @@ def test_async_relay_with_an_unusable_backend_raises_and_closes_its_socket() -> 
         del exc
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+@pytest.fixture
+def echo_relay() -> Iterator[tuple[Callable[[], dtp.socket.DTPSocket], list[threading.Event]]]:
+    """A connect() to a relay in front of an echo backend, and one event per accepted
+    connection, set when its relay_udp returned (the connection ended)."""
+    echo = DnsLikeBackend()  # answers each datagram with it and 4 bytes more
+    ended: list[threading.Event] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        done = threading.Event()
+        ended.append(done)
+        try:
+            relay_udp(sock, echo.address, idle_timeout=30)
+        finally:
+            done.set()
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
+    )
+    try:
+        yield connect, ended
+    finally:
+        server.close()
+        echo.close()
+
+
+def _client(timeout: float = 2.0) -> socket.socket:
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.bind(("127.0.0.1", 0))
+    c.settimeout(timeout)
+    return c
+
+
+def _udp_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("dtp-udp-")}
+
+
+def test_forwarder_close_during_a_connect_leaves_nothing_behind(
+    echo_relay: tuple[Callable[[], dtp.socket.DTPSocket], list[threading.Event]],
+) -> None:
+    """close() while a flow's connect() is still running (longer than close() used to
+    wait for it): no session, connection or thread outlives close(); the datagram that
+    waited for the connection is counted as dropped."""
+    real, ended = echo_relay
+    before = _udp_threads()
+
+    def slow() -> dtp.socket.DTPSocket:
+        time.sleep(2.5)
+        return real()
+
+    fwd = UdpForwarder(("127.0.0.1", 0), slow)
+    client = _client()
+    try:
+        client.sendto(b"hello", fwd.address)
+        time.sleep(0.3)  # the connect has begun
+        fwd.close()
+        assert fwd.sessions == 0
+        assert fwd.stats.dropped_no_session == 1
+        assert fwd.stats.sessions_opened == 0
+        # the connection made after close() began was closed: the relay saw its end
+        _wait_for(lambda: len(ended) == 1 and ended[0].is_set())
+        assert len(ended) == 1 and ended[0].is_set()
+        time.sleep(0.6)  # a session thread would notice its end within 0.5 s
+        assert not _udp_threads() - before
+    finally:
+        client.close()
+        fwd.close()
+
+
+def test_a_slow_connect_holds_up_only_its_own_flow(
+    echo_relay: tuple[Callable[[], dtp.socket.DTPSocket], list[threading.Event]],
+) -> None:
+    """While a new source's connect() takes 2 s, an established flow keeps getting its
+    replies at once; the new source's first datagrams wait for its connection (up to
+    max_pending, the rest dropped and counted) and then go through."""
+    real, _ = echo_relay
+    slow_for_b = threading.Event()
+
+    def connect() -> dtp.socket.DTPSocket:
+        if slow_for_b.is_set():
+            slow_for_b.clear()
+            time.sleep(2.0)
+        return real()
+
+    with UdpForwarder(("127.0.0.1", 0), connect, max_pending=3) as fwd:
+        a, b = _client(1.0), _client(5.0)
+        try:
+            a.sendto(b"warm", fwd.address)
+            assert a.recvfrom(100)[0][:-4] == b"warm"
+            slow_for_b.set()
+            for i in range(5):
+                b.sendto(b"b%d" % i, fwd.address)
+            _wait_for(lambda: fwd.stats.dropped_no_session == 2)
+            assert fwd.stats.dropped_no_session == 2  # beyond max_pending
+            for i in range(3):
+                t0 = time.monotonic()
+                a.sendto(b"ping%d" % i, fwd.address)
+                assert a.recvfrom(100)[0][:-4] == b"ping%d" % i
+                assert time.monotonic() - t0 < 0.5
+            assert fwd.sessions == 1  # b is still connecting
+            assert sorted(b.recvfrom(100)[0][:-4] for _ in range(3)) == [b"b0", b"b1", b"b2"]
+            assert fwd.sessions == 2
+        finally:
+            a.close()
+            b.close()
+    assert fwd.stats.datagrams_out == 1 + 3 + 3
+
+
+def test_connect_or_meter_failures_of_any_kind_keep_the_forwarder_running(
+    echo_relay: tuple[Callable[[], dtp.socket.DTPSocket], list[threading.Event]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """connect() raising a ValueError, then an OSError, then meter_for() raising: each
+    time the waiting datagram is dropped and counted, the source waits retry_after
+    before the next attempt (its datagrams meanwhile dropped and counted), unexpected
+    exceptions are logged with their traceback, and forwarding goes on."""
+    real, ended = echo_relay
+    failures: list[BaseException] = [ValueError("bad"), ConnectionRefusedError(111, "refused")]
+    calls = [0]
+
+    def connect() -> dtp.socket.DTPSocket:
+        calls[0] += 1
+        if failures:
+            raise failures.pop(0)
+        return real()
+
+    meter_fails = [True]
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> None:
+        if meter_fails:
+            meter_fails.clear()
+            raise RuntimeError("no meter")
+        return None
+
+    stats = None
+    with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, retry_after=0.5) as fwd:
+        stats = fwd.stats
+        client = _client()
+        try:
+            for attempt in range(3):
+                client.sendto(b"lost%d" % attempt, fwd.address)
+                _wait_for(lambda n=attempt: stats.dropped_no_session == 2 * n + 1)
+                assert stats.dropped_no_session == 2 * attempt + 1
+                client.sendto(b"too soon", fwd.address)  # within retry_after: no connect
+                _wait_for(lambda n=attempt: stats.dropped_no_session == 2 * n + 2)
+                assert stats.dropped_no_session == 2 * attempt + 2
+                assert calls[0] == attempt + 1
+                time.sleep(0.6)
+            client.sendto(b"works", fwd.address)
+            assert client.recvfrom(100)[0][:-4] == b"works"
+            assert calls[0] == 4 and fwd.sessions == 1
+        finally:
+            client.close()
+    assert stats.sessions_opened == stats.sessions_closed == 1
+    # the connection whose meter_for() failed was closed
+    _wait_for(lambda: len(ended) == 2 and all(e.is_set() for e in ended))
+    assert len(ended) == 2 and all(e.is_set() for e in ended)
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert [type(r.exc_info[1]) for r in tracebacks if r.exc_info] == [ValueError, RuntimeError]
