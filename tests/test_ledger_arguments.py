@@ -321,3 +321,17 @@ def test_a_malformed_cursor_is_refused(world: World, cursor: Any) -> None:
 
 def test_a_cursor_past_the_last_event_returns_nothing(world: World) -> None:
     assert world.ledger.events(str(2**63 - 1)) == ([], str(2**63 - 1))
+
+
+@pytest.mark.parametrize("timeout", ["1", None, True, float("nan")], ids=repr)
+def test_wait_events_takes_a_number_of_seconds(world: World, timeout: Any) -> None:
+    with pytest.raises(InvalidArgument, match="timeout"):
+        world.ledger.wait_events(None, timeout)
+    assert world.ledger.wait_events(world.ledger.head_cursor(), 0)[0] == []
+
+
+def test_setting_the_clock_back_is_a_typed_error(world: World) -> None:
+    world.ledger.set_clock(100)
+    with pytest.raises(InvalidArgument, match="cannot go back"):
+        world.ledger.set_clock(99)
+    assert world.ledger.clock_ms() == 100

@@ -601,13 +601,13 @@ class LocalLedger(Ledger):
         return self._read_one(lambda: self._meta("clock_frozen") == "1")
 
     def set_clock(self, ms: int, *, allow_backwards: bool = False) -> None:
-        """Freeze the clock at ``ms``. Going backwards raises ValueError unless
-        ``allow_backwards`` (for setting up a fresh test ledger)."""
+        """Freeze the clock at ``ms``. Going backwards raises InvalidArgument (a
+        ValueError) unless ``allow_backwards`` (for setting up a fresh test ledger)."""
         _u64(ms, "the clock")
 
         def apply() -> None:
             if not allow_backwards and ms < self._now():
-                raise ValueError(f"the clock cannot go back from {self._now()} to {ms} ms")
+                raise InvalidArgument(f"The clock cannot go back from {self._now()} to {ms} ms.")
             self._set_meta("clock_frozen", 1)
             self._set_meta("clock_ms", ms)
             self._set_meta("clock_floor", ms)
@@ -1775,6 +1775,9 @@ class LocalLedger(Ledger):
         filter: EventFilter | None = None,
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
+            # NaN would never pass the deadline check: the call would not return
+            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             events, cursor = self.events(cursor, filter, limit)
