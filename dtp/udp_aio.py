@@ -183,7 +183,11 @@ class AsyncUdpForwarder:
 
     ``connect()`` is a coroutine function returning a new ``(reader, writer)`` to the
     relaying service (e.g. :func:`dtp.aio.open_connection` with a ``dtp://`` address);
-    ``meter_for(writer)`` the connection's Meter (None: unmetered).
+    ``meter_for(writer)`` the connection's Meter (None: unmetered). Up to
+    ``max_pending`` datagrams of a new source wait for its connection, more are dropped
+    (``dropped_no_session``). When ``connect()`` or ``meter_for()`` fails (any exception;
+    unexpected ones are logged with their traceback) the waiting datagrams are dropped
+    and counted, and that source's next attempt waits ``retry_after`` seconds.
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class AsyncUdpForwarder:
         max_sessions: int = 256,
         final_timeout: float = 2.0,
         max_pending: int = 256,
+        retry_after: float = 1.0,
     ) -> None:
         self._connect = connect
         self._meter_for = meter_for
@@ -202,8 +207,10 @@ class AsyncUdpForwarder:
         self.max_sessions = max_sessions
         self.final_timeout = final_timeout
         self.max_pending = max_pending
+        self.retry_after = retry_after
         self.stats = UdpStats()
         self._flows: dict[tuple[str, int], _Flow] = {}
+        self._retry_at: dict[tuple[str, int], float] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -245,14 +252,13 @@ class AsyncUdpForwarder:
     def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
         flow = self._flows.get(source)
         if flow is None:
-            if len(self._flows) >= self.max_sessions:
+            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
+            if waiting or len(self._flows) >= self.max_sessions:
                 self.stats.add(dropped_no_session=len(batch))
                 return
             flow = _Flow(source)
             self._flows[source] = flow
-            flow.pending.extend(batch[: self.max_pending])
             flow.tasks.append(asyncio.get_running_loop().create_task(self._open(flow)))
-            return
         flow.last = time.monotonic()
         if flow.writer is None:
             room = self.max_pending - len(flow.pending)
@@ -292,15 +298,35 @@ class AsyncUdpForwarder:
         )
 
     async def _open(self, flow: _Flow) -> None:
+        writer: DTPStreamWriter | None = None
         try:
             reader, writer = await self._connect()
-        except (DTPError, OSError) as exc:
-            logger.warning("UDP flow from %s: cannot reach the service: %s", flow.source, exc)
-            self.stats.add(dropped_no_session=len(flow.pending))
-            self._flows.pop(flow.source, None)
+            meter = self._meter_for(writer) if self._meter_for is not None else None
+        except Exception as exc:
+            # whatever the exception, the flow must go: left "connecting", its source
+            # would be blackholed for good
+            if isinstance(exc, (DTPError, OSError)):
+                logger.warning("UDP flow from %s: cannot reach the service: %s", flow.source, exc)
+            else:
+                logger.exception("UDP flow from %s: connect() or meter_for() failed", flow.source)
+            self._retry_at[flow.source] = time.monotonic() + self.retry_after
+            flow.closed = True
+            if self._flows.get(flow.source) is flow:
+                del self._flows[flow.source]
+            self._drop_pending(flow)
+            if writer is not None:
+                with contextlib.suppress(DTPError, OSError, TimeoutError):
+                    writer.close()
+                    await asyncio.wait_for(writer.wait_closed(), 5)
+            return
+        if flow.closed:
+            # ended while connecting but the connect's result came in anyway
+            with contextlib.suppress(DTPError, OSError, TimeoutError):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 5)
             return
         flow.reader, flow.writer = reader, writer
-        flow.meter = self._meter_for(writer) if self._meter_for is not None else None
+        flow.meter = meter
         self.stats.add(sessions_opened=1)
         loop = asyncio.get_running_loop()
         flow.tasks.append(loop.create_task(self._replies(flow)))
@@ -319,13 +345,16 @@ class AsyncUdpForwarder:
         def on_reply(data: bytes) -> None:
             flow.last = time.monotonic()
             flow.received_bytes += len(data)
-            if self._sock is not None:
-                with contextlib.suppress(BlockingIOError, InterruptedError):
-                    self._sock.sendto(data, flow.source)
-                    # one thread (the event loop) writes these counters: no lock
-                    stats.datagrams_in += 1
-                    stats.bytes_in += len(data)
-                    return
+            if self._sock is None:
+                stats.add(dropped_send_failed=1)
+                return
+            try:
+                self._sock.sendto(data, flow.source)
+            except OSError:  # a full buffer, or the local client's address is gone
+                stats.add(dropped_send_failed=1)
+                return
+            # one thread (the event loop) writes these counters: no lock
+            stats.datagrams_in += 1
             stats.bytes_in += len(data)
 
         writer.set_datagram_sink(on_reply)
@@ -357,7 +386,9 @@ class AsyncUdpForwarder:
         if flow.closed:
             return
         flow.closed = True
-        self._flows.pop(flow.source, None)
+        if self._flows.get(flow.source) is flow:
+            del self._flows[flow.source]
+        self._drop_pending(flow)  # still connecting: what waited goes with it
         writer = flow.writer
         if writer is not None:
             if flow.meter is not None:
@@ -373,10 +404,16 @@ class AsyncUdpForwarder:
             if task is not current:
                 task.cancel()
 
+    def _drop_pending(self, flow: _Flow) -> None:
+        self.stats.add(dropped_no_session=len(flow.pending))
+        flow.pending = []
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout))
             now = time.monotonic()
+            for source in [s for s, t in self._retry_at.items() if t <= now]:
+                del self._retry_at[source]
             for flow in list(self._flows.values()):
                 if flow.writer is not None and now - flow.last >= self.idle_timeout:
                     await self._end(flow)

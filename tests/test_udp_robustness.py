@@ -23,7 +23,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
 from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.udp_aio import relay_udp_async
+from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.test_udp import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x71" * 32, b"\x71" * 32)
@@ -36,7 +36,7 @@ def _closed_port() -> tuple[str, int]:
     port-unreachable, which the sender's next send reports as ECONNREFUSED."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
-    address = s.getsockname()
+    address: tuple[str, int] = s.getsockname()
     s.close()
     return address
 
@@ -45,6 +45,10 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _dropped(stats: UdpStats, n: int) -> Callable[[], bool]:
+    return lambda: stats.dropped_no_session == n
 
 
 def _billing() -> UdpBilling:
@@ -323,10 +327,10 @@ def test_connect_or_meter_failures_of_any_kind_keep_the_forwarder_running(
         try:
             for attempt in range(3):
                 client.sendto(b"lost%d" % attempt, fwd.address)
-                _wait_for(lambda n=attempt: stats.dropped_no_session == 2 * n + 1)
+                _wait_for(_dropped(stats, 2 * attempt + 1))
                 assert stats.dropped_no_session == 2 * attempt + 1
                 client.sendto(b"too soon", fwd.address)  # within retry_after: no connect
-                _wait_for(lambda n=attempt: stats.dropped_no_session == 2 * n + 2)
+                _wait_for(_dropped(stats, 2 * attempt + 2))
                 assert stats.dropped_no_session == 2 * attempt + 2
                 assert calls[0] == attempt + 1
                 time.sleep(0.6)
@@ -341,3 +345,151 @@ def test_connect_or_meter_failures_of_any_kind_keep_the_forwarder_running(
     assert len(ended) == 2 and all(e.is_set() for e in ended)
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert [type(r.exc_info[1]) for r in tracebacks if r.exc_info] == [ValueError, RuntimeError]
+
+
+async def _async_echo_relay(
+    ended: list[asyncio.Event],
+) -> tuple[dtp.aio.DTPServer, DnsLikeBackend]:
+    """An asyncio relay in front of a DNS-style backend; one event per accepted
+    connection, set when its relay returned."""
+    echo = DnsLikeBackend()
+
+    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        done = asyncio.Event()
+        ended.append(done)
+        try:
+            await relay_udp_async(reader, writer, echo.address, idle_timeout=30)
+        finally:
+            writer.close()
+            done.set()
+
+    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
+    return server, echo
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_async_forwarder_counts_a_new_flows_burst_beyond_max_pending() -> None:
+    async def main() -> None:
+        ended: list[asyncio.Event] = []
+        server, echo = await _async_echo_relay(ended)
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect, max_pending=2)
+        client = _client()
+        try:
+            for i in range(10):  # all queued before the event loop reads any
+                client.sendto(b"d%d" % i, fwd.address)
+            await _until(lambda: fwd.stats.datagrams_out == 2)
+            st = fwd.stats.snapshot()
+            assert st["datagrams_out"] == 2 and st["dropped_no_session"] == 8
+        finally:
+            client.close()
+            await fwd.close()
+            server.close()
+            await server.wait_closed()
+            echo.close()
+
+    asyncio.run(main())
+
+
+def test_async_forwarder_survives_connect_and_meter_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """connect() raising a ValueError, then meter_for() raising: the waiting datagram is
+    dropped and counted each time, the flow goes (it stayed 'connecting' for good), the
+    source waits retry_after, and then its flow works."""
+
+    async def main() -> None:
+        ended: list[asyncio.Event] = []
+        server, echo = await _async_echo_relay(ended)
+        calls = [0]
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise ValueError("transient")
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        meter_fails = [True]
+
+        def meter_for(writer: dtp.aio.DTPStreamWriter) -> None:
+            if meter_fails:
+                meter_fails.clear()
+                raise RuntimeError("no meter")
+            return None
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0), connect, meter_for=meter_for, retry_after=0.3
+        )
+        stats = fwd.stats
+        client = _client()
+        client.setblocking(False)
+        try:
+            for attempt in range(2):
+                client.sendto(b"lost%d" % attempt, fwd.address)
+                await _until(_dropped(stats, 2 * attempt + 1))
+                assert stats.dropped_no_session == 2 * attempt + 1
+                assert fwd.sessions == 0
+                client.sendto(b"too soon", fwd.address)  # within retry_after
+                await _until(_dropped(stats, 2 * attempt + 2))
+                assert stats.dropped_no_session == 2 * attempt + 2
+                assert calls[0] == attempt + 1
+                await asyncio.sleep(0.4)
+            client.sendto(b"works", fwd.address)
+            loop = asyncio.get_running_loop()
+            reply = await asyncio.wait_for(loop.sock_recv(client, 100), 5)
+            assert reply[:-4] == b"works"
+            assert calls[0] == 3 and fwd.sessions == 1
+            # the connection whose meter_for() failed was closed
+            await _until(lambda: bool(ended) and ended[0].is_set())
+            assert ended[0].is_set()
+        finally:
+            client.close()
+            await fwd.close()
+            server.close()
+            await server.wait_closed()
+            echo.close()
+        assert stats.sessions_opened == stats.sessions_closed == 1
+
+    asyncio.run(main())
+    tracebacks = [r.exc_info[1] for r in caplog.records if r.exc_info is not None]
+    assert [type(e) for e in tracebacks] == [ValueError, RuntimeError]
+
+
+def test_async_forwarder_close_during_a_connect_counts_what_waited() -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def slow() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            started.set()
+            await asyncio.sleep(30)
+            raise AssertionError("not reached: close() cancels the connect")
+
+        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), slow)
+        client = _client()
+        try:
+            client.sendto(b"a", fwd.address)
+            client.sendto(b"b", fwd.address)
+            await asyncio.wait_for(started.wait(), 5)
+            await _until(lambda: False, 0.1)  # both datagrams read
+            t0 = time.monotonic()
+            await fwd.close()
+            assert time.monotonic() - t0 < 1
+            assert fwd.sessions == 0
+            assert fwd.stats.dropped_no_session == 2
+        finally:
+            client.close()
+            await fwd.close()
+
+    asyncio.run(main())
