@@ -308,15 +308,38 @@ class DTPStreamReader:
             raise ValueError("readexactly size can not be less than zero")
         if n == 0:
             return b""  # (as asyncio's: at once, whatever the stream's state)
-        await self._proto.wait_for(
-            lambda: len(self._buffer()) >= n or self._ended() or self._reset_or_failed()
-        )
         if len(self._buffer()) >= n:
             return self._take(n)
-        partial = self._take(len(self._buffer())) if self._buffer() else b""
-        if not self.at_eof():
-            self._take(1)  # raises the stream reset / connection error
-        raise asyncio.IncompleteReadError(partial, n)
+        return await self._gather(n)
+
+    async def _gather(self, n: int) -> bytes:
+        """:meth:`readexactly` once fewer than ``n`` bytes are buffered. What arrives is
+        taken at once, not left buffered until ``n`` are there: the peer sends only a
+        flow-control window (4 MiB; 256 KiB over the ledger) ahead of what was taken,
+        so a larger ``n`` would never be reached."""
+        chunks: list[bytes] = []
+        need = n
+        while True:
+            try:
+                await self._wait_readable()
+            except asyncio.CancelledError:
+                # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
+                # asyncio's: what was gathered goes back in front of the stream
+                buf = self._session.streams.get(self._stream_id)
+                if chunks and buf is not None:
+                    buf.data[:0] = b"".join(chunks)
+                raise
+            buf = self._buffer()
+            if buf:
+                chunk = self._take(need)
+                chunks.append(chunk)
+                need -= len(chunk)
+                if not need:
+                    return b"".join(chunks)
+                continue
+            if not self.at_eof():
+                self._take(1)  # raises the stream reset / connection error
+            raise asyncio.IncompleteReadError(b"".join(chunks), n)
 
     def _reset_or_failed(self) -> bool:
         buf = self._session.streams.get(self._stream_id)
