@@ -325,12 +325,11 @@ class DTPStreamReader:
             except asyncio.CancelledError:
                 # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
                 # asyncio's: what was gathered goes back in front of the stream
-                buf = self._session.streams.get(self._stream_id)
-                if chunks and buf is not None:
-                    buf.data[:0] = b"".join(chunks)
+                stream = self._session.streams.get(self._stream_id)
+                if chunks and stream is not None:
+                    stream.data[:0] = b"".join(chunks)
                 raise
-            buf = self._buffer()
-            if buf:
+            if self._buffer():
                 chunk = self._take(need)
                 chunks.append(chunk)
                 need -= len(chunk)
