@@ -320,7 +320,6 @@ def test_connect_or_meter_failures_of_any_kind_keep_the_forwarder_running(
             raise RuntimeError("no meter")
         return None
 
-    stats = None
     with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, retry_after=0.5) as fwd:
         stats = fwd.stats
         client = _client()
@@ -493,3 +492,21 @@ def test_async_forwarder_close_during_a_connect_counts_what_waited() -> None:
             await fwd.close()
 
     asyncio.run(main())
+
+
+def test_forwarder_that_cannot_bind_closes_its_socket() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(OSError):
+                UdpForwarder(taken.getsockname(), _unreachable)
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    finally:
+        taken.close()
+
+
+def _unreachable() -> dtp.socket.DTPSocket:
+    raise AssertionError("never called")
