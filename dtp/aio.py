@@ -356,12 +356,14 @@ class DTPStreamReader:
             buf = self._buffer()
             index = buf.find(separator, start)
             if index >= 0:
-                end = index + len(separator)
-                if end > _LIMIT:
+                # as asyncio's: the limit is on what comes before the separator
+                if index > _LIMIT:
                     raise asyncio.LimitOverrunError("separator found past the limit", index)
-                return self._take(end)
-            if len(buf) > _LIMIT:
-                raise asyncio.LimitOverrunError("separator not found within the limit", len(buf))
+                return self._take(index + len(separator))
+            if len(buf) + 1 - len(separator) > _LIMIT:
+                raise asyncio.LimitOverrunError(
+                    "separator not found within the limit", len(buf) + 1 - len(separator)
+                )
             if self._ended() or self._reset_or_failed():
                 partial = self._take(len(buf)) if buf else b""
                 if not self.at_eof():
@@ -371,11 +373,19 @@ class DTPStreamReader:
             await self._proto.wait_change()
 
     async def readline(self) -> bytes:
-        """A line including b"\\n", or what is left at EOF."""
+        """A line including b"\\n", or what is left at EOF. A line over 64 KiB raises
+        ValueError and is discarded, as asyncio's: up to its b"\\n" when that has
+        arrived, else what is buffered."""
         try:
             return await self.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            # keeping the line would raise on every later call: `async for line in
+            # reader` could never get past it
+            buf = self._buffer()
+            self._take(exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf))
+            raise ValueError(exc.args[0]) from exc
 
     def __aiter__(self) -> DTPStreamReader:
         return self
