@@ -227,9 +227,13 @@ class AsyncUdpForwarder:
         forwarder = cls(connect, **kw)
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.setblocking(False)
-        sock.bind(listen)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setblocking(False)
+            sock.bind(listen)
+        except OSError:
+            sock.close()
+            raise
         forwarder._sock = sock
         forwarder.address = sock.getsockname()[:2]
         loop.add_reader(sock.fileno(), forwarder._readable)

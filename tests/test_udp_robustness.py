@@ -494,7 +494,7 @@ def test_async_forwarder_close_during_a_connect_counts_what_waited() -> None:
     asyncio.run(main())
 
 
-def test_forwarder_that_cannot_bind_closes_its_socket() -> None:
+def test_forwarders_that_cannot_bind_close_their_socket() -> None:
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
     try:
@@ -502,6 +502,8 @@ def test_forwarder_that_cannot_bind_closes_its_socket() -> None:
             warnings.simplefilter("always")
             with pytest.raises(OSError):
                 UdpForwarder(taken.getsockname(), _unreachable)
+            with pytest.raises(OSError):
+                asyncio.run(AsyncUdpForwarder.start(taken.getsockname(), _unreachable_async))
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     finally:
@@ -509,4 +511,8 @@ def test_forwarder_that_cannot_bind_closes_its_socket() -> None:
 
 
 def _unreachable() -> dtp.socket.DTPSocket:
+    raise AssertionError("never called")
+
+
+async def _unreachable_async() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
     raise AssertionError("never called")
