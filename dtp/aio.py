@@ -113,6 +113,10 @@ class _Protocol(asyncio.Protocol):
         #: Called once the transport is set (a server decides by the peer's address
         #: whether to serve the connection at all)
         self.on_connected: Callable[[], None] | None = None
+        #: What ``get_extra_info("peername")`` reports when the transport's own would
+        #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
+        #: transport is a local socket pair
+        self.peername: Any = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -439,7 +443,9 @@ class DTPStreamWriter:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peer_address``, ``peer_static_key``, ``handshake_hash`` or any carrier
-        transport extra (``peername``, ``sockname``, ``socket``)."""
+        transport extra (``peername``, ``sockname``, ``socket``). Over the ledger
+        carrier ``peername`` is ``("ledger", "<connection id>")``, as the blocking
+        API's ``getpeername()``."""
         extras = {
             "peer_address": self._conn.peer_address,
             "peer_static_key": self._conn.peer_static,
@@ -450,6 +456,8 @@ class DTPStreamWriter:
         }
         if name in extras:
             return extras[name]
+        if name == "peername" and self._proto.peername is not None:
+            return self._proto.peername
         transport = self._proto.transport
         return transport.get_extra_info(name, default) if transport else default
 
@@ -837,6 +845,7 @@ async def _open_by_host_id(
                 sock=bridge.socket,
                 while_waiting=while_waiting,
             )
+            writer._proto.peername = bridge.peername
         else:
             tcp = await asyncio.to_thread(early.finish, timeout) if early is not None else None
             reader, writer = await _open(
@@ -998,12 +1007,15 @@ class DTPServer:
     def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
         loop = asyncio.get_running_loop()
 
+        def factory() -> _Protocol:
+            # by_address=False: the bridge is a local socket, not the client's IP
+            proto = self._protocol_factory(config, by_address=False)
+            proto.peername = bridge.peername
+            return proto
+
         async def attach() -> None:
             try:
-                # by_address=False: the bridge is a local socket, not the client's IP
-                await loop.connect_accepted_socket(
-                    lambda: self._protocol_factory(config, by_address=False), sock=bridge.socket
-                )
+                await loop.connect_accepted_socket(factory, sock=bridge.socket)
             except OSError as exc:
                 logger.warning("ledger connection %s: %s", bridge.peername[1], exc)
                 bridge.socket.close()
