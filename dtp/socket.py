@@ -1350,8 +1350,10 @@ class DTPSocket:
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """Wait for the connection's next datagram: up to ``timeout`` seconds (None:
-        forever; by default the socket's timeout), then DTPTimeoutError. Datagrams not
-        read in time are dropped oldest first (``datagrams_dropped``)."""
+        forever; 0 or less: one look), then DTPTimeoutError. By default the socket's
+        timeout applies, as for :meth:`recv`: a non-blocking socket (timeout 0) raises
+        BlockingIOError at once when none is queued, as the socket module's do.
+        Datagrams not read in time are dropped oldest first (``datagrams_dropped``)."""
         self._check_open()
         engine = self._engine
         session = engine.session

@@ -17,7 +17,7 @@ import pytest
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import DTPError, LocalProtocolError
+from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
 from dtp.escrow import Meter, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
@@ -438,3 +438,33 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
     assert ledger.claim(SERVER, escrow, billing.latest) == billing.latest.total_amount
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_recv_datagram_without_waiting() -> None:
+    """On a non-blocking socket recv_datagram(s) raise BlockingIOError at once, as
+    recv() and the socket module do; an explicit timeout of 0 is one look, then
+    DTPTimeoutError."""
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+
+        def echo(sock: dtp.socket.DTPSocket) -> None:
+            sock.settimeout(5)
+            with contextlib.suppress(DTPError):
+                while True:
+                    sock.send_datagram(sock.recv_datagram())
+
+        _serve(server, echo)
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            sock.setblocking(False)
+            start = time.monotonic()
+            with pytest.raises(BlockingIOError):
+                sock.recv_datagram()
+            with pytest.raises(BlockingIOError):
+                sock.recv_datagrams()
+            sock.settimeout(5)
+            with pytest.raises(DTPTimeoutError):
+                sock.recv_datagram(0)
+            assert time.monotonic() - start < 1
+            sock.send_datagram(b"back")
+            assert sock.recv_datagram() == b"back"
