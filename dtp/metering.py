@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dtp.chain.objects import Sla
-from dtp.errors import InsufficientFunds, InvalidReceipt, move_error
+from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
@@ -72,6 +72,18 @@ class MeteringConfig:
     whenever the connection does I/O."""
     every_requests: int = 0
     """...or after this many new requests (streams we open; 0: never)."""
+
+    def __post_init__(self) -> None:
+        # checked here, when it is made, so that a connect refuses it before the
+        # deposit moves (the meter is set up only once the ledger open is on its way)
+        if not isinstance(self.enabled, bool):
+            raise InvalidArgument(f"enabled must be a bool, got {self.enabled!r}")
+        for name in ("every_bytes", "every_ms", "every_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
+                raise InvalidArgument(
+                    f"{name} must be an integer from 0 to 2**64-1 (0: never), got {value!r}"
+                )
 
 
 class ClientMeter:

@@ -12,6 +12,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.errors import (
     ConnectionStateError,
+    InvalidArgument,
     InvalidReceipt,
     ReplayedReceipt,
     SpendingCapExceeded,
@@ -72,6 +73,25 @@ def test_client_meter_cadence_and_cumulative_receipts() -> None:
     assert meter.flush(5) is None  # nothing unpaid
     with pytest.raises(ValueError):
         meter.update(6, 10, 1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"every_bytes": -1},
+        {"every_ms": 0.5},
+        {"every_ms": -1000},
+        {"every_requests": None},
+        {"every_bytes": 2**70},
+        {"every_ms": True},
+        {"enabled": 1},
+    ],
+)
+def test_metering_config_refuses_bad_values_when_made(bad: dict[str, object]) -> None:
+    """A bad cadence is refused when the config is made, so a connect never gets as far
+    as the ledger open with it (it was refused only once the deposit had moved)."""
+    with pytest.raises(InvalidArgument):
+        MeteringConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_client_meter_time_cadence() -> None:
