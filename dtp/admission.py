@@ -208,10 +208,13 @@ class LedgerAdmission:
 
     REMEMBERED = 256
     """How many accepted connections' objects are kept for :meth:`take_admitted`."""
-    OPEN_GRACE = 0.25
+    OPEN_GRACE = 2.0
     """Seconds an unknown connection is looked for again before it is refused: a client
     may name its connection in its handshake while its open transaction lands
-    (``dtp.socket`` does, the open overlapping the server's work on the first message)."""
+    (``dtp.socket`` does, the open overlapping the server's work on the first message).
+    Generous, since a refusal costs the client dearly (it half-closes the connection,
+    and its deposit waits out the half-close timeout), and a busy ledger (many clients
+    opening at once, SQLite writers queueing) takes a while to land an open."""
 
     def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
         self.ledger = ledger

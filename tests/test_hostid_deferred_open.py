@@ -101,6 +101,36 @@ def test_connect_opens_during_the_handshake(world: World) -> None:
     assert world.conserved()
 
 
+def test_an_open_that_lands_late_on_a_busy_ledger_is_still_admitted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open lands 0.6 s after the client executes it (a busy ledger): the server
+    waits for it and serves the connection. With a grace of 0.25 s it refused it as
+    unknown, and the client's deposit sat out the half-close timeout."""
+    prepare = world.ledger.prepare_open_connection
+
+    def slow_prepare(*args: object, **kw: object) -> PendingOpen:
+        pending = prepare(*args, **kw)  # type: ignore[arg-type]
+        run = pending._run
+        assert run is not None
+
+        def late() -> object:
+            time.sleep(0.6)
+            return run()
+
+        pending._run = late  # type: ignore[assignment]
+        return pending
+
+    monkeypatch.setattr(world.ledger, "prepare_open_connection", slow_prepare)
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    with dtp.socket.create_connection(
+        world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+    ) as sock:
+        sock.sendall(b"late")
+        assert sock.recv(10) == b"late"
+    assert world.conserved()
+
+
 def test_an_open_failing_during_the_handshake_fails_the_connect(world: World) -> None:
     cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # the ledger refuses it
     with pytest.raises(NotAuthorized):
