@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -31,6 +32,7 @@ from dtp.admission import (
     CarrierChoice,
     LedgerAdmission,
     PeerInfo,
+    PreparedConnection,
     abandon_host_connection,
     peer_info,
     prepare_connecting_early,
@@ -43,6 +45,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
+from dtp.carriers.tcp import PendingTcp
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -787,19 +790,46 @@ async def _open_by_host_id(
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
     the open executes while the server works on the first handshake message."""
-    prepared, early = await asyncio.to_thread(
-        prepare_connecting_early,
-        ledger,
-        address,
-        identity,
-        deposit=deposit,
-        cap_id=cap_id,
-        server_key=server_key,
-        config=config,
-        carrier=carrier,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-    )
+    # The preparation may open the connection on the ledger (paying by subscription or
+    # sponsor pool, or over the ledger carrier), in a worker thread, which a cancelled
+    # connect cannot stop: what it opened for a connect cancelled meanwhile is abandoned
+    # (half-closed, so the deposit comes back), by the thread itself or, when the
+    # result was ready but not yet taken, by another.
+    handover = threading.Lock()
+    taken: list[tuple[PreparedConnection, PendingTcp | None]] = []
+    cancelled = False
+
+    def prepare() -> tuple[PreparedConnection, PendingTcp | None]:
+        result = prepare_connecting_early(
+            ledger,
+            address,
+            identity,
+            deposit=deposit,
+            cap_id=cap_id,
+            server_key=server_key,
+            config=config,
+            carrier=carrier,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+        )
+        with handover:
+            if not cancelled:
+                taken.append(result)
+                return result
+        _abandon_prepared(ledger, identity, address, result)
+        return result
+
+    try:
+        prepared, early = await asyncio.to_thread(prepare)
+    except asyncio.CancelledError:
+        with handover:
+            cancelled = True
+            left = list(taken)
+        for result in left:  # ready, but the cancel came before we took it
+            threading.Thread(
+                target=_abandon_prepared, args=(ledger, identity, address, result)
+            ).start()
+        raise
     pending_open = prepared.pending_open
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
@@ -866,6 +896,22 @@ async def _open_by_host_id(
         proto.payment = payments[0]
         proto.session.on_receipt = payments[0].on_server_receipt
     return reader, writer
+
+
+def _abandon_prepared(
+    ledger: Ledger,
+    identity: HostIdentity,
+    address: HostAddress,
+    result: tuple[PreparedConnection, PendingTcp | None],
+) -> None:
+    """Abandon what :func:`prepare_connecting_early` made for a connect cancelled while
+    it ran: its early TCP connect, and the connection if it opened one."""
+    prepared, early = result
+    if early is not None:
+        early.close()
+    abandon_host_connection(
+        ledger, identity, address, prepared, asyncio.CancelledError("the connect was cancelled")
+    )
 
 
 async def _open(

@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import SubscriptionExpired
 from dtp.keys import HostIdentity
 from dtp.paid import PaidServer, PaidSocket
@@ -164,3 +165,53 @@ def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
             world.address, ledger=ledger, identity=client, sponsor_pool=other, timeout=10
         )
     assert world.conserved()
+
+
+def test_a_cancelled_asyncio_connect_abandons_the_connection_it_opened(
+    world: World, tmp_path: Path
+) -> None:
+    """Paying through a sponsor pool, the open happens while the connect prepares, in a
+    worker thread that a cancel cannot stop. A connect cancelled then (wait_for) used to
+    leave that connection Open, its deposit and the pool's pledge locked, and its ID
+    unknown to the caller; now it is half-closed once the open lands, so the refund
+    can follow."""
+    ledger, client, provider = world.ledger, world.client, world.provider
+    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500)
+    ledger.fund_sponsor_pool(provider, pool, 100_000)
+
+    class SlowLedger(LocalLedger):
+        def open_sponsored_connection(self, *args: Any, **kw: Any) -> Any:
+            opened = super().open_sponsored_connection(*args, **kw)
+            time.sleep(0.5)  # the effects come back slowly (a busy node)
+            return opened
+
+    slow = SlowLedger(tmp_path / "ledger.db")
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                dtp.aio.open_connection(
+                    world.address,
+                    ledger=slow,
+                    identity=client,
+                    deposit=60_000,
+                    sponsor_pool=pool,
+                    timeout=10,
+                ),
+                0.2,
+            )
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + 10
+        while True:
+            halves, _ = ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
+            if halves:
+                break
+            assert time.monotonic() < deadline, "the opened connection was not half-closed"
+            time.sleep(0.05)
+        opened, _ = ledger.events(filter=EventFilter(type="ConnectionOpened"))
+        assert len(opened) == len(halves) == 1
+        assert world.conserved()
+    finally:
+        slow.close()
