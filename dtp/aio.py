@@ -621,16 +621,19 @@ class DTPStreamWriter:
         if self._conn.send_datagram(data, backlog):
             self._proto.flush()
 
-    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         """:meth:`send_datagram` for many at once (sealed and written together; when one
-        of them is not bytes-like or too large, none is sent)."""
+        of them is not bytes-like or too large, none is sent). Returns how many went
+        out: the first ones (the rest did not fit the backlog, and were counted)."""
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
         transport = self._proto.transport
         backlog = 0 if transport is None else transport.get_write_buffer_size()
-        if self._conn.send_datagrams(datagrams, backlog):
+        sent = self._conn.send_datagrams(datagrams, backlog)
+        if sent:
             self._proto.flush()
+        return sent
 
     @property
     def datagrams_send_dropped(self) -> int:

@@ -1321,17 +1321,20 @@ class DTPSocket:
             if engine.conn.send_datagram(data, engine.backlog() if engine.out else 0):
                 engine.flush()
 
-    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         """:meth:`send_datagram` for many at once (sealed and written together). When
         one of them is not bytes-like (TypeError) or too large (LocalProtocolError),
-        none is sent; those that do not fit the backlog are dropped and counted."""
+        none is sent; those that do not fit the backlog are dropped and counted.
+        Returns how many went out: the first ones."""
         self._check_open()
         engine = self._engine
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-            if engine.conn.send_datagrams(datagrams, engine.backlog() if engine.out else 0):
+            sent = engine.conn.send_datagrams(datagrams, engine.backlog() if engine.out else 0)
+            if sent:
                 engine.flush()
+            return sent
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"

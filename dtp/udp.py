@@ -95,6 +95,9 @@ class UdpStats:
     dropped_no_session: int = 0
     #: Dropped: over the client's rate limits, the host firewall's (relay).
     dropped_rate_limited: int = 0
+    #: Dropped: the DTP connection's carrier was backed up (more than
+    #: ``dtp.connection.DATAGRAM_SEND_BACKLOG`` unsent): never queued behind it.
+    dropped_backlog: int = 0
     #: Dropped: the UDP socket refused the send -- the backend's port is closed (an ICMP
     #: error left by an earlier datagram), unreachable or the buffer full (relay; such
     #: datagrams are not billed), or the same for the local client (forwarder).
@@ -350,14 +353,14 @@ def relay_udp(
                     stats.add(dropped_oversized=len(batch) - len(fits))
                 if not fits:
                     continue
-                sock.send_datagrams(fits)
+                sent = sock.send_datagrams(fits)
                 last[0] = time.monotonic()
-                nbytes = sum(map(len, fits))
+                nbytes = sum(map(len, fits[:sent]))
                 if billing is not None:
                     billing.replied(nbytes)
                 if limits is not None:
                     limits.charge_bytes(nbytes, last[0])
-                stats.add(datagrams_out=len(fits), bytes_out=nbytes)
+                stats.add(datagrams_out=sent, bytes_out=nbytes, dropped_backlog=len(fits) - sent)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -699,17 +702,19 @@ class UdpForwarder:
                 out.append(data)
                 session.sent_datagrams += 1
                 session.sent_bytes += len(data)
+        sent = 0
         if out:
             try:
-                session.sock.send_datagrams(out)
+                sent = session.sock.send_datagrams(out)
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", session.source, exc)
                 return False
         self.stats.add(
-            datagrams_out=len(out),
-            bytes_out=sum(map(len, out)),
+            datagrams_out=sent,
+            bytes_out=sum(map(len, out[:sent])),
             dropped_oversized=oversized,
             dropped_unpaid=unpaid,
+            dropped_backlog=len(out) - sent,
         )
         return True
 

@@ -82,16 +82,16 @@ async def relay_udp_async(
         if not fits:
             return
         try:
-            writer.send_datagrams(fits)
+            sent = writer.send_datagrams(fits)
         except DTPError:
             return
         last[0] = loop.time()
-        nbytes = sum(map(len, fits))
+        nbytes = sum(map(len, fits[:sent]))
         if billing is not None:
             billing.replied(nbytes)
         if limits is not None:
             limits.charge_bytes(nbytes, time.monotonic())
-        stats.add(datagrams_out=len(fits), bytes_out=nbytes)
+        stats.add(datagrams_out=sent, bytes_out=nbytes, dropped_backlog=len(fits) - sent)
 
     loop.add_reader(udp.fileno(), on_replies)
 
@@ -287,18 +287,20 @@ class AsyncUdpForwarder:
                 out.append(data)
                 flow.sent_datagrams += 1
                 flow.sent_bytes += len(data)
+        sent = 0
         if out:
             try:
-                writer.send_datagrams(out)
+                sent = writer.send_datagrams(out)
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", flow.source, exc)
                 asyncio.get_running_loop().create_task(self._end(flow))
                 return
         self.stats.add(
-            datagrams_out=len(out),
-            bytes_out=sum(map(len, out)),
+            datagrams_out=sent,
+            bytes_out=sum(map(len, out[:sent])),
             dropped_oversized=oversized,
             dropped_unpaid=unpaid,
+            dropped_backlog=len(out) - sent,
         )
 
     async def _open(self, flow: _Flow) -> None:

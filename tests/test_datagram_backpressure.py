@@ -115,3 +115,38 @@ def test_asyncio_datagrams_to_a_reading_peer_are_not_dropped() -> None:
 
     with server_process("echo", api="asyncio") as srv:
         asyncio.run(main(srv))
+
+
+def test_the_udp_forwarder_counts_what_the_backed_up_carrier_dropped() -> None:
+    """A forwarder whose relay does not read: the datagrams the connection drops (its
+    carrier backed up) are counted in UdpStats.dropped_backlog, not as sent, so every
+    datagram the forwarder read is accounted for once."""
+    import socket
+
+    from dtp.udp import UdpForwarder
+
+    with server_process("slow") as srv:
+        conns: list[dtp.socket.DTPSocket] = []
+
+        def connect() -> dtp.socket.DTPSocket:
+            sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
+            conns.append(sock)
+            return sock
+
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with UdpForwarder(("127.0.0.1", 0), connect) as fwd:
+                deadline = time.monotonic() + 60
+                while fwd.stats.dropped_backlog == 0:
+                    assert time.monotonic() < deadline, fwd.stats.snapshot()
+                    for _ in range(200):
+                        client.sendto(PAYLOAD, fwd.address)
+                    time.sleep(0.001)
+                time.sleep(0.2)  # the forwarder catches up with what it has read
+                stats = fwd.stats.snapshot()
+                assert stats["dropped_backlog"] == conns[0].datagrams_send_dropped
+                assert stats["bytes_out"] == stats["datagrams_out"] * len(PAYLOAD)
+                for sock in conns:
+                    sock.abort()  # (a close would wait for what the peer never reads)
+        finally:
+            client.close()
