@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dtp import _core
+from dtp._buffers import bytes_like
 from dtp._recovery import AckTracker, LossRecovery, RangeSet, SentRecord
 from dtp._reference.varint import varint_encode
 from dtp._state import (
@@ -1170,7 +1171,7 @@ class Connection:
         frames = []
         size = 0
         for data in datagrams:
-            body = _datagram_bytes(data)
+            body = bytes_like(data)
             if len(body) > limit:
                 raise LocalProtocolError(f"datagram of {len(body)} bytes exceeds {limit}")
             frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
@@ -2097,15 +2098,6 @@ class _ResendCredit(NamedTuple):
 
 
 _Item = _StreamChunk | _ResendFrame | _ResendCredit
-
-
-def _datagram_bytes(data: Any) -> bytes:
-    """A datagram's bytes from a bytes-like ``data``, or the TypeError a socket raises
-    (``bytes(5)`` would be five zero bytes, ``bytes("x")`` a confusing message)."""
-    try:
-        return bytes(memoryview(data))
-    except TypeError:
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
 
 
 def _frame_bound(frame: RawFrame) -> int:

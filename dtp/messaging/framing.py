@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgpack
 
+from dtp._buffers import bytes_like
 from dtp.messaging.errors import MalformedMessage, PayloadTooLarge
 
 __all__ = [
@@ -47,15 +48,6 @@ def _pack(message: Any) -> bytes:
         pack = _packers.pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
     body: bytes = pack(message)
     return body
-
-
-def bytes_like(data: object) -> bytes:
-    """``data`` (bytes, bytearray or memoryview) as bytes; TypeError, worded as a socket
-    words it, for anything else: ``bytes(5)`` would quietly be 5 zero bytes, and
-    ``bytes("x")`` fails with a message about encodings."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}")
-    return bytes(data)
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
