@@ -27,15 +27,16 @@ the rest (:func:`~dtp.settlement.claim_and_settle`).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dtp.admission import Admitted, LedgerAdmission
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
@@ -330,6 +331,17 @@ class _PaidConnection:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+        if verdict.state is GateState.SERVE:
+            self._credit = min(gate.credit_bytes(*engine.conn.usage), _CREDIT_MAX)
+
+    def room(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` may go now (after :meth:`wait_paid`):
+        no more than the gate's credit, so that one call cannot carry a client that pays
+        nothing far past the allowance; at least 1 byte, since the gate said serve."""
+        credit = self._credit
+        if nbytes <= credit:
+            return nbytes
+        return max(1, credit)
 
     def request_final_receipt(self) -> None:
         """Before the server closes: ask for a receipt for all usage, and wait up to
@@ -376,8 +388,12 @@ class _PaidConnection:
 
 class PaidSocket:
     """A stream of a paid connection: a :class:`dtp.socket.DTPSocket` whose reads and
-    writes wait for payment and for the rate limits first. Other attributes are the
-    wrapped socket's."""
+    writes wait for payment and for the rate limits first. Each read and write moves at
+    most what the gate still allows (so a client that pays nothing gets no more than the
+    allowance's worth, give or take the flow-control window it may fill unasked), and
+    every call that moves stream bytes goes through them: :meth:`makefile`'s file too.
+    The wrapped socket's attributes that move no data (timeouts, addresses, counters,
+    shutdown) are forwarded; the others are refused."""
 
     def __init__(self, sock: DTPSocket, paid: _PaidConnection) -> None:
         self._sock = sock
@@ -389,21 +405,29 @@ class PaidSocket:
         return self._paid.gate
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self._paid.wait_paid()
-        data = self._sock.recv(bufsize, flags)
-        self._paid.throttle(len(data))
+        paid = self._paid
+        paid.wait_paid()
+        data = self._sock.recv(paid.room(bufsize), flags)
+        paid.throttle(len(data))
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self._paid.wait_paid()
-        n = self._sock.recv_into(buffer, nbytes, flags)
-        self._paid.throttle(n)
+        paid = self._paid
+        paid.wait_paid()
+        if not nbytes:
+            nbytes = memoryview(buffer).nbytes
+        n = self._sock.recv_into(buffer, paid.room(nbytes), flags)
+        paid.throttle(n)
         return n
 
     def send(self, data: Any, flags: int = 0) -> int:
-        self._paid.wait_paid()
-        n = self._sock.send(data, flags)
-        self._paid.throttle(n)
+        paid = self._paid
+        paid.wait_paid()
+        view = memoryview(data).cast("B")
+        size = len(view)
+        room = paid.room(size)
+        n = self._sock.send(view if room == size else view[:room], flags)
+        paid.throttle(n)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
@@ -411,6 +435,65 @@ class PaidSocket:
         while len(view):
             n = self.send(view[:_SEND_SLICE])
             view = view[n:]
+
+    def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
+        """Always None, nothing sent (``release`` kept): the socket's one-call exchange
+        would carry both ways past the gate; callers then :meth:`sendall` and
+        :meth:`recv`, as its contract says, which look at the gate each."""
+        return None
+
+    def makefile(
+        self,
+        mode: str = "rb",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object over this stream, as :meth:`socket.socket.makefile`, whose
+        reads and writes are this socket's (the wrapped socket's file would skip the
+        gate)."""
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
+        reading, writing = "r" in mode, "w" in mode
+        raw = _PaidIO(self, reading, writing)
+        if buffering is None or buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if "b" not in mode:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        buffered: io.BufferedIOBase
+        if reading and writing:
+            buffered = io.BufferedRWPair(raw, raw, buffering)
+        elif reading:
+            buffered = io.BufferedReader(raw, buffering)
+        else:
+            buffered = io.BufferedWriter(raw, buffering)
+        if "b" in mode:
+            return buffered
+        return io.TextIOWrapper(buffered, encoding, errors, newline)
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        # datagrams are not metered (Connection.usage counts stream bytes), but a paused
+        # connection moves nothing at all
+        self._paid.wait_paid()
+        self._sock.send_datagram(data)
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._paid.wait_paid()
+        self._sock.send_datagrams(datagrams)
+
+    def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
+        self._paid.wait_paid()
+        return self._sock.recv_datagram(timeout)
+
+    def recv_datagrams(
+        self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
+    ) -> list[bytes]:
+        self._paid.wait_paid()
+        return self._sock.recv_datagrams(max_count, timeout)
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""
@@ -432,7 +515,67 @@ class PaidSocket:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+        if name in _FORWARDED:
+            return getattr(self._sock, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
+            f"forwards only what moves no data, so that nothing passes the receipt gate)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<PaidSocket of {self._sock!r}>"
+
+
+#: What PaidSocket takes from the wrapped socket as it is: none of it moves stream bytes
+#: or datagrams. Anything else (a method added to DTPSocket later, say) is refused rather
+#: than forwarded past the gate.
+_FORWARDED = frozenset(
+    {
+        "stream_id",
+        "peer_address",
+        "peer_connection_id",
+        "peer_port",
+        "peer_static_key",
+        "getpeername",
+        "getsockname",
+        "connection_stats",
+        "settimeout",
+        "gettimeout",
+        "setblocking",
+        "getblocking",
+        "shutdown",
+        "abort",
+        "max_datagram_size",
+        "datagrams_dropped",
+        "datagrams_send_dropped",
+        "connection_id",
+        "escrow_id",
+    }
+)
+
+
+class _PaidIO(io.RawIOBase):
+    """The raw file under :meth:`PaidSocket.makefile`."""
+
+    def __init__(self, sock: PaidSocket, reading: bool, writing: bool) -> None:
+        super().__init__()
+        self._sock = sock
+        self._reading = reading
+        self._writing = writing
+
+    def readable(self) -> bool:
+        return self._reading
+
+    def writable(self) -> bool:
+        return self._writing
+
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b)
+        self._sock.sendall(view)
+        return view.nbytes
 
 
 Handler = Callable[[PaidSocket], None]
