@@ -3,8 +3,9 @@
 
 The callback gets a :class:`PaidReader` / :class:`PaidWriter` pair: reads and
 ``drain()`` wait for payment and for the rate limits first (no flow-control credit goes
-back meanwhile, so the client's writes block). Ledger calls and receipt-store writes
-run in threads, never on the event loop.
+back meanwhile, so the client's writes block), and ``write()`` lets out only what the
+receipt gate allows, holding the rest until payment comes. Ledger calls and
+receipt-store writes run in threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
-from dtp.errors import ChainError, DTPError, PaymentRequired, move_error
+from dtp.errors import ChainError, DTPError, LocalProtocolError, PaymentRequired, move_error
 from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
@@ -32,6 +33,7 @@ from dtp.metering import (
     ReceiptGate,
 )
 from dtp.paid import (
+    _CREDIT_MAX,
     ServicePolicy,
     check_address,
     closes_store,
@@ -82,6 +84,8 @@ class _PaidConnection:
         #: The receipt that came with the end of the connection, claimed by the settlement
         #: instead of written first (as dtp.paid's)
         self.final: Receipt | None = None
+        #: PaidWriter tasks letting out what was written beyond the gate's credit
+        self.releasing: set[asyncio.Task[None]] = set()
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -143,6 +147,17 @@ class _PaidConnection:
             self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
 
+    def room(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` may go now: what the gate still
+        allows on the usage seen (at most _CREDIT_MAX, so a read takes a bounded chunk per
+        look), at least 1 byte when it serves, 0 when it does not."""
+        total_bytes, total_requests = self.conn.usage
+        gate = self.gate
+        if not gate.serving(total_bytes, total_requests):
+            return 0
+        credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
+        return nbytes if nbytes <= credit else max(1, credit)
+
     async def request_final_receipt(self) -> None:
         """As :meth:`dtp.paid._PaidConnection.request_final_receipt`."""
         session = self.proto.session
@@ -182,25 +197,58 @@ class _PaidConnection:
 
 class PaidReader:
     """A paid stream's reader: :class:`dtp.aio.DTPStreamReader` whose reads wait for
-    payment and the rate limits first."""
+    payment and the rate limits first. A read takes at most what the gate still allows
+    per look (read() to EOF and readexactly() look again for each chunk), so that the
+    flow-control credit its reading gives back cannot carry a client that pays nothing
+    past the allowance. Push delivery (``set_sink``) is refused: it would pass the gate.
+    """
 
     def __init__(self, reader: DTPStreamReader, paid: _PaidConnection) -> None:
         self._reader = reader
         self._paid = paid
 
-    async def read(self, n: int = -1) -> bytes:
-        await self._paid.wait_paid()
-        data = await self._reader.read(n)
-        await self._paid.throttle(len(data))
+    async def _chunk(self, n: int) -> bytes:
+        """One gated read of up to ``n`` bytes (b"" at EOF)."""
+        paid = self._paid
+        await paid.wait_paid()
+        # the connection may have ended while paused: a read of 1 reports it
+        data = await self._reader.read(paid.room(n) or 1)
+        await paid.throttle(len(data))
         return data
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if n > 0:
+            return await self._chunk(n)
+        chunks: list[bytes] = []
+        while chunk := await self._chunk(_CREDIT_MAX):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def readexactly(self, n: int) -> bytes:
-        await self._paid.wait_paid()
-        data = await self._reader.readexactly(n)
-        await self._paid.throttle(len(data))
-        return data
+        if n <= 0:
+            return await self._reader.readexactly(n)  # its ValueError, or b""
+        chunks: list[bytes] = []
+        need = n
+        try:
+            while need:
+                chunk = await self._chunk(need)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"".join(chunks), n)
+                chunks.append(chunk)
+                need -= len(chunk)
+        except asyncio.CancelledError:
+            # a cancelled read consumes nothing, as asyncio's (and dtp.aio's): what was
+            # gathered goes back in front of the stream
+            stream = self._reader._session.streams.get(self._reader.stream_id)
+            if chunks and stream is not None:
+                stream.data[:0] = b"".join(chunks)
+            raise
+        return b"".join(chunks)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        # one look for at most 64 KiB (the reader's limit), as one recv()
         await self._paid.wait_paid()
         data = await self._reader.readuntil(separator)
         await self._paid.throttle(len(data))
@@ -212,31 +260,166 @@ class PaidReader:
         await self._paid.throttle(len(data))
         return data
 
+    def __aiter__(self) -> PaidReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
+        if name in _READER_FORWARDED:
+            return getattr(self._reader, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
+            f"forwards only what moves no data, so that nothing passes the receipt gate)"
+        )
 
 
 class PaidWriter:
-    """A paid stream's writer: :meth:`drain` waits for payment and the rate limits."""
+    """A paid stream's writer: writes go out only as far as the receipt gate allows.
+
+    :meth:`write` never waits (asyncio's contract): it lets out what the gate's credit
+    covers and holds the rest, which a task lets out as payment comes, pausing while the
+    gate does -- as a transport holds what the socket does not take yet. :meth:`drain`
+    waits for what is held (that is where a paused connection waits for payment), then
+    for the rate limits; it raises :class:`~dtp.errors.PaymentRequired` when the gate
+    closed the connection meanwhile. What is held when the callback returns is let out
+    before the connection ends (for up to the pause timeout, when unpaid).
+    """
 
     def __init__(self, writer: DTPStreamWriter, paid: _PaidConnection) -> None:
         self._writer = writer
         self._paid = paid
         self._unthrottled = 0
+        # written, not let out yet: _held[_held_from:] (a bytearray, not a queue of the
+        # caller's buffers, which it may reuse once write() returned)
+        self._held = bytearray()
+        self._held_from = 0
+        self._releasing: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        self._eof_after = False  # write_eof() / close() came while bytes were held
+        self._close_after = False
 
     @property
     def gate(self) -> ReceiptGate:
         return self._paid.gate
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._writer.write(data)
-        self._unthrottled += len(data)
+        if self._releasing is not None:
+            if self._failed is not None:
+                raise self._failed
+            if self._eof_after or self._close_after:
+                raise LocalProtocolError("write on a closed or half-closed DTP stream")
+            self._writer.write(b"")  # its checks (a reset stream, a closed connection)
+            self._held += memoryview(data).cast("B")  # behind what is held: in order
+            return
+        view = memoryview(data).cast("B")
+        size = len(view)
+        room = self._paid.room(size)
+        if room == size:
+            self._writer.write(data)
+            self._unthrottled += size
+            return
+        if room:
+            self._writer.write(view[:room])
+            self._unthrottled += room
+        else:
+            self._writer.write(b"")  # its checks, before anything is held
+        self._held += view[room:]
+        task = asyncio.ensure_future(self._release())
+        self._releasing = task
+        self._paid.releasing.add(task)
+        task.add_done_callback(self._paid.releasing.discard)
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    async def _release(self) -> None:
+        """Let out what is held, as far as the gate allows at each look."""
+        paid = self._paid
+        writer = self._writer
+        try:
+            while self._held_from < len(self._held):
+                await paid.wait_paid()
+                start = self._held_from
+                n = paid.room(len(self._held) - start) or 1  # (ended: the write reports it)
+                writer.write(bytes(self._held[start : start + n]))
+                self._held_from = start + n
+                await paid.throttle(n)
+                await writer.drain()
+            if self._close_after:
+                writer.close()
+            elif self._eof_after:
+                writer.write_eof()
+        except (DTPError, OSError) as exc:
+            self._failed = exc
+        finally:
+            self._held = bytearray()
+            self._held_from = 0
+            self._releasing = None
 
     async def drain(self) -> None:
+        releasing = self._releasing
+        if releasing is not None:
+            # shielded: a cancelled drain() leaves what was written on its way
+            await asyncio.shield(releasing)
+        if self._failed is not None:
+            raise self._failed
         await self._writer.drain()
         written, self._unthrottled = self._unthrottled, 0
         await self._paid.throttle(written)
         await self._paid.wait_paid()
+
+    def write_eof(self) -> None:
+        if self._releasing is not None:
+            self._eof_after = True
+        else:
+            self._writer.write_eof()
+
+    def close(self) -> None:
+        if self._releasing is not None:
+            self._close_after = True
+        else:
+            self._writer.close()
+
+    def is_closing(self) -> bool:
+        return self._close_after or self._writer.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._writer.get_write_buffer_size() + len(self._held) - self._held_from
+
+    async def wait_closed(self) -> None:
+        releasing = self._releasing
+        if releasing is not None:
+            await asyncio.shield(releasing)
+        await self._writer.wait_closed()
+
+    def abort(self, reason: str = "aborted") -> None:
+        if self._releasing is not None:
+            self._releasing.cancel()
+        self._writer.abort(reason)
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        # datagrams are not metered (Connection.usage counts stream bytes), but a paused
+        # connection moves nothing: one that would wait is dropped and counted, as the
+        # writer drops one that does not fit
+        if self._paid.room(1):
+            self._writer.send_datagram(data)
+        else:
+            self._paid.conn.datagrams_send_dropped += 1
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        if self._paid.room(1):
+            self._writer.send_datagrams(datagrams)
+        else:
+            self._paid.conn.datagrams_send_dropped += sum(1 for _ in datagrams)
+
+    async def recv_datagram(self) -> bytes:
+        await self._paid.wait_paid()
+        return await self._writer.recv_datagram()
 
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
@@ -250,7 +433,33 @@ class PaidWriter:
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._writer, name)
+        if name in _WRITER_FORWARDED:
+            return getattr(self._writer, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
+            f"forwards only what moves no data, so that nothing passes the receipt gate)"
+        )
+
+
+#: What the paid reader and writer take from the wrapped ones as they are: none of it
+#: moves stream bytes or datagrams (anything else, a method added later say, is refused
+#: rather than forwarded past the gate)
+_READER_FORWARDED = frozenset({"stream_id", "at_eof"})
+_WRITER_FORWARDED = frozenset(
+    {
+        "stream_id",
+        "peer_address",
+        "peer_connection_id",
+        "peer_port",
+        "transport",
+        "get_extra_info",
+        "can_write_eof",
+        "datagrams_send_dropped",
+        "datagrams_dropped",
+        "connection_id",
+        "escrow_id",
+    }
+)
 
 
 class PaidAioServer:
@@ -376,6 +585,10 @@ class PaidAioServer:
         except Exception:
             logger.exception("callback failed for connection %s", cid)
         finally:
+            # what the callback wrote and the gate held back goes out before the end
+            # (within the pause timeout: a client that does not pay is closed)
+            while paid.releasing:
+                await asyncio.gather(*paid.releasing, return_exceptions=True)
             self._live.discard(paid)
             self.limiter.release(client)
             if proto.session.terminated is None:

@@ -9,9 +9,11 @@ files, real DTP connections on 127.0.0.1, servers in this process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.paid_aio import PaidReader, PaidWriter
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -256,3 +259,204 @@ def test_blocking_datagrams_wait_for_payment_too(world: World) -> None:
                 sock.recv_datagram(timeout=0.2)
     assert isinstance(sent, int) and within_allowance(sent) and not within_allowance(sent + 1024)
     assert isinstance(outcome, PaymentRequired)
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+AioHandler = Callable[[PaidReader, PaidWriter], Awaitable[None]]
+
+
+async def serve_aio(world: World, handler: AioHandler, policy: ServicePolicy) -> object:
+    return await dtp.aio.serve(
+        world.host_id,
+        PORT,
+        handler,
+        ledger=world.ledger,
+        identity=SERVER,
+        receipts=world.receipts,
+        policy=policy,
+    )
+
+
+async def download_aio(world: World, *, paying: bool) -> tuple[int, DTPError | None]:
+    reader, writer = await dtp.aio.open_connection(
+        world.address,
+        timeout=20,
+        ledger=world.ledger,
+        identity=CLIENT,
+        deposit=1_000_000 if paying else SLA.min_deposit,
+        metering=None if paying else UNPAID,
+    )
+    writer.write(b"go")
+    await writer.drain()
+    got = 0
+    error: DTPError | None = None
+    try:
+        while got < BIG:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            got += len(data)
+    except DTPError as exc:
+        error = exc
+    writer.close()
+    with contextlib.suppress(DTPError):  # (the server closed it, when it did)
+        await writer.wait_closed()
+    return got, error
+
+
+def aio_writes_big(how: str) -> AioHandler:
+    payload = os.urandom(BIG)
+
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        if how == "writelines":
+            writer.writelines([payload[: BIG // 2], payload[BIG // 2 :]])
+        elif how == "small-writes":
+            for i in range(0, BIG, 1 << 16):
+                writer.write(payload[i : i + (1 << 16)])
+        else:
+            writer.write(payload)
+        if how != "no-drain":
+            await writer.drain()
+        await reader.read(1)  # until the client closes
+
+    return handler
+
+
+def run_aio(
+    world: World, handler: AioHandler, policy: ServicePolicy, paying: bool
+) -> tuple[int, DTPError | None]:
+    async def main() -> tuple[int, DTPError | None]:
+        server = await serve_aio(world, handler, policy)
+        try:
+            return await download_aio(world, paying=paying)
+        finally:
+            server.close()  # type: ignore[attr-defined]
+            await server.wait_closed()  # type: ignore[attr-defined]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain"])
+def test_asyncio_big_write_stops_at_the_allowance_for_a_client_that_pays_nothing(
+    world: World, how: str
+) -> None:
+    # write() went to the wire at once and drain() looked at the gate only afterwards;
+    # writelines reached the unwrapped writer: all 4 MiB, nothing claimed
+    got, error = run_aio(world, aio_writes_big(how), STINGY, paying=False)
+    assert within_allowance(got), got
+    assert got > 9 * 1024
+    assert isinstance(error, PaymentRequired)
+
+
+@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain"])
+def test_asyncio_big_write_reaches_a_paying_client_whole(world: World, how: str) -> None:
+    got, error = run_aio(world, aio_writes_big(how), GENEROUS, paying=True)
+    assert (got, error) == (BIG, None)
+
+
+def upload_aio(world: World, handler: AioHandler, policy: ServicePolicy, paying: bool) -> object:
+    """Once the handler answered "go" with "ok" (so that it reads with all its credit),
+    the client uploads 4 x 4 MiB and half-closes; what came back, or the handler's
+    error."""
+
+    async def main() -> object:
+        seen: asyncio.Queue[object] = asyncio.Queue()
+
+        async def wrapped(reader: PaidReader, writer: PaidWriter) -> None:
+            try:
+                assert await reader.readexactly(2) == b"go"
+                writer.write(b"ok")
+                await writer.drain()
+                await handler(reader, writer)
+            except BaseException as exc:
+                seen.put_nowait(exc)
+                raise
+
+        server = await serve_aio(world, wrapped, policy)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                world.address,
+                timeout=20,
+                ledger=world.ledger,
+                identity=CLIENT,
+                deposit=1_000_000 if paying else SLA.min_deposit,
+                metering=None if paying else UNPAID,
+            )
+            writer.write(b"go")
+            assert await reader.readexactly(2) == b"ok"
+            with contextlib.suppress(DTPError):
+                for _ in range(4):
+                    writer.write(os.urandom(BIG))
+                    await writer.drain()
+                writer.write_eof()
+                result = await reader.read()
+                seen.put_nowait(result)
+            writer.close()
+            with contextlib.suppress(DTPError):
+                await writer.wait_closed()
+            return await asyncio.wait_for(seen.get(), 20)
+        finally:
+            server.close()  # type: ignore[attr-defined]
+            await server.wait_closed()  # type: ignore[attr-defined]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["read", "readexactly"])
+def test_asyncio_read_to_eof_is_gated_per_chunk(world: World, how: str) -> None:
+    # reader.read() (and readexactly) looked at the gate once, then took the whole
+    # upload: the read returned 16 MiB to a client that paid nothing
+    taken: list[int] = []
+
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        if how == "read":
+            data = await reader.read()
+        else:
+            data = await reader.readexactly(4 * BIG)
+        taken.append(len(data))
+        writer.write(str(len(data)).encode())
+        await writer.drain()
+
+    outcome = upload_aio(world, handler, STINGY, paying=False)
+    assert isinstance(outcome, PaymentRequired), outcome
+    assert taken == []  # the read itself paused, and ended with the connection
+    outcome = upload_aio(world, handler, GENEROUS, paying=True)
+    assert outcome == str(4 * BIG).encode()
+    assert taken == [4 * BIG]
+
+
+def test_asyncio_unknown_attributes_and_push_delivery_are_refused(world: World) -> None:
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        refused = []
+        for obj, name in ((reader, "set_sink"), (writer, "set_datagram_sink"), (writer, "_proto")):
+            try:
+                getattr(obj, name)
+            except AttributeError:
+                refused.append(name)
+        lines = [line async for line in reader]
+        writer.write(repr((refused, lines, writer.get_extra_info("stream_id"))).encode())
+        await writer.drain()
+
+    async def main() -> bytes:
+        server = await serve_aio(world, handler, GENEROUS)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                world.address, timeout=20, ledger=world.ledger, identity=CLIENT, deposit=100_000
+            )
+            writer.write(b"a\nb\n")
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return answer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    answer = asyncio.run(main())
+    assert (
+        answer == repr((["set_sink", "set_datagram_sink", "_proto"], [b"a\n", b"b\n"], 0)).encode()
+    )
