@@ -58,6 +58,8 @@ __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 
 logger = logging.getLogger(__name__)
 
+_LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
+
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
 
@@ -346,13 +348,14 @@ class PaidWriter:
                 await paid.wait_paid()
                 start = self._held_from
                 n = paid.room(len(self._held) - start) or 1  # (ended: the write reports it)
-                writer.write(bytes(self._held[start : start + n]))
+                # the writer seals or copies what it is given before it returns, and the
+                # views are let go of before the next write() may grow _held
+                with memoryview(self._held) as held, held[start : start + n] as piece:
+                    writer.write(piece)
                 self._held_from = start + n
                 await paid.throttle(n)
                 await writer.drain()
-            if self._close_after:
-                writer.close()
-            elif self._eof_after:
+            if self._eof_after and not self._close_after:
                 writer.write_eof()
         except (DTPError, OSError) as exc:
             self._failed = exc
@@ -360,6 +363,8 @@ class PaidWriter:
             self._held = bytearray()
             self._held_from = 0
             self._releasing = None
+            if self._close_after:
+                writer.close()
 
     async def drain(self) -> None:
         releasing = self._releasing
@@ -585,10 +590,14 @@ class PaidAioServer:
         except Exception:
             logger.exception("callback failed for connection %s", cid)
         finally:
-            # what the callback wrote and the gate held back goes out before the end
-            # (within the pause timeout: a client that does not pay is closed)
-            while paid.releasing:
-                await asyncio.gather(*paid.releasing, return_exceptions=True)
+            # what the callback wrote and the gate held back goes out before the end: a
+            # client that does not pay is closed after the pause timeout; one that does
+            # not read gets as long again as a closing stream waits for its queued data
+            if paid.releasing:
+                left = set(paid.releasing)
+                _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
+                for task in late:
+                    task.cancel()
             self._live.discard(paid)
             self.limiter.release(client)
             if proto.session.terminated is None:

@@ -318,6 +318,11 @@ def aio_writes_big(how: str) -> AioHandler:
                 writer.write(payload[i : i + (1 << 16)])
         else:
             writer.write(payload)
+        if how == "close":
+            # what is held goes out before the connection closes (as a transport's)
+            writer.close()
+            await writer.wait_closed()
+            return
         if how != "no-drain":
             await writer.drain()
         await reader.read(1)  # until the client closes
@@ -339,7 +344,7 @@ def run_aio(
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain"])
+@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain", "close"])
 def test_asyncio_big_write_stops_at_the_allowance_for_a_client_that_pays_nothing(
     world: World, how: str
 ) -> None:
@@ -351,7 +356,7 @@ def test_asyncio_big_write_stops_at_the_allowance_for_a_client_that_pays_nothing
     assert isinstance(error, PaymentRequired)
 
 
-@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain"])
+@pytest.mark.parametrize("how", ["write", "writelines", "small-writes", "no-drain", "close"])
 def test_asyncio_big_write_reaches_a_paying_client_whole(world: World, how: str) -> None:
     got, error = run_aio(world, aio_writes_big(how), GENEROUS, paying=True)
     assert (got, error) == (BIG, None)
