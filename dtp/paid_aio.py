@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -499,7 +500,8 @@ class PaidAioServer:
         self._live: set[_PaidConnection] = set()
         self._policy_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._handling = 0  # _handle calls running (they may still write receipts)
+        # _handle calls and settlement threads running (they may still use the store)
+        self._handling = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -623,11 +625,27 @@ class PaidAioServer:
             proto.transport.close()
 
     async def _settle(self, cid: str, final: Receipt | None) -> None:
-        settlement = await asyncio.to_thread(
-            settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
+        # The settlement reads and marks the receipt store from its thread, which goes
+        # on when this task is cancelled (asyncio.run ending the loop with the server
+        # still settling): it counts as a handler until the thread is done, so that the
+        # store is not closed under it (a crash in SQLite, or the claim's mark lost).
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            None,
+            functools.partial(
+                settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
+            ),
         )
+        self._handling += 1
+        job.add_done_callback(self._settled)
+        settlement = await asyncio.shield(job)
         if settlement is not None:
             self.settlements.append((cid, settlement))
+
+    def _settled(self, job: asyncio.Future[Settlement | None]) -> None:
+        self._handling -= 1
+        if self._closed and not self._handling:
+            self._release()
 
     async def _policy_loop(self) -> None:
         while True:

@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import os
 import queue
+import sqlite3
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.receipt_store import ReceiptStore
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -465,3 +469,68 @@ def test_asyncio_unknown_attributes_and_push_delivery_are_refused(world: World) 
     assert (
         answer == repr((["set_sink", "set_datagram_sink", "_proto"], [b"a\n", b"b\n"], 0)).encode()
     )
+
+
+def test_asyncio_loop_ending_during_a_settlement_leaves_the_store_to_it(world: World) -> None:
+    # Found while testing the above: when asyncio.run ends the loop as a connection
+    # settles, the server's task is cancelled but the settlement thread goes on; the
+    # store and the receipt writer were closed under it (once a segfault in SQLite; here
+    # the claim's mark in the store is lost). The settlement is held up in the ledger's
+    # write lock (another SQLite connection), after it read the store.
+    held = threading.Event()
+    let_go = threading.Event()
+
+    def hold_ledger() -> None:
+        db = sqlite3.connect(world.ledger.path, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            held.set()
+            let_go.wait(20)
+            time.sleep(0.5)  # the loop ends meanwhile
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+
+    async def echo(reader: PaidReader, writer: PaidWriter) -> None:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> str:
+        server = await serve_aio(world, echo, GENEROUS)
+        reader, writer = await dtp.aio.open_connection(
+            world.address, timeout=20, ledger=world.ledger, identity=CLIENT, deposit=100_000
+        )
+        cid = writer.connection_id
+        assert cid is not None
+        piece = os.urandom(64 << 10)
+        store = ReceiptStore(world.receipts)
+        try:
+            # past the client's cadence (a quarter of min_deposit's worth), so that the
+            # server stores a receipt
+            for _ in range(4):
+                writer.write(piece)
+                await writer.drain()
+                assert await reader.readexactly(len(piece)) == piece
+            for _ in range(200):
+                if store.latest(cid) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert store.latest(cid) is not None
+        finally:
+            store.close()
+        holder.start()
+        assert await asyncio.to_thread(held.wait, 20)
+        writer.close()  # the server settles, and waits in the lock
+        await asyncio.sleep(0.5)
+        server.close()  # type: ignore[attr-defined]
+        let_go.set()
+        return cid  # the loop ends: its tasks are cancelled
+
+    holder = threading.Thread(target=hold_ledger)
+    cid = asyncio.run(main())
+    holder.join(20)
+    assert world.ledger.get_connection(cid).settled
+    with ReceiptStore(world.receipts) as store:
+        kept = store.latest(cid)
+    assert kept is not None and kept.unclaimed == 0, kept
