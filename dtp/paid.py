@@ -481,9 +481,9 @@ class PaidSocket:
         self._paid.wait_paid()
         self._sock.send_datagram(data)
 
-    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         self._paid.wait_paid()
-        self._sock.send_datagrams(datagrams)
+        return self._sock.send_datagrams(datagrams)
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         self._paid.wait_paid()

@@ -417,11 +417,11 @@ class PaidWriter:
         else:
             self._paid.conn.datagrams_send_dropped += 1
 
-    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         if self._paid.room(1):
-            self._writer.send_datagrams(datagrams)
-        else:
-            self._paid.conn.datagrams_send_dropped += sum(1 for _ in datagrams)
+            return self._writer.send_datagrams(datagrams)
+        self._paid.conn.datagrams_send_dropped += sum(1 for _ in datagrams)
+        return 0
 
     async def recv_datagram(self) -> bytes:
         await self._paid.wait_paid()
