@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -36,6 +37,8 @@ __all__ = [
     "CLOSE_FIREWALL_DENIED",
     "CLOSE_PAYMENT_REQUIRED",
     "RECEIPT_REQUEST",
+    "CapShare",
+    "CapShares",
     "ClientMeter",
     "GateState",
     "GateVerdict",
@@ -210,6 +213,76 @@ class GateVerdict:
     """Why (for PAUSE and CLOSE)."""
 
 
+class CapShare:
+    """One spending cap as a paid server's live connections share it. Each connection's
+    gate judges a receipt against what the cap lets the server claim; a client that
+    uses one cap for several connections at once would have each of them served on the
+    whole of it, and the claims of the later ones refused. So the receipts the
+    connections hold together (beyond what they claimed) may not exceed what the cap
+    lets the server claim: a receipt that would take them past it is not counted, as
+    one beyond the cap is not (the connection pauses for a receipt the cap can pay)."""
+
+    def __init__(self, cap_id: str, remaining: int) -> None:
+        self.cap_id = cap_id
+        self._lock = threading.Lock()
+        #: What the cap lets the server claim, as last read (less what it claimed since).
+        self.remaining = remaining
+        self._held: dict[int, int] = {}  # id(gate) -> its receipt beyond its claims
+
+    def take(self, gate: object, amount: int) -> None:
+        """Let ``gate`` hold a receipt for ``amount`` MIST beyond its claims, or raise
+        SpendingCapExceeded when the others' and this one would exceed the cap."""
+        key = id(gate)
+        with self._lock:
+            others = sum(v for k, v in self._held.items() if k != key)
+            if others + amount > self.remaining:
+                raise move_error(
+                    "spending_cap",
+                    "ESpendingCapExceeded",
+                    f"receipt for {amount} MIST; the client's other connections hold "
+                    f"{others} of the {self.remaining} its cap lets be claimed",
+                )
+            self._held[key] = amount
+
+    def _join(self, gate: object, remaining: int) -> None:
+        with self._lock:
+            self.remaining = remaining  # read afresh: the cap's claims and epoch as now
+            self._held.setdefault(id(gate), 0)
+
+    def _leave(self, gate: object) -> bool:
+        """Drop ``gate``; True when no connection holds the cap any more."""
+        with self._lock:
+            # what it held is claimed now (or kept for a later claim): spent either way
+            self.remaining = max(0, self.remaining - self._held.pop(id(gate), 0))
+            return not self._held
+
+
+class CapShares:
+    """A paid server's :class:`CapShare` of each spending cap its live connections use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shares: dict[str, CapShare] = {}
+
+    def join(self, cap_id: str, gate: ReceiptGate, remaining: int) -> None:
+        """``gate`` (a connection just admitted) uses cap ``cap_id``, which lets the
+        server claim ``remaining`` MIST now (as just read)."""
+        with self._lock:
+            share = self._shares.get(cap_id)
+            if share is None:
+                share = self._shares[cap_id] = CapShare(cap_id, remaining)
+            share._join(gate, remaining)
+            gate.share = share
+
+    def leave(self, gate: ReceiptGate) -> None:
+        """``gate``'s connection ended (its settlement is done)."""
+        with self._lock:
+            share = gate.share
+            if share is not None and share._leave(gate):
+                self._shares.pop(share.cap_id, None)
+            gate.share = None
+
+
 class ReceiptGate:
     """The server's receipt check and credit limit for one connection.
 
@@ -258,6 +331,8 @@ class ReceiptGate:
         self.violation: str | None = None
         """Set when the client sent an unacceptable receipt: the connection must close."""
         self._paused_since: int | None = None
+        #: The cap as the server's other live connections share it (:class:`CapShares`).
+        self.share: CapShare | None = None
 
     def check(self, data: bytes) -> Receipt:
         """Validate an encoded receipt without counting it yet; the caller stores it
@@ -295,6 +370,9 @@ class ReceiptGate:
                     "EReceiptNotCumulative",
                     f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
+            share = self.share
+            if share is not None:
+                share.take(self, receipt.total_amount - self.claimed)
         except InvalidReceipt as exc:
             self.violation = f"invalid receipt: {exc}"
             raise

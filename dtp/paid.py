@@ -54,6 +54,7 @@ from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
+    CapShares,
     GateState,
     GateVerdict,
     MeteringConfig,
@@ -158,13 +159,15 @@ def gate_for(
     store: ReceiptStore | None = None,
     *,
     admitted: Admitted | None = None,
+    shares: CapShares | None = None,
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
     escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
     the server claim this epoch). ``admitted``: the connection, escrow and cap as
     admission just read them with the epoch
     (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so that they are not read
-    again."""
+    again. ``shares``: the server's caps as its live connections share them; the gate
+    joins its cap's (leave it when the connection ends: :meth:`CapShares.leave`)."""
     cap = None
     epoch = None
     if admitted is not None and admitted[0].id == normalize_id(connection_id, "connection ID"):
@@ -180,7 +183,7 @@ def gate_for(
         escrow = ledger.get_escrow(tc.escrow)
     if cap is None or cap.id != escrow.spending_cap or epoch is None:
         cap, epoch = ledger.get_cap(escrow.spending_cap), ledger.epoch()
-    return ReceiptGate(
+    gate = ReceiptGate(
         connection_id=tc.id,
         client_public_key=escrow.client_public_key,
         sla=tc.sla,
@@ -192,6 +195,9 @@ def gate_for(
         spend_limit=escrow.claimed + cap.remaining(epoch),
         store=store,
     )
+    if shares is not None:
+        shares.join(cap.id, gate, cap.remaining(epoch))
+    return gate
 
 
 def _now_ms() -> int:
@@ -691,6 +697,7 @@ class PaidServer:
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
             self.admission = LedgerAdmission(ledger, self.host_id, port, remember=True)
+            self.cap_shares = CapShares()
             self.server = create_server(
                 address, identity=identity, admit=self.admission, config=config
             )
@@ -749,7 +756,9 @@ class PaidServer:
             return
         admitted = self.admission.take_admitted(cid)
         try:
-            gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
+            gate = gate_for(
+                self.ledger, cid, self.policy, admitted=admitted, shares=self.cap_shares
+            )
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
@@ -799,6 +808,7 @@ class PaidServer:
                 self.limiter.release(client)
             if not client_closed:
                 self._settle(cid, known, paid.final)
+            self.cap_shares.leave(gate)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None

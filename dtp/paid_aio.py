@@ -29,6 +29,7 @@ from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
+    CapShares,
     GateState,
     GateVerdict,
     ReceiptGate,
@@ -495,6 +496,7 @@ class PaidAioServer:
         self.server: DTPServer | None = None
         self.host_policy: HostPolicy | None = None
         self.limiter = RateLimiter()
+        self.cap_shares = CapShares()
         self.recovered: list[tuple[str, Settlement]] = []
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
@@ -565,7 +567,9 @@ class PaidAioServer:
             return
         cid = "0x" + raw_cid.hex()
         try:
-            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
+            gate = await asyncio.to_thread(
+                gate_for, self.ledger, cid, self.policy, shares=self.cap_shares
+            )
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             writer.abort("the server cannot read the connection on the ledger")
@@ -617,6 +621,7 @@ class PaidAioServer:
                     with contextlib.suppress(DTPError):
                         await writer.wait_closed()
                 await self._settle(cid, paid.final)
+            self.cap_shares.leave(gate)
 
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
