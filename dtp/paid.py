@@ -27,7 +27,6 @@ the rest (:func:`~dtp.settlement.claim_and_settle`).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import threading
@@ -70,6 +69,7 @@ from dtp.settlement import (
     publish_endpoint,
     recover_unclaimed,
 )
+from dtp.socket import stream_file
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -460,26 +460,7 @@ class PaidSocket:
         """A file object over this stream, as :meth:`socket.socket.makefile`, whose
         reads and writes are this socket's (the wrapped socket's file would skip the
         gate)."""
-        if not set(mode) <= {"r", "w", "b"}:
-            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
-        reading, writing = "r" in mode, "w" in mode
-        raw = _PaidIO(self, reading, writing)
-        if buffering is None or buffering < 0:
-            buffering = io.DEFAULT_BUFFER_SIZE
-        if buffering == 0:
-            if "b" not in mode:
-                raise ValueError("unbuffered streams must be binary")
-            return raw
-        buffered: io.BufferedIOBase
-        if reading and writing:
-            buffered = io.BufferedRWPair(raw, raw, buffering)
-        elif reading:
-            buffered = io.BufferedReader(raw, buffering)
-        else:
-            buffered = io.BufferedWriter(raw, buffering)
-        if "b" in mode:
-            return buffered
-        return io.TextIOWrapper(buffered, encoding, errors, newline)
+        return stream_file(self, mode, buffering, encoding, errors, newline)
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         # datagrams are not metered (Connection.usage counts stream bytes), but a paused
@@ -558,30 +539,6 @@ _FORWARDED = frozenset(
         "escrow_id",
     }
 )
-
-
-class _PaidIO(io.RawIOBase):
-    """The raw file under :meth:`PaidSocket.makefile`."""
-
-    def __init__(self, sock: PaidSocket, reading: bool, writing: bool) -> None:
-        super().__init__()
-        self._sock = sock
-        self._reading = reading
-        self._writing = writing
-
-    def readable(self) -> bool:
-        return self._reading
-
-    def writable(self) -> bool:
-        return self._writing
-
-    def readinto(self, b: Any) -> int:
-        return self._sock.recv_into(b)
-
-    def write(self, b: Any) -> int:
-        view = memoryview(b)
-        self._sock.sendall(view)
-        return view.nbytes
 
 
 Handler = Callable[[PaidSocket], None]

@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from dtp._session import Session, check_connect_timeout
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
@@ -1442,45 +1442,67 @@ class DTPSocket:
         newline: str | None = None,
     ) -> Any:
         """A file object over this stream, as :meth:`socket.socket.makefile`."""
-        if not set(mode) <= {"r", "w", "b"}:
-            raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
-        reading, writing = "r" in mode, "w" in mode
-        raw = _StreamIO(self, ("r" if reading else "") + ("w" if writing else ""))
-        if buffering is None:
-            buffering = -1
-        if buffering < 0:
-            buffering = io.DEFAULT_BUFFER_SIZE
-        if buffering == 0:
-            if "b" not in mode:
-                raise ValueError("unbuffered streams must be binary")
-            return raw
-        buffered: io.BufferedIOBase
-        if reading and writing:
-            buffered = io.BufferedRWPair(raw, raw, buffering)
-        elif reading:
-            buffered = io.BufferedReader(raw, buffering)
-        else:
-            buffered = io.BufferedWriter(raw, buffering)
-        if "b" in mode:
-            return buffered
-        return io.TextIOWrapper(buffered, encoding, errors, newline)
+        return stream_file(self, mode, buffering, encoding, errors, newline)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<DTPSocket stream={self._stream_id} {state} peer={self.getpeername()}>"
 
 
+class FileStream(Protocol):
+    """What :func:`stream_file` reads and writes through."""
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int: ...
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None: ...
+
+
+def stream_file(
+    sock: FileStream,
+    mode: str = "rb",
+    buffering: int | None = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Any:
+    """A file object over ``sock``'s ``recv_into`` and ``sendall``, as
+    :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b)."""
+    if not set(mode) <= {"r", "w", "b"}:
+        raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
+    reading, writing = "r" in mode, "w" in mode
+    raw = _StreamIO(sock, reading, writing)
+    if buffering is None or buffering < 0:
+        buffering = io.DEFAULT_BUFFER_SIZE
+    if buffering == 0:
+        if "b" not in mode:
+            raise ValueError("unbuffered streams must be binary")
+        return raw
+    buffered: io.BufferedIOBase
+    if reading and writing:
+        buffered = io.BufferedRWPair(raw, raw, buffering)
+    elif reading:
+        buffered = io.BufferedReader(raw, buffering)
+    else:
+        buffered = io.BufferedWriter(raw, buffering)
+    if "b" in mode:
+        return buffered
+    return io.TextIOWrapper(buffered, encoding, errors, newline)
+
+
 class _StreamIO(io.RawIOBase):
-    def __init__(self, sock: DTPSocket, mode: str) -> None:
+    """The raw file under :func:`stream_file`."""
+
+    def __init__(self, sock: FileStream, reading: bool, writing: bool) -> None:
         super().__init__()
         self._sock = sock
-        self._mode = mode
+        self._reading = reading
+        self._writing = writing
 
     def readable(self) -> bool:
-        return "r" in self._mode
+        return self._reading
 
     def writable(self) -> bool:
-        return "w" in self._mode
+        return self._writing
 
     def readinto(self, b: Any) -> int:
         return self._sock.recv_into(b)
@@ -1488,7 +1510,7 @@ class _StreamIO(io.RawIOBase):
     def write(self, b: Any) -> int:
         view = memoryview(b)
         self._sock.sendall(view)
-        return len(view)
+        return view.nbytes
 
 
 # -----------------------------------------------------------------------------------------
