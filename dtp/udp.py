@@ -453,6 +453,22 @@ class FlowAccount:
         )
         return total <= meter.deposit
 
+    def take(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
+        """The datagrams of ``batch`` to send (counted as sent from here: the relay may
+        bill each), and how many were too large (over ``limit``) or beyond the deposit."""
+        out: list[bytes] = []
+        oversized = unpaid = 0
+        for data in batch:
+            if len(data) > limit:
+                oversized += 1
+            elif not self.affordable(len(data)):
+                unpaid += 1
+            else:
+                out.append(data)
+                self.sent_datagrams += 1
+                self.sent_bytes += len(data)
+        return out, oversized, unpaid
+
     def sign(self, datagrams: int, nbytes: int) -> bytes | None:
         """The control frame carrying a receipt for the relay's reported totals, capped
         by what we sent and received; None when there is nothing new to sign."""
@@ -690,18 +706,7 @@ class UdpForwarder:
         """Send a batch on a session (holding ``session.lock``); False when its
         connection has ended."""
         session.last = time.monotonic()
-        limit = session.sock.max_datagram_size
-        oversized = unpaid = 0
-        out: list[bytes] = []
-        for data in batch:
-            if len(data) > limit:
-                oversized += 1
-            elif not session.affordable(len(data)):
-                unpaid += 1
-            else:
-                out.append(data)
-                session.sent_datagrams += 1
-                session.sent_bytes += len(data)
+        out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
         sent = 0
         if out:
             try:

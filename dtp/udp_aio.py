@@ -275,18 +275,7 @@ class AsyncUdpForwarder:
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        limit = writer._conn.config.max_datagram_size
-        out: list[bytes] = []
-        oversized = unpaid = 0
-        for data in batch:
-            if len(data) > limit:
-                oversized += 1
-            elif not flow.affordable(len(data)):
-                unpaid += 1
-            else:
-                out.append(data)
-                flow.sent_datagrams += 1
-                flow.sent_bytes += len(data)
+        out, oversized, unpaid = flow.take(batch, writer._conn.config.max_datagram_size)
         sent = 0
         if out:
             try:
