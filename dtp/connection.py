@@ -1634,9 +1634,21 @@ class Connection:
             return
         if final_size < stream.recv_highest:
             raise RemoteProtocolError("reset below data already received", ErrorCode.FRAME_VALUE)
-        self._conn_received += final_size - stream.recv_highest
+        # the final size counts against the windows as data up to it would: the peer may
+        # not claim to have sent more than it was allowed to
+        if final_size > stream.recv_limit:
+            raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
+        unsent = final_size - stream.recv_highest
+        self._conn_received += unsent
+        if self._conn_received > self._conn_recv_limit:
+            raise _FlowControlViolation("connection exceeded its flow-control window")
         stream.recv_highest = final_size
         stream.recv_state = RecvState.RESET
+        if unsent:
+            # bytes that never came will never be read: their credit comes back now (what
+            # did come is still read, and acknowledged then)
+            self._conn_consumed += unsent
+            self._return_credit(None)
         self._deliver(StreamResetReceived(stream_id, error_code))
         self._maybe_forget(stream)
 

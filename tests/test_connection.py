@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dtp import _core
-from dtp._types import FRAME_STREAM, RawFrame
+from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
 from dtp.carriers.memory import MemoryLink
 from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import (
@@ -350,6 +350,48 @@ def test_reset_and_stop_sending() -> None:
     run(link, c, s)
     with pytest.raises(LocalProtocolError):
         c.conn.send_stream_data(sid2, b"again")
+
+
+def _reset_frame(stream_id: int, final_size: int) -> bytes:
+    return _core.encode_frames([RawFrame(FRAME_RESET_STREAM, stream_id, 1, final_size)])
+
+
+def test_a_reset_claiming_more_than_the_stream_window_is_a_flow_control_error() -> None:
+    c, s, link = connect(stream_window=32 * 1024, connection_window=1 << 20)
+    s.conn.receive_data(_sealed_by(c.conn, _reset_frame(0, 1 << 60)), link.now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
+
+
+def test_a_reset_past_the_connection_credit_left_is_a_flow_control_error() -> None:
+    """Two streams hold 60 KiB the application has not read; a reset claiming 30 KiB
+    more on a third, within its stream's window, passes the connection's 64 KiB: refused
+    at the reset (before, it went through and the next valid data failed instead)."""
+    c, s, link = connect(stream_window=32 * 1024, connection_window=64 * 1024)
+    s.auto_read = False
+    for _ in range(2):
+        c.conn.send_stream_data(c.conn.open_stream(), os.urandom(30 * 1024))
+    run(link, c, s)
+    assert s.conn.termination is None
+    s.conn.receive_data(_sealed_by(c.conn, _reset_frame(4, 30 * 1024)), link.now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
+    assert "connection exceeded" in term.reason
+
+
+def test_reset_streams_give_their_never_sent_bytes_back_to_the_connection() -> None:
+    """Bytes below a reset's final size that never came will never be read: their
+    connection credit comes back at once, so resets over time do not use the window up
+    for good (before, valid data after them failed with a flow-control error)."""
+    c, s, link = connect(stream_window=32 * 1024, connection_window=64 * 1024)
+    for sid in range(0, 40, 2):  # 20 resets of 30 KiB: 600 KiB, ten windows
+        s.conn.receive_data(_sealed_by(c.conn, _reset_frame(sid, 30 * 1024)), link.now)
+        assert s.conn.termination is None
+    data = _core.encode_frames([RawFrame(FRAME_STREAM, 40, 0, 0, b"still flowing")])
+    s.conn.receive_data(_sealed_by(c.conn, data), link.now)
+    s.drain()
+    assert s.conn.termination is None
+    assert bytes(s.data[40]) == b"still flowing"
 
 
 def test_control_receipt_datagram_ping() -> None:
