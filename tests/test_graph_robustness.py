@@ -395,3 +395,83 @@ def test_a_closed_graph_refuses_reads_and_subscriptions(tmp_path: Path) -> None:
     sub.cancel()  # still fine: it only forgets the callback
     assert not sub.active
     g.close()  # idempotent
+
+
+# -- hostile or vanishing sync peers -----------------------------------------------------------
+
+
+def test_values_nested_too_deep_or_not_finite_are_refused_when_decoded() -> None:
+    """A peer's value nested past the interpreter's recursion limit, or holding NaN or
+    Infinity, is not a graph value: decoding refuses it with the typed error, get()
+    leaves such a field out (as its docstring says of non-JSON fields), and get_field
+    raises that error instead of a RecursionError from deep inside json."""
+    from dtp.graph.values import decode_value
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for bad in (deep, b"NaN", b"[Infinity]", b'{"a": -Infinity}'):
+        with pytest.raises(RemoteProtocolError):
+            decode_value(bad)
+    g = Graph()
+    g.put("doc", {"ok": 1})
+    g.merge(encode_ham_batch([HamUpdate(b"doc", b"deep", 1.0, deep)]))
+    assert g.get("doc") == {"ok": 1}
+    with pytest.raises(RemoteProtocolError):
+        g.get_field("doc", "deep")
+    g.close()
+
+
+def test_a_peer_that_stops_reading_and_then_breaks_the_protocol_ends_its_session() -> None:
+    """The server pushes a large table to a peer that never reads; the peer then sends
+    a malformed message. The session ends (counted as an error) at once: before, its
+    thread waited for the blocked writer for as long as the peer kept the connection."""
+    import struct
+
+    import msgpack
+
+    import dtp.socket
+    from dtp.graph.sync import HELLO
+
+    def frame(message: object) -> bytes:
+        body = msgpack.packb(message, use_bin_type=True)
+        return struct.pack(">I", len(body)) + body
+
+    g = Graph()
+    value = b'"' + b"x" * 1000 + b'"'
+    updates = [HamUpdate(f"n/{i}".encode(), b"f", 1.0, value) for i in range(30_000)]
+    for k in range(0, len(updates), 5000):
+        g.merge(encode_ham_batch(updates[k : k + 5000]))
+    with GraphServer(g, ("127.0.0.1", 0), HostIdentity.generate()) as server:
+        sock = dtp.socket.create_connection(server.address, 10, server_key=server.noise_public_key)
+        try:
+            sock.sendall(frame([HELLO, 1, b"r" * 16, 0, 0]))  # a fresh peer: the whole table
+            time.sleep(1.0)  # not read: the server's writer is held by flow control
+            sock.sendall(frame([77]))  # not a message
+            assert _wait_for(lambda: server.errors == 1)
+        finally:
+            sock.close()
+    g.close()
+
+
+def test_closing_the_graph_ends_a_live_sync_with_a_quiet_peer() -> None:
+    """A live connect() (until_synced=False) whose graph is closed while the peer is
+    quiet ends with the graph's error: before, its reader stayed blocked until the peer
+    spoke or closed."""
+    a, b = Graph(), Graph()
+    a.put("x", {"y": 1})
+    outcome: list[BaseException] = []
+    with GraphServer(a, ("127.0.0.1", 0), HostIdentity.generate()) as server:
+
+        def live() -> None:
+            try:
+                connect(b, server.address, server_key=server.noise_public_key, until_synced=False)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=live, daemon=True)
+        thread.start()
+        assert _wait_for(lambda: b.get("x") == {"y": 1})
+        b.close()
+        thread.join(5)
+        assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], LocalProtocolError)
+    a.close()

@@ -388,14 +388,18 @@ def sync_blocking(
                 if not wake.wait(tick):
                     graph.advance()
                 wake.clear()
-        except BaseException as exc:  # the reader sees the connection fail too
+        except BaseException as exc:
             failure.append(exc)
+            # the reader may be blocked in recv for as long as the peer is quiet: end it
+            with contextlib.suppress(Exception):
+                sock.abort(f"graph sync failed: {exc}")
 
     session.start()
     thread = threading.Thread(target=writer, name="dtp-graph-sync-writer", daemon=True)
     thread.start()
     buf = bytearray(1 << 20)
     view = memoryview(buf)
+    ended: BaseException | None = None  # (None: the read loop ended as it should)
     try:
         while not (until_synced and session.synced):
             if failure:
@@ -404,14 +408,29 @@ def sync_blocking(
             if not n:
                 break
             session.receive_data(view[:n])
-    except DTPError:
+    except DTPError as exc:
+        ended = exc
+        if failure and not session.lagging:
+            raise failure[0] from None  # the writer's failure ended the read
         if not session.lagging:  # a lagging session's abort ends the read: reported below
             raise
+    except BaseException as exc:
+        ended = exc
+        raise
     finally:
         view.release()
         session.close()
         stop.set()
         wake.set()
+        if ended is not None:
+            # the session failed: the writer may be blocked sending to a peer that does
+            # not read, and would hold this thread for as long as the peer likes
+            with contextlib.suppress(Exception):
+                sock.abort(
+                    "graph sync protocol error"
+                    if isinstance(ended, RemoteProtocolError)
+                    else "graph sync failed"
+                )
         thread.join()
     if session.lagging:
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")

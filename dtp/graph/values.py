@@ -83,14 +83,19 @@ def encode_value(value: object) -> bytes:
         ) from None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a graph value (NaN and infinities are refused)")
+
+
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     """A value back from its canonical bytes (RemoteProtocolError if they are not JSON).
 
     Decoding accepts any JSON text; only encoding is canonical.
     """
     try:
-        value: JSON = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        value: JSON = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # (RecursionError: nesting too deep to decode, as a hostile peer may send)
         raise RemoteProtocolError(
             f"graph value is not UTF-8 JSON: {exc}", ErrorCode.HAM_MALFORMED
         ) from None
