@@ -475,3 +475,39 @@ def test_closing_the_graph_ends_a_live_sync_with_a_quiet_peer() -> None:
         assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], LocalProtocolError)
     a.close()
+
+
+def test_closing_the_graph_ends_a_live_asyncio_sync_with_a_quiet_peer() -> None:
+    """The same for sync_stream: its write side fails when the graph is closed, and the
+    read side, waiting for the quiet peer, now ends with that error."""
+    import dtp.aio
+    from dtp.graph import sync_stream
+
+    async def main() -> None:
+        a, b = Graph(), Graph()
+        a.put("x", {"y": 1})
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                await sync_stream(a, reader, writer)
+            writer.close()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                "127.0.0.1", server.address[1], server_key=identity.noise_public
+            )
+            live = asyncio.ensure_future(sync_stream(b, reader, writer))
+            for _ in range(500):
+                if b.get("x") == {"y": 1}:
+                    break
+                await asyncio.sleep(0.01)
+            b.close()
+            with pytest.raises(LocalProtocolError, match="closed"):
+                await asyncio.wait_for(live, 5)
+            writer.close()
+            await writer.wait_closed()
+        a.close()
+
+    asyncio.run(main())

@@ -529,24 +529,33 @@ async def sync_stream(
     session.on_output = on_output
 
     async def pump() -> None:
-        while True:
-            wake.clear()
-            data = session.data_to_send()
-            if data:
-                writer.write(data)
-                await writer.drain()
-                continue
-            if session.lagging:
-                writer.abort("graph sync backlog exceeded")  # ends the reader's wait
-                raise SyncBacklogExceeded(
-                    f"the peer fell more than {session.max_backlog} bytes behind"
-                )
-            if done:
-                return
-            try:
-                await asyncio.wait_for(wake.wait(), tick)
-            except TimeoutError:
-                graph.advance()
+        try:
+            while True:
+                wake.clear()
+                data = session.data_to_send()
+                if data:
+                    writer.write(data)
+                    await writer.drain()
+                    continue
+                if session.lagging:
+                    writer.abort("graph sync backlog exceeded")  # ends the reader's wait
+                    raise SyncBacklogExceeded(
+                        f"the peer fell more than {session.max_backlog} bytes behind"
+                    )
+                if done:
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), tick)
+                except TimeoutError:
+                    graph.advance()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # the reader may wait for as long as the peer is quiet (the graph closed,
+            # say): end its wait
+            with contextlib.suppress(Exception):
+                writer.abort(f"graph sync failed: {exc}")
+            raise
 
     session.start()
     out = asyncio.create_task(pump())
@@ -559,6 +568,10 @@ async def sync_stream(
                 break
             session.receive_data(data)
     except DTPError:
+        if not session.lagging and out.done() and not out.cancelled():
+            failed = out.exception()
+            if failed is not None:
+                raise failed from None  # the write side's failure ended the read
         if not session.lagging:  # a lagging session's abort ends the read: reported below
             raise
     finally:
