@@ -511,3 +511,19 @@ def test_closing_the_graph_ends_a_live_asyncio_sync_with_a_quiet_peer() -> None:
         a.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_hello_takes_only_the_integer_version(version: object) -> None:
+    import struct
+
+    import msgpack
+
+    from dtp.graph import GraphSyncError, SyncSession
+    from dtp.graph.sync import HELLO
+
+    body = msgpack.packb([HELLO, version, b"r" * 16, 0, 0], use_bin_type=True)
+    session = SyncSession(Graph())
+    with pytest.raises(GraphSyncError, match="HELLO is"):
+        session.receive_data(struct.pack(">I", len(body)) + body)
+    session.close()

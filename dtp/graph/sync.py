@@ -260,6 +260,7 @@ class SyncSession:
             raise _fail("HELLO twice")
         if (
             len(message) != 5
+            or type(message[1]) is not int  # (True and 1.0 equal 1)
             or message[1] != VERSION
             or not isinstance(message[2], bytes)
             or len(message[2]) != 16
