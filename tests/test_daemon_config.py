@@ -21,8 +21,8 @@ from dtp.daemon.config import (
     load_config,
     parse_config,
 )
-from dtp.daemon.state import StatusBook
-from dtp.daemon.status import format_table
+from dtp.daemon.state import StatusBook, process_identity
+from dtp.daemon.status import daemon_running, format_table
 from dtp.daemon.status import main as status_main
 from dtp.errors import DaemonConfigError, KeyFileError
 from dtp.keys import HostIdentity
@@ -277,11 +277,27 @@ def test_status_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert status_main(None, str(tmp_path / "nowhere"), as_json=False) == 1
 
 
+def test_status_tells_a_reused_pid_from_the_daemon(tmp_path: Path) -> None:
+    # after a crash (or a reboot) the recorded pid may name another, live process: its
+    # start time (or boot) differs from the one the daemon recorded
+    me = process_identity(os.getpid())
+    assert me is not None and me == process_identity(os.getpid())
+    boot, _, start = me.rpartition(":")
+    assert daemon_running({"pid": os.getpid(), "process": me})
+    assert not daemon_running({"pid": os.getpid(), "process": f"{boot}:{int(start) + 1}"})
+    assert not daemon_running({"pid": os.getpid(), "process": f"another-boot:{start}"})
+    # a record from before the field existed falls back to the pid alone
+    assert daemon_running({"pid": os.getpid()})
+    table = format_table({"pid": os.getpid(), "process": f"{boot}:{int(start) + 1}"})
+    assert table.splitlines()[0].startswith("daemon: not running")
+
+
 def test_status_of_a_killed_daemon_says_not_running(tmp_path: Path) -> None:
     config = tmp_path / "dtp.toml"
     config.write_text(HEAD + SVC)
     proc = daemon(config)
     pid = proc.info["pid"]
+    assert proc.info["process"] == process_identity(pid)
     proc.kill()  # SIGKILL, and reaped: no clean stop is recorded
     done = subprocess.run(
         [sys.executable, "-m", "dtp", "status", "--config", str(config)],

@@ -35,7 +35,7 @@ from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook
+from dtp.daemon.state import StatusBook, process_identity
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ChainError, DaemonConfigError, HostConfigError, KeyFileError
 from dtp.keys import HostIdentity
@@ -174,6 +174,7 @@ class Daemon:
         ready: dict[str, Any] = {
             "event": "ready",
             "pid": os.getpid(),
+            "process": process_identity(os.getpid()),
             "address": self.identity.sui_address,
         }
         if self.config.services:

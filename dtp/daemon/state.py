@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUS_FILE", "ForwardStats", "ServiceStats", "StatusBook", "read_status"]
+__all__ = [
+    "STATUS_FILE",
+    "ForwardStats",
+    "ServiceStats",
+    "StatusBook",
+    "process_identity",
+    "read_status",
+]
 
 STATUS_FILE = "status.json"
 
@@ -146,6 +153,21 @@ def _revive(kind: type[Any], row: Any) -> Any:
         else {}
     )
     return kind(**values)
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` apart from a later one given the same pid: the boot it
+    runs in and its start time in clock ticks since that boot (``/proc``), or None where
+    ``/proc`` cannot say (not Linux, or the process is gone)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: fields after its last
+    # ")" start at field 3, so the start time (field 22) is the 20th of them
+    rest = stat.rpartition(")")[2].split()
+    return f"{boot}:{rest[19]}" if len(rest) > 19 else None
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dtp.daemon.config import load_config
-from dtp.daemon.state import STATUS_FILE, read_status
+from dtp.daemon.state import STATUS_FILE, process_identity, read_status
 from dtp.errors import DaemonConfigError
 
 __all__ = ["daemon_running", "format_table", "main", "state_dir_of"]
@@ -67,7 +67,9 @@ def _table(rows: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ...]
 
 def daemon_running(status: dict[str, Any]) -> bool:
     """Whether the process that wrote ``status`` still runs: it did not record a clean
-    stop and its pid is alive (a SIGKILLed or crashed daemon records nothing)."""
+    stop and its pid is alive (a SIGKILLed or crashed daemon records nothing) and is
+    the same process (its boot and start time match the recorded ones: after a crash
+    or a reboot the pid may belong to another program)."""
     pid = status.get("pid")
     if status.get("stopped") or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
@@ -77,6 +79,9 @@ def daemon_running(status: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True  # alive, run by another user
+    recorded = status.get("process")
+    if isinstance(recorded, str) and process_identity(pid) not in (None, recorded):
+        return False
     try:
         # an exited child its parent has not reaped yet still answers kill(pid, 0)
         stat = Path(f"/proc/{pid}/stat").read_text()
