@@ -148,10 +148,14 @@ def test_a_result_that_is_not_json_fails_only_its_own_answer() -> None:
     assert answers[1]["id"] == 2 and answers[1]["error"]["code"] == E.INTERNAL_ERROR
 
 
-def test_deep_nesting_and_nan_are_parse_errors() -> None:
+def test_deep_nesting_nan_and_repeated_names_are_parse_errors() -> None:
     # deep nesting was an internal error with a logged traceback; NaN was accepted and
-    # echoed back as an id, which is not JSON
+    # echoed back as an id, which is not JSON; a repeated name was read as its last
+    # value, where another reader of the same bytes may take the first
     for bad in (
+        b'{"jsonrpc": "2.0", "method": "bytes", "method": "ok", "id": 1}',
+        b'{"jsonrpc": "2.0", "method": "ok", "params": {"a": 1, "a": 2}, "id": 1}',
+        b'[{"jsonrpc": "2.0", "method": "ok", "id": 1, "id": 2}]',
         b"[" * 200_000,
         b'{"jsonrpc": "2.0", "method": "ok", "id": NaN}',
         b'{"jsonrpc": "2.0", "method": "ok", "params": [Infinity], "id": 1}',
@@ -165,6 +169,24 @@ def test_deep_nesting_and_nan_are_parse_errors() -> None:
             "error": {"code": E.PARSE_ERROR, "message": "Parse error"},
             "id": None,
         }
+
+
+def test_client_refuses_an_answer_with_repeated_names() -> None:
+    identity = HostIdentity.generate()
+    rpc = RpcServer()
+    serve_jsonrpc(rpc, lambda doc: b'{"jsonrpc": "2.0", "result": 1, "result": 2, "id": 1}')
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    sock = dtp.socket.create_connection(server.address, server_key=identity.noise_public, timeout=5)
+    try:
+        with pytest.raises(E.MalformedMessage, match="invalid JSON"):
+            JsonRpcClient(RpcClient(sock, timeout=5)).call("ok")
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+        thread.join(5)
 
 
 def test_handler_answers_over_dtp() -> None:

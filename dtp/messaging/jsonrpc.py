@@ -98,7 +98,7 @@ class JsonRpcHandler:
     def __call__(self, document: bytes) -> bytes | None:
         """Answer one JSON-RPC document (bytes in, bytes out; None if nothing to say)."""
         try:
-            request = json.loads(document, parse_constant=_refuse_constant)
+            request = _loads(document)
         except (ValueError, RecursionError):
             # RecursionError: nesting too deep for the decoder, which is still malformed
             # input, not a failure of the service
@@ -119,6 +119,22 @@ def _dumps(value: Any) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of repeated names; another reader of the same bytes may
+    # keep the first, so a document with them means different things to different
+    # parties (RFC 8259 §4 leaves it unpredictable): refused, not guessed at
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("repeated name in a JSON object")
+    return obj
+
+
+def _loads(document: bytes | str) -> Any:
+    """Strict JSON from a peer: no NaN or infinities, no repeated names in an object
+    (ValueError, or RecursionError when nested too deep)."""
+    return json.loads(document, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
 
 
 class JsonRpcHttpProxy:
@@ -248,7 +264,7 @@ class JsonRpcClient:
         if not isinstance(raw, bytes):
             raise E.MalformedMessage("the JSON-RPC service answered no document")
         try:
-            answer = json.loads(raw)
+            answer = _loads(raw)
         except (ValueError, RecursionError):
             raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
         if not isinstance(answer, dict):
