@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import numbers
 import os
 import sys
 import threading
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtp import _core, _reference
-from dtp._core import encode_ham_batch
+from dtp._core import decode_ham_batch, encode_ham_batch
 from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_REJECTED, HAM_SAME, HamUpdate
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace
@@ -51,6 +53,7 @@ LEAF_LEVEL = LEAF_BITS // FANOUT_BITS
 _MAX_STATE = sys.float_info.max  # replaying our own log: nothing is ahead of this clock
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
 _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
+_NEGATIVE_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"  # -0.0 as f64le
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,45 @@ def soul_leaf(soul: bytes) -> int:
 def entry_hash(canonical: bytes) -> int:
     """The 64-bit hash of one update's canonical encoding (summary digests XOR these)."""
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
+
+
+def canonical_states(batch: bytes) -> bytes:
+    """``batch`` with every state ``-0.0`` written as ``0.0`` (the input itself when it
+    holds none; RemoteProtocolError if it must be decoded and is malformed).
+
+    HAM compares states as numbers, so ``-0.0`` and ``0.0`` are one state: a field held
+    at ``-0.0`` by one peer and at ``0.0`` by another with the same value merges as SAME
+    both ways, and the two tables keep different bits -- and different summaries, so every
+    sync would send it again. Updates are therefore brought to ``0.0`` before they reach
+    the table (and before their signature is checked, so a signature over ``-0.0``
+    fails on every peer alike). A batch in which the 8 bytes of ``-0.0`` appear nowhere
+    holds no such state and passes without being decoded.
+    """
+    if _NEGATIVE_ZERO not in batch:
+        return batch
+    updates = decode_ham_batch(batch)
+    if not any(u.state == 0.0 and math.copysign(1.0, u.state) < 0 for u in updates):
+        return batch
+    return encode_ham_batch([u._replace(state=u.state + 0.0) for u in updates])
+
+
+def _check_number(
+    name: str, value: object, *, integral: bool = False, upper: int | None = None
+) -> None:
+    """Constructor argument check: a (finite, >= 0) real number, not a bool."""
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an int" if integral else "a number"
+        raise TypeError(f"Graph({name}=...) must be {what}, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    # (an int is compared exactly: 2**64 - 1 is a float's 2**64)
+    exact = int(value) if isinstance(value, numbers.Integral) else number
+    if not math.isfinite(number) or number < 0 or (upper is not None and exact >= upper):
+        bound = "" if upper is None else " and < 2**64"
+        raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
 def _utf8(text: object, what: str) -> bytes:
@@ -345,6 +387,23 @@ class Graph:
         max_deferred_bytes: int = 16 << 20,
         flush_interval: float = 0.25,
     ) -> None:
+        # every argument is checked before anything is opened: a bad one is a programming
+        # error, reported by name (not from deep inside, nor with a database left open)
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise TypeError(
+                f"Graph(path=...) must be a str, a path or None, not {type(path).__name__}"
+            )
+        if identity is not None and not isinstance(identity, HostIdentity):
+            raise TypeError(
+                f"Graph(identity=...) must be a HostIdentity or None, not {type(identity).__name__}"
+            )
+        if not callable(now_ms):
+            raise TypeError(f"Graph(now_ms=...) must be callable, not {type(now_ms).__name__}")
+        _check_number("max_drift_ms", max_drift_ms)
+        _check_number("max_deferred_bytes", max_deferred_bytes, integral=True, upper=1 << 64)
+        _check_number("flush_interval", flush_interval)
+        if ham is not None and not isinstance(ham, str):
+            raise TypeError(f"Graph(ham=...) must be 'c', 'python' or None, not {ham!r}")
         table_type: Any
         if ham is None:
             table_type = _core.HamGraph
@@ -354,7 +413,7 @@ class Graph:
             table_type = _reference.HamGraph
         else:
             raise LocalProtocolError(f"unknown HAM backend {ham!r}", ErrorCode.ARG)
-        self._table = table_type(max_deferred_bytes=max_deferred_bytes)
+        self._table = table_type(max_deferred_bytes=int(max_deferred_bytes))
         self.ham_backend = "python" if table_type is _reference.HamGraph else "c"
         self.identity = identity
         self._lock = threading.RLock()
@@ -371,23 +430,24 @@ class Graph:
             "view_rebuilds": 0,
         }
         self._storage: GraphStorage | None = None
-        self._flush_interval = flush_interval
+        self._flush_interval = float(flush_interval)
         self._flusher: IdleFlusher | None = None
         self._unclosed: weakref.finalize[..., Graph] | None = None
         last = 0.0
         if path is not None:
-            self._storage = GraphStorage(path, flush_interval=flush_interval)
+            self._storage = GraphStorage(path, flush_interval=self._flush_interval)
             try:
                 last = self._storage.clock_last()
                 for batch in self._storage.load():
-                    self._table.merge(batch, _MAX_STATE)
+                    # (a log written before states were canonicalised may hold -0.0)
+                    self._table.merge(canonical_states(batch), _MAX_STATE)
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
                 self._storage.close()
                 raise
             if len(self._table):
                 self._view = None
-        self.clock = HybridClock(now_ms, max_drift_ms=max_drift_ms, last=last)
+        self.clock = HybridClock(now_ms, max_drift_ms=float(max_drift_ms), last=last)
         self.replica_id = self._storage.replica_id() if self._storage else os.urandom(16)
         self._closed = False
 
@@ -468,7 +528,7 @@ class Graph:
             raise LocalProtocolError(
                 f"merge() takes a HAM batch as bytes, not {type(batch).__name__}", ErrorCode.ARG
             )
-        data = bytes(batch)
+        data = canonical_states(bytes(batch))
         filtered, refused = namespace.filter_batch(data)
         changes: list[Change] = []
         with self._lock:
@@ -509,7 +569,9 @@ class Graph:
     @property
     def deferred_count(self) -> int:
         """Updates held because their state is ahead of the machine clock."""
-        return int(self._table.deferred_count)
+        with self._lock:
+            self._check_open()
+            return int(self._table.deferred_count)
 
     def _advance_due(self, changes: list[Change]) -> int:
         if not self._table.deferred_count:
@@ -645,9 +707,13 @@ class Graph:
     def __len__(self) -> int:
         """Number of fields in the table (all nodes)."""
         with self._lock:
+            self._check_open()
             return len(self._table)
 
     def __contains__(self, soul: object) -> bool:
+        """True when node ``soul`` has at least one field."""
+        with self._lock:
+            self._check_open()
         if not isinstance(soul, str):
             return False
         try:
@@ -655,6 +721,7 @@ class Graph:
         except UnicodeEncodeError:  # no soul can hold a lone surrogate
             return False
         with self._lock:
+            self._check_open()
             return s in self._ensure_view().fields
 
     # -- subscriptions ----------------------------------------------------------------------------
@@ -696,6 +763,7 @@ class Graph:
         """Call ``listener(changed_batch, origin)`` after every merge that changes the
         table, except those whose origin is ``owner``."""
         with self._lock:
+            self._check_open()
             self._listeners.append((listener, owner))
 
     def listen(self, listener: ChangeListener, owner: object) -> tuple[int, int]:
@@ -763,6 +831,7 @@ class Graph:
     def flush(self) -> None:
         """Write buffered changes to SQLite now (compacting the log when it has grown)."""
         with self._lock:
+            self._check_open()
             self._flush_locked()
 
     def _arm_flusher(self, storage: GraphStorage) -> None:
@@ -802,8 +871,9 @@ class Graph:
             raise LocalProtocolError("the graph is closed", ErrorCode.ARG)
 
     def close(self) -> None:
-        """Flush and close the SQLite file (idempotent). From then on writes, reads and
-        subscribe() raise LocalProtocolError (existing subscriptions can still cancel)."""
+        """Flush and close the SQLite file (idempotent). From then on writes, reads
+        (``len()`` and ``in`` included), flush() and subscribe() raise
+        LocalProtocolError (existing subscriptions can still cancel)."""
         with self._lock:
             if self._closed:
                 return

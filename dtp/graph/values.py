@@ -7,11 +7,16 @@ bytes for the same value: the encoding is canonical JSON --
 - UTF-8, no whitespace (``separators=(",", ":")``), object keys sorted by code point,
   non-ASCII characters written as themselves (not ``\\u`` escapes);
 - integers in decimal, floats in Python's shortest round-trip form (``repr``); NaN and
-  infinities are refused (HAM and JSON have no room for them);
+  infinities are refused (HAM and JSON have no room for them), and ``-0.0`` is written
+  as ``0.0`` (they compare equal, so they are one value and must have one encoding);
 - ``true``/``false``/``null`` as usual; arrays and objects nested freely.
 
 A **link** to another node is the object ``{"#": soul}`` with that single key (GunDB's
 convention); :func:`link` builds one and :func:`link_soul` recognises one.
+
+Decoding (what peers send) refuses what another implementation could read differently:
+an object with a duplicate key (Python's ``json`` would silently keep the last one),
+NaN, infinities (``1e400`` included), nesting too deep; a ``-0.0`` reads as ``0.0``.
 """
 
 from __future__ import annotations
@@ -49,32 +54,48 @@ def link_soul(value: object) -> str | None:
     return None
 
 
-def _check(value: object, depth: int = 0) -> None:
-    """Refuse what JSON cannot carry (keys that are not strings, NaN, other types)."""
+def _check(value: object, depth: int = 0) -> bool:
+    """Refuse what JSON cannot carry (keys that are not strings, NaN, other types);
+    True when the value holds a ``-0.0`` somewhere (to be written as ``0.0``)."""
     if depth > 64:
         raise LocalProtocolError("value nested too deeply (more than 64 levels)", ErrorCode.ARG)
     if value is None or isinstance(value, bool | int | str):
-        return
+        return False
     if isinstance(value, float):
         if not math.isfinite(value):
             raise LocalProtocolError("graph values cannot be NaN or infinite", ErrorCode.ARG)
-        return
+        return value == 0.0 and math.copysign(1.0, value) < 0
+    negative_zero = False
     if isinstance(value, list | tuple):
         for item in value:
-            _check(item, depth + 1)
-        return
+            negative_zero |= _check(item, depth + 1)
+        return negative_zero
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise LocalProtocolError("object keys must be strings", ErrorCode.ARG)
-            _check(item, depth + 1)
-        return
+            negative_zero |= _check(item, depth + 1)
+        return negative_zero
     raise LocalProtocolError(f"not a JSON value: {type(value).__name__}", ErrorCode.ARG)
+
+
+def _without_negative_zero(value: Any) -> Any:
+    """A copy of a checked value with every ``-0.0`` replaced by ``0.0``."""
+    if isinstance(value, float):
+        return value + 0.0  # -0.0 + 0.0 is +0.0 (IEEE 754, round to nearest)
+    if isinstance(value, list | tuple):
+        return [_without_negative_zero(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _without_negative_zero(item) for key, item in value.items()}
+    return value
 
 
 def encode_value(value: object) -> bytes:
     """The canonical bytes of a JSON value (raises LocalProtocolError for anything else)."""
-    _check(value)
+    if _check(value):
+        # -0.0 == 0.0: one value, one encoding (json would write "-0.0"), so that equal
+        # values written on two peers are the same bytes
+        value = _without_negative_zero(value)
     try:
         return _encoder.encode(value).encode("utf-8")
     except UnicodeEncodeError:
@@ -87,17 +108,43 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a graph value (NaN and infinities are refused)")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity
+        raise ValueError(f"{text[:32]} is not a graph value (out of the float range)")
+    return value + 0.0  # -0.0 reads as 0.0, the one value they both are
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # json.loads would keep the last one; another implementation may keep the first
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate object key {key[:64]!r}")
+            seen.add(key)
+    return obj
+
+
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     """A value back from its canonical bytes (RemoteProtocolError if they are not JSON).
 
-    Decoding accepts any JSON text; only encoding is canonical.
+    Decoding accepts any JSON text (only encoding is canonical) except what two readers
+    could read differently: duplicate object keys, numbers beyond the float range; NaN
+    and infinities are refused too, and ``-0.0`` reads as ``0.0``.
     """
     try:
-        value: JSON = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant)
+        value: JSON = json.loads(
+            bytes(data).decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # (RecursionError: nesting too deep to decode, as a hostile peer may send)
         raise RemoteProtocolError(
-            f"graph value is not UTF-8 JSON: {exc}", ErrorCode.HAM_MALFORMED
+            f"graph value is not a JSON value in UTF-8: {exc}", ErrorCode.HAM_MALFORMED
         ) from None
     return value
 
