@@ -194,7 +194,7 @@ public fun claim(
         EBadSignature,
     );
     assert!(
-        (total_amount as u128) == host::fee(&escrow.sla, total_bytes, total_requests),
+        (total_amount as u256) == host::fee(&escrow.sla, total_bytes, total_requests),
         EAmountMismatch,
     );
     assert!(total_amount <= escrow.deposited, EReceiptExceedsDeposit);

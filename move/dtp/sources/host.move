@@ -303,10 +303,11 @@ public fun set_client_limits(
 
 /// The fee, in MIST, for `total_bytes` and `total_requests` under `sla`:
 /// ceil(total_bytes * price_per_kib / 1024) + total_requests * price_per_request.
-/// Computed in u128, so it cannot overflow.
-public fun fee(sla: &Sla, total_bytes: u64, total_requests: u64): u128 {
-    let byte_part = ((total_bytes as u128) * (sla.price_per_kib as u128) + 1023) / 1024;
-    byte_part + (total_requests as u128) * (sla.price_per_request as u128)
+/// Computed in u256, so it cannot overflow: each product is below 2^128, and their sum
+/// (up to about 2^128 + 2^118) does not fit a u128.
+public fun fee(sla: &Sla, total_bytes: u64, total_requests: u64): u256 {
+    let byte_part = ((total_bytes as u256) * (sla.price_per_kib as u256) + 1023) / 1024;
+    byte_part + (total_requests as u256) * (sla.price_per_request as u256)
 }
 
 // === Admission (used by dtp::transport_control) ===
