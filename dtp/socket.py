@@ -123,6 +123,9 @@ DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's byt
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
 _WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
+# A descriptor number no Linux process can have (above the kernel's largest possible
+# nr_open): I/O on it fails with EBADF (the C lane refuses negative numbers)
+_DEAD_FD = 2**31 - 1
 
 AcceptHook = Callable[[str], "bool | str | None"]
 """Server accept hook: gets the client's verified Sui address; return True/None to
@@ -272,7 +275,12 @@ class _Engine:
             return
         self.carrier_closed = True
         self.out.clear()
-        what = f"carrier error: {exc}" if exc else "the peer vanished (carrier closed)"
+        if self.closed:  # (only DTPSocket.__del__ leaves a closed engine's carrier open)
+            what = "the connection's first socket was garbage-collected without close()"
+        elif exc:
+            what = f"carrier error: {exc}"
+        else:
+            what = "the peer vanished (carrier closed)"
         logger.debug("%s: %s", self.name, what)
         self.conn.carrier_lost(what)
         self.session.process_events()
@@ -1296,9 +1304,16 @@ class DTPSocket:
         # So it does no protocol work (no seal, no flush, no lock): it only closes the
         # carrier, as a garbage-collected socket.socket does; the peer sees the
         # connection end. (Sealing a CLOSE from here crashed the C-core suite once.)
+        # The connection's other streams may live on (and be in use in other threads):
+        # their next call must end with a typed error, not read a closed descriptor's
+        # number, which the process may already have given to another socket (the C
+        # lane reads and writes by number). So the numbers go first, and the carrier is
+        # left "open": the next I/O on it fails (EBADF) and ends the connection under
+        # the lock, as a carrier error does (ConnectionLost).
         if not getattr(self, "_closed", True) and self._primary:
             engine = self._engine
-            engine.closed = engine.carrier_closed = True
+            engine._fd = engine._wake_fd = _DEAD_FD
+            engine.closed = True
             for s in (engine.sock, engine._wake_r, engine._wake_w):
                 with contextlib.suppress(OSError):
                     s.close()

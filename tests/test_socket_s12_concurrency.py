@@ -1,0 +1,149 @@
+"""The blocking socket API under concurrency and failure, as users of :mod:`socket`
+would use it: one thread blocked in a call while another closes, shuts down or drops
+the socket; several threads waiting on one server; streams closed with bytes unread."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.errors import ConnectionLost
+from dtp.keys import HostIdentity
+from tests.polling import wait_for
+
+SERVER_ID = HostIdentity.generate()
+
+
+class Pair:
+    """An in-process server, a client connection to it, and the accepted socket."""
+
+    def __init__(self) -> None:
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+        self.client: dtp.socket.DTPSocket | None = dtp.socket.create_connection(
+            self.server.address, timeout=10, server_key=SERVER_ID.noise_public
+        )
+        self.peer, _ = self.server.accept(timeout=10)
+
+    def close(self) -> None:
+        for sock in (self.client, self.peer):
+            if sock is not None:
+                sock.abort()
+        self.server.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+class Call:
+    """``fn()`` run in a thread of its own: what it returned or raised."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # reported to the test
+            self.error = exc
+
+    def join(self, timeout: float) -> bool:
+        """True once the call has ended (within ``timeout`` seconds)."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def _lent_stream(p: Pair) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+    """A second stream of the client's connection that carries data both ways (so the
+    connection lends it to the C lane), and the server's end of it."""
+    assert p.client is not None
+    stream = p.client.open_stream()
+    stream.settimeout(5)
+    stream.sendall(b"a")
+    peer = p.peer.accept_stream()
+    peer.settimeout(5)
+    assert peer.recv(1) == b"a"
+    peer.sendall(b"b")
+    assert stream.recv(1) == b"b"
+    return stream, peer
+
+
+# -- a first socket garbage-collected unclosed -----------------------------------------
+
+
+def test_streams_of_a_garbage_collected_connection_fail_typed_and_touch_no_reused_fd(
+    pair: Pair,
+) -> None:
+    """Dropping the first socket unclosed closes the carrier (as a collected
+    socket.socket does); the connection's other streams then fail with ConnectionLost.
+    They used to go on reading the carrier's old descriptor number through the C
+    lane -- a number the process may already have handed to another socket, whose
+    bytes they stole -- and otherwise raised BlockingIOError from a blocking recv()
+    and let sendall() drop data silently."""
+    stream, _ = _lent_stream(pair)
+    assert pair.client is not None
+    old_fd = pair.client._engine.sock.fileno()
+    pair.client = None
+    gc.collect()
+    # take the lowest free descriptors, as the next sockets the process opens would
+    made: list[socket.socket] = []
+    victim: socket.socket | None = None
+    try:
+        for _ in range(8):
+            a, b = socket.socketpair()
+            made += (a, b)
+            for mine, other in ((a, b), (b, a)):
+                if mine.fileno() == old_fd:
+                    victim = mine
+                    other.sendall(b"bytes of another socket")
+            if victim is not None:
+                break
+        for call in (
+            lambda: stream.recv(100),
+            lambda: stream.recv_into(bytearray(100)),
+            lambda: stream.sendall(b"x"),
+            stream.open_stream,
+        ):
+            with pytest.raises(ConnectionLost, match="garbage-collected"):
+                call()
+        if victim is not None:
+            victim.settimeout(5)
+            assert victim.recv(100) == b"bytes of another socket"
+    finally:
+        for s in made:
+            s.close()
+    stream.close()
+
+
+@pytest.mark.parametrize("what", ["recv", "sendall"])
+def test_a_stream_blocked_while_its_connection_is_collected_ends_typed(
+    pair: Pair, what: str
+) -> None:
+    stream, _ = _lent_stream(pair)
+    stream.settimeout(None)
+    if what == "recv":
+        call = Call(lambda: stream.recv(100))
+    else:
+        call = Call(lambda: stream.sendall(b"x" * (64 << 20)))  # beyond every window
+    assert pair.client is not None
+    engine = pair.client._engine
+    assert wait_for(lambda: engine.pumping)
+    pair.client = None
+    gc.collect()
+    assert call.join(5)
+    assert isinstance(call.error, ConnectionLost), call.error
+    stream.close()
