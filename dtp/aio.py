@@ -55,6 +55,7 @@ from dtp.errors import (
     DTPTimeoutError,
     HandshakeError,
     LocalProtocolError,
+    StreamReset,
 )
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -310,7 +311,9 @@ class DTPStreamReader:
         return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, or IncompleteReadError at end of stream."""
+        """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
+        reset or the connection's failure raises its typed error, as asyncio's raises the
+        connection's exception)."""
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
         if n == 0:
@@ -343,9 +346,29 @@ class DTPStreamReader:
                 if not need:
                     return b"".join(chunks)
                 continue
-            if not self.at_eof():
-                self._take(1)  # raises the stream reset / connection error
+            failure = self._failure()
+            if failure is not None:
+                # a stream reset, or the connection failed (the peer was killed): its
+                # typed error, not the IncompleteReadError of a clean end, and, as
+                # asyncio's, nothing consumed
+                stream = self._session.streams.get(self._stream_id)
+                if chunks and stream is not None:
+                    stream.data[:0] = b"".join(chunks)
+                raise failure
             raise asyncio.IncompleteReadError(b"".join(chunks), n)
+
+    def _failure(self) -> BaseException | None:
+        """Why a read that cannot complete fails, when it is not the clean end of the
+        stream: the peer's reset of it, or the connection's failure before the stream
+        ended (None at a clean end, or while the stream goes on)."""
+        buf = self._session.streams.get(self._stream_id)
+        if buf is not None and buf.reset_code is not None:
+            return StreamReset(self._stream_id, buf.reset_code)
+        if buf is not None and buf.eof:
+            return None
+        if self._session.terminated is not None:
+            return self._session.error
+        return None
 
     def _reset_or_failed(self) -> bool:
         buf = self._session.streams.get(self._stream_id)
@@ -355,7 +378,8 @@ class DTPStreamReader:
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Bytes up to and including ``separator``; IncompleteReadError at EOF,
-        LimitOverrunError past 64 KiB without it (as asyncio)."""
+        LimitOverrunError past 64 KiB without it (as asyncio); a reset stream or a failed
+        connection raises its typed error."""
         if not separator:
             raise ValueError("separator should be at least one-byte string")
         start = 0
@@ -372,15 +396,16 @@ class DTPStreamReader:
                     "separator not found within the limit", len(buf) + 1 - len(separator)
                 )
             if self._ended() or self._reset_or_failed():
-                partial = self._take(len(buf)) if buf else b""
-                if not self.at_eof():
-                    self._take(1)
-                raise asyncio.IncompleteReadError(partial, None)
+                failure = self._failure()
+                if failure is not None:
+                    raise failure  # (consuming nothing, as asyncio's)
+                raise asyncio.IncompleteReadError(self._take(len(buf)) if buf else b"", None)
             start = max(0, len(buf) - len(separator) + 1)
             await self._proto.wait_change()
 
     async def readline(self) -> bytes:
-        """A line including b"\\n", or what is left at EOF. A line over 64 KiB raises
+        """A line including b"\\n", or what is left at EOF (a reset stream or a failed
+        connection raises its typed error). A line over 64 KiB raises
         ValueError and is discarded, as asyncio's: up to its b"\\n" when that has
         arrived, else what is buffered."""
         try:
@@ -540,12 +565,22 @@ class DTPStreamWriter:
                 self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
             return
         if self._primary:
-            self._close_task = asyncio.ensure_future(self._close_connection())
+            task = asyncio.ensure_future(self._close_connection())
+            task.add_done_callback(self._close_ended)
+            self._close_task = task
         else:
             with contextlib.suppress(DTPError):
                 if not self._eof_sent:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             self._proto.flush()
+
+    def _close_ended(self, task: asyncio.Future[None]) -> None:
+        """The graceful close was cancelled (the loop ending, as asyncio.run does after
+        ``close()`` without ``wait_closed()``), perhaps before its first step: abort
+        instead, so the transport is not left open (asyncio's ``close()`` closes it at
+        once)."""
+        if task.cancelled():
+            _abort(self._proto, CloseCode.NO_ERROR, "")
 
     async def _close_connection(self) -> None:
         conn = self._conn
@@ -588,9 +623,11 @@ class DTPStreamWriter:
         """Wait until the connection is fully closed (first stream) or until this
         stream's queued data has been handed on."""
         if self._primary:
-            await self._proto.closed_future
+            # shielded: a cancelled wait (asyncio.wait_for) must not cancel the shared
+            # future (every later wait_closed() raised CancelledError) or the close
+            await asyncio.shield(self._proto.closed_future)
             if self._close_task is not None:
-                await self._close_task
+                await asyncio.shield(self._close_task)
         else:
             await self._proto.wait_for(
                 lambda: (
@@ -1187,6 +1224,11 @@ class DTPServer:
             raise
         except DTPError as exc:
             logger.info("connection from %s ended: %s", session.authenticated_address, exc)
+            if session.terminated is None:
+                # an error of the callback's own (a write after write_eof(), a stream the
+                # peer reset) while the connection goes on: nobody serves it any more,
+                # and the client must not wait on it
+                writer.abort("internal error")
         except Exception:
             logger.exception("client callback failed for %s", session.authenticated_address)
             writer.abort("internal error")
