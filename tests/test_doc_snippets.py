@@ -390,3 +390,45 @@ def test_daemon_status_columns_are_documented() -> None:
         documented.update(f"{first.split()[0]} {o}" if " " in first else o for o in others)
     shown = {header for header, _key in _SERVICE_COLUMNS} - {"service", "port"}
     assert shown <= documented, f"undocumented columns: {sorted(shown - documented)}"
+
+
+def _cli_commands() -> list[tuple[str, list[str]]]:
+    """The `dtp ...` commands of the docs' ```sh blocks: (where, argv after "dtp")."""
+    found = []
+    for path in DOCS:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        inside = False
+        for number, line in enumerate(lines, 1):
+            if line.startswith("```"):
+                inside = line.strip() == "```sh"
+                continue
+            if not inside:
+                continue
+            for part in line.split("#", 1)[0].split("&&"):
+                words = part.split()
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words = words[1:]  # DTP_PASSPHRASE=... dtp daemon
+                if words and words[0] == "dtp":
+                    found.append((f"{path.name}:{number}", words[1:]))
+    return found
+
+
+def test_cli_snippets_name_real_commands_and_options() -> None:
+    """Each documented `dtp` command exists and takes the options the docs give it."""
+    commands = _cli_commands()
+    assert len(commands) >= 10, commands
+    helps: dict[tuple[str, ...], str] = {}
+    for where, argv in commands:
+        sub = tuple(w for w in argv[:2] if re.fullmatch(r"[a-z]+", w))
+        if sub not in helps:
+            done = subprocess.run(
+                [sys.executable, "-m", "dtp", *sub, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+            assert done.returncode == 0, f"{where}: dtp {' '.join(sub)}: {done.stderr}"
+            helps[sub] = done.stdout
+        for option in (w.split("=")[0] for w in argv if w.startswith("--")):
+            assert option in helps[sub], f"{where}: dtp {' '.join(sub)} takes no {option}"
