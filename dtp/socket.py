@@ -1904,6 +1904,9 @@ class DTPServer:
         # connection threads count at once: += on an attribute is a read and a write,
         # and two threads could each write back the same count
         self._stats_lock = threading.Lock()
+        # engines whose handshake is in progress: close() wakes them, so that their
+        # threads and descriptors go at once rather than at the handshake timeout
+        self._handshaking: set[_Engine] = set()
         self.handshakes_failed = 0
         self.refused = 0
         #: TCP connections closed unserved: their address's line was full, or they
@@ -2156,8 +2159,14 @@ class DTPServer:
         session = Session(config)
         engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
         engine.peername = peer
+        with self._stats_lock:
+            self._handshaking.add(engine)
         try:
-            outcome, reason = self._authenticate(engine)
+            # (close() sets _closed before it wakes what it finds in _handshaking)
+            if self._closed.is_set():
+                outcome, reason = "closed", "the server is closed"
+            else:
+                outcome, reason = self._authenticate(engine)
         except DTPError as exc:
             logger.debug("handshake with %s failed: %s", peer, exc)
             outcome, reason = "failed", "handshake failed"
@@ -2165,7 +2174,13 @@ class DTPServer:
             logger.exception("handshake with %s failed", peer)
             engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
             return None
+        finally:
+            with self._stats_lock:
+                self._handshaking.discard(engine)
         # the engine's lock is not held here: abort() and friends take it themselves
+        if outcome == "closed":
+            engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
+            return None
         if outcome == "failed":
             with self._stats_lock:
                 self.handshakes_failed += 1
@@ -2180,17 +2195,25 @@ class DTPServer:
         return DTPSocket(engine, 0, primary=True)
 
     def _authenticate(self, engine: _Engine) -> tuple[str, str]:
-        """Run the handshake and the accept hook: ("accepted" | "refused" | "failed",
+        """Run the handshake and the accept hook: ("accepted" | "refused" | "failed" |
+        "closed",
         reason)."""
         session = engine.session
         conn = session.conn
         with engine.lock:
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
+            closed = self._closed
             engine.pump(
-                lambda: session.authenticated_address is not None or session.terminated is not None,
+                lambda: (
+                    session.authenticated_address is not None
+                    or session.terminated is not None
+                    or closed.is_set()
+                ),
                 conn.config.handshake_timeout,
             )
+            if closed.is_set():
+                return "closed", "the server is closed"
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
             peer = peer_info(
@@ -2241,6 +2264,10 @@ class DTPServer:
         except queue.Empty:
             raise DTPTimeoutError("no connection within the timeout") from None
         if sock is None:
+            # the end-of-server mark stays for the next waiter: every thread blocked in
+            # accept() wakes, not only the first
+            with contextlib.suppress(queue.Full):
+                self._ready.put_nowait(None)
             raise LocalProtocolError("the server was closed")
         assert sock.peer_address is not None
         return sock, sock.peer_address
@@ -2280,6 +2307,10 @@ class DTPServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._stats_lock:
+            handshaking = list(self._handshaking)
+        for engine in handshaking:
+            engine._wake()  # its pump sees _closed and gives up (_authenticate)
         if self._address_slots is not None:
             for tcp, _ in self._address_slots.drain():  # (waiting: never served)
                 tcp.close()

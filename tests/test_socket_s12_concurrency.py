@@ -5,6 +5,7 @@ the socket; several threads waiting on one server; streams closed with bytes unr
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.errors import ConnectionLost
+from dtp.errors import ConnectionLost, LocalProtocolError
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
 
@@ -147,3 +148,45 @@ def test_a_stream_blocked_while_its_connection_is_collected_ends_typed(
     assert call.join(5)
     assert isinstance(call.error, ConnectionLost), call.error
     stream.close()
+
+
+# -- the server -------------------------------------------------------------------------
+
+
+def test_close_wakes_every_thread_blocked_in_accept() -> None:
+    """Only the first of several threads in accept() used to wake at close(); the
+    others waited for good."""
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    calls = [Call(server.accept) for _ in range(3)]
+    assert wait_for(lambda: server._ready.not_empty._waiters)  # type: ignore[attr-defined]
+    assert wait_for(lambda: len(server._ready.not_empty._waiters) == 3)  # type: ignore[attr-defined]
+    server.close()
+    for call in calls:
+        assert call.join(5)
+        assert isinstance(call.error, LocalProtocolError), call.error
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _handshake_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dtp-handshake"]
+
+
+def test_close_ends_handshakes_in_progress_at_once() -> None:
+    """A TCP client that connected but has not finished its handshake: close() ends it
+    at once, with the thread serving it and its descriptors. They used to stay until
+    the handshake timeout (10 s), nobody left to accept the connection."""
+    assert wait_for(lambda: not _handshake_threads())
+    fds = _fds()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    with socket.create_connection(server.address) as silent:
+        # its handshake has started once the accepting was passed on to a new thread
+        assert wait_for(lambda: len(_handshake_threads()) == 2)
+        server.close()
+        silent.settimeout(3)
+        assert silent.recv(100) == b""  # closed by the server
+        assert wait_for(lambda: not _handshake_threads(), 3)
+    assert wait_for(lambda: _fds() <= fds, 3), _fds() - fds
+    assert server.handshakes_failed == 0  # (the client did nothing wrong)
