@@ -314,9 +314,9 @@ public fun is_settled(escrow: &Escrow): bool { escrow.settled }
 
 // === Test support ===
 
-#[test_only]
 /// Object IDs in `sui::test_scenario` are derived by the VM, so they cannot be known when
 /// fixed test signatures are made offline. Tests pin the connection ID with this.
+#[test_only]
 public fun set_connection_for_testing(escrow: &mut Escrow, connection: ID) {
     escrow.connection = connection;
 }
