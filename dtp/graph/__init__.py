@@ -15,6 +15,7 @@ Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphSer
 
 from dtp.graph.clock import HybridClock
 from dtp.graph.namespace import owner_of, user_soul
+from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Change, ChangeStream, Graph, MergeReport, Subscription
 from dtp.graph.sync import (
     GraphServer,
@@ -32,6 +33,7 @@ __all__ = [
     "ChangeStream",
     "Graph",
     "GraphServer",
+    "GraphStorageError",
     "GraphSyncError",
     "HybridClock",
     "MergeReport",

@@ -12,6 +12,17 @@ transaction, by the table's ``export``.
 The database runs in WAL mode. ``meta`` holds the replica id and the clock's last state
 (so states keep increasing after a restart even if the wall clock went back).
 
+One file, one graph at a time: each open graph holds an exclusive advisory lock
+(``flock``) on a companion file ``<path>-lock``, and a second open -- from another
+process or this one -- fails with :class:`GraphStorageError` instead of running beside
+the first. (Two tables on one log would each compact it to their own export, deleting
+the other's writes; and they would share one replica id and clock.) The lock goes with
+the process, so a crash leaves nothing to clean up.
+
+Failures of the file (corrupt pages, disk full, I/O errors, a lock held by some other
+SQLite client for too long) raise :class:`GraphStorageError`, never ``sqlite3``'s own
+exceptions; a failed flush keeps its batches for the next one.
+
 A buffer that no later write comes to flush is flushed by :class:`IdleFlusher`, a
 thread armed by each buffered write: without it the last writes before an idle period
 would stay in memory until ``close()``, and a crash would lose them.
@@ -19,6 +30,7 @@ would stay in memory until ``close()``, and a crash would lose them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -31,6 +43,11 @@ from pathlib import Path
 
 from dtp.errors import ErrorCode, LocalProtocolError
 
+try:
+    import fcntl
+except ImportError:  # (not POSIX: no lock, one graph per file is then up to the caller)
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -38,6 +55,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
 """
 _F64 = struct.Struct("<d")
+
+
+class GraphStorageError(LocalProtocolError):
+    """The graph's SQLite file cannot be opened, read or written (not a graph database,
+    corrupt, already open in another graph, disk full, I/O error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorCode.ARG)
 
 
 class GraphStorage:
@@ -58,6 +83,7 @@ class GraphStorage:
         flush_interval: float = 0.25,
     ) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
@@ -66,12 +92,18 @@ class GraphStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            # locked once the file is known to be a database (a text file or a directory
+            # given by mistake gets no lock file beside it), before anything is read
+            self._lock_fd = _lock(self.path)
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
             rows, size = row.fetchone()
             base = self.get_meta("compacted_bytes")
             self._compacted_bytes = int(base.decode()) if base else 0
-        except (sqlite3.Error, ValueError) as exc:  # not a database, or not ours
-            self._db.close()
+        except (sqlite3.Error, ValueError, OSError, GraphStorageError) as exc:
+            # not a database, not ours, or open in another graph
+            self.close()
+            if isinstance(exc, GraphStorageError):
+                raise
             raise _open_error(self.path, exc) from exc
         self._pending: list[tuple[bytes]] = []
         self._pending_bytes = 0
@@ -89,12 +121,24 @@ class GraphStorage:
 
     def get_meta(self, key: str) -> bytes | None:
         """One value of the ``meta`` table."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._errors("read"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def set_meta(self, key: str, value: bytes) -> None:
         """Write one ``meta`` value at once (outside the buffered log)."""
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._errors("write"):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """sqlite3's exceptions as GraphStorageError."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise GraphStorageError(
+                f"cannot {what} graph database {str(self.path)!r}: {exc}"
+            ) from exc
 
     def replica_id(self) -> bytes:
         """This file's random 16-byte replica id (created on first use)."""
@@ -112,9 +156,11 @@ class GraphStorage:
     # -- the log ----------------------------------------------------------------------------
 
     def load(self) -> Iterator[bytes]:
-        """The stored batches, oldest first."""
-        for (batch,) in self._db.execute("SELECT batch FROM log ORDER BY seq"):
-            yield bytes(batch)
+        """The stored batches, oldest first (GraphStorageError for a corrupt page: the
+        rows are read as they are replayed, past the checks made at open)."""
+        with self._errors("read"):
+            for (batch,) in self._db.execute("SELECT batch FROM log ORDER BY seq"):
+                yield bytes(batch)
 
     def append(self, batch: bytes) -> bool:
         """Buffer one changed batch; True when a flush is due."""
@@ -137,7 +183,7 @@ class GraphStorage:
         if not self._pending:
             return
         rows, size = self._pending, self._pending_bytes
-        with self._transaction():
+        with self._errors("write"), self._transaction():
             self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
@@ -162,8 +208,7 @@ class GraphStorage:
         writes are dropped, since the export already holds them."""
         rows = [(b,) for b in batches]
         size = sum(len(b) for (b,) in rows)
-        self._pending, self._pending_bytes = [], 0
-        with self._transaction():
+        with self._errors("write"), self._transaction():
             self._db.execute("DELETE FROM log")
             self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
             self._db.execute(
@@ -173,6 +218,8 @@ class GraphStorage:
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
             )
+        # cleared only once committed (as in flush): a failed compaction keeps them
+        self._pending, self._pending_bytes = [], 0
         self.log_rows, self.log_bytes = len(rows), size
         self._compacted_bytes = size
         self._compacted_rows = len(rows)
@@ -183,12 +230,37 @@ class GraphStorage:
         return _Transaction(self._db)
 
     def close(self) -> None:
-        """Close the file (the caller flushes first)."""
-        self._db.close()
+        """Close the file and release its lock (the caller flushes first; idempotent)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # (releases the flock)
 
 
-def _open_error(path: Path, exc: Exception) -> LocalProtocolError:
-    return LocalProtocolError(f"cannot open graph database {str(path)!r}: {exc}", ErrorCode.ARG)
+def _open_error(path: Path, exc: Exception) -> GraphStorageError:
+    return GraphStorageError(f"cannot open graph database {str(path)!r}: {exc}")
+
+
+def _lock(path: Path) -> int | None:
+    """Take the exclusive lock of ``<path>-lock`` (GraphStorageError if another graph
+    holds it); returns the descriptor holding it."""
+    if fcntl is None or str(path) == ":memory:":  # (SQLite's name for no file at all)
+        return None
+    lock_path = path.with_name(path.name + "-lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GraphStorageError(
+            f"graph database {str(path)!r} is already open in another graph "
+            "(this process or another): one file holds one graph at a time"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class IdleFlusher:
@@ -261,7 +333,20 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                # a failed COMMIT (busy, I/O error) leaves the transaction open: end it,
+                # or every later BEGIN would fail too
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+        else:
+            # (after some errors, SQLITE_FULL say, SQLite has already rolled back: a
+            # failing ROLLBACK must not hide the error that made it necessary)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
 
-__all__ = ["GraphStorage", "IdleFlusher"]
+__all__ = ["GraphStorage", "GraphStorageError", "IdleFlusher"]

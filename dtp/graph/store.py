@@ -40,7 +40,7 @@ from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace
 from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.clock import HybridClock, wall_clock_ms
-from dtp.graph.persist import GraphStorage, IdleFlusher
+from dtp.graph.persist import GraphStorage, GraphStorageError, IdleFlusher
 from dtp.graph.values import JSON, decode_value, encode_value, link_soul
 from dtp.keys import HostIdentity
 
@@ -441,14 +441,16 @@ class Graph:
                 for batch in self._storage.load():
                     # (a log written before states were canonicalised may hold -0.0)
                     self._table.merge(canonical_states(batch), _MAX_STATE)
+                self.replica_id = self._storage.replica_id()
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
                 self._storage.close()
                 raise
             if len(self._table):
                 self._view = None
+        else:
+            self.replica_id = os.urandom(16)
         self.clock = HybridClock(now_ms, max_drift_ms=float(max_drift_ms), last=last)
-        self.replica_id = self._storage.replica_id() if self._storage else os.urandom(16)
         self._closed = False
 
     # -- writing ------------------------------------------------------------------------------
@@ -588,9 +590,16 @@ class Graph:
         self.stats["applied"] += n
         storage = self._storage
         if storage is not None:
-            if storage.append(changed):
-                self._flush_locked()
-            else:
+            try:
+                if storage.append(changed):
+                    self._flush_locked()
+                else:
+                    self._arm_flusher(storage)
+            except GraphStorageError as exc:
+                # the change is in the table already: the view, the sync sessions and
+                # the subscribers must still hear of it (a raise here left the summaries
+                # and get() without it). The batch stays buffered; the flush is retried.
+                logger.warning("graph: %s; the changes stay buffered and are retried", exc)
                 self._arm_flusher(storage)
         decoded: list[Entry] | None = None
         view = self._view
@@ -829,7 +838,9 @@ class Graph:
     # -- persistence ------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write buffered changes to SQLite now (compacting the log when it has grown)."""
+        """Write buffered changes to SQLite now (compacting the log when it has grown).
+
+        GraphStorageError if the file cannot be written (the changes stay buffered)."""
         with self._lock:
             self._check_open()
             self._flush_locked()
@@ -873,7 +884,8 @@ class Graph:
     def close(self) -> None:
         """Flush and close the SQLite file (idempotent). From then on writes, reads
         (``len()`` and ``in`` included), flush() and subscribe() raise
-        LocalProtocolError (existing subscriptions can still cancel)."""
+        LocalProtocolError (existing subscriptions can still cancel). If the final flush
+        fails (GraphStorageError) the graph stays open, so that close() can be retried."""
         with self._lock:
             if self._closed:
                 return

@@ -1,0 +1,215 @@
+"""dtp.graph's SQLite file under failure: one file holds one graph at a time (a second
+open, from this process or another, is refused), a corrupt page found while the log is
+replayed, a full disk and a file locked by another SQLite client give the graph's typed
+error -- never sqlite3's own -- and a change whose write failed is still seen by get(),
+the sync summaries and subscribers, and reaches the file once it can be written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp._core import encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.errors import LocalProtocolError
+from dtp.graph import Change, Graph
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _open_fds(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+def _storage_error(exc: BaseException) -> bool:
+    from dtp.graph import GraphStorageError
+
+    return isinstance(exc, GraphStorageError) and isinstance(exc, LocalProtocolError)
+
+
+# -- one graph per file ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A child process with ``Graph(path)`` open until its stdin closes."""
+    child = textwrap.dedent(
+        f"""
+        import sys
+        from dtp.graph import Graph
+        g = Graph({str(path)!r})
+        g.put("from_child", {{"v": 1}})
+        g.flush()
+        print("open", flush=True)
+        sys.stdin.read()
+        g.close()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+        yield proc
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_file_open_in_another_process_is_refused(tmp_path: Path) -> None:
+    """Two processes on one file ran two tables over one log: the first to compact it
+    replaced the log by its own export and the other's writes were gone at the next
+    open (and both shared one replica id). Now the second open is refused with the
+    typed error, and works once the first process has closed the graph."""
+    path = tmp_path / "g.db"
+    with _held_by_another_process(path):
+        with pytest.raises(LocalProtocolError, match="already open") as caught:
+            Graph(path)
+        assert _storage_error(caught.value)
+        assert _open_fds(path) == 0, caught
+    with Graph(path) as g:
+        assert g.souls() == ["from_child"]
+
+
+def test_a_file_open_in_another_graph_of_this_process_is_refused(tmp_path: Path) -> None:
+    """Two graphs of one process on one file lose writes the same way (the compaction
+    of one deletes the rows of the other)."""
+    path = tmp_path / "g.db"
+    a = Graph(path)
+    a.put("from_a", {"v": 1})
+    with pytest.raises(LocalProtocolError, match="already open") as caught:
+        Graph(path)
+    a.close()
+    # the refused open closed its connection (SQLite defers closing its descriptor while
+    # another connection of the process holds locks on the file: counted after a's)
+    assert _open_fds(path) == 0, caught
+    with Graph(path) as b:
+        b.put("from_b", {"v": 2})
+        b.flush()
+        assert b.storage is not None
+        b.storage.compact(b.export(), b.clock.last)
+    with Graph(path) as c:
+        assert c.souls() == ["from_a", "from_b"]
+
+
+# -- corrupt pages -------------------------------------------------------------------------
+
+
+def test_a_corrupt_page_met_while_replaying_gives_the_typed_error(tmp_path: Path) -> None:
+    """The checks made at open read the log's row headers only; a corrupt overflow page
+    of a large batch was met by the replay, and sqlite3.DatabaseError came out of
+    Graph(). Now it is the graph's typed error, and the file is closed."""
+    path = tmp_path / "g.db"
+    with Graph(path) as g:
+        value = b'"' + b"x" * 200 + b'"'
+        g.merge(
+            encode_ham_batch([HamUpdate(f"n/{i}".encode(), b"v", 1.0, value) for i in range(2000)])
+        )
+    size = path.stat().st_size
+    assert size > 200_000
+    for offset in (size // 3, size // 2, 2 * size // 3):
+        copy = tmp_path / f"c{offset}.db"
+        shutil.copy(path, copy)
+        with open(copy, "r+b") as f:
+            f.seek(offset)
+            f.write(b"\xff" * 4096)
+        with pytest.raises(LocalProtocolError, match="malformed") as caught:
+            Graph(copy)
+        assert _storage_error(caught.value)
+        assert _open_fds(copy) == 0, caught
+
+
+# -- writes that fail ------------------------------------------------------------------------
+
+
+def test_a_full_disk_gives_the_typed_error_and_keeps_the_changes(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    g = Graph(path, flush_interval=3600)
+    g.put("a", {"v": 1})
+    g.flush()
+    assert g.storage is not None
+    db = g.storage._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    g.put("big", {"v": "x" * 100_000})
+    with pytest.raises(LocalProtocolError, match="full") as caught:
+        g.flush()
+    assert _storage_error(caught.value)
+    assert g.storage.pending == 1 and not db.in_transaction
+    db.execute("PRAGMA max_page_count = 1000000")  # room again
+    g.flush()
+    g.close()
+    with Graph(path) as again:
+        assert again.get_field("big", "v") == "x" * 100_000
+
+
+def test_a_write_that_cannot_reach_the_file_still_reaches_the_graph(tmp_path: Path) -> None:
+    """Another SQLite client holds the file's write lock: the flush that a put makes due
+    fails. Before, put() raised sqlite3.OperationalError after the table had changed,
+    and the view, the sync sessions and the subscribers never heard of the change (get()
+    left it out, the summary missed it). Now put() returns, everything sees the change,
+    and it reaches the file once the lock is released."""
+    path = tmp_path / "g.db"
+    g = Graph(path, flush_interval=3600)
+    g.put("a", {"v": 1})
+    g.flush()
+    storage = g.storage
+    assert storage is not None
+    storage._db.execute("PRAGMA busy_timeout = 20")
+    storage._flush_rows = 1  # every write makes a flush due
+    seen: list[Change] = []
+    g.subscribe("b", seen.append)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        g.put("b", {"v": 2})
+        assert g.get("b") == {"v": 2}
+        assert [c.value for c in seen] == [2]
+        assert g.root_summary()[1] == 2
+        assert storage.pending == 1
+        with pytest.raises(LocalProtocolError, match="locked") as caught:
+            g.flush()
+        assert _storage_error(caught.value)
+        other.execute("ROLLBACK")
+    g.close()
+    with Graph(path) as again:
+        assert again.get("b") == {"v": 2}
+
+
+def test_a_failed_compaction_keeps_what_was_buffered(tmp_path: Path) -> None:
+    """compact() dropped the buffered batches before its transaction: when it failed,
+    they were gone from the buffer, and a close() right after wrote nothing."""
+    path = tmp_path / "g.db"
+    g = Graph(path, flush_interval=3600)
+    g.put("a", {"v": 1})
+    storage = g.storage
+    assert storage is not None and storage.pending == 1
+    storage._db.execute("PRAGMA busy_timeout = 20")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LocalProtocolError, match="locked"):
+            storage.compact([], g.clock.last)
+        other.execute("ROLLBACK")
+    assert storage.pending == 1
+    g.close()
+    with Graph(path) as again:
+        assert again.get("a") == {"v": 1}
