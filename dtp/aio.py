@@ -239,6 +239,9 @@ class DTPStreamReader:
         self._proto = proto
         self._session = proto.session
         self._stream_id = stream_id
+        #: Bytes at the front of the stream's buffer whose flow-control credit went back
+        #: already: what a cancelled or failed read put back (see :meth:`_unread`)
+        self._credited = 0
 
     @property
     def stream_id(self) -> int:
@@ -258,6 +261,10 @@ class DTPStreamReader:
         its flow-control window) and resume with :meth:`resume_sink`. Do not read the
         stream afterwards."""
         sink = StreamSink(on_data, on_end)
+        if self._credited:
+            # put back by a cancelled read, credited already: not through the session,
+            # which would return the credit again
+            on_data(self._take(self._credited))
         self._session.attach_sink(self._stream_id, sink)
         self._proto.flush()  # credit for what was buffered
         return sink
@@ -274,10 +281,33 @@ class DTPStreamReader:
         self._proto.flush()
 
     def _take(self, n: int) -> bytes:
+        if self._credited:
+            stream = self._session.streams.get(self._stream_id)
+            if stream is not None and stream.data:
+                # bytes a cancelled read put back: their credit went back when they
+                # were first taken (given twice, each wait_for(readexactly(n), t) that
+                # timed out let the peer send that much again beyond the window)
+                k = min(n, self._credited, len(stream.data))
+                head = bytes(stream.data[:k])
+                del stream.data[:k]
+                self._credited -= k
+                if k < n and stream.data:
+                    return head + self._take(n - k)
+                return head
+            self._credited = 0
         data = self._session.take(self._stream_id, n)
         if data:
             self._proto.flush()  # return flow-control credit promptly
         return data
+
+    def _unread(self, data: bytes) -> None:
+        """Put ``data``, taken by a read that did not complete (cancelled, or failed),
+        back in front of the stream, for the next read (consuming nothing, as asyncio's
+        reads). Its flow-control credit stays given."""
+        stream = self._session.streams.get(self._stream_id)
+        if data and stream is not None:
+            stream.data[:0] = data
+            self._credited += len(data)
 
     def _buffer(self) -> bytearray:
         buf = self._session.streams.get(self._stream_id)
@@ -335,9 +365,7 @@ class DTPStreamReader:
             except asyncio.CancelledError:
                 # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
                 # asyncio's: what was gathered goes back in front of the stream
-                stream = self._session.streams.get(self._stream_id)
-                if chunks and stream is not None:
-                    stream.data[:0] = b"".join(chunks)
+                self._unread(b"".join(chunks))
                 raise
             if self._buffer():
                 chunk = self._take(need)
@@ -351,9 +379,7 @@ class DTPStreamReader:
                 # a stream reset, or the connection failed (the peer was killed): its
                 # typed error, not the IncompleteReadError of a clean end, and, as
                 # asyncio's, nothing consumed
-                stream = self._session.streams.get(self._stream_id)
-                if chunks and stream is not None:
-                    stream.data[:0] = b"".join(chunks)
+                self._unread(b"".join(chunks))
                 raise failure
             raise asyncio.IncompleteReadError(b"".join(chunks), n)
 

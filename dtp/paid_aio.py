@@ -245,9 +245,8 @@ class PaidReader:
         except asyncio.CancelledError:
             # a cancelled read consumes nothing, as asyncio's (and dtp.aio's): what was
             # gathered goes back in front of the stream
-            stream = self._reader._session.streams.get(self._reader.stream_id)
-            if chunks and stream is not None:
-                stream.data[:0] = b"".join(chunks)
+            # (their flow-control credit went back already: not given again)
+            self._reader._unread(b"".join(chunks))
             raise
         return b"".join(chunks)
 

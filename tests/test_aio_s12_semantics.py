@@ -6,6 +6,7 @@ echo server of tests/servers.py in its own process."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ import dtp.aio
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
 from dtp.keys import HostIdentity
+from dtp.paid_aio import PaidReader
 from tests.leaks import resource_warnings
 from tests.procs import ServerProc, server_process
 
@@ -154,5 +156,67 @@ def test_a_clean_close_still_ends_reads_with_incomplete_read() -> None:
             assert await reader.readline() == b""
             writer.close()
             await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+class _AlwaysPaid:
+    """A paid connection's gate that always serves (PaidReader's side of it)."""
+
+    async def wait_paid(self) -> None:
+        return None
+
+    def room(self, nbytes: int) -> int:
+        return nbytes
+
+    async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        return None
+
+
+@pytest.mark.parametrize("kind", ["plain", "paid"])
+def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
+    """A cancelled readexactly() puts back what it had gathered; taking those bytes
+    again must not return their flow-control credit a second time. It did: each
+    ``wait_for(reader.readexactly(n), t)`` that timed out let the peer send as much
+    again beyond the window, so a reader polling that way buffered without bound.
+    (``paid``: the same through dtp.paid_aio's PaidReader, which puts back alike.)"""
+    window = 64 * 1024
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            writer.write(b"a" * (3 * window))  # let out as the client's reads give credit
+            assert await writer.recv_datagram() == b"go"
+            writer.write(b"b" * (40 * window))  # as far as the credit given goes
+            writer.send_datagram(b"mark")  # behind what went out
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            client = HostIdentity.generate()
+            config = ConnectionConfig(
+                identity=client, is_client=True, stream_window=window, connection_window=window
+            )
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public, config=config
+            )
+            reads: Any = reader if kind == "plain" else PaidReader(reader, _AlwaysPaid())  # type: ignore[arg-type]
+            # a read larger than all that comes, cancelled until all 3 windows came
+            async with asyncio.timeout(10):
+                while len(reader._buffer()) < 3 * window:
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(reads.readexactly(100 * window), 0.05)
+            for _ in range(5):  # each takes the 3 windows back and puts them back
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(reads.readexactly(100 * window), 0.02)
+            assert len(reader._buffer()) == 3 * window
+            writer.send_datagram(b"go")  # behind every credit update sent
+            assert await asyncio.wait_for(writer.recv_datagram(), 5) == b"mark"
+            # credit for what was read once (3 windows) and a window ahead of it, and
+            # the slack of credit sent each quarter window: not 5 times 3 windows more
+            assert len(reader._buffer()) <= 3 * window + 2 * window
+            assert await asyncio.wait_for(reads.readexactly(3 * window), 5) == b"a" * (3 * window)
+            writer.abort()
 
     asyncio.run(main())
