@@ -364,3 +364,54 @@ def test_a_drifted_signature_is_caught() -> None:
             _check_call("top_up", index, call, inputs, commands)
     finally:
         MODULES["escrow"]["top_up"] = original
+
+
+# -- what one transaction can carry ---------------------------------------------------------------
+
+#: Sui refuses a pure argument of this many bytes or more (protocol config
+#: `max_pure_argument_size`, checked as `len < limit` before any Move code runs).
+MAX_PURE_ARGUMENT_SIZE = 16 * 1024
+
+
+def _byte_string_builders(size: int) -> dict[str, bytes]:
+    data = b"\xab" * size
+    return {
+        "pipe_send": sui_tx.pipe_send(sui_cases.CTX, sui_cases.PIPE, 0, data),
+        "broadcast_transmit": sui_tx.broadcast_transmit(sui_cases.CTX, sui_cases.BCAST, data),
+        "mailbox_send": sui_tx.mailbox_send(msg_cases.CTX, msg_cases.HOST_REF, data),
+        "response_escrow_deliver": sui_tx.response_escrow_deliver(
+            msg_cases.CTX, msg_cases.ESCROW_REF, data
+        ),
+        "send_retained": sui_tx.send_retained(
+            econ_cases.CTX, econ_cases.PIPE, econ_cases.CONN, econ_cases.TERMS, 0, data, 0
+        ),
+    }
+
+
+def _largest_pure(raw: bytes) -> int:
+    inputs, _ = _move_calls(raw)
+    return max(len(bytes(i.value)) for i in inputs if i.enum_name == "Pure")
+
+
+def test_16381_bytes_fit_one_pure_argument() -> None:
+    """docs/escrow.md §8: 16381 bytes of data (2-byte length prefix) is what fits."""
+    for name, raw in _byte_string_builders(16381).items():
+        assert _largest_pure(raw) == MAX_PURE_ARGUMENT_SIZE - 1, name
+    for name, raw in _byte_string_builders(16382).items():
+        assert _largest_pure(raw) == MAX_PURE_ARGUMENT_SIZE, name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LocalLedger and the builders accept 16384-byte data (dtp/chain/objects.py "
+    "MAX_DATA_LENGTH, dtp/chain/ledger.py MAX_MAIL_PAYLOAD / MAX_RESPONSE_LENGTH, "
+    "dtp/carriers/ledger.py MAX_PIPE_DATA), which Sui refuses as a pure argument of 16387 "
+    "bytes; docs/escrow.md §8. Remove this marker once they use 16381.",
+)
+def test_largest_accepted_data_fits_one_pure_argument() -> None:
+    from dtp.chain.ledger import MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH
+    from dtp.chain.objects import MAX_DATA_LENGTH
+
+    largest = max(MAX_DATA_LENGTH, MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH)
+    for name, raw in _byte_string_builders(largest).items():
+        assert _largest_pure(raw) < MAX_PURE_ARGUMENT_SIZE, name
