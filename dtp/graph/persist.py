@@ -247,7 +247,11 @@ def _lock(path: Path) -> int | None:
     holds it); returns the descriptor holding it."""
     if fcntl is None or str(path) == ":memory:":  # (SQLite's name for no file at all)
         return None
-    lock_path = path.with_name(path.name + "-lock")
+    try:
+        real = path.resolve()  # (a symlink to the file must find the same lock)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        real = path
+    lock_path = real.with_name(real.name + "-lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -107,6 +107,19 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
+def _text(name: bytes) -> str | None:
+    """A soul or field name from the table as text, or None when it is not UTF-8.
+
+    Peers may write any bytes, but the API names souls and fields by str (UTF-8): a name
+    that is not UTF-8 cannot be asked for, and read with ``errors="replace"`` it would
+    pose as another (``b"x\\xff"`` as the field ``"x\\ufffd"``) -- so reads leave it out.
+    """
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _utf8(text: object, what: str) -> bytes:
     """A soul or field name as the UTF-8 bytes the table keys on; LocalProtocolError for
     anything else (a lone surrogate has no UTF-8 form)."""
@@ -620,14 +633,17 @@ class Graph:
     def _collect_changes(self, decoded: list[Entry], changes: list[Change]) -> None:
         subs = self._subs
         for soul_b, field_b, state, value, _ in decoded:
-            soul = soul_b.decode(errors="replace")
-            if soul not in subs:
+            soul = _text(soul_b)
+            if soul is None or soul not in subs:
+                continue
+            field = _text(field_b)
+            if field is None:
                 continue
             try:
                 decoded_value = self._value_of(soul_b, value)
             except DTPError:
                 continue
-            changes.append(Change(soul, field_b.decode(errors="replace"), decoded_value, state))
+            changes.append(Change(soul, field, decoded_value, state))
 
     def _deliver(self, changes: list[Change]) -> None:
         if not changes:
@@ -657,8 +673,8 @@ class Graph:
     def get(self, soul: str) -> dict[str, JSON] | None:
         """The node's fields as a dict (links as ``{"#": soul}``), or None if unknown.
 
-        Fields whose stored bytes are not JSON (written by a misbehaving peer) are
-        left out.
+        Fields whose stored bytes are not JSON, and fields whose name is not UTF-8
+        (written by a misbehaving peer), are left out.
         """
         s = _utf8(soul, "a soul")
         with self._lock:
@@ -669,10 +685,11 @@ class Graph:
             stored = [(f, self._table.get(s, f)) for f in fields]
         node: dict[str, JSON] = {}
         for f, entry in stored:
-            if entry is None:
+            name = _text(f)
+            if entry is None or name is None:
                 continue
             try:
-                node[f.decode(errors="replace")] = self._value_of(s, entry[1])
+                node[name] = self._value_of(s, entry[1])
             except DTPError:
                 continue
         return node
@@ -708,10 +725,12 @@ class Graph:
         return current
 
     def souls(self) -> list[str]:
-        """Every node with at least one field."""
+        """Every node with at least one field (but those whose soul, written by a
+        misbehaving peer, is not UTF-8: no str names them)."""
         with self._lock:
             self._check_open()
-            return sorted(s.decode(errors="replace") for s in self._ensure_view().fields)
+            names = [_text(s) for s in self._ensure_view().fields]
+        return sorted(name for name in names if name is not None)
 
     def __len__(self) -> int:
         """Number of fields in the table (all nodes)."""

@@ -300,6 +300,9 @@ class SyncSession:
                 or not _is_count(item[2])
             ):
                 raise _fail("bad SUM entry")
+            if item[0] in theirs:
+                # (the last one would win here; another reader might take the first)
+                raise _fail(f"SUM lists child {item[0]} twice")
             theirs[item[0]] = (item[1], item[2])
         child_level = level + 1
         push: list[tuple[int, int]] = []

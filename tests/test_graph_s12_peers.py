@@ -1,0 +1,77 @@
+"""dtp.graph against misbehaving peers: names that are not UTF-8 cannot pose as other
+names (reads were decoded with errors="replace"), a SUM listing a child twice is a
+protocol error, and a graph file reached through a symlink is still one graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from dtp._core import encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.errors import LocalProtocolError
+from dtp.graph import Change, Graph, GraphSyncError, SyncSession
+from dtp.graph.sync import HELLO, SUM
+
+
+def _frame(message: object) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return len(body).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("ham", ["c", "python"])
+@pytest.mark.parametrize("spoof_first", [False, True])
+def test_names_that_are_not_utf8_cannot_pose_as_others(ham: str, spoof_first: bool) -> None:
+    """A peer writes field b"x\\xff" beside the field "x\\ufffd", and soul b"d\\xfe".
+    Read with errors="replace", the field read as "x\\ufffd": get() showed whichever
+    came last -- peers holding the same table read different values, and get() and
+    get_field() disagreed -- subscribers of "x\\ufffd" and "d\\ufffd" got the peer's
+    changes as if they were theirs, and souls() listed a soul that get() did not know.
+    Names that are not UTF-8 (no str names them) are now left out of reads."""
+    g = Graph(ham=ham)
+    seen: list[Change] = []
+    g.subscribe("doc", seen.append, field="x\ufffd")
+    g.subscribe("d\ufffd", seen.append)
+    legit = HamUpdate(b"doc", "x\ufffd".encode(), 1.0, b'"legit"')
+    spoof = HamUpdate(b"doc", b"x\xff", 1.0, b'"spoof"')
+    for update in [spoof, legit] if spoof_first else [legit, spoof]:
+        g.merge(encode_ham_batch([update]))
+    g.merge(encode_ham_batch([HamUpdate(b"d\xfe", b"f", 1.0, b'"spoof soul"')]))
+    assert g.get("doc") == {"x\ufffd": "legit"}
+    assert g.get_field("doc", "x\ufffd") == "legit"
+    assert g.souls() == ["doc"]
+    assert [c.value for c in seen] == ["legit"]
+    assert len(g) == 3  # (still held and synced: only reads leave them out)
+    g.close()
+
+
+def test_a_sum_listing_a_child_twice_is_refused() -> None:
+    """The last of two entries for one child was taken silently; another implementation
+    may take the first, and the two would decide differently what to push."""
+    g = Graph()
+    for i in range(300):
+        g.put(f"n/{i}", {"v": i})
+    session = SyncSession(g)
+    session.start()
+    session.receive_data(_frame([HELLO, 1, b"r" * 16, 300, 12345]))
+    assert (0, 0) in session._sent  # it descended: our SUM of the root's children is out
+    with pytest.raises(GraphSyncError, match="twice"):
+        session.receive_data(_frame([SUM, 0, 0, [[5, 1, 200], [5, 2, 100]]]))
+    session.close()
+    g.close()
+
+
+def test_a_graph_file_reached_through_a_symlink_is_still_one_graph(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    alias = other / "alias.db"
+    alias.symlink_to(path)
+    with Graph(path) as g:
+        g.put("a", {"v": 1})
+        with pytest.raises(LocalProtocolError, match="already open"):
+            Graph(alias)
+    with Graph(alias) as g:
+        assert g.get("a") == {"v": 1}
