@@ -7,9 +7,11 @@ the sync summaries and subscribers, and reaches the file once it can be written.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -213,3 +215,28 @@ def test_a_failed_compaction_keeps_what_was_buffered(tmp_path: Path) -> None:
     g.close()
     with Graph(path) as again:
         assert again.get("a") == {"v": 1}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("clock", struct.pack("<d", math.inf)),
+        ("clock", struct.pack("<d", math.nan)),
+        ("clock", b"\x00" * 7),
+        ("replica_id", b"short"),
+    ],
+)
+def test_a_corrupt_meta_row_gives_the_typed_error(tmp_path: Path, key: str, value: bytes) -> None:
+    """An infinite stored clock made every later state infinite (each put() then failed
+    with HAM_STATE, for good); a replica id of the wrong length was sent in HELLO, which
+    every peer refuses. Both are a corrupt file, said at open."""
+    path = tmp_path / "g.db"
+    with Graph(path) as g:
+        g.put("a", {"v": 1})
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        db.commit()
+    with pytest.raises(LocalProtocolError, match="corrupt") as caught:
+        Graph(path)
+    assert _storage_error(caught.value)
+    assert _open_fds(path) == 0, caught

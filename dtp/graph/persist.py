@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import struct
@@ -146,12 +147,25 @@ class GraphStorage:
         if rid is None:
             rid = os.urandom(16)
             self.set_meta("replica_id", rid)
+        elif len(rid) != 16:
+            # (HELLO carries it: every peer would refuse every session, obscurely)
+            raise self._corrupt(f"replica id of {len(rid)} bytes, not 16")
         return rid
 
     def clock_last(self) -> float:
         """The last state issued before the previous shutdown (0.0 for a new file)."""
         raw = self.get_meta("clock")
-        return _F64.unpack(raw)[0] if raw and len(raw) == 8 else 0.0
+        if raw is None:
+            return 0.0
+        last = _F64.unpack(raw)[0] if len(raw) == 8 else math.nan
+        if not math.isfinite(last):
+            # (an infinite clock would make every later state infinite: no write could
+            # ever be made again)
+            raise self._corrupt("the stored clock is not a finite number")
+        return float(last)
+
+    def _corrupt(self, what: str) -> GraphStorageError:
+        return GraphStorageError(f"graph database {str(self.path)!r} is corrupt: {what}")
 
     # -- the log ----------------------------------------------------------------------------
 
