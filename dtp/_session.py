@@ -61,6 +61,9 @@ class StreamBuffer:
     eof: bool = False
     reset_code: int | None = None
     send_stopped: int | None = None  # the peer sent STOP_SENDING with this code
+    #: The application reads this stream no more (shutdown(SHUT_RD), close()): its
+    #: bytes are dropped as they come, their credit returned at once.
+    discarded: bool = False
 
 
 class StreamSink:
@@ -126,6 +129,11 @@ class Session:
         buf = self.streams.get(stream_id)
         if buf is None:
             buf = self.streams[stream_id] = StreamBuffer()
+        if buf.discarded:
+            # nobody will read them: their credit goes back now, or the connection's
+            # window would shrink by them for good
+            self.conn.acknowledge_read(stream_id, len(data))
+            return
         buf.data += data
         if end:
             buf.eof = True
@@ -204,6 +212,9 @@ class Session:
                 self._to_sink(event.stream_id, sink, event.data, event.end_stream)
                 return
             buf = self.streams.setdefault(event.stream_id, StreamBuffer())
+            if buf.discarded:
+                self.conn.acknowledge_read(event.stream_id, len(event.data))
+                return
             buf.data += event.data
             if event.end_stream:
                 buf.eof = True
@@ -254,10 +265,23 @@ class Session:
 
     # -- reading -----------------------------------------------------------------------
 
+    def discard(self, stream_id: int) -> None:
+        """The application stops reading ``stream_id`` (shutdown(SHUT_RD), close()):
+        drop what is buffered and what comes later, returning their flow-control credit
+        (unread, they would hold the connection's window for good and stall its other
+        streams), and let reads end: :meth:`take` returns b"" from now on."""
+        buf = self.streams.setdefault(stream_id, StreamBuffer())
+        buf.discarded = True
+        if buf.data:
+            n = len(buf.data)
+            buf.data.clear()
+            self.conn.acknowledge_read(stream_id, n)
+        self._data_arrived = True
+
     def readable(self, stream_id: int) -> bool:
         """True when a read on ``stream_id`` would not block."""
         buf = self.streams.get(stream_id)
-        if buf is not None and (buf.data or buf.eof or buf.reset_code is not None):
+        if buf is not None and (buf.data or buf.eof or buf.reset_code is not None or buf.discarded):
             return True
         return self.terminated is not None
 
@@ -271,6 +295,8 @@ class Session:
             del buf.data[: len(chunk)]
             self.conn.acknowledge_read(stream_id, len(chunk))
             return chunk
+        if buf is not None and buf.discarded:
+            return b""  # (as a socket's recv() after shutdown(SHUT_RD))
         if buf is not None and buf.reset_code is not None:
             raise StreamReset(stream_id, buf.reset_code)
         if buf is not None and buf.eof:

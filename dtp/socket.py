@@ -928,7 +928,10 @@ class DTPSocket:
             buf = session.streams.get(sid)
             if (
                 session.terminated is None
-                and (buf is None or not (buf.data or buf.eof or buf.reset_code is not None))
+                and (
+                    buf is None
+                    or not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
+                )
                 and bufsize
             ):
                 # nothing buffered (Session.readable, inline)
@@ -979,7 +982,8 @@ class DTPSocket:
         with engine.lock:
             buf = session.streams.get(sid)
             if session.terminated is None and (
-                buf is None or not (buf.data or buf.eof or buf.reset_code is not None)
+                buf is None
+                or not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
             ):
                 # nothing buffered (Session.readable, inline): read straight in,
                 # through the lent lane when the connection lends it -- unless the
@@ -1267,6 +1271,14 @@ class DTPSocket:
                 if engine.session.terminated is None and not (buf and buf.eof):
                     with contextlib.suppress(DTPError):
                         engine.conn.stop_sending(self._stream_id)
+                # what is unread, and what comes before the peer stops, is dropped and
+                # its credit returned; a thread blocked reading this stream gets b""
+                # now, as on a socket, whether or not the peer answers
+                engine.session.discard(self._stream_id)
+                if engine.pumping:
+                    engine._wake()
+                if engine.waiters:
+                    engine.cond.notify_all()
             engine.flush()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
+from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionLost, LocalProtocolError
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
@@ -24,8 +25,8 @@ SERVER_ID = HostIdentity.generate()
 class Pair:
     """An in-process server, a client connection to it, and the accepted socket."""
 
-    def __init__(self) -> None:
-        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    def __init__(self, config: ConnectionConfig | None = None) -> None:
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config)
         self.client: dtp.socket.DTPSocket | None = dtp.socket.create_connection(
             self.server.address, timeout=10, server_key=SERVER_ID.noise_public
         )
@@ -190,3 +191,98 @@ def test_close_ends_handshakes_in_progress_at_once() -> None:
         assert wait_for(lambda: not _handshake_threads(), 3)
     assert wait_for(lambda: _fds() <= fds, 3), _fds() - fds
     assert server.handshakes_failed == 0  # (the client did nothing wrong)
+
+
+# -- a stream its reader gives up on ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close"])
+def test_shutdown_rd_or_close_wakes_a_thread_blocked_reading_the_stream(
+    pair: Pair, how: str
+) -> None:
+    """As on a socket, shutdown(SHUT_RD) (or close()) in one thread ends a recv()
+    blocked on the stream in another, at once. It used to go on waiting for the peer
+    to answer the STOP_SENDING (reset the stream): for good, with a peer that did not."""
+    stream, _ = _lent_stream(pair)
+    stream.settimeout(None)
+    call = Call(lambda: stream.recv(100))
+    assert pair.client is not None
+    engine = pair.client._engine
+    assert wait_for(lambda: engine.pumping)
+    with pair.peer._engine.lock:  # the peer answers nothing meanwhile
+        if how == "shutdown":
+            stream.shutdown(dtp.socket.SHUT_RD)
+        else:
+            stream.close()
+        assert call.join(5)
+    if how == "shutdown":
+        assert call.error is None and call.result == b""
+    else:  # closed under it: b"", or the closed socket's error
+        assert call.result == b"" or isinstance(call.error, LocalProtocolError), call.error
+    stream.close()
+
+
+def test_shutdown_rd_of_the_first_stream_gives_a_blocked_reader_end_of_stream(
+    pair: Pair,
+) -> None:
+    """The reader got StreamReset (the peer's answer to our STOP_SENDING) instead."""
+    assert pair.client is not None
+    client = pair.client
+    client.settimeout(None)
+    call = Call(lambda: client.recv(100))
+    assert wait_for(lambda: client._engine.pumping)
+    client.shutdown(dtp.socket.SHUT_RD)
+    assert call.join(5)
+    assert call.error is None and call.result == b""
+    # the peer's reset, once it comes, changes nothing
+    pair.peer.sendall(b"late")
+    assert client.recv(100) == b""
+
+
+WINDOW = 64 << 10
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close"])
+def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: str) -> None:
+    """Streams shut (SHUT_RD) or closed with bytes unread: those bytes, and those that
+    come before the peer stops, no longer count against the connection's window. They
+    used to hold it for good: two such streams here stalled every other stream."""
+    config = ConnectionConfig(
+        identity=SERVER_ID, is_client=False, stream_window=WINDOW, connection_window=2 * WINDOW
+    )
+    p = Pair(config)
+    try:
+        assert p.client is not None
+        p.client.settimeout(5)
+        p.peer.settimeout(5)
+        for _ in range(2):
+            stream = p.client.open_stream()
+            stream.sendall(b"x")
+            peer = p.peer.accept_stream()
+            assert peer.recv(1) == b"x"
+            stream.sendall(b"y" * (WINDOW - 1))  # the rest of its window: read by nobody
+            if how == "shutdown":
+                peer.shutdown(dtp.socket.SHUT_RD)
+            else:
+                peer.close()
+        third = p.client.open_stream()
+        third.settimeout(5)
+
+        def send() -> bytes:
+            third.sendall(b"z" * (4 * WINDOW))
+            # what sendall() queued goes out as credit comes back while a thread waits
+            # on the connection (else at the timer's next look, a second at most)
+            return third.recv(1)
+
+        sender = Call(send)
+        peer = p.peer.accept_stream()
+        got = 0
+        while got < 4 * WINDOW:
+            chunk = peer.recv(WINDOW)
+            assert chunk
+            got += len(chunk)
+        peer.sendall(b"!")
+        assert sender.join(5) and sender.error is None and sender.result == b"!"
+        peer.close()
+    finally:
+        p.close()
