@@ -7,6 +7,7 @@ the sync summaries and subscribers, and reaches the file once it can be written.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -240,3 +241,19 @@ def test_a_corrupt_meta_row_gives_the_typed_error(tmp_path: Path, key: str, valu
         Graph(path)
     assert _storage_error(caught.value)
     assert _open_fds(path) == 0, caught
+
+
+@pytest.mark.parametrize("written", [False, True])
+def test_a_graph_collected_without_close_releases_its_file(tmp_path: Path, written: bool) -> None:
+    """A graph dropped without close() -- never written to (no flush thread, no
+    finalizer), or written to (its finalizer flushes) -- must not keep its file locked:
+    the process can open the file again."""
+    path = tmp_path / "g.db"
+    g = Graph(path, flush_interval=3600)
+    if written:
+        g.put("a", {"v": 1})
+    del g
+    gc.collect()
+    with Graph(path) as again:
+        assert again.souls() == (["a"] if written else [])
+    assert _open_fds(path) == 0

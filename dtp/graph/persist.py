@@ -84,7 +84,7 @@ class GraphStorage:
         flush_interval: float = 0.25,
     ) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._unlock: weakref.finalize[[int], GraphStorage] | None = None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
@@ -95,7 +95,11 @@ class GraphStorage:
             self._db.executescript(_SCHEMA)
             # locked once the file is known to be a database (a text file or a directory
             # given by mistake gets no lock file beside it), before anything is read
-            self._lock_fd = _lock(self.path)
+            fd = _lock(self.path)
+            if fd is not None:
+                # a storage dropped without close() (its graph collected unclosed) must
+                # not keep the file locked for the rest of the process
+                self._unlock = weakref.finalize(self, os.close, fd)
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
             rows, size = row.fetchone()
             base = self.get_meta("compacted_bytes")
@@ -247,9 +251,8 @@ class GraphStorage:
         """Close the file and release its lock (the caller flushes first; idempotent)."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # (releases the flock)
+        if self._unlock is not None:
+            self._unlock()  # closes the lock's descriptor, which releases the flock (once)
 
 
 def _open_error(path: Path, exc: Exception) -> GraphStorageError:

@@ -369,6 +369,7 @@ def _flush_unclosed(
     except Exception:
         logger.exception("graph: writing buffered changes of an unclosed graph failed")
     finally:
+        storage.close()  # (and its file lock: the file may be opened again)
         lock.release()
 
 
