@@ -567,7 +567,7 @@ class DTPStreamWriter:
 
     async def drain(self) -> None:
         """Wait until the queue is below the high-water mark (raises if the
-        connection failed)."""
+        connection failed, or closed with bytes written here left unsent)."""
 
         def room() -> bool:
             return self._session.terminated is not None or (
@@ -576,8 +576,15 @@ class DTPStreamWriter:
             )
 
         await self._proto.wait_for(room)
-        if self._session.terminated is not None and self._session.error is not None:
-            raise self._session.error
+        session = self._session
+        if session.terminated is not None:
+            if session.error is not None:
+                raise session.error
+            if self._conn.send_buffered(self._stream_id):
+                # a clean close by the peer, with bytes written here never sent: not a
+                # success (as asyncio's drain() raises once the connection is lost, and
+                # the blocking sendall() raises)
+                raise ConnectionClosed("the connection closed before all that was written went out")
 
     def close(self) -> None:
         """Close this stream; on the first stream, close the whole connection once

@@ -220,3 +220,35 @@ def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
             writer.abort()
 
     asyncio.run(main())
+
+
+def test_drain_raises_when_the_peer_closed_with_writes_left_unsent() -> None:
+    """The peer closes the connection cleanly while what was written here waits for
+    flow-control credit it will never give: drain() raises ConnectionClosed (it
+    returned as if all had gone out; asyncio's drain() raises once the connection is
+    lost, dtp.socket's sendall() raises too)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await reader.readexactly(10)
+            writer.close()
+            await writer.wait_closed()
+
+        config = ConnectionConfig(identity=identity, is_client=False, stream_window=64 * 1024)
+        server = await dtp.aio.start_server(
+            handle, "127.0.0.1", 0, identity=identity, config=config
+        )
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.write(b"x" * 2_000_000)  # far beyond the server's window
+            with pytest.raises(ConnectionClosed, match="before all that was written"):
+                await asyncio.wait_for(writer.drain(), 5)
+            assert await reader.read(10) == b""  # a clean end for the reader
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
