@@ -215,3 +215,29 @@ def test_good_constructor_arguments_are_still_taken(tmp_path: Path) -> None:
         assert g.clock.max_drift_ms == 0.0
     with Graph(str(tmp_path / "h.db"), max_drift_ms=2.5, now_ms=lambda: 1e12) as g:
         assert g.clock.machine_state() == 1e12 + 2.5
+
+
+@pytest.mark.parametrize(
+    ("now", "error"),
+    [
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (10**400, ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
+    ids=["nan", "inf", "huge-int", "str", "None", "bool"],
+)
+def test_an_injected_clock_that_returns_no_finite_number_is_named(
+    now: object, error: type[Exception]
+) -> None:
+    """now_ms() returning NaN failed a write in math.floor ("cannot convert float NaN to
+    integer") and a merge in the HAM table ("machine state must be finite"); a string
+    failed in float(). Each now names now_ms."""
+    g = Graph(now_ms=lambda: now)  # type: ignore[arg-type,return-value]
+    with pytest.raises(error, match="now_ms"):
+        g.put("a", {"v": 1})
+    with pytest.raises(error, match="now_ms"):
+        g.merge(encode_ham_batch([HamUpdate(b"n", b"f", 1.0, b"1")]))
+    g.close()

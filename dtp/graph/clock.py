@@ -14,6 +14,7 @@ injectable (``now_ms``) so tests control time.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -56,8 +57,20 @@ class HybridClock:
         return self._last
 
     def now(self) -> float:
-        """The wall clock, in ms."""
-        return float(self._now())
+        """The wall clock, in ms (TypeError / ValueError, naming ``now_ms``, when the
+        injected clock returns something else than a finite number)."""
+        value = self._now()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"now_ms() must return a number of ms, not {type(value).__name__}")
+        try:
+            ms = float(value)
+        except OverflowError:  # an int beyond the float range
+            ms = math.inf
+        if not math.isfinite(ms):
+            # (NaN would fail deep in math.floor for a write, and in the HAM merge for a
+            # peer's batch, each with its own unrelated message)
+            raise ValueError(f"now_ms() must return a finite number of ms, not {repr(value)[:40]}")
+        return ms
 
     def machine_state(self) -> float:
         """Updates with a state above this are deferred (protocol.md 6.3)."""
