@@ -21,6 +21,7 @@ golden-vector tests, then decoded from BCS):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import tests.test_ledger_sui as sui_cases
 import tests.test_messaging_ledger as msg_cases
 from dtp.chain import sui_tx
 from dtp.chain.sui_tx import CLOCK_ID
+from dtp.errors import InvalidArgument
 
 SOURCES = Path(__file__).resolve().parent.parent / "move" / "dtp" / "sources"
 
@@ -373,19 +375,26 @@ def test_a_drifted_signature_is_caught() -> None:
 MAX_PURE_ARGUMENT_SIZE = 16 * 1024
 
 
-def _byte_string_builders(size: int) -> dict[str, bytes]:
+def _byte_string_calls(size: int) -> dict[str, Callable[[], bytes]]:
+    """The builders whose data is one pure byte string, bound to ``size`` bytes of it."""
     data = b"\xab" * size
     return {
-        "pipe_send": sui_tx.pipe_send(sui_cases.CTX, sui_cases.PIPE, 0, data),
-        "broadcast_transmit": sui_tx.broadcast_transmit(sui_cases.CTX, sui_cases.BCAST, data),
-        "mailbox_send": sui_tx.mailbox_send(msg_cases.CTX, msg_cases.HOST_REF, data),
-        "response_escrow_deliver": sui_tx.response_escrow_deliver(
+        "pipe_send": lambda: sui_tx.pipe_send(sui_cases.CTX, sui_cases.PIPE, 0, data),
+        "broadcast_transmit": lambda: sui_tx.broadcast_transmit(
+            sui_cases.CTX, sui_cases.BCAST, data
+        ),
+        "mailbox_send": lambda: sui_tx.mailbox_send(msg_cases.CTX, msg_cases.HOST_REF, data),
+        "response_escrow_deliver": lambda: sui_tx.response_escrow_deliver(
             msg_cases.CTX, msg_cases.ESCROW_REF, data
         ),
-        "send_retained": sui_tx.send_retained(
+        "send_retained": lambda: sui_tx.send_retained(
             econ_cases.CTX, econ_cases.PIPE, econ_cases.CONN, econ_cases.TERMS, 0, data, 0
         ),
     }
+
+
+def _byte_string_builders(size: int) -> dict[str, bytes]:
+    return {name: build() for name, build in _byte_string_calls(size).items()}
 
 
 def _largest_pure(raw: bytes) -> int:
@@ -397,17 +406,14 @@ def test_16381_bytes_fit_one_pure_argument() -> None:
     """docs/escrow.md §8: 16381 bytes of data (2-byte length prefix) is what fits."""
     for name, raw in _byte_string_builders(16381).items():
         assert _largest_pure(raw) == MAX_PURE_ARGUMENT_SIZE - 1, name
-    # one byte more is refused by Sui (the builders may refuse it themselves)
+    # one byte more is refused by Sui, and so by the builders, before anything is sent
     assert len(sui_tx.encode_bytes(b"\xab" * 16382)) == MAX_PURE_ARGUMENT_SIZE
+    for name, build in _byte_string_calls(16382).items():
+        with pytest.raises(InvalidArgument, match="over Sui's limit"):
+            build()
+        assert name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalLedger and the builders accept 16384-byte data (dtp/chain/objects.py "
-    "MAX_DATA_LENGTH, dtp/chain/ledger.py MAX_MAIL_PAYLOAD / MAX_RESPONSE_LENGTH, "
-    "dtp/carriers/ledger.py MAX_PIPE_DATA), which Sui refuses as a pure argument of 16387 "
-    "bytes; docs/escrow.md §8. Remove this marker once they use 16381.",
-)
 def test_largest_accepted_data_fits_one_pure_argument() -> None:
     from dtp.chain.ledger import MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH
     from dtp.chain.objects import MAX_DATA_LENGTH

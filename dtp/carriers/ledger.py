@@ -11,10 +11,11 @@ runs with ``ConnectionConfig(reliable_carrier=False)`` (ACKs, retransmission and
 reassembly), and the carrier accepts events in any order, with duplicates and gaps.
 
 Payload framing (docs/protocol.md §7). A DATA record is up to 12 + 16400 bytes while
-``pipe::send`` takes at most 16384 (``inner_pipe::EDataTooLarge``), so every payload
+``pipe::send`` takes at most 16381 (``inner_pipe::EDataTooLarge``; the most one pure
+argument of a Sui transaction can carry), so every payload
 starts with a one-byte kind:
 
-- ``0x00`` RECORD: the rest is one whole DTP record (at most 16383 bytes).
+- ``0x00`` RECORD: the rest is one whole DTP record (at most 16380 bytes).
 - ``0x01`` FRAGMENT: ``u32le id || u8 index || u8 count || bytes``; a record too large
   for one payload is cut into ``count`` (2..255) fragments sharing ``id``.
 - ``0x02`` SYNC: ``pipe id (32) || u8 n || n × u64le prefix``: the receiver's report that
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtp.chain.ledger import Ledger
-from dtp.chain.objects import Event, EventFilter
+from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
 from dtp.connection import Connection
 from dtp.errors import ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
@@ -81,7 +82,7 @@ __all__ = [
 ]
 
 #: Largest ``data`` one ``pipe::send`` accepts (``inner_pipe::MAX_DATA_LENGTH``).
-MAX_PIPE_DATA = 16_384
+MAX_PIPE_DATA = MAX_DATA_LENGTH
 KIND_RECORD = 0x00
 KIND_FRAGMENT = 0x01
 KIND_SYNC = 0x02

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.chain.economics import PaymentModels
 from dtp.chain.objects import (
+    MAX_PURE_BYTES,
     Broadcast,
     ChainObject,
     Escrow,
@@ -77,9 +78,9 @@ Endpoint = bytes | str
 # -- response_escrow.move; docs/escrow.md "Mailbox and response escrow") ----------------------
 
 #: Largest sealed message one ``mailbox::send`` may carry (bytes).
-MAX_MAIL_PAYLOAD: Final = 16_384
+MAX_MAIL_PAYLOAD: Final = MAX_PURE_BYTES
 #: Largest response ``response_escrow::deliver`` may post (bytes).
-MAX_RESPONSE_LENGTH: Final = 16_384
+MAX_RESPONSE_LENGTH: Final = MAX_PURE_BYTES
 #: Longest request id a ResponseEscrow records (bytes).
 MAX_REQUEST_ID_LENGTH: Final = 64
 #: ``ResponseEscrow.state`` values.

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_ENDPOINTS",
     "MAX_ENDPOINT_LENGTH",
     "MAX_INNERS",
+    "MAX_PURE_BYTES",
     "Broadcast",
     "ChainObject",
     "ConnectionState",
@@ -43,8 +44,12 @@ __all__ = [
 
 #: How long a half-closed connection waits for the peer (transport_control).
 HALF_CLOSE_TIMEOUT_MS: Final = 600_000
+#: Largest pure byte-string argument a Sui transaction can carry: Sui refuses a pure
+#: argument of 16384 bytes or more before any Move code runs, and a ``vector<u8>``
+#: of this size takes 2 bytes of length (docs/escrow.md §8).
+MAX_PURE_BYTES: Final = 16_381
 #: Largest record (pipe) or broadcast message, in bytes.
-MAX_DATA_LENGTH: Final = 16_384
+MAX_DATA_LENGTH: Final = MAX_PURE_BYTES
 #: Endpoint limits of a Host.
 MAX_ENDPOINTS: Final = 16
 MAX_ENDPOINT_LENGTH: Final = 256

@@ -28,7 +28,7 @@ from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransaction
 
 from dtp._uleb128 import uleb128
 from dtp.chain.ledger import Endpoint
-from dtp.chain.objects import Sla, normalize_id
+from dtp.chain.objects import MAX_PURE_BYTES, Sla, normalize_id
 from dtp.errors import InvalidArgument
 
 __all__ = [
@@ -83,6 +83,8 @@ __all__ = [
 
 #: The shared Clock object and its initial shared version (genesis).
 CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
+#: Sui's ``max_pure_argument_size``: a pure input must be shorter than this.
+_MAX_PURE_ARGUMENT: Final = 16 * 1024
 U64_MAX: Final = 2**64 - 1
 
 # -- pure values ----------------------------------------------------------------------------
@@ -209,7 +211,13 @@ class _Tx:
         self._objects: dict[str, tuple[bcs.BuilderArg, bcs.Argument]] = {}
 
     def pure(self, encoded: bytes) -> bcs.Argument:
-        """A pure input from exact BCS bytes."""
+        """A pure input from exact BCS bytes (under 16384 of them: Sui refuses a larger
+        one before any Move code runs, as a SizeLimitExceeded input error)."""
+        if len(encoded) >= _MAX_PURE_ARGUMENT:
+            raise InvalidArgument(
+                f"A pure argument of {len(encoded)} bytes is over Sui's limit (under "
+                f"{_MAX_PURE_ARGUMENT}): byte strings take at most {MAX_PURE_BYTES} bytes."
+            )
         argument: bcs.Argument = self.ptb.input_pure(bcs.BuilderArg("Pure", list(encoded)))
         return argument
 

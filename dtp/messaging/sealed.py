@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 from noise.connection import Keypair, NoiseConnection
 
+from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
@@ -64,7 +65,7 @@ _NAMES: Final = {
 PROLOGUE: Final = b"DTP-SEALED-V1"
 SIGN_DOMAIN: Final = b"DTP-SEALED-SENDER-V1"
 #: Largest sealed message (it must fit one ``mailbox::send``).
-MAX_SEALED: Final = 16_384
+MAX_SEALED: Final = MAX_PURE_BYTES  # dtp.chain.ledger.MAX_MAIL_PAYLOAD
 #: Largest body: the sealed size minus the worst-case overhead (X header, address,
 #: signature, ids and msgpack framing).
 MAX_BODY: Final = MAX_SEALED - 512

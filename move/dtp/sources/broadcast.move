@@ -41,7 +41,10 @@ const EZeroAmount: vector<u8> = b"Contribution must be positive";
 const EDataTooLarge: vector<u8> = b"Broadcast data exceeds the per-message limit";
 
 /// Largest `data` per transmitted message, in bytes.
-const MAX_DATA_LENGTH: u64 = 16_384;
+/// Sui refuses a pure transaction argument of 16384 bytes or more before any Move
+/// code runs, and a `vector<u8>` argument carries a 2-byte length: 16381 is the most
+/// a transaction can pass, so it is the bound here too (docs/escrow.md §8).
+const MAX_DATA_LENGTH: u64 = 16_381;
 
 // === Object ===
 

@@ -16,7 +16,10 @@ const EAckBeyondSent: vector<u8> = b"Acknowledged sequence number was never sent
 const EAckRegressed: vector<u8> = b"Acknowledged sequence number went backwards";
 
 /// Largest `data` per record, in bytes (well under Sui's per-event size limit).
-const MAX_DATA_LENGTH: u64 = 16_384;
+/// Sui refuses a pure transaction argument of 16384 bytes or more before any Move
+/// code runs, and a `vector<u8>` argument carries a 2-byte length: 16381 is the most
+/// a transaction can pass, so it is the bound here too (docs/escrow.md §8).
+const MAX_DATA_LENGTH: u64 = 16_381;
 
 public struct InnerPipe has store, drop {
     /// Position in the owning pipe.

@@ -18,7 +18,10 @@ const EEmptyPayload: vector<u8> = b"Mail payload is empty";
 const EPayloadTooLarge: vector<u8> = b"Mail payload exceeds the per-message limit";
 
 /// Largest payload per message, in bytes.
-const MAX_PAYLOAD_LENGTH: u64 = 16_384;
+/// Sui refuses a pure transaction argument of 16384 bytes or more before any Move
+/// code runs, and a `vector<u8>` argument carries a 2-byte length: 16381 is the most
+/// a transaction can pass, so it is the bound here too (docs/escrow.md §8).
+const MAX_PAYLOAD_LENGTH: u64 = 16_381;
 
 // === Events ===
 
@@ -31,7 +34,7 @@ public struct MailDeposited has copy, drop {
 
 // === Entry points ===
 
-/// Leave `payload` (1..16384 bytes) in the mailbox of `host`.
+/// Leave `payload` (1..16381 bytes) in the mailbox of `host`.
 public fun send(host: &Host, payload: vector<u8>, _ctx: &TxContext) {
     assert!(payload.length() > 0, EEmptyPayload);
     assert!(payload.length() <= MAX_PAYLOAD_LENGTH, EPayloadTooLarge);

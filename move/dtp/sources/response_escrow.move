@@ -63,7 +63,8 @@ const EResponseTooLarge: vector<u8> = b"Response exceeds the per-message limit";
 
 const ACK_DOMAIN: vector<u8> = b"DTP-RESPONSE-V1";
 const MAX_REQUEST_ID_LENGTH: u64 = 64;
-const MAX_RESPONSE_LENGTH: u64 = 16_384;
+// the most one pure argument can carry on Sui (see inner_pipe::MAX_DATA_LENGTH)
+const MAX_RESPONSE_LENGTH: u64 = 16_381;
 const ED25519_KEY_LENGTH: u64 = 32;
 const HASH_LENGTH: u64 = 32;
 

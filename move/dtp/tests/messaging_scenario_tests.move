@@ -97,14 +97,14 @@ fun check(scenario: &mut Scenario, client: u64, server: u64, state: u8) {
 fun mail_to_host_is_an_event() {
     let (mut scenario, clock) = start(0);
     mail_send(&mut scenario, th::client(), 1);
-    mail_send(&mut scenario, th::client(), 16384);
+    mail_send(&mut scenario, th::client(), 16381);
     th::finish(scenario, clock);
 }
 
 #[test, expected_failure(abort_code = mailbox::EPayloadTooLarge)]
 fun mail_too_large_rejected() {
     let (mut scenario, clock) = start(0);
-    mail_send(&mut scenario, th::client(), 16385);
+    mail_send(&mut scenario, th::client(), 16382);
     th::finish(scenario, clock);
 }
 
