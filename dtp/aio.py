@@ -550,8 +550,9 @@ class DTPStreamWriter:
         return True
 
     def write_eof(self) -> None:
-        """Half-close: the peer reads EOF after what was written."""
-        if self._eof_sent or self._session.terminated is not None:
+        """Half-close: the peer reads EOF after what was written (nothing to do once
+        closed, as asyncio's)."""
+        if self._eof_sent or self._closing or self._session.terminated is not None:
             return
         self._eof_sent = True
         self._conn.send_stream_data(self._stream_id, b"", end_stream=True)

@@ -252,3 +252,35 @@ def test_drain_raises_when_the_peer_closed_with_writes_left_unsent() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_write_eof_after_close_does_nothing_as_asyncio() -> None:
+    """As asyncio's (a closing transport ignores write_eof()): write_eof() on a stream
+    already closed is a no-op. On an opened stream it raised LocalProtocolError (its
+    close() had sent the end of the stream)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            stream_reader, stream_writer = await writer.accept_stream()
+            stream_writer.write(await stream_reader.read())
+            stream_writer.write_eof()
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            stream_reader, stream_writer = await writer.open_stream()
+            stream_writer.write(b"abc")
+            stream_writer.close()
+            stream_writer.write_eof()
+            assert stream_writer.is_closing()
+            assert await asyncio.wait_for(stream_reader.read(), 5) == b"abc"
+            writer.close()
+            writer.write_eof()
+            await writer.wait_closed()
+
+    asyncio.run(main())
