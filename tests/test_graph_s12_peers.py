@@ -75,3 +75,26 @@ def test_a_graph_file_reached_through_a_symlink_is_still_one_graph(tmp_path: Pat
             Graph(alias)
     with Graph(alias) as g:
         assert g.get("a") == {"v": 1}
+
+
+def test_a_protocol_error_ends_the_session_object_too() -> None:
+    """GraphSyncError "ends this session only" -- but the sans-I/O session went on: the
+    next receive_data() handled the bytes after the bad message (a DATA the peer sent
+    after breaking the protocol was merged) and local changes were still queued for
+    that peer. Now the session stops listening and refuses further input."""
+    g = Graph()
+    session = SyncSession(g)
+    session.start()
+    session.data_to_send()
+    data = encode_ham_batch([HamUpdate(b"n", b"f", 1.0, b"1")])
+    stream = _frame([HELLO, 1, b"r" * 16, 1, 5]) + _frame([99]) + _frame([3, data])
+    with pytest.raises(GraphSyncError):
+        session.receive_data(stream)
+    with pytest.raises(GraphSyncError, match="earlier error"):
+        session.receive_data(b"")
+    assert g.get("n") is None
+    session.data_to_send()
+    g.put("local", {"v": 1})
+    assert session.data_to_send() == b""
+    session.close()
+    g.close()

@@ -112,6 +112,7 @@ class SyncSession:
         self._in = bytearray()
         self._started = False
         self._closed = False
+        self.failed: BaseException | None = None  # the error that ended the session
         self._my_root: tuple[int, int] = (0, 0)
         self.peer_root: tuple[int, int] | None = None
         self.peer_replica: bytes | None = None
@@ -155,7 +156,13 @@ class SyncSession:
         return data
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes from the peer, in any split; handles every complete message."""
+        """Feed bytes from the peer, in any split; handles every complete message.
+
+        An error ends the session: it stops forwarding changes, and later calls raise
+        GraphSyncError without looking at their bytes (what follows a protocol error is
+        not to be merged)."""
+        if self.failed is not None:
+            raise _fail(f"the session ended with an earlier error: {self.failed}")
         if self._closed:
             return
         if not self._started:
@@ -177,6 +184,10 @@ class SyncSession:
                 body = bytes(buf[pos + 4 : pos + 4 + size])
                 pos += 4 + size
                 self._handle(body)
+        except BaseException as exc:
+            self.failed = exc
+            self.close()
+            raise
         finally:
             del buf[:pos]
 
