@@ -460,6 +460,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
     ),
     ("host", "EFirewallDenied", 8, FirewallDenied, "The host's firewall denies this client"),
     ("host", "EMaxConnections", 9, ConnectionLimitReached, "Connection limit reached"),
+    (
+        "host",
+        "EFirewallListFull",
+        10,
+        HostConfigError,
+        "The firewall list already holds its maximum of addresses",
+    ),
     ("spending_cap", "ENotCapOwner", 20, NotAuthorized, "Only the cap's owner can change it"),
     (
         "spending_cap",

@@ -13,7 +13,7 @@ import pytest
 from dtp.chain import LocalLedger as LazyLocalLedger
 from dtp.chain.local import LocalLedger, default_ledger_path, normalize_id
 from dtp.chain.local_tx import Address, Tx, base58, decode_tx, encode_tx, tx_digest
-from dtp.chain.objects import ConnectionState, EventFilter, FirewallMode, Sla
+from dtp.chain.objects import MAX_FIREWALL_ENTRIES, ConnectionState, EventFilter, FirewallMode, Sla
 from dtp.errors import (
     MOVE_ERRORS,
     MOVE_ERRORS_BY_CODE,
@@ -249,6 +249,25 @@ def test_argument_ranges(ledger: LocalLedger, world: World) -> None:
 
 
 # -- host rules ----------------------------------------------------------------------------
+
+
+def test_firewall_lists_are_bounded(ledger: LocalLedger, world: World) -> None:
+    # as host::allow/deny on Sui: a list of MAX_FIREWALL_ENTRIES takes no new address
+    # (both lists live in the Host object and every open scans them)
+    h = world.host
+    others = ["0x" + f"{i + 1:064x}" for i in range(MAX_FIREWALL_ENTRIES)]
+    for address in others:
+        ledger.deny(SERVER, h, address)
+    ledger.deny(SERVER, h, others[0])  # already there: still a no-op
+    err = unchanged(ledger, HostConfigError, ledger.deny, SERVER, h, CLIENT.sui_address)
+    assert err.name == "EFirewallListFull" and err.code == 10
+    ledger.undeny(SERVER, h, others[0])
+    ledger.deny(SERVER, h, CLIENT.sui_address)  # room again
+    assert len(ledger.get_host(h).firewall.deny) == MAX_FIREWALL_ENTRIES
+    for address in others:
+        ledger.allow(SERVER, h, address)
+    err = unchanged(ledger, HostConfigError, ledger.allow, SERVER, h, CLIENT.sui_address)
+    assert err.name == "EFirewallListFull"
 
 
 def test_host_settings(ledger: LocalLedger, world: World) -> None:

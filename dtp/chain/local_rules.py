@@ -23,6 +23,7 @@ from dtp.chain.objects import (
     MAX_DATA_LENGTH,
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
+    MAX_FIREWALL_ENTRIES,
     MAX_INNERS,
 )
 from dtp.errors import (
@@ -362,6 +363,10 @@ def _list_op(list_name: str, add: bool) -> Callable[[Exec, str, str], None]:
         _assert_authority(x, host, host_id)
         entries: list[str] = host["firewall"][list_name]
         if add and client not in entries:
+            if len(entries) >= MAX_FIREWALL_ENTRIES:
+                raise move_error(
+                    "host", "EFirewallListFull", f"{list_name} list of {host_id} is full"
+                )
             entries.append(client)
         elif not add and client in entries:
             entries.remove(client)

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_DATA_LENGTH",
     "MAX_ENDPOINTS",
     "MAX_ENDPOINT_LENGTH",
+    "MAX_FIREWALL_ENTRIES",
     "MAX_INNERS",
     "MAX_PURE_BYTES",
     "Broadcast",
@@ -50,6 +51,8 @@ HALF_CLOSE_TIMEOUT_MS: Final = 600_000
 MAX_PURE_BYTES: Final = 16_381
 #: Largest record (pipe) or broadcast message, in bytes.
 MAX_DATA_LENGTH: Final = MAX_PURE_BYTES
+#: Most addresses on a Host's allow list, and on its deny list (``host::EFirewallListFull``).
+MAX_FIREWALL_ENTRIES: Final = 1024
 #: Endpoint limits of a Host.
 MAX_ENDPOINTS: Final = 16
 MAX_ENDPOINT_LENGTH: Final = 256

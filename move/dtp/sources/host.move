@@ -35,6 +35,8 @@ const EInvalidFirewallMode: vector<u8> = b"Firewall mode must be 0 (allow-all) o
 const EFirewallDenied: vector<u8> = b"The host's firewall denies this client";
 #[error(code = 9)]
 const EMaxConnections: vector<u8> = b"Connection limit reached";
+#[error(code = 10)]
+const EFirewallListFull: vector<u8> = b"The firewall list already holds its maximum of addresses";
 
 // === Constants ===
 
@@ -46,6 +48,10 @@ const MODE_ALLOW_LISTED: u8 = 1;
 const NOISE_KEY_LENGTH: u64 = 32;
 const MAX_ENDPOINTS: u64 = 16;
 const MAX_ENDPOINT_LENGTH: u64 = 256;
+/// Most addresses on the allow list, and on the deny list. Both live in the Host object
+/// (at most 250 KiB on Sui), and `permits` scans them on every `open`: the bound keeps
+/// the object well inside that size and the admission's gas fixed.
+const MAX_FIREWALL_ENTRIES: u64 = 1024;
 
 /// `HostUpdated.change` values.
 const CHANGE_AUTHORITY: u8 = 0;
@@ -254,10 +260,14 @@ public fun set_firewall_mode(host: &mut Host, mode: u8, ctx: &TxContext) {
     host.emit_updated(CHANGE_FIREWALL);
 }
 
-/// Add to the allow list (no-op if present).
+/// Add to the allow list (no-op if present; `EFirewallListFull` when it holds
+/// `MAX_FIREWALL_ENTRIES` others).
 public fun allow(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (!host.firewall.allow.contains(&client)) host.firewall.allow.insert(client);
+    if (!host.firewall.allow.contains(&client)) {
+        assert!(host.firewall.allow.keys().length() < MAX_FIREWALL_ENTRIES, EFirewallListFull);
+        host.firewall.allow.insert(client);
+    };
     host.emit_updated(CHANGE_FIREWALL);
 }
 
@@ -268,11 +278,15 @@ public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
     host.emit_updated(CHANGE_FIREWALL);
 }
 
-/// Add to the deny list (no-op if present). Existing connections are not cut; new ones
+/// Add to the deny list (no-op if present; `EFirewallListFull` when it holds
+/// `MAX_FIREWALL_ENTRIES` others). Existing connections are not cut; new ones
 /// from `client` are refused.
 public fun deny(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (!host.firewall.deny.contains(&client)) host.firewall.deny.insert(client);
+    if (!host.firewall.deny.contains(&client)) {
+        assert!(host.firewall.deny.keys().length() < MAX_FIREWALL_ENTRIES, EFirewallListFull);
+        host.firewall.deny.insert(client);
+    };
     host.emit_updated(CHANGE_FIREWALL);
 }
 
@@ -413,6 +427,8 @@ public fun max_requests_per_sec(fw: &Firewall): u64 { fw.max_requests_per_sec }
 public fun mode_allow_all(): u8 { MODE_ALLOW_ALL }
 
 public fun mode_allow_listed(): u8 { MODE_ALLOW_LISTED }
+
+public fun max_firewall_entries(): u64 { MAX_FIREWALL_ENTRIES }
 
 // === Internal ===
 

@@ -111,6 +111,24 @@ fun deny_list_wins_over_allow_list() {
     th::finish(scenario, clock);
 }
 
+#[test, expected_failure(abort_code = host::EFirewallListFull)]
+fun firewall_lists_are_bounded() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    let mut i = 0u64;
+    while (i < host::max_firewall_entries()) {
+        h.deny(sui::address::from_u256((i + 1) as u256), scenario.ctx());
+        i = i + 1;
+    };
+    // one already there is still a no-op; a new one is refused
+    h.deny(sui::address::from_u256(1), scenario.ctx());
+    h.deny(th::client(), scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
 #[test, expected_failure(abort_code = host::EServiceNotFound)]
 fun open_unknown_port_rejected() {
     let (mut scenario, clock) = th::start();
