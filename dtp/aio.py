@@ -319,8 +319,13 @@ class DTPStreamReader:
         return (buf is not None and buf.eof) or self._session.terminated is not None
 
     def at_eof(self) -> bool:
-        """True when the peer half-closed and everything was read."""
-        return self._ended() and not self._buffer()
+        """True when the peer half-closed (or closed the connection cleanly) and
+        everything was read. False after a stream reset or a failed connection (the peer
+        killed), as asyncio's after the connection's exception: the next read raises it,
+        rather than a ``while not reader.at_eof()`` loop ending as if all had come."""
+        if self._buffer():
+            return False
+        return self._ended() and self._failure() is None
 
     async def _wait_readable(self) -> None:
         await self._proto.wait_for(lambda: self._session.readable(self._stream_id))

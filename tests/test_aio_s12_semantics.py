@@ -107,7 +107,8 @@ def test_reads_on_a_killed_peer_raise_the_connection_error(method: str) -> None:
     """The peer process killed mid-stream: readexactly/readuntil/readline raise the
     connection's typed error (as read() does, and as asyncio's raise the connection's
     exception), not the IncompleteReadError / short line of a clean end; the bytes
-    that came are left for read()."""
+    that came are left for read(), and at_eof() is False (it was True: a
+    ``while not reader.at_eof()`` loop ended as if all had come)."""
 
     async def main() -> None:
         with server_process("echo", api="asyncio") as srv:
@@ -124,7 +125,9 @@ def test_reads_on_a_killed_peer_raise_the_connection_error(method: str) -> None:
             }[method]
             with pytest.raises(ConnectionLost):
                 await asyncio.wait_for(call(), 10)
+            assert not reader.at_eof()  # (as asyncio's after the connection's error)
             assert await reader.read(100) == b"partial"
+            assert not reader.at_eof()
             with pytest.raises(ConnectionLost):
                 await reader.read(100)
             writer.close()
@@ -154,6 +157,7 @@ def test_a_clean_close_still_ends_reads_with_incomplete_read() -> None:
                 await asyncio.wait_for(reader.readexactly(10), 5)
             assert info.value.partial == b"part"
             assert await reader.readline() == b""
+            assert reader.at_eof()
             writer.close()
             await writer.wait_closed()
 
