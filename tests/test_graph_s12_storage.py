@@ -257,3 +257,38 @@ def test_a_graph_collected_without_close_releases_its_file(tmp_path: Path, writt
     with Graph(path) as again:
         assert again.souls() == (["a"] if written else [])
     assert _open_fds(path) == 0
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[None]:
+    """Make ``path`` a file SQLite can only read: mode 0444, and for root (whom modes do
+    not stop) the immutable attribute; skips when neither takes."""
+    os.chmod(path, 0o444)
+    immutable = False
+    try:
+        if os.geteuid() == 0:
+            done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+            if done.returncode != 0:
+                pytest.skip("root, and chattr +i is not available here")
+            immutable = True
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        os.chmod(path, 0o644)
+
+
+def test_a_read_only_file_is_refused_at_open(tmp_path: Path) -> None:
+    """A graph file SQLite can only read opened and read fine; the first flush failed,
+    then close() failed too and left the graph open (its finalizer failing again at
+    exit). Now the open says so, with the typed error, and leaves nothing open."""
+    path = tmp_path / "g.db"
+    with Graph(path) as g:
+        g.put("a", {"v": 1})
+    with _read_only(path):
+        with pytest.raises(LocalProtocolError, match="readonly") as caught:
+            Graph(path)
+        assert _storage_error(caught.value)
+        assert _open_fds(path) == 0, caught
+    with Graph(path) as g:
+        assert g.get("a") == {"v": 1}

@@ -100,6 +100,10 @@ class GraphStorage:
                 # a storage dropped without close() (its graph collected unclosed) must
                 # not keep the file locked for the rest of the process
                 self._unlock = weakref.finalize(self, os.close, fd)
+            # a file SQLite can only read (read-only, or on a read-only mount) opens and
+            # reads fine, and only the first flush would fail -- and then close() too,
+            # leaving the graph open: find out now, with a write that changes nothing
+            self._db.execute("UPDATE meta SET value = value WHERE key = 'clock'")
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(batch)), 0) FROM log")
             rows, size = row.fetchone()
             base = self.get_meta("compacted_bytes")
