@@ -210,6 +210,9 @@ class PaidReader:
     def __init__(self, reader: DTPStreamReader, paid: _PaidConnection) -> None:
         self._reader = reader
         self._paid = paid
+        #: Bytes at the front of the stream charged to the rate limits already: what a
+        #: read cancelled after it had taken them put back
+        self._charged = 0
 
     async def _chunk(self, n: int) -> bytes:
         """One gated read of up to ``n`` bytes (b"" at EOF)."""
@@ -217,7 +220,20 @@ class PaidReader:
         await paid.wait_paid()
         # the connection may have ended while paused: a read of 1 reports it
         data = await self._reader.read(paid.room(n) or 1)
-        await paid.throttle(len(data))
+        return await self._throttled(data)
+
+    async def _throttled(self, data: bytes) -> bytes:
+        """``data`` once the rate limits let it go (it was just read). A read cancelled
+        while it waits here consumes nothing, as asyncio's: ``data`` goes back in front
+        of the stream (it was lost), charged already, so not charged again."""
+        again = min(self._charged, len(data))
+        self._charged -= again
+        try:
+            await self._paid.throttle(len(data) - again)
+        except asyncio.CancelledError:
+            self._reader._unread(data)
+            self._charged += len(data)
+            raise
         return data
 
     async def read(self, n: int = -1) -> bytes:
@@ -244,24 +260,22 @@ class PaidReader:
                 need -= len(chunk)
         except asyncio.CancelledError:
             # a cancelled read consumes nothing, as asyncio's (and dtp.aio's): what was
-            # gathered goes back in front of the stream
-            # (their flow-control credit went back already: not given again)
-            self._reader._unread(b"".join(chunks))
+            # gathered goes back in front of the stream (their flow-control credit went
+            # back already, and they were charged to the rate limits: neither again)
+            gathered = b"".join(chunks)
+            self._reader._unread(gathered)
+            self._charged += len(gathered)
             raise
         return b"".join(chunks)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         # one look for at most 64 KiB (the reader's limit), as one recv()
         await self._paid.wait_paid()
-        data = await self._reader.readuntil(separator)
-        await self._paid.throttle(len(data))
-        return data
+        return await self._throttled(await self._reader.readuntil(separator))
 
     async def readline(self) -> bytes:
         await self._paid.wait_paid()
-        data = await self._reader.readline()
-        await self._paid.throttle(len(data))
-        return data
+        return await self._throttled(await self._reader.readline())
 
     def __aiter__(self) -> PaidReader:
         return self

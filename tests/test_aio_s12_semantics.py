@@ -288,3 +288,63 @@ def test_write_eof_after_close_does_nothing_as_asyncio() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+class _RateLimited:
+    """A paid connection's gate that serves, with rate limits that hold every read
+    (PaidReader's side of it); counts the bytes charged to them."""
+
+    def __init__(self) -> None:
+        self.charged = 0
+        self.limited = True
+
+    async def wait_paid(self) -> None:
+        return None
+
+    def room(self, nbytes: int) -> int:
+        return nbytes
+
+    async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        self.charged += nbytes
+        if self.limited and nbytes:
+            await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("method", ["read", "readexactly", "readline", "readuntil"])
+def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) -> None:
+    """dtp.paid_aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
+    after it took its bytes puts them back, charged once (they were lost: the stream
+    went on without them)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            writer.write(b"hello world\n")
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            await _buffered(reader, 12)
+            gate = _RateLimited()
+            paid = PaidReader(reader, gate)  # type: ignore[arg-type]
+            call = {
+                "read": lambda: paid.read(5),
+                "readexactly": lambda: paid.readexactly(5),
+                "readline": lambda: paid.readline(),
+                "readuntil": lambda: paid.readuntil(b" "),
+            }[method]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(call(), 0.1)
+            charged = gate.charged
+            assert charged in (5, 6, 12)  # what the read had taken
+            gate.limited = False
+            assert await asyncio.wait_for(paid.readexactly(12), 5) == b"hello world\n"
+            assert gate.charged == 12  # each byte once
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
