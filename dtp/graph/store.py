@@ -742,15 +742,13 @@ class Graph:
     def __contains__(self, soul: object) -> bool:
         """True when node ``soul`` has at least one field."""
         with self._lock:
-            self._check_open()
-        if not isinstance(soul, str):
-            return False
-        try:
-            s = soul.encode()
-        except UnicodeEncodeError:  # no soul can hold a lone surrogate
-            return False
-        with self._lock:
-            self._check_open()
+            self._check_open()  # (before the type: a closed graph refuses every read)
+            if not isinstance(soul, str):
+                return False
+            try:
+                s = soul.encode()
+            except UnicodeEncodeError:  # no soul can hold a lone surrogate
+                return False
             return s in self._ensure_view().fields
 
     # -- subscriptions ----------------------------------------------------------------------------
