@@ -241,3 +241,14 @@ def test_an_injected_clock_that_returns_no_finite_number_is_named(
     with pytest.raises(error, match="now_ms"):
         g.merge(encode_ham_batch([HamUpdate(b"n", b"f", 1.0, b"1")]))
     g.close()
+
+
+def test_an_integer_too_long_to_write_gives_the_typed_error() -> None:
+    """An int past the interpreter's digit limit raised a plain ValueError from inside
+    json (every other value the graph cannot hold is a LocalProtocolError)."""
+    g = Graph()
+    for value in (10**5000, {"deep": [10**5000]}):
+        with pytest.raises(LocalProtocolError, match="digits"):
+            g.put("a", {"v": value})
+    assert g.get("a") is None
+    g.close()

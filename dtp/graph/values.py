@@ -102,6 +102,8 @@ def encode_value(value: object) -> bytes:
         raise LocalProtocolError(
             "graph values must be valid Unicode: a string holds a lone surrogate", ErrorCode.ARG
         ) from None
+    except ValueError as exc:  # an int past the interpreter's digit limit (4300 digits)
+        raise LocalProtocolError(f"not a graph value: {exc}", ErrorCode.ARG) from None
 
 
 def _no_constant(name: str) -> Any:
