@@ -319,6 +319,9 @@ class PaidWriter:
         self._failed: BaseException | None = None
         self._eof_after = False  # write_eof() / close() came while bytes were held
         self._close_after = False
+        #: Streams at the front of the connection's incoming line charged to the request
+        #: rate already: accepted by a cancelled accept_stream(), put back
+        self._accepts_charged = 0
 
     @property
     def gate(self) -> ReceiptGate:
@@ -445,7 +448,17 @@ class PaidWriter:
         """Wait for the client to open a stream (one request)."""
         await self._paid.wait_paid()
         reader, writer = await self._writer.accept_stream()
-        await self._paid.throttle(requests=1)
+        charged = min(self._accepts_charged, 1)
+        self._accepts_charged -= charged
+        try:
+            await self._paid.throttle(requests=1 - charged)
+        except asyncio.CancelledError:
+            # cancelled while the request rate holds it: the stream goes back for the
+            # next accept_stream() (it was lost, its client waiting on it for good),
+            # charged already
+            self._writer._session.incoming_streams.appendleft(reader.stream_id)
+            self._accepts_charged += 1
+            raise
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
     async def open_stream(self) -> tuple[PaidReader, PaidWriter]:

@@ -14,7 +14,7 @@ import dtp.aio
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
 from dtp.keys import HostIdentity
-from dtp.paid_aio import PaidReader
+from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings
 from tests.procs import ServerProc, server_process
 
@@ -296,6 +296,7 @@ class _RateLimited:
 
     def __init__(self) -> None:
         self.charged = 0
+        self.requests = 0
         self.limited = True
 
     async def wait_paid(self) -> None:
@@ -306,7 +307,8 @@ class _RateLimited:
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         self.charged += nbytes
-        if self.limited and nbytes:
+        self.requests += requests
+        if self.limited and (nbytes or requests):
             await asyncio.sleep(30)
 
 
@@ -344,6 +346,41 @@ def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) 
             gate.limited = False
             assert await asyncio.wait_for(paid.readexactly(12), 5) == b"hello world\n"
             assert gate.charged == 12  # each byte once
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() -> None:
+    """dtp.paid_aio: accept_stream() cancelled while the request rate holds it puts
+    the stream it had taken back for the next accept_stream(), charged once (it was
+    lost: its client waited on it for good)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        gate = _RateLimited()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            assert await reader.readexactly(2) == b"go"  # the stream came before it
+            paid = PaidWriter(writer, gate)  # type: ignore[arg-type]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(paid.accept_stream(), 0.1)
+            gate.limited = False
+            stream_reader, stream_writer = await asyncio.wait_for(paid.accept_stream(), 5)
+            stream_writer.write(await stream_reader.readexactly(3))
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            stream_reader, stream_writer = await writer.open_stream()
+            stream_writer.write(b"req")
+            writer.write(b"go")
+            assert await asyncio.wait_for(stream_reader.readexactly(3), 5) == b"req"
+            assert gate.requests == 1
             writer.close()
             await writer.wait_closed()
 
