@@ -1296,6 +1296,12 @@ class DTPServer:
             conn.peer_static,
         )
         verdict = await self._run_hook(peer)
+        if session.terminated is not None or conn.closed:
+            # the client gave up (or vanished) while the hooks ran: nothing to accept
+            # (accept() raised, and the task's error was never retrieved)
+            self.handshakes_failed += 1
+            _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
+            return False
         if verdict is not None:
             self.refused += 1
             session.conn.refuse(verdict)

@@ -6,13 +6,14 @@ echo server of tests/servers.py in its own process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
 
 import dtp.aio
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionClosed, ConnectionLost
+from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError
 from dtp.keys import HostIdentity
 from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings
@@ -385,3 +386,49 @@ def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() ->
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client gives up (its connect timed out) while the server's async accept
+    hook runs: the server counts a failed handshake and ends the connection. Its task
+    died with accept()'s LocalProtocolError ("Task exception was never retrieved")."""
+    protos: list[dtp.aio._Protocol] = []
+    make = dtp.aio.DTPServer._protocol_factory
+
+    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Protocol:
+        proto = make(self, *args, **kw)
+        protos.append(proto)
+        return proto
+
+    monkeypatch.setattr(dtp.aio.DTPServer, "_protocol_factory", recording)
+    problems: list[dict[str, Any]] = []
+    called: list[bool] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: problems.append(c))
+        identity = HostIdentity.generate()
+
+        async def hook(address: str) -> None:
+            # until the client's end has reached the server
+            while protos[0].session.terminated is None:
+                await asyncio.sleep(0.01)
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            called.append(True)
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, accept=hook)
+        async with server:
+            with pytest.raises(DTPTimeoutError):
+                await dtp.aio.open_connection(
+                    *server.address, server_key=identity.noise_public, timeout=0.3
+                )
+            async with asyncio.timeout(5):
+                while server.handshakes_failed == 0 or server._tasks:
+                    await asyncio.sleep(0.01)
+        gc.collect()  # a task's unretrieved error is reported when it is collected
+
+    asyncio.run(main())
+    assert problems == []
+    assert called == []
