@@ -98,3 +98,64 @@ def test_a_protocol_error_ends_the_session_object_too() -> None:
     assert session.data_to_send() == b""
     session.close()
     g.close()
+
+
+def _pump(a: SyncSession, b: SyncSession) -> None:
+    for _ in range(1000):
+        da, db = a.data_to_send(), b.data_to_send()
+        if not da and not db:
+            return
+        b.receive_data(da)
+        a.receive_data(db)
+    raise AssertionError("sync did not settle")
+
+
+def test_an_update_larger_than_a_sessions_cap_is_sent_alone() -> None:
+    """A session splits batches larger than its max_message; a single update larger than
+    the cap was split on and on until RecursionError -- raised out of the put() that
+    made the change (after it was committed, and before the subscribers heard of it),
+    or out of the session's first push. It now goes alone, for the peer's cap to
+    judge."""
+    a, b = Graph(), Graph()
+    a.put("big", {"v": "x" * 2000})
+    seen: list[Change] = []
+    a.subscribe("later", seen.append)
+    small = SyncSession(a, max_message=1000)
+    other = SyncSession(b)  # the default cap: 4 MiB
+    small.start()
+    other.start()
+    _pump(small, other)
+    assert b.get("big") == {"v": "x" * 2000}
+    a.put("later", {"v": "y" * 2000, "w": "z" * 2000})  # (live: forwarded as it happens)
+    assert sorted(c.field for c in seen) == ["v", "w"]
+    _pump(small, other)
+    assert b.get("later") == {"v": "y" * 2000, "w": "z" * 2000}
+    assert a.root_summary() == b.root_summary()
+    small.close()
+    other.close()
+    a.close()
+    b.close()
+
+
+def test_a_failing_change_listener_neither_fails_the_write_nor_starves_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener (a sync session forwarding changes) that raised made put() raise after
+    the change was committed, and the listeners after it and the subscribers never
+    heard of the change."""
+    g = Graph()
+    forwarded: list[bytes] = []
+    seen: list[Change] = []
+
+    def broken(batch: bytes, origin: object) -> None:
+        raise RuntimeError("session bug")
+
+    g.add_listener(broken, object())
+    g.add_listener(lambda batch, origin: forwarded.append(batch), object())
+    g.subscribe("a", seen.append)
+    with caplog.at_level("ERROR", logger="dtp.graph.store"):
+        g.put("a", {"v": 1})
+    assert g.get("a") == {"v": 1}
+    assert len(forwarded) == 1 and [c.value for c in seen] == [1]
+    assert "session bug" in caplog.text
+    g.close()

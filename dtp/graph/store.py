@@ -625,7 +625,12 @@ class Graph:
                 view.add(decoded)
         for listener, owner in self._listeners:
             if owner is not origin:
-                listener(changed, origin)
+                # the change is committed: a failing sync session must not make the
+                # write raise, nor keep it from the other sessions and the subscribers
+                try:
+                    listener(changed, origin)
+                except Exception:
+                    logger.exception("graph: change listener %r raised", listener)
         if self._subs:
             if decoded is None:
                 decoded = entries(changed)

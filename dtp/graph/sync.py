@@ -211,8 +211,11 @@ class SyncSession:
             self.on_output()
 
     def _send_batch(self, batch: bytes) -> None:
-        if len(batch) + 64 > self.max_message:
-            # a local put bigger than a message: split it
+        if len(batch) + 64 > self.max_message and batch_count(batch) > 1:
+            # a local put bigger than a message: split it (down to single updates: one
+            # update larger than this session's cap goes alone, for the peer's cap to
+            # judge -- splitting on would recurse until RecursionError, raised out of the
+            # put() that made the change)
             items = entries(batch)
             half = len(items) // 2
             for part in (items[:half], items[half:]):
