@@ -319,9 +319,14 @@ class _Checker:
         if text is None:
             raise self.fail(key, "is required")
         host, sep, port = str(text).rpartition(":")
+        # "[::1]:80": the brackets go in pairs ("[::1:80" is no address)
+        bracketed = host.startswith("[") or host.endswith("]")
+        if bracketed and not (host.startswith("[") and host.endswith("]")):
+            raise self.fail(key, f'expected "host:port", got {text!r}')
         host = host.strip("[]")
-        # isdigit() alone accepts "²", which int() then refuses
-        if not isinstance(text, str) or not sep or not host or not port.isascii():
+        # isdigit() alone accepts "²", which int() then refuses; a NUL (TOML's "\u0000")
+        # would reach getaddrinfo, which raises ValueError instead of a socket error
+        if not isinstance(text, str) or not sep or not host or not port.isascii() or "\0" in host:
             raise self.fail(key, f'expected "host:port", got {text!r}')
         if not port.isdigit():
             raise self.fail(key, f'expected "host:port", got {text!r}')
@@ -343,7 +348,16 @@ class _Checker:
 
     def path_value(self, doc: Mapping[str, Any], key: KeyPath, default: str | None) -> Path:
         text = self.string(doc, key, default)
-        candidate = Path(text).expanduser()
+        if "\0" in text:
+            # TOML writes it "\u0000"; every file call would raise ValueError
+            raise self.fail(key, f"a path cannot hold a NUL character, got {text!r}")
+        try:
+            candidate = Path(text).expanduser()
+        except RuntimeError:
+            # "~user/…" for a user the system does not know (or no home directory)
+            raise self.fail(
+                key, f"cannot expand {text!r}: unknown user or no home directory"
+            ) from None
         return candidate if candidate.is_absolute() else self.path.parent / candidate
 
 
@@ -370,6 +384,9 @@ def parse_config(text: str, path: Path) -> DaemonConfig:
     """Validate config ``text`` read from ``path`` (paths inside are relative to it)."""
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively
+        raise DaemonConfigError(f"{path}: TOML syntax error: values nested too deep") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         line = ""
