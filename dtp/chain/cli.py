@@ -379,9 +379,12 @@ def _deployments_path() -> Path:
 
 
 def _sui(sui: str, *argv: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(
-        [sui, *argv], cwd=cwd, capture_output=True, text=True, check=False, timeout=900
-    )
+    try:
+        result = subprocess.run(
+            [sui, *argv], cwd=cwd, capture_output=True, text=True, check=False, timeout=900
+        )
+    except subprocess.TimeoutExpired:
+        raise _CliError(f"`sui {' '.join(argv)}` did not finish within 900 seconds.") from None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise _CliError(f"`sui {' '.join(argv)}` failed: {detail[-1] if detail else 'no output'}")
@@ -393,6 +396,9 @@ def _deploy(args: argparse.Namespace) -> int:
     if not sui or not Path(sui).exists():
         print(SUI_INSTALL_HINT, file=sys.stderr)
         return 1
+    # absolute: `sui move build` and `sui client publish` run in the package directory,
+    # where a relative --sui-bin (or a relative PATH entry) names nothing
+    sui = os.path.abspath(sui)
     package, bundled = (
         (Path(args.package_path), False) if args.package_path else _default_package_path()
     )
@@ -408,7 +414,26 @@ def _deploy(args: argparse.Namespace) -> int:
     return _publish(args, sui, package)
 
 
+def _read_deployments(path: Path) -> dict[str, Any]:
+    """The deployment records at ``path`` ({} when there are none); a file that is not
+    a JSON object is an error, found before anything is published (a publish costs gas,
+    and its package ID would have nowhere to go)."""
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        records = None
+    if not isinstance(records, dict):
+        raise _CliError(
+            f"{path} is not a deployments record (a JSON object); fix or move it aside."
+        )
+    return records
+
+
 def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
+    record_path = _deployments_path()
+    records = _read_deployments(record_path)
     active = _sui(sui, "client", "active-env").strip()
     if active != args.network:
         raise _CliError(
@@ -423,20 +448,17 @@ def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
         effects = json.loads(output[output.index("{") :])
     except ValueError:
         raise _CliError("Could not read the JSON output of `sui client publish`.") from None
+    changes = effects.get("objectChanges")
     package_id = next(
         (
             c.get("packageId")
-            for c in effects.get("objectChanges", [])
-            if c.get("type") == "published"
+            for c in (changes if isinstance(changes, list) else [])
+            if isinstance(c, dict) and c.get("type") == "published"
         ),
         None,
     )
     if not package_id:
         raise _CliError("`sui client publish` reported no published package.")
-    record_path = _deployments_path()
-    records: dict[str, Any] = {}
-    if record_path.is_file():
-        records = json.loads(record_path.read_text())
     records[args.network] = {"package_id": package_id, "digest": effects.get("digest")}
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")

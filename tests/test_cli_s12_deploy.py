@@ -1,0 +1,97 @@
+"""`dtp deploy` with a fake `sui`: a relative --sui-bin, a damaged deployments record
+and odd publish output end in one line and exit status 1, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.cli import register
+
+
+def deploy(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="dtp")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["deploy", "--network", "localnet", *argv])
+    return int(args.func(args))
+
+
+def fake_sui(path: Path, publish_output: str, marker: Path) -> Path:
+    """A `sui` answering the three calls `dtp deploy` makes; publishing touches
+    ``marker``."""
+    path.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '  "client active-env") echo localnet ;;\n'
+        '  "move build") echo built ;;\n'
+        f"  \"client publish\") touch {marker}; echo '{publish_output}' ;;\n"
+        "esac\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+PUBLISHED = '{"digest": "D", "objectChanges": [{"type": "published", "packageId": "0xabc"}]}'
+
+
+@pytest.fixture
+def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch data home and a Move package of our own (nothing is built in the
+    checkout)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "Move.toml").write_text('[package]\nname = "dtp"\n')
+    return tmp_path
+
+
+def records(place: Path) -> Path:
+    return place / "data" / "dtp" / "deployments.json"
+
+
+def test_a_relative_sui_bin_works_in_the_package_directory(
+    place: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sui move build` runs with cwd=package: ./sui named nothing there."""
+    fake_sui(place / "sui", PUBLISHED, place / "published")
+    monkeypatch.chdir(place)
+    assert deploy("--sui-bin", "./sui", "--package-path", str(place / "pkg"), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["package_id"] == "0xabc"
+    assert json.loads(records(place).read_text())["localnet"]["package_id"] == "0xabc"
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '"x"', "\udcff"])
+def test_a_damaged_record_file_is_refused_before_publishing(
+    place: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = place / "published"
+    sui = fake_sui(place / "sui", PUBLISHED, marker)
+    records(place).parent.mkdir(parents=True)
+    records(place).write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert deploy("--sui-bin", str(sui), "--package-path", str(place / "pkg")) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"dtp: {records(place)} is not a deployments record (a JSON object); fix or move it aside."
+    ]
+    assert not marker.exists()  # nothing was published (and paid for) in vain
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        '{"objectChanges": ["x", 1, null]}',
+        '{"objectChanges": 7}',
+        '{"objectChanges": {"type": "published"}}',
+    ],
+)
+def test_odd_publish_output_is_one_line(
+    place: Path, output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sui = fake_sui(place / "sui", output, place / "published")
+    assert deploy("--sui-bin", str(sui), "--package-path", str(place / "pkg")) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "dtp: `sui client publish` reported no published package."
+    ]
