@@ -1,10 +1,16 @@
-"""dtp.graph against misbehaving peers: names that are not UTF-8 cannot pose as other
-names (reads were decoded with errors="replace"), a SUM listing a child twice is a
-protocol error, and a graph file reached through a symlink is still one graph."""
+"""dtp.graph against misbehaving peers and bad local arguments: names that are not
+UTF-8 cannot pose as other names (reads were decoded with errors="replace"), a SUM
+listing a child twice is a protocol error, a protocol error ends the session object, an
+update larger than a session's cap does not recurse, a failing change listener fails
+nothing else, session and runner arguments are checked up front, and a graph file
+reached through a symlink is still one graph."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -12,7 +18,7 @@ import pytest
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
-from dtp.graph import Change, Graph, GraphSyncError, SyncSession
+from dtp.graph import Change, Graph, GraphSyncError, SyncSession, sync_blocking, sync_stream
 from dtp.graph.sync import HELLO, SUM
 
 
@@ -158,4 +164,55 @@ def test_a_failing_change_listener_neither_fails_the_write_nor_starves_the_other
     assert g.get("a") == {"v": 1}
     assert len(forwarded) == 1 and [c.value for c in seen] == [1]
     assert "session bug" in caplog.text
+    g.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_message": -1}, ValueError),
+        ({"max_message": 0}, ValueError),
+        ({"max_message": math.nan}, TypeError),
+        ({"max_message": True}, TypeError),
+        ({"max_message": "4096"}, TypeError),
+        ({"max_backlog": -1}, ValueError),
+        ({"max_backlog": None}, TypeError),
+        ({"live": "no"}, TypeError),
+    ],
+    ids=[
+        "msg-neg",
+        "msg-zero",
+        "msg-nan",
+        "msg-bool",
+        "msg-str",
+        "backlog-neg",
+        "backlog-none",
+        "live-str",
+    ],
+)
+def test_session_arguments_are_checked_up_front(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    """A bad cap surfaced as a GraphSyncError blaming the peer ("message of 31 bytes
+    exceeds the -1 cap"), or as no cap at all (NaN: every size compared false), or was
+    taken as given (a negative backlog, live="no")."""
+    g = Graph()
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=name):
+        SyncSession(g, **kwargs)
+    g.close()
+
+
+@pytest.mark.parametrize("tick", [math.nan, 0, -1.0, math.inf, "1"])
+def test_the_runners_tick_is_checked_up_front(tick: object) -> None:
+    """tick=NaN, 0 or less made the writer spin (Event.wait returns at once)."""
+    g = Graph()
+    with pytest.raises((TypeError, ValueError), match="tick"):
+        sync_blocking(g, object(), tick=tick)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await sync_stream(g, object(), object(), tick=tick)  # type: ignore[arg-type]
+
+    with pytest.raises((TypeError, ValueError), match="tick"):
+        asyncio.run(run())
     g.close()

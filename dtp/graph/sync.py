@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import struct
 import threading
 from collections import deque
@@ -73,6 +74,23 @@ def _fail(message: str, code: ErrorCode = ErrorCode.HAM_MALFORMED) -> GraphSyncE
 Summary = dict[int, tuple[int, int]]  # child prefix -> (digest, count)
 
 
+def _check_int(name: str, value: object, least: int) -> None:
+    """A local argument: an int (not a bool) >= ``least``, else TypeError / ValueError
+    naming it -- not a GraphSyncError blaming the peer later, nor no cap at all (NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}, not {value}")
+
+
+def _check_tick(tick: object) -> None:
+    """The runners' tick: a finite number of seconds > 0 (NaN, 0 or less would spin)."""
+    if isinstance(tick, bool) or not isinstance(tick, int | float):
+        raise TypeError(f"tick must be a number of seconds, not {type(tick).__name__}")
+    if not 0 < tick < math.inf:
+        raise ValueError(f"tick must be a finite number of seconds > 0, not {tick!r}")
+
+
 def _differs(mine: tuple[int, int], theirs: tuple[int, int]) -> bool:
     return mine != theirs
 
@@ -100,6 +118,10 @@ class SyncSession:
         live: bool = True,
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
+        _check_int("max_message", max_message, 1)
+        _check_int("max_backlog", max_backlog, 0)
+        if not isinstance(live, bool):
+            raise TypeError(f"live must be a bool, not {type(live).__name__}")
         self.graph = graph
         self.max_message = max_message
         self.max_backlog = max_backlog
@@ -383,6 +405,7 @@ def sync_blocking(
     calling thread reads. Deferred updates are applied every ``tick`` seconds.
     Raises GraphSyncError / RemoteProtocolError if the peer misbehaves.
     """
+    _check_tick(tick)
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = threading.Event()
     stop = threading.Event()
@@ -536,6 +559,7 @@ async def sync_stream(
     As :func:`sync_blocking`: returns when synced (``until_synced``) or when the peer
     closes the stream; the writer is left open for the caller to close.
     """
+    _check_tick(tick)
     loop = asyncio.get_running_loop()
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = asyncio.Event()
