@@ -5,6 +5,7 @@ constructor checks its arguments up front, by name."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -252,3 +253,19 @@ def test_an_integer_too_long_to_write_gives_the_typed_error() -> None:
             g.put("a", {"v": value})
     assert g.get("a") is None
     g.close()
+
+
+@pytest.mark.parametrize("interval", [math.nan, 0, -1.0, math.inf, "1", True])
+def test_watch_deferred_checks_its_interval(interval: object) -> None:
+    """watch_deferred(0), (-1) or (NaN) spun the event loop (asyncio.sleep returns at
+    once); a str failed inside asyncio.sleep."""
+
+    async def run() -> None:
+        g = Graph()
+        try:
+            await asyncio.wait_for(g.watch_deferred(interval), 1.0)  # type: ignore[arg-type]
+        finally:
+            g.close()
+
+    with pytest.raises((TypeError, ValueError), match="interval"):
+        asyncio.run(run())

@@ -940,7 +940,19 @@ class Graph:
         return out
 
     async def watch_deferred(self, interval: float = 0.25) -> None:
-        """Apply deferred updates as their time comes, until cancelled (asyncio)."""
+        """Apply deferred updates as their time comes, until cancelled (asyncio).
+
+        ``interval``: seconds between checks, a finite number > 0 (else TypeError /
+        ValueError: NaN, 0 or less would spin the event loop)."""
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(
+                "watch_deferred(interval=...) must be a number of seconds, "
+                f"not {type(interval).__name__}"
+            )
+        if not 0 < interval < math.inf:
+            raise ValueError(
+                f"watch_deferred(interval=...) must be finite and > 0, not {interval!r}"
+            )
         while True:
             await asyncio.sleep(interval)
             if self._table.deferred_count:
