@@ -89,6 +89,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEND_HIGH_WATER = 512 * 1024
+#: How long ``close()`` on a connection's first stream waits for queued data to leave
+#: over a reliable carrier (TCP) before it closes anyway (the peer then sees an error,
+#: not a clean end)
+CLOSE_LINGER = 5.0
+UNSENT = "closed before all that was written was sent"
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
@@ -619,7 +624,11 @@ class DTPStreamWriter:
         instead, so the transport is not left open (asyncio's ``close()`` closes it at
         once)."""
         if task.cancelled():
-            _abort(self._proto, CloseCode.NO_ERROR, "")
+            if self._conn.send_buffered():
+                # what was written is cut short: the peer must not read a clean end
+                _abort(self._proto, CloseCode.APPLICATION, UNSENT)
+            else:
+                _abort(self._proto, CloseCode.NO_ERROR, "")
 
     async def _close_connection(self) -> None:
         conn = self._conn
@@ -629,7 +638,7 @@ class DTPStreamWriter:
                     self._proto.wait_for(
                         lambda: conn.send_buffered() == 0 or self._session.terminated is not None
                     ),
-                    5.0,
+                    CLOSE_LINGER,
                 )
         else:
             # over a lossy carrier (the ledger) data has left only once acknowledged, and
@@ -645,7 +654,13 @@ class DTPStreamWriter:
         payment = self._proto.payment
         if payment is not None:
             payment.closing()  # the final receipt goes out before CLOSE, in the same write
-        self._conn.close(CloseCode.NO_ERROR, "")
+        if payment is None and conn.send_buffered() and self._session.terminated is None:
+            # the linger ran out with bytes never sent: the peer must read an error, not
+            # the clean end of a stream cut short (a paid connection keeps its clean
+            # CLOSE: the server settles before its end closes only after one)
+            conn.close(CloseCode.APPLICATION, UNSENT)
+        else:
+            conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
         if payment is not None:
             # a paid server closes its end once it settled: then the payment finds

@@ -432,3 +432,87 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
     asyncio.run(main())
     assert problems == []
     assert called == []
+
+
+class _StalledReader:
+    """A blocking DTP server in a thread whose one connection is not read until
+    :meth:`release`; then it reads to the end and records how the stream ended."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import dtp.socket
+
+        self.identity = HostIdentity.generate()
+        config = ConnectionConfig(identity=self.identity, is_client=False, stream_window=64 * 1024)
+        self.server = dtp.socket.create_server(
+            ("127.0.0.1", 0), identity=self.identity, config=config
+        )
+        self.go = threading.Event()
+        self.outcome: list[object] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        sock, _ = self.server.accept(timeout=10)
+        with sock:
+            self.go.wait(10)
+            sock.settimeout(10)
+            try:
+                while sock.recv(1 << 20):
+                    pass
+                self.outcome.append("clean end")
+            except Exception as exc:
+                self.outcome.append(exc)
+
+    def release(self) -> object:
+        self.go.set()
+        self.thread.join(15)
+        self.server.close()
+        assert len(self.outcome) == 1
+        return self.outcome[0]
+
+
+def test_close_cut_short_by_the_loop_end_is_no_clean_end_for_the_peer() -> None:
+    """close() with bytes still queued, then asyncio.run ending: the connection is
+    aborted with an error, so the peer does not read the clean end of a stream that
+    was cut short."""
+    peer = _StalledReader()
+
+    async def main() -> None:
+        _reader, writer = await dtp.aio.open_connection(
+            *peer.server.address, server_key=peer.identity.noise_public
+        )
+        writer.write(b"x" * 1_000_000)  # far beyond the server's window
+        writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        outcome = peer.release()
+    assert isinstance(outcome, ConnectionClosed), outcome
+    assert "before all that was written was sent" in str(outcome)
+
+
+def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() waits CLOSE_LINGER for queued bytes to leave; when they did not, the
+    CLOSE says so (it said NO_ERROR: the peer read a clean end of a truncated stream)."""
+    monkeypatch.setattr(dtp.aio, "CLOSE_LINGER", 0.3)
+    peer = _StalledReader()
+
+    async def main() -> None:
+        _reader, writer = await dtp.aio.open_connection(
+            *peer.server.address, server_key=peer.identity.noise_public
+        )
+        writer.write(b"x" * 1_000_000)
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        outcome = peer.release()
+    assert isinstance(outcome, ConnectionClosed), outcome
+    assert "before all that was written was sent" in str(outcome)
