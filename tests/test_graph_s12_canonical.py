@@ -269,3 +269,22 @@ def test_watch_deferred_checks_its_interval(interval: object) -> None:
 
     with pytest.raises((TypeError, ValueError), match="interval"):
         asyncio.run(run())
+
+
+def test_a_signed_update_at_negative_zero_is_refused_alike_everywhere() -> None:
+    """States are brought to 0.0 before the ownership check, so a signature made over
+    -0.0 fails on every peer alike (before, it was taken with the -0.0 kept, and a peer
+    that held 0.0 for the field never converged with it)."""
+    from dtp.graph import namespace, user_soul
+    from dtp.keys import HostIdentity
+
+    owner = HostIdentity.generate()
+    soul = user_soul(owner, "doc").encode()
+    at_zero = namespace.seal(owner, soul, b"f", 0.0, b"1")
+    at_negative_zero = namespace.seal(owner, soul, b"f", -0.0, b"1")
+    g = Graph()
+    report = g.merge(encode_ham_batch([HamUpdate(soul, b"f", -0.0, at_negative_zero)]))
+    assert (report.applied, report.refused) == (0, 1)
+    assert g.stats["refused_by_reason"] == {"bad_signature": 1}
+    assert g.merge(encode_ham_batch([HamUpdate(soul, b"f", 0.0, at_zero)])).applied == 1
+    g.close()
