@@ -43,6 +43,10 @@ logger = logging.getLogger("dtp.daemon.services")
 POLICY_REFRESH = 2.0
 """Seconds between reads of the Host's firewall (rate limits, denials) while serving."""
 
+SETTLE_TIMEOUT = 30.0
+"""Seconds a stopping daemon gives its connections' claims and settlements on the
+ledger, once their tunnels are closed."""
+
 MAX_TUNNELS_PER_CONNECTION = 1024
 """Streams a forwarder may have open on one connection (the DTP default is 128); a
 forwarder needing more opens another connection."""
@@ -502,8 +506,15 @@ class ServiceHost:
             await asyncio.sleep(0.05)
         for conn in list(self.conns.values()):
             conn.writer.close()
+            # the grace period is over: a tunnel still open (a backend that stopped
+            # reading, a client that never ends) is cut, or its connection's handler
+            # would wait on it and never reach the settlement below
+            for task in list(conn.tunnels):
+                task.cancel()
         if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=max(1.0, deadline - loop.time()))
+            # the ledger's claims and settlements take what they take: the process
+            # ending under them would leave the client's deposit in escrow
+            await asyncio.wait(set(self._handlers), timeout=SETTLE_TIMEOUT)
         for pool in list(self.pools.values()):
             await pool.stop()
         self.pools.clear()

@@ -1,0 +1,139 @@
+"""The services daemon at runtime, against backends that misbehave: a stop while a
+tunnel is stuck on a backend that never reads still settles the connection."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState
+from dtp.keys import HostIdentity
+from tests.daemon_procs import Proc, daemon, wait_until
+
+SUI = 1_000_000_000
+
+
+class StuckBackend:
+    """A TCP server that accepts connections and never reads from them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.kill()
+
+
+def write_pair(tmp: Path, backend_port: int) -> tuple[Path, Path]:
+    HostIdentity.generate().save(tmp / "provider.key")
+    HostIdentity.generate().save(tmp / "client.key")
+    provider = tmp / "daemon.toml"
+    provider.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+drain_timeout = 0.5
+
+[[service]]
+name = "svc"
+port = 7000
+backends = ["127.0.0.1:{backend_port}"]
+price_per_kib = 1
+price_per_request = 1
+"""
+    )
+    client = tmp / "forwarder.toml"
+    client.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "client.key"
+state_dir = "forwarder-state"
+faucet = {10 * SUI}
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://HOST:7000"
+deposit = {SUI}
+"""
+    )
+    return provider, client
+
+
+def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: list[Proc]) -> None:
+    """SIGTERM with a tunnel blocked on a backend that never reads: after the drain
+    timeout the tunnel is cut and the connection claimed, closed and settled. The
+    daemon used to wait one second for the connection's handler (itself waiting on
+    the tunnel), then exit 0 with the deposit still in escrow."""
+    backend = StuckBackend()
+    try:
+        provider, client = write_pair(tmp_path, backend.port)
+        d = daemon(provider)
+        procs.append(d)
+        client.write_text(client.read_text().replace("HOST", d.info["host_id"]))
+        f = daemon(client)
+        procs.append(f)
+        host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        with sock:
+            sock.setblocking(False)
+            chunk = b"x" * 65536
+            sent = 0
+
+            def push() -> bool:
+                nonlocal sent
+                # until every buffer on the way is full: the tunnel is stuck
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        sent += sock.send(chunk)
+                return sent > (1 << 20) and '"connection open"' in d.log()
+
+            wait_until(push, what="a stuck tunnel")
+            assert d.stop(signal.SIGTERM) == 0
+            log = d.log()
+            assert '"connection closed"' in log, log
+        ledger = LocalLedger(tmp_path / "ledger.sqlite")
+        try:
+            (ref,) = ledger.objects("TransportControl")
+            assert ledger.get_connection(ref.object_id).state == ConnectionState.CLOSED
+            assert ledger.audit()["escrows"] == 0
+        finally:
+            ledger.close()
+        assert f.stop() == 0
+    finally:
+        backend.close()
