@@ -1,11 +1,13 @@
-"""The services daemon at runtime, against backends that misbehave: a stop while a
-tunnel is stuck on a backend that never reads still settles the connection."""
+"""The services daemon at runtime: a stop while a tunnel is stuck on a backend that
+never reads still settles the connection; one daemon per state directory."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,9 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
+from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import Proc, daemon, wait_until
+from tests.daemon_procs import ENV, ROOT, Proc, daemon, wait_until
 
 SUI = 1_000_000_000
 
@@ -137,3 +140,54 @@ def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: 
         assert f.stop() == 0
     finally:
         backend.close()
+
+
+def start_failure(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+
+
+def test_one_daemon_per_state_dir(tmp_path: Path, procs: list[Proc]) -> None:
+    """A second daemon on the same state directory used to start as well: it published
+    its own endpoint on the first one's Host (taking its clients), shared its receipt
+    store and overwrote its status file (`dtp status` said "stopped" once the second
+    one stopped, with the first still serving)."""
+    HostIdentity.generate().save(tmp_path / "client.key")
+    config = tmp_path / "dtp.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "client.key"
+state_dir = "state"
+
+[[forward]]
+name = "f"
+listen = "127.0.0.1:0"
+target = "dtp://0x{"ab" * 32}:80"
+"""
+    )
+    first = daemon(config)
+    procs.append(first)
+    result = start_failure(config)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"dtp daemon: {config}:4: daemon.state_dir: {tmp_path / 'state'} is in use by "
+        f"another dtp daemon (pid {first.proc.pid})"
+    ]
+    status = read_status(tmp_path / "state")
+    assert status is not None and status["pid"] == first.proc.pid
+    assert first.proc.poll() is None
+    assert first.stop() == 0
+    # stopped, or killed: the lock goes with the process
+    second = daemon(config)
+    procs.append(second)
+    second.kill()
+    third = daemon(config)
+    procs.append(third)
+    assert third.stop() == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -46,6 +47,36 @@ logger = logging.getLogger("dtp.daemon")
 
 HOST_FILE = "host.json"
 RECEIPTS_FILE = "receipts.sqlite"
+LOCK_FILE = "daemon.lock"
+"""Held (``flock``) by the daemon using a state directory, and holding its pid."""
+
+
+def lock_state_dir(config: DaemonConfig) -> int:
+    """Create the state directory and take its lock; returns the lock's descriptor.
+
+    Two daemons on one state directory would share its receipt store and host record,
+    publish each its own endpoint on the same Host (the later one takes the clients),
+    and overwrite each other's status file. The lock is released when the descriptor
+    closes, at the latest when the process ends (a killed daemon leaves no stale lock).
+    """
+    state_dir = config.daemon.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise config.error(
+            ("daemon", "state_dir"), f"{state_dir} is in use by another dtp daemon{who}"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _sla(service: ServiceConfig) -> Sla:
@@ -75,10 +106,16 @@ class Daemon:
     def __init__(self, config: DaemonConfig, passphrase: str | None = None) -> None:
         self.config = config
         settings = config.daemon
-        self.identity = load_identity(settings.identity, passphrase)
-        self.ledger: Ledger = LocalLedger(settings.ledger)
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.book = StatusBook.open(settings.state_dir)
+        # first: a second daemon started at the same moment must not also generate
+        # the identity, or touch the ledger on this state's behalf
+        self._lock: int | None = lock_state_dir(config)
+        try:
+            self.identity = load_identity(settings.identity, passphrase)
+            self.ledger: Ledger = LocalLedger(settings.ledger)
+            self.book = StatusBook.open(settings.state_dir)
+        except BaseException:
+            self.release_lock()
+            raise
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
@@ -428,7 +465,14 @@ class Daemon:
         self.book.info["stopped"] = time.time()
         self.book.save(force=True)
         self.ledger.close()
+        self.release_lock()
         logger.info("stopped")
+
+    def release_lock(self) -> None:
+        """Let another daemon use the state directory (once stopped)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def _bind_error(
@@ -469,6 +513,9 @@ def main(
     passphrase = os.environ.get(passphrase_env) or None
     try:
         daemon = Daemon(config, passphrase)
+    except DaemonConfigError as exc:  # the state directory is in use
+        print(f"dtp daemon: {exc}", file=sys.stderr)
+        return 2
     except KeyFileError as exc:
         hint = (
             f" (set ${passphrase_env})" if passphrase is None and "passphrase" in str(exc) else ""
@@ -499,6 +546,8 @@ def main(
     except sqlite3.Error as exc:  # the ledger or the receipt store, while running
         print(f"dtp daemon: database error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        daemon.release_lock()  # a failed start never reached drain()
     return 0
 
 
