@@ -118,6 +118,9 @@ class Session:
         #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
         self.datagram_sink: Callable[[bytes], None] | None = None
         self._data_arrived = False
+        # streams the application closed that the connection still tracks (their
+        # buffers go once it forgets them: see forget)
+        self._closed_streams: set[int] = set()
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
 
@@ -277,6 +280,19 @@ class Session:
             buf.data.clear()
             self.conn.acknowledge_read(stream_id, n)
         self._data_arrived = True
+
+    def forget(self, stream_id: int) -> None:
+        """The application closed ``stream_id`` (after :meth:`discard`): its buffer goes
+        once the connection is done with the stream too -- else a connection that
+        carries many short streams would keep one for each, for good. Until then it
+        stays, discarding what comes; closed streams are looked at again on each call."""
+        self.process_events()  # (what is queued for it arrives before it goes)
+        self._closed_streams.add(stream_id)
+        live = self.conn._streams
+        done = [sid for sid in self._closed_streams if sid not in live]
+        for sid in done:
+            self._closed_streams.discard(sid)
+            self.streams.pop(sid, None)
 
     def readable(self, stream_id: int) -> bool:
         """True when a read on ``stream_id`` would not block."""

@@ -774,6 +774,8 @@ class DTPSocket:
         # socket goes (open, not shut down, and reads: blocking): one check there
         self._fast_read = self._timeout != 0
         self._fast_write = True
+        # the connection has known the stream (see _stream_ready_for_send)
+        self._existed = stream_id in engine.conn._streams
         self.connection_id: str | None = None
         """Client connected by host ID: the ledger connection (TransportControl) ID."""
         self.escrow_id: str | None = None
@@ -944,6 +946,10 @@ class DTPSocket:
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return view[:n].tobytes()
+            if self._rd_shut:
+                # shut (or closed) by another thread while this one waited: its buffer
+                # may be gone already (Session.forget)
+                return b""
             data = session.take(sid, bufsize)
             engine.flush()  # flow-control credit goes back promptly
             return data
@@ -996,6 +1002,8 @@ class DTPSocket:
                     and (n := engine.read_fast(sid, view) or self._read_direct(view))
                 ):
                     return n
+            if self._rd_shut:
+                return 0  # (as in recv)
             n = session.take_into(sid, view)
             engine.flush()
             return n
@@ -1011,7 +1019,7 @@ class DTPSocket:
         sid = self._stream_id
         deadline: float | None = None
         while True:
-            if session.readable(sid):
+            if session.readable(sid) or self._rd_shut:
                 return 0
             if engine.carrier_closed and not engine.out:
                 return 0
@@ -1020,7 +1028,7 @@ class DTPSocket:
             if deadline is None and self._timeout is not None:
                 deadline = time.monotonic() + self._timeout
             engine.wait_io(deadline)
-            if session.readable(sid):
+            if session.readable(sid) or self._rd_shut:
                 return 0  # another thread read the carrier meanwhile: buffered bytes first
             n = engine.read_fast(sid, view)
             if n:
@@ -1029,8 +1037,13 @@ class DTPSocket:
     # -- writing -------------------------------------------------------------------------
 
     def _stream_ready_for_send(self) -> bool:
-        conn = self._engine.conn
-        return self._stream_id in conn._streams or self._engine.session.terminated is not None
+        """Whether the stream exists for sending: once the connection knows it (a
+        server's first stream comes with the client's first bytes), or knew it and is
+        done with it (both halves ended: nothing is waited for then)."""
+        if self._stream_id in self._engine.conn._streams:
+            self._existed = True
+            return True
+        return self._existed or self._engine.session.terminated is not None
 
     def send(self, data: Any, flags: int = 0) -> int:
         """Queue as much of ``data`` as fits; returns the count (blocks while none fits,
@@ -1262,7 +1275,8 @@ class DTPSocket:
                 self._wr_shut = True
                 self._update_fast()
                 self._wait(self._stream_ready_for_send)
-                if engine.session.terminated is None:
+                if engine.session.terminated is None and self._stream_id in engine.conn._streams:
+                    # (a stream the connection is done with already has its end)
                     engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
             if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                 self._rd_shut = True
@@ -1293,6 +1307,9 @@ class DTPSocket:
         else:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
+            engine = self._engine
+            with engine.lock:
+                engine.session.forget(self._stream_id)
         self._closed = True
         self._update_fast()
 

@@ -286,3 +286,57 @@ def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: s
         peer.close()
     finally:
         p.close()
+
+
+def test_closed_streams_leave_no_buffers_behind(pair: Pair) -> None:
+    """A connection that carries many short streams: each closed stream's receive
+    buffer goes once the connection is done with it. One stayed per stream, for the
+    connection's life, on both sides."""
+    client = pair.client
+    assert client is not None
+    client.settimeout(5)
+    pair.peer.settimeout(5)
+    for _ in range(50):
+        stream = client.open_stream()
+        stream.sendall(b"request")
+        stream.shutdown(dtp.socket.SHUT_WR)
+        peer = pair.peer.accept_stream()
+        assert peer.recv(100) == b"request"
+        assert peer.recv(100) == b""
+        peer.sendall(b"reply")
+        peer.close()
+        assert stream.recv(100) == b"reply"
+        assert stream.recv(100) == b""
+        stream.close()
+    for end in (client, pair.peer):
+        streams = end._engine.session.streams
+        assert len([sid for sid in streams if sid != 0]) <= 1, sorted(streams)
+
+
+def test_a_reader_of_a_stream_closed_under_it_ends_after_its_buffer_went(pair: Pair) -> None:
+    """close() in one thread while another waits in recv() on the stream: the waiter
+    ends (b"" or the closed socket's error) even when the stream's buffer is gone by
+    the time it looks."""
+    for _ in range(20):
+        stream, peer = _lent_stream(pair)
+        peer.close()  # the connection forgets the stream once our side ends too
+        stream.settimeout(None)
+        call = Call(lambda s=stream: s.recv(100))
+        assert Call(stream.close).join(5)
+        assert call.join(5)
+        assert call.result == b"" or isinstance(call.error, LocalProtocolError), call.error
+
+
+@pytest.mark.parametrize("how", ["close", "shutdown"])
+def test_closing_a_stream_the_peer_closed_first_returns_at_once(pair: Pair, how: str) -> None:
+    """The peer closed its end (its FIN, and STOP_SENDING for ours) and we read to the
+    end: the connection is done with the stream. Our close() or shutdown(SHUT_WR) then
+    waited, with no timeout for good, for the stream to exist before sending its end."""
+    stream, peer = _lent_stream(pair)
+    peer.close()
+    stream.settimeout(None)
+    assert stream.recv(100) == b""
+    call = Call(stream.close if how == "close" else lambda: stream.shutdown(dtp.socket.SHUT_WR))
+    assert call.join(5)
+    assert call.error is None
+    stream.close()
