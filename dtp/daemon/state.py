@@ -146,12 +146,21 @@ class StatusBook:
 
 
 def _revive(kind: type[Any], row: Any) -> Any:
-    names = {f.name for f in fields(kind)}
-    values = (
-        {k: v for k, v in row.items() if k in names and k not in _LIVE}
-        if isinstance(row, dict)
-        else {}
-    )
+    """A counters row from a saved one, keeping only the values of the right type: a
+    damaged file (a string where a count goes) costs those counters, while taking it
+    would fail every later ``+= 1`` and with it every connection."""
+    if not isinstance(row, dict):
+        return kind()
+    values: dict[str, Any] = {}
+    for f in fields(kind):
+        value = row.get(f.name)
+        if f.name in _LIVE or value is None:
+            continue
+        if isinstance(f.default, str):
+            if isinstance(value, str):
+                values[f.name] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            values[f.name] = value
     return kind(**values)
 
 
