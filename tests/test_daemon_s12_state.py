@@ -1,11 +1,15 @@
-"""The status file read back at start: a damaged one costs counters, never service."""
+"""The status file read back at start (a damaged one costs counters, never service) and by
+`dtp status` (a damaged one is one line, never a traceback or output that is not JSON)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from dtp.daemon.state import STATUS_FILE, StatusBook
+from dtp.daemon.status import main as status_main
 
 
 def test_counters_of_the_wrong_type_are_dropped(tmp_path: Path) -> None:
@@ -47,3 +51,33 @@ def test_counters_of_the_wrong_type_are_dropped(tmp_path: Path) -> None:
     book.save(force=True)
     saved = json.loads((tmp_path / STATUS_FILE).read_text())
     assert saved["services"]["svc"]["connections"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"pid": NaN, "services": {}}', '{"services": {"a": {"port": Infinity}}}', "[1]", "{"],
+)
+def test_dtp_status_on_a_file_that_is_not_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """NaN/Infinity were read and printed back by --json (output no JSON reader takes);
+    a file that is not a JSON object was reported as missing ("has the daemon run?")."""
+    (tmp_path / STATUS_FILE).write_text(text)
+    assert status_main(None, str(tmp_path), as_json=True) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"dtp status: {tmp_path / STATUS_FILE} is damaged: not a JSON object\n"
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_dtp_status_with_a_pid_beyond_any(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """os.kill() raised OverflowError (a traceback) for a pid beyond a C long."""
+    (tmp_path / STATUS_FILE).write_text('{"pid": 99999999999999999999, "services": {}}')
+    assert status_main(None, str(tmp_path), as_json=as_json) == 0
+    out, _ = capsys.readouterr()
+    if as_json:
+        assert json.loads(out)["running"] is False
+    else:
+        assert out.startswith("daemon: not running")

@@ -179,10 +179,16 @@ def process_identity(pid: int) -> str | None:
     return f"{boot}:{rest[19]}" if len(rest) > 19 else None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_status(state_dir: Path) -> dict[str, Any] | None:
     """The last saved status, or None when there is none (or it is unreadable)."""
     try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
+        # NaN and Infinity: json.loads takes them, but `dtp status --json` would print
+        # them back, and no JSON reader takes that
+        data = json.loads((state_dir / STATUS_FILE).read_text(), parse_constant=_no_constant)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

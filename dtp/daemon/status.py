@@ -75,7 +75,7 @@ def daemon_running(status: dict[str, Any]) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:
         return True  # alive, run by another user
@@ -144,7 +144,14 @@ def main(config: str | None, state_dir: str | None, as_json: bool) -> int:
         return 2
     status = read_status(directory)
     if status is None:
-        print(f"dtp status: no daemon status in {directory} (has the daemon run?)", file=sys.stderr)
+        path = directory / STATUS_FILE
+        if path.is_file() and os.access(path, os.R_OK):
+            print(f"dtp status: {path} is damaged: not a JSON object", file=sys.stderr)
+        else:
+            print(
+                f"dtp status: no daemon status in {directory} (has the daemon run?)",
+                file=sys.stderr,
+            )
         return 1
     problem = _malformed(status)
     if problem is not None:
