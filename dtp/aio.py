@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dtp._session import Session, StreamSink, check_connect_timeout
 from dtp.address import HostAddress
@@ -87,6 +87,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SEND_HIGH_WATER = 512 * 1024
 #: How long ``close()`` on a connection's first stream waits for queued data to leave
@@ -954,13 +956,15 @@ async def _open_by_host_id(
 
     try:
         if prepared.endpoint is None:
-            bridge = await asyncio.to_thread(
-                connect_ledger_carrier,
-                ledger,
-                identity,
-                prepared.connection_id,
-                prepared.server_address,
-                ledger_options,
+            bridge = await _threaded_or_released(
+                lambda: connect_ledger_carrier(
+                    ledger,
+                    identity,
+                    prepared.connection_id,
+                    prepared.server_address,
+                    ledger_options,
+                ),
+                lambda bridge: bridge.socket.close(),  # (its thread ends with its socket)
             )
             reader, writer = await _open(
                 *bridge.peername,
@@ -971,7 +975,12 @@ async def _open_by_host_id(
             )
             writer._proto.peername = bridge.peername
         else:
-            tcp = await asyncio.to_thread(early.finish, timeout) if early is not None else None
+            tcp = None
+            if early is not None:
+                pending_tcp = early
+                tcp = await _threaded_or_released(
+                    lambda: pending_tcp.finish(timeout), lambda sock: sock.close()
+                )
             reader, writer = await _open(
                 *prepared.endpoint, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
             )
@@ -990,6 +999,23 @@ async def _open_by_host_id(
         proto.payment = payments[0]
         proto.session.on_receipt = payments[0].on_server_receipt
     return reader, writer
+
+
+async def _threaded_or_released(make: Callable[[], T], release: Callable[[T], None]) -> T:
+    """``make()`` in a worker thread, which a cancelled await cannot stop: cancelled
+    meanwhile, what it makes is released once it is there (a ledger bridge's thread and
+    socket pair, a connected TCP socket: they leaked, the thread running on)."""
+    job = asyncio.ensure_future(asyncio.to_thread(make))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+
+        def made(job: asyncio.Future[T]) -> None:
+            if not job.cancelled() and job.exception() is None:
+                release(job.result())
+
+        job.add_done_callback(made)
+        raise
 
 
 def _abandon_prepared(
