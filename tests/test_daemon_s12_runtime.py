@@ -1,5 +1,6 @@
 """The services daemon at runtime: a stop while a tunnel is stuck on a backend that
-never reads still settles the connection; one daemon per state directory."""
+never reads still settles the connection, SIGHUP during the stop is ignored; one daemon
+per state directory."""
 
 from __future__ import annotations
 
@@ -103,6 +104,29 @@ def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: 
     timeout the tunnel is cut and the connection claimed, closed and settled. The
     daemon used to wait one second for the connection's handler (itself waiting on
     the tunnel), then exit 0 with the deposit still in escrow."""
+    with stuck_tunnel(tmp_path, procs) as d:
+        assert d.stop(signal.SIGTERM) == 0
+        log = d.log()
+        assert '"connection closed"' in log, log
+    assert_settled(tmp_path)
+
+
+def test_sighup_while_stopping_is_ignored(tmp_path: Path, procs: list[Proc]) -> None:
+    """The SIGHUP handler was removed when the drain began, so SIGHUP's default action
+    killed the daemon in the middle of it: connections left unsettled."""
+    with stuck_tunnel(tmp_path, procs) as d:
+        d.send(signal.SIGTERM)
+        wait_until(lambda: '"draining"' in d.log(), what="the drain")
+        d.send(signal.SIGHUP)
+        assert d.stop(signal.SIGTERM) == 0
+        assert "reload ignored: the daemon is stopping" in d.log()
+    assert_settled(tmp_path)
+
+
+@contextlib.contextmanager
+def stuck_tunnel(tmp_path: Path, procs: list[Proc]) -> Iterator[Proc]:
+    """A provider daemon (returned) and a forwarder, and a tunnel through them blocked
+    on a backend that never reads; the forwarder is stopped at the end."""
     backend = StuckBackend()
     try:
         provider, client = write_pair(tmp_path, backend.port)
@@ -127,19 +151,21 @@ def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: 
                 return sent > (1 << 20) and '"connection open"' in d.log()
 
             wait_until(push, what="a stuck tunnel")
-            assert d.stop(signal.SIGTERM) == 0
-            log = d.log()
-            assert '"connection closed"' in log, log
-        ledger = LocalLedger(tmp_path / "ledger.sqlite")
-        try:
-            (ref,) = ledger.objects("TransportControl")
-            assert ledger.get_connection(ref.object_id).state == ConnectionState.CLOSED
-            assert ledger.audit()["escrows"] == 0
-        finally:
-            ledger.close()
+            yield d
         assert f.stop() == 0
     finally:
         backend.close()
+
+
+def assert_settled(tmp_path: Path) -> None:
+    """The one connection on the ledger is closed and settled: nothing in escrow."""
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        (ref,) = ledger.objects("TransportControl")
+        assert ledger.get_connection(ref.object_id).state == ConnectionState.CLOSED
+        assert ledger.audit()["escrows"] == 0
+    finally:
+        ledger.close()
 
 
 def start_failure(config: Path) -> subprocess.CompletedProcess[str]:

@@ -427,10 +427,19 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.25)
         finally:
-            # a second SIGTERM while draining is ignored (the handler only sets the event)
-            loop.remove_signal_handler(signal.SIGHUP)
+            # a second SIGTERM while draining is ignored (the handler only sets the event);
+            # so is SIGHUP: removing its handler would restore its default action, which
+            # kills the process before the connections are settled
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: logger.warning("reload ignored: the daemon is stopping")
+            )
+            # a reload still running would start listeners the drain never sees, or use
+            # the ledger after it is closed: it finishes first (not cancelled: its ledger
+            # calls run in threads, which a cancel would not stop)
+            if reloads:
+                await asyncio.wait(set(reloads))
             await self.drain()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def _refresh_live(self) -> None:
