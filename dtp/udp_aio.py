@@ -414,15 +414,22 @@ class AsyncUdpForwarder:
                     await self._end(flow)
 
     async def close(self) -> None:
-        """Stop forwarding; each flow settles its final receipt and closes."""
+        """Stop forwarding; each flow settles its final receipt and closes. Cancelled
+        meanwhile (asyncio.wait_for), the local socket is closed all the same, and a later
+        close() ends the flows left."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
+            # (asyncio.wait: this task's own cancellation is not swallowed with the
+            # sweeper's)
+            await asyncio.wait([self._sweeper])
         sock, self._sock = self._sock, None
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
-        for flow in list(self._flows.values()):
-            await self._end(flow)
-        if sock is not None:
-            sock.close()
+        try:
+            for flow in list(self._flows.values()):
+                await self._end(flow)
+        finally:
+            # nothing uses it once taken (replies find no socket and are dropped): a
+            # close() cancelled before this line left it open for good
+            if sock is not None:
+                sock.close()

@@ -1,0 +1,78 @@
+"""dtp.udp_aio's forwarder under asyncio cancellation: a close() cancelled midway
+(asyncio.wait_for) leaves no socket open, and a later close() ends what is left. Real
+UDP sockets and DTP connections on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+import dtp.aio
+from dtp.keys import HostIdentity
+from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+
+
+def test_a_cancelled_close_still_closes_the_local_socket() -> None:
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        loop = asyncio.get_running_loop()
+        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        backend.bind(("127.0.0.1", 0))
+        backend.setblocking(False)
+
+        def echo() -> None:
+            with_data = True
+            while with_data:
+                try:
+                    data, source = backend.recvfrom(65536)
+                except BlockingIOError:
+                    with_data = False
+                else:
+                    backend.sendto(data, source)
+
+        loop.add_reader(backend.fileno(), echo)
+
+        async def relay(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await relay_udp_async(reader, writer, backend.getsockname(), idle_timeout=10)
+
+        server = await dtp.aio.start_server(relay, "127.0.0.1", 0, identity=identity)
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(*server.address, server_key=identity.noise_public)
+
+        forwarder = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect)
+        local = forwarder._sock
+        assert local is not None
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        try:
+            client.sendto(b"ping", forwarder.address)
+            client.settimeout(5)
+            assert await asyncio.to_thread(client.recv, 100) == b"ping"  # a live flow
+            # a flow that takes its time to end (as one settling its final receipt,
+            # for up to final_timeout)
+            settled = asyncio.Event()
+            end = forwarder._end
+
+            async def slow_end(flow: Any) -> None:
+                await settled.wait()
+                await end(flow)
+
+            forwarder._end = slow_end  # type: ignore[method-assign]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(forwarder.close(), 0.1)
+            settled.set()
+            assert local.fileno() == -1  # closed, though the close was cut short
+            await asyncio.wait_for(forwarder.close(), 10)  # ends the flows left
+            assert forwarder.sessions == 0
+        finally:
+            client.close()
+            loop.remove_reader(backend.fileno())
+            backend.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
