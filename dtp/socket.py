@@ -257,6 +257,14 @@ class _Engine:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
+    def wake_waiters(self) -> None:
+        """Make every thread waiting on the connection look at its condition again
+        (lock held): the one waiting on the carrier, and those waiting for it."""
+        if self.pumping:
+            self._wake()
+        if self.waiters:
+            self.cond.notify_all()
+
     def recv_scratch(self, size: int) -> memoryview:
         """A buffer of ``size`` bytes (at most RECV_CHUNK) for recv() to read into
         before copying out (lock held). Sized by the calls made: a connection that only
@@ -1036,6 +1044,15 @@ class DTPSocket:
 
     # -- writing -------------------------------------------------------------------------
 
+    def _check_sendable(self) -> None:
+        """Raise when this socket sends no more: closed, or shut for writing (also by
+        another thread while this one waited to send, as a socket's send() then fails
+        with EPIPE)."""
+        if self._closed:
+            raise LocalProtocolError("operation on a closed DTP socket")
+        if self._wr_shut:
+            raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
+
     def _stream_ready_for_send(self) -> bool:
         """Whether the stream exists for sending: once the connection knows it (a
         server's first stream comes with the client's first bytes), or knew it and is
@@ -1054,10 +1071,7 @@ class DTPSocket:
             if flags != _socket.MSG_DONTWAIT:
                 raise _no_flags(flags)
             timeout = 0.0
-        if self._closed:
-            raise LocalProtocolError("operation on a closed DTP socket")
-        if self._wr_shut:
-            raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
+        self._check_sendable()
         view = memoryview(data).cast("B")
         if not len(view):
             return 0
@@ -1068,7 +1082,10 @@ class DTPSocket:
             if engine.out and timeout != 0 and not engine.carrier_closed:
                 # the carrier is full: wait (reading meanwhile) until it has taken what
                 # is queued, rather than seal more behind it -- copies that only wait
-                self._wait(lambda: not engine.out or engine.carrier_closed, timeout)
+                self._wait(
+                    lambda: not engine.out or engine.carrier_closed or self._wr_shut, timeout
+                )
+                self._check_sendable()
             lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
             if lane is not None and not engine.out and not engine.carrier_closed:
                 try:
@@ -1103,16 +1120,19 @@ class DTPSocket:
                     conn.send_stream_data(sid, view if n == len(view) else view[:n])
                     engine.flush()
                     return n
-            self._wait(self._stream_ready_for_send, timeout)
+            self._wait(lambda: self._stream_ready_for_send() or self._wr_shut, timeout)
+            self._check_sendable()
             engine.session.check_writable(self._stream_id)
 
             def room() -> bool:
                 return (
                     engine.conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
                     or engine.session.terminated is not None
+                    or self._wr_shut
                 )
 
             self._wait(room, timeout)
+            self._check_sendable()
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
             engine.conn.send_stream_data(self._stream_id, view[:n])
@@ -1278,6 +1298,7 @@ class DTPSocket:
                 if engine.session.terminated is None and self._stream_id in engine.conn._streams:
                     # (a stream the connection is done with already has its end)
                     engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
+                engine.wake_waiters()  # a thread blocked sending here fails now
             if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                 self._rd_shut = True
                 self._update_fast()
@@ -1289,10 +1310,7 @@ class DTPSocket:
                 # its credit returned; a thread blocked reading this stream gets b""
                 # now, as on a socket, whether or not the peer answers
                 engine.session.discard(self._stream_id)
-                if engine.pumping:
-                    engine._wake()
-                if engine.waiters:
-                    engine.cond.notify_all()
+                engine.wake_waiters()
             engine.flush()
 
     def close(self) -> None:

@@ -340,3 +340,35 @@ def test_closing_a_stream_the_peer_closed_first_returns_at_once(pair: Pair, how:
     assert call.join(5)
     assert call.error is None
     stream.close()
+
+
+@pytest.mark.parametrize(
+    ("which", "how"), [("first", "shutdown"), ("second", "shutdown"), ("second", "close")]
+)
+def test_shutdown_wr_or_close_fails_a_thread_blocked_sending(
+    pair: Pair, which: str, how: str
+) -> None:
+    """As a socket's send() fails with EPIPE once another thread shuts it for writing,
+    a sendall() blocked on a peer that reads nothing ends when another thread calls
+    shutdown(SHUT_WR) or close() (of a second stream: closing the first closes the
+    connection). It used to wait on for credit that never came."""
+    if which == "first":
+        assert pair.client is not None
+        stream = pair.client
+    else:
+        stream, _ = _lent_stream(pair)
+    stream.settimeout(None)
+    call = Call(lambda: stream.sendall(b"x" * (64 << 20)))  # beyond every window
+    engine = stream._engine
+    sid = stream.stream_id
+    # blocked: out of credit, with as much queued as a stream may have
+    assert wait_for(
+        lambda: engine.pumping and engine.conn.send_buffered(sid) >= dtp.socket.SEND_HIGH_WATER
+    )
+    if how == "shutdown":
+        closer = Call(lambda: stream.shutdown(dtp.socket.SHUT_WR))
+    else:
+        closer = Call(stream.close)
+    assert closer.join(5) and closer.error is None
+    assert call.join(5)
+    assert isinstance(call.error, LocalProtocolError), call.error
