@@ -86,3 +86,14 @@ def test_dtp_daemon_exits_2_with_one_line(tmp_path: Path) -> None:
         "got 's\\x00'"
     ]
     assert list(tmp_path.iterdir()) == [config]
+
+
+def test_credit_datagrams_must_be_positive() -> None:
+    """0 was taken, and a paid UDP service then relayed nothing at all: a receipt only
+    covers datagrams already relayed, and none could be relayed ahead of one."""
+    text = HEAD + SVC + 'protocol = "udp"\ncredit_datagrams = 0\n'
+    assert error_of(text) == (
+        f"dtp.toml:10: service[0].credit_datagrams: expected an integer in 1..{2**64 - 1}, got 0"
+    )
+    config = parse_config(text.replace("= 0\n", "= 1\n"), Path("dtp.toml"))
+    assert config.services[0].credit_datagrams == 1

@@ -549,7 +549,8 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         unpaid_slack=_unpaid_slack(check, doc, (*k, "unpaid_slack")),
         protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
-        credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 0),
+        # 0 would relay nothing, ever: receipts only cover datagrams already relayed
+        credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 1),
     )
 
 
