@@ -354,7 +354,9 @@ class AsyncUdpForwarder:
 
         writer.set_datagram_sink(on_reply)
         try:
-            await writer._proto.closed_future
+            # shielded: this task is cancelled when the flow ends, which must not cancel
+            # the connection's own closed future (its wait_closed() raised CancelledError)
+            await asyncio.shield(writer._proto.closed_future)
         finally:
             writer.set_datagram_sink(None)
         if not flow.closed:
@@ -385,19 +387,26 @@ class AsyncUdpForwarder:
             del self._flows[flow.source]
         self._drop_pending(flow)  # still connecting: what waited goes with it
         writer = flow.writer
-        if writer is not None:
-            if flow.meter is not None:
+        try:
+            if writer is not None:
+                if flow.meter is not None:
+                    with contextlib.suppress(DTPError, OSError):
+                        writer.write(_control(b"F"))
+                        await asyncio.wait_for(flow.final.wait(), self.final_timeout)
                 with contextlib.suppress(DTPError, OSError):
-                    writer.write(_control(b"F"))
-                    await asyncio.wait_for(flow.final.wait(), self.final_timeout)
-            with contextlib.suppress(DTPError, OSError):
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), 5)
-            self.stats.add(sessions_closed=1)
-        current = asyncio.current_task()
-        for task in flow.tasks:
-            if task is not current:
-                task.cancel()
+                    writer.close()
+                    await asyncio.wait_for(writer.wait_closed(), 5)
+        finally:
+            # also when cancelled midway (a close() or the sweeper cancelled while the
+            # final receipt was awaited): the flow is gone from the table already, so
+            # its connection must close now or it stayed open for good
+            if writer is not None:
+                writer.close()  # (a no-op once closing)
+                self.stats.add(sessions_closed=1)
+            current = asyncio.current_task()
+            for task in flow.tasks:
+                if task is not current:
+                    task.cancel()
 
     def _drop_pending(self, flow: _Flow) -> None:
         self.stats.add(dropped_no_session=len(flow.pending))

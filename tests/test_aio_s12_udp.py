@@ -76,3 +76,61 @@ def test_a_cancelled_close_still_closes_the_local_socket() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow() -> None:
+    """A metered flow's end waits for the relay's final totals (up to final_timeout);
+    a close() cancelled then still closes the flow's connection. The flow was gone
+    from the table, its connection open and its reply task waiting for good."""
+    from dtp.chain.objects import Sla
+    from dtp.escrow import Meter
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        client = HostIdentity.generate()
+        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        backend.bind(("127.0.0.1", 0))
+        ended = asyncio.Event()
+
+        async def relay(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            # unbilled: it never answers the forwarder's request for final totals
+            try:
+                await relay_udp_async(reader, writer, backend.getsockname(), idle_timeout=30)
+            finally:
+                ended.set()
+
+        server = await dtp.aio.start_server(relay, "127.0.0.1", 0, identity=identity)
+        writers: list[dtp.aio.DTPStreamWriter] = []
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writers.append(writer)
+            return reader, writer
+
+        def meter_for(writer: dtp.aio.DTPStreamWriter) -> Meter:
+            return Meter(client, "0x" + "cd" * 32, Sla(1, 1, 0), 10**9)
+
+        forwarder = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=30
+        )
+        source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        source.bind(("127.0.0.1", 0))
+        try:
+            source.sendto(b"ping", forwarder.address)
+            backend.settimeout(5)
+            assert await asyncio.to_thread(backend.recv, 100) == b"ping"  # a live flow
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(forwarder.close(), 0.2)
+            assert writers[0].is_closing()
+            await asyncio.wait_for(ended.wait(), 5)  # the relay saw its connection end
+            await asyncio.wait_for(writers[0].wait_closed(), 5)
+            await forwarder.close()
+        finally:
+            source.close()
+            backend.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
