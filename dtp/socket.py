@@ -1071,6 +1071,10 @@ class DTPSocket:
             if flags != _socket.MSG_DONTWAIT:
                 raise _no_flags(flags)
             timeout = 0.0
+        return self._send(data, timeout)
+
+    def _send(self, data: Any, timeout: float | None) -> int:
+        """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
         self._check_sendable()
         view = memoryview(data).cast("B")
         if not len(view):
@@ -1141,7 +1145,8 @@ class DTPSocket:
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data`` (waits while the peer or the network is slow; ``flags``:
-        0)."""
+        0). The socket's timeout bounds the whole call, as for a socket: then
+        DTPTimeoutError, with an unknown part of ``data`` sent."""
         if flags:
             raise _no_flags(flags)
         engine = self._engine
@@ -1173,8 +1178,20 @@ class DTPSocket:
             finally:
                 lock.release()
         view = memoryview(data).cast("B")
+        timeout = self._timeout
+        if not timeout:  # None (no limit) or 0 (non-blocking: each send takes what fits)
+            while len(view):
+                n = self._send(view, timeout)
+                view = view[n:]
+            return
+        # the timeout bounds the whole call, as socket.sendall's does (Python 3.5+),
+        # not each wait: a peer that reads slowly cannot stretch it without end
+        deadline = time.monotonic() + timeout
         while len(view):
-            n = self.send(view)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DTPTimeoutError("timed out")
+            n = self._send(view, remaining)
             view = view[n:]
 
     def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:

@@ -15,7 +15,7 @@ import pytest
 
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionLost, LocalProtocolError
+from dtp.errors import ConnectionLost, DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
 
@@ -372,3 +372,29 @@ def test_shutdown_wr_or_close_fails_a_thread_blocked_sending(
     assert closer.join(5) and closer.error is None
     assert call.join(5)
     assert isinstance(call.error, LocalProtocolError), call.error
+
+
+def test_sendall_timeout_bounds_the_whole_call(pair: Pair) -> None:
+    """socket.sendall's timeout is the most the whole call takes (Python 3.5+), not a
+    limit on each wait: a peer that reads, but slowly, used to stretch a sendall()
+    with a 0.5 s timeout to as long as the data took (here about 20 s)."""
+    stop = threading.Event()
+    peer = pair.peer
+    peer.settimeout(5)
+
+    def read_slowly() -> None:
+        while not stop.is_set() and peer.recv(65536):
+            stop.wait(0.02)  # (pacing: about 3 MB/s)
+
+    reader = Call(read_slowly)
+    assert pair.client is not None
+    client = pair.client
+    client.settimeout(0.5)
+    call = Call(lambda: client.sendall(b"x" * (64 << 20)))
+    try:
+        assert call.join(5)
+        assert isinstance(call.error, DTPTimeoutError), call.error
+    finally:
+        stop.set()
+        client.abort()
+        reader.join(5)
