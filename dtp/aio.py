@@ -1123,6 +1123,7 @@ class DTPServer:
         self._config = config
         self._server: asyncio.base_events.Server | None = None
         self._ledger_listener: LedgerListener | None = None
+        self._ledger_watch: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes_failed = 0
@@ -1163,12 +1164,23 @@ class DTPServer:
         config = ledger_config(self._config)
 
         def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
-            loop.call_soon_threadsafe(self._accept_ledger, bridge, config)
+            try:
+                loop.call_soon_threadsafe(self._accept_ledger, bridge, config)
+            except RuntimeError:  # the loop is closed: nobody will serve it
+                bridge.socket.close()  # (its thread ends with it)
 
-        self._ledger_listener = LedgerListener(
-            ledger, self.identity, host_id, port, handoff, options=options
-        )
-        return self._ledger_listener
+        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
+        self._ledger_listener = listener
+
+        async def until_closed() -> None:
+            await self._closed.wait()
+
+        # The listener's thread lives no longer than the loop: asyncio.run ending with
+        # the server still open (this task cancelled) stops it; it watched the ledger on
+        # for good, and handed connections to a closed loop.
+        self._ledger_watch = loop.create_task(until_closed())
+        self._ledger_watch.add_done_callback(lambda _: listener.close(timeout=0))
+        return listener
 
     def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from tests.ledger_server import identity_from_seed
+from tests.polling import wait_for
 
 PORT = 7
 SERVER = identity_from_seed(0x61)
@@ -117,3 +118,35 @@ def test_threaded_or_released_releases_what_comes_after_a_cancel() -> None:
 
     asyncio.run(main())
     assert released == [a] and a.fileno() == -1
+
+
+def test_the_loop_ending_with_a_ledger_server_open_stops_its_listener(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    """asyncio.run ends with a server on the ledger carrier still open: the listener's
+    thread stops with the loop. It watched the ledger on for good (and would have
+    handed connections to a closed loop)."""
+    book, host_id = ledger
+    before = {t.ident for t in threading.enumerate()}
+
+    def listeners() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and t.name == "dtp-ledger-listener"
+        ]
+
+    async def main() -> None:
+        await dtp.aio.start_server(
+            lambda r, w: None,
+            None,
+            None,
+            identity=SERVER,
+            ledger=book,
+            host_id=host_id,
+            dtp_port=PORT,
+        )
+        assert listeners()  # running; the server is left open as main returns
+
+    asyncio.run(main())
+    assert wait_for(lambda: not listeners(), 10), listeners()
