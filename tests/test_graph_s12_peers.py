@@ -216,3 +216,77 @@ def test_the_runners_tick_is_checked_up_front(tick: object) -> None:
     with pytest.raises((TypeError, ValueError), match="tick"):
         asyncio.run(run())
     g.close()
+
+
+@pytest.mark.parametrize("ham", ["c", "python"])
+def test_a_queue_of_far_future_updates_does_not_tax_every_write(ham: str) -> None:
+    """A peer that fills the deferred queue with far-future updates made every put() and
+    merge() walk the whole queue (table.advance; 22 ms a write at the default cap).
+    The graph now tracks the smallest deferred states and asks the table only when one
+    may be due -- and honest updates a few seconds ahead are still applied on time, as
+    are more of them than are tracked one by one."""
+    now = [1.7e12]
+    g = Graph(ham=ham, now_ms=lambda: now[0], max_drift_ms=1000)
+    n_junk = 10_000 if ham == "c" else 2000  # (the twin walks its queue in Python)
+    junk = [HamUpdate(b"junk/%d" % i, b"f", 1e15 + i, b"1") for i in range(n_junk)]
+    for i in range(0, len(junk), 1000):
+        assert g.merge(encode_ham_batch(junk[i : i + 1000])).deferred == 1000
+    calls = [0]
+    table_advance = g._table.advance
+
+    def advance(machine_state: float) -> bytes:
+        calls[0] += 1
+        return table_advance(machine_state)  # type: ignore[no-any-return]
+
+    g._table.advance = advance
+    for i in range(200):
+        now[0] += 1.0
+        g.put("local", {"n": i})
+    assert calls[0] == 0
+    # honest peers a little ahead: one update 5 s ahead, then 4196 more from 3 s on, four
+    # a ms (100 more than are tracked one by one)
+    t0 = now[0]
+    g.merge(encode_ham_batch([HamUpdate(b"honest", b"f", t0 + 5000, b'"soon"')]))
+    honest = [HamUpdate(b"many", b"%d" % i, t0 + 3000 + i / 4, b"1") for i in range(4196)]
+    assert g.merge(encode_ham_batch(honest)).deferred == 4196
+    now[0] = t0 + 2499.75  # machine state t0 + 3499.75: the first 2000 of them are due
+    g.put("local", {"n": -1})
+    assert calls[0] == 1 and g.get("honest") is None
+    assert g.deferred_count == n_junk + 1 + 2196
+    now[0] = t0 + 3024  # all the tracked ones are due (and one untracked)
+    g.put("local", {"n": -2})
+    assert g.deferred_count == n_junk + 1 + 99
+    now[0] = t0 + 3025  # none tracked is left: the table is asked blindly, 1 ms on
+    g.put("local", {"n": -3})
+    assert g.deferred_count == n_junk + 1 + 95
+    now[0] = t0 + 4000  # the "soon" one is due, and the rest of them
+    g.put("local", {"n": -2})
+    assert g.get_field("honest", "f") == "soon"
+    assert len(g.get("many") or {}) == 4196
+    assert g.deferred_count == n_junk
+    before = calls[0]
+    for i in range(2000):  # 2 s of writes, one a ms: blind asks back off to 1 a second
+        now[0] += 1.0
+        g.put("local", {"n": i})
+    assert calls[0] - before <= 12
+    assert g.deferred_count == n_junk  # the junk still waits
+    g.close()
+
+
+@pytest.mark.parametrize("ham", ["c", "python"])
+def test_an_untracked_deferred_update_is_not_held_behind_later_tracked_ones(ham: str) -> None:
+    """More deferred updates than are tracked one by one: once the tracked ones are
+    applied, a later deferred update (tracked, further ahead) must not hold back the
+    untracked one that comes due first."""
+    now = [1.7e12]
+    g = Graph(ham=ham, now_ms=lambda: now[0], max_drift_ms=1000)
+    t0 = now[0]
+    ahead = [HamUpdate(b"n", b"%d" % i, t0 + 3000 + i, b"1") for i in range(4097)]
+    assert g.merge(encode_ham_batch(ahead)).deferred == 4097
+    now[0] = t0 + 6095.5  # machine state t0 + 7095.5: all but the last are due
+    assert g.advance() == 4096
+    g.merge(encode_ham_batch([HamUpdate(b"later", b"f", t0 + 9000, b"1")]))
+    now[0] = t0 + 6096  # the last one (untracked) is due; "later" is not
+    assert g.advance() == 1
+    assert g.get_field("n", "4096") == 1 and g.deferred_count == 1
+    g.close()

@@ -19,6 +19,7 @@ therefore costs one C merge and one SQLite row per batch.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -53,6 +54,9 @@ LEAF_LEVEL = LEAF_BITS // FANOUT_BITS
 _MAX_STATE = sys.float_info.max  # replaying our own log: nothing is ahead of this clock
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
 _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
+_DUE_TRACKED = 4096  # deferred states tracked one by one (the smallest ones)
+_BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not tracked)
+_BLIND_RETRY_MAX = 1000.0  # ms: longest one (while they find nothing)
 _NEGATIVE_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"  # -0.0 as f64le
 
 logger = logging.getLogger(__name__)
@@ -443,6 +447,18 @@ class Graph:
             "refused_by_reason": {},
             "view_rebuilds": 0,
         }
+        # When the deferred queue may hold something due, without asking the table: a
+        # table.advance() walks the whole queue (and the C one allocates its size), so a
+        # peer that filled it with far-future updates made every put() and merge() pay
+        # for that walk -- 22 ms each at the default cap. ``_due``: states of the queue,
+        # sorted (at most _DUE_TRACKED, the smallest of those seen; ``_due_untracked``
+        # when the queue holds more); ``_due_retry``: no untracked one is due before
+        # this machine state (their smallest when they were dropped from ``_due``, then
+        # past each advance -- backing off while such asks find nothing).
+        self._due: list[float] = []
+        self._due_untracked = False
+        self._due_retry = 0.0
+        self._due_backoff = _BLIND_RETRY_MIN
         self._storage: GraphStorage | None = None
         self._flush_interval = float(flush_interval)
         self._flusher: IdleFlusher | None = None
@@ -552,6 +568,15 @@ class Graph:
             self._advance_due(changes)
             result = self._table.merge(filtered, self.clock.machine_state())
             statuses = result.statuses
+            if HAM_DEFERRED in statuses:
+                # (the merge validated the batch: the lean reader may walk it)
+                self._track_deferred(
+                    [
+                        e[2]
+                        for e, st in zip(entries(filtered), statuses, strict=True)
+                        if st == HAM_DEFERRED
+                    ]
+                )
             report = MergeReport(
                 applied=statuses.count(HAM_APPLIED),
                 historical=statuses.count(HAM_HISTORICAL),
@@ -589,12 +614,50 @@ class Graph:
             self._check_open()
             return int(self._table.deferred_count)
 
+    def _track_deferred(self, states: list[float]) -> None:
+        """Note the states of updates the table just deferred (lock held)."""
+        due = self._due
+        due.extend(states)
+        due.sort()
+        if len(due) > _DUE_TRACKED:
+            # the largest: the queue holds them, untracked, none due before the smallest
+            dropped = due[_DUE_TRACKED]
+            del due[_DUE_TRACKED:]
+            if not self._due_untracked or dropped < self._due_retry:
+                self._due_retry = dropped
+            self._due_untracked = True
+
     def _advance_due(self, changes: list[Change]) -> int:
+        """Apply the deferred updates now due, asking the table only when one may be
+        (lock held)."""
         if not self._table.deferred_count:
+            self._due.clear()
+            self._due_untracked = False
             return 0
-        changed = self._table.advance(self.clock.machine_state())
+        machine = self.clock.machine_state()
+        due = self._due
+        tracked_due = bool(due) and due[0] <= machine
+        untracked_due = self._due_untracked and self._due_retry <= machine
+        if not tracked_due and not untracked_due:
+            return 0
+        changed = self._table.advance(machine)
+        del due[: bisect.bisect_right(due, machine)]  # applied (or beaten by newer values)
+        n = batch_count(changed)
+        if not self._table.deferred_count:
+            due.clear()
+            self._due_untracked = False
+        elif self._due_untracked and self._due_retry <= machine:
+            # the untracked ones left are all above ``machine``: ask again a little
+            # later, backing off while asking for them alone finds nothing (a queue of
+            # far-future junk)
+            self._due_backoff = (
+                min(self._due_backoff * 2, _BLIND_RETRY_MAX)
+                if not tracked_due and not n
+                else _BLIND_RETRY_MIN
+            )
+            self._due_retry = machine + self._due_backoff
         self._changed(changed, None, changes)
-        return batch_count(changed)
+        return n
 
     def _changed(self, changed: bytes, origin: object, changes: list[Change]) -> None:
         """Everything that follows a merge that applied updates (lock held)."""
