@@ -242,9 +242,13 @@ class Forwarder:
         stats = self.stats
         try:
             link, s_reader, s_writer = await self._open_tunnel()
-        except (DTPError, OSError) as exc:
+        except Exception as exc:
+            # whatever the failure (a DTPError, an OSError, or a fault below such as
+            # select()'s ValueError past 1024 descriptors), the local client is closed:
+            # the task ending with it would leave the client waiting and its socket open
             stats.errors += 1
-            logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=str(exc)))
+            why = str(exc) if isinstance(exc, DTPError | OSError) else repr(exc)
+            logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=why))
             leg.close()
             return
         holder.append(link)
