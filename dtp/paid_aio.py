@@ -528,6 +528,8 @@ class PaidAioServer:
         self._live: set[_PaidConnection] = set()
         self._policy_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._closing = asyncio.Event()
+        self._lifetime: asyncio.Task[bool] | None = None
         # _handle calls and settlement threads running (they may still use the store)
         self._handling = 0
 
@@ -568,6 +570,11 @@ class PaidAioServer:
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
         )
         self._policy_task = asyncio.ensure_future(self._policy_loop())
+        # The server lives no longer than its event loop: asyncio.run ending with it
+        # open (this task cancelled) closes it as close() does. Its receipt writer's
+        # thread ran on, and the store it opened stayed open.
+        self._lifetime = asyncio.ensure_future(self._closing.wait())
+        self._lifetime.add_done_callback(lambda _: self.close())
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         if self._closed:
@@ -715,6 +722,7 @@ class PaidAioServer:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         if self._policy_task is not None:
             self._policy_task.cancel()
         if self.server is not None:

@@ -150,3 +150,35 @@ def test_the_loop_ending_with_a_ledger_server_open_stops_its_listener(
 
     asyncio.run(main())
     assert wait_for(lambda: not listeners(), 10), listeners()
+
+
+def test_the_loop_ending_with_a_paid_server_open_closes_it(
+    ledger: tuple[LocalLedger, str], tmp_path: Path
+) -> None:
+    """asyncio.run ends with a dtp.aio.serve() server still open: it is closed as
+    close() does, so its receipt writer's thread stops and the receipt store it opened
+    is closed (the thread ran on, the store and the listening socket stayed open)."""
+    book, host_id = ledger
+    before = {t.ident for t in threading.enumerate()}
+    servers: list[Any] = []
+
+    def writers() -> list[threading.Thread]:
+        return [
+            t for t in threading.enumerate() if t.ident not in before and t.name == "dtp-receipts"
+        ]
+
+    async def main() -> None:
+        server = await dtp.aio.serve(
+            host_id,
+            PORT,
+            lambda r, w: None,
+            ledger=book,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+        )
+        servers.append(server)
+        assert writers()  # running; the server is left open as main returns
+
+    asyncio.run(main())
+    assert wait_for(lambda: not writers(), 10), writers()
+    assert servers[0].server.sockets == ()
