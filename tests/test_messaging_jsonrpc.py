@@ -156,6 +156,8 @@ def test_deep_nesting_nan_and_repeated_names_are_parse_errors() -> None:
         b'{"jsonrpc": "2.0", "method": "bytes", "method": "ok", "id": 1}',
         b'{"jsonrpc": "2.0", "method": "ok", "params": {"a": 1, "a": 2}, "id": 1}',
         b'[{"jsonrpc": "2.0", "method": "ok", "id": 1, "id": 2}]',
+        b'{"jsonrpc": "2.0", "method": "ok", "params": [1e400], "id": 1}',
+        b'{"jsonrpc": "2.0", "method": "ok", "params": [-2.5E+999], "id": 1}',
         b"[" * 200_000,
         b'{"jsonrpc": "2.0", "method": "ok", "id": NaN}',
         b'{"jsonrpc": "2.0", "method": "ok", "params": [Infinity], "id": 1}',

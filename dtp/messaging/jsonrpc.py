@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -131,10 +132,25 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _finite_float(text: str) -> float:
+    # float() reads a number beyond the binary64 range (1e400) as an infinity, which is
+    # not JSON: it would reach the method, and no answer holding it could be written
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a float")
+    return value
+
+
 def _loads(document: bytes | str) -> Any:
-    """Strict JSON from a peer: no NaN or infinities, no repeated names in an object
-    (ValueError, or RecursionError when nested too deep)."""
-    return json.loads(document, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    """Strict JSON from a peer: no NaN or infinities (written as such or as numbers too
+    large for a float), no repeated names in an object (ValueError, or RecursionError
+    when nested too deep)."""
+    return json.loads(
+        document,
+        parse_constant=_refuse_constant,
+        parse_float=_finite_float,
+        object_pairs_hook=_unique_keys,
+    )
 
 
 class JsonRpcHttpProxy:
