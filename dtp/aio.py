@@ -693,10 +693,16 @@ class DTPStreamWriter:
             )
 
     def abort(self, reason: str = "aborted") -> None:
-        """Close the whole connection at once, dropping queued data."""
+        """Close the whole connection at once, dropping queued data. Reads and drain()
+        raise ConnectionClosed from now on (as asyncio's drain() raises once the
+        transport was aborted)."""
         self._closing = True
         self._conn.close(CloseCode.APPLICATION, reason)
         self._proto.flush()
+        # the end is known now, not only once the transport reports it lost: a drain()
+        # right after returned as if all had gone out
+        self._session.process_events()
+        self._proto._notify()
         if self._proto.transport is not None:
             self._proto.transport.close()
 

@@ -516,3 +516,31 @@ def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
         outcome = peer.release()
     assert isinstance(outcome, ConnectionClosed), outcome
     assert "before all that was written was sent" in str(outcome)
+
+
+def test_drain_right_after_abort_raises() -> None:
+    """As asyncio's (drain() after transport.abort() raises): abort() ends the
+    connection at once for drain() and the reads, not only once the transport reports
+    it lost (a drain() right after returned as if what was written had gone out)."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            writer.write(b"x" * 100_000)
+            writer.abort("given up")
+            assert writer.is_closing()
+            with pytest.raises(ConnectionClosed, match="given up"):
+                await writer.drain()
+            with pytest.raises(ConnectionClosed, match="given up"):
+                await reader.read(10)
+            await asyncio.wait_for(writer.wait_closed(), 5)
+
+    asyncio.run(main())
