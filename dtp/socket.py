@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from dtp._session import Session, check_connect_timeout
+from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
@@ -598,6 +599,7 @@ class _Engine:
             if self.closed:
                 return
             if self.session.terminated is None:
+                end = time.monotonic() + linger  # (the drain's patience comes out of it)
                 with contextlib.suppress(DTPError):
                     self.pump(
                         lambda: (
@@ -610,31 +612,60 @@ class _Engine:
                     # the final receipt goes out before CLOSE, in the same write: the
                     # server wakes once for both
                     self.payment.closing()
+                unread = self._peer_may_send_credit()
                 self.conn.close(CloseCode.NO_ERROR, "")
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
                 # the server's end of the carrier closes once it settled on the ledger:
                 # the payment then has nothing left to do there (one read)
-                self._drain_carrier(min(linger, 1.0))
+                left = end - time.monotonic()
+                self._drain_carrier(
+                    min(linger, 1.0), left if unread and left > DRAIN_QUIET else None
+                )
                 if self.payment is not None:
                     self.payment.finish()
             self.session.process_events()
             self._release()
 
-    def _drain_carrier(self, timeout: float) -> None:
+    def _peer_may_send_credit(self) -> bool:
+        """Whether the peer, as it reads what we sent, will still send flow-control
+        credit (lock held): it does each time it has read a quarter of a window past
+        its last update (Connection._return_credit), so while what we sent reaches
+        beyond that point of the window it last gave us, its reading is not over."""
+        conn = self.conn
+        conn.take_back(time.monotonic())  # (a lent stream's counts)
+        params = conn._peer_params
+        md, msd = params.get("md"), params.get("msd")
+        if isinstance(md, int) and conn._conn_sent > conn._conn_send_credit - md * 3 // 4:
+            return True
+        if isinstance(msd, int):
+            at = msd * 3 // 4
+            for stream in conn._streams.values():
+                # (a stream whose end we sent gets no more credit)
+                if stream.send_state is SendState.OPEN and stream.next_offset > (
+                    stream.send_credit - at
+                ):
+                    return True
+        return False
+
+    def _drain_carrier(self, timeout: float, unread: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
         closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. Closing a TCP
         socket with unread bytes resets the connection, and the reset can destroy what
         the peer has not read yet (RFC 1122 4.2.2.13) -- the end of our data, when the
-        peer, still reading it, sends flow-control updates after we stopped reading."""
+        peer, still reading it, sends flow-control updates after we stopped reading.
+        ``unread``: the peer is still reading what we sent (_peer_may_send_credit), at
+        its own pace: going quiet then ends nothing, only its close or ``unread``
+        seconds do (a slow reader lost the end of our data to the reset)."""
         if self.carrier_closed or self.out:
             return
         try:
             self.sock.shutdown(_socket.SHUT_WR)
         except OSError:
             return
-        deadline = time.monotonic() + timeout
+        patient = unread is not None
+        deadline = time.monotonic() + (unread if unread is not None else timeout)
         while True:
             try:
                 if not self.sock.recv_into(self._rbuf):
@@ -644,11 +675,15 @@ class _Engine:
                 pass
             except OSError:
                 return
-            left = min(deadline - time.monotonic(), DRAIN_QUIET)
+            left = deadline - time.monotonic()
             if left <= 0:
                 return
+            if not patient:
+                left = min(left, DRAIN_QUIET)
             try:
                 if not select.select([self.sock], [], [], left)[0]:
+                    if patient:
+                        return  # (the deadline)
                     return  # quiet: nothing more is coming that a reset could cut off
             except (OSError, ValueError):
                 return

@@ -4,6 +4,7 @@ the socket; several threads waiting on one server; streams closed with bytes unr
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -15,7 +16,7 @@ import pytest
 
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionLost, DTPTimeoutError, LocalProtocolError
+from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
 
@@ -398,3 +399,38 @@ def test_sendall_timeout_bounds_the_whole_call(pair: Pair) -> None:
         stop.set()
         client.abort()
         reader.join(5)
+
+
+def test_close_loses_nothing_a_slow_reader_has_still_to_read(pair: Pair) -> None:
+    """close() with data still on its way to a peer that reads it slowly: the peer
+    reads every byte, then the end. The carrier was closed 20 ms after the peer went
+    quiet; the credit the peer sent as it read on then met a closed socket, whose
+    reset destroyed what the peer's TCP had not handed over yet (ConnectionLost there,
+    half the data gone)."""
+    assert pair.client is not None
+    client = pair.client
+    stream = client.open_stream()
+    stream.settimeout(0)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:  # as much as flow control and the carrier take
+            sent += stream.send(b"z" * (1 << 20))
+    assert sent > 2 << 20
+    peer_stream = pair.peer.accept_stream()
+    peer_stream.settimeout(5)
+
+    def read_slowly() -> int:
+        got = 0
+        with contextlib.suppress(ConnectionClosed):  # (the end, after the data)
+            while chunk := peer_stream.recv(1 << 20):
+                got += len(chunk)
+                threading.Event().wait(0.01)  # (pacing: a slow reader)
+        pair.peer.close()
+        return got
+
+    reader = Call(read_slowly)
+    closer = Call(client.close)
+    assert reader.join(5)
+    assert reader.error is None, reader.error
+    assert reader.result == sent
+    assert closer.join(5) and closer.error is None
