@@ -65,10 +65,20 @@ def _common() -> argparse.ArgumentParser:
     return parent
 
 
+def _given_path(text: str | None, option: str) -> Path | None:
+    """The path an option names (None when it was not given). An empty one is an error:
+    ``--ledger-path "$UNSET"`` would otherwise act on the default file."""
+    if text is None:
+        return None
+    if not text:
+        raise _CliError(f"{option} is empty: give a file, or leave the option out.")
+    return Path(text)
+
+
 def _identity_path(args: argparse.Namespace) -> Path:
     from dtp.keys import default_identity_path
 
-    return Path(args.identity) if args.identity else default_identity_path()
+    return _given_path(args.identity, "--identity") or default_identity_path()
 
 
 def _identity(args: argparse.Namespace) -> Any:
@@ -84,7 +94,7 @@ def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
 
     if args.ledger != "local":
         raise _CliError(_SUI_NOT_CONFIGURED)
-    path = Path(args.ledger_path) if args.ledger_path else default_ledger_path()
+    path = _given_path(args.ledger_path, "--ledger-path") or default_ledger_path()
     if not create and not path.exists():
         raise _CliError(
             f"No ledger at {path}: check --ledger-path, or create one with `dtp localnet faucet`."
