@@ -96,6 +96,11 @@ SEND_HIGH_WATER = 512 * 1024
 #: not a clean end)
 CLOSE_LINGER = 5.0
 UNSENT = "closed before all that was written was sent"
+#: How long a closed carrier may go without writing any of what it still holds (a CLOSE
+#: record, the last data) before it is aborted: a peer that stopped reading would hold
+#: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
+#: most a second for that in all.)
+CARRIER_GRACE = 1.0
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
@@ -115,6 +120,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
@@ -158,6 +164,8 @@ class _Protocol(asyncio.Protocol):
         self._notify()
         if self._timer is not None:
             self._timer.cancel()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
         if not self.closed_future.done():
             self.closed_future.set_result(None)
 
@@ -189,9 +197,34 @@ class _Protocol(asyncio.Protocol):
             and self.transport is not None
             and not self.hold_carrier
         ):
-            self.transport.close()
+            self.close_carrier()
         if changed:
             self._notify()
+
+    def close_carrier(self) -> None:
+        """Close the transport once it wrote what it holds; aborted when it wrote
+        nothing of it for CARRIER_GRACE seconds (a peer that stopped reading kept the
+        socket open, and wait_closed() waiting, for good; a slow one is given the time
+        it takes)."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if self._abort_timer is None and not self.closed_future.done():
+            self._abort_after_grace(transport.get_write_buffer_size())
+
+    def _abort_after_grace(self, left: int) -> None:
+        self._abort_timer = self.loop.call_later(CARRIER_GRACE, self._abort_carrier, left)
+
+    def _abort_carrier(self, left: int) -> None:
+        transport = self.transport
+        if transport is None or self.closed_future.done():
+            return
+        now = transport.get_write_buffer_size()
+        if now < left:  # still moving: look again
+            self._abort_after_grace(now)
+        else:
+            transport.abort()
 
     def _schedule_timer(self) -> None:
         deadline = self.conn.get_timer()
@@ -669,9 +702,7 @@ class DTPStreamWriter:
             # nothing to do on the ledger (as the blocking socket's drain)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._proto.closed_future), DRAIN_QUIET)
-        transport = self._proto.transport
-        if transport is not None:
-            transport.close()
+        self._proto.close_carrier()
         if payment is not None:
             await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
 
@@ -703,8 +734,7 @@ class DTPStreamWriter:
         # right after returned as if all had gone out
         self._session.process_events()
         self._proto._notify()
-        if self._proto.transport is not None:
-            self._proto.transport.close()
+        self._proto.close_carrier()
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on the connection (see
@@ -1091,8 +1121,7 @@ async def _open(
 def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.conn.close(code, reason)
     proto.flush()
-    if proto.transport is not None:
-        proto.transport.close()
+    proto.close_carrier()
 
 
 class DTPServer:
@@ -1365,8 +1394,7 @@ class DTPServer:
             self.refused += 1
             session.conn.refuse(verdict)
             proto.flush()
-            if proto.transport is not None:
-                proto.transport.close()
+            proto.close_carrier()
             return False
         session.conn.accept()
         session.process_events()

@@ -120,8 +120,7 @@ class _PaidConnection:
     def close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
         self.proto.flush()
-        if self.proto.transport is not None:
-            self.proto.transport.close()
+        self.proto.close_carrier()
 
     async def wait_paid(self) -> None:
         """As :meth:`dtp.paid._PaidConnection.wait_paid`."""
@@ -659,8 +658,8 @@ class PaidAioServer:
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
         proto.hold_carrier = False
-        if proto.session.terminated is not None and proto.transport is not None:
-            proto.transport.close()
+        if proto.session.terminated is not None:
+            proto.close_carrier()
 
     async def _settle(self, cid: str, final: Receipt | None) -> None:
         # The settlement reads and marks the receipt store from its thread, which goes

@@ -6,6 +6,7 @@ echo server of tests/servers.py in its own process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from typing import Any
 
@@ -544,3 +545,36 @@ def test_drain_right_after_abort_raises() -> None:
             await asyncio.wait_for(writer.wait_closed(), 5)
 
     asyncio.run(main())
+
+
+def test_wait_closed_ends_when_the_peer_stopped_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer process stopped (SIGSTOP) with the carrier's buffers full: close() then
+    wait_closed() ends once the carrier made no progress for CARRIER_GRACE (it waited
+    for good: the transport's close() waits to write what it holds)."""
+    import os
+    import signal
+
+    monkeypatch.setattr(dtp.aio, "CLOSE_LINGER", 0.3)
+
+    async def main(srv: ServerProc) -> None:
+        _reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+        )
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            transport = writer.transport
+            assert transport is not None
+            # until the carrier holds what the stopped peer will not take
+            async with asyncio.timeout(8):
+                while transport.get_write_buffer_size() == 0 or not writer.get_write_buffer_size():
+                    writer.write(b"y" * (1 << 20))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(writer.drain(), 0.2)
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 5)
+            assert transport.is_closing()
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+
+    with server_process("sink", api="asyncio") as srv:
+        asyncio.run(main(srv))
