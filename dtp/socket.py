@@ -32,6 +32,7 @@ import socket as _socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -166,6 +167,9 @@ class _Engine:
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
+        # are closed at the next I/O, under the lock (see _close_dropped)
+        self.dropped: deque[int] = deque()
         try:
             self.peername = sock.getpeername()
             self.sockname = sock.getsockname()
@@ -565,6 +569,8 @@ class _Engine:
                 self.cond.notify_all()
 
     def _after_io(self) -> None:
+        if self.dropped:
+            self._close_dropped()
         conn = self.conn
         timer = conn.get_timer()
         if timer is not None:
@@ -573,6 +579,27 @@ class _Engine:
                 conn.handle_timer(now)
         self.session.process_events()
         self.flush()
+
+    def _close_dropped(self) -> None:
+        """Close the streams whose sockets were garbage-collected unclosed, as their
+        close() would have (lock held): their end goes out, the peer is asked to stop
+        sending, and what they left unread gives its credit back -- held for good, it
+        would stall the connection's other streams. (A finalizer does no protocol
+        work: DTPSocket.__del__ only queues the stream here.)"""
+        session, conn = self.session, self.conn
+        while self.dropped:
+            sid = self.dropped.popleft()
+            if session.terminated is None:
+                stream = conn._streams.get(sid)
+                if stream is not None and stream.send_state is SendState.OPEN:
+                    with contextlib.suppress(DTPError):
+                        conn.send_stream_data(sid, b"", end_stream=True)
+                buf = session.streams.get(sid)
+                if stream is not None and not (buf is not None and buf.eof):
+                    with contextlib.suppress(DTPError):
+                        conn.stop_sending(sid)
+            session.discard(sid)
+            session.forget(sid)
 
     def poll(self) -> None:
         """One non-blocking pass (lock held): read what arrived, run timers, write."""
@@ -1409,13 +1436,19 @@ class DTPSocket:
         # lane reads and writes by number). So the numbers go first, and the carrier is
         # left "open": the next I/O on it fails (EBADF) and ends the connection under
         # the lock, as a carrier error does (ConnectionLost).
-        if not getattr(self, "_closed", True) and self._primary:
+        if getattr(self, "_closed", True):
+            return
+        if self._primary:
             engine = self._engine
             engine._fd = engine._wake_fd = _DEAD_FD
             engine.closed = True
             for s in (engine.sock, engine._wake_r, engine._wake_w):
                 with contextlib.suppress(OSError):
                     s.close()
+        else:
+            # another stream: the connection closes it at its next I/O (an append to a
+            # deque is safe from here; the timer's next look at the latest)
+            self._engine.dropped.append(self._stream_id)
 
     # -- datagrams -------------------------------------------------------------------------
 

@@ -434,3 +434,45 @@ def test_close_loses_nothing_a_slow_reader_has_still_to_read(pair: Pair) -> None
     assert reader.error is None, reader.error
     assert reader.result == sent
     assert closer.join(5) and closer.error is None
+
+
+def test_streams_dropped_unclosed_give_the_connection_its_credit_back() -> None:
+    """Stream sockets garbage-collected unclosed (as a socket.socket is closed then):
+    the connection closes their streams at its next I/O, and their unread bytes no
+    longer count against its window. They held it for good: two such streams here
+    stalled every other stream."""
+    config = ConnectionConfig(
+        identity=SERVER_ID, is_client=False, stream_window=WINDOW, connection_window=2 * WINDOW
+    )
+    p = Pair(config)
+    try:
+        assert p.client is not None
+        p.client.settimeout(5)
+        p.peer.settimeout(5)
+        for _ in range(2):
+            stream = p.client.open_stream()
+            stream.sendall(b"x")
+            peer = p.peer.accept_stream()
+            assert peer.recv(1) == b"x"
+            stream.sendall(b"y" * (WINDOW - 1))  # the rest of its window: read by nobody
+            del peer
+            gc.collect()
+        third = p.client.open_stream()
+        third.settimeout(5)
+
+        def send() -> bytes:
+            third.sendall(b"z" * (4 * WINDOW))
+            return third.recv(1)  # (drives the connection while credit comes back)
+
+        sender = Call(send)
+        peer = p.peer.accept_stream()
+        got = 0
+        while got < 4 * WINDOW:
+            chunk = peer.recv(WINDOW)
+            assert chunk
+            got += len(chunk)
+        peer.sendall(b"!")
+        assert sender.join(5) and sender.error is None and sender.result == b"!"
+        peer.close()
+    finally:
+        p.close()
