@@ -1524,7 +1524,13 @@ async def start_server(
         await server._start(host, port, backlog)
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and dtp_port is not None
-        server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
+        try:
+            server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
+        except BaseException:
+            # (a host it cannot serve, say): the TCP listener started first goes too,
+            # rather than listen on with nobody holding the server
+            server.close()
+            raise
     return server
 
 

@@ -182,3 +182,32 @@ def test_the_loop_ending_with_a_paid_server_open_closes_it(
     asyncio.run(main())
     assert wait_for(lambda: not writers(), 10), writers()
     assert servers[0].server.sockets == ()
+
+
+def test_a_server_whose_ledger_listener_fails_leaves_no_tcp_listener(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    """start_server on TCP and the ledger carrier for a host the identity is not the
+    authority of: NotAuthorized, and the TCP listener it had started is closed (it
+    listened on, unreachable through the server nobody got)."""
+    from dtp.errors import NotAuthorized
+    from tests.leaks import resource_warnings
+
+    book, host_id = ledger
+    stranger = identity_from_seed(0x63)
+
+    async def main() -> None:
+        with pytest.raises(NotAuthorized):
+            await dtp.aio.start_server(
+                lambda r, w: None,
+                "127.0.0.1",
+                0,
+                identity=stranger,
+                ledger=book,
+                host_id=host_id,
+                dtp_port=PORT,
+                carriers=("tcp", "ledger"),
+            )
+
+    left = resource_warnings(lambda: asyncio.run(main()))
+    assert [m for m in left if "unclosed" in m] == []
