@@ -1,6 +1,6 @@
 """The services daemon at runtime: a stop while a tunnel is stuck on a backend that
 never reads still settles the connection, SIGHUP during the stop is ignored; one daemon
-per state directory."""
+per state directory; a forward of the wrong protocol is refused or logged."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT, Proc, daemon, wait_until
+from tests.daemon_procs import ENV, ROOT, Proc, backend, daemon, wait_until
 
 SUI = 1_000_000_000
 
@@ -217,3 +217,79 @@ target = "dtp://0x{"ab" * 32}:80"
     third = daemon(config)
     procs.append(third)
     assert third.stop() == 0
+
+
+def start_pair(
+    tmp: Path, procs: list[Proc], backend_mode: str, service_extra: str, forward_extra: str
+) -> tuple[Proc, Proc, tuple[str, int]]:
+    """A backend, a provider daemon exposing it (free) and a forwarder to it."""
+    b = backend(backend_mode)
+    procs.append(b)
+    HostIdentity.generate().save(tmp / "provider.key")
+    HostIdentity.generate().save(tmp / "client.key")
+    provider = tmp / "daemon.toml"
+    provider.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+
+[[service]]
+name = "svc"
+port = 7000
+backends = ["127.0.0.1:{b.info["port"]}"]
+{service_extra}
+"""
+    )
+    d = daemon(provider)
+    procs.append(d)
+    client = tmp / "forwarder.toml"
+    client.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "client.key"
+state_dir = "forwarder-state"
+faucet = {10 * SUI}
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{d.info["host_id"]}:7000"
+{forward_extra}
+"""
+    )
+    f = daemon(client)
+    procs.append(f)
+    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+    return d, f, (host, int(port))
+
+
+def test_a_tcp_forward_to_a_udp_service_is_refused(tmp_path: Path, procs: list[Proc]) -> None:
+    """The UDP service's connection accepted no stream: the tunnel's status never came
+    and the local client waited for good."""
+    d, f, address = start_pair(tmp_path, procs, "udp", 'protocol = "udp"', "")
+    sock = socket.create_connection(address, timeout=5)
+    with sock:
+        sock.sendall(b"hello")
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+    reason = 'service svc is a UDP service: use a forward with protocol = \\"udp\\"'
+    wait_until(lambda: reason in f.log(), what="the forwarder's log")
+    assert reason in d.log()
+    assert f.stop() == 0 and d.stop() == 0
+
+
+def test_a_udp_forward_to_a_tcp_service_is_logged(tmp_path: Path, procs: list[Proc]) -> None:
+    """Its datagrams were dropped without a word anywhere."""
+    d, f, address = start_pair(tmp_path, procs, "echo", "", 'protocol = "udp"')
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+
+        def sent() -> bool:
+            udp.sendto(b"hello", address)
+            return '"datagrams dropped"' in d.log()
+
+        wait_until(sent, what="the daemon's log")
+    assert 'service svc is a TCP service: use a forward with protocol = \\"tcp\\"' in d.log()
+    assert f.stop() == 0 and d.stop() == 0

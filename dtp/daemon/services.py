@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +228,7 @@ class ServiceHost:
         if service.protocol == "udp":
             await self._udp_flow(conn, reader)
             return
+        writer.set_datagram_sink(self._stray_datagrams(conn))
         acceptor = asyncio.ensure_future(self._accept_tunnels(conn))
         try:
             if terms.sla.price_per_kib or terms.sla.price_per_request:
@@ -293,6 +295,14 @@ class ServiceHost:
         stats.tunnels += 1
         stats.active_tunnels += 1
         udp_stats = UdpStats()
+        # a TCP forward pointed at this UDP service opens streams nobody would answer:
+        # its local client waited for the tunnel's status for good
+        refuser = asyncio.ensure_future(
+            self._refuse_tunnels(
+                conn,
+                f'service {service.name} is a UDP service: use a forward with protocol = "udp"',
+            )
+        )
         try:
             await relay_udp_async(
                 reader,
@@ -304,6 +314,9 @@ class ServiceHost:
                 limits=conn.buckets,
             )
         finally:
+            refuser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refuser
             stats.active_tunnels -= 1
             snap = udp_stats.snapshot()
             stats.bytes_in += snap["bytes_in"]
@@ -366,6 +379,43 @@ class ServiceHost:
                 )
                 conn.writer.abort(f"bad receipt: {exc}")
                 return
+
+    def _stray_datagrams(self, conn: _Conn) -> Callable[[bytes], None]:
+        """A sink for datagrams on a TCP service's connection (a UDP forward pointed at
+        it): they are dropped, and the first one says why in the log, where nothing
+        said anything before."""
+        warned = False
+
+        def sink(_: bytes) -> None:
+            nonlocal warned
+            if not warned:
+                warned = True
+                logger.warning(
+                    "datagrams dropped",
+                    extra=kv(
+                        service=conn.service.name,
+                        client=conn.client,
+                        reason=f"service {conn.service.name} is a TCP service: use a "
+                        'forward with protocol = "tcp"',
+                    ),
+                )
+
+        return sink
+
+    async def _refuse_tunnels(self, conn: _Conn, reason: str) -> None:
+        """Answer every stream the client opens with a refusal (``reason``)."""
+        while True:
+            try:
+                _, s_writer = await conn.writer.accept_stream()
+            except DTPError:
+                return
+            logger.warning(
+                "tunnel refused",
+                extra=kv(service=conn.service.name, client=conn.client, reason=reason),
+            )
+            with contextlib.suppress(DTPError):
+                s_writer.write(refusal(reason))
+                s_writer.close()
 
     async def _accept_tunnels(self, conn: _Conn) -> None:
         while True:
