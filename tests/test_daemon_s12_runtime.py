@@ -293,3 +293,25 @@ def test_a_udp_forward_to_a_tcp_service_is_logged(tmp_path: Path, procs: list[Pr
         wait_until(sent, what="the daemon's log")
     assert 'service svc is a TCP service: use a forward with protocol = \\"tcp\\"' in d.log()
     assert f.stop() == 0 and d.stop() == 0
+
+
+def test_daemon_settings_wait_for_a_restart(tmp_path: Path, procs: list[Proc]) -> None:
+    """[daemon] changes need a restart (docs/daemon.md), and the first reload said so;
+    but it kept the new settings, so the second reload published the new
+    public_endpoint on the Host (clients sent to an address nobody listens on)."""
+    d, f, _ = start_pair(tmp_path, procs, "echo", "", "")
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\npublic_endpoint = "10.9.9.9:1"\n')
+    )
+    for reloads in (1, 2):
+        d.send(signal.SIGHUP)
+        wait_until(lambda n=reloads: d.log().count('"reloaded"') == n, what="the reload")
+    assert d.log().count("[daemon] changes take effect at the next restart") == 2
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        endpoints = ledger.get_host(d.info["host_id"]).endpoints
+    finally:
+        ledger.close()
+    assert [bytes(e).decode() for e in endpoints] == [d.info["endpoint"]]
+    assert f.stop() == 0 and d.stop() == 0

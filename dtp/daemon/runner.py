@@ -305,8 +305,10 @@ class Daemon:
             await self.services.configure(new.services)
         running = await self._reload_forwards(new.forwards)
         # what runs, not what the file says: a forward that kept its old listener is
-        # compared against its old settings at the next reload, which then retries it
-        self.config = replace(new, forwards=running)
+        # compared against its old settings at the next reload, which then retries it;
+        # and [daemon] as started (taking the file's made a public_endpoint, drain_timeout
+        # … changed "for the next restart" apply from the next reload on)
+        self.config = replace(new, daemon=self.config.daemon, forwards=running)
         self.book.info["reloaded"] = time.time()
         self.book.touch()
         logger.info(
