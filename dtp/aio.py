@@ -633,8 +633,9 @@ class DTPStreamWriter:
                 raise ConnectionClosed("the connection closed before all that was written went out")
 
     def close(self) -> None:
-        """Close this stream; on the first stream, close the whole connection once
-        queued data has left."""
+        """Close this stream, both ways (its reader gives b"" from now on: call
+        :meth:`write_eof` to half-close instead); on the first stream, close the whole
+        connection once queued data has left."""
         if self._closing:
             return
         self._closing = True
@@ -651,6 +652,17 @@ class DTPStreamWriter:
             with contextlib.suppress(DTPError):
                 if not self._eof_sent:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
+            # Closed both ways, as asyncio's close() and the blocking API's: the peer is
+            # asked to stop sending, and what is unread (and what comes before it stops)
+            # is dropped, its flow-control credit returned; reads give b"". Kept, it was
+            # held for good: two such streams stalled every other stream.
+            session = self._session
+            buf = session.streams.get(self._stream_id)
+            if not (buf is not None and (buf.eof or buf.reset_code is not None)):
+                with contextlib.suppress(DTPError):
+                    self._conn.stop_sending(self._stream_id)
+            session.discard(self._stream_id)
+            self._proto._notify()
             self._proto.flush()
 
     def _close_ended(self, task: asyncio.Future[None]) -> None:

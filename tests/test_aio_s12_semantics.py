@@ -14,7 +14,7 @@ import pytest
 
 import dtp.aio
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError
+from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
 from dtp.keys import HostIdentity
 from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings
@@ -281,10 +281,11 @@ def test_write_eof_after_close_does_nothing_as_asyncio() -> None:
             )
             stream_reader, stream_writer = await writer.open_stream()
             stream_writer.write(b"abc")
+            stream_writer.write_eof()
+            assert await asyncio.wait_for(stream_reader.read(), 5) == b"abc"
             stream_writer.close()
             stream_writer.write_eof()
             assert stream_writer.is_closing()
-            assert await asyncio.wait_for(stream_reader.read(), 5) == b"abc"
             writer.close()
             writer.write_eof()
             await writer.wait_closed()
@@ -578,3 +579,58 @@ def test_wait_closed_ends_when_the_peer_stopped_reading(monkeypatch: pytest.Monk
 
     with server_process("sink", api="asyncio") as srv:
         asyncio.run(main(srv))
+
+
+def test_closing_streams_with_unread_data_does_not_stall_the_others() -> None:
+    """A stream closed with what the peer sent on it unread (two of them hold the
+    connection's whole window): its bytes are dropped and their credit returned, and
+    the peer is asked to stop, as the blocking API's close() does; the connection's
+    other streams go on (they stalled for good), and the closed stream reads b""."""
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        stopped: list[BaseException] = []
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            async def flood(stream_writer: dtp.aio.DTPStreamWriter) -> None:
+                try:
+                    stream_writer.write(b"z" * (5 << 20))  # beyond a stream's window
+                    await stream_writer.drain()
+                    while True:
+                        stream_writer.write(b"z" * 65536)
+                        await stream_writer.drain()
+                except DTPError as exc:
+                    stopped.append(exc)  # the peer asked us to stop
+
+            floods = []
+            for _ in range(2):
+                _, stream_writer = await writer.accept_stream()
+                floods.append(asyncio.ensure_future(flood(stream_writer)))
+            assert await reader.readexactly(4) == b"ping"
+            writer.write(b"pong" * 1000)
+            await asyncio.gather(*floods)
+            await reader.read()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            closed = []
+            for _ in range(2):
+                stream_reader, stream_writer = await writer.open_stream()
+                stream_writer.write(b"hi")
+                await _buffered(stream_reader, 1)  # its flood has begun
+                stream_writer.close()  # done with it: nothing of it read
+                closed.append(stream_reader)
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4000), 5) == b"pong" * 1000
+            for stream_reader in closed:
+                assert await asyncio.wait_for(stream_reader.read(), 5) == b""
+            async with asyncio.timeout(5):
+                while len(stopped) < 2:
+                    await asyncio.sleep(0.01)
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
