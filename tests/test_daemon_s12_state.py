@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,23 @@ def test_dtp_status_with_a_pid_beyond_any(
         assert json.loads(out)["running"] is False
     else:
         assert out.startswith("daemon: not running")
+
+
+def test_a_status_file_that_cannot_be_written_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The OSError went up through the daemon's run loop: one unwritable status file
+    (a full disk, a directory in its place) stopped the whole daemon (exit 1)."""
+    target = tmp_path / STATUS_FILE
+    target.mkdir()
+    book = StatusBook(tmp_path)
+    book.service("svc").connections += 1
+    with caplog.at_level(logging.INFO, logger="dtp.daemon"):
+        book.save(force=True)
+        book.save(force=True)
+        assert [r.getMessage() for r in caplog.records] == ["status file not written"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [STATUS_FILE]  # no tmp left
+        target.rmdir()
+        book.save(force=True)
+        assert caplog.records[-1].getMessage() == "status file written again"
+    assert json.loads(target.read_text())["services"]["svc"]["connections"] == 1

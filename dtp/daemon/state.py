@@ -8,12 +8,18 @@ back from the previous file at start; live counters (active tunnels) start at ze
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from dtp.daemon.logs import kv
+
+logger = logging.getLogger("dtp.daemon")
 
 __all__ = [
     "STATUS_FILE",
@@ -97,6 +103,8 @@ class StatusBook:
     interval: float = 0.5
     _saved_at: float = 0.0
     _dirty: bool = True
+    _save_error: str | None = None
+    """Why the last write failed (logged once until it succeeds again)."""
 
     @classmethod
     def open(cls, state_dir: Path) -> StatusBook:
@@ -136,12 +144,27 @@ class StatusBook:
         now = time.monotonic()
         if not force and (not self._dirty or now - self._saved_at < self.interval):
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         target = self.state_dir / STATUS_FILE
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
-        os.replace(tmp, target)
-        self._saved_at = now
+        self._saved_at = now  # a failed write is tried again after the interval too
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+            os.replace(tmp, target)
+        except OSError as exc:
+            # the counters are for `dtp status`: a full disk or a broken file must not
+            # stop the daemon serving (it did: the error ended the run loop)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
+            error = f"{exc.strerror or exc}: {where}" if where else str(exc)
+            if error != self._save_error:
+                self._save_error = error
+                logger.warning("status file not written", extra=kv(error=error))
+            return
+        if self._save_error is not None:
+            self._save_error = None
+            logger.info("status file written again", extra=kv(path=str(target)))
         self._dirty = False
 
 
