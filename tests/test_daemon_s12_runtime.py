@@ -315,3 +315,24 @@ def test_daemon_settings_wait_for_a_restart(tmp_path: Path, procs: list[Proc]) -
         ledger.close()
     assert [bytes(e).decode() for e in endpoints] == [d.info["endpoint"]]
     assert f.stop() == 0 and d.stop() == 0
+
+
+@pytest.mark.parametrize("content", ["garbage", '{"x": 1}', "[]", '{"host_id": null}'])
+def test_a_damaged_host_record_is_one_line(tmp_path: Path, content: str) -> None:
+    """host.json was read with json.loads(...)["host_id"]: a traceback (JSONDecodeError,
+    KeyError, TypeError) out of `dtp daemon`."""
+    HostIdentity.generate().save(tmp_path / "provider.key")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "host.json").write_text(content)
+    config = tmp_path / "dtp.toml"
+    config.write_text(
+        '[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\nstate_dir = "state"\n'
+        '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:9"]\n'
+    )
+    result = start_failure(config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f'dtp daemon: {tmp_path / "state" / "host.json"} is damaged (expected {{"host_id": '
+        '"0x…"}): restore it, or set [daemon] host_id; removing it creates a new Host'
+    )

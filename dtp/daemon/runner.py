@@ -139,7 +139,7 @@ class Daemon:
             return settings.host_id
         record = settings.state_dir / HOST_FILE
         if record.exists():
-            return str(json.loads(record.read_text())["host_id"])
+            return _recorded_host_id(record)
         host_id = self.ledger.create_host(self.identity, self.identity.noise_public, [endpoint])
         record.write_text(json.dumps({"host_id": host_id}))
         logger.info("host created", extra=kv(host_id=host_id))
@@ -484,6 +484,22 @@ class Daemon:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+def _recorded_host_id(record: Path) -> str:
+    """The host ID in ``host.json``. A damaged record is an error, not a reason to create
+    another Host: the services, firewall and clients are on the recorded one."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        data = None
+    host_id = data.get("host_id") if isinstance(data, dict) else None
+    if not isinstance(host_id, str):
+        raise HostConfigError(
+            f'{record} is damaged (expected {{"host_id": "0x…"}}): restore it, or set '
+            "[daemon] host_id; removing it creates a new Host"
+        )
+    return host_id
 
 
 def _bind_error(
