@@ -356,7 +356,9 @@ class DTPStreamReader:
     def _ended(self) -> bool:
         """No more bytes will arrive (some may still be buffered)."""
         buf = self._session.streams.get(self._stream_id)
-        return (buf is not None and buf.eof) or self._session.terminated is not None
+        return (
+            buf is not None and (buf.eof or buf.discarded)
+        ) or self._session.terminated is not None
 
     def at_eof(self) -> bool:
         """True when the peer half-closed (or closed the connection cleanly) and
@@ -433,6 +435,8 @@ class DTPStreamReader:
         stream: the peer's reset of it, or the connection's failure before the stream
         ended (None at a clean end, or while the stream goes on)."""
         buf = self._session.streams.get(self._stream_id)
+        if buf is not None and buf.discarded:
+            return None  # closed here: reads end, as take() says, whatever the peer did
         if buf is not None and buf.reset_code is not None:
             return StreamReset(self._stream_id, buf.reset_code)
         if buf is not None and buf.eof:

@@ -585,7 +585,8 @@ def test_closing_streams_with_unread_data_does_not_stall_the_others() -> None:
     """A stream closed with what the peer sent on it unread (two of them hold the
     connection's whole window): its bytes are dropped and their credit returned, and
     the peer is asked to stop, as the blocking API's close() does; the connection's
-    other streams go on (they stalled for good), and the closed stream reads b""."""
+    other streams go on (they stalled for good), and the closed stream's reads end
+    cleanly (readline() raised the StreamReset the peer answered the stop with)."""
 
     async def main() -> None:
         identity = HostIdentity.generate()
@@ -625,8 +626,12 @@ def test_closing_streams_with_unread_data_does_not_stall_the_others() -> None:
                 closed.append(stream_reader)
             writer.write(b"ping")
             assert await asyncio.wait_for(reader.readexactly(4000), 5) == b"pong" * 1000
-            for stream_reader in closed:
+            for stream_reader in closed:  # closed here: a clean end for every read
                 assert await asyncio.wait_for(stream_reader.read(), 5) == b""
+                assert await asyncio.wait_for(stream_reader.readline(), 5) == b""
+                with pytest.raises(asyncio.IncompleteReadError):
+                    await asyncio.wait_for(stream_reader.readexactly(1), 5)
+                assert stream_reader.at_eof()
             async with asyncio.timeout(5):
                 while len(stopped) < 2:
                     await asyncio.sleep(0.01)
