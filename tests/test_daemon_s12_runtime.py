@@ -336,3 +336,24 @@ def test_a_damaged_host_record_is_one_line(tmp_path: Path, content: str) -> None
         f'dtp daemon: {tmp_path / "state" / "host.json"} is damaged (expected {{"host_id": '
         '"0x…"}): restore it, or set [daemon] host_id; removing it creates a new Host'
     )
+
+
+def test_a_deposit_that_pays_for_nothing_says_so(tmp_path: Path, procs: list[Proc]) -> None:
+    """A paid service with min_deposit 0 and a forward without a deposit: the connection
+    cannot pay for one tunnel. The forwarder opened three ledger connections per local
+    client, each retired at once, and logged "no usable connection"."""
+    d, f, address = start_pair(tmp_path, procs, "echo", "price_per_request = 1", "")
+    sock = socket.create_connection(address, timeout=5)
+    with sock:
+        sock.sendall(b"hi")
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(10) == b""
+    reason = "a deposit of 0 MIST cannot pay for one tunnel to dtp://"
+    wait_until(lambda: reason in f.log(), what="the forwarder's log")
+    assert "raise deposit in [[forward]] svc" in f.log()
+    assert f.stop() == 0 and d.stop() == 0
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        assert len(ledger.objects("TransportControl")) == 1
+    finally:
+        ledger.close()

@@ -226,6 +226,15 @@ class Forwarder:
             link = await self._get_link()
             if not link.fees.affordable(requests=1):
                 self._retire(link)
+                meter = link.fees.meter
+                if meter.total_requests == 0:
+                    # a fresh connection: the next one, with the same deposit, could not
+                    # pay either (each try was a connection opened on the ledger)
+                    raise TunnelError(
+                        f"a deposit of {meter.deposit} MIST cannot pay for one tunnel to "
+                        f"{self.config.target} ({meter.sla.price_per_request} MIST per "
+                        f"request): raise deposit in [[forward]] {self.config.name}"
+                    )
                 continue
             try:
                 s_reader, s_writer = await link.writer.open_stream()
