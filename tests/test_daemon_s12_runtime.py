@@ -357,3 +357,21 @@ def test_a_deposit_that_pays_for_nothing_says_so(tmp_path: Path, procs: list[Pro
         assert len(ledger.objects("TransportControl")) == 1
     finally:
         ledger.close()
+
+
+def test_a_damaged_receipt_store_is_named(tmp_path: Path) -> None:
+    """SQLite's "file is not a database" came out alone: which of the daemon's files?"""
+    HostIdentity.generate().save(tmp_path / "provider.key")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "receipts.sqlite").write_text("not a database")
+    config = tmp_path / "dtp.toml"
+    config.write_text(
+        '[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\nstate_dir = "state"\n'
+        '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:9"]\n'
+    )
+    result = start_failure(config)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "dtp daemon: database error: cannot open the receipt store "
+        f"{tmp_path / 'state' / 'receipts.sqlite'}: file is not a database"
+    )

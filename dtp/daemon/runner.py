@@ -225,9 +225,14 @@ class Daemon:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             public = settings.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
             self.host_id = await asyncio.to_thread(self.sync_host, self.config, public)
-            self.fees = ServerFees(
-                self.ledger, self.identity, self.host_id, settings.state_dir / RECEIPTS_FILE
-            )
+            receipts = settings.state_dir / RECEIPTS_FILE
+            try:
+                self.fees = ServerFees(self.ledger, self.identity, self.host_id, receipts)
+            except sqlite3.Error as exc:
+                # SQLite's message ("file is not a database") names no file
+                raise sqlite3.DatabaseError(
+                    f"cannot open the receipt store {receipts}: {exc}"
+                ) from None
             self.services.host_id = self.host_id
             self.services.fees = self.fees
             await self._claim_leftovers()
