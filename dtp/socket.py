@@ -2064,7 +2064,8 @@ class DTPServer:
         """Also accept connections to ``host_id``:``port`` that come over the ledger
         carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
         the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
-        connections. Our identity must be the host's authority."""
+        connections. Our identity must be the host's authority (NotAuthorized otherwise;
+        ObjectNotFound when there is no such host)."""
         if self._ledger_listener is not None:
             raise LocalProtocolError("this server already listens on the ledger")
         config = ledger_config(self._config)
@@ -2534,7 +2535,11 @@ def create_server(
     )
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and port is not None
-        server.listen_ledger(ledger, host_id, port, ledger_options)
+        try:
+            server.listen_ledger(ledger, host_id, port, ledger_options)
+        except BaseException:
+            server.close()  # its TCP listener and threads, started already
+            raise
     return server
 
 

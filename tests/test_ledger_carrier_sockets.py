@@ -39,6 +39,7 @@ from dtp.errors import (
     DTPTimeoutError,
     FirewallDenied,
     LocalProtocolError,
+    NotAuthorized,
     ObjectNotFound,
 )
 from tests.ledger_faults import impair
@@ -430,6 +431,48 @@ def test_server_arguments() -> None:
     with pytest.raises(ValueError, match="need a DTP address"):
         dtp.socket.create_connection(("127.0.0.1", 1), carrier="ledger")
     ledger.close()
+
+
+def test_a_listener_for_a_host_it_cannot_serve_fails_at_start(host: Host) -> None:
+    # it started, skipped every connection in the background, and its clients saw only
+    # a handshake timeout; now the server does not start, and leaves nothing behind
+    fds = open_fds()
+    threads = {t.ident for t in threading.enumerate()}
+    for address, carriers in ((None, ("ledger",)), (("127.0.0.1", 0), ("tcp", "ledger"))):
+        with pytest.raises(NotAuthorized, match="not the authority"):
+            dtp.socket.create_server(
+                address,
+                identity=MALLORY,
+                ledger=host.ledger,
+                host_id=host.host_id,
+                port=PORT,
+                carriers=carriers,
+            )
+        with pytest.raises(ObjectNotFound):
+            dtp.socket.create_server(
+                address,
+                identity=SERVER,
+                ledger=host.ledger,
+                host_id="0x" + "ab" * 32,
+                port=PORT,
+                carriers=carriers,
+            )
+
+    async def start_aio() -> None:
+        with pytest.raises(NotAuthorized, match="not the authority"):
+            await dtp.aio.start_server(
+                lambda r, w: None,
+                None,
+                None,
+                identity=MALLORY,
+                ledger=host.ledger,
+                host_id=host.host_id,
+                dtp_port=PORT,
+            )
+
+    asyncio.run(start_aio())
+    assert wait_for(lambda: open_fds() <= fds)
+    assert wait_for(lambda: {t.ident for t in threading.enumerate()} <= threads)
 
 
 def test_head_cursor_is_after_the_newest_event(host: Host) -> None:

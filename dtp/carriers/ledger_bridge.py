@@ -52,7 +52,7 @@ from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPError
+from dtp.errors import DTPError, NotAuthorized
 from dtp.keys import HostIdentity
 
 __all__ = [
@@ -464,6 +464,22 @@ class LedgerListener:
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
+        # checked now: otherwise every connection would be skipped in the background
+        # and its client would see only a handshake timeout
+        host = ledger.get_host(self.host_id)  # ObjectNotFound when there is none
+        if host.authority != identity.sui_address:
+            raise NotAuthorized(
+                f"{identity.sui_address} is not the authority of host {self.host_id} "
+                f"({host.authority} is): connections over the ledger name the authority "
+                f"as their server"
+            )
+        if port not in host.services:
+            logger.warning(
+                "host %s has no service on port %d yet: clients cannot open connections "
+                "to it until one is added",
+                self.host_id,
+                port,
+            )
         self.options = options or LedgerCarrierOptions()
         self.poll = poll
         self._on_accept = on_accept
