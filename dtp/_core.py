@@ -1095,6 +1095,10 @@ class NativeReassembler:
 # HAM
 
 
+# the buffer NativeHamGraph.advance tries first
+_ADVANCE_ROOM = 4096
+
+
 class NativeHamGraph:
     """The HAM field table (C core): merge batches, hold deferred updates, look up."""
 
@@ -1139,13 +1143,17 @@ class NativeHamGraph:
         """Apply deferred updates now due; returns those applied, as a batch."""
         if not math.isfinite(machine_state):
             raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
-        changed = bytearray(lib.dtp_ham_deferred_bytes(self._g) + HAM_BATCH_HEADER_LEN)
+        # One call with a small buffer does for the usual case (nothing or little due):
+        # sizing it for the whole queue cost 16 MiB zeroed per call with the queue full.
+        # When more is due, the C changes nothing and reports the room it needs.
+        changed = bytearray(_ADVANCE_ROOM)
         written = ffi.new("size_t *")
-        _check(
-            lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written),
-            remote=False,
-        )
-        return bytes(changed[: written[0]])
+        rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
+        if rc == ErrorCode.BUFFER:
+            changed = bytearray(written[0])
+            rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
+        _check(rc, remote=False)
+        return bytes(memoryview(changed)[: written[0]])
 
     def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
         """(state, value) of one field, or None."""

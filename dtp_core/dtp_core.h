@@ -457,7 +457,8 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
 
 /* Apply deferred updates whose state <= machine_state (in arrival order) and write the
  * ones that were applied to `changed` as a batch. changed_cap >= dtp_ham_deferred_bytes()
- * + DTP_HAM_BATCH_HEADER_LEN always suffices. */
+ * + DTP_HAM_BATCH_HEADER_LEN always suffices; a smaller one that cannot hold the updates
+ * due gives DTP_ERR_BUFFER before any change, with *changed_len set to the room needed. */
 int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t changed_cap,
                     size_t *changed_len);
 

@@ -8,7 +8,16 @@
  * aim collisions at it.
  *
  * Deferred updates (state ahead of the machine clock) are kept as one byte buffer of
- * their canonical encodings in arrival order; its length is deferred_bytes.
+ * their canonical encodings in arrival order; deferred_bytes is the size of those still
+ * queued. advance() marks the ones it applies dead (a bit of their first byte) instead
+ * of moving the rest, and compacts the buffer only once the dead bytes exceed half the
+ * live ones, so that the cost of moving stays proportional to what was applied (the
+ * buffer holds at most 1.5 times max_deferred_bytes). A second open-addressing table
+ * indexes the live updates by SipHash of the whole update (soul, field, state bits,
+ * value), so that one identical to a queued update is found in O(1) and not queued
+ * again (a peer re-sending what we hold deferred cannot fill the queue with copies).
+ * It holds offsets into the buffer: an update applied is deleted from it (backward
+ * shift); compaction rebuilds it.
  *
  * dtp_ham_merge makes one validation pass over the whole batch (nothing changes unless
  * it all validates and the output buffers are big enough) and one merge pass. An update
@@ -114,19 +123,30 @@ typedef struct ham_slot {
     ham_entry *entry; /* NULL: empty */
 } ham_slot;
 
+typedef struct dq_slot {
+    uint64_t hash; /* dq_hash of the update */
+    size_t off1;   /* its offset in the queue + 1; 0: empty */
+} dq_slot;
+
 struct dtp_ham {
     uint64_t k0, k1; /* SipHash key */
     ham_slot *slots;
     size_t mask; /* slot count - 1 */
     size_t count;
-    uint8_t *dq; /* deferred updates, canonical encodings back to back */
-    size_t dq_len;
+    uint8_t *dq;    /* deferred updates, canonical encodings back to back, some dead */
+    size_t dq_len;  /* bytes of dq in use, dead ones included */
     size_t dq_cap;
-    size_t dq_count;
+    size_t dq_live; /* bytes of the live ones: deferred_bytes, <= max_deferred */
+    size_t dq_count; /* live ones */
     size_t max_deferred;
+    double dq_min; /* no queued state is below it (meaningful while dq_count > 0) */
+    dq_slot *dq_slots; /* index of the queue; NULL until something is deferred */
+    size_t dq_mask;    /* dq slot count - 1 */
 };
 
 #define HAM_INITIAL_SLOTS 64u
+/* the smallest canonical update: 1-byte soul and field, empty value */
+#define HAM_MIN_UPDATE_SIZE 13u
 
 static inline uint8_t *entry_value(ham_entry *e) { return e->bytes + e->soul_len + e->field_len; }
 
@@ -162,11 +182,20 @@ static size_t write_update(uint8_t *out, const ham_update *u) {
     return (size_t)(p - out);
 }
 
-/* Read one update from a batch that has already been validated. Returns bytes read. */
-static size_t read_update(const uint8_t *p, const uint8_t *end, ham_update *u) {
+/* A queued update is dead (applied; its bytes not yet reclaimed) when the top bit of its
+ * first byte is set: that byte starts the canonical soul-length varint, 1 or 2 bytes
+ * long (prefix 00 or 01), so the bit is otherwise clear. */
+#define DQ_DEAD 0x80u
+
+/* Read one update from a batch that has already been validated, taking `first` for its
+ * first byte. Returns bytes read. */
+static size_t read_update_first(const uint8_t *p, const uint8_t *end, uint8_t first,
+                                ham_update *u) {
     const uint8_t *start = p;
-    uint64_t v = 0;
-    p += dtp_varint_get(p, (size_t)(end - p), &v);
+    uint64_t v = first & 0x3fu;
+    size_t n = (size_t)1 << (first >> 6); /* validated: n bytes are there */
+    for (size_t i = 1; i < n; i++) v = (v << 8) | p[i];
+    p += n;
     u->soul_len = (uint32_t)v;
     u->soul = p;
     p += v;
@@ -181,6 +210,17 @@ static size_t read_update(const uint8_t *p, const uint8_t *end, ham_update *u) {
     u->value = p;
     p += v;
     return (size_t)(p - start);
+}
+
+static inline size_t read_update(const uint8_t *p, const uint8_t *end, ham_update *u) {
+    return read_update_first(p, end, p[0], u);
+}
+
+/* Read the queued update at p, live or dead (*dead says which). Returns its size. */
+static inline size_t read_queued(const uint8_t *p, const uint8_t *end, ham_update *u,
+                                 int *dead) {
+    *dead = (p[0] & DQ_DEAD) != 0;
+    return read_update_first(p, end, (uint8_t)(p[0] & ~DQ_DEAD), u);
 }
 
 /* Read a length varint and check its range, then that many bytes must follow.
@@ -222,6 +262,7 @@ void dtp_ham_free(dtp_ham *g) {
     for (size_t i = 0; i <= g->mask; i++) free(g->slots[i].entry);
     free(g->slots);
     free(g->dq);
+    free(g->dq_slots);
     free(g);
 }
 
@@ -325,11 +366,159 @@ static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
     return DTP_HAM_APPLIED;
 }
 
+/* ---- deferred queue index ----------------------------------------------------------- */
+
+/* Hash of a whole update: identical updates (same canonical encoding) hash alike. */
+static uint64_t dq_hash(const dtp_ham *g, const ham_update *u) {
+    sip_state s;
+    sip_init(&s, g->k0, g->k1);
+    uint8_t head[20]; /* the three lengths, then the state's bits */
+    dtp_put_u32le(head, u->soul_len);
+    dtp_put_u32le(head + 4, u->field_len);
+    dtp_put_u32le(head + 8, u->value_len);
+    uint64_t bits;
+    memcpy(&bits, &u->state, sizeof bits);
+    dtp_put_u64le(head + 12, bits);
+    sip_absorb(&s, head, sizeof head);
+    sip_absorb(&s, u->soul, u->soul_len);
+    sip_absorb(&s, u->field, u->field_len);
+    if (u->value_len > 0) sip_absorb(&s, u->value, u->value_len);
+    return sip_final(&s);
+}
+
+/* The index slot of the queued update identical to u, or the empty slot where u would
+ * go. The index must have an empty slot (its load is kept <= 0.7). */
+static size_t dq_find(const dtp_ham *g, uint64_t h, const ham_update *u) {
+    size_t i = (size_t)h & g->dq_mask;
+    for (;;) {
+        const dq_slot *s = &g->dq_slots[i];
+        if (s->off1 == 0) return i;
+        if (s->hash == h) {
+            ham_update q;
+            (void)read_update(g->dq + s->off1 - 1, g->dq + g->dq_len, &q);
+            if (q.soul_len == u->soul_len && q.field_len == u->field_len &&
+                q.value_len == u->value_len && memcmp(&q.state, &u->state, sizeof q.state) == 0 &&
+                memcmp(q.soul, u->soul, q.soul_len) == 0 &&
+                memcmp(q.field, u->field, q.field_len) == 0 &&
+                (q.value_len == 0 || memcmp(q.value, u->value, q.value_len) == 0))
+                return i;
+        }
+        i = (i + 1) & g->dq_mask;
+    }
+}
+
+/* Index slots for n queued updates at load <= 0.7 (a power of two, at least 64), or 0
+ * when that many cannot be addressed. */
+static size_t dq_slots_for(size_t n) {
+    size_t slots = HAM_INITIAL_SLOTS;
+    if (n > SIZE_MAX / 10) return 0;
+    while (n * 10 > slots * 7) {
+        if (slots > SIZE_MAX / 2 / sizeof(dq_slot)) return 0;
+        slots *= 2;
+    }
+    return slots;
+}
+
+/* Make room in the index for n queued updates in all, keeping the ones indexed.
+ * DTP_ERR_NOMEM leaves it unchanged. */
+static int dq_reserve(dtp_ham *g, size_t n) {
+    size_t want = dq_slots_for(n);
+    if (want == 0) return DTP_ERR_NOMEM;
+    if (g->dq_slots != NULL && want <= g->dq_mask + 1) return DTP_OK;
+    dq_slot *slots = calloc(want, sizeof *slots);
+    if (slots == NULL) return DTP_ERR_NOMEM;
+    if (g->dq_slots != NULL) {
+        for (size_t i = 0; i <= g->dq_mask; i++) {
+            if (g->dq_slots[i].off1 == 0) continue;
+            size_t j = (size_t)g->dq_slots[i].hash & (want - 1);
+            while (slots[j].off1 != 0) j = (j + 1) & (want - 1);
+            slots[j] = g->dq_slots[i];
+        }
+        free(g->dq_slots);
+    }
+    g->dq_slots = slots;
+    g->dq_mask = want - 1;
+    return DTP_OK;
+}
+
+/* Delete the queued update at offset off, whose dq_hash is h, from the index (linear
+ * probing: the entries after it that would not be found past the hole move back). */
+static void dq_unindex(dtp_ham *g, uint64_t h, size_t off) {
+    size_t i = (size_t)h & g->dq_mask;
+    while (g->dq_slots[i].off1 != off + 1) {
+        if (g->dq_slots[i].off1 == 0) return; /* not indexed: cannot happen */
+        i = (i + 1) & g->dq_mask;
+    }
+    for (size_t j = i;;) {
+        j = (j + 1) & g->dq_mask;
+        if (g->dq_slots[j].off1 == 0) break;
+        size_t k = (size_t)g->dq_slots[j].hash & g->dq_mask; /* where j would go first */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue; /* still found */
+        g->dq_slots[i] = g->dq_slots[j];
+        i = j;
+    }
+    g->dq_slots[i].off1 = 0;
+    g->dq_slots[i].hash = 0;
+}
+
+/* Index the queue afresh (after compaction: every update in it is live). Cannot fail:
+ * when a smaller index cannot be allocated, the current one (big enough) is cleared. */
+static void dq_reindex(dtp_ham *g) {
+    if (g->dq_slots == NULL) return; /* nothing was ever deferred */
+    size_t want = dq_slots_for(g->dq_count);
+    dq_slot *slots = NULL;
+    if (want != 0 && want < g->dq_mask + 1) slots = calloc(want, sizeof *slots);
+    if (slots != NULL) {
+        free(g->dq_slots);
+        g->dq_slots = slots;
+        g->dq_mask = want - 1;
+    } else {
+        memset(g->dq_slots, 0, (g->dq_mask + 1) * sizeof *g->dq_slots);
+    }
+    const uint8_t *end = g->dq + g->dq_len;
+    for (size_t off = 0; off < g->dq_len;) {
+        ham_update u;
+        size_t size = read_update(g->dq + off, end, &u);
+        uint64_t h = dq_hash(g, &u);
+        size_t i = dq_find(g, h, &u);
+        g->dq_slots[i].hash = h;
+        g->dq_slots[i].off1 = off + 1;
+        off += size;
+    }
+}
+
+/* Drop the dead updates' bytes, keeping the live ones in order, and reindex. */
+static void dq_compact(dtp_ham *g) {
+    const uint8_t *end = g->dq + g->dq_len;
+    size_t wpos = 0;
+    for (size_t rpos = 0; rpos < g->dq_len;) {
+        ham_update u;
+        int dead;
+        size_t size = read_queued(g->dq + rpos, end, &u, &dead);
+        if (!dead) {
+            if (wpos != rpos) memmove(g->dq + wpos, g->dq + rpos, size);
+            wpos += size;
+        }
+        rpos += size;
+    }
+    g->dq_len = wpos; /* == dq_live */
+    dq_reindex(g);
+}
+
 /* Hash u's key and start loading its slot into the cache. */
 static inline uint64_t lookahead(const dtp_ham *g, const ham_update *u) {
     uint64_t h = key_hash(g, u->soul, u->soul_len, u->field, u->field_len);
 #if defined(__GNUC__)
     __builtin_prefetch(&g->slots[(size_t)h & g->mask]);
+#endif
+    return h;
+}
+
+/* The same for an update to defer: hash it whole, start loading its index slot. */
+static inline uint64_t dq_lookahead(const dtp_ham *g, const ham_update *u) {
+    uint64_t h = dq_hash(g, u);
+#if defined(__GNUC__)
+    __builtin_prefetch(&g->dq_slots[(size_t)h & g->dq_mask]);
 #endif
     return h;
 }
@@ -360,6 +549,7 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
     const uint8_t *p = batch + DTP_HAM_BATCH_HEADER_LEN;
     size_t applicable = 0; /* canonical bytes of updates not ahead of the clock */
     size_t deferrable = 0; /* canonical bytes of updates ahead of it */
+    size_t n_deferrable = 0;
     for (uint32_t k = 0; k < count; k++) {
         uint32_t soul_len, field_len, value_len;
         int rc = check_bytes(&p, end, 1, DTP_HAM_MAX_KEY, &soul_len);
@@ -373,9 +563,10 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
         if (rc != DTP_OK) return rc;
         /* canonical size <= encoded size, so both sums stay <= len */
         size_t size = update_size(soul_len, field_len, value_len);
-        if (state > machine_state)
+        if (state > machine_state) {
             deferrable += size;
-        else
+            n_deferrable++;
+        } else
             applicable += size;
     }
     if (p != end) return DTP_ERR_HAM_MALFORMED;
@@ -385,15 +576,28 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
         return DTP_ERR_BUFFER;
 
     /* room for what may be deferred, so deferring never fails half-way */
-    size_t room = g->max_deferred - g->dq_len; /* dq_len <= max_deferred always */
-    size_t want = g->dq_len + (deferrable < room ? deferrable : room);
+    size_t room = g->max_deferred - g->dq_live; /* dq_live <= max_deferred always */
+    size_t add = deferrable < room ? deferrable : room;
+    if (add > SIZE_MAX - g->dq_len) return DTP_ERR_NOMEM;
+    size_t want = g->dq_len + add;
     if (want > g->dq_cap) {
-        size_t cap = g->dq_cap > g->max_deferred / 2 ? g->max_deferred : g->dq_cap * 2;
+        /* the live bytes are <= max_deferred and the dead ones <= half the live ones
+         * (advance() compacts), so want <= limit */
+        size_t limit = g->max_deferred > SIZE_MAX / 3 * 2
+                           ? SIZE_MAX
+                           : g->max_deferred + g->max_deferred / 2;
+        size_t cap = g->dq_cap > limit / 2 ? limit : g->dq_cap * 2;
         if (cap < want) cap = want;
         uint8_t *dq = realloc(g->dq, cap);
         if (dq == NULL) return DTP_ERR_NOMEM;
         g->dq = dq;
         g->dq_cap = cap;
+    }
+    if (n_deferrable > 0) {
+        /* and index slots for as many updates as that room can take */
+        size_t fit = room / HAM_MIN_UPDATE_SIZE;
+        int r = dq_reserve(g, g->dq_count + (n_deferrable < fit ? n_deferrable : fit));
+        if (r != DTP_OK) return r;
     }
 
     /* pass 2: merge in batch order. The table is bigger than the cache for large
@@ -408,22 +612,31 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
     uint64_t next_h = 0;
     if (count > 0) {
         p += read_update(p, end, &next);
-        if (next.state <= machine_state) next_h = lookahead(g, &next);
+        next_h = next.state <= machine_state ? lookahead(g, &next) : dq_lookahead(g, &next);
     }
     for (; k < count; k++) {
         ham_update u = next;
         uint64_t h = next_h;
         if (k + 1 < count) {
             p += read_update(p, end, &next);
-            if (next.state <= machine_state) next_h = lookahead(g, &next);
+            next_h = next.state <= machine_state ? lookahead(g, &next) : dq_lookahead(g, &next);
         }
         int st;
         if (u.state > machine_state) {
             size_t size = update_size(u.soul_len, u.field_len, u.value_len);
-            if (size > g->max_deferred - g->dq_len) {
+            uint64_t dh = h; /* dq_hash(g, &u) */
+            size_t slot = dq_find(g, dh, &u);
+            if (g->dq_slots[slot].off1 != 0) {
+                st = DTP_HAM_DEFERRED; /* already queued, identical: once is enough */
+            } else if (size > g->max_deferred - g->dq_live) {
                 st = DTP_HAM_REJECTED;
             } else {
+                /* room was checked, and the index has a slot for each update that fits */
+                g->dq_slots[slot].hash = dh;
+                g->dq_slots[slot].off1 = g->dq_len + 1;
+                if (g->dq_count == 0 || u.state < g->dq_min) g->dq_min = u.state;
                 g->dq_len += write_update(g->dq + g->dq_len, &u);
+                g->dq_live += size;
                 g->dq_count++;
                 st = DTP_HAM_DEFERRED;
             }
@@ -452,49 +665,70 @@ int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t c
         !isfinite(machine_state))
         return DTP_ERR_ARG;
     *changed_len = 0;
-    if (changed_cap < DTP_HAM_BATCH_HEADER_LEN) return DTP_ERR_BUFFER;
-    if (g->dq_len == 0) {
+    const uint8_t *end = g->dq + g->dq_len;
+    /* what could be applied bounds the output: check the room before any change (and
+     * with nothing queued at or under the clock, skip the walk) */
+    size_t due = 0;
+    if (g->dq_count > 0 && g->dq_min <= machine_state) {
+        for (const uint8_t *p = g->dq; p < end;) {
+            ham_update u;
+            int dead;
+            size_t size = read_queued(p, end, &u, &dead);
+            if (!dead && u.state <= machine_state) due += size;
+            p += size;
+        }
+    }
+    if (changed_cap < DTP_HAM_BATCH_HEADER_LEN || changed_cap - DTP_HAM_BATCH_HEADER_LEN < due) {
+        /* tell the caller the room needed */
+        *changed_len = due > SIZE_MAX - DTP_HAM_BATCH_HEADER_LEN
+                           ? SIZE_MAX
+                           : due + DTP_HAM_BATCH_HEADER_LEN;
+        return DTP_ERR_BUFFER;
+    }
+    if (due == 0) {
         write_header(changed, 0);
         *changed_len = DTP_HAM_BATCH_HEADER_LEN;
         return DTP_OK;
     }
-    const uint8_t *end = g->dq + g->dq_len;
-    /* what could be applied bounds the output: check the room before any change */
-    size_t due = 0;
-    for (const uint8_t *p = g->dq; p < end;) {
-        ham_update u;
-        size_t size = read_update(p, end, &u);
-        if (u.state <= machine_state) due += size;
-        p += size;
-    }
-    if (changed_cap - DTP_HAM_BATCH_HEADER_LEN < due) return DTP_ERR_BUFFER;
 
     uint8_t *out = changed + DTP_HAM_BATCH_HEADER_LEN;
     uint32_t n_applied = 0;
-    size_t rpos = 0, wpos = 0;
+    double min_left = 0.0; /* the smallest state still queued */
+    int any_left = 0;
     int rc = DTP_OK;
-    while (rpos < g->dq_len) {
+    for (size_t pos = 0; pos < g->dq_len;) {
         ham_update u;
-        size_t size = read_update(g->dq + rpos, end, &u);
-        if (u.state <= machine_state) {
-            int st = apply(g, &u, key_hash(g, u.soul, u.soul_len, u.field, u.field_len));
-            if (st < 0) {
-                rc = st; /* keep this update and the rest queued */
-                break;
+        int dead;
+        size_t size = read_queued(g->dq + pos, end, &u, &dead);
+        if (!dead) {
+            int left = 1;
+            if (rc == DTP_OK && u.state <= machine_state) {
+                int st = apply(g, &u, key_hash(g, u.soul, u.soul_len, u.field, u.field_len));
+                if (st < 0) {
+                    rc = st; /* keep this update and the rest queued */
+                } else {
+                    if (st == DTP_HAM_APPLIED) {
+                        out += write_update(out, &u);
+                        n_applied++;
+                    }
+                    dq_unindex(g, dq_hash(g, &u), pos);
+                    g->dq[pos] |= DQ_DEAD;
+                    g->dq_live -= size;
+                    g->dq_count--;
+                    left = 0;
+                }
             }
-            if (st == DTP_HAM_APPLIED) {
-                out += write_update(out, &u);
-                n_applied++;
+            if (left && (!any_left || u.state < min_left)) {
+                min_left = u.state;
+                any_left = 1;
             }
-            g->dq_count--;
-        } else {
-            if (wpos != rpos) memmove(g->dq + wpos, g->dq + rpos, size);
-            wpos += size;
         }
-        rpos += size;
+        pos += size;
     }
-    if (rpos < g->dq_len && wpos != rpos) memmove(g->dq + wpos, g->dq + rpos, g->dq_len - rpos);
-    g->dq_len = wpos + (g->dq_len - rpos);
+    g->dq_min = min_left;
+    /* reclaim the dead bytes once they are many: the live ones moved are then fewer
+     * than twice the bytes reclaimed */
+    if (g->dq_len - g->dq_live > g->dq_live / 2) dq_compact(g);
     write_header(changed, n_applied);
     *changed_len = (size_t)(out - changed);
     return rc;
@@ -553,4 +787,4 @@ size_t dtp_ham_count(const dtp_ham *g) { return g ? g->count : 0; }
 
 size_t dtp_ham_deferred_count(const dtp_ham *g) { return g ? g->dq_count : 0; }
 
-size_t dtp_ham_deferred_bytes(const dtp_ham *g) { return g ? g->dq_len : 0; }
+size_t dtp_ham_deferred_bytes(const dtp_ham *g) { return g ? g->dq_live : 0; }

@@ -72,6 +72,19 @@ def header(count: int) -> bytes:
     return struct.pack("<BI", 1, count)
 
 
+def once(ups: list[HamUpdate]) -> list[HamUpdate]:
+    """The first of each set of identical updates (equal canonical encodings): the
+    deferred queue holds each once (protocol.md 6.3, rule 1)."""
+    seen: set[bytes] = set()
+    out = []
+    for u in ups:
+        key = encode_ham_batch([u])
+        if key not in seen:
+            seen.add(key)
+            out.append(u)
+    return out
+
+
 def raw_update(soul: bytes, field: bytes, state: bytes, value: bytes) -> bytes:
     def lp(x: bytes) -> bytes:
         return bytes([len(x)]) + x if len(x) < 64 else struct.pack(">H", 0x4000 | len(x)) + x
@@ -340,7 +353,7 @@ def test_deferred_apply_once_the_clock_passes(
     result = g.merge(encode_ham_batch(ups), clock)
     for u, status in zip(ups, result.statuses, strict=True):
         assert (status == HAM_DEFERRED) == (u.state > clock)
-    waiting = [u for u in ups if u.state > clock]
+    waiting = once([u for u in ups if u.state > clock])
     assert g.deferred_count == len(waiting)
     assert g.deferred_bytes == sum(update_size(u) for u in waiting)
     applied = [u for u, s in zip(ups, result.statuses, strict=True) if s == HAM_APPLIED]
@@ -365,12 +378,17 @@ def test_rejected_when_the_queue_is_full(
     ahead = [u._replace(state=abs(u.state) + 1.0) for u in ups]
     statuses = g.merge(encode_ham_batch(ahead), 0.0).statuses
     held = 0
+    queued: set[bytes] = set()
     for u, status in zip(ahead, statuses, strict=True):
-        if held + update_size(u) > cap:
+        key = encode_ham_batch([u])
+        if key in queued:
+            assert status == HAM_DEFERRED  # held once already, full queue or not
+        elif held + update_size(u) > cap:
             assert status == HAM_REJECTED
         else:
             assert status == HAM_DEFERRED
             held += update_size(u)
+            queued.add(key)
     assert g.deferred_bytes == held <= cap
     kept = [u for u, s in zip(ahead, statuses, strict=True) if s == HAM_DEFERRED]
     g.advance(LATE)
@@ -529,10 +547,13 @@ class Raw:
         )
         return rc, bytes(self.ffi.buffer(changed, counts[1]))
 
-    def advance(self, clock: float, cap: int) -> tuple[int, bytes]:
+    def advance(self, clock: float, cap: int) -> tuple[int, bytes | int]:
+        """(status, the batch written) -- or, for DTP_ERR_BUFFER, (-1, the room needed)."""
         out = self.ffi.new("uint8_t[]", max(1, cap))
         written = self.ffi.new("size_t *")
         rc = self.lib.dtp_ham_advance(self.g, clock, out, cap, written)
+        if rc == ErrorCode.BUFFER:
+            return rc, int(written[0])
         return rc, bytes(self.ffi.buffer(out, written[0]))
 
 
@@ -550,12 +571,15 @@ def test_c_merge_buffer_checks_come_first() -> None:
     # a malformed batch is reported as such even with no room at all
     assert raw.merge(b"\x02", 5.0, 0, 0)[0] == ErrorCode.HAM_MALFORMED
     assert raw.merge(batch, math.nan, 3, needed)[0] == ErrorCode.ARG
-    # advance: room for what is due, checked before anything changes
-    assert raw.advance(5.0, needed - 1)[0] == -1
+    # advance: room for what is due, checked before anything changes, and the room
+    # needed told back
+    assert raw.advance(5.0, needed - 1) == (-1, needed)
+    assert raw.advance(5.0, 0) == (-1, needed)
     assert raw.lib.dtp_ham_deferred_count(raw.g) == 3
+    assert raw.advance(0.5, 5) == (0, header(0))  # nothing due: a header is enough
     assert raw.advance(5.0, needed) == (0, batch)
     assert raw.lib.dtp_ham_count(raw.g) == 3
-    assert raw.advance(5.0, 4)[0] == -1
+    assert raw.advance(5.0, 4) == (-1, 5)
     assert raw.advance(5.0, 5) == (0, header(0))
 
 

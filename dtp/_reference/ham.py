@@ -52,6 +52,13 @@ def update_size(update: HamUpdate) -> int:
     )
 
 
+def _deferred_key(update: HamUpdate) -> tuple[bytes, bytes, bytes, bytes]:
+    """What makes two deferred updates identical: soul, field, the state's 8 bytes
+    (so 0.0 and -0.0 differ) and value -- their canonical encodings are equal."""
+    soul, field, state, value = update
+    return soul, field, _F64.pack(state), value
+
+
 def _encode_update(update: HamUpdate) -> bytes:
     soul, field, state, value = update
     return b"".join(
@@ -160,6 +167,8 @@ class HamGraph:
         self._table: dict[tuple[bytes, bytes], tuple[float, bytes]] = {}
         self._deferred: list[HamUpdate] = []  # arrival order
         self._deferred_bytes = 0
+        # the queued updates, to queue each only once (soul, field, state bits, value)
+        self._deferred_keys: set[tuple[bytes, bytes, bytes, bytes]] = set()
 
     def _apply(self, update: HamUpdate) -> int:
         """Merge one update not ahead of the clock (protocol.md 6.3); returns its status."""
@@ -186,11 +195,15 @@ class HamGraph:
         applied: list[HamUpdate] = []
         for update in updates:
             if update.state > machine_state:
+                key = _deferred_key(update)
                 size = update_size(update)
-                if self._deferred_bytes + size > self._max_deferred:
+                if key in self._deferred_keys:
+                    statuses.append(HAM_DEFERRED)  # identical to a queued one: held once
+                elif self._deferred_bytes + size > self._max_deferred:
                     statuses.append(HAM_REJECTED)
                 else:
                     self._deferred.append(update)
+                    self._deferred_keys.add(key)
                     self._deferred_bytes += size
                     statuses.append(HAM_DEFERRED)
                 continue
@@ -211,8 +224,10 @@ class HamGraph:
                 waiting.append(update)
             elif self._apply(update) == HAM_APPLIED:
                 applied.append(update)
-        self._deferred = waiting
-        self._deferred_bytes = sum(update_size(u) for u in waiting)
+        if len(waiting) != len(self._deferred):
+            self._deferred = waiting
+            self._deferred_keys = {_deferred_key(u) for u in waiting}
+            self._deferred_bytes = sum(update_size(u) for u in waiting)
         return self._batch(applied)
 
     @staticmethod

@@ -311,6 +311,40 @@ static void exercise_ham(void) {
         dtp_ham_free(g);
     }
     dtp_ham_free(NULL);
+    /* re-sent deferred updates are queued once; the queue index follows advance() */
+    for (int round = 0; round < 50; round++) {
+        dtp_ham *g = dtp_ham_new(round % 2 ? 600 : 1 << 20, seed, sizeof seed);
+        CHECK(g != NULL);
+        for (int step = 0; step < 30; step++) {
+            size_t count = next() % 200, len = 5;
+            batch[0] = 1;
+            for (size_t i = 0; i < count; i++) /* few distinct updates: many repeats */
+                len += put_update(batch + len, next() % 3, next() % 2,
+                                  (double)(100 + next() % 8), next() % 3);
+            batch[1] = (uint8_t)count;
+            batch[2] = (uint8_t)(count >> 8);
+            batch[3] = batch[4] = 0;
+            double clock = (double)(100 + next() % 8);
+            int rc = dtp_ham_merge(g, clock, batch, len, status, sizeof status, &n_updates,
+                                   changed, sizeof changed, &changed_len);
+            CHECK(rc == DTP_OK);
+            CHECK(dtp_ham_deferred_count(g) <= 3 * 2 * 8 * 3);
+            /* too little room: nothing changes, the room needed is told */
+            size_t before = dtp_ham_deferred_count(g);
+            rc = dtp_ham_advance(g, clock + 1, changed, 5, &changed_len);
+            CHECK(rc == DTP_OK || (rc == DTP_ERR_BUFFER && changed_len > 5 &&
+                                   dtp_ham_deferred_count(g) == before));
+            if (rc == DTP_ERR_BUFFER) {
+                CHECK(changed_len <= sizeof changed);
+                size_t need = changed_len;
+                rc = dtp_ham_advance(g, clock + 1, changed, need, &changed_len);
+                CHECK(rc == DTP_OK && changed_len <= need);
+            }
+        }
+        CHECK(dtp_ham_advance(g, 1e9, changed, sizeof changed, &changed_len) == DTP_OK);
+        CHECK(dtp_ham_deferred_count(g) == 0 && dtp_ham_deferred_bytes(g) == 0);
+        dtp_ham_free(g);
+    }
     /* random garbage batches */
     dtp_ham *g = dtp_ham_new(1024, seed, sizeof seed);
     for (int round = 0; round < 20000; round++) {
