@@ -38,6 +38,10 @@ from dtp.keys_ahead import new_ephemeral_key
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EXTRAS = 1024
+#: The reason a connection closes with (CloseCode.APPLICATION) when close() gave up
+#: waiting for queued data: the peer must read an error, not the clean end of a stream
+#: cut short.
+UNSENT = "closed before all that was written was sent"
 
 
 def check_connect_timeout(timeout: float | None) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dtp._session import Session, StreamSink, check_connect_timeout
+from dtp._session import UNSENT, Session, StreamSink, check_connect_timeout
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -95,7 +95,6 @@ SEND_HIGH_WATER = 512 * 1024
 #: over a reliable carrier (TCP) before it closes anyway (the peer then sees an error,
 #: not a clean end)
 CLOSE_LINGER = 5.0
-UNSENT = "closed before all that was written was sent"
 #: How long a closed carrier may go without writing any of what it still holds (a CLOSE
 #: record, the last data) before it is aborted: a peer that stopped reading would hold
 #: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from dtp._session import Session, check_connect_timeout
+from dtp._session import UNSENT, Session, check_connect_timeout
 from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
@@ -640,7 +640,17 @@ class _Engine:
                     # server wakes once for both
                     self.payment.closing()
                 unread = self._peer_may_send_credit()
-                self.conn.close(CloseCode.NO_ERROR, "")
+                if (
+                    self.payment is None
+                    and self.conn.send_buffered()
+                    and self.session.terminated is None
+                ):
+                    # the linger ran out with bytes never sent: the peer must read an
+                    # error, not the clean end of a stream cut short (a paid connection
+                    # keeps its clean CLOSE: the server settles only after one)
+                    self.conn.close(CloseCode.APPLICATION, UNSENT)
+                else:
+                    self.conn.close(CloseCode.NO_ERROR, "")
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))

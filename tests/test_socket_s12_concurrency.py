@@ -476,3 +476,28 @@ def test_streams_dropped_unclosed_give_the_connection_its_credit_back() -> None:
         peer.close()
     finally:
         p.close()
+
+
+def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer() -> None:
+    # the peer does not read, so most of what we sent waits behind its stream window;
+    # close() gives up after its linger, and the peer must then read an error after
+    # the bytes that came, not the clean end of a stream cut short
+    config = ConnectionConfig(identity=SERVER_ID, is_client=False, stream_window=64 * 1024)
+    p = Pair(config)
+    try:
+        assert p.client is not None
+        p.client._engine.linger = 0.3
+        p.client.settimeout(5)
+        sent = 400_000
+        p.client.sendall(b"x" * sent)  # returns with what the window holds back queued
+        assert p.client._engine.conn.send_buffered() > 0
+        p.client.close()
+        p.client = None
+        p.peer.settimeout(10)
+        got = 0
+        with pytest.raises(ConnectionClosed, match="before all that was written was sent"):
+            while data := p.peer.recv(1 << 20):
+                got += len(data)
+        assert 0 < got < sent
+    finally:
+        p.close()
