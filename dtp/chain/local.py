@@ -134,6 +134,11 @@ CREATE TABLE IF NOT EXISTS transactions (
     PRIMARY KEY (sender, nonce));
 """
 
+#: The schema's version, in the file's user_version (0: a ledger from before it was kept).
+_SCHEMA_VERSION: Final = 1
+#: The tables of a ledger file.
+_TABLES: Final = frozenset({"meta", "objects", "balances", "events", "transactions"})
+
 # Upserts, not INSERT OR REPLACE: REPLACE deletes the row and inserts it again under a
 # new rowid, dirtying the table's and the key index's pages; an in-place update dirties
 # one page, so each transaction's commit writes fewer WAL frames.
@@ -296,6 +301,12 @@ def _unavailable(message: str) -> ChainError:
     return ChainError(message, name="LedgerUnavailable", module="ledger")
 
 
+class _LedgerLocked(ChainError, sqlite3.OperationalError):
+    """Another writer held the file past the busy timeout: ChainError
+    ``LedgerUnavailable`` like every failure of the file, and still the
+    sqlite3.OperationalError ("database is locked") callers caught before it was typed."""
+
+
 class _ClosedConnection:
     """Held by a closed LocalLedger in place of its SQLite connection: any use raises a
     typed error naming the ledger (not sqlite3.ProgrammingError); closing again is fine."""
@@ -405,7 +416,12 @@ class LocalLedger(Ledger):
     not cross a fork, so the inherited one is left untouched) and draws fresh nonces,
     so parent and child keep sharing the file as any two processes do. A ``:memory:``
     ledger's child goes on with its own copy, which diverges from the parent's from
-    then on. After :meth:`close` every call raises ChainError ``LedgerUnavailable``."""
+    then on. After :meth:`close` every call raises ChainError ``LedgerUnavailable``.
+
+    A file that is not a ledger (not SQLite, or another program's SQLite database, left
+    untouched), that a newer schema wrote, or that fails under the handle (damaged, a
+    writer holding it past the busy timeout) raises ChainError ``LedgerUnavailable``
+    naming it, never a bare sqlite3 error."""
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
         if not isinstance(path, str | os.PathLike):
@@ -443,9 +459,12 @@ class LocalLedger(Ledger):
         previous = getattr(self, "_db", None)
         try:
             return self._open()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, ChainError) as error:
             if previous is not None:
                 self._db = previous  # a child's reopening: the next use tries again
+            exc = error.__cause__ if isinstance(error.__cause__, sqlite3.Error) else error
+            if isinstance(exc, ChainError):
+                raise  # typed and worded already (not a ledger, a newer schema)
             # a typed one-line error naming the file, not SQLite's bare "file is not a
             # database" (callers such as the CLI report ChainError as it is)
             reason = str(exc)
@@ -471,6 +490,8 @@ class LocalLedger(Ledger):
             with self._lock:
                 self._db.execute("PRAGMA busy_timeout = 0")
                 if self.path != ":memory:":
+                    # before anything is written: not even WAL mode for a foreign file
+                    self._retry(self._check_schema)
                     self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
                     self._db.execute("PRAGMA synchronous = NORMAL")
                     # checkpoints run in the background (see _Checkpointer); this is only
@@ -482,10 +503,30 @@ class LocalLedger(Ledger):
             raise
         return self._db
 
+    def _check_schema(self) -> None:
+        """Refuse (LedgerUnavailable) a SQLite file that is not a ledger (its tables
+        would have been added to someone else's database) or that a newer version of
+        this module wrote (its rows could mean something else); an empty file is fine."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        if version > _SCHEMA_VERSION:
+            raise _unavailable(
+                f"cannot open the ledger {self.path}: it was written by a newer version "
+                f"(schema {version}; this one knows up to {_SCHEMA_VERSION})"
+            )
+        # a ledger (one from before the schema version was kept too) holds all of these
+        if tables and not tables >= _TABLES:
+            raise _unavailable(
+                f"cannot open the ledger {self.path}: it is a SQLite database but not a "
+                f"ledger (tables: {', '.join(sorted(tables)) or 'none'})"
+            )
+
     def _init_schema(self) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._db.execute(statement)
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         for key, value in _META_DEFAULTS.items():
             self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
 
@@ -505,15 +546,24 @@ class LocalLedger(Ledger):
         while True:
             try:
                 return fn()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 message = str(exc).lower()
-                if "locked" not in message and "busy" not in message:
-                    raise
+                if not isinstance(exc, sqlite3.OperationalError) or (
+                    "locked" not in message and "busy" not in message
+                ):
+                    # the file itself failed (damaged, truncated, disk full, read-only):
+                    # typed and naming it, as at open
+                    raise _unavailable(f"the ledger {self.path} failed: {exc}") from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + _BUSY_TIMEOUT_S
                 elif now >= deadline:
-                    raise
+                    raise _LedgerLocked(
+                        f"the ledger {self.path} stayed locked by another writer for "
+                        f"{_BUSY_TIMEOUT_S:g} s (database is locked)",
+                        name="LedgerUnavailable",
+                        module="ledger",
+                    ) from exc
                 if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY_SNAPSHOT":
                     continue  # another writer committed since our reads: again, at once
                 time.sleep(delay * (0.5 + random.random()))
