@@ -21,6 +21,11 @@ GRANULARITY = 0.001
 MAX_ACK_DELAY = 0.025
 ACK_EVERY = 2  # acknowledge at once after this many ack-eliciting records
 MAX_ACK_RANGES = 64
+#: Records tracked in flight at most. Far above what flow control lets stream data
+#: fill (an 8 MiB window is 512 full records); datagrams and control frames are not
+#: flow-controlled, so a peer that never acknowledges would otherwise grow the table
+#: (and the per-timer scans of it) for as long as the application sends.
+MAX_IN_FLIGHT = 16384
 
 
 class RangeSet:
@@ -116,10 +121,16 @@ class LossRecovery:
         self.pto_count = 0
         self.last_eliciting_sent: float | None = None
 
-    def on_sent(self, record: SentRecord) -> None:
-        self.in_flight[record.counter] = record
+    def on_sent(self, record: SentRecord) -> SentRecord | None:
+        """Track a sent record; returns the oldest one when the table was full (it
+        is given up as lost: the caller sends its frames again)."""
+        in_flight = self.in_flight
+        in_flight[record.counter] = record
         if record.ack_eliciting:
             self.last_eliciting_sent = record.time_sent
+        if len(in_flight) > MAX_IN_FLIGHT:
+            return in_flight.popitem(last=False)[1]
+        return None
 
     def _update_rtt(self, sample: float, ack_delay: float) -> None:
         if self.min_rtt is None or sample < self.min_rtt:

@@ -520,6 +520,10 @@ class Connection:
             pto = self._recovery.pto_deadline()
             if pto is not None and now >= pto:
                 lost += self._recovery.on_pto()
+                # the probe must elicit an ACK even when the records it gives up held
+                # nothing to send again (datagrams, ACK-only): else nothing goes out,
+                # the next probe waits twice as long, and data behind them stalls
+                self._ping_pending = True
             self._requeue(lost)
 
     # ----------------------------------------------------------------------------------
@@ -1584,6 +1588,10 @@ class Connection:
             end > stream.final_size or (fin and end != stream.final_size)
         ):
             raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
+        if fin and end < stream.recv_highest:
+            # a lossy carrier's reassembly would drop the bytes past the end, and a FIN
+            # below what was already delivered would leave the stream never finishing
+            raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
         if end > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
         if end > stream.recv_highest:
@@ -1634,6 +1642,12 @@ class Connection:
             return
         if final_size < stream.recv_highest:
             raise RemoteProtocolError("reset below data already received", ErrorCode.FRAME_VALUE)
+        if stream.final_size is not None and final_size != stream.final_size:
+            # the FIN fixed the stream's size: a reset may not move it (QUIC's
+            # FINAL_SIZE_ERROR), nor charge the windows for bytes past it
+            raise RemoteProtocolError(
+                "reset with a final size other than the stream's", ErrorCode.FRAME_VALUE
+            )
         # the final size counts against the windows as data up to it would: the peer may
         # not claim to have sent more than it was allowed to
         if final_size > stream.recv_limit:
@@ -1779,7 +1793,9 @@ class Connection:
         if self._recovery is not None:
             for i, items in enumerate(items_per_record):
                 if eliciting[i]:
-                    self._recovery.on_sent(SentRecord(first + i, now, items, True))
+                    evicted = self._recovery.on_sent(SentRecord(first + i, now, items, True))
+                    if evicted is not None:
+                        self._requeue([evicted])
 
     def _has_outgoing(self) -> bool:
         """Whether the next records will carry something an ACK can ride along with.

@@ -1,0 +1,153 @@
+"""A hostile or buggy peer speaking to a Connection, driven in memory: the peer holds
+its keys, so it seals valid records around whatever frames it likes. Each must end in
+the documented typed error, or be ignored, and never grow memory without bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtp import _core, _recovery
+from dtp._types import (
+    FRAME_DATAGRAM,
+    FRAME_PING,
+    FRAME_RESET_STREAM,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    RawFrame,
+)
+from dtp.connection import CloseCode, ConnectionTerminated
+from dtp.events import StreamDataReceived
+from tests.test_connection import Side, _sealed_by, connect
+
+
+def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
+    """The client (as the hostile peer) seals ``frames`` in one record to the server."""
+    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), now)
+    s.drain()
+    return s.conn.termination
+
+
+@pytest.mark.parametrize("first", [(50, 50), (0, 50)], ids=["gap-then-fin", "delivered-then-fin"])
+def test_lossy_fin_below_data_already_received_is_a_protocol_violation(
+    first: tuple[int, int],
+) -> None:
+    # A FIN ending the stream at 10 after bytes up to 100 (or 50) arrived: the bytes past
+    # the end were silently dropped by the reassembly, or (all delivered already) the
+    # stream sat in FIN_RECEIVED forever, neither finishing nor failing.
+    c, s, link = connect(reliable_carrier=False)
+    offset, length = first
+    assert _send(c, s, [RawFrame(FRAME_STREAM, 0, offset, 0, b"y" * length)], link.now) is None
+    term = _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 0, 0, b"y" * 10)], link.now)
+    assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
+    assert "final size" in term.reason
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
+def test_a_fin_at_the_data_received_so_far_still_ends_the_stream(reliable: bool) -> None:
+    c, s, link = connect(reliable_carrier=reliable)
+    assert _send(c, s, [RawFrame(FRAME_STREAM, 0, 0, 0, b"y" * 10)], link.now) is None
+    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 10, 0, b"")], link.now) is None
+    assert 0 in s.eof and bytes(s.data[0]) == b"y" * 10
+
+
+@pytest.mark.parametrize("final", [29, 31, 1000])
+def test_a_reset_may_not_move_a_final_size_the_fin_fixed(final: int) -> None:
+    # lossy: bytes 20..30 and the FIN at 30 arrived, 0..20 not yet; a RESET_STREAM
+    # claiming another final size was taken (and 1000 charged to the window)
+    c, s, link = connect(reliable_carrier=False)
+    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
+    term = _send(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, final)], link.now)
+    assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
+
+
+def test_a_reset_at_the_fins_final_size_is_taken() -> None:
+    c, s, link = connect(reliable_carrier=False)
+    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
+    assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, 30)], link.now) is None
+    assert not s.of(StreamDataReceived)
+
+
+def test_records_in_flight_stay_bounded_when_the_peer_never_acknowledges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Datagrams are not flow-controlled: to a peer that keeps the connection alive with
+    # PINGs but acknowledges nothing, every datagram record stayed in flight for good.
+    monkeypatch.setattr(_recovery, "MAX_IN_FLIGHT", 64, raising=False)
+    c, s, link = connect(reliable_carrier=False)
+    server = s.conn
+    now = link.now
+    sid = server.open_stream()
+    payload = bytes(range(256)) * 40
+    server.send_stream_data(sid, payload, end_stream=True)
+    for i in range(300):
+        server.send_datagram(b"q" * 10)
+        server.data_to_send(now)
+        if i % 50 == 0:
+            _send(c, s, [RawFrame(FRAME_PING)], now)
+            server.handle_timer(now)
+        now += 0.001
+    assert server.termination is None
+    assert server._recovery is not None and len(server._recovery.in_flight) <= 64
+    # what was given up is sent again: the stream still reaches the peer whole
+    client_side = Side(c.conn)
+    for _ in range(200):
+        for record in server.datagrams_to_send(now):
+            c.conn.receive_datagram(record, now)
+        for record in c.conn.datagrams_to_send(now):
+            server.receive_datagram(record, now)
+        client_side.drain()
+        if sid in client_side.eof:
+            break
+        now += 0.05
+        server.handle_timer(now)
+        c.conn.handle_timer(now)
+    assert bytes(client_side.data[sid]) == payload
+
+
+def test_datagrams_alone_to_a_silent_peer_do_not_pile_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_recovery, "MAX_IN_FLIGHT", 32, raising=False)
+    c, s, link = connect(reliable_carrier=False)
+    for _ in range(100):
+        s.conn.send_datagram(b"d")
+        s.conn.data_to_send(link.now)
+    assert s.conn._recovery is not None and len(s.conn._recovery.in_flight) <= 32
+    # the datagrams given up are not sent again
+    _send(c, s, [RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"x")], link.now)
+    assert all(f.type != FRAME_DATAGRAM for f in s.conn._ctrl)  # nothing requeued for resending
+
+
+def test_a_probe_behind_lost_datagrams_still_recovers_the_stream() -> None:
+    # Datagram records lost, then a stream's records lost: the probe timeout gave up
+    # the two oldest records (datagrams: nothing to send again), sent nothing, and
+    # doubled its wait; without keepalives the stream stalled for good.
+    c, s, link = connect(reliable_carrier=False, keepalive_interval=None)
+    server, client = s.conn, Side(c.conn)
+    now = link.now
+    for _ in range(20):
+        server.send_datagram(b"d" * 100)
+        server.datagrams_to_send(now)  # lost
+    sid = server.open_stream()
+    server.send_stream_data(sid, b"payload" * 100, end_stream=True)
+    server.datagrams_to_send(now)  # lost too
+    deadline = now + 20.0
+    while sid not in client.eof and now < deadline:
+        moved = True
+        while moved:  # a perfect carrier now, until both sides are quiet
+            out = server.datagrams_to_send(now)
+            back = client.conn.datagrams_to_send(now)
+            for record in out:
+                client.conn.receive_datagram(record, now)
+            for record in back:
+                server.receive_datagram(record, now)
+            moved = bool(out or back)
+        client.drain()
+        if sid in client.eof:
+            break
+        timer = min(t for t in (server.get_timer(), client.conn.get_timer()) if t is not None)
+        now = max(now, timer)
+        server.handle_timer(now)
+        client.conn.handle_timer(now)
+    assert bytes(client.data[sid]) == b"payload" * 100
+    assert now < link.now + 20.0
