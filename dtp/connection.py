@@ -271,6 +271,7 @@ class Connection:
         self._pending_stream_credit: set[int] = set()
         self._pending_max_streams = False
         self._held_events: list[Event] = []  # server: data before accept()
+        self._held_bytes = 0  # what the held datagrams, controls and receipts weigh
         self._ping_pending = False
         self._close_frame: RawFrame | None = None
         self._terminated: ConnectionTerminated | None = None
@@ -1562,6 +1563,16 @@ class Connection:
     def _deliver(self, event: Event) -> None:
         """Application-facing events wait for accept() on the server."""
         if not self.is_client and self._state is ConnState.AUTHENTICATING:
+            if isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
+                # flow control bounds held stream bytes, nothing these: a client could
+                # fill the server's memory while the application decides on it
+                self._held_bytes += len(event.data) + 64
+                if self._held_bytes > self.config.connection_window:
+                    if isinstance(event, DatagramReceived):
+                        return  # unreliable anyway: dropped, as a full carrier would
+                    raise RemoteProtocolError(
+                        "too many frames before the server accepted", ErrorCode.FRAME_VALUE
+                    )
             self._held_events.append(event)
         else:
             self._events.append(event)
@@ -2181,7 +2192,12 @@ def _parse_params(payload: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("v", "md", "msd", "ms", "it"):
         value = params.get(key)
-        if not isinstance(value, int) or value < 0 or value >= 2**62:
+        if (
+            isinstance(value, bool)  # msgpack's true and false are not integers
+            or not isinstance(value, int)
+            or value < 0
+            or value >= 2**62
+        ):
             raise HandshakeError(f"transport parameter {key!r} missing or invalid")
         out[key] = value
     if out["v"] != TRANSPORT_VERSION:

@@ -4,10 +4,13 @@ the documented typed error, or be ignored, and never grow memory without bound."
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from dtp import _core, _recovery
+from dtp._state import ConnState
 from dtp._types import (
+    FRAME_CONTROL,
     FRAME_DATAGRAM,
     FRAME_PING,
     FRAME_RESET_STREAM,
@@ -15,9 +18,10 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.connection import CloseCode, ConnectionTerminated
-from dtp.events import StreamDataReceived
-from tests.test_connection import Side, _sealed_by, connect
+from dtp.connection import CloseCode, Connection, ConnectionTerminated, _parse_params
+from dtp.errors import HandshakeError
+from dtp.events import DatagramReceived, StreamDataReceived
+from tests.test_connection import Side, _sealed_by, connect, make_pair
 
 
 def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
@@ -151,3 +155,48 @@ def test_a_probe_behind_lost_datagrams_still_recovers_the_stream() -> None:
         client.conn.handle_timer(now)
     assert bytes(client.data[sid]) == b"payload" * 100
     assert now < link.now + 20.0
+
+
+def _xx_authenticated_server() -> tuple[Connection, Connection]:
+    """An XX pair whose server has the client's proof but has not decided yet."""
+    client, server = make_pair(ik=False)
+    for _ in range(4):
+        server.receive_data(client.data_to_send(0.0), 0.0)
+        client.receive_data(server.data_to_send(0.0), 0.0)
+    assert server.peer_address is not None and server.state is ConnState.AUTHENTICATING
+    return client, server
+
+
+def test_datagrams_held_before_accept_are_bounded() -> None:
+    # the server holds a client's frames until accept(); datagrams are not flow-
+    # controlled, and 2000 of 16000 bytes were all kept (32 MB)
+    client, server = _xx_authenticated_server()
+    frame = _core.encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d" * 16000)])
+    for _ in range(2000):
+        server.receive_data(_sealed_by(client, frame), 0.0)
+    assert server.termination is None
+    held = sum(len(e.data) for e in server._held_events if isinstance(e, DatagramReceived))
+    assert 0 < held <= server.config.connection_window
+    server.accept()
+    events = list(iter(server.next_event, None))
+    assert sum(isinstance(e, DatagramReceived) for e in events) == held // 16000
+
+
+def test_control_frames_held_before_accept_are_bounded() -> None:
+    client, server = _xx_authenticated_server()
+    frame = _core.encode_frames([RawFrame(FRAME_CONTROL, 16, 0, 0, b"c" * 16000)])
+    for _ in range(2000):
+        server.receive_data(_sealed_by(client, frame), 0.0)
+        if server.closed:
+            break
+    term = server.termination
+    assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
+    assert not server._held_events
+
+
+@pytest.mark.parametrize("key", ["v", "md", "msd", "ms", "it"])
+def test_a_boolean_transport_parameter_fails_the_handshake(key: str) -> None:
+    params = {"v": 1, "md": 1 << 20, "msd": 1 << 20, "ms": 8, "it": 60000}
+    params[key] = True
+    with pytest.raises(HandshakeError, match=key):
+        _parse_params(msgpack.packb(params))
