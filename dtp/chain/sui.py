@@ -22,6 +22,7 @@ a funded Ed25519 key, exposed as :attr:`SuiLedger.default_signer`; kept in memor
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -61,12 +62,12 @@ from dtp.chain.sui_client import (
     timestamp_ms,
 )
 from dtp.chain.sui_codec import (
+    EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     OBJECT_MODULES,
     BcsDecodeError,
     Layout,
     decode,
-    decode_event,
     decode_object,
     table_id,
 )
@@ -155,6 +156,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_GAS_BUDGET",
     "LedgerUnavailable",
+    "MissingEvent",
     "SuiConfig",
     "SuiConfigError",
     "SuiLedger",
@@ -164,6 +166,8 @@ __all__ = [
     "parse_executed",
     "select_gas",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Default gas budget per transaction, in MIST (0.05 SUI).
 DEFAULT_GAS_BUDGET: Final = 50_000_000
@@ -249,6 +253,13 @@ class SuiConfig:
         return cls(rpc, package, key, budget, timeout)
 
 
+class MissingEvent(ChainError, KeyError):
+    """A transaction's outcome lacks an event the call reads its result from (a node that
+    left it out): a typed ChainError for callers, still the KeyError it was before."""
+
+    __str__ = ChainError.__str__
+
+
 @dataclass(frozen=True)
 class TxOutcome:
     """What one executed transaction did."""
@@ -262,11 +273,16 @@ class TxOutcome:
     checkpoint: int | None = None
 
     def event(self, name: str) -> Event:
-        """The first event named ``name`` (``KeyError`` if none)."""
+        """The first event named ``name`` (:class:`MissingEvent`, a ChainError and a
+        ``KeyError``, if none)."""
         for e in self.events:
             if e.name == name:
                 return e
-        raise KeyError(name)
+        raise MissingEvent(
+            f"Transaction {self.digest} succeeded, but the node's answer has no {name} event.",
+            name="MissingEvent",
+            module="sui",
+        )
 
     def created_of(self, struct: str) -> str | None:
         """The ID of the created object of struct ``struct`` (e.g. ``"Host"``), if any."""
@@ -300,16 +316,23 @@ def short_type(type_: str, packages: Sequence[str]) -> str | None:
 def event_from_proto(
     ev: Any, packages: Sequence[str], cursor: str = "", timestamp_ms: int = 0, digest: str = ""
 ) -> Event | None:
-    """An :class:`Event` from a ``sui.rpc.v2.Event`` (None when it is not a dtp event)."""
+    """An :class:`Event` from a ``sui.rpc.v2.Event`` (None when it is not a dtp event, or
+    one of a type this version does not know: a later version of the package may emit
+    more, and a transaction that succeeded must not be reported as failed for that)."""
     type_ = short_type(str(ev.event_type or ""), packages)
     if type_ is None:
         return None
     _, module, name = type_.split("::")
-    data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
-    layout = MESSAGING_EVENT_LAYOUTS.get((module, name)) or ECONOMICS_EVENT_LAYOUTS.get(
-        (module, name)
+    layout = (
+        MESSAGING_EVENT_LAYOUTS.get((module, name))
+        or ECONOMICS_EVENT_LAYOUTS.get((module, name))
+        or EVENT_LAYOUTS.get((module, name))
     )
-    fields = decode_event(module, name, data) if layout is None else decode(layout, data)
+    if layout is None:
+        logger.debug("skipping the event %s: a type this version does not know", type_)
+        return None
+    data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
+    fields = decode(layout, data)
     sender = normalize_id(ev.sender, "address") if ev.sender else ""
     return Event(
         cursor,
@@ -319,6 +342,15 @@ def event_from_proto(
         str(ev.transaction_digest or digest),
         timestamp_ms,
     )
+
+
+def _package_id(package: str) -> str | None:
+    """``package`` normalized; None when it is no ID (a node's answer: not ours, and not
+    the caller's InvalidArgument)."""
+    try:
+        return normalize_id(package, "package ID")
+    except ChainError:
+        return None
 
 
 def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainError:
@@ -331,7 +363,7 @@ def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainEr
         location = abort.location
         package = getattr(location, "package", None)
         module = str(getattr(location, "module", "") or "")
-        if package and normalize_id(package, "package ID") not in packages:
+        if package and _package_id(package) not in packages:
             return ChainError(
                 f"Transaction aborted in {package}::{module} with code {abort.abort_code}: "
                 f"{detail}",

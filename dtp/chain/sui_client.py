@@ -33,6 +33,7 @@ from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
 from dtp.chain.objects import normalize_id
+from dtp.chain.sui_codec import BcsDecodeError
 from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
     ChainError,
@@ -262,8 +263,15 @@ class SuiNode:
                     )
                 )
                 for df in resp.dynamic_fields:
-                    key = "0x" + bytes(df.name.value).hex()
-                    out[key] = int.from_bytes(bytes(df.value.value)[:8], "little")
+                    # an address (32 bytes) to a u64: anything else is not this table's
+                    name = bytes(df.name.value or b"") if df.name is not None else b""
+                    value = bytes(df.value.value or b"") if df.value is not None else b""
+                    if len(name) != 32 or len(value) < 8:
+                        raise BcsDecodeError(
+                            f"An entry of the table {table_id} is not an address and a u64 "
+                            f"({len(name)} and {len(value)} bytes)."
+                        )
+                    out["0x" + name.hex()] = int.from_bytes(value[:8], "little")
                 token = resp.next_page_token
                 if not token:
                     return out
@@ -303,6 +311,8 @@ class SuiNode:
 
         async def call() -> tuple[int, int]:
             resp = await self._unary(rq.GetEpoch(field_mask=["epoch", "reference_gas_price"]))
+            if resp is None or resp.epoch is None:
+                raise LedgerUnavailable(f"Sui node {self.endpoint} answered GetEpoch without one.")
             return int(resp.epoch.epoch or 0), int(resp.epoch.reference_gas_price or 0)
 
         return self.run(call, "GetEpoch")

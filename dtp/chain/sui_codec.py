@@ -456,7 +456,12 @@ def decode_object(
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
     d = decode(layout, data)
-    return object_from_fields(struct, d["id"], version, d, table_entries or {})
+    try:
+        return object_from_fields(struct, d["id"], version, d, table_entries or {})
+    except (ValueError, KeyError, TypeError) as exc:
+        # well-formed BCS with a value the typed view has no member for (a firewall
+        # mode byte of 2): still not an object this version can read
+        raise BcsDecodeError(f"The {struct} object does not decode: {exc}.") from None
 
 
 def table_id(struct: str, data: bytes) -> str | None:
