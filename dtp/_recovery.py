@@ -150,7 +150,19 @@ class LossRecovery:
     ) -> tuple[list[SentRecord], list[SentRecord]]:
         """Process an ACK frame: returns (records newly acknowledged, records lost)."""
         acked: list[SentRecord] = []
+        in_flight = self.in_flight
+        if not in_flight:
+            return [], []
+        # Clipped to the counters in flight, the (disjoint) ranges cover at most the
+        # span of those: a peer's 256 wide ranges per ACK frame would otherwise each
+        # scan the whole table (40 ms of CPU per 16 KB record with 512 in flight).
+        first = next(iter(in_flight))
+        last = next(reversed(in_flight))
         for lo, hi in ranges:
+            lo = max(lo, first)
+            hi = min(hi, last)
+            if lo > hi:
+                continue
             if hi - lo < len(self.in_flight):
                 for counter in range(lo, hi + 1):
                     rec = self.in_flight.pop(counter, None)

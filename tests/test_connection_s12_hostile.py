@@ -4,10 +4,14 @@ the documented typed error, or be ignored, and never grow memory without bound."
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterator
+
 import msgpack
 import pytest
 
 from dtp import _core, _recovery
+from dtp._recovery import LossRecovery, SentRecord
 from dtp._state import ConnState
 from dtp._types import (
     FRAME_CONTROL,
@@ -200,3 +204,35 @@ def test_a_boolean_transport_parameter_fails_the_handshake(key: str) -> None:
     params[key] = True
     with pytest.raises(HandshakeError, match=key):
         _parse_params(msgpack.packb(params))
+
+
+class _CountingTable(OrderedDict[int, SentRecord]):
+    """An in-flight table that counts the entries its scans visit."""
+
+    visited = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for key in super().__iter__():
+            _CountingTable.visited += 1
+            yield key
+
+
+def test_wide_ack_ranges_for_records_never_sent_do_not_scan_the_table() -> None:
+    # 256 ranges per ACK frame, each wider than the table: every range scanned all the
+    # records in flight (a peer burned 40 ms of our CPU per 16 KB record)
+    recovery = LossRecovery()
+    recovery.in_flight = _CountingTable()
+    for counter in range(512):
+        recovery.on_sent(SentRecord(counter, 0.0, [], True))
+    ranges = []
+    hi = 1 << 61
+    for _ in range(256):
+        ranges.append((hi - 1000, hi))
+        hi -= 1002
+    _CountingTable.visited = 0
+    assert recovery.on_ack(tuple(ranges), 0, 1.0) == ([], [])
+    assert _CountingTable.visited < 64
+    assert len(recovery.in_flight) == 512
+    # ranges that do cover records still acknowledge exactly those
+    acked, _ = recovery.on_ack(((600, 1 << 40), (100, 597), (10, 20)), 0, 1.0)
+    assert sorted(r.counter for r in acked) == list(range(10, 21)) + list(range(100, 512))
