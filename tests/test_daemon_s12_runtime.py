@@ -375,3 +375,38 @@ def test_a_damaged_receipt_store_is_named(tmp_path: Path) -> None:
         "dtp daemon: database error: cannot open the receipt store "
         f"{tmp_path / 'state' / 'receipts.sqlite'}: file is not a database"
     )
+
+
+def test_new_tunnels_wait_for_the_clients_byte_debt(tmp_path: Path, procs: list[Proc]) -> None:
+    """Bytes are charged after they are read, and a new tunnel did not look at the debt
+    before its first read: each one carried a chunk at once. At max_bytes_per_sec = 10,
+    five tunnels moved about 500 KB within seconds (one chunk each, both ways)."""
+    firewall = "\n[firewall]\nmax_bytes_per_sec = 10\n"
+    _, _, address = start_pair(tmp_path, procs, "echo", firewall, "")
+    first = socket.create_connection(address, timeout=10)
+    others: list[socket.socket] = []
+    try:
+        # the first chunk goes at once, by design (TokenBucket: paid by the wait after)
+        first.sendall(b"x" * 50000)
+        got = 0
+        while got < 50000:
+            got += len(first.recv(65536))
+        for _ in range(3):
+            sock = socket.create_connection(address, timeout=10)
+            sock.sendall(b"y" * 50000)
+            sock.setblocking(False)
+            others.append(sock)
+
+        def echoed() -> int:
+            total = 0
+            for sock in others:
+                with contextlib.suppress(BlockingIOError):
+                    total += len(sock.recv(65536))
+            return total
+
+        with pytest.raises(AssertionError, match="timed out"):
+            wait_until(echoed, timeout=3.0, what="an echo over the rate")
+    finally:
+        first.close()
+        for sock in others:
+            sock.close()

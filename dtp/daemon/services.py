@@ -455,6 +455,13 @@ class ServiceHost:
             wait = buckets.requests.charge(1, time.monotonic())
             if wait > 0:
                 await asyncio.sleep(wait)
+            # and it moves nothing while the client's bytes are over their rate: a chunk
+            # is charged after it is read, so every new tunnel got one through for free
+            # (many tunnels carried many times max_bytes_per_sec)
+            wait = buckets.bytes.delay(time.monotonic())
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = buckets.bytes.delay(time.monotonic())
         try:
             if pool is None:
                 raise TunnelError(f"service {service.name} was removed")
