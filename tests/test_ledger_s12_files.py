@@ -2,7 +2,7 @@
 program's SQLite database (left untouched, not given ledger tables or WAL mode), a ledger
 from a newer schema, a file damaged under an open handle, and another writer holding the
 lock past the busy timeout. Each is ChainError ``LedgerUnavailable``, never a bare
-sqlite3 exception."""
+sqlite3 exception. Also reads given arguments of the wrong kind (InvalidArgument)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 import dtp.chain.local as local_module
 from dtp.chain.local import LocalLedger
-from dtp.errors import ChainError
+from dtp.errors import ChainError, InvalidArgument
 from dtp.keys import HostIdentity
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x63]) * 32, bytes([0x63]) * 32)
@@ -120,4 +120,27 @@ def test_a_writer_locked_out_past_the_busy_timeout_fails_typed(
         assert ledger.balance(CLIENT.sui_address) == 10
     finally:
         other.close()
+        ledger.close()
+
+
+@pytest.mark.parametrize("ids", [None, 5, "0x1", b"0x1"])
+def test_get_objects_refuses_what_is_not_a_collection_of_ids(ids: object) -> None:
+    ledger = LocalLedger(":memory:")
+    try:
+        with pytest.raises(InvalidArgument, match="sequence of IDs"):
+            ledger.get_objects(ids)  # type: ignore[arg-type]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("bad", ["host", 5, {"type": "x"}])
+def test_events_refuse_a_filter_that_is_not_an_event_filter(bad: object) -> None:
+    ledger = LocalLedger(":memory:")
+    try:
+        ledger.faucet(CLIENT.sui_address, 1)
+        with pytest.raises(InvalidArgument, match="EventFilter"):
+            ledger.events(None, bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="EventFilter"):
+            ledger.wait_events(None, 0.0, bad)  # type: ignore[arg-type]
+    finally:
         ledger.close()

@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -1657,6 +1657,9 @@ class LocalLedger(Ledger):
         return self._read_one(lambda: self._typed(object_id, None))
 
     def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        if isinstance(object_ids, str | bytes) or not isinstance(object_ids, Iterable):
+            # one ID given as the list would be read as IDs of one character each
+            raise InvalidArgument(f"object_ids must be a sequence of IDs, got {object_ids!r}.")
         ids = [normalize_id(object_id) for object_id in object_ids]
         marks = ",".join("?" * len(ids))
 
@@ -1771,6 +1774,8 @@ class LocalLedger(Ledger):
         start = self._cursor(cursor)
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
+        if filter is not None and not isinstance(filter, EventFilter):
+            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
         if limit <= 0:
             # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
             # before it compares with limit)
