@@ -1,0 +1,94 @@
+"""Lossy carriers (``reliable_carrier=False``) under a hypothesis-chosen carrier:
+records dropped, duplicated, held back and delivered late, in both directions. Both
+sides must end with exactly the stream bytes written, and what the sender tracks for
+retransmission must stay bounded by what flow control lets it have outstanding."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtp.connection import Connection
+from tests.test_connection import connect
+
+# what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered
+# after the next ones)
+_FATES = st.lists(st.integers(0, 3), min_size=1, max_size=64)
+
+
+def _in_flight(conn: Connection) -> int:
+    assert conn._recovery is not None
+    return len(conn._recovery.in_flight)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    fates_c=_FATES,
+    fates_s=_FATES,
+    sizes=st.lists(st.integers(0, 40_000), min_size=1, max_size=3),
+    datagrams=st.integers(0, 20),
+)
+def test_lossy_both_ways_delivers_exactly(
+    fates_c: list[int], fates_s: list[int], sizes: list[int], datagrams: int
+) -> None:
+    window = 32 * 1024
+    c, s, link = connect(reliable_carrier=False, stream_window=window, connection_window=window)
+    now = link.now
+    written: dict[tuple[str, int], bytes] = {}
+    for n in sizes:
+        sid = c.conn.open_stream()
+        written[("c", sid)] = os.urandom(n)
+        c.conn.send_stream_data(sid, written[("c", sid)], end_stream=True)
+        sid = s.conn.open_stream()
+        written[("s", sid)] = os.urandom(n // 2)
+        s.conn.send_stream_data(sid, written[("s", sid)], end_stream=True)
+    for _ in range(datagrams):
+        c.conn.send_datagram(b"x" * 100)
+        s.conn.send_datagram(b"y" * 100)
+    held: dict[str, list[bytes]] = {"c": [], "s": []}
+    step = {"c": 0, "s": 0}
+    fates = {"c": fates_c, "s": fates_s}
+    sides = {"c": c, "s": s}
+    peak = 0
+
+    def done() -> bool:
+        return all(sid in sides["s" if who == "c" else "c"].eof for who, sid in written)
+
+    deadline = now + 300.0
+    while not done() and now < deadline:
+        for who, peer in (("c", "s"), ("s", "c")):
+            src, dst = sides[who].conn, sides[peer].conn
+            out = src.datagrams_to_send(now)
+            # the carrier misbehaves only for the first records of each side
+            for record in out:
+                fate = fates[who][step[who]] if step[who] < len(fates[who]) else 0
+                step[who] += 1
+                if fate == 1:
+                    continue
+                if fate == 3:
+                    held[who].append(record)
+                    continue
+                dst.receive_datagram(record, now)
+                if fate == 2:
+                    dst.receive_datagram(record, now)
+            if out and held[who]:
+                for record in held[who]:
+                    dst.receive_datagram(record, now)
+                held[who].clear()
+            sides[peer].drain()
+            peak = max(peak, _in_flight(src))
+        assert not c.conn.closed and not s.conn.closed
+        timers = [t for t in (c.conn.get_timer(), s.conn.get_timer()) if t is not None]
+        now = max(now + 0.001, min(timers))
+        c.conn.handle_timer(now)
+        s.conn.handle_timer(now)
+    for (who, sid), data in written.items():
+        reader = sides["s" if who == "c" else "c"]
+        assert bytes(reader.data.get(sid, b"")) == data, (who, sid)
+    # a window's worth of full records, the datagram and control records, and slack
+    assert peak <= window // 1000 + 2 * datagrams + 16
+    for side in (c, s):
+        for stream in side.conn._streams.values():
+            assert len(stream.retransmit.ranges) <= window // 1000
