@@ -17,7 +17,7 @@ from dtp.chain.sui import SuiConfig, SuiLedger, execution_error, parse_executed
 from dtp.chain.sui_client import LedgerUnavailable, SuiNode
 from dtp.chain.sui_codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
 from dtp.chain.sui_tx import OwnedRef
-from dtp.errors import ChainError, FirewallDenied
+from dtp.errors import ChainError, FirewallDenied, InvalidArgument
 from dtp.keys import HostIdentity
 
 PACKAGE = "0x" + "d7" * 32
@@ -180,3 +180,31 @@ def test_an_epoch_answer_without_the_epoch_is_typed() -> None:
             node.epoch_info()
     finally:
         node.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"cursor": 5}, {"cursor": "zz"}, {"limit": "10"}, {"limit": None}, {"filter": "host"}],
+)
+def test_event_reads_refuse_bad_arguments_typed(kwargs: dict[str, Any]) -> None:
+    ledger = ledger_on(FakeNode([], [(dtp_event("host", "SomethingNewer", b""), b"\x01")]))
+    try:
+        with pytest.raises(InvalidArgument):
+            ledger.events(**kwargs)
+        with pytest.raises(InvalidArgument):
+            cursor, filter_, limit = (kwargs.get(k) for k in ("cursor", "filter", "limit"))
+            ledger.wait_events(
+                cursor, 0.0, filter_, 1 if limit is None and "limit" not in kwargs else limit
+            )
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("timeout", ["1", None, float("nan")])
+def test_wait_events_refuses_a_timeout_that_is_not_seconds(timeout: Any) -> None:
+    ledger = ledger_on(FakeNode([]))
+    try:
+        with pytest.raises(InvalidArgument):
+            ledger.wait_events(None, timeout)
+    finally:
+        ledger.close()

@@ -1351,7 +1351,7 @@ class SuiLedger(Ledger):
             return None
         try:
             return bytes.fromhex(cursor)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: not a str at all
             raise InvalidArgument(f"{cursor!r} is not a SuiLedger event cursor.") from None
 
     def _timestamp(self, checkpoint: int | None) -> int:
@@ -1368,6 +1368,12 @@ class SuiLedger(Ledger):
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
         after = self._cursor_bytes(cursor)
+        # as LocalLedger checks them (a str limit raised TypeError, a str filter
+        # AttributeError at the first event)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
+        if filter is not None and not isinstance(filter, EventFilter):
+            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
         if limit <= 0:
             return [], cursor
         frames, last = self._node.list_events(
@@ -1391,6 +1397,8 @@ class SuiLedger(Ledger):
     ) -> tuple[list[Event], str | None]:
         """Polls :meth:`events` every ``config.poll_interval`` seconds until something
         matches or ``timeout`` passes."""
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
+            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             events, cursor = self.events(cursor, filter, limit)
