@@ -1426,6 +1426,16 @@ class Connection:
             # the server answered with sealed data: our handshake messages arrived
             self._hs_resend_at = None
             self._hs_messages.clear()
+        if (
+            self._state is ConnState.AUTHENTICATING
+            and self.is_client
+            and self._acks is not None
+            and any(f.type in (FRAME_STREAM, FRAME_STREAM_FIN) for f in frames)
+        ):
+            # a lossy carrier lost the ACCEPT's record or brought it late: the server's
+            # first stream data got here first. Dropped unacknowledged, it is sent
+            # again; taken, it would be stream data before authentication.
+            return
         ack_eliciting = False
         for frame in frames:
             ftype = frame.type

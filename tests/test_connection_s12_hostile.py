@@ -20,11 +20,12 @@ from dtp._types import (
     FRAME_RESET_STREAM,
     FRAME_STREAM,
     FRAME_STREAM_FIN,
+    REC_DATA,
     RawFrame,
 )
 from dtp.connection import CloseCode, Connection, ConnectionTerminated, _parse_params
 from dtp.errors import HandshakeError
-from dtp.events import DatagramReceived, StreamDataReceived
+from dtp.events import DatagramReceived, PeerAuthenticated, StreamDataReceived
 from tests.test_connection import Side, _sealed_by, connect, make_pair
 
 
@@ -236,3 +237,48 @@ def test_wide_ack_ranges_for_records_never_sent_do_not_scan_the_table() -> None:
     # ranges that do cover records still acknowledge exactly those
     acked, _ = recovery.on_ack(((600, 1 << 40), (100, 597), (10, 20)), 0, 1.0)
     assert sorted(r.counter for r in acked) == list(range(10, 21)) + list(range(100, 512))
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_lossy_server_data_ahead_of_a_lost_accept_is_sent_again(ik: bool) -> None:
+    # The record with the ACCEPT was lost and the server's first stream bytes (sent
+    # right after accept()) arrived: the client closed with PROTOCOL_VIOLATION 'stream
+    # data before authentication', a legitimate order on a lossy carrier.
+    client, server = make_pair(ik=ik, reliable_carrier=False)
+    c, s = Side(client), Side(server)
+    now = 0.0
+    sid = -1
+    while sid < 0:
+        for record in client.datagrams_to_send(now):
+            server.receive_datagram(record, now)
+        s.drain()
+        if s.of(PeerAuthenticated):
+            server.accept()
+            sid = 0 if ik else server.open_stream()
+            server.send_stream_data(sid, b"first words", end_stream=True)
+            flight = server.datagrams_to_send(now)
+            accept_record = next(i for i, r in enumerate(flight) if r[0] == REC_DATA)
+            for i, record in enumerate(flight):
+                if i != accept_record:
+                    client.receive_datagram(record, now)
+            c.drain()
+            assert not client.closed
+        else:
+            for record in server.datagrams_to_send(now):
+                client.receive_datagram(record, now)
+    while sid not in c.eof and now < 30.0:
+        moved = True
+        while moved:
+            out, back = server.datagrams_to_send(now), client.datagrams_to_send(now)
+            for record in out:
+                client.receive_datagram(record, now)
+            for record in back:
+                server.receive_datagram(record, now)
+            c.drain()
+            s.drain()
+            moved = bool(out or back)
+        now = min(t for t in (client.get_timer(), server.get_timer()) if t is not None)
+        client.handle_timer(now)
+        server.handle_timer(now)
+    assert client.established and bytes(c.data[sid]) == b"first words"
+    assert sum(1 for e in c.events if isinstance(e, StreamDataReceived) and e.data) == 1
