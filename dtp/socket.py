@@ -27,7 +27,6 @@ import io
 import logging
 import numbers
 import queue
-import select
 import socket as _socket
 import threading
 import time
@@ -37,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
+from dtp._poll import wait_ready
 from dtp._session import UNSENT, Session, check_connect_timeout
 from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
@@ -544,7 +544,7 @@ class _Engine:
             rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
             self.lock.release()
             try:
-                r, w, _ = select.select(rlist, wlist, [], wait)
+                r, w = wait_ready(rlist, wlist, wait)
             except (OSError, ValueError) as exc:
                 r, w = [], []
                 if not self.carrier_closed:
@@ -718,7 +718,7 @@ class _Engine:
             if not patient:
                 left = min(left, DRAIN_QUIET)
             try:
-                if not select.select([self.sock], [], [], left)[0]:
+                if not wait_ready([self.sock], [], left)[0]:
                     if patient:
                         return  # (the deadline)
                     return  # quiet: nothing more is coming that a reset could cut off

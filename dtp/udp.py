@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket as _socket
 import struct
 import threading
@@ -44,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dtp._poll import wait_ready
 from dtp.errors import DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
@@ -344,7 +344,7 @@ def relay_udp(
     def replies() -> None:
         with contextlib.suppress(OSError, DTPError):
             while not done.is_set():
-                ready, _, _ = select.select([udp], [], [], 0.2)
+                ready, _ = wait_ready([udp], [], 0.2)
                 if not ready:
                     continue
                 batch = _drain(udp)
@@ -604,7 +604,7 @@ class UdpForwarder:
         next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
         while not self._closed.is_set():
             try:
-                ready, _, _ = select.select([self._udp], [], [], 0.2)
+                ready, _ = wait_ready([self._udp], [], 0.2)
                 if ready:
                     for source, batch in _drain_by_source(self._udp).items():
                         self._forward(batch, source)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import select
 import socket
 import threading
 import time
@@ -48,6 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from dtp._poll import wait_ready
 from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
@@ -314,7 +314,7 @@ class LedgerBridge:
             timeout = wait if timer is None else max(0.0, min(wait, timer - time.monotonic()))
             rlist = [sock] if not app_closed else []
             wlist = [sock] if out else []
-            r, w, _ = select.select(rlist, wlist, [], timeout)
+            r, w = wait_ready(rlist, wlist, timeout)
             moved = False
             if r:
                 data = _recv(sock)
@@ -375,7 +375,7 @@ class LedgerBridge:
     def _drain_until_closed(self, sock: socket.socket) -> None:
         """After the peer left: discard what the adapter still writes until it closes."""
         while not self._stop.is_set():
-            r, _, _ = select.select([sock], [], [], 0.1)
+            r, _ = wait_ready([sock], [], 0.1)
             if r and _recv(sock) is None:
                 return
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import select
 import socket
 
+from dtp._poll import wait_ready
 from dtp.errors import ConnectionLost, DTPTimeoutError
 
 
@@ -60,7 +60,7 @@ class PendingTcp:
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
-                writable = select.select([], [sock], [], timeout)[1]
+                writable = wait_ready([], [sock], timeout)[1]
                 if writable and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     sock.settimeout(timeout)
                     tune(sock)
