@@ -273,6 +273,14 @@ class _PaidConnection:
         # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
         # then looked at within _CREDIT_MAX / _CALL_COST calls all the same)
         self._credit = 0
+        # The connection's streams may be driven from several threads at once. A write
+        # takes its bytes from the credit before it sends (reserve), and until they are
+        # in the usage (sent) they count as _sending: a look at the gate meanwhile deducts
+        # them. Checked after and counted after, each of N writers took the whole credit
+        # (a client paying nothing got N times the allowance).
+        self._cond = threading.Condition(threading.Lock())
+        self._sending = 0
+        self._waiters = 0
         #: The receipt that came with the end of the connection (the client's final one,
         #: in the read that brought its CLOSE): nothing is served on it any more, so it is
         #: not written first but claimed by the settlement at once, whose claim on the
@@ -310,17 +318,23 @@ class _PaidConnection:
         none comes within the pause timeout."""
         if self._credit > 0:
             return  # within what the gate allowed at its last look
+        while not self._look():
+            pass
+
+    def _look(self) -> bool:
+        """One look at the gate for :meth:`wait_paid`: False when the credit it allows
+        is all held by writes under way on other streams (after waiting a little for
+        one of them to end), so that the caller looks again."""
         total_bytes, total_requests = self.engine.conn.usage
         gate = self.gate
         if gate.serving(total_bytes, total_requests):
-            self._credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
-            return
+            return self._refill()
         verdict = self.verdict()
         engine = self.engine
         with engine.lock:
             while verdict.state is GateState.PAUSE:
                 if engine.session.terminated is not None or engine.closed:
-                    return  # the caller's own call reports how the connection ended
+                    return True  # the caller's own call reports how the connection ended
                 with contextlib.suppress(DTPError):
                     engine.conn.send_receipt(RECEIPT_REQUEST)
                 engine.flush()
@@ -338,7 +352,64 @@ class _PaidConnection:
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
         if verdict.state is GateState.SERVE:
-            self._credit = min(gate.credit_bytes(*engine.conn.usage), _CREDIT_MAX)
+            return self._refill()
+        return True
+
+    def _refill(self) -> bool:
+        """Set the credit to what the gate allows (the connection serving), less the
+        bytes written but not in the usage yet: those of writes under way, and those
+        queued in the connection beyond the client's flow-control window (the usage
+        counts a byte once it is sent). False when they hold all of it, after waiting up
+        to ``request_interval`` for some of them to go."""
+        engine = self.engine
+        with self._cond:
+            # usage and queue first, then _sending, all under this lock: a write that
+            # ends in between (in them, not yet released) is counted twice, never not
+            # at all
+            with engine.lock:
+                total_bytes, total_requests = engine.conn.usage
+                queued = engine.conn.send_buffered()
+                ended = engine.session.terminated is not None or engine.closed
+            sending = self._sending
+            credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
+            if credit > 0 or not (sending or queued) or ended:
+                self._credit = min(max(credit, 0), _CREDIT_MAX)
+                return True
+            if not queued:
+                self._waiters += 1
+                try:
+                    self._cond.wait(self.policy.request_interval)
+                finally:
+                    self._waiters -= 1
+                return False
+        # the queued bytes go out as the client reads: drive the I/O until some did
+        with engine.lock, contextlib.suppress(DTPTimeoutError):
+            engine.pump(
+                lambda: (
+                    engine.conn.send_buffered() < queued
+                    or engine.session.terminated is not None
+                    or engine.closed
+                ),
+                self.policy.request_interval,
+            )
+        return False
+
+    def reserve(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now (after :meth:`wait_paid`), taken
+        from the credit at once and held as under way until :meth:`sent`."""
+        with self._cond:
+            credit = self._credit
+            take = nbytes if nbytes <= credit else max(1, credit)
+            self._credit = credit - max(take, _CALL_COST)
+            self._sending += take
+        return take
+
+    def sent(self, reserved: int) -> None:
+        """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
+        with self._cond:
+            self._sending -= reserved
+            if self._waiters:
+                self._cond.notify_all()
 
     def room(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` may go now (after :meth:`wait_paid`):
@@ -373,6 +444,10 @@ class _PaidConnection:
         """Charge the client's rate limits and wait as long as they say (and count what
         moved against the gate's last look; a request ends it)."""
         self._credit = self._credit - max(nbytes, _CALL_COST) if not requests else 0
+        self.limit(nbytes, requests)
+
+    def limit(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Charge the client's rate limits and wait as long as they say."""
         buckets = self.buckets
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
@@ -431,9 +506,12 @@ class PaidSocket:
         paid.wait_paid()
         view = memoryview(data).cast("B")
         size = len(view)
-        room = paid.room(size)
-        n = self._sock.send(view if room == size else view[:room], flags)
-        paid.throttle(n)
+        room = paid.reserve(size)
+        try:
+            n = self._sock.send(view if room == size else view[:room], flags)
+        finally:
+            paid.sent(room)
+        paid.limit(n)
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:

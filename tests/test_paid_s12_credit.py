@@ -1,0 +1,175 @@
+"""A paid server's credit holds for a handler that writes from several threads at once
+and for writes the connection queues beyond the client's flow-control window
+(docs/escrow.md §6.1: "each [call] moves at most what the remaining credit covers"). A
+client that pays nothing gets no more than the allowance's worth -- the last call may
+take one byte past it -- and is then closed with CLOSE_PAYMENT_REQUIRED. Real LocalLedger
+files, real DTP connections on 127.0.0.1, the server in this process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
+from dtp.errors import DTPError, PaymentRequired
+from dtp.escrow import fee
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+from tests.polling import wait_for
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+ALLOWANCE = 1000  # MIST on credit: about 100 KiB
+STINGY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=1.0)
+UNPAID = MeteringConfig(enabled=False)
+STREAMS = 4  # besides the first
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x61), ident(0x62)
+
+
+@dataclass
+class World:
+    ledger: LocalLedger
+    host_id: str
+    receipts: Path
+
+    def serve(self, handler: Callable[[PaidSocket], None]) -> PaidServer:
+        return dtp.socket.serve(
+            self.host_id,
+            PORT,
+            handler,
+            ledger=self.ledger,
+            identity=SERVER,
+            receipts=self.receipts,
+            policy=STINGY,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "credit", SLA)
+    ledger.faucet(CLIENT.sui_address, 10_000_000)
+    try:
+        yield World(ledger, host_id, tmp_path / "receipts.db")
+    finally:
+        ledger.close()
+
+
+def read_all(sock: dtp.socket.DTPSocket, got: list[int], errors: list[DTPError]) -> None:
+    try:
+        while data := sock.recv(1 << 16):
+            got.append(len(data))
+    except DTPError as exc:
+        errors.append(exc)
+
+
+def test_writers_on_several_streams_share_one_credit(world: World) -> None:
+    # each writer looked at the gate before any of them had sent, so each took the whole
+    # credit: with 5 streams a client paying nothing got 5x the allowance (its deposit)
+    def handler(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        streams = [sock] + [sock.accept_stream() for _ in range(STREAMS)]
+        for stream in streams[1:]:
+            assert stream.recv(2) == b"go"
+        start = threading.Barrier(len(streams))
+
+        def write(stream: PaidSocket) -> None:
+            start.wait()
+            with pytest.raises(PaymentRequired):
+                stream.sendall(b"x" * (1 << 20))
+
+        threads = [threading.Thread(target=write, args=(s,)) for s in streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    got: list[int] = []
+    errors: list[DTPError] = []
+    with (
+        world.serve(handler),
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=20,
+            ledger=world.ledger,
+            identity=CLIENT,
+            deposit=SLA.min_deposit,
+            metering=UNPAID,
+        ) as sock,
+    ):
+        sock.sendall(b"go")
+        streams = [sock] + [sock.open_stream() for _ in range(STREAMS)]
+        for stream in streams[1:]:
+            stream.sendall(b"go")
+        readers = [threading.Thread(target=read_all, args=(s, got, errors)) for s in streams]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        for stream in streams[1:]:
+            stream.close()
+    sent_by_client = 2 * len(streams)
+    served = fee(SLA, sum(got) + sent_by_client, len(streams))
+    assert served <= ALLOWANCE + STREAMS + 1, served  # a byte past it per writer at most
+    assert sum(got) > 90 * 1024  # the allowance itself is served
+    assert errors and all(isinstance(e, PaymentRequired) for e in errors)
+
+
+def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world: World) -> None:
+    # a send queues up to 512 KiB per stream beyond the client's window, and the usage
+    # counts them only once sent: each look at the gate found the credit untouched, and
+    # a client paying nothing with a 16 KiB window got 600 KiB, more than its deposit
+    def handler(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        with pytest.raises(PaymentRequired):
+            sock.sendall(b"x" * (2 << 20))
+
+    window = 16 << 10
+    config = ConnectionConfig(
+        identity=CLIENT, is_client=True, stream_window=window, connection_window=window
+    )
+    got: list[int] = []
+    errors: list[DTPError] = []
+    with (
+        world.serve(handler) as server,
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=20,
+            ledger=world.ledger,
+            identity=CLIENT,
+            deposit=SLA.min_deposit,
+            metering=UNPAID,
+            config=config,
+        ) as sock,
+    ):
+        sock.sendall(b"go")
+
+        def written() -> int:
+            # what the server's handler wrote so far: sent, or queued for the window
+            with server._live_lock:
+                live = list(server._live.values())
+            return sum(p.engine.conn.usage[0] + p.engine.conn.send_buffered() for p in live)
+
+        # we read only once the handler wrote the allowance's worth, as a client that is
+        # slow to read would (the server then writes into its queue)
+        assert wait_for(lambda: written() >= 90 * 1024)
+        read_all(sock, got, errors)
+    served = fee(SLA, sum(got) + 2, 1)
+    assert served <= ALLOWANCE + 1, served
+    assert sum(got) > 90 * 1024
+    assert len(errors) == 1 and isinstance(errors[0], PaymentRequired)
