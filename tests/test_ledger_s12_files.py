@@ -14,7 +14,8 @@ import pytest
 
 import dtp.chain.local as local_module
 from dtp.chain.local import LocalLedger
-from dtp.errors import ChainError, InvalidArgument
+from dtp.chain.local_tx import Address, decode_tx
+from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner
 from dtp.keys import HostIdentity
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x63]) * 32, bytes([0x63]) * 32)
@@ -142,5 +143,55 @@ def test_events_refuse_a_filter_that_is_not_an_event_filter(bad: object) -> None
             ledger.events(None, bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="EventFilter"):
             ledger.wait_events(None, 0.0, bad)  # type: ignore[arg-type]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[2**64], [-1], [True], ["text"], [1.5], [None], [[2**64]], [[[[1]]]], 5, "ab"],
+)
+def test_build_tx_refuses_values_the_transaction_cannot_carry(args: object) -> None:
+    ledger = LocalLedger(":memory:")
+    try:
+        with pytest.raises(InvalidArgument):
+            ledger.build_tx(CLIENT.sui_address, "spending_cap", "create", args)  # type: ignore[arg-type]
+    finally:
+        ledger.close()
+
+
+def test_build_tx_encodes_a_short_id_whole() -> None:
+    # encoded short, its bytes were read back as part of the next argument
+    ledger = LocalLedger(":memory:")
+    try:
+        raw = ledger.build_tx(CLIENT.sui_address, "host", "allow", [Address("0x1"), 7])
+        assert decode_tx(raw).args == ("0x" + "00" * 31 + "01", 7)
+        for name in (5, None, b"host"):
+            with pytest.raises(InvalidArgument):
+                ledger.build_tx(CLIENT.sui_address, name, "x", [])  # type: ignore[arg-type]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("tx", "signature", "error"),
+    [
+        (None, b"", InvalidTransaction),
+        ("text", b"", InvalidTransaction),
+        (5, b"", InvalidTransaction),
+        (b"x", None, WrongSigner),
+        (b"x", "sig", WrongSigner),
+    ],
+)
+def test_execute_refuses_arguments_that_are_not_bytes(
+    tx: object, signature: object, error: type[Exception]
+) -> None:
+    ledger = LocalLedger(":memory:")
+    try:
+        if tx == b"x":
+            tx = ledger.build_tx(CLIENT.sui_address, "spending_cap", "create", [7])
+        with pytest.raises(error):
+            ledger.execute(tx, signature)  # type: ignore[arg-type]
+        assert ledger.events()[0] == []
     finally:
         ledger.close()

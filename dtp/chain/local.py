@@ -230,6 +230,24 @@ def _endpoints(values: Sequence[Endpoint], what: str = "endpoint") -> list[TxVal
     return [_bytes(v, what) for v in items]
 
 
+def _tx_value(value: Any, depth: int) -> TxValue:
+    """A :meth:`LocalLedger.build_tx` argument checked as the decoder reads it back: an
+    Address of a whole ID (a short one would be encoded short and its bytes read as the
+    next value's), a u64, bytes, or a vector (two levels at most)."""
+    if isinstance(value, Address):
+        return Address(normalize_id(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _u64(value, "A transaction argument")
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, list) and depth < 2:
+        return [_tx_value(item, depth + 1) for item in value]
+    raise InvalidArgument(
+        f"A transaction argument must be an Address, a u64, bytes or a list of them (two "
+        f"levels at most), got {value!r}."
+    )
+
+
 def _replayed(tx: Tx) -> InvalidTransaction:
     return InvalidTransaction(
         f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
@@ -784,8 +802,14 @@ class LocalLedger(Ledger):
 
     def build_tx(self, sender: str, module: str, function: str, args: Sequence[TxValue]) -> bytes:
         """Transaction bytes for ``module::function(args)`` from ``sender`` with a fresh nonce."""
+        for what, name in (("module", module), ("function", function)):
+            if not isinstance(name, str):
+                raise InvalidArgument(f"The {what} must be a str, got {name!r}.")
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise InvalidArgument(f"args must be a sequence of values, got {args!r}.")
         nonce = next(self._nonce_counter) & U64_MAX
-        tx = Tx(normalize_id(sender, "address"), nonce, module, function, tuple(args))
+        values = tuple(_tx_value(arg, 0) for arg in args)
+        tx = Tx(normalize_id(sender, "address"), nonce, module, function, values)
         return encode_tx(tx)
 
     def execute(self, tx_bytes: bytes, signature: bytes) -> TxResult:
@@ -793,6 +817,12 @@ class LocalLedger(Ledger):
         transaction's sender, then run it atomically. Raises :class:`WrongSigner` for a bad
         or foreign signature, :class:`InvalidTransaction` for malformed bytes or a reused
         nonce, and the rule's ChainError if the Move call aborts."""
+        if not isinstance(tx_bytes, bytes | bytearray | memoryview):
+            # bytes(5) would be five zero bytes, bytes(None) a TypeError
+            raise InvalidTransaction(f"Transaction bytes must be bytes, got {tx_bytes!r:.60}.")
+        if not isinstance(signature, bytes | bytearray | memoryview):
+            raise WrongSigner(f"The transaction signature must be bytes, got {signature!r:.60}.")
+        tx_bytes, signature = bytes(tx_bytes), bytes(signature)
         return self._execute(decode_tx(tx_bytes), tx_bytes, signature)
 
     def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
