@@ -208,3 +208,27 @@ def test_wait_events_refuses_a_timeout_that_is_not_seconds(timeout: Any) -> None
             ledger.wait_events(None, timeout)
     finally:
         ledger.close()
+
+
+def test_checkpoint_timestamps_read_for_events_are_not_all_kept() -> None:
+    class Clocked(FakeNode):
+        asked = 0
+
+        def checkpoint_timestamp_ms(self, sequence: int) -> int:
+            self.asked += 1
+            return 1_000 * sequence
+
+    node = Clocked([])
+    ledger = ledger_on(node)
+    try:
+        for sequence in range(5_000):
+            event = dtp_event("host", "SomethingNewer", b"")
+            event.checkpoint = sequence
+            node.frames = [(event, sequence.to_bytes(4, "big"))]
+            ledger.events()
+        assert node.asked == 5_000
+        assert len(ledger._checkpoint_ms) <= 1024
+        # the latest one is still known
+        assert ledger._timestamp(4_999) == 4_999_000 and node.asked == 5_000
+    finally:
+        ledger.close()

@@ -171,6 +171,8 @@ logger = logging.getLogger(__name__)
 
 #: Default gas budget per transaction, in MIST (0.05 SUI).
 DEFAULT_GAS_BUDGET: Final = 50_000_000
+#: Checkpoint timestamps a SuiLedger remembers (for the events it reads).
+_CHECKPOINT_CACHE: Final = 1024
 #: Sui accepts at most this many gas payment coins.
 MAX_GAS_COINS: Final = 255
 T = TypeVar("T")
@@ -1357,9 +1359,15 @@ class SuiLedger(Ledger):
     def _timestamp(self, checkpoint: int | None) -> int:
         if checkpoint is None:
             return 0
-        if checkpoint not in self._checkpoint_ms:
-            self._checkpoint_ms[checkpoint] = self._node.checkpoint_timestamp_ms(checkpoint)
-        return self._checkpoint_ms[checkpoint]
+        cached = self._checkpoint_ms.get(checkpoint)
+        if cached is None:
+            cached = self._node.checkpoint_timestamp_ms(checkpoint)
+            # a reader of events runs for days on a chain making checkpoints every few
+            # hundred ms: keep the latest ones only (events come in checkpoint order)
+            while len(self._checkpoint_ms) >= _CHECKPOINT_CACHE:
+                del self._checkpoint_ms[next(iter(self._checkpoint_ms))]
+            self._checkpoint_ms[checkpoint] = cached
+        return cached
 
     def events(
         self,
