@@ -478,6 +478,7 @@ class SuiLedger(Ledger):
         self._node = SuiNode(config.rpc, timeout=config.timeout)
         self._tx_lock = threading.Lock()
         self._checkpoint_ms: dict[int, int] = {}
+        self._checkpoint_lock = threading.Lock()
         #: The outcome of the last transaction this ledger executed.
         self.last_outcome: TxOutcome | None = None
 
@@ -1364,9 +1365,10 @@ class SuiLedger(Ledger):
             cached = self._node.checkpoint_timestamp_ms(checkpoint)
             # a reader of events runs for days on a chain making checkpoints every few
             # hundred ms: keep the latest ones only (events come in checkpoint order)
-            while len(self._checkpoint_ms) >= _CHECKPOINT_CACHE:
-                del self._checkpoint_ms[next(iter(self._checkpoint_ms))]
-            self._checkpoint_ms[checkpoint] = cached
+            with self._checkpoint_lock:  # threads share it
+                while len(self._checkpoint_ms) >= _CHECKPOINT_CACHE:
+                    del self._checkpoint_ms[next(iter(self._checkpoint_ms))]
+                self._checkpoint_ms[checkpoint] = cached
         return cached
 
     def events(
