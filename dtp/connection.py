@@ -1679,10 +1679,13 @@ class Connection:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         stream.recv_highest = final_size
         stream.recv_state = RecvState.RESET
-        if unsent:
-            # bytes that never came will never be read: their credit comes back now (what
-            # did come is still read, and acknowledged then)
-            self._conn_consumed += unsent
+        # bytes never delivered will never be read: their credit comes back now (what was
+        # delivered is still read, and acknowledged then). On a lossy carrier these
+        # include bytes the reassembly held behind a gap, which it now lets go.
+        undelivered = final_size - stream.delivered
+        stream.reasm = None
+        if undelivered:
+            self._conn_consumed += undelivered
             self._return_credit(None)
         self._deliver(StreamResetReceived(stream_id, error_code))
         self._maybe_forget(stream)

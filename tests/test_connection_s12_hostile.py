@@ -282,3 +282,20 @@ def test_lossy_server_data_ahead_of_a_lost_accept_is_sent_again(ik: bool) -> Non
         server.handle_timer(now)
     assert client.established and bytes(c.data[sid]) == b"first words"
     assert sum(1 for e in c.events if isinstance(e, StreamDataReceived) and e.data) == 1
+
+
+def test_lossy_reset_gives_back_the_credit_of_bytes_held_behind_a_gap() -> None:
+    # The first bytes of each stream were lost, the rest arrived and waited in the
+    # reassembly, then the sender reset the stream: those waiting bytes were never
+    # delivered nor credited back, so each such reset shrank the connection window for
+    # good, until an honest sender stalled (here: a flow-control error on the 5th).
+    window = 64 * 1024
+    c, s, link = connect(reliable_carrier=False, stream_window=window, connection_window=window)
+    for i in range(8):
+        sid = 4 * i
+        stream = [RawFrame(FRAME_STREAM, sid, 1, 0, b"x" * 16000)]
+        assert _send(c, s, stream, link.now) is None
+        assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 16001)], link.now) is None
+        s.conn.data_to_send(link.now)  # the credit update goes out
+    assert s.conn._conn_consumed == s.conn._conn_received == 8 * 16001
+    assert not s.of(StreamDataReceived)
