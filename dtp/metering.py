@@ -244,6 +244,12 @@ class CapShare:
                 )
             self._held[key] = amount
 
+    def refresh(self, remaining: int) -> None:
+        """The cap read again: it lets the server claim ``remaining`` MIST now (its owner
+        may have lowered it, or a new epoch reset it)."""
+        with self._lock:
+            self.remaining = remaining
+
     def _join(self, gate: object, remaining: int) -> None:
         with self._lock:
             self.remaining = remaining  # read afresh: the cap's claims and epoch as now
