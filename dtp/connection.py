@@ -1315,9 +1315,13 @@ class Connection:
         if record.kind == REC_DATA:
             # a lossy carrier may deliver the client's first DATA record before the
             # XX final message; hold a few, and reject them on ordered carriers
-            if self.config.reliable_carrier or len(self._early_records) >= 64:
+            if self.config.reliable_carrier:
                 raise RemoteProtocolError("data before the handshake finished", ErrorCode.ARG)
-            self._early_records.append(bytes(self._inbuf[: batch.consumed]))
+            if len(self._early_records) < MAX_PENDING_EARLY_RECORDS:
+                self._early_records.append(bytes(self._inbuf[: batch.consumed]))
+            # else dropped, as lossy carriers drop what they cannot take: anyone can
+            # forge unauthenticated records, and failing here let a few dozen of them
+            # end a handshake in progress
             del self._inbuf[: batch.consumed]
             return True
         del self._inbuf[: batch.consumed]

@@ -23,7 +23,13 @@ from dtp._types import (
     REC_DATA,
     RawFrame,
 )
-from dtp.connection import CloseCode, Connection, ConnectionTerminated, _parse_params
+from dtp.connection import (
+    MAX_PENDING_EARLY_RECORDS,
+    CloseCode,
+    Connection,
+    ConnectionTerminated,
+    _parse_params,
+)
 from dtp.errors import HandshakeError
 from dtp.events import DatagramReceived, PeerAuthenticated, StreamDataReceived
 from tests.test_connection import Side, _sealed_by, connect, make_pair
@@ -299,3 +305,30 @@ def test_lossy_reset_gives_back_the_credit_of_bytes_held_behind_a_gap() -> None:
         s.conn.data_to_send(link.now)  # the credit update goes out
     assert s.conn._conn_consumed == s.conn._conn_received == 8 * 16001
     assert not s.of(StreamDataReceived)
+
+
+def test_lossy_forged_records_before_the_handshake_ends_do_not_end_it() -> None:
+    # Anyone can write records of kind DATA before the keys exist: the 65th held while
+    # the XX server waited for message 3 failed the handshake.
+    client, server = make_pair(ik=False, reliable_carrier=False)
+    c, s = Side(client), Side(server)
+    for record in client.datagrams_to_send(0.0):
+        server.receive_datagram(record, 0.0)
+    forged = _core.write_record_header(REC_DATA, 0, 32, 0) + bytes(32)
+    for _ in range(200):
+        server.receive_datagram(forged, 0.0)
+    assert not server.closed and len(server._early_records) <= MAX_PENDING_EARLY_RECORDS
+    now = 0.0
+    while not client.established and now < 5.0:
+        for record in server.datagrams_to_send(now):
+            client.receive_datagram(record, now)
+        for record in client.datagrams_to_send(now):
+            server.receive_datagram(record, now)
+        s.drain()
+        c.drain()
+        if s.of(PeerAuthenticated) and not server.established:
+            server.accept()
+        now += 0.1
+        server.handle_timer(now)
+        client.handle_timer(now)
+    assert client.established and server.established
