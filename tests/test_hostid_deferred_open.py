@@ -14,7 +14,7 @@ import dtp.socket
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.ledger import PendingOpen
 from dtp.chain.objects import ConnectionState, EventFilter
-from dtp.errors import ConnectionRefused, NotAuthorized
+from dtp.errors import ConnectionRefused, InvalidTransaction, NotAuthorized
 from tests.test_hostid import CLIENT, MALLORY, PORT, World, connect_raw, world
 
 __all__ = ["world"]  # the fixture, used by name below
@@ -42,7 +42,8 @@ def test_a_failed_pending_open_changes_nothing(world: World) -> None:
     with pytest.raises(NotAuthorized):
         pending.execute()
     assert pending.opened is None and world.ledger.dump() == before
-    with pytest.raises(RuntimeError):
+    # a second try is a typed error naming the first failure (a bare RuntimeError was)
+    with pytest.raises(InvalidTransaction, match="failed .*NotAuthorized.*prepare a new one"):
         pending.execute()
 
 

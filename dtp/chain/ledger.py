@@ -48,7 +48,7 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
-from dtp.errors import ObjectNotFound
+from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -171,23 +171,34 @@ class PendingOpen:
         self.connection_id = connection_id
         self.escrow_id = escrow_id
         self._run: Callable[[], OpenedConnection] | None = run
+        self._failed: BaseException | None = None
         self.opened: OpenedConnection | None = None
         """What :meth:`execute` returned (None before it succeeded)."""
 
     def execute(self) -> OpenedConnection:
         """Execute the open (the ledger's errors as ``open_connection`` raises them);
-        the IDs are checked to be the ones announced."""
+        the IDs are checked to be the ones announced (ChainError otherwise). Once only:
+        after a failure, a further call raises InvalidTransaction (the signed
+        transaction is spent or stale; prepare a new open)."""
         if self.opened is not None:
             return self.opened
         run, self._run = self._run, None
         if run is None:
-            raise RuntimeError("this open was executed already, and failed")
-        opened = run()
+            raise InvalidTransaction(
+                f"this open was executed already and failed ({self._failed!r}): "
+                "prepare a new one"
+            )
+        try:
+            opened = run()
+        except BaseException as exc:
+            self._failed = exc
+            raise
         if (opened.connection_id, opened.escrow_id) != (self.connection_id, self.escrow_id):
-            raise RuntimeError(
+            self._failed = ChainError(
                 f"the open created {opened.connection_id}, not the {self.connection_id} "
                 "it announced"
             )
+            raise self._failed
         self.opened = opened
         return opened
 
