@@ -708,6 +708,9 @@ class PaidServer:
         self.handler = handler
         self.policy = policy or ServicePolicy()
         self._live: dict[int, _PaidConnection] = {}
+        #: Connection IDs being served or settled (under _live_lock): one DTP connection
+        #: per ledger connection at a time
+        self._serving: set[str] = set()
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
         self._handling = 0  # _handle calls running (they may still write receipts)
@@ -790,6 +793,32 @@ class PaidServer:
             sock.abort("no ledger connection")
             return
         admitted = self.admission.take_admitted(cid)
+        key = normalize_id(cid, "connection ID")
+        with self._live_lock:
+            taken = key in self._serving
+            if not taken:
+                self._serving.add(key)
+        if taken or self.receipt_writer.latest(key) is not None:
+            # A second DTP connection on the same ledger connection: on a gate of its
+            # own it counted the first one's receipts again (the client paid once for
+            # twice the service) and took another allowance from one escrow. Nor may one
+            # come back after its receipts: its new gate would count them once more.
+            logger.warning("refused connection %s: already served", cid)
+            sock.abort("this connection ID is already served")
+            if not taken:
+                with self._live_lock:
+                    self._serving.discard(key)
+            return
+        try:
+            self._serve_paid(sock, cid, client, admitted)
+        finally:
+            with self._live_lock:
+                self._serving.discard(key)
+
+    def _serve_paid(
+        self, sock: DTPSocket, cid: str, client: str, admitted: Admitted | None
+    ) -> None:
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
         try:
             gate = gate_for(
                 self.ledger, cid, self.policy, admitted=admitted, shares=self.cap_shares
