@@ -1434,11 +1434,12 @@ class Connection:
             self._state is ConnState.AUTHENTICATING
             and self.is_client
             and self._acks is not None
-            and any(f.type in (FRAME_STREAM, FRAME_STREAM_FIN) for f in frames)
+            and _stream_frame_before_accept(frames)
         ):
             # a lossy carrier lost the ACCEPT's record or brought it late: the server's
-            # first stream data got here first. Dropped unacknowledged, it is sent
-            # again; taken, it would be stream data before authentication.
+            # first stream frames got here first. Dropped unacknowledged, they are sent
+            # again; taken, stream data would be data before authentication, and a
+            # reset of stream 0 (not open before the ACCEPT) would be lost.
             return
         ack_eliciting = False
         for frame in frames:
@@ -2163,6 +2164,21 @@ def _frame_bound(frame: RawFrame) -> int:
         return 27 + 16 * len(frame.ranges)
     padding = frame.a if frame.type == FRAME_PADDING else 0
     return 33 + len(frame.data) + padding
+
+
+_STREAM_FRAMES = frozenset(
+    {FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_MAX_STREAM_DATA}
+)
+
+
+def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
+    """Whether a frame about a stream comes before any ACCEPT in ``frames``."""
+    for frame in frames:
+        if frame.type == FRAME_CONTROL and frame.a == ControlKind.ACCEPT:
+            return False
+        if frame.type in _STREAM_FRAMES:
+            return True
+    return False
 
 
 _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}

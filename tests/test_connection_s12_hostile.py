@@ -5,14 +5,14 @@ the documented typed error, or be ignored, and never grow memory without bound."
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgpack
 import pytest
 
 from dtp import _core, _recovery
 from dtp._recovery import LossRecovery, SentRecord
-from dtp._state import ConnState
+from dtp._state import ConnState, ControlKind
 from dtp._types import (
     FRAME_CONTROL,
     FRAME_DATAGRAM,
@@ -31,7 +31,12 @@ from dtp.connection import (
     _parse_params,
 )
 from dtp.errors import HandshakeError
-from dtp.events import DatagramReceived, PeerAuthenticated, StreamDataReceived
+from dtp.events import (
+    DatagramReceived,
+    PeerAuthenticated,
+    StreamDataReceived,
+    StreamResetReceived,
+)
 from tests.test_connection import Side, _sealed_by, connect, make_pair
 
 
@@ -332,3 +337,55 @@ def test_lossy_forged_records_before_the_handshake_ends_do_not_end_it() -> None:
         server.handle_timer(now)
         client.handle_timer(now)
     assert client.established and server.established
+
+
+def _ik_lossy_accepted_flight(act: Callable[[Connection], None]) -> tuple[Side, Side, list[bytes]]:
+    """An IK pair over a lossy carrier whose server accepted and then did ``act``:
+    returns the sides and the server's flight (message 2, then DATA records)."""
+    client, server = make_pair(ik=True, reliable_carrier=False)
+    c, s = Side(client), Side(server)
+    for record in client.datagrams_to_send(0.0):
+        server.receive_datagram(record, 0.0)
+    s.drain()
+    server.accept()
+    server.datagrams_to_send(0.0)  # message 2 and the ACCEPT: lost
+    act(server)
+    return c, s, server.datagrams_to_send(0.0)
+
+
+def test_lossy_reset_of_stream_0_ahead_of_the_accept_is_not_lost() -> None:
+    c, s, flight = _ik_lossy_accepted_flight(lambda server: server.reset_stream(0, 9))
+    client = c.conn
+    now = 0.0
+    while not c.of(StreamResetReceived) and now < 30.0:
+        for record in flight:
+            client.receive_datagram(record, now)
+        c.drain()
+        for record in client.datagrams_to_send(now):
+            s.conn.receive_datagram(record, now)
+        now += 0.25
+        client.handle_timer(now)
+        s.conn.handle_timer(now)
+        flight = s.conn.datagrams_to_send(now)
+    assert client.established
+    assert [e.error_code for e in c.of(StreamResetReceived)] == [9]
+
+
+def test_a_record_with_the_accept_before_stream_data_is_taken_whole() -> None:
+    # a peer may put the ACCEPT and the first stream bytes in one record
+    client, server = make_pair(ik=True, reliable_carrier=False)
+    c = Side(client)
+    for record in client.datagrams_to_send(0.0):
+        server.receive_datagram(record, 0.0)
+    while server.next_event() is not None:
+        pass
+    server.accept()
+    flight = server.datagrams_to_send(0.0)
+    client.receive_datagram(flight[0], 0.0)  # message 2 only
+    frames = [
+        RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)),
+        RawFrame(FRAME_STREAM, 0, 0, 0, b"hi"),
+    ]
+    client.receive_datagram(_sealed_by(server, _core.encode_frames(frames)), 0.0)
+    c.drain()
+    assert client.established and bytes(c.data[0]) == b"hi"
