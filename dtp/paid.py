@@ -273,11 +273,16 @@ class _PaidConnection:
         # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
         # then looked at within _CREDIT_MAX / _CALL_COST calls all the same)
         self._credit = 0
-        # The connection's streams may be driven from several threads at once. A write
-        # takes its bytes from the credit before it sends (reserve), and until they are
-        # in the usage (sent) they count as _sending: a look at the gate meanwhile deducts
-        # them. Checked after and counted after, each of N writers took the whole credit
-        # (a client paying nothing got N times the allowance).
+        # Writes have a credit of their own. The connection's streams may be driven from
+        # several threads at once: a write takes its bytes from it before it sends
+        # (reserve), and until they are in the usage (sent) they count as _sending, which
+        # a look at the gate meanwhile deducts, with the bytes queued beyond the client's
+        # window (the usage counts a byte once sent). Checked after and counted after,
+        # each of N writers took the whole credit (a client paying nothing got N times
+        # the allowance). Reads keep the plain credit: what they take is in the usage
+        # already, and one waiting for writes that wait for the client to read could
+        # wait for good.
+        self._send_credit = 0
         self._cond = threading.Condition(threading.Lock())
         self._sending = 0
         self._waiters = 0
@@ -293,7 +298,8 @@ class _PaidConnection:
         try:
             receipt = self.gate.check(data)
         except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
-            self._credit = 0  # a violation closes the connection at the next look
+            # a violation closes the connection at the next look
+            self._credit = self._send_credit = 0
             logger.warning("connection %s: %s", self.connection_id, exc)
             return
         if self.engine.conn.closed:
@@ -318,17 +324,24 @@ class _PaidConnection:
         none comes within the pause timeout."""
         if self._credit > 0:
             return  # within what the gate allowed at its last look
-        while not self._look():
+        self._look(False)
+
+    def wait_send(self) -> None:
+        """:meth:`wait_paid` for a write (then :meth:`reserve`)."""
+        if self._send_credit > 0:
+            return
+        while not self._look(True):
             pass
 
-    def _look(self) -> bool:
-        """One look at the gate for :meth:`wait_paid`: False when the credit it allows
-        is all held by writes under way on other streams (after waiting a little for
-        one of them to end), so that the caller looks again."""
+    def _look(self, writing: bool) -> bool:
+        """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
+        ``writing``): False when the credit it allows is all held by writes under way or
+        queued (after waiting a little for some of them to go), so that the writer looks
+        again."""
         total_bytes, total_requests = self.engine.conn.usage
         gate = self.gate
         if gate.serving(total_bytes, total_requests):
-            return self._refill()
+            return self._refill(writing)
         verdict = self.verdict()
         engine = self.engine
         with engine.lock:
@@ -352,16 +365,19 @@ class _PaidConnection:
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
         if verdict.state is GateState.SERVE:
-            return self._refill()
+            return self._refill(writing)
         return True
 
-    def _refill(self) -> bool:
-        """Set the credit to what the gate allows (the connection serving), less the
-        bytes written but not in the usage yet: those of writes under way, and those
-        queued in the connection beyond the client's flow-control window (the usage
-        counts a byte once it is sent). False when they hold all of it, after waiting up
-        to ``request_interval`` for some of them to go."""
+    def _refill(self, writing: bool) -> bool:
+        """Set the credit to what the gate allows (the connection serving); for writes,
+        less the bytes written but not in the usage yet: those of writes under way, and
+        those queued in the connection beyond the client's flow-control window (the
+        usage counts a byte once it is sent). False when they hold all of it, after
+        waiting up to ``request_interval`` for some of them to go."""
         engine = self.engine
+        if not writing:
+            self._credit = min(self.gate.credit_bytes(*engine.conn.usage), _CREDIT_MAX)
+            return True
         with self._cond:
             # usage and queue first, then _sending, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
@@ -373,7 +389,7 @@ class _PaidConnection:
             sending = self._sending
             credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
             if credit > 0 or not (sending or queued) or ended:
-                self._credit = min(max(credit, 0), _CREDIT_MAX)
+                self._send_credit = min(max(credit, 0), _CREDIT_MAX)
                 return True
             if not queued:
                 self._waiters += 1
@@ -395,12 +411,13 @@ class _PaidConnection:
         return False
 
     def reserve(self, nbytes: int) -> int:
-        """How much of a write of ``nbytes`` may go now (after :meth:`wait_paid`), taken
+        """How much of a write of ``nbytes`` may go now (after :meth:`wait_send`), taken
         from the credit at once and held as under way until :meth:`sent`."""
         with self._cond:
-            credit = self._credit
+            credit = self._send_credit
             take = nbytes if nbytes <= credit else max(1, credit)
-            self._credit = credit - max(take, _CALL_COST)
+            self._send_credit = credit - max(take, _CALL_COST)
+            self._credit -= max(take, _CALL_COST)  # reads look again as they did
             self._sending += take
         return take
 
@@ -412,7 +429,7 @@ class _PaidConnection:
                 self._cond.notify_all()
 
     def room(self, nbytes: int) -> int:
-        """How much of a read or write of ``nbytes`` may go now (after :meth:`wait_paid`):
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`):
         no more than the gate's credit, so that one call cannot carry a client that pays
         nothing far past the allowance; at least 1 byte, since the gate said serve."""
         credit = self._credit
@@ -443,7 +460,10 @@ class _PaidConnection:
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say (and count what
         moved against the gate's last look; a request ends it)."""
-        self._credit = self._credit - max(nbytes, _CALL_COST) if not requests else 0
+        if requests:
+            self._credit = self._send_credit = 0
+        else:
+            self._credit -= max(nbytes, _CALL_COST)
         self.limit(nbytes, requests)
 
     def limit(self, nbytes: int = 0, requests: int = 0) -> None:
@@ -503,7 +523,7 @@ class PaidSocket:
 
     def send(self, data: Any, flags: int = 0) -> int:
         paid = self._paid
-        paid.wait_paid()
+        paid.wait_send()
         view = memoryview(data).cast("B")
         size = len(view)
         room = paid.reserve(size)

@@ -173,3 +173,58 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world:
     assert served <= ALLOWANCE + 1, served
     assert sum(got) > 90 * 1024
     assert len(errors) == 1 and isinstance(errors[0], PaymentRequired)
+
+
+def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(world: World) -> None:
+    # the handler writes in one thread and reads in another; the client uploads all
+    # before it reads. Writes queued for the client hold the write credit, and a read
+    # that waited for them to go would wait for good: the client reads only once its
+    # upload is through, which needs the server to read.
+    size = 1 << 20
+    policy = ServicePolicy(pause_timeout=5.0)
+    small = 64 << 10
+
+    def handler(sock: PaidSocket) -> None:
+        writer = threading.Thread(target=sock.sendall, args=(b"d" * size,))
+        writer.start()
+        got = 0
+        while got < size:
+            data = sock.recv(1 << 16)
+            assert data
+            got += len(data)
+        writer.join()
+        sock.sendall(b"!")
+
+    server = dtp.socket.serve(
+        world.host_id,
+        PORT,
+        handler,
+        ledger=world.ledger,
+        identity=SERVER,
+        receipts=world.receipts,
+        policy=policy,
+        config=ConnectionConfig(
+            identity=SERVER, is_client=False, stream_window=small, connection_window=small
+        ),
+    )
+    config = ConnectionConfig(
+        identity=CLIENT, is_client=True, stream_window=small, connection_window=small
+    )
+    with (
+        server,
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=10,
+            ledger=world.ledger,
+            identity=CLIENT,
+            deposit=1_000_000,
+            config=config,
+        ) as sock,
+    ):
+        sock.sendall(b"u" * size)
+        got = 0
+        while got < size + 1:
+            data = sock.recv(1 << 16)
+            assert data
+            got += len(data)
+    assert got == size + 1
