@@ -361,7 +361,10 @@ class Connection:
             self._take_back()
         if self._state is ConnState.CLOSED or not data:
             return
-        self._last_received = now
+        if self._acks is None:
+            # lossy carriers count only what authenticates (_handle_records): anyone can
+            # send a datagram, and forged ones would hold off the idle timeout for good
+            self._last_received = now
         self.bytes_received += len(data)
         sid = self._lane_sid
         if (
@@ -1341,6 +1344,7 @@ class Connection:
                 return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         payload = self._hs.read_message(body)
+        self._last_received = now  # an authentic message (lossy carriers wait for one)
         if kind == REC_HS_INIT:
             self._peer_params = _parse_params(payload)
             proof = self._peer_params.pop("auth", None)
@@ -1404,13 +1408,16 @@ class Connection:
         Records holding one in-order STREAM frame (the bulk of any transfer) are
         delivered right here when :meth:`_fast_stream_frame` would accept them; every
         other record goes through :meth:`_handle_record`."""
-        fast = self._acks is None and self.stream_data_handler is not None
+        lossy = self._acks is not None
+        fast = not lossy and self.stream_data_handler is not None
         for record in records:
             if record.replayed:
                 if self.config.reliable_carrier:
                     raise ReplayError()
                 continue  # lossy carriers duplicate records: drop silently
             self.records_received += 1
+            if lossy:
+                self._last_received = now
             frames = record.frames
             if fast and len(frames) == 1:
                 frame = frames[0]

@@ -389,3 +389,36 @@ def test_a_record_with_the_accept_before_stream_data_is_taken_whole() -> None:
     client.receive_datagram(_sealed_by(server, _core.encode_frames(frames)), 0.0)
     c.drain()
     assert client.established and bytes(c.data[0]) == b"hi"
+
+
+@pytest.mark.parametrize("kind", ["forged", "replayed"])
+def test_lossy_records_that_do_not_authenticate_do_not_hold_off_the_idle_timeout(
+    kind: str,
+) -> None:
+    # anyone can send datagrams: forged records (dropped as damage) and replayed copies
+    # (dropped as duplicates) kept the connection alive past its idle timeout forever
+    c, s, link = connect(reliable_carrier=False, idle_timeout=5.0, keepalive_interval=None)
+    now = link.now
+    if kind == "forged":
+        record = _core.write_record_header(REC_DATA, 0, 32, 0) + bytes(32)
+    else:
+        record = _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)]))
+        s.conn.receive_datagram(record, now)
+    for _ in range(30):
+        now += 1.0
+        s.conn.receive_datagram(record, now)
+        s.conn.handle_timer(now)
+    term = s.conn.termination
+    assert term is not None and term.error_code == CloseCode.IDLE_TIMEOUT
+
+
+def test_lossy_authentic_records_still_keep_the_connection_alive() -> None:
+    c, s, link = connect(reliable_carrier=False, idle_timeout=5.0, keepalive_interval=None)
+    now = link.now
+    for _ in range(30):
+        now += 1.0
+        s.conn.receive_datagram(
+            _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)])), now
+        )
+        s.conn.handle_timer(now)
+    assert s.conn.termination is None
