@@ -225,6 +225,7 @@ class Connection:
         self._hs_messages: list[tuple[int, bytes]] = []  # sent, for lossy-carrier resends
         self._hs_resend_at: float | None = None
         self._hs_resend_interval = 0.5
+        self._hs_init: bytes | None = None  # server: the message 1 it answered
         self._send_aead: Any = None
         self._recv_aead: Any = None
         self._send_counter = 0
@@ -1297,11 +1298,13 @@ class Connection:
         if not batch.records:
             return
         record = batch.records[0]
+        start = record.offset + 12
+        body = bytes(self._inbuf[start : start + record.body_len])
         del self._inbuf[: 12 + record.body_len]
         if self.config.reliable_carrier:
             raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
         # a lossy carrier repeated a handshake message: answer a repeated first message
-        if not self.is_client and record.kind == REC_HS_INIT:
+        if not self.is_client and record.kind == REC_HS_INIT and body == self._hs_init:
             self._resend_handshake()
 
     def _resend_handshake(self) -> None:
@@ -1339,13 +1342,16 @@ class Connection:
         }.get(self._state)
         if kind != expected:
             if not self.config.reliable_carrier:
-                if not self.is_client and kind == REC_HS_INIT:
+                if not self.is_client and kind == REC_HS_INIT and body == self._hs_init:
                     self._resend_handshake()  # our reply was lost: the client repeats
                 return  # any other stray repeat on a lossy carrier
             raise HandshakeError(f"unexpected handshake record kind {kind}")
         payload = self._hs.read_message(body)
         self._last_received = now  # an authentic message (lossy carriers wait for one)
         if kind == REC_HS_INIT:
+            # only a copy of this very message is answered again (lossy carriers): any
+            # other, which anyone can forge, would have us send message 2 on demand
+            self._hs_init = body
             self._peer_params = _parse_params(payload)
             proof = self._peer_params.pop("auth", None)
             if self._hs.pattern == PATTERN_IK:

@@ -21,6 +21,8 @@ from dtp._types import (
     FRAME_STREAM,
     FRAME_STREAM_FIN,
     REC_DATA,
+    REC_HS_INIT,
+    REC_HS_RESP,
     RawFrame,
 )
 from dtp.connection import (
@@ -422,3 +424,28 @@ def test_lossy_authentic_records_still_keep_the_connection_alive() -> None:
         )
         s.conn.handle_timer(now)
     assert s.conn.termination is None
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_lossy_server_answers_only_a_copy_of_the_first_message_again(ik: bool) -> None:
+    # any HS_INIT record (13 forged bytes will do) had the server send message 2 again,
+    # to its client, on demand
+    client, server = make_pair(ik=ik, reliable_carrier=False)
+    first = client.datagrams_to_send(0.0)
+    for record in first:
+        server.receive_datagram(record, 0.0)
+    if ik:
+        while server.next_event() is not None:
+            pass
+        server.accept()
+    assert server.datagrams_to_send(0.0)
+    for forged in (
+        _core.write_record_header(REC_HS_INIT, 0, 1, 0) + b"\x01",
+        _core.write_record_header(REC_HS_INIT, 0, 32, 0) + bytes(32),
+    ):
+        server.receive_datagram(forged, 0.1)
+        assert not server.closed
+        assert server.datagrams_to_send(0.1) == []
+    for record in first:  # the client's own repeat is answered
+        server.receive_datagram(record, 0.2)
+    assert [r[0] for r in server.datagrams_to_send(0.2)] == [REC_HS_RESP]
