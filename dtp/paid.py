@@ -27,6 +27,7 @@ the rest (:func:`~dtp.settlement.claim_and_settle`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import threading
@@ -326,12 +327,19 @@ class _PaidConnection:
             return  # within what the gate allowed at its last look
         self._look(False)
 
-    def wait_send(self) -> None:
-        """:meth:`wait_paid` for a write (then :meth:`reserve`)."""
+    def wait_send(self, sock: DTPSocket) -> None:
+        """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
+        queued bytes to go is waiting for the client to read, as a plain send waits:
+        within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking)."""
         if self._send_credit > 0:
             return
+        start = time.monotonic()
         while not self._look(True):
-            pass
+            timeout = sock.gettimeout()
+            if timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
+            if timeout is not None and time.monotonic() - start >= timeout:
+                raise DTPTimeoutError("timed out")
 
     def _look(self, writing: bool) -> bool:
         """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
@@ -523,7 +531,7 @@ class PaidSocket:
 
     def send(self, data: Any, flags: int = 0) -> int:
         paid = self._paid
-        paid.wait_send()
+        paid.wait_send(self._sock)
         view = memoryview(data).cast("B")
         size = len(view)
         room = paid.reserve(size)

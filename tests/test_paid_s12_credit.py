@@ -7,6 +7,7 @@ files, real DTP connections on 127.0.0.1, the server in this process."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPError, PaymentRequired
+from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
@@ -228,3 +229,39 @@ def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(world: Worl
             assert data
             got += len(data)
     assert got == size + 1
+
+
+def test_a_write_waiting_for_the_client_to_read_keeps_the_socket_timeout(world: World) -> None:
+    # a write whose credit the queued bytes hold waits for the client to read them, as a
+    # plain send waits for room: within the socket's timeout, not for good
+    outcome: queue.Queue[BaseException | None] = queue.Queue()
+    small = 16 << 10
+
+    def handler(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        sock.settimeout(0.5)
+        try:
+            sock.sendall(b"x" * (2 << 20))
+        except DTPError as exc:
+            outcome.put(exc)
+        else:
+            outcome.put(None)
+
+    config = ConnectionConfig(
+        identity=CLIENT, is_client=True, stream_window=small, connection_window=small
+    )
+    with (
+        world.serve(handler),
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}",
+            timeout=10,
+            ledger=world.ledger,
+            identity=CLIENT,
+            deposit=SLA.min_deposit,
+            metering=UNPAID,
+            config=config,
+        ) as sock,
+    ):
+        sock.sendall(b"go")
+        error = outcome.get(timeout=5)  # we read nothing meanwhile
+    assert isinstance(error, DTPTimeoutError), error
