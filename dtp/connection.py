@@ -212,6 +212,12 @@ class Connection:
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
         """``ephemeral_key``: 32 random bytes for the Noise ephemeral key (the caller
         draws them: the state machine draws no randomness itself)."""
+        if not config.reliable_carrier and not 0 < config.stream_window < 1 << 32:
+            # the reassembly of a lossy carrier holds at most a 32-bit window: found out
+            # at the first stream frame instead, as an untyped failure of receive_data
+            raise LocalProtocolError(
+                "stream_window must be from 1 to 2**32 - 1 bytes over a lossy carrier"
+            )
         self.config = config
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT

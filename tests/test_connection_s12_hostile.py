@@ -32,7 +32,7 @@ from dtp.connection import (
     ConnectionTerminated,
     _parse_params,
 )
-from dtp.errors import HandshakeError
+from dtp.errors import HandshakeError, LocalProtocolError
 from dtp.events import (
     DatagramReceived,
     PeerAuthenticated,
@@ -449,3 +449,13 @@ def test_lossy_server_answers_only_a_copy_of_the_first_message_again(ik: bool) -
     for record in first:  # the client's own repeat is answered
         server.receive_datagram(record, 0.2)
     assert [r[0] for r in server.datagrams_to_send(0.2)] == [REC_HS_RESP]
+
+
+@pytest.mark.parametrize("window", [0, 1 << 32])
+def test_a_lossy_stream_window_the_reassembly_cannot_hold_is_refused_up_front(
+    window: int,
+) -> None:
+    # it made the first stream frame raise LocalProtocolError out of receive_data
+    with pytest.raises(LocalProtocolError, match="stream_window"):
+        make_pair(reliable_carrier=False, stream_window=window)
+    make_pair(reliable_carrier=False, stream_window=(1 << 32) - 1)
