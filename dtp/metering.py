@@ -361,6 +361,14 @@ class ReceiptGate:
                 claimed=self.claimed,
                 latest_nonce=self._checked_nonce,
             )
+            # (not lower than the previous one before the cap: a lowered cap -- read again
+            # by the server -- may be below both, and a regression is a violation)
+            if receipt.total_amount < self._checked_amount:
+                raise move_error(
+                    "escrow",
+                    "EReceiptNotCumulative",
+                    f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
+                )
             if self.spend_limit is not None and receipt.total_amount > self.spend_limit:
                 # valid, but the client's cap would refuse its claim this epoch, and a
                 # cumulative receipt cannot be claimed in part: keep the previous one
@@ -369,12 +377,6 @@ class ReceiptGate:
                     "ESpendingCapExceeded",
                     f"receipt for {receipt.total_amount} MIST, the cap lets "
                     f"{self.spend_limit} be claimed",
-                )
-            if receipt.total_amount < self._checked_amount:
-                raise move_error(
-                    "escrow",
-                    "EReceiptNotCumulative",
-                    f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
             share = self.share
             if share is not None:
