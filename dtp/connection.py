@@ -218,6 +218,13 @@ class Connection:
             raise LocalProtocolError(
                 "stream_window must be from 1 to 2**32 - 1 bytes over a lossy carrier"
             )
+        lowest = 1 if config.reliable_carrier else MAX_STREAM_FRAME_OVERHEAD + 1
+        if not lowest <= config.max_record_plaintext <= MAX_RECORD_PLAINTEXT:
+            # larger: data_to_send failed sealing a record; over a lossy carrier, room
+            # for no stream byte made packing loop forever (or fail on a negative length)
+            raise LocalProtocolError(
+                f"max_record_plaintext must be from {lowest} to {MAX_RECORD_PLAINTEXT}"
+            )
         self.config = config
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT

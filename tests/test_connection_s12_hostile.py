@@ -459,3 +459,22 @@ def test_a_lossy_stream_window_the_reassembly_cannot_hold_is_refused_up_front(
     with pytest.raises(LocalProtocolError, match="stream_window"):
         make_pair(reliable_carrier=False, stream_window=window)
     make_pair(reliable_carrier=False, stream_window=(1 << 32) - 1)
+
+
+@pytest.mark.parametrize(
+    ("reliable", "size"), [(False, 10), (False, 21), (False, 16385), (True, 0), (True, 20000)]
+)
+def test_a_record_size_the_connection_cannot_pack_is_refused_up_front(
+    reliable: bool, size: int
+) -> None:
+    # lossy, 21 bytes: no room for a stream byte, and sending looped forever; 10: a
+    # negative length; above 16384: data_to_send failed to seal the records it packed
+    with pytest.raises(LocalProtocolError, match="max_record_plaintext"):
+        make_pair(reliable_carrier=reliable, max_record_plaintext=size)
+
+
+def test_the_smallest_lossy_record_size_still_moves_stream_bytes() -> None:
+    c, _s, link = connect(reliable_carrier=False, max_record_plaintext=22)
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"x" * 100, end_stream=True)
+    assert len(c.conn.datagrams_to_send(link.now)) >= 100
