@@ -125,6 +125,7 @@ logger = logging.getLogger(__name__)
 MAX_RECORD_PLAINTEXT = 16384
 _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between reads
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
+MAX_RECEIPT = 1024  # the RECEIPT frame's limit (docs/protocol.md 3.1)
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
 #: Unsent bytes on the carrier beyond which new datagrams are dropped (counted in
@@ -1164,14 +1165,30 @@ class Connection:
         self._require_open()
         if kind < ControlKind.APPLICATION:
             raise LocalProtocolError("control kinds below 16 are reserved for DTP")
-        self._ctrl.append(RawFrame(FRAME_CONTROL, kind, 0, 0, bytes(data)))
+        body = bytes(data)
+        # checked here, not when data_to_send seals it (which failed, losing the frames
+        # queued with it): the frame must fit one record
+        room = self._record_room() - 1 - len(_varint(kind)) - 2
+        if len(body) > room:
+            raise LocalProtocolError(f"control body of {len(body)} bytes exceeds {room}")
+        self._ctrl.append(RawFrame(FRAME_CONTROL, kind, 0, 0, body))
 
     def send_receipt(self, receipt: bytes) -> None:
         """Send a RECEIPT frame (a signed cumulative fee receipt)."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, bytes(receipt)))
+        body = bytes(receipt)
+        room = min(MAX_RECEIPT, self._record_room() - 3)
+        if len(body) > room:
+            raise LocalProtocolError(f"receipt of {len(body)} bytes exceeds {room}")
+        self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, body))
+
+    def _record_room(self) -> int:
+        """The largest plaintext of a record we may send one frame in."""
+        if self.config.reliable_carrier:
+            return MAX_RECORD_PLAINTEXT
+        return self.config.max_record_plaintext
 
     def send_datagram(self, data: bytes | bytearray | memoryview, backlog: int = 0) -> int:
         """Send an unreliable datagram (never retransmitted); see :meth:`send_datagrams`."""
@@ -1189,7 +1206,8 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        limit = self.config.max_datagram_size
+        # a DATAGRAM frame (type, 2-byte length, data) must fit one record
+        limit = min(self.config.max_datagram_size, self._record_room() - 3)
         frames = []
         size = 0
         for data in datagrams:

@@ -34,8 +34,10 @@ from dtp.connection import (
 )
 from dtp.errors import HandshakeError, LocalProtocolError
 from dtp.events import (
+    ControlReceived,
     DatagramReceived,
     PeerAuthenticated,
+    ReceiptReceived,
     StreamDataReceived,
     StreamResetReceived,
 )
@@ -478,3 +480,30 @@ def test_the_smallest_lossy_record_size_still_moves_stream_bytes() -> None:
     sid = c.conn.open_stream()
     c.conn.send_stream_data(sid, b"x" * 100, end_stream=True)
     assert len(c.conn.datagrams_to_send(link.now)) >= 100
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
+def test_frames_too_big_for_a_record_are_refused_when_queued(reliable: bool) -> None:
+    # they were queued, then data_to_send raised 'frame length exceeds its limit' and
+    # lost every frame queued with them
+    c, s, link = connect(reliable_carrier=reliable, max_datagram_size=20000)
+    conn = c.conn
+    conn.send_control(16, b"kept")
+    with pytest.raises(LocalProtocolError, match="control body"):
+        conn.send_control(16, b"x" * 16381)
+    with pytest.raises(LocalProtocolError, match="receipt"):
+        conn.send_receipt(b"r" * 1025)
+    with pytest.raises(LocalProtocolError, match="datagram"):
+        conn.send_datagram(b"d" * 16382)
+    with pytest.raises(LocalProtocolError):
+        conn.send_control(1 << 62, b"")  # a kind past the varint range
+    # the largest of each still go, and arrive
+    conn.send_control(16, b"x" * 16380)
+    conn.send_receipt(b"r" * 1024)
+    conn.send_datagram(b"d" * 16381)
+    for record in conn.datagrams_to_send(link.now):
+        s.conn.receive_datagram(record, link.now)
+    s.drain()
+    assert [len(e.data) for e in s.of(ControlReceived)] == [4, 16380]
+    assert [len(e.data) for e in s.of(ReceiptReceived)] == [1024]
+    assert [len(e.data) for e in s.of(DatagramReceived)] == [16381]
