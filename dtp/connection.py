@@ -1092,6 +1092,7 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
+        _check_code(error_code)
         stream = self._get_stream(stream_id, create=False)
         if stream.send_state is SendState.RESET:
             return
@@ -1108,6 +1109,7 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
+        _check_code(error_code)
         stream = self._get_stream(stream_id, create=False)
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
             self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
@@ -1248,6 +1250,7 @@ class Connection:
             self._take_back()
         if self._state is ConnState.CLOSED:
             return
+        _check_code(error_code)
         encoded = reason.encode("utf-8")[:1024]
         if self._send_aead is not None:
             self._close_frame = RawFrame(FRAME_CLOSE, int(error_code), 0, 0, encoded)
@@ -2246,6 +2249,13 @@ def _close_code_for(exc: ProtocolError) -> CloseCode:
     ):
         return CloseCode.FRAME_ENCODING_ERROR
     return CloseCode.PROTOCOL_VIOLATION
+
+
+def _check_code(code: int) -> None:
+    """An error code for the wire: checked when the application passes it, not when
+    data_to_send encodes it (which then failed on every call)."""
+    if not 0 <= code < 1 << 62:
+        raise LocalProtocolError(f"error code {code} is outside 0 .. 2**62 - 1", ErrorCode.VARINT)
 
 
 def _varint(value: int) -> bytes:

@@ -507,3 +507,23 @@ def test_frames_too_big_for_a_record_are_refused_when_queued(reliable: bool) -> 
     assert [len(e.data) for e in s.of(ControlReceived)] == [4, 16380]
     assert [len(e.data) for e in s.of(ReceiptReceived)] == [1024]
     assert [len(e.data) for e in s.of(DatagramReceived)] == [16381]
+
+
+@pytest.mark.parametrize("code", [-1, 1 << 62])
+@pytest.mark.parametrize("call", ["reset_stream", "stop_sending", "close"])
+def test_an_error_code_outside_the_varint_range_is_refused_when_given(call: str, code: int) -> None:
+    # it was taken, then every data_to_send raised (a close's frame stayed queued, so
+    # the connection could never send again)
+    c, s, link = connect()
+    conn = c.conn
+    sid = conn.open_stream()
+    conn.send_stream_data(sid, b"a")
+    with pytest.raises(LocalProtocolError, match="error code"):
+        if call == "close":
+            conn.close(code, "x")
+        else:
+            getattr(conn, call)(sid, code)
+    assert not conn.closed
+    s.conn.receive_data(conn.data_to_send(link.now), link.now)
+    s.drain()
+    assert bytes(s.data[sid]) == b"a"
