@@ -226,6 +226,10 @@ class Connection:
             raise LocalProtocolError(
                 f"max_record_plaintext must be from {lowest} to {MAX_RECORD_PLAINTEXT}"
             )
+        if not 0 < config.idle_timeout < float("inf"):
+            # it goes to the peer in milliseconds: infinity raised OverflowError (out of
+            # receive_data, on a server), and zero or less failed the peer's handshake
+            raise LocalProtocolError("idle_timeout must be a positive, finite number of seconds")
         self.config = config
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT
@@ -1751,7 +1755,7 @@ class Connection:
             "md": self.config.connection_window,
             "msd": self.config.stream_window,
             "ms": self.config.max_streams,
-            "it": int(self.config.idle_timeout * 1000),
+            "it": int(min(self.config.idle_timeout * 1000, 2**62 - 1)),
         }
         if self.is_client:
             if self._hs.pattern == PATTERN_IK:

@@ -29,6 +29,7 @@ from dtp.connection import (
     MAX_PENDING_EARLY_RECORDS,
     CloseCode,
     Connection,
+    ConnectionConfig,
     ConnectionTerminated,
     _parse_params,
 )
@@ -41,7 +42,7 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
-from tests.test_connection import Side, _sealed_by, connect, make_pair
+from tests.test_connection import CLIENT_ID, Side, _sealed_by, connect, make_pair
 
 
 def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
@@ -527,3 +528,20 @@ def test_an_error_code_outside_the_varint_range_is_refused_when_given(call: str,
     s.conn.receive_data(conn.data_to_send(link.now), link.now)
     s.drain()
     assert bytes(s.data[sid]) == b"a"
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0.0, -1.0])
+@pytest.mark.parametrize("client", [True, False], ids=["client", "server"])
+def test_an_idle_timeout_the_peer_cannot_be_told_is_refused_up_front(
+    timeout: float, client: bool
+) -> None:
+    # infinity: OverflowError at construction (client) or out of receive_data when the
+    # server wrote its parameters; zero or less: the peer's handshake failed on 'it'
+    config = ConnectionConfig(identity=CLIENT_ID, is_client=client, idle_timeout=timeout)
+    with pytest.raises(LocalProtocolError, match="idle_timeout"):
+        Connection(config, ephemeral_key=bytes(range(32)), now=0.0)
+
+
+def test_a_huge_idle_timeout_is_sent_at_the_parameter_limit() -> None:
+    c, s, _link = connect(idle_timeout=1e30)
+    assert c.conn.established and s.conn.peer_params["it"] == 2**62 - 1
