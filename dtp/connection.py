@@ -226,6 +226,7 @@ class Connection:
             raise LocalProtocolError(
                 f"max_record_plaintext must be from {lowest} to {MAX_RECORD_PLAINTEXT}"
             )
+        _check_params(config)
         if not 0 < config.idle_timeout < float("inf"):
             # it goes to the peer in milliseconds: infinity raised OverflowError (out of
             # receive_data, on a server), and zero or less failed the peer's handshake
@@ -2267,6 +2268,24 @@ def _varint(value: int) -> bytes:
     if encoded is None:
         raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
     return encoded
+
+
+def _check_params(config: ConnectionConfig) -> None:
+    """The configuration values sent as transport parameters must pass the peer's
+    checks (:func:`_parse_params`): else its handshake failed, and we saw only a
+    handshake timeout (or msgpack's OverflowError for 2**64 and more)."""
+    for name in ("connection_window", "stream_window", "max_streams"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+            raise LocalProtocolError(f"{name} must be an integer from 0 to 2**62 - 1")
+    port = config.port
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF
+    ):
+        raise LocalProtocolError("port must be an integer from 0 to 65535")
+    cid = config.connection_id
+    if cid is not None and (not isinstance(cid, bytes | bytearray) or len(cid) != 32):
+        raise LocalProtocolError("connection_id must be 32 bytes")
 
 
 def _parse_params(payload: bytes) -> dict[str, Any]:

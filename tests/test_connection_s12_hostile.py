@@ -545,3 +545,22 @@ def test_an_idle_timeout_the_peer_cannot_be_told_is_refused_up_front(
 def test_a_huge_idle_timeout_is_sent_at_the_parameter_limit() -> None:
     c, s, _link = connect(idle_timeout=1e30)
     assert c.conn.established and s.conn.peer_params["it"] == 2**62 - 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"connection_window": 2**64},  # msgpack's OverflowError, out of the constructor
+        {"stream_window": 2**62},
+        {"max_streams": -1},
+        {"max_streams": True},
+        {"port": 70000},
+        {"connection_id": b"x" * 5},
+    ],
+)
+def test_transport_parameters_the_peer_would_refuse_are_refused_up_front(
+    change: dict[str, object],
+) -> None:
+    # the server's handshake failed on them, and the client saw only a timeout
+    with pytest.raises(LocalProtocolError):
+        make_pair(**change)
