@@ -161,6 +161,50 @@ class _PaidConnection:
         credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
         return nbytes if nbytes <= credit else max(1, credit)
 
+    def send_room(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now: as :meth:`room`, but on the
+        usage plus the bytes queued in the connection beyond the client's flow-control
+        window (the usage counts a byte once it is sent: judged on the usage alone, a
+        client that read nothing had the send queue filled on credit never used up).
+        0 when the gate does not serve, or when queued bytes hold all of its credit
+        (:meth:`wait_send` then waits for the client to read them); at least 1 byte
+        when it serves and nothing is queued. Reads keep :meth:`room`: what they take is
+        in the usage already, and a read waiting for writes that wait for the client to
+        read could wait for good (as dtp.paid's)."""
+        conn = self.conn
+        total_bytes, total_requests = conn.usage
+        gate = self.gate
+        if not gate.serving(total_bytes, total_requests):
+            return 0
+        queued = conn.send_buffered()
+        credit = min(gate.credit_bytes(total_bytes + queued, total_requests), _CREDIT_MAX)
+        if nbytes <= credit:
+            return nbytes
+        return credit if credit or queued else 1
+
+    async def wait_send(self, nbytes: int) -> int:
+        """Wait until some of a held write of ``nbytes`` may go (the client paid, or
+        read bytes queued for it): how much, as :meth:`send_room`; at least 1 once the
+        connection ended (the write then reports how)."""
+        session = self.proto.session
+        conn = self.conn
+        while True:
+            await self.wait_paid()
+            room = self.send_room(nbytes)
+            if room or session.terminated is not None:
+                return room or 1
+
+            # the queued bytes hold the credit: they go as the client reads (its window
+            # opening notifies the protocol), or a receipt comes (_kept notifies)
+            def moved(queued: int = conn.send_buffered()) -> bool:
+                return (
+                    session.terminated is not None
+                    or conn.send_buffered() < queued
+                    or self.send_room(1) > 0
+                )
+
+            await self.proto.wait_for(moved)
+
     async def request_final_receipt(self) -> None:
         """As :meth:`dtp.paid._PaidConnection.request_final_receipt`."""
         session = self.proto.session
@@ -337,7 +381,7 @@ class PaidWriter:
             return
         view = memoryview(data).cast("B")
         size = len(view)
-        room = self._paid.room(size)
+        room = self._paid.send_room(size)
         if room == size:
             self._writer.write(data)
             self._unthrottled += size
@@ -362,9 +406,8 @@ class PaidWriter:
         writer = self._writer
         try:
             while self._held_from < len(self._held):
-                await paid.wait_paid()
                 start = self._held_from
-                n = paid.room(len(self._held) - start) or 1  # (ended: the write reports it)
+                n = await paid.wait_send(len(self._held) - start)
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held
                 with memoryview(self._held) as held, held[start : start + n] as piece:
