@@ -568,6 +568,9 @@ class PaidAioServer:
         self.recovered: list[tuple[str, Settlement]] = []
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
+        #: Connection IDs being served or settled: one DTP connection per ledger
+        #: connection at a time
+        self._serving: set[str] = set()
         self._policy_task: asyncio.Task[None] | None = None
         self._closed = False
         self._closing = asyncio.Event()
@@ -641,6 +644,36 @@ class PaidAioServer:
             writer.abort("no ledger connection")
             return
         cid = "0x" + raw_cid.hex()
+        # One DTP connection per ledger connection (as dtp.paid's): a second one naming
+        # a connection ID being served or settled, on a gate of its own, counted the
+        # first one's receipts again (a client paid once for twice the service) and
+        # took another allowance from one escrow. Nor may one come back after its
+        # receipts were kept: its new gate would count them once more. The ID is
+        # reserved before the store is read (in a thread), so that two cannot both pass.
+        if cid in self._serving:
+            logger.warning("refused connection %s: already served", cid)
+            writer.abort("this connection ID is already served")
+            return
+        self._serving.add(cid)
+        try:
+            held = await asyncio.to_thread(self.receipt_writer.latest, cid)
+            if held is not None:
+                logger.warning("refused connection %s: already served", cid)
+                writer.abort("this connection ID is already served")
+                return
+            await self._serve_paid(reader, writer, proto, cid, client)
+        finally:
+            self._serving.discard(cid)
+
+    async def _serve_paid(
+        self,
+        reader: DTPStreamReader,
+        writer: DTPStreamWriter,
+        proto: _Protocol,
+        cid: str,
+        client: str,
+    ) -> None:
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
         try:
             gate = await asyncio.to_thread(
                 gate_for, self.ledger, cid, self.policy, shares=self.cap_shares

@@ -1,0 +1,228 @@
+"""One ledger connection, one DTP connection at a time, on the asyncio paid server too
+(docs/escrow.md §6.1; the twin of tests/test_paid_s12_twice.py): a second DTP
+connection naming a connection ID the server is serving, or one whose receipts its
+store holds, is refused. Served on a gate of its own, it counted the first one's
+receipts again -- a client paid once for 1 MiB was served 2. Real LocalLedger file,
+real DTP connections on 127.0.0.1, the server on an event loop in a thread of this
+process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.connection import ConnectionConfig
+from dtp.errors import DTPError
+from dtp.escrow import object_id_bytes
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.paid import ServicePolicy
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+ALLOWANCE = 500
+POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5)
+DEPOSIT = 200_000
+FIRST = 1 << 20
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x75), ident(0x76)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    ledger.faucet(CLIENT.sui_address, 10_000_000)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread (the clients here are blocking)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+async def streams_forever(reader: PaidReader, writer: PaidWriter) -> None:
+    assert await reader.readexactly(2) == b"go"
+    chunk = b"x" * (64 << 10)
+    with pytest.raises(DTPError):
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+
+def again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
+    """Connect straight to the server naming ``cid``, send ``receipt`` (another
+    connection's) and read what is served: the bytes read."""
+    config = ConnectionConfig(
+        identity=CLIENT, is_client=True, connection_id=object_id_bytes(cid), port=PORT
+    )
+    got = 0
+    with dtp.socket.create_connection(
+        address, timeout=5, server_key=SERVER.noise_public, identity=CLIENT, config=config
+    ) as second:
+        engine = second._engine
+        with engine.lock:
+            engine.conn.send_receipt(receipt)
+            engine.flush()
+        second.sendall(b"go")
+        while got < FIRST:
+            data = second.recv(1 << 16)
+            if not data:
+                break
+            got += len(data)
+    return got
+
+
+def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
+    ledger: LocalLedger, tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
+    server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own, used in threads
+    server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+        dtp.aio.serve(
+            host_id,
+            PORT,
+            streams_forever,
+            ledger=server_ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=POLICY,
+        ),
+        loop,
+    ).result(10)
+    try:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            metering=MeteringConfig(every_bytes=16 << 10),
+        ) as first:
+            cid = first.connection_id
+            assert cid is not None
+            first.sendall(b"go")
+            got = 0
+            while got < FIRST:
+                got += len(first.recv(1 << 16))
+            payment = first._engine.payment
+            assert payment is not None
+            paid = payment.meter.latest
+            assert paid is not None and paid.total_amount > 9000
+            # the same connection ID again, from the same client, with the first one's
+            # receipt: before, 1 MiB more was served on it
+            with pytest.raises(DTPError):
+                again(server.address, cid, paid.encode())
+            # the first one is served on as before
+            assert first.recv(1 << 16)
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+        server_ledger.close()
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.claimed >= paid.total_amount
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+async def until_idle(server: PaidAioServer) -> None:
+    """Wait until the server's connections have ended and settled."""
+    while server._handling:
+        await asyncio.sleep(0.01)
+
+
+async def stop(server: PaidAioServer) -> None:
+    """Close the server (on its loop: asyncio's server is not thread-safe) and wait
+    until its connections have ended and settled."""
+    server.close()
+    await server.wait_closed()
+    await until_idle(server)
+
+
+def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
+    ledger: LocalLedger,
+    tmp_path: Path,
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the first DTP connection ended and its settlement could not claim (the ledger out
+    # of reach, say: done here by a settlement that does nothing), so its receipts wait
+    # in the store for a later claim. A new DTP connection on the same ID was served on
+    # a fresh gate, which counted the amount of the stored receipt once more
+    monkeypatch.setattr("dtp.paid_aio.settle_ended", lambda *args: None)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+        dtp.aio.serve(
+            host_id,
+            PORT,
+            streams_forever,
+            ledger=server_ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=POLICY,
+        ),
+        loop,
+    ).result(10)
+    try:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            metering=MeteringConfig(every_bytes=16 << 10),
+        ) as first:
+            cid = first.connection_id
+            assert cid is not None
+            first.sendall(b"go")
+            got = 0
+            while got < FIRST:
+                got += len(first.recv(1 << 16))
+            payment = first._engine.payment
+            assert payment is not None
+            paid = payment.meter.latest
+            assert paid is not None and paid.total_amount > 9000
+            address = server.address
+            # it ends as a client that died would, without its half-close on the ledger
+            payment._finished = True
+        # the first one ended (and "settled"): its receipts are in the store, unclaimed,
+        # the connection still Open on the ledger
+        asyncio.run_coroutine_threadsafe(until_idle(server), loop).result(10)
+        assert ledger.get_connection(cid).state is ConnectionState.OPEN
+        assert server.receipt_writer.latest(cid) is not None
+        # the client signs the same cumulative amount again under a new nonce: no new
+        # money, yet a fresh gate counted it in full
+        resigned = dataclasses.replace(paid, nonce=paid.nonce + 1, signature=b"").sign(CLIENT)
+        with pytest.raises(DTPError):
+            again(address, cid, resigned.encode())
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+        server_ledger.close()
