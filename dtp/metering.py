@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -30,6 +31,7 @@ from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
+    from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
     from dtp.receipt_store import ReceiptStore
 
@@ -287,6 +289,32 @@ class CapShares:
             if share is not None and share._leave(gate):
                 self._shares.pop(share.cap_id, None)
             gate.share = None
+
+
+def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, int]:
+    """What each spending cap of ``cap_ids`` lets the server claim now (read with the
+    Host, as :func:`apply_cap_limits` then applies): its owner may lower a cap at any time
+    (docs/escrow.md §4) and a new epoch resets it. Ledger reads: call it off an event
+    loop. Raises ChainError when the ledger cannot be read."""
+    epoch = ledger.epoch()
+    return {cap_id: ledger.get_cap(cap_id).remaining(epoch) for cap_id in cap_ids}
+
+
+def apply_cap_limits(gates: Iterable[ReceiptGate], limits: dict[str, int]) -> None:
+    """Judge receipts from now on against the caps as :func:`read_cap_limits` read them:
+    each gate on a cap of ``limits`` (and the cap's share) takes what it lets the server
+    claim. A gate kept the cap as admission read it, and a cumulative receipt beyond the
+    cap cannot be claimed in part: on a lowered cap it counted receipts of which the
+    settlement could claim nothing."""
+    for gate in gates:
+        share = gate.share
+        if share is None:
+            continue
+        remaining = limits.get(share.cap_id)
+        if remaining is None:
+            continue
+        share.refresh(remaining)
+        gate.spend_limit = gate.claimed + remaining
 
 
 class ReceiptGate:

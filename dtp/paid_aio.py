@@ -33,6 +33,8 @@ from dtp.metering import (
     GateState,
     GateVerdict,
     ReceiptGate,
+    apply_cap_limits,
+    read_cap_limits,
 )
 from dtp.paid import (
     _CREDIT_MAX,
@@ -783,6 +785,25 @@ class PaidAioServer:
         for paid in live:
             if paid.client in change.denied:
                 paid.deny()
+        await self._refresh_caps(live)
+
+    async def _refresh_caps(self, live: list[_PaidConnection]) -> None:
+        """Read the spending caps of open connections again (in a thread), and judge
+        their receipts against them from now on (as dtp.paid's): a cap its owner lowered
+        while a connection was open was judged as admission read it, and the
+        settlement's claim of a receipt beyond it was refused whole."""
+        gates = [paid.gate for paid in live]
+        cap_ids = {gate.share.cap_id for gate in gates if gate.share is not None}
+        if not cap_ids:
+            return
+        try:
+            limits = await asyncio.to_thread(read_cap_limits, self.ledger, cap_ids)
+        except ChainError as exc:
+            logger.warning("cannot read the spending caps of open connections: %s", exc)
+            return
+        apply_cap_limits(gates, limits)
+        for paid in live:
+            paid.proto._notify()  # a paused reader or drain() looks at its gate again
 
     @property
     def open_connections(self) -> int:

@@ -1,0 +1,152 @@
+"""A spending cap its owner lowers while a connection of the asyncio paid server is open
+(docs/escrow.md §4: "applies at once"; §6.1: a receipt counts only if the cap lets the
+server claim it): the server reads the caps of its open connections again with the Host,
+stops counting receipts beyond the lowered cap, and settles on the last one the cap
+pays. The twin of tests/test_paid_s12_caps.py. Real LocalLedger file, real DTP
+connection on 127.0.0.1, the server on an event loop in a thread of this process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError, PaymentRequired
+from dtp.escrow import fee
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.paid import ServicePolicy
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from tests.polling import wait_for
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+ALLOWANCE = 500
+# refresh_interval long: the test refreshes itself, at the moment it chooses
+POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5, refresh_interval=3600)
+DEPOSIT = 200_000
+LOWERED = 6000
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x77), ident(0x78)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    ledger.faucet(CLIENT.sui_address, 10_000_000)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread (the client here is blocking)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+async def streams_forever(reader: PaidReader, writer: PaidWriter) -> None:
+    assert await reader.readexactly(2) == b"go"
+    chunk = b"x" * (64 << 10)
+    with pytest.raises(DTPError):
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+
+async def until_idle(server: PaidAioServer) -> None:
+    """Wait until the server's connections have ended and settled."""
+    while server._handling:
+        await asyncio.sleep(0.01)
+
+
+async def stop(server: PaidAioServer) -> None:
+    """Close the server (on its loop: asyncio's server is not thread-safe) and wait
+    until its connections have ended and settled."""
+    server.close()
+    await server.wait_closed()
+    await until_idle(server)
+
+
+def test_a_cap_lowered_while_open_stops_the_receipts_it_would_not_pay(
+    ledger: LocalLedger, tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    # the gate kept the cap as admission read it: it counted receipts up to the whole
+    # deposit, served 4 MiB on them, and the settlement's claim was refused whole (the
+    # receipt was beyond the lowered cap): nothing paid, the client refunded in full
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "caps", SLA)
+    server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own, used in threads
+    server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+        dtp.aio.serve(
+            host_id,
+            PORT,
+            streams_forever,
+            ledger=server_ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=POLICY,
+        ),
+        loop,
+    ).result(10)
+    got = 0
+    error: DTPError | None = None
+    try:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            metering=MeteringConfig(every_bytes=16 << 10),
+        ) as sock:
+            cid = sock.connection_id
+            assert cid is not None
+            sock.sendall(b"go")
+            while got < 200 << 10:  # 2000 MIST of service, paid as it comes
+                got += len(sock.recv(1 << 16))
+            cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
+            ledger.set_max_per_epoch(CLIENT, cap, LOWERED)
+            asyncio.run_coroutine_threadsafe(server.refresh_policy(), loop).result(10)
+            try:
+                while got < 4 << 20:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        break
+                    got += len(data)
+            except DTPError as exc:
+                error = exc
+        # (before, the claim was refused and the connection left unsettled)
+        settled = wait_for(lambda: ledger.get_connection(cid).settled, timeout=3)
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+        server_ledger.close()
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    # nothing beyond the allowance went unpaid
+    assert fee(SLA, got + 2, 1) - escrow.claimed <= ALLOWANCE + 1, (got, escrow.claimed)
+    assert isinstance(error, PaymentRequired)
+    assert settled and 0 < escrow.claimed <= LOWERED
+    assert escrow.refunded == DEPOSIT - escrow.claimed
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
