@@ -16,6 +16,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+SUI = 1_000_000_000
 
 
 class Proc:
@@ -69,6 +70,45 @@ def daemon(config: Path) -> Proc:
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
         stderr=config.with_suffix(".log"),
     )
+
+
+def run_daemon(config: Path, timeout: float = 10, **env: str) -> subprocess.CompletedProcess[str]:
+    """``dtp daemon`` expected to exit at once (a refused start): its status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
+        cwd=ROOT,
+        env={**ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_forwarder(tmp: Path, host_id: str, port: int, extra: str = "") -> Path:
+    """A forwarder's config (identity client.key) with one forward "svc" to
+    ``dtp://host_id:port``; ``extra`` lines go into the [[forward]]."""
+    path = tmp / "forwarder.toml"
+    path.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "client.key"
+state_dir = "forwarder-state"
+faucet = {10 * SUI}
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{host_id}:{port}"
+{extra}
+"""
+    )
+    return path
+
+
+def forward_address(forwarder: Proc, name: str = "svc") -> tuple[str, int]:
+    """The local address a forwarder listens on for its forward ``name``."""
+    host, port = forwarder.info["forwards"][name].rsplit(":", 1)
+    return host, int(port)
 
 
 @contextmanager

@@ -4,15 +4,13 @@ tomllib, a half-bracketed IPv6 host."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dtp.daemon.config import parse_config
 from dtp.errors import DaemonConfigError
-from tests.daemon_procs import ENV, ROOT
+from tests.daemon_procs import run_daemon
 
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'
 SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'
@@ -71,15 +69,7 @@ def test_dtp_daemon_exits_2_with_one_line(tmp_path: Path) -> None:
     """End to end: the NUL reached Path.mkdir() and tracebacked with exit status 1."""
     config = tmp_path / "dtp.toml"
     config.write_text(f'{HEAD}state_dir = "s\\u0000"\n{SVC}')
-    env = {**ENV, "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_daemon(config, timeout=30, HOME=str(tmp_path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"dtp daemon: {config}:4: daemon.state_dir: a path cannot hold a NUL character, "

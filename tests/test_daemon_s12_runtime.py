@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +17,16 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT, Proc, backend, daemon, wait_until
-
-SUI = 1_000_000_000
+from tests.daemon_procs import (
+    SUI,
+    Proc,
+    backend,
+    daemon,
+    forward_address,
+    run_daemon,
+    wait_until,
+    write_forwarder,
+)
 
 
 class StuckBackend:
@@ -61,7 +66,10 @@ def procs() -> Iterator[list[Proc]]:
             proc.kill()
 
 
-def write_pair(tmp: Path, backend_port: int) -> tuple[Path, Path]:
+def write_provider(tmp: Path, backend_port: int, daemon_extra: str, service_extra: str) -> Path:
+    """Keys for a provider and a client, and the provider's config: one service "svc"
+    on port 7000 to the backend; ``daemon_extra`` and ``service_extra`` go into
+    [daemon] and the [[service]]."""
     HostIdentity.generate().save(tmp / "provider.key")
     HostIdentity.generate().save(tmp / "client.key")
     provider = tmp / "daemon.toml"
@@ -71,32 +79,32 @@ ledger = "ledger.sqlite"
 identity = "provider.key"
 state_dir = "daemon-state"
 faucet = {SUI}
-drain_timeout = 0.5
+{daemon_extra}
 
 [[service]]
 name = "svc"
 port = 7000
 backends = ["127.0.0.1:{backend_port}"]
-price_per_kib = 1
-price_per_request = 1
+{service_extra}
 """
     )
-    client = tmp / "forwarder.toml"
-    client.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "client.key"
-state_dir = "forwarder-state"
-faucet = {10 * SUI}
+    return provider
 
-[[forward]]
-name = "svc"
-listen = "127.0.0.1:0"
-target = "dtp://HOST:7000"
-deposit = {SUI}
-"""
-    )
-    return provider, client
+
+def start_daemons(
+    tmp: Path,
+    procs: list[Proc],
+    backend_port: int,
+    service_extra: str,
+    forward_extra: str,
+    daemon_extra: str = "",
+) -> tuple[Proc, Proc, tuple[str, int]]:
+    """A provider daemon exposing the backend and a forwarder to it."""
+    d = daemon(write_provider(tmp, backend_port, daemon_extra, service_extra))
+    procs.append(d)
+    f = daemon(write_forwarder(tmp, d.info["host_id"], 7000, forward_extra))
+    procs.append(f)
+    return d, f, forward_address(f)
 
 
 def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: list[Proc]) -> None:
@@ -129,14 +137,12 @@ def stuck_tunnel(tmp_path: Path, procs: list[Proc]) -> Iterator[Proc]:
     on a backend that never reads; the forwarder is stopped at the end."""
     backend = StuckBackend()
     try:
-        provider, client = write_pair(tmp_path, backend.port)
-        d = daemon(provider)
-        procs.append(d)
-        client.write_text(client.read_text().replace("HOST", d.info["host_id"]))
-        f = daemon(client)
-        procs.append(f)
-        host, port = f.info["forwards"]["svc"].rsplit(":", 1)
-        sock = socket.create_connection((host, int(port)), timeout=10)
+        paid = "price_per_kib = 1\nprice_per_request = 1"
+        deposit = f"deposit = {SUI}"
+        d, f, address = start_daemons(
+            tmp_path, procs, backend.port, paid, deposit, daemon_extra="drain_timeout = 0.5"
+        )
+        sock = socket.create_connection(address, timeout=10)
         with sock:
             sock.setblocking(False)
             chunk = b"x" * 65536
@@ -168,17 +174,6 @@ def assert_settled(tmp_path: Path) -> None:
         ledger.close()
 
 
-def start_failure(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-
-
 def test_one_daemon_per_state_dir(tmp_path: Path, procs: list[Proc]) -> None:
     """A second daemon on the same state directory used to start as well: it published
     its own endpoint on the first one's Host (taking its clients), shared its receipt
@@ -200,7 +195,7 @@ target = "dtp://0x{"ab" * 32}:80"
     )
     first = daemon(config)
     procs.append(first)
-    result = start_failure(config)
+    result = run_daemon(config)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"dtp daemon: {config}:4: daemon.state_dir: {tmp_path / 'state'} is in use by "
@@ -225,55 +220,36 @@ def start_pair(
     """A backend, a provider daemon exposing it (free) and a forwarder to it."""
     b = backend(backend_mode)
     procs.append(b)
+    return start_daemons(tmp, procs, b.info["port"], service_extra, forward_extra)
+
+
+def with_state_file(tmp: Path, name: str, content: str) -> Path:
+    """A provider's config whose state directory already holds ``name``, with ``content``."""
     HostIdentity.generate().save(tmp / "provider.key")
-    HostIdentity.generate().save(tmp / "client.key")
-    provider = tmp / "daemon.toml"
-    provider.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "daemon-state"
-faucet = {SUI}
-
-[[service]]
-name = "svc"
-port = 7000
-backends = ["127.0.0.1:{b.info["port"]}"]
-{service_extra}
-"""
+    (tmp / "state").mkdir()
+    (tmp / "state" / name).write_text(content)
+    config = tmp / "dtp.toml"
+    config.write_text(
+        '[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\nstate_dir = "state"\n'
+        '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:9"]\n'
     )
-    d = daemon(provider)
-    procs.append(d)
-    client = tmp / "forwarder.toml"
-    client.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "client.key"
-state_dir = "forwarder-state"
-faucet = {10 * SUI}
+    return config
 
-[[forward]]
-name = "svc"
-listen = "127.0.0.1:0"
-target = "dtp://{d.info["host_id"]}:7000"
-{forward_extra}
-"""
-    )
-    f = daemon(client)
-    procs.append(f)
-    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
-    return d, f, (host, int(port))
+
+def assert_closed_unanswered(address: tuple[str, int], data: bytes) -> None:
+    """A local client sends ``data`` to the forward and is closed (or reset) unanswered."""
+    sock = socket.create_connection(address, timeout=5)
+    with sock:
+        sock.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
 
 
 def test_a_tcp_forward_to_a_udp_service_is_refused(tmp_path: Path, procs: list[Proc]) -> None:
     """The UDP service's connection accepted no stream: the tunnel's status never came
     and the local client waited for good."""
     d, f, address = start_pair(tmp_path, procs, "udp", 'protocol = "udp"', "")
-    sock = socket.create_connection(address, timeout=5)
-    with sock:
-        sock.sendall(b"hello")
-        with contextlib.suppress(ConnectionResetError):
-            assert sock.recv(100) == b""
+    assert_closed_unanswered(address, b"hello")
     reason = 'service svc is a UDP service: use a forward with protocol = \\"udp\\"'
     wait_until(lambda: reason in f.log(), what="the forwarder's log")
     assert reason in d.log()
@@ -321,15 +297,8 @@ def test_daemon_settings_wait_for_a_restart(tmp_path: Path, procs: list[Proc]) -
 def test_a_damaged_host_record_is_one_line(tmp_path: Path, content: str) -> None:
     """host.json was read with json.loads(...)["host_id"]: a traceback (JSONDecodeError,
     KeyError, TypeError) out of `dtp daemon`."""
-    HostIdentity.generate().save(tmp_path / "provider.key")
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "host.json").write_text(content)
-    config = tmp_path / "dtp.toml"
-    config.write_text(
-        '[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\nstate_dir = "state"\n'
-        '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:9"]\n'
-    )
-    result = start_failure(config)
+    config = with_state_file(tmp_path, "host.json", content)
+    result = run_daemon(config)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
@@ -343,11 +312,7 @@ def test_a_deposit_that_pays_for_nothing_says_so(tmp_path: Path, procs: list[Pro
     cannot pay for one tunnel. The forwarder opened three ledger connections per local
     client, each retired at once, and logged "no usable connection"."""
     d, f, address = start_pair(tmp_path, procs, "echo", "price_per_request = 1", "")
-    sock = socket.create_connection(address, timeout=5)
-    with sock:
-        sock.sendall(b"hi")
-        with contextlib.suppress(ConnectionResetError):
-            assert sock.recv(10) == b""
+    assert_closed_unanswered(address, b"hi")
     reason = "a deposit of 0 MIST cannot pay for one tunnel to dtp://"
     wait_until(lambda: reason in f.log(), what="the forwarder's log")
     assert "raise deposit in [[forward]] svc" in f.log()
@@ -361,15 +326,8 @@ def test_a_deposit_that_pays_for_nothing_says_so(tmp_path: Path, procs: list[Pro
 
 def test_a_damaged_receipt_store_is_named(tmp_path: Path) -> None:
     """SQLite's "file is not a database" came out alone: which of the daemon's files?"""
-    HostIdentity.generate().save(tmp_path / "provider.key")
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "receipts.sqlite").write_text("not a database")
-    config = tmp_path / "dtp.toml"
-    config.write_text(
-        '[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\nstate_dir = "state"\n'
-        '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:9"]\n'
-    )
-    result = start_failure(config)
+    config = with_state_file(tmp_path, "receipts.sqlite", "not a database")
+    result = run_daemon(config)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
         "dtp daemon: database error: cannot open the receipt store "

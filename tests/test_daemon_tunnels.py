@@ -22,7 +22,7 @@ from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.daemon_procs import Proc, backend, daemon, wait_until
+from tests.daemon_procs import Proc, backend, daemon, wait_until, write_forwarder
 
 SUI = 1_000_000_000
 
@@ -74,22 +74,7 @@ drain_timeout = 5
         return path
 
     def write_forwarder(self, host_id: str, port: int, extra: str = "") -> Path:
-        path = self.tmp / "forwarder.toml"
-        path.write_text(
-            f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "client.key"
-state_dir = "forwarder-state"
-faucet = {10 * SUI}
-
-[[forward]]
-name = "svc"
-listen = "127.0.0.1:0"
-target = "dtp://{host_id}:{port}"
-{extra}
-"""
-        )
-        return path
+        return write_forwarder(self.tmp, host_id, port, extra)
 
     def daemon(self, config: Path) -> Proc:
         return self.start(daemon(config))
