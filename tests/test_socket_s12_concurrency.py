@@ -243,11 +243,10 @@ def test_shutdown_rd_of_the_first_stream_gives_a_blocked_reader_end_of_stream(
 WINDOW = 64 << 10
 
 
-@pytest.mark.parametrize("how", ["shutdown", "close"])
-def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: str) -> None:
-    """Streams shut (SHUT_RD) or closed with bytes unread: those bytes, and those that
-    come before the peer stops, no longer count against the connection's window. They
-    used to hold it for good: two such streams here stalled every other stream."""
+@contextlib.contextmanager
+def _two_window_pair() -> Iterator[Pair]:
+    """A pair whose connection window is two streams' windows (WINDOW each), both
+    ends with a 5 s timeout."""
     config = ConnectionConfig(
         identity=SERVER_ID, is_client=False, stream_window=WINDOW, connection_window=2 * WINDOW
     )
@@ -256,37 +255,60 @@ def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: s
         assert p.client is not None
         p.client.settimeout(5)
         p.peer.settimeout(5)
+        yield p
+    finally:
+        p.close()
+
+
+def _fill_a_stream_window(p: Pair) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+    """A new stream and the server's end of it, which reads its first byte; the rest of
+    its window is then sent, to be read by nobody."""
+    assert p.client is not None
+    stream = p.client.open_stream()
+    stream.sendall(b"x")
+    peer = p.peer.accept_stream()
+    assert peer.recv(1) == b"x"
+    stream.sendall(b"y" * (WINDOW - 1))  # the rest of its window: read by nobody
+    return stream, peer
+
+
+def _assert_a_third_stream_is_not_stalled(p: Pair) -> None:
+    """A third stream carries four windows' worth to the server, and an answer back."""
+    assert p.client is not None
+    third = p.client.open_stream()
+    third.settimeout(5)
+
+    def send() -> bytes:
+        third.sendall(b"z" * (4 * WINDOW))
+        # what sendall() queued goes out as credit comes back while a thread waits
+        # on the connection (else at the timer's next look, a second at most)
+        return third.recv(1)
+
+    sender = Call(send)
+    peer = p.peer.accept_stream()
+    got = 0
+    while got < 4 * WINDOW:
+        chunk = peer.recv(WINDOW)
+        assert chunk
+        got += len(chunk)
+    peer.sendall(b"!")
+    assert sender.join(5) and sender.error is None and sender.result == b"!"
+    peer.close()
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close"])
+def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: str) -> None:
+    """Streams shut (SHUT_RD) or closed with bytes unread: those bytes, and those that
+    come before the peer stops, no longer count against the connection's window. They
+    used to hold it for good: two such streams here stalled every other stream."""
+    with _two_window_pair() as p:
         for _ in range(2):
-            stream = p.client.open_stream()
-            stream.sendall(b"x")
-            peer = p.peer.accept_stream()
-            assert peer.recv(1) == b"x"
-            stream.sendall(b"y" * (WINDOW - 1))  # the rest of its window: read by nobody
+            _stream, peer = _fill_a_stream_window(p)  # (our end kept until the next)
             if how == "shutdown":
                 peer.shutdown(dtp.socket.SHUT_RD)
             else:
                 peer.close()
-        third = p.client.open_stream()
-        third.settimeout(5)
-
-        def send() -> bytes:
-            third.sendall(b"z" * (4 * WINDOW))
-            # what sendall() queued goes out as credit comes back while a thread waits
-            # on the connection (else at the timer's next look, a second at most)
-            return third.recv(1)
-
-        sender = Call(send)
-        peer = p.peer.accept_stream()
-        got = 0
-        while got < 4 * WINDOW:
-            chunk = peer.recv(WINDOW)
-            assert chunk
-            got += len(chunk)
-        peer.sendall(b"!")
-        assert sender.join(5) and sender.error is None and sender.result == b"!"
-        peer.close()
-    finally:
-        p.close()
+        _assert_a_third_stream_is_not_stalled(p)
 
 
 def test_closed_streams_leave_no_buffers_behind(pair: Pair) -> None:
@@ -441,41 +463,12 @@ def test_streams_dropped_unclosed_give_the_connection_its_credit_back() -> None:
     the connection closes their streams at its next I/O, and their unread bytes no
     longer count against its window. They held it for good: two such streams here
     stalled every other stream."""
-    config = ConnectionConfig(
-        identity=SERVER_ID, is_client=False, stream_window=WINDOW, connection_window=2 * WINDOW
-    )
-    p = Pair(config)
-    try:
-        assert p.client is not None
-        p.client.settimeout(5)
-        p.peer.settimeout(5)
+    with _two_window_pair() as p:
         for _ in range(2):
-            stream = p.client.open_stream()
-            stream.sendall(b"x")
-            peer = p.peer.accept_stream()
-            assert peer.recv(1) == b"x"
-            stream.sendall(b"y" * (WINDOW - 1))  # the rest of its window: read by nobody
+            _stream, peer = _fill_a_stream_window(p)  # (our end kept until the next)
             del peer
             gc.collect()
-        third = p.client.open_stream()
-        third.settimeout(5)
-
-        def send() -> bytes:
-            third.sendall(b"z" * (4 * WINDOW))
-            return third.recv(1)  # (drives the connection while credit comes back)
-
-        sender = Call(send)
-        peer = p.peer.accept_stream()
-        got = 0
-        while got < 4 * WINDOW:
-            chunk = peer.recv(WINDOW)
-            assert chunk
-            got += len(chunk)
-        peer.sendall(b"!")
-        assert sender.join(5) and sender.error is None and sender.result == b"!"
-        peer.close()
-    finally:
-        p.close()
+        _assert_a_third_stream_is_not_stalled(p)
 
 
 def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer() -> None:
