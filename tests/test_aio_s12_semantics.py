@@ -308,6 +308,9 @@ class _RateLimited:
     def room(self, nbytes: int) -> int:
         return nbytes
 
+    def send_room(self, nbytes: int) -> int:
+        return nbytes
+
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         self.charged += nbytes
         self.requests += requests
