@@ -59,6 +59,8 @@ from dtp.metering import (
     GateVerdict,
     MeteringConfig,
     ReceiptGate,
+    apply_cap_limits,
+    read_cap_limits,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
@@ -945,29 +947,18 @@ class PaidServer:
         self._refresh_caps(live)
 
     def _refresh_caps(self, live: list[_PaidConnection]) -> None:
-        """Read the spending caps of open connections again: their owner may lower one
-        at any time (docs/escrow.md §4) and a new epoch resets it. A gate judged receipts
-        against the cap as admission read it, and a cumulative receipt beyond the cap
-        cannot be claimed in part: on a lowered cap, it counted receipts of which the
-        settlement could claim nothing."""
-        caps: dict[str, list[ReceiptGate]] = {}
-        for paid in live:
-            share = paid.gate.share
-            if share is not None:
-                caps.setdefault(share.cap_id, []).append(paid.gate)
-        if not caps:
+        """Read the spending caps of open connections again (docs/escrow.md §4: their
+        owner may lower one at any time, and a new epoch resets it); see
+        :func:`~dtp.metering.apply_cap_limits` for why the gates must follow."""
+        gates = [paid.gate for paid in live if paid.gate.share is not None]
+        if not gates:
             return
         try:
-            epoch = self.ledger.epoch()
-            for cap_id, gates in caps.items():
-                remaining = self.ledger.get_cap(cap_id).remaining(epoch)
-                for gate in gates:
-                    share = gate.share
-                    if share is not None and share.cap_id == cap_id:
-                        share.refresh(remaining)
-                    gate.spend_limit = gate.claimed + remaining
+            limits = read_cap_limits(self.ledger, {g.share.cap_id for g in gates if g.share})
         except ChainError as exc:
             logger.warning("cannot read the spending caps of open connections: %s", exc)
+            return
+        apply_cap_limits(gates, limits)
 
     @property
     def open_connections(self) -> int:
