@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -26,21 +25,13 @@ from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
 from dtp.keys import HostIdentity
+from tests.leaks import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _flushers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "dtp-graph-flusher"]
-
-
-def _open_fds(path: Path) -> int:
-    """How many of this process's file descriptors are on ``path`` (Linux /proc)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-    return count
 
 
 def _log_rows(path: Path) -> int:
@@ -351,7 +342,7 @@ def test_a_path_that_is_not_a_graph_database_gives_a_typed_error(tmp_path: Path)
         with pytest.raises(LocalProtocolError, match="cannot open graph database") as error:
             Graph(path)
         # closed at once, not when the traceback (which holds the storage) goes away
-        assert _open_fds(path) == 0, error
+        assert open_fds(path) == 0, error
     assert text.read_text().startswith("just some text")
 
 
@@ -364,7 +355,7 @@ def test_a_corrupt_log_gives_a_typed_error(tmp_path: Path) -> None:
         db.commit()
     with pytest.raises(RemoteProtocolError) as error:
         Graph(path)
-    assert _open_fds(path) == 0, error  # the replay failed: the file is closed
+    assert open_fds(path) == 0, error  # the replay failed: the file is closed
 
 
 def test_a_closed_graph_refuses_reads_and_subscriptions(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import sqlite3
 import struct
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Graph, SyncSession
 from dtp.graph.values import decode_value, encode_value
+from tests.leaks import open_fds
 
 HAMS = ["c", "python"]
 
@@ -45,14 +45,6 @@ def _sync(ga: Graph, gb: Graph) -> tuple[SyncSession, SyncSession]:
     a.close()
     b.close()
     return a, b
-
-
-def _open_fds(path: Path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-    return count
 
 
 # -- -0.0 -------------------------------------------------------------------------------
@@ -206,7 +198,7 @@ def test_constructor_arguments_are_checked_up_front_by_name(
     path = tmp_path / "g.db"
     with pytest.raises(error, match=name) as caught:
         Graph(path, **kwargs)
-    assert _open_fds(path) == 0, caught
+    assert open_fds(path) == 0, caught
     assert not path.exists()
 
 

@@ -25,22 +25,24 @@ from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph
+from tests.leaks import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _open_fds(path: Path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-    return count
 
 
 def _storage_error(exc: BaseException) -> bool:
     from dtp.graph import GraphStorageError
 
     return isinstance(exc, GraphStorageError) and isinstance(exc, LocalProtocolError)
+
+
+def _assert_open_refused(path: Path, match: str) -> None:
+    """Graph(path) raises the graph's typed storage error (its message matching
+    ``match``) and leaves no descriptor open on the file."""
+    with pytest.raises(LocalProtocolError, match=match) as caught:
+        Graph(path)
+    assert _storage_error(caught.value)
+    assert open_fds(path) == 0, caught
 
 
 # -- one graph per file ------------------------------------------------------------------
@@ -86,10 +88,7 @@ def test_a_file_open_in_another_process_is_refused(tmp_path: Path) -> None:
     typed error, and works once the first process has closed the graph."""
     path = tmp_path / "g.db"
     with _held_by_another_process(path):
-        with pytest.raises(LocalProtocolError, match="already open") as caught:
-            Graph(path)
-        assert _storage_error(caught.value)
-        assert _open_fds(path) == 0, caught
+        _assert_open_refused(path, "already open")
     with Graph(path) as g:
         assert g.souls() == ["from_child"]
 
@@ -105,7 +104,7 @@ def test_a_file_open_in_another_graph_of_this_process_is_refused(tmp_path: Path)
     a.close()
     # the refused open closed its connection (SQLite defers closing its descriptor while
     # another connection of the process holds locks on the file: counted after a's)
-    assert _open_fds(path) == 0, caught
+    assert open_fds(path) == 0, caught
     with Graph(path) as b:
         b.put("from_b", {"v": 2})
         b.flush()
@@ -136,10 +135,7 @@ def test_a_corrupt_page_met_while_replaying_gives_the_typed_error(tmp_path: Path
         with open(copy, "r+b") as f:
             f.seek(offset)
             f.write(b"\xff" * 4096)
-        with pytest.raises(LocalProtocolError, match="malformed") as caught:
-            Graph(copy)
-        assert _storage_error(caught.value)
-        assert _open_fds(copy) == 0, caught
+        _assert_open_refused(copy, "malformed")
 
 
 # -- writes that fail ------------------------------------------------------------------------
@@ -237,10 +233,7 @@ def test_a_corrupt_meta_row_gives_the_typed_error(tmp_path: Path, key: str, valu
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         db.commit()
-    with pytest.raises(LocalProtocolError, match="corrupt") as caught:
-        Graph(path)
-    assert _storage_error(caught.value)
-    assert _open_fds(path) == 0, caught
+    _assert_open_refused(path, "corrupt")
 
 
 @pytest.mark.parametrize("written", [False, True])
@@ -256,7 +249,7 @@ def test_a_graph_collected_without_close_releases_its_file(tmp_path: Path, writt
     gc.collect()
     with Graph(path) as again:
         assert again.souls() == (["a"] if written else [])
-    assert _open_fds(path) == 0
+    assert open_fds(path) == 0
 
 
 @contextlib.contextmanager
@@ -286,9 +279,6 @@ def test_a_read_only_file_is_refused_at_open(tmp_path: Path) -> None:
     with Graph(path) as g:
         g.put("a", {"v": 1})
     with _read_only(path):
-        with pytest.raises(LocalProtocolError, match="readonly") as caught:
-            Graph(path)
-        assert _storage_error(caught.value)
-        assert _open_fds(path) == 0, caught
+        _assert_open_refused(path, "readonly")
     with Graph(path) as g:
         assert g.get("a") == {"v": 1}
