@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,28 @@ from dtp.keys import HostIdentity
 from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings
 from tests.procs import ServerProc, server_process
+
+Handler = Callable[[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    handle: Handler,
+    server_window: int | None = None,
+    client_config: ConnectionConfig | None = None,
+) -> AsyncIterator[tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]]:
+    """A DTP server on 127.0.0.1 serving ``handle`` (its stream window
+    ``server_window`` when given), and a client connection to it (made with
+    ``client_config`` when given); the server is closed at the end."""
+    identity = HostIdentity.generate()
+    config = None
+    if server_window is not None:
+        config = ConnectionConfig(identity=identity, is_client=False, stream_window=server_window)
+    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, config=config)
+    async with server:
+        yield await dtp.aio.open_connection(
+            *server.address, server_key=identity.noise_public, config=client_config
+        )
 
 
 async def _buffered(reader: dtp.aio.DTPStreamReader, n: int) -> None:
@@ -33,21 +56,13 @@ def test_a_cancelled_wait_closed_leaves_the_close_going_on() -> None:
     connection's closed future: a later ``wait_closed()`` raised CancelledError."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
         go = asyncio.Event()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             await go.wait()  # the client's bytes stay queued on its side until then
             await reader.read()
 
-        config = ConnectionConfig(identity=identity, is_client=False, stream_window=64 * 1024)
-        server = await dtp.aio.start_server(
-            handle, "127.0.0.1", 0, identity=identity, config=config
-        )
-        async with server:
-            _reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle, server_window=64 * 1024) as (_reader, writer):
             writer.write(b"x" * (256 * 1024))  # beyond the server's window
             writer.close()  # waits for the queue to leave before it closes
             with pytest.raises(TimeoutError):
@@ -84,17 +99,12 @@ def test_a_callback_failing_with_a_dtp_error_ends_the_connection() -> None:
     other exception, instead of left open with nobody serving it."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             writer.write_eof()
             writer.write(b"too late")  # LocalProtocolError
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (reader, writer):
             assert await asyncio.wait_for(reader.read(), 5) == b""
             with pytest.raises(ConnectionClosed, match="internal error"):
                 await asyncio.wait_for(writer.recv_datagram(), 5)
@@ -143,18 +153,13 @@ def test_a_clean_close_still_ends_reads_with_incomplete_read() -> None:
     error: IncompleteReadError with what came, and readline() gives the short line."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             writer.write(b"part")
             writer.close()
             await writer.wait_closed()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (reader, writer):
             with pytest.raises(asyncio.IncompleteReadError) as info:
                 await asyncio.wait_for(reader.readexactly(10), 5)
             assert info.value.partial == b"part"
@@ -189,7 +194,6 @@ def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
     window = 64 * 1024
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             writer.write(b"a" * (3 * window))  # let out as the client's reads give credit
@@ -198,15 +202,13 @@ def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
             writer.send_datagram(b"mark")  # behind what went out
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            client = HostIdentity.generate()
-            config = ConnectionConfig(
-                identity=client, is_client=True, stream_window=window, connection_window=window
-            )
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public, config=config
-            )
+        client = ConnectionConfig(
+            identity=HostIdentity.generate(),
+            is_client=True,
+            stream_window=window,
+            connection_window=window,
+        )
+        async with _connected(handle, client_config=client) as (reader, writer):
             reads: Any = reader if kind == "plain" else PaidReader(reader, _AlwaysPaid())  # type: ignore[arg-type]
             # a read larger than all that comes, cancelled until all 3 windows came
             async with asyncio.timeout(10):
@@ -235,21 +237,13 @@ def test_drain_raises_when_the_peer_closed_with_writes_left_unsent() -> None:
     lost, dtp.socket's sendall() raises too)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             await reader.readexactly(10)
             writer.close()
             await writer.wait_closed()
 
-        config = ConnectionConfig(identity=identity, is_client=False, stream_window=64 * 1024)
-        server = await dtp.aio.start_server(
-            handle, "127.0.0.1", 0, identity=identity, config=config
-        )
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle, server_window=64 * 1024) as (reader, writer):
             writer.write(b"x" * 2_000_000)  # far beyond the server's window
             with pytest.raises(ConnectionClosed, match="before all that was written"):
                 await asyncio.wait_for(writer.drain(), 5)
@@ -266,7 +260,6 @@ def test_write_eof_after_close_does_nothing_as_asyncio() -> None:
     close() had sent the end of the stream)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             stream_reader, stream_writer = await writer.accept_stream()
@@ -274,11 +267,7 @@ def test_write_eof_after_close_does_nothing_as_asyncio() -> None:
             stream_writer.write_eof()
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            _reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (_reader, writer):
             stream_reader, stream_writer = await writer.open_stream()
             stream_writer.write(b"abc")
             stream_writer.write_eof()
@@ -325,17 +314,12 @@ def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) 
     went on without them)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             writer.write(b"hello world\n")
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (reader, writer):
             await _buffered(reader, 12)
             gate = _RateLimited()
             paid = PaidReader(reader, gate)  # type: ignore[arg-type]
@@ -364,7 +348,6 @@ def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() ->
     lost: its client waited on it for good)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
         gate = _RateLimited()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
@@ -377,11 +360,7 @@ def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() ->
             stream_writer.write(await stream_reader.readexactly(3))
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            _reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (_reader, writer):
             stream_reader, stream_writer = await writer.open_stream()
             stream_writer.write(b"req")
             writer.write(b"go")
@@ -478,10 +457,12 @@ class _StalledReader:
         return self.outcome[0]
 
 
-def test_close_cut_short_by_the_loop_end_is_no_clean_end_for_the_peer() -> None:
-    """close() with bytes still queued, then asyncio.run ending: the connection is
-    aborted with an error, so the peer does not read the clean end of a stream that
-    was cut short."""
+def _assert_the_peer_reads_no_clean_end(
+    close: Callable[[dtp.aio.DTPStreamWriter], Awaitable[None]],
+) -> None:
+    """In asyncio.run, a client writes far beyond a stalled peer's window, then
+    ``close(writer)``: once released, the peer reads an error after what came, not the
+    clean end of a stream cut short."""
     peer = _StalledReader()
 
     async def main() -> None:
@@ -489,7 +470,7 @@ def test_close_cut_short_by_the_loop_end_is_no_clean_end_for_the_peer() -> None:
             *peer.server.address, server_key=peer.identity.noise_public
         )
         writer.write(b"x" * 1_000_000)  # far beyond the server's window
-        writer.close()
+        await close(writer)
 
     try:
         asyncio.run(main())
@@ -497,6 +478,17 @@ def test_close_cut_short_by_the_loop_end_is_no_clean_end_for_the_peer() -> None:
         outcome = peer.release()
     assert isinstance(outcome, ConnectionClosed), outcome
     assert "before all that was written was sent" in str(outcome)
+
+
+def test_close_cut_short_by_the_loop_end_is_no_clean_end_for_the_peer() -> None:
+    """close() with bytes still queued, then asyncio.run ending: the connection is
+    aborted with an error, so the peer does not read the clean end of a stream that
+    was cut short."""
+
+    async def close(writer: dtp.aio.DTPStreamWriter) -> None:
+        writer.close()  # and asyncio.run ends
+
+    _assert_the_peer_reads_no_clean_end(close)
 
 
 def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
@@ -505,22 +497,12 @@ def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
     """close() waits CLOSE_LINGER for queued bytes to leave; when they did not, the
     CLOSE says so (it said NO_ERROR: the peer read a clean end of a truncated stream)."""
     monkeypatch.setattr(dtp.aio, "CLOSE_LINGER", 0.3)
-    peer = _StalledReader()
 
-    async def main() -> None:
-        _reader, writer = await dtp.aio.open_connection(
-            *peer.server.address, server_key=peer.identity.noise_public
-        )
-        writer.write(b"x" * 1_000_000)
+    async def close(writer: dtp.aio.DTPStreamWriter) -> None:
         writer.close()
         await asyncio.wait_for(writer.wait_closed(), 5)
 
-    try:
-        asyncio.run(main())
-    finally:
-        outcome = peer.release()
-    assert isinstance(outcome, ConnectionClosed), outcome
-    assert "before all that was written was sent" in str(outcome)
+    _assert_the_peer_reads_no_clean_end(close)
 
 
 def test_drain_right_after_abort_raises() -> None:
@@ -529,16 +511,11 @@ def test_drain_right_after_abort_raises() -> None:
     it lost (a drain() right after returned as if what was written had gone out)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (reader, writer):
             writer.write(b"x" * 100_000)
             writer.abort("given up")
             assert writer.is_closing()
@@ -592,7 +569,6 @@ def test_closing_streams_with_unread_data_does_not_stall_the_others() -> None:
     cleanly (readline() raised the StreamReset the peer answered the stop with)."""
 
     async def main() -> None:
-        identity = HostIdentity.generate()
         stopped: list[BaseException] = []
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
@@ -615,11 +591,7 @@ def test_closing_streams_with_unread_data_does_not_stall_the_others() -> None:
             await asyncio.gather(*floods)
             await reader.read()
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-        async with server:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
+        async with _connected(handle) as (reader, writer):
             closed = []
             for _ in range(2):
                 stream_reader, stream_writer = await writer.open_stream()
