@@ -15,12 +15,18 @@ from dtp.keys import HostIdentity
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 
 
+def _udp_socket() -> socket.socket:
+    """A UDP socket bound to a free port on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 def test_a_cancelled_close_still_closes_the_local_socket() -> None:
     async def main() -> None:
         identity = HostIdentity.generate()
         loop = asyncio.get_running_loop()
-        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        backend.bind(("127.0.0.1", 0))
+        backend = _udp_socket()
         backend.setblocking(False)
 
         def echo() -> None:
@@ -46,8 +52,7 @@ def test_a_cancelled_close_still_closes_the_local_socket() -> None:
         forwarder = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect)
         local = forwarder._sock
         assert local is not None
-        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.bind(("127.0.0.1", 0))
+        client = _udp_socket()
         try:
             client.sendto(b"ping", forwarder.address)
             client.settimeout(5)
@@ -88,8 +93,7 @@ def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow
     async def main() -> None:
         identity = HostIdentity.generate()
         client = HostIdentity.generate()
-        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        backend.bind(("127.0.0.1", 0))
+        backend = _udp_socket()
         ended = asyncio.Event()
 
         async def relay(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
@@ -115,8 +119,7 @@ def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow
         forwarder = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=30
         )
-        source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        source.bind(("127.0.0.1", 0))
+        source = _udp_socket()
         try:
             source.sendto(b"ping", forwarder.address)
             backend.settimeout(5)
