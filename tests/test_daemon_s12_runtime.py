@@ -344,10 +344,13 @@ def test_new_tunnels_wait_for_the_clients_byte_debt(tmp_path: Path, procs: list[
     first = socket.create_connection(address, timeout=10)
     others: list[socket.socket] = []
     try:
-        # the first chunk goes at once, by design (TokenBucket: paid by the wait after)
-        first.sendall(b"x" * 50000)
+        # the first chunk goes at once, by design (TokenBucket: paid by the wait after),
+        # each way; small enough to be read in one go even on a loaded machine (a second
+        # read would wait out the debt of the first), and 2000 bytes of debt at 10 B/s
+        # hold the next tunnels for minutes
+        first.sendall(b"x" * 1000)
         got = 0
-        while got < 50000:
+        while got < 1000:
             got += len(first.recv(65536))
         for _ in range(3):
             sock = socket.create_connection(address, timeout=10)
