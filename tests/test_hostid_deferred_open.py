@@ -43,7 +43,7 @@ def test_a_failed_pending_open_changes_nothing(world: World) -> None:
         pending.execute()
     assert pending.opened is None and world.ledger.dump() == before
     # a second try is a typed error naming the first failure (a bare RuntimeError was)
-    with pytest.raises(InvalidTransaction, match="failed .*NotAuthorized.*prepare a new one"):
+    with pytest.raises(InvalidTransaction, match=r"failed .*NotAuthorized.*prepare a new one"):
         pending.execute()
 
 

@@ -185,8 +185,7 @@ class PendingOpen:
         run, self._run = self._run, None
         if run is None:
             raise InvalidTransaction(
-                f"this open was executed already and failed ({self._failed!r}): "
-                "prepare a new one"
+                f"this open was executed already and failed ({self._failed!r}): prepare a new one"
             )
         try:
             opened = run()
