@@ -26,12 +26,13 @@ import msgpack
 
 from dtp.errors import LocalProtocolError
 from dtp.messaging import errors as E
-from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, Oversized, decode_body
+from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, Oversized
 
 __all__ = [
     "ACK",
     "CANCEL",
     "ERROR",
+    "MAX_COMPLAINTS",
     "MAX_METHOD_LENGTH",
     "NOTIFY",
     "REQUEST",
@@ -73,6 +74,21 @@ _frame_length = struct.Struct(">I").unpack_from
 #: Method names this short are within MAX_METHOD_LENGTH whatever their characters (at
 #: most 4 UTF-8 bytes each), so they need no encoding to be checked.
 _SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
+#: Most complaints (ERROR frames with a nil id, about frames whose request id could not be
+#: read) one protocol sends; later bad frames are only counted. A complaint is larger
+#: than the frame it is about, so answering each would let a peer that sends junk and
+#: never reads make us queue and send without bound.
+MAX_COMPLAINTS: Final = 64
+
+
+def _unencodable(exc: Exception) -> str:
+    """The text of an answer whose result cannot be encoded: msgpack's own reason for its
+    TypeError / ValueError / OverflowError, only the type name of anything else (a
+    mapping whose ``items()`` fails, a dict another thread changes meanwhile...), whose
+    text stays private as a handler's exception's does."""
+    if isinstance(exc, TypeError | ValueError | OverflowError):
+        return f"result not encodable: {exc}"
+    return f"result not encodable ({type(exc).__name__})"
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -119,8 +135,10 @@ class ErrorReceived:
 
     request_id: int
     #: The typed error: a :class:`~dtp.messaging.errors.RemoteError` subclass by code,
-    #: or :class:`~dtp.messaging.errors.MessageTooLarge` for an answer over our cap.
-    error: E.RemoteError | E.MessageTooLarge
+    #: :class:`~dtp.messaging.errors.MessageTooLarge` for an answer over our cap, or
+    #: :class:`~dtp.messaging.errors.MalformedMessage` for an answer that breaks the
+    #: format (its id readable, the rest not).
+    error: E.RemoteError | E.MessagingProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +245,8 @@ def _peek_kind_and_id(head: bytes) -> tuple[Any, int | None]:
         kind, request_id = unpacker.unpack(), unpacker.unpack()
     except Exception:
         return None, None
+    if type(kind) is not int:  # (a bool is no kind: ``true`` would pass for RESPONSE)
+        return None, None
     return kind, request_id if _valid_id(request_id) else None
 
 
@@ -237,8 +257,9 @@ class RpcProtocol:
     flight (:class:`~dtp.messaging.errors.PayloadTooLarge` /
     :class:`~dtp.errors.LocalProtocolError` beyond); ``max_incoming`` caps the peer's
     requests we have not answered yet — beyond it, requests are answered at once with
-    ``SERVER_BUSY``; ``max_outbox`` caps queued output (bytes) so that a peer which never
-    reads cannot make us buffer without bound.
+    ``SERVER_BUSY``. Complaints about frames whose id cannot be read (ERROR with a nil
+    id) stop after :data:`MAX_COMPLAINTS`, so that a peer which sends junk and never reads
+    cannot make us queue output without bound.
     """
 
     def __init__(
@@ -272,6 +293,7 @@ class RpcProtocol:
         self.violations = 0
         self.late_responses = 0
         self.busy_rejections = 0
+        self._complaints = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -299,9 +321,13 @@ class RpcProtocol:
         now: float = 0.0,
         timeout: float | None = None,
         meta: Mapping[str, Any] | None = None,
+        timer: bool = True,
     ) -> int:
         """Queue a request; returns its id. ``timeout`` (seconds) sets the deadline
-        ``now + timeout``, which is also sent (relative, in ms) so the peer can give up."""
+        ``now + timeout``, which is also sent (relative, in ms) so the peer can give up.
+        ``timer=False``: the caller keeps the deadline itself (it never calls
+        :meth:`handle_timer`, whose timers would pile up unexpired) and ends the request
+        with :meth:`cancel` when it passes; the peer is told it all the same."""
         _check_our_method(method)
         _check_our_meta(meta)
         if len(self._outgoing) >= self.max_outgoing:
@@ -315,7 +341,7 @@ class RpcProtocol:
         self._next_id = request_id + 1 if request_id < MAX_ID else 1
         deadline = None if timeout is None else now + timeout
         self._outgoing[request_id] = deadline
-        if deadline is not None:
+        if deadline is not None and timer:
             heapq.heappush(self._timers, (deadline, 0, request_id))
         return request_id
 
@@ -340,8 +366,8 @@ class RpcProtocol:
             return None
         try:
             body: bytes = self._pack([RESPONSE, request_id, result, meta])
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._error_frame(request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}")
+        except Exception as exc:  # whatever packing the result raised: still an answer
+            self._error_frame(request_id, E.INTERNAL_ERROR, _unencodable(exc))
             return None
         if len(body) > self.max_message_size:
             self._error_frame(request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap")
@@ -504,10 +530,8 @@ class RpcProtocol:
         be encoded or is too large)."""
         try:
             body: bytes = self._pack([RESPONSE, request_id, result, None])
-        except (TypeError, ValueError, OverflowError) as exc:
-            return self._frame(
-                [ERROR, request_id, E.INTERNAL_ERROR, f"result not encodable: {exc}", None]
-            )
+        except Exception as exc:  # whatever packing the result raised: still an answer
+            return self._frame([ERROR, request_id, E.INTERNAL_ERROR, _unencodable(exc), None])
         if len(body) > self.max_message_size:
             return self._frame(
                 [ERROR, request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap", None]
@@ -569,7 +593,10 @@ class RpcProtocol:
         if reply:
             if request_id is not None:
                 self._incoming.pop(request_id, None)
-            self._error_frame(request_id, error.wire_code, str(error))
+                self._error_frame(request_id, error.wire_code, str(error))
+            elif self._complaints < MAX_COMPLAINTS:
+                self._complaints += 1
+                self._error_frame(None, error.wire_code, str(error))
         self._event(ProtocolViolation(error, request_id))
 
     def _oversized(self, item: Oversized) -> None:
@@ -590,11 +617,9 @@ class RpcProtocol:
     def _handle_body(self, body: bytes, now: float) -> None:
         try:
             message = _unpackb(body, raw=False, strict_map_key=False, use_list=True)
-        except Exception:  # not msgpack: let decode_body say why, in its words
-            try:
-                decode_body(body)
-            except E.MalformedMessage as exc:
-                self._violation(exc, None, reply=True)
+        except Exception as exc:  # not msgpack: decode_body's words, without a second try
+            error = E.MalformedMessage(f"frame is not valid msgpack ({type(exc).__name__})")
+            self._violation(error, None, reply=True)
             return
         if not isinstance(message, list) or not message or type(message[0]) is not int:
             self._violation(E.MalformedMessage("a message is an array [kind, ...]"), None, True)
@@ -634,6 +659,12 @@ class RpcProtocol:
                 request_id = None
             # never answer an ERROR with an ERROR (two broken peers would loop)
             self._violation(exc, request_id, reply=kind != ERROR)
+            if kind in (RESPONSE, ERROR) and len(message) > 1:
+                # a broken answer to one of our requests, its id readable: that call
+                # fails now (it waited for its deadline, or for good without one)
+                answered = message[1]
+                if _valid_id(answered) and self._outgoing.pop(answered, _MISSING) is not _MISSING:
+                    self._event(ErrorReceived(answered, exc))
 
     def _on_request(self, message: list[Any], now: float) -> None:
         if len(message) != 6:

@@ -274,8 +274,9 @@ class Link:
             self.close()
 
     def _handle(self, message: Any) -> None:
-        if not isinstance(message, list) or not message:
-            raise E.MalformedMessage("a pub/sub frame is an array")
+        if not isinstance(message, list) or not message or type(message[0]) is not int:
+            # (a kind is an int: 10.0 == PUBLISH, and a bool would pass for 0 or 1)
+            raise E.MalformedMessage("a pub/sub frame is an array [kind, ...]")
         kind = message[0]
         if kind == PUBLISH and len(message) == 6:
             _, message_id, topic, hops, data, origin = message
@@ -542,7 +543,12 @@ class PubSubNode:
 
 
 def _valid_topic(topic: object) -> bool:
-    return isinstance(topic, str) and 0 < len(topic.encode()) <= MAX_TOPIC_LENGTH
+    if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC_LENGTH:
+        return False
+    try:
+        return len(topic.encode()) <= MAX_TOPIC_LENGTH
+    except UnicodeEncodeError:  # a lone surrogate: not text the wire can carry
+        return False
 
 
 def _check_topic(topic: str) -> None:
