@@ -39,6 +39,7 @@ import os
 import socket as _socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -527,7 +528,9 @@ class RpcCall:
             self._event.set()
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the answer: the result, or the call's typed error."""
+        """Wait for the answer: the result, or the call's typed error. When ``timeout``
+        (seconds) passes first the call itself ends in :class:`RpcTimeout` (the peer is
+        told, as at the call's own deadline): a later ``result()`` raises it too."""
         self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
         if self._error is not None:
             raise self._error
@@ -577,6 +580,10 @@ class RpcClient:
         self._read_size = QUICK_RECV_SIZE  # the quiet call's (see _next_read_size)
         # a DTPSocket sends a request and reads its answer in one go (DTPSocket.send_recv)
         self._send_recv: Callable[..., bytes | None] | None = getattr(stream, "send_recv", None)
+        # notifications read, for on_notification: it runs once the reader has let go of
+        # _lock (it may call this client), in order (_note_lock: one thread runs them)
+        self._notes: deque[tuple[str, Any]] = deque()
+        self._note_lock = threading.Lock()
         #: Frames from the peer that broke the format (skipped).
         self.violations: list[ProtocolViolation] = []
 
@@ -650,11 +657,14 @@ class RpcClient:
 
     @property
     def in_flight(self) -> int:
-        """Calls awaiting their answer."""
-        return len(self._calls)
+        """Calls awaiting their answer (a call on a quiet stream, which has no
+        :class:`RpcCall`, included)."""
+        return 0 if self._closed is not None else self._proto.in_flight
 
     def close(self) -> None:
-        """Fail the calls in flight with RpcConnectionLost (and close the stream if owned)."""
+        """Fail the calls in flight with RpcConnectionLost (and close the stream if owned):
+        every thread waiting for an answer, or for the peer to take a request, returns
+        within about a second."""
         with self._lock:
             self._fail_all(E.RpcConnectionLost("the client was closed"))
         if self._close_stream:
@@ -695,19 +705,26 @@ class RpcClient:
         if send is None:  # only sendall: its own timeout applies
             stream.sendall(data)
             return
+        current = self._current_timeout
         if deadline is not None:
-            current = self._current_timeout
             left = deadline - time.monotonic()
             if not (isinstance(current, float | int) and current <= left + 0.05):
                 # the stream's timeout (None, unknown or longer) would outlast the deadline
                 step = min(max(left, 1e-3), _SEND_STEP)
                 stream.settimeout(step)
                 self._current_timeout = step
+        elif not isinstance(current, float | int):
+            # none or unknown: a write the peer holds up waits in steps, to see close()
+            stream.settimeout(_SEND_STEP)
+            self._current_timeout = _SEND_STEP
         view = memoryview(data)
         while view:
             try:
                 n: int = send(view)  # a timeout means nothing of this call was taken
             except TimeoutError:
+                if self._closed is not None:  # close(): no thread is left waiting
+                    closed = f"the RPC stream is closed ({self._closed})"
+                    raise E.RpcConnectionLost(closed) from None
                 step = _SEND_STEP
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
@@ -784,10 +801,9 @@ class RpcClient:
                     call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
             elif isinstance(event, NotificationReceived):
                 if self.on_notification is not None:
-                    try:
-                        self.on_notification(event.method, event.params)
-                    except Exception:
-                        logger.exception("notification handler failed")
+                    # run by _run_notes once the lock is let go of: a handler that calls
+                    # this client would wait for the lock its own thread holds
+                    self._notes.append((event.method, event.params))
             elif isinstance(event, ProtocolViolation):
                 if len(self.violations) < 1000:
                     self.violations.append(event)
@@ -804,6 +820,28 @@ class RpcClient:
         assert self.prepay is not None and call.escrow_id is not None
         message = response_ack_message(call.escrow_id, response_hash(event.body))
         self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
+
+    def _run_notes(self) -> None:
+        """Run ``on_notification`` for the notifications read (``_lock`` not held), in
+        the order they came: one thread at a time runs them, so one that finds another
+        running them (or a handler of its own thread calling this client) leaves its
+        own to it."""
+        notes, note_lock = self._notes, self._note_lock
+        while notes:
+            if not note_lock.acquire(False):
+                return
+            try:
+                while notes:
+                    method, params = notes.popleft()
+                    handler = self.on_notification
+                    if handler is None:
+                        continue
+                    try:
+                        handler(method, params)
+                    except Exception:
+                        logger.exception("notification handler failed")
+            finally:
+                note_lock.release()
 
     def _wake_followers(self) -> None:
         """Wake the threads waiting for the reader (lock held), if there are any."""
@@ -899,6 +937,8 @@ class RpcClient:
             lock.release()
         if pending_out:
             self._flush_soon()
+        if self._notes:
+            self._run_notes()
         return (call.result(),)
 
     def _adopt(self, request_id: int) -> RpcCall:
@@ -1003,6 +1043,8 @@ class RpcClient:
                     pending_out = bool(proto._out)
                 if pending_out:
                     self._flush_soon()
+                if self._notes:
+                    self._run_notes()
             except BaseException:
                 with lock:  # let another thread read, and re-check
                     if leading:
@@ -1110,7 +1152,14 @@ class RpcServer(_Registry):
     :class:`~dtp.messaging.errors.RemoteError` subclass to answer with its code (a
     TypeError answers ``INVALID_PARAMS``, with Python's message only when the handler's
     signature refused the params; any other exception answers ``INTERNAL_ERROR`` with
-    its type name, never its message).
+    its type name, never its message). A result that cannot be encoded answers
+    ``INTERNAL_ERROR`` too, whatever encoding it raised.
+
+    A BaseException that is not an Exception (KeyboardInterrupt, SystemExit...) is
+    answered the same way, then goes on up as Python's own threads and pools have it:
+    inline (``workers=0``) it ends :meth:`serve_stream` (so Ctrl-C stops a server whose
+    handler it interrupts; a stream :meth:`serve_connection` serves is closed); in a
+    worker it is logged and the worker goes on, as a pool keeps it from everyone.
     """
 
     def __init__(
@@ -1185,7 +1234,9 @@ class RpcServer(_Registry):
         until their clients close them (or their DTPSockets are closed)."""
         self._closed.set()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # requests queued for the pool are answered SERVER_BUSY by its workers
+            # (run_in_pool): cancelled futures left their clients waiting for good
+            self._pool.shutdown(wait=False)
 
 
 def _stream_payments(
@@ -1368,6 +1419,10 @@ class _ServerStream:
                         self.server.served += 1
                     except Exception as exc:
                         reply = self.answer_error(message, exc)
+                    except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                        # answered as any failure, then it ends the serving (class doc)
+                        _send_answer(stream, self.answer_error(message, exc), closed)
+                        raise
                     data = None
                     if not accepting or monotonic() < next_poll:  # no look for streams due
                         try:
@@ -1432,13 +1487,13 @@ class _ServerStream:
                 return
             with lock:
                 now = monotonic()
+                # deadlines passed first (only older requests' can be due): they count
+                # against max_pending until then
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)
                 if data:
                     gap = ACCEPT_POLL_MIN
                     proto.receive_data(data, now)
-                # deadlines of requests just read are all ahead: only older ones
-                # can be due
-                if timer is not None and timer <= now:
-                    proto.handle_timer(now)
                 events = proto.events()
             for event in events:
                 self.handle(event)
@@ -1535,6 +1590,9 @@ class _ServerStream:
                 self.contexts.pop(request_id, None)
                 self.proto.send_error(request_id, code, message, data)
             return
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+            self.fail_fatally(request_id, exc)
+            raise
         with self.lock:
             if ctx is not None:
                 self.contexts.pop(request_id, None)
@@ -1546,7 +1604,7 @@ class _ServerStream:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
 
-    def answer_error(self, request: list[Any], exc: Exception) -> bytes:
+    def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
         handler raised ``exc`` (the stream's thread only, no pool, no fees)."""
         if not isinstance(exc, E.RemoteError | TypeError):
@@ -1565,13 +1623,38 @@ class _ServerStream:
             code, message, data = _error_reply(exc)
             self.proto.send_error(event.request_id, code, message, data)
             return
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+            self.fail_fatally(event.request_id, exc)
+            raise
         self.proto.send_response(event.request_id, result)
         self.server.served += 1
+
+    def fail_fatally(self, request_id: int, exc: BaseException) -> None:
+        """A handler raised ``exc``, a BaseException that is not an Exception
+        (KeyboardInterrupt, SystemExit...): answer its request as any failure and send
+        what is queued now, before ``exc`` goes on up (RpcServer's class doc)."""
+        code, message, data = _error_reply(exc)
+        with self.lock:
+            self.contexts.pop(request_id, None)
+            self.proto.send_error(request_id, code, message, data)
+        with contextlib.suppress(DTPError, OSError):
+            self.flush()
 
     def run_in_pool(
         self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
     ) -> None:
-        self.run_handler(fn, wants_ctx, event, ctx)
+        if self.server._closed.is_set():
+            # queued when the server closed: refused, as requests read after it are
+            with self.lock:
+                self.contexts.pop(event.request_id, None)
+                self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+        else:
+            try:
+                self.run_handler(fn, wants_ctx, event, ctx)
+            except BaseException:
+                # answered (run_handler); a worker has no caller to raise it to: a pool's
+                # future would keep it unseen
+                logger.exception("handler %s raised", event.method)
         try:
             self.flush()
         except (DTPError, OSError) as exc:
@@ -1650,31 +1733,51 @@ class AsyncRpcClient:
             )
             extra = extra or {}
             extra["re"] = escrow_id
+            if self._closed is not None:  # closed while the deposit was made
+                self.prepay.unanswered.append(escrow_id)
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+        # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
+        # would expire (one per call, kept for good)
         request_id = self._proto.send_request(
-            method, params, now=loop.time(), timeout=timeout, meta=extra
+            method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
         )
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
         if escrow_id is not None:
             self._escrows[request_id] = escrow_id
-        await self._send(request_id)
+        deadline = asyncio.timeout(timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            # the deadline covers the send too: a peer that does not read holds the
+            # drain (the frame is whole in the writer's buffer: ending the wait loses
+            # nothing of it)
+            async with deadline:
+                await self._send(request_id)
+                return await asyncio.shield(future)
         except TimeoutError:
+            if not deadline.expired():
+                raise
             self._futures.pop(request_id, None)
-            if self._proto.cancel(request_id):
-                await self._flush()
+            self._give_up(request_id)
             if future.done() and not future.cancelled():
-                return future.result()
+                return future.result()  # it came as the deadline passed
             self._unanswered(request_id)
             raise E.RpcTimeout(f"no answer to call {request_id}") from None
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
             self._unanswered(request_id)
-            if self._proto.cancel(request_id):
-                with contextlib.suppress(Exception):
-                    await self._flush()
+            self._give_up(request_id)
+            if future.done() and not future.cancelled():
+                future.exception()  # seen: no 'Future exception was never retrieved'
             raise
+
+    def _give_up(self, request_id: int) -> None:
+        """Cancel our request at the peer (CANCEL) without waiting for the peer's flow
+        control: the writer buffers the frame, and the next write's drain waits for it
+        (a call that gave up, for its deadline or cancelled, must not wait on)."""
+        if self._proto.cancel(request_id) and self._closed is None:
+            data = self._proto.data_to_send()
+            with contextlib.suppress(Exception):
+                self._writer.write(data)
 
     def _unanswered(self, request_id: int) -> None:
         """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
@@ -1726,6 +1829,16 @@ class AsyncRpcClient:
         except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
             error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
             self._fail_all(error)
+        except BaseException as exc:
+            # cancelled (close(), or the loop shutting down) or failed: nobody reads any
+            # more, so the calls waiting and those to come fail now, not at their
+            # deadlines (or never, without one)
+            if self._closed is None:
+                if isinstance(exc, asyncio.CancelledError):
+                    self._fail_all(E.RpcConnectionLost("the client stopped reading (cancelled)"))
+                else:
+                    self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
+            raise
 
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
@@ -1766,11 +1879,11 @@ class AsyncRpcClient:
 
     async def close(self) -> None:
         """Stop reading and fail calls in flight (the stream stays open)."""
+        self._fail_all(E.RpcConnectionLost("the client was closed"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        self._fail_all(E.RpcConnectionLost("the client was closed"))
 
     async def __aenter__(self) -> AsyncRpcClient:
         self._start()
@@ -1869,8 +1982,13 @@ class AsyncRpcServer(_Registry):
                 if body is not None and ctx.escrow_id is not None and self.response_fees:
                     self.response_fees.responded(ctx.escrow_id, body)
                     escrows[event.request_id] = ctx.escrow_id
-            except asyncio.CancelledError:
-                return
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    return  # this task was cancelled: the caller cancelled, or serve ended
+                # the handler's own (it awaited something cancelled): a failure like any
+                logger.warning("handler %s failed: cancelled (%r)", event.method, exc)
+                proto.send_error(event.request_id, *_error_reply(exc))
             except Exception as exc:
                 if (
                     isinstance(exc, TimeoutError)
@@ -1883,6 +2001,14 @@ class AsyncRpcServer(_Registry):
                     logger.exception("handler %s failed", event.method)
                 code, message, data = _error_reply(exc)
                 proto.send_error(event.request_id, code, message, data)
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                # answered as any failure (written: a loop that stops at once may
+                # close the connection before it leaves), then on up: asyncio stops
+                # the loop with it
+                proto.send_error(event.request_id, *_error_reply(exc))
+                with contextlib.suppress(Exception):
+                    await flush()
+                raise
             finally:
                 tasks.pop(event.request_id, None)
             with contextlib.suppress(DTPError, OSError):
@@ -1895,11 +2021,14 @@ class AsyncRpcServer(_Registry):
                 data = await reader.read(RECV_SIZE)
                 if data == b"":
                     return
-                if data:
-                    proto.receive_data(data, loop.time())
+                # requests whose deadline passed first: they count against max_pending
+                # until then, and nothing here wakes up at a deadline
+                now = loop.time()
                 timer = proto.get_timer()
-                if timer is not None and timer <= loop.time():
-                    proto.handle_timer(loop.time())
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)
+                if data:
+                    proto.receive_data(data, now)
                 for event in proto.events():
                     if isinstance(event, RequestReceived):
                         entry = self.methods.get(event.method)
