@@ -59,6 +59,8 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_VIOLATION = 2
     FRAME_ENCODING_ERROR = 3
     FLOW_CONTROL_ERROR = 4
+    # reserved, like QUIC's: a stream beyond the limit, or a frame a stream's state does
+    # not allow, closes with PROTOCOL_VIOLATION (docs/protocol.md)
     STREAM_LIMIT_ERROR = 5
     STREAM_STATE_ERROR = 6
     DECRYPT_ERROR = 7

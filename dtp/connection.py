@@ -161,6 +161,8 @@ class ConnectionConfig:
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
+    """Largest datagram we send (LocalProtocolError above it); what the peer sends is
+    taken up to what one record holds, whatever this says."""
     max_record_plaintext: int = MAX_RECORD_PLAINTEXT
     """Lossy carriers: largest plaintext of the DATA records we seal (at most 16384).
     The ledger carrier uses less, so that each record fits one ``pipe::send`` whole."""
