@@ -152,3 +152,21 @@ def test_a_result_whose_encoding_raises_anything_is_answered() -> None:
     client.receive_data(server.data_to_send(), 0.0)
     (answer,) = client.events()
     assert isinstance(answer, ErrorReceived) and "can not serialize" in str(answer.error)
+
+
+def test_a_request_reusing_an_id_in_progress_leaves_the_first_running() -> None:
+    """The duplicate is refused (an ERROR with that id, a violation), and the first
+    request with that id is still owed its answer: it was dropped, so its handler's
+    answer was never sent and its deadline forgotten."""
+    server = RpcProtocol()
+    server.receive_data(encode_frame([0, 7, "slow", None, 5000, None]), 0.0)
+    (first,) = server.events()
+    assert isinstance(first, RequestReceived) and first.request_id == 7
+    server.receive_data(encode_frame([0, 7, "other", None, 0, None]), 0.0)
+    (violation,) = server.events()
+    assert isinstance(violation, ProtocolViolation) and violation.request_id == 7
+    refusal = msgpack.unpackb(server.data_to_send()[4:])
+    assert refusal[:2] == [2, 7] and "already in progress" in refusal[3]
+    server.send_response(7, "done")
+    answer = msgpack.unpackb(server.data_to_send()[4:])
+    assert answer == [1, 7, "done", None]

@@ -81,6 +81,10 @@ _SHORT_METHOD: Final = MAX_METHOD_LENGTH // 4
 MAX_COMPLAINTS: Final = 64
 
 
+class _IdInProgress(E.MalformedMessage):
+    """A REQUEST reusing the id of one still in progress: refused, the first kept."""
+
+
 def _unencodable(exc: Exception) -> str:
     """The text of an answer whose result cannot be encoded: msgpack's own reason for its
     TypeError / ValueError / OverflowError, only the type name of anything else (a
@@ -592,7 +596,10 @@ class RpcProtocol:
         self.violations += 1
         if reply:
             if request_id is not None:
-                self._incoming.pop(request_id, None)
+                if not isinstance(error, _IdInProgress):
+                    # (the first request of a reused id goes on: its handler runs, and
+                    # its answer is still owed)
+                    self._incoming.pop(request_id, None)
                 self._error_frame(request_id, error.wire_code, str(error))
             elif self._complaints < MAX_COMPLAINTS:
                 self._complaints += 1
@@ -681,7 +688,7 @@ class RpcProtocol:
         if meta is not None and type(meta) is not dict:
             meta = _check_meta(meta)
         if request_id in self._incoming:
-            raise E.MalformedMessage(f"request id {request_id} is already in progress")
+            raise _IdInProgress(f"request id {request_id} is already in progress")
         if len(self._incoming) >= self.max_incoming:
             self.busy_rejections += 1
             self._error_frame(request_id, E.SERVER_BUSY, "too many requests in progress")
