@@ -433,3 +433,53 @@ def test_async_calls_leave_no_protocol_timers_behind() -> None:
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund() -> None:
+    """The deposit runs in a thread the cancellation cannot stop: the escrow it made
+    was lost (its fee locked until someone found it); now it waits in ``unanswered``."""
+    from dtp.chain.local import LocalLedger
+    from dtp.messaging.rpc import ResponsePrepay
+
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowPrepay(ResponsePrepay):
+        def deposit(self, timeout: float) -> str:
+            entered.set()
+            release.wait(10)
+            return super().deposit(timeout)
+
+    prepay = SlowPrepay(ledger, client_id, server_id.sui_address, 10)
+
+    async def main() -> None:
+        rpc = AsyncRpcServer()
+        rpc.register("echo", lambda p: p)
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        reader, writer = await dtp.aio.open_connection(
+            *server.address, server_key=server_id.noise_public
+        )
+        try:
+            async with AsyncRpcClient(reader, writer, timeout=5, prepay=prepay) as client:
+                call = asyncio.create_task(client.call("echo", 1))
+                while not entered.is_set():
+                    await asyncio.sleep(0.01)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                release.set()
+                for _ in range(500):
+                    if prepay.unanswered:
+                        break
+                    await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert len(prepay.unanswered) == 1
+    assert ledger.get_response_escrow(prepay.unanswered[0]).state == 0  # open, refundable
+    ledger.close()

@@ -1664,6 +1664,24 @@ class _ServerStream:
 # -- asyncio --------------------------------------------------------------------------------------
 
 
+async def _deposit(prepay: ResponsePrepay, timeout: float) -> str:
+    """``prepay.deposit(timeout)`` in a worker thread. A call cancelled meanwhile cannot
+    stop the thread: the escrow it then makes is left in ``prepay.unanswered``, for
+    :meth:`ResponsePrepay.refund_due` (it was lost, the fee locked until someone
+    found it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(prepay.deposit, timeout))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+
+        def orphaned(done: asyncio.Future[str]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                prepay.unanswered.append(done.result())
+
+        work.add_done_callback(orphaned)
+        raise
+
+
 class AsyncRpcClient:
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
     :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
@@ -1728,9 +1746,7 @@ class AsyncRpcClient:
                 extra = extra or {}
                 extra["r"] = receipt.encode()
         if self.prepay is not None:
-            escrow_id = await asyncio.to_thread(
-                self.prepay.deposit, timeout if timeout is not None else 60.0
-            )
+            escrow_id = await _deposit(self.prepay, timeout if timeout is not None else 60.0)
             extra = extra or {}
             extra["re"] = escrow_id
             if self._closed is not None:  # closed while the deposit was made
