@@ -8,7 +8,6 @@ connection on 127.0.0.1, the server on an event loop in a thread of this process
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +19,16 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import fee
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.paid_aio import PaidAioServer
+from tests.paid_twins import (
+    funded_ledger,
+    ident,
+    loop_in_thread,
+    stop,
+    streams_forever_aio,
+)
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -34,59 +39,19 @@ POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5, refresh_interval=
 DEPOSIT = 200_000
 LOWERED = 6000
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
 SERVER, CLIENT = ident(0x77), ident(0x78)
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in a thread (the client here is blocking)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with loop_in_thread() as loop:
         yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-
-
-async def streams_forever(reader: PaidReader, writer: PaidWriter) -> None:
-    assert await reader.readexactly(2) == b"go"
-    chunk = b"x" * (64 << 10)
-    with pytest.raises(DTPError):
-        while True:
-            writer.write(chunk)
-            await writer.drain()
-
-
-async def until_idle(server: PaidAioServer) -> None:
-    """Wait until the server's connections have ended and settled."""
-    while server._handling:
-        await asyncio.sleep(0.01)
-
-
-async def stop(server: PaidAioServer) -> None:
-    """Close the server (on its loop: asyncio's server is not thread-safe) and wait
-    until its connections have ended and settled."""
-    server.close()
-    await server.wait_closed()
-    await until_idle(server)
 
 
 def test_a_cap_lowered_while_open_stops_the_receipts_it_would_not_pay(
@@ -102,7 +67,7 @@ def test_a_cap_lowered_while_open_stops_the_receipts_it_would_not_pay(
         dtp.aio.serve(
             host_id,
             PORT,
-            streams_forever,
+            streams_forever_aio,
             ledger=server_ledger,
             identity=SERVER,
             receipts=tmp_path / "receipts.db",

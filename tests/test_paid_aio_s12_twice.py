@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,19 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.escrow import object_id_bytes
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.paid_aio import PaidAioServer
+from tests.paid_twins import (
+    again,
+    funded_ledger,
+    ident,
+    loop_in_thread,
+    stop,
+    streams_forever_aio,
+    until_idle,
+)
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -35,68 +40,25 @@ POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5)
 DEPOSIT = 200_000
 FIRST = 1 << 20
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
 SERVER, CLIENT = ident(0x75), ident(0x76)
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in a thread (the clients here are blocking)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with loop_in_thread() as loop:
         yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
-async def streams_forever(reader: PaidReader, writer: PaidWriter) -> None:
-    assert await reader.readexactly(2) == b"go"
-    chunk = b"x" * (64 << 10)
-    with pytest.raises(DTPError):
-        while True:
-            writer.write(chunk)
-            await writer.drain()
-
-
-def again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
-    """Connect straight to the server naming ``cid``, send ``receipt`` (another
-    connection's) and read what is served: the bytes read."""
-    config = ConnectionConfig(
-        identity=CLIENT, is_client=True, connection_id=object_id_bytes(cid), port=PORT
+def _again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
+    return again(
+        address, cid, receipt, client=CLIENT, server_key=SERVER.noise_public, port=PORT, limit=FIRST
     )
-    got = 0
-    with dtp.socket.create_connection(
-        address, timeout=5, server_key=SERVER.noise_public, identity=CLIENT, config=config
-    ) as second:
-        engine = second._engine
-        with engine.lock:
-            engine.conn.send_receipt(receipt)
-            engine.flush()
-        second.sendall(b"go")
-        while got < FIRST:
-            data = second.recv(1 << 16)
-            if not data:
-                break
-            got += len(data)
-    return got
 
 
 def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
@@ -109,7 +71,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         dtp.aio.serve(
             host_id,
             PORT,
-            streams_forever,
+            streams_forever_aio,
             ledger=server_ledger,
             identity=SERVER,
             receipts=tmp_path / "receipts.db",
@@ -139,7 +101,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
             # the same connection ID again, from the same client, with the first one's
             # receipt: before, 1 MiB more was served on it
             with pytest.raises(DTPError):
-                again(server.address, cid, paid.encode())
+                _again(server.address, cid, paid.encode())
             # the first one is served on as before
             assert first.recv(1 << 16)
     finally:
@@ -149,20 +111,6 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
     assert escrow.claimed >= paid.total_amount
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
-
-
-async def until_idle(server: PaidAioServer) -> None:
-    """Wait until the server's connections have ended and settled."""
-    while server._handling:
-        await asyncio.sleep(0.01)
-
-
-async def stop(server: PaidAioServer) -> None:
-    """Close the server (on its loop: asyncio's server is not thread-safe) and wait
-    until its connections have ended and settled."""
-    server.close()
-    await server.wait_closed()
-    await until_idle(server)
 
 
 def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
@@ -183,7 +131,7 @@ def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
         dtp.aio.serve(
             host_id,
             PORT,
-            streams_forever,
+            streams_forever_aio,
             ledger=server_ledger,
             identity=SERVER,
             receipts=tmp_path / "receipts.db",
@@ -222,7 +170,7 @@ def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
         # money, yet a fresh gate counted it in full
         resigned = dataclasses.replace(paid, nonce=paid.nonce + 1, signature=b"").sign(CLIENT)
         with pytest.raises(DTPError):
-            again(address, cid, resigned.encode())
+            _again(address, cid, resigned.encode())
     finally:
         asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
         server_ledger.close()

@@ -16,9 +16,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import fee
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket, ServicePolicy
+from tests.paid_twins import funded_ledger, ident
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -29,22 +29,13 @@ POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5, refresh_interval=
 DEPOSIT = 200_000
 LOWERED = 6000
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
 SERVER, CLIENT = ident(0x63), ident(0x64)
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 def test_a_cap_lowered_while_open_stops_the_receipts_it_would_not_pay(

@@ -16,12 +16,10 @@ import pytest
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.escrow import object_id_bytes
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
+from dtp.paid import ServicePolicy
+from tests.paid_twins import again, funded_ledger, ident, streams_forever
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -30,53 +28,19 @@ POLICY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=0.5)
 DEPOSIT = 200_000
 FIRST = 1 << 20
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
 SERVER, CLIENT = ident(0x65), ident(0x66)
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
-def streams_forever(sock: PaidSocket) -> None:
-    assert sock.recv(2) == b"go"
-    chunk = b"x" * (64 << 10)
-    with pytest.raises(DTPError):
-        while True:
-            sock.sendall(chunk)
-
-
-def again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
-    """Connect straight to the server naming ``cid``, send ``receipt`` (another
-    connection's) and read what is served: the bytes read."""
-    config = ConnectionConfig(
-        identity=CLIENT, is_client=True, connection_id=object_id_bytes(cid), port=PORT
+def _again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
+    return again(
+        address, cid, receipt, client=CLIENT, server_key=SERVER.noise_public, port=PORT, limit=FIRST
     )
-    got = 0
-    with dtp.socket.create_connection(
-        address, timeout=5, server_key=SERVER.noise_public, identity=CLIENT, config=config
-    ) as second:
-        engine = second._engine
-        with engine.lock:
-            engine.conn.send_receipt(receipt)
-            engine.flush()
-        second.sendall(b"go")
-        while got < FIRST:
-            data = second.recv(1 << 16)
-            if not data:
-                break
-            got += len(data)
-    return got
 
 
 def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
@@ -116,7 +80,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         # the same connection ID again, from the same client, with the first one's
         # receipt: before, 1 MiB more was served on it
         with pytest.raises(DTPError):
-            again(server.address, cid, paid.encode())
+            _again(server.address, cid, paid.encode())
         # the first one is served on as before
         first.recv(1 << 16)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)

@@ -1,0 +1,118 @@
+"""What the paid-server tests written in twins (blocking and asyncio server, the same
+story) share: identities, a funded ledger, an event loop in a thread, handlers that
+stream until the server cuts them off, and a raw second connection on a ledger
+connection ID."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.connection import ConnectionConfig
+from dtp.errors import DTPError
+from dtp.escrow import object_id_bytes
+from dtp.keys import HostIdentity
+from dtp.paid import PaidSocket
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+
+CHUNK = b"x" * (64 << 10)
+
+
+def ident(seed: int) -> HostIdentity:
+    """A fixed identity (the same keys in every run)."""
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+@contextmanager
+def funded_ledger(tmp_path: Path, client: HostIdentity) -> Iterator[LocalLedger]:
+    """A LocalLedger file in ``tmp_path`` where ``client`` has 10,000,000 MIST."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    ledger.faucet(client.sui_address, 10_000_000)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@contextmanager
+def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own (the clients are blocking)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def streams_forever(sock: PaidSocket) -> None:
+    """Blocking handler: after the client's b"go", send until the server cuts it off."""
+    assert sock.recv(2) == b"go"
+    with pytest.raises(DTPError):
+        while True:
+            sock.sendall(CHUNK)
+
+
+async def streams_forever_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    """asyncio handler: after the client's b"go", write until the server cuts it off."""
+    assert await reader.readexactly(2) == b"go"
+    with pytest.raises(DTPError):
+        while True:
+            writer.write(CHUNK)
+            await writer.drain()
+
+
+async def until_idle(server: PaidAioServer) -> None:
+    """Wait until the server's connections have ended and settled."""
+    while server._handling:
+        await asyncio.sleep(0.01)
+
+
+async def stop(server: PaidAioServer) -> None:
+    """Close the server (on its loop: asyncio's server is not thread-safe) and wait
+    until its connections have ended and settled."""
+    server.close()
+    await server.wait_closed()
+    await until_idle(server)
+
+
+def again(
+    address: tuple[str, int],
+    cid: str,
+    receipt: bytes,
+    *,
+    client: HostIdentity,
+    server_key: bytes,
+    port: int,
+    limit: int,
+) -> int:
+    """Connect straight to the server naming ``cid`` (port ``port``), send ``receipt``
+    (another connection's) and read what is served, up to ``limit``: the bytes read."""
+    config = ConnectionConfig(
+        identity=client, is_client=True, connection_id=object_id_bytes(cid), port=port
+    )
+    got = 0
+    with dtp.socket.create_connection(
+        address, timeout=5, server_key=server_key, identity=client, config=config
+    ) as second:
+        engine = second._engine
+        with engine.lock:
+            engine.conn.send_receipt(receipt)
+            engine.flush()
+        second.sendall(b"go")
+        while got < limit:
+            data = second.recv(1 << 16)
+            if not data:
+                break
+            got += len(data)
+    return got
