@@ -42,6 +42,7 @@ __all__ = [
     "CapShare",
     "CapShares",
     "ClientMeter",
+    "ConnectionIds",
     "GateState",
     "GateVerdict",
     "MeteringConfig",
@@ -289,6 +290,42 @@ class CapShares:
             if share is not None and share._leave(gate):
                 self._shares.pop(share.cap_id, None)
             gate.share = None
+
+
+class ConnectionIds:
+    """The ledger connection IDs a paid server is serving or settling: one DTP connection
+    per ledger connection at a time. A second DTP connection naming an ID in use would,
+    on a gate of its own, count the first one's receipts again and take another
+    allowance from one escrow.
+
+    Its own lock, held only for a set operation, makes it safe from the blocking
+    server's threads and costs the asyncio server's event loop nothing noticeable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    def reserve(self, connection_id: str) -> bool:
+        """Take ``connection_id``; False (and nothing changes) when it is taken already."""
+        with self._lock:
+            if connection_id in self._ids:
+                return False
+            self._ids.add(connection_id)
+            return True
+
+    def release(self, connection_id: str) -> None:
+        """Give ``connection_id`` back (its connection is served and settled); releasing
+        one not taken does nothing."""
+        with self._lock:
+            self._ids.discard(connection_id)
+
+    def __contains__(self, connection_id: object) -> bool:
+        with self._lock:
+            return connection_id in self._ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
 
 
 def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, int]:

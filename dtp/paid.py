@@ -55,6 +55,7 @@ from dtp.metering import (
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     CapShares,
+    ConnectionIds,
     GateState,
     GateVerdict,
     MeteringConfig,
@@ -738,9 +739,9 @@ class PaidServer:
         self.handler = handler
         self.policy = policy or ServicePolicy()
         self._live: dict[int, _PaidConnection] = {}
-        #: Connection IDs being served or settled (under _live_lock): one DTP connection
-        #: per ledger connection at a time
-        self._serving: set[str] = set()
+        #: Connection IDs being served or settled: one DTP connection per ledger
+        #: connection at a time
+        self._serving = ConnectionIds()
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
         self._handling = 0  # _handle calls running (they may still write receipts)
@@ -824,26 +825,22 @@ class PaidServer:
             return
         admitted = self.admission.take_admitted(cid)
         key = normalize_id(cid, "connection ID")
-        with self._live_lock:
-            taken = key in self._serving
-            if not taken:
-                self._serving.add(key)
-        if taken or self.receipt_writer.latest(key) is not None:
-            # A second DTP connection on the same ledger connection: on a gate of its
-            # own it counted the first one's receipts again (the client paid once for
-            # twice the service) and took another allowance from one escrow. Nor may one
-            # come back after its receipts: its new gate would count them once more.
+        # A second DTP connection on the same ledger connection: on a gate of its own it
+        # counted the first one's receipts again (the client paid once for twice the
+        # service) and took another allowance from one escrow. Nor may one come back
+        # after its receipts: its new gate would count them once more.
+        if not self._serving.reserve(key):
             logger.warning("refused connection %s: already served", cid)
             sock.abort("this connection ID is already served")
-            if not taken:
-                with self._live_lock:
-                    self._serving.discard(key)
             return
         try:
+            if self.receipt_writer.latest(key) is not None:
+                logger.warning("refused connection %s: already served", cid)
+                sock.abort("this connection ID is already served")
+                return
             self._serve_paid(sock, cid, client, admitted)
         finally:
-            with self._live_lock:
-                self._serving.discard(key)
+            self._serving.release(key)
 
     def _serve_paid(
         self, sock: DTPSocket, cid: str, client: str, admitted: Admitted | None

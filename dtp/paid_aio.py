@@ -30,6 +30,7 @@ from dtp.metering import (
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     CapShares,
+    ConnectionIds,
     GateState,
     GateVerdict,
     ReceiptGate,
@@ -572,7 +573,7 @@ class PaidAioServer:
         self._live: set[_PaidConnection] = set()
         #: Connection IDs being served or settled: one DTP connection per ledger
         #: connection at a time
-        self._serving: set[str] = set()
+        self._serving = ConnectionIds()
         self._policy_task: asyncio.Task[None] | None = None
         self._closed = False
         self._closing = asyncio.Event()
@@ -652,11 +653,10 @@ class PaidAioServer:
         # took another allowance from one escrow. Nor may one come back after its
         # receipts were kept: its new gate would count them once more. The ID is
         # reserved before the store is read (in a thread), so that two cannot both pass.
-        if cid in self._serving:
+        if not self._serving.reserve(cid):
             logger.warning("refused connection %s: already served", cid)
             writer.abort("this connection ID is already served")
             return
-        self._serving.add(cid)
         try:
             held = await asyncio.to_thread(self.receipt_writer.latest, cid)
             if held is not None:
@@ -665,7 +665,7 @@ class PaidAioServer:
                 return
             await self._serve_paid(reader, writer, proto, cid, client)
         finally:
-            self._serving.discard(cid)
+            self._serving.release(cid)
 
     async def _serve_paid(
         self,
