@@ -31,7 +31,11 @@ replayed to the server. Put nothing secret in message 1, and nothing whose repla
 
 Any failure while reading (malformed, truncated, oversized or undecryptable message,
 unknown pattern id, message out of turn) raises :class:`~dtp.errors.HandshakeError`, and
-the handshake is then dead: every later call raises ``HandshakeError`` too. A client
+the handshake is then dead: every later call raises ``HandshakeError`` too. On a lossy
+carrier, where anyone may slip in a forged or damaged message before the genuine one,
+``read_message(message, keep_state=True)`` instead leaves the handshake exactly as it
+was (the message is as if never read) and the genuine message, or its retransmission,
+can still complete it. A client
 that used the wrong server key in IK never gets a reply (the server's ``read_message``
 raises on message 1 and there is nothing to send back); the connection layer sees the
 carrier close or its handshake timeout. A message 2 from anyone but the holder of the
@@ -111,6 +115,17 @@ PROTOCOL_NAMES: Final[dict[int, bytes]] = {
     PATTERN_XX: b"Noise_XX_25519_ChaChaPoly_BLAKE2s",
 }
 _MESSAGE_COUNT: Final[dict[int, int]] = {PATTERN_IK: 2, PATTERN_XX: 3}
+# What Noise adds to the payload of each message, by pattern and message number (pattern
+# byte not counted): 32 per ephemeral key, 48 per encrypted static key, 16 for the
+# payload's tag once there is a key. Lets a read refuse an oversized payload before Noise
+# changes any state.
+_NOISE_OVERHEAD: Final[dict[tuple[int, int], int]] = {
+    (PATTERN_IK, 1): 32 + 48 + 16,
+    (PATTERN_IK, 2): 32 + 16,
+    (PATTERN_XX, 1): 32,
+    (PATTERN_XX, 2): 32 + 48 + 16,
+    (PATTERN_XX, 3): 48 + 16,
+}
 
 #: Upper bound on every handshake message, pattern byte and payload included (the
 #: handshake record body limit of docs/protocol.md).
@@ -579,19 +594,39 @@ class Handshake:
         self._after_message(state)
         return body
 
-    def read_message(self, message: bytes) -> bytes:
+    def read_message(self, message: bytes, *, keep_state: bool = False) -> bytes:
         """Process a handshake message from the peer; return the payload it carried.
 
         Raises :class:`HandshakeError` for anything wrong with it (see the module docs);
-        after that the handshake is dead. Also raises it, without killing the handshake,
-        when the handshake is already complete or failed.
+        after that the handshake is dead, unless ``keep_state`` is true: then the
+        handshake is left exactly as it was before the call (:attr:`failed` stays
+        False) and can read the genuine message still; for lossy carriers, where a
+        forged or damaged message must be dropped. Also raises it, without killing the
+        handshake, when the handshake is already complete or failed.
         """
         self._check_usable()
         data = _as_bytes("message", message)
+        if not keep_state:
+            try:
+                return self._read(data)
+            except HandshakeError:
+                self._failed = True
+                raise
+        # Noise mixes a message into its state before the AEAD check can fail: save the
+        # little a read changes, to put it back (only here, off the reliable-carrier path)
+        noise = self._noise
+        saved = None if noise is None else _save_read_state(noise)
         try:
             return self._read(data)
         except HandshakeError:
-            self._failed = True
+            if saved is None:  # message 1 at a responder: start again from nothing
+                if self._noise is not None:
+                    # keep the ephemeral key object (its public half costs a DH)
+                    self._ephemeral_keypair = self._noise.noise_protocol.handshake_state.e
+                self._noise = None
+                self._pattern = None
+            else:
+                _restore_read_state(noise, saved)
             raise
 
     def _read(self, data: bytes) -> bytes:
@@ -609,6 +644,13 @@ class Handshake:
                 raise HandshakeError(f"unknown handshake pattern id {pattern}")
             self._pattern = pattern
             self._noise = self._start_noise(pattern)
+        assert self._pattern is not None
+        # checked before Noise reads it: a failed read must change nothing (keep_state)
+        payload_size = len(data) - _NOISE_OVERHEAD[self._pattern, self._messages_done + 1]
+        if payload_size > MAX_PAYLOAD_SIZE:
+            raise HandshakeError(
+                f"handshake payload of {payload_size} bytes exceeds {MAX_PAYLOAD_SIZE}"
+            )
         noise = self._noise
         state = noise.noise_protocol.handshake_state
         try:
@@ -619,10 +661,6 @@ class Handshake:
                 f"invalid handshake message {self._messages_done + 1} "
                 "(malformed, or not from the expected peer)"
             ) from None
-        if len(payload) > MAX_PAYLOAD_SIZE:
-            raise HandshakeError(
-                f"handshake payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}"
-            )
         self._after_message(state)
         if self._messages_done == 1 and self._pattern == PATTERN_IK:
             # IK message 1 opens with the client's ephemeral public key, in clear
@@ -646,6 +684,28 @@ class Handshake:
                 bytes(protocol.cipher_state_decrypt.k),
             )
             self._noise = None  # drop Noise state (and its copies of the keys)
+
+
+def _save_read_state(noise: Any) -> tuple[Any, ...]:
+    """What noiseprotocol's ``read_message`` changes before it can fail: the turn, the
+    message patterns left, the remote keys, ``h``, ``ck`` and the handshake cipher's key
+    and nonce. (It changes more only once the read succeeded: Split.)"""
+    hs = noise.noise_protocol.handshake_state
+    ss = hs.symmetric_state
+    cs = ss.cipher_state
+    return (noise._next_fn, list(hs.message_patterns), hs.re, hs.rs, ss.h, ss.ck, cs.k, cs.n)
+
+
+def _restore_read_state(noise: Any, saved: tuple[Any, ...]) -> None:
+    """Put back what :func:`_save_read_state` saved."""
+    hs = noise.noise_protocol.handshake_state
+    ss = hs.symmetric_state
+    cs = ss.cipher_state
+    noise._next_fn, hs.message_patterns, hs.re, hs.rs, ss.h, ss.ck, key, cs.n = saved
+    if key is not cs.k:
+        cs.k = key
+        if cs.has_key():
+            cs.cipher.initialize(key)
 
 
 # -- channel binding ------------------------------------------------------------------------

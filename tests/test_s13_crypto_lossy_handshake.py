@@ -1,0 +1,188 @@
+"""A forged or damaged handshake message on a lossy carrier is dropped: the handshake is
+left exactly as it was, and the genuine message (or its retransmission) completes it.
+On a reliable carrier the same message still fails the handshake."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from dtp import _core
+from dtp.carriers.memory import MemoryLink
+from dtp.connection import CloseCode, Connection
+from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
+from dtp.errors import HandshakeError
+from dtp.events import PeerAuthenticated
+from dtp.keys import HostIdentity
+from tests.test_connection import Side, make_pair
+
+CLIENT = HostIdentity.generate()
+SERVER = HostIdentity.generate()
+OTHER = HostIdentity.generate()
+
+
+def _pair(pattern: int) -> tuple[Handshake, Handshake]:
+    remote = SERVER.noise_public if pattern == PATTERN_IK else None
+    initiator = Handshake.initiator(CLIENT.noise_private_bytes(), os.urandom(32), remote)
+    responder = Handshake.responder(SERVER.noise_private_bytes(), os.urandom(32))
+    return initiator, responder
+
+
+def _flip_last(message: bytes) -> bytes:
+    return message[:-1] + bytes([message[-1] ^ 1])
+
+
+def _random_same_size(message: bytes) -> bytes:
+    # keeps the pattern byte of message 1, so the forgery gets as far as Noise
+    return message[:1] + os.urandom(len(message) - 1)
+
+
+def _other_server_ik(message: bytes) -> bytes:
+    # a genuine IK message 1, but to another server's key: fails Noise at ``es``
+    initiator = Handshake.initiator(
+        CLIENT.noise_private_bytes(), os.urandom(32), OTHER.noise_public
+    )
+    return initiator.write_message(b"forged")
+
+
+FORGERIES: dict[str, Callable[[bytes], bytes]] = {
+    "bit-flip": _flip_last,
+    "random": _random_same_size,
+    "truncated": lambda m: m[:-17],
+    "extended": lambda m: m + b"\0",
+    "empty": lambda m: b"",
+    "oversized": lambda m: m[:1] + bytes(MAX_MESSAGE_SIZE),
+}
+
+# (pattern, message number read): XX message 1 is not authenticated at all, so only
+# what Noise can refuse of it is tested (a wrong length, not a changed byte)
+READS = [(PATTERN_IK, 1), (PATTERN_IK, 2), (PATTERN_XX, 2), (PATTERN_XX, 3)]
+
+
+@pytest.mark.parametrize(("pattern", "index"), READS)
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_failed_read_with_keep_state_changes_nothing(
+    pattern: int, index: int, forgery: str
+) -> None:
+    initiator, responder = _pair(pattern)
+    sides = (initiator, responder)
+    turn = 1
+    while not (initiator.complete and responder.complete):
+        writer, reader = sides[(turn - 1) % 2], sides[turn % 2]
+        message = writer.write_message(b"payload %d" % turn)
+        if turn == index:
+            before = repr(reader)
+            with pytest.raises(HandshakeError):
+                reader.read_message(FORGERIES[forgery](message), keep_state=True)
+            assert not reader.failed and repr(reader) == before
+            assert not reader.wants_write
+        assert reader.read_message(message, keep_state=True) == b"payload %d" % turn
+        turn += 1
+    assert initiator.transport_keys() == responder.transport_keys()[::-1]
+    assert initiator.handshake_hash == responder.handshake_hash
+    assert initiator.remote_static == SERVER.noise_public
+    assert responder.remote_static == CLIENT.noise_public
+
+
+def test_ik_message_1_to_another_server_is_dropped_then_the_genuine_one_reads() -> None:
+    initiator, responder = _pair(PATTERN_IK)
+    for _ in range(3):  # several in a row, each leaving the responder untouched
+        with pytest.raises(HandshakeError):
+            responder.read_message(_other_server_ik(b""), keep_state=True)
+        assert responder.pattern is None and not responder.failed
+    responder.read_message(initiator.write_message(b"hi"), keep_state=True)
+    assert responder.pattern == PATTERN_IK
+    initiator.read_message(responder.write_message(b""))
+    assert initiator.transport_keys() == responder.transport_keys()[::-1]
+    assert responder.auth_binding == initiator.auth_binding
+
+
+def test_without_keep_state_a_failed_read_still_kills_the_handshake() -> None:
+    initiator, responder = _pair(PATTERN_IK)
+    message = initiator.write_message(b"")
+    with pytest.raises(HandshakeError):
+        responder.read_message(_flip_last(message))
+    assert responder.failed
+    with pytest.raises(HandshakeError, match="already failed"):
+        responder.read_message(message)
+
+
+# -- end to end: two connections over the in-memory carrier ----------------------------
+
+
+def _forge_first(conn: Connection, kind: int, forge: Callable[[bytes], bytes]) -> list[int]:
+    """Have ``conn`` receive a forged copy of the first handshake record of ``kind``
+    just before the genuine one; returns a list that counts the forgeries made."""
+    genuine = conn.receive_datagram if not conn.config.reliable_carrier else conn.receive_data
+    made: list[int] = []
+
+    def receive(data: bytes, now: float) -> None:
+        if not made and data[:1] == bytes([kind]):
+            body = forge(bytes(data[12:]))
+            made.append(kind)
+            genuine(_core.write_record_header(kind, 0, len(body), 0) + body, now)
+            if conn.closed:
+                return
+        genuine(data, now)
+
+    if conn.config.reliable_carrier:
+        conn.receive_data = receive  # type: ignore[method-assign]
+    else:
+        conn.receive_datagram = receive  # type: ignore[method-assign]
+    return made
+
+
+def _open(
+    ik: bool, reliable: bool, target: str, kind: int, forge: Callable[[bytes], bytes]
+) -> tuple[Side, Side, MemoryLink, list[int]]:
+    client, server = make_pair(ik=ik, reliable_carrier=reliable)
+    c, s = Side(client), Side(server)
+    made = _forge_first(client if target == "client" else server, kind, forge)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and not server.established and not server.closed:
+            server.accept()
+
+    link.run(
+        lambda: (client.established and server.established) or client.closed or server.closed,
+        on_round=step,
+    )
+    return c, s, link, made
+
+
+# (IK?, who receives the forgery, record kind): HS_INIT 1, HS_RESP 2, HS_FINAL 3
+E2E = [(True, "server", 1), (True, "client", 2), (False, "client", 2), (False, "server", 3)]
+
+
+@pytest.mark.parametrize(("ik", "target", "kind"), E2E)
+@pytest.mark.parametrize("forgery", ["bit-flip", "random"])
+def test_lossy_carrier_drops_a_forged_handshake_message_and_opens(
+    ik: bool, target: str, kind: int, forgery: str
+) -> None:
+    c, s, link, made = _open(ik, False, target, kind, FORGERIES[forgery])
+    assert made == [kind]
+    assert c.conn.established and s.conn.established, (c.conn.termination, s.conn.termination)
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"ping", end_stream=True)
+    assert link.run(lambda: sid in s.eof, on_round=lambda: (c.drain(), s.drain()))
+    assert bytes(s.data[sid]) == b"ping"
+    s.conn.send_stream_data(sid, b"pong", end_stream=True)
+    assert link.run(lambda: sid in c.eof, on_round=lambda: (c.drain(), s.drain()))
+    assert bytes(c.data[sid]) == b"pong"
+
+
+@pytest.mark.parametrize(("ik", "target", "kind"), E2E)
+def test_reliable_carrier_still_fails_on_a_forged_handshake_message(
+    ik: bool, target: str, kind: int
+) -> None:
+    c, s, _, made = _open(ik, True, target, kind, _flip_last)
+    assert made == [kind]
+    victim = c.conn if target == "client" else s.conn
+    assert victim.closed
+    assert victim.termination is not None
+    assert victim.termination.error_code == CloseCode.HANDSHAKE_FAILED
