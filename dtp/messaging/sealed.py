@@ -186,7 +186,9 @@ def open_sealed(
     Raises :class:`~dtp.messaging.errors.MalformedSealed` for bytes that are not a sealed
     message, :class:`~dtp.messaging.errors.SealedDecryptError` when it is not for us or was
     altered, :class:`~dtp.messaging.errors.ForgedSender` when an ``X`` message's sender
-    proof fails or (with ``ledger``) its claimed host publishes another Noise key.
+    proof fails or (with ``ledger``) its claimed host does not exist or publishes another
+    Noise key. Any other :class:`~dtp.errors.ChainError` of the ledger (unreachable...)
+    propagates: it says nothing about the message, which may be opened again later.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise E.MalformedSealed("a sealed message is bytes")
@@ -247,11 +249,13 @@ def open_sealed(
         raise E.ForgedSender("the sender's signature does not bind its key to this message")
     address = sui_address_from_public_key(public_key)
     if sender_host is not None and ledger is not None:
-        from dtp.errors import ChainError
+        from dtp.errors import InvalidObjectId, ObjectNotFound
 
+        # only "no such host" proves the claim false: a ledger that cannot be reached
+        # (LedgerUnavailable...) must not make a genuine message a forgery, dropped for good
         try:
             host = ledger.get_host(sender_host)
-        except ChainError:
+        except (ObjectNotFound, InvalidObjectId):
             raise E.ForgedSender(
                 f"the sender claims host {sender_host}, which does not exist"
             ) from None
@@ -262,6 +266,18 @@ def open_sealed(
     return OpenedMessage(
         message_id, body, sent_ms, recipient_host, sender_static, address, sender_host
     )
+
+
+def _canonical(host_id: str) -> str:
+    """``host_id`` as the ledger spells object IDs (``0x`` + 64 lower-case hex); other
+    text (not an object ID) as it is."""
+    from dtp.chain.objects import normalize_id
+    from dtp.errors import InvalidObjectId
+
+    try:
+        return normalize_id(host_id, "host ID")
+    except InvalidObjectId:
+        return host_id
 
 
 def send_sealed(
@@ -297,7 +313,8 @@ class SealedInbox:
 
     ``max_seen`` bounds the remembered message ids (oldest forgotten first). A state
     file that is not what :meth:`_save` writes raises
-    :class:`~dtp.messaging.errors.SealedError` naming it.
+    :class:`~dtp.messaging.errors.SealedError` naming it. ``host_id`` and the recipient a
+    message names are compared as object IDs (``0xAB`` is ``0x00…ab``).
     """
 
     def __init__(
@@ -311,7 +328,7 @@ class SealedInbox:
         verify_hosts: bool = True,
     ) -> None:
         self.identity = identity
-        self.host_id = host_id
+        self.host_id = _canonical(host_id)
         self.ledger = ledger
         self.verify_hosts = verify_hosts
         self.max_seen = max_seen
@@ -380,7 +397,9 @@ class SealedInbox:
             name = type(exc).__name__
             self.rejected[name] = self.rejected.get(name, 0) + 1
             raise
-        if message.recipient_host is not None and message.recipient_host != self.host_id:
+        if message.recipient_host is not None and _canonical(message.recipient_host) != (
+            self.host_id
+        ):
             self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
             raise E.SealedDecryptError()
         return OpenedMessage(**{**message.__dict__, "via": via})
@@ -400,18 +419,33 @@ class SealedInbox:
 
     def _settle(self, message_id: bytes, delivered: bool) -> None:
         """End a :meth:`_claim`: remember the id if the message was delivered."""
+        self._settle_all([message_id], delivered)
+
+    def _settle_all(
+        self, message_ids: list[bytes], delivered: bool, cursor: str | None = None
+    ) -> None:
+        """End the :meth:`_claim` of each of ``message_ids``: remember them if they were
+        delivered, and then ``cursor`` when given; the state file is written once."""
         with self._settled:
-            self._pending.discard(message_id)
+            for message_id in message_ids:
+                self._pending.discard(message_id)
+                if delivered:
+                    self._seen[message_id] = None
             if delivered:
-                self._seen[message_id] = None
                 while len(self._seen) > self.max_seen:
                     self._seen.popitem(last=False)
+                if cursor is not None:
+                    self.cursor = cursor
                 self._save()
             self._settled.notify_all()
 
     def fetch(self, limit: int = 1000, *, wait: float = 0.0) -> list[OpenedMessage]:
         """Read the ledger mailbox after the saved cursor (waiting up to ``wait`` seconds
-        for something new); returns the new messages. Bad mail is skipped and counted."""
+        for something new); returns the new messages. Bad mail is skipped and counted.
+
+        The batch is all or nothing: when reading or checking it fails (the ledger is
+        unreachable...), the error propagates and neither the cursor nor the messages'
+        ids are remembered, so the next call reads the same mail again."""
         from dtp.chain.objects import EventFilter
 
         if self.ledger is None:
@@ -421,22 +455,33 @@ class SealedInbox:
             events, cursor = self.ledger.wait_events(self.cursor, wait, flt, limit)
         else:
             events, cursor = self.ledger.events(self.cursor, flt, limit)
-        out = []
-        for event in events:
-            if event.fields.get("recipient_host") != self.host_id:
-                continue
-            payload = event.fields.get("payload")
-            if not isinstance(payload, bytes):
-                continue
-            try:
-                message = self.accept(payload, via="mailbox")
-            except E.SealedError:
-                continue
-            if message is not None:
+        out: list[OpenedMessage] = []
+        claimed: dict[bytes, None] = {}  # in mailbox order (the oldest seen go first)
+        try:
+            for event in events:
+                if event.fields.get("recipient_host") != self.host_id:
+                    continue
+                payload = event.fields.get("payload")
+                if not isinstance(payload, bytes):
+                    continue
+                try:
+                    message = self._open(payload, "mailbox")
+                except E.SealedError:
+                    continue
+                if message.message_id in claimed:
+                    # the same mail twice in one batch (_claim would wait on us)
+                    with self._lock:
+                        self.duplicates += 1
+                    continue
+                if not self._claim(message.message_id):
+                    continue
+                claimed[message.message_id] = None
                 out.append(message)
-        with self._lock:
-            self.cursor = cursor
-            self._save()
+        except BaseException:
+            # nothing was handed over: forget the claims, keep the old cursor
+            self._settle_all(list(claimed), delivered=False)
+            raise
+        self._settle_all(list(claimed), delivered=True, cursor=cursor)
         return out
 
     def register(self, server: RpcServer, on_message: Any) -> None:

@@ -1,0 +1,145 @@
+"""Sealed messages, session 13: a ledger that cannot be reached while an inbox checks a
+sender loses no mail (the batch is read again), and host IDs compare as object IDs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.errors import ChainError
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.sealed import SealedInbox, open_sealed, seal
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str, str]]:
+    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
+    alice, bob = HostIdentity.generate(), HostIdentity.generate()
+    ha = ledger.create_host(alice, alice.noise_public)
+    hb = ledger.create_host(bob, bob.noise_public)
+    yield ledger, alice, bob, ha, hb
+    ledger.close()
+
+
+def _unavailable() -> ChainError:
+    # what SuiLedger raises when its node cannot be reached (sui_client.LedgerUnavailable)
+    return ChainError("the node cannot be reached", name="LedgerUnavailable", module="sui")
+
+
+def test_an_unreachable_ledger_while_checking_a_sender_loses_no_mail(
+    world: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, ha, hb = world
+    for i in range(3):
+        body = b"m%d" % i
+        ledger.mailbox_send(alice, hb, seal(bob.noise_public, body, sender=alice, sender_host=ha))
+    state = tmp_path / "inbox.json"
+    inbox = SealedInbox(bob, hb, ledger, state_path=state)
+
+    real_get_host = ledger.get_host
+    calls = 0
+
+    def flaky_get_host(host_id: str) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the outage hits the second message's sender check
+            raise _unavailable()
+        return real_get_host(host_id)
+
+    monkeypatch.setattr(ledger, "get_host", flaky_get_host)
+    # the outage is the ledger's, not a forgery: it propagates, nothing is consumed
+    with pytest.raises(ChainError) as caught:
+        inbox.fetch()
+    assert caught.value.name == "LedgerUnavailable"
+    assert inbox.rejected == {} and inbox.cursor is None
+
+    # once the ledger answers, the whole batch arrives, in order, exactly once
+    assert [m.body for m in inbox.fetch()] == [b"m0", b"m1", b"m2"]
+    assert inbox.fetch() == [] and inbox.duplicates == 0
+    # and the state file agrees: a restarted inbox has nothing new
+    assert SealedInbox(bob, hb, ledger, state_path=state).fetch() == []
+
+
+def test_open_sealed_propagates_an_outage_but_refuses_a_host_that_does_not_exist(
+    world: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, ha, _hb = world
+    sealed = seal(bob.noise_public, b"hi", sender=alice, sender_host=ha)
+
+    def down(host_id: str) -> object:
+        raise _unavailable()
+
+    monkeypatch.setattr(ledger, "get_host", down)
+    with pytest.raises(ChainError) as caught:
+        open_sealed(bob, sealed, ledger=ledger)
+    assert not isinstance(caught.value, E.SealedError)
+    monkeypatch.undo()
+
+    missing = "0x" + "77" * 32
+    ghost = seal(bob.noise_public, b"hi", sender=alice, sender_host=missing)
+    with pytest.raises(E.ForgedSender):
+        open_sealed(bob, ghost, ledger=ledger)
+    malformed = seal(bob.noise_public, b"hi", sender=alice, sender_host="not an id")
+    with pytest.raises(E.ForgedSender):
+        open_sealed(bob, malformed, ledger=ledger)
+
+
+def test_a_failed_batch_releases_its_claims_for_direct_delivery(
+    world: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, ha, hb = world
+    first = seal(bob.noise_public, b"first", sender=alice, sender_host=ha)
+    ledger.mailbox_send(alice, hb, first)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"second", sender=alice, sender_host=ha))
+    inbox = SealedInbox(bob, hb, ledger)
+    real_get_host = ledger.get_host
+    calls = 0
+
+    def flaky_get_host(host_id: str) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise _unavailable()
+        return real_get_host(host_id)
+
+    monkeypatch.setattr(ledger, "get_host", flaky_get_host)
+    with pytest.raises(ChainError):
+        inbox.fetch()
+    # the first message was claimed by the failed batch, then released: the same bytes
+    # arriving directly are new (accept would block on a claim never settled, or drop it)
+    got = inbox.accept(first)
+    assert got is not None and got.body == b"first"
+    assert [m.body for m in inbox.fetch()] == [b"second"]
+    assert inbox.duplicates == 1
+
+
+def test_host_ids_compare_as_object_ids(world: tuple) -> None:
+    ledger, alice, bob, _ha, hb = world
+    shouted = "0x" + hb[2:].upper()
+    # the recipient named in another spelling of the same ID, and mail sent to one
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"one", recipient_host=shouted))
+    ledger.mailbox_send(alice, shouted, seal(bob.noise_public, b"two", recipient_host=hb))
+    for host_id in (hb, shouted):
+        inbox = SealedInbox(bob, host_id, ledger)
+        assert sorted(m.body for m in inbox.fetch()) == [b"one", b"two"]
+        assert inbox.rejected == {}
+    # another host is still another host
+    other = "0x" + "12" * 32
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"three", recipient_host=other))
+    inbox = SealedInbox(bob, hb, ledger)
+    assert sorted(m.body for m in inbox.fetch()) == [b"one", b"two"]
+    assert inbox.rejected == {"WrongRecipient": 1}
+
+
+def test_the_same_mail_twice_in_one_batch_is_delivered_once(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    sealed = seal(bob.noise_public, b"twice", sender=alice, sender_host=ha)
+    ledger.mailbox_send(alice, hb, sealed)
+    ledger.mailbox_send(alice, hb, sealed)
+    inbox = SealedInbox(bob, hb, ledger)
+    assert [m.body for m in inbox.fetch()] == [b"twice"]
+    assert inbox.duplicates == 1
