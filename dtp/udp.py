@@ -589,6 +589,7 @@ class UdpForwarder:
         self._sessions: dict[tuple[str, int], _Session] = {}
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._retry_at: dict[tuple[str, int], float] = {}
+        self._ending: set[threading.Thread] = set()  # idle sessions being ended
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
@@ -754,7 +755,21 @@ class UdpForwarder:
             for source in [s for s, t in self._retry_at.items() if t <= now]:
                 del self._retry_at[source]
         for session in idle:
+            # ending waits for the relay's final report (up to final_timeout) and for
+            # the close: not in this thread, which forwards every other flow meanwhile
+            thread = threading.Thread(
+                target=self._end_idle, args=(session,), name="dtp-udp-end", daemon=True
+            )
+            with self._lock:
+                self._ending.add(thread)
+            thread.start()
+
+    def _end_idle(self, session: _Session) -> None:
+        try:
             self._end(session)
+        finally:
+            with self._lock:
+                self._ending.discard(threading.current_thread())
 
     def _end(self, session: _Session) -> None:
         with self._lock:
@@ -775,7 +790,8 @@ class UdpForwarder:
 
     def close(self) -> None:
         """Stop forwarding; each session settles its final receipt and closes. Connects
-        in progress are waited for (up to 10 s) and their connections closed."""
+        in progress are waited for (up to 10 s) and their connections closed; so are the
+        idle sessions still ending."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -784,11 +800,15 @@ class UdpForwarder:
             # no session is added after this: a connect that returns sees _closed
             sessions = list(self._sessions.values())
             connects = [c.thread for c in self._connecting.values() if c.thread is not None]
+            # the reader has stopped: no session starts ending after this
+            ending = list(self._ending)
         deadline = time.monotonic() + _CLOSE_WAIT
         for thread in connects:
             thread.join(max(0.0, deadline - time.monotonic()))
         for session in sessions:
             self._end(session)
+        for thread in ending:
+            thread.join()  # (bounded: final_timeout and the connection's close)
         self._udp.close()
 
     def __enter__(self) -> UdpForwarder:

@@ -1,0 +1,112 @@
+"""UDP forwarding when a flow's relay stops answering: the other flows must go on.
+Real UDP sockets and DTP connections on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.udp import UdpBilling, UdpForwarder, relay_udp
+from tests.polling import wait_for
+from tests.test_udp import DnsLikeBackend
+
+SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
+CLIENT = HostIdentity.from_private_bytes(b"\x62" * 32, b"\x62" * 32)
+CONNECTION_ID = "0x" + "ab" * 32
+SLA = Sla(1, 1, 0)
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsLikeBackend]:
+    b = DnsLikeBackend()
+    yield b
+    b.close()
+
+
+def _client() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+    return s
+
+
+def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
+    dns: DnsLikeBackend,
+) -> None:
+    """Ending an idle metered flow waits for the relay's final report (final_timeout):
+    that wait used to run in the thread that forwards every flow, so a relay that had
+    gone quiet held up all the others' datagrams for final_timeout."""
+    release = threading.Event()
+    # (billed, so that the healthy flow's end gets its final report at once)
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
+
+    def stalled(sock: dtp.socket.DTPSocket) -> None:  # holds the connection, answers nothing
+        release.wait(10)
+        sock.close()
+
+    good = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    quiet = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    threads = [
+        threading.Thread(
+            target=good.serve_forever,
+            args=(functools.partial(relay_udp, backend=dns.address, billing=billing),),
+            daemon=True,
+        ),
+        threading.Thread(target=quiet.serve_forever, args=(stalled,), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    first = itertools.count()
+
+    def connect() -> dtp.socket.DTPSocket:
+        server = quiet if next(first) == 0 else good
+        return dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        )
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6)
+
+    a, b = _client(), _client()
+    fwd = UdpForwarder(
+        ("127.0.0.1", 0), connect, meter_for=meter_for, idle_timeout=0.4, final_timeout=3.0
+    )
+    try:
+        a.sendto(b"\x00\x01quiet", fwd.address)  # its flow goes to the quiet relay
+        assert wait_for(lambda: fwd.sessions == 1, 5)
+        worst = 0.0
+        a_gone_at: float | None = None
+        for i in itertools.count():
+            start = time.monotonic()
+            b.sendto(b"\x00\x02q%d" % i, fwd.address)
+            assert b.recvfrom(65535)[0].startswith(b"\x00\x02q%d" % i)
+            worst = max(worst, time.monotonic() - start)
+            if a_gone_at is None and fwd.stats.sessions_opened == 2 and fwd.sessions == 1:
+                a_gone_at = time.monotonic()  # a's flow is ending: its final report awaited
+            if a_gone_at is not None and time.monotonic() - a_gone_at > 1.0:
+                break
+            time.sleep(0.02)
+        assert worst < 1.0, f"a healthy flow waited {worst:.2f} s"
+    finally:
+        release.set()
+        fwd.close()
+        for server in (good, quiet):
+            server.close()
+        for thread in threads:
+            thread.join(5)
+        a.close()
+        b.close()
+    # close() waited for the flow that was ending
+    assert fwd.stats.sessions_closed == 2
+    assert billing.latest is not None  # the healthy flow settled its final receipt
+    assert billing.refused_receipts == 0
