@@ -56,9 +56,11 @@ class PendingTcp:
         self._sock = sock
 
     def finish(self, timeout: float | None) -> socket.socket:
-        """The connected, tuned socket (as :func:`connect_tcp` returns it)."""
+        """The connected, tuned socket (as :func:`connect_tcp` returns it, with its
+        errors); waits at most ``timeout`` seconds in all."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            writable: list[socket.socket] = []
             try:
                 writable = wait_ready([], [sock], timeout)[1]
                 if writable and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
@@ -66,8 +68,12 @@ class PendingTcp:
                     tune(sock)
                     return sock
             except OSError:
-                pass
+                writable = [sock]  # failed, not timed out: connect_tcp says how
             sock.close()
+            if not writable:
+                # the whole timeout is spent: another connect_tcp would wait as long again
+                host, port = self.address
+                raise DTPTimeoutError(f"connecting to {host}:{port} timed out")
         return connect_tcp(self.address, timeout)
 
     def close(self) -> None:

@@ -1,0 +1,54 @@
+"""The TCP carrier's two-half connect (PendingTcp) against a host that never answers:
+its timeout bounds the whole wait."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dtp.carriers.tcp import PendingTcp
+from dtp.errors import DTPTimeoutError
+
+
+@pytest.fixture
+def unanswered() -> Iterator[tuple[str, int]]:
+    """A TCP address whose SYNs go unanswered: a listener with a full accept queue
+    (Linux then drops new SYNs, as a host behind a dropping firewall does)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address: tuple[str, int] = listener.getsockname()
+    fillers = []
+    try:
+        for _ in range(8):  # until one is left unanswered: the queue is full
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+            if not select.select([], [filler], [], 0.2)[1]:
+                break
+        else:
+            pytest.skip("the kernel answered every connect")
+        yield address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_a_started_connect_that_times_out_waits_its_timeout_once(
+    unanswered: tuple[str, int],
+) -> None:
+    """finish() waited out the timeout, then connected again from scratch and waited
+    it out a second time: a connect by host ID to an unreachable endpoint took twice
+    the caller's timeout."""
+    pending = PendingTcp(unanswered)
+    start = time.monotonic()
+    with pytest.raises(DTPTimeoutError, match=f"{unanswered[0]}:{unanswered[1]} timed out"):
+        pending.finish(0.5)
+    elapsed = time.monotonic() - start
+    assert 0.45 <= elapsed < 0.8, elapsed
