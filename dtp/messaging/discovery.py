@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from dtp.chain.objects import EventFilter
-from dtp.errors import DTPError, ObjectNotFound
+from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import decode_body
@@ -210,9 +210,11 @@ def encode_announcement(
 
 def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) -> Announcement:
     """Verify and decode an announcement. Raises :class:`MalformedMessage`,
-    :class:`ForgedAnnouncement` (bad signature, or the signer is not the host's authority
-    on ``ledger``) or :class:`ExpiredAnnouncement` (not valid at ``now_ms``: expired, or
-    issued more than :data:`MAX_CLOCK_SKEW_MS` ahead)."""
+    :class:`ForgedAnnouncement` (bad signature, or the host does not exist on ``ledger`` or
+    has another authority) or :class:`ExpiredAnnouncement` (not valid at ``now_ms``:
+    expired, or issued more than :data:`MAX_CLOCK_SKEW_MS` ahead). Any other
+    :class:`~dtp.errors.ChainError` of ``ledger`` (unreachable...) propagates: it says
+    nothing about the announcement."""
     from dtp.escrow import _verify_ed25519
 
     if len(data) > _MAX_ANNOUNCEMENT:
@@ -260,7 +262,7 @@ def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) 
     if ledger is not None:
         try:
             host = ledger.get_host(host_id)
-        except (ObjectNotFound, DTPError):
+        except (ObjectNotFound, InvalidObjectId):
             raise E.ForgedAnnouncement("no such host on the ledger") from None
         if host.authority != authority:
             raise E.ForgedAnnouncement("the signer is not the host's authority")
@@ -306,6 +308,8 @@ class DiscoveryGossip:
         self.expired = 0
         self.duplicates = 0
         self.malformed = 0
+        #: Announcements the gossip thread could not check (the ledger or clock failed).
+        self.unchecked = 0
         self._sub = node.subscribe(topic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
@@ -332,11 +336,18 @@ class DiscoveryGossip:
                 delivery = self._sub.get()
             except E.PubSubError:
                 return  # closed: by close(), or by the node's close()
-            self.receive(delivery.data)
+            try:
+                self.receive(delivery.data)
+            except DTPError as exc:
+                # the ledger (its clock, a host look-up) failed for this announcement
+                # only: the thread goes on with the next one
+                self.unchecked += 1
+                logger.warning("discovery: an announcement could not be checked: %s", exc)
 
     def receive(self, data: bytes) -> Announcement | None:
         """Check one announcement and keep it if it is new; returns it, or None when it
-        was rejected or a duplicate (counted)."""
+        was rejected or a duplicate (counted). A ledger that cannot be asked raises its
+        :class:`~dtp.errors.ChainError`."""
         try:
             ann = decode_announcement(data, self.clock_ms(), self.ledger)
         except E.ForgedAnnouncement:
@@ -384,18 +395,22 @@ class DiscoveryGossip:
         return ann if ann is not None and ann.expires_ms > self.clock_ms() else None
 
     def wait_for(self, host_id: str, timeout: float) -> Announcement | None:
-        """Wait up to ``timeout`` seconds for a live announcement of ``host_id``."""
+        """Wait up to ``timeout`` seconds for a live announcement of ``host_id`` (an
+        expired one kept in the cache is waited past, for the host's next)."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                ann = self._records.get(host_id.lower())
-                if ann is not None:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._lock.wait(remaining)
-        return self.host(host_id)
+        key = host_id.lower()
+        while True:
+            with self._lock:
+                ann = self._records.get(key)
+            # the clock may be the ledger's (a network call): not under the lock
+            if ann is not None and ann.expires_ms > self.clock_ms():
+                return ann
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with self._lock:
+                if self._records.get(key) is ann:  # nothing newer came meanwhile
+                    self._lock.wait(remaining)
 
     def close(self) -> None:
         """Stop listening (the pub/sub node is left to its owner)."""
