@@ -229,7 +229,8 @@ class LedgerCarrier:
         self._acked = [inner.acked for inner in pipe.inners]
         self._rr = 0
         self._orphans: list[Event] = []
-        self._partial: OrderedDict[tuple[str, int], dict[int, bytes]] = OrderedDict()
+        # (pipe, fragment id) -> (count, pieces by index)
+        self._partial: OrderedDict[tuple[str, int], tuple[int, dict[int, bytes]]] = OrderedDict()
         self._unreported = 0
         self._first_unreported_at: float | None = None
         self._last_reported: dict[str, list[int]] = {}
@@ -485,7 +486,13 @@ class LedgerCarrier:
                 self.malformed += 1
                 return
             key = (pipe, fid)
-            parts = self._partial.setdefault(key, {})
+            count_seen, parts = self._partial.setdefault(key, (count, {}))
+            if count_seen != count:
+                # pieces of one id that disagree on their count are no record: without
+                # this check a piece could be missing when the count is reached
+                del self._partial[key]
+                self.malformed += 1
+                return
             parts[index] = payload[_FRAG_HEADER.size :]
             if len(parts) == count:
                 del self._partial[key]
