@@ -673,6 +673,23 @@ def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
     return not isinstance(receipts, ReceiptStore) and bool(receipts)
 
 
+def recover_store(
+    ledger: Ledger, identity: HostIdentity, store: ReceiptStore, alone: bool
+) -> list[tuple[str, Settlement]]:
+    """A starting paid server's :func:`recover_unclaimed`: only when it is ``alone`` on
+    its store (:meth:`ReceiptStore.attach_server`). Another server live on the same
+    store holds receipts of connections it is serving; claiming them would settle those
+    connections under it (the client refunded at once, the service it goes on giving
+    never paid). What earlier runs left is then claimed at a start when none is live."""
+    if alone:
+        return recover_unclaimed(ledger, identity, store)
+    logger.warning(
+        "another server is live on this receipt store: its unclaimed receipts are left "
+        "for a start when none is"
+    )
+    return []
+
+
 def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
     """A closed paid server's last step: stop the receipt writer (after it wrote
     everything), then close the store if the server opened it."""
@@ -757,11 +774,14 @@ class PaidServer:
                 self.store.close()
             raise
         self.server: DTPServer | None = None
+        self._attached = False  # attach_server() made: detach_server() at the release
         try:
             host = ledger.get_host(self.host_id)
             if port not in host.services:
                 raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
-            self.recovered = recover_unclaimed(ledger, identity, self.store)
+            alone = self.store.attach_server()
+            self._attached = True
+            self.recovered = recover_store(ledger, identity, self.store, alone)
             """(connection ID, settlement) of what a previous run left unclaimed."""
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
@@ -992,6 +1012,9 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
+        if self._attached:
+            self._attached = False
+            self.store.detach_server()
         release_receipts(self.receipt_writer, self.store, self._own_store)
 
     def __enter__(self) -> PaidServer:

@@ -44,13 +44,14 @@ from dtp.paid import (
     closes_store,
     gate_for,
     open_store,
+    recover_store,
     release_receipts,
     settle_ended,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import publish_endpoint, recover_unclaimed
+from dtp.settlement import publish_endpoint
 
 if TYPE_CHECKING:
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
@@ -569,6 +570,7 @@ class PaidAioServer:
         self.limiter = RateLimiter()
         self.cap_shares = CapShares()
         self.recovered: list[tuple[str, Settlement]] = []
+        self._attached = False  # attach_server() made: detach_server() at the release
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
         #: Connection IDs being served or settled: one DTP connection per ledger
@@ -597,8 +599,12 @@ class PaidAioServer:
         host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         if self.port not in host.services:
             raise move_error("host", "EServiceNotFound", f"port {self.port} of host {self.host_id}")
+        # on the loop (an open and a lock that waits only for another server's instant
+        # of exclusive hold): no await between it and the flag a cancellation could lose
+        alone = self.store.attach_server()
+        self._attached = True
         self.recovered = await asyncio.to_thread(
-            recover_unclaimed, self.ledger, self.identity, self.store
+            recover_store, self.ledger, self.identity, self.store, alone
         )
         self.server = await start_server(
             self._handle,
@@ -832,6 +838,9 @@ class PaidAioServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
+        if self._attached:
+            self._attached = False
+            self.store.detach_server()
         release_receipts(self.receipt_writer, self.store, self._own_store)
 
     async def wait_closed(self) -> None:

@@ -11,6 +11,8 @@ returns: a crash right after it loses no earned fee. After a restart,
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +22,13 @@ from pathlib import Path
 
 from dtp.chain.objects import normalize_id
 from dtp.escrow import Receipt
+
+try:
+    import fcntl
+except ImportError:  # (not POSIX: no lock; one live server per store is up to the caller)
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -80,6 +89,71 @@ class ReceiptStore:
         # with a stale snapshot, and the next keep then fails as "database is locked");
         # this lock keeps every keep out while the handle is switched to NORMAL.
         self._write_lock = threading.Lock()
+        # the live servers using this store (attach_server): those on this handle, and
+        # the lock file that tells other handles and processes of them
+        self._path = None if str(path) in ("", ":memory:") else Path(path)
+        self._servers = 0
+        self._server_fd: int | None = None
+        self._server_lock = threading.Lock()
+
+    def attach_server(self) -> bool:
+        """A paid server starts using this store; :meth:`detach_server` when it stops.
+
+        True when no other live server uses the store -- on this handle, another handle
+        or in another process (a shared ``flock`` on the companion file
+        ``<path>-lock``) -- so that its unclaimed receipts are all what earlier runs
+        left, for :func:`dtp.settlement.recover_unclaimed`. False when another one is
+        serving: some of them are its live connections' receipts, and claiming them
+        would settle those connections under it (the client refunded, the service it
+        goes on giving never paid)."""
+        with self._server_lock:
+            self._servers += 1
+            if self._servers > 1:
+                return False
+            if self._path is None or fcntl is None:
+                return True
+            try:
+                real = self._path.resolve()  # (a symlink to the file finds the same lock)
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+                real = self._path
+            try:
+                fd = os.open(
+                    real.with_name(real.name + "-lock"),
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                    0o644,
+                )
+            except OSError as exc:
+                # (a read-only directory: nothing tells the others; as it was without)
+                logger.warning("no lock file for the receipt store %s: %s", self._path, exc)
+                return True
+            try:
+                # exclusive for an instant when no one else holds it: then shared, as
+                # long as this server runs (a server starting meanwhile sees it)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    alone = True
+                except BlockingIOError:
+                    alone = False
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._server_fd = fd
+            return alone
+
+    def detach_server(self) -> None:
+        """A server that :meth:`attach_server` stopped using the store."""
+        with self._server_lock:
+            if self._servers == 0:
+                return
+            self._servers -= 1
+            if self._servers == 0:
+                self._drop_server_lock()
+
+    def _drop_server_lock(self) -> None:
+        fd, self._server_fd = self._server_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def keep(self, receipt: Receipt) -> bool:
         """Store ``receipt`` if it is newer (higher nonce) than the stored one; True
@@ -185,6 +259,9 @@ class ReceiptStore:
                 yield stored
 
     def close(self) -> None:
+        with self._server_lock:
+            self._servers = 0
+            self._drop_server_lock()
         self._db.close()
 
     def __enter__(self) -> ReceiptStore:

@@ -358,7 +358,9 @@ def recover_unclaimed(
     ledger: Ledger, identity: HostIdentity, store: ReceiptStore
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
-    start: a previous run's connections are gone). Failures are logged and skipped."""
+    start: a previous run's connections are gone). Failures are logged and skipped.
+    Not while another server serves from the store: it would settle that server's live
+    connections (the paid servers ask :meth:`ReceiptStore.attach_server` first)."""
     done: list[tuple[str, Settlement]] = []
     for stored in list(store.unclaimed()):
         cid = stored.receipt.connection_id
