@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.errors import DTPError
+from dtp.errors import ChainError, DTPError
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
@@ -145,7 +145,9 @@ class BroadcastMessage:
     #: Sequence number (strictly increasing; gaps are messages this listener missed).
     seq: int
     payload: bytes
-    #: Messages missed just before this one (the gap in sequence numbers).
+    #: Messages missed just before this one (the gap in sequence numbers since the last
+    #: message :meth:`BroadcastListener.get` returned: the station's drops and the
+    #: listener's own, when its queue was full).
     missed_before: int
 
 
@@ -293,6 +295,8 @@ class BroadcastStation:
         #: Listener requests (bounded likewise).
         self.requests: queue.Queue[ListenerRequest] = queue.Queue(inbox_size)
         self.invalid_tips = 0
+        #: Tips that could not be checked because the ledger failed (not accepted).
+        self.unchecked_tips = 0
         self.inbox_dropped = 0
         self._monitor: threading.Thread | None = None
         self._stop = threading.Event()
@@ -440,6 +444,11 @@ class BroadcastStation:
                 self._inbox(self.tips, self._check_tip(message))
             except E.InvalidTip:
                 self.invalid_tips += 1
+            except ChainError as exc:
+                # the ledger failed to say what the tipper contributed: the listener did
+                # nothing wrong, so its link stays up (the error used to end the reader)
+                self.unchecked_tips += 1
+                logger.warning("broadcast: a tip could not be checked: %s", exc)
             return
         raise E.MalformedMessage("not a broadcast frame for the station")
 
@@ -526,6 +535,9 @@ class BroadcastListener:
         self.violations = 0
         self.missed = 0
         self.dropped = 0
+        # messages dropped from the full queue since the last one queued (with the gaps
+        # before them): the next queued message's missed_before includes them
+        self._unreported = 0
         #: The last rejection (for diagnostics).
         self.last_error: DTPError | None = None
         self._on_error: Callable[[DTPError], None] | None = None
@@ -553,7 +565,13 @@ class BroadcastListener:
                 return  # the marker stays last
             if self._queue.qsize() >= self._queue_size:
                 self.dropped += 1
+                if isinstance(item, BroadcastMessage):
+                    self._unreported += 1 + item.missed_before
                 return
+            if self._unreported and isinstance(item, BroadcastMessage):
+                missed = item.missed_before + self._unreported
+                item = BroadcastMessage(item.channel, item.seq, item.payload, missed)
+                self._unreported = 0
             self._queue.put_nowait(item)
 
     def _close(self, reason: str) -> None:
