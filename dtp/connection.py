@@ -1423,6 +1423,10 @@ class Connection:
             else:
                 self._state = transition(self._state, ConnState.SERVER_FINAL)
         elif kind == REC_HS_RESP:
+            # before XX message 3, which carries our static key: an impostor gets nothing
+            expected_key = self.config.expected_server_static
+            if expected_key is not None and self._hs.remote_static != expected_key:
+                raise HandshakeError("the server's static key is not the expected one")
             self._peer_params = _parse_params(payload)
             if not self._hs.complete:
                 final = self._hs.write_message(b"")
@@ -1431,9 +1435,6 @@ class Connection:
             else:
                 self._hs_messages.clear()
                 self._hs_resend_at = None
-            expected_key = self.config.expected_server_static
-            if expected_key is not None and self._hs.remote_static != expected_key:
-                raise HandshakeError("the server's static key is not the expected one")
             self._finish_handshake(ConnState.AUTHENTICATING)
             if self.pattern == "XX":  # in IK the proof went in message 1
                 proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
