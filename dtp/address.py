@@ -28,7 +28,11 @@ class HostAddress:
     port: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "host_id", normalize_id(self.host_id, "host ID"))
+        try:
+            host_id = normalize_id(self.host_id, "host ID")
+        except InvalidObjectId as exc:  # the error parse() gives for it
+            raise InvalidAddress(str(exc)) from None
+        object.__setattr__(self, "host_id", host_id)
         if isinstance(self.port, bool) or not isinstance(self.port, int):
             raise InvalidAddress(f"a port must be an integer, got {self.port!r}")
         if not 0 <= self.port <= 0xFFFF:
@@ -50,12 +54,15 @@ class HostAddress:
             raise InvalidAddress(
                 f"{text!r} is not a DTP address (expected dtp://0x<host id>:<port>)"
             )
+        digits = port.lstrip("0") or "0"
+        if len(digits) > 5:
+            # out of range anyway, and int() raises ValueError past 4300 digits
+            raise InvalidAddress(f"port {port[:12]}... is outside 0..65535")
         try:
-            return cls(host, int(port))
-        except InvalidAddress:
-            raise
+            host_id = normalize_id(host, "host ID")
         except InvalidObjectId as exc:
             raise InvalidAddress(f"{text!r} is not a DTP address: {exc}") from None
+        return cls(host_id, int(digits))
 
 
 def is_dtp_address(value: object) -> bool:
