@@ -386,12 +386,15 @@ class HostIdentity:
         Accepts the base64 keystring (``base64(0x00 || 32-byte seed)``, the form of
         ``sui.keystore`` and pysui's ``keypair_from_keystring``) and the bech32 form
         (``suiprivkey1...``, what ``sui keytool export`` and wallets show). Only Ed25519
-        keys are accepted; anything else raises ValueError. ``noise_private`` (32 bytes)
-        is the X25519 static key; when it is None the key is derived from the seed
-        (``blake2b-256(seed, key=b"DTP/noise-static/v1")``), so the same keystring always
-        gives the same identity. The derivation is one-way: the Noise key does not reveal
+        keys are accepted; anything else raises ValueError (TypeError if ``keystring``
+        is not a str). ``noise_private`` (32 bytes) is the X25519 static key; when it is
+        None the key is derived from the seed (``blake2b-256(seed,
+        key=b"DTP/noise-static/v1")``), so the same keystring always gives the same
+        identity. The derivation is one-way: the Noise key does not reveal
         the Sui key.
         """
+        if not isinstance(keystring, str):
+            raise TypeError(f"a Sui keystring is a str, not {type(keystring).__name__}")
         text = keystring.strip()
         if text.lower().startswith(_SUI_BECH32_HRP + "1"):
             raw = _bech32_decode(text, _SUI_BECH32_HRP)
@@ -570,7 +573,7 @@ class HostIdentity:
         raw = _read_private_file(target, allow_insecure=allow_insecure)
         try:
             document = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # (deeply nested arrays)
             raise KeyFileError(f"{target} is not a DTP identity file (not JSON)") from None
         if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
             raise KeyFileError(f"{target} is not a DTP identity file")
@@ -697,7 +700,7 @@ def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
         if not isinstance(keystring, str):
             raise ValueError
         return HostIdentity.from_sui_keystring(keystring, noise)
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, binascii.Error):
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, binascii.Error, RecursionError):
         raise KeyFileError(f"{path} is damaged (bad secret part)") from None
 
 
