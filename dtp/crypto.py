@@ -722,7 +722,7 @@ def _early_binding(prologue: bytes, server_static: bytes, client_ephemeral: byte
 
 
 def _auth_message(session_digest: bytes, early: bool) -> bytes:
-    session_digest = bytes(session_digest)
+    session_digest = _as_bytes("session_digest", session_digest)  # bytes(32): 32 zeros
     if len(session_digest) != 32:
         raise ValueError("a handshake hash or binding is 32 bytes")
     return (AUTH_EARLY_CONTEXT if early else AUTH_CONTEXT) + session_digest
@@ -734,7 +734,8 @@ def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: boo
     A Sui personal-message signature by ``identity`` over ``b"DTP-AUTH-V1" ||
     handshake_hash`` (XX: sent once the handshake is complete), or with ``early`` over
     ``b"DTP-AUTH-IK-V1" || auth_binding`` (IK: sent in message 1; see the module docs).
-    Raises ValueError if ``session_digest`` is not 32 bytes.
+    Raises ValueError if ``session_digest`` is not 32 bytes (TypeError if it is not
+    bytes-like).
     """
     return identity.sign_personal_message(_auth_message(session_digest, early))
 
@@ -744,10 +745,11 @@ def verify_auth_proof(proof: bytes, session_digest: bytes, *, early: bool = Fals
 
     ``session_digest`` and ``early`` as for :func:`make_auth_proof`. Raises
     :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not made
-    over this digest in this context; ValueError if the digest is not 32 bytes.
+    over this digest in this context; ValueError if the digest is not 32 bytes;
+    TypeError if the proof or the digest is not bytes-like.
     """
     message = _auth_message(session_digest, early)
-    proof = bytes(proof)
+    proof = _as_bytes("proof", proof)
     if len(proof) != AUTH_PROOF_SIZE:
         raise HandshakeError(f"identity proof must be {AUTH_PROOF_SIZE} bytes, got {len(proof)}")
     try:
