@@ -58,6 +58,8 @@ MAX_PEER_TOPICS: Final = 4096
 _CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
 MAX_TOPIC_LENGTH: Final = 256
 DEFAULT_HOPS: Final = 8
+#: Default cap on the bytes of the frames waiting in one link's queue.
+DEFAULT_LINK_QUEUE_BYTES: Final = 16 << 20
 _STOP: Final = b""
 _WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
 
@@ -144,14 +146,25 @@ class Subscription:
 
 
 class Link:
-    """One peer of a node: a stream, a reader thread and a writer thread with a bounded
-    queue of frames."""
+    """One peer of a node: a stream, a reader thread and a writer thread with a queue of
+    frames bounded in count (``maxsize``) and in bytes (``max_bytes``; a frame larger
+    than that still goes when the queue is empty)."""
 
-    def __init__(self, node: PubSubNode, stream: BlockingStream, name: str, maxsize: int) -> None:
+    def __init__(
+        self,
+        node: PubSubNode,
+        stream: BlockingStream,
+        name: str,
+        maxsize: int,
+        max_bytes: int = DEFAULT_LINK_QUEUE_BYTES,
+    ) -> None:
         self.node = node
         self.stream = stream
         self.name = name
         self._out: queue.Queue[bytes] = queue.Queue(maxsize)
+        self._max_bytes = max_bytes
+        #: Bytes of the frames waiting in the queue (under _drop_lock).
+        self._queued_bytes = 0
         self._drop_lock = threading.Lock()
         self._unreported = 0
         #: Frames dropped for this peer because it was slow.
@@ -220,15 +233,31 @@ class Link:
             self.stream.sendall(encode_frame([UNSUBSCRIBE, unsets[i : i + _CHUNK]], 1 << 24))
         self._advertised = desired
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the frames waiting for the peer."""
+        return self._queued_bytes
+
     def offer(self, frame: bytes) -> bool:
-        """Queue a frame for the peer; False (and counted) when the queue is full."""
+        """Queue a frame for the peer; False (and counted) when the queue is full, in
+        frames or in bytes."""
         if self.closed.is_set():
             return False
+        size = len(frame)
+        with self._drop_lock:
+            # a count alone let a peer that stops reading hold maxsize frames of up to
+            # max_message_size each (256 MiB by default) per link
+            if self._queued_bytes and self._queued_bytes + size > self._max_bytes:
+                self.dropped += 1
+                self._unreported += 1
+                return False
+            self._queued_bytes += size
         try:
             self._out.put_nowait(frame)
             return True
         except queue.Full:
             with self._drop_lock:
+                self._queued_bytes -= size
                 self.dropped += 1
                 self._unreported += 1
             return False
@@ -243,6 +272,8 @@ class Link:
                     unreported, self._unreported = self._unreported, 0
                     if frame is _WAKE:
                         self._wake_pending = False
+                    else:
+                        self._queued_bytes -= len(frame)
                 if self._dirty.is_set():
                     self._flush_control()
                 if unreported:
@@ -341,10 +372,15 @@ class PubSubNode:
         link_queue: int = 1024,
         seen_cache: int = 65536,
         max_message_size: int = 256 * 1024,
+        link_queue_bytes: int = DEFAULT_LINK_QUEUE_BYTES,
     ) -> None:
+        """``link_queue`` and ``link_queue_bytes`` bound each link's queue of frames (in
+        count and in bytes): a peer that reads slowly or not at all has what does not fit
+        dropped, and counted."""
         self.node_id = node_id or os.urandom(8).hex()
         self.max_hops = max_hops
         self.link_queue = link_queue
+        self.link_queue_bytes = link_queue_bytes
         self.seen_cache = seen_cache
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
@@ -363,7 +399,13 @@ class PubSubNode:
 
     def attach(self, stream: BlockingStream, name: str = "") -> Link:
         """Start exchanging messages with the peer at the other end of ``stream``."""
-        link = Link(self, stream, name or f"{self.node_id}-{len(self._links)}", self.link_queue)
+        link = Link(
+            self,
+            stream,
+            name or f"{self.node_id}-{len(self._links)}",
+            self.link_queue,
+            self.link_queue_bytes,
+        )
         with self._lock:
             self._links.append(link)
             topics = set(self._subs)

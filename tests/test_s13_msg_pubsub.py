@@ -1,0 +1,51 @@
+"""Pub/sub, session 13: a link's queue is bounded in bytes too, so a peer that stops
+reading holds at most ``link_queue_bytes`` of frames (it held ``link_queue`` frames of up
+to ``max_message_size`` each: 256 MiB with the defaults), and a frame above the byte cap
+still goes when the queue is empty."""
+
+from __future__ import annotations
+
+import dtp.socket
+from dtp.messaging.pubsub import DEFAULT_LINK_QUEUE_BYTES, PubSubNode
+from tests.test_messaging_pubsub import Mesh
+
+
+def test_a_peer_that_stops_reading_holds_at_most_link_queue_bytes() -> None:
+    cap = 1 << 20
+    mesh = Mesh(2, [], link_queue_bytes=cap)
+    try:
+        # node 0 is linked to a connection whose far side nobody reads (and which never
+        # sends SUBSCRIBE, so it is sent every message)
+        client = dtp.socket.create_connection(
+            mesh.servers[1].address, server_key=mesh.ids[1].noise_public, timeout=10
+        )
+        stuck, _ = mesh.servers[1].accept(timeout=10)
+        mesh.socks += [client, stuck]
+        client.settimeout(None)
+        link = mesh.nodes[0].attach(client, "0->stuck")
+        size = 60_000
+        for i in range(300):  # 18 MB: more than the connection's window and the cap
+            mesh.nodes[0].publish("flood", bytes([i % 256]) * size)
+            assert link.queued_bytes <= cap
+            assert link._out.qsize() * size <= cap + size  # (and a control frame)
+        assert link.dropped > 0
+    finally:
+        mesh.close()
+
+
+def test_a_frame_above_the_byte_cap_goes_when_the_queue_is_empty() -> None:
+    mesh = Mesh(2, [(0, 1)], link_queue_bytes=100_000)
+    try:
+        sub = mesh.nodes[1].subscribe("big")
+        assert mesh.nodes[0].wait_for_interest("big", timeout=10)
+        mesh.nodes[0].publish("big", b"b" * 200_000)
+        assert sub.get(timeout=10).data == b"b" * 200_000
+        assert mesh.nodes[0].links[0].dropped == 0
+    finally:
+        mesh.close()
+
+
+def test_the_default_byte_cap() -> None:
+    node = PubSubNode("n")
+    assert node.link_queue_bytes == DEFAULT_LINK_QUEUE_BYTES == 16 << 20
+    node.close()
