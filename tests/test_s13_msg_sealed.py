@@ -1,18 +1,23 @@
 """Sealed messages, session 13: a ledger that cannot be reached while an inbox checks a
-sender loses no mail (the batch is read again), and host IDs compare as object IDs."""
+sender loses no mail (the batch is read again), host IDs compare as object IDs, and a
+message the online recipient refused is not paid into its mailbox."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import dtp.socket
 from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging.sealed import SealedInbox, open_sealed, seal
+from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.sealed import SealedInbox, open_sealed, seal, send_sealed
 
 
 @pytest.fixture
@@ -143,3 +148,32 @@ def test_the_same_mail_twice_in_one_batch_is_delivered_once(world: tuple) -> Non
     inbox = SealedInbox(bob, hb, ledger)
     assert [m.body for m in inbox.fetch()] == [b"twice"]
     assert inbox.duplicates == 1
+
+
+def test_a_message_the_recipient_refused_does_not_go_to_the_mailbox(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    rpc = RpcServer()
+    inbox.register(rpc, lambda message: None)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
+    try:
+        client = RpcClient(sock, timeout=5)
+        carol = HostIdentity.generate()
+        # sealed to the wrong key: bob cannot open it, and would not from the mailbox either
+        wrong_key = seal(carol.noise_public, b"for carol", sender=alice, sender_host=ha)
+        with pytest.raises(E.InvalidParams):
+            send_sealed(wrong_key, recipient_host=hb, client=client, ledger=ledger, signer=alice)
+        assert inbox.rejected == {"SealedDecryptError": 1}
+        events, _ = ledger.events(None, EventFilter(type="MailDeposited"), 10)
+        assert events == []  # no mail paid for
+        # a message bob accepts still goes directly
+        good = seal(bob.noise_public, b"for bob", sender=alice, sender_host=ha)
+        assert send_sealed(good, recipient_host=hb, client=client, ledger=ledger) == "direct"
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+        thread.join(5)

@@ -292,11 +292,17 @@ def send_sealed(
     """Deliver sealed bytes: directly through ``client`` (an RPC client on a stream to the
     recipient) when given and it answers, else into the recipient's ledger mailbox
     (``ledger`` and ``signer`` pay for the transaction). Returns ``"direct"`` or
-    ``"mailbox"``."""
+    ``"mailbox"``.
+
+    A recipient that read the message and refused it (not for it, altered, forged:
+    :class:`~dtp.messaging.errors.InvalidParams`) is no reason to try the mailbox, where it
+    would refuse it again: that error is raised."""
     if client is not None:
         try:
             client.call("sealed.deliver", data, timeout=timeout)
             return "direct"
+        except E.InvalidParams:
+            raise  # refused by the recipient: the mailbox copy would be paid for, then dropped
         except (E.RpcError, OSError):
             if ledger is None:
                 raise
