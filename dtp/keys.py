@@ -115,6 +115,9 @@ _PLAIN: Final = "plain"
 _SUI_BECH32_HRP: Final = "suiprivkey"
 # Noise static key derivation from the Ed25519 seed (see from_sui_keystring).
 _NOISE_DERIVATION_KEY: Final = b"DTP/noise-static/v1"
+# An identity file is under a kilobyte; a file far larger is something else (a path
+# mistyped onto a log or a disk image), refused before it is read into memory.
+_MAX_IDENTITY_FILE_SIZE: Final = 1 << 20
 
 
 class InvalidSignature(DTPError):
@@ -723,7 +726,11 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
                 f"accessible by group or others (run: chmod 600 {path})"
             )
         chunks = []
+        size = 0
         while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > _MAX_IDENTITY_FILE_SIZE:  # (st_size can lie: /proc, a growing file)
+                raise KeyFileError(f"{path} is too large to be a DTP identity file")
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:

@@ -50,3 +50,12 @@ def test_a_good_file_still_loads(tmp_path: Path) -> None:
 def test_a_keystring_that_is_not_a_str_is_a_type_error(keystring: object) -> None:
     with pytest.raises(TypeError, match="keystring"):
         HostIdentity.from_sui_keystring(keystring)  # type: ignore[arg-type]
+
+
+def test_a_huge_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    # 8 MiB (sparse) stands for any size: a disk image given by mistake was read whole
+    path = tmp_path / "identity.json"
+    _write_private(path, b"")
+    os.truncate(path, 1 << 23)
+    with pytest.raises(KeyFileError, match="too large"):
+        HostIdentity.load(path)
