@@ -26,7 +26,9 @@ import heapq
 import io
 import logging
 import numbers
+import os
 import queue
+import select
 import socket as _socket
 import threading
 import time
@@ -261,6 +263,20 @@ class _Engine:
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
+
+    def queued_output(self) -> bool:
+        """Whether bytes wait to go out (lock held): records a full carrier did not
+        take, or stream data the peer's flow control holds back."""
+        return not self.carrier_closed and bool(self.out or self.conn.send_buffered())
+
+    def leave_queued(self) -> None:
+        """A write is returning to its caller (lock not held): if it leaves bytes
+        queued, the timer thread watches the carrier for the credit or room that lets
+        them out -- the application may not call in again for a long time."""
+        with self.lock:
+            queued = not self.closed and self.queued_output()
+        if queued:
+            _TIMERS.watch(self)
 
     def wake_waiters(self) -> None:
         """Make every thread waiting on the connection look at its condition again
@@ -744,35 +760,68 @@ class _Engine:
 
 
 class _TimerService:
-    """Keepalives and idle timeouts for connections nobody is driving right now.
+    """Keepalives, idle timeouts and queued output for connections nobody drives now.
 
     One thread per process serves every engine (a thread per connection would cost a
     thread start and exit per connect). It sleeps until the earliest engine is due (at
     most a second, as the engine's timers may move while callers drive it), and then
     does one non-blocking pass on each due engine whose lock is free and which no
     caller is busy with. Engines are held weakly and dropped once closed.
+
+    A write that returns with bytes still queued -- behind the peer's flow control, or
+    a full carrier -- :meth:`watch`-es its engine: the thread then also waits on that
+    carrier, so the peer's credit (or the room) lets the bytes out when it arrives,
+    not at the next tick, while the application does something else.
     """
 
     MAX_WAIT = 1.0
     MIN_WAIT = 0.005
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._heap: list[tuple[float, int, weakref.ref[_Engine]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
+        self._wake_fds: tuple[int, int] | None = None
+        # engines with output queued, by id: (the engine, when to look next, the back-off
+        # after finding a caller busy with it -- the caller drives its I/O meanwhile, and
+        # the number of the last watch() call, so that a pass that found nothing queued
+        # does not forget an engine a write watched meanwhile)
+        self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
+        self._watches = 0
 
     def add(self, engine: _Engine) -> None:
-        with self._cond:
+        with self._lock:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
+                if self._wake_fds is None:
+                    self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
                 self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
                 self._thread.start()
             elif head is None or self._heap[0][0] < head:
                 # the thread sleeps until the old head: wake it only for an earlier one
                 # (every connect would otherwise wake it, on both sides)
-                self._cond.notify()
+                self._wake()
+
+    def watch(self, engine: _Engine) -> None:
+        """Wait on ``engine``'s carrier from now on, until its queued output is out."""
+        key = id(engine)
+        with self._lock:
+            self._watches += 1
+            entry = self._watched.get(key)
+            if entry is not None and entry[0]() is engine:
+                self._watched[key] = (entry[0], 0.0, 0.0, self._watches)
+                if entry[1] == 0.0:
+                    return  # the thread waits on it already
+            else:
+                self._watched[key] = (weakref.ref(engine), 0.0, 0.0, self._watches)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_fds is not None:
+            with contextlib.suppress(OSError):  # (a full pipe wakes the thread anyway)
+                os.write(self._wake_fds[1], b"\0")
 
     def _push(self, engine: _Engine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
@@ -782,29 +831,92 @@ class _TimerService:
         heapq.heappush(self._heap, (due, self._seq, weakref.ref(engine)))
 
     def _run(self) -> None:
+        assert self._wake_fds is not None
+        wake_fd = self._wake_fds[0]
         while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        _, _, ref = heapq.heappop(self._heap)
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-            engine = ref()
-            if engine is None or engine.closed:
+            due: weakref.ref[_Engine] | None = None
+            until: float | None = None
+            watched: dict[int, _Engine] = {}
+            poller = select.poll()
+            poller.register(wake_fd, select.POLLIN)
+            with self._lock:
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, due = heapq.heappop(self._heap)
+                else:
+                    until = self._heap[0][0] if self._heap else None
+                    for key, (ref, after, _, _) in list(self._watched.items()):
+                        engine = ref()
+                        if engine is None or engine.closed or engine.carrier_closed:
+                            del self._watched[key]
+                        elif after > now:
+                            until = after if until is None else min(until, after)
+                        else:
+                            watched[engine._fd] = engine
+                            out = select.POLLOUT if engine.out else 0
+                            poller.register(engine._fd, select.POLLIN | out)
+            if due is not None:
+                self._tick(due)
                 continue
-            if engine.lock.acquire(blocking=False):
-                try:
-                    if not engine.closed:
-                        engine.poll()
-                finally:
-                    engine.lock.release()
-            if not engine.closed:
-                with self._cond:
-                    # a due timer that a busy caller is about to handle: look again
-                    # shortly rather than spin
-                    self._push(engine, time.monotonic(), self.MIN_WAIT)
-            del engine
+            wait = None if until is None else max(0.0, until - now) * 1000.0
+            for fd, _ in poller.poll(wait):
+                if fd == wake_fd:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_fd, 4096)
+                elif fd in watched:
+                    self._serve(watched[fd])
+            del watched
+
+    def _tick(self, ref: weakref.ref[_Engine]) -> None:
+        """A due engine: one non-blocking pass, then its next turn."""
+        engine = ref()
+        if engine is None or engine.closed:
+            return
+        queued = False
+        if engine.lock.acquire(blocking=False):
+            try:
+                if not engine.closed:
+                    engine.poll()
+                    queued = engine.queued_output()
+            finally:
+                engine.lock.release()
+        if not engine.closed:
+            with self._lock:
+                # a due timer that a busy caller is about to handle: look again
+                # shortly rather than spin
+                self._push(engine, time.monotonic(), self.MIN_WAIT)
+            if queued:
+                self.watch(engine)
+
+    def _serve(self, engine: _Engine) -> None:
+        """A watched engine's carrier is ready: read and write what it allows."""
+        key = id(engine)
+        with self._lock:
+            entry = self._watched.get(key)
+            if entry is None or entry[0]() is not engine:
+                return
+            watches = entry[3]
+        busy = True
+        queued = False
+        if engine.lock.acquire(blocking=False):
+            try:
+                if not (engine.closed or engine.pumping):
+                    busy = False
+                    engine.poll()
+                    queued = engine.queued_output()
+            finally:
+                engine.lock.release()
+        with self._lock:
+            entry = self._watched.get(key)
+            if entry is None or entry[0]() is not engine or entry[3] != watches:
+                return  # forgotten meanwhile, or watched again by a write: look again
+            if busy:
+                # a caller drives it now; look again later, less often the longer it is
+                # busy (the caller's own write re-arms this when it leaves)
+                backoff = min(self.MAX_WAIT, max(self.MIN_WAIT, 2 * entry[2]))
+                self._watched[key] = (entry[0], time.monotonic() + backoff, backoff, watches)
+            elif not queued or engine.closed or engine.carrier_closed:
+                del self._watched[key]
 
 
 _TIMERS = _TimerService()
@@ -1143,7 +1255,9 @@ class DTPSocket:
             if flags != _socket.MSG_DONTWAIT:
                 raise _no_flags(flags)
             timeout = 0.0
-        return self._send(data, timeout)
+        n = self._send(data, timeout)
+        self._engine.leave_queued()
+        return n
 
     def _send(self, data: Any, timeout: float | None) -> int:
         """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
@@ -1227,6 +1341,7 @@ class DTPSocket:
             # the stream is lent (the usual case once it carries data): the whole of
             # a small write in one call (acquire / release: cheaper than a with block)
             lock = engine.lock
+            watch = False
             lock.acquire()
             try:
                 if (
@@ -1240,31 +1355,37 @@ class DTPSocket:
                     except OSError as exc:
                         engine._carrier_failed(exc)
                         return  # lost with the carrier: the next call reports it
-                    if engine.out and engine.pumping:
+                    full = bool(engine.out)
+                    if full and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
+                        full = False
                     if engine.payment is not None:
                         engine.tick_meter(lane)
                     if not left:
+                        watch = full  # nobody pumps: the timer thread writes
                         return
                     data = memoryview(data).cast("B")[-left:]
             finally:
                 lock.release()
+                if watch:
+                    _TIMERS.watch(engine)
         view = memoryview(data).cast("B")
         timeout = self._timeout
         if not timeout:  # None (no limit) or 0 (non-blocking: each send takes what fits)
             while len(view):
                 n = self._send(view, timeout)
                 view = view[n:]
-            return
-        # the timeout bounds the whole call, as socket.sendall's does (Python 3.5+),
-        # not each wait: a peer that reads slowly cannot stretch it without end
-        deadline = time.monotonic() + timeout
-        while len(view):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DTPTimeoutError("timed out")
-            n = self._send(view, remaining)
-            view = view[n:]
+        else:
+            # the timeout bounds the whole call, as socket.sendall's does (Python 3.5+),
+            # not each wait: a peer that reads slowly cannot stretch it without end
+            deadline = time.monotonic() + timeout
+            while len(view):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DTPTimeoutError("timed out")
+                n = self._send(view, remaining)
+                view = view[n:]
+        engine.leave_queued()
 
     def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
         """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (a request,

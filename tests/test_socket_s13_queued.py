@@ -1,0 +1,119 @@
+"""Bytes a blocking write leaves queued go out while the application does something
+else: the peer's credit, or room in a full carrier, is acted on when it arrives (the
+process's timer thread watches the carrier), not at the next one-second timer tick."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import dtp.socket
+from dtp.connection import ConnectionConfig
+from dtp.keys import HostIdentity
+from tests.polling import wait_for
+
+SERVER_ID = HostIdentity.generate()
+WINDOW = 64 << 10
+
+
+@pytest.fixture
+def server() -> Iterator[dtp.socket.DTPServer]:
+    # the server's small stream window makes the client's sendall() return with most
+    # of its bytes held back by flow control
+    config = ConnectionConfig(identity=SERVER_ID, is_client=False, stream_window=WINDOW)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv:
+        yield srv
+
+
+def _connect(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
+    return dtp.socket.create_connection(
+        server.address, timeout=10, server_key=server.noise_public_key
+    )
+
+
+def _read_all(sock: dtp.socket.DTPSocket, size: int) -> tuple[int, float]:
+    """Read ``size`` bytes: how many came, and how long it took."""
+    start = time.monotonic()
+    got = 0
+    while got < size:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        got += len(data)
+    return got, time.monotonic() - start
+
+
+def test_bytes_held_by_flow_control_follow_the_credit_while_the_writer_is_away(
+    server: dtp.socket.DTPServer,
+) -> None:
+    size = 8 * WINDOW  # eight windows: eight credit updates to act on
+    with _connect(server) as client:
+        peer, _ = server.accept(timeout=10)
+        with peer:
+            peer.settimeout(10)
+            client.sendall(b"x" * size)  # returns with most of it queued
+            # the client's thread now does nothing with the connection
+            got, took = _read_all(peer, size)
+    assert got == size
+    # each credit update used to wait for the timer's tick: about seven seconds
+    assert took < 3.0, f"{size} bytes took {took:.2f} s to arrive"
+
+
+def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
+    size = 3 << 20  # within the default windows: no flow control, only the carrier
+    with (
+        dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server,
+        _connect(server) as client,
+    ):
+        peer, _ = server.accept(timeout=10)
+        with peer:
+            peer.settimeout(10)
+            engine = client._engine
+            engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+            client.sendall(b"y" * size)
+            assert engine.out, "the probe needs records left for a full carrier"
+            got, took = _read_all(peer, size)
+    assert got == size
+    assert took < 0.8, f"{size} bytes took {took:.2f} s to arrive"
+
+
+def _thread_cpu_seconds(thread: threading.Thread) -> float:
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
+
+
+def test_a_peer_that_never_reads_costs_the_timer_thread_nothing(
+    server: dtp.socket.DTPServer,
+) -> None:
+    with _connect(server) as client:
+        peer, _ = server.accept(timeout=10)
+        with peer:
+            client.sendall(b"z" * (4 * WINDOW))  # held back for good: nobody reads
+            assert client._engine.conn.send_buffered() > 0
+            timers = next(t for t in threading.enumerate() if t.name == "dtp-timers")
+            before = _thread_cpu_seconds(timers)
+            time.sleep(0.5)
+            spent = _thread_cpu_seconds(timers) - before
+            assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
+            client.abort()
+    # a closed connection is forgotten
+    watched = dtp.socket._TIMERS._watched
+    wait_for(lambda: not any(ref() is client._engine for ref, *_ in watched.values()))
+
+
+def test_a_write_that_leaves_nothing_queued_is_not_watched(
+    server: dtp.socket.DTPServer,
+) -> None:
+    with _connect(server) as client:
+        peer, _ = server.accept(timeout=10)
+        with peer:
+            client.sendall(b"small")
+            assert peer.recv(100) == b"small"
+            watched = dtp.socket._TIMERS._watched
+            assert not any(ref() is client._engine for ref, *_ in watched.values())
