@@ -366,7 +366,7 @@ class SealedInbox:
 
     def _load_snapshot(self, path: Path) -> None:
         try:
-            state = json.loads(self._path.read_bytes())
+            state = json.loads(path.read_bytes())
             if not isinstance(state, dict):
                 raise ValueError("not a JSON object")
             cursor = state.get("cursor")
