@@ -90,8 +90,11 @@ _FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
 _MAX_FRAGMENTS = 255
 #: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
 MAX_PARTIAL_RECORDS = 64
-#: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later.
+#: PipeDataSent events of pipes gone from the ledger before we knew them, kept in case
+#: their PipeCreated comes later.
 MAX_ORPHAN_EVENTS = 1024
+#: Pipes of the peer's other connections remembered (their data events are skipped).
+MAX_FOREIGN_PIPES = 4096
 #: The peer's RecordRetained events whose payload was not seen yet, kept at once.
 MAX_PENDING_RETAINED = 65_536
 
@@ -229,6 +232,9 @@ class LedgerCarrier:
         self._acked = [inner.acked for inner in pipe.inners]
         self._rr = 0
         self._orphans: list[Event] = []
+        # pipes of the peer's other connections -> whether gone from the ledger when
+        # looked up (their events are then kept as orphans, in case)
+        self._foreign: OrderedDict[str, bool] = OrderedDict()
         # (pipe, fragment id) -> (count, pieces by index)
         self._partial: OrderedDict[tuple[str, int], tuple[int, dict[int, bytes]]] = OrderedDict()
         self._unreported = 0
@@ -429,30 +435,28 @@ class LedgerCarrier:
         name = event.name
         fields = event.fields
         if name == "PipeCreated":
+            pipe = fields["pipe"]
             if (
                 fields.get("connection") == self.connection_id
                 and fields.get("owner") == self.peer_address
-                and fields["pipe"] not in self._peer_pipes
+                and pipe not in self._peer_pipes
             ):
-                self._peer_pipes.append(fields["pipe"])
-                self._lanes[fields["pipe"]] = [_Lane() for _ in range(int(fields["inners"]))]
-                orphans = [e for e in self._orphans if e.fields.get("pipe") == fields["pipe"]]
-                self._orphans = [e for e in self._orphans if e not in orphans]
-                for orphan in orphans:
-                    self._on_event(orphan, now, out)
+                self._learn_pipe(pipe, int(fields["inners"]), now, out)
+            elif pipe not in self._peer_pipes:
+                self._note_foreign(pipe)
         elif name == "PipeDestroyed":
             if fields.get("pipe") in self._peer_pipes:
                 self.peer_closed = True
         elif name == "RecordRetained":
             self._on_retained(fields, now)
         elif name == "PipeDataSent":
-            lanes = self._lanes.get(fields.get("pipe", ""))
+            pipe = fields.get("pipe", "")
+            lanes = self._lanes.get(pipe)
             inner = int(fields.get("inner", -1))
             if lanes is None:
-                # maybe a pipe of the peer's whose PipeCreated we have not seen yet
-                self._orphans.append(event)
-                del self._orphans[:-MAX_ORPHAN_EVENTS]
-                return
+                lanes = self._unknown_pipe(event, now, out)
+                if lanes is None:
+                    return
             if not 0 <= inner < len(lanes):
                 return
             lane = lanes[inner]
@@ -465,6 +469,50 @@ class LedgerCarrier:
                 lane.gap_since = None
             self.payloads_received += 1
             self._on_payload(fields["pipe"], bytes(fields["data"]), now, out)
+
+    def _learn_pipe(self, pipe: str, inners: int, now: float, out: list[bytes]) -> None:
+        """A pipe of the peer's for this connection: read from now on, with the data
+        events that came before we knew it."""
+        self._peer_pipes.append(pipe)
+        self._lanes[pipe] = [_Lane() for _ in range(inners)]
+        orphans = [e for e in self._orphans if e.fields.get("pipe") == pipe]
+        if orphans:
+            self._orphans = [e for e in self._orphans if e.fields.get("pipe") != pipe]
+            for orphan in orphans:
+                self._on_event(orphan, now, out)
+
+    def _note_foreign(self, pipe: str, *, gone: bool = False) -> None:
+        self._foreign[pipe] = gone
+        self._foreign.move_to_end(pipe)
+        while len(self._foreign) > MAX_FOREIGN_PIPES:
+            self._foreign.popitem(last=False)
+
+    def _unknown_pipe(self, event: Event, now: float, out: list[bytes]) -> list[_Lane] | None:
+        """A data event of a pipe we do not know: the peer's other connections share
+        its sender address, and keeping their payloads in case a PipeCreated of ours
+        came later filled the orphans with up to 1024 foreign payloads (16 MiB) per
+        connection. So the pipe is looked up once (one ledger read per unknown pipe):
+        ours, it is learned as its PipeCreated would be; another connection's, its data
+        is dropped from now on; gone from the ledger already, the event is kept as an
+        orphan until a PipeCreated claims it."""
+        pipe = str(event.fields.get("pipe", ""))
+        gone = self._foreign.get(pipe)
+        if gone is None:
+            try:
+                info = self.ledger.get_pipe(pipe)
+            except ObjectNotFound:
+                gone = True
+                self._note_foreign(pipe, gone=True)
+            else:
+                if info.connection == self.connection_id and info.owner == self.peer_address:
+                    self._learn_pipe(pipe, len(info.inners), now, out)
+                    return self._lanes[pipe]
+                gone = False
+                self._note_foreign(pipe)
+        if gone:
+            self._orphans.append(event)
+            del self._orphans[:-MAX_ORPHAN_EVENTS]
+        return None
 
     def _note_data(self, now: float) -> None:
         self._unreported += 1
