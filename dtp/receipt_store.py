@@ -2,10 +2,11 @@
 every connection, in SQLite.
 
 A receipt is kept only after :func:`dtp.escrow.check_receipt` accepted it, and only
-if its nonce is higher than the one stored (one atomic statement, so concurrent
-writers cannot go backwards). Every write is committed before :meth:`ReceiptStore.keep`
-returns: a crash right after it loses no earned fee. After a restart,
-:meth:`ReceiptStore.unclaimed` lists what is still to be claimed on the ledger.
+if its nonce is higher than the one stored and its amount not lower (one atomic
+statement, so concurrent writers cannot go backwards). Every write is committed
+before :meth:`ReceiptStore.keep` returns: a crash right after it loses no earned fee.
+After a restart, :meth:`ReceiptStore.unclaimed` lists what is still to be claimed on the
+ledger.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ CREATE TABLE IF NOT EXISTS receipts (
 
 
 # One statement: the comparison and the write cannot interleave with another writer's.
+# A newer receipt (higher nonce) replaces the stored one only if it is cumulative (an
+# amount not lower): a lower one, from a client that signed it after a higher one, would
+# throw away what the higher one lets the server claim for service already given.
 _KEEP = (
     "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
     "VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
     "total_amount = excluded.total_amount, encoded = excluded.encoded, "
-    "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce"
+    "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce "
+    "AND excluded.total_amount >= receipts.total_amount"
 )
 _MARK = "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?"
 
@@ -156,8 +161,9 @@ class ReceiptStore:
             os.close(fd)
 
     def keep(self, receipt: Receipt) -> bool:
-        """Store ``receipt`` if it is newer (higher nonce) than the stored one; True
-        when it was stored. The caller has already checked it."""
+        """Store ``receipt`` if it is newer (higher nonce) than the stored one and
+        cumulative (an amount not lower); True when it was stored. The caller has
+        already checked it."""
         connection_id = normalize_id(receipt.connection_id, "connection ID")
         # One statement: the comparison and the write cannot interleave with another
         # writer's. Nonces are u64, beyond SQLite's signed integers, so they are stored

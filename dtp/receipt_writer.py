@@ -144,15 +144,25 @@ class ReceiptWriter:
                 return
             batch, marks = taken
             receipts = [receipt for receipt, _ in batch.values()]
+            stored: list[bool] = []
             try:
                 if receipts:  # the marks go into the receipts' commit
-                    self.store.keep_many(receipts, marks)
+                    stored = self.store.keep_many(receipts, marks)
                 else:
                     self.store.mark_claimed_many(marks)
             except sqlite3.Error as exc:  # not stored, so it never counts
                 logger.error("cannot store receipts (%s): %s", ", ".join(batch or marks), exc)
                 batch = {}
-            for receipt, done in batch.values():
+            for (receipt, done), kept in zip(batch.values(), stored, strict=False):
+                if not kept:
+                    # the store holds a newer or higher one: this one never counts (a
+                    # receipt lower than the one stored would undo a payment)
+                    logger.warning(
+                        "receipt %d of %s not kept: the store holds a newer or higher one",
+                        receipt.nonce,
+                        receipt.connection_id,
+                    )
+                    continue
                 try:
                     done(receipt)
                 except Exception:
