@@ -1,6 +1,6 @@
 """Broadcast, session 13: a listener's own queue drops show in the next message's
-``missed_before``, and a ledger failure while the station checks a tip leaves the
-listener's link up."""
+``missed_before``, a ledger failure while the station checks a tip leaves the
+listener's link up, and a message sent while a listener attaches follows its HELLO."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dtp.messaging.broadcast import (
     BroadcastListener,
     BroadcastMessage,
     BroadcastStation,
+    _StationLink,
 )
 from tests.polling import wait_for
 from tests.test_messaging_broadcast import PRICE, SLOT_MS, World, station_and_listener
@@ -91,6 +92,38 @@ def test_a_ledger_failure_checking_a_tip_leaves_the_link_up(
         assert (tip.tip_id, tip.message) == (tip_id, "second")
         assert station.listeners == 1 and station.invalid_tips == 0
         assert not listener.closed.is_set()
+    finally:
+        listener.close()
+        station.close()
+
+
+def test_a_message_sent_while_a_listener_attaches_follows_its_hello(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 10 * PRICE)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    real_start = _StationLink.start
+
+    def start_after_a_send(link: _StationLink, *args: object) -> None:
+        # another thread's send() landing after attach() let go of the station's lock
+        # and before the link started
+        station.send(b"meanwhile")
+        real_start(link, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_StationLink, "start", start_after_a_send)
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[1], broadcast_id=w.broadcast_id
+    )
+    try:
+        station.attach(s_side, "late")
+        assert listener.wait_hello(10)
+        items = [listener.get(timeout=10)]
+        while not isinstance(items[-1], BroadcastMessage):
+            items.append(listener.get(timeout=10))
+        assert (items[-1].seq, items[-1].payload) == (1, b"meanwhile")
+        assert listener.violations == 0
     finally:
         listener.close()
         station.close()

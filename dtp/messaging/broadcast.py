@@ -201,8 +201,7 @@ class _StationLink:
         self._writer = threading.Thread(target=self._write_loop, name=f"bcast-w-{name}")
         self._reader.daemon = self._writer.daemon = True
 
-    def start(self, hello: bytes) -> None:
-        self._out.put_nowait(hello)
+    def start(self) -> None:
         self._reader.start()
         self._writer.start()
 
@@ -317,7 +316,6 @@ class BroadcastStation:
             link = _StationLink(
                 self, stream, name or f"listener-{len(self._links)}", self.link_queue
             )
-            self._links.append(link)
             hello = encode_frame(
                 [
                     HELLO,
@@ -328,7 +326,11 @@ class BroadcastStation:
                     self._seq,
                 ]
             )
-        link.start(hello)
+            # queued before the link is visible to send(): a message sent meanwhile went
+            # out before HELLO, and the listener refused it as a frame before HELLO
+            link._out.put_nowait(hello)
+            self._links.append(link)
+        link.start()
 
     def _detach(self, link: _StationLink) -> None:
         with self._lock:
