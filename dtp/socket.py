@@ -1387,6 +1387,54 @@ class DTPSocket:
                 view = view[n:]
         engine.leave_queued()
 
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send ``file`` (opened in binary mode) from ``offset`` until its end, or
+        ``count`` bytes, as :meth:`socket.socket.sendfile` does; returns the bytes sent
+        and leaves the file's position after the last of them. The socket's timeout
+        bounds the whole call, as for :meth:`sendall`. Non-blocking sockets are not
+        supported (ValueError, as for a socket)."""
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        timeout = self._timeout
+        if timeout == 0:
+            raise ValueError("non-blocking sockets are not supported")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if offset:
+            file.seek(offset)
+        chunk = bytearray(min(SEND_HIGH_WATER, count or SEND_HIGH_WATER))
+        readinto = getattr(file, "readinto", None)
+        sent = 0
+        try:
+            while count is None or sent < count:
+                want = len(chunk) if count is None else min(len(chunk), count - sent)
+                if readinto is not None:
+                    n = readinto(memoryview(chunk)[:want])
+                    data = memoryview(chunk)[:n] if n else b""
+                else:
+                    data = file.read(want)
+                if not data:
+                    break
+                view = memoryview(data).cast("B")
+                while len(view):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise DTPTimeoutError("timed out")
+                    n = self._send(view, remaining)
+                    view = view[n:]
+                    sent += n
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+            self._engine.leave_queued()
+        return sent
+
     def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
         """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (a request,
         then its answer; or an answer, then the next request), under one hold of the
