@@ -1353,7 +1353,16 @@ class Connection:
             self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
 
     def _process_handshake_records(self, now: float) -> bool:
-        batch = _core.parse_records(self._inbuf, max_records=1)
+        try:
+            batch = _core.parse_records(self._inbuf, max_records=1)
+        except RemoteProtocolError as exc:
+            if self.config.reliable_carrier:
+                raise
+            # a datagram that does not parse (forged or damaged): dropped, like a
+            # handshake message that fails Noise; the handshake goes on
+            logger.debug("dropping a datagram that does not parse: %s", exc)
+            self._inbuf = bytearray()  # rebind, not clear(): the parser's view may live on
+            return False
         if not batch.records:
             return False
         record = batch.records[0]

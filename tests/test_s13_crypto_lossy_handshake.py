@@ -186,3 +186,56 @@ def test_reliable_carrier_still_fails_on_a_forged_handshake_message(
     assert victim.closed
     assert victim.termination is not None
     assert victim.termination.error_code == CloseCode.HANDSHAKE_FAILED
+
+
+# datagrams whose record header does not parse: a zero or oversized length, an unknown
+# kind, a header cut short
+MALFORMED = [
+    bytes([1, 0, 0, 0]) + bytes(8),
+    bytes([1, 0]) + (5000).to_bytes(2, "little") + bytes(8) + bytes(5000),
+    bytes([9, 0, 10, 0]) + bytes(8) + bytes(10),
+]
+
+
+def _inject_before_first(conn: Connection, datagrams: list[bytes]) -> list[int]:
+    genuine = conn.receive_datagram
+    made: list[int] = []
+
+    def receive(data: bytes, now: float) -> None:
+        if not made:
+            made.append(1)
+            for datagram in datagrams:
+                genuine(datagram, now)
+                assert not conn.closed, conn.termination
+        genuine(data, now)
+
+    conn.receive_datagram = receive  # type: ignore[method-assign]
+    return made
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+@pytest.mark.parametrize("target", ["client", "server"])
+def test_lossy_carrier_drops_datagrams_that_do_not_parse_during_the_handshake(
+    ik: bool, target: str
+) -> None:
+    client, server = make_pair(ik=ik, reliable_carrier=False)
+    c, s = Side(client), Side(server)
+    made = _inject_before_first(client if target == "client" else server, MALFORMED)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and not server.established and not server.closed:
+            server.accept()
+
+    assert link.run(lambda: client.established and server.established, on_round=step)
+    assert made == [1]
+
+
+def test_reliable_carrier_still_fails_on_a_record_that_does_not_parse() -> None:
+    _, server = make_pair(reliable_carrier=True)
+    server.receive_data(MALFORMED[0], 0.0)
+    assert server.closed
+    assert server.termination is not None
+    assert server.termination.error_code == CloseCode.FRAME_ENCODING_ERROR
