@@ -222,3 +222,32 @@ def test_the_journal_is_folded_into_the_state_and_survives_a_torn_line(
     journal.write_bytes(b"not hex\n")
     with pytest.raises(E.SealedError, match="journal"):
         SealedInbox(bob, hb, state_path=state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"recipient_host": b"0x1"}, TypeError),  # sealed, then refused by open_sealed
+        ({"recipient_host": "\ud800"}, ValueError),  # was UnicodeEncodeError
+        ({"sender_host": "\ud800", "with_sender": True}, ValueError),
+        ({"sender_host": 5, "with_sender": True}, TypeError),  # was AttributeError
+        ({"now_ms": 1 << 70}, ValueError),  # was OverflowError
+        ({"ephemeral": b"short"}, ValueError),  # was NoiseValueError
+    ],
+)
+def test_seal_refuses_bad_arguments_with_typed_errors(
+    world: tuple, kwargs: dict, error: type[Exception]
+) -> None:
+    _ledger, alice, bob, _ha, _hb = world
+    kwargs = dict(kwargs)
+    if kwargs.pop("with_sender", False):
+        kwargs["sender"] = alice
+    with pytest.raises(error) as caught:
+        seal(bob.noise_public, b"hi", **kwargs)
+    assert type(caught.value) is error
+
+
+def test_seal_still_takes_a_float_or_negative_clock(world: tuple) -> None:
+    _ledger, _alice, bob, _ha, _hb = world
+    assert open_sealed(bob, seal(bob.noise_public, b"a", now_ms=1.5)).sent_ms == 1
+    assert open_sealed(bob, seal(bob.noise_public, b"b", now_ms=-5)).sent_ms == -5

@@ -134,11 +134,27 @@ def seal(
     ``ephemeral`` (X25519 private bytes) default to fresh randomness.
 
     Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
-    :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count)."""
+    :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count),
+    TypeError or ValueError for arguments :func:`open_sealed` would refuse or that cannot
+    be sealed (a host ID that is not text, ``now_ms`` out of range...)."""
     recipient_static = bytes_like(recipient_static)
     body = bytes_like(body)
     if len(recipient_static) != 32:
         raise ValueError("the recipient's static key is 32 bytes")
+    # checked here, not left to msgpack or noise (UnicodeEncodeError, OverflowError,
+    # NoiseValueError), nor sealed into a message open_sealed refuses (a bytes host ID)
+    for what, host_id in (("recipient_host", recipient_host), ("sender_host", sender_host)):
+        if host_id is not None:
+            if not isinstance(host_id, str):
+                raise TypeError(f"{what} must be a str, not {type(host_id).__name__!r}")
+            try:
+                host_id.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{what} is not valid text (a lone surrogate)") from None
+    if not -(1 << 63) <= int(now_ms) < 1 << 64:  # what msgpack encodes
+        raise ValueError("now_ms is out of range (ms since the epoch)")
+    if ephemeral is not None and len(ephemeral) != 32:
+        raise ValueError("an X25519 private key is 32 bytes")
     if len(body) > MAX_BODY:
         raise E.PayloadTooLarge(f"sealed body of {len(body)} bytes exceeds {MAX_BODY}")
     message_id = message_id or os.urandom(_ID_SIZE)
