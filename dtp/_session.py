@@ -47,6 +47,10 @@ UNSENT = "closed before all that was written was sent"
 def check_connect_timeout(timeout: float | None) -> None:
     """A connect's ``timeout`` must be > 0 or None (both APIs): a connect cannot be
     non-blocking, as the connection it returns is its result."""
+    if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
+        raise TypeError(
+            f"a connect's timeout is a number of seconds or None, not {type(timeout).__name__}"
+        )
     if timeout is not None and not timeout > 0:
         raise ValueError(
             f"a connect's timeout must be > 0 or None, got {timeout!r} (settimeout(0) on "

@@ -1900,6 +1900,10 @@ def create_connection(
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.admission.prepare_host_connection`).
     """
+    if timeout is _socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+        # what socket.create_connection takes (http.client and others pass it): the
+        # process's default socket timeout
+        timeout = _socket.getdefaulttimeout()
     check_connect_timeout(timeout)
     if isinstance(address, (str, HostAddress)):
         return _connect_by_host_id(
