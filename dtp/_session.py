@@ -10,6 +10,7 @@ reader bounds the sender), and the connection's end becomes one exception.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +48,7 @@ UNSENT = "closed before all that was written was sent"
 def check_connect_timeout(timeout: float | None) -> None:
     """A connect's ``timeout`` must be > 0 or None (both APIs): a connect cannot be
     non-blocking, as the connection it returns is its result."""
-    if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
+    if timeout is not None and not isinstance(timeout, numbers.Real):
         raise TypeError(
             f"a connect's timeout is a number of seconds or None, not {type(timeout).__name__}"
         )

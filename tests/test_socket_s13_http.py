@@ -59,7 +59,7 @@ def test_http_client_runs_over_a_dtp_stream_with_its_default_timeout() -> None:
         thread.join(10)
 
 
-@pytest.mark.parametrize("timeout", ["5", b"5", True, [5]])
+@pytest.mark.parametrize("timeout", ["5", b"5", [5], object()])
 def test_a_connect_timeout_that_is_not_a_number_is_a_type_error(timeout: object) -> None:
     with (
         dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server,
