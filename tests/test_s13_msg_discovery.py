@@ -124,3 +124,36 @@ def test_a_ledger_outage_is_not_a_forged_announcement(monkeypatch: pytest.Monkey
             decode_announcement(ghost, 1_000_000, ledger)
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "services", "endpoints", "issued", "ttl"),
+    [
+        (HOST, [(True, "s")], [], 1_000, 60_000),  # a bool port: every receiver drops it
+        (HOST, [("80", "s")], [], 1_000, 60_000),  # was a TypeError from <=
+        (HOST, [(1, "\ud800")], [], 1_000, 60_000),  # was UnicodeEncodeError
+        (HOST, [(1, "s")], ["\ud800"], 1_000, 60_000),
+        (HOST, [(1, "s")], [5], 1_000, 60_000),  # was five zero bytes, announced
+        ("0x" + "a" * 200, [(1, "s")], [], 1_000, 60_000),  # receivers take <= 128
+        (5, [(1, "s")], [], 1_000, 60_000),  # was AttributeError
+        (HOST, [(1, "s")], [], 1_000.5, 60_000),  # a float time: dropped by receivers
+        (HOST, [(1, "s")], [], -1, 60_000),
+        (HOST, [(1, "s")], [], 1_000, 60_000.0),
+    ],
+)
+def test_encode_announcement_refuses_what_receivers_would(
+    host: object, services: list, endpoints: list, issued: object, ttl: object
+) -> None:
+    alice = HostIdentity.generate()
+    with pytest.raises(E.DiscoveryError):
+        encode_announcement(alice, host, services, endpoints, issued, ttl)  # type: ignore[arg-type]
+
+
+def test_a_good_announcement_still_round_trips() -> None:
+    alice = HostIdentity.generate()
+    data = encode_announcement(
+        alice, HOST, [(0, "a"), (65535, "b" * 64)], ["tcp://h:1", b"\x00raw"], 0, 1
+    )
+    ann = decode_announcement(data, 0)
+    assert ann.services == ((0, "a"), (65535, "b" * 64))
+    assert ann.endpoints == (b"tcp://h:1", b"\x00raw")

@@ -163,8 +163,19 @@ class Announcement:
         return [ServiceRecord(self.host_id, p, n, self.endpoints) for p, n in self.services]
 
 
+def _text(value: object, what: str) -> bytes:
+    """``value``'s UTF-8, or :class:`DiscoveryError` when it is not text (a lone surrogate
+    made encode() raise UnicodeEncodeError)."""
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            pass
+    raise E.DiscoveryError(f"{what} is not valid text")
+
+
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not 0 < len(name.encode()) <= _MAX_NAME:
+    if not isinstance(name, str) or not 0 < len(_text(name, "a service name")) <= _MAX_NAME:
         raise E.DiscoveryError(f"a service name is 1..{_MAX_NAME} bytes of text")
 
 
@@ -179,15 +190,29 @@ def encode_announcement(
     """A signed announcement: msgpack ``[body, signature]`` where ``body`` is the msgpack
     of ``[1, host_id, ed25519_public, issued_ms, expires_ms, [[port, name]...],
     [endpoint...]]`` and the signature covers the domain tag and ``body``."""
-    if not 0 < ttl_ms <= MAX_TTL_MS:
-        raise E.DiscoveryError(f"the lifetime is 1..{MAX_TTL_MS} ms")
+    # refuse here what every receiver's decode_announcement would (a bool port, a float
+    # time, a long host ID...): such an announcement was signed, gossiped and dropped
+    if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
+        raise E.DiscoveryError(f"the lifetime is 1..{MAX_TTL_MS} ms (an int)")
+    if type(issued_ms) is not int or not 0 <= issued_ms < 1 << 63:
+        raise E.DiscoveryError("issued_ms is a non-negative int (ms since the epoch)")
+    if not isinstance(host_id, str) or len(host_id) > 128:
+        raise E.DiscoveryError("a host ID is text of at most 128 characters")
+    _text(host_id, "the host ID")
     if len(services) > _MAX_SERVICES or len(endpoints) > _MAX_ENDPOINTS:
         raise E.DiscoveryError("too many services or endpoints")
     for port, name in services:
         _check_name(name)
-        if not 0 <= port <= 0xFFFF:
-            raise E.DiscoveryError("a port is a u16")
-    eps = [e.encode() if isinstance(e, str) else bytes(e) for e in endpoints]
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            raise E.DiscoveryError("a port is a u16 (an int)")
+    eps = []
+    for e in endpoints:
+        if isinstance(e, str):
+            eps.append(_text(e, "an endpoint"))
+        elif isinstance(e, bytes | bytearray | memoryview):
+            eps.append(bytes(e))
+        else:  # bytes(5) would announce five zero bytes
+            raise E.DiscoveryError(f"an endpoint is bytes or text, not {type(e).__name__!r}")
     if any(len(e) > _MAX_ENDPOINT for e in eps):
         raise E.DiscoveryError(f"an endpoint is at most {_MAX_ENDPOINT} bytes")
     body: bytes = msgpack.packb(
