@@ -24,9 +24,10 @@ __all__ = ["ClientBuckets", "HostPolicy", "PolicyChange", "RateLimiter", "TokenB
 
 
 class TokenBucket:
-    """``rate`` units per second with a burst of ``burst_seconds`` worth; rate 0 is
-    unlimited. Usage is charged after the fact and may run the bucket into debt, so a
-    large chunk is allowed at once and paid for by the wait that follows."""
+    """``rate`` units per second with a burst of ``burst_seconds`` worth, and of one unit
+    at least; rate 0 is unlimited. Usage is charged after the fact and may run the bucket
+    into debt, so a large chunk is allowed at once and paid for by the wait that
+    follows."""
 
     def __init__(self, rate: float, now: float, burst_seconds: float = 0.25) -> None:
         if rate < 0 or burst_seconds <= 0:
@@ -38,12 +39,23 @@ class TokenBucket:
 
     @property
     def capacity(self) -> float:
-        return self.rate * self.burst_seconds
+        if not self.rate:
+            return 0.0
+        # one unit at least: below 1 / burst_seconds (4 requests/s by default) a single
+        # request ran a full bucket into debt, so every request, the first one and those
+        # of a client well within the rate, waited (3/4 s each at 1 request/s)
+        return max(self.rate * self.burst_seconds, 1.0)
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
             self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = max(self.stamp, now)
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled by ``now`` (as good as a new one)."""
+        if not self.rate:
+            return True
+        return self.tokens + max(0.0, now - self.stamp) * self.rate >= self.capacity
 
     def set_rate(self, rate: float, now: float) -> None:
         """Change the rate from ``now`` on (tokens beyond the new burst are dropped)."""
@@ -102,6 +114,10 @@ class ClientBuckets:
             self.bytes.charge(nbytes, now)
 
 
+#: Seconds between sweeps of the idle buckets (made as connections are acquired).
+_SWEEP_INTERVAL = 1.0
+
+
 @dataclass
 class RateLimiter:
     """Per-client token buckets (``Firewall.max_bytes_per_sec`` and
@@ -110,30 +126,50 @@ class RateLimiter:
     bytes_per_sec: int = 0
     requests_per_sec: int = 0
     clients: dict[str, ClientBuckets] = field(default_factory=dict)
+    #: Buckets of clients with no connection left, kept until they have refilled: a
+    #: client that reconnected got a new pair, its debt forgiven and a new burst given
+    #: (a request a connection, at once, whatever the rate).
+    idle: dict[str, ClientBuckets] = field(default_factory=dict)
+    _next_sweep: float = field(default=float("-inf"), repr=False)
 
     def acquire(self, client: str, now: float) -> ClientBuckets:
-        """The buckets of ``client`` (created on its first connection)."""
+        """The buckets of ``client`` (created on its first connection, or kept from its
+        last one while they refill)."""
         buckets = self.clients.get(client)
         if buckets is None:
-            buckets = ClientBuckets(
-                TokenBucket(self.bytes_per_sec, now), TokenBucket(self.requests_per_sec, now)
-            )
+            buckets = self.idle.pop(client, None)
+            if buckets is None:
+                buckets = ClientBuckets(
+                    TokenBucket(self.bytes_per_sec, now), TokenBucket(self.requests_per_sec, now)
+                )
             self.clients[client] = buckets
         buckets.users += 1
+        if self.idle and now >= self._next_sweep:
+            self._sweep(now)
         return buckets
 
     def release(self, client: str) -> None:
-        """One connection of ``client`` ended; its buckets go with its last one."""
+        """One connection of ``client`` ended; after its last one its buckets are idle,
+        kept until they have refilled (as good as new, then dropped)."""
         buckets = self.clients.get(client)
         if buckets is not None:
             buckets.users -= 1
             if buckets.users <= 0:
                 del self.clients[client]
+                self.idle[client] = buckets
+
+    def _sweep(self, now: float) -> None:
+        """Drop the idle buckets that have refilled (at most every _SWEEP_INTERVAL)."""
+        self._next_sweep = now + _SWEEP_INTERVAL
+        for client in [
+            c for c, b in self.idle.items() if b.bytes.full(now) and b.requests.full(now)
+        ]:
+            del self.idle[client]
 
     def set_limits(self, bytes_per_sec: int, requests_per_sec: int, now: float) -> None:
         """New limits, applied to every client's buckets at once."""
         self.bytes_per_sec, self.requests_per_sec = bytes_per_sec, requests_per_sec
-        for buckets in self.clients.values():
+        for buckets in (*self.clients.values(), *self.idle.values()):
             buckets.bytes.set_rate(bytes_per_sec, now)
             buckets.requests.set_rate(requests_per_sec, now)
 

@@ -1,0 +1,95 @@
+"""The host's per-client request rate at a few requests per second (dtp.ratelimit,
+docs/escrow.md §6.1 "Runtime firewall": usage is charged as it happens and the *next*
+use waits). The burst was a quarter second of the rate: below 4 requests/s, less than
+one request, so a single request ran a full bucket into debt and was itself held back
+-- at 1 request/s every request waited 3/4 s, the first one and those of a client well
+within the rate. Unit checks, then a real paid server on 127.0.0.1 and a LocalLedger
+file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.paid import PaidSocket
+from dtp.ratelimit import RateLimiter, TokenBucket
+from tests.paid_twins import funded_ledger, ident
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+SERVER, CLIENT = ident(0x79), ident(0x7A)
+PORT = 7
+
+
+def test_a_request_within_the_rate_does_not_wait() -> None:
+    bucket = TokenBucket(1, now=0.0)
+    for second in range(5):  # one request a second: within the rate, never held back
+        assert bucket.charge(1, float(second)) == 0.0
+    # the rate still holds: a second request in the same second waits for it
+    assert bucket.charge(1, 4.25) == pytest.approx(0.75)
+    assert bucket.delay(5.0) == 0.0
+    # above 4/s the burst is the quarter second as before
+    assert TokenBucket(400, 0.0).capacity == pytest.approx(100)
+    assert TokenBucket(0, 0.0).charge(10**9, 0.0) == 0.0  # 0: unlimited
+
+
+def test_a_reconnecting_client_keeps_its_buckets_until_they_refill() -> None:
+    limiter = RateLimiter(bytes_per_sec=100, requests_per_sec=1)
+    first = limiter.acquire("0xa", 0.0)
+    assert first.requests.charge(1, 0.0) == 0.0
+    limiter.release("0xa")
+    assert "0xa" not in limiter.clients
+    # back at once: the same buckets, debt and all (a new pair forgave it)
+    again = limiter.acquire("0xa", 0.1)
+    assert again is first
+    assert again.requests.charge(1, 0.1) == pytest.approx(0.9)
+    limiter.release("0xa")
+    limiter.set_limits(200, 2, 0.2)  # new limits reach idle buckets too
+    assert first.bytes.rate == 200 and first.requests.rate == 2
+    # refilled (and swept as another client connects): as good as new, dropped
+    other = limiter.acquire("0xb", 5.0)
+    assert "0xa" not in limiter.idle and "0xa" not in limiter.clients
+    fresh = limiter.acquire("0xa", 5.0)
+    assert fresh is not first and fresh is not other
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        yield ledger
+
+
+def echo(sock: PaidSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+def test_a_paid_server_at_one_request_a_second_answers_the_first_at_once(
+    ledger: LocalLedger,
+) -> None:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, 0, 1)
+    with dtp.socket.serve(host_id, PORT, echo, ledger=ledger, identity=SERVER):
+        took = []
+        for _ in range(2):  # two connections of one client: one bucket
+            with dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=10,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=100_000,
+            ) as sock:
+                start = time.monotonic()
+                sock.sendall(b"hi")
+                assert sock.recv(16) == b"hi"
+                took.append(time.monotonic() - start)
+    assert took[0] < 0.5  # before: 0.75 s for the first request of the first connection
+    assert took[1] >= 0.5  # the second, within the same second, waits for the rate
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
