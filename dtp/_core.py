@@ -84,6 +84,9 @@ def _check(rc: int, *, remote: bool | None = None, context: str = "") -> int:
 
 
 def _from(data: bytes | bytearray | memoryview) -> Any:
+    """``data``'s bytes for a C call. Its ``len()`` is the size in bytes: take lengths
+    from it, not from ``data`` (an ``array('I')`` or a memoryview of another format has
+    fewer items than bytes)."""
     return ffi.from_buffer("uint8_t[]", data)
 
 
@@ -109,11 +112,13 @@ def native_parse_records(
     buf: bytes | bytearray | memoryview, max_records: int = 1024
 ) -> RecordBatch:
     """Split a byte stream into record headers; raises on a malformed header."""
-    cap = max(1, min(max_records, len(buf) // RECORD_HEADER_LEN + 1))
+    data = _from(buf)
+    size = len(data)  # in bytes, whatever the buffer's item size
+    cap = max(1, min(max_records, size // RECORD_HEADER_LEN + 1))
     out = ffi.new("dtp_record[]", cap)
     n = ffi.new("size_t *")
     consumed = ffi.new("size_t *")
-    rc = lib.dtp_records_parse(_from(buf), len(buf), out, cap, n, consumed)
+    rc = lib.dtp_records_parse(data, size, out, cap, n, consumed)
     _check(rc, remote=True)
     records = [
         RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset)
@@ -368,11 +373,16 @@ class NativeAead:
 
     def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
         """Seal each plaintext as one DATA record, counters from ``first_counter``."""
-        lens = array.array("I", map(len, plaintexts)) if plaintexts else array.array("I", [0])
-        if plaintexts and max(lens) > MAX_RECORD_PLAINTEXT:
-            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        if not plaintexts:
+            return self._seal(first_counter, _from(b""), array.array("I", [0]), 0)
         plain = b"".join(plaintexts)
-        return self._seal(first_counter, plain, lens, len(plaintexts))
+        lens = array.array("I", map(len, plaintexts))
+        if sum(lens) != len(plain):
+            # some plaintext's items are wider than a byte: count its bytes
+            lens = array.array("I", (memoryview(p).nbytes for p in plaintexts))
+        if max(lens) > MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        return self._seal(first_counter, _from(plain), lens, len(plaintexts))
 
     def seal_chunks(
         self,
@@ -385,13 +395,15 @@ class NativeAead:
         bytes, number of records)."""
         if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
-        total = len(data)
+        plain = _from(data)
+        total = len(plain)
         n = max(1, -(-total // chunk))
         lens = array.array("I", [chunk]) * n
         lens[n - 1] = total - chunk * (n - 1)
-        return self._seal(first_counter, data, lens, n), n
+        return self._seal(first_counter, plain, lens, n), n
 
     def _seal(self, first_counter: int, plain: Any, lens: array.array[int], n: int) -> bytes:
+        """Seal ``plain`` (a ``_from`` buffer) cut as ``lens`` says."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
         size = len(plain) + n * RECORD_OVERHEAD
@@ -400,7 +412,7 @@ class NativeAead:
         rc = lib.dtp_aead_seal_batch(
             self._ctx,
             first_counter,
-            _from(plain),
+            plain,
             len(plain),
             ffi.from_buffer("uint32_t[]", lens),
             n,
@@ -420,7 +432,8 @@ class NativeAead:
         with ``error`` set) or a record that fails authentication (DECRYPT). Replayed
         records are reported with ``replayed=True`` and no plaintext.
         """
-        size = len(buf)
+        data = _from(buf)
+        size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
         if cap > self._opened_len:
             self._opened = ffi.new("dtp_opened[]", cap)
@@ -429,7 +442,7 @@ class NativeAead:
         plain = self._buffer(size)
         counts = self._sizes
         rc = lib.dtp_aead_open_batch(
-            self._ctx, _from(buf), size, out, cap, plain, size, counts, counts + 1
+            self._ctx, data, size, out, cap, plain, size, counts, counts + 1
         )
         n, consumed = counts[0], counts[1]
         records: list[OpenedRecord] = []
@@ -461,7 +474,8 @@ class NativeAead:
         if max_chunk <= 0:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
         sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
-        size = len(data)
+        src = _from(data)
+        size = len(src)
         # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
         # most 25 of frame header per record
         cap = size + (size // chunk + 1) * 53
@@ -472,7 +486,7 @@ class NativeAead:
             first_counter,
             sid,
             off,
-            _from(data),
+            src,
             size,
             int(fin),
             chunk,
@@ -497,16 +511,18 @@ class NativeAead:
         Frame data are memoryviews into a scratch buffer, valid until the next call."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
-        size = len(buf)
+        data = _from(buf)
+        size = len(data)
         cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
-        result = self._open_frames(buf, size, cap, max_frames, max_ranges)
+        result = self._open_frames(data, size, cap, max_frames, max_ranges)
         if result.status == t.FULL and not result.records:
-            result = self._open_frames(buf, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+            result = self._open_frames(data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
         return result
 
     def _open_frames(
-        self, buf: Any, size: int, cap: int, max_frames: int, max_ranges: int
+        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
     ) -> OpenFramesResult:
+        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)
@@ -531,7 +547,7 @@ class NativeAead:
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
             self._ctx,
-            _from(buf),
+            data,
             size,
             self._recs,
             cap,
@@ -575,16 +591,17 @@ class NativeAead:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
         if not 0 <= counter < 2**64 - 1:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        size = len(plaintext) + AEAD_TAG_LEN
+        ad_buf, plain = _from(ad), _from(plaintext)
+        size = len(plain) + AEAD_TAG_LEN
         out = self._buffer(size)
         written = self._sizes
         rc = lib.dtp_aead_seal_one(
             self._ctx,
             counter,
-            _from(ad),
-            len(ad),
-            _from(plaintext),
-            len(plaintext),
+            ad_buf,
+            len(ad_buf),
+            plain,
+            len(plain),
             out,
             size,
             written,
@@ -597,16 +614,17 @@ class NativeAead:
         """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
         if not 0 <= counter < 2**64 - 1:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
-        size = max(1, len(ciphertext))
+        ad_buf, sealed = _from(ad), _from(ciphertext)
+        size = max(1, len(sealed))
         out = self._buffer(size)
         written = self._sizes
         rc = lib.dtp_aead_open_one(
             self._ctx,
             counter,
-            _from(ad),
-            len(ad),
-            _from(ciphertext),
-            len(ciphertext),
+            ad_buf,
+            len(ad_buf),
+            sealed,
+            len(sealed),
             out,
             size,
             written,
@@ -759,23 +777,32 @@ class NativeLane:
         """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
         ``counter``; returns the sealed bytes (a view valid until the next call) and
         the number of records."""
-        if len(data) > self.max_seal:
+        src = _from_buffer(data)
+        size = len(src)
+        if size > self.max_seal:
             raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
         counts = self._counts
-        rc = lib.dtp_stream_seal(
-            self._send_ctx,
-            counter,
-            stream_id,
-            offset,
-            ffi.from_buffer(data),
-            len(data),
-            0,
-            MAX_STREAM_CHUNK,
-            self._out,
-            self._out_cap,
-            counts,
-            self._counts1,
-        )
+        try:
+            rc = lib.dtp_stream_seal(
+                self._send_ctx,
+                counter,
+                stream_id,
+                offset,
+                src,
+                size,
+                0,
+                MAX_STREAM_CHUNK,
+                self._out,
+                self._out_cap,
+                counts,
+                self._counts1,
+            )
+        except OverflowError:
+            # a number outside uint64_t: the code the twin gives (caught, not checked
+            # first, to keep the checks off the per-call path)
+            if not 0 <= counter < 2**64:
+                raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER) from None
+            raise LocalProtocolError("value out of varint range", ErrorCode.VARINT) from None
         if rc < 0:
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
@@ -799,13 +826,15 @@ class NativeLane:
         rx.stream_limit = stream_limit
         rx.conn_received = conn_received
         rx.conn_limit = conn_limit
+        src = _from_buffer(buf)
+        out = ffi.from_buffer(dst, require_writable=True)
         rc = lib.dtp_rx_take(
             self._recv_ctx,
-            ffi.from_buffer(buf),
-            len(buf),
+            src,
+            len(src),
             rx,
-            ffi.from_buffer(dst, require_writable=True),
-            len(dst),
+            out,
+            len(out),
             self._scratch,
             MAX_RECORD_PLAINTEXT,
         )
@@ -852,7 +881,7 @@ class NativeLane:
             self._rbuf,
             n,
             out,
-            len(dst),
+            len(out),
             self._scratch,
             MAX_RECORD_PLAINTEXT,
             now,
@@ -1049,18 +1078,27 @@ class NativeReassembler:
     def push_many(self, chunks: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
         """Insert chunks in one call; on error nothing is inserted."""
         n = len(chunks)
+        joined = b"".join([d for _, d in chunks])
         cchunks = ffi.new("dtp_chunk[]", max(1, n))
         off = 0
         try:
             for i, (seq, data) in enumerate(chunks):
+                size = len(data)
                 c = cchunks[i]
                 c.seq = seq
                 c.data_off = off
-                c.len = len(data)
-                off += len(data)
+                c.len = size
+                off += size
+            if off != len(joined):
+                # a chunk's items are wider than a byte: place the chunks by their bytes
+                off = 0
+                for i, (_, data) in enumerate(chunks):
+                    size = memoryview(data).nbytes
+                    cchunks[i].data_off = off
+                    cchunks[i].len = size
+                    off += size
         except OverflowError:
             raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG) from None
-        joined = b"".join(d for _, d in chunks)
         # each code on its usual side: ARG is our misuse, WINDOW/FRAGMENTED the peer's
         _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)))
 
@@ -1108,7 +1146,7 @@ class NativeHamGraph:
             raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
         if len(seed) != 16:
             raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
-        g = lib.dtp_ham_new(max_deferred_bytes, seed, len(seed))
+        g = lib.dtp_ham_new(max_deferred_bytes, _from(seed), len(seed))
         if g == ffi.NULL:
             raise MemoryError("could not allocate a HAM table")
         self._g = ffi.gc(g, lib.dtp_ham_free)
@@ -1117,14 +1155,15 @@ class NativeHamGraph:
         """Merge an encoded batch against the machine clock ``machine_state``."""
         if not math.isfinite(machine_state):
             raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
-        size = len(batch)
+        data = _from(batch)
+        size = len(data)
         status = bytearray(max(1, size // 12 + 1))
         changed = bytearray(max(size, HAM_BATCH_HEADER_LEN))
         counts = ffi.new("size_t[2]")
         rc = lib.dtp_ham_merge(
             self._g,
             machine_state,
-            _from(batch),
+            data,
             size,
             _from(status),
             len(status),
@@ -1157,6 +1196,9 @@ class NativeHamGraph:
 
     def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
         """(state, value) of one field, or None."""
+        if type(soul) is not bytes or type(field) is not bytes:
+            # cffi passes bytes as they are; any other bytes-like key as its bytes
+            soul, field = bytes(soul), bytes(field)
         state = ffi.new("double *")
         value = ffi.new("uint8_t **")
         vlen = ffi.new("size_t *")

@@ -145,10 +145,11 @@ class Aead:
 
     def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
         """Seal each plaintext as one DATA record, counters from ``first_counter``."""
-        for p in plaintexts:
+        raw = [bytes(p) for p in plaintexts]  # (bytes: a buffer's bytes, not its items)
+        for p in raw:
             if len(p) > MAX_RECORD_PLAINTEXT:
                 raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-        return self._seal(first_counter, [bytes(p) for p in plaintexts])
+        return self._seal(first_counter, raw)
 
     def seal_chunks(
         self,
@@ -356,20 +357,22 @@ class Aead:
         """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
         if not 0 <= counter < COUNTER_RESERVED:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad, plaintext = bytes(ad), bytes(plaintext)  # their bytes, whatever the item size
         if len(ad) > INT_MAX or len(plaintext) > INT_MAX:
             raise LocalProtocolError(code=ErrorCode.ARG)
-        return self._cipher.encrypt(nonce(counter), bytes(plaintext), bytes(ad))
+        return self._cipher.encrypt(nonce(counter), plaintext, ad)
 
     def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
         """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
         if not 0 <= counter < COUNTER_RESERVED:
             raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad, ciphertext = bytes(ad), bytes(ciphertext)  # their bytes, whatever the item size
         if len(ciphertext) < AEAD_TAG_LEN:
             raise DecryptionError()
         if len(ad) > INT_MAX or len(ciphertext) - AEAD_TAG_LEN > INT_MAX:
             raise _remote_error(ErrorCode.ARG)
         try:
-            return self._cipher.decrypt(nonce(counter), bytes(ciphertext), bytes(ad))
+            return self._cipher.decrypt(nonce(counter), ciphertext, ad)
         except InvalidTag:
             raise DecryptionError() from None
 

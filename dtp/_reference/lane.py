@@ -171,7 +171,7 @@ class Lane:
     ) -> tuple[memoryview, int]:
         """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
         ``counter``; returns the sealed bytes and the number of records."""
-        if len(data) > self.max_seal:
+        if memoryview(data).nbytes > self.max_seal:
             raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
         sealed, n = self._send.seal_stream(counter, stream_id, offset, data)
         return memoryview(sealed), n
@@ -189,7 +189,7 @@ class Lane:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
         anything else."""
-        view = memoryview(buf)
+        view = memoryview(buf).cast("B")
         out = memoryview(dst).cast("B")
         window = self._recv._window
         cipher = self._recv._cipher

@@ -56,11 +56,13 @@ class Reassembler:
         must not pass ``next_seq + window`` (REASM_WINDOW); finally the runs after the
         push must number at most ``max_ranges`` (REASM_FRAGMENTED).
         """
-        for seq, data in chunks:
+        # as bytes: a buffer of wider items holds more bytes than items
+        views = [(seq, memoryview(data).cast("B")) for seq, data in chunks]
+        for seq, data in views:
             if not 0 <= seq < _U64 or len(data) >= _U32:
                 raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG)
         fresh: list[tuple[int, int, memoryview]] = []
-        for seq, data in chunks:
+        for seq, data in views:
             end = seq + len(data)
             if end >= _U64:
                 raise LocalProtocolError("chunk ends past 2**64 - 1", ErrorCode.ARG)
@@ -68,7 +70,7 @@ class Reassembler:
                 raise RemoteProtocolError(code=ErrorCode.REASM_WINDOW)
             lo = max(seq, self._next)
             if lo < end:  # bytes before next_seq were already released: ignored
-                fresh.append((lo, end, memoryview(data)[lo - seq :]))
+                fresh.append((lo, end, data[lo - seq :]))
         held = [(s, s + len(run)) for s, run in zip(self._starts, self._runs, strict=True)]
         if _union_count(held + [(lo, hi) for lo, hi, _ in fresh]) > self._max_ranges:
             raise RemoteProtocolError(code=ErrorCode.REASM_FRAGMENTED)

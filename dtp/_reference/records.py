@@ -54,7 +54,8 @@ def parse_records(buf: bytes | bytearray | memoryview, max_records: int = 1024) 
     """Split a byte stream into whole records (see ``dtp_records_parse``)."""
     # the view is released on every path, errors included: callers resize their
     # buffers right after (a live export would make that fail)
-    with memoryview(buf) as view:
+    # (cast: a buffer of wider items is read as its bytes, as the C core reads it)
+    with memoryview(buf) as base, base.cast("B") as view:
         return _parse(view, max_records)
 
 

@@ -1,0 +1,162 @@
+"""Both core backends take any C-contiguous buffer as its bytes: an ``array('I')`` or a
+memoryview of another format is read (and written) as the bytes it holds, exactly as
+the same bytes in a ``bytes`` object -- not as ``len()`` items -- and bytes-like keys
+and seeds are accepted wherever ``bytes`` are."""
+
+from __future__ import annotations
+
+import array
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dtp._reference.ham import encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.errors import ErrorCode, LocalProtocolError
+from tests.conftest import BACKENDS
+
+KEY = bytes(range(32))
+SID = 4
+BIG = 1 << 40
+each_backend = pytest.mark.parametrize("b", BACKENDS, ids=lambda b: b.name)
+
+
+def words(data: bytes) -> array.array[int]:
+    """``data`` (a multiple of 4 bytes) in an array of 4-byte items."""
+    assert len(data) % 4 == 0
+    out = array.array("I")
+    out.frombytes(data)
+    return out
+
+
+def padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
+def opened(result: Any) -> Any:
+    records, consumed, status, _ = result
+    return [(r.counter, bytes(r.plaintext), r.replayed) for r in records], consumed, status
+
+
+@each_backend
+def test_open_reads_every_byte(b: SimpleNamespace) -> None:
+    sealed = padded(b.Aead(KEY).seal(0, [b"hello", b"world!", b"x" * 30]))
+    want = opened(b.Aead(KEY).open(sealed))
+    assert len(want[0]) == 3
+    assert opened(b.Aead(KEY).open(words(sealed))) == want
+    assert opened(b.Aead(KEY).open(memoryview(sealed).cast("I"))) == want
+
+
+@each_backend
+def test_open_frames_reads_every_byte(b: SimpleNamespace) -> None:
+    sealed = padded(b.Aead(KEY).seal_stream(0, SID, 0, b"abcdefgh" * 9, max_chunk=20)[0])
+
+    def frames(buf: Any) -> Any:
+        records, consumed, status, _ = b.Aead(KEY).open_frames(buf)
+        return [[(f.type, f.a, f.b, bytes(f.data)) for f in r.frames] for r in records], (
+            consumed,
+            status,
+        )
+
+    want = frames(sealed)
+    assert len(want[0]) == 4
+    assert frames(words(sealed)) == want
+
+
+@each_backend
+def test_parse_records_reads_every_byte(b: SimpleNamespace) -> None:
+    sealed = padded(b.Aead(KEY).seal(0, [b"a", b"bc", b"def"]))
+    assert b.parse_records(words(sealed)) == b.parse_records(sealed)
+    assert len(b.parse_records(sealed).records) == 3
+
+
+@each_backend
+def test_lane_take_reads_and_fills_every_byte(b: SimpleNamespace) -> None:
+    sealed = padded(b.Aead(KEY).seal_stream(0, SID, 0, b"0123456789" * 4, max_chunk=10)[0])
+
+    def take(buf: Any, dst: Any) -> tuple[Any, bytes]:
+        lane = b.Lane(b.Aead(bytes(32)), b.Aead(KEY))
+        r = lane.take(buf, SID, 0, BIG, 0, BIG, dst)
+        return (r.status, r.consumed, r.records, r.taken, bytes(r.spill)), bytes(dst)
+
+    want = take(sealed, bytearray(24))
+    assert want[0][3] == 24  # taken: the destination is full
+    got = take(words(sealed), array.array("I", bytes(24)))
+    assert got == want
+
+
+@each_backend
+def test_reassembler_holds_every_byte(b: SimpleNamespace) -> None:
+    data = bytes(range(1, 17))
+    r = b.Reassembler(0, 64, 4)
+    r.push_many([(8, words(data[8:])), (0, memoryview(data[:8]).cast("I"))])
+    assert (r.readable, r.buffered) == (16, 16)
+    assert r.pop() == data
+    assert r.next_seq == 16
+
+
+@each_backend
+def test_reassembler_window_counts_bytes(b: SimpleNamespace) -> None:
+    r = b.Reassembler(0, 6, 4)
+    with pytest.raises(Exception) as info:
+        r.push(0, words(bytes(8)))  # 8 bytes do not fit a 6-byte window
+    assert getattr(info.value, "code", None) == ErrorCode.REASM_WINDOW
+    assert (r.buffered, r.next_seq) == (0, 0)
+
+
+@each_backend
+def test_ham_merge_reads_every_byte(b: SimpleNamespace) -> None:
+    # a value long enough for the batch to be a whole number of 4-byte items
+    size = len(encode_ham_batch([HamUpdate(b"soul", b"f", 1.0, b"")]))
+    ups = [HamUpdate(b"soul", b"f", 1.0, b"v" * (-size % 4 + 4))]
+    batch = encode_ham_batch(ups)
+    g = b.HamGraph(seed=bytes(16))
+    assert g.merge(words(batch), 5.0).statuses == b"\x00"
+    assert g.get(b"soul", b"f") == (1.0, ups[0].value)
+
+
+@each_backend
+def test_ham_keys_and_seed_may_be_any_bytes_like(b: SimpleNamespace) -> None:
+    g = b.HamGraph(seed=bytearray(16))
+    g.merge(encode_ham_batch([HamUpdate(b"soul", b"field", 2.0, b"v")]), 5.0)
+    want = (2.0, b"v")
+    assert g.get(b"soul", b"field") == want
+    assert g.get(bytearray(b"soul"), memoryview(b"xfield")[1:]) == want
+    assert g.get(memoryview(b"soul"), bytearray(b"field")) == want
+    assert b.HamGraph(seed=memoryview(bytes(16))).get(b"soul", b"field") is None
+
+
+@each_backend
+@pytest.mark.parametrize(
+    ("counter", "stream_id", "offset", "code"),
+    [
+        (-1, SID, 0, ErrorCode.COUNTER),
+        (2**64, SID, 0, ErrorCode.COUNTER),
+        (0, -1, 0, ErrorCode.VARINT),
+        (0, 2**64, 0, ErrorCode.VARINT),
+        (0, SID, -1, ErrorCode.VARINT),
+        (0, SID, 2**64, ErrorCode.VARINT),
+    ],
+)
+def test_lane_seal_out_of_range_is_a_typed_error(
+    b: SimpleNamespace, counter: int, stream_id: int, offset: int, code: ErrorCode
+) -> None:
+    lane = b.Lane(b.Aead(KEY), b.Aead(KEY))
+    with pytest.raises(LocalProtocolError) as info:
+        lane.seal(counter, stream_id, offset, b"data")
+    assert info.value.code == code
+
+
+@each_backend
+def test_sealing_reads_every_byte(b: SimpleNamespace) -> None:
+    data = bytes(range(40))
+    a = b.Aead(KEY)
+    assert a.seal(3, [words(data), b"x"]) == a.seal(3, [data, b"x"])
+    assert a.seal_chunks(3, words(data), 16) == a.seal_chunks(3, data, 16)
+    assert a.seal_stream(3, SID, 0, words(data), max_chunk=16) == a.seal_stream(
+        3, SID, 0, data, max_chunk=16
+    )
+    sealed = a.encrypt(3, words(data[:8]), words(data))
+    assert sealed == a.encrypt(3, data[:8], data)
+    assert a.decrypt(3, words(data[:8]), words(padded(sealed))[: len(sealed) // 4]) == data
