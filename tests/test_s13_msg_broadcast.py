@@ -127,3 +127,28 @@ def test_a_message_sent_while_a_listener_attaches_follows_its_hello(
     finally:
         listener.close()
         station.close()
+
+
+def test_request_and_tip_text_is_checked_before_anything_is_paid_or_sent(world: World) -> None:
+    w = world
+    station, listener = station_and_listener(w)
+    try:
+        with pytest.raises(TypeError) as not_text:
+            listener.request(b"play it")  # type: ignore[arg-type]
+        assert type(not_text.value) is TypeError  # was AttributeError
+        with pytest.raises(ValueError) as surrogate:
+            listener.request("\ud800")
+        assert type(surrogate.value) is ValueError  # was UnicodeEncodeError
+        with pytest.raises(TypeError) as tip_not_text:
+            listener.tip(100, b"thanks")  # type: ignore[arg-type]
+        assert type(tip_not_text.value) is TypeError
+        with pytest.raises(ValueError) as tip_surrogate:
+            listener.tip(100, "\ud800")
+        assert type(tip_surrogate.value) is ValueError
+        # nothing was contributed for the refused tips, and the link still works
+        assert w.ledger.get_broadcast(w.broadcast_id).pool == 0
+        listener.request("sync")
+        assert station.requests.get(timeout=10).text == "sync"
+    finally:
+        listener.close()
+        station.close()

@@ -114,6 +114,18 @@ def signed_tip(broadcast_id: str, tip_id: bytes, amount: int, message: str) -> b
     )
 
 
+def _utf8(text: object, what: str) -> bytes:
+    """The UTF-8 of ``text``: TypeError when it is not a str, ValueError when it is not
+    valid text (a lone surrogate; ``str.encode`` raised AttributeError or
+    UnicodeEncodeError), checked before anything is paid or sent."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} is a str, not {type(text).__name__!r}")
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid text (a lone surrogate)") from None
+
+
 def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     from dtp.escrow import _verify_ed25519
 
@@ -685,7 +697,7 @@ class BroadcastListener:
 
     def request(self, text: str) -> None:
         """Send the station a short message (at most :data:`MAX_REQUEST` bytes)."""
-        if len(text.encode()) > MAX_REQUEST:
+        if len(_utf8(text, "a request")) > MAX_REQUEST:
             raise E.PayloadTooLarge(f"a request is at most {MAX_REQUEST} bytes")
         self._send([REQUEST, text])
 
@@ -697,7 +709,7 @@ class BroadcastListener:
     def tip(self, amount: int, message: str) -> bytes:
         """Contribute ``amount`` and send the station a signed tip with ``message``;
         returns the tip's id."""
-        if len(message.encode()) > MAX_TIP_MESSAGE:
+        if len(_utf8(message, "a tip message")) > MAX_TIP_MESSAGE:
             raise E.PayloadTooLarge(f"a tip message is at most {MAX_TIP_MESSAGE} bytes")
         ledger, identity, b_id = self._need()
         ledger.broadcast_contribute(identity, b_id, amount)
