@@ -152,3 +152,19 @@ def test_request_and_tip_text_is_checked_before_anything_is_paid_or_sent(world: 
     finally:
         listener.close()
         station.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"inbox_size": 0}, ValueError),  # queue.Queue(0) is unbounded: listeners' tips
+        ({"link_queue": 0}, ValueError),
+        ({"max_listeners": -1}, ValueError),
+        ({"link_queue": 4.0}, TypeError),
+    ],
+)
+def test_station_sizes_out_of_range_are_refused(
+    world: World, kwargs: dict, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        BroadcastStation(world.ledger, world.caster, world.broadcast_id, **kwargs)

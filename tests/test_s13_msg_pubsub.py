@@ -5,8 +5,11 @@ still goes when the queue is empty."""
 
 from __future__ import annotations
 
+import pytest
+
 import dtp.socket
 from dtp.messaging.pubsub import DEFAULT_LINK_QUEUE_BYTES, PubSubNode
+from tests.polling import wait_for
 from tests.test_messaging_pubsub import Mesh
 
 
@@ -49,3 +52,35 @@ def test_the_default_byte_cap() -> None:
     node = PubSubNode("n")
     assert node.link_queue_bytes == DEFAULT_LINK_QUEUE_BYTES == 16 << 20
     node.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"seen_cache": 0}, ValueError),  # each message was delivered once per path
+        ({"link_queue": 0}, ValueError),  # queue.Queue(0) is unbounded
+        ({"link_queue_bytes": 0}, ValueError),
+        ({"max_message_size": 0}, ValueError),  # every link's reader died at once
+        ({"max_message_size": 1 << 32}, ValueError),
+        ({"max_hops": 256}, ValueError),
+        ({"max_hops": -1}, ValueError),
+        ({"link_queue": 8.0}, TypeError),
+    ],
+)
+def test_node_sizes_out_of_range_are_refused(kwargs: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        PubSubNode("n", **kwargs)
+
+
+def test_a_loop_delivers_each_message_once_with_the_smallest_seen_cache() -> None:
+    mesh = Mesh(2, [(0, 1), (1, 0)], seen_cache=1)  # two links: a loop
+    try:
+        sub = mesh.nodes[1].subscribe("t")
+        assert mesh.nodes[0].wait_for_interest("t", 2, timeout=10)
+        mesh.nodes[0].publish("t", b"once", hops=6)
+        assert sub.get(timeout=10).data == b"once"
+        # the copy over the other path (and its echoes) is a duplicate at node 1
+        assert wait_for(lambda: mesh.nodes[1].duplicates >= 1)
+        assert sub.qsize() == 0
+    finally:
+        mesh.close()

@@ -282,6 +282,18 @@ class BroadcastStation:
         max_listeners: int = 1024,
         inbox_size: int = 256,
     ) -> None:
+        """``link_queue`` (frames per listener) and ``inbox_size`` (tips, requests) are
+        at least 1 and ``max_listeners`` at least 0 (ValueError; TypeError when not ints):
+        a queue of 0 was unbounded, so listeners' tips and requests could fill memory."""
+        for name, value, low in (
+            ("link_queue", link_queue, 1),
+            ("max_listeners", max_listeners, 0),
+            ("inbox_size", inbox_size, 1),
+        ):
+            if type(value) is not int:
+                raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
+            if value < low:
+                raise ValueError(f"{name} must be at least {low}")
         b = ledger.get_broadcast(broadcast_id)
         if b.broadcaster != identity.sui_address:
             raise E.StationError("this identity is not the broadcaster")

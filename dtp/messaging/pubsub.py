@@ -376,7 +376,17 @@ class PubSubNode:
     ) -> None:
         """``link_queue`` and ``link_queue_bytes`` bound each link's queue of frames (in
         count and in bytes): a peer that reads slowly or not at all has what does not fit
-        dropped, and counted."""
+        dropped, and counted. Sizes out of range are a ValueError (a TypeError when not
+        ints): a queue of 0 was unbounded, a ``seen_cache`` of 0 delivered each message
+        once per path, a ``max_message_size`` of 0 ended every link's reader."""
+        for name, value, low, high in (
+            ("max_hops", max_hops, 0, 255),
+            ("link_queue", link_queue, 1, None),
+            ("link_queue_bytes", link_queue_bytes, 1, None),
+            ("seen_cache", seen_cache, 1, None),
+            ("max_message_size", max_message_size, 1, 0xFFFFFFFF),
+        ):
+            _check_size(name, value, low, high)
         self.node_id = node_id or os.urandom(8).hex()
         self.max_hops = max_hops
         self.link_queue = link_queue
@@ -582,6 +592,16 @@ class PubSubNode:
             subs = [sub for subs in self._subs.values() for sub in subs]
         for sub in subs:
             sub.close()
+
+
+def _check_size(name: str, value: object, low: int, high: int | None) -> None:
+    """Refuse a constructor size that is not an int in ``low..high``."""
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
+    if high is None and value < low:
+        raise ValueError(f"{name} must be at least {low}")
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}")
 
 
 def _valid_topic(topic: object) -> bool:
