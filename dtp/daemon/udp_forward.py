@@ -68,7 +68,16 @@ class UdpForward:
             self.book.touch()
             raise
         assert writer.connection_id is not None and writer.escrow_id is not None
-        escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
+        try:
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
+        except BaseException as exc:
+            # (failed or cancelled) the forwarder never sees this connection: closed
+            # here, or it stayed open for good, kept alive by its keepalives
+            writer.close()
+            if isinstance(exc, DTPError):
+                stats.errors += 1
+                self.book.touch()
+            raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited
         stats.connections += 1

@@ -1,0 +1,118 @@
+"""The daemon's UDP forward (dtp.daemon.udp_forward) when the ledger read that follows
+a flow's connect fails: the connection just made must not stay open. On a LocalLedger
+file; the host publishes no endpoint, so connections go over the ledger carrier."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.address import HostAddress
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.daemon.config import Backend, ForwardConfig
+from dtp.daemon.state import StatusBook
+from dtp.daemon.udp_forward import UdpForward
+from dtp.errors import ChainError
+from tests.ledger_server import identity_from_seed
+from tests.polling import wait_for
+
+PORT = 7
+SERVER = identity_from_seed(0x65)
+CLIENT = identity_from_seed(0x66)
+
+
+class _EscrowUnreadable:
+    """The ledger, except that reading an escrow fails (a node that went away)."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def get_escrow(self, escrow_id: str) -> Any:
+        raise ChainError("the node is unavailable", name="LedgerUnavailable", module="ledger")
+
+
+def _bridges() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("dtp-ledger-") and t.name != "dtp-ledger-listener"
+    ]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "udp", Sla(0, 0, 1000))
+    ledger.faucet(CLIENT.sui_address, 1_000_000)
+    try:
+        yield ledger, host_id
+    finally:
+        ledger.close()
+
+
+def test_a_flow_whose_escrow_cannot_be_read_closes_its_connection(
+    ledger: tuple[LocalLedger, str], tmp_path: Path
+) -> None:
+    """The escrow read after the connect failed: the error reached the forwarder, which
+    never saw the connection, and the connection stayed open for good (its keepalives
+    kept it alive, its deposit locked)."""
+    book, host_id = ledger
+    ended = threading.Event()
+    accepted = threading.Event()
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        accepted.set()
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except dtp.socket.DTPError:
+            pass
+        finally:
+            sock.close()
+            ended.set()
+
+    server_ledger = LocalLedger(book.path)
+    server = dtp.socket.create_server(
+        None, identity=SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    )
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    config = ForwardConfig(
+        name="f",
+        listen=Backend("127.0.0.1", 0),
+        target=HostAddress.parse(f"dtp://{host_id}:{PORT}"),
+        deposit=5000,
+        protocol="udp",
+    )
+    forward = UdpForward(config, _EscrowUnreadable(book), CLIENT, StatusBook(tmp_path))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        address = await forward.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"hello", address)
+            assert await asyncio.to_thread(accepted.wait, 30)
+            # the connection ends (its server's handler sees it go) without the
+            # forwarder being closed
+            assert await asyncio.to_thread(ended.wait, 10)
+        assert forward.stats.errors == 1
+        await forward.release()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+        serving.join(5)
+        assert wait_for(lambda: not _bridges(), 30)
+        server_ledger.close()
