@@ -239,3 +239,22 @@ def test_reliable_carrier_still_fails_on_a_record_that_does_not_parse() -> None:
     assert server.closed
     assert server.termination is not None
     assert server.termination.error_code == CloseCode.FRAME_ENCODING_ERROR
+
+
+@pytest.mark.parametrize("pattern", [PATTERN_IK, PATTERN_XX])
+def test_the_overhead_table_the_payload_cap_is_checked_with_is_exact(pattern: int) -> None:
+    # the cap is checked on the message size before Noise reads it (a failed read must
+    # change nothing): it relies on knowing what Noise adds to each message
+    from dtp.crypto import _NOISE_OVERHEAD
+
+    initiator, responder = _pair(pattern)
+    sides = (initiator, responder)
+    number = 1
+    while not (initiator.complete and responder.complete):
+        writer, reader = sides[(number - 1) % 2], sides[number % 2]
+        payload = os.urandom(number * 7)
+        message = writer.write_message(payload)
+        pattern_byte = 1 if number == 1 else 0
+        assert len(message) - pattern_byte - len(payload) == _NOISE_OVERHEAD[pattern, number]
+        assert reader.read_message(message) == payload
+        number += 1
