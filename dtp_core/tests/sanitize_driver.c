@@ -113,6 +113,149 @@ static void exercise_aead(void) {
     dtp_aead_free(NULL);
 }
 
+/* dtp_aead_open_frames (the general receive path) on records of plausible and random
+ * frames, some tampered, cut or replayed, with small and random output arrays: every
+ * reported frame must lie inside what was reported, and the outputs inside their caps. */
+static void exercise_open_frames(void) {
+    static uint8_t plain[8 * 600], sealed[8 * 600 + 8 * 28], opened[8 * 600];
+    uint8_t key[32];
+    uint32_t lens[8];
+    dtp_opened_rec recs[8];
+    static dtp_frame frames[8 * 600];
+    static dtp_ack_range ranges[1024];
+    size_t written, n_recs, n_frames, n_ranges, consumed, reported[2] = {0, 0};
+    fill(key, sizeof key);
+    dtp_aead *tx = dtp_aead_new(key, sizeof key);
+    dtp_aead *rx = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL && rx != NULL);
+    uint64_t counter = 0;
+    for (int round = 0; round < 3000; round++) {
+        size_t n = 1 + next() % 8, total = 0;
+        for (size_t i = 0; i < n; i++) {
+            lens[i] = (uint32_t)(next() % 600);
+            uint8_t *p = plain + total;
+            fill(p, lens[i]);
+            /* mostly frames that decode: PING, PADDING, MAX_DATA, a short STREAM, an ACK */
+            if (round % 4 != 3) memset(p, 0, lens[i]); /* PADDING where no frame goes */
+            for (size_t k = 0; k + 8 < lens[i] && round % 4 != 3; k += 8) {
+                static const uint8_t kinds[][8] = {{1, 1, 1, 1, 1, 1, 1, 1},
+                                                   {0, 0, 0, 0, 0, 0, 0, 0},
+                                                   {3, 0x3f, 1, 1, 1, 1, 1, 1},
+                                                   {8, 4, 0, 3, 'a', 'b', 'c', 1},
+                                                   {2, 20, 0, 2, 1, 3, 2, 1}};
+                memcpy(p + k, kinds[next() % 5], 8);
+            }
+            total += lens[i];
+        }
+        if (counter > 4000 && round % 9 == 4) counter -= 4000; /* some fall under the window */
+        int rc = dtp_aead_seal_batch(tx, counter, plain, total, lens, n, sealed, sizeof sealed,
+                                     &written);
+        CHECK(rc == DTP_OK);
+        counter += n;
+        if (round % 6 == 1) sealed[next() % written] ^= (uint8_t)(1u << (next() % 8));
+        size_t len = round % 5 == 2 ? next() % written : written;
+        /* half the time room for everything, else random (FULL stops) */
+        int roomy = round % 2 == 0;
+        size_t max_recs = roomy ? 8 : next() % 9, max_frames = roomy ? 8 * 600 : next() % 65;
+        size_t max_ranges = roomy ? 1024 : next() % 65;
+        size_t plain_cap = roomy ? sizeof opened : next() % sizeof opened;
+        for (int again = 0; again < 2; again++) {
+            rc = dtp_aead_open_frames(rx, sealed, len, recs, max_recs, opened, plain_cap,
+                                      frames, max_frames, ranges, max_ranges, &n_recs,
+                                      &n_frames, &n_ranges, &consumed);
+            CHECK(consumed <= len && n_recs <= max_recs && n_frames <= max_frames &&
+                  n_ranges <= max_ranges);
+            size_t plain_end = 0, frames_end = 0;
+            for (size_t i = 0; i < n_recs; i++) {
+                const dtp_opened_rec *o = &recs[i];
+                CHECK(o->status == DTP_OK || o->status == DTP_ERR_REPLAY);
+                CHECK(o->first_frame == frames_end && o->plain_off == plain_end);
+                frames_end += o->n_frames;
+                plain_end += o->plain_len;
+                for (uint32_t k = o->first_frame; k < o->first_frame + o->n_frames; k++) {
+                    const dtp_frame *f = &frames[k];
+                    if (f->type == DTP_FRAME_ACK)
+                        CHECK(f->a + f->b <= n_ranges);
+                    else
+                        CHECK(f->data_len == 0 ||
+                              (f->data_off >= o->plain_off &&
+                               f->data_off + f->data_len <= o->plain_off + o->plain_len));
+                }
+            }
+            CHECK(frames_end == n_frames && plain_end <= plain_cap);
+            for (size_t i = 0; i < n_recs; i++) reported[recs[i].status == DTP_OK]++;
+            (void)rc; /* the second pass sees the same bytes: now replays (or the stop) */
+        }
+    }
+    CHECK(reported[0] > 1000 && reported[1] > 1000); /* replays, and records opened */
+    CHECK(dtp_aead_open_frames(NULL, sealed, 1, recs, 1, opened, 1, frames, 1, ranges, 1,
+                               &n_recs, &n_frames, &n_ranges, &consumed) == DTP_ERR_ARG);
+    CHECK(dtp_aead_open_frames(rx, sealed, 1, NULL, 1, opened, 1, frames, 1, ranges, 1, &n_recs,
+                               &n_frames, &n_ranges, &consumed) == DTP_ERR_ARG);
+    dtp_aead_free(tx);
+    dtp_aead_free(rx);
+}
+
+/* dtp_record_header_write against dtp_records_parse, dtp_stream_seal_size against
+ * dtp_stream_seal, and dtp_flow_take's own argument checks. */
+static void exercise_small_entry_points(void) {
+    uint8_t hdr[DTP_RECORD_HEADER_LEN + 1];
+    for (int round = 0; round < 20000; round++) {
+        uint8_t kind = (uint8_t)(round % 3 ? next() % 20 : DTP_REC_DATA);
+        uint8_t flags = (uint8_t)(round % 7 ? 0 : next());
+        uint32_t body = (uint32_t)(next() % 70000);
+        uint64_t counter = next();
+        size_t cap = round % 11 ? 12 : 11;
+        int rc = dtp_record_header_write(kind, flags, body, counter, hdr, cap);
+        /* the parser's verdict on the same 12 bytes (the body is not there: NEED_MORE) */
+        uint8_t raw[DTP_RECORD_HEADER_LEN] = {kind, flags, (uint8_t)body, (uint8_t)(body >> 8)};
+        for (int i = 0; i < 8; i++) raw[4 + i] = (uint8_t)(counter >> (8 * i));
+        dtp_record rec;
+        size_t n, used;
+        int prc = dtp_records_parse(raw, sizeof raw, &rec, 1, &n, &used);
+        if (cap < 12)
+            CHECK(rc == DTP_ERR_BUFFER);
+        else if (body > 0xffff)
+            CHECK(rc == DTP_ERR_RECORD_SIZE);
+        else
+            CHECK(rc == (prc == DTP_NEED_MORE ? DTP_OK : prc) &&
+                  (rc != DTP_OK || memcmp(hdr, raw, sizeof raw) == 0));
+    }
+    CHECK(dtp_record_header_write(DTP_REC_DATA, 0, 16, 0, NULL, 12) == DTP_ERR_BUFFER);
+
+    static uint8_t data[50000], out[50000 + 8 * 53];
+    uint8_t key[32];
+    fill(key, sizeof key);
+    dtp_aead *tx = dtp_aead_new(key, sizeof key);
+    CHECK(tx != NULL);
+    for (int round = 0; round < 300; round++) {
+        static const uint64_t ids[] = {0, 63, 64, 16383, 16384, 1073741823, 1073741824,
+                                       DTP_VARINT_MAX, (uint64_t)DTP_VARINT_MAX + 1};
+        uint64_t sid = ids[next() % 9], off = ids[next() % 9] - (next() % 2) * (next() % 60000);
+        size_t len = next() % sizeof data, chunk = next() % 16400;
+        size_t want = dtp_stream_seal_size(sid, off, len, chunk);
+        size_t written = 1, n = 1;
+        int rc = dtp_stream_seal(tx, 0, sid, off, data, len, (int)(round & 1), chunk, out,
+                                 sizeof out, &written, &n);
+        CHECK(rc == DTP_OK ? written == want : (want == 0 || rc == DTP_ERR_BUFFER));
+        CHECK(rc == DTP_OK || (written == 0 && n == 0));
+    }
+    dtp_aead_free(tx);
+
+    static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT];
+    dtp_flow f = {.stream_id = 4, .can_recv = 0};
+    f.rx.stream_id = 5;
+    f.rx.records = 9;
+    CHECK(dtp_flow_take(NULL, &f, data, 0, out, 1, scratch, sizeof scratch, 0.0) == DTP_ERR_ARG);
+    dtp_aead *rx = dtp_aead_new(key, sizeof key);
+    CHECK(dtp_flow_take(rx, NULL, data, 0, out, 1, scratch, sizeof scratch, 0.0) == DTP_ERR_ARG);
+    CHECK(dtp_flow_take(rx, &f, data, 0, out, 1, scratch, sizeof scratch, 0.0) == DTP_STOP &&
+          f.rx.records == 0);
+    f.can_recv = 1;
+    CHECK(dtp_flow_take(rx, &f, data, 0, out, 1, scratch, sizeof scratch, 0.0) == DTP_ERR_ARG);
+    dtp_aead_free(rx);
+}
+
 static void exercise_rx_take(void) {
     static uint8_t data[40000], sealed[40000 + 8 * 53], dst[50000];
     static uint8_t scratch[DTP_MAX_RECORD_PLAINTEXT];
@@ -360,6 +503,8 @@ static void exercise_ham(void) {
 int main(void) {
     exercise_frames();
     exercise_aead();
+    exercise_open_frames();
+    exercise_small_entry_points();
     exercise_rx_take();
     exercise_flow();
     exercise_reasm();
