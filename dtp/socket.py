@@ -789,6 +789,7 @@ class _TimerService:
         # does not forget an engine a write watched meanwhile)
         self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
         self._watches = 0
+        self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
 
     def add(self, engine: _Engine) -> None:
         with self._lock:
@@ -818,6 +819,12 @@ class _TimerService:
                 self._watched[key] = (weakref.ref(engine), 0.0, 0.0, self._watches)
             self._wake()
 
+    def close_later(self, sock: DTPSocket) -> None:
+        """Run ``sock.close()`` in a thread of its own, soon. Safe in a finalizer: a
+        deque append and a pipe write (the timer thread starts the closing thread)."""
+        self._closing.append(sock)
+        self._wake()
+
     def _wake(self) -> None:
         if self._wake_fds is not None:
             with contextlib.suppress(OSError):  # (a full pipe wakes the thread anyway)
@@ -834,6 +841,10 @@ class _TimerService:
         assert self._wake_fds is not None
         wake_fd = self._wake_fds[0]
         while True:
+            while self._closing:
+                sock = self._closing.popleft()
+                threading.Thread(target=sock.close, name="dtp-close", daemon=True).start()
+                del sock
             due: weakref.ref[_Engine] | None = None
             until: float | None = None
             watched: dict[int, _Engine] = {}
@@ -960,6 +971,10 @@ class DTPSocket:
         self._primary = primary
         self._timeout: float | None = _socket.getdefaulttimeout()
         self._closed = False
+        # files from makefile() still open, and whether close() waits for them (as a
+        # socket's close() does: the stream closes with the last of them)
+        self._io_refs = 0
+        self._close_deferred = False
         self._wr_shut = False
         self._rd_shut = False
         # whether reads / writes may take the lent stream's fast path, as far as this
@@ -1573,8 +1588,14 @@ class DTPSocket:
 
     def close(self) -> None:
         """Close this stream; closing the first stream closes the connection (after
-        up to 5 s for queued data to leave; 30 s over the ledger carrier)."""
+        up to 5 s for queued data to leave; 30 s over the ledger carrier). As with a
+        socket, a file from :meth:`makefile` that is still open keeps the stream open
+        and usable: it closes once the last such file is closed (then in the
+        background, as the file's close may run in a finalizer)."""
         if self._closed:
+            return
+        if self._io_refs > 0:
+            self._close_deferred = True
             return
         if self._primary:
             self._engine.shutdown(self._engine.linger)
@@ -1588,6 +1609,16 @@ class DTPSocket:
                 engine.session.forget(self._stream_id)
         self._closed = True
         self._update_fast()
+
+    def _release_file(self) -> None:
+        """A file from :meth:`makefile` was closed. This may run in a finalizer, inside
+        any allocation (perhaps with this connection's lock held): the deferred close
+        is only queued here -- a deque append and a pipe write -- for a thread of its
+        own."""
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._close_deferred and self._io_refs == 0 and not self._closed:
+            _TIMERS.close_later(self)
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
@@ -1767,8 +1798,9 @@ class DTPSocket:
         errors: str | None = None,
         newline: str | None = None,
     ) -> Any:
-        """A file object over this stream, as :meth:`socket.socket.makefile`."""
-        return stream_file(self, mode, buffering, encoding, errors, newline)
+        """A file object over this stream, as :meth:`socket.socket.makefile` (which
+        :meth:`close` waits for, as a socket's does)."""
+        return stream_file(self, mode, buffering, encoding, errors, newline, owner=self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -1790,18 +1822,21 @@ def stream_file(
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
+    *,
+    owner: DTPSocket | None = None,
 ) -> Any:
     """A file object over ``sock``'s ``recv_into`` and ``sendall``, as
-    :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b)."""
+    :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b). ``owner``: the
+    DTP socket whose :meth:`~DTPSocket.close` waits until this file is closed."""
     if not set(mode) <= {"r", "w", "b"}:
         raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
     reading, writing = "r" in mode, "w" in mode
-    raw = _StreamIO(sock, reading, writing)
     if buffering is None or buffering < 0:
         buffering = io.DEFAULT_BUFFER_SIZE
+    if buffering == 0 and "b" not in mode:
+        raise ValueError("unbuffered streams must be binary")
+    raw = _StreamIO(sock, reading, writing, owner)
     if buffering == 0:
-        if "b" not in mode:
-            raise ValueError("unbuffered streams must be binary")
         return raw
     buffered: io.BufferedIOBase
     if reading and writing:
@@ -1818,11 +1853,24 @@ def stream_file(
 class _StreamIO(io.RawIOBase):
     """The raw file under :func:`stream_file`."""
 
-    def __init__(self, sock: FileStream, reading: bool, writing: bool) -> None:
+    def __init__(
+        self, sock: FileStream, reading: bool, writing: bool, owner: DTPSocket | None
+    ) -> None:
         super().__init__()
         self._sock = sock
         self._reading = reading
         self._writing = writing
+        self._owner = owner
+        if owner is not None:
+            owner._io_refs += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._release_file()
 
     def readable(self) -> bool:
         return self._reading
@@ -2056,8 +2104,12 @@ def _connect(
     identity is a throwaway one (the next connect will want another)."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
-    session = Session(cfg)
-    engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
+    try:
+        session = Session(cfg)  # (starts the handshake: a bad server key fails here)
+        engine = _Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
+    except BaseException:
+        tcp.close()
+        raise
     if carrier is not None:
         engine.peername = address
 
