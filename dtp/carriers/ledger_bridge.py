@@ -122,6 +122,30 @@ class LedgerCarrierOptions:
     RetainedRecords with a storage deposit (docs/escrow.md §16). The peer's retained
     records are confirmed whatever this says."""
 
+    def __post_init__(self) -> None:
+        # refused here, before any money moves: a poll_min of 0 never grew while idle
+        # (0 doubled is 0), so the bridge spun on the ledger at a full core per connection
+        if not 1 <= self.inner_count <= 8:
+            raise ValueError(f"inner_count must be in 1..8, not {self.inner_count}")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be at least 1, not {self.sync_every}")
+        positive = {
+            "sync_interval": self.sync_interval,
+            "gap_timeout": self.gap_timeout,
+            "poll_min": self.poll_min,
+        }
+        for name, value in positive.items():
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+        if not 8 < self.max_payload <= MAX_PIPE_DATA:  # (as LedgerCarrier checks it)
+            raise ValueError(f"max_payload must be in 9..{MAX_PIPE_DATA}, not {self.max_payload}")
+        if not self.poll_min <= self.poll_max < float("inf"):
+            raise ValueError(
+                f"poll_max must be at least poll_min ({self.poll_min}), not {self.poll_max}"
+            )
+        if not 0 <= self.peer_close_grace < float("inf"):
+            raise ValueError(f"peer_close_grace cannot be negative, not {self.peer_close_grace}")
+
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
     """``base`` made fit for the ledger carrier: acknowledgements and retransmission on
