@@ -1208,11 +1208,17 @@ class NativeHamGraph:
         return state[0], bytes(ffi.buffer(value[0], vlen[0]))
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
-        """The whole table as a sequence of batches of at most ``max_batch_bytes``."""
+        """The whole table as a sequence of batches of at most ``max_batch_bytes``.
+
+        Fields may change value while the batches are consumed, but a merge that adds a
+        field (the table grows and moves its entries: the cursor would skip some and
+        repeat others) makes the next batch raise RuntimeError, as a dict's iteration
+        does in the twin."""
         cursor = ffi.new("uint64_t *")
         written = ffi.new("size_t *")
         size = max(max_batch_bytes, HAM_BATCH_HEADER_LEN + 3 * 1024 + 8 + 1048576 + 16)
         out = bytearray(size)
+        count = lib.dtp_ham_count(self._g)
         while True:
             rc = _check(
                 lib.dtp_ham_export(self._g, cursor, _from(out), len(out), written), remote=False
@@ -1221,6 +1227,8 @@ class NativeHamGraph:
                 yield bytes(out[: written[0]])
             if rc == t.OK:
                 return
+            if lib.dtp_ham_count(self._g) != count:
+                raise RuntimeError("HAM table changed size during export")
 
     def __len__(self) -> int:
         return int(lib.dtp_ham_count(self._g))

@@ -240,7 +240,9 @@ class HamGraph:
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as a sequence of batches of at most ``max_batch_bytes``
-        (never less than one maximal entry needs); the order is unspecified."""
+        (never less than one maximal entry needs); the order is unspecified. Fields may
+        change value while the batches are consumed; a merge that adds a field makes
+        the next batch raise RuntimeError (the dict's own check)."""
         limit = max(max_batch_bytes, _MIN_EXPORT)
         chunk: list[HamUpdate] = []
         size = HAM_BATCH_HEADER_LEN
