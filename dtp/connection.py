@@ -134,6 +134,9 @@ MAX_PENDING_EARLY_RECORDS = 64
 #: without bound (docs/udp.md).
 DATAGRAM_SEND_BACKLOG = 1 << 20
 
+# core statuses for a record header that does not parse: before any authentication
+_BAD_HEADER = frozenset({ErrorCode.RECORD_KIND, ErrorCode.RECORD_FLAGS, ErrorCode.RECORD_SIZE})
+
 
 @dataclass(frozen=True)
 class ConnectionConfig:
@@ -1277,10 +1280,18 @@ class Connection:
                 return
             del self._inbuf[: result.consumed]
             if result.error is not None:
-                if isinstance(result.error, DecryptionError) and not self.config.reliable_carrier:
-                    # damage on a lossy carrier: drop the record, keep the connection
-                    self._drop_bad_record()
-                    continue
+                if not self.config.reliable_carrier:
+                    if isinstance(result.error, DecryptionError):
+                        # damage on a lossy carrier: drop the record, keep the connection
+                        self._drop_bad_record()
+                        continue
+                    if result.status in _BAD_HEADER:
+                        # a header that does not parse (anyone can send a datagram, and
+                        # nothing in it is authenticated): the rest of the datagram is
+                        # dropped, as a lossy carrier drops what it cannot take
+                        logger.debug("dropping a datagram: %s", result.error)
+                        self._inbuf = bytearray()  # rebind: the parser's view may live on
+                        return
                 raise result.error
             if result.status == STOP:
                 self._handle_late_handshake_record(now)
