@@ -488,7 +488,12 @@ class _PaidConnection:
                 self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
             )
         if delay > 0:
-            time.sleep(delay)
+            # a wait the connection's end cuts short: a large chunk's debt at a low rate
+            # lasts long, and a plain sleep held the handler -- and so the settlement
+            # and the server's release -- for all of it after the client had gone
+            engine = self.engine
+            with engine.lock, contextlib.suppress(DTPTimeoutError):
+                engine.pump(lambda: engine.session.terminated is not None or engine.closed, delay)
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""

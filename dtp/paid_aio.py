@@ -237,7 +237,14 @@ class _PaidConnection:
             self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
         )
         if delay > 0:
-            await asyncio.sleep(delay)
+            # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held
+            # the handler, and so the settlement, for a large chunk's whole debt after
+            # the client had gone
+            session = self.proto.session
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.proto.wait_for(lambda: session.terminated is not None), delay
+                )
 
     def deny(self) -> None:
         logger.info(
