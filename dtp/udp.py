@@ -469,6 +469,13 @@ class FlowAccount:
                 self.sent_bytes += len(data)
         return out, oversized, unpaid
 
+    def unsent(self, dropped: list[bytes]) -> None:
+        """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
+        (its carrier backed up): they never left, so no relay can bill them, and the
+        deposit they were counted against is still there for later ones."""
+        self.sent_datagrams -= len(dropped)
+        self.sent_bytes -= sum(map(len, dropped))
+
     def sign(self, datagrams: int, nbytes: int) -> bytes | None:
         """The control frame carrying a receipt for the relay's reported totals, capped
         by what we sent and received; None when there is nothing new to sign."""
@@ -715,6 +722,8 @@ class UdpForwarder:
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", session.source, exc)
                 return False
+            if sent < len(out):
+                session.unsent(out[sent:])
         self.stats.add(
             datagrams_out=sent,
             bytes_out=sum(map(len, out[:sent])),

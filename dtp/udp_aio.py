@@ -284,6 +284,8 @@ class AsyncUdpForwarder:
                 logger.info("UDP flow from %s ended: %s", flow.source, exc)
                 asyncio.get_running_loop().create_task(self._end(flow))
                 return
+            if sent < len(out):
+                flow.unsent(out[sent:])
         self.stats.add(
             datagrams_out=sent,
             bytes_out=sum(map(len, out[:sent])),

@@ -3,6 +3,7 @@ Real UDP sockets and DTP connections on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import socket
@@ -12,12 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
-from dtp.udp import UdpBilling, UdpForwarder, relay_udp
+from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.udp_aio import AsyncUdpForwarder
 from tests.polling import wait_for
+from tests.procs import server_process
 from tests.test_udp import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
@@ -110,3 +114,84 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     assert fwd.stats.sessions_closed == 2
     assert billing.latest is not None  # the healthy flow settled its final receipt
     assert billing.refused_receipts == 0
+
+
+PAYLOAD = b"u" * 4000
+DEPOSIT_DATAGRAMS = 5000  # more than a stalled relay's connection takes before backing up
+
+
+def _meter() -> Meter:
+    return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
+
+
+def _flood(address: tuple[str, int], stats: UdpStats) -> None:
+    """Datagrams to the forwarder until it has dealt with the deposit's worth and more."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        deadline = time.monotonic() + 30
+        while stats.datagrams_out + stats.dropped_backlog + stats.dropped_unpaid < (
+            DEPOSIT_DATAGRAMS + 1000
+        ):
+            assert time.monotonic() < deadline, stats.snapshot()
+            for _ in range(200):
+                client.sendto(PAYLOAD, address)
+            time.sleep(0.001)  # (the forwarder's socket buffer would overflow)
+    finally:
+        client.close()
+
+
+def _check(stats: UdpStats) -> None:
+    assert stats.dropped_backlog > 0  # the relay's carrier backed up
+    assert stats.datagrams_out < DEPOSIT_DATAGRAMS
+    # the deposit covers every datagram that went out: none is unpaid
+    assert stats.dropped_unpaid == 0, stats.snapshot()
+
+
+def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
+    """The forwarder counted the datagrams its stalled relay's connection dropped unsent
+    as sent: the relay could bill them, and once they reached the deposit every later
+    datagram was dropped as unpaid (1315 went out of a 5000-datagram deposit, 1045
+    dropped as unpaid)."""
+    with server_process("slow") as srv:
+        conns: list[dtp.socket.DTPSocket] = []
+
+        def connect() -> dtp.socket.DTPSocket:
+            sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
+            conns.append(sock)
+            return sock
+
+        with UdpForwarder(
+            ("127.0.0.1", 0), connect, meter_for=lambda s: _meter(), final_timeout=0.1
+        ) as fwd:
+            try:
+                _flood(fwd.address, fwd.stats)
+                _check(fwd.stats)
+            finally:
+                for sock in conns:
+                    sock.abort()  # (a close would wait for what the peer never reads)
+
+
+def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
+    async def main() -> None:
+        with server_process("slow") as srv:
+            writers: list[dtp.aio.DTPStreamWriter] = []
+
+            async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+                reader, writer = await dtp.aio.open_connection(
+                    *srv.endpoint, timeout=10, server_key=srv.key
+                )
+                writers.append(writer)
+                return reader, writer
+
+            fwd = await AsyncUdpForwarder.start(
+                ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=0.1
+            )
+            try:
+                await asyncio.to_thread(_flood, fwd.address, fwd.stats)
+                _check(fwd.stats)
+            finally:
+                for writer in writers:
+                    writer.abort()
+                await fwd.close()
+
+    asyncio.run(main())
