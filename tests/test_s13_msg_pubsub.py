@@ -5,9 +5,13 @@ still goes when the queue is empty."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import dtp.socket
+from dtp.messaging.framing import encode_frame
 from dtp.messaging.pubsub import DEFAULT_LINK_QUEUE_BYTES, PubSubNode
 from tests.polling import wait_for
 from tests.test_messaging_pubsub import Mesh
@@ -84,3 +88,57 @@ def test_a_loop_delivers_each_message_once_with_the_smallest_seen_cache() -> Non
         assert sub.qsize() == 0
     finally:
         mesh.close()
+
+
+class _ScriptedStream:
+    """A stream whose reader gets ``first``, then (once :attr:`go` is set) ``rest``; the
+    events say when the reader asked for more (it had handled what it got). It blocks
+    after that until the test ends it."""
+
+    def __init__(self, first: list[bytes], rest: list[bytes] | None = None) -> None:
+        self.batches = [list(first), list(rest or [])]
+        self.first_done = threading.Event()
+        self.go = threading.Event()
+        self.drained = threading.Event()
+        self.ended = threading.Event()
+
+    def recv(self, bufsize: int) -> bytes:
+        if self.batches[0]:
+            return self.batches[0].pop(0)
+        self.first_done.set()
+        self.go.wait()
+        if self.batches[1]:
+            return self.batches[1].pop(0)
+        self.drained.set()
+        self.ended.wait()
+        return b""
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
+def test_repeated_subscribe_frames_cost_the_node_nothing_new() -> None:
+    # a peer re-sending the same 4096-topic SUBSCRIBE made the node recompute every
+    # topic for every link, under the node's lock, each time (0.3 s a frame at 64 links)
+    node = PubSubNode("n")
+    quiet = [_ScriptedStream([]) for _ in range(63)]
+    frame = encode_frame([12, [[f"t{i}", 3] for i in range(4096)]], 1 << 24)
+    hostile = _ScriptedStream([frame], [frame] * 20)
+    try:
+        for stream in quiet:
+            node.attach(stream)  # type: ignore[arg-type]
+        node.attach(hostile)  # type: ignore[arg-type]
+        assert hostile.first_done.wait(10)
+        # the first frame changed every link's interest: let their writers tell them
+        assert wait_for(lambda: not any(link._dirty.is_set() for link in node.links))
+        start = time.monotonic()
+        hostile.go.set()
+        assert hostile.drained.wait(10)
+        elapsed = time.monotonic() - start
+        assert len(node.links[-1].remote or {}) == 4096
+        assert elapsed < 2.0, f"20 identical SUBSCRIBE frames took {elapsed:.2f} s"
+    finally:
+        for stream in [*quiet, hostile]:
+            stream.go.set()
+            stream.ended.set()
+        node.close()

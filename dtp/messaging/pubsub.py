@@ -441,17 +441,27 @@ class PubSubNode:
         dirty = set()
         for topic in topics:
             local = bool(self._subs.get(topic))
-            dists = [
-                (link, link.remote[topic])
-                for link in self._links
-                if link.remote is not None and topic in link.remote
-            ]
+            # the two nearest peers: a link's own declaration does not count for it, so
+            # the nearest *other* one is the first, or the second for the first's link
+            # (O(links) per topic: comparing every pair let a peer's SUBSCRIBE frames
+            # hold the node lock for O(topics x links^2))
+            best: tuple[int, Link] | None = None
+            second: tuple[int, Link] | None = None
+            if not local:
+                for link in self._links:
+                    d = None if link.remote is None else link.remote.get(topic)
+                    if d is None:
+                        continue
+                    if best is None or d < best[0]:
+                        best, second = (d, link), best
+                    elif second is None or d < second[0]:
+                        second = (d, link)
             for link in self._links:
                 dist: int | None = 0 if local else None
                 if not local:
-                    others = [d for lk, d in dists if lk is not link]
-                    if others:
-                        dist = min(others) + 1
+                    nearest = second if best is not None and best[1] is link else best
+                    if nearest is not None:
+                        dist = nearest[0] + 1
                 if dist is not None and dist >= self.max_hops:
                     dist = None
                 if link._desired.get(topic) != dist:
@@ -469,14 +479,18 @@ class PubSubNode:
             if link.remote is None:
                 link.remote = {}
             remote = link.remote
+            changed = set()  # only these can move anyone's interest: a repeat costs nothing
             for topic, dist in sets.items():
                 if topic not in remote and len(remote) >= MAX_PEER_TOPICS:
                     link.violations += 1
                     continue
-                remote[topic] = dist
+                if remote.get(topic) != dist:
+                    remote[topic] = dist
+                    changed.add(topic)
             for topic in unsets:
-                remote.pop(topic, None)
-            self._recompute(set(sets) | set(unsets))
+                if remote.pop(topic, None) is not None:
+                    changed.add(topic)
+            self._recompute(changed)
             self._changed.notify_all()
 
     def interested_links(self, topic: str) -> list[str]:
