@@ -60,7 +60,9 @@ _MARK = "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE conne
 
 @dataclass(frozen=True)
 class StoredReceipt:
-    """The latest receipt of a connection and how much of it was already claimed."""
+    """The latest receipt of a connection and how much of it was already claimed (all of
+    it once its connection was settled without it: nothing more can be claimed, the
+    rest was written off)."""
 
     receipt: Receipt
     claimed_amount: int

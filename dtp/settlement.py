@@ -251,13 +251,18 @@ def claim_and_settle(
     if tc.settled:
         if stored is not None and stored.unclaimed > 0 and store is not None:
             escrow = ledger.get_escrow(tc.escrow)
-            store.mark_claimed(connection_id, escrow.claimed)
             if escrow.claimed < stored.receipt.total_amount:
                 logger.warning(
-                    "connection %s was settled before its receipt for %d MIST was claimed",
+                    "connection %s was settled before its receipt for %d MIST was claimed "
+                    "(%d claimed): the rest is written off",
                     connection_id,
                     stored.receipt.total_amount,
+                    escrow.claimed,
                 )
+            # a settled escrow pays nothing more: the receipt is done with, as a whole
+            # (marked with the escrow's claims only, it stayed unclaimed in the store,
+            # and every start read the ledger for it and warned again, for good)
+            store.mark_claimed(connection_id, max(escrow.claimed, stored.receipt.total_amount))
         return None
     if escrow is None or escrow.id != tc.escrow:
         escrow = ledger.get_escrow(tc.escrow)
