@@ -213,6 +213,7 @@ class AsyncUdpForwarder:
         self._retry_at: dict[tuple[str, int], float] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # done when a close() ends
         self.address: tuple[str, int] = ("", 0)
 
     @classmethod
@@ -427,7 +428,19 @@ class AsyncUdpForwarder:
     async def close(self) -> None:
         """Stop forwarding; each flow settles its final receipt and closes. Cancelled
         meanwhile (asyncio.wait_for), the local socket is closed all the same, and a later
-        close() ends the flows left."""
+        close() ends the flows left. A close() called while another is at work waits
+        for it (the daemon's drain after a reload's retire), so that when any returns
+        the flows are settled and the port is closed."""
+        while self._closing is not None and not self._closing.done():
+            # (shielded: our cancellation must not cancel the other close's wait)
+            await asyncio.shield(self._closing)
+        closing = self._closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            closing.set_result(None)
+
+    async def _close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             # (asyncio.wait: this task's own cancellation is not swallowed with the

@@ -195,3 +195,51 @@ def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit()
                 await fwd.close()
 
     asyncio.run(main())
+
+
+def test_a_second_async_close_waits_for_the_first() -> None:
+    """The daemon retires a forward on reload (a close() task) and closes it again at
+    drain: the second close() returned at once while the first still settled the
+    flows, so the daemon went on (closed its ledger, exited) before they were settled
+    and before the local port was closed."""
+    release = threading.Event()
+
+    def quiet(sock: dtp.socket.DTPSocket) -> None:  # never answers the final report
+        release.wait(10)
+        sock.close()
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
+    serving.start()
+
+    async def main() -> None:
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=1.0
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"hello", fwd.address)
+            for _ in range(500):
+                if fwd.stats.sessions_opened:
+                    break
+                await asyncio.sleep(0.01)
+        first = asyncio.get_running_loop().create_task(fwd.close())
+        while fwd.sessions:  # the first close() is settling the flow
+            await asyncio.sleep(0.01)
+        await fwd.close()
+        assert first.done()
+        assert fwd.stats.sessions_closed == 1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(fwd.address)  # the port is free
+        await first
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        server.close()
+        serving.join(5)
