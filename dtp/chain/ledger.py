@@ -212,7 +212,11 @@ class Ledger(PaymentModels, abc.ABC):
     def create_host(
         self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
     ) -> str:
-        """``host::create``: a shared Host with authority = signer. Returns the host ID."""
+        """``host::create``: a shared Host with authority = signer. Returns the host ID.
+
+        The Noise key must be 32 bytes and not a low-order X25519 point (the all-zero key,
+        say), with which no handshake could succeed: ``HostConfigError``
+        (``EInvalidNoiseKey``)."""
 
     @abc.abstractmethod
     def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
@@ -220,7 +224,8 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
-        """``host::set_noise_static_key`` (authority only; 32 bytes)."""
+        """``host::set_noise_static_key`` (authority only; 32 bytes, not a low-order
+        point: ``EInvalidNoiseKey``)."""
 
     @abc.abstractmethod
     def set_endpoints(

@@ -26,7 +26,7 @@ const EServiceExists: vector<u8> = b"A service already uses this port";
 #[error(code = 4)]
 const EServiceBusy: vector<u8> = b"Service still has open connections";
 #[error(code = 5)]
-const EInvalidNoiseKey: vector<u8> = b"Noise static key must be 32 bytes";
+const EInvalidNoiseKey: vector<u8> = b"Noise static key must be 32 bytes and not a low-order point";
 #[error(code = 6)]
 const ETooManyEndpoints: vector<u8> = b"Too many endpoints or an endpoint is too long";
 #[error(code = 7)]
@@ -66,7 +66,7 @@ public struct Host has key {
     id: UID,
     /// The Sui address allowed to change this host; fees of new connections go to it.
     authority: address,
-    /// X25519 public key for the Noise handshake (32 bytes).
+    /// X25519 public key for the Noise handshake (32 bytes, not a low-order point).
     noise_static_key: vector<u8>,
     /// Reachable endpoints for direct connections (e.g. b"tcp://203.0.113.7:7000");
     /// empty for hosts reached only through the ledger carrier.
@@ -438,6 +438,27 @@ fun assert_authority(host: &Host, ctx: &TxContext) {
 
 fun assert_noise_key(key: &vector<u8>) {
     assert!(key.length() == NOISE_KEY_LENGTH, EInvalidNoiseKey);
+    // X25519 ignores the top bit of the last byte, so both encodings of a point count.
+    let mut point = *key;
+    let last = point.pop_back();
+    point.push_back(last & 0x7f);
+    let low_order = low_order_points();
+    assert!(!low_order.contains(&point), EInvalidNoiseKey);
+}
+
+/// The Curve25519 u-coordinates of small order (0, 1, the two of order 8, p - 1, p,
+/// p + 1; libsodium's list). X25519 with any of them gives the all-zero shared secret,
+/// which the Noise handshake refuses, so a host publishing one could never be reached.
+fun low_order_points(): vector<vector<u8>> {
+    vector[
+        x"0000000000000000000000000000000000000000000000000000000000000000",
+        x"0100000000000000000000000000000000000000000000000000000000000000",
+        x"e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        x"5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        x"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        x"edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        x"eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ]
 }
 
 fun assert_endpoints(endpoints: &vector<vector<u8>>) {
