@@ -160,9 +160,11 @@ def error_for(rc: int, *, remote: bool | None = None, context: str = "") -> DTPE
 # -- connection layer --------------------------------------------------------------------
 
 
-class HandshakeError(DTPError):
+class HandshakeError(DTPError, ConnectionError):
     """The Noise handshake or the client's identity proof failed (wrong server key,
-    bad signature, malformed handshake message, peer gone during the handshake)."""
+    bad signature, malformed handshake message, peer gone during the handshake). A
+    ConnectionError, as a TLS handshake's failure is an OSError: code written for
+    sockets (``except OSError``) catches it."""
 
     @classmethod
     def server_closed(cls) -> HandshakeError:
@@ -207,8 +209,10 @@ class ConnectionLost(DTPError, ConnectionResetError):
     """The peer or the carrier went away without a clean close."""
 
 
-class ConnectionClosed(DTPError):
-    """The connection was closed (by either side) with ``code`` and ``reason``."""
+class ConnectionClosed(DTPError, ConnectionError):
+    """The connection was closed (by either side) with ``code`` and ``reason``. A
+    ConnectionError, as a write to a closed TCP connection fails with one: code written
+    for sockets (``except OSError``) catches it."""
 
     def __init__(self, reason: str = "connection closed", code: int = 0) -> None:
         self.reason = reason
