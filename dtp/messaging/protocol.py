@@ -396,6 +396,12 @@ class RpcProtocol:
         self._out.append(frame)
         return True
 
+    def drop_request(self, request_id: int) -> bool:
+        """Forget the peer's request ``request_id`` without answering it (the peer
+        waits until its deadline): for a side that cannot queue more answers to a peer
+        that does not read them. False if it was not pending."""
+        return self._incoming.pop(request_id, _MISSING) is not _MISSING
+
     def cancel(self, request_id: int) -> bool:
         """Stop waiting for our request and tell the peer (CANCEL). False if not pending."""
         if self._outgoing.pop(request_id, _MISSING) is _MISSING:

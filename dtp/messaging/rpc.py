@@ -167,6 +167,18 @@ _SEND_STEP = 0.25
 #: The longest a client's read waits (seconds) before it looks whether the client was
 #: closed (it does not own the stream, so it cannot end a read in progress).
 _READ_SLICE = 1.0
+#: A client takes a large read in pieces of this many bytes, looking at the clock in
+#: between: a peer that sends frames costly to take (junk, a flood of tiny ones: up to
+#: about 1 us a byte) would otherwise keep a call's thread past its deadline by a whole
+#: read's worth of work. What is left when the deadline passes waits for the next reader.
+_TAKE_PIECE = 16 * 1024
+#: Most answers a client keeps queued for a peer that does not take them (refusals of
+#: the peer's requests: a client serves nothing); beyond, the peer's requests are dropped
+#: unanswered, so a peer that sends requests and never reads cannot grow our memory.
+_MAX_QUEUED_OUT = 256
+#: The asyncio client lets the loop run after this long (seconds) of notification
+#: handlers (AsyncRpcClient._take).
+_TAKE_TIME = 0.01
 
 
 def _send_failed(exc: BaseException) -> E.RpcConnectionLost:
@@ -578,6 +590,12 @@ class RpcClient:
         self._closed: BaseException | None = None
         self._current_timeout: float | object | None = _DEFAULT
         self._read_size = QUICK_RECV_SIZE  # the quiet call's (see _next_read_size)
+        # (_lock, reader) bytes read but not yet taken: a reader whose deadline passed
+        # while it took a large read left them to the next reader (_take)
+        self._backlog = b""
+        # the stream's send takes MSG_DONTWAIT (a DTPSocket, a socket): the reader's
+        # flush of our control frames never waits for the peer (_flush_soon)
+        self._dontwait = isinstance(stream, _socket.socket | DTPSocket)
         # a DTPSocket sends a request and reads its answer in one go (DTPSocket.send_recv)
         self._send_recv: Callable[..., bytes | None] | None = getattr(stream, "send_recv", None)
         # notifications read, for on_notification: it runs once the reader has let go of
@@ -738,7 +756,12 @@ class RpcClient:
             view = view[n:]
 
     def _flush_soon(self) -> None:
-        """Send queued protocol output if no writer is busy (it would send it anyway)."""
+        """Send queued protocol output (CANCELs, ACKs, refusals) if no writer is busy (it
+        would send it anyway). It does not wait for the peer when the stream can say so
+        (MSG_DONTWAIT): what the peer does not take now goes back to the head of the
+        queue, for the next write (a call's, which waits up to its deadline) or flush. A
+        reader waiting here for a peer that does not read would keep its call, and every
+        call it reads for, past their deadlines (for good without a client timeout)."""
         while True:
             if not self._wlock.acquire(blocking=False):
                 return
@@ -746,13 +769,38 @@ class RpcClient:
                 with self._lock:
                     data = self._proto.data_to_send()
                 if data:
-                    with contextlib.suppress(E.RpcConnectionLost):
-                        self._send(data, _deadline(self.timeout))
+                    if self._dontwait:
+                        rest = self._send_nowait(data)
+                        if rest:
+                            with self._lock:  # first: it may hold part of a frame
+                                self._proto._out.insert(0, rest)
+                            return
+                    else:
+                        with contextlib.suppress(E.RpcConnectionLost):
+                            self._send(data, _deadline(self.timeout))
             finally:
                 self._wlock.release()
             with self._lock:
                 if not self._proto._out:
                     return
+
+    def _send_nowait(self, data: bytes) -> bytes:
+        """Send what the stream takes of ``data`` now (``_wlock`` held); returns the
+        rest. A failed stream fails every call, as in :meth:`_send`."""
+        send = self._stream.send  # type: ignore[attr-defined]
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    n: int = send(view, _socket.MSG_DONTWAIT)
+                except (BlockingIOError, TimeoutError):
+                    # (a socket with a timeout waits for room up to its read timeout)
+                    return bytes(view)
+                view = view[n:]
+        except (DTPError, OSError) as exc:
+            with self._lock:
+                self._fail_all(_send_failed(exc))
+        return b""
 
     def _fail_all(self, error: BaseException) -> None:
         """(lock held)"""
@@ -808,10 +856,14 @@ class RpcClient:
                 if len(self.violations) < 1000:
                     self.violations.append(event)
             elif isinstance(event, RequestReceived):
-                # this client serves nothing: say so, keep the stream usable
-                self._proto.send_error(
-                    event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
-                )
+                # this client serves nothing: say so, keep the stream usable -- while the
+                # peer takes our answers (it may send requests and never read)
+                if len(self._proto._out) < _MAX_QUEUED_OUT:
+                    self._proto.send_error(
+                        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
+                    )
+                else:
+                    self._proto.drop_request(event.request_id)
         self._wake_followers()
 
     def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
@@ -821,11 +873,14 @@ class RpcClient:
         message = response_ack_message(call.escrow_id, response_hash(event.body))
         self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
 
-    def _run_notes(self) -> None:
+    def _run_notes(self, limit: float | None = None) -> None:
         """Run ``on_notification`` for the notifications read (``_lock`` not held), in
         the order they came: one thread at a time runs them, so one that finds another
         running them (or a handler of its own thread calling this client) leaves its
-        own to it."""
+        own to it. Once ``limit`` (``time.monotonic()``: the deadline the thread reads
+        for) has passed, it leaves the rest to the next reader: a peer that sends
+        notifications faster than the handler takes them must not hold a call past
+        its deadline."""
         notes, note_lock = self._notes, self._note_lock
         while notes:
             if not note_lock.acquire(False):
@@ -840,6 +895,8 @@ class RpcClient:
                         handler(method, params)
                     except Exception:
                         logger.exception("notification handler failed")
+                    if limit is not None and time.monotonic() >= limit:
+                        return
             finally:
                 note_lock.release()
 
@@ -863,7 +920,14 @@ class RpcClient:
             return None
         lock.acquire()
         try:
-            quiet = not (self._calls or self._reading or self._closed is not None or proto._out)
+            quiet = not (
+                self._calls
+                or self._reading
+                or self._closed is not None
+                or proto._out
+                or self._backlog  # (left by a reader whose deadline passed)
+                or self._notes
+            )
             if quiet:
                 request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
                 # we read for everybody until the answer: calls other threads start
@@ -931,14 +995,15 @@ class RpcClient:
                         self._cond.notify_all()
                     return got
             call = self._adopt(request_id)
-            self._absorb(data, failed, proto.get_timer(), call, None)  # wakes the followers
+            timer = proto.get_timer()
+            self._absorb(data, failed, timer, call, None)  # wakes the followers
             pending_out = bool(proto._out)
         finally:
             lock.release()
         if pending_out:
             self._flush_soon()
         if self._notes:
-            self._run_notes()
+            self._run_notes(timer)
         return (call.result(),)
 
     def _adopt(self, request_id: int) -> RpcCall:
@@ -969,7 +1034,10 @@ class RpcClient:
             return
         now = time.monotonic()
         if data:
-            proto.receive_data(data, now)
+            if timer is not None and len(data) > _TAKE_PIECE:
+                now = self._take(data, now, timer)
+            else:
+                proto.receive_data(data, now)
         # what was read only settles or adds deadlines after ``now``: only the timer
         # that was due before can be due
         if timer is not None and timer <= now:
@@ -977,6 +1045,22 @@ class RpcClient:
         self._dispatch(proto.events())  # wakes the followers
         if not call.done and deadline is not None and now >= deadline:
             self._expire(call, deadline)
+
+    def _take(self, data: bytes, now: float, limit: float) -> float:
+        """Feed a large read to the protocol piece by piece (lock held, the reader flag
+        cleared) until ``limit`` (the timer the read waited for) passes; what is left
+        then is the backlog, which the next reader takes before it reads the stream (in
+        order: nobody reads meanwhile). Returns the time of the last look."""
+        proto, end = self._proto, len(data)
+        pos = 0
+        while pos < end:
+            proto.receive_data(data[pos : pos + _TAKE_PIECE], now)
+            pos += _TAKE_PIECE
+            now = time.monotonic()
+            if now >= limit and pos < end:
+                self._backlog = data[pos:]
+                break
+        return now
 
     @staticmethod
     def _read(stream: BlockingStream, size: int) -> tuple[bytes | None, BaseException | None]:
@@ -1023,18 +1107,24 @@ class RpcClient:
                     return
                 self._reading = True
                 timer = proto.get_timer()
+                backlog, self._backlog = self._backlog, b""
             leading = True
             try:
                 if deadline is not None and (timer is None or deadline < timer):
                     timer = deadline
-                # a slice at most: close() fails the calls, and the wait sees it
-                wait = (
-                    _READ_SLICE
-                    if timer is None
-                    else min(max(timer - monotonic(), 1e-4), _READ_SLICE)
-                )
-                self._read_timeout(stream, wait)
-                data, failed = self._read(stream, RECV_SIZE)
+                data: bytes | None
+                failed: BaseException | None
+                if backlog:  # a reader before us left it: it comes before the stream
+                    data, failed = backlog, None
+                else:
+                    # a slice at most: close() fails the calls, and the wait sees it
+                    wait = (
+                        _READ_SLICE
+                        if timer is None
+                        else min(max(timer - monotonic(), 1e-4), _READ_SLICE)
+                    )
+                    self._read_timeout(stream, wait)
+                    data, failed = self._read(stream, RECV_SIZE)
                 with lock:
                     self._reading = leading = False
                     self._absorb(data, failed, timer, call, deadline)
@@ -1044,7 +1134,7 @@ class RpcClient:
                 if pending_out:
                     self._flush_soon()
                 if self._notes:
-                    self._run_notes()
+                    self._run_notes(timer)
             except BaseException:
                 with lock:  # let another thread read, and re-check
                     if leading:
@@ -1838,9 +1928,12 @@ class AsyncRpcClient:
                 data = await self._reader.read(RECV_SIZE)
                 if not data:
                     raise E.RpcConnectionLost("the peer closed the stream")
-                self._proto.receive_data(data, loop.time())
-                for event in self._proto.events():
-                    self._dispatch(event)
+                if len(data) <= _TAKE_PIECE and self.on_notification is None:
+                    self._proto.receive_data(data, loop.time())
+                    for event in self._proto.events():
+                        self._dispatch(event)
+                else:
+                    await self._take(data, loop)
                 await self._flush()
         except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
             error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
@@ -1855,6 +1948,26 @@ class AsyncRpcClient:
                 else:
                     self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
             raise
+
+    async def _take(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Take a large read, or one that may hold notifications, letting the loop run
+        (the calls' deadlines among others) every :data:`_TAKE_PIECE` bytes and every
+        :data:`_TAKE_TIME` seconds of notification handlers: a peer that sends frames
+        costly to take, or notifications faster than the handler takes them, would
+        otherwise hold the loop, and every call's deadline with it, for a whole read."""
+        proto, dispatch = self._proto, self._dispatch
+        pieces = len(data) > _TAKE_PIECE
+        since = loop.time()
+        for pos in range(0, len(data), _TAKE_PIECE):
+            proto.receive_data(data[pos : pos + _TAKE_PIECE] if pieces else data, loop.time())
+            for event in proto.events():
+                dispatch(event)
+                if type(event) is NotificationReceived and loop.time() - since >= _TAKE_TIME:
+                    await asyncio.sleep(0)
+                    since = loop.time()
+            if pieces:
+                await asyncio.sleep(0)
+                since = loop.time()
 
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):

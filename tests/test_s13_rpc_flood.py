@@ -1,0 +1,255 @@
+"""RPC clients against a flooding peer: whatever a peer sends, and however fast, a call's
+timeout is kept within a small bound (docs/messaging.md §2). Real TCP sockets on
+127.0.0.1 with a raw peer writing frames from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+
+from dtp.messaging import errors as E
+from dtp.messaging.protocol import RequestReceived, RpcProtocol
+from dtp.messaging.rpc import AsyncRpcClient, RpcClient
+
+#: How late a call may end past its timeout (seconds): one piece of a read, a scheduler
+#: tick or two on a busy machine. Before, a read's whole work (up to ~0.4 s for junk)
+#: or a whole read's notification handlers (seconds) came on top.
+LATE = 0.15
+
+#: Empty frames: the costliest bytes to take (each is a violation, ~1 us a byte).
+JUNK = b"\x00\x00\x00\x00" * 16384
+
+
+def frame(message: Any) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return len(body).to_bytes(4, "big") + body
+
+
+NOTES = frame([3, "tick", b"n" * 50, None]) * 1000
+
+
+class Flood:
+    """A TCP stream whose far end writes ``chunk`` over and over from a thread until
+    closed (it never reads)."""
+
+    def __init__(self, chunk: bytes) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(listener.getsockname())
+        self.peer, _ = listener.accept()
+        listener.close()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(chunk,), daemon=True)
+        self.thread.start()
+
+    def _run(self, chunk: bytes) -> None:
+        try:
+            while not self.stop.is_set():
+                self.peer.sendall(chunk)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.client.close()
+        self.thread.join(5)
+        self.peer.close()
+
+
+@pytest.fixture
+def flood_of() -> Iterator[Callable[[bytes], Flood]]:
+    made: list[Flood] = []
+
+    def make(chunk: bytes) -> Flood:
+        made.append(Flood(chunk))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def _late(run: Callable[[], Any], timeout: float) -> float:
+    """How long past ``timeout`` the call ``run`` ended in RpcTimeout."""
+    started = time.monotonic()
+    with pytest.raises(E.RpcTimeout):
+        run()
+    return time.monotonic() - started - timeout
+
+
+@pytest.mark.parametrize("how", ["call", "start"])
+def test_a_flood_of_junk_does_not_hold_a_call_past_its_deadline(
+    flood_of: Callable[[bytes], Flood], how: str
+) -> None:
+    """Junk frames as fast as the peer can write: each read took up to ~0.4 s to take
+    whole, and the call ended that late; now a large read is taken in pieces and what
+    is left when the deadline passes waits for the next reader."""
+    f = flood_of(JUNK)
+    client = RpcClient(f.client)
+    try:
+        for _ in range(3):
+            if how == "call":
+                late = _late(lambda: client.call("x", timeout=0.3), 0.3)
+            else:
+                late = _late(lambda: client.start("x", timeout=0.3).result(), 0.3)
+            assert late < LATE
+        assert client.violations  # the junk was taken, not skipped
+    finally:
+        client.close()
+
+
+def test_notifications_faster_than_the_handler_do_not_hold_a_call(
+    flood_of: Callable[[bytes], Flood],
+) -> None:
+    """A handler of 2 ms against a flood of notifications: the thread that read them
+    ran them all (a read's worth: seconds) before its call could time out."""
+    f = flood_of(NOTES)
+    seen = 0
+
+    def on_note(method: str, params: Any) -> None:
+        nonlocal seen
+        seen += 1
+        time.sleep(0.002)
+
+    client = RpcClient(f.client, on_notification=on_note)
+    try:
+        for _ in range(2):
+            assert _late(lambda: client.call("x", timeout=0.3), 0.3) < LATE
+        assert seen > 0
+    finally:
+        client.close()
+
+
+def test_notifications_left_at_a_deadline_run_at_the_next_call_in_order() -> None:
+    """Notifications a timed-out call left unrun are run by the next call's thread, in
+    the order they came, none lost."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    got: list[int] = []
+
+    def on_note(method: str, params: Any) -> None:
+        got.append(params)
+        time.sleep(0.003)
+
+    client = RpcClient(sock, on_notification=on_note)
+    try:
+        peer.sendall(b"".join(frame([3, "n", i, None]) for i in range(300)))
+        with pytest.raises(E.RpcTimeout):
+            client.call("first", timeout=0.2)
+        assert 0 < len(got) < 300  # the rest were left for the next reader
+        call = client.start("second", timeout=5)
+        # the peer answers the second request (after the first's request and CANCEL)
+        proto = RpcProtocol()
+        peer.settimeout(5)
+        answered = False
+        while not answered:
+            data = peer.recv(65536)
+            assert data
+            proto.receive_data(data)
+            for event in proto.events():
+                if isinstance(event, RequestReceived) and event.method == "second":
+                    proto.send_response(event.request_id, "ok")
+                    peer.sendall(proto.data_to_send())
+                    answered = True
+        assert call.result() == "ok"
+        assert got == list(range(300))
+    finally:
+        client.close()
+        sock.close()
+        peer.close()
+
+
+def test_a_peer_that_sends_requests_and_never_reads_does_not_hang_the_client(
+    flood_of: Callable[[bytes], Flood],
+) -> None:
+    """The client refuses each request of the peer (it serves nothing); a peer that
+    never reads fills the stream, and the reader waited for it to take the refusals
+    for good (no client timeout): a call with timeout=0.3 never returned. Now the
+    refusals go out only as the stream takes them, and a bounded number are kept."""
+    chunk = b"".join(frame([0, i, "m", None, 0, None]) for i in range(1, 2001))
+    f = flood_of(chunk)
+    client = RpcClient(f.client)
+    outcome: list[BaseException | float] = []
+
+    def calls() -> None:
+        try:
+            for _ in range(4):
+                started = time.monotonic()
+                with pytest.raises((E.RpcTimeout, E.RpcConnectionLost)):
+                    client.start("x", timeout=0.3).result()
+                outcome.append(time.monotonic() - started - 0.3)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=calls, daemon=True)
+    caller.start()
+    caller.join(6)
+    hung = caller.is_alive()
+    client.close()  # (ends a caller still stuck in a write, within a step)
+    caller.join(5)
+    assert not hung, "a call waited for good on a peer that does not read"
+    assert len(outcome) == 4 and all(isinstance(x, float) and x < LATE for x in outcome)
+    assert len(client._proto._out) <= 257  # bounded: not one refusal per request
+
+
+async def _async_flood(chunk: bytes, on_note: Callable[[str, Any], Any] | None) -> list[float]:
+    stop = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while not stop.is_set():
+                writer.write(chunk)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = AsyncRpcClient(reader, writer, on_notification=on_note)
+    lates = []
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(E.RpcTimeout):
+                await client.call("x", timeout=0.3)
+            lates.append(time.monotonic() - started - 0.3)
+    finally:
+        stop.set()
+        await client.close()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    return lates
+
+
+def test_async_client_junk_flood_keeps_deadlines() -> None:
+    """The asyncio client took a whole read without letting the loop run: the call's
+    deadline (a loop timer) fired up to ~0.7 s late."""
+    lates = asyncio.run(_async_flood(JUNK, None))
+    assert max(lates) < LATE
+
+
+def test_async_client_slow_notification_handler_keeps_deadlines() -> None:
+    """A 2 ms (blocking) notification handler against a flood: a read's handlers ran
+    back to back (seconds) before the loop could time the call out."""
+    seen = 0
+
+    def on_note(method: str, params: Any) -> None:
+        nonlocal seen
+        seen += 1
+        time.sleep(0.002)
+
+    lates = asyncio.run(_async_flood(NOTES, on_note))
+    assert max(lates) < LATE and seen > 0
