@@ -292,6 +292,12 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
             )
         off += size
     joined = b"".join(payloads)
+    if len(joined) != data_len:
+        # some frame's data has items wider than a byte (len() counted items): encode
+        # the bytes it holds, as the twin does
+        return native_encode_frames(
+            [RawFrame(ft, a, b, c, bytes(d), r) for ft, a, b, c, d, r in frames]
+        )
     rbuf = bytearray(_CRANGE.size * max(1, len(all_ranges)))
     rpack = _CRANGE.pack_into
     for j, (lo, hi) in enumerate(all_ranges):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dtp._reference.ham import encode_ham_batch
-from dtp._types import HamUpdate
+from dtp._types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
 from dtp.errors import ErrorCode, LocalProtocolError
 from tests.conftest import BACKENDS
 
@@ -160,3 +160,12 @@ def test_sealing_reads_every_byte(b: SimpleNamespace) -> None:
     sealed = a.encrypt(3, words(data[:8]), words(data))
     assert sealed == a.encrypt(3, data[:8], data)
     assert a.decrypt(3, words(data[:8]), words(padded(sealed))[: len(sealed) // 4]) == data
+
+
+@each_backend
+def test_encode_frames_writes_every_byte(b: SimpleNamespace) -> None:
+    data = bytes(range(65, 73))
+    frames = [RawFrame(FRAME_DATAGRAM, data=words(data)), RawFrame(FRAME_PING)]
+    want = b.encode_frames([RawFrame(FRAME_DATAGRAM, data=data), RawFrame(FRAME_PING)])
+    assert b.encode_frames(frames) == want
+    assert [bytes(f.data) for f in b.decode_frames(want)] == [data, b""]

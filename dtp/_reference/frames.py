@@ -305,6 +305,9 @@ def _encode_fields(frame: RawFrame, layout: Layout) -> bytes:
 
 def encode_frame(frame: RawFrame) -> bytes:
     """Validate and encode one frame; raises LocalProtocolError on the first failed check."""
+    if type(frame.data) is not bytes:
+        # its bytes: len() of a buffer of wider items counts items
+        frame = frame._replace(data=bytes(frame.data))
     if frame.type == FRAME_PADDING:
         if frame.b != 0 or frame.c != 0 or frame.data or frame.ranges:
             raise _local(ErrorCode.FRAME_VALUE)
