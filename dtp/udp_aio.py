@@ -95,12 +95,25 @@ async def relay_udp_async(
 
     loop.add_reader(udp.fileno(), on_replies)
 
+    stop = loop.create_future()  # done when the relay cannot go on
+
     def report(force: bool = False) -> None:
-        if billing is None:
+        if billing is None or stop.done():
             return
         totals = billing.report_due(report_every, force)
         if totals is not None:
-            writer.write(_control(b"U", _USAGE.pack(*totals)))
+            try:
+                writer.write(_control(b"U", _USAGE.pack(*totals)))
+            except DTPError as exc:
+                # the client reset the control stream: no more usage reports, so the
+                # relay ends, as relay_udp does. (Raised in the connection's datagram
+                # sink, this aborted the carrier without a CLOSE.)
+                logger.info("UDP relay ended: %s", exc)
+                stop.set_result(None)
+                writer.set_datagram_sink(unpaid)  # (until the loop below ends)
+
+    def unpaid(data: bytes) -> None:
+        stats.add(dropped_unpaid=1)  # no usage can be reported for it
 
     async def control() -> None:
         assert billing is not None
@@ -143,9 +156,11 @@ async def relay_udp_async(
     writer.set_datagram_sink(on_datagram)
     try:
         ended = proto.closed_future
-        while session.terminated is None and loop.time() - last[0] < idle_timeout:
+        while (
+            not stop.done() and session.terminated is None and loop.time() - last[0] < idle_timeout
+        ):
             # wake for the connection's end or a pause in traffic, not per datagram
-            await asyncio.wait([ended], timeout=wait)
+            await asyncio.wait([ended, stop], timeout=wait)
             if billing is not None and loop.time() - last[0] >= wait:
                 report(force=True)
     finally:

@@ -16,10 +16,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder
+from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
 from tests.procs import server_process
 from tests.test_udp import DnsLikeBackend
@@ -243,3 +244,57 @@ def test_a_second_async_close_waits_for_the_first() -> None:
         release.set()
         server.close()
         serving.join(5)
+
+
+def test_async_relay_whose_client_resets_the_control_stream_ends_cleanly() -> None:
+    """A client that resets stream 0 (it reads no usage reports): the asyncio relay's
+    report, written from the connection's datagram sink, raised StreamReset into the
+    connection's event handling, which aborted the carrier without a CLOSE (the client
+    saw ConnectionLost, the relay its events cut off). It now ends as relay_udp does: a
+    logged end and a clean close."""
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**9)
+    stats = UdpStats()
+    outcome: list[object] = []
+
+    async def main() -> None:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            try:
+                outcome.append(
+                    await relay_udp_async(
+                        reader, writer, dns.address, billing=billing, stats=stats, idle_timeout=5
+                    )
+                )
+            except Exception as exc:
+                outcome.append(exc)
+            writer.close()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
+
+        def client() -> BaseException:
+            with dtp.socket.create_connection(
+                server.address, server_key=SERVER.noise_public, timeout=5
+            ) as sock:
+                sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
+                for i in range(40):  # a report is due after 32
+                    sock.send_datagram(b"\x00\x01q%d" % i)
+                try:
+                    while True:
+                        sock.recv_datagram(5)
+                except DTPError as exc:
+                    return exc
+            raise AssertionError("unreachable")
+
+        try:
+            ended = await asyncio.to_thread(client)
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert type(ended) is ConnectionClosed, repr(ended)
+
+    try:
+        asyncio.run(main())
+    finally:
+        dns.close()
+    assert outcome == [stats]  # returned, not raised
+    assert billing.datagrams == stats.datagrams_in >= 32
