@@ -477,6 +477,18 @@ class ReceiptGate:
             return self.latest_amount
         return min(self.latest_amount, self.spend_limit)
 
+    def credit(self) -> int:
+        """MIST of usage the server serves beyond the accepted receipts now: the
+        allowance, but never more than the escrow can still pay -- the deposit (and what
+        the client's cap lets the server claim) less what the receipts take already. The
+        allowance alone let a client whose receipts had reached its deposit be served a
+        whole allowance more, for nothing (with the default allowance, a deposit of
+        ``min_deposit`` bought twice its worth)."""
+        ceiling = (
+            self.deposited if self.spend_limit is None else min(self.deposited, self.spend_limit)
+        )
+        return max(0, min(self.allowance, ceiling - self.payable()))
+
     def owed(self, total_bytes: int, total_requests: int) -> int:
         """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
         return max(0, fee(self.sla, total_bytes, total_requests) - self.payable())
@@ -494,7 +506,7 @@ class ReceiptGate:
         SERVE (no bad receipt, credit within the allowance)."""
         if self.violation is not None:
             return False
-        if fee(self.sla, total_bytes, total_requests) - self.payable() > self.allowance:
+        if fee(self.sla, total_bytes, total_requests) - self.payable() > self.credit():
             return False
         self._paused_since = None
         return True
@@ -504,7 +516,7 @@ class ReceiptGate:
         on the receipts accepted so far (0 when it is not serving)."""
         if self.violation is not None:
             return 0
-        room = self.allowance + self.payable() - total_requests * self.sla.price_per_request
+        room = self.credit() + self.payable() - total_requests * self.sla.price_per_request
         if room < 0:
             return 0
         if not self.sla.price_per_kib:
@@ -518,7 +530,8 @@ class ReceiptGate:
         owed = self.owed(total_bytes, total_requests)
         if self.violation is not None:
             return GateVerdict(GateState.CLOSE, owed, self.violation)
-        if owed <= self.allowance:
+        credit = self.credit()
+        if owed <= credit:
             self._paused_since = None
             return GateVerdict(GateState.SERVE, owed)
         if self._paused_since is None:
@@ -528,8 +541,8 @@ class ReceiptGate:
             return GateVerdict(
                 GateState.CLOSE,
                 owed,
-                f"payment required: {owed} MIST of usage unreceipted (allowance "
-                f"{self.allowance}) for {waited} ms",
+                f"payment required: {owed} MIST of usage unreceipted (credit {credit}, "
+                f"allowance {self.allowance}) for {waited} ms",
             )
         return GateVerdict(GateState.PAUSE, owed, f"waiting for a receipt: {owed} MIST unreceipted")
 

@@ -1,0 +1,154 @@
+"""A paid server's credit stops at what the escrow can still pay (dtp.metering.ReceiptGate;
+docs/escrow.md §6.1: the allowance exists because "the server never serves more on credit
+than the minimum escrow guarantees it can be paid"). The gate compared unreceipted usage
+with the allowance alone: once a client's receipts had reached its deposit, the escrow
+could pay nothing more, yet the server went on serving a whole allowance -- with the
+default allowance (``min_deposit``) and a deposit of ``min_deposit``, a client got twice
+what it paid for. Unit checks, then twins (blocking and asyncio server) on a real
+LocalLedger file and real DTP connections on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError
+from dtp.escrow import Receipt, fee
+from dtp.metering import GateState, ReceiptGate
+from dtp.paid import ServicePolicy
+from tests.paid_twins import (
+    funded_ledger,
+    ident,
+    loop_in_thread,
+    stop,
+    streams_forever,
+    streams_forever_aio,
+)
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+SERVER, CLIENT = ident(0x89), ident(0x8A)
+PORT = 7000
+DEPOSIT = SLA.min_deposit
+CID = "0x" + "c3" * 32
+
+
+def _gate(spend_limit: int | None = None) -> ReceiptGate:
+    return ReceiptGate(
+        connection_id=CID,
+        client_public_key=CLIENT.ed25519_public,
+        sla=SLA,
+        deposited=DEPOSIT,
+        spend_limit=spend_limit,
+    )
+
+
+def _receipt(total_bytes: int, nonce: int) -> bytes:
+    return Receipt(CID, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT).encode()
+
+
+def test_the_credit_is_what_the_escrow_can_still_pay() -> None:
+    gate = _gate()
+    assert gate.credit() == 5000  # the allowance: the deposit covers it
+    half = 250 * 1024  # 2505 MIST
+    gate.receive(_receipt(half, 1))
+    assert gate.credit() == 5000 - 2505
+    whole = (DEPOSIT - 5) * 1024 // 10  # the whole deposit
+    gate.receive(_receipt(whole, 2))
+    assert gate.payable() == DEPOSIT and gate.credit() == 0
+    # usage beyond the deposit is not served (before: an allowance of it was)
+    assert gate.serving(whole, 1)
+    assert not gate.serving(whole + 1024, 1)
+    assert gate.credit_bytes(whole, 1) == 0
+    assert gate.verdict(0, whole + 1024, 1).state is GateState.PAUSE
+    # the client's cap bounds it as the deposit does
+    capped = _gate(spend_limit=1000)
+    assert capped.credit() == 1000
+    assert not capped.serving(120 * 1024, 1)  # 1205 MIST: more than the cap pays
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        yield ledger
+
+
+def _received_until_cut_off(ledger: LocalLedger, host_id: str) -> tuple[int, str]:
+    got = 0
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}", timeout=20, ledger=ledger, identity=CLIENT, deposit=DEPOSIT
+    ) as sock:
+        sock.sendall(b"go")
+        with pytest.raises(DTPError):  # PaymentRequired once paused past the timeout
+            while data := sock.recv(1 << 16):
+                got += len(data)
+        cid = sock.connection_id
+        assert cid is not None
+    return got, cid
+
+
+def _check(ledger: LocalLedger, got: int, cid: str) -> None:
+    # what the client was served (and sent: b"go") is worth no more than its deposit
+    # (before: twice it), but for the one byte a write moves when the gate serves with
+    # no credit left (so that it pauses next, rather than spin)
+    assert fee(SLA, got + 2 - 1, 1) <= DEPOSIT
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.claimed + escrow.refunded == DEPOSIT
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def _host(ledger: LocalLedger) -> str:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "stream", SLA)
+    return host_id
+
+
+POLICY = ServicePolicy(pause_timeout=0.3)
+
+
+def test_blocking_server_serves_no_more_than_the_deposit(
+    ledger: LocalLedger, tmp_path: Path
+) -> None:
+    host_id = _host(ledger)
+    with dtp.socket.serve(
+        host_id,
+        PORT,
+        streams_forever,
+        ledger=ledger,
+        identity=SERVER,
+        receipts=tmp_path / "r.db",
+        policy=POLICY,
+    ):
+        got, cid = _received_until_cut_off(ledger, host_id)
+    _check(ledger, got, cid)
+
+
+def test_asyncio_server_serves_no_more_than_the_deposit(
+    ledger: LocalLedger, tmp_path: Path
+) -> None:
+    host_id = _host(ledger)
+    with loop_in_thread() as loop:
+        server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(
+                host_id,
+                PORT,
+                streams_forever_aio,
+                ledger=ledger,
+                identity=SERVER,
+                receipts=tmp_path / "r.db",
+                policy=POLICY,
+            ),
+            loop,
+        ).result(10)
+        try:
+            got, cid = _received_until_cut_off(ledger, host_id)
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+    _check(ledger, got, cid)
