@@ -493,7 +493,8 @@ class ResponseFeePolicy:
         total = 0
         for escrow_id, (digest, signature) in acks.items():
             total += self.ledger.response_escrow_claim(self.identity, escrow_id, digest, signature)
-        self.claimed += total
+        with self._lock:
+            self.claimed += total
         return total
 
     def deliver_unacknowledged(self) -> int:
@@ -512,7 +513,8 @@ class ResponseFeePolicy:
                 continue
             with self._lock:
                 self.answered.pop(escrow_id, None)
-        self.claimed += total
+        with self._lock:
+            self.claimed += total
         return total
 
 
@@ -1269,8 +1271,25 @@ class RpcServer(_Registry):
         self.response_fees = response_fees
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
-        self.violations = 0
-        self.served = 0
+        # the counters: a stream being served counts in its own attributes, written by
+        # its thread alone (no lock on the inline server's path), and adds them here
+        # when it ends; handlers in the pool count here, under the lock
+        self._stats_lock = threading.Lock()
+        self._live: set[_ServerStream] = set()
+        self._served = 0
+        self._violations = 0
+
+    @property
+    def served(self) -> int:
+        """Requests whose handler returned, on every stream (those being served too)."""
+        with self._stats_lock:
+            return self._served + sum(s.served for s in self._live)
+
+    @property
+    def violations(self) -> int:
+        """Frames from clients that broke the format (skipped), on every stream."""
+        with self._stats_lock:
+            return self._violations + sum(s.violations for s in self._live)
 
     def serve_stream(self, stream: BlockingStream, *, peer_address: str | None = None) -> None:
         """Answer requests on ``stream`` until the peer closes it (or it fails)."""
@@ -1372,6 +1391,10 @@ class _ServerStream:
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
         self.payments, self.payments_error = _stream_payments(server._payments, stream)
+        #: requests answered by the stream's own thread, and frames that broke the
+        #: format (RpcServer.served / .violations: this thread alone writes them)
+        self.served = 0
+        self.violations = 0
 
     def flush(self) -> None:
         """Send what the protocol queued without waiting for the client: what it does
@@ -1440,6 +1463,8 @@ class _ServerStream:
 
     def run(self) -> None:
         server = self.server
+        with server._stats_lock:
+            server._live.add(self)
         try:
             if (
                 server._pool is None
@@ -1454,6 +1479,10 @@ class _ServerStream:
             logger.debug("RPC stream ended: %s", exc)
         finally:
             self.server._payments.release(self.connection_id)
+            with server._stats_lock:
+                server._live.discard(self)
+                server._served += self.served
+                server._violations += self.violations
             for ctx in list(self.contexts.values()):
                 ctx.cancelled.set()
 
@@ -1506,7 +1535,7 @@ class _ServerStream:
                     # a plain handler: answered at once
                     try:
                         reply = response_frame(message[1], entry[0](message[3]))
-                        self.server.served += 1
+                        self.served += 1
                     except Exception as exc:
                         reply = self.answer_error(message, exc)
                     except BaseException as exc:  # KeyboardInterrupt, SystemExit...
@@ -1664,7 +1693,7 @@ class _ServerStream:
             if escrow_id is not None and server.response_fees is not None:
                 server.response_fees.acknowledged(escrow_id, event.signature)
         elif isinstance(event, ProtocolViolation):
-            server.violations += 1
+            self.violations += 1
 
     def run_handler(
         self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
@@ -1687,7 +1716,11 @@ class _ServerStream:
             if ctx is not None:
                 self.contexts.pop(request_id, None)
             body = self.proto.send_response(request_id, result)
-            self.server.served += 1
+        if self.server._pool is None:  # this stream's thread
+            self.served += 1
+        else:  # a worker's: several may finish at once, and after the stream ended
+            with self.server._stats_lock:
+                self.server._served += 1
         if body is not None and ctx is not None and ctx.escrow_id is not None:
             fees = self.server.response_fees
             if fees is not None:
@@ -1717,7 +1750,7 @@ class _ServerStream:
             self.fail_fatally(event.request_id, exc)
             raise
         self.proto.send_response(event.request_id, result)
-        self.server.served += 1
+        self.served += 1
 
     def fail_fatally(self, request_id: int, exc: BaseException) -> None:
         """A handler raised ``exc``, a BaseException that is not an Exception
