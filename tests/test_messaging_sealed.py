@@ -140,6 +140,7 @@ def test_offline_host_gets_each_message_once_after_it_returns(world: tuple, tmp_
     assert all(m.via == "mailbox" and m.sender_address == alice.sui_address for m in got)
     assert inbox.duplicates == 1 and inbox.fetch() == []
     # restart: the saved cursor and ids mean nothing is seen twice
+    inbox.close()
     again = SealedInbox(bob, hb, ledger, state_path=state)
     assert again.fetch() == []
     ledger.mailbox_send(alice, hb, sealed[3])  # replayed later: still a duplicate

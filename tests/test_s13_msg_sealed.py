@@ -4,6 +4,7 @@ message the online recipient refused is not paid into its mailbox."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,7 @@ def test_an_unreachable_ledger_while_checking_a_sender_loses_no_mail(
     assert [m.body for m in inbox.fetch()] == [b"m0", b"m1", b"m2"]
     assert inbox.fetch() == [] and inbox.duplicates == 0
     # and the state file agrees: a restarted inbox has nothing new
+    inbox.close()
     assert SealedInbox(bob, hb, ledger, state_path=state).fetch() == []
 
 
@@ -196,6 +198,7 @@ def test_a_delivery_appends_to_the_journal_instead_of_rewriting_the_state(
     assert state.stat().st_ino == snapshot.st_ino and state.stat().st_size == snapshot.st_size
     assert len(journal.read_bytes().splitlines()) == 5
     # a restarted inbox knows all six
+    inbox.close()
     again = SealedInbox(bob, hb, ledger, state_path=state)
     assert all(again.accept(message) is None for message in direct)
     assert again.fetch() == [] and again.duplicates == 5
@@ -217,8 +220,10 @@ def test_the_journal_is_folded_into_the_state_and_survives_a_torn_line(
     # a line cut short by a stop is ignored; the complete ones count
     with journal.open("ab") as f:
         f.write(b"00" * 16 + b"\n" + b"ab" * 5)
+    inbox.close()
     again = SealedInbox(bob, hb, state_path=state)
     assert list(again._seen) == [*ids, b"\x00" * 16]
+    again.close()
     journal.write_bytes(b"not hex\n")
     with pytest.raises(E.SealedError, match="journal"):
         SealedInbox(bob, hb, state_path=state)
@@ -251,3 +256,25 @@ def test_seal_still_takes_a_float_or_negative_clock(world: tuple) -> None:
     _ledger, _alice, bob, _ha, _hb = world
     assert open_sealed(bob, seal(bob.noise_public, b"a", now_ms=1.5)).sent_ms == 1
     assert open_sealed(bob, seal(bob.noise_public, b"b", now_ms=-5)).sent_ms == -5
+
+
+def test_one_inbox_per_state_file_until_it_is_closed(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, _ha, hb = world
+    state = tmp_path / "inbox.json"
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"once"))
+    with SealedInbox(bob, hb, ledger, state_path=state) as first:
+        # a second inbox on the file would deliver every message again
+        with pytest.raises(E.SealedError, match="in use by another SealedInbox"):
+            SealedInbox(bob, hb, ledger, state_path=state)
+        link = tmp_path / "link.json"
+        link.symlink_to(state)  # the same file by another name
+        with pytest.raises(E.SealedError, match="in use"):
+            SealedInbox(bob, hb, ledger, state_path=link)
+        assert [m.body for m in first.fetch()] == [b"once"]
+    # closed: the next one takes over, and has nothing new
+    with SealedInbox(bob, hb, ledger, state_path=state) as second:
+        assert second.fetch() == []
+    # an inbox garbage-collected unclosed lets go of the file too
+    SealedInbox(bob, hb, ledger, state_path=state)
+    gc.collect()
+    SealedInbox(bob, hb, ledger, state_path=state).close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dtp._filelock import lock_exclusive
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
@@ -61,19 +61,17 @@ def lock_state_dir(config: DaemonConfig) -> int:
     """
     state_dir = config.daemon.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = lock_exclusive(state_dir / LOCK_FILE)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
+        holder = ""
+        with contextlib.suppress(OSError), open(state_dir / LOCK_FILE, "rb") as f:
+            holder = f.read(32).decode("ascii", "replace").strip()
         who = f" (pid {holder})" if holder.isdigit() else ""
         raise config.error(
             ("daemon", "state_dir"), f"{state_dir} is in use by another dtp daemon{who}"
         ) from None
-    except BaseException:
-        os.close(fd)
-        raise
+    assert fd is not None  # (the daemon runs on POSIX only)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -42,12 +42,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from dtp._filelock import companion, lock_exclusive
 from dtp.errors import ErrorCode, LocalProtocolError
-
-try:
-    import fcntl
-except ImportError:  # (not POSIX: no lock, one graph per file is then up to the caller)
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -266,26 +262,15 @@ def _open_error(path: Path, exc: Exception) -> GraphStorageError:
 def _lock(path: Path) -> int | None:
     """Take the exclusive lock of ``<path>-lock`` (GraphStorageError if another graph
     holds it); returns the descriptor holding it."""
-    if fcntl is None or str(path) == ":memory:":  # (SQLite's name for no file at all)
+    if str(path) == ":memory:":  # (SQLite's name for no file at all)
         return None
     try:
-        real = path.resolve()  # (a symlink to the file must find the same lock)
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
-        real = path
-    lock_path = real.with_name(real.name + "-lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock_exclusive(companion(path))
     except BlockingIOError:
-        os.close(fd)
         raise GraphStorageError(
             f"graph database {str(path)!r} is already open in another graph "
             "(this process or another): one file holds one graph at a time"
         ) from None
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
 
 
 class IdleFlusher:

@@ -25,6 +25,7 @@ import json
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 from noise.connection import Keypair, NoiseConnection
 
+from dtp._filelock import companion, lock_exclusive
 from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
@@ -338,6 +340,11 @@ class SealedInbox:
     (``<state_path>.log``). A state file or journal that is not what the inbox writes
     raises :class:`~dtp.messaging.errors.SealedError` naming it. ``host_id`` and the recipient a
     message names are compared as object IDs (``0xAB`` is ``0x00…ab``).
+
+    One inbox per state file: it holds an exclusive lock (``flock``) on
+    ``<state_path>-lock`` until :meth:`close` (or until it is garbage-collected), and a
+    second inbox on the same file, in this process or another, is a SealedError -- two
+    would each deliver every message once, and overwrite each other's cursor.
     """
 
     def __init__(
@@ -367,7 +374,38 @@ class SealedInbox:
         #: Messages refused (undecryptable, malformed, forged), by reason.
         self.rejected: dict[str, int] = {}
         self.duplicates = 0
-        self._load()
+        self._unlock: weakref.finalize[[int], SealedInbox] | None = None
+        if self._path is not None:
+            try:
+                fd = lock_exclusive(companion(self._path))
+            except BlockingIOError:
+                raise E.SealedError(
+                    f"inbox state file {str(self._path)!r} is in use by another SealedInbox "
+                    "(this process or another): one state file serves one inbox at a time"
+                ) from None
+            except OSError as exc:
+                raise E.SealedError(
+                    f"cannot lock inbox state file {str(self._path)!r}: {exc}"
+                ) from exc
+            if fd is not None:
+                self._unlock = weakref.finalize(self, os.close, fd)
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the state file's lock (idempotent). Everything delivered is saved
+        already: the inbox writes its state as it goes."""
+        if self._unlock is not None:
+            self._unlock()
+
+    def __enter__(self) -> SealedInbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- persistence -----------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""One holder per file: an exclusive advisory lock (``flock``) on a companion file.
+
+A graph database, a daemon's state directory and a sealed inbox's state file each
+belong to one user at a time; a second one, in this process or another, is refused at
+once rather than left to corrupt what the first keeps. The lock goes with the
+descriptor: closing it, or the process ending (even killed), releases it, so a crash
+leaves no stale lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # (not POSIX: no lock; one user per file is then up to the caller)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["companion", "lock_exclusive"]
+
+
+def companion(path: Path, suffix: str = "-lock") -> Path:
+    """The lock file beside ``path``, found through symlinks (a link to the file must
+    find the same lock)."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        real = path
+    return real.with_name(real.name + suffix)
+
+
+def lock_exclusive(lock_path: Path) -> int | None:
+    """Open (or create) ``lock_path`` and take its exclusive lock without waiting.
+    Returns the descriptor holding it (close it to release), None where there is no
+    ``flock``. Raises BlockingIOError when another holder has it, and the OSError of
+    the open otherwise; no descriptor is left open then."""
+    if fcntl is None:
+        return None
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
