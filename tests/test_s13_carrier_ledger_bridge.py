@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.carriers.ledger import MAX_PIPE_DATA
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
+from dtp.carriers.ledger import MAX_PIPE_DATA, frame_record
+from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,9 @@ from dtp.carriers.ledger_bridge import LedgerCarrierOptions
         {"sync_interval": 0.0},
         {"gap_timeout": -0.5},
         {"peer_close_grace": -1.0},
-        {"max_payload": 8},
+        # a full-size record would need more than 255 fragments: its send raised
+        # ValueError in the bridge's thread, which ended the connection
+        {"max_payload": 71},
         {"max_payload": MAX_PIPE_DATA + 1},
     ],
 )
@@ -39,4 +41,6 @@ def test_sensible_options_are_taken() -> None:
     LedgerCarrierOptions(
         inner_count=1, sync_every=1, poll_min=0.01, poll_max=0.01, peer_close_grace=0.0
     )
-    LedgerCarrierOptions(inner_count=8, max_payload=9)
+    smallest = LedgerCarrierOptions(inner_count=8, max_payload=72)
+    largest_record = 12 + LEDGER_RECORD_PLAINTEXT + 16
+    assert len(frame_record(b"r" * largest_record, 0, smallest.max_payload)) <= 255

@@ -85,6 +85,9 @@ LEDGER_STREAM_WINDOW = 256 * 1024
 #: (kind byte + 12-byte header + plaintext + tag = MAX_PIPE_DATA): no fragments.
 LEDGER_RECORD_PLAINTEXT = MAX_PIPE_DATA - 1 - _HEADER - _TAG
 _HANDSHAKE_KINDS = (1, 2, 3)
+#: The smallest max_payload that carries the largest record of a ledger-carrier
+#: connection in 255 fragments (each payload has a 7-byte fragment header).
+_MIN_PAYLOAD = -(-(_HEADER + LEDGER_RECORD_PLAINTEXT + _TAG) // 255) + 7
 _READ_CHUNK = 256 * 1024
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
 #: stops reading the ledger (events wait there) until the adapter catches up.
@@ -137,8 +140,12 @@ class LedgerCarrierOptions:
         for name, value in positive.items():
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
-        if not 8 < self.max_payload <= MAX_PIPE_DATA:  # (as LedgerCarrier checks it)
-            raise ValueError(f"max_payload must be in 9..{MAX_PIPE_DATA}, not {self.max_payload}")
+        if not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
+            # (smaller, a full-size record needs more than 255 fragments: its send
+            # raised ValueError and ended the bridge)
+            raise ValueError(
+                f"max_payload must be in {_MIN_PAYLOAD}..{MAX_PIPE_DATA}, not {self.max_payload}"
+            )
         if not self.poll_min <= self.poll_max < float("inf"):
             raise ValueError(
                 f"poll_max must be at least poll_min ({self.poll_min}), not {self.poll_max}"
