@@ -33,10 +33,18 @@ from dtp.chain.objects import (
     Service,
     SpendingCap,
     TransportControl,
+    is_low_order_noise_key,
     normalize_id,
 )
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, DTPError, InsufficientFunds, InvalidArgument, move_error
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    HandshakeError,
+    InsufficientFunds,
+    InvalidArgument,
+    move_error,
+)
 from dtp.keys import HostIdentity
 
 if TYPE_CHECKING:
@@ -141,12 +149,13 @@ def resolve_service(
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
     (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
-    minimum, or more than ``client`` holds); then, with ``carrier="tcp"``,
-    :class:`NoCarrierEndpoint` when the host publishes no TCP endpoint. The result's
-    ``endpoint`` is None when the ledger carrier is to be used. Nothing is written to
-    the ledger. ``min_deposit`` overrides the SLA's minimum (0 for a subscription:
-    subscribed connections open with an all-zero SLA). ``host``: the Host object when the
-    caller has just read it (saves reading it again)."""
+    minimum, or more than ``client`` holds); :class:`~dtp.errors.HandshakeError` when the
+    host's Noise key is one no handshake can use (a low-order point); then, with
+    ``carrier="tcp"``, :class:`NoCarrierEndpoint` when the host publishes no TCP
+    endpoint. The result's ``endpoint`` is None when the ledger carrier is to be used.
+    Nothing is written to the ledger. ``min_deposit`` overrides the SLA's minimum (0 for
+    a subscription: subscribed connections open with an all-zero SLA). ``host``: the
+    Host object when the caller has just read it (saves reading it again)."""
     if carrier not in ("auto", "tcp", "ledger"):
         raise ValueError(f"carrier must be 'auto', 'tcp' or 'ledger', not {carrier!r}")
     if host is None:
@@ -162,6 +171,14 @@ def resolve_service(
             "transport_control",
             "EInsufficientDeposit",
             f"deposit {deposit} < minimum {minimum} of port {port}",
+        )
+    if len(host.noise_static_key) != 32 or is_low_order_noise_key(host.noise_static_key):
+        # published before the ledger refused such keys: the handshake would fail at its
+        # first message, after the deposit (over the ledger carrier) went into escrow
+        raise HandshakeError(
+            f"host {host.id} publishes a Noise key no handshake can use "
+            f"({host.noise_static_key.hex()}): it cannot be reached until it publishes "
+            "another"
         )
     endpoints = [] if carrier == "ledger" else tcp_endpoints(host)
     if not endpoints and carrier == "tcp":

@@ -25,6 +25,7 @@ from dtp.chain.objects import (
     MAX_ENDPOINTS,
     MAX_FIREWALL_ENTRIES,
     MAX_INNERS,
+    is_low_order_noise_key,
 )
 from dtp.errors import (
     ChainError,
@@ -219,28 +220,10 @@ def _assert_authority(x: Exec, host: dict[str, Any], host_id: str) -> None:
         )
 
 
-#: The Curve25519 u-coordinates of small order (0, 1, the two of order 8, p - 1, p, p + 1;
-#: libsodium's list). X25519 with any of them gives the all-zero shared secret, which the
-#: Noise handshake refuses, so a host publishing one can never be reached.
-_LOW_ORDER_POINTS: Final = frozenset(
-    bytes.fromhex(h)
-    for h in (
-        "0000000000000000000000000000000000000000000000000000000000000000",
-        "0100000000000000000000000000000000000000000000000000000000000000",
-        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
-        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    )
-)
-
-
 def _assert_noise_key(key: bytes) -> None:
     if len(key) != 32:
         raise move_error("host", "EInvalidNoiseKey", f"got {len(key)} bytes")
-    # X25519 ignores the top bit of the last byte, so both encodings of a point count.
-    if key[:31] + bytes([key[31] & 0x7F]) in _LOW_ORDER_POINTS:
+    if is_low_order_noise_key(key):
         raise move_error(
             "host",
             "EInvalidNoiseKey",

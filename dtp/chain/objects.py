@@ -41,6 +41,7 @@ __all__ = [
     "Sla",
     "SpendingCap",
     "TransportControl",
+    "is_low_order_noise_key",
 ]
 
 #: How long a half-closed connection waits for the peer (transport_control).
@@ -56,6 +57,31 @@ MAX_FIREWALL_ENTRIES: Final = 1024
 #: Endpoint limits of a Host.
 MAX_ENDPOINTS: Final = 16
 MAX_ENDPOINT_LENGTH: Final = 256
+
+#: The Curve25519 u-coordinates of small order (0, 1, the two of order 8, p - 1, p, p + 1;
+#: libsodium's list), as ``host::assert_noise_key`` lists them.
+_LOW_ORDER_POINTS: Final = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def is_low_order_noise_key(key: bytes) -> bool:
+    """Whether the 32-byte X25519 key ``key`` is a point of small order: X25519 with it
+    gives the all-zero shared secret, which the Noise handshake refuses, so a host
+    publishing it can never be reached (``host::EInvalidNoiseKey``)."""
+    # X25519 ignores the top bit of the last byte, so both encodings of a point count
+    return len(key) == 32 and key[:31] + bytes([key[31] & 0x7F]) in _LOW_ORDER_POINTS
+
+
 #: Most inner pipes per Pipe.
 MAX_INNERS: Final = 8
 

@@ -1,0 +1,114 @@
+"""Connecting by host ID: refusals found in the session-13 admission pass, each a typed
+error at the client before any money moves (docs/escrow.md §6.1)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain import local_rules as rules
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import HandshakeError
+from dtp.keys import HostIdentity
+
+PORT = 443
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = ident(0x71), ident(0x72)
+
+
+def echo(sock: dtp.socket.DTPSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+@dataclass
+class World:
+    path: Path
+    ledger: LocalLedger
+    host_id: str
+
+
+@pytest.fixture(params=["tcp", "ledger"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """A served host reached over ``request.param``, and a funded client."""
+    path = tmp_path / "ledger.db"
+    ledger = LocalLedger(path)
+    server_ledger = LocalLedger(path)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
+    tcp = request.param == "tcp"
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0) if tcp else None,
+        identity=SERVER,
+        ledger=server_ledger,
+        host_id=host_id,
+        port=PORT,
+    )
+    if tcp:
+        ledger.set_endpoints(SERVER, host_id, [f"tcp://127.0.0.1:{server.address[1]}"])
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    thread.start()
+    try:
+        yield World(path, ledger, host_id)
+    finally:
+        server.close()
+        thread.join(5)
+        ledger.close()
+        server_ledger.close()
+
+
+def publish_noise_key(world: World, key: bytes) -> None:
+    """Put ``key`` in the Host as a host published before the ledger checked keys (or
+    on an older package) would have it: the ledger itself refuses it now."""
+    with sqlite3.connect(world.path) as db:
+        (text,) = db.execute("SELECT data FROM objects WHERE id = ?", (world.host_id,)).fetchone()
+        data = rules.from_json(text)
+        data["noise_static_key"] = key
+        db.execute("UPDATE objects SET data = ? WHERE id = ?", (rules.to_json(data), world.host_id))
+    db.close()
+
+
+@pytest.mark.parametrize("key", [bytes(32), b"\x01" + bytes(31)], ids=["zero", "one"])
+def test_a_host_key_no_handshake_can_use_is_refused_before_money_moves(
+    world: World, key: bytes
+) -> None:
+    publish_noise_key(world, key)
+    before = world.ledger.dump()
+    with pytest.raises(HandshakeError, match="Noise key no handshake can use"):
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}", timeout=10, ledger=world.ledger, identity=CLIENT
+        )
+    # no deposit locked in an escrow for the half-close timeout, no cap made for nothing
+    assert world.ledger.dump() == before
+    assert world.ledger.balance(CLIENT.sui_address) == 100_000
+
+
+def test_the_asyncio_client_refuses_it_too(world: World) -> None:
+    import asyncio
+
+    import dtp.aio
+
+    publish_noise_key(world, bytes(32))
+    before = world.ledger.dump()
+
+    async def main() -> None:
+        with pytest.raises(HandshakeError, match="Noise key no handshake can use"):
+            await dtp.aio.open_connection(
+                f"dtp://{world.host_id}:{PORT}", ledger=world.ledger, identity=CLIENT
+            )
+
+    asyncio.run(main())
+    assert world.ledger.dump() == before
