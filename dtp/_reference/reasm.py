@@ -4,12 +4,18 @@ The buffer covers a byte sequence space (sequence number = byte offset, as in TC
 holds *runs*: maximal stretches of received bytes that have not been released yet, kept
 sorted, disjoint and never touching. The readable prefix is the first run when it starts
 at ``next_seq``; every held byte lies in ``[next_seq, next_seq + window)``.
+
+The bytes live in one bytearray covering ``[next_seq, end of the last run)`` (gaps hold
+zeros), as the C ring does: a chunk costs its own length plus a walk of the runs it
+touches, never a copy of the runs it joins -- a peer trickling small chunks onto a long
+run (or under it) would otherwise make each push copy the run, quadratic in the window.
+Releasing bytes deletes them from the front (O(1) for a bytearray).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
@@ -19,17 +25,30 @@ _U32 = 1 << 32
 Chunk = tuple[int, bytes | bytearray | memoryview]
 
 
-def _union_count(intervals: list[tuple[int, int]]) -> int:
-    """Number of maximal runs covered by half-open ``intervals`` (touching ones join)."""
-    count = 0
-    end = -1
-    for lo, hi in sorted(intervals):
-        if count and lo <= end:
-            end = max(end, hi)
-        else:
-            count += 1
-            end = hi
-    return count
+def _add_run(starts: list[int], ends: list[int], lo: int, hi: int) -> None:
+    """Unite [lo, hi) with the runs ``starts``/``ends`` (sorted, disjoint, not touching),
+    joining the runs it overlaps or touches."""
+    first = bisect.bisect_left(ends, lo)  # the first run ending at or after lo
+    last = bisect.bisect_right(starts, hi)  # past the last run starting at or before hi
+    if first < last:
+        lo = min(lo, starts[first])
+        hi = max(hi, ends[last - 1])
+    starts[first:last] = [lo]
+    ends[first:last] = [hi]
+
+
+def _gaps(starts: list[int], ends: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The stretches of [lo, hi) that no run covers, in order."""
+    k = bisect.bisect_right(ends, lo)  # the first run ending after lo
+    cur = lo
+    while cur < hi:
+        if k < len(starts) and starts[k] <= cur:
+            cur = ends[k]
+            k += 1
+            continue
+        gap_end = min(hi, starts[k]) if k < len(starts) else hi
+        yield cur, gap_end
+        cur = gap_end
 
 
 class Reassembler:
@@ -42,7 +61,8 @@ class Reassembler:
         self._window = window
         self._max_ranges = max_ranges
         self._starts: list[int] = []  # run start sequence numbers, sorted
-        self._runs: list[bytearray] = []  # run bytes, parallel to _starts
+        self._ends: list[int] = []  # run ends (exclusive), parallel to _starts
+        self._buf = bytearray()  # bytes of [next_seq, next_seq + len(_buf))
 
     def push(self, seq: int, data: bytes | bytearray | memoryview) -> None:
         """Insert one chunk whose first byte has sequence number ``seq``."""
@@ -71,29 +91,23 @@ class Reassembler:
             lo = max(seq, self._next)
             if lo < end:  # bytes before next_seq were already released: ignored
                 fresh.append((lo, end, data[lo - seq :]))
-        held = [(s, s + len(run)) for s, run in zip(self._starts, self._runs, strict=True)]
-        if _union_count(held + [(lo, hi) for lo, hi, _ in fresh]) > self._max_ranges:
+        if not fresh:
+            return
+        starts, ends = self._starts.copy(), self._ends.copy()
+        for lo, hi, _ in fresh:
+            _add_run(starts, ends, lo, hi)
+        if len(starts) > self._max_ranges:
             raise RemoteProtocolError(code=ErrorCode.REASM_FRAGMENTED)
+        # in list order, each chunk's bytes go where nothing is held yet (the runs held
+        # before this call, and the earlier chunks): the first arrival wins
+        buf, base = self._buf, self._next
+        top = ends[-1] - base
+        if top > len(buf):
+            buf.extend(bytes(top - len(buf)))
         for lo, hi, piece in fresh:
-            self._insert(lo, hi, piece)
-
-    def _insert(self, lo: int, hi: int, piece: memoryview) -> None:
-        """Merge [lo, hi) into the runs; bytes already held win (first arrival)."""
-        first = bisect.bisect_left(self._starts, lo)
-        if first > 0 and self._starts[first - 1] + len(self._runs[first - 1]) >= lo:
-            first -= 1  # the previous run reaches (or touches) lo
-        last = first
-        while last < len(self._starts) and self._starts[last] <= hi:
-            last += 1
-        touched = list(zip(self._starts[first:last], self._runs[first:last], strict=True))
-        start = min([lo, *(s for s, _ in touched)])
-        end = max([hi, *(s + len(r) for s, r in touched)])
-        run = bytearray(end - start)
-        run[lo - start : hi - start] = piece
-        for s, old in touched:
-            run[s - start : s - start + len(old)] = old
-        self._starts[first:last] = [start]
-        self._runs[first:last] = [run]
+            for gap_lo, gap_hi in _gaps(self._starts, self._ends, lo, hi):
+                buf[gap_lo - base : gap_hi - base] = piece[gap_lo - lo : gap_hi - lo]
+            _add_run(self._starts, self._ends, lo, hi)
 
     def pop(self, max_bytes: int | None = None) -> bytes:
         """Release contiguous bytes (all that are ready, or at most ``max_bytes``)."""
@@ -101,14 +115,13 @@ class Reassembler:
         size = ready if max_bytes is None else min(ready, max_bytes)
         if size <= 0:
             return b""
-        run = self._runs[0]
-        out = bytes(run[:size])
-        if size == len(run):
-            del self._starts[0], self._runs[0]
-        else:
-            del run[:size]
-            self._starts[0] += size
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
         self._next += size
+        if size == ready:
+            del self._starts[0], self._ends[0]
+        else:
+            self._starts[0] += size
         return out
 
     @property
@@ -120,10 +133,10 @@ class Reassembler:
     def readable(self) -> int:
         """Contiguous bytes ready to pop."""
         if self._starts and self._starts[0] == self._next:
-            return len(self._runs[0])
+            return self._ends[0] - self._next
         return 0
 
     @property
     def buffered(self) -> int:
         """All bytes held, contiguous or not."""
-        return sum(len(run) for run in self._runs)
+        return sum(self._ends) - sum(self._starts)
