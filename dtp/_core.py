@@ -825,7 +825,9 @@ class NativeLane:
     ) -> TakeResult:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
-        anything else (see ``dtp_rx_take``)."""
+        anything else (see ``dtp_rx_take``). ``dst`` past ``taken`` is unspecified
+        afterwards (data decrypted in place there is zeroed when its record fails
+        authentication)."""
         rx = self._rx
         rx.stream_id = stream_id
         rx.offset = offset

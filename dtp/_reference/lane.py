@@ -188,7 +188,8 @@ class Lane:
     ) -> TakeResult:
         """Take the records at the start of ``buf`` that carry ``stream_id``'s next
         bytes within both flow-control limits, their data into ``dst``; stops before
-        anything else."""
+        anything else. ``dst`` past ``taken`` is unspecified afterwards (the C core
+        decrypts in place there, and zeroes what fails authentication)."""
         view = memoryview(buf).cast("B")
         out = memoryview(dst).cast("B")
         window = self._recv._window
