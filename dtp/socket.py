@@ -843,7 +843,10 @@ class _TimerService:
         while True:
             while self._closing:
                 sock = self._closing.popleft()
-                threading.Thread(target=sock.close, name="dtp-close", daemon=True).start()
+                try:
+                    threading.Thread(target=sock.close, name="dtp-close", daemon=True).start()
+                except RuntimeError:  # no thread to be had: close it here, late but closed
+                    self._guarded(sock.close)
                 del sock
             due: weakref.ref[_Engine] | None = None
             until: float | None = None
@@ -867,7 +870,7 @@ class _TimerService:
                             out = select.POLLOUT if engine.out else 0
                             poller.register(engine._fd, select.POLLIN | out)
             if due is not None:
-                self._tick(due)
+                self._guarded(self._tick, due)
                 continue
             wait = None if until is None else max(0.0, until - now) * 1000.0
             for fd, _ in poller.poll(wait):
@@ -875,8 +878,17 @@ class _TimerService:
                     with contextlib.suppress(OSError):
                         os.read(wake_fd, 4096)
                 elif fd in watched:
-                    self._serve(watched[fd])
+                    self._guarded(self._serve, watched[fd])
             del watched
+
+    @staticmethod
+    def _guarded(fn: Callable[..., object], *args: Any) -> None:
+        """``fn(*args)``, logging what it raises: one connection's failure must not end
+        the thread that keeps every other connection's timers."""
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("dtp timer thread: %s failed", getattr(fn, "__name__", fn))
 
     def _tick(self, ref: weakref.ref[_Engine]) -> None:
         """A due engine: one non-blocking pass, then its next turn."""

@@ -117,3 +117,30 @@ def test_a_write_that_leaves_nothing_queued_is_not_watched(
             assert peer.recv(100) == b"small"
             watched = dtp.socket._TIMERS._watched
             assert not any(ref() is client._engine for ref, *_ in watched.values())
+
+
+def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others(
+    server: dtp.socket.DTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = 8 * WINDOW
+    with _connect(server) as broken, _connect(server) as healthy:
+        broken_peer, _ = server.accept(timeout=10)
+        healthy_peer, _ = server.accept(timeout=10)
+        try:
+            broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
+
+            def fail() -> None:
+                raise RuntimeError("a fault in one connection")
+
+            broken._engine.poll = fail  # type: ignore[method-assign]
+            assert broken_peer.recv(1 << 20)  # its credit comes back: its pass raises
+            healthy.sendall(b"b" * size)
+            healthy_peer.settimeout(10)
+            got, _ = _read_all(healthy_peer, size)
+            assert got == size
+            assert wait_for(lambda: "dtp timer thread" in caplog.text)
+            timers = next(t for t in threading.enumerate() if t.name == "dtp-timers")
+            assert timers.is_alive()
+        finally:
+            broken_peer.abort()
+            healthy_peer.abort()
