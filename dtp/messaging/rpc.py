@@ -1391,6 +1391,10 @@ class _ServerStream:
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
         self.payments, self.payments_error = _stream_payments(server._payments, stream)
+        #: set when a pool worker or the writer thread is done with an answer (for
+        #: finish_answers); ``failed``: sending failed, the stream is done for
+        self.progress = threading.Event()
+        self.failed = False
         #: requests answered by the stream's own thread, and frames that broke the
         #: format (RpcServer.served / .violations: this thread alone writes them)
         self.served = 0
@@ -1456,10 +1460,13 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             # the stream is done for: its reading ends too (and the sending role with it)
             logger.debug("RPC answers not sent: %s", exc)
+            self.failed = True
         except BaseException:
             with self.lock:
                 self.sending = False
             raise
+        finally:
+            self.progress.set()
 
     def run(self) -> None:
         server = self.server
@@ -1603,6 +1610,9 @@ class _ServerStream:
             except TimeoutError:
                 data = None
             if data == b"":
+                # the client ended its side: it may still read (a half-close after its
+                # last request), so what it asked is still answered
+                self.finish_answers()
                 return
             with lock:
                 now = monotonic()
@@ -1617,6 +1627,28 @@ class _ServerStream:
             for event in events:
                 self.handle(event)
             self.flush()
+
+    def finish_answers(self) -> None:
+        """After the client's end of the stream: wait, keeping the requests' deadlines,
+        until every request taken is answered and the answers are sent -- or the stream
+        fails (the client closed for good) or the server closes."""
+        proto, lock, closed = self.proto, self.lock, self.server._closed
+        while not closed.is_set() and not self.failed:
+            with lock:
+                now = time.monotonic()
+                timer = proto.get_timer()
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)  # dropped: the client stopped waiting
+                    timer = proto.get_timer()
+                events = proto.events()
+                if not (proto.pending_incoming or self.sending or proto._out or events):
+                    return
+                self.progress.clear()
+            for event in events:
+                self.handle(event)
+            self.flush()
+            wait = 0.1 if timer is None else min(max(timer - now, 1e-3), 0.1)
+            self.progress.wait(wait)
 
     def accept_streams(self) -> bool:
         """Pass the streams the client has opened to ``on_stream``, without waiting;
@@ -1782,6 +1814,8 @@ class _ServerStream:
             self.flush()
         except (DTPError, OSError) as exc:
             logger.debug("RPC reply not sent: %s", exc)
+            self.failed = True
+        self.progress.set()
 
 
 # -- asyncio --------------------------------------------------------------------------------------
@@ -2182,6 +2216,10 @@ class AsyncRpcServer(_Registry):
                 # deadlines are enforced per request in run() instead
                 data = await reader.read(RECV_SIZE)
                 if data == b"":
+                    # the client ended its side: it may still read (a half-close after
+                    # its last request), so what it asked is still answered
+                    if tasks:
+                        await asyncio.gather(*tasks.values(), return_exceptions=True)
                     return
                 # requests whose deadline passed first: they count against max_pending
                 # until then, and nothing here wakes up at a deadline
