@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dtp._poll import wait_ready
-from dtp.errors import DTPError, InsufficientFunds, TunnelError
+from dtp.errors import DTPError, DTPTimeoutError, InsufficientFunds, TunnelError
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -245,7 +245,14 @@ class UdpBilling:
 def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
     chunks = bytearray()
     while len(chunks) < n:
-        data = sock.recv(n - len(chunks))
+        try:
+            data = sock.recv(n - len(chunks))
+        except DTPTimeoutError:
+            # the socket's own timeout (a client's is its connect timeout): a pause on
+            # the control stream, not its end. Giving up here stopped the receipts for
+            # good once traffic paused that long (the relay then dropped all as unpaid);
+            # the reading thread ends with the connection, which its owner closes.
+            continue
         if not data:
             return None
         chunks += data

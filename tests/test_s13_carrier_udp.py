@@ -298,3 +298,46 @@ def test_async_relay_whose_client_resets_the_control_stream_ends_cleanly() -> No
         dns.close()
     assert outcome == [stats]  # returned, not raised
     assert billing.datagrams == stats.datagrams_in >= 32
+
+
+def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
+    """The forwarder reads the relay's usage reports on the connection's socket, whose
+    timeout is the connect's (docs/udp.md's example: timeout=5). A pause in traffic that
+    long timed the read out, which ended the reading thread: no receipt was signed after
+    it, and once the relay's credit ran out it dropped every datagram as unpaid."""
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=20)
+    relay_stats = UdpStats()
+    handler = functools.partial(
+        relay_udp, backend=dns.address, billing=billing, stats=relay_stats, report_every=4
+    )
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=0.5
+    )
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
+
+    client = _client()
+    try:
+        with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
+
+            def exchange(n: int, tag: bytes) -> None:
+                for i in range(n):
+                    query = b"\x00\x01" + tag + b"%d" % i
+                    client.sendto(query, fwd.address)
+                    assert client.recvfrom(65535)[0].startswith(query)
+
+            exchange(8, b"a")
+            time.sleep(1.0)  # the pause: twice the socket's timeout
+            exchange(60, b"b")  # three times the relay's credit
+    finally:
+        client.close()
+        server.close()
+        serving.join(5)
+        dns.close()
+    assert relay_stats.dropped_unpaid == 0
+    assert billing.latest is not None and billing.latest.total_requests == 68
