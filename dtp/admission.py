@@ -148,7 +148,8 @@ def resolve_service(
 ) -> ResolvedService:
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
-    (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
+    (deny list wins; allow-listed mode), ``ConnectionLimitReached`` (the host's limit
+    per client, the service's limit), ``InsufficientFunds`` (deposit below the SLA
     minimum, or more than ``client`` holds); :class:`~dtp.errors.HandshakeError` when the
     host's Noise key is one no handshake can use (a low-order point); then, with
     ``carrier="tcp"``, :class:`NoCarrierEndpoint` when the host publishes no TCP
@@ -165,6 +166,22 @@ def resolve_service(
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
     if not host.firewall.permits(client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
+    # the open would abort on these (after a spending cap was made for it: on Sui,
+    # gas for two transactions and a cap left behind each time the client tries)
+    per_client = host.firewall.max_connections_per_client
+    if per_client != 0 and host.connections_of(client) >= per_client:
+        raise move_error(
+            "host",
+            "EMaxConnections",
+            f"{client} already has {host.connections_of(client)} of {per_client} "
+            f"connections to host {host.id}",
+        )
+    if service.max_connections != 0 and service.open_connections >= service.max_connections:
+        raise move_error(
+            "host",
+            "EMaxConnections",
+            f"port {port} of host {host.id} is at {service.max_connections} connections",
+        )
     minimum = service.sla.min_deposit if min_deposit is None else min_deposit
     if deposit < minimum:
         raise move_error(

@@ -15,7 +15,7 @@ import dtp.socket
 from dtp.chain import local_rules as rules
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import HandshakeError
+from dtp.errors import ConnectionLimitReached, HandshakeError
 from dtp.keys import HostIdentity
 
 PORT = 443
@@ -111,4 +111,25 @@ def test_the_asyncio_client_refuses_it_too(world: World) -> None:
             )
 
     asyncio.run(main())
+    assert world.ledger.dump() == before
+
+
+@pytest.mark.parametrize("limit", ["per_client", "per_service"])
+def test_a_connection_limit_reached_is_refused_before_any_ledger_write(
+    world: World, limit: str
+) -> None:
+    """The open would abort with EMaxConnections; before, a spending cap was created
+    for it first (on Sui: gas for two transactions, and a cap left behind each try)."""
+    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
+    world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, 1000)
+    if limit == "per_client":
+        world.ledger.set_client_limits(SERVER, world.host_id, 1, 0, 0)
+    else:
+        world.ledger.update_service(SERVER, world.host_id, PORT, Sla(10, 5, 1000), 1)
+    before = world.ledger.dump()
+    with pytest.raises(ConnectionLimitReached) as info:
+        dtp.socket.create_connection(
+            f"dtp://{world.host_id}:{PORT}", timeout=10, ledger=world.ledger, identity=CLIENT
+        )
+    assert info.value.name == "EMaxConnections"
     assert world.ledger.dump() == before
