@@ -231,13 +231,15 @@ class CapShare:
         #: What the cap lets the server claim, as last read (less what it claimed since).
         self.remaining = remaining
         self._held: dict[int, int] = {}  # id(gate) -> its receipt beyond its claims
+        self._total = 0  # sum of _held
 
     def take(self, gate: object, amount: int) -> None:
         """Let ``gate`` hold a receipt for ``amount`` MIST beyond its claims, or raise
         SpendingCapExceeded when the others' and this one would exceed the cap."""
         key = id(gate)
         with self._lock:
-            others = sum(v for k, v in self._held.items() if k != key)
+            mine = self._held.get(key, 0)
+            others = self._total - mine
             if others + amount > self.remaining:
                 raise move_error(
                     "spending_cap",
@@ -246,6 +248,13 @@ class CapShare:
                     f"{others} of the {self.remaining} its cap lets be claimed",
                 )
             self._held[key] = amount
+            self._total += amount - mine
+
+    def room(self, gate: object) -> int:
+        """What the cap lets ``gate`` hold beyond its claims, the others' receipts
+        taken (may be negative after the cap was read lower)."""
+        with self._lock:
+            return self.remaining - (self._total - self._held.get(id(gate), 0))
 
     def refresh(self, remaining: int) -> None:
         """The cap read again: it lets the server claim ``remaining`` MIST now (its owner
@@ -262,7 +271,9 @@ class CapShare:
         """Drop ``gate``; True when no connection holds the cap any more."""
         with self._lock:
             # what it held is claimed now (or kept for a later claim): spent either way
-            self.remaining = max(0, self.remaining - self._held.pop(id(gate), 0))
+            held = self._held.pop(id(gate), 0)
+            self._total -= held
+            self.remaining = max(0, self.remaining - held)
             return not self._held
 
 
@@ -483,10 +494,16 @@ class ReceiptGate:
         the client's cap lets the server claim) less what the receipts take already. The
         allowance alone let a client whose receipts had reached its deposit be served a
         whole allowance more, for nothing (with the default allowance, a deposit of
-        ``min_deposit`` bought twice its worth)."""
+        ``min_deposit`` bought twice its worth), and each further connection on a cap
+        the first had used up as much."""
         ceiling = (
             self.deposited if self.spend_limit is None else min(self.deposited, self.spend_limit)
         )
+        share = self.share
+        if share is not None:
+            # the client's other live connections on the cap hold part of it: what they
+            # hold cannot pay for this one's credit
+            ceiling = min(ceiling, self.claimed + share.room(self))
         return max(0, min(self.allowance, ceiling - self.payable()))
 
     def owed(self, total_bytes: int, total_requests: int) -> int:

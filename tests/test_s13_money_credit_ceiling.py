@@ -21,7 +21,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.escrow import Receipt, fee
-from dtp.metering import GateState, ReceiptGate
+from dtp.metering import CapShares, GateState, ReceiptGate
 from dtp.paid import ServicePolicy
 from tests.paid_twins import (
     funded_ledger,
@@ -152,3 +152,60 @@ def test_asyncio_server_serves_no_more_than_the_deposit(
         finally:
             asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
     _check(ledger, got, cid)
+
+
+def test_a_second_connection_on_a_used_up_cap_gets_no_credit() -> None:
+    """Two live connections on one cap (CapShare): what the first holds is not the
+    second's to serve on credit (before: the second had its whole allowance, which the
+    cap could never pay)."""
+    shares = CapShares()
+    first, second = _gate(spend_limit=DEPOSIT), _gate(spend_limit=DEPOSIT)
+    shares.join("0xcap", first, DEPOSIT)
+    shares.join("0xcap", second, DEPOSIT)
+    whole = (DEPOSIT - 5) * 1024 // 10
+    first.receive(_receipt(whole, 1))  # the first holds the whole cap
+    assert second.credit() == 0
+    assert not second.serving(2, 1)  # not even the first request
+    shares.leave(first)  # settled: the cap paid it, nothing is left
+    assert second.credit() == 0
+
+
+def test_a_server_serves_nothing_on_a_cap_another_connection_used_up(
+    ledger: LocalLedger, tmp_path: Path
+) -> None:
+    host_id = _host(ledger)
+    cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
+    with dtp.socket.serve(
+        host_id,
+        PORT,
+        streams_forever,
+        ledger=ledger,
+        identity=SERVER,
+        receipts=tmp_path / "r.db",
+        policy=POLICY,
+    ):
+        socks = [
+            dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=20,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=4 * DEPOSIT,
+                cap_id=cap,
+            )
+            for _ in range(2)
+        ]
+        got = []
+        for sock in socks:  # one after the other: the first uses the whole cap
+            with sock:
+                sock.sendall(b"go")
+                n = 0
+                with pytest.raises(DTPError):
+                    while data := sock.recv(1 << 16):
+                        n += len(data)
+                got.append(n)
+    assert fee(SLA, got[0] + 2 - 1, 1) <= DEPOSIT
+    assert got[1] == 0  # before: an allowance's worth (about 500 KiB) the cap never paid
+    assert ledger.get_cap(cap).spent <= DEPOSIT
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
