@@ -372,17 +372,26 @@ class DTPStreamReader:
         await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
 
     async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF."""
+        """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF. A
+        read of all that is cancelled, or meets a reset or a failure, consumes nothing
+        (the next read gets those bytes; asyncio's loses them)."""
         if n == 0:
             return b""
         if n < 0:
             chunks: list[bytes] = []
-            while True:
-                await self._wait_readable()
-                chunk = self._take(1 << 30)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            try:
+                while True:
+                    await self._wait_readable()
+                    chunk = self._take(1 << 30)
+                    if not chunk:
+                        return b"".join(chunks)
+                    chunks.append(chunk)
+            except BaseException:
+                # cancelled (asyncio.wait_for timing out), or the stream reset / the
+                # connection failed: what was taken goes back in front of the stream,
+                # for the next read (it was lost)
+                self._unread(b"".join(chunks))
+                raise
         await self._wait_readable()
         return self._take(n)
 
@@ -616,7 +625,8 @@ class DTPStreamWriter:
 
     async def drain(self) -> None:
         """Wait until the queue is below the high-water mark (raises if the
-        connection failed, or closed with bytes written here left unsent)."""
+        connection failed, or closed with bytes written here left unsent, and
+        StreamReset once the peer stopped reading this stream)."""
 
         def room() -> bool:
             return self._session.terminated is not None or (
@@ -626,6 +636,11 @@ class DTPStreamWriter:
 
         await self._proto.wait_for(room)
         session = self._session
+        buf = session.streams.get(self._stream_id)
+        if buf is not None and buf.send_stopped is not None:
+            # the peer stopped reading this stream: what was unsent is dropped, and the
+            # next write() raises; drain() returned as if it had all gone out
+            raise StreamReset(self._stream_id, buf.send_stopped)
         if session.terminated is not None:
             if session.error is not None:
                 raise session.error

@@ -1,0 +1,100 @@
+"""dtp.aio's reader and writer against asyncio.StreamReader / StreamWriter, where a user
+porting asyncio-streams code relies on them: a cancelled read of all, drain() on a
+stream the peer stopped reading. In-process server and client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+import dtp.aio
+from dtp.errors import StreamReset
+from dtp.keys import HostIdentity
+
+Handler = Callable[[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    handle: Handler,
+) -> AsyncIterator[tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]]:
+    """A DTP server on 127.0.0.1 serving ``handle``, and a client connection to it,
+    closed (then the server) at the end."""
+    identity = HostIdentity.generate()
+    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+    async with server:
+        reader, writer = await dtp.aio.open_connection(
+            *server.address, server_key=identity.noise_public, timeout=5
+        )
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 5)
+
+
+async def _until(ready: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) until ``ready()``."""
+    async with asyncio.timeout(5):
+        while not ready():
+            await asyncio.sleep(0.005)
+
+
+def test_a_cancelled_read_of_all_consumes_nothing() -> None:
+    """``asyncio.wait_for(reader.read(), t)`` timing out after some bytes came: those
+    bytes come with the next read (they were lost)."""
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            writer.write(b"abc")
+            await go.wait()
+            writer.write(b"def")
+            writer.write_eof()
+            await reader.read()
+            writer.close()
+
+        async with _connected(handle) as (reader, _writer):
+            await _until(lambda: len(reader._buffer()) == 3)
+            task = asyncio.ensure_future(reader.read())
+            await _until(lambda: not reader._buffer())  # the read took b"abc" and waits
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            go.set()
+            assert await asyncio.wait_for(reader.read(), 5) == b"abcdef"
+            assert reader.at_eof()
+
+    asyncio.run(main())
+
+
+def test_drain_raises_once_the_peer_stopped_reading_the_stream() -> None:
+    """The peer closes a stream it read 10 bytes of (asking us to stop sending): the
+    8 MiB drain() waits on are dropped, so drain() raises StreamReset, as the next
+    write() does (it returned as if they had gone out)."""
+
+    async def main() -> None:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            reader2, writer2 = await writer.accept_stream()
+            await reader2.readexactly(10)
+            writer2.close()  # both ways: STOP_SENDING to the client
+            await reader.read()
+            writer.close()
+
+        async with _connected(handle) as (_reader, writer):
+            _reader2, writer2 = await writer.open_stream()
+            writer2.write(b"x" * (8 << 20))  # beyond the stream window: drain() waits
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(writer2.drain(), 5)
+            with pytest.raises(StreamReset):
+                await writer2.drain()
+            with pytest.raises(StreamReset):
+                writer2.write(b"y")
+            writer2.close()
+            await asyncio.wait_for(writer2.wait_closed(), 5)
+
+    asyncio.run(main())
