@@ -55,7 +55,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,9 +90,10 @@ _FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
 _MAX_FRAGMENTS = 255
 #: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
 MAX_PARTIAL_RECORDS = 64
-#: PipeDataSent events of pipes gone from the ledger before we knew them, kept in case
-#: their PipeCreated comes later.
+#: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later
+#: (at most this many, and this many bytes of payload).
 MAX_ORPHAN_EVENTS = 1024
+MAX_ORPHAN_BYTES = 1 << 20
 #: Pipes of the peer's other connections remembered (their data events are skipped).
 MAX_FOREIGN_PIPES = 4096
 #: The peer's RecordRetained events whose payload was not seen yet, kept at once.
@@ -231,10 +232,10 @@ class LedgerCarrier:
         self._sent = [inner.next_seq for inner in pipe.inners]
         self._acked = [inner.acked for inner in pipe.inners]
         self._rr = 0
-        self._orphans: list[Event] = []
-        # pipes of the peer's other connections -> whether gone from the ledger when
-        # looked up (their events are then kept as orphans, in case)
-        self._foreign: OrderedDict[str, bool] = OrderedDict()
+        self._orphans: deque[Event] = deque()
+        self._orphan_bytes = 0
+        # pipes of the peer's other connections (their PipeCreated named another)
+        self._foreign: OrderedDict[str, None] = OrderedDict()
         # (pipe, fragment id) -> (count, pieces by index)
         self._partial: OrderedDict[tuple[str, int], tuple[int, dict[int, bytes]]] = OrderedDict()
         self._unreported = 0
@@ -454,9 +455,8 @@ class LedgerCarrier:
             lanes = self._lanes.get(pipe)
             inner = int(fields.get("inner", -1))
             if lanes is None:
-                lanes = self._unknown_pipe(event, now, out)
-                if lanes is None:
-                    return
+                self._keep_orphan(event)
+                return
             if not 0 <= inner < len(lanes):
                 return
             lane = lanes[inner]
@@ -477,42 +477,32 @@ class LedgerCarrier:
         self._lanes[pipe] = [_Lane() for _ in range(inners)]
         orphans = [e for e in self._orphans if e.fields.get("pipe") == pipe]
         if orphans:
-            self._orphans = [e for e in self._orphans if e.fields.get("pipe") != pipe]
+            self._orphans = deque(e for e in self._orphans if e.fields.get("pipe") != pipe)
+            self._orphan_bytes -= sum(len(e.fields.get("data", b"")) for e in orphans)
             for orphan in orphans:
                 self._on_event(orphan, now, out)
 
-    def _note_foreign(self, pipe: str, *, gone: bool = False) -> None:
-        self._foreign[pipe] = gone
+    def _note_foreign(self, pipe: str) -> None:
+        self._foreign[pipe] = None
         self._foreign.move_to_end(pipe)
         while len(self._foreign) > MAX_FOREIGN_PIPES:
             self._foreign.popitem(last=False)
 
-    def _unknown_pipe(self, event: Event, now: float, out: list[bytes]) -> list[_Lane] | None:
-        """A data event of a pipe we do not know: the peer's other connections share
-        its sender address, and keeping their payloads in case a PipeCreated of ours
-        came later filled the orphans with up to 1024 foreign payloads (16 MiB) per
-        connection. So the pipe is looked up once (one ledger read per unknown pipe):
-        ours, it is learned as its PipeCreated would be; another connection's, its data
-        is dropped from now on; gone from the ledger already, the event is kept as an
-        orphan until a PipeCreated claims it."""
-        pipe = str(event.fields.get("pipe", ""))
-        gone = self._foreign.get(pipe)
-        if gone is None:
-            try:
-                info = self.ledger.get_pipe(pipe)
-            except ObjectNotFound:
-                gone = True
-                self._note_foreign(pipe, gone=True)
-            else:
-                if info.connection == self.connection_id and info.owner == self.peer_address:
-                    self._learn_pipe(pipe, len(info.inners), now, out)
-                    return self._lanes[pipe]
-                gone = False
-                self._note_foreign(pipe)
-        if gone:
-            self._orphans.append(event)
-            del self._orphans[:-MAX_ORPHAN_EVENTS]
-        return None
+    def _keep_orphan(self, event: Event) -> None:
+        """A data event of a pipe we do not know. The peer's other connections share its
+        sender address, so most are theirs: a pipe whose PipeCreated named another
+        connection is skipped, and the others are kept (in case their PipeCreated comes
+        later, on a ledger that reorders) within MAX_ORPHAN_EVENTS and
+        MAX_ORPHAN_BYTES, oldest dropped first. Kept by count alone, a client of a busy
+        host held up to 1024 payloads of other connections, 16 MiB, per connection."""
+        pipe = event.fields.get("pipe", "")
+        if pipe in self._foreign:
+            return
+        self._orphans.append(event)
+        self._orphan_bytes += len(event.fields.get("data", b""))
+        while len(self._orphans) > MAX_ORPHAN_EVENTS or self._orphan_bytes > MAX_ORPHAN_BYTES:
+            dropped = self._orphans.popleft()
+            self._orphan_bytes -= len(dropped.fields.get("data", b""))
 
     def _note_data(self, now: float) -> None:
         self._unreported += 1
