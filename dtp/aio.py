@@ -1191,6 +1191,12 @@ class DTPServer:
         self._ledger_watch: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
+            self._loop = asyncio.get_running_loop()
+        #: listen_ledger's arguments while start_server(start_serving=False) holds it
+        #: back, until start_serving()
+        self._ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
         self.handshakes_failed = 0
         self.refused = 0
         #: TCP connections closed unserved: their address's line was full, or they
@@ -1452,11 +1458,41 @@ class DTPServer:
                 return reason
         return None
 
-    async def _start(self, host: str, port: int, backlog: int) -> None:
+    async def _start(self, host: str, port: int, backlog: int, start_serving: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol_factory, host, port, backlog=backlog, reuse_address=True
+            self._protocol_factory,
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            start_serving=start_serving,
         )
+
+    def get_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the server runs on (as :meth:`asyncio.Server.get_loop`)."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """True while the server accepts connections (as
+        :meth:`asyncio.Server.is_serving`): started, and not closed."""
+        if self._closed.is_set():
+            return False
+        if self._server is not None and self._server.is_serving():
+            return True
+        return self._ledger_listener is not None
+
+    async def start_serving(self) -> None:
+        """Start accepting connections, if ``start_server(start_serving=False)`` held
+        them back (nothing to do otherwise, or once closed), as
+        :meth:`asyncio.Server.start_serving`."""
+        if self._closed.is_set():
+            return
+        if self._server is not None:
+            await self._server.start_serving()
+        pending, self._ledger_pending = self._ledger_pending, None
+        if pending is not None:
+            self.listen_ledger(*pending)
 
     def close(self) -> None:
         """Stop listening (connections already accepted go on; those still waiting for
@@ -1476,10 +1512,19 @@ class DTPServer:
             await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
-        if self._server is not None:
-            await self._server.serve_forever()
-            return
-        await self._closed.wait()  # ledger carrier only: serve until closed
+        """Accept connections until cancelled; then the server is closed, as
+        :meth:`asyncio.Server.serve_forever` (its ledger listener and the connections
+        waiting for their address's handshake slot too: only the TCP listener was)."""
+        await self.start_serving()
+        try:
+            if self._server is not None:
+                await self._server.serve_forever()
+                return
+            await self._closed.wait()  # ledger carrier only: serve until closed
+        except asyncio.CancelledError:
+            if not self._closed.is_set():
+                self.close()
+            raise
 
     async def __aenter__(self) -> DTPServer:
         return self
@@ -1506,6 +1551,7 @@ async def start_server(
     ledger_options: LedgerCarrierOptions | None = None,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    start_serving: bool = True,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -1524,6 +1570,9 @@ async def start_server(
     ``max_handshakes_per_address`` / ``max_waiting_per_address``: at most that many
     handshakes from one client IP address in progress at once (None: no cap), and at
     most that many of its connections waiting for one to end; see :class:`DTPServer`.
+
+    ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
+    ``serve_forever()``), as :func:`asyncio.start_server`.
     """
     if carriers is None:
         carriers = ("tcp",) if host is not None else ("ledger",)
@@ -1551,8 +1600,11 @@ async def start_server(
         max_waiting_per_address=max_waiting_per_address,
     )
     if host is not None and port is not None:
-        await server._start(host, port, backlog)
-    if "ledger" in carriers:
+        await server._start(host, port, backlog, start_serving)
+    if "ledger" in carriers and not start_serving:
+        assert ledger is not None and host_id is not None and dtp_port is not None
+        server._ledger_pending = (ledger, host_id, dtp_port, ledger_options)
+    elif "ledger" in carriers:
         assert ledger is not None and host_id is not None and dtp_port is not None
         try:
             server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
