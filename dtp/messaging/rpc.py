@@ -176,6 +176,9 @@ _TAKE_PIECE = 16 * 1024
 #: the peer's requests: a client serves nothing); beyond, the peer's requests are dropped
 #: unanswered, so a peer that sends requests and never reads cannot grow our memory.
 _MAX_QUEUED_OUT = 256
+#: Bytes of answers a server queues for a client that does not take them before it
+#: reads no more of its requests (_ServerStream.backed_up).
+_UNSENT_CAP = 4 << 20
 #: The asyncio client lets the loop run after this long (seconds) of notification
 #: handlers (AsyncRpcClient._take).
 _TAKE_TIME = 0.01
@@ -1452,6 +1455,7 @@ class _ServerStream:
         try:
             while True:
                 _send_answer(self.stream, data, self.server._closed)
+                self.progress.set()  # (a read loop held up by backed_up() goes on)
                 with self.lock:
                     data = self.proto.data_to_send()
                     if not data:
@@ -1605,10 +1609,16 @@ class _ServerStream:
             ):
                 stream.settimeout(wait)
                 current = wait
-            try:
-                data = stream.recv(RECV_SIZE)
-            except TimeoutError:
+            if self.backed_up():
+                # the client does not take its answers: read no more requests until it
+                # does (it feels it as flow control), rather than queue answers for good
+                self.progress.wait(0.1 if wait is None else min(wait, 0.1))
                 data = None
+            else:
+                try:
+                    data = stream.recv(RECV_SIZE)
+                except TimeoutError:
+                    data = None
             if data == b"":
                 # the client ended its side: it may still read (a half-close after its
                 # last request), so what it asked is still answered
@@ -1627,6 +1637,16 @@ class _ServerStream:
             for event in events:
                 self.handle(event)
             self.flush()
+
+    def backed_up(self) -> bool:
+        """Whether the writer thread waits for the client with more than the cap of
+        answers queued behind it (:data:`_UNSENT_CAP`, or two messages of the cap)."""
+        with self.lock:
+            if not self.sending or self.failed:
+                return False
+            self.progress.clear()
+            queued = sum(map(len, self.proto._out))
+        return queued > max(_UNSENT_CAP, 2 * self.server.max_message_size)
 
     def finish_answers(self) -> None:
         """After the client's end of the stream: wait, keeping the requests' deadlines,
