@@ -1200,6 +1200,12 @@ class DTPSocket:
             raise LocalProtocolError("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
         if nbytes:
+            # as a socket's: -1 meant all but the last byte, and a short buffer was
+            # silently read into short
+            if nbytes < 0:
+                raise ValueError("negative buffersize in recv_into")
+            if nbytes > len(view):
+                raise ValueError("buffer too small for requested bytes")
             view = view[:nbytes]
         if self._rd_shut or not len(view):
             return 0

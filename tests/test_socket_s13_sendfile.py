@@ -127,3 +127,16 @@ def test_sendfile_timeout_bounds_the_whole_call(
             client.sendfile(f)
         # the position says how much went (at least the windows' worth)
         assert 0 < f.tell() < 64 << 20
+
+
+def test_recv_into_checks_nbytes_as_a_socket_does(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    client, peer = pair
+    client.sendall(b"abcdef")
+    with pytest.raises(ValueError, match="negative"):
+        peer.recv_into(bytearray(4), -1)  # it waited for good: all but the last byte
+    with pytest.raises(ValueError, match="too small"):
+        peer.recv_into(bytearray(2), 5)  # it read 2, not the 5 asked for
+    buf = bytearray(8)
+    assert peer.recv_into(buf, 3) == 3 and buf[:3] == b"abc"  # nothing was lost
