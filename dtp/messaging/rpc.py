@@ -1641,6 +1641,8 @@ class _ServerStream:
     def backed_up(self) -> bool:
         """Whether the writer thread waits for the client with more than the cap of
         answers queued behind it (:data:`_UNSENT_CAP`, or two messages of the cap)."""
+        if not self.sending:  # (the usual case, without the lock: a stale answer is
+            return False  # corrected at the next read)
         with self.lock:
             if not self.sending or self.failed:
                 return False
