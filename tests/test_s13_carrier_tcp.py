@@ -52,3 +52,31 @@ def test_a_started_connect_that_times_out_waits_its_timeout_once(
         pending.finish(0.5)
     elapsed = time.monotonic() - start
     assert 0.45 <= elapsed < 0.8, elapsed
+
+
+def test_a_name_with_other_addresses_still_gets_them_tried(
+    unanswered: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name resolving to an address that never answers and then one that does (IPv6
+    blackholed, IPv4 fine): the early connect tries only the first, so on its timeout
+    the others must still be tried, as socket.create_connection does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    working = listener.getsockname()
+
+    def resolve(host: object, port: object, *args: object, **kw: object) -> list[object]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", unanswered),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", working),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    try:
+        sock = PendingTcp(("dual.example", 7000)).finish(0.3)
+        try:
+            assert sock.getpeername() == working
+        finally:
+            sock.close()
+    finally:
+        listener.close()

@@ -38,10 +38,12 @@ class PendingTcp:
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
         self._sock: socket.socket | None = None
+        #: whether the name resolved to more than the address tried here
+        self._others = False
         try:
-            family, kind, proto, _, sockaddr = socket.getaddrinfo(
-                address[0], address[1], type=socket.SOCK_STREAM
-            )[0]
+            infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
+            family, kind, proto, _, sockaddr = infos[0]
+            self._others = len(infos) > 1
             sock = socket.socket(family, kind, proto)
         except OSError:
             return
@@ -70,8 +72,9 @@ class PendingTcp:
             except OSError:
                 writable = [sock]  # failed, not timed out: connect_tcp says how
             sock.close()
-            if not writable:
+            if not writable and not self._others:
                 # the whole timeout is spent: another connect_tcp would wait as long again
+                # (a name with other addresses still gets them tried, by connect_tcp)
                 host, port = self.address
                 raise DTPTimeoutError(f"connecting to {host}:{port} timed out")
         return connect_tcp(self.address, timeout)
