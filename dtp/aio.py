@@ -1392,8 +1392,18 @@ class DTPServer:
                 # peer reset) while the connection goes on: nobody serves it any more,
                 # and the client must not wait on it
                 writer.abort("internal error")
-        except Exception:
-            logger.exception("client callback failed for %s", session.authenticated_address)
+        except Exception as exc:
+            # to the loop's exception handler, as asyncio.start_server reports it (a
+            # program that set its own handler saw nothing: this went to our logger);
+            # then the connection ends, the peer reading an error, not a clean end
+            proto.loop.call_exception_handler(
+                {
+                    "message": "Unhandled exception in client_connected_cb",
+                    "exception": exc,
+                    "transport": proto.transport,
+                    "peer_address": session.authenticated_address,
+                }
+            )
             writer.abort("internal error")
 
     async def _handshake(self, proto: _Protocol) -> bool:
@@ -1555,7 +1565,10 @@ async def start_server(
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
-    ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`).
+    ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`). It may be a coroutine
+    function or a plain one. An exception it raises goes to the loop's exception
+    handler, as with :func:`asyncio.start_server`, and the connection is aborted (the
+    client reads ConnectionClosed, not the clean end asyncio's close gives).
 
     With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
     Host), clients are admitted only through :class:`~dtp.admission.LedgerAdmission`, as

@@ -89,3 +89,43 @@ def test_a_cancelled_serve_forever_closes_the_server() -> None:
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "plain"])
+def test_a_failing_callback_goes_to_the_loops_exception_handler(kind: str) -> None:
+    """As asyncio.start_server: the exception a client callback raises is reported to
+    the loop's exception handler (a program's own handler saw nothing); the client
+    reads an error, what was written before it included."""
+    from dtp.errors import ConnectionClosed
+
+    async def main() -> None:
+        seen: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+
+        async def failing(_r: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            writer.write(b"partial")
+            raise KeyError("boom")
+
+        def plain(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
+            w.write(b"partial")
+            raise KeyError("boom")
+
+        identity = HostIdentity.generate()
+        callback = failing if kind == "coroutine" else plain
+        server = await dtp.aio.start_server(callback, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public, timeout=5
+            )
+            assert await asyncio.wait_for(reader.readexactly(7), 5) == b"partial"
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await writer.wait_closed()
+        assert len(seen) == 1
+        assert seen[0]["message"] == "Unhandled exception in client_connected_cb"
+        assert isinstance(seen[0]["exception"], KeyError)
+        # the client's (open_connection made it an identity of its own)
+        assert seen[0]["peer_address"] == writer._conn.config.identity.sui_address
+
+    asyncio.run(main())
