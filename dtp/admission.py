@@ -251,6 +251,10 @@ class LedgerAdmission:
     opening at once, SQLite writers queueing) takes a while to land an open."""
 
     def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
+        # a port given as "443" never equals the 443 a client names: every client would
+        # be refused, with "serves port 443, not 443"
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
         self.ledger = ledger
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
+from dtp.admission import LedgerAdmission
 from dtp.chain import local_rules as rules
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import ConnectionLimitReached, HandshakeError
+from dtp.errors import ConnectionLimitReached, HandshakeError, InvalidArgument
 from dtp.keys import HostIdentity
 
 PORT = 443
@@ -133,3 +134,17 @@ def test_a_connection_limit_reached_is_refused_before_any_ledger_write(
         )
     assert info.value.name == "EMaxConnections"
     assert world.ledger.dump() == before
+
+
+@pytest.mark.parametrize("port", ["443", 443.0, True, -1, 65536])
+def test_a_server_port_that_is_not_a_u16_is_refused_when_made(tmp_path: Path, port: object) -> None:
+    """Before, create_server(port="443") served, refusing every client with "this
+    server serves port 443, not 443" (the str never equals the port a client names)."""
+    with LocalLedger(tmp_path / "ledger.db") as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        with pytest.raises(InvalidArgument, match="u16"):
+            LedgerAdmission(ledger, host_id, port)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="u16"):
+            dtp.socket.create_server(
+                ("127.0.0.1", 0), identity=SERVER, ledger=ledger, host_id=host_id, port=port
+            )
