@@ -68,6 +68,9 @@ class JsonRpcHandler:
             return _dumps(_error(None, E.INVALID_REQUEST, "Invalid Request"))
         id_ = request.get("id")
         is_notification = "id" not in request
+        if not (id_ is None or type(id_) in (str, int, float)):
+            # JSON-RPC 2.0 §4: an id is a string, a number or null (not echoed back)
+            return _dumps(_error(None, E.INVALID_REQUEST, "Invalid Request"))
         method = request.get("method")
         params = request.get("params")
         if not isinstance(method, str) or not (params is None or isinstance(params, list | dict)):
@@ -82,7 +85,12 @@ class JsonRpcHandler:
         except E.RemoteError as exc:
             answer = _error(id_, exc.code, exc.message, exc.data)
         except TypeError as exc:
-            answer = _error(id_, E.INVALID_PARAMS, str(exc))
+            # as the RPC layer has it (rpc._error_reply): Python's text only when binding
+            # the params to the method failed (the method never ran); a TypeError of the
+            # method's own keeps its text private, as any other exception's
+            tb = exc.__traceback__
+            detail = f": {exc}" if tb is not None and tb.tb_next is None else ""
+            answer = _error(id_, E.INVALID_PARAMS, f"Invalid params{detail}")
         except Exception as exc:
             answer = _error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})")
         else:
@@ -91,9 +99,10 @@ class JsonRpcHandler:
             return None
         try:
             return _dumps(answer)
-        except (TypeError, ValueError, RecursionError) as exc:
-            # the method's result (or its error's data) is not JSON: that one answer
-            # becomes an internal error, the rest of a batch is unaffected
+        except Exception as exc:
+            # the method's result (or its error's data) is not JSON, whatever encoding it
+            # raised (a mapping whose items() fails...): that one answer becomes an
+            # internal error, the rest of a batch is unaffected
             return _dumps(_error(id_, E.INTERNAL_ERROR, f"Internal error ({type(exc).__name__})"))
 
     def __call__(self, document: bytes) -> bytes | None:
