@@ -133,6 +133,8 @@ class _Protocol(asyncio.Protocol):
         #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
         #: transport is a local socket pair
         self.peername: Any = None
+        #: The readers' line limit (``limit`` of open_connection / start_server)
+        self.limit = _LIMIT
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -453,6 +455,13 @@ class DTPStreamReader:
             return self._session.error
         return None
 
+    def exception(self) -> BaseException | None:
+        """The error reads raise once what is buffered is read: the peer's reset of the
+        stream or the connection's failure (None while the stream goes on, or after a
+        clean end), as :meth:`asyncio.StreamReader.exception`. (Unlike asyncio's, the
+        bytes that came before it are read first.)"""
+        return self._failure()
+
     def _reset_or_failed(self) -> bool:
         buf = self._session.streams.get(self._stream_id)
         return (buf is not None and buf.reset_code is not None) or (
@@ -461,20 +470,22 @@ class DTPStreamReader:
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Bytes up to and including ``separator``; IncompleteReadError at EOF,
-        LimitOverrunError past 64 KiB without it (as asyncio); a reset stream or a failed
+        LimitOverrunError past the limit (64 KiB unless open_connection / start_server
+        was given another) without it (as asyncio); a reset stream or a failed
         connection raises its typed error."""
         if not separator:
             raise ValueError("separator should be at least one-byte string")
         start = 0
+        limit = self._proto.limit
         while True:
             buf = self._buffer()
             index = buf.find(separator, start)
             if index >= 0:
                 # as asyncio's: the limit is on what comes before the separator
-                if index > _LIMIT:
+                if index > limit:
                     raise asyncio.LimitOverrunError("separator found past the limit", index)
                 return self._take(index + len(separator))
-            if len(buf) + 1 - len(separator) > _LIMIT:
+            if len(buf) + 1 - len(separator) > limit:
                 raise asyncio.LimitOverrunError(
                     "separator not found within the limit", len(buf) + 1 - len(separator)
                 )
@@ -550,6 +561,10 @@ class DTPStreamWriter:
 
     @property
     def transport(self) -> asyncio.Transport | None:
+        """The carrier's transport (TCP, or the ledger bridge's socket pair), shared by
+        every stream of the connection and carrying its sealed records, not this
+        stream's bytes: for ``get_extra_info``, ``is_closing()``, buffer sizes; bytes
+        written to it directly break the connection (use :meth:`write`)."""
         return self._proto.transport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -605,6 +620,20 @@ class DTPStreamWriter:
 
     def can_write_eof(self) -> bool:
         return True
+
+    async def start_tls(
+        self,
+        sslcontext: Any,
+        *,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        """Not for DTP: a DTP stream is end-to-end encrypted (Noise) from the start, and
+        TLS cannot be layered on a stream of a connection. Raises LocalProtocolError
+        (asyncio's StreamWriter upgrades its TCP connection here)."""
+        raise LocalProtocolError(
+            "start_tls() does not apply to a DTP stream: it is end-to-end encrypted already"
+        )
 
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF after what was written (nothing to do once
@@ -874,6 +903,7 @@ async def open_connection(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    limit: int = _LIMIT,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
@@ -887,13 +917,17 @@ async def open_connection(
     ConnectionRefused, HandshakeError or DTPTimeoutError as the blocking API does.
     A connection by host ID is metered as with the blocking API (``metering``), and may
     pay with a ``subscription`` or through a ``sponsor_pool`` as there.
+
+    ``limit``: the line limit of the connection's readers (readline, readuntil), as
+    :func:`asyncio.open_connection`'s (64 KiB).
     """
     check_connect_timeout(timeout)
+    _check_limit(limit)
     if port is None:
         address = HostAddress.parse(host) if isinstance(host, str) else host
         if ledger is None or identity is None:
             raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
-        return await _open_by_host_id(
+        reader, writer = await _open_by_host_id(
             address,
             ledger,
             identity,
@@ -908,6 +942,8 @@ async def open_connection(
             subscription=subscription,
             sponsor_pool=sponsor_pool,
         )
+        writer._proto.limit = limit
+        return reader, writer
     if (
         isinstance(host, HostAddress)
         or ledger is not None
@@ -930,7 +966,14 @@ async def open_connection(
         server_static=server_key,
         expected_server_static=expected_server_key,
     )
-    return await _open(host, port, cfg, timeout)
+    reader, writer = await _open(host, port, cfg, timeout)
+    writer._proto.limit = limit
+    return reader, writer
+
+
+def _check_limit(limit: int) -> None:
+    if limit <= 0:
+        raise ValueError("Limit cannot be <= 0")  # (asyncio.StreamReader's words)
 
 
 async def _open_by_host_id(
@@ -1175,7 +1218,9 @@ class DTPServer:
         admit: AdmitHook | None = None,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        limit: int = _LIMIT,
     ) -> None:
+        self._limit = limit
         self._address_slots: AddressSlots[_Protocol] | None = (
             None
             if max_handshakes_per_address is None
@@ -1281,6 +1326,7 @@ class DTPServer:
         loop = asyncio.get_running_loop()
         session = Session(config or self._config, now=loop.time())
         proto = _Protocol(session, loop)
+        proto.limit = self._limit
         proto.on_connected = lambda: self._connected(proto, by_address)
         return proto
 
@@ -1562,6 +1608,7 @@ async def start_server(
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     start_serving: bool = True,
+    limit: int = _LIMIT,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -1585,8 +1632,10 @@ async def start_server(
     most that many of its connections waiting for one to end; see :class:`DTPServer`.
 
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
-    ``serve_forever()``), as :func:`asyncio.start_server`.
+    ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
+    limit, as there (64 KiB).
     """
+    _check_limit(limit)
     if carriers is None:
         carriers = ("tcp",) if host is not None else ("ledger",)
     if not carriers or not set(carriers) <= {"tcp", "ledger"}:
@@ -1611,6 +1660,7 @@ async def start_server(
         admit,
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
+        limit=limit,
     )
     if host is not None and port is not None:
         await server._start(host, port, backlog, start_serving)

@@ -98,3 +98,69 @@ def test_drain_raises_once_the_peer_stopped_reading_the_stream() -> None:
             await asyncio.wait_for(writer2.wait_closed(), 5)
 
     asyncio.run(main())
+
+
+def test_limit_exception_and_start_tls_as_asyncio_streams() -> None:
+    """``limit=`` of open_connection / start_server sets the readers' line limit, as
+    asyncio's (it was refused with TypeError); ``reader.exception()`` says what reads
+    will raise; ``start_tls()`` is refused with a typed error, not AttributeError."""
+    from dtp.errors import LocalProtocolError
+
+    async def main() -> None:
+        lines: list[object] = []
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            for _ in range(2):
+                try:
+                    lines.append(await reader.readline())
+                except ValueError as exc:
+                    lines.append(exc)
+            writer.write(b"0123456789ab\nok\n")
+            await reader.read()
+            writer.close()
+
+        identity = HostIdentity.generate()
+        with pytest.raises(ValueError, match="Limit"):
+            await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, limit=0)
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, limit=4)
+        async with server:
+            with pytest.raises(ValueError, match="Limit"):
+                await dtp.aio.open_connection(
+                    *server.address, server_key=identity.noise_public, limit=-1
+                )
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public, timeout=5, limit=10
+            )
+            writer.write(b"toolong\nfine\n")
+            with pytest.raises(ValueError):  # 12 bytes before the newline, over 10
+                await asyncio.wait_for(reader.readline(), 5)
+            assert await asyncio.wait_for(reader.readline(), 5) == b"ok\n"
+            assert reader.exception() is None
+            with pytest.raises(LocalProtocolError, match="start_tls"):
+                await writer.start_tls(None)
+            writer.close()
+            await writer.wait_closed()
+        assert isinstance(lines[0], ValueError) and lines[1] == b"fine\n"
+
+    asyncio.run(main())
+
+
+def test_exception_names_the_streams_reset() -> None:
+    async def main() -> None:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            _reader2, writer2 = await writer.accept_stream()
+            writer2._conn.reset_stream(writer2.stream_id, 7)
+            writer2._proto.flush()
+            await reader.read()
+            writer.close()
+
+        async with _connected(handle) as (_reader, writer):
+            reader2, writer2 = await writer.open_stream()
+            writer2.write(b"hi")
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(reader2.read(), 5)
+            error = reader2.exception()
+            assert isinstance(error, StreamReset) and error.code == 7
+            writer2.close()
+
+    asyncio.run(main())
