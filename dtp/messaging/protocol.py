@@ -349,6 +349,33 @@ class RpcProtocol:
             heapq.heappush(self._timers, (deadline, 0, request_id))
         return request_id
 
+    def check_request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+        reserve: int = 0,
+    ) -> None:
+        """Raise as :meth:`send_request` would for this request, with ``reserve`` bytes
+        of the cap kept for meta the caller adds afterwards; nothing is queued. For a
+        paid call, whose receipt and prepaid escrow are made before the request: a
+        request that cannot be sent must not be paid for."""
+        _check_our_method(method)
+        _check_our_meta(meta)
+        if timeout is not None:
+            _check_our_timeout(timeout)
+        if len(self._outgoing) >= self.max_outgoing:
+            raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
+        # (the largest id and timeout: their encodings are the longest)
+        body: bytes = self._pack([REQUEST, MAX_ID, method, params, MAX_TIMEOUT_MS, meta])
+        if len(body) + reserve > self.max_message_size:
+            raise E.PayloadTooLarge(
+                f"message of {len(body)} bytes (and {reserve} for its fee's meta) exceeds "
+                f"the cap of {self.max_message_size}"
+            )
+
     def send_notification(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
     ) -> None:

@@ -176,6 +176,9 @@ _TAKE_PIECE = 16 * 1024
 #: the peer's requests: a client serves nothing); beyond, the peer's requests are dropped
 #: unanswered, so a peer that sends requests and never reads cannot grow our memory.
 _MAX_QUEUED_OUT = 256
+#: Bytes of the cap a paid call keeps for its receipt and prepaid escrow ID (meta "r",
+#: "re"), checked before they are made (RpcProtocol.check_request).
+_FEE_META_RESERVE = 512
 #: Bytes of answers a server queues for a client that does not take them before it
 #: reads no more of its requests (_ServerStream.backed_up).
 _UNSENT_CAP = 4 << 20
@@ -642,6 +645,14 @@ class RpcClient:
             timeout = self.timeout
         extra = _meta_copy(meta)
         escrow_id = None
+        if self.meter is not None or self.prepay is not None:
+            # a request that cannot be sent is found out before it is paid for
+            with self._lock:
+                if self._closed is not None:
+                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                self._proto.check_request(
+                    method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
+                )
         if self.meter is not None:
             now_ms = int(time.time() * 1000)
             receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
@@ -654,11 +665,18 @@ class RpcClient:
             extra["re"] = escrow_id
         with self._wlock:
             with self._lock:
-                if self._closed is not None:
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-                request_id = self._proto.send_request(
-                    method, params, now=time.monotonic(), timeout=timeout, meta=extra
-                )
+                try:
+                    if self._closed is not None:
+                        raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                    request_id = self._proto.send_request(
+                        method, params, now=time.monotonic(), timeout=timeout, meta=extra
+                    )
+                except BaseException:
+                    if escrow_id is not None and self.prepay is not None:
+                        # closed meanwhile (or too many in flight): the fee comes back
+                        # after the escrow's deadline (refund_due)
+                        self.prepay.unanswered.append(escrow_id)
+                    raise
                 call = RpcCall(self, request_id)
                 call.escrow_id = escrow_id
                 self._calls[request_id] = call
@@ -1918,6 +1936,11 @@ class AsyncRpcClient:
         loop = asyncio.get_running_loop()
         extra = _meta_copy(meta)
         escrow_id = None
+        if self.meter is not None or self.prepay is not None:
+            # a request that cannot be sent is found out before it is paid for
+            self._proto.check_request(
+                method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
+            )
         if self.meter is not None:
             now_ms = int(time.time() * 1000)
             receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
@@ -1933,9 +1956,14 @@ class AsyncRpcClient:
                 raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
-        request_id = self._proto.send_request(
-            method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
-        )
+        try:
+            request_id = self._proto.send_request(
+                method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
+            )
+        except BaseException:
+            if escrow_id is not None and self.prepay is not None:
+                self.prepay.unanswered.append(escrow_id)  # (refund_due, after its deadline)
+            raise
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
         if escrow_id is not None:
