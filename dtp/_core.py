@@ -835,7 +835,10 @@ class NativeLane:
         rx.conn_received = conn_received
         rx.conn_limit = conn_limit
         src = _from_buffer(buf)
-        out = ffi.from_buffer(dst, require_writable=True)
+        try:  # (inline _writable: one call less per take)
+            out = _from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
         rc = lib.dtp_rx_take(
             self._recv_ctx,
             src,

@@ -169,3 +169,14 @@ def test_encode_frames_writes_every_byte(b: SimpleNamespace) -> None:
     want = b.encode_frames([RawFrame(FRAME_DATAGRAM, data=data), RawFrame(FRAME_PING)])
     assert b.encode_frames(frames) == want
     assert [bytes(f.data) for f in b.decode_frames(want)] == [data, b""]
+
+
+@each_backend
+def test_lane_take_into_a_read_only_buffer_is_a_typed_error(b: SimpleNamespace) -> None:
+    sealed = b.Aead(KEY).seal_stream(0, SID, 0, b"abc")[0]
+    lane = b.Lane(b.Aead(bytes(32)), b.Aead(KEY))
+    for dst in (bytes(8), memoryview(bytes(8))):
+        with pytest.raises(LocalProtocolError) as info:
+            lane.take(sealed, SID, 0, BIG, 0, BIG, dst)
+        assert info.value.code == ErrorCode.ARG
+    assert lane.take(sealed, SID, 0, BIG, 0, BIG, bytearray(8)).taken == 3

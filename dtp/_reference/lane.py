@@ -192,6 +192,8 @@ class Lane:
         decrypts in place there, and zeroes what fails authentication)."""
         view = memoryview(buf).cast("B")
         out = memoryview(dst).cast("B")
+        if out.readonly:
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
         window = self._recv._window
         cipher = self._recv._cipher
         pos = taken = records = 0
