@@ -26,7 +26,7 @@ import msgpack
 
 from dtp.errors import LocalProtocolError
 from dtp.messaging import errors as E
-from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, FrameDecoder, Oversized
+from dtp.messaging.framing import DEFAULT_MAX_MESSAGE, HEAD_KEEP, FrameDecoder, Oversized
 
 __all__ = [
     "ACK",
@@ -659,7 +659,19 @@ class RpcProtocol:
             message = _unpackb(body, raw=False, strict_map_key=False, use_list=True)
         except Exception as exc:  # not msgpack: decode_body's words, without a second try
             error = E.MalformedMessage(f"frame is not valid msgpack ({type(exc).__name__})")
-            self._violation(error, None, reply=True)
+            # its head may still name a request (a map with an array key, say, which
+            # msgpack packs from a tuple key but cannot unpack): that request is answered,
+            # or that call of ours fails, now rather than at its deadline (or never)
+            kind, request_id = _peek_kind_and_id(body[:HEAD_KEEP])
+            if kind in (RESPONSE, ERROR) and request_id is not None:
+                self.violations += 1
+                self._event(ProtocolViolation(error, request_id))
+                if self._outgoing.pop(request_id, _MISSING) is not _MISSING:
+                    self._event(ErrorReceived(request_id, error))
+                return
+            if kind != REQUEST or request_id in self._incoming:
+                request_id = None  # (an id in progress keeps its own answer)
+            self._violation(error, request_id, reply=True)
             return
         if not isinstance(message, list) or not message or type(message[0]) is not int:
             self._violation(E.MalformedMessage("a message is an array [kind, ...]"), None, True)
