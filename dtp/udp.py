@@ -242,16 +242,24 @@ class UdpBilling:
             return self._reported
 
 
+def _ended(sock: DTPSocket) -> bool:
+    """Whether ``sock``'s connection has ended. Its idle timeout is a DTPTimeoutError
+    too, as a read that timed out is, but raised at once by every later read: taken
+    for a pause, the loop reading would spin on it."""
+    return sock._engine.session.terminated is not None
+
+
 def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
     chunks = bytearray()
     while len(chunks) < n:
         try:
             data = sock.recv(n - len(chunks))
         except DTPTimeoutError:
-            # the socket's own timeout (a client's is its connect timeout): a pause on
-            # the control stream, not its end. Giving up here stopped the receipts for
-            # good once traffic paused that long (the relay then dropped all as unpaid);
-            # the reading thread ends with the connection, which its owner closes.
+            if _ended(sock):
+                raise
+            # the socket's timeout (a client's is its connect timeout): a pause on the
+            # control stream, not its end. Giving up here stopped the receipts for good
+            # once traffic paused that long (the relay then dropped all as unpaid).
             continue
         if not data:
             return None
@@ -381,6 +389,8 @@ def relay_udp(
             try:
                 batch = sock.recv_datagrams(256, wait)
             except TimeoutError:
+                if _ended(sock):
+                    break  # (its idle timeout)
                 if control is not None:
                     control.report(force=True)
                 continue
@@ -746,6 +756,8 @@ class UdpForwarder:
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
+                if _ended(sock):
+                    break  # (its idle timeout)
                 continue
             except DTPError:
                 break

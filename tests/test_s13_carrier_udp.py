@@ -16,6 +16,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
@@ -341,3 +342,81 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
         dns.close()
     assert relay_stats.dropped_unpaid == 0
     assert billing.latest is not None and billing.latest.total_requests == 68
+
+
+def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
+    """The control stream's reader retries a read that timed out (a pause); the read
+    that raises the connection's own idle timeout must end it, not be retried: it is
+    raised again at once, forever (a core spun until relay_udp gave up waiting for the
+    thread, 2 s later)."""
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
+    quick = ConnectionConfig(
+        identity=SERVER, is_client=False, idle_timeout=0.5, keepalive_interval=None
+    )
+    took: list[float] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        start = time.monotonic()
+        relay_udp(sock, dns.address, billing=billing, idle_timeout=30)
+        took.append(time.monotonic() - start)
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, config=quick)
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    silent = ConnectionConfig(
+        identity=CLIENT,
+        is_client=True,
+        server_static=SERVER.noise_public,
+        keepalive_interval=None,
+    )
+    try:
+        with dtp.socket.create_connection(server.address, config=silent, timeout=5) as sock:
+            sock.send_datagram(b"\x00\x01hello")
+            assert sock.recv_datagram(5).startswith(b"\x00\x01hello")
+            # then silence: the relay's side of the connection idles out
+            assert wait_for(lambda: took, 10)
+    finally:
+        server.close()
+        serving.join(5)
+        dns.close()
+    assert took[0] < 1.5, f"the relay took {took[0]:.2f} s"
+
+
+def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
+    """The forwarder's reply reader took its connection's idle timeout (raised as a
+    DTPTimeoutError by every read from then on) for a read that timed out, and spun on
+    it until the flow's own idle_timeout ended the session."""
+    release = threading.Event()
+
+    def quiet(sock: dtp.socket.DTPSocket) -> None:  # says nothing, not even keepalives
+        release.wait(10)
+        sock.close()
+
+    mute = ConnectionConfig(identity=SERVER, is_client=False, keepalive_interval=None)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, config=mute)
+    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
+    serving.start()
+    short = ConnectionConfig(
+        identity=CLIENT,
+        is_client=True,
+        server_static=SERVER.noise_public,
+        idle_timeout=0.5,
+        keepalive_interval=None,
+    )
+
+    def connect() -> dtp.socket.DTPSocket:
+        return dtp.socket.create_connection(server.address, config=short, timeout=5)
+
+    client = _client()
+    try:
+        with UdpForwarder(("127.0.0.1", 0), connect, idle_timeout=30) as fwd:
+            client.sendto(b"\x00\x01hello", fwd.address)
+            assert wait_for(lambda: fwd.stats.sessions_opened == 1, 5)
+            assert wait_for(lambda: fwd.stats.sessions_closed == 1, 5)
+            assert fwd.sessions == 0
+    finally:
+        release.set()
+        client.close()
+        server.close()
+        serving.join(5)
