@@ -21,6 +21,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -109,6 +110,13 @@ admit hook runs in a worker thread, since it may read the ledger."""
 ClientCallback = Callable[["DTPStreamReader", "DTPStreamWriter"], "Awaitable[None] | None"]
 
 
+class _Owner:
+    """Held by every reader and writer of a connection: once none is left, nobody can
+    read, write or close it any more (see :func:`_abandoned`)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class _Protocol(asyncio.Protocol):
     """The carrier side of one connection: TCP bytes in and out of the Session."""
 
@@ -135,6 +143,10 @@ class _Protocol(asyncio.Protocol):
         self.peername: Any = None
         #: The readers' line limit (``limit`` of open_connection / start_server)
         self.limit = _LIMIT
+        self._owner: weakref.ref[_Owner] | None = None
+        #: Keeps the connection open with no reader or writer left: a server's (as
+        #: asyncio's server protocol holds its writer), one whose bytes go to a sink
+        self.pinned: _Owner | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -272,12 +284,22 @@ class _Protocol(asyncio.Protocol):
     def write_paused(self) -> bool:
         return self._write_paused
 
+    def owner(self) -> _Owner:
+        """What a new reader or writer of this connection holds (one for them all)."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            owner = _Owner()
+            self._owner = weakref.ref(owner)
+            weakref.finalize(owner, _abandoned, self).atexit = False
+        return owner
+
 
 class DTPStreamReader:
     """Reads one stream; the :class:`asyncio.StreamReader` interface."""
 
     def __init__(self, proto: _Protocol, stream_id: int) -> None:
         self._proto = proto
+        self._owner = proto.owner()
         self._session = proto.session
         self._stream_id = stream_id
         #: Bytes at the front of the stream's buffer whose flow-control credit went back
@@ -302,6 +324,7 @@ class DTPStreamReader:
         its flow-control window) and resume with :meth:`resume_sink`. Do not read the
         stream afterwards."""
         sink = StreamSink(on_data, on_end)
+        self._proto.pinned = self._owner  # its consumer may hold no reader or writer
         if self._credited:
             # put back by a cancelled read, credited already: not through the session,
             # which would return the credit again
@@ -528,6 +551,7 @@ class DTPStreamWriter:
 
     def __init__(self, proto: _Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
+        self._owner = proto.owner()
         self._session = proto.session
         self._conn = proto.conn
         self._stream_id = stream_id
@@ -842,6 +866,7 @@ class DTPStreamWriter:
         session = self._session
         session.datagram_sink = sink
         if sink is not None:
+            self._proto.pinned = self._owner  # its consumer may hold no reader or writer
             while session.datagrams:
                 sink(session.datagrams.popleft())
 
@@ -1197,6 +1222,31 @@ def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.close_carrier()
 
 
+def _abandoned(proto: _Protocol) -> None:
+    """The last reader and writer of a client connection were garbage-collected with the
+    connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
+    transport (nobody could use or close it, and keepalives held off the idle timeout:
+    it stayed open for good, as the peer's end). A finalizer runs wherever the garbage
+    collector starts, perhaps inside a seal on this very loop: it only schedules."""
+    loop = proto.loop
+    if proto.session.terminated is not None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+        loop.call_soon_threadsafe(_close_abandoned, proto)
+
+
+def _close_abandoned(proto: _Protocol) -> None:
+    """:func:`_abandoned`'s close, on the loop, at once (no task: the loop may be
+    ending). What flow control still holds is cut short: the peer reads an error then,
+    not a clean end. A metered connection is left to its payment's own close."""
+    if proto.session.terminated is not None or proto.conn.closed or proto.payment is not None:
+        return
+    if proto.conn.send_buffered():
+        _abort(proto, CloseCode.APPLICATION, UNSENT)
+    else:
+        _abort(proto, CloseCode.NO_ERROR, "")
+
+
 class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
@@ -1424,6 +1474,9 @@ class DTPServer:
         session = proto.session
         reader = DTPStreamReader(proto, 0)
         writer = DTPStreamWriter(proto, 0, primary=True)
+        # the connection stays open once the callback returned, as asyncio's server
+        # keeps its writer (the callback may have handed the pair on, or kept neither)
+        proto.pinned = writer._owner
         try:
             result = self._callback(reader, writer)
             if inspect.isawaitable(result):

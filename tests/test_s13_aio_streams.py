@@ -164,3 +164,94 @@ def test_exception_names_the_streams_reset() -> None:
             writer2.close()
 
     asyncio.run(main())
+
+
+def test_a_client_connection_dropped_unclosed_is_closed() -> None:
+    """As asyncio's StreamWriter, garbage-collected unclosed, closes its transport: a
+    client connection whose reader and writer are all gone is closed (what was
+    written first arrives, then a clean end). It stayed open for good, keepalives
+    holding off the idle timeout; the server waited on it."""
+    import gc
+
+    async def main() -> None:
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            got.set_result(await reader.read())
+            writer.close()
+
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+
+            async def fire_and_forget() -> None:
+                _reader, writer = await dtp.aio.open_connection(
+                    *server.address, server_key=identity.noise_public, timeout=5
+                )
+                writer.write(b"hello")
+
+            await fire_and_forget()
+            gc.collect()
+            assert await asyncio.wait_for(got, 5) == b"hello"
+
+    asyncio.run(main())
+
+
+def test_a_kept_reader_or_a_server_connection_stays_open() -> None:
+    """The connection closes only once none of its readers and writers is left: a
+    client keeping only its reader reads on; a server's connection stays open once
+    its callback returned (as asyncio's server keeps its writer)."""
+    import gc
+    import weakref
+
+    async def main() -> None:
+        callback_done = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            async def later() -> None:  # (serves on once the callback returned)
+                line = await reader.readline()
+                writer.write(line.upper())
+                await reader.read()
+                writer.close()
+
+            tasks.add(asyncio.ensure_future(later()))
+            callback_done.set()
+
+        async def handle_plain(
+            reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
+        ) -> None:
+            writer.write(b"hi\n")  # and returns, closing nothing
+
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public, timeout=5
+            )
+            await asyncio.wait_for(callback_done.wait(), 5)
+            writer.write(b"ping\n")
+            writer.write_eof()
+            gone = weakref.ref(writer)
+            del writer
+            gc.collect()
+            assert gone() is None
+            assert await asyncio.wait_for(reader.read(), 5) == b"PING\n"
+            await asyncio.gather(*tasks)
+
+        server = await dtp.aio.start_server(handle_plain, "127.0.0.1", 0, identity=identity)
+        async with server:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public, timeout=5
+            )
+            assert await asyncio.wait_for(reader.readline(), 5) == b"hi\n"
+            for _ in range(3):
+                gc.collect()
+                await asyncio.sleep(0)
+            writer.write(b"still open")
+            await asyncio.wait_for(writer.drain(), 5)
+            assert not writer.is_closing()
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 5)
+
+    asyncio.run(main())
