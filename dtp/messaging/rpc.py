@@ -2011,12 +2011,24 @@ class AsyncRpcClient:
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
     ) -> None:
-        """Send a notification."""
+        """Send a notification. Waiting for the peer to take it lasts the client's
+        ``timeout`` at most (as the blocking client's): then RpcTimeout, the
+        notification staying whole in the writer's buffer, to leave when the peer
+        reads."""
         self._start()
         if self._closed is not None:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         self._proto.send_notification(method, params, meta=meta)
-        await self._send()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self._send()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise E.RpcTimeout(
+                "the peer took no data before the timeout (the notification is queued)"
+            ) from None
 
     async def _send(self, request_id: int | None = None) -> None:
         """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
