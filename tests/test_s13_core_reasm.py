@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dtp.errors import LocalProtocolError, RemoteProtocolError
 from tests.conftest import BACKENDS
 
 each_backend = pytest.mark.parametrize("b", BACKENDS, ids=lambda b: b.name)
@@ -42,3 +43,26 @@ def test_chunks_appended_to_a_long_run(b: SimpleNamespace) -> None:
 @each_backend
 def test_chunks_put_under_a_long_run(b: SimpleNamespace) -> None:
     trickle(b, range(COUNT, 0, -1))
+
+
+@each_backend
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [(0, bytearray(b"abcdefgh"))],  # past the window
+        [(0, bytearray(b"ab")), (2**64 - 1, bytearray(b"ab"))],  # past 2**64 - 1
+        [(0, bytearray(b"a")), (2, bytearray(b"a")), (6, bytearray(b"a"))],  # fragmented
+        [(1, bytearray(b"ab"))],  # accepted
+    ],
+)
+def test_the_callers_buffers_can_be_resized_after_a_push(
+    b: SimpleNamespace, chunks: list[tuple[int, bytearray]]
+) -> None:
+    r = b.Reassembler(0, 7, 2)
+    try:
+        r.push_many(chunks)
+    except (LocalProtocolError, RemoteProtocolError):
+        for _, data in chunks:
+            data += b"x"  # in the except clause: no export of it may be left
+    for _, data in chunks:
+        data += b"y"

@@ -76,13 +76,22 @@ class Reassembler:
         must not pass ``next_seq + window`` (REASM_WINDOW); finally the runs after the
         push must number at most ``max_ranges`` (REASM_FRAGMENTED).
         """
-        # as bytes: a buffer of wider items holds more bytes than items
+        # as bytes: a buffer of wider items holds more bytes than items. The views are
+        # released on every path, errors included: a caller may resize its buffer in
+        # its except clause (a live export would make that fail).
         views = [(seq, memoryview(data).cast("B")) for seq, data in chunks]
+        try:
+            self._push_views(views)
+        finally:
+            for _, view in views:
+                view.release()
+
+    def _push_views(self, views: list[tuple[int, memoryview]]) -> None:
         for seq, data in views:
             if not 0 <= seq < _U64 or len(data) >= _U32:
                 raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG)
-        fresh: list[tuple[int, int, memoryview]] = []
-        for seq, data in views:
+        fresh: list[tuple[int, int, int]] = []  # (lo, end, index into views)
+        for i, (seq, data) in enumerate(views):
             end = seq + len(data)
             if end >= _U64:
                 raise LocalProtocolError("chunk ends past 2**64 - 1", ErrorCode.ARG)
@@ -90,7 +99,7 @@ class Reassembler:
                 raise RemoteProtocolError(code=ErrorCode.REASM_WINDOW)
             lo = max(seq, self._next)
             if lo < end:  # bytes before next_seq were already released: ignored
-                fresh.append((lo, end, data[lo - seq :]))
+                fresh.append((lo, end, i))
         if not fresh:
             return
         starts, ends = self._starts.copy(), self._ends.copy()
@@ -104,9 +113,10 @@ class Reassembler:
         top = ends[-1] - base
         if top > len(buf):
             buf.extend(bytes(top - len(buf)))
-        for lo, hi, piece in fresh:
+        for lo, hi, i in fresh:
+            seq, data = views[i]
             for gap_lo, gap_hi in _gaps(self._starts, self._ends, lo, hi):
-                buf[gap_lo - base : gap_hi - base] = piece[gap_lo - lo : gap_hi - lo]
+                buf[gap_lo - base : gap_hi - base] = data[gap_lo - seq : gap_hi - seq]
             _add_run(self._starts, self._ends, lo, hi)
 
     def pop(self, max_bytes: int | None = None) -> bytes:
