@@ -471,8 +471,20 @@ class ResponseFeePolicy:
         return escrow_id
 
     def responded(self, escrow_id: str, body: bytes) -> None:
+        """The request that prepaid with ``escrow_id`` was answered with ``body``."""
         with self._lock:
             self.answered[escrow_id] = (response_hash(body), body)
+
+    def release(self, escrow_id: str) -> None:
+        """The request that named ``escrow_id`` ended with no response (its handler
+        failed, it was cancelled or its deadline passed): forget the escrow, kept since
+        :meth:`admit` so that no other request used it meanwhile (a second request may
+        use it now: one response is paid once). Without this every such request left
+        an entry for good."""
+        with self._lock:
+            entry = self.answered.get(escrow_id)
+            if entry is not None and not entry[0]:
+                del self.answered[escrow_id]
 
     def acknowledged(self, escrow_id: str, signature: bytes) -> bool:
         """Keep a requester's acknowledgement if it verifies; returns whether it did."""
@@ -1744,7 +1756,9 @@ class _ServerStream:
                 server._pool.submit(self.run_in_pool, fn, wants_ctx, event, ctx)
             except RuntimeError:  # pool shut down
                 with self.lock:
+                    self.contexts.pop(event.request_id, None)
                     self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+                self.release_escrow(ctx)
         elif isinstance(event, NotificationReceived):
             n_entry = server.notifications.get(event.method)
             if n_entry is not None:
@@ -1780,14 +1794,18 @@ class _ServerStream:
             with self.lock:
                 self.contexts.pop(request_id, None)
                 self.proto.send_error(request_id, code, message, data)
+            self.release_escrow(ctx)
             return
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...
             self.fail_fatally(request_id, exc)
+            self.release_escrow(ctx)
             raise
         with self.lock:
             if ctx is not None:
                 self.contexts.pop(request_id, None)
             body = self.proto.send_response(request_id, result)
+        if body is None:  # cancelled, past its deadline, or its result not encodable
+            self.release_escrow(ctx)
         if self.server._pool is None:  # this stream's thread
             self.served += 1
         else:  # a worker's: several may finish at once, and after the stream ended
@@ -1798,6 +1816,13 @@ class _ServerStream:
             if fees is not None:
                 fees.responded(ctx.escrow_id, body)
                 self.escrows[request_id] = ctx.escrow_id
+
+    def release_escrow(self, ctx: CallContext | None) -> None:
+        """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
+        its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
+        fees = self.server.response_fees
+        if fees is not None and ctx is not None and ctx.escrow_id is not None:
+            fees.release(ctx.escrow_id)
 
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
@@ -1843,6 +1868,7 @@ class _ServerStream:
             with self.lock:
                 self.contexts.pop(event.request_id, None)
                 self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+            self.release_escrow(ctx)
         else:
             try:
                 self.run_handler(fn, wants_ctx, event, ctx)
@@ -2269,6 +2295,9 @@ class AsyncRpcServer(_Registry):
                 raise
             finally:
                 tasks.pop(event.request_id, None)
+                if ctx.escrow_id is not None and self.response_fees is not None:
+                    # (forgets it only when no response was made: ended otherwise)
+                    self.response_fees.release(ctx.escrow_id)
             with contextlib.suppress(DTPError, OSError):
                 await flush()
 
