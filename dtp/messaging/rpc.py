@@ -665,16 +665,24 @@ class RpcClient:
                 self._proto.check_request(
                     method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
                 )
-        if self.meter is not None:
-            now_ms = int(time.time() * 1000)
-            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
-            if receipt is not None:
-                extra = extra or {}
-                extra["r"] = receipt.encode()
+        # the escrow first: a deposit the ledger refuses must not leave the request
+        # counted in the meter (the next receipt would pay for it); a meter that
+        # refuses leaves the escrow to refund_due
         if self.prepay is not None:
             escrow_id = self.prepay.deposit(timeout if timeout is not None else 60.0)
             extra = extra or {}
             extra["re"] = escrow_id
+        if self.meter is not None:
+            now_ms = int(time.time() * 1000)
+            try:
+                receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
+            except BaseException:
+                if escrow_id is not None and self.prepay is not None:
+                    self.prepay.unanswered.append(escrow_id)
+                raise
+            if receipt is not None:
+                extra = extra or {}
+                extra["r"] = receipt.encode()
         with self._wlock:
             with self._lock:
                 try:
@@ -1967,12 +1975,8 @@ class AsyncRpcClient:
             self._proto.check_request(
                 method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
             )
-        if self.meter is not None:
-            now_ms = int(time.time() * 1000)
-            receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
-            if receipt is not None:
-                extra = extra or {}
-                extra["r"] = receipt.encode()
+        # the escrow first, as in RpcClient.start: a refused deposit leaves the meter
+        # as it was
         if self.prepay is not None:
             escrow_id = await _deposit(self.prepay, timeout if timeout is not None else 60.0)
             extra = extra or {}
@@ -1980,6 +1984,17 @@ class AsyncRpcClient:
             if self._closed is not None:  # closed while the deposit was made
                 self.prepay.unanswered.append(escrow_id)
                 raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+        if self.meter is not None:
+            now_ms = int(time.time() * 1000)
+            try:
+                receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
+            except BaseException:
+                if escrow_id is not None and self.prepay is not None:
+                    self.prepay.unanswered.append(escrow_id)
+                raise
+            if receipt is not None:
+                extra = extra or {}
+                extra["r"] = receipt.encode()
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
         try:
