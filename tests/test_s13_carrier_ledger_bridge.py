@@ -1,12 +1,23 @@
-"""The ledger carrier's options under the socket APIs: nonsense is refused when the
-options are made, before any connection (and any money) is attempted."""
+"""The ledger carrier under the socket APIs: nonsense options are refused when made,
+before any connection (and any money) is attempted; a listener rides out a ledger that
+fails it once."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+import dtp.socket
 from dtp.carriers.ledger import MAX_PIPE_DATA, frame_record
 from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
+from dtp.chain.local import LocalLedger
+from dtp.errors import ChainError
+from tests.polling import wait_for
+from tests.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 
 
 @pytest.mark.parametrize(
@@ -44,3 +55,70 @@ def test_sensible_options_are_taken() -> None:
     smallest = LedgerCarrierOptions(inner_count=8, max_payload=72)
     largest_record = 12 + LEDGER_RECORD_PLAINTEXT + 16
     assert len(frame_record(b"r" * largest_record, 0, smallest.max_payload)) <= 255
+
+
+class _FailsOnce:
+    """The server's ledger, except that one call of ``method`` fails as a node that
+    does not answer does (ChainError LedgerUnavailable)."""
+
+    def __init__(self, ledger: LocalLedger, method: str) -> None:
+        self._ledger = ledger
+        self.failures = 0
+
+        def fail_once(*args: Any, **kw: Any) -> Any:
+            if not self.failures:
+                self.failures += 1
+                raise ChainError("the node is unavailable", name="LedgerUnavailable")
+            return getattr(ledger, method)(*args, **kw)
+
+        setattr(self, method, fail_once)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+@pytest.fixture
+def hidden_host(tmp_path: Path) -> Iterator[tuple[Path, LocalLedger, str]]:
+    """A host that publishes no endpoint, with an echo service; a funded client."""
+    path = tmp_path / "ledger.db"
+    ledger = LocalLedger(path)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.faucet(CLIENT.sui_address, 1_000_000)
+    try:
+        yield path, ledger, host_id
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("method", ["get_connection", "create_pipe"])
+def test_a_listener_retries_a_connection_the_ledger_failed_it_on(
+    hidden_host: tuple[Path, LocalLedger, str], method: str
+) -> None:
+    """The listener read the client's connection (get_connection) or created its own
+    pipe (create_pipe) and, when the ledger failed that once, skipped the connection
+    for good: the client waited out its connect timeout."""
+    path, ledger, host_id = hidden_host
+    own = LocalLedger(path)
+    flaky = _FailsOnce(own, method)
+    server = dtp.socket.create_server(
+        None,
+        identity=SERVER,
+        ledger=flaky,
+        host_id=host_id,
+        port=PORT,  # type: ignore[arg-type]
+    )
+    serving = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    serving.start()
+    try:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", ledger=ledger, identity=CLIENT, deposit=5000, timeout=4
+        ) as sock:
+            sock.sendall(b"hello")
+            assert sock.recv(16) == b"hello"
+        assert flaky.failures == 1
+    finally:
+        server.close()
+        serving.join(5)
+        assert wait_for(lambda: not bridge_threads(), 30)
+        own.close()

@@ -52,7 +52,7 @@ from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPError, NotAuthorized
+from dtp.errors import ChainError, DTPError, NotAuthorized
 from dtp.keys import HostIdentity
 
 __all__ = [
@@ -411,6 +411,12 @@ class LedgerBridge:
                 return
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a ledger call failed for want of the ledger (a node or file that may
+    answer again), not for what was asked."""
+    return isinstance(exc, ChainError) and exc.name == "LedgerUnavailable"
+
+
 def _recv(sock: socket.socket) -> bytes | None:
     """Bytes available now (b"" if none), or None once the other end closed."""
     try:
@@ -542,9 +548,25 @@ class LedgerListener:
             for event in events:
                 if self._stop.is_set():
                     return
-                self._consider(event, before)
+                try:
+                    self._consider(event, before)
+                except ChainError as exc:  # (_unavailable only)
+                    # looked at again after a pause, from this event: skipped, the
+                    # client's connection was lost to one failed ledger read
+                    logger.warning("ledger listener: %s; retrying", exc)
+                    self.cursor = before
+                    self._stop.wait(self.poll)
+                    break
+                except Exception:  # (e.g. no descriptor left for the bridge's pair)
+                    logger.exception("ledger listener: a connection could not be taken")
                 before = event.cursor
-            self.cursor = cursor
+            else:
+                self.cursor = cursor
+
+    def _remember(self, cid: str) -> None:
+        self._seen[cid] = None
+        while len(self._seen) > _MAX_SEEN:
+            self._seen.popitem(last=False)
 
     def _consider(self, event: Event, before: str | None) -> None:
         fields = event.fields
@@ -554,22 +576,26 @@ class LedgerListener:
             return
         try:
             tc = self.ledger.get_connection(cid)
-        except DTPError:
+        except DTPError as exc:
+            if _unavailable(exc):
+                raise
             return
         if tc.host != self.host_id or tc.port != self.port or tc.client != owner:
             return
-        self._seen[cid] = None
-        while len(self._seen) > _MAX_SEEN:
-            self._seen.popitem(last=False)
         if tc.state != ConnectionState.OPEN or tc.server != self.identity.sui_address:
+            self._remember(cid)
             self.skipped += 1
             return
         try:
             carrier = _carrier(self.ledger, self.identity, cid, owner, before, self.options)
         except DTPError as exc:
+            if _unavailable(exc):
+                raise
+            self._remember(cid)
             self.skipped += 1
             logger.warning("cannot create a pipe for connection %s: %s", cid, exc)
             return
+        self._remember(cid)
         bridge = LedgerBridge(carrier, name=f"server-{cid[:10]}", options=self.options)
         bridge.start()
         self.accepted += 1
