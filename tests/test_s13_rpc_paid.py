@@ -103,7 +103,7 @@ def test_an_async_call_that_cannot_be_sent_is_not_paid_for() -> None:
 def test_a_refused_deposit_is_not_counted_in_the_meter() -> None:
     """With both fees, the meter counted the request before the ledger refused the
     escrow's deposit: the next receipt paid the server for a request never sent."""
-    ledger, server_id, client_id, meter = _setup()
+    ledger, server_id, _client_id, meter = _setup()
     poor = HostIdentity.generate()  # pays the response fees: it has no funds
     s = Served(make_rpc())
     try:
