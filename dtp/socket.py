@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import heapq
 import io
 import logging
@@ -84,7 +85,7 @@ from dtp.keys_ahead import (
     prepare_static_secret,
     take_anonymous_identity,
 )
-from dtp.metering import MeteringConfig
+from dtp.metering import ConnectionIds, MeteringConfig
 from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
@@ -169,6 +170,8 @@ class _Engine:
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        # run once as the engine is released (lock held: it must not block)
+        self.on_release: Callable[[], None] | None = None
         # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
         # are closed at the next I/O, under the lock (see _close_dropped)
         self.dropped: deque[int] = deque()
@@ -757,6 +760,9 @@ class _Engine:
             with contextlib.suppress(OSError):
                 s.close()
         self.cond.notify_all()
+        hook, self.on_release = self.on_release, None
+        if hook is not None:
+            hook()
 
 
 class _TimerService:
@@ -782,7 +788,10 @@ class _TimerService:
         self._heap: list[tuple[float, int, weakref.ref[_Engine]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
-        self._wake_fds: tuple[int, int] | None = None
+        # made with the service (at import), not with the thread: a process that forks
+        # makes its own when its first connection starts a thread there
+        self._wake_fds: tuple[int, int] | None = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pid = os.getpid()
         # engines with output queued, by id: (the engine, when to look next, the back-off
         # after finding a caller busy with it -- the caller drives its I/O meanwhile, and
         # the number of the last watch() call, so that a pass that found nothing queued
@@ -796,8 +805,10 @@ class _TimerService:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
-                if self._wake_fds is None:
+                if self._wake_fds is None or self._pid != os.getpid():
+                    # (a forked child: the pipe it inherited is its parent's thread's too)
                     self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                    self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
                 self._thread.start()
             elif head is None or self._heap[0][0] < head:
@@ -2268,6 +2279,7 @@ class DTPServer:
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
+        self._serving = ConnectionIds()  # ledger connections served (LedgerAdmission)
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
@@ -2609,6 +2621,8 @@ class DTPServer:
                 conn.peer_static,
             )
             verdict = self._run_hook(peer)
+            if verdict is None and isinstance(self._admit_hook, LedgerAdmission):
+                verdict = self._serve_once(engine, peer)
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
@@ -2622,6 +2636,18 @@ class DTPServer:
             prepare_ephemeral_key()
             prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
             return "accepted", ""
+
+    def _serve_once(self, engine: _Engine, peer: PeerInfo) -> str | None:
+        """A client the ledger admitted: one DTP connection per ledger connection at a
+        time (None, the ID taken until the engine is released), or the refusal. Several
+        on one ledger connection would each count once against the host's connection
+        limits, which the ledger checks only when a connection opens."""
+        cid = peer.connection_id
+        assert cid is not None  # (the ledger admitted it by this ID)
+        if not self._serving.reserve(cid):
+            return f"connection {cid} is already served: one DTP connection per ledger connection"
+        engine.on_release = functools.partial(self._serving.release, cid)
+        return None
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
