@@ -68,6 +68,18 @@ fun noise_key_must_be_32_bytes() {
     th::finish(scenario, clock);
 }
 
+#[test, expected_failure(abort_code = host::EInvalidNoiseKey)]
+fun noise_key_must_not_be_a_low_order_point() {
+    let (mut scenario, clock) = th::start();
+    // all zeros: every Diffie-Hellman with it gives zeros, so no handshake can succeed
+    host::create(
+        x"0000000000000000000000000000000000000000000000000000000000000000",
+        vector[],
+        scenario.ctx(),
+    );
+    th::finish(scenario, clock);
+}
+
 #[test, expected_failure(abort_code = host::ETooManyEndpoints)]
 fun endpoints_are_bounded() {
     let (mut scenario, clock) = th::start();
