@@ -87,3 +87,23 @@ def test_a_forged_receipt_is_refused_and_never_stored(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path / "receipts.db")
     assert store.latest(cid) is None
     store.close()
+
+
+def test_a_later_receipt_for_less_is_refused_and_the_larger_one_kept(tmp_path: Path) -> None:
+    """A receipt's nonce goes up and its amount may not go down: a later, smaller one
+    would become the one held and claimed, not the one the client was served on."""
+    ledger, server, client, host_id, cid = _setup(tmp_path)
+    fees = ServerFees(ledger, server, host_id, tmp_path / "receipts.db")
+    terms = ConnectionTerms.from_ledger(ledger, cid)
+
+    async def run() -> int:
+        fees.accept(terms, _receipt(client, cid, 50 * 4096, 1).encode(), lambda r: None)
+        with pytest.raises(InvalidReceipt):
+            fees.accept(terms, _receipt(client, cid, 4096, 2).encode(), lambda r: None)
+        held = fees.held(cid)
+        assert held is not None and held.nonce == 1
+        settled = await fees.settle(cid, terms.escrow_id)
+        return settled.claimed
+
+    assert asyncio.run(run()) == fee(SLA, 50 * 4096, 0)
+    fees.close()

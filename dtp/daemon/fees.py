@@ -144,7 +144,9 @@ class ServerFees:
             sla=terms.sla,
             public_key=terms.client_public_key,
             deposited=terms.deposited,
-            claimed=claimed,
+            # nor below the newest receipt: a later, smaller one would become the one
+            # held (and claimed) in place of the one the client was served on
+            claimed=max(claimed, newest.total_amount if newest else 0),
             latest_nonce=newest.nonce if newest else 0,
         )
         self._checked[cid] = (receipt, claimed)
