@@ -86,7 +86,9 @@ def _check(rc: int, *, remote: bool | None = None, context: str = "") -> int:
 def _from(data: bytes | bytearray | memoryview) -> Any:
     """``data``'s bytes for a C call. Its ``len()`` is the size in bytes: take lengths
     from it, not from ``data`` (an ``array('I')`` or a memoryview of another format has
-    fewer items than bytes)."""
+    fewer items than bytes). It holds an export of ``data`` while it lives: drop it
+    (``del``) before raising, or a caller's bytearray cannot be resized in its except
+    clause (the traceback keeps the frame's locals)."""
     return ffi.from_buffer("uint8_t[]", data)
 
 
@@ -119,6 +121,7 @@ def native_parse_records(
     n = ffi.new("size_t *")
     consumed = ffi.new("size_t *")
     rc = lib.dtp_records_parse(data, size, out, cap, n, consumed)
+    del data  # (see _from)
     _check(rc, remote=True)
     records = [
         RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset)
@@ -380,7 +383,7 @@ class NativeAead:
     def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
         """Seal each plaintext as one DATA record, counters from ``first_counter``."""
         if not plaintexts:
-            return self._seal(first_counter, _from(b""), array.array("I", [0]), 0)
+            return self._seal(first_counter, b"", array.array("I", [0]), 0)
         plain = b"".join(plaintexts)
         lens = array.array("I", map(len, plaintexts))
         if sum(lens) != len(plain):
@@ -388,7 +391,7 @@ class NativeAead:
             lens = array.array("I", (memoryview(p).nbytes for p in plaintexts))
         if max(lens) > MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
-        return self._seal(first_counter, _from(plain), lens, len(plaintexts))
+        return self._seal(first_counter, plain, lens, len(plaintexts))
 
     def seal_chunks(
         self,
@@ -401,17 +404,17 @@ class NativeAead:
         bytes, number of records)."""
         if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
             raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
-        plain = _from(data)
-        total = len(plain)
+        total = len(_from(data))  # bytes (the temporary's export ends at once)
         n = max(1, -(-total // chunk))
         lens = array.array("I", [chunk]) * n
         lens[n - 1] = total - chunk * (n - 1)
-        return self._seal(first_counter, plain, lens, n), n
+        return self._seal(first_counter, data, lens, n), n
 
-    def _seal(self, first_counter: int, plain: Any, lens: array.array[int], n: int) -> bytes:
-        """Seal ``plain`` (a ``_from`` buffer) cut as ``lens`` says."""
+    def _seal(self, first_counter: int, data: Any, lens: array.array[int], n: int) -> bytes:
+        """Seal the bytes of ``data`` cut as ``lens`` says."""
         if not 0 <= first_counter < 2**64:
             raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        plain = _from(data)
         size = len(plain) + n * RECORD_OVERHEAD
         out = self._buffer(size)
         written = self._sizes
@@ -426,6 +429,7 @@ class NativeAead:
             size,
             written,
         )
+        del plain  # (see _from)
         _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, written[0])[:]
         return sealed
@@ -450,6 +454,7 @@ class NativeAead:
         rc = lib.dtp_aead_open_batch(
             self._ctx, data, size, out, cap, plain, size, counts, counts + 1
         )
+        del data  # (see _from)
         n, consumed = counts[0], counts[1]
         records: list[OpenedRecord] = []
         if n:
@@ -501,6 +506,7 @@ class NativeAead:
             counts,
             counts + 1,
         )
+        del src  # (see _from)
         _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, counts[0])[:]
         return sealed, counts[1]
@@ -612,6 +618,7 @@ class NativeAead:
             size,
             written,
         )
+        del ad_buf, plain  # (see _from)
         _check(rc, remote=False)
         sealed: bytes = ffi.buffer(out, written[0])[:]
         return sealed
@@ -635,6 +642,7 @@ class NativeAead:
             size,
             written,
         )
+        del ad_buf, sealed  # (see _from)
         _check(rc, remote=True)
         opened: bytes = ffi.buffer(out, written[0])[:]
         return opened
@@ -785,10 +793,10 @@ class NativeLane:
         the number of records."""
         src = _from_buffer(data)
         size = len(src)
-        if size > self.max_seal:
-            raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
         counts = self._counts
         try:
+            if size > self.max_seal:
+                raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
             rc = lib.dtp_stream_seal(
                 self._send_ctx,
                 counter,
@@ -809,6 +817,8 @@ class NativeLane:
             if not 0 <= counter < 2**64:
                 raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER) from None
             raise LocalProtocolError("value out of varint range", ErrorCode.VARINT) from None
+        finally:
+            del src  # (see _from)
         if rc < 0:
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
@@ -838,6 +848,7 @@ class NativeLane:
         try:  # (inline _writable: one call less per take)
             out = _from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
+            del src  # (see _from)
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
         rc = lib.dtp_rx_take(
             self._recv_ctx,
@@ -849,6 +860,7 @@ class NativeLane:
             self._scratch,
             MAX_RECORD_PLAINTEXT,
         )
+        del src, out  # (see _from)
         if rc < 0:
             raise error_for(rc, remote=False)
         spill: bytes | memoryview = b""
@@ -862,16 +874,18 @@ class NativeLane:
         (``dtp_flow_seal``); returns the records (a view valid until the next call;
         empty when nothing was sealed). ``flow.taken``: how much of ``data`` they hold."""
         flow = self.flow
+        src = _from_buffer(data)
         rc = lib.dtp_flow_seal(
             self._send_ctx,
             flow,
-            ffi.from_buffer(data),
-            len(data),
+            src,
+            len(src),  # bytes, whatever the buffer's item size
             MAX_STREAM_CHUNK,
             self._out,
             self._out_cap,
             now,
         )
+        del src  # (see _from)
         if rc:
             if rc < 0:
                 raise error_for(rc, remote=False)
@@ -897,6 +911,7 @@ class NativeLane:
             MAX_RECORD_PLAINTEXT,
             now,
         )
+        del out  # (see _from)
         if rc < 0:
             raise error_for(rc, remote=False)
         return rc
@@ -934,6 +949,7 @@ class NativeLane:
                 except (TypeError, BufferError):
                     return self.recv(fd, dst)  # (raises)
                 n: int = _lane_recv(io, fd, out, len(out))
+                del out  # (see _from)
                 if n < 0:
                     _lane_failed(n, io.err)
                 return n
@@ -964,6 +980,7 @@ class NativeLane:
             except (TypeError, BufferError):
                 raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
             n = _lane_recv(self.io, fd, out, len(out))
+            del out  # (see _from)
         if n < 0:
             _lane_failed(n, self.io.err)
         return n
@@ -976,6 +993,7 @@ class NativeLane:
         except (TypeError, BufferError):
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
         got: int = lib.dtp_lane_take(self.io, n, out, len(out))
+        del out  # (see _from)
         if got < 0:
             raise error_for(got, remote=False)
         return got
@@ -996,6 +1014,7 @@ class NativeLane:
             buf = _bytes_like(data)
             size = len(buf)
             n = _lane_send(self.io, fd, buf, size)
+            del buf  # (see _from)
         if n >= 0:
             return size - n
         return self._unsent(n, size, queue)
@@ -1183,6 +1202,7 @@ class NativeHamGraph:
             len(changed),
             counts + 1,
         )
+        del data  # (see _from)
         _check(rc, remote=True)
         # one copy each: slicing the memoryview does not copy, bytes() does
         return MergeResult(

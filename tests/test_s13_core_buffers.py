@@ -13,7 +13,7 @@ import pytest
 
 from dtp._reference.ham import encode_ham_batch
 from dtp._types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
-from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from tests.conftest import BACKENDS
 
 KEY = bytes(range(32))
@@ -180,3 +180,47 @@ def test_lane_take_into_a_read_only_buffer_is_a_typed_error(b: SimpleNamespace) 
             lane.take(sealed, SID, 0, BIG, 0, BIG, dst)
         assert info.value.code == ErrorCode.ARG
     assert lane.take(sealed, SID, 0, BIG, 0, BIG, bytearray(8)).taken == 3
+
+
+def _fail_and_resize(call: Any, *buffers: bytearray) -> None:
+    """``call()`` must raise a DTPError; in the except clause (its traceback alive) each
+    of ``buffers`` must be resizable: no export of it outlives the failed call."""
+    try:
+        call()
+    except DTPError:
+        for buf in buffers:
+            buf += b"x"
+    else:
+        raise AssertionError("the call did not fail")
+
+
+@each_backend
+def test_a_failed_call_leaves_no_export_of_the_callers_buffers(b: SimpleNamespace) -> None:
+    data = bytearray(b"\xff" * 40)
+    sealed = bytearray(b.Aead(KEY).seal_stream(0, SID, 0, b"abc")[0])
+    _fail_and_resize(lambda: b.HamGraph(seed=bytes(16)).merge(data, 1.0), data)
+    _fail_and_resize(lambda: b.parse_records(data), data)
+    _fail_and_resize(lambda: b.Aead(KEY).decrypt(0, data, data), data)
+    _fail_and_resize(lambda: b.Aead(KEY).seal_stream(0, 2**62, 0, data), data)
+    _fail_and_resize(lambda: b.Aead(KEY).seal_chunks(2**64 - 1, data, 1), data)
+    lane = b.Lane(b.Aead(KEY), b.Aead(KEY))
+    _fail_and_resize(lambda: lane.seal(2**64 - 1, SID, 0, data), data)
+    big = bytearray(lane.max_seal + 1)
+    _fail_and_resize(lambda: lane.seal(0, SID, 0, big), big)
+    _fail_and_resize(lambda: lane.take(sealed, SID, 0, BIG, 0, BIG, b"read-only"), sealed)
+    flow = lane.flow
+    flow.stream_id, flow.can_send = SID, 1
+    flow.send_offset = 2**62 - 2  # the data would pass 2**62 - 1: FRAME_VALUE
+    flow.send_limit = flow.conn_send_limit = 2**63
+    _fail_and_resize(lambda: lane.flow_seal(data, 0.0), data)
+
+
+@each_backend
+def test_flow_seal_seals_every_byte(b: SimpleNamespace) -> None:
+    lane = b.Lane(b.Aead(KEY), b.Aead(KEY))
+    flow = lane.flow
+    flow.stream_id, flow.can_send = SID, 1
+    flow.send_limit = flow.conn_send_limit = BIG
+    sealed = bytes(lane.flow_seal(words(bytes(range(40))), 0.0))
+    assert flow.taken == 40
+    assert sealed == b.Aead(KEY).seal_stream(0, SID, 0, bytes(range(40)))[0]

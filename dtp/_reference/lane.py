@@ -190,10 +190,11 @@ class Lane:
         bytes within both flow-control limits, their data into ``dst``; stops before
         anything else. ``dst`` past ``taken`` is unspecified afterwards (the C core
         decrypts in place there, and zeroes what fails authentication)."""
-        view = memoryview(buf).cast("B")
         out = memoryview(dst).cast("B")
         if out.readonly:
+            out.release()  # (no export of the caller's buffer outlives the call)
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG)
+        view = memoryview(buf).cast("B")
         window = self._recv._window
         cipher = self._recv._cipher
         pos = taken = records = 0
@@ -246,19 +247,21 @@ class Lane:
         of ``data`` they hold."""
         f = self.flow
         f.taken = f.written = 0
-        if not f.can_send or not len(data):
-            return memoryview(b"")
-        n = min(
-            len(data),
-            f.send_limit - f.send_offset,
-            f.conn_send_limit - f.conn_sent,
-            self.max_seal,
-        )
-        if n <= 0:
-            return memoryview(b"")
-        sealed, records = self.seal(
-            f.send_counter, f.stream_id, f.send_offset, memoryview(data)[:n]
-        )
+        # its bytes (a buffer of wider items has fewer items), released on every path
+        with memoryview(data) as base, base.cast("B") as view:
+            if not f.can_send or not len(view):
+                return memoryview(b"")
+            n = min(
+                len(view),
+                f.send_limit - f.send_offset,
+                f.conn_send_limit - f.conn_sent,
+                self.max_seal,
+            )
+            if n <= 0:
+                return memoryview(b"")
+            # (a copy: a slice of the view would outlive it in an error's traceback)
+            chunk = view[:n].tobytes()
+        sealed, records = self.seal(f.send_counter, f.stream_id, f.send_offset, chunk)
         f.send_counter += records
         f.send_offset += n
         f.conn_sent += n
