@@ -6,6 +6,7 @@ and seeds are accepted wherever ``bytes`` are."""
 from __future__ import annotations
 
 import array
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -224,3 +225,23 @@ def test_flow_seal_seals_every_byte(b: SimpleNamespace) -> None:
     sealed = bytes(lane.flow_seal(words(bytes(range(40))), 0.0))
     assert flow.taken == 40
     assert sealed == b.Aead(KEY).seal_stream(0, SID, 0, bytes(range(40)))[0]
+
+
+@each_backend
+def test_a_failed_lane_send_leaves_no_export_of_the_data(b: SimpleNamespace) -> None:
+    ours, theirs = socket.socketpair()
+    with ours:
+        ours.setblocking(False)
+        theirs.close()
+        lane = b.Lane(b.Aead(KEY), b.Aead(KEY))
+        flow = lane.flow
+        flow.stream_id, flow.can_send = SID, 1
+        flow.send_limit = flow.conn_send_limit = BIG
+        data = bytearray(b"x" * 100)
+        with pytest.raises(OSError):
+            try:
+                lane.send(ours.fileno(), data)
+            except OSError:
+                data += b"y"  # the traceback is alive here
+                raise
+        assert len(data) == 101

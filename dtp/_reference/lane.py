@@ -468,10 +468,12 @@ class Lane:
         went out; the rest (a copy) is appended to ``queue``, when given."""
         io = self.io
         io.sent = io.err = 0
-        view = memoryview(data).cast("B")
-        sealed = self.flow_seal(view, time.monotonic())
+        # flow_seal copies what it seals: no view of the caller's buffer stays alive
+        # (an error's traceback would keep it, and the buffer could not be resized)
+        size = memoryview(data).nbytes
+        sealed = self.flow_seal(data, time.monotonic())
         if not sealed:
-            return len(view)
+            return size
         sent = 0
         while sent < len(sealed):
             try:
@@ -487,4 +489,4 @@ class Lane:
         io.sent = sent
         if queue is not None and sent < len(sealed):
             queue.append(memoryview(bytes(sealed[sent:])))
-        return len(view) - self.flow.taken
+        return size - self.flow.taken
