@@ -224,6 +224,14 @@ class UdpBilling:
         with self._lock:
             self.bytes += nbytes
 
+    def report_interval(self, every: int) -> int:
+        """``every`` (datagrams between usage reports), lowered to half the credit when
+        that is less: the receipts must come back before the credit is used up. With
+        a credit of 16 and reports every 32 datagrams, a steady stream got 16 through
+        and then nothing (no report was due, and traffic never paused for the
+        forced one)."""
+        return max(1, min(every, self.credit_datagrams // 2))
+
     def final_totals(self) -> tuple[int, int]:
         """The totals now, reported as final."""
         with self._lock:
@@ -352,6 +360,8 @@ def relay_udp(
         raise
     done = threading.Event()
     last = [time.monotonic()]
+    if billing is not None:
+        report_every = billing.report_interval(report_every)
     control = None if billing is None else _RelayControl(sock, billing, report_every)
 
     limit = sock.max_datagram_size

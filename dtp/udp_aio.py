@@ -68,6 +68,8 @@ async def relay_udp_async(
     ends or sits idle. Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot
     be used as a UDP destination at all."""
     stats = stats if stats is not None else UdpStats()
+    if billing is not None:
+        report_every = billing.report_interval(report_every)
     loop = asyncio.get_running_loop()
     last = [loop.time()]
     limit = writer._conn.config.max_datagram_size

@@ -4,6 +4,7 @@ Real UDP sockets and DTP connections on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import socket
@@ -420,3 +421,99 @@ def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
         client.close()
         server.close()
         serving.join(5)
+
+
+STREAM = 60  # datagrams, one every 20 ms: never the 50 ms pause a forced report waits for
+
+
+def _steady(address: tuple[str, int]) -> int:
+    """A steady stream through the forwarder at ``address``; how many were answered."""
+    client = _client()
+    try:
+        client.setblocking(False)
+        answered = 0
+        for i in range(STREAM):
+            client.sendto(b"\x00\x01s%d" % i, address)
+            deadline = time.monotonic() + 0.02
+            while time.monotonic() < deadline:
+                try:
+                    client.recv(100)
+                    answered += 1
+                except BlockingIOError:
+                    time.sleep(0.002)
+        client.settimeout(1)
+        with contextlib.suppress(TimeoutError):
+            while answered < STREAM:
+                client.recv(100)
+                answered += 1
+        return answered
+    finally:
+        client.close()
+
+
+def test_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
+    """credit_datagrams below report_every (a daemon service may set any credit from 1):
+    no report was due before the credit ran out and a steady stream never paused for
+    the forced one, so 16 datagrams went through and every later one was dropped as
+    unpaid although the client signs whatever is reported."""
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
+    relay_stats = UdpStats()
+    handler = functools.partial(relay_udp, backend=dns.address, billing=billing, stats=relay_stats)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
+    )
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
+
+    try:
+        with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
+            answered = _steady(fwd.address)
+    finally:
+        server.close()
+        serving.join(5)
+        dns.close()
+    assert relay_stats.dropped_unpaid == 0
+    assert answered == STREAM
+
+
+def test_async_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
+    relay_stats = UdpStats()
+    answered: list[int] = []
+
+    async def main() -> None:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await relay_udp_async(reader, writer, dns.address, billing=billing, stats=relay_stats)
+            writer.close()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0),
+            connect,
+            meter_for=lambda w: Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1),
+        )
+        try:
+            answered.append(await asyncio.to_thread(_steady, fwd.address))
+        finally:
+            await fwd.close()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        dns.close()
+    assert relay_stats.dropped_unpaid == 0
+    assert answered == [STREAM]
