@@ -395,6 +395,11 @@ class AsyncUdpForwarder:
                     flow.writer.write(frame)
             except InsufficientFunds as exc:
                 logger.warning("UDP flow from %s: %s", flow.source, exc)
+            except DTPError as exc:
+                # the relay reset the stream: no receipt can go (this task died with
+                # the error, and the flow's end waited final_timeout for nothing)
+                logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
+                break
             if kind == b"Z":
                 flow.final.set()
         flow.final.set()

@@ -21,7 +21,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
-from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.udp import _USAGE, UdpBilling, UdpForwarder, UdpStats, _control, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
 from tests.procs import server_process
@@ -517,3 +517,53 @@ def test_async_a_steady_stream_goes_on_with_a_credit_below_report_every() -> Non
         dns.close()
     assert relay_stats.dropped_unpaid == 0
     assert answered == [STREAM]
+
+
+def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_promptly() -> None:
+    """A relay that resets stream 0 and then reports usage: the forwarder's receipt
+    write raised StreamReset, which ended its control task with the error (never
+    retrieved) and without marking the final report as done, so ending the flow
+    waited final_timeout for a report that could not come."""
+    release = threading.Event()
+
+    def resetting(sock: dtp.socket.DTPSocket) -> None:
+        data = sock.recv_datagram(5)
+        sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
+        sock.sendall(_control(b"U", _USAGE.pack(1, len(data))))
+        release.wait(10)
+        sock.close()
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(resetting,), daemon=True)
+    serving.start()
+
+    async def main() -> None:
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=5.0
+        )
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"hello", fwd.address)
+                for _ in range(300):
+                    flows = list(fwd._flows.values())
+                    if flows and flows[0].final.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the control task never ended")
+            start = time.monotonic()
+        finally:
+            await fwd.close()
+        assert time.monotonic() - start < 2.0
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        server.close()
+        serving.join(5)
