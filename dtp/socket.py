@@ -1185,7 +1185,9 @@ class DTPSocket:
             return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        """Read into a writable buffer; returns the number of bytes read (``flags``: 0)."""
+        """Read into a writable buffer; returns the number of bytes read (``flags``: 0).
+        The buffer's bytes past that count are unspecified afterwards (a record that
+        failed authentication may have been decrypted there), as with any recv_into."""
         if type(buffer) is not bytearray:
             buffer = _writable(buffer)  # (a TypeError now, not after a wait)
         engine = self._engine
