@@ -305,6 +305,8 @@ class DTPStreamReader:
         #: Bytes at the front of the stream's buffer whose flow-control credit went back
         #: already: what a cancelled or failed read put back (see :meth:`_unread`)
         self._credited = 0
+        #: The read waiting for bytes, if one is: a second one raises RuntimeError
+        self._waiting: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -393,8 +395,23 @@ class DTPStreamReader:
             return False
         return self._ended() and self._failure() is None
 
-    async def _wait_readable(self) -> None:
-        await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
+    async def _wait_readable(self, name: str) -> None:
+        if self._session.readable(self._stream_id):
+            return
+        self._claim_wait(name)
+        try:
+            await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
+        finally:
+            self._waiting = None
+
+    def _claim_wait(self, name: str) -> None:
+        """As asyncio's: one read at a time may wait for bytes (two, in two tasks, each
+        took a share of what arrived, interleaved)."""
+        if self._waiting is not None:
+            raise RuntimeError(
+                f"{name}() called while another coroutine is already waiting for incoming data"
+            )
+        self._waiting = name
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF. A
@@ -406,7 +423,7 @@ class DTPStreamReader:
             chunks: list[bytes] = []
             try:
                 while True:
-                    await self._wait_readable()
+                    await self._wait_readable("read")
                     chunk = self._take(1 << 30)
                     if not chunk:
                         return b"".join(chunks)
@@ -417,7 +434,8 @@ class DTPStreamReader:
                 # for the next read (it was lost)
                 self._unread(b"".join(chunks))
                 raise
-        await self._wait_readable()
+        if not self._session.readable(self._stream_id):
+            await self._wait_readable("read")
         return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
@@ -441,7 +459,7 @@ class DTPStreamReader:
         need = n
         while True:
             try:
-                await self._wait_readable()
+                await self._wait_readable("readexactly")
             except asyncio.CancelledError:
                 # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
                 # asyncio's: what was gathered goes back in front of the stream
@@ -518,7 +536,11 @@ class DTPStreamReader:
                     raise failure  # (consuming nothing, as asyncio's)
                 raise asyncio.IncompleteReadError(self._take(len(buf)) if buf else b"", None)
             start = max(0, len(buf) - len(separator) + 1)
-            await self._proto.wait_change()
+            self._claim_wait("readuntil")
+            try:
+                await self._proto.wait_change()
+            finally:
+                self._waiting = None
 
     async def readline(self) -> bytes:
         """A line including b"\\n", or what is left at EOF (a reset stream or a failed

@@ -255,3 +255,38 @@ def test_a_kept_reader_or_a_server_connection_stays_open() -> None:
             await asyncio.wait_for(writer.wait_closed(), 5)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("second", ["read", "readexactly", "readline", "readuntil"])
+def test_a_second_waiting_read_raises_runtime_error(second: str) -> None:
+    """As asyncio's StreamReader: while one read waits for bytes, another read that
+    would wait too raises RuntimeError (the two took interleaved shares of what came);
+    the first gets its bytes and the stream goes on."""
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await go.wait()
+            writer.write(b"abcdef\nrest")
+            writer.write_eof()
+            await reader.read()
+            writer.close()
+
+        async with _connected(handle) as (reader, _writer):
+            first = asyncio.ensure_future(reader.readexactly(3))
+            await _until(lambda: bool(reader._proto._waiters))  # it waits for bytes
+            calls = {
+                "read": lambda: reader.read(10),
+                "readexactly": lambda: reader.readexactly(3),
+                "readline": reader.readline,
+                "readuntil": lambda: reader.readuntil(b"\n"),
+            }
+            with pytest.raises(RuntimeError, match="another coroutine is already waiting"):
+                await asyncio.wait_for(calls[second](), 2)  # (it waited on)
+            go.set()
+            assert await asyncio.wait_for(first, 5) == b"abc"
+            assert await asyncio.wait_for(reader.readline(), 5) == b"def\n"
+            assert await asyncio.wait_for(reader.read(), 5) == b"rest"
+
+    asyncio.run(main())
