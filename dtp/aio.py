@@ -10,6 +10,24 @@ behave like :class:`asyncio.StreamReader` / :class:`asyncio.StreamWriter`.
 
 Each connection carries many streams: ``await writer.open_stream()`` opens another
 (reader, writer) pair, ``await writer.accept_stream()`` waits for one the peer opens.
+
+Where these differ from asyncio's streams, on purpose:
+
+* errors are typed (``ConnectionClosed``, ``ConnectionLost``, ``StreamReset``, each
+  a ``ConnectionError``); a read gives the bytes that came before a failure first,
+  then raises (asyncio's raises at once); ``wait_closed()`` does not raise it;
+* ``write()`` after ``close()`` or ``write_eof()`` raises ``LocalProtocolError``
+  (asyncio's drops the bytes after close(), and raises RuntimeError after write_eof());
+* ``close()`` of the first stream lets queued bytes go out first (at most
+  ``CLOSE_LINGER``), then closes the connection; of another stream, that stream only;
+* a client callback's exception goes to the loop's exception handler, then the
+  connection is aborted: the peer reads an error, not a clean end;
+* the reader is fed by its connection: it has no ``feed_data``, ``feed_eof``,
+  ``set_exception`` or ``set_transport``; ``start_tls()`` raises ``LocalProtocolError``
+  (a DTP stream is encrypted already); ``writer.transport`` is the carrier's, shared by
+  the connection's streams (writing to it breaks the connection);
+* a client connection whose readers and writers were all garbage-collected unclosed
+  is closed without a ResourceWarning (as :mod:`dtp.socket`'s).
 """
 
 from __future__ import annotations
