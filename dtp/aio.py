@@ -308,7 +308,9 @@ class _Protocol(asyncio.Protocol):
         if owner is None:
             owner = _Owner()
             self._owner = weakref.ref(owner)
-            weakref.finalize(owner, _abandoned, self).atexit = False
+            # (the protocol weakly: the finalizer registry is global, and a pinned owner
+            # lives as long as its protocol, so a strong one kept both for good)
+            weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
         return owner
 
 
@@ -1262,12 +1264,15 @@ def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.close_carrier()
 
 
-def _abandoned(proto: _Protocol) -> None:
+def _abandoned(ref: weakref.ref[_Protocol]) -> None:
     """The last reader and writer of a client connection were garbage-collected with the
     connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
     transport (nobody could use or close it, and keepalives held off the idle timeout:
     it stayed open for good, as the peer's end). A finalizer runs wherever the garbage
     collector starts, perhaps inside a seal on this very loop: it only schedules."""
+    proto = ref()
+    if proto is None:
+        return
     loop = proto.loop
     if proto.session.terminated is not None or loop.is_closed():
         return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -290,3 +291,41 @@ def test_a_second_waiting_read_raises_runtime_error(second: str) -> None:
             assert await asyncio.wait_for(reader.read(), 5) == b"rest"
 
     asyncio.run(main())
+
+
+def test_ended_connections_are_freed() -> None:
+    """A connection's protocol (its session, its buffers) is freed once it ended and
+    nothing holds its readers and writers, on both ends (what closes a connection
+    dropped unclosed must not keep it: a server kept every one it served)."""
+    import gc
+    import weakref
+
+    async def main() -> list[weakref.ref[Any]]:
+        refs: list[weakref.ref[Any]] = []
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            refs.append(weakref.ref(writer._proto))
+            writer.write(await reader.read())
+            writer.close()
+            await writer.wait_closed()
+
+        identity = HostIdentity.generate()
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            for _ in range(3):
+                reader, writer = await dtp.aio.open_connection(
+                    *server.address, server_key=identity.noise_public, timeout=5
+                )
+                refs.append(weakref.ref(writer._proto))
+                writer.write(b"x")
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(), 5) == b"x"
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 5)
+                del reader, writer
+            await _until(lambda: len(refs) == 6 and not server._tasks)
+        return refs
+
+    refs = asyncio.run(main())
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 6
