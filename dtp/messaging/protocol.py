@@ -662,7 +662,11 @@ class RpcProtocol:
             # its head may still name a request (a map with an array key, say, which
             # msgpack packs from a tuple key but cannot unpack): that request is answered,
             # or that call of ours fails, now rather than at its deadline (or never)
-            kind, request_id = _peek_kind_and_id(body[:HEAD_KEEP])
+            kind, request_id = (
+                _peek_kind_and_id(body[:HEAD_KEEP])
+                if len(body) > 2 and (0x92 <= body[0] <= 0x9F or body[0] in (0xDC, 0xDD))
+                else (None, None)  # not an array of 2 or more: nothing to peek (cheaply)
+            )
             if kind in (RESPONSE, ERROR) and request_id is not None:
                 self.violations += 1
                 self._event(ProtocolViolation(error, request_id))

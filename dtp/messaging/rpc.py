@@ -2316,6 +2316,7 @@ class AsyncRpcServer(_Registry):
             with contextlib.suppress(DTPError, OSError):
                 await flush()
 
+        since = loop.time()  # the loop last ran other tasks (about)
         try:
             while True:
                 # no wait_for around read(): cancelling a read can lose what it took;
@@ -2333,41 +2334,54 @@ class AsyncRpcServer(_Registry):
                 timer = proto.get_timer()
                 if timer is not None and timer <= now:
                     proto.handle_timer(now)
-                if data:
-                    proto.receive_data(data, now)
-                for event in proto.events():
-                    if isinstance(event, RequestReceived):
-                        entry = self.methods.get(event.method)
-                        if entry is None:
-                            proto.send_error(
-                                event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}"
-                            )
-                            continue
-                        tasks[event.request_id] = loop.create_task(run(event, *entry))
-                    elif isinstance(event, RequestCancelled):
-                        task = tasks.pop(event.request_id, None)
-                        if task is not None:
-                            task.cancel()
-                    elif isinstance(event, NotificationReceived):
-                        n_entry = self.notifications.get(event.method)
-                        if n_entry is not None:
-                            fn, wants_ctx = n_entry
-                            ctx = CallContext(0, event.method, None, event.meta, peer)
-                            try:
-                                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
-                                if inspect.isawaitable(outcome):
-                                    await outcome
-                            except Exception:
-                                logger.exception("notification handler failed")
-                    elif isinstance(event, AckReceived):
-                        acked = escrows.pop(event.request_id, None)
-                        if acked is not None and self.response_fees is not None:
-                            await asyncio.to_thread(
-                                self.response_fees.acknowledged, acked, event.signature
-                            )
-                    elif isinstance(event, ProtocolViolation):
-                        self.violations += 1
+                # a large read is taken in pieces, the loop running in between (as in
+                # AsyncRpcClient._take): frames costly to take (junk, a flood of tiny
+                # ones) held the loop, and every other stream it serves, for a whole read
+                pieces = len(data) > _TAKE_PIECE
+                for pos in range(0, len(data), _TAKE_PIECE):
+                    if pos:  # (pieces only)
+                        await asyncio.sleep(0)
+                        since = now = loop.time()
+                    proto.receive_data(data[pos : pos + _TAKE_PIECE] if pieces else data, now)
+                    for event in proto.events():
+                        if isinstance(event, RequestReceived):
+                            entry = self.methods.get(event.method)
+                            if entry is None:
+                                missing = f"no method {event.method!r}"
+                                proto.send_error(event.request_id, E.METHOD_NOT_FOUND, missing)
+                                continue
+                            tasks[event.request_id] = loop.create_task(run(event, *entry))
+                        elif isinstance(event, RequestCancelled):
+                            task = tasks.pop(event.request_id, None)
+                            if task is not None:
+                                task.cancel()
+                        elif isinstance(event, NotificationReceived):
+                            n_entry = self.notifications.get(event.method)
+                            if n_entry is not None:
+                                fn, wants_ctx = n_entry
+                                ctx = CallContext(0, event.method, None, event.meta, peer)
+                                try:
+                                    outcome = (
+                                        fn(event.params, ctx) if wants_ctx else fn(event.params)
+                                    )
+                                    if inspect.isawaitable(outcome):
+                                        await outcome
+                                except Exception:
+                                    logger.exception("notification handler failed")
+                        elif isinstance(event, AckReceived):
+                            acked = escrows.pop(event.request_id, None)
+                            if acked is not None and self.response_fees is not None:
+                                await asyncio.to_thread(
+                                    self.response_fees.acknowledged, acked, event.signature
+                                )
+                        elif isinstance(event, ProtocolViolation):
+                            self.violations += 1
                 await flush()
+                if loop.time() - since >= _TAKE_TIME:
+                    # reads back to back (the reader's buffer full) never wait: let the
+                    # loop run now and then
+                    await asyncio.sleep(0)
+                    since = loop.time()
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
