@@ -1662,8 +1662,13 @@ class DTPServer:
         self._closed.set()
 
     async def wait_closed(self) -> None:
+        """Wait until the server is closed (as :meth:`asyncio.Server.wait_closed`, at
+        once when it is already). A server on the ledger carrier alone returned at once
+        however open it was."""
         if self._server is not None:
             await self._server.wait_closed()
+        else:
+            await self._closed.wait()
 
     async def serve_forever(self) -> None:
         """Accept connections until cancelled; then the server is closed, as

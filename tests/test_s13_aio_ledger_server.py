@@ -1,0 +1,73 @@
+"""dtp.aio's server on the ledger carrier alone against asyncio.Server: wait_closed()
+waits until it is closed, start_server(start_serving=False) starts its listener only
+in start_serving(). On a LocalLedger file; the host publishes no endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from tests.ledger_server import identity_from_seed
+from tests.polling import wait_for
+
+PORT = 7
+SERVER = identity_from_seed(0x71)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
+    """A host with no endpoint and a service on PORT."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
+    try:
+        yield ledger, host_id
+    finally:
+        ledger.close()
+
+
+def _listeners(before: set[int | None]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.name == "dtp-ledger-listener"
+    ]
+
+
+def test_a_ledger_servers_wait_closed_waits_until_it_is_closed(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    book, host_id = ledger
+    before = {t.ident for t in threading.enumerate()}
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            lambda r, w: None,
+            None,
+            None,
+            identity=SERVER,
+            ledger=book,
+            host_id=host_id,
+            dtp_port=PORT,
+            start_serving=False,
+        )
+        assert not server.is_serving() and not _listeners(before)
+        await server.start_serving()
+        assert server.is_serving() and _listeners(before)
+        waiting = asyncio.ensure_future(server.wait_closed())
+        with pytest.raises(TimeoutError):  # (it returned at once, the server open)
+            await asyncio.wait_for(asyncio.shield(waiting), 0.2)
+        server.close()
+        await asyncio.wait_for(waiting, 5)
+        assert not server.is_serving()
+        await server.wait_closed()  # (closed: at once)
+
+    asyncio.run(main())
+    assert wait_for(lambda: not _listeners(before), 10), _listeners(before)
