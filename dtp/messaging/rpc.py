@@ -356,24 +356,45 @@ class _PaymentsCache:
                 self._by_connection.pop(connection_id, None)
 
     def resolve(self, connection_id: str | None) -> RequestPayments | None:
-        """The connection's check; raises the DTPError that building it raised."""
+        """The connection's check; raises the DTPError that building it raised.
+
+        The source runs outside the lock (``ledger_payments`` looks for a connection
+        for up to two seconds): under it, a client naming connections that do not exist
+        held up every other stream's start, of every connection. The streams of one
+        connection wait for the first one's result, and share it."""
         if self.source is None or isinstance(self.source, RequestPayments):
             return self.source
+        if connection_id is None:  # never kept: each such stream asks on its own
+            return self.source(None)  # type: ignore[no-any-return]
         with self._lock:
-            if connection_id in self._by_connection:
-                found = self._by_connection[connection_id]
-            else:
-                try:
-                    found = self.source(connection_id)
-                except DTPError as exc:
-                    found = exc
-                if connection_id is not None:
-                    self._by_connection[connection_id] = found
-            if connection_id is not None:
-                self._users[connection_id] = self._users.get(connection_id, 0) + 1
-        if isinstance(found, BaseException):
-            raise found
-        return found  # type: ignore[no-any-return]
+            entry = self._by_connection.get(connection_id)
+            building = entry is None
+            if building:
+                entry = self._by_connection[connection_id] = _Resolving()
+            self._users[connection_id] = self._users.get(connection_id, 0) + 1
+        assert entry is not None
+        if building:
+            try:
+                entry.value = self.source(connection_id)
+            except BaseException as exc:  # (a DTPError refuses the connection's requests)
+                entry.value = exc
+            entry.done.set()
+        else:
+            entry.done.wait()
+        if isinstance(entry.value, BaseException):
+            raise entry.value
+        return entry.value  # type: ignore[no-any-return]
+
+
+class _Resolving:
+    """A connection's payments check being built (``done`` once ``value`` is set: the
+    check, None, or what building it raised)."""
+
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
 
 
 @dataclass
@@ -1397,7 +1418,13 @@ def _stream_payments(
     try:
         return cache.resolve(getattr(stream, "peer_connection_id", None)), None
     except DTPError as exc:
-        return None, str(exc)
+        # (a RemoteError's own text: str() prefixes its code, which the refusal adds)
+        return None, exc.message if isinstance(exc, E.RemoteError) else str(exc)
+    except Exception:
+        # a failing payments source refuses the stream's requests (its cache entry is
+        # released with the stream) rather than end the stream's thread untyped
+        logger.exception("the payments source failed")
+        return None, "the server's payments check failed"
 
 
 class _ServerStream:
