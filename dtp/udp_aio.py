@@ -443,9 +443,15 @@ class AsyncUdpForwarder:
             now = time.monotonic()
             for source in [s for s, t in self._retry_at.items() if t <= now]:
                 del self._retry_at[source]
-            for flow in list(self._flows.values()):
-                if flow.writer is not None and now - flow.last >= self.idle_timeout:
-                    await self._end(flow)
+            idle = [
+                flow
+                for flow in self._flows.values()
+                if flow.writer is not None and now - flow.last >= self.idle_timeout
+            ]
+            # together: each waits for its relay's final report (up to final_timeout),
+            # and one after the other a quiet relay's flows held their places (and
+            # max_sessions) for final_timeout each
+            await asyncio.gather(*(self._end(flow) for flow in idle))
 
     async def close(self) -> None:
         """Stop forwarding; each flow settles its final receipt and closes. Cancelled

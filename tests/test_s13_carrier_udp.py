@@ -567,3 +567,59 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
         release.set()
         server.close()
         serving.join(5)
+
+
+def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
+    """The sweeper ended idle flows one after the other, each waiting up to
+    final_timeout for its relay's final report: with a relay that had gone quiet, the
+    third idle flow was still open (holding its place under max_sessions) two
+    final_timeouts later."""
+    release = threading.Event()
+
+    def quiet(sock: dtp.socket.DTPSocket) -> None:
+        release.wait(10)
+        sock.close()
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
+    serving.start()
+
+    async def main() -> None:
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0),
+            connect,
+            meter_for=lambda w: _meter(),
+            idle_timeout=0.3,
+            final_timeout=2.0,
+        )
+        clients = [_client() for _ in range(3)]
+        try:
+            for client in clients:
+                client.sendto(b"hello", fwd.address)
+            for _ in range(500):
+                if fwd.stats.sessions_opened == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert fwd.stats.sessions_opened == 3
+            start = time.monotonic()
+            while fwd.sessions and time.monotonic() - start < 5:
+                await asyncio.sleep(0.01)
+            # all three gone within one sweep of going idle, not after 2 x final_timeout
+            assert time.monotonic() - start < 1.5, fwd.sessions
+        finally:
+            release.set()
+            for client in clients:
+                client.close()
+            await fwd.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        server.close()
+        serving.join(5)
