@@ -2199,7 +2199,9 @@ class AsyncRpcClient:
     def _fail_all(self, error: BaseException) -> None:
         self._closed = error
         futures, self._futures = self._futures, {}
-        for future in futures.values():
+        for request_id, future in futures.items():
+            # a prepaid call failing so got no response: its fee comes back (refund_due)
+            self._unanswered(request_id)
             if not future.done():
                 future.set_exception(error)
 
