@@ -15,6 +15,7 @@ import msgpack
 import pytest
 
 from dtp.messaging import errors as E
+from dtp.messaging import rpc as rpc_module
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient
 
@@ -253,3 +254,23 @@ def test_async_client_slow_notification_handler_keeps_deadlines() -> None:
 
     lates = asyncio.run(_async_flood(NOTES, on_note))
     assert max(lates) < LATE and seen > 0
+
+
+def test_answers_to_a_peer_that_never_reads_are_bounded(
+    flood_of: Callable[[bytes], Flood], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Malformed requests (each answered by its id) from a peer that never reads: the
+    answers the stream would not take piled up in memory without bound while a call
+    waited; past the cap every call fails, clearly."""
+    monkeypatch.setattr(rpc_module, "_UNSENT_CAP", 256 * 1024)
+    chunk = b"".join(frame([0, i, "m"]) for i in range(1, 2001))
+    f = flood_of(chunk)
+    client = RpcClient(f.client)
+    try:
+        call = client.start("x")  # no deadline: it waits as long as the stream lives
+        with pytest.raises(E.RpcConnectionLost, match="takes none of our answers"):
+            call.result(timeout=8)
+        # the cap, and the answers to what one more read held (about 3 bytes a byte)
+        assert sum(map(len, client._proto._out)) < 256 * 1024 + 4 * rpc_module.RECV_SIZE
+    finally:
+        client.close()

@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import logging
 import os
+import select
 import socket as _socket
 import threading
 import time
@@ -838,6 +839,15 @@ class RpcClient:
                         if rest:
                             with self._lock:  # first: it may hold part of a frame
                                 self._proto._out.insert(0, rest)
+                                if len(rest) > _UNSENT_CAP:
+                                    # a peer that sends malformed requests (each answered
+                                    # by its id) and never reads: our memory is bounded
+                                    self._fail_all(
+                                        E.RpcConnectionLost(
+                                            "the peer takes none of our answers to its "
+                                            f"requests ({len(rest)} bytes wait)"
+                                        )
+                                    )
                             return
                     else:
                         with contextlib.suppress(E.RpcConnectionLost):
@@ -851,14 +861,20 @@ class RpcClient:
     def _send_nowait(self, data: bytes) -> bytes:
         """Send what the stream takes of ``data`` now (``_wlock`` held); returns the
         rest. A failed stream fails every call, as in :meth:`_send`."""
-        send = self._stream.send  # type: ignore[attr-defined]
+        stream = self._stream
+        send = stream.send  # type: ignore[attr-defined]
+        # a socket with a timeout waits for room up to that timeout before it tries, even
+        # with MSG_DONTWAIT: it is asked first whether it has room (a DTPSocket does
+        # what the flag says)
+        plain = isinstance(stream, _socket.socket)
         view = memoryview(data)
         try:
             while view:
+                if plain and not select.select((), (stream,), (), 0)[1]:
+                    return bytes(view)
                 try:
                     n: int = send(view, _socket.MSG_DONTWAIT)
                 except (BlockingIOError, TimeoutError):
-                    # (a socket with a timeout waits for room up to its read timeout)
                     return bytes(view)
                 view = view[n:]
         except (DTPError, OSError) as exc:
