@@ -866,11 +866,11 @@ class RpcClient:
         # a socket with a timeout waits for room up to that timeout before it tries, even
         # with MSG_DONTWAIT: it is asked first whether it has room (a DTPSocket does
         # what the flag says)
-        plain = isinstance(stream, _socket.socket)
+        plain = stream if isinstance(stream, _socket.socket) else None
         view = memoryview(data)
         try:
             while view:
-                if plain and not select.select((), (stream,), (), 0)[1]:
+                if plain is not None and not select.select((), (plain,), (), 0)[1]:
                     return bytes(view)
                 try:
                     n: int = send(view, _socket.MSG_DONTWAIT)
