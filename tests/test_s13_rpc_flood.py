@@ -22,7 +22,7 @@ from dtp.messaging.rpc import AsyncRpcClient, RpcClient
 #: How late a call may end past its timeout (seconds): one piece of a read, a scheduler
 #: tick or two on a busy machine. Before, a read's whole work (up to ~0.4 s for junk)
 #: or a whole read's notification handlers (seconds) came on top.
-LATE = 0.15
+LATE = 0.25
 
 #: Empty frames: the costliest bytes to take (each is a violation, ~1 us a byte).
 JUNK = b"\x00\x00\x00\x00" * 16384
