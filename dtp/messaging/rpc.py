@@ -591,7 +591,9 @@ class RpcCall:
         return self._result
 
     def cancel(self) -> bool:
-        """Cancel the call (the peer is told); False if it already finished."""
+        """Cancel the call (the peer is told); False if it already finished. A thread
+        waiting in :meth:`result` that is reading the stream for everybody sees it at
+        the end of its current read: within about a second, as for :meth:`RpcClient.close`."""
         return self._client._cancel(self)
 
 
