@@ -91,7 +91,6 @@ from dtp.errors import (
     ConnectionRefused,
     DecryptionError,
     DTPError,
-    DTPTimeoutError,
     ErrorCode,
     HandshakeError,
     LocalProtocolError,
@@ -2379,7 +2378,11 @@ def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
     if code == CloseCode.CONNECTION_LOST:
         return ConnectionLost(reason or "the connection was lost")
     if code == CloseCode.IDLE_TIMEOUT:
-        return DTPTimeoutError("the connection was idle for too long")
+        # the connection is dead, not a call slow: a TimeoutError here, raised again by
+        # every later call at once, made "except TimeoutError: continue" loops spin
+        return ConnectionLost(
+            "the peer stopped answering (nothing came for longer than the idle timeout)"
+        )
     if code == CloseCode.DECRYPT_ERROR and not event.by_peer:
         return DecryptionError()
     if 2 <= code <= 8 and not event.by_peer:
