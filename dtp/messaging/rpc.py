@@ -484,7 +484,11 @@ class ResponseFeePolicy:
             raise E.PaymentRequired("the response escrow is not open for this server")
         if esc.amount < self.min_amount:
             raise E.PaymentRequired(f"response fee {esc.amount} < {self.min_amount} MIST")
-        if esc.deadline_ms <= self.ledger.clock_ms():
+        try:
+            now_ms = self.ledger.clock_ms()
+        except ChainError as exc:  # (refused, not the stream ended: see acknowledged)
+            raise E.PaymentRequired(f"the ledger's clock cannot be read: {exc}") from None
+        if esc.deadline_ms <= now_ms:
             raise E.PaymentRequired("the response escrow's deadline has passed")
         with self._lock:
             if escrow_id in self.answered or escrow_id in self.acks:
@@ -511,13 +515,20 @@ class ResponseFeePolicy:
     def acknowledged(self, escrow_id: str, signature: bytes) -> bool:
         """Keep a requester's acknowledgement if it verifies; returns whether it did."""
         from dtp.chain.ledger import response_ack_message
+        from dtp.errors import ChainError
         from dtp.escrow import _verify_ed25519
 
         with self._lock:
             entry = self.answered.get(escrow_id)
         if entry is None or not entry[0]:
             return False
-        esc = self.ledger.get_response_escrow(escrow_id)
+        try:
+            esc = self.ledger.get_response_escrow(escrow_id)
+        except ChainError as exc:
+            # the ledger failing here must not end the stream (every call on it): the
+            # response stays answered, for deliver_unacknowledged
+            logger.info("cannot check the acknowledgement for %s: %s", escrow_id, exc)
+            return False
         message = response_ack_message(escrow_id, entry[0])
         if not _verify_ed25519(esc.requester_public_key, signature, message):
             return False
