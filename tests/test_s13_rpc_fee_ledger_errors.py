@@ -63,3 +63,42 @@ def test_a_ledger_clock_error_refuses_the_request() -> None:
     ledger.clock_ms = broken_clock  # type: ignore[method-assign]
     with pytest.raises(E.PaymentRequired):
         policy.admit({"re": escrow_id})
+
+
+def test_a_failing_on_receipt_fails_its_request_not_the_stream() -> None:
+    """RequestPayments' on_receipt raising (a receipt store with the disk full) went up
+    through the read loop: the connection closed, every call in flight failed."""
+    from dtp.chain.objects import Sla
+    from dtp.escrow import Meter
+    from dtp.messaging.rpc import RequestPayments
+
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "echo", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1_000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 100)
+    kept = 0
+
+    def keep(receipt: object) -> None:
+        nonlocal kept
+        kept += 1
+        if kept == 2:
+            raise OSError(28, "No space left on device")
+
+    payments = RequestPayments(
+        opened.connection_id, sla, client_id.ed25519_public, 100, on_receipt=keep
+    )
+    s = Served(make_rpc(workers=4, payments=payments))
+    try:
+        meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
+        client = s.connect(timeout=5, meter=meter)
+        slow = client.start("sleep", [0.5, "slow"])
+        with pytest.raises(E.InternalError):
+            client.call("echo", 1)  # its receipt could not be kept
+        assert client.call("echo", 2) == 2
+        assert slow.result() == "slow"
+    finally:
+        s.close()

@@ -1811,6 +1811,15 @@ class _ServerStream:
                 with self.lock:
                     self.proto.send_error(event.request_id, exc.code, exc.message)
                 return
+            except Exception as exc:
+                # the fee check itself failed (on_receipt, say, with the disk full): this
+                # request's failure, answered as a handler's; it went up through the read
+                # loop and ended the stream, every call in flight with it
+                logger.exception("the fee check of %s failed", event.method)
+                failure = f"internal error ({type(exc).__name__})"
+                with self.lock:
+                    self.proto.send_error(event.request_id, E.INTERNAL_ERROR, failure)
+                return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
                 return
