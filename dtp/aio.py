@@ -890,6 +890,12 @@ class DTPStreamWriter:
         return sent
 
     @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram :meth:`send_datagram` takes (over the ledger carrier,
+        less than the config's ``max_datagram_size``: a datagram fits one record)."""
+        return self._conn.max_datagram_size
+
+    @property
     def datagrams_send_dropped(self) -> int:
         """Datagrams :meth:`send_datagram` / :meth:`send_datagrams` dropped because the
         carrier was backed up (for the whole connection)."""

@@ -1201,6 +1201,13 @@ class Connection:
             return MAX_RECORD_PLAINTEXT
         return self.config.max_record_plaintext
 
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram :meth:`send_datagrams` takes: ``max_datagram_size`` of the
+        config, or less where a DATAGRAM frame (3 bytes of header) must fit a smaller
+        record (lossy carriers: ``max_record_plaintext``)."""
+        return min(self.config.max_datagram_size, self._record_room() - 3)
+
     def send_datagram(self, data: bytes | bytearray | memoryview, backlog: int = 0) -> int:
         """Send an unreliable datagram (never retransmitted); see :meth:`send_datagrams`."""
         return self.send_datagrams((data,), backlog)
@@ -1217,8 +1224,7 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        # a DATAGRAM frame (type, 2-byte length, data) must fit one record
-        limit = min(self.config.max_datagram_size, self._record_room() - 3)
+        limit = self.max_datagram_size
         frames = []
         size = 0
         for data in datagrams:

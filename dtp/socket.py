@@ -1768,8 +1768,9 @@ class DTPSocket:
 
     @property
     def max_datagram_size(self) -> int:
-        """The largest datagram :meth:`send_datagram` takes."""
-        return self._engine.conn.config.max_datagram_size
+        """The largest datagram :meth:`send_datagram` takes (over the ledger carrier,
+        less than the config's ``max_datagram_size``: a datagram fits one record)."""
+        return self._engine.conn.max_datagram_size
 
     @property
     def datagrams_dropped(self) -> int:

@@ -72,7 +72,7 @@ async def relay_udp_async(
         report_every = billing.report_interval(report_every)
     loop = asyncio.get_running_loop()
     last = [loop.time()]
-    limit = writer._conn.config.max_datagram_size
+    limit = writer._conn.max_datagram_size
     udp = _backend_socket(backend, blocking=False)
 
     def on_replies() -> None:
@@ -293,7 +293,7 @@ class AsyncUdpForwarder:
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer._conn.config.max_datagram_size)
+        out, oversized, unpaid = flow.take(batch, writer._conn.max_datagram_size)
         sent = 0
         if out:
             try:
