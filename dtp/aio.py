@@ -84,7 +84,7 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.metering import ConnectionIds, MeteringConfig
 from dtp.settlement import ClientPayment
 from dtp.socket import DRAIN_QUIET
 
@@ -1331,6 +1331,7 @@ class DTPServer:
         self.identity = identity
         self._accept = accept
         self._admit = admit
+        self._serving = ConnectionIds()  # ledger connections served (LedgerAdmission)
         self._config = config
         self._server: asyncio.base_events.Server | None = None
         self._ledger_listener: LedgerListener | None = None
@@ -1586,6 +1587,8 @@ class DTPServer:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
+        if verdict is None and isinstance(self._admit, LedgerAdmission):
+            verdict = self._serve_once(proto, peer)
         if verdict is not None:
             self.refused += 1
             session.conn.refuse(verdict)
@@ -1596,6 +1599,18 @@ class DTPServer:
         session.process_events()
         proto.flush()
         return True
+
+    def _serve_once(self, proto: _Protocol, peer: PeerInfo) -> str | None:
+        """A client the ledger admitted: one DTP connection per ledger connection at a
+        time (None, the ID taken until the carrier closes), or the refusal. Several on
+        one ledger connection would each count once against the host's connection
+        limits, which the ledger checks only when a connection opens."""
+        cid = peer.connection_id
+        assert cid is not None  # (the ledger admitted it by this ID)
+        if not self._serving.reserve(cid):
+            return f"connection {cid} is already served: one DTP connection per ledger connection"
+        proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))
+        return None
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""

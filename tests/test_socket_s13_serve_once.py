@@ -5,12 +5,14 @@ served again (the ledger connection is still Open: a client reconnecting)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -84,3 +86,67 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(
     with _connect(server, config) as again:
         again.sendall(b"y")
         assert again.recv(1) == b"y"
+
+
+def test_the_asyncio_server_serves_one_dtp_connection_per_ledger_connection(
+    tmp_path: Path,
+) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, PORT, "echo", Sla(10, 5, 1000))
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    cap = ledger.create_spending_cap(CLIENT, 10**6)
+    opened = ledger.open_connection(CLIENT, host, PORT, cap, 1000)
+    config = ConnectionConfig(
+        identity=CLIENT,
+        is_client=True,
+        connection_id=bytes.fromhex(opened.connection_id[2:]),
+        port=PORT,
+    )
+
+    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo, "127.0.0.1", 0, identity=SERVER, ledger=ledger, host_id=host, dtp_port=PORT
+        )
+        try:
+            address = server.address
+
+            async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+                return await dtp.aio.open_connection(
+                    *address,
+                    server_key=SERVER.noise_public,
+                    identity=CLIENT,
+                    config=config,
+                    timeout=10,
+                )
+
+            reader, writer = await connect()
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            with pytest.raises(ConnectionRefused, match="already served"):
+                await connect()
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(500):  # the server's end closes a moment later
+                if not len(server._serving):
+                    break
+                await asyncio.sleep(0.01)
+            reader, writer = await connect()  # served again once the first ended
+            writer.write(b"y")
+            assert await reader.readexactly(1) == b"y"
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        ledger.close()
