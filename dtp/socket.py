@@ -2776,7 +2776,12 @@ def create_server(
     ``port`` (the DTP port served, a service of that Host), clients are admitted only
     through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
-    host's firewall must permit them; others get ConnectionRefused with the reason.
+    host's firewall must permit them; others get ConnectionRefused with the reason. One
+    DTP connection is served per ledger connection at a time. Such a server only
+    admits: it claims nothing and does not close its side of the ledger connection, so
+    a client's deposit waits for the half-close timeout (10 minutes) and the connection
+    counts against the host's limits until then -- a paid service is
+    :func:`serve`'s (which settles each connection as it ends).
 
     ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
     ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts
