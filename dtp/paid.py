@@ -556,6 +556,42 @@ class PaidSocket:
             n = self.send(view[:_SEND_SLICE])
             view = view[n:]
 
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """:meth:`dtp.socket.DTPSocket.sendfile`, metered: the file goes out through
+        :meth:`send`, piece by piece, so the gate and the rate limits act between the
+        pieces (the wrapped socket's would send it all past them). Returns the bytes
+        sent, the file's position left after the last of them. The socket's timeout
+        bounds each piece, as for :meth:`sendall`."""
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        if self._sock.gettimeout() == 0:
+            raise ValueError("non-blocking sockets are not supported")
+        if offset:
+            file.seek(offset)
+        sent = 0
+        try:
+            while count is None or sent < count:
+                want = _SEND_SLICE if count is None else min(_SEND_SLICE, count - sent)
+                data = file.read(want)
+                if not data:
+                    break
+                view = memoryview(data).cast("B")
+                while len(view):
+                    n = self.send(view)
+                    view = view[n:]
+                    sent += n
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+        return sent
+
     def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
         """Always None, nothing sent (``release`` kept): the socket's one-call exchange
         would carry both ways past the gate; callers then :meth:`sendall` and

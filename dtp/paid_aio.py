@@ -285,8 +285,7 @@ class PaidReader:
         try:
             await self._paid.throttle(len(data) - again)
         except asyncio.CancelledError:
-            self._reader._unread(data)
-            self._charged += len(data)
+            self._put_back(data)
             raise
         return data
 
@@ -296,9 +295,23 @@ class PaidReader:
         if n > 0:
             return await self._chunk(n)
         chunks: list[bytes] = []
-        while chunk := await self._chunk(_CREDIT_MAX):
-            chunks.append(chunk)
+        try:
+            while chunk := await self._chunk(_CREDIT_MAX):
+                chunks.append(chunk)
+        except BaseException:
+            # cancelled (asyncio.wait_for timing out), or the stream reset / the
+            # connection failed: what was taken goes back in front of the stream for the
+            # next read, as dtp.aio's read() does (it was lost), charged to the rate
+            # limits already
+            self._put_back(b"".join(chunks))
+            raise
         return b"".join(chunks)
+
+    def _put_back(self, data: bytes) -> None:
+        """``data``, taken and charged by a read that did not complete, goes back in
+        front of the stream (its flow-control credit went back already: not again)."""
+        self._reader._unread(data)
+        self._charged += len(data)
 
     async def readexactly(self, n: int) -> bytes:
         if n <= 0:
@@ -309,17 +322,18 @@ class PaidReader:
             while need:
                 chunk = await self._chunk(need)
                 if not chunk:
-                    raise asyncio.IncompleteReadError(b"".join(chunks), n)
+                    break
                 chunks.append(chunk)
                 need -= len(chunk)
-        except asyncio.CancelledError:
-            # a cancelled read consumes nothing, as asyncio's (and dtp.aio's): what was
-            # gathered goes back in front of the stream (their flow-control credit went
-            # back already, and they were charged to the rate limits: neither again)
-            gathered = b"".join(chunks)
-            self._reader._unread(gathered)
-            self._charged += len(gathered)
+        except BaseException:
+            # a cancelled read consumes nothing, as asyncio's (and dtp.aio's), nor does
+            # one that meets a reset or a failure (dtp.aio's): what was gathered goes
+            # back in front of the stream (their flow-control credit went back already,
+            # and they were charged to the rate limits: neither again)
+            self._put_back(b"".join(chunks))
             raise
+        if need:
+            raise asyncio.IncompleteReadError(b"".join(chunks), n)
         return b"".join(chunks)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
@@ -497,6 +511,26 @@ class PaidWriter:
         await self._paid.wait_paid()
         return await self._writer.recv_datagram()
 
+    def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
+        """Have the connection's datagrams pushed to ``sink`` as they arrive (see
+        :meth:`dtp.aio.DTPStreamWriter.set_datagram_sink`); None undoes it. While the
+        gate pauses the connection, those that arrive are dropped and counted in
+        ``datagrams_dropped`` (as :meth:`send_datagram` drops outgoing ones): a paused
+        connection moves nothing, as :meth:`recv_datagram` waits."""
+        if sink is None:
+            self._writer.set_datagram_sink(None)
+            return
+        paid = self._paid
+        session = paid.proto.session
+
+        def gated(data: bytes) -> None:
+            if paid.room(1):
+                sink(data)
+            else:
+                session.datagrams_dropped += 1
+
+        self._writer.set_datagram_sink(gated)
+
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
         await self._paid.wait_paid()
@@ -518,6 +552,9 @@ class PaidWriter:
         reader, writer = await self._writer.open_stream()
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
+    def __repr__(self) -> str:
+        return f"<PaidWriter of {self._writer!r}>"
+
     def __getattr__(self, name: str) -> Any:
         if name in _WRITER_FORWARDED:
             return getattr(self._writer, name)
@@ -530,7 +567,7 @@ class PaidWriter:
 #: What the paid reader and writer take from the wrapped ones as they are: none of it
 #: moves stream bytes or datagrams (anything else, a method added later say, is refused
 #: rather than forwarded past the gate)
-_READER_FORWARDED = frozenset({"stream_id", "at_eof"})
+_READER_FORWARDED = frozenset({"stream_id", "at_eof", "exception"})
 _WRITER_FORWARDED = frozenset(
     {
         "stream_id",
@@ -540,6 +577,7 @@ _WRITER_FORWARDED = frozenset(
         "transport",
         "get_extra_info",
         "can_write_eof",
+        "start_tls",  # (it only raises: TLS cannot be layered on a DTP stream)
         "datagrams_send_dropped",
         "datagrams_dropped",
         "connection_id",
