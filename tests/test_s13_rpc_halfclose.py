@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+import dtp.aio
+import dtp.keys
 import dtp.socket
 from dtp.messaging.protocol import ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, RpcServer
@@ -86,3 +88,78 @@ def test_a_half_closed_client_gets_its_answers_from_the_asyncio_server() -> None
 
     got = asyncio.run(main())
     assert [type(e) for e in got] == [ResponseReceived] * 3
+
+
+def test_a_client_closing_for_good_still_ends_long_handlers() -> None:
+    """Waiting for a half-closed client's answers must not keep a handler that waits
+    for ctx.cancelled (or the stream) going once the client closed for good: the
+    blocking server sets ctx.cancelled at the end of the client's side, as before."""
+    import threading
+
+    from dtp.messaging.rpc import CallContext
+
+    rpc = RpcServer(workers=2)
+    started, ended = threading.Event(), threading.Event()
+
+    def long_poll(p: Any, ctx: CallContext) -> bool:
+        started.set()
+        told = ctx.cancelled.wait(10)
+        ended.set()
+        return told
+
+    rpc.register("long_poll", long_poll, context=True)
+    s = Served(rpc)
+    try:
+        sock = dtp.socket.create_connection(
+            s.server.address, server_key=s.identity.noise_public, timeout=10
+        )
+        proto = RpcProtocol()
+        proto.send_request("long_poll", None)
+        sock.sendall(proto.data_to_send())
+        assert started.wait(5)
+        began = time.monotonic()
+        sock.close()
+        assert ended.wait(5)
+        assert time.monotonic() - began < 2
+    finally:
+        s.close()
+
+
+def test_the_asyncio_server_cancels_long_handlers_when_the_client_closes_for_good() -> None:
+    async def main() -> float:
+        rpc = AsyncRpcServer()
+        started = asyncio.Event()
+
+        async def forever(p: Any) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        rpc.register("forever", forever)
+        identity = dtp.keys.HostIdentity.generate()
+        done = asyncio.Event()
+
+        async def serve(reader: Any, writer: Any) -> None:
+            try:
+                await rpc.serve(reader, writer)
+            finally:
+                done.set()
+
+        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=identity)
+        host, port = server.sockets[0].getsockname()[:2]
+        _reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=identity.noise_public
+        )
+        proto = RpcProtocol()
+        proto.send_request("forever", None)
+        writer.write(proto.data_to_send())
+        await writer.drain()
+        await asyncio.wait_for(started.wait(), 5)
+        began = time.monotonic()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(done.wait(), 5)
+        server.close()
+        await server.wait_closed()
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) < 2

@@ -1272,8 +1272,10 @@ class CallContext:
     meta: Mapping[str, Any] | None
     #: The client's verified Sui address (from the DTP handshake), when known.
     peer_address: str | None
-    #: Set when the caller cancels or the deadline passes: long handlers should check it.
-    #: Only a server that reads while handlers run sees either: :class:`RpcServer` with
+    #: Set when the caller cancels, the deadline passes or the client ends its side of
+    #: the stream (it may still read the answer: a half-close): long handlers should
+    #: check it.
+    #: Only a server that reads while handlers run sees these: :class:`RpcServer` with
     #: a worker pool. Inline (``workers=0``) it stays clear: check :attr:`deadline`.
     #: :class:`AsyncRpcServer` cancels the handler's task instead.
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -1715,7 +1717,12 @@ class _ServerStream:
                     data = None
             if data == b"":
                 # the client ended its side: it may still read (a half-close after its
-                # last request), so what it asked is still answered
+                # last request), so what it asked is still answered. Handlers watching
+                # ctx.cancelled are told at once, as before: the client may as well have
+                # closed for good (nothing tells the two apart), and a long one waiting
+                # for it would hold the stream for good
+                for ctx in list(self.contexts.values()):
+                    ctx.cancelled.set()
                 self.finish_answers()
                 return
             with lock:
@@ -2391,9 +2398,12 @@ class AsyncRpcServer(_Registry):
                 data = await reader.read(RECV_SIZE)
                 if data == b"":
                     # the client ended its side: it may still read (a half-close after
-                    # its last request), so what it asked is still answered
-                    if tasks:
-                        await asyncio.gather(*tasks.values(), return_exceptions=True)
+                    # its last request), so what it asked is still answered -- unless
+                    # the connection ended (the client closed for good): the handlers
+                    # left are cancelled then (finally), as a long one would hold the
+                    # stream for good
+                    while tasks and not writer.is_closing():
+                        await asyncio.wait(list(tasks.values()), timeout=0.1)
                     return
                 # requests whose deadline passed first: they count against max_pending
                 # until then, and nothing here wakes up at a deadline
