@@ -410,7 +410,19 @@ def sync_blocking(
     wake = threading.Event()
     stop = threading.Event()
     failure: list[BaseException] = []
-    session.on_output = wake.set
+
+    def on_output() -> None:
+        wake.set()
+        if session.lagging:
+            # the writer may be blocked in sendall for as long as the peer does not
+            # read (the data of the first exchange is not bounded by the backlog): it
+            # would never come back to see ``lagging``. Ending the stream frees it, and
+            # the reader; SyncBacklogExceeded is raised below. (Once: the session
+            # stopped listening, so no later change calls this.)
+            with contextlib.suppress(Exception):
+                sock.abort("graph sync backlog exceeded")
+
+    session.on_output = on_output
 
     def writer() -> None:
         try:
@@ -565,8 +577,17 @@ async def sync_stream(
     wake = asyncio.Event()
     done = False
 
+    def kick() -> None:
+        wake.set()
+        if session.lagging and not writer.is_closing():
+            # pump() may be waiting in drain() for as long as the peer does not read:
+            # it would never come back to see ``lagging``. Ending the stream frees it
+            # and the reader; SyncBacklogExceeded is raised below.
+            writer.abort("graph sync backlog exceeded")
+
     def on_output() -> None:
-        loop.call_soon_threadsafe(wake.set)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+            loop.call_soon_threadsafe(kick)
 
     session.on_output = on_output
 
