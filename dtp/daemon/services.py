@@ -469,15 +469,29 @@ class ServiceHost:
             leg, backend = await pool.connect(lambda: TcpLeg(count_out))
         except TunnelError as exc:
             stats.unavailable += 1
-            logger.warning("tunnel refused", extra=kv(service=service.name, reason=str(exc)))
+            logger.warning(
+                "tunnel refused",
+                extra=kv(service=service.name, client=conn.client, reason=str(exc)),
+            )
             with contextlib.suppress(DTPError):
                 writer.write(refusal(str(exc)))
                 writer.close()
             return
+        try:
+            writer.write(STATUS_OK)
+        except DTPError as exc:
+            # the client's connection ended (or it dropped the stream) while the backend
+            # was connecting or the tunnel waited out the rate limits: the backend's
+            # connection, never attached, stayed open for good
+            leg.close()
+            logger.info(
+                "tunnel abandoned by the client",
+                extra=kv(service=service.name, client=conn.client, reason=str(exc)),
+            )
+            return
         stats.tunnels += 1
         stats.active_tunnels += 1
         stats.healthy_backends = pool.healthy_count
-        writer.write(STATUS_OK)
         try:
             error = await splice_leg(leg, reader, writer, count_in)
         finally:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from dtp.aio import DTPStreamReader
+from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, TunnelError
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
 CHUNK = 1 << 20
 STATUS_OK = b"\x00"
 _REFUSED = 1
+TUNNEL_RESET = 1
+"""The code of the RESET_STREAM that ends a tunnel cut short (its TCP side was reset
+or failed, it was cut for unpaid usage, or a stopping daemon cut it)."""
 
 
 class _Reader(Protocol):
@@ -194,7 +198,7 @@ class TcpLeg(asyncio.Protocol):
         if self.error is None:
             self.error = exc
         if self.transport is not None:
-            self.transport.abort()
+            reset_tcp(self.transport)  # cut short: not the clean end of the transfer
         self._finish(self.read_done)
 
     async def copy_from(self, source: _Reader, count: Callable[[int], float | None]) -> None:
@@ -285,6 +289,7 @@ async def splice_leg(
     leg.attach(writer)
     back = asyncio.ensure_future(leg.copy_from(reader, count_back))
     error: BaseException | None = None
+    cut = True  # until both directions ended: a cancel (a stopping daemon) cuts too
     try:
         await asyncio.wait([back, leg.read_done], return_when=asyncio.FIRST_COMPLETED)
         if back.done():
@@ -296,6 +301,7 @@ async def splice_leg(
             error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
             if error is None:
                 await back
+        cut = error is not None
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -304,10 +310,39 @@ async def splice_leg(
         if not back.done():
             back.cancel()
         if leg.transport is not None:
-            if error is None:
-                leg.transport.close()
+            if cut:
+                reset_tcp(leg.transport)
             else:
-                leg.transport.abort()
+                leg.transport.close()
+        # a tunnel cut short ends as a reset on both sides, as a TCP proxy passes a
+        # reset on: closed cleanly, the far TCP peer read the clean end of a transfer
+        # cut in the middle (a backend reset mid-response looked like a full response)
         with contextlib.suppress(Exception):
-            writer.close()
+            if cut:
+                reset_stream(writer)
+            else:
+                writer.close()
     return error
+
+
+def reset_tcp(transport: asyncio.Transport) -> None:
+    """Close a TCP connection with a reset (RST), not the FIN that tells its peer the
+    transfer ended: ``abort()`` alone sends a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def reset_stream(writer: _Writer) -> None:
+    """End a tunnel's DTP stream with RESET_STREAM: the peer's reads raise
+    :class:`dtp.errors.StreamReset` instead of seeing a clean end, and its end of the
+    tunnel resets its TCP peer. Other writers are closed."""
+    if isinstance(writer, DTPStreamWriter) and not writer.is_closing():
+        # dtp.aio has no per-stream reset: this is DTPStreamWriter.close() of a
+        # non-primary stream (stop sending, drop what is unread) with RESET_STREAM in
+        # place of its FIN, which close() then no longer sends
+        with contextlib.suppress(DTPError):
+            writer._conn.reset_stream(writer.stream_id, TUNNEL_RESET)
+    writer.close()

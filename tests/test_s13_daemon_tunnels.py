@@ -1,0 +1,223 @@
+"""The services daemon's tunnels at their edges: resets passed on as resets (not as the
+clean end of a transfer), and tunnels whose client went away before the backend
+answered. Real daemon and forwarder processes, real TCP backends in threads."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.keys import HostIdentity
+from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until, write_forwarder
+
+
+class Backend:
+    """A TCP server running ``handler(sock)`` in a thread per connection; counts the
+    connections open now."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port: int = self.listener.getsockname()[1]
+        self.handler = handler
+        self.open = 0
+        self.results: list[object] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.open += 1
+        try:
+            with sock:
+                self.handler(sock)
+        except OSError as exc:
+            self.results.append(exc)
+        finally:
+            with self._lock:
+                self.open -= 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._accepting.join(5)
+        for thread in self._threads:
+            thread.join(5)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def serves_health_checks(sock: socket.socket) -> bool:
+    """Whether a backend connection is one of the daemon's health checks (it connects
+    and closes at once); the tests' handlers skip those."""
+    sock.settimeout(5)
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return True
+    return not first
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.kill()
+
+
+def start_pair(
+    tmp: Path, procs: list[Proc], backend: int, firewall: str = ""
+) -> tuple[Proc, Proc, tuple[str, int]]:
+    HostIdentity.generate().save(tmp / "provider.key")
+    HostIdentity.generate().save(tmp / "client.key")
+    config = tmp / "daemon.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+drain_timeout = 2
+{firewall}
+[[service]]
+name = "svc"
+port = 7000
+backends = ["127.0.0.1:{backend}"]
+health_interval = 30
+"""
+    )
+    d = daemon(config)
+    procs.append(d)
+    f = daemon(write_forwarder(tmp, d.info["host_id"], 7000))
+    procs.append(f)
+    return d, f, forward_address(f)
+
+
+def test_backend_reset_mid_response_resets_the_client(tmp_path: Path, procs: list[Proc]) -> None:
+    """A backend that resets its connection halfway through a response: the local client
+    reads a reset, not the clean end of a (truncated) response."""
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.recv(16)
+        sock.sendall(b"x" * 50_000)
+        sock.recv(16)  # the client says it has the bytes
+        reset(sock)
+
+    server = Backend(handler)
+    try:
+        _, _, address = start_pair(tmp_path, procs, server.port)
+        with socket.create_connection(address, timeout=10) as client:
+            client.sendall(b"GET")
+            got = 0
+            while got < 50_000:
+                chunk = client.recv(65536)
+                assert chunk, "the tunnel ended before the backend's bytes"
+                got += len(chunk)
+            client.sendall(b"ok")
+            # the old code: recv() returned b"" (a clean end after 50,000 bytes)
+            with pytest.raises(ConnectionResetError):
+                while client.recv(65536):
+                    pass
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        server.close()
+
+
+def test_client_reset_mid_upload_resets_the_backend(tmp_path: Path, procs: list[Proc]) -> None:
+    """A local client that resets its connection halfway through an upload: the backend
+    reads a reset, not the clean end of a (truncated) upload."""
+    ended = threading.Event()
+    outcome: list[object] = []
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        got = 0
+        try:
+            while chunk := sock.recv(65536):
+                got += len(chunk)
+            outcome.append(f"clean end after {got} bytes")
+        except ConnectionResetError as exc:
+            outcome.append(exc)
+        finally:
+            ended.set()
+
+    server = Backend(handler)
+    try:
+        _, _, address = start_pair(tmp_path, procs, server.port)
+        client = socket.create_connection(address, timeout=10)
+        client.sendall(b"y" * 20_000)
+        wait_until(lambda: server.open == 1, what="the tunnel to the backend")
+        reset(client)
+        assert ended.wait(10)
+        assert isinstance(outcome[0], ConnectionResetError), outcome
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        server.close()
+
+
+def test_tunnel_abandoned_before_the_backend_answered_closes_it(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Tunnels held back by the client's request rate when its forwarder dies: the
+    backend connections the daemon makes for them afterwards are closed (they stayed
+    open for good: the status write raised and nobody closed them)."""
+
+    def handler(sock: socket.socket) -> None:
+        sock.settimeout(20)
+        while sock.recv(65536):
+            pass
+
+    server = Backend(handler)
+    try:
+        d, f, address = start_pair(
+            tmp_path, procs, server.port, firewall="[firewall]\nmax_requests_per_sec = 2\n"
+        )
+        clients = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        try:
+            # the first tunnel at once, the next two 0.5 s and 1 s later
+            wait_until(lambda: server.open >= 1, what="the first tunnel")
+            f.kill()
+            # (the old code logged nothing: the task ended with the write's error)
+            wait_until(
+                lambda: d.log().count("tunnel abandoned") == 2,
+                timeout=5,
+                what="the two held tunnels abandoned",
+            )
+            wait_until(lambda: server.open == 0, timeout=5, what="backend connections closed")
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        server.close()
