@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dtp.connection import Connection, ConnectionConfig, error_for_termination
+from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import ConnectionClosed, DTPError, StreamReset
 from dtp.events import (
     ConnectionAccepted,
@@ -43,6 +43,11 @@ MAX_QUEUED_EXTRAS = 1024
 #: waiting for queued data: the peer must read an error, not the clean end of a stream
 #: cut short.
 UNSENT = "closed before all that was written was sent"
+#: The reason a connection closes with (CloseCode.APPLICATION) when one of the
+#: application's push callbacks (a stream or datagram sink, a receipt handler) raised,
+#: as when a server's stream handler fails: the peer reads an error, not a vanished
+#: carrier, and is told no more than that.
+CALLBACK_FAILED = "internal error"
 
 
 def check_connect_timeout(timeout: float | None) -> None:
@@ -127,6 +132,11 @@ class Session:
         #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
         self.datagram_sink: Callable[[bytes], None] | None = None
         self._data_arrived = False
+        #: What log messages call this connection (the adapter may name it)
+        self.name = ""
+        # the first push callback that raised, and which: the connection closes with
+        # an error at the end of the events being applied (see _callback_failed)
+        self._failure: tuple[str, Exception] | None = None
         # streams the application closed that the connection still tracks (their
         # buffers go once it forgets them: see forget)
         self._closed_streams: set[int] = set()
@@ -158,7 +168,10 @@ class Session:
             return
         n = len(data)
         if n:
-            sink.on_data(bytes(data))  # a copy: the view's buffer is reused
+            try:
+                sink.on_data(bytes(data))  # a copy: the view's buffer is reused
+            except Exception as exc:
+                self._callback_failed(f"the sink of stream {stream_id}", exc)
             if sink.paused:
                 sink.held += n
             else:
@@ -171,7 +184,51 @@ class Session:
         if not sink.ended:
             sink.ended = True
             del self.sinks[stream_id]
-            sink.on_end(error)
+            try:
+                sink.on_end(error)
+            except Exception as exc:
+                self._callback_failed(f"the sink of stream {stream_id}", exc)
+
+    def _callback_failed(self, what: str, exc: Exception) -> None:
+        """A push callback of the application raised (called as the connection's input
+        is handled): noted here, and the connection closes with an error once the
+        events at hand are applied (:meth:`process_events`). Raised on, it went up
+        through the adapter's read of the carrier: asyncio took it (a DTPError is an
+        OSError) as the transport failing and aborted it, with nothing logged and no
+        CLOSE, so the peer saw the carrier vanish; halfway through a record, it left
+        the connection's input half handled."""
+        if self._failure is None:
+            self._failure = (what, exc)
+        else:
+            logger.debug("%s: %s raised again: %r", self._label(), what, exc)
+
+    def _label(self) -> str:
+        if self.name:
+            return self.name
+        peer = self.conn.peer_address or self.authenticated_address
+        return f"connection with {peer}" if peer else "connection"
+
+    def _close_failed(self) -> None:
+        """Close the connection after a push callback raised (see _callback_failed):
+        logged with the connection's name; the peer reads an APPLICATION close, and our
+        own calls raise ConnectionClosed whose ``__cause__`` is the callback's error."""
+        assert self._failure is not None
+        what, exc = self._failure
+        logger.error("%s: %s raised: closing the connection", self._label(), what, exc_info=exc)
+        if self.terminated is None:
+            self.conn.close(CloseCode.APPLICATION, CALLBACK_FAILED)
+            while (event := self.conn.next_event()) is not None:
+                self._apply(event)
+
+    def _failed_error(self) -> ConnectionClosed:
+        """What our calls raise once a push callback's failure closed the connection."""
+        assert self._failure is not None
+        what, exc = self._failure
+        error = ConnectionClosed(
+            f"closed: {what} raised {type(exc).__name__}: {exc}", int(CloseCode.APPLICATION)
+        )
+        error.__cause__ = exc
+        return error
 
     def attach_sink(self, stream_id: int, sink: StreamSink) -> None:
         """Deliver ``stream_id``'s bytes to ``sink`` from now on, starting with what is
@@ -215,6 +272,10 @@ class Session:
         while (event := self.conn.next_event()) is not None:
             changed = True
             self._apply(event)
+        if self._failure is not None:
+            self._close_failed()
+            self._failure = None
+            changed = True
         return changed
 
     def _apply(self, event: Event) -> None:
@@ -252,7 +313,10 @@ class Session:
                 self.on_authenticated(event.address)
         elif isinstance(event, DatagramReceived):
             if self.datagram_sink is not None:
-                self.datagram_sink(event.data)
+                try:
+                    self.datagram_sink(event.data)
+                except Exception as exc:
+                    self._callback_failed("the datagram sink", exc)
                 return
             if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
                 self.datagrams_dropped += 1
@@ -261,12 +325,17 @@ class Session:
             _bounded_append(self.controls, (event.kind, event.data))
         elif isinstance(event, ReceiptReceived):
             if self.on_receipt is not None:
-                self.on_receipt(event.data)
+                try:
+                    self.on_receipt(event.data)
+                except Exception as exc:
+                    self._callback_failed("the receipt handler", exc)
             else:
                 _bounded_append(self.receipts, event.data)
         elif isinstance(event, ConnectionTerminated):
             self.terminated = event
             self.error = error_for_termination(event)
+            if self._failure is not None and not event.by_peer and event.reason == CALLBACK_FAILED:
+                self.error = self._failed_error()
             for stream_id, sink in list(self.sinks.items()):
                 self._end_sink(stream_id, sink, self.error)
         elif isinstance(event, HandshakeCompleted):
