@@ -7,6 +7,7 @@ maps each key path (``("service", 1, "port")``) to the line it is set on.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "FirewallConfig",
     "ForwardConfig",
     "ServiceConfig",
+    "join_host_port",
     "key_lines",
     "load_config",
     "parse_config",
@@ -42,7 +44,17 @@ class Backend:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:7700``): unbracketed,
+    clients reading a published endpoint cannot tell the port from the address."""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}"
 
 
 @dataclass(frozen=True)
@@ -464,7 +476,9 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             raise check.fail((*k, "host_id"), str(exc)) from None
     public = doc.get("public_endpoint")
     if public is not None:
-        check.endpoint(doc, (*k, "public_endpoint"))
+        published = check.endpoint(doc, (*k, "public_endpoint"))
+        if ":" in published.host and "[" not in public:
+            public = str(published)  # "::1:7700" is published as "[::1]:7700"
     return DaemonSettings(
         ledger=check.path_value(doc, (*k, "ledger"), None),
         identity=check.path_value(doc, (*k, "identity"), None),

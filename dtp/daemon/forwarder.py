@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
-from dtp.daemon.config import ForwardConfig
+from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
@@ -91,7 +91,7 @@ class Forwarder:
             reuse_address=True,
         )
         name = self.server.sockets[0].getsockname()
-        self.stats.listen = f"{name[0]}:{name[1]}"
+        self.stats.listen = join_host_port(name[0], name[1])
         return name[0], name[1]
 
     def _new_leg(self) -> TcpLeg:

@@ -30,6 +30,7 @@ from dtp.daemon.config import (
     DaemonConfig,
     ForwardConfig,
     ServiceConfig,
+    join_host_port,
     load_config,
 )
 from dtp.daemon.fees import ServerFees
@@ -221,7 +222,7 @@ class Daemon:
                 )
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
-            public = settings.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
+            public = settings.public_endpoint or join_host_port(*self.endpoint)
             self.host_id = await asyncio.to_thread(self.sync_host, self.config, public)
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
@@ -284,7 +285,7 @@ class Daemon:
         else:
             fwd = Forwarder(forward, self.ledger, self.identity, self.book)
         host, port = await fwd.start()
-        return fwd, f"{host}:{port}"
+        return fwd, join_host_port(host, port)
 
     async def reload(self) -> None:
         """Re-read the config file; keep open tunnels. A bad file changes nothing."""
@@ -299,7 +300,7 @@ class Daemon:
             logger.warning("adding the first or removing the last service needs a restart")
             new = _replace_services(new, self.config.services)
         if self.services is not None and self.endpoint is not None:
-            public = self.config.daemon.public_endpoint or f"{self.endpoint[0]}:{self.endpoint[1]}"
+            public = self.config.daemon.public_endpoint or join_host_port(*self.endpoint)
             try:
                 await asyncio.to_thread(self.sync_host, new, public)
             except ChainError as exc:
