@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,3 +279,43 @@ def test_one_inbox_per_state_file_until_it_is_closed(world: tuple, tmp_path: Pat
     SealedInbox(bob, hb, ledger, state_path=state)
     gc.collect()
     SealedInbox(bob, hb, ledger, state_path=state).close()
+
+
+def test_max_age_refuses_an_old_copy_whose_id_the_inbox_forgot(world: tuple) -> None:
+    ledger, alice, bob, ha, hb = world
+    now_ms = time.time_ns() // 1_000_000
+    old = seal(
+        bob.noise_public, b"old news", sender=alice, sender_host=ha, now_ms=now_ms - 7_200_000
+    )
+    plain = SealedInbox(bob, hb, ledger, max_seen=2)
+    guarded = SealedInbox(bob, hb, ledger, max_seen=2, max_age=3600)
+    for inbox in (plain, guarded):
+        assert inbox.accept(seal(bob.noise_public, b"fresh")) is not None  # dated now
+    assert plain.accept(old) is not None
+    for i in range(2):  # two more: the old message's id is forgotten
+        plain.accept(seal(bob.noise_public, b"%d" % i))
+    # a copy of it, posted again by anyone: delivered twice without max_age
+    assert plain.accept(old) is not None
+    with pytest.raises(E.SealedExpired):
+        guarded.accept(old)
+    assert guarded.rejected == {"SealedExpired": 1}
+    # through the mailbox too: skipped and counted, the rest delivered
+    ledger.mailbox_send(alice, hb, old)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"today"))
+    assert [m.body for m in guarded.fetch()] == [b"today"]
+    assert guarded.rejected == {"SealedExpired": 2}
+
+
+def test_seal_dates_a_message_with_the_wall_clock() -> None:
+    bob = HostIdentity.generate()
+    before = time.time_ns() // 1_000_000
+    opened = open_sealed(bob, seal(bob.noise_public, b"x"))
+    assert before <= opened.sent_ms <= time.time_ns() // 1_000_000
+    assert open_sealed(bob, seal(bob.noise_public, b"x", now_ms=0)).sent_ms == 0
+
+
+@pytest.mark.parametrize("max_age", [0, -1, float("inf"), float("nan"), "60", True])
+def test_max_age_must_be_a_positive_number_of_seconds(world: tuple, max_age: object) -> None:
+    _ledger, _alice, bob, _ha, hb = world
+    with pytest.raises(ValueError, match="max_age"):
+        SealedInbox(bob, hb, max_age=max_age)  # type: ignore[arg-type]

@@ -244,6 +244,11 @@ class ForgedSender(SealedError):
     """The claimed sender does not match the key that sealed the message."""
 
 
+class SealedExpired(SealedError):
+    """A sealed message older than the inbox's ``max_age``: too old to tell from a copy
+    of one already delivered and forgotten (docs/messaging.md §3)."""
+
+
 # -- pub/sub, discovery -------------------------------------------------------------------------
 
 

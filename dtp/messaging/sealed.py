@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import warnings
 import weakref
 from collections import OrderedDict
@@ -129,11 +130,12 @@ def seal(
     recipient_host: str | None = None,
     message_id: bytes | None = None,
     ephemeral: bytes | None = None,
-    now_ms: int = 0,
+    now_ms: int | None = None,
 ) -> bytes:
     """Seal ``body`` to ``recipient_static`` (32-byte X25519 key). With ``sender`` the
     pattern is ``X`` (sender proven), else ``N`` (anonymous). ``message_id`` and
-    ``ephemeral`` (X25519 private bytes) default to fresh randomness.
+    ``ephemeral`` (X25519 private bytes) default to fresh randomness, ``now_ms`` (the
+    message's date, ms since the epoch, sealed inside it) to the wall clock.
 
     Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
     :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count),
@@ -153,6 +155,8 @@ def seal(
                 host_id.encode()
             except UnicodeEncodeError:
                 raise ValueError(f"{what} is not valid text (a lone surrogate)") from None
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
     if not -(1 << 63) <= int(now_ms) < 1 << 64:  # what msgpack encodes
         raise ValueError("now_ms is out of range (ms since the epoch)")
     if ephemeral is not None and len(ephemeral) != 32:
@@ -341,6 +345,13 @@ class SealedInbox:
     raises :class:`~dtp.messaging.errors.SealedError` naming it. ``host_id`` and the recipient a
     message names are compared as object IDs (``0xAB`` is ``0x00…ab``).
 
+    ``max_age`` (seconds, None: no limit) refuses messages dated earlier than that
+    (:class:`~dtp.messaging.errors.SealedExpired`, counted in :attr:`rejected`): a copy
+    of an old message, which anyone may post to the mailbox again, is then refused even
+    after its id has left the last ``max_seen``. Choose it shorter than the time
+    ``max_seen`` messages take to arrive, and longer than a message may wait in the
+    mailbox (and than the senders' clocks may be off).
+
     One inbox per state file: it holds an exclusive lock (``flock``) on
     ``<state_path>-lock`` until :meth:`close` (or until it is garbage-collected), and a
     second inbox on the same file, in this process or another, is a SealedError -- two
@@ -356,7 +367,17 @@ class SealedInbox:
         state_path: str | os.PathLike[str] | None = None,
         max_seen: int = 100_000,
         verify_hosts: bool = True,
+        max_age: float | None = None,
     ) -> None:
+        if max_age is not None and (
+            not isinstance(max_age, int | float)
+            or isinstance(max_age, bool)
+            or not 0 < max_age < float("inf")
+        ):
+            raise ValueError(
+                f"max_age must be a positive number of seconds or None, not {max_age!r}"
+            )
+        self.max_age = max_age
         self.identity = identity
         self.host_id = _canonical(host_id)
         self.ledger = ledger
@@ -506,6 +527,15 @@ class SealedInbox:
         ):
             self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
             raise E.SealedDecryptError()
+        if self.max_age is not None:
+            oldest = time.time_ns() // 1_000_000 - int(self.max_age * 1000)
+            if message.sent_ms < oldest:
+                # a copy of a message delivered long ago, whose id may be forgotten
+                self.rejected["SealedExpired"] = self.rejected.get("SealedExpired", 0) + 1
+                raise E.SealedExpired(
+                    f"sealed message dated {message.sent_ms} ms, older than max_age "
+                    f"({self.max_age} s)"
+                )
         return OpenedMessage(**{**message.__dict__, "via": via})
 
     def _claim(self, message_id: bytes) -> bool:
