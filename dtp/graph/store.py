@@ -496,28 +496,33 @@ class Graph:
         writes: list[tuple[bytes, bytes, bytes]] = []
         self._flatten(soul, data, writes, 0)
         changes: list[Change] = []
-        with self._lock:
-            self._check_open()
-            self._advance_due(changes)
-            after: float | None = None
-            for s, f, _ in writes:
-                current = self._table.get(s, f)
-                if current is not None and (after is None or current[0] > after):
-                    after = current[0]
-            state = self.clock.next(after)
-            updates = []
-            for s, f, value in writes:
-                if namespace.is_user_space(s):
-                    if self.identity is None:
-                        raise LocalProtocolError(
-                            "writing to a user-space soul needs the owner's identity",
-                            ErrorCode.ARG,
-                        )
-                    value = namespace.seal(self.identity, s, f, state, value)
-                updates.append(HamUpdate(s, f, state, value))
-            result = self._table.merge(encode_ham_batch(updates), max(state, _MAX_STATE))
-            self._changed(result.changed, None, changes)
-        self._deliver(changes)
+        try:
+            with self._lock:
+                self._check_open()
+                self._advance_due(changes)
+                after: float | None = None
+                for s, f, _ in writes:
+                    current = self._table.get(s, f)
+                    if current is not None and (after is None or current[0] > after):
+                        after = current[0]
+                state = self.clock.next(after)
+                updates = []
+                for s, f, value in writes:
+                    if namespace.is_user_space(s):
+                        if self.identity is None:
+                            raise LocalProtocolError(
+                                "writing to a user-space soul needs the owner's identity",
+                                ErrorCode.ARG,
+                            )
+                        value = namespace.seal(self.identity, s, f, state, value)
+                    updates.append(HamUpdate(s, f, state, value))
+                result = self._table.merge(encode_ham_batch(updates), max(state, _MAX_STATE))
+                self._changed(result.changed, None, changes)
+        finally:
+            # deferred updates applied on the way in are committed (forwarded, logged):
+            # their subscribers must hear of them even when this write fails (a value
+            # too large, no identity for a user-space soul)
+            self._deliver(changes)
         return state
 
     def set(self, soul: str, field: str, value: Any) -> float:
@@ -563,39 +568,44 @@ class Graph:
         data = canonical_states(bytes(batch))
         filtered, refused = namespace.filter_batch(data)
         changes: list[Change] = []
-        with self._lock:
-            self._check_open()
-            self._advance_due(changes)
-            result = self._table.merge(filtered, self.clock.machine_state())
-            statuses = result.statuses
-            if HAM_DEFERRED in statuses:
-                # (the merge validated the batch: the lean reader may walk it)
-                self._track_deferred(
-                    [
-                        e[2]
-                        for e, st in zip(entries(filtered), statuses, strict=True)
-                        if st == HAM_DEFERRED
-                    ]
+        try:
+            with self._lock:
+                self._check_open()
+                self._advance_due(changes)
+                result = self._table.merge(filtered, self.clock.machine_state())
+                statuses = result.statuses
+                if HAM_DEFERRED in statuses:
+                    # (the merge validated the batch: the lean reader may walk it)
+                    self._track_deferred(
+                        [
+                            e[2]
+                            for e, st in zip(entries(filtered), statuses, strict=True)
+                            if st == HAM_DEFERRED
+                        ]
+                    )
+                report = MergeReport(
+                    applied=statuses.count(HAM_APPLIED),
+                    historical=statuses.count(HAM_HISTORICAL),
+                    same=statuses.count(HAM_SAME),
+                    deferred=statuses.count(HAM_DEFERRED),
+                    dropped=statuses.count(HAM_REJECTED),
+                    refused=sum(refused.values()),
                 )
-            report = MergeReport(
-                applied=statuses.count(HAM_APPLIED),
-                historical=statuses.count(HAM_HISTORICAL),
-                same=statuses.count(HAM_SAME),
-                deferred=statuses.count(HAM_DEFERRED),
-                dropped=statuses.count(HAM_REJECTED),
-                refused=sum(refused.values()),
-            )
-            st = self.stats
-            st["merged_batches"] += 1
-            st["deferred"] += report.deferred
-            st["dropped"] += report.dropped
-            if refused:
-                st["refused"] += report.refused
-                by_reason = st["refused_by_reason"]
-                for reason, n in refused.items():
-                    by_reason[reason] = by_reason.get(reason, 0) + n
-            self._changed(result.changed, origin, changes)
-        self._deliver(changes)
+                st = self.stats
+                st["merged_batches"] += 1
+                st["deferred"] += report.deferred
+                st["dropped"] += report.dropped
+                if refused:
+                    st["refused"] += report.refused
+                    by_reason = st["refused_by_reason"]
+                    for reason, n in refused.items():
+                        by_reason[reason] = by_reason.get(reason, 0) + n
+                self._changed(result.changed, origin, changes)
+        finally:
+            # deferred updates applied on the way in are committed (forwarded, logged):
+            # their subscribers must hear of them even when the peer's batch is
+            # malformed
+            self._deliver(changes)
         return report
 
     def advance(self) -> int:
