@@ -137,6 +137,8 @@ class Session:
         # the first push callback that raised, and which: the connection closes with
         # an error at the end of the events being applied (see _callback_failed)
         self._failure: tuple[str, Exception] | None = None
+        # why the carrier ended, when it failed (see carrier_lost)
+        self._carrier_cause: BaseException | None = None
         # streams the application closed that the connection still tracks (their
         # buffers go once it forgets them: see forget)
         self._closed_streams: set[int] = set()
@@ -263,6 +265,15 @@ class Session:
             held, sink.held = sink.held, 0
             self.conn.acknowledge_read(stream_id, held)
 
+    def carrier_lost(self, reason: str, cause: BaseException | None = None) -> None:
+        """The carrier failed or closed under the connection: end it at once
+        (:meth:`Connection.carrier_lost`), the error our calls raise from then on
+        having ``cause`` -- the carrier's error, e.g. the ledger bridge's -- as its
+        ``__cause__``. Apply with :meth:`process_events`."""
+        if self.terminated is None and cause is not None:
+            self._carrier_cause = cause
+        self.conn.carrier_lost(reason)
+
     # -- events ------------------------------------------------------------------------
 
     def process_events(self) -> bool:
@@ -336,6 +347,12 @@ class Session:
             self.error = error_for_termination(event)
             if self._failure is not None and not event.by_peer and event.reason == CALLBACK_FAILED:
                 self.error = self._failed_error()
+            elif (
+                self._carrier_cause is not None
+                and self.error is not None
+                and event.error_code == CloseCode.CONNECTION_LOST
+            ):
+                self.error.__cause__ = self._carrier_cause
             for stream_id, sink in list(self.sinks.items()):
                 self._end_sink(stream_id, sink, self.error)
         elif isinstance(event, HandshakeCompleted):

@@ -46,13 +46,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from dtp._poll import wait_ready
 from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, DTPError, NotAuthorized
+from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
 from dtp.keys import HostIdentity
 
 __all__ = [
@@ -198,6 +199,45 @@ def _cut_records(buf: bytearray) -> list[bytes]:
     return out
 
 
+class _AdapterEnd(socket.socket):
+    """The adapter's end of the pair. Once the bridge failed (a ledger error), the end
+    of its reads is that failure: :class:`~dtp.errors.ConnectionLost` saying why, the
+    bridge's error as its ``__cause__`` -- an OSError, which both adapters take as the
+    carrier failing, and put in the connection's error ("carrier error: ..."). A clean
+    EOF, the adapters' "the peer vanished", had lost the cause."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        #: Set by the bridge, before it closes its end, when it failed
+        self.failure: BaseException | None = None
+
+    def _lost(self) -> ConnectionLost:
+        assert self.failure is not None
+        error = ConnectionLost(f"the ledger carrier failed: {_describe(self.failure)}")
+        error.__cause__ = self.failure
+        return error
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if not data and bufsize and self.failure is not None:
+            raise self._lost()
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        n = super().recv_into(buffer, nbytes, flags)
+        if not n and self.failure is not None and (nbytes or memoryview(buffer).nbytes):
+            raise self._lost()
+        return n
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` in a sentence: a ChainError with its name (LedgerUnavailable: ...)."""
+    name = exc.qualified_name if isinstance(exc, ChainError) else ""
+    return f"{name or type(exc).__name__}: {exc}"
+
+
 class LedgerBridge:
     """Runs ``carrier`` in a daemon thread; :attr:`socket` is the adapter's end.
 
@@ -215,7 +255,14 @@ class LedgerBridge:
     ) -> None:
         self.carrier = carrier
         self.options = options or LedgerCarrierOptions()
-        self.socket, self._sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = theirs
+        try:
+            self.socket: socket.socket = _AdapterEnd(ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         self._sock.setblocking(False)
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -316,6 +363,8 @@ class LedgerBridge:
             self._loop()
         except Exception as exc:  # a ledger failure ends the carrier, not the process
             self.error = exc
+            if isinstance(self.socket, _AdapterEnd):
+                self.socket.failure = exc  # (before our end closes: see _AdapterEnd)
             logger.warning("ledger carrier %s failed: %s", self.carrier.connection_id, exc)
         finally:
             try:
