@@ -169,11 +169,21 @@ class ServiceHost:
             return "the daemon is still starting"
         service = self.services.get(peer.port) if peer.port is not None else None
         if service is None:
+            reason = f"no service on port {peer.port}"
+            if peer.port is not None and peer.connection_id is not None:
+                # a service a reload removed stays on the ledger while connections to it
+                # are open, and clients go on opening ledger connections to it: refused
+                # here, their deposits stayed in escrow for good. One the ledger admits
+                # (this client's, Open, to this host and port) is settled now: refunded
+                admission = LedgerAdmission(self.ledger, self.host_id, peer.port)
+                verdict = await asyncio.to_thread(admission, peer)
+                if verdict is None:
+                    self._settle_refused(peer.connection_id)
             logger.info(
                 "refused: no such service",
-                extra=kv(client=peer.address, port=peer.port),
+                extra=kv(client=peer.address, port=peer.port, reason=reason),
             )
-            return f"no service on port {peer.port}"
+            return reason
         admission = LedgerAdmission(self.ledger, self.host_id, service.port)
         reason = await asyncio.to_thread(admission, peer)
         if reason is None and (
@@ -183,9 +193,7 @@ class ServiceHost:
             # a valid, funded connection we refuse: close and settle it now, so the
             # client's deposit comes back at once instead of after the close timeout
             assert peer.connection_id is not None
-            task = asyncio.ensure_future(self.fees.settle(peer.connection_id))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            self._settle_refused(peer.connection_id)
         if reason is not None:
             self.stats(service).denials += 1
             logger.warning(
@@ -193,6 +201,26 @@ class ServiceHost:
                 extra=kv(service=service.name, client=peer.address, reason=reason),
             )
         return reason
+
+    def _settle_refused(self, connection_id: str) -> None:
+        """Close and settle (refund) a ledger connection refused at admission."""
+        task = asyncio.ensure_future(self.fees.settle(connection_id))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _unpublish_removed(self, port: int) -> None:
+        """Take a service a reload removed off the Host once its last connection
+        closed: the ledger refused while connections were open ("service kept on the
+        ledger"), and nothing tried again, so clients went on opening (and paying
+        into) connections to it until the next reload."""
+        if port in self.services or any(c.service.port == port for c in self.conns.values()):
+            return
+        try:
+            await asyncio.to_thread(self.ledger.remove_service, self.identity, self.host_id, port)
+        except ChainError as exc:
+            logger.info("removed service still on the ledger", extra=kv(port=port, reason=str(exc)))
+            return
+        logger.info("removed service taken off the ledger", extra=kv(port=port))
 
     # -- connections ---------------------------------------------------------------------
 
@@ -251,6 +279,7 @@ class ServiceHost:
             stats.fees_claimed += settled.claimed
             stats.refunded += settled.refunded
             self._count_held()
+            await self._unpublish_removed(service.port)
             logger.info(
                 "connection closed",
                 extra=kv(
@@ -331,6 +360,7 @@ class ServiceHost:
             stats.refunded += settled.refunded
             self._count_held()
             self.book.touch()
+            await self._unpublish_removed(service.port)
             logger.info(
                 "udp flow closed",
                 extra=kv(

@@ -1,0 +1,144 @@
+"""A service removed by a reload (SIGHUP) while a client still has a connection to it:
+the open tunnel goes on, the service leaves the ledger once that connection closed, and
+a client that opened a ledger connection to it meanwhile gets its deposit back."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from dtp.chain.local import LocalLedger
+from dtp.keys import HostIdentity
+from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
+
+DEPOSIT = 1_000_000
+
+
+def echo_server() -> tuple[socket.socket, threading.Thread]:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        threads = []
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                break
+
+            def echo(sock: socket.socket = sock) -> None:
+                with sock:
+                    try:
+                        while data := sock.recv(65536):
+                            sock.sendall(data)
+                    except OSError:
+                        pass
+
+            thread = threading.Thread(target=echo, daemon=True)
+            threads.append(thread)
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+SERVICE = """
+[[service]]
+name = "{name}"
+port = {port}
+backends = ["127.0.0.1:{backend}"]
+health_interval = 30
+price_per_kib = 10
+price_per_request = 5
+min_deposit = {deposit}
+"""
+
+
+def forwarder(tmp: Path, name: str, host_id: str) -> Path:
+    HostIdentity.generate().save(tmp / f"{name}.key")
+    path = tmp / f"{name}.toml"
+    path.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "{name}.key"
+state_dir = "{name}-state"
+faucet = {10 * SUI}
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{host_id}:7000"
+deposit = {DEPOSIT}
+"""
+    )
+    return path
+
+
+def test_removed_service_leaves_the_ledger_and_refunds_late_clients(tmp_path: Path) -> None:
+    HostIdentity.generate().save(tmp_path / "provider.key")
+    listener, serving = echo_server()
+    backend = listener.getsockname()[1]
+    head = f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+drain_timeout = 2
+"""
+    kept = SERVICE.format(name="kept", port=7001, backend=backend, deposit=DEPOSIT)
+    removed = SERVICE.format(name="gone", port=7000, backend=backend, deposit=DEPOSIT)
+    config = tmp_path / "daemon.toml"
+    config.write_text(head + removed + kept)
+    procs: list[Proc] = []
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    try:
+        d = daemon(config)
+        procs.append(d)
+        host_id = d.info["host_id"]
+        early = daemon(forwarder(tmp_path, "early", host_id))
+        procs.append(early)
+        with socket.create_connection(forward_address(early), timeout=10) as client:
+            client.sendall(b"before")
+            assert client.recv(100) == b"before"
+            config.write_text(head + kept)
+            d.send(signal.SIGHUP)
+            wait_until(lambda: "service kept on the ledger" in d.log(), what="the reload")
+            client.sendall(b"after")  # the open tunnel goes on
+            assert client.recv(100) == b"after"
+
+            # a client opening a ledger connection to the service still published
+            late = daemon(forwarder(tmp_path, "late", host_id))
+            procs.append(late)
+            with socket.create_connection(forward_address(late), timeout=10) as refused:
+                refused.sendall(b"x")
+                with contextlib.suppress(ConnectionResetError):  # it had sent data
+                    assert refused.recv(100) == b""
+            late_address = late.info["address"]
+            # the old code refused it and left its deposit in escrow for good
+            wait_until(
+                lambda: ledger.balance(late_address) == 10 * SUI,
+                timeout=5,
+                what="the refused client's deposit back",
+            )
+            assert ledger.audit()["escrows"] == DEPOSIT  # the early client's, still open
+        early.stop()
+        # the old code left port 7000 on the Host until another reload
+        wait_until(
+            lambda: 7000 not in ledger.get_host(host_id).services,
+            timeout=5,
+            what="the removed service off the ledger",
+        )
+        assert d.stop() == 0
+        audit = ledger.audit()
+        assert audit["escrows"] == 0
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        ledger.close()
+        listener.close()
+        serving.join(5)
