@@ -208,8 +208,11 @@ class _AdapterEnd(socket.socket):
 
     __slots__ = ("failure",)
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    def __init__(
+        self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
+    ) -> None:
+        # (socket.socket's signature: its dup() makes another of this class)
+        super().__init__(family, type, proto, fileno)
         #: Set by the bridge, before it closes its end, when it failed
         self.failure: BaseException | None = None
 
@@ -258,7 +261,9 @@ class LedgerBridge:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = theirs
         try:
-            self.socket: socket.socket = _AdapterEnd(ours)
+            self.socket: socket.socket = _AdapterEnd(
+                ours.family, ours.type, ours.proto, fileno=ours.detach()
+            )
         except BaseException:
             ours.close()
             theirs.close()
