@@ -169,7 +169,7 @@ class ServiceHost:
             return "the daemon is still starting"
         service = self.services.get(peer.port) if peer.port is not None else None
         if service is None:
-            reason = f"no service on port {peer.port}"
+            why = f"no service on port {peer.port}"
             if peer.port is not None and peer.connection_id is not None:
                 # a service a reload removed stays on the ledger while connections to it
                 # are open, and clients go on opening ledger connections to it: refused
@@ -181,9 +181,9 @@ class ServiceHost:
                     self._settle_refused(peer.connection_id)
             logger.info(
                 "refused: no such service",
-                extra=kv(client=peer.address, port=peer.port, reason=reason),
+                extra=kv(client=peer.address, port=peer.port, reason=why),
             )
-            return reason
+            return why
         admission = LedgerAdmission(self.ledger, self.host_id, service.port)
         reason = await asyncio.to_thread(admission, peer)
         if reason is None and (
