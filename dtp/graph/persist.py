@@ -158,7 +158,22 @@ class GraphStorage:
 
     def clock_last(self) -> float:
         """The last state issued before the previous shutdown (0.0 for a new file)."""
-        raw = self.get_meta("clock")
+        return self._clock_meta("clock")
+
+    def clock_reserved(self) -> float:
+        """The highest state the clock may have issued (see :meth:`reserve_clock`; 0.0
+        when none was reserved)."""
+        return self._clock_meta("clock_reserved")
+
+    def reserve_clock(self, state: float) -> None:
+        """Record at once, outside the buffered log, that states up to ``state`` may be
+        issued: a write's state leaves the process (returned, sent to sync peers)
+        before its batch is flushed, and a restart after a crash must count on from
+        above it even with the wall clock behind."""
+        self.set_meta("clock_reserved", _F64.pack(state))
+
+    def _clock_meta(self, key: str) -> float:
+        raw = self.get_meta(key)
         if raw is None:
             return 0.0
         last = _F64.unpack(raw)[0] if len(raw) == 8 else math.nan

@@ -57,6 +57,7 @@ _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table
 _DUE_TRACKED = 4096  # deferred states tracked one by one (the smallest ones)
 _BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not tracked)
 _BLIND_RETRY_MAX = 1000.0  # ms: longest one (while they find nothing)
+_CLOCK_RESERVE = 250.0  # ms of states persisted ahead of the clock (see Graph._reserve_clock)
 _NEGATIVE_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"  # -0.0 as f64le
 
 logger = logging.getLogger(__name__)
@@ -467,7 +468,8 @@ class Graph:
         if path is not None:
             self._storage = GraphStorage(path, flush_interval=self._flush_interval)
             try:
-                last = self._storage.clock_last()
+                # (the reservation is above every state issued, flushed or not)
+                last = max(self._storage.clock_last(), self._storage.clock_reserved())
                 for batch in self._storage.load():
                     # (a log written before states were canonicalised may hold -0.0)
                     self._table.merge(canonical_states(batch), _MAX_STATE)
@@ -481,6 +483,7 @@ class Graph:
         else:
             self.replica_id = os.urandom(16)
         self.clock = HybridClock(now_ms, max_drift_ms=float(max_drift_ms), last=last)
+        self._clock_reserved = last
         self._closed = False
 
     # -- writing ------------------------------------------------------------------------------
@@ -506,6 +509,8 @@ class Graph:
                     if current is not None and (after is None or current[0] > after):
                         after = current[0]
                 state = self.clock.next(after)
+                if state > self._clock_reserved and self._storage is not None:
+                    self._reserve_clock(self._storage, state)
                 updates = []
                 for s, f, value in writes:
                     if namespace.is_user_space(s):
@@ -940,6 +945,26 @@ class Graph:
         with self._lock:
             self._check_open()
             self._flush_locked()
+
+    def _reserve_clock(self, storage: GraphStorage, state: float) -> None:
+        """Persist, before ``state`` leaves put(), that states up to a little past it
+        may be issued (lock held).
+
+        The state goes out at once -- returned, forwarded to sync peers -- while its
+        batch and the clock reach the file only with the next flush. After a crash in
+        between, the clock restarted from the last flushed state: with the wall clock
+        behind, the next write of that field took a lower state than the lost one a
+        peer still held, so the peer's older value came back and won over the new one
+        everywhere. Reserving 250 ms ahead costs one small SQLite write per 250 ms of
+        states, not one per write.
+        """
+        reserved = state + _CLOCK_RESERVE
+        try:
+            storage.reserve_clock(reserved)
+        except GraphStorageError as exc:
+            # the write still takes effect (as when a flush fails); not retried per put
+            logger.warning("graph: %s; the clock is persisted with the next flush", exc)
+        self._clock_reserved = reserved
 
     def _arm_flusher(self, storage: GraphStorage) -> None:
         """Make sure what is buffered reaches disk even if no later write comes (lock
