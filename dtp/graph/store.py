@@ -841,7 +841,8 @@ class Graph:
     ) -> Subscription:
         """Call ``callback(change)`` for every change of node ``soul`` (or of one field),
         local or from a peer. Callbacks run in the thread that made the change, after
-        the graph's lock is released."""
+        the graph's lock is released: changes committed at once in several threads may
+        arrive out of order (compare ``change.state``; see docs/graph.md)."""
         _utf8(soul, "a soul")
         if field is not None:
             _utf8(field, "a field name")
