@@ -237,6 +237,7 @@ class Daemon:
             await self._claim_leftovers()
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
+        _refuse_loops(self.config, self.host_id)
         forwards: dict[str, str] = {}
         for i, forward in enumerate(self.config.forwards):
             try:
@@ -299,6 +300,11 @@ class Daemon:
         if bool(new.services) != bool(self.config.services):
             logger.warning("adding the first or removing the last service needs a restart")
             new = _replace_services(new, self.config.services)
+        try:
+            _refuse_loops(new, self.host_id)
+        except DaemonConfigError as exc:
+            logger.error("reload refused", extra=kv(error=str(exc)))
+            return
         if self.services is not None and self.endpoint is not None:
             public = self.config.daemon.public_endpoint or join_host_port(*self.endpoint)
             try:
@@ -512,6 +518,46 @@ def _bind_error(
     """A listen address that cannot be bound (in use, unknown host), reported as the
     config error it is fixed by."""
     return config.error(key, f"cannot listen on {address}: {_why(exc)}")
+
+
+_ANY = {"", "0.0.0.0", "::"}
+_LOOPBACK = {"localhost", "::1", "ip6-localhost"}
+
+
+def _same_socket(listen: Backend, backend: Backend) -> bool:
+    """Whether connecting to ``backend`` reaches a listener bound to ``listen`` (same
+    port; same host, or a wildcard listen, or loopback both)."""
+    if listen.port != backend.port:
+        return False
+    if listen.host == backend.host or listen.host in _ANY:
+        return True
+
+    def loopback(host: str) -> bool:
+        return host in _LOOPBACK or host.startswith("127.")
+
+    return loopback(listen.host) and loopback(backend.host)
+
+
+def _refuse_loops(config: DaemonConfig, host_id: str | None) -> None:
+    """Raise the config error of a forward that targets a service of this very daemon
+    whose backend is that forward's own listener: each tunnel would open another
+    through itself, without end (one client connection ran the daemon out of file
+    descriptors within seconds)."""
+    if host_id is None:
+        return
+    ports = {s.port: s for s in config.services}
+    for i, forward in enumerate(config.forwards):
+        service = ports.get(forward.target.port)
+        if forward.target.host_id != host_id or service is None:
+            continue
+        if service.protocol == forward.protocol and any(
+            _same_socket(forward.listen, b) for b in service.backends
+        ):
+            raise config.error(
+                ("forward", i, "target"),
+                f"{forward.target} is service {service.name!r} of this daemon, whose "
+                f"backend is this forward's own listen address {forward.listen}: a loop",
+            )
 
 
 def _same_listen(a: ForwardConfig, b: ForwardConfig) -> bool:
