@@ -400,8 +400,9 @@ def sync_blocking(
     """Run a sync session over a blocking DTP stream (:class:`dtp.socket.DTPSocket`).
 
     With ``until_synced`` it returns once both sides have exchanged what the other
-    lacked (one-shot catch-up, the stream stays open); otherwise it keeps forwarding
-    changes both ways until the peer closes the stream. A writer thread sends; the
+    lacked (one-shot catch-up, the stream stays open; GraphSyncError if the peer closes
+    the stream before); otherwise it keeps forwarding changes both ways until the peer
+    closes the stream. A writer thread sends; the
     calling thread reads. Deferred updates are applied every ``tick`` seconds.
     Raises GraphSyncError / RemoteProtocolError if the peer misbehaves.
     """
@@ -489,6 +490,9 @@ def sync_blocking(
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
     if failure and until_synced and not session.synced:
         raise failure[0]
+    if until_synced and not session.synced:
+        # (a one-shot catch-up that returned here looked complete and was not)
+        raise _fail("the peer closed the stream before the sync completed")
     return session
 
 
@@ -568,8 +572,9 @@ async def sync_stream(
 ) -> SyncSession:
     """Run a sync session over an asyncio DTP stream (``dtp.aio`` reader/writer).
 
-    As :func:`sync_blocking`: returns when synced (``until_synced``) or when the peer
-    closes the stream; the writer is left open for the caller to close.
+    As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
+    the peer closes the stream before) or when the peer closes the stream; the writer
+    is left open for the caller to close.
     """
     _check_tick(tick)
     loop = asyncio.get_running_loop()
@@ -649,6 +654,9 @@ async def sync_stream(
                 await out
     if session.lagging:
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
+    if until_synced and not session.synced:
+        # (a one-shot catch-up that returned here looked complete and was not)
+        raise _fail("the peer closed the stream before the sync completed")
     return session
 
 
