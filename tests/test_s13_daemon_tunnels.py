@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
 from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until, write_forwarder
 
@@ -217,6 +218,36 @@ def test_tunnel_abandoned_before_the_backend_answered_closes_it(
         finally:
             for client in clients:
                 client.close()
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        server.close()
+
+
+def test_forward_status_shows_a_closed_tunnel_closed(tmp_path: Path, procs: list[Proc]) -> None:
+    """The forwarder's status file counts a tunnel that ended as ended, even when
+    nothing else changed after it (the old one showed it active for good: the count
+    went down without the status being marked for writing)."""
+
+    def handler(sock: socket.socket) -> None:
+        sock.settimeout(20)
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+    server = Backend(handler)
+    state = tmp_path / "forwarder-state"
+
+    def active() -> int | None:
+        status = read_status(state)
+        return None if status is None else status["forwards"]["svc"]["active_tunnels"]
+
+    try:
+        _, _, address = start_pair(tmp_path, procs, server.port)
+        with socket.create_connection(address, timeout=10) as client:
+            client.sendall(b"ping")
+            assert client.recv(100) == b"ping"
+            wait_until(lambda: active() == 1, what="the open tunnel in the status")
+        wait_until(lambda: active() == 0, timeout=3, what="the closed tunnel in the status")
     finally:
         for proc in reversed(procs):
             proc.kill()

@@ -256,6 +256,7 @@ class Forwarder:
             # select()'s ValueError past 1024 descriptors), the local client is closed:
             # the task ending with it would leave the client waiting and its socket open
             stats.errors += 1
+            self.book.touch()
             why = str(exc) if isinstance(exc, DTPError | OSError) else repr(exc)
             logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=why))
             leg.close()
@@ -288,6 +289,7 @@ class Forwarder:
                 )
         finally:
             stats.active_tunnels -= 1
+            self.book.touch()  # or the status file kept showing the tunnel open
             self._release(link)
 
     # -- shutdown ------------------------------------------------------------------------
