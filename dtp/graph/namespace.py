@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
@@ -130,7 +131,9 @@ def check(update: HamUpdate) -> str | None:
     return None
 
 
-def filter_batch(batch: bytes) -> tuple[bytes, dict[str, int]]:
+def filter_batch(
+    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break the ownership rule.
 
     Returns the batch to merge (the input itself when nothing was dropped) and the
@@ -138,13 +141,28 @@ def filter_batch(batch: bytes) -> tuple[bytes, dict[str, int]]:
     nowhere cannot name a user-space soul, so it passes without being decoded (one
     regex scan in C); otherwise it is decoded (validated: RemoteProtocolError if
     malformed) and every user-space update checked.
+
+    ``held(updates)``, if given, tells for each user-space update whether the table
+    already holds exactly it (same state and stored bytes, signature included): such
+    an update was checked when it first came, so it passes without a second Ed25519
+    verification -- a batch sent again (a resync, the same change forwarded by several
+    neighbours) costs a table lookup per update, not a signature check.
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
     updates = decode_ham_batch(batch)
+    known: list[bool] | None = None
+    if held is not None:
+        known = held([u for u in updates if _CLAIMED.match(u.soul) is not None])
+    k = 0
     kept: list[HamUpdate] = []
     refused: dict[str, int] = {}
     for update in updates:
+        if known is not None and _CLAIMED.match(update.soul) is not None:
+            k += 1
+            if known[k - 1]:
+                kept.append(update)
+                continue
         reason = check(update)
         if reason is None:
             kept.append(update)

@@ -571,7 +571,7 @@ class Graph:
                 f"merge() takes a HAM batch as bytes, not {type(batch).__name__}", ErrorCode.ARG
             )
         data = canonical_states(bytes(batch))
-        filtered, refused = namespace.filter_batch(data)
+        filtered, refused = namespace.filter_batch(data, self._held)
         changes: list[Change] = []
         try:
             with self._lock:
@@ -612,6 +612,19 @@ class Graph:
             # malformed
             self._deliver(changes)
         return report
+
+    def _held(self, updates: list[HamUpdate]) -> list[bool]:
+        """For each update, whether the table holds exactly it (see
+        :func:`namespace.filter_batch`)."""
+        with self._lock:
+            if self._closed:
+                return [False] * len(updates)  # (the merge refuses a closed graph)
+            get = self._table.get
+            out = []
+            for soul, field, state, value in updates:
+                entry = get(soul, field)
+                out.append(entry is not None and entry[0] == state and entry[1] == value)
+            return out
 
     def advance(self) -> int:
         """Apply deferred updates whose time has come; returns how many were applied."""
