@@ -90,6 +90,9 @@ _FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
 _MAX_FRAGMENTS = 255
 #: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
 MAX_PARTIAL_RECORDS = 64
+#: The largest DTP record (docs/protocol.md §2): a 12-byte header, then at most 16 KiB
+#: of plaintext and its 16-byte tag (``max_record`` of the carriers under connections).
+MAX_DTP_RECORD = 12 + 16_384 + 16
 #: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later
 #: (at most this many, and this many bytes of payload).
 MAX_ORPHAN_EVENTS = 1024
@@ -172,7 +175,9 @@ class LedgerCarrier:
     ``peer_address`` is the Sui address whose pipe we read. ``pipe_id`` adopts an existing
     pipe of ours instead of creating one; ``state`` resumes a previous carrier.
     ``retention_terms`` (a RetentionTerms ID of the connection's service) makes our data
-    payloads RetainedRecords (see the module docs).
+    payloads RetainedRecords (see the module docs). ``max_record``: the largest record
+    the peer may send; the fragments of one beyond it are dropped as they come (by
+    default any record 255 fragments carry).
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class LedgerCarrier:
         page_size: int = 1000,
         clock: Callable[[], float] = time.monotonic,
         retention_terms: str | None = None,
+        max_record: int | None = None,
     ) -> None:
         if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
             raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
@@ -203,6 +209,7 @@ class LedgerCarrier:
         self.sync_interval = sync_interval
         self.gap_timeout = gap_timeout
         self.max_payload = max_payload
+        self.max_record = _MAX_FRAGMENTS * MAX_PIPE_DATA if max_record is None else max_record
         self.page_size = page_size
         self.clock = clock
         self._filter = EventFilter(sender=peer_address)
@@ -532,6 +539,12 @@ class LedgerCarrier:
                 self.malformed += 1
                 return
             parts[index] = payload[_FRAG_HEADER.size :]
+            if sum(map(len, parts.values())) > self.max_record:
+                # (kept, a peer posting 255 full pieces under each of 64 ids held 267 MB
+                # of a bridge's, whose records are at most 16 KiB: 1 MiB now)
+                del self._partial[key]
+                self.malformed += 1
+                return
             if len(parts) == count:
                 del self._partial[key]
                 out.append(b"".join(parts[i] for i in range(count)))

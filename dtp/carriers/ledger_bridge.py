@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dtp._poll import wait_ready
-from dtp.carriers.ledger import MAX_PIPE_DATA, LedgerCarrier, confirm_records
+from dtp.carriers.ledger import MAX_DTP_RECORD, MAX_PIPE_DATA, LedgerCarrier, confirm_records
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
@@ -502,6 +502,8 @@ def _carrier(
         gap_timeout=options.gap_timeout,
         max_payload=options.max_payload,
         retention_terms=options.retention_terms,
+        # (_valid_record drops anything larger: its fragments need not be kept)
+        max_record=MAX_DTP_RECORD,
     )
     # the peer's pipe is created after the connection opened: no need to read older events
     carrier.cursor = cursor
