@@ -412,16 +412,23 @@ def sync_blocking(
     stop = threading.Event()
     failure: list[BaseException] = []
 
+    aborting = threading.Event()
+
+    def abort_lagging() -> None:
+        with contextlib.suppress(Exception):
+            sock.abort("graph sync backlog exceeded")
+
     def on_output() -> None:
         wake.set()
-        if session.lagging:
+        if session.lagging and not aborting.is_set():
             # the writer may be blocked in sendall for as long as the peer does not
             # read (the data of the first exchange is not bounded by the backlog): it
             # would never come back to see ``lagging``. Ending the stream frees it, and
-            # the reader; SyncBacklogExceeded is raised below. (Once: the session
-            # stopped listening, so no later change calls this.)
-            with contextlib.suppress(Exception):
-                sock.abort("graph sync backlog exceeded")
+            # the reader; SyncBacklogExceeded is raised below. From a thread of its
+            # own: this runs under the graph's lock, and a paid connection's abort
+            # closes it on the ledger.
+            aborting.set()
+            threading.Thread(target=abort_lagging, name="dtp-graph-sync-abort", daemon=True).start()
 
     session.on_output = on_output
 
