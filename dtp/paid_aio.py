@@ -511,26 +511,6 @@ class PaidWriter:
         await self._paid.wait_paid()
         return await self._writer.recv_datagram()
 
-    def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
-        """Have the connection's datagrams pushed to ``sink`` as they arrive (see
-        :meth:`dtp.aio.DTPStreamWriter.set_datagram_sink`); None undoes it. While the
-        gate pauses the connection, those that arrive are dropped and counted in
-        ``datagrams_dropped`` (as :meth:`send_datagram` drops outgoing ones): a paused
-        connection moves nothing, as :meth:`recv_datagram` waits."""
-        if sink is None:
-            self._writer.set_datagram_sink(None)
-            return
-        paid = self._paid
-        session = paid.proto.session
-
-        def gated(data: bytes) -> None:
-            if paid.room(1):
-                sink(data)
-            else:
-                session.datagrams_dropped += 1
-
-        self._writer.set_datagram_sink(gated)
-
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
         await self._paid.wait_paid()
