@@ -19,7 +19,7 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import DTPError, LocalProtocolError, PaymentRequired
+from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
 from dtp.escrow import fee
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket, ServicePolicy
@@ -114,6 +114,28 @@ def test_a_cancelled_paid_read_of_all_consumes_nothing(world: World) -> None:
 
     asyncio.run(_paid_pair(world, handler, client))
     assert got == [b"abcdef", True]
+
+
+def test_a_paid_readexactly_that_fails_consumes_nothing(world: World) -> None:
+    """A paid readexactly() that meets the connection's failure after some bytes came
+    puts them back, as dtp.aio's does: the next read gets them, then the error (they
+    were lost)."""
+    got: list[object] = []
+
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(reader.readexactly(10), 5)
+        got.append(await reader.read(10))
+        with pytest.raises(ConnectionClosed):
+            await reader.read(10)
+
+    async def client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        writer.write(b"abc")
+        await writer.drain()
+        writer.abort("gone")
+
+    asyncio.run(_paid_pair(world, handler, client))
+    assert got == [b"abc"]
 
 
 def test_paid_reader_and_writer_have_what_moves_no_data(world: World) -> None:
