@@ -1,6 +1,9 @@
-"""A one-shot catch-up (``until_synced=True``, connect()'s default) whose peer closes the
-stream before its END raises GraphSyncError. Before, connect() and sync_stream()
-returned as if the catch-up were complete (``session.synced`` False, nothing said)."""
+"""A one-shot catch-up (``until_synced=True``, connect()'s default) that did not happen
+raises instead of returning as if it had: a peer that closes the stream before its END
+(GraphSyncError; connect() and sync_stream() returned, ``session.synced`` False), and a
+peer that sends its END and then stops reading what we push (connect()'s timeout: our
+END was only queued, the writer's DTPTimeoutError was dropped and connect() returned
+with ``synced`` True and nothing delivered)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp.errors import DTPTimeoutError
 from dtp.graph import Graph, GraphSyncError, connect, sync_stream
-from dtp.graph.sync import HELLO, VERSION
+from dtp.graph.sync import END, HELLO, VERSION
 from dtp.keys import HostIdentity
 
 
@@ -80,3 +85,31 @@ def test_sync_stream_raises_when_the_peer_leaves_before_end() -> None:
             graph.close()
 
     asyncio.run(main())
+
+
+def test_connect_raises_when_the_peer_does_not_take_what_it_asked_for() -> None:
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    release = threading.Event()
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        # "I hold nothing, send me everything", END at once, then never read
+        body = msgpack.packb([HELLO, VERSION, os.urandom(16), 0, 0], use_bin_type=True)
+        end = msgpack.packb([END], use_bin_type=True)
+        sock.sendall(struct.pack(">I", len(body)) + body + struct.pack(">I", len(end)) + end)
+        release.wait(10)
+
+    thread = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    thread.start()
+    graph = Graph()
+    for i in range(12):  # 12 MB: three times the stream window
+        graph.put(f"big/{i}", {"v": "x" * 1_000_000})
+    try:
+        started = time.monotonic()
+        with pytest.raises(DTPTimeoutError):
+            connect(graph, server.address, server_key=server.noise_public_key, timeout=1)
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        server.close()
+        graph.close()

@@ -495,7 +495,10 @@ def sync_blocking(
         thread.join()
     if session.lagging:
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
-    if failure and until_synced and not session.synced:
+    if failure and until_synced:
+        # (also once both ENDs are through: ours was only queued, and a writer that
+        # failed -- a peer that stopped reading, a timeout -- left what we pushed
+        # undelivered; returning would report a catch-up that did not happen)
         raise failure[0]
     if until_synced and not session.synced:
         # (a one-shot catch-up that returned here looked complete and was not)
