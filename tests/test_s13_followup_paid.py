@@ -123,6 +123,8 @@ def test_a_paid_readexactly_that_fails_consumes_nothing(world: World) -> None:
     got: list[object] = []
 
     async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        writer.write(b"k")  # (served: the client aborts only then)
+        await writer.drain()
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(reader.readexactly(10), 5)
         got.append(await reader.read(10))
@@ -130,6 +132,7 @@ def test_a_paid_readexactly_that_fails_consumes_nothing(world: World) -> None:
             await reader.read(10)
 
     async def client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        assert await asyncio.wait_for(reader.readexactly(1), 5) == b"k"
         writer.write(b"abc")
         await writer.drain()
         writer.abort("gone")
