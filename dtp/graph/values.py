@@ -16,7 +16,8 @@ convention); :func:`link` builds one and :func:`link_soul` recognises one.
 
 Decoding (what peers send) refuses what another implementation could read differently:
 an object with a duplicate key (Python's ``json`` would silently keep the last one),
-NaN, infinities (``1e400`` included), nesting too deep; a ``-0.0`` reads as ``0.0``.
+NaN, infinities (``1e400`` included), nesting too deep, a lone surrogate escape
+(``"\\ud800"``: no UTF-8 holds it); a ``-0.0`` reads as ``0.0``.
 """
 
 from __future__ import annotations
@@ -135,20 +136,48 @@ _decoder = json.JSONDecoder(
 )
 
 
+def _lone_surrogate(value: JSON) -> bool:
+    """True when a string of ``value`` (object keys included) holds a lone surrogate."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)  # the keys
+            stack.extend(item.values())
+    return False
+
+
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     """A value back from its canonical bytes (RemoteProtocolError if they are not JSON).
 
     Decoding accepts any JSON text (only encoding is canonical) except what two readers
-    could read differently: duplicate object keys, numbers beyond the float range; NaN
-    and infinities are refused too, and ``-0.0`` reads as ``0.0``.
+    could read differently: duplicate object keys, numbers beyond the float range, a
+    lone surrogate (an unpaired ``\\uD800``-``\\uDFFF`` escape, which :func:`encode_value`
+    refuses too); NaN and infinities are refused too, and ``-0.0`` reads as ``0.0``.
     """
+    raw = bytes(data)
     try:
-        value: JSON = _decoder.decode(bytes(data).decode("utf-8"))
+        value: JSON = _decoder.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # (RecursionError: nesting too deep to decode, as a hostile peer may send)
         raise RemoteProtocolError(
             f"graph value is not a JSON value in UTF-8: {exc}", ErrorCode.HAM_MALFORMED
         ) from None
+    if b"\\u" in raw and _lone_surrogate(value):
+        # json reads "\\ud800" as a str no UTF-8 can hold: print() or a write of it
+        # raised UnicodeEncodeError in the application, put() of it LocalProtocolError,
+        # and other JSON readers refuse it or read U+FFFD
+        raise RemoteProtocolError(
+            "graph value holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
+            ErrorCode.HAM_MALFORMED,
+        )
     return value
 
 
