@@ -18,7 +18,15 @@ from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.ledger import Ledger
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError
-from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
+from tests.polling import wait_for
+from tests.test_ledger_carrier_sockets import (
+    CLIENT,
+    DEPOSIT,
+    Host,
+    bridge_threads,
+    host,
+    server_in_thread,
+)
 
 __all__ = ["host"]  # (the fixture, imported)
 
@@ -101,6 +109,43 @@ def test_blocking_a_failed_ledger_bridge_says_why(host: Host) -> None:
         finally:
             echo.abort()
     _says_why(lost.value)
+
+
+def test_asyncio_a_write_after_the_bridge_failed_says_why(host: Host) -> None:
+    """The write side: once the bridge ended, a write meets its closed end (EPIPE)
+    before the read side sees the end."""
+    options, made = _options()
+    echo = _Echo()
+
+    async def main() -> BaseException:
+        reader, writer = await dtp.aio.open_connection(
+            host.address,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=10,
+            ledger_options=options,
+        )
+        try:
+            writer.write(b"hi")
+            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"hi"
+            made[0].broken = True
+            # (a thread's wait: the loop must not look at the carrier meanwhile)
+            assert wait_for(lambda: not [t for t in bridge_threads() if "client" in t.name], 10)
+            writer.write(b"x")  # the transport sends at once
+            with pytest.raises(ConnectionLost) as lost:
+                await asyncio.wait_for(reader.read(2), 10)
+            return lost.value
+        finally:
+            writer.close()
+            with contextlib.suppress(DTPError):
+                await asyncio.wait_for(writer.wait_closed(), 10)
+
+    with server_in_thread(host, echo):
+        try:
+            _says_why(asyncio.run(main()))
+        finally:
+            echo.abort()
 
 
 def test_asyncio_a_failed_ledger_bridge_says_why(host: Host) -> None:

@@ -234,6 +234,27 @@ class _AdapterEnd(socket.socket):
             raise self._lost()
         return n
 
+    # a write after the bridge's end closed fails with EPIPE: that failure too
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError:
+            if self.failure is None:
+                raise
+            raise self._lost() from self.failure
+
+    def sendmsg(self, *args: Any) -> int:
+        try:
+            return super().sendmsg(*args)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError:
+            if self.failure is None:
+                raise
+            raise self._lost() from self.failure
+
 
 def _describe(exc: BaseException) -> str:
     """``exc`` in a sentence: a ChainError with its name (LedgerUnavailable: ...)."""
