@@ -12,9 +12,12 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.fees import ServerFees
+from dtp.errors import InvalidReceipt
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -87,7 +90,10 @@ def test_the_daemon_claims_the_receipt_it_served_on(tmp_path: Path) -> None:
                 counted: list[int] = []
                 fees.accept(terms, big.encode(), lambda r: counted.append(r.total_amount))
                 await asyncio.to_thread(fees.writer.flush)
-                fees.accept(terms, small.encode(), lambda r: counted.append(r.total_amount))
+                # refused as it comes now (the daemon checks it against the newest
+                # receipt); before, it was checked against the claimed amount only
+                with pytest.raises(InvalidReceipt):
+                    fees.accept(terms, small.encode(), lambda r: counted.append(r.total_amount))
                 await asyncio.to_thread(fees.writer.flush)
                 settled = await fees.settle(cid)
                 await asyncio.sleep(0)  # (the writer's callbacks run on this loop)
