@@ -190,7 +190,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session.terminated is None:
-            self.conn.carrier_lost(f"carrier error: {exc}" if exc else "the peer vanished")
+            reason = f"carrier error: {exc}" if exc else "the peer vanished"
+            self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
         self.session.process_events()
         self._notify()
         if self._timer is not None:

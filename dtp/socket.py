@@ -150,6 +150,7 @@ class _Engine:
         self.session = session
         self.conn = session.conn
         self.name = name
+        session.name = name  # (its logs name the connection)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.pumping = False
@@ -314,7 +315,7 @@ class _Engine:
         else:
             what = "the peer vanished (carrier closed)"
         logger.debug("%s: %s", self.name, what)
-        self.conn.carrier_lost(what)
+        self.session.carrier_lost(what, exc)  # (the cause of what our calls raise)
         self.session.process_events()
 
     def _read_available(self) -> bool:

@@ -84,6 +84,13 @@ def _says_why(exc: BaseException) -> None:
     assert isinstance(exc, ConnectionLost)
     assert "ledger carrier failed" in str(exc) and "LedgerUnavailable" in str(exc), exc
     assert "the node does not answer" in str(exc)
+    # and the ledger's own error is there to be caught or logged: the chain of causes
+    causes = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < 5:
+        causes.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(c, ChainError) for c in causes), causes
 
 
 def test_blocking_a_failed_ledger_bridge_says_why(host: Host) -> None:
