@@ -9,8 +9,10 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from dtp.chain.local import LocalLedger
+from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
 from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
 
@@ -140,5 +142,54 @@ drain_timeout = 2
         for proc in reversed(procs):
             proc.kill()
         ledger.close()
+        listener.close()
+        serving.join(5)
+
+
+def test_status_shows_the_new_target_after_a_reload(tmp_path: Path) -> None:
+    """A reload points a paid forward at another service while a tunnel to the old one
+    is open: once that tunnel's last receipt went out, `dtp status` still showed the
+    old target (the retired forwarder wrote its own target back on every receipt)."""
+    HostIdentity.generate().save(tmp_path / "provider.key")
+    listener, serving = echo_server()
+    backend = listener.getsockname()[1]
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+"""
+        + SERVICE.format(name="a", port=7000, backend=backend, deposit=DEPOSIT)
+        + SERVICE.format(name="b", port=7001, backend=backend, deposit=DEPOSIT)
+    )
+    procs: list[Proc] = []
+    try:
+        d = daemon(config)
+        procs.append(d)
+        forward = forwarder(tmp_path, "client", d.info["host_id"])
+        f = daemon(forward)
+        procs.append(f)
+        status = tmp_path / "client-state"
+
+        def row() -> dict[str, Any]:
+            return dict((read_status(status) or {}).get("forwards", {}).get("svc", {}))
+
+        with socket.create_connection(forward_address(f), timeout=10) as client:
+            client.sendall(b"old")
+            assert client.recv(100) == b"old"
+            forward.write_text(forward.read_text().replace(":7000", ":7001"))
+            f.send(signal.SIGHUP)
+            wait_until(lambda: "reloaded" in f.log(), what="the reload")
+            client.sendall(b"more")
+            assert client.recv(100) == b"more"
+            wait_until(lambda: row().get("active_tunnels") == 1, what="the tunnel in the status")
+        # its end sends the old connection's last receipt
+        wait_until(lambda: row().get("active_tunnels") == 0, what="the tunnel's end")
+        assert row()["target"] == f"dtp://{d.info['host_id']}:7001"
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
         listener.close()
         serving.join(5)

@@ -76,9 +76,10 @@ class Forwarder:
 
     @property
     def stats(self) -> ForwardStats:
-        row = self.book.forward(self.config.name)
-        row.target = str(self.config.target)
-        return row
+        # the row is shared by name with the forwarder a reload put in our place: its
+        # target is set once, at start (set here, a retired forwarder's last receipts put
+        # its old target back in the status)
+        return self.book.forward(self.config.name)
 
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the bound address."""
@@ -92,6 +93,7 @@ class Forwarder:
         )
         name = self.server.sockets[0].getsockname()
         self.stats.listen = join_host_port(name[0], name[1])
+        self.stats.target = str(self.config.target)
         return name[0], name[1]
 
     def _new_leg(self) -> TcpLeg:
