@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dtp.daemon.config import Backend, parse_config
+from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
 from tests.daemon_procs import SUI, Proc, daemon, write_forwarder
 
@@ -97,3 +98,22 @@ health_interval = 30
         for proc in reversed(procs):
             proc.kill()
         echo.close()
+
+
+def test_ipv6_address_without_a_port_is_refused(tmp_path: Path) -> None:
+    """An IPv6 address with the port left out ("::1") parsed as host ":" port 1 and was
+    taken: every tunnel then failed. It is a config error naming the bracket form."""
+    text = """[daemon]
+ledger = "l.sqlite"
+identity = "k.key"
+[[service]]
+name = "a"
+port = 1
+backends = ["%s"]
+"""
+    for bad in ("::1", "2001:db8::1", "fe80::1", "a:b:80"):
+        with pytest.raises(DaemonConfigError, match=r"service\[0\]\.backends: .*\[::1\]:80"):
+            parse_config(text % bad, tmp_path / "dtp.toml")
+    for good, host in (("::1:80", "::1"), ("[::1]:80", "::1"), ("localhost:80", "localhost")):
+        config = parse_config(text % good, tmp_path / "dtp.toml")
+        assert config.services[0].backends == (Backend(host, 80),)

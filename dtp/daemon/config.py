@@ -47,14 +47,18 @@ class Backend:
         return join_host_port(self.host, self.port)
 
 
-def join_host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets (``[::1]:7700``): unbracketed,
-    clients reading a published endpoint cannot tell the port from the address."""
+def _is_ipv6(host: str) -> bool:
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        return f"{host}:{port}"
-    return f"[{host}]:{port}"
+        return False
+    return True
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:7700``): unbracketed,
+    clients reading a published endpoint cannot tell the port from the address."""
+    return f"[{host}]:{port}" if _is_ipv6(host) else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,12 @@ class _Checker:
         if bracketed and not (host.startswith("[") and host.endswith("]")):
             raise self.fail(key, f'expected "host:port", got {text!r}')
         host = host.strip("[]")
+        if not bracketed and ":" in host and "/" not in host and not _is_ipv6(host):
+            # "::1" or "2001:db8::1" with the port left out parsed as the host ":" (or
+            # "2001:db8:") and port 1: accepted, and every connect to it failed
+            raise self.fail(
+                key, f'expected "host:port" (an IPv6 address in brackets: "[::1]:80"), got {text!r}'
+            )
         # isdigit() alone accepts "²", which int() then refuses; a NUL (TOML's "\u0000")
         # would reach getaddrinfo, which raises ValueError instead of a socket error
         if not isinstance(text, str) or not sep or not host or not port.isascii() or "\0" in host:
