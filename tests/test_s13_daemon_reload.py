@@ -138,6 +138,11 @@ drain_timeout = 2
         assert d.stop() == 0
         audit = ledger.audit()
         assert audit["escrows"] == 0
+        # the removed service's row: counters kept, nothing held or healthy (the old
+        # status said "receipts 1" and "healthy 1" after the claim, for good)
+        row = read_status(tmp_path / "daemon-state")["services"]["gone"]  # type: ignore[index]
+        assert row["fees_claimed"] > 0
+        assert (row["receipts_held"], row["healthy_backends"]) == (0, 0)
     finally:
         for proc in reversed(procs):
             proc.kill()

@@ -94,6 +94,8 @@ class ServiceHost:
         self.limiter = RateLimiter()
         self._firewall: Firewall | None = None  # the Host's, as last read
         self._policy_task: asyncio.Task[None] | None = None
+        self._held_names: set[str] = set()
+        """Services whose status row counts receipts held (see :meth:`_count_held`)."""
 
     @property
     def fees(self) -> ServerFees:
@@ -124,6 +126,10 @@ class ServiceHost:
                 old.connect_timeout,
             ):
                 await self.pools.pop(port).stop()
+                if new is None:
+                    # a removed service keeps its counters in the status, not its health:
+                    # "healthy 1" for a service no longer served
+                    self.book.service(old.name).healthy_backends = 0
         for port, service in wanted.items():
             if service.protocol == "udp":
                 self.stats(service)  # a row in the status from the start
@@ -374,11 +380,15 @@ class ServiceHost:
 
     def _count_held(self) -> None:
         held = dict.fromkeys((s.name for s in self.services.values()), 0)
+        # and the services a reload removed that still had some: their count went to
+        # 0 never, and the status showed receipts held after all were claimed
+        held.update(dict.fromkeys(self._held_names - held.keys(), 0))
         for conn in self.conns.values():
             if conn.paid_bytes or self.fees.held(conn.connection_id) is not None:
                 held[conn.service.name] = held.get(conn.service.name, 0) + 1
         for name, count in held.items():
             self.book.service(name).receipts_held = count
+        self._held_names = {name for name, count in held.items() if count}
 
     async def _read_receipts(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
         """Stream 0 carries receipts until the client closes the connection."""
