@@ -779,6 +779,22 @@ class DTPStreamWriter:
             self._proto._notify()
             self._proto.flush()
 
+    def reset(self, code: int = 0) -> None:
+        """Abandon this stream, as a TCP reset does: what is unsent is dropped and the
+        peer's reads raise :class:`~dtp.errors.StreamReset` with ``code`` (an
+        application error code, 0 to 2**62 - 1) instead of seeing a clean end; then the
+        stream closes both ways, as :meth:`close` (on the first stream, the connection
+        with it)."""
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 1 << 62:
+            raise ValueError(f"a reset code is an int from 0 to 2**62 - 1, not {code!r}")
+        if self._closing:
+            return
+        if self._session.terminated is None:
+            with contextlib.suppress(DTPError):  # (the stream ended already)
+                self._conn.reset_stream(self._stream_id, code)
+            self._proto.flush()
+        self.close()
+
     def _close_ended(self, task: asyncio.Future[None]) -> None:
         """The graceful close was cancelled (the loop ending, as asyncio.run does after
         ``close()`` without ``wait_closed()``), perhaps before its first step: abort

@@ -1642,6 +1642,25 @@ class DTPSocket:
         self._closed = True
         self._update_fast()
 
+    def reset(self, code: int = 0) -> None:
+        """Abandon this stream, as a TCP reset does: what is unsent is dropped and the
+        peer's reads raise :class:`~dtp.errors.StreamReset` with ``code`` (an
+        application error code, 0 to 2**62 - 1) instead of seeing a clean end; then the
+        stream closes, as :meth:`close` (on the first stream, the connection with it;
+        open files from :meth:`makefile` do not hold it back)."""
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 1 << 62:
+            raise ValueError(f"a reset code is an int from 0 to 2**62 - 1, not {code!r}")
+        if self._closed:
+            return
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is None:
+                with contextlib.suppress(DTPError):  # (the stream ended already)
+                    engine.conn.reset_stream(self._stream_id, code)
+                engine.flush()
+        self._io_refs = 0  # a reset is not held back by open files
+        self.close()
+
     def _release_file(self) -> None:
         """A file from :meth:`makefile` was closed. This may run in a finalizer, inside
         any allocation (perhaps with this connection's lock held): the deferred close

@@ -339,10 +339,7 @@ def reset_stream(writer: _Writer) -> None:
     """End a tunnel's DTP stream with RESET_STREAM: the peer's reads raise
     :class:`dtp.errors.StreamReset` instead of seeing a clean end, and its end of the
     tunnel resets its TCP peer. Other writers are closed."""
-    if isinstance(writer, DTPStreamWriter) and not writer.is_closing():
-        # dtp.aio has no per-stream reset: this is DTPStreamWriter.close() of a
-        # non-primary stream (stop sending, drop what is unread) with RESET_STREAM in
-        # place of its FIN, which close() then no longer sends
-        with contextlib.suppress(DTPError):
-            writer._conn.reset_stream(writer.stream_id, TUNNEL_RESET)
-    writer.close()
+    if isinstance(writer, DTPStreamWriter):
+        writer.reset(TUNNEL_RESET)
+    else:
+        writer.close()
