@@ -62,10 +62,16 @@ def test_blocking_session_blocked_in_sendall_ends_when_the_backlog_overflows() -
     try:
         peer.sendall(_hello_of_an_empty_peer())  # "send me everything", then never read
         # the server's writer blocks in sendall on the first exchange; live changes
-        # pile up behind it
-        for i in range(300):
-            graph.put(f"live/{i}", {"v": "y" * 1000})
-        assert _wait_for(lambda: server.sessions == 1, 5), "the session never ended"
+        # pile up behind it (more of them until the session ends: those put before the
+        # server took the HELLO go out with the first exchange, not as live ones)
+        deadline = time.monotonic() + 10
+        i = 0
+        while server.sessions != 1 and time.monotonic() < deadline:
+            for _ in range(50):
+                graph.put(f"live/{i}", {"v": "y" * 1000})
+                i += 1
+            _wait_for(lambda: server.sessions == 1, 0.05)
+        assert server.sessions == 1, "the session never ended"
         assert server.errors == 0  # (SyncBacklogExceeded is not a protocol error)
     finally:
         peer.abort()
@@ -97,14 +103,24 @@ def test_asyncio_session_blocked_in_drain_ends_when_the_backlog_overflows() -> N
             writer.write(_hello_of_an_empty_peer())  # then never read
             await writer.drain()
 
+            done = threading.Event()
+            ended.add_done_callback(lambda _: done.set())
+
             def changes() -> None:  # from another thread, as a local writer would
-                for i in range(300):
-                    graph.put(f"live/{i}", {"v": "y" * 1000})
+                # until the session ends: those put before the server took the HELLO
+                # go out with the first exchange, not as live ones
+                deadline = time.monotonic() + 10
+                i = 0
+                while not done.is_set() and time.monotonic() < deadline:
+                    for _ in range(50):
+                        graph.put(f"live/{i}", {"v": "y" * 1000})
+                        i += 1
+                    done.wait(0.05)
 
             thread = threading.Thread(target=changes)
             thread.start()
+            exc = await asyncio.wait_for(ended, 15)
             await asyncio.to_thread(thread.join)
-            exc = await asyncio.wait_for(ended, 5)
             assert isinstance(exc, SyncBacklogExceeded), exc
         finally:
             writer.abort()
