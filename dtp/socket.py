@@ -273,10 +273,14 @@ class _Engine:
         take, or stream data the peer's flow control holds back."""
         return not self.carrier_closed and bool(self.out or self.conn.send_buffered())
 
-    def leave_queued(self) -> None:
-        """A write is returning to its caller (lock not held): if it leaves bytes
-        queued, the timer thread watches the carrier for the credit or room that lets
-        them out -- the application may not call in again for a long time."""
+    def leave_queued(self, stream_id: int) -> None:
+        """A write on ``stream_id`` is returning to its caller (lock not held): if it
+        leaves bytes queued, the timer thread watches the carrier for the credit or room
+        that lets them out -- the application may not call in again for a long time."""
+        # a look without the lock first (a list's and one stream's counts): the usual
+        # write leaves nothing queued, and a lock per send() cost pipelined RPC 10 %
+        if not self.out and not self.conn.send_buffered(stream_id):
+            return
         with self.lock:
             queued = not self.closed and self.queued_output()
         if queued:
@@ -1303,7 +1307,7 @@ class DTPSocket:
                 raise _no_flags(flags)
             timeout = 0.0
         n = self._send(data, timeout)
-        self._engine.leave_queued()
+        self._engine.leave_queued(self._stream_id)
         return n
 
     def _send(self, data: Any, timeout: float | None) -> int:
@@ -1432,7 +1436,7 @@ class DTPSocket:
                     raise DTPTimeoutError("timed out")
                 n = self._send(view, remaining)
                 view = view[n:]
-        engine.leave_queued()
+        engine.leave_queued(self._stream_id)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send ``file`` (opened in binary mode) from ``offset`` until its end, or
@@ -1479,7 +1483,7 @@ class DTPSocket:
         finally:
             if sent and hasattr(file, "seek"):
                 file.seek(offset + sent)
-            self._engine.leave_queued()
+            self._engine.leave_queued(self._stream_id)
         return sent
 
     def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
