@@ -20,9 +20,10 @@ from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient
 
 #: How late a call may end past its timeout (seconds): one piece of a read, a scheduler
-#: tick or two on a busy machine. Before, a read's whole work (up to ~0.4 s for junk)
-#: or a whole read's notification handlers (seconds) came on top.
-LATE = 0.25
+#: tick or two on a busy machine (0.27 s was seen in a loaded CI run). Before, a read's
+#: whole work or a whole read's notification handlers came on top: 0.5-0.8 s late for
+#: junk, seconds for notifications.
+LATE = 0.4
 
 #: Empty frames: the costliest bytes to take (each is a violation, ~1 us a byte).
 JUNK = b"\x00\x00\x00\x00" * 16384
