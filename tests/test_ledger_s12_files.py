@@ -92,8 +92,10 @@ def test_a_file_damaged_under_an_open_handle_fails_typed(tmp_path: Path) -> None
     ledger = LocalLedger(path)
     try:
         size = os.path.getsize(path)
-        with open(path, "r+b") as file:  # pages past the schema's, gone
-            file.truncate(size // 2)
+        # every page past the first (the schema's), gone: with half of them gone, the
+        # events read might find all it needed in the half left (it did in one CI run)
+        with open(path, "r+b") as file:
+            file.truncate(min(size // 2, 4096))
         with pytest.raises(ChainError) as caught:
             ledger.events(None, limit=1000)
         assert caught.value.name == "LedgerUnavailable"
