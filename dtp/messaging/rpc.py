@@ -198,6 +198,29 @@ def _send_failed(exc: BaseException) -> E.RpcConnectionLost:
     return E.RpcConnectionLost(f"sending failed: {exc}")
 
 
+def _meter_request(
+    meter: Meter,
+    prepay: ResponsePrepay | None,
+    escrow_id: str | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Count one request in ``meter`` and return the call's ``meta`` with the receipt
+    that covers it (key ``"r"``), when the meter signs one now. A meter that raises
+    leaves the call's prepaid escrow (``escrow_id``, made first) to
+    :meth:`ResponsePrepay.refund_due`. Shared by the blocking and asyncio clients."""
+    now_ms = int(time.time() * 1000)
+    try:
+        receipt = meter.record(now_ms, requests=1) or meter.flush(now_ms)
+    except BaseException:
+        if escrow_id is not None and prepay is not None:
+            prepay.unanswered.append(escrow_id)
+        raise
+    if receipt is not None:
+        extra = extra or {}
+        extra["r"] = receipt.encode()
+    return extra
+
+
 def response_hash(body: bytes) -> bytes:
     """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
     return hashlib.blake2b(body, digest_size=32).digest()
@@ -708,16 +731,7 @@ class RpcClient:
             extra = extra or {}
             extra["re"] = escrow_id
         if self.meter is not None:
-            now_ms = int(time.time() * 1000)
-            try:
-                receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
-            except BaseException:
-                if escrow_id is not None and self.prepay is not None:
-                    self.prepay.unanswered.append(escrow_id)
-                raise
-            if receipt is not None:
-                extra = extra or {}
-                extra["r"] = receipt.encode()
+            extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
         with self._wlock:
             with self._lock:
                 try:
@@ -2057,16 +2071,7 @@ class AsyncRpcClient:
                 self.prepay.unanswered.append(escrow_id)
                 raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         if self.meter is not None:
-            now_ms = int(time.time() * 1000)
-            try:
-                receipt = self.meter.record(now_ms, requests=1) or self.meter.flush(now_ms)
-            except BaseException:
-                if escrow_id is not None and self.prepay is not None:
-                    self.prepay.unanswered.append(escrow_id)
-                raise
-            if receipt is not None:
-                extra = extra or {}
-                extra["r"] = receipt.encode()
+            extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
         try:
