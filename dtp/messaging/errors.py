@@ -46,6 +46,7 @@ __all__ = [
     "RemoteError",
     "ReplayedBroadcast",
     "RequestTooLarge",
+    "ResponseTooLarge",
     "RpcCancelled",
     "RpcConnectionLost",
     "RpcError",
@@ -153,9 +154,24 @@ class InternalError(RemoteError):
 
 
 class RequestTooLarge(RemoteError):
-    """Our request exceeded the remote side's size cap."""
+    """Our request exceeded the remote side's size cap (or, as the subclass
+    :class:`ResponseTooLarge`, its answer did)."""
 
     wire_code = MESSAGE_TOO_LARGE
+
+
+#: The message of the ``MESSAGE_TOO_LARGE`` error that answers a request whose result
+#: exceeds the server's size cap: it tells that error from a request over the cap, which
+#: has the same code (docs/messaging.md §2).
+RESPONSE_TOO_LARGE_TEXT: Final = "response exceeds the size cap"
+
+
+class ResponseTooLarge(RequestTooLarge):
+    """The remote handler's result exceeded the remote side's size cap, so it answered
+    with an error instead (wire code ``MESSAGE_TOO_LARGE``, message
+    :data:`RESPONSE_TOO_LARGE_TEXT`). A :class:`RequestTooLarge` (the class this error
+    was raised as before it had its own), so ``except RequestTooLarge`` still catches it.
+    An answer over *our* cap is :class:`MessageTooLarge` instead."""
 
 
 class DeadlineExceeded(RemoteError):
@@ -202,8 +218,12 @@ WIRE_CODES: Final[dict[int, type[RemoteError]]] = {
 
 
 def remote_error(code: int, message: str, data: Any = None) -> RemoteError:
-    """The typed exception for an error frame (unknown codes give :class:`RemoteError`)."""
+    """The typed exception for an error frame (unknown codes give :class:`RemoteError`;
+    ``MESSAGE_TOO_LARGE`` with :data:`RESPONSE_TOO_LARGE_TEXT` gives
+    :class:`ResponseTooLarge`)."""
     cls = WIRE_CODES.get(code, RemoteError)
+    if cls is RequestTooLarge and message == RESPONSE_TOO_LARGE_TEXT:
+        cls = ResponseTooLarge  # (the same code: only the message tells them apart)
     return cls(message, code, data)
 
 

@@ -391,7 +391,8 @@ class RpcProtocol:
         acknowledgement signs the hash of), or None when the request is no longer
         pending (cancelled, expired, or answered) and nothing was sent.
 
-        A result too large for the cap is replaced by a ``MESSAGE_TOO_LARGE`` error.
+        A result too large for the cap is replaced by a ``MESSAGE_TOO_LARGE`` error
+        (message ``E.RESPONSE_TOO_LARGE_TEXT``: the caller raises ResponseTooLarge).
         """
         if self._incoming.pop(request_id, _MISSING) is _MISSING:
             return None
@@ -401,7 +402,7 @@ class RpcProtocol:
             self._error_frame(request_id, E.INTERNAL_ERROR, _unencodable(exc))
             return None
         if len(body) > self.max_message_size:
-            self._error_frame(request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap")
+            self._error_frame(request_id, E.MESSAGE_TOO_LARGE, E.RESPONSE_TOO_LARGE_TEXT)
             return None
         self._out.append(len(body).to_bytes(4, "big") + body)
         return body
@@ -571,7 +572,7 @@ class RpcProtocol:
             return self._frame([ERROR, request_id, E.INTERNAL_ERROR, _unencodable(exc), None])
         if len(body) > self.max_message_size:
             return self._frame(
-                [ERROR, request_id, E.MESSAGE_TOO_LARGE, "response exceeds the size cap", None]
+                [ERROR, request_id, E.MESSAGE_TOO_LARGE, E.RESPONSE_TOO_LARGE_TEXT, None]
             )
         return len(body).to_bytes(4, "big") + body
 
