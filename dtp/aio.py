@@ -84,7 +84,8 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.keys import HostIdentity
-from dtp.metering import ConnectionIds, MeteringConfig
+from dtp.metering import MeteringConfig
+from dtp.served import served_connections
 from dtp.settlement import ClientPayment
 from dtp.socket import DRAIN_QUIET
 
@@ -1337,7 +1338,10 @@ class DTPServer:
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         limit: int = _LIMIT,
+        settle_on_close: bool = False,
     ) -> None:
+        # first: settle_on_close without ledger admission fails before anything starts
+        self._serving = served_connections(admit, identity, settle_on_close)
         self._limit = limit
         self._address_slots: AddressSlots[_Protocol] | None = (
             None
@@ -1348,7 +1352,6 @@ class DTPServer:
         self.identity = identity
         self._accept = accept
         self._admit = admit
-        self._serving = ConnectionIds()  # ledger connections served (LedgerAdmission)
         self._config = config
         self._server: asyncio.base_events.Server | None = None
         self._ledger_listener: LedgerListener | None = None
@@ -1624,10 +1627,11 @@ class DTPServer:
         limits, which the ledger checks only when a connection opens."""
         cid = peer.connection_id
         assert cid is not None  # (the ledger admitted it by this ID)
-        if not self._serving.reserve(cid):
-            return f"connection {cid} is already served: one DTP connection per ledger connection"
-        proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))
-        return None
+        refusal = self._serving.reserve(cid)
+        if refusal is None:
+            # (never blocks the loop: a settlement on close runs in a thread)
+            proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))
+        return refusal
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
@@ -1685,6 +1689,12 @@ class DTPServer:
         pending, self._ledger_pending = self._ledger_pending, None
         if pending is not None:
             self.listen_ledger(*pending)
+
+    async def wait_settled(self, timeout: float | None = None) -> bool:
+        """With ``settle_on_close``: wait until the ledger connections of the DTP
+        connections that ended so far are settled (True), or ``timeout`` seconds
+        (False). Without it there is nothing to wait for (True)."""
+        return await asyncio.to_thread(self._serving.wait_settled, timeout)
 
     def close(self) -> None:
         """Stop listening (connections already accepted go on; those still waiting for
@@ -1750,6 +1760,7 @@ async def start_server(
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     start_serving: bool = True,
     limit: int = _LIMIT,
+    settle_on_close: bool = False,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -1763,6 +1774,10 @@ async def start_server(
     with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.
+    ``settle_on_close=True`` closes and settles each ledger connection as its DTP
+    connection ends, refunding the client its whole deposit at once (by default the
+    ledger connection stays Open, for the client to reconnect on, until the half-close
+    timeout); see :func:`dtp.socket.create_server`.
 
     ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
     when ``host`` is None) the server also accepts connections that come over the ledger
@@ -1802,6 +1817,7 @@ async def start_server(
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
         limit=limit,
+        settle_on_close=settle_on_close,
     )
     if host is not None and port is not None:
         await server._start(host, port, backlog, start_serving)

@@ -85,7 +85,8 @@ from dtp.keys_ahead import (
     prepare_static_secret,
     take_anonymous_identity,
 )
-from dtp.metering import ConnectionIds, MeteringConfig
+from dtp.metering import MeteringConfig
+from dtp.served import served_connections
 from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
@@ -2291,12 +2292,16 @@ class DTPServer:
         max_pending: int = 128,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        settle_on_close: bool = False,
     ) -> None:
         """``accept``: hook given the client's verified Sui address; ``admit``: hook
         given a :class:`PeerInfo` (address plus the ledger connection ID and port the
         client named). Both run when both are given, ``accept`` first.
         ``max_handshakes_per_address`` / ``max_waiting_per_address``: see the class
-        docstring (ValueError below 1 / below 0)."""
+        docstring (ValueError below 1 / below 0). ``settle_on_close``: with a
+        :class:`~dtp.admission.LedgerAdmission` hook, close and settle each client's
+        ledger connection on the ledger as its DTP connection ends (see
+        :func:`create_server`; ValueError with another hook)."""
         # first: a bad cap must fail before we listen (and leave nothing open)
         self._address_slots: AddressSlots[tuple[_socket.socket, Any]] | None = (
             None
@@ -2306,7 +2311,7 @@ class DTPServer:
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
-        self._serving = ConnectionIds()  # ledger connections served (LedgerAdmission)
+        self._serving = served_connections(admit, identity, settle_on_close)
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
@@ -2671,10 +2676,10 @@ class DTPServer:
         limits, which the ledger checks only when a connection opens."""
         cid = peer.connection_id
         assert cid is not None  # (the ledger admitted it by this ID)
-        if not self._serving.reserve(cid):
-            return f"connection {cid} is already served: one DTP connection per ledger connection"
-        engine.on_release = functools.partial(self._serving.release, cid)
-        return None
+        refusal = self._serving.reserve(cid)
+        if refusal is None:
+            engine.on_release = functools.partial(self._serving.release, cid)
+        return refusal
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
@@ -2693,6 +2698,12 @@ class DTPServer:
             if reason is not None:
                 return reason
         return None
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """With ``settle_on_close``: wait until the ledger connections of the DTP
+        connections that ended so far are settled (True), or ``timeout`` seconds
+        (False). Without it there is nothing to wait for (True)."""
+        return self._serving.wait_settled(timeout)
 
     def accept(self, timeout: float | None = None) -> tuple[DTPSocket, str]:
         """Wait for the next accepted connection: (its first stream, client address)."""
@@ -2793,6 +2804,7 @@ def create_server(
     max_handshakes: int = 32,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    settle_on_close: bool = False,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -2802,10 +2814,15 @@ def create_server(
     ledger connection of theirs to this host and port with a funded escrow, and the
     host's firewall must permit them; others get ConnectionRefused with the reason. One
     DTP connection is served per ledger connection at a time. Such a server only
-    admits: it claims nothing and does not close its side of the ledger connection, so
-    a client's deposit waits for the half-close timeout (10 minutes) and the connection
-    counts against the host's limits until then -- a paid service is
-    :func:`serve`'s (which settles each connection as it ends).
+    admits: it claims nothing. By default it does not close its side of the ledger
+    connection either, so a client may reconnect on the same ledger connection, but its
+    deposit waits for the half-close timeout (10 minutes) and the connection counts
+    against the host's limits until then. ``settle_on_close=True`` closes and settles
+    each ledger connection as its DTP connection ends (in a thread of the server's: the
+    client is refunded its whole deposit at once; :meth:`DTPServer.wait_settled`);
+    ``identity`` must then be the host's authority. A paid service is :func:`serve`'s
+    (which claims what the client's receipts say and settles each connection as it
+    ends).
 
     ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
     ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts
@@ -2843,6 +2860,7 @@ def create_server(
         max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
+        settle_on_close=settle_on_close,
     )
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and port is not None
