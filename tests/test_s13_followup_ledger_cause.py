@@ -77,7 +77,8 @@ def _options() -> tuple[LedgerCarrierOptions, list[_Breakable]]:
         made.append(_Breakable(ledger))
         return made[-1]  # type: ignore[return-value]
 
-    return LedgerCarrierOptions(ledger_filter=wrap, peer_close_grace=0.2), made
+    # (outage_timeout 0: the first failure ends the carrier; see test_s14_ledger_outage)
+    return LedgerCarrierOptions(ledger_filter=wrap, peer_close_grace=0.2, outage_timeout=0), made
 
 
 def _says_why(exc: BaseException) -> None:

@@ -119,6 +119,13 @@ class LedgerCarrierOptions:
     to ``poll_max`` (other processes' transactions are only seen by polling)."""
     peer_close_grace: float = 1.0
     """Seconds to keep reading after the peer destroyed its pipe."""
+    outage_timeout: float = 30.0
+    """Seconds a connection rides out a ledger that does not answer (``LedgerUnavailable``:
+    a Sui node timing out or restarting, a LocalLedger file locked past its busy
+    timeout). Meanwhile what could not be posted is lost, as on any lossy link (the
+    connection retransmits it), and reading resumes where it stopped; the poll backs off
+    to ``poll_max``. An outage longer than this ends the carrier with the ledger's error
+    (0: the first failure does). Other ledger errors end it at once."""
     ledger_filter: Callable[[Ledger], Ledger] | None = None
     """Wraps the ledger each carrier uses (tests: fault injection at the ledger edge)."""
     retention_terms: str | None = None
@@ -153,6 +160,10 @@ class LedgerCarrierOptions:
             )
         if not 0 <= self.peer_close_grace < float("inf"):
             raise ValueError(f"peer_close_grace cannot be negative, not {self.peer_close_grace}")
+        if not 0 <= self.outage_timeout < float("inf"):
+            raise ValueError(
+                f"outage_timeout must be a finite number of seconds, not {self.outage_timeout}"
+            )
 
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
@@ -296,6 +307,8 @@ class LedgerBridge:
         self.records_delivered = 0
         self.records_malformed = 0
         self.records_confirmed = 0
+        #: times the ledger stopped answering and the carrier rode it out (or began to)
+        self.outages = 0
         self.name = f"dtp-ledger-{name}"
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._confirms: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
@@ -415,6 +428,7 @@ class LedgerBridge:
         app_closed = False
         write_failed = False
         peer_closed_at: float | None = None
+        outage: float | None = None  # when the ledger stopped answering
         while not self._stop.is_set():
             timer = carrier.get_timer()
             timeout = wait if timer is None else max(0.0, min(wait, timer - time.monotonic()))
@@ -422,32 +436,46 @@ class LedgerBridge:
             wlist = [sock] if out else []
             r, w = wait_ready(rlist, wlist, timeout)
             moved = False
-            if r:
-                data = _recv(sock)
-                if data is None:
-                    app_closed = True
-                elif data:
-                    inbuf += data
-                    records = _cut_records(inbuf)
-                    if records:
-                        carrier.send(records)
-                        self.records_posted += len(records)
-                        moved = True
-            if app_closed:
-                logger.debug("%s: the adapter closed its end", self._thread.name)
-                return  # the finally destroys our pipe: the peer sees PipeDestroyed
-            if w and out and not self._write_out(out):
-                write_failed = True
-            if len(out) < _OUT_HIGH_WATER:
-                for record in carrier.receive(0.0):
-                    if _valid_record(record):
-                        out += record
-                        self.records_delivered += 1
-                        moved = True
-                    else:
-                        self.records_malformed += 1
-            else:
-                carrier.poll()
+            try:
+                if r:
+                    data = _recv(sock)
+                    if data is None:
+                        app_closed = True
+                    elif data:
+                        inbuf += data
+                        records = _cut_records(inbuf)
+                        if records:
+                            carrier.send(records)
+                            self.records_posted += len(records)
+                            moved = True
+                if app_closed:
+                    logger.debug("%s: the adapter closed its end", self._thread.name)
+                    return  # the finally destroys our pipe: the peer sees PipeDestroyed
+                if w and out and not self._write_out(out):
+                    write_failed = True
+                if len(out) < _OUT_HIGH_WATER:
+                    for record in carrier.receive(0.0):
+                        if _valid_record(record):
+                            out += record
+                            self.records_delivered += 1
+                            moved = True
+                        else:
+                            self.records_malformed += 1
+                else:
+                    carrier.poll()
+            except ChainError as exc:
+                if not _unavailable(exc):
+                    raise
+                outage = self._ride_out(exc, outage)
+                wait = opts.poll_max
+                continue
+            if outage is not None:
+                logger.info(
+                    "%s: the ledger answers again after %.1f s",
+                    self.name,
+                    time.monotonic() - outage,
+                )
+                outage = None
             self._offer_confirmations()
             if out and not self._write_out(out):
                 write_failed = True
@@ -466,6 +494,25 @@ class LedgerBridge:
                     self._drain_until_closed(sock)
                     return
             wait = opts.poll_min if moved else min(wait * 2, opts.poll_max)
+
+    def _ride_out(self, exc: ChainError, since: float | None) -> float:
+        """The ledger did not answer (``exc``, LedgerUnavailable): when the outage began,
+        or ``exc`` raised again once it has lasted ``outage_timeout``. What the failed
+        call was posting is lost to the connection, which retransmits it."""
+        now = time.monotonic()
+        if since is None:
+            since = now
+            self.outages += 1
+            if self.options.outage_timeout > 0:
+                logger.warning(
+                    "%s: the ledger does not answer (%s); retrying for up to %.0f s",
+                    self.name,
+                    exc,
+                    self.options.outage_timeout,
+                )
+        if now - since >= self.options.outage_timeout:
+            raise exc
+        return since
 
     def _write_out(self, out: bytearray) -> bool:
         """Write what the adapter's end takes now; False if it is closed."""

@@ -1,0 +1,157 @@
+"""A ledger-carrier connection rides out a ledger that stops answering for a while
+(``LedgerUnavailable``: on Sui, one failed or timed-out RPC to the node): what could
+not be posted meanwhile is lost as on a lossy link and retransmitted by the connection,
+and reading resumes where it stopped. Only an outage longer than
+``LedgerCarrierOptions.outage_timeout`` ends the connection, with the ledger's error as
+the cause. Before, the first failed call ended it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.carriers.ledger_bridge import LedgerCarrierOptions
+from dtp.chain.ledger import Ledger
+from dtp.errors import ChainError, ConnectionLost, DTPError
+from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
+
+__all__ = ["host"]  # (the fixture, imported)
+
+
+class _Flaky:
+    """A ledger whose calls fail as an unreachable node's do while ``down`` is set."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.down = threading.Event()
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._ledger, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            if self.down.is_set():
+                self.failed += 1
+                raise ChainError("the node does not answer", name="LedgerUnavailable")
+            return attr(*args, **kw)
+
+        return call
+
+
+def _options(outage_timeout: float) -> tuple[LedgerCarrierOptions, list[_Flaky]]:
+    made: list[_Flaky] = []
+
+    def wrap(ledger: Ledger) -> Ledger:
+        made.append(_Flaky(ledger))
+        return made[-1]  # type: ignore[return-value]
+
+    options = LedgerCarrierOptions(
+        ledger_filter=wrap, peer_close_grace=0.2, outage_timeout=outage_timeout
+    )
+    return options, made
+
+
+class _Echo:
+    def __init__(self) -> None:
+        self.socks: list[dtp.socket.DTPSocket] = []
+
+    def __call__(self, sock: dtp.socket.DTPSocket) -> None:
+        self.socks.append(sock)
+        with contextlib.suppress(DTPError):
+            while data := sock.recv(1 << 16):
+                sock.sendall(data)
+
+    def abort(self) -> None:
+        for sock in self.socks:
+            sock.abort()
+
+
+def _recv_exactly(sock: dtp.socket.DTPSocket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        assert data, "the connection ended"
+        buf += data
+    return bytes(buf)
+
+
+def test_a_short_outage_loses_nothing(host: Host) -> None:
+    options, made = _options(outage_timeout=20.0)
+    echo = _Echo()
+    with (
+        server_in_thread(host, echo),
+        dtp.socket.create_connection(
+            host.address,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=30,
+            ledger_options=options,
+        ) as sock,
+    ):
+        try:
+            sock.sendall(b"hi")
+            assert _recv_exactly(sock, 2) == b"hi"
+            flaky = made[0]
+            flaky.down.set()
+            # written while the client's ledger is down: nothing can be posted or read
+            message = os.urandom(3000)
+            sock.sendall(message)
+            deadline = time.monotonic() + 10
+            while flaky.failed < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert flaky.failed >= 5  # the bridge kept trying
+            time.sleep(0.3)  # (an outage of a while: the bridge must keep riding it)
+            flaky.down.clear()
+            assert _recv_exactly(sock, len(message)) == message
+            sock.sendall(b"after")
+            assert _recv_exactly(sock, 5) == b"after"
+        finally:
+            echo.abort()
+
+
+def test_an_outage_past_the_timeout_ends_the_connection_with_the_cause(host: Host) -> None:
+    options, made = _options(outage_timeout=0.5)
+    echo = _Echo()
+    with (
+        server_in_thread(host, echo),
+        dtp.socket.create_connection(
+            host.address,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=15,
+            ledger_options=options,
+        ) as sock,
+    ):
+        try:
+            sock.sendall(b"hi")
+            assert _recv_exactly(sock, 2) == b"hi"
+            made[0].down.set()
+            started = time.monotonic()
+            with pytest.raises(ConnectionLost) as lost:
+                sock.recv(2)
+            assert time.monotonic() - started >= 0.45  # it waited out the timeout first
+        finally:
+            echo.abort()
+    assert "LedgerUnavailable" in str(lost.value)
+    causes = []
+    cause = lost.value.__cause__
+    while cause is not None and len(causes) < 5:
+        causes.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(c, ChainError) for c in causes), causes
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_outage_timeout_is_checked(bad: float) -> None:
+    with pytest.raises(ValueError, match="outage_timeout"):
+        LedgerCarrierOptions(outage_timeout=bad)
