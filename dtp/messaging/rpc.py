@@ -1875,10 +1875,32 @@ class _ServerStream:
         elif isinstance(event, ProtocolViolation):
             self.violations += 1
 
+    def dropped(self, event: RequestReceived, ctx: CallContext | None) -> bool:
+        """Whether the request of ``event`` ended before its handler started (the
+        client cancelled it, or its deadline passed: a request queued behind others,
+        in the pool or in a batch read); it is then forgotten, unanswered (the client
+        stopped waiting). Its handler must not run: the client was told the call was
+        cancelled or timed out, so it runs no side effects for it. (A dict lookup
+        without the lock, and a clock read for a request with a deadline, per
+        request.)"""
+        deadline = event.deadline
+        if event.request_id in self.proto._incoming and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            return False
+        with self.lock:
+            if ctx is not None:
+                self.contexts.pop(event.request_id, None)
+            self.proto.drop_request(event.request_id)
+        self.release_escrow(ctx)
+        return True
+
     def run_handler(
         self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
     ) -> None:
         request_id = event.request_id
+        if self.dropped(event, ctx):
+            return
         try:
             result = fn(event.params, ctx) if wants_ctx else fn(event.params)
         except Exception as exc:
@@ -1929,6 +1951,8 @@ class _ServerStream:
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
         """Run a handler that takes no context inline and queue its answer (the stream's
         thread only, no pool, no fees)."""
+        if self.dropped(event, None):
+            return
         try:
             result = fn(event.params)
         except Exception as exc:
