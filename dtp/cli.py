@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A terminal or pipe whose encoding lacks a character we print (the demo's ✓, a
+        # service named "café" in `dtp status`, under LANG=en_US.ISO-8859-1 or
+        # PYTHONIOENCODING=ascii) gets it escaped, as stderr does, not a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
