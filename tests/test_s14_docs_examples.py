@@ -724,3 +724,90 @@ def test_prose_calls_use_real_keywords(doc: str) -> None:
         if not any(_takes(obj, keywords) for obj in candidates):
             problems.append(f"{doc}: `{source}`: {name} takes no {sorted(keywords)}")
     assert not problems, "\n".join(problems)
+
+
+# -- the daemon's config tables ----------------------------------------------------------
+
+_MINIMAL_CONFIG = """
+[daemon]
+ledger = "l.sqlite"
+identity = "id.key"
+
+[[service]]
+name = "s"
+port = 1
+backends = ["127.0.0.1:2"]
+
+[[forward]]
+name = "f"
+listen = "127.0.0.1:0"
+target = "dtp://0x1:1"
+"""
+
+
+def _doc_default(cell: str) -> Any:
+    """A table's default cell as a value; ``_NOT_A_VALUE`` for prose ("required")."""
+    cell = cell.strip().strip("`")
+    if m := re.fullmatch(r"(\d+) MiB", cell):
+        return int(m.group(1)) << 20
+    try:
+        return ast.literal_eval(cell)
+    except (ValueError, SyntaxError):
+        return _NOT_A_VALUE
+
+
+_NOT_A_VALUE = object()
+
+
+def _daemon_table(text: str, heading: str) -> dict[str, str]:
+    """key -> default cell of the ``| key | default | |`` table under ``heading``."""
+    section = text[text.index(heading) :]
+    section = section[: section.index("\n\n", section.index("| key |"))]
+    rows: dict[str, str] = {}
+    for row in section.splitlines():
+        cells = row.split("|")
+        if len(cells) < 4 or not cells[1].strip().startswith("`"):
+            continue
+        for key in re.findall(r"`(\w+)`", cells[1]):
+            rows[key] = cells[2]
+    return rows
+
+
+def test_daemon_doc_defaults_are_the_parsers(tmp_path: Path) -> None:
+    """docs/daemon.md's config tables give the defaults a minimal file really gets."""
+    from dtp.daemon.config import parse_config
+
+    config = parse_config(_MINIMAL_CONFIG, tmp_path / "dtp.toml")
+    text = (ROOT / "docs" / "daemon.md").read_text(encoding="utf-8")
+    checked = 0
+    for heading, parsed in (
+        ("### `[daemon]`", config.daemon),
+        ("### `[[service]]`", config.services[0]),
+        ("### `[[forward]]`", config.forwards[0]),
+    ):
+        for key, cell in _daemon_table(text, heading).items():
+            stated = _doc_default(cell)
+            if stated is _NOT_A_VALUE:
+                continue
+            actual = getattr(parsed, key)
+            if isinstance(actual, Path):
+                actual = actual.name
+            elif isinstance(actual, tuple):
+                actual = list(actual)
+            elif key == "listen":
+                actual = f"{actual.host}:{actual.port}"
+            assert actual == stated, (
+                f"daemon.md {heading} {key}: says {cell.strip()}, is {actual!r}"
+            )
+            checked += 1
+    assert checked >= 15, checked
+
+
+def test_py_typed_ships() -> None:
+    """The package is marked typed for users' type checkers, in wheels and sdists."""
+    import tomllib
+
+    assert (ROOT / "dtp" / "py.typed").is_file()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["dtp"]
+    assert "include dtp/py.typed" in (ROOT / "MANIFEST.in").read_text(encoding="utf-8")
