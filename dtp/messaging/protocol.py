@@ -417,12 +417,25 @@ class RpcProtocol:
             if request_id not in self._incoming:
                 return False
             del self._incoming[request_id]
-        try:
-            frame = self._frame([ERROR, request_id, code, message, data])
-        except (E.PayloadTooLarge, TypeError):
-            frame = self._frame([ERROR, request_id, code, message[:200], None])
-        self._out.append(frame)
+        self._out.append(self._error_answer(request_id, code, message, data))
         return True
+
+    def _error_answer(self, request_id: int | None, code: int, message: str, data: Any) -> bytes:
+        """The ERROR frame for an answer: without ``data`` (and with the message cut to
+        200 characters) when that frame cannot be encoded or is over the cap, whatever
+        encoding raised (an int beyond 64 bits in ``data`` raises OverflowError): an
+        exception here went up through the server's loop, its request unanswered (the
+        stream ended, inline)."""
+        try:
+            return self._frame([ERROR, request_id, code, message, data])
+        except Exception:
+            pass
+        try:
+            return self._frame([ERROR, request_id, code, str(message)[:200], None])
+        except Exception:  # (the code itself: an int beyond 64 bits)
+            return self._frame(
+                [ERROR, request_id, E.INTERNAL_ERROR, "the error could not be encoded", None]
+            )
 
     def drop_request(self, request_id: int) -> bool:
         """Forget the peer's request ``request_id`` without answering it (the peer
@@ -579,10 +592,7 @@ class RpcProtocol:
     def error_frame(self, request_id: int, code: int, message: str, data: Any = None) -> bytes:
         """The frame answering a request from :meth:`take_request` with an error, as
         :meth:`send_error` would send it."""
-        try:
-            return self._frame([ERROR, request_id, code, message, data])
-        except (E.PayloadTooLarge, TypeError):
-            return self._frame([ERROR, request_id, code, message[:200], None])
+        return self._error_answer(request_id, code, message, data)
 
     def _frame(self, message: list[Any]) -> bytes:
         body: bytes = self._pack(message)
