@@ -811,3 +811,20 @@ def test_py_typed_ships() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["dtp"]
     assert "include dtp/py.typed" in (ROOT / "MANIFEST.in").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("doc", OWNED + READ_ONLY)
+def test_prose_methods_exist(doc: str) -> None:
+    """``LedgerCarrier.reclaim_storage()`` in the text: the class has that attribute."""
+    text = re.sub(r"^```.*?^```", "", (ROOT / doc).read_text(encoding="utf-8"), flags=re.S | re.M)
+    problems = []
+    for span in re.findall(r"`([^`]+)`", text):
+        m = re.fullmatch(r"([A-Z]\w+)\.([a-z_]\w*)(\(.*\))?", " ".join(span.split()))
+        if not m:
+            continue
+        classes = [c for c in _dtp_objects(m.group(1)) if isinstance(c, type)]
+        if classes and not any(
+            hasattr(c, m.group(2)) or m.group(2) in _instance_attributes(c) for c in classes
+        ):
+            problems.append(f"{doc}: `{span}`: {m.group(1)} has no {m.group(2)}")
+    assert not problems, "\n".join(problems)
