@@ -462,15 +462,19 @@ def cap_set_max_per_epoch(x: Exec, cap_id: str, max_per_epoch: int) -> None:
     x.emit("spending_cap", "SpendingCapChanged", {"cap": cap_id, "max_per_epoch": max_per_epoch})
 
 
-def _charge(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> None:
+def _charge(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, opened_under: int) -> None:
+    """``spending_cap::charge``: the limit is the higher of the cap's now and the one the
+    connection was opened under (its escrow recorded it), so that a lowering binds only
+    the connections opened after it."""
     if x.epoch != cap["epoch"]:
         cap["epoch"] = x.epoch
         cap["spent"] = 0
-    if cap["spent"] + amount > cap["max_per_epoch"]:
+    limit = max(opened_under, cap["max_per_epoch"])
+    if cap["spent"] + amount > limit:
         raise move_error(
             "spending_cap",
             "ESpendingCapExceeded",
-            f"cap {cap_id} has spent {cap['spent']} of {cap['max_per_epoch']} in epoch "
+            f"cap {cap_id} has spent {cap['spent']} of {limit} in epoch "
             f"{cap['epoch']}; {amount} more asked",
         )
     cap["spent"] += amount
@@ -559,7 +563,8 @@ def escrow_claim(
             f"{total_amount} MIST, {escrow['claimed']} already claimed from escrow {escrow_id}",
         )
     paid: int = total_amount - escrow["claimed"]
-    _charge(x, cap, cap_id, paid)
+    # (escrows stored before the field existed were opened under no recorded limit)
+    _charge(x, cap, cap_id, paid, escrow.get("cap_max_per_epoch", 0))
     escrow["claimed"] = total_amount
     escrow["latest_nonce"] = nonce
     escrow["funds"] -= paid
@@ -670,6 +675,8 @@ def tc_open(
             "client_public_key": public_key,
             "server": server,
             "spending_cap": cap_id,
+            # the limit this connection's claims keep even if the client lowers it later
+            "cap_max_per_epoch": cap["max_per_epoch"],
             "sla": sla,
             "funds": amount,
             "deposited": amount,

@@ -220,10 +220,21 @@ class SpendingCap:
     spent: int
     epoch: int
 
-    def remaining(self, current_epoch: int) -> int:
-        """MIST that can still be charged in ``current_epoch``."""
+    def remaining(self, current_epoch: int, opened_under: int = 0) -> int:
+        """MIST that can still be charged in ``current_epoch`` -- by the claims of a
+        connection opened when the limit was ``opened_under`` (its escrow's
+        :attr:`Escrow.cap_max_per_epoch`), for which the limit is the higher of that and
+        :attr:`max_per_epoch` (docs/escrow.md §4)."""
         spent = self.spent if current_epoch == self.epoch else 0
-        return max(0, self.max_per_epoch - spent)
+        return max(0, max(self.max_per_epoch, opened_under) - spent)
+
+    def secured(self, current_epoch: int, opened_under: int) -> int:
+        """What the claims of a connection opened under ``opened_under`` can be charged
+        in ``current_epoch`` whatever the owner sets the limit to from now on (a raise
+        can be taken back; the limit at open cannot): what a server may count receipts
+        against, less what other connections' claims on the cap take first."""
+        spent = self.spent if current_epoch == self.epoch else 0
+        return max(0, opened_under - spent)
 
 
 @dataclass(frozen=True)
@@ -280,6 +291,9 @@ class Escrow:
     refunded: int
     latest_nonce: int
     settled: bool
+    #: The spending cap's ``max_per_epoch`` when the connection opened: claims are
+    #: charged against the higher of this and the cap's limit now (docs/escrow.md §4).
+    cap_max_per_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -514,6 +528,7 @@ def object_from_fields(
             d["refunded"],
             d["latest_nonce"],
             d["settled"],
+            d.get("cap_max_per_epoch", 0),
         )
     if name == "Pipe":
         return Pipe(

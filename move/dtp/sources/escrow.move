@@ -80,6 +80,10 @@ public struct Escrow has key {
     server: address,
     /// The client's SpendingCap charged on every claim.
     spending_cap: ID,
+    /// The cap's `max_per_epoch` when the connection opened. Claims are charged against
+    /// the higher of this and the cap's limit now, so that the client cannot void the
+    /// receipts it signed by lowering its cap before the server claims them.
+    cap_max_per_epoch: u64,
     /// Fee terms fixed when the connection opened.
     sla: Sla,
     funds: Balance<SUI>,
@@ -132,6 +136,7 @@ public(package) fun create(
     client_public_key: vector<u8>,
     server: address,
     spending_cap: ID,
+    cap_max_per_epoch: u64,
     sla: Sla,
     deposit: Balance<SUI>,
     ctx: &mut TxContext,
@@ -146,6 +151,7 @@ public(package) fun create(
         client_public_key,
         server,
         spending_cap,
+        cap_max_per_epoch,
         sla,
         funds: deposit,
         deposited,
@@ -167,7 +173,8 @@ public(package) fun create(
 /// (`EReplayedReceipt`), the signature (`EBadSignature`), amount == fee of bytes and
 /// requests under the SLA (`EAmountMismatch`), amount <= deposited
 /// (`EReceiptExceedsDeposit`), amount >= claimed (`EReceiptNotCumulative`), then the
-/// spending cap (`ESpendingCapExceeded`).
+/// spending cap, under the higher of its limit now and the limit the connection was
+/// opened under (`ESpendingCapExceeded`).
 public fun claim(
     escrow: &mut Escrow,
     cap: &mut SpendingCap,
@@ -201,7 +208,7 @@ public fun claim(
     assert!(total_amount >= escrow.claimed, EReceiptNotCumulative);
 
     let paid = total_amount - escrow.claimed;
-    cap.charge(paid, ctx);
+    cap.charge(paid, escrow.cap_max_per_epoch, ctx);
     escrow.claimed = total_amount;
     escrow.latest_nonce = nonce;
     if (paid > 0) {
@@ -296,6 +303,9 @@ public fun client_public_key(escrow: &Escrow): vector<u8> { escrow.client_public
 public fun server(escrow: &Escrow): address { escrow.server }
 
 public fun spending_cap(escrow: &Escrow): ID { escrow.spending_cap }
+
+/// The spending cap's `max_per_epoch` when the connection opened.
+public fun cap_max_per_epoch(escrow: &Escrow): u64 { escrow.cap_max_per_epoch }
 
 public fun sla(escrow: &Escrow): Sla { escrow.sla }
 

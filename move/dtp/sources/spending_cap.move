@@ -2,8 +2,11 @@
 ///
 /// Every connection's escrow is bound to one `SpendingCap` of its client; each payment
 /// the server claims from the escrow is charged to that cap, and a claim that would push
-/// the epoch's spending above `max_per_epoch` aborts with `ESpendingCapExceeded` (the
-/// server may claim again in a later epoch: receipts are cumulative).
+/// the epoch's spending above the limit aborts with `ESpendingCapExceeded` (the server
+/// may claim again in a later epoch: receipts are cumulative). The limit of a claim is
+/// the higher of `max_per_epoch` and the value it had when the connection opened, which
+/// the escrow records: lowering the cap binds the connections opened after it, and can
+/// no longer void receipts the client signed on an open connection.
 ///
 /// The cap belongs to its client: only `owner` can raise or lower the limit. It is a
 /// *shared* object rather than an address-owned one because the charge happens inside
@@ -63,21 +66,32 @@ public fun create(max_per_epoch: u64, ctx: &mut TxContext): ID {
     cap_id
 }
 
-/// Raise or lower the limit. Takes effect at once, also for the current epoch.
+/// Raise or lower the limit. A raise takes effect at once, also for the current epoch and
+/// the connections already open; a lowering binds the connections opened after it: one
+/// already open is charged against the limit it was opened under when that is higher
+/// (`charge`), so that lowering the cap cannot void the receipts the client
+/// signed for service it had.
 public fun set_max_per_epoch(cap: &mut SpendingCap, max_per_epoch: u64, ctx: &TxContext) {
     assert!(ctx.sender() == cap.owner, ENotCapOwner);
     cap.max_per_epoch = max_per_epoch;
     event::emit(SpendingCapChanged { cap: object::id(cap), max_per_epoch });
 }
 
-/// Charge `amount` MIST to the current epoch; the count restarts from zero in a new
-/// epoch. Aborts with `ESpendingCapExceeded` when the epoch's total would exceed the cap.
-public(package) fun charge(cap: &mut SpendingCap, amount: u64, ctx: &TxContext) {
+/// Charge `amount` MIST to the current epoch for a connection opened when the cap's limit
+/// was `opened_under` (its escrow recorded it); the count restarts from zero in a new
+/// epoch. Aborts with `ESpendingCapExceeded` when the epoch's total would exceed the
+/// higher of `opened_under` and `max_per_epoch`: a lowering after the open never refuses
+/// the connection's claims, and the epoch's total stays bounded by the highest limit an
+/// open connection was opened under.
+public(package) fun charge(
+    cap: &mut SpendingCap,
+    amount: u64,
+    opened_under: u64,
+    ctx: &TxContext,
+) {
     cap.roll_epoch(ctx.epoch());
-    assert!(
-        amount <= cap.max_per_epoch && cap.spent <= cap.max_per_epoch - amount,
-        ESpendingCapExceeded,
-    );
+    let limit = if (opened_under > cap.max_per_epoch) opened_under else cap.max_per_epoch;
+    assert!(amount <= limit && cap.spent <= limit - amount, ESpendingCapExceeded);
     cap.spent = cap.spent + amount;
     event::emit(SpendingCapCharged {
         cap: object::id(cap),

@@ -187,6 +187,8 @@ fun open_with(
         client_public_key,
         server,
         object::id(cap),
+        // the limit this connection's claims keep even if the client lowers it later
+        cap.max_per_epoch(),
         sla,
         deposit.into_balance(),
         ctx,
