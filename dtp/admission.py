@@ -100,6 +100,9 @@ class ResolvedService:
     service: Service
     endpoint: tuple[str, int] | None
     """The first TCP endpoint of the host; None when the ledger carrier is to be used."""
+    alternates: tuple[tuple[str, int], ...] = ()
+    """The host's other TCP endpoints, in published order: tried in turn when
+    ``endpoint`` does not answer."""
 
 
 _T = TypeVar("_T")
@@ -210,7 +213,7 @@ def resolve_service(
             name="InsufficientBalance",
             module="sui",
         )
-    return ResolvedService(host, service, endpoints[0] if endpoints else None)
+    return ResolvedService(host, service, endpoints[0] if endpoints else None, tuple(endpoints[1:]))
 
 
 class Admitted(NamedTuple):
@@ -396,6 +399,14 @@ class PreparedConnection:
     pending_open: PendingOpen | None = None
     """With ``defer_open``: the signed open, to execute while the server works on the
     first handshake message (``connection_id`` and ``escrow_id`` are its)."""
+    alternates: tuple[tuple[str, int], ...] = ()
+    """The host's other TCP endpoints, tried in turn when ``endpoint`` does not answer
+    (:func:`~dtp.carriers.tcp.connect_any`)."""
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every TCP endpoint to try, in order (empty: the ledger carrier)."""
+        return () if self.endpoint is None else (self.endpoint, *self.alternates)
 
     @property
     def carrier(self) -> Literal["tcp", "ledger"]:
@@ -557,6 +568,7 @@ def prepare_host_connection(
         opened,
         cap_id,
         pending,
+        resolved.alternates,
     )
 
 

@@ -64,7 +64,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp
+from dtp.carriers.tcp import PendingTcp, connect_any
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
@@ -1175,14 +1175,14 @@ async def _open_by_host_id(
             )
             writer._proto.peername = bridge.peername
         else:
-            tcp = None
-            if early is not None:
-                pending_tcp = early
-                tcp = await _threaded_or_released(
-                    lambda: pending_tcp.finish(timeout), lambda sock: sock.close()
-                )
+            # the host's endpoints in turn until one answers (each with the timeout)
+            pending_tcp = early
+            tcp, reached = await _threaded_or_released(
+                lambda: connect_any(pending_tcp, prepared.endpoints, timeout),
+                lambda made: made[0].close(),
+            )
             reader, writer = await _open(
-                *prepared.endpoint, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
+                *reached, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
             )
     except BaseException as exc:
         if early is not None:

@@ -61,7 +61,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import connect_any, connect_tcp, listen_tcp, tune
 from dtp.connection import DATAGRAM_SEND_BACKLOG, CloseCode, Connection, ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.errors import (
@@ -2120,9 +2120,11 @@ def _connect_by_host_id(
                 while_waiting=while_waiting,
             )
         else:
-            tcp = early.finish(timeout) if early is not None else None
+            # the host's endpoints in turn until one answers (each with the timeout)
+            tcp, reached = connect_any(early, prepared.endpoints, timeout)
+            early = None  # (finished: what it made is tcp, or closed)
             sock = _connect(
-                prepared.endpoint,
+                reached,
                 timeout,
                 prepared.config,
                 name=str(address),

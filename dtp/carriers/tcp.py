@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+from collections.abc import Sequence
 
 from dtp._poll import wait_ready
 from dtp.errors import ConnectionLost, DTPTimeoutError
+
+logger = logging.getLogger(__name__)
 
 
 def tune(sock: socket.socket) -> None:
@@ -84,6 +88,39 @@ class PendingTcp:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+def connect_any(
+    first: PendingTcp | None,
+    addresses: Sequence[tuple[str, int]],
+    timeout: float | None,
+) -> tuple[socket.socket, tuple[str, int]]:
+    """Connect to the first of ``addresses`` that answers, in order, as
+    :func:`socket.create_connection` tries a name's addresses: a host may publish
+    several endpoints (IPv4 and IPv6, a LAN and a public address), not all reachable
+    from every client. ``first``: a connect to ``addresses[0]`` already started
+    (:class:`PendingTcp`). ``timeout`` applies to each attempt. Returns the tuned socket
+    and the address it reached; when none answers, raises the last attempt's error
+    (:class:`ConnectionLost` or :class:`DTPTimeoutError`) naming them all."""
+    if not addresses:
+        raise ValueError("no address to connect to")
+    failures: list[str] = []
+    last: ConnectionLost | DTPTimeoutError | None = None
+    for i, address in enumerate(addresses):
+        try:
+            if i == 0 and first is not None:
+                return first.finish(timeout), address
+            return connect_tcp(address, timeout), address
+        except (ConnectionLost, DTPTimeoutError) as exc:
+            last = exc
+            failures.append(str(exc))
+            if i + 1 < len(addresses):
+                logger.info("%s; trying the next endpoint", exc)
+    assert last is not None
+    if len(addresses) == 1:
+        raise last
+    error = type(last)(f"no endpoint answered: {'; '.join(failures)}")
+    raise error from last
 
 
 def listen_tcp(address: tuple[str, int], backlog: int = 128) -> socket.socket:
