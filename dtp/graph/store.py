@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -168,6 +169,10 @@ class MergeReport:
     """Updates ahead of the clock that found the deferred queue full."""
     refused: int = 0
     """Updates refused by the ownership rule (unsigned, badly signed, bad soul)."""
+    dropped_leaves: Mapping[int, float] = dataclasses.field(default_factory=dict, repr=False)
+    """The summary leaves (:func:`soul_leaf`) of the dropped updates, each with the
+    smallest state dropped in it: a sync session asks its peer for those leaves again
+    once the clock reaches that state (at most 65,536 entries, whatever the batch)."""
 
 
 class Subscription:
@@ -579,15 +584,16 @@ class Graph:
                 self._advance_due(changes)
                 result = self._table.merge(filtered, self.clock.machine_state())
                 statuses = result.statuses
-                if HAM_DEFERRED in statuses:
+                dropped_leaves: dict[int, float] = {}
+                if HAM_DEFERRED in statuses or HAM_REJECTED in statuses:
                     # (the merge validated the batch: the lean reader may walk it)
-                    self._track_deferred(
-                        [
-                            e[2]
-                            for e, st in zip(entries(filtered), statuses, strict=True)
-                            if st == HAM_DEFERRED
-                        ]
-                    )
+                    walked = list(zip(entries(filtered), statuses, strict=True))
+                    self._track_deferred([e[2] for e, st in walked if st == HAM_DEFERRED])
+                    for e, st in walked:
+                        if st == HAM_REJECTED:
+                            leaf = soul_leaf(e[0])
+                            if e[2] < dropped_leaves.get(leaf, math.inf):
+                                dropped_leaves[leaf] = e[2]
                 report = MergeReport(
                     applied=statuses.count(HAM_APPLIED),
                     historical=statuses.count(HAM_HISTORICAL),
@@ -595,6 +601,7 @@ class Graph:
                     deferred=statuses.count(HAM_DEFERRED),
                     dropped=statuses.count(HAM_REJECTED),
                     refused=sum(refused.values()),
+                    dropped_leaves=dropped_leaves,
                 )
                 st = self.stats
                 st["merged_batches"] += 1
@@ -949,6 +956,26 @@ class Graph:
             self._check_open()
             batches = list(self._table.export(max_batch_bytes))
         yield from batches
+
+    def export_stream(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The whole table as canonical batches, made one at a time as they are asked
+        for (each under the lock), so that at most one is held; for a sync session's
+        push, which must not hold a copy of the table while its peer reads.
+
+        Values may change between batches (each carries the value current when it is
+        made). A field added between two of them makes the next one raise RuntimeError:
+        adding may move the table's entries, so the rest of the walk would skip some.
+        LocalProtocolError once the graph is closed."""
+        with self._lock:
+            self._check_open()
+            batches = self._table.export(max_batch_bytes)
+        while True:
+            with self._lock:
+                self._check_open()
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
 
     # -- persistence ------------------------------------------------------------------------------
 

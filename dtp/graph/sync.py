@@ -16,6 +16,11 @@ same machine:
    peer's END means everything the peer had at the start has arrived.
 4. From the start on, every change to the local table (a local write, or a merge from
    a third peer) is forwarded as DATA -- the live phase needs no further message.
+5. An update of the peer's dropped because the deferred queue was full is asked for
+   again (WANT: the leaves to push again) once the clock reaches its state.
+
+Pushes are made as the peer reads (:meth:`SyncSession.data_to_send`, a batch at a time),
+so a session holds about one batch of its push whatever the table's size.
 
 Peers already in sync exchange two HELLOs and two ENDs. A fresh peer receives the table
 straight from the HAM export (batches of about 1 MiB, one C call each side).
@@ -30,27 +35,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgpack
 
 from dtp.errors import DTPError, ErrorCode, RemoteProtocolError
 from dtp.graph._batch import batch_count, entries
-from dtp.graph.store import FANOUT_BITS, LEAF_LEVEL, Graph
+from dtp.graph.store import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL, Graph
 
 VERSION = 1
-HELLO, SUM, DATA, END = 1, 2, 3, 4
+HELLO, SUM, DATA, END, WANT = 1, 2, 3, 4, 5
 SMALL = 64
 """Nodes holding at most this many fields (both sides together) are pushed whole."""
 MAX_MESSAGE = 4 << 20
 """Default cap of one message (HAM export batches are about 1 MiB)."""
 _LEN = struct.Struct(">I")
 _U64 = 1 << 64
+_PUSH_LOW = 1 << 20  # a push makes its next batch once less than this is queued
+_PUSH_FIELDS = 4096  # fields of summary nodes pushed in one step (about one batch)
+_WANT_LEAVES = 1024  # leaves listed in one WANT message (about 3 KiB)
+_LEAVES = 1 << LEAF_BITS
 
 
 class GraphSyncError(RemoteProtocolError):
@@ -139,6 +149,23 @@ class SyncSession:
         self.peer_root: tuple[int, int] | None = None
         self.peer_replica: bytes | None = None
         self._sent: dict[tuple[int, int], Summary] = {}  # my child summaries, awaiting theirs
+        # The comparison's pushes are made as the peer reads (data_to_send), not queued
+        # whole: a fresh peer's HELLO would otherwise queue a copy of the table, twice
+        # its size, at once. ``_lock`` guards them and the END decision: the reader
+        # thread adds pushes, the writer thread makes them. (Lock order: this lock,
+        # then the graph's; nothing under the graph's lock takes this one.)
+        self._lock = threading.RLock()
+        self._pushes: deque[tuple[int, int, int]] = deque()  # (level, prefix, fields)
+        self._export: Iterator[bytes] | None = None  # the whole-table push under way
+        self._push_everything = False  # the whole table is (being) pushed: nodes are not
+        # Leaves the peer asked for again (WANT), in order; at most _LEAVES of them.
+        self._peer_wants: dict[int, None] = {}
+        # Updates of the peer's that we dropped (the deferred queue was full): leaf ->
+        # the smallest such state. Once the clock passes it the update would be merged,
+        # not deferred: the leaf is then asked for again (WANT). At most _LEAVES entries,
+        # whatever the peer sends.
+        self._wanted: dict[int, float] = {}
+        self._want_at = math.inf  # the smallest state in _wanted
         self.end_sent = False
         self.end_received = False
         self.stats: dict[str, int] = {
@@ -149,6 +176,8 @@ class SyncSession:
             "batches_sent": 0,
             "batches_received": 0,
             "summaries_sent": 0,
+            "wants_sent": 0,
+            "wants_received": 0,
         }
 
     # -- the caller's side --------------------------------------------------------------------
@@ -168,7 +197,18 @@ class SyncSession:
         return self.end_sent and self.end_received
 
     def data_to_send(self) -> bytes:
-        """Everything queued for the peer (empties the queue)."""
+        """Everything queued for the peer (empties the queue).
+
+        Pushes (the comparison's, and the leaves the peer asked for again) are made
+        here, a batch at a time while little is queued: what the session holds stays
+        about one batch however large the table, and it grows only as the caller sends
+        (flow control)."""
+        if (
+            self._queued < _PUSH_LOW
+            and (self._pushes or self._export is not None or self._peer_wants)
+            and not self._closed
+        ):
+            self._push_step()
         with self._out_lock:
             if not self._out:
                 return b""
@@ -206,6 +246,8 @@ class SyncSession:
                 body = bytes(buf[pos + 4 : pos + 4 + size])
                 pos += 4 + size
                 self._handle(body)
+            if self._wanted:
+                self.handle_timer()
         except BaseException as exc:
             self.failed = exc
             self.close()
@@ -213,11 +255,41 @@ class SyncSession:
         finally:
             del buf[:pos]
 
+    def handle_timer(self, machine_state: float | None = None) -> int:
+        """Ask the peer again (WANT) for the leaves of its updates that we dropped and
+        whose state the clock has now reached (``machine_state``: the graph's clock by
+        default); returns how many leaves were asked for. The runners call it every
+        tick, and :meth:`receive_data` while any are waiting.
+
+        An update ahead of the clock that finds the deferred queue full is dropped (a
+        hostile peer may keep it full): once the clock reaches its state it is merged
+        without being deferred, so the peer's fields of that leaf are asked for again
+        then -- not before, or they would be dropped again."""
+        if not self._wanted or self._closed:
+            return 0
+        now = self.graph.clock.machine_state() if machine_state is None else machine_state
+        if now < self._want_at:
+            return 0
+        with self._lock:
+            due = sorted(leaf for leaf, state in self._wanted.items() if state <= now)
+            for leaf in due:
+                del self._wanted[leaf]
+            self._want_at = min(self._wanted.values(), default=math.inf)
+        for i in range(0, len(due), _WANT_LEAVES):
+            self.stats["wants_sent"] += 1
+            self._send([WANT, due[i : i + _WANT_LEAVES]])
+        return len(due)
+
     def close(self) -> None:
         """Stop forwarding changes (idempotent)."""
         if not self._closed:
             self._closed = True
             self.graph.remove_listener(self)
+            with self._lock:
+                # (what was still to push is not pushed any more)
+                self._pushes.clear()
+                self._export = None
+                self._peer_wants.clear()
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -281,15 +353,42 @@ class SyncSession:
             if len(message) != 2 or not isinstance(message[1], bytes):
                 raise _fail("DATA is [3, batch]")
             self.stats["batches_received"] += 1
-            self.graph.merge(message[1], origin=self)
+            report = self.graph.merge(message[1], origin=self)
+            if report.dropped_leaves:
+                self._note_dropped(report.dropped_leaves)
         elif kind == SUM:
             self._on_sum(message)
+        elif kind == WANT:
+            self._on_want(message)
         elif kind == END:
             if len(message) != 1 or self.end_received:
                 raise _fail("END is [4], once")
             self.end_received = True
         else:
             raise _fail(f"unknown message type {kind}")
+
+    def _note_dropped(self, dropped: Mapping[int, float]) -> None:
+        """Remember to ask again for the leaves of updates the merge dropped."""
+        with self._lock:
+            wanted = self._wanted
+            for leaf, state in dropped.items():
+                old = wanted.get(leaf)
+                if old is None or state < old:
+                    wanted[leaf] = state
+                if state < self._want_at:
+                    self._want_at = state
+
+    def _on_want(self, message: list[Any]) -> None:
+        leaves = message[1] if len(message) == 2 else None
+        if not isinstance(leaves, list) or len(leaves) > _LEAVES:
+            raise _fail("WANT is [5, [leaf, ...]]")
+        for leaf in leaves:
+            if type(leaf) is not int or not 0 <= leaf < _LEAVES:
+                raise _fail("bad WANT leaf")
+        self.stats["wants_received"] += 1
+        with self._lock:
+            # (a set: a peer asking again and again costs no more than all leaves once)
+            self._peer_wants.update(dict.fromkeys(leaves))
 
     def _on_hello(self, message: list[Any]) -> None:
         if self.peer_root is not None:
@@ -307,17 +406,22 @@ class SyncSession:
         self.peer_replica = message[2]
         self.peer_root = (message[4], message[3])
         mine = self._my_root
-        if _differs(mine, self.peer_root):
-            if _push_whole(0, mine, self.peer_root):
-                if mine[1]:
-                    self._push_all()
-            else:
-                self._descend(0, 0)
-        self._maybe_end()
+        with self._lock:
+            if _differs(mine, self.peer_root):
+                if _push_whole(0, mine, self.peer_root):
+                    if mine[1]:
+                        self._push_all()
+                else:
+                    self._descend(0, 0)
+            self._maybe_end()
 
     def _on_sum(self, message: list[Any]) -> None:
         if len(message) != 4 or not _is_count(message[1]) or not _is_count(message[2]):
             raise _fail("SUM is [2, level, prefix, [[child, digest, count], ...]]")
+        with self._lock:
+            self._on_sum_locked(message)
+
+    def _on_sum_locked(self, message: list[Any]) -> None:
         level, prefix, items = message[1], message[2], message[3]
         mine = self._sent.pop((level, prefix), None)
         if mine is None:
@@ -341,7 +445,7 @@ class SyncSession:
                 raise _fail(f"SUM lists child {item[0]} twice")
             theirs[item[0]] = (item[1], item[2])
         child_level = level + 1
-        push: list[tuple[int, int]] = []
+        push: list[tuple[int, int, int]] = []
         pushed = 0
         for child in sorted(set(mine) | set(theirs)):
             a, b = mine.get(child, (0, 0)), theirs.get(child, (0, 0))
@@ -349,16 +453,15 @@ class SyncSession:
                 continue
             if _push_whole(child_level, a, b):
                 if a[1]:
-                    push.append((child_level, child))
+                    push.append((child_level, child, a[1]))
                     pushed += a[1]
             else:
                 self._descend(child_level, child)
         if push:
             if pushed * 2 > len(self.graph):
                 self._push_all()  # cheaper from the C export than field by field
-            else:
-                for batch in self.graph.node_batches(push):
-                    self._send_batch(batch)
+            elif not self._push_everything:
+                self._pushes.extend(push)
         self._maybe_end()
 
     def _descend(self, level: int, prefix: int) -> None:
@@ -368,12 +471,69 @@ class SyncSession:
         self._send([SUM, level, prefix, [[c, d, n] for c, (d, n) in sorted(children.items())]])
 
     def _push_all(self) -> None:
-        for batch in self.graph.export():
-            if batch_count(batch):
-                self._send_batch(batch)
+        """Push the whole table (lock held): from the C export, a batch per step.
+
+        Once: it holds every field present when the session began listening, and
+        every change since is forwarded live -- any node push is covered too."""
+        if not self._push_everything:
+            self._push_everything = True
+            self._pushes.clear()
+            self._export = self.graph.export_stream()
+
+    def _push_step(self) -> None:
+        """Make the next batch of what is to be pushed (the writer's thread)."""
+        leaves: list[int] = []
+        with self._lock:
+            if self._closed:
+                return
+            if self._export is not None:
+                try:
+                    batch = next(self._export, None)
+                except RuntimeError:
+                    # the table gained a field since the last batch: the export's walk
+                    # would skip entries. Go on by summary nodes, which new fields do
+                    # not disturb (those were forwarded live): every level-1 node,
+                    # again from the start -- at most one more pass over the table.
+                    self._export = None
+                    for prefix, (_, n) in sorted(self.graph.child_summaries(0, 0).items()):
+                        self._pushes.append((1, prefix, n))
+                    self._maybe_end()
+                    return
+                if batch is None:
+                    self._export = None
+                    self._maybe_end()
+                elif batch_count(batch):
+                    self._send_batch(batch)
+                return
+            if self._pushes:
+                nodes: list[tuple[int, int]] = []
+                fields = 0
+                while self._pushes and (not nodes or fields + self._pushes[0][2] <= _PUSH_FIELDS):
+                    level, prefix, n = self._pushes.popleft()
+                    nodes.append((level, prefix))
+                    fields += n
+                for batch in self.graph.node_batches(nodes):
+                    self._send_batch(batch)
+                self._maybe_end()
+                return
+            if self._peer_wants:
+                leaves = list(itertools.islice(self._peer_wants, _WANT_LEAVES))
+                for leaf in leaves:
+                    del self._peer_wants[leaf]
+        if not leaves:
+            return
+        for batch in self.graph.node_batches([(LEAF_LEVEL, leaf) for leaf in leaves]):
+            self._send_batch(batch)
 
     def _maybe_end(self) -> None:
-        if not self.end_sent and not self._sent and self.peer_root is not None:
+        """Send END once every SUM sent was answered and every push made (lock held)."""
+        if (
+            not self.end_sent
+            and not self._sent
+            and self.peer_root is not None
+            and not self._pushes
+            and self._export is None
+        ):
             self.end_sent = True
             self._send([END])
 
@@ -410,6 +570,7 @@ def sync_blocking(
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = threading.Event()
     stop = threading.Event()
+    ended_here = threading.Event()  # our END is queued (the reader may stop reading)
     failure: list[BaseException] = []
 
     aborting = threading.Event()
@@ -420,6 +581,8 @@ def sync_blocking(
 
     def on_output() -> None:
         wake.set()
+        if session.end_sent:
+            ended_here.set()
         if session.lagging and not aborting.is_set():
             # the writer may be blocked in sendall for as long as the peer does not
             # read (the data of the first exchange is not bounded by the backlog): it
@@ -448,6 +611,7 @@ def sync_blocking(
                     return
                 if not wake.wait(tick):
                     graph.advance()
+                    session.handle_timer()
                 wake.clear()
         except BaseException as exc:
             failure.append(exc)
@@ -465,6 +629,14 @@ def sync_blocking(
         while not (until_synced and session.synced):
             if failure:
                 raise failure[0]
+            if until_synced and session.end_received:
+                # the peer is done; our END follows our pushes, which the writer makes
+                # as the peer reads. A peer that stays connected (a live server) sends
+                # nothing more: wait for the writer, not in recv.
+                if not thread.is_alive():
+                    break
+                ended_here.wait(tick)
+                continue
             n = sock.recv_into(buf)
             if not n:
                 break
@@ -524,29 +696,59 @@ def connect(
         return sync_blocking(graph, sock, until_synced=until_synced)
 
 
+MAX_SESSIONS = 64
+"""GraphServer's default cap of sessions running at once."""
+
+
 class GraphServer:
     """Serve a graph over DTP: every connection runs a live sync session in a thread.
 
     ``server.address`` is where peers connect; ``server.noise_public_key`` is their
     ``server_key``. :attr:`sessions` counts finished sessions, :attr:`errors` those that
-    ended with a protocol error.
+    ended with a protocol error. At most ``max_sessions`` run at once (each holds a
+    thread, buffers and up to its backlog of changes): a connection beyond them is
+    closed at once with the reason ``"graph server busy: ..."`` (the peer's
+    ``connect()`` raises :class:`~dtp.errors.ConnectionClosed` with it) and counted in
+    :attr:`refused`. Other keyword arguments go to :func:`dtp.socket.create_server`.
     """
 
-    def __init__(self, graph: Graph, address: tuple[str, int], identity: Any, **kw: Any) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        address: tuple[str, int],
+        identity: Any,
+        *,
+        max_sessions: int = MAX_SESSIONS,
+        **kw: Any,
+    ) -> None:
         import dtp.socket
 
+        _check_int("max_sessions", max_sessions, 1)
         self.graph = graph
+        self.max_sessions = max_sessions
+        self.sessions = 0
+        self.errors = 0
+        self.refused = 0
+        self.active = 0  # sessions running now
+        self._count_lock = threading.Lock()
         self._server = dtp.socket.create_server(address, identity=identity, **kw)
         self.address = self._server.address
         self.noise_public_key = self._server.noise_public_key
-        self.sessions = 0
-        self.errors = 0
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(self._handle,), daemon=True
         )
         self._thread.start()
 
     def _handle(self, sock: Any) -> None:
+        with self._count_lock:
+            busy = self.active >= self.max_sessions
+            if busy:
+                self.refused += 1
+            else:
+                self.active += 1
+        if busy:
+            sock.abort(f"graph server busy: {self.max_sessions} sessions already running")
+            return
         try:
             sync_blocking(self.graph, sock)
         except RemoteProtocolError:
@@ -555,7 +757,9 @@ class GraphServer:
         except DTPError:
             pass
         finally:
-            self.sessions += 1
+            with self._count_lock:
+                self.active -= 1
+                self.sessions += 1
 
     def close(self) -> None:
         """Stop accepting (sessions already running end when their peers leave)."""
@@ -590,10 +794,13 @@ async def sync_stream(
     loop = asyncio.get_running_loop()
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = asyncio.Event()
+    ended_here = asyncio.Event()  # our END is queued (the reader may stop reading)
     done = False
 
     def kick() -> None:
         wake.set()
+        if session.end_sent:
+            ended_here.set()
         if session.lagging and not writer.is_closing():
             # pump() may be waiting in drain() for as long as the peer does not read:
             # it would never come back to see ``lagging``. Ending the stream frees it
@@ -626,6 +833,7 @@ async def sync_stream(
                     await asyncio.wait_for(wake.wait(), tick)
                 except TimeoutError:
                     graph.advance()
+                    session.handle_timer()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -641,6 +849,15 @@ async def sync_stream(
         while not (until_synced and session.synced):
             if out.done():
                 out.result()  # the write side failed: raise it
+            if until_synced and session.end_received:
+                # our END follows our pushes, which pump() makes as the peer reads; a
+                # peer that stays connected sends nothing more: wait for pump()
+                waiter = asyncio.ensure_future(ended_here.wait())
+                try:
+                    await asyncio.wait({out, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                continue
             data = await reader.read(1 << 20)
             if not data:
                 break
@@ -675,9 +892,11 @@ __all__ = [
     "END",
     "HELLO",
     "MAX_MESSAGE",
+    "MAX_SESSIONS",
     "SMALL",
     "SUM",
     "VERSION",
+    "WANT",
     "GraphServer",
     "GraphSyncError",
     "SyncSession",
