@@ -828,3 +828,114 @@ def test_prose_methods_exist(doc: str) -> None:
         ):
             problems.append(f"{doc}: `{span}`: {m.group(1)} has no {m.group(2)}")
     assert not problems, "\n".join(problems)
+
+
+# -- what the docs tell users to import --------------------------------------------------
+
+#: Public methods, of classes the docs name, that have no docstring yet (in files this
+#: test's owner does not edit; reported). New gaps fail the test; fixed ones may go.
+KNOWN_UNDOCUMENTED = {
+    "dtp.paid.PaidSocket." + m
+    for m in (
+        "recv",
+        "recv_into",
+        "send",
+        "sendall",
+        "send_datagram",
+        "send_datagrams",
+        "recv_datagram",
+        "recv_datagrams",
+        "open_stream",
+        "close",
+    )
+} | {"dtp.socket.DTPSocket." + m for m in ("getsockname", "gettimeout", "setblocking")}
+
+
+def _documented_names() -> set[str]:
+    """``dtp.x.y`` names the docs use: in prose, imported or used by an example."""
+    names: set[str] = set()
+    for doc in OWNED + READ_ONLY:
+        names.update(re.findall(r"`(dtp(?:\.[A-Za-z_]\w*)+)", (ROOT / doc).read_text("utf-8")))
+    for block in BLOCKS.values():
+        tree = compile(
+            block.code, block.key, "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        )
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dtp"):
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("dtp"))
+        names.update(re.findall(r"\b(dtp(?:\.[A-Za-z_]\w*)+)", block.code))
+    names.discard("dtp.toml")  # the daemon's config file
+    return names
+
+
+def _lookup(dotted: str) -> Any:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
+def _gaps(dotted: str, obj: Any) -> list[str]:
+    """What ``obj`` lacks of a docstring and annotations (a class: its public methods)."""
+    gaps = []
+    if not (inspect.getdoc(obj) or "").strip():
+        gaps.append(f"{dotted}: no docstring")
+    if inspect.isfunction(obj):
+        signature = inspect.signature(obj)
+        gaps += [
+            f"{dotted}: parameter {p.name} has no type"
+            for p in signature.parameters.values()
+            if p.annotation is inspect.Parameter.empty and p.name not in ("self", "cls")
+        ]
+        if signature.return_annotation is inspect.Signature.empty:
+            gaps.append(f"{dotted}: no return type")
+    if isinstance(obj, type) and not issubclass(obj, BaseException):
+        for name, member in vars(obj).items():
+            if name.startswith("_") or not inspect.isfunction(member):
+                continue
+            where = f"{dotted}.{name}"
+            documented = (inspect.getdoc(getattr(obj, name)) or "").strip()
+            if not documented and where not in KNOWN_UNDOCUMENTED:
+                gaps.append(f"{where}: no docstring")
+            signature = inspect.signature(member)
+            gaps += [
+                f"{where}: parameter {p.name} has no type"
+                for p in list(signature.parameters.values())[1:]
+                if p.annotation is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+            if signature.return_annotation is inspect.Signature.empty:
+                gaps.append(f"{where}: no return type")
+    return gaps
+
+
+def test_documented_names_exist_with_docstrings_and_types() -> None:
+    """Everything the docs have users import from ``dtp`` is there, documented and typed."""
+    names = _documented_names()
+    assert len(names) >= 40, sorted(names)
+    problems = []
+    for dotted in sorted(names):
+        obj = _lookup(dotted)
+        if obj is None:
+            problems.append(f"{dotted}: does not exist")
+        elif not isinstance(obj, int | str | float | tuple | frozenset):
+            problems += _gaps(dotted, obj)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_package_docstring_names_real_modules() -> None:
+    """``help(dtp)`` points at the modules users start from, and they import."""
+    import dtp
+
+    named = re.findall(r"``(dtp(?:\.\w+)+)``", dtp.__doc__ or "")
+    assert len(named) >= 5, dtp.__doc__
+    missing = [name for name in named if _lookup(name) is None]
+    assert not missing, missing
