@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -190,6 +189,8 @@ class Subscription:
         self.callback = callback
         self._graph = graph
         self.active = True
+        # called when the graph closes (a ChangeStream ends its readers' iteration)
+        self._on_graph_close: Callable[[], None] | None = None
 
     def cancel(self) -> None:
         """Stop receiving changes (idempotent)."""
@@ -208,7 +209,8 @@ class ChangeStream:
     """An async iterator over the changes of a node or field (see :meth:`Graph.changes`).
 
     Changes are queued up to ``maxsize`` (at least 1); beyond that the oldest are
-    dropped and :attr:`dropped` counts them (a slow reader never blocks writers).
+    dropped and :attr:`dropped` counts them (a slow reader never blocks writers). The
+    iteration ends, once drained, at :meth:`close` or when the graph is closed.
     """
 
     def __init__(self, graph: Graph, soul: str, field: str | None, maxsize: int) -> None:
@@ -221,6 +223,9 @@ class ChangeStream:
         self._closed = False
         self.dropped = 0
         self._sub = graph.subscribe(soul, self._deliver, field=field)
+        # no change comes after the graph's close(): the iteration ends then, once
+        # drained, rather than waiting for ever
+        self._sub._on_graph_close = self.close
 
     def _deliver(self, change: Change) -> None:
         try:
@@ -262,17 +267,17 @@ class ChangeStream:
         """Stop listening; the iterator ends once the queue is drained (a reader
         waiting for the next change is woken). Callable from any thread."""
         self._sub.cancel()
-        self._closed = True
         try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._wake()
-        else:
-            # futures belong to their loop: wake the readers from it
-            with contextlib.suppress(RuntimeError):  # a closed loop has no readers left
-                self._loop.call_soon_threadsafe(self._wake)
+            # from the loop, in turn: changes delivered before (their _put callbacks
+            # already scheduled, from any thread) are still queued and read first; and
+            # futures belong to their loop: the readers are woken from it
+            self._loop.call_soon_threadsafe(self._finish)
+        except RuntimeError:  # a closed loop has no readers left
+            self._closed = True
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._wake()
 
     async def aclose(self) -> None:
         self.close()
@@ -1046,8 +1051,9 @@ class Graph:
     def close(self) -> None:
         """Flush and close the SQLite file (idempotent). From then on writes, reads
         (``len()`` and ``in`` included), flush() and subscribe() raise
-        LocalProtocolError (existing subscriptions can still cancel). If the final flush
-        fails (GraphStorageError) the graph stays open, so that close() can be retried."""
+        LocalProtocolError (existing subscriptions can still cancel; :meth:`changes`
+        iterators end once drained). If the final flush fails (GraphStorageError) the
+        graph stays open, so that close() can be retried."""
         with self._lock:
             if self._closed:
                 return
@@ -1059,10 +1065,14 @@ class Graph:
             if self._unclosed is not None:
                 self._unclosed.detach()
                 self._unclosed = None
+            ending = [sub for subs in self._subs.values() for sub in subs]
         if flusher is not None:
             # joined outside the lock: the thread may be waiting for it, and then finds
             # the graph closed
             flusher.close()
+        for sub in ending:
+            if sub._on_graph_close is not None:
+                sub._on_graph_close()
 
     def __enter__(self) -> Graph:
         return self

@@ -1,0 +1,46 @@
+"""Graph store, session 14: change streams end when the graph is closed.
+
+``Graph.changes()`` readers waited for ever once the graph was closed (no change can
+come any more): an ``async for`` over a closed graph's changes never ended."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dtp.graph import Change, Graph
+
+
+def test_change_streams_end_when_the_graph_closes() -> None:
+    async def main() -> None:
+        graph = Graph()
+        stream = graph.changes("a")
+        other = graph.changes("b", field="x")
+        got: list[Change] = []
+
+        async def read() -> None:
+            async for change in stream:
+                got.append(change)
+
+        reader = asyncio.create_task(read())
+        graph.put("a", {"x": 1})
+        graph.put("a", {"x": 2})
+        graph.close()
+        # what was queued is still read, then the iteration ends
+        await asyncio.wait_for(reader, 2)
+        assert [c.value for c in got] == [1, 2]
+        assert [c async for c in other] == []
+        stream.close()  # (idempotent, also after the graph closed it)
+
+    asyncio.run(main())
+
+
+def test_a_change_stream_closed_from_another_thread_at_graph_close() -> None:
+    async def main() -> None:
+        graph = Graph()
+        stream = graph.changes("a")
+        waiting = asyncio.ensure_future(anext(stream, None))
+        await asyncio.sleep(0)
+        await asyncio.to_thread(graph.close)  # from a thread: woken through the loop
+        assert await asyncio.wait_for(waiting, 2) is None
+
+    asyncio.run(main())
