@@ -1203,15 +1203,21 @@ class RpcClient:
                 while not call.done and self._reading:
                     wait = self._wait_time(deadline)
                     if wait is not None and wait <= 0:
+                        # a deadline passed while another thread reads: it is kept here,
+                        # not at the end of that read (which began, perhaps before this
+                        # call was made, with up to _READ_SLICE to wait)
                         self._expire(call, deadline)
-                        break
+                        continue
                     self._followers += 1
                     try:
                         self._cond.wait(wait)
                     finally:
                         self._followers -= 1
                 if call.done:
-                    return
+                    # (the CANCEL of a call that timed out here goes now, not with the
+                    # next write: the peer stops working for it)
+                    pending_out = bool(proto._out)
+                    break
                 self._reading = True
                 timer = proto.get_timer()
                 backlog, self._backlog = self._backlog, b""
@@ -1250,15 +1256,22 @@ class RpcClient:
                 raise
             if call.done:
                 return
+        if pending_out:
+            self._flush_soon()
 
     def _wait_time(self, deadline: float | None) -> float | None:
-        if deadline is None:
-            timer = self._proto.get_timer()
-            return None if timer is None else max(0.0, timer - time.monotonic()) + 0.001
-        return deadline - time.monotonic()
+        """Seconds until the first of ``deadline`` and the protocol's next timer (the
+        deadline of a call in flight) comes due: at most 0 once it has, None when there
+        is neither (lock held)."""
+        timer = self._proto.get_timer()
+        if deadline is not None and (timer is None or deadline < timer):
+            timer = deadline
+        return None if timer is None else timer - time.monotonic()
 
     def _expire(self, call: RpcCall, deadline: float | None) -> None:
-        """A ``result(timeout)`` wait ran out (lock held): time out the call itself."""
+        """A wait ran out (lock held): the protocol's timers due are handled (calls whose
+        own deadline passed time out), and ``call`` times out when ``deadline`` (its
+        ``result(timeout)``) has passed."""
         now = time.monotonic()
         timer = self._proto.get_timer()
         if timer is not None and timer <= now:
