@@ -164,3 +164,55 @@ def test_a_cap_lowered_before_a_new_open_limits_that_connection(
     assert ledger.get_cap(cap).spent == paid_first + escrow.claimed <= lowered
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_two_open_connections_on_one_cap_are_both_paid_after_a_lowering(
+    ledger: LocalLedger, tmp_path: Path
+) -> None:
+    # one cap shared by two connections open at once: the server counted receipts on
+    # both within the cap (docs/escrow.md §6.1); a lowering to 0 before the client
+    # closes them voids neither
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "caps", SLA)
+    cap = ledger.create_spending_cap(CLIENT, 100_000)
+    with (
+        dtp.socket.serve(
+            host_id,
+            PORT,
+            _serve_until_eof,
+            ledger=ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=POLICY,
+        ),
+        contextlib.ExitStack() as stack,
+    ):
+        socks = [
+            stack.enter_context(
+                dtp.socket.create_connection(
+                    f"dtp://{host_id}:{PORT}",
+                    timeout=20,
+                    ledger=ledger,
+                    identity=CLIENT,
+                    deposit=DEPOSIT,
+                    cap_id=cap,
+                    metering=MeteringConfig(every_bytes=64 << 10),
+                )
+            )
+            for _ in range(2)
+        ]
+        cids = [sock.connection_id for sock in socks]
+        for sock in socks:
+            sock.sendall(b"go")
+        for sock in socks:
+            got = 0
+            while got < SERVED:
+                got += len(sock.recv(1 << 16))
+        ledger.set_max_per_epoch(CLIENT, cap, 0)
+        stack.close()
+        assert wait_for(lambda: all(ledger.get_connection(c).settled for c in cids), timeout=5)
+    claimed = [ledger.get_escrow(ledger.get_connection(c).escrow).claimed for c in cids]
+    assert claimed == [fee(SLA, SERVED + 2, 1)] * 2
+    assert ledger.get_cap(cap).spent == sum(claimed)
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
