@@ -939,3 +939,42 @@ def test_the_package_docstring_names_real_modules() -> None:
     assert len(named) >= 5, dtp.__doc__
     missing = [name for name in named if _lookup(name) is None]
     assert not missing, missing
+
+
+#: Names a non-fragment block of a READ_ONLY doc uses without defining (reported to its
+#: owner: docs/sui.md should bind ``identity = ledger.default_signer`` first).
+KNOWN_UNDEFINED: dict[str, set[str]] = {"docs/sui.md#1": {"identity"}}
+
+
+def _undefined_names(code: str) -> set[str]:
+    """Names ``code`` reads at module level or in its functions but never binds."""
+    import builtins
+
+    tree = compile(code, "block", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    bound = set(dir(builtins))
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return used - bound
+
+
+def test_whole_blocks_define_what_they_use() -> None:
+    """A block not marked as a fragment (it runs, or needs only a Sui node) is complete:
+    a user pasting it gets no NameError."""
+    problems = []
+    for key, block in BLOCKS.items():
+        reason = _skip_reason(block) or ""
+        if "fragment" in reason:
+            continue
+        code = "".join(b.code for b in _chain(block)) if not reason else block.code
+        missing = _undefined_names(code) - KNOWN_UNDEFINED.get(key, set())
+        if missing:
+            problems.append(f"{key} (line {block.line}): uses {sorted(missing)} undefined")
+    assert not problems, "\n".join(problems)
