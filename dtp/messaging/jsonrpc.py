@@ -183,10 +183,14 @@ class JsonRpcHttpProxy:
         self.timeout = timeout
         self.max_response = max_response
         self._local = threading.local()
+        # every thread's connection, for close(): the threads that call the proxy are
+        # an RpcServer's workers or stream threads, not the one that closes it
+        self._lock = threading.Lock()
+        self._conns: set[http.client.HTTPConnection] = set()
 
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or conn not in self._conns:  # (none yet, or close() closed it)
             cls = (
                 http.client.HTTPSConnection
                 if self.scheme == "https"
@@ -194,6 +198,8 @@ class JsonRpcHttpProxy:
             )
             conn = cls(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
+            with self._lock:
+                self._conns.add(conn)
         return conn
 
     def __call__(self, document: bytes) -> bytes | None:
@@ -242,10 +248,15 @@ class JsonRpcHttpProxy:
     def _drop(self, conn: http.client.HTTPConnection) -> None:
         conn.close()
         self._local.conn = None
+        with self._lock:
+            self._conns.discard(conn)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close the kept-alive connections of every thread (a call in progress on one
+        fails as the backend being unreachable); a later call opens a new one."""
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
             conn.close()
 
 

@@ -1,0 +1,86 @@
+"""JsonRpcHttpProxy.close() closes the kept-alive backend connection of every thread
+that used the proxy (a pool's workers, stream threads), not only the closing thread's:
+the others stayed open until their threads ended, then were dropped unclosed
+(ResourceWarning)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from dtp.messaging.jsonrpc import JsonRpcHttpProxy
+from tests.polling import wait_for
+
+DOC = b'{"jsonrpc":"2.0","method":"m","id":1}'
+
+
+class _Backend:
+    """A keep-alive HTTP backend that counts its open connections."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        lock = threading.Lock()
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with lock:
+                    backend.open += 1
+
+            def finish(self) -> None:
+                with lock:
+                    backend.open -= 1
+                super().finish()
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                answer = b'{"jsonrpc":"2.0","result":1,"id":1}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_close_closes_every_threads_connection() -> None:
+    backend = _Backend()
+    proxy = JsonRpcHttpProxy(backend.url, timeout=5)
+    barrier = threading.Barrier(3)
+
+    def use() -> bytes | None:
+        barrier.wait(5)  # three threads, each with its own connection
+        return proxy(DOC)
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = [f.result() for f in [pool.submit(use) for _ in range(3)]]
+            assert all(a is not None and b'"result"' in a for a in answers)
+            assert wait_for(lambda: backend.open == 3)
+            proxy.close()  # (the pool's threads still alive)
+            assert wait_for(lambda: backend.open == 0, timeout=3)
+            # the proxy still works: a call opens a new connection
+            assert pool.submit(proxy, DOC).result() is not None
+            proxy.close()
+            assert wait_for(lambda: backend.open == 0, timeout=3)
+    finally:
+        proxy.close()
+        backend.close()
