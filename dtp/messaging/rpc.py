@@ -2036,6 +2036,26 @@ async def _deposit(prepay: ResponsePrepay, timeout: float) -> str:
         raise
 
 
+async def _admit_fee(policy: ResponseFeePolicy, meta: Mapping[str, Any] | None) -> str | None:
+    """``policy.admit(meta)`` in a worker thread. A request cancelled meanwhile (its
+    CANCEL, the stream's end) cannot stop the thread: the escrow it then admits is
+    released, as for any request that ended with no response (it was kept as used for
+    good: a request naming it again was refused, and the policy's memory grew)."""
+    work = asyncio.ensure_future(asyncio.to_thread(policy.admit, meta))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+
+        def orphaned(done: asyncio.Future[str | None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                escrow_id = done.result()
+                if escrow_id is not None:
+                    policy.release(escrow_id)
+
+        work.add_done_callback(orphaned)
+        raise
+
+
 class AsyncRpcClient:
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
     :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
@@ -2387,7 +2407,7 @@ class AsyncRpcServer(_Registry):
                 if payments is not None:
                     payments.admit(event.meta)
                 if self.response_fees is not None:
-                    ctx.escrow_id = await asyncio.to_thread(self.response_fees.admit, event.meta)
+                    ctx.escrow_id = await _admit_fee(self.response_fees, event.meta)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                 if inspect.isawaitable(outcome):
                     remaining = None if event.deadline is None else event.deadline - loop.time()
