@@ -7,12 +7,14 @@ the server in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -20,7 +22,8 @@ from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import fee
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket, ServicePolicy
-from tests.paid_twins import funded_ledger, ident
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -46,6 +49,16 @@ def _serve_until_eof(sock: PaidSocket) -> None:
     with contextlib.suppress(DTPError):
         sock.sendall(b"x" * SERVED)
         while sock.recv(1024):
+            pass
+
+
+async def _serve_until_eof_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    """:func:`_serve_until_eof` for the asyncio server."""
+    assert await reader.readexactly(2) == b"go"
+    with contextlib.suppress(DTPError):
+        writer.write(b"x" * SERVED)
+        await writer.drain()
+        while await reader.read(1024):
             pass
 
 
@@ -214,5 +227,51 @@ def test_two_open_connections_on_one_cap_are_both_paid_after_a_lowering(
     claimed = [ledger.get_escrow(ledger.get_connection(c).escrow).claimed for c in cids]
     assert claimed == [fee(SLA, SERVED + 2, 1)] * 2
     assert ledger.get_cap(cap).spent == sum(claimed)
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_the_asyncio_server_is_paid_too_after_a_lowering_before_close(
+    ledger: LocalLedger, tmp_path: Path
+) -> None:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "caps", SLA)
+    server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own, used in threads
+    with loop_in_thread() as loop:
+        server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(
+                host_id,
+                PORT,
+                _serve_until_eof_aio,
+                ledger=server_ledger,
+                identity=SERVER,
+                receipts=tmp_path / "receipts.db",
+                policy=POLICY,
+            ),
+            loop,
+        ).result(10)
+        try:
+            with dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=20,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=DEPOSIT,
+                metering=MeteringConfig(every_bytes=64 << 10),
+            ) as sock:
+                cid = sock.connection_id
+                assert cid is not None
+                sock.sendall(b"go")
+                got = 0
+                while got < SERVED:
+                    got += len(sock.recv(1 << 16))
+                ledger.set_max_per_epoch(CLIENT, _cap_of(ledger, cid), 0)
+            assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=5)
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+            server_ledger.close()
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.claimed == fee(SLA, SERVED + 2, 1)
+    assert escrow.refunded == DEPOSIT - escrow.claimed
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
