@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dtp.chain.objects import Sla
+from dtp.chain.objects import Sla, SpendingCap
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
@@ -339,30 +339,36 @@ class ConnectionIds:
             return len(self._ids)
 
 
-def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, int]:
-    """What each spending cap of ``cap_ids`` lets the server claim now (read with the
-    Host, as :func:`apply_cap_limits` then applies): its owner may lower a cap at any time
+def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, tuple[SpendingCap, int]]:
+    """Each spending cap of ``cap_ids`` as it is now, with the epoch (read with the Host,
+    for :func:`apply_cap_limits`): its owner may lower or raise a cap at any time
     (docs/escrow.md §4) and a new epoch resets it. Ledger reads: call it off an event
     loop. Raises ChainError when the ledger cannot be read."""
     epoch = ledger.epoch()
-    return {cap_id: ledger.get_cap(cap_id).remaining(epoch) for cap_id in cap_ids}
+    return {cap_id: (ledger.get_cap(cap_id), epoch) for cap_id in cap_ids}
 
 
-def apply_cap_limits(gates: Iterable[ReceiptGate], limits: dict[str, int]) -> None:
+def apply_cap_limits(
+    gates: Iterable[ReceiptGate], limits: dict[str, tuple[SpendingCap, int]]
+) -> None:
     """Judge receipts from now on against the caps as :func:`read_cap_limits` read them:
-    each gate on a cap of ``limits`` (and the cap's share) takes what it lets the server
-    claim. A gate kept the cap as admission read it, and a cumulative receipt beyond the
-    cap cannot be claimed in part: on a lowered cap it counted receipts of which the
-    settlement could claim nothing."""
+    each gate on a cap of ``limits`` takes what the cap lets the server count on for its
+    connection (:meth:`~dtp.chain.objects.SpendingCap.serving_room`: a lowering pauses
+    service, a raise does not extend a connection opened under less, since the client
+    can take it back before the claim), and the cap's share the least of its gates'. A
+    gate kept the cap as admission read it: on a lowered cap it would go on serving on
+    credit the client no longer means to give."""
+    rooms: dict[CapShare, int] = {}
     for gate in gates:
         share = gate.share
-        if share is None:
+        if share is None or share.cap_id not in limits:
             continue
-        remaining = limits.get(share.cap_id)
-        if remaining is None:
-            continue
-        share.refresh(remaining)
-        gate.spend_limit = gate.claimed + remaining
+        cap, epoch = limits[share.cap_id]
+        room = cap.serving_room(epoch, gate.cap_opened_under)
+        gate.spend_limit = gate.claimed + room
+        rooms[share] = min(room, rooms.get(share, room))
+    for share, room in rooms.items():
+        share.refresh(room)
 
 
 class ReceiptGate:
@@ -415,6 +421,9 @@ class ReceiptGate:
         self._paused_since: int | None = None
         #: The cap as the server's other live connections share it (:class:`CapShares`).
         self.share: CapShare | None = None
+        #: The cap limit the connection opened under (its escrow's cap_max_per_epoch;
+        #: 0: not recorded), for :func:`apply_cap_limits`.
+        self.cap_opened_under = 0
 
     def check(self, data: bytes) -> Receipt:
         """Validate an encoded receipt without counting it yet; the caller stores it

@@ -187,6 +187,9 @@ def gate_for(
         escrow = ledger.get_escrow(tc.escrow)
     if cap is None or cap.id != escrow.spending_cap or epoch is None:
         cap, epoch = ledger.get_cap(escrow.spending_cap), ledger.epoch()
+    # what the cap lets us count on for this connection (docs/escrow.md §4): a raise
+    # since the open could be taken back before our claim, a lowering pauses service
+    room = cap.serving_room(epoch, escrow.cap_max_per_epoch)
     gate = ReceiptGate(
         connection_id=tc.id,
         client_public_key=escrow.client_public_key,
@@ -196,11 +199,12 @@ def gate_for(
         latest_nonce=escrow.latest_nonce,
         allowance=policy.allowance,
         pause_timeout_ms=int(policy.pause_timeout * 1000),
-        spend_limit=escrow.claimed + cap.remaining(epoch),
+        spend_limit=escrow.claimed + room,
         store=store,
     )
+    gate.cap_opened_under = escrow.cap_max_per_epoch
     if shares is not None:
-        shares.join(cap.id, gate, cap.remaining(epoch))
+        shares.join(cap.id, gate, room)
     return gate
 
 

@@ -108,6 +108,11 @@ class ClientPayment:
             escrow = ledger.get_escrow(tc.escrow)
             sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
             cap_id = escrow.spending_cap
+            # (what the server counts on: the limit the connection opened under, or
+            # less if we lowered the cap since)
+            remaining = ledger.get_cap(cap_id).serving_room(
+                ledger.epoch(), escrow.cap_max_per_epoch
+            )
         if remaining is None:
             remaining = ledger.get_cap(cap_id).remaining(ledger.epoch())
         # never sign for more than the server can claim: the deposit, and what our

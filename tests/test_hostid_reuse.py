@@ -514,10 +514,13 @@ def test_paid_server_settles_before_the_client_is_done_closing(
 
 def test_a_final_receipt_the_settlement_could_not_claim_is_stored(world: World) -> None:
     """The receipt that came with the client's CLOSE is written only when the
-    settlement did not claim it: here the client's cap refuses the claim, and the
-    receipt waits in the store for recover_unclaimed."""
+    settlement did not claim it: here the client's cap refuses the claim (another
+    connection on it spent this epoch's budget), and the receipt waits in the store for
+    recover_unclaimed."""
     import dtp.socket
     from dtp.paid import PaidSocket
+
+    cap = world.ledger.create_spending_cap(CLIENT, 5_000)
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
@@ -530,20 +533,24 @@ def test_a_final_receipt_the_settlement_could_not_claim_is_stored(world: World) 
             timeout=10,
             ledger=world.ledger,
             identity=CLIENT,
-            cap_id=world.cap,
+            cap_id=cap,
         ) as sock,
     ):
         sock.sendall(b"z" * 100)
         assert sock.recv(100) == b"z" * 100
         cid = sock.connection_id
         assert cid is not None
-        world.ledger.set_max_per_epoch(CLIENT, world.cap, 0)  # no claim this epoch
+        # another connection on the cap takes all it allows this epoch (a lowering no
+        # longer refuses the claims of a connection already open: docs/escrow.md §4)
+        side = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, 5_000)
+        spend = Receipt(side.connection_id, 500 * 1024, 0, 5_000, 1).sign(CLIENT)
+        assert world.ledger.claim(SERVER, side.escrow_id, spend) == 5_000
     tc = world.ledger.get_connection(cid)
     assert not tc.settled and tc.half_closed_by == SERVER.sui_address
     assert half_closes(world.ledger, cid) == [SERVER.sui_address]  # the client saw it
     kept = server.store.latest(cid)
     assert kept is not None and kept.unclaimed == kept.receipt.total_amount == fee(SLA, 200, 1)
-    world.ledger.set_max_per_epoch(CLIENT, world.cap, 1_000_000)
+    world.ledger.advance_epoch()  # a new budget
     done = recover_unclaimed(world.ledger, SERVER, server.store)
     assert [(c, s.claimed) for c, s in done] == [(cid, fee(SLA, 200, 1))]
     assert conserved(world.ledger)

@@ -189,7 +189,7 @@ class LedgerMachine(RuleBasedStateMachine):
             error = "EReceiptExceedsDeposit"
         elif receipt.total_amount < e.claimed:
             error = "EReceiptNotCumulative"
-        elif spent + paid > cap.max_per_epoch:
+        elif spent + paid > max(cap.max_per_epoch, e.cap_max_per_epoch):
             error = "ESpendingCapExceeded"
         changes = {SERVER.sui_address: paid} if error is None else {}
         if final:
@@ -209,7 +209,7 @@ class LedgerMachine(RuleBasedStateMachine):
             conn.claimed_receipts.append(receipt)
             per_epoch = self.charged[conn.cap]
             per_epoch[epoch] = per_epoch.get(epoch, 0) + paid
-            assert per_epoch[epoch] <= cap.max_per_epoch
+            assert per_epoch[epoch] <= max(cap.max_per_epoch, e.cap_max_per_epoch)
             STATS["claims"] += 1
 
     @precondition(lambda self: self.conns)

@@ -287,9 +287,13 @@ def test_client_meter_exhaustion_receipt_is_returned_even_when_the_cadence_signe
 
 def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
     ledger = LocalLedger(tmp_path / "l.db")
-    _, cid = open_paid(ledger, deposit=5000)
+    host_id, cid = open_paid(ledger, deposit=5000)
     cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
-    ledger.set_max_per_epoch(CLIENT, cap, 1000)  # the client lowers its cap
+    # another connection on the cap spends 4000 of the 5000 it allows this epoch (a
+    # lowering no longer refuses an open connection's claims: docs/escrow.md §4)
+    other = ledger.open_connection(CLIENT, host_id, 7, cap, 5000)
+    spend = Receipt(other.connection_id, 400 * 1024, 0, 4000, 1).sign(CLIENT)
+    assert ledger.claim(SERVER, other.escrow_id, spend) == 4000
     store = ReceiptStore(tmp_path / "r.db")
     store.keep(Receipt(cid, 150 * 1024, 0, 1500, 1).sign(CLIENT))
     assert claim_and_settle(ledger, SERVER, cid, store) is None
@@ -298,7 +302,7 @@ def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
     # closed on our side all the same: the client's refund timeout runs
     assert tc.state is ConnectionState.HALF_CLOSED and tc.half_closed_by == SERVER.sui_address
     assert [s.unclaimed for s in store.unclaimed()] == [1500]
-    ledger.set_max_per_epoch(CLIENT, cap, 2000)  # e.g. the next epoch, or a raised cap
+    ledger.advance_epoch()  # the next epoch: a new budget
     done = recover_unclaimed(ledger, SERVER, store)
     assert [(c, s.claimed, s.refunded) for c, s in done] == [(cid, 1500, 3500)]
     assert list(store.unclaimed()) == []

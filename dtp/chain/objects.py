@@ -228,6 +228,18 @@ class SpendingCap:
         spent = self.spent if current_epoch == self.epoch else 0
         return max(0, max(self.max_per_epoch, opened_under) - spent)
 
+    def serving_room(self, current_epoch: int, opened_under: int) -> int:
+        """What a paid server extends credit against, this epoch, on a connection opened
+        under ``opened_under`` (its escrow's :attr:`Escrow.cap_max_per_epoch`): the lower
+        of that and the limit now, less what is spent. A lowering is the client asking
+        to spend less, so service pauses at it (though claims keep the limit at open: what
+        was served is paid); a raise can be taken back before the claim, so it does not
+        extend a connection opened under less. An escrow from before the limit was
+        recorded (0) follows the limit now, as its claims do."""
+        spent = self.spent if current_epoch == self.epoch else 0
+        limit = self.max_per_epoch if opened_under == 0 else min(self.max_per_epoch, opened_under)
+        return max(0, limit - spent)
+
     def secured(self, current_epoch: int, opened_under: int) -> int:
         """What the claims of a connection opened under ``opened_under`` can be charged
         in ``current_epoch`` whatever the owner sets the limit to from now on (a raise
