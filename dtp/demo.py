@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -515,6 +517,10 @@ def demo_messaging(tour: Tour) -> None:
     demo_messaging_story(tour.say)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_demo(quick: bool = False) -> int:
     """Run the tour; returns a process exit code."""
     shared: dict[str, object] = {}
@@ -540,8 +546,17 @@ def run_demo(quick: bool = False) -> int:
         )
     )
     started = time.perf_counter()
-    for step in steps:
-        step(tour)
+    # SIGTERM (`timeout`, a supervisor) ends the tour as Ctrl-C does, through the steps'
+    # finally blocks: the daemons they started are stopped and their temporary
+    # directories (ledger, keys) removed, which the default action skipped.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    try:
+        for step in steps:
+            step(tour)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     tour.finish_step()
     print(f"\n{bold('Summary')}  ({time.perf_counter() - started:.0f} s)")
     for line in tour.summary:

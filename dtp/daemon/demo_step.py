@@ -78,19 +78,23 @@ class _EchoServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def _start(config: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _start(config: Path, procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
+    """Start a daemon and return its ready line. It joins ``procs`` (which the caller
+    stops) before the wait, so that an interrupt while it starts leaves no daemon
+    running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    procs.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         proc.wait(10)
         raise RuntimeError(f"dtp daemon --config {config} did not start")
-    return proc, json.loads(line)
+    return dict(json.loads(line))
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -161,8 +165,7 @@ def run_daemon_step(
         )
         procs: list[subprocess.Popen[str]] = []
         try:
-            provider_proc, ready = _start(tmp / "provider.toml")
-            procs.append(provider_proc)
+            ready = _start(tmp / "provider.toml", procs)
             host_id = ready["host_id"]
             service = f"dtp://{host_id}:7000"
             tell(f"dtp daemon exposes it as {service[:24]}…:7000 (10 MIST/KiB)")
@@ -172,8 +175,7 @@ def run_daemon_step(
                 f'[[forward]]\nname = "echo"\nlisten = "127.0.0.1:0"\ntarget = "{service}"\n'
                 "deposit = 50000000\nreceipt_every = 2097152\n"
             )
-            forward_proc, fready = _start(tmp / "client.toml")
-            procs.append(forward_proc)
+            fready = _start(tmp / "client.toml", procs)
             ledger = LocalLedger(tmp / "ledger.sqlite")
             provider_before = ledger.balance(provider.sui_address)
             client_before = ledger.balance(client.sui_address)
@@ -201,8 +203,7 @@ def run_daemon_step(
                 f'state_dir = "mallory-state"\nfaucet = {SUI}\nlog_level = "error"\n\n'
                 f'[[forward]]\nname = "echo"\nlisten = "127.0.0.1:0"\ntarget = "{service}"\n'
             )
-            mallory_proc, mready = _start(tmp / "mallory.toml")
-            procs.append(mallory_proc)
+            mready = _start(tmp / "mallory.toml", procs)
             mallory_before = ledger.balance(mallory.sui_address)
             mhost, mport = mready["forwards"]["echo"].rsplit(":", 1)
             denied = _refused((mhost, int(mport)))

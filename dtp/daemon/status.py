@@ -45,13 +45,19 @@ _FORWARD_COLUMNS = (
 )
 
 
-def _cell(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+# columns that hold numbers to read as such, not amounts (a port of 8,545 misleads)
+_PLAIN = frozenset({"name", "port"})
+
+
+def _cell(value: Any, key: str = "") -> str:
+    if key in _PLAIN or not isinstance(value, int) or isinstance(value, bool):
+        return str(value)
+    return f"{value:,}"
 
 
 def _table(rows: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
     body = [
-        [_cell(name if key == "name" else row.get(key, "")) for _, key in columns]
+        [_cell(name if key == "name" else row.get(key, ""), key) for _, key in columns]
         for name, row in rows.items()
     ]
     heads = [title for title, _ in columns]
