@@ -526,6 +526,9 @@ class PaidSocket:
         return self._paid.gate
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """:meth:`dtp.socket.DTPSocket.recv`, once the connection is paid up (it waits
+        while paused for a receipt) and within the rate limits: at most what the gate
+        still allows."""
         paid = self._paid
         paid.wait_paid()
         data = self._sock.recv(paid.room(bufsize), flags)
@@ -533,6 +536,7 @@ class PaidSocket:
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """:meth:`dtp.socket.DTPSocket.recv_into`, metered as :meth:`recv`."""
         paid = self._paid
         paid.wait_paid()
         if not nbytes:
@@ -542,6 +546,9 @@ class PaidSocket:
         return n
 
     def send(self, data: Any, flags: int = 0) -> int:
+        """:meth:`dtp.socket.DTPSocket.send`, once the connection is paid up and within
+        the rate limits: sends at most what the gate still allows and returns how much
+        was sent."""
         paid = self._paid
         paid.wait_send(self._sock)
         view = memoryview(data).cast("B")
@@ -555,6 +562,8 @@ class PaidSocket:
         return n
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
+        and the rate limits between the pieces)."""
         view = memoryview(data).cast("B")
         while len(view):
             n = self.send(view[:_SEND_SLICE])
@@ -617,22 +626,27 @@ class PaidSocket:
         return stream_file(self, mode, buffering, encoding, errors, newline)
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`dtp.socket.DTPSocket.send_datagram`; waits while the connection is
+        paused for payment (datagrams themselves are not metered)."""
         # datagrams are not metered (Connection.usage counts stream bytes), but a paused
         # connection moves nothing at all
         self._paid.wait_paid()
         self._sock.send_datagram(data)
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
+        """:meth:`dtp.socket.DTPSocket.send_datagrams`, after waiting while paused."""
         self._paid.wait_paid()
         return self._sock.send_datagrams(datagrams)
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
+        """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused."""
         self._paid.wait_paid()
         return self._sock.recv_datagram(timeout)
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
+        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, after waiting while paused."""
         self._paid.wait_paid()
         return self._sock.recv_datagrams(max_count, timeout)
 
@@ -644,9 +658,12 @@ class PaidSocket:
         return PaidSocket(stream, self._paid)
 
     def open_stream(self) -> PaidSocket:
+        """Open another stream of this connection, metered as this one."""
         return PaidSocket(self._sock.open_stream(), self._paid)
 
     def close(self) -> None:
+        """Close this stream (:meth:`dtp.socket.DTPSocket.close`; the first stream's
+        close ends the connection, which the server then settles)."""
         self._sock.close()
 
     def __enter__(self) -> PaidSocket:

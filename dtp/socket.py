@@ -1049,6 +1049,7 @@ class DTPSocket:
         return self._engine.peername
 
     def getsockname(self) -> Any:
+        """The local address of the connection's carrier, as :meth:`socket.socket.getsockname`."""
         return self._engine.sockname
 
     @property
@@ -1078,9 +1079,11 @@ class DTPSocket:
         self._update_fast()
 
     def gettimeout(self) -> float | None:
+        """The timeout in seconds of blocking calls (None: none; 0: non-blocking)."""
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
+        """Blocking (timeout None) or non-blocking (timeout 0) mode, as for a socket."""
         self._timeout = None if flag else 0.0
         self._update_fast()
 
