@@ -340,3 +340,43 @@ def test_graph_server_checks_max_sessions() -> None:
                 GraphServer(graph, ("127.0.0.1", 0), HostIdentity.generate(), max_sessions=bad)
     finally:
         graph.close()
+
+
+def _lag_while_pushing() -> None:
+    graph = Graph()
+    for i in range(30):
+        graph.put(f"big/{i}", {"v": "x" * 200_000})
+    session = SyncSession(graph, max_backlog=100_000)
+    session.start()
+    session.receive_data(_frame([HELLO, VERSION, os.urandom(16), 0, 0]))
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set() and not session.lagging:
+            session.data_to_send()  # (the bytes go nowhere: only the steps matter)
+
+    def put() -> None:
+        i = 0
+        while not stop.is_set() and not session.lagging:
+            graph.put(f"live/{i % 50}", {"v": "y" * 50_000})
+            i += 1
+
+    # (daemon threads: stuck for good, they must not hold the test run)
+    threads = [threading.Thread(target=f, daemon=True) for f in (write, put)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 3
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stop.set()
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert session.lagging
+    graph.close()
+
+
+def test_a_session_lagging_while_its_writer_pushes_does_not_deadlock() -> None:
+    """A lagging session closes itself from _on_change, under the graph's lock; the
+    writer's push step holds the session's lock and asks the graph for the next batch.
+    close() took the session's lock too: the two threads waited for each other."""
+    for _ in range(20):  # (a race: it deadlocked in about one run in two)
+        _lag_while_pushing()

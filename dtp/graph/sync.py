@@ -283,13 +283,11 @@ class SyncSession:
     def close(self) -> None:
         """Stop forwarding changes (idempotent)."""
         if not self._closed:
+            # (what was still to push is not pushed any more: _push_step drops it. Not
+            # under self._lock: a lagging session closes from _on_change, under the
+            # graph's lock, while the writer may hold self._lock waiting for the graph's)
             self._closed = True
             self.graph.remove_listener(self)
-            with self._lock:
-                # (what was still to push is not pushed any more)
-                self._pushes.clear()
-                self._export = None
-                self._peer_wants.clear()
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -485,6 +483,9 @@ class SyncSession:
         leaves: list[int] = []
         with self._lock:
             if self._closed:
+                self._pushes.clear()
+                self._export = None
+                self._peer_wants.clear()
                 return
             if self._export is not None:
                 try:
