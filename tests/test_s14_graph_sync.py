@@ -380,3 +380,27 @@ def test_a_session_lagging_while_its_writer_pushes_does_not_deadlock() -> None:
     close() took the session's lock too: the two threads waited for each other."""
     for _ in range(20):  # (a race: it deadlocked in about one run in two)
         _lag_while_pushing()
+
+
+def test_queued_pushes_wake_the_writer() -> None:
+    """Pushes are made in data_to_send: queuing them must call on_output, or a runner's
+    writer sleeps until its next tick (a fresh peer's catch-up took 0.25 s more)."""
+    a = Graph()
+    for i in range(50):
+        a.put(f"n/{i}", {"v": i})
+    session = SyncSession(a)
+    calls: list[int] = []
+    session.on_output = lambda: calls.append(1)
+    session.start()
+    session.data_to_send()
+    calls.clear()
+    session.receive_data(_frame([HELLO, VERSION, os.urandom(16), 0, 0]))  # push all
+    assert calls
+    while session.data_to_send():
+        pass
+    calls.clear()
+    session.receive_data(_frame([WANT, [soul_leaf(b"n/1")]]))
+    assert calls
+    assert b"n/1" in session.data_to_send()
+    session.close()
+    a.close()

@@ -387,6 +387,7 @@ class SyncSession:
         with self._lock:
             # (a set: a peer asking again and again costs no more than all leaves once)
             self._peer_wants.update(dict.fromkeys(leaves))
+        self._output_ready()
 
     def _on_hello(self, message: list[Any]) -> None:
         if self.peer_root is not None:
@@ -460,6 +461,7 @@ class SyncSession:
                 self._push_all()  # cheaper from the C export than field by field
             elif not self._push_everything:
                 self._pushes.extend(push)
+                self._output_ready()
         self._maybe_end()
 
     def _descend(self, level: int, prefix: int) -> None:
@@ -477,6 +479,12 @@ class SyncSession:
             self._push_everything = True
             self._pushes.clear()
             self._export = self.graph.export_stream()
+            self._output_ready()
+
+    def _output_ready(self) -> None:
+        """Pushes were queued: the writer makes them in data_to_send (wake it)."""
+        if self.on_output is not None:
+            self.on_output()
 
     def _push_step(self) -> None:
         """Make the next batch of what is to be pushed (the writer's thread)."""
