@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from dtp.graph import Change, Graph
+from dtp._core import encode_ham_batch
+from dtp._types import HamUpdate
+from dtp.graph import Change, Graph, MergeReport
 
 
 def test_change_streams_end_when_the_graph_closes() -> None:
@@ -44,3 +46,13 @@ def test_a_change_stream_closed_from_another_thread_at_graph_close() -> None:
         assert await asyncio.wait_for(waiting, 2) is None
 
     asyncio.run(main())
+
+
+def test_merge_reports_stay_hashable() -> None:
+    """MergeReport gained dropped_leaves (a dict): a frozen dataclass hashes its fields,
+    so hash() of any report raised TypeError, as it had not before."""
+    graph = Graph(max_deferred_bytes=0)  # every update ahead of the clock is dropped
+    report = graph.merge(encode_ham_batch([HamUpdate(b"a", b"f", 1e15, b"1")]))
+    assert report.dropped == 1 and len(report.dropped_leaves) == 1
+    assert hash(report) == hash(MergeReport(dropped=1))
+    graph.close()

@@ -168,7 +168,9 @@ class MergeReport:
     """Updates ahead of the clock that found the deferred queue full."""
     refused: int = 0
     """Updates refused by the ownership rule (unsigned, badly signed, bad soul)."""
-    dropped_leaves: Mapping[int, float] = dataclasses.field(default_factory=dict, repr=False)
+    dropped_leaves: Mapping[int, float] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
     """The summary leaves (:func:`soul_leaf`) of the dropped updates, each with the
     smallest state dropped in it: a sync session asks its peer for those leaves again
     once the clock reaches that state (at most 65,536 entries, whatever the batch)."""
