@@ -24,6 +24,7 @@ from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
+from dtp.graph.persist import GraphStorageError
 from dtp.keys import HostIdentity
 from tests.leaks import open_fds
 
@@ -353,7 +354,7 @@ def test_a_corrupt_log_gives_a_typed_error(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("INSERT INTO log (batch) VALUES (?)", (b"\x01\x05\x00\x00\x00garbage",))
         db.commit()
-    with pytest.raises(RemoteProtocolError) as error:
+    with pytest.raises(GraphStorageError) as error:
         Graph(path)
     assert open_fds(path) == 0, error  # the replay failed: the file is closed
 

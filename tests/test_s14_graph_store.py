@@ -1,4 +1,5 @@
-"""Graph store, session 14: change streams end when the graph is closed.
+"""Graph store, session 14: change streams end when the graph is closed; a damaged log
+entry is a storage error.
 
 ``Graph.changes()`` readers waited for ever once the graph was closed (no change can
 come any more): an ``async for`` over a closed graph's changes never ended."""
@@ -6,10 +7,15 @@ come any more): an ``async for`` over a closed graph's changes never ended."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
 
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.graph import Change, Graph, MergeReport
+from dtp.graph.persist import GraphStorageError
 
 
 def test_change_streams_end_when_the_graph_closes() -> None:
@@ -56,3 +62,32 @@ def test_merge_reports_stay_hashable() -> None:
     assert report.dropped == 1 and len(report.dropped_leaves) == 1
     assert hash(report) == hash(MergeReport(dropped=1))
     graph.close()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b"\x01\x05\x00\x00\x00garbage",  # a count far beyond what follows
+        b"\x07\x00\x00\x00\x00",  # an unknown batch version
+        b"",  # nothing at all
+    ],
+)
+def test_a_damaged_log_entry_is_a_storage_error(tmp_path: Path, row: bytes) -> None:
+    """A log row that is not a HAM batch raised RemoteProtocolError at open -- blaming
+    a peer for the file's damage -- where a corrupt file is a GraphStorageError."""
+    path = tmp_path / "g.db"
+    with Graph(path) as graph:
+        graph.put("a", {"x": 1})
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO log (batch) VALUES (?)", (row,))
+    db.commit()
+    db.close()
+    with pytest.raises(GraphStorageError, match="corrupt"):
+        Graph(path)
+    # the failed open let go of the file: repaired, it opens
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM log WHERE batch = ?", (row,))
+    db.commit()
+    db.close()
+    with Graph(path) as graph:
+        assert graph.get("a") == {"x": 1}

@@ -37,7 +37,7 @@ from typing import Any
 from dtp import _core, _reference
 from dtp._core import decode_ham_batch, encode_ham_batch
 from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_REJECTED, HAM_SAME, HamUpdate
-from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.errors import DTPError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.graph import namespace
 from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.clock import HybridClock, wall_clock_ms
@@ -483,8 +483,15 @@ class Graph:
                 # (the reservation is above every state issued, flushed or not)
                 last = max(self._storage.clock_last(), self._storage.clock_reserved())
                 for batch in self._storage.load():
-                    # (a log written before states were canonicalised may hold -0.0)
-                    self._table.merge(canonical_states(batch), _MAX_STATE)
+                    try:
+                        # (a log written before states were canonicalised may hold -0.0)
+                        self._table.merge(canonical_states(batch), _MAX_STATE)
+                    except RemoteProtocolError as exc:
+                        # our own log, damaged: the file's fault, not a peer's
+                        raise GraphStorageError(
+                            f"graph database {str(path)!r} is corrupt: a log entry is "
+                            f"not a valid HAM batch ({exc})"
+                        ) from exc
                 self.replica_id = self._storage.replica_id()
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
