@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ import pytest
 import dtp.socket
 from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.ledger import Ledger
-from dtp.errors import ChainError, ConnectionLost, DTPError
+from dtp.errors import ChainError, ConnectionLost
 from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
+from tests.test_s13_followup_ledger_cause import _Echo, _says_why
 
 __all__ = ["host"]  # (the fixture, imported)
 
@@ -59,19 +61,29 @@ def _options(outage_timeout: float) -> tuple[LedgerCarrierOptions, list[_Flaky]]
     return options, made
 
 
-class _Echo:
-    def __init__(self) -> None:
-        self.socks: list[dtp.socket.DTPSocket] = []
-
-    def __call__(self, sock: dtp.socket.DTPSocket) -> None:
-        self.socks.append(sock)
-        with contextlib.suppress(DTPError):
-            while data := sock.recv(1 << 16):
-                sock.sendall(data)
-
-    def abort(self) -> None:
-        for sock in self.socks:
-            sock.abort()
+@contextlib.contextmanager
+def _echo_connection(
+    host: Host, options: LedgerCarrierOptions, timeout: float
+) -> Iterator[dtp.socket.DTPSocket]:
+    """A ledger-carrier connection (ours with ``options``) to an echo server in a
+    thread; the server's side is aborted at the end (our ledger may be down: its
+    bridge would wait for the idle timeout)."""
+    echo = _Echo()
+    with (
+        server_in_thread(host, echo),
+        dtp.socket.create_connection(
+            host.address,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=timeout,
+            ledger_options=options,
+        ) as sock,
+    ):
+        try:
+            yield sock
+        finally:
+            echo.abort()
 
 
 def _recv_exactly(sock: dtp.socket.DTPSocket, n: int) -> bytes:
@@ -85,70 +97,36 @@ def _recv_exactly(sock: dtp.socket.DTPSocket, n: int) -> bytes:
 
 def test_a_short_outage_loses_nothing(host: Host) -> None:
     options, made = _options(outage_timeout=20.0)
-    echo = _Echo()
-    with (
-        server_in_thread(host, echo),
-        dtp.socket.create_connection(
-            host.address,
-            ledger=host.ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            timeout=30,
-            ledger_options=options,
-        ) as sock,
-    ):
-        try:
-            sock.sendall(b"hi")
-            assert _recv_exactly(sock, 2) == b"hi"
-            flaky = made[0]
-            flaky.down.set()
-            # written while the client's ledger is down: nothing can be posted or read
-            message = os.urandom(3000)
-            sock.sendall(message)
-            deadline = time.monotonic() + 10
-            while flaky.failed < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert flaky.failed >= 5  # the bridge kept trying
-            time.sleep(0.3)  # (an outage of a while: the bridge must keep riding it)
-            flaky.down.clear()
-            assert _recv_exactly(sock, len(message)) == message
-            sock.sendall(b"after")
-            assert _recv_exactly(sock, 5) == b"after"
-        finally:
-            echo.abort()
+    with _echo_connection(host, options, 30) as sock:
+        sock.sendall(b"hi")
+        assert _recv_exactly(sock, 2) == b"hi"
+        flaky = made[0]
+        flaky.down.set()
+        # written while the client's ledger is down: nothing can be posted or read
+        message = os.urandom(3000)
+        sock.sendall(message)
+        deadline = time.monotonic() + 10
+        while flaky.failed < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert flaky.failed >= 5  # the bridge kept trying
+        time.sleep(0.3)  # (an outage of a while: the bridge must keep riding it)
+        flaky.down.clear()
+        assert _recv_exactly(sock, len(message)) == message
+        sock.sendall(b"after")
+        assert _recv_exactly(sock, 5) == b"after"
 
 
 def test_an_outage_past_the_timeout_ends_the_connection_with_the_cause(host: Host) -> None:
     options, made = _options(outage_timeout=0.5)
-    echo = _Echo()
-    with (
-        server_in_thread(host, echo),
-        dtp.socket.create_connection(
-            host.address,
-            ledger=host.ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            timeout=15,
-            ledger_options=options,
-        ) as sock,
-    ):
-        try:
-            sock.sendall(b"hi")
-            assert _recv_exactly(sock, 2) == b"hi"
-            made[0].down.set()
-            started = time.monotonic()
-            with pytest.raises(ConnectionLost) as lost:
-                sock.recv(2)
-            assert time.monotonic() - started >= 0.45  # it waited out the timeout first
-        finally:
-            echo.abort()
-    assert "LedgerUnavailable" in str(lost.value)
-    causes = []
-    cause = lost.value.__cause__
-    while cause is not None and len(causes) < 5:
-        causes.append(cause)
-        cause = cause.__cause__
-    assert any(isinstance(c, ChainError) for c in causes), causes
+    with _echo_connection(host, options, 15) as sock:
+        sock.sendall(b"hi")
+        assert _recv_exactly(sock, 2) == b"hi"
+        made[0].down.set()
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost) as lost:
+            sock.recv(2)
+        assert time.monotonic() - started >= 0.45  # it waited out the timeout first
+    _says_why(lost.value)  # (ChainError LedgerUnavailable as the cause)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
