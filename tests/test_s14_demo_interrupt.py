@@ -49,8 +49,14 @@ def test_an_interrupted_demo_leaves_no_daemon_and_no_files(
     tmp_path: Path, signum: int, after: str
 ) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    # (SIGINT is restored to Python's default in the child: a shell starting this suite
+    # in the background, as CI may, has it ignored, and ignored signals are inherited)
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['dtp', 'demo', '--quick']; runpy.run_module('dtp', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dtp", "demo", "--quick"],
+        [sys.executable, "-c", start],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
