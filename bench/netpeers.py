@@ -24,9 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dtp.aio
-import dtp.socket
-from dtp.keys import HostIdentity
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dtp.aio
+    import dtp.socket
+
+# dtp is imported by the DTP servers only (in their functions), so that a TLS server's
+# process is what an asyncio/ssl user runs. It matters: importing dtp.aio frees a large
+# block, which raises glibc malloc's dynamic mmap threshold, and asyncio's reader.read(1
+# MiB) then gets its buffers from the heap instead of fresh mmaps -- the asyncio TLS
+# server ran 2x faster with dtp imported than without it (perf stat: 5 page faults
+# against 119,000 for 256 MiB).
 
 
 def make_tls_context() -> tuple[ssl.SSLContext, str]:
@@ -79,6 +88,9 @@ def _announce(port: int, key: bytes = b"", extra: dict[str, str] | None = None) 
 
 
 def serve_dtp_blocking(mode: str) -> None:
+    import dtp.socket
+    from dtp.keys import HostIdentity
+
     identity = HostIdentity.generate()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
     _announce(server.address[1], identity.noise_public)
@@ -128,6 +140,9 @@ async def _sink_async(reader: object) -> int:
 
 
 def serve_dtp_asyncio(mode: str) -> None:
+    import dtp.aio
+    from dtp.keys import HostIdentity
+
     identity = HostIdentity.generate()
 
     async def main() -> None:
