@@ -48,7 +48,7 @@ def test_a_calls_own_deadline(setup: tuple[RpcClient, threading.Event]) -> None:
     started = time.monotonic()
     with pytest.raises(E.RpcTimeout):
         client.call("wait_cancel", None, timeout=0.1)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.75  # (the old code: the read slice, ~1 s)
 
 
 def test_a_result_timeouts_cancel_leaves_at_once(
@@ -60,5 +60,5 @@ def test_a_result_timeouts_cancel_leaves_at_once(
     with pytest.raises(E.RpcTimeout):
         call.result(timeout=0.1)
     # the server's handler sees the CANCEL well before the reader's read ends
-    assert cancelled.wait(0.5)
-    assert time.monotonic() - started < 0.6
+    assert cancelled.wait(0.75)
+    assert time.monotonic() - started < 0.85
