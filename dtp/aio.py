@@ -870,7 +870,7 @@ class DTPStreamWriter:
         """Close the whole connection at once, dropping queued data. Reads and drain()
         raise ConnectionClosed from now on (as asyncio's drain() raises once the
         transport was aborted)."""
-        self._closing = True
+        was_closing, self._closing = self._closing, True
         self._conn.close(CloseCode.APPLICATION, reason)
         self._proto.flush()
         # the end is known now, not only once the transport reports it lost: a drain()
@@ -878,6 +878,13 @@ class DTPStreamWriter:
         self._session.process_events()
         self._proto._notify()
         self._proto.close_carrier()
+        payment = self._proto.payment
+        if self._primary and payment is not None and not was_closing:
+            # the ledger half-close, as the blocking API's abort() (and close()) does: the
+            # ledger connection stayed Open, the half-close timeout never started, and
+            # the deposit stayed locked until the client settled by hand. wait_closed()
+            # waits for it.
+            self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on the connection (see
@@ -1288,6 +1295,10 @@ def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.close_carrier()
 
 
+#: The ledger half-closes of abandoned metered connections (see _close_abandoned)
+_FINISHING: set[asyncio.Task[None]] = set()
+
+
 def _abandoned(ref: weakref.ref[_Protocol]) -> None:
     """The last reader and writer of a client connection were garbage-collected with the
     connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
@@ -1307,8 +1318,18 @@ def _abandoned(ref: weakref.ref[_Protocol]) -> None:
 def _close_abandoned(proto: _Protocol) -> None:
     """:func:`_abandoned`'s close, on the loop, at once (no task: the loop may be
     ending). What flow control still holds is cut short: the peer reads an error then,
-    not a clean end. A metered connection is left to its payment's own close."""
-    if proto.session.terminated is not None or proto.conn.closed or proto.payment is not None:
+    not a clean end. A metered connection pays its final receipt first and is
+    half-closed on the ledger afterwards, as its writer's close() does (it was left
+    open for good, keepalives holding off the idle timeout, its deposit locked)."""
+    if proto.session.terminated is not None or proto.conn.closed:
+        return
+    payment = proto.payment
+    if payment is not None:
+        payment.closing()  # the final receipt goes out before CLOSE, in the same write
+        _abort(proto, CloseCode.NO_ERROR, "")
+        task = proto.loop.create_task(asyncio.to_thread(payment.finish))
+        _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)
+        task.add_done_callback(_FINISHING.discard)
         return
     if proto.conn.send_buffered():
         _abort(proto, CloseCode.APPLICATION, UNSENT)
