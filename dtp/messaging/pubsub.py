@@ -57,6 +57,10 @@ UNSUBSCRIBE: Final = 13  # [13, [topic, ...]]
 MAX_PEER_TOPICS: Final = 4096
 _CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
 MAX_TOPIC_LENGTH: Final = 256
+#: Largest SUBSCRIBE / UNSUBSCRIBE frame body (a full chunk of the longest topics, each
+#: ``[topic, distance]``: 1 + 3 + 256 + 2 bytes): a node reads control frames this large
+#: whatever its ``max_message_size``, or a peer's interest would be lost.
+_CONTROL_CAP: Final = 16 + _CHUNK * (MAX_TOPIC_LENGTH + 6)
 DEFAULT_HOPS: Final = 8
 #: Default cap on the bytes of the frames waiting in one link's queue.
 DEFAULT_LINK_QUEUE_BYTES: Final = 16 << 20
@@ -287,7 +291,12 @@ class Link:
             self.close()
 
     def _read_loop(self) -> None:
-        frames = read_frames(self.stream, self.node.max_message_size, self.closed, 256 * 1024)
+        cap = self.node.max_message_size
+        # a peer's SUBSCRIBE frame of 512 topics (up to 134 KB) does not depend on this
+        # node's max_message_size, and one skipped as too large lost that interest for
+        # good (its subscribers were never sent those topics): control frames are read
+        # up to _CONTROL_CAP, and anything else above the node's cap is still refused
+        frames = read_frames(self.stream, max(cap, _CONTROL_CAP), self.closed, 256 * 1024)
         try:
             for item in frames:
                 if self.closed.is_set():
@@ -296,7 +305,10 @@ class Link:
                     self.violations += 1
                     continue
                 try:
-                    self._handle(decode_body(item))
+                    message = decode_body(item)
+                    if len(item) > cap and not _is_control(message):
+                        raise E.MessageTooLarge("a pub/sub message above max_message_size")
+                    self._handle(message)
                 except E.MessagingProtocolError:
                     self.violations += 1
         except (DTPError, OSError) as exc:
@@ -616,6 +628,16 @@ def _check_size(name: str, value: object, low: int, high: int | None) -> None:
         raise ValueError(f"{name} must be at least {low}")
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}")
+
+
+def _is_control(message: object) -> bool:
+    """Whether a decoded frame claims to be a SUBSCRIBE or UNSUBSCRIBE."""
+    return (
+        isinstance(message, list)
+        and len(message) > 0
+        and type(message[0]) is int
+        and message[0] in (SUBSCRIBE, UNSUBSCRIBE)
+    )
 
 
 def _valid_topic(topic: object) -> bool:
