@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.errors import ChainError, DTPError
+from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
@@ -554,6 +554,9 @@ class BroadcastListener:
         self._send_lock = threading.Lock()
         self.hello = threading.Event()
         self.closed = threading.Event()
+        # set by an accepted HELLO or the close, whichever comes first: wait_hello()
+        # ends at either
+        self._settled = threading.Event()
         self.on_air = False
         self.received = 0
         self.forged = 0
@@ -571,8 +574,11 @@ class BroadcastListener:
         self._reader.start()
 
     def wait_hello(self, timeout: float) -> bool:
-        """Wait until the station introduced itself (and was accepted)."""
-        return self.hello.wait(timeout)
+        """Wait until the station introduced itself and was accepted (True), or at most
+        ``timeout`` seconds; False at once when the listener closes first (an impostor
+        station, the stream's end: :attr:`close_reason` says which)."""
+        self._settled.wait(timeout)
+        return self.hello.is_set()
 
     def get(self, timeout: float | None = None) -> BroadcastMessage | AirChange:
         """The next message or air change (raises ``queue.Empty`` after ``timeout``).
@@ -606,6 +612,7 @@ class BroadcastListener:
                 return
             self.close_reason = reason
             self.closed.set()
+            self._settled.set()
             self._queue.put_nowait(None)
 
     def _read_loop(self) -> None:
@@ -625,6 +632,12 @@ class BroadcastListener:
                     if self._public is None:
                         reason = "an impostor station"
                         return  # stop listening
+                except ChainError as exc:
+                    # the ledger could not say whose broadcast the station names: the
+                    # station is not believed, and the listener cannot go on without it
+                    self.last_error = exc
+                    reason = f"the station could not be checked: {type(exc).__name__}"
+                    return
                 except E.ReplayedBroadcast as exc:
                     self.replayed += 1
                     self.last_error = exc
@@ -655,15 +668,23 @@ class BroadcastListener:
                 raise E.MalformedMessage("invalid HELLO")
             if self.broadcast_id is not None and b_id.lower() != self.broadcast_id.lower():
                 raise E.ForgedBroadcast("the station announces another broadcast")
-            if (
-                self.broadcaster is not None
-                and sui_address_from_public_key(public) != self.broadcaster
-            ):
+            broadcaster = self.broadcaster
+            if broadcaster is None and self.ledger is not None:
+                # nothing pinned, but a ledger at hand: the broadcast the station names
+                # must be its own (an impostor naming a real broadcast was believed, and
+                # the listener's contributions paid for the impostor's messages)
+                try:
+                    broadcaster = self.ledger.get_broadcast(b_id).broadcaster
+                except (ObjectNotFound, InvalidObjectId):
+                    raise E.ForgedBroadcast("the station announces no broadcast") from None
+            if broadcaster is not None and sui_address_from_public_key(public) != broadcaster:
                 raise E.ForgedBroadcast("the station's key is not the broadcaster's")
+            self.broadcaster = broadcaster
             self.broadcast_id, self.channel, self._public = b_id, channel, public
             self._last_seq = next_seq - 1
             self.on_air = on_air
             self.hello.set()
+            self._settled.set()
             return
         if self._public is None or self.broadcast_id is None:
             raise E.MalformedMessage("a frame before HELLO")
