@@ -20,6 +20,7 @@ are passed in).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -355,7 +356,12 @@ class SealedInbox:
     One inbox per state file: it holds an exclusive lock (``flock``) on
     ``<state_path>-lock`` until :meth:`close` (or until it is garbage-collected), and a
     second inbox on the same file, in this process or another, is a SealedError -- two
-    would each deliver every message once, and overwrite each other's cursor.
+    would each deliver every message once, and overwrite each other's cursor. A closed
+    inbox delivers nothing more (SealedError, ``sealed.deliver`` included).
+
+    A state write that fails (a full disk...) raises its OSError; the messages it was
+    for are not taken as seen (for ``sealed.deliver``, whose handler has them, only in
+    memory), so a copy or the next :meth:`fetch` delivers them.
     """
 
     def __init__(
@@ -377,12 +383,18 @@ class SealedInbox:
             raise ValueError(
                 f"max_age must be a positive number of seconds or None, not {max_age!r}"
             )
+        count: object = max_seen  # (typed int, but callers pass what they have)
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)  # 1e5
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            # (-1 raised KeyError from an empty dict, "10" TypeError, at the first message)
+            raise ValueError(f"max_seen must be a number of ids (an int >= 0), not {max_seen!r}")
         self.max_age = max_age
         self.identity = identity
         self.host_id = _canonical(host_id)
         self.ledger = ledger
         self.verify_hosts = verify_hosts
-        self.max_seen = max_seen
+        self.max_seen = count
         self._path = Path(state_path) if state_path is not None else None
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -396,6 +408,7 @@ class SealedInbox:
         self.rejected: dict[str, int] = {}
         self.duplicates = 0
         self._unlock: weakref.finalize[[int], SealedInbox] | None = None
+        self._closed = False
         if self._path is not None:
             try:
                 fd = lock_exclusive(companion(self._path))
@@ -418,7 +431,12 @@ class SealedInbox:
 
     def close(self) -> None:
         """Release the state file's lock (idempotent). Everything delivered is saved
-        already: the inbox writes its state as it goes."""
+        already: the inbox writes its state as it goes. A closed inbox delivers nothing
+        more (:meth:`accept`, :meth:`fetch` and ``sealed.deliver`` raise SealedError): it
+        would deliver again what the next inbox on the file delivers, and write over
+        its state."""
+        with self._lock:
+            self._closed = True
         if self._unlock is not None:
             self._unlock()
 
@@ -461,10 +479,12 @@ class SealedInbox:
 
     def _load_journal(self, path: Path) -> None:
         """Add the ids appended after the last snapshot (one hex id per line; a last line
-        without its newline was being written when the process stopped: ignored)."""
+        without its newline was being written when the process stopped: cut off)."""
         if not path.exists():
             return
-        lines = path.read_bytes().split(b"\n")[:-1]  # the complete lines
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" after a complete last line
         try:
             ids = [bytes.fromhex(line.decode("ascii")) for line in lines]
             if any(len(m) != _ID_SIZE for m in ids):
@@ -473,6 +493,10 @@ class SealedInbox:
             raise E.SealedError(
                 f"inbox journal {str(path)!r} is corrupt ({exc}); move it away to start over"
             ) from None
+        if torn:
+            # cut it off: the next id appended would join it into one corrupt line, and
+            # the inbox would refuse to open at the next start
+            os.truncate(path, len(data) - len(torn))
         for message_id in ids:
             self._seen[message_id] = None
         self._journaled = len(ids)
@@ -492,16 +516,32 @@ class SealedInbox:
     def _remember(self, message_ids: list[bytes]) -> None:
         """(lock held) Persist newly seen ids: appended to the journal, so a delivery
         costs a line, not a rewrite of up to ``max_seen`` ids (86 ms at 100 000); the
-        journal is folded into the snapshot once it holds more ids."""
+        journal is folded into the snapshot once it holds more ids. Raises the OSError
+        of a write that failed, having undone it."""
         if self._path is None or not message_ids:
             return
-        self._journaled += len(message_ids)
+        journaled = self._journaled + len(message_ids)
         # (once the journal outgrows the snapshot: rewrites stay O(1) per id amortized)
-        if self._journaled > max(1024, len(self._seen) - self._journaled):
+        if journaled > max(1024, len(self._seen) - journaled):
             self._save()
             return
-        with open(self._path.with_suffix(self._path.suffix + ".log"), "ab") as journal:
-            journal.write(b"".join(m.hex().encode() + b"\n" for m in message_ids))
+        data = memoryview(b"".join(m.hex().encode() + b"\n" for m in message_ids))
+        path = self._path.with_suffix(self._path.suffix + ".log")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            except BaseException:
+                # a part of a line (the disk is full...) would join the next id appended
+                # into one corrupt line, and the inbox would refuse to open at next start
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+        self._journaled = journaled
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -545,35 +585,64 @@ class SealedInbox:
         with self._settled:
             while message_id in self._pending:
                 self._settled.wait()
+            self._check_open()
             if message_id in self._seen:
                 self.duplicates += 1
                 return False
             self._pending.add(message_id)
             return True
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise E.SealedError("this SealedInbox is closed")
+
     def _settle(self, message_id: bytes, delivered: bool) -> None:
         """End a :meth:`_claim`: remember the id if the message was delivered."""
         self._settle_all([message_id], delivered)
 
     def _settle_all(
-        self, message_ids: list[bytes], delivered: bool, cursor: str | None = None
+        self,
+        message_ids: list[bytes],
+        delivered: bool,
+        cursor: str | None = None,
+        *,
+        handed_over: bool = False,
     ) -> None:
         """End the :meth:`_claim` of each of ``message_ids``: remember them if they were
-        delivered, and then ``cursor`` when given; the state file is written once."""
+        delivered, and then ``cursor`` when given; the state file is written once.
+
+        When writing the state fails (a full disk...), its OSError propagates, and the
+        ids and the cursor are forgotten again: the caller did not hand the messages
+        over, so the next copy or ``fetch`` delivers them. ``handed_over``: the
+        application has them already, and they stay seen (in memory)."""
         with self._settled:
-            for message_id in message_ids:
-                self._pending.discard(message_id)
-                if delivered:
+            try:
+                for message_id in message_ids:
+                    self._pending.discard(message_id)
+                if not delivered:
+                    return
+                old_cursor = self.cursor
+                for message_id in message_ids:
                     self._seen[message_id] = None
-            if delivered:
+                try:
+                    if cursor is not None and cursor != self.cursor:
+                        self.cursor = cursor
+                        self._save()  # the cursor and the ids together
+                    else:
+                        self._remember(message_ids)
+                except BaseException:
+                    if not handed_over:
+                        self.cursor = old_cursor
+                        for message_id in message_ids:
+                            self._seen.pop(message_id, None)
+                    raise
+                # (after the write: what a failed one forgets is only what it added)
                 while len(self._seen) > self.max_seen:
                     self._seen.popitem(last=False)
-                if cursor is not None and cursor != self.cursor:
-                    self.cursor = cursor
-                    self._save()  # the cursor and the ids together
-                else:
-                    self._remember(message_ids)
-            self._settled.notify_all()
+            finally:
+                # whatever happened: a thread waiting in _claim for one of these ids
+                # would otherwise wait for ever
+                self._settled.notify_all()
 
     def fetch(self, limit: int = 1000, *, wait: float = 0.0) -> list[OpenedMessage]:
         """Read the ledger mailbox after the saved cursor (waiting up to ``wait`` seconds
@@ -586,6 +655,7 @@ class SealedInbox:
 
         if self.ledger is None:
             raise E.SealedError("this inbox has no ledger")
+        self._check_open()
         flt = EventFilter(type="MailDeposited", object_id=self.host_id)
         if wait > 0:
             events, cursor = self.ledger.wait_events(self.cursor, wait, flt, limit)
@@ -641,7 +711,7 @@ class SealedInbox:
                 on_message(message)
                 delivered = True
             finally:
-                self._settle(message.message_id, delivered)
+                self._settle_all([message.message_id], delivered, handed_over=True)
             return True
 
         server.register("sealed.deliver", deliver)

@@ -1,0 +1,151 @@
+"""Sealed inbox state, session 14: a journal line torn by a stop no longer makes the
+next start's inbox unopenable, a state write that fails (a full disk...) loses no mail
+and leaves no thread waiting for ever, ``max_seen`` is checked, and a closed inbox
+delivers nothing more (the next inbox on its state file does)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.sealed import OpenedMessage, SealedInbox, seal, send_sealed
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str]]:
+    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
+    alice, bob = HostIdentity.generate(), HostIdentity.generate()
+    hb = ledger.create_host(bob, bob.noise_public)
+    yield ledger, alice, bob, hb
+    ledger.close()
+
+
+def test_a_torn_journal_line_does_not_corrupt_the_next_start(world: tuple, tmp_path: Path) -> None:
+    _ledger, _alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    journal = tmp_path / "inbox.json.log"
+    with SealedInbox(bob, hb, state_path=state) as inbox:
+        first = seal(bob.noise_public, b"first")
+        assert inbox.accept(first) is not None
+    with journal.open("ab") as f:
+        f.write(b"ab" * 5)  # a process stopped in the middle of appending an id
+    second = seal(bob.noise_public, b"second")
+    with SealedInbox(bob, hb, state_path=state) as inbox:
+        assert inbox.accept(second) is not None  # appended after the torn bytes
+    # the torn bytes and the next id used to form one corrupt line: SealedError here
+    with SealedInbox(bob, hb, state_path=state) as inbox:
+        assert inbox.accept(first) is None and inbox.accept(second) is None
+    assert journal.read_bytes().endswith(b"\n")
+
+
+def test_a_failed_state_write_loses_no_mail(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
+        ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
+        blocker = tmp_path / "inbox.json.tmp"
+        blocker.mkdir()  # the snapshot cannot be written (as with a full disk)
+        with pytest.raises(OSError):
+            inbox.fetch()
+        blocker.rmdir()
+        # the batch's ids and the cursor were kept in memory: the mail was never seen
+        assert [m.body for m in inbox.fetch()] == [b"mail"]
+        assert inbox.fetch() == []
+        # a direct message whose journal line cannot be written is not lost either
+        journal = tmp_path / "inbox.json.log"
+        journal.unlink()
+        journal.mkdir()
+        direct = seal(bob.noise_public, b"direct")
+        with pytest.raises(OSError):
+            inbox.accept(direct)
+        journal.rmdir()
+        opened = inbox.accept(direct)
+        assert opened is not None and opened.body == b"direct"
+    with SealedInbox(bob, hb, ledger, state_path=state) as again:
+        assert again.accept(direct) is None and again.fetch() == []
+
+
+def test_a_failed_state_write_wakes_a_thread_waiting_for_the_same_message(
+    world: tuple, tmp_path: Path
+) -> None:
+    _ledger, _alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    journal = tmp_path / "inbox.json.log"
+    with SealedInbox(bob, hb, state_path=state) as inbox:
+        message = seal(bob.noise_public, b"twice")
+        message_id = inbox._open(message, "direct").message_id
+        assert inbox._claim(message_id)  # a delivery of it is under way
+        outcome: list[object] = []
+
+        def copy() -> None:
+            try:
+                outcome.append(inbox.accept(message))
+            except OSError as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=copy, daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while not inbox._settled._waiters:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the copy never waited"
+            time.sleep(0.005)
+        journal.mkdir()
+        with pytest.raises(OSError):
+            inbox._settle(message_id, delivered=True)
+        # the copy was left waiting for a wake-up that never came
+        waiter.join(5)
+        assert not waiter.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], OSError)  # its own write failed
+        journal.rmdir()
+        assert inbox.accept(message) is not None
+
+
+@pytest.mark.parametrize("max_seen", [-1, "10", 1.5, None, True])
+def test_max_seen_must_be_a_count(world: tuple, tmp_path: Path, max_seen: object) -> None:
+    _ledger, _alice, bob, hb = world
+    # -1 raised KeyError at the first message (at once with a state file), "10" TypeError
+    with pytest.raises(ValueError, match="max_seen"):
+        SealedInbox(bob, hb, state_path=tmp_path / "inbox.json", max_seen=max_seen)  # type: ignore[arg-type]
+    with SealedInbox(bob, hb, max_seen=1e3) as inbox:  # type: ignore[arg-type]
+        assert inbox.max_seen == 1000
+
+
+def test_a_closed_inbox_delivers_nothing(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    received: list[OpenedMessage] = []
+    rpc = RpcServer()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    with SealedInbox(bob, hb, ledger, state_path=state) as old:
+        old.register(rpc, received.append)
+    thread.start()
+    successor = SealedInbox(bob, hb, ledger, state_path=state)
+    sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
+    try:
+        message = seal(bob.noise_public, b"hello")
+        # the closed inbox's method, still registered, used to deliver it (and write the
+        # state file its successor owns): the successor then delivered it a second time
+        with pytest.raises(E.SealedError, match="closed"):
+            old.accept(message)
+        with pytest.raises(E.SealedError, match="closed"):
+            old.fetch()
+        client = RpcClient(sock, timeout=5)
+        via = send_sealed(message, recipient_host=hb, client=client, ledger=ledger, signer=alice)
+        assert via == "mailbox" and received == []
+        assert [m.body for m in successor.fetch()] == [b"hello"]
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+        thread.join(5)
+        successor.close()
