@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.errors import DTPError, InsufficientFunds
+from dtp.errors import DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import Meter
 from dtp.ratelimit import ClientBuckets
 from dtp.udp import (
@@ -65,15 +65,21 @@ async def relay_udp_async(
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and back (see
     :func:`dtp.udp.relay_udp`, billing and ``limits`` included), until the connection
-    ends or sits idle. Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot
-    be used as a UDP destination at all."""
+    ends or sits idle; then the connection is closed, as :func:`dtp.udp.relay_udp`
+    closes its socket (a client sending on would otherwise be heard by nobody, and
+    never told). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be
+    used as a UDP destination at all (the connection closed too)."""
     stats = stats if stats is not None else UdpStats()
     if billing is not None:
         report_every = billing.report_interval(report_every)
     loop = asyncio.get_running_loop()
     last = [loop.time()]
     limit = writer._conn.max_datagram_size
-    udp = _backend_socket(backend, blocking=False)
+    try:
+        udp = _backend_socket(backend, blocking=False)
+    except TunnelError:
+        writer.close()
+        raise
 
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
@@ -176,6 +182,10 @@ async def relay_udp_async(
             control_task.cancel()
             with contextlib.suppress(BaseException):
                 await control_task
+        # the relay has ended (idle, or the connection or control stream did): left
+        # open, the connection took the client's datagrams for good -- its forwarder,
+        # whose own sends keep the flow from idling out, was never told to reconnect
+        writer.close()
     return stats
 
 
@@ -478,8 +488,11 @@ class AsyncUdpForwarder:
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
         try:
-            for flow in list(self._flows.values()):
-                await self._end(flow)
+            # together, as the sweeper ends idle flows: each waits up to final_timeout
+            # for its relay's final report, and one after the other a close() with many
+            # flows to a relay gone quiet took final_timeout per flow (the daemon's
+            # drain gave up midway, leaving the later flows' connections open)
+            await asyncio.gather(*(self._end(flow) for flow in list(self._flows.values())))
         finally:
             # nothing uses it once taken (replies find no socket and are dropped): a
             # close() cancelled before this line left it open for good
