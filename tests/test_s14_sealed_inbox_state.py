@@ -149,3 +149,38 @@ def test_a_closed_inbox_delivers_nothing(world: tuple, tmp_path: Path) -> None:
         rpc.close()
         thread.join(5)
         successor.close()
+
+
+def test_a_handler_reading_the_mailbox_does_not_wait_for_itself(world: tuple) -> None:
+    ledger, alice, bob, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    message = seal(bob.noise_public, b"both ways")
+    later = seal(bob.noise_public, b"by mail only")
+    # the sender also put it in the mailbox (say its direct call had timed out before)
+    ledger.mailbox_send(alice, hb, message)
+    ledger.mailbox_send(alice, hb, later)
+    received: list[bytes] = []
+
+    def on_message(opened: OpenedMessage) -> None:
+        received.append(opened.body)
+        # catching up on mail from the handler found the message being handled: its
+        # claim waited for the delivery under way, that is for itself, for ever
+        received.extend(m.body for m in inbox.fetch())
+
+    rpc = RpcServer()
+    inbox.register(rpc, on_message)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
+    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread.start()
+    sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
+    try:
+        client = RpcClient(sock, timeout=5)
+        assert client.call("sealed.deliver", message) is True
+        assert received == [b"both ways", b"by mail only"]
+        assert inbox.duplicates == 1
+        assert client.call("sealed.deliver", message) is False  # seen once it returned
+    finally:
+        sock.close()
+        server.close()
+        rpc.close()
+        thread.join(5)

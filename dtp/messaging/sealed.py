@@ -399,8 +399,9 @@ class SealedInbox:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
         # ids being handed to register()'s on_message: marked seen only once it
-        # returned, and a concurrent copy waits for that outcome (see _claim)
-        self._pending: set[bytes] = set()
+        # returned, and a concurrent copy waits for that outcome (see _claim); the
+        # value is the delivering thread's ident
+        self._pending: dict[bytes, int] = {}
         self._settled = threading.Condition(self._lock)
         self.cursor: str | None = None
         self._journaled = 0  # ids in the state file's journal (<state_path>.log)
@@ -581,15 +582,20 @@ class SealedInbox:
     def _claim(self, message_id: bytes) -> bool:
         """Take ``message_id`` for delivery: False (a counted duplicate) if it was seen.
         While another thread is delivering it, wait for that to end: seen if it
-        succeeded, ours to deliver if it failed."""
+        succeeded, ours to deliver if it failed. While this thread is (an on_message
+        handler calling :meth:`fetch` or :meth:`accept`), it is a duplicate: waiting
+        for ourselves would never end."""
         with self._settled:
             while message_id in self._pending:
+                if self._pending[message_id] == threading.get_ident():
+                    self.duplicates += 1
+                    return False
                 self._settled.wait()
             self._check_open()
             if message_id in self._seen:
                 self.duplicates += 1
                 return False
-            self._pending.add(message_id)
+            self._pending[message_id] = threading.get_ident()
             return True
 
     def _check_open(self) -> None:
@@ -618,7 +624,7 @@ class SealedInbox:
         with self._settled:
             try:
                 for message_id in message_ids:
-                    self._pending.discard(message_id)
+                    self._pending.pop(message_id, None)
                 if not delivered:
                     return
                 old_cursor = self.cursor
