@@ -17,7 +17,7 @@ from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
-from dtp.messaging.sealed import OpenedMessage, SealedInbox, seal, send_sealed
+from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal, send_sealed
 
 
 @pytest.fixture
@@ -184,3 +184,29 @@ def test_a_handler_reading_the_mailbox_does_not_wait_for_itself(world: tuple) ->
         server.close()
         rpc.close()
         thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"message_id": "a" * 16}, TypeError),  # was sealed, then refused by open_sealed
+        ({"message_id": "a" * 16, "with_sender": True}, TypeError),
+        ({"message_id": 5}, TypeError),
+        ({"message_id": b""}, ValueError),  # was taken as "no id given"
+        ({"ephemeral": "a" * 32}, TypeError),
+    ],
+)
+def test_seal_takes_ids_and_keys_as_bytes_only(
+    world: tuple, kwargs: dict, error: type[Exception]
+) -> None:
+    _ledger, alice, bob, _hb = world
+    kwargs = dict(kwargs)
+    if kwargs.pop("with_sender", False):
+        kwargs["sender"] = alice
+    with pytest.raises(error, match="bytes"):
+        seal(bob.noise_public, b"hi", **kwargs)
+    # any bytes-like id is fine
+    message_id = bytearray(range(16))
+    assert open_sealed(bob, seal(bob.noise_public, b"hi", message_id=message_id)).message_id == (
+        bytes(message_id)
+    )

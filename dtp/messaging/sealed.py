@@ -160,11 +160,15 @@ def seal(
         now_ms = time.time_ns() // 1_000_000
     if not -(1 << 63) <= int(now_ms) < 1 << 64:  # what msgpack encodes
         raise ValueError("now_ms is out of range (ms since the epoch)")
+    if ephemeral is not None:
+        ephemeral = bytes_like(ephemeral)
     if ephemeral is not None and len(ephemeral) != 32:
         raise ValueError("an X25519 private key is 32 bytes")
     if len(body) > MAX_BODY:
         raise E.PayloadTooLarge(f"sealed body of {len(body)} bytes exceeds {MAX_BODY}")
-    message_id = message_id or os.urandom(_ID_SIZE)
+    # (a 16-character str passed the length check and sealed a message open_sealed
+    # refuses: its id must be bytes)
+    message_id = os.urandom(_ID_SIZE) if message_id is None else bytes_like(message_id)
     if len(message_id) != _ID_SIZE:
         raise ValueError("a message id is 16 bytes")
     pattern = PATTERN_N if sender is None else PATTERN_X
