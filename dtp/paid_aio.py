@@ -607,6 +607,9 @@ class PaidAioServer:
         self._lifetime: asyncio.Task[bool] | None = None
         # _handle calls and settlement threads running (they may still use the store)
         self._handling = 0
+        #: Set by the release: closed, every connection ended and settled, the receipt
+        #: writer stopped (what wait_released() waits for)
+        self._released = asyncio.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -845,7 +848,8 @@ class PaidAioServer:
         last has (at once when there are none), the receipt writer writes what it holds
         and stops (a short wait on the event loop: one SQLite commit at most), and a
         store :func:`serve` opened from ``receipts`` (a path) is closed. A
-        :class:`ReceiptStore` passed in stays open: the caller's to close, after this."""
+        :class:`ReceiptStore` passed in stays open: the caller's to close, once
+        :meth:`wait_released` returned True."""
         if self._closed:
             return
         self._closed = True
@@ -867,10 +871,26 @@ class PaidAioServer:
             self._attached = False
             self.store.detach_server()
         release_receipts(self.receipt_writer, self.store, self._own_store)
+        self._released.set()
 
     async def wait_closed(self) -> None:
+        """Wait until the listener is closed (connections being served go on: see
+        :meth:`wait_released`)."""
         if self.server is not None:
             await self.server.wait_closed()
+
+    async def wait_released(self, timeout: float | None = None) -> bool:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open. (False at once when the server is not
+        closed.)"""
+        if not self._closed:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
+        return self._released.is_set()
 
     async def serve_forever(self) -> None:
         assert self.server is not None
