@@ -221,6 +221,13 @@ class Link:
         self._dirty.clear()
         with self.node._lock:
             desired = dict(self._desired)
+        if len(desired) > MAX_PEER_TOPICS:
+            # the peer refuses topics past MAX_PEER_TOPICS in the order they come: the
+            # nearest subscribers go first (this node's own ahead of any relayed), or
+            # topics relayed from afar (4096 subscriptions two hops away, a hostile
+            # peer's junk) took every place and this node's subscribers got nothing
+            nearest = sorted(desired.items(), key=lambda item: (item[1], item[0]))
+            desired = dict(nearest[:MAX_PEER_TOPICS])
         told = self._advertised
         if told is None:
             sets = desired
@@ -228,13 +235,14 @@ class Link:
         else:
             sets = {t: d for t, d in desired.items() if told.get(t) != d}
             unsets = [t for t in told if t not in desired]
+        # withdrawals first: they make room at the peer for the new topics
+        for i in range(0, len(unsets), _CHUNK):
+            self.stream.sendall(encode_frame([UNSUBSCRIBE, unsets[i : i + _CHUNK]], 1 << 24))
         items = sorted(sets.items())
         if told is None or items:
             for i in range(0, max(len(items), 1), _CHUNK):
                 chunk = [[t, d] for t, d in items[i : i + _CHUNK]]
                 self.stream.sendall(encode_frame([SUBSCRIBE, chunk], 1 << 24))
-        for i in range(0, len(unsets), _CHUNK):
-            self.stream.sendall(encode_frame([UNSUBSCRIBE, unsets[i : i + _CHUNK]], 1 << 24))
         self._advertised = desired
 
     @property
