@@ -210,3 +210,25 @@ def test_seal_takes_ids_and_keys_as_bytes_only(
     assert open_sealed(bob, seal(bob.noise_public, b"hi", message_id=message_id)).message_id == (
         bytes(message_id)
     )
+
+
+def test_max_age_refuses_a_message_dated_far_ahead(world: tuple) -> None:
+    ledger, alice, bob, hb = world
+    now_ms = time.time_ns() // 1_000_000
+    year_ms = 365 * 86_400_000
+    ahead = seal(bob.noise_public, b"a sender's clock a year fast", now_ms=now_ms + year_ms)
+    plain = SealedInbox(bob, hb, ledger, max_seen=1)
+    guarded = SealedInbox(bob, hb, ledger, max_seen=1, max_age=3600)
+    assert plain.accept(ahead) is not None
+    plain.accept(seal(bob.noise_public, b"next"))  # the id is forgotten
+    assert plain.accept(ahead) is not None  # its copy is delivered again (no max_age)
+    # with max_age it was taken too, and so would its copies be, for a year
+    with pytest.raises(E.SealedExpired, match="ahead"):
+        guarded.accept(ahead)
+    # a clock a little fast (within max_age) is fine
+    slightly = seal(bob.noise_public, b"a minute fast", now_ms=now_ms + 60_000)
+    assert guarded.accept(slightly) is not None
+    ledger.mailbox_send(alice, hb, ahead)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"today"))
+    assert [m.body for m in guarded.fetch()] == [b"today"]
+    assert guarded.rejected == {"SealedExpired": 2}

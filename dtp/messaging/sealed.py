@@ -350,12 +350,14 @@ class SealedInbox:
     raises :class:`~dtp.messaging.errors.SealedError` naming it. ``host_id`` and the recipient a
     message names are compared as object IDs (``0xAB`` is ``0x00…ab``).
 
-    ``max_age`` (seconds, None: no limit) refuses messages dated earlier than that
+    ``max_age`` (seconds, None: no limit) refuses messages dated earlier than that, or
+    more than ``max_age`` ahead of this host's clock
     (:class:`~dtp.messaging.errors.SealedExpired`, counted in :attr:`rejected`): a copy
     of an old message, which anyone may post to the mailbox again, is then refused even
-    after its id has left the last ``max_seen``. Choose it shorter than the time
-    ``max_seen`` messages take to arrive, and longer than a message may wait in the
-    mailbox (and than the senders' clocks may be off).
+    after its id has left the last ``max_seen`` (a message dated far ahead, by a sender
+    whose clock is wrong, would not grow old for years). Choose it shorter than half
+    the time ``max_seen`` messages take to arrive, and longer than a message may wait
+    in the mailbox (and than the senders' clocks may be off).
 
     One inbox per state file: it holds an exclusive lock (``flock``) on
     ``<state_path>-lock`` until :meth:`close` (or until it is garbage-collected), and a
@@ -573,13 +575,15 @@ class SealedInbox:
             self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
             raise E.SealedDecryptError()
         if self.max_age is not None:
-            oldest = time.time_ns() // 1_000_000 - int(self.max_age * 1000)
-            if message.sent_ms < oldest:
-                # a copy of a message delivered long ago, whose id may be forgotten
+            now_ms = time.time_ns() // 1_000_000
+            window = int(self.max_age * 1000)
+            if not now_ms - window <= message.sent_ms <= now_ms + window:
+                # a copy of a message delivered long ago, whose id may be forgotten; or
+                # one dated so far ahead that its copies would be taken until that date
                 self.rejected["SealedExpired"] = self.rejected.get("SealedExpired", 0) + 1
+                which = "older than" if message.sent_ms < now_ms else "ahead of now by more than"
                 raise E.SealedExpired(
-                    f"sealed message dated {message.sent_ms} ms, older than max_age "
-                    f"({self.max_age} s)"
+                    f"sealed message dated {message.sent_ms} ms, {which} max_age ({self.max_age} s)"
                 )
         return OpenedMessage(**{**message.__dict__, "via": via})
 
