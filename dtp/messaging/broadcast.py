@@ -404,7 +404,9 @@ class BroadcastStation:
 
     def send(self, payload: bytes) -> int:
         """Sign ``payload`` and send it to every listener; returns its sequence number.
-        Raises :class:`OffAir` (nothing sent) when the pool does not cover this slot, and
+        Raises :class:`OffAir` (nothing sent) when the pool does not cover this slot,
+        :class:`PayloadTooLarge` above :data:`MAX_PAYLOAD` or when the frame would not fit
+        the listeners' cap (a channel name over about 900 bytes leaves less room), and
         TypeError for a payload that is not bytes-like."""
         payload = bytes_like(payload)
         if len(payload) > MAX_PAYLOAD:
@@ -413,11 +415,23 @@ class BroadcastStation:
             raise E.OffAir("the broadcast is off air")
         with self._lock:
             seq = self._seq
-            self._seq += 1
             signature = self.identity.sign(
                 signed_message(self.broadcast_id, self.channel, seq, payload)
             )
-            self._fan_out(encode_frame([MESSAGE, self.channel, seq, payload, signature]))
+            message = [MESSAGE, self.channel, seq, payload, signature]
+            try:
+                # the listeners' cap: a long channel name (it is in every frame) leaves
+                # less room for the payload, and a frame above the cap was skipped by
+                # every listener while send() returned as if it had gone
+                frame = encode_frame(message, _FRAME_CAP)
+            except E.PayloadTooLarge:
+                raise E.PayloadTooLarge(
+                    f"a payload of {len(payload)} bytes does not fit a frame on this "
+                    f"channel ({_FRAME_CAP} bytes with its {len(self.channel.encode())}-byte "
+                    "name)"
+                ) from None
+            self._seq += 1
+            self._fan_out(frame)
         return seq
 
     def start_monitor(self, interval: float = 0.1) -> None:
