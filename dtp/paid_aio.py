@@ -451,11 +451,25 @@ class PaidWriter:
             if self._close_after:
                 writer.close()
 
-    async def drain(self) -> None:
+    async def _wait_released(self) -> None:
+        """Wait until what is held was let out (or the letting out failed or was given
+        up: the writer's next call then says how)."""
         releasing = self._releasing
-        if releasing is not None:
+        if releasing is None:
+            return
+        try:
             # shielded: a cancelled drain() leaves what was written on its way
             await asyncio.shield(releasing)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not releasing.cancelled() or (task is not None and task.cancelling()):
+                raise  # this task was cancelled
+            # abort() cancelled the release: not this task's cancellation (it raised
+            # CancelledError into a drain() or wait_closed() nobody cancelled, ending
+            # the handler as if cancelled); the wrapped writer reports the abort
+
+    async def drain(self) -> None:
+        await self._wait_released()
         if self._failed is not None:
             raise self._failed
         await self._writer.drain()
@@ -482,9 +496,7 @@ class PaidWriter:
         return self._writer.get_write_buffer_size() + len(self._held) - self._held_from
 
     async def wait_closed(self) -> None:
-        releasing = self._releasing
-        if releasing is not None:
-            await asyncio.shield(releasing)
+        await self._wait_released()
         await self._writer.wait_closed()
 
     def abort(self, reason: str = "aborted") -> None:
