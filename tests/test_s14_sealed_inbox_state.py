@@ -232,3 +232,25 @@ def test_max_age_refuses_a_message_dated_far_ahead(world: tuple) -> None:
     ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"today"))
     assert [m.body for m in guarded.fetch()] == [b"today"]
     assert guarded.rejected == {"SealedExpired": 2}
+
+
+def test_a_state_file_serves_the_host_it_was_written_for(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, hb = world
+    ha = ledger.create_host(alice, alice.noise_public)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"for bob"))
+    ledger.mailbox_send(bob, ha, seal(alice.noise_public, b"for alice"))
+    state = tmp_path / "inbox.json"
+    with SealedInbox(alice, ha, ledger, state_path=state) as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"for alice"]
+    # bob's inbox took over alice's cursor, past bob's mail: fetch found nothing, for good
+    with pytest.raises(E.SealedError, match="belongs to host"):
+        SealedInbox(bob, hb, ledger, state_path=state)
+    with SealedInbox(bob, hb, ledger, state_path=tmp_path / "bob.json") as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"for bob"]
+    # the same host, spelled another way, is the same host; a file without a host
+    # (written by an earlier version) is taken as it is
+    with SealedInbox(alice, ha.upper().replace("0X", "0x"), ledger, state_path=state) as inbox:
+        assert inbox.fetch() == []
+    state.write_text('{"cursor": null, "seen": []}')
+    with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"for bob"]

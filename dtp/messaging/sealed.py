@@ -471,8 +471,13 @@ class SealedInbox:
                 raise ValueError("not a JSON object")
             cursor = state.get("cursor")
             seen = state.get("seen", [])
-            if not (cursor is None or isinstance(cursor, str)) or not isinstance(seen, list):
-                raise ValueError("cursor or seen of the wrong type")
+            host = state.get("host")  # (absent from the files of earlier versions)
+            if (
+                not (cursor is None or isinstance(cursor, str))
+                or not isinstance(seen, list)
+                or not (host is None or isinstance(host, str))
+            ):
+                raise ValueError("host, cursor or seen of the wrong type")
             ids = [bytes.fromhex(hex_id) for hex_id in seen]
             if any(len(m) != _ID_SIZE for m in ids):
                 raise ValueError("a seen id is not 16 bytes")
@@ -480,6 +485,12 @@ class SealedInbox:
             raise E.SealedError(
                 f"inbox state file {str(path)!r} is corrupt ({exc}); move it away to start over"
             ) from None
+        if host is not None and host != self.host_id:
+            # its cursor is a position in the ledger's whole event stream: taken over, it
+            # would skip this host's mail that arrived before it, silently
+            raise E.SealedError(
+                f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
+            )
         self.cursor = cursor
         for message_id in ids:
             self._seen[message_id] = None
@@ -512,7 +523,7 @@ class SealedInbox:
         """Write the whole state (cursor and ids) and empty the journal."""
         if self._path is None:
             return
-        state = {"cursor": self.cursor, "seen": [m.hex() for m in self._seen]}
+        state = {"host": self.host_id, "cursor": self.cursor, "seen": [m.hex() for m in self._seen]}
         tmp = self._path.with_suffix(self._path.suffix + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self._path)
