@@ -44,6 +44,7 @@ from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
+from dtp.messaging.pubsub import _PatientReads
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -241,7 +242,8 @@ class _StationLink:
 
     def _read_loop(self) -> None:
         try:
-            for item in read_frames(self.stream, 4096, self.closed):
+            # (reads wait through the stream's timeout: a listener may stay quiet)
+            for item in read_frames(_PatientReads(self.stream, self.closed), 4096, self.closed):
                 if self.closed.is_set():
                     return  # a closed link takes no more tips or requests
                 if isinstance(item, Oversized):
@@ -259,7 +261,7 @@ class _StationLink:
     def close(self) -> None:
         """Stop the writer thread and forget the link. The stream is left to its owner,
         so the reader thread, blocked in ``recv``, ends only when that returns: the next
-        bytes arrive (they are discarded) or the stream ends."""
+        bytes arrive (they are discarded), the stream ends or its timeout passes."""
         if self.closed.is_set():
             return
         self.closed.set()
@@ -632,7 +634,9 @@ class BroadcastListener:
     def _read_loop(self) -> None:
         reason = "the station's stream ended"
         try:
-            for item in read_frames(self.stream, _FRAME_CAP, self.closed, 256 * 1024):
+            # (reads wait through the stream's timeout: an off-air station sends nothing)
+            reads = _PatientReads(self.stream, self.closed)
+            for item in read_frames(reads, _FRAME_CAP, self.closed, 256 * 1024):
                 if self.closed.is_set():
                     return  # closed locally: what still arrives is not delivered
                 if isinstance(item, Oversized):
@@ -774,6 +778,6 @@ class BroadcastListener:
         """Stop listening: :meth:`get` raises :class:`~dtp.messaging.errors.StationError`
         once the queue is drained, waiting calls included. The stream is left to its
         owner, so the reader thread, blocked in ``recv``, ends only when that returns:
-        the next bytes arrive (they are discarded) or the stream ends (closed by its
-        owner or the station)."""
+        the next bytes arrive (they are discarded), the stream ends (closed by its
+        owner or the station) or its timeout, if it has one, passes."""
         self._close("closed")

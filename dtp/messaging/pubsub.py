@@ -68,6 +68,28 @@ _STOP: Final = b""
 _WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
 
 
+class _PatientReads:
+    """A stream's reads, waiting through the stream's own timeout: a link is idle for as
+    long as nobody publishes, and the TimeoutError of a stream with a timeout (nothing was
+    read: the stream stays usable) ended the link after that long. Once ``stop`` is set
+    a timeout ends the reads instead (b""), so a closed link's reader ends then too."""
+
+    __slots__ = ("_recv", "_stop")
+
+    def __init__(self, stream: Any, stop: threading.Event) -> None:
+        self._recv = stream.recv
+        self._stop = stop
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            try:
+                data: bytes = self._recv(size)
+                return data
+            except TimeoutError:
+                if self._stop.is_set():
+                    return b""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message delivered to a subscription."""
@@ -304,7 +326,8 @@ class Link:
         # node's max_message_size, and one skipped as too large lost that interest for
         # good (its subscribers were never sent those topics): control frames are read
         # up to _CONTROL_CAP, and anything else above the node's cap is still refused
-        frames = read_frames(self.stream, max(cap, _CONTROL_CAP), self.closed, 256 * 1024)
+        reads = _PatientReads(self.stream, self.closed)
+        frames = read_frames(reads, max(cap, _CONTROL_CAP), self.closed, 256 * 1024)
         try:
             for item in frames:
                 if self.closed.is_set():
@@ -371,8 +394,8 @@ class Link:
     def close(self) -> None:
         """Stop the writer thread and forget the link. The stream is left to its owner,
         so the reader thread, blocked in ``recv``, ends only when that returns: the next
-        bytes arrive (they are discarded) or the stream ends (closed by its owner or the
-        peer)."""
+        bytes arrive (they are discarded), the stream ends (closed by its owner or the
+        peer) or its timeout, if it has one, passes."""
         if self.closed.is_set():
             return
         self.closed.set()
