@@ -254,3 +254,18 @@ def test_a_state_file_serves_the_host_it_was_written_for(world: tuple, tmp_path:
     state.write_text('{"cursor": null, "seen": []}')
     with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
         assert [m.body for m in inbox.fetch()] == [b"for bob"]
+
+
+@pytest.mark.parametrize(
+    ("host_id", "error"), [(None, TypeError), (b"0x1", TypeError), ("bob", ValueError)]
+)
+def test_an_inbox_reading_a_mailbox_needs_an_object_id(
+    world: tuple, host_id: object, error: type[Exception]
+) -> None:
+    ledger, alice, bob, hb = world
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
+    # such an inbox skipped every mail (none names it) and moved its cursor past it all
+    with pytest.raises(error, match="host_id"):
+        SealedInbox(bob, host_id, ledger)  # type: ignore[arg-type]
+    with SealedInbox(bob, hb, ledger) as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"mail"]

@@ -348,7 +348,8 @@ class SealedInbox:
     between two saves of the cursor are appended to a journal next to the state file
     (``<state_path>.log``). A state file or journal that is not what the inbox writes
     raises :class:`~dtp.messaging.errors.SealedError` naming it. ``host_id`` and the recipient a
-    message names are compared as object IDs (``0xAB`` is ``0x00…ab``).
+    message names are compared as object IDs (``0xAB`` is ``0x00…ab``); with a ``ledger``,
+    ``host_id`` must be one (ValueError), as the mailbox is read by it.
 
     ``max_age`` (seconds, None: no limit) refuses messages dated earlier than that, or
     more than ``max_age`` ahead of this host's clock
@@ -397,6 +398,18 @@ class SealedInbox:
             raise ValueError(f"max_seen must be a number of ids (an int >= 0), not {max_seen!r}")
         self.max_age = max_age
         self.identity = identity
+        if not isinstance(host_id, str):
+            raise TypeError(f"host_id must be a str, not {type(host_id).__name__!r}")
+        if ledger is not None:
+            from dtp.chain.objects import normalize_id
+            from dtp.errors import InvalidObjectId
+
+            # fetch reads the mailbox by it: with anything but an object ID it skipped
+            # all the mail, moving (and saving) the cursor past it
+            try:
+                normalize_id(host_id, "host ID")
+            except InvalidObjectId:
+                raise ValueError(f"host_id {host_id!r} is not an object ID (0x + hex)") from None
         self.host_id = _canonical(host_id)
         self.ledger = ledger
         self.verify_hosts = verify_hosts
