@@ -269,3 +269,15 @@ def test_an_inbox_reading_a_mailbox_needs_an_object_id(
         SealedInbox(bob, host_id, ledger)  # type: ignore[arg-type]
     with SealedInbox(bob, hb, ledger) as inbox:
         assert [m.body for m in inbox.fetch()] == [b"mail"]
+
+
+def test_fetch_with_the_wrong_identity_leaves_the_mail_unread(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, hb = world
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
+    state = tmp_path / "inbox.json"
+    # every mail failed to open and was skipped, the saved cursor moving past it for good
+    wrong = SealedInbox(HostIdentity.generate(), hb, ledger, state_path=state)
+    with wrong, pytest.raises(E.SealedError, match="another Noise key"):
+        wrong.fetch()
+    with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"mail"]

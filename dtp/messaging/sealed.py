@@ -429,6 +429,7 @@ class SealedInbox:
         self.duplicates = 0
         self._unlock: weakref.finalize[[int], SealedInbox] | None = None
         self._closed = False
+        self._key_checked = False  # the host publishes our Noise key (see fetch)
         if self._path is not None:
             try:
                 fd = lock_exclusive(companion(self._path))
@@ -694,6 +695,16 @@ class SealedInbox:
         if self.ledger is None:
             raise E.SealedError("this inbox has no ledger")
         self._check_open()
+        if not self._key_checked:
+            # (once per inbox) with another identity than the host's, every mail failed to
+            # open and was skipped, the cursor moving (and saved) past all of it for good
+            published = self.ledger.get_host(self.host_id).noise_static_key
+            if published != self.identity.noise_public:
+                raise E.SealedError(
+                    f"host {self.host_id} publishes another Noise key than this inbox's "
+                    "identity: none of its mail would open (the mail is left unread)"
+                )
+            self._key_checked = True
         flt = EventFilter(type="MailDeposited", object_id=self.host_id)
         if wait > 0:
             events, cursor = self.ledger.wait_events(self.cursor, wait, flt, limit)
