@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 #: default ``max_datagram_size`` is lower, 16000, and wins when smaller).
 MAX_UDP_PAYLOAD = 65507
 _LEN = struct.Struct(">I")
+#: :class:`UdpBilling`'s default byte credit per datagram of credit.
+_CREDIT_BYTES_PER_DATAGRAM = 16 * 1024
 
 
 @dataclass
@@ -126,8 +128,13 @@ class UdpBilling:
 
     ``credit_datagrams``: datagrams served ahead of the receipts covering them — the
     relay's risk, and the slack a fast stream needs while reports and receipts make
-    their round trip (at 512 bytes, 1024 datagrams are 0.5 MB of traffic). ``on_receipt``
-    sees every accepted receipt (e.g. ``ReceiptStore.keep``).
+    their round trip (at 512 bytes, 1024 datagrams are 0.5 MB of traffic).
+    ``credit_bytes`` (by default ``credit_datagrams`` x 16 KiB): the same for the bytes
+    both ways, requests and replies, served ahead of the receipts covering them. A
+    receipt pays for requests and bytes apart, and counting requests alone let a client
+    sign for its datagrams but no bytes (on a service priced by the byte, nothing at
+    all) and be served without bound, replies included. ``on_receipt`` sees every
+    accepted receipt (e.g. ``ReceiptStore.keep``).
     """
 
     def __init__(
@@ -138,15 +145,21 @@ class UdpBilling:
         deposited: int,
         *,
         credit_datagrams: int = 1024,
+        credit_bytes: int | None = None,
         on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
         if credit_datagrams < 0:
             raise ValueError("credit_datagrams cannot be negative")
+        if credit_bytes is None:
+            credit_bytes = credit_datagrams * _CREDIT_BYTES_PER_DATAGRAM
+        if credit_bytes < 0:
+            raise ValueError("credit_bytes cannot be negative")
         self.connection_id = connection_id
         self.sla = sla
         self.client_public_key = client_public_key
         self.deposited = deposited
         self.credit_datagrams = credit_datagrams
+        self.credit_bytes = credit_bytes
         self.on_receipt = on_receipt
         self.latest: Receipt | None = None
         #: What the relay forwarded for this client: its datagrams (requests) and the
@@ -193,13 +206,41 @@ class UdpBilling:
                 logger.exception("on_receipt failed for %s", self.connection_id)
         return True
 
-    def may_forward(self) -> bool:
-        """Whether the receipts so far leave credit for one more datagram. The relays
-        ask this before sending and count with :meth:`forwarded` only once the backend's
-        socket took the datagram: a send that fails is not billed."""
+    def may_forward(self, nbytes: int = 0) -> bool:
+        """Whether a datagram of ``nbytes`` from the client may go: the receipts so far
+        leave credit for one more (its request and its bytes), and the deposit pays
+        for it on top of everything served (beyond it, no receipt could). The relays
+        ask this before sending and count with :meth:`forwarded` only once the
+        backend's socket took the datagram: a send that fails is not billed."""
         with self._lock:
-            paid = 0 if self.latest is None else self.latest.total_requests
-            return self.datagrams - paid < self.credit_datagrams
+            return self._may_serve(nbytes, 1)
+
+    def _may_serve(self, nbytes: int, requests: int) -> bool:
+        """(lock held) Credit and deposit left for ``nbytes`` and ``requests`` more."""
+        latest = self.latest
+        paid, paid_bytes = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+        return (
+            self.datagrams - paid < self.credit_datagrams
+            and self.bytes - paid_bytes < self.credit_bytes
+            and fee(self.sla, self.bytes + nbytes, self.datagrams + requests) <= self.deposited
+        )
+
+    def replies_allowed(self, sizes: list[int]) -> int:
+        """How many of the replies of these sizes (the first ones) may go: each while
+        the bytes no receipt covers stay below ``credit_bytes`` and the deposit pays
+        for it. The relays then count those sent with :meth:`replied`."""
+        with self._lock:
+            paid_bytes = 0 if self.latest is None else self.latest.total_bytes
+            nbytes, datagrams = self.bytes, self.datagrams
+        allowed = 0
+        for size in sizes:
+            if nbytes - paid_bytes >= self.credit_bytes:
+                break
+            nbytes += size
+            if fee(self.sla, nbytes, datagrams) > self.deposited:
+                break
+            allowed += 1
+        return allowed
 
     def forwarded(self, nbytes: int) -> None:
         """Count a datagram of ``nbytes`` delivered to the backend."""
@@ -212,8 +253,7 @@ class UdpBilling:
         it when it may (for a caller whose delivery cannot fail; the relays use
         :meth:`may_forward` and :meth:`forwarded`)."""
         with self._lock:
-            paid = 0 if self.latest is None else self.latest.total_requests
-            if self.datagrams - paid >= self.credit_datagrams:
+            if not self._may_serve(nbytes, 1):
                 return False
             self.datagrams += 1
             self.bytes += nbytes
@@ -239,12 +279,18 @@ class UdpBilling:
             return self._reported
 
     def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
-        """The totals to report when ``every`` datagrams passed since the last report
-        (or anything changed, with ``force``); None when no report is due."""
+        """The totals to report when ``every`` datagrams, or half of ``credit_bytes``,
+        passed since the last report (or anything changed, with ``force``); None when
+        no report is due. (By bytes too: a stream of replies, which are no requests,
+        would otherwise run through its byte credit before a report was due.)"""
         with self._lock:
-            last_datagrams = self._reported[0]
+            last_datagrams, last_bytes = self._reported
             changed = (self.datagrams, self.bytes) != self._reported
-            if not changed or not (force or self.datagrams - last_datagrams >= every):
+            if not changed or not (
+                force
+                or self.datagrams - last_datagrams >= every
+                or self.bytes - last_bytes >= max(1, self.credit_bytes // 2)
+            ):
                 return None
             self._reported = (self.datagrams, self.bytes)
             return self._reported
@@ -376,16 +422,29 @@ def relay_udp(
                 fits = [d for d in batch if len(d) <= limit]
                 if len(fits) < len(batch):
                     stats.add(dropped_oversized=len(batch) - len(fits))
+                unpaid = 0
+                if billing is not None:
+                    allowed = billing.replies_allowed(list(map(len, fits)))
+                    unpaid = len(fits) - allowed
+                    del fits[allowed:]
                 if not fits:
+                    stats.add(dropped_unpaid=unpaid)
                     continue
                 sent = sock.send_datagrams(fits)
                 last[0] = time.monotonic()
                 nbytes = sum(map(len, fits[:sent]))
-                if billing is not None:
-                    billing.replied(nbytes)
                 if limits is not None:
                     limits.charge_bytes(nbytes, last[0])
-                stats.add(datagrams_out=sent, bytes_out=nbytes, dropped_backlog=len(fits) - sent)
+                stats.add(
+                    datagrams_out=sent,
+                    bytes_out=nbytes,
+                    dropped_backlog=len(fits) - sent,
+                    dropped_unpaid=unpaid,
+                )
+                if billing is not None:
+                    billing.replied(nbytes)
+                    if control is not None:
+                        control.report()  # (replies alone may make one due)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -414,7 +473,7 @@ def relay_udp(
                 del batch[admitted:]
             sent = nbytes = unpaid = failed = 0
             for data in batch:
-                if billing is not None and not billing.may_forward():
+                if billing is not None and not billing.may_forward(len(data)):
                     unpaid += 1
                     continue
                 try:

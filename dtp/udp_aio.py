@@ -87,7 +87,13 @@ async def relay_udp_async(
         fits = [d for d in batch if len(d) <= limit]
         if len(fits) < len(batch):
             stats.add(dropped_oversized=len(batch) - len(fits))
+        unpaid = 0
+        if billing is not None:
+            allowed = billing.replies_allowed(list(map(len, fits)))
+            unpaid = len(fits) - allowed
+            del fits[allowed:]
         if not fits:
+            stats.add(dropped_unpaid=unpaid)
             return
         try:
             sent = writer.send_datagrams(fits)
@@ -95,11 +101,17 @@ async def relay_udp_async(
             return
         last[0] = loop.time()
         nbytes = sum(map(len, fits[:sent]))
-        if billing is not None:
-            billing.replied(nbytes)
         if limits is not None:
             limits.charge_bytes(nbytes, time.monotonic())
-        stats.add(datagrams_out=sent, bytes_out=nbytes, dropped_backlog=len(fits) - sent)
+        stats.add(
+            datagrams_out=sent,
+            bytes_out=nbytes,
+            dropped_backlog=len(fits) - sent,
+            dropped_unpaid=unpaid,
+        )
+        if billing is not None:
+            billing.replied(nbytes)
+            report()  # (replies alone may make one due)
 
     loop.add_reader(udp.fileno(), on_replies)
 
@@ -140,7 +152,7 @@ async def relay_udp_async(
         if limits is not None and not limits.admit((len(data),), time.monotonic()):
             stats.add(dropped_rate_limited=1)
             return
-        if billing is not None and not billing.may_forward():
+        if billing is not None and not billing.may_forward(len(data)):
             stats.add(dropped_unpaid=1)
             return
         try:
