@@ -800,8 +800,14 @@ class DTPStreamWriter:
         """The graceful close was cancelled (the loop ending, as asyncio.run does after
         ``close()`` without ``wait_closed()``), perhaps before its first step: abort
         instead, so the transport is not left open (asyncio's ``close()`` closes it at
-        once)."""
+        once). A metered connection's final receipt goes out first, as in the graceful
+        close (the server was left unpaid for the usage since the last receipt: a
+        ``close()`` without ``wait_closed()`` at the end of ``asyncio.run`` paid
+        nothing of it)."""
         if task.cancelled():
+            payment = self._proto.payment
+            if payment is not None:
+                payment.closing()
             if self._conn.send_buffered():
                 # what was written is cut short: the peer must not read a clean end
                 _abort(self._proto, CloseCode.APPLICATION, UNSENT)
