@@ -244,12 +244,20 @@ class TcpLeg(asyncio.Protocol):
                     source.resume_sink()
 
         def on_data(data: bytes) -> None:
+            if done.done():
+                return  # the tunnel is cut: what arrives before the reset goes nowhere
             transport = self.transport
             if transport is None or transport.is_closing():
-                if not done.done():
-                    done.set_exception(ConnectionResetError("the TCP side of the tunnel closed"))
+                done.set_exception(ConnectionResetError("the TCP side of the tunnel closed"))
                 return
-            wait = count(len(data))
+            try:
+                wait = count(len(data))
+            except DTPError as exc:
+                # this tunnel cannot go on (a used-up deposit, unpaid usage): it alone is
+                # cut. Raised into the connection's input, it closed the whole connection
+                # with every other tunnel on it (logged as an error with a traceback)
+                done.set_exception(exc)
+                return
             transport.write(data)
             if not self._writable.is_set():
                 hold("writable")

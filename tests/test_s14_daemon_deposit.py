@@ -1,0 +1,82 @@
+"""The services daemon: a forwarder's deposit running out mid-tunnel cuts that tunnel
+alone. Raised inside the DTP connection's input, the error closed the whole connection
+(logged as an error with a traceback), resetting the other tunnels on it too."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from dtp.keys import HostIdentity
+from tests.daemon_procs import SUI, daemon, forward_address, running, write_forwarder
+from tests.test_s13_daemon_tunnels import Backend, serves_health_checks
+
+
+def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
+    go_on = threading.Event()
+
+    def handler(sock: socket.socket) -> None:
+        if serves_health_checks(sock):
+            return
+        sock.settimeout(10)
+        first = sock.recv(16)
+        if first.startswith(b"big"):
+            sock.sendall(b"x" * (3 << 20))  # far more than the deposit pays for
+        else:
+            sock.sendall(b"small-reply")
+            go_on.wait(20)
+            sock.sendall(b"-more")
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(16)
+
+    backend = Backend(handler)
+    try:
+        HostIdentity.generate().save(tmp_path / "provider.key")
+        HostIdentity.generate().save(tmp_path / "client.key")
+        config = tmp_path / "daemon.toml"
+        config.write_text(
+            f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+drain_timeout = 2
+
+[[service]]
+name = "svc"
+port = 7000
+backends = ["127.0.0.1:{backend.port}"]
+health_interval = 30
+price_per_kib = 10
+min_deposit = 10000
+"""
+        )
+        d = daemon(config)
+        with running(d):
+            f = daemon(write_forwarder(tmp_path, d.info["host_id"], 7000, "deposit = 10000\n"))
+            with running(f):
+                address = forward_address(f)
+                with socket.create_connection(address, timeout=10) as small:
+                    small.sendall(b"hello")
+                    assert small.recv(11) == b"small-reply"
+                    with socket.create_connection(address, timeout=10) as big:
+                        big.sendall(b"big")
+                        received = 0
+                        try:
+                            while chunk := big.recv(1 << 16):
+                                received += len(chunk)
+                        except ConnectionResetError:
+                            pass
+                        assert received < 3 << 20  # cut: the deposit ran out
+                    go_on.set()
+                    rest = b""
+                    while chunk := small.recv(16):
+                        rest += chunk
+                    assert rest == b"-more"  # the other tunnel went on to its end
+                assert f.stop() == 0
+            assert "raised: closing the connection" not in f.log()
+            assert d.stop() == 0
+    finally:
+        go_on.set()
+        backend.close()
