@@ -759,10 +759,14 @@ class BroadcastListener:
 
     def tip(self, amount: int, message: str) -> bytes:
         """Contribute ``amount`` and send the station a signed tip with ``message``;
-        returns the tip's id."""
+        returns the tip's id. A closed listener refuses (StationError) before paying."""
         if len(_utf8(message, "a tip message")) > MAX_TIP_MESSAGE:
             raise E.PayloadTooLarge(f"a tip message is at most {MAX_TIP_MESSAGE} bytes")
         ledger, identity, b_id = self._need()
+        if self.close_reason is not None:
+            # the tip could not reach the station: its contribution was paid, then the
+            # send failed (or went to a stream nobody reads)
+            raise E.StationError(f"the listener is closed ({self.close_reason})")
         ledger.broadcast_contribute(identity, b_id, amount)
         tip_id = os.urandom(16)
         signature = identity.sign(signed_tip(b_id, tip_id, amount, message))
