@@ -365,7 +365,9 @@ def _lag_while_pushing() -> None:
     threads = [threading.Thread(target=f, daemon=True) for f in (write, put)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 3
+    # a deadlock never ends; a slow run (the pure-Python core on a loaded machine: up
+    # to 9 s for one round was seen) does
+    deadline = time.monotonic() + 60
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     stop.set()
