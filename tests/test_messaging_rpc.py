@@ -1085,3 +1085,63 @@ def test_rpc_server_waits_for_a_slow_reader_of_a_large_answer(workers: int, cont
         assert client.call("blob", None) == blob
     finally:
         s.close()
+
+
+class _FlakyClaims:
+    """A ledger whose response_escrow_claim fails as told, per escrow, before going on."""
+
+    def __init__(self, ledger: LocalLedger, failures: dict[str, list[Exception]]) -> None:
+        self._ledger = ledger
+        self.failures = failures
+        self.tried: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def response_escrow_claim(self, signer: Any, escrow_id: str, digest: bytes, sig: bytes) -> int:
+        self.tried.append(escrow_id)
+        queue = self.failures.get(escrow_id)
+        if queue:
+            raise queue.pop(0)
+        return self._ledger.response_escrow_claim(signer, escrow_id, digest, sig)
+
+
+def test_claim_all_claims_each_fee_on_its_own() -> None:
+    """One failed claim loses no other acknowledged fee: a refusal for good drops that
+    one ack, a passing failure keeps it for the next claim_all, and an outage keeps the
+    ones not tried yet."""
+    from dtp.chain.ledger import response_ack_message
+    from dtp.chain.sui_client import LedgerUnavailable
+    from dtp.errors import ChainError
+    from dtp.messaging.rpc import response_hash
+
+    base = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    base.faucet(client_id.sui_address, 1_000)
+    escrows = [
+        base.response_escrow_deposit(
+            client_id, server_id.sui_address, f"r{i}".encode(), 10, 1_000 if i == 2 else 60_000
+        )
+        for i in range(5)
+    ]
+    busy = ChainError("object locked by another transaction", name="ObjectBusy", module="sui")
+    outage = LedgerUnavailable("connection refused")
+    ledger = _FlakyClaims(base, {escrows[1]: [busy], escrows[3]: [outage]})
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)  # type: ignore[arg-type]
+    for i, escrow_id in enumerate(escrows):
+        body = msgpack.packb([1, i, f"answer {i}", None])
+        policy.responded(escrow_id, body)
+        sig = client_id.sign(response_ack_message(escrow_id, response_hash(body)))
+        assert policy.acknowledged(escrow_id, sig)
+    # escrow 2 is refunded under the server's feet: its claim aborts in Move
+    base.advance_clock(2_000)
+    assert base.response_escrow_refund(client_id, escrows[2]) == 10
+
+    assert policy.claim_all() == 10  # escrow 0; 1 is busy, 2 refused, 3 down, 4 untried
+    assert ledger.tried == escrows[:4]
+    assert set(policy.acks) == {escrows[1], escrows[3], escrows[4]}
+    assert policy.claims_refused == 1 and policy.claimed == 10
+    assert policy.claim_all() == 30  # the outage is over: all three are paid
+    assert policy.acks == {} and policy.claimed == 40
+    assert base.balance(server_id.sui_address) == 40
+    assert base.balance(client_id.sui_address) == 1_000 - 40

@@ -464,6 +464,16 @@ class ResponsePrepay:
         return total
 
 
+def _claim_refused_for_good(exc: BaseException) -> bool:
+    """Whether a failed claim would fail again: a Move abort, an unknown or malformed
+    object, a signer the escrow does not name (not an outage, gas or a busy object)."""
+    from dtp.errors import ChainError, NotAuthorized, ObjectNotFound
+
+    if not isinstance(exc, ChainError):
+        return False
+    return exc.code is not None or isinstance(exc, (ObjectNotFound, NotAuthorized, ValueError))
+
+
 class ResponseFeePolicy:
     """Server side of response escrow: which prepaid escrows a request may use, and the
     acknowledgements collected for claiming.
@@ -485,7 +495,10 @@ class ResponseFeePolicy:
         self.answered: dict[str, tuple[bytes, bytes]] = {}
         #: escrow ID -> (response hash, requester signature): ready to claim
         self.acks: dict[str, tuple[bytes, bytes]] = {}
+        #: MIST claimed or delivered so far
         self.claimed = 0
+        #: acknowledged fees the ledger refused for good in :meth:`claim_all`
+        self.claims_refused = 0
 
     def admit(self, meta: Mapping[str, Any] | None) -> str | None:
         """The escrow ID a request prepaid with (None if none and not required)."""
@@ -561,15 +574,52 @@ class ResponseFeePolicy:
         return True
 
     def claim_all(self) -> int:
-        """Claim every acknowledged response fee on the ledger; returns the MIST earned."""
+        """Claim every acknowledged response fee on the ledger; returns the MIST earned.
+
+        Each claim stands alone: one the ledger refuses for good (a Move abort such as an
+        escrow already settled or refunded, an unknown object) is dropped with a warning
+        and counted in :attr:`claims_refused`; one that failed for a passing reason (the
+        node unreachable, gas, a busy object) stays in :attr:`acks` for the next call, as
+        do the claims not yet tried when the ledger stopped answering. Earlier claims of
+        the same call are kept either way."""
+        from dtp.errors import ChainError
+
         with self._lock:
             acks, self.acks = self.acks, {}
+        pending = list(acks.items())
         total = 0
-        for escrow_id, (digest, signature) in acks.items():
-            total += self.ledger.response_escrow_claim(self.identity, escrow_id, digest, signature)
-        with self._lock:
-            self.claimed += total
+        try:
+            while pending:
+                escrow_id, (digest, signature) = pending[0]
+                try:
+                    amount = self.ledger.response_escrow_claim(
+                        self.identity, escrow_id, digest, signature
+                    )
+                except ChainError as exc:
+                    if _claim_refused_for_good(exc):
+                        pending.pop(0)
+                        logger.warning("response fee for %s refused: %s", escrow_id, exc)
+                        with self._lock:
+                            self.claims_refused += 1
+                        continue
+                    logger.info("cannot claim the response fee for %s yet: %s", escrow_id, exc)
+                    if exc.name == "LedgerUnavailable":
+                        break  # every other claim would wait out the same outage
+                    self._keep_acks([pending.pop(0)])
+                    continue
+                pending.pop(0)
+                total += amount
+        finally:
+            # also on an unexpected error: what was not claimed stays claimable
+            self._keep_acks(pending)
+            with self._lock:
+                self.claimed += total
         return total
+
+    def _keep_acks(self, items: list[tuple[str, tuple[bytes, bytes]]]) -> None:
+        with self._lock:
+            for escrow_id, ack in items:
+                self.acks.setdefault(escrow_id, ack)
 
     def deliver_unacknowledged(self) -> int:
         """Post unacknowledged responses on the ledger (before their deadlines) to be paid
