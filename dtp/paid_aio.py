@@ -572,6 +572,7 @@ _WRITER_FORWARDED = frozenset(
         "start_tls",  # (it only raises: TLS cannot be layered on a DTP stream)
         "datagrams_send_dropped",
         "datagrams_dropped",
+        "max_datagram_size",
         "connection_id",
         "escrow_id",
     }

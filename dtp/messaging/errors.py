@@ -265,8 +265,9 @@ class ForgedSender(SealedError):
 
 
 class SealedExpired(SealedError):
-    """A sealed message older than the inbox's ``max_age``: too old to tell from a copy
-    of one already delivered and forgotten (docs/messaging.md §3)."""
+    """A sealed message dated outside the inbox's ``max_age``: older than that (too old
+    to tell from a copy of one already delivered and forgotten), or that far ahead of
+    the inbox's clock (docs/messaging.md §3)."""
 
 
 # -- pub/sub, discovery -------------------------------------------------------------------------
