@@ -14,7 +14,9 @@ that one that is interested (its distance + 1), as long as the distance stays be
 node's horizon (``max_hops``). Interest therefore only ever points along paths to real
 subscribers; after an unsubscription, stale interest circulating in a loop grows by one
 per round and vanishes at the horizon, so the routing state converges. Until a peer has
-sent its first SUBSCRIBE frame it gets every message (a peer that does not route).
+sent its first SUBSCRIBE frame it gets every message (a peer that does not route). A
+peer's table is bounded (:data:`MAX_PEER_TOPICS`), and past that bound a node shares the
+places among its neighbours, so one declaring many topics cannot push out the others'.
 
 Nothing waits on a slow party: each link has its own writer thread and a bounded queue,
 each subscription a bounded queue; when one is full the message is dropped *for that
@@ -53,7 +55,9 @@ PUBLISH: Final = 10  # [10, id, topic, hops_left, data, origin]
 DROPPED: Final = 11  # [11, count]
 SUBSCRIBE: Final = 12  # [12, [[topic, distance], ...]]
 UNSUBSCRIBE: Final = 13  # [13, [topic, ...]]
-#: Most topics one peer may declare interest in (more are refused and counted).
+#: Most topics one peer may declare interest in (more are refused and counted), and so
+#: most a node tells a peer: its own subscriptions first, then an equal share per other
+#: neighbour (:func:`_fair_share`).
 MAX_PEER_TOPICS: Final = 4096
 _CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
 MAX_TOPIC_LENGTH: Final = 256
@@ -200,6 +204,11 @@ class Link:
         self.received = 0
         self.sent = 0
         self.violations = 0
+        #: Topics the peer declared past MAX_PEER_TOPICS, refused (violations too).
+        self.refused_topics = 0
+        #: Topics of interest this node did not tell the peer at its last update: past
+        #: MAX_PEER_TOPICS, the shares of the neighbours that declared the most.
+        self.withheld = 0
         #: Topics the peer declared interest in, with its distance to a subscriber; None
         #: until its first SUBSCRIBE frame (until then it gets every message).
         self.remote: dict[str, int] | None = None
@@ -241,15 +250,28 @@ class Link:
 
     def _flush_control(self) -> None:
         self._dirty.clear()
+        sources: list[dict[str, int]] = []
         with self.node._lock:
             desired = dict(self._desired)
+            if len(desired) > MAX_PEER_TOPICS:
+                sources = [
+                    dict(lk.remote) for lk in self.node._links if lk is not self and lk.remote
+                ]
+        withheld = 0
         if len(desired) > MAX_PEER_TOPICS:
-            # the peer refuses topics past MAX_PEER_TOPICS in the order they come: the
-            # nearest subscribers go first (this node's own ahead of any relayed), or
-            # topics relayed from afar (4096 subscriptions two hops away, a hostile
-            # peer's junk) took every place and this node's subscribers got nothing
-            nearest = sorted(desired.items(), key=lambda item: (item[1], item[0]))
-            desired = dict(nearest[:MAX_PEER_TOPICS])
+            # the peer refuses topics past MAX_PEER_TOPICS in the order they come, so
+            # this node chooses which to tell it: a fair share per neighbour
+            withheld = len(desired) - MAX_PEER_TOPICS
+            desired = _fair_share(desired, sources, MAX_PEER_TOPICS)
+            if not self.withheld:
+                logger.warning(
+                    "pubsub link %s: %d topics of interest past the limit of %d are not "
+                    "told to the peer (counted in withheld)",
+                    self.name,
+                    withheld,
+                    MAX_PEER_TOPICS,
+                )
+        self.withheld = withheld
         told = self._advertised
         if told is None:
             sets = desired
@@ -513,6 +535,10 @@ class PubSubNode:
                     else:
                         link._desired[topic] = dist
                     dirty.add(link)
+        if topics:
+            # past the limit a link's share of each neighbour depends on every topic that
+            # neighbour declared, not only on the ones that changed what the link is told
+            dirty.update(lk for lk in self._links if len(lk._desired) > MAX_PEER_TOPICS)
         for link in dirty:
             link.mark_dirty()
 
@@ -525,6 +551,14 @@ class PubSubNode:
             changed = set()  # only these can move anyone's interest: a repeat costs nothing
             for topic, dist in sets.items():
                 if topic not in remote and len(remote) >= MAX_PEER_TOPICS:
+                    if not link.refused_topics:
+                        logger.warning(
+                            "pubsub link %s: the peer declared more than %d topics; the "
+                            "excess is refused (counted in refused_topics)",
+                            link.name,
+                            MAX_PEER_TOPICS,
+                        )
+                    link.refused_topics += 1
                     link.violations += 1
                     continue
                 if remote.get(topic) != dist:
@@ -659,6 +693,34 @@ def _check_size(name: str, value: object, low: int, high: int | None) -> None:
         raise ValueError(f"{name} must be at least {low}")
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}")
+
+
+def _fair_share(
+    desired: dict[str, int], sources: list[dict[str, int]], limit: int
+) -> dict[str, int]:
+    """The ``limit`` topics of ``desired`` (topic -> distance to tell a peer) to tell it:
+    this node's own subscriptions (distance 0) first, then one topic from each neighbour
+    in turn (``sources``: what each other neighbour declared), each neighbour's nearest
+    first. So every neighbour gets an equal share of the places left and a neighbour
+    declaring many topics takes only what the others leave: cut by distance and name
+    alone, one neighbour's topics named to sort first took every place, and the other
+    neighbours' subscribers were denied every message from beyond this node. A topic
+    several neighbours declared counts once, in the first share that reaches it."""
+    chosen = dict.fromkeys(sorted(t for t, d in desired.items() if d == 0)[:limit], 0)
+    turns = [
+        iter(sorted((d, t) for t, d in remote.items() if desired.get(t))) for remote in sources
+    ]
+    while turns and len(chosen) < limit:
+        for turn in list(turns):
+            for _, topic in turn:
+                if topic not in chosen:
+                    chosen[topic] = desired[topic]
+                    break
+            else:
+                turns.remove(turn)
+            if len(chosen) >= limit:
+                break
+    return chosen
 
 
 def _is_control(message: object) -> bool:

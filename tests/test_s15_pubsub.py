@@ -1,0 +1,151 @@
+"""Pub/sub, session 15: per-neighbour fairness of the interest a node relays, and faults
+found by QA.
+
+A node tells each peer at most MAX_PEER_TOPICS topics. It cut them by (distance, topic)
+alone, so one neighbour declaring MAX_PEER_TOPICS topics whose names sort first took
+every relayed place: the other neighbours' subscriptions were never told upstream, and
+their subscribers got nothing published beyond this node."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+import dtp.socket
+from dtp.messaging.framing import decode_body, encode_frame, read_frames
+from dtp.messaging.pubsub import MAX_PEER_TOPICS
+from tests.polling import wait_for
+from tests.test_messaging_pubsub import Mesh
+
+
+class RawPeer:
+    """A hand-driven peer of mesh node ``at`` over a real DTP connection: it sends the
+    frames it is given and records every frame the node sends it."""
+
+    def __init__(self, mesh: Mesh, at: int, name: str = "raw") -> None:
+        self.sock = dtp.socket.create_connection(
+            mesh.servers[at].address, server_key=mesh.ids[at].noise_public, timeout=10
+        )
+        node_side, _ = mesh.servers[at].accept(timeout=10)
+        self.sock.settimeout(None)
+        node_side.settimeout(None)
+        mesh.socks += [self.sock, node_side]
+        self.link = mesh.nodes[at].attach(node_side, name)
+        self.frames: list[object] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for body in read_frames(self.sock, 1 << 24, self._stop):
+                if isinstance(body, bytes):
+                    self.frames.append(decode_body(body))
+        except Exception:
+            pass
+
+    def send(self, message: object) -> None:
+        self.sock.sendall(encode_frame(message, 1 << 24))
+
+    def subscribe(self, topics: list[str], distance: int = 0) -> None:
+        for i in range(0, len(topics), 512):
+            self.send([12, [[t, distance] for t in topics[i : i + 512]]])
+
+    def told(self) -> dict[str, int]:
+        """The interest the node declared to this peer so far."""
+        state: dict[str, int] = {}
+        for frame in list(self.frames):
+            if isinstance(frame, list) and frame and frame[0] == 12:
+                state.update({t: d for t, d in frame[1]})
+            elif isinstance(frame, list) and frame and frame[0] == 13:
+                for t in frame[1]:
+                    state.pop(t, None)
+        return state
+
+
+def junk(count: int, prefix: str = "a/") -> list[str]:
+    # names that sort before every well-behaved topic below ("z/...")
+    return [f"{prefix}{i:05d}" for i in range(count)]
+
+
+@pytest.fixture
+def line() -> Mesh:
+    # publisher 0 -- middle 1 -- well-behaved 2; the flooder attaches to 1
+    m = Mesh(3, [(0, 1), (1, 2)])
+    yield m
+    m.close()
+
+
+def test_a_flooding_neighbour_cannot_deny_a_well_behaved_one(line: Mesh) -> None:
+    flooder = RawPeer(line, 1, "1<-flood")
+    flooder.subscribe(junk(MAX_PEER_TOPICS))
+    assert line.nodes[1].wait_for_interest(f"a/{MAX_PEER_TOPICS - 1:05d}", timeout=10)
+    subs = [line.nodes[2].subscribe(f"z/good/{i}") for i in range(50)]
+    for i in range(50):
+        assert line.nodes[0].wait_for_interest(f"z/good/{i}", timeout=10)
+    for i in range(50):
+        line.nodes[0].publish(f"z/good/{i}", b"hello %d" % i)
+    for i, sub in enumerate(subs):
+        assert sub.get(timeout=10).data == b"hello %d" % i
+    # the publisher's table of the middle node stays within the limit: the flooder keeps
+    # the rest of it
+    link = line.nodes[0].links[0]
+    assert wait_for(lambda: link.remote is not None and len(link.remote) == MAX_PEER_TOPICS)
+    assert sum(t.startswith("a/") for t in link.remote) == MAX_PEER_TOPICS - 50
+    assert link.violations == 0
+    assert line.nodes[1].links[0].withheld == 50  # the middle's link to the publisher
+
+
+def test_a_flooder_that_copies_the_good_topics_and_declares_too_many(
+    line: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [line.nodes[2].subscribe(f"z/good/{i}") for i in range(20)]
+    flooder = RawPeer(line, 1, "1<-flood")
+    # the flooder learns the good topics from the middle node and claims them nearer
+    # (distance 0), then pads with names that sort first, past the limit
+    assert wait_for(lambda: len(flooder.told()) == 20)
+    caplog.set_level(logging.WARNING, logger="dtp.messaging.pubsub")
+    flooder.subscribe(sorted(flooder.told()) + junk(MAX_PEER_TOPICS + 100))
+    refused = MAX_PEER_TOPICS + 120 - MAX_PEER_TOPICS
+    assert wait_for(lambda: flooder.link.refused_topics == refused)
+    assert flooder.link.violations == refused
+    assert [r.getMessage() for r in caplog.records if "1<-flood" in r.getMessage()] == [
+        f"pubsub link 1<-flood: the peer declared more than {MAX_PEER_TOPICS} topics; "
+        "the excess is refused (counted in refused_topics)"
+    ]
+    link = line.nodes[0].links[0]
+    assert wait_for(lambda: link.remote is not None and len(link.remote) == MAX_PEER_TOPICS)
+    for i, sub in enumerate(good):
+        assert line.nodes[0].wait_for_interest(f"z/good/{i}", timeout=10)
+        line.nodes[0].publish(f"z/good/{i}", b"m%d" % i)
+        assert sub.get(timeout=10).data == b"m%d" % i
+    assert link.violations == 0
+
+
+def test_several_flooders_share_the_places_with_a_well_behaved_neighbour(line: Mesh) -> None:
+    flooders = [RawPeer(line, 1, f"1<-flood{k}") for k in range(3)]
+    for k, flooder in enumerate(flooders):
+        flooder.subscribe(junk(MAX_PEER_TOPICS, f"{k}/"))
+    subs = [line.nodes[2].subscribe(f"z/good/{i:03d}") for i in range(300)]
+    link = line.nodes[0].links[0]
+
+    def shares() -> list[int]:
+        remote = list(link.remote or ())
+        return [sum(t.startswith(f"{k}/") for t in remote) for k in (*"012", "z")]
+
+    # the well-behaved neighbour keeps all its topics, the rest is split evenly between
+    # the flooders (to one topic)
+    assert wait_for(lambda: sorted(shares()) == [300, 1265, 1265, 1266])
+    line.nodes[0].publish("z/good/299", b"last")
+    assert subs[299].get(timeout=10).data == b"last"
+    # a flooder that leaves gives its share back
+    flooders[0].sock.abort("gone")
+    assert wait_for(
+        lambda: (
+            sum(t.startswith("0/") for t in link.remote or ()) == 0
+            and len(link.remote or ()) == MAX_PEER_TOPICS
+        )
+    )
+    assert link.violations == 0
