@@ -87,7 +87,7 @@ from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
-from dtp.socket import DRAIN_QUIET
+from dtp.socket import PAID_CLOSE_WAIT
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -850,7 +850,7 @@ class DTPStreamWriter:
             # a paid server closes its end once it settled: then the payment finds
             # nothing to do on the ledger (as the blocking socket's drain)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._proto.closed_future), DRAIN_QUIET)
+                await asyncio.wait_for(asyncio.shield(self._proto.closed_future), PAID_CLOSE_WAIT)
         self._proto.close_carrier()
         if payment is not None:
             await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed

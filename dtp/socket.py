@@ -126,6 +126,10 @@ _BACKLOG_ENTRIES = 256
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
+# seconds a paid client's close waits for the server's end of the carrier, which closes
+# once the server settled on the ledger: about what a ledger transaction takes, the one
+# the client would otherwise send itself (its half-close) and pay the gas of
+PAID_CLOSE_WAIT = 3.0
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
 _WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
@@ -682,9 +686,13 @@ class _Engine:
                 # the server's end of the carrier closes once it settled on the ledger:
                 # the payment then has nothing left to do there (one read)
                 left = end - time.monotonic()
-                self._drain_carrier(
-                    min(linger, 1.0), left if unread and left > DRAIN_QUIET else None
-                )
+                if unread and left > DRAIN_QUIET:
+                    patience: float | None = left
+                elif self.payment is not None:
+                    patience = max(DRAIN_QUIET, min(left, PAID_CLOSE_WAIT))
+                else:
+                    patience = None
+                self._drain_carrier(min(linger, 1.0), patience)
                 if self.payment is not None:
                     self.payment.finish()
             self.session.process_events()
@@ -711,23 +719,26 @@ class _Engine:
                     return True
         return False
 
-    def _drain_carrier(self, timeout: float, unread: float | None = None) -> None:
+    def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
         closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. Closing a TCP
         socket with unread bytes resets the connection, and the reset can destroy what
         the peer has not read yet (RFC 1122 4.2.2.13) -- the end of our data, when the
         peer, still reading it, sends flow-control updates after we stopped reading.
-        ``unread``: the peer is still reading what we sent (_peer_may_send_credit), at
-        its own pace: going quiet then ends nothing, only its close or ``unread``
-        seconds do (a slow reader lost the end of our data to the reset)."""
+        ``patience``: going quiet ends nothing, only the peer's close or ``patience``
+        seconds do. So when the peer is still reading what we sent
+        (_peer_may_send_credit), at its own pace (a slow reader lost the end of our data
+        to the reset), and when it is a paid server: its end closes once it settled our
+        connection on the ledger, which the payment then finds done (a quiet moment of
+        its transaction must not make us send a half-close of our own)."""
         if self.carrier_closed or self.out:
             return
         try:
             self.sock.shutdown(_socket.SHUT_WR)
         except OSError:
             return
-        patient = unread is not None
-        deadline = time.monotonic() + (unread if unread is not None else timeout)
+        patient = patience is not None
+        deadline = time.monotonic() + (patience if patience is not None else timeout)
         while True:
             try:
                 if not self.sock.recv_into(self._rbuf):

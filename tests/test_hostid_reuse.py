@@ -460,8 +460,6 @@ def test_paid_server_settles_before_the_client_is_done_closing(
     import dtp.socket
     from dtp.paid import PaidSocket
 
-    # the client waits for the server's end however slowly this machine schedules it
-    monkeypatch.setattr(dtp.socket, "DRAIN_QUIET", 5.0)
     # a slow settlement: a client that did not wait for it would half-close meanwhile
     monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
 
@@ -791,7 +789,6 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
     import dtp.paid
     import dtp.paid_aio
 
-    monkeypatch.setattr(dtp.aio, "DRAIN_QUIET", 5.0)
     # a slow settlement (dtp.paid.settle_ended, shared by both servers, makes it): a
     # client that did not wait for it would half-close meanwhile
     monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
