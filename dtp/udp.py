@@ -418,31 +418,8 @@ def relay_udp(
                 ready, _ = wait_ready([udp], [], 0.2)
                 if not ready:
                     continue
-                batch = _drain(udp)
-                fits = [d for d in batch if len(d) <= limit]
-                if len(fits) < len(batch):
-                    stats.add(dropped_oversized=len(batch) - len(fits))
-                unpaid = 0
-                if billing is not None:
-                    allowed = billing.replies_allowed(list(map(len, fits)))
-                    unpaid = len(fits) - allowed
-                    del fits[allowed:]
-                if not fits:
-                    stats.add(dropped_unpaid=unpaid)
-                    continue
-                sent = sock.send_datagrams(fits)
-                last[0] = time.monotonic()
-                nbytes = sum(map(len, fits[:sent]))
-                if limits is not None:
-                    limits.charge_bytes(nbytes, last[0])
-                stats.add(
-                    datagrams_out=sent,
-                    bytes_out=nbytes,
-                    dropped_backlog=len(fits) - sent,
-                    dropped_unpaid=unpaid,
-                )
-                if billing is not None:
-                    billing.replied(nbytes)
+                if _pass_replies(_drain(udp), limit, sock.send_datagrams, stats, billing, limits):
+                    last[0] = time.monotonic()
                     if control is not None:
                         control.report()  # (replies alone may make one due)
 
@@ -943,6 +920,45 @@ def _backend_socket(backend: tuple[str, int], *, blocking: bool = True) -> _sock
         udp.close()
         raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
     return udp
+
+
+def _pass_replies(
+    batch: list[bytes],
+    limit: int,
+    send: Callable[[list[bytes]], int],
+    stats: UdpStats,
+    billing: UdpBilling | None,
+    limits: ClientBuckets | None,
+) -> bool:
+    """Hand the backend's replies ``batch`` to ``send`` (the connection's
+    ``send_datagrams``): those that fit a datagram of ``limit`` bytes and that
+    ``billing`` allows; then count what went -- stats, the client's byte budget in
+    ``limits``, what the billing has replied. Returns whether ``send`` was called (the
+    relay is not idle). Both relays' (blocking and asyncio) reply path."""
+    fits = [d for d in batch if len(d) <= limit]
+    if len(fits) < len(batch):
+        stats.add(dropped_oversized=len(batch) - len(fits))
+    unpaid = 0
+    if billing is not None:
+        allowed = billing.replies_allowed(list(map(len, fits)))
+        unpaid = len(fits) - allowed
+        del fits[allowed:]
+    if not fits:
+        stats.add(dropped_unpaid=unpaid)
+        return False
+    sent = send(fits)
+    nbytes = sum(map(len, fits[:sent]))
+    if limits is not None:
+        limits.charge_bytes(nbytes, time.monotonic())
+    stats.add(
+        datagrams_out=sent,
+        bytes_out=nbytes,
+        dropped_backlog=len(fits) - sent,
+        dropped_unpaid=unpaid,
+    )
+    if billing is not None:
+        billing.replied(nbytes)
+    return True
 
 
 def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:

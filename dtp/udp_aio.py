@@ -29,6 +29,7 @@ from dtp.udp import (
     _control,
     _drain,
     _drain_by_source,
+    _pass_replies,
 )
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
@@ -83,35 +84,13 @@ async def relay_udp_async(
 
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
-        batch = _drain(udp)
-        fits = [d for d in batch if len(d) <= limit]
-        if len(fits) < len(batch):
-            stats.add(dropped_oversized=len(batch) - len(fits))
-        unpaid = 0
-        if billing is not None:
-            allowed = billing.replies_allowed(list(map(len, fits)))
-            unpaid = len(fits) - allowed
-            del fits[allowed:]
-        if not fits:
-            stats.add(dropped_unpaid=unpaid)
-            return
         try:
-            sent = writer.send_datagrams(fits)
+            if not _pass_replies(_drain(udp), limit, writer.send_datagrams, stats, billing, limits):
+                return
         except DTPError:
             return
         last[0] = loop.time()
-        nbytes = sum(map(len, fits[:sent]))
-        if limits is not None:
-            limits.charge_bytes(nbytes, time.monotonic())
-        stats.add(
-            datagrams_out=sent,
-            bytes_out=nbytes,
-            dropped_backlog=len(fits) - sent,
-            dropped_unpaid=unpaid,
-        )
-        if billing is not None:
-            billing.replied(nbytes)
-            report()  # (replies alone may make one due)
+        report()  # (replies alone may make one due)
 
     loop.add_reader(udp.fileno(), on_replies)
 
