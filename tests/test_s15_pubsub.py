@@ -149,3 +149,30 @@ def test_several_flooders_share_the_places_with_a_well_behaved_neighbour(line: M
         )
     )
     assert link.violations == 0
+
+
+def test_a_copy_with_more_hops_left_goes_on_after_a_hop_limited_one() -> None:
+    # the first copy of a message to reach a node may have come the long way round with
+    # no hops left; the copy of the short path, which still had some, was a duplicate
+    # and went nowhere, so a subscriber within the hop limit never got the message
+    mesh = Mesh(2, [(0, 1)])
+    try:
+        sub = mesh.nodes[1].subscribe("t")
+        near, far = RawPeer(mesh, 0, "0<-near"), RawPeer(mesh, 0, "0<-far")
+        assert mesh.nodes[0].wait_for_interest("t", timeout=10)
+        message_id = b"m" * 16
+        far.send([10, message_id, "t", 1, b"data", "origin"])
+        assert wait_for(lambda: mesh.nodes[0].hop_limited == 1)
+        near.send([10, message_id, "t", 3, b"data", "origin"])
+        got = sub.get(timeout=10)
+        assert (got.data, got.message_id, got.origin) == (b"data", message_id, "origin")
+        # each copy is delivered once, and one with no more hops than before goes nowhere
+        far.send([10, message_id, "t", 3, b"data", "origin"])
+        near.send([10, message_id, "t", 2, b"data", "origin"])
+        assert wait_for(lambda: mesh.nodes[0].duplicates == 3)
+        mesh.nodes[0].publish("t", b"next")
+        assert sub.get(timeout=10).data == b"next"
+        assert sub.qsize() == 0 and mesh.nodes[0].links[0].sent == 2
+        assert mesh.nodes[1].duplicates == 0
+    finally:
+        mesh.close()

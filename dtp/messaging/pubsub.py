@@ -460,7 +460,8 @@ class PubSubNode:
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        #: Message ids seen, each with the most hops left it was forwarded with.
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
         self.duplicates = 0
@@ -626,7 +627,7 @@ class PubSubNode:
             [PUBLISH, message_id, topic, hops, data, self.node_id], self.max_message_size
         )
         with self._lock:
-            self._remember(message_id)
+            self._remember(message_id, hops)
             links = [link for link in self._links if link.wants(topic)]
         self._deliver(topic, data, message_id, self.node_id)
         if hops > 0:
@@ -634,24 +635,32 @@ class PubSubNode:
                 link.offer(frame)
         return message_id
 
-    def _remember(self, message_id: bytes) -> bool:
-        """(lock held) True if new."""
-        if message_id in self._seen:
-            return False
-        self._seen[message_id] = None
-        if len(self._seen) > self.seen_cache:
+    def _remember(self, message_id: bytes, hops: int) -> int | None:
+        """(lock held) Note that ``message_id`` goes on with ``hops`` left; the most hops
+        it had before (None: new). An id keeps its place in the cache."""
+        before = self._seen.get(message_id)
+        if before is None or hops > before:
+            self._seen[message_id] = hops
+        if before is None and len(self._seen) > self.seen_cache:
             self._seen.popitem(last=False)
-        return True
+        return before
 
     def _route(
         self, message_id: bytes, topic: str, hops: int, data: bytes, origin: str | None, src: Link
     ) -> None:
         with self._lock:
-            if not self._remember(message_id):
+            before = self._remember(message_id, hops)
+            if before is not None:
                 self.duplicates += 1
-                return
+                # a copy with more hops left than the first goes on (not delivered again):
+                # on a mesh the first copy may come the long way round with fewer hops
+                # left, and was the only one forwarded, so subscribers the short path
+                # reached within the hop limit missed the message
+                if hops <= before or hops <= 1:
+                    return
             links = [link for link in self._links if link is not src and link.wants(topic)]
-        self._deliver(topic, data, message_id, origin)
+        if before is None:
+            self._deliver(topic, data, message_id, origin)
         if hops <= 1:
             self.hop_limited += 1
             return
