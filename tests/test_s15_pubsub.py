@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import tracemalloc
 
 import pytest
 
 import dtp.socket
+from dtp.messaging.errors import PayloadTooLarge
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
-from dtp.messaging.pubsub import MAX_PEER_TOPICS
+from dtp.messaging.pubsub import MAX_PEER_TOPICS, PubSubNode
 from tests.polling import wait_for
 from tests.test_messaging_pubsub import Mesh
 
@@ -176,3 +178,26 @@ def test_a_copy_with_more_hops_left_goes_on_after_a_hop_limited_one() -> None:
         assert mesh.nodes[1].duplicates == 0
     finally:
         mesh.close()
+
+
+def test_an_oversized_publish_is_refused_before_any_copy() -> None:
+    node = PubSubNode("n", max_message_size=256 * 1024)
+    sub = node.subscribe("t")
+    big = bytearray(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge, match=f"{64 << 20} bytes of data exceed"):
+            node.publish("t", memoryview(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # it copied the data twice (bytes, then the frame) to refuse it
+    # just under the cap, the frame around the data is what does not fit
+    with pytest.raises(PayloadTooLarge, match="exceeds the cap of 262144"):
+        node.publish("t", bytes(256 * 1024))
+    with pytest.raises(TypeError, match="a bytes-like object is required"):
+        node.publish("t", 5)  # type: ignore[arg-type]
+    assert sub.qsize() == 0
+    node.publish("t", bytes(200 * 1024))
+    assert len(sub.get_nowait().data) == 200 * 1024
+    node.close()

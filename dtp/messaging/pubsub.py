@@ -614,8 +614,21 @@ class PubSubNode:
 
     def publish(self, topic: str, data: bytes, *, hops: int | None = None) -> bytes:
         """Publish ``data`` (bytes-like) on ``topic``, forwarded up to ``hops`` times (an
-        int in 0..255; default ``max_hops``); returns the message id."""
+        int in 0..255; default ``max_hops``); returns the message id. Data above the
+        node's ``max_message_size`` (with the frame around it) is refused,
+        :class:`~dtp.messaging.errors.PayloadTooLarge`, and nothing is delivered."""
         _check_topic(topic)
+        try:
+            size = memoryview(data).nbytes
+        except TypeError:
+            size = 0  # not bytes-like: bytes_like says so, as a socket would
+        if size > self.max_message_size:
+            # before any copy: refusing 300 MB took two copies and 1.2 GB at peak (4.7 s
+            # traced), and above 4 GiB msgpack's own ValueError came out instead
+            raise E.PayloadTooLarge(
+                f"{size} bytes of data exceed the node's max_message_size of "
+                f"{self.max_message_size}"
+            )
         data = bytes_like(data)
         message_id = os.urandom(16)
         hops = self.max_hops if hops is None else hops
