@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.chain.objects import normalize_id
+from dtp.errors import MalformedReceipt
 from dtp.escrow import Receipt
 
 try:
@@ -83,9 +84,14 @@ class ReceiptStore:
         self._db = sqlite3.connect(
             str(path), timeout=30, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
-        self._db.execute(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
+            self._db.execute(_SCHEMA)
+        except BaseException:
+            # (a file that is not a database fails here: the handle is not left open)
+            self._db.close()
+            raise
         # The "claimed" marks are committed without a sync (synchronous=NORMAL for that
         # one statement): a mark lost in a crash only means that, at restart,
         # recover_unclaimed asks the ledger again, sees the connection settled and marks
@@ -225,13 +231,13 @@ class ReceiptStore:
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
+        key = normalize_id(connection_id, "connection ID")
         row = self._db.execute(
-            "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?",
-            (normalize_id(connection_id, "connection ID"),),
+            "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?", (key,)
         ).fetchone()
         if row is None:
             return None
-        return StoredReceipt(Receipt.decode(row[0]), int(row[1]))
+        return _stored(key, row[0], row[1])
 
     def mark_claimed(self, connection_id: str, amount: int) -> None:
         """Record that the ledger paid out up to ``amount`` (cumulative) for it."""
@@ -259,10 +265,16 @@ class ReceiptStore:
     def unclaimed(self) -> Iterator[StoredReceipt]:
         """Receipts with MIST still to claim (e.g. after a crash), oldest first."""
         rows = self._db.execute(
-            "SELECT encoded, claimed_amount FROM receipts ORDER BY updated_ms"
+            "SELECT connection_id, encoded, claimed_amount FROM receipts ORDER BY updated_ms"
         ).fetchall()
-        for encoded, claimed in rows:
-            stored = StoredReceipt(Receipt.decode(encoded), int(claimed))
+        for connection_id, encoded, claimed in rows:
+            try:
+                stored = _stored(connection_id, encoded, claimed)
+            except MalformedReceipt as exc:
+                # one damaged row (a torn disk block, another program's write) stopped
+                # the whole list: a restarting server claimed none of the others
+                logger.error("skipping a damaged receipt in %s: %s", self._path or "memory", exc)
+                continue
             if stored.unclaimed > 0:
                 yield stored
 
@@ -277,6 +289,22 @@ class ReceiptStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stored(connection_id: object, encoded: object, claimed: object) -> StoredReceipt:
+    """A row as read; :class:`MalformedReceipt` when it is not one this module wrote."""
+    try:
+        if not isinstance(encoded, bytes) or not isinstance(claimed, (str, int)):
+            raise ValueError("wrong column types")
+        receipt = Receipt.decode(encoded)
+        amount = int(claimed)  # (text as written; a number if another program wrote one)
+        if not 0 <= amount < 2**64 or receipt.connection_id != connection_id:
+            raise ValueError("its fields disagree")
+    except (ValueError, MalformedReceipt) as exc:
+        raise MalformedReceipt(
+            f"the stored receipt of connection {connection_id!r} is damaged: {exc}"
+        ) from None
+    return StoredReceipt(receipt, amount)
 
 
 def _u64_text(value: int) -> str:

@@ -37,6 +37,9 @@ Done = Callable[[Receipt], None]
 
 #: How long a claimed mark may wait for a receipt write to go with (seconds).
 MARK_DELAY = 1.0
+#: How long after a failed write (a store locked past SQLite's busy timeout, a full
+#: disk) the writer tries again (seconds).
+RETRY_DELAY = 1.0
 
 
 class ReceiptWriter:
@@ -47,7 +50,12 @@ class ReceiptWriter:
     sync anyway (a lost one is derived from the ledger again at the next start): they
     wait up to :data:`MARK_DELAY` for the next receipt write and go into its commit, so
     a paid server's settlement costs no write of its own; :meth:`flush` and
-    :meth:`close` write them at once."""
+    :meth:`close` write them at once.
+
+    A write that fails (a store locked past SQLite's busy timeout, a full disk) is tried
+    again every :data:`RETRY_DELAY` seconds, and once more at :meth:`close`; its receipts
+    do not count meanwhile, but :meth:`latest` still reports them, so a settlement
+    claims them all the same."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
@@ -56,6 +64,8 @@ class ReceiptWriter:
         self._marks_since = 0.0
         self._mark_now = False
         self._busy: dict[str, Receipt | None] = {}  # being written (None: a mark only)
+        self._retry_at: float | None = None  # after a failed write: not before then
+        self._last_try = False  # the write under way was taken after close()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
@@ -66,7 +76,9 @@ class ReceiptWriter:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
-            self._pending[receipt.connection_id] = (receipt, done)
+            # keyed as latest() and mark_claimed() look it up (a receipt made by hand
+            # may spell its ID short or in capitals)
+            self._pending[normalize_id(receipt.connection_id, "connection ID")] = (receipt, done)
             self._cond.notify_all()
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
@@ -85,6 +97,10 @@ class ReceiptWriter:
         connection submitted before it (with the next receipts written, or within
         :data:`MARK_DELAY`)."""
         key = normalize_id(connection_id, "connection ID")
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**64:
+            # refused here: found by the writer thread, it ended the thread, and no
+            # receipt was written after it
+            raise ValueError(f"a claimed amount is a u64, got {amount!r}")
         with self._cond:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
@@ -97,14 +113,12 @@ class ReceiptWriter:
         """Wait until nothing (of ``connection_id``, or at all) is waiting or being
         written, claimed marks included; False on timeout."""
 
+        key = None if connection_id is None else normalize_id(connection_id, "connection ID")
+
         def idle() -> bool:
-            if connection_id is None:
+            if key is None:
                 return not self._pending and not self._marks and not self._busy
-            return (
-                connection_id not in self._pending
-                and connection_id not in self._marks
-                and connection_id not in self._busy
-            )
+            return key not in self._pending and key not in self._marks and key not in self._busy
 
         with self._cond:
             if self._marks:
@@ -116,6 +130,11 @@ class ReceiptWriter:
         """The next batch to write (lock held; waits for one); None once closed and
         drained."""
         while True:
+            if self._retry_at is not None and not self._closed:
+                left = self._retry_at - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
             if self._pending:
                 break
             if self._marks:
@@ -128,6 +147,7 @@ class ReceiptWriter:
                 return None
             self._cond.wait()
         batch, self._pending = self._pending, {}
+        self._last_try = self._closed
         marks, self._marks = self._marks, {}
         self._mark_now = False
         busy: dict[str, Receipt | None] = {cid: r for cid, (r, _) in batch.items()}
@@ -150,9 +170,15 @@ class ReceiptWriter:
                     stored = self.store.keep_many(receipts, marks)
                 else:
                     self.store.mark_claimed_many(marks)
-            except sqlite3.Error as exc:  # not stored, so it never counts
-                logger.error("cannot store receipts (%s): %s", ", ".join(batch or marks), exc)
+            except sqlite3.Error as exc:  # not stored: it does not count yet
+                self._failed(batch, marks, exc)
                 batch = {}
+            except Exception:  # (not the disk: trying again would fail alike)
+                logger.exception("cannot store receipts (%s)", ", ".join(batch or marks))
+                batch = {}
+            else:
+                with self._cond:
+                    self._retry_at = None
             for (receipt, done), kept in zip(batch.values(), stored, strict=False):
                 if not kept:
                     # the store holds a newer or higher one: this one never counts (a
@@ -170,6 +196,30 @@ class ReceiptWriter:
             with self._cond:
                 self._busy = {}
                 self._cond.notify_all()
+
+    def _failed(
+        self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
+    ) -> None:
+        """A write failed: keep the batch waiting (behind any newer receipt submitted
+        meanwhile) and try again after :data:`RETRY_DELAY`. Dropped, the receipt was
+        lost for good: its client had paid and would not sign the same usage again, so
+        the connection paused and closed for want of payment, and its settlement
+        claimed the receipt before (the service given on it never paid)."""
+        names = ", ".join(batch or marks)
+        with self._cond:
+            if self._last_try:
+                # a try taken after close() failed too (a close wakes a waiting retry,
+                # and a write that failed as close() came gets this one more)
+                logger.error("cannot store receipts (%s), given up at close: %s", names, exc)
+                return
+            logger.error("cannot store receipts (%s), trying again: %s", names, exc)
+            for cid, item in batch.items():
+                self._pending.setdefault(cid, item)
+            for cid, amount in marks.items():
+                self._marks[cid] = max(amount, self._marks.get(cid, 0))
+            if self._marks:
+                self._marks_since = min(self._marks_since, time.monotonic())
+            self._retry_at = time.monotonic() + RETRY_DELAY
 
     def close(self, timeout: float = 30.0) -> bool:
         """Write what is waiting, then stop the thread; False when it is still writing

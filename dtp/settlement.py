@@ -210,9 +210,20 @@ def collect_refund(ledger: Ledger, identity: HostIdentity, connection_id: str) -
     tc = ledger.get_connection(connection_id)
     if tc.settled:
         return ledger.get_escrow(tc.escrow).refunded
-    if tc.state == ConnectionState.OPEN:
-        ledger.close_connection(identity, connection_id, tc.host)
-    return ledger.settle(identity, connection_id, tc.host).refunded
+    try:
+        if tc.state == ConnectionState.OPEN:
+            ledger.close_connection(identity, connection_id, tc.host)
+        return ledger.settle(identity, connection_id, tc.host).refunded
+    except ConnectionStateError:
+        # The server may settle between our read and our transaction (it does so as the
+        # connection ends): the close then fails as EConnectionClosed and the settle as
+        # EAlreadySettled, though the refund we came for has been paid. Report it, as
+        # when we read the connection settled; anything else (the timeout not reached)
+        # stands.
+        tc = ledger.get_connection(connection_id)
+        if tc.settled:
+            return ledger.get_escrow(tc.escrow).refunded
+        raise
 
 
 def claim_and_settle(
@@ -254,20 +265,7 @@ def claim_and_settle(
     if final is not None and (stored is None or final.nonce > stored.receipt.nonce):
         stored = StoredReceipt(final, 0)
     if tc.settled:
-        if stored is not None and stored.unclaimed > 0 and store is not None:
-            escrow = ledger.get_escrow(tc.escrow)
-            if escrow.claimed < stored.receipt.total_amount:
-                logger.warning(
-                    "connection %s was settled before its receipt for %d MIST was claimed "
-                    "(%d claimed): the rest is written off",
-                    connection_id,
-                    stored.receipt.total_amount,
-                    escrow.claimed,
-                )
-            # a settled escrow pays nothing more: the receipt is done with, as a whole
-            # (marked with the escrow's claims only, it stayed unclaimed in the store,
-            # and every start read the ledger for it and warned again, for good)
-            store.mark_claimed(connection_id, max(escrow.claimed, stored.receipt.total_amount))
+        _write_off(ledger, connection_id, tc, store, stored)
         return None
     if escrow is None or escrow.id != tc.escrow:
         escrow = ledger.get_escrow(tc.escrow)
@@ -282,6 +280,17 @@ def claim_and_settle(
                 raise
             # the escrow was claimed since the caller read it: read it and try again
             settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
+    except ConnectionStateError as exc:
+        if exc.name not in ("EAlreadySettled", "EEscrowSettled"):
+            raise
+        # the client settled between our read and our transaction (its timeout had
+        # passed): as if we had read it settled, the receipt is written off and marked,
+        # not left unclaimed for every later start to try again
+        tc = ledger.get_connection(connection_id)
+        if not tc.settled:
+            raise
+        _write_off(ledger, connection_id, tc, store, stored)
+        return None
     except SpendingCapExceeded as exc:
         logger.warning(
             "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
@@ -301,6 +310,30 @@ def claim_and_settle(
         settlement.refunded,
     )
     return settlement
+
+
+def _write_off(
+    ledger: Ledger,
+    connection_id: str,
+    tc: TransportControl,
+    store: ReceiptStore | ReceiptWriter | None,
+    stored: StoredReceipt | None,
+) -> None:
+    """``tc`` is settled: what ``stored`` has beyond the escrow's claims is lost."""
+    if stored is not None and stored.unclaimed > 0 and store is not None:
+        escrow = ledger.get_escrow(tc.escrow)
+        if escrow.claimed < stored.receipt.total_amount:
+            logger.warning(
+                "connection %s was settled before its receipt for %d MIST was claimed "
+                "(%d claimed): the rest is written off",
+                connection_id,
+                stored.receipt.total_amount,
+                escrow.claimed,
+            )
+        # a settled escrow pays nothing more: the receipt is done with, as a whole
+        # (marked with the escrow's claims only, it stayed unclaimed in the store,
+        # and every start read the ledger for it and warned again, for good)
+        store.mark_claimed(connection_id, max(escrow.claimed, stored.receipt.total_amount))
 
 
 def claimed(settlement: Settlement | None, receipt: Receipt) -> bool:
