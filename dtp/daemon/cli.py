@@ -9,7 +9,8 @@ from typing import Any
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from dtp.daemon.runner import main
 
-    return main(args.config, args.log_format, args.passphrase_env)
+    # the process ends once main returns: signals stay caught (then ignored) to the end
+    return main(args.config, args.log_format, args.passphrase_env, exiting=True)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dtp.address import HostAddress
-from dtp.chain.objects import normalize_id
+from dtp.chain.objects import MAX_ENDPOINT_LENGTH, MAX_FIREWALL_ENTRIES, normalize_id
 from dtp.errors import DaemonConfigError, InvalidObjectId
 
 __all__ = [
@@ -356,16 +356,22 @@ class _Checker:
             raise self.fail(key, f"port {port} is outside 0..65535")
         return Backend(host, int(port))
 
-    def addresses(self, doc: Mapping[str, Any], key: KeyPath) -> tuple[str, ...]:
+    def addresses(
+        self, doc: Mapping[str, Any], key: KeyPath, limit: int | None = None
+    ) -> tuple[str, ...]:
         value = doc.get(str(key[-1]), [])
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list of Sui addresses, got {value!r}")
-        out: list[str] = []
+        out: dict[str, None] = {}  # in order, each once
         for item in value:
             try:
-                out.append(normalize_id(item, "address"))
+                out[normalize_id(item, "address")] = None
             except InvalidObjectId as exc:
                 raise self.fail(key, f"{item!r} is not a Sui address ({exc})") from None
+        if limit is not None and len(out) > limit:
+            raise self.fail(
+                key, f"holds {len(out)} addresses; the ledger keeps at most {limit} per list"
+            )
         return tuple(out)
 
     def path_value(self, doc: Mapping[str, Any], key: KeyPath, default: str | None) -> Path:
@@ -489,6 +495,13 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         published = check.endpoint(doc, (*k, "public_endpoint"))
         if ":" in published.host and "[" not in public:
             public = str(published)  # "::1:7700" is published as "[::1]:7700"
+        if len(public.encode()) > MAX_ENDPOINT_LENGTH:
+            # the ledger refuses it: the start failed (exit 1) naming no key
+            raise check.fail(
+                (*k, "public_endpoint"),
+                f"is {len(public.encode())} bytes long; the ledger takes at most "
+                f"{MAX_ENDPOINT_LENGTH}",
+            )
     return DaemonSettings(
         ledger=check.path_value(doc, (*k, "ledger"), None),
         identity=check.path_value(doc, (*k, "identity"), None),
@@ -513,8 +526,10 @@ def _firewall(check: _Checker, doc: Any) -> FirewallConfig:
     check.table(doc, k, {"mode", "allow", "deny", *limits})
     return FirewallConfig(
         mode=check.choice(doc, (*k, "mode"), "open", ("open", "allowlist")),
-        allow=check.addresses(doc, (*k, "allow")),
-        deny=check.addresses(doc, (*k, "deny")),
+        # published on the Host, whose lists the ledger caps: a longer one failed the
+        # start (exit 1) after a thousand transactions, or a reload half-way
+        allow=check.addresses(doc, (*k, "allow"), MAX_FIREWALL_ENTRIES),
+        deny=check.addresses(doc, (*k, "deny"), MAX_FIREWALL_ENTRIES),
         max_connections_per_client=check.integer(doc, (*k, limits[0]), 0),
         max_bytes_per_sec=check.integer(doc, (*k, limits[1]), 0),
         max_requests_per_sec=check.integer(doc, (*k, limits[2]), 0),

@@ -207,11 +207,16 @@ class ServerFees:
             )
             return 0
 
-    async def claim_leftovers(self) -> list[tuple[str, Settled]]:
+    async def claim_leftovers(
+        self, stopped: Callable[[], bool] | None = None
+    ) -> list[tuple[str, Settled]]:
         """Claim and settle every stored receipt with MIST still unclaimed (after a
-        restart nothing is live yet)."""
+        restart nothing is live yet). Once ``stopped()`` is true no further connection
+        is started on (those left stay in the store); returns those settled."""
         done: list[tuple[str, Settled]] = []
         for stored in list(self.store.unclaimed()):
+            if stopped is not None and stopped():
+                break
             cid = stored.receipt.connection_id
             done.append((cid, await self.settle(cid)))
         return done

@@ -3,6 +3,11 @@ reload on SIGHUP, drain on SIGTERM/SIGINT, log structured lines.
 
 Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdout
 (host ID, DTP endpoint, forwarder addresses); logs go to stderr.
+
+The signals are caught from the moment :func:`main` runs, not only once the daemon is
+ready: a SIGTERM or SIGINT while it is starting ends the start at its next step (what
+was started is stopped, the status written) and the exit status is 0, as for a stop
+after the ready line; a SIGHUP while starting is a reload once it is ready.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +46,17 @@ from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook, process_identity
 from dtp.daemon.udp_forward import UdpForward
-from dtp.errors import ChainError, DaemonConfigError, HostConfigError, KeyFileError
+from dtp.errors import (
+    ChainError,
+    DaemonConfigError,
+    DTPError,
+    HostConfigError,
+    KeyFileError,
+    ObjectNotFound,
+)
 from dtp.keys import HostIdentity
 
-__all__ = ["Daemon", "main"]
+__all__ = ["Daemon", "StopSignals", "main"]
 
 logger = logging.getLogger("dtp.daemon")
 
@@ -86,6 +100,60 @@ def _sla(service: ServiceConfig) -> Sla:
 #: commands of the ``dtp`` CLI (``--passphrase-env``).
 PASSPHRASE_ENV = "DTP_PASSPHRASE"
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StartAborted(Exception):
+    """A stop was requested while the daemon was starting (raised between two steps of
+    the start, never in the middle of one: a ledger call runs to its end)."""
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP caught before the event loop's handlers are in place.
+
+    Python's default actions would otherwise apply while ``dtp daemon`` reads its
+    config, opens the ledger and starts: SIGTERM and SIGHUP end the process on the spot
+    and SIGINT raises KeyboardInterrupt wherever the main thread is (asyncio.run turns
+    it into a cancel of the start at any await). Either way nothing was cleaned up: the
+    status file never written, listeners and the receipt store closed by the exit
+    alone, and exit status -15, -1 or 130 instead of 0. Here each signal is only
+    recorded; :meth:`Daemon.run` acts on it once its loop handles the signals.
+    """
+
+    def __init__(self) -> None:
+        self.stop: int | None = None
+        """The first SIGTERM or SIGINT received, if any."""
+        self.reload = False
+        """Whether a SIGHUP arrived (a reload is due once the daemon is ready)."""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Catch the three signals from now on (main thread only)."""
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+            previous = signal.signal(sig, self._record)
+            self._previous.setdefault(sig, previous)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        elif self.stop is None:
+            self.stop = signum
+
+    def ignore(self) -> None:
+        """Ignore the three signals from now on: for a process that only exits from here
+        (a supervisor's repeated SIGTERM during the interpreter's shutdown took the
+        default action and turned exit status 0 into death by that signal)."""
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+            previous = signal.signal(sig, signal.SIG_IGN)
+            self._previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced."""
+        for sig, previous in self._previous.items():
+            # None: a handler not set from Python (the default, to the interpreter)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
 
 def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
     """The daemon's identity, decrypted with ``passphrase`` when the file is
@@ -121,6 +189,8 @@ class Daemon:
         self.forwarders: dict[str, Forwarder | UdpForward] = {}
         self._old_forwarders: set[Forwarder | UdpForward] = set()
         self._stop = asyncio.Event()
+        self._stopping = threading.Event()
+        """Set with ``_stop``; read by the start's ledger work in its worker thread."""
         self.endpoint: tuple[str, int] | None = None
 
     # -- ledger set-up (blocking; run in a thread) --------------------------------------
@@ -144,34 +214,48 @@ class Daemon:
         logger.info("host created", extra=kv(host_id=host_id))
         return host_id
 
-    def sync_host(self, config: DaemonConfig, endpoint: str) -> str:
+    def sync_host(
+        self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
+    ) -> str:
         """Publish the endpoint, key, services and firewall of ``config`` on the ledger
-        (only what differs); returns the host ID."""
+        (only what differs); returns the host ID. ``checkpoint()`` runs before each
+        ledger transaction (it raises to end the sync there: a stop while starting,
+        where a firewall list of thousands of entries is as many transactions)."""
         ledger, me = self.ledger, self.identity
+        step = checkpoint or _no_checkpoint
+        step()
         host_id = self.host_id or self._host_id(endpoint)
-        host = ledger.get_host(host_id)
+        try:
+            host = ledger.get_host(host_id)
+        except ObjectNotFound:
+            raise self._no_such_host(host_id) from None
         if host.authority != me.sui_address:
             raise HostConfigError(
                 f"host {host_id} belongs to {host.authority}, not to this daemon's identity "
                 f"{me.sui_address}"
             )
         if host.noise_static_key != me.noise_public:
+            step()
             ledger.set_noise_static_key(me, host_id, me.noise_public)
         if [e if isinstance(e, bytes) else str(e).encode() for e in host.endpoints] != [
             endpoint.encode()
         ]:
+            step()
             ledger.set_endpoints(me, host_id, [endpoint])
         wanted = {s.port: s for s in config.services}
         for port, service in wanted.items():
             current = host.services.get(port)
             if current is None:
+                step()
                 ledger.add_service(
                     me, host_id, port, service.kind, _sla(service), service.max_connections
                 )
             elif (current.sla, current.max_connections) != (_sla(service), service.max_connections):
+                step()
                 ledger.update_service(me, host_id, port, _sla(service), service.max_connections)
         for port in host.services:
             if port not in wanted:
+                step()
                 try:
                     ledger.remove_service(me, host_id, port)
                 except ChainError as exc:
@@ -179,40 +263,82 @@ class Daemon:
                         "service kept on the ledger",
                         extra=kv(port=port, reason=str(exc)),
                     )
-        fw = config.firewall
-        mode = FirewallMode.ALLOW_LISTED if fw.mode == "allowlist" else FirewallMode.ALLOW_ALL
-        if host.firewall.mode != mode:
-            ledger.set_firewall_mode(me, host_id, int(mode))
-        for client in set(fw.allow) - set(host.firewall.allow):
-            ledger.allow(me, host_id, client)
-        for client in set(host.firewall.allow) - set(fw.allow):
+        fw, published = config.firewall, host.firewall
+        # one transaction per entry, in an order that never lets through a client the
+        # file keeps out while the lists change: what restricts first (allow entries
+        # taken off, which also makes room, then denials), an allowlist complete before
+        # its mode is switched on, and denials lifted last. (The mode went first: a
+        # switch to "allowlist" shut out the clients still to be added, for as many
+        # transactions as the list is long.)
+        for client in sorted(set(published.allow) - set(fw.allow)):
+            step()
             ledger.disallow(me, host_id, client)
-        for client in set(fw.deny) - set(host.firewall.deny):
+        for client in sorted(set(fw.deny) - set(published.deny)):
+            step()
             ledger.deny(me, host_id, client)
-        for client in set(host.firewall.deny) - set(fw.deny):
+        for client in sorted(set(fw.allow) - set(published.allow)):
+            step()
+            ledger.allow(me, host_id, client)
+        mode = FirewallMode.ALLOW_LISTED if fw.mode == "allowlist" else FirewallMode.ALLOW_ALL
+        if published.mode != mode:
+            step()
+            ledger.set_firewall_mode(me, host_id, int(mode))
+        for client in sorted(set(published.deny) - set(fw.deny)):
+            step()
             ledger.undeny(me, host_id, client)
         limits = (fw.max_connections_per_client, fw.max_bytes_per_sec, fw.max_requests_per_sec)
-        published = host.firewall
         if limits != (
             published.max_connections_per_client,
             published.max_bytes_per_sec,
             published.max_requests_per_sec,
         ):
+            step()
             ledger.set_client_limits(me, host_id, *limits)
         return host_id
 
+    def _no_such_host(self, host_id: str) -> DTPError:
+        """The error for a Host the ledger does not hold: named by the config's
+        ``host_id`` (a config error, exit 2) or by ``host.json`` (another ledger file
+        than the one it was created on?). It was the ledger's bare "No Host with ID …
+        exists on this ledger." naming neither."""
+        settings = self.config.daemon
+        if settings.host_id is not None:
+            return self.config.error(
+                ("daemon", "host_id"), f"no Host {host_id} on the ledger {settings.ledger}"
+            )
+        record = settings.state_dir / HOST_FILE
+        return HostConfigError(
+            f"{record} names Host {host_id}, which the ledger {settings.ledger} does not "
+            "hold (was it created on another ledger file?): point [daemon] ledger at that "
+            "file, or remove the record to create a new Host"
+        )
+
     # -- running ---------------------------------------------------------------------------
 
+    def _checkpoint(self) -> None:
+        """Between two steps of the start: raise :class:`_StartAborted` once a stop was
+        requested (safe from the start's worker threads too)."""
+        if self._stopping.is_set():
+            raise _StartAborted
+
     async def start(self) -> dict[str, Any]:
-        """Set up and start listening; returns the ready record."""
+        """Set up and start listening; returns the ready record. A stop requested
+        meanwhile (:meth:`request_stop`) ends it at the next step with
+        :class:`_StartAborted`; what was started is for :meth:`drain` to stop."""
         settings = self.config.daemon
-        await asyncio.to_thread(self._fund)
         ready: dict[str, Any] = {
             "event": "ready",
             "pid": os.getpid(),
             "process": process_identity(os.getpid()),
             "address": self.identity.sui_address,
         }
+        # the status file names this process from the first save on, a stop while
+        # starting included (it otherwise kept the previous run's pid)
+        self.book.info.update(ready, config=str(self.config.path))
+        self.book.info.pop("event", None)
+        self._checkpoint()
+        await asyncio.to_thread(self._fund)
+        self._checkpoint()
         if self.config.services:
             self.services = ServiceHost(self.ledger, self.identity, self.book)
             await self.services.configure(self.config.services)
@@ -223,7 +349,10 @@ class Daemon:
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             public = settings.public_endpoint or join_host_port(*self.endpoint)
-            self.host_id = await asyncio.to_thread(self.sync_host, self.config, public)
+            self.host_id = await asyncio.to_thread(
+                self.sync_host, self.config, public, self._checkpoint
+            )
+            self._checkpoint()
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
                 self.fees = ServerFees(self.ledger, self.identity, self.host_id, receipts)
@@ -235,17 +364,20 @@ class Daemon:
             self.services.host_id = self.host_id
             self.services.fees = self.fees
             await self._claim_leftovers()
+            self._checkpoint()
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
         _refuse_loops(self.config, self.host_id)
         forwards: dict[str, str] = {}
         for i, forward in enumerate(self.config.forwards):
+            self._checkpoint()
             try:
                 forwards[forward.name] = await self._start_forwarder(forward)
             except OSError as exc:
                 raise _bind_error(
                     self.config, ("forward", i, "listen"), forward.listen, exc
                 ) from None
+        self._checkpoint()
         ready["forwards"] = forwards
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
@@ -254,7 +386,10 @@ class Daemon:
 
     async def _claim_leftovers(self) -> None:
         assert self.fees is not None and self.services is not None
-        for connection_id, settled in await self.fees.claim_leftovers():
+        # a stop ends the claims between two connections: the rest stay in the store
+        # for the next start
+        leftovers = await self.fees.claim_leftovers(self._stopping.is_set)
+        for connection_id, settled in leftovers:
             try:
                 tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
             except ChainError:
@@ -311,6 +446,10 @@ class Daemon:
                 await asyncio.to_thread(self.sync_host, new, public)
             except ChainError as exc:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
+                # the transactions before the refused one stayed: a service published
+                # that is not served (clients paid deposits into connections refused at
+                # once), a firewall half changed. The settings still served go back
+                await self._republish(public)
                 return
             await self.services.configure(new.services)
         running = await self._reload_forwards(new.forwards)
@@ -325,6 +464,19 @@ class Daemon:
             "reloaded",
             extra=kv(services=len(new.services), forwards=len(new.forwards)),
         )
+
+    async def _republish(self, public: str) -> None:
+        """Publish the settings in force again, after a reload the ledger refused
+        part-way."""
+        try:
+            await asyncio.to_thread(self.sync_host, self.config, public)
+        except ChainError as exc:
+            logger.error(
+                "the ledger keeps part of the refused reload until the next one",
+                extra=kv(error=str(exc)),
+            )
+            return
+        logger.info("the settings in force are published again")
 
     async def _reload_forwards(
         self, wanted: tuple[ForwardConfig, ...]
@@ -404,13 +556,21 @@ class Daemon:
             self._old_forwarders.add(fwd)
 
     def request_stop(self) -> None:
+        self._stopping.set()
         self._stop.set()
 
-    async def run(self) -> None:
-        """Start, then serve until asked to stop; drains before returning."""
+    async def run(self, signals: StopSignals | None = None) -> None:
+        """Start, then serve until asked to stop; drains before returning.
+
+        SIGTERM/SIGINT and SIGHUP are handled from the first moment, those ``signals``
+        caught before the loop ran included: a stop while starting ends the start at
+        its next step and stops what it had started (then returns, as after a drain);
+        a SIGHUP while starting is one reload once ready. A start that fails stops
+        what it had started too, then raises."""
         loop = asyncio.get_running_loop()
-        ready = await self.start()
         reloads: set[asyncio.Task[None]] = set()
+        phase = "starting"  # then "serving", "stopping"
+        reload_due = False
 
         async def reload() -> None:
             try:
@@ -420,18 +580,56 @@ class Daemon:
                 # as asyncio's "Task exception was never retrieved"
                 logger.error("reload failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
 
-        def on_hup() -> None:
-            task = loop.create_task(reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+        def on_stop() -> None:
+            if phase == "starting" and not self._stop.is_set():
+                logger.info("stop requested while starting")
+            self.request_stop()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        def on_hup() -> None:
+            nonlocal reload_due
+            if phase == "starting":
+                # SIGHUP's default action killed the daemon here; the file may have
+                # changed since it was read: read again once ready
+                reload_due = True
+                logger.info("reload deferred: the daemon is starting")
+            elif phase == "stopping":
+                logger.warning("reload ignored: the daemon is stopping")
+            else:
+                task = loop.create_task(reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+        # a second SIGTERM while draining is ignored (the handler only sets the event);
+        # so is SIGHUP. The handlers stay until the loop closes: removed after the
+        # drain, their default actions killed a process still shutting down (waiting
+        # for a worker thread's ledger call)
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, on_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        # only now: a script may signal the moment it reads the line, and SIGHUP's
-        # default action would kill the process
+        if signals is not None:
+            if signals.stop is not None:
+                on_stop()
+            if signals.reload:
+                on_hup()
+        try:
+            ready: dict[str, Any] | None = await self.start()
+        except _StartAborted:
+            ready = None
+        except Exception:
+            phase = "stopping"
+            await self._abandon_start()
+            raise
+        if ready is None or self._stop.is_set():
+            phase = "stopping"
+            logger.info("stopping before ready")
+            await self.drain()
+            return
+        phase = "serving"
+        # only now: a script may signal the moment it reads the line
         print(json.dumps(ready), flush=True)
         logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
+        if reload_due:
+            on_hup()
         try:
             while not self._stop.is_set():
                 self._refresh_live()
@@ -439,20 +637,29 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.25)
         finally:
-            # a second SIGTERM while draining is ignored (the handler only sets the event);
-            # so is SIGHUP: removing its handler would restore its default action, which
-            # kills the process before the connections are settled
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: logger.warning("reload ignored: the daemon is stopping")
-            )
+            phase = "stopping"
             # a reload still running would start listeners the drain never sees, or use
             # the ledger after it is closed: it finishes first (not cancelled: its ledger
             # calls run in threads, which a cancel would not stop)
             if reloads:
                 await asyncio.wait(set(reloads))
             await self.drain()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+
+    async def _abandon_start(self) -> None:
+        """After a failed start: stop what it had started (listeners, health checks, the
+        receipt writer, connections admitted meanwhile, settled) and close the ledger.
+        The status file is left as it was: this daemon never ran."""
+        try:
+            await self._shut_down(self.config.daemon.drain_timeout)
+        except Exception as exc:  # the start's own error is the one to report
+            logger.warning(
+                "start failed; stopping what it started failed too",
+                extra=kv(error=f"{type(exc).__name__}: {exc}"),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                self.ledger.close()
+            self.release_lock()
 
     def _refresh_live(self) -> None:
         for fwd in self.forwarders.values():
@@ -473,6 +680,16 @@ class Daemon:
         ``drain_timeout``), settle every connection, save the status."""
         timeout = self.config.daemon.drain_timeout
         logger.info("draining", extra=kv(timeout=timeout))
+        await self._shut_down(timeout)
+        self.book.info["stopped"] = time.time()
+        self.book.save(force=True)
+        self.ledger.close()
+        self.release_lock()
+        logger.info("stopped")
+
+    async def _shut_down(self, timeout: float) -> None:
+        """Stop listening, give tunnels ``timeout`` seconds, settle every connection,
+        close the receipt store: whatever of it was started."""
         forwarders = [*self.forwarders.values(), *self._old_forwarders]
         for fwd in forwarders:
             fwd.stop_listening()
@@ -483,17 +700,17 @@ class Daemon:
             await self.services.drain(timeout)
         if self.fees is not None:
             self.fees.close()
-        self.book.info["stopped"] = time.time()
-        self.book.save(force=True)
-        self.ledger.close()
-        self.release_lock()
-        logger.info("stopped")
+            self.fees = None
 
     def release_lock(self) -> None:
         """Let another daemon use the state directory (once stopped)."""
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+def _no_checkpoint() -> None:
+    """The checkpoint of work that no stop interrupts (a reload finishes first)."""
 
 
 def _recorded_host_id(record: Path) -> str:
@@ -577,16 +794,43 @@ def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...])
 
 
 def main(
-    config_path: str, log_format: str | None = None, passphrase_env: str = PASSPHRASE_ENV
+    config_path: str,
+    log_format: str | None = None,
+    passphrase_env: str = PASSPHRASE_ENV,
+    *,
+    exiting: bool = False,
 ) -> int:
     """Entry point of ``dtp daemon``; returns the exit status. The identity's passphrase,
-    if it has one, is read from the environment variable ``passphrase_env``."""
+    if it has one, is read from the environment variable ``passphrase_env``.
+
+    SIGTERM, SIGINT and SIGHUP are caught from here on (:class:`StopSignals`): a stop
+    before the daemon is ready ends its start cleanly, with exit status 0. On return
+    their handlers are put back, or, when ``exiting`` (the process ends next: ``dtp
+    daemon``), the signals are ignored for the rest of the process's life."""
+    signals = StopSignals()
+    signals.install()
+    try:
+        return _main(config_path, log_format, passphrase_env, signals)
+    finally:
+        if exiting:
+            signals.ignore()
+        else:
+            signals.restore()
+
+
+def _main(
+    config_path: str, log_format: str | None, passphrase_env: str, signals: StopSignals
+) -> int:
     try:
         config = load_config(config_path)
     except DaemonConfigError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
     setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
+    if signals.stop is not None:
+        # nothing is started yet, nor the state directory taken
+        logger.info("stopped before start", extra=kv(signal=signal.Signals(signals.stop).name))
+        return 0
     passphrase = os.environ.get(passphrase_env) or None
     try:
         daemon = Daemon(config, passphrase)
@@ -607,7 +851,7 @@ def main(
         return 1
 
     async def go() -> None:
-        await daemon.run()
+        await daemon.run(signals)
 
     try:
         asyncio.run(go())
@@ -625,6 +869,9 @@ def main(
         return 1
     finally:
         daemon.release_lock()  # a failed start never reached drain()
+        # the loop's handlers went with the loop (to the default actions): until this
+        # process ends, a further signal is recorded and ignored
+        signals.install()
     return 0
 
 

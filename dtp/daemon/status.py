@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +122,40 @@ def format_table(status: dict[str, Any]) -> str:
 
 
 def state_dir_of(config: str | None, state_dir: str | None) -> Path:
-    """The state directory named directly or by a config file."""
+    """The state directory named directly or by a config file. A config file with an
+    error elsewhere still names it (see :func:`_state_dir_despite`): the error is
+    raised only when the state directory itself cannot be told."""
     if state_dir:
         return Path(state_dir)
-    return load_config(config or "dtp.toml").daemon.state_dir
+    path = config or "dtp.toml"
+    try:
+        return load_config(path).daemon.state_dir
+    except DaemonConfigError as exc:
+        found = _state_dir_despite(Path(path))
+        if found is None:
+            raise
+        print(f"dtp status: {exc} (the status of {found} follows)", file=sys.stderr)
+        return found
+
+
+def _state_dir_despite(path: Path) -> Path | None:
+    """``[daemon] state_dir`` of a config file that is valid TOML but fails validation
+    elsewhere (a forward's target, a service's backends): the running daemon refused
+    that edit at its reload and goes on, and ``dtp status --config`` refused to show
+    its status until the file was fixed. None when the file does not say."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return None
+    table = doc.get("daemon", {})
+    value = table.get("state_dir", "dtp-state") if isinstance(table, dict) else None
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        return None
+    try:
+        candidate = Path(value).expanduser()
+    except RuntimeError:  # "~user" unknown
+        return None
+    return candidate if candidate.is_absolute() else path.parent / candidate
 
 
 def _malformed(status: dict[str, Any]) -> str | None:
