@@ -169,9 +169,11 @@ class ServerFees:
     async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
         """Claim the latest receipt, close the connection and settle it (refunding the
         client). Ledger refusals are logged and leave the receipt in the store."""
-        await asyncio.to_thread(self.writer.flush, connection_id)  # its newest on disk
+        # the newest receipt, written or still queued: the claim on the ledger is its
+        # durable copy (waiting for the disk first cost the writer's whole flush timeout
+        # when the store failed, and then claimed an older receipt)
         self._checked.pop(connection_id, None)
-        stored = self.store.latest(connection_id)
+        stored = self.writer.latest(connection_id)
         claimed = 0
         if stored is not None and stored.unclaimed > 0:
             receipt = stored.receipt
@@ -188,7 +190,8 @@ class ServerFees:
                     extra=kv(connection=connection_id, error=str(exc)),
                 )
                 return Settled(0, 0)
-            self.store.mark_claimed(connection_id, receipt.total_amount)
+            # queued behind the receipt's own write (a mark written first was overwritten)
+            self.writer.mark_claimed(connection_id, receipt.total_amount)
         refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
         return Settled(claimed, refunded)
 
