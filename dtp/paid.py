@@ -46,6 +46,7 @@ from dtp.errors import (
     DTPError,
     DTPTimeoutError,
     InvalidArgument,
+    MalformedReceipt,
     PaymentRequired,
     move_error,
 )
@@ -728,6 +729,16 @@ def open_store(receipts: ReceiptStore | str | Path | None) -> tuple[ReceiptStore
     return ReceiptStore(receipts or ":memory:"), True
 
 
+def _receipts_held(writer: ReceiptWriter, connection_id: str) -> bool:
+    """Whether the store holds receipts of ``connection_id`` (it was served): a damaged
+    row (MalformedReceipt) counts, as the row is there (raised, it ended the handler
+    with a traceback instead of refusing the connection)."""
+    try:
+        return writer.latest(connection_id) is not None
+    except MalformedReceipt:
+        return True
+
+
 def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
     """Whether a paid server's close() closes the store it opened: only one on a file.
     An in-memory store (None) holds no file, and ``server.store`` is the only place its
@@ -916,7 +927,7 @@ class PaidServer:
             sock.abort("this connection ID is already served")
             return
         try:
-            if self.receipt_writer.latest(key) is not None:
+            if _receipts_held(self.receipt_writer, key):
                 logger.warning("refused connection %s: already served", cid)
                 sock.abort("this connection ID is already served")
                 return

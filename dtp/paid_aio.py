@@ -40,6 +40,7 @@ from dtp.metering import (
 from dtp.paid import (
     _CREDIT_MAX,
     ServicePolicy,
+    _receipts_held,
     check_address,
     closes_store,
     gate_for,
@@ -705,8 +706,7 @@ class PaidAioServer:
             writer.abort("this connection ID is already served")
             return
         try:
-            held = await asyncio.to_thread(self.receipt_writer.latest, cid)
-            if held is not None:
+            if await asyncio.to_thread(_receipts_held, self.receipt_writer, cid):
                 logger.warning("refused connection %s: already served", cid)
                 writer.abort("this connection ID is already served")
                 return

@@ -423,3 +423,28 @@ def test_a_settlement_racing_the_clients_own_settles_as_already_settled(
         assert recover_unclaimed(ledger, SERVER, store) == []
     assert ledger.balance(CLIENT.sui_address) == before + DEPOSIT
     assert ledger.balance(SERVER.sui_address) == 0
+
+
+def test_a_damaged_row_counts_as_served_at_admission(tmp_path: Path, ledger: LocalLedger) -> None:
+    """The paid servers refuse a connection ID the store holds receipts of; a damaged row
+    is held too (its MalformedReceipt ended the handler with a traceback instead)."""
+    from dtp.paid import _receipts_held
+
+    host_id = setup_host(ledger)
+    damaged = open_for(ledger, host_id, CLIENT)
+    fresh = open_for(ledger, host_id, MALLORY)
+    path = tmp_path / "receipts.db"
+    with ReceiptStore(path) as store:
+        assert store.keep(signed(damaged, 100 * 1024, 1))
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("UPDATE receipts SET encoded = ? WHERE connection_id = ?", (b"junk", damaged))
+    finally:
+        raw.close()
+    with ReceiptStore(path) as store:
+        writer = ReceiptWriter(store)
+        try:
+            assert _receipts_held(writer, damaged)
+            assert not _receipts_held(writer, fresh)
+        finally:
+            writer.close()
