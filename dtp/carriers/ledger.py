@@ -63,7 +63,7 @@ from typing import Any
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
 from dtp.connection import Connection
-from dtp.errors import ObjectNotFound, PaymentModelError, PipeError
+from dtp.errors import ChainError, ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
 from dtp.keys import HostIdentity
 
@@ -201,6 +201,15 @@ class LedgerCarrier:
     ) -> None:
         if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
             raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
+        # (a page_size of 0 read no event and never saw the last page: receive() spun
+        # forever; a NaN gap_timeout never gave a gap up, so the acks stopped)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive integer, not {page_size!r}")
+        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, not {sync_every!r}")
+        for name, value in (("sync_interval", sync_interval), ("gap_timeout", gap_timeout)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         self.ledger = ledger
         self.identity = identity
         self.connection_id = connection_id
@@ -248,8 +257,15 @@ class LedgerCarrier:
         self._unreported = 0
         self._first_unreported_at: float | None = None
         self._last_reported: dict[str, list[int]] = {}
+        # per inner of our pipe: the most the peer reported seeing, for pipe::sync (in
+        # poll, not while reading events: a failed call there lost the rest of the batch)
+        self._ack_target = list(self._acked)
+        # records read by a receive() whose next page the ledger failed: handed back by
+        # the next call, since the lanes have seen them
+        self._undelivered: list[bytes] = []
         self.peer_closed = False
         self.closed = False
+        self._destroyed = False
         # the peer's records addressed to us: waiting for their payload, then to confirm
         # record -> (pipe, inner, seq, when its RecordRetained was seen)
         self._retained_pending: OrderedDict[str, tuple[str, int, int, float]] = OrderedDict()
@@ -343,25 +359,42 @@ class LedgerCarrier:
 
     def receive(self, timeout: float = 0.0, now: float | None = None) -> list[bytes]:
         """DTP records the peer posted since the last call (waiting up to ``timeout``
-        seconds for the first). Also posts our SYNC and calls ``pipe::sync`` as due."""
+        seconds for the first). Also posts our SYNC and calls ``pipe::sync`` as due.
+
+        Ledger errors propagate, but nothing read is lost: records read before a failed
+        read are handed back by the next call, and when a SYNC or ``pipe::sync`` fails
+        after records were read, the records are returned and the failed call, still
+        due, is tried (and raises) again later."""
         now = self.clock() if now is None else now
-        out: list[bytes] = []
-        first = True
-        while True:
-            if first and timeout > 0:
-                events, cursor = self.ledger.wait_events(
-                    self.cursor, timeout, self._filter, self.page_size
-                )
-            else:
-                events, cursor = self.ledger.events(self.cursor, self._filter, self.page_size)
-            first = False
-            self.cursor = cursor
-            # pipes first: a batch may come reordered, data before its PipeCreated
-            for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
-                self._on_event(event, now, out)
-            if len(events) < self.page_size:
-                break
-        self.poll(now)
+        out, self._undelivered = self._undelivered, []
+        try:
+            first = not out  # (records to hand back: no waiting for more)
+            while True:
+                if first and timeout > 0:
+                    events, cursor = self.ledger.wait_events(
+                        self.cursor, timeout, self._filter, self.page_size
+                    )
+                else:
+                    events, cursor = self.ledger.events(self.cursor, self._filter, self.page_size)
+                first = False
+                self.cursor = cursor
+                # pipes first: a batch may come reordered, data before its PipeCreated
+                for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
+                    self._on_event(event, now, out)
+                if len(events) < self.page_size:
+                    break
+        except BaseException:
+            # the lanes have seen these: dropped here, they were never handed back
+            self._undelivered = out
+            raise
+        try:
+            self.poll(now)
+        except ChainError:
+            # (raised, the records read went with it: a ledger that took reads but no
+            # transaction lost every one.) The SYNC or pipe::sync stays due: the next
+            # call with nothing to hand back raises
+            if not out:
+                raise
         return out
 
     # -- retention --------------------------------------------------------------------
@@ -564,7 +597,13 @@ class LedgerCarrier:
             return
         prefixes = struct.unpack_from(f"<{n}Q", payload, 34)
         for inner, seen in enumerate(prefixes[: self.inner_count]):
-            acked = min(seen, self._sent[inner])
+            # (capped now: a report of more than we had sent acknowledges nothing later)
+            self._ack_target[inner] = max(self._ack_target[inner], min(seen, self._sent[inner]))
+
+    def _sync_pipe(self) -> None:
+        """``pipe::sync`` the inners the peer reported more of. A call the ledger did
+        not answer leaves its target, so a later poll tries again."""
+        for inner, acked in enumerate(self._ack_target):
             if acked <= self._acked[inner]:
                 continue
             try:
@@ -574,6 +613,8 @@ class LedgerCarrier:
                 lane = self.ledger.get_pipe(self.pipe_id).inners[inner]
                 self._sent[inner] = max(self._sent[inner], lane.next_seq)
                 self._acked[inner] = max(self._acked[inner], lane.acked)
+                # (refused, not unanswered: not tried again at every poll)
+                self._ack_target[inner] = self._acked[inner]
                 continue
             self._acked[inner] = acked
             self.pipe_syncs += 1
@@ -598,7 +639,8 @@ class LedgerCarrier:
         return min(times) if times else None
 
     def poll(self, now: float | None = None) -> None:
-        """Give up expired gaps and post a SYNC when one is due (no ledger reads)."""
+        """Give up expired gaps, ``pipe::sync`` what the peer acknowledged and post a
+        SYNC when one is due (no ledger reads). A ledger error leaves both due."""
         now = self.clock() if now is None else now
         for lanes in self._lanes.values():
             for lane in lanes:
@@ -606,18 +648,19 @@ class LedgerCarrier:
                     self.gaps_given_up += lane.give_up_gap()
                     lane.gap_since = now if lane.above else None
                     self._note_data(now)
+        if self._retained_pending:
+            self._settle_retained(now)
+        if self.closed:
+            return
+        self._sync_pipe()
         due = self._unreported >= self.sync_every or (
             self._first_unreported_at is not None
             and now >= self._first_unreported_at + self.sync_interval
         )
-        if due and not self.closed:
+        if due:
             self._report()
-        if self._retained_pending:
-            self._settle_retained(now)
 
     def _report(self) -> None:
-        self._unreported = 0
-        self._first_unreported_at = None
         for pid, lanes in self._lanes.items():
             prefixes = [lane.prefix for lane in lanes]
             if self._last_reported.get(pid) == prefixes:
@@ -631,15 +674,34 @@ class LedgerCarrier:
             self._post(payload)
             self._last_reported[pid] = prefixes
             self.syncs_sent += 1
+        # (only now: a SYNC the ledger did not take is due again at the next poll)
+        self._unreported = 0
+        self._first_unreported_at = None
 
     # -- closing ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Destroy our pipe (``pipe::destroy``). Idempotent."""
-        if self.closed:
+        """Destroy our pipe (``pipe::destroy``). Idempotent; when the ledger does not
+        answer (ChainError ``LedgerUnavailable``) the carrier is closed all the same
+        and a later call tries the destroy again."""
+        if self._destroyed:
             return
         self.closed = True
-        self.ledger.destroy_pipe(self.identity, self.pipe_id)
+        try:
+            self.ledger.destroy_pipe(self.identity, self.pipe_id)
+        except ChainError as exc:
+            if exc.name != "LedgerUnavailable":
+                self._destroyed = True  # (refused, not unanswered: trying again won't help)
+            raise
+        except BaseException:
+            self._destroyed = True
+            raise
+        self._destroyed = True
+
+    @property
+    def destroyed(self) -> bool:
+        """Whether :meth:`close` is done with our pipe (destroyed, or refused for good)."""
+        return self._destroyed
 
 
 def confirm_records(ledger: Ledger, identity: HostIdentity, records: Sequence[str]) -> int:

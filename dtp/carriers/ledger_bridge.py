@@ -90,6 +90,10 @@ _HANDSHAKE_KINDS = (1, 2, 3)
 #: connection in 255 fragments (each payload has a 7-byte fragment header).
 _MIN_PAYLOAD = -(-(_HEADER + LEDGER_RECORD_PLAINTEXT + _TAG) // 255) + 7
 _READ_CHUNK = 256 * 1024
+#: Records the ledger did not take kept to post again, the newest: enough to see the
+#: ledger answer again and to keep the adapter's last (its CLOSE); the connection
+#: retransmits the rest, and each one posted again is a transaction.
+_MAX_UNSENT = 8
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
 #: stops reading the ledger (events wait there) until the adapter catches up.
 _OUT_HIGH_WATER = 4 << 20
@@ -330,6 +334,14 @@ class LedgerBridge:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def _discard(self) -> None:
+        """Undo a bridge that could not be started: close both ends of the pair and
+        destroy the carrier's pipe (best effort: the ledger may not answer)."""
+        self.socket.close()
+        self._sock.close()
+        with contextlib.suppress(Exception):
+            self.carrier.close()
+
     @property
     def running(self) -> bool:
         """Whether the thread is still moving records."""
@@ -425,32 +437,44 @@ class LedgerBridge:
         inbuf = bytearray()  # adapter → ledger, a partial record at most
         out = bytearray()  # ledger → adapter
         wait = opts.poll_min
-        app_closed = False
         write_failed = False
         peer_closed_at: float | None = None
         outage: float | None = None  # when the ledger stopped answering
+        # records the ledger did not take (an outage), posted again at each turn: the
+        # outage lasts until a post goes through, reads answering or not (a ledger
+        # that took reads but no transaction was ridden out forever, each read
+        # ending the outage); and at close they are the adapter's last (its CLOSE)
+        unsent: list[bytes] = []
         while not self._stop.is_set():
             timer = carrier.get_timer()
-            timeout = wait if timer is None else max(0.0, min(wait, timer - time.monotonic()))
-            rlist = [sock] if not app_closed else []
+            if timer is None or outage is not None:
+                # (in an outage a SYNC stays due, its timer past: that spun without pause)
+                timeout = wait
+            else:
+                timeout = max(0.0, min(wait, timer - time.monotonic()))
+            rlist = [sock]
             wlist = [sock] if out else []
             r, w = wait_ready(rlist, wlist, timeout)
             moved = False
+            failure: ChainError | None = None
+            if r:
+                data = _recv(sock)
+                if data is None:
+                    break  # the adapter closed its end
+                inbuf += data
+                records = _cut_records(inbuf)
+                if records:
+                    unsent += records
+                    del unsent[:-_MAX_UNSENT]
+            if unsent:
+                try:
+                    self._post(unsent)
+                    moved = True
+                except ChainError as exc:
+                    if not _unavailable(exc):
+                        raise
+                    failure = exc  # (reading goes on: what comes in still goes up)
             try:
-                if r:
-                    data = _recv(sock)
-                    if data is None:
-                        app_closed = True
-                    elif data:
-                        inbuf += data
-                        records = _cut_records(inbuf)
-                        if records:
-                            carrier.send(records)
-                            self.records_posted += len(records)
-                            moved = True
-                if app_closed:
-                    logger.debug("%s: the adapter closed its end", self._thread.name)
-                    return  # the finally destroys our pipe: the peer sees PipeDestroyed
                 if w and out and not self._write_out(out):
                     write_failed = True
                 if len(out) < _OUT_HIGH_WATER:
@@ -466,7 +490,9 @@ class LedgerBridge:
             except ChainError as exc:
                 if not _unavailable(exc):
                     raise
-                outage = self._ride_out(exc, outage)
+                failure = failure or exc
+            if failure is not None:
+                outage = self._ride_out(failure, outage)
                 wait = opts.poll_max
                 continue
             if outage is not None:
@@ -491,9 +517,40 @@ class LedgerBridge:
                     logger.debug("%s: the peer destroyed its pipe", self._thread.name)
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_WR)  # the adapter sees the carrier end
-                    self._drain_until_closed(sock)
+                    if self._drain_until_closed(sock):
+                        self._close_out([], None)  # (an outage now is ridden out too)
                     return
             wait = opts.poll_min if moved else min(wait * 2, opts.poll_max)
+        else:
+            return  # stop()
+        logger.debug("%s: the adapter closed its end", self._thread.name)
+        self._close_out(unsent, outage)
+
+    def _post(self, records: list[bytes]) -> None:
+        """Post ``records`` in order, each removed once posted: what the ledger did not
+        take stays in the list."""
+        while records:
+            self.carrier.send(records[:1])
+            del records[0]
+            self.records_posted += 1
+
+    def _close_out(self, unsent: list[bytes], outage: float | None) -> None:
+        """The adapter closed its end: post what it wrote last and the ledger did not
+        take (its CLOSE), then destroy our pipe, so the peer sees the connection end.
+        An outage is ridden out for these as for any call (``outage_timeout``): given up
+        at the first failure, the peer learnt nothing until its idle timeout and the
+        pipe stayed on the ledger."""
+        while True:
+            try:
+                self._post(unsent)
+                self.carrier.close()
+                return
+            except ChainError as exc:
+                if not _unavailable(exc):
+                    raise
+                outage = self._ride_out(exc, outage)
+            if self._stop.wait(self.options.poll_max):
+                return
 
     def _ride_out(self, exc: ChainError, since: float | None) -> float:
         """The ledger did not answer (``exc``, LedgerUnavailable): when the outage began,
@@ -505,7 +562,7 @@ class LedgerBridge:
             self.outages += 1
             if self.options.outage_timeout > 0:
                 logger.warning(
-                    "%s: the ledger does not answer (%s); retrying for up to %.0f s",
+                    "%s: the ledger does not answer (%s); retrying for up to %g s",
                     self.name,
                     exc,
                     self.options.outage_timeout,
@@ -525,12 +582,14 @@ class LedgerBridge:
         del out[:n]
         return True
 
-    def _drain_until_closed(self, sock: socket.socket) -> None:
-        """After the peer left: discard what the adapter still writes until it closes."""
+    def _drain_until_closed(self, sock: socket.socket) -> bool:
+        """After the peer left: discard what the adapter still writes until it closes
+        (True), or :meth:`stop` (False)."""
         while not self._stop.is_set():
             r, _ = wait_ready([sock], [], 0.1)
             if r and _recv(sock) is None:
-                return
+                return True
+        return False
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -590,8 +649,17 @@ def connect_ledger_carrier(
     opts = options or LedgerCarrierOptions()
     head = ledger.head_cursor()
     carrier = _carrier(ledger, identity, connection_id, peer_address, head, opts)
-    bridge = LedgerBridge(carrier, name=f"client-{connection_id[:10]}", options=opts)
-    bridge.start()
+    try:
+        bridge = LedgerBridge(carrier, name=f"client-{connection_id[:10]}", options=opts)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            carrier.close()  # (the pipe just created would stay on the ledger)
+        raise
+    try:
+        bridge.start()
+    except BaseException:
+        bridge._discard()
+        raise
     return bridge
 
 
@@ -720,8 +788,19 @@ class LedgerListener:
             logger.warning("cannot create a pipe for connection %s: %s", cid, exc)
             return
         self._remember(cid)
-        bridge = LedgerBridge(carrier, name=f"server-{cid[:10]}", options=self.options)
-        bridge.start()
+        try:
+            bridge = LedgerBridge(carrier, name=f"server-{cid[:10]}", options=self.options)
+        except BaseException:
+            # (no descriptor left for the pair): the pipe just created would stay on the
+            # ledger, and the client's connection go unanswered until its timeout
+            with contextlib.suppress(Exception):
+                carrier.close()
+            raise
+        try:
+            bridge.start()
+        except BaseException:  # (no thread to be had)
+            bridge._discard()
+            raise
         self.accepted += 1
         try:
             self._on_accept(bridge)

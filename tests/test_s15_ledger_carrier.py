@@ -1,0 +1,480 @@
+"""The ledger carrier when the ledger answers some calls and not others, or none for a
+while, around reads, acknowledgements and close: nothing read is lost, nothing posted
+is left behind. A LocalLedger file; outages simulated by a wrapper whose chosen calls
+fail as an unreachable node's do (ChainError ``LedgerUnavailable``)."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.carriers import ledger_bridge
+from dtp.carriers.ledger import KIND_RECORD, KIND_SYNC, LedgerCarrier
+from dtp.carriers.ledger_bridge import (
+    _MAX_UNSENT,
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+)
+from dtp.chain.ledger import Ledger
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter
+from dtp.errors import ChainError, ObjectNotFound
+from dtp.escrow import object_id_bytes
+from tests.polling import wait_for
+from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, PORT, SERVER, SLA
+
+
+class _Outage:
+    """A ledger whose calls named in ``down`` (all of them: ``"*"``) fail as a node that
+    does not answer does; ``failed`` counts the failures."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.down: set[str] = set()
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._ledger, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            if name in self.down or "*" in self.down:
+                with self._lock:
+                    self.failed += 1
+                raise ChainError("the node does not answer", name="LedgerUnavailable")
+            return attr(*args, **kw)
+
+        return call
+
+
+@dataclass
+class _World:
+    ledger: LocalLedger
+    connection_id: str
+    host_id: str
+
+    def pipe_gone(self, pipe: str) -> bool:
+        try:
+            self.ledger.get_pipe(pipe)
+        except ObjectNotFound:
+            return True
+        return False
+
+    def payloads(self, pipe: str) -> list[bytes]:
+        events, _ = self.ledger.events(filter=EventFilter(type="PipeDataSent"), limit=10_000)
+        return [bytes(e["data"]) for e in events if e["pipe"] == pipe]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[_World]:
+    """A host that publishes no endpoint, a service, and one Open connection of CLIENT's."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    try:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+        ledger.faucet(CLIENT.sui_address, 1_000_000)
+        cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
+        opened = ledger.open_connection(CLIENT, host_id, PORT, cap, DEPOSIT)
+        yield _World(ledger, opened.connection_id, host_id)
+    finally:
+        ledger.close()
+
+
+def _pair(world: _World, **server: Any) -> tuple[LedgerCarrier, LedgerCarrier, _Outage]:
+    """The client's carrier, and the server's reading through an :class:`_Outage`."""
+    flaky = _Outage(world.ledger)
+    client = LedgerCarrier(
+        world.ledger, CLIENT, world.connection_id, peer_address=SERVER.sui_address
+    )
+    host = LedgerCarrier(
+        flaky,  # type: ignore[arg-type]
+        SERVER,
+        world.connection_id,
+        peer_address=CLIENT.sui_address,
+        **server,
+    )
+    return client, host, flaky
+
+
+def _record(body: bytes) -> bytes:
+    """A DATA record as the bridge passes them (a valid header, opaque ciphertext)."""
+    return bytes([16, 0]) + len(body).to_bytes(2, "little") + bytes(8) + body
+
+
+# -- reading: what was read is handed back, whatever the ledger refused after ------------
+
+
+def test_records_read_before_a_refused_sync_are_handed_back(world: _World) -> None:
+    """The receiver read the records, then posted its SYNC, which the ledger did not
+    take (reads answered, writes not: a LocalLedger file locked by another writer): the
+    records were dropped with the error, already marked seen, so never handed back."""
+    client, host, flaky = _pair(world, sync_every=1)
+    client.send([b"r1", b"r2", b"r3"])
+    flaky.down = {"pipe_send"}
+    assert host.receive(now=0.0) == [b"r1", b"r2", b"r3"]
+    assert flaky.failed == 1 and host.syncs_sent == 0
+    # the SYNC stays due: a call with nothing to hand back says why it is not posted
+    with pytest.raises(ChainError, match="does not answer"):
+        host.receive(now=1.0)
+    flaky.down = set()
+    assert host.receive(now=2.0) == []  # once only
+    assert host.syncs_sent == 1
+    sync = [p for p in world.payloads(host.pipe_id) if p[0] == KIND_SYNC]
+    assert len(sync) == 1
+
+
+def test_records_of_a_page_read_before_a_failed_read_are_handed_back(world: _World) -> None:
+    """Events are read a page at a time: when the ledger failed the second page, the
+    records of the first (marked seen) went with the error."""
+    client, host, flaky = _pair(world, page_size=2)
+    reads = 0
+    events = flaky.__getattr__("events")
+
+    def second_read_fails(*args: Any, **kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            raise ChainError("the node does not answer", name="LedgerUnavailable")
+        return events(*args, **kw)
+
+    host.ledger.events = second_read_fails  # type: ignore[method-assign]
+    client.send([b"r1", b"r2", b"r3"])
+    # read from the client's PipeCreated on: [PipeCreated, r1] [r2, r3] (fails)
+    created, _ = world.ledger.events(filter=EventFilter(type="PipeCreated"), limit=10)
+    host.cursor = str(int(created[0].cursor) - 1)  # (LocalLedger: cursors are seqs)
+    with pytest.raises(ChainError):
+        host.receive(now=0.0)
+    got = host.receive(now=0.0)
+    assert sorted(got) == [b"r1", b"r2", b"r3"]
+    assert host.duplicates == 0 and host.receive(now=0.0) == []
+
+
+def test_a_refused_pipe_sync_loses_no_later_event(world: _World) -> None:
+    """``pipe::sync`` ran while the batch of events was being read: when the ledger did
+    not take it, the events after the SYNC in that batch were dropped for good (the
+    cursor had passed them), the peer's records with them."""
+    host = LedgerCarrier(world.ledger, SERVER, world.connection_id, peer_address=CLIENT.sui_address)
+    flaky = _Outage(world.ledger)
+    client = LedgerCarrier(
+        flaky,  # type: ignore[arg-type]
+        CLIENT,
+        world.connection_id,
+        peer_address=SERVER.sui_address,
+        sync_every=1000,
+    )
+    client.send([b"c1", b"c2"])
+    assert client.receive(now=0.0) == []  # (learns the host's pipe)
+    # the host acknowledges (a SYNC on its pipe), then answers: one batch for the client
+    host.sync_every = 1
+    assert host.receive(now=0.0) == [b"c1", b"c2"]
+    assert host.syncs_sent == 1
+    host.send([b"s1", b"s2"])
+    flaky.down = {"pipe_sync"}
+    assert client.receive(now=0.0) == [b"s1", b"s2"]
+    assert flaky.failed >= 1 and client.pipe_syncs == 0
+    flaky.down = set()
+    assert client.receive(now=0.5) == []
+    # and the acknowledgement reached our pipe after all
+    assert client.pipe_syncs >= 1 and sum(client.in_flight()) == 0
+    assert sum(i.acked for i in world.ledger.get_pipe(client.pipe_id).inners) == 2
+
+
+# -- closing during an outage -----------------------------------------------------------
+
+
+def test_a_close_the_ledger_did_not_answer_is_tried_again(world: _World) -> None:
+    """``close()`` marked the carrier closed before ``pipe::destroy``: when the ledger
+    did not answer, every later close() returned at once and the pipe stayed."""
+    client, _host, flaky = _pair(world)
+    flaky_client = LedgerCarrier(
+        flaky,  # type: ignore[arg-type]
+        CLIENT,
+        world.connection_id,
+        peer_address=SERVER.sui_address,
+        pipe_id=client.pipe_id,
+    )
+    flaky.down = {"destroy_pipe"}
+    with pytest.raises(ChainError):
+        flaky_client.close()
+    assert flaky_client.closed and not flaky_client.destroyed
+    with pytest.raises(RuntimeError):
+        flaky_client.send([b"late"])  # closed all the same
+    assert not world.pipe_gone(client.pipe_id)
+    flaky.down = set()
+    flaky_client.close()
+    assert flaky_client.destroyed and world.pipe_gone(client.pipe_id)
+    flaky_client.close()  # idempotent
+
+
+def test_a_bridge_closed_during_an_outage_posts_its_last_records_and_destroys_its_pipe(
+    world: _World,
+) -> None:
+    """The adapter wrote its last records (its CLOSE) and closed its end while the
+    ledger did not answer: the bridge dropped those records and gave up destroying its
+    pipe at the first failure, so the peer never learnt the connection ended (it waited
+    for its idle timeout) and the pipe stayed on the ledger. It rides the outage out
+    (``outage_timeout``) for them now."""
+    made: list[_Outage] = []
+
+    def wrap(ledger: Ledger) -> Ledger:
+        made.append(_Outage(ledger))
+        return made[-1]  # type: ignore[return-value]
+
+    options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=120.0)
+    bridge = connect_ledger_carrier(
+        world.ledger, CLIENT, world.connection_id, SERVER.sui_address, options
+    )
+    flaky = made[0]
+    pipe = bridge.carrier.pipe_id
+    try:
+        first, last = _record(b"a" * 40), _record(b"z" * 60)
+        bridge.socket.sendall(first)
+        assert wait_for(lambda: len(world.payloads(pipe)) == 1, 60)
+        flaky.down = {"*"}
+        bridge.socket.sendall(last)
+        bridge.socket.close()
+        assert wait_for(lambda: flaky.failed >= 3, 60)  # it keeps trying
+        assert bridge.running and not world.pipe_gone(pipe)
+        flaky.down = set()
+        assert wait_for(lambda: world.pipe_gone(pipe), 60)
+        bridge.join(60)
+        assert not bridge.running and bridge.error is None
+        posted = world.payloads(pipe)
+        assert posted == [bytes([KIND_RECORD]) + first, bytes([KIND_RECORD]) + last]
+    finally:
+        flaky.down = set()
+        bridge.stop(60)
+        bridge.socket.close()
+
+
+def test_a_bridge_closed_in_an_outage_past_its_timeout_ends(world: _World) -> None:
+    """... but not forever: past ``outage_timeout`` it ends, the pipe left (a later
+    close or the connection's settlement deals with it), with the ledger's error."""
+    made: list[_Outage] = []
+
+    def wrap(ledger: Ledger) -> Ledger:
+        made.append(_Outage(ledger))
+        return made[-1]  # type: ignore[return-value]
+
+    options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=0.3)
+    bridge = connect_ledger_carrier(
+        world.ledger, CLIENT, world.connection_id, SERVER.sui_address, options
+    )
+    flaky = made[0]
+    try:
+        flaky.down = {"*"}
+        bridge.socket.sendall(_record(b"z" * 60))
+        bridge.socket.close()
+        bridge.join(60)
+        assert not bridge.running
+        assert isinstance(bridge.error, ChainError) and bridge.error.name == "LedgerUnavailable"
+        assert not world.pipe_gone(bridge.carrier.pipe_id)
+    finally:
+        flaky.down = set()
+        bridge.stop(60)
+        bridge.socket.close()
+
+
+# -- an outage of transactions alone ----------------------------------------------------
+
+
+def _bridge(world: _World, outage_timeout: float) -> tuple[LedgerBridge, _Outage]:
+    made: list[_Outage] = []
+
+    def wrap(ledger: Ledger) -> Ledger:
+        made.append(_Outage(ledger))
+        return made[-1]  # type: ignore[return-value]
+
+    options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=outage_timeout)
+    bridge = connect_ledger_carrier(
+        world.ledger, CLIENT, world.connection_id, SERVER.sui_address, options
+    )
+    return bridge, made[0]
+
+
+def test_a_ledger_that_takes_no_transaction_is_not_ridden_out_forever(world: _World) -> None:
+    """Reads answered, transactions not: each read that answered ended the outage, so
+    ``outage_timeout`` never ran out (the connection went on, posting nothing, until its
+    idle timeout). The outage now lasts until a post goes through."""
+    bridge, flaky = _bridge(world, outage_timeout=0.5)
+    try:
+        flaky.down = {"pipe_send"}
+        bridge.socket.sendall(_record(b"x" * 32))
+        bridge.join(60)
+        assert not bridge.running
+        assert isinstance(bridge.error, ChainError) and bridge.error.name == "LedgerUnavailable"
+        assert bridge.outages == 1  # one outage, not one per failed post
+    finally:
+        flaky.down = set()
+        bridge.stop(60)
+        bridge.socket.close()
+
+
+def test_a_record_the_ledger_did_not_take_is_posted_when_it_answers_again(
+    world: _World,
+) -> None:
+    """What the ledger did not take is posted again at each turn, so an outage that ends
+    just before ``outage_timeout`` keeps the connection (and a record the adapter will
+    not write again, such as its CLOSE, is not lost)."""
+    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    pipe = bridge.carrier.pipe_id
+    try:
+        flaky.down = {"pipe_send"}
+        record = _record(b"y" * 48)
+        bridge.socket.sendall(record)
+        assert wait_for(lambda: flaky.failed >= 3, 60)
+        assert world.payloads(pipe) == []
+        flaky.down = set()
+        assert wait_for(lambda: world.payloads(pipe) == [bytes([KIND_RECORD]) + record], 60)
+        assert bridge.running and bridge.error is None and bridge.outages == 1
+        assert bridge.records_posted == 1
+    finally:
+        bridge.stop(60)
+        bridge.socket.close()
+
+
+# -- a bridge that cannot be made ------------------------------------------------------
+
+
+def _no_descriptor_left(*args: Any, **kw: Any) -> Any:
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+def _pipes(world: _World, kind: str, owner: str) -> set[str]:
+    events, _ = world.ledger.events(filter=EventFilter(type=kind), limit=1000)
+    return {str(e["pipe"]) for e in events if kind == "PipeDestroyed" or e["owner"] == owner}
+
+
+def test_a_listener_that_cannot_bridge_a_connection_destroys_the_pipe_it_made(
+    world: _World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener created the host's pipe, then could not make the bridge (no
+    descriptor left for its socket pair): the pipe stayed on the ledger for good."""
+    accepted: list[LedgerBridge] = []
+    listener = LedgerListener(world.ledger, SERVER, world.host_id, PORT, accepted.append)
+    try:
+        monkeypatch.setattr(ledger_bridge.socket, "socketpair", _no_descriptor_left)
+        client = LedgerCarrier(
+            world.ledger, CLIENT, world.connection_id, peer_address=SERVER.sui_address
+        )
+        assert wait_for(lambda: _pipes(world, "PipeCreated", SERVER.sui_address), 60)
+        hosts = _pipes(world, "PipeCreated", SERVER.sui_address)
+        assert wait_for(lambda: hosts <= _pipes(world, "PipeDestroyed", ""), 60)
+        assert accepted == [] and listener.accepted == 0
+        client.close()
+    finally:
+        listener.close(60)
+
+
+def test_a_client_bridge_that_cannot_be_made_destroys_its_pipe(
+    world: _World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_bridge.socket, "socketpair", _no_descriptor_left)
+    with pytest.raises(OSError, match="Too many open files"):
+        connect_ledger_carrier(world.ledger, CLIENT, world.connection_id, SERVER.sui_address)
+    ours = _pipes(world, "PipeCreated", CLIENT.sui_address)
+    assert len(ours) == 1 and ours <= _pipes(world, "PipeDestroyed", "")
+
+
+# -- nonsense arguments -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"page_size": 0},  # receive() never saw a short page: it spun forever
+        {"page_size": -1},
+        {"sync_every": 0},
+        {"sync_interval": 0.0},
+        {"gap_timeout": float("nan")},  # no gap was ever given up
+        {"gap_timeout": -1.0},
+    ],
+)
+def test_nonsense_carrier_arguments_are_refused(world: _World, bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        LedgerCarrier(
+            world.ledger, SERVER, world.connection_id, peer_address=CLIENT.sui_address, **bad
+        )
+    # refused before any transaction: no pipe was created
+    assert _pipes(world, "PipeCreated", SERVER.sui_address) == set()
+
+
+def test_a_report_of_more_than_was_sent_acknowledges_nothing_sent_later(world: _World) -> None:
+    """A SYNC from the peer claiming every seq: only what had been sent is acknowledged
+    (``pipe::sync``), not what is posted after it."""
+    client, host, _ = _pair(world)
+    client.send([b"first"])
+    assert host.receive(now=0.0) == [b"first"]
+    forged = (
+        bytes([KIND_SYNC])
+        + object_id_bytes(client.pipe_id)
+        + bytes([4])
+        + struct.pack("<4Q", *[2**64 - 1] * 4)
+    )
+    world.ledger.pipe_send(SERVER, host.pipe_id, 0, forged)
+    assert client.receive(now=0.0) == []
+    assert client.pipe_syncs == 1 and sum(client.in_flight()) == 0
+    client.send([b"a", b"b", b"c", b"d"])
+    assert client.receive(now=1.0) == []
+    assert sum(client.in_flight()) == 4
+    assert sum(i.acked for i in world.ledger.get_pipe(client.pipe_id).inners) == 1
+
+
+def test_a_long_outage_keeps_only_the_newest_records_to_post_again(world: _World) -> None:
+    """What the adapter writes during an outage is not kept without bound: the newest
+    records only (the connection retransmits the rest)."""
+    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    pipe = bridge.carrier.pipe_id
+    try:
+        flaky.down = {"pipe_send"}
+        records = [_record(bytes([i]) * 20) for i in range(3 * _MAX_UNSENT)]
+        bridge.socket.sendall(b"".join(records))
+        assert wait_for(lambda: flaky.failed >= 3, 60)
+        before = flaky.failed
+        assert wait_for(lambda: flaky.failed > before, 60)  # (all read by now)
+        flaky.down = set()
+        expected = [bytes([KIND_RECORD]) + r for r in records[-_MAX_UNSENT:]]
+        assert wait_for(lambda: world.payloads(pipe) == expected, 60)
+        assert bridge.running and bridge.records_posted == _MAX_UNSENT
+    finally:
+        bridge.stop(60)
+        bridge.socket.close()
+
+
+def test_a_bridge_whose_peer_left_rides_out_an_outage_to_destroy_its_pipe(
+    world: _World,
+) -> None:
+    """The peer destroyed its pipe; the adapter closed while the ledger did not answer:
+    one failed ``pipe::destroy`` and our pipe stayed on the ledger."""
+    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    pipe = bridge.carrier.pipe_id
+    try:
+        host = LedgerCarrier(
+            world.ledger, SERVER, world.connection_id, peer_address=CLIENT.sui_address
+        )
+        host.close()
+        bridge.socket.settimeout(60)
+        assert bridge.socket.recv(10) == b""  # the carrier ended for the adapter
+        flaky.down = {"*"}
+        bridge.socket.close()
+        assert wait_for(lambda: flaky.failed >= 3, 60)
+        assert bridge.running and not world.pipe_gone(pipe)
+        flaky.down = set()
+        assert wait_for(lambda: world.pipe_gone(pipe), 60)
+        bridge.join(60)
+        assert not bridge.running and bridge.error is None
+    finally:
+        flaky.down = set()
+        bridge.stop(60)
+        bridge.socket.close()
