@@ -248,3 +248,22 @@ def test_a_random_mesh_delivers_once_to_every_node_within_the_hop_limit(seed: in
         assert [sub.qsize() for sub in subs] == [0] * 8
     finally:
         mesh.close()
+
+
+def test_a_topic_a_flooder_also_declares_is_told_once_a_good_neighbour_wants_it(
+    line: Mesh,
+) -> None:
+    # the good neighbour's new subscription changes no distance the middle node tells
+    # the publisher (the flooder declared it already, as near), only the shares: the
+    # middle node must still recompute them, or the topic stays cut off
+    line.nodes[2].subscribe("z/good/0")
+    flooder = RawPeer(line, 1, "1<-flood")
+    flooder.subscribe([*junk(MAX_PEER_TOPICS - 1), "z/good/1"])
+    link = line.nodes[0].links[0]
+    assert wait_for(lambda: len(link.remote or ()) == MAX_PEER_TOPICS and "z/good/0" in link.remote)
+    assert "z/good/1" not in link.remote  # the flooder's last, past its share
+    sub = line.nodes[2].subscribe("z/good/1")
+    assert line.nodes[1].wait_for_interest("z/good/1", 2, timeout=10)
+    assert line.nodes[0].wait_for_interest("z/good/1", timeout=10)
+    line.nodes[0].publish("z/good/1", b"wanted")
+    assert sub.get(timeout=10).data == b"wanted"

@@ -495,7 +495,9 @@ class PubSubNode:
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
-                self._recompute(set(link.remote or ()))
+                if link.remote:
+                    self._recompute(set(link.remote))
+                    self._reshare(link)
                 self._changed.notify_all()
 
     # -- interest routing ----------------------------------------------------------------------
@@ -536,12 +538,16 @@ class PubSubNode:
                     else:
                         link._desired[topic] = dist
                     dirty.add(link)
-        if topics:
-            # past the limit a link's share of each neighbour depends on every topic that
-            # neighbour declared, not only on the ones that changed what the link is told
-            dirty.update(lk for lk in self._links if len(lk._desired) > MAX_PEER_TOPICS)
         for link in dirty:
             link.mark_dirty()
+
+    def _reshare(self, source: Link) -> None:
+        """(lock held) What ``source`` declared changed: past MAX_PEER_TOPICS, what each
+        other link is told depends on every topic that neighbour declared (its share,
+        :func:`_fair_share`), not only on the ones :meth:`_recompute` saw change."""
+        for link in self._links:
+            if link is not source and len(link._desired) > MAX_PEER_TOPICS:
+                link.mark_dirty()
 
     def _interest(self, link: Link, sets: dict[str, int], unsets: list[str]) -> None:
         """A peer declared (``sets``) or withdrew (``unsets``) interest."""
@@ -568,7 +574,9 @@ class PubSubNode:
             for topic in unsets:
                 if remote.pop(topic, None) is not None:
                     changed.add(topic)
-            self._recompute(changed)
+            if changed:
+                self._recompute(changed)
+                self._reshare(link)
             self._changed.notify_all()
 
     def interested_links(self, topic: str) -> list[str]:
