@@ -339,6 +339,16 @@ def send_sealed(
     return "mailbox"
 
 
+def _real_path(path: Path) -> Path:
+    """``path`` with its symlinks resolved: the snapshot replaced a link to the state
+    file with a file of its own, and the journal went next to the link, so the next
+    inbox opened by the file's real name read a state that knew none of it."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (reading it fails)
+        return path
+
+
 class SealedInbox:
     """A host's inbox for sealed messages: opens them, drops duplicates, and remembers
     the mailbox cursor (in ``state_path``, a small JSON file, when given) so that each
@@ -364,11 +374,21 @@ class SealedInbox:
     ``<state_path>-lock`` until :meth:`close` (or until it is garbage-collected), and a
     second inbox on the same file, in this process or another, is a SealedError -- two
     would each deliver every message once, and overwrite each other's cursor. A closed
-    inbox delivers nothing more (SealedError, ``sealed.deliver`` included).
+    inbox delivers nothing more (SealedError, ``sealed.deliver`` included), and a
+    :meth:`fetch` or :meth:`accept` under way when it closes delivers nothing either
+    (SealedError; nothing is saved: those messages are the next inbox's). A state file
+    reached through a symlink is the file it links to.
+
+    Any thread may call :meth:`accept` and :meth:`fetch` (fetches take turns, so the
+    cursor only moves forward); :attr:`rejected` and :attr:`duplicates` count under
+    the inbox's lock.
 
     A state write that fails (a full disk...) raises its OSError; the messages it was
     for are not taken as seen (for ``sealed.deliver``, whose handler has them, only in
-    memory), so a copy or the next :meth:`fetch` delivers them.
+    memory), so a copy or the next :meth:`fetch` delivers them. A new snapshot is
+    flushed to the disk (fsync, then its directory) before the journal is emptied; the
+    journal's lines are not (one per delivery): a power cut, unlike a crash of the
+    process, can forget the last ids delivered.
     """
 
     def __init__(
@@ -414,7 +434,7 @@ class SealedInbox:
         self.ledger = ledger
         self.verify_hosts = verify_hosts
         self.max_seen = count
-        self._path = Path(state_path) if state_path is not None else None
+        self._path = _real_path(Path(state_path)) if state_path is not None else None
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
         # ids being handed to register()'s on_message: marked seen only once it
@@ -422,10 +442,16 @@ class SealedInbox:
         # value is the delivering thread's ident
         self._pending: dict[bytes, int] = {}
         self._settled = threading.Condition(self._lock)
+        # fetches take turns (the thread whose fetch reads and settles the mailbox now):
+        # two at once each read from the cursor they saw, and the later to end wrote its
+        # older cursor over the newer one
+        self._fetcher: int | None = None
+        # thread -> (the thread it waits for, whether for a fetch's turn): waits that
+        # would close a cycle are not taken (see _cycle)
+        self._waits: dict[int, tuple[int, bool]] = {}
         self.cursor: str | None = None
         self._journaled = 0  # ids in the state file's journal (<state_path>.log)
-        #: Messages refused (undecryptable, malformed, forged), by reason.
-        self.rejected: dict[str, int] = {}
+        self._rejected: dict[str, int] = {}
         self.duplicates = 0
         self._unlock: weakref.finalize[[int], SealedInbox] | None = None
         self._closed = False
@@ -449,6 +475,17 @@ class SealedInbox:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Messages refused (undecryptable, malformed, forged, expired...), by reason: a
+        snapshot, counted under the inbox's lock (threads deliver at once)."""
+        with self._lock:
+            return dict(self._rejected)
+
+    def _reject(self, reason: str) -> None:
+        with self._lock:
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
 
     def close(self) -> None:
         """Release the state file's lock (idempotent). Everything delivered is saved
@@ -537,10 +574,25 @@ class SealedInbox:
         """Write the whole state (cursor and ids) and empty the journal."""
         if self._path is None:
             return
+        from dtp.keys import _fsync_directory
+
         state = {"host": self.host_id, "cursor": self.cursor, "seen": [m.hex() for m in self._seen]}
+        data = memoryview(json.dumps(state).encode())
         tmp = self._path.with_suffix(self._path.suffix + ".tmp")
-        tmp.write_text(json.dumps(state))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            # on the disk before it takes the old one's place: after a power cut the
+            # rename could be there and not the data (an empty state file, which the
+            # inbox refuses to open)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, self._path)
+        # the rename on the disk before the journal is emptied: else a power cut could
+        # leave the old snapshot with an empty journal, the ids in neither
+        _fsync_directory(self._path.parent)
         # (a stop right here leaves journaled ids that are in the snapshot too: harmless)
         self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
         self._journaled = 0
@@ -579,7 +631,9 @@ class SealedInbox:
 
     def accept(self, data: bytes, via: str = "direct") -> OpenedMessage | None:
         """Open ``data``; returns the message, or None for a duplicate. Raises the typed
-        errors of :func:`open_sealed` (and counts them in :attr:`rejected`)."""
+        errors of :func:`open_sealed` (and counts them in :attr:`rejected`), SealedError
+        once the inbox is closed."""
+        self._check_open()  # (before opening: a closed inbox looks at nothing)
         message = self._open(data, via)
         if not self._claim(message.message_id):
             return None
@@ -591,13 +645,12 @@ class SealedInbox:
             ledger = self.ledger if self.verify_hosts else None
             message = open_sealed(self.identity, data, ledger=ledger)
         except E.SealedError as exc:
-            name = type(exc).__name__
-            self.rejected[name] = self.rejected.get(name, 0) + 1
+            self._reject(type(exc).__name__)
             raise
         if message.recipient_host is not None and _canonical(message.recipient_host) != (
             self.host_id
         ):
-            self.rejected["WrongRecipient"] = self.rejected.get("WrongRecipient", 0) + 1
+            self._reject("WrongRecipient")
             raise E.SealedDecryptError()
         if self.max_age is not None:
             now_ms = time.time_ns() // 1_000_000
@@ -605,7 +658,7 @@ class SealedInbox:
             if not now_ms - window <= message.sent_ms <= now_ms + window:
                 # a copy of a message delivered long ago, whose id may be forgotten; or
                 # one dated so far ahead that its copies would be taken until that date
-                self.rejected["SealedExpired"] = self.rejected.get("SealedExpired", 0) + 1
+                self._reject("SealedExpired")
                 which = "older than" if message.sent_ms < now_ms else "ahead of now by more than"
                 raise E.SealedExpired(
                     f"sealed message dated {message.sent_ms} ms, {which} max_age ({self.max_age} s)"
@@ -616,20 +669,44 @@ class SealedInbox:
         """Take ``message_id`` for delivery: False (a counted duplicate) if it was seen.
         While another thread is delivering it, wait for that to end: seen if it
         succeeded, ours to deliver if it failed. While this thread is (an on_message
-        handler calling :meth:`fetch` or :meth:`accept`), it is a duplicate: waiting
-        for ourselves would never end."""
+        handler calling :meth:`fetch` or :meth:`accept`), or one that waits for this
+        thread's own deliveries to end, it is a duplicate: that wait would never end."""
+        me = threading.get_ident()
         with self._settled:
             while message_id in self._pending:
-                if self._pending[message_id] == threading.get_ident():
+                cycle = self._cycle(self._pending[message_id])
+                if cycle is not None and not any(cycle):
                     self.duplicates += 1
                     return False
-                self._settled.wait()
+                # (a cycle through a fetch's turn is broken by the fetch waiting for its
+                # turn: it gives up once woken, see _take_turn)
+                self._waits[me] = (self._pending[message_id], False)
+                if cycle is not None:
+                    self._settled.notify_all()
+                try:
+                    self._settled.wait()
+                finally:
+                    del self._waits[me]
             self._check_open()
             if message_id in self._seen:
                 self.duplicates += 1
                 return False
-            self._pending[message_id] = threading.get_ident()
+            self._pending[message_id] = me
             return True
+
+    def _cycle(self, owner: int) -> list[bool] | None:
+        """(lock held) Whether waiting for thread ``owner`` would wait for this thread:
+        the kinds of the waits from ``owner`` back to it (True: for a fetch's turn; []
+        when ``owner`` is this thread), or None when it would not."""
+        me = threading.get_ident()
+        kinds: list[bool] = []
+        thread = owner
+        while thread != me:
+            if thread not in self._waits or len(kinds) > len(self._waits):
+                return None  # (the second: a cycle not through us, which cannot form)
+            thread, turn = self._waits[thread]
+            kinds.append(turn)
+        return kinds
 
     def _check_open(self) -> None:
         if self._closed:
@@ -653,12 +730,29 @@ class SealedInbox:
         When writing the state fails (a full disk...), its OSError propagates, and the
         ids and the cursor are forgotten again: the caller did not hand the messages
         over, so the next copy or ``fetch`` delivers them. ``handed_over``: the
-        application has them already, and they stay seen (in memory)."""
+        application has them already, and they stay seen (in memory).
+
+        Once the inbox is closed its state file is the next inbox's: nothing is written,
+        and (unless ``handed_over``) SealedError is raised, the messages left for the
+        next inbox to deliver."""
         with self._settled:
             try:
                 for message_id in message_ids:
                     self._pending.pop(message_id, None)
                 if not delivered:
+                    return
+                if self._closed:
+                    # a fetch or an accept that was under way when close() released the
+                    # state file: writing it now would overwrite the next inbox's state
+                    # (its cursor moved back, its ids forgotten), and the messages would
+                    # reach the application twice, from this inbox and from the next
+                    if not handed_over:
+                        raise E.SealedError(
+                            "this SealedInbox was closed while it delivered: nothing was "
+                            "delivered (the next inbox on its state file delivers it)"
+                        )
+                    for message_id in message_ids:
+                        self._seen[message_id] = None
                     return
                 old_cursor = self.cursor
                 for message_id in message_ids:
@@ -689,7 +783,12 @@ class SealedInbox:
 
         The batch is all or nothing: when reading or checking it fails (the ledger is
         unreachable...), the error propagates and neither the cursor nor the messages'
-        ids are remembered, so the next call reads the same mail again."""
+        ids are remembered, so the next call reads the same mail again.
+
+        Fetches in several threads take turns, each reading from where the last one
+        ended; the wait for something new is not part of a turn. A fetch from an
+        ``on_message`` handler (see :meth:`register`) while another fetch waits for that
+        handler's message returns [] at once: the other fetch delivers the mail."""
         from dtp.chain.objects import EventFilter
 
         if self.ledger is None:
@@ -706,10 +805,46 @@ class SealedInbox:
                 )
             self._key_checked = True
         flt = EventFilter(type="MailDeposited", object_id=self.host_id)
-        if wait > 0:
-            events, cursor = self.ledger.wait_events(self.cursor, wait, flt, limit)
-        else:
-            events, cursor = self.ledger.events(self.cursor, flt, limit)
+        deadline = time.monotonic() + wait if wait > 0 else None
+        while True:
+            if not self._take_turn():
+                return []
+            try:
+                cursor = self.cursor
+                events, after = self.ledger.events(cursor, flt, limit)
+                out = self._take_batch(events, after)
+            finally:
+                with self._settled:
+                    self._fetcher = None
+                    self._settled.notify_all()
+            remaining = 0.0 if deadline is None else deadline - time.monotonic()
+            if events or remaining <= 0:
+                return out
+            # nothing yet: wait outside the turn (a handler's fetch, another thread's,
+            # would otherwise wait behind this one's wait), then read in turn again
+            self.ledger.wait_events(after, remaining, flt, limit)
+
+    def _take_turn(self) -> bool:
+        """Wait for the fetch under way in another thread to end, and start this one's:
+        False (this fetch gives up) when that fetch waits, itself or through others, for
+        this thread -- an ``on_message`` handler whose message it came upon."""
+        me = threading.get_ident()
+        with self._settled:
+            while self._fetcher is not None:
+                if self._cycle(self._fetcher) is not None:
+                    return False
+                self._waits[me] = (self._fetcher, True)
+                try:
+                    self._settled.wait()
+                finally:
+                    del self._waits[me]
+            self._check_open()
+            self._fetcher = me
+            return True
+
+    def _take_batch(self, events: list[Any], cursor: str | None) -> list[OpenedMessage]:
+        """(in this thread's fetch turn) Open and claim the batch read from the mailbox,
+        then remember its ids and ``cursor``, the batch's end, all or nothing."""
         out: list[OpenedMessage] = []
         claimed: dict[bytes, None] = {}  # in mailbox order (the oldest seen go first)
         try:
@@ -722,11 +857,6 @@ class SealedInbox:
                 try:
                     message = self._open(payload, "mailbox")
                 except E.SealedError:
-                    continue
-                if message.message_id in claimed:
-                    # the same mail twice in one batch (_claim would wait on us)
-                    with self._lock:
-                        self.duplicates += 1
                     continue
                 if not self._claim(message.message_id):
                     continue
@@ -749,6 +879,9 @@ class SealedInbox:
         def deliver(params: Any) -> bool:
             if not isinstance(params, bytes):
                 raise E.InvalidParams("sealed.deliver takes the sealed bytes")
+            # (before opening: a closed inbox looks at nothing, and answers -32603, not
+            # InvalidParams, whatever the bytes: send_sealed then uses the mailbox)
+            self._check_open()
             try:
                 message = self._open(params, "direct")
             except E.SealedError as exc:

@@ -1,0 +1,420 @@
+"""Sealed inbox, session 15: concurrent fetches no longer move the cursor back (they take
+turns, and a handler's own fetch does not wait for a fetch that waits for it), the
+``rejected`` counters lose no count under threads and read as a consistent snapshot;
+and what QA found besides: a fetch under way when the inbox closed wrote over the next
+inbox's state (both delivered its mail), a closed inbox still opened (and counted,
+and checked on the ledger) what it was given, a state file reached through a symlink
+was replaced by a file of its own (the next inbox by the real name delivered it all
+again), and a snapshot replaced the old one unflushed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.sealed import SealedInbox, seal
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str]]:
+    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
+    alice, bob = HostIdentity.generate(), HostIdentity.generate()
+    hb = ledger.create_host(bob, bob.noise_public)
+    yield ledger, alice, bob, hb
+    ledger.close()
+
+
+def _head(ledger: LocalLedger, hb: str) -> str | None:
+    _, cursor = ledger.events(None, EventFilter(type="MailDeposited", object_id=hb), 10_000)
+    return cursor
+
+
+# -- 1. concurrent fetches ----------------------------------------------------------------------
+
+
+def test_concurrent_fetches_never_move_the_cursor_back(
+    world: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    inbox = SealedInbox(bob, hb, ledger, state_path=state)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"m1"))
+    real_events = ledger.events
+    slow_read = threading.Event()
+    release = threading.Event()
+
+    def events(*args: Any, **kwargs: Any) -> Any:
+        result = real_events(*args, **kwargs)
+        if threading.current_thread().name == "slow":
+            slow_read.set()  # read the mailbox as it was (m1 only), then stall
+            assert release.wait(10)
+        return result
+
+    monkeypatch.setattr(ledger, "events", events)
+    got: dict[str, list[bytes]] = {}
+
+    def fetch() -> None:
+        got[threading.current_thread().name] = [m.body for m in inbox.fetch()]
+
+    slow = threading.Thread(target=fetch, name="slow", daemon=True)
+    slow.start()
+    assert slow_read.wait(10)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"m2"))
+    fast = threading.Thread(target=fetch, name="fast", daemon=True)
+    fast.start()
+    fast.join(0.5)  # it read m1 and m2 and saved their cursor; now it takes its turn
+    release.set()
+    slow.join(10)
+    fast.join(10)
+    assert not slow.is_alive() and not fast.is_alive()
+    # the slow fetch wrote its older cursor over the newer one: m2 was read again
+    assert inbox.cursor == _head(ledger, hb)
+    assert json.loads(state.read_text())["cursor"] == inbox.cursor
+    assert sorted(got["slow"] + got["fast"]) == [b"m1", b"m2"]  # each once
+    monkeypatch.undo()
+    assert inbox.fetch() == [] and inbox.duplicates == 0
+    inbox.close()
+    with SealedInbox(bob, hb, ledger, state_path=state) as again:
+        assert again.fetch() == [] and again.duplicates == 0
+
+
+def test_many_threads_fetching_deliver_each_message_once(world: tuple, tmp_path: Path) -> None:
+    ledger, alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    inbox = SealedInbox(bob, hb, ledger, state_path=state)
+    sent = [b"%d" % i for i in range(40)]
+    got: list[bytes] = []
+    got_lock = threading.Lock()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                batch = inbox.fetch(limit=3)
+                with got_lock:
+                    got.extend(m.body for m in batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for body in sent:
+        ledger.mailbox_send(alice, hb, seal(bob.noise_public, body))
+    deadline = time.monotonic() + 20
+    while len(got) < len(sent) and time.monotonic() < deadline and not errors:
+        time.sleep(0.01)
+    done.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert sorted(got) == sorted(sent)  # every message, once
+    assert inbox.cursor == _head(ledger, hb) and inbox.duplicates == 0
+    inbox.close()
+    with SealedInbox(bob, hb, ledger, state_path=state) as again:
+        assert again.fetch() == [] and again.duplicates == 0
+
+
+def test_a_handler_fetching_while_another_fetch_waits_for_it_does_not_deadlock(
+    world: tuple,
+) -> None:
+    ledger, alice, bob, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    message = seal(bob.noise_public, b"both ways")
+    ledger.mailbox_send(alice, hb, message)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"by mail only"))
+    message_id = inbox._open(message, "direct").message_id
+    # a direct delivery of the message is under way: its handler runs in this thread
+    assert inbox._claim(message_id)
+    outcome: dict[str, list[bytes]] = {}
+
+    def other_fetch() -> None:
+        outcome["other"] = [m.body for m in inbox.fetch()]
+
+    other = threading.Thread(target=other_fetch, daemon=True)
+    other.start()
+    # the other fetch comes upon the message, and waits for the delivery's outcome
+    deadline = time.monotonic() + 5
+    while not inbox._settled._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the other fetch never waited"
+        time.sleep(0.005)
+    done = threading.Event()
+
+    def watchdog() -> None:  # ends a deadlock, so that the test fails rather than hangs
+        if not done.wait(10):
+            inbox._settle(message_id, delivered=False)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    # the handler catches up on mail: had it waited for the other fetch to end, which
+    # waits for the handler to return, neither would ever have gone on
+    started = time.monotonic()
+    outcome["handler"] = [m.body for m in inbox.fetch()]
+    assert time.monotonic() - started < 5
+    done.set()
+    inbox._settle(message_id, delivered=True)  # the handler returned
+    other.join(10)
+    assert not other.is_alive()
+    # the other fetch holds the batch and delivers it: each message once, in all
+    assert sorted(outcome["handler"] + outcome["other"]) == [b"by mail only"]
+    assert inbox.duplicates == 1
+    assert inbox.fetch() == [] and inbox.cursor == _head(ledger, hb)
+
+
+def test_a_handler_accepting_what_a_waiting_fetch_holds_does_not_deadlock(world: tuple) -> None:
+    ledger, alice, bob, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    first = seal(bob.noise_public, b"first")
+    second = seal(bob.noise_public, b"second")
+    ledger.mailbox_send(alice, hb, first)
+    ledger.mailbox_send(alice, hb, second)
+    second_id = inbox._open(second, "direct").message_id
+    assert inbox._claim(second_id)  # this thread is a handler delivering "second"
+    outcome: list[list[bytes]] = []
+    other = threading.Thread(
+        target=lambda: outcome.append([m.body for m in inbox.fetch()]), daemon=True
+    )
+    other.start()  # it claims "first", then waits for "second"'s delivery
+    deadline = time.monotonic() + 5
+    while not inbox._settled._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the fetch never waited"
+        time.sleep(0.005)
+    done = threading.Event()
+
+    def watchdog() -> None:  # ends a deadlock, so that the test fails rather than hangs
+        if not done.wait(10):
+            inbox._settle(second_id, delivered=False)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    # the handler is given a copy of "first": it waited for the fetch, which waited
+    # for the handler; now it is a duplicate (the fetch delivers it)
+    started = time.monotonic()
+    assert inbox.accept(first) is None
+    assert time.monotonic() - started < 5
+    done.set()
+    inbox._settle(second_id, delivered=True)
+    other.join(10)
+    assert outcome == [[b"first"]] and inbox.duplicates == 2
+
+
+# -- 2. the rejected counters ---------------------------------------------------------------------
+
+
+def test_rejected_counts_lose_nothing_under_threads(world: tuple) -> None:
+    _ledger, _alice, bob, hb = world
+    inbox = SealedInbox(bob, hb)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    bad = [b"\x09\x09" + b"\x00" * 60, seal(HostIdentity.generate().noise_public, b"not bob's")]
+    per_thread = 400
+    snapshots: list[dict[str, int]] = []
+    stop = threading.Event()
+
+    def refuse(data: bytes) -> None:
+        for _ in range(per_thread):
+            with pytest.raises(E.SealedError):
+                inbox.accept(data)
+
+    reader_errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                counts = inbox.rejected
+                snapshots.append({name: count for name, count in counts.items()})
+        except BaseException as exc:  # the live dict: "changed size during iteration"
+            reader_errors.append(exc)
+
+    try:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        threads = [threading.Thread(target=refuse, args=(bad[i % 2],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        stop.set()
+        reader.join(10)
+    finally:
+        sys.setswitchinterval(old)
+    assert reader_errors == []
+    # a read-modify-write without a lock lost about half of them
+    assert inbox.rejected == {
+        "MalformedSealed": 4 * per_thread,
+        "SealedDecryptError": 4 * per_thread,
+    }
+    # a snapshot is a copy: changing it changes nothing, and it never moves under a reader
+    counts = inbox.rejected
+    counts["MalformedSealed"] = 0
+    assert inbox.rejected["MalformedSealed"] == 4 * per_thread
+    for earlier, later in itertools.pairwise(snapshots):
+        assert all(later.get(name, 0) >= count for name, count in earlier.items())
+
+
+# -- QA: closing -------------------------------------------------------------------------------
+
+
+def test_a_fetch_under_way_when_the_inbox_closes_leaves_the_mail_to_the_next_inbox(
+    world: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, hb = world
+    ha = ledger.create_host(alice, alice.noise_public)
+    state = tmp_path / "inbox.json"
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"anonymous"))
+    mallory = HostIdentity.generate()  # her mail is checked (then refused) last
+    ledger.mailbox_send(
+        alice, hb, seal(bob.noise_public, b"forged", sender=mallory, sender_host=ha)
+    )
+    old = SealedInbox(bob, hb, ledger, state_path=state)
+    real_get_host = ledger.get_host
+    checking = threading.Event()
+    release = threading.Event()
+
+    def get_host(host_id: str) -> Any:
+        if threading.current_thread().name == "old" and host_id == ha:
+            checking.set()  # the first mail is claimed; the second's sender is checked
+            assert release.wait(10)
+        return real_get_host(host_id)
+
+    monkeypatch.setattr(ledger, "get_host", get_host)
+    outcome: list[object] = []
+
+    def fetch_old() -> None:
+        try:
+            outcome.append([m.body for m in old.fetch()])
+        except E.SealedError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=fetch_old, name="old", daemon=True)
+    thread.start()
+    assert checking.wait(10)
+    old.close()  # (the process shuts the inbox down; a new one takes the file over)
+    with SealedInbox(bob, hb, ledger, state_path=state) as successor:
+        assert [m.body for m in successor.fetch()] == [b"anonymous"]
+        cursor = successor.cursor
+        release.set()
+        thread.join(10)
+        # the old inbox delivered it as well, and wrote its state over the successor's
+        assert len(outcome) == 1 and isinstance(outcome[0], E.SealedError)
+        assert "closed" in str(outcome[0])
+        assert json.loads(state.read_text())["cursor"] == cursor
+
+
+def test_a_closed_inbox_refuses_before_opening(
+    world: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, hb = world
+    ha = ledger.create_host(alice, alice.noise_public)
+    inbox = SealedInbox(bob, hb, ledger)
+    inbox.close()
+    inbox.close()  # (idempotent)
+    lookups: list[str] = []
+    real_get_host = ledger.get_host
+    monkeypatch.setattr(ledger, "get_host", lambda h: lookups.append(h) or real_get_host(h))
+    proven = seal(bob.noise_public, b"hi", sender=alice, sender_host=ha)
+    with pytest.raises(E.SealedError, match="closed"):
+        inbox.accept(proven)
+    with pytest.raises(E.SealedError, match="closed"):
+        inbox.accept(b"\x09\x09" + b"\x00" * 60)  # not counted as refused: not looked at
+    assert lookups == [] and inbox.rejected == {}
+
+
+# -- QA: the state file ----------------------------------------------------------------------------
+
+
+def test_a_state_file_reached_through_a_symlink_stays_one_file(
+    world: tuple, tmp_path: Path
+) -> None:
+    ledger, alice, bob, hb = world
+    real = tmp_path / "state" / "inbox.json"
+    real.parent.mkdir()
+    link = tmp_path / "inbox-link.json"
+    link.symlink_to(real)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"by mail"))
+    direct = seal(bob.noise_public, b"direct")
+    with SealedInbox(bob, hb, ledger, state_path=link) as inbox:
+        assert [m.body for m in inbox.fetch()] == [b"by mail"]
+        assert inbox.accept(direct) is not None
+    # the snapshot replaced the link with a file of its own, and the journal went next
+    # to the link: the real file knew nothing, and both messages came again through it
+    assert link.is_symlink() and real.is_file()
+    with SealedInbox(bob, hb, ledger, state_path=real) as inbox:
+        assert inbox.fetch() == [] and inbox.accept(direct) is None
+    with SealedInbox(bob, hb, ledger, state_path=link) as inbox:
+        assert inbox.fetch() == [] and inbox.accept(direct) is None
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("inbox")] == ["inbox-link.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names a descriptor's file by /proc")
+def test_the_snapshot_is_on_the_disk_before_it_replaces_the_old_one(
+    world: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, alice, bob, hb = world
+    state = tmp_path / "inbox.json"
+    journal = tmp_path / "inbox.json.log"
+    inbox = SealedInbox(bob, hb, ledger, state_path=state)
+    assert inbox.accept(seal(bob.noise_public, b"direct")) is not None  # journaled
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
+    steps: list[tuple[str, str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), journal.stat().st_size))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        steps.append(("replace", str(src), journal.stat().st_size))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert [m.body for m in inbox.fetch()] == [b"mail"]  # the cursor moved: a snapshot
+    monkeypatch.undo()
+    # (the rename without the fsync: a power cut could leave an empty state file, which
+    # the inbox refuses to open, or the old snapshot with the journal emptied)
+    tmp = str(tmp_path.resolve() / "inbox.json.tmp")
+    assert [(step, path) for step, path, _ in steps] == [
+        ("fsync", tmp),
+        ("replace", tmp),
+        ("fsync", str(tmp_path.resolve())),
+    ]
+    assert all(size > 0 for _, _, size in steps)  # the journal is emptied only after
+    assert journal.read_bytes() == b""
+    inbox.close()
+
+
+def test_a_fetch_waiting_for_mail_lets_other_fetches_through(world: tuple) -> None:
+    ledger, alice, bob, hb = world
+    inbox = SealedInbox(bob, hb, ledger)
+    inbox.fetch()  # (checks the host's key once)
+    got: list[bytes] = []
+    waiter = threading.Thread(
+        target=lambda: got.extend(m.body for m in inbox.fetch(wait=10)), daemon=True
+    )
+    waiter.start()
+    time.sleep(0.2)  # it waits for mail
+    started = time.monotonic()
+    assert inbox.fetch() == []  # not behind the other's wait
+    assert time.monotonic() - started < 2
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"news"))
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [b"news"]
+    # a limit of 0 reads nothing, for as long as it was asked to wait (no busy loop)
+    ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"later"))
+    started = time.monotonic()
+    assert inbox.fetch(limit=0, wait=0.3) == []
+    assert time.monotonic() - started >= 0.25
+    assert [m.body for m in inbox.fetch()] == [b"later"]
