@@ -344,7 +344,9 @@ def while_opening(read: Callable[[], _T | None], grace: float) -> _T | None:
         if left <= 0:
             return None
         time.sleep(min(delay, left))
-        delay = min(delay * 2, _MAX_LOOK_S)
+        # (×1.5, not ×2: the open usually lands 0.5-2 ms in, and each doubling step
+        # left up to half the wait unseen; 164 → 169 conn/s by host ID, interleaved)
+        delay = min(delay * 1.5, _MAX_LOOK_S)
         found = read()
         if found is not None:
             return found
