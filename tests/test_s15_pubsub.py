@@ -19,7 +19,7 @@ import pytest
 import dtp.socket
 from dtp.messaging.errors import PayloadTooLarge
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
-from dtp.messaging.pubsub import MAX_PEER_TOPICS, PubSubNode
+from dtp.messaging.pubsub import DEFAULT_SUBSCRIPTION_BYTES, MAX_PEER_TOPICS, PubSubNode
 from tests.polling import wait_for
 from tests.test_messaging_pubsub import Mesh
 
@@ -267,3 +267,41 @@ def test_a_topic_a_flooder_also_declares_is_told_once_a_good_neighbour_wants_it(
     assert line.nodes[0].wait_for_interest("z/good/1", timeout=10)
     line.nodes[0].publish("z/good/1", b"wanted")
     assert sub.get(timeout=10).data == b"wanted"
+
+
+def test_a_subscriber_that_stops_reading_holds_at_most_max_bytes() -> None:
+    # the queue was bounded in messages only: 1024 messages of up to max_message_size
+    # each (250 MB held for one slow subscriber with the defaults)
+    assert DEFAULT_SUBSCRIPTION_BYTES == 16 << 20
+    mesh = Mesh(2, [(0, 1)])
+    try:
+        slow = mesh.nodes[1].subscribe("t")
+        small = mesh.nodes[1].subscribe("t", max_bytes=100_000)
+        assert (slow.max_bytes, small.max_bytes) == (16 << 20, 100_000)
+        assert mesh.nodes[0].wait_for_interest("t", timeout=10)
+        for i in range(100):  # paced: node 0's link queue drops nothing
+            mesh.nodes[0].publish("t", bytes([i]) * 250_000)
+            assert wait_for(lambda n=i + 1: slow.delivered + slow.dropped == n)
+        assert slow.delivered == (16 << 20) // 250_000 == 67 and slow.dropped == 33
+        # a message larger than the cap still goes in when the queue is empty
+        assert small.delivered == 1 and small.dropped == 99
+        assert small.get_nowait().data == bytes([0]) * 250_000
+        mesh.nodes[0].publish("t", b"after")
+        assert wait_for(lambda: small.qsize() == 1)
+        got = small.get_nowait()
+        assert (got.data, got.dropped_before) == (b"after", 99)
+        # what the subscriber takes makes room again
+        for i in range(67):
+            assert slow.get_nowait().data[0] == i
+        mesh.nodes[0].publish("t", b"room")
+        assert slow.get(timeout=10).data == b"after"
+        assert slow.get(timeout=10).data == b"room"
+        assert slow.dropped == 33
+    finally:
+        mesh.close()
+
+
+@pytest.mark.parametrize(("max_bytes", "error"), [(0, ValueError), (1.5, TypeError)])
+def test_a_subscription_byte_cap_is_checked(max_bytes: object, error: type) -> None:
+    with pytest.raises(error, match="max_bytes"):
+        PubSubNode("n").subscribe("t", max_bytes=max_bytes)  # type: ignore[arg-type]

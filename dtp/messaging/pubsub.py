@@ -42,6 +42,7 @@ from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_fra
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
+    "DEFAULT_SUBSCRIPTION_BYTES",
     "MAX_TOPIC_LENGTH",
     "Delivery",
     "Link",
@@ -68,6 +69,8 @@ _CONTROL_CAP: Final = 16 + _CHUNK * (MAX_TOPIC_LENGTH + 6)
 DEFAULT_HOPS: Final = 8
 #: Default cap on the bytes of the frames waiting in one link's queue.
 DEFAULT_LINK_QUEUE_BYTES: Final = 16 << 20
+#: Default cap on the bytes of data waiting in one subscription's queue.
+DEFAULT_SUBSCRIPTION_BYTES: Final = 16 << 20
 _STOP: Final = b""
 _WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
 
@@ -108,16 +111,27 @@ class Delivery:
 
 
 class Subscription:
-    """Messages of one topic for one consumer, in a bounded queue.
+    """Messages of one topic for one consumer, in a queue bounded in messages
+    (``maxsize``) and in bytes of data (``max_bytes``; a larger message still goes in
+    when the queue is empty).
 
     After :meth:`close` (or :meth:`PubSubNode.close`), :meth:`get` still returns what was
     queued, then raises :class:`~dtp.messaging.errors.PubSubError`; a :meth:`get` waiting
     at that moment wakes up and raises it too."""
 
-    def __init__(self, node: PubSubNode, topic: str, maxsize: int) -> None:
+    def __init__(
+        self,
+        node: PubSubNode,
+        topic: str,
+        maxsize: int,
+        max_bytes: int = DEFAULT_SUBSCRIPTION_BYTES,
+    ) -> None:
         self.node = node
         self.topic = topic
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        #: Bytes of data waiting (under _lock).
+        self._queued_bytes = 0
         # unbounded underneath, bounded by _offer (the only producer, under _lock): the
         # end-of-subscription marker (None) must always fit, or a consumer blocked on a
         # queue that was full at close would never wake up
@@ -137,10 +151,16 @@ class Subscription:
         with self._lock:
             if self._closed:
                 return  # the marker stays last
-            if self._queue.qsize() >= self.maxsize:
+            queued = self._queued_bytes
+            # a count alone let a subscriber that stopped reading hold maxsize messages
+            # of up to max_message_size each (256 MB with the defaults)
+            if self._queue.qsize() >= self.maxsize or (
+                queued and queued + len(data) > self.max_bytes
+            ):
                 self._missed += 1
                 self.dropped += 1
                 return
+            self._queued_bytes = queued + len(data)
             self._queue.put_nowait(Delivery(topic, data, message_id, origin, self._missed))
             self._missed = 0
             self.delivered += 1
@@ -149,6 +169,8 @@ class Subscription:
         if item is None:
             self._queue.put_nowait(None)  # for the next get(), in this thread or another
             raise E.PubSubError(f"the subscription to {self.topic!r} is closed")
+        with self._lock:
+            self._queued_bytes -= len(item.data)
         return item
 
     def get(self, timeout: float | None = None) -> Delivery:
@@ -595,15 +617,19 @@ class PubSubNode:
         with self._changed:
             return self._changed.wait_for(ready, timeout)
 
-    def subscribe(self, topic: str, maxsize: int = 1024) -> Subscription:
+    def subscribe(
+        self, topic: str, maxsize: int = 1024, max_bytes: int = DEFAULT_SUBSCRIPTION_BYTES
+    ) -> Subscription:
         """A new subscription to ``topic`` (exact match) whose queue holds up to
-        ``maxsize`` messages (at least 1; more are dropped and counted)."""
+        ``maxsize`` messages (at least 1) and ``max_bytes`` of data (at least 1; a larger
+        message still goes in when the queue is empty); more are dropped and counted."""
         _check_topic(topic)
         if type(maxsize) is not int:
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__!r}")
         if maxsize < 1:
             raise ValueError("a subscription's queue holds at least 1 message")
-        sub = Subscription(self, topic, maxsize)
+        _check_size("max_bytes", max_bytes, 1, None)
+        sub = Subscription(self, topic, maxsize, max_bytes)
         with self._lock:
             subs = self._subs.setdefault(topic, [])
             subs.append(sub)
