@@ -82,4 +82,6 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
                 task.cancel()
             await asyncio.gather(*served, return_exceptions=True)
 
-    assert asyncio.run(main()) < 0.5
+    # the flood held each call 1-2.5 s before the fix and about 0.15 s after; the
+    # bound sits below the old times, with room for a loaded machine (0.5 failed in CI)
+    assert asyncio.run(main()) < 1.0
