@@ -174,6 +174,9 @@ class _Engine:
         self._wake_fd = self._wake_r.fileno()
         self._wake_w.setblocking(False)
         self.waiters = 0  # threads blocked in cond.wait: notify only when there are some
+        # streams whose next (or current) blocking read ends in DTPTimeoutError at once
+        # (DTPSocket.interrupt_recv)
+        self.interrupted: set[int] = set()
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
         # run once as the engine is released (lock held: it must not block)
@@ -467,6 +470,8 @@ class _Engine:
         monotonic ``deadline`` (None: none)."""
         conn = self.conn
         while True:
+            if self.interrupted:
+                self.take_interrupt(stream_id)
             if status in _READ_ON:
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
@@ -515,6 +520,13 @@ class _Engine:
                 conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
+
+    def take_interrupt(self, stream_id: int) -> None:
+        """Raise DTPTimeoutError when a read of ``stream_id`` was interrupted (lock
+        held; the interruption is used up)."""
+        if stream_id in self.interrupted:
+            self.interrupted.discard(stream_id)
+            raise DTPTimeoutError("interrupted (interrupt_recv)")
 
     def wait_io(self, deadline: float | None) -> None:
         """Wait (lock held on entry and exit) until the carrier may have bytes to read,
@@ -1283,6 +1295,8 @@ class DTPSocket:
                 return 0
             if self._timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "operation would block")
+            if engine.interrupted:
+                engine.take_interrupt(sid)
             if deadline is None and self._timeout is not None:
                 deadline = time.monotonic() + self._timeout
             engine.wait_io(deadline)
@@ -1679,6 +1693,18 @@ class DTPSocket:
                 engine.flush()
         self._io_refs = 0  # a reset is not held back by open files
         self.close()
+
+    def interrupt_recv(self) -> None:
+        """End a blocking read of this stream that another thread is waiting in -- or,
+        when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,
+        as if its timeout had passed (nothing is lost: what arrives stays for the next
+        read). For a reader that must look at something another thread changed, such
+        as an RPC client whose call was cancelled or which was closed: without it, a
+        read ends only with data, its timeout or the connection."""
+        engine = self._engine
+        with engine.lock:
+            engine.interrupted.add(self._stream_id)
+            engine.wake_waiters()
 
     def _release_file(self) -> None:
         """A file from :meth:`makefile` was closed. This may run in a finalizer, inside

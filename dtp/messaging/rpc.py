@@ -676,8 +676,9 @@ class RpcCall:
 
     def cancel(self) -> bool:
         """Cancel the call (the peer is told); False if it already finished. A thread
-        waiting in :meth:`result` that is reading the stream for everybody sees it at
-        the end of its current read: within about a second, as for :meth:`RpcClient.close`."""
+        waiting in :meth:`result` sees it at once, also one reading the stream for
+        everybody when the stream is a DTPSocket (its read is interrupted); on another
+        stream that one sees it at the end of its read, within about a second."""
         return self._client._cancel(self)
 
 
@@ -824,9 +825,12 @@ class RpcClient:
     def close(self) -> None:
         """Fail the calls in flight with RpcConnectionLost (and close the stream if owned):
         every thread waiting for an answer, or for the peer to take a request, returns
-        within about a second."""
+        (at once on a DTPSocket stream; within about a second on another)."""
         with self._lock:
             self._fail_all(E.RpcConnectionLost("the client was closed"))
+            reading = self._reading
+        if reading:
+            self._interrupt_reader()
         if self._close_stream:
             close = getattr(self._stream, "close", None)
             if close is not None:
@@ -980,8 +984,21 @@ class RpcClient:
             if call.escrow_id and self.prepay is not None:
                 self.prepay.unanswered.append(call.escrow_id)
             self._wake_followers()
+            reading = self._reading
+        if reading:
+            self._interrupt_reader()
         self._flush_soon()
         return True
+
+    def _interrupt_reader(self) -> None:
+        """End the read another thread waits in for everybody, so that it sees what
+        changed (a call cancelled, the client closed) now rather than at the end of
+        its read slice: a DTPSocket stream can (``interrupt_recv``); on another
+        stream the read ends with its slice (up to ``_READ_SLICE``)."""
+        interrupt = getattr(self._stream, "interrupt_recv", None)
+        if interrupt is not None:
+            with contextlib.suppress(DTPError, OSError):
+                interrupt()
 
     def _dispatch(self, events: list[RpcEvent]) -> None:
         """Hand events to their calls (lock held)."""
