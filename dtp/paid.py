@@ -249,8 +249,29 @@ def settle_ended(
         logger.warning("could not settle connection %s: %s", connection_id, exc)
     finally:
         if final is not None and not claimed(settlement, final):
-            writer.submit(final, _stored)
+            _keep_final(writer, final)
     return settlement
+
+
+def _keep_final(writer: ReceiptWriter, final: Receipt) -> None:
+    """Keep a final receipt the settlement did not claim, for a later claim: through the
+    writer, or -- the writer closed meanwhile (a server stopped before this settlement
+    ended) -- straight in its store; failing that, it is logged whole, for an operator
+    to claim by hand (the RuntimeError from the closed writer lost it silently)."""
+    try:
+        writer.submit(final, _stored)
+        return
+    except RuntimeError:
+        pass
+    try:
+        writer.store.keep(final)
+    except Exception as exc:
+        logger.error(
+            "final receipt of connection %s not stored (%s); receipt: %s",
+            final.connection_id,
+            exc,
+            final.encode().hex(),
+        )
 
 
 class _PaidConnection:

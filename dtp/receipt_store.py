@@ -150,6 +150,7 @@ class ReceiptStore:
                 fcntl.flock(fd, fcntl.LOCK_SH)
             except BaseException:
                 os.close(fd)
+                self._servers -= 1  # (left raised, every later start thought it not alone)
                 raise
             self._server_fd = fd
             return alone

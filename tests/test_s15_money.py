@@ -448,3 +448,48 @@ def test_a_damaged_row_counts_as_served_at_admission(tmp_path: Path, ledger: Loc
             assert not _receipts_held(writer, fresh)
         finally:
             writer.close()
+
+
+def test_a_final_receipt_left_after_the_writer_closed_goes_to_the_store(
+    tmp_path: Path, ledger: LocalLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """settle_ended hands an unclaimed final receipt to the writer; one closed meanwhile
+    raised RuntimeError and the receipt was lost. It goes to the store itself now, and
+    with the store gone too it is logged whole."""
+    from dtp.paid import _keep_final
+
+    host_id = setup_host(ledger)
+    cid = open_for(ledger, host_id, CLIENT)
+    final = signed(cid, 10 * 1024, 3)
+    with ReceiptStore(tmp_path / "receipts.db") as store:
+        writer = ReceiptWriter(store)
+        assert writer.close()
+        _keep_final(writer, final)
+        kept = store.latest(cid)
+        assert kept is not None and kept.receipt.nonce == 3
+    later = signed(cid, 20 * 1024, 4)
+    with caplog.at_level(logging.ERROR, logger="dtp.paid"):
+        _keep_final(writer, later)  # the store is closed as well
+    assert later.encode().hex() in caplog.text
+
+
+def test_a_failed_server_lock_leaves_the_store_free_for_the_next_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    real_flock = fcntl.flock
+    failures = [OSError(5, "I/O error")]
+
+    def flock(fd: int, op: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with ReceiptStore(tmp_path / "receipts.db") as store:
+        with pytest.raises(OSError):
+            store.attach_server()
+        # the failed attach is not counted: the next server is alone, as it is
+        assert store.attach_server() is True
+        store.detach_server()
