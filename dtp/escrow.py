@@ -348,8 +348,9 @@ class Meter:
             ("every_ms", every_ms),
         ):
             _meter_count(name, value)
-        if _meter_count("start_nonce", start_nonce) < 1:
-            raise InvalidArgument("meter settings must be non-negative and start_nonce >= 1")
+        if not 1 <= _meter_count("start_nonce", start_nonce) < 2**64:
+            # (above u64 it failed only at the first receipt, as a plain ValueError)
+            raise InvalidArgument("start_nonce must be from 1 to 2**64 - 1")
         self._identity = identity
         self.connection_id = connection_id
         self.sla = sla

@@ -493,3 +493,13 @@ def test_a_failed_server_lock_leaves_the_store_free_for_the_next_server(
         # the failed attach is not counted: the next server is alone, as it is
         assert store.attach_server() is True
         store.detach_server()
+
+
+@pytest.mark.parametrize("nonce", [0, 2**64, -1])
+def test_a_meter_nonce_outside_u64_is_refused_when_the_meter_is_made(nonce: int) -> None:
+    from dtp.errors import InvalidArgument
+    from dtp.escrow import Meter
+
+    with pytest.raises(InvalidArgument, match="start_nonce"):
+        Meter(CLIENT, "0x" + "ab" * 32, SLA, DEPOSIT, start_nonce=nonce)
+    assert Meter(CLIENT, "0x" + "ab" * 32, SLA, DEPOSIT, start_nonce=2**64 - 1) is not None
