@@ -355,3 +355,24 @@ def test_a_closing_bridge_reclaims_what_is_already_deletable(host: Host) -> None
     assert ledger.balance(CLIENT.sui_address) == before[CLIENT] - DEPOSIT
     assert ledger.balance(SERVER.sui_address) == before[SERVER]
     assert conserved(ledger)
+
+
+def test_the_records_offered_are_remembered_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set of records offered for confirmation grew for a connection's whole life;
+    only the newest MAX_OFFERED_RETAINED are kept now, and every record is still
+    confirmed once."""
+    import dtp.carriers.ledger as carrier_module
+
+    monkeypatch.setattr(carrier_module, "MAX_OFFERED_RETAINED", 8)
+    world = World(tmp_path / "ledger.db")
+    counting = CountingLedger(world.ledger)
+    c, s, link, cc, sc = world.link(ledger=counting, retention_terms=world.terms)
+    _exchange(c, s, link, (40_000, 3_000), seed=5)
+    assert link.run(lambda: all_consumed(world.ledger, world.conn_id), max_time=30)
+    assert len(cc.retained) + len(sc.retained) > 16
+    assert len(sc._offered) <= 8 and len(cc._offered) <= 8
+    assert sc.peer_retains and cc.peer_retains
+    assert set(counting.confirms.values()) == {1}
+    assert len(counting.confirms) == len(cc.retained) + len(sc.retained)

@@ -101,6 +101,9 @@ MAX_ORPHAN_BYTES = 1 << 20
 MAX_FOREIGN_PIPES = 4096
 #: The peer's RecordRetained events whose payload was not seen yet, kept at once.
 MAX_PENDING_RETAINED = 65_536
+#: Records offered for confirmation that a carrier remembers (the newest), to skip a
+#: repeated RetainedRecord event.
+MAX_OFFERED_RETAINED = 65_536
 
 
 def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
@@ -270,7 +273,11 @@ class LedgerCarrier:
         # record -> (pipe, inner, seq, when its RecordRetained was seen)
         self._retained_pending: OrderedDict[str, tuple[str, int, int, float]] = OrderedDict()
         self._to_confirm: list[str] = []
-        self._offered: set[str] = set()
+        # records offered for confirmation, so that a repeated RetainedRecord event
+        # (a batch read again after an outage) offers none twice; the oldest are
+        # forgotten past MAX_OFFERED_RETAINED (a set grew for the connection's whole
+        # life), and a confirmation repeated that late is skipped (confirm_records)
+        self._offered: OrderedDict[str, None] = OrderedDict()
         # statistics
         self.payloads_sent = 0
         self.payloads_received = 0
@@ -430,8 +437,13 @@ class LedgerCarrier:
                 done.append(record)
         for record in done:
             del self._retained_pending[record]
-            self._offered.add(record)
+            self._offer(record)
             self._to_confirm.append(record)
+
+    def _offer(self, record: str) -> None:
+        self._offered[record] = None
+        while len(self._offered) > MAX_OFFERED_RETAINED:
+            self._offered.popitem(last=False)
 
     @property
     def peer_retains(self) -> bool:
@@ -442,7 +454,8 @@ class LedgerCarrier:
         """Offer every pending record for confirmation now, its data seen or not (the
         connection is over: we will never need it)."""
         self._to_confirm += self._retained_pending
-        self._offered.update(self._retained_pending)
+        for record in self._retained_pending:
+            self._offer(record)
         self._retained_pending.clear()
 
     def take_confirmations(self) -> list[str]:
