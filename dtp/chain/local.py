@@ -25,8 +25,9 @@ What it models of Sui:
 - **Time**: the clock follows wall time (ms since the Unix epoch) plus an offset, never
   going backwards, unless frozen (:meth:`freeze_clock`, :meth:`set_clock`, or
   ``LocalLedger(path, clock_ms=0)``), in which case it moves only by
-  :meth:`advance_clock` / :meth:`set_clock`. Epochs start at 0 and advance only by
-  :meth:`advance_epoch`. Clock and epoch are ledger state, shared by all processes.
+  :meth:`advance_clock` / :meth:`set_clock`. It ends at :data:`CLOCK_MAX_MS` (2**63-1,
+  what SQLite stores). Epochs start at 0 and advance only by :meth:`advance_epoch`.
+  Clock and epoch are ledger state, shared by all processes.
 """
 
 from __future__ import annotations
@@ -101,13 +102,17 @@ from dtp.keys import (
 if TYPE_CHECKING:
     from dtp.keys import HostIdentity
 
-__all__ = ["LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
+__all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 
 logger = logging.getLogger(__name__)
 
 U64_MAX: Final = 2**64 - 1
 #: The largest event position SQLite can hold (a signed 64-bit INTEGER).
 _SEQ_MAX: Final = 2**63 - 1
+#: The latest time the clock can show: every event stores its time in a signed 64-bit
+#: INTEGER column, so a clock past it (a u64 still, as Sui's is) would make every
+#: transaction that emits an event fail in SQLite instead of running.
+CLOCK_MAX_MS: Final = _SEQ_MAX
 #: How long a call waits for another writer (any process) to finish before failing.
 _BUSY_TIMEOUT_S: Final = 30.0
 # Waits between tries while another writer holds the file. SQLite's own busy handler
@@ -200,6 +205,15 @@ def default_ledger_path() -> Path:
 def _u64(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
         raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
+    return value
+
+
+def _clock(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= CLOCK_MAX_MS:
+        raise InvalidArgument(
+            f"{what} must be an integer from 0 to 2**63-1 ms (the ledger's latest time), "
+            f"got {value!r}."
+        )
     return value
 
 
@@ -452,7 +466,7 @@ class LocalLedger(Ledger):
             # SQLite would open a private temporary file: a ledger nobody can share
             raise InvalidArgument("The ledger path is empty.")
         if clock_ms is not None:
-            _u64(clock_ms, "clock_ms")
+            _clock(clock_ms, "clock_ms")
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._commits = 0
@@ -658,7 +672,9 @@ class LocalLedger(Ledger):
         if meta["clock_frozen"] == "1":
             return int(meta["clock_ms"])
         wall = time.time_ns() // 1_000_000 + int(meta["clock_offset"])
-        return max(wall, int(meta["clock_floor"]))
+        # a clock set or advanced close to the end runs into it in wall mode: it stops
+        # there rather than pass what the event log can store
+        return min(max(wall, int(meta["clock_floor"])), CLOCK_MAX_MS)
 
     def clock_ms(self) -> int:
         """The ledger clock in ms (see the module docs for wall and frozen modes)."""
@@ -670,8 +686,9 @@ class LocalLedger(Ledger):
 
     def set_clock(self, ms: int, *, allow_backwards: bool = False) -> None:
         """Freeze the clock at ``ms``. Going backwards raises InvalidArgument (a
-        ValueError) unless ``allow_backwards`` (for setting up a fresh test ledger)."""
-        _u64(ms, "the clock")
+        ValueError) unless ``allow_backwards`` (for setting up a fresh test ledger); so
+        does a time past :data:`CLOCK_MAX_MS`."""
+        _clock(ms, "the clock")
 
         def apply() -> None:
             if not allow_backwards and ms < self._now():
@@ -705,16 +722,25 @@ class LocalLedger(Ledger):
         self._write(apply)
 
     def advance_clock(self, ms: int) -> int:
-        """Move the clock forward by ``ms`` (in either mode); returns the new time."""
+        """Move the clock forward by ``ms`` (in either mode); returns the new time. A step
+        past :data:`CLOCK_MAX_MS` raises InvalidArgument and moves nothing."""
         _u64(ms, "the clock step")
 
         def apply() -> int:
-            if self._meta("clock_frozen") == "1":
-                now = int(self._meta("clock_ms")) + ms
+            meta = self._metas()
+            now = self._now(meta) + ms
+            if now > CLOCK_MAX_MS:
+                raise InvalidArgument(
+                    f"The clock cannot advance {ms} ms from {now - ms}: that is past "
+                    f"2**63-1 ms, the ledger's latest time."
+                )
+            if meta["clock_frozen"] == "1":
                 self._set_meta("clock_ms", now)
             else:
-                self._set_meta("clock_offset", int(self._meta("clock_offset")) + ms)
-                now = self._now()
+                # from the clock as it reads, not by adding to the offset: when the wall
+                # clock has stepped back, the floor holds the clock, and an offset moved
+                # by ms alone would leave it under the floor (no step at all)
+                self._set_meta("clock_offset", now - time.time_ns() // 1_000_000)
             self._set_meta("clock_floor", now)
             return now
 
@@ -1783,6 +1809,10 @@ class LocalLedger(Ledger):
 
     def objects(self, type_name: str | None = None) -> list[ObjectRef]:
         """Every live object (optionally only structs named ``type_name``)."""
+        if type_name is not None and not isinstance(type_name, str):
+            # no type name equals a non-str: the answer would be an empty list, as if
+            # no such object existed
+            raise InvalidArgument(f"type_name must be a struct name or None, got {type_name!r}.")
 
         def read() -> list[ObjectRef]:
             rows = self._db.execute("SELECT id, version, owner, type FROM objects ORDER BY rowid")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from dtp._uleb128 import uleb128
 from dtp.chain.local_tx import Address, TxValue, derive_object_id
 from dtp.chain.objects import (
     HALF_CLOSE_TIMEOUT_MS,
@@ -25,6 +26,7 @@ from dtp.chain.objects import (
     MAX_ENDPOINTS,
     MAX_FIREWALL_ENTRIES,
     MAX_INNERS,
+    MAX_PURE_BYTES,
     is_low_order_noise_key,
 )
 from dtp.errors import (
@@ -289,6 +291,7 @@ def host_set_endpoints(x: Exec, host_id: str, endpoints: list[bytes]) -> None:
     _assert_authority(x, host, host_id)
     _assert_endpoints(endpoints)
     host["endpoints"] = endpoints
+    _assert_host_size(host, host_id)
     _updated(x, host_id, 2)
 
 
@@ -298,6 +301,61 @@ def _sla(price_per_kib: int, price_per_request: int, min_deposit: int) -> dict[s
         "price_per_request": price_per_request,
         "min_deposit": min_deposit,
     }
+
+
+#: Sui's largest Move object, in bytes of its BCS contents (protocol config
+#: ``max_move_object_size``, 250 KiB): a transaction that leaves an object larger fails.
+MAX_MOVE_OBJECT_SIZE: Final = 250 * 1024
+
+
+def _vector_size(count: int) -> int:
+    """Bytes of a BCS vector's length prefix (ULEB128)."""
+    return len(uleb128(count))
+
+
+def _bytes_size(value: bytes) -> int:
+    return _vector_size(len(value)) + len(value)
+
+
+def host_bcs_size(host: dict[str, Any]) -> int:
+    """The BCS size of a ``Host`` as Sui stores it: UID, authority, key, endpoints, the
+    services' VecMap (entries of u16 port and Service), the firewall (two VecSets of
+    addresses, a u8 and three u64), the open count, and the Table's UID and size."""
+    fw = host["firewall"]
+    services = host["services"]
+    return (
+        32
+        + 32
+        + _bytes_size(host["noise_static_key"])
+        + _vector_size(len(host["endpoints"]))
+        + sum(_bytes_size(e) for e in host["endpoints"])
+        + _vector_size(len(services))
+        + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 + 8 for s in services.values())
+        + 1
+        + _vector_size(len(fw["allow"]))
+        + 32 * len(fw["allow"])
+        + _vector_size(len(fw["deny"]))
+        + 32 * len(fw["deny"])
+        + 24
+        + 8
+        + 32
+        + 8
+    )
+
+
+def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
+    """Sui fails a transaction that leaves an object over its size limit, after the Move
+    code ran (an execution error, not an abort). No Move check bounds the number of a
+    Host's services, so a Host can reach the limit; then endpoints and firewall entries,
+    bounded each, can no longer be added either."""
+    size = host_bcs_size(host)
+    if size > MAX_MOVE_OBJECT_SIZE:
+        raise ChainError(
+            f"Transaction failed (OBJECT_TOO_BIG): host {host_id} would be {size} bytes, "
+            f"over Sui's {MAX_MOVE_OBJECT_SIZE}-byte object limit.",
+            name="OBJECT_TOO_BIG",
+            module="sui",
+        )
 
 
 def host_add_service(
@@ -314,6 +372,7 @@ def host_add_service(
         "max_connections": max_conn,
         "open_connections": 0,
     }
+    _assert_host_size(host, host_id)
     x.emit(
         "host",
         "ServiceAdded",
@@ -375,6 +434,7 @@ def _list_op(list_name: str, add: bool) -> Callable[[Exec, str, str], None]:
                     "host", "EFirewallListFull", f"{list_name} list of {host_id} is full"
                 )
             entries.append(client)
+            _assert_host_size(host, host_id)
         elif not add and client in entries:
             entries.remove(client)
         _updated(x, host_id, 3)
@@ -1355,6 +1415,17 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
             if not isinstance(value, bytes):
                 raise InvalidArgument(f"{where} must be bytes.")
             if kind == "string":
+                # Sui refuses a pure argument this long before any Move code runs
+                # (docs/escrow.md §8); no Move check bounds a String argument (a service's
+                # kind, a channel, a title), so without this one a call Sui refuses would
+                # succeed here. Each vector<u8> argument has a Move bound no larger (a
+                # length check, or a key or signature that cannot verify), so a call
+                # with one that long fails here too (with the Move error).
+                if len(value) > MAX_PURE_BYTES:
+                    raise InvalidArgument(
+                        f"{where} is {len(value)} bytes: a pure argument of Sui takes at "
+                        f"most {MAX_PURE_BYTES}."
+                    )
                 try:
                     out.append(value.decode())
                 except UnicodeDecodeError:

@@ -1,0 +1,288 @@
+"""LocalLedger against the Move package: faults found by adversarial QA (session 15).
+
+Every test runs on a real SQLite file, most of them with a second handle on the same
+file reading back what the first one wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import CLOCK_MAX_MS, LocalLedger
+from dtp.chain.local_tx import Address
+from dtp.chain.objects import MAX_PURE_BYTES, Sla
+from dtp.errors import ChainError, InvalidArgument
+from dtp.keys import HostIdentity
+
+U64_MAX = 2**64 - 1
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+ALICE, BOB = ident(0x41), ident(0x42)
+NOISE_KEY = b"\x09" * 32
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite"
+
+
+@pytest.fixture
+def ledgers(path: Path) -> Iterator[tuple[LocalLedger, LocalLedger]]:
+    first = LocalLedger(path, clock_ms=1_000)
+    second = LocalLedger(path)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def _conserved(ledger: LocalLedger) -> bool:
+    audit = ledger.audit()
+    return audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+# -- the clock ends where SQLite's INTEGER does -----------------------------------------------
+#
+# Every event stores its time in a signed 64-bit INTEGER column. The clock took any u64,
+# so a clock at 2**63 or later made every transaction that emits an event (nearly all)
+# fail with a bare OverflowError from sqlite3, and advance_clock could carry the clock
+# past 2**64-1, which no Move u64 can hold.
+
+
+@pytest.mark.parametrize("ms", [CLOCK_MAX_MS + 1, U64_MAX])
+def test_a_clock_past_what_events_store_is_refused(
+    ledgers: tuple[LocalLedger, LocalLedger], path: Path, ms: int
+) -> None:
+    first, second = ledgers
+    with pytest.raises(InvalidArgument, match="the clock"):
+        first.set_clock(ms, allow_backwards=True)
+    with pytest.raises(InvalidArgument, match="clock_ms"):
+        LocalLedger(path, clock_ms=ms)
+    assert second.clock_ms() == 1_000
+    # and the ledger still runs transactions
+    second.faucet(ALICE.sui_address, 10)
+    cap = second.create_spending_cap(ALICE, 5)
+    assert first.get_cap(cap).max_per_epoch == 5
+
+
+def test_transactions_run_at_the_last_time_the_clock_can_show(
+    ledgers: tuple[LocalLedger, LocalLedger],
+) -> None:
+    first, second = ledgers
+    first.set_clock(CLOCK_MAX_MS)
+    cap = second.create_spending_cap(ALICE, 7)
+    events, _ = first.events()
+    created = [e for e in events if e.name == "SpendingCapCreated"]
+    assert [e["cap"] for e in created] == [cap]
+    assert created[0].timestamp_ms == CLOCK_MAX_MS
+
+
+def test_advance_clock_cannot_pass_the_end(ledgers: tuple[LocalLedger, LocalLedger]) -> None:
+    first, second = ledgers
+    first.set_clock(CLOCK_MAX_MS - 10)
+    for step in (11, U64_MAX):
+        with pytest.raises(InvalidArgument, match="advance"):
+            second.advance_clock(step)
+        assert first.clock_ms() == CLOCK_MAX_MS - 10  # nothing moved
+    assert second.advance_clock(10) == CLOCK_MAX_MS
+    second.faucet(BOB.sui_address, 1)
+    second.create_spending_cap(BOB, 1)
+    assert first.clock_ms() == CLOCK_MAX_MS
+
+
+def test_a_wall_clock_stops_at_the_end(ledgers: tuple[LocalLedger, LocalLedger]) -> None:
+    """Unfrozen at the last time, the wall moves on but the clock does not pass it, and
+    transactions keep running (they raised OverflowError once a millisecond passed)."""
+    first, second = ledgers
+    first.set_clock(CLOCK_MAX_MS)
+    first.unfreeze_clock()
+    time.sleep(0.02)  # let the wall clock move on by a few milliseconds
+    assert second.clock_ms() == CLOCK_MAX_MS
+    cap = second.create_spending_cap(ALICE, 3)
+    events, _ = first.events()
+    assert [e.timestamp_ms for e in events if e.name == "SpendingCapCreated"] == [CLOCK_MAX_MS]
+    assert first.get_cap(cap).owner == ALICE.sui_address
+    with pytest.raises(InvalidArgument, match="advance"):
+        first.advance_clock(1)
+
+
+# -- a String argument is one pure argument on Sui --------------------------------------------
+#
+# Sui refuses a pure argument of 16384 bytes or more before any Move code runs, so a
+# service kind or a channel name of more than 16381 bytes never reaches the Move code
+# (dtp.chain.sui_tx refuses it with InvalidArgument). No Move check bounds a String, and
+# LocalLedger stored such a kind or channel: a call Sui refuses succeeded here.
+
+
+def test_a_service_kind_longer_than_a_pure_argument_is_refused(
+    ledgers: tuple[LocalLedger, LocalLedger],
+) -> None:
+    first, second = ledgers
+    host = first.create_host(ALICE, NOISE_KEY)
+    version = second.object_version(host)
+    with pytest.raises(InvalidArgument, match="pure argument"):
+        first.add_service(ALICE, host, 7, "k" * (MAX_PURE_BYTES + 1), Sla(1, 1, 0))
+    assert second.get_host(host).services == {}
+    assert second.object_version(host) == version
+    # the longest one a transaction can carry is taken
+    second.add_service(ALICE, host, 7, "k" * MAX_PURE_BYTES, Sla(1, 1, 0))
+    assert len(first.get_host(host).services[7].kind) == MAX_PURE_BYTES
+
+
+def test_a_channel_longer_than_a_pure_argument_is_refused(
+    ledgers: tuple[LocalLedger, LocalLedger],
+) -> None:
+    first, second = ledgers
+    before = second.objects("Broadcast")
+    with pytest.raises(InvalidArgument, match="pure argument"):
+        first.create_broadcast(BOB, "c" * (MAX_PURE_BYTES + 1), 5, 1_000)
+    assert second.objects("Broadcast") == before
+    b = second.create_broadcast(BOB, "c" * MAX_PURE_BYTES, 5, 1_000)
+    assert len(first.get_broadcast(b).channel) == MAX_PURE_BYTES
+
+
+def test_raw_transaction_with_an_oversized_string_changes_nothing(
+    ledgers: tuple[LocalLedger, LocalLedger],
+) -> None:
+    """Through execute(): refused before the rule runs, the nonce left unused."""
+    first, second = ledgers
+    first.faucet(ALICE.sui_address, 100)
+    dump = second.dump()
+    raw = first.build_tx(
+        ALICE.sui_address, "broadcast", "create", [b"x" * (MAX_PURE_BYTES + 1), 5, 1_000]
+    )
+    with pytest.raises(InvalidArgument, match="pure argument"):
+        first.execute(raw, ALICE.sign_transaction(raw))
+    assert second.dump() == dump
+    assert _conserved(second)
+    ok = second.build_tx(ALICE.sui_address, "broadcast", "create", [b"x" * 3, 5, 1_000])
+    result = second.execute(ok, ALICE.sign_transaction(ok))
+    assert first.get_broadcast(str(Address(result.value))).channel == "xxx"
+
+
+# -- advance_clock in wall mode ---------------------------------------------------------------
+#
+# In wall mode advance_clock added its step to the offset from the wall clock. The clock
+# never reads below its floor (the time of the last transaction), so when the wall clock
+# had stepped back (a VM resumed, a clock corrected) by more than the step, the clock
+# stayed where it was: advance_clock(HALF_CLOSE_TIMEOUT_MS) returned the old time and a
+# finalize right after it was refused with ETimeoutNotReached.
+
+
+def test_advance_clock_moves_on_after_the_wall_clock_stepped_back(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+
+    with LocalLedger(path) as first, LocalLedger(path) as second:
+        assert not first.clock_frozen()
+        host = first.create_host(ALICE, NOISE_KEY)
+        first.add_service(ALICE, host, 7, "raw", Sla(1, 1, 0))
+        first.faucet(BOB.sui_address, 1_000)
+        cap = second.create_spending_cap(BOB, 1_000)
+        opened = second.open_connection(BOB, host, 7, cap, 100)
+        second.close_connection(BOB, opened.connection_id)
+        events, _ = first.events()
+        half_closed_at = next(e for e in events if e.name == "ConnectionHalfClosed")["at_ms"]
+
+        # the wall clock steps back an hour: something no test can make the machine do
+        real = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: real() - 3_600 * 10**9)
+        assert second.clock_ms() >= half_closed_at  # held by the floor
+        now = first.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        assert now >= half_closed_at + HALF_CLOSE_TIMEOUT_MS
+        assert second.clock_ms() >= now
+        second.finalize(BOB, opened.connection_id)
+        assert first.get_connection(opened.connection_id).state is ConnectionState.CLOSED
+        settlement = second.settle(BOB, opened.connection_id)
+        assert settlement.refunded == 100
+        assert first.balance(BOB.sui_address) == 1_000
+        assert _conserved(first)
+
+
+# -- objects(type_name) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("type_name", [5, b"Broadcast", ["Broadcast"]])
+def test_objects_refuses_a_type_name_that_is_not_text(
+    ledgers: tuple[LocalLedger, LocalLedger], type_name: object
+) -> None:
+    """It answered [] (no struct name equals a non-str), as if there were no objects."""
+    first, second = ledgers
+    b = first.create_broadcast(ALICE, "news", 5, 1_000)
+    with pytest.raises(InvalidArgument, match="type_name"):
+        second.objects(type_name)  # type: ignore[arg-type]
+    assert [ref.object_id for ref in second.objects("Broadcast")] == [b]
+
+
+# -- a Host cannot grow past Sui's object size limit ------------------------------------------
+#
+# Sui fails a transaction that leaves a Move object over max_move_object_size (250 KiB of
+# BCS contents). No Move check bounds a Host's services, and LocalLedger let a Host grow
+# without limit: calls that fail on Sui (an execution error, OBJECT_TOO_BIG) succeeded.
+
+MAX_OBJECT = 250 * 1024
+
+
+def _host_size(ledger: LocalLedger, host: str) -> int:
+    """The Host's BCS contents, by the codec SuiLedger reads Hosts with."""
+    from dtp.chain import sui_codec
+
+    return len(sui_codec.encode_object(ledger.get_host(host)))
+
+
+def _assert_too_big(error: pytest.ExceptionInfo[ChainError]) -> None:
+    assert (error.value.module, error.value.name) == ("sui", "OBJECT_TOO_BIG")
+
+
+def test_a_host_stops_growing_at_the_object_size_limit(
+    ledgers: tuple[LocalLedger, LocalLedger],
+) -> None:
+    first, second = ledgers
+    host = first.create_host(ALICE, NOISE_KEY)
+    big = "k" * MAX_PURE_BYTES
+    for port in range(1, 16):
+        (first, second)[port % 2].add_service(ALICE, host, port, big, Sla(1, 1, 0))
+    room = MAX_OBJECT - _host_size(second, host)
+    # a service entry: u16 port, kind (2-byte length here), Sla and two u64 counts
+    kind_length = room - (2 + 2 + 24 + 8 + 8)
+    assert 128 <= kind_length <= MAX_PURE_BYTES
+    version = second.object_version(host)
+    with pytest.raises(ChainError) as too_big:
+        first.add_service(ALICE, host, 16, "s" * (kind_length + 1), Sla(1, 1, 0))
+    _assert_too_big(too_big)
+    assert 16 not in second.get_host(host).services
+    assert second.object_version(host) == version
+    # one byte less fits: the Host is then exactly at the limit
+    second.add_service(ALICE, host, 16, "s" * kind_length, Sla(1, 1, 0))
+    assert _host_size(first, host) == MAX_OBJECT
+
+    # nothing else that makes a Host larger fits any more
+    for grow in (
+        lambda: first.allow(ALICE, host, BOB.sui_address),
+        lambda: second.deny(ALICE, host, BOB.sui_address),
+        lambda: first.set_endpoints(ALICE, host, [b"x"]),
+    ):
+        with pytest.raises(ChainError) as refused:
+            grow()
+        _assert_too_big(refused)
+    host_now = first.get_host(host)
+    assert host_now.endpoints == () and host_now.firewall.allow == ()
+    assert host_now.firewall.deny == ()
+    # what does not grow it still runs, and removing a service makes room again
+    first.disallow(ALICE, host, BOB.sui_address)
+    first.update_service(ALICE, host, 16, Sla(2, 2, 0), 3)
+    second.remove_service(ALICE, host, 1)
+    first.allow(ALICE, host, BOB.sui_address)
+    first.set_endpoints(ALICE, host, [b"tcp://127.0.0.1:7000"])
+    assert second.get_host(host).firewall.allow == (BOB.sui_address,)
+    assert _host_size(second, host) <= MAX_OBJECT
