@@ -18,10 +18,11 @@ NotImplementedError unless a ledger implements them (both built-in ledgers do).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.chain.objects import OpenedConnection
+from dtp.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from dtp.keys import HostIdentity
@@ -42,9 +43,22 @@ __all__ = [
 #: 100% in basis points (``SponsorPool.share_bps``).
 BPS: Final = 10_000
 
+_U64_MAX: Final = 2**64 - 1
+
+
+def _whole(value: int, what: str, top: int) -> int:
+    # bool is an int, and a float or a negative number would give a split or a deposit
+    # that no Move call can produce: refuse them as the u64 arguments they stand for
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise InvalidArgument(f"{what} must be an integer from 0 to {top}, got {value!r}.")
+    return value
+
 
 def sponsor_split(fee: int, share_bps: int) -> tuple[int, int]:
-    """``sponsor::quote``: (what the client bears, what the provider pays) of ``fee``."""
+    """``sponsor::quote``: (what the client bears, what the provider pays) of ``fee``.
+    Raises InvalidArgument unless ``fee`` is a u64 and ``0 <= share_bps <= BPS``."""
+    _whole(fee, "the fee", _U64_MAX)
+    _whole(share_bps, "share_bps", BPS)
     provider = fee * share_bps // BPS
     return fee - provider, provider
 
@@ -113,7 +127,8 @@ class SponsorPool:
         return self.funds - self.reserved
 
     def quote(self, fee: int) -> tuple[int, int]:
-        """The split of ``fee`` shown before opening: (client pays, provider pays)."""
+        """The split of ``fee`` shown before opening: (client pays, provider pays).
+        Raises InvalidArgument for a fee that is not a u64."""
         return sponsor_split(fee, self.share_bps)
 
 
@@ -134,8 +149,9 @@ class TicketSale:
     deadline_ms: int
     #: Sold and not refunded.
     sold: int
-    #: Tickets per buyer.
-    holders: Mapping[str, int]
+    #: Tickets per buyer. Left out of the hash (a dict has none), so a sale, frozen like
+    #: the other ledger objects, is hashable like them.
+    holders: Mapping[str, int] = field(hash=False)
     #: MIST held (``sold * ticket_price`` before going on air, then 0).
     funds: int
     on_air: bool
@@ -154,8 +170,9 @@ class RetentionTerms:
     storage_price_per_byte: int
 
     def deposit_for(self, size: int) -> int:
-        """The storage deposit of a record of ``size`` bytes."""
-        return size * self.storage_price_per_byte
+        """The storage deposit of a record of ``size`` bytes (InvalidArgument for a size
+        that is not a non-negative integer)."""
+        return _whole(size, "the record size", _U64_MAX) * self.storage_price_per_byte
 
 
 @dataclass(frozen=True)
