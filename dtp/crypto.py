@@ -85,7 +85,7 @@ from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
-from dtp.keys_ahead import take_ephemeral_keypair, take_shared_secret
+from dtp.keys_ahead import forget_shared_secrets, take_ephemeral_keypair, take_shared_secret
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -400,9 +400,13 @@ class Handshake:
         """Use :meth:`initiator` or :meth:`responder` instead."""
         self._is_initiator = is_initiator
         self._static = _check_key("static_private", static_private)
-        self._ephemeral = _check_key("ephemeral_private", ephemeral_private)
+        # The raw ephemeral key lives here only until Noise has it (_start_noise): once
+        # the handshake is over nothing may keep it (Noise: delete it after Split), or
+        # whoever later reads this process's memory could rebuild the session keys
+        ephemeral = _check_key("ephemeral_private", ephemeral_private)
+        self._ephemeral: bytes | None = ephemeral
         # made ahead by dtp.keys_ahead (None otherwise): its public half is known already
-        self._ephemeral_keypair: Any = take_ephemeral_keypair(self._ephemeral)
+        self._ephemeral_keypair: Any = take_ephemeral_keypair(ephemeral)
         self._prologue = _as_bytes("prologue", prologue)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
@@ -478,7 +482,9 @@ class Handshake:
         ephemeral = self._ephemeral_keypair
         self._ephemeral_keypair = None
         if ephemeral is None:
+            assert self._ephemeral is not None  # (a restart gets the key pair back)
             ephemeral = KeyPair25519.from_private_bytes(self._ephemeral)
+        self._ephemeral = None
         noise.noise_protocol.handshake_state.e = ephemeral
         if self._is_initiator and pattern == PATTERN_IK:
             assert self._remote_static is not None
@@ -586,7 +592,7 @@ class Handshake:
         try:
             body = bytes(noise.write_message(payload))
         except _NOISE_ERRORS as exc:
-            self._failed = True
+            self._fail()
             raise HandshakeError(f"cannot write handshake message: {exc}") from None
         if self._messages_done == 0:
             assert self._pattern is not None  # the initiator picks it at construction
@@ -610,7 +616,7 @@ class Handshake:
             try:
                 return self._read(data)
             except HandshakeError:
-                self._failed = True
+                self._fail()
                 raise
         # Noise mixes a message into its state before the AEAD check can fail: save the
         # little a read changes, to put it back (only here, off the reliable-carrier path)
@@ -668,6 +674,18 @@ class Handshake:
             self._binding = _early_binding(self._prologue, bytes(own), data[:KEY_SIZE])
         return payload
 
+    def _fail(self) -> None:
+        """The handshake is dead: drop its Noise state, which holds the ephemeral key
+        and the chaining key (nothing reads them any more)."""
+        self._failed = True
+        noise, self._noise = self._noise, None
+        state = getattr(getattr(noise, "noise_protocol", None), "handshake_state", None)
+        ephemeral = getattr(state, "e", None)
+        if ephemeral is not None:  # (DH results made ahead for it: see _after_message)
+            forget_shared_secrets(ephemeral.private)
+        self._ephemeral = None
+        self._ephemeral_keypair = None
+
     def _after_message(self, state: Any) -> None:
         self._messages_done += 1
         remote = getattr(state.rs, "public_bytes", None)
@@ -684,6 +702,10 @@ class Handshake:
                 bytes(protocol.cipher_state_decrypt.k),
             )
             self._noise = None  # drop Noise state (and its copies of the keys)
+            # DH results made ahead with our ephemeral key for another server (the
+            # connect went elsewhere) were never taken: dropped, or the table would
+            # keep the private key of this session on after it
+            forget_shared_secrets(state.e.private)
 
 
 def _save_read_state(noise: Any) -> tuple[Any, ...]:

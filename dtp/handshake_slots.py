@@ -53,11 +53,17 @@ class Verdict(enum.Enum):
     FULL = "full"  #: the line is full: close it
 
 
+# RFC 6052's well-known prefix: the IPv4 address is the last 32 bits
+_NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def address_key(host: str) -> str:
     """What the cap counts by for a client's IP address ``host``: the address itself for
     IPv4 (and IPv4-mapped IPv6), the /64 network for IPv6 -- one subscriber usually
     holds a whole /64, so counting single IPv6 addresses would give one client 2**64
-    caps. Anything that does not parse is counted as given."""
+    caps -- except the addresses of IPv4 clients behind a NAT64 (``64:ff9b::/96``) or
+    Teredo relay, counted by that IPv4 address. Anything that does not parse is counted
+    as given."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])  # (a scope ID: fe80::1%eth0)
     except ValueError:
@@ -65,6 +71,12 @@ def address_key(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
+        # IPv4 clients seen through a translator: each is its IPv4 address, not the
+        # translator's /64 (one client holding that /64's cap would stall all the others)
+        if ip in _NAT64_PREFIX:
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.teredo is not None:
+            return str(ip.teredo[1])
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 

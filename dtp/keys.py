@@ -521,7 +521,7 @@ class HostIdentity:
         with mode 0700 (each of them). Raises :class:`KeyFileError` if the file exists
         and ``overwrite`` is false, or if it cannot be written; TypeError if
         ``passphrase`` is not a str, ValueError if it is empty (pass None to store the
-        identity unencrypted).
+        identity unencrypted) or holds a lone surrogate (no UTF-8 form).
         """
         _check_passphrase_type(passphrase)
         target = Path(path)
@@ -633,11 +633,21 @@ def _check_passphrase_type(passphrase: object) -> None:
         raise TypeError(f"the passphrase must be a str or None, got {type(passphrase).__name__}")
 
 
-def _derive_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+def _passphrase_bytes(passphrase: str) -> bytes:
     if passphrase == "":
         raise ValueError("empty passphrase; pass None to store the identity unencrypted")
     # NFC so that the same passphrase typed on different systems gives the same key.
-    secret = unicodedata.normalize("NFC", passphrase).encode()
+    text = unicodedata.normalize("NFC", passphrase)
+    # A lone surrogate (bytes that were not UTF-8, decoded with surrogateescape) has no
+    # UTF-8 form. Checked rather than left to encode(): its UnicodeEncodeError quotes
+    # the passphrase's character and position, and carries the whole passphrase.
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        raise ValueError("the passphrase is not valid text (it holds a lone surrogate)")
+    return text.encode()
+
+
+def _derive_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    secret = _passphrase_bytes(passphrase)
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret)
 
 
@@ -680,8 +690,11 @@ def _decrypt_secret(
     if len(salt) < _SALT_SIZE or len(nonce) != _NONCE_SIZE:
         raise KeyFileError(f"{path} is damaged (bad salt or nonce)")
     wrong = f"cannot decrypt {path}: wrong passphrase or damaged file"
-    if passphrase == "":
-        raise KeyFileError(wrong)  # save() refuses it: no file is encrypted with it
+    try:
+        _passphrase_bytes(passphrase)
+    except ValueError:
+        # empty, or not encodable: save() refuses both, so no file is encrypted with it
+        raise KeyFileError(wrong) from None
     try:
         key = _derive_key(passphrase, salt, n, r, p)
     except (MemoryError, ValueError, OverflowError) as exc:
@@ -708,6 +721,7 @@ def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
 
 
 def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
+    _check_file_name(path)
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang us (no effect on files).
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -754,7 +768,14 @@ def _make_private_directories(directory: Path) -> None:
                 raise
 
 
+def _check_file_name(path: Path) -> None:
+    # os would raise a bare ValueError ("embedded null byte") from somewhere inside
+    if "\0" in str(path):
+        raise KeyFileError(f"{str(path)!r} is not a file name (it holds a NUL character)")
+
+
 def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
+    _check_file_name(path)
     directory = path.parent
     try:
         _make_private_directories(directory)
@@ -762,11 +783,16 @@ def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
         raise KeyFileError(f"cannot create {directory}: {exc.strerror}") from None
     if not overwrite and os.path.lexists(path):
         raise KeyFileError(f"{path} already exists; pass overwrite=True to replace it")
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # The target's name in the temporary one tells whoever finds a leftover what it is;
+    # cut short, so that a name near the file system's limit (255 bytes) still leaves
+    # room for the rest.
+    tmp = directory / f".{path.name[:32]}.{secrets.token_hex(8)}.tmp"
+    created = False
     try:
         # O_EXCL: never reuse someone else's file; 0o600 from the first instant (the umask
         # can only remove bits), fchmod in case the platform ignored the mode.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
         try:
             if hasattr(os, "fchmod"):
                 os.fchmod(fd, 0o600)
@@ -787,8 +813,11 @@ def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        # Only a file of ours, and quietly: an error here (ENAMETOOLONG, EACCES...)
+        # would replace the KeyFileError on its way out with a bare OSError.
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _link_no_clobber(tmp: Path, path: Path) -> None:

@@ -32,6 +32,7 @@ from noise.backends.default.keypairs import KeyPair25519
 from dtp.keys import HostIdentity
 
 __all__ = [
+    "forget_shared_secrets",
     "new_ephemeral_key",
     "prepare_anonymous_identity",
     "prepare_ephemeral_key",
@@ -82,6 +83,18 @@ def take_shared_secret(private: X25519PrivateKey, public: X25519PublicKey) -> by
     if not _shared:
         return None
     return _shared.pop((private.private_bytes_raw(), public.public_bytes_raw()), None)
+
+
+def forget_shared_secrets(private: X25519PrivateKey) -> None:
+    """Drop every X25519 result made ahead with ``private``: the handshake that had
+    that ephemeral key is over, and a result it did not take (made for a server the
+    connect did not go to) would hold the key on, long after the session."""
+    if not _shared:
+        return
+    raw = private.private_bytes_raw()
+    for key in list(_shared):  # (a copy: other threads may add or take meanwhile)
+        if key[0] == raw:
+            _shared.pop(key, None)
 
 
 def prepare_ephemeral_key(peer_static: bytes | None = None) -> None:
