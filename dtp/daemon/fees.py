@@ -60,6 +60,11 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+#: Seconds a settlement waits for the connection's newest receipt to reach the disk
+#: before claiming it anyway (from the writer's queue).
+SETTLE_FLUSH_WAIT = 2.0
+
+
 class ClientFees:
     """The forwarder's meter for one DTP connection (free services: no receipts)."""
 
@@ -169,9 +174,12 @@ class ServerFees:
     async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
         """Claim the latest receipt, close the connection and settle it (refunding the
         client). Ledger refusals are logged and leave the receipt in the store."""
-        # the newest receipt, written or still queued: the claim on the ledger is its
-        # durable copy (waiting for the disk first cost the writer's whole flush timeout
-        # when the store failed, and then claimed an older receipt)
+        # its newest receipt on disk first, as a rule (its callbacks have run when this
+        # returns), but not for long: a failing store held this up for the writer's
+        # whole flush timeout, and then the claim took an older receipt. The newest,
+        # written or still queued, is claimed either way: the claim on the ledger is
+        # its durable copy
+        await asyncio.to_thread(self.writer.flush, connection_id, SETTLE_FLUSH_WAIT)
         self._checked.pop(connection_id, None)
         stored = self.writer.latest(connection_id)
         claimed = 0
