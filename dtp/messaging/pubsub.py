@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,9 +59,13 @@ SUBSCRIBE: Final = 12  # [12, [[topic, distance], ...]]
 UNSUBSCRIBE: Final = 13  # [13, [topic, ...]]
 #: Most topics one peer may declare interest in (more are refused and counted), and so
 #: most a node tells a peer: its own subscriptions first, then an equal share per other
-#: neighbour (:func:`_fair_share`).
+#: neighbour (:meth:`PubSubNode._told`).
 MAX_PEER_TOPICS: Final = 4096
 _CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
+#: Updates of interest a link sends at once, then a second, each coalescing what changed
+#: meanwhile (:meth:`Link._next_flush`).
+_FLUSH_BURST: Final = 8
+_FLUSH_RATE: Final = 10.0
 MAX_TOPIC_LENGTH: Final = 256
 #: Largest SUBSCRIBE / UNSUBSCRIBE frame body (a full chunk of the longest topics, each
 #: ``[topic, distance]``: 1 + 3 + 256 + 2 bytes): a node reads control frames this large
@@ -234,12 +239,23 @@ class Link:
         #: Topics the peer declared interest in, with its distance to a subscriber; None
         #: until its first SUBSCRIBE frame (until then it gets every message).
         self.remote: dict[str, int] | None = None
-        #: What this node wants the peer to know (written under the node's lock).
-        self._desired: dict[str, int] = {}
+        #: (node lock) The peer's declarations, nearest first, for its share
+        #: (:meth:`PubSubNode._told`); None: to sort again.
+        self._ranked: list[tuple[int, str]] | None = None
+        #: (node lock) Topics of the node's index that only this peer declared: they are
+        #: told to every peer but this one.
+        self._sole: set[str] = set()
+        #: (node lock) Whether the last update withheld topics: then what the peer is
+        #: told depends on every neighbour's declarations (its share of the places).
+        self._over = False
         #: What the peer has been told (writer thread only; None: nothing yet).
         self._advertised: dict[str, int] | None = None
         self._dirty = threading.Event()
         self._dirty.set()
+        #: Updates of interest sent to the peer (each one or more frames).
+        self.updates = 0
+        self._flush_tokens = float(_FLUSH_BURST)
+        self._flush_clock = time.monotonic()
         self._wake_pending = False
         self.closed = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"pubsub-r-{name}")
@@ -255,10 +271,19 @@ class Link:
         """(node lock held) Whether to forward a message of ``topic`` to this peer."""
         return self.remote is None or topic in self.remote
 
+    def _ranking(self) -> list[tuple[int, str]]:
+        """(node lock held) The peer's declarations, nearest first: the order its share
+        is taken in. Those past the horizon come last and count for it where a nearer
+        neighbour makes them worth telling, as they always did."""
+        if self._ranked is None:
+            self._ranked = sorted((d, t) for t, d in (self.remote or {}).items())
+        return self._ranked
+
     def mark_dirty(self) -> None:
         """Ask the writer to send the peer what changed in this node's interest. The
         state, not a queue of changes, is sent, so nothing is lost when the queue is full
-        (the writer is then busy and flushes before its next frame)."""
+        (the writer is then busy and flushes before its next frame) or when the writer
+        puts the update off (:meth:`_next_flush`): it sends the state of then."""
         self._dirty.set()
         with self._drop_lock:
             if self._wake_pending:
@@ -272,27 +297,20 @@ class Link:
 
     def _flush_control(self) -> None:
         self._dirty.clear()
-        sources: list[dict[str, int]] = []
         with self.node._lock:
-            desired = dict(self._desired)
-            if len(desired) > MAX_PEER_TOPICS:
-                sources = [
-                    dict(lk.remote) for lk in self.node._links if lk is not self and lk.remote
-                ]
-        withheld = 0
-        if len(desired) > MAX_PEER_TOPICS:
-            # the peer refuses topics past MAX_PEER_TOPICS in the order they come, so
-            # this node chooses which to tell it: a fair share per neighbour
-            withheld = len(desired) - MAX_PEER_TOPICS
-            desired = _fair_share(desired, sources, MAX_PEER_TOPICS)
-            if not self.withheld:
-                logger.warning(
-                    "pubsub link %s: %d topics of interest past the limit of %d are not "
-                    "told to the peer (counted in withheld)",
-                    self.name,
-                    withheld,
-                    MAX_PEER_TOPICS,
-                )
+            # computed here, from the node's one index, rather than kept per link: a
+            # copy per link of every other neighbour's interest cost O(links^2 x
+            # topics) (433 MB and 25 s of CPU for 32 neighbours of 4096 topics)
+            desired, withheld = self.node._told(self)
+            self._over = withheld > 0
+        if withheld and not self.withheld:
+            logger.warning(
+                "pubsub link %s: %d topics of interest past the limit of %d are not "
+                "told to the peer (counted in withheld)",
+                self.name,
+                withheld,
+                MAX_PEER_TOPICS,
+            )
         self.withheld = withheld
         told = self._advertised
         if told is None:
@@ -343,26 +361,45 @@ class Link:
     def _write_loop(self) -> None:
         try:
             while True:
-                frame = self._out.get()
+                # a flush put off for want of a token is due when the next one comes
+                wait = self._next_flush() if self._dirty.is_set() else None
+                try:
+                    frame: bytes | None = self._out.get(timeout=wait)
+                except queue.Empty:
+                    frame = None
                 if frame is _STOP or self.closed.is_set():
                     return
                 with self._drop_lock:
                     unreported, self._unreported = self._unreported, 0
                     if frame is _WAKE:
                         self._wake_pending = False
-                    else:
+                    elif frame is not None:
                         self._queued_bytes -= len(frame)
-                if self._dirty.is_set():
+                if self._dirty.is_set() and self._next_flush() == 0:
+                    self._flush_tokens -= 1
+                    self.updates += 1
                     self._flush_control()
                 if unreported:
                     self.stream.sendall(encode_frame([DROPPED, unreported]))
-                if frame is _WAKE:
+                if frame is None or frame is _WAKE:
                     continue
                 self.stream.sendall(frame)
                 self.sent += 1
         except (DTPError, OSError) as exc:
             logger.debug("pubsub link %s: writing failed: %s", self.name, exc)
             self.close()
+
+    def _next_flush(self) -> float:
+        """(writer thread) Seconds until the writer may tell the peer what changed: 0
+        while it has tokens (_FLUSH_BURST, refilled at _FLUSH_RATE a second). Each update
+        costs the node lock O(what is told): neighbours churning thousands of topics
+        made every link update on each of their frames, and kept the lock busy."""
+        now = time.monotonic()
+        self._flush_tokens = min(
+            _FLUSH_BURST, self._flush_tokens + (now - self._flush_clock) * _FLUSH_RATE
+        )
+        self._flush_clock = now
+        return 0.0 if self._flush_tokens >= 1 else (1 - self._flush_tokens) / _FLUSH_RATE
 
     def _read_loop(self) -> None:
         cap = self.node.max_message_size
@@ -448,6 +485,39 @@ class Link:
         self.node._detach(self)
 
 
+class _Topic:
+    """One topic of a node's interest index: the distance each neighbour declared (only
+    those within the horizon) and the two nearest, from which what every link is told
+    follows in O(1): the nearest *other* neighbour's distance + 1."""
+
+    __slots__ = ("best", "dists", "second")
+
+    def __init__(self) -> None:
+        self.dists: dict[Link, int] = {}
+        self.best: tuple[int, Link] | None = None
+        self.second: tuple[int, Link] | None = None
+
+    def rank(self) -> None:
+        best: tuple[int, Link] | None = None
+        second: tuple[int, Link] | None = None
+        for link, d in self.dists.items():
+            if best is None or d < best[0]:
+                best, second = (d, link), best
+            elif second is None or d < second[0]:
+                second = (d, link)
+        self.best, self.second = best, second
+
+    def told(self, link: Link) -> int | None:
+        """The distance ``link`` is told (no local subscriber): the nearest other's + 1."""
+        nearest = self.second if self.best is not None and self.best[1] is link else self.best
+        return None if nearest is None else nearest[0] + 1
+
+
+#: Owners of remembered message ids besides links (:meth:`PubSubNode._remember`).
+_LOCAL: Final = "local"
+_GONE: Final = "gone"
+
+
 class PubSubNode:
     """A pub/sub participant: local subscriptions plus links to peers."""
 
@@ -483,9 +553,16 @@ class PubSubNode:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         #: Message ids seen, each with the most hops left it was forwarded with.
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._seen: dict[bytes, int] = {}
+        #: The same ids by who brought them first (a link, _LOCAL or _GONE), oldest
+        #: first: a full cache forgets the oldest id of whoever holds the most.
+        self._seen_by: dict[object, OrderedDict[bytes, None]] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
+        #: Interest per topic, once per node (entries: one per declaration within the
+        #: horizon); _both counts the topics also subscribed here.
+        self._index: dict[str, _Topic] = {}
+        self._both = 0
         self.duplicates = 0
         self.hop_limited = 0
         self._hooks: list[Callable[[Delivery], None]] = []
@@ -505,11 +582,9 @@ class PubSubNode:
             self.link_queue_bytes,
         )
         with self._lock:
+            # what the new link is told is computed when its writer starts; nobody
+            # else's interest depends on a peer that declared nothing yet
             self._links.append(link)
-            topics = set(self._subs)
-            for other in self._links:
-                topics.update(other.remote or ())
-            self._recompute(topics)
         link.start()
         return link
 
@@ -517,67 +592,159 @@ class PubSubNode:
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
+                gone = self._seen_by.pop(link, None)
+                if gone:
+                    self._seen_by.setdefault(_GONE, OrderedDict()).update(gone)
                 if link.remote:
-                    self._recompute(set(link.remote))
+                    dirty: set[Link | None] = set()
+                    for topic in link.remote:
+                        self._declare(link, topic, None, dirty)
+                    self._mark(dirty)
                     self._reshare(link)
                 self._changed.notify_all()
 
     # -- interest routing ----------------------------------------------------------------------
 
-    def _recompute(self, topics: set[str]) -> None:
-        """(lock held) Update what each link should be told about ``topics``: distance 0
-        with local subscribers, else 1 + the nearest other peer's distance, dropped at the
-        horizon (docs/messaging.md §4)."""
-        dirty = set()
-        for topic in topics:
-            local = bool(self._subs.get(topic))
-            # the two nearest peers: a link's own declaration does not count for it, so
-            # the nearest *other* one is the first, or the second for the first's link
-            # (O(links) per topic: comparing every pair let a peer's SUBSCRIBE frames
-            # hold the node lock for O(topics x links^2))
-            best: tuple[int, Link] | None = None
-            second: tuple[int, Link] | None = None
-            if not local:
-                for link in self._links:
-                    d = None if link.remote is None else link.remote.get(topic)
-                    if d is None:
-                        continue
-                    if best is None or d < best[0]:
-                        best, second = (d, link), best
-                    elif second is None or d < second[0]:
-                        second = (d, link)
-            for link in self._links:
-                dist: int | None = 0 if local else None
-                if not local:
-                    nearest = second if best is not None and best[1] is link else best
-                    if nearest is not None:
-                        dist = nearest[0] + 1
-                if dist is not None and dist >= self.max_hops:
-                    dist = None
-                if link._desired.get(topic) != dist:
-                    if dist is None:
-                        del link._desired[topic]
-                    else:
-                        link._desired[topic] = dist
-                    dirty.add(link)
-        for link in dirty:
-            link.mark_dirty()
+    def _declare(self, link: Link, topic: str, dist: int | None, dirty: set[Link | None]) -> None:
+        """(lock held) ``link``'s distance to ``topic`` is now ``dist`` (None: withdrawn):
+        update the index and add to ``dirty`` the links whose told distance changed
+        (docs/messaging.md §4). O(1) unless the nearest two change (O(declarers))."""
+        index = self._index
+        entry = index.get(topic)
+        if dist is not None and dist + 1 >= self.max_hops:
+            dist = None  # past the horizon: it tells nobody anything
+        if entry is None:
+            if dist is None:
+                return
+            entry = index[topic] = _Topic()
+            self._both += topic in self._subs
+        elif entry.dists.get(link) == dist:
+            return
+        before = (entry.best, entry.second)
+        sole = next(iter(entry.dists)) if len(entry.dists) == 1 else None
+        if dist is None:
+            del entry.dists[link]
+        else:
+            entry.dists[link] = dist
+        if len(entry.dists) == 1:
+            new_sole: Link | None = next(iter(entry.dists))
+        else:
+            new_sole = None
+        if sole is not new_sole:
+            if sole is not None:
+                sole._sole.discard(topic)
+            if new_sole is not None:
+                new_sole._sole.add(topic)
+        if not entry.dists:
+            del index[topic]
+            self._both -= topic in self._subs
+        entry.rank()
+        if topic in self._subs or self.max_hops == 0:
+            return  # told at distance 0 (or nothing) whoever declares it
+        self._changes(before, (entry.best, entry.second), dirty)
+
+    def _changes(
+        self,
+        before: tuple[tuple[int, Link] | None, tuple[int, Link] | None],
+        after: tuple[tuple[int, Link] | None, tuple[int, Link] | None],
+        dirty: set[Link | None],
+    ) -> None:
+        """(lock held) Add to ``dirty`` the links told another distance when a topic's
+        nearest two go from ``before`` to ``after``: every link but the nearest is told
+        the nearest's distance + 1, the nearest the second's."""
+
+        def told(
+            pair: tuple[tuple[int, Link] | None, tuple[int, Link] | None], x: Link | None
+        ) -> int | None:
+            best, second = pair
+            nearest = second if best is not None and best[1] is x else best
+            return None if nearest is None else nearest[0]
+
+        if told(before, None) != told(after, None):
+            dirty.add(None)  # every link: added per topic, it cost O(topics x links)
+            return
+        for pair in (before, after):
+            if pair[0] is not None:
+                x = pair[0][1]
+                if told(before, x) != told(after, x):
+                    dirty.add(x)
+
+    def _local(self, topic: str, dirty: set[Link | None]) -> None:
+        """(lock held) ``topic`` gained its first or lost its last local subscriber."""
+        if topic in self._index:
+            self._both += 1 if topic in self._subs else -1
+        if self.max_hops:
+            dirty.add(None)  # every link is told 0, or now the nearest's + 1 or nothing
+
+    def _mark(self, dirty: set[Link | None]) -> None:
+        """(lock held) Wake the writers of ``dirty`` (None: of every link)."""
+        for link in self._links if None in dirty else dirty:
+            if link is not None:
+                link.mark_dirty()
 
     def _reshare(self, source: Link) -> None:
         """(lock held) What ``source`` declared changed: past MAX_PEER_TOPICS, what each
         other link is told depends on every topic that neighbour declared (its share,
-        :func:`_fair_share`), not only on the ones :meth:`_recompute` saw change."""
+        :meth:`_told`), not only on the ones :meth:`_declare` saw change."""
         for link in self._links:
-            if link is not source and len(link._desired) > MAX_PEER_TOPICS:
+            if link is not source and link._over:
                 link.mark_dirty()
+
+    def _told(self, link: Link) -> tuple[dict[str, int], int]:
+        """(lock held) What to tell ``link`` (topic -> distance), and how many topics of
+        interest that leaves out. At most MAX_PEER_TOPICS, the peer refusing topics past
+        that in the order they come: this node's own subscriptions first, then one topic
+        from each other neighbour in turn, each neighbour's nearest first. So every
+        neighbour gets an equal share of the places left and one declaring many topics
+        takes only what the others leave: cut by distance and name alone, one
+        neighbour's topics named to sort first took every place, and the other
+        neighbours' subscribers were denied every message from beyond this node. A
+        topic several neighbours declared counts once, in the first share that reaches
+        it. O(topics told + the index when under the limit), not O(all topics)."""
+        if self.max_hops == 0:
+            return {}, 0
+        subs, index = self._subs, self._index
+        # topics known here, less those only this peer declared (unless local)
+        count = len(subs) + len(index) - self._both
+        count -= sum(1 for t in link._sole if t not in subs)
+        if count <= MAX_PEER_TOPICS:
+            told = dict.fromkeys(subs, 0)
+            for topic, entry in index.items():
+                if topic not in subs:
+                    dist = entry.told(link)
+                    if dist is not None:
+                        told[topic] = dist
+            return told, 0
+        chosen = dict.fromkeys(sorted(subs)[:MAX_PEER_TOPICS], 0)
+        turns = [iter(lk._ranking()) for lk in self._links if lk is not link and lk.remote]
+        while turns and len(chosen) < MAX_PEER_TOPICS:
+            for turn in list(turns):
+                for _, topic in turn:
+                    if topic not in chosen and topic not in subs:
+                        known = index.get(topic)
+                        dist = None if known is None else known.told(link)
+                        if dist is not None:
+                            chosen[topic] = dist
+                            break
+                else:
+                    turns.remove(turn)
+                if len(chosen) >= MAX_PEER_TOPICS:
+                    break
+        return chosen, count - len(chosen)
 
     def _interest(self, link: Link, sets: dict[str, int], unsets: list[str]) -> None:
         """A peer declared (``sets``) or withdrew (``unsets``) interest."""
         with self._lock:
+            if link.closed.is_set():
+                # closed by its writer while its reader handled this frame: _detach took
+                # its interest out of the index (or will, once it has the lock), and
+                # what went in now would stay there, told to every other peer
+                return
             if link.remote is None:
                 link.remote = {}
             remote = link.remote
-            changed = set()  # only these can move anyone's interest: a repeat costs nothing
+            dirty: set[Link | None] = set()
+            changed = False  # only a change can move anyone's interest: a repeat costs nothing
             for topic, dist in sets.items():
                 if topic not in remote and len(remote) >= MAX_PEER_TOPICS:
                     if not link.refused_topics:
@@ -592,12 +759,15 @@ class PubSubNode:
                     continue
                 if remote.get(topic) != dist:
                     remote[topic] = dist
-                    changed.add(topic)
+                    self._declare(link, topic, dist, dirty)
+                    changed = True
             for topic in unsets:
                 if remote.pop(topic, None) is not None:
-                    changed.add(topic)
+                    self._declare(link, topic, None, dirty)
+                    changed = True
             if changed:
-                self._recompute(changed)
+                link._ranked = None
+                self._mark(dirty)
                 self._reshare(link)
             self._changed.notify_all()
 
@@ -634,7 +804,9 @@ class PubSubNode:
             subs = self._subs.setdefault(topic, [])
             subs.append(sub)
             if len(subs) == 1:
-                self._recompute({topic})
+                dirty: set[Link | None] = set()
+                self._local(topic, dirty)
+                self._mark(dirty)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -644,7 +816,9 @@ class PubSubNode:
                 subs.remove(sub)
                 if not subs:
                     del self._subs[sub.topic]
-                    self._recompute({sub.topic})
+                    dirty: set[Link | None] = set()
+                    self._local(sub.topic, dirty)
+                    self._mark(dirty)
 
     def publish(self, topic: str, data: bytes, *, hops: int | None = None) -> bytes:
         """Publish ``data`` (bytes-like) on ``topic``, forwarded up to ``hops`` times (an
@@ -674,7 +848,7 @@ class PubSubNode:
             [PUBLISH, message_id, topic, hops, data, self.node_id], self.max_message_size
         )
         with self._lock:
-            self._remember(message_id, hops)
+            self._remember(message_id, hops, _LOCAL)
             links = [link for link in self._links if link.wants(topic)]
         self._deliver(topic, data, message_id, self.node_id)
         if hops > 0:
@@ -682,21 +856,35 @@ class PubSubNode:
                 link.offer(frame)
         return message_id
 
-    def _remember(self, message_id: bytes, hops: int) -> int | None:
-        """(lock held) Note that ``message_id`` goes on with ``hops`` left; the most hops
-        it had before (None: new). An id keeps its place in the cache."""
+    def _remember(self, message_id: bytes, hops: int, owner: object) -> int | None:
+        """(lock held) Note that ``message_id`` (brought by ``owner``: a link or _LOCAL)
+        goes on with ``hops`` left; the most hops it had before (None: new). A full
+        cache forgets the oldest id of the owner holding the most: forgetting the
+        oldest of all, a peer sending PUBLISH frames with fresh ids pushed every real id
+        out, and a copy still circling a loop was delivered again. Now a peer can only
+        push the others down to as many ids as it holds."""
         before = self._seen.get(message_id)
-        if before is None or hops > before:
-            self._seen[message_id] = hops
-        if before is None and len(self._seen) > self.seen_cache:
-            self._seen.popitem(last=False)
-        return before
+        if before is not None:
+            if hops > before:
+                self._seen[message_id] = hops
+            return before
+        self._seen[message_id] = hops
+        mine = self._seen_by.get(owner)
+        if mine is None:
+            mine = self._seen_by[owner] = OrderedDict()
+        mine[message_id] = None
+        if len(self._seen) > self.seen_cache:
+            # O(owners): links plus two (an emptied one stays until its link closes)
+            largest = max(self._seen_by.values(), key=len)
+            del self._seen[largest.popitem(last=False)[0]]
+        return None
 
     def _route(
         self, message_id: bytes, topic: str, hops: int, data: bytes, origin: str | None, src: Link
     ) -> None:
         with self._lock:
-            before = self._remember(message_id, hops)
+            # a link closing now has left _seen_by already: its ids would stay there
+            before = self._remember(message_id, hops, _GONE if src.closed.is_set() else src)
             if before is not None:
                 self.duplicates += 1
                 # a copy with more hops left than the first goes on (not delivered again):
@@ -749,34 +937,6 @@ def _check_size(name: str, value: object, low: int, high: int | None) -> None:
         raise ValueError(f"{name} must be at least {low}")
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}")
-
-
-def _fair_share(
-    desired: dict[str, int], sources: list[dict[str, int]], limit: int
-) -> dict[str, int]:
-    """The ``limit`` topics of ``desired`` (topic -> distance to tell a peer) to tell it:
-    this node's own subscriptions (distance 0) first, then one topic from each neighbour
-    in turn (``sources``: what each other neighbour declared), each neighbour's nearest
-    first. So every neighbour gets an equal share of the places left and a neighbour
-    declaring many topics takes only what the others leave: cut by distance and name
-    alone, one neighbour's topics named to sort first took every place, and the other
-    neighbours' subscribers were denied every message from beyond this node. A topic
-    several neighbours declared counts once, in the first share that reaches it."""
-    chosen = dict.fromkeys(sorted(t for t, d in desired.items() if d == 0)[:limit], 0)
-    turns = [
-        iter(sorted((d, t) for t, d in remote.items() if desired.get(t))) for remote in sources
-    ]
-    while turns and len(chosen) < limit:
-        for turn in list(turns):
-            for _, topic in turn:
-                if topic not in chosen:
-                    chosen[topic] = desired[topic]
-                    break
-            else:
-                turns.remove(turn)
-            if len(chosen) >= limit:
-                break
-    return chosen
 
 
 def _is_control(message: object) -> bool:
