@@ -23,6 +23,7 @@ a funded Ed25519 key, exposed as :attr:`SuiLedger.default_signer`; kept in memor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -219,6 +220,18 @@ class SuiConfig:
             raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
         if not 0 < self.gas_budget < 2**64:
             raise SuiConfigError(f"The gas budget must be positive, got {self.gas_budget}.")
+        # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
+        # would hang every call; zero or less fails every call at once
+        for value, what in (
+            (self.timeout, "DTP_SUI_TIMEOUT"),
+            (self.poll_interval, "poll_interval"),
+        ):
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not (value > 0 and math.isfinite(value))
+            ):
+                raise SuiConfigError(f"{what} must be a positive number of seconds, got {value!r}.")
 
     def __repr__(self) -> str:
         key = self.key.sui_address if self.key is not None else None

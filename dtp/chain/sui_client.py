@@ -18,7 +18,10 @@ caller already runs an event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import datetime
+import math
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,6 +32,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
@@ -46,6 +50,7 @@ from dtp.errors import (
 __all__ = [
     "SUI_COIN_TYPE",
     "LedgerUnavailable",
+    "MalformedResponse",
     "NodeObject",
     "SuiNode",
     "parse_endpoint",
@@ -62,6 +67,48 @@ class LedgerUnavailable(ChainError):
 
     name = "LedgerUnavailable"
     module = "sui"
+
+
+class MalformedResponse(ChainError):
+    """The Sui node answered, but not with what the call asked for (an undecodable
+    message, a missing or malformed field): the node's fault, not the caller's."""
+
+    name = "MalformedNodeResponse"
+    module = "sui"
+
+
+def _node_id(value: Any, what: str) -> str:
+    # normalize_id raises InvalidObjectId, which tells the caller that *their* argument
+    # was wrong; here the node sent it
+    try:
+        return normalize_id(value, what)
+    except ChainError:
+        raise MalformedResponse(f"The node sent {value!r} as an {what}.") from None
+
+
+def _node_digest(value: Any, what: str) -> str:
+    # checked when read: a bad digest would otherwise surface later as a ValueError or
+    # TypeError from pysui's BCS layer while a transaction is being built
+    if isinstance(value, str) and value:
+        try:
+            if len(bcs.Digest.from_str(value).serialize()) == 33:  # length byte + 32
+                return value
+        except (ValueError, TypeError):
+            pass
+    raise MalformedResponse(f"The node sent {value!r} as the digest of {what}.")
+
+
+def _next_page(token: bytes | None, seen: set[bytes], what: str) -> bytes | None:
+    """The next page token, refusing one the node already gave: a node that hands out
+    the same page again would otherwise be asked for it until the call times out (and
+    the entries of the repeated pages would be counted twice)."""
+    if not token:
+        return None
+    token = bytes(token)
+    if token in seen:
+        raise MalformedResponse(f"The node repeated a page token of {what}.")
+    seen.add(token)
+    return token
 
 
 def parse_endpoint(url: str) -> tuple[str, int, bool]:
@@ -98,8 +145,9 @@ class NodeObject:
     contents: bytes
 
     def owned_ref(self) -> OwnedRef:
-        """As an ``ImmOrOwnedObject`` reference."""
-        return OwnedRef(self.object_id, self.version, self.digest)
+        """As an ``ImmOrOwnedObject`` reference (:class:`MalformedResponse` if the node
+        sent no usable digest)."""
+        return OwnedRef(self.object_id, self.version, _node_digest(self.digest, self.object_id))
 
 
 def _owner_text(owner: Any) -> tuple[str, int | None]:
@@ -111,7 +159,7 @@ def _owner_text(owner: Any) -> tuple[str, int | None]:
     if kind == sui_prot.OwnerOwnerKind.OBJECT:
         return "object", None
     address = getattr(owner, "address", None)
-    return (normalize_id(address, "owner") if address else "unknown"), None
+    return (_node_id(address, "owner address") if address else "unknown"), None
 
 
 def node_object(obj: Any) -> NodeObject:
@@ -119,7 +167,7 @@ def node_object(obj: Any) -> NodeObject:
     owner, isv = _owner_text(obj.owner)
     contents = obj.contents.value if obj.contents is not None and obj.contents.value else b""
     return NodeObject(
-        normalize_id(obj.object_id),
+        _node_id(obj.object_id, "object ID"),
         int(obj.version or 0),
         str(obj.digest or ""),
         owner,
@@ -145,7 +193,11 @@ class SuiNode:
         """Parse ``endpoint``; no thread, socket or loop is created until the first call."""
         self.endpoint = endpoint
         self.host, self.port, self.tls = parse_endpoint(endpoint)
-        self.timeout = timeout
+        # NaN never fires in asyncio.wait_for and infinity waits forever: either would
+        # let a silent node hang every call
+        if not isinstance(timeout, int | float) or not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = float(timeout)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -168,7 +220,13 @@ class SuiNode:
         """Run ``make()`` on the private loop; translate transport errors."""
         loop = self._ensure_loop()
         future = asyncio.run_coroutine_threadsafe(self._guard(make, what), loop)
-        return future.result()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            # close() cancelled it: the caller gets an answer instead of waiting forever
+            raise LedgerUnavailable(
+                f"The connection to Sui node {self.endpoint} was closed during {what}."
+            ) from None
 
     async def _guard(self, make: Callable[[], Awaitable[T]], what: str) -> T:
         try:
@@ -183,6 +241,15 @@ class SuiNode:
             raise LedgerUnavailable(
                 f"Sui node {self.endpoint} is unreachable ({what}): {exc}"
             ) from None
+        except ChainError:
+            raise
+        except Exception as exc:
+            # protobuf that does not parse (EOFError, ValueError…), a field of the wrong
+            # kind: the node's answer, so a typed error rather than a crash of the caller
+            raise MalformedResponse(
+                f"Sui node {self.endpoint} sent an answer to {what} that cannot be read: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _grpc_error(self, exc: GRPCError, what: str) -> ChainError:
         message = exc.message or exc.status.name
@@ -191,12 +258,16 @@ class SuiNode:
         if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
             return LedgerUnavailable(f"Sui node {self.endpoint} is unavailable ({what}): {message}")
         lowered = message.lower()
-        if "signature" in lowered or "owned by" in lowered or "not owned" in lowered:
-            return WrongSigner(f"{what} was rejected: {message}")
-        if "insufficient" in lowered and ("balance" in lowered or "gas" in lowered):
+        # Sui's GasBalanceTooLow reads "Balance of gas object N is lower than the needed
+        # amount: M" (no "insufficient"): the gas coins changed since they were read
+        if (
+            "insufficient" in lowered and ("balance" in lowered or "gas" in lowered)
+        ) or "lower than the needed amount" in lowered:
             return InsufficientFunds(
                 f"{what} was rejected: {message}", name="InsufficientCoinBalance", module="sui"
             )
+        if "signature" in lowered or "owned by" in lowered or "not owned" in lowered:
+            return WrongSigner(f"{what} was rejected: {message}")
         if exc.status == Status.INVALID_ARGUMENT:
             return InvalidTransaction(f"{what} was rejected: {message}")
         return ChainError(f"{what} failed ({exc.status.name}): {message}", name=exc.status.name)
@@ -227,12 +298,27 @@ class SuiNode:
             self._loop = self._thread = self._channel = None
         if loop is None:
             return
-        if channel is not None:
-            loop.call_soon_threadsafe(channel.close)
+
+        async def shutdown() -> None:
+            # calls still in flight are cancelled, so their callers' run() returns (it
+            # raises LedgerUnavailable) instead of waiting on a loop that no longer runs
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if channel is not None:
+                channel.close()
+
+        with contextlib.suppress(
+            concurrent.futures.TimeoutError, concurrent.futures.CancelledError
+        ):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
-            thread.join(timeout=5)
-        loop.close()
+            thread.join(timeout=30)
+        if thread is None or not thread.is_alive():
+            loop.close()
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -256,6 +342,7 @@ class SuiNode:
         async def call() -> dict[str, int]:
             out: dict[str, int] = {}
             token: bytes | None = None
+            seen: set[bytes] = set()
             while True:
                 resp = await self._unary(
                     rq.GetDynamicFields(
@@ -272,7 +359,7 @@ class SuiNode:
                             f"({len(name)} and {len(value)} bytes)."
                         )
                     out["0x" + name.hex()] = int.from_bytes(value[:8], "little")
-                token = resp.next_page_token
+                token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
                 if not token:
                     return out
 
@@ -285,6 +372,7 @@ class SuiNode:
         async def call() -> list[tuple[OwnedRef, int]]:
             out: list[tuple[OwnedRef, int]] = []
             token: bytes | None = None
+            seen: set[bytes] = set()
             while True:
                 resp = await self._unary(
                     rq.GetGas(
@@ -297,9 +385,10 @@ class SuiNode:
                 for obj in resp.objects:
                     if not obj.digest or obj.version is None:
                         continue  # address-balance reservations are not coin objects
-                    ref = OwnedRef(normalize_id(obj.object_id), int(obj.version), obj.digest)
+                    object_id = _node_id(obj.object_id, "object ID")
+                    ref = OwnedRef(object_id, int(obj.version), _node_digest(obj.digest, object_id))
                     out.append((ref, int(obj.balance or 0)))
-                token = resp.next_page_token
+                token = _next_page(resp.next_page_token, seen, "ListOwnedObjects")
                 if not token:
                     out.sort(key=lambda item: -item[1])
                     return out

@@ -160,10 +160,16 @@ class OwnedRef:
     def to_bcs(self) -> bcs.ObjectReference:
         """pysui's ``ObjectReference``."""
         _uint(self.version, 64, "an object version")
+        try:
+            digest = bcs.Digest.from_str(self.digest)
+        except (ValueError, TypeError, AttributeError):
+            # pysui raises binascii.Error (it falls back to base64), a TypeError on the
+            # length or an AttributeError for a non-str: none says which argument it was
+            raise InvalidArgument(
+                f"{self.digest!r} is not an object digest (base58 of 32 bytes)."
+            ) from None
         return bcs.ObjectReference(
-            bcs.Address.from_str(normalize_id(self.object_id)),
-            self.version,
-            bcs.Digest.from_str(self.digest),
+            bcs.Address.from_str(normalize_id(self.object_id)), self.version, digest
         )
 
 
