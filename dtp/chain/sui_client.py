@@ -426,7 +426,15 @@ class SuiNode:
             resp = await self._unary(request)
             return resp.transaction
 
-        return self.run(call, "ExecuteTransaction")
+        try:
+            return self.run(call, "ExecuteTransaction")
+        except LedgerUnavailable as exc:
+            # the request may have reached the node before the answer was lost: a
+            # caller that simply sends it again may pay twice (an open, a top-up)
+            raise LedgerUnavailable(
+                f"{exc} The transaction may still have executed: read its outcome before "
+                "sending it again."
+            ) from None
 
     def checkpoint_timestamp_ms(self, sequence: int) -> int:
         """The timestamp of a checkpoint, in ms."""
