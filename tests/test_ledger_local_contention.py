@@ -42,15 +42,18 @@ def conserved(ledger: LocalLedger) -> bool:
     return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
 
 
-def hold_write_lock(path: str, seconds: float, released: list[float]) -> threading.Thread:
-    """Another connection takes the write lock at once and keeps it for ``seconds``."""
+def hold_write_lock(
+    path: str, seconds: float, released: list[float], stop: threading.Event | None = None
+) -> threading.Thread:
+    """Another connection takes the write lock at once and keeps it for ``seconds``, or
+    until ``stop`` is set."""
     held = threading.Event()
 
     def run() -> None:
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
         held.set()
-        time.sleep(seconds)
+        (stop or threading.Event()).wait(seconds)
         other.execute("COMMIT")
         released.append(time.monotonic())
         other.close()
@@ -83,13 +86,19 @@ def test_a_writer_waits_for_the_lock_and_goes_on_right_after_release(
 def test_reads_do_not_wait_for_a_writer(ledger: LocalLedger, path: str) -> None:
     host = ledger.create_host(SERVER, b"\x01" * 32)
     released: list[float] = []
-    holder = hold_write_lock(path, 0.5, released)
+    # the writer holds the lock for up to 10 minutes: a read that waited for it would
+    # take that long, while the bound below only proves the reads are not held up
+    stop = threading.Event()
+    holder = hold_write_lock(path, 600, released, stop)
     start = time.monotonic()
-    assert ledger.get_host(host).authority == SERVER.sui_address
-    assert ledger.balance(CLIENT.sui_address) == 0
-    assert ledger.epoch() == 0
-    assert time.monotonic() - start < 0.3 and not released
-    holder.join(10)
+    try:
+        assert ledger.get_host(host).authority == SERVER.sui_address
+        assert ledger.balance(CLIENT.sui_address) == 0
+        assert ledger.epoch() == 0
+        assert time.monotonic() - start < 30 and not released
+    finally:
+        stop.set()
+        holder.join(10)
 
 
 def test_a_writer_gives_up_after_the_busy_timeout_with_nothing_changed(
@@ -99,12 +108,17 @@ def test_a_writer_gives_up_after_the_busy_timeout_with_nothing_changed(
     before = ledger.dump()
     monkeypatch.setattr(local_module, "_BUSY_TIMEOUT_S", 0.2)
     released: list[float] = []
-    holder = hold_write_lock(path, 1.0, released)
+    # held for up to 10 minutes: a writer that did not give up would wait that long
+    stop = threading.Event()
+    holder = hold_write_lock(path, 600, released, stop)
     start = time.monotonic()
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
-        ledger.faucet(CLIENT.sui_address, 5)
-    assert 0.15 < time.monotonic() - start < 0.9
-    holder.join(10)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            ledger.faucet(CLIENT.sui_address, 5)
+        assert 0.15 < time.monotonic() - start < 30 and not released
+    finally:
+        stop.set()
+        holder.join(10)
     assert ledger.dump() == before
     assert conserved(ledger)
 
@@ -203,10 +217,15 @@ def test_a_writer_reads_while_another_holds_the_lock(ledger: LocalLedger, path: 
     ledger.add_service(SERVER, host, 7, "raw", SLA)
     cap = ledger.create_spending_cap(CLIENT, 10**6)
     released: list[float] = []
-    holder = hold_write_lock(path, 0.5, released)
+    # held for up to 10 minutes: a transaction that waited for it would take that long
+    stop = threading.Event()
+    holder = hold_write_lock(path, 600, released, stop)
     start = time.monotonic()
-    with pytest.raises(InsufficientFunds):  # the client holds nothing
-        ledger.open_connection(CLIENT, host, 7, cap, 2000)
-    assert time.monotonic() - start < 0.3 and not released
-    holder.join(10)
+    try:
+        with pytest.raises(InsufficientFunds):  # the client holds nothing
+            ledger.open_connection(CLIENT, host, 7, cap, 2000)
+        assert time.monotonic() - start < 30 and not released
+    finally:
+        stop.set()
+        holder.join(10)
     assert conserved(ledger)

@@ -58,7 +58,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
 
     def stalled(sock: dtp.socket.DTPSocket) -> None:  # holds the connection, answers nothing
-        release.wait(10)
+        release.wait(120)
         sock.close()
 
     good = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
@@ -86,7 +86,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
 
     a, b = _client(), _client()
     fwd = UdpForwarder(
-        ("127.0.0.1", 0), connect, meter_for=meter_for, idle_timeout=0.4, final_timeout=3.0
+        ("127.0.0.1", 0), connect, meter_for=meter_for, idle_timeout=0.4, final_timeout=60.0
     )
     try:
         a.sendto(b"\x00\x01quiet", fwd.address)  # its flow goes to the quiet relay
@@ -103,7 +103,8 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
             if a_gone_at is not None and time.monotonic() - a_gone_at > 1.0:
                 break
             time.sleep(0.02)
-        assert worst < 1.0, f"a healthy flow waited {worst:.2f} s"
+        # held up for final_timeout (60 s), its recvfrom would time out at 5 s instead
+        assert worst < 4.0, f"a healthy flow waited {worst:.2f} s"
     finally:
         release.set()
         fwd.close()
@@ -381,7 +382,8 @@ def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
         server.close()
         serving.join(5)
         dns.close()
-    assert took[0] < 1.5, f"the relay took {took[0]:.2f} s"
+    # before: the 0.5 s idle timeout and then 2 s for relay_udp to give up on the thread
+    assert took[0] < 2.2, f"the relay took {took[0]:.2f} s"
 
 
 def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
@@ -530,7 +532,7 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
         data = sock.recv_datagram(5)
         sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
         sock.sendall(_control(b"U", _USAGE.pack(1, len(data))))
-        release.wait(10)
+        release.wait(120)
         sock.close()
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
@@ -544,7 +546,7 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
             )
 
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=5.0
+            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=60.0
         )
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -559,7 +561,8 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
             start = time.monotonic()
         finally:
             await fwd.close()
-        assert time.monotonic() - start < 2.0
+        # waiting for the report that could not come would take final_timeout, 60 s
+        assert time.monotonic() - start < 30
 
     try:
         asyncio.run(main())
@@ -577,7 +580,7 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
     release = threading.Event()
 
     def quiet(sock: dtp.socket.DTPSocket) -> None:
-        release.wait(10)
+        release.wait(300)
         sock.close()
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
@@ -595,7 +598,7 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
             connect,
             meter_for=lambda w: _meter(),
             idle_timeout=0.3,
-            final_timeout=2.0,
+            final_timeout=60.0,
         )
         clients = [_client() for _ in range(3)]
         try:
@@ -607,10 +610,11 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
                 await asyncio.sleep(0.01)
             assert fwd.stats.sessions_opened == 3
             start = time.monotonic()
-            while fwd.sessions and time.monotonic() - start < 5:
+            while fwd.sessions and time.monotonic() - start < 60:
                 await asyncio.sleep(0.01)
             # all three gone within one sweep of going idle, not after 2 x final_timeout
-            assert time.monotonic() - start < 1.5, fwd.sessions
+            # (120 s here): 30 s only says they did not wait for one another
+            assert time.monotonic() - start < 30, fwd.sessions
         finally:
             release.set()
             for client in clients:

@@ -103,7 +103,7 @@ def test_a_client_closing_for_good_still_ends_long_handlers() -> None:
 
     def long_poll(p: Any, ctx: CallContext) -> bool:
         started.set()
-        told = ctx.cancelled.wait(10)
+        told = ctx.cancelled.wait(600)  # not told: the handler would wait 10 minutes
         ended.set()
         return told
 
@@ -119,8 +119,8 @@ def test_a_client_closing_for_good_still_ends_long_handlers() -> None:
         assert started.wait(5)
         began = time.monotonic()
         sock.close()
-        assert ended.wait(5)
-        assert time.monotonic() - began < 2
+        assert ended.wait(60)
+        assert time.monotonic() - began < 30
     finally:
         s.close()
 

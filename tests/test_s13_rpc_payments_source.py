@@ -63,7 +63,9 @@ def test_unknown_connections_do_not_hold_up_other_streams() -> None:
         started = time.monotonic()
         with pytest.raises(E.PaymentRequired) as refused:
             RpcClient(socks[-2]).call("echo", 1, timeout=10)
-        assert time.monotonic() - started < 1.0
+        # before: 3.9 s behind the two 2 s looks (OPEN_GRACE); made longer, the looks
+        # would outlast the test's joins, so the bound is just below the old wait
+        assert time.monotonic() - started < 3.0
         assert str(refused.value).count("-32004") == 1  # (the code was given twice)
     finally:
         for sock in socks:

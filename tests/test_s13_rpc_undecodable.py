@@ -57,11 +57,12 @@ def test_calls_with_tuple_keys_fail_at_once_both_ways(workers: int) -> None:
     try:
         client = s.connect()
         started = time.monotonic()
+        # a call left to its deadline would take 60 s each
         with pytest.raises(E.ParseError):
-            client.call("echo", {(1, 2): 3}, timeout=5)
+            client.call("echo", {(1, 2): 3}, timeout=60)
         with pytest.raises(E.MalformedMessage):
-            client.call("tuple_key", None, timeout=5)
-        assert time.monotonic() - started < 2
+            client.call("tuple_key", None, timeout=60)
+        assert time.monotonic() - started < 30
         assert client.call("echo", {"fine": [1, 2]}, timeout=5) == {"fine": [1, 2]}
     finally:
         s.close()

@@ -13,13 +13,17 @@ from typing import Any
 import pytest
 
 from dtp.messaging import errors as E
+from dtp.messaging import rpc as rpc_module
 from dtp.messaging.rpc import CallContext, RpcClient, RpcServer
 from tests.polling import wait_for
 from tests.test_messaging_rpc import Served
 
 
 @pytest.fixture
-def setup() -> Any:
+def setup(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # reads of 10 minutes: a call that waited for the end of the reader's read would
+    # wait that long, so the bounds below need no tighter than "not held up"
+    monkeypatch.setattr(rpc_module, "_READ_SLICE", 600.0)
     gate = threading.Event()
     cancelled = threading.Event()
     rpc = RpcServer(workers=4)
@@ -48,7 +52,7 @@ def test_a_calls_own_deadline(setup: tuple[RpcClient, threading.Event]) -> None:
     started = time.monotonic()
     with pytest.raises(E.RpcTimeout):
         client.call("wait_cancel", None, timeout=0.1)
-    assert time.monotonic() - started < 0.75  # (the old code: the read slice, ~1 s)
+    assert time.monotonic() - started < 30  # (the old code: the read slice, 600 s here)
 
 
 def test_a_result_timeouts_cancel_leaves_at_once(
@@ -60,5 +64,5 @@ def test_a_result_timeouts_cancel_leaves_at_once(
     with pytest.raises(E.RpcTimeout):
         call.result(timeout=0.1)
     # the server's handler sees the CANCEL well before the reader's read ends
-    assert cancelled.wait(0.75)
-    assert time.monotonic() - started < 0.85
+    assert cancelled.wait(30)
+    assert time.monotonic() - started < 30

@@ -59,8 +59,9 @@ def test_bytes_held_by_flow_control_follow_the_credit_while_the_writer_is_away(
             # the client's thread now does nothing with the connection
             got, took = _read_all(peer, size)
     assert got == size
-    # each credit update used to wait for the timer's tick: about seven seconds
-    assert took < 3.0, f"{size} bytes took {took:.2f} s to arrive"
+    # each credit update used to wait for the timer's tick: about seven seconds (7.0 s
+    # measured with watch() disabled), so 5 s leaves a loaded machine room
+    assert took < 5.0, f"{size} bytes took {took:.2f} s to arrive"
 
 
 def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
@@ -78,7 +79,8 @@ def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
             assert engine.out, "the probe needs records left for a full carrier"
             got, took = _read_all(peer, size)
     assert got == size
-    assert took < 0.8, f"{size} bytes took {took:.2f} s to arrive"
+    # waiting for the timer's ticks took 1.74 s (watch() disabled); just below that
+    assert took < 1.5, f"{size} bytes took {took:.2f} s to arrive"
 
 
 def _thread_cpu_seconds(thread: threading.Thread) -> float:
