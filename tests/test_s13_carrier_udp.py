@@ -580,7 +580,7 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
     release = threading.Event()
 
     def quiet(sock: dtp.socket.DTPSocket) -> None:
-        release.wait(300)
+        release.wait(10)
         sock.close()
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
@@ -598,7 +598,7 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
             connect,
             meter_for=lambda w: _meter(),
             idle_timeout=0.3,
-            final_timeout=60.0,
+            final_timeout=2.0,
         )
         clients = [_client() for _ in range(3)]
         try:
@@ -610,11 +610,10 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
                 await asyncio.sleep(0.01)
             assert fwd.stats.sessions_opened == 3
             start = time.monotonic()
-            while fwd.sessions and time.monotonic() - start < 60:
+            while fwd.sessions and time.monotonic() - start < 5:
                 await asyncio.sleep(0.01)
             # all three gone within one sweep of going idle, not after 2 x final_timeout
-            # (120 s here): 30 s only says they did not wait for one another
-            assert time.monotonic() - start < 30, fwd.sessions
+            assert time.monotonic() - start < 1.5, fwd.sessions
         finally:
             release.set()
             for client in clients:
