@@ -853,8 +853,9 @@ def _main(
     async def go() -> None:
         await daemon.run(signals)
 
+    runner = asyncio.Runner()
     try:
-        asyncio.run(go())
+        runner.run(go())
     except DaemonConfigError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
@@ -868,11 +869,27 @@ def _main(
         print(f"dtp daemon: database error: {exc}", file=sys.stderr)
         return 1
     finally:
+        _close_keeping_signals(runner, signals)
         daemon.release_lock()  # a failed start never reached drain()
-        # the loop's handlers went with the loop (to the default actions): until this
-        # process ends, a further signal is recorded and ignored
-        signals.install()
     return 0
+
+
+def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None:
+    """Close the daemon's event loop; from then on ``signals`` records the three signals.
+
+    Closing the loop puts their default actions back (SIGTERM's ends the process), and a
+    supervisor repeating its SIGTERM hit that moment: exit -15 after "stopped". They are
+    blocked in this thread across it, so one arriving then stays pending and is
+    delivered to ``signals`` once its handlers are in place. (The loop's worker threads
+    are joined before its handlers go; by then the main thread is the only one left in
+    the daemon runs watched, so no other thread takes it.)"""
+    kept = {*_STOP_SIGNALS, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, kept)
+    try:
+        runner.close()
+        signals.install()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _os_error(exc: OSError) -> str:
