@@ -231,6 +231,7 @@ class AsyncUdpForwarder:
         self._retry_at: dict[tuple[str, int], float] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
         self._closing: asyncio.Future[None] | None = None  # done when a close() ends
         self.address: tuple[str, int] = ("", 0)
 
@@ -449,10 +450,22 @@ class AsyncUdpForwarder:
                 for flow in self._flows.values()
                 if flow.writer is not None and now - flow.last >= self.idle_timeout
             ]
-            # together: each waits for its relay's final report (up to final_timeout),
-            # and one after the other a quiet relay's flows held their places (and
-            # max_sessions) for final_timeout each
-            await asyncio.gather(*(self._end(flow) for flow in idle))
+            # each in a task of its own: an end waits for its relay's final report (up
+            # to final_timeout). One after the other, a quiet relay's flows held their
+            # places (and max_sessions) for final_timeout each; awaited here together,
+            # a flow going idle just after this sweep waited for the next one, up to
+            # final_timeout late
+            for flow in idle:
+                task = asyncio.get_running_loop().create_task(self._end(flow))
+                self._ending.add(task)
+                task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error(
+                "UDP forwarder on %s: ending an idle flow failed", self.address, exc_info=exc
+            )
 
     async def close(self) -> None:
         """Stop forwarding; each flow settles its final receipt and closes. Cancelled
@@ -484,6 +497,10 @@ class AsyncUdpForwarder:
             # flows to a relay gone quiet took final_timeout per flow (the daemon's
             # drain gave up midway, leaving the later flows' connections open)
             await asyncio.gather(*(self._end(flow) for flow in list(self._flows.values())))
+            if self._ending:
+                # idle flows still settling: their ends are bounded (final_timeout, then
+                # the connection's close), and returning first left them open
+                await asyncio.wait(list(self._ending))
         finally:
             # nothing uses it once taken (replies find no socket and are dropped): a
             # close() cancelled before this line left it open for good

@@ -10,7 +10,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -618,6 +618,71 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
             release.set()
             for client in clients:
                 client.close()
+            await fwd.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        server.close()
+        serving.join(5)
+
+
+def test_async_a_flow_idle_while_another_ends_is_swept_on_time() -> None:
+    """The sweeper awaited the ends of the flows it found idle (each up to final_timeout
+    for a quiet relay's final report) before it looked again: a flow going idle just
+    after that sweep stayed open until they were done, here 600 s. Each end now runs on
+    its own and close() waits for those still going."""
+    release = threading.Event()
+
+    def quiet(sock: dtp.socket.DTPSocket) -> None:  # never answers the final report
+        release.wait(120)
+        sock.close()
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
+    serving.start()
+
+    async def until(done: Callable[[], bool]) -> None:
+        for _ in range(3000):
+            if done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not within 30 s")
+
+    async def main() -> None:
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=5
+            )
+
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0),
+            connect,
+            meter_for=lambda w: _meter(),
+            idle_timeout=0.3,
+            final_timeout=600.0,
+        )
+        first, second = _client(), _client()
+        try:
+            first.sendto(b"first", fwd.address)
+            await until(lambda: fwd.stats.sessions_opened == 1)
+            # the first flow went idle: its end awaits the report
+            await until(lambda: fwd.sessions == 0)
+            second.sendto(b"second", fwd.address)
+            await until(lambda: fwd.stats.sessions_opened == 2)
+            start = time.monotonic()
+            while fwd.sessions and time.monotonic() - start < 30:
+                await asyncio.sleep(0.01)
+            assert fwd.sessions == 0, "the second flow waited for the first one's end"
+            assert fwd.stats.sessions_closed == 0  # the first is still ending
+            release.set()  # the relay closes: the first flow's end completes
+            await asyncio.wait_for(fwd.close(), 30)
+            assert fwd.stats.sessions_closed == 2
+        finally:
+            release.set()
+            first.close()
+            second.close()
             await fwd.close()
 
     try:
