@@ -59,11 +59,15 @@ __all__ = [
 SUI_COIN_TYPE: Final = "0x2::coin::Coin<0x2::sui::SUI>"
 _OBJECT_FIELDS: Final = ["object_id", "version", "digest", "owner", "object_type", "contents"]
 _EXEC_FIELDS: Final = ["digest", "effects", "events", "checkpoint", "timestamp"]
+#: What grpclib says for an HTTP answer that is not 200 (it maps a 429 to UNAVAILABLE).
+_HTTP_429: Final = ":status = '429'"
 T = TypeVar("T")
 
 
 class LedgerUnavailable(ChainError):
-    """The Sui node cannot be reached (refused, unreachable, timed out, TLS failure)."""
+    """The Sui node cannot be reached (refused, unreachable, timed out, TLS failure) or
+    will not serve now (overloaded, rate limiting this client): worth trying again later,
+    except an ExecuteTransaction, whose outcome must be read first (it may have run)."""
 
     name = "LedgerUnavailable"
     module = "sui"
@@ -216,10 +220,13 @@ class SuiNode:
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    def run(self, make: Callable[[], Coroutine[Any, Any, T]], what: str) -> T:
-        """Run ``make()`` on the private loop; translate transport errors."""
+    def run(
+        self, make: Callable[[], Coroutine[Any, Any, T]], what: str, *, executes: bool = False
+    ) -> T:
+        """Run ``make()`` on the private loop; translate transport errors. ``executes``:
+        the call executes a transaction (its rejections name the transaction's faults)."""
         loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._guard(make, what), loop)
+        future = asyncio.run_coroutine_threadsafe(self._guard(make, what, executes), loop)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -228,11 +235,13 @@ class SuiNode:
                 f"The connection to Sui node {self.endpoint} was closed during {what}."
             ) from None
 
-    async def _guard(self, make: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _guard(
+        self, make: Callable[[], Awaitable[T]], what: str, executes: bool = False
+    ) -> T:
         try:
             return await asyncio.wait_for(make(), self.timeout)
         except GRPCError as exc:
-            raise self._grpc_error(exc, what) from None
+            raise self._grpc_error(exc, what, executes) from None
         except TimeoutError:
             raise LedgerUnavailable(
                 f"Sui node {self.endpoint} did not answer {what} within {self.timeout} s."
@@ -251,12 +260,27 @@ class SuiNode:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
-    def _grpc_error(self, exc: GRPCError, what: str) -> ChainError:
+    def _grpc_error(self, exc: GRPCError, what: str, executes: bool = False) -> ChainError:
         message = exc.message or exc.status.name
+        # checked first: a rate limiter's text may read like a rejection ("insufficient
+        # quota"). RESOURCE_EXHAUSTED is also what Sui sends for overloaded validators;
+        # an HTTP 429 (a proxy in front of the node) reaches here as UNAVAILABLE
+        if exc.status == Status.RESOURCE_EXHAUSTED or (
+            exc.status == Status.UNAVAILABLE and _HTTP_429 in message
+        ):
+            return LedgerUnavailable(
+                f"Sui node {self.endpoint} is rate limiting requests or overloaded ({what}): "
+                f"{message}. Try again later, more slowly, or use another node."
+            )
         if exc.status == Status.NOT_FOUND:
             return ObjectNotFound(f"{what}: {message}")
         if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
             return LedgerUnavailable(f"Sui node {self.endpoint} is unavailable ({what}): {message}")
+        if not executes:
+            # a read refused as INVALID_ARGUMENT is not a malformed *transaction* (the IDs
+            # were checked before sending): a node of another version, say, refusing a
+            # field mask path
+            return ChainError(f"{what} failed ({exc.status.name}): {message}", name=exc.status.name)
         lowered = message.lower()
         # Sui's GasBalanceTooLow reads "Balance of gas object N is lower than the needed
         # amount: M" (no "insufficient"): the gas coins changed since they were read
@@ -396,13 +420,41 @@ class SuiNode:
         return self.run(call, f"ListOwnedObjects {owner}")
 
     def epoch_info(self) -> tuple[int, int]:
-        """``(epoch, reference_gas_price)`` of the current epoch."""
+        """``(epoch, reference_gas_price)`` of the current epoch.
+
+        A full node fills the epoch's ``reference_gas_price`` from its RPC indexes and
+        leaves it out without them; the price is then read from the current system state
+        (``system_state.reference_gas_price``, a second GetEpoch). Neither there (or 0,
+        which no network accepts as a gas price): :class:`MalformedResponse` naming the
+        field, rather than a gas price of 0 that makes every transaction fail. An answer
+        without the epoch number is :class:`MalformedResponse` too (it was taken as 0)."""
 
         async def call() -> tuple[int, int]:
             resp = await self._unary(rq.GetEpoch(field_mask=["epoch", "reference_gas_price"]))
             if resp is None or resp.epoch is None:
                 raise LedgerUnavailable(f"Sui node {self.endpoint} answered GetEpoch without one.")
-            return int(resp.epoch.epoch or 0), int(resp.epoch.reference_gas_price or 0)
+            if resp.epoch.epoch is None:
+                raise MalformedResponse(
+                    f"Sui node {self.endpoint} answered GetEpoch without the field epoch."
+                )
+            price = resp.epoch.reference_gas_price
+            if not price:
+                state = await self._unary(
+                    rq.GetEpoch(field_mask=["system_state.reference_gas_price"])
+                )
+                system = (
+                    state.epoch.system_state
+                    if state is not None and state.epoch is not None
+                    else None
+                )
+                price = system.reference_gas_price if system is not None else None
+                if not price:
+                    raise MalformedResponse(
+                        f"Sui node {self.endpoint} answered GetEpoch without the field "
+                        "reference_gas_price (nor system_state.reference_gas_price): no "
+                        "transaction can be priced."
+                    )
+            return int(resp.epoch.epoch), int(price)
 
         return self.run(call, "GetEpoch")
 
@@ -427,7 +479,7 @@ class SuiNode:
             return resp.transaction
 
         try:
-            return self.run(call, "ExecuteTransaction")
+            return self.run(call, "ExecuteTransaction", executes=True)
         except LedgerUnavailable as exc:
             # the request may have reached the node before the answer was lost: a
             # caller that simply sends it again may pay twice (an open, a top-up)
