@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE_FIREWALL_DENIED",
     "CLOSE_PAYMENT_REQUIRED",
+    "DEPOSIT_READ_INTERVAL_MS",
     "RECEIPT_REQUEST",
     "CapShare",
     "CapShares",
@@ -47,12 +48,16 @@ __all__ = [
     "GateVerdict",
     "MeteringConfig",
     "ReceiptGate",
+    "share_generations",
 ]
 
 #: CLOSE code (application range) a paid server uses when receipts stop covering usage.
 CLOSE_PAYMENT_REQUIRED: Final = 0x1402
 #: CLOSE code a paid server uses when the host's firewall now denies the client.
 CLOSE_FIREWALL_DENIED: Final = 0x1403
+#: How often (ms) a paid server reads a connection's escrow again while the deposit is
+#: what holds the connection (a top-up is seen within this delay).
+DEPOSIT_READ_INTERVAL_MS: Final = 1000
 #: Payload of a RECEIPT frame sent by the server: "send me a receipt now". The server
 #: sends it while paused, so a client whose sends are blocked by flow control (and so
 #: uses nothing new) still pays for what it used below its cadence.
@@ -232,6 +237,10 @@ class CapShare:
         self.remaining = remaining
         self._held: dict[int, int] = {}  # id(gate) -> its receipt beyond its claims
         self._total = 0  # sum of _held
+        #: Bumped by every leave: a read of the cap started before a leave (its
+        #: generation older) may predate that connection's claim, or include it
+        #: (:meth:`refresh` ignores it; the server reads the cap afresh after a leave)
+        self.generation = 0
 
     def take(self, gate: object, amount: int) -> None:
         """Let ``gate`` hold a receipt for ``amount`` MIST beyond its claims, or raise
@@ -256,11 +265,18 @@ class CapShare:
         with self._lock:
             return self.remaining - (self._total - self._held.get(id(gate), 0))
 
-    def refresh(self, remaining: int) -> None:
+    def refresh(self, remaining: int, generation: int | None = None) -> bool:
         """The cap read again: it lets the server claim ``remaining`` MIST now (its owner
-        may have lowered it, or a new epoch reset it)."""
+        may have lowered it, or a new epoch reset it). ``generation``: the share's
+        :attr:`generation` when the read began; a read begun before a connection left
+        is ignored (False): it may or may not hold that connection's claim, which the
+        leave took off already, and applied after it, it counted the claim twice (or
+        not at all). The server reads the cap again after a leave."""
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return False
             self.remaining = remaining
+            return True
 
     def _join(self, gate: object, remaining: int) -> None:
         with self._lock:
@@ -268,12 +284,21 @@ class CapShare:
             self._held.setdefault(id(gate), 0)
 
     def _leave(self, gate: object) -> bool:
-        """Drop ``gate``; True when no connection holds the cap any more."""
+        """Drop ``gate``; True when no connection holds the cap any more.
+
+        What it held is claimed now (or kept for a later claim): spent either way, so it
+        is taken off ``remaining`` -- which is right only if ``remaining`` was read before
+        the claim. A read between the claim and this leave (the server's refresh of the
+        caps, or another connection joining) held the claim already, and it was taken
+        off twice: the connections left on the cap were served that much less than it
+        allows. The taking off stays (nothing is ever counted on beyond the cap), and
+        :attr:`generation` moves on: the server then reads the cap afresh (its claim
+        on the ledger by then), and refreshes begun before are ignored."""
         with self._lock:
-            # what it held is claimed now (or kept for a later claim): spent either way
             held = self._held.pop(id(gate), 0)
             self._total -= held
             self.remaining = max(0, self.remaining - held)
+            self.generation += 1
             return not self._held
 
 
@@ -294,13 +319,20 @@ class CapShares:
             share._join(gate, remaining)
             gate.share = share
 
-    def leave(self, gate: ReceiptGate) -> None:
-        """``gate``'s connection ended (its settlement is done)."""
+    def leave(self, gate: ReceiptGate) -> CapShare | None:
+        """``gate``'s connection ended (its settlement is done). Returns its cap's share
+        when other live connections still hold it: the server is to read the cap again
+        for them (:func:`read_cap_limits` then :func:`apply_cap_limits`), since what the
+        share has left may count the settlement's claim twice (:meth:`CapShare._leave`)."""
         with self._lock:
             share = gate.share
-            if share is not None and share._leave(gate):
-                self._shares.pop(share.cap_id, None)
             gate.share = None
+            if share is None:
+                return None
+            if share._leave(gate):
+                self._shares.pop(share.cap_id, None)
+                return None
+            return share
 
 
 class ConnectionIds:
@@ -348,8 +380,21 @@ def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, tuple[S
     return {cap_id: (ledger.get_cap(cap_id), epoch) for cap_id in cap_ids}
 
 
+def share_generations(gates: Iterable[ReceiptGate]) -> dict[str, int]:
+    """The :attr:`CapShare.generation` of each cap the ``gates`` share, taken before
+    :func:`read_cap_limits` begins: pass it to :func:`apply_cap_limits`."""
+    generations: dict[str, int] = {}
+    for gate in gates:
+        share = gate.share  # (once: a leave may clear it meanwhile)
+        if share is not None:
+            generations[share.cap_id] = share.generation
+    return generations
+
+
 def apply_cap_limits(
-    gates: Iterable[ReceiptGate], limits: dict[str, tuple[SpendingCap, int]]
+    gates: Iterable[ReceiptGate],
+    limits: dict[str, tuple[SpendingCap, int]],
+    generations: dict[str, int] | None = None,
 ) -> None:
     """Judge receipts from now on against the caps as :func:`read_cap_limits` read them:
     each gate on a cap of ``limits`` takes what the cap lets the server count on for its
@@ -357,7 +402,9 @@ def apply_cap_limits(
     service, a raise does not extend a connection opened under less, since the client
     can take it back before the claim), and the cap's share the least of its gates'. A
     gate kept the cap as admission read it: on a lowered cap it would go on serving on
-    credit the client no longer means to give."""
+    credit the client no longer means to give. ``generations``: from
+    :func:`share_generations` before the read; a share a connection left since is not
+    refreshed (the read may predate that connection's claim)."""
     rooms: dict[CapShare, int] = {}
     for gate in gates:
         share = gate.share
@@ -368,7 +415,7 @@ def apply_cap_limits(
         gate.spend_limit = gate.claimed + room
         rooms[share] = min(room, rooms.get(share, room))
     for share, room in rooms.items():
-        share.refresh(room)
+        share.refresh(room, None if generations is None else generations.get(share.cap_id))
 
 
 class ReceiptGate:
@@ -424,28 +471,52 @@ class ReceiptGate:
         #: The cap limit the connection opened under (its escrow's cap_max_per_epoch;
         #: 0: not recorded), for :func:`apply_cap_limits`.
         self.cap_opened_under = 0
+        #: The connection's escrow (None: not known, its deposit is never read again).
+        self.escrow_id: str | None = None
+        #: The newest receipt valid but for being above ``deposited``: the client may
+        #: have topped the escrow up. Not counted; judged once the escrow is read again
+        #: (:meth:`deposit_read`): counted then, or a violation.
+        self.over_deposit: Receipt | None = None
+        self._deposit_read_ms: int | None = None
 
     def check(self, data: bytes) -> Receipt:
         """Validate an encoded receipt without counting it yet; the caller stores it
         durably and then calls :meth:`kept` (which is when it starts to count).
 
         Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
-        malformed, replayed, badly signed, priced wrong, beyond the deposit or lower than
-        an earlier one; :class:`dtp.errors.SpendingCapExceeded` (not a violation: it is
-        just not counted) when it is above ``spend_limit``. Replays and regressions are
-        judged against the newest receipt checked, kept or not.
+        malformed, replayed, badly signed, priced wrong or lower than an earlier one;
+        :class:`dtp.errors.SpendingCapExceeded` (not a violation: it is just not counted)
+        when it is above ``spend_limit``. Replays and regressions are judged against the
+        newest receipt checked, kept or not. One beyond ``deposited`` raises
+        InvalidReceipt (``EReceiptExceedsDeposit``) and is not counted, but it is no
+        violation yet: the client may have topped the escrow up since the server read
+        it. It waits in :attr:`over_deposit` for the server to read the escrow again
+        (:meth:`wants_deposit`, :meth:`deposit_read`): a closed connection then, where a
+        client that topped up and signed on was closed for an "invalid" receipt.
         """
         try:
             receipt = Receipt.decode(data)
-            check_receipt(
-                receipt,
-                connection_id=self.connection_id,
-                sla=self.sla,
-                public_key=self.client_public_key,
-                deposited=self.deposited,
-                claimed=self.claimed,
-                latest_nonce=self._checked_nonce,
-            )
+            try:
+                check_receipt(
+                    receipt,
+                    connection_id=self.connection_id,
+                    sla=self.sla,
+                    public_key=self.client_public_key,
+                    deposited=self.deposited,
+                    claimed=self.claimed,
+                    latest_nonce=self._checked_nonce,
+                )
+            except InvalidReceipt as exc:
+                if exc.name != "EReceiptExceedsDeposit":
+                    raise
+                # nonce, signature and amount are good (checked first): only the
+                # deposit as read at admission is short, and the client may have topped
+                # the escrow up since. Not counted, not a violation yet: judged once the
+                # escrow is read again (deposit_read)
+                pending = self.over_deposit
+                if pending is None or receipt.nonce > pending.nonce:
+                    self.over_deposit = receipt
+                raise
             # (not lower than the previous one before the cap: a lowered cap -- read again
             # by the server -- may be below both, and a regression is a violation)
             if receipt.total_amount < self._checked_amount:
@@ -467,7 +538,8 @@ class ReceiptGate:
             if share is not None:
                 share.take(self, receipt.total_amount - self.claimed)
         except InvalidReceipt as exc:
-            self.violation = f"invalid receipt: {exc}"
+            if exc.name != "EReceiptExceedsDeposit":
+                self.violation = f"invalid receipt: {exc}"
             raise
         self._checked_nonce = receipt.nonce
         self._checked_amount = receipt.total_amount
@@ -497,6 +569,48 @@ class ReceiptGate:
             return self.latest_amount
         return min(self.latest_amount, self.spend_limit)
 
+    def wants_deposit(self, now_ms: int, total_bytes: int, total_requests: int) -> bool:
+        """Whether the server should read the escrow's deposit again now: a receipt
+        waits above the deposit as known (:attr:`over_deposit`), or the usage outruns
+        the credit and the deposit is what holds it (with more deposit, more credit) --
+        the client may have topped the escrow up while the connection was open. At
+        most once per :data:`DEPOSIT_READ_INTERVAL_MS` (the read itself is the
+        server's: :meth:`deposit_read` takes what it found)."""
+        if self.escrow_id is None or self.violation is not None:
+            return False
+        last = self._deposit_read_ms
+        if last is not None and now_ms - last < DEPOSIT_READ_INTERVAL_MS:
+            return False
+        if self.over_deposit is not None:
+            return True
+        owed = fee(self.sla, total_bytes, total_requests) - self.payable()
+        credit = self.credit()
+        return owed > credit and self._credit(U64_MAX) > credit
+
+    def deposit_reading(self, now_ms: int) -> None:
+        """A read of the escrow begins at ``now_ms`` (the next is due an interval on,
+        whether this one succeeds or not)."""
+        self._deposit_read_ms = now_ms
+
+    def deposit_read(self, deposited: int) -> Receipt | None:
+        """The escrow read again: it holds ``deposited`` MIST in all (a deposit only
+        grows). Returns the receipt that waited above the old deposit when the new one
+        covers it: the caller hands it to its receipt path again (check, keep, count).
+        One still above it is a violation: the client signed for more than it
+        deposited."""
+        if deposited > self.deposited:
+            self.deposited = deposited
+        pending, self.over_deposit = self.over_deposit, None
+        if pending is None or pending.nonce <= self._checked_nonce:
+            return None  # a newer receipt was accepted since: it does not matter
+        if pending.total_amount <= self.deposited:
+            return pending
+        self.violation = (
+            f"invalid receipt: {pending.total_amount} MIST against a deposit of "
+            f"{self.deposited} (the escrow read again)"
+        )
+        return None
+
     def credit(self) -> int:
         """MIST of usage the server serves beyond the accepted receipts now: the
         allowance, but never more than the escrow can still pay -- the deposit (and what
@@ -505,9 +619,10 @@ class ReceiptGate:
         whole allowance more, for nothing (with the default allowance, a deposit of
         ``min_deposit`` bought twice its worth), and each further connection on a cap
         the first had used up as much."""
-        ceiling = (
-            self.deposited if self.spend_limit is None else min(self.deposited, self.spend_limit)
-        )
+        return self._credit(self.deposited)
+
+    def _credit(self, deposited: int) -> int:
+        ceiling = deposited if self.spend_limit is None else min(deposited, self.spend_limit)
         share = self.share
         if share is not None:
             # the client's other live connections on the cap hold part of it: what they

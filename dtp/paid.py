@@ -14,7 +14,9 @@ connection's first stream, which before every read and write
   receipt covers exceeds the allowance it stops reading and writing — the client's sends
   then block on flow control — asks for a receipt, resumes when one arrives, and closes
   the connection with :data:`~dtp.metering.CLOSE_PAYMENT_REQUIRED` if none comes within
-  the pause timeout;
+  the pause timeout. When it is the escrow's deposit that holds the connection (or a
+  receipt comes above it), the escrow is read again, at most once a second: a client
+  that topped it up while connected is served on;
 - applies the host's per-client rate limits by waiting (back-pressure, never drops).
 
 The Host is re-read every ``refresh_interval``: new limits apply to open connections,
@@ -63,6 +65,7 @@ from dtp.metering import (
     ReceiptGate,
     apply_cap_limits,
     read_cap_limits,
+    share_generations,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
@@ -204,6 +207,7 @@ def gate_for(
         store=store,
     )
     gate.cap_opened_under = escrow.cap_max_per_epoch
+    gate.escrow_id = escrow.id  # read again should the client top it up while served
     if shares is not None:
         shares.join(cap.id, gate, room)
     return gate
@@ -285,9 +289,13 @@ class _PaidConnection:
         limit_lock: threading.Lock,
         policy: ServicePolicy,
         writer: ReceiptWriter,
+        ledger: Ledger | None = None,
     ) -> None:
         self.sock = sock
         self.receipt_writer = writer
+        #: Where the escrow is read again when the deposit holds the connection (a
+        #: top-up while it is open); None: never
+        self.ledger = ledger
         # the engine is the connection's I/O driver; the paid layer waits on it while
         # paused, as the socket's own calls do
         self.engine = sock._engine
@@ -379,10 +387,11 @@ class _PaidConnection:
         gate = self.gate
         if gate.serving(total_bytes, total_requests):
             return self._refill(writing)
+        self.read_deposit()
         verdict = self.verdict()
         engine = self.engine
-        with engine.lock:
-            while verdict.state is GateState.PAUSE:
+        while verdict.state is GateState.PAUSE:
+            with engine.lock:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
                 with contextlib.suppress(DTPError):
@@ -396,7 +405,9 @@ class _PaidConnection:
                         ),
                         self.policy.request_interval,
                     )
-                verdict = self.verdict()
+            # (the engine lock let go: the escrow is read in this thread, not under it)
+            self.read_deposit()
+            verdict = self.verdict()
         if verdict.state is GateState.CLOSE:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
@@ -404,6 +415,34 @@ class _PaidConnection:
         if verdict.state is GateState.SERVE:
             return self._refill(writing)
         return True
+
+    def read_deposit(self) -> None:
+        """Read the escrow again when the gate wants it (the deposit holds a paused
+        connection, or a receipt waits above it: the client may have topped it up while
+        the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
+        with what it holds now. The gate kept the deposit admission read: a client that
+        topped up was held to the old one, and its first receipt above it closed the
+        connection as invalid. Called without the engine lock (a ledger read)."""
+        gate = self.gate
+        ledger = self.ledger
+        now = _now_ms()
+        if ledger is None or gate.escrow_id is None:
+            return
+        if not gate.wants_deposit(now, *self.engine.conn.usage):
+            return
+        gate.deposit_reading(now)
+        try:
+            deposited = ledger.get_escrow(gate.escrow_id).deposited
+        except ChainError as exc:
+            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            return
+        pending = gate.deposit_read(deposited)
+        if pending is not None:
+            # the receipt that waited above the old deposit: through the usual path now
+            with self.engine.lock:
+                self.on_receipt(pending.encode())
+        if gate.violation is not None:
+            self._credit = self._send_credit = 0
 
     def _refill(self, writing: bool) -> bool:
         """Set the credit to what the gate allows (the connection serving); for writes,
@@ -971,7 +1010,13 @@ class PaidServer:
         with self._limit_lock:
             buckets = self.limiter.acquire(client, time.monotonic())
         paid = _PaidConnection(
-            sock, gate, buckets, self._limit_lock, self.policy, self.receipt_writer
+            sock,
+            gate,
+            buckets,
+            self._limit_lock,
+            self.policy,
+            self.receipt_writer,
+            self.ledger,
         )
         engine = paid.engine
         with engine.lock:
@@ -1013,7 +1058,7 @@ class PaidServer:
                 self.limiter.release(client)
             if not client_closed:
                 self._settle(cid, known, paid.final)
-            self.cap_shares.leave(gate)
+            self._leave_cap(gate)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
@@ -1057,6 +1102,17 @@ class PaidServer:
                 paid.deny()
         self._refresh_caps(live)
 
+    def _leave_cap(self, gate: ReceiptGate) -> None:
+        """The connection of ``gate`` is settled: it leaves its cap's share, and when
+        other live connections still use the cap, it is read again for them (what the
+        share had left may count the settlement's claim twice, CapShare._leave)."""
+        share = self.cap_shares.leave(gate)
+        if share is None:
+            return
+        with self._live_lock:
+            live = [p for p in self._live.values() if p.gate.share is share]
+        self._refresh_caps(live)
+
     def _refresh_caps(self, live: list[_PaidConnection]) -> None:
         """Read the spending caps of open connections again (docs/escrow.md §4: their
         owner may lower one at any time, and a new epoch resets it); see
@@ -1064,12 +1120,13 @@ class PaidServer:
         gates = [paid.gate for paid in live if paid.gate.share is not None]
         if not gates:
             return
+        generations = share_generations(gates)  # before the read: see CapShare.refresh
         try:
-            limits = read_cap_limits(self.ledger, {g.share.cap_id for g in gates if g.share})
+            limits = read_cap_limits(self.ledger, set(generations))
         except ChainError as exc:
             logger.warning("cannot read the spending caps of open connections: %s", exc)
             return
-        apply_cap_limits(gates, limits)
+        apply_cap_limits(gates, limits, generations)
 
     @property
     def open_connections(self) -> int:

@@ -36,6 +36,7 @@ from dtp.metering import (
     ReceiptGate,
     apply_cap_limits,
     read_cap_limits,
+    share_generations,
 )
 from dtp.paid import (
     _CREDIT_MAX,
@@ -80,9 +81,13 @@ class _PaidConnection:
         buckets: ClientBuckets,
         policy: ServicePolicy,
         writer: ReceiptWriter,
+        ledger: Ledger | None = None,
     ) -> None:
         self.proto = proto
         self.receipt_writer = writer
+        #: Where the escrow is read again (in a thread) when the deposit holds the
+        #: connection (as dtp.paid's); None: never
+        self.ledger = ledger
         self.conn = proto.conn
         self.client = proto.conn.peer_address or ""
         cid = proto.conn.peer_connection_id
@@ -131,6 +136,7 @@ class _PaidConnection:
         """As :meth:`dtp.paid._PaidConnection.wait_paid`."""
         if self.gate.serving(*self.conn.usage):
             return
+        await self.read_deposit()
         verdict = self.verdict()
         session = self.proto.session
         while verdict.state is GateState.PAUSE:
@@ -149,11 +155,33 @@ class _PaidConnection:
                     ),
                     self.policy.request_interval,
                 )
+            await self.read_deposit()
             verdict = self.verdict()
         if verdict.state is GateState.CLOSE:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+
+    async def read_deposit(self) -> None:
+        """As :meth:`dtp.paid._PaidConnection.read_deposit`: the escrow read again (in
+        a thread) when the deposit holds the connection -- the client may have topped
+        it up while the connection was open."""
+        gate = self.gate
+        ledger = self.ledger
+        now = int(time.monotonic() * 1000)
+        if ledger is None or gate.escrow_id is None:
+            return
+        if not gate.wants_deposit(now, *self.conn.usage):
+            return
+        gate.deposit_reading(now)
+        try:
+            escrow = await asyncio.to_thread(ledger.get_escrow, gate.escrow_id)
+        except ChainError as exc:
+            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            return
+        pending = gate.deposit_read(escrow.deposited)
+        if pending is not None:
+            self.on_receipt(pending.encode())  # the usual path now
 
     def room(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` may go now: what the gate still
@@ -737,6 +765,7 @@ class PaidAioServer:
             self.limiter.acquire(client, time.monotonic()),
             self.policy,
             self.receipt_writer,
+            self.ledger,
         )
         proto.session.on_receipt = paid.on_receipt
         while proto.session.receipts:
@@ -778,7 +807,11 @@ class PaidAioServer:
                     with contextlib.suppress(DTPError):
                         await writer.wait_closed()
                 await self._settle(cid, paid.final)
-            self.cap_shares.leave(gate)
+            share = self.cap_shares.leave(gate)
+            if share is not None:
+                # others still use the cap: read it again for them (what the share had
+                # left may count the settlement's claim twice, CapShare._leave)
+                await self._refresh_caps([p for p in self._live if p.gate.share is share])
 
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
@@ -840,15 +873,15 @@ class PaidAioServer:
         while a connection was open was judged as admission read it, and the
         settlement's claim of a receipt beyond it was refused whole."""
         gates = [paid.gate for paid in live]
-        cap_ids = {gate.share.cap_id for gate in gates if gate.share is not None}
-        if not cap_ids:
+        generations = share_generations(gates)  # before the read: see CapShare.refresh
+        if not generations:
             return
         try:
-            limits = await asyncio.to_thread(read_cap_limits, self.ledger, cap_ids)
+            limits = await asyncio.to_thread(read_cap_limits, self.ledger, set(generations))
         except ChainError as exc:
             logger.warning("cannot read the spending caps of open connections: %s", exc)
             return
-        apply_cap_limits(gates, limits)
+        apply_cap_limits(gates, limits, generations)
         for paid in live:
             paid.proto._notify()  # a paused reader or drain() looks at its gate again
 

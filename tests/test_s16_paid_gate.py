@@ -1,0 +1,433 @@
+"""Two money faults of the paid servers' receipt gate (blocking and asyncio servers).
+
+1. A client that tops its escrow up while a paid connection is open was held to the
+   deposit the server read at admission: its first receipt above the old deposit was
+   refused as "invalid" and the connection closed (PaymentRequired), though the escrow
+   held more. The gate now keeps such a receipt aside, the server reads the escrow again
+   (when the deposit holds the connection, at most once per DEPOSIT_READ_INTERVAL_MS)
+   and serves on when it was topped up; a receipt still above the deposit read again is
+   a violation, as before.
+2. ``CapShare._leave`` took what a settled connection held off what its cap has left,
+   though a read of the cap between the settlement's claim and the leave (the server's
+   refresh of the caps, another connection joining) had it off already: the connections
+   left on the cap were served less than it allows. The server now reads the cap again
+   after a leave, and a refresh begun before a leave is not applied.
+
+Real LocalLedger file, real DTP connections on 127.0.0.1, servers in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError, InvalidReceipt, PaymentRequired
+from dtp.escrow import Receipt, fee
+from dtp.metering import DEPOSIT_READ_INTERVAL_MS, CapShares, MeteringConfig, ReceiptGate
+from dtp.paid import PaidServer, ServicePolicy
+from dtp.paid_aio import PaidAioServer
+from tests.paid_twins import (
+    funded_ledger,
+    ident,
+    loop_in_thread,
+    stop,
+    streams_forever,
+    streams_forever_aio,
+)
+from tests.polling import wait_for
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+DEPOSIT = 20_000  # about 2 MiB of service
+TOP_UP = 30_000
+# the Host (and the caps) never read again by the policy loop: only the gate's own reads
+POLICY = ServicePolicy(pause_timeout=2.0, refresh_interval=3600)
+METERING = MeteringConfig(every_bytes=16 << 10)
+
+SERVER, CLIENT = ident(0xA1), ident(0xA2)
+
+
+def conserved(ledger: LocalLedger) -> bool:
+    audit = ledger.audit()
+    return bool(audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"])
+
+
+class CountingLedger:
+    """The server's ledger, counting escrow reads; ``after_settle`` runs right after
+    each settlement transaction returns (before the server goes on)."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+        self.escrow_reads = 0
+        self.after_settle: Callable[[], None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def get_escrow(self, escrow_id: str) -> Any:
+        self.escrow_reads += 1
+        return self._ledger.get_escrow(escrow_id)
+
+    def _settled(self, result: Any) -> Any:
+        hook = self.after_settle
+        if hook is not None:
+            hook()
+        return result
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        return self._settled(self._ledger.settle(*args, **kwargs))
+
+    def settle_with_receipt(self, *args: Any, **kwargs: Any) -> Any:
+        return self._settled(self._ledger.settle_with_receipt(*args, **kwargs))
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def host_id(ledger: LocalLedger) -> str:
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, PORT, "gate", SLA)
+    return host
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def serve(
+    request: pytest.FixtureRequest, tmp_path: Path, host_id: str
+) -> Iterator[Callable[..., tuple[CountingLedger, Any]]]:
+    """Start the paid server of the given kind (streams until cut off) on its own ledger
+    handle, wrapped in a CountingLedger: (ledger, server)."""
+    closers: list[Callable[[], None]] = []
+
+    def start(handler: Any = None, aio_handler: Any = None) -> tuple[CountingLedger, Any]:
+        counting = CountingLedger(LocalLedger(tmp_path / "ledger.db"))
+        closers.append(counting._ledger.close)
+        if request.param == "blocking":
+            server = dtp.socket.serve(
+                host_id,
+                PORT,
+                handler or streams_forever,
+                ledger=counting,  # type: ignore[arg-type]
+                identity=SERVER,
+                receipts=tmp_path / "receipts.db",
+                policy=POLICY,
+            )
+            closers.insert(0, server.close)
+            return counting, server
+        loop_cm = loop_in_thread()
+        loop = loop_cm.__enter__()
+
+        def end_loop() -> None:
+            loop_cm.__exit__(None, None, None)
+
+        closers.insert(0, end_loop)
+        aio_server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(
+                host_id,
+                PORT,
+                aio_handler or streams_forever_aio,
+                ledger=counting,  # type: ignore[arg-type]
+                identity=SERVER,
+                receipts=tmp_path / "receipts.db",
+                policy=POLICY,
+            ),
+            loop,
+        ).result(10)
+        aio_server.loop = loop  # type: ignore[attr-defined]  # for refresh()
+
+        def stop_server() -> None:
+            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(30)
+
+        closers.insert(0, stop_server)
+        return counting, aio_server
+
+    try:
+        yield start
+    finally:
+        for close in closers:
+            close()
+
+
+def refresh(server: PaidServer | PaidAioServer) -> None:
+    """The server's refresh of the Host and of the caps, now (from any thread)."""
+    if isinstance(server, PaidServer):
+        server.refresh_policy()
+    else:
+        loop = server.loop  # type: ignore[attr-defined]
+        asyncio.run_coroutine_threadsafe(server.refresh_policy(), loop).result(10)
+
+
+def read_until(sock: dtp.socket.DTPSocket, got: int, goal: int) -> tuple[int, DTPError | None]:
+    """Read what the server streams until ``goal`` bytes in all: (bytes, error)."""
+    try:
+        while got < goal:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            got += len(data)
+    except DTPError as exc:
+        return got, exc
+    return got, None
+
+
+# -- 1. a top-up while the connection is open ---------------------------------------------
+
+
+def test_a_top_up_while_open_is_served_on(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """The client tops its escrow up half-way through its deposit and reads on to 3 MiB
+    (about 31,000 MIST, well past the 20,000 deposited at the open): served to the end,
+    and the settlement claims the receipts above the old deposit. Before: the first
+    receipt above 20,000 was refused as exceeding the deposit, the connection closed
+    (PaymentRequired) after about 2 MiB, and what the client paid for it was its old
+    deposit at most."""
+    counting, _server = serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        cap_id=cap,
+        metering=METERING,
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        got, error = read_until(sock, 0, 1 << 20)
+        assert error is None
+        escrow_id = ledger.get_connection(cid).escrow
+        # the top-up, on the ledger and in the client's meter (which signs up to it)
+        ledger.top_up(CLIENT, escrow_id, TOP_UP)
+        payment = sock._engine.payment
+        assert payment is not None
+        payment.meter.meter.top_up(TOP_UP)
+        got, error = read_until(sock, got, 3 << 20)
+    assert error is None, error
+    assert got >= 3 << 20
+    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(escrow_id)
+    assert escrow.deposited == DEPOSIT + TOP_UP
+    # paid for what was served, beyond the old deposit (within the allowance)
+    assert DEPOSIT < escrow.claimed <= DEPOSIT + TOP_UP
+    assert fee(SLA, got + 2, 1) - escrow.claimed <= SLA.min_deposit
+    assert escrow.refunded == DEPOSIT + TOP_UP - escrow.claimed
+    assert 1 <= counting.escrow_reads <= 5  # read again when it mattered, not per receipt
+    assert conserved(ledger)
+
+
+def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """A client whose meter signs beyond the deposit without a top-up on the ledger:
+    the server reads the escrow, finds nothing more, and closes the connection as it
+    did before for a receipt beyond the deposit; it claims only what the deposit pays."""
+    counting, _server = serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        cap_id=cap,
+        metering=METERING,
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        payment = sock._engine.payment
+        assert payment is not None
+        payment.meter.meter.top_up(TOP_UP)  # the meter only: a lie
+        got, error = read_until(sock, 0, 3 << 20)
+    assert isinstance(error, PaymentRequired), (got, error)
+    assert "deposit" in str(error)
+    assert got < 3 << 20
+    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert 0 < escrow.claimed <= DEPOSIT
+    assert 1 <= counting.escrow_reads <= 5
+    assert conserved(ledger)
+
+
+def test_a_deposit_run_out_is_read_again_at_most_once_an_interval(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """A client that runs its deposit out and never tops up: the server, paused, reads
+    the escrow again at most once per DEPOSIT_READ_INTERVAL_MS (not on every receipt
+    request) until the pause timeout closes the connection, which is then settled on
+    the whole deposit."""
+    counting, _server = serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        cap_id=cap,
+        metering=METERING,
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        got, error = read_until(sock, 0, 3 << 20)
+    assert isinstance(error, PaymentRequired), (got, error)
+    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.claimed == DEPOSIT
+    reads = counting.escrow_reads
+    # paused for pause_timeout (2 s), the receipt requests every 0.2 s (10 of them),
+    # but the reads while paused one per second (3), besides admission's and the
+    # settlement's (the asyncio server's: it reads the escrow for both)
+    most = int(POLICY.pause_timeout * 1000 / DEPOSIT_READ_INTERVAL_MS) + 1 + 2
+    assert 1 <= reads <= most, reads
+    assert conserved(ledger)
+
+
+def test_the_gate_keeps_a_receipt_above_the_deposit_for_the_escrow_read() -> None:
+    """The gate's side (sans I/O): a receipt above the deposit is not counted and not a
+    violation until the escrow is read; reads are wanted only when the deposit holds
+    the connection, and not twice within the interval."""
+    cid = "0x" + "ab" * 32
+
+    def receipt(kib: int, nonce: int) -> bytes:
+        return Receipt(cid, kib * 1024, 1, fee(SLA, kib * 1024, 1), nonce).sign(CLIENT).encode()
+
+    gate = ReceiptGate(
+        connection_id=cid, client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=DEPOSIT
+    )
+    gate.escrow_id = "0x" + "cd" * 32
+    assert not gate.wants_deposit(0, 1000 * 1024, 1)  # on credit, the deposit not reached
+    gate.receive(receipt(1000, 1))
+    # paused by the allowance (the receipts lag), not by the deposit: no read
+    assert not gate.wants_deposit(0, 2100 * 1024, 1)
+    gate.receive(receipt(1600, 2))
+    assert gate.wants_deposit(0, 2100 * 1024, 1)  # the deposit holds the credit now
+    with pytest.raises(InvalidReceipt) as above:
+        gate.receive(receipt(2100, 3))
+    assert above.value.name == "EReceiptExceedsDeposit"
+    assert gate.violation is None and gate.latest_amount == fee(SLA, 1600 * 1024, 1)
+    assert gate.over_deposit is not None and gate.over_deposit.nonce == 3
+    gate.deposit_reading(0)
+    assert not gate.wants_deposit(DEPOSIT_READ_INTERVAL_MS - 1, 2100 * 1024, 1)
+    pending = gate.deposit_read(DEPOSIT + TOP_UP)  # topped up
+    assert pending is not None and pending.nonce == 3
+    assert gate.receive(pending.encode()).total_amount == fee(SLA, 2100 * 1024, 1)
+    # above the deposit read again: a violation
+    with pytest.raises(InvalidReceipt):
+        gate.receive(receipt(6000, 4))
+    assert gate.wants_deposit(DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
+    gate.deposit_reading(DEPOSIT_READ_INTERVAL_MS)
+    assert gate.deposit_read(DEPOSIT + TOP_UP) is None
+    assert gate.violation is not None
+    assert not gate.wants_deposit(10 * DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
+
+
+# -- 2. a settled connection's claim counted once on a shared cap --------------------------
+
+
+CAP = 20_000
+FIRST = 6_000  # about what the first connection uses
+
+
+def test_a_claim_is_taken_off_a_shared_cap_once(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """Two connections on one cap of 20,000 MIST. The first uses about 6,000 and closes;
+    the server's refresh of the caps lands between its settlement's claim and its leave
+    of the cap's share (made to, here: it may at any time). The second is then served
+    what the cap really has left per the ledger (20,000 less the claim), less a margin.
+    Before: the claim was taken off twice (the refresh read it, the leave took it off
+    again), the second connection's receipts beyond 20,000 - 2 x 6,000 were refused by
+    the share, and it was paused and closed (PaymentRequired) with the cap's room
+    unused."""
+    counting, server = serve()
+    cap = ledger.create_spending_cap(CLIENT, CAP)
+    fired = threading.Event()
+
+    def refresh_once() -> None:
+        if not fired.is_set():
+            fired.set()
+            refresh(server)
+
+    counting.after_settle = refresh_once
+    socks = [
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=CAP,
+            cap_id=cap,
+            metering=METERING,
+        )
+        for _ in range(2)
+    ]
+    first, second = socks
+    try:
+        ids = [s.connection_id or "" for s in socks]
+        first.sendall(b"go")
+        second.sendall(b"go")
+        got, error = read_until(first, 0, FIRST * 1024 // 10)
+        assert error is None
+        first.close()
+        assert wait_for(lambda: ledger.get_connection(ids[0]).settled, timeout=10)
+        assert fired.is_set()
+        claimed = ledger.get_escrow(ledger.get_connection(ids[0]).escrow).claimed
+        assert FIRST - 500 <= claimed <= FIRST + SLA.min_deposit
+        assert ledger.get_cap(cap).spent == claimed
+        # the share's leave is just after the settlement: let it happen
+        assert wait_for(lambda: server.open_connections == 1, timeout=10)
+        left = CAP - claimed  # what the cap has left, per the ledger
+        goal = (left - 1000) * 1024 // 10  # all of it but a margin (the requests, slack)
+        got, error = read_until(second, 0, goal)
+        assert error is None, (got, goal, error)
+        assert got >= goal
+    finally:
+        for sock in socks:
+            sock.close()
+    assert wait_for(lambda: ledger.get_connection(ids[1]).settled, timeout=10)
+    claims = [ledger.get_escrow(ledger.get_connection(c).escrow).claimed for c in ids]
+    assert ledger.get_cap(cap).spent == sum(claims) <= CAP
+    assert conserved(ledger)
+
+
+def test_a_refresh_begun_before_a_leave_is_not_applied() -> None:
+    """The share's side: a read of the cap begun before a connection left may predate
+    its claim; applied after the leave it would undo the leave. It is ignored, and a
+    read begun after the leave is applied."""
+    shares = CapShares()
+    cid = "0x" + "ef" * 32
+    one, two = (
+        ReceiptGate(
+            connection_id=c, client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=CAP
+        )
+        for c in (cid, "0x" + "12" * 32)
+    )
+    shares.join("0xcap", one, CAP)
+    shares.join("0xcap", two, CAP)
+    one.receive(Receipt(cid, 600 * 1024, 1, fee(SLA, 600 * 1024, 1), 1).sign(CLIENT).encode())
+    assert one.share is not None
+    share = one.share
+    before = share.generation  # a refresh begins (it reads CAP: the claim not yet in)
+    assert shares.leave(one) is share  # claimed and left: `two` still on it
+    assert share.remaining == CAP - 6005
+    assert not share.refresh(CAP, before)  # the stale read: ignored
+    assert share.remaining == CAP - 6005
+    assert share.refresh(CAP - 6005, share.generation)  # read after the leave
+    assert shares.leave(two) is None
