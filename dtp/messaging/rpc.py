@@ -586,18 +586,18 @@ class ResponseFeePolicy:
 
         with self._lock:
             acks, self.acks = self.acks, {}
-        pending = list(acks.items())
+        items = list(acks.items())
         total = 0
+        done = 0  # items[done:] are neither claimed, dropped nor kept yet
         try:
-            while pending:
-                escrow_id, (digest, signature) = pending[0]
+            for index, (escrow_id, (digest, signature)) in enumerate(items):
                 try:
                     amount = self.ledger.response_escrow_claim(
                         self.identity, escrow_id, digest, signature
                     )
                 except ChainError as exc:
                     if _claim_refused_for_good(exc):
-                        pending.pop(0)
+                        done = index + 1
                         logger.warning("response fee for %s refused: %s", escrow_id, exc)
                         with self._lock:
                             self.claims_refused += 1
@@ -605,13 +605,14 @@ class ResponseFeePolicy:
                     logger.info("cannot claim the response fee for %s yet: %s", escrow_id, exc)
                     if exc.name == "LedgerUnavailable":
                         break  # every other claim would wait out the same outage
-                    self._keep_acks([pending.pop(0)])
+                    self._keep_acks([items[index]])
+                    done = index + 1
                     continue
-                pending.pop(0)
+                done = index + 1
                 total += amount
         finally:
             # also on an unexpected error: what was not claimed stays claimable
-            self._keep_acks(pending)
+            self._keep_acks(items[done:])
             with self._lock:
                 self.claimed += total
         return total
