@@ -201,27 +201,50 @@ def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit()
     asyncio.run(main())
 
 
-def test_a_second_async_close_waits_for_the_first() -> None:
+class QuietRelay:
+    """A DTP server that holds each connection open and answers nothing (no final
+    report) until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+        self.serving = threading.Thread(
+            target=self.server.serve_forever, args=(self._quiet,), daemon=True
+        )
+        self.serving.start()
+
+    def _quiet(self, sock: dtp.socket.DTPSocket) -> None:
+        self.release.wait(120)
+        sock.close()
+
+    async def connect(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        return await dtp.aio.open_connection(
+            *self.server.address, server_key=SERVER.noise_public, timeout=5
+        )
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.close()
+        self.serving.join(5)
+
+
+@pytest.fixture
+def quiet_relay() -> Iterator[QuietRelay]:
+    relay = QuietRelay()
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+def test_a_second_async_close_waits_for_the_first(quiet_relay: QuietRelay) -> None:
     """The daemon retires a forward on reload (a close() task) and closes it again at
     drain: the second close() returned at once while the first still settled the
     flows, so the daemon went on (closed its ledger, exited) before they were settled
     and before the local port was closed."""
-    release = threading.Event()
-
-    def quiet(sock: dtp.socket.DTPSocket) -> None:  # never answers the final report
-        release.wait(10)
-        sock.close()
-
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
-    serving.start()
+    connect = quiet_relay.connect
 
     async def main() -> None:
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
         fwd = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=1.0
         )
@@ -241,12 +264,7 @@ def test_a_second_async_close_waits_for_the_first() -> None:
             again.bind(fwd.address)  # the port is free
         await first
 
-    try:
-        asyncio.run(main())
-    finally:
-        release.set()
-        server.close()
-        serving.join(5)
+    asyncio.run(main())
 
 
 def test_async_relay_whose_client_resets_the_control_stream_ends_cleanly() -> None:
@@ -572,27 +590,15 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
         serving.join(5)
 
 
-def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
+def test_async_idle_flows_of_a_quiet_relay_end_together(quiet_relay: QuietRelay) -> None:
     """The sweeper ended idle flows one after the other, each waiting up to
     final_timeout for its relay's final report: with a relay that had gone quiet, the
     third idle flow was still open (holding its place under max_sessions) two
     final_timeouts later."""
-    release = threading.Event()
-
-    def quiet(sock: dtp.socket.DTPSocket) -> None:
-        release.wait(10)
-        sock.close()
-
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
-    serving.start()
+    release = quiet_relay.release
+    connect = quiet_relay.connect
 
     async def main() -> None:
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
         fwd = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0),
             connect,
@@ -620,28 +626,16 @@ def test_async_idle_flows_of_a_quiet_relay_end_together() -> None:
                 client.close()
             await fwd.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        release.set()
-        server.close()
-        serving.join(5)
+    asyncio.run(main())
 
 
-def test_async_a_flow_idle_while_another_ends_is_swept_on_time() -> None:
+def test_async_a_flow_idle_while_another_ends_is_swept_on_time(quiet_relay: QuietRelay) -> None:
     """The sweeper awaited the ends of the flows it found idle (each up to final_timeout
     for a quiet relay's final report) before it looked again: a flow going idle just
     after that sweep stayed open until they were done, here 600 s. Each end now runs on
     its own and close() waits for those still going."""
-    release = threading.Event()
-
-    def quiet(sock: dtp.socket.DTPSocket) -> None:  # never answers the final report
-        release.wait(120)
-        sock.close()
-
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(quiet,), daemon=True)
-    serving.start()
+    release = quiet_relay.release
+    connect = quiet_relay.connect
 
     async def until(done: Callable[[], bool]) -> None:
         for _ in range(3000):
@@ -651,11 +645,6 @@ def test_async_a_flow_idle_while_another_ends_is_swept_on_time() -> None:
         raise AssertionError("not within 30 s")
 
     async def main() -> None:
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
         fwd = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0),
             connect,
@@ -685,9 +674,4 @@ def test_async_a_flow_idle_while_another_ends_is_swept_on_time() -> None:
             second.close()
             await fwd.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        release.set()
-        server.close()
-        serving.join(5)
+    asyncio.run(main())

@@ -169,6 +169,21 @@ def refresh(server: PaidServer | PaidAioServer) -> None:
         asyncio.run_coroutine_threadsafe(server.refresh_policy(), loop).result(10)
 
 
+def paid_connection(
+    ledger: LocalLedger, host_id: str, cap: str, deposit: int
+) -> dtp.socket.DTPSocket:
+    """The client's metered connection to the paid service, on spending cap ``cap``."""
+    return dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=deposit,
+        cap_id=cap,
+        metering=METERING,
+    )
+
+
 def read_until(sock: dtp.socket.DTPSocket, got: int, goal: int) -> tuple[int, DTPError | None]:
     """Read what the server streams until ``goal`` bytes in all: (bytes, error)."""
     try:
@@ -196,15 +211,7 @@ def test_a_top_up_while_open_is_served_on(
     deposit at most."""
     counting, _server = serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    ) as sock:
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -238,15 +245,7 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
     did before for a receipt beyond the deposit; it claims only what the deposit pays."""
     counting, _server = serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    ) as sock:
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -273,15 +272,7 @@ def test_a_deposit_run_out_is_read_again_at_most_once_an_interval(
     the whole deposit."""
     counting, _server = serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    ) as sock:
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -366,18 +357,7 @@ def test_a_claim_is_taken_off_a_shared_cap_once(
             refresh(server)
 
     counting.after_settle = refresh_once
-    socks = [
-        dtp.socket.create_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=CAP,
-            cap_id=cap,
-            metering=METERING,
-        )
-        for _ in range(2)
-    ]
+    socks = [paid_connection(ledger, host_id, cap, CAP) for _ in range(2)]
     first, second = socks
     try:
         ids = [s.connection_id or "" for s in socks]
