@@ -208,6 +208,12 @@ def _u64(value: int, what: str) -> int:
     return value
 
 
+def _wall_ms() -> int:
+    """The wall clock in ms since the epoch: the one place the ledger reads it (a test
+    steps it back here, as no test can step the machine's clock)."""
+    return time.time_ns() // 1_000_000
+
+
 def _clock(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= CLOCK_MAX_MS:
         raise InvalidArgument(
@@ -471,6 +477,8 @@ class LocalLedger(Ledger):
         self._changed = threading.Condition(self._lock)
         self._commits = 0
         self._nonce_counter = _nonces()
+        #: (clock_offset, ms): the latest wall-mode time this handle read (see _now)
+        self._clock_served: tuple[str, int] = ("", 0)
         self._db = self._connect()
         _LEDGERS.add(self)
         if clock_ms is not None:
@@ -666,15 +674,29 @@ class LocalLedger(Ledger):
     # -- clock, epoch, faucet -----------------------------------------------------------------
 
     def _now(self, meta: dict[str, str] | None = None) -> int:
-        """The clock, from ``meta`` (:meth:`_metas`) or read now."""
+        """The clock, from ``meta`` (:meth:`_metas`) or read now (lock held).
+
+        In wall mode it never reads below the floor (the time the last transaction
+        saved) nor below the last time this handle served under the same offset: a read
+        does not write, so without the latter a wall clock stepping back between two
+        reads made the second earlier than the first. Another process's reads are not
+        seen here; its transactions are, through the floor."""
         if meta is None:
             meta = self._metas()
         if meta["clock_frozen"] == "1":
             return int(meta["clock_ms"])
-        wall = time.time_ns() // 1_000_000 + int(meta["clock_offset"])
+        offset = meta["clock_offset"]
+        now = max(_wall_ms() + int(offset), int(meta["clock_floor"]))
+        served_offset, served = self._clock_served
+        # a new offset is a clock set on purpose (unfreeze_clock, advance_clock), which
+        # saved its own floor: what was served before it no longer holds the clock
+        if served_offset == offset:
+            now = max(now, served)
         # a clock set or advanced close to the end runs into it in wall mode: it stops
         # there rather than pass what the event log can store
-        return min(max(wall, int(meta["clock_floor"])), CLOCK_MAX_MS)
+        now = min(now, CLOCK_MAX_MS)
+        self._clock_served = (offset, now)
+        return now
 
     def clock_ms(self) -> int:
         """The ledger clock in ms (see the module docs for wall and frozen modes)."""
@@ -715,7 +737,7 @@ class LocalLedger(Ledger):
 
         def apply() -> None:
             now = self._now()
-            self._set_meta("clock_offset", now - time.time_ns() // 1_000_000)
+            self._set_meta("clock_offset", now - _wall_ms())
             self._set_meta("clock_floor", now)
             self._set_meta("clock_frozen", 0)
 
@@ -740,7 +762,7 @@ class LocalLedger(Ledger):
                 # from the clock as it reads, not by adding to the offset: when the wall
                 # clock has stepped back, the floor holds the clock, and an offset moved
                 # by ms alone would leave it under the floor (no step at all)
-                self._set_meta("clock_offset", now - time.time_ns() // 1_000_000)
+                self._set_meta("clock_offset", now - _wall_ms())
             self._set_meta("clock_floor", now)
             return now
 

@@ -59,6 +59,7 @@ from dtp.chain.sui_client import (
     LedgerUnavailable,
     NodeObject,
     SuiNode,
+    _node_id,
     parse_endpoint,
     timestamp_ms,
 )
@@ -348,7 +349,9 @@ def event_from_proto(
         return None
     data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
     fields = decode(layout, data)
-    sender = normalize_id(ev.sender, "address") if ev.sender else ""
+    # the node's answer: a malformed sender is MalformedResponse, not the caller's
+    # InvalidObjectId
+    sender = _node_id(ev.sender, "event sender address") if ev.sender else ""
     return Event(
         cursor,
         type_,
@@ -433,7 +436,7 @@ def parse_executed(executed: Any, packages: Sequence[str], detail: str = "") -> 
             continue
         type_ = short_type(str(co.object_type or ""), packages)
         if type_ is not None:
-            created.setdefault(type_, []).append(normalize_id(co.object_id))
+            created.setdefault(type_, []).append(_node_id(co.object_id, "created object ID"))
     gas = effects.gas_used
     gas_cost = 0
     if gas is not None:

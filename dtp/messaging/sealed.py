@@ -38,6 +38,7 @@ from noise.connection import Keypair, NoiseConnection
 
 from dtp._filelock import companion, lock_exclusive
 from dtp.chain.objects import MAX_PURE_BYTES
+from dtp.errors import InvalidArgument
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
@@ -141,7 +142,15 @@ def seal(
     Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
     :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count),
     TypeError or ValueError for arguments :func:`open_sealed` would refuse or that cannot
-    be sealed (a host ID that is not text, ``now_ms`` out of range...)."""
+    be sealed (a host ID that is not text, ``now_ms`` out of range...), and
+    :class:`~dtp.errors.InvalidArgument` (a ValueError) for ``sender_host`` without
+    ``sender``: only an ``X`` message carries the sender's host (docs/messaging.md §3)."""
+    if sender_host is not None and sender is None:
+        # an N message has no field for it (it is anonymous, and nothing could prove the
+        # claim): sealing it would drop the host the caller asked to send
+        raise InvalidArgument(
+            "sender_host needs sender: only a sender-proven (X) message names the sender's host"
+        )
     recipient_static = bytes_like(recipient_static)
     body = bytes_like(body)
     if len(recipient_static) != 32:
