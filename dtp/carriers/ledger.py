@@ -18,6 +18,17 @@ starts with a one-byte kind:
 - ``0x00`` RECORD: the rest is one whole DTP record (at most 16380 bytes).
 - ``0x01`` FRAGMENT: ``u32le id || u8 index || u8 count || bytes``; a record too large
   for one payload is cut into ``count`` (2..255) fragments sharing ``id``.
+
+Fragment ids. The receiver joins pieces by (pipe, id), and one pipe can have more than
+one writer: a carrier that adopts its side's pipe (``pipe_id=``) while the old one still
+posts, or one resumed from a snapshot (``state=``) while the old one lives on, or after
+the old one used ids the snapshot does not know of. Each carrier therefore counts its
+ids from a random 32-bit start (a resumed one: from the snapshot's ``next_fragment_id``
+plus a random jump of 2**20..2**31, so never onto ids the old carrier used in its next
+million fragmented records), instead of every carrier from 0: two writers' pieces under
+one id were joined into one garbled record, or one writer's record was lost. The
+receiver drops, never joins, pieces of an id that turns out to carry two records (a
+piece for an index it holds other bytes for): counted in ``fragment_clashes``.
 - ``0x02`` SYNC: ``pipe id (32) || u8 n || n × u64le prefix``: the receiver's report that
   it has seen every seq below ``prefix[i]`` of inner ``i`` of that pipe. Only the owner
   may call ``pipe::sync``, so the receiver posts this on *its own* pipe and the owner,
@@ -41,6 +52,15 @@ a gap (the connection retransmits its content, so the receiver never needs it ag
 :func:`reclaim_retained` (the sender) and :func:`confirm_retained` (the receiver) find
 the records of a connection by their events, for later or after a crash.
 
+Backpressure: ``receive(max_bytes=n)`` reads no more pages once it holds ``n`` bytes of
+records, and reads pages sized to what is left (at most one payload per
+:data:`MAX_PIPE_DATA` bytes, at least :data:`MIN_PAGE` events), so it returns about
+``n`` bytes at most (a page of :data:`MIN_PAGE` payloads more, or a record completed
+from fragments held, or the payloads kept for a pipe just learnt); the events not read
+wait on the ledger. Without it a call read every page the ledger had: the bridge,
+which stops reading beyond its buffer's high-water mark, took a whole backlog into
+memory in one call as soon as its consumer had taken a byte.
+
 Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes and the
 per-inner seen sets; a new carrier built with ``state=`` continues from there, so it does
 not hand back a payload the old one already returned after that snapshot. (An older
@@ -52,6 +72,7 @@ snapshot re-delivers what came later; the connection's replay window drops those
 
 from __future__ import annotations
 
+import secrets
 import struct
 import threading
 import time
@@ -72,6 +93,7 @@ __all__ = [
     "KIND_RECORD",
     "KIND_SYNC",
     "MAX_PIPE_DATA",
+    "MIN_PAGE",
     "CarrierState",
     "LedgerCarrier",
     "LedgerLink",
@@ -90,6 +112,17 @@ _FRAG_HEADER = struct.Struct("<BIBB")  # kind, id, index, count
 _MAX_FRAGMENTS = 255
 #: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
 MAX_PARTIAL_RECORDS = 64
+#: Fragment ids found carrying two records remembered (their later pieces are dropped).
+MAX_CLASHED_IDS = 64
+#: A resumed carrier's fragment ids start this far (plus a random part below
+#: _RESUME_JUMP_SPAN) past its snapshot's ``next_fragment_id``: the old carrier may have
+#: used the ids after the snapshot (a stale snapshot, or the old carrier still posting).
+_RESUME_JUMP_MIN = 1 << 20
+_RESUME_JUMP_SPAN = (1 << 31) - _RESUME_JUMP_MIN
+#: The smallest page ``receive(max_bytes=...)`` reads (events), however little room is
+#: left: pages of one event made a reader whose peer is a busy host (most events other
+#: connections') read the ledger once per event.
+MIN_PAGE = 8
 #: The largest DTP record (docs/protocol.md §2): a 12-byte header, then at most 16 KiB
 #: of plaintext and its 16-byte tag (``max_record`` of the carriers under connections).
 MAX_DTP_RECORD = 12 + 16_384 + 16
@@ -166,6 +199,8 @@ class CarrierState:
     peer_pipes: list[str]
     #: peer pipe → per inner (prefix, sorted seqs seen above it)
     lanes: dict[str, list[tuple[int, list[int]]]]
+    #: the id the carrier would have given its next fragmented record (a carrier
+    #: resumed from this starts a random jump past it: see the module docs)
     next_fragment_id: int = 0
     #: RetainedRecords we sent and have not deleted yet (``retention_terms``)
     retained: list[str] = field(default_factory=list)
@@ -228,7 +263,9 @@ class LedgerCarrier:
         self._lanes: dict[str, list[_Lane]] = {}
         self._peer_pipes: list[str] = []
         self.cursor: str | None = None
-        self._next_fragment_id = 0
+        # (from 0, two carriers on one pipe gave their records the same ids: see the
+        # module docs)
+        self._next_fragment_id = secrets.randbits(32)
         self.retention_terms = retention_terms
         #: our RetainedRecords not deleted yet, oldest first
         self.retained: list[str] = []
@@ -239,7 +276,9 @@ class LedgerCarrier:
             pipe_id = state.pipe_id
             self.cursor = state.cursor
             self._peer_pipes = list(state.peer_pipes)
-            self._next_fragment_id = state.next_fragment_id
+            self._next_fragment_id = (
+                state.next_fragment_id + _RESUME_JUMP_MIN + secrets.randbelow(_RESUME_JUMP_SPAN)
+            ) & 0xFFFFFFFF
             for pid, lanes in state.lanes.items():
                 self._lanes[pid] = [_Lane(p, set(above)) for p, above in lanes]
         if pipe_id is None:
@@ -257,6 +296,8 @@ class LedgerCarrier:
         self._foreign: OrderedDict[str, None] = OrderedDict()
         # (pipe, fragment id) -> (count, pieces by index)
         self._partial: OrderedDict[tuple[str, int], tuple[int, dict[int, bytes]]] = OrderedDict()
+        # (pipe, fragment id) found carrying pieces of two records: later pieces dropped
+        self._clashed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._unreported = 0
         self._first_unreported_at: float | None = None
         self._last_reported: dict[str, list[int]] = {}
@@ -286,6 +327,9 @@ class LedgerCarrier:
         self.syncs_sent = 0
         self.pipe_syncs = 0
         self.fragments_dropped = 0
+        #: pieces dropped because their fragment id carried two records (see the module
+        #: docs): the piece that showed it, those held with it, and later ones
+        self.fragment_clashes = 0
         self.malformed = 0
         self.retained_sent = 0
         self.confirmed = 0
@@ -364,31 +408,52 @@ class LedgerCarrier:
 
     # -- receiving --------------------------------------------------------------------
 
-    def receive(self, timeout: float = 0.0, now: float | None = None) -> list[bytes]:
+    def receive(
+        self, timeout: float = 0.0, now: float | None = None, *, max_bytes: int | None = None
+    ) -> list[bytes]:
         """DTP records the peer posted since the last call (waiting up to ``timeout``
         seconds for the first). Also posts our SYNC and calls ``pipe::sync`` as due.
+
+        ``max_bytes`` (a consumer's room, e.g. the bridge's buffer below its high-water
+        mark): stop reading once the records read come to that many bytes, leaving the
+        rest on the ledger for a later call; the records returned may exceed it by
+        about :data:`MIN_PAGE` payloads (see the module docs). None: read every page
+        the ledger has.
 
         Ledger errors propagate, but nothing read is lost: records read before a failed
         read are handed back by the next call, and when a SYNC or ``pipe::sync`` fails
         after records were read, the records are returned and the failed call, still
         due, is tried (and raises) again later."""
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
         now = self.clock() if now is None else now
         out, self._undelivered = self._undelivered, []
+        held = sum(map(len, out))
         try:
             first = not out  # (records to hand back: no waiting for more)
-            while True:
+            while max_bytes is None or held < max_bytes:
+                limit = self.page_size
+                if max_bytes is not None:
+                    # a payload yields at most MAX_PIPE_DATA bytes of records (or
+                    # completes one held in pieces): read no more than the room takes
+                    room = (max_bytes - held) // MAX_PIPE_DATA
+                    limit = min(self.page_size, max(MIN_PAGE, room))
                 if first and timeout > 0:
                     events, cursor = self.ledger.wait_events(
-                        self.cursor, timeout, self._filter, self.page_size
+                        self.cursor, timeout, self._filter, limit
                     )
                 else:
-                    events, cursor = self.ledger.events(self.cursor, self._filter, self.page_size)
+                    events, cursor = self.ledger.events(self.cursor, self._filter, limit)
                 first = False
                 self.cursor = cursor
+                start = len(out)
                 # pipes first: a batch may come reordered, data before its PipeCreated
                 for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
                     self._on_event(event, now, out)
-                if len(events) < self.page_size:
+                held += sum(len(record) for record in out[start:])
+                if len(events) < limit:
                     break
         except BaseException:
             # the lanes have seen these: dropped here, they were never handed back
@@ -577,6 +642,9 @@ class LedgerCarrier:
                 self.malformed += 1
                 return
             key = (pipe, fid)
+            if key in self._clashed:
+                self.fragment_clashes += 1
+                return
             count_seen, parts = self._partial.setdefault(key, (count, {}))
             if count_seen != count:
                 # pieces of one id that disagree on their count are no record: without
@@ -584,7 +652,18 @@ class LedgerCarrier:
                 del self._partial[key]
                 self.malformed += 1
                 return
-            parts[index] = payload[_FRAG_HEADER.size :]
+            piece = payload[_FRAG_HEADER.size :]
+            if parts.get(index, piece) != piece:
+                # two records under one id (two writers on the pipe, e.g. an older peer
+                # whose carriers all counted from 0): joined, their pieces made one
+                # garbled record; dropped now, and the id's later pieces with them
+                del self._partial[key]
+                self.fragment_clashes += 1 + len(parts)
+                self._clashed[key] = None
+                while len(self._clashed) > MAX_CLASHED_IDS:
+                    self._clashed.popitem(last=False)
+                return
+            parts[index] = piece
             if sum(map(len, parts.values())) > self.max_record:
                 # (kept, a peer posting 255 full pieces under each of 64 ids held 267 MB
                 # of a bridge's, whose records are at most 16 KiB: 1 MiB now)

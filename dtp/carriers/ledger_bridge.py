@@ -95,7 +95,9 @@ _READ_CHUNK = 256 * 1024
 #: retransmits the rest, and each one posted again is a transaction.
 _MAX_UNSENT = 8
 #: Records read from the ledger and not yet taken by the adapter: beyond this the bridge
-#: stops reading the ledger (events wait there) until the adapter catches up.
+#: stops reading the ledger (events wait there) until the adapter catches up. Each read
+#: takes no more than the room left below it (``LedgerCarrier.receive(max_bytes=...)``),
+#: so the bridge holds at most this and a few payloads more.
 _OUT_HIGH_WATER = 4 << 20
 #: Connection IDs a listener remembers having handled (a client's second pipe for the
 #: same connection is not a new connection); the oldest are forgotten beyond this.
@@ -462,10 +464,7 @@ class LedgerBridge:
                 if data is None:
                     break  # the adapter closed its end
                 inbuf += data
-                records = _cut_records(inbuf)
-                if records:
-                    unsent += records
-                    del unsent[:-_MAX_UNSENT]
+                unsent += _cut_records(inbuf)
             if unsent:
                 try:
                     self._post(unsent)
@@ -474,11 +473,17 @@ class LedgerBridge:
                     if not _unavailable(exc):
                         raise
                     failure = exc  # (reading goes on: what comes in still goes up)
+                    # only what the ledger did not take is cut to the newest: cut as it
+                    # was read, a read of more than _MAX_UNSENT records (a 256 KiB
+                    # window's worth is 16) lost its oldest with the ledger answering
+                    del unsent[:-_MAX_UNSENT]
             try:
                 if w and out and not self._write_out(out):
                     write_failed = True
                 if len(out) < _OUT_HIGH_WATER:
-                    for record in carrier.receive(0.0):
+                    # (no more than the room left: a receive read every event the ledger
+                    # had, so a backlog came in whole as soon as the adapter took a byte)
+                    for record in carrier.receive(0.0, max_bytes=_OUT_HIGH_WATER - len(out)):
                         if _valid_record(record):
                             out += record
                             self.records_delivered += 1
