@@ -129,6 +129,9 @@ class ForwardConfig:
     address, billed per datagram)."""
     idle_timeout: float = 30.0
     """UDP: a local flow with no datagram for this long ends its DTP connection."""
+    connection_idle_timeout: float = 60.0
+    """Seconds without anything from the target host (its keepalives included) before
+    a DTP connection of this forward is given up (and its tunnels end)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ class DaemonSettings:
     host_id: str | None = None
     faucet: int = 0
     drain_timeout: float = 10.0
+    connection_idle_timeout: float = 60.0
+    """Seconds without anything from a client (its keepalives included) before the
+    service listener gives up its DTP connection (and its tunnels end)."""
     log_format: str = "json"
     log_level: str = "info"
 
@@ -476,6 +482,7 @@ _DAEMON_KEYS = {
     "host_id",
     "faucet",
     "drain_timeout",
+    "connection_idle_timeout",
     "log_format",
     "log_level",
 }
@@ -511,6 +518,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         host_id=host_id,
         faucet=check.integer(doc, (*k, "faucet"), 0),
         drain_timeout=check.number(doc, (*k, "drain_timeout"), 10.0),
+        connection_idle_timeout=check.number(doc, (*k, "connection_idle_timeout"), 60.0),
         log_format=check.choice(doc, (*k, "log_format"), "json", ("json", "text")),
         log_level=check.choice(
             doc, (*k, "log_level"), "info", ("debug", "info", "warning", "error")
@@ -614,7 +622,16 @@ def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConf
     check.table(
         doc,
         k,
-        {"name", "listen", "target", "deposit", "receipt_every", "protocol", "idle_timeout"},
+        {
+            "name",
+            "listen",
+            "target",
+            "deposit",
+            "receipt_every",
+            "protocol",
+            "idle_timeout",
+            "connection_idle_timeout",
+        },
     )
     target_text = check.string(doc, (*k, "target"))
     try:
@@ -632,4 +649,5 @@ def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConf
         receipt_every=check.integer(doc, (*k, "receipt_every"), 256 * 1024, 1),
         protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 30.0),
+        connection_idle_timeout=check.number(doc, (*k, "connection_idle_timeout"), 60.0),
     )

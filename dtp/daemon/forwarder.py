@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
+from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
@@ -92,9 +93,17 @@ class Forwarder:
             reuse_address=True,
         )
         name = self.server.sockets[0].getsockname()
-        self.stats.listen = join_host_port(name[0], name[1])
+        self.show_listen()
         self.stats.target = str(self.config.target)
         return name[0], name[1]
+
+    def show_listen(self) -> None:
+        """Put the bound address in the status (the row is shared by name: a forwarder
+        started in our place, then closed again, had put its own there)."""
+        if self.server is not None and self.server.sockets:
+            name = self.server.sockets[0].getsockname()
+            self.stats.listen = join_host_port(name[0], name[1])
+            self.book.touch()
 
     def _new_leg(self) -> TcpLeg:
         """A local client connected: its tunnel is set up in a task while its
@@ -131,6 +140,11 @@ class Forwarder:
                 ledger=self.ledger,
                 identity=self.identity,
                 deposit=self.config.deposit,
+                config=ConnectionConfig(
+                    identity=self.identity,
+                    is_client=True,
+                    idle_timeout=self.config.connection_idle_timeout,
+                ),
                 timeout=10.0,
                 metering=OWN_BILLING,
             )

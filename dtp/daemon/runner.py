@@ -2,7 +2,8 @@
 reload on SIGHUP, drain on SIGTERM/SIGINT, log structured lines.
 
 Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdout
-(host ID, DTP endpoint, forwarder addresses); logs go to stderr.
+(host ID, DTP endpoint, forwarder addresses and, under ``forward_protocols``, which
+forwards are TCP or UDP); logs go to stderr.
 
 The signals are caught from the moment :func:`main` runs, not only once the daemon is
 ready: a SIGTERM or SIGINT while it is starting ends the start at its next step (what
@@ -344,7 +345,9 @@ class Daemon:
             await self.services.configure(self.config.services)
             try:
                 self.endpoint = await self.services.start(
-                    settings.listen.host, settings.listen.port
+                    settings.listen.host,
+                    settings.listen.port,
+                    idle_timeout=settings.connection_idle_timeout,
                 )
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
@@ -369,6 +372,9 @@ class Daemon:
             ready["endpoint"] = public
         _refuse_loops(self.config, self.host_id)
         forwards: dict[str, str] = {}
+        # which forwards are UDP: a key of its own, so that "forwards" stays name ->
+        # address for the readers of the ready line that know no protocols
+        protocols: dict[str, str] = {}
         for i, forward in enumerate(self.config.forwards):
             self._checkpoint()
             try:
@@ -377,8 +383,10 @@ class Daemon:
                 raise _bind_error(
                     self.config, ("forward", i, "listen"), forward.listen, exc
                 ) from None
+            protocols[forward.name] = forward.protocol
         self._checkpoint()
         ready["forwards"] = forwards
+        ready["forward_protocols"] = protocols
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
         self.book.save(force=True)
@@ -458,6 +466,8 @@ class Daemon:
         # and [daemon] as started (taking the file's made a public_endpoint, drain_timeout
         # … changed "for the next restart" apply from the next reload on)
         self.config = replace(new, daemon=self.config.daemon, forwards=running)
+        # (the ready line's copy in the status file: the forwards now running)
+        self.book.info["forward_protocols"] = {f.name: f.protocol for f in running}
         self.book.info["reloaded"] = time.time()
         self.book.touch()
         logger.info(
@@ -486,8 +496,17 @@ class Daemon:
         bind keeps its old one (and old settings); the error is logged."""
         old = {f.name: f for f in self.config.forwards}
         running: dict[str, ForwardConfig] = {}
+        # forwards trading addresses (a on X and b on Y become a on Y and b on X) first,
+        # all or nothing: neither new listener could bind while the other's old one held
+        # its address
+        moved = await self._move_reused(old, wanted)
         for forward in wanted:
             previous = old.get(forward.name)
+            if forward.name in moved:
+                kept = moved[forward.name]
+                if kept is not None:
+                    running[forward.name] = kept
+                continue
             if previous == forward:
                 running[forward.name] = forward
                 continue
@@ -497,6 +516,73 @@ class Daemon:
         for name in old.keys() - {f.name for f in wanted}:
             self._retire(name)
         return tuple(running.values())
+
+    async def _move_reused(
+        self, old: dict[str, ForwardConfig], wanted: tuple[ForwardConfig, ...]
+    ) -> dict[str, ForwardConfig | None]:
+        """Start the changed forwards of ``wanted`` whose new address another forward's
+        old listener holds (one changed or removed by this reload: it gives the address
+        up), with those other forwards: their old listeners are released first, then all
+        the new ones bind. If one cannot bind, the new ones are closed again and the
+        released forwards start again with their old settings (the error is logged):
+        the old settings serve, as for a forward whose new address is in use. Returns
+        the settings now running of each forward of ``wanted`` handled here (None: not
+        running)."""
+        new = {f.name: f for f in wanted}
+        holders = {(f.protocol, f.listen): f.name for f in old.values() if f.listen.port != 0}
+        claimants: list[ForwardConfig] = []
+        released: list[ForwardConfig] = []
+        for forward in wanted:
+            if old.get(forward.name) == forward:
+                continue
+            holder = holders.get((forward.protocol, forward.listen))
+            if holder is None or holder == forward.name or new.get(holder) == old[holder]:
+                continue  # (a holder that keeps its address: the bind fails, as before)
+            claimants.append(forward)
+            if all(f.name != holder for f in released):
+                released.append(old[holder])
+        if not claimants:
+            return {}
+        group = {f.name for f in claimants} | {f.name for f in released if f.name in new}
+        for previous in released:
+            await self._release(previous.name)
+        opened: dict[str, Forwarder | UdpForward] = {}
+        failed: tuple[ForwardConfig, OSError] | None = None
+        for forward in wanted:
+            if forward.name not in group:
+                continue
+            try:
+                opened[forward.name], _ = await self._open_forwarder(forward)
+            except OSError as error:
+                failed = (forward, error)
+                break
+        if failed is None:
+            for name, fresh in opened.items():
+                self._retire(name)  # the claimants not released: their old listener
+                self.forwarders[name] = fresh
+            return {name: new[name] for name in group}
+        self._log_kept(failed[0], old.get(failed[0].name), failed[1])
+        for fresh in opened.values():
+            await fresh.release()
+            self._old_forwarders.add(fresh)  # a client it accepted meanwhile goes on
+        for name, fwd in self.forwarders.items():
+            if name in group:
+                fwd.show_listen()  # a fresh one of the same name set its own address
+        result: dict[str, ForwardConfig | None] = {}
+        for name in (f.name for f in wanted if f.name in group):
+            kept = old.get(name)
+            result[name] = kept
+            if kept is None or name in self.forwarders:
+                continue  # new, or its old listener still runs
+            try:
+                await self._start_forwarder(kept)
+            except OSError as again:
+                logger.error(
+                    "forward stopped: its old listener could not bind again",
+                    extra=kv(forward=name, listen=str(kept.listen), error=_why(again)),
+                )
+                result[name] = None
+        return result
 
     async def _replace_forwarder(
         self, previous: ForwardConfig | None, forward: ForwardConfig

@@ -152,10 +152,15 @@ class ServiceHost:
                 pool.start()
         self.services = wanted
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen for DTP connections; returns the bound address."""
+    async def start(self, host: str, port: int, *, idle_timeout: float = 60.0) -> tuple[str, int]:
+        """Listen for DTP connections; returns the bound address. ``idle_timeout``: a
+        connection from which nothing arrives for this long (keepalives included) is
+        given up (``[daemon] connection_idle_timeout``)."""
         config = ConnectionConfig(
-            identity=self.identity, is_client=False, max_streams=MAX_TUNNELS_PER_CONNECTION
+            identity=self.identity,
+            is_client=False,
+            max_streams=MAX_TUNNELS_PER_CONNECTION,
+            idle_timeout=idle_timeout,
         )
         self.server = await dtp.aio.start_server(
             self._handle,

@@ -12,6 +12,7 @@ import logging
 import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
 from dtp.daemon.logs import kv
@@ -55,6 +56,11 @@ class UdpForward:
                 ledger=self.ledger,
                 identity=self.identity,
                 deposit=self.config.deposit,
+                config=ConnectionConfig(
+                    identity=self.identity,
+                    is_client=True,
+                    idle_timeout=self.config.connection_idle_timeout,
+                ),
                 timeout=30,
                 metering=OWN_BILLING,
             )
@@ -103,10 +109,16 @@ class UdpForward:
             meter_for=self._meter_for,
             idle_timeout=self.config.idle_timeout,
         )
-        host, port = self._forwarder.address
-        self.stats.listen = f"udp://{host}:{port}"
-        self.book.touch()
-        return host, port
+        self.show_listen()
+        return self._forwarder.address
+
+    def show_listen(self) -> None:
+        """Put the bound address in the status (the row is shared by name: a forwarder
+        started in our place, then closed again, had put its own there)."""
+        if self._forwarder is not None:
+            host, port = self._forwarder.address
+            self.stats.listen = f"udp://{host}:{port}"
+            self.book.touch()
 
     def refresh(self) -> None:
         """Copy the forwarder's datagram counters into the status book."""
