@@ -85,6 +85,7 @@ from dtp.handshake_slots import (
 )
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
 from dtp.socket import PAID_CLOSE_WAIT
@@ -1295,6 +1296,14 @@ async def _open(
     return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
 
 
+def _peer_label(proto: _Protocol) -> Any:
+    """Who is at the other end of ``proto``, for a log line: its ledger connection, or
+    its TCP address."""
+    if proto.peername is not None or proto.transport is None:
+        return proto.peername
+    return proto.transport.get_extra_info("peername")
+
+
 def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.conn.close(code, reason)
     proto.flush()
@@ -1396,6 +1405,15 @@ class DTPServer:
         #: TCP connections closed unserved: their address's line was full, or they
         #: waited in it past the handshake timeout
         self.busy_refused = 0
+        # IK first messages seen: a replayed one is turned away before the hooks, so it
+        # never holds a client's ledger connection (dtp.replay_guard)
+        self._replays = ReplayGuard()
+
+    @property
+    def replays_refused(self) -> int:
+        """Replayed IK first messages turned away (also counted in
+        :attr:`handshakes_failed`): see :mod:`dtp.replay_guard`."""
+        return self._replays.refused
 
     @property
     def noise_public_key(self) -> bytes:
@@ -1621,6 +1639,11 @@ class DTPServer:
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
         conn = session.conn
+        # before the hooks: a replay must not reserve the client's ledger connection
+        if self._replays.is_replay(conn, _peer_label(proto)):
+            self.handshakes_failed += 1
+            _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
+            return False
         peer = peer_info(
             session.authenticated_address,
             conn.peer_connection_id,

@@ -86,6 +86,7 @@ from dtp.keys_ahead import (
     take_anonymous_identity,
 )
 from dtp.metering import MeteringConfig
+from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
 
@@ -2383,6 +2384,9 @@ class DTPServer:
         #: TCP connections closed unserved: their address's line was full, or they
         #: waited in it past the handshake timeout
         self.busy_refused = 0
+        # IK first messages seen: a replayed one is turned away before the hooks, so it
+        # never holds a client's ledger connection (dtp.replay_guard)
+        self._replays = ReplayGuard()
         if self._listener is not None:
             self._give(_ACCEPT_TURN)
 
@@ -2653,7 +2657,7 @@ class DTPServer:
         if outcome == "closed":
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
             return None
-        if outcome == "failed":
+        if outcome in ("failed", "replayed"):
             with self._stats_lock:
                 self.handshakes_failed += 1
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
@@ -2668,8 +2672,7 @@ class DTPServer:
 
     def _authenticate(self, engine: _Engine) -> tuple[str, str]:
         """Run the handshake and the accept hook: ("accepted" | "refused" | "failed" |
-        "closed",
-        reason)."""
+        "replayed" | "closed", reason)."""
         session = engine.session
         conn = session.conn
         with engine.lock:
@@ -2688,6 +2691,9 @@ class DTPServer:
                 return "closed", "the server is closed"
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
+            # before the hooks: a replay must not reserve the client's ledger connection
+            if self._replays.is_replay(conn, engine.peername):
+                return "replayed", "handshake failed"
             peer = peer_info(
                 session.authenticated_address,
                 conn.peer_connection_id,
@@ -2740,6 +2746,12 @@ class DTPServer:
             if reason is not None:
                 return reason
         return None
+
+    @property
+    def replays_refused(self) -> int:
+        """Replayed IK first messages turned away (also counted in
+        :attr:`handshakes_failed`): see :mod:`dtp.replay_guard`."""
+        return self._replays.refused
 
     def wait_settled(self, timeout: float | None = None) -> bool:
         """With ``settle_on_close``: wait until the ledger connections of the DTP

@@ -1,0 +1,122 @@
+"""Refusing replayed Noise IK first messages at a server.
+
+An IK message 1 carries the client's identity proof and is encrypted to the server's
+static key alone, so anyone who recorded one can send it again and the server
+authenticates the client a second time (inherent to Noise IK: see :mod:`dtp.crypto`).
+The replayer cannot finish the handshake, but the server decides on it first: a server
+admitting through the ledger would reserve the client's ledger connection (one DTP
+connection each) for it and hold that reservation until the connection times out, so
+the real client, reconnecting meanwhile, is refused.
+
+A genuine message 1 opens with a fresh ephemeral public key (every connect takes a new
+one: :func:`dtp.keys_ahead.new_ephemeral_key`), and no one without the matching private
+key can make another valid message 1 with it (Noise's ``es``). So a server remembers the
+ephemeral keys of the IK first messages it authenticated and refuses one it has seen.
+:class:`ReplayGuard` holds the most recent :data:`DEFAULT_CAPACITY` of them, oldest
+forgotten first: a replay after its key was forgotten is served as it was before this
+guard (held until the connection times out), which a payload timestamp would need a
+wire change to stop.
+
+Used by both servers, so the blocking and asyncio ones refuse the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from dtp._state import ConnState
+
+if TYPE_CHECKING:
+    from dtp.connection import Connection
+
+__all__ = ["DEFAULT_CAPACITY", "LOG_EVERY", "ReplayGuard", "first_message_key"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY: Final = 32768
+"""Ephemeral keys a server remembers (about 6 MiB at most). The memory is bounded by
+this, not by time: a replay is refused however late it comes, as long as fewer than
+this many IK handshakes came after the original."""
+
+LOG_EVERY: Final = 60.0
+"""Seconds between two log lines about refused replays (a flood gets one a minute)."""
+
+# where the ephemeral public key sits in the wire form of message 1: after the
+# pattern byte (dtp.crypto: "one byte, the pattern id, then the Noise message", and a
+# Noise IK message opens with ``e``)
+_KEY_START: Final = 1
+_KEY_END: Final = _KEY_START + 32
+
+
+def first_message_key(conn: Connection) -> bytes | None:
+    """The initiator's ephemeral public key in the first handshake message ``conn`` (a
+    server's connection) read, or None before it read one."""
+    # Connection keeps the message 1 it answered (to recognise a lossy carrier's resend
+    # of it); it has no public accessor for it yet
+    message = conn._hs_init
+    if message is None or len(message) < _KEY_END:
+        return None
+    return bytes(message[_KEY_START:_KEY_END])
+
+
+class ReplayGuard:
+    """The ephemeral keys of the IK first messages a server authenticated, at most
+    ``capacity`` of them, oldest forgotten first.
+
+    Thread-safe: the blocking server checks from each connection's own thread. One set
+    lookup and insert per authenticated IK handshake."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"the replay guard must remember at least 1 key, got {capacity}")
+        self.capacity = capacity
+        self._seen: set[bytes] = set()
+        self._order: deque[bytes] = deque()
+        self._lock = threading.Lock()
+        #: Replayed first messages refused so far
+        self.refused = 0
+        self._logged_at: float | None = None
+        self._logged_count = 0
+
+    def first_sight(self, key: bytes, peer: object = None) -> bool:
+        """True, and ``key`` remembered, the first time ``key`` comes; False for a key
+        seen already (a replay: counted, and logged at most every :data:`LOG_EVERY`
+        seconds, ``peer`` naming the last one)."""
+        with self._lock:
+            if key not in self._seen:
+                self._seen.add(key)
+                self._order.append(key)
+                if len(self._order) > self.capacity:
+                    self._seen.discard(self._order.popleft())
+                return True
+            self.refused += 1
+            now = time.monotonic()
+            if self._logged_at is not None and now - self._logged_at < LOG_EVERY:
+                return False
+            # a flood of replays must not become a flood of log lines: one now, then
+            # one a minute with the count since
+            self._logged_at = now
+            count, self._logged_count = self.refused - self._logged_count, self.refused
+        logger.info(
+            "refused %d replayed handshake first message(s) (the latest from %s)", count, peer
+        )
+        return False
+
+    def is_replay(self, conn: Connection, peer: object = None) -> bool:
+        """Whether ``conn``, a server connection whose client just authenticated, came
+        from a replayed IK message 1 (see :meth:`first_sight`). Only IK is checked: an
+        XX client proves itself over the handshake hash, unique to the session, so its
+        replayed messages never authenticate."""
+        if conn.state is not ConnState.SERVER_DECIDING:  # (IK, awaiting the verdict)
+            return False
+        key = first_message_key(conn)
+        return key is not None and not self.first_sight(key, peer)
+
+    def __len__(self) -> int:
+        """Keys remembered now."""
+        with self._lock:
+            return len(self._seen)
