@@ -617,6 +617,20 @@ class DTPStreamWriter:
         """On a server: the client's verified Sui address."""
         return self._conn.peer_address
 
+    async def top_up(self, amount: int) -> None:
+        """As :meth:`dtp.socket.DTPSocket.top_up`: add ``amount`` MIST to the deposit of
+        this paid connection while it is open (the ledger transaction runs in a thread),
+        then sign receipts up to the new deposit."""
+        proto = self._proto
+        payment = proto.payment
+        if payment is None:
+            raise LocalProtocolError(
+                "top_up: not a paid connection (connect by host ID with a deposit)"
+            )
+        await asyncio.to_thread(payment.top_up_on_ledger, amount)
+        payment.topped_up(amount)
+        proto.flush()
+
     @property
     def peer_connection_id(self) -> str | None:
         """On a server: the ledger connection ID the client named in its handshake."""

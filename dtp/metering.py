@@ -194,6 +194,23 @@ class ClientMeter:
         # the cadence may have signed already: either way the newest covers everything
         return meter.flush(now_ms) or signed
 
+    def top_up(self, amount: int, now_ms: int) -> Receipt | None:
+        """The escrow was topped up by ``amount`` MIST: sign up to the new deposit. When
+        the meter was :attr:`exhausted`, the usage it saw since went unsigned; it is
+        signed now, as far as the new deposit covers (a receipt returned: send it)."""
+        meter = self.meter
+        meter.top_up(amount)
+        if not self.exhausted:
+            return None
+        self.exhausted = False
+        owed_bytes = self._seen_bytes - meter.total_bytes
+        owed_requests = self._seen_requests - meter.total_requests
+        try:
+            receipt = meter.record(now_ms, owed_bytes, owed_requests)
+        except InsufficientFunds:
+            receipt = self._exhaust(now_ms, owed_bytes, owed_requests)
+        return meter.flush(now_ms) or receipt
+
     def flush(self, now_ms: int) -> Receipt | None:
         """A receipt for all counted usage now (on request or at close), if unpaid."""
         receipt = self.meter.flush(now_ms)

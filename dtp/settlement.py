@@ -41,6 +41,7 @@ from dtp.errors import (
     ChainError,
     ConnectionStateError,
     DTPError,
+    InvalidArgument,
     ReplayedReceipt,
     SpendingCapExceeded,
 )
@@ -103,9 +104,11 @@ class ClientPayment:
         ):
             sla, deposited, claimed = opened.sla, opened.deposit, 0
             remaining = opened.cap_remaining
+            escrow_id = opened.escrow_id
         else:
             tc = ledger.get_connection(connection_id)
             escrow = ledger.get_escrow(tc.escrow)
+            escrow_id = escrow.id
             sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
             cap_id = escrow.spending_cap
             # (what the server counts on: the limit the connection opened under, or
@@ -122,6 +125,7 @@ class ClientPayment:
         self.identity = identity
         self.host_id = host_id
         self.connection_id = connection_id
+        self.escrow_id = escrow_id
         self.conn = conn
         self.meter = ClientMeter(
             identity, connection_id, sla, limit, config, now_ms=int(now * 1000)
@@ -158,6 +162,25 @@ class ClientPayment:
     def on_server_receipt(self, data: bytes) -> None:
         """The server asks for a receipt (it paused service): pay all usage now."""
         self._pay_now()
+
+    def top_up_on_ledger(self, amount: int) -> None:
+        """``escrow::top_up`` of ``amount`` MIST for this connection (blocking: a ledger
+        transaction; call without the adapter's lock, then :meth:`topped_up` with it).
+        Raises InvalidArgument for an amount that is not a positive int, and what the
+        ledger raises (InsufficientFunds, ConnectionStateError once settled...)."""
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise InvalidArgument(f"a top-up must be a positive int of MIST, not {amount!r}")
+        self.ledger.top_up(self.identity, self.escrow_id, amount)
+
+    def topped_up(self, amount: int) -> None:
+        """Sign up to the deposit a :meth:`top_up_on_ledger` raised (adapter's lock held):
+        usage the old deposit did not cover is paid now. The server reads the escrow
+        again when the deposit holds the connection, and serves on."""
+        receipt = self.meter.top_up(amount, self._now_ms)
+        if receipt is not None and not self.conn.closed:
+            self.conn.send_receipt(receipt.encode())
+            self.receipts_sent += 1
+        self.quiet_bytes, self.quiet_until = 0, 0.0  # the next tick looks again
 
     def closing(self) -> None:
         """Queue the final receipt (call before the CLOSE frame is queued)."""

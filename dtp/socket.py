@@ -1695,6 +1695,28 @@ class DTPSocket:
         self._io_refs = 0  # a reset is not held back by open files
         self.close()
 
+    def top_up(self, amount: int) -> None:
+        """Add ``amount`` MIST to the deposit of this paid connection (one made by host
+        ID with a ``deposit``) while it is open: an ``escrow::top_up`` transaction
+        (blocking), then receipts are signed up to the new deposit -- usage the old one
+        did not cover is paid at once. The server reads the escrow again when the
+        deposit holds the connection (within about a second) and serves on.
+
+        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid,
+        InvalidArgument for an amount that is not a positive int, and what the ledger
+        raises (InsufficientFunds: the balance is short; nothing was added then)."""
+        engine = self._engine
+        payment = engine.payment
+        if payment is None:
+            raise LocalProtocolError(
+                "top_up: not a paid connection (connect by host ID with a deposit)"
+            )
+        payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
+        with engine.lock:
+            payment.topped_up(amount)
+            if not engine.closed:
+                engine.flush()
+
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
         when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,

@@ -30,9 +30,21 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import DTPError, InvalidReceipt, PaymentRequired
+from dtp.errors import (
+    DTPError,
+    InvalidArgument,
+    InvalidReceipt,
+    LocalProtocolError,
+    PaymentRequired,
+)
 from dtp.escrow import Receipt, fee
-from dtp.metering import DEPOSIT_READ_INTERVAL_MS, CapShares, MeteringConfig, ReceiptGate
+from dtp.metering import (
+    DEPOSIT_READ_INTERVAL_MS,
+    CapShares,
+    ClientMeter,
+    MeteringConfig,
+    ReceiptGate,
+)
 from dtp.paid import PaidServer, ServicePolicy
 from dtp.paid_aio import PaidAioServer
 from tests.paid_twins import (
@@ -218,11 +230,7 @@ def test_a_top_up_while_open_is_served_on(
         got, error = read_until(sock, 0, 1 << 20)
         assert error is None
         escrow_id = ledger.get_connection(cid).escrow
-        # the top-up, on the ledger and in the client's meter (which signs up to it)
-        ledger.top_up(CLIENT, escrow_id, TOP_UP)
-        payment = sock._engine.payment
-        assert payment is not None
-        payment.meter.meter.top_up(TOP_UP)
+        sock.top_up(TOP_UP)  # on the ledger, and the client signs up to it
         got, error = read_until(sock, got, 3 << 20)
     assert error is None, error
     assert got >= 3 << 20
@@ -411,3 +419,128 @@ def test_a_refresh_begun_before_a_leave_is_not_applied() -> None:
     assert share.remaining == CAP - 6005
     assert share.refresh(CAP - 6005, share.generation)  # read after the leave
     assert shares.leave(two) is None
+
+
+# -- the client's top-up API ------------------------------------------------------------
+
+
+def test_a_top_up_as_the_deposit_runs_out_serves_on(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """``DTPSocket.top_up`` from another thread once the client has signed for nearly the
+    whole deposit (the server pauses there): the read goes on to 3 MiB."""
+    serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+        payment = sock._engine.payment
+        assert payment is not None
+        meter = payment.meter.meter
+
+        def top_up_near_the_end() -> None:
+            assert wait_for(lambda: meter.deposit - meter.total_amount < SLA.min_deposit, 30)
+            sock.top_up(TOP_UP)
+
+        helper = threading.Thread(target=top_up_near_the_end)
+        sock.sendall(b"go")
+        helper.start()
+        got, error = read_until(sock, 0, 3 << 20)
+        helper.join(30)
+        cid = sock.connection_id
+    assert error is None, error
+    assert got >= 3 << 20
+    assert cid is not None and wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.deposited == DEPOSIT + TOP_UP
+    assert escrow.claimed > DEPOSIT
+    assert conserved(ledger)
+
+
+def test_an_asyncio_client_tops_up_too(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """``DTPStreamWriter.top_up``: the same through the asyncio client."""
+    serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+
+    async def main() -> tuple[int, str | None]:
+        reader, writer = await dtp.aio.open_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            cap_id=cap,
+            metering=METERING,
+        )
+        try:
+            writer.write(b"go")
+            got = 0
+            while got < 1 << 20:
+                got += len(await reader.read(1 << 16))
+            await writer.top_up(TOP_UP)
+            while got < 3 << 20:
+                data = await asyncio.wait_for(reader.read(1 << 16), 30)
+                assert data, "the connection ended"
+                got += len(data)
+            return got, writer.connection_id
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    got, cid = asyncio.run(main())
+    assert got >= 3 << 20
+    assert cid is not None and wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    assert escrow.deposited == DEPOSIT + TOP_UP and escrow.claimed > DEPOSIT
+    assert conserved(ledger)
+
+
+def test_top_up_refuses_a_bad_amount_and_an_unpaid_connection(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """A zero, negative or non-int amount is InvalidArgument and moves nothing; a
+    connection that is not paid has nothing to top up (LocalProtocolError)."""
+    serve()
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        escrow_id = ledger.get_connection(cid).escrow
+        for bad in (0, -5, 1.5, True):
+            with pytest.raises(InvalidArgument):
+                sock.top_up(bad)  # type: ignore[arg-type]
+        assert ledger.get_escrow(escrow_id).deposited == DEPOSIT
+    plain = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=plain.serve_forever, args=(lambda s: s.close(),))
+    serving.start()
+    try:
+        with (
+            dtp.socket.create_connection(
+                plain.address, server_key=SERVER.noise_public, timeout=10
+            ) as unpaid,
+            pytest.raises(LocalProtocolError),
+        ):
+            unpaid.top_up(1000)
+    finally:
+        plain.close()
+        serving.join(10)
+
+
+def test_a_client_meter_exhausted_signs_what_it_owed_after_a_top_up() -> None:
+    """Usage beyond the deposit is not signed for (the meter is exhausted); a top-up
+    signs it now, as far as the new deposit covers, and the meter signs on."""
+    meter = ClientMeter(CLIENT, "0x" + "c1" * 32, SLA, 1000, METERING)
+    receipt = meter.update(1, 200 << 10, 0)  # 2000 MIST of usage against 1000
+    assert meter.exhausted and receipt is not None and receipt.total_amount <= 1000
+    assert meter.update(2, 300 << 10, 0) is None  # exhausted: nothing more signed
+    paid = meter.top_up(TOP_UP, 3)
+    assert not meter.exhausted
+    assert paid is not None and paid.total_amount == fee(SLA, 300 << 10, 0)
+    assert paid.nonce > receipt.nonce
+    more = meter.update(4, 400 << 10, 0, force=True)
+    assert more is not None and more.total_amount == fee(SLA, 400 << 10, 0)
+    # a top-up too small for what is owed: signs what it covers, exhausted again
+    short = ClientMeter(CLIENT, "0x" + "c2" * 32, SLA, 1000, METERING)
+    short.update(1, 500 << 10, 0)
+    topped = short.top_up(1000, 2)
+    assert short.exhausted and topped is not None and topped.total_amount <= 2000
