@@ -168,6 +168,12 @@ class UdpBilling:
         self.bytes = 0
         self.refused_receipts = 0
         self._reported = (0, 0)
+        # allowed and not counted yet (a datagram on its way to the backend, replies
+        # on their way to the client): the request path and the reply path run in
+        # different threads, and each judged what the other was about to send as not
+        # there -- together they served past the deposit
+        self._pending_datagrams = 0
+        self._pending_bytes = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -211,40 +217,62 @@ class UdpBilling:
         leave credit for one more (its request and its bytes), and the deposit pays
         for it on top of everything served (beyond it, no receipt could). The relays
         ask this before sending and count with :meth:`forwarded` only once the
-        backend's socket took the datagram: a send that fails is not billed."""
+        backend's socket took the datagram: a send that fails is not billed (call
+        :meth:`not_forwarded`). True reserves the datagram until then, so that the
+        replies allowed meanwhile leave room for it."""
         with self._lock:
-            return self._may_serve(nbytes, 1)
+            if not self._may_serve(nbytes, 1):
+                return False
+            self._pending_datagrams += 1
+            self._pending_bytes += nbytes
+            return True
+
+    def not_forwarded(self, nbytes: int) -> None:
+        """A datagram :meth:`may_forward` allowed was not delivered: not billed."""
+        with self._lock:
+            self._unreserve(nbytes, 1)
+
+    def _unreserve(self, nbytes: int, datagrams: int) -> None:
+        self._pending_bytes = max(0, self._pending_bytes - nbytes)
+        self._pending_datagrams = max(0, self._pending_datagrams - datagrams)
 
     def _may_serve(self, nbytes: int, requests: int) -> bool:
-        """(lock held) Credit and deposit left for ``nbytes`` and ``requests`` more."""
+        """(lock held) Credit and deposit left for ``nbytes`` and ``requests`` more,
+        beyond what is counted and what is reserved."""
         latest = self.latest
         paid, paid_bytes = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+        datagrams = self.datagrams + self._pending_datagrams
+        served = self.bytes + self._pending_bytes
         return (
-            self.datagrams - paid < self.credit_datagrams
-            and self.bytes - paid_bytes < self.credit_bytes
-            and fee(self.sla, self.bytes + nbytes, self.datagrams + requests) <= self.deposited
+            datagrams - paid < self.credit_datagrams
+            and served - paid_bytes < self.credit_bytes
+            and fee(self.sla, served + nbytes, datagrams + requests) <= self.deposited
         )
 
     def replies_allowed(self, sizes: list[int]) -> int:
         """How many of the replies of these sizes (the first ones) may go: each while
         the bytes no receipt covers stay below ``credit_bytes`` and the deposit pays
-        for it. The relays then count those sent with :meth:`replied`."""
+        for it. Their bytes are reserved until the relays count those sent with
+        :meth:`replied` (passing what was reserved)."""
         with self._lock:
             paid_bytes = 0 if self.latest is None else self.latest.total_bytes
-            nbytes, datagrams = self.bytes, self.datagrams
-        allowed = 0
-        for size in sizes:
-            if nbytes - paid_bytes >= self.credit_bytes:
-                break
-            nbytes += size
-            if fee(self.sla, nbytes, datagrams) > self.deposited:
-                break
-            allowed += 1
+            start = nbytes = self.bytes + self._pending_bytes
+            datagrams = self.datagrams + self._pending_datagrams
+            allowed = 0
+            for size in sizes:
+                if nbytes - paid_bytes >= self.credit_bytes:
+                    break
+                if fee(self.sla, nbytes + size, datagrams) > self.deposited:
+                    break
+                nbytes += size
+                allowed += 1
+            self._pending_bytes += nbytes - start
         return allowed
 
     def forwarded(self, nbytes: int) -> None:
         """Count a datagram of ``nbytes`` delivered to the backend."""
         with self._lock:
+            self._unreserve(nbytes, 1)
             self.datagrams += 1
             self.bytes += nbytes
 
@@ -259,9 +287,11 @@ class UdpBilling:
             self.bytes += nbytes
             return True
 
-    def replied(self, nbytes: int) -> None:
-        """Count a reply of ``nbytes`` sent to the client."""
+    def replied(self, nbytes: int, reserved: int = 0) -> None:
+        """Count replies of ``nbytes`` sent to the client, releasing the ``reserved``
+        bytes :meth:`replies_allowed` set aside for them."""
         with self._lock:
+            self._unreserve(reserved, 0)
             self.bytes += nbytes
 
     def report_interval(self, every: int) -> int:
@@ -459,6 +489,8 @@ def relay_udp(
                     # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
                     # this send, which the kernel then discards -- nothing to bill
                     failed += 1
+                    if billing is not None:
+                        billing.not_forwarded(len(data))
                     continue
                 if billing is not None:
                     billing.forwarded(len(data))
@@ -943,10 +975,16 @@ def _pass_replies(
         allowed = billing.replies_allowed(list(map(len, fits)))
         unpaid = len(fits) - allowed
         del fits[allowed:]
+    reserved = sum(map(len, fits))
     if not fits:
         stats.add(dropped_unpaid=unpaid)
         return False
-    sent = send(fits)
+    try:
+        sent = send(fits)
+    except BaseException:
+        if billing is not None:
+            billing.replied(0, reserved)  # nothing went: the reservation goes
+        raise
     nbytes = sum(map(len, fits[:sent]))
     if limits is not None:
         limits.charge_bytes(nbytes, time.monotonic())
@@ -957,7 +995,7 @@ def _pass_replies(
         dropped_unpaid=unpaid,
     )
     if billing is not None:
-        billing.replied(nbytes)
+        billing.replied(nbytes, reserved)
     return True
 
 

@@ -140,6 +140,8 @@ async def relay_udp_async(
             # a full socket buffer or an ICMP error drops the datagram, as UDP does;
             # the client pays only for what reached the backend
             stats.add(dropped_send_failed=1)
+            if billing is not None:
+                billing.not_forwarded(len(data))
             return
         if billing is not None:
             billing.forwarded(len(data))

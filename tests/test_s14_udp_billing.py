@@ -117,3 +117,27 @@ def test_async_relay_bounds_replies_no_receipt_covers() -> None:
         backend.close()
     assert got <= billing.credit_bytes + 1000, got
     assert stats.dropped_unpaid > 0
+
+
+def test_datagrams_allowed_but_not_yet_counted_leave_room_in_the_deposit() -> None:
+    """The request path asks may_forward, sends, then counts; the reply path, in
+    another thread, asks replies_allowed, sends, then counts. Each judged the deposit
+    without what the other had allowed and not counted yet, so together they served
+    past it (CI: owed 10370 against a deposit of 10000). Allowed now means reserved
+    until counted or given back."""
+    sla = Sla(1024, 0, 0)  # 1 MIST per byte
+    billing = UdpBilling(CONNECTION_ID, sla, CLIENT.ed25519_public, 1500)
+    assert billing.may_forward(1000)  # reserved, on its way to the backend
+    assert billing.replies_allowed([1000]) == 0  # it would take the deposit past 1500
+    assert billing.replies_allowed([400, 400]) == 1  # 1000 + 400 fits, not 1800
+    billing.forwarded(1000)
+    billing.replied(400, 400)
+    assert billing.owed == 1400 <= 1500
+    assert not billing.may_forward(200)  # 1600: beyond the deposit
+    # a send that failed gives its reservation back
+    roomy = UdpBilling(CONNECTION_ID, sla, CLIENT.ed25519_public, 1500)
+    assert roomy.may_forward(1000)
+    roomy.not_forwarded(1000)
+    assert roomy.replies_allowed([1000]) == 1
+    roomy.replied(0, 1000)  # the reply was not sent after all
+    assert roomy.may_forward(1400) and roomy.owed == 0
