@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from dtp._state import ConnState
@@ -74,8 +74,7 @@ class ReplayGuard:
         if capacity < 1:
             raise ValueError(f"the replay guard must remember at least 1 key, got {capacity}")
         self.capacity = capacity
-        self._seen: set[bytes] = set()
-        self._order: deque[bytes] = deque()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
         #: Replayed first messages refused so far
         self.refused = 0
@@ -88,10 +87,9 @@ class ReplayGuard:
         seconds, ``peer`` naming the last one)."""
         with self._lock:
             if key not in self._seen:
-                self._seen.add(key)
-                self._order.append(key)
-                if len(self._order) > self.capacity:
-                    self._seen.discard(self._order.popleft())
+                self._seen[key] = None
+                if len(self._seen) > self.capacity:
+                    self._seen.popitem(last=False)
                 return True
             self.refused += 1
             now = time.monotonic()

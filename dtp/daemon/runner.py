@@ -102,6 +102,8 @@ def _sla(service: ServiceConfig) -> Sla:
 PASSPHRASE_ENV = "DTP_PASSPHRASE"
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What StopSignals catches: the stops, and SIGHUP (a reload).
+_CAUGHT_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP)
 
 
 class _StartAborted(Exception):
@@ -130,7 +132,7 @@ class StopSignals:
 
     def install(self) -> None:
         """Catch the three signals from now on (main thread only)."""
-        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+        for sig in _CAUGHT_SIGNALS:
             previous = signal.signal(sig, self._record)
             self._previous.setdefault(sig, previous)
 
@@ -144,7 +146,7 @@ class StopSignals:
         """Ignore the three signals from now on: for a process that only exits from here
         (a supervisor's repeated SIGTERM during the interpreter's shutdown took the
         default action and turned exit status 0 into death by that signal)."""
-        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+        for sig in _CAUGHT_SIGNALS:
             previous = signal.signal(sig, signal.SIG_IGN)
             self._previous.setdefault(sig, previous)
 
@@ -969,8 +971,7 @@ def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None
     delivered to ``signals`` once its handlers are in place. (The loop's worker threads
     are joined before its handlers go; by then the main thread is the only one left in
     the daemon runs watched, so no other thread takes it.)"""
-    kept = {*_STOP_SIGNALS, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, kept)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _CAUGHT_SIGNALS)
     try:
         runner.close()
         signals.install()
