@@ -290,14 +290,20 @@ class _Checkpointer:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._running: set[str] = set()  # ledger paths
 
     def forked(self) -> None:
         """In the child of fork(): the parent's checkpoint threads are not there, and one
         may have held the lock or left its path marked as running."""
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._running = set()
+
+    def wait(self, path: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a checkpoint of ``path`` still running to
+        end; whether none is running now."""
+        with self._lock:
+            return self._lock.wait_for(lambda: path not in self._running, timeout)
 
     def request(self, path: str) -> None:
         with self._lock:
@@ -320,11 +326,14 @@ class _Checkpointer:
         finally:
             with self._lock:
                 self._running.discard(path)
+                self._lock.notify_all()
 
 
 _CHECKPOINTER: Final = _Checkpointer()
 #: Commits of one ledger handle between two background checkpoints.
 _CHECKPOINT_EVERY: Final = 64
+#: How long close() waits for a background checkpoint of its file to end.
+_CLOSE_WAITS_FOR_CHECKPOINT_S: Final = 5.0
 #: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 8000
 
@@ -571,7 +580,15 @@ class LocalLedger(Ledger):
             self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
-        """Close the database handle (again: nothing happens)."""
+        """Close the database handle (again: nothing happens).
+
+        A background checkpoint of the file still running is waited for first (up to
+        :data:`_CLOSE_WAITS_FOR_CHECKPOINT_S`): its connection would keep this close from
+        being the file's last, which is the one that empties the WAL into the database
+        and removes it, and its copying would go on writing the file after close returned.
+        """
+        if self.path != ":memory:" and not isinstance(self._db, _ClosedConnection):
+            _CHECKPOINTER.wait(self.path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
         with self._lock:
             self._db.close()
             self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))

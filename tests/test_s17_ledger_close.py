@@ -1,0 +1,70 @@
+"""LocalLedger.close() and the background checkpoints of its file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import dtp.chain.local as local_module
+from dtp.chain.local import LocalLedger
+from dtp.keys import HostIdentity
+
+CLIENT = HostIdentity.from_private_bytes(bytes([0x64]) * 32, bytes([0x64]) * 32)
+
+
+def test_close_waits_for_a_running_checkpoint_and_leaves_no_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint thread still holding its connection when close() ran kept that close
+    from being the file's last one: the WAL (with commits in it) stayed beside the file
+    and the checkpoint went on writing the file after close returned (CI: a test that
+    damaged the file right after a close and a reopen saw no damage)."""
+    path = tmp_path / "ledger.sqlite"
+    started = threading.Event()
+    real_run = local_module._Checkpointer._run
+
+    def slow_run(self: local_module._Checkpointer, where: str) -> None:
+        # a copy that takes long, holding its connection as the real one does
+        db = sqlite3.connect(where)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            started.set()
+            time.sleep(1.0)
+        finally:
+            db.close()
+        real_run(self, where)
+
+    monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+    ledger = LocalLedger(path)
+    for _ in range(local_module._CHECKPOINT_EVERY):
+        ledger.faucet(CLIENT.sui_address, 1)
+    assert started.wait(30)
+    ledger.close()
+    assert not os.path.exists(f"{path}-wal")
+    # everything is in the database file itself
+    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    try:
+        assert db.execute("SELECT count(*) FROM meta").fetchone()[0] > 0
+    finally:
+        db.close()
+    reopened = LocalLedger(path)
+    try:
+        assert reopened.balance(CLIENT.sui_address) == local_module._CHECKPOINT_EVERY
+    finally:
+        reopened.close()
+
+
+def test_close_again_does_not_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = LocalLedger(tmp_path / "twice.sqlite")
+    ledger.close()
+    waited: list[str] = []
+    monkeypatch.setattr(
+        local_module._CHECKPOINTER, "wait", lambda path, timeout: waited.append(path) or True
+    )
+    ledger.close()
+    assert waited == []
