@@ -337,6 +337,13 @@ class Connection:
         return self._state is ConnState.ESTABLISHED
 
     @property
+    def first_handshake_message(self) -> bytes | None:
+        """Server: the handshake message 1 it answered, as it came (pattern byte first;
+        :mod:`dtp.replay_guard` reads its ephemeral key); None before one came, and
+        always on a client."""
+        return self._hs_init
+
+    @property
     def peer_params(self) -> dict[str, Any]:
         """The peer's validated transport parameters (empty before its handshake
         message arrives)."""

@@ -55,9 +55,7 @@ _KEY_END: Final = _KEY_START + 32
 def first_message_key(conn: Connection) -> bytes | None:
     """The initiator's ephemeral public key in the first handshake message ``conn`` (a
     server's connection) read, or None before it read one."""
-    # Connection keeps the message 1 it answered (to recognise a lossy carrier's resend
-    # of it); it has no public accessor for it yet
-    message = conn._hs_init
+    message = conn.first_handshake_message
     if message is None or len(message) < _KEY_END:
         return None
     return bytes(message[_KEY_START:_KEY_END])
