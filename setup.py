@@ -29,4 +29,13 @@ class BuildPyWithMove(build_py):
                 shutil.copyfile(source, dest)
 
 
-setup(cffi_modules=["dtp_core/build_ffi.py:ffi"], cmdclass={"build_py": BuildPyWithMove})
+# cffi builds dtp._dtp_core against the stable ABI (Py_LIMITED_API, hence _dtp_core.abi3.so),
+# so the wheel can say so: tagged cp311-abi3 it installs on every CPython from 3.11 (the
+# oldest the project supports), not on 3.11 alone.
+LIMITED_API = "cp311"
+
+setup(
+    cffi_modules=["dtp_core/build_ffi.py:ffi"],
+    cmdclass={"build_py": BuildPyWithMove},
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API}},
+)
