@@ -416,19 +416,27 @@ class _PaidConnection:
             return self._refill(writing)
         return True
 
-    def read_deposit(self) -> None:
+    def read_deposit(self, *, ending: bool = False) -> None:
         """Read the escrow again when the gate wants it (the deposit holds a paused
         connection, or a receipt waits above it: the client may have topped it up while
         the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
         with what it holds now. The gate kept the deposit admission read: a client that
         topped up was held to the old one, and its first receipt above it closed the
-        connection as invalid. Called without the engine lock (a ledger read)."""
+        connection as invalid. Called without the engine lock (a ledger read).
+
+        ``ending`` (the connection is over, the settlement next): read it whenever a
+        receipt still waits above the deposit, whatever the interval. A connection that
+        was serving never looked at it, and the settlement claimed an older receipt: the
+        client had topped up and signed for more, and the server lost the difference."""
         gate = self.gate
         ledger = self.ledger
         now = _now_ms()
         if ledger is None or gate.escrow_id is None:
             return
-        if not gate.wants_deposit(now, *self.engine.conn.usage):
+        if ending:
+            if gate.over_deposit is None or gate.violation is not None:
+                return
+        elif not gate.wants_deposit(now, *self.engine.conn.usage):
             return
         gate.deposit_reading(now)
         try:
@@ -1037,6 +1045,12 @@ class PaidServer:
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
+            # a receipt the client signed above the deposit as admission read it (it
+            # topped up) is judged before the settlement, or it goes unclaimed
+            try:
+                paid.read_deposit(ending=True)
+            except Exception:  # (the settlement must run all the same)
+                logger.exception("connection %s: reading its escrow at the end failed", cid)
             # the connection and escrow as admission read them: only we claim from the
             # escrow, so it is current; the connection is read again once it changed
             known = (

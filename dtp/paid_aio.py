@@ -162,16 +162,20 @@ class _PaidConnection:
             self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
 
-    async def read_deposit(self) -> None:
+    async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.paid._PaidConnection.read_deposit`: the escrow read again (in
         a thread) when the deposit holds the connection -- the client may have topped
-        it up while the connection was open."""
+        it up while the connection was open -- or, ``ending``, when a receipt still
+        waits above it before the settlement."""
         gate = self.gate
         ledger = self.ledger
         now = int(time.monotonic() * 1000)
         if ledger is None or gate.escrow_id is None:
             return
-        if not gate.wants_deposit(now, *self.conn.usage):
+        if ending:
+            if gate.over_deposit is None or gate.violation is not None:
+                return
+        elif not gate.wants_deposit(now, *self.conn.usage):
             return
         gate.deposit_reading(now)
         try:
@@ -794,6 +798,12 @@ class PaidAioServer:
             self.limiter.release(client)
             if proto.session.terminated is None:
                 await paid.request_final_receipt()
+            # a receipt the client signed above the deposit as admission read it (it
+            # topped up) is judged before the settlement, or it goes unclaimed
+            try:
+                await paid.read_deposit(ending=True)
+            except Exception:  # (the settlement must run all the same)
+                logger.exception("connection %s: reading its escrow at the end failed", cid)
             ended = proto.session.terminated
             if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
                 # the client closed: settle before our end of the carrier closes (as

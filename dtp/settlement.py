@@ -126,6 +126,9 @@ class ClientPayment:
         self.host_id = host_id
         self.connection_id = connection_id
         self.escrow_id = escrow_id
+        # the meter's limit is the least of these two: a top-up raises the first only
+        self._deposited = deposited
+        self._cap_limit = claimed + remaining
         self.conn = conn
         self.meter = ClientMeter(
             identity, connection_id, sla, limit, config, now_ms=int(now * 1000)
@@ -175,8 +178,14 @@ class ClientPayment:
     def topped_up(self, amount: int) -> None:
         """Sign up to the deposit a :meth:`top_up_on_ledger` raised (adapter's lock held):
         usage the old deposit did not cover is paid now. The server reads the escrow
-        again when the deposit holds the connection, and serves on."""
-        receipt = self.meter.top_up(amount, self._now_ms)
+        again when the deposit holds the connection, and serves on. Never beyond what
+        the spending cap let the server claim at the open: the meter signed up to the
+        deposit plus ``amount`` whatever the cap, and the server refused those receipts
+        (the cap) and claimed an older one, short of what the cap allowed."""
+        self._deposited += amount
+        meter = self.meter
+        more = min(self._deposited, self._cap_limit) - meter.meter.deposit
+        receipt = meter.top_up(more, self._now_ms) if more > 0 else None
         if receipt is not None and not self.conn.closed:
             self.conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
