@@ -620,16 +620,29 @@ class DTPStreamWriter:
     async def top_up(self, amount: int) -> None:
         """As :meth:`dtp.socket.DTPSocket.top_up`: add ``amount`` MIST to the deposit of
         this paid connection while it is open (the ledger transaction runs in a thread),
-        then sign receipts up to the new deposit."""
+        then sign receipts up to the new deposit. Cancelling the wait does not cancel
+        a transaction under way: once it lands, the receipts are signed all the same
+        (the deposit is on the ledger either way)."""
         proto = self._proto
         payment = proto.payment
         if payment is None:
             raise LocalProtocolError(
                 "top_up: not a paid connection (connect by host ID with a deposit)"
             )
-        await asyncio.to_thread(payment.top_up_on_ledger, amount)
-        payment.topped_up(amount)
-        proto.flush()
+        if proto.session.terminated is not None:
+            raise proto.session.error or ConnectionClosed("the connection is closed")
+
+        def landed(job: asyncio.Future[None]) -> None:
+            # (a callback, not code after the await: a caller cancelled while the
+            # transaction ran would leave the deposit raised and the meter not)
+            if job.cancelled() or job.exception() is not None:
+                return
+            payment.topped_up(amount)
+            proto.flush()
+
+        job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
+        job.add_done_callback(landed)
+        await asyncio.shield(job)
 
     @property
     def peer_connection_id(self) -> str | None:

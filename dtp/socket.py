@@ -1702,15 +1702,22 @@ class DTPSocket:
         did not cover is paid at once. The server reads the escrow again when the
         deposit holds the connection (within about a second) and serves on.
 
-        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid,
-        InvalidArgument for an amount that is not a positive int, and what the ledger
-        raises (InsufficientFunds: the balance is short; nothing was added then)."""
+        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid
+        or a closed socket, the connection's error (ConnectionClosed, ...) once it has
+        ended -- before any transaction: what it added would only come back in the
+        refund --, InvalidArgument for an amount that is not a positive int, and what
+        the ledger raises (InsufficientFunds: the balance is short; nothing was added
+        then)."""
+        self._check_open()
         engine = self._engine
         payment = engine.payment
         if payment is None:
             raise LocalProtocolError(
                 "top_up: not a paid connection (connect by host ID with a deposit)"
             )
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
         payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
         with engine.lock:
             payment.topped_up(amount)

@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import DTPError, InvalidArgument
+from dtp.errors import ConnectionClosed, DTPError, InvalidArgument, LocalProtocolError
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.settlement import ClientPayment
 from tests import test_s16_paid_gate as gate
 from tests.polling import wait_for
 from tests.test_s16_paid_gate import (
@@ -174,3 +176,130 @@ def test_a_top_up_above_u64_moves_nothing(
             sock.top_up(1 << 64)
         assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
         assert payment.meter.meter.deposit == limit
+
+
+def test_top_up_on_an_ended_connection_is_refused_before_the_ledger(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """Once the server ended the connection, ``top_up`` raises the connection's end
+    (ConnectionClosed, a DTPError) and sends no transaction: what it added would only come
+    back in the refund, or the ledger would refuse it (the escrow settled). On a closed
+    socket it is LocalProtocolError. Before: the transaction went to the ledger."""
+    release = threading.Event()
+    release.set()  # the handlers end the connection once the client said "go"
+    serve(*quiet_handlers(release))
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with connect(ledger, host_id, cap) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        escrow_id = ledger.get_connection(cid).escrow
+        sock.sendall(b"go")
+        engine = sock._engine
+        assert wait_for(lambda: engine.session.terminated is not None, 30)
+        with pytest.raises(ConnectionClosed):
+            sock.top_up(TOP_UP)
+        assert ledger.get_escrow(escrow_id).deposited == DEPOSIT
+    with pytest.raises(LocalProtocolError):
+        sock.top_up(TOP_UP)
+    assert ledger.get_escrow(escrow_id).deposited == DEPOSIT
+    assert conserved(ledger)
+
+
+def test_an_asyncio_top_up_on_an_ended_connection_is_refused_before_the_ledger(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """``DTPStreamWriter.top_up`` the same: the connection's end, no transaction."""
+    release = threading.Event()
+    release.set()
+    serve(*quiet_handlers(release))
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+
+    async def main() -> str:
+        _reader, writer = await dtp.aio.open_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            cap_id=cap,
+            metering=METERING,
+        )
+        try:
+            cid = writer.connection_id
+            assert cid is not None
+            writer.write(b"go")
+            async with asyncio.timeout(30):
+                while writer._proto.session.terminated is None:
+                    await asyncio.sleep(0.02)
+            with pytest.raises(ConnectionClosed):
+                await writer.top_up(TOP_UP)
+            return cid
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    cid = asyncio.run(main())
+    assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
+    assert conserved(ledger)
+
+
+def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
+    ledger: LocalLedger,
+    host_id: str,
+    serve: Callable[..., tuple[CountingLedger, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller of ``await writer.top_up()`` is cancelled while the ledger transaction
+    runs (in a thread, which goes on): once it lands, the client's meter rises to the new
+    deposit all the same. Before: the code after the await never ran, and the client
+    signed on to the old deposit with the new one on the ledger."""
+    release = threading.Event()
+    serve(*quiet_handlers(release))
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    in_ledger = threading.Event()
+    go_on = threading.Event()
+    real = ClientPayment.top_up_on_ledger
+
+    def slow(self: ClientPayment, amount: int) -> None:
+        in_ledger.set()
+        go_on.wait(60)  # a slow ledger
+        real(self, amount)
+
+    monkeypatch.setattr(ClientPayment, "top_up_on_ledger", slow)
+
+    async def main() -> tuple[int, str]:
+        _reader, writer = await dtp.aio.open_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=20,
+            ledger=ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            cap_id=cap,
+            metering=METERING,
+        )
+        try:
+            cid = writer.connection_id
+            payment = writer._proto.payment
+            assert cid is not None and payment is not None
+            writer.write(b"go")
+            task = asyncio.create_task(writer.top_up(TOP_UP))
+            assert await asyncio.to_thread(in_ledger.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            go_on.set()
+            async with asyncio.timeout(30):
+                while payment.meter.meter.deposit < DEPOSIT + TOP_UP:
+                    await asyncio.sleep(0.02)
+            return payment.meter.meter.deposit, cid
+        finally:
+            release.set()
+            go_on.set()
+            writer.close()
+            await writer.wait_closed()
+
+    limit, cid = asyncio.run(main())
+    assert limit == DEPOSIT + TOP_UP
+    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
+    assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT + TOP_UP
+    assert conserved(ledger)
