@@ -60,8 +60,10 @@ def test_a_rate_limited_read_is_ledger_unavailable(
     """It was a plain ChainError named RESOURCE_EXHAUSTED, which no caller treats as the
     passing outage it is (LedgerUnavailable is what ledger_bridge rides out)."""
     node = grpc_node({method: _error(Status.RESOURCE_EXHAUSTED, "too many requests")})
+    client = sui_node(node.url)
+    client.retries = 0  # the error's class here; its retries: test_s17_sui_retries
     with pytest.raises(LedgerUnavailable) as info:
-        READS[method](sui_node(node.url))
+        READS[method](client)
     assert info.value.name == "LedgerUnavailable"
     assert "rate limiting" in str(info.value) and method in str(info.value)
     assert node.handlers.calls == [method]
@@ -181,8 +183,10 @@ def http_429() -> Any:
 def test_an_http_429_says_the_node_is_rate_limiting(http_429: Http2Status, sui_node: Any) -> None:
     """grpclib reports an HTTP 429 as UNAVAILABLE "Received :status = '429'": it was a
     LedgerUnavailable that said only "unavailable"."""
+    client = sui_node(http_429.url)
+    client.retries = 0  # the error's class here; its retries: test_s17_sui_retries
     with pytest.raises(LedgerUnavailable, match="rate limiting"):
-        sui_node(http_429.url).epoch_info()
+        client.epoch_info()
     assert http_429.requests == ["/sui.rpc.v2.LedgerService/GetEpoch"]
 
 

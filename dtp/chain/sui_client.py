@@ -13,6 +13,10 @@ first call (so constructing does no I/O and starts nothing); each call is submit
 ``asyncio.run_coroutine_threadsafe`` and waited for. A per-process loop (rather than
 ``asyncio.run`` per call) keeps the HTTP/2 channel open between calls and works when the
 caller already runs an event loop.
+
+Reads that fail transiently (the node unreachable, a reset connection, UNAVAILABLE, rate
+limiting) are tried again a few times with jittered exponential backoff, within the
+call's time budget; executing a transaction never is (see :meth:`SuiNode.execute`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import logging
 import math
+import random
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
@@ -62,6 +68,34 @@ _EXEC_FIELDS: Final = ["digest", "effects", "events", "checkpoint", "timestamp"]
 #: What grpclib says for an HTTP answer that is not 200 (it maps a 429 to UNAVAILABLE).
 _HTTP_429: Final = ":status = '429'"
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Backoff before the first retry of a read that failed transiently, in seconds; it
+#: doubles with each further retry, up to ``_RETRY_DELAY_CAP``.
+_RETRY_DELAY = 0.2
+#: The same for a node that is rate limiting or overloaded: coming back after 0.2 s is
+#: what it just refused.
+_RATE_LIMITED_DELAY = 1.0
+_RETRY_DELAY_CAP = 2.0
+
+
+def _backoff(retry: int, rate_limited: bool) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first): exponential and
+    capped, with half of it random, so clients that failed together do not all come back
+    at the same instant, yet none comes back at once."""
+    first = _RATE_LIMITED_DELAY if rate_limited else _RETRY_DELAY
+    # the exponent is bounded: a float overflows long before a caller's retries run out
+    delay = min(_RETRY_DELAY_CAP, first * 2.0 ** min(retry - 1, 32))
+    return delay / 2 + random.uniform(0.0, delay / 2)
+
+
+def _rate_limited(exc: GRPCError) -> bool:
+    # RESOURCE_EXHAUSTED is also what Sui sends for overloaded validators; an HTTP 429 (a
+    # proxy in front of the node) reaches here as UNAVAILABLE
+    return exc.status == Status.RESOURCE_EXHAUSTED or (
+        exc.status == Status.UNAVAILABLE and _HTTP_429 in (exc.message or "")
+    )
 
 
 class LedgerUnavailable(ChainError):
@@ -193,15 +227,27 @@ def timestamp_ms(value: datetime.datetime | None) -> int:
 class SuiNode:
     """Synchronous access to one Sui full node over gRPC."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 30.0) -> None:
-        """Parse ``endpoint``; no thread, socket or loop is created until the first call."""
+    def __init__(self, endpoint: str, *, timeout: float = 30.0, retries: int = 2) -> None:
+        """Parse ``endpoint``; no thread, socket or loop is created until the first call.
+
+        ``timeout``: seconds one call may spend waiting on the node, all its attempts
+        together. ``retries``: how many times a read that failed transiently (node
+        unreachable, connection reset, UNAVAILABLE, RESOURCE_EXHAUSTED or HTTP 429) is
+        tried again, after a jittered exponential backoff (about 0.2 s, then doubling up
+        to 2 s; from 1 s when the node is rate limiting); the sleeps come on top of
+        ``timeout``. A call that used up ``timeout`` is not retried, nor is any other
+        error, nor ever a transaction execution. ``0`` asks once."""
         self.endpoint = endpoint
         self.host, self.port, self.tls = parse_endpoint(endpoint)
         # NaN never fires in asyncio.wait_for and infinity waits forever: either would
         # let a silent node hang every call
         if not isinstance(timeout, int | float) or not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        # bool is an int, but retries=True is a mistake, not "once"
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         self.timeout = float(timeout)
+        self.retries = retries
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -238,36 +284,69 @@ class SuiNode:
     async def _guard(
         self, make: Callable[[], Awaitable[T]], what: str, executes: bool = False
     ) -> T:
-        try:
-            return await asyncio.wait_for(make(), self.timeout)
-        except GRPCError as exc:
-            raise self._grpc_error(exc, what, executes) from None
-        except TimeoutError:
-            raise LedgerUnavailable(
-                f"Sui node {self.endpoint} did not answer {what} within {self.timeout} s."
-            ) from None
-        except (OSError, StreamTerminatedError, ConnectionError) as exc:
-            raise LedgerUnavailable(
-                f"Sui node {self.endpoint} is unreachable ({what}): {exc}"
-            ) from None
-        except ChainError:
-            raise
-        except Exception as exc:
-            # protobuf that does not parse (EOFError, ValueError…), a field of the wrong
-            # kind: the node's answer, so a typed error rather than a crash of the caller
-            raise MalformedResponse(
-                f"Sui node {self.endpoint} sent an answer to {what} that cannot be read: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        """``make()`` under the call's time budget, a read retried on transient failures.
+
+        Each attempt calls ``make()`` afresh (a paged read starts again from its first
+        page). No new channel is needed for a retry: grpclib's ``Channel`` opens a new
+        connection on its next request once the old one is lost (reset, EOF, GOAWAY,
+        HTTP/2 protocol error), and a refused connect leaves none behind. close() during
+        a backoff sleep cancels it like a call in flight (run() raises)."""
+        loop = asyncio.get_running_loop()
+        # one budget for all the attempts: a retry never makes the caller wait more than
+        # ``timeout`` on the node, only the backoff sleeps on top
+        budget = self.timeout
+        attempts = 1 if executes else self.retries + 1
+        attempt = 1
+        while True:
+            started = loop.time()
+            rate_limited = False
+            try:
+                return await asyncio.wait_for(make(), budget)
+            except GRPCError as exc:
+                error = self._grpc_error(exc, what, executes)
+                rate_limited = _rate_limited(exc)
+                if exc.status not in (Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED):
+                    raise error from None
+            except TimeoutError:
+                # caught before OSError, its base class: the budget is spent, so this is
+                # final (a retry would have no time left)
+                raise LedgerUnavailable(
+                    f"Sui node {self.endpoint} did not answer {what} within {self.timeout} s."
+                ) from None
+            except (OSError, StreamTerminatedError, ConnectionError) as exc:
+                error = LedgerUnavailable(
+                    f"Sui node {self.endpoint} is unreachable ({what}): {exc}"
+                )
+            except ChainError:
+                raise
+            except Exception as exc:
+                # protobuf that does not parse (EOFError, ValueError…), a field of the wrong
+                # kind: the node's answer, so a typed error rather than a crash of the caller
+                raise MalformedResponse(
+                    f"Sui node {self.endpoint} sent an answer to {what} that cannot be read: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            budget -= loop.time() - started
+            if attempt >= attempts or budget <= 0:
+                raise error from None
+            delay = _backoff(attempt, rate_limited)
+            logger.debug(
+                "Sui node %s: %s failed (attempt %d of %d): %s; retrying in %.2f s",
+                self.endpoint,
+                what,
+                attempt,
+                attempts,
+                error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
 
     def _grpc_error(self, exc: GRPCError, what: str, executes: bool = False) -> ChainError:
         message = exc.message or exc.status.name
         # checked first: a rate limiter's text may read like a rejection ("insufficient
-        # quota"). RESOURCE_EXHAUSTED is also what Sui sends for overloaded validators;
-        # an HTTP 429 (a proxy in front of the node) reaches here as UNAVAILABLE
-        if exc.status == Status.RESOURCE_EXHAUSTED or (
-            exc.status == Status.UNAVAILABLE and _HTTP_429 in message
-        ):
+        # quota")
+        if _rate_limited(exc):
             return LedgerUnavailable(
                 f"Sui node {self.endpoint} is rate limiting requests or overloaded ({what}): "
                 f"{message}. Try again later, more slowly, or use another node."
@@ -478,6 +557,10 @@ class SuiNode:
             resp = await self._unary(request)
             return resp.transaction
 
+        # executes=True: never retried. ExecuteTransaction is not idempotent for the
+        # caller: a request whose answer was lost (reset, UNAVAILABLE from a proxy after
+        # forwarding it) may have executed, and sending it again could pay twice or fail
+        # confusingly on now-spent objects; the caller reads the outcome first
         try:
             return self.run(call, "ExecuteTransaction", executes=True)
         except LedgerUnavailable as exc:
