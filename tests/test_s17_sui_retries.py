@@ -23,9 +23,19 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from dtp.chain import sui_client
+from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
 from dtp.chain.sui_client import LedgerUnavailable, MalformedResponse, SuiNode
 from dtp.errors import ChainError, ObjectNotFound
-from tests.test_s15_sui import JOIN, NODE_TIMEOUT, Answer, _const, _error, grpc_node, sui_node
+from tests.test_s15_sui import (
+    JOIN,
+    NODE_TIMEOUT,
+    PACKAGE,
+    Answer,
+    _const,
+    _error,
+    grpc_node,
+    sui_node,
+)
 from tests.test_s16_sui_errors import Http2Status
 
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
@@ -342,3 +352,22 @@ def test_close_during_a_backoff_sleep_ends_the_call(
     finally:
         client.close()
         caller.join(JOIN)
+
+
+def test_sui_config_sets_the_retries_of_its_ledgers_node() -> None:
+    """``DTP_SUI_RETRIES`` / ``SuiConfig.retries`` reach the SuiLedger's node (it was
+    built with the default whatever the configuration); a bad value is SuiConfigError."""
+    env = {"DTP_SUI_RPC": "http://127.0.0.1:9", "DTP_SUI_PACKAGE": PACKAGE}
+    assert SuiConfig.from_env(env).retries == 2
+    config = SuiConfig.from_env({**env, "DTP_SUI_RETRIES": "0"})
+    assert config.retries == 0
+    ledger = SuiLedger(config)
+    try:
+        assert ledger._node.retries == 0
+    finally:
+        ledger.close()
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(SuiConfigError, match="DTP_SUI_RETRIES"):
+            SuiConfig.from_env({**env, "DTP_SUI_RETRIES": bad})
+    with pytest.raises(SuiConfigError, match="DTP_SUI_RETRIES"):
+        SuiConfig("http://127.0.0.1:9", PACKAGE, retries=True)

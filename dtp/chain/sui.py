@@ -205,6 +205,8 @@ class SuiConfig:
     #: The package that defines the types (the original ID, after upgrades); ``package``
     #: when None.
     type_package: str | None = None
+    #: Times a read that failed transiently is tried again (see :class:`SuiNode`).
+    retries: int = 2
 
     def __post_init__(self) -> None:
         try:
@@ -233,6 +235,10 @@ class SuiConfig:
                 or not (value > 0 and math.isfinite(value))
             ):
                 raise SuiConfigError(f"{what} must be a positive number of seconds, got {value!r}.")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise SuiConfigError(
+                f"DTP_SUI_RETRIES must be a non-negative integer, got {self.retries!r}."
+            )
 
     def __repr__(self) -> str:
         key = self.key.sui_address if self.key is not None else None
@@ -241,7 +247,8 @@ class SuiConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SuiConfig:
         """From ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and the optional ``DTP_SUI_KEY``,
-        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``; raises :class:`SuiConfigError`."""
+        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``, ``DTP_SUI_RETRIES``; raises
+        :class:`SuiConfigError`."""
         env = os.environ if env is None else env
         rpc = env.get("DTP_SUI_RPC", "").strip()
         package = env.get("DTP_SUI_PACKAGE", "").strip()
@@ -264,9 +271,12 @@ class SuiConfig:
         try:
             budget = int(env.get("DTP_SUI_GAS_BUDGET", "") or DEFAULT_GAS_BUDGET)
             timeout = float(env.get("DTP_SUI_TIMEOUT", "") or 30.0)
+            retries = int(env.get("DTP_SUI_RETRIES", "") or 2)
         except ValueError as exc:
-            raise SuiConfigError(f"DTP_SUI_GAS_BUDGET / DTP_SUI_TIMEOUT: {exc}.") from None
-        return cls(rpc, package, key, budget, timeout)
+            raise SuiConfigError(
+                f"DTP_SUI_GAS_BUDGET / DTP_SUI_TIMEOUT / DTP_SUI_RETRIES: {exc}."
+            ) from None
+        return cls(rpc, package, key, budget, timeout, retries=retries)
 
 
 class MissingEvent(ChainError, KeyError):
@@ -491,7 +501,7 @@ class SuiLedger(Ledger):
         self._packages: tuple[str, ...] = tuple(
             dict.fromkeys([config.package, config.type_package or config.package])
         )
-        self._node = SuiNode(config.rpc, timeout=config.timeout)
+        self._node = SuiNode(config.rpc, timeout=config.timeout, retries=config.retries)
         self._tx_lock = threading.Lock()
         self._checkpoint_ms: dict[int, int] = {}
         self._checkpoint_lock = threading.Lock()
