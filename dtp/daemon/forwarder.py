@@ -94,15 +94,16 @@ class Forwarder:
         )
         name = self.server.sockets[0].getsockname()
         self.show_listen()
-        self.stats.target = str(self.config.target)
         return name[0], name[1]
 
     def show_listen(self) -> None:
-        """Put the bound address in the status (the row is shared by name: a forwarder
-        started in our place, then closed again, had put its own there)."""
+        """Put the bound address and our target in the status (the row is shared by
+        name: a forwarder started in our place, then closed again, had put its own
+        there; its target stayed after a failed port trade rolled it back)."""
         if self.server is not None and self.server.sockets:
             name = self.server.sockets[0].getsockname()
             self.stats.listen = join_host_port(name[0], name[1])
+            self.stats.target = str(self.config.target)
             self.book.touch()
 
     def _new_leg(self) -> TcpLeg:

@@ -41,12 +41,17 @@ class UdpForward:
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
+        # what refresh() has put in the row so far (bytes in, bytes out, flows): the
+        # row is shared by name with the forwarders a reload put in our place, or we
+        # in theirs, so each adds its own changes (written whole, a forwarder started
+        # on trial and closed again put its zeros over the TCP forwarder it was to
+        # replace, whose open tunnel then counted -1 active tunnels when it ended)
+        self._counted = (0, 0, 0)
 
     @property
     def stats(self) -> ForwardStats:
-        row = self.book.forward(self.config.name)
-        row.target = f"udp {self.config.target}"
-        return row
+        # (the target is set at start, not here: see Forwarder.stats)
+        return self.book.forward(self.config.name)
 
     async def _connect(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
         stats = self.stats
@@ -113,11 +118,13 @@ class UdpForward:
         return self._forwarder.address
 
     def show_listen(self) -> None:
-        """Put the bound address in the status (the row is shared by name: a forwarder
-        started in our place, then closed again, had put its own there)."""
+        """Put the bound address and our target in the status (the row is shared by
+        name: a forwarder started in our place, then closed again, had put its own
+        there)."""
         if self._forwarder is not None:
             host, port = self._forwarder.address
             self.stats.listen = f"udp://{host}:{port}"
+            self.stats.target = f"udp {self.config.target}"
             self.book.touch()
 
     def refresh(self) -> None:
@@ -125,10 +132,13 @@ class UdpForward:
         if self._forwarder is None:
             return
         snap = self._forwarder.stats.snapshot()
+        # (bytes_out: local clients → the tunnel)
+        now = (snap["bytes_out"], snap["bytes_in"], self._forwarder.sessions)
+        was, self._counted = self._counted, now
         row = self.stats
-        row.bytes_in = snap["bytes_out"]  # local clients → the tunnel
-        row.bytes_out = snap["bytes_in"]
-        row.active_tunnels = self._forwarder.sessions
+        row.bytes_in += now[0] - was[0]
+        row.bytes_out += now[1] - was[1]
+        row.active_tunnels += now[2] - was[2]
         self.book.touch()
 
     def stop_listening(self) -> None:
