@@ -390,7 +390,15 @@ class LedgerBridge:
         deadline = time.monotonic() + 2 * self.options.peer_close_grace
         while not self._stop.is_set() and time.monotonic() < deadline:
             was_closed = carrier.peer_closed
-            carrier.receive(0.0)  # the records go nowhere: the connection is over
+            # the records go nowhere (the connection is over): read in portions the
+            # size of our buffer, one after the other while they come full (read
+            # whole, a backlog on the ledger went into memory at once)
+            while (
+                sum(map(len, carrier.receive(0.0, max_bytes=_OUT_HIGH_WATER))) >= _OUT_HIGH_WATER
+                and not self._stop.is_set()
+                and time.monotonic() < deadline
+            ):
+                self._offer_confirmations()
             self._offer_confirmations()
             if was_closed:
                 break
