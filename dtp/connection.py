@@ -132,6 +132,8 @@ MAX_PENDING_EARLY_RECORDS = 64
 #: that waits for a stalled peer only arrives late, and queuing them would grow
 #: without bound (docs/udp.md).
 DATAGRAM_SEND_BACKLOG = 1 << 20
+#: Shortest keepalive interval a peer's idle timeout brings ours down to (seconds).
+MIN_KEEPALIVE = 1.0
 
 # core statuses for a record header that does not parse: before any authentication
 _BAD_HEADER = frozenset({ErrorCode.RECORD_KIND, ErrorCode.RECORD_FLAGS, ErrorCode.RECORD_SIZE})
@@ -159,7 +161,9 @@ class ConnectionConfig:
     idle_timeout: float = 60.0
     """Close the connection when nothing arrives for this long (seconds)."""
     keepalive_interval: float | None = 15.0
-    """Send a PING after this long without sending anything (None: never)."""
+    """Send a PING after this long without sending anything (None: never); less -- half
+    the peer's idle timeout, but not below :data:`MIN_KEEPALIVE` -- when the peer's idle
+    timeout is under twice this."""
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
@@ -244,6 +248,9 @@ class Connection:
         self._created = now
         self._last_received = now
         self._last_sent = now
+        # the keepalive interval in force: ours, or less once the peer's idle timeout
+        # (its "it" parameter) says it would give up on a quiet connection sooner
+        self._keepalive: float | None = config.keepalive_interval
         self._hs: Handshake
         self._hs_messages: list[tuple[int, bytes]] = []  # sent, for lossy-carrier resends
         self._hs_resend_at: float | None = None
@@ -507,15 +514,15 @@ class Connection:
         ):
             # the common case, without building a list: idle timeout and keepalive
             idle = self._last_received + config.idle_timeout
-            if config.keepalive_interval:
-                keepalive = self._last_sent + config.keepalive_interval
+            if self._keepalive:
+                keepalive = self._last_sent + self._keepalive
                 return keepalive if keepalive < idle else idle
             return idle
         deadlines = [self._last_received + self.config.idle_timeout]
         if self._state is not ConnState.ESTABLISHED:
             deadlines.append(self._created + self.config.handshake_timeout)
-        if self._state is ConnState.ESTABLISHED and self.config.keepalive_interval:
-            deadlines.append(self._last_sent + self.config.keepalive_interval)
+        if self._state is ConnState.ESTABLISHED and self._keepalive:
+            deadlines.append(self._last_sent + self._keepalive)
         if self._hs_resend_at is not None:
             deadlines.append(self._hs_resend_at)
         if self._acks is not None and self._acks.ack_deadline is not None:
@@ -542,8 +549,8 @@ class Connection:
             return
         if (
             self._state is ConnState.ESTABLISHED
-            and self.config.keepalive_interval
-            and now >= self._last_sent + self.config.keepalive_interval
+            and self._keepalive
+            and now >= self._last_sent + self._keepalive
         ):
             self._ping_pending = True
         if self._hs_resend_at is not None and now >= self._hs_resend_at:
@@ -816,7 +823,7 @@ class Connection:
             or stream.recv_limit - stream.consumed < self._stream_credit_at
         ):
             self._return_credit(stream)
-        keepalive = self.config.keepalive_interval
+        keepalive = self._keepalive
         return n, bool(
             self._events
             or self._pending_max_data
@@ -1094,7 +1101,7 @@ class Connection:
         if taken and not deliver:
             self.acknowledge_read(stream_id, taken)
         if not attention:
-            keepalive = self.config.keepalive_interval
+            keepalive = self._keepalive
             attention = bool(
                 self._events
                 or self._pending_max_data
@@ -1487,6 +1494,13 @@ class Connection:
         params = self._peer_params
         self._conn_send_credit = params["md"]
         self._peer_max_streams = params["ms"]
+        if self._keepalive:
+            # a PING at half the peer's idle timeout, or a quiet connection (or one we
+            # only send on, whose peer may answer nothing) dies at its end: the peer
+            # hears nothing from us for our whole interval. Not below MIN_KEEPALIVE,
+            # whatever the peer asks (a PING every millisecond would be its to order)
+            peer_idle = params["it"] / 1000
+            self._keepalive = min(self._keepalive, max(peer_idle / 2, MIN_KEEPALIVE))
         self._state = transition(self._state, new_state)
         assert self.peer_static is not None and self.handshake_hash is not None
         self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
