@@ -413,11 +413,13 @@ def apply_cap_limits(
     limits: dict[str, tuple[SpendingCap, int]],
     generations: dict[str, int] | None = None,
 ) -> None:
-    """Judge receipts from now on against the caps as :func:`read_cap_limits` read them:
-    each gate on a cap of ``limits`` takes what the cap lets the server count on for its
-    connection (:meth:`~dtp.chain.objects.SpendingCap.serving_room`: a lowering pauses
-    service, a raise does not extend a connection opened under less, since the client
-    can take it back before the claim), and the cap's share the least of its gates'. A
+    """Serve and judge receipts from now on against the caps as :func:`read_cap_limits`
+    read them: each gate on a cap of ``limits`` takes what the cap lets the server serve
+    on for its connection (:meth:`~dtp.chain.objects.SpendingCap.serving_room`: a
+    lowering pauses service, a raise does not extend a connection opened under less,
+    since the client can take it back before the claim) and what its receipts may reach
+    (:meth:`~dtp.chain.objects.SpendingCap.secured`: the claims keep the limit at
+    open), and the cap's share the least of its gates' claimable room. A
     gate kept the cap as admission read it: on a lowered cap it would go on serving on
     credit the client no longer means to give. ``generations``: from
     :func:`share_generations` before the read; a share a connection left since is not
@@ -428,9 +430,12 @@ def apply_cap_limits(
         if share is None or share.cap_id not in limits:
             continue
         cap, epoch = limits[share.cap_id]
-        room = cap.serving_room(epoch, gate.cap_opened_under)
-        gate.spend_limit = gate.claimed + room
-        rooms[share] = min(room, rooms.get(share, room))
+        gate.spend_limit = gate.claimed + cap.serving_room(epoch, gate.cap_opened_under)
+        # receipts for what was served stay good: the ledger charges their claims
+        # against the limit the connection opened under, whatever the cap says now
+        claimable = cap.secured(epoch, gate.cap_opened_under)
+        gate.claim_limit = gate.claimed + claimable
+        rooms[share] = min(claimable, rooms.get(share, claimable))
     for share, room in rooms.items():
         share.refresh(room, None if generations is None else generations.get(share.cap_id))
 
@@ -444,8 +449,12 @@ class ReceiptGate:
     SLA's ``min_deposit``: the server never serves more on credit than the minimum
     escrow guarantees it can be paid. ``pause_timeout_ms``: a connection paused this
     long without a covering receipt is to be closed. ``spend_limit``: the most the
-    client's spending cap lets the server claim (None: no limit beyond the deposit);
-    receipts above it still count only up to it.
+    server serves on, as the client's spending cap allows (None: no limit beyond the
+    deposit): a lowering of the cap pauses service there. ``claim_limit``: the most
+    receipts may reach, what the cap lets the server claim (default: ``spend_limit``):
+    a lowering does not bind the claims of a connection opened before it, so a receipt
+    for usage served before it stays good (judged against the serving limit, the final
+    receipt after a refresh of the caps was refused, and an older one claimed).
     """
 
     def __init__(
@@ -460,6 +469,7 @@ class ReceiptGate:
         allowance: int | None = None,
         pause_timeout_ms: int = 10_000,
         spend_limit: int | None = None,
+        claim_limit: int | None = None,
         store: ReceiptStore | None = None,
     ) -> None:
         if pause_timeout_ms < 0 or (allowance is not None and allowance < 0):
@@ -472,6 +482,7 @@ class ReceiptGate:
         self.allowance = sla.min_deposit if allowance is None else allowance
         self.pause_timeout_ms = pause_timeout_ms
         self.spend_limit = spend_limit
+        self.claim_limit = spend_limit if claim_limit is None else claim_limit
         self.store = store
         self.latest: Receipt | None = None
         self.latest_nonce = latest_nonce
@@ -542,14 +553,14 @@ class ReceiptGate:
                     "EReceiptNotCumulative",
                     f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
-            if self.spend_limit is not None and receipt.total_amount > self.spend_limit:
+            if self.claim_limit is not None and receipt.total_amount > self.claim_limit:
                 # valid, but the client's cap would refuse its claim this epoch, and a
                 # cumulative receipt cannot be claimed in part: keep the previous one
                 raise move_error(
                     "spending_cap",
                     "ESpendingCapExceeded",
                     f"receipt for {receipt.total_amount} MIST, the cap lets "
-                    f"{self.spend_limit} be claimed",
+                    f"{self.claim_limit} be claimed",
                 )
             share = self.share
             if share is not None:
@@ -582,9 +593,9 @@ class ReceiptGate:
 
     def payable(self) -> int:
         """What the accepted receipts let the server collect."""
-        if self.spend_limit is None:
+        if self.claim_limit is None:
             return self.latest_amount
-        return min(self.latest_amount, self.spend_limit)
+        return min(self.latest_amount, self.claim_limit)
 
     def wants_deposit(self, now_ms: int, total_bytes: int, total_requests: int) -> bool:
         """Whether the server should read the escrow's deposit again now: a receipt
@@ -639,13 +650,21 @@ class ReceiptGate:
         return self._credit(self.deposited)
 
     def _credit(self, deposited: int) -> int:
+        return max(0, self._headroom(deposited))
+
+    def _headroom(self, deposited: int) -> int:
+        """:meth:`credit` before it is floored at 0: negative when the accepted receipts
+        reach past what the server serves up to (a cap lowered below them: they pay for
+        service before the lowering, and serve no more), so that usage is held to that
+        ceiling -- the receipts alone, above it, served on for as long as the client
+        paid."""
         ceiling = deposited if self.spend_limit is None else min(deposited, self.spend_limit)
         share = self.share
         if share is not None:
             # the client's other live connections on the cap hold part of it: what they
             # hold cannot pay for this one's credit
             ceiling = min(ceiling, self.claimed + share.room(self))
-        return max(0, min(self.allowance, ceiling - self.payable()))
+        return min(self.allowance, ceiling - self.payable())
 
     def owed(self, total_bytes: int, total_requests: int) -> int:
         """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
@@ -655,7 +674,7 @@ class ReceiptGate:
         """Whether no further receipt is to be expected: the usage is covered, or the
         receipts already reach all the client can pay (its deposit, or its cap)."""
         ceiling = (
-            self.deposited if self.spend_limit is None else min(self.deposited, self.spend_limit)
+            self.deposited if self.claim_limit is None else min(self.deposited, self.claim_limit)
         )
         return self.owed(total_bytes, total_requests) == 0 or self.payable() >= ceiling
 
@@ -664,7 +683,9 @@ class ReceiptGate:
         SERVE (no bad receipt, credit within the allowance)."""
         if self.violation is not None:
             return False
-        if fee(self.sla, total_bytes, total_requests) - self.payable() > self.credit():
+        if fee(self.sla, total_bytes, total_requests) - self.payable() > self._headroom(
+            self.deposited
+        ):
             return False
         self._paused_since = None
         return True
@@ -674,7 +695,11 @@ class ReceiptGate:
         on the receipts accepted so far (0 when it is not serving)."""
         if self.violation is not None:
             return 0
-        room = self.credit() + self.payable() - total_requests * self.sla.price_per_request
+        room = (
+            self._headroom(self.deposited)
+            + self.payable()
+            - total_requests * self.sla.price_per_request
+        )
         if room < 0:
             return 0
         if not self.sla.price_per_kib:
@@ -688,8 +713,9 @@ class ReceiptGate:
         owed = self.owed(total_bytes, total_requests)
         if self.violation is not None:
             return GateVerdict(GateState.CLOSE, owed, self.violation)
-        credit = self.credit()
-        if owed <= credit:
+        headroom = self._headroom(self.deposited)
+        credit = max(0, headroom)
+        if fee(self.sla, total_bytes, total_requests) - self.payable() <= headroom:
             self._paused_since = None
             return GateVerdict(GateState.SERVE, owed)
         if self._paused_since is None:

@@ -194,6 +194,9 @@ def gate_for(
     # what the cap lets us count on for this connection (docs/escrow.md §4): a raise
     # since the open could be taken back before our claim, a lowering pauses service
     room = cap.serving_room(epoch, escrow.cap_max_per_epoch)
+    # what its receipts may reach: the ledger charges its claims against the limit it
+    # opened under, whatever the cap says later (metering.apply_cap_limits)
+    claimable = cap.secured(epoch, escrow.cap_max_per_epoch)
     gate = ReceiptGate(
         connection_id=tc.id,
         client_public_key=escrow.client_public_key,
@@ -204,12 +207,13 @@ def gate_for(
         allowance=policy.allowance,
         pause_timeout_ms=int(policy.pause_timeout * 1000),
         spend_limit=escrow.claimed + room,
+        claim_limit=escrow.claimed + claimable,
         store=store,
     )
     gate.cap_opened_under = escrow.cap_max_per_epoch
     gate.escrow_id = escrow.id  # read again should the client top it up while served
     if shares is not None:
-        shares.join(cap.id, gate, room)
+        shares.join(cap.id, gate, claimable)
     return gate
 
 

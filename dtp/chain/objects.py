@@ -243,10 +243,13 @@ class SpendingCap:
     def secured(self, current_epoch: int, opened_under: int) -> int:
         """What the claims of a connection opened under ``opened_under`` can be charged
         in ``current_epoch`` whatever the owner sets the limit to from now on (a raise
-        can be taken back; the limit at open cannot): what a server may count receipts
-        against, less what other connections' claims on the cap take first."""
+        can be taken back; the limit at open cannot, and a lowering does not bind the
+        claims of a connection opened before it): what a server may accept receipts up
+        to, less what other connections' claims on the cap take first. An escrow from
+        before the limit was recorded (0) follows the limit now, as its claims do."""
         spent = self.spent if current_epoch == self.epoch else 0
-        return max(0, opened_under - spent)
+        limit = self.max_per_epoch if opened_under == 0 else opened_under
+        return max(0, limit - spent)
 
 
 @dataclass(frozen=True)
