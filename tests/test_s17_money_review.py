@@ -75,6 +75,20 @@ def connect(ledger: LocalLedger, host_id: str, cap: str) -> dtp.socket.DTPSocket
     )
 
 
+async def connect_aio(ledger: LocalLedger, host_id: str, cap: str) -> dtp.aio.DTPStreamWriter:
+    """:func:`connect` through the asyncio client: its writer."""
+    _reader, writer = await dtp.aio.open_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        cap_id=cap,
+        metering=METERING,
+    )
+    return writer
+
+
 def quiet_handlers(release: threading.Event) -> tuple[Any, Any]:
     """Handlers that read the client's b"go" and then nothing (no pause, so no read of
     the escrow while the connection is open) until ``release``."""
@@ -215,15 +229,7 @@ def test_an_asyncio_top_up_on_an_ended_connection_is_refused_before_the_ledger(
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
 
     async def main() -> str:
-        _reader, writer = await dtp.aio.open_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            cap_id=cap,
-            metering=METERING,
-        )
+        writer = await connect_aio(ledger, host_id, cap)
         try:
             cid = writer.connection_id
             assert cid is not None
@@ -268,15 +274,7 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
     monkeypatch.setattr(ClientPayment, "top_up_on_ledger", slow)
 
     async def main() -> tuple[int, str]:
-        _reader, writer = await dtp.aio.open_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            cap_id=cap,
-            metering=METERING,
-        )
+        writer = await connect_aio(ledger, host_id, cap)
         try:
             cid = writer.connection_id
             payment = writer._proto.payment
