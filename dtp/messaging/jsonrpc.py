@@ -14,15 +14,20 @@ typed errors of :mod:`dtp.messaging.errors` for JSON-RPC error objects.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
+import io
 import json
 import logging
 import math
+import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from http.client import RemoteDisconnected
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
@@ -168,9 +173,15 @@ class JsonRpcHttpProxy:
     One keep-alive ``http.client`` connection per thread; responses above ``max_response``
     bytes and HTTP errors become JSON-RPC ``INTERNAL_ERROR`` answers (the backend's
     detail is not passed on). A document is sent again only when the reused connection
-    was found closed by the backend before any answer, never after a timeout."""
+    was found closed by the backend before any answer, never after a timeout.
 
-    def __init__(self, url: str, *, timeout: float = 10.0, max_response: int = MAX_JSON) -> None:
+    ``timeout`` (seconds) bounds the whole exchange -- connecting, sending the document
+    and reading the whole answer -- not each read: a backend that answers a byte now and
+    then is given up on once it has passed (``INTERNAL_ERROR``); None: no limit."""
+
+    def __init__(
+        self, url: str, *, timeout: float | None = 10.0, max_response: int = MAX_JSON
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -203,9 +214,24 @@ class JsonRpcHttpProxy:
         return conn
 
     def __call__(self, document: bytes) -> bytes | None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             conn = self._connection()
             reused = conn.sock is not None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:  # (a resend after a failure that took it all)
+                return _unreachable()
+            # connecting and sending within what is left; every read of the answer too
+            conn.timeout = left
+            sock = conn.sock
+            if sock is not None:
+                # (close() from another thread may have closed it: the request fails so)
+                with contextlib.suppress(OSError):
+                    sock.settimeout(left)
+            conn.response_class = cast(
+                type[http.client.HTTPResponse],
+                functools.partial(_DeadlineResponse, deadline=deadline),
+            )
             try:
                 conn.request(
                     "POST",
@@ -239,6 +265,13 @@ class JsonRpcHttpProxy:
                 return json.dumps(
                     _error(None, E.INTERNAL_ERROR, "backend answer too large")
                 ).encode()
+            if response.length:
+                # the backend ended the stream before the Content-Length it announced:
+                # http.client's read(amt) returns the part it got without a word, which
+                # is not the backend's answer, and the connection (its response unread)
+                # refuses the next request on it (ResponseNotReady, after sending it)
+                self._drop(conn)
+                return _unreachable()
             if status == 204 or (200 <= status < 300 and not body):
                 return None
             if not 200 <= status < 300:
@@ -258,6 +291,64 @@ class JsonRpcHttpProxy:
             conns, self._conns = self._conns, set()
         for conn in conns:
             conn.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The raw reader of an HTTP answer whose every read ends by ``deadline``
+    (``time.monotonic()``): a socket's own timeout is each read's, which a backend
+    sending a byte now and then never reaches."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+        super().__init__()
+        self._sock = sock
+        # (the socket's own reader: it holds the socket open while the answer is read,
+        # as http.client expects of a connection it closed on a "Connection: close")
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the backend's answer took longer than the proxy's timeout")
+            self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What :class:`_DeadlineResponse` hands http.client's HTTPResponse for a socket:
+    it only makes the answer's reader."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP answer read by ``deadline`` (see :class:`_DeadlineReader`)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        debuglevel: int = 0,
+        method: str | None = None,
+        url: str | None = None,
+        *,
+        deadline: float | None,
+    ) -> None:
+        super().__init__(
+            cast(socket.socket, _DeadlineSocket(sock, deadline)), debuglevel, method, url
+        )
 
 
 def _unreachable() -> bytes:
