@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 import dtp.socket
+from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHttpProxy, serve_jsonrpc
-from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.rpc import ResponsePrepay, RpcClient, RpcServer
 
 ANSWER = b'{"jsonrpc":"2.0","result":"%s","id":1}' % (b"x" * 200)
 
@@ -242,3 +243,46 @@ def test_a_trickling_backend_leaves_the_dtp_connection_usable() -> None:
         backend.close()
         proxy.close()
         thread.join(5)
+
+
+class _AddedAtTheEnd(list[str]):
+    """``ResponsePrepay.unanswered`` with another thread's escrow added the moment the
+    list is found empty or fully walked: the interleaving of a call that gave up just as
+    refund_due finished its pass, made deterministic."""
+
+    def __init__(self, items: list[str], late: str) -> None:
+        super().__init__(items)
+        self.late: str | None = late
+
+    def _add_late(self) -> None:
+        if self.late is not None:
+            late, self.late = self.late, None
+            self.append(late)
+
+    def __iter__(self) -> Any:
+        yield from super().__iter__()
+        self._add_late()
+
+    def pop(self, index: Any = -1) -> str:
+        if not self:
+            self._add_late()
+            raise IndexError("pop from empty list")
+        return super().pop(index)
+
+
+def test_refund_due_keeps_an_escrow_added_as_it_finishes() -> None:
+    """An escrow another thread adds to ``unanswered`` just as ``refund_due`` ends its
+    pass stays there for the next pass (and is refunded by it). Before: the list was
+    replaced whole by the escrows kept, and that one was never refunded."""
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    client, server = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client.sui_address, 1_000)
+    prepay = ResponsePrepay(ledger, client, server.sui_address, 10, grace_ms=0)
+    first, late = prepay.deposit(0.1), prepay.deposit(0.1)
+    prepay.unanswered = _AddedAtTheEnd([first], late)
+    ledger.advance_clock(10_000)
+    assert prepay.refund_due() == 10  # the first; the late one came after the pass
+    assert list(prepay.unanswered) == [late]
+    assert prepay.refund_due() == 10
+    assert list(prepay.unanswered) == []
+    assert ledger.balance(client.sui_address) == 1_000

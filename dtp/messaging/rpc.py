@@ -444,23 +444,39 @@ class ResponsePrepay:
         )
 
     def refund_due(self) -> int:
-        """Refund every unanswered escrow whose deadline passed; returns the MIST back."""
+        """Refund every unanswered escrow whose deadline passed; returns the MIST back.
+
+        Escrows are taken off :attr:`unanswered` one by one and those not refunded put
+        back at the end (list pops and extends are atomic): the calls of other threads
+        add theirs meanwhile, and the list replaced whole at the end dropped one added
+        after the last was looked at -- never refunded. An error (the ledger not
+        answering) puts back the escrow it came on too."""
         from dtp.errors import ChainError
 
         total = 0
-        keep = []
-        for escrow_id in self.unanswered:
-            esc = self.ledger.get_response_escrow(escrow_id)
-            if esc.state != 0:
-                continue
-            if self.ledger.clock_ms() <= esc.deadline_ms:
-                keep.append(escrow_id)
-                continue
-            try:
-                total += self.ledger.response_escrow_refund(self.identity, escrow_id)
-            except ChainError:
-                keep.append(escrow_id)
-        self.unanswered = keep
+        keep: list[str] = []
+        try:
+            while True:
+                try:
+                    escrow_id = self.unanswered.pop(0)
+                except IndexError:
+                    break
+                try:
+                    esc = self.ledger.get_response_escrow(escrow_id)
+                    if esc.state != 0:
+                        continue
+                    if self.ledger.clock_ms() <= esc.deadline_ms:
+                        keep.append(escrow_id)
+                        continue
+                    try:
+                        total += self.ledger.response_escrow_refund(self.identity, escrow_id)
+                    except ChainError:
+                        keep.append(escrow_id)
+                except BaseException:
+                    keep.append(escrow_id)
+                    raise
+        finally:
+            self.unanswered.extend(keep)
         return total
 
 
