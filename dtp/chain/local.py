@@ -441,7 +441,7 @@ class _SqlStore:
         row = self.db.execute(
             "SELECT amount FROM balances WHERE address = ?", (address,)
         ).fetchone()
-        return int(row[0]) if row else 0
+        return rules.stored_int(row[0]) if row else 0
 
     def balances(self, addresses: Sequence[str]) -> dict[str, int]:
         """The balances of ``addresses`` that are not zero (one statement)."""
@@ -449,7 +449,7 @@ class _SqlStore:
         rows = self.db.execute(
             f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
         )
-        return {address: int(amount) for address, amount in rows}
+        return {address: rules.stored_int(amount) for address, amount in rows}
 
 
 class LocalLedger(Ledger):
@@ -587,9 +587,12 @@ class LocalLedger(Ledger):
         being the file's last, which is the one that empties the WAL into the database
         and removes it, and its copying would go on writing the file after close returned.
         """
-        if self.path != ":memory:" and not isinstance(self._db, _ClosedConnection):
-            _CHECKPOINTER.wait(self.path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
         with self._lock:
+            # under the handle's lock: a transaction of another thread that was running
+            # when close() was called commits first, and its commit may be the one that
+            # starts a checkpoint, which must be waited for too
+            if self.path != ":memory:" and not isinstance(self._db, _ClosedConnection):
+                _CHECKPOINTER.wait(self.path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
             self._db.close()
             self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))
 
@@ -603,6 +606,9 @@ class LocalLedger(Ledger):
         while True:
             try:
                 return fn()
+            except rules.DamagedData as exc:
+                # typed already; worded here to name the file, as the other failures are
+                raise _unavailable(f"the ledger {self.path} failed: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 message = str(exc).lower()
                 if not isinstance(exc, sqlite3.OperationalError) or (
@@ -701,9 +707,9 @@ class LocalLedger(Ledger):
         if meta is None:
             meta = self._metas()
         if meta["clock_frozen"] == "1":
-            return int(meta["clock_ms"])
+            return rules.stored_int(meta["clock_ms"])
         offset = meta["clock_offset"]
-        now = max(_wall_ms() + int(offset), int(meta["clock_floor"]))
+        now = max(_wall_ms() + rules.stored_int(offset), rules.stored_int(meta["clock_floor"]))
         served_offset, served = self._clock_served
         # a new offset is a clock set on purpose (unfreeze_clock, advance_clock), which
         # saved its own floor: what was served before it no longer holds the clock
@@ -787,13 +793,13 @@ class LocalLedger(Ledger):
 
     def epoch(self) -> int:
         """The current epoch."""
-        return self._read_one(lambda: int(self._meta("epoch")))
+        return self._read_one(lambda: rules.stored_int(self._meta("epoch")))
 
     def advance_epoch(self) -> int:
         """Start the next epoch; returns it."""
 
         def apply() -> int:
-            epoch = int(self._meta("epoch")) + 1
+            epoch = rules.stored_int(self._meta("epoch")) + 1
             self._set_meta("epoch", epoch)
             return epoch
 
@@ -806,7 +812,7 @@ class LocalLedger(Ledger):
         _u64(amount, "the faucet amount")
 
         def apply() -> int:
-            minted = int(self._meta("minted")) + amount
+            minted = rules.stored_int(self._meta("minted")) + amount
             if minted > U64_MAX:
                 raise InvalidArgument(
                     f"The faucet cannot mint {amount} MIST: the total would pass 2**64-1."
@@ -820,7 +826,7 @@ class LocalLedger(Ledger):
 
     def minted(self) -> int:
         """Total MIST ever minted by the faucet."""
-        return self._read_one(lambda: int(self._meta("minted")))
+        return self._read_one(lambda: rules.stored_int(self._meta("minted")))
 
     def audit(self) -> dict[str, int]:
         """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows,
@@ -829,7 +835,8 @@ class LocalLedger(Ledger):
         money of events not yet on air). Conservation holds iff minted == the other three."""
 
         def read() -> dict[str, int]:
-            balances = sum(int(r[0]) for r in self._db.execute("SELECT amount FROM balances"))
+            rows = self._db.execute("SELECT amount FROM balances")
+            balances = sum(rules.stored_int(r[0]) for r in rows)
             escrows = broadcasts = 0
             for type_, data in self._db.execute("SELECT type, data FROM objects"):
                 obj = rules.from_json(data)
@@ -844,7 +851,7 @@ class LocalLedger(Ledger):
                 elif type_ == rules.OBJECT_TYPES["TicketSale"]:
                     broadcasts += obj["funds"]  # ticket money waits for an event to air
             return {
-                "minted": int(self._meta("minted")),
+                "minted": rules.stored_int(self._meta("minted")),
                 "balances": balances,
                 "escrows": escrows,
                 "broadcasts": broadcasts,
@@ -935,7 +942,8 @@ class LocalLedger(Ledger):
         store = _SqlStore(db)
         meta = self._metas()
         now = self._now(meta)
-        x = rules.Exec(store, tx.sender, digest, now, int(meta["epoch"]))
+        epoch = rules.stored_int(meta["epoch"])
+        x = rules.Exec(store, tx.sender, digest, now, epoch)
         value = handler(x, *args)
         # The effects, computed from what was read ...
         created: list[str] = []
@@ -969,7 +977,7 @@ class LocalLedger(Ledger):
             )
         except sqlite3.IntegrityError:
             raise _replayed(tx) from None
-        if now != int(meta["clock_floor"]):
+        if now != rules.stored_int(meta["clock_floor"]):
             self._set_meta("clock_floor", now)
         if deleted:
             db.executemany("DELETE FROM objects WHERE id = ?", deleted)
@@ -995,9 +1003,7 @@ class LocalLedger(Ledger):
                 seq += 1
                 events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
         touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
-        return TxResult(
-            digest_text, value, tuple(events), tuple(created), touched, int(meta["epoch"])
-        )
+        return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
 
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
         return self._execute(*self._signed(signer, module, function, *args))
@@ -1801,7 +1807,9 @@ class LocalLedger(Ledger):
             name = row[0].rsplit("::", 1)[-1]
             objects.append(_build(name, object_id, int(row[1]), rules.from_json(row[2])))
         epoch_row = found.get("") if with_cap else None
-        epoch = int(epoch_row[2]) if epoch_row is not None else (0 if with_cap else None)
+        epoch = (
+            rules.stored_int(epoch_row[2]) if epoch_row is not None else (0 if with_cap else None)
+        )
         return _connection_view(tc, objects, hid, epoch)
 
     def object_version(self, object_id: str) -> int:

@@ -39,7 +39,16 @@ from dtp.errors import (
 )
 from dtp.keys import sui_address_from_public_key
 
-__all__ = ["FUNCTIONS", "OBJECT_TYPES", "Exec", "Store", "from_json", "to_json"]
+__all__ = [
+    "FUNCTIONS",
+    "OBJECT_TYPES",
+    "DamagedData",
+    "Exec",
+    "Store",
+    "from_json",
+    "stored_int",
+    "to_json",
+]
 
 U64_MAX: Final = 2**64 - 1
 SHARED: Final = "shared"
@@ -85,11 +94,35 @@ def to_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+class DamagedData(ChainError):
+    """Stored data that does not read back (a ledger file damaged, or edited by something
+    else): ChainError ``LedgerUnavailable``, as every other failure of the file, rather
+    than the bare ValueError of a decoder that no caller of a ledger expects."""
+
+    name = "LedgerUnavailable"
+    module = "ledger"
+
+
 def from_json(text: str) -> Any:
-    """Inverse of :func:`to_json`."""
-    if '"$b"' not in text:
-        return _PLAIN_DECODER.decode(text)
-    return _DECODER.decode(text)
+    """Inverse of :func:`to_json`; :class:`DamagedData` for a text it cannot have written."""
+    try:
+        if '"$b"' not in text:
+            return _PLAIN_DECODER.decode(text)
+        return _DECODER.decode(text)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # not JSON, a "$b" that is not hex, or not text at all (a row rewritten as a blob)
+        raise DamagedData(f"stored data does not parse ({exc})") from None
+
+
+def stored_int(value: Any) -> int:
+    """A number as stored (a balance or a meta value: decimal text, as the ledger
+    writes it, or an INTEGER); :class:`DamagedData` for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DamagedData(f"a stored number is not an integer ({value!r:.60})") from None
 
 
 # -- execution context -------------------------------------------------------------------------
