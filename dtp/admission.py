@@ -64,6 +64,7 @@ __all__ = [
     "prepare_host_connection",
     "refusal_reason",
     "resolve_service",
+    "tcp_endpoint",
     "tcp_endpoints",
 ]
 
@@ -124,18 +125,27 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         except UnicodeDecodeError:
             continue
-        text = text.strip()
-        if "://" not in text:
-            text = "tcp://" + text
-        try:
-            parts = urllib.parse.urlsplit(text)
-            port = parts.port
-        except ValueError:
-            continue
-        if parts.scheme.lower() != "tcp" or not parts.hostname or port is None:
-            continue
-        found.append((parts.hostname, port))
+        endpoint = tcp_endpoint(text)
+        if endpoint is not None:
+            found.append(endpoint)
     return found
+
+
+def tcp_endpoint(text: str) -> tuple[str, int] | None:
+    """One published endpoint as ``(host, port)`` when it is a TCP one a client can use
+    (``tcp://host:port``, or a bare ``host:port``; ``[v6]:port`` for IPv6); None for
+    another scheme, or what does not parse (no port, a port beyond 65535)."""
+    text = text.strip()
+    if "://" not in text:
+        text = "tcp://" + text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "tcp" or not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
 
 
 def resolve_service(

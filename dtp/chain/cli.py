@@ -158,6 +158,23 @@ def _parse_hex32(text: str) -> bytes:
     return raw
 
 
+def _parse_endpoint(text: str) -> str:
+    """An ``--endpoint`` as published. A TCP one (``host:port``, ``[v6]:port`` or
+    ``tcp://host:port``) must be one clients can read: they skip what
+    :func:`dtp.admission.tcp_endpoints` cannot parse (no port, a port beyond 65535), so a
+    typo would publish a host nobody reaches. Other schemes are other carriers' and pass."""
+    from dtp.admission import tcp_endpoint
+
+    scheme, sep, _ = text.strip().partition("://")
+    if sep and scheme.lower() != "tcp":
+        return text
+    if tcp_endpoint(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"expected host:port with a port in 0..65535 ([v6]:port for IPv6), got {text!r}"
+        )
+    return text
+
+
 # -- keys ------------------------------------------------------------------
 
 
@@ -508,7 +525,12 @@ def register(subparsers: Any) -> None:
     host = subparsers.add_parser("host", help="create, show and configure hosts")
     host_sub = host.add_subparsers(dest="host_command", metavar="ACTION", required=True)
     create = leaf(host_sub, "create", _host_create, "create a host owned by the identity")
-    create.add_argument("--endpoint", action="append", help="reachable endpoint (repeatable)")
+    create.add_argument(
+        "--endpoint",
+        action="append",
+        type=_parse_endpoint,
+        help="reachable endpoint, host:port (repeatable)",
+    )
     create.add_argument("--noise-key", type=_parse_hex32, help="Noise key (default: identity's)")
     show = leaf(host_sub, "show", _host_show, "show a host")
     show.add_argument("host", help="host ID")
@@ -516,7 +538,12 @@ def register(subparsers: Any) -> None:
     hset.add_argument("host", help="host ID")
     hset.add_argument("--authority", help="hand the host to this address")
     hset.add_argument("--noise-key", type=_parse_hex32, help="new Noise static key (hex)")
-    hset.add_argument("--endpoint", action="append", help="replace the endpoints (repeatable)")
+    hset.add_argument(
+        "--endpoint",
+        action="append",
+        type=_parse_endpoint,
+        help="replace the endpoints, host:port (repeatable)",
+    )
     hset.add_argument("--clear-endpoints", action="store_true", help="publish no endpoints")
     hset.add_argument("--firewall", choices=("allow-all", "allow-listed"), help="firewall mode")
     for name in ("allow", "disallow", "deny", "undeny"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -16,6 +17,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from dtp.daemon.status import main
 
+    # an empty value (`--state-dir "$UNSET"`) would fall back to ./dtp.toml and show
+    # another daemon's counters as this one's
+    for option, value in (("--config", args.config), ("--state-dir", args.state_dir)):
+        if value == "":
+            print(f"dtp status: {option} is empty: give a path, or leave it out.", file=sys.stderr)
+            return 2
     return main(args.config, args.state_dir, args.json)
 
 
