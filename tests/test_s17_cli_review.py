@@ -106,3 +106,28 @@ def test_status_with_an_empty_path_is_an_error(tmp_path: Path, option: str) -> N
     assert done.stderr.splitlines() == [
         f"dtp status: {option} is empty: give a path, or leave it out."
     ]
+
+
+@pytest.mark.parametrize("kind", ["directory", "not a graph file"])
+def test_graph_serve_with_a_bad_db_is_one_line(tmp_path: Path, kind: str) -> None:
+    """``python -m dtp.graph serve --db`` naming a directory or a file that is not a
+    graph database: one line and exit 1 (a traceback ending in GraphStorageError)."""
+    if kind == "directory":
+        db = tmp_path / "dir"
+        db.mkdir()
+    else:
+        db = tmp_path / "notes.sqlite"
+        db.write_bytes(b"these are not the pages of a SQLite database\n" * 100)
+    done = subprocess.run(
+        [sys.executable, "-m", "dtp.graph", "serve", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m dtp.graph: ")
+    assert done.stdout == ""

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Graph
 from dtp.graph.sync import GraphServer
 from dtp.keys import HostIdentity
@@ -79,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fill", type=int, default=0, help="write this many fields first")
     p.add_argument("--ham", choices=["c", "python"], default=None)
     args = parser.parse_args(argv)
-    serve(args)
+    try:
+        serve(args)
+    except GraphStorageError as exc:
+        # a --db that is a directory or not a graph file: one line, not a traceback
+        print(f"python -m dtp.graph: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
