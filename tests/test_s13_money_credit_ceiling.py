@@ -31,6 +31,7 @@ from tests.paid_twins import (
     streams_forever,
     streams_forever_aio,
 )
+from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x89), ident(0x8A)
@@ -98,6 +99,9 @@ def _check(ledger: LocalLedger, got: int, cid: str) -> None:
     # (before: twice it), but for the one byte a write moves when the gate serves with
     # no credit left (so that it pauses next, rather than spin)
     assert fee(SLA, got + 2 - 1, 1) <= DEPOSIT
+    # the server settles in the connection's thread once the client is cut off, which
+    # the blocking server's close() does not wait for (CI read the escrow first)
+    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=30)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
     assert escrow.claimed + escrow.refunded == DEPOSIT
     audit = ledger.audit()
