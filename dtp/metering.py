@@ -597,15 +597,21 @@ class ReceiptGate:
             return self.latest_amount
         return min(self.latest_amount, self.claim_limit)
 
-    def wants_deposit(self, now_ms: int, total_bytes: int, total_requests: int) -> bool:
+    def wants_deposit(
+        self, now_ms: int, total_bytes: int, total_requests: int, *, ending: bool = False
+    ) -> bool:
         """Whether the server should read the escrow's deposit again now: a receipt
         waits above the deposit as known (:attr:`over_deposit`), or the usage outruns
         the credit and the deposit is what holds it (with more deposit, more credit) --
         the client may have topped the escrow up while the connection was open. At
         most once per :data:`DEPOSIT_READ_INTERVAL_MS` (the read itself is the
-        server's: :meth:`deposit_read` takes what it found)."""
+        server's: :meth:`deposit_read` takes what it found). ``ending`` (the connection
+        is over, its settlement next): whenever a receipt waits above the deposit,
+        whatever the interval -- else it goes unclaimed."""
         if self.escrow_id is None or self.violation is not None:
             return False
+        if ending:
+            return self.over_deposit is not None
         last = self._deposit_read_ms
         if last is not None and now_ms - last < DEPOSIT_READ_INTERVAL_MS:
             return False

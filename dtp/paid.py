@@ -437,10 +437,7 @@ class _PaidConnection:
         now = _now_ms()
         if ledger is None or gate.escrow_id is None:
             return
-        if ending:
-            if gate.over_deposit is None or gate.violation is not None:
-                return
-        elif not gate.wants_deposit(now, *self.engine.conn.usage):
+        if not gate.wants_deposit(now, *self.engine.conn.usage, ending=ending):
             return
         gate.deposit_reading(now)
         try:

@@ -172,10 +172,7 @@ class _PaidConnection:
         now = int(time.monotonic() * 1000)
         if ledger is None or gate.escrow_id is None:
             return
-        if ending:
-            if gate.over_deposit is None or gate.violation is not None:
-                return
-        elif not gate.wants_deposit(now, *self.conn.usage):
+        if not gate.wants_deposit(now, *self.conn.usage, ending=ending):
             return
         gate.deposit_reading(now)
         try:
