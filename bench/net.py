@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dtp.aio
 import dtp.socket
+from bench.netpeers import client_tls_context
 from bench.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,15 +38,12 @@ class Peer:
         info = json.loads(line)
         self.port: int = info["port"]
         self.key = bytes.fromhex(info["key"])
-        self.cert: str | None = info.get("cert")
+        self.cert: str | None = info.get("cert")  # PEM text
         self.endpoint = ("127.0.0.1", self.port)
 
     def tls_context(self) -> ssl.SSLContext:
         assert self.cert is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_verify_locations(self.cert)
-        return ctx
+        return client_tls_context(self.cert)
 
     def close(self) -> None:
         self.proc.kill()

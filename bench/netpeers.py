@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 def make_tls_context() -> tuple[ssl.SSLContext, str]:
     """A throwaway self-signed certificate: the server context (TLS 1.3 only) and the
-    certificate's path, for the client to trust."""
+    certificate as PEM text, for the client to trust."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,26 +60,28 @@ def make_tls_context() -> tuple[ssl.SSLContext, str]:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
         .sign(key, hashes.SHA256())
     )
-    tmp = Path(tempfile.mkdtemp(prefix="dtp-bench-tls-"))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.minimum_version = ssl.TLSVersion.TLSv1_3
-    server.load_cert_chain(cert_path, key_path)
-    return server, str(cert_path)
+    # load_cert_chain only reads files; the directory goes as soon as it has, so runs
+    # leave no keys behind in /tmp (they once piled up by the hundred)
+    with tempfile.TemporaryDirectory(prefix="dtp-bench-tls-") as tmp:
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_path.write_bytes(cert_pem)
+        key_path.write_bytes(key_pem)
+        server.load_cert_chain(cert_path, key_path)
+    return server, cert_pem.decode()
 
 
-def client_tls_context(cert_path: str) -> ssl.SSLContext:
+def client_tls_context(cert_pem: str) -> ssl.SSLContext:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.minimum_version = ssl.TLSVersion.TLSv1_3
-    client.load_verify_locations(cert_path)
+    client.load_verify_locations(cadata=cert_pem)
     return client
 
 
