@@ -524,6 +524,7 @@ class ReceiptGate:
         """
         try:
             receipt = Receipt.decode(data)
+            pending = self.over_deposit
             try:
                 check_receipt(
                     receipt,
@@ -541,7 +542,7 @@ class ReceiptGate:
                 # deposit as read at admission is short, and the client may have topped
                 # the escrow up since. Not counted, not a violation yet: judged once the
                 # escrow is read again (deposit_read)
-                pending = self.over_deposit
+                self._not_below_pending(receipt, pending)
                 if pending is None or receipt.nonce > pending.nonce:
                     self.over_deposit = receipt
                 raise
@@ -553,6 +554,7 @@ class ReceiptGate:
                     "EReceiptNotCumulative",
                     f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
+            self._not_below_pending(receipt, pending)
             if self.claim_limit is not None and receipt.total_amount > self.claim_limit:
                 # valid, but the client's cap would refuse its claim this epoch, and a
                 # cumulative receipt cannot be claimed in part: keep the previous one
@@ -573,6 +575,24 @@ class ReceiptGate:
         self._checked_amount = receipt.total_amount
         self.checked = receipt
         return receipt
+
+    @staticmethod
+    def _not_below_pending(receipt: Receipt, pending: Receipt | None) -> None:
+        """A receipt signed after the one waiting above the deposit (good but for the
+        deposit) must not be lower: the client signed for more first, and the later,
+        lower receipt would take its place -- counted, or waiting instead of it -- and
+        cost the server the difference. A regression: a violation, as any other."""
+        if (
+            pending is not None
+            and receipt.nonce > pending.nonce
+            and receipt.total_amount < pending.total_amount
+        ):
+            raise move_error(
+                "escrow",
+                "EReceiptNotCumulative",
+                f"{receipt.total_amount} MIST after a receipt for "
+                f"{pending.total_amount} (waiting above the deposit)",
+            )
 
     def kept(self, receipt: Receipt) -> None:
         """``receipt`` (from :meth:`check`) is stored durably: from now on it counts."""
