@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE_FIREWALL_DENIED",
     "CLOSE_PAYMENT_REQUIRED",
+    "DEPOSIT_LAG_MS",
     "DEPOSIT_READ_INTERVAL_MS",
     "RECEIPT_REQUEST",
     "CapShare",
@@ -58,6 +59,12 @@ CLOSE_FIREWALL_DENIED: Final = 0x1403
 #: How often (ms) a paid server reads a connection's escrow again while the deposit is
 #: what holds the connection (a top-up is seen within this delay).
 DEPOSIT_READ_INTERVAL_MS: Final = 1000
+#: How long (ms of the server's reads) a receipt may go on waiting above the deposit the
+#: escrow shows before it is a violation. A client tops up, then signs for more; the
+#: ledger the server reads (a Sui full node) may not show the top-up for a few
+#: checkpoints yet, and an honest client would be closed for it. Meanwhile the receipt
+#: is not counted, so its wait buys the client nothing.
+DEPOSIT_LAG_MS: Final = 5000
 #: Payload of a RECEIPT frame sent by the server: "send me a receipt now". The server
 #: sends it while paused, so a client whose sends are blocked by flow control (and so
 #: uses nothing new) still pays for what it used below its cadence.
@@ -506,6 +513,8 @@ class ReceiptGate:
         #: (:meth:`deposit_read`): counted then, or a violation.
         self.over_deposit: Receipt | None = None
         self._deposit_read_ms: int | None = None
+        # when a read first found the receipt waiting still above the deposit
+        self._above_since_ms: int | None = None
 
     def check(self, data: bytes) -> Receipt:
         """Validate an encoded receipt without counting it yet; the caller stores it
@@ -519,8 +528,9 @@ class ReceiptGate:
         InvalidReceipt (``EReceiptExceedsDeposit``) and is not counted, but it is no
         violation yet: the client may have topped the escrow up since the server read
         it. It waits in :attr:`over_deposit` for the server to read the escrow again
-        (:meth:`wants_deposit`, :meth:`deposit_read`): a closed connection then, where a
-        client that topped up and signed on was closed for an "invalid" receipt.
+        (:meth:`wants_deposit`, :meth:`deposit_read`; for up to :data:`DEPOSIT_LAG_MS`
+        of reads): a closed connection then, where a client that topped up and signed
+        on was closed for an "invalid" receipt.
         """
         try:
             receipt = Receipt.decode(data)
@@ -650,15 +660,25 @@ class ReceiptGate:
         """The escrow read again: it holds ``deposited`` MIST in all (a deposit only
         grows). Returns the receipt that waited above the old deposit when the new one
         covers it: the caller hands it to its receipt path again (check, keep, count).
-        One still above it is a violation: the client signed for more than it
-        deposited."""
+        One still above it goes on waiting (the ledger read may lag the client's top-up)
+        until reads :data:`DEPOSIT_LAG_MS` apart both found it above: a violation then,
+        the client signed for more than it deposited."""
         if deposited > self.deposited:
             self.deposited = deposited
         pending, self.over_deposit = self.over_deposit, None
         if pending is None or pending.nonce <= self._checked_nonce:
+            self._above_since_ms = None
             return None  # a newer receipt was accepted since: it does not matter
         if pending.total_amount <= self.deposited:
+            self._above_since_ms = None
             return pending
+        read_at = self._deposit_read_ms
+        if read_at is not None:
+            if self._above_since_ms is None:
+                self._above_since_ms = read_at
+            if read_at - self._above_since_ms < DEPOSIT_LAG_MS:
+                self.over_deposit = pending
+                return None
         self.violation = (
             f"invalid receipt: {pending.total_amount} MIST against a deposit of "
             f"{self.deposited} (the escrow read again)"

@@ -19,6 +19,7 @@ Real LocalLedger file, real DTP connections on 127.0.0.1, servers in this proces
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt, fee
 from dtp.metering import (
+    DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,
     CapShares,
     ClientMeter,
@@ -63,6 +65,8 @@ DEPOSIT = 20_000  # about 2 MiB of service
 TOP_UP = 30_000
 # the Host (and the caps) never read again by the policy loop: only the gate's own reads
 POLICY = ServicePolicy(pause_timeout=2.0, refresh_interval=3600)
+# paused for longer than the deposit lag: the violation, not the pause, ends it
+PATIENT = ServicePolicy(pause_timeout=60.0, refresh_interval=3600)
 METERING = MeteringConfig(every_bytes=16 << 10)
 
 SERVER, CLIENT = ident(0xA1), ident(0xA2)
@@ -75,19 +79,33 @@ def conserved(ledger: LocalLedger) -> bool:
 
 class CountingLedger:
     """The server's ledger, counting escrow reads; ``after_settle`` runs right after
-    each settlement transaction returns (before the server goes on)."""
+    each settlement transaction returns (before the server goes on). :meth:`lag` makes
+    the next reads of an escrow show it as it is now: a Sui full node some checkpoints
+    behind a top-up (which cannot exist here)."""
 
     def __init__(self, ledger: LocalLedger) -> None:
         self._ledger = ledger
         self.escrow_reads = 0
         self.after_settle: Callable[[], None] | None = None
+        self.lag_reads = 0
+        self._lagged: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)
 
     def get_escrow(self, escrow_id: str) -> Any:
         self.escrow_reads += 1
-        return self._ledger.get_escrow(escrow_id)
+        escrow = self._ledger.get_escrow(escrow_id)
+        old = self._lagged
+        if self.lag_reads and old is not None and old.id == escrow.id:
+            self.lag_reads -= 1
+            return dataclasses.replace(escrow, deposited=old.deposited, balance=old.balance)
+        return escrow
+
+    def lag(self, escrow_id: str, reads: int) -> None:
+        """The next ``reads`` reads of the escrow show its deposit as it is now."""
+        self._lagged = self._ledger.get_escrow(escrow_id)
+        self.lag_reads = reads
 
     def _settled(self, result: Any) -> Any:
         hook = self.after_settle
@@ -123,7 +141,9 @@ def serve(
     handle, wrapped in a CountingLedger: (ledger, server)."""
     closers: list[Callable[[], None]] = []
 
-    def start(handler: Any = None, aio_handler: Any = None) -> tuple[CountingLedger, Any]:
+    def start(
+        handler: Any = None, aio_handler: Any = None, policy: ServicePolicy = POLICY
+    ) -> tuple[CountingLedger, Any]:
         counting = CountingLedger(LocalLedger(tmp_path / "ledger.db"))
         closers.append(counting._ledger.close)
         if request.param == "blocking":
@@ -134,7 +154,7 @@ def serve(
                 ledger=counting,  # type: ignore[arg-type]
                 identity=SERVER,
                 receipts=tmp_path / "receipts.db",
-                policy=POLICY,
+                policy=policy,
             )
             closers.insert(0, server.close)
             return counting, server
@@ -153,7 +173,7 @@ def serve(
                 ledger=counting,  # type: ignore[arg-type]
                 identity=SERVER,
                 receipts=tmp_path / "receipts.db",
-                policy=POLICY,
+                policy=policy,
             ),
             loop,
         ).result(10)
@@ -249,9 +269,10 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
     ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
 ) -> None:
     """A client whose meter signs beyond the deposit without a top-up on the ledger:
-    the server reads the escrow, finds nothing more, and closes the connection as it
-    did before for a receipt beyond the deposit; it claims only what the deposit pays."""
-    counting, _server = serve()
+    the server reads the escrow, finds nothing more (for DEPOSIT_LAG_MS of reads: the
+    ledger may lag a top-up), and closes the connection as it did before for a receipt
+    beyond the deposit; it claims only what the deposit pays."""
+    counting, _server = serve(policy=PATIENT)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
         cid = sock.connection_id
@@ -267,7 +288,39 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
     assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
     assert 0 < escrow.claimed <= DEPOSIT
-    assert 1 <= counting.escrow_reads <= 5
+    # one a second while the receipt waits above the deposit, and the lag's worth
+    most = 5 + DEPOSIT_LAG_MS // DEPOSIT_READ_INTERVAL_MS + 1
+    assert 1 <= counting.escrow_reads <= most, counting.escrow_reads
+    assert conserved(ledger)
+
+
+def test_a_top_up_the_ledger_shows_late_is_served_on(
+    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
+) -> None:
+    """The server's reads of the escrow lag the client's top-up by two (a full node a
+    few checkpoints behind): the receipt above the old deposit waits, the connection
+    paused, until a read shows the top-up; then it is counted and the client served to
+    the end. Before: the first read that did not show the top-up made the honest
+    client's receipt a violation and closed the connection (PaymentRequired)."""
+    counting, _server = serve(policy=PATIENT)
+    cap = ledger.create_spending_cap(CLIENT, 1_000_000)
+    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        got, error = read_until(sock, 0, 1 << 20)
+        assert error is None
+        escrow_id = ledger.get_connection(cid).escrow
+        counting.lag(escrow_id, 2)
+        sock.top_up(TOP_UP)
+        got, error = read_until(sock, got, 3 << 20)
+    assert error is None, error
+    assert got >= 3 << 20
+    assert counting.lag_reads == 0  # the lagging reads were made
+    assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=10)
+    escrow = ledger.get_escrow(escrow_id)
+    assert DEPOSIT < escrow.claimed <= DEPOSIT + TOP_UP
+    assert escrow.refunded == DEPOSIT + TOP_UP - escrow.claimed
     assert conserved(ledger)
 
 
@@ -327,14 +380,25 @@ def test_the_gate_keeps_a_receipt_above_the_deposit_for_the_escrow_read() -> Non
     pending = gate.deposit_read(DEPOSIT + TOP_UP)  # topped up
     assert pending is not None and pending.nonce == 3
     assert gate.receive(pending.encode()).total_amount == fee(SLA, 2100 * 1024, 1)
-    # above the deposit read again: a violation
+    # above the deposit read again: it waits (the read may lag a top-up), read again
+    # each interval, and is a violation once reads DEPOSIT_LAG_MS apart found it above
     with pytest.raises(InvalidReceipt):
         gate.receive(receipt(6000, 4))
-    assert gate.wants_deposit(DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
-    gate.deposit_reading(DEPOSIT_READ_INTERVAL_MS)
+    first = DEPOSIT_READ_INTERVAL_MS
+    assert gate.wants_deposit(first, 6000 * 1024, 1)
+    gate.deposit_reading(first)
+    assert gate.deposit_read(DEPOSIT + TOP_UP) is None
+    assert gate.violation is None and gate.over_deposit is not None
+    assert not gate.wants_deposit(first + DEPOSIT_READ_INTERVAL_MS - 1, 6000 * 1024, 1)
+    last = first + DEPOSIT_LAG_MS - 1
+    assert gate.wants_deposit(last, 6000 * 1024, 1)
+    gate.deposit_reading(last)
+    assert gate.deposit_read(DEPOSIT + TOP_UP) is None
+    assert gate.violation is None
+    gate.deposit_reading(first + DEPOSIT_LAG_MS)
     assert gate.deposit_read(DEPOSIT + TOP_UP) is None
     assert gate.violation is not None
-    assert not gate.wants_deposit(10 * DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
+    assert not gate.wants_deposit(100 * DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
 
 
 # -- 2. a settled connection's claim counted once on a shared cap --------------------------
