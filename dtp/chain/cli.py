@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -59,19 +60,20 @@ def _common() -> argparse.ArgumentParser:
     parent.add_argument(
         "--passphrase-env",
         default="DTP_PASSPHRASE",
+        type=_parse_env_name,
         help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
     )
     parent.add_argument("--json", action="store_true", help="machine-readable output")
     return parent
 
 
-def _given_path(text: str | None, option: str) -> Path | None:
+def _given_path(text: str | None, option: str, what: str = "a file") -> Path | None:
     """The path an option names (None when it was not given). An empty one is an error:
     ``--ledger-path "$UNSET"`` would otherwise act on the default file."""
     if text is None:
         return None
     if not text:
-        raise _CliError(f"{option} is empty: give a file, or leave the option out.")
+        raise _CliError(f"{option} is empty: give {what}, or leave the option out.")
     return Path(text)
 
 
@@ -158,6 +160,28 @@ def _parse_hex32(text: str) -> bytes:
     return raw
 
 
+def _parse_env_name(text: str) -> str:
+    """A ``--passphrase-env``: an empty name (``"$UNSET"``) reads no passphrase, so
+    ``keys new`` wrote the new secret key unencrypted, with nothing said."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: name an environment variable")
+    return text
+
+
+def _parse_gas_budget(text: str) -> int:
+    """A ``--gas-budget``: MIST, a u64 above zero (``sui client publish`` refuses any
+    other, after the build, in its own words)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**64:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 1 to 2**64-1 (MIST), got {text!r}"
+        )
+    return value
+
+
 def _parse_endpoint(text: str) -> str:
     """An ``--endpoint`` as published. A TCP one (``host:port``, ``[v6]:port`` or
     ``tcp://host:port``) must be one clients can read: they skip what
@@ -239,7 +263,8 @@ def _localnet_status(args: argparse.Namespace) -> int:
 
 def _localnet_faucet(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
-    address = args.to or _identity(args).sui_address
+    # `--to "$UNSET"` is an error (from the ledger), not a mint to the identity instead
+    address = args.to if args.to is not None else _identity(args).sui_address
     balance = ledger.faucet(address, args.amount)
     _emit(args, {"address": address, "received_mist": args.amount, "balance_mist": balance})
     return 0
@@ -279,7 +304,7 @@ def _host_set(args: argparse.Namespace) -> int:
     identity = _identity(args)
     ledger = _ledger(args)
     done: list[str] = []
-    if args.authority:
+    if args.authority is not None:  # `--authority ""` is refused, not skipped
         ledger.set_authority(identity, args.host, args.authority)
         done.append("authority")
     if args.noise_key is not None:
@@ -419,16 +444,16 @@ def _sui(sui: str, *argv: str, cwd: Path | None = None) -> str:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    sui = args.sui_bin or shutil.which("sui")
+    sui_bin = _given_path(args.sui_bin, "--sui-bin")
+    sui = str(sui_bin) if sui_bin is not None else shutil.which("sui")
     if not sui or not Path(sui).exists():
         print(SUI_INSTALL_HINT, file=sys.stderr)
         return 1
     # absolute: `sui move build` and `sui client publish` run in the package directory,
     # where a relative --sui-bin (or a relative PATH entry) names nothing
     sui = os.path.abspath(sui)
-    package, bundled = (
-        (Path(args.package_path), False) if args.package_path else _default_package_path()
-    )
+    given = _given_path(args.package_path, "--package-path", "a directory")
+    package, bundled = (given, False) if given is not None else _default_package_path()
     if not (package / "Move.toml").is_file():
         raise _CliError(f"No Move package at {package} (Move.toml missing); pass --package-path.")
     if bundled:
@@ -445,8 +470,12 @@ def _read_deployments(path: Path) -> dict[str, Any]:
     """The deployment records at ``path`` ({} when there are none); a file that is not
     a JSON object is an error, found before anything is published (a publish costs gas,
     and its package ID would have nowhere to go)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
+    if not path.is_file():
+        # read as "no records", then the write after the publish failed (a directory):
+        # paid for, and the package ID printed nowhere
+        raise _CliError(f"{path} is not a regular file; move it aside.")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:  # not JSON, or not UTF-8
@@ -455,7 +484,53 @@ def _read_deployments(path: Path) -> dict[str, Any]:
         raise _CliError(
             f"{path} is not a deployments record (a JSON object); fix or move it aside."
         )
+    for network, record in records.items():
+        # each entry is what _publish writes; anything else ({"version": true}, a bare
+        # package ID) is damage that would be carried on into every later record
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("package_id"), str)
+            or not record["package_id"]
+            or not isinstance(record.get("digest"), str | None)
+        ):
+            raise _CliError(
+                f"{path} is not a deployments record ({network!r} is not "
+                '{"package_id": ..., "digest": ...}); fix or move it aside.'
+            )
     return records
+
+
+def _write_deployments(path: Path, records: dict[str, Any]) -> None:
+    """Replace ``path`` with ``records`` atomically: written to a new file beside it,
+    synced, then renamed over it, so a crash or a full disk mid-write leaves the old
+    records whole (written in place, the file was truncated first and then lost)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a symlinked record stays one: the file it points to is the one replaced
+    path = Path(os.path.realpath(path))
+    data = (json.dumps(records, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never through a link planted under the temporary name; 0o666 lets the
+    # umask give the file the mode write_text gave it
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return  # the rename is done; only its durability across a power loss is weaker
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(directory)
 
 
 def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
@@ -484,11 +559,21 @@ def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
         ),
         None,
     )
-    if not package_id:
+    if not isinstance(package_id, str) or not package_id:
         raise _CliError("`sui client publish` reported no published package.")
-    records[args.network] = {"package_id": package_id, "digest": effects.get("digest")}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    digest = effects.get("digest")
+    records[args.network] = {
+        "package_id": package_id,
+        "digest": digest if isinstance(digest, str) else None,
+    }
+    try:
+        _write_deployments(record_path, records)
+    except OSError as exc:
+        # published and paid for: the ID must not be lost with the record
+        raise _CliError(
+            f"Published {package_id} on {args.network}, but could not record it in "
+            f"{record_path}: {exc.strerror or exc}"
+        ) from None
     _emit(args, {"network": args.network, "package_id": package_id, "recorded_in": record_path})
     return 0
 
@@ -598,4 +683,6 @@ def register(subparsers: Any) -> None:
         "--package-path",
         help="Move package (default: the checkout's move/dtp, else the copy installed with dtp)",
     )
-    deploy.add_argument("--gas-budget", type=int, default=500_000_000, help="MIST")
+    deploy.add_argument(
+        "--gas-budget", type=_parse_gas_budget, default=500_000_000, help="MIST (above 0)"
+    )
