@@ -53,7 +53,7 @@ class HybridClock:
 
     @property
     def last(self) -> float:
-        """The highest state issued (or observed) so far."""
+        """The highest state issued so far."""
         return self._last
 
     def now(self) -> float:
@@ -77,7 +77,12 @@ class HybridClock:
         return self.now() + self.max_drift_ms
 
     def next(self, after: float | None = None) -> float:
-        """A new state, greater than every state issued before and than ``after``."""
+        """A new state, greater than every state issued before and than ``after``.
+
+        Merging a peer's state does not move this clock: a write
+        (:meth:`~dtp.graph.store.Graph.put`) passes the states the table holds for the
+        fields it writes as ``after``, so it wins over what was merged, however far
+        ahead the peer's clock ran."""
         with self._lock:
             floor = self._last if after is None or after < self._last else after
             state = float(math.floor(self.now()))
@@ -87,12 +92,6 @@ class HybridClock:
                     state = math.nextafter(floor, math.inf)
             self._last = state
             return state
-
-    def observe(self, state: float) -> None:
-        """Move the counter past a state seen elsewhere (never beyond the machine state)."""
-        with self._lock:
-            if self._last < state <= self.machine_state():
-                self._last = state
 
 
 __all__ = ["STEP", "HybridClock", "wall_clock_ms"]

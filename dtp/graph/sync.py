@@ -93,12 +93,17 @@ def _check_int(name: str, value: object, least: int) -> None:
         raise ValueError(f"{name} must be >= {least}, not {value}")
 
 
+def _check_timeout(name: str, value: object) -> None:
+    """A deadline in seconds: a finite number > 0 (TypeError / ValueError naming it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+
+
 def _check_tick(tick: object) -> None:
     """The runners' tick: a finite number of seconds > 0 (NaN, 0 or less would spin)."""
-    if isinstance(tick, bool) or not isinstance(tick, int | float):
-        raise TypeError(f"tick must be a number of seconds, not {type(tick).__name__}")
-    if not 0 < tick < math.inf:
-        raise ValueError(f"tick must be a finite number of seconds > 0, not {tick!r}")
+    _check_timeout("tick", tick)
 
 
 def _differs(mine: tuple[int, int], theirs: tuple[int, int]) -> bool:
@@ -565,6 +570,7 @@ def sync_blocking(
     until_synced: bool = False,
     max_message: int = MAX_MESSAGE,
     tick: float = 0.25,
+    hello_timeout: float | None = None,
 ) -> SyncSession:
     """Run a sync session over a blocking DTP stream (:class:`dtp.socket.DTPSocket`).
 
@@ -573,9 +579,13 @@ def sync_blocking(
     the stream before); otherwise it keeps forwarding changes both ways until the peer
     closes the stream. A writer thread sends; the
     calling thread reads. Deferred updates are applied every ``tick`` seconds.
+    ``hello_timeout``: seconds the peer has to send its HELLO, else the stream is
+    aborted and GraphSyncError raised (None: no deadline).
     Raises GraphSyncError / RemoteProtocolError if the peer misbehaves.
     """
     _check_tick(tick)
+    if hello_timeout is not None:
+        _check_timeout("hello_timeout", hello_timeout)
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = threading.Event()
     stop = threading.Event()
@@ -628,9 +638,24 @@ def sync_blocking(
             with contextlib.suppress(Exception):
                 sock.abort(f"graph sync failed: {exc}")
 
+    def hello_overdue() -> None:
+        # (a timer of its own, not the writer's loop: the writer may be blocked in
+        # sendall to a silent peer that does not read either)
+        if session.peer_root is None and not stop.is_set():
+            failure.append(_fail(f"the peer sent no HELLO within {hello_timeout} s"))
+            with contextlib.suppress(Exception):
+                sock.abort("graph sync: no HELLO in time")
+
+    hello_timer: threading.Timer | None = None
+    if hello_timeout is not None:
+        hello_timer = threading.Timer(hello_timeout, hello_overdue)
+        hello_timer.name = "dtp-graph-sync-hello"
+        hello_timer.daemon = True
     session.start()
     thread = threading.Thread(target=writer, name="dtp-graph-sync-writer", daemon=True)
     thread.start()
+    if hello_timer is not None:
+        hello_timer.start()
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     ended: BaseException | None = None  # (None: the read loop ended as it should)
@@ -650,6 +675,9 @@ def sync_blocking(
             if not n:
                 break
             session.receive_data(view[:n])
+            if hello_timer is not None and session.peer_root is not None:
+                hello_timer.cancel()  # (its thread ends now, not at the deadline)
+                hello_timer = None
     except DTPError as exc:
         ended = exc
         if failure and not session.lagging:
@@ -660,6 +688,8 @@ def sync_blocking(
         ended = exc
         raise
     finally:
+        if hello_timer is not None:
+            hello_timer.cancel()
         view.release()
         session.close()
         stop.set()
@@ -707,6 +737,8 @@ def connect(
 
 MAX_SESSIONS = 64
 """GraphServer's default cap of sessions running at once."""
+HELLO_TIMEOUT = 10.0
+"""GraphServer's default deadline for a peer's HELLO, in seconds (DTP's handshake_timeout)."""
 
 
 class GraphServer:
@@ -714,11 +746,19 @@ class GraphServer:
 
     ``server.address`` is where peers connect; ``server.noise_public_key`` is their
     ``server_key``. :attr:`sessions` counts finished sessions, :attr:`errors` those that
-    ended with a protocol error. At most ``max_sessions`` run at once (each holds a
-    thread, buffers and up to its backlog of changes): a connection beyond them is
-    closed at once with the reason ``"graph server busy: ..."`` (the peer's
-    ``connect()`` raises :class:`~dtp.errors.ConnectionClosed` with it) and counted in
-    :attr:`refused`. Other keyword arguments go to :func:`dtp.socket.create_server`.
+    ended with a protocol error (:meth:`counts` reads them all at one instant). At most
+    ``max_sessions`` run at once (each holds a thread, buffers and up to its backlog of
+    changes): a connection beyond them is closed at once with the reason ``"graph
+    server busy: ..."`` (the peer's ``connect()`` raises
+    :class:`~dtp.errors.ConnectionClosed` with it) and counted in :attr:`refused`.
+
+    ``hello_timeout``: seconds a peer has, once connected, to send its HELLO; one that
+    does not is cut off and counted in :attr:`errors`. Without it a peer that connects
+    and stays silent would hold its session for good (DTP keepalives keep the
+    connection from its idle timeout), and ``max_sessions`` such peers would lock
+    everyone else out. None lifts the deadline. A peer that has sent HELLO may then
+    stay quiet as long as it likes: a live subscriber does. Other keyword arguments go
+    to :func:`dtp.socket.create_server`.
     """
 
     def __init__(
@@ -728,17 +768,22 @@ class GraphServer:
         identity: Any,
         *,
         max_sessions: int = MAX_SESSIONS,
+        hello_timeout: float | None = HELLO_TIMEOUT,
         **kw: Any,
     ) -> None:
         import dtp.socket
 
         _check_int("max_sessions", max_sessions, 1)
+        if hello_timeout is not None:
+            _check_timeout("hello_timeout", hello_timeout)
         self.graph = graph
         self.max_sessions = max_sessions
+        self.hello_timeout = hello_timeout
         self.sessions = 0
         self.errors = 0
         self.refused = 0
         self.active = 0  # sessions running now
+        # guards every counter above: sessions end in threads of their own
         self._count_lock = threading.Lock()
         self._server = dtp.socket.create_server(address, identity=identity, **kw)
         self.address = self._server.address
@@ -758,17 +803,33 @@ class GraphServer:
         if busy:
             sock.abort(f"graph server busy: {self.max_sessions} sessions already running")
             return
+        failed = False
         try:
-            sync_blocking(self.graph, sock)
+            sync_blocking(self.graph, sock, hello_timeout=self.hello_timeout)
         except RemoteProtocolError:
-            self.errors += 1
+            failed = True
             sock.abort("graph sync protocol error")
         except DTPError:
             pass
         finally:
+            # (``errors += 1`` is a read and a write: two sessions failing at once
+            # outside the lock could lose one)
             with self._count_lock:
                 self.active -= 1
                 self.sessions += 1
+                if failed:
+                    self.errors += 1
+
+    def counts(self) -> dict[str, int]:
+        """``sessions``, ``errors``, ``refused`` and ``active``, read together (each
+        session's end updates its counters at once: ``errors <= sessions`` holds)."""
+        with self._count_lock:
+            return {
+                "sessions": self.sessions,
+                "errors": self.errors,
+                "refused": self.refused,
+                "active": self.active,
+            }
 
     def close(self) -> None:
         """Stop accepting (sessions already running end when their peers leave)."""
@@ -900,6 +961,7 @@ __all__ = [
     "DATA",
     "END",
     "HELLO",
+    "HELLO_TIMEOUT",
     "MAX_MESSAGE",
     "MAX_SESSIONS",
     "SMALL",
