@@ -13,11 +13,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import msgpack
 import pytest
 
 import dtp.socket
@@ -29,22 +27,14 @@ from dtp.graph.sync import DATA, HELLO, VERSION, SyncSession, sync_blocking
 from dtp.graph.values import encode_value
 from dtp.keys import HostIdentity
 from tests.conftest import require_native
+from tests.graph_wire import frame
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def _frame(message: list[object]) -> bytes:
-    body: bytes = msgpack.packb(message, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
+def _wait(check: Callable[[], object], timeout: float = 60.0) -> bool:
+    return wait_for(check, timeout, 0.05)
 
 
 def _live(graph: Graph, server: GraphServer) -> tuple[dtp.socket.DTPSocket, threading.Thread]:
@@ -190,7 +180,7 @@ def _hostile(
     sock = dtp.socket.create_connection(server.address, 30, server_key=server.noise_public_key)
     got = bytearray()
     try:
-        sock.sendall(_frame([HELLO, VERSION, os.urandom(16), 0, 0]) + b"".join(messages))
+        sock.sendall(frame([HELLO, VERSION, os.urandom(16), 0, 0]) + b"".join(messages))
         if until is not None:
             assert _wait(until)
             return b""
@@ -210,10 +200,10 @@ def _hostile(
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("malformed batch", _frame([DATA, b"\x01\x05\x00\x00\x00junk"])),
-        ("count beyond the limit", _frame([DATA, b"\x01" + struct.pack("<I", 4_000_001)])),
-        ("DATA not bytes", _frame([DATA, "text"])),
-        ("SUM never asked for", _frame([2, 1, 7, []])),
+        ("malformed batch", frame([DATA, b"\x01\x05\x00\x00\x00junk"])),
+        ("count beyond the limit", frame([DATA, b"\x01" + struct.pack("<I", 4_000_001)])),
+        ("DATA not bytes", frame([DATA, "text"])),
+        ("SUM never asked for", frame([2, 1, 7, []])),
         ("oversized frame", struct.pack(">I", 64 << 20)),
     ],
 )
@@ -250,7 +240,7 @@ def test_a_value_too_large_and_an_unsigned_user_space_write_are_refused() -> Non
         )
         _hostile(
             server,
-            [_frame([DATA, unsigned]), _frame([DATA, forged])],
+            [frame([DATA, unsigned]), frame([DATA, forged])],
             until=lambda: graph.stats["refused"] == 2,
         )
         assert _wait(lambda: server.sessions == 1)
@@ -260,7 +250,7 @@ def test_a_value_too_large_and_an_unsigned_user_space_write_are_refused() -> Non
 
         big = b"\x01\x01\x00\x00\x00\x01s\x01f" + struct.pack("<d", 1.0)
         big += b"\x80\x10\x00\x01" + b"x" * ((1 << 20) + 1)  # a value of 1 MiB + 1
-        _hostile(server, [_frame([DATA, big])])
+        _hostile(server, [frame([DATA, big])])
         assert _wait(lambda: server.errors == 1)
         assert len(graph) == 0
     finally:
@@ -275,7 +265,7 @@ def test_a_hello_claiming_huge_counts_costs_a_bounded_exchange() -> None:
     session_out: list[bytes] = []
     session = SyncSession(graph)
     session.start()
-    session.receive_data(_frame([HELLO, VERSION, os.urandom(16), (1 << 32) - 1, 12345]))
+    session.receive_data(frame([HELLO, VERSION, os.urandom(16), (1 << 32) - 1, 12345]))
     session_out.append(session.data_to_send())
     # it compares (one SUM of the root's children), it does not push the table blindly
     assert session.stats["summaries_sent"] == 1

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import msgpack
 import pytest
 
 import dtp.socket
@@ -32,26 +30,18 @@ from dtp.errors import ConnectionClosed, DTPError
 from dtp.graph import Graph, GraphServer, connect
 from dtp.graph.sync import HELLO, VERSION
 from dtp.keys import HostIdentity
+from tests.graph_wire import frame
+from tests.polling import wait_for
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def _frame(message: list[object]) -> bytes:
-    body: bytes = msgpack.packb(message, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
+def _wait(check: Callable[[], object], timeout: float = 60.0) -> bool:
+    return wait_for(check, timeout, 0.05)
 
 
 def _bad_session(server: GraphServer) -> None:
     """One peer that sends a HELLO then an unknown message; returns once aborted."""
     with dtp.socket.create_connection(server.address, 30, server_key=server.noise_public_key) as s:
-        s.sendall(_frame([HELLO, VERSION, b"r" * 16, 0, 0]) + _frame([77]))
+        s.sendall(frame([HELLO, VERSION, b"r" * 16, 0, 0]) + frame([77]))
         with pytest.raises(DTPError, match="graph sync protocol error"):
             while s.recv(65536):
                 pass
@@ -84,7 +74,7 @@ def test_a_failed_session_is_counted_under_the_counters_lock() -> None:
         ) as s:
             assert _wait(lambda: server.active == 1)
             with server._count_lock:
-                s.sendall(_frame([HELLO, VERSION, b"r" * 16, 0, 0]) + _frame([77]))
+                s.sendall(frame([HELLO, VERSION, b"r" * 16, 0, 0]) + frame([77]))
                 with pytest.raises(DTPError, match="graph sync protocol error"):
                     while s.recv(65536):
                         pass
@@ -159,7 +149,7 @@ def test_a_peer_quiet_after_its_hello_keeps_its_live_session(tmp_path: Path) -> 
         with dtp.socket.create_connection(
             server.address, 30, server_key=server.noise_public_key
         ) as s:
-            s.sendall(_frame([HELLO, VERSION, b"q" * 16, 0, 0]))
+            s.sendall(frame([HELLO, VERSION, b"q" * 16, 0, 0]))
             assert _wait(lambda: server.active == 1)
             time.sleep(2.0)  # well past the HELLO deadline: a live subscriber is quiet
             assert server.counts() == {"sessions": 0, "errors": 0, "refused": 0, "active": 1}
