@@ -88,6 +88,7 @@ from dtp.chain.objects import (
 )
 from dtp.errors import (
     ChainError,
+    DTPError,
     InvalidArgument,
     InvalidTransaction,
     ObjectNotFound,
@@ -291,7 +292,9 @@ class _Checkpointer:
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._running: set[str] = set()  # ledger paths
+        # ledger files by real path: handles reaching one file through different
+        # spellings (a relative path, a symlink, "x/../") share its checkpoints
+        self._running: set[str] = set()
 
     def forked(self) -> None:
         """In the child of fork(): the parent's checkpoint threads are not there, and one
@@ -300,12 +303,13 @@ class _Checkpointer:
         self._running = set()
 
     def wait(self, path: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a checkpoint of ``path`` still running to
-        end; whether none is running now."""
+        """Wait up to ``timeout`` seconds for a checkpoint of ``path`` (a real path, as
+        :func:`os.path.realpath` gives) still running to end; whether none is running now."""
         with self._lock:
             return self._lock.wait_for(lambda: path not in self._running, timeout)
 
     def request(self, path: str) -> None:
+        """Start a checkpoint of ``path`` (a real path) unless one is running."""
         with self._lock:
             if path in self._running:
                 return
@@ -435,7 +439,8 @@ class _SqlStore:
         ).fetchone()
         if row is None:
             return None
-        return row[0], row[1], int(row[2]), rules.from_json(row[3]), row[3]
+        version, data = _decoded(object_id, row[2], row[3])
+        return row[0], row[1], version, data, row[3]
 
     def balance(self, address: str) -> int:
         row = self.db.execute(
@@ -480,6 +485,9 @@ class LocalLedger(Ledger):
         if not self.path:
             # SQLite would open a private temporary file: a ledger nobody can share
             raise InvalidArgument("The ledger path is empty.")
+        if "\0" in self.path:
+            # no file can be named so: SQLite and mkdir raise a bare ValueError
+            raise InvalidArgument(f"The ledger path {self.path!r} holds a NUL character.")
         if clock_ms is not None:
             _clock(clock_ms, "clock_ms")
         self._lock = threading.RLock()
@@ -488,7 +496,13 @@ class LocalLedger(Ledger):
         self._nonce_counter = _nonces()
         #: (clock_offset, ms): the latest wall-mode time this handle read (see _now)
         self._clock_served: tuple[str, int] = ("", 0)
+        # the file's checkpoints are keyed by its real path, resolved once (not per
+        # commit): two handles on one file share them whatever path each was given
+        self._real_path = self.path if self.path == ":memory:" else os.path.realpath(self.path)
         self._db = self._connect()
+        if self.path != ":memory:":
+            # again now that the file and its directories exist (a symlink among them)
+            self._real_path = os.path.realpath(self.path)
         _LEDGERS.add(self)
         if clock_ms is not None:
             self.set_clock(clock_ms, allow_backwards=True)
@@ -592,7 +606,7 @@ class LocalLedger(Ledger):
             # when close() was called commits first, and its commit may be the one that
             # starts a checkpoint, which must be waited for too
             if self.path != ":memory:" and not isinstance(self._db, _ClosedConnection):
-                _CHECKPOINTER.wait(self.path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
+                _CHECKPOINTER.wait(self._real_path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
             self._db.close()
             self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))
 
@@ -608,9 +622,15 @@ class LocalLedger(Ledger):
                 return fn()
             except rules.DamagedData as exc:
                 # typed already; worded here to name the file, as the other failures are
-                raise _unavailable(f"the ledger {self.path} failed: {exc}") from exc
+                if exc.ledger is not None:
+                    raise
+                raise self._damaged(exc) from exc
             except sqlite3.DatabaseError as exc:
                 message = str(exc).lower()
+                if "malformed json" in message:
+                    # SQLite's json_extract (connection_view) met data that does not parse
+                    damaged = rules.DamagedData(f"stored data does not parse ({exc})")
+                    raise self._damaged(damaged) from exc
                 if not isinstance(exc, sqlite3.OperationalError) or (
                     "locked" not in message and "busy" not in message
                 ):
@@ -632,6 +652,13 @@ class LocalLedger(Ledger):
                 time.sleep(delay * (0.5 + random.random()))
                 if now > deadline - _BUSY_TIMEOUT_S + _STEADY_BACKOFF_S:
                     delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def _damaged(self, exc: rules.DamagedData) -> rules.DamagedData:
+        """``exc`` worded to name this ledger's file (still DamagedData, so callers can
+        tell a damaged row from a file that cannot be opened or stays locked)."""
+        named = rules.DamagedData(f"the ledger {self.path} failed: {exc}")
+        named.ledger = self.path
+        return named
 
     def _write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
@@ -658,7 +685,7 @@ class LocalLedger(Ledger):
         self._changed.notify_all()
         self._commits += 1
         if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
-            _CHECKPOINTER.request(self.path)
+            _CHECKPOINTER.request(self._real_path)
 
     def _read(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one read transaction (a consistent snapshot)."""
@@ -838,18 +865,21 @@ class LocalLedger(Ledger):
             rows = self._db.execute("SELECT amount FROM balances")
             balances = sum(rules.stored_int(r[0]) for r in rows)
             escrows = broadcasts = 0
-            for type_, data in self._db.execute("SELECT type, data FROM objects"):
+            for object_id, type_, data in self._db.execute("SELECT id, type, data FROM objects"):
                 obj = rules.from_json(data)
-                if type_ == rules.OBJECT_TYPES["Escrow"]:
-                    escrows += obj["funds"]
-                elif type_ == rules.OBJECT_TYPES["Broadcast"]:
-                    broadcasts += obj["pool"] + obj["earned"]
-                elif type_ == rules.OBJECT_TYPES["ResponseEscrow"]:
-                    escrows += obj["funds"]  # prepaid response fees count as escrow
-                elif type_ in _ESCROW_LIKE:
-                    escrows += obj[_ESCROW_LIKE[type_]]
-                elif type_ == rules.OBJECT_TYPES["TicketSale"]:
-                    broadcasts += obj["funds"]  # ticket money waits for an event to air
+                try:
+                    if type_ == rules.OBJECT_TYPES["Escrow"]:
+                        escrows += obj["funds"]
+                    elif type_ == rules.OBJECT_TYPES["Broadcast"]:
+                        broadcasts += obj["pool"] + obj["earned"]
+                    elif type_ == rules.OBJECT_TYPES["ResponseEscrow"]:
+                        escrows += obj["funds"]  # prepaid response fees count as escrow
+                    elif type_ in _ESCROW_LIKE:
+                        escrows += obj[_ESCROW_LIKE[type_]]
+                    elif type_ == rules.OBJECT_TYPES["TicketSale"]:
+                        broadcasts += obj["funds"]  # ticket money waits for an event to air
+                except _SHAPE_ERRORS as exc:
+                    raise rules.wrong_shape(f"object {object_id}", exc) from exc
             return {
                 "minted": rules.stored_int(self._meta("minted")),
                 "balances": balances,
@@ -944,7 +974,17 @@ class LocalLedger(Ledger):
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
         x = rules.Exec(store, tx.sender, digest, now, epoch)
-        value = handler(x, *args)
+        try:
+            value = handler(x, *args)
+        except _SHAPE_ERRORS as exc:
+            # the arguments were checked (check_args) and the rules raise typed errors:
+            # a bare one comes from stored data that is not what the ledger writes (a
+            # field missing, text for a number)
+            stored = [obj.id for obj in x.objects.values() if obj.before is not None]
+            if isinstance(exc, DTPError) or not stored:
+                raise
+            what = f"object {stored[0]}" if len(stored) == 1 else f"objects {', '.join(stored)}"
+            raise rules.wrong_shape(what, exc) from exc
         # The effects, computed from what was read ...
         created: list[str] = []
         deleted: list[tuple[str]] = []
@@ -1453,18 +1493,21 @@ class LocalLedger(Ledger):
             if row is None or row[0] != rules.OBJECT_TYPES["ResponseEscrow"]:
                 raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
             _type, _owner, version, d = row
-            return ResponseEscrow(
-                object_id,
-                version,
-                d["requester"],
-                d["requester_public_key"],
-                d["server"],
-                d["request_id"],
-                d["deadline_ms"],
-                d["funds"],
-                d["amount"],
-                d["state"],
-            )
+            try:
+                return ResponseEscrow(
+                    object_id,
+                    version,
+                    d["requester"],
+                    d["requester_public_key"],
+                    d["server"],
+                    d["request_id"],
+                    d["deadline_ms"],
+                    d["funds"],
+                    d["amount"],
+                    d["state"],
+                )
+            except _SHAPE_ERRORS as exc:
+                raise rules.wrong_shape(f"object {object_id}", exc) from exc
 
         return self._read_one(read)
 
@@ -1478,7 +1521,11 @@ class LocalLedger(Ledger):
             if row is None or row[0] != rules.OBJECT_TYPES[struct]:
                 raise ObjectNotFound(f"No {struct} with ID {object_id} exists.")
             _type, _owner, version, data = row
-            return economics_object_from_fields(struct, object_id, version, data)
+            try:
+                return economics_object_from_fields(struct, object_id, version, data)
+            except _SHAPE_ERRORS as exc:
+                # the struct is one it builds (the type matched): the data is at fault
+                raise rules.wrong_shape(f"object {object_id}", exc) from exc
 
         return self._read_one(read)
 
@@ -1764,20 +1811,24 @@ class LocalLedger(Ledger):
         ids = [normalize_id(object_id) for object_id in object_ids]
         marks = ",".join("?" * len(ids))
 
-        def read() -> dict[str, tuple[str, int, str]]:
+        def read() -> dict[str, tuple[str, Any, Any]]:
             rows = self._db.execute(
                 f"SELECT id, type, version, data FROM objects WHERE id IN ({marks})", ids
             )
-            return {row[0]: (row[1], int(row[2]), row[3]) for row in rows}
+            return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
         found = self._read_one(read) if ids else {}
         out: list[ChainObject] = []
-        for object_id in ids:
-            row = found.get(object_id)
-            if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            type_, version, data = row
-            out.append(_build(type_.rsplit("::", 1)[-1], object_id, version, rules.from_json(data)))
+        # built outside the read (and its lock), so not named by _retry: named here
+        try:
+            for object_id in ids:
+                row = found.get(object_id)
+                if row is None:
+                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                version, data = _decoded(object_id, row[1], row[2])
+                out.append(_build(row[0].rsplit("::", 1)[-1], object_id, version, data))
+        except rules.DamagedData as exc:
+            raise self._damaged(exc) from exc
         return out
 
     def connection_view(
@@ -1788,7 +1839,7 @@ class LocalLedger(Ledger):
         cid = normalize_id(connection_id, "connection ID")
         hid = normalize_id(host_id, "host ID")
 
-        def read() -> dict[str, tuple[str, int, str]]:
+        def read() -> dict[str, tuple[str, Any, Any]]:
             rows = self._db.execute(_CONNECTION_VIEW, (cid, hid, 1 if with_cap else 0))
             return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
@@ -1796,20 +1847,26 @@ class LocalLedger(Ledger):
         row = found.get(cid)
         if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
             return None
-        tc = _build("TransportControl", cid, int(row[1]), rules.from_json(row[2]))
-        assert isinstance(tc, TransportControl)
-        wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
-        objects: list[ChainObject] = []
-        for object_id in wanted:
-            row = found.get(object_id)
-            if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            name = row[0].rsplit("::", 1)[-1]
-            objects.append(_build(name, object_id, int(row[1]), rules.from_json(row[2])))
-        epoch_row = found.get("") if with_cap else None
-        epoch = (
-            rules.stored_int(epoch_row[2]) if epoch_row is not None else (0 if with_cap else None)
-        )
+        # built outside the read (and its lock), so not named by _retry: named here
+        try:
+            tc = _build("TransportControl", cid, *_decoded(cid, row[1], row[2]))
+            assert isinstance(tc, TransportControl)
+            wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
+            objects: list[ChainObject] = []
+            for object_id in wanted:
+                row = found.get(object_id)
+                if row is None:
+                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                name = row[0].rsplit("::", 1)[-1]
+                objects.append(_build(name, object_id, *_decoded(object_id, row[1], row[2])))
+            epoch_row = found.get("") if with_cap else None
+            epoch = (
+                rules.stored_int(epoch_row[2])
+                if epoch_row is not None
+                else (0 if with_cap else None)
+            )
+        except rules.DamagedData as exc:
+            raise self._damaged(exc) from exc
         return _connection_view(tc, objects, hid, epoch)
 
     def object_version(self, object_id: str) -> int:
@@ -1823,7 +1880,7 @@ class LocalLedger(Ledger):
             ).fetchone()
             if row is None:
                 raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            return int(row[0])
+            return _version(object_id, row[0])
 
         return self._read_one(read)
 
@@ -1863,7 +1920,7 @@ class LocalLedger(Ledger):
 
         def read() -> list[ObjectRef]:
             rows = self._db.execute("SELECT id, version, owner, type FROM objects ORDER BY rowid")
-            refs = [ObjectRef(r[0], int(r[1]), r[2], r[3]) for r in rows]
+            refs = [ObjectRef(r[0], _version(r[0], r[1]), r[2], r[3]) for r in rows]
             if type_name is None:
                 return refs
             return [r for r in refs if r.type.rsplit("::", 1)[-1] == type_name]
@@ -1902,7 +1959,10 @@ class LocalLedger(Ledger):
                 last = int(seq)
                 if pre is not None and not pre.matches(Event("", type_, {}, sender, digest, 0)):
                     continue
-                event = Event(str(seq), type_, rules.from_json(fields), sender, digest, int(ts))
+                data = rules.from_json(fields)
+                if type(data) is not dict or type(ts) is not int:
+                    raise rules.DamagedData(f"event {seq} is not stored as the ledger writes it")
+                event = Event(str(seq), type_, data, sender, digest, ts)
                 if filter is None or filter.matches(event):
                     out.append(event)
                     if len(out) >= limit:
@@ -1954,9 +2014,53 @@ class LocalLedger(Ledger):
 # -- building typed objects ----------------------------------------------------------------------
 
 
-def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
-    table = d.get("client_connections") if name == "Host" else d.get("contributions")
+#: What reading stored data of the wrong shape raises: a field missing (KeyError), a list
+#: for an object or text for a number (TypeError, AttributeError, ValueError), too
+#: short a list (IndexError), a number too large (OverflowError).
+_SHAPE_ERRORS: Final = (
+    KeyError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    IndexError,
+    OverflowError,
+)
+#: The structs object_from_fields builds (its ValueError for any other name means an
+#: object of another kind, not damaged data).
+_BUILT: Final = frozenset(
+    {"Host", "SpendingCap", "TransportControl", "Escrow", "Pipe", "Broadcast"}
+)
+
+
+def _version(object_id: str, version: Any) -> int:
+    """A stored version, which the ledger writes as an INTEGER."""
+    if type(version) is not int:
+        raise rules.DamagedData(f"object {object_id}: a stored version {version!r:.30}")
+    return version
+
+
+def _decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, Any]]:
+    """The version and data of a stored object, :class:`rules.DamagedData` naming the
+    object when either is not of the type the ledger writes (one type check each: this
+    is on every read)."""
     try:
+        data = rules.from_json(text)
+    except rules.DamagedData as exc:
+        raise rules.DamagedData(f"object {object_id}: {exc}") from None
+    if type(data) is not dict or type(version) is not int:
+        if type(data) is not dict:
+            raise rules.wrong_shape(
+                f"object {object_id}", TypeError(f"a JSON {type(data).__name__}, not an object")
+            )
+        _version(object_id, version)
+    return version, data
+
+
+def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
+    try:
+        table = d.get("client_connections") if name == "Host" else d.get("contributions")
         return object_from_fields(name, object_id, version, d, table or {})
-    except ValueError:
-        raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.") from None
+    except _SHAPE_ERRORS as exc:
+        if name not in _BUILT:
+            raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.") from None
+        raise rules.wrong_shape(f"object {object_id}", exc) from exc

@@ -48,6 +48,7 @@ __all__ = [
     "from_json",
     "stored_int",
     "to_json",
+    "wrong_shape",
 ]
 
 U64_MAX: Final = 2**64 - 1
@@ -101,6 +102,17 @@ class DamagedData(ChainError):
 
     name = "LedgerUnavailable"
     module = "ledger"
+    #: The ledger file named in the message, once the ledger has worded it (None before).
+    ledger: str | None = None
+
+
+def wrong_shape(what: str, exc: BaseException) -> DamagedData:
+    """:class:`DamagedData` for stored data (``what``: "object 0x…") that parses but is
+    not what the ledger writes (a missing field, a list for an object, text for a
+    number), found as the ``exc`` that reading it raised."""
+    return DamagedData(
+        f"the stored data of {what} has the wrong shape ({type(exc).__name__}: {exc!s:.80})"
+    )
 
 
 def from_json(text: str) -> Any:
