@@ -161,7 +161,10 @@ def test_metadata_agrees_with_the_code(egg_info: Path) -> None:
     pkg_info = (egg_info / "PKG-INFO").read_text(encoding="utf-8")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert f"\nVersion: {dtp.__version__}\n" in pkg_info
-    assert pyproject["project"]["version"] == dtp.__version__
+    # written once, in dtp/__init__.py: the metadata's is read from there
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dtp.__version__"}
     entry_points = configparser.ConfigParser()
     entry_points.read(egg_info / "entry_points.txt", encoding="utf-8")
     scripts = dict(entry_points["console_scripts"])
