@@ -48,6 +48,7 @@ from dtp.errors import (
     DTPError,
     DTPTimeoutError,
     InvalidArgument,
+    LocalProtocolError,
     MalformedReceipt,
     PaymentRequired,
     move_error,
@@ -861,6 +862,11 @@ def check_address(address: object, what: str) -> None:
         raise InvalidArgument(f"{what}: port {address[1]} is outside 0..65535")
 
 
+#: How long one wait of :meth:`PaidServer.wait_released` without a timeout lasts for a
+#: receipt writer still writing, before it waits again (seconds).
+_WRITER_WAIT = 60.0
+
+
 class PaidServer:
     """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
     in background threads from construction until :meth:`close`.
@@ -904,6 +910,11 @@ class PaidServer:
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
         self._handling = 0  # _handle calls running (they may still write receipts)
+        #: Set by the release: closed, every connection ended and settled, the receipt
+        #: writer stopped (what wait_released() waits for)
+        self._released = threading.Event()
+        # marks the threads running _handle: wait_released() there waits for itself
+        self._in_handler = threading.local()
         self._threads: list[threading.Thread] = []
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         """The most recent settlements: (connection ID, outcome)."""
@@ -970,9 +981,12 @@ class PaidServer:
             # gone already, so nothing could be kept for it
             sock.abort("the server is closed")
             return
+        self._in_handler.active = True
         try:
             self._serve(sock)
         finally:
+            # (the DTPServer's threads serve one connection after another)
+            self._in_handler.active = False
             with self._live_lock:
                 self._handling -= 1
                 last = self._closed.is_set() and self._handling == 0
@@ -1155,10 +1169,12 @@ class PaidServer:
         self._closed.wait()
 
     def close(self) -> None:
-        """Stop accepting and refreshing. Open connections finish and settle; once the
-        last has (at once when there are none), the receipt writer writes what it holds
-        and stops, and a store the server opened from ``receipts`` (a path) is closed. A
-        :class:`ReceiptStore` passed in stays open: the caller's to close, after this."""
+        """Stop accepting and refreshing. Open connections finish and settle (in their
+        own threads, after this returns); once the last has (at once when there are
+        none), the receipt writer writes what it holds and stops, and a store the server
+        opened from ``receipts`` (a path) is closed. A :class:`ReceiptStore` passed in
+        stays open: the caller's to close, once :meth:`wait_released` returned True.
+        May be called from a handler (its own connection is then one still served)."""
         with self._live_lock:
             if self._closed.is_set():
                 return
@@ -1182,9 +1198,37 @@ class PaidServer:
             self._attached = False
             self.store.detach_server()
         release_receipts(self.receipt_writer, self.store, self._own_store)
+        self._released.set()
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open. (False at once when the server is not
+        closed.) Not from a handler: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`)."""
+        if getattr(self._in_handler, "active", False):
+            raise LocalProtocolError("wait_released() in a handler waits for its own connection")
+        if not self._closed.is_set():
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._released.wait(timeout):
+            return False
+        # The release waits for the writer only so long (release_receipts); one still
+        # writing then (a stalled disk) uses the store yet: closed under it, the
+        # receipts it holds are lost.
+        while True:
+            left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+            if self.receipt_writer.close(left):
+                return True
+            if deadline is not None:
+                return False
 
     def __enter__(self) -> PaidServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """:meth:`close` (connections still served settle after it: see
+        :meth:`wait_released`)."""
         self.close()

@@ -1,0 +1,226 @@
+"""The blocking PaidServer's wait_released(): close() stops accepting, but a connection
+still served settles later, in its own thread; a ReceiptStore of the caller's closed
+right after close() made that settlement fail on it (its fees unclaimed), and tests had
+to poll the ledger for it. wait_released() waits until every connection ended and
+settled and the receipt writer stopped, as PaidAioServer's does. Real LocalLedger files,
+real ReceiptStore files, real paid connections by host ID on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.errors import LocalProtocolError
+from dtp.escrow import Receipt
+from dtp.metering import MeteringConfig
+from dtp.paid import Handler, PaidServer, PaidSocket, ServicePolicy
+from dtp.receipt_store import ReceiptStore
+from tests.paid_twins import funded_ledger, ident
+
+PORT = 7
+SERVER = ident(0x81)
+CLIENT = ident(0x82)
+
+
+class StallingStore(ReceiptStore):
+    """A receipt store whose disk stalls on demand (writes block until ``resume`` is
+    set): a disk that takes minutes to sync cannot be had on purpose here."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.stall = threading.Event()
+        self.resume = threading.Event()
+        self.stalled = threading.Event()  # a write is blocked now
+
+    def _wait(self) -> None:
+        if self.stall.is_set():
+            self.stalled.set()
+            self.resume.wait(600)
+
+    def keep_many(
+        self, receipts: Sequence[Receipt], claimed: Mapping[str, int] | None = None
+    ) -> list[bool]:
+        self._wait()
+        return super().keep_many(receipts, claimed)
+
+    def mark_claimed_many(self, claimed: Mapping[str, int]) -> None:
+        self._wait()
+        super().mark_claimed_many(claimed)
+
+
+@dataclass
+class World:
+    ledger: LocalLedger  # the client's
+    server_ledger: LocalLedger
+    host_id: str
+    tmp_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"dtp://{self.host_id}:{PORT}"
+
+    def serve(self, handler: Handler, store: ReceiptStore) -> PaidServer:
+        return dtp.socket.serve(
+            self.host_id,
+            PORT,
+            handler,
+            ledger=self.server_ledger,
+            identity=SERVER,
+            receipts=store,
+            policy=ServicePolicy(allowance=500),
+        )
+
+    def connect(self) -> dtp.socket.DTPSocket:
+        return dtp.socket.create_connection(
+            self.address,
+            timeout=30,
+            ledger=self.ledger,
+            identity=CLIENT,
+            deposit=200_000,
+            metering=MeteringConfig(every_bytes=16 << 10),
+        )
+
+    def settled(self, connection_id: str) -> bool:
+        tc = self.ledger.get_connection(connection_id)
+        return tc.settled and tc.state != ConnectionState.OPEN
+
+    def claimed(self, connection_id: str) -> int:
+        tc = self.ledger.get_connection(connection_id)
+        return self.ledger.get_escrow(tc.escrow).claimed
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 5000))
+        server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own
+        try:
+            yield World(ledger, server_ledger, host_id, tmp_path)
+        finally:
+            server_ledger.close()
+
+
+def _echo(sock: PaidSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+def _exchange(sock: dtp.socket.DTPSocket, rounds: int = 8) -> None:
+    """Echo enough for receipts to be signed and stored."""
+    for _ in range(rounds):
+        sock.sendall(b"z" * 30_000)
+        got = b""
+        while len(got) < 30_000:
+            data = sock.recv(65536)
+            assert data
+            got += data
+        assert got == b"z" * 30_000
+
+
+def test_wait_released_waits_for_a_connection_open_at_close(world: World) -> None:
+    """close() with a client still connected: not released until the client is gone
+    and its connection settled; then the caller's store may close, with the claim on
+    the ledger and its mark in the store."""
+    store = ReceiptStore(world.tmp_path / "receipts.db")
+    server = world.serve(_echo, store)
+    try:
+        assert not server.wait_released(0)  # (not closed)
+        assert not server.wait_released(5)  # (not closed: False at once, never True)
+        sock = world.connect()
+        with sock:
+            _exchange(sock)
+            cid = sock.connection_id
+            assert cid is not None
+            server.close()
+            # the connection is still served: a client that stays keeps it unreleased
+            assert not server.wait_released(0.5)
+            _exchange(sock, 2)  # (and it is served on)
+        assert server.wait_released(60)
+        assert server.wait_released(0)  # (stays released)
+    finally:
+        server.close()
+        assert server.wait_released(60)
+        store.close()  # the caller's, once released
+    # settled by then, no polling: the release came after the settlement
+    assert world.settled(cid)
+    assert world.claimed(cid) > 0
+    assert [c for c, _ in server.settlements] == [cid]
+    with ReceiptStore(world.tmp_path / "receipts.db") as again:
+        stored = again.latest(cid)
+        assert stored is not None and stored.unclaimed == 0  # the claim's mark is there
+
+
+def test_close_from_a_handler_does_not_deadlock(world: World) -> None:
+    """A handler may close its own server (its connection then one still served and
+    settled); wait_released() in a handler would wait for itself and is refused."""
+    store = ReceiptStore(world.tmp_path / "receipts.db")
+    servers: list[PaidServer] = []
+    refused: list[BaseException] = []
+
+    def closing(sock: PaidSocket) -> None:
+        assert sock.recv(5) == b"close"
+        servers[0].close()
+        try:
+            servers[0].wait_released(None)
+        except LocalProtocolError as exc:
+            refused.append(exc)
+        sock.sendall(b"closed")
+        _echo(sock)
+
+    server = world.serve(closing, store)
+    servers.append(server)
+    try:
+        with world.connect() as sock:
+            sock.sendall(b"close")
+            assert sock.recv(6) == b"closed"
+            cid = sock.connection_id
+            assert cid is not None
+            _exchange(sock, 2)
+        assert server.wait_released(60)
+    finally:
+        server.close()
+        assert server.wait_released(60)
+        store.close()
+    assert len(refused) == 1
+    assert world.settled(cid)
+    assert [c for c, _ in server.settlements] == [cid]
+
+
+def test_not_released_while_the_receipt_writer_still_writes(world: World) -> None:
+    """The release waits for the receipt writer only so long (30 s), then goes on with
+    the writer still writing (a stalled disk): wait_released() said True then, and the
+    caller closing its store lost what the writer held (here the settlement's claimed
+    mark). It waits for the writer too."""
+    store = StallingStore(world.tmp_path / "receipts.db")
+    server = world.serve(_echo, store)
+    try:
+        with world.connect() as sock:
+            _exchange(sock)
+            cid = sock.connection_id
+            assert cid is not None
+            server.close()
+            store.stall.set()  # from now on the disk does not answer
+        # the release (30 s into the writer's stall) has run: the event is what
+        # wait_released() waited for alone
+        assert server._released.wait(120)
+        assert store.stalled.is_set()
+        assert not server.wait_released(1)  # the writer is still at the store
+        store.resume.set()
+        assert server.wait_released(60)
+    finally:
+        store.resume.set()
+        server.close()
+        server.wait_released(60)
+        store.close()
+    assert world.settled(cid)
+    with ReceiptStore(world.tmp_path / "receipts.db") as again:
+        stored = again.latest(cid)
+        assert stored is not None and stored.unclaimed == 0  # the mark was written
