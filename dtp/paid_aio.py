@@ -67,6 +67,9 @@ __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 logger = logging.getLogger(__name__)
 
 _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
+# seconds between wait_released()'s looks at a receipt writer still writing after the
+# release (a stalled disk: rare, and then long)
+_WRITER_POLL = 0.05
 
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
@@ -937,13 +940,24 @@ class PaidAioServer:
         ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
         (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
         a settlement still to come failed on it, its fees unclaimed. Waits as long as a
-        client keeps its connection open. (False at once when the server is not
-        closed.)"""
+        client keeps its connection open, and for a receipt writer the release left
+        still writing. (False at once when the server is not closed.)"""
         if not self._closed:
             return False
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._released.wait(), timeout)
-        return self._released.is_set()
+        if not self._released.is_set():
+            return False
+        # The release waits for the receipt writer only so long (release_receipts); one
+        # still writing then (a stalled disk) uses the store yet: closed under it, the
+        # receipts it holds are lost. (close(0) only looks: the thread is told already.)
+        while not self.receipt_writer.close(0):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_WRITER_POLL)
+        return True
 
     async def serve_forever(self) -> None:
         assert self.server is not None

@@ -1,19 +1,23 @@
-"""The blocking PaidServer's wait_released(): close() stops accepting, but a connection
-still served settles later, in its own thread; a ReceiptStore of the caller's closed
-right after close() made that settlement fail on it (its fees unclaimed), and tests had
-to poll the ledger for it. wait_released() waits until every connection ended and
-settled and the receipt writer stopped, as PaidAioServer's does. Real LocalLedger files,
-real ReceiptStore files, real paid connections by host ID on 127.0.0.1."""
+"""The paid servers' wait_released(): close() stops accepting, but a connection still
+served settles later; a ReceiptStore of the caller's closed right after close() made
+that settlement fail on it (its fees unclaimed), and tests had to poll the ledger for
+it. The blocking server now has wait_released() too: it waits until every connection
+ended and settled and the receipt writer stopped -- which the asyncio one did not wait
+for. Real LocalLedger files, real ReceiptStore files, real paid connections by host ID
+on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
@@ -21,8 +25,12 @@ from dtp.errors import LocalProtocolError
 from dtp.escrow import Receipt
 from dtp.metering import MeteringConfig
 from dtp.paid import Handler, PaidServer, PaidSocket, ServicePolicy
+from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import funded_ledger, ident
+from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.polling import wait_for
+
+T = TypeVar("T")
 
 PORT = 7
 SERVER = ident(0x81)
@@ -220,6 +228,57 @@ def test_not_released_while_the_receipt_writer_still_writes(world: World) -> Non
         server.close()
         server.wait_released(60)
         store.close()
+    assert world.settled(cid)
+    with ReceiptStore(world.tmp_path / "receipts.db") as again:
+        stored = again.latest(cid)
+        assert stored is not None and stored.unclaimed == 0  # the mark was written
+
+
+def test_the_asyncio_server_waits_for_the_receipt_writer_too(world: World) -> None:
+    """PaidAioServer.wait_released() had the same gap: True once the release ran,
+    though the release had left the receipt writer still writing to the caller's
+    store."""
+    store = StallingStore(world.tmp_path / "receipts.db")
+
+    async def echo(reader: PaidReader, writer: PaidWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    with loop_in_thread() as loop:
+
+        def run(coro: Coroutine[Any, Any, T]) -> T:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(180)
+
+        server = run(
+            dtp.aio.serve(
+                world.host_id,
+                PORT,
+                echo,
+                ledger=world.server_ledger,
+                identity=SERVER,
+                receipts=store,
+                policy=ServicePolicy(allowance=500),
+            )
+        )
+        try:
+            with world.connect() as sock:
+                _exchange(sock)
+                cid = sock.connection_id
+                assert cid is not None
+                loop.call_soon_threadsafe(server.close)  # (the client still connected)
+                store.stall.set()  # from now on the disk does not answer
+            # the release (30 s into the writer's stall, on the loop) has run
+            assert wait_for(server._released.is_set, 120)
+            assert store.stalled.is_set()
+            assert not run(server.wait_released(1))  # the writer is still at the store
+            store.resume.set()
+            assert run(server.wait_released(60))
+        finally:
+            store.resume.set()
+            run(stop(server))
+            run(server.wait_released(60))
+            store.close()
     assert world.settled(cid)
     with ReceiptStore(world.tmp_path / "receipts.db") as again:
         stored = again.latest(cid)
