@@ -12,7 +12,9 @@ Sync over async: one daemon thread per :class:`SuiNode` runs an event loop, star
 first call (so constructing does no I/O and starts nothing); each call is submitted with
 ``asyncio.run_coroutine_threadsafe`` and waited for. A per-process loop (rather than
 ``asyncio.run`` per call) keeps the HTTP/2 channel open between calls and works when the
-caller already runs an event loop.
+caller already runs an event loop. A call that timed out or lost its connection drops the
+channel (the next call opens a new one); ``close()`` stops the loop and closes its channels,
+and a later call starts a new loop.
 
 Reads that fail transiently (the node unreachable, a reset connection, UNAVAILABLE, rate
 limiting) are tried again a few times with jittered exponential backoff, within the
@@ -31,6 +33,7 @@ import random
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -70,6 +73,12 @@ _HTTP_429: Final = ":status = '429'"
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+#: The channel the running attempt of a call uses: set by ``SuiNode._guard`` around
+#: ``make()`` (whose task inherits it), read by ``SuiNode._stub``.
+_CHANNEL: ContextVar[Channel] = ContextVar("dtp_sui_channel")
+#: Seconds close() waits for the calls in flight to end, then for the loop thread.
+_CLOSE_WAIT = 30.0
 
 #: Backoff before the first retry of a read that failed transiently, in seconds; it
 #: doubles with each further retry, up to ``_RETRY_DELAY_CAP``.
@@ -224,6 +233,77 @@ def timestamp_ms(value: datetime.datetime | None) -> int:
     return int(value.timestamp() * 1000)
 
 
+class _Runner:
+    """One private event loop, the daemon thread running it and the channels its calls
+    use. A :class:`SuiNode` starts one on its first call and drops it in ``close()``; a
+    call after that starts another, so no channel outlives the loop it was opened on.
+
+    ``closed`` is set under ``SuiNode._lock``; the channels are touched on the loop's
+    thread only (no lock needed there)."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        #: close() took this runner: no channel is opened on it any more.
+        self.closed = False
+        #: The channel new attempts use; None until one needs it, or after it was dropped.
+        self.channel: Channel | None = None
+        #: Attempts in flight per channel, the current one or one dropped but still used.
+        self.users: dict[Channel, int] = {}
+
+    def acquire(self, make: Callable[[], Channel]) -> Channel:
+        """The current channel (opened with ``make()`` if there is none), counted as used
+        until :meth:`release`."""
+        if self.channel is None:
+            self.channel = make()
+        channel = self.channel
+        self.users[channel] = self.users.get(channel, 0) + 1
+        return channel
+
+    def drop(self, channel: Channel) -> None:
+        """Stop handing out ``channel``: its connection may be stuck or lost. It is
+        closed when its last user releases it (other calls may still be reading on it)."""
+        if self.channel is channel:
+            self.channel = None
+
+    def release(self, channel: Channel) -> None:
+        """One attempt is done with ``channel``; close it if it was dropped and this was
+        its last user. ``Channel.close()`` only closes the transport: it never blocks."""
+        left = self.users.get(channel, 1) - 1
+        if left > 0:
+            self.users[channel] = left
+            return
+        self.users.pop(channel, None)
+        if channel is not self.channel:
+            channel.close()
+
+    def stop(self) -> None:
+        """Cancel the calls in flight, close every channel, stop the loop and its thread."""
+
+        async def shutdown() -> None:
+            # calls still in flight are cancelled, so their callers' run() returns (it
+            # raises LedgerUnavailable) instead of waiting on a loop that no longer runs
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            channels = {*self.users, *([self.channel] if self.channel is not None else [])}
+            self.channel = None
+            self.users.clear()
+            for channel in channels:
+                channel.close()
+
+        with contextlib.suppress(
+            concurrent.futures.TimeoutError, concurrent.futures.CancelledError
+        ):
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=_CLOSE_WAIT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=_CLOSE_WAIT)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
 class SuiNode:
     """Synchronous access to one Sui full node over gRPC."""
 
@@ -249,48 +329,85 @@ class SuiNode:
         self.timeout = float(timeout)
         self.retries = retries
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._channel: Channel | None = None
+        self._runner: _Runner | None = None
 
     # -- the private loop -----------------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name=f"dtp-sui-{self.host}:{self.port}", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
+    # the current runner's parts, None before the first call and after close() (tests and
+    # debugging look at them)
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        runner = self._runner
+        return runner.loop if runner is not None else None
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        runner = self._runner
+        return runner.thread if runner is not None else None
+
+    @property
+    def _channel(self) -> Channel | None:
+        runner = self._runner
+        return runner.channel if runner is not None else None
+
+    def _closed_error(self, what: str) -> LedgerUnavailable:
+        return LedgerUnavailable(
+            f"The connection to Sui node {self.endpoint} was closed during {what}."
+        )
 
     def run(
         self, make: Callable[[], Coroutine[Any, Any, T]], what: str, *, executes: bool = False
     ) -> T:
         """Run ``make()`` on the private loop; translate transport errors. ``executes``:
         the call executes a transaction (its rejections name the transaction's faults)."""
-        loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._guard(make, what, executes), loop)
+        with self._lock:
+            runner = self._runner
+            if runner is None:
+                runner = _Runner(f"dtp-sui-{self.host}:{self.port}")
+                runner.thread.start()
+                self._runner = runner
+            # queued under the lock close() takes to drop the runner: a call is either
+            # queued before close()'s shutdown (which then cancels it) or goes to a new
+            # runner, never to a loop that is stopping (it waited there for ever) or
+            # closed (RuntimeError)
+            future = asyncio.run_coroutine_threadsafe(
+                self._guard(runner, make, what, executes), runner.loop
+            )
         try:
             return future.result()
         except concurrent.futures.CancelledError:
             # close() cancelled it: the caller gets an answer instead of waiting forever
+            raise self._closed_error(what) from None
+
+    def _open_channel(self, runner: _Runner, what: str) -> Channel:
+        """A channel for one attempt (see :meth:`_Runner.acquire`), on the loop thread."""
+        if runner.closed:
+            # close() took this runner after the call was queued: a channel opened now
+            # would outlive its loop (close() closes only those it finds)
+            raise self._closed_error(what)
+        return runner.acquire(self._new_channel)
+
+    def _new_channel(self) -> Channel:
+        try:
+            return Channel(host=self.host, port=self.port, ssl=self.tls)
+        except OSError as exc:
+            # the TLS context (CA bundle, ciphers) could not be set up: typed as when the
+            # channel was opened inside the call
             raise LedgerUnavailable(
-                f"The connection to Sui node {self.endpoint} was closed during {what}."
-            ) from None
+                f"Sui node {self.endpoint} is unreachable: no channel could be opened: {exc}"
+            ) from exc
 
     async def _guard(
-        self, make: Callable[[], Awaitable[T]], what: str, executes: bool = False
+        self, runner: _Runner, make: Callable[[], Awaitable[T]], what: str, executes: bool = False
     ) -> T:
         """``make()`` under the call's time budget, a read retried on transient failures.
 
         Each attempt calls ``make()`` afresh (a paged read starts again from its first
-        page). No new channel is needed for a retry: grpclib's ``Channel`` opens a new
-        connection on its next request once the old one is lost (reset, EOF, GOAWAY,
-        HTTP/2 protocol error), and a refused connect leaves none behind. close() during
-        a backoff sleep cancels it like a call in flight (run() raises)."""
+        page) on the runner's current channel. An attempt that timed out or lost its
+        connection drops that channel: an HTTP/2 connection that stopped answering still
+        looks open to grpclib, which would send every later call down it. The next
+        attempt or call opens a new one; the old one is closed once no attempt uses it.
+        close() during a backoff sleep cancels it like a call in flight (run() raises)."""
         loop = asyncio.get_running_loop()
         # one budget for all the attempts: a retry never makes the caller wait more than
         # ``timeout`` on the node, only the backoff sleeps on top
@@ -300,6 +417,10 @@ class SuiNode:
         while True:
             started = loop.time()
             rate_limited = False
+            channel = self._open_channel(runner, what)
+            # make()'s task (asyncio.wait_for's) inherits the context, so its requests go
+            # down this channel even if another call drops it meanwhile
+            token = _CHANNEL.set(channel)
             try:
                 return await asyncio.wait_for(make(), budget)
             except GRPCError as exc:
@@ -310,10 +431,12 @@ class SuiNode:
             except TimeoutError:
                 # caught before OSError, its base class: the budget is spent, so this is
                 # final (a retry would have no time left)
+                runner.drop(channel)
                 raise LedgerUnavailable(
                     f"Sui node {self.endpoint} did not answer {what} within {self.timeout} s."
                 ) from None
             except (OSError, StreamTerminatedError, ConnectionError) as exc:
+                runner.drop(channel)
                 error = LedgerUnavailable(
                     f"Sui node {self.endpoint} is unreachable ({what}): {exc}"
                 )
@@ -326,6 +449,9 @@ class SuiNode:
                     f"Sui node {self.endpoint} sent an answer to {what} that cannot be read: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            finally:
+                _CHANNEL.reset(token)
+                runner.release(channel)
             budget -= loop.time() - started
             if attempt >= attempts or budget <= 0:
                 raise error from None
@@ -375,13 +501,8 @@ class SuiNode:
             return InvalidTransaction(f"{what} was rejected: {message}")
         return ChainError(f"{what} failed ({exc.status.name}): {message}", name=exc.status.name)
 
-    def _channel_now(self) -> Channel:
-        if self._channel is None:
-            self._channel = Channel(host=self.host, port=self.port, ssl=self.tls)
-        return self._channel
-
     def _stub(self, service: Service) -> Any:
-        channel = self._channel_now()
+        channel = _CHANNEL.get()
         if service == Service.LEDGER:
             return sui_prot.LedgerServiceStub(channel)
         if service == Service.STATE:
@@ -395,33 +516,16 @@ class SuiNode:
         return await fn(message)
 
     def close(self) -> None:
-        """Close the channel and stop the loop thread (idempotent)."""
+        """Cancel the calls in flight (they raise :class:`LedgerUnavailable`), close the
+        channels and stop the loop thread (idempotent). A later call starts a new loop."""
         with self._lock:
-            loop, thread, channel = self._loop, self._thread, self._channel
-            self._loop = self._thread = self._channel = None
-        if loop is None:
-            return
-
-        async def shutdown() -> None:
-            # calls still in flight are cancelled, so their callers' run() returns (it
-            # raises LedgerUnavailable) instead of waiting on a loop that no longer runs
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if channel is not None:
-                channel.close()
-
-        with contextlib.suppress(
-            concurrent.futures.TimeoutError, concurrent.futures.CancelledError
-        ):
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=30)
-        if thread is None or not thread.is_alive():
-            loop.close()
+            runner, self._runner = self._runner, None
+            if runner is None:
+                return
+            # under the lock run() queues calls under: none is queued on this runner
+            # after this, and one queued before opens no channel (see _open_channel)
+            runner.closed = True
+        runner.stop()
 
     # -- calls ----------------------------------------------------------------------------
 
