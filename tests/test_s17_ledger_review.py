@@ -20,6 +20,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
+from tests.ledger_files import damage
 
 SLA = Sla(10, 5, 1000)
 BOUND = 30.0  # how long a test waits for anything
@@ -297,16 +298,6 @@ def test_event_times_never_go_back_across_a_reopen_when_the_wall_clock_steps_bac
 
 
 # -- a damaged file ---------------------------------------------------------------------------
-
-
-def damage(path: Path, statement: str, *args: object) -> None:
-    """Change a row behind the ledger's back (another program, a damaged disk)."""
-    db = sqlite3.connect(path)
-    try:
-        db.execute(statement, args)
-        db.commit()
-    finally:
-        db.close()
 
 
 @pytest.fixture

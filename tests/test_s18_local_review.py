@@ -24,6 +24,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
 from dtp.keys import HostIdentity
+from tests.ledger_files import damage
 
 SLA = Sla(10, 5, 1000)
 BOUND = 30.0  # how long a test waits for anything
@@ -61,16 +62,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     finally:
         ledger.close()
     yield World(path, host, cap, opened.connection_id, opened.escrow_id)
-
-
-def damage(path: Path, statement: str, *args: object) -> None:
-    """Change rows behind the ledger's back (another program, a damaged disk)."""
-    db = sqlite3.connect(path)
-    try:
-        db.execute(statement, args)
-        db.commit()
-    finally:
-        db.close()
 
 
 def rewrite(path: Path, object_id: str, change: Callable[[Any], Any]) -> None:
