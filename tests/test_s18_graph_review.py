@@ -19,7 +19,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,14 +109,28 @@ def test_sessions_failing_at_once_are_all_counted() -> None:
 # -- 2. silent peers cannot hold every session slot ------------------------------------------------
 
 
-def test_peers_that_never_say_hello_cannot_starve_the_server(tmp_path: Path) -> None:
+@pytest.fixture
+def four_slots(tmp_path: Path) -> Iterator[tuple[GraphServer, Graph]]:
+    """A server of 4 sessions holding one document, with the connections' idle timeout
+    (the only other bound on a silent peer) made huge: 600 s; and an empty peer."""
     identity = HostIdentity.generate()
-    # the connection's idle timeout, the only other bound, made huge: 600 s
     config = ConnectionConfig(identity=identity, is_client=False, idle_timeout=600.0)
     graph = Graph(tmp_path / "server.db")
     graph.put("doc", {"title": "hello"})
     server = GraphServer(graph, ("127.0.0.1", 0), identity, max_sessions=4, config=config)
     other = Graph(tmp_path / "client.db")
+    try:
+        yield server, other
+    finally:
+        server.close()
+        graph.close()
+        other.close()
+
+
+def test_peers_that_never_say_hello_cannot_starve_the_server(
+    four_slots: tuple[GraphServer, Graph],
+) -> None:
+    server, other = four_slots
     silent: list[dtp.socket.DTPSocket] = []
     try:
         for _ in range(4):  # every slot: real handshakes, then nothing at all
@@ -136,9 +150,6 @@ def test_peers_that_never_say_hello_cannot_starve_the_server(tmp_path: Path) -> 
     finally:
         for s in silent:
             s.close()
-        server.close()
-        graph.close()
-        other.close()
 
 
 def test_a_peer_quiet_after_its_hello_keeps_its_live_session(tmp_path: Path) -> None:
@@ -165,13 +176,10 @@ def test_a_peer_quiet_after_its_hello_keeps_its_live_session(tmp_path: Path) -> 
         graph.close()
 
 
-def test_silent_raw_tcp_clients_hold_no_session_slot(tmp_path: Path) -> None:
-    identity = HostIdentity.generate()
-    config = ConnectionConfig(identity=identity, is_client=False, idle_timeout=600.0)
-    graph = Graph(tmp_path / "server.db")
-    graph.put("doc", {"title": "hello"})
-    server = GraphServer(graph, ("127.0.0.1", 0), identity, max_sessions=4, config=config)
-    other = Graph(tmp_path / "client.db")
+def test_silent_raw_tcp_clients_hold_no_session_slot(
+    four_slots: tuple[GraphServer, Graph],
+) -> None:
+    server, other = four_slots
     raw: list[socket.socket] = []
     try:
         for _ in range(4):  # TCP only, no DTP handshake: held by the listener, not by us
@@ -183,9 +191,6 @@ def test_silent_raw_tcp_clients_hold_no_session_slot(tmp_path: Path) -> None:
         for r in raw:
             with contextlib.suppress(OSError):
                 r.close()
-        server.close()
-        graph.close()
-        other.close()
 
 
 @pytest.mark.parametrize(
