@@ -131,6 +131,21 @@ def _blake2b256(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
+def _bytes_arg(what: str, value: object) -> bytes:
+    """``value`` as bytes if it is bytes-like; TypeError otherwise.
+
+    ``bytes(value)`` would turn an int into that many zero bytes: ``sign(5)`` would sign
+    five zero bytes, and ``verify_transaction(tx, 97)`` would read 97 zero bytes as a
+    signature by the all-zero key (of small order), which verifies for any transaction.
+    """
+    try:
+        return bytes(memoryview(value))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{what} must be a bytes-like object, not {type(value).__name__!r}"
+        ) from None
+
+
 def sui_address_from_public_key(ed25519_public: bytes) -> str:
     """The Sui address of an Ed25519 public key: ``0x`` + blake2b-256(0x00 || key), hex."""
     if len(ed25519_public) != 32:
@@ -144,13 +159,13 @@ def personal_message_digest(message: bytes) -> bytes:
     ``blake2b-256([3, 0, 0] || uleb128(len(message)) || message)``: the intent, then the
     message BCS-encoded as ``vector<u8>``.
     """
-    data = bytes(message)
+    data = _bytes_arg("the message", message)
     return _blake2b256(_INTENT_PERSONAL_MESSAGE + uleb128(len(data)) + data)
 
 
 def transaction_digest(tx_bytes: bytes) -> bytes:
     """The 32 bytes Sui signs for transaction data: ``blake2b-256([0, 0, 0] || tx_bytes)``."""
-    return _blake2b256(_INTENT_TRANSACTION + bytes(tx_bytes))
+    return _blake2b256(_INTENT_TRANSACTION + _bytes_arg("the transaction bytes", tx_bytes))
 
 
 def _small_order_ys() -> frozenset[int]:
@@ -191,7 +206,7 @@ def has_small_order(public: bytes) -> bool:
 
 
 def _verify_sui_signature(digest: bytes, sui_signature: bytes, *, proof: bool = False) -> str:
-    sig = bytes(sui_signature)
+    sig = _bytes_arg("a Sui signature", sui_signature)
     if len(sig) == 0:
         raise InvalidSignature("empty Sui signature")
     if sig[0] != ED25519_FLAG:
@@ -215,7 +230,9 @@ def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
     :meth:`HostIdentity.sign_personal_message` and Sui wallets produce it (base64-decoded).
     Raises :class:`InvalidSignature` if it is malformed, not Ed25519, made with a key
     of small order (:func:`has_small_order`; DTP's proofs and receipts must come from a
-    real key, a stricter rule than Sui's for transactions), or does not verify.
+    real key, a stricter rule than Sui's for transactions), or does not verify;
+    TypeError if ``message`` or ``sui_signature`` is not bytes-like (a wallet's base64
+    string must be decoded first).
     """
     return _verify_sui_signature(personal_message_digest(message), sui_signature, proof=True)
 
@@ -223,7 +240,7 @@ def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
 def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
     """Check a Sui transaction signature (intent ``[0, 0, 0]``); return the signer's address.
 
-    Raises :class:`InvalidSignature` like :func:`verify_personal_message`.
+    Raises :class:`InvalidSignature` and TypeError like :func:`verify_personal_message`.
     """
     return _verify_sui_signature(transaction_digest(tx_bytes), sui_signature)
 
@@ -452,7 +469,7 @@ class HostIdentity:
 
     def sign(self, message: bytes) -> bytes:
         """A raw 64-byte Ed25519 signature over ``message`` (no Sui intent, no hashing)."""
-        return self._ed25519.sign(bytes(message))
+        return self._ed25519.sign(_bytes_arg("the message", message))
 
     def _sui_sign(self, digest: bytes) -> bytes:
         return bytes([ED25519_FLAG]) + self._ed25519.sign(digest) + self._ed25519_public
