@@ -598,7 +598,8 @@ class HostIdentity:
         if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
             raise KeyFileError(f"{target} is not a DTP identity file")
         version = document.get("version")
-        if version != IDENTITY_FILE_VERSION:
+        # (type first: true and 1.0 are == 1 in Python, but no version this writes)
+        if type(version) is not int or version != IDENTITY_FILE_VERSION:
             raise KeyFileError(
                 f"{target} has identity file version {version!r}; "
                 f"this DTP reads version {IDENTITY_FILE_VERSION}"

@@ -344,3 +344,29 @@ def test_a_deploy_adds_to_the_record_and_leaves_no_temporary_file(place: Path) -
         "localnet": {"package_id": "0xabc", "digest": "D"},
     }
     assert sorted(p.name for p in _records(place).parent.iterdir()) == ["deployments.json"]
+
+
+def test_keys_new_with_a_passphrase_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A passphrase the environment holds as Latin-1 bytes (os.environ gives them as lone
+    surrogates, which the identity file's UTF-8 passphrase cannot be): a traceback
+    before, now one line naming the variable, and no file."""
+    identity = tmp_path / "id.json"
+    env = {
+        **{k.encode(): v.encode() for k, v in _env(tmp_path).items()},
+        b"DTP_PASSPHRASE": b"caf\xe9",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "dtp", "keys", "new", "--identity", str(identity)],
+        cwd=tmp_path,
+        env=env,  # type: ignore[arg-type]  # (bytes: what a shell passes)
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    err = out.stderr.decode(errors="replace")
+    assert out.returncode == 1, err
+    assert "Traceback" not in err
+    assert "$DTP_PASSPHRASE cannot be used as a passphrase" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not identity.exists()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import array
 import base64
+from pathlib import Path
 
 import pytest
 
+from dtp.errors import KeyFileError
 from dtp.keys import (
     SUI_SIGNATURE_SIZE,
     HostIdentity,
@@ -76,3 +78,17 @@ def test_a_wallet_base64_signature_string_is_named_as_such(alice: HostIdentity) 
     with pytest.raises(TypeError, match="a Sui signature must be a bytes-like object"):
         verify_personal_message(b"hello", None)  # type: ignore[arg-type]
     assert verify_personal_message(b"hello", base64.b64decode(text)) == alice.sui_address
+
+
+@pytest.mark.parametrize("version", ["true", "1.0"])
+def test_an_identity_file_of_a_version_this_never_writes_is_refused(
+    alice: HostIdentity, tmp_path: Path, version: str
+) -> None:
+    """``"version": true`` and ``1.0`` are == 1 in Python and loaded as version 1."""
+    path = tmp_path / "id.json"
+    alice.save(path, None)
+    text = path.read_text(encoding="utf-8")
+    assert text.count('"version": 1') == 1
+    path.write_text(text.replace('"version": 1', f'"version": {version}'), encoding="utf-8")
+    with pytest.raises(KeyFileError, match="identity file version"):
+        HostIdentity.load(path, None)

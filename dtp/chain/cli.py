@@ -210,7 +210,12 @@ def _keys_new(args: argparse.Namespace) -> int:
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
     identity = HostIdentity.generate()
-    identity.save(path, os.environ.get(args.passphrase_env) or None, overwrite=args.force)
+    try:
+        identity.save(path, os.environ.get(args.passphrase_env) or None, overwrite=args.force)
+    except ValueError as exc:
+        # a passphrase the environment holds as bytes that are not UTF-8 (os.environ
+        # gives them as lone surrogates): a traceback before
+        raise _CliError(f"${args.passphrase_env} cannot be used as a passphrase: {exc}") from None
     _emit(
         args,
         {
