@@ -58,9 +58,19 @@ class TokenBucket:
         return self.tokens + max(0.0, now - self.stamp) * self.rate >= self.capacity
 
     def set_rate(self, rate: float, now: float) -> None:
-        """Change the rate from ``now`` on (tokens beyond the new burst are dropped)."""
+        """Change the rate from ``now`` on (tokens beyond the new burst are dropped; a
+        bucket that was unlimited starts full, as a new one does)."""
         if rate < 0:
             raise ValueError("rate must be >= 0")
+        if not self.rate:
+            # from unlimited: as good as a new bucket. An unlimited bucket never refills
+            # (nor is it charged), so the debt it had when the limit was lifted came back
+            # whole with the next limit, however long ago: a client waited then for
+            # bytes moved hours before, and even a fresh one started with no burst
+            self.rate = float(rate)
+            self.tokens = self.capacity
+            self.stamp = max(self.stamp, now)
+            return
         self._refill(now)
         self.rate = float(rate)
         self.tokens = min(self.tokens, self.capacity)

@@ -1,0 +1,218 @@
+"""Review of the runtime firewall's rate limits (dtp.ratelimit): a limit the Host lifts
+(0 = unlimited) and later imposes again.
+
+An unlimited bucket is neither charged nor refilled, so the debt a client had when its
+limit was lifted stayed in it, whole, for as long as the Host left the client unlimited;
+the next limit brought it back, and the client waited then for bytes moved long before
+(at the old rate they had been paid for long since). A client's buckets outlive its
+connections while in debt (RateLimiter.idle), so a client that reconnected meanwhile got
+that debt too. And a bucket that was unlimited from the start came back with no burst:
+its first use under the new limit waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import ConnectionClosed
+from dtp.metering import CLOSE_FIREWALL_DENIED
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ratelimit import RateLimiter, TokenBucket
+from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.polling import wait_for
+
+#: A debt that takes 600 s to pay at the rate it was made at
+RATE = 1000
+DEBT = 600 * RATE
+
+
+def test_a_limit_lifted_and_imposed_again_forgets_the_old_debt() -> None:
+    bucket = TokenBucket(RATE, now=0.0)
+    assert bucket.charge(DEBT, 0.0) == pytest.approx(600 - 0.25)  # the burst paid a bit
+    bucket.set_rate(0, 1.0)  # the Host lifts the limit
+    assert bucket.delay(2.0) == 0.0
+    # an hour later it imposes one again: the old debt was paid 3000 s ago at any rate
+    bucket.set_rate(RATE, 3600.0)
+    assert bucket.delay(3600.0) == 0.0
+    # and the bucket is as good as a new one: a full burst, then the rate
+    assert bucket.charge(RATE // 4, 3600.0) == 0.0
+    assert bucket.charge(RATE, 3600.0) == pytest.approx(1.0)
+
+
+def test_a_bucket_unlimited_from_the_start_gets_its_burst_when_limited() -> None:
+    bucket = TokenBucket(0, now=0.0)
+    bucket.set_rate(1, 10.0)  # 1 request/s: a burst of one request
+    assert bucket.charge(1, 10.0) == 0.0  # the first request does not wait
+    assert bucket.charge(1, 10.0) == pytest.approx(1.0)  # the rate holds
+
+
+def test_an_idle_client_in_debt_is_not_held_to_it_after_an_unlimited_spell() -> None:
+    limiter = RateLimiter(bytes_per_sec=RATE)
+    first = limiter.acquire("0xa", 0.0)
+    assert first.bytes.charge(DEBT, 0.0) > 500  # its connection ends during the wait
+    limiter.release("0xa")
+    limiter.set_limits(0, 0, 1.0)  # lifted
+    again = limiter.acquire("0xa", 2.0)  # back, unlimited
+    assert again.bytes.charge(10**6, 2.0) == 0.0
+    limiter.set_limits(RATE, 0, 3600.0)  # imposed again an hour later
+    assert again.bytes.delay(3600.0) == 0.0
+    assert again.bytes.charge(RATE // 4, 3600.0) == 0.0
+    # a client met for the first time meanwhile gets the same fresh bucket
+    other = limiter.acquire("0xb", 3600.0)
+    assert other.bytes.charge(RATE // 4, 3600.0) == 0.0
+
+
+def test_lowering_and_raising_a_limit_keeps_the_debt_in_units() -> None:
+    """(Unchanged behaviour, pinned: a limited bucket's debt is repaid at the new rate.)"""
+    bucket = TokenBucket(RATE, now=0.0)
+    bucket.charge(RATE // 4 + 2 * RATE, 0.0)  # 2 s of debt at RATE
+    bucket.set_rate(2 * RATE, 0.0)
+    assert bucket.delay(0.0) == pytest.approx(1.0)
+    bucket.set_rate(RATE // 2, 0.5)  # half paid at 2*RATE, the rest at RATE/2
+    assert bucket.delay(0.5) == pytest.approx(2.0)
+
+
+def test_time_going_back_and_a_long_idle_spell() -> None:
+    bucket = TokenBucket(RATE, now=100.0)
+    bucket.charge(RATE, 100.0)
+    # a clock read earlier than the last one neither refills nor moves the stamp back
+    before = bucket.delay(50.0)
+    assert before == pytest.approx(0.75)
+    assert bucket.delay(100.0) == pytest.approx(0.75)
+    # a day idle: the burst is capped, not a day's worth
+    assert bucket.charge(RATE // 4, 86_500.0) == 0.0
+    assert bucket.charge(RATE, 86_500.0) == pytest.approx(1.0)
+
+
+# -- the same, end to end: a real paid server on 127.0.0.1, a LocalLedger file -------------
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+SERVER, CLIENT = ident(0x81), ident(0x82)
+PORT = 7
+SLOW = 100  # bytes/s: a 30 kB read is 300 s of debt
+POLICY = ServicePolicy(refresh_interval=0.2)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        yield ledger
+
+
+def echo(sock: PaidSocket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+async def echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+@contextmanager
+def paid_server(
+    api: str, ledger: LocalLedger, host_id: str
+) -> Iterator[PaidServer | PaidAioServer]:
+    """A paid echo server (``api``: blocking or asyncio) refreshing the Host every 0.2 s."""
+    if api == "blocking":
+        with dtp.socket.serve(
+            host_id, PORT, echo, ledger=ledger, identity=SERVER, policy=POLICY
+        ) as server:
+            yield server
+        return
+    with loop_in_thread() as loop:
+        aio_server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(host_id, PORT, echo_aio, ledger=ledger, identity=SERVER, policy=POLICY),
+            loop,
+        ).result(30)
+        try:
+            yield aio_server
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
+
+
+def debt_of(server: PaidServer | PaidAioServer, client: str) -> float:
+    """Seconds the client's bytes bucket holds it back now (0 when it has none)."""
+    limiter = server.limiter
+    buckets = limiter.clients.get(client) or limiter.idle.get(client)
+    return 0.0 if buckets is None else buckets.bytes.delay(time.monotonic())
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_paid_client_is_not_held_to_a_debt_from_before_an_unlimited_spell(
+    ledger: LocalLedger, api: str
+) -> None:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, SLOW, 0)
+    address = f"dtp://{host_id}:{PORT}"
+    client = CLIENT.sui_address
+    with paid_server(api, ledger, host_id) as server:
+        # a connection runs up minutes of debt, and ends during its wait
+        with dtp.socket.create_connection(
+            address, timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
+        ) as first:
+            first.sendall(b"x" * 30_000)
+            assert wait_for(lambda: debt_of(server, client) > 100, timeout=30)
+        assert wait_for(lambda: server.open_connections == 0, timeout=30)
+        # the Host lifts the limit; the client comes back, unlimited
+        ledger.set_client_limits(SERVER, host_id, 0, 0, 0)
+        assert wait_for(lambda: server.limiter.bytes_per_sec == 0, timeout=30)
+        with dtp.socket.create_connection(
+            address, timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
+        ) as second:
+            second.sendall(b"hi")
+            assert second.recv(16) == b"hi"
+            # the Host imposes the old limit again: this client moved nothing since it
+            # was lifted, and is served within the new limit's burst (before: held back
+            # for the old debt, 300 s, and the recv timed out)
+            ledger.set_client_limits(SERVER, host_id, 0, SLOW, 0)
+            assert wait_for(lambda: server.limiter.bytes_per_sec == SLOW, timeout=30)
+            started = time.monotonic()
+            second.sendall(b"again")
+            assert second.recv(16) == b"again"
+            assert time.monotonic() - started < 30
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_client_denied_while_held_back_by_its_rate_is_cut_off(
+    ledger: LocalLedger, api: str
+) -> None:
+    """(Pinned: the rate limit's wait does not shield a client from the deny list.)"""
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, SLOW, 0)
+    with paid_server(api, ledger, host_id) as server:
+        sock = dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"x" * 30_000)
+        assert wait_for(lambda: debt_of(server, CLIENT.sui_address) > 100, timeout=30)
+        ledger.deny(SERVER, host_id, CLIENT.sui_address)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while sock.recv(65536):
+                pass
+        assert time.monotonic() - started < 30
+        assert closed.value.code == CLOSE_FIREWALL_DENIED
+        sock.close()
+        assert wait_for(lambda: ledger.get_connection(cid).settled, timeout=30)
+        assert wait_for(lambda: server.open_connections == 0, timeout=30)
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
