@@ -559,16 +559,26 @@ class _PaidConnection:
             return  # unlimited: the common case costs no clock read and no lock
         now = time.monotonic()
         with self.limit_lock:
-            delay = max(
-                self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
-            )
-        if delay > 0:
-            # a wait the connection's end cuts short: a large chunk's debt at a low rate
-            # lasts long, and a plain sleep held the handler -- and so the settlement
-            # and the server's release -- for all of it after the client had gone
-            engine = self.engine
+            delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+        # a wait the connection's end cuts short: a large chunk's debt at a low rate
+        # lasts long, and a plain sleep held the handler -- and so the settlement and
+        # the server's release -- for all of it after the client had gone. Looked at
+        # again each refresh interval: the Host may raise or lift the limit meanwhile,
+        # and the wait worked out at the old rate went on (300 s for 30 kB at 100 B/s)
+        engine = self.engine
+
+        def ended() -> bool:
+            return engine.session.terminated is not None or engine.closed
+
+        step = self.policy.refresh_interval
+        while delay > 0:
             with engine.lock, contextlib.suppress(DTPTimeoutError):
-                engine.pump(lambda: engine.session.terminated is not None or engine.closed, delay)
+                engine.pump(ended, min(delay, step))
+            if ended():
+                return
+            now = time.monotonic()
+            with self.limit_lock:
+                delay = max(buckets.bytes.delay(now), buckets.requests.delay(now))
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""

@@ -269,15 +269,22 @@ class _PaidConnection:
         delay = max(
             self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
         )
-        if delay > 0:
-            # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held
-            # the handler, and so the settlement, for a large chunk's whole debt after
-            # the client had gone
-            session = self.proto.session
+        # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held the
+        # handler, and so the settlement, for a large chunk's whole debt after the
+        # client had gone. Looked at again each refresh interval (as dtp.paid's): a
+        # limit the Host raised or lifted meanwhile reaches a wait already under way
+        session = self.proto.session
+        step = self.policy.refresh_interval
+        while delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self.proto.wait_for(lambda: session.terminated is not None), delay
+                    self.proto.wait_for(lambda: session.terminated is not None),
+                    min(delay, step),
                 )
+            if session.terminated is not None:
+                return
+            now = time.monotonic()
+            delay = max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
 
     def deny(self) -> None:
         logger.info(

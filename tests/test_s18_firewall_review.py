@@ -216,3 +216,29 @@ def test_a_client_denied_while_held_back_by_its_rate_is_cut_off(
         assert wait_for(lambda: server.open_connections == 0, timeout=30)
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_limit_lifted_during_a_wait_reaches_the_wait(ledger: LocalLedger, api: str) -> None:
+    """The handler's wait for a client's rate debt was worked out once, at the old rate,
+    and went on after the Host lifted the limit: 300 s for 30 kB at 100 B/s. It looks
+    at the limit again each refresh interval."""
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, SLOW, 0)
+    with (
+        paid_server(api, ledger, host_id) as server,
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
+        ) as sock,
+    ):
+        sock.sendall(b"x" * 30_000)
+        assert wait_for(lambda: debt_of(server, CLIENT.sui_address) > 100, timeout=30)
+        ledger.set_client_limits(SERVER, host_id, 0, 0, 0)  # lifted
+        got = 0
+        while got < 30_000:  # (the socket's timeout, 30 s, bounds each read)
+            data = sock.recv(65536)
+            assert data
+            got += len(data)
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
