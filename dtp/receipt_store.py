@@ -7,6 +7,10 @@ statement, so concurrent writers cannot go backwards). Every write is committed
 before :meth:`ReceiptStore.keep` returns: a crash right after it loses no earned fee.
 After a restart, :meth:`ReceiptStore.unclaimed` lists what is still to be claimed on the
 ledger.
+
+Every SQLite failure (a file that is not this store's database, a directory, a store
+locked by another writer past :data:`BUSY_TIMEOUT`, a full disk) is raised as a
+:class:`ReceiptStoreError`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.chain.objects import normalize_id
-from dtp.errors import MalformedReceipt
+from dtp.errors import DTPError, MalformedReceipt
 from dtp.escrow import Receipt
 
 try:
@@ -42,6 +46,37 @@ CREATE TABLE IF NOT EXISTS receipts (
     updated_ms INTEGER NOT NULL
 )
 """
+
+
+#: The longest one store call waits for another writer's lock on the file (seconds)
+#: before it raises :class:`ReceiptStoreError` ("database is locked").
+BUSY_TIMEOUT = 30.0
+
+# The receipts table as _SCHEMA makes it (name, declared type): a file whose table has
+# another shape is another program's, or one this module cannot write correctly (an
+# INTEGER column turns nonces past 2**63 into REALs, which no longer order exactly).
+_COLUMNS = [
+    ("connection_id", "TEXT"),
+    ("nonce", "TEXT"),
+    ("total_amount", "TEXT"),
+    ("encoded", "BLOB"),
+    ("claimed_amount", "TEXT"),
+    ("updated_ms", "INTEGER"),
+]
+
+
+class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
+    """The receipt store's SQLite file cannot be opened, read or written; :attr:`path`
+    names it. Also a :class:`sqlite3.DatabaseError`, as the bare error it replaces
+    (callers that caught ``sqlite3.Error`` go on catching it).
+
+    Raised by a call on an open store, the message names the file too; raised opening
+    one, it is the reason alone (its opener knows the file and names it: the daemon's
+    "cannot open the receipt store <path>: <reason>")."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # One statement: the comparison and the write cannot interleave with another writer's.
@@ -79,15 +114,19 @@ class ReceiptStore:
     """Latest receipts per connection, persisted in a SQLite file (WAL mode)."""
 
     def __init__(self, path: str | Path = ":memory:") -> None:
+        self._name = str(path)
         # one handle shared by a server's connection threads, serialized by SQLite's own
         # mutex (the default serialized threading mode); each call is one statement
-        self._db = sqlite3.connect(
-            str(path), timeout=30, isolation_level=None, check_same_thread=False
-        )
+        with self._errors("open"):
+            self._db = sqlite3.connect(
+                self._name, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
-            self._db.execute(_SCHEMA)
+            with self._errors("open"):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
+                self._db.execute(_SCHEMA)
+                self._check_schema()
         except BaseException:
             # (a file that is not a database fails here: the handle is not left open)
             self._db.close()
@@ -108,6 +147,41 @@ class ReceiptStore:
         self._servers = 0
         self._server_fd: int | None = None
         self._server_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """sqlite3's errors as :class:`ReceiptStoreError` (SQLite's own message, e.g.
+        "database is locked", names no file: named but at open)."""
+        try:
+            yield
+        except ReceiptStoreError:
+            raise
+        except sqlite3.Error as exc:
+            message = f"cannot {doing} the receipt store {self._name}: {exc}"
+            if doing == "open":
+                message = str(exc)
+            error = ReceiptStoreError(message, self._name)
+            # (SQLite's code, e.g. SQLITE_BUSY, for callers that tell a lock from damage)
+            for attr in ("sqlite_errorcode", "sqlite_errorname"):
+                if hasattr(exc, attr):
+                    setattr(error, attr, getattr(exc, attr))
+            raise error from exc
+
+    def _check_schema(self) -> None:
+        """Refuse a file whose ``receipts`` table another program made: opened, its every
+        keep failed later ("no column named ..."), and a writer retried it for good
+        while no receipt ever counted."""
+        kind = self._db.execute("SELECT type FROM sqlite_master WHERE name = 'receipts'").fetchone()
+        columns = [
+            (str(row[1]), str(row[2]).upper())
+            for row in self._db.execute("PRAGMA table_info(receipts)").fetchall()
+        ]
+        if kind is None or kind[0] != "table" or columns != _COLUMNS:
+            raise ReceiptStoreError(
+                "not a receipt store: its receipts table has columns "
+                f"{columns} ({kind[0] if kind else 'none'}), not {_COLUMNS}",
+                self._name,
+            )
 
     def attach_server(self) -> bool:
         """A paid server starts using this store; :meth:`detach_server` when it stops.
@@ -147,13 +221,35 @@ class ReceiptStore:
                     alone = True
                 except BlockingIOError:
                     alone = False
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                self._lock_shared(fd)
             except BaseException:
                 os.close(fd)
                 self._servers -= 1  # (left raised, every later start thought it not alone)
                 raise
             self._server_fd = fd
             return alone
+
+    def _lock_shared(self, fd: int) -> None:
+        """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT` for an exclusive
+        holder. Another server holds it for an instant; a blocking wait hung a server's
+        start (and, in the asyncio server, its event loop) for good behind a holder that
+        did not let go: a process stopped in that instant, another program."""
+        assert fcntl is not None
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ReceiptStoreError(
+                        f"cannot attach a server to the receipt store {self._name}: another "
+                        f"process has held its lock file exclusively for {BUSY_TIMEOUT:g} s",
+                        self._name,
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def detach_server(self) -> None:
         """A server that :meth:`attach_server` stopped using the store."""
@@ -177,7 +273,7 @@ class ReceiptStore:
         # One statement: the comparison and the write cannot interleave with another
         # writer's. Nonces are u64, beyond SQLite's signed integers, so they are stored
         # as 20-digit zero-padded text, which orders exactly like the numbers.
-        with self._write_lock:
+        with self._write_lock, self._errors("write"):
             cursor = self._db.execute(
                 _KEEP,
                 (
@@ -211,7 +307,7 @@ class ReceiptStore:
             for cid, amount in (claimed or {}).items()
         ]
         stored = []
-        with self._write_lock, self._transaction():
+        with self._write_lock, self._errors("write"), self._transaction():
             for row in rows:
                 stored.append(self._db.execute(_KEEP, row).rowcount == 1)
             if marks:
@@ -233,9 +329,10 @@ class ReceiptStore:
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
         key = normalize_id(connection_id, "connection ID")
-        row = self._db.execute(
-            "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?", (key,)
-        ).fetchone()
+        with self._errors("read"):
+            row = self._db.execute(
+                "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?", (key,)
+            ).fetchone()
         if row is None:
             return None
         return _stored(key, row[0], row[1])
@@ -252,7 +349,7 @@ class ReceiptStore:
         ]
         if not marks:
             return
-        with self._write_lock:
+        with self._write_lock, self._errors("write"):
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 if len(marks) == 1:
@@ -265,9 +362,10 @@ class ReceiptStore:
 
     def unclaimed(self) -> Iterator[StoredReceipt]:
         """Receipts with MIST still to claim (e.g. after a crash), oldest first."""
-        rows = self._db.execute(
-            "SELECT connection_id, encoded, claimed_amount FROM receipts ORDER BY updated_ms"
-        ).fetchall()
+        with self._errors("read"):
+            rows = self._db.execute(
+                "SELECT connection_id, encoded, claimed_amount FROM receipts ORDER BY updated_ms"
+            ).fetchall()
         for connection_id, encoded, claimed in rows:
             try:
                 stored = _stored(connection_id, encoded, claimed)
@@ -318,4 +416,4 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["ReceiptStore", "StoredReceipt"]
+__all__ = ["BUSY_TIMEOUT", "ReceiptStore", "ReceiptStoreError", "StoredReceipt"]

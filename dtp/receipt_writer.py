@@ -72,13 +72,15 @@ class ReceiptWriter:
         self._thread.start()
 
     def submit(self, receipt: Receipt, done: Done) -> None:
-        """Queue ``receipt`` (replacing an older one of its connection still waiting)."""
+        """Queue ``receipt`` (replacing an older one of its connection still waiting;
+        one older than the one waiting is dropped, as the store would refuse it)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the receipt writer is closed")
             # keyed as latest() and mark_claimed() look it up (a receipt made by hand
             # may spell its ID short or in capitals)
-            self._pending[normalize_id(receipt.connection_id, "connection ID")] = (receipt, done)
+            key = normalize_id(receipt.connection_id, "connection ID")
+            _queue(self._pending, key, (receipt, done))
             self._cond.notify_all()
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
@@ -214,7 +216,7 @@ class ReceiptWriter:
                 return
             logger.error("cannot store receipts (%s), trying again: %s", names, exc)
             for cid, item in batch.items():
-                self._pending.setdefault(cid, item)
+                _queue(self._pending, cid, item)
             for cid, amount in marks.items():
                 self._marks[cid] = max(amount, self._marks.get(cid, 0))
             if self._marks:
@@ -230,3 +232,12 @@ class ReceiptWriter:
         if self._thread is not threading.current_thread():  # (a done callback closing)
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def _queue(pending: dict[str, tuple[Receipt, Done]], key: str, item: tuple[Receipt, Done]) -> None:
+    """Put ``item`` in ``pending`` unless the receipt waiting there is newer (a higher
+    nonce): replaced by an older one, a newer receipt was never written -- the store
+    then held the older one, and the fees the newer one covered were lost."""
+    waiting = pending.get(key)
+    if waiting is None or item[0].nonce > waiting[0].nonce:
+        pending[key] = item
