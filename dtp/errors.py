@@ -17,6 +17,7 @@ C wrappers and the pure-Python twins raise the same type with the same code.
 from __future__ import annotations
 
 import enum
+import sqlite3
 
 
 class ErrorCode(enum.IntEnum):
@@ -244,6 +245,17 @@ class DaemonConfigError(DTPError, ValueError):
 class TunnelError(DTPError):
     """A tunnel through the services daemon could not be set up (no healthy backend,
     unknown service, unpaid usage)."""
+
+
+class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
+    """A paid server's receipt store (:mod:`dtp.receipt_store`) cannot be opened, read
+    or written, or is closed; the message names the file, :attr:`path` holds it. Also a
+    :class:`sqlite3.DatabaseError`, as the bare error it replaces: code that caught
+    ``sqlite3.Error`` goes on catching it."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class PaymentError(DTPError):

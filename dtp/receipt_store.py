@@ -10,7 +10,8 @@ ledger.
 
 Every SQLite failure (a file that is not this store's database, a directory, a store
 locked by another writer past :data:`BUSY_TIMEOUT`, a full disk) is raised as a
-:class:`ReceiptStoreError`.
+:class:`~dtp.errors.ReceiptStoreError` naming the file, and so is any call on a closed
+store.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.chain.objects import normalize_id
-from dtp.errors import DTPError, MalformedReceipt
+from dtp.errors import MalformedReceipt, ReceiptStoreError
 from dtp.escrow import Receipt
 
 try:
@@ -65,20 +66,6 @@ _COLUMNS = [
 ]
 
 
-class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
-    """The receipt store's SQLite file cannot be opened, read or written; :attr:`path`
-    names it. Also a :class:`sqlite3.DatabaseError`, as the bare error it replaces
-    (callers that caught ``sqlite3.Error`` go on catching it).
-
-    Raised by a call on an open store, the message names the file too; raised opening
-    one, it is the reason alone (its opener knows the file and names it: the daemon's
-    "cannot open the receipt store <path>: <reason>")."""
-
-    def __init__(self, message: str, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-
-
 # One statement: the comparison and the write cannot interleave with another writer's.
 # A newer receipt (higher nonce) replaces the stored one only if it is cumulative (an
 # amount not lower): a lower one, from a client that signed it after a higher one, would
@@ -115,6 +102,7 @@ class ReceiptStore:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self._name = str(path)
+        self._closed = False  # (set by close(), under the write lock)
         # one handle shared by a server's connection threads, serialized by SQLite's own
         # mutex (the default serialized threading mode); each call is one statement
         with self._errors("open"):
@@ -141,6 +129,10 @@ class ReceiptStore:
         # with a stale snapshot, and the next keep then fails as "database is locked");
         # this lock keeps every keep out while the handle is switched to NORMAL.
         self._write_lock = threading.Lock()
+        # reads in progress (they take no write lock: WAL lets them run beside a write),
+        # which close() waits for as it waits for the write
+        self._reads = 0
+        self._reads_done = threading.Condition()
         # the live servers using this store (attach_server): those on this handle, and
         # the lock file that tells other handles and processes of them
         self._path = None if str(path) in ("", ":memory:") else Path(path)
@@ -150,17 +142,16 @@ class ReceiptStore:
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
-        """sqlite3's errors as :class:`ReceiptStoreError` (SQLite's own message, e.g.
-        "database is locked", names no file: named but at open)."""
+        """sqlite3's errors as :class:`ReceiptStoreError` naming the file (SQLite's own
+        message, e.g. "database is locked", names none)."""
         try:
             yield
         except ReceiptStoreError:
             raise
         except sqlite3.Error as exc:
-            message = f"cannot {doing} the receipt store {self._name}: {exc}"
-            if doing == "open":
-                message = str(exc)
-            error = ReceiptStoreError(message, self._name)
+            error = ReceiptStoreError(
+                f"cannot {doing} the receipt store {self._name}: {exc}", self._name
+            )
             # (SQLite's code, e.g. SQLITE_BUSY, for callers that tell a lock from damage)
             for attr in ("sqlite_errorcode", "sqlite_errorname"):
                 if hasattr(exc, attr):
@@ -178,7 +169,8 @@ class ReceiptStore:
         ]
         if kind is None or kind[0] != "table" or columns != _COLUMNS:
             raise ReceiptStoreError(
-                "not a receipt store: its receipts table has columns "
+                f"cannot open the receipt store {self._name}: not a receipt store: its "
+                "receipts table has columns "
                 f"{columns} ({kind[0] if kind else 'none'}), not {_COLUMNS}",
                 self._name,
             )
@@ -274,6 +266,7 @@ class ReceiptStore:
         # writer's. Nonces are u64, beyond SQLite's signed integers, so they are stored
         # as 20-digit zero-padded text, which orders exactly like the numbers.
         with self._write_lock, self._errors("write"):
+            self._check_open("write")
             cursor = self._db.execute(
                 _KEEP,
                 (
@@ -307,12 +300,36 @@ class ReceiptStore:
             for cid, amount in (claimed or {}).items()
         ]
         stored = []
-        with self._write_lock, self._errors("write"), self._transaction():
-            for row in rows:
-                stored.append(self._db.execute(_KEEP, row).rowcount == 1)
-            if marks:
-                self._db.executemany(_MARK, marks)
+        with self._write_lock, self._errors("write"):
+            self._check_open("write")
+            with self._transaction():
+                for row in rows:
+                    stored.append(self._db.execute(_KEEP, row).rowcount == 1)
+                if marks:
+                    self._db.executemany(_MARK, marks)
         return stored
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read of the handle, refused once closed, which :meth:`close` waits for."""
+        with self._reads_done:
+            self._check_open("read")
+            self._reads += 1
+        try:
+            yield
+        finally:
+            with self._reads_done:
+                self._reads -= 1
+                self._reads_done.notify_all()
+
+    def _check_open(self, doing: str) -> None:
+        """Refuse a call on a closed store at once, saying so: sqlite3's "Cannot operate
+        on a closed database" names no file, and a write that waited for :meth:`close`
+        to finish would otherwise run into the closed handle."""
+        if self._closed:
+            raise ReceiptStoreError(
+                f"cannot {doing} the receipt store {self._name}: it is closed", self._name
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -329,7 +346,7 @@ class ReceiptStore:
     def latest(self, connection_id: str) -> StoredReceipt | None:
         """The stored receipt of a connection, or None."""
         key = normalize_id(connection_id, "connection ID")
-        with self._errors("read"):
+        with self._errors("read"), self._reading():
             row = self._db.execute(
                 "SELECT encoded, claimed_amount FROM receipts WHERE connection_id = ?", (key,)
             ).fetchone()
@@ -350,6 +367,7 @@ class ReceiptStore:
         if not marks:
             return
         with self._write_lock, self._errors("write"):
+            self._check_open("write")
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 if len(marks) == 1:
@@ -362,7 +380,7 @@ class ReceiptStore:
 
     def unclaimed(self) -> Iterator[StoredReceipt]:
         """Receipts with MIST still to claim (e.g. after a crash), oldest first."""
-        with self._errors("read"):
+        with self._errors("read"), self._reading():
             rows = self._db.execute(
                 "SELECT connection_id, encoded, claimed_amount FROM receipts ORDER BY updated_ms"
             ).fetchall()
@@ -378,10 +396,20 @@ class ReceiptStore:
                 yield stored
 
     def close(self) -> None:
-        with self._server_lock:
-            self._servers = 0
-            self._drop_server_lock()
-        self._db.close()
+        """Close the store, once the write in progress (a statement or a whole
+        :meth:`keep_many` transaction) and the reads in progress are done: the handle
+        closed under a statement crashed the process (CPython's sqlite3 finalized it
+        while another thread ran it) or failed the write half-way, which its writer then
+        retried against the closed store for good. Every call after it raises
+        :class:`ReceiptStoreError` ("closed")."""
+        with self._write_lock:
+            with self._reads_done:
+                self._closed = True
+                self._reads_done.wait_for(lambda: self._reads == 0)
+            with self._server_lock:
+                self._servers = 0
+                self._drop_server_lock()
+            self._db.close()
 
     def __enter__(self) -> ReceiptStore:
         return self

@@ -362,7 +362,9 @@ class Daemon:
             try:
                 self.fees = ServerFees(self.ledger, self.identity, self.host_id, receipts)
             except sqlite3.Error as exc:
-                # SQLite's message ("file is not a database") names no file
+                if isinstance(exc, DTPError):  # a ReceiptStoreError: it names the file
+                    raise
+                # SQLite's own message ("file is not a database") names no file
                 raise sqlite3.DatabaseError(
                     f"cannot open the receipt store {receipts}: {exc}"
                 ) from None
