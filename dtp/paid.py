@@ -1118,7 +1118,18 @@ class PaidServer:
 
     def _policy_loop(self) -> None:
         while not self._closed.wait(self.policy.refresh_interval):
-            self.refresh_policy()
+            try:
+                self.refresh_policy()
+            except Exception:
+                # (a ChainError is handled in there) Anything else -- a bug, a value
+                # a ledger should not return -- must not end the loop: the firewall
+                # and the limits of open connections would go unenforced for the life
+                # of the server, silently. One refresh, so one log, per interval.
+                logger.exception(
+                    "refreshing the policy of host %s failed; trying again in %g s",
+                    self.host_id,
+                    self.policy.refresh_interval,
+                )
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""

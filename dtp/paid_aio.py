@@ -680,9 +680,16 @@ class PaidAioServer:
         host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         if self.port not in host.services:
             raise move_error("host", "EServiceNotFound", f"port {self.port} of host {self.host_id}")
-        # on the loop (an open and a lock that waits only for another server's instant
-        # of exclusive hold): no await between it and the flag a cancellation could lose
-        alone = self.store.attach_server()
+        # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
+        # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
+        # cannot stop the thread, so an attach it makes after we stopped waiting is
+        # undone when it ends (else the store would count this server for good).
+        attaching = asyncio.ensure_future(asyncio.to_thread(self.store.attach_server))
+        try:
+            alone = await asyncio.shield(attaching)
+        except asyncio.CancelledError:
+            attaching.add_done_callback(self._attached_too_late)
+            raise
         self._attached = True
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
@@ -710,6 +717,12 @@ class PaidAioServer:
         # thread ran on, and the store it opened stayed open.
         self._lifetime = asyncio.ensure_future(self._closing.wait())
         self._lifetime.add_done_callback(lambda _: self.close())
+
+    def _attached_too_late(self, attaching: asyncio.Future[bool]) -> None:
+        """The start was cancelled while attach_server() ran in its thread: what it
+        attached, nobody detaches at the release, so it is detached here."""
+        if not attaching.cancelled() and attaching.exception() is None:
+            self.store.detach_server()
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         if self._closed:
@@ -862,7 +875,19 @@ class PaidAioServer:
     async def _policy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.policy.refresh_interval)
-            await self.refresh_policy()
+            try:
+                await self.refresh_policy()
+            except Exception:
+                # (a ChainError is handled in there) Anything else -- a bug, a value
+                # a ledger should not return -- must not end the task: the firewall
+                # and the limits of open connections would go unenforced for the life
+                # of the server, and nobody retrieves the task's exception. One
+                # refresh, so one log, per interval. (A cancellation passes.)
+                logger.exception(
+                    "refreshing the policy of host %s failed; trying again in %g s",
+                    self.host_id,
+                    self.policy.refresh_interval,
+                )
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
