@@ -38,7 +38,7 @@ from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
-from tests.test_s18_receipts_review import held_by_another_process
+from tests.receipt_stores import held_by_another_process
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x91), ident(0x92)

@@ -21,61 +21,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from dtp.errors import DTPError
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
 from dtp.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
-
-CLIENT = HostIdentity.generate()
-CONN = "0x" + "5e" * 32
-U64_MAX = 2**64 - 1
-
-
-def receipt(nonce: int, amount: int) -> Receipt:
-    return Receipt(CONN, amount, 0, amount, nonce).sign(CLIENT)
-
-
-def locked_by_another_process(path: Path) -> AbstractContextManager[None]:
-    """Another process holds the write lock of the SQLite file ``path``."""
-    return held_by_another_process(
-        f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
-        "db.execute('BEGIN IMMEDIATE')\n"
-    )
-
-
-@contextmanager
-def held_by_another_process(take: str) -> Iterator[None]:
-    """Another process runs ``take`` (code taking a lock), then holds on until the block
-    ends (for good, if the test hung)."""
-    code = (
-        "import fcntl, os, sqlite3, sys\n"
-        f"{take}"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"  # (until the test closes its end)
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        try:
-            holder.wait(60)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+from tests.receipt_stores import (
+    CONN,
+    U64_MAX,
+    held_by_another_process,
+    locked_by_another_process,
+    receipt,
+)
 
 
 @pytest.mark.parametrize(
