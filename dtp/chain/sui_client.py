@@ -14,7 +14,8 @@ first call (so constructing does no I/O and starts nothing); each call is submit
 ``asyncio.run`` per call) keeps the HTTP/2 channel open between calls and works when the
 caller already runs an event loop. A call that timed out or lost its connection drops the
 channel (the next call opens a new one); ``close()`` stops the loop and closes its channels,
-and a later call starts a new loop.
+and a later call starts a new loop. A node dropped without ``close()`` does the same when
+it is garbage collected, without waiting for the loop.
 
 Reads that fail transiently (the node unreachable, a reset connection, UNAVAILABLE, rate
 limiting) are tried again a few times with jittered exponential backoff, within the
@@ -25,15 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import contextvars
 import datetime
 import logging
 import math
 import random
 import threading
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine
-from contextvars import ContextVar
+import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -74,11 +75,13 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-#: The channel the running attempt of a call uses: set by ``SuiNode._guard`` around
-#: ``make()`` (whose task inherits it), read by ``SuiNode._stub``.
-_CHANNEL: ContextVar[Channel] = ContextVar("dtp_sui_channel")
+#: The channel the running attempt of a call uses: set by ``SuiNode._guard`` in the
+#: context of ``make()``'s task, read by ``SuiNode._stub``.
+_CHANNEL: contextvars.ContextVar[Channel] = contextvars.ContextVar("dtp_sui_channel")
 #: Seconds close() waits for the calls in flight to end, then for the loop thread.
 _CLOSE_WAIT = 30.0
+#: Seconds run() waits on its call at a time before checking that the loop still runs.
+_WAIT_SLICE = 1.0
 
 #: Backoff before the first retry of a read that failed transiently, in seconds; it
 #: doubles with each further retry, up to ``_RETRY_DELAY_CAP``.
@@ -243,9 +246,14 @@ class _Runner:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         #: close() took this runner: no channel is opened on it any more.
         self.closed = False
+        #: begin_stop() ran (it must queue the shutdown once: the loop closes after it).
+        self._stopping = False
+        self._stop_lock = threading.Lock()
+        #: The shutdown's task: the loop holds its tasks only weakly.
+        self._shutdown_task: asyncio.Task[None] | None = None
         #: The channel new attempts use; None until one needs it, or after it was dropped.
         self.channel: Channel | None = None
         #: Attempts in flight per channel, the current one or one dropped but still used.
@@ -277,31 +285,54 @@ class _Runner:
         if channel is not self.channel:
             channel.close()
 
-    def stop(self) -> None:
-        """Cancel the calls in flight, close every channel, stop the loop and its thread."""
-
-        async def shutdown() -> None:
-            # calls still in flight are cancelled, so their callers' run() returns (it
-            # raises LedgerUnavailable) instead of waiting on a loop that no longer runs
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            channels = {*self.users, *([self.channel] if self.channel is not None else [])}
-            self.channel = None
-            self.users.clear()
-            for channel in channels:
-                channel.close()
-
-        with contextlib.suppress(
-            concurrent.futures.TimeoutError, concurrent.futures.CancelledError
-        ):
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=_CLOSE_WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=_CLOSE_WAIT)
-        if not self.thread.is_alive():
+    def _run(self) -> None:
+        try:
+            self.loop.run_forever()
+        finally:
+            # closed here, by the thread that ran it, once it stopped: a finalizer cannot
+            # wait to close it, and close() may give up waiting for this thread
             self.loop.close()
+
+    def begin_stop(self) -> None:
+        """Have the loop cancel its calls, close its channels and stop (see
+        :meth:`_shutdown`), without waiting: the finalizer of a node dropped without
+        ``close()`` runs this on whichever thread the garbage collector runs."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self.closed = True
+        # only queues a callback and wakes the loop up: never blocks
+        self.loop.call_soon_threadsafe(self._start_shutdown)
+
+    def _start_shutdown(self) -> None:
+        self._shutdown_task = self.loop.create_task(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        # calls still in flight are cancelled, so their callers' run() returns (it raises
+        # LedgerUnavailable) instead of waiting on a loop that no longer runs
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # bounded: a call that ignores its cancellation must not keep the loop and the
+            # channels alive for ever (its caller's run() sees the loop stopped)
+            await asyncio.wait(tasks, timeout=_CLOSE_WAIT)
+        channels = {*self.users, *([self.channel] if self.channel is not None else [])}
+        self.channel = None
+        self.users.clear()
+        for channel in channels:
+            channel.close()
+        # queued after the callbacks that close the transports' sockets (queued by the
+        # closes above), so they run in the loop's last iteration
+        self.loop.call_soon(self.loop.stop)
+
+    def stop(self) -> None:
+        """Cancel the calls in flight, close every channel, stop the loop and wait for its
+        thread: up to ``_CLOSE_WAIT`` for the calls to end, as long again for the rest."""
+        self.begin_stop()
+        self.thread.join(timeout=2 * _CLOSE_WAIT)
 
 
 class SuiNode:
@@ -329,7 +360,12 @@ class SuiNode:
         self.timeout = float(timeout)
         self.retries = retries
         self._lock = threading.Lock()
+        #: Held by close() until its runner stopped: a close() racing another returns only
+        #: once the loop thread ended (or the bounded wait ran out), not at once.
+        self._close_lock = threading.Lock()
         self._runner: _Runner | None = None
+        #: Stops the current runner if this node is garbage collected without close().
+        self._finalizer: weakref.finalize[[], SuiNode] | None = None
 
     # -- the private loop -----------------------------------------------------------------
 
@@ -366,6 +402,12 @@ class SuiNode:
                 runner = _Runner(f"dtp-sui-{self.host}:{self.port}")
                 runner.thread.start()
                 self._runner = runner
+                # a node (or its SuiLedger) dropped without close() would keep the thread
+                # and the connection until the process exits. The callback holds the
+                # runner, never self (which would then never be collected); at exit the
+                # daemon thread simply ends, as it did before
+                self._finalizer = weakref.finalize(self, runner.begin_stop)
+                self._finalizer.atexit = False
             # queued under the lock close() takes to drop the runner: a call is either
             # queued before close()'s shutdown (which then cancels it) or goes to a new
             # runner, never to a loop that is stopping (it waited there for ever) or
@@ -373,11 +415,27 @@ class SuiNode:
             future = asyncio.run_coroutine_threadsafe(
                 self._guard(runner, make, what, executes), runner.loop
             )
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            # close() cancelled it: the caller gets an answer instead of waiting forever
-            raise self._closed_error(what) from None
+        return self._wait(runner, future, what)
+
+    def _wait(self, runner: _Runner, future: concurrent.futures.Future[T], what: str) -> T:
+        """The outcome of ``future``, a call queued on ``runner``; :class:`LedgerUnavailable`
+        if the runner was stopped before the call ended. Waited for in slices: a call
+        that ignored its cancellation is never resolved once its loop stopped, and its
+        caller would otherwise wait for ever."""
+        while True:
+            try:
+                return future.result(timeout=_WAIT_SLICE)
+            except concurrent.futures.CancelledError:
+                # close() cancelled it: the caller gets an answer instead of waiting forever
+                raise self._closed_error(what) from None
+            except TimeoutError:
+                if future.done():
+                    raise  # the call's own error, not the slice running out
+                # done() again after: it may have been resolved in the loop's last moments.
+                # The future is not cancelled: that would queue a callback on the loop,
+                # which is closed by now (a RuntimeError logged by concurrent.futures)
+                if runner.closed and not runner.thread.is_alive() and not future.done():
+                    raise self._closed_error(what) from None
 
     def _open_channel(self, runner: _Runner, what: str) -> Channel:
         """A channel for one attempt (see :meth:`_Runner.acquire`), on the loop thread."""
@@ -398,7 +456,11 @@ class SuiNode:
             ) from exc
 
     async def _guard(
-        self, runner: _Runner, make: Callable[[], Awaitable[T]], what: str, executes: bool = False
+        self,
+        runner: _Runner,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        what: str,
+        executes: bool = False,
     ) -> T:
         """``make()`` under the call's time budget, a read retried on transient failures.
 
@@ -418,11 +480,15 @@ class SuiNode:
             started = loop.time()
             rate_limited = False
             channel = self._open_channel(runner, what)
-            # make()'s task (asyncio.wait_for's) inherits the context, so its requests go
-            # down this channel even if another call drops it meanwhile
-            token = _CHANNEL.set(channel)
+            # make() runs in a task of its own whose context says this channel: its
+            # requests go down it even if another call drops it meanwhile. Set there, not
+            # here, so nothing is reset here: a call abandoned on a stopped loop (it
+            # ignored its cancellation) is closed by the GC outside its context, where a
+            # reset raises ValueError
+            context = contextvars.copy_context()
+            context.run(_CHANNEL.set, channel)
             try:
-                return await asyncio.wait_for(make(), budget)
+                return await asyncio.wait_for(loop.create_task(make(), context=context), budget)
             except GRPCError as exc:
                 error = self._grpc_error(exc, what, executes)
                 rate_limited = _rate_limited(exc)
@@ -450,7 +516,6 @@ class SuiNode:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             finally:
-                _CHANNEL.reset(token)
                 runner.release(channel)
             budget -= loop.time() - started
             if attempt >= attempts or budget <= 0:
@@ -517,15 +582,24 @@ class SuiNode:
 
     def close(self) -> None:
         """Cancel the calls in flight (they raise :class:`LedgerUnavailable`), close the
-        channels and stop the loop thread (idempotent). A later call starts a new loop."""
-        with self._lock:
-            runner, self._runner = self._runner, None
-            if runner is None:
-                return
-            # under the lock run() queues calls under: none is queued on this runner
-            # after this, and one queued before opens no channel (see _open_channel)
-            runner.closed = True
-        runner.stop()
+        channels and stop the loop thread (idempotent). A later call starts a new loop.
+
+        Returns once the loop thread ended, also when another thread's close() is
+        stopping it. A call that ignores its cancellation is given up after
+        ``_CLOSE_WAIT`` s (its caller then gets :class:`LedgerUnavailable` too); a loop
+        that never comes back is waited for ``2 * _CLOSE_WAIT`` s at most."""
+        with self._close_lock:
+            with self._lock:
+                runner, self._runner = self._runner, None
+                finalizer, self._finalizer = self._finalizer, None
+                if runner is None:
+                    return
+                # under the lock run() queues calls under: none is queued on this runner
+                # after this, and one queued before opens no channel (see _open_channel)
+                runner.closed = True
+            if finalizer is not None:
+                finalizer.detach()  # not needed any more, and it holds the runner
+            runner.stop()
 
     # -- calls ----------------------------------------------------------------------------
 
