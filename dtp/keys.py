@@ -111,6 +111,8 @@ _SCRYPT_MAX_MEMORY: Final = 256 * 2**20  # 128 * r * n bytes: 8x the default
 _SCRYPT_MAX_WORK: Final = 2**22  # n * r * p: 16x the default, a few seconds
 _ENCRYPTED: Final = "scrypt-chacha20poly1305"
 _PLAIN: Final = "plain"
+#: What :meth:`HostIdentity.load` holds in place of a file that was not JSON.
+_NOT_JSON: Final = object()
 # Bech32 private keys ("suiprivkey1..."), as `sui keytool export` and wallets show them.
 _SUI_BECH32_HRP: Final = "suiprivkey"
 # Noise static key derivation from the Ed25519 seed (see from_sui_keystring).
@@ -591,17 +593,21 @@ class HostIdentity:
         _check_passphrase_type(passphrase)
         target = Path(path)
         raw = _read_private_file(target, allow_insecure=allow_insecure)
-        try:
+        document: object = _NOT_JSON
+        with contextlib.suppress(UnicodeDecodeError, ValueError, RecursionError):  # (nesting)
             document = json.loads(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError):  # (deeply nested arrays)
-            raise KeyFileError(f"{target} is not a DTP identity file (not JSON)") from None
+        # Raised after the handler, not in it: there Python links the parse error as
+        # __context__ (``from None`` only hides it), and its .doc / .object hold the whole
+        # file, a plain secret key included.
+        if document is _NOT_JSON:
+            raise KeyFileError(f"{target} is not a DTP identity file (not JSON)")
         if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
             raise KeyFileError(f"{target} is not a DTP identity file")
         version = document.get("version")
         # (type first: true and 1.0 are == 1 in Python, but no version this writes)
         if type(version) is not int or version != IDENTITY_FILE_VERSION:
             raise KeyFileError(
-                f"{target} has identity file version {version!r}; "
+                f"{target} has identity file version {version!r:.60}; "
                 f"this DTP reads version {IDENTITY_FILE_VERSION}"
             )
         header = {
@@ -621,7 +627,7 @@ class HostIdentity:
                 raise KeyFileError(f"{target} is encrypted; a passphrase is required")
             plain = _decrypt_secret(secret, header, passphrase, target)
         else:
-            raise KeyFileError(f"{target} uses an unknown secret encoding {encoding!r}")
+            raise KeyFileError(f"{target} uses an unknown secret encoding {encoding!r:.60}")
         identity = _identity_from_secret(plain, target)
         if identity._header() != header:
             raise KeyFileError(f"{target} is damaged (keys do not match its public header)")
@@ -675,7 +681,9 @@ def _b64(value: object, path: Path) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyFileError(f"{path} is damaged (bad base64)") from None
+        pass
+    # (after the handler: a decode error linked as __context__ could quote the secret)
+    raise KeyFileError(f"{path} is damaged (bad base64)")
 
 
 def _decrypt_secret(
@@ -712,7 +720,11 @@ def _decrypt_secret(
         _passphrase_bytes(passphrase)
     except ValueError:
         # empty, or not encodable: save() refuses both, so no file is encrypted with it
-        raise KeyFileError(wrong) from None
+        usable = False
+    else:
+        usable = True
+    if not usable:  # (raised outside the handler, which would link its error as context)
+        raise KeyFileError(wrong)
     try:
         key = _derive_key(passphrase, salt, n, r, p)
     except (MemoryError, ValueError, OverflowError) as exc:
@@ -723,7 +735,8 @@ def _decrypt_secret(
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, _associated_data(header))
     except InvalidTag:
-        raise KeyFileError(wrong) from None
+        pass
+    raise KeyFileError(wrong)
 
 
 def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
@@ -735,7 +748,11 @@ def _identity_from_secret(plain: bytes, path: Path) -> HostIdentity:
             raise ValueError
         return HostIdentity.from_sui_keystring(keystring, noise)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, binascii.Error, RecursionError):
-        raise KeyFileError(f"{path} is damaged (bad secret part)") from None
+        pass
+    # Raised after the handler, not in it: inside, Python links the handled error as
+    # __context__ even with ``from None`` (which only hides it from tracebacks), and a
+    # JSONDecodeError's .doc or a UnicodeDecodeError's .object is the decrypted secret.
+    raise KeyFileError(f"{path} is damaged (bad secret part)")
 
 
 def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:

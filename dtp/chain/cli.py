@@ -84,9 +84,21 @@ def _identity_path(args: argparse.Namespace) -> Path:
 
 
 def _identity(args: argparse.Namespace) -> Any:
+    from dtp.errors import KeyFileError
     from dtp.keys import HostIdentity
 
-    return HostIdentity.load(_identity_path(args), os.environ.get(args.passphrase_env) or None)
+    passphrase = os.environ.get(args.passphrase_env) or None
+    try:
+        return HostIdentity.load(_identity_path(args), passphrase)
+    except KeyFileError as exc:
+        # The library cannot know where a command line takes its passphrase from: say it,
+        # or the user is left to find --passphrase-env in --help.
+        if passphrase is not None or not str(exc).endswith("a passphrase is required"):
+            raise
+        message = str(exc)
+    raise KeyFileError(
+        f"{message}: set ${args.passphrase_env} or name another variable with --passphrase-env"
+    )
 
 
 def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
@@ -165,6 +177,14 @@ def _parse_env_name(text: str) -> str:
     ``keys new`` wrote the new secret key unencrypted, with nothing said."""
     if not text:
         raise argparse.ArgumentTypeError("is empty: name an environment variable")
+    return text
+
+
+def _parse_kind(text: str) -> str:
+    """A ``--kind``: the daemon's config needs a non-empty service kind, so an empty one
+    (``"$UNSET"``) would publish a service no daemon can be configured to serve."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: name a service kind (default raw)")
     return text
 
 
@@ -646,7 +666,7 @@ def register(subparsers: Any) -> None:
     add = leaf(service_sub, "add", _service_add, "add a service on a port")
     add.add_argument("host", help="host ID")
     add.add_argument("port", type=int, help="port (0-65535)")
-    add.add_argument("--kind", default="raw", help="service kind (default raw)")
+    add.add_argument("--kind", default="raw", type=_parse_kind, help="service kind (default raw)")
     add.add_argument("--price-per-kib", type=int, default=0, help="MIST per KiB")
     add.add_argument("--price-per-request", type=int, default=0, help="MIST per request")
     add.add_argument("--min-deposit", type=int, default=0, help="smallest deposit, MIST")
