@@ -140,6 +140,13 @@ class ReceiptStore:
         self._server_fd: int | None = None
         self._server_lock = threading.Lock()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: every call raises
+        :class:`ReceiptStoreError` from then on, so a caller holding writes (the
+        :class:`~dtp.receipt_writer.ReceiptWriter`) stops trying them."""
+        return self._closed
+
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         """sqlite3's errors as :class:`ReceiptStoreError` naming the file (SQLite's own

@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dtp.chain.objects import normalize_id
 from dtp.escrow import Receipt
@@ -55,7 +55,9 @@ class ReceiptWriter:
     A write that fails (a store locked past SQLite's busy timeout, a full disk) is tried
     again every :data:`RETRY_DELAY` seconds, and once more at :meth:`close`; its receipts
     do not count meanwhile, but :meth:`latest` still reports them, so a settlement
-    claims them all the same."""
+    claims them all the same. A write that fails because the store is closed (closed
+    before this writer: the wrong order) is not tried again: what is waiting is dropped
+    with one error, and ``done`` does not run for it (see :meth:`_dropped`)."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
@@ -173,7 +175,10 @@ class ReceiptWriter:
                 else:
                     self.store.mark_claimed_many(marks)
             except sqlite3.Error as exc:  # not stored: it does not count yet
-                self._failed(batch, marks, exc)
+                if self.store.closed:  # for good: no retry can succeed
+                    self._dropped(batch, marks, exc)
+                else:
+                    self._failed(batch, marks, exc)
                 batch = {}
             except Exception:  # (not the disk: trying again would fail alike)
                 logger.exception("cannot store receipts (%s)", ", ".join(batch or marks))
@@ -223,6 +228,39 @@ class ReceiptWriter:
                 self._marks_since = min(self._marks_since, time.monotonic())
             self._retry_at = time.monotonic() + RETRY_DELAY
 
+    def _dropped(
+        self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
+    ) -> None:
+        """A write failed because the store is closed: every call on it fails from now
+        on, and retried, the batch was logged every :data:`RETRY_DELAY` seconds for good
+        while :meth:`flush` waited out its whole timeout. Drop it, and what was
+        submitted meanwhile (it meets the same closed store), with one error naming it.
+
+        ``done`` does not run for a dropped receipt, as for one the store refused: it
+        was not kept, and ``done`` means kept (the paid servers count it as paid). No
+        caller waits on ``done`` alone: a paid connection paused for want of a counted
+        receipt closes after its pause timeout, and :meth:`flush` / :meth:`close`
+        return as the writer is idle again. A dropped claimed mark costs nothing: a
+        restart asks the ledger again."""
+        with self._cond:
+            for cid, item in batch.items():
+                _queue(self._pending, cid, item)
+            for cid, amount in marks.items():
+                self._marks[cid] = max(amount, self._marks.get(cid, 0))
+            receipts, self._pending = self._pending, {}
+            dropped_marks, self._marks = self._marks, {}
+            self._mark_now = False
+            self._retry_at = None
+        what = []
+        if receipts:
+            what.append(
+                f"{len(receipts)} receipt(s) waiting cannot be written and are dropped, "
+                f"not counted ({_brief(receipts)})"
+            )
+        if dropped_marks:
+            what.append(f"{len(dropped_marks)} claimed mark(s) dropped ({_brief(dropped_marks)})")
+        logger.error("%s: %s", "; ".join(what), exc)
+
     def close(self, timeout: float = 30.0) -> bool:
         """Write what is waiting, then stop the thread; False when it is still writing
         after ``timeout`` (the store is then still in use: do not close it yet)."""
@@ -232,6 +270,14 @@ class ReceiptWriter:
         if self._thread is not threading.current_thread():  # (a done callback closing)
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def _brief(ids: Mapping[str, object], shown: int = 3) -> str:
+    """The first ``shown`` connection IDs of ``ids``, and how many more (a closed
+    store may drop a whole server's worth in one line)."""
+    names = list(ids)
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _queue(pending: dict[str, tuple[Receipt, Done]], key: str, item: tuple[Receipt, Done]) -> None:

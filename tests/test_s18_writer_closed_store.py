@@ -1,0 +1,132 @@
+"""The receipt writer against a closed receipt store (dtp.receipt_writer).
+
+A store closed while the writer still held receipts (its owner closed it first: the
+wrong shutdown order) failed every write with "it is closed", and the writer retried the
+batch every second for good: an error logged each time, ``flush()`` waiting out its whole
+timeout. It now drops what is waiting with one error naming it, never counts it as kept
+(no ``done``), and goes on: ``flush()`` and ``close()`` return at once.
+
+Real SQLite files, a real ReceiptWriter, another process holding the SQLite lock (so
+that receipts wait in the writer as the store closes); no mocks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import dtp.receipt_store
+from dtp.escrow import Receipt
+from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
+from tests.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
+
+OTHER = "0x" + "7a" * 32
+# long enough for a writer retrying every second to log several times
+QUIET = 4.0
+
+
+def _other(nonce: int, amount: int) -> Receipt:
+    return Receipt(OTHER, amount, 0, amount, nonce).sign(CLIENT)
+
+
+def _closed_errors(caplog: pytest.LogCaptureFixture, since: int) -> list[logging.LogRecord]:
+    """The writer's ERROR records after the first ``since`` that are about the closed
+    store (not the lock another process held before)."""
+    return [
+        r
+        for r in caplog.records[since:]
+        if r.name == "dtp.receipt_writer"
+        and r.levelno == logging.ERROR
+        and "is closed" in r.getMessage()
+    ]
+
+
+def _wait_for(check: Callable[[], object], timeout: float) -> bool:
+    """Whether ``check()`` became true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
+def test_receipts_waiting_as_the_store_closes_are_dropped_with_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the first write fails at once on the lock another process holds: the batch then
+    # waits in the writer for its retry, and the store is closed meanwhile
+    monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 0.2)
+    caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
+    path = tmp_path / "r.db"
+    store = ReceiptStore(path)
+    writer = ReceiptWriter(store)
+    kept: list[Receipt] = []
+    lock = threading.Lock()
+
+    def done(r: Receipt) -> None:
+        with lock:
+            kept.append(r)
+
+    try:
+        with locked_by_another_process(path):
+            writer.submit(receipt(1, 10), done)
+            writer.submit(_other(1, 20), done)
+            assert _wait_for(lambda: "trying again" in caplog.text, 60), caplog.text
+            store.close()
+            assert store.closed
+        since = len(caplog.records)
+        assert _wait_for(lambda: _closed_errors(caplog, since), 30), caplog.text
+        time.sleep(QUIET)  # a writer still retrying logs again meanwhile
+        errors = _closed_errors(caplog, since)
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        message = errors[0].getMessage()
+        assert "2 receipt(s) waiting cannot be written" in message
+        assert CONN in message and OTHER in message
+        # nothing waits in the writer any more: flush() and close() return at once
+        assert writer.flush(timeout=30)
+    finally:
+        assert writer.close(30)
+    assert kept == []
+    with ReceiptStore(path) as again:
+        assert again.latest(CONN) is None
+        assert again.latest(OTHER) is None
+
+
+def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_with_one_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
+    path = tmp_path / "r.db"
+    store = ReceiptStore(path)
+    writer = ReceiptWriter(store)
+    kept: list[Receipt] = []
+    try:
+        assert not store.closed
+        store.close()
+        assert store.closed
+        # one batch: the writer waits for submit()'s receipts while this holds its lock
+        with writer._cond:
+            writer.submit(receipt(1, 10), kept.append)
+            writer.submit(_other(1, 20), kept.append)
+            writer.mark_claimed(OTHER, 5)
+        assert _wait_for(lambda: _closed_errors(caplog, 0), 30), caplog.text
+        time.sleep(QUIET)
+        errors = _closed_errors(caplog, 0)
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        message = errors[0].getMessage()
+        assert "2 receipt(s) waiting cannot be written" in message
+        assert "1 claimed mark(s) dropped" in message
+        assert writer.flush(timeout=30)
+    finally:
+        assert writer.close(30)
+    assert kept == []
+    # the writer's close found nothing more to give up on
+    assert len(_closed_errors(caplog, 0)) == 1
+    with ReceiptStore(path) as again:
+        assert again.latest(CONN) is None
