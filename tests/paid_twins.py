@@ -10,9 +10,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.connection import ConnectionConfig
@@ -116,3 +118,40 @@ def again(
                 break
             got += len(data)
     return got
+
+
+def echo(sock: PaidSocket) -> None:
+    """Blocking handler: echo until the client closes."""
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+async def echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    """asyncio handler: echo until the client closes."""
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+@contextmanager
+def echo_server(
+    api: str, ledger: Any, host_id: str, *, port: int, identity: HostIdentity, policy: Any
+) -> Iterator[Any]:
+    """A paid echo server of the kind ``api`` ("blocking", or "asyncio" on a loop in a
+    thread of its own) on ``ledger`` (a LocalLedger, or a wrapper of one), stopped at
+    the end of the block."""
+    if api == "blocking":
+        with dtp.socket.serve(
+            host_id, port, echo, ledger=ledger, identity=identity, policy=policy
+        ) as server:
+            yield server
+        return
+    with loop_in_thread() as loop:
+        aio_server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(host_id, port, echo_aio, ledger=ledger, identity=identity, policy=policy),
+            loop,
+        ).result(30)
+        try:
+            yield aio_server
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)

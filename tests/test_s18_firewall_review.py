@@ -12,11 +12,10 @@ its first use under the new limit waited.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,10 +25,10 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.paid import PaidServer, ServicePolicy
+from dtp.paid_aio import PaidAioServer
 from dtp.ratelimit import RateLimiter, TokenBucket
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.paid_twins import echo_server, funded_ledger, ident
 from tests.polling import wait_for
 
 #: A debt that takes 600 s to pay at the rate it was made at
@@ -110,37 +109,9 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         yield ledger
 
 
-def echo(sock: PaidSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-async def echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-
-
-@contextmanager
-def paid_server(
-    api: str, ledger: LocalLedger, host_id: str
-) -> Iterator[PaidServer | PaidAioServer]:
+def paid_server(api: str, ledger: LocalLedger, host_id: str) -> Any:
     """A paid echo server (``api``: blocking or asyncio) refreshing the Host every 0.2 s."""
-    if api == "blocking":
-        with dtp.socket.serve(
-            host_id, PORT, echo, ledger=ledger, identity=SERVER, policy=POLICY
-        ) as server:
-            yield server
-        return
-    with loop_in_thread() as loop:
-        aio_server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(host_id, PORT, echo_aio, ledger=ledger, identity=SERVER, policy=POLICY),
-            loop,
-        ).result(30)
-        try:
-            yield aio_server
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
+    return echo_server(api, ledger, host_id, port=PORT, identity=SERVER, policy=POLICY)
 
 
 def debt_of(server: PaidServer | PaidAioServer, client: str) -> float:

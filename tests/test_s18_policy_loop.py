@@ -21,7 +21,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from dtp.paid import ServicePolicy
+from tests.paid_twins import echo_aio, echo_server, funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
 from tests.receipt_stores import held_by_another_process
 
@@ -84,17 +82,6 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         yield ledger
 
 
-def echo(sock: PaidSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-async def echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-
-
 def paid_host(ledger: LocalLedger) -> str:
     """A Host with the echo service on PORT."""
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
@@ -102,39 +89,10 @@ def paid_host(ledger: LocalLedger) -> str:
     return host_id
 
 
-@contextmanager
-def paid_server(
-    api: str, ledger: HostReadFault, host_id: str
-) -> Iterator[PaidServer | PaidAioServer]:
+def paid_server(api: str, ledger: HostReadFault, host_id: str) -> Any:
     """A paid echo server (``api``: blocking or asyncio) on ``ledger``, refreshing the
     Host every 0.2 s."""
-    if api == "blocking":
-        with dtp.socket.serve(
-            host_id,
-            PORT,
-            echo,
-            ledger=ledger,  # type: ignore[arg-type]  # (a LocalLedger but for get_host)
-            identity=SERVER,
-            policy=POLICY,
-        ) as server:
-            yield server
-        return
-    with loop_in_thread() as loop:
-        aio_server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                host_id,
-                PORT,
-                echo_aio,
-                ledger=ledger,  # type: ignore[arg-type]
-                identity=SERVER,
-                policy=POLICY,
-            ),
-            loop,
-        ).result(30)
-        try:
-            yield aio_server
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
+    return echo_server(api, ledger, host_id, port=PORT, identity=SERVER, policy=POLICY)
 
 
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
