@@ -10,8 +10,6 @@ RuntimeError from close(), a caller waiting for ever).
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import sys
 import threading
 import time
@@ -23,52 +21,12 @@ import pytest
 
 from dtp.chain.sui_client import LedgerUnavailable, SuiNode
 from tests.leaks import resource_warnings
+from tests.sui_proxies import SilentFirstProxy
 from tests.test_s15_sui import JOIN, NODE_TIMEOUT, _const, grpc_node
-from tests.test_s17_sui_retries import ResettingProxy
 
 __all__ = ["grpc_node"]  # fixture, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
-
-
-class SilentFirstProxy(ResettingProxy):
-    """TCP on 127.0.0.1 in front of ``port``: the first ``silent`` connections are
-    accepted and never answered (what the client sends is read and dropped), the later
-    ones are forwarded. ``ended`` is set once the client closed a silent one."""
-
-    def __init__(self, port: int, silent: int) -> None:
-        self.ended = threading.Event()  # before the accept thread starts
-        super().__init__(port, silent)
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            self.connections += 1
-            if self.connections <= self.resets:
-                self.sockets.append(conn)
-                self.pumps.append(threading.Thread(target=self._drain, args=(conn,), daemon=True))
-            else:
-                upstream = socket.create_connection(("127.0.0.1", self.port))
-                self.sockets += [conn, upstream]
-                for src, dst in ((conn, upstream), (upstream, conn)):
-                    self.pumps.append(
-                        threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                    )
-                    self.pumps[-1].start()
-                continue
-            self.pumps[-1].start()
-
-    def _drain(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while conn.recv(65536):
-                pass
-        self.ended.set()
 
 
 @pytest.fixture

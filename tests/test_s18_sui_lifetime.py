@@ -22,8 +22,8 @@ from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.chain.sui_client import LedgerUnavailable, SuiNode
 from tests.leaks import resource_warnings
+from tests.sui_proxies import SilentFirstProxy
 from tests.test_s15_sui import JOIN, NODE_TIMEOUT, PACKAGE, _const, grpc_node
-from tests.test_s18_sui_channel import SilentFirstProxy
 
 __all__ = ["grpc_node"]  # fixture, used by name
 
