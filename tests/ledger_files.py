@@ -4,7 +4,13 @@ disk)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+
+from dtp.chain import local as local_module
 
 
 def damage(path: Path, statement: str, *args: object) -> None:
@@ -15,3 +21,28 @@ def damage(path: Path, statement: str, *args: object) -> None:
         db.commit()
     finally:
         db.close()
+
+
+class SlowCheckpoints:
+    """LocalLedger's background checkpoints made slow: each first opens its own
+    connection to the file (as the real one does), calls ``hold()`` while holding it,
+    then checkpoints for real. :attr:`running` is set once one holds its connection,
+    :attr:`started` lists the paths they were asked for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: Callable[[], object]) -> None:
+        self.running = threading.Event()
+        self.started: list[str] = []
+        real_run = local_module._Checkpointer._run
+
+        def slow_run(checkpointer: local_module._Checkpointer, where: str) -> None:
+            self.started.append(where)
+            db = sqlite3.connect(where)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                self.running.set()
+                hold()
+            finally:
+                db.close()
+            real_run(checkpointer, where)
+
+        monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import dtp.chain.local as local_module
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
+from tests.ledger_files import SlowCheckpoints
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x64]) * 32, bytes([0x64]) * 32)
 
@@ -25,25 +25,12 @@ def test_close_waits_for_a_running_checkpoint_and_leaves_no_wal(
     and the checkpoint went on writing the file after close returned (CI: a test that
     damaged the file right after a close and a reopen saw no damage)."""
     path = tmp_path / "ledger.sqlite"
-    started = threading.Event()
-    real_run = local_module._Checkpointer._run
-
-    def slow_run(self: local_module._Checkpointer, where: str) -> None:
-        # a copy that takes long, holding its connection as the real one does
-        db = sqlite3.connect(where)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            started.set()
-            time.sleep(1.0)
-        finally:
-            db.close()
-        real_run(self, where)
-
-    monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+    # a copy that takes long, holding its connection as the real one does
+    slow = SlowCheckpoints(monkeypatch, lambda: time.sleep(1.0))
     ledger = LocalLedger(path)
     for _ in range(local_module._CHECKPOINT_EVERY):
         ledger.faucet(CLIENT.sui_address, 1)
-    assert started.wait(30)
+    assert slow.running.wait(30)
     ledger.close()
     assert not os.path.exists(f"{path}-wal")
     # everything is in the database file itself

@@ -20,7 +20,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
-from tests.ledger_files import damage
+from tests.ledger_files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)
 BOUND = 30.0  # how long a test waits for anything
@@ -178,19 +178,6 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
     one, and close() then closed while that checkpoint still held its connection, so the
     WAL (commits in it) stayed beside the file and the copying went on after close()."""
     path = tmp_path / "ledger.sqlite"
-    started = threading.Event()
-    real_run = local_module._Checkpointer._run
-
-    def slow_run(self: local_module._Checkpointer, where: str) -> None:
-        db = sqlite3.connect(where)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            started.set()
-            time.sleep(1.0)
-        finally:
-            db.close()
-        real_run(self, where)
-
     looked = threading.Event()
     real_wait = local_module._CHECKPOINTER.wait
 
@@ -200,13 +187,13 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
         finally:
             looked.set()  # close() looked for a running checkpoint
 
-    monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+    slow = SlowCheckpoints(monkeypatch, lambda: time.sleep(1.0))
     monkeypatch.setattr(local_module._CHECKPOINTER, "wait", wait)
     ledger = LocalLedger(path)
     # the next commit is the one that asks for a checkpoint
     while (ledger._commits + 1) % local_module._CHECKPOINT_EVERY:
         ledger.faucet(CLIENT.sui_address, 1)
-    assert not started.is_set()
+    assert not slow.running.is_set()
     closer = threading.Thread(target=ledger.close)
     with ledger._lock:  # another thread in the handle, under way when close() is called
         closer.start()
@@ -214,7 +201,7 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
         # lock); with the fix it looks only once this thread is out
         looked.wait(3.0)
         ledger.faucet(CLIENT.sui_address, 1)  # (reentrant: this thread holds the lock)
-        assert started.wait(BOUND)  # that commit started a checkpoint
+        assert slow.running.wait(BOUND)  # that commit started a checkpoint
     closer.join(BOUND)
     assert not closer.is_alive()
     assert not os.path.exists(f"{path}-wal"), "close() left the WAL behind"

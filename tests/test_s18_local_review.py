@@ -24,7 +24,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
 from dtp.keys import HostIdentity
-from tests.ledger_files import damage
+from tests.ledger_files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)
 BOUND = 30.0  # how long a test waits for anything
@@ -319,24 +319,10 @@ def test_handles_on_one_file_by_different_paths_share_its_checkpoints(
     (tmp_path / "x").mkdir()
     plain = tmp_path / "l.db"
     roundabout = tmp_path / "x" / ".." / "l.db"
-    started: list[str] = []
-    running = threading.Event()
     finish = threading.Event()
-    real_run = local_module._Checkpointer._run
-
-    def slow_run(self: local_module._Checkpointer, where: str) -> None:
-        # a copy that takes long, holding its connection as the real one does
-        started.append(where)
-        db = sqlite3.connect(where)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            running.set()
-            finish.wait(600)
-        finally:
-            db.close()
-        real_run(self, where)
-
-    monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+    # a copy that takes long, holding its connection as the real one does
+    slow = SlowCheckpoints(monkeypatch, lambda: finish.wait(600))
+    started, running = slow.started, slow.running
     monkeypatch.setattr(local_module, "_CLOSE_WAITS_FOR_CHECKPOINT_S", 600.0)
     first = LocalLedger(roundabout)
     second = LocalLedger(plain)
