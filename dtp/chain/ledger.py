@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from dtp.chain.economics import PaymentModels
 from dtp.chain.objects import (
@@ -129,6 +129,23 @@ class ResponseEscrow:
     amount: int
     #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
     state: int
+
+    @classmethod
+    def from_fields(cls, object_id: str, version: int, d: Mapping[str, Any]) -> ResponseEscrow:
+        """The escrow from its Move fields by name (decoded BCS or stored JSON); KeyError
+        for a field missing."""
+        return cls(
+            object_id,
+            version,
+            d["requester"],
+            d["requester_public_key"],
+            d["server"],
+            d["request_id"],
+            d["deadline_ms"],
+            d["funds"],
+            d["amount"],
+            d["state"],
+        )
 
 
 @dataclass(frozen=True)

@@ -1494,18 +1494,7 @@ class LocalLedger(Ledger):
                 raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
             _type, _owner, version, d = row
             try:
-                return ResponseEscrow(
-                    object_id,
-                    version,
-                    d["requester"],
-                    d["requester_public_key"],
-                    d["server"],
-                    d["request_id"],
-                    d["deadline_ms"],
-                    d["funds"],
-                    d["amount"],
-                    d["state"],
-                )
+                return ResponseEscrow.from_fields(object_id, version, d)
             except _SHAPE_ERRORS as exc:
                 raise rules.wrong_shape(f"object {object_id}", exc) from exc
 

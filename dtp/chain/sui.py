@@ -1034,18 +1034,7 @@ class SuiLedger(Ledger):
         if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
             raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
         d = decode(RESPONSE_ESCROW_LAYOUT, obj.contents)
-        return ResponseEscrow(
-            obj.object_id,
-            obj.version,
-            d["requester"],
-            d["requester_public_key"],
-            d["server"],
-            d["request_id"],
-            d["deadline_ms"],
-            d["funds"],
-            d["amount"],
-            d["state"],
-        )
+        return ResponseEscrow.from_fields(obj.object_id, obj.version, d)
 
     # -- payment models (docs/escrow.md §13-16) ---------------------------------------------
 
