@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -17,9 +17,10 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer
+from tests.http_backends import HttpBackend
 
 
-class Backend:
+class Backend(HttpBackend):
     """A local HTTP JSON-RPC backend that counts the POSTs it gets, answering each
     after ``delay`` seconds; with ``drop_idle`` it closes every connection after its
     answer while letting the client believe it is kept alive."""
@@ -54,16 +55,7 @@ class Backend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/rpc"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self._serve(Handler)
 
 
 def call(proxy: JsonRpcHttpProxy, method: str) -> Any:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from dtp.messaging.jsonrpc import JsonRpcHttpProxy
+from tests.http_backends import HttpBackend
 from tests.polling import wait_for
 
 DOC = b'{"jsonrpc":"2.0","method":"m","id":1}'
 
 
-class _Backend:
+class _Backend(HttpBackend):
     """A keep-alive HTTP backend that counts its open connections."""
 
     def __init__(self) -> None:
@@ -49,16 +50,7 @@ class _Backend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self._serve(Handler, "/")
 
 
 def test_close_closes_every_threads_connection() -> None:

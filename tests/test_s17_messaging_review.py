@@ -17,7 +17,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -28,11 +28,12 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHttpProxy, serve_jsonrpc
 from dtp.messaging.rpc import ResponsePrepay, RpcClient, RpcServer
+from tests.http_backends import HttpBackend
 
 ANSWER = b'{"jsonrpc":"2.0","result":"%s","id":1}' % (b"x" * 200)
 
 
-class CuttingBackend:
+class CuttingBackend(HttpBackend):
     """A keep-alive HTTP backend whose first answer stops halfway through the body it
     announced: it shuts its side for writing (the proxy reads the end of the stream)
     and goes on reading requests on that connection, as a backend whose writer died
@@ -70,16 +71,7 @@ class CuttingBackend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/rpc"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self._serve(Handler)
 
 
 @pytest.fixture
@@ -137,7 +129,7 @@ def test_cut_backend_answer_over_dtp_is_typed_and_the_connection_stays_usable(
         thread.join(5)
 
 
-class TricklingBackend:
+class TricklingBackend(HttpBackend):
     """An HTTP backend that answers one byte at a time, a byte every 0.2 s: the status
     line itself (``where="status"``) or, after whole headers, a body of 3000 bytes
     (``where="body"``), 600 s in all. No single read waits long, so a per-read
@@ -183,17 +175,11 @@ class TricklingBackend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/rpc"
+        self._serve(Handler)
 
     def close(self) -> None:
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        super().close()
 
 
 @pytest.mark.parametrize("where", ["status", "body"])
