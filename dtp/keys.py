@@ -591,47 +591,73 @@ class HostIdentity:
         ignored. Raises TypeError if ``passphrase`` is neither None nor a str.
         """
         _check_passphrase_type(passphrase)
-        target = Path(path)
-        raw = _read_private_file(target, allow_insecure=allow_insecure)
-        document: object = _NOT_JSON
-        with contextlib.suppress(UnicodeDecodeError, ValueError, RecursionError):  # (nesting)
-            document = json.loads(raw)
-        # Raised after the handler, not in it: there Python links the parse error as
-        # __context__ (``from None`` only hides it), and its .doc / .object hold the whole
-        # file, a plain secret key included.
-        if document is _NOT_JSON:
-            raise KeyFileError(f"{target} is not a DTP identity file (not JSON)")
-        if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
-            raise KeyFileError(f"{target} is not a DTP identity file")
-        version = document.get("version")
-        # (type first: true and 1.0 are == 1 in Python, but no version this writes)
-        if type(version) is not int or version != IDENTITY_FILE_VERSION:
-            raise KeyFileError(
-                f"{target} has identity file version {version!r:.60}; "
-                f"this DTP reads version {IDENTITY_FILE_VERSION}"
-            )
-        header = {
-            "version": version,
-            "kind": IDENTITY_FILE_KIND,
-            "sui_address": document.get("sui_address"),
-            "noise_public": document.get("noise_public"),
-        }
-        secret = document.get("secret")
-        if not isinstance(secret, dict):
-            raise KeyFileError(f"{target} is damaged (no secret part)")
-        encoding = secret.get("encoding")
-        if encoding == _PLAIN:
-            plain = _b64(secret.get("data"), target)
-        elif encoding == _ENCRYPTED:
-            if passphrase is None:
-                raise KeyFileError(f"{target} is encrypted; a passphrase is required")
-            plain = _decrypt_secret(secret, header, passphrase, target)
-        else:
-            raise KeyFileError(f"{target} uses an unknown secret encoding {encoding!r:.60}")
-        identity = _identity_from_secret(plain, target)
-        if identity._header() != header:
-            raise KeyFileError(f"{target} is damaged (keys do not match its public header)")
-        return identity
+        outcome = _load_identity(Path(path), passphrase, allow_insecure)
+        if isinstance(outcome, KeyFileError):
+            # Raised here, with a traceback that starts in this frame: the frames below
+            # held the file and the decrypted secret as locals, which an error reporter
+            # that records locals (or a debugger walking the traceback) would show.
+            raise outcome
+        return outcome
+
+
+def _load_identity(
+    target: Path, passphrase: str | None, allow_insecure: bool
+) -> HostIdentity | KeyFileError:
+    """:meth:`HostIdentity.load`'s work: the identity, or the error to raise, returned
+    without its traceback (whose frames hold the secret)."""
+    try:
+        return _parse_identity_file(target, passphrase, allow_insecure)
+    except KeyFileError as exc:
+        # (a context hidden by ``from None`` is still linked, with its own frames: a
+        # failed read's hold what was read of the file)
+        exc.__context__ = None
+        return exc.with_traceback(None)
+
+
+def _parse_identity_file(
+    target: Path, passphrase: str | None, allow_insecure: bool
+) -> HostIdentity:
+    """Read, check and decrypt the identity file at ``target`` (KeyFileError)."""
+    raw = _read_private_file(target, allow_insecure=allow_insecure)
+    document: object = _NOT_JSON
+    with contextlib.suppress(UnicodeDecodeError, ValueError, RecursionError):  # (nesting)
+        document = json.loads(raw)
+    # Raised after the handler, not in it: there Python links the parse error as
+    # __context__ (``from None`` only hides it), and its .doc / .object hold the whole
+    # file, a plain secret key included.
+    if document is _NOT_JSON:
+        raise KeyFileError(f"{target} is not a DTP identity file (not JSON)")
+    if not isinstance(document, dict) or document.get("kind") != IDENTITY_FILE_KIND:
+        raise KeyFileError(f"{target} is not a DTP identity file")
+    version = document.get("version")
+    # (type first: true and 1.0 are == 1 in Python, but no version this writes)
+    if type(version) is not int or version != IDENTITY_FILE_VERSION:
+        raise KeyFileError(
+            f"{target} has identity file version {version!r:.60}; "
+            f"this DTP reads version {IDENTITY_FILE_VERSION}"
+        )
+    header = {
+        "version": version,
+        "kind": IDENTITY_FILE_KIND,
+        "sui_address": document.get("sui_address"),
+        "noise_public": document.get("noise_public"),
+    }
+    secret = document.get("secret")
+    if not isinstance(secret, dict):
+        raise KeyFileError(f"{target} is damaged (no secret part)")
+    encoding = secret.get("encoding")
+    if encoding == _PLAIN:
+        plain = _b64(secret.get("data"), target)
+    elif encoding == _ENCRYPTED:
+        if passphrase is None:
+            raise KeyFileError(f"{target} is encrypted; a passphrase is required")
+        plain = _decrypt_secret(secret, header, passphrase, target)
+    else:
+        raise KeyFileError(f"{target} uses an unknown secret encoding {encoding!r:.60}")
+    identity = _identity_from_secret(plain, target)
+    if identity._header() != header:
+        raise KeyFileError(f"{target} is damaged (keys do not match its public header)")
+    return identity
 
 
 # -- file helpers ---------------------------------------------------------------------------
