@@ -83,6 +83,7 @@ from dtp.chain.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    check_fields,
     normalize_id,
     object_from_fields,
 )
@@ -446,7 +447,7 @@ class _SqlStore:
         row = self.db.execute(
             "SELECT amount FROM balances WHERE address = ?", (address,)
         ).fetchone()
-        return rules.stored_int(row[0]) if row else 0
+        return _balance(address, row[0]) if row else 0
 
     def balances(self, addresses: Sequence[str]) -> dict[str, int]:
         """The balances of ``addresses`` that are not zero (one statement)."""
@@ -454,7 +455,7 @@ class _SqlStore:
         rows = self.db.execute(
             f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
         )
-        return {address: rules.stored_int(amount) for address, amount in rows}
+        return {address: _balance(address, amount) for address, amount in rows}
 
 
 class LocalLedger(Ledger):
@@ -862,8 +863,8 @@ class LocalLedger(Ledger):
         money of events not yet on air). Conservation holds iff minted == the other three."""
 
         def read() -> dict[str, int]:
-            rows = self._db.execute("SELECT amount FROM balances")
-            balances = sum(rules.stored_int(r[0]) for r in rows)
+            rows = self._db.execute("SELECT address, amount FROM balances")
+            balances = sum(_balance(address, amount) for address, amount in rows)
             escrows = broadcasts = 0
             for object_id, type_, data in self._db.execute("SELECT id, type, data FROM objects"):
                 obj = rules.from_json(data)
@@ -1494,7 +1495,10 @@ class LocalLedger(Ledger):
                 raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
             _type, _owner, version, d = row
             try:
-                return ResponseEscrow.from_fields(object_id, version, d)
+                escrow = ResponseEscrow.from_fields(object_id, version, d)
+                # from_fields copies the fields as stored: their types are checked here
+                check_fields(escrow)
+                return escrow
             except _SHAPE_ERRORS as exc:
                 raise rules.wrong_shape(f"object {object_id}", exc) from exc
 
@@ -1511,7 +1515,10 @@ class LocalLedger(Ledger):
                 raise ObjectNotFound(f"No {struct} with ID {object_id} exists.")
             _type, _owner, version, data = row
             try:
-                return economics_object_from_fields(struct, object_id, version, data)
+                model = economics_object_from_fields(struct, object_id, version, data)
+                # it copies the fields as stored: their types are checked here
+                check_fields(model)
+                return model
             except _SHAPE_ERRORS as exc:
                 # the struct is one it builds (the type matched): the data is at fault
                 raise rules.wrong_shape(f"object {object_id}", exc) from exc
@@ -2019,6 +2026,21 @@ _SHAPE_ERRORS: Final = (
 _BUILT: Final = frozenset(
     {"Host", "SpendingCap", "TransportControl", "Escrow", "Pipe", "Broadcast"}
 )
+
+
+def _balance(address: str, amount: Any) -> int:
+    """A stored balance, which the ledger writes as the decimal text of a u64 (an INTEGER
+    read as well); :class:`rules.DamagedData` naming the address for anything else
+    (int() alone would take "-5", " 5" and "5_0", and a REAL's fraction would be cut)."""
+    if type(amount) is str and amount.isascii() and amount.isdecimal() and len(amount) <= 20:
+        value = int(amount)
+    elif type(amount) is int:
+        value = amount
+    else:
+        value = -1
+    if not 0 <= value <= rules.U64_MAX:
+        raise rules.DamagedData(f"the balance of {address}: a stored amount {amount!r:.30}")
+    return value
 
 
 def _version(object_id: str, version: Any) -> int:

@@ -7,9 +7,12 @@ are MIST; times are Sui clock milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,6 +44,7 @@ __all__ = [
     "Sla",
     "SpendingCap",
     "TransportControl",
+    "check_fields",
     "is_low_order_noise_key",
 ]
 
@@ -140,12 +144,10 @@ class Sla:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Sla:
-        """Inverse of :meth:`to_fields`."""
-        return cls(
-            int(fields["price_per_kib"]),
-            int(fields["price_per_request"]),
-            int(fields["min_deposit"]),
-        )
+        """Inverse of :meth:`to_fields`. The values are taken as they are, not converted:
+        int() would read text, a float or a bool as a number, hiding damaged data from
+        :func:`check_fields`."""
+        return cls(fields["price_per_kib"], fields["price_per_request"], fields["min_deposit"])
 
 
 @dataclass(frozen=True)
@@ -473,12 +475,29 @@ def object_from_fields(
 
     ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a Host's
     per-client connection counts, a Broadcast's contributions), which Sui keeps outside
-    the object. Raises ValueError for a struct name that is not a dtp object.
+    the object. Raises ValueError for a struct name that is not a dtp object, and
+    KeyError, TypeError or ValueError for fields that are missing or not of their Move
+    type (:func:`check_fields`): a ledger's stored data can be damaged.
     """
+    obj = _object_from_fields(name, object_id, version, d, table_entries)
+    check_fields(obj)
+    return obj
+
+
+def _object_from_fields(
+    name: str,
+    object_id: str,
+    version: int,
+    d: Mapping[str, Any],
+    table_entries: Mapping[str, int],
+) -> ChainObject:
+    """:func:`object_from_fields` before its check. Values are copied, never converted
+    (a conversion would hide a damaged value from the check), except those that become
+    an enum or a tuple, which are checked first here."""
     if name == "Host":
         fw = d["firewall"]
         services = {
-            int(port): Service(
+            _port(port): Service(
                 s["kind"], Sla.from_fields(s["sla"]), s["max_connections"], s["open_connections"]
             )
             for port, s in d["services"].items()
@@ -488,18 +507,18 @@ def object_from_fields(
             version,
             d["authority"],
             d["noise_static_key"],
-            tuple(d["endpoints"]),
+            _sequence(d["endpoints"], "endpoints"),
             services,
             Firewall(
-                FirewallMode(fw["mode"]),
-                tuple(fw["allow"]),
-                tuple(fw["deny"]),
+                FirewallMode(_integer(fw["mode"], "firewall.mode")),
+                _sequence(fw["allow"], "firewall.allow"),
+                _sequence(fw["deny"], "firewall.deny"),
                 fw["max_connections_per_client"],
                 fw["max_bytes_per_sec"],
                 fw["max_requests_per_sec"],
             ),
             d["open_connections"],
-            dict(table_entries),
+            _table(table_entries),
         )
     if name == "SpendingCap":
         return SpendingCap(
@@ -508,6 +527,9 @@ def object_from_fields(
     if name == "TransportControl":
         state = d["state"]
         kind = state["kind"]
+        if kind not in _STATES:
+            # any other value read as Closed would end a connection nobody closed
+            raise ValueError(f"state.kind {kind!r:.40} is not a connection state")
         return TransportControl(
             object_id,
             version,
@@ -518,9 +540,7 @@ def object_from_fields(
             Sla.from_fields(d["sla"]),
             d["escrow"],
             d["spending_cap"],
-            {"Open": ConnectionState.OPEN, "HalfClosed": ConnectionState.HALF_CLOSED}.get(
-                kind, ConnectionState.CLOSED
-            ),
+            _STATES[kind],
             state.get("by"),
             state.get("at_ms", state.get("half_closed_at_ms")),
             state.get("closed_at_ms"),
@@ -551,7 +571,10 @@ def object_from_fields(
             version,
             d["connection"],
             d["owner"],
-            tuple(InnerPipe(i["index"], i["next_seq"], i["acked"]) for i in d["inners"]),
+            tuple(
+                InnerPipe(i["index"], i["next_seq"], i["acked"])
+                for i in _sequence(d["inners"], "inners")
+            ),
         )
     if name == "Broadcast":
         return Broadcast(
@@ -566,7 +589,7 @@ def object_from_fields(
             d["paid_slots"],
             d["pool"],
             d["earned"],
-            dict(table_entries),
+            _table(table_entries),
             d["total_contributed"],
             d["next_seq"],
             d["cancelled"],
@@ -574,6 +597,177 @@ def object_from_fields(
             d["outstanding"],
         )
     raise ValueError(f"{name} is not a dtp object type")
+
+
+_STATES: Final = {
+    "Open": ConnectionState.OPEN,
+    "HalfClosed": ConnectionState.HALF_CLOSED,
+    "Closed": ConnectionState.CLOSED,
+}
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` if it is an int (not a bool): an enum made from it would take True or
+    1.0 for 1."""
+    if type(value) is not int:
+        raise TypeError(f"{what} is {value!r:.40}, not an integer")
+    return value
+
+
+def _port(key: Any) -> int:
+    """A port as a key of ``services``: an int (decoded BCS) or its decimal text (JSON
+    keys are text); int() alone would also take " 7", "+7" and "7_0"."""
+    if type(key) is str and key.isascii() and key.isdecimal():
+        return int(key)
+    return _integer(key, "a services key")
+
+
+def _sequence(value: Any, what: str) -> tuple[Any, ...]:
+    """A vector's items: tuple() of a text or a dict would make one of its characters or
+    keys (which could pass as addresses)."""
+    if type(value) not in (list, tuple):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a list")
+    return tuple(value)
+
+
+def _table(entries: Any) -> dict[str, int]:
+    """A table's entries as a dict: dict() of a list of pairs would make one."""
+    if not isinstance(entries, Mapping):
+        raise TypeError(f"a table is a {type(entries).__name__}, not a mapping")
+    return dict(entries)
+
+
+# -- checking the fields of a typed view ---------------------------------------------------
+
+_U64_MAX: Final = 2**64 - 1
+#: Whether a value is of the type it checks.
+_Check = Callable[[Any], bool]
+#: Per dataclass: its fields, each with the check of its declared type and, for a field
+#: holding a nested view, that view's class (to name the field within it on failure).
+_PLANS: dict[type, tuple[tuple[str, _Check, type | None], ...]] = {}
+#: Per dataclass: the check of a value of it.
+_CHECKS: dict[type, _Check] = {}
+
+
+def check_fields(obj: Any) -> None:
+    """Raise TypeError unless every field of the frozen dataclass ``obj`` holds a value of
+    its declared type, as the Move field it mirrors would: an ``int`` is an int (not a
+    bool) from 0 to 2**64-1, a ``bool`` a bool, nested views, tuples and mappings checked
+    item by item. The message names the field (``"Escrow.sla.min_deposit"``).
+
+    The views copy fields as stored, so this is where data of the wrong type (a ledger
+    file damaged or edited by something else) is caught. It runs on every read (the
+    connect path): one type test per value, the field's name only worded on failure.
+    """
+    if not _dataclass_check(type(obj))(obj):
+        raise TypeError(_wrong_field(obj, type(obj).__name__))
+
+
+def _wrong_field(obj: Any, where: str) -> str:
+    """Which field of ``obj`` (known to fail its check) is wrong, and its value."""
+    for name, check, nested in _plan(type(obj)):
+        value = getattr(obj, name)
+        if not check(value):
+            if nested is not None and type(value) is nested:
+                return _wrong_field(value, f"{where}.{name}")
+            return f"{where}.{name} is {value!r:.40}, not of its Move type"
+    return f"{where} is not a {type(obj).__name__}"
+
+
+def _plan(cls: type) -> tuple[tuple[str, _Check, type | None], ...]:
+    """The fields of the dataclass ``cls`` with their checks (made once per class)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        # the annotations are text (postponed evaluation): resolved once per class
+        hints = typing.get_type_hints(cls)
+        plan = tuple(
+            (
+                f.name,
+                _compile(hints[f.name]),
+                hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None,
+            )
+            for f in dataclasses.fields(cls)
+        )
+        _PLANS[cls] = plan
+    return plan
+
+
+def _dataclass_check(cls: type) -> _Check:
+    """The check of a value of the dataclass ``cls`` (made once per class)."""
+    check = _CHECKS.get(cls)
+    if check is None:
+        check = _CHECKS[cls] = _make_dataclass_check(cls)
+    return check
+
+
+def _make_dataclass_check(cls: type) -> _Check:
+    """The check of a value of the dataclass ``cls``."""
+    # the fields grouped by kind of check, so most take a type test in the loop itself
+    # rather than a call (this runs on every read)
+    ints: list[str] = []
+    exact: list[tuple[str, type]] = []
+    other: list[tuple[str, _Check]] = []
+    hints = typing.get_type_hints(cls)
+    for name, check, _nested in _plan(cls):
+        hint = hints[name]
+        if hint is int:
+            ints.append(name)
+        elif hint in (bool, str, bytes):
+            exact.append((name, hint))
+        else:
+            other.append((name, check))
+
+    def check_dataclass(value: Any) -> bool:
+        if type(value) is not cls:
+            return False
+        fields = value.__dict__
+        for name in ints:
+            x = fields[name]
+            if type(x) is not int or not 0 <= x <= _U64_MAX:
+                return False
+        for name, kind in exact:
+            if type(fields[name]) is not kind:
+                return False
+        return all(check(fields[name]) for name, check in other)
+
+    return check_dataclass
+
+
+def _compile(hint: Any) -> _Check:
+    """The check of a value of the type ``hint``."""
+    if hint is int:
+        return lambda value: type(value) is int and 0 <= value <= _U64_MAX
+    if hint in (bool, str, bytes) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return lambda value: type(value) is hint
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _dataclass_check(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _compile(next(a for a in args if a is not type(None)))
+        return lambda value: value is None or inner(value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _tuple_check(_compile(args[0]))
+    if origin is Mapping and len(args) == 2:
+        return _mapping_check(_compile(args[0]), _compile(args[1]))
+    raise TypeError(f"no check for fields of type {hint!r}")
+
+
+def _tuple_check(item: _Check) -> _Check:
+    """The check of a ``tuple[X, ...]`` whose items pass ``item``."""
+
+    def check_tuple(value: Any) -> bool:
+        return type(value) is tuple and all(item(x) for x in value)
+
+    return check_tuple
+
+
+def _mapping_check(key: _Check, item: _Check) -> _Check:
+    """The check of a ``Mapping[K, V]`` whose keys pass ``key`` and values ``item``."""
+
+    def check_mapping(value: Any) -> bool:
+        return isinstance(value, Mapping) and all(key(k) and item(x) for k, x in value.items())
+
+    return check_mapping
 
 
 _HEX_ID = re.compile(r"0[xX]([0-9a-fA-F]{1,64})")
