@@ -273,3 +273,19 @@ def test_a_damaged_balance_is_damaged_data_naming_the_address(world: World, amou
         assert ledger.balance(SERVER.sui_address) > 0
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("value", ["5_0", " 5", "+5", "1.5", "", "٥"])
+def test_a_damaged_meta_number_is_damaged_data(world: World, value: str) -> None:
+    """int() read "5_0" as 50, " 5" and "+5" as 5 and the Arabic-Indic digit five as 5:
+    an epoch or a minted total the ledger never wrote."""
+    damage(world.path, "UPDATE meta SET value = ? WHERE key = 'epoch'", value)
+    damage(world.path, "UPDATE meta SET value = ? WHERE key = 'minted'", value)
+    ledger = LocalLedger(world.path)
+    try:
+        for call in (ledger.epoch, ledger.minted):
+            with pytest.raises(ChainError, match="not an integer"):
+                result = call()
+                pytest.fail(f"returned {result!r}")
+    finally:
+        ledger.close()

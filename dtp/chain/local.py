@@ -2030,15 +2030,9 @@ _BUILT: Final = frozenset(
 
 def _balance(address: str, amount: Any) -> int:
     """A stored balance, which the ledger writes as the decimal text of a u64 (an INTEGER
-    read as well); :class:`rules.DamagedData` naming the address for anything else
-    (int() alone would take "-5", " 5" and "5_0", and a REAL's fraction would be cut)."""
-    if type(amount) is str and amount.isascii() and amount.isdecimal() and len(amount) <= 20:
-        value = int(amount)
-    elif type(amount) is int:
-        value = amount
-    else:
-        value = -1
-    if not 0 <= value <= rules.U64_MAX:
+    read as well); :class:`rules.DamagedData` naming the address for anything else."""
+    value = rules.parse_stored_int(amount)
+    if value is None or not 0 <= value <= rules.U64_MAX:
         raise rules.DamagedData(f"the balance of {address}: a stored amount {amount!r:.30}")
     return value
 

@@ -46,6 +46,7 @@ __all__ = [
     "Exec",
     "Store",
     "from_json",
+    "parse_stored_int",
     "stored_int",
     "to_json",
     "wrong_shape",
@@ -129,12 +130,24 @@ def from_json(text: str) -> Any:
 def stored_int(value: Any) -> int:
     """A number as stored (a balance or a meta value: decimal text, as the ledger
     writes it, or an INTEGER); :class:`DamagedData` for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    number = parse_stored_int(value)
+    if number is None:
+        raise DamagedData(f"a stored number is not an integer ({value!r:.60})")
+    return number
+
+
+def parse_stored_int(value: Any) -> int | None:
+    """:func:`stored_int`, None instead of raising."""
+    if type(value) is int:
         return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise DamagedData(f"a stored number is not an integer ({value!r:.60})") from None
+    if type(value) is str:
+        # int() alone would also take " 5", "5_0", "+5" and non-ASCII digits, none of
+        # which the ledger writes (a clock offset is the one negative value it keeps),
+        # and a float's fraction would be cut
+        digits = value[1:] if value[:1] == "-" else value
+        if 0 < len(digits) <= 20 and digits.isascii() and digits.isdecimal():
+            return int(value)
+    return None
 
 
 # -- execution context -------------------------------------------------------------------------
