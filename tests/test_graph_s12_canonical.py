@@ -187,6 +187,7 @@ def test_a_closed_graph_refuses_len_in_and_the_rest(
         ({"now_ms": 5}, TypeError, "now_ms"),
         ({"identity": "me"}, TypeError, "identity"),
         ({"ham": 1}, TypeError, "ham"),
+        ({"ham": "rust"}, ValueError, "ham"),
     ],
 )
 def test_constructor_arguments_are_checked_up_front_by_name(

@@ -443,7 +443,8 @@ class Graph:
         elif ham == "python":
             table_type = _reference.HamGraph
         else:
-            raise LocalProtocolError(f"unknown HAM backend {ham!r}", ErrorCode.ARG)
+            # (a bad argument, as the docs say: ValueError naming it, like the others)
+            raise ValueError(f"Graph(ham=...) must be 'c', 'python' or None, not {ham!r:.40}")
         self._table = table_type(max_deferred_bytes=int(max_deferred_bytes))
         self.ham_backend = "python" if table_type is _reference.HamGraph else "c"
         self.identity = identity
