@@ -71,6 +71,7 @@ from dtp.metering import (
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from dtp.served import ServedConnections
 from dtp.settlement import (
     claim_and_settle,
     claimed,
@@ -81,6 +82,7 @@ from dtp.settlement import (
 from dtp.socket import stream_file
 
 if TYPE_CHECKING:
+    from dtp.admission import PeerInfo
     from dtp.chain.ledger import Ledger
     from dtp.connection import ConnectionConfig
     from dtp.keys import HostIdentity
@@ -281,6 +283,47 @@ def _keep_final(writer: ReceiptWriter, final: Receipt) -> None:
             exc,
             final.encode().hex(),
         )
+
+
+#: The refusal (or abort reason) a client admitted as its server closes gets
+CLOSED_REFUSAL = "the server is closed"
+
+
+class _PaidAdmission(LedgerAdmission):
+    """A :class:`PaidServer`'s admission: each decision counts as work its release waits
+    for, and a client admitted as the server closes is refused and settled at once (its
+    ledger connection closed, nothing claimed: its whole deposit refunded) rather than
+    left Open until the half-close timeout."""
+
+    def __init__(self, server: PaidServer, ledger: Ledger, host_id: str, port: int) -> None:
+        super().__init__(ledger, host_id, port, remember=True)
+        self._server = server
+        #: The DTPServer's served connections (dtp.served.served_connections takes them):
+        #: they tell the paid server of every DTP connection it admitted ending
+        self.served = _AdmittedIds(server)
+
+    def __call__(self, peer: PeerInfo) -> str | None:
+        return self._server._admit(peer, super().__call__)
+
+
+class _AdmittedIds(ServedConnections):
+    """The ledger connections of the DTP connections a :class:`PaidServer` admitted
+    (reserved after its admission, released as the engine goes), reported to it: one the
+    server never served -- its handshake finished as the server closed, and the
+    DTPServer or :meth:`PaidServer._handle` aborted it -- is settled then."""
+
+    def __init__(self, server: PaidServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def reserve(self, connection_id: str) -> str | None:
+        refusal = super().reserve(connection_id)
+        self._server._reserved(connection_id, refusal is None)
+        return refusal
+
+    def release(self, connection_id: str) -> None:
+        super().release(connection_id)
+        self._server._unreserved(connection_id)
 
 
 class _PaidConnection:
@@ -919,7 +962,14 @@ class PaidServer:
         self._serving = ConnectionIds()
         self._live_lock = threading.Lock()
         self._closed = threading.Event()
-        self._handling = 0  # _handle calls running (they may still write receipts)
+        # _handle calls, admissions and settlements of connections admitted but not
+        # served running (they may still use the receipt writer): the release waits
+        # until none is left
+        self._handling = 0
+        self._releasing = False  # the release is decided: nothing may count in any more
+        #: The DTP connections admitted (by ledger connection ID) whose engine is not
+        #: released yet: True once _handle took it (its settlement is _serve_paid's)
+        self._admitted: dict[str, bool] = {}
         #: Set by the release: closed, every connection ended and settled, the receipt
         #: writer stopped (what wait_released() waits for)
         self._released = threading.Event()
@@ -948,7 +998,7 @@ class PaidServer:
             """(connection ID, settlement) of what a previous run left unclaimed."""
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
-            self.admission = LedgerAdmission(ledger, self.host_id, port, remember=True)
+            self.admission = _PaidAdmission(self, ledger, self.host_id, port)
             self.cap_shares = CapShares()
             self.server = create_server(
                 address, identity=identity, admit=self.admission, config=config
@@ -981,15 +1031,104 @@ class PaidServer:
 
     # -- connections -------------------------------------------------------------------
 
+    def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` (``check``: the ledger's verdict). Counted until
+        the DTP connection it admits ends (:meth:`_unreserved`), so that the release
+        cannot stop the receipt writer before that connection is served or settled."""
+        with self._live_lock:
+            if self._releasing:
+                return CLOSED_REFUSAL
+            self._handling += 1
+        carried = False
+        try:
+            verdict = check(peer)
+            if verdict is not None or peer.connection_id is None:
+                return verdict
+            if not self._closed.is_set():
+                # the DTPServer reserves the connection ID next, in this thread, and the
+                # count goes on with that reservation (_reserved)
+                carried = True
+                return None
+            # admitted as the server closes: nobody will serve it. Settled before the
+            # refusal goes out, so the client finds its deposit refunded.
+            self._settle_unserved(peer.connection_id)
+            return CLOSED_REFUSAL
+        finally:
+            if not carried:
+                self._done()
+
+    def _reserved(self, cid: str, reserved: bool) -> None:
+        """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
+        refused it (one is served on it already: the admission's count ends here)."""
+        if not reserved:
+            self._done()
+            return
+        with self._live_lock:
+            self._admitted[normalize_id(cid, "connection ID")] = False
+
+    def _unreserved(self, cid: str) -> None:
+        """The engine of an admitted DTP connection is released (under its lock, in
+        whichever thread ended it). Never served -- its handshake finished as the server
+        closed, and it was aborted -- it is settled now, in a thread of its own (a
+        ledger transaction); the admission's count ends once it is."""
+        with self._live_lock:
+            served = self._admitted.pop(normalize_id(cid, "connection ID"), True)
+        if served:
+            self._done()
+            return
+        try:
+            threading.Thread(
+                target=self._settle_dropped, args=(cid,), name="dtp-paid-settle", daemon=True
+            ).start()
+        except RuntimeError:  # the process is out of threads
+            self._settle_dropped(cid)
+
+    def _settle_dropped(self, cid: str) -> None:
+        try:
+            self._settle_unserved(cid)
+        finally:
+            self._done()
+
+    def _settle_unserved(self, cid: str) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve: no receipt came on it, so nothing is claimed and the
+        client is refunded its whole deposit at once. Left alone when another DTP
+        connection on it is being served or settled (that one's settlement closes it)."""
+        key = normalize_id(cid, "connection ID")
+        with self._live_lock:
+            live = key in self._admitted
+        if live or not self._serving.reserve(key):
+            return
+        try:
+            known = self.admission.take_admitted(key)
+            self._settle(cid, known if known is not None and known[0].id == key else None)
+        finally:
+            self._serving.release(key)
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        with self._live_lock:
+            self._handling -= 1
+            last = self._closed.is_set() and self._handling == 0 and not self._releasing
+            if last:
+                self._releasing = True
+        if last:
+            self._release()
+
     def _handle(self, sock: DTPSocket) -> None:
+        cid = sock.peer_connection_id
+        key = None if cid is None else normalize_id(cid, "connection ID")
         with self._live_lock:
             closed = self._closed.is_set()
             if not closed:
                 self._handling += 1
+                if key in self._admitted:
+                    self._admitted[key] = True  # its settlement is ours now
         if closed:
-            # a handshake that finished as the server closed: the receipt writer may be
-            # gone already, so nothing could be kept for it
-            sock.abort("the server is closed")
+            # a handshake that finished as the server closed: aborted, its admission
+            # settles it once the engine is released (_unreserved)
+            sock.abort(CLOSED_REFUSAL)
             return
         self._in_handler.active = True
         try:
@@ -997,11 +1136,7 @@ class PaidServer:
         finally:
             # (the DTPServer's threads serve one connection after another)
             self._in_handler.active = False
-            with self._live_lock:
-                self._handling -= 1
-                last = self._closed.is_set() and self._handling == 0
-            if last:
-                self._release()
+            self._done()
 
     def _serve(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
@@ -1195,12 +1330,17 @@ class PaidServer:
         none), the receipt writer writes what it holds and stops, and a store the server
         opened from ``receipts`` (a path) is closed. A :class:`ReceiptStore` passed in
         stays open: the caller's to close, once :meth:`wait_released` returned True.
-        May be called from a handler (its own connection is then one still served)."""
+        A client whose admission or handshake ends as the server closes is refused (or
+        its connection aborted) and its ledger connection settled at once, nothing
+        claimed, before the release. May be called from a handler (its own connection
+        is then one still served)."""
         with self._live_lock:
             if self._closed.is_set():
                 return
             self._closed.set()
             idle = self._handling == 0
+            if idle:
+                self._releasing = True
         if self.server is not None:
             self.server.close()
         for thread in self._threads:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dtp.admission import LedgerAdmission
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import ChainError, DTPError, LocalProtocolError, PaymentRequired, move_error
@@ -40,6 +41,7 @@ from dtp.metering import (
 )
 from dtp.paid import (
     _CREDIT_MAX,
+    CLOSED_REFUSAL,
     ServicePolicy,
     _receipts_held,
     check_address,
@@ -56,6 +58,7 @@ from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import publish_endpoint
 
 if TYPE_CHECKING:
+    from dtp.admission import PeerInfo
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Settlement
@@ -619,6 +622,21 @@ _WRITER_FORWARDED = frozenset(
 )
 
 
+class _PaidAdmission(LedgerAdmission):
+    """A :class:`PaidAioServer`'s admission: the DTPServer runs a plain hook in a worker
+    thread, and awaits what it returns there; this one returns a coroutine, so that the
+    verdict is given on the event loop (:meth:`PaidAioServer._admit`), where close()
+    runs: from there to the server's callback nothing yields to the loop, so close()
+    cannot come between an admission and the callback."""
+
+    def __init__(self, server: PaidAioServer, ledger: Ledger, host_id: str, port: int) -> None:
+        super().__init__(ledger, host_id, port)
+        self._server = server
+
+    def __call__(self, peer: PeerInfo) -> Awaitable[str | None]:  # type: ignore[override]
+        return self._server._admit(peer, super().__call__)
+
+
 class PaidAioServer:
     """The asyncio paid server (see :func:`serve`)."""
 
@@ -658,7 +676,8 @@ class PaidAioServer:
         self._closed = False
         self._closing = asyncio.Event()
         self._lifetime: asyncio.Task[bool] | None = None
-        # _handle calls and settlement threads running (they may still use the store)
+        # _handle calls, admissions and settlement threads running (they may still use
+        # the store)
         self._handling = 0
         #: Set by the release: closed, every connection ended and settled, the receipt
         #: writer stopped (what wait_released() waits for)
@@ -700,9 +719,7 @@ class PaidAioServer:
             address[1],
             identity=self.identity,
             config=config,
-            ledger=self.ledger,
-            host_id=self.host_id,
-            dtp_port=self.port,
+            admit=_PaidAdmission(self, self.ledger, self.host_id, self.port),
         )
         await asyncio.to_thread(
             publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
@@ -724,19 +741,60 @@ class PaidAioServer:
         if not attaching.cancelled() and attaching.exception() is None:
             self.store.detach_server()
 
+    async def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` on the loop (``check``, the ledger's verdict, in a
+        thread), counted as work the release waits for. Admitted as the server closes,
+        nobody will serve it: it is settled at once (nothing claimed, the whole deposit
+        refunded) and refused, rather than left Open until the half-close timeout."""
+        if self._released.is_set():
+            return CLOSED_REFUSAL
+        self._handling += 1
+        try:
+            verdict = await asyncio.to_thread(check, peer)
+            if verdict is not None or peer.connection_id is None or not self._closed:
+                # (the callback, _handle, counts it next without yielding to the loop)
+                return verdict
+            await self._settle_unserved(peer.connection_id)
+            return CLOSED_REFUSAL
+        finally:
+            self._done()
+
+    async def _settle_unserved(self, cid: str) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve (no receipt came on it: nothing is claimed), unless another
+        DTP connection on it is being served or settled (its settlement closes it)."""
+        key = normalize_id(cid, "connection ID")
+        if not self._serving.reserve(key):
+            return
+        try:
+            await self._settle(key, None)
+        finally:
+            self._serving.release(key)
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        self._handling -= 1
+        if self._closed and not self._handling:
+            self._release()
+
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self._closed:
-            # a handshake that finished as the server closed: the receipt writer may be
-            # gone already, so nothing could be kept for it
-            writer.abort("the server is closed")
+        if self._released.is_set():
+            writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
             return
         self._handling += 1
         try:
+            if self._closed:
+                # a handshake that finished as the server closed (_admit refuses those
+                # it sees): settled at once, as _admit does
+                writer.abort(CLOSED_REFUSAL)
+                raw_cid = writer._proto.conn.peer_connection_id
+                if raw_cid is not None:
+                    await self._settle_unserved("0x" + raw_cid.hex())
+                return
             await self._serve(reader, writer)
         finally:
-            self._handling -= 1
-            if self._closed and not self._handling:
-                self._release()
+            self._done()
 
     async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         proto = writer._proto  # the connection's I/O driver: the gate waits on it
@@ -868,9 +926,7 @@ class PaidAioServer:
             self.settlements.append((cid, settlement))
 
     def _settled(self, job: asyncio.Future[Settlement | None]) -> None:
-        self._handling -= 1
-        if self._closed and not self._handling:
-            self._release()
+        self._done()
 
     async def _policy_loop(self) -> None:
         while True:
@@ -937,7 +993,9 @@ class PaidAioServer:
         and stops (a short wait on the event loop: one SQLite commit at most), and a
         store :func:`serve` opened from ``receipts`` (a path) is closed. A
         :class:`ReceiptStore` passed in stays open: the caller's to close, once
-        :meth:`wait_released` returned True."""
+        :meth:`wait_released` returned True. A client admitted as the server closes is
+        refused and its ledger connection settled at once, nothing claimed, before the
+        release."""
         if self._closed:
             return
         self._closed = True

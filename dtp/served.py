@@ -139,7 +139,14 @@ class ServedConnections:
 def served_connections(admit: object, identity: HostIdentity, settle: bool) -> ServedConnections:
     """A server's :class:`ServedConnections` for its admission hook ``admit``: settling
     on close (``settle``) needs the ledger a :class:`~dtp.admission.LedgerAdmission`
-    reads (ValueError with any other hook, or none)."""
+    reads (ValueError with any other hook, or none). A hook that keeps its own (its
+    ``served`` attribute: a paid server's, which must learn of every DTP connection it
+    admitted ending, served or not, to settle those it did not serve) has it used."""
+    own = getattr(admit, "served", None)
+    if isinstance(own, ServedConnections):
+        if settle:
+            raise ValueError("settle_on_close with an admission hook that settles itself")
+        return own
     if not settle:
         return ServedConnections()
     if not isinstance(admit, LedgerAdmission):

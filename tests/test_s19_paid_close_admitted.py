@@ -1,0 +1,262 @@
+"""A client whose handshake completes as a paid server closes: admitted by the ledger, it
+was aborted unserved and its ledger connection left Open, the whole deposit locked
+until the half-close timeout (10 minutes), for the client to collect by hand. Now the
+server closes and settles it at once -- nothing claimed, the deposit refunded whole --
+through its own settlement path, which wait_released() waits for.
+
+The race (close() between the client's admission and its dispatch) is made certain at
+a seam: the admission's ledger read (LedgerAdmission._check) or the DTPServer's
+reservation of the connection ID, each patched to do its real work and then wait until
+close() has returned. A real LocalLedger file, a real ReceiptStore file, real
+handshakes by host ID on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.errors import ConnectionRefused, DTPError
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from tests.paid_twins import funded_ledger, ident, loop_in_thread
+
+PORT = 7
+SERVER = ident(0x93)
+CLIENT = ident(0x94)
+DEPOSIT = 200_000
+HELD = 600.0  # how long a patched seam would hold the race open without the test
+
+
+@dataclass
+class World:
+    ledger: LocalLedger  # the client's
+    server_ledger: LocalLedger
+    host_id: str
+    tmp_path: Path
+
+    def connect(self) -> dtp.socket.DTPSocket:
+        return dtp.socket.create_connection(
+            f"dtp://{self.host_id}:{PORT}",
+            timeout=30,
+            ledger=self.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 5000))
+        server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own
+        try:
+            yield World(ledger, server_ledger, host_id, tmp_path)
+        finally:
+            server_ledger.close()
+
+
+@dataclass
+class Race:
+    """A seam held until close() has returned: ``reached`` once the client got there,
+    ``go`` lets it on."""
+
+    reached: threading.Event = field(default_factory=threading.Event)
+    go: threading.Event = field(default_factory=threading.Event)
+    connection_ids: list[str] = field(default_factory=list)
+
+    def hold(self, connection_id: str | None) -> None:
+        assert connection_id is not None
+        self.connection_ids.append(connection_id)
+        self.reached.set()
+        assert self.go.wait(HELD)
+
+
+def hold_admission(monkeypatch: pytest.MonkeyPatch, race: Race) -> None:
+    """The ledger read of every server-side admission does its work, then waits."""
+    check = LedgerAdmission._check
+
+    def slow_check(self: LedgerAdmission, peer: PeerInfo) -> str | None:
+        verdict = check(self, peer)
+        assert verdict is None  # (admitted: the client's connection is Open and funded)
+        race.hold(peer.connection_id)
+        return verdict
+
+    monkeypatch.setattr(LedgerAdmission, "_check", slow_check)
+
+
+def hold_reservation(server: PaidServer, race: Race) -> None:
+    """The DTPServer's reservation of an admitted client's connection ID (the last step
+    of its admission, before the handshake's reply) is made, then waits."""
+    served = server.server._serving if server.server is not None else None
+    assert served is not None
+    reserve = served.reserve
+
+    def slow_reserve(connection_id: str) -> str | None:
+        refusal = reserve(connection_id)
+        assert refusal is None
+        race.hold(connection_id)
+        return refusal
+
+    served.reserve = slow_reserve  # type: ignore[method-assign]
+
+
+def connect_in_thread(world: World) -> tuple[threading.Thread, list[Any]]:
+    """Connect (and, connected, read) in a thread: what it ended with goes in the list
+    (an error, or b"" / data)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            with world.connect() as sock:
+                outcome.append(sock.recv(10))
+        except DTPError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def assert_refunded(world: World, connection_id: str, client_before: int, host_before: int) -> None:
+    """The connection is closed and settled on the ledger, nothing claimed, the client
+    refunded its whole deposit; every MIST minted is still accounted for."""
+    ledger = world.ledger
+    tc = ledger.get_connection(connection_id)
+    assert tc.settled and tc.state != ConnectionState.OPEN
+    escrow = ledger.get_escrow(tc.escrow)
+    assert (escrow.deposited, escrow.claimed, escrow.refunded) == (DEPOSIT, 0, DEPOSIT)
+    assert escrow.balance == 0
+    assert ledger.balance(CLIENT.sui_address) == client_before
+    assert ledger.balance(SERVER.sui_address) == host_before
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def _unused(sock: PaidSocket) -> None:
+    raise AssertionError("no connection is served in these tests")
+
+
+async def _unused_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    raise AssertionError("no connection is served in these tests")
+
+
+def _blocking_server(world: World) -> PaidServer:
+    return dtp.socket.serve(
+        world.host_id,
+        PORT,
+        _unused,
+        ledger=world.server_ledger,
+        identity=SERVER,
+        receipts=world.tmp_path / "receipts.db",
+        policy=ServicePolicy(),
+    )
+
+
+def _race_blocking(
+    world: World, server: PaidServer, race: Race, check: Callable[[list[Any]], None]
+) -> None:
+    client_before = world.ledger.balance(CLIENT.sui_address)
+    host_before = world.ledger.balance(SERVER.sui_address)
+    try:
+        thread, outcome = connect_in_thread(world)
+        assert race.reached.wait(60)
+        server.close()  # the client is admitted but not dispatched yet
+        race.go.set()
+        assert server.wait_released(60)
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        race.go.set()
+        server.close()
+    (cid,) = race.connection_ids
+    assert_refunded(world, cid, client_before, host_before)
+    assert [c for c, _ in server.settlements] == [cid]
+    check(outcome)
+
+
+def test_blocking_admitted_while_closing_is_refused_and_settled(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() while the admission reads the ledger: the client, admitted, is refused
+    ("the server is closed") with its ledger connection settled, nothing claimed."""
+    race = Race()
+    hold_admission(monkeypatch, race)
+    server = _blocking_server(world)
+
+    def refused(outcome: list[Any]) -> None:
+        assert len(outcome) == 1 and isinstance(outcome[0], ConnectionRefused)
+        assert "the server is closed" in str(outcome[0])
+
+    _race_blocking(world, server, race, refused)
+
+
+def test_blocking_reserved_while_closing_is_aborted_and_settled(world: World) -> None:
+    """close() after the admission, before the handshake's reply: the DTPServer aborts
+    the connection (it is closed); the paid server settles it as the engine goes."""
+    race = Race()
+    server = _blocking_server(world)
+    hold_reservation(server, race)
+
+    def closed(outcome: list[Any]) -> None:
+        # a clean end of the connection, or its close seen already in the handshake:
+        # never a hang (the thread ended), never data
+        assert len(outcome) == 1
+        assert outcome[0] == b"" or isinstance(outcome[0], DTPError)
+
+    _race_blocking(world, server, race, closed)
+
+
+def test_asyncio_admitted_while_closing_is_refused_and_settled(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio server: close() while the admission reads the ledger (in its worker
+    thread): refused, settled, nothing claimed, and wait_released() waited for it."""
+    race = Race()
+    hold_admission(monkeypatch, race)
+    client_before = world.ledger.balance(CLIENT.sui_address)
+    host_before = world.ledger.balance(SERVER.sui_address)
+
+    async def close(server: PaidAioServer) -> None:
+        server.close()  # (on the loop: asyncio's server is not thread-safe)
+
+    with loop_in_thread() as loop:
+        server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(
+                world.host_id,
+                PORT,
+                _unused_aio,
+                ledger=world.server_ledger,
+                identity=SERVER,
+                receipts=world.tmp_path / "receipts.db",
+            ),
+            loop,
+        ).result(60)
+        try:
+            thread, outcome = connect_in_thread(world)
+            assert race.reached.wait(60)
+            asyncio.run_coroutine_threadsafe(close(server), loop).result(60)
+            race.go.set()
+            released = asyncio.run_coroutine_threadsafe(server.wait_released(60), loop)
+            assert released.result(90)
+            thread.join(60)
+            assert not thread.is_alive()
+        finally:
+            race.go.set()
+            asyncio.run_coroutine_threadsafe(close(server), loop).result(60)
+    (cid,) = race.connection_ids
+    assert_refunded(world, cid, client_before, host_before)
+    assert [c for c, _ in server.settlements] == [cid]
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionRefused)
+    assert "the server is closed" in str(outcome[0])
