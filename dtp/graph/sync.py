@@ -853,14 +853,24 @@ async def sync_stream(
     until_synced: bool = False,
     max_message: int = MAX_MESSAGE,
     tick: float = 0.25,
+    hello_timeout: float | None = HELLO_TIMEOUT,
 ) -> SyncSession:
     """Run a sync session over an asyncio DTP stream (``dtp.aio`` reader/writer).
 
     As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
     the peer closes the stream before) or when the peer closes the stream; the writer
     is left open for the caller to close.
+
+    ``hello_timeout``: seconds the peer has to send its HELLO (:data:`HELLO_TIMEOUT` by
+    default, as :class:`GraphServer`'s: an asyncio server runs this for each connection,
+    and a peer that connects and stays silent would otherwise hold its session -- task,
+    change listener, connection -- for good, DTP keepalives keeping it from the idle
+    timeout); else the session ends, the stream is aborted and GraphSyncError raised.
+    None lifts the deadline.
     """
     _check_tick(tick)
+    if hello_timeout is not None:
+        _check_timeout("hello_timeout", hello_timeout)
     loop = asyncio.get_running_loop()
     session = SyncSession(graph, max_message=max_message, live=not until_synced)
     wake = asyncio.Event()
@@ -913,8 +923,25 @@ async def sync_stream(
                 writer.abort(f"graph sync failed: {exc}")
             raise
 
+    overdue: list[GraphSyncError] = []  # the peer's HELLO came too late: the error
+
+    def hello_overdue() -> None:
+        # (a timer, not a deadline on each read: pump() may be blocked in drain() to a
+        # silent peer that does not read either.) It and the HELLO's handling both run
+        # on the loop: a HELLO handled before this runs keeps its session; one handled
+        # after cannot, the session being closed here -- it is not merged, nor does it
+        # queue pushes for a stream that is gone.
+        if session.peer_root is None and not overdue:
+            overdue.append(_fail(f"the peer sent no HELLO within {hello_timeout} s"))
+            session.close()  # the change listener goes now, not once this task runs
+            with contextlib.suppress(Exception):
+                writer.abort("graph sync: no HELLO in time")  # ends the read's wait
+
     session.start()
     out = asyncio.create_task(pump())
+    hello_timer: asyncio.TimerHandle | None = None
+    if hello_timeout is not None:
+        hello_timer = loop.call_later(hello_timeout, hello_overdue)
     try:
         while not (until_synced and session.synced):
             if out.done():
@@ -929,10 +956,18 @@ async def sync_stream(
                     waiter.cancel()
                 continue
             data = await reader.read(1 << 20)
+            if overdue:
+                raise overdue[0]  # (what came at the deadline is not taken)
             if not data:
                 break
             session.receive_data(data)
+            if hello_timer is not None and session.peer_root is not None:
+                hello_timer.cancel()
+                hello_timer = None
     except DTPError:
+        if overdue:
+            # the abort at the deadline ended the read (or pump()'s drain): say why
+            raise overdue[0] from None
         if not session.lagging and out.done() and not out.cancelled():
             failed = out.exception()
             if failed is not None:
@@ -940,6 +975,8 @@ async def sync_stream(
         if not session.lagging:  # a lagging session's abort ends the read: reported below
             raise
     finally:
+        if hello_timer is not None:
+            hello_timer.cancel()  # (it would abort the caller's stream later)
         session.close()
         done = True
         wake.set()
