@@ -310,6 +310,26 @@ class ChainError(DTPError):
         return f"{self.module}::{self.name}" if self.module else self.name
 
 
+class LedgerUnavailable(ChainError):
+    """The ledger did not answer, or its storage failed: a Sui node that cannot be
+    reached, times out, is overloaded or rate limiting, or was closed during the call; a
+    LocalLedger that is closed, whose file cannot be opened, is not a ledger (or one a
+    newer version wrote), is damaged or stayed locked by another writer past the busy
+    timeout. The message names the node or the file. An outage (a node down, a file
+    locked) may pass, so trying again later makes sense; a closed ledger, a damaged or a
+    foreign file do not mend themselves.
+
+    Whether the call took effect: a read changes nothing, and a LocalLedger transaction
+    that raises this changed nothing either (it runs as one SQLite transaction, rolled
+    back). Only a transaction sent to a Sui node may have executed before its answer was
+    lost; the message then says so, and its outcome must be read before it is sent again.
+
+    :attr:`name` stays ``"LedgerUnavailable"``, for code that tells it by name."""
+
+    name = "LedgerUnavailable"
+    module = "ledger"
+
+
 class ObjectNotFound(ChainError):
     """No object with this ID exists (or it exists with another type, or was deleted)."""
 

@@ -92,6 +92,7 @@ from dtp.errors import (
     DTPError,
     InvalidArgument,
     InvalidTransaction,
+    LedgerUnavailable,
     ObjectNotFound,
     WrongSigner,
 )
@@ -349,14 +350,14 @@ def _nonces() -> itertools.count[int]:
     return itertools.count(int.from_bytes(os.urandom(8)) >> 1)
 
 
-def _unavailable(message: str) -> ChainError:
-    return ChainError(message, name="LedgerUnavailable", module="ledger")
+def _unavailable(message: str) -> LedgerUnavailable:
+    return LedgerUnavailable(message, module="ledger")
 
 
-class _LedgerLocked(ChainError, sqlite3.OperationalError):
-    """Another writer held the file past the busy timeout: ChainError
-    ``LedgerUnavailable`` like every failure of the file, and still the
-    sqlite3.OperationalError ("database is locked") callers caught before it was typed."""
+class _LedgerLocked(LedgerUnavailable, sqlite3.OperationalError):
+    """Another writer held the file past the busy timeout: LedgerUnavailable like every
+    failure of the file, and still the sqlite3.OperationalError ("database is locked")
+    callers caught before it was typed."""
 
 
 class _ClosedConnection:
@@ -469,12 +470,12 @@ class LocalLedger(Ledger):
     not cross a fork, so the inherited one is left untouched) and draws fresh nonces,
     so parent and child keep sharing the file as any two processes do. A ``:memory:``
     ledger's child goes on with its own copy, which diverges from the parent's from
-    then on. After :meth:`close` every call raises ChainError ``LedgerUnavailable``.
+    then on. After :meth:`close` every call raises :class:`~dtp.errors.LedgerUnavailable`.
 
     A file that is not a ledger (not SQLite, or another program's SQLite database, left
     untouched), that a newer schema wrote, or that fails under the handle (damaged, a
-    writer holding it past the busy timeout) raises ChainError ``LedgerUnavailable``
-    naming it, never a bare sqlite3 error."""
+    writer holding it past the busy timeout) raises
+    :class:`~dtp.errors.LedgerUnavailable` naming it, never a bare sqlite3 error."""
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
         if not isinstance(path, str | os.PathLike):
@@ -536,11 +537,7 @@ class LocalLedger(Ledger):
                 reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
             elif os.path.isdir(self.path):
                 reason = "it is a directory"  # SQLite only says "unable to open database file"
-            raise ChainError(
-                f"cannot open the ledger {self.path}: {reason}",
-                name="LedgerUnavailable",
-                module="ledger",
-            ) from None
+            raise _unavailable(f"cannot open the ledger {self.path}: {reason}") from None
 
     def _open(self) -> sqlite3.Connection:
         """Connect to ``self.path`` and set the file up (WAL, schema)."""
@@ -645,7 +642,6 @@ class LocalLedger(Ledger):
                     raise _LedgerLocked(
                         f"the ledger {self.path} stayed locked by another writer for "
                         f"{_BUSY_TIMEOUT_S:g} s (database is locked)",
-                        name="LedgerUnavailable",
                         module="ledger",
                     ) from exc
                 if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY_SNAPSHOT":

@@ -33,6 +33,7 @@ from dtp.errors import (
     ChainError,
     InsufficientFunds,
     InvalidArgument,
+    LedgerUnavailable,
     ObjectNotFound,
     WrongSigner,
     move_error,
@@ -96,12 +97,11 @@ def to_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-class DamagedData(ChainError):
+class DamagedData(LedgerUnavailable):
     """Stored data that does not read back (a ledger file damaged, or edited by something
-    else): ChainError ``LedgerUnavailable``, as every other failure of the file, rather
-    than the bare ValueError of a decoder that no caller of a ledger expects."""
+    else): a :class:`~dtp.errors.LedgerUnavailable`, as every other failure of the file,
+    rather than the bare ValueError of a decoder that no caller of a ledger expects."""
 
-    name = "LedgerUnavailable"
     module = "ledger"
     #: The ledger file named in the message, once the ledger has worded it (None before).
     ledger: str | None = None

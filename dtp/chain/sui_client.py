@@ -56,6 +56,7 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
+from dtp.errors import LedgerUnavailable as _LedgerUnavailable
 
 __all__ = [
     "SUI_COIN_TYPE",
@@ -110,12 +111,13 @@ def _rate_limited(exc: GRPCError) -> bool:
     )
 
 
-class LedgerUnavailable(ChainError):
+class LedgerUnavailable(_LedgerUnavailable):
     """The Sui node cannot be reached (refused, unreachable, timed out, TLS failure) or
     will not serve now (overloaded, rate limiting this client): worth trying again later,
-    except an ExecuteTransaction, whose outcome must be read first (it may have run)."""
+    except an ExecuteTransaction, whose outcome must be read first (it may have run).
+    The Sui form of :class:`dtp.errors.LedgerUnavailable`, which is what to catch: code
+    that catches it catches this one, as it catches a LocalLedger's."""
 
-    name = "LedgerUnavailable"
     module = "sui"
 
 
