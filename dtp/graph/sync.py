@@ -984,8 +984,11 @@ async def sync_stream(
             await out
         else:
             out.cancel()
-            with contextlib.suppress(asyncio.CancelledError, DTPError, OSError):
-                await out
+            # (asyncio.wait, not ``await out`` under a suppress: a cancellation of this
+            # task arriving meanwhile must go on up, not be taken for out's)
+            await asyncio.wait({out})
+            if not out.cancelled():
+                out.exception()  # (its failure is reported above, or moot: retrieved)
     if session.lagging:
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
     if until_synced and not session.synced:
