@@ -267,3 +267,30 @@ def test_a_session_cancelled_before_the_deadline_leaves_the_stream_alone() -> No
             mine.close()
 
     _run(main)
+
+
+def test_a_peer_breaking_the_protocol_learns_why() -> None:
+    """sync_blocking aborts the stream of a peer that broke the protocol with the reason
+    "graph sync protocol error"; sync_stream left it open, so the peer saw only the
+    caller's plain close, and a write side blocked on a peer that does not read stayed
+    blocked until then."""
+
+    async def main() -> None:
+        graph = Graph()
+        server, key, outcomes, _started = await _serve(graph, hello_timeout=None)
+        try:
+            reader, writer = await _connect(server, key)
+            writer.write(frame([HELLO, VERSION, b"r" * 16, 0, 0]) + frame([77]))
+            await writer.drain()
+            with pytest.raises(DTPError, match="graph sync protocol error"):
+                async with asyncio.timeout(30):
+                    while await reader.read(65536):
+                        pass
+            outcome = await asyncio.wait_for(await outcomes.get(), 30)
+            assert isinstance(outcome, GraphSyncError), outcome
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    _run(main)

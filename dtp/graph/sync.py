@@ -859,7 +859,9 @@ async def sync_stream(
 
     As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
     the peer closes the stream before) or when the peer closes the stream; the writer
-    is left open for the caller to close.
+    is left open for the caller to close, except when the peer broke the protocol
+    (GraphSyncError): the stream is then aborted with the reason "graph sync protocol
+    error", as :func:`sync_blocking` does.
 
     ``hello_timeout``: seconds the peer has to send its HELLO (:data:`HELLO_TIMEOUT` by
     default, as :class:`GraphServer`'s: an asyncio server runs this for each connection,
@@ -964,7 +966,7 @@ async def sync_stream(
             if hello_timer is not None and session.peer_root is not None:
                 hello_timer.cancel()
                 hello_timer = None
-    except DTPError:
+    except DTPError as exc:
         if overdue:
             # the abort at the deadline ended the read (or pump()'s drain): say why
             raise overdue[0] from None
@@ -973,6 +975,11 @@ async def sync_stream(
             if failed is not None:
                 raise failed from None  # the write side's failure ended the read
         if not session.lagging:  # a lagging session's abort ends the read: reported below
+            if isinstance(exc, RemoteProtocolError):
+                # as sync_blocking does: the peer learns why, and pump() cannot stay
+                # blocked sending to a peer that broke the protocol and does not read
+                with contextlib.suppress(Exception):
+                    writer.abort("graph sync protocol error")
             raise
     finally:
         if hello_timer is not None:
