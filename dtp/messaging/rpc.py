@@ -842,7 +842,9 @@ class RpcClient:
     def close(self) -> None:
         """Fail the calls in flight with RpcConnectionLost (and close the stream if owned):
         every thread waiting for an answer, or for the peer to take a request, returns
-        (at once on a DTPSocket stream; within about a second on another)."""
+        (at once on a DTPSocket stream; within about a second on another), a thread
+        running notification handlers once the one running ends (the notifications
+        not yet run are dropped). A notification handler may call it."""
         with self._lock:
             self._fail_all(E.RpcConnectionLost("the client was closed"))
             reading = self._reading
@@ -1071,13 +1073,19 @@ class RpcClient:
         own to it. Once ``limit`` (``time.monotonic()``: the deadline the thread reads
         for) has passed, it leaves the rest to the next reader: a peer that sends
         notifications faster than the handler takes them must not hold a call past
-        its deadline."""
+        its deadline. Once the client is closed (or its stream failed) it runs no
+        more: the thread's call failed, and nobody reads for the rest."""
         notes, note_lock = self._notes, self._note_lock
         while notes:
             if not note_lock.acquire(False):
                 return
             try:
                 while notes:
+                    if self._closed is not None:
+                        # the thread's call has failed: a slow handler and a read's
+                        # worth of notifications would hold it (for minutes), and a
+                        # handler that closed the client would go on being called
+                        return
                     method, params = notes.popleft()
                     handler = self.on_notification
                     if handler is None:
@@ -2174,10 +2182,17 @@ class AsyncRpcClient:
         self._closed: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # the tasks of calls and notifications waiting in _send for the peer to take
+        # their frame, which close() cancels (_closing: those it cancelled, which end
+        # in RpcConnectionLost): the writer stays open, so a peer that does not read
+        # would hold them for good
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self.violations = 0
 
     def _start(self) -> None:
-        if self._task is None:
+        # (not once closed: the reader would take the stream, which is not ours, for good)
+        if self._task is None and self._closed is None:
             self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def call(
@@ -2250,6 +2265,8 @@ class AsyncRpcClient:
             self._give_up(request_id)
             if future.done() and not future.cancelled():
                 future.exception()  # seen: no 'Future exception was never retrieved'
+            if self._ended_by_close():
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
             raise
 
     def _give_up(self, request_id: int) -> None:
@@ -2288,11 +2305,28 @@ class AsyncRpcClient:
             raise E.RpcTimeout(
                 "the peer took no data before the timeout (the notification is queued)"
             ) from None
+        except asyncio.CancelledError:
+            if self._ended_by_close():
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
+            raise
+
+    def _ended_by_close(self) -> bool:
+        """In a task cancelled while it called or notified: whether close() cancelled
+        it (its wait in :meth:`_send`) and nobody else did -- a cancellation of the
+        caller's own stays one."""
+        task = asyncio.current_task()
+        if task is None or task not in self._closing:
+            return False
+        self._closing.discard(task)
+        return task.uncancel() == 0
 
     async def _send(self, request_id: int | None = None) -> None:
         """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
         fails every call (RpcConnectionLost, as the blocking client's), and this one's
-        error is raised here."""
+        error is raised here. :meth:`close` cancels the wait."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
         try:
             await self._flush()
         except (DTPError, OSError) as exc:
@@ -2302,6 +2336,9 @@ class AsyncRpcClient:
             error = _send_failed(exc)
             self._fail_all(error)
             raise error from exc
+        finally:
+            if task is not None:
+                self._sending.discard(task)
 
     async def _flush(self) -> None:
         data = self._proto.data_to_send()
@@ -2397,8 +2434,15 @@ class AsyncRpcClient:
                 future.set_exception(error)
 
     async def close(self) -> None:
-        """Stop reading and fail calls in flight (the stream stays open)."""
+        """Stop reading and fail calls in flight (the stream stays open): calls and
+        notifications waiting for the peer to take their frame end too, with
+        RpcConnectionLost (what they wrote stays in the writer's buffer). A
+        notification handler (a coroutine: its own task) may await it."""
         self._fail_all(E.RpcConnectionLost("the client was closed"))
+        sending, self._sending = self._sending, set()
+        for task in sending:
+            self._closing.add(task)
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
