@@ -29,6 +29,10 @@ Control stream (stream 0, both ways): frames of a 4-byte big-endian length and a
 whose first byte is the kind — ``U`` a usage report (u64 datagrams, u64 bytes, big-endian;
 relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay), ``F`` a
 request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
+A frame either side never sends (too long, an unknown kind, a kind meant for the other
+direction) ends the connection at once, its reason in the CLOSE: a peer that breaks the
+control protocol can no longer be paid or billed, and serving it on meant forwarding its
+datagrams with nobody reading its receipts.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dtp._poll import wait_ready
-from dtp.errors import DTPError, DTPTimeoutError, InsufficientFunds, TunnelError
+from dtp.errors import (
+    DTPError,
+    DTPTimeoutError,
+    InsufficientFunds,
+    RemoteProtocolError,
+    TunnelError,
+)
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -354,17 +364,34 @@ def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
 _MAX_CONTROL = 1 + RECEIPT_ENCODED_SIZE
 
 
+class _BadControlFrame(RemoteProtocolError):
+    """The peer sent a control frame no peer of ours sends (raised by the readers of
+    the control stream, which then abort the connection with it as the reason)."""
+
+
+def _check_control_size(size: int) -> None:
+    """Raise :class:`_BadControlFrame` for a declared frame length out of bounds: its
+    body is never waited for nor buffered."""
+    if not 1 <= size <= _MAX_CONTROL:
+        raise _BadControlFrame(f"UDP control frame of {size} bytes (1 to {_MAX_CONTROL})")
+
+
 def _read_control(sock: DTPSocket) -> bytes | None:
-    """The next control frame's body, or None at the end of the stream (or on a frame
-    no peer of ours sends)."""
+    """The next control frame's body, or None at the end of the stream. Raises
+    :class:`_BadControlFrame` for a length out of bounds."""
     header = _read_exact(sock, 4)
     if header is None:
         return None
     (size,) = _LEN.unpack(header)
-    if not 1 <= size <= _MAX_CONTROL:
-        logger.info("bad UDP control frame of %d bytes: closing the control stream", size)
-        return None
+    _check_control_size(size)
     return _read_exact(sock, size)
+
+
+def _abort_control(sock: DTPSocket, exc: _BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason."""
+    logger.info("UDP control stream: %s: closing the connection", exc)
+    with contextlib.suppress(DTPError, OSError):
+        sock.abort(str(exc))
 
 
 def _control(kind: bytes, body: bytes = b"") -> bytes:
@@ -382,6 +409,9 @@ class _RelayControl:
         self.billing = billing
         self.report_every = report_every
         self.wlock = threading.Lock()
+        #: Set when the control stream ended (its end, an error, a bad frame): the
+        #: relay ends with it -- no receipt can come any more.
+        self.ended = threading.Event()
 
     def report(self, force: bool = False) -> None:
         totals = self.billing.report_due(self.report_every, force)
@@ -390,17 +420,25 @@ class _RelayControl:
                 self.sock.sendall(_control(b"U", _USAGE.pack(*totals)))
 
     def run(self) -> None:
-        with contextlib.suppress(DTPError, OSError):
+        try:
             while (body := _read_control(self.sock)) is not None:
                 if body[:1] == b"R":
                     self.billing.receipt(body[1:])
-                elif body[:1] == b"F":
+                elif body == b"F":
                     totals = self.billing.final_totals()
                     with self.wlock:
                         self.sock.sendall(_control(b"Z", _USAGE.pack(*totals)))
                 else:
-                    logger.info("unknown UDP control frame %r: closing", body[:1])
-                    return
+                    # (a usage report, say: the relay's own frame, sent back at it)
+                    raise _BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+        except _BadControlFrame as exc:
+            # returning quietly left the relay forwarding with nobody reading the
+            # receipts: the client was served on credit, then dropped as unpaid for good
+            _abort_control(self.sock, exc)
+        except (DTPError, OSError):
+            pass
+        finally:
+            self.ended.set()
 
 
 def relay_udp(
@@ -462,6 +500,8 @@ def relay_udp(
     wait = 0.05 if control is not None else min(1.0, idle_timeout)
     try:
         while time.monotonic() - last[0] < idle_timeout:
+            if control is not None and control.ended.is_set():
+                break  # no receipts any more: the relay ends (docs/udp.md)
             try:
                 batch = sock.recv_datagrams(256, wait)
             except TimeoutError:
@@ -606,23 +646,33 @@ class _Session(FlowAccount):
 
     def read_control(self) -> None:
         """Usage reports in, receipts out, until the stream ends."""
-        with contextlib.suppress(DTPError, OSError):
-            while (body := _read_control(self.sock)) is not None:
-                kind = body[:1]
-                if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
-                    logger.info("unexpected UDP control frame %r: closing", kind)
-                    return
-                datagrams, nbytes = _USAGE.unpack(body[1:])
-                try:
-                    with self.lock:
-                        frame = self.sign(datagrams, nbytes)
-                        if frame is not None:
-                            self.sock.sendall(frame)
-                except InsufficientFunds as exc:
-                    logger.warning("UDP flow from %s: %s", self.source, exc)
-                if kind == b"Z":
-                    self.final.set()
+        try:
+            self._control_loop()
+        except _BadControlFrame as exc:
+            _abort_control(self.sock, exc)
+        except (DTPError, OSError):
+            pass
         self.final.set()
+
+    def _control_loop(self) -> None:
+        """(read_control's loop) Raises :class:`_BadControlFrame` for a frame the relay
+        never sends."""
+        while (body := _read_control(self.sock)) is not None:
+            kind = body[:1]
+            if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
+                # the flow is aborted (its reply reader ends it): serving on, the
+                # relay billed reports nobody signed until its credit ran out
+                raise _BadControlFrame(f"unexpected UDP control frame {kind!r}")
+            datagrams, nbytes = _USAGE.unpack(body[1:])
+            try:
+                with self.lock:
+                    frame = self.sign(datagrams, nbytes)
+                    if frame is not None:
+                        self.sock.sendall(frame)
+            except InsufficientFunds as exc:
+                logger.warning("UDP flow from %s: %s", self.source, exc)
+            if kind == b"Z":
+                self.final.set()
 
 
 class _Connecting:

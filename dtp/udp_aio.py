@@ -20,12 +20,13 @@ from dtp.escrow import Meter
 from dtp.ratelimit import ClientBuckets
 from dtp.udp import (
     _LEN,
-    _MAX_CONTROL,
     _USAGE,
     FlowAccount,
     UdpBilling,
     UdpStats,
     _backend_socket,
+    _BadControlFrame,
+    _check_control_size,
     _control,
     _drain,
     _drain_by_source,
@@ -40,17 +41,24 @@ _BATCH = 256
 
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
-    """The next control frame's body, or None at the end of the stream (or on a frame
-    no peer of ours sends)."""
+    """The next control frame's body, or None at the end of the stream (or its error).
+    Raises :class:`dtp.udp._BadControlFrame` for a length out of bounds."""
     try:
         header = await reader.readexactly(4)
         (size,) = _LEN.unpack(header)
-        if not 1 <= size <= _MAX_CONTROL:
-            logger.info("bad UDP control frame of %d bytes: closing the control stream", size)
-            return None
+        _check_control_size(size)
         return await reader.readexactly(size)
+    except _BadControlFrame:
+        raise
     except (asyncio.IncompleteReadError, DTPError):
         return None
+
+
+def _abort_control(writer: DTPStreamWriter, exc: _BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason."""
+    logger.info("UDP control stream: %s: closing the connection", exc)
+    with contextlib.suppress(DTPError, OSError):
+        writer.abort(str(exc))
 
 
 async def relay_udp_async(
@@ -116,14 +124,24 @@ async def relay_udp_async(
 
     async def control() -> None:
         assert billing is not None
-        while (body := await _read_control(reader)) is not None:
-            if body[:1] == b"R":
-                billing.receipt(body[1:])
-            elif body[:1] == b"F":
-                writer.write(_control(b"Z", _USAGE.pack(*billing.final_totals())))
-            else:
-                logger.info("unknown UDP control frame %r: closing", body[:1])
-                return
+        try:
+            while (body := await _read_control(reader)) is not None:
+                if body[:1] == b"R":
+                    billing.receipt(body[1:])
+                elif body == b"F":
+                    writer.write(_control(b"Z", _USAGE.pack(*billing.final_totals())))
+                else:
+                    raise _BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+        except _BadControlFrame as exc:
+            # returning quietly left the relay forwarding with nobody reading the
+            # receipts: the client was served on credit, then dropped as unpaid for good
+            _abort_control(writer, exc)
+        except DTPError:
+            pass  # (the connection ended, or the client reset the stream)
+        finally:
+            # no receipt can come any more: the relay ends (docs/udp.md)
+            if not stop.done():
+                stop.set_result(None)
 
     def on_datagram(data: bytes) -> None:
         # pushed by the connection as each datagram arrives: no task wake-up per datagram
@@ -388,11 +406,23 @@ class AsyncUdpForwarder:
 
     async def _control(self, flow: _Flow) -> None:
         assert flow.reader is not None
+        try:
+            await self._control_loop(flow)
+        except _BadControlFrame as exc:
+            # the flow ends with its connection (_replies): serving on, the relay
+            # billed reports nobody signed until its credit ran out
+            if flow.writer is not None:
+                _abort_control(flow.writer, exc)
+        flow.final.set()
+
+    async def _control_loop(self, flow: _Flow) -> None:
+        """(_control's loop) Raises :class:`dtp.udp._BadControlFrame` for a frame the
+        relay never sends."""
+        assert flow.reader is not None
         while (body := await _read_control(flow.reader)) is not None:
             kind = body[:1]
             if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
-                logger.info("unexpected UDP control frame %r: closing", kind)
-                break
+                raise _BadControlFrame(f"unexpected UDP control frame {kind!r}")
             try:
                 frame = flow.sign(*_USAGE.unpack(body[1:]))
                 if frame is not None and flow.writer is not None:
@@ -406,7 +436,6 @@ class AsyncUdpForwarder:
                 break
             if kind == b"Z":
                 flow.final.set()
-        flow.final.set()
 
     async def _end(self, flow: _Flow) -> None:
         if flow.closed:

@@ -1,0 +1,273 @@
+"""UDP through DTP (dtp.udp, dtp.udp_aio) against a peer that breaks the control
+protocol on stream 0: a frame too long, of an unknown kind, or meant for the other
+direction ends the connection at once with the reason in its CLOSE. Before, the reader
+of the control stream returned quietly and everything else went on: a relay kept
+forwarding for a client whose receipts nobody read any more (served on credit, then
+dropped as unpaid for good), a forwarder kept a flow whose usage reports nobody signed.
+Real UDP sockets and DTP connections on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.errors import ConnectionClosed, DTPError
+from dtp.escrow import Meter
+from dtp.udp import _USAGE, UdpBilling, UdpForwarder, _control, relay_udp
+from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+from tests.polling import wait_for
+from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID, SERVER, _meter
+from tests.test_udp import DnsLikeBackend
+
+#: Far beyond any bound below: a relay or flow that does not end on its own in the
+#: test's time is one that did not notice the bad frame.
+HOURS = 3600.0
+BOUND = 30.0
+
+#: Control frames a client never sends to a relay, and the reason the relay gives.
+BAD_FOR_RELAY = {
+    "unknown kind": (_control(b"X", b"junk"), "unexpected UDP control frame b'X'"),
+    "usage report the wrong way": (
+        _control(b"U", _USAGE.pack(1, 1)),
+        "unexpected UDP control frame b'U'",
+    ),
+    # declared 2 GiB, then a few bytes and nothing more: never waited for nor buffered
+    "length above the cap": (b"\x80\x00\x00\x00R" + b"\x00" * 64, "UDP control frame of"),
+}
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsLikeBackend]:
+    backend = DnsLikeBackend()
+    yield backend
+    backend.close()
+
+
+def _billing() -> UdpBilling:
+    return UdpBilling(CONNECTION_ID, Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
+
+
+def _closed_reason(sock: dtp.socket.DTPSocket) -> str:
+    """Read datagrams until the connection ends (within BOUND); the reason it gives."""
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        try:
+            sock.recv_datagram(0.2)
+        except ConnectionClosed as exc:
+            return exc.reason
+        except TimeoutError:
+            continue
+    raise AssertionError("the connection is still open")
+
+
+def _served(sock: dtp.socket.DTPSocket, payload: bytes) -> bool:
+    """Whether a datagram on ``sock`` comes back answered by the backend."""
+    for _ in range(20):
+        sock.send_datagram(payload)
+        with contextlib.suppress(TimeoutError):
+            if sock.recv_datagram(1.0).startswith(payload):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FOR_RELAY))
+def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
+    dns: DnsLikeBackend, name: str
+) -> None:
+    """A receipt that does not verify is refused and counted, and the client is served
+    on; a frame no client sends ends that connection with the reason (the relay
+    returns), while another connection to the same server is served throughout."""
+    frame, reason = BAD_FOR_RELAY[name]
+    billings: list[UdpBilling] = []
+    ended: list[float] = []
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        billing = _billing()
+        billings.append(billing)
+        try:
+            relay_udp(sock, dns.address, billing=billing, idle_timeout=HOURS)
+        finally:
+            ended.append(time.monotonic())
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
+    )
+    try:
+        with connect() as bystander, connect() as rogue:
+            assert _served(bystander, b"\x00\x01calm")
+            assert _served(rogue, b"\x00\x02rogue")
+            assert wait_for(lambda: len(billings) == 2, BOUND)
+            # a receipt signed by someone else: refused, not fatal
+            stranger = Meter(SERVER, CONNECTION_ID, Sla(0, 1, 0), 10**6)
+            now = int(time.time() * 1000)
+            forged = stranger.record(now, requests=1) or stranger.flush(now)
+            assert forged is not None
+            rogue.sendall(_control(b"R", forged.encode()))
+            assert wait_for(lambda: sum(b.refused_receipts for b in billings) == 1, BOUND)
+            assert _served(rogue, b"\x00\x03still")
+
+            rogue.sendall(frame)
+            assert reason in _closed_reason(rogue)
+            assert wait_for(lambda: len(ended) == 1, BOUND)  # its relay returned
+            assert _served(bystander, b"\x00\x04after")
+            assert len(ended) == 1
+    finally:
+        server.close()
+        serving.join(BOUND)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FOR_RELAY))
+def test_an_async_relay_closes_a_connection_that_breaks_the_control_protocol(
+    dns: DnsLikeBackend, name: str
+) -> None:
+    """relay_udp_async as relay_udp: the bad frame ends the connection with the reason,
+    and the relay returns."""
+    frame, reason = BAD_FOR_RELAY[name]
+
+    async def main() -> None:
+        ended = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            try:
+                await relay_udp_async(
+                    reader, writer, dns.address, billing=_billing(), idle_timeout=HOURS
+                )
+            finally:
+                ended.set()
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
+        try:
+            sock = await asyncio.to_thread(
+                dtp.socket.create_connection,
+                server.address,
+                server_key=SERVER.noise_public,
+                timeout=5,
+            )
+            with sock:
+                assert await asyncio.to_thread(_served, sock, b"\x00\x05aio")
+                sock.sendall(frame)
+                assert reason in await asyncio.to_thread(_closed_reason, sock)
+                await asyncio.wait_for(ended.wait(), BOUND)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def _rogue_relay(dns: DnsLikeBackend, reasons: list[str], sock: dtp.socket.DTPSocket) -> None:
+    """A relay that answers one datagram, then sends the forwarder a receipt -- a frame
+    only forwarders send -- and waits for the connection's end, noting its reason."""
+    backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    backend.connect(dns.address)
+    backend.settimeout(5)
+    try:
+        backend.send(sock.recv_datagram(BOUND))
+        sock.send_datagram(backend.recv(65535))
+        sock.sendall(_control(b"R", b"\x00" * 32))
+        reasons.append(_closed_reason(sock))
+    except DTPError as exc:
+        reasons.append(f"failed: {exc!r}")
+    finally:
+        backend.close()
+        with contextlib.suppress(DTPError):
+            sock.close()
+
+
+def _local_client() -> socket.socket:
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(BOUND)
+    return client
+
+
+def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
+    dns: DnsLikeBackend,
+) -> None:
+    """A metered flow's relay sends a frame relays never send: the flow's connection is
+    closed with the reason and the flow ends (not kept, idle timeout or not, with its
+    usage reports unread and unsigned)."""
+    reasons: list[str] = []
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(
+        target=server.serve_forever,
+        args=(functools.partial(_rogue_relay, dns, reasons),),
+        daemon=True,
+    )
+    serving.start()
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
+    )
+    client = _local_client()
+    try:
+        with UdpForwarder(
+            ("127.0.0.1", 0), connect, meter_for=lambda _: _meter(), idle_timeout=HOURS
+        ) as fwd:
+            client.sendto(b"\x00\x06metered", fwd.address)
+            assert client.recv(100).startswith(b"\x00\x06metered")
+            assert wait_for(lambda: reasons, BOUND), fwd.stats.snapshot()
+            assert "unexpected UDP control frame b'R'" in reasons[0]
+            assert wait_for(lambda: fwd.stats.sessions_closed == 1, BOUND), fwd.stats
+            assert fwd.sessions == 0
+    finally:
+        client.close()
+        server.close()
+        serving.join(BOUND)
+
+
+def test_an_async_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
+    dns: DnsLikeBackend,
+) -> None:
+    """AsyncUdpForwarder as UdpForwarder: the flow's connection is closed with the
+    reason and the flow ends."""
+    reasons: list[str] = []
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    serving = threading.Thread(
+        target=server.serve_forever,
+        args=(functools.partial(_rogue_relay, dns, reasons),),
+        daemon=True,
+    )
+    serving.start()
+
+    async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        return await dtp.aio.open_connection(
+            *server.address, server_key=SERVER.noise_public, timeout=5
+        )
+
+    async def main() -> None:
+        fwd = await AsyncUdpForwarder.start(
+            ("127.0.0.1", 0), connect, meter_for=lambda _: _meter(), idle_timeout=HOURS
+        )
+        client = _local_client()
+        try:
+            client.sendto(b"\x00\x07metered", fwd.address)
+            reply = await asyncio.to_thread(client.recv, 100)
+            assert reply.startswith(b"\x00\x07metered")
+            deadline = time.monotonic() + BOUND
+            while not (reasons and fwd.stats.sessions_closed == 1):
+                assert time.monotonic() < deadline, (reasons, fwd.stats)
+                await asyncio.sleep(0.05)
+            assert "unexpected UDP control frame b'R'" in reasons[0]
+            assert fwd.sessions == 0
+        finally:
+            client.close()
+            await fwd.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()
+        serving.join(BOUND)
