@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from dtp.chain.objects import EventFilter
+from dtp.chain.objects import EventFilter, normalize_id
 from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
@@ -124,16 +124,24 @@ def list_services(
     ledger: Ledger, name: str | None = None, *, max_events: int = 100_000
 ) -> list[ServiceRecord]:
     """Every service published on the ledger now (only those called ``name`` when
-    given): hosts are found through ``ServiceAdded`` events, then read as they are."""
+    given): hosts are found through ``ServiceAdded`` events, then read as they are.
+
+    Reads at most ``max_events`` ``ServiceAdded`` events; a ledger holding more raises
+    :class:`DiscoveryError` rather than answer with the hosts of the first ones only."""
     hosts: dict[str, None] = {}
     cursor: str | None = None
     seen = 0
     flt = EventFilter(type="ServiceAdded")
-    while seen < max_events:
-        events, cursor = ledger.events(cursor, flt, 1000)
-        if not events:
+    while True:
+        events, after = ledger.events(cursor, flt, 1000)
+        # the end is where the cursor stops moving: a page may hold no match and still
+        # not be the last (SuiLedger filters each page of the package's events)
+        if not events and after == cursor:
             break
+        cursor = after
         seen += len(events)
+        if seen > max_events:
+            raise E.DiscoveryError(f"the ledger holds more than {max_events} ServiceAdded events")
         for event in events:
             hosts[str(event["host"])] = None
     out: list[ServiceRecord] = []
@@ -239,7 +247,38 @@ def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) 
     has another authority) or :class:`ExpiredAnnouncement` (not valid at ``now_ms``:
     expired, or issued more than :data:`MAX_CLOCK_SKEW_MS` ahead). Any other
     :class:`~dtp.errors.ChainError` of ``ledger`` (unreachable...) propagates: it says
-    nothing about the announcement."""
+    nothing about the announcement.
+
+    The returned ``host_id`` is canonical (``0x`` + 64 lower-case hex when it is an
+    object ID, else lower case), so every spelling of one host is one host."""
+    ann = _verified_announcement(data, now_ms)
+    if ledger is not None:
+        _check_authority(ann, ledger)
+    return ann
+
+
+def _check_authority(ann: Announcement, ledger: Ledger) -> None:
+    """:class:`ForgedAnnouncement` unless ``ann``'s signer is its host's authority now."""
+    try:
+        host = ledger.get_host(ann.host_id)
+    except (ObjectNotFound, InvalidObjectId):
+        raise E.ForgedAnnouncement("no such host on the ledger") from None
+    if host.authority != ann.authority:
+        raise E.ForgedAnnouncement("the signer is not the host's authority")
+
+
+def _canonical_host(host_id: str) -> str:
+    # "0xAB..", " 0xab.." and the short form name one Host on the ledger: kept apart,
+    # an old announcement signed under another spelling lived on beside the newest
+    try:
+        return normalize_id(host_id)
+    except InvalidObjectId:
+        return host_id.lower()  # (gossip without a ledger names hosts as it likes)
+
+
+def _verified_announcement(data: bytes, now_ms: int) -> Announcement:
+    """The announcement in ``data`` if well-formed, signed by the key it holds and valid
+    at ``now_ms`` (the checks that need no ledger)."""
     from dtp.escrow import _verify_ed25519
 
     if len(data) > _MAX_ANNOUNCEMENT:
@@ -254,7 +293,13 @@ def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) 
         raise E.MalformedMessage("not an announcement")
     body, signature = outer
     fields: Any = decode_body(body)
-    if not (isinstance(fields, list) and len(fields) == 7 and fields[0] == _VERSION):
+    # (type(): msgpack's true is == 1 too)
+    if not (
+        isinstance(fields, list)
+        and len(fields) == 7
+        and type(fields[0]) is int
+        and fields[0] == _VERSION
+    ):
         raise E.MalformedMessage("not an announcement")
     _, host_id, public, issued, expires, services, endpoints = fields
     if not (
@@ -283,21 +328,13 @@ def decode_announcement(data: bytes, now_ms: int, ledger: Ledger | None = None) 
         raise E.MalformedMessage("invalid announcement fields")
     if not _verify_ed25519(public, signature, _DOMAIN + body):
         raise E.ForgedAnnouncement()
-    authority = sui_address_from_public_key(public)
-    if ledger is not None:
-        try:
-            host = ledger.get_host(host_id)
-        except (ObjectNotFound, InvalidObjectId):
-            raise E.ForgedAnnouncement("no such host on the ledger") from None
-        if host.authority != authority:
-            raise E.ForgedAnnouncement("the signer is not the host's authority")
     if expires <= now_ms:
         raise E.ExpiredAnnouncement(f"expired at {expires} ms (now {now_ms} ms)")
     if issued > now_ms + MAX_CLOCK_SKEW_MS:
         raise E.ExpiredAnnouncement(f"issued at {issued} ms, in the future (now {now_ms} ms)")
     return Announcement(
-        host_id,
-        authority,
+        _canonical_host(host_id),
+        sui_address_from_public_key(public),
         tuple((int(p), str(n)) for p, n in services),
         tuple(endpoints),
         issued,
@@ -316,9 +353,12 @@ class DiscoveryGossip:
         topic: str = DEFAULT_TOPIC,
         clock_ms: Callable[[], int] | None = None,
         max_records: int = 4096,
+        max_bytes: int = 16 << 20,
     ) -> None:
         """``clock_ms`` defaults to the ledger's clock, else wall time. With a ledger,
-        announcements are accepted only from the host's authority."""
+        announcements are accepted only from the host's authority. The cache keeps at
+        most ``max_records`` announcements of at most ``max_bytes`` (as sent) in all:
+        past either, the expired go first, then the soonest to expire."""
         self.node = node
         self.ledger = ledger
         self.topic = topic
@@ -326,6 +366,10 @@ class DiscoveryGossip:
             clock_ms = ledger.clock_ms if ledger is not None else lambda: time.time_ns() // 10**6
         self.clock_ms = clock_ms
         self.max_records = max_records
+        self.max_bytes = max_bytes
+        #: The size (as sent) of each cached announcement, and their sum.
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
         self._lock = threading.Condition()
         self._records: dict[str, Announcement] = {}
         self.accepted = 0
@@ -373,8 +417,15 @@ class DiscoveryGossip:
         """Check one announcement and keep it if it is new; returns it, or None when it
         was rejected or a duplicate (counted). A ledger that cannot be asked raises its
         :class:`~dtp.errors.ChainError`."""
+        now = self.clock_ms()
         try:
-            ann = decode_announcement(data, self.clock_ms(), self.ledger)
+            ann = _verified_announcement(data, now)
+            if not self._supersedes(ann):
+                # (before the ledger: a replayed announcement costs no look-up)
+                self.duplicates += 1
+                return None
+            if self.ledger is not None:
+                _check_authority(ann, self.ledger)
         except E.ForgedAnnouncement:
             self.forged += 1
             return None
@@ -385,25 +436,45 @@ class DiscoveryGossip:
             self.malformed += 1
             return None
         with self._lock:
-            old = self._records.get(ann.host_id)
-            if old is not None and old.issued_ms >= ann.issued_ms:
-                self.duplicates += 1
+            if not self._supersedes(ann):
+                self.duplicates += 1  # (a newer one came meanwhile)
                 return None
             self._records[ann.host_id] = ann
-            if len(self._records) > self.max_records:
-                self._evict()
+            self._bytes += len(data) - self._sizes.get(ann.host_id, 0)
+            self._sizes[ann.host_id] = len(data)
+            if len(self._records) > self.max_records or self._bytes > self.max_bytes:
+                self._evict(now)
             self.accepted += 1
             self._lock.notify_all()
         return ann
 
-    def _evict(self) -> None:
-        """(lock held) Drop expired records, then the soonest to expire."""
-        now = self.clock_ms()
+    def _supersedes(self, ann: Announcement) -> bool:
+        """Whether ``ann`` replaces the record of its host: issued later or, with a
+        ledger, signed by another key. With a ledger, ``ann`` is kept only if its signer
+        is the host's authority now, so the cached one's is a former authority: the
+        host's authority moved (``set_authority``: a compromised key replaced), and
+        what it signed, up to MAX_CLOCK_SKEW_MS ahead, must not shadow the new
+        authority's announcements (as duplicates) until then."""
+        with self._lock:
+            old = self._records.get(ann.host_id)
+        if old is None or old.issued_ms < ann.issued_ms:
+            return True
+        return self.ledger is not None and old.authority != ann.authority
+
+    def _evict(self, now: int) -> None:
+        """(lock held) Drop expired records (at ``now``: the clock, maybe the ledger's,
+        is not read under the lock), then the soonest to expire."""
         for host_id in [h for h, a in self._records.items() if a.expires_ms <= now]:
-            del self._records[host_id]
-        while len(self._records) > self.max_records:
+            self._forget(host_id)
+        # (the count alone let 4096 announcements of the largest kind take ~80 MB)
+        while len(self._records) > self.max_records or self._bytes > self.max_bytes:
             victim = min(self._records.values(), key=lambda a: a.expires_ms)
-            del self._records[victim.host_id]
+            self._forget(victim.host_id)
+
+    def _forget(self, host_id: str) -> None:
+        """(lock held) Drop the record of ``host_id``."""
+        del self._records[host_id]
+        self._bytes -= self._sizes.pop(host_id)
 
     def lookup(self, name: str | None = None) -> list[ServiceRecord]:
         """Live (unexpired) services learnt by gossip, only those called ``name`` when
@@ -416,14 +487,14 @@ class DiscoveryGossip:
     def host(self, host_id: str) -> Announcement | None:
         """The live announcement of ``host_id``, if any."""
         with self._lock:
-            ann = self._records.get(host_id.lower())
+            ann = self._records.get(_canonical_host(host_id))
         return ann if ann is not None and ann.expires_ms > self.clock_ms() else None
 
     def wait_for(self, host_id: str, timeout: float) -> Announcement | None:
         """Wait up to ``timeout`` seconds for a live announcement of ``host_id`` (an
         expired one kept in the cache is waited past, for the host's next)."""
         deadline = time.monotonic() + timeout
-        key = host_id.lower()
+        key = _canonical_host(host_id)
         while True:
             with self._lock:
                 ann = self._records.get(key)

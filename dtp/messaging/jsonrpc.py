@@ -88,7 +88,10 @@ class JsonRpcHandler:
         try:
             result = fn(params)
         except E.RemoteError as exc:
-            answer = _error(id_, exc.code, exc.message, exc.data)
+            if type(exc.code) is int and isinstance(exc.message, str):
+                answer = _error(id_, exc.code, exc.message, exc.data)
+            else:  # (JSON-RPC 2.0 §5.1: an integer code and a string message)
+                answer = _error(id_, E.INTERNAL_ERROR, "Internal error (RemoteError)")
         except TypeError as exc:
             # as the RPC layer has it (rpc._error_reply): Python's text only when binding
             # the params to the method failed (the method never ran); a TypeError of the
@@ -156,9 +159,14 @@ def _finite_float(text: str) -> float:
 
 
 def _loads(document: bytes | str) -> Any:
-    """Strict JSON from a peer: no NaN or infinities (written as such or as numbers too
-    large for a float), no repeated names in an object (ValueError, or RecursionError
-    when nested too deep)."""
+    """Strict JSON from a peer: UTF-8 (a byte order mark is ignored), no NaN or
+    infinities (written as such or as numbers too large for a float), no repeated names
+    in an object (ValueError, or RecursionError when nested too deep)."""
+    if isinstance(document, bytes | bytearray):
+        # json.loads guesses UTF-16 and UTF-32 from the first bytes; JSON between
+        # parties is UTF-8 (RFC 8259 §8.1), and another reader of the same bytes would
+        # refuse them (UnicodeDecodeError: a ValueError)
+        document = bytes(document).decode("utf-8-sig")
     return json.loads(
         document,
         parse_constant=_refuse_constant,
@@ -275,6 +283,10 @@ class JsonRpcHttpProxy:
             if status == 204 or (200 <= status < 300 and not body):
                 return None
             if not 200 <= status < 300:
+                if status < 200:
+                    # a 1xx as the final answer (101: the connection now speaks another
+                    # protocol): what follows on it is no answer to the next request
+                    self._drop(conn)
                 return json.dumps(_error(None, E.INTERNAL_ERROR, f"backend HTTP {status}")).encode()
             return body
 
@@ -346,9 +358,34 @@ class _DeadlineResponse(http.client.HTTPResponse):
         *,
         deadline: float | None,
     ) -> None:
+        # (before HTTPResponse.__init__: it may read nothing, but begin() reads statuses)
+        self._interim = False
         super().__init__(
             cast(socket.socket, _DeadlineSocket(sock, deadline)), debuglevel, method, url
         )
+
+    def _read_status(self) -> tuple[str, int, str]:
+        """The next status line, past interim answers (102 Processing, 103 Early Hints):
+        http.client skips only 100 Continue and took any other 1xx for the answer, so
+        the real answer, left on the kept-alive connection, was read as the answer to
+        the next request (every answer then went to the call after its own)."""
+        while True:
+            try:
+                version, status, reason = cast(Any, super())._read_status()
+            except RemoteDisconnected:
+                if self._interim:
+                    # the backend has the request (it answered 1xx): not "closed while
+                    # idle", which the proxy sends again
+                    raise http.client.HTTPException(
+                        "the backend closed the connection after an interim answer"
+                    ) from None
+                raise
+            if not 100 <= status < 200:
+                return version, status, reason
+            self._interim = True
+            if status in (100, 101):  # (begin() skips a 100's headers; a 101 is final)
+                return version, status, reason
+            http.client.parse_headers(cast(Any, self.fp))
 
 
 def _unreachable() -> bytes:
@@ -401,7 +438,11 @@ class JsonRpcClient:
             if not isinstance(err, dict) or type(err.get("code")) is not int:
                 raise E.MalformedMessage("malformed JSON-RPC error object")
             raise E.remote_error(err["code"], str(err.get("message", "")), err.get("data"))
-        return answer.get("result")
+        if "result" not in answer:
+            # (JSON-RPC 2.0 §5: a success holds a result, null included; none was read
+            # as a null result)
+            raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
+        return answer["result"]
 
     def notify(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> None:
         """A JSON-RPC notification (no id, no answer)."""
