@@ -854,15 +854,18 @@ class DTPStreamWriter:
                 )
         else:
             # over a lossy carrier (the ledger) data has left only once acknowledged, and
-            # an ACK is no event: look again every 50 ms, for up to 30 s
+            # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
+            # not wait_for: on Python 3.11 wait_for swallowed a cancel that came as a
+            # change did, and the close went on for those 30 s, the loop's end with it.)
             deadline = self._proto.loop.time() + 30.0
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
             ):
                 if self._proto.loop.time() >= deadline:
                     break
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._proto.wait_change(), 0.05)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._proto.wait_change()
         payment = self._proto.payment
         if payment is not None:
             payment.closing()  # the final receipt goes out before CLOSE, in the same write
@@ -1312,13 +1315,17 @@ async def _open(
         if not session.accepted:
             raise HandshakeError.for_client(session.error)
 
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result
+    # when a cancel comes as the handshake completes, so a cancelled open_connection
+    # returned a live connection (the cancellation swallowed); here establish() runs
+    # in the caller's task, which the cancel reaches directly.
     try:
-        await asyncio.wait_for(establish(), timeout)
-    except TimeoutError:
+        async with asyncio.timeout(timeout):
+            await establish()
+    except BaseException as exc:
         _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
-        raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
-    except BaseException:
-        _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
+        if isinstance(exc, TimeoutError):
+            raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
         raise
     return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
 
@@ -1652,15 +1659,16 @@ class DTPServer:
     async def _handshake(self, proto: _Protocol) -> bool:
         """The handshake and the hooks: True once the client is accepted."""
         session = proto.session
+        # asyncio.timeout, not wait_for: on Python 3.11 a cancel (the loop ending) that
+        # came as the handshake completed was swallowed by wait_for, and the callback ran
+        # in a task asyncio.run then waited on for good
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                proto.wait_for(
+            async with asyncio.timeout(session.conn.config.handshake_timeout):
+                await proto.wait_for(
                     lambda: (
                         session.authenticated_address is not None or session.terminated is not None
                     )
-                ),
-                session.conn.config.handshake_timeout,
-            )
+                )
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
