@@ -1205,7 +1205,14 @@ def broadcast_withdraw(x: Exec, b_id: str) -> int:
     if contribution == b["outstanding"]:
         amount: int = b["pool"]
     else:
-        amount = contribution * b["refund_base"] // b["total_contributed"]
+        # Rounded on the running total of refunded contributions, not on each share
+        # alone: flooring every share apart left up to one MIST per listener to the last
+        # one out, who could get back more than it put in (1+1+1 MIST with 1 spent:
+        # refunds 0, 0, 2). This way each refund is its exact share rounded down or up
+        # (never above the contribution) and the refunds still add up to refund_base.
+        total, base = b["total_contributed"], b["refund_base"]
+        before = total - b["outstanding"]  # contributions refunded so far
+        amount = (before + contribution) * base // total - before * base // total
     b["outstanding"] -= contribution
     b["pool"] -= amount
     x.pay(x.sender, amount)

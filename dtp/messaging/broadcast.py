@@ -381,6 +381,8 @@ class BroadcastStation:
         now = self.ledger.clock_ms()
         slot = 0 if now < self._start_ms else (now - self._start_ms) // self._slot_ms
         with self._lock:
+            if self._cancelled:
+                return False
             if self._on_air and slot == self._checked_slot:
                 return True
         b = self.ledger.get_broadcast(self.broadcast_id)
@@ -391,18 +393,25 @@ class BroadcastStation:
             reason = "covered"
         else:
             reason = "pool exhausted"
-        self._set_air(on, reason, slot)
-        return on
+        return self._set_air(on, reason, slot)
 
-    def _set_air(self, on: bool, reason: str, slot: int) -> None:
+    def _set_air(self, on: bool, reason: str, slot: int) -> bool:
+        """Record a decision (telling listeners of a change); returns whether the station
+        is on air now, which is not ``on`` once the broadcast was cancelled."""
         with self._lock:
+            if self._cancelled:
+                # a cancel is final on the ledger: a check that read the broadcast just
+                # before cancel() ran put the station back on air ("covered") after its
+                # AIR "cancelled", and sends went out for the rest of the slot, which
+                # no one pays for (the slot in progress at a cancel is never paid)
+                return False
             self._checked_slot = slot
             cancelled = reason == "cancelled"
-            if on == self._on_air and cancelled == self._cancelled:
-                return
-            self._on_air = on
-            self._cancelled = cancelled
-            self._fan_out(encode_frame([AIR, on, reason, self._seq]))
+            if on != self._on_air or cancelled:
+                self._on_air = on
+                self._cancelled = cancelled
+                self._fan_out(encode_frame([AIR, on, reason, self._seq]))
+            return on
 
     def send(self, payload: bytes) -> int:
         """Sign ``payload`` and send it to every listener; returns its sequence number.
@@ -416,6 +425,9 @@ class BroadcastStation:
         if not self.check():
             raise E.OffAir("the broadcast is off air")
         with self._lock:
+            if self._cancelled:
+                # cancel() ran since check() said yes: nothing goes out after its AIR
+                raise E.OffAir("the broadcast is cancelled")
             seq = self._seq
             signature = self.identity.sign(
                 signed_message(self.broadcast_id, self.channel, seq, payload)

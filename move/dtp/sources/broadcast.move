@@ -9,8 +9,10 @@
 ///
 /// When the broadcaster cancels, completed slots are paid, the slot in progress is not,
 /// and every listener can withdraw the same fraction of what they contributed:
-/// `refund = contribution * pool_at_cancel / total_contributed` (rounded down), the last
-/// listener to withdraw taking whatever is left, so no MIST is stranded.
+/// `refund = contribution * pool_at_cancel / total_contributed`, rounded on the running
+/// total of the contributions refunded so far (each refund rounded down or up, never
+/// above the contribution), the last listener to withdraw taking whatever is left, so no
+/// MIST is stranded.
 module dtp::broadcast;
 
 use std::string::{Self, String};
@@ -243,10 +245,16 @@ public fun withdraw(b: &mut Broadcast, ctx: &mut TxContext): u64 {
     assert!(b.contributions.contains(listener), ENoContribution);
     let contribution = b.contributions.remove(listener);
     let amount = if (contribution == b.outstanding) {
-        // Last one out takes the remainder left by rounding down.
+        // Last one out takes what is left.
         b.pool.value()
     } else {
-        let share = (contribution as u128) * (b.refund_base as u128) / (b.total_contributed as u128);
+        // Rounded on the running total of the contributions refunded so far, not on each
+        // share alone: each refund is its exact share rounded down or up (never above
+        // the contribution), and rounding leaves nothing for the last one out to gain.
+        let total = b.total_contributed as u128;
+        let base = b.refund_base as u128;
+        let before = ((b.total_contributed - b.outstanding) as u128);
+        let share = (before + (contribution as u128)) * base / total - before * base / total;
         (share as u64)
     };
     b.outstanding = b.outstanding - contribution;
