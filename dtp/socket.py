@@ -1000,6 +1000,18 @@ def _writable(buffer: Any) -> memoryview:
     return view.cast("B")
 
 
+def _checked_timeout(timeout: float | None) -> float | None:
+    """``timeout`` as settimeout() stores it, or the error a socket's raises for it."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    value = float(timeout)
+    if not value >= 0:  # (NaN too)
+        raise ValueError("timeout must be >= 0 or None")
+    return value
+
+
 class _Own:
     """The type of :data:`_OWN`."""
 
@@ -1016,7 +1028,12 @@ def _no_flags(flags: int) -> LocalProtocolError:
 
 
 class DTPSocket:
-    """One stream of a DTP connection, with the blocking socket API."""
+    """One stream of a DTP connection, with the blocking socket API.
+
+    A stream is not a file descriptor: many streams share one carrier, whose bytes are
+    decrypted and buffered here, so the carrier being readable says nothing about a
+    stream. :meth:`fileno` therefore raises, and ``select`` / ``selectors`` do not apply:
+    wait in threads (timeouts, :meth:`interrupt_recv`), or use :mod:`dtp.aio`."""
 
     def __init__(self, engine: _Engine, stream_id: int, primary: bool) -> None:
         self._engine = engine
@@ -1089,17 +1106,22 @@ class DTPSocket:
             "records_received": conn.records_received,
         }
 
+    def fileno(self) -> int:
+        """Always raises :class:`io.UnsupportedOperation` (an OSError and a ValueError,
+        as a file without a descriptor does): a stream has no descriptor of its own,
+        and the carrier's would mislead a ``select`` -- bytes already buffered for this
+        stream never make it readable, and another stream's bytes do. ``selectors``
+        refuses the socket (ValueError) instead of polling the wrong thing."""
+        raise io.UnsupportedOperation(
+            "a DTP stream has no file descriptor, so select/selectors do not apply: "
+            "wait in a thread (settimeout, interrupt_recv) or use dtp.aio"
+        )
+
     # -- timeouts ------------------------------------------------------------------------
 
     def settimeout(self, timeout: float | None) -> None:
         """Seconds a blocking call may wait (None: forever, 0: non-blocking)."""
-        if timeout is not None:
-            if not isinstance(timeout, numbers.Real):
-                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-            timeout = float(timeout)
-            if not timeout >= 0:  # (NaN too)
-                raise ValueError("timeout must be >= 0 or None")
-        self._timeout = timeout
+        self._timeout = _checked_timeout(timeout)
         self._update_fast()
 
     def gettimeout(self) -> float | None:
@@ -2393,6 +2415,7 @@ class DTPServer:
             self._address = (str(host), int(tcp_port))
         self._ledger_listener: LedgerListener | None = None
         self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
+        self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
@@ -2788,13 +2811,37 @@ class DTPServer:
         (False). Without it there is nothing to wait for (True)."""
         return self._serving.wait_settled(timeout)
 
-    def accept(self, timeout: float | None = None) -> tuple[DTPSocket, str]:
-        """Wait for the next accepted connection: (its first stream, client address)."""
+    def settimeout(self, timeout: float | None) -> None:
+        """The seconds :meth:`accept` waits when called without a timeout, as a
+        listening socket's timeout (None, the initial value: forever; 0: non-blocking,
+        BlockingIOError at once when no connection is ready)."""
+        self._timeout = _checked_timeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The timeout :meth:`settimeout` set (None: none; 0: non-blocking)."""
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        """Blocking (timeout None) or non-blocking (timeout 0) accept(), as for a socket."""
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        """False in non-blocking mode (timeout 0), as for a socket."""
+        return self._timeout != 0
+
+    def accept(self, timeout: float | _Own | None = _OWN) -> tuple[DTPSocket, str]:
+        """Wait for the next accepted connection: (its first stream, client address).
+        ``timeout``: seconds (None: forever), then DTPTimeoutError; by default the
+        server's own (:meth:`settimeout`), with which 0 raises BlockingIOError."""
         if self._closed.is_set():
             raise LocalProtocolError("accept() on a closed server")
+        own = isinstance(timeout, _Own)
+        wait = self._timeout if isinstance(timeout, _Own) else timeout
         try:
-            sock = self._ready.get(timeout=timeout)
+            sock = self._ready.get(block=wait != 0, timeout=wait)
         except queue.Empty:
+            if own and wait == 0:
+                raise BlockingIOError(errno.EAGAIN, "no connection ready") from None
             raise DTPTimeoutError("no connection within the timeout") from None
         if sock is None:
             # the end-of-server mark stays for the next waiter: every thread blocked in
