@@ -17,6 +17,7 @@ C wrappers and the pure-Python twins raise the same type with the same code.
 from __future__ import annotations
 
 import enum
+import errno
 import sqlite3
 
 
@@ -91,6 +92,17 @@ class ProtocolError(DTPError):
 
 class LocalProtocolError(ProtocolError):
     """This program misused the API (wrong argument, buffer, state)."""
+
+
+class SocketClosed(LocalProtocolError, OSError):
+    """An operation on a DTP socket or server this program closed. Also an OSError with
+    errno EBADF, as the same call on a closed :class:`socket.socket` raises: code
+    written for sockets (``except OSError``) catches it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EBADF
+        self.strerror = message
 
 
 class RemoteProtocolError(ProtocolError):

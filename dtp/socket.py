@@ -70,6 +70,7 @@ from dtp.errors import (
     DTPTimeoutError,
     HandshakeError,
     LocalProtocolError,
+    SocketClosed,
 )
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -1145,7 +1146,7 @@ class DTPSocket:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise LocalProtocolError("operation on a closed DTP socket")
+            raise SocketClosed("operation on a closed DTP socket")
 
     def _wait(self, ready: Callable[[], bool], timeout: float | _Own | None = _OWN) -> None:
         """Wait until ``ready()``: for ``timeout`` seconds (by default the socket's; 0:
@@ -1205,7 +1206,7 @@ class DTPSocket:
         engine = self._engine
         sid = self._stream_id
         if self._closed:
-            raise LocalProtocolError("operation on a closed DTP socket")
+            raise SocketClosed("operation on a closed DTP socket")
         if bufsize < 0:
             raise ValueError("negative buffer size")
         if self._rd_shut or bufsize == 0:
@@ -1249,7 +1250,13 @@ class DTPSocket:
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if conn.lent_stream_id == sid and self._fast_read and not nbytes and not flags:
+        if (
+            conn.lent_stream_id == sid
+            and self._fast_read
+            and not nbytes
+            and not flags
+            and len(buffer)  # (an empty one returns at once, below, as a socket's does)
+        ):
             # the usual case once the stream carries data: it is lent, so nothing is
             # buffered for it (Engine.lend), and the lane reads straight in
             lock = engine.lock
@@ -1265,7 +1272,7 @@ class DTPSocket:
         if flags:
             raise _no_flags(flags)
         if self._closed:
-            raise LocalProtocolError("operation on a closed DTP socket")
+            raise SocketClosed("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
         if nbytes:
             # as a socket's: -1 meant all but the last byte, and a short buffer was
@@ -1336,7 +1343,7 @@ class DTPSocket:
         another thread while this one waited to send, as a socket's send() then fails
         with EPIPE)."""
         if self._closed:
-            raise LocalProtocolError("operation on a closed DTP socket")
+            raise SocketClosed("operation on a closed DTP socket")
         if self._wr_shut:
             raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
 
@@ -2834,7 +2841,7 @@ class DTPServer:
         ``timeout``: seconds (None: forever), then DTPTimeoutError; by default the
         server's own (:meth:`settimeout`), with which 0 raises BlockingIOError."""
         if self._closed.is_set():
-            raise LocalProtocolError("accept() on a closed server")
+            raise SocketClosed("accept() on a closed server")
         own = isinstance(timeout, _Own)
         wait = self._timeout if isinstance(timeout, _Own) else timeout
         try:
@@ -2848,7 +2855,7 @@ class DTPServer:
             # accept() wakes, not only the first
             with contextlib.suppress(queue.Full):
                 self._ready.put_nowait(None)
-            raise LocalProtocolError("the server was closed")
+            raise SocketClosed("the server was closed")
         assert sock.peer_address is not None
         return sock, sock.peer_address
 

@@ -6,6 +6,7 @@ that long, or raises BlockingIOError at once when non-blocking)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import select
 import selectors
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
+from dtp.connection import ConnectionConfig
 from dtp.errors import DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
 
@@ -126,3 +128,70 @@ def test_a_non_blocking_server_accept_raises_blockingioerror_at_once(
     server.close()
     with pytest.raises(LocalProtocolError):
         server.accept()
+
+
+def test_operations_on_a_closed_socket_or_server_are_oserrors(
+    server: dtp.socket.DTPServer,
+) -> None:
+    """A closed socket.socket raises OSError(EBADF); these raised a LocalProtocolError
+    only, which code written for sockets (``except OSError``) let through."""
+    client = _connect(server)
+    client.sendall(b"x")
+    peer, _ = server.accept(timeout=WAIT)
+    with peer:
+        client.close()
+        for call in (
+            lambda: client.recv(1),
+            lambda: client.recv_into(bytearray(1)),
+            lambda: client.send(b"x"),
+            lambda: client.sendall(b"x"),
+        ):
+            with pytest.raises(OSError) as caught:
+                call()
+            assert caught.value.errno == errno.EBADF
+            assert isinstance(caught.value, LocalProtocolError)  # (as before, too)
+    server.close()
+    with pytest.raises(OSError) as caught:
+        server.accept(timeout=WAIT)
+    assert caught.value.errno == errno.EBADF
+
+
+def test_recv_into_an_empty_buffer_returns_at_once_on_a_busy_stream() -> None:
+    """Once a stream carried data it is lent to the fast lane, whose recv_into waited
+    for data or a timer (here none for an hour: no keepalives) before returning 0 for
+    an empty buffer; a socket returns 0 at once (``makefile("rb", buffering=0).read(0)``
+    waited out the timeout)."""
+    quiet = ConnectionConfig(
+        identity=SERVER_ID, is_client=False, keepalive_interval=None, idle_timeout=3600
+    )
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=quiet) as srv:
+        client = dtp.socket.create_connection(
+            srv.address,
+            timeout=WAIT,
+            server_key=SERVER_ID.noise_public,
+            config=ConnectionConfig(
+                identity=HostIdentity.generate(),
+                is_client=True,
+                server_static=SERVER_ID.noise_public,
+                keepalive_interval=None,
+                idle_timeout=3600,
+            ),
+        )
+        with client:
+            client.sendall(b"warm")
+            peer, _ = srv.accept(timeout=WAIT)
+            with peer:
+                peer.settimeout(600)
+                assert peer.recv(4) == b"warm"
+                done = threading.Event()
+                result: list[int] = []
+
+                def read_empty() -> None:
+                    result.append(peer.recv_into(bytearray(0)))
+                    done.set()
+
+                threading.Thread(target=read_empty, daemon=True).start()
+                assert done.wait(WAIT), "recv_into(empty) waited for data"
+                assert result == [0]
+                client.sendall(b"after")
+                assert peer.recv(5) == b"after"  # nothing lost
