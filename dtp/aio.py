@@ -1791,17 +1791,23 @@ class DTPServer:
                 if proto.transport is not None:
                     proto.transport.close()
         if self._ledger_listener is not None:
-            self._ledger_listener.close()
+            # told to stop, not joined: its thread may be in a ledger read for seconds
+            # (a Sui node's event poll), which would hold the event loop; wait_closed()
+            # joins it, in a thread
+            self._ledger_listener.close(timeout=0)
         self._closed.set()
 
     async def wait_closed(self) -> None:
         """Wait until the server is closed (as :meth:`asyncio.Server.wait_closed`, at
-        once when it is already). A server on the ledger carrier alone returned at once
-        however open it was."""
+        once when it is already), its ledger listener's thread ended too (up to 5 s).
+        A server on the ledger carrier alone returned at once however open it was."""
         if self._server is not None:
             await self._server.wait_closed()
         else:
             await self._closed.wait()
+        listener = self._ledger_listener
+        if listener is not None and listener.running:
+            await asyncio.to_thread(listener.close)
 
     async def serve_forever(self) -> None:
         """Accept connections until cancelled; then the server is closed, as

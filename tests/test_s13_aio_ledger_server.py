@@ -71,3 +71,48 @@ def test_a_ledger_servers_wait_closed_waits_until_it_is_closed(
 
     asyncio.run(main())
     assert wait_for(lambda: not _listeners(before), 10), _listeners(before)
+
+
+def test_close_does_not_hold_the_event_loop_for_a_slow_ledger_read(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    """close() joined the ledger listener's thread for up to 5 s, on the event loop,
+    while that thread sat in a ledger read (a Sui node's event poll can take seconds);
+    it now only tells the thread to stop, and wait_closed() joins it in a thread."""
+    book, host_id = ledger
+    before = {t.ident for t in threading.enumerate()}
+    reading = threading.Event()
+    release = threading.Event()
+    real_wait_events = book.wait_events
+
+    def slow_wait_events(*args: object, **kwargs: object) -> object:
+        reading.set()
+        release.wait(600)  # a ledger read that takes its time
+        return real_wait_events(*args, **kwargs)  # type: ignore[arg-type]
+
+    book.wait_events = slow_wait_events  # type: ignore[method-assign]
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            lambda r, w: None,
+            None,
+            None,
+            identity=SERVER,
+            ledger=book,
+            host_id=host_id,
+            dtp_port=PORT,
+        )
+        assert await asyncio.to_thread(reading.wait, 30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        server.close()
+        held = loop.time() - started
+        release.set()
+        await asyncio.wait_for(server.wait_closed(), 30)
+        assert held < 2.5, f"close() held the event loop {held:.1f} s"
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    assert wait_for(lambda: not _listeners(before), 10), _listeners(before)

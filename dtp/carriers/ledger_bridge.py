@@ -734,10 +734,16 @@ class LedgerListener:
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop watching (bridges already handed over go on). Idempotent."""
+        """Stop watching (bridges already handed over go on), waiting up to ``timeout``
+        seconds for the thread to end (0: not at all). Idempotent."""
         self._stop.set()
-        if self._thread is not threading.current_thread():
+        if timeout > 0 and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the listener's thread is still running (it ends soon after close())."""
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         flt = EventFilter(type="PipeCreated")
