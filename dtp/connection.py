@@ -1602,6 +1602,13 @@ class Connection:
             self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
         elif ftype == FRAME_ACK:
             if self._recovery is not None:
+                if frame.ranges and frame.ranges[0][1] >= self._send_counter:
+                    # recovery clips it harmlessly, but no honest peer acknowledges a
+                    # record we never sealed (QUIC's PROTOCOL_VIOLATION as well)
+                    raise RemoteProtocolError(
+                        f"ACK of record {frame.ranges[0][1]}, which was never sent",
+                        ErrorCode.FRAME_VALUE,
+                    )
                 acked, lost = self._recovery.on_ack(frame.ranges, frame.c, now)
                 self._on_acked(acked)
                 self._requeue(lost)
@@ -1611,6 +1618,7 @@ class Connection:
                 self._streams_dirty = True
                 self._events.append(SendWindowOpened(None))
         elif ftype == FRAME_MAX_STREAM_DATA:
+            self._check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
             if stream is not None and frame.b > stream.send_credit:
                 stream.send_credit = frame.b
@@ -1621,6 +1629,7 @@ class Connection:
         elif ftype == FRAME_RESET_STREAM:
             self._on_reset(frame.a, frame.b, frame.c)
         elif ftype == FRAME_STOP_SENDING:
+            self._check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
             if stream is not None and stream.send_state is not SendState.RESET:
                 self.reset_stream(frame.a, frame.b)
@@ -1688,16 +1697,21 @@ class Connection:
     def _deliver(self, event: Event) -> None:
         """Application-facing events wait for accept() on the server."""
         if not self.is_client and self._state is ConnState.AUTHENTICATING:
-            if isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
+            if isinstance(event, StreamDataReceived):
+                # flow control bounds the held stream bytes, not the events that carry
+                # them: a hundred bytes each, so one-byte frames held a hundred times
+                # the connection window while the application decided
+                self._held_bytes += 64
+            elif isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
                 # flow control bounds held stream bytes, nothing these: a client could
                 # fill the server's memory while the application decides on it
                 self._held_bytes += len(event.data) + 64
-                if self._held_bytes > self.config.connection_window:
-                    if isinstance(event, DatagramReceived):
-                        return  # unreliable anyway: dropped, as a full carrier would
-                    raise RemoteProtocolError(
-                        "too many frames before the server accepted", ErrorCode.FRAME_VALUE
-                    )
+            if self._held_bytes > self.config.connection_window:
+                if isinstance(event, DatagramReceived):
+                    return  # unreliable anyway: dropped, as a full carrier would
+                raise RemoteProtocolError(
+                    "too many frames before the server accepted", ErrorCode.FRAME_VALUE
+                )
             self._held_events.append(event)
         else:
             self._events.append(event)
@@ -1708,22 +1722,20 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             if self._is_ours(stream_id):
-                if stream_id >= self._next_stream_id:
-                    raise RemoteProtocolError(
-                        f"data on stream {stream_id}, which we never opened",
-                        ErrorCode.FRAME_VALUE,
-                    )
+                self._check_not_unopened(stream_id)
                 return  # a late frame for a stream we already forgot
             if stream_id < self._peer_next_id():
                 return  # a late frame for a finished peer stream
             stream = self._open_peer_streams_up_to(stream_id)
-        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
-            return
         end = offset + len(data)
+        # checked before a finished stream's frames are let go: a late copy of what was
+        # sent is fine, but data past the final size (or a second, other FIN) never is
         if stream.final_size is not None and (
             end > stream.final_size or (fin and end != stream.final_size)
         ):
             raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
+        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
+            return
         if fin and end < stream.recv_highest:
             # a lossy carrier's reassembly would drop the bytes past the end, and a FIN
             # below what was already delivered would leave the stream never finishing
@@ -1771,19 +1783,20 @@ class Connection:
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
+            self._check_not_unopened(stream_id)
             if self._is_ours(stream_id) or stream_id < self._peer_next_id():
                 return
             stream = self._open_peer_streams_up_to(stream_id)
+        if stream.final_size is not None and final_size != stream.final_size:
+            # the FIN (or an earlier reset) fixed the stream's size: a reset may not
+            # move it (QUIC's FINAL_SIZE_ERROR), nor charge the windows for bytes past it
+            raise RemoteProtocolError(
+                "reset with a final size other than the stream's", ErrorCode.FRAME_VALUE
+            )
         if stream.recv_state in (RecvState.DONE, RecvState.RESET):
             return
         if final_size < stream.recv_highest:
             raise RemoteProtocolError("reset below data already received", ErrorCode.FRAME_VALUE)
-        if stream.final_size is not None and final_size != stream.final_size:
-            # the FIN fixed the stream's size: a reset may not move it (QUIC's
-            # FINAL_SIZE_ERROR), nor charge the windows for bytes past it
-            raise RemoteProtocolError(
-                "reset with a final size other than the stream's", ErrorCode.FRAME_VALUE
-            )
         # the final size counts against the windows as data up to it would: the peer may
         # not claim to have sent more than it was allowed to
         if final_size > stream.recv_limit:
@@ -1793,6 +1806,7 @@ class Connection:
         if self._conn_received > self._conn_recv_limit:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         stream.recv_highest = final_size
+        stream.final_size = final_size  # later frames past it are violations
         stream.recv_state = RecvState.RESET
         # bytes never delivered will never be read: their credit comes back now (what was
         # delivered is still read, and acknowledged then). On a lossy carrier these
@@ -2179,6 +2193,15 @@ class Connection:
 
     def _is_ours(self, stream_id: int) -> bool:
         return stream_initiator_is_client(stream_id) == self.is_client
+
+    def _check_not_unopened(self, stream_id: int) -> None:
+        """A frame naming a stream of our own parity that we never opened: no honest
+        peer can know of it (STREAM on one always failed; the other stream frames were
+        dropped unnoticed)."""
+        if self._is_ours(stream_id) and stream_id >= self._next_stream_id:
+            raise RemoteProtocolError(
+                f"a frame on stream {stream_id}, which we never opened", ErrorCode.FRAME_VALUE
+            )
 
     def _peer_next_id(self) -> int:
         first = 1 if self.is_client else 0
