@@ -44,6 +44,8 @@ from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
     from dtp.messaging.rpc import RpcClient, RpcServer
@@ -93,7 +95,8 @@ class OpenedMessage:
     #: ``X`` only: the sender's Sui address (proven by its signature).
     sender_address: str | None = None
     #: ``X`` only: the host the sender says it is (checked against the ledger when one is
-    #: given to :func:`open_sealed`).
+    #: given to :func:`open_sealed`); an object ID as the ledger spells it (``0x`` + 64
+    #: lower-case hex), whatever the sender's spelling.
     sender_host: str | None = None
     #: How it arrived: "direct" or "mailbox" (set by :class:`SealedInbox`).
     via: str = ""
@@ -284,6 +287,11 @@ def open_sealed(
     if not _verify_ed25519(public_key, proof, signed):
         raise E.ForgedSender("the sender's signature does not bind its key to this message")
     address = sui_address_from_public_key(public_key)
+    if sender_host is not None:
+        # as the ledger spells it (after the proof, which signs the sender's spelling):
+        # the ledger takes "0X00AB" for "0xab", and an application comparing the host it
+        # was given with a list of hosts (blocked, allowed) was told "0X00AB"
+        sender_host = _canonical(sender_host)
     if sender_host is not None and ledger is not None:
         from dtp.errors import InvalidObjectId, ObjectNotFound
 
@@ -786,9 +794,26 @@ class SealedInbox:
                 # would otherwise wait for ever
                 self._settled.notify_all()
 
-    def fetch(self, limit: int = 1000, *, wait: float = 0.0) -> list[OpenedMessage]:
+    def fetch(
+        self,
+        limit: int = 1000,
+        *,
+        wait: float = 0.0,
+        on_message: Callable[[OpenedMessage], object] | None = None,
+    ) -> list[OpenedMessage]:
         """Read the ledger mailbox after the saved cursor (waiting up to ``wait`` seconds
         for something new); returns the new messages. Bad mail is skipped and counted.
+
+        Without ``on_message`` the batch is taken as delivered (its ids and the cursor
+        saved) before it is returned: a process that stops before it has stored the
+        messages loses them. With ``on_message`` each new message is handed to it first,
+        in mailbox order, and its id is saved once it returned (the cursor once the
+        whole batch was): a stop while a handler runs leaves that message, and the rest
+        of the batch, to the next fetch, after a restart too. If the handler raises, the
+        messages it took stay seen, the rest are not, the cursor stays, and the error
+        propagates. (A stop between the handler's return and the saving of its id
+        delivers that message again: a handler that stores it should do so keyed by its
+        ``message_id``.)
 
         The batch is all or nothing: when reading or checking it fails (the ledger is
         unreachable...), the error propagates and neither the cursor nor the messages'
@@ -821,7 +846,7 @@ class SealedInbox:
             try:
                 cursor = self.cursor
                 events, after = self.ledger.events(cursor, flt, limit)
-                out = self._take_batch(events, after)
+                out = self._take_batch(events, after, on_message)
             finally:
                 with self._settled:
                     self._fetcher = None
@@ -851,9 +876,15 @@ class SealedInbox:
             self._fetcher = me
             return True
 
-    def _take_batch(self, events: list[Any], cursor: str | None) -> list[OpenedMessage]:
+    def _take_batch(
+        self,
+        events: list[Any],
+        cursor: str | None,
+        on_message: Callable[[OpenedMessage], object] | None = None,
+    ) -> list[OpenedMessage]:
         """(in this thread's fetch turn) Open and claim the batch read from the mailbox,
-        then remember its ids and ``cursor``, the batch's end, all or nothing."""
+        then remember its ids and ``cursor``, the batch's end, all or nothing; with
+        ``on_message``, hand each message over first (see :meth:`fetch`)."""
         out: list[OpenedMessage] = []
         claimed: dict[bytes, None] = {}  # in mailbox order (the oldest seen go first)
         try:
@@ -875,8 +906,35 @@ class SealedInbox:
             # nothing was handed over: forget the claims, keep the old cursor
             self._settle_all(list(claimed), delivered=False)
             raise
-        self._settle_all(list(claimed), delivered=True, cursor=cursor)
+        if on_message is None:
+            self._settle_all(list(claimed), delivered=True, cursor=cursor)
+        else:
+            self._hand_over(out, on_message)
+            # (each id is saved already; closed by now, the cursor is left to the next
+            # inbox, which reads this batch again and finds it seen)
+            self._settle_all([], delivered=True, cursor=cursor, handed_over=True)
         return out
+
+    def _hand_over(
+        self, messages: list[OpenedMessage], on_message: Callable[[OpenedMessage], object]
+    ) -> None:
+        """Give each claimed message to ``on_message``, saving its id once it returned:
+        the ids are saved before the cursor, so a stop at any point leaves what was not
+        handed over in the mailbox after the old cursor, for the next fetch."""
+        for index, message in enumerate(messages):
+            try:
+                # (closed: the next inbox owns the state file and delivers the rest)
+                self._check_open()
+                on_message(message)
+            except BaseException:
+                self._settle_all([m.message_id for m in messages[index:]], delivered=False)
+                raise
+            try:
+                self._settle_all([message.message_id], delivered=True, handed_over=True)
+            except BaseException:
+                # (the handler has this one: it stays seen in memory, see _settle_all)
+                self._settle_all([m.message_id for m in messages[index + 1 :]], delivered=False)
+                raise
 
     def register(self, server: RpcServer, on_message: Any) -> None:
         """Serve ``sealed.deliver`` on ``server``: each new message goes to
