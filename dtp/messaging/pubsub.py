@@ -32,6 +32,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -559,6 +560,8 @@ class PubSubNode:
         self._seen_by: dict[object, OrderedDict[bytes, None]] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
+        #: Streams links of this node have read (held weakly): :meth:`attach` refuses them.
+        self._read_streams: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Interest per topic, once per node (entries: one per declaration within the
         #: horizon); _both counts the topics also subscribed here.
         self._index: dict[str, _Topic] = {}
@@ -573,20 +576,41 @@ class PubSubNode:
             return list(self._links)
 
     def attach(self, stream: BlockingStream, name: str = "") -> Link:
-        """Start exchanging messages with the peer at the other end of ``stream``."""
-        link = Link(
-            self,
-            stream,
-            name or f"{self.node_id}-{len(self._links)}",
-            self.link_queue,
-            self.link_queue_bytes,
-        )
+        """Start exchanging messages with the peer at the other end of ``stream``.
+
+        A stream that a link of this node reads or has read is refused,
+        :class:`~dtp.messaging.errors.PubSubError`: to link to the same peer again
+        after closing a link (or the node), open a new stream."""
         with self._lock:
+            # two readers on one stream split its frames between them: each decoder
+            # saw parts of frames, the link skipped or misread nearly every frame and
+            # stayed up, silently (1 message of 100 got through). A closed link's
+            # reader discards what it reads next, frames and part of one, so the
+            # stream no longer starts at a frame for a new link either.
+            if self._was_read(stream) or any(lk.stream is stream for lk in self._links):
+                raise E.PubSubError("the stream is (or was) read by a link of this node")
+            link = Link(
+                self,
+                stream,
+                name or f"{self.node_id}-{len(self._links)}",
+                self.link_queue,
+                self.link_queue_bytes,
+            )
+            with contextlib.suppress(TypeError):  # a stream without weak references
+                self._read_streams.add(stream)
             # what the new link is told is computed when its writer starts; nobody
             # else's interest depends on a peer that declared nothing yet
             self._links.append(link)
         link.start()
         return link
+
+    def _was_read(self, stream: object) -> bool:
+        """(lock held) Whether a link of this node read ``stream`` (False for a stream
+        that cannot be weakly referenced or hashed: only a live link's is then known)."""
+        try:
+            return stream in self._read_streams
+        except TypeError:
+            return False
 
     def _detach(self, link: Link) -> None:
         with self._lock:
