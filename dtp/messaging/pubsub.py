@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -568,7 +567,6 @@ class PubSubNode:
         self._both = 0
         self.duplicates = 0
         self.hop_limited = 0
-        self._hooks: list[Callable[[Delivery], None]] = []
 
     @property
     def links(self) -> list[Link]:
