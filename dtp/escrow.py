@@ -401,8 +401,10 @@ class Meter:
         if new_bytes > U64_MAX or new_requests > U64_MAX:
             raise InvalidArgument("usage beyond u64")
         cost = fee(self.sla, new_bytes, new_requests)
-        if cost > U64_MAX:  # a receipt's amount is a u64 (a deposit may be larger)
-            raise InvalidArgument(f"a total fee of {cost} MIST is beyond u64")
+        # the deposit first: a fee past u64 is past every escrow's deposit (a u64), and
+        # that is usage the deposit cannot cover -- InsufficientFunds, which the
+        # ClientMeter answers with its last receipt for the whole deposit; refused as
+        # InvalidArgument it escaped the ClientMeter and the connection's I/O
         if cost > self.deposit:
             raise InsufficientFunds(
                 f"Usage would cost {cost} MIST but connection {self.connection_id} has a "
@@ -410,6 +412,8 @@ class Meter:
                 name="DepositExhausted",
                 module="meter",
             )
+        if cost > U64_MAX:  # a receipt's amount is a u64 (a deposit may be larger)
+            raise InvalidArgument(f"a total fee of {cost} MIST is beyond u64")
         before = self.total_bytes, self.total_requests
         self.total_bytes, self.total_requests = new_bytes, new_requests
         try:
