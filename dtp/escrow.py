@@ -412,7 +412,7 @@ class Meter:
                 name="DepositExhausted",
                 module="meter",
             )
-        if cost > U64_MAX:  # a receipt's amount is a u64 (a deposit may be larger)
+        if cost > U64_MAX:  # (only with a deposit past u64, which no escrow holds)
             raise InvalidArgument(f"a total fee of {cost} MIST is beyond u64")
         before = self.total_bytes, self.total_requests
         self.total_bytes, self.total_requests = new_bytes, new_requests
