@@ -364,7 +364,10 @@ def prepare_handshake(
         None if remote_static is None else _check_key("remote_static", remote_static),
         _as_bytes("prologue", prologue),
     )
-    if sum(map(len, _STARTED.values())) >= _MAX_STARTED:
+    # count the keys, not only the handshakes: a key whose handshakes were all taken
+    # keeps an empty list, and a client with a fresh identity per connection makes a
+    # new key each time (the dict would grow by one per connection, forever)
+    if len(_STARTED) >= _MAX_STARTED or sum(map(len, _STARTED.values())) >= _MAX_STARTED:
         _STARTED.clear()  # unused ones (a bet on a next peer that did not come)
     _STARTED.setdefault(key, []).append(_new_noise(*key))
 
