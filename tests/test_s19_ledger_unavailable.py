@@ -5,15 +5,14 @@ Before, LocalLedger raised a plain ChainError whose ``name`` was "LedgerUnavaila
 SuiLedger a class of ``dtp.chain.sui_client``: user code could only test ``.name``. Every
 case here is a real failure: a closed or foreign SQLite file, a row rewritten behind the
 ledger's back, a writer holding the file's lock, a Sui endpoint on 127.0.0.1 that refuses
-connections or never answers. ``.name`` and ``.module`` stay what they were.
+connections (one that never answers is tests/test_s15_sui.py's close test). ``.name``
+and ``.module`` stay what they were.
 """
 
 from __future__ import annotations
 
 import pickle
-import socket
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,11 +28,8 @@ from dtp.chain.sui_client import SuiNode
 from dtp.keys import HostIdentity
 from tests.ledger_files import damage
 from tests.test_ledger_sui import PACKAGE, _closed_port
-from tests.test_s15_sui import JOIN
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x91]) * 32, bytes([0x92]) * 32)
-#: A Sui call's own timeout: far beyond JOIN, so only close() can end a waiting call.
-NEVER = 600.0
 
 
 def _local_unavailable(error: BaseException, path: Path | str) -> None:
@@ -158,49 +154,6 @@ def test_a_sui_node_refusing_connections_is_caught_as_ledger_unavailable() -> No
     finally:
         node.close()
         ledger.close()
-
-
-def test_a_sui_node_closed_during_a_call_is_caught_as_ledger_unavailable() -> None:
-    """A node that accepts the connection and never answers: only close() can end the
-    call (its own timeout is 600 s), and the caller gets LedgerUnavailable."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    accepted: list[socket.socket] = []
-    connected = threading.Event()
-
-    def accept() -> None:
-        conn, _ = listener.accept()
-        accepted.append(conn)  # never answered
-        connected.set()
-
-    threading.Thread(target=accept, daemon=True).start()
-    node = SuiNode(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=NEVER)
-    outcome: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            node.epoch_info()
-        except errors.LedgerUnavailable as exc:
-            outcome.append(exc)
-        except BaseException as exc:  # anything else fails the test below
-            outcome.append(exc)
-
-    caller = threading.Thread(target=call, daemon=True)  # if it hangs, not the run too
-    try:
-        caller.start()
-        assert connected.wait(JOIN)
-        node.close()
-        caller.join(JOIN)
-        assert not caller.is_alive(), "the call still waits after close()"
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], errors.LedgerUnavailable), repr(outcome[0])
-        assert "closed" in str(outcome[0]) and outcome[0].module == "sui"
-    finally:
-        node.close()
-        for conn in accepted:
-            conn.close()
-        listener.close()
 
 
 # -- the classes ---------------------------------------------------------------------------------
