@@ -52,6 +52,7 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
+from tests.frame_strategies import any_frame
 from tests.test_connection import CLIENT_ID, SERVER_ID, Side, _sealed_by, connect, make_pair
 from tests.test_connection_s12_hostile import _xx_authenticated_server
 
@@ -386,32 +387,14 @@ def test_a_close_with_the_largest_reason_ends_the_connection_typed() -> None:
 # --------------------------------------------------------------------------------------
 # random frame sequences
 
-_BIG = st.sampled_from([0, 1, 10, 999, 1000, 1001, 1500, 65536, 2**62 - 1])
-_SID = st.sampled_from([0, 0, 2, 4, 1, 3, 6, 254, 256, 2**62 - 1, 2**62 - 2])
-_OFFSET = st.sampled_from([0, 0, 1, 10, 100, 500, 990, 1000, 1490])
-_DATA = st.sampled_from([b"", b"z", b"z" * 10, b"z" * 100, b"q" * 500])
-_FRAMES = st.one_of(
-    st.builds(lambda s, o, d: RawFrame(FRAME_STREAM, s, o, 0, d), _SID, _OFFSET, _DATA),
-    st.builds(lambda s, o, d: RawFrame(FRAME_STREAM_FIN, s, o, 0, d), _SID, _OFFSET, _DATA),
-    st.builds(lambda s, e, f: RawFrame(FRAME_RESET_STREAM, s, e, f), _SID, _BIG, _OFFSET),
-    st.builds(lambda s, e: RawFrame(FRAME_STOP_SENDING, s, e), _SID, _BIG),
-    st.builds(lambda s, m: RawFrame(FRAME_MAX_STREAM_DATA, s, m), _SID, _BIG),
-    st.builds(lambda m: RawFrame(FRAME_MAX_DATA, m), _BIG),
-    st.builds(lambda m: RawFrame(FRAME_MAX_STREAMS, m), _BIG),
-    st.builds(
-        lambda hi, width, delay: RawFrame(FRAME_ACK, c=delay, ranges=((max(0, hi - width), hi),)),
-        st.integers(0, 30),
-        st.integers(0, 5),
-        _BIG,
-    ),
-    st.builds(
-        lambda k, d: RawFrame(FRAME_CONTROL, k, 0, 0, d), st.sampled_from([0, 1, 2, 7, 16]), _DATA
-    ),
-    st.builds(lambda d: RawFrame(FRAME_DATAGRAM, 0, 0, 0, d), _DATA),
-    st.builds(lambda d: RawFrame(FRAME_RECEIPT, 0, 0, 0, d), _DATA),
-    st.builds(lambda c, d: RawFrame(FRAME_CLOSE, c, 0, 0, d), _BIG, _DATA),
-    st.just(RawFrame(FRAME_PING)),
-    st.builds(lambda n: RawFrame(FRAME_PADDING, n), st.integers(1, 300)),
+_FRAMES = any_frame(
+    big=[0, 1, 10, 999, 1000, 1001, 1500, 65536, 2**62 - 1],
+    stream_ids=[0, 0, 2, 4, 1, 3, 6, 254, 256, 2**62 - 1, 2**62 - 2],
+    offsets=[0, 0, 1, 10, 100, 500, 990, 1000, 1490],
+    data=[b"", b"z", b"z" * 10, b"z" * 100, b"q" * 500],
+    control_kinds=[0, 1, 2, 7, 16],
+    highest_ack=30,
+    padding=True,
 )
 
 # many tiny frames in one record: stream 0's first bytes, one frame each
