@@ -17,6 +17,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
 from dtp.escrow import object_id_bytes
@@ -41,6 +42,22 @@ def funded_ledger(tmp_path: Path, client: HostIdentity) -> Iterator[LocalLedger]
         yield ledger
     finally:
         ledger.close()
+
+
+@contextmanager
+def hosted_ledgers(
+    tmp_path: Path, server: HostIdentity, client: HostIdentity, port: int, sla: Sla
+) -> Iterator[tuple[LocalLedger, LocalLedger, str]]:
+    """:func:`funded_ledger` with ``server``'s host offering an echo service on ``port``:
+    (the client's ledger, the server's own handle on the same file, the host ID)."""
+    with funded_ledger(tmp_path, client) as ledger:
+        host_id = ledger.create_host(server, server.noise_public)
+        ledger.add_service(server, host_id, port, "echo", sla)
+        server_ledger = LocalLedger(tmp_path / "ledger.db")
+        try:
+            yield ledger, server_ledger, host_id
+        finally:
+            server_ledger.close()
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from dtp.metering import MeteringConfig
 from dtp.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.paid_twins import hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 T = TypeVar("T")
@@ -106,14 +106,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 5000))
-        server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own
-        try:
-            yield World(ledger, server_ledger, host_id, tmp_path)
-        finally:
-            server_ledger.close()
+    with hosted_ledgers(tmp_path, SERVER, CLIENT, PORT, Sla(10, 5, 5000)) as ledgers:
+        yield World(*ledgers, tmp_path)
 
 
 def _echo(sock: PaidSocket) -> None:

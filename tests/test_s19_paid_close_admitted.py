@@ -29,7 +29,7 @@ from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import funded_ledger, ident, loop_in_thread
+from tests.paid_twins import hosted_ledgers, ident, loop_in_thread
 
 PORT = 7
 SERVER = ident(0x93)
@@ -57,14 +57,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 5000))
-        server_ledger = LocalLedger(tmp_path / "ledger.db")  # the server's own
-        try:
-            yield World(ledger, server_ledger, host_id, tmp_path)
-        finally:
-            server_ledger.close()
+    with hosted_ledgers(tmp_path, SERVER, CLIENT, PORT, Sla(10, 5, 5000)) as ledgers:
+        yield World(*ledgers, tmp_path)
 
 
 @dataclass
