@@ -65,6 +65,7 @@ from dtp.escrow import (
 )
 
 if TYPE_CHECKING:
+    from dtp.aio import DTPStreamWriter
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Sla
     from dtp.ratelimit import ClientBuckets
@@ -387,8 +388,9 @@ def _read_control(sock: DTPSocket) -> bytes | None:
     return _read_exact(sock, size)
 
 
-def _abort_control(sock: DTPSocket, exc: _BadControlFrame) -> None:
-    """End the connection of a peer that broke the control protocol, with the reason."""
+def _abort_control(sock: DTPSocket | DTPStreamWriter, exc: _BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason
+    (a blocking socket's or an asyncio writer's: both abort alike)."""
     logger.info("UDP control stream: %s: closing the connection", exc)
     with contextlib.suppress(DTPError, OSError):
         sock.abort(str(exc))

@@ -24,6 +24,7 @@ from dtp.udp import (
     FlowAccount,
     UdpBilling,
     UdpStats,
+    _abort_control,
     _backend_socket,
     _BadControlFrame,
     _check_control_size,
@@ -52,13 +53,6 @@ async def _read_control(reader: DTPStreamReader) -> bytes | None:
         raise
     except (asyncio.IncompleteReadError, DTPError):
         return None
-
-
-def _abort_control(writer: DTPStreamWriter, exc: _BadControlFrame) -> None:
-    """End the connection of a peer that broke the control protocol, with the reason."""
-    logger.info("UDP control stream: %s: closing the connection", exc)
-    with contextlib.suppress(DTPError, OSError):
-        writer.abort(str(exc))
 
 
 async def relay_udp_async(
