@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal, send_sealed
+from tests.sealed_world import SealedWorld, sealed_world
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str]]:
-    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
-    alice, bob = HostIdentity.generate(), HostIdentity.generate()
-    hb = ledger.create_host(bob, bob.noise_public)
-    yield ledger, alice, bob, hb
-    ledger.close()
+def world(tmp_path: Path) -> Iterator[SealedWorld]:
+    with sealed_world(tmp_path) as setting:
+        yield setting
 
 
 def test_a_torn_journal_line_does_not_corrupt_the_next_start(world: tuple, tmp_path: Path) -> None:

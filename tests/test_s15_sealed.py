@@ -26,15 +26,13 @@ from dtp.chain.objects import EventFilter
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.sealed import SealedInbox, seal
+from tests.sealed_world import SealedWorld, sealed_world
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str]]:
-    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
-    alice, bob = HostIdentity.generate(), HostIdentity.generate()
-    hb = ledger.create_host(bob, bob.noise_public)
-    yield ledger, alice, bob, hb
-    ledger.close()
+def world(tmp_path: Path) -> Iterator[SealedWorld]:
+    with sealed_world(tmp_path) as setting:
+        yield setting
 
 
 def _head(ledger: LocalLedger, hb: str) -> str | None:

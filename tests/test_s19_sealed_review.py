@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal
+from tests.sealed_world import SealedWorld, sealed_world
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,12 +52,9 @@ with SealedInbox(bob, host, ledger, state_path=state) as inbox:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[LocalLedger, HostIdentity, HostIdentity, str]]:
-    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
-    alice, bob = HostIdentity.generate(), HostIdentity.generate()
-    hb = ledger.create_host(bob, bob.noise_public)
-    yield ledger, alice, bob, hb
-    ledger.close()
+def world(tmp_path: Path) -> Iterator[SealedWorld]:
+    with sealed_world(tmp_path) as setting:
+        yield setting
 
 
 def _run_recipient(
