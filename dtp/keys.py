@@ -126,6 +126,26 @@ class InvalidSignature(DTPError):
     """A Sui signature is malformed, uses an unsupported scheme, or does not verify."""
 
 
+#: Transaction signatures a :class:`HostIdentity` of this process made, each taken once
+#: by :func:`verify_transaction`: (digest, serialized signature) -> the signer's address.
+#: An Ed25519 signature made with a key verifies under that key's public half, which is
+#: the one the signature carries, so checking it again proves nothing new -- and
+#: LocalLedger checks every transaction it signs itself (about 60 us each, on the path
+#: of every ledger call). It holds nothing this process did not sign; bounded, oldest
+#: dropped first (an unchecked entry only means one verification more).
+_OWN_TX_SIGNATURES: dict[tuple[bytes, bytes], str] = {}
+_OWN_TX_SIGNATURES_MAX: Final = 1024
+
+
+def _remember_own_signature(digest: bytes, signature: bytes, address: str) -> None:
+    table = _OWN_TX_SIGNATURES
+    while len(table) >= _OWN_TX_SIGNATURES_MAX:
+        # (other threads may sign or verify meanwhile: a race only costs a verification)
+        with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+            del table[next(iter(table))]
+    table[(digest, signature)] = address
+
+
 # -- Sui primitives -------------------------------------------------------------------------
 
 
@@ -243,8 +263,15 @@ def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
     """Check a Sui transaction signature (intent ``[0, 0, 0]``); return the signer's address.
 
     Raises :class:`InvalidSignature` and TypeError like :func:`verify_personal_message`.
+    A signature a :class:`HostIdentity` of this process made over these bytes is known
+    to verify: the first check of it is a lookup (:data:`_OWN_TX_SIGNATURES`).
     """
-    return _verify_sui_signature(transaction_digest(tx_bytes), sui_signature)
+    digest = transaction_digest(tx_bytes)
+    signature = _bytes_arg("a Sui signature", sui_signature)
+    signer = _OWN_TX_SIGNATURES.pop((digest, signature), None)
+    if signer is not None:
+        return signer
+    return _verify_sui_signature(digest, signature)
 
 
 # -- bech32 (BIP-173), for "suiprivkey1..." strings ----------------------------------------
@@ -489,7 +516,10 @@ class HostIdentity:
 
         Same bytes as pysui's ``new_sign_secure`` (base64-decoded).
         """
-        return self._sui_sign(transaction_digest(tx_bytes))
+        digest = transaction_digest(tx_bytes)
+        signature = self._sui_sign(digest)
+        _remember_own_signature(digest, signature, self._sui_address)
+        return signature
 
     # -- dunder ---------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ What it models of Sui:
   transaction that changes the object).
 - **Transactions**: every call is encoded canonically (:mod:`dtp.chain.local_tx`),
   signed with Sui intent signing (``identity.sign_transaction``) and verified against the
-  claimed sender before it runs; each (sender, nonce) pair executes at most once.
+  claimed sender before it runs (a signature a HostIdentity of this process has just
+  made is known to verify: :func:`dtp.keys.verify_transaction` looks it up instead);
+  each (sender, nonce) pair executes at most once.
   :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
   transactions can be tried.
 - **Atomicity**: each call is one SQLite transaction; a failing call (any check, any
@@ -1050,7 +1052,8 @@ class LocalLedger(Ledger):
     ) -> tuple[Tx, bytes, bytes]:
         """The transaction, its bytes and ``signer``'s signature, ready for _execute."""
         # The bytes are encoded from this Tx here: decoding them again would give it back
-        # (everything else execute() does -- the signature check first -- still runs).
+        # (everything else execute() does -- the signature check first, a lookup for a
+        # signature made here -- still runs).
         # Vectors and oversized transactions go through the decoder all the same: it alone
         # enforces the nesting and size limits.
         nonce = next(self._nonce_counter) & U64_MAX
@@ -1860,6 +1863,19 @@ class LocalLedger(Ledger):
         except rules.DamagedData as exc:
             raise self._damaged(exc) from exc
         return _connection_view(tc, objects, hid, epoch)
+
+    def change_marker(self) -> tuple[int, int]:
+        """A token that differs once any transaction committed on this ledger file since
+        it was taken, by this handle or any other, in any process (SQLite's
+        ``data_version`` and this handle's commit count): a cheap check, no object read,
+        for a watcher that would otherwise read an object again and again to see it
+        appear (a paid server waiting for a client's open to land)."""
+
+        def read() -> tuple[int, int]:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+            return int(row[0]), self._commits
+
+        return self._read_one(read)
 
     def object_version(self, object_id: str) -> int:
         """The version of a live object: it changes with every transaction that changes
