@@ -320,6 +320,9 @@ class Connection:
         self.records_received = 0
         #: Datagrams dropped instead of sent because the carrier was backed up
         self.datagrams_send_dropped = 0
+        # datagram payload bytes sent plus received, for usage: a paid connection meters
+        # them as stream bytes (else datagrams moved any amount of data for free)
+        self._datagram_bytes = 0
 
         if self.is_client:
             self._hs = Handshake.initiator(
@@ -358,15 +361,17 @@ class Connection:
 
     @property
     def usage(self) -> tuple[int, int]:
-        """What paid connections meter (docs/escrow.md §6.1): (application stream bytes
-        sent plus received, over all streams; streams opened by the client)."""
+        """What paid connections meter (docs/escrow.md §6.1): (application bytes sent
+        plus received -- stream bytes over all streams, and datagram payloads as they are
+        queued to go out or accepted from an authenticated record; streams opened by the
+        client)."""
         client_streams = self._opened_by_us if self.is_client else self._peer_opened
         if self.lent_lane is not None:
             # read where the loan keeps them, without ending it: metering threads read
-            # this without the adapter's lock
+            # this without the adapter's lock (datagrams never move on the lane)
             f = self.lent_lane.flow
-            return f.conn_sent + f.rx.conn_received, client_streams
-        return self._conn_sent + self._conn_received, client_streams
+            return f.conn_sent + f.rx.conn_received + self._datagram_bytes, client_streams
+        return self._conn_sent + self._conn_received + self._datagram_bytes, client_streams
 
     @property
     def peer_connection_id(self) -> bytes | None:
@@ -1249,14 +1254,18 @@ class Connection:
             size += len(body)
         if backlog + size > DATAGRAM_SEND_BACKLOG:
             room = DATAGRAM_SEND_BACKLOG - backlog
-            kept = 0
+            kept = size = 0
             for frame in frames:
                 room -= len(frame.data)
                 if room < 0:
                     break
+                size += len(frame.data)
                 kept += 1
             self.datagrams_send_dropped += len(frames) - kept
             del frames[kept:]
+        # metered as they are framed to go (dropped ones never are): over an ordered
+        # carrier the peer counts exactly these as it accepts them
+        self._datagram_bytes += size
         self._ctrl.extend(frames)
         return len(frames)
 
@@ -1642,6 +1651,9 @@ class Connection:
         elif ftype == FRAME_RECEIPT:
             self._deliver(ReceiptReceived(frame.data))
         elif ftype == FRAME_DATAGRAM:
+            # metered here, before any queue drops it: the sender counted it as sent, and
+            # both sides' usage must agree for receipts to match what the server saw
+            self._datagram_bytes += len(frame.data)
             self._deliver(DatagramReceived(frame.data))
         # PING and PADDING need nothing beyond the idle timer and the ACK
 

@@ -9,10 +9,12 @@
   (:class:`dtp.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
   pause or close given the usage the server has seen.
 
-What is metered: application bytes of every stream in both directions (new bytes the
-connection sent plus received, as :attr:`dtp.connection.Connection.usage` counts them)
-and requests = streams opened by the client. Both sides count the same bytes, so they
-disagree only by what is in flight.
+What is metered: application bytes in both directions -- new bytes of every stream the
+connection sent plus received, and the payloads of the datagrams it sent and received,
+as :attr:`dtp.connection.Connection.usage` counts them -- and requests = streams opened
+by the client. Both sides count the same bytes (a datagram as it is framed to go, and
+as it is accepted, before any queue drops it), so over an ordered carrier they disagree
+only by what is in flight.
 
 Nothing here reads the clock: ``now_ms`` is always passed in.
 """

@@ -399,9 +399,11 @@ class _PaidConnection:
         self.receipts += 1
         self.engine._wake()
 
-    def verdict(self) -> GateVerdict:
+    def verdict(self, whole: int = 0) -> GateVerdict:
+        """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
+        :meth:`reserve_datagrams`)."""
         total_bytes, total_requests = self.engine.conn.usage
-        return self.gate.verdict(_now_ms(), total_bytes, total_requests)
+        return self.gate.verdict(_now_ms(), total_bytes + whole, total_requests)
 
     def wait_paid(self) -> None:
         """Return when the receipts cover the usage (within the allowance); while they
@@ -426,17 +428,18 @@ class _PaidConnection:
             if timeout is not None and time.monotonic() - start >= timeout:
                 raise DTPTimeoutError("timed out")
 
-    def _look(self, writing: bool) -> bool:
+    def _look(self, writing: bool, whole: int = 0) -> bool:
         """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
         ``writing``): False when the credit it allows is all held by writes under way or
         queued (after waiting a little for some of them to go), so that the writer looks
-        again."""
+        again. ``whole``: bytes of a write that cannot go in part (a datagram), judged
+        as if in the usage already: paused until the credit covers all of them."""
         total_bytes, total_requests = self.engine.conn.usage
         gate = self.gate
-        if gate.serving(total_bytes, total_requests):
-            return self._refill(writing)
+        if gate.serving(total_bytes + whole, total_requests):
+            return self._refill(writing, whole)
         self.read_deposit()
-        verdict = self.verdict()
+        verdict = self.verdict(whole)
         engine = self.engine
         while verdict.state is GateState.PAUSE:
             with engine.lock:
@@ -448,20 +451,20 @@ class _PaidConnection:
                 with contextlib.suppress(DTPTimeoutError):
                     engine.pump(
                         lambda: (
-                            self.verdict().state is not GateState.PAUSE
+                            self.verdict(whole).state is not GateState.PAUSE
                             or engine.session.terminated is not None
                         ),
                         self.policy.request_interval,
                     )
             # (the engine lock let go: the escrow is read in this thread, not under it)
             self.read_deposit()
-            verdict = self.verdict()
+            verdict = self.verdict(whole)
         if verdict.state is GateState.CLOSE:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
         if verdict.state is GateState.SERVE:
-            return self._refill(writing)
+            return self._refill(writing, whole)
         return True
 
     def read_deposit(self, *, ending: bool = False) -> None:
@@ -497,12 +500,13 @@ class _PaidConnection:
         if gate.violation is not None:
             self._credit = self._send_credit = 0
 
-    def _refill(self, writing: bool) -> bool:
+    def _refill(self, writing: bool, whole: int = 0) -> bool:
         """Set the credit to what the gate allows (the connection serving); for writes,
         less the bytes written but not in the usage yet: those of writes under way, and
         those queued in the connection beyond the client's flow-control window (the
-        usage counts a byte once it is sent). False when they hold all of it, after
-        waiting up to ``request_interval`` for some of them to go."""
+        usage counts a byte once it is sent). False when they hold all of it (or, for a
+        write of ``whole`` bytes, too much of it for them), after waiting up to
+        ``request_interval`` for some of them to go."""
         engine = self.engine
         if not writing:
             self._credit = min(self.gate.credit_bytes(*engine.conn.usage), _CREDIT_MAX)
@@ -517,7 +521,7 @@ class _PaidConnection:
                 ended = engine.session.terminated is not None or engine.closed
             sending = self._sending
             credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
-            if credit > 0 or not (sending or queued) or ended:
+            if credit >= max(whole, 1) or not (sending or queued) or ended:
                 self._send_credit = min(max(credit, 0), _CREDIT_MAX)
                 return True
             if not queued:
@@ -549,6 +553,42 @@ class _PaidConnection:
             self._credit -= max(take, _CALL_COST)  # reads look again as they did
             self._sending += take
         return take
+
+    def reserve_datagrams(self, sock: DTPSocket, sizes: list[int], start: int) -> tuple[int, int]:
+        """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
+        (a datagram cannot go in part: its bytes are metered as they go), pausing for a
+        receipt as a write does at the end of the credit; then take from the credit as
+        many datagrams from ``start`` on as it covers, as :meth:`reserve` does. Returns
+        (how many, their bytes held as under way until :meth:`sent`); (0, 0) once the
+        connection ended (the send then reports how). Waits within ``sock``'s timeout,
+        as :meth:`wait_send`."""
+        engine = self.engine
+        first = sizes[start]
+        began = time.monotonic()
+        while True:
+            with self._cond:
+                credit = self._send_credit
+                if credit > 0 and credit >= first:
+                    count = taken = 0
+                    for i in range(start, len(sizes)):
+                        size = sizes[i]
+                        if count and (credit < size or credit <= 0):
+                            break
+                        credit -= max(size, _CALL_COST)
+                        taken += size
+                        count += 1
+                    self._send_credit = credit
+                    self._credit -= max(taken, _CALL_COST)  # reads look again as they did
+                    self._sending += taken
+                    return count, taken
+            if engine.session.terminated is not None or engine.closed:
+                return 0, 0
+            if not self._look(True, first):
+                timeout = sock.gettimeout()
+                if timeout == 0:
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+                if timeout is not None and time.monotonic() - began >= timeout:
+                    raise DTPTimeoutError("timed out")
 
     def sent(self, reserved: int) -> None:
         """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
@@ -750,29 +790,52 @@ class PaidSocket:
         return stream_file(self, mode, buffering, encoding, errors, newline)
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
-        """:meth:`dtp.socket.DTPSocket.send_datagram`; waits while the connection is
-        paused for payment (datagrams themselves are not metered)."""
-        # datagrams are not metered (Connection.usage counts stream bytes), but a paused
-        # connection moves nothing at all
-        self._paid.wait_paid()
-        self._sock.send_datagram(data)
+        """:meth:`dtp.socket.DTPSocket.send_datagram`, metered as :meth:`send`: the
+        datagram goes once the gate's credit covers all of it (it waits while the
+        connection is paused for payment) and within the rate limits."""
+        self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
-        """:meth:`dtp.socket.DTPSocket.send_datagrams`, after waiting while paused."""
-        self._paid.wait_paid()
-        return self._sock.send_datagrams(datagrams)
+        """:meth:`dtp.socket.DTPSocket.send_datagrams`, metered as :meth:`send_datagram`
+        (in runs the credit covers, each after waiting for it): all of them, or (on a
+        TypeError or LocalProtocolError for any one) none. Returns how many were
+        queued."""
+        items = list(datagrams)
+        sock = self._sock
+        sizes = datagram_sizes(items, sock.max_datagram_size)
+        paid = self._paid
+        queued = start = 0
+        while start < len(items):
+            count, reserved = paid.reserve_datagrams(sock, sizes, start)
+            if not count:
+                # the connection ended: the socket's own call says how
+                return queued + sock.send_datagrams(items[start:])
+            try:
+                queued += sock.send_datagrams(items[start : start + count])
+            finally:
+                paid.sent(reserved)
+            paid.limit(reserved)
+            start += count
+        return queued
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
-        """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused."""
-        self._paid.wait_paid()
-        return self._sock.recv_datagram(timeout)
+        """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
+        datagram is in the usage since it arrived), then within the rate limits."""
+        paid = self._paid
+        paid.wait_paid()
+        data = self._sock.recv_datagram(timeout)
+        paid.throttle(len(data))
+        return data
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
-        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, after waiting while paused."""
-        self._paid.wait_paid()
-        return self._sock.recv_datagrams(max_count, timeout)
+        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
+        paid = self._paid
+        paid.wait_paid()
+        batch = self._sock.recv_datagrams(max_count, timeout)
+        paid.throttle(sum(map(len, batch)))
+        return batch
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""
@@ -806,6 +869,25 @@ class PaidSocket:
 
     def __repr__(self) -> str:
         return f"<PaidSocket of {self._sock!r}>"
+
+
+def datagram_sizes(items: list[bytes | bytearray | memoryview], limit: int) -> list[int]:
+    """The sizes of the datagrams ``items``, checked as the connection checks them
+    before it sends any (TypeError, LocalProtocolError above ``limit``): a paid stream
+    sends them in the runs its credit covers, and one refused midway would leave the
+    earlier runs sent."""
+    sizes = []
+    for data in items:
+        try:
+            size = memoryview(data).nbytes
+        except TypeError:
+            raise TypeError(
+                f"a bytes-like object is required, not {type(data).__name__!r}"
+            ) from None
+        if size > limit:
+            raise LocalProtocolError(f"datagram of {size} bytes exceeds {limit}")
+        sizes.append(size)
+    return sizes
 
 
 #: What PaidSocket takes from the wrapped socket as it is: none of it moves stream bytes

@@ -46,6 +46,7 @@ from dtp.paid import (
     _receipts_held,
     check_address,
     closes_store,
+    datagram_sizes,
     gate_for,
     open_store,
     recover_store,
@@ -221,6 +222,25 @@ class _PaidConnection:
         if nbytes <= credit:
             return nbytes
         return credit if credit or queued else 1
+
+    def datagram_room(self, sizes: list[int]) -> int:
+        """How many datagrams of ``sizes`` (the first ones) may go now: those whose
+        bytes, each whole, the gate's credit covers, judged as :meth:`send_room` judges a
+        write (on the usage plus the bytes queued beyond the client's window); 0 when the
+        gate does not serve."""
+        conn = self.conn
+        total_bytes, total_requests = conn.usage
+        gate = self.gate
+        if not gate.serving(total_bytes, total_requests):
+            return 0
+        credit = gate.credit_bytes(total_bytes + conn.send_buffered(), total_requests)
+        count = 0
+        for size in sizes:
+            if size > credit:
+                break
+            credit -= size
+            count += 1
+        return count
 
     async def wait_send(self, nbytes: int) -> int:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
@@ -548,23 +568,41 @@ class PaidWriter:
         self._writer.abort(reason)
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
-        # datagrams are not metered (Connection.usage counts stream bytes), but a paused
-        # connection moves nothing: one that would wait is dropped and counted, as the
-        # writer drops one that does not fit
-        if self._paid.room(1):
-            self._writer.send_datagram(data)
-        else:
-            self._paid.conn.datagrams_send_dropped += 1
+        """Send a datagram when the gate's credit covers all of it (its bytes are
+        metered): never waits, so one that would wait for payment is dropped and
+        counted, as the writer drops one that does not fit; its bytes are charged to the
+        rate limits at the next :meth:`drain`."""
+        self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
-        if self._paid.room(1):
-            return self._writer.send_datagrams(datagrams)
-        self._paid.conn.datagrams_send_dropped += sum(1 for _ in datagrams)
-        return 0
+        """:meth:`send_datagram` for many: the first ones the credit covers go (all or
+        none on a TypeError or LocalProtocolError), the rest are dropped and counted.
+        Returns how many went."""
+        items = list(datagrams)
+        sizes = datagram_sizes(items, self._writer.max_datagram_size)
+        take = self._paid.datagram_room(sizes)
+        if take < len(items):
+            self._paid.conn.datagrams_send_dropped += len(items) - take
+        if not take:
+            return 0
+        sent = self._writer.send_datagrams(items[:take])
+        self._unthrottled += sum(sizes[:sent])
+        return sent
 
     async def recv_datagram(self) -> bytes:
-        await self._paid.wait_paid()
-        return await self._writer.recv_datagram()
+        """The connection's next datagram, once paid up (it is in the usage since it
+        arrived), within the rate limits."""
+        paid = self._paid
+        await paid.wait_paid()
+        data = await self._writer.recv_datagram()
+        try:
+            await paid.throttle(len(data))
+        except asyncio.CancelledError:
+            # cancelled while the rate limits hold it: it stays the next one to read
+            # (charged again then; rare)
+            self._writer._session.datagrams.appendleft(data)
+            raise
+        return data
 
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
