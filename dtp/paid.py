@@ -968,10 +968,16 @@ def recover_store(
     return []
 
 
+#: How long a closed paid server's release waits for its receipt writer to finish
+#: (seconds): one still writing then (a stalled disk) is left the store, open.
+RELEASE_WRITER_WAIT = 30.0
+
+
 def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
     """A closed paid server's last step: stop the receipt writer (after it wrote
-    everything), then close the store if the server opened it."""
-    if not writer.close():
+    everything, within :data:`RELEASE_WRITER_WAIT`), then close the store if the server
+    opened it."""
+    if not writer.close(RELEASE_WRITER_WAIT):
         # still writing: the store stays open under it rather than lose a receipt
         logger.error("the receipt writer did not finish; receipt store left open")
         return

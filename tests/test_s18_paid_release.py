@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 import dtp.aio
+import dtp.paid
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
@@ -196,11 +197,14 @@ def test_close_from_a_handler_does_not_deadlock(world: World) -> None:
     assert [c for c, _ in server.settlements] == [cid]
 
 
-def test_not_released_while_the_receipt_writer_still_writes(world: World) -> None:
-    """The release waits for the receipt writer only so long (30 s), then goes on with
-    the writer still writing (a stalled disk): wait_released() said True then, and the
-    caller closing its store lost what the writer held (here the settlement's claimed
-    mark). It waits for the writer too."""
+def test_not_released_while_the_receipt_writer_still_writes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release waits for the receipt writer only so long (RELEASE_WRITER_WAIT, 30 s;
+    2 s here), then goes on with the writer still writing (a stalled disk):
+    wait_released() said True then, and the caller closing its store lost what the
+    writer held (here the settlement's claimed mark). It waits for the writer too."""
+    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
     server = world.serve(_echo, store)
     try:
@@ -210,7 +214,7 @@ def test_not_released_while_the_receipt_writer_still_writes(world: World) -> Non
             assert cid is not None
             server.close()
             store.stall.set()  # from now on the disk does not answer
-        # the release (30 s into the writer's stall) has run: the event is what
+        # the release (RELEASE_WRITER_WAIT into the writer's stall) has run: the event is what
         # wait_released() waited for alone
         assert server._released.wait(120)
         assert store.stalled.is_set()
@@ -228,10 +232,13 @@ def test_not_released_while_the_receipt_writer_still_writes(world: World) -> Non
         assert stored is not None and stored.unclaimed == 0  # the mark was written
 
 
-def test_the_asyncio_server_waits_for_the_receipt_writer_too(world: World) -> None:
+def test_the_asyncio_server_waits_for_the_receipt_writer_too(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PaidAioServer.wait_released() had the same gap: True once the release ran,
     though the release had left the receipt writer still writing to the caller's
     store."""
+    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
 
     async def echo(reader: PaidReader, writer: PaidWriter) -> None:
@@ -262,7 +269,7 @@ def test_the_asyncio_server_waits_for_the_receipt_writer_too(world: World) -> No
                 assert cid is not None
                 loop.call_soon_threadsafe(server.close)  # (the client still connected)
                 store.stall.set()  # from now on the disk does not answer
-            # the release (30 s into the writer's stall, on the loop) has run
+            # the release (RELEASE_WRITER_WAIT into the writer's stall, on the loop) has run
             assert wait_for(server._released.is_set, 120)
             assert store.stalled.is_set()
             assert not run(server.wait_released(1))  # the writer is still at the store

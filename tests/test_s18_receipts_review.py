@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from dtp import receipt_store
 from dtp.errors import DTPError
 from dtp.escrow import Receipt
 from dtp.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
@@ -98,6 +99,13 @@ def test_a_damaged_file_a_directory_and_a_closed_store_are_typed_errors(
         store.latest(CONN)
 
 
+@pytest.fixture
+def short_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUSY_TIMEOUT (30 s) at 2 s: the bound is what is tested, not its length."""
+    monkeypatch.setattr(receipt_store, "BUSY_TIMEOUT", 2.0)
+
+
+@pytest.mark.usefixtures("short_bound")
 def test_a_store_locked_by_another_process_is_a_typed_error_within_its_bound(
     tmp_path: Path,
 ) -> None:
@@ -118,6 +126,7 @@ def test_a_store_locked_by_another_process_is_a_typed_error_within_its_bound(
         store.close()
 
 
+@pytest.mark.usefixtures("short_bound")
 def test_attaching_behind_a_lock_file_held_for_good_fails_within_its_bound(
     tmp_path: Path,
 ) -> None:
