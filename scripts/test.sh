@@ -47,8 +47,23 @@ done
 step "benchmark bodies (run once each, no timing)"
 $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
-step "suite on the pure-Python core (DTP_PUREPYTHON=1)"
-DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider tests
-
-step "suite on the C core"
-$PYBIN/python -m pytest -q -p no:cacheprovider tests
+step "suite on both core backends side by side: the C core, and pure Python (DTP_PUREPYTHON=1)"
+# Two processes, one per backend: much of the suite waits (sockets, timers, other
+# processes), so together they take little longer than one. Each writes its own log,
+# shown once both ended; either failing fails the run.
+mkdir -p build
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+$PYBIN/python -m pytest -q -p no:cacheprovider tests >build/suite-c.log 2>&1 &
+pids+=($!)
+DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider tests >build/suite-pure.log 2>&1 &
+pids+=($!)
+status=0
+wait "${pids[0]}" || status=1
+wait "${pids[1]}" || status=1
+trap - EXIT INT TERM
+printf '\n-- the C core --\n'
+cat build/suite-c.log
+printf '\n-- pure Python (DTP_PUREPYTHON=1) --\n'
+cat build/suite-pure.log
+exit "$status"
