@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import operator
 import socket
 import threading
 import time
@@ -88,7 +89,7 @@ from dtp.metering import MeteringConfig
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
-from dtp.socket import PAID_CLOSE_WAIT
+from dtp.socket import PAID_CLOSE_WAIT, _readable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -439,7 +440,9 @@ class DTPStreamReader:
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF. A
         read of all that is cancelled, or meets a reset or a failure, consumes nothing
-        (the next read gets those bytes; asyncio's loses them)."""
+        (the next read gets those bytes; asyncio's loses them). A size that is not an
+        integer raises TypeError at once (asyncio's: for 1.5, once bytes came)."""
+        n = operator.index(n)
         if n == 0:
             return b""
         if n < 0:
@@ -464,7 +467,9 @@ class DTPStreamReader:
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
         reset or the connection's failure raises its typed error, as asyncio's raises the
-        connection's exception)."""
+        connection's exception). A size that is not an integer raises TypeError at once
+        (asyncio's: for 1.5, once bytes came)."""
+        n = operator.index(n)
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
         if n == 0:
@@ -537,7 +542,7 @@ class DTPStreamReader:
         LimitOverrunError past the limit (64 KiB unless open_connection / start_server
         was given another) without it (as asyncio); a reset stream or a failed
         connection raises its typed error."""
-        if not separator:
+        if not len(separator):  # (TypeError for None, as asyncio's)
             raise ValueError("separator should be at least one-byte string")
         start = 0
         limit = self._proto.limit
@@ -684,19 +689,20 @@ class DTPStreamWriter:
         return transport.get_extra_info(name, default) if transport else default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue bytes (call :meth:`drain` to wait for room)."""
+        """Queue bytes (call :meth:`drain` to wait for room). Anything bytes-like is
+        taken (an ``array('i')``: its bytes, as a socket sends them); what is not raises
+        TypeError -- a strided view BufferError, as a socket's send() -- in any state,
+        before anything is queued (asyncio's transport failed the connection then)."""
+        view = _readable(data)
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)
-        if not data:
-            memoryview(data)  # None and other non-buffers: the TypeError a transport raises
-        else:
+        if view:
             proto = self._proto
             transport = proto.transport
             if transport is not None and not transport.is_closing():
                 # the lane: sealed straight from the caller's bytes into records that
                 # go to the transport at once (it copies what it cannot send now)
-                view = memoryview(data).cast("B")
                 while view:
                     sealed = self._conn.seal_fast(self._stream_id, view, proto.loop.time())
                     if sealed is None:
@@ -706,9 +712,8 @@ class DTPStreamWriter:
                 if not view:
                     proto.flush()  # the meter, control frames, timers
                     return
-                data = view
             # no defensive copy: the connection seals the bytes now or copies them
-            self._conn.send_stream_data(self._stream_id, data)
+            self._conn.send_stream_data(self._stream_id, view)
             proto.flush()
 
     def writelines(self, lines: Any) -> None:

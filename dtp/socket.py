@@ -27,10 +27,12 @@ import heapq
 import io
 import logging
 import numbers
+import operator
 import os
 import queue
 import select
 import socket as _socket
+import sys
 import threading
 import time
 import weakref
@@ -1001,14 +1003,62 @@ def _writable(buffer: Any) -> memoryview:
     return view.cast("B")
 
 
+_SSIZE_MAX = sys.maxsize  # the largest byte count a socket takes (a C ssize_t)
+
+
+def _readable(data: Any) -> memoryview:
+    """``data`` as the bytes a socket sends of it (an ``array('i')``'s raw bytes), or
+    the error a socket raises for it: TypeError when not bytes-like, BufferError when
+    not contiguous."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
+    if not view.c_contiguous:
+        raise BufferError("memoryview: underlying buffer is not C-contiguous")
+    return view.cast("B")
+
+
+def _checked_size(size: Any, call: str) -> int:
+    """``size`` as a socket takes a byte count (recv's bufsize, recv_into's nbytes), or
+    the error it raises: TypeError for a non-integer (1.5, "4"), OverflowError past
+    what a C ssize_t holds, ValueError when negative."""
+    n = operator.index(size)
+    if not -_SSIZE_MAX - 1 <= n <= _SSIZE_MAX:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    if n < 0:
+        raise ValueError(f"negative buffersize in {call}")
+    return n
+
+
+def _checked_flags(flags: Any) -> None:
+    """Raise what a socket raises for ``flags`` that are not an integer (TypeError),
+    then :func:`_no_flags` for any set: a DTP stream takes none."""
+    if operator.index(flags):
+        raise _no_flags(flags)
+
+
+def _timeout_seconds(timeout: Any) -> float:
+    """``timeout`` (not None) as a float of seconds, or the error a socket's settimeout
+    raises for it: TypeError when not a number, ValueError for NaN, OverflowError past
+    the longest wait a lock takes (``threading.TIMEOUT_MAX``; infinity too: a wait
+    that long would fail later, in the middle of a read)."""
+    if not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    value = float(timeout)
+    if value != value:
+        raise ValueError("timeout must be >= 0 or None, not NaN")
+    if value > threading.TIMEOUT_MAX:
+        raise OverflowError(f"timeout out of range (at most {threading.TIMEOUT_MAX:.0f} s)")
+    return value
+
+
 def _checked_timeout(timeout: float | None) -> float | None:
     """``timeout`` as settimeout() stores it, or the error a socket's raises for it."""
     if timeout is None:
         return None
-    if not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    value = float(timeout)
-    if not value >= 0:  # (NaN too)
+    value = _timeout_seconds(timeout)
+    if value < 0:
         raise ValueError("timeout must be >= 0 or None")
     return value
 
@@ -1130,8 +1180,9 @@ class DTPSocket:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
-        """Blocking (timeout None) or non-blocking (timeout 0) mode, as for a socket."""
-        self._timeout = None if flag else 0.0
+        """Blocking (timeout None) or non-blocking (timeout 0) mode, as for a socket
+        (whose ``flag`` is an integer: TypeError for "x", None or 1.5)."""
+        self._timeout = None if operator.index(flag) else 0.0
         self._update_fast()
 
     def getblocking(self) -> bool:
@@ -1165,11 +1216,21 @@ class DTPSocket:
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Up to ``bufsize`` bytes; b"" once the peer half-closed its side. ``flags``
         must be 0 (a DTP stream has no MSG_PEEK, MSG_OOB ...)."""
+        if (
+            flags
+            or type(bufsize) is not int
+            or type(flags) is not int
+            or not 0 <= bufsize <= _SSIZE_MAX
+        ):
+            # checked before either path, so that the lent one (which would hand the
+            # lane a float) and the general one raise alike, as a socket does
+            bufsize = _checked_size(bufsize, "recv")
+            _checked_flags(flags)
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
         lent = False
-        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0 and not flags:
+        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0:
             # the usual case once the stream carries data: it is lent, so nothing is
             # buffered for it (Engine.lend), and the lane reads straight into a buffer
             # of its own (acquire / release: cheaper than a with block)
@@ -1183,8 +1244,6 @@ class DTPSocket:
                     lent = True
             finally:
                 lock.release()
-        if flags:
-            raise _no_flags(flags)
         return self._recv_general(bufsize, lent)
 
     def _read_lent(self, lane: Any, bufsize: int) -> bytes | None:
@@ -1246,6 +1305,13 @@ class DTPSocket:
         failed authentication may have been decrypted there), as with any recv_into."""
         if type(buffer) is not bytearray:
             buffer = _writable(buffer)  # (a TypeError now, not after a wait)
+        if nbytes or flags or type(nbytes) is not int or type(flags) is not int:
+            # checked before either path, as a socket does (both raise alike)
+            nbytes = _checked_size(nbytes, "recv_into")
+            _checked_flags(flags)
+            if nbytes > len(buffer):
+                # (a socket's once silently read into a short buffer short)
+                raise ValueError("buffer too small for requested bytes")
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
@@ -1254,7 +1320,6 @@ class DTPSocket:
             conn.lent_stream_id == sid
             and self._fast_read
             and not nbytes
-            and not flags
             and len(buffer)  # (an empty one returns at once, below, as a socket's does)
         ):
             # the usual case once the stream carries data: it is lent, so nothing is
@@ -1269,18 +1334,10 @@ class DTPSocket:
                     lent = True
             finally:
                 lock.release()
-        if flags:
-            raise _no_flags(flags)
         if self._closed:
             raise SocketClosed("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
         if nbytes:
-            # as a socket's: -1 meant all but the last byte, and a short buffer was
-            # silently read into short
-            if nbytes < 0:
-                raise ValueError("negative buffersize in recv_into")
-            if nbytes > len(view):
-                raise ValueError("buffer too small for requested bytes")
             view = view[:nbytes]
         if self._rd_shut or not len(view):
             return 0
@@ -1361,10 +1418,11 @@ class DTPSocket:
         up to the socket's timeout). ``flags``: 0, or ``socket.MSG_DONTWAIT`` to take
         only what fits now, whatever the timeout (BlockingIOError when nothing does)."""
         timeout = self._timeout
-        if flags:
-            if flags != _socket.MSG_DONTWAIT:
-                raise _no_flags(flags)
-            timeout = 0.0
+        if flags or type(flags) is not int:
+            if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
+                _checked_flags(flags)
+            else:
+                timeout = 0.0
         n = self._send(data, timeout)
         self._engine.leave_queued(self._stream_id)
         return n
@@ -1372,7 +1430,7 @@ class DTPSocket:
     def _send(self, data: Any, timeout: float | None) -> int:
         """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
         self._check_sendable()
-        view = memoryview(data).cast("B")
+        view = _readable(data)
         if not len(view):
             return 0
         engine = self._engine
@@ -1443,8 +1501,12 @@ class DTPSocket:
         """Send all of ``data`` (waits while the peer or the network is slow; ``flags``:
         0). The socket's timeout bounds the whole call, as for a socket: then
         DTPTimeoutError, with an unknown part of ``data`` sent."""
-        if flags:
-            raise _no_flags(flags)
+        if flags or type(flags) is not int:
+            _checked_flags(flags)
+        if type(data) is not bytes:
+            # the errors of a socket's (a str: TypeError; a strided view: BufferError)
+            # before either path, and the bytes of an array('i'), not its items
+            data = _readable(data)
         engine = self._engine
         conn = engine.conn
         if conn.lent_stream_id == self._stream_id and self._fast_write:
@@ -1479,7 +1541,7 @@ class DTPSocket:
                 lock.release()
                 if watch:
                     _TIMERS.watch(engine)
-        view = memoryview(data).cast("B")
+        view = _readable(data)
         timeout = self._timeout
         if not timeout:  # None (no limit) or 0 (non-blocking: each send takes what fits)
             while len(view):
@@ -1505,7 +1567,10 @@ class DTPSocket:
         supported (ValueError, as for a socket)."""
         if "b" not in getattr(file, "mode", "b"):
             raise ValueError("file should be opened in binary mode")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            # (as a socket's: TypeError for 1.5)
+            raise TypeError(f"offset must be a non-negative integer, not {offset!r}")
+        if offset < 0:
             raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
         if count is not None:
             if not isinstance(count, int) or isinstance(count, bool):
@@ -1545,7 +1610,7 @@ class DTPSocket:
             self._engine.leave_queued(self._stream_id)
         return sent
 
-    def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
+    def send_recv(self, data: Any, bufsize: int, *, release: Any = None) -> bytes | None:
         """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (a request,
         then its answer; or an answer, then the next request), under one hold of the
         connection's lock, when the stream is lent (the usual case once it carries
@@ -1556,7 +1621,14 @@ class DTPSocket:
 
         ``release``: a lock the caller holds to keep other writers off the stream
         (``acquire`` / ``release``), released as soon as ``data`` is on its way -- before
-        the read waits -- or when this raises first; kept when None is returned."""
+        the read waits -- or when this raises first; kept when None is returned.
+
+        Bad arguments raise as :meth:`sendall` and :meth:`recv` would, whether or not
+        the stream is lent, and before anything is sent."""
+        if type(data) is not bytes:
+            data = _readable(data)  # (the lane counts bytes: an array('i') by its items)
+        if type(bufsize) is not int or not 0 <= bufsize <= _SSIZE_MAX:
+            bufsize = _checked_size(bufsize, "recv")
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
@@ -1654,6 +1726,7 @@ class DTPSocket:
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR sends end-of-stream; SHUT_RD stops reading; SHUT_RDWR both."""
+        how = operator.index(how)  # (as a socket's: TypeError for 1.0, not SHUT_WR)
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise ValueError(f"shutdown() takes SHUT_RD, SHUT_WR or SHUT_RDWR, got {how!r}")
         self._check_open()
@@ -1853,6 +1926,7 @@ class DTPSocket:
     ) -> list[bytes]:
         """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
         most ``max_count``, which is at least 1)."""
+        max_count = operator.index(max_count)
         if max_count < 1:
             raise ValueError(f"max_count must be at least 1, not {max_count}")
         first = self.recv_datagram(timeout)
@@ -1868,7 +1942,11 @@ class DTPSocket:
         forever; 0 or less: one look), then DTPTimeoutError. By default the socket's
         timeout applies, as for :meth:`recv`: a non-blocking socket (timeout 0) raises
         BlockingIOError at once when none is queued, as the socket module's do.
-        Datagrams not read in time are dropped oldest first (``datagrams_dropped``)."""
+        Datagrams not read in time are dropped oldest first (``datagrams_dropped``).
+        A ``timeout`` that is not a number raises as :meth:`settimeout` does (NaN, which
+        would never pass, too), before any wait."""
+        if timeout is not None and timeout != "socket":
+            timeout = _timeout_seconds(timeout)
         self._check_open()
         engine = self._engine
         session = engine.session
@@ -2829,8 +2907,9 @@ class DTPServer:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
-        """Blocking (timeout None) or non-blocking (timeout 0) accept(), as for a socket."""
-        self._timeout = None if flag else 0.0
+        """Blocking (timeout None) or non-blocking (timeout 0) accept(), as for a socket
+        (whose ``flag`` is an integer: TypeError for "x", None or 1.5)."""
+        self._timeout = None if operator.index(flag) else 0.0
 
     def getblocking(self) -> bool:
         """False in non-blocking mode (timeout 0), as for a socket."""
