@@ -415,8 +415,8 @@ class _Engine:
         payment = self.payment
         assert payment is not None
         now = time.monotonic()
-        f = lane.flow
-        if f.conn_sent + f.rx.conn_received < payment.quiet_bytes and now < payment.quiet_until:
+        # (the usage, datagrams included: the lane's counts alone would miss those)
+        if self.conn.usage[0] < payment.quiet_bytes and now < payment.quiet_until:
             return
         payment.tick(now)
         if self.conn.lent_lane is None:
