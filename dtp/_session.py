@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +62,12 @@ def check_connect_timeout(timeout: float | None) -> None:
         raise ValueError(
             f"a connect's timeout must be > 0 or None, got {timeout!r} (settimeout(0) on "
             "the connected socket makes its calls non-blocking)"
+        )
+    if timeout is not None and timeout > threading.TIMEOUT_MAX:
+        # as settimeout() refuses it: a wait that long fails later, midway (the
+        # connection made by then left behind)
+        raise OverflowError(
+            f"a connect's timeout is at most {threading.TIMEOUT_MAX:.0f} s, got {timeout!r}"
         )
 
 

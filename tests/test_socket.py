@@ -253,6 +253,12 @@ def test_send_with_msg_dontwait_takes_what_fits_and_never_waits() -> None:
 def test_bad_arguments_raise_as_on_a_socket_and_lose_nothing(echo_server) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="timeout must be > 0"):
         dtp.socket.create_connection(echo_server.endpoint, timeout=0, server_key=echo_server.key)
+    # past the longest wait a lock takes: refused up front, as settimeout() refuses it (it
+    # failed once connected, the connection left behind)
+    with pytest.raises(OverflowError, match="at most"):
+        dtp.socket.create_connection(
+            echo_server.endpoint, timeout=float("inf"), server_key=echo_server.key
+        )
     with dtp.socket.create_connection(
         echo_server.endpoint, timeout=10, server_key=echo_server.key
     ) as sock:
