@@ -850,13 +850,12 @@ class DTPStreamWriter:
     async def _close_connection(self) -> None:
         conn = self._conn
         if conn.config.reliable_carrier:
-            with contextlib.suppress(asyncio.TimeoutError, DTPError):
-                await asyncio.wait_for(
-                    self._proto.wait_for(
+            # (asyncio.timeout, not wait_for: see below)
+            with contextlib.suppress(TimeoutError, DTPError):
+                async with asyncio.timeout(CLOSE_LINGER):
+                    await self._proto.wait_for(
                         lambda: conn.send_buffered() == 0 or self._session.terminated is not None
-                    ),
-                    CLOSE_LINGER,
-                )
+                    )
         else:
             # over a lossy carrier (the ledger) data has left only once acknowledged, and
             # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
@@ -885,8 +884,9 @@ class DTPStreamWriter:
         if payment is not None:
             # a paid server closes its end once it settled: then the payment finds
             # nothing to do on the ledger (as the blocking socket's drain)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._proto.closed_future), PAID_CLOSE_WAIT)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PAID_CLOSE_WAIT):
+                    await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
         if payment is not None:
             await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
