@@ -441,7 +441,20 @@ class _PaidConnection:
         self.read_deposit()
         verdict = self.verdict(whole)
         engine = self.engine
+        # A pause for ``whole`` bytes is timed here: the gate's own pause clock restarts
+        # whenever another call (a read in another thread) finds the usage without them
+        # served, so a datagram no credit can cover waited for as long as others moved
+        # data, never closing the connection
+        paused_at = time.monotonic()
         while verdict.state is GateState.PAUSE:
+            if whole and time.monotonic() - paused_at >= self.policy.pause_timeout:
+                verdict = GateVerdict(
+                    GateState.CLOSE,
+                    verdict.owed,
+                    f"payment required: no credit covered a datagram of {whole} bytes "
+                    f"within {self.policy.pause_timeout} s",
+                )
+                break
             with engine.lock:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
