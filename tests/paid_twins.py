@@ -9,6 +9,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,54 @@ def hosted_ledgers(
             yield ledger, server_ledger, host_id
         finally:
             server_ledger.close()
+
+
+@dataclass
+class PaidWorld:
+    """:func:`hosted_ledgers`' two handles and host, and the test's directory (receipt
+    stores go there); test files add their own ``connect``."""
+
+    ledger: LocalLedger  # the client's
+    server_ledger: LocalLedger
+    host_id: str
+    tmp_path: Path
+
+    def connect_as(
+        self,
+        client: HostIdentity,
+        port: int,
+        deposit: int,
+        *,
+        metering: Any = None,
+        timeout: float = 30.0,
+    ) -> dtp.socket.DTPSocket:
+        """``client``'s connection by host ID to ``port``, with ``deposit`` in escrow."""
+        return dtp.socket.create_connection(
+            f"dtp://{self.host_id}:{port}",
+            timeout=timeout,
+            ledger=self.ledger,
+            identity=client,
+            deposit=deposit,
+            metering=metering,
+        )
+
+    def serve_aio(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        port: int,
+        handler: Any,
+        identity: HostIdentity,
+        *,
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> PaidAioServer:
+        """``dtp.aio.serve`` of the host's ``port`` on ``loop`` (one of
+        :func:`loop_in_thread`'s), with the server's own ledger handle: the server."""
+        started = dtp.aio.serve(
+            self.host_id, port, handler, ledger=self.server_ledger, identity=identity, **options
+        )
+        server: PaidAioServer = asyncio.run_coroutine_threadsafe(started, loop).result(timeout)
+        return server
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +19,6 @@ import pytest
 import dtp.aio
 import dtp.paid
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import LocalProtocolError
 from dtp.escrow import Receipt
@@ -28,7 +26,7 @@ from dtp.metering import MeteringConfig
 from dtp.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import hosted_ledgers, ident, loop_in_thread, stop
+from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 T = TypeVar("T")
@@ -64,13 +62,7 @@ class StallingStore(ReceiptStore):
         super().mark_claimed_many(claimed)
 
 
-@dataclass
-class World:
-    ledger: LocalLedger  # the client's
-    server_ledger: LocalLedger
-    host_id: str
-    tmp_path: Path
-
+class World(PaidWorld):
     @property
     def address(self) -> str:
         return f"dtp://{self.host_id}:{PORT}"
@@ -87,14 +79,7 @@ class World:
         )
 
     def connect(self) -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(
-            self.address,
-            timeout=30,
-            ledger=self.ledger,
-            identity=CLIENT,
-            deposit=200_000,
-            metering=MeteringConfig(every_bytes=16 << 10),
-        )
+        return self.connect_as(CLIENT, PORT, 200_000, metering=MeteringConfig(every_bytes=16 << 10))
 
     def settled(self, connection_id: str) -> bool:
         tc = self.ledger.get_connection(connection_id)
@@ -251,16 +236,14 @@ def test_the_asyncio_server_waits_for_the_receipt_writer_too(
         def run(coro: Coroutine[Any, Any, T]) -> T:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(180)
 
-        server = run(
-            dtp.aio.serve(
-                world.host_id,
-                PORT,
-                echo,
-                ledger=world.server_ledger,
-                identity=SERVER,
-                receipts=store,
-                policy=ServicePolicy(allowance=500),
-            )
+        server = world.serve_aio(
+            loop,
+            PORT,
+            echo,
+            SERVER,
+            timeout=180,
+            receipts=store,
+            policy=ServicePolicy(allowance=500),
         )
         try:
             with world.connect() as sock:

@@ -24,12 +24,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.admission import LedgerAdmission, PeerInfo
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import hosted_ledgers, ident, loop_in_thread
+from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread
 
 PORT = 7
 SERVER = ident(0x93)
@@ -38,21 +37,9 @@ DEPOSIT = 200_000
 HELD = 600.0  # how long a patched seam would hold the race open without the test
 
 
-@dataclass
-class World:
-    ledger: LocalLedger  # the client's
-    server_ledger: LocalLedger
-    host_id: str
-    tmp_path: Path
-
+class World(PaidWorld):
     def connect(self) -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(
-            f"dtp://{self.host_id}:{PORT}",
-            timeout=30,
-            ledger=self.ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-        )
+        return self.connect_as(CLIENT, PORT, DEPOSIT)
 
 
 @pytest.fixture
@@ -226,17 +213,9 @@ def test_asyncio_admitted_while_closing_is_refused_and_settled(
         server.close()  # (on the loop: asyncio's server is not thread-safe)
 
     with loop_in_thread() as loop:
-        server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                world.host_id,
-                PORT,
-                _unused_aio,
-                ledger=world.server_ledger,
-                identity=SERVER,
-                receipts=world.tmp_path / "receipts.db",
-            ),
-            loop,
-        ).result(60)
+        server = world.serve_aio(
+            loop, PORT, _unused_aio, SERVER, receipts=world.tmp_path / "receipts.db"
+        )
         try:
             thread, outcome = connect_in_thread(world)
             assert race.reached.wait(60)

@@ -15,7 +15,6 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.escrow import fee
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.paid import PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidReader, PaidWriter
-from tests.paid_twins import hosted_ledgers, ident, loop_in_thread, stop
+from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -45,24 +43,11 @@ STINGY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=1.0)
 UNPAID = MeteringConfig(enabled=False)
 
 
-@dataclass
-class World:
-    ledger: LocalLedger  # the client's
-    server_ledger: LocalLedger
-    host_id: str
-    tmp_path: Path
-
+class World(PaidWorld):
     def connect(
         self, deposit: int = DEPOSIT, metering: MeteringConfig | None = None
     ) -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(
-            f"dtp://{self.host_id}:{PORT}",
-            timeout=WAIT,
-            ledger=self.ledger,
-            identity=CLIENT,
-            deposit=deposit,
-            metering=metering,
-        )
+        return self.connect_as(CLIENT, PORT, deposit, metering=metering, timeout=WAIT)
 
     def claimed_when_settled(self, cid: str) -> int:
         """What the server claimed from ``cid``'s escrow, once the connection settled."""
@@ -104,18 +89,9 @@ def paid_server(
             yield
         return
     with loop_in_thread() as loop:
-        server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                world.host_id,
-                PORT,
-                aio,
-                ledger=world.server_ledger,
-                identity=SERVER,
-                receipts=receipts,
-                policy=policy,
-            ),
-            loop,
-        ).result(WAIT)
+        server = world.serve_aio(
+            loop, PORT, aio, SERVER, timeout=WAIT, receipts=receipts, policy=policy
+        )
         try:
             yield
         finally:

@@ -20,7 +20,8 @@ import asyncio
 import math
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -291,6 +292,21 @@ async def _aio_echo(reader: Reader, writer: Writer) -> None:
     await pump(reader, writer)
 
 
+@asynccontextmanager
+async def _aio_connected() -> AsyncIterator[tuple[Reader, Writer]]:
+    """An asyncio echo server and a connection to it (aborted at the end)."""
+    server = await dtp.aio.start_server(_aio_echo, "127.0.0.1", 0, identity=SERVER_ID)
+    async with server:
+        host, port = server.address
+        reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=SERVER_ID.noise_public, timeout=WAIT
+        )
+        try:
+            yield reader, writer
+        finally:
+            writer.abort()
+
+
 async def _aio_round_trip(reader: Reader, writer: Writer, message: bytes = b"ping") -> None:
     writer.write(message)
     assert await asyncio.wait_for(reader.readexactly(len(message)), WAIT) == message
@@ -309,33 +325,25 @@ def test_aio_a_bad_argument_raises_as_asyncio_at_once_and_leaves_the_stream_work
     buffered: bool,
 ) -> None:
     async def main() -> None:
-        server = await dtp.aio.start_server(_aio_echo, "127.0.0.1", 0, identity=SERVER_ID)
-        async with server:
-            host, port = server.address
-            reader, writer = await dtp.aio.open_connection(
-                host, port, server_key=SERVER_ID.noise_public, timeout=WAIT
-            )
-            try:
-                if extra:
-                    reader, writer = await writer.open_stream()
-                await _aio_round_trip(reader, writer)
-                if buffered:
-                    writer.write(b"zz")
-                    loop = asyncio.get_running_loop()
-                    deadline = loop.time() + WAIT
-                    while len(reader._buffer()) < 2:
-                        assert loop.time() < deadline, "the echo never came"
-                        await asyncio.sleep(0.01)
-                with pytest.raises(expected):
-                    result = call(reader, writer)
-                    if asyncio.iscoroutine(result):
-                        # (the old read(1.5) of an empty stream waited for bytes)
-                        await asyncio.wait_for(result, WAIT)
-                if buffered:  # nothing consumed
-                    assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"zz"
-                await _aio_round_trip(reader, writer, b"still here")
-            finally:
-                writer.abort()
+        async with _aio_connected() as (reader, writer):
+            if extra:
+                reader, writer = await writer.open_stream()
+            await _aio_round_trip(reader, writer)
+            if buffered:
+                writer.write(b"zz")
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + WAIT
+                while len(reader._buffer()) < 2:
+                    assert loop.time() < deadline, "the echo never came"
+                    await asyncio.sleep(0.01)
+            with pytest.raises(expected):
+                result = call(reader, writer)
+                if asyncio.iscoroutine(result):
+                    # (the old read(1.5) of an empty stream waited for bytes)
+                    await asyncio.wait_for(result, WAIT)
+            if buffered:  # nothing consumed
+                assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"zz"
+            await _aio_round_trip(reader, writer, b"still here")
 
     asyncio.run(main())
 
@@ -345,19 +353,11 @@ def test_aio_write_takes_an_array_as_its_bytes() -> None:
     bytes-like object, whole)."""
 
     async def main() -> None:
-        server = await dtp.aio.start_server(_aio_echo, "127.0.0.1", 0, identity=SERVER_ID)
-        async with server:
-            host, port = server.address
-            reader, writer = await dtp.aio.open_connection(
-                host, port, server_key=SERVER_ID.noise_public, timeout=WAIT
-            )
-            try:
-                words = array.array("i", [0x676E6970, 0x21212121])
-                writer.write(words)
-                got = await asyncio.wait_for(reader.readexactly(8), WAIT)
-                assert got == words.tobytes()
-                await _aio_round_trip(reader, writer)
-            finally:
-                writer.abort()
+        async with _aio_connected() as (reader, writer):
+            words = array.array("i", [0x676E6970, 0x21212121])
+            writer.write(words)
+            got = await asyncio.wait_for(reader.readexactly(8), WAIT)
+            assert got == words.tobytes()
+            await _aio_round_trip(reader, writer)
 
     asyncio.run(main())
