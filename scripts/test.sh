@@ -47,23 +47,36 @@ done
 step "benchmark bodies (run once each, no timing)"
 $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
-step "suite on both core backends side by side: the C core, and pure Python (DTP_PUREPYTHON=1)"
-# Two processes, one per backend: much of the suite waits (sockets, timers, other
-# processes), so together they take little longer than one. Each writes its own log,
-# shown once both ended; either failing fails the run.
+step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in 4 processes"
+# Each backend's test files in two halves (alternate files, by name), the four runs side
+# by side: much of the suite waits (sockets, timers, other processes), so together
+# they take little longer than the longest one. Each writes its own log under build/,
+# shown once all ended; any failing fails the run.
 mkdir -p build
+files=(tests/test_*.py)
+halves=("" "")
+for i in "${!files[@]}"; do halves[i % 2]+=" ${files[i]}"; done
 pids=()
+logs=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
-$PYBIN/python -m pytest -q -p no:cacheprovider tests >build/suite-c.log 2>&1 &
-pids+=($!)
-DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider tests >build/suite-pure.log 2>&1 &
-pids+=($!)
+for backend in c pure; do
+  for half in 0 1; do
+    log="build/suite-$backend-$half.log"
+    logs+=("$log")
+    # shellcheck disable=SC2086  # (the half is a list of file names, without spaces)
+    if [ "$backend" = pure ]; then
+      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider ${halves[half]} >"$log" 2>&1 &
+    else
+      $PYBIN/python -m pytest -q -p no:cacheprovider ${halves[half]} >"$log" 2>&1 &
+    fi
+    pids+=($!)
+  done
+done
 status=0
-wait "${pids[0]}" || status=1
-wait "${pids[1]}" || status=1
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 trap - EXIT INT TERM
-printf '\n-- the C core --\n'
-cat build/suite-c.log
-printf '\n-- pure Python (DTP_PUREPYTHON=1) --\n'
-cat build/suite-pure.log
+for log in "${logs[@]}"; do
+  printf '\n-- %s --\n' "$log"
+  cat "$log"
+done
 exit "$status"
