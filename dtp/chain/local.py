@@ -235,6 +235,14 @@ def _clock(value: int, what: str) -> int:
 # than imported: importing sui_tx loads pysui, half a second LocalLedger users never need.)
 
 
+def _check_signer(signer: object) -> None:
+    """A signer is a HostIdentity (or anything that signs like one): None or a str given
+    in its place failed as an AttributeError from deep inside, not as a bad argument."""
+    for attribute in ("sui_address", "ed25519_public", "sign_transaction"):
+        if not hasattr(signer, attribute):
+            raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
+
+
 def _bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
     if isinstance(value, str):
         return value.encode()
@@ -1056,6 +1064,7 @@ class LocalLedger(Ledger):
         # signature made here -- still runs).
         # Vectors and oversized transactions go through the decoder all the same: it alone
         # enforces the nesting and size limits.
+        _check_signer(signer)
         nonce = next(self._nonce_counter) & U64_MAX
         tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
         tx_bytes = encode_tx(tx)
@@ -1223,6 +1232,7 @@ class LocalLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> PendingOpen:
+        _check_signer(signer)
         key = (
             signer.ed25519_public
             if client_public_key is None
@@ -1450,6 +1460,7 @@ class LocalLedger(Ledger):
         deadline_ms: int,
         requester_public_key: bytes | None = None,
     ) -> str:
+        _check_signer(signer)
         key = signer.ed25519_public if requester_public_key is None else requester_public_key
         result = self._call(
             signer,
@@ -1591,6 +1602,7 @@ class LocalLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
+        _check_signer(signer)
         sub = self.get_subscription(subscription_id)
         host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
         key = (
@@ -1644,6 +1656,7 @@ class LocalLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
+        _check_signer(signer)
         host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
         key = (
             signer.ed25519_public

@@ -51,6 +51,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
 """
+_GRAPH_TABLES = frozenset({"meta", "log", "sqlite_sequence"})
 _F64 = struct.Struct("<d")
 
 
@@ -86,6 +87,20 @@ class GraphStorage:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
             raise _open_error(self.path, exc) from exc
         try:
+            # another application's database must be refused before anything is written
+            # to it (the WAL switch and the schema below both change the file)
+            tables = {
+                name
+                for (name,) in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+            foreign = tables - _GRAPH_TABLES
+            if foreign:
+                # (reported as every other file that is not ours: "cannot open ...")
+                raise sqlite3.DatabaseError(
+                    f"not a graph database (it has the tables {', '.join(sorted(foreign))[:200]})"
+                )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)

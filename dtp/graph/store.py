@@ -125,6 +125,24 @@ def _text(name: bytes) -> str | None:
         return None
 
 
+def _check_names(soul: object, field: object) -> None:
+    """A subscription's soul and optional field: what put() could write (an empty name
+    would be a subscription no change can ever reach)."""
+    if not _utf8(soul, "a soul"):
+        raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
+    if field is not None and not _utf8(field, "a field name"):
+        raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+
+
+def _check_listener(listener: object) -> None:
+    """A listener that is not callable would fail only at the next merge, in the thread
+    that made it (a sync session's), rather than here where the mistake is."""
+    if not callable(listener):
+        raise LocalProtocolError(
+            f"a listener must be callable, not {type(listener).__name__}", ErrorCode.ARG
+        )
+
+
 def _utf8(text: object, what: str) -> bytes:
     """A soul or field name as the UTF-8 bytes the table keys on; LocalProtocolError for
     anything else (a lone surrogate has no UTF-8 form)."""
@@ -218,6 +236,8 @@ class ChangeStream:
     def __init__(self, graph: Graph, soul: str, field: str | None, maxsize: int) -> None:
         if type(maxsize) is not int or maxsize < 1:
             raise ValueError(f"changes(maxsize=...) must be an int >= 1, not {maxsize!r}")
+        # a bad soul or field is reported as such, not as "no running event loop"
+        _check_names(soul, field)
         self._loop = asyncio.get_running_loop()
         self._queue: deque[Change] = deque()
         self._maxsize = maxsize
@@ -835,6 +855,7 @@ class Graph:
     def walk(self, soul: str, *path: str) -> str:
         """Follow links from ``soul`` through the fields in ``path``; returns the soul
         reached. KeyError when a field is missing or not a link."""
+        _utf8(soul, "a soul")  # (with no path, nothing else would look at it)
         current = soul
         for field in path:
             target = link_soul(self.get_field(current, field))
@@ -878,9 +899,7 @@ class Graph:
         local or from a peer. Callbacks run in the thread that made the change, after
         the graph's lock is released: changes committed at once in several threads may
         arrive out of order (compare ``change.state``; see docs/graph.md)."""
-        _utf8(soul, "a soul")
-        if field is not None:
-            _utf8(field, "a field name")
+        _check_names(soul, field)
         if not callable(callback):
             raise LocalProtocolError("subscribe() needs a callable callback", ErrorCode.ARG)
         sub = Subscription(self, soul, field, callback)
@@ -908,6 +927,7 @@ class Graph:
     def add_listener(self, listener: ChangeListener, owner: object) -> None:
         """Call ``listener(changed_batch, origin)`` after every merge that changes the
         table, except those whose origin is ``owner``."""
+        _check_listener(listener)
         with self._lock:
             self._check_open()
             self._listeners.append((listener, owner))
@@ -915,6 +935,7 @@ class Graph:
     def listen(self, listener: ChangeListener, owner: object) -> tuple[int, int]:
         """Register a listener (as :meth:`add_listener`) and return the root summary,
         atomically: every change after the summary reaches the listener."""
+        _check_listener(listener)
         with self._lock:
             self._check_open()
             root = self._ensure_view().root()
