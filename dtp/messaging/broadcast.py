@@ -115,6 +115,16 @@ def signed_tip(broadcast_id: str, tip_id: bytes, amount: int, message: str) -> b
     )
 
 
+def _check_amount(amount: object) -> None:
+    """An amount of MIST: an int (a bool or a float is a TypeError, not a count the
+    ledger may round or take as 1) in 0..2**64-1 (ValueError), checked before anything
+    is paid or sent."""
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"an amount is an int of MIST, not {type(amount).__name__!r}")
+    if not 0 <= amount < 1 << 64:
+        raise ValueError(f"an amount is 0..2**64-1 MIST, not {amount!r}")
+
+
 def _utf8(text: object, what: str) -> bytes:
     """The UTF-8 of ``text``: TypeError when it is not a str, ValueError when it is not
     valid text (a lone surrogate; ``str.encode`` raised AttributeError or
@@ -766,12 +776,14 @@ class BroadcastListener:
 
     def contribute(self, amount: int) -> None:
         """Add ``amount`` MIST to the broadcast's pool (through the ledger)."""
+        _check_amount(amount)
         ledger, identity, b_id = self._need()
         ledger.broadcast_contribute(identity, b_id, amount)
 
     def tip(self, amount: int, message: str) -> bytes:
         """Contribute ``amount`` and send the station a signed tip with ``message``;
         returns the tip's id. A closed listener refuses (StationError) before paying."""
+        _check_amount(amount)
         if len(_utf8(message, "a tip message")) > MAX_TIP_MESSAGE:
             raise E.PayloadTooLarge(f"a tip message is at most {MAX_TIP_MESSAGE} bytes")
         ledger, identity, b_id = self._need()

@@ -22,6 +22,7 @@ issued more than a few minutes ahead of their clock
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -87,6 +88,15 @@ class ServiceRecord:
 # -- on the ledger ------------------------------------------------------------------------------
 
 
+def _check_count(what: str, value: object, low: int) -> None:
+    """``value`` is an int (TypeError for a bool or a float: not a count) of at least
+    ``low`` (ValueError)."""
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__!r}")
+    if value < low:
+        raise ValueError(f"{what} must be at least {low}, not {value}")
+
+
 def publish_service(
     ledger: Ledger,
     identity: HostIdentity,
@@ -128,6 +138,7 @@ def list_services(
 
     Reads at most ``max_events`` ``ServiceAdded`` events; a ledger holding more raises
     :class:`DiscoveryError` rather than answer with the hosts of the first ones only."""
+    _check_count("max_events", max_events, 0)
     hosts: dict[str, None] = {}
     cursor: str | None = None
     seen = 0
@@ -359,6 +370,9 @@ class DiscoveryGossip:
         announcements are accepted only from the host's authority. The cache keeps at
         most ``max_records`` announcements of at most ``max_bytes`` (as sent) in all:
         past either, the expired go first, then the soonest to expire."""
+        # a bound below 1 made every eviction look for a victim in an empty cache
+        _check_count("max_records", max_records, 1)
+        _check_count("max_bytes", max_bytes, 1)
         self.node = node
         self.ledger = ledger
         self.topic = topic
@@ -493,6 +507,11 @@ class DiscoveryGossip:
     def wait_for(self, host_id: str, timeout: float) -> Announcement | None:
         """Wait up to ``timeout`` seconds for a live announcement of ``host_id`` (an
         expired one kept in the cache is waited past, for the host's next)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
+        if not 0 <= timeout < math.inf:
+            # a NaN deadline never passed; inf overflowed the condition's wait
+            raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
         deadline = time.monotonic() + timeout
         key = _canonical_host(host_id)
         while True:

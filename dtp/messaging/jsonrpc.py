@@ -65,6 +65,15 @@ class JsonRpcHandler:
         self.methods: dict[str, Callable[[Any], Any]] = dict(methods or {})
 
     def register(self, name: str, fn: Callable[[Any], Any]) -> None:
+        """Serve ``fn`` as method ``name``. A name that is not a str, a handler that
+        cannot be called (TypeError) or a name already taken (ValueError) is refused
+        now: found out at the first call, it was an internal error for the caller."""
+        if not isinstance(name, str):
+            raise TypeError(f"a method name is a str, not {type(name).__name__!r}")
+        if not callable(fn):
+            raise TypeError(f"a handler must be callable, not {type(fn).__name__!r}")
+        if name in self.methods:
+            raise ValueError(f"method {name!r} is already registered")
         self.methods[name] = fn
 
     def _one(self, request: Any) -> str | None:
@@ -193,6 +202,15 @@ class JsonRpcHttpProxy:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout is seconds or None, not {type(timeout).__name__!r}")
+            if not 0 < timeout < math.inf:
+                raise ValueError(f"timeout must be finite seconds above 0, not {timeout!r}")
+        if type(max_response) is not int:
+            raise TypeError(f"max_response must be an int, not {type(max_response).__name__!r}")
+        if max_response < 1:
+            raise ValueError(f"max_response must be at least 1, not {max_response}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port
@@ -407,6 +425,15 @@ def serve_jsonrpc(server: RpcServer, backend: Callable[[bytes], bytes | None]) -
     server.register(JSONRPC_METHOD, handle)
 
 
+def _check_request(method: object, params: object) -> None:
+    """Refuse, before anything is sent, what JSON-RPC 2.0 §4 does not allow in a
+    request (TypeError): the service only answered it with an invalid request."""
+    if not isinstance(method, str):
+        raise TypeError(f"a method name is a str, not {type(method).__name__!r}")
+    if params is not None and not isinstance(params, list | dict):
+        raise TypeError(f"params are a list, a dict or None, not {type(params).__name__!r}")
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 calls through a DTP RPC client."""
 
@@ -418,6 +445,7 @@ class JsonRpcClient:
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
         """Call ``method``; returns its result or raises the typed RemoteError. ``params``
         must be strict JSON (TypeError, or ValueError for NaN and the infinities)."""
+        _check_request(method, params)
         with self._lock:
             id_ = self._next
             self._next += 1
@@ -446,6 +474,7 @@ class JsonRpcClient:
 
     def notify(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> None:
         """A JSON-RPC notification (no id, no answer)."""
+        _check_request(method, params)
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             request["params"] = params

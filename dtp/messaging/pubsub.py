@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -182,6 +183,7 @@ class Subscription:
         """The next message (raises ``queue.Empty`` after ``timeout``, and
         :class:`~dtp.messaging.errors.PubSubError` once the subscription is closed and
         its queue drained)."""
+        _check_wait(timeout)
         return self._take(self._queue.get(timeout=timeout))
 
     def get_nowait(self) -> Delivery:
@@ -801,6 +803,10 @@ class PubSubNode:
     def wait_for_interest(self, topic: str, count: int = 1, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` links have *declared* interest in ``topic``
         (peers that have not sent SUBSCRIBE yet do not count)."""
+        _check_topic(topic)
+        if type(count) is not int:
+            raise TypeError(f"count must be an int, not {type(count).__name__!r}")
+        _check_wait(timeout)
 
         def ready() -> bool:
             n = sum(1 for lk in self._links if lk.remote is not None and topic in lk.remote)
@@ -949,6 +955,17 @@ class PubSubNode:
             subs = [sub for subs in self._subs.values() for sub in subs]
         for sub in subs:
             sub.close()
+
+
+def _check_wait(timeout: object) -> None:
+    """Refuse a wait's ``timeout`` that is not None or finite seconds, 0 or more: a NaN
+    one waited for good (the queue's and the condition's own checks let it through)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__!r}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
 
 
 def _check_size(name: str, value: object, low: int, high: int | None) -> None:

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import os
 import select
 import socket as _socket
@@ -62,6 +63,8 @@ from dtp.messaging.protocol import (
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
+    _check_our_method,
+    _check_our_timeout,
 )
 from dtp.socket import DTPSocket
 
@@ -662,6 +665,16 @@ class ResponseFeePolicy:
 # -- calls ----------------------------------------------------------------------------------------
 
 
+def _check_wait(timeout: Any) -> None:
+    """A wait's ``timeout`` (seconds, 0 or more; None is checked by the caller): a NaN
+    deadline would never pass and a str would fail deep inside the wait, after the call
+    was sent."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__!r}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
+
+
 class RpcCall:
     """A call in flight on an :class:`RpcClient` (a small future)."""
 
@@ -686,6 +699,8 @@ class RpcCall:
         """Wait for the answer: the result, or the call's typed error. When ``timeout``
         (seconds) passes first the call itself ends in :class:`RpcTimeout` (the peer is
         told, as at the call's own deadline): a later ``result()`` raises it too."""
+        if timeout is not None:
+            _check_wait(timeout)
         self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
         if self._error is not None:
             raise self._error
@@ -720,6 +735,15 @@ class RpcClient:
         on_notification: Callable[[str, Any], None] | None = None,
         close_stream: bool = False,
     ) -> None:
+        if timeout is not None:
+            # refused now: every call and notification would fail with it, a
+            # notification perhaps with its frame half written
+            _check_our_timeout(timeout)
+        if on_notification is not None and not callable(on_notification):
+            # found out only when a notification came: in the reader, failing its call
+            raise TypeError(
+                f"on_notification must be callable, not {type(on_notification).__name__!r}"
+            )
         self._stream = stream
         self.timeout = timeout
         self.meter = meter
@@ -1413,7 +1437,17 @@ class _Registry:
     def register(
         self, name: str, fn: Handler, *, context: bool = False, notification: bool = False
     ) -> None:
+        """Serve ``fn`` as method (or, with ``notification``, notification) ``name``.
+        A name that no request could carry, a handler that cannot be called, or a name
+        already taken is refused here (TypeError / ValueError), not at the first call:
+        silently replacing a handler would hide the mistake."""
+        _check_our_method(name)
+        if not callable(fn):
+            raise TypeError(f"a handler must be callable, not {type(fn).__name__!r}")
         table = self.notifications if notification else self.methods
+        if name in table:
+            kind = "notification" if notification else "method"
+            raise ValueError(f"{kind} {name!r} is already registered")
         table[name] = (fn, context)
 
     def method(
@@ -2169,6 +2203,12 @@ class AsyncRpcClient:
         meter: Meter | None = None,
         prepay: ResponsePrepay | None = None,
     ) -> None:
+        if timeout is not None:
+            _check_our_timeout(timeout)  # as RpcClient's
+        if on_notification is not None and not callable(on_notification):
+            raise TypeError(
+                f"on_notification must be callable, not {type(on_notification).__name__!r}"
+            )
         self._reader = reader
         self._writer = writer
         self.timeout = timeout

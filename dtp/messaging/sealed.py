@@ -42,6 +42,7 @@ from dtp.errors import InvalidArgument
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
+from dtp.messaging.protocol import _check_our_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -340,7 +341,21 @@ def send_sealed(
 
     A recipient that read the message and refused it (not for it, altered, forged:
     :class:`~dtp.messaging.errors.InvalidParams`) is no reason to try the mailbox, where it
-    would refuse it again: that error is raised."""
+    would refuse it again: that error is raised.
+
+    Arguments that cannot make a delivery are refused before anything is sent or paid
+    for: ``data`` not bytes-like or ``recipient_host`` not a str (TypeError), an empty
+    host ID or a ``timeout`` that is not finite seconds above 0 (ValueError), ``data``
+    over :data:`MAX_SEALED` (:class:`~dtp.messaging.errors.PayloadTooLarge`)."""
+    data = bytes_like(data)
+    if len(data) > MAX_SEALED:
+        # the recipient and the mailbox refuse it anyway, after the direct try or the fee
+        raise E.PayloadTooLarge(f"a sealed message is at most {MAX_SEALED} bytes, not {len(data)}")
+    if not isinstance(recipient_host, str):
+        raise TypeError(f"recipient_host must be a str, not {type(recipient_host).__name__!r}")
+    if not recipient_host:
+        raise ValueError("recipient_host is empty")
+    _check_our_timeout(timeout)
     if client is not None:
         try:
             client.call("sealed.deliver", data, timeout=timeout)
