@@ -317,3 +317,15 @@ def test_broadcast_bad_amounts_pay_and_send_nothing(
     finally:
         listener.close()
         station.close()
+
+
+def test_a_bool_timeout_is_refused_after_a_call_with_the_same_value() -> None:
+    """The request encoder reuses the last timeout's conversion when the next one is
+    equal: True == 1, so after a call with timeout=1 a timeout=True passed unchecked."""
+    from dtp.messaging.protocol import RpcProtocol
+
+    protocol = RpcProtocol()
+    protocol.begin_request("echo", b"x", 0.0, 1)
+    with pytest.raises(TypeError):
+        protocol.begin_request("echo", b"x", 0.0, True)
+    protocol.begin_request("echo", b"x", 0.0, 1.0)  # an equal float is a timeout

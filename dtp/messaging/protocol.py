@@ -475,7 +475,8 @@ class RpcProtocol:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
         if timeout is None:
             timeout_ms = 0
-        elif timeout == self._last_timeout:
+        elif timeout == self._last_timeout and type(timeout) is type(self._last_timeout):
+            # (the type too: True == 1, and a bool is no timeout)
             timeout_ms = self._last_timeout_ms
         else:
             _check_our_timeout(timeout)
