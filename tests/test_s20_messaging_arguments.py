@@ -168,6 +168,8 @@ PUBSUB_CASES: list[tuple[str, Callable[[PubSubNode, Any], Any], type[BaseExcepti
     ("publish object", lambda n, s: n.publish("t", Foo()), TypeError),
     ("publish hops bool", lambda n, s: n.publish("t", b"x", hops=True), TypeError),
     ("publish too large", lambda n, s: n.publish("t", bytes(300_000)), E.PayloadTooLarge),
+    ("attach None", lambda n, s: n.attach(None), TypeError),
+    ("attach bytes", lambda n, s: n.attach(b"stream"), TypeError),
 ]
 
 
@@ -329,3 +331,23 @@ def test_a_bool_timeout_is_refused_after_a_call_with_the_same_value() -> None:
     with pytest.raises(TypeError):
         protocol.begin_request("echo", b"x", 0.0, True)
     protocol.begin_request("echo", b"x", 0.0, 1.0)  # an equal float is a timeout
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"max_in_flight": 0}, ValueError),
+        ({"max_in_flight": "8"}, TypeError),
+        ({"max_in_flight": True}, TypeError),
+        ({"max_message_size": -1}, ValueError),
+    ],
+    ids=["in-flight 0", "in-flight str", "in-flight bool", "message size -1"],
+)
+def test_rpc_client_limits_are_refused_up_front(
+    rpc: Rpc, options: dict[str, Any], error: type[BaseException]
+) -> None:
+    """RpcClient(max_in_flight=0) was taken and every call then failed with
+    LocalProtocolError; a str failed at the first call's comparison."""
+    with pytest.raises(error):
+        RpcClient(rpc.sock, **options)
+    rpc.works()

@@ -274,6 +274,18 @@ class RpcProtocol:
         max_incoming: int = 4096,
         max_events: int = 65536,
     ) -> None:
+        for name, value in (
+            ("max_message_size", max_message_size),
+            ("max_outgoing", max_outgoing),
+            ("max_incoming", max_incoming),
+            ("max_events", max_events),
+        ):
+            # (0 made every call fail later with LocalProtocolError, a str failed at the
+            # first comparison, deep inside)
+            if type(value) is not int:
+                raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
         self.max_message_size = max_message_size
         self.max_outgoing = max_outgoing
         self.max_incoming = max_incoming

@@ -581,6 +581,11 @@ class PubSubNode:
         A stream that a link of this node reads or has read is refused,
         :class:`~dtp.messaging.errors.PubSubError`: to link to the same peer again
         after closing a link (or the node), open a new stream."""
+        if not all(callable(getattr(stream, m, None)) for m in ("recv", "sendall")):
+            # (None or a bytes object crashed the link's reader thread instead)
+            raise TypeError(
+                f"attach() needs a stream (recv, sendall), not {type(stream).__name__!r}"
+            )
         with self._lock:
             # two readers on one stream split its frames between them: each decoder
             # saw parts of frames, the link skipped or misread nearly every frame and
