@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 
 def wait_for(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> bool:
@@ -15,3 +18,30 @@ def wait_for(check: Callable[[], object], timeout: float = 10.0, interval: float
             return bool(check())
         time.sleep(interval)
     return True
+
+
+def raised_within(
+    call: Callable[[], object], timeout: float, unstick: Callable[[], object] | None = None
+) -> BaseException | None:
+    """What ``call()`` raised (None: it returned), run in a thread of its own. Still
+    running after ``timeout`` seconds, the test fails, after ``unstick()`` (when given)
+    ended the call's wait: a call that should return at once never hangs the suite."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # the call's exception is the result
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if unstick is not None:
+            unstick()
+            thread.join(timeout)
+        pytest.fail(f"the call was still running after {timeout} s")
+    return outcome[0]

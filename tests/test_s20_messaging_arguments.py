@@ -18,7 +18,6 @@ failed in its reader thread at the first announcement. Real DTP connections on
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,32 +32,13 @@ from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProx
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import MAX_SEALED, SealedInbox, seal, send_sealed
+from tests.polling import raised_within
 from tests.sealed_world import SealedWorld, sealed_world
 from tests.test_messaging_rpc import Served
 from tests.test_s19_broadcast_money import CASTERS, FANS, Radio, _radio
 
 #: Bound on a refusal: the bugs waited for good (a NaN deadline); a refusal is at once.
 PROMPT = 60.0
-
-
-def promptly(action: Callable[[], Any]) -> BaseException | None:
-    """Run ``action`` in a thread and return what it raised (None: nothing), failing the
-    test if it is still running after PROMPT seconds (the bug: it never returned)."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            action()
-        except BaseException as exc:  # the case's exception is the result
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(PROMPT)
-    assert outcome, f"still waiting after {PROMPT} s"
-    return outcome[0]
 
 
 def _echo(params: Any) -> Any:
@@ -147,7 +127,7 @@ def _register_notification_twice(rpc: RpcServer) -> None:
 def test_rpc_bad_arguments_are_refused_and_the_client_goes_on(
     rpc: Rpc, action: Callable[[Rpc], Any], error: type[BaseException]
 ) -> None:
-    raised = promptly(lambda: action(rpc))
+    raised = raised_within(lambda: action(rpc), PROMPT)
     assert isinstance(raised, error), f"expected {error.__name__}, got {raised!r}"
     rpc.works()
 
@@ -182,7 +162,7 @@ def test_pubsub_bad_arguments_are_refused_and_the_node_goes_on(
     node = PubSubNode()
     try:
         sub = node.subscribe("t")
-        raised = promptly(lambda: action(node, sub))
+        raised = raised_within(lambda: action(node, sub), PROMPT)
         assert isinstance(raised, error), f"expected {error.__name__}, got {raised!r}"
         node.publish("t", b"ok")
         assert sub.get(timeout=PROMPT).data == b"ok"
@@ -235,7 +215,7 @@ def test_send_sealed_bad_arguments_send_nothing(
     try:
         client = served.connect(timeout=PROMPT)
         good = seal(bob.noise_public, b"hello", recipient_host=hb)
-        raised = promptly(lambda: action(good, hb, client))
+        raised = raised_within(lambda: action(good, hb, client), PROMPT)
         assert isinstance(raised, error), f"expected {error.__name__}, got {raised!r}"
         assert received == []  # nothing reached the recipient
         assert send_sealed(good, recipient_host=hb, client=client) == "direct"
@@ -265,9 +245,9 @@ def test_discovery_bad_counts_and_timeouts_are_refused(tmp_path: Path) -> None:
         gossip = DiscoveryGossip(node, ledger=ledger)
         try:
             for timeout, error in ((math.nan, ValueError), (math.inf, ValueError)):
-                raised = promptly(lambda t=timeout: gossip.wait_for("0x1", t))
+                raised = raised_within(lambda t=timeout: gossip.wait_for("0x1", t), PROMPT)
                 assert isinstance(raised, error), raised
-            raised = promptly(lambda: gossip.wait_for("0x1", "1"))  # type: ignore[arg-type]
+            raised = raised_within(lambda: gossip.wait_for("0x1", "1"), PROMPT)  # type: ignore[arg-type]
             assert isinstance(raised, TypeError), raised
             assert gossip.wait_for("0x1", 0.01) is None
         finally:

@@ -31,6 +31,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
+from tests.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)
@@ -149,29 +150,6 @@ def _lent(sock: dtp.socket.DTPSocket) -> bool:
     return sock._engine.conn.lent_stream_id == sock.stream_id
 
 
-def _bounded(sock: dtp.socket.DTPSocket, call: Callable[[], object]) -> BaseException | None:
-    """What ``call()`` raised (None: nothing), in a thread: a call that waits (the old
-    ``recv_datagram(timeout=nan)`` for good, the old lent ``recv(1.5)`` for the socket's
-    timeout) fails the test instead of hanging it."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # (the outcome)
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(WAIT)
-    if thread.is_alive():
-        sock.abort()  # ends the call's wait
-        thread.join(WAIT)
-        pytest.fail("the call did not return")
-    return outcome[0]
-
-
 @pytest.mark.parametrize("lent", [False, True], ids=["not-lent", "lent"])
 @pytest.mark.parametrize("extra", [False, True], ids=["first-stream", "extra-stream"])
 @pytest.mark.parametrize(
@@ -197,7 +175,7 @@ def test_a_bad_argument_raises_as_a_socket_and_leaves_the_stream_working(
     else:
         assert sock.connection_stats  # (takes the loan back)
     assert _lent(sock) == lent
-    raised = _bounded(sock, lambda: call(sock))
+    raised = raised_within(lambda: call(sock), WAIT, sock.abort)
     assert type(raised) is expected or (
         expected is LocalProtocolError and isinstance(raised, expected)
     ), f"raised {raised!r}, a socket raises {expected.__name__}"
