@@ -22,7 +22,6 @@ issued more than a few minutes ahead of their clock
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import decode_body
+from dtp.messaging.protocol import _check_count, _check_wait
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Endpoint, Ledger
@@ -86,15 +86,6 @@ class ServiceRecord:
 
 
 # -- on the ledger ------------------------------------------------------------------------------
-
-
-def _check_count(what: str, value: object, low: int) -> None:
-    """``value`` is an int (TypeError for a bool or a float: not a count) of at least
-    ``low`` (ValueError)."""
-    if type(value) is not int:
-        raise TypeError(f"{what} must be an int, not {type(value).__name__!r}")
-    if value < low:
-        raise ValueError(f"{what} must be at least {low}, not {value}")
 
 
 def publish_service(
@@ -507,11 +498,8 @@ class DiscoveryGossip:
     def wait_for(self, host_id: str, timeout: float) -> Announcement | None:
         """Wait up to ``timeout`` seconds for a live announcement of ``host_id`` (an
         expired one kept in the cache is waited past, for the host's next)."""
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
-        if not 0 <= timeout < math.inf:
-            # a NaN deadline never passed; inf overflowed the condition's wait
-            raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
+        # (a NaN deadline never passed; inf overflowed the condition's wait)
+        _check_wait(timeout)
         deadline = time.monotonic() + timeout
         key = _canonical_host(host_id)
         while True:

@@ -30,6 +30,7 @@ from http.client import RemoteDisconnected
 from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
+from dtp.messaging.protocol import _check_count, _check_our_timeout
 from dtp.messaging.rpc import RpcClient, RpcServer
 
 __all__ = [
@@ -203,14 +204,8 @@ class JsonRpcHttpProxy:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-                raise TypeError(f"timeout is seconds or None, not {type(timeout).__name__!r}")
-            if not 0 < timeout < math.inf:
-                raise ValueError(f"timeout must be finite seconds above 0, not {timeout!r}")
-        if type(max_response) is not int:
-            raise TypeError(f"max_response must be an int, not {type(max_response).__name__!r}")
-        if max_response < 1:
-            raise ValueError(f"max_response must be at least 1, not {max_response}")
+            _check_our_timeout(timeout)
+        _check_count("max_response", max_response, 1)
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port

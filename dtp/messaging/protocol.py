@@ -233,6 +233,25 @@ def _check_our_timeout(timeout: Any) -> None:
         raise ValueError(f"a timeout must be a finite number of seconds above 0, not {timeout!r}")
 
 
+def _check_wait(timeout: Any) -> None:
+    """A local wait's ``timeout`` (not None): finite seconds, 0 or more. A NaN deadline
+    never passes (queue's and Condition's own checks let it through), inf overflows a
+    lock's wait, and a str failed deep inside the wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
+
+
+def _check_count(what: str, value: object, low: int) -> None:
+    """``value`` is an int (TypeError for a bool, a float or a str: not a count) of at
+    least ``low`` (ValueError)."""
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__!r}")
+    if value < low:
+        raise ValueError(f"{what} must be at least {low}, not {value}")
+
+
 def _check_our_meta(meta: Any) -> None:
     if meta is not None and not isinstance(meta, Mapping):
         raise TypeError(f"meta is a mapping or None, not {type(meta).__name__!r}")
@@ -274,18 +293,12 @@ class RpcProtocol:
         max_incoming: int = 4096,
         max_events: int = 65536,
     ) -> None:
-        for name, value in (
-            ("max_message_size", max_message_size),
-            ("max_outgoing", max_outgoing),
-            ("max_incoming", max_incoming),
-            ("max_events", max_events),
-        ):
-            # (0 made every call fail later with LocalProtocolError, a str failed at the
-            # first comparison, deep inside)
-            if type(value) is not int:
-                raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+        # (0 made every call fail later with LocalProtocolError, a str failed at the first
+        # comparison, deep inside)
+        _check_count("max_message_size", max_message_size, 1)
+        _check_count("max_outgoing", max_outgoing, 1)
+        _check_count("max_incoming", max_incoming, 1)
+        _check_count("max_events", max_events, 1)
         self.max_message_size = max_message_size
         self.max_outgoing = max_outgoing
         self.max_incoming = max_incoming

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import queue
 import threading
@@ -41,6 +40,7 @@ from typing import Any, Final
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
+from dtp.messaging.protocol import _check_wait
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
@@ -183,7 +183,8 @@ class Subscription:
         """The next message (raises ``queue.Empty`` after ``timeout``, and
         :class:`~dtp.messaging.errors.PubSubError` once the subscription is closed and
         its queue drained)."""
-        _check_wait(timeout)
+        if timeout is not None:
+            _check_wait(timeout)
         return self._take(self._queue.get(timeout=timeout))
 
     def get_nowait(self) -> Delivery:
@@ -811,7 +812,8 @@ class PubSubNode:
         _check_topic(topic)
         if type(count) is not int:
             raise TypeError(f"count must be an int, not {type(count).__name__!r}")
-        _check_wait(timeout)
+        if timeout is not None:
+            _check_wait(timeout)
 
         def ready() -> bool:
             n = sum(1 for lk in self._links if lk.remote is not None and topic in lk.remote)
@@ -960,17 +962,6 @@ class PubSubNode:
             subs = [sub for subs in self._subs.values() for sub in subs]
         for sub in subs:
             sub.close()
-
-
-def _check_wait(timeout: object) -> None:
-    """Refuse a wait's ``timeout`` that is not None or finite seconds, 0 or more: a NaN
-    one waited for good (the queue's and the condition's own checks let it through)."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__!r}")
-    if not 0 <= timeout < math.inf:
-        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
 
 
 def _check_size(name: str, value: object, low: int, high: int | None) -> None:

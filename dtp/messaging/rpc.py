@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import inspect
 import logging
-import math
 import os
 import select
 import socket as _socket
@@ -65,6 +64,7 @@ from dtp.messaging.protocol import (
     RpcProtocol,
     _check_our_method,
     _check_our_timeout,
+    _check_wait,
 )
 from dtp.socket import DTPSocket
 
@@ -663,16 +663,6 @@ class ResponseFeePolicy:
 
 
 # -- calls ----------------------------------------------------------------------------------------
-
-
-def _check_wait(timeout: Any) -> None:
-    """A wait's ``timeout`` (seconds, 0 or more; None is checked by the caller): a NaN
-    deadline would never pass and a str would fail deep inside the wait, after the call
-    was sent."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__!r}")
-    if not 0 <= timeout < math.inf:
-        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
 
 
 class RpcCall:
