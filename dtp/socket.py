@@ -408,7 +408,7 @@ class _Engine:
         # buffer's bytes come first), so a lent stream that may receive has none
         return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
 
-    def tick_meter(self, lane: Any) -> None:
+    def tick_meter(self) -> None:
         """A metered client after a send on a lent stream (lock held): tick the meter
         when it may have something to do, and write what it queued -- a receipt, which
         took the stream back -- without taking the stream back on every send."""
@@ -1455,7 +1455,7 @@ class DTPSocket:
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                     if engine.payment is not None:
-                        engine.tick_meter(lane)
+                        engine.tick_meter()
                     return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
             if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
@@ -1532,7 +1532,7 @@ class DTPSocket:
                         engine._wake()  # the carrier is full: the pumping thread writes
                         full = False
                     if engine.payment is not None:
-                        engine.tick_meter(lane)
+                        engine.tick_meter()
                     if not left:
                         watch = full  # nobody pumps: the timer thread writes
                         return
