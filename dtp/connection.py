@@ -598,6 +598,18 @@ class Connection:
         self._held_events.clear()
         self._open_first_stream()
 
+    def answer(self) -> None:
+        """Server, IK: send message 2 now, before the verdict, so that the client works
+        on it (two Diffie-Hellman operations and the key derivation) while the server
+        decides; :meth:`accept` or :meth:`refuse` then adds only the verdict. It gives
+        the client nothing the verdict would not: a refusal sends message 2 as well, so
+        that its reason travels under the session's keys. Nothing happens in any other
+        state (XX answers as the messages come)."""
+        if self.is_client or self._state is not ConnState.SERVER_DECIDING:
+            return
+        self._answer_hello()
+        self._finish_handshake(ConnState.AUTHENTICATING)
+
     def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
         """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
         if self.lent_lane is not None:

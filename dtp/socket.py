@@ -2831,6 +2831,10 @@ class DTPServer:
             # before the hooks: a replay must not reserve the client's ledger connection
             if self._replays.is_replay(conn, engine.peername):
                 return "replayed", "handshake failed"
+            # IK: message 2 goes now, and the client works on it while the hooks (the
+            # ledger admission) decide; the verdict follows it
+            conn.answer()
+            engine.flush()
             peer = peer_info(
                 session.authenticated_address,
                 conn.peer_connection_id,
