@@ -218,7 +218,7 @@ class ClientPayment:
             return
         self._finished = True
         try:
-            if self.ledger.get_connection(self.connection_id).state != ConnectionState.OPEN:
+            if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
                 return
             self.ledger.close_connection(self.identity, self.connection_id, self.host_id)
         except ConnectionStateError as exc:

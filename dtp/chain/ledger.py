@@ -37,6 +37,7 @@ from dtp.chain.objects import (
     MAX_PURE_BYTES,
     Broadcast,
     ChainObject,
+    ConnectionState,
     Escrow,
     Event,
     EventFilter,
@@ -513,6 +514,12 @@ class Ledger(PaymentModels, abc.ABC):
     @abc.abstractmethod
     def get_connection(self, connection_id: str) -> TransportControl:
         """The TransportControl ``connection_id``."""
+
+    def connection_state(self, connection_id: str) -> ConnectionState:
+        """The state of the TransportControl ``connection_id`` alone (a paid client's
+        close asks only this: whether the server settled). Ledgers that can read one
+        field for less than the whole object override it."""
+        return self.get_connection(connection_id).state
 
     @abc.abstractmethod
     def get_escrow(self, escrow_id: str) -> Escrow:

@@ -74,6 +74,7 @@ from dtp.chain.local_tx import (
 from dtp.chain.objects import (
     Broadcast,
     ChainObject,
+    ConnectionState,
     Escrow,
     Event,
     EventFilter,
@@ -1922,6 +1923,30 @@ class LocalLedger(Ledger):
     def get_escrow(self, escrow_id: str) -> Escrow:
         return self._get(escrow_id, "Escrow", Escrow)
 
+    def connection_state(self, connection_id: str) -> ConnectionState:
+        # one field, read by SQLite: not the whole object parsed, built and checked
+        cid = normalize_id(connection_id, "connection ID")
+
+        def read() -> tuple[Any, Any] | None:
+            row = self._db.execute(
+                "SELECT type, json_extract(data, '$.state.kind') FROM objects WHERE id = ?",
+                (cid,),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        row = self._read_one(read)
+        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            if row is None:
+                raise ObjectNotFound(f"No TransportControl with ID {cid} exists on this ledger.")
+            name = str(row[0]).rsplit("::", 1)[-1]
+            raise ObjectNotFound(f"Object {cid} is a {name}, not a TransportControl.")
+        state = _CONNECTION_STATES.get(row[1]) if isinstance(row[1], str) else None
+        if state is None:
+            raise self._damaged(
+                rules.DamagedData(f"object {cid}: a stored connection state {row[1]!r:.30}")
+            )
+        return state
+
     def get_pipe(self, pipe_id: str) -> Pipe:
         return self._get(pipe_id, "Pipe", Pipe)
 
@@ -2046,6 +2071,8 @@ _SHAPE_ERRORS: Final = (
     IndexError,
     OverflowError,
 )
+#: A TransportControl's stored ``state.kind`` (its Move variant's name) as read alone.
+_CONNECTION_STATES: Final = {state.label: state for state in ConnectionState}
 #: The structs object_from_fields builds (its ValueError for any other name means an
 #: object of another kind, not damaged data).
 _BUILT: Final = frozenset(

@@ -1,0 +1,268 @@
+"""The connect path's two shortcuts: an IK server answers (message 2) before its hooks
+decide, and a paid client's close reads the connection's state alone.
+
+The first is checked on the sans-I/O connection (what the client may and may not do
+between message 2 and the verdict) and through both servers over real TCP, with a raw
+client that reads message 2 while the accept hook is still deciding. The second against
+LocalLedger files: ``connection_state`` agrees with the whole object through a
+connection's life, and refuses what is not a TransportControl or is damaged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.carriers.memory import MemoryLink
+from dtp.chain.local import LocalLedger
+from dtp.chain.local_rules import DamagedData
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.errors import ConnectionRefused, ObjectNotFound
+from dtp.events import PeerAuthenticated, StreamDataReceived, StreamOpened
+from dtp.keys import HostIdentity
+from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+
+# -- sans-I/O -----------------------------------------------------------------------------
+
+
+def _answered_pair() -> tuple[Side, Side, MemoryLink]:
+    """An IK pair run until the client holds message 2 and the server has not decided."""
+    client, server = make_pair()
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and server.handshake_hash is None:
+            server.answer()
+
+    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
+    c.drain()
+    s.drain()
+    return c, s, link
+
+
+def test_answer_completes_the_clients_handshake_before_the_verdict() -> None:
+    c, s, link = _answered_pair()
+    client, server = c.conn, s.conn
+    assert client.handshake_hash == server.handshake_hash
+    assert not client.established and not server.established
+    # the client may write early (it does not wait for the verdict to queue its request):
+    # the server's application sees none of it until it accepts
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"early request", end_stream=True)
+    assert link.run(None, on_round=lambda: (c.drain(), s.drain()))  # (until quiet)
+    assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
+    server.accept()
+    assert link.run(
+        lambda: client.established and sid in s.eof, on_round=lambda: (c.drain(), s.drain())
+    )
+    c.drain()
+    s.drain()
+    assert bytes(s.data[sid]) == b"early request"
+    server.send_stream_data(sid, b"answer", end_stream=True)
+    assert link.run(lambda: sid in c.eof, on_round=lambda: (c.drain(), s.drain()))
+    c.drain()
+    assert bytes(c.data[sid]) == b"answer"
+
+
+def test_answer_then_refuse_gives_the_reason_and_the_application_nothing() -> None:
+    c, s, link = _answered_pair()
+    client, server = c.conn, s.conn
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"secret request")
+    assert link.run(None, on_round=lambda: (c.drain(), s.drain()))  # (until quiet)
+    server.refuse("address is on the deny list")
+    link.run(lambda: client.closed, on_round=lambda: (c.drain(), s.drain()))
+    c.drain()
+    s.drain()
+    term = client.termination
+    assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
+    error = error_for_termination(term)
+    assert isinstance(error, ConnectionRefused) and error.reason == "address is on the deny list"
+    assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
+
+
+def test_answer_does_nothing_outside_an_ik_servers_decision() -> None:
+    client, _server = make_pair()
+    client.answer()  # a client: nothing
+    assert client.handshake_hash is None and client.data_to_send(0.0)
+    xx_client, xx_server = make_pair(ik=False)
+    link = MemoryLink(xx_client, xx_server)
+    assert link.run(lambda: xx_server.handshake_hash is not None)
+    xx_server.answer()  # XX answered as the messages came: nothing more to send
+    assert xx_server.data_to_send(0.0) == b""
+    # after the verdict, again nothing: the client is let in as usual
+    c, s, link = _answered_pair()
+    s.conn.accept()
+    s.conn.answer()
+    assert link.run(lambda: c.conn.established, on_round=lambda: (c.drain(), s.drain()))
+
+
+# -- over TCP, both servers ---------------------------------------------------------------
+
+
+def _raw_client(address: tuple[str, int], server_key: bytes, until: object) -> Connection:
+    """A sans-I/O IK client over a real TCP socket, run until ``until(conn)``."""
+    cfg = ConnectionConfig(identity=CLIENT_ID, is_client=True, server_static=server_key)
+    conn = Connection(cfg, ephemeral_key=os.urandom(32), now=time.monotonic())
+    sock = socket.create_connection(address, timeout=60)
+    conn._raw_sock = sock  # type: ignore[attr-defined]
+    sock.sendall(conn.data_to_send(time.monotonic()))
+    _run_raw(conn, until)
+    return conn
+
+
+def _run_raw(conn: Connection, until: object) -> None:
+    sock: socket.socket = conn._raw_sock  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while not until(conn):  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the server did not answer in 60 s"
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        conn.receive_data(data, time.monotonic())
+        while conn.next_event() is not None:
+            pass
+        out = conn.data_to_send(time.monotonic())
+        if out:
+            sock.sendall(out)
+
+
+def test_blocking_server_answers_while_its_hook_decides() -> None:
+    entered, verdict = threading.Event(), threading.Event()
+
+    def hook(address: str) -> bool:
+        entered.set()
+        assert verdict.wait(60)
+        return True
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, accept=hook)
+    accepted: list[tuple[dtp.socket.DTPSocket, str]] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=60)))
+    thread.start()
+    conn = None
+    try:
+        conn = _raw_client(server.address, server.noise_public_key, lambda c: c.handshake_hash)
+        # message 2 came, and the hook has not decided (it waits for the test)
+        assert entered.wait(60) and not verdict.is_set()
+        assert not conn.established
+        verdict.set()
+        _run_raw(conn, lambda c: c.established)
+        thread.join(60)
+        assert accepted and accepted[0][1] == CLIENT_ID.sui_address
+    finally:
+        if conn is not None:
+            conn._raw_sock.close()  # type: ignore[attr-defined]
+        verdict.set()
+        thread.join(60)
+        for sock, _address in accepted:
+            sock.close()
+        server.close()
+
+
+def test_asyncio_server_answers_while_its_hook_decides() -> None:
+    async def main() -> None:
+        entered, verdict = asyncio.Event(), asyncio.Event()
+        served = asyncio.Event()
+
+        async def hook(address: str) -> bool:
+            entered.set()
+            await asyncio.wait_for(verdict.wait(), 60)
+            return True
+
+        async def handler(reader: dtp.aio.DTPReader, writer: dtp.aio.DTPWriter) -> None:
+            served.set()
+            writer.close()
+
+        server = await dtp.aio.start_server(
+            handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook
+        )
+        try:
+            address = server.sockets[0].getsockname()[:2]
+            conn = await asyncio.to_thread(
+                _raw_client, address, server.noise_public_key, lambda c: c.handshake_hash
+            )
+            await asyncio.wait_for(entered.wait(), 60)
+            assert not verdict.is_set() and not served.is_set()
+            assert not conn.established
+            verdict.set()
+            await asyncio.to_thread(_run_raw, conn, lambda c: c.established)
+            await asyncio.wait_for(served.wait(), 60)
+            conn._raw_sock.close()  # type: ignore[attr-defined]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+# -- connection_state ---------------------------------------------------------------------
+
+
+def _ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+CLIENT, SERVER = _ident(0x71), _ident(0x72)
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> tuple[LocalLedger, str, str]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, 7000, "echo", Sla(1, 1, 100))
+    ledger.faucet(CLIENT.sui_address, 10**9)
+    cap = ledger.create_spending_cap(CLIENT, 10**9)
+    cid = ledger.open_connection(CLIENT, host, 7000, cap, 1000).connection_id
+    yield ledger, host, cid
+    ledger.close()
+
+
+def test_connection_state_follows_the_connection(opened: tuple[LocalLedger, str, str]) -> None:
+    ledger, host, cid = opened
+    seen = []
+    for step in (
+        lambda: None,
+        lambda: ledger.close_connection(CLIENT, cid, host),
+        lambda: ledger.close_connection(SERVER, cid, host),
+    ):
+        step()
+        state = ledger.connection_state(cid)
+        assert state is ledger.get_connection(cid).state
+        seen.append(state)
+    assert seen == [ConnectionState.OPEN, ConnectionState.HALF_CLOSED, ConnectionState.CLOSED]
+    # the ID in any of its spellings, as the other reads take it
+    assert ledger.connection_state(cid.upper().replace("0X", "0x")) is ConnectionState.CLOSED
+
+
+def test_connection_state_refuses_other_objects(opened: tuple[LocalLedger, str, str]) -> None:
+    ledger, host, _cid = opened
+    with pytest.raises(ObjectNotFound, match="is a Host, not a TransportControl"):
+        ledger.connection_state(host)
+    with pytest.raises(ObjectNotFound, match="No TransportControl"):
+        ledger.connection_state("0x" + "ab" * 32)
+
+
+@pytest.mark.parametrize("stored", ['{"kind": "Opening"}', '{"kind": 0}', "null", "{}"])
+def test_connection_state_names_damaged_data(
+    opened: tuple[LocalLedger, str, str], stored: str
+) -> None:
+    ledger, _host, cid = opened
+    with sqlite3.connect(ledger.path) as db:
+        db.execute(
+            "UPDATE objects SET data = json_set(data, '$.state', json(?)) WHERE id = ?",
+            (stored, cid),
+        )
+    with pytest.raises(DamagedData, match=cid):
+        ledger.connection_state(cid)
