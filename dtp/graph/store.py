@@ -112,6 +112,37 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
+def _check_int(what: str, value: object, low: int) -> None:
+    """An int argument of a Graph method, at least ``low``: TypeError for a bool, a
+    float or a str (``True`` would pass for 1), ValueError below ``low``."""
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{what} must be an int >= {low}, not {value}")
+
+
+def _check_node(what: str, node: object, top: int) -> tuple[int, int]:
+    """A summary node ``(level, prefix)`` of level 0..``top`` and a prefix that level
+    has (0..256**level - 1). Out of range, a level past the leaves failed deep inside
+    with "negative shift count", and a prefix no node has was silently empty."""
+    if not isinstance(node, tuple | list) or len(node) != 2:
+        raise TypeError(f"{what}: a summary node is a (level, prefix) pair, not {node!r:.60}")
+    level, prefix = node
+    if type(level) is not int or type(prefix) is not int:
+        raise TypeError(
+            f"{what}: a summary node's level and prefix are ints, "
+            f"not {type(level).__name__} and {type(prefix).__name__}"
+        )
+    if not 0 <= level <= top:
+        raise ValueError(f"{what}: a summary node's level is 0..{top}, not {level}")
+    if not 0 <= prefix < 1 << (FANOUT_BITS * level):
+        raise ValueError(
+            f"{what}: level {level} has prefixes 0..{(1 << (FANOUT_BITS * level)) - 1}, "
+            f"not {prefix}"
+        )
+    return level, prefix
+
+
 def _text(name: bytes) -> str | None:
     """A soul or field name from the table as text, or None when it is not UTF-8.
 
@@ -964,14 +995,31 @@ class Graph:
             return self._ensure_view().root()
 
     def child_summaries(self, level: int, prefix: int) -> dict[int, tuple[int, int]]:
-        """Non-empty children of summary node (level, prefix): prefix -> (digest, count)."""
+        """Non-empty children of summary node (level, prefix): prefix -> (digest, count).
+
+        ``level`` is 0..LEAF_LEVEL - 1 (leaves have no children) and ``prefix`` one of
+        that level's nodes (0 at the root); TypeError / ValueError otherwise."""
+        _check_node("child_summaries()", (level, prefix), LEAF_LEVEL - 1)
         with self._lock:
             self._check_open()
             return self._ensure_view().children(level, prefix)
 
     def node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
-        """The table's updates under summary nodes ``(level, prefix)``, as batches of at
-        most 4096 updates."""
+        """The table's updates under summary nodes ``(level, prefix)`` (level
+        0..LEAF_LEVEL), as batches of at most 4096 updates.
+
+        The nodes are checked at the call (TypeError / ValueError), not at the first
+        batch; the table is read then."""
+        try:
+            pairs = iter(nodes)
+        except TypeError:  # (only this: one raised while iterating is the caller's own)
+            raise TypeError(
+                f"node_batches() takes (level, prefix) pairs, not {type(nodes).__name__}"
+            ) from None
+        checked = [_check_node("node_batches()", node, LEAF_LEVEL) for node in pairs]
+        return self._node_batches(checked)
+
+    def _node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
         with self._lock:
             self._check_open()
             view = self._ensure_view()
@@ -987,7 +1035,16 @@ class Graph:
             yield encode_ham_batch(updates[i : i + _BATCH_UPDATES])
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
-        """The whole table as canonical batches, straight from the HAM table."""
+        """The whole table as canonical batches, straight from the HAM table, read at
+        the first batch.
+
+        ``max_batch_bytes``: an int >= 1 (a batch is never smaller than one maximal
+        entry needs), checked at the call (TypeError / ValueError): 0, a negative
+        size or ``True`` were taken as the smallest batches."""
+        _check_int("export(max_batch_bytes=...)", max_batch_bytes, 1)
+        return self._export(max_batch_bytes)
+
+    def _export(self, max_batch_bytes: int) -> Iterator[bytes]:
         with self._lock:
             self._check_open()
             batches = list(self._table.export(max_batch_bytes))
@@ -998,10 +1055,15 @@ class Graph:
         for (each under the lock), so that at most one is held; for a sync session's
         push, which must not hold a copy of the table while its peer reads.
 
-        Values may change between batches (each carries the value current when it is
-        made). A field added between two of them makes the next one raise RuntimeError:
-        adding may move the table's entries, so the rest of the walk would skip some.
+        ``max_batch_bytes`` as for :meth:`export` (checked at the call). Values may
+        change between batches (each carries the value current when it is made). A
+        field added between two of them makes the next one raise RuntimeError: adding
+        may move the table's entries, so the rest of the walk would skip some.
         LocalProtocolError once the graph is closed."""
+        _check_int("export_stream(max_batch_bytes=...)", max_batch_bytes, 1)
+        return self._export_stream(max_batch_bytes)
+
+    def _export_stream(self, max_batch_bytes: int) -> Iterator[bytes]:
         with self._lock:
             self._check_open()
             batches = self._table.export(max_batch_bytes)

@@ -62,6 +62,7 @@ from dtp.messaging.protocol import (
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
+    _check_count,
     _check_our_method,
     _check_our_timeout,
     _check_wait,
@@ -1452,6 +1453,27 @@ class _Registry:
         return wrap
 
 
+def _check_server_options(
+    max_message_size: object, max_pending: object, payments: object, response_fees: object
+) -> None:
+    """A server's options, checked when it is made: the limits went unchecked to each
+    stream's RpcProtocol, so ``max_pending=0`` (or a str) was taken and every client
+    that connected then failed; a payments source that cannot be called refused every
+    request, and a wrong fee policy failed at the first prepaid one."""
+    _check_count("max_message_size", max_message_size, 1)
+    _check_count("max_pending", max_pending, 1)
+    if not (payments is None or isinstance(payments, RequestPayments) or callable(payments)):
+        raise TypeError(
+            "payments must be a RequestPayments, a function of the connection ID or None, "
+            f"not {type(payments).__name__!r}"
+        )
+    if response_fees is not None and not isinstance(response_fees, ResponseFeePolicy):
+        raise TypeError(
+            "response_fees must be a ResponseFeePolicy or None, "
+            f"not {type(response_fees).__name__!r}"
+        )
+
+
 def _error_reply(exc: BaseException) -> tuple[int, str, Any]:
     if isinstance(exc, E.RemoteError):
         return exc.code, exc.message, exc.data
@@ -1473,7 +1495,9 @@ class RpcServer(_Registry):
     a pool of N threads, so requests on one stream overlap and answers go out in
     completion order. Notification handlers run in the stream's thread, in order: a
     slow one delays the requests read after it (hand long work to a thread).
-    ``payments`` / ``response_fees``: see the module docs.
+    ``payments`` / ``response_fees``: see the module docs. ``max_message_size`` and
+    ``max_pending`` (ints >= 1), ``workers`` (>= 0) and those are checked here
+    (TypeError / ValueError), before anything starts, not when a client connects.
 
     Handlers are ``fn(params)`` or, registered with ``context=True``,
     ``fn(params, ctx)``; they return the result or raise a
@@ -1499,6 +1523,10 @@ class RpcServer(_Registry):
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
+        # (before the pool is made: a bool or a float made a pool of that many threads,
+        # a negative count failed inside ThreadPoolExecutor)
+        _check_count("workers", workers, 0)
+        _check_server_options(max_message_size, max_pending, payments, response_fees)
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
@@ -2495,7 +2523,7 @@ class AsyncRpcServer(_Registry):
     :meth:`serve_connection` to also answer on every stream the client opens.
 
     ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
-    a worker thread.
+    a worker thread. The options are checked here, as :class:`RpcServer`'s are.
     """
 
     def __init__(
@@ -2506,6 +2534,7 @@ class AsyncRpcServer(_Registry):
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
+        _check_server_options(max_message_size, max_pending, payments, response_fees)
         super().__init__()
         self.max_message_size = max_message_size
         self.max_pending = max_pending
