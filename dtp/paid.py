@@ -812,7 +812,8 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.send_datagrams`, metered as :meth:`send_datagram`
         (in runs the credit covers, each after waiting for it): all of them, or (on a
         TypeError or LocalProtocolError for any one) none. Returns how many were
-        queued."""
+        queued. Those the carrier's backlog drops (``datagrams_send_dropped``) are not
+        charged to the rate limits: they never go."""
         items = list(datagrams)
         sock = self._sock
         sizes = datagram_sizes(items, sock.max_datagram_size)
@@ -824,10 +825,15 @@ class PaidSocket:
                 # the connection ended: the socket's own call says how
                 return queued + sock.send_datagrams(items[start:])
             try:
-                queued += sock.send_datagrams(items[start : start + count])
+                sent = sock.send_datagrams(items[start : start + count])
             finally:
                 paid.sent(reserved)
-            paid.limit(reserved)
+            queued += sent
+            # the limits charged for the queued ones alone (as send() charges what went):
+            # charged for all, a handler sending to a client that stopped reading waited
+            # out the rate of datagrams the backlog dropped (the credit they took comes
+            # back at the gate's next look: they are not in the usage)
+            paid.limit(sum(sizes[start : start + sent]))
             start += count
         return queued
 

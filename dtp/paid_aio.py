@@ -286,12 +286,31 @@ class _PaidConnection:
                 )
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Charge the client's rate limits and wait as long as they say."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
         now = time.monotonic()
-        delay = max(
-            self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now)
+        await self._hold(
+            max(self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now))
         )
+
+    def charge(self, nbytes: int) -> None:
+        """Charge ``nbytes`` sent by a call that never waits (datagrams) to the client's
+        bytes/s limit now, without waiting: the debt holds back the client's next read
+        or write, and :meth:`wait_limits` waits for it."""
+        if self.buckets.bytes.rate:
+            self.buckets.bytes.charge(nbytes, time.monotonic())
+
+    async def wait_limits(self) -> None:
+        """Wait while the client's rate limits are in debt (what :meth:`charge` counted;
+        a :meth:`throttle` of nothing does not wait for it)."""
+        if not self.buckets.bytes.rate and not self.buckets.requests.rate:
+            return
+        now = time.monotonic()
+        await self._hold(max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now)))
+
+    async def _hold(self, delay: float) -> None:
+        """Wait ``delay`` seconds, and then while the rate limits are still in debt."""
         # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held the
         # handler, and so the settlement, for a large chunk's whole debt after the
         # client had gone. Looked at again each refresh interval (as dtp.paid's): a
@@ -453,6 +472,9 @@ class PaidWriter:
         #: Streams at the front of the connection's incoming line charged to the request
         #: rate already: accepted by a cancelled accept_stream(), put back
         self._accepts_charged = 0
+        #: Datagrams sent since the last drain(), charged to the rate limits already:
+        #: drain() waits for their debt
+        self._datagrams_charged = False
 
     @property
     def gate(self) -> ReceiptGate:
@@ -538,6 +560,10 @@ class PaidWriter:
         await self._writer.drain()
         written, self._unthrottled = self._unthrottled, 0
         await self._paid.throttle(written)
+        if self._datagrams_charged:
+            # datagrams were charged as they went, without a wait: it is here
+            self._datagrams_charged = False
+            await self._paid.wait_limits()
         await self._paid.wait_paid()
 
     def write_eof(self) -> None:
@@ -570,8 +596,10 @@ class PaidWriter:
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send a datagram when the gate's credit covers all of it (its bytes are
         metered): never waits, so one that would wait for payment is dropped and
-        counted, as the writer drops one that does not fit; its bytes are charged to the
-        rate limits at the next :meth:`drain`."""
+        counted, as the writer drops one that does not fit. Its bytes are charged to the
+        rate limits as it goes (a sender of datagrams alone may never call
+        :meth:`drain`): the debt holds back the client's next read or write, and the
+        next :meth:`drain` waits for it -- back-pressure, as for stream bytes, no drop."""
         self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
@@ -586,7 +614,11 @@ class PaidWriter:
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
-        self._unthrottled += sum(sizes[:sent])
+        if sent:
+            # charged now: left to drain() (as written stream bytes are), they went
+            # uncharged for a sender that never drains, past its bytes/s limit for good
+            self._paid.charge(sum(sizes[:sent]))
+            self._datagrams_charged = True
         return sent
 
     async def recv_datagram(self) -> bytes:
@@ -599,8 +631,11 @@ class PaidWriter:
             await paid.throttle(len(data))
         except asyncio.CancelledError:
             # cancelled while the rate limits hold it: it stays the next one to read
-            # (charged again then; rare)
+            # (charged again then; rare), and a task waiting in recv_datagram() is woken
+            # for it: it found the queue empty, and dtp.aio wakes it only when the
+            # connection changes (which may be never: a client waiting for its reply)
             self._writer._session.datagrams.appendleft(data)
+            paid.proto._notify()
             raise
         return data
 
