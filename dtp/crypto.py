@@ -63,6 +63,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
+from collections import OrderedDict
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -260,14 +262,66 @@ class _LazyChaCha20Cipher(ChaCha20Cipher):  # type: ignore[misc]
         return self._aead().decrypt(self.format_nonce(n), ciphertext, ad)
 
 
+# X25519 results of a live identity's static key (_static_keypair registers its key
+# object) with a peer's public key. A server answers IK from the same clients again and
+# again, and each handshake's ``ss`` (its static key with the client's) is the same
+# scalar multiplication, 30 us. Static keys only: a secret an ephemeral key made must
+# not outlive its handshake (forward secrecy rests on those), and one is never used
+# twice. Keeping these reveals nothing beyond the static key: whoever holds that
+# computes them again from public keys. The responder's ``es`` (its static key with
+# the client's ephemeral) comes through here too and is kept, never to be asked for
+# again; the table is small and least-recently-used goes first, so a returning
+# client's ``ss`` stays while those pass through.
+_STATIC_SECRETS: OrderedDict[tuple[int, bytes], tuple[X25519PrivateKey, bytes]] = OrderedDict()
+_MAX_STATIC_SECRETS: Final = 256
+# id -> key object of the static keys above; holding the object keeps its id from being
+# reused by another key while it is listed
+_STATIC_KEYS: dict[int, X25519PrivateKey] = {}
+_MAX_STATIC_KEYS: Final = 16
+_static_lock = threading.Lock()
+
+
+def _register_static(key: X25519PrivateKey) -> None:
+    with _static_lock:
+        if _STATIC_KEYS.get(id(key)) is key:
+            return
+        if len(_STATIC_KEYS) >= _MAX_STATIC_KEYS:
+            # (identities made and dropped by the dozen: start over, results with them)
+            _STATIC_KEYS.clear()
+            _STATIC_SECRETS.clear()
+        _STATIC_KEYS[id(key)] = key
+
+
+def _static_dh(private_key: X25519PrivateKey, public_key: X25519PublicKey) -> bytes | None:
+    """A kept result of a registered static key with ``public_key``, else computed and
+    kept; None when ``private_key`` is not a registered static key."""
+    if _STATIC_KEYS.get(id(private_key)) is not private_key:
+        return None
+    key = (id(private_key), public_key.public_bytes_raw())
+    with _static_lock:
+        kept = _STATIC_SECRETS.get(key)
+        if kept is not None and kept[0] is private_key:
+            _STATIC_SECRETS.move_to_end(key)
+            return kept[1]
+    result = private_key.exchange(public_key)  # (a low-order key raises, nothing kept)
+    with _static_lock:
+        _STATIC_SECRETS[key] = (private_key, result)
+        while len(_STATIC_SECRETS) > _MAX_STATIC_SECRETS:
+            _STATIC_SECRETS.popitem(last=False)
+    return result
+
+
 class _X25519(ED25519):  # type: ignore[misc]
     """X25519 for Noise that first takes a result made ahead for exactly these two keys
     (dtp.keys_ahead: a client's IK ``es``/``ss`` computed while it waited on its
-    previous connect), else computes it."""
+    previous connect), or one kept for a static key (:func:`_static_dh`), else
+    computes it."""
 
     def dh(self, private_key: Any, public_key: Any) -> bytes:
         if isinstance(private_key, X25519PrivateKey) and isinstance(public_key, X25519PublicKey):
             made = take_shared_secret(private_key, public_key)
+            if made is None:
+                made = _static_dh(private_key, public_key)
             if made is not None:
                 return made
         result: bytes = super().dh(private_key, public_key)
@@ -304,6 +358,7 @@ def _static_keypair(private: bytes) -> Any:
     key = noise_key_object(private)
     if key is None:
         return KeyPair25519.from_private_bytes(private)
+    _register_static(key)
     public = key.public_key()
     return KeyPair25519(private=key, public=public, public_bytes=public.public_bytes_raw())
 
