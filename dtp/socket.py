@@ -965,14 +965,25 @@ class _TimerService:
             watches = entry[3]
         busy = True
         queued = False
-        if engine.lock.acquire(blocking=False):
-            try:
-                if not (engine.closed or engine.pumping):
-                    busy = False
-                    engine.poll()
-                    queued = engine.queued_output()
-            finally:
-                engine.lock.release()
+        try:
+            if engine.lock.acquire(blocking=False):
+                try:
+                    if not (engine.closed or engine.pumping):
+                        busy = False
+                        engine.poll()
+                        queued = engine.queued_output()
+                finally:
+                    engine.lock.release()
+        except BaseException:
+            # no longer watched: its carrier stays ready, so the thread came straight
+            # back to a pass that raised again, spinning (and logging each time, gigabytes
+            # of it) for as long as the connection lived. The application's next call
+            # on the connection meets the fault itself
+            with self._lock:
+                entry = self._watched.get(key)
+                if entry is not None and entry[0]() is engine:
+                    del self._watched[key]
+            raise
         with self._lock:
             entry = self._watched.get(key)
             if entry is None or entry[0]() is not engine or entry[3] != watches:

@@ -130,6 +130,11 @@ def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others
         healthy_peer, _ = server.accept(timeout=10)
         try:
             broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
+            # some of it is through (sent by sendall or, on a loaded machine, by the
+            # timer thread's first pass) before the fault: what follows comes back as
+            # credit, and the broken connection's next pass raises
+            broken_peer.settimeout(60)
+            assert broken_peer.recv(1)
 
             def fail() -> None:
                 raise RuntimeError("a fault in one connection")
@@ -143,6 +148,14 @@ def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others
             assert wait_for(lambda: "dtp timer thread" in caplog.text)
             timers = next(t for t in threading.enumerate() if t.name == "dtp-timers")
             assert timers.is_alive()
+            # ... and it does not come back to the failing pass again and again: its
+            # carrier stays ready, and the thread spun on it, logging each time
+            failures = caplog.text.count("dtp timer thread")
+            before = _thread_cpu_seconds(timers)
+            time.sleep(0.5)
+            spent = _thread_cpu_seconds(timers) - before
+            assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
+            assert caplog.text.count("dtp timer thread") - failures <= 1
         finally:
             broken_peer.abort()
             healthy_peer.abort()
