@@ -211,12 +211,18 @@ def test_refused_client_sees_reason_and_server_app_sees_no_data() -> None:
             client.send_stream_data(sid, b"secret request")
 
     link.run(lambda: client.closed, on_round=client_sends)
+    assert_refused(c, s, "address is on the deny list")
+
+
+def assert_refused(c: Side, s: Side, reason: str) -> None:
+    """The client was refused with ``reason`` and the server's application saw none
+    of what it sent."""
     c.drain()
     s.drain()
-    term = client.termination
+    term = c.conn.termination
     assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
     error = error_for_termination(term)
-    assert isinstance(error, ConnectionRefused) and error.reason == "address is on the deny list"
+    assert isinstance(error, ConnectionRefused) and error.reason == reason
     assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
 
 

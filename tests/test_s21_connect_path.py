@@ -26,11 +26,11 @@ from dtp.carriers.memory import MemoryLink
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_rules import DamagedData
 from dtp.chain.objects import ConnectionState, Sla
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
-from dtp.errors import ConnectionRefused, ObjectNotFound
+from dtp.connection import Connection, ConnectionConfig
+from dtp.errors import ObjectNotFound
 from dtp.events import PeerAuthenticated, StreamDataReceived, StreamOpened
 from dtp.keys import HostIdentity
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.test_connection import CLIENT_ID, SERVER_ID, Side, assert_refused, make_pair
 
 # -- sans-I/O -----------------------------------------------------------------------------
 
@@ -85,13 +85,7 @@ def test_answer_then_refuse_gives_the_reason_and_the_application_nothing() -> No
     assert link.run(None, on_round=lambda: (c.drain(), s.drain()))  # (until quiet)
     server.refuse("address is on the deny list")
     link.run(lambda: client.closed, on_round=lambda: (c.drain(), s.drain()))
-    c.drain()
-    s.drain()
-    term = client.termination
-    assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
-    error = error_for_termination(term)
-    assert isinstance(error, ConnectionRefused) and error.reason == "address is on the deny list"
-    assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
+    assert_refused(c, s, "address is on the deny list")
 
 
 def test_answer_does_nothing_outside_an_ik_servers_decision() -> None:
