@@ -926,6 +926,41 @@ class _TimerService:
             del watched
 
     @staticmethod
+    def _fail(engine: _Engine, exc: BaseException) -> None:
+        """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
+
+        Left as it was, it lived on half-alive: never scheduled again, so none of its
+        timers ran (keepalive, idle timeout, retransmission), a peer that vanished went
+        unnoticed and the carrier was never released. Aborted, the peer reads
+        INTERNAL_ERROR (as when a server's handshake code raises) and the application's
+        calls raise ConnectionClosed, ``exc`` its cause. ``exc`` may be any exception,
+        SystemExit too (a push callback's sys.exit() runs here): what escapes the pass
+        ends the thread, and every other connection's timers with it."""
+        logger.error(
+            "dtp timer thread: a pass on %s raised: aborting the connection",
+            engine.name,
+            exc_info=exc,
+        )
+        # _Engine.abort's steps: abort() itself takes the lock, which is not reentrant
+        session = engine.session
+        ended = session.terminated is not None  # (then its error has a cause of its own)
+        try:
+            engine.conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+            engine.flush()
+            session.process_events()
+            if not ended and session.error is not None:
+                session.error.__cause__ = exc
+        except BaseException:
+            # a connection too broken to close: it ends as a lost carrier would end it,
+            # else the application's calls found a connection that never ended
+            logger.exception("dtp timer thread: closing %s failed", engine.name)
+            with contextlib.suppress(BaseException):
+                session.carrier_lost("internal error", exc)
+                session.process_events()
+        finally:
+            engine._release()
+
+    @staticmethod
     def _guarded(fn: Callable[..., object], *args: Any) -> None:
         """``fn(*args)``, logging what it raises: one connection's failure must not end
         the thread that keeps every other connection's timers."""
@@ -945,6 +980,8 @@ class _TimerService:
                 if not engine.closed:
                     engine.poll()
                     queued = engine.queued_output()
+            except BaseException as exc:
+                self._fail(engine, exc)
             finally:
                 engine.lock.release()
         if not engine.closed:
@@ -965,25 +1002,19 @@ class _TimerService:
             watches = entry[3]
         busy = True
         queued = False
-        try:
-            if engine.lock.acquire(blocking=False):
-                try:
-                    if not (engine.closed or engine.pumping):
-                        busy = False
-                        engine.poll()
-                        queued = engine.queued_output()
-                finally:
-                    engine.lock.release()
-        except BaseException:
-            # no longer watched: its carrier stays ready, so the thread came straight
-            # back to a pass that raised again, spinning (and logging each time, gigabytes
-            # of it) for as long as the connection lived. The application's next call
-            # on the connection meets the fault itself
-            with self._lock:
-                entry = self._watched.get(key)
-                if entry is not None and entry[0]() is engine:
-                    del self._watched[key]
-            raise
+        if engine.lock.acquire(blocking=False):
+            try:
+                if not (engine.closed or engine.pumping):
+                    busy = False
+                    engine.poll()
+                    queued = engine.queued_output()
+            except BaseException as exc:
+                # ended (closed: no longer watched): left watched, its carrier stayed
+                # ready, and the thread came straight back to a pass that raised again,
+                # spinning (and logging each time) for as long as the connection lived
+                self._fail(engine, exc)
+            finally:
+                engine.lock.release()
         with self._lock:
             entry = self._watched.get(key)
             if entry is None or entry[0]() is not engine or entry[3] != watches:
