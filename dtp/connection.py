@@ -1721,15 +1721,18 @@ class Connection:
     def _deliver(self, event: Event) -> None:
         """Application-facing events wait for accept() on the server."""
         if not self.is_client and self._state is ConnState.AUTHENTICATING:
-            if isinstance(event, StreamDataReceived):
-                # flow control bounds the held stream bytes, not the events that carry
-                # them: a hundred bytes each, so one-byte frames held a hundred times
-                # the connection window while the application decided
-                self._held_bytes += 64
-            elif isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
+            if isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
                 # flow control bounds held stream bytes, nothing these: a client could
                 # fill the server's memory while the application decides on it
                 self._held_bytes += len(event.data) + 64
+            else:
+                # every other event weighs too. Flow control bounds the held stream
+                # bytes, not the events that carry them (one-byte frames held a hundred
+                # times the connection window); and a stream the client opened, reset
+                # and had us stop sending on is forgotten, which gives it a new stream
+                # in MAX_STREAMS: unweighed, that cycle held three events per stream for
+                # as long as the application decided, without end
+                self._held_bytes += 64
             if self._held_bytes > self.config.connection_window:
                 if isinstance(event, DatagramReceived):
                     return  # unreliable anyway: dropped, as a full carrier would

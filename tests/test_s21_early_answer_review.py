@@ -1,0 +1,992 @@
+"""Adversarial probes of the early IK answer: a server sends message 2 before its hooks
+decide, so between message 2 and the verdict the client holds the session's keys and
+may send anything while the server is still deciding.
+
+What must still hold, and is checked here: the server's application sees nothing from
+the client before it accepts; what the server holds meanwhile stays bounded (each held
+event weighs something against the connection window); a refusal reaches the client
+with its reason and nothing more; a replayed message 1 gets no message 2 at all; lossy
+carriers recover a lost message 2 (the client repeats message 1) and a lost ACCEPT; and
+both servers, blocking and asyncio, free the handshake and the ledger stays untouched
+when the ledger admission refuses. Sans-I/O pairs and real TCP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.carriers.ledger_bridge import LedgerCarrierOptions
+from dtp.carriers.memory import MemoryLink
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter, Sla
+from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.errors import ConnectionLost, ConnectionRefused, LocalProtocolError
+from dtp.events import (
+    ConnectionAccepted,
+    ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamOpened,
+    StreamResetReceived,
+)
+from dtp.keys import HostIdentity
+from tests.ledger_faults import impair
+from tests.polling import wait_for
+from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+
+#: What a server's application must not see before it accepts.
+APP_EVENTS = (
+    StreamOpened,
+    StreamDataReceived,
+    DatagramReceived,
+    ControlReceived,
+    ReceiptReceived,
+    StreamResetReceived,
+    StopSendingReceived,
+)
+
+SMALL_WINDOW = 64 << 10
+
+
+def _app_events(side: Side) -> list[Event]:
+    return [e for e in side.events if isinstance(e, APP_EVENTS)]
+
+
+def _drains(c: Side, s: Side) -> Callable[[], None]:
+    """A link round's work: both sides collect their events."""
+
+    def both() -> None:
+        c.drain()
+        s.drain()
+
+    return both
+
+
+def _quiet(link: MemoryLink, c: Side, s: Side) -> None:
+    """Run the link until nothing moves."""
+    assert link.run(None, on_round=_drains(c, s))
+    c.drain()
+    s.drain()
+
+
+def _answered(**overrides: object) -> tuple[Side, Side, MemoryLink]:
+    """An IK pair over a reliable link, run until the client holds message 2 while the
+    server has not decided (it answered at once, as both servers now do)."""
+    client, server = make_pair(**overrides)  # type: ignore[arg-type]
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and server.handshake_hash is None:
+            server.answer()
+
+    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
+    c.drain()
+    s.drain()
+    assert not client.established and not server.established
+    return c, s, link
+
+
+def _send_everything_early(client: Connection) -> int:
+    """A client in the window sends one of each kind of frame; returns its stream."""
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"early bytes")
+    client.send_datagram(b"early datagram")
+    client.send_control(16, b"early control")
+    client.send_receipt(b"early receipt")
+    other = client.open_stream()
+    client.send_stream_data(other, b"x")
+    client.reset_stream(other, 7)
+    return sid
+
+
+# -- sans-I/O, reliable carrier --------------------------------------------------------------
+
+
+def test_every_kind_of_early_frame_waits_for_accept_and_arrives_in_order() -> None:
+    c, s, link = _answered()
+    sid = _send_everything_early(c.conn)
+    _quiet(link, c, s)
+    assert _app_events(s) == []
+    s.conn.accept()
+    _quiet(link, c, s)
+    assert c.conn.established
+    kinds = [type(e) for e in s.events if isinstance(e, (ConnectionAccepted, *APP_EVENTS))]
+    # the verdict first, then what the client sent, in the order it sent it
+    assert kinds[0] is ConnectionAccepted
+    assert bytes(s.data[sid]) == b"early bytes"
+    assert [e.data for e in s.of(DatagramReceived)] == [b"early datagram"]  # type: ignore[attr-defined]
+    assert [(e.kind, e.data) for e in s.of(ControlReceived)] == [(16, b"early control")]  # type: ignore[attr-defined]
+    assert [e.data for e in s.of(ReceiptReceived)] == [b"early receipt"]  # type: ignore[attr-defined]
+    assert [e.error_code for e in s.of(StreamResetReceived)] == [7]  # type: ignore[attr-defined]
+
+
+def test_a_refusal_after_early_frames_gives_the_reason_and_the_application_nothing() -> None:
+    c, s, link = _answered()
+    _send_everything_early(c.conn)
+    _quiet(link, c, s)
+    s.conn.refuse("not after what you sent")
+    _quiet(link, c, s)
+    assert c.conn.closed and s.conn.closed
+    term = c.conn.termination
+    assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
+    error = error_for_termination(term)
+    assert isinstance(error, ConnectionRefused) and error.reason == "not after what you sent"
+    assert _app_events(s) == [] and not c.of(ConnectionAccepted)
+    assert not s.conn._held_events  # let go with the refusal, not kept with the object
+
+
+def test_the_client_cannot_send_past_the_window_and_all_of_it_arrives_after_accept() -> None:
+    c, s, link = _answered(connection_window=SMALL_WINDOW, stream_window=SMALL_WINDOW)
+    sid = c.conn.open_stream()
+    payload = os.urandom(3 * SMALL_WINDOW)
+    c.conn.send_stream_data(sid, payload, end_stream=True)
+    _quiet(link, c, s)
+    # held: at most the window (flow control), none of it delivered
+    assert _app_events(s) == [] and not s.conn.closed
+    held = sum(len(e.data) for e in s.conn._held_events if isinstance(e, StreamDataReceived))
+    assert 0 < held <= SMALL_WINDOW
+    s.conn.accept()
+    assert link.run(lambda: sid in s.eof, on_round=_drains(c, s))
+    s.drain()
+    assert bytes(s.data[sid]) == payload
+
+
+@pytest.mark.parametrize("kind", ["stream bytes", "controls", "receipts"])
+def test_many_small_early_frames_end_the_connection_not_the_servers_memory(kind: str) -> None:
+    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    client = c.conn
+    sid = client.open_stream()
+    for i in range(SMALL_WINDOW // 64 + 64):
+        if client.closed or s.conn.closed:
+            break
+        if kind == "stream bytes":
+            client.send_stream_data(sid, b"x")
+        elif kind == "controls":
+            client.send_control(16)
+        else:
+            client.send_receipt(b"r")
+        if i % 16 == 0:  # many records, not one
+            _quiet(link, c, s)
+    _quiet(link, c, s)
+    assert s.conn.closed and s.conn.termination is not None
+    assert s.conn.termination.error_code == CloseCode.PROTOCOL_VIOLATION
+    assert "before the server accepted" in s.conn.termination.reason
+    assert _app_events(s) == [] and not s.conn._held_events
+    assert c.conn.closed  # told why
+
+
+def test_early_datagrams_past_the_bound_are_dropped_and_the_connection_lives() -> None:
+    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    body = b"d" * 1000
+    sent = 0
+    while sent * (len(body) + 64) < 3 * SMALL_WINDOW:
+        c.conn.send_datagram(body)
+        sent += 1
+        if sent % 8 == 0:
+            _quiet(link, c, s)
+    _quiet(link, c, s)
+    assert not s.conn.closed and _app_events(s) == []
+    held = [e for e in s.conn._held_events if isinstance(e, DatagramReceived)]
+    assert sum(len(e.data) + 64 for e in held) <= SMALL_WINDOW
+    s.conn.accept()
+    _quiet(link, c, s)
+    got = len(s.of(DatagramReceived))
+    assert 0 < got < sent and c.conn.established
+
+
+def test_streams_opened_reset_and_stopped_in_the_window_are_bounded() -> None:
+    """Found by this review: a stream the client opens (RESET_STREAM) and has the server
+    stop sending on (STOP_SENDING) is forgotten, and the server hands out a new stream
+    in MAX_STREAMS even before it accepts. Three events per stream were held and weighed
+    nothing: thousands of streams past max_streams, without bound, while the hook ran."""
+    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    client = c.conn
+    cycles = 0
+    while not s.conn.closed and cycles < 5000:
+        sid = client.open_stream()
+        client.reset_stream(sid)
+        client.stop_sending(sid)
+        _quiet(link, c, s)
+        cycles += 1
+    assert s.conn.closed, f"{len(s.conn._held_events)} events held after {cycles} streams"
+    assert cycles <= SMALL_WINDOW // 64
+    assert s.conn.termination is not None
+    assert s.conn.termination.error_code == CloseCode.PROTOCOL_VIOLATION
+    assert _app_events(s) == [] and not s.conn._held_events
+
+
+def test_every_stream_the_client_may_open_fits_in_the_window_with_its_data() -> None:
+    """The weight each held event carries leaves room for an honest client: all of its
+    streams opened, written and finished before the verdict."""
+    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    streams = [c.conn.open_stream() for _ in range(c.conn.config.max_streams)]
+    for sid in streams:
+        c.conn.send_stream_data(sid, b"%d" % sid, end_stream=True)
+        _quiet(link, c, s)
+    assert not s.conn.closed and _app_events(s) == []
+    s.conn.accept()
+    _quiet(link, c, s)
+    assert {sid: bytes(s.data[sid]) for sid in streams} == {sid: b"%d" % sid for sid in streams}
+
+
+def test_a_client_that_closes_in_the_window_leaves_nothing_to_accept() -> None:
+    c, s, link = _answered()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"and then I left")
+    c.conn.close(CloseCode.NO_ERROR, "changed my mind")
+    _quiet(link, c, s)
+    term = s.conn.termination
+    assert term is not None and term.by_peer and term.reason == "changed my mind"
+    assert _app_events(s) == [] and not s.conn._held_events
+    # the hooks' verdict comes too late: accept is a typed error, refuse does nothing
+    with pytest.raises(LocalProtocolError):
+        s.conn.accept()
+    s.conn.refuse("too late")
+    assert s.conn.data_to_send(0.0) == b""
+
+
+def test_a_client_that_vanishes_in_the_window_times_the_handshake_out() -> None:
+    _c, s, _link = _answered()
+    server = s.conn
+    timer = server.get_timer()
+    assert timer is not None and timer <= server.config.handshake_timeout
+    server.handle_timer(server.config.handshake_timeout)
+    s.drain()
+    assert server.closed and server.termination is not None
+    assert server.termination.error_code == CloseCode.HANDSHAKE_FAILED
+    assert _app_events(s) == []
+
+
+# -- sans-I/O, lossy carrier ---------------------------------------------------------------
+
+
+def _lossy() -> tuple[Connection, Connection, bytes]:
+    """An IK pair over a datagram carrier: the server has message 1 and decides."""
+    client, server = make_pair(reliable_carrier=False)
+    (hello,) = client.datagrams_to_send(0.0)
+    server.receive_datagram(hello, 0.0)
+    assert server.peer_address == CLIENT_ID.sui_address
+    return client, server, hello
+
+
+def test_lossy_a_repeated_message_1_gets_message_2_again_only_once_answered() -> None:
+    client, server, hello = _lossy()
+    # before the answer: a repeat must not fail the handshake nor send anything
+    server.receive_datagram(hello, 0.1)
+    assert not server.closed and server.datagrams_to_send(0.1) == []
+    server.answer()
+    (reply,) = server.datagrams_to_send(0.1)
+    for now in (0.2, 0.3):
+        server.receive_datagram(hello, now)
+        assert not server.closed
+        assert server.datagrams_to_send(now) == [reply]  # the same message 2 again
+    client.receive_datagram(reply, 0.4)
+    assert client.handshake_hash == server.handshake_hash and not client.established
+
+
+def test_lossy_message_2_lost_then_the_accept_lost_still_connects() -> None:
+    client, server, hello = _lossy()
+    server.answer()
+    assert len(server.datagrams_to_send(0.0)) == 1  # message 2: lost
+    # the client repeats message 1 on its timer while the server is still deciding
+    now = client.get_timer()
+    assert now is not None
+    client.handle_timer(now)
+    assert client.datagrams_to_send(now) == [hello]
+    server.receive_datagram(hello, now)
+    (reply,) = server.datagrams_to_send(now)
+    client.receive_datagram(reply, now)
+    assert client.handshake_hash is not None and not client.established
+    # a datagram in the window: held by the server until it accepts
+    client.send_datagram(b"early")
+    for datagram in client.datagrams_to_send(now):
+        server.receive_datagram(datagram, now)
+    events = list(iter(server.next_event, None))
+    assert not [e for e in events if isinstance(e, APP_EVENTS)]
+    server.accept()
+    assert server.datagrams_to_send(now)  # the ACCEPT: lost
+    # the server's loss recovery sends it again; the client's acks end it
+    for _ in range(20):
+        timer = server.get_timer()
+        assert timer is not None and timer < server.config.handshake_timeout
+        now = max(now, timer)
+        server.handle_timer(now)
+        for datagram in server.datagrams_to_send(now):
+            client.receive_datagram(datagram, now)
+        for datagram in client.datagrams_to_send(now):
+            server.receive_datagram(datagram, now)
+        if client.established:
+            break
+    assert client.established and not server.closed
+    events += list(iter(server.next_event, None))
+    assert [e.data for e in events if isinstance(e, DatagramReceived)] == [b"early"]
+
+
+def test_lossy_refusal_after_the_answer_gives_the_reason() -> None:
+    client, server, hello = _lossy()
+    server.answer()
+    (reply,) = server.datagrams_to_send(0.0)
+    client.receive_datagram(reply, 0.0)
+    server.receive_datagram(hello, 0.1)  # a late repeat: answered, not a failure
+    server.refuse("no room")
+    for datagram in server.datagrams_to_send(0.1):
+        client.receive_datagram(datagram, 0.1)
+    term = client.termination
+    assert term is not None and term.error_code == CloseCode.REFUSED and term.reason == "no room"
+
+
+# -- real TCP: a sans-I/O client on a socket -------------------------------------------------
+
+
+class _Raw:
+    """A sans-I/O IK client over a real TCP socket to 127.0.0.1."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        server_key: bytes,
+        identity: HostIdentity = CLIENT_ID,
+        **overrides: Any,
+    ) -> None:
+        cfg = ConnectionConfig(
+            identity=identity, is_client=True, server_static=server_key, **overrides
+        )
+        self.conn = Connection(cfg, ephemeral_key=os.urandom(32), now=time.monotonic())
+        self.sock = socket.create_connection(address, timeout=60)
+        self.events: list[Event] = []
+        self.eof = False
+        #: message 1 as it went on the wire (a replay sends these bytes again)
+        self.hello = self.conn.data_to_send(time.monotonic())
+        self.sock.sendall(self.hello)
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send(time.monotonic())
+        if out and not self.eof:
+            # the server may be gone: what it sent last is still to read
+            with contextlib.suppress(OSError):
+                self.sock.sendall(out)
+
+    def step(self, deadline: float) -> None:
+        """One read (or the end of the carrier), then whatever the client answers."""
+        left = deadline - time.monotonic()
+        assert left > 0, "the server did not answer in 60 s"
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return
+        self.conn.receive_data(data, time.monotonic())
+        self.events.extend(iter(self.conn.next_event, None))
+        self.flush()
+
+    def run(self, until: Callable[[], object]) -> None:
+        deadline = time.monotonic() + 60
+        while not until() and not self.eof:
+            self.step(deadline)
+
+    def refusal(self) -> ConnectionRefused:
+        """Run to the end: the connection must have been refused; returns the error."""
+        self.run(lambda: self.conn.closed)
+        term = self.conn.termination
+        assert term is not None, "the server closed without a verdict"
+        error = error_for_termination(term)
+        assert isinstance(error, ConnectionRefused), term
+        return error
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _slow_hook(reason: str | None) -> tuple[Callable[[Any], Any], threading.Event, threading.Event]:
+    """A blocking accept hook whose first call waits for the test; later calls accept."""
+    entered, verdict = threading.Event(), threading.Event()
+    calls = [0]
+
+    def hook(_who: Any) -> bool | str:
+        calls[0] += 1
+        if calls[0] > 1:
+            return True
+        entered.set()
+        assert verdict.wait(60)
+        return True if reason is None else reason
+
+    return hook, entered, verdict
+
+
+def _in_the_window(raw: _Raw, entered: threading.Event) -> None:
+    """Until the client holds message 2 and the server's hook is deciding."""
+    raw.run(lambda: raw.conn.handshake_hash is not None)
+    assert raw.conn.handshake_hash is not None and not raw.conn.established
+    assert entered.wait(60)
+
+
+def _send_early(raw: _Raw) -> None:
+    sid = raw.conn.open_stream()
+    assert sid == 0  # the stream the server's accepted socket reads
+    raw.conn.send_stream_data(sid, b"early request")
+    raw.conn.send_datagram(b"early datagram")
+    raw.conn.send_control(16, b"early control")
+    raw.flush()
+
+
+def test_blocking_server_refusal_in_the_window_frees_its_only_handshake_slot() -> None:
+    hook, entered, verdict = _slow_hook("closed for the night")
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER_ID, accept=hook, max_handshakes=1
+    )
+    raw = _Raw(server.address, server.noise_public_key)
+    try:
+        _in_the_window(raw, entered)
+        _send_early(raw)
+        verdict.set()
+        error = raw.refusal()
+        assert error.reason == "closed for the night"
+        # message 2 and the refusal: nothing else reached the client
+        assert [type(e) for e in raw.events] == [HandshakeCompleted, ConnectionTerminated]
+        # the one handshake slot is free again: the next client gets in
+        with dtp.socket.create_connection(
+            server.address, timeout=60, server_key=server.noise_public_key, identity=CLIENT_ID
+        ) as sock:
+            sock.sendall(b"second")
+            accepted, _address = server.accept(timeout=60)
+            with accepted:
+                assert accepted.recv(6) == b"second"
+        assert server.refused == 1
+    finally:
+        verdict.set()
+        raw.close()
+        server.close()
+
+
+def test_blocking_server_accept_in_the_window_delivers_the_early_bytes() -> None:
+    hook, entered, verdict = _slow_hook(None)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, accept=hook)
+    raw = _Raw(server.address, server.noise_public_key)
+    try:
+        _in_the_window(raw, entered)
+        _send_early(raw)
+        raw.conn.send_stream_data(0, b" and more", end_stream=True)
+        raw.flush()
+        verdict.set()
+        raw.run(lambda: raw.conn.established)
+        accepted, address = server.accept(timeout=60)
+        with accepted:
+            assert address == CLIENT_ID.sui_address
+            got = b""
+            while chunk := accepted.recv(100):
+                got += chunk
+            assert got == b"early request and more"
+    finally:
+        verdict.set()
+        raw.close()
+        server.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("how", ["reset", "close frame"])
+def test_blocking_server_a_client_gone_in_the_window_leaks_nothing(how: str) -> None:
+    """The blocking server reads nothing while its hook runs, so a client that left in
+    the window is found out only after the verdict: accept() hands out a connection
+    that ends at its first read (typed), and every descriptor goes with the server."""
+    before = _open_fds()
+    hook, entered, verdict = _slow_hook(None)
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER_ID, accept=hook, max_handshakes=1
+    )
+    raw = _Raw(server.address, server.noise_public_key)
+    try:
+        _in_the_window(raw, entered)
+        if how == "reset":
+            raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            raw.conn.close(CloseCode.NO_ERROR, "bye")
+            raw.flush()
+        raw.close()
+        verdict.set()
+        accepted, _address = server.accept(timeout=60)
+        with accepted:
+            if how == "reset":
+                with pytest.raises(ConnectionLost):
+                    accepted.recv(10)
+            else:
+                assert accepted.recv(10) == b""
+    finally:
+        verdict.set()
+        raw.close()
+        server.close()
+    deadline = time.monotonic() + 30
+    while _open_fds() > before:
+        assert time.monotonic() < deadline, f"{_open_fds() - before} descriptors left open"
+        time.sleep(0.05)
+
+
+def test_blocking_server_a_replayed_message_1_gets_no_message_2() -> None:
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    first = _Raw(server.address, server.noise_public_key)
+    hello = first.hello
+    replay = socket.create_connection(server.address, timeout=60)
+    try:
+        first.run(lambda: first.conn.established)
+        server.accept(timeout=60)[0].close()
+        replay.sendall(hello)
+        assert _read_to_end(replay) == b""
+        assert server.replays_refused == 1
+    finally:
+        first.close()
+        replay.close()
+        server.close()
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """All a server sends before it closes the carrier (60 s at most)."""
+    got = b""
+    sock.settimeout(60)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return got
+        if not data:
+            return got
+        got += data
+
+
+# -- real TCP: the asyncio server ------------------------------------------------------------
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    """Wait (60 s at most) until ``check()``: something the server's task does next."""
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline, "not within 60 s"
+        await asyncio.sleep(0.01)
+
+
+def _aio_world(
+    reason: str | None, config: ConnectionConfig | None = None
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """An asyncio server test's parts: (main's body runner, shared state)."""
+    state: dict[str, Any] = {"served": 0}
+
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        state["served"] += 1
+        state["read"] = await reader.read(100)
+        writer.close()
+
+    async def run(body: Callable[..., Any]) -> None:
+        entered, verdict = asyncio.Event(), asyncio.Event()
+
+        async def hook(_address: str) -> bool | str:
+            entered.set()
+            await asyncio.wait_for(verdict.wait(), 60)
+            return True if reason is None else reason
+
+        server = await dtp.aio.start_server(
+            handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook, config=config
+        )
+        try:
+            address = server.sockets[0].getsockname()[:2]
+            await body(server, address, entered, verdict)
+        finally:
+            verdict.set()
+            server.close()
+            await server.wait_closed()
+
+    return run, state
+
+
+def test_asyncio_server_holds_early_frames_and_refuses_with_the_reason() -> None:
+    run, state = _aio_world("not this one")
+
+    async def body(
+        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
+    ) -> None:
+        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
+        try:
+            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
+            await asyncio.wait_for(entered.wait(), 60)
+            await asyncio.to_thread(_send_early, raw)
+            verdict.set()
+            error = await asyncio.to_thread(raw.refusal)
+            assert error.reason == "not this one"
+            assert [type(e) for e in raw.events] == [HandshakeCompleted, ConnectionTerminated]
+            assert server.refused == 1 and state["served"] == 0
+        finally:
+            raw.close()
+
+    asyncio.run(run(body))
+
+
+def test_asyncio_server_accept_in_the_window_delivers_the_early_bytes() -> None:
+    run, state = _aio_world(None)
+
+    async def body(
+        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
+    ) -> None:
+        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
+        try:
+            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
+            await asyncio.wait_for(entered.wait(), 60)
+            await asyncio.to_thread(_send_early, raw)
+            verdict.set()
+            # (the handler closes at once: ACCEPT and CLOSE may come in one read)
+            await asyncio.to_thread(raw.run, lambda: raw.conn.established or raw.conn.closed)
+            assert any(isinstance(e, ConnectionAccepted) for e in raw.events)
+            await asyncio.to_thread(raw.run, lambda: state.get("read") is not None)
+            assert state["read"] == b"early request" and state["served"] == 1
+        finally:
+            raw.close()
+
+    asyncio.run(run(body))
+
+
+def test_asyncio_server_a_client_that_closes_in_the_window_is_not_served() -> None:
+    run, state = _aio_world(None)
+
+    async def body(
+        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
+    ) -> None:
+        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
+        try:
+            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
+            await asyncio.wait_for(entered.wait(), 60)
+            raw.conn.close(CloseCode.NO_ERROR, "bye")
+            await asyncio.to_thread(raw.flush)
+            await asyncio.to_thread(raw.run, lambda: False)  # until the server lets go
+            verdict.set()
+            await _until(lambda: server.handshakes_failed == 1)  # the hook has returned
+            assert state["served"] == 0 and server.refused == 0
+        finally:
+            raw.close()
+
+    asyncio.run(run(body))
+
+
+def _churn(raw: _Raw, most: int) -> int:
+    """Open, reset and stop streams until the server ends the connection, or ``most``
+    streams; returns how many were opened."""
+    deadline = time.monotonic() + 60
+    opened = 0
+    while opened < most and not raw.conn.closed and not raw.eof:
+        try:
+            sid = raw.conn.open_stream()
+        except LocalProtocolError:  # wait for the server's MAX_STREAMS
+            raw.flush()
+            raw.step(deadline)
+            continue
+        raw.conn.reset_stream(sid)
+        raw.conn.stop_sending(sid)
+        opened += 1
+        if opened % 32 == 0:
+            raw.flush()
+    raw.flush()
+    return opened
+
+
+def test_asyncio_server_a_stream_churn_in_the_window_ends_the_connection() -> None:
+    """The TCP face of the unweighed held events: with the hook still deciding, the
+    client's churn must end the connection, not grow the server's memory."""
+    config = ConnectionConfig(identity=SERVER_ID, is_client=False, connection_window=SMALL_WINDOW)
+    run, state = _aio_world(None, config)
+
+    async def body(
+        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
+    ) -> None:
+        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
+        try:
+            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
+            await asyncio.wait_for(entered.wait(), 60)
+            opened = await asyncio.to_thread(_churn, raw, 4 * SMALL_WINDOW // 64)
+            await asyncio.to_thread(raw.run, lambda: raw.conn.closed)
+            term = raw.conn.termination
+            assert term is not None, f"still open after {opened} streams"
+            assert term.by_peer and term.error_code == CloseCode.PROTOCOL_VIOLATION
+            verdict.set()
+            await _until(lambda: server.handshakes_failed == 1)
+            assert state["served"] == 0
+        finally:
+            raw.close()
+
+    asyncio.run(run(body))
+
+
+def test_asyncio_server_a_replayed_message_1_gets_no_message_2() -> None:
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        writer.close()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(handler, "127.0.0.1", 0, identity=SERVER_ID)
+        try:
+            address = server.sockets[0].getsockname()[:2]
+            first = await asyncio.to_thread(_Raw, address, server.noise_public_key)
+            hello = first.hello
+            try:
+                await asyncio.to_thread(first.run, lambda: first.conn.established)
+            finally:
+                first.close()
+            replay = await asyncio.to_thread(socket.create_connection, address, 60)
+            try:
+                await asyncio.to_thread(replay.sendall, hello)
+                assert await asyncio.to_thread(_read_to_end, replay) == b""
+            finally:
+                replay.close()
+            assert server.replays_refused == 1
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+# -- the paid server: a refusal by the ledger admission --------------------------------------
+
+PORT = 7100
+SLA = Sla(1, 1, 1000)
+
+
+def _ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+PAID_SERVER, PAYER, MALLORY = _ident(0x5A), _ident(0x5B), _ident(0x5C)
+
+
+@pytest.fixture
+def paid(tmp_path: Path) -> Iterator[tuple[LocalLedger, str, dtp.socket.DTPServer]]:
+    """A blocking paid server on a LocalLedger file, and the payer's ledger handle."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
+    ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
+    ledger.faucet(PAYER.sui_address, 100_000)
+    ledger.faucet(MALLORY.sui_address, 100_000)
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    )
+    try:
+        yield ledger, host_id, server
+    finally:
+        server.close()
+        ledger.close()
+        server_ledger.close()
+
+
+def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
+    paid: tuple[LocalLedger, str, dtp.socket.DTPServer],
+) -> None:
+    ledger, host_id, server = paid
+    cap = ledger.create_spending_cap(PAYER, 10**6)
+    opened = ledger.open_connection(PAYER, host_id, PORT, cap, 5000)
+    cid = bytes.fromhex(opened.connection_id[2:])
+    closed = ledger.open_connection(PAYER, host_id, PORT, cap, 5000)
+    ledger.close_connection(PAYER, closed.connection_id)
+
+    def balances() -> tuple[int, int, int]:
+        escrow = ledger.get_escrow(ledger.get_connection(opened.connection_id).escrow)
+        return (
+            ledger.balance(PAYER.sui_address),
+            ledger.balance(MALLORY.sui_address),
+            escrow.balance,
+        )
+
+    before = balances()
+    cases = [
+        (MALLORY, cid, "another client"),
+        (PAYER, bytes.fromhex(closed.connection_id[2:]), "not Open"),
+        (PAYER, b"\xcd" * 32, "unknown connection"),
+    ]
+    for signer, connection_id, reason in cases:
+        raw = _Raw(
+            server.address,
+            PAID_SERVER.noise_public,
+            identity=signer,
+            connection_id=connection_id,
+            port=PORT,
+        )
+        try:
+            raw.run(lambda r=raw: r.conn.handshake_hash is not None)  # type: ignore[misc]
+            if not raw.conn.closed:  # (the refusal may come in the read of message 2)
+                # the client writes at once, as a paid client's first request would
+                sid = raw.conn.open_stream()
+                raw.conn.send_stream_data(sid, b"GET /")
+                raw.flush()
+            error = raw.refusal()
+            assert reason in error.reason
+            # message 2 (it came with the refusal before, too) and the reason: no more
+            assert [type(e) for e in raw.events] == [HandshakeCompleted, ConnectionTerminated]
+        finally:
+            raw.close()
+    # (counted once the refusal is out: the client may read it first)
+    assert wait_for(lambda: server.refused == len(cases), 30)
+    assert balances() == before
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+    # the owner is still let in on its own connection afterwards
+    raw = _Raw(
+        server.address, PAID_SERVER.noise_public, identity=PAYER, connection_id=cid, port=PORT
+    )
+    try:
+        raw.run(lambda: raw.conn.established)
+        assert raw.conn.established
+    finally:
+        raw.close()
+
+
+def test_asyncio_paid_server_refused_client_learns_only_the_reason(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    try:
+        host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
+        ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
+        ledger.faucet(PAYER.sui_address, 100_000)
+        cap = ledger.create_spending_cap(PAYER, 10**6)
+        opened = ledger.open_connection(PAYER, host_id, PORT, cap, 5000)
+        before = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
+        served = []
+
+        async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            served.append(1)
+            writer.close()
+
+        async def main() -> None:
+            server = await dtp.aio.start_server(
+                handler,
+                "127.0.0.1",
+                0,
+                identity=PAID_SERVER,
+                ledger=server_ledger,
+                host_id=host_id,
+                dtp_port=PORT,
+            )
+            try:
+                address = server.sockets[0].getsockname()[:2]
+
+                def refused() -> ConnectionRefused:
+                    raw = _Raw(
+                        address,
+                        PAID_SERVER.noise_public,
+                        identity=MALLORY,
+                        connection_id=bytes.fromhex(opened.connection_id[2:]),
+                        port=PORT,
+                    )
+                    try:
+                        raw.run(lambda: raw.conn.handshake_hash is not None)
+                        if not raw.conn.closed:  # (the refusal may come with message 2)
+                            sid = raw.conn.open_stream()
+                            raw.conn.send_stream_data(sid, b"GET /")
+                            raw.flush()
+                        error = raw.refusal()
+                        assert [type(e) for e in raw.events] == [
+                            HandshakeCompleted,
+                            ConnectionTerminated,
+                        ]
+                        return error
+                    finally:
+                        raw.close()
+
+                error = await asyncio.to_thread(refused)
+                assert "another client" in error.reason
+                assert server.refused == 1 and not served
+            finally:
+                server.close()
+                await server.wait_closed()
+
+        asyncio.run(main())
+        after = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
+        assert after == before
+        assert ledger.get_escrow(ledger.get_connection(opened.connection_id).escrow).balance == 5000
+    finally:
+        ledger.close()
+        server_ledger.close()
+
+
+# -- a real lossy carrier: the ledger carrier ------------------------------------------------
+
+
+def test_ledger_carrier_message_2_lost_while_the_hook_decides_still_connects(
+    tmp_path: Path,
+) -> None:
+    """The client's carrier drops the first record it reads (message 2, sent at once);
+    it repeats message 1 while the server's hook is still deciding, and the server,
+    once it has accepted, answers the repeat with message 2 again: the client gets in."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
+    ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
+    ledger.faucet(PAYER.sui_address, 100_000)
+
+    def repeated() -> bool:
+        """Whether a record went on the ledger twice (the client's message 1: the
+        blocking server reads nothing while its hook runs, so it repeats nothing)."""
+        events, _ = ledger.events(filter=EventFilter(type="PipeDataSent"), limit=1000)
+        payloads = [bytes(e["data"]) for e in events]
+        return len(set(payloads)) < len(payloads)
+
+    decided = threading.Event()
+
+    def hook(_address: str) -> bool:
+        deadline = time.monotonic() + 30
+        while not repeated():
+            assert time.monotonic() < deadline, "the client never repeated message 1"
+            time.sleep(0.05)
+        decided.set()
+        return True
+
+    def echo(sock: dtp.socket.DTPSocket) -> None:
+        while data := sock.recv(1 << 16):
+            sock.sendall(data)
+
+    wrap, wrappers = impair(seed=3, drop_first=1)
+    server = dtp.socket.create_server(
+        None, identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, port=PORT, accept=hook
+    )
+    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    thread.start()
+    try:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            timeout=60,
+            ledger=ledger,
+            identity=PAYER,
+            deposit=5000,
+            ledger_options=LedgerCarrierOptions(ledger_filter=wrap),
+        ) as sock:
+            assert decided.is_set() and [w.dropped for w in wrappers] == [1]
+            sock.sendall(b"over the ledger")
+            got = b""
+            while len(got) < 15:
+                got += sock.recv(100)
+            assert got == b"over the ledger"
+    finally:
+        server.close()
+        thread.join(30)
+        ledger.close()
+        server_ledger.close()
