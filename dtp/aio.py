@@ -1684,10 +1684,12 @@ class DTPServer:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
-        # IK: message 2 goes now, and the client works on it while the hooks (the
-        # ledger admission) decide; the verdict follows it
-        conn.answer()
-        proto.flush()
+        if self._accept is not None or self._admit is not None:
+            # IK: message 2 goes now, and the client works on it while the hooks (the
+            # ledger admission) decide; the verdict follows it. Without hooks the verdict
+            # is at once: both go in one flight, as one wake-up
+            conn.answer()
+            proto.flush()
         peer = peer_info(
             session.authenticated_address,
             conn.peer_connection_id,

@@ -311,6 +311,15 @@ def _static_dh(private_key: X25519PrivateKey, public_key: X25519PublicKey) -> by
     return result
 
 
+def static_secret_kept(identity: HostIdentity, peer_public: bytes) -> bool:
+    """Whether the X25519 result of ``identity``'s static key with ``peer_public`` is
+    kept (:func:`_static_dh`): a client need not compute its IK ``ss`` ahead then."""
+    key = noise_key_object(identity.noise_private_bytes())
+    if key is None or _STATIC_KEYS.get(id(key)) is not key:
+        return False
+    return (id(key), bytes(peer_public)) in _STATIC_SECRETS
+
+
 class _X25519(ED25519):  # type: ignore[misc]
     """X25519 for Noise that first takes a result made ahead for exactly these two keys
     (dtp.keys_ahead: a client's IK ``es``/``ss`` computed while it waited on its

@@ -65,7 +65,7 @@ from dtp.carriers.ledger_bridge import (
 )
 from dtp.carriers.tcp import connect_any, connect_tcp, listen_tcp, tune
 from dtp.connection import DATAGRAM_SEND_BACKLOG, CloseCode, Connection, ConnectionConfig
-from dtp.crypto import prepare_handshake
+from dtp.crypto import prepare_handshake, static_secret_kept
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -2399,15 +2399,16 @@ def _connect(
             engine.conn.open_stream()
 
     session.on_handshake = open_first_stream
+    keys = _NextConnectKeys(cfg, anonymous)
     try:
         with engine.lock:
             engine.flush()
             # the server now works on our first message. What it may wait for (the open
-            # landing) goes first; then the next connect's keys (off its critical path),
-            # betting it goes to the same server
+            # landing) goes first; then the next connect's keys (off its critical path,
+            # until the reply is here), betting it goes to the same server
             if while_waiting is not None:
                 while_waiting(engine.conn)
-            _prepare_next_connect(cfg, anonymous)
+            keys.make(engine)
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
@@ -2417,6 +2418,10 @@ def _connect(
                 if session.on_handshake is not None:
                     open_first_stream()
                     engine.flush()
+                if not session.accepted:
+                    # (the rest of them while the verdict comes: an IK server answers
+                    # before its hooks decide)
+                    keys.make(engine)
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
                 engine.pump(
                     lambda: session.accepted or session.terminated is not None,
@@ -2433,20 +2438,53 @@ def _connect(
     return sock
 
 
-def _prepare_next_connect(cfg: ConnectionConfig, anonymous: bool) -> None:
-    """Keys for a next connect like this one (dtp.keys_ahead): an ephemeral key and,
-    in IK, its DH with the server's key; an anonymous identity (a process that connects
-    anonymously once usually does again), or our static key's DH with the server's;
-    and in IK the Noise state started for that identity and server."""
-    server_key = cfg.server_static
-    prepare_ephemeral_key(server_key)
-    identity: HostIdentity | None = cfg.identity
-    if anonymous:
-        identity = prepare_anonymous_identity(server_key)
-    elif server_key is not None:
-        prepare_static_secret(cfg.identity, server_key)
-    if identity is not None and server_key is not None:
-        prepare_handshake(identity.noise_private_bytes(), server_key, initiator=True)
+class _NextConnectKeys:
+    """Keys for a next connect like this one (dtp.keys_ahead), made in steps while this
+    connect waits: an ephemeral key and, in IK, its DH with the server's key; an
+    anonymous identity (a process that connects anonymously once usually does again),
+    or our static key's DH with the server's (unless dtp.crypto keeps it already); and
+    in IK the Noise state started for that identity and server.
+
+    :meth:`make` stops between steps once the server's reply is here: the reply is
+    worked on first, and the rest is made during the next wait (for the verdict)."""
+
+    def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
+        self._cfg = cfg
+        self._anonymous = anonymous
+        self._identity: HostIdentity | None = cfg.identity
+        self._steps = [self._ephemeral, self._static, self._noise_state]
+
+    def make(self, engine: _Engine | None = None) -> None:
+        """Make the steps left, stopping early once ``engine``'s carrier has something
+        to read (every step when it is None)."""
+        steps = self._steps
+        while steps:
+            if engine is not None and _has_input(engine):
+                return
+            steps.pop(0)()
+
+    def _ephemeral(self) -> None:
+        prepare_ephemeral_key(self._cfg.server_static)
+
+    def _static(self) -> None:
+        server_key = self._cfg.server_static
+        if self._anonymous:
+            self._identity = prepare_anonymous_identity(server_key)
+        elif server_key is not None and not static_secret_kept(self._cfg.identity, server_key):
+            prepare_static_secret(self._cfg.identity, server_key)
+
+    def _noise_state(self) -> None:
+        server_key = self._cfg.server_static
+        if self._identity is not None and server_key is not None:
+            prepare_handshake(self._identity.noise_private_bytes(), server_key, initiator=True)
+
+
+def _has_input(engine: _Engine) -> bool:
+    """Whether ``engine``'s carrier has bytes to read now (a look, no wait)."""
+    try:
+        return bool(wait_ready([engine.sock], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile: the pump says how
+        return True
 
 
 # -----------------------------------------------------------------------------------------
@@ -2873,10 +2911,12 @@ class DTPServer:
             # before the hooks: a replay must not reserve the client's ledger connection
             if self._replays.is_replay(conn, engine.peername):
                 return "replayed", "handshake failed"
-            # IK: message 2 goes now, and the client works on it while the hooks (the
-            # ledger admission) decide; the verdict follows it
-            conn.answer()
-            engine.flush()
+            if self._accept_hook is not None or self._admit_hook is not None:
+                # IK: message 2 goes now, and the client works on it while the hooks
+                # (the ledger admission) decide; the verdict follows it. Without hooks
+                # the verdict is at once: both go in one flight, as one wake-up
+                conn.answer()
+                engine.flush()
             peer = peer_info(
                 session.authenticated_address,
                 conn.peer_connection_id,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.aio
 import dtp.socket
@@ -113,8 +114,12 @@ def _raw_client(address: tuple[str, int], server_key: bytes, until: object) -> C
     conn = Connection(cfg, ephemeral_key=os.urandom(32), now=time.monotonic())
     sock = socket.create_connection(address, timeout=60)
     conn._raw_sock = sock  # type: ignore[attr-defined]
-    sock.sendall(conn.data_to_send(time.monotonic()))
-    _run_raw(conn, until)
+    try:
+        sock.sendall(conn.data_to_send(time.monotonic()))
+        _run_raw(conn, until)
+    except BaseException:
+        sock.close()
+        raise
     return conn
 
 
@@ -177,11 +182,15 @@ def test_asyncio_server_answers_while_its_hook_decides() -> None:
 
         async def handler(reader: dtp.aio.DTPReader, writer: dtp.aio.DTPWriter) -> None:
             served.set()
+            # open until the client goes: closed at once, our CLOSE could come in the
+            # read that brings the ACCEPT, and the raw client would never see it let in
+            await reader.read()
             writer.close()
 
         server = await dtp.aio.start_server(
             handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook
         )
+        conn: Connection | None = None
         try:
             address = server.sockets[0].getsockname()[:2]
             conn = await asyncio.to_thread(
@@ -193,8 +202,9 @@ def test_asyncio_server_answers_while_its_hook_decides() -> None:
             verdict.set()
             await asyncio.to_thread(_run_raw, conn, lambda c: c.established)
             await asyncio.wait_for(served.wait(), 60)
-            conn._raw_sock.close()  # type: ignore[attr-defined]
         finally:
+            if conn is not None:
+                conn._raw_sock.close()  # type: ignore[attr-defined]
             server.close()
             await server.wait_closed()
 
@@ -260,3 +270,78 @@ def test_connection_state_names_damaged_data(
         )
     with pytest.raises(DamagedData, match=cid):
         ledger.connection_state(cid)
+
+
+# -- a server without hooks answers in one flight; the client's keys ahead -----------------
+
+
+def test_a_server_without_hooks_sends_message_two_and_the_verdict_together() -> None:
+    # nothing to decide, so nothing to overlap: one write, and the client's first read
+    # finds it let in (two writes woke the client twice for nothing)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    accepted: list[tuple[dtp.socket.DTPSocket, str]] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=60)))
+    thread.start()
+    cfg = ConnectionConfig(
+        identity=CLIENT_ID, is_client=True, server_static=server.noise_public_key
+    )
+    conn = Connection(cfg, ephemeral_key=os.urandom(32), now=time.monotonic())
+    try:
+        with socket.create_connection(server.address, timeout=60) as sock:
+            sock.sendall(conn.data_to_send(time.monotonic()))
+            conn.receive_data(sock.recv(65536), time.monotonic())
+            assert conn.handshake_hash is not None and conn.established
+            thread.join(60)
+            assert accepted
+    finally:
+        thread.join(60)
+        for peer, _address in accepted:
+            peer.close()
+        server.close()
+
+
+class _FakeEngine:
+    """What _NextConnectKeys looks at: the carrier socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
+def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> None:
+    from dtp import keys_ahead
+
+    server = HostIdentity.generate()
+    client = HostIdentity.generate()
+    cfg = ConnectionConfig(identity=client, is_client=True, server_static=server.noise_public)
+    keys = dtp.socket._NextConnectKeys(cfg, anonymous=False)
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        theirs.sendall(b"reply")
+        keys.make(_FakeEngine(mine))  # type: ignore[arg-type]
+        assert len(keys._steps) == 3  # the reply first: nothing made
+        assert mine.recv(16) == b"reply"
+        keys.make(_FakeEngine(mine))  # type: ignore[arg-type]
+        assert not keys._steps
+    # our static key's DH with the server's was made ahead: nothing kept it yet
+    ours = X25519PrivateKey.from_private_bytes(client.noise_private_bytes())
+    assert (ours.private_bytes_raw(), server.noise_public) in keys_ahead._shared
+
+
+def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
+    from dtp import keys_ahead
+    from dtp.crypto import Handshake, static_secret_kept
+
+    server, client = HostIdentity.generate(), HostIdentity.generate()
+    initiator = Handshake.initiator(
+        client.noise_private_bytes(), os.urandom(32), server.noise_public
+    )
+    responder = Handshake.responder(server.noise_private_bytes(), os.urandom(32))
+    responder.read_message(initiator.write_message(b""))
+    initiator.read_message(responder.write_message(b""))
+    assert static_secret_kept(client, server.noise_public)
+    assert not static_secret_kept(client, HostIdentity.generate().noise_public)
+    cfg = ConnectionConfig(identity=client, is_client=True, server_static=server.noise_public)
+    keys = dtp.socket._NextConnectKeys(cfg, anonymous=False)
+    keys.make()
+    ours = X25519PrivateKey.from_private_bytes(client.noise_private_bytes())
+    assert (ours.private_bytes_raw(), server.noise_public) not in keys_ahead._shared
