@@ -103,6 +103,27 @@ def connect(
     return c, s, link
 
 
+def answered_pair(**overrides: object) -> tuple[Side, Side, MemoryLink]:
+    """An IK pair over a reliable link, run until the client holds message 2 while the
+    server has not decided (it answered first: Connection.answer, as a server with
+    hooks does)."""
+    client, server = make_pair(**overrides)  # type: ignore[arg-type]
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and server.handshake_hash is None:
+            server.answer()
+
+    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
+    c.drain()
+    s.drain()
+    assert not client.established and not server.established
+    return c, s, link
+
+
 def run(link: MemoryLink, c: Side, s: Side, until: object = None) -> bool:
     def step() -> None:
         c.drain()

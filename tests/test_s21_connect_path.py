@@ -29,33 +29,21 @@ from dtp.chain.local_rules import DamagedData
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import ObjectNotFound
-from dtp.events import PeerAuthenticated, StreamDataReceived, StreamOpened
+from dtp.events import StreamDataReceived, StreamOpened
 from dtp.keys import HostIdentity
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, assert_refused, make_pair
+from tests.test_connection import (
+    CLIENT_ID,
+    SERVER_ID,
+    answered_pair,
+    assert_refused,
+    make_pair,
+)
 
 # -- sans-I/O -----------------------------------------------------------------------------
 
 
-def _answered_pair() -> tuple[Side, Side, MemoryLink]:
-    """An IK pair run until the client holds message 2 and the server has not decided."""
-    client, server = make_pair()
-    c, s = Side(client), Side(server)
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and server.handshake_hash is None:
-            server.answer()
-
-    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
-    c.drain()
-    s.drain()
-    return c, s, link
-
-
 def test_answer_completes_the_clients_handshake_before_the_verdict() -> None:
-    c, s, link = _answered_pair()
+    c, s, link = answered_pair()
     client, server = c.conn, s.conn
     assert client.handshake_hash == server.handshake_hash
     assert not client.established and not server.established
@@ -79,7 +67,7 @@ def test_answer_completes_the_clients_handshake_before_the_verdict() -> None:
 
 
 def test_answer_then_refuse_gives_the_reason_and_the_application_nothing() -> None:
-    c, s, link = _answered_pair()
+    c, s, link = answered_pair()
     client, server = c.conn, s.conn
     sid = client.open_stream()
     client.send_stream_data(sid, b"secret request")
@@ -99,7 +87,7 @@ def test_answer_does_nothing_outside_an_ik_servers_decision() -> None:
     xx_server.answer()  # XX answered as the messages came: nothing more to send
     assert xx_server.data_to_send(0.0) == b""
     # after the verdict, again nothing: the client is let in as usual
-    c, s, link = _answered_pair()
+    c, s, link = answered_pair()
     s.conn.accept()
     s.conn.answer()
     assert link.run(lambda: c.conn.established, on_round=lambda: (c.drain(), s.drain()))

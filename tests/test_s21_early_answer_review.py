@@ -41,7 +41,6 @@ from dtp.events import (
     DatagramReceived,
     Event,
     HandshakeCompleted,
-    PeerAuthenticated,
     ReceiptReceived,
     StopSendingReceived,
     StreamDataReceived,
@@ -51,7 +50,7 @@ from dtp.events import (
 from dtp.keys import HostIdentity
 from tests.ledger_faults import impair
 from tests.polling import wait_for
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.test_connection import CLIENT_ID, SERVER_ID, Side, answered_pair, make_pair
 
 #: What a server's application must not see before it accepts.
 APP_EVENTS = (
@@ -88,26 +87,6 @@ def _quiet(link: MemoryLink, c: Side, s: Side) -> None:
     s.drain()
 
 
-def _answered(**overrides: object) -> tuple[Side, Side, MemoryLink]:
-    """An IK pair over a reliable link, run until the client holds message 2 while the
-    server has not decided (it answered at once, as both servers now do)."""
-    client, server = make_pair(**overrides)  # type: ignore[arg-type]
-    c, s = Side(client), Side(server)
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and server.handshake_hash is None:
-            server.answer()
-
-    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
-    c.drain()
-    s.drain()
-    assert not client.established and not server.established
-    return c, s, link
-
-
 def _send_everything_early(client: Connection) -> int:
     """A client in the window sends one of each kind of frame; returns its stream."""
     sid = client.open_stream()
@@ -125,7 +104,7 @@ def _send_everything_early(client: Connection) -> int:
 
 
 def test_every_kind_of_early_frame_waits_for_accept_and_arrives_in_order() -> None:
-    c, s, link = _answered()
+    c, s, link = answered_pair()
     sid = _send_everything_early(c.conn)
     _quiet(link, c, s)
     assert _app_events(s) == []
@@ -143,7 +122,7 @@ def test_every_kind_of_early_frame_waits_for_accept_and_arrives_in_order() -> No
 
 
 def test_a_refusal_after_early_frames_gives_the_reason_and_the_application_nothing() -> None:
-    c, s, link = _answered()
+    c, s, link = answered_pair()
     _send_everything_early(c.conn)
     _quiet(link, c, s)
     s.conn.refuse("not after what you sent")
@@ -158,7 +137,7 @@ def test_a_refusal_after_early_frames_gives_the_reason_and_the_application_nothi
 
 
 def test_the_client_cannot_send_past_the_window_and_all_of_it_arrives_after_accept() -> None:
-    c, s, link = _answered(connection_window=SMALL_WINDOW, stream_window=SMALL_WINDOW)
+    c, s, link = answered_pair(connection_window=SMALL_WINDOW, stream_window=SMALL_WINDOW)
     sid = c.conn.open_stream()
     payload = os.urandom(3 * SMALL_WINDOW)
     c.conn.send_stream_data(sid, payload, end_stream=True)
@@ -175,7 +154,7 @@ def test_the_client_cannot_send_past_the_window_and_all_of_it_arrives_after_acce
 
 @pytest.mark.parametrize("kind", ["stream bytes", "controls", "receipts"])
 def test_many_small_early_frames_end_the_connection_not_the_servers_memory(kind: str) -> None:
-    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    c, s, link = answered_pair(connection_window=SMALL_WINDOW)
     client = c.conn
     sid = client.open_stream()
     for i in range(SMALL_WINDOW // 64 + 64):
@@ -198,7 +177,7 @@ def test_many_small_early_frames_end_the_connection_not_the_servers_memory(kind:
 
 
 def test_early_datagrams_past_the_bound_are_dropped_and_the_connection_lives() -> None:
-    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    c, s, link = answered_pair(connection_window=SMALL_WINDOW)
     body = b"d" * 1000
     sent = 0
     while sent * (len(body) + 64) < 3 * SMALL_WINDOW:
@@ -221,7 +200,7 @@ def test_streams_opened_reset_and_stopped_in_the_window_are_bounded() -> None:
     stop sending on (STOP_SENDING) is forgotten, and the server hands out a new stream
     in MAX_STREAMS even before it accepts. Three events per stream were held and weighed
     nothing: thousands of streams past max_streams, without bound, while the hook ran."""
-    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    c, s, link = answered_pair(connection_window=SMALL_WINDOW)
     client = c.conn
     cycles = 0
     while not s.conn.closed and cycles < 5000:
@@ -240,7 +219,7 @@ def test_streams_opened_reset_and_stopped_in_the_window_are_bounded() -> None:
 def test_every_stream_the_client_may_open_fits_in_the_window_with_its_data() -> None:
     """The weight each held event carries leaves room for an honest client: all of its
     streams opened, written and finished before the verdict."""
-    c, s, link = _answered(connection_window=SMALL_WINDOW)
+    c, s, link = answered_pair(connection_window=SMALL_WINDOW)
     streams = [c.conn.open_stream() for _ in range(c.conn.config.max_streams)]
     for sid in streams:
         c.conn.send_stream_data(sid, b"%d" % sid, end_stream=True)
@@ -252,7 +231,7 @@ def test_every_stream_the_client_may_open_fits_in_the_window_with_its_data() -> 
 
 
 def test_a_client_that_closes_in_the_window_leaves_nothing_to_accept() -> None:
-    c, s, link = _answered()
+    c, s, link = answered_pair()
     sid = c.conn.open_stream()
     c.conn.send_stream_data(sid, b"and then I left")
     c.conn.close(CloseCode.NO_ERROR, "changed my mind")
@@ -268,7 +247,7 @@ def test_a_client_that_closes_in_the_window_leaves_nothing_to_accept() -> None:
 
 
 def test_a_client_that_vanishes_in_the_window_times_the_handshake_out() -> None:
-    _c, s, _link = _answered()
+    _c, s, _link = answered_pair()
     server = s.conn
     timer = server.get_timer()
     assert timer is not None and timer <= server.config.handshake_timeout
@@ -291,7 +270,7 @@ def _lossy() -> tuple[Connection, Connection, bytes]:
     return client, server, hello
 
 
-def test_lossy_a_repeated_message_1_gets_message_2_again_only_once_answered() -> None:
+def test_lossy_a_repeated_message_1_gets_message_2_again_only_onceanswered_pair() -> None:
     client, server, hello = _lossy()
     # before the answer: a repeat must not fail the handshake nor send anything
     server.receive_datagram(hello, 0.1)
