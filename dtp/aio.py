@@ -192,17 +192,23 @@ class _Protocol(asyncio.Protocol):
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.session.terminated is None:
-            reason = f"carrier error: {exc}" if exc else "the peer vanished"
-            self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
-        self.session.process_events()
-        self._notify()
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-        if not self.closed_future.done():
-            self.closed_future.set_result(None)
+        try:
+            if self.session.terminated is None:
+                reason = f"carrier error: {exc}" if exc else "the peer vanished"
+                self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
+            self.session.process_events()
+        except Exception as fault:
+            # ending the session raised: closed here, else its reads waited for good
+            self._fail(fault)
+        finally:
+            # whatever that raised: its timers stop, and wait_closed() returns
+            self._notify()
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
+            if not self.closed_future.done():
+                self.closed_future.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -276,8 +282,47 @@ class _Protocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.conn.handle_timer(self.loop.time())
-        self._after_io()
+        try:
+            self.conn.handle_timer(self.loop.time())
+            self._after_io()
+        except BaseException as exc:
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A callback of the loop on this connection (a timer pass, the carrier's end,
+        the close of an abandoned one) raised ``exc``: abort the connection, as the
+        blocking sockets' timer thread does (``_TimerService._fail``).
+
+        Left to asyncio, it was logged and the connection lived on half-alive: its
+        timer, cleared before the pass, was armed again only by the next write or
+        input, so a silent peer was never timed out (keepalive, idle timeout,
+        retransmission, the close linger) and ``wait_closed()`` or a read waited for
+        good. Aborted, the peer reads INTERNAL_ERROR, the carrier is released and the
+        application's calls raise ConnectionClosed, ``exc`` its cause."""
+        logger.error(
+            "dtp: handling the connection with %s raised: aborting it",
+            _peer_label(self),
+            exc_info=exc,
+        )
+        session = self.session
+        ended = session.terminated is not None  # (then its error has a cause of its own)
+        try:
+            _abort(self, CloseCode.INTERNAL_ERROR, "internal error")
+            session.process_events()
+        except Exception:
+            # a connection too broken to close: it ends as a lost carrier would end it,
+            # else the application's calls waited on a connection that never ended
+            logger.exception("dtp: closing the connection with %s failed", _peer_label(self))
+            with contextlib.suppress(Exception):
+                session.carrier_lost("internal error", exc)
+                session.process_events()
+            if self.transport is not None:
+                self.transport.abort()  # (connection_lost follows: wait_closed() returns)
+        if not ended and session.error is not None and session.error.__cause__ is None:
+            session.error.__cause__ = exc
+        self._notify()
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -1377,18 +1422,23 @@ def _close_abandoned(proto: _Protocol) -> None:
     open for good, keepalives holding off the idle timeout, its deposit locked)."""
     if proto.session.terminated is not None or proto.conn.closed:
         return
-    payment = proto.payment
-    if payment is not None:
-        payment.closing()  # the final receipt goes out before CLOSE, in the same write
-        _abort(proto, CloseCode.NO_ERROR, "")
-        task = proto.loop.create_task(asyncio.to_thread(payment.finish))
-        _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)
-        task.add_done_callback(_FINISHING.discard)
-        return
-    if proto.conn.send_buffered():
-        _abort(proto, CloseCode.APPLICATION, UNSENT)
-    else:
-        _abort(proto, CloseCode.NO_ERROR, "")
+    try:
+        payment = proto.payment
+        if payment is not None:
+            payment.closing()  # the final receipt goes out before CLOSE, in the same write
+            _abort(proto, CloseCode.NO_ERROR, "")
+            task = proto.loop.create_task(asyncio.to_thread(payment.finish))
+            _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)
+            task.add_done_callback(_FINISHING.discard)
+            return
+        if proto.conn.send_buffered():
+            _abort(proto, CloseCode.APPLICATION, UNSENT)
+        else:
+            _abort(proto, CloseCode.NO_ERROR, "")
+    except Exception as exc:
+        # left to asyncio's log, it stayed open for good: nobody holds it to close it,
+        # and its keepalives hold off the peer's idle timeout
+        proto._fail(exc)
 
 
 class DTPServer:
