@@ -2432,6 +2432,9 @@ def _connect(
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
+    # what the waits left unmade (the verdict came with the reply): made now, as the
+    # next connect would make it, so that each connect leaves the next one its keys
+    keys.make()
     engine.start_timer()
     sock = DTPSocket(engine, 0, primary=True)
     sock.settimeout(timeout)
@@ -2446,7 +2449,8 @@ class _NextConnectKeys:
     in IK the Noise state started for that identity and server.
 
     :meth:`make` stops between steps once the server's reply is here: the reply is
-    worked on first, and the rest is made during the next wait (for the verdict)."""
+    worked on first, and the rest is made during the next wait (for the verdict), or
+    once the connect is done."""
 
     def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
         self._cfg = cfg

@@ -333,3 +333,29 @@ def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
     keys.make()
     ours = X25519PrivateKey.from_private_bytes(client.noise_private_bytes())
     assert (ours.private_bytes_raw(), server.noise_public) not in keys_ahead._shared
+
+
+def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys() -> None:
+    # a server without hooks answers and accepts in one flight: the steps the wait for
+    # the reply did not reach are made before connect returns, not dropped
+    from dtp import keys_ahead
+
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
+    accepted: list[tuple[dtp.socket.DTPSocket, str]] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=60)))
+    thread.start()
+    real = dtp.socket._has_input
+    try:
+        keys_ahead._forget_all()
+        # the reply "is always here already": no step is made while waiting
+        dtp.socket._has_input = lambda engine: True  # type: ignore[assignment]
+        with dtp.socket.create_connection(
+            server.address, timeout=60, server_key=server.noise_public_key
+        ):
+            assert len(keys_ahead._identities) == 1 and keys_ahead._ephemeral
+    finally:
+        dtp.socket._has_input = real  # type: ignore[assignment]
+        thread.join(60)
+        for peer, _address in accepted:
+            peer.close()
+        server.close()
