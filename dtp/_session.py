@@ -9,6 +9,7 @@ reader bounds the sender), and the connection's end becomes one exception.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import threading
@@ -280,6 +281,29 @@ class Session:
         if self.terminated is None and cause is not None:
             self._carrier_cause = cause
         self.conn.carrier_lost(reason)
+
+    def end_after_fault(self, fault: BaseException, close: Callable[[], None], name: str) -> bool:
+        """Our own code raised ``fault`` while handling the connection ``name`` (a timer
+        pass, a loop callback): end it with ``close()`` (CLOSE with INTERNAL_ERROR, sent)
+        and apply that, the error our calls raise from then on having ``fault`` as its
+        cause. Left as it was, it lived on half-alive. A connection too broken even for
+        ``close()`` ends as a lost carrier would end it (False then), else our calls
+        waited on one that never ended. Raises nothing: the blocking timer thread calls
+        it, and what escaped would end every other connection's timers."""
+        ended = self.terminated is not None  # (then its error has a cause of its own)
+        closed = True
+        try:
+            close()
+            self.process_events()
+        except BaseException:
+            logger.exception("closing the connection with %s after a fault failed", name)
+            closed = False
+            with contextlib.suppress(BaseException):
+                self.carrier_lost("internal error", fault)
+                self.process_events()
+        if not ended and self.error is not None and self.error.__cause__ is None:
+            self.error.__cause__ = fault
+        return closed
 
     # -- events ------------------------------------------------------------------------
 

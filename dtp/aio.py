@@ -306,22 +306,11 @@ class _Protocol(asyncio.Protocol):
             _peer_label(self),
             exc_info=exc,
         )
-        session = self.session
-        ended = session.terminated is not None  # (then its error has a cause of its own)
-        try:
-            _abort(self, CloseCode.INTERNAL_ERROR, "internal error")
-            session.process_events()
-        except Exception:
-            # a connection too broken to close: it ends as a lost carrier would end it,
-            # else the application's calls waited on a connection that never ended
-            logger.exception("dtp: closing the connection with %s failed", _peer_label(self))
-            with contextlib.suppress(Exception):
-                session.carrier_lost("internal error", exc)
-                session.process_events()
-            if self.transport is not None:
-                self.transport.abort()  # (connection_lost follows: wait_closed() returns)
-        if not ended and session.error is not None and session.error.__cause__ is None:
-            session.error.__cause__ = exc
+        closed = self.session.end_after_fault(
+            exc, lambda: _abort(self, CloseCode.INTERNAL_ERROR, "internal error"), _peer_label(self)
+        )
+        if not closed and self.transport is not None:
+            self.transport.abort()  # (connection_lost follows: wait_closed() returns)
         self._notify()
 
     def _notify(self) -> None:

@@ -941,22 +941,14 @@ class _TimerService:
             engine.name,
             exc_info=exc,
         )
-        # _Engine.abort's steps: abort() itself takes the lock, which is not reentrant
-        session = engine.session
-        ended = session.terminated is not None  # (then its error has a cause of its own)
-        try:
+
+        def close() -> None:
+            # _Engine.abort's steps: abort() itself takes the lock, which is not reentrant
             engine.conn.close(CloseCode.INTERNAL_ERROR, "internal error")
             engine.flush()
-            session.process_events()
-            if not ended and session.error is not None:
-                session.error.__cause__ = exc
-        except BaseException:
-            # a connection too broken to close: it ends as a lost carrier would end it,
-            # else the application's calls found a connection that never ended
-            logger.exception("dtp timer thread: closing %s failed", engine.name)
-            with contextlib.suppress(BaseException):
-                session.carrier_lost("internal error", exc)
-                session.process_events()
+
+        try:
+            engine.session.end_after_fault(exc, close, engine.name)
         finally:
             engine._release()
 
