@@ -20,12 +20,9 @@ import pytest
 import dtp.socket
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
-from dtp.keys import HostIdentity
 from tests.polling import wait_for
-from tests.test_socket_s13_queued import _thread_cpu_seconds
+from tests.test_socket_s13_queued import SERVER_ID, WINDOW, _connect, _thread_cpu_seconds
 
-SERVER_ID = HostIdentity.generate()
-WINDOW = 64 << 10
 #: How long the broken connection may take to end: it used to never end
 BOUND = 30.0
 
@@ -37,12 +34,6 @@ def server() -> Iterator[dtp.socket.DTPServer]:
     config = ConnectionConfig(identity=SERVER_ID, is_client=False, stream_window=WINDOW)
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv:
         yield srv
-
-
-def _connect(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
-    return dtp.socket.create_connection(
-        server.address, timeout=10, server_key=server.noise_public_key
-    )
 
 
 def _timer_thread() -> threading.Thread:
