@@ -20,7 +20,12 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from dtp import _types as t
-from dtp._reference.limits import MAX_ACK_RANGES, MAX_FRAME_DATA
+from dtp._reference.limits import (
+    HAM_EXPORT_MAX_BATCH,
+    HAM_EXPORT_MIN_BATCH,
+    MAX_ACK_RANGES,
+    MAX_FRAME_DATA,
+)
 from dtp._types import (
     FrameBatch,
     HamUpdate,
@@ -1239,7 +1244,9 @@ class NativeHamGraph:
         return state[0], bytes(ffi.buffer(value[0], vlen[0]))
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
-        """The whole table as a sequence of batches of at most ``max_batch_bytes``.
+        """The whole table as a sequence of batches of at most ``max_batch_bytes`` (as
+        the twin bounds them: never less than one maximal entry needs, nor more than
+        ``HAM_EXPORT_MAX_BATCH``, the buffer being allocated whole).
 
         Fields may change value while the batches are consumed, but a merge that adds a
         field (the table grows and moves its entries: the cursor would skip some and
@@ -1247,7 +1254,7 @@ class NativeHamGraph:
         does in the twin."""
         cursor = ffi.new("uint64_t *")
         written = ffi.new("size_t *")
-        size = max(max_batch_bytes, HAM_BATCH_HEADER_LEN + 3 * 1024 + 8 + 1048576 + 16)
+        size = min(max(max_batch_bytes, HAM_EXPORT_MIN_BATCH), HAM_EXPORT_MAX_BATCH)
         out = bytearray(size)
         count = lib.dtp_ham_count(self._g)
         while True:

@@ -1346,6 +1346,12 @@ class DTPSocket:
             if nbytes > len(buffer):
                 # (a socket's once silently read into a short buffer short)
                 raise ValueError("buffer too small for requested bytes")
+            if nbytes:
+                # the lane reads into all it is given: a shorter view, and the common
+                # recv_into(buf, n) takes the same one-call path as recv_into(buf)
+                if nbytes < len(buffer):
+                    buffer = memoryview(buffer)[:nbytes]
+                nbytes = 0
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id
@@ -1353,7 +1359,6 @@ class DTPSocket:
         if (
             conn.lent_stream_id == sid
             and self._fast_read
-            and not nbytes
             and len(buffer)  # (an empty one returns at once, below, as a socket's does)
         ):
             # the usual case once the stream carries data: it is lent, so nothing is
@@ -1371,8 +1376,6 @@ class DTPSocket:
         if self._closed:
             raise SocketClosed("operation on a closed DTP socket")
         view = memoryview(buffer).cast("B")
-        if nbytes:
-            view = view[:nbytes]
         if self._rd_shut or not len(view):
             return 0
         session = engine.session

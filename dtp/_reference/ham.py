@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from dtp._reference.limits import (
     HAM_BATCH_HEADER_LEN,
     HAM_BATCH_VERSION,
+    HAM_EXPORT_MAX_BATCH,
+    HAM_EXPORT_MIN_BATCH,
     HAM_MAX_KEY,
     HAM_MAX_UPDATES,
     HAM_MAX_VALUE,
@@ -34,8 +36,6 @@ from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 _HEADER = struct.Struct("<BI")
 _F64 = struct.Struct("<d")
-# the smallest buffer NativeHamGraph.export works with: one maximal entry always fits
-_MIN_EXPORT = HAM_BATCH_HEADER_LEN + 3 * HAM_MAX_KEY + 8 + HAM_MAX_VALUE + 16
 
 
 def update_size(update: HamUpdate) -> int:
@@ -240,10 +240,11 @@ class HamGraph:
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as a sequence of batches of at most ``max_batch_bytes``
-        (never less than one maximal entry needs); the order is unspecified. Fields may
-        change value while the batches are consumed; a merge that adds a field makes
-        the next batch raise RuntimeError (the dict's own check)."""
-        limit = max(max_batch_bytes, _MIN_EXPORT)
+        (never less than one maximal entry needs, nor more than
+        :data:`~dtp._reference.limits.HAM_EXPORT_MAX_BATCH`); the order is unspecified.
+        Fields may change value while the batches are consumed; a merge that adds a
+        field makes the next batch raise RuntimeError (the dict's own check)."""
+        limit = min(max(max_batch_bytes, HAM_EXPORT_MIN_BATCH), HAM_EXPORT_MAX_BATCH)
         chunk: list[HamUpdate] = []
         size = HAM_BATCH_HEADER_LEN
         for (soul, field), (state, value) in self._table.items():

@@ -17,3 +17,8 @@ HAM_BATCH_HEADER_LEN = 5
 HAM_MAX_KEY = 1024
 HAM_MAX_VALUE = 1048576
 HAM_MAX_UPDATES = 4000000
+# the largest batch an export makes, whatever size it is allowed: the buffer it is made
+# in is allocated whole, so export(max_batch_bytes=2**40) would ask for a terabyte
+HAM_EXPORT_MAX_BATCH = 64 << 20
+# the smallest: one maximal entry (keys, state, value, lengths) always fits
+HAM_EXPORT_MIN_BATCH = HAM_BATCH_HEADER_LEN + 3 * HAM_MAX_KEY + 8 + HAM_MAX_VALUE + 16

@@ -1039,8 +1039,9 @@ class Graph:
         the first batch.
 
         ``max_batch_bytes``: an int >= 1 (a batch is never smaller than one maximal
-        entry needs), checked at the call (TypeError / ValueError): 0, a negative
-        size or ``True`` were taken as the smallest batches."""
+        entry needs, nor larger than 64 MiB however large this is), checked at the call
+        (TypeError / ValueError): 0, a negative size or ``True`` were taken as the
+        smallest batches."""
         _check_int("export(max_batch_bytes=...)", max_batch_bytes, 1)
         return self._export(max_batch_bytes)
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dtp.admission import LedgerAdmission, while_opening
+from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import DTPError, LocalProtocolError, ObjectNotFound
 from dtp.escrow import ConnectionTerms, Meter, Receipt, check_next_receipt
 from dtp.messaging import errors as E
@@ -71,7 +72,6 @@ from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Sla
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -253,7 +253,17 @@ class RequestPayments:
         credit_requests: int = 0,
         on_receipt: Callable[[Receipt], None] | None = None,
     ) -> None:
-        self.connection_id = connection_id
+        # (checked here: a wrong one refused every request, or let them all through,
+        # only once a client came)
+        if not isinstance(sla, Sla):
+            raise TypeError(f"sla must be an Sla, not {type(sla).__name__!r}")
+        if type(client_public_key) is not bytes or len(client_public_key) != 32:
+            raise TypeError("client_public_key must be the 32 bytes of an Ed25519 public key")
+        _check_count("deposited", deposited, 0)
+        _check_count("credit_requests", credit_requests, 0)
+        if on_receipt is not None and not callable(on_receipt):
+            raise TypeError(f"on_receipt must be callable, not {type(on_receipt).__name__!r}")
+        self.connection_id = normalize_id(connection_id, "connection ID")
         #: Called with each accepted receipt (e.g. ``ReceiptStore.keep``), before the
         #: request it pays for is served.
         self.on_receipt = on_receipt
@@ -506,6 +516,9 @@ class ResponseFeePolicy:
     def __init__(
         self, ledger: Ledger, identity: HostIdentity, min_amount: int, *, required: bool = True
     ) -> None:
+        _check_count("min_amount", min_amount, 0)
+        if not isinstance(required, bool):
+            raise TypeError(f"required must be a bool, not {type(required).__name__!r}")
         self.ledger = ledger
         self.identity = identity
         self.min_amount = min_amount
@@ -1556,9 +1569,15 @@ class RpcServer(_Registry):
             return self._violations + sum(s.violations for s in self._live)
 
     def serve_stream(self, stream: BlockingStream, *, peer_address: str | None = None) -> None:
-        """Answer requests on ``stream`` until the peer closes it (or it fails)."""
+        """Answer requests on ``stream`` until the peer closes it (or it fails).
+        ``peer_address``: the client's Sui address handlers see (CallContext), by
+        default the stream's own; InvalidObjectId when it is not an address."""
         if peer_address is None:
             peer_address = getattr(stream, "peer_address", None)
+        else:
+            # (it reached handlers as given: an int, or an address in another form
+            # than the one the handshake gives)
+            peer_address = normalize_id(peer_address, "peer address")
         _ServerStream(self, stream, peer_address).run()
 
     def serve_connection(self, sock: Any) -> None:
