@@ -174,15 +174,23 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            from dtp.carriers.tcp import tune
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                from dtp.carriers.tcp import tune
 
-            with contextlib.suppress(OSError):
-                tune(sock)
-        self.flush()
-        if self.on_connected is not None:
-            self.on_connected()
+                with contextlib.suppress(OSError):
+                    tune(sock)
+            self.flush()
+            if self.on_connected is not None:
+                self.on_connected()
+        except BaseException as exc:
+            # left to asyncio's log, the connection was half-made: a client's first
+            # handshake message never went (its open waited for its timeout, or for
+            # good), a server's connection was never served (its client waited as long)
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data, self.loop.time())
@@ -291,9 +299,10 @@ class _Protocol(asyncio.Protocol):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def _fail(self, exc: BaseException) -> None:
-        """A callback of the loop on this connection (a timer pass, the carrier's end,
-        the close of an abandoned one) raised ``exc``: abort the connection, as the
-        blocking sockets' timer thread does (``_TimerService._fail``).
+        """A callback of the loop on this connection (its start, a timer pass, the
+        carrier's end, the close of an abandoned one) raised ``exc``: abort the
+        connection, as the blocking sockets' timer thread does
+        (``_TimerService._fail``).
 
         Left to asyncio, it was logged and the connection lived on half-alive: its
         timer, cleared before the pass, was armed again only by the next write or

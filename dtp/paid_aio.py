@@ -74,6 +74,8 @@ _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 # seconds between wait_released()'s looks at a receipt writer still writing after the
 # release (a stalled disk: rare, and then long)
 _WRITER_POLL = 0.05
+#: How many put-back datagrams a connection remembers as charged already
+_CHARGED_KEPT = 64
 
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
@@ -107,6 +109,11 @@ class _PaidConnection:
         self.final: Receipt | None = None
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
+        #: Datagrams a cancelled recv_datagram() put back, charged to the rate limits
+        #: already: known by identity (any writer of the connection may read one next).
+        #: Bounded: one the full datagram queue dropped is never read to be forgotten
+        #: (an older one than these that is read after all is charged again).
+        self.charged_datagrams: deque[bytes] = deque(maxlen=_CHARGED_KEPT)
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -293,6 +300,16 @@ class _PaidConnection:
         await self._hold(
             max(self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now))
         )
+
+    def charged_already(self, datagram: bytes) -> bool:
+        """Whether ``datagram``, just read, is one a cancelled read put back, charged
+        already (forgotten now)."""
+        kept = self.charged_datagrams
+        for i, item in enumerate(kept):
+            if item is datagram:
+                del kept[i]
+                return True
+        return False
 
     def charge(self, nbytes: int) -> None:
         """Charge ``nbytes`` sent by a call that never waits (datagrams) to the client's
@@ -628,13 +645,14 @@ class PaidWriter:
         await paid.wait_paid()
         data = await self._writer.recv_datagram()
         try:
-            await paid.throttle(len(data))
+            await paid.throttle(0 if paid.charged_already(data) else len(data))
         except asyncio.CancelledError:
             # cancelled while the rate limits hold it: it stays the next one to read
-            # (charged again then; rare), and a task waiting in recv_datagram() is woken
-            # for it: it found the queue empty, and dtp.aio wakes it only when the
+            # (charged already: not again), and a task waiting in recv_datagram() is
+            # woken for it: it found the queue empty, and dtp.aio wakes it only when the
             # connection changes (which may be never: a client waiting for its reply)
             self._writer._session.datagrams.appendleft(data)
+            paid.charged_datagrams.append(data)
             paid.proto._notify()
             raise
         return data
@@ -653,6 +671,9 @@ class PaidWriter:
             # charged already
             self._writer._session.incoming_streams.appendleft(reader.stream_id)
             self._accepts_charged += 1
+            # a task waiting in accept_stream() found the line empty: dtp.aio wakes it
+            # only when the connection changes (which may be never)
+            self._paid.proto._notify()
             raise
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
