@@ -114,6 +114,9 @@ class _PaidConnection:
         #: Bounded: one the full datagram queue dropped is never read to be forgotten
         #: (an older one than these that is read after all is charged again).
         self.charged_datagrams: deque[bytes] = deque(maxlen=_CHARGED_KEPT)
+        #: Streams a cancelled accept_stream() put back, charged to the request rate
+        #: already (any writer of the connection may accept one next)
+        self.charged_streams: set[int] = set()
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -486,9 +489,6 @@ class PaidWriter:
         self._failed: BaseException | None = None
         self._eof_after = False  # write_eof() / close() came while bytes were held
         self._close_after = False
-        #: Streams at the front of the connection's incoming line charged to the request
-        #: rate already: accepted by a cancelled accept_stream(), put back
-        self._accepts_charged = 0
         #: Datagrams sent since the last drain(), charged to the rate limits already:
         #: drain() waits for their debt
         self._datagrams_charged = False
@@ -661,19 +661,20 @@ class PaidWriter:
         """Wait for the client to open a stream (one request)."""
         await self._paid.wait_paid()
         reader, writer = await self._writer.accept_stream()
-        charged = min(self._accepts_charged, 1)
-        self._accepts_charged -= charged
+        paid = self._paid
+        charged = reader.stream_id in paid.charged_streams
+        paid.charged_streams.discard(reader.stream_id)
         try:
-            await self._paid.throttle(requests=1 - charged)
+            await paid.throttle(requests=0 if charged else 1)
         except asyncio.CancelledError:
             # cancelled while the request rate holds it: the stream goes back for the
             # next accept_stream() (it was lost, its client waiting on it for good),
             # charged already
             self._writer._session.incoming_streams.appendleft(reader.stream_id)
-            self._accepts_charged += 1
+            paid.charged_streams.add(reader.stream_id)
             # a task waiting in accept_stream() found the line empty: dtp.aio wakes it
             # only when the connection changes (which may be never)
-            self._paid.proto._notify()
+            paid.proto._notify()
             raise
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 

@@ -10,6 +10,8 @@
   put-back does since session 21): that one waited until the connection moved again.
 - a paid ``recv_datagram`` cancelled while the bytes rate held it put its datagram back,
   and the next read charged its bytes to the rate limit a second time.
+- a stream a cancelled paid ``accept_stream`` put back was known as charged only to its
+  writer: accepted through another writer of the connection, it was charged again.
 
 The last two live in ``dtp/paid_aio.py`` (``PaidWriter``), not in ``dtp/aio.py``, whose
 own ``accept_stream`` / ``recv_datagram`` take the item with no await after the wait.
@@ -268,6 +270,55 @@ def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: Wo
     if isinstance(got, BaseException):
         raise got
     assert got == b"hi"
+
+
+def test_a_stream_put_back_is_not_charged_again_through_another_writer(world: World) -> None:
+    """The stream a cancelled accept put back was charged already whichever writer of
+    the connection accepts it next. The count of charged streams was the writer's
+    own: accepted through another writer (one of an earlier stream), it was charged
+    a second request -- here 600 s of the request rate's debt."""
+    server_box: list[PaidAioServer] = []
+    outcome: queue.Queue[bytes | BaseException] = queue.Queue()
+
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        try:
+            assert await reader.readexactly(2) == b"go"
+            first_reader, other_writer = await writer.accept_stream()  # a writer of its own
+            assert await first_reader.readexactly(2) == b"s1"
+            requests = server_box[0].limiter.clients[CLIENT.sui_address].requests
+            charged: list[float] = []
+            charge = requests.charge
+
+            def counted(amount: float, now: float) -> float:
+                charged.append(amount)
+                return charge(amount, now)
+
+            requests.charge = counted  # type: ignore[method-assign]
+            requests.charge(600, time.monotonic())  # as 600 requests just made would
+            charged.clear()
+            first = asyncio.ensure_future(writer.accept_stream())
+            await _until(lambda: bool(charged), first)  # it took s2: the rate holds it
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            stream_reader, _ = await asyncio.wait_for(other_writer.accept_stream(), WAIT / 2)
+            outcome.put(await asyncio.wait_for(stream_reader.readexactly(2), WAIT))
+        except BaseException as exc:  # (TimeoutError: the bug)
+            outcome.put(exc)
+            raise
+
+    world.limit(requests_per_sec=1)
+    with aio_server(world, handler) as server:
+        server_box.append(server)
+        with world.connect() as sock:
+            sock.sendall(b"go")
+            with sock.open_stream() as one, sock.open_stream() as two:
+                one.sendall(b"s1")
+                two.sendall(b"s2")
+                got = outcome.get(timeout=WAIT + 30)
+    if isinstance(got, BaseException):
+        raise got
+    assert got == b"s2"
 
 
 def test_a_datagram_a_cancelled_read_put_back_is_not_charged_twice(world: World) -> None:
