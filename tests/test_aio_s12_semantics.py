@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -290,6 +291,10 @@ class _RateLimited:
         self.charged = 0
         self.requests = 0
         self.limited = True
+        # what a put-back needs of the connection's state (dtp.paid_aio._PaidConnection)
+        self.charged_streams: set[int] = set()
+        self.charged_datagrams: deque[bytes] = deque()
+        self.proto: Any = None
 
     async def wait_paid(self) -> None:
         return None
@@ -352,6 +357,7 @@ def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() ->
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             assert await reader.readexactly(2) == b"go"  # the stream came before it
+            gate.proto = writer._proto
             paid = PaidWriter(writer, gate)  # type: ignore[arg-type]
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(paid.accept_stream(), 0.1)
