@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import (
@@ -129,6 +130,8 @@ class ClientPayment:
         # the meter's limit is the least of these two: a top-up raises the first only
         self._deposited = deposited
         self._cap_limit = claimed + remaining
+        self._topping_up = 0  # MIST of top-ups whose transactions are under way
+        self._top_up_lock = threading.Lock()
         self.conn = conn
         self.meter = ClientMeter(
             identity, connection_id, sla, limit, config, now_ms=int(now * 1000)
@@ -169,11 +172,36 @@ class ClientPayment:
     def top_up_on_ledger(self, amount: int) -> None:
         """``escrow::top_up`` of ``amount`` MIST for this connection (blocking: a ledger
         transaction; call without the adapter's lock, then :meth:`topped_up` with it).
-        Raises InvalidArgument for an amount that is not a positive int, and what the
-        ledger raises (InsufficientFunds, ConnectionStateError once settled...)."""
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise InvalidArgument(f"a top-up must be a positive int of MIST, not {amount!r}")
-        self.ledger.top_up(self.identity, self.escrow_id, amount)
+        Raises InvalidArgument for an amount that is not a positive int,
+        SpendingCapExceeded for one past what the connection's spending cap lets the
+        server claim (before any transaction: the server would not serve it, and it
+        would only come back in the refund), and what the ledger raises
+        (InsufficientFunds, ConnectionStateError once settled...)."""
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 1 << 64:
+            raise InvalidArgument(
+                f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
+            )
+        with self._top_up_lock:
+            # (top-ups under way in other threads count: they land before their receipts)
+            room = self._cap_limit - self._deposited - self._topping_up
+            if amount <= room:
+                self._topping_up += amount
+        if amount > room:
+            # (a connection by host ID without cap_id= gets a cap of its deposit: the
+            # money moved, the receipts and the server stopped at the cap all the same)
+            raise SpendingCapExceeded(
+                f"top_up({amount}): the connection's spending cap lets the server claim "
+                f"{self._cap_limit} MIST, and the deposit is {self._deposited} already "
+                f"(room for {max(room, 0)} more); to top up, connect with cap_id= of a "
+                "spending cap that has room for it"
+            )
+        try:
+            self.ledger.top_up(self.identity, self.escrow_id, amount)
+        except BaseException:
+            with self._top_up_lock:
+                self._topping_up -= amount
+            raise
+        # (still counted as under way until topped_up() adds it to the deposit)
 
     def topped_up(self, amount: int) -> None:
         """Sign up to the deposit a :meth:`top_up_on_ledger` raised (adapter's lock held):
@@ -182,7 +210,9 @@ class ClientPayment:
         the spending cap let the server claim at the open: the meter signed up to the
         deposit plus ``amount`` whatever the cap, and the server refused those receipts
         (the cap) and claimed an older one, short of what the cap allowed."""
-        self._deposited += amount
+        with self._top_up_lock:
+            self._deposited += amount
+            self._topping_up = max(0, self._topping_up - amount)
         meter = self.meter
         more = min(self._deposited, self._cap_limit) - meter.meter.deposit
         receipt = meter.top_up(more, self._now_ms) if more > 0 else None

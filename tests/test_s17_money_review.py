@@ -28,7 +28,13 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import ConnectionClosed, DTPError, InvalidArgument, LocalProtocolError
+from dtp.errors import (
+    ConnectionClosed,
+    DTPError,
+    InvalidArgument,
+    LocalProtocolError,
+    SpendingCapExceeded,
+)
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.settlement import ClientPayment
@@ -105,16 +111,27 @@ def quiet_handlers(release: threading.Event) -> tuple[Any, Any]:
 
 
 def send_topped_up_then_end(
-    ledger: LocalLedger, host_id: str, cap: str, release: threading.Event
+    ledger: LocalLedger,
+    host_id: str,
+    cap: str,
+    release: threading.Event,
+    top_up: int = TOP_UP,
+    refused: int | None = None,
 ) -> tuple[str, int]:
-    """Top up, send SENT bytes (signed for beyond the old deposit), let the handler end
-    and wait for the server's end: (connection ID, the client's last receipt amount)."""
+    """Top up by ``top_up`` (after a top-up of ``refused``, past the cap, is refused and
+    moves nothing), send SENT bytes (signed for beyond the old deposit), let the handler
+    end and wait for the server's end: (connection ID, the client's last receipt
+    amount)."""
     with connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         payment = sock._engine.payment
         assert cid is not None and payment is not None
         sock.sendall(b"go")
-        sock.top_up(TOP_UP)
+        if refused is not None:
+            with pytest.raises(SpendingCapExceeded):
+                sock.top_up(refused)
+            assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
+        sock.top_up(top_up)
         sock.sendall(b"x" * SENT)
         assert wait_for(lambda: (payment.meter.latest or _NONE).total_amount > DEPOSIT, 30)
         release.set()
@@ -158,15 +175,20 @@ def test_a_receipt_above_the_old_deposit_is_claimed_when_the_connection_ends(
 def test_a_top_up_does_not_lift_the_client_past_its_cap(
     ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
 ) -> None:
-    """A cap of 8,000 MIST, a deposit of 5,000, a top-up of 40,000: the client signs up
-    to the cap and no further, and the server claims that. Before: the meter signed up
-    to the new deposit (about 20,000, refused by the server for the cap), and the
-    server claimed a receipt below even the old deposit."""
+    """A cap of 8,000 MIST, a deposit of 5,000: a top-up of 40,000 is refused before any
+    transaction (SpendingCapExceeded: past the cap it buys nothing, and the money would
+    wait for the refund -- session 22; it went to the escrow before); one of the 3,000
+    the cap has room for goes, and the client signs up to the cap and no further, and
+    the server claims that. Before session 17: the meter signed up to the new deposit
+    (refused by the server for the cap), and the server claimed a receipt below even
+    the old deposit."""
     release = threading.Event()
     serve(*quiet_handlers(release))
     cap_max = 8000
     cap = ledger.create_spending_cap(CLIENT, cap_max)
-    cid, signed = send_topped_up_then_end(ledger, host_id, cap, release)
+    cid, signed = send_topped_up_then_end(
+        ledger, host_id, cap, release, top_up=cap_max - DEPOSIT, refused=TOP_UP
+    )
     assert DEPOSIT < signed <= cap_max
     assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
