@@ -131,6 +131,30 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
     return found
 
 
+def _unusable_tcp_endpoints(host: Host) -> list[str]:
+    """The host's published endpoints meant as TCP ones -- ``tcp://...``, or no scheme
+    and an address first (an IP, a dotted name, ``localhost``, ``[v6]``) -- that do not
+    parse as such (no port, a port past 65535 or 0). Others (``udp:...``, ``quic://``, a
+    discovery record) are not meant for a stream carrier and are not judged."""
+    broken: list[str] = []
+    for raw in host.endpoints:
+        try:
+            text = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).strip()
+        except UnicodeDecodeError:
+            continue
+        lower = text.lower()
+        if lower.startswith("tcp://"):
+            meant = True
+        elif "://" in text:
+            meant = False
+        else:
+            head = text.split(":", 1)[0]
+            meant = text.startswith("[") or "." in head or head.lower() == "localhost"
+        if meant and tcp_endpoint(text) is None:
+            broken.append(text)
+    return broken
+
+
 def tcp_endpoint(text: str) -> tuple[str, int] | None:
     """One published endpoint as ``(host, port)`` when it is a TCP one a client can use
     (``tcp://host:port``, or a bare ``host:port``; ``[v6]:port`` for IPv6); None for
@@ -143,8 +167,8 @@ def tcp_endpoint(text: str) -> tuple[str, int] | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme.lower() != "tcp" or not parts.hostname or port is None:
-        return None
+    if parts.scheme.lower() != "tcp" or not parts.hostname or not port:
+        return None  # (port 0: nothing listens there)
     return parts.hostname, port
 
 
@@ -211,6 +235,16 @@ def resolve_service(
             "another"
         )
     endpoints = [] if carrier == "ledger" else tcp_endpoints(host)
+    if not endpoints and carrier == "auto":
+        broken = _unusable_tcp_endpoints(host)
+        if broken:
+            # the host means to be reached over TCP: the ledger carrier, which it may
+            # not serve, would only time out, the deposit in escrow until the timeout
+            raise NoCarrierEndpoint(
+                f"host {host.id} publishes {', '.join(map(repr, broken))}, not a "
+                "usable tcp://host:port endpoint (a port from 1 to 65535); to reach it "
+                "over the ledger carrier anyway, pass carrier='ledger'"
+            )
     if not endpoints and carrier == "tcp":
         raise NoCarrierEndpoint(
             f"host {host.id} publishes no TCP endpoint; reaching it needs the ledger "

@@ -6,6 +6,11 @@
   *every* top-up was money locked until the refund, while the client was paused for
   payment as if it had not paid. Now SpendingCapExceeded, before any transaction, says
   how much room the cap has and to connect with ``cap_id=``.
+- A host whose published endpoint was meant as TCP but did not parse (``127.0.0.1``
+  with no port, ``:99999``) was reached over the ledger carrier instead, which it may
+  not serve: the client waited out its timeout with a bare "timed out", the deposit in
+  escrow until the half-close timeout. Now NoCarrierEndpoint names the entry before any
+  money moves; entries of other kinds (``udp:...``, ``quic://``) are still skipped.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
 from dtp.errors import SpendingCapExceeded
+from tests.test_hostid import CLIENT as HOSTID_CLIENT
+from tests.test_hostid import PORT as HOSTID_PORT
+from tests.test_hostid import SERVER as HOSTID_SERVER
+from tests.test_hostid import World, world
 from tests.test_s16_paid_gate import CLIENT, METERING, PORT, conserved
 from tests.test_s17_money_review import DEPOSIT, host_id, ledger, quiet_handlers, serve
 
-__all__ = ["host_id", "ledger", "serve"]  # (fixtures, used by name)
+__all__ = ["host_id", "ledger", "serve", "world"]  # (fixtures, used by name)
 
 
 def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:
@@ -135,3 +145,29 @@ def test_concurrent_top_ups_share_the_caps_room(
         assert sorted(r is None for r in results) == [False, True]
         assert _escrow_deposit(ledger, cid) == DEPOSIT + 1000
     assert conserved(ledger)
+
+
+@pytest.mark.parametrize(
+    "published", ["127.0.0.1", "127.0.0.1:99999", "tcp://127.0.0.1", "localhost:0"]
+)
+def test_an_endpoint_meant_as_tcp_that_does_not_parse_is_named_before_the_deposit(
+    world: World, published: str
+) -> None:
+    world.ledger.set_endpoints(HOSTID_SERVER, world.host_id, [published])
+    before = world.balances()
+    with pytest.raises(NoCarrierEndpoint, match="carrier='ledger'") as info:
+        dtp.socket.create_connection(
+            world.address(), ledger=world.ledger, identity=HOSTID_CLIENT, deposit=5000, timeout=30
+        )
+    assert repr(published) in str(info.value)
+    assert world.balances() == before
+
+
+def test_endpoints_of_other_kinds_still_leave_the_ledger_carrier(world: World) -> None:
+    world.ledger.set_endpoints(
+        HOSTID_SERVER, world.host_id, ["udp:127.0.0.1:4000", "quic://127.0.0.1:1", "http://x:1"]
+    )
+    resolved = resolve_service(
+        world.ledger, world.host_id, HOSTID_PORT, HOSTID_CLIENT.sui_address, 5000
+    )
+    assert resolved.endpoint is None  # the ledger carrier, as before
