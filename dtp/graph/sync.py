@@ -579,6 +579,9 @@ def sync_blocking(
     the stream before); otherwise it keeps forwarding changes both ways until the peer
     closes the stream. A writer thread sends; the
     calling thread reads. Deferred updates are applied every ``tick`` seconds.
+    The socket's timeout bounds each send, and each read until the peer's END (the
+    initial exchange: DTPTimeoutError); a live session then waits through quiet periods
+    of any length.
     ``hello_timeout``: seconds the peer has to send its HELLO, else the stream is
     aborted and GraphSyncError raised (None: no deadline).
     Raises GraphSyncError / RemoteProtocolError if the peer misbehaves.
@@ -671,7 +674,15 @@ def sync_blocking(
                     break
                 ended_here.wait(tick)
                 continue
-            n = sock.recv_into(buf)
+            try:
+                n = sock.recv_into(buf)
+            except TimeoutError:
+                if until_synced or not session.end_received:
+                    raise  # the peer still owes us its part of the initial exchange
+                # Live, with the peer's END in: it owes us nothing more, and a quiet
+                # table is no fault (pub/sub and RPC wait through it too). Nothing was
+                # read, the stream stays usable; the loop's top sees a writer failure.
+                continue
             if not n:
                 break
             session.receive_data(view[:n])
@@ -726,7 +737,12 @@ def connect(
     timeout: float | None = None,
     **connect_args: Any,
 ) -> SyncSession:
-    """Connect to a graph peer over DTP and sync (blocking); see :func:`sync_blocking`."""
+    """Connect to a graph peer over DTP and sync (blocking); see :func:`sync_blocking`.
+
+    ``timeout`` (seconds, None: none) bounds connecting and the handshake, then each
+    wait of the initial exchange and each send (else DTPTimeoutError). It does not
+    bound idleness: a live session (``until_synced=False``) lasts until the peer closes
+    the stream, however long no change is made."""
     import dtp.socket
 
     with dtp.socket.create_connection(
