@@ -11,6 +11,10 @@
   not serve: the client waited out its timeout with a bare "timed out", the deposit in
   escrow until the half-close timeout. Now NoCarrierEndpoint names the entry before any
   money moves; entries of other kinds (``udp:...``, ``quic://``) are still skipped.
+- An RPC ``meter=`` on a connection its transport meters (one by host ID) signed a
+  second sequence of receipts for the one escrow: the server settled with the
+  transport's, and the per-request fees were never collected. Now a ValueError says
+  how to pay per request (docs/messaging.md §2).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import dtp.socket
 from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
 from dtp.errors import SpendingCapExceeded
+from dtp.escrow import Meter
+from dtp.messaging.rpc import AsyncRpcClient, RpcClient
+from dtp.metering import MeteringConfig
 from tests.test_hostid import CLIENT as HOSTID_CLIENT
 from tests.test_hostid import PORT as HOSTID_PORT
 from tests.test_hostid import SERVER as HOSTID_SERVER
 from tests.test_hostid import World, world
 from tests.test_s16_paid_gate import CLIENT, METERING, PORT, conserved
-from tests.test_s17_money_review import DEPOSIT, host_id, ledger, quiet_handlers, serve
+from tests.test_s17_money_review import DEPOSIT, SLA, host_id, ledger, quiet_handlers, serve
 
 __all__ = ["host_id", "ledger", "serve", "world"]  # (fixtures, used by name)
 
@@ -171,3 +178,69 @@ def test_endpoints_of_other_kinds_still_leave_the_ledger_carrier(world: World) -
         world.ledger, world.host_id, HOSTID_PORT, HOSTID_CLIENT.sui_address, 5000
     )
     assert resolved.endpoint is None  # the ledger carrier, as before
+
+
+# -- an RPC meter on a connection its transport meters -------------------------------------
+# Both signed cumulative receipts for the one escrow: the server settled with the
+# transport's, and the per-request fees were never collected (a later claim of the RPC
+# receipt failed: the escrow was settled).
+
+
+def test_an_rpc_meter_on_a_transport_metered_connection_is_refused(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        metering=METERING,
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        meter = Meter(CLIENT, cid, SLA, DEPOSIT)
+        with pytest.raises(ValueError, match="metered by its transport"):
+            RpcClient(sock, meter=meter)
+
+        async def aio() -> None:
+            _reader, writer = await dtp.aio.open_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=20,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=DEPOSIT,
+                metering=METERING,
+            )
+            try:
+                with pytest.raises(ValueError, match="metered by its transport"):
+                    AsyncRpcClient(_reader, writer, meter=meter)
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        asyncio.run(aio())
+        RpcClient(sock)  # without a meter: the transport's receipts pay
+        release.set()
+
+
+def test_an_rpc_meter_on_an_unmetered_connection_is_taken(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        metering=MeteringConfig(enabled=False),
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        client = RpcClient(sock, meter=Meter(CLIENT, cid, SLA, DEPOSIT))
+        assert client.meter is not None
+        release.set()

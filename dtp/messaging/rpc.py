@@ -138,6 +138,25 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
+def _check_one_meter(meter: Meter | None, stream: Any) -> None:
+    """Refuse an RPC meter on a connection its transport meters already (one by host
+    ID, metered by default): both would sign cumulative receipts for the one escrow,
+    which takes one sequence of them -- a server claims the one and the other's fees
+    are never collected (or its claim fails once the connection is settled)."""
+    if meter is None:
+        return
+    engine = getattr(stream, "_engine", None)  # a DTPSocket
+    proto = getattr(stream, "_proto", None)  # a dtp.aio writer
+    if getattr(engine, "payment", None) is not None or getattr(proto, "payment", None):
+        raise ValueError(
+            "meter=: this connection is metered by its transport already (connected by "
+            "host ID): its receipts and the meter's would compete for one escrow. Pay "
+            "per request with a meter on a connection made with "
+            "metering=MeteringConfig(enabled=False), or let the transport's receipts pay "
+            "(no meter=)"
+        )
+
+
 def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -> None:
     """``stream.sendall(data)`` whatever read timeout the stream has. A connection's
     first stream reads with short timeouts, to look for the streams the client opens
@@ -748,6 +767,7 @@ class RpcClient:
             raise TypeError(
                 f"on_notification must be callable, not {type(on_notification).__name__!r}"
             )
+        _check_one_meter(meter, stream)
         self._stream = stream
         self.timeout = timeout
         self.meter = meter
@@ -2246,6 +2266,7 @@ class AsyncRpcClient:
             raise TypeError(
                 f"on_notification must be callable, not {type(on_notification).__name__!r}"
             )
+        _check_one_meter(meter, writer)
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
