@@ -15,11 +15,14 @@
   second sequence of receipts for the one escrow: the server settled with the
   transport's, and the per-request fees were never collected. Now a ValueError says
   how to pay per request (docs/messaging.md §2).
+- RPC clients (and ``RpcServer.serve_stream``) given the wrong kind of stream now say
+  so when made, not at the first call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 
 import pytest
@@ -30,7 +33,7 @@ from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
 from dtp.errors import SpendingCapExceeded
 from dtp.escrow import Meter
-from dtp.messaging.rpc import AsyncRpcClient, RpcClient
+from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from dtp.metering import MeteringConfig
 from tests.test_hostid import CLIENT as HOSTID_CLIENT
 from tests.test_hostid import PORT as HOSTID_PORT
@@ -244,3 +247,44 @@ def test_an_rpc_meter_on_an_unmetered_connection_is_taken(
         client = RpcClient(sock, meter=Meter(CLIENT, cid, SLA, DEPOSIT))
         assert client.meter is not None
         release.set()
+
+
+# -- RPC clients given the wrong kind of stream --------------------------------------------
+# RpcClient(object()) was taken and failed at the first call; RpcClient(aio_writer) with
+# an AttributeError about settimeout; AsyncRpcClient(sock, sock) in its read loop's task
+# ("Task exception was never retrieved") and again at each call.
+
+
+def test_rpc_clients_refuse_the_wrong_kind_of_stream() -> None:
+    with pytest.raises(TypeError, match="sendall, recv and settimeout"):
+        RpcClient(object())  # type: ignore[arg-type]
+    server = RpcServer(workers=0)
+    try:
+        with pytest.raises(TypeError, match="sendall, recv and settimeout"):
+            server.serve_stream(object())  # type: ignore[arg-type]
+    finally:
+        server.close()
+    a, b = socket.socketpair()
+    with a, b:
+        RpcClient(a).close()  # a socket is a blocking stream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        problems: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: problems.append(context))
+        reader, writer = await asyncio.open_connection(sock=b_async)
+        try:
+            with pytest.raises(TypeError, match="AsyncRpcClient"):
+                RpcClient(writer)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="AsyncRpcClient's reader"):
+                AsyncRpcClient(a_async, writer)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="AsyncRpcClient's writer"):
+                AsyncRpcClient(reader, a_async)  # type: ignore[arg-type]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert problems == []
+
+    a_async, b_async = socket.socketpair()
+    with a_async:
+        asyncio.run(main())

@@ -138,6 +138,40 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
+def _check_blocking_stream(stream: object) -> None:
+    """A blocking client's or server's stream has what it uses (BlockingStream): an
+    object without them (an asyncio writer, say) failed at the first call, in the
+    reader, with an AttributeError about one of them."""
+    missing = [name for name in ("sendall", "recv", "settimeout") if not hasattr(stream, name)]
+    if missing:
+        hint = (
+            " (an asyncio stream: use AsyncRpcClient / AsyncRpcServer)"
+            if hasattr(stream, "drain")
+            else ""
+        )
+        raise TypeError(
+            f"a blocking RPC stream needs sendall, recv and settimeout (a DTPSocket or a "
+            f"socket); {type(stream).__name__!r} has no {', '.join(missing)}{hint}"
+        )
+
+
+def _check_async_streams(reader: object, writer: object) -> None:
+    """The asyncio client's (reader, writer) have what it uses: a DTPSocket given as
+    both failed in the read loop's task, and again at each call."""
+    if not callable(getattr(reader, "read", None)) or not hasattr(reader, "at_eof"):
+        raise TypeError(
+            "AsyncRpcClient's reader must be an asyncio stream reader (dtp.aio "
+            f"open_connection's), not {type(reader).__name__!r}; a blocking DTPSocket "
+            "takes RpcClient"
+        )
+    if not callable(getattr(writer, "write", None)) or not callable(getattr(writer, "drain", None)):
+        raise TypeError(
+            "AsyncRpcClient's writer must be an asyncio stream writer (dtp.aio "
+            f"open_connection's), not {type(writer).__name__!r}; a blocking DTPSocket "
+            "takes RpcClient"
+        )
+
+
 def _check_one_meter(meter: Meter | None, stream: Any) -> None:
     """Refuse an RPC meter on a connection its transport meters already (one by host
     ID, metered by default): both would sign cumulative receipts for the one escrow,
@@ -767,6 +801,7 @@ class RpcClient:
             raise TypeError(
                 f"on_notification must be callable, not {type(on_notification).__name__!r}"
             )
+        _check_blocking_stream(stream)
         _check_one_meter(meter, stream)
         self._stream = stream
         self.timeout = timeout
@@ -1592,6 +1627,7 @@ class RpcServer(_Registry):
         """Answer requests on ``stream`` until the peer closes it (or it fails).
         ``peer_address``: the client's Sui address handlers see (CallContext), by
         default the stream's own; InvalidObjectId when it is not an address."""
+        _check_blocking_stream(stream)
         if peer_address is None:
             peer_address = getattr(stream, "peer_address", None)
         else:
@@ -2266,6 +2302,7 @@ class AsyncRpcClient:
             raise TypeError(
                 f"on_notification must be callable, not {type(on_notification).__name__!r}"
             )
+        _check_async_streams(reader, writer)
         _check_one_meter(meter, writer)
         self._reader = reader
         self._writer = writer
