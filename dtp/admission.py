@@ -643,14 +643,22 @@ def _check_subscription(
     ledger: Ledger, subscription_id: str, address: HostAddress, client: str
 ) -> None:
     """Early, typed refusals for a subscription that cannot open this connection."""
-    from dtp.errors import SubscriptionExpired
+    from dtp.errors import SubscriptionExpired, WrongSubscription
 
     sub = ledger.get_subscription(subscription_id)
     offer = ledger.get_subscription_offer(sub.offer)
     if normalize_id(offer.host, "host ID") != address.host_id or offer.port != address.port:
-        raise ValueError(f"subscription {subscription_id} is for another service than {address}")
+        raise WrongSubscription(
+            f"subscription {subscription_id} is for another service than {address}",
+            name="EWrongHost",
+            module="subscription",
+        )
     if sub.holder != client:
-        raise ValueError(f"subscription {subscription_id} belongs to {sub.holder}, not {client}")
+        raise WrongSubscription(
+            f"subscription {subscription_id} belongs to {sub.holder}, not {client}",
+            name="ENotHolder",
+            module="subscription",
+        )
     epoch = ledger.epoch()
     if not sub.is_live(epoch) or offer.withdrawn:
         raise SubscriptionExpired(

@@ -455,6 +455,12 @@ class SubscriptionExpired(PaymentModelError):
     """The subscription does not cover the current epoch."""
 
 
+class WrongSubscription(PaymentModelError, ValueError):
+    """A subscription that cannot open this connection: another client's, or one for
+    another service (checked before the ledger is asked: ``ENotHolder`` /
+    ``EWrongHost``)."""
+
+
 class SponsorUnfunded(PaymentModelError, InsufficientFunds):
     """The sponsor pool has too little unpledged money."""
 

@@ -17,7 +17,7 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
-from dtp.errors import SubscriptionExpired
+from dtp.errors import SubscriptionExpired, WrongSubscription
 from dtp.keys import HostIdentity
 from dtp.paid import PaidServer, PaidSocket
 
@@ -119,13 +119,15 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
             world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
         )
     assert ledger.balance(client.sui_address) == before
-    # someone else's subscription, or one for another service: a clear ValueError
+    # someone else's subscription, or one for another service: a clear ValueError, and
+    # a typed one (dtp.errors, named as the ledger would refuse it)
     other = HostIdentity.generate()
     ledger.faucet(other.sui_address, 10_000)
-    with pytest.raises(ValueError, match="belongs to"):
+    with pytest.raises(WrongSubscription, match="belongs to") as wrong:
         dtp.socket.create_connection(
             world.address, ledger=ledger, identity=other, subscription=sub, timeout=10
         )
+    assert isinstance(wrong.value, ValueError) and wrong.value.name == "ENotHolder"
     with pytest.raises(ValueError, match="either"):
         dtp.socket.create_connection(
             world.address, ledger=ledger, identity=client, subscription=sub, sponsor_pool=sub
