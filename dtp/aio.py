@@ -65,12 +65,11 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp, connect_any
+from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import (
     ConnectionClosed,
-    ConnectionLost,
     DTPError,
     DTPTimeoutError,
     HandshakeError,
@@ -1350,7 +1349,7 @@ async def _open(
             else:
                 await loop.create_connection(lambda: proto, sock=sock)
         except OSError as exc:
-            raise ConnectionLost(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+            raise carrier_error(host, port, exc) from exc
         if while_waiting is not None:
             await while_waiting(proto)
         await proto.wait_for(

@@ -222,6 +222,12 @@ class ConnectionLost(DTPError, ConnectionResetError):
     """The peer or the carrier went away without a clean close."""
 
 
+class CarrierRefused(ConnectionLost, ConnectionRefusedError):
+    """Nothing took the carrier's connect (a closed port: ECONNREFUSED). A
+    ConnectionRefusedError, as :func:`socket.create_connection` raises (retry code
+    written for sockets catches it), and a ConnectionLost, as it was before."""
+
+
 class ConnectionClosed(DTPError, ConnectionError):
     """The connection was closed (by either side) with ``code`` and ``reason``. A
     ConnectionError, as a write to a closed TCP connection fails with one: code written

@@ -17,6 +17,9 @@
   how to pay per request (docs/messaging.md §2).
 - RPC clients (and ``RpcServer.serve_stream``) given the wrong kind of stream now say
   so when made, not at the first call.
+- A closed port raised ConnectionLost (a ConnectionResetError); it is CarrierRefused
+  now, a ConnectionRefusedError as ``socket.create_connection`` raises, and still a
+  ConnectionLost.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import dtp.aio
 import dtp.socket
 from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
-from dtp.errors import SpendingCapExceeded
+from dtp.errors import CarrierRefused, ConnectionLost, SpendingCapExceeded
 from dtp.escrow import Meter
+from dtp.keys import HostIdentity
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from dtp.metering import MeteringConfig
 from tests.test_hostid import CLIENT as HOSTID_CLIENT
@@ -288,3 +292,32 @@ def test_rpc_clients_refuse_the_wrong_kind_of_stream() -> None:
     a_async, b_async = socket.socketpair()
     with a_async:
         asyncio.run(main())
+
+
+# -- a closed port --------------------------------------------------------------------------
+# raised ConnectionLost, a ConnectionResetError: retry code written for
+# socket.create_connection (except ConnectionRefusedError) missed it.
+
+
+def _closed_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
+    port = _closed_port()
+    key = HostIdentity.generate().noise_public
+    with pytest.raises(ConnectionRefusedError) as info:
+        dtp.socket.create_connection(("127.0.0.1", port), server_key=key, timeout=30)
+    assert isinstance(info.value, CarrierRefused) and isinstance(info.value, ConnectionLost)
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError) as info:
+            await dtp.aio.open_connection("127.0.0.1", port, server_key=key, timeout=30)
+        assert isinstance(info.value, CarrierRefused)
+
+    asyncio.run(main())

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 
 from dtp._poll import wait_ready
-from dtp.errors import ConnectionLost, DTPTimeoutError
+from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,16 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
     except TimeoutError as exc:
         raise DTPTimeoutError(f"connecting to {address[0]}:{address[1]} timed out") from exc
     except OSError as exc:
-        raise ConnectionLost(
-            f"cannot reach {address[0]}:{address[1]}: {exc.strerror or exc}"
-        ) from exc
+        raise carrier_error(address[0], address[1], exc) from exc
     tune(sock)
     return sock
+
+
+def carrier_error(host: object, port: object, exc: OSError) -> ConnectionLost:
+    """What a failed carrier connect to ``host:port`` raises: CarrierRefused for a
+    refusal (a closed port), else ConnectionLost; the OS's reason in the message."""
+    kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
+    return kind(f"cannot reach {host}:{port}: {exc.strerror or exc}")
 
 
 class PendingTcp:
