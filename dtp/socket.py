@@ -42,7 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from dtp._poll import wait_ready
-from dtp._session import UNSENT, Session, check_connect_timeout
+from dtp._session import CALLBACK_FAILED, UNSENT, Session, check_connect_timeout
 from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
@@ -1076,13 +1076,14 @@ def _timeout_seconds(timeout: Any) -> float:
     """``timeout`` (not None) as a float of seconds, or the error a socket's settimeout
     raises for it: TypeError when not a number, ValueError for NaN, OverflowError past
     the longest wait a lock takes (``threading.TIMEOUT_MAX``; infinity too: a wait
-    that long would fail later, in the middle of a read)."""
+    that long would fail later, in the middle of a read), either way (-inf: a socket's
+    OverflowError, not the ValueError of a negative timeout)."""
     if not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     value = float(timeout)
     if value != value:
         raise ValueError("timeout must be >= 0 or None, not NaN")
-    if value > threading.TIMEOUT_MAX:
+    if abs(value) > threading.TIMEOUT_MAX:
         raise OverflowError(f"timeout out of range (at most {threading.TIMEOUT_MAX:.0f} s)")
     return value
 
@@ -1769,27 +1770,42 @@ class DTPSocket:
         self._check_open()
         engine = self._engine
         with engine.lock:
-            if how in (SHUT_WR, SHUT_RDWR) and not self._wr_shut:
-                self._wr_shut = True
-                self._update_fast()
-                self._wait(self._stream_ready_for_send)
-                if engine.session.terminated is None and self._stream_id in engine.conn._streams:
-                    # (a stream the connection is done with already has its end)
-                    engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
-                engine.wake_waiters()  # a thread blocked sending here fails now
-            if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
-                self._rd_shut = True
-                self._update_fast()
-                buf = engine.session.streams.get(self._stream_id)
-                if engine.session.terminated is None and not (buf and buf.eof):
-                    with contextlib.suppress(DTPError):
-                        engine.conn.stop_sending(self._stream_id)
-                # what is unread, and what comes before the peer stops, is dropped and
-                # its credit returned; a thread blocked reading this stream gets b""
-                # now, as on a socket, whether or not the peer answers
-                engine.session.discard(self._stream_id)
-                engine.wake_waiters()
-            engine.flush()
+            try:
+                if how in (SHUT_WR, SHUT_RDWR) and not self._wr_shut:
+                    self._wr_shut = True
+                    self._update_fast()
+                    engine.wake_waiters()  # a thread blocked sending here fails now
+                    self._wait(self._stream_ready_for_send)
+                    if (
+                        engine.session.terminated is None
+                        and self._stream_id in engine.conn._streams
+                    ):
+                        # (a stream the connection is done with already has its end;
+                        # one reset -- by reset(), or at the peer's STOP_SENDING --
+                        # raises: closed for sending)
+                        engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
+            finally:
+                # the read side is shut even when the write side raised: else close()
+                # after a reset left the peer sending into a stream nobody reads, its
+                # credit never returned -- the peer's sendall() waited for good
+                if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
+                    self._shut_reading()
+                engine.flush()
+
+    def _shut_reading(self) -> None:
+        """The read half of :meth:`shutdown` (lock held): ask the peer to stop sending,
+        and drop what is unread and what comes before it stops, returning its credit; a
+        thread blocked reading this stream gets b"" now, as on a socket, whether or not
+        the peer answers."""
+        engine = self._engine
+        self._rd_shut = True
+        self._update_fast()
+        buf = engine.session.streams.get(self._stream_id)
+        if engine.session.terminated is None and not (buf and buf.eof):
+            with contextlib.suppress(DTPError):
+                engine.conn.stop_sending(self._stream_id)
+        engine.session.discard(self._stream_id)
+        engine.wake_waiters()
 
     def close(self) -> None:
         """Close this stream; closing the first stream closes the connection (after
@@ -1976,14 +1992,17 @@ class DTPSocket:
 
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """Wait for the connection's next datagram: up to ``timeout`` seconds (None:
-        forever; 0 or less: one look), then DTPTimeoutError. By default the socket's
-        timeout applies, as for :meth:`recv`: a non-blocking socket (timeout 0) raises
+        forever; 0: one look), then DTPTimeoutError. By default the socket's timeout
+        applies, as for :meth:`recv`: a non-blocking socket (timeout 0) raises
         BlockingIOError at once when none is queued, as the socket module's do.
         Datagrams not read in time are dropped oldest first (``datagrams_dropped``).
-        A ``timeout`` that is not a number raises as :meth:`settimeout` does (NaN, which
-        would never pass, too), before any wait."""
-        if timeout is not None and timeout != "socket":
-            timeout = _timeout_seconds(timeout)
+        A ``timeout`` :meth:`settimeout` refuses raises as there (TypeError when not a
+        number, ValueError when negative or NaN, OverflowError when too long), before
+        any wait."""
+        if timeout != "socket":
+            # (a negative one was taken for "one look": a typo such as -1 for None then
+            # looked like a quiet peer)
+            timeout = _checked_timeout(timeout)
         self._check_open()
         engine = self._engine
         session = engine.session
@@ -1995,7 +2014,7 @@ class DTPSocket:
 
                 if timeout == "socket":
                     self._wait(ready)
-                elif timeout is not None and timeout <= 0:
+                elif timeout == 0:
                     engine.poll()
                     if not ready():
                         raise DTPTimeoutError("no datagram")
@@ -2513,6 +2532,17 @@ class _Waited(NamedTuple):
 _Job = _AcceptTurn | _Serve | _Waited
 
 
+def _check_server_identity(identity: Any) -> None:
+    """TypeError unless ``identity`` is a :class:`~dtp.keys.HostIdentity`: anything else
+    listened, then failed each client's handshake (an AttributeError in a handshake
+    thread, a misleading HandshakeError at the client)."""
+    if not isinstance(identity, HostIdentity):
+        raise TypeError(
+            f"identity must be a dtp.keys.HostIdentity (the server's keys), "
+            f"not {type(identity).__name__}"
+        )
+
+
 class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
@@ -2560,7 +2590,8 @@ class DTPServer:
         :class:`~dtp.admission.LedgerAdmission` hook, close and settle each client's
         ledger connection on the ledger as its DTP connection ends (see
         :func:`create_server`; ValueError with another hook)."""
-        # first: a bad cap must fail before we listen (and leave nothing open)
+        # first: a bad cap or identity must fail before we listen (and leave nothing open)
+        _check_server_identity(identity)
         self._address_slots: AddressSlots[tuple[_socket.socket, Any]] | None = (
             None
             if max_handshakes_per_address is None
@@ -2978,8 +3009,9 @@ class DTPServer:
     def wait_settled(self, timeout: float | None = None) -> bool:
         """With ``settle_on_close``: wait until the ledger connections of the DTP
         connections that ended so far are settled (True), or ``timeout`` seconds
-        (False). Without it there is nothing to wait for (True)."""
-        return self._serving.wait_settled(timeout)
+        (False). Without it there is nothing to wait for (True). A ``timeout``
+        :meth:`settimeout` refuses raises as there, with or without it."""
+        return self._serving.wait_settled(_checked_timeout(timeout))
 
     def settimeout(self, timeout: float | None) -> None:
         """The seconds :meth:`accept` waits when called without a timeout, as a
@@ -3003,11 +3035,13 @@ class DTPServer:
     def accept(self, timeout: float | _Own | None = _OWN) -> tuple[DTPSocket, str]:
         """Wait for the next accepted connection: (its first stream, client address).
         ``timeout``: seconds (None: forever), then DTPTimeoutError; by default the
-        server's own (:meth:`settimeout`), with which 0 raises BlockingIOError."""
+        server's own (:meth:`settimeout`), with which 0 raises BlockingIOError. A
+        ``timeout`` :meth:`settimeout` refuses raises as there."""
+        own = isinstance(timeout, _Own)
+        # (checked first: NaN waited for good, and a negative one raised queue's error)
+        wait = self._timeout if isinstance(timeout, _Own) else _checked_timeout(timeout)
         if self._closed.is_set():
             raise SocketClosed("accept() on a closed server")
-        own = isinstance(timeout, _Own)
-        wait = self._timeout if isinstance(timeout, _Own) else timeout
         try:
             sock = self._ready.get(block=wait != 0, timeout=wait)
         except queue.Empty:
@@ -3024,17 +3058,27 @@ class DTPServer:
         return sock, sock.peer_address
 
     def serve_forever(self, handler: Callable[[DTPSocket], None]) -> None:
-        """Accept connections until closed, running ``handler(sock)`` in a thread each
-        (the socket is closed when the handler returns)."""
+        """Accept connections until closed, running ``handler(sock)`` in a thread each.
+        The socket is closed when the handler returns; when it raises, the connection
+        is aborted instead (the client reads ConnectionClosed "internal error", as from
+        a :func:`dtp.aio.start_server` callback that raises) and the error is logged."""
 
         def run(sock: DTPSocket) -> None:
-            with sock:
-                try:
-                    handler(sock)
-                except DTPError as exc:
-                    logger.info("connection from %s ended: %s", sock.peer_address, exc)
-                except Exception:
-                    logger.exception("handler failed for %s", sock.peer_address)
+            failed = True
+            try:
+                handler(sock)
+                failed = False
+            except DTPError as exc:
+                logger.info("connection from %s ended: %s", sock.peer_address, exc)
+            except Exception:
+                logger.exception("handler failed for %s", sock.peer_address)
+            finally:
+                # a clean close would let the client take a reply cut short by the
+                # failure for a complete one
+                if failed:
+                    sock.abort(CALLBACK_FAILED)  # (dtp.aio's reason and code)
+                else:
+                    sock.close()
 
         def start(sock: DTPSocket) -> None:
             threading.Thread(target=run, args=(sock,), daemon=True).start()
@@ -3192,6 +3236,7 @@ def serve(
     running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`."""
     from dtp.paid import PaidServer
 
+    _check_server_identity(identity)  # before the ledger is read or written
     return PaidServer(
         host_id,
         port,
