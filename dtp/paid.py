@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from dtp._session import CALLBACK_FAILED
 from dtp.admission import Admitted, LedgerAdmission
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.connection import CloseCode
@@ -1300,6 +1301,9 @@ class PaidServer:
                 paid.on_receipt(engine.session.receipts.popleft())
         with self._live_lock:
             self._live[id(paid)] = paid
+        # a handler that failed while the connection goes on: the client must read an
+        # error, not a clean end that makes a reply cut short look whole
+        failed = False
         try:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
@@ -1307,8 +1311,10 @@ class PaidServer:
             logger.info("connection %s ended: %s", cid, exc)
         except DTPError as exc:
             logger.info("connection %s ended: %s", cid, exc)
+            failed = engine.session.terminated is None
         except Exception:
             logger.exception("handler failed for connection %s", cid)
+            failed = True
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
@@ -1332,7 +1338,10 @@ class PaidServer:
                 # before our end of the carrier closes: the client waits for that end
                 # and then finds nothing left to do on the ledger
                 self._settle(cid, known, paid.final)
-            sock.close()
+            if failed:
+                sock.abort(CALLBACK_FAILED)  # (as dtp.socket's and dtp.aio's servers)
+            else:
+                sock.close()
             with self._live_lock:
                 self._live.pop(id(paid), None)
             with self._limit_lock:

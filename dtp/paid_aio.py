@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dtp._session import CALLBACK_FAILED
 from dtp.admission import LedgerAdmission
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
@@ -949,6 +950,9 @@ class PaidAioServer:
             paid.on_receipt(proto.session.receipts.popleft())
         proto.hold_carrier = True  # until settled, should the client close
         self._live.add(paid)
+        # a callback that failed while the connection goes on: the client must read an
+        # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
+        failed = False
         try:
             await paid.throttle(requests=1)
             result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
@@ -956,8 +960,10 @@ class PaidAioServer:
                 await result
         except DTPError as exc:
             logger.info("connection %s ended: %s", cid, exc)
+            failed = proto.session.terminated is None
         except Exception:
             logger.exception("callback failed for connection %s", cid)
+            failed = True
         finally:
             # what the callback wrote and the gate held back goes out before the end: a
             # client that does not pay is closed after the pause timeout; one that does
@@ -986,7 +992,10 @@ class PaidAioServer:
             else:
                 self._release_carrier(proto)
                 if proto.session.terminated is None:
-                    writer.close()
+                    if failed:
+                        writer.abort(CALLBACK_FAILED)
+                    else:
+                        writer.close()
                     with contextlib.suppress(DTPError):
                         await writer.wait_closed()
                 await self._settle(cid, paid.final)

@@ -20,6 +20,9 @@
 - A closed port raised ConnectionLost (a ConnectionResetError); it is CarrierRefused
   now, a ConnectionRefusedError as ``socket.create_connection`` raises, and still a
   ConnectionLost.
+- A paid server whose handler (or asyncio callback) raised closed the connection
+  cleanly: the client read the end of a reply cut short as a whole one. It is aborted
+  now, as ``serve_forever``'s and ``dtp.aio.start_server``'s are.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ import dtp.aio
 import dtp.socket
 from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
-from dtp.errors import CarrierRefused, ConnectionLost, SpendingCapExceeded
+from dtp.errors import CarrierRefused, ConnectionClosed, ConnectionLost, SpendingCapExceeded
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from dtp.metering import MeteringConfig
+from dtp.paid import PaidSocket
+from dtp.paid_aio import PaidReader, PaidWriter
+from tests.polling import wait_for
 from tests.test_hostid import CLIENT as HOSTID_CLIENT
 from tests.test_hostid import PORT as HOSTID_PORT
 from tests.test_hostid import SERVER as HOSTID_SERVER
@@ -321,3 +327,46 @@ def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
         assert isinstance(info.value, CarrierRefused)
 
     asyncio.run(main())
+
+
+# -- a paid handler that raises ------------------------------------------------------------
+# The paid servers closed the connection cleanly after a handler or callback raised: the
+# client read b"" after part of its reply and took it for a whole one.
+
+
+def test_a_paid_handler_that_raises_ends_the_connection_with_an_error(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    def handler(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        sock.sendall(b"half a rep")
+        raise RuntimeError("the handler's bug")
+
+    async def aio_handler(reader: PaidReader, writer: PaidWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        writer.write(b"half a rep")
+        await writer.drain()
+        raise RuntimeError("the callback's bug")
+
+    serve(handler, aio_handler)  # type: ignore[operator]
+    with dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=30,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        metering=METERING,
+    ) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        got = b""
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                data = sock.recv(1024)
+                assert data, f"a clean end after {got!r}"
+                got += data
+        assert info.value.reason == "internal error"
+        assert got == b"half a rep"
+    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
+    assert conserved(ledger)
