@@ -105,6 +105,17 @@ class SocketClosed(LocalProtocolError, OSError):
         self.strerror = message
 
 
+class SendAfterShutdown(LocalProtocolError, BrokenPipeError):
+    """A send on a stream this program shut for writing (``shutdown(SHUT_WR)``). Also a
+    BrokenPipeError with errno EPIPE, as the same send on a :class:`socket.socket`
+    raises: code written for sockets (``except OSError``) catches it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EPIPE
+        self.strerror = message
+
+
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
 

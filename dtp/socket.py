@@ -72,6 +72,7 @@ from dtp.errors import (
     DTPTimeoutError,
     HandshakeError,
     LocalProtocolError,
+    SendAfterShutdown,
     SocketClosed,
 )
 from dtp.handshake_slots import (
@@ -1440,7 +1441,7 @@ class DTPSocket:
         if self._closed:
             raise SocketClosed("operation on a closed DTP socket")
         if self._wr_shut:
-            raise LocalProtocolError("cannot send after shutdown(SHUT_WR)")
+            raise SendAfterShutdown("cannot send after shutdown(SHUT_WR)")
 
     def _stream_ready_for_send(self) -> bool:
         """Whether the stream exists for sending: once the connection knows it (a
@@ -1663,10 +1664,17 @@ class DTPSocket:
 
         Bad arguments raise as :meth:`sendall` and :meth:`recv` would, whether or not
         the stream is lent, and before anything is sent."""
-        if type(data) is not bytes:
-            data = _readable(data)  # (the lane counts bytes: an array('i') by its items)
-        if type(bufsize) is not int or not 0 <= bufsize <= _SSIZE_MAX:
-            bufsize = _checked_size(bufsize, "recv")
+        try:
+            if type(data) is not bytes:
+                data = _readable(data)  # (the lane counts bytes: an array('i') by its items)
+            if type(bufsize) is not int or not 0 <= bufsize <= _SSIZE_MAX:
+                bufsize = _checked_size(bufsize, "recv")
+            if self._closed or self._wr_shut:
+                self._check_sendable()  # (None would send the caller to sendall to be told)
+        except BaseException:
+            if release is not None:
+                release.release()  # (raising first: the caller's lock is let go of)
+            raise
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id

@@ -23,11 +23,14 @@
 - A paid server whose handler (or asyncio callback) raised closed the connection
   cleanly: the client read the end of a reply cut short as a whole one. It is aborted
   now, as ``serve_forever``'s and ``dtp.aio.start_server``'s are.
+- A send after ``shutdown(SHUT_WR)`` raised LocalProtocolError only; it is
+  SendAfterShutdown now, also the BrokenPipeError (EPIPE) a socket raises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import threading
 
@@ -37,7 +40,14 @@ import dtp.aio
 import dtp.socket
 from dtp.admission import NoCarrierEndpoint, resolve_service
 from dtp.chain.local import LocalLedger
-from dtp.errors import CarrierRefused, ConnectionClosed, ConnectionLost, SpendingCapExceeded
+from dtp.errors import (
+    CarrierRefused,
+    ConnectionClosed,
+    ConnectionLost,
+    LocalProtocolError,
+    SocketClosed,
+    SpendingCapExceeded,
+)
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
@@ -370,3 +380,38 @@ def test_a_paid_handler_that_raises_ends_the_connection_with_an_error(
         assert got == b"half a rep"
     assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
     assert conserved(ledger)
+
+
+# -- a send after shutdown(SHUT_WR) --------------------------------------------------------
+# raised LocalProtocolError only, not the BrokenPipeError (an OSError) a socket raises.
+
+
+def test_a_send_after_shut_wr_is_a_broken_pipe_as_on_a_socket() -> None:
+    server_id = HostIdentity.generate()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id) as server:
+        accepted: list[dtp.socket.DTPSocket] = []
+        thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=30)[0]))
+        thread.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=30, server_key=server.noise_public_key
+        ) as sock:
+            thread.join(30)
+            sock.shutdown(socket.SHUT_WR)
+            for send in (
+                lambda: sock.sendall(b"late"),
+                lambda: sock.send(b"late"),
+                lambda: sock.send_recv(b"late", 10),  # (it returned None)
+            ):
+                with pytest.raises(BrokenPipeError) as info:
+                    send()
+                assert isinstance(info.value, LocalProtocolError)
+                assert info.value.errno == errno.EPIPE
+            held = threading.Lock()
+            held.acquire()
+            with pytest.raises(BrokenPipeError):
+                sock.send_recv(b"late", 10, release=held)
+            assert not held.locked()  # let go of, as when it raises for any reason
+            assert accepted[0].recv(10) == b""  # the peer read the end, and nothing after
+            accepted[0].close()
+        with pytest.raises(SocketClosed):
+            sock.send_recv(b"late", 10)  # (it returned None)
