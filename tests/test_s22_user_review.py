@@ -33,6 +33,7 @@ import asyncio
 import errno
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,36 @@ from tests.test_s17_money_review import DEPOSIT, SLA, host_id, ledger, quiet_han
 __all__ = ["host_id", "ledger", "serve", "world"]  # (fixtures, used by name)
 
 
+def _paid_args(ledger: LocalLedger, cap: str | None, metering: MeteringConfig) -> dict[str, Any]:
+    """The client's side of a paid connection with DEPOSIT (and spending cap ``cap``)."""
+    return {
+        "timeout": 20,
+        "ledger": ledger,
+        "identity": CLIENT,
+        "deposit": DEPOSIT,
+        "cap_id": cap,
+        "metering": metering,
+    }
+
+
+def paid_connect(
+    ledger: LocalLedger, host_id: str, cap: str | None = None, metering: MeteringConfig = METERING
+) -> dtp.socket.DTPSocket:
+    """A blocking client's paid connection to the module's service."""
+    return dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering)
+    )
+
+
+async def paid_open(
+    ledger: LocalLedger, host_id: str, cap: str | None = None
+) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+    """:func:`paid_connect` through the asyncio client."""
+    return await dtp.aio.open_connection(
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
+    )
+
+
 def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:
     return ledger.get_escrow(ledger.get_connection(cid).escrow).deposited
 
@@ -76,14 +107,7 @@ def test_a_top_up_on_the_default_cap_is_refused_before_the_ledger(
     release = threading.Event()
     serve(*quiet_handlers(release))  # type: ignore[operator]
     balance = ledger.balance(CLIENT.sui_address)
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        metering=METERING,
-    ) as sock:
+    with paid_connect(ledger, host_id) as sock:
         cid = sock.connection_id
         assert cid is not None
         spent = balance - ledger.balance(CLIENT.sui_address)  # the deposit (and gas: none)
@@ -105,15 +129,7 @@ def test_an_asyncio_top_up_past_the_cap_is_refused_and_one_within_it_goes(
     cap = ledger.create_spending_cap(CLIENT, DEPOSIT + 1000)
 
     async def main() -> None:
-        _reader, writer = await dtp.aio.open_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            cap_id=cap,
-            metering=METERING,
-        )
+        _reader, writer = await paid_open(ledger, host_id, cap)
         try:
             cid = writer.connection_id
             assert cid is not None
@@ -144,15 +160,7 @@ def test_concurrent_top_ups_share_the_caps_room(
     serve(*quiet_handlers(release))  # type: ignore[operator]
     cap = ledger.create_spending_cap(CLIENT, DEPOSIT + 1500)
     results: list[BaseException | None] = []
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    ) as sock:
+    with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -214,14 +222,7 @@ def test_an_rpc_meter_on_a_transport_metered_connection_is_refused(
 ) -> None:
     release = threading.Event()
     serve(*quiet_handlers(release))  # type: ignore[operator]
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        metering=METERING,
-    ) as sock:
+    with paid_connect(ledger, host_id) as sock:
         cid = sock.connection_id
         assert cid is not None
         meter = Meter(CLIENT, cid, SLA, DEPOSIT)
@@ -229,14 +230,7 @@ def test_an_rpc_meter_on_a_transport_metered_connection_is_refused(
             RpcClient(sock, meter=meter)
 
         async def aio() -> None:
-            _reader, writer = await dtp.aio.open_connection(
-                f"dtp://{host_id}:{PORT}",
-                timeout=20,
-                ledger=ledger,
-                identity=CLIENT,
-                deposit=DEPOSIT,
-                metering=METERING,
-            )
+            _reader, writer = await paid_open(ledger, host_id)
             try:
                 with pytest.raises(ValueError, match="metered by its transport"):
                     AsyncRpcClient(_reader, writer, meter=meter)
@@ -254,14 +248,7 @@ def test_an_rpc_meter_on_an_unmetered_connection_is_taken(
 ) -> None:
     release = threading.Event()
     serve(*quiet_handlers(release))  # type: ignore[operator]
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        metering=MeteringConfig(enabled=False),
-    ) as sock:
+    with paid_connect(ledger, host_id, metering=MeteringConfig(enabled=False)) as sock:
         cid = sock.connection_id
         assert cid is not None
         client = RpcClient(sock, meter=Meter(CLIENT, cid, SLA, DEPOSIT))
@@ -297,9 +284,9 @@ def test_rpc_clients_refuse_the_wrong_kind_of_stream() -> None:
             with pytest.raises(TypeError, match="AsyncRpcClient"):
                 RpcClient(writer)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="AsyncRpcClient's reader"):
-                AsyncRpcClient(a_async, writer)  # type: ignore[arg-type]
+                AsyncRpcClient(a_async, writer)
             with pytest.raises(TypeError, match="AsyncRpcClient's writer"):
-                AsyncRpcClient(reader, a_async)  # type: ignore[arg-type]
+                AsyncRpcClient(reader, a_async)
         finally:
             writer.close()
             await writer.wait_closed()
@@ -359,14 +346,7 @@ def test_a_paid_handler_that_raises_ends_the_connection_with_an_error(
         raise RuntimeError("the callback's bug")
 
     serve(handler, aio_handler)  # type: ignore[operator]
-    with dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=30,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        metering=METERING,
-    ) as sock:
+    with paid_connect(ledger, host_id) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
