@@ -134,7 +134,7 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
 def _unusable_tcp_endpoints(host: Host) -> list[str]:
     """The host's published endpoints meant as TCP ones -- ``tcp://...``, or no scheme
     and an address first (an IP, a dotted name, ``localhost``, ``[v6]``) -- that do not
-    parse as such (no port, a port past 65535 or 0). Others (``udp:...``, ``quic://``, a
+    parse as such (no port, a port past 65535). Others (``udp:...``, ``quic://``, a
     discovery record) are not meant for a stream carrier and are not judged."""
     broken: list[str] = []
     for raw in host.endpoints:
@@ -167,8 +167,8 @@ def tcp_endpoint(text: str) -> tuple[str, int] | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme.lower() != "tcp" or not parts.hostname or not port:
-        return None  # (port 0: nothing listens there)
+    if parts.scheme.lower() != "tcp" or not parts.hostname or port is None:
+        return None
     return parts.hostname, port
 
 
@@ -242,7 +242,7 @@ def resolve_service(
             # not serve, would only time out, the deposit in escrow until the timeout
             raise NoCarrierEndpoint(
                 f"host {host.id} publishes {', '.join(map(repr, broken))}, not a "
-                "usable tcp://host:port endpoint (a port from 1 to 65535); to reach it "
+                "usable tcp://host:port endpoint (a port up to 65535); to reach it "
                 "over the ledger carrier anyway, pass carrier='ledger'"
             )
     if not endpoints and carrier == "tcp":
