@@ -650,6 +650,8 @@ class DTPStreamWriter:
         self._primary = primary
         self._closing = False
         self._eof_sent = False
+        # the code close() asks the peer to stop sending with (reset()'s, else 0)
+        self._stop_code = 0
         self._close_task: asyncio.Future[None] | None = None
         self.connection_id: str | None = None
         """The ledger connection (TransportControl) ID when connected by host ID."""
@@ -850,7 +852,7 @@ class DTPStreamWriter:
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
                 with contextlib.suppress(DTPError):
-                    self._conn.stop_sending(self._stream_id)
+                    self._conn.stop_sending(self._stream_id, self._stop_code)
             session.discard(self._stream_id)
             self._proto._notify()
             self._proto.flush()
@@ -869,6 +871,7 @@ class DTPStreamWriter:
             with contextlib.suppress(DTPError):  # (the stream ended already)
                 self._conn.reset_stream(self._stream_id, code)
             self._proto.flush()
+        self._stop_code = code  # the peer's sends raise StreamReset(code) too
         self.close()
 
     def _close_ended(self, task: asyncio.Future[None]) -> None:

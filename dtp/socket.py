@@ -1800,8 +1800,9 @@ class DTPSocket:
                     self._shut_reading()
                 engine.flush()
 
-    def _shut_reading(self) -> None:
-        """The read half of :meth:`shutdown` (lock held): ask the peer to stop sending,
+    def _shut_reading(self, code: int = 0) -> None:
+        """The read half of :meth:`shutdown` (lock held): ask the peer to stop sending
+        (with ``code``, the application's error code its sends then raise with),
         and drop what is unread and what comes before it stops, returning its credit; a
         thread blocked reading this stream gets b"" now, as on a socket, whether or not
         the peer answers."""
@@ -1811,7 +1812,7 @@ class DTPSocket:
         buf = engine.session.streams.get(self._stream_id)
         if engine.session.terminated is None and not (buf and buf.eof):
             with contextlib.suppress(DTPError):
-                engine.conn.stop_sending(self._stream_id)
+                engine.conn.stop_sending(self._stream_id, code)
         engine.session.discard(self._stream_id)
         engine.wake_waiters()
 
@@ -1854,7 +1855,11 @@ class DTPSocket:
             if engine.session.terminated is None:
                 with contextlib.suppress(DTPError):  # (the stream ended already)
                     engine.conn.reset_stream(self._stream_id, code)
-                engine.flush()
+            if not self._rd_shut:
+                # the read side too, now, with the same code: the peer's sends on this
+                # stream raise StreamReset(code), as its reads do
+                self._shut_reading(code)
+            engine.flush()
         self._io_refs = 0  # a reset is not held back by open files
         self.close()
 

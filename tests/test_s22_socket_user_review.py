@@ -122,6 +122,7 @@ def test_sendall_raises_stream_reset_after_the_peer_resets_an_extra_stream(state
         # waited for credit that never came
         raised = raised_within(sendall_until_it_fails(sender), WAIT, client.abort)
         assert isinstance(raised, StreamReset), raised
+        assert raised.code == 7  # the reset's code, as the peer's reads get (it was 0)
         # the connection goes on: its first stream still works both ways
         client.sendall(b"still here")
         assert peer.recv(100) == b"still here"

@@ -25,6 +25,8 @@
   now, as ``serve_forever``'s and ``dtp.aio.start_server``'s are.
 - A send after ``shutdown(SHUT_WR)`` raised LocalProtocolError only; it is
   SendAfterShutdown now, also the BrokenPipeError (EPIPE) a socket raises.
+- ``reset(code)`` (blocking and asyncio) asked the peer to stop sending with code 0:
+  the peer's sends raised StreamReset(0) while its reads raised StreamReset(code).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from dtp.errors import (
     LocalProtocolError,
     SocketClosed,
     SpendingCapExceeded,
+    StreamReset,
 )
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
@@ -55,7 +58,8 @@ from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
-from tests.polling import wait_for
+from tests.paid_twins import loop_in_thread
+from tests.polling import raised_within, wait_for
 from tests.test_hostid import CLIENT as HOSTID_CLIENT
 from tests.test_hostid import PORT as HOSTID_PORT
 from tests.test_hostid import SERVER as HOSTID_SERVER
@@ -395,3 +399,43 @@ def test_a_send_after_shut_wr_is_a_broken_pipe_as_on_a_socket() -> None:
             accepted[0].close()
         with pytest.raises(SocketClosed):
             sock.send_recv(b"late", 10)  # (it returned None)
+
+
+# -- the code of a reset -------------------------------------------------------------------
+# reset(code) asked the peer to stop sending with code 0: its sends raised
+# StreamReset(code 0) while its reads raised StreamReset(code).
+
+
+def test_an_asyncio_reset_gives_the_peers_sends_its_code() -> None:
+    server_id = HostIdentity.generate()
+    reset_done = threading.Event()
+
+    async def on_client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        stream_reader, stream_writer = await writer.accept_stream()
+        assert await stream_reader.readexactly(2) == b"hi"
+        stream_writer.reset(5)
+        reset_done.set()
+        await reader.read()  # until the client closes
+
+    with loop_in_thread() as loop:
+        server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.start_server(on_client, "127.0.0.1", 0, identity=server_id), loop
+        ).result(30)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            with dtp.socket.create_connection(
+                ("127.0.0.1", port), timeout=30, server_key=server_id.noise_public
+            ) as sock:
+                stream = sock.open_stream()
+                stream.sendall(b"hi")
+                assert reset_done.wait(30)
+
+                def send_until_it_fails() -> None:
+                    while True:
+                        stream.sendall(b"x" * 65536)
+
+                raised = raised_within(send_until_it_fails, 60, sock.abort)
+                assert isinstance(raised, StreamReset) and raised.code == 5, raised
+        finally:
+            server.close()
+            asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(30)
