@@ -15,6 +15,7 @@ firewall (read afresh) still permits the client.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -131,6 +132,12 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
     return found
 
 
+# what a bare host[:port] looks like, whatever the port: a name or [v6], then : and no
+# path (multiaddrs such as /ip4/1.2.3.4/udp/9000/quic, or relay.example.com/ledger, are
+# not TCP endpoints however many dots they have)
+_HOST_PORT_SHAPE = re.compile(r"(\[[^\]/\s]*\]|[A-Za-z0-9.-]+)(:[^/\s]*)?")
+
+
 def _unusable_tcp_endpoints(host: Host) -> list[str]:
     """The host's published endpoints meant as TCP ones -- ``tcp://...``, or no scheme
     and an address first (an IP, a dotted name, ``localhost``, ``[v6]``) -- that do not
@@ -147,6 +154,8 @@ def _unusable_tcp_endpoints(host: Host) -> list[str]:
             meant = True
         elif "://" in text:
             meant = False
+        elif not _HOST_PORT_SHAPE.fullmatch(text):
+            meant = False  # a path, a multiaddr, prose: a record of some other kind
         else:
             head = text.split(":", 1)[0]
             meant = text.startswith("[") or "." in head or head.lower() == "localhost"

@@ -653,7 +653,10 @@ class PaidWriter:
             # woken for it: it found the queue empty, and dtp.aio wakes it only when the
             # connection changes (which may be never: a client waiting for its reply)
             self._writer._session.datagrams.appendleft(data)
-            paid.charged_datagrams.append(data)
+            if len(data) > 1:
+                # (known by identity, and CPython shares its empty and one-byte bytes
+                # objects: those are charged again, a byte at most)
+                paid.charged_datagrams.append(data)
             paid.proto._notify()
             raise
         return data

@@ -207,7 +207,16 @@ def test_an_endpoint_meant_as_tcp_that_does_not_parse_is_named_before_the_deposi
 
 def test_endpoints_of_other_kinds_still_leave_the_ledger_carrier(world: World) -> None:
     world.ledger.set_endpoints(
-        HOSTID_SERVER, world.host_id, ["udp:127.0.0.1:4000", "quic://127.0.0.1:1", "http://x:1"]
+        HOSTID_SERVER,
+        world.host_id,
+        [
+            "udp:127.0.0.1:4000",
+            "quic://127.0.0.1:1",
+            "http://x:1",
+            "/ip4/1.2.3.4/udp/9000/quic",
+            "/dns4/node.example.com/tcp/443",
+            "relay.example.com/ledger",
+        ],
     )
     resolved = resolve_service(
         world.ledger, world.host_id, HOSTID_PORT, HOSTID_CLIENT.sui_address, 5000
@@ -320,6 +329,7 @@ def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
     with pytest.raises(ConnectionRefusedError) as info:
         dtp.socket.create_connection(("127.0.0.1", port), server_key=key, timeout=30)
     assert isinstance(info.value, CarrierRefused) and isinstance(info.value, ConnectionLost)
+    assert info.value.errno == errno.ECONNREFUSED  # (as a socket's error carries it)
     assert f"127.0.0.1:{port}" in str(info.value)
 
     async def main() -> None:

@@ -35,7 +35,10 @@ def carrier_error(host: object, port: object, exc: OSError) -> ConnectionLost:
     """What a failed carrier connect to ``host:port`` raises: CarrierRefused for a
     refusal (a closed port), else ConnectionLost; the OS's reason in the message."""
     kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
-    return kind(f"cannot reach {host}:{port}: {exc.strerror or exc}")
+    error = kind(f"cannot reach {host}:{port}: {exc.strerror or exc}")
+    # (the OS's errno, as a socket's error carries it: retry code compares it)
+    error.errno, error.strerror = exc.errno, str(error)
+    return error
 
 
 class PendingTcp:
@@ -110,6 +113,7 @@ def connect_any(
     if not addresses:
         raise ValueError("no address to connect to")
     failures: list[str] = []
+    refused: list[bool] = []
     last: ConnectionLost | DTPTimeoutError | None = None
     for i, address in enumerate(addresses):
         try:
@@ -119,12 +123,18 @@ def connect_any(
         except (ConnectionLost, DTPTimeoutError) as exc:
             last = exc
             failures.append(str(exc))
+            refused.append(isinstance(exc, CarrierRefused))
             if i + 1 < len(addresses):
                 logger.info("%s; trying the next endpoint", exc)
     assert last is not None
     if len(addresses) == 1:
         raise last
-    error = type(last)(f"no endpoint answered: {'; '.join(failures)}")
+    # (refused only when every one refused: else a timeout or reset among them would be
+    # reported as a closed port)
+    kind = type(last)
+    if kind is CarrierRefused and not all(r for r in refused):
+        kind = ConnectionLost
+    error = kind(f"no endpoint answered: {'; '.join(failures)}")
     raise error from last
 
 

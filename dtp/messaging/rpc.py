@@ -158,7 +158,7 @@ def _check_blocking_stream(stream: object) -> None:
 def _check_async_streams(reader: object, writer: object) -> None:
     """The asyncio client's (reader, writer) have what it uses: a DTPSocket given as
     both failed in the read loop's task, and again at each call."""
-    if not callable(getattr(reader, "read", None)) or not hasattr(reader, "at_eof"):
+    if not callable(getattr(reader, "read", None)):
         raise TypeError(
             "AsyncRpcClient's reader must be an asyncio stream reader (dtp.aio "
             f"open_connection's), not {type(reader).__name__!r}; a blocking DTPSocket "
