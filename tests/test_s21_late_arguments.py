@@ -77,7 +77,7 @@ def test_rpc_server_refuses_bad_options_when_made(name: str) -> None:
     threads = set(threading.enumerate())
     with pytest.raises(error, match=next(iter(options))):
         RpcServer(**options)
-    assert set(threading.enumerate()) == threads  # nothing started
+    assert not set(threading.enumerate()) - threads  # nothing started (others may end)
 
 
 @pytest.mark.parametrize("name", sorted(SERVER_CASES))
@@ -86,7 +86,7 @@ def test_async_rpc_server_refuses_bad_options_when_made(name: str) -> None:
     threads = set(threading.enumerate())
     with pytest.raises(error, match=next(iter(options))):
         AsyncRpcServer(**options)
-    assert set(threading.enumerate()) == threads
+    assert not set(threading.enumerate()) - threads
 
 
 def test_rpc_server_at_the_lowest_limits_serves(tmp_path: Path) -> None:
