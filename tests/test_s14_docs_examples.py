@@ -32,7 +32,9 @@ with a reason each, and an entry that no longer matches its block fails the test
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import fcntl
 import importlib
 import inspect
 import os
@@ -40,8 +42,10 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -617,6 +621,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _ports_held(ports: set[int]) -> Iterator[None]:
+    """Hold ``ports`` for one block at a time across the suite's processes: the core
+    backends run the same blocks at once, and both probes found a port free before
+    either bound it (one block then failed with EADDRINUSE)."""
+    with contextlib.ExitStack() as stack:
+        for port in sorted(ports):
+            path = os.path.join(tempfile.gettempdir(), f"dtp-doc-test-port-{port}.lock")
+            lock = stack.enter_context(open(path, "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
+        yield
+
+
 @pytest.mark.parametrize("key", sorted(BLOCKS))
 def test_block_runs(key: str, tmp_path: Path) -> None:
     """Runs offline as written (after its ``after`` blocks) and prints what it says."""
@@ -625,6 +642,12 @@ def test_block_runs(key: str, tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     chain = _chain(block)
+    with _ports_held({b.port for b in chain if b.port is not None}):
+        _run_block(key, block, chain, tmp_path)
+
+
+def _run_block(key: str, block: Block, chain: list[Block], tmp_path: Path) -> None:
+    """:func:`test_block_runs` once the block's ports are held."""
     for b in chain:
         if b.port is not None and not _port_free(b.port):
             pytest.skip(f"127.0.0.1:{b.port} is in use by another process")
