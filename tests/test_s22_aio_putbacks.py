@@ -222,6 +222,23 @@ async def _until(ready: Callable[[], bool], task: asyncio.Future[Any]) -> None:
         await asyncio.sleep(0.01)
 
 
+def _in_request_debt(server: PaidAioServer) -> list[float]:
+    """Put the client 600 s in debt on its request rate (as 600 requests just made
+    would) and count what is charged to it from now on: the list of amounts, which a
+    test watches to see an accept take its stream and wait for the rate."""
+    requests = server.limiter.clients[CLIENT.sui_address].requests
+    requests.charge(600, time.monotonic())
+    charged: list[float] = []
+    charge = requests.charge
+
+    def counted(amount: float, now: float) -> float:
+        charged.append(amount)
+        return charge(amount, now)
+
+    requests.charge = counted  # type: ignore[method-assign]
+    return charged
+
+
 def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: World) -> None:
     """Task A accepts the client's second stream and waits for the request rate (600 s
     in debt); task B waits in accept_stream meanwhile; A is cancelled and puts the
@@ -234,16 +251,7 @@ def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: Wo
     async def handler(reader: PaidReader, writer: PaidWriter) -> None:
         try:
             assert await reader.readexactly(2) == b"go"
-            requests = server_box[0].limiter.clients[CLIENT.sui_address].requests
-            requests.charge(600, time.monotonic())  # as 600 requests just made would
-            charged: list[float] = []
-            charge = requests.charge
-
-            def counted(amount: float, now: float) -> float:
-                charged.append(amount)
-                return charge(amount, now)
-
-            requests.charge = counted  # type: ignore[method-assign]
+            charged = _in_request_debt(server_box[0])
             first = asyncio.ensure_future(writer.accept_stream())
             await _until(lambda: bool(charged), first)  # A took it: the rate holds it
             second = asyncio.ensure_future(writer.accept_stream())
@@ -285,17 +293,7 @@ def test_a_stream_put_back_is_not_charged_again_through_another_writer(world: Wo
             assert await reader.readexactly(2) == b"go"
             first_reader, other_writer = await writer.accept_stream()  # a writer of its own
             assert await first_reader.readexactly(2) == b"s1"
-            requests = server_box[0].limiter.clients[CLIENT.sui_address].requests
-            charged: list[float] = []
-            charge = requests.charge
-
-            def counted(amount: float, now: float) -> float:
-                charged.append(amount)
-                return charge(amount, now)
-
-            requests.charge = counted  # type: ignore[method-assign]
-            requests.charge(600, time.monotonic())  # as 600 requests just made would
-            charged.clear()
+            charged = _in_request_debt(server_box[0])
             first = asyncio.ensure_future(writer.accept_stream())
             await _until(lambda: bool(charged), first)  # it took s2: the rate holds it
             first.cancel()
