@@ -100,6 +100,19 @@ def _before_the_reset(
         assert isinstance(stopped, StreamReset), stopped
 
 
+def extra_stream(
+    client: dtp.socket.DTPSocket, peer: dtp.socket.DTPSocket
+) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+    """A second stream the client opens and the peer accepts, carrying b"hi" already:
+    (the client's end, the sender; the peer's end, the one that will reset)."""
+    sender = client.open_stream()
+    sender.sendall(b"hi")
+    resetter = peer.accept_stream()
+    resetter.settimeout(PATIENT)
+    assert resetter.recv(10) == b"hi"
+    return sender, resetter
+
+
 @pytest.mark.parametrize(
     "state",
     [
@@ -111,11 +124,7 @@ def _before_the_reset(
 )
 def test_sendall_raises_stream_reset_after_the_peer_resets_an_extra_stream(state: str) -> None:
     with connected() as (client, peer):
-        sender = client.open_stream()
-        sender.sendall(b"hi")
-        resetter = peer.accept_stream()
-        resetter.settimeout(PATIENT)
-        assert resetter.recv(10) == b"hi"
+        sender, resetter = extra_stream(client, peer)
         _before_the_reset(state, sender, resetter)
         resetter.reset(7)
         # no timeout (600 s): before the fix, this sent until the window was used, then
@@ -140,11 +149,7 @@ def test_sendall_fails_at_once_after_the_peer_resets_the_first_stream() -> None:
 
 def test_a_stream_reset_while_the_peer_is_blocked_sending_ends_its_sendall() -> None:
     with connected() as (client, peer):
-        sender = client.open_stream()
-        sender.sendall(b"hi")
-        resetter = peer.accept_stream()
-        resetter.settimeout(PATIENT)
-        assert resetter.recv(10) == b"hi"
+        sender, resetter = extra_stream(client, peer)
         outcome: list[BaseException | None] = []
         started = threading.Event()
 
