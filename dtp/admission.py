@@ -121,15 +121,22 @@ def tcp_endpoints(host: Host) -> list[tuple[str, int]]:
     other schemes and undecodable entries are skipped.
     """
     found: list[tuple[str, int]] = []
-    for raw in host.endpoints:
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        except UnicodeDecodeError:
-            continue
+    for text in _endpoint_texts(host):
         endpoint = tcp_endpoint(text)
         if endpoint is not None:
             found.append(endpoint)
     return found
+
+
+def _endpoint_texts(host: Host) -> list[str]:
+    """The host's published endpoints as text, in order (undecodable ones left out)."""
+    texts: list[str] = []
+    for raw in host.endpoints:
+        try:
+            texts.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+        except UnicodeDecodeError:
+            continue
+    return texts
 
 
 # what a bare host[:port] looks like, whatever the port: a name or [v6], then : and no
@@ -144,11 +151,8 @@ def _unusable_tcp_endpoints(host: Host) -> list[str]:
     parse as such (no port, a port past 65535). Others (``udp:...``, ``quic://``, a
     discovery record) are not meant for a stream carrier and are not judged."""
     broken: list[str] = []
-    for raw in host.endpoints:
-        try:
-            text = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).strip()
-        except UnicodeDecodeError:
-            continue
+    for text in _endpoint_texts(host):
+        text = text.strip()
         lower = text.lower()
         if lower.startswith("tcp://"):
             meant = True

@@ -181,7 +181,7 @@ def _check_one_meter(meter: Meter | None, stream: Any) -> None:
         return
     engine = getattr(stream, "_engine", None)  # a DTPSocket
     proto = getattr(stream, "_proto", None)  # a dtp.aio writer
-    if getattr(engine, "payment", None) is not None or getattr(proto, "payment", None):
+    if getattr(engine, "payment", None) is not None or getattr(proto, "payment", None) is not None:
         raise ValueError(
             "meter=: this connection is metered by its transport already (connected by "
             "host ID): its receipts and the meter's would compete for one escrow. Pay "
