@@ -775,6 +775,9 @@ class GraphServer:
     everyone else out. None lifts the deadline. A peer that has sent HELLO may then
     stay quiet as long as it likes: a live subscriber does. Other keyword arguments go
     to :func:`dtp.socket.create_server`.
+
+    :meth:`close` (and the end of a ``with`` block) stops accepting and ends the
+    sessions running, waiting for them to be done with the graph.
     """
 
     def __init__(
@@ -799,8 +802,11 @@ class GraphServer:
         self.errors = 0
         self.refused = 0
         self.active = 0  # sessions running now
-        # guards every counter above: sessions end in threads of their own
-        self._count_lock = threading.Lock()
+        # guards every counter above and the sessions' sockets: sessions end in threads
+        # of their own (and close() waits on it for them)
+        self._count_lock = threading.Condition(threading.Lock())
+        self._running: dict[int, Any] = {}  # id(sock) -> the socket of a running session
+        self._closing = False
         self._server = dtp.socket.create_server(address, identity=identity, **kw)
         self.address = self._server.address
         self.noise_public_key = self._server.noise_public_key
@@ -811,11 +817,17 @@ class GraphServer:
 
     def _handle(self, sock: Any) -> None:
         with self._count_lock:
-            busy = self.active >= self.max_sessions
+            closing = self._closing
+            busy = not closing and self.active >= self.max_sessions
             if busy:
                 self.refused += 1
-            else:
+            elif not closing:
                 self.active += 1
+                self._running[id(sock)] = sock
+        if closing:
+            # (its handshake ended as close() began: it would have run on after it)
+            sock.abort("graph server closed")
+            return
         if busy:
             sock.abort(f"graph server busy: {self.max_sessions} sessions already running")
             return
@@ -831,10 +843,12 @@ class GraphServer:
             # (``errors += 1`` is a read and a write: two sessions failing at once
             # outside the lock could lose one)
             with self._count_lock:
+                del self._running[id(sock)]
                 self.active -= 1
                 self.sessions += 1
                 if failed:
                     self.errors += 1
+                self._count_lock.notify_all()
 
     def counts(self) -> dict[str, int]:
         """``sessions``, ``errors``, ``refused`` and ``active``, read together (each
@@ -847,15 +861,45 @@ class GraphServer:
                 "active": self.active,
             }
 
-    def close(self) -> None:
-        """Stop accepting (sessions already running end when their peers leave)."""
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop accepting and end the sessions running: each one's connection is
+        closed, which its peer sees as a server leaving (a live sync returns, a catch-up
+        not yet done raises GraphSyncError), and this waits up to ``timeout`` seconds
+        (None: as long as it takes) for their threads to be done with the graph. True
+        when they all were, so that the graph may be closed; False when one is still
+        finishing a write (its thread ends once the write does). Calling it again waits
+        again."""
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout < math.inf
+        ):
+            raise ValueError(f"timeout must be None or a finite number >= 0, not {timeout!r}")
         self._server.close()
+        with self._count_lock:
+            self._closing = True
+            running = list(self._running.values())
+        # each in a thread of its own: a close waits up to its linger (5 s) for what is
+        # queued to a peer that does not read, and the sessions' ends must not queue up
+        # behind one another. Each session's thread then raises SocketClosed in its read
+        # or its send, which ends the session; its peer reads the end of the stream.
+        for sock in running:
+            threading.Thread(
+                target=_close_quietly, args=(sock,), name="dtp-graph-close", daemon=True
+            ).start()
+        with self._count_lock:
+            return self._count_lock.wait_for(lambda: not self._running, timeout)
 
     def __enter__(self) -> GraphServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_quietly(sock: Any) -> None:
+    with contextlib.suppress(DTPError, OSError):
+        sock.close()
 
 
 # -- asyncio helper ------------------------------------------------------------------------------
