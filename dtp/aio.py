@@ -1606,7 +1606,14 @@ class DTPServer:
                 if verdict is Verdict.FULL:
                     self._refuse_busy([proto])
                     return
-        self._start_serving(proto, key)
+        try:
+            self._start_serving(proto, key)
+        except BaseException:
+            # (connection_made aborts the connection) the slot it took would stay taken
+            # for good, and its address locked out once that happened cap times
+            if key is not None:
+                self._release_address(key)
+            raise
 
     def _start_serving(self, proto: _Protocol, key: str | None) -> None:
         started: list[bool] = []  # set by _serve's first step
