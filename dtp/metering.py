@@ -624,10 +624,15 @@ class ReceiptGate:
         return receipt
 
     def payable(self) -> int:
-        """What the accepted receipts let the server collect."""
-        if self.claim_limit is None:
+        """What the accepted receipts let the server collect: the latest one's amount,
+        or, while the spending cap lets less than that be claimed (the client's claims
+        elsewhere spent the cap since: :func:`apply_cap_limits`), only what is claimed
+        already -- a cumulative receipt is claimed whole or not at all, so the cap's
+        room short of it collects nothing of it (counted as collectable, it was credit
+        the server served on and could not be paid for)."""
+        if self.claim_limit is None or self.latest_amount <= self.claim_limit:
             return self.latest_amount
-        return min(self.latest_amount, self.claim_limit)
+        return self.claimed
 
     def wants_deposit(
         self, now_ms: int, total_bytes: int, total_requests: int, *, ending: bool = False

@@ -4,17 +4,29 @@
    not be served (starting its task raised: connection_made aborts it) kept the slot for
    good; once that happened ``max_handshakes_per_address`` times, its address could
    never connect again. The slot is given back now.
+2. ``ReceiptGate.payable()``: once the client's claims elsewhere spent its spending cap
+   below the latest receipt (a cap shared with a connection to another server), the
+   gate counted the cap's room as collectable -- but a cumulative receipt is claimed
+   whole or not at all, and the ledger refuses it: credit the server served on and
+   could not be paid for. It counts what is claimed already now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
 import dtp.aio
-from dtp.errors import DTPError
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError, SpendingCapExceeded
+from dtp.escrow import Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.metering import CapShares, apply_cap_limits, read_cap_limits
+from dtp.paid import ServicePolicy, gate_for
 from tests.test_handshake_slots import aio_echo_once, aio_server, async_wait_for
 
 
@@ -47,3 +59,48 @@ def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
 
     with caplog.at_level(logging.ERROR):
         asyncio.run(main())
+
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
+PORT = 7400
+
+
+def test_a_receipt_the_spent_cap_no_longer_covers_is_not_counted_as_collectable(
+    tmp_path: Path,
+) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    client = HostIdentity.generate()
+    provider_a, provider_b = HostIdentity.generate(), HostIdentity.generate()
+    try:
+        ledger.faucet(client.sui_address, 1 << 40)
+        cap = ledger.create_spending_cap(client, 10_000)
+        opened = {}
+        for provider in (provider_a, provider_b):
+            host = ledger.create_host(provider, provider.noise_public)
+            ledger.add_service(provider, host, PORT, "svc", SLA)
+            opened[provider] = ledger.prepare_open_connection(
+                client, host, PORT, cap, 10_000
+            ).execute()
+        a, b = opened[provider_a], opened[provider_b]
+        gate = gate_for(ledger, a.connection_id, ServicePolicy(), shares=CapShares())
+        usage = (600 * 1024, 1)
+        amount = fee(SLA, *usage)  # 6005 MIST
+        receipt_a = Receipt(a.connection_id, *usage, amount, 1).sign(client)
+        gate.receive(receipt_a.encode())
+        assert gate.payable() == amount
+
+        # the other server claims as much on the same cap: 3995 of its 10000 are left
+        receipt_b = Receipt(b.connection_id, *usage, amount, 1).sign(client)
+        assert ledger.claim(provider_b, b.escrow_id, receipt_b) == amount
+        apply_cap_limits([gate], read_cap_limits(ledger, [cap]))
+        assert gate.claim_limit == 10_000 - amount
+
+        # the ledger's word: the receipt the gate holds cannot be claimed, in whole or
+        # in part; the gate counts nothing of it (it said the cap's 3995)
+        with pytest.raises(SpendingCapExceeded):
+            ledger.claim(provider_a, a.escrow_id, receipt_a)
+        assert gate.payable() == 0
+        assert gate.owed(*usage) == amount
+        assert not gate.serving(*usage)
+    finally:
+        ledger.close()
