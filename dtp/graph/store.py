@@ -112,10 +112,11 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
-def _check_int(what: str, value: object, low: int) -> None:
-    """An int argument of a Graph method, at least ``low``: TypeError for a bool, a
-    float or a str (``True`` would pass for 1), ValueError below ``low``."""
-    if type(value) is not int:
+def check_int(what: str, value: object, low: int) -> None:
+    """An int argument (of a Graph method, a sync session's), at least ``low``:
+    TypeError for a bool, a float or a str (``True`` would pass for 1, NaN for no cap
+    at all), ValueError below ``low`` -- a local error, not one blamed on a peer later."""
+    if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if value < low:
         raise ValueError(f"{what} must be an int >= {low}, not {value}")
@@ -1042,7 +1043,7 @@ class Graph:
         entry needs, nor larger than 64 MiB however large this is), checked at the call
         (TypeError / ValueError): 0, a negative size or ``True`` were taken as the
         smallest batches."""
-        _check_int("export(max_batch_bytes=...)", max_batch_bytes, 1)
+        check_int("export(max_batch_bytes=...)", max_batch_bytes, 1)
         return self._export(max_batch_bytes)
 
     def _export(self, max_batch_bytes: int) -> Iterator[bytes]:
@@ -1061,7 +1062,7 @@ class Graph:
         field added between two of them makes the next one raise RuntimeError: adding
         may move the table's entries, so the rest of the walk would skip some.
         LocalProtocolError once the graph is closed."""
-        _check_int("export_stream(max_batch_bytes=...)", max_batch_bytes, 1)
+        check_int("export_stream(max_batch_bytes=...)", max_batch_bytes, 1)
         return self._export_stream(max_batch_bytes)
 
     def _export_stream(self, max_batch_bytes: int) -> Iterator[bytes]:

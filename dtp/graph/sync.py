@@ -47,7 +47,7 @@ import msgpack
 
 from dtp.errors import DTPError, ErrorCode, RemoteProtocolError
 from dtp.graph._batch import batch_count, entries
-from dtp.graph.store import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL, Graph
+from dtp.graph.store import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL, Graph, check_int
 
 VERSION = 1
 HELLO, SUM, DATA, END, WANT = 1, 2, 3, 4, 5
@@ -82,15 +82,6 @@ def _fail(message: str, code: ErrorCode = ErrorCode.HAM_MALFORMED) -> GraphSyncE
 
 
 Summary = dict[int, tuple[int, int]]  # child prefix -> (digest, count)
-
-
-def _check_int(name: str, value: object, least: int) -> None:
-    """A local argument: an int (not a bool) >= ``least``, else TypeError / ValueError
-    naming it -- not a GraphSyncError blaming the peer later, nor no cap at all (NaN)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < least:
-        raise ValueError(f"{name} must be >= {least}, not {value}")
 
 
 def _check_timeout(name: str, value: object) -> None:
@@ -133,8 +124,8 @@ class SyncSession:
         live: bool = True,
         max_backlog: int = MAX_BACKLOG,
     ) -> None:
-        _check_int("max_message", max_message, 1)
-        _check_int("max_backlog", max_backlog, 0)
+        check_int("max_message", max_message, 1)
+        check_int("max_backlog", max_backlog, 0)
         if not isinstance(live, bool):
             raise TypeError(f"live must be a bool, not {type(live).__name__}")
         self.graph = graph
@@ -792,7 +783,7 @@ class GraphServer:
     ) -> None:
         import dtp.socket
 
-        _check_int("max_sessions", max_sessions, 1)
+        check_int("max_sessions", max_sessions, 1)
         if hello_timeout is not None:
             _check_timeout("hello_timeout", hello_timeout)
         self.graph = graph
