@@ -1802,12 +1802,11 @@ class LocalLedger(Ledger):
         object_id = normalize_id(object_id)
         row = _SqlStore(self._db).load(object_id)
         if row is None:
-            what = struct or "object"
-            raise ObjectNotFound(f"No {what} with ID {object_id} exists on this ledger.")
+            raise _not_found(object_id, None, struct)
         type_, _owner, version, data = row
         name = type_.rsplit("::", 1)[-1]
         if struct is not None and name != struct:
-            raise ObjectNotFound(f"Object {object_id} is a {name}, not a {struct}.")
+            raise _not_found(object_id, name, struct)
         return _build(name, object_id, version, data)
 
     def get_object(self, object_id: str) -> ChainObject:
@@ -1935,11 +1934,10 @@ class LocalLedger(Ledger):
             return None if row is None else (row[0], row[1])
 
         row = self._read_one(read)
-        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
-            if row is None:
-                raise ObjectNotFound(f"No TransportControl with ID {cid} exists on this ledger.")
-            name = str(row[0]).rsplit("::", 1)[-1]
-            raise ObjectNotFound(f"Object {cid} is a {name}, not a TransportControl.")
+        if row is None:
+            raise _not_found(cid, None, "TransportControl")
+        if row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            raise _not_found(cid, str(row[0]).rsplit("::", 1)[-1], "TransportControl")
         state = _CONNECTION_STATES.get(row[1]) if isinstance(row[1], str) else None
         if state is None:
             raise self._damaged(
@@ -2111,6 +2109,14 @@ def _decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, An
             )
         _version(object_id, version)
     return version, data
+
+
+def _not_found(object_id: str, found: str | None, struct: str | None) -> ObjectNotFound:
+    """The error for a read of ``object_id`` as a ``struct`` (None: any object) that
+    found none (``found`` None) or a ``found`` instead."""
+    if found is None:
+        return ObjectNotFound(f"No {struct or 'object'} with ID {object_id} exists on this ledger.")
+    return ObjectNotFound(f"Object {object_id} is a {found}, not a {struct}.")
 
 
 def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
