@@ -475,9 +475,12 @@ class _Engine:
         monotonic ``deadline`` (None: none)."""
         conn = self.conn
         while True:
-            if self.interrupted:
-                self.take_interrupt(stream_id)
             if status in _READ_ON:
+                # (only here, before a wait: a status below has bytes the lane took from
+                # the carrier and the connection must take back -- raised past, they
+                # were lost, and the stream after them out of order)
+                if self.interrupted:
+                    self.take_interrupt(stream_id)
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline

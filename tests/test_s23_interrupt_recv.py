@@ -1,0 +1,135 @@
+"""``interrupt_recv()`` from another thread loses nothing (s23).
+
+A blocking read on a lent stream checked for an interruption at the top of its loop,
+before it looked at what the lane had just read: when the lane stopped at a record it
+does not take (a full destination, a control frame), the bytes it held were to go back to
+the connection -- the interruption raised past that, they were dropped, and the next
+record was out of order ("stream data out of order", "unknown record kind"): the whole
+connection failed. ``RpcCall.cancel()`` and ``RpcClient.close()`` interrupt the thread
+that reads for everybody, so a cancel while another thread read a large answer did it.
+Now the interruption is taken only before a wait, with nothing pending.
+
+Real DTP connections on 127.0.0.1, both core backends (the suite runs each)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import dtp.socket
+from dtp.errors import DTPTimeoutError
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import RpcClient, RpcServer
+
+# position-dependent bytes: a byte lost or out of place shows
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+TOTAL = 48 << 20
+
+
+@pytest.fixture
+def server() -> Iterator[dtp.socket.DTPServer]:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
+        yield srv
+
+
+def test_a_bulk_read_interrupted_over_and_over_gets_every_byte_in_order(
+    server: dtp.socket.DTPServer,
+) -> None:
+    def serve() -> None:
+        sock, _ = server.accept(timeout=30)
+        with sock:
+            for _ in range(TOTAL // len(PATTERN)):
+                sock.sendall(PATTERN)
+            sock.recv(1)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    with dtp.socket.create_connection(
+        server.address, 30, server_key=server.noise_public_key
+    ) as client:
+        done = threading.Event()
+        interrupts = 0
+
+        def interrupter() -> None:
+            nonlocal interrupts
+            while not done.is_set():
+                client.interrupt_recv()
+                interrupts += 1
+                time.sleep(0.0002)
+
+        thread = threading.Thread(target=interrupter, daemon=True)
+        thread.start()
+        got = 0
+        expected = PATTERN * 2
+        try:
+            while got < TOTAL:
+                try:
+                    data = client.recv(65536)
+                except DTPTimeoutError:  # (interrupted while waiting: read on)
+                    continue
+                assert data, f"the stream ended after {got} of {TOTAL} bytes"
+                offset = got % len(PATTERN)
+                assert data == expected[offset : offset + len(data)], f"bytes wrong at {got}"
+                got += len(data)
+        finally:
+            done.set()
+            thread.join(30)
+        assert got == TOTAL
+        assert interrupts > 10  # (the reads met interruptions all along)
+
+
+def test_cancels_while_another_thread_reads_large_answers_leave_the_stream_whole(
+    server: dtp.socket.DTPServer,
+) -> None:
+    rpc = RpcServer()
+
+    @rpc.method()
+    def echo(value: bytes) -> bytes:
+        return value
+
+    big = bytes(range(256)) * 400  # 100 KiB
+    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    with dtp.socket.create_connection(
+        server.address, 30, server_key=server.noise_public_key
+    ) as sock:
+        client = RpcClient(sock, timeout=30)
+        failures: list[str] = []
+        answers = 0
+        cancelled = 0
+        stop = time.monotonic() + 4.0
+
+        def big_caller() -> None:
+            nonlocal answers
+            while time.monotonic() < stop and not failures:
+                try:
+                    if client.call("echo", big) != big:
+                        failures.append("a wrong answer")
+                    answers += 1
+                except Exception as exc:  # reported below
+                    failures.append(f"large call: {type(exc).__name__}: {exc}")
+
+        def canceller() -> None:
+            nonlocal cancelled
+            while time.monotonic() < stop and not failures:
+                call = client.start("echo", b"small")
+                call.cancel()
+                try:
+                    call.result()
+                except E.RpcCancelled:
+                    cancelled += 1
+                except Exception as exc:  # reported below
+                    failures.append(f"cancelled call: {type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=big_caller), threading.Thread(target=canceller)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        assert answers > 0 and cancelled > 0
+        # the connection is whole: a call after all that is answered
+        assert client.call("echo", b"after") == b"after"
+        client.close()
