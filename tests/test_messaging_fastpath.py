@@ -76,7 +76,7 @@ VALUES = st.recursive(
 
 @given(st.lists(st.tuples(st.text(min_size=1, max_size=64), VALUES), min_size=1, max_size=5))
 def test_begin_request_frames_what_send_request_queues(calls: list[tuple[str, Any]]) -> None:
-    fast, general = RpcProtocol(), RpcProtocol()
+    fast, general = RpcProtocol(first_id=7), RpcProtocol(first_id=7)
     for method, params in calls:
         fast_id, data = fast.begin_request(method, params, 1.0, 2.5)
         general_id = general.send_request(method, params, now=1.0, timeout=2.5)

@@ -70,7 +70,7 @@ def test_an_inline_server_drops_what_ended_while_earlier_requests_of_a_batch_ran
     try:
         s.connect()  # (the socket)
         sock = s.socks[0]
-        proto = RpcProtocol()
+        proto = RpcProtocol(first_id=1)  # (the answers below name ids 1..4)
         # one write: the server reads them together and runs the handlers in turn
         proto.send_request("slow", 0.05)
         proto.send_request("record", "deadline", timeout=0.01)  # passes during "slow"

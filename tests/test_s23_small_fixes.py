@@ -9,22 +9,32 @@
    gate counted the cap's room as collectable -- but a cumulative receipt is claimed
    whole or not at all, and the ledger refuses it: credit the server served on and
    could not be paid for. It counts what is claimed already now.
+3. RPC clients numbered their requests from 1: a client made on a stream another client
+   used (``close()`` leaves the stream open) took that client's answers still on the way
+   for its own -- ``call("echo", "fresh")`` returned the old call's result, or the
+   server refused it as "already in progress". The first id is random now; the old
+   answers are late ones, dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import dtp.aio
+import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
+from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from dtp.metering import CapShares, apply_cap_limits, read_cap_limits
 from dtp.paid import ServicePolicy, gate_for
 from tests.test_handshake_slots import aio_echo_once, aio_server, async_wait_for
@@ -104,3 +114,80 @@ def test_a_receipt_the_spent_cap_no_longer_covers_is_not_counted_as_collectable(
         assert not gate.serving(*usage)
     finally:
         ledger.close()
+
+
+OLD_ANSWER = "the answer to the first client's call"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_client_on_a_stream_another_client_used_gets_its_own_answers(workers: int) -> None:
+    rpc = RpcServer(workers=workers)
+
+    @rpc.method()
+    def slow(_: object) -> str:
+        time.sleep(0.3)
+        return OLD_ANSWER
+
+    @rpc.method()
+    def echo(value: str) -> str:
+        return value
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
+        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
+            old = RpcClient(s, timeout=30)
+            old.start("slow")
+            time.sleep(0.1)
+            old.close()  # (the stream stays open: the call's answer is still to come)
+            new = RpcClient(s, timeout=30)
+            assert new.call("echo", "fresh") == "fresh"
+            time.sleep(0.5)  # the old answer has come now
+            assert new.call("echo", "again") == "again"
+            new.close()
+        rpc.close()
+
+
+def test_an_asyncio_client_on_a_stream_another_client_used_gets_its_own_answers() -> None:
+    rpc = AsyncRpcServer()
+
+    @rpc.method()
+    async def slow(_: object) -> str:
+        await asyncio.sleep(0.3)
+        return OLD_ANSWER
+
+    @rpc.method()
+    async def echo(value: str) -> str:
+        return value
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        srv = await dtp.aio.start_server(rpc.serve_connection, "127.0.0.1", 0, identity=identity)
+        host, port = srv.address
+        reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=srv.noise_public_key, timeout=30
+        )
+        old = AsyncRpcClient(reader, writer, timeout=30)
+        task = asyncio.create_task(old.call("slow"))
+        await asyncio.sleep(0.1)
+        await old.close()
+        with pytest.raises(DTPError):
+            await task
+        await asyncio.sleep(0.5)  # the old answer came, unread
+        new = AsyncRpcClient(reader, writer, timeout=30)
+        assert await new.call("echo", "fresh") == "fresh"
+        await new.close()
+        writer.close()
+        await writer.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_first_request_ids_differ_between_protocols_unless_given() -> None:
+    firsts = {RpcProtocol().send_request("m") for _ in range(20)}
+    assert len(firsts) > 1
+    assert RpcProtocol(first_id=5).send_request("m") == 5
+    for bad in (0, -1, 2**63, 1.0, True):
+        with pytest.raises(ValueError, match="first_id"):
+            RpcProtocol(first_id=bad)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import struct
 from collections import deque
 from collections.abc import Mapping
@@ -282,7 +283,9 @@ class RpcProtocol:
     requests we have not answered yet — beyond it, requests are answered at once with
     ``SERVER_BUSY``. Complaints about frames whose id cannot be read (ERROR with a nil
     id) stop after :data:`MAX_COMPLAINTS`, so that a peer which sends junk and never reads
-    cannot make us queue output without bound.
+    cannot make us queue output without bound. ``first_id``: the id of our first
+    request (default: a random one, so that a client on a stream another one used does
+    not take that one's answers still on the way for its own).
     """
 
     def __init__(
@@ -292,6 +295,7 @@ class RpcProtocol:
         max_outgoing: int = 65536,
         max_incoming: int = 4096,
         max_events: int = 65536,
+        first_id: int | None = None,
     ) -> None:
         # (0 made every call fail later with LocalProtocolError, a str failed at the first
         # comparison, deep inside)
@@ -309,7 +313,13 @@ class RpcProtocol:
         self._pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
         self._out: list[bytes] = []
         self._events: deque[RpcEvent] = deque()
-        self._next_id = 1
+        if first_id is not None and not _valid_id(first_id):
+            raise ValueError(f"first_id must be an int from 1 to {MAX_ID}, not {first_id!r}")
+        # a random first id by default: a client made on a stream another one used
+        # (its calls still in flight, their answers on the way) took those answers
+        # for its own, numbered from 1 as well -- now they are late answers, dropped
+        # (31 bits: a 5-byte msgpack int, and 2**62 calls before the numbers wrap)
+        self._next_id = random.randrange(1, 1 << 31) if first_id is None else first_id
         #: our requests in flight: id -> deadline (None = none)
         self._outgoing: dict[int, float | None] = {}
         #: the peer's requests we have not answered: id -> deadline
