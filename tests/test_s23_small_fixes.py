@@ -14,6 +14,8 @@
    for its own -- ``call("echo", "fresh")`` returned the old call's result, or the
    server refused it as "already in progress". The first id is random now; the old
    answers are late ones, dropped.
+4. ``RpcConnectionLost`` was not a ``ConnectionError``, unlike the transport's connection
+   errors (``ConnectionClosed``, ``ConnectionLost``): ``except OSError`` missed it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
+from dtp.messaging.errors import RpcConnectionLost
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from dtp.metering import CapShares, apply_cap_limits, read_cap_limits
@@ -191,3 +194,23 @@ def test_first_request_ids_differ_between_protocols_unless_given() -> None:
     for bad in (0, -1, 2**63, 1.0, True):
         with pytest.raises(ValueError, match="first_id"):
             RpcProtocol(first_id=bad)  # type: ignore[arg-type]
+
+
+def test_a_lost_rpc_stream_is_a_connection_error_as_a_lost_connection_is() -> None:
+    rpc = RpcServer()
+
+    @rpc.method()
+    def echo(value: str) -> str:
+        return value
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
+        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
+            client = RpcClient(s, timeout=30)
+            assert client.call("echo", "x") == "x"
+            rpc.close()
+            srv.close()
+            s.close()
+            with pytest.raises(ConnectionError) as caught:
+                client.call("echo", "y")
+            assert isinstance(caught.value, RpcConnectionLost)

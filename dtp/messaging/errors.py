@@ -235,8 +235,10 @@ class RpcCancelled(RpcError):
     """The call was cancelled locally."""
 
 
-class RpcConnectionLost(RpcError):
-    """The stream or connection ended before the answer came."""
+class RpcConnectionLost(RpcError, ConnectionError):
+    """The stream or connection ended before the answer came. A ConnectionError, as
+    the transport's own connection errors are: code written for sockets (``except
+    OSError``) catches it."""
 
 
 # -- sealed messages ----------------------------------------------------------------------------
