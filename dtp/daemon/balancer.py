@@ -91,11 +91,16 @@ class BackendPool:
             await asyncio.sleep(self.health_interval)
 
     def order(self) -> list[Backend]:
-        """Backends to try, healthy ones first, rotating the start for spreading."""
-        count = len(self.backends)
-        start = next(self._turn) % count
-        rotated = [self.backends[(start + i) % count] for i in range(count)]
-        return [b for b in rotated if self.healthy[b]] + [b for b in rotated if not self.healthy[b]]
+        """Backends to try, healthy ones first, rotating the start for spreading.
+
+        The healthy ones rotate among themselves: rotated over all backends and then
+        filtered, a backend that is down handed its turns to the healthy one after it
+        (two thirds of the tunnels to one of two healthy backends when the third is
+        down). The ones down follow, for failover when every healthy one fails."""
+        turn = next(self._turn)
+        up = [b for b in self.backends if self.healthy[b]]
+        down = [b for b in self.backends if not self.healthy[b]]
+        return _rotated(up, turn) + _rotated(down, turn)
 
     async def connect(self, factory: Callable[[], P]) -> tuple[P, Backend]:
         """A TCP connection (driven by ``factory()``'s protocol) to the first backend
@@ -118,3 +123,11 @@ class BackendPool:
             self._mark(backend, True)
             return protocol, backend
         raise TunnelError(f"no backend of service {self.name} is reachable: {', '.join(tried)}")
+
+
+def _rotated(backends: list[Backend], turn: int) -> list[Backend]:
+    """``backends`` starting at the ``turn``-th (modulo their number)."""
+    if not backends:
+        return backends
+    start = turn % len(backends)
+    return backends[start:] + backends[:start]

@@ -1,10 +1,24 @@
-"""The ``dtp daemon`` and ``dtp status`` subcommands."""
+"""The ``dtp daemon`` and ``dtp status`` subcommands, and :class:`StopSignals` (the
+daemon's signals caught from the moment the command starts).
+
+This module stays light (the standard library only): the ``dtp`` parser imports it for
+every command, and ``dtp daemon`` installs its signal handlers here before importing
+the rest of the daemon.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
+
+__all__ = ["CAUGHT_SIGNALS", "STOP_SIGNALS", "StopSignals", "register"]
+
+#: The signals that stop the daemon (drain, then exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What StopSignals catches: the stops, and SIGHUP (a reload).
+CAUGHT_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 
 #: What to give instead of an empty value, by option.
 _INSTEAD: dict[str, str] = {
@@ -30,16 +44,79 @@ def _empty_option(command: str, values: dict[str, str | None]) -> int | None:
     return None
 
 
-def _cmd_daemon(args: argparse.Namespace) -> int:
-    from dtp.daemon.runner import main
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP caught before the event loop's handlers are in place.
 
-    refused = _empty_option(
-        "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}
-    )
-    if refused is not None:
-        return refused
-    # the process ends once main returns: signals stay caught (then ignored) to the end
-    return main(args.config, args.log_format, args.passphrase_env, exiting=True)
+    Python's default actions would otherwise apply while ``dtp daemon`` reads its
+    config, opens the ledger and starts: SIGTERM and SIGHUP end the process on the spot
+    and SIGINT raises KeyboardInterrupt wherever the main thread is (asyncio.run turns
+    it into a cancel of the start at any await). Either way nothing was cleaned up: the
+    status file never written, listeners and the receipt store closed by the exit
+    alone, and exit status -15, -1 or 130 instead of 0. Here each signal is only
+    recorded; ``dtp.daemon.runner.Daemon.run`` acts on it once its loop handles the
+    signals.
+
+    It lives here, not in the runner, so that ``dtp daemon`` can install it before it
+    imports the runner: those imports (asyncio, the ledger, the crypto) take a few
+    tenths of a second, during which a supervisor's SIGTERM killed the process (exit
+    143) and a Ctrl-C printed a KeyboardInterrupt traceback.
+    """
+
+    def __init__(self) -> None:
+        self.stop: int | None = None
+        """The first SIGTERM or SIGINT received, if any."""
+        self.reload = False
+        """Whether a SIGHUP arrived (a reload is due once the daemon is ready)."""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Catch the three signals from now on (main thread only)."""
+        for sig in CAUGHT_SIGNALS:
+            previous = signal.signal(sig, self._record)
+            self._previous.setdefault(sig, previous)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        elif self.stop is None:
+            self.stop = signum
+
+    def ignore(self) -> None:
+        """Ignore the three signals from now on: for a process that only exits from here
+        (a supervisor's repeated SIGTERM during the interpreter's shutdown took the
+        default action and turned exit status 0 into death by that signal)."""
+        for sig in CAUGHT_SIGNALS:
+            previous = signal.signal(sig, signal.SIG_IGN)
+            self._previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced."""
+        for sig, previous in self._previous.items():
+            # None: a handler not set from Python (the default, to the interpreter)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    # first, before the runner's imports: a stop meanwhile is recorded, and the runner
+    # ends the start at its first step (exit 0, nothing created)
+    signals = StopSignals()
+    signals.install()
+    try:
+        refused = _empty_option(
+            "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}
+        )
+        if refused is not None:
+            return refused
+        from dtp.daemon.runner import main
+
+        return main(
+            args.config, args.log_format, args.passphrase_env, exiting=True, signals=signals
+        )
+    finally:
+        # the process ends once this returns: signals stay caught (then ignored) to the
+        # end, on the paths that never reached main too
+        signals.ignore()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -53,7 +130,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the subcommands to the ``dtp`` parser's subparsers."""
-    daemon = sub.add_parser("daemon", help="expose and reach TCP services through DTP")
+    daemon = sub.add_parser(
+        "daemon",
+        help="expose and reach TCP and UDP services through DTP",
+        description="Expose local TCP and UDP servers as DTP services, and forward local "
+        "ports to remote DTP services, as the config file says (docs/daemon.md). "
+        "SIGTERM/SIGINT: drain and stop; SIGHUP: reload the config.",
+    )
     daemon.add_argument("--config", default="dtp.toml", help="config file (default dtp.toml)")
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
     daemon.add_argument(

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from dtp.address import HostAddress
-from dtp.chain.objects import MAX_ENDPOINT_LENGTH, MAX_FIREWALL_ENTRIES, normalize_id
+from dtp.chain.objects import (
+    MAX_ENDPOINT_LENGTH,
+    MAX_FIREWALL_ENTRIES,
+    MAX_PURE_BYTES,
+    normalize_id,
+)
 from dtp.errors import DaemonConfigError, InvalidObjectId
 
 __all__ = [
@@ -279,10 +284,16 @@ class _Checker:
         self.lines = lines
 
     def where(self, key: KeyPath) -> str:
+        line = self.lines.get(key)
+        if line is None and key:
+            # a dotted key (``health.interval = 2``) maps only its full path: ``health``
+            # is on that line, not on the [[service]] header the fallback below finds
+            longer = [n for path, n in self.lines.items() if path[: len(key)] == key]
+            line = min(longer, default=None)
         probe = key
-        while probe and probe not in self.lines:
+        while line is None and probe:
             probe = probe[:-1]
-        line = self.lines.get(probe)
+            line = self.lines.get(probe)
         return f"{self.path}:{line}" if line is not None else str(self.path)
 
     def fail(self, key: KeyPath, message: str) -> DaemonConfigError:
@@ -584,7 +595,7 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         name=check.string(doc, (*k, "name")),
         port=check.integer(doc, (*k, "port"), -1, 0, 0xFFFF),
         backends=backends,
-        kind=check.string(doc, (*k, "kind"), "raw"),
+        kind=_kind(check, doc, (*k, "kind")),
         price_per_kib=check.integer(doc, (*k, "price_per_kib"), 0),
         price_per_request=check.integer(doc, (*k, "price_per_request"), 0),
         min_deposit=check.integer(doc, (*k, "min_deposit"), 0),
@@ -599,6 +610,16 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         # 0 would relay nothing, ever: receipts only cover datagrams already relayed
         credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 1),
     )
+
+
+def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
+    kind = check.string(doc, key, "raw")
+    size = len(kind.encode())
+    if size > MAX_PURE_BYTES:
+        # published by host::add_service, whose argument the ledger refuses at this
+        # length: the start failed (exit 1) naming no file, line or key
+        raise check.fail(key, f"is {size} bytes long; the ledger takes at most {MAX_PURE_BYTES}")
+    return kind
 
 
 #: The connection window a paying client may fill before its receipts catch up

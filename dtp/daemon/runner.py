@@ -5,10 +5,12 @@ Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdou
 (host ID, DTP endpoint, forwarder addresses and, under ``forward_protocols``, which
 forwards are TCP or UDP); logs go to stderr.
 
-The signals are caught from the moment :func:`main` runs, not only once the daemon is
-ready: a SIGTERM or SIGINT while it is starting ends the start at its next step (what
-was started is stopped, the status written) and the exit status is 0, as for a stop
-after the ready line; a SIGHUP while starting is a reload once it is ready.
+The signals are caught from the moment ``dtp daemon`` has read its command line
+(``dtp.daemon.cli`` installs :class:`StopSignals` before importing this module), or
+:func:`main` runs, not only once the daemon is ready: a SIGTERM or SIGINT while it is
+starting ends the start at its next step (what was started is stopped, the status
+written) and the exit status is 0, as for a stop after the ready line; a SIGHUP while
+starting is a reload once it is ready.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dtp._filelock import lock_exclusive
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
+from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
     Backend,
     DaemonConfig,
@@ -101,61 +104,10 @@ def _sla(service: ServiceConfig) -> Sla:
 #: commands of the ``dtp`` CLI (``--passphrase-env``).
 PASSPHRASE_ENV = "DTP_PASSPHRASE"
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-#: What StopSignals catches: the stops, and SIGHUP (a reload).
-_CAUGHT_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP)
-
 
 class _StartAborted(Exception):
     """A stop was requested while the daemon was starting (raised between two steps of
     the start, never in the middle of one: a ledger call runs to its end)."""
-
-
-class StopSignals:
-    """SIGTERM, SIGINT and SIGHUP caught before the event loop's handlers are in place.
-
-    Python's default actions would otherwise apply while ``dtp daemon`` reads its
-    config, opens the ledger and starts: SIGTERM and SIGHUP end the process on the spot
-    and SIGINT raises KeyboardInterrupt wherever the main thread is (asyncio.run turns
-    it into a cancel of the start at any await). Either way nothing was cleaned up: the
-    status file never written, listeners and the receipt store closed by the exit
-    alone, and exit status -15, -1 or 130 instead of 0. Here each signal is only
-    recorded; :meth:`Daemon.run` acts on it once its loop handles the signals.
-    """
-
-    def __init__(self) -> None:
-        self.stop: int | None = None
-        """The first SIGTERM or SIGINT received, if any."""
-        self.reload = False
-        """Whether a SIGHUP arrived (a reload is due once the daemon is ready)."""
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        """Catch the three signals from now on (main thread only)."""
-        for sig in _CAUGHT_SIGNALS:
-            previous = signal.signal(sig, self._record)
-            self._previous.setdefault(sig, previous)
-
-    def _record(self, signum: int, _frame: object) -> None:
-        if signum == signal.SIGHUP:
-            self.reload = True
-        elif self.stop is None:
-            self.stop = signum
-
-    def ignore(self) -> None:
-        """Ignore the three signals from now on: for a process that only exits from here
-        (a supervisor's repeated SIGTERM during the interpreter's shutdown took the
-        default action and turned exit status 0 into death by that signal)."""
-        for sig in _CAUGHT_SIGNALS:
-            previous = signal.signal(sig, signal.SIG_IGN)
-            self._previous.setdefault(sig, previous)
-
-    def restore(self) -> None:
-        """Put back the handlers :meth:`install` replaced."""
-        for sig, previous in self._previous.items():
-            # None: a handler not set from Python (the default, to the interpreter)
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
 
 
 def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
@@ -693,7 +645,7 @@ class Daemon:
         # so is SIGHUP. The handlers stay until the loop closes: removed after the
         # drain, their default actions killed a process still shutting down (waiting
         # for a worker thread's ledger call)
-        for sig in _STOP_SIGNALS:
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         if signals is not None:
@@ -889,16 +841,20 @@ def main(
     passphrase_env: str = PASSPHRASE_ENV,
     *,
     exiting: bool = False,
+    signals: StopSignals | None = None,
 ) -> int:
     """Entry point of ``dtp daemon``; returns the exit status. The identity's passphrase,
     if it has one, is read from the environment variable ``passphrase_env``.
 
-    SIGTERM, SIGINT and SIGHUP are caught from here on (:class:`StopSignals`): a stop
-    before the daemon is ready ends its start cleanly, with exit status 0. On return
-    their handlers are put back, or, when ``exiting`` (the process ends next: ``dtp
-    daemon``), the signals are ignored for the rest of the process's life."""
-    signals = StopSignals()
-    signals.install()
+    SIGTERM, SIGINT and SIGHUP are caught from here on (:class:`StopSignals`), or from
+    before when the caller installed ``signals`` (``dtp daemon`` does, before importing
+    this module): a stop before the daemon is ready ends its start cleanly, with exit
+    status 0. On return their handlers are put back, or, when ``exiting`` (the process
+    ends next: ``dtp daemon``), the signals are ignored for the rest of the process's
+    life."""
+    if signals is None:
+        signals = StopSignals()
+        signals.install()
     try:
         return _main(config_path, log_format, passphrase_env, signals)
     finally:
@@ -973,7 +929,7 @@ def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None
     delivered to ``signals`` once its handlers are in place. (The loop's worker threads
     are joined before its handlers go; by then the main thread is the only one left in
     the daemon runs watched, so no other thread takes it.)"""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _CAUGHT_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT_SIGNALS)
     try:
         runner.close()
         signals.install()
