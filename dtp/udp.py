@@ -52,6 +52,7 @@ from dtp.errors import (
     DTPError,
     DTPTimeoutError,
     InsufficientFunds,
+    InvalidArgument,
     RemoteProtocolError,
     TunnelError,
 )
@@ -115,7 +116,14 @@ class UdpStats:
     #: error left by an earlier datagram), unreachable or the buffer full (relay; such
     #: datagrams are not billed), or the same for the local client (forwarder).
     dropped_send_failed: int = 0
+    #: Dropped: the relay was finishing (its daemon stopping): its final usage was
+    #: reported, and a datagram forwarded after that would go unpaid.
+    dropped_finishing: int = 0
     sessions_opened: int = 0
+    #: Receipts signed and sent to relays (forwarder), and the MIST they added: the
+    #: payments a forwarder made, for its owner's status.
+    receipts_sent: int = 0
+    fees_paid: int = 0
     sessions_closed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -197,6 +205,15 @@ class UdpBilling:
     def owed(self) -> int:
         """The fee of what was forwarded so far."""
         return fee(self.sla, self.bytes, self.datagrams)
+
+    @property
+    def paid_up(self) -> bool:
+        """Whether the latest receipt covers everything forwarded so far (a relay
+        finishing waits for this before it ends)."""
+        with self._lock:
+            latest = self.latest
+            paid = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+            return paid[0] >= self.datagrams and paid[1] >= self.bytes
 
     def receipt(self, encoded: bytes) -> bool:
         """Check and keep a receipt; False (and counted) when it is refused."""
@@ -576,6 +593,9 @@ class FlowAccount:
         self.received_bytes = 0
         #: The relay's totals we last signed for: (datagrams, bytes).
         self.billed = (0, 0)
+        #: MIST the receipts signed so far cover (the meter's total).
+        self.paid = 0
+        self._warned_unpaid = False
 
     def affordable(self, nbytes: int) -> bool:
         """Whether the deposit covers this datagram on top of everything sent so far
@@ -604,6 +624,16 @@ class FlowAccount:
                 out.append(data)
                 self.sent_datagrams += 1
                 self.sent_bytes += len(data)
+        if unpaid and not self._warned_unpaid and self.meter is not None:
+            # once per flow: a deposit too small for the service (a paid SLA whose
+            # min_deposit is 0, say) dropped every datagram, and nothing said so
+            self._warned_unpaid = True
+            logger.warning(
+                "UDP flow %s: datagrams dropped: the deposit of %d MIST cannot pay for "
+                "them (raise the deposit)",
+                self.meter.connection_id,
+                self.meter.deposit,
+            )
         return out, oversized, unpaid
 
     def unsent(self, dropped: list[bytes]) -> None:
@@ -631,16 +661,26 @@ class FlowAccount:
         receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
         receipt = receipt or meter.flush(now)
         self.billed = (datagrams, nbytes)
-        return None if receipt is None else _control(b"R", receipt.encode())
+        if receipt is None:
+            return None
+        self.paid = receipt.total_amount
+        return _control(b"R", receipt.encode())
+
+    def signed(self, stats: UdpStats, paid_before: int) -> None:
+        """Count a receipt :meth:`sign` made (and that went out) in ``stats``."""
+        stats.add(receipts_sent=1, fees_paid=self.paid - paid_before)
 
 
 class _Session(FlowAccount):
     """One source address's DTP connection, and what it owes."""
 
-    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
+    def __init__(
+        self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None, stats: UdpStats
+    ) -> None:
         super().__init__(meter)
         self.source = source
         self.sock = sock
+        self.stats = stats  # the forwarder's
         self.last = time.monotonic()
         self.closed = False
         self.lock = threading.Lock()  # counters, meter, control stream writes
@@ -668,9 +708,11 @@ class _Session(FlowAccount):
             datagrams, nbytes = _USAGE.unpack(body[1:])
             try:
                 with self.lock:
+                    paid = self.paid
                     frame = self.sign(datagrams, nbytes)
                     if frame is not None:
                         self.sock.sendall(frame)
+                        self.signed(self.stats, paid)
             except InsufficientFunds as exc:
                 logger.warning("UDP flow from %s: %s", self.source, exc)
             if kind == b"Z":
@@ -731,6 +773,7 @@ class UdpForwarder:
         self.max_pending = max_pending
         self.retry_after = retry_after
         self.stats = UdpStats()
+        _check_listen(listen)
         family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
         self._udp = _socket.socket(family, _socket.SOCK_DGRAM)
         try:
@@ -823,7 +866,7 @@ class UdpForwarder:
                 dropped = len(connecting.pending)
             self.stats.add(dropped_no_session=dropped)
             return
-        session = _Session(source, sock, meter)
+        session = _Session(source, sock, meter, self.stats)
         # held until the queued datagrams are sent: later ones from this source wait
         # for them in _send, so the flow keeps its order
         with session.lock:
@@ -988,19 +1031,50 @@ class UdpForwarder:
         self.close()
 
 
-def _backend_socket(backend: tuple[str, int], *, blocking: bool = True) -> _socket.socket:
+def _port_ok(port: object) -> bool:
+    return isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 0xFFFF
+
+
+def _check_listen(listen: tuple[str, int]) -> None:
+    """Refuse a local address whose port is out of range before a socket is made for
+    it: bind() raised OverflowError (untyped) and the socket was left open. (The same
+    error and words as :func:`dtp.paid.check_address`.)"""
+    if not _port_ok(listen[1]):
+        raise InvalidArgument(f"listen: port {listen[1]!r} is outside 0..65535")
+
+
+def _check_backend(backend: tuple[str, int]) -> None:
+    """:class:`TunnelError` for a backend port out of range, before anything opens
+    (connect() raised OverflowError, untyped, past the socket it left open)."""
+    if not _port_ok(backend[1]):
+        raise TunnelError(f"UDP backend {backend}: port {backend[1]!r} is outside 0..65535")
+
+
+def _backend_socket(
+    backend: tuple[str, int],
+    *,
+    blocking: bool = True,
+    resolved: tuple[int, tuple[object, ...]] | None = None,
+) -> _socket.socket:
     """A UDP socket connected to ``backend`` (so only its replies come back), or
     :class:`TunnelError` when the address cannot be a UDP destination (e.g. a broadcast
-    address, an unknown host) -- closed first, not left to the garbage collector."""
-    family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
+    address, an unknown host, a port out of range) -- closed first, not left to the
+    garbage collector. ``resolved``: ``(family, sockaddr)`` of ``backend`` already
+    looked up (by an event loop, which must not wait on a blocking lookup here)."""
+    _check_backend(backend)
+    if resolved is not None:
+        family, address = resolved
+    else:
+        family = _socket.AF_INET6 if ":" in backend[0] else _socket.AF_INET
+        address = backend
     try:
         udp = _socket.socket(family, _socket.SOCK_DGRAM)
     except OSError as exc:
         raise TunnelError(f"UDP backend {backend}: no socket: {exc}") from exc
     try:
         udp.setblocking(blocking)
-        udp.connect(backend)
-    except OSError as exc:
+        udp.connect(address)
+    except (OSError, ValueError) as exc:  # (ValueError: UnicodeError of a bad name)
         udp.close()
         raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
     return udp

@@ -27,7 +27,9 @@ from dtp.udp import (
     _abort_control,
     _backend_socket,
     _BadControlFrame,
+    _check_backend,
     _check_control_size,
+    _check_listen,
     _control,
     _drain,
     _drain_by_source,
@@ -55,6 +57,26 @@ async def _read_control(reader: DTPStreamReader) -> bytes | None:
         return None
 
 
+async def _open_backend(backend: tuple[str, int]) -> socket.socket:
+    """:func:`dtp.udp._backend_socket`, its name looked up off the event loop: a
+    blocking lookup (connect() on a host name) held up every flow and tunnel of the
+    daemon for as long as DNS took. Raises :class:`~dtp.errors.TunnelError` as it does."""
+    _check_backend(backend)
+    # the family the blocking version used (a name resolves to IPv4 there), so that a
+    # backend "localhost:53" listening on 127.0.0.1 only is still reached
+    family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            backend[0], backend[1], family=family, type=socket.SOCK_DGRAM
+        )
+    except (OSError, ValueError) as exc:  # (ValueError: UnicodeError of a bad name)
+        raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
+    if not infos:
+        raise TunnelError(f"UDP backend {backend} cannot be used: no address")
+    found, _, _, _, address = infos[0]
+    return _backend_socket(backend, blocking=False, resolved=(found, address))
+
+
 async def relay_udp_async(
     reader: DTPStreamReader,
     writer: DTPStreamWriter,
@@ -65,24 +87,33 @@ async def relay_udp_async(
     idle_timeout: float = 60.0,
     report_every: int = 32,
     limits: ClientBuckets | None = None,
+    finish: asyncio.Event | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and back (see
     :func:`dtp.udp.relay_udp`, billing and ``limits`` included), until the connection
     ends or sits idle; then the connection is closed, as :func:`dtp.udp.relay_udp`
     closes its socket (a client sending on would otherwise be heard by nobody, and
     never told). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be
-    used as a UDP destination at all (the connection closed too)."""
+    used as a UDP destination at all (the connection closed too); a host name is
+    looked up without blocking the event loop.
+
+    ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
+    and replies from then on are dropped, ``dropped_finishing``), reports its final
+    usage and ends when a receipt covers it -- or the connection ends, or nothing
+    arrives for ``idle_timeout``. The caller bounds the wait by closing the
+    connection. Cut at once instead, the usage since the last report was never
+    billed: the client had been served, and the server could claim none of it."""
     stats = stats if stats is not None else UdpStats()
     if billing is not None:
         report_every = billing.report_interval(report_every)
     loop = asyncio.get_running_loop()
-    last = [loop.time()]
     limit = writer._conn.max_datagram_size
     try:
-        udp = _backend_socket(backend, blocking=False)
-    except TunnelError:
+        udp = await _open_backend(backend)
+    except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
+    last = [loop.time()]  # (after the lookup: it may have taken a while)
 
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
@@ -115,6 +146,9 @@ async def relay_udp_async(
 
     def unpaid(data: bytes) -> None:
         stats.add(dropped_unpaid=1)  # no usage can be reported for it
+
+    def finishing(data: bytes) -> None:
+        stats.add(dropped_finishing=1)  # after the final report: nobody would pay
 
     async def control() -> None:
         assert billing is not None
@@ -167,23 +201,42 @@ async def relay_udp_async(
     wait = 0.05 if billing is not None else min(1.0, idle_timeout)
     session, proto = writer._session, writer._proto
     writer.set_datagram_sink(on_datagram)
+    asked = loop.create_task(finish.wait()) if finish is not None else None
+    finished = False  # the final usage reported, nothing relayed since
     try:
         ended = proto.closed_future
         while (
             not stop.done() and session.terminated is None and loop.time() - last[0] < idle_timeout
         ):
-            # wake for the connection's end or a pause in traffic, not per datagram
-            await asyncio.wait([ended, stop], timeout=wait)
+            if asked is not None and asked.done() and not finished:
+                finished = True
+                writer.set_datagram_sink(finishing)
+                loop.remove_reader(udp.fileno())
+                if billing is None:
+                    break
+                report(force=True)
+                last[0] = loop.time()  # (the receipt gets idle_timeout from here)
+            if finished:
+                assert billing is not None
+                if billing.paid_up:
+                    break
+            # wake for the connection's end, a pause in traffic or the finish, not per
+            # datagram
+            await asyncio.wait([ended, stop, *([asked] if asked else [])], timeout=wait)
             if billing is not None and loop.time() - last[0] >= wait:
                 report(force=True)
     finally:
+        if asked is not None:
+            asked.cancel()
         writer.set_datagram_sink(None)
-        loop.remove_reader(udp.fileno())
+        if not finished:
+            loop.remove_reader(udp.fileno())
         udp.close()
         if control_task is not None:
-            # the stream may still hold the final receipt: read it to the end first
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(control_task), 2.0)
+            if not (finished and billing is not None and billing.paid_up):
+                # the stream may still hold the final receipt: read it to the end first
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(control_task), 2.0)
             control_task.cancel()
             with contextlib.suppress(BaseException):
                 await control_task
@@ -259,6 +312,7 @@ class AsyncUdpForwarder:
         """Bind ``listen`` and start forwarding."""
         loop = asyncio.get_running_loop()
         forwarder = cls(connect, **kw)
+        _check_listen(listen)
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -418,9 +472,11 @@ class AsyncUdpForwarder:
             if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
                 raise _BadControlFrame(f"unexpected UDP control frame {kind!r}")
             try:
+                paid = flow.paid
                 frame = flow.sign(*_USAGE.unpack(body[1:]))
                 if frame is not None and flow.writer is not None:
                     flow.writer.write(frame)
+                    flow.signed(self.stats, paid)
             except InsufficientFunds as exc:
                 logger.warning("UDP flow from %s: %s", flow.source, exc)
             except DTPError as exc:

@@ -41,12 +41,25 @@ from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon.services")
 
+_UDP_ROW = {
+    "bytes_in": "bytes_in",
+    "bytes_out": "bytes_out",
+    "dropped_unpaid": "denials",
+    "dropped_rate_limited": "rate_limited",
+}
+"""A UDP relay's counters (:class:`dtp.udp.UdpStats`) and the service status columns
+they add to."""
+
 POLICY_REFRESH = 2.0
 """Seconds between reads of the Host's firewall (rate limits, denials) while serving."""
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a stopping daemon gives its connections' claims and settlements on the
 ledger, once their tunnels are closed."""
+
+UDP_TALLY = 0.5
+"""Seconds between copies of a UDP flow's counters into its service's status row (the
+status file is written at most twice a second anyway)."""
 
 MAX_TUNNELS_PER_CONNECTION = 1024
 """Streams a forwarder may have open on one connection (the DTP default is 128); a
@@ -67,6 +80,9 @@ class _Conn:
     tunnels: set[asyncio.Task[None]] = field(default_factory=set)
     buckets: ClientBuckets | None = None
     """The client's rate-limit buckets (shared by its connections)."""
+    finish: asyncio.Event | None = None
+    """A UDP flow's: set at drain, the relay reports its final usage and ends once a
+    receipt covers it."""
 
 
 class ServiceHost:
@@ -88,7 +104,10 @@ class ServiceHost:
         self.pools: dict[int, BackendPool] = {}
         self.server: dtp.aio.DTPServer | None = None
         self.conns: dict[str, _Conn] = {}
-        self._udp_turn = 0
+        self._udp_turns: dict[int, int] = {}
+        """Round robin over each UDP service's backends, per port: one counter shared
+        by all services sent flows alternating between two of them to the same
+        backend of each, every time."""
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
         self.limiter = RateLimiter()
@@ -120,15 +139,18 @@ class ServiceHost:
         for port in list(self.pools):
             old = self.services[port]
             new = wanted.get(port)
-            if new is None or (new.backends, new.health_interval, new.connect_timeout) != (
-                old.backends,
-                old.health_interval,
-                old.connect_timeout,
-            ):
+            # (the protocol too: a service turned UDP kept its TCP health checks, which
+            # connected to its UDP backends every health_interval, for good)
+            if new is None or (
+                new.protocol,
+                new.backends,
+                new.health_interval,
+                new.connect_timeout,
+            ) != (old.protocol, old.backends, old.health_interval, old.connect_timeout):
                 await self.pools.pop(port).stop()
-                if new is None:
+                if new is None or new.protocol == "udp":
                     # a removed service keeps its counters in the status, not its health:
-                    # "healthy 1" for a service no longer served
+                    # "healthy 1" for a service no longer served (or no longer checked)
                     self.book.service(old.name).healthy_backends = 0
         for port, service in wanted.items():
             if service.protocol == "udp":
@@ -307,8 +329,9 @@ class ServiceHost:
         robin over the service's backends) and billed per datagram (docs/udp.md)."""
         service, terms, writer = conn.service, conn.terms, conn.writer
         stats = self.stats(service)
-        backend = service.backends[self._udp_turn % len(service.backends)]
-        self._udp_turn += 1
+        turn = self._udp_turns.get(service.port, 0)
+        self._udp_turns[service.port] = turn + 1
+        backend = service.backends[turn % len(service.backends)]
         billing = None
         if terms.sla.price_per_kib or terms.sla.price_per_request:
             earned = [0]
@@ -316,6 +339,7 @@ class ServiceHost:
             def kept(receipt: Receipt) -> None:
                 stats.fees_earned += receipt.total_amount - earned[0]
                 earned[0] = receipt.total_amount
+                self._count_held()  # (this flow holds one now; it never showed)
                 self.book.touch()
 
             def keep(receipt: Receipt) -> None:
@@ -335,6 +359,27 @@ class ServiceHost:
         stats.tunnels += 1
         stats.active_tunnels += 1
         udp_stats = UdpStats()
+        conn.finish = asyncio.Event()
+        counted = dict.fromkeys(_UDP_ROW, 0)
+
+        def tally() -> None:
+            # the flow's counters into the row as they grow, as a TCP tunnel's bytes
+            # are: added only when the flow ended, a flow of an hour showed nothing
+            # for an hour (and nothing at all when the daemon was killed)
+            snap = udp_stats.snapshot()
+            for name, row_name in _UDP_ROW.items():
+                grown = snap[name] - counted[name]
+                if grown:
+                    setattr(stats, row_name, getattr(stats, row_name) + grown)
+                    counted[name] = snap[name]
+                    self.book.touch()
+
+        async def tally_often() -> None:
+            while True:
+                await asyncio.sleep(UDP_TALLY)
+                tally()
+
+        tallying = asyncio.ensure_future(tally_often())
         # a TCP forward pointed at this UDP service opens streams nobody would answer:
         # its local client waited for the tunnel's status for good
         refuser = asyncio.ensure_future(
@@ -352,17 +397,23 @@ class ServiceHost:
                 stats=udp_stats,
                 idle_timeout=service.idle_timeout,
                 limits=conn.buckets,
+                finish=conn.finish,
+            )
+        except TunnelError as exc:
+            stats.unavailable += 1
+            logger.warning(
+                "udp flow refused",
+                extra=kv(service=service.name, client=conn.client, reason=str(exc)),
             )
         finally:
             refuser.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refuser
+            tallying.cancel()
+            for task in (refuser, tallying):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             stats.active_tunnels -= 1
+            tally()
             snap = udp_stats.snapshot()
-            stats.bytes_in += snap["bytes_in"]
-            stats.bytes_out += snap["bytes_out"]
-            stats.denials += snap["dropped_unpaid"]
-            stats.rate_limited += snap["dropped_rate_limited"]
             conn.bytes = snap["bytes_in"] + snap["bytes_out"]
             self.conns.pop(conn.connection_id, None)
             writer.close()
@@ -610,12 +661,19 @@ class ServiceHost:
 
     @property
     def active_tunnels(self) -> int:
-        return sum(len(c.tunnels) for c in self.conns.values())
+        """Open TCP tunnels and UDP flows (a UDP flow is its connection)."""
+        return sum(len(c.tunnels) + (c.finish is not None) for c in self.conns.values())
 
     async def drain(self, timeout: float) -> None:
         """Stop listening, wait up to ``timeout`` for tunnels to end, then close every
-        connection (claiming and settling each)."""
+        connection (claiming and settling each). UDP flows, which never end by
+        themselves but by idling, are asked to finish: each reports its final usage
+        and ends once the client's receipt covers it (within the same ``timeout``);
+        closed at once, as they were, the usage since their last report went unbilled."""
         self.stop_listening()
+        for conn in list(self.conns.values()):
+            if conn.finish is not None:
+                conn.finish.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.active_tunnels and loop.time() < deadline:

@@ -41,12 +41,12 @@ class UdpForward:
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
-        # what refresh() has put in the row so far (bytes in, bytes out, flows): the
+        # what refresh() has put in the row so far (see _now()): the
         # row is shared by name with the forwarders a reload put in our place, or we
         # in theirs, so each adds its own changes (written whole, a forwarder started
         # on trial and closed again put its zeros over the TCP forwarder it was to
         # replace, whose open tunnel then counted -1 active tunnels when it ended)
-        self._counted = (0, 0, 0)
+        self._counted = (0, 0, 0, 0, 0, 0)
 
     @property
     def stats(self) -> ForwardStats:
@@ -128,17 +128,31 @@ class UdpForward:
             self.book.touch()
 
     def refresh(self) -> None:
-        """Copy the forwarder's datagram counters into the status book."""
+        """Copy the forwarder's datagram counters into the status book: bytes, open
+        flows, receipts sent and MIST paid (which stayed 0: only bytes and flows were
+        copied), and datagrams dropped as unpaid, beyond the deposit, as denials (the
+        column a UDP service counts its unpaid drops in; a forward whose deposit pays
+        for nothing showed no sign of it)."""
         if self._forwarder is None:
             return
         snap = self._forwarder.stats.snapshot()
         # (bytes_out: local clients → the tunnel)
-        now = (snap["bytes_out"], snap["bytes_in"], self._forwarder.sessions)
+        now = (
+            snap["bytes_out"],
+            snap["bytes_in"],
+            self._forwarder.sessions,
+            snap["receipts_sent"],
+            snap["fees_paid"],
+            snap["dropped_unpaid"],
+        )
         was, self._counted = self._counted, now
         row = self.stats
         row.bytes_in += now[0] - was[0]
         row.bytes_out += now[1] - was[1]
         row.active_tunnels += now[2] - was[2]
+        row.receipts_sent += now[3] - was[3]
+        row.fees_paid += now[4] - was[4]
+        row.denials += now[5] - was[5]
         self.book.touch()
 
     def stop_listening(self) -> None:
