@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
@@ -135,6 +136,24 @@ def _utf8(text: object, what: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         raise ValueError(f"{what} is not valid text (a lone surrogate)") from None
+
+
+def _check_stream(stream: object, what: str) -> None:
+    """A station's or listener's stream has what the link threads use (``recv``,
+    ``sendall``), as :meth:`PubSubNode.attach <dtp.messaging.pubsub.PubSubNode.attach>`
+    checks: None or a bytes object was taken, then the reader thread died with an
+    AttributeError and the listener said the station's stream had ended."""
+    if not all(callable(getattr(stream, m, None)) for m in ("recv", "sendall")):
+        raise TypeError(f"{what} needs a stream (recv, sendall), not {type(stream).__name__!r}")
+
+
+def _same_id(a: str, b: str) -> bool:
+    """Whether two IDs or addresses are the same one, as the ledger compares them (any
+    case, short forms); text that is no ID is the same as nothing."""
+    try:
+        return normalize_id(a) == normalize_id(b)
+    except InvalidObjectId:
+        return False
 
 
 def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
@@ -345,7 +364,9 @@ class BroadcastStation:
             return len(self._links)
 
     def attach(self, stream: BlockingStream, name: str = "") -> None:
-        """Start broadcasting to the listener at the other end of ``stream``."""
+        """Start broadcasting to the listener at the other end of ``stream`` (TypeError
+        when it is not a stream)."""
+        _check_stream(stream, "attach()")
         with self._lock:
             if len(self._links) >= self.max_listeners:
                 raise E.StationError("too many listeners")
@@ -568,13 +589,22 @@ class BroadcastListener:
     ) -> None:
         """``broadcast_id`` and ``broadcaster`` (a Sui address) pin what the station must
         announce; with a ledger and a broadcast ID the broadcaster is read from the
-        ledger. ``identity`` signs contributions and tips."""
+        ledger. ``identity`` signs contributions and tips. ``stream`` that is not a
+        stream is a TypeError, and a ``broadcast_id`` or ``broadcaster`` that is not an
+        ID :class:`~dtp.errors.InvalidObjectId`, here rather than in the reader thread."""
+        _check_stream(stream, "BroadcastListener")
+        # both compared as IDs (any case, short forms), as the ledger takes them: an
+        # address spelt in upper case made the genuine station "an impostor station"
+        if broadcast_id is not None:
+            broadcast_id = normalize_id(broadcast_id, "broadcast ID")
+        if broadcaster is not None:
+            broadcaster = normalize_id(broadcaster, "broadcaster address")
         self.stream = stream
         self.ledger = ledger
         self.identity = identity
         self.broadcast_id = broadcast_id
         if broadcaster is None and ledger is not None and broadcast_id is not None:
-            broadcaster = ledger.get_broadcast(broadcast_id).broadcaster
+            broadcaster = normalize_id(ledger.get_broadcast(broadcast_id).broadcaster)
         self.broadcaster = broadcaster
         self.channel: str | None = None
         self._public: bytes | None = None
@@ -687,6 +717,12 @@ class BroadcastListener:
         except (DTPError, OSError) as exc:
             logger.debug("broadcast listener: reading failed: %s", exc)
             reason = f"reading failed: {type(exc).__name__}"
+        except Exception as exc:
+            # a fault of no known kind (in the stream, the ledger, a bug): the listener
+            # cannot go on, and says so -- this used to leave a thread traceback and the
+            # reason "the station's stream ended", sending one looking at the peer
+            logger.exception("broadcast listener: stopped by an unexpected error")
+            reason = f"the listener failed: {type(exc).__name__}: {exc}"[:300]
         finally:
             self._close(reason)
 
@@ -706,7 +742,7 @@ class BroadcastListener:
                 and next_seq >= 1
             ):
                 raise E.MalformedMessage("invalid HELLO")
-            if self.broadcast_id is not None and b_id.lower() != self.broadcast_id.lower():
+            if self.broadcast_id is not None and not _same_id(b_id, self.broadcast_id):
                 raise E.ForgedBroadcast("the station announces another broadcast")
             broadcaster = self.broadcaster
             if broadcaster is None and self.ledger is not None:
@@ -717,9 +753,13 @@ class BroadcastListener:
                     broadcaster = self.ledger.get_broadcast(b_id).broadcaster
                 except (ObjectNotFound, InvalidObjectId):
                     raise E.ForgedBroadcast("the station announces no broadcast") from None
-            if broadcaster is not None and sui_address_from_public_key(public) != broadcaster:
+            # (as IDs: a pinned address is canonical, a ledger's answer may be spelt
+            # its own way)
+            if broadcaster is not None and not _same_id(
+                sui_address_from_public_key(public), broadcaster
+            ):
                 raise E.ForgedBroadcast("the station's key is not the broadcaster's")
-            self.broadcaster = broadcaster
+            self.broadcaster = None if broadcaster is None else normalize_id(broadcaster)
             self.broadcast_id, self.channel, self._public = b_id, channel, public
             self._last_seq = next_seq - 1
             self.on_air = on_air

@@ -72,6 +72,8 @@ _MAX_ENDPOINTS: Final = 16
 _MAX_NAME: Final = 64
 _MAX_ENDPOINT: Final = 256
 _MAX_ANNOUNCEMENT: Final = 16384
+#: This node's own announcements remembered until the node delivers them back.
+_MAX_ECHOES: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +386,11 @@ class DiscoveryGossip:
         self.malformed = 0
         #: Announcements the gossip thread could not check (the ledger or clock failed).
         self.unchecked = 0
+        # this node's own announcements, recorded by announce() and not yet seen back
+        # from the node (publish delivers to local subscribers too): that copy is no
+        # news, and counted it would be a duplicate of every announce (oldest first;
+        # bounded, as a copy dropped from a full subscription never comes)
+        self._echoes: dict[bytes, None] = {}
         self._sub = node.subscribe(topic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
@@ -398,9 +405,39 @@ class DiscoveryGossip:
         *,
         ttl_ms: int = 600_000,
     ) -> Announcement:
-        """Sign and gossip an announcement (also recorded locally); returns it."""
+        """Sign and gossip an announcement, recorded locally before this returns (as
+        :meth:`receive` records one: :meth:`host` and :meth:`lookup` see it at once);
+        returns it. With a ledger, ``identity`` must be the host's authority
+        (:class:`~dtp.messaging.errors.DiscoveryError` otherwise: peers would drop it as
+        forged); a ledger that cannot check it leaves it to the gossip thread, as any
+        announcement whose check fails so (counted in ``unchecked``), and it is gossiped
+        all the same."""
         data = encode_announcement(identity, host_id, services, endpoints, self.clock_ms(), ttl_ms)
         ann = decode_announcement(data, self.clock_ms())
+        try:
+            if self.ledger is not None:
+                try:
+                    _check_authority(ann, self.ledger)
+                except E.ForgedAnnouncement as exc:
+                    # every peer with a ledger would drop it: said to the caller, not
+                    # gossiped for nothing
+                    raise E.DiscoveryError(
+                        f"cannot announce host {host_id} as {identity.sui_address}: {exc}"
+                    ) from exc
+            # the same checks as the gossip thread's: the node keeps what its peers keep.
+            # It used to be recorded only once the thread took it from the subscription,
+            # some time after announce() returned.
+            self.receive(data)
+        except E.DiscoveryError:
+            raise
+        except DTPError as exc:
+            self.unchecked += 1
+            logger.warning("discovery: an announcement could not be checked: %s", exc)
+        else:
+            with self._lock:
+                self._echoes[data] = None
+                if len(self._echoes) > _MAX_ECHOES:
+                    del self._echoes[next(iter(self._echoes))]
         self.node.publish(self.topic, data)
         return ann
 
@@ -410,6 +447,12 @@ class DiscoveryGossip:
                 delivery = self._sub.get()
             except E.PubSubError:
                 return  # closed: by close(), or by the node's close()
+            with self._lock:
+                echo = delivery.data in self._echoes
+                if echo:
+                    del self._echoes[delivery.data]
+            if echo:
+                continue  # announce() recorded it (or counted its rejection) already
             try:
                 self.receive(delivery.data)
             except DTPError as exc:

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from dtp.admission import LedgerAdmission, while_opening
 from dtp.chain.objects import Sla, normalize_id
@@ -1509,16 +1509,48 @@ class _Registry:
             raise ValueError(f"{kind} {name!r} is already registered")
         table[name] = (fn, context)
 
+    @overload
+    def method(self, name: Handler, *, context: bool = False) -> Handler: ...
+
+    @overload
     def method(
         self, name: str | None = None, *, context: bool = False
-    ) -> Callable[[Handler], Handler]:
-        """Decorator form of :meth:`register`."""
+    ) -> Callable[[Handler], Handler]: ...
 
-        def wrap(fn: Handler) -> Handler:
-            self.register(name or fn.__name__, fn, context=context)
-            return fn
+    def method(
+        self, name: str | Handler | None = None, *, context: bool = False
+    ) -> Handler | Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`: ``@server.method()`` and the bare
+        ``@server.method`` register the function under its own name,
+        ``@server.method("name")`` under that one (``context=True`` as register's). It
+        returns the function itself.
 
-        return wrap
+        The bare form is taken because it is how such decorators are commonly written:
+        the function used to arrive here as ``name``, the decorator returned its inner
+        wrapper in the function's place and registered nothing (clients got
+        MethodNotFound, and calling the function raised a puzzling TypeError)."""
+
+        def wrap_as(given: str | None) -> Callable[[Handler], Handler]:
+            def wrap(fn: Handler) -> Handler:
+                own = given or getattr(fn, "__name__", None)
+                if not isinstance(own, str):
+                    # (a partial, a callable object): said plainly, not an AttributeError
+                    raise TypeError(
+                        f"a {type(fn).__name__!r} handler has no name of its own: "
+                        "give one, method(name)"
+                    )
+                # register makes every check, whichever form named the method
+                self.register(own, fn, context=context)
+                return fn
+
+            return wrap
+
+        if name is None or isinstance(name, str):
+            return wrap_as(name)
+        if callable(name):
+            return wrap_as(None)(name)
+        # neither a name nor a function: refused now, as register would refuse it
+        raise TypeError(f"a method name is a str, not {type(name).__name__!r}")
 
 
 def _check_server_options(

@@ -346,7 +346,10 @@ def send_sealed(
     Arguments that cannot make a delivery are refused before anything is sent or paid
     for: ``data`` not bytes-like or ``recipient_host`` not a str (TypeError), an empty
     host ID or a ``timeout`` that is not finite seconds above 0 (ValueError), ``data``
-    over :data:`MAX_SEALED` (:class:`~dtp.messaging.errors.PayloadTooLarge`)."""
+    over :data:`MAX_SEALED` (:class:`~dtp.messaging.errors.PayloadTooLarge`), a
+    ``ledger`` without the ``signer`` who pays for ``mailbox::send`` and no ``client``
+    (ValueError). With a ``client``, such a mailbox is no fallback: when the direct
+    delivery fails, that ValueError is raised (from the delivery's error)."""
     data = bytes_like(data)
     if len(data) > MAX_SEALED:
         # the recipient and the mailbox refuse it anyway, after the direct try or the fee
@@ -356,17 +359,30 @@ def send_sealed(
     if not recipient_host:
         raise ValueError("recipient_host is empty")
     _check_our_timeout(timeout)
+    # a ledger without a signer cannot pay for the mailbox: this used to surface only
+    # after the direct try, as "no ledger mailbox was given" (one was: the signer was
+    # missing). Without a client it is refused before anything is done; with one, the
+    # direct delivery may still go (a caller may pass the ledger along out of habit)
+    no_signer = ledger is not None and signer is None
+    if no_signer and client is None:
+        raise ValueError("send_sealed(ledger=...) needs signer=, who pays for mailbox::send")
     if client is not None:
         try:
             client.call("sealed.deliver", data, timeout=timeout)
             return "direct"
         except E.InvalidParams:
             raise  # refused by the recipient: the mailbox copy would be paid for, then dropped
-        except (E.RpcError, OSError):
+        except (E.RpcError, OSError) as exc:
             if ledger is None:
                 raise
+            if no_signer:
+                raise ValueError(
+                    "the direct delivery failed, and send_sealed(ledger=...) needs signer= "
+                    "to use the mailbox"
+                ) from exc
     if ledger is None or signer is None:
-        raise E.SealedError("the recipient is offline and no ledger mailbox was given")
+        # (only without a client: a failed direct try without a ledger raised its error)
+        raise E.SealedError("neither a client (direct delivery) nor a ledger mailbox was given")
     ledger.mailbox_send(signer, recipient_host, data)
     return "mailbox"
 
