@@ -16,12 +16,20 @@
    answers are late ones, dropped.
 4. ``RpcConnectionLost`` was not a ``ConnectionError``, unlike the transport's connection
    errors (``ConnectionClosed``, ``ConnectionLost``): ``except OSError`` missed it.
+5. ``dtp demo``'s daemon step: an interrupt that landed inside ``subprocess.Popen``,
+   after the fork, lost the Popen object, so the daemon it started was never stopped
+   (it went on after the demo removed its directory and recreated part of it: a CI run
+   of test_s14_demo_interrupt caught it). SIGINT and SIGTERM are now held from before
+   the process is made until it is in the list the step stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -214,3 +222,31 @@ def test_a_lost_rpc_stream_is_a_connection_error_as_a_lost_connection_is() -> No
             with pytest.raises(ConnectionError) as caught:
                 client.call("echo", "y")
             assert isinstance(caught.value, RpcConnectionLost)
+
+
+def test_an_interrupt_while_a_demo_daemon_is_made_leaves_it_in_the_list_to_stop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dtp.daemon.demo_step as step
+
+    made: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen_interrupted(*_args: object, **kwargs: object) -> subprocess.Popen[str]:
+        # a real child, and the interrupt in the middle of making it (after the fork)
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)  # type: ignore[call-overload]
+        made.append(child)
+        signal.raise_signal(signal.SIGINT)
+        return child
+
+    monkeypatch.setattr(step.subprocess, "Popen", popen_interrupted)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            step._start(tmp_path / "daemon.toml", procs)
+        assert procs == made  # the caller's cleanup stops it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for child in made:
+            step._stop(child)
+    assert all(child.poll() is not None for child in made)

@@ -78,17 +78,38 @@ class _EchoServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
 def _start(config: Path, procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
     """Start a daemon and return its ready line. It joins ``procs`` (which the caller
     stops) before the wait, so that an interrupt while it starts leaves no daemon
-    running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    procs.append(proc)
+    running: SIGINT and SIGTERM are held from before the process is made until it is
+    in ``procs``. (An interrupt inside Popen, after the fork, lost the Popen object: the
+    daemon was never stopped, went on after the demo had removed its directory,
+    recreated part of it and failed on the empty ledger it found there.)"""
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _HELD:
+            # (Python-level handlers: a child's caught signals go back to their
+            # defaults at exec, so the daemon is not started with them held)
+            previous[sig] = signal.signal(sig, lambda n, _f: held.append(n))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        procs.append(proc)
+    finally:
+        for number, handler in previous.items():
+            # (None: a handler not set from Python, the default to the interpreter)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+    for caught in held[:1]:
+        # delivered now, as it would have been: to the handler it found in place
+        signal.raise_signal(caught)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
