@@ -241,12 +241,16 @@ def test_an_interrupt_while_a_demo_daemon_is_made_leaves_it_in_the_list_to_stop(
 
     monkeypatch.setattr(step.subprocess, "Popen", popen_interrupted)
     procs: list[subprocess.Popen[str]] = []
+    # (Python's own SIGINT handler, whatever this process was started with: a suite run
+    # in the background by a shell, as CI's may be, inherits SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             step._start(tmp_path / "daemon.toml", procs)
         assert procs == made  # the caller's cleanup stops it
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
+        signal.signal(signal.SIGINT, inherited)
         for child in made:
             step._stop(child)
     assert all(child.poll() is not None for child in made)
