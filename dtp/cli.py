@@ -8,9 +8,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dtp import __version__
+
+if TYPE_CHECKING:
+    from dtp.daemon.cli import StopSignals
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -49,9 +54,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
+    """For ``dtp daemon``: its stop signals caught before the parser is built (the
+    parser's imports, ``dtp.chain.cli``'s above all, took most of the first tenth of a
+    second, in which a SIGTERM killed the daemon and a SIGINT printed a traceback).
+    The command is the first argument that is no option (``-v``, the one option
+    before it, takes no value)."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command != "daemon" or threading.current_thread() is not threading.main_thread():
+        return None
+    from dtp.daemon.cli import StopSignals  # (the standard library only)
+
+    signals = StopSignals()
+    signals.install()
+    return signals
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    early = _early_stop_signals(sys.argv[1:] if argv is None else list(argv))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except BaseException:  # (a usage error, --help: the daemon never ran)
+        if early is not None:
+            early.restore()
+        raise
+    if early is not None:
+        if args.command == "daemon":
+            args.stop_signals = early  # (dtp.daemon.cli._cmd_daemon takes them over)
+        else:
+            early.restore()
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

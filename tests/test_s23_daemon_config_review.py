@@ -32,6 +32,7 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import MAX_PURE_BYTES, Sla
 from dtp.daemon.balancer import BackendPool
+from dtp.daemon.cli import CAUGHT_SIGNALS
 from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError, DTPError
 from dtp.keys import HostIdentity
@@ -149,14 +150,15 @@ health_interval = 30
     return config
 
 
-@pytest.mark.parametrize("trigger", ["dtp.daemon.runner", "dtp.chain.local"])
+@pytest.mark.parametrize("trigger", ["dtp.chain.cli", "dtp.daemon.runner", "dtp.chain.local"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_while_the_daemon_loads_exits_0_creating_nothing(
     tmp_path: Path, sig: str, trigger: str
 ) -> None:
-    """A stop that arrives while ``dtp daemon`` imports the runner (where the first few
-    tenths of a second go) ends it with status 0, no ready line, no traceback, and no
-    file created (before: SIGTERM killed it, 143; SIGINT exited 130)."""
+    """A stop that arrives while ``dtp`` builds its parser (``dtp.chain.cli``) or
+    ``dtp daemon`` imports the runner (where the first few tenths of a second go) ends
+    it with status 0, no ready line, no traceback, and no file created (before: SIGTERM
+    killed it, 143; SIGINT exited 130)."""
     config = _write_daemon_config(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", _SIGNAL_AT_IMPORT, sig, trigger, str(config)],
@@ -352,3 +354,28 @@ def test_help_says_the_daemon_serves_udp_too() -> None:
     )
     assert own.returncode == 0
     assert "TCP and UDP" in " ".join(own.stdout.split()), own.stdout
+
+
+@pytest.mark.parametrize(
+    "argv", [["daemon", "--no-such-option"], ["daemon", "--help"], ["-v", "daemon", "-h"]]
+)
+def test_the_early_daemon_handlers_are_put_back_when_the_daemon_never_runs(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dtp daemon`` catches its stop signals before the parser is built; a usage error
+    or --help (the daemon never ran) leaves the process's handlers as they were."""
+    from dtp.cli import main
+
+    before = {sig: signal.getsignal(sig) for sig in CAUGHT_SIGNALS}
+    with pytest.raises(SystemExit):
+        main(argv)
+    capsys.readouterr()
+    assert {sig: signal.getsignal(sig) for sig in CAUGHT_SIGNALS} == before
+
+
+def test_other_commands_do_not_catch_the_daemon_signals() -> None:
+    from dtp.cli import _early_stop_signals
+
+    assert _early_stop_signals(["-v", "status", "--config", "daemon"]) is None
+    assert _early_stop_signals(["demo"]) is None
+    assert _early_stop_signals([]) is None

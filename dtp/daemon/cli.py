@@ -99,8 +99,9 @@ class StopSignals:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     # first, before the runner's imports: a stop meanwhile is recorded, and the runner
-    # ends the start at its first step (exit 0, nothing created)
-    signals = StopSignals()
+    # ends the start at its first step (exit 0, nothing created). ``dtp``'s main may
+    # have installed them already, before it built its parser (``stop_signals``)
+    signals = getattr(args, "stop_signals", None) or StopSignals()
     signals.install()
     try:
         refused = _empty_option(
