@@ -38,6 +38,7 @@ __all__ = [
     "MessageTooLarge",
     "MessagingError",
     "MethodNotFound",
+    "NotEncodable",
     "OffAir",
     "ParseError",
     "PayloadTooLarge",
@@ -285,6 +286,21 @@ class DiscoveryError(MessagingError):
 
 class PayloadTooLarge(MessagingError, ValueError):
     """A message we were asked to send exceeds the size cap (nothing was sent)."""
+
+
+class NotEncodable(MessagingError, TypeError):
+    """A value we were asked to send cannot be encoded as msgpack (nothing was sent): a
+    type msgpack does not know (a set, an object...), or an int outside -2**63 to
+    2**64-1, which msgpack reports as an OverflowError. A TypeError, as for any value
+    of the wrong kind."""
+
+
+def not_encodable(exc: Exception) -> NotEncodable:
+    """The :class:`NotEncodable` for what msgpack raised packing a message of ours."""
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OverflowError):
+        reason = f"{reason} (msgpack takes ints from -2**63 to 2**64-1)"
+    return NotEncodable(f"cannot encode the message as msgpack: {reason}")
 
 
 # -- broadcast stations -------------------------------------------------------------------------

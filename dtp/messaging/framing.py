@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgpack
 
 from dtp._buffers import bytes_like
-from dtp.messaging.errors import MalformedMessage, PayloadTooLarge
+from dtp.messaging.errors import MalformedMessage, PayloadTooLarge, not_encodable
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -46,13 +46,17 @@ def _pack(message: Any) -> bytes:
         pack = _packers.pack
     except AttributeError:
         pack = _packers.pack = msgpack.Packer(use_bin_type=True, buf_size=4096).pack
-    body: bytes = pack(message)
+    try:
+        body: bytes = pack(message)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise not_encodable(exc) from exc
     return body
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
     """The frame for ``message`` (any msgpack-able value). Raises :class:`PayloadTooLarge`
-    above ``max_size`` and TypeError for values msgpack cannot encode."""
+    above ``max_size`` and :class:`NotEncodable` (a TypeError) for values msgpack
+    cannot encode."""
     body = _pack(message)
     if len(body) > max_size:
         raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")

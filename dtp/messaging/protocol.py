@@ -404,7 +404,10 @@ class RpcProtocol:
         if len(self._outgoing) >= self.max_outgoing:
             raise LocalProtocolError(f"more than {self.max_outgoing} requests in flight")
         # (the largest id and timeout: their encodings are the longest)
-        body: bytes = self._pack([REQUEST, MAX_ID, method, params, MAX_TIMEOUT_MS, meta])
+        try:
+            body: bytes = self._pack([REQUEST, MAX_ID, method, params, MAX_TIMEOUT_MS, meta])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise E.not_encodable(exc) from exc
         if len(body) + reserve > self.max_message_size:
             raise E.PayloadTooLarge(
                 f"message of {len(body)} bytes (and {reserve} for its fee's meta) exceeds "
@@ -518,7 +521,10 @@ class RpcProtocol:
             timeout_ms = min(MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
             self._last_timeout, self._last_timeout_ms = timeout, timeout_ms
         request_id = self._next_id
-        body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
+        try:
+            body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise E.not_encodable(exc) from exc
         size = len(body)
         if size > self.max_message_size:
             raise E.PayloadTooLarge(
@@ -631,7 +637,10 @@ class RpcProtocol:
         return self._error_answer(request_id, code, message, data)
 
     def _frame(self, message: list[Any]) -> bytes:
-        body: bytes = self._pack(message)
+        try:
+            body: bytes = self._pack(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise E.not_encodable(exc) from exc
         if len(body) > self.max_message_size:
             raise E.PayloadTooLarge(
                 f"message of {len(body)} bytes exceeds the cap of {self.max_message_size}"
