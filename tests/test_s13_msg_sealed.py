@@ -238,6 +238,10 @@ def test_the_journal_is_folded_into_the_state_and_survives_a_torn_line(
         ({"sender_host": "\ud800", "with_sender": True}, ValueError),
         ({"sender_host": 5, "with_sender": True}, TypeError),  # was AttributeError
         ({"now_ms": 1 << 70}, ValueError),  # was OverflowError
+        ({"now_ms": "123"}, TypeError),  # was sealed as 123
+        ({"now_ms": True}, TypeError),  # was sealed as 1
+        ({"now_ms": float("inf")}, ValueError),  # was OverflowError
+        ({"now_ms": float("nan")}, ValueError),
         ({"ephemeral": b"short"}, ValueError),  # was NoiseValueError
     ],
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -171,6 +172,13 @@ def seal(
                 raise ValueError(f"{what} is not valid text (a lone surrogate)") from None
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
+    elif isinstance(now_ms, bool) or not isinstance(now_ms, int | float):
+        # (int() took "123" and True: a date sealed from a str or a flag)
+        raise TypeError(
+            f"now_ms must be an int (ms since the epoch), not {type(now_ms).__name__!r}"
+        )
+    if isinstance(now_ms, float) and not math.isfinite(now_ms):
+        raise ValueError(f"now_ms must be finite, not {now_ms!r}")
     if not -(1 << 63) <= int(now_ms) < 1 << 64:  # what msgpack encodes
         raise ValueError("now_ms is out of range (ms since the epoch)")
     if ephemeral is not None:
