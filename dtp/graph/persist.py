@@ -52,6 +52,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
 """
 _GRAPH_TABLES = frozenset({"meta", "log", "sqlite_sequence"})
+#: The columns of our tables, as ``PRAGMA table_info`` gives them (name, declared type,
+#: not null, primary key): a table of that name laid out otherwise is another
+#: application's, and so is its file.
+_COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
+    "meta": [("key", "TEXT", 0, 1), ("value", "BLOB", 1, 0)],
+    "log": [("seq", "INTEGER", 0, 1), ("batch", "BLOB", 1, 0)],
+}
 _F64 = struct.Struct("<d")
 
 
@@ -101,6 +108,19 @@ class GraphStorage:
                 raise sqlite3.DatabaseError(
                     f"not a graph database (it has the tables {', '.join(sorted(foreign))[:200]})"
                 )
+            for table in sorted(tables & _COLUMNS.keys()):
+                # (an application's own "log" table passed the names alone: the file was
+                # switched to WAL and given a meta table before anything refused it)
+                columns = [
+                    (name, decl.upper(), notnull, pk)
+                    for _cid, name, decl, notnull, _default, pk in self._db.execute(
+                        f"PRAGMA table_info({table})"
+                    )
+                ]
+                if columns != _COLUMNS[table]:
+                    raise sqlite3.DatabaseError(
+                        f"not a graph database (its table {table!r} is laid out otherwise)"
+                    )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -143,7 +163,13 @@ class GraphStorage:
         """One value of the ``meta`` table."""
         with self._errors("read"):
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        if type(row[0]) is not bytes:
+            # (TEXT written by another tool, say the sqlite3 shell: bytes() of it was a
+            # TypeError out of Graph(path))
+            raise self._corrupt(f"meta value {key!r} is not a blob")
+        return row[0]
 
     def set_meta(self, key: str, value: bytes) -> None:
         """Write one ``meta`` value at once (outside the buffered log)."""
@@ -208,7 +234,11 @@ class GraphStorage:
         rows are read as they are replayed, past the checks made at open)."""
         with self._errors("read"):
             for (batch,) in self._db.execute("SELECT batch FROM log ORDER BY seq"):
-                yield bytes(batch)
+                if type(batch) is not bytes:
+                    # (NULL from a file cut short mid-page, TEXT from another tool: bytes()
+                    # of either was a TypeError out of Graph(path))
+                    raise self._corrupt("a log entry is not a blob")
+                yield batch
 
     def append(self, batch: bytes) -> bool:
         """Buffer one changed batch; True when a flush is due."""
