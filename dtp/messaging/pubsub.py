@@ -3,10 +3,11 @@
 A :class:`PubSubNode` holds links to peers (any open bidirectional stream: attach a
 :class:`dtp.socket.DTPSocket` with :meth:`PubSubNode.attach`). A published message gets a
 random 16-byte id and a hop limit; every node delivers it to its local subscribers once
-(ids are remembered in a bounded cache) and forwards it, while hops remain, to the other
-links whose peer is *interested* in its topic. So messages reach every subscriber of a
-connected mesh within the hop limit, whatever its shape, and loops and duplicate paths
-cost bandwidth but never duplicate deliveries.
+(ids, each bound to a digest of the message's topic and data, are remembered in a bounded
+cache) and forwards it, while hops remain, to the other links whose peer is *interested*
+in its topic. So messages reach every subscriber of a connected mesh within the hop
+limit, whatever its shape, and loops and duplicate paths cost bandwidth but never
+duplicate deliveries.
 
 Interest is a distance vector per topic: a node tells each peer (SUBSCRIBE / UNSUBSCRIBE
 frames) the topics for which it has local subscribers (distance 0) or a peer other than
@@ -27,6 +28,7 @@ DROPPED frame), a subscriber how many it missed (:attr:`Delivery.dropped_before`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -45,6 +47,7 @@ from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION_BYTES",
+    "MAX_ORIGIN_LENGTH",
     "MAX_TOPIC_LENGTH",
     "Delivery",
     "Link",
@@ -68,6 +71,9 @@ _CHUNK: Final = 512  # topics per SUBSCRIBE / UNSUBSCRIBE frame
 _FLUSH_BURST: Final = 8
 _FLUSH_RATE: Final = 10.0
 MAX_TOPIC_LENGTH: Final = 256
+#: Longest origin (a node id, in characters) a node accepts in a PUBLISH frame, and so
+#: the longest ``node_id`` a :class:`PubSubNode` may have.
+MAX_ORIGIN_LENGTH: Final = 256
 #: Largest SUBSCRIBE / UNSUBSCRIBE frame body (a full chunk of the longest topics, each
 #: ``[topic, distance]``: 1 + 3 + 256 + 2 bytes): a node reads control frames this large
 #: whatever its ``max_message_size``, or a peer's interest would be lost.
@@ -445,7 +451,9 @@ class Link:
                 and type(hops) is int
                 and 0 <= hops <= 255
                 and isinstance(data, bytes)
-                and (origin is None or (isinstance(origin, str) and len(origin) <= 256))
+                and (
+                    origin is None or (isinstance(origin, str) and len(origin) <= MAX_ORIGIN_LENGTH)
+                )
             ):
                 self.received += 1
                 self.node._route(message_id, topic, hops, data, origin, self)
@@ -538,7 +546,13 @@ class PubSubNode:
         count and in bytes): a peer that reads slowly or not at all has what does not fit
         dropped, and counted. Sizes out of range are a ValueError (a TypeError when not
         ints): a queue of 0 was unbounded, a ``seen_cache`` of 0 delivered each message
-        once per path, a ``max_message_size`` of 0 ended every link's reader."""
+        once per path, a ``max_message_size`` of 0 ended every link's reader.
+
+        ``node_id`` (the origin of this node's messages; default: 16 random hex digits)
+        is a str of 1..:data:`MAX_ORIGIN_LENGTH` characters of text (a TypeError when not
+        a str, else a ValueError): peers refuse a PUBLISH with any other origin, so
+        every message of such a node was lost at the first hop while publish() went on
+        returning ids."""
         for name, value, low, high in (
             ("max_hops", max_hops, 0, 255),
             ("link_queue", link_queue, 1, None),
@@ -547,7 +561,9 @@ class PubSubNode:
             ("max_message_size", max_message_size, 1, 0xFFFFFFFF),
         ):
             _check_size(name, value, low, high)
-        self.node_id = node_id or os.urandom(8).hex()
+        if node_id is not None:
+            _check_node_id(node_id)
+        self.node_id = os.urandom(8).hex() if node_id is None else node_id
         self.max_hops = max_hops
         self.link_queue = link_queue
         self.link_queue_bytes = link_queue_bytes
@@ -555,10 +571,11 @@ class PubSubNode:
         self.max_message_size = max_message_size
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        #: Message ids seen, each with the most hops left it was forwarded with.
+        #: Messages seen (keys of :func:`_message_key`: the id bound to the content),
+        #: each with the most hops left it was forwarded with.
         self._seen: dict[bytes, int] = {}
-        #: The same ids by who brought them first (a link, _LOCAL or _GONE), oldest
-        #: first: a full cache forgets the oldest id of whoever holds the most.
+        #: The same keys by who brought them first (a link, _LOCAL or _GONE), oldest
+        #: first: a full cache forgets the oldest key of whoever holds the most.
         self._seen_by: dict[object, OrderedDict[bytes, None]] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
@@ -882,8 +899,9 @@ class PubSubNode:
         frame = encode_frame(
             [PUBLISH, message_id, topic, hops, data, self.node_id], self.max_message_size
         )
+        key = _message_key(message_id, topic, data)
         with self._lock:
-            self._remember(message_id, hops, _LOCAL)
+            self._remember(key, hops, _LOCAL)
             links = [link for link in self._links if link.wants(topic)]
         self._deliver(topic, data, message_id, self.node_id)
         if hops > 0:
@@ -891,23 +909,23 @@ class PubSubNode:
                 link.offer(frame)
         return message_id
 
-    def _remember(self, message_id: bytes, hops: int, owner: object) -> int | None:
-        """(lock held) Note that ``message_id`` (brought by ``owner``: a link or _LOCAL)
-        goes on with ``hops`` left; the most hops it had before (None: new). A full
-        cache forgets the oldest id of the owner holding the most: forgetting the
-        oldest of all, a peer sending PUBLISH frames with fresh ids pushed every real id
-        out, and a copy still circling a loop was delivered again. Now a peer can only
-        push the others down to as many ids as it holds."""
-        before = self._seen.get(message_id)
+    def _remember(self, key: bytes, hops: int, owner: object) -> int | None:
+        """(lock held) Note that the message of ``key`` (:func:`_message_key`; brought by
+        ``owner``: a link or _LOCAL) goes on with ``hops`` left; the most hops it had
+        before (None: new). A full cache forgets the oldest key of the owner holding
+        the most: forgetting the oldest of all, a peer sending PUBLISH frames with fresh
+        ids pushed every real id out, and a copy still circling a loop was delivered
+        again. Now a peer can only push the others down to as many keys as it holds."""
+        before = self._seen.get(key)
         if before is not None:
             if hops > before:
-                self._seen[message_id] = hops
+                self._seen[key] = hops
             return before
-        self._seen[message_id] = hops
+        self._seen[key] = hops
         mine = self._seen_by.get(owner)
         if mine is None:
             mine = self._seen_by[owner] = OrderedDict()
-        mine[message_id] = None
+        mine[key] = None
         if len(self._seen) > self.seen_cache:
             # O(owners): links plus two (an emptied one stays until its link closes)
             largest = max(self._seen_by.values(), key=len)
@@ -917,9 +935,12 @@ class PubSubNode:
     def _route(
         self, message_id: bytes, topic: str, hops: int, data: bytes, origin: str | None, src: Link
     ) -> None:
+        # once per frame received, outside the lock: hashing the data is the one cost
+        # that grows with the message, and the links it goes on to share the key
+        key = _message_key(message_id, topic, data)
         with self._lock:
             # a link closing now has left _seen_by already: its ids would stay there
-            before = self._remember(message_id, hops, _GONE if src.closed.is_set() else src)
+            before = self._remember(key, hops, _GONE if src.closed.is_set() else src)
             if before is not None:
                 self.duplicates += 1
                 # a copy with more hops left than the first goes on (not delivered again):
@@ -972,6 +993,39 @@ def _check_size(name: str, value: object, low: int, high: int | None) -> None:
         raise ValueError(f"{name} must be at least {low}")
     if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}")
+
+
+def _check_node_id(node_id: object) -> None:
+    """Refuse a ``node_id`` that peers would refuse as the origin of a PUBLISH."""
+    if not isinstance(node_id, str):
+        raise TypeError(f"node_id must be a str, not {type(node_id).__name__!r}")
+    if not 1 <= len(node_id) <= MAX_ORIGIN_LENGTH:
+        raise ValueError(f"node_id must be 1..{MAX_ORIGIN_LENGTH} characters")
+    try:
+        node_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate: msgpack cannot put it on the wire
+        raise ValueError("node_id must be text (a lone surrogate is not)") from None
+
+
+def _message_key(message_id: bytes, topic: str, data: bytes) -> bytes:
+    """What the seen cache remembers a message by: its id bound to a digest of its topic
+    and data. Remembered by the id alone, a copy of a genuine message's id with another
+    topic (that nobody subscribes to) and 255 hops, sent first by a peer that had seen
+    the id elsewhere, made the genuine message a duplicate with fewer hops: neither
+    delivered nor forwarded, on every path through the node. Such a copy is now another
+    message, and only a copy with the same topic and data is a duplicate.
+
+    The origin is left out: it is what the publisher stated, checked by nobody, so a
+    copy that differs only there carries the same message (delivered once, with the
+    first copy's origin), and a node's own message coming back round a loop stays a
+    duplicate whatever origin a peer put on it. The topic is length-prefixed and the
+    data comes last, so no two contents share the bytes hashed."""
+    digest = hashlib.blake2b(message_id, digest_size=16)
+    name = topic.encode()
+    digest.update(len(name).to_bytes(2, "big"))
+    digest.update(name)
+    digest.update(data)
+    return digest.digest()
 
 
 def _is_control(message: object) -> bool:
