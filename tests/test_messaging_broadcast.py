@@ -23,6 +23,7 @@ from dtp.messaging.broadcast import (
     BroadcastListener,
     BroadcastMessage,
     BroadcastStation,
+    signed_hello,
     signed_message,
     verify_message,
 )
@@ -72,6 +73,31 @@ def world() -> Iterator[World]:
     for sock in w.socks:
         sock.abort("test over")
     server.close()
+
+
+def hello_frame(
+    signer: HostIdentity,
+    broadcast_id: str,
+    session: bytes = b"\x01" * 16,
+    next_seq: int = 1,
+    channel: str = "radio",
+    started_ms: int = 1_700_000_000_000,
+) -> bytes:
+    """A station's HELLO, signed by ``signer`` (docs/messaging.md §5)."""
+    signature = signer.sign(signed_hello(broadcast_id, channel, session, started_ms, next_seq))
+    return encode_frame(
+        [
+            HELLO,
+            broadcast_id,
+            channel,
+            signer.ed25519_public,
+            True,
+            next_seq,
+            session,
+            started_ms,
+            signature,
+        ]
+    )
 
 
 def next_item(listener: BroadcastListener, timeout: float = 10.0) -> BroadcastMessage | AirChange:
@@ -154,13 +180,14 @@ def test_forged_and_replayed_messages_rejected(world: World) -> None:
     s_side, l_side = w.pair()
     listener = BroadcastListener(l_side, ledger=w.ledger, broadcast_id=w.broadcast_id)
     pub = w.caster.ed25519_public
+    session = b"\x01" * 16
 
     def frame(seq: int, payload: bytes, signer: HostIdentity) -> bytes:
-        sig = signer.sign(signed_message(w.broadcast_id, "radio", seq, payload))
+        sig = signer.sign(signed_message(w.broadcast_id, "radio", session, seq, payload))
         return encode_frame([MESSAGE, "radio", seq, payload, sig])
 
     good = frame(1, b"real", w.caster)
-    s_side.sendall(encode_frame([HELLO, w.broadcast_id, "radio", pub, True, 1]))
+    s_side.sendall(hello_frame(w.caster, w.broadcast_id, session))
     s_side.sendall(frame(1, b"fake", impostor))  # forged
     s_side.sendall(good)
     s_side.sendall(good)  # replayed
@@ -175,11 +202,11 @@ def test_forged_and_replayed_messages_rejected(world: World) -> None:
     assert isinstance(listener.last_error, E.ReplayedBroadcast)
 
     with pytest.raises(E.ForgedBroadcast):
-        verify_message(pub, w.broadcast_id, "radio", 1, b"fake", b"\x00" * 64)
+        verify_message(pub, w.broadcast_id, "radio", session, 1, b"fake", b"\x00" * 64)
     # the same signature under another broadcast ID is not valid (domain separation)
-    sig = w.caster.sign(signed_message(w.broadcast_id, "radio", 1, b"x"))
+    sig = w.caster.sign(signed_message(w.broadcast_id, "radio", session, 1, b"x"))
     with pytest.raises(E.ForgedBroadcast):
-        verify_message(pub, "0x" + "ab" * 32, "radio", 1, b"x", sig)
+        verify_message(pub, "0x" + "ab" * 32, "radio", session, 1, b"x", sig)
 
 
 def test_impostor_station_rejected(world: World) -> None:
@@ -187,7 +214,7 @@ def test_impostor_station_rejected(world: World) -> None:
     impostor = HostIdentity.generate()
     s_side, l_side = w.pair()
     listener = BroadcastListener(l_side, ledger=w.ledger, broadcast_id=w.broadcast_id)
-    s_side.sendall(encode_frame([HELLO, w.broadcast_id, "radio", impostor.ed25519_public, True, 1]))
+    s_side.sendall(hello_frame(impostor, w.broadcast_id))
     assert listener.closed.wait(10)
     assert not listener.hello.is_set() and listener.forged == 1
     with pytest.raises(E.StationError):
@@ -214,7 +241,8 @@ def test_tips_and_requests(world: World) -> None:
         from dtp.messaging.broadcast import TIP, signed_tip
 
         fake_id = b"\x05" * 16
-        sig = w.fans[0].sign(signed_tip(w.broadcast_id, fake_id, 1, "free"))
+        assert listener.session == station.session
+        sig = w.fans[0].sign(signed_tip(w.broadcast_id, station.session, fake_id, 1, "free"))
         listener._send([TIP, fake_id, 1, "free", w.fans[0].ed25519_public, sig])
         listener._send([TIP, tip_id, 1, "bad sig", w.fans[0].ed25519_public, sig])
         listener.request("sync")

@@ -16,7 +16,6 @@ from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from dtp.messaging.broadcast import (
-    HELLO,
     MESSAGE,
     BroadcastListener,
     BroadcastMessage,
@@ -25,7 +24,7 @@ from dtp.messaging.broadcast import (
 )
 from dtp.messaging.errors import StationError
 from dtp.messaging.framing import encode_frame
-from tests.test_messaging_broadcast import PRICE, SLOT_MS, World
+from tests.test_messaging_broadcast import PRICE, SLOT_MS, World, hello_frame
 
 
 @pytest.fixture
@@ -46,8 +45,8 @@ def world() -> Iterator[World]:
 
 def _impostor_hello(w: World, evil: HostIdentity, b_id: str) -> tuple[object, bytes]:
     s_side, l_side = w.pair()
-    s_side.sendall(encode_frame([HELLO, b_id, "radio", evil.ed25519_public, True, 1]))
-    signature = evil.sign(signed_message(b_id, "radio", 1, b"fake"))
+    s_side.sendall(hello_frame(evil, b_id))
+    signature = evil.sign(signed_message(b_id, "radio", b"\x01" * 16, 1, b"fake"))
     s_side.sendall(encode_frame([MESSAGE, "radio", 1, b"fake", signature]))
     return l_side, signature
 

@@ -4,9 +4,14 @@ A :class:`BroadcastStation` is the broadcaster's side of an on-chain ``Broadcast
 (docs/escrow.md §9). Listeners connect to it over ordinary DTP streams; the station sends
 every listener the same public stream of messages, each signed (raw Ed25519, by the
 broadcaster's authority) over a domain-separated encoding of the broadcast ID, channel,
-sequence number and payload, so a message can be checked by anyone who knows the
-broadcaster's Sui address, whoever relayed it. :class:`BroadcastListener` verifies each
-message and rejects forged ones (:class:`~dtp.messaging.errors.ForgedBroadcast`) and
+station session, sequence number and payload, so a message can be checked by anyone who
+knows the broadcaster's Sui address, whoever relayed it. A *session* is one station
+instance: a random 16-byte nonce and its start time, announced in a HELLO the broadcaster
+signs (with the sequence number the listener starts from), so a restarted station, which
+numbers its messages from 1 again, cannot have an earlier session's messages passed off
+as its own, nor can a relay rewind where a listener starts. :class:`BroadcastListener`
+verifies the HELLO and each message and rejects forged ones
+(:class:`~dtp.messaging.errors.ForgedBroadcast`: another session's messages too) and
 replayed or out-of-order ones (:class:`~dtp.messaging.errors.ReplayedBroadcast`); it
 counts both and never delivers them.
 
@@ -18,7 +23,8 @@ tells every listener (an AIR frame); back on air it tells them again.
 
 Listeners pay through the ledger (:meth:`BroadcastListener.contribute`). A *tip* is a
 contribution plus a short signed message to the station, which accepts it only while the
-tipper's recorded contributions cover all its accepted tips. A *request* is a short
+tipper's recorded contributions cover all its accepted tips; a tip is signed for the
+station's session, so it is not accepted again by a restarted station. A *request* is a short
 message from a listener to the station. The broadcaster claims what its slots earned
 (:meth:`BroadcastStation.claim`); after :meth:`BroadcastStation.cancel`, listeners take
 their pooled refunds (:meth:`BroadcastListener.withdraw`).
@@ -26,17 +32,21 @@ their pooled refunds (:meth:`BroadcastListener.withdraw`).
 Nothing waits on a slow party: each listener link has a writer thread with a bounded
 queue; when it is full the message is dropped for that listener only and counted, and
 the listener sees the gap in sequence numbers (:attr:`BroadcastMessage.missed_before`).
+An AIR frame (a change of air state) is never lost that way: it takes the place of the
+newest queued message (dropped and counted), or of an older queued AIR frame.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 import queue
 import struct
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,12 +66,15 @@ __all__ = [
     "MAX_PAYLOAD",
     "MAX_REQUEST",
     "MAX_TIP_MESSAGE",
+    "SESSION_BYTES",
+    "TIP_WINDOW",
     "AirChange",
     "BroadcastListener",
     "BroadcastMessage",
     "BroadcastStation",
     "ListenerRequest",
     "Tip",
+    "signed_hello",
     "signed_message",
     "signed_tip",
     "verify_message",
@@ -69,7 +82,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HELLO: Final = 20  # [20, broadcast_id, channel, broadcaster_public, on_air, next_seq]
+# [20, broadcast_id, channel, broadcaster_public, on_air, next_seq, session, started_ms,
+#  signature]
+HELLO: Final = 20
 MESSAGE: Final = 21  # [21, channel, seq, payload, signature]
 AIR: Final = 22  # [22, on_air, reason, next_seq]
 REQUEST: Final = 23  # [23, text]
@@ -81,11 +96,23 @@ MAX_PAYLOAD: Final = 64 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest tip message (bytes of UTF-8).
 MAX_TIP_MESSAGE: Final = 280
+#: Size of a station session's nonce (bytes).
+SESSION_BYTES: Final = 16
+#: Tip IDs a station remembers per tipper (the most recent ones; older IDs are refused).
+TIP_WINDOW: Final = 64
 _FRAME_CAP: Final = MAX_PAYLOAD + 1024
-_MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V1\x00"
-_TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V1\x00"
+_HELLO_DOMAIN: Final = b"DTP-BROADCAST-HELLO-V1\x00"
+_MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V2\x00"
+_TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V2\x00"
 _U64: Final = struct.Struct(">Q")
-_STOP: Final = b""
+# AirChanges a listener queues beyond its bound: a full queue must not lose the air
+# state, and a station (or relay) sending nothing but AIR frames must not fill memory
+_AIR_SLACK: Final = 16
+# what a station link queues: its HELLO, messages (dropped when the queue is full) and
+# AIR frames (never dropped, at most one beyond the bound)
+_Q_HELLO: Final = 0
+_Q_MESSAGE: Final = 1
+_Q_AIR: Final = 2
 
 
 def _field(data: bytes) -> bytes:
@@ -93,23 +120,48 @@ def _field(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def signed_message(broadcast_id: str, channel: str, seq: int, payload: bytes) -> bytes:
+def signed_hello(
+    broadcast_id: str, channel: str, session: bytes, started_ms: int, next_seq: int
+) -> bytes:
+    """The bytes a broadcaster signs for a HELLO: a domain tag, then the broadcast ID,
+    channel, station session (its nonce and start time, ms since the epoch) and the
+    sequence number the listener starts from, each length-prefixed or fixed-size."""
+    return (
+        _HELLO_DOMAIN
+        + _field(broadcast_id.lower().encode())
+        + _field(channel.encode())
+        + _field(bytes(session))
+        + _U64.pack(started_ms)
+        + _U64.pack(next_seq)
+    )
+
+
+def signed_message(
+    broadcast_id: str, channel: str, session: bytes, seq: int, payload: bytes
+) -> bytes:
     """The bytes a broadcaster signs for one message: a domain tag, then the broadcast ID,
-    channel, sequence number and payload, each length-prefixed or fixed-size."""
+    channel, station session nonce, sequence number and payload, each length-prefixed or
+    fixed-size. (The session is what keeps a restarted station's seq 1 from verifying
+    as an earlier session's seq 1.)"""
     return (
         _MSG_DOMAIN
         + _field(broadcast_id.lower().encode())
         + _field(channel.encode())
+        + _field(bytes(session))
         + _U64.pack(seq)
         + _field(bytes(payload))
     )
 
 
-def signed_tip(broadcast_id: str, tip_id: bytes, amount: int, message: str) -> bytes:
-    """The bytes a listener signs for a tip."""
+def signed_tip(
+    broadcast_id: str, session: bytes, tip_id: bytes, amount: int, message: str
+) -> bytes:
+    """The bytes a listener signs for a tip to the station session ``session`` (so no
+    other station instance, a restarted one included, accepts it)."""
     return (
         _TIP_DOMAIN
         + _field(broadcast_id.lower().encode())
+        + _field(bytes(session))
         + _field(bytes(tip_id))
         + _U64.pack(amount)
         + _field(message.encode())
@@ -166,14 +218,17 @@ def verify_message(
     broadcaster_public: bytes,
     broadcast_id: str,
     channel: str,
+    session: bytes,
     seq: int,
     payload: bytes,
     signature: bytes,
 ) -> None:
     """Raise :class:`ForgedBroadcast` unless ``signature`` is the broadcaster's over this
-    message."""
+    message of the station session ``session``."""
     if not _verify(
-        broadcaster_public, signature, signed_message(broadcast_id, channel, seq, payload)
+        broadcaster_public,
+        signature,
+        signed_message(broadcast_id, channel, session, seq, payload),
     ):
         raise E.ForgedBroadcast()
 
@@ -234,8 +289,12 @@ class _StationLink:
         self.station = station
         self.stream = stream
         self.name = name
-        self._out: queue.Queue[bytes] = queue.Queue(maxsize)
-        #: Frames dropped for this listener because it was slow.
+        self._maxsize = maxsize
+        # (kind, frame): the kind says what may be dropped or replaced when it is full
+        self._out: deque[tuple[int, bytes]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        #: Frames dropped for this listener because it was slow (messages only: an AIR
+        #: frame takes the place of one, which is counted here).
         self.dropped = 0
         self.violations = 0
         self.closed = threading.Event()
@@ -247,23 +306,57 @@ class _StationLink:
         self._reader.start()
         self._writer.start()
 
+    def queue_hello(self, frame: bytes) -> None:
+        """Queue the HELLO (the first frame, into an empty queue)."""
+        with self._cond:
+            self._out.append((_Q_HELLO, frame))
+            self._cond.notify()
+
     def offer(self, frame: bytes) -> bool:
-        """Queue a frame; False (and counted) when the queue is full."""
-        if self.closed.is_set():
-            return False
-        try:
-            self._out.put_nowait(frame)
+        """Queue a message frame; False (and counted) when the queue is full."""
+        with self._cond:
+            if self.closed.is_set():
+                return False
+            if len(self._out) >= self._maxsize:
+                self.dropped += 1
+                return False
+            self._out.append((_Q_MESSAGE, frame))
+            self._cond.notify()
             return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+
+    def offer_air(self, frame: bytes) -> None:
+        """Queue an AIR frame, full queue or not: dropped, it was never sent again and
+        the listener stayed on air after a cancel. In a full queue it takes the place of
+        the newest message (counted in :attr:`dropped`, which the listener sees as a gap
+        in sequence numbers), else of the newest AIR frame (older news of the air state),
+        else (the HELLO and AIR frames only) goes in above the bound: at most once, since
+        the next one replaces it."""
+        with self._cond:
+            if self.closed.is_set():
+                return
+            if len(self._out) >= self._maxsize:
+                for want in (_Q_MESSAGE, _Q_AIR):
+                    index = next(
+                        (i for i in range(len(self._out) - 1, -1, -1) if self._out[i][0] == want),
+                        None,
+                    )
+                    if index is not None:
+                        del self._out[index]
+                        if want == _Q_MESSAGE:
+                            self.dropped += 1
+                        break
+            self._out.append((_Q_AIR, frame))
+            self._cond.notify()
 
     def _write_loop(self) -> None:
         try:
             while True:
-                frame = self._out.get()
-                if frame is _STOP or self.closed.is_set():
-                    return
+                with self._cond:
+                    while not self._out and not self.closed.is_set():
+                        self._cond.wait()
+                    if self.closed.is_set():
+                        return
+                    _, frame = self._out.popleft()
                 self.stream.sendall(frame)
         except (DTPError, OSError) as exc:
             logger.debug("broadcast link %s: writing failed: %s", self.name, exc)
@@ -291,11 +384,12 @@ class _StationLink:
         """Stop the writer thread and forget the link. The stream is left to its owner,
         so the reader thread, blocked in ``recv``, ends only when that returns: the next
         bytes arrive (they are discarded), the stream ends or its timeout passes."""
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        with contextlib.suppress(queue.Full):
-            self._out.put_nowait(_STOP)
+        with self._cond:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            self._out.clear()
+            self._cond.notify_all()
         self.station._detach(self)
 
 
@@ -312,10 +406,20 @@ class BroadcastStation:
         link_queue: int = 256,
         max_listeners: int = 1024,
         inbox_size: int = 256,
+        tipped: Mapping[str, int] | None = None,
+        tip_state: str | os.PathLike[str] | None = None,
     ) -> None:
         """``link_queue`` (frames per listener) and ``inbox_size`` (tips, requests) are
         at least 1 and ``max_listeners`` at least 0 (ValueError; TypeError when not ints):
-        a queue of 0 was unbounded, so listeners' tips and requests could fill memory."""
+        a queue of 0 was unbounded, so listeners' tips and requests could fill memory.
+
+        Each station is a new session (:attr:`session`): tips signed for another one
+        are refused, but the rule "a tipper's accepted tips never exceed its recorded
+        contributions" counts only what this instance accepted unless it is told what
+        earlier ones did: ``tipped`` (tipper address → MIST accepted, e.g. an earlier
+        station's :attr:`tipped`) and/or ``tip_state``, a JSON file read at start (when
+        it exists) and rewritten, atomically, at every accepted tip, so a station
+        restarted with the same path goes on from its predecessor's totals."""
         for name, value, low in (
             ("link_queue", link_queue, 1),
             ("max_listeners", max_listeners, 0),
@@ -338,20 +442,41 @@ class BroadcastStation:
         self.max_listeners = max_listeners
         self._lock = threading.Lock()
         self._links: list[_StationLink] = []
+        #: This station's session nonce (random; in the HELLO and every signature).
+        self.session = os.urandom(SESSION_BYTES)
+        #: When this session started (ms since the epoch, the host's clock; in the HELLO).
+        self.session_started_ms = time.time_ns() // 1_000_000
         self._seq = 1
         self._on_air = False
         self._checked_slot = -1
         self._cancelled = b.cancelled
+        self._tip_state = None if tip_state is None else os.fspath(tip_state)
         self._tipped: dict[str, int] = {}
-        self._tip_ids: set[bytes] = set()
-        #: Accepted tips (bounded; the oldest are dropped when full and counted).
+        for source in (self._load_tip_state(), tipped or {}):
+            for address, total in source.items():
+                if type(total) is not int or total < 0:
+                    raise ValueError(f"a tipped total is an int of MIST >= 0, not {total!r}")
+                key = normalize_id(address, "tipper address")
+                self._tipped[key] = max(self._tipped.get(key, 0), total)
+        # per tipper, the tip IDs (as 128-bit numbers) accepted in this session: the
+        # newest TIP_WINDOW, and the floor below which every ID is refused (a set of
+        # every ID grew by one entry per 1-MIST tip for the station's life)
+        self._tip_ids: dict[str, tuple[int, set[int]]] = {}
+        self._inbox_lock = threading.Lock()
+        #: Accepted tips (bounded; the oldest are dropped when full and counted in
+        #: :attr:`inbox_dropped` and :attr:`tips_dropped`).
         self.tips: queue.Queue[Tip] = queue.Queue(inbox_size)
-        #: Listener requests (bounded likewise).
+        #: Listener requests (bounded likewise, counted in :attr:`inbox_dropped`).
         self.requests: queue.Queue[ListenerRequest] = queue.Queue(inbox_size)
         self.invalid_tips = 0
-        #: Tips that could not be checked because the ledger failed (not accepted).
+        #: Tips that could not be checked because the ledger (or the tip state file)
+        #: failed (not accepted).
         self.unchecked_tips = 0
+        #: Tips and requests dropped (the oldest) from a full :attr:`tips` or
+        #: :attr:`requests` queue.
         self.inbox_dropped = 0
+        #: Accepted (paid) tips among those: the money is in the pool, unseen (logged).
+        self.tips_dropped = 0
         self._monitor: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -373,6 +498,15 @@ class BroadcastStation:
             link = _StationLink(
                 self, stream, name or f"listener-{len(self._links)}", self.link_queue
             )
+            signature = self.identity.sign(
+                signed_hello(
+                    self.broadcast_id,
+                    self.channel,
+                    self.session,
+                    self.session_started_ms,
+                    self._seq,
+                )
+            )
             hello = encode_frame(
                 [
                     HELLO,
@@ -381,11 +515,14 @@ class BroadcastStation:
                     self.identity.ed25519_public,
                     self._on_air,
                     self._seq,
+                    self.session,
+                    self.session_started_ms,
+                    signature,
                 ]
             )
             # queued before the link is visible to send(): a message sent meanwhile went
             # out before HELLO, and the listener refused it as a frame before HELLO
-            link._out.put_nowait(hello)
+            link.queue_hello(hello)
             self._links.append(link)
         link.start()
 
@@ -394,10 +531,14 @@ class BroadcastStation:
             if link in self._links:
                 self._links.remove(link)
 
-    def _fan_out(self, frame: bytes) -> None:
-        """(lock held) Queue a frame for every listener, in order."""
+    def _fan_out(self, frame: bytes, air: bool = False) -> None:
+        """(lock held) Queue a frame for every listener, in order; an AIR frame
+        (``air``) even into a full queue (:meth:`_StationLink.offer_air`)."""
         for link in self._links:
-            link.offer(frame)
+            if air:
+                link.offer_air(frame)
+            else:
+                link.offer(frame)
 
     # -- air time ------------------------------------------------------------------------------
 
@@ -441,7 +582,7 @@ class BroadcastStation:
             if on != self._on_air or cancelled:
                 self._on_air = on
                 self._cancelled = cancelled
-                self._fan_out(encode_frame([AIR, on, reason, self._seq]))
+                self._fan_out(encode_frame([AIR, on, reason, self._seq]), air=True)
             return on
 
     def send(self, payload: bytes) -> int:
@@ -461,7 +602,7 @@ class BroadcastStation:
                 raise E.OffAir("the broadcast is cancelled")
             seq = self._seq
             signature = self.identity.sign(
-                signed_message(self.broadcast_id, self.channel, seq, payload)
+                signed_message(self.broadcast_id, self.channel, self.session, seq, payload)
             )
             message = [MESSAGE, self.channel, seq, payload, signature]
             try:
@@ -510,10 +651,32 @@ class BroadcastStation:
     # -- from listeners ------------------------------------------------------------------------
 
     def _inbox(self, box: queue.Queue[Any], item: object) -> None:
-        try:
-            box.put_nowait(item)
-        except queue.Full:
-            self.inbox_dropped += 1
+        """Queue a tip or request, dropping the oldest when the queue is full: dropping
+        the newest let one listener's flood shut every other one out."""
+        with self._inbox_lock:  # (one link's reader at a time: evict, then put)
+            while True:
+                try:
+                    box.put_nowait(item)
+                    return
+                except queue.Full:
+                    pass
+                try:
+                    old = box.get_nowait()
+                except queue.Empty:
+                    continue  # the application took one meanwhile
+                self.inbox_dropped += 1
+                if isinstance(old, Tip):
+                    # paid for and accepted: not silently lost (counted, and logged, but
+                    # not once per tip: a flood of 1-MIST tips would flood the log too)
+                    self.tips_dropped += 1
+                    if self.tips_dropped == 1 or self.tips_dropped % 100 == 0:
+                        logger.warning(
+                            "broadcast: tips queue full, accepted tips dropped unseen: "
+                            "%d so far (the last of %d MIST from %s)",
+                            self.tips_dropped,
+                            old.amount,
+                            old.address,
+                        )
 
     def _handle(self, link: _StationLink, message: Any) -> None:
         if not isinstance(message, list) or not message:
@@ -529,9 +692,10 @@ class BroadcastStation:
                 self._inbox(self.tips, self._check_tip(message))
             except E.InvalidTip:
                 self.invalid_tips += 1
-            except ChainError as exc:
-                # the ledger failed to say what the tipper contributed: the listener did
-                # nothing wrong, so its link stays up (the error used to end the reader)
+            except (ChainError, OSError) as exc:
+                # the ledger failed to say what the tipper contributed (or the tip state
+                # could not be saved): the listener did nothing wrong, so its link stays
+                # up (the error used to end the reader)
                 self.unchecked_tips += 1
                 logger.warning("broadcast: a tip could not be checked: %s", exc)
             return
@@ -550,18 +714,66 @@ class BroadcastStation:
             and isinstance(signature, bytes)
         ):
             raise E.InvalidTip("malformed tip")
-        if not _verify(public, signature, signed_tip(self.broadcast_id, tip_id, amount, text)):
+        if not _verify(
+            public, signature, signed_tip(self.broadcast_id, self.session, tip_id, amount, text)
+        ):
             raise E.InvalidTip("tip signature does not verify")
         address = sui_address_from_public_key(public)
         contributed = self.ledger.get_broadcast(self.broadcast_id).contributions.get(address, 0)
+        number = int.from_bytes(tip_id, "big")
         with self._lock:
-            if tip_id in self._tip_ids:
-                raise E.InvalidTip("tip replayed")
-            if self._tipped.get(address, 0) + amount > contributed:
+            floor, recent = self._tip_ids.get(address, (-1, set()))
+            if number <= floor or number in recent:
+                raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
+            total = self._tipped.get(address, 0) + amount
+            if total > contributed:
                 raise E.InvalidTip("tip not covered by the tipper's contributions")
-            self._tip_ids.add(tip_id)
-            self._tipped[address] = self._tipped.get(address, 0) + amount
+            if self._tip_state is not None:
+                self._save_tip_state({**self._tipped, address: total})  # OSError: refused
+            recent.add(number)
+            if len(recent) > TIP_WINDOW:
+                oldest = min(recent)
+                recent.discard(oldest)
+                floor = max(floor, oldest)
+            self._tip_ids[address] = (floor, recent)
+            self._tipped[address] = total
         return Tip(address, amount, text, tip_id)
+
+    @property
+    def tipped(self) -> dict[str, int]:
+        """MIST of tips accepted per tipper address (this station's and the totals it
+        was started with): what a replacement station takes as ``tipped``."""
+        with self._lock:
+            return dict(self._tipped)
+
+    def _load_tip_state(self) -> dict[str, Any]:
+        """The totals in the tip state file (none when there is no file yet)."""
+        if self._tip_state is None:
+            return {}
+        try:
+            with open(self._tip_state, encoding="utf-8") as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return {}
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("tipped"), dict)
+            or not _same_id(str(state.get("broadcast_id")), self.broadcast_id)
+        ):
+            raise ValueError(f"{self._tip_state} is not this broadcast's tip state")
+        tipped: dict[str, Any] = state["tipped"]
+        return tipped
+
+    def _save_tip_state(self, tipped: dict[str, int]) -> None:
+        """(lock held) Write the totals to the tip state file, atomically (a crash
+        leaves the old file or the new one), before the tip counts as accepted."""
+        assert self._tip_state is not None
+        tmp = f"{self._tip_state}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"broadcast_id": self.broadcast_id, "tipped": tipped}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._tip_state)
 
     def close(self) -> None:
         """Stop the monitor and close every listener link. The streams are left to their
@@ -608,6 +820,13 @@ class BroadcastListener:
         self.broadcaster = broadcaster
         self.channel: str | None = None
         self._public: bytes | None = None
+        #: The station session's nonce, from its verified HELLO (None before).
+        self.session: bytes | None = None
+        #: When the station's session started (ms since the epoch, the station host's
+        #: clock, signed in its HELLO; None before): how fresh the stream is, for the
+        #: application to judge.
+        self.session_started_ms: int | None = None
+        self._last_tip_id = 0
         if type(queue_size) is not int or queue_size < 1:
             raise ValueError("a listener's queue holds at least 1 item")
         self._queue_size = queue_size
@@ -663,7 +882,10 @@ class BroadcastListener:
         with self._queue_lock:
             if self.close_reason is not None:
                 return  # the marker stays last
-            if self._queue.qsize() >= self._queue_size:
+            # an AirChange goes in over the bound (a little): dropped, the application
+            # never heard of an off air or a cancel
+            limit = self._queue_size + (_AIR_SLACK if isinstance(item, AirChange) else 0)
+            if self._queue.qsize() >= limit:
                 self.dropped += 1
                 if isinstance(item, BroadcastMessage):
                     self._unreported += 1 + item.missed_before
@@ -730,8 +952,8 @@ class BroadcastListener:
         if not isinstance(message, list) or not message:
             raise E.MalformedMessage("a broadcast frame is an array")
         kind = message[0]
-        if kind == HELLO and len(message) == 6 and self._public is None:
-            _, b_id, channel, public, on_air, next_seq = message
+        if kind == HELLO and len(message) == 9 and self._public is None:
+            _, b_id, channel, public, on_air, next_seq, session, started, signature = message
             if not (
                 isinstance(b_id, str)
                 and isinstance(channel, str)
@@ -739,7 +961,12 @@ class BroadcastListener:
                 and len(public) == 32
                 and isinstance(on_air, bool)
                 and type(next_seq) is int
-                and next_seq >= 1
+                and 1 <= next_seq < 1 << 64
+                and isinstance(session, bytes)
+                and len(session) == SESSION_BYTES
+                and type(started) is int
+                and 0 <= started < 1 << 64
+                and isinstance(signature, bytes)
             ):
                 raise E.MalformedMessage("invalid HELLO")
             if self.broadcast_id is not None and not _same_id(b_id, self.broadcast_id):
@@ -759,14 +986,21 @@ class BroadcastListener:
                 sui_address_from_public_key(public), broadcaster
             ):
                 raise E.ForgedBroadcast("the station's key is not the broadcaster's")
+            # signed: unsigned, a relay rewrote next_seq (replaying what was sent before
+            # the listener joined) or passed another session off as this one
+            if not _verify(
+                public, signature, signed_hello(b_id, channel, session, started, next_seq)
+            ):
+                raise E.ForgedBroadcast("the station's HELLO is not signed by its key")
             self.broadcaster = None if broadcaster is None else normalize_id(broadcaster)
             self.broadcast_id, self.channel, self._public = b_id, channel, public
+            self.session, self.session_started_ms = session, started
             self._last_seq = next_seq - 1
             self.on_air = on_air
             self.hello.set()
             self._settled.set()
             return
-        if self._public is None or self.broadcast_id is None:
+        if self._public is None or self.broadcast_id is None or self.session is None:
             raise E.MalformedMessage("a frame before HELLO")
         if kind == MESSAGE and len(message) == 5:
             _, channel, seq, payload, signature = message
@@ -780,7 +1014,11 @@ class BroadcastListener:
                 raise E.MalformedMessage("invalid MESSAGE")
             if channel != self.channel:
                 raise E.ForgedBroadcast("message for another channel")
-            verify_message(self._public, self.broadcast_id, channel, seq, payload, signature)
+            # (a message of another session, an earlier station's seq 1 for one, does
+            # not verify: ForgedBroadcast)
+            verify_message(
+                self._public, self.broadcast_id, channel, self.session, seq, payload, signature
+            )
             if seq <= self._last_seq:
                 raise E.ReplayedBroadcast(f"sequence {seq} after {self._last_seq}")
             missed = seq - self._last_seq - 1
@@ -820,9 +1058,19 @@ class BroadcastListener:
         ledger, identity, b_id = self._need()
         ledger.broadcast_contribute(identity, b_id, amount)
 
+    def _next_tip_id(self) -> bytes:
+        """A tip ID: stations take them in increasing order per tipper (as 128-bit
+        numbers, remembering only the last :data:`TIP_WINDOW`), so the top 64 bits are
+        microseconds since the epoch, kept increasing, and the rest random (two
+        listeners with one identity do not collide)."""
+        with self._send_lock:
+            self._last_tip_id = max(self._last_tip_id + 1, time.time_ns() // 1000)
+            return _U64.pack(self._last_tip_id) + os.urandom(8)
+
     def tip(self, amount: int, message: str) -> bytes:
         """Contribute ``amount`` and send the station a signed tip with ``message``;
-        returns the tip's id. A closed listener refuses (StationError) before paying."""
+        returns the tip's id. A closed listener, or one that has no HELLO yet (the tip
+        is signed for the station's session), refuses (StationError) before paying."""
         _check_amount(amount)
         if len(_utf8(message, "a tip message")) > MAX_TIP_MESSAGE:
             raise E.PayloadTooLarge(f"a tip message is at most {MAX_TIP_MESSAGE} bytes")
@@ -831,9 +1079,12 @@ class BroadcastListener:
             # the tip could not reach the station: its contribution was paid, then the
             # send failed (or went to a stream nobody reads)
             raise E.StationError(f"the listener is closed ({self.close_reason})")
+        session = self.session
+        if session is None:
+            raise E.StationError("the station has not introduced itself (no HELLO yet)")
         ledger.broadcast_contribute(identity, b_id, amount)
-        tip_id = os.urandom(16)
-        signature = identity.sign(signed_tip(b_id, tip_id, amount, message))
+        tip_id = self._next_tip_id()
+        signature = identity.sign(signed_tip(b_id, session, tip_id, amount, message))
         self._send([TIP, tip_id, amount, message, identity.ed25519_public, signature])
         return tip_id
 

@@ -1,0 +1,300 @@
+"""Broadcast, session 24 review (docs/messaging.md §5):
+
+1. Station sessions: a restarted station numbered its messages from 1 again and signed
+   only (broadcast, channel, seq, payload), so a relay passed an earlier session's seq 1
+   off as the new one's; and the HELLO was unsigned, so a relay rewound ``next_seq`` and
+   replayed what was sent before the listener joined. The HELLO is now signed and names
+   the session (nonce, start time), which every message's signature covers.
+2. An AIR frame (a cancel, off air) was dropped like a message for a listener whose
+   queue was full, and never sent again: the listener stayed on air for good. The same
+   on the listener's own queue: the AirChange was dropped.
+3. The station remembered every accepted tip ID (one entry per 1-MIST tip, for its
+   whole life); now the newest :data:`TIP_WINDOW` per tipper, and a floor.
+4. A tip was accepted again by a restarted station; tips are now signed for the session,
+   and ``tipped`` / ``tip_state`` carry the per-tipper totals over a restart.
+5. A full tips or requests queue dropped the newest item (the docs say the oldest).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dtp.messaging.broadcast import (
+    MESSAGE,
+    TIP,
+    TIP_WINDOW,
+    AirChange,
+    BroadcastListener,
+    BroadcastMessage,
+    BroadcastStation,
+    signed_tip,
+)
+from dtp.messaging.framing import decode_body, encode_frame, read_frames
+from tests.polling import wait_for
+from tests.test_messaging_broadcast import World, world  # noqa: F401
+
+PROMPT = 30.0
+
+
+def _frames(sock: Any, n: int) -> list[Any]:
+    """The next ``n`` frames from ``sock`` (decoded), as a relay sees them."""
+    out: list[Any] = []
+    sock.settimeout(PROMPT)
+    for body in read_frames(sock, 1 << 20, threading.Event()):
+        out.append(decode_body(body))
+        if len(out) >= n:
+            break
+    sock.settimeout(None)
+    return out
+
+
+def _relay(w: World, station: BroadcastStation, fan: int = 1) -> tuple[Any, Any, BroadcastListener]:
+    """A relay between ``station`` and a new listener: (upstream socket, downstream
+    socket, listener); nothing is forwarded unless the test does it."""
+    s_side, upstream = w.pair()
+    relay_side, l_side = w.pair()
+    listener = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[fan], broadcast_id=w.broadcast_id
+    )
+    station.attach(s_side, "relay")
+    return upstream, relay_side, listener
+
+
+# -- 1. sessions -----------------------------------------------------------------------------
+
+
+def test_an_earlier_sessions_message_is_refused_by_a_restarted_stations_listener(
+    world: World,  # noqa: F811
+) -> None:
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    first = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    s_side, recorder = w.pair()
+    first.attach(s_side, "recorder")
+    assert first.send(b"session-1: buy") == 1
+    _hello, _air, old = _frames(recorder, 3)
+    assert old[0] == MESSAGE and old[2] == 1
+    first.close()
+
+    second = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    upstream, relay_side, listener = _relay(w, second)
+    try:
+        assert second.send(b"session-2: sell") == 1
+        hello, air, new = _frames(upstream, 3)
+        for frame in (hello, air, old, new):  # the old seq 1 slipped in first
+            relay_side.sendall(encode_frame(frame, 1 << 20))
+        assert listener.wait_hello(PROMPT)
+        assert listener.get(timeout=PROMPT) == AirChange(True, "covered", 1)
+        message = listener.get(timeout=PROMPT)
+        assert isinstance(message, BroadcastMessage)
+        assert message.payload == b"session-2: sell"
+        assert (listener.forged, listener.received) == (1, 1)
+        assert second.session != first.session
+        # the session the application can judge freshness by
+        assert listener.session == second.session
+        assert listener.session_started_ms == second.session_started_ms
+        assert abs(second.session_started_ms - time.time() * 1000) < 3_600_000
+    finally:
+        listener.close()
+        second.close()
+
+
+def test_a_relay_cannot_rewind_the_hello(world: World) -> None:  # noqa: F811
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    s_side, recorder = w.pair()
+    station.attach(s_side, "recorder")
+    station.send(b"old news 1")
+    station.send(b"old news 2")
+    _hello, _air, m1, m2 = _frames(recorder, 4)
+    upstream, relay_side, listener = _relay(w, station)
+    try:
+        (hello,) = _frames(upstream, 1)
+        assert hello[5] == 3
+        hello[5] = 1  # rewind where the listener starts, then replay what it missed
+        for frame in (hello, m1, m2):
+            relay_side.sendall(encode_frame(frame, 1 << 20))
+        assert not listener.wait_hello(PROMPT)
+        assert listener.close_reason == "an impostor station" and listener.forged == 1
+        assert listener.received == 0
+    finally:
+        listener.close()
+        station.close()
+
+
+# -- 2. air state through full queues ---------------------------------------------------------
+
+
+def test_a_cancel_reaches_a_listener_whose_link_queue_was_full(world: World) -> None:  # noqa: F811
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, link_queue=4)
+    s_side, l_side = w.pair()
+    station.attach(s_side, "slow")
+    link = station._links[0]
+    try:
+        # nobody reads the listener's side yet: the writer blocks, its queue fills
+        sent = 0
+        while link.dropped == 0 and sent < 5000:
+            station.send(b"x" * 60_000)
+            sent += 1
+        assert link.dropped > 0
+        for i in range(40):  # air flapping while the queue is full: memory stays bounded
+            station._set_air(i % 2 == 1, "covered" if i % 2 else "pool exhausted", 0)
+        station.cancel()
+        listener = BroadcastListener(
+            l_side,
+            ledger=w.ledger,
+            identity=w.fans[0],
+            broadcast_id=w.broadcast_id,
+            queue_size=100_000,
+        )
+        assert listener.wait_hello(PROMPT)
+        assert wait_for(lambda: not listener.on_air, timeout=PROMPT)
+        items = []
+        while True:
+            try:
+                items.append(listener.get(timeout=2))
+            except queue.Empty:
+                break
+        assert items and items[-1] == AirChange(False, "cancelled", sent + 1)
+        assert listener.received + link.dropped >= sent  # every message sent or counted
+        listener.close()
+    finally:
+        station.close()
+
+
+def test_an_air_change_reaches_an_application_whose_queue_is_full(world: World) -> None:  # noqa: F811
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[0], broadcast_id=w.broadcast_id, queue_size=2
+    )
+    station.attach(s_side, "fan")
+    try:
+        assert listener.wait_hello(PROMPT)
+        for i in range(3):
+            station.send(b"m%d" % i)
+        assert wait_for(lambda: listener.received == 3, timeout=PROMPT)
+        station.cancel()
+        assert wait_for(lambda: not listener.on_air, timeout=PROMPT)
+        items = [listener.get(timeout=PROMPT) for _ in range(3)]
+        assert items[-1] == AirChange(False, "cancelled", 4)
+    finally:
+        listener.close()
+        station.close()
+
+
+# -- 3, 4. tips: bounded memory, sessions, restarts ----------------------------------------------
+
+
+def _tip_frame(w: World, station: BroadcastStation, tip_id: bytes, amount: int) -> bytes:
+    fan = w.fans[0]
+    signature = fan.sign(signed_tip(w.broadcast_id, station.session, tip_id, amount, ""))
+    return encode_frame([TIP, tip_id, amount, "", fan.ed25519_public, signature])
+
+
+def _settled(station: BroadcastStation, count: int) -> bool:
+    return wait_for(
+        lambda: station.tips.qsize() + station.inbox_dropped + station.invalid_tips >= count,
+        timeout=120,
+    )
+
+
+def test_a_station_remembers_a_bounded_window_of_tip_ids(world: World) -> None:  # noqa: F811
+    w = world
+    n = 5 * TIP_WINDOW
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, n)  # n MIST, once
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1)
+    s_side, l_side = w.pair()
+    station.attach(s_side, "fan")
+    try:
+        ids = [i.to_bytes(8, "big") + bytes(8) for i in range(1, n + 1)]
+        frames = [_tip_frame(w, station, tip_id, 1) for tip_id in ids]
+        l_side.sendall(b"".join(frames))
+        assert _settled(station, n)
+        assert station.invalid_tips == 0 and station.tipped == {w.fans[0].sui_address: n}
+        remembered = sum(len(recent) for _, recent in station._tip_ids.values())
+        assert remembered <= TIP_WINDOW
+        # the oldest, the newest and one in between: all refused as replays
+        l_side.sendall(frames[0] + frames[-1] + frames[n // 2])
+        assert wait_for(lambda: station.invalid_tips == 3, timeout=PROMPT)
+        assert station.tipped == {w.fans[0].sui_address: n}
+    finally:
+        station.close()
+
+
+def test_a_restarted_station_refuses_old_tips_and_keeps_the_totals(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    w = world
+    fan = w.fans[0].sui_address
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 100)
+    state = tmp_path / "tips.json"
+    first = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=state)
+    s_side, l_side = w.pair()
+    first.attach(s_side, "fan")
+    frame = _tip_frame(w, first, b"\x00" * 15 + b"\x01", 100)
+    l_side.sendall(frame)
+    assert _settled(first, 1) and first.tips.qsize() == 1
+    assert first.tipped == {fan: 100}
+    first.close()
+
+    # the same tip replayed to the station's replacement: signed for another session
+    second = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=state)
+    s_side, l_side = w.pair()
+    second.attach(s_side, "fan")
+    try:
+        l_side.sendall(frame)
+        assert wait_for(lambda: second.invalid_tips == 1, timeout=PROMPT)
+        # a new tip for this session is not covered: the 100 MIST were tipped before
+        l_side.sendall(_tip_frame(w, second, b"\x00" * 15 + b"\x02", 1))
+        assert wait_for(lambda: second.invalid_tips == 2, timeout=PROMPT)
+        assert second.tips.empty() and second.tipped == {fan: 100}
+    finally:
+        second.close()
+
+    # the totals handed over in memory do the same
+    third = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tipped={fan: 100})
+    s_side, l_side = w.pair()
+    third.attach(s_side, "fan")
+    try:
+        l_side.sendall(_tip_frame(w, third, b"\x00" * 15 + b"\x03", 1))
+        assert wait_for(lambda: third.invalid_tips == 1, timeout=PROMPT)
+    finally:
+        third.close()
+
+
+# -- 5. full inboxes drop the oldest --------------------------------------------------------------
+
+
+def test_full_inboxes_drop_the_oldest_and_count_dropped_tips(world: World) -> None:  # noqa: F811
+    w = world
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1)
+    s_side, l_side = w.pair()
+    listener = BroadcastListener(
+        l_side, ledger=w.ledger, identity=w.fans[0], broadcast_id=w.broadcast_id
+    )
+    station.attach(s_side, "fan")
+    try:
+        assert listener.wait_hello(PROMPT)
+        listener.request("first")
+        listener.request("second")
+        assert wait_for(lambda: station.inbox_dropped == 1, timeout=PROMPT)
+        assert station.requests.get_nowait().text == "second"
+        listener.tip(10, "first tip")
+        second = listener.tip(20, "second tip")
+        assert wait_for(lambda: station.inbox_dropped == 2, timeout=PROMPT)
+        assert station.tips_dropped == 1
+        assert station.tips.get_nowait().tip_id == second
+    finally:
+        listener.close()
+        station.close()
