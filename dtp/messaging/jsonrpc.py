@@ -14,6 +14,7 @@ typed errors of :mod:`dtp.messaging.errors` for JSON-RPC error objects.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.client
@@ -21,12 +22,13 @@ import io
 import json
 import logging
 import math
+import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from http.client import RemoteDisconnected
 from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
@@ -141,8 +143,34 @@ class JsonRpcHandler:
 
 
 def _dumps(value: Any) -> str:
-    """Strict JSON: NaN and the infinities are not JSON (ValueError)."""
+    """Strict JSON: NaN and the infinities are not JSON (ValueError), nor is an object
+    name that is not a str (TypeError)."""
+    _check_names(value)
     return json.dumps(value, allow_nan=False)
+
+
+def _check_names(value: Any) -> None:
+    """TypeError for a dict key that is not a str, anywhere in ``value``: json.dumps
+    writes 1, 1.0, True or None as a name ("1", "1.0", "true", "null"), so {1: "a",
+    "1": "b"} came out with the name "1" twice, which every strict reader (_loads,
+    hence JsonRpcClient) refuses, and {1: "a"} as another object than was returned."""
+    stack = [value]
+    seen: set[int] = set()  # (a cycle is left to json.dumps to refuse)
+    while stack:  # (no recursion: a deeply nested value is walked all the same)
+        item = stack.pop()
+        if isinstance(item, dict):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"an object name is a str, not {type(key).__name__!r}")
+                stack.append(sub)
+        elif isinstance(item, list | tuple):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            stack.extend(item)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -188,134 +216,206 @@ def _loads(document: bytes | str) -> Any:
 class JsonRpcHttpProxy:
     """Forward JSON-RPC documents to an HTTP(S) endpoint (POST, ``application/json``).
 
-    One keep-alive ``http.client`` connection per thread; responses above ``max_response``
-    bytes and HTTP errors become JSON-RPC ``INTERNAL_ERROR`` answers (the backend's
-    detail is not passed on). A document is sent again only when the reused connection
-    was found closed by the backend before any answer, never after a timeout.
+    Kept-alive ``http.client`` connections are pooled: a call takes an idle one (or
+    opens one) and gives it back after a clean answer; at most ``max_idle`` are kept
+    idle, the others closed. Responses above ``max_response`` bytes, HTTP errors and
+    2xx bodies that are not JSON become JSON-RPC ``INTERNAL_ERROR`` answers (the
+    backend's detail is not passed on), one per request that has an id (an array for a
+    batch, nothing for notifications). A document is never sent twice: an idle
+    connection the backend has closed is found so before it is used, and once the
+    document has gone out, any failure is the call's answer.
 
     ``timeout`` (seconds) bounds the whole exchange -- connecting, sending the document
     and reading the whole answer -- not each read: a backend that answers a byte now and
-    then is given up on once it has passed (``INTERNAL_ERROR``); None: no limit."""
+    then is given up on once it has passed (``INTERNAL_ERROR``); None: no limit.
+
+    Credentials in the URL (``http://user:password@host/``) are sent as HTTP Basic
+    authentication; a path that is not ASCII is sent percent-encoded (UTF-8)."""
 
     def __init__(
-        self, url: str, *, timeout: float | None = 10.0, max_response: int = MAX_JSON
+        self,
+        url: str,
+        *,
+        timeout: float | None = 10.0,
+        max_response: int = MAX_JSON,
+        max_idle: int = 8,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
+        try:
+            # (what connecting does to the name: refused now rather than raising
+            # UnicodeError out of every call)
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"not an http(s) URL: {url!r}") from None
         if timeout is not None:
             _check_our_timeout(timeout)
         _check_count("max_response", max_response, 1)
+        _check_count("max_idle", max_idle, 0)
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port
-        self.path = parts.path or "/"
+        path = parts.path or "/"
         if parts.query:
-            self.path += "?" + parts.query
+            path += "?" + parts.query
+        # http.client writes the request line as ASCII: a path it cannot write failed
+        # every call (UnicodeEncodeError), one with a space or a control character
+        # every call too (InvalidURL); existing %-escapes are kept as they are
+        self.path = urllib.parse.quote(path, safe=_URL_SAFE)
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if parts.username is not None:
+            # (urlsplit leaves them %-escaped, as a URL must write ':' or '@' in them)
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._headers["Authorization"] = "Basic " + token
         self.timeout = timeout
         self.max_response = max_response
-        self._local = threading.local()
-        # every thread's connection, for close(): the threads that call the proxy are
-        # an RpcServer's workers or stream threads, not the one that closes it
+        self.max_idle = max_idle
         self._lock = threading.Lock()
-        self._conns: set[http.client.HTTPConnection] = set()
+        # a pool, not a connection per thread: the callers are an RpcServer's stream
+        # threads, one per DTP connection, which come and go; each left its own
+        # connection (and descriptor) open until close()
+        self._idle: list[http.client.HTTPConnection] = []
+        # the connections of calls in progress, with their sockets, for close() to shut
+        # down: http.client drops its reference to a socket it closes on a
+        # "Connection: close" while the answer is still being read through it
+        self._busy: dict[http.client.HTTPConnection, socket.socket | None] = {}
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None or conn not in self._conns:  # (none yet, or close() closed it)
-            cls = (
-                http.client.HTTPSConnection
-                if self.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
+    def _checkout(self) -> http.client.HTTPConnection:
+        """An idle connection still open at the backend's end, or a new one (not yet
+        connected), counted as in progress."""
+        while True:
             with self._lock:
-                self._conns.add(conn)
-        return conn
+                # (the most recently used: the least likely to have been closed)
+                conn = self._idle.pop() if self._idle else None
+                if conn is not None:
+                    self._busy[conn] = conn.sock
+            if conn is None:
+                # (made outside the lock: an HTTPS connection loads its CA certificates)
+                cls = (
+                    http.client.HTTPSConnection
+                    if self.scheme == "https"
+                    else http.client.HTTPConnection
+                )
+                conn = cls(self.host, self.port, timeout=self.timeout)
+                with self._lock:
+                    self._busy[conn] = None
+                return conn
+            sock = conn.sock
+            if sock is not None and not _peer_closed(sock):
+                return conn
+            # the backend closed it while idle (or wrote what no request asked for):
+            # found now, before the document goes out on it, rather than after, when
+            # whether the backend read the document cannot be known
+            logger.debug("jsonrpc proxy: an idle connection was closed by the backend")
+            self._checkin(conn, reusable=False)
+
+    def _checkin(self, conn: http.client.HTTPConnection, *, reusable: bool) -> None:
+        """Back to the pool after a clean answer (when there is room), else closed."""
+        with self._lock:
+            # (not in progress any more: close() shut it down meanwhile)
+            ours = self._busy.pop(conn, _GONE) is not _GONE
+            if ours and reusable and conn.sock is not None and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _connected(self, conn: http.client.HTTPConnection) -> bool:
+        """Note the socket of a connection just opened, for close(); False if close()
+        ran while it was connecting (the call then fails as closed)."""
+        with self._lock:
+            if conn not in self._busy:
+                return False
+            self._busy[conn] = conn.sock
+            return True
 
     def __call__(self, document: bytes) -> bytes | None:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while True:
-            conn = self._connection()
-            reused = conn.sock is not None
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:  # (a resend after a failure that took it all)
-                return _unreachable()
-            # connecting and sending within what is left; every read of the answer too
-            conn.timeout = left
-            sock = conn.sock
-            if sock is not None:
-                # (close() from another thread may have closed it: the request fails so)
-                with contextlib.suppress(OSError):
-                    sock.settimeout(left)
+        conn = self._checkout()
+        reusable = False
+        try:
+            outcome = self._exchange(conn, document, deadline)
+            if outcome is None:
+                return _failure(document, "backend unreachable")
+            status, body, reusable = outcome
+        finally:
+            self._checkin(conn, reusable=reusable)
+        if len(body) > self.max_response:
+            return _failure(document, "backend answer too large")
+        if status == 204 or (200 <= status < 300 and not body):
+            return None
+        if not 200 <= status < 300:
+            return _failure(document, f"backend HTTP {status}")
+        try:
+            _loads(body)
+        except (ValueError, RecursionError):
+            # an HTML error page of a gateway in front of the node, say: passed on, it
+            # was an undecodable answer to the caller rather than the backend's failure
+            return _failure(document, "backend answered non-JSON")
+        return body
+
+    def _exchange(
+        self, conn: http.client.HTTPConnection, document: bytes, deadline: float | None
+    ) -> tuple[int, bytes, bool] | None:
+        """Send ``document`` once on ``conn``: the answer's status, its body (read up to
+        one byte past ``max_response``) and whether the connection may be used again;
+        None when there is no answer (unreachable, timed out, closed, cut short)."""
+        try:
+            if conn.sock is None:
+                left = _left(deadline)
+                if left is not None and left <= 0:
+                    return None
+                conn.timeout = left  # (connecting within what is left)
+                conn.connect()
+                if not self._connected(conn):
+                    return None
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                return None
+            cast(socket.socket, conn.sock).settimeout(left)  # (sending; each read sets its own)
             conn.response_class = cast(
                 type[http.client.HTTPResponse],
                 functools.partial(_DeadlineResponse, deadline=deadline),
             )
-            try:
-                conn.request(
-                    "POST",
-                    self.path,
-                    body=document,
-                    headers={"Content-Type": "application/json", "Accept": "application/json"},
-                )
-                response = conn.getresponse()
-            except (RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop(conn)
-                # a kept-alive connection the backend had closed while idle: it read
-                # nothing of this request, so it is sent once more on a fresh one; a
-                # fresh connection failing so, or anything else (a timeout above all:
-                # the backend may be working on it), is never retried, since a JSON-RPC
-                # call (eth_sendRawTransaction…) must not run twice
-                if reused:
-                    logger.debug("jsonrpc proxy: kept-alive connection closed (%r)", exc)
-                    continue
-                return _unreachable()
-            except (OSError, http.client.HTTPException):
-                self._drop(conn)
-                return _unreachable()
-            try:
-                body = response.read(self.max_response + 1)
-            except (OSError, http.client.HTTPException):
-                self._drop(conn)
-                return _unreachable()
-            status = response.status
-            if len(body) > self.max_response:
-                self._drop(conn)
-                return json.dumps(
-                    _error(None, E.INTERNAL_ERROR, "backend answer too large")
-                ).encode()
-            if response.length:
-                # the backend ended the stream before the Content-Length it announced:
-                # http.client's read(amt) returns the part it got without a word, which
-                # is not the backend's answer, and the connection (its response unread)
-                # refuses the next request on it (ResponseNotReady, after sending it)
-                self._drop(conn)
-                return _unreachable()
-            if status == 204 or (200 <= status < 300 and not body):
-                return None
-            if not 200 <= status < 300:
-                if status < 200:
-                    # a 1xx as the final answer (101: the connection now speaks another
-                    # protocol): what follows on it is no answer to the next request
-                    self._drop(conn)
-                return json.dumps(_error(None, E.INTERNAL_ERROR, f"backend HTTP {status}")).encode()
-            return body
-
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
-        conn.close()
-        self._local.conn = None
-        with self._lock:
-            self._conns.discard(conn)
+            # from here on the backend may have the document: whatever happens, it is
+            # not sent again (a JSON-RPC call such as eth_sendRawTransaction must not
+            # run twice)
+            conn.request("POST", self.path, body=document, headers=self._headers)
+            response = conn.getresponse()
+            body = response.read(self.max_response + 1)
+        except (OSError, http.client.HTTPException):
+            return None
+        if len(body) > self.max_response:
+            return response.status, body, False  # (the rest of it left unread)
+        if response.length:
+            # the backend ended the stream before the Content-Length it announced:
+            # http.client's read(amt) returns the part it got without a word, which is
+            # not the backend's answer
+            return None
+        # a 1xx as the final answer (101: the connection now speaks another protocol),
+        # or an answer not read to its end: what follows on it answers no next request
+        reusable = response.status >= 200 and response.isclosed()
+        return response.status, body, reusable
 
     def close(self) -> None:
-        """Close the kept-alive connections of every thread (a call in progress on one
-        fails as the backend being unreachable); a later call opens a new one."""
+        """Close the idle connections, and make the calls in progress fail as the
+        backend being unreachable (their sockets are shut down); a later call opens a
+        new connection."""
         with self._lock:
-            conns, self._conns = self._conns, set()
-        for conn in conns:
+            idle, self._idle = self._idle, []
+            busy, self._busy = list(self._busy.values()), {}
+        for conn in idle:
             conn.close()
+        for sock in busy:
+            if sock is not None:
+                # shutdown, not close: the calling thread's reader holds the descriptor
+                # open (a close left it reading on, for ever with timeout=None); and
+                # socket.socket's, not SSLSocket's, which drops the TLS state from
+                # under the thread still using it
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -371,8 +471,6 @@ class _DeadlineResponse(http.client.HTTPResponse):
         *,
         deadline: float | None,
     ) -> None:
-        # (before HTTPResponse.__init__: it may read nothing, but begin() reads statuses)
-        self._interim = False
         super().__init__(
             cast(socket.socket, _DeadlineSocket(sock, deadline)), debuglevel, method, url
         )
@@ -383,26 +481,71 @@ class _DeadlineResponse(http.client.HTTPResponse):
         the real answer, left on the kept-alive connection, was read as the answer to
         the next request (every answer then went to the call after its own)."""
         while True:
-            try:
-                version, status, reason = cast(Any, super())._read_status()
-            except RemoteDisconnected:
-                if self._interim:
-                    # the backend has the request (it answered 1xx): not "closed while
-                    # idle", which the proxy sends again
-                    raise http.client.HTTPException(
-                        "the backend closed the connection after an interim answer"
-                    ) from None
-                raise
+            version, status, reason = cast(Any, super())._read_status()
             if not 100 <= status < 200:
                 return version, status, reason
-            self._interim = True
             if status in (100, 101):  # (begin() skips a 100's headers; a 101 is final)
                 return version, status, reason
             http.client.parse_headers(cast(Any, self.fp))
 
 
-def _unreachable() -> bytes:
-    return json.dumps(_error(None, E.INTERNAL_ERROR, "backend unreachable")).encode()
+#: What a path may hold as it is: printable ASCII but the space (and '%', so that
+#: the escapes already in it stay as they are).
+_URL_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
+_GONE: Final = object()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection has something to read at once: the
+    backend's end of it (EOF or reset), or bytes no request asked for; either way it
+    answers no next request (an error reading it counts as closed)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        if hasattr(select, "poll"):  # (select() refuses descriptors past FD_SETSIZE)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))  # (POLLHUP and POLLERR are always reported)
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError):
+        return True
+
+
+def _failure(document: bytes, message: str) -> bytes | None:
+    """The proxy's own INTERNAL_ERROR answer to ``document``, shaped as the backend's
+    would have been (JSON-RPC 2.0 §5, §6): the request's id, an array of errors for a
+    batch's requests, nothing for notifications; id null when ``document`` cannot be
+    read (or an entry is no request at all)."""
+    try:
+        request = _loads(document)
+    except (ValueError, RecursionError):
+        return _dumps(_error(None, E.INTERNAL_ERROR, message)).encode()
+    if isinstance(request, list) and request:
+        answers = [
+            _dumps(_error(_request_id(r), E.INTERNAL_ERROR, message))
+            for r in request
+            if not _is_notification(r)
+        ]
+        return ("[" + ", ".join(answers) + "]").encode() if answers else None
+    if _is_notification(request):
+        return None
+    return _dumps(_error(_request_id(request), E.INTERNAL_ERROR, message)).encode()
+
+
+def _is_notification(request: Any) -> bool:
+    # (as JsonRpcHandler has it: what is not a 2.0 request is answered, id or none)
+    return isinstance(request, dict) and request.get("jsonrpc") == "2.0" and "id" not in request
+
+
+def _request_id(request: Any) -> Any:
+    """A request's id to echo back: null when there is none or it is no JSON-RPC id."""
+    id_ = request.get("id") if isinstance(request, dict) else None
+    return id_ if type(id_) in (str, int, float) else None
 
 
 def serve_jsonrpc(server: RpcServer, backend: Callable[[bytes], bytes | None]) -> None:
@@ -439,7 +582,9 @@ class JsonRpcClient:
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
         """Call ``method``; returns its result or raises the typed RemoteError. ``params``
-        must be strict JSON (TypeError, or ValueError for NaN and the infinities)."""
+        must be strict JSON (TypeError, or ValueError for NaN and the infinities).
+        MalformedMessage: the answer is no JSON-RPC answer to this request (another id,
+        both or neither of result and error)."""
         _check_request(method, params)
         with self._lock:
             id_ = self._next
@@ -456,15 +601,22 @@ class JsonRpcClient:
             raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
         if not isinstance(answer, dict):
             raise E.MalformedMessage("the JSON-RPC answer is not an object")
+        # JSON-RPC 2.0 §5: exactly one of result and error (none was read as a null
+        # result, both as the error), and the request's id: another's answer (a
+        # backend that mixed up its connections) was taken for this call's. An error
+        # may have id null, as when the service could not read the request's id.
+        if "result" not in answer and "error" not in answer:
+            raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
+        if "result" in answer and "error" in answer:
+            raise E.MalformedMessage("the JSON-RPC answer holds both result and error")
+        got = answer.get("id", _GONE)
+        if not (type(got) is int and got == id_) and not ("error" in answer and got is None):
+            raise E.MalformedMessage("the JSON-RPC answer is to another request (its id)")
         if "error" in answer:
             err = answer["error"]
             if not isinstance(err, dict) or type(err.get("code")) is not int:
                 raise E.MalformedMessage("malformed JSON-RPC error object")
             raise E.remote_error(err["code"], str(err.get("message", "")), err.get("data"))
-        if "result" not in answer:
-            # (JSON-RPC 2.0 §5: a success holds a result, null included; none was read
-            # as a null result)
-            raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
         return answer["result"]
 
     def notify(self, method: str, params: list[Any] | dict[str, Any] | None = None) -> None:
