@@ -870,8 +870,21 @@ class PaidSocket:
 
     def close(self) -> None:
         """Close this stream (:meth:`dtp.socket.DTPSocket.close`; the first stream's
-        close ends the connection, which the server then settles)."""
-        self._sock.close()
+        close ends the connection, which the server then settles -- after asking the
+        client for a receipt for all its usage, the final receipt of docs/escrow.md
+        6.1: closed at once, the usage since its last receipt went unpaid)."""
+        sock = self._sock
+        if getattr(sock, "_primary", False) and not getattr(sock, "_closed", True):
+            with contextlib.suppress(DTPError):
+                self._paid.request_final_receipt()
+        sock.close()
+
+    def reset(self, code: int = 0) -> None:
+        """:meth:`dtp.socket.DTPSocket.reset`: the client reads
+        :class:`~dtp.errors.StreamReset` (a reset moves no data: no gate). On the first
+        stream the connection ends without a final receipt (none comes over a reset
+        stream): it is settled with the latest receipt, as after any abort."""
+        self._sock.reset(code)
 
     def __enter__(self) -> PaidSocket:
         return self

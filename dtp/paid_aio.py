@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,7 +27,14 @@ from dtp._session import CALLBACK_FAILED
 from dtp.admission import LedgerAdmission
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
-from dtp.errors import ChainError, DTPError, LocalProtocolError, PaymentRequired, move_error
+from dtp.errors import (
+    ChainError,
+    ConnectionClosed,
+    DTPError,
+    LocalProtocolError,
+    PaymentRequired,
+    move_error,
+)
 from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
@@ -58,6 +67,7 @@ from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import publish_endpoint
+from dtp.socket import _check_server_identity
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
@@ -77,6 +87,12 @@ _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 _WRITER_POLL = 0.05
 #: How many put-back datagrams a connection remembers as charged already
 _CHARGED_KEPT = 64
+
+#: The server whose callback the current task runs in (wait_released() there would wait
+#: for its own connection)
+_IN_CALLBACK: contextvars.ContextVar[PaidAioServer | None] = contextvars.ContextVar(
+    "dtp_paid_aio_callback", default=None
+)
 
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
@@ -110,6 +126,8 @@ class _PaidConnection:
         self.final: Receipt | None = None
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
+        #: The first stream's close (PaidWriter.close): the end phase waits for it
+        self.closing: asyncio.Task[None] | None = None
         #: Datagrams a cancelled recv_datagram() put back, charged to the rate limits
         #: already: known by identity (any writer of the connection may read one next).
         #: Bounded: one the full datagram queue dropped is never read to be forgotten
@@ -490,6 +508,9 @@ class PaidWriter:
         self._failed: BaseException | None = None
         self._eof_after = False  # write_eof() / close() came while bytes were held
         self._close_after = False
+        #: The first stream's close() (which ends the connection): the final receipt is
+        #: asked for first
+        self._closing: asyncio.Task[None] | None = None
         #: Datagrams sent since the last drain(), charged to the rate limits already:
         #: drain() waits for their debt
         self._datagrams_charged = False
@@ -499,6 +520,9 @@ class PaidWriter:
         return self._paid.gate
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing is not None:
+            # (the wrapped writer is closed only once the final receipt came)
+            raise LocalProtocolError("write on a closed or half-closed DTP stream")
         if self._releasing is not None:
             if self._failed is not None:
                 raise self._failed
@@ -591,19 +615,59 @@ class PaidWriter:
             self._writer.write_eof()
 
     def close(self) -> None:
-        if self._releasing is not None:
+        """Close this stream; on the first stream, end the connection -- after what is
+        held went out and the client was asked for a receipt for all its usage (the
+        final receipt, docs/escrow.md 6.1: closed at once, the usage since its last
+        receipt went unpaid, a short request/reply paid nothing)."""
+        if self._closing is not None:
+            return
+        if getattr(self._writer, "_primary", False) and not self._writer.is_closing():
+            task = asyncio.ensure_future(self._close_paid())
+            self._closing = task
+            self._paid.closing = task
+        elif self._releasing is not None:
             self._close_after = True
         else:
             self._writer.close()
 
+    async def _close_paid(self) -> None:
+        """The first stream's close: what is held goes out, the final receipt is asked
+        for, then the connection closes."""
+        paid = self._paid
+        await self._wait_released()
+        if paid.proto.session.terminated is None:
+            await paid.request_final_receipt()
+        # (not when cancelled: that is the loop ending, and the end phase aborts the
+        # connection -- a graceful close started now could not finish)
+        self._writer.close()
+
     def is_closing(self) -> bool:
-        return self._close_after or self._writer.is_closing()
+        return self._closing is not None or self._close_after or self._writer.is_closing()
 
     def get_write_buffer_size(self) -> int:
         return self._writer.get_write_buffer_size() + len(self._held) - self._held_from
 
     async def wait_closed(self) -> None:
+        closing = self._closing
+        if closing is not None:
+            with contextlib.suppress(DTPError):  # (the wrapped writer's wait reports it)
+                await asyncio.shield(closing)
         await self._wait_released()
+        proto = self._paid.proto
+        if getattr(self._writer, "_primary", False) and proto.hold_carrier:
+            # The server holds its end of the carrier until it settled, which it does
+            # once the callback returned: the wrapped wait (for the carrier's end) waited
+            # for this very callback -- the canonical echo's close() + wait_closed() after
+            # the client's close stalled until the client gave up waiting for the
+            # settlement and half-closed on the ledger itself. Done once the session
+            # ended (and our own close, if any, did its part); the carrier follows.
+            session = proto.session
+            await proto.wait_for(lambda: session.terminated is not None)
+            task = getattr(self._writer, "_close_task", None)
+            if task is not None:
+                with contextlib.suppress(DTPError):
+                    await asyncio.shield(task)
+            return
         await self._writer.wait_closed()
 
     def abort(self, reason: str = "aborted") -> None:
@@ -611,19 +675,43 @@ class PaidWriter:
             self._releasing.cancel()
         self._writer.abort(reason)
 
+    def reset(self, code: int = 0) -> None:
+        """:meth:`dtp.aio.DTPStreamWriter.reset`: what is held is dropped with what is
+        unsent (a reset moves no data: no gate), and the client reads
+        :class:`~dtp.errors.StreamReset`. On the first stream the connection ends
+        without a final receipt (none comes over a reset stream): it is settled with
+        the latest receipt, as after any abort."""
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 1 << 62:
+            raise ValueError(f"a reset code is an int from 0 to 2**62 - 1, not {code!r}")
+        # the release task's end must not close the stream before the reset does
+        self._close_after = self._eof_after = False
+        self._held = bytearray()
+        self._held_from = 0
+        if self._releasing is not None:
+            self._releasing.cancel()
+        self._writer.reset(code)
+
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send a datagram when the gate's credit covers all of it (its bytes are
         metered): never waits, so one that would wait for payment is dropped and
         counted, as the writer drops one that does not fit. Its bytes are charged to the
         rate limits as it goes (a sender of datagrams alone may never call
         :meth:`drain`): the debt holds back the client's next read or write, and the
-        next :meth:`drain` waits for it -- back-pressure, as for stream bytes, no drop."""
+        next :meth:`drain` waits for it -- back-pressure, as for stream bytes, no drop.
+        Once the connection ended it raises how (ConnectionClosed, ...), as the wrapped
+        writer does, paused or not."""
         self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         """:meth:`send_datagram` for many: the first ones the credit covers go (all or
         none on a TypeError or LocalProtocolError), the rest are dropped and counted.
         Returns how many went."""
+        session = self._paid.proto.session
+        if session.terminated is not None:
+            # as the wrapped writer: a sender of datagrams alone learns so that the
+            # client left (a silent drop here ran its loop, and held the settlement,
+            # for good)
+            raise session.error or ConnectionClosed("the connection is closed")
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
         take = self._paid.datagram_room(sizes)
@@ -775,6 +863,11 @@ class PaidAioServer:
         self._closed = False
         self._closing = asyncio.Event()
         self._lifetime: asyncio.Task[bool] | None = None
+        #: The loop is ending (asyncio.run cancelled the lifetime task): the release
+        #: runs inline then, not in a thread
+        self._loop_ending = False
+        #: The release started (the receipt writer stopping): nothing is served now
+        self._releasing = False
         # _handle calls, admissions and settlement threads running (they may still use
         # the store)
         self._handling = 0
@@ -830,9 +923,19 @@ class PaidAioServer:
         self._policy_task = asyncio.ensure_future(self._policy_loop())
         # The server lives no longer than its event loop: asyncio.run ending with it
         # open (this task cancelled) closes it as close() does. Its receipt writer's
-        # thread ran on, and the store it opened stayed open.
+        # thread ran on, and the store it opened stayed open. The connections' tasks,
+        # cancelled with it, still settle (_end waits for the settlement through the
+        # cancellation, then re-raises it).
         self._lifetime = asyncio.ensure_future(self._closing.wait())
-        self._lifetime.add_done_callback(lambda _: self.close())
+        self._lifetime.add_done_callback(self._lifetime_ended)
+
+    def _lifetime_ended(self, lifetime: asyncio.Task[bool]) -> None:
+        """close() was called, or the loop is ending (the task cancelled): then the
+        release runs on the loop at once, so that the store is closed before the loop
+        is (in a thread, it raced the loop's end)."""
+        if lifetime.cancelled():
+            self._loop_ending = True
+        self.close()
 
     def _attached_too_late(self, attaching: asyncio.Future[bool]) -> None:
         """The start was cancelled while attach_server() ran in its thread: what it
@@ -845,7 +948,7 @@ class PaidAioServer:
         thread), counted as work the release waits for. Admitted as the server closes,
         nobody will serve it: it is settled at once (nothing claimed, the whole deposit
         refunded) and refused, rather than left Open until the half-close timeout."""
-        if self._released.is_set():
+        if self._releasing:
             return CLOSED_REFUSAL
         self._handling += 1
         try:
@@ -878,7 +981,7 @@ class PaidAioServer:
             self._release()
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self._released.is_set():
+        if self._releasing:
             writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
             return
         self._handling += 1
@@ -956,6 +1059,7 @@ class PaidAioServer:
         # a callback that failed while the connection goes on: the client must read an
         # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
         failed = False
+        token = _IN_CALLBACK.set(self)
         try:
             await paid.throttle(requests=1)
             result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
@@ -968,45 +1072,97 @@ class PaidAioServer:
             logger.exception("callback failed for connection %s", cid)
             failed = True
         finally:
-            # what the callback wrote and the gate held back goes out before the end: a
-            # client that does not pay is closed after the pause timeout; one that does
-            # not read gets as long again as a closing stream waits for its queued data
-            if paid.releasing:
-                left = set(paid.releasing)
-                _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
-                for task in late:
-                    task.cancel()
+            _IN_CALLBACK.reset(token)
+            await self._end(writer, paid, cid, client, failed)
+
+    async def _end(
+        self,
+        writer: DTPStreamWriter,
+        paid: _PaidConnection,
+        cid: str,
+        client: str,
+        failed: bool,
+    ) -> None:
+        """The end phase of a served connection: what is held goes out, the final
+        receipt is asked for, the connection closes and is settled. A cancellation
+        (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
+        but not the settlement: it is re-raised once settled. (Skipped, the ledger
+        connection stayed Open and the deposit locked until the half-close timeout.)"""
+        proto = paid.proto
+        gate = paid.gate
+        cancelled = False
+        try:
+            await self._wind_up(paid, cid)
+        except asyncio.CancelledError:
+            cancelled = True
+        finally:
             self._live.discard(paid)
             self.limiter.release(client)
+        ended = proto.session.terminated
+        if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
+            # the client closed: settle before our end of the carrier closes (as
+            # dtp.paid does)
+            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+            self._release_carrier(proto)
+        else:
+            self._release_carrier(proto)
             if proto.session.terminated is None:
-                await paid.request_final_receipt()
-            # a receipt the client signed above the deposit as admission read it (it
-            # topped up) is judged before the settlement, or it goes unclaimed
+                if failed or cancelled:
+                    # (cancelled: the loop is ending, no graceful close can finish)
+                    writer.abort(CALLBACK_FAILED if failed else CLOSED_REFUSAL)
+                else:
+                    writer.close()
+                    try:
+                        with contextlib.suppress(DTPError):
+                            await writer.wait_closed()
+                    except asyncio.CancelledError:
+                        cancelled = True
+                        writer.abort(CLOSED_REFUSAL)
+            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+        share = self.cap_shares.leave(gate)
+        if share is not None and not cancelled:
+            # others still use the cap: read it again for them (what the share had
+            # left may count the settlement's claim twice, CapShare._leave)
             try:
-                await paid.read_deposit(ending=True)
-            except Exception:  # (the settlement must run all the same)
-                logger.exception("connection %s: reading its escrow at the end failed", cid)
-            ended = proto.session.terminated
-            if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
-                # the client closed: settle before our end of the carrier closes (as
-                # dtp.paid does)
-                await self._settle(cid, paid.final)
-                self._release_carrier(proto)
-            else:
-                self._release_carrier(proto)
-                if proto.session.terminated is None:
-                    if failed:
-                        writer.abort(CALLBACK_FAILED)
-                    else:
-                        writer.close()
-                    with contextlib.suppress(DTPError):
-                        await writer.wait_closed()
-                await self._settle(cid, paid.final)
-            share = self.cap_shares.leave(gate)
-            if share is not None:
-                # others still use the cap: read it again for them (what the share had
-                # left may count the settlement's claim twice, CapShare._leave)
                 await self._refresh_caps([p for p in self._live if p.gate.share is share])
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _wind_up(self, paid: _PaidConnection, cid: str) -> None:
+        """Before the close: what the callback wrote and the gate held back goes out, the
+        first stream's close (PaidWriter.close) finishes, the final receipt is asked
+        for, and a top-up is read."""
+        proto = paid.proto
+        # what the callback wrote and the gate held back goes out before the end: a
+        # client that does not pay is closed after the pause timeout; one that does
+        # not read gets as long again as a closing stream waits for its queued data
+        if paid.releasing:
+            left = set(paid.releasing)
+            _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
+            for task in late:
+                task.cancel()
+        if paid.closing is not None:
+            # (it asks for the final receipt itself, then closes)
+            with contextlib.suppress(DTPError):
+                await asyncio.shield(paid.closing)
+        if proto.session.terminated is None:
+            await paid.request_final_receipt()
+        # a receipt the client signed above the deposit as admission read it (it
+        # topped up) is judged before the settlement, or it goes unclaimed
+        try:
+            await paid.read_deposit(ending=True)
+        except Exception:  # (the settlement must run all the same)
+            logger.exception("connection %s: reading its escrow at the end failed", cid)
+
+    async def _settle_surely(self, cid: str, final: Receipt | None) -> bool:
+        """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
+        try:
+            await self._settle(cid, final)
+        except asyncio.CancelledError:
+            return True
+        return False
 
     @staticmethod
     def _release_carrier(proto: _Protocol) -> None:
@@ -1028,9 +1184,21 @@ class PaidAioServer:
         )
         self._handling += 1
         job.add_done_callback(self._settled)
-        settlement = await asyncio.shield(job)
+        cancelled = False
+        while True:
+            try:
+                settlement = await asyncio.shield(job)
+                break
+            except asyncio.CancelledError:
+                # waited for all the same (the thread goes on: what it settled is
+                # recorded), the cancellation re-raised after
+                if job.cancelled():
+                    raise
+                cancelled = True
         if settlement is not None:
             self.settlements.append((cid, settlement))
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _settled(self, job: asyncio.Future[Settlement | None]) -> None:
         self._done()
@@ -1097,9 +1265,9 @@ class PaidAioServer:
     def close(self) -> None:
         """Stop accepting and refreshing. Open connections finish and settle; once the
         last has (at once when there are none), the receipt writer writes what it holds
-        and stops (a short wait on the event loop: one SQLite commit at most), and a
-        store :func:`serve` opened from ``receipts`` (a path) is closed. A
-        :class:`ReceiptStore` passed in stays open: the caller's to close, once
+        and stops (waited for in a thread, not on the event loop; inline only when the
+        loop is ending), and a store :func:`serve` opened from ``receipts`` (a path) is
+        closed. A :class:`ReceiptStore` passed in stays open: the caller's to close, once
         :meth:`wait_released` returned True. A client admitted as the server closes is
         refused and its ledger connection settled at once, nothing claimed, before the
         release."""
@@ -1114,17 +1282,47 @@ class PaidAioServer:
         if not self._handling:
             self._release()
         else:
-            # what is waiting is written now; the last connection to end stops the writer
-            self.receipt_writer.flush(timeout=5.0)
+            # what is waiting is written now (the last connection to end stops the
+            # writer). Waited for in a thread: a commit held up (a stalled disk, another
+            # process holding the store's lock) froze the loop, every connection's I/O
+            # and timers with it, for the flush's timeout.
+            threading.Thread(
+                target=self.receipt_writer.flush,
+                kwargs={"timeout": 5.0},
+                name="dtp-paid-aio-flush",
+                daemon=True,
+            ).start()
 
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
-        closed and no connection can write any more)."""
+        closed and no connection can write any more): in the loop's executor (joining
+        the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
+        waits for the executor's jobs before it returns, so the store is closed by
+        then), which sets ``_released`` when done; inline when no loop runs or it is
+        ending (its executor shut down)."""
+        if self._releasing:
+            return
+        self._releasing = True
+        job: asyncio.Future[None] | None = None
+        if not self._loop_ending:
+            with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
+                job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
+        if job is None:
+            self._release_store()
+            self._released.set()
+        else:
+            job.add_done_callback(self._store_released)
+
+    def _store_released(self, job: asyncio.Future[None]) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            logger.error("releasing the receipt store failed", exc_info=job.exception())
+        self._released.set()
+
+    def _release_store(self) -> None:
         if self._attached:
             self._attached = False
             self.store.detach_server()
         release_receipts(self.receipt_writer, self.store, self._own_store)
-        self._released.set()
 
     async def wait_closed(self) -> None:
         """Wait until the listener is closed (connections being served go on: see
@@ -1138,7 +1336,11 @@ class PaidAioServer:
         (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
         a settlement still to come failed on it, its fees unclaimed. Waits as long as a
         client keeps its connection open, and for a receipt writer the release left
-        still writing. (False at once when the server is not closed.)"""
+        still writing. (False at once when the server is not closed.) Not from the
+        callback: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's)."""
+        if _IN_CALLBACK.get() is self:
+            raise LocalProtocolError("wait_released() in a callback waits for its own connection")
         if not self._closed:
             return False
         loop = asyncio.get_running_loop()
@@ -1183,6 +1385,9 @@ async def serve(
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client."""
+    # before the ledger is read or written (as dtp.socket.serve): a wrong identity
+    # failed only after the listener started and the store was recovered
+    _check_server_identity(identity)
     check_address(address, "address")
     if endpoint is not None:
         check_address(endpoint, "endpoint")
