@@ -272,8 +272,14 @@ class Served:
         self.socks: list[dtp.socket.DTPSocket] = []
 
     def connect(self, **kw: Any) -> RpcClient:
+        # a prepaid client connects as its escrows' requester: a server serves an escrow
+        # only to the client that made it (ResponseFeePolicy.admit)
+        prepay = kw.get("prepay")
         sock = dtp.socket.create_connection(
-            self.server.address, server_key=self.identity.noise_public, timeout=10
+            self.server.address,
+            server_key=self.identity.noise_public,
+            timeout=10,
+            identity=None if prepay is None else prepay.identity,
         )
         self.socks.append(sock)
         return RpcClient(sock, **kw)
@@ -675,9 +681,9 @@ def test_response_escrow_deliver_on_chain_when_unacknowledged() -> None:
     ledger.faucet(client_id.sui_address, 100)
     policy = ResponseFeePolicy(ledger, server_id, min_amount=5)
     escrow_id = ledger.response_escrow_deposit(client_id, server_id.sui_address, b"r1", 5, 10_000)
-    assert policy.admit({"re": escrow_id}) == escrow_id
+    assert policy.admit({"re": escrow_id}, client_id.sui_address) == escrow_id
     with pytest.raises(E.PaymentRequired):
-        policy.admit({"re": escrow_id})  # one escrow pays one response
+        policy.admit({"re": escrow_id}, client_id.sui_address)  # one escrow pays one response
     body = msgpack.packb([1, 1, "answer", None])
     policy.responded(escrow_id, body)
     assert not policy.acknowledged(escrow_id, b"\x00" * 64)  # a bad ack is not kept

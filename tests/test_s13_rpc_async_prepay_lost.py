@@ -35,6 +35,9 @@ def test_a_prepaid_call_failed_by_close_keeps_its_escrow_for_refund() -> None:
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             served.append(asyncio.current_task())  # type: ignore[arg-type]
+            # (a plain socket proves no identity: the client's escrows are served only
+            # to their requester)
+            writer.peer_address = client_id.sui_address  # type: ignore[attr-defined]
             try:
                 await rpc.serve(reader, writer)
             finally:

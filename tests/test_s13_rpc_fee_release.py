@@ -63,7 +63,7 @@ def test_failed_paid_requests_leave_no_entry_asyncio() -> None:
         server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
         host, port = server.sockets[0].getsockname()[:2]
         reader, writer = await dtp.aio.open_connection(
-            host, port, server_key=server_id.noise_public
+            host, port, server_key=server_id.noise_public, identity=client_id
         )
         prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
         client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)

@@ -27,14 +27,14 @@ class _SlowFirstCheck(ResponseFeePolicy):
         self.finished = threading.Event()
         self._first = True
 
-    def admit(self, meta: Mapping[str, Any] | None) -> str | None:
+    def admit(self, meta: Mapping[str, Any] | None, peer: str | None = None) -> str | None:
         first, self._first = self._first, False
         if not first:
-            return super().admit(meta)
+            return super().admit(meta, peer)
         self.entered.set()
         self.proceed.wait(5)
         try:
-            return super().admit(meta)
+            return super().admit(meta, peer)
         finally:
             self.finished.set()
 
@@ -51,7 +51,7 @@ def test_a_request_cancelled_during_its_fee_check_leaves_no_entry() -> None:
         server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
         host, port = server.sockets[0].getsockname()[:2]
         reader, writer = await dtp.aio.open_connection(
-            host, port, server_key=server_id.noise_public
+            host, port, server_key=server_id.noise_public, identity=client_id
         )
         prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
         client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)

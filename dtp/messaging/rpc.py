@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import os
 import select
 import socket as _socket
@@ -73,6 +74,7 @@ from dtp.socket import DTPSocket
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
+    from dtp.receipt_store import ReceiptStore
 
 __all__ = [
     "AsyncRpcClient",
@@ -326,6 +328,12 @@ class RequestPayments:
         self.credit_requests = credit_requests
         self.served = 0
         self.latest: Receipt | None = None
+        #: Reads the escrow's deposit again (set by :meth:`from_ledger`): a client that
+        #: topped up signs receipts beyond the deposit read at the start.
+        self.read_deposit: Callable[[], int] | None = None
+        # (monotonic) when read_deposit last ran: at most once a _DEPOSIT_REREAD, so a
+        # client sending receipts beyond its deposit cannot make us hammer the ledger
+        self._deposit_read_at = -math.inf
         self._lock = threading.Lock()
 
     @classmethod
@@ -340,7 +348,7 @@ class RequestPayments:
         """The check for a ledger connection, with its SLA, client key and deposit read
         from its TransportControl and Escrow (for servers reached by host ID)."""
         terms = ConnectionTerms.from_ledger(ledger, connection_id)
-        return cls(
+        payments = cls(
             connection_id,
             terms.sla,
             terms.client_public_key,
@@ -348,6 +356,18 @@ class RequestPayments:
             credit_requests=credit_requests,
             on_receipt=on_receipt,
         )
+        escrow_id = terms.escrow_id
+        payments.read_deposit = lambda: ledger.get_escrow(escrow_id).deposited
+        return payments
+
+    def resume(self, latest: Receipt) -> None:
+        """Carry on from ``latest``, a receipt accepted earlier on this connection
+        (kept in a :class:`~dtp.receipt_store.ReceiptStore`): every request it pays for
+        counts as served, so the client's receipts up to it pay for nothing more."""
+        with self._lock:
+            if self.latest is None or latest.nonce > self.latest.nonce:
+                self.latest = latest
+            self.served = max(self.served, self.latest.total_requests)
 
     @property
     def earned(self) -> int:
@@ -356,33 +376,104 @@ class RequestPayments:
 
     def admit(self, meta: Mapping[str, Any] | None) -> None:
         """Check the request's receipt (if any) and count the request, or raise
-        PaymentRequired."""
+        PaymentRequired.
+
+        A receipt at or below the latest one's nonce is not refused while the latest
+        pays for more requests than were served: the client signed them in one order
+        and they came in another (two streams sharing a meter), and the newer receipt
+        already paid for this request. A receipt beyond the known deposit has the
+        escrow's deposit read again first (the client may have topped up)."""
         raw = None if meta is None else meta.get("r")
         with self._lock:
-            if raw is not None:
-                if not isinstance(raw, bytes):
-                    raise E.PaymentRequired("receipt must be bytes")
+            refused = self._admit(raw)
+            if refused is None:
+                return
+            reread = (
+                isinstance(refused, _BeyondDeposit)
+                and self.read_deposit is not None
+                and time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD
+            )
+            if reread:
+                self._deposit_read_at = time.monotonic()
+        if not reread:
+            raise refused.error
+        assert self.read_deposit is not None
+        try:
+            deposited = self.read_deposit()  # (outside the lock: a ledger read)
+        except DTPError as exc:
+            logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
+            raise refused.error from None
+        with self._lock:
+            self.deposited = max(self.deposited, deposited)
+            refused = self._admit(raw)
+        if refused is not None:
+            raise refused.error
+
+    def _admit(self, raw: Any) -> _Refused | None:
+        """:meth:`admit` under ``_lock``: None once the request is counted, else why
+        it is refused."""
+        if raw is not None:
+            if not isinstance(raw, bytes):
+                return _Refused(E.PaymentRequired("receipt must be bytes"))
+            try:
+                receipt = Receipt.decode(raw)
+            except DTPError as exc:
+                return _Refused(E.PaymentRequired(f"receipt refused: {exc}"))
+            latest = self.latest
+            # overtaken by a newer receipt that pays for this request: served as paid
+            # by that one (the served count still bounds what it pays for)
+            overtaken = (
+                latest is not None
+                and receipt.nonce <= latest.nonce
+                and latest.total_requests > self.served
+            )
+            if not overtaken:
                 try:
-                    receipt = Receipt.decode(raw)
                     check_next_receipt(
                         receipt,
-                        self.latest,
+                        latest,
                         connection_id=self.connection_id,
                         sla=self.sla,
                         public_key=self.client_public_key,
                         deposited=self.deposited,
                     )
                 except DTPError as exc:
-                    raise E.PaymentRequired(f"receipt refused: {exc}") from None
+                    error = E.PaymentRequired(f"receipt refused: {exc}")
+                    if receipt.total_amount > self.deposited:
+                        return _BeyondDeposit(error)
+                    return _Refused(error)
                 self.latest = receipt
                 if self.on_receipt is not None:
                     self.on_receipt(receipt)
-            paid = 0 if self.latest is None else self.latest.total_requests
-            if self.served >= paid + self.credit_requests:
-                raise E.PaymentRequired(
+        paid = 0 if self.latest is None else self.latest.total_requests
+        if self.served >= paid + self.credit_requests:
+            return _Refused(
+                E.PaymentRequired(
                     f"request {self.served + 1} is not covered (receipts cover {paid})"
                 )
-            self.served += 1
+            )
+        self.served += 1
+        return None
+
+
+#: Shortest time (seconds) between two reads of a connection's deposit by its
+#: RequestPayments (a receipt beyond the deposit it knows: perhaps a top-up).
+_DEPOSIT_REREAD = 1.0
+
+
+class _Refused:
+    """Why RequestPayments refused a request (``error``, to raise)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: E.PaymentRequired) -> None:
+        self.error = error
+
+
+class _BeyondDeposit(_Refused):
+    """A receipt refused while it exceeds the deposit known: read it again, retry."""
+
+    __slots__ = ()
 
 
 # A server's ``payments``: one :class:`RequestPayments` for every stream, or a function
@@ -393,7 +484,10 @@ class RequestPayments:
 
 
 def ledger_payments(
-    ledger: Ledger, *, on_receipt: Callable[[Receipt], None] | None = None
+    ledger: Ledger,
+    *,
+    on_receipt: Callable[[Receipt], None] | None = None,
+    receipts: ReceiptStore | None = None,
 ) -> Callable[[str | None], RequestPayments]:
     """A ``payments`` source for servers reached by host ID: each connection's check is
     built from its ledger connection (:meth:`RequestPayments.from_ledger`); requests of a
@@ -401,13 +495,27 @@ def ledger_payments(
     connection not found is looked for again for up to
     :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` first, as the admission does: the
     client's open may still be landing when the stream starts. ``on_receipt`` sees every
-    accepted receipt of every connection (keep them to claim)."""
+    accepted receipt of every connection (keep them to claim).
+
+    ``receipts`` (by default the store ``on_receipt`` is the ``keep`` of, if it is one):
+    a connection's check carries on from its stored latest receipt
+    (:meth:`RequestPayments.resume`), so a server restarted, or one that forgot the
+    connection, does not take the client's receipts again as pay for new requests."""
+    from dtp.receipt_store import ReceiptStore
+
+    if receipts is None and isinstance(getattr(on_receipt, "__self__", None), ReceiptStore):
+        receipts = on_receipt.__self__  # type: ignore[union-attr]
 
     def read(connection_id: str) -> RequestPayments | None:
         try:
-            return RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+            payments = RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
         except ObjectNotFound:
             return None
+        if receipts is not None:
+            stored = receipts.latest(payments.connection_id)
+            if stored is not None:
+                payments.resume(stored.receipt)
+        return payments
 
     def source(connection_id: str | None) -> RequestPayments:
         if connection_id is None:
@@ -425,14 +533,23 @@ def ledger_payments(
     return source
 
 
+#: Most ledger connections whose payments check a server keeps once none of their
+#: streams is served (the least recently used go first).
+_KEPT_PAYMENTS = 4096
+
+
 class _PaymentsCache:
-    """Resolves a payments source per connection ID, once, for all its streams being
-    served (an entry lives while a stream of its connection is served, so a client
-    cannot reset its count by reconnecting a stream)."""
+    """Resolves a payments source per connection ID, once, for all its streams; a
+    check built (a :class:`RequestPayments`) outlives the connection's streams, kept
+    among the last :data:`_KEPT_PAYMENTS` connections used: a client reconnecting to the
+    same ledger connection must not start again from nothing served (its last receipt
+    would pay for its requests a second time). A failure to build one is forgotten with
+    the connection's last stream: the next stream tries again."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
         self._lock = threading.Lock()
+        # (insertion order: least recently used first, for eviction)
         self._by_connection: dict[str | None, Any] = {}
         self._users: dict[str | None, int] = {}
 
@@ -442,9 +559,21 @@ class _PaymentsCache:
             left = self._users.get(connection_id, 0) - 1
             if left > 0:
                 self._users[connection_id] = left
-            else:
-                self._users.pop(connection_id, None)
-                self._by_connection.pop(connection_id, None)
+                return
+            self._users.pop(connection_id, None)
+            entry = self._by_connection.get(connection_id)
+            if entry is not None and not isinstance(entry.value, RequestPayments):
+                del self._by_connection[connection_id]
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used checks beyond :data:`_KEPT_PAYMENTS`, of
+        connections with no stream served (``_lock`` held)."""
+        excess = len(self._by_connection) - _KEPT_PAYMENTS
+        if excess <= 0:
+            return
+        for key in [k for k in self._by_connection if k not in self._users][:excess]:
+            del self._by_connection[key]
 
     def resolve(self, connection_id: str | None) -> RequestPayments | None:
         """The connection's check; raises the DTPError that building it raised.
@@ -458,10 +587,11 @@ class _PaymentsCache:
         if connection_id is None:  # never kept: each such stream asks on its own
             return self.source(None)  # type: ignore[no-any-return]
         with self._lock:
-            entry = self._by_connection.get(connection_id)
+            entry = self._by_connection.pop(connection_id, None)
             building = entry is None
             if building:
-                entry = self._by_connection[connection_id] = _Resolving()
+                entry = _Resolving()
+            self._by_connection[connection_id] = entry  # (now the most recently used)
             self._users[connection_id] = self._users.get(connection_id, 0) + 1
         assert entry is not None
         if building:
@@ -504,7 +634,19 @@ class ResponsePrepay:
     unanswered: list[str] = field(default_factory=list)
 
     def deposit(self, timeout: float) -> str:
-        """Create the ResponseEscrow for one call; returns its ID."""
+        """Create the ResponseEscrow for one call; returns its ID. ``timeout``: the
+        call's, in seconds (finite, not negative: InvalidArgument otherwise)."""
+        from dtp.errors import InvalidArgument
+
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            # (nan and inf failed in int() untyped, a negative one made a deadline
+            # already past)
+            raise InvalidArgument(f"timeout must be finite seconds >= 0, not {timeout!r}")
         deadline = self.ledger.clock_ms() + int(timeout * 1000) + self.grace_ms
         return self.ledger.response_escrow_deposit(
             self.identity, self.server, os.urandom(16), self.amount, deadline
@@ -562,8 +704,10 @@ class ResponseFeePolicy:
     acknowledgements collected for claiming.
 
     A request must name (meta ``"re"``) an open ResponseEscrow on ``ledger`` that pays
-    ``identity``'s address at least ``min_amount`` with a deadline still ahead; otherwise
-    it fails with PaymentRequired (when ``required``; else it is served unpaid).
+    ``identity``'s address at least ``min_amount`` with a deadline still ahead, prepaid by
+    the client that sent it (the escrow's requester is the Sui address the client proved
+    in its DTP handshake); otherwise it fails with PaymentRequired (when ``required``;
+    else it is served unpaid).
     """
 
     def __init__(
@@ -586,8 +730,13 @@ class ResponseFeePolicy:
         #: acknowledged fees the ledger refused for good in :meth:`claim_all`
         self.claims_refused = 0
 
-    def admit(self, meta: Mapping[str, Any] | None) -> str | None:
-        """The escrow ID a request prepaid with (None if none and not required)."""
+    def admit(self, meta: Mapping[str, Any] | None, peer: str | None = None) -> str | None:
+        """The escrow ID a request prepaid with (None if none and not required).
+
+        ``peer``: the Sui address the requesting client proved (None: not known, as on a
+        plain socket). An escrow's ID is public (a shared object, its deposit event):
+        served to anyone naming it, a third party had the server paid with the
+        requester's fee for its own response; so only its requester may use it."""
         from dtp.chain.ledger import RESPONSE_ESCROW_OPEN
         from dtp.errors import ChainError
 
@@ -604,6 +753,13 @@ class ResponseFeePolicy:
             raise E.PaymentRequired(f"no such response escrow: {exc}") from None
         if esc.state != RESPONSE_ESCROW_OPEN or esc.server != self.identity.sui_address:
             raise E.PaymentRequired("the response escrow is not open for this server")
+        if peer is None or normalize_id(peer, "peer address") != normalize_id(
+            esc.requester, "requester address"
+        ):
+            raise E.PaymentRequired(
+                "the response escrow was not prepaid by this client (connect with the "
+                "identity that made it)"
+            )
         if esc.amount < self.min_amount:
             raise E.PaymentRequired(f"response fee {esc.amount} < {self.min_amount} MIST")
         try:
@@ -881,9 +1037,26 @@ class RpcClient:
             escrow_id = self.prepay.deposit(timeout if timeout is not None else 60.0)
             extra = extra or {}
             extra["re"] = escrow_id
-        if self.meter is not None:
-            extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
         with self._wlock:
+            if self.meter is not None:
+                # metered under _wlock, as sent: receipts reach the server in their
+                # nonce order (signed outside it, a later one could be sent first and
+                # the earlier one refused as replayed); checked again first, as other
+                # calls may have filled the in-flight limit since (a receipt for a
+                # request then refused would charge for a request never sent)
+                with self._lock:
+                    try:
+                        if self._closed is not None:
+                            closed = f"the RPC stream is closed ({self._closed})"
+                            raise E.RpcConnectionLost(closed)
+                        self._proto.check_request(
+                            method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
+                        )
+                    except BaseException:
+                        if escrow_id is not None and self.prepay is not None:
+                            self.prepay.unanswered.append(escrow_id)
+                        raise
+                extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
             with self._lock:
                 try:
                     if self._closed is not None:
@@ -2091,7 +2264,7 @@ class _ServerStream:
                 if self.payments is not None:
                     self.payments.admit(event.meta)
                 if ctx is not None and server.response_fees is not None:
-                    ctx.escrow_id = server.response_fees.admit(event.meta)
+                    ctx.escrow_id = server.response_fees.admit(event.meta, self.peer)
             except E.RemoteError as exc:
                 with self.lock:
                     self.proto.send_error(event.request_id, exc.code, exc.message)
@@ -2184,6 +2357,13 @@ class _ServerStream:
             if ctx is not None:
                 self.contexts.pop(request_id, None)
             body = self.proto.send_response(request_id, result)
+            if body is not None and ctx is not None and ctx.escrow_id is not None:
+                fees = self.server.response_fees
+                if fees is not None:
+                    # before the lock is let go: any flush may send the response from
+                    # then on, and the client's ACK must find its escrow answered
+                    fees.responded(ctx.escrow_id, body)
+                    self.escrows[request_id] = ctx.escrow_id
         if body is None:  # cancelled, past its deadline, or its result not encodable
             self.release_escrow(ctx)
         if self.server._pool is None:  # this stream's thread
@@ -2191,11 +2371,6 @@ class _ServerStream:
         else:  # a worker's: several may finish at once, and after the stream ended
             with self.server._stats_lock:
                 self.server._served += 1
-        if body is not None and ctx is not None and ctx.escrow_id is not None:
-            fees = self.server.response_fees
-            if fees is not None:
-                fees.responded(ctx.escrow_id, body)
-                self.escrows[request_id] = ctx.escrow_id
 
     def release_escrow(self, ctx: CallContext | None) -> None:
         """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
@@ -2287,12 +2462,14 @@ async def _deposit(prepay: ResponsePrepay, timeout: float) -> str:
         raise
 
 
-async def _admit_fee(policy: ResponseFeePolicy, meta: Mapping[str, Any] | None) -> str | None:
+async def _admit_fee(
+    policy: ResponseFeePolicy, meta: Mapping[str, Any] | None, peer: str | None
+) -> str | None:
     """``policy.admit(meta)`` in a worker thread. A request cancelled meanwhile (its
     CANCEL, the stream's end) cannot stop the thread: the escrow it then admits is
     released, as for any request that ended with no response (it was kept as used for
     good: a request naming it again was refused, and the policy's memory grew)."""
-    work = asyncio.ensure_future(asyncio.to_thread(policy.admit, meta))
+    work = asyncio.ensure_future(asyncio.to_thread(policy.admit, meta, peer))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -2390,9 +2567,19 @@ class AsyncRpcClient:
             escrow_id = await _deposit(self.prepay, timeout if timeout is not None else 60.0)
             extra = extra or {}
             extra["re"] = escrow_id
-            if self._closed is not None:  # closed while the deposit was made
+            try:
+                if self._closed is not None:  # closed while the deposit was made
+                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                if self.meter is not None:
+                    # other calls may have filled the in-flight limit meanwhile: refused
+                    # now, before the meter counts a request never sent
+                    self._proto.check_request(
+                        method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
+                    )
+            except BaseException:
                 self.prepay.unanswered.append(escrow_id)
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                raise
+        # (metering to sending runs with no await: receipts go out in nonce order)
         if self.meter is not None:
             extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
@@ -2703,7 +2890,7 @@ class AsyncRpcServer(_Registry):
                 if payments is not None:
                     payments.admit(event.meta)
                 if self.response_fees is not None:
-                    ctx.escrow_id = await _admit_fee(self.response_fees, event.meta)
+                    ctx.escrow_id = await _admit_fee(self.response_fees, event.meta, peer)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                 if inspect.isawaitable(outcome):
                     remaining = None if event.deadline is None else event.deadline - loop.time()

@@ -1,0 +1,550 @@
+"""The money paths of RPC (per-request fees, response escrow), after a review: receipts
+sent out of their nonce order, a connection's count reset by reconnecting, requests
+metered but never sent, top-ups not seen, early acknowledgements dropped, untyped
+deposit errors."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
+from dtp.errors import InvalidArgument
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging import rpc as rpc_module
+from dtp.messaging.rpc import (
+    AsyncRpcClient,
+    AsyncRpcServer,
+    RequestPayments,
+    ResponseFeePolicy,
+    ResponsePrepay,
+    RpcClient,
+    RpcServer,
+    ledger_payments,
+)
+from dtp.receipt_store import ReceiptStore
+from tests.test_messaging_rpc import OFF, Served, make_rpc
+from tests.test_s13_rpc_paid import _setup
+from tests.test_s13_rpc_payments_source import _pair
+
+
+def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# -- 1: receipts in nonce order ---------------------------------------------------------------
+
+
+def test_concurrent_metered_calls_are_all_paid() -> None:
+    """Each call signed its receipt outside the write lock: a later nonce reached the
+    server first and the earlier one was refused as replayed, though paid for."""
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000_000)
+    sla = Sla(price_per_kib=0, price_per_request=1, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "echo", sla)
+    cap = ledger.create_spending_cap(client_id, 100_000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 10_000)
+    meter = Meter(client_id, opened.connection_id, sla, 10_000, every_requests=1)
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 10_000)
+    s = Served(make_rpc(payments=payments))
+    client = s.connect(timeout=30, meter=meter)
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for i in range(40):
+            try:
+                client.call("echo", i)
+            except E.PaymentRequired as exc:
+                with lock:
+                    refused.append(str(exc))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert refused == []
+        assert meter.total_requests == payments.served == 320
+    finally:
+        client.close()
+        s.close()
+
+
+def test_an_overtaken_receipt_is_served_as_paid_by_the_newer_one() -> None:
+    """Two streams sharing a meter: receipt n+1 may arrive before receipt n. The
+    request of n is then paid by n+1; a stale receipt that nothing newer covers is
+    still refused."""
+    _, _, client_id, meter = _setup()
+    payments = RequestPayments(
+        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
+    )
+    r1 = meter.record(0, requests=1)
+    r2 = meter.record(0, requests=1)
+    assert r1 is not None and r2 is not None
+    payments.admit({"r": r2.encode()})
+    payments.admit({"r": r1.encode()})
+    assert payments.served == 2 and payments.latest == r2
+    with pytest.raises(E.PaymentRequired):
+        payments.admit({"r": r1.encode()})
+    with pytest.raises(E.PaymentRequired):
+        payments.admit({"r": r2.encode()})
+
+
+# -- 2: a connection's count outlives its streams ---------------------------------------------
+
+
+def _serve_one_stream(
+    rpc: RpcServer, connection_id: str, metas: list[dict[str, Any] | None]
+) -> list[str]:
+    """Calls on one fresh stream naming ``connection_id``; returns 'ok' / 'refused'
+    per call, once the server let go of the stream."""
+    client_sock, server_sock = _pair(connection_id)
+    thread = threading.Thread(target=rpc.serve_stream, args=(server_sock,), daemon=True)
+    thread.start()
+    client = RpcClient(client_sock, timeout=10)
+    out = []
+    try:
+        for meta in metas:
+            try:
+                client.call("echo", 1, meta=meta)
+                out.append("ok")
+            except E.PaymentRequired:
+                out.append("refused")
+    finally:
+        client.close()
+        client_sock.close()
+        thread.join(20)
+        server_sock.close()
+    return out
+
+
+def test_reconnecting_does_not_reset_the_count() -> None:
+    """The connection's RequestPayments was dropped with its last stream: a new stream
+    started from nothing served, and the last receipt paid for its requests again."""
+    ledger, _, _, meter = _setup()
+    cid = meter.connection_id
+    rpc = RpcServer(workers=0, payments=ledger_payments(ledger))
+    rpc.register("echo", lambda p: p)
+    receipts = [meter.record(0, requests=1) for _ in range(3)]
+    first = _serve_one_stream(rpc, cid, [{"r": r.encode()} for r in receipts if r])
+    assert first == ["ok"] * 3
+    assert _until(lambda: not rpc._payments._users)  # the first stream was let go
+    last = receipts[-1]
+    assert last is not None
+    second = _serve_one_stream(rpc, cid, [{"r": last.encode()}, None])
+    assert second == ["refused", "refused"]
+    more = meter.record(0, requests=1)
+    assert more is not None
+    assert _serve_one_stream(rpc, cid, [{"r": more.encode()}]) == ["ok"]
+    rpc.close()
+
+
+def test_a_fresh_server_resumes_from_the_receipt_store(tmp_path: Path) -> None:
+    """A server that no longer knows the connection (restarted, or evicted it) carries
+    on from the receipt its ReceiptStore kept, instead of taking it again."""
+    ledger, _, _, meter = _setup()
+    cid = meter.connection_id
+    store = ReceiptStore(tmp_path / "receipts.db")
+    try:
+        first = RpcServer(workers=0, payments=ledger_payments(ledger, on_receipt=store.keep))
+        first.register("echo", lambda p: p)
+        receipts = [meter.record(0, requests=1) for _ in range(2)]
+        assert _serve_one_stream(first, cid, [{"r": r.encode()} for r in receipts if r]) == [
+            "ok",
+            "ok",
+        ]
+        first.close()
+        last = receipts[-1]
+        assert last is not None
+        second = RpcServer(workers=0, payments=ledger_payments(ledger, receipts=store))
+        second.register("echo", lambda p: p)
+        assert _serve_one_stream(second, cid, [{"r": last.encode()}, None]) == [
+            "refused",
+            "refused",
+        ]
+        more = meter.record(0, requests=1)
+        assert more is not None
+        assert _serve_one_stream(second, cid, [{"r": more.encode()}]) == ["ok"]
+        second.close()
+    finally:
+        store.close()
+
+
+def test_kept_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks outlive their streams, but only the most recently used few."""
+    monkeypatch.setattr(rpc_module, "_KEPT_PAYMENTS", 2)
+    built: list[str] = []
+
+    def source(connection_id: str | None) -> RequestPayments:
+        assert connection_id is not None
+        built.append(connection_id)
+        _, _, client_id, meter = _setup()
+        return RequestPayments(connection_id, meter.sla, client_id.ed25519_public, 0)
+
+    cache = rpc_module._PaymentsCache(source)
+    ids = [f"0x{n:064x}" for n in range(1, 4)]
+    for cid in ids:
+        payments = cache.resolve(cid)
+        cache.release(cid)
+        assert cache.resolve(cid) is payments  # kept once its stream ended
+        cache.release(cid)
+    assert built == ids
+    cache.resolve(ids[0])  # the least recently used was forgotten
+    cache.release(ids[0])
+    assert built == [*ids, ids[0]]
+
+
+def test_replayed_receipt_after_reconnecting_over_dtp(tmp_path: Path) -> None:
+    """The same over DTP by host ID: a second DTP connection naming the same open
+    ledger connection is not served on the first one's last receipt."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    provider, user = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)
+    host = ledger.create_host(provider, provider.noise_public)
+    ledger.add_service(provider, host, 8545, "jsonrpc", sla)
+    ledger.faucet(user.sui_address, 10_000)
+    rpc = make_rpc(payments=ledger_payments(ledger))
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
+    ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
+    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    try:
+        sock = dtp.socket.create_connection(
+            f"dtp://{host}:8545",
+            ledger=ledger,
+            identity=user,
+            deposit=100,
+            timeout=10,
+            metering=OFF,
+        )
+        cid = sock.connection_id
+        assert cid is not None
+        meter = Meter(user, cid, sla, 100, every_requests=1)
+        client = RpcClient(sock, timeout=10, meter=meter)
+        for i in range(4):
+            client.call("echo", i)
+        last = meter.latest
+        assert last is not None and last.total_requests == 4
+        client.close()
+        sock.close()
+        assert _until(lambda: not rpc._payments._users)
+        again = dtp.socket.create_connection(
+            server.address,
+            server_key=provider.noise_public,
+            identity=user,
+            timeout=10,
+            config=ConnectionConfig(
+                identity=user, is_client=True, connection_id=bytes.fromhex(cid[2:])
+            ),
+            metering=OFF,
+        )
+        second = RpcClient(again, timeout=10)
+        served = 0
+        for meta in ({"r": last.encode()}, None, None):
+            try:
+                second.call("echo", 1, meta=meta)
+                served += 1
+            except E.PaymentRequired:
+                pass
+        second.close()
+        again.close()
+        assert served == 0
+    finally:
+        server.close()
+        rpc.close()
+
+
+# -- 4: a call refused at max_in_flight is not metered ----------------------------------------
+
+
+def test_async_call_refused_at_max_in_flight_is_not_metered() -> None:
+    """The second call passed the check, awaited its deposit, then send_request refused
+    it: after the meter counted it (the client paid for a request never sent)."""
+    ledger, server_id, client_id, meter = _setup()
+    payments = RequestPayments(
+        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
+    )
+    outcome: dict[str, Any] = {}
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(payments=payments)
+
+        async def slow(p: Any) -> Any:
+            await asyncio.sleep(0.3)
+            return p
+
+        rpc.register("slow", slow)
+        served = asyncio.Event()
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                await rpc.serve(r, w)
+            finally:
+                w.close()
+                served.set()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = AsyncRpcClient(
+            reader, writer, timeout=20, meter=meter, prepay=prepay, max_in_flight=1
+        )
+        try:
+            outcome["first"] = await asyncio.gather(
+                client.call("slow", 1), client.call("slow", 2), return_exceptions=True
+            )
+            outcome["third"] = await client.call("slow", 3)
+        finally:
+            await client.close()
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(served.wait(), 20)
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    sent = sum(1 for r in outcome["first"] if not isinstance(r, BaseException)) + 1
+    assert outcome["third"] == 3
+    assert meter.total_requests == sent == payments.served
+
+
+def test_blocking_call_refused_at_max_in_flight_is_not_metered() -> None:
+    ledger, server_id, client_id, meter = _setup()
+    payments = RequestPayments(
+        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
+    )
+    s = Served(make_rpc(payments=payments))
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 1)
+    client = s.connect(timeout=20, meter=meter, prepay=prepay, max_in_flight=1)
+    sent = 0
+    lock = threading.Lock()
+    try:
+        for _ in range(8):
+            barrier = threading.Barrier(2)
+
+            def one(barrier: threading.Barrier = barrier) -> None:
+                nonlocal sent
+                barrier.wait()
+                try:
+                    client.call("sleep", [0.2, 1])
+                    with lock:
+                        sent += 1
+                except Exception:  # (the one refused: too many in flight)
+                    pass
+
+            threads = [threading.Thread(target=one) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert meter.total_requests == sent
+        assert sent >= 8  # one call of each pair was sent
+    finally:
+        client.close()
+        s.close()
+
+
+# -- 5: a top-up is seen -----------------------------------------------------------------------
+
+
+def test_a_topped_up_client_is_served(tmp_path: Path) -> None:
+    """The deposit was read once, at the connection's first stream: every receipt
+    beyond it was refused after a top-up."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    provider, user = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)
+    host = ledger.create_host(provider, provider.noise_public)
+    ledger.add_service(provider, host, 8545, "jsonrpc", sla)
+    ledger.faucet(user.sui_address, 10_000)
+    rpc = make_rpc(payments=ledger_payments(ledger))
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
+    ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
+    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    try:
+        sock = dtp.socket.create_connection(
+            f"dtp://{host}:8545",
+            ledger=ledger,
+            identity=user,
+            deposit=100,
+            timeout=10,
+            metering=OFF,
+        )
+        assert sock.connection_id is not None and sock.escrow_id is not None
+        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        client = RpcClient(sock, timeout=10, meter=meter)
+        for i in range(4):
+            client.call("echo", i)
+        ledger.top_up(user, sock.escrow_id, 100)
+        meter.top_up(100)
+        try:
+            assert [client.call("echo", i) for i in range(4)] == [0, 1, 2, 3]
+        finally:
+            client.close()
+            sock.close()
+    finally:
+        server.close()
+        rpc.close()
+
+
+def test_the_deposit_is_read_again_at_most_once_a_second() -> None:
+    """A client sending receipts beyond its deposit cannot make the server hammer the
+    ledger."""
+    _, _, client_id, meter = _setup()
+    payments = RequestPayments(meter.connection_id, meter.sla, client_id.ed25519_public, 7)
+    reads: list[float] = []
+
+    def read() -> int:
+        reads.append(time.monotonic())
+        return 7
+
+    payments.read_deposit = read
+    r1 = meter.record(0, requests=1)
+    r2 = meter.record(0, requests=1)
+    assert r1 is not None and r2 is not None
+    payments.admit({"r": r1.encode()})
+    for _ in range(5):
+        with pytest.raises(E.PaymentRequired):
+            payments.admit({"r": r2.encode()})
+    assert len(reads) == 1
+    reads_then = len(reads)
+    payments.read_deposit = lambda: (reads.append(time.monotonic()), 14)[1]
+    assert _until(lambda: time.monotonic() - reads[0] > 1.1)
+    payments.admit({"r": r2.encode()})
+    assert len(reads) == reads_then + 1 and payments.deposited == 14
+
+
+# -- 6: an early acknowledgement is kept ------------------------------------------------------
+
+
+class _SlowPolicy(ResponseFeePolicy):
+    """responded() slow: stands for a worker thread descheduled at that point."""
+
+    def responded(self, escrow_id: str, body: bytes) -> None:
+        time.sleep(0.5)
+        super().responded(escrow_id, body)
+
+
+def test_an_acknowledgement_sent_early_is_not_dropped(tmp_path: Path) -> None:
+    """A pooled server recorded the answered escrow after the response could be sent
+    (by another thread's flush): the client's ACK found no escrow and was dropped."""
+    ledger = LocalLedger(str(tmp_path / "l.db"), clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    policy = _SlowPolicy(ledger, server_id, min_amount=10)
+    s = Served(make_rpc(workers=4, response_fees=policy))
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    client = s.connect(timeout=20, prepay=prepay)
+    try:
+        c1 = client.start("echo", 1)
+        time.sleep(0.1)
+        c2 = client.start("echo", 2)  # the reader reads it, then may flush response 1
+        assert c1.result() == 1 and c2.result() == 2
+        assert _until(lambda: len(policy.acks) == 2, timeout=10)
+        assert policy.claim_all() == 20
+    finally:
+        client.close()
+        s.close()
+
+
+# -- 8: typed errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf])
+def test_prepay_deposit_refuses_bad_timeouts_typed(tmp_path: Path, timeout: float) -> None:
+    ledger = LocalLedger(str(tmp_path / "l.db"), clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 1)
+    with pytest.raises(InvalidArgument):
+        prepay.deposit(timeout)
+    assert ledger.balance(client_id.sui_address) == 1_000
+
+
+# -- 3: a response escrow is its requester's -----------------------------------------------
+
+
+def test_a_third_party_cannot_use_anothers_response_escrow(tmp_path: Path) -> None:
+    """An escrow's ID is public: a third party naming it first was served, the server
+    paid from the requester's fee, and the requester's own call refused."""
+    ledger = LocalLedger(str(tmp_path / "l.db"), clock_ms=1_000)
+    server_id, alice = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(alice.sui_address, 1_000)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = Served(make_rpc(response_fees=policy))
+    mallory = s.connect(timeout=20)  # another peer, who prepaid nothing
+    refused: list[BaseException] = []
+
+    class Watched(ResponsePrepay):
+        def deposit(self, timeout: float) -> str:
+            escrow_id = super().deposit(timeout)
+            try:  # Mallory saw the deposit and is faster
+                mallory.call("echo", "mallory's request", meta={"re": escrow_id})
+            except E.PaymentRequired as exc:
+                refused.append(exc)
+            return escrow_id
+
+    prepay = Watched(ledger, alice, server_id.sui_address, 10)
+    client = s.connect(timeout=20, prepay=prepay)
+    try:
+        assert client.call("echo", "alice's request") == "alice's request"
+        assert len(refused) == 1
+        assert _until(lambda: len(policy.acks) == 1, timeout=10)
+        assert policy.claim_all() == 10
+    finally:
+        client.close()
+        mallory.close()
+        s.close()
+
+
+def test_an_escrow_released_by_a_timeout_stays_its_requesters(tmp_path: Path) -> None:
+    """A call that timed out has its escrow released (a second request may use it):
+    only a request of its requester, not a third party's."""
+    ledger = LocalLedger(str(tmp_path / "l.db"), clock_ms=1_000)
+    server_id, alice = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(alice.sui_address, 1_000)
+    before = ledger.balance(alice.sui_address)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = Served(make_rpc(response_fees=policy))
+    prepay = ResponsePrepay(ledger, alice, server_id.sui_address, 10)
+    client = s.connect(timeout=20, prepay=prepay)
+    mallory = s.connect(timeout=20)
+    try:
+        call = client.start("sleep", [0.4, "x"], timeout=0.2)
+        with pytest.raises(E.RpcTimeout):
+            call.result()
+        escrow_id = call.escrow_id
+        assert escrow_id is not None
+        # the handler ends and its escrow is released
+        assert _until(lambda: escrow_id not in policy.answered)
+        with pytest.raises(E.PaymentRequired):
+            mallory.call("echo", "mallory", meta={"re": escrow_id})
+        assert policy.deliver_unacknowledged() == 0
+        ledger.advance_clock(60_000)
+        assert prepay.refund_due() == 10
+        assert ledger.balance(alice.sui_address) == before
+    finally:
+        client.close()
+        mallory.close()
+        s.close()
