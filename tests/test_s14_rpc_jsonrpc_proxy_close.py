@@ -1,6 +1,6 @@
-"""JsonRpcHttpProxy.close() closes the kept-alive backend connection of every thread
-that used the proxy (a pool's workers, stream threads), not only the closing thread's:
-the others stayed open until their threads ended, then were dropped unclosed
+"""JsonRpcHttpProxy.close() closes every kept-alive backend connection of the proxy,
+whichever thread used it (a pool's workers, stream threads), not only the closing
+thread's: the others stayed open until their threads ended, then were dropped unclosed
 (ResourceWarning)."""
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ DOC = b'{"jsonrpc":"2.0","method":"m","id":1}'
 
 
 class _Backend(HttpBackend):
-    """A keep-alive HTTP backend that counts its open connections."""
+    """A keep-alive HTTP backend that counts its open connections, answering none of
+    the first ``together`` POSTs until all of them have arrived: calls in progress at
+    once, each on a connection of its own (the proxy pools its connections, and a call
+    that ended first gave its connection to the next one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, together: int = 1) -> None:
         self.open = 0
+        self.posts = 0
+        arrived = threading.Barrier(together)
         lock = threading.Lock()
         backend = self
 
@@ -40,6 +45,11 @@ class _Backend(HttpBackend):
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    backend.posts += 1
+                    first = backend.posts <= together
+                if first:
+                    arrived.wait(10)
                 answer = b'{"jsonrpc":"2.0","result":1,"id":1}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -54,12 +64,12 @@ class _Backend(HttpBackend):
 
 
 def test_close_closes_every_threads_connection() -> None:
-    backend = _Backend()
+    backend = _Backend(together=3)
     proxy = JsonRpcHttpProxy(backend.url, timeout=5)
     barrier = threading.Barrier(3)
 
     def use() -> bytes | None:
-        barrier.wait(5)  # three threads, each with its own connection
+        barrier.wait(5)  # three calls at once (the backend holds them: three connections)
         return proxy(DOC)
 
     try:
