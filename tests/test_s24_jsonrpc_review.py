@@ -25,7 +25,13 @@ from typing import Any, cast
 import pytest
 
 from dtp.messaging import errors as E
-from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, _loads
+from dtp.messaging.jsonrpc import (
+    MAX_JSON,
+    JsonRpcClient,
+    JsonRpcHandler,
+    JsonRpcHttpProxy,
+    _loads,
+)
 from dtp.messaging.rpc import RpcClient
 from tests.polling import wait_for
 
@@ -286,6 +292,20 @@ def test_the_proxys_errors_answer_each_request() -> None:
     assert proxy(b'[{"jsonrpc":"2.0","method":"log"},{"jsonrpc":"2.0","method":"x"}]') is None
     unreadable = json.loads(proxy(b'{"jsonrpc":"2.0",') or b"")
     assert unreadable["id"] is None and unreadable["error"]["code"] == E.INTERNAL_ERROR
+
+
+def test_a_batch_of_tiny_entries_gets_one_error_not_one_each() -> None:
+    """Review (second reader): a 1 MiB batch of ``0,0,...`` sent to a proxy whose
+    backend was down became an answer of ~49 MB, one error per entry."""
+    proxy = JsonRpcHttpProxy(dead_url(), timeout=BOUND)
+    document = ("[" + ",".join(["0"] * ((MAX_JSON - 2) // 2)) + "]").encode()
+    assert len(document) <= MAX_JSON
+    answer = proxy(document) or b""
+    assert len(answer) <= MAX_JSON
+    lone = json.loads(answer)
+    assert lone["id"] is None and lone["error"]["code"] == E.INTERNAL_ERROR
+    small = json.loads(proxy(b"[0, 1]") or b"")  # (a small batch keeps its errors)
+    assert [a["id"] for a in small] == [None, None]
 
 
 def test_an_http_error_answer_has_the_requests_id() -> None:

@@ -520,17 +520,24 @@ def _failure(document: bytes, message: str) -> bytes | None:
     """The proxy's own INTERNAL_ERROR answer to ``document``, shaped as the backend's
     would have been (JSON-RPC 2.0 §5, §6): the request's id, an array of errors for a
     batch's requests, nothing for notifications; id null when ``document`` cannot be
-    read (or an entry is no request at all)."""
+    read (or an entry is no request at all). A batch whose answer would outgrow
+    ``MAX_JSON`` gets one error with id null instead: a batch of tiny entries would
+    otherwise turn a request into an answer fifty times its size."""
+    lone = _dumps(_error(None, E.INTERNAL_ERROR, message)).encode()
     try:
         request = _loads(document)
     except (ValueError, RecursionError):
-        return _dumps(_error(None, E.INTERNAL_ERROR, message)).encode()
+        return lone
     if isinstance(request, list) and request:
-        answers = [
-            _dumps(_error(_request_id(r), E.INTERNAL_ERROR, message))
-            for r in request
-            if not _is_notification(r)
-        ]
+        answers: list[str] = []
+        size = 2
+        for r in request:
+            if _is_notification(r):
+                continue
+            answers.append(_dumps(_error(_request_id(r), E.INTERNAL_ERROR, message)))
+            size += len(answers[-1]) + 2
+            if size > MAX_JSON:
+                return lone
         return ("[" + ", ".join(answers) + "]").encode() if answers else None
     if _is_notification(request):
         return None
