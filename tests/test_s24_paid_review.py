@@ -287,6 +287,47 @@ def test_aio_wait_released_in_the_callback_raises(tmp_path: Path) -> None:
     assert seen["result"] == "LocalProtocolError"
 
 
+def test_aio_a_task_the_callback_started_may_wait_released(tmp_path: Path) -> None:
+    """Review (second reader): the refusal went by a context variable, which the tasks
+    a callback starts inherit; an admin "stop" task (close, wait for the release, exit)
+    got LocalProtocolError though it waits for no connection of its own."""
+    w = World(tmp_path)
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        box: dict[str, Any] = {}
+
+        async def shutdown() -> None:
+            server = box["server"]
+            server.close()
+            try:
+                out["released"] = await server.wait_released(30)
+            except LocalProtocolError as exc:
+                out["released"] = repr(exc)
+
+        async def callback(reader: Any, writer: Any) -> None:
+            await reader.readexactly(4)
+            box["task"] = asyncio.ensure_future(shutdown())  # (starts while this runs)
+            writer.write(b"ok")
+            await writer.drain()
+
+        box["server"] = await w.serve(callback, ServicePolicy(allowance=1_000_000))
+        reader, writer = await w.connect()
+        writer.write(b"stop")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 30) == b"ok"
+        writer.close()
+        with contextlib.suppress(DTPError):
+            await writer.wait_closed()
+        await asyncio.wait_for(box["task"], 60)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert out["released"] is True
+
+
 # -- 6. close() does not wait for the receipt store on the loop ------------------------
 
 
