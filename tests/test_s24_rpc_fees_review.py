@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -433,6 +434,62 @@ def test_the_deposit_is_read_again_at_most_once_a_second() -> None:
     assert _until(lambda: time.monotonic() - reads[0] > 1.1)
     payments.admit({"r": r2.encode()})
     assert len(reads) == reads_then + 1 and payments.deposited == 14
+
+
+def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
+    """Review (second reader): AsyncRpcServer admitted on the event loop, so the
+    deposit's re-read (a ledger read, over the network on Sui) froze every connection
+    the loop serves while it lasted. Now the loop runs during the read."""
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "jsonrpc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    # the server knows a deposit of 0 (read before a top-up): the first receipt is beyond
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
+    reading, loop_ran = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def read_deposit() -> int:
+        seen["thread"] = threading.current_thread()
+        reading.set()
+        seen["loop ran meanwhile"] = loop_ran.wait(10)  # (on the loop: it cannot)
+        return ledger.get_escrow(opened.escrow_id).deposited
+
+    payments.read_deposit = read_deposit
+
+    async def main() -> None:
+        seen["loop thread"] = threading.current_thread()
+        rpc = AsyncRpcServer(payments=payments)
+        rpc.register("echo", lambda p: p)
+
+        async def watch() -> None:
+            while not reading.is_set():
+                await asyncio.sleep(0.01)
+            loop_ran.set()
+
+        watcher = asyncio.ensure_future(watch())
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public, identity=client_id
+            )
+            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+            async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
+                seen["answer"] = await client.call("echo", "a")
+            writer.close()
+        finally:
+            watcher.cancel()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen["answer"] == "a" and payments.deposited == 50
+    assert seen["thread"] is not seen["loop thread"]
+    assert seen["loop ran meanwhile"]
 
 
 # -- 6: an early acknowledgement is kept ------------------------------------------------------

@@ -384,30 +384,56 @@ class RequestPayments:
         already paid for this request. A receipt beyond the known deposit has the
         escrow's deposit read again first (the client may have topped up)."""
         raw = None if meta is None else meta.get("r")
+        refused = self._first_admit(raw)
+        if refused is None:
+            return
+        if not refused.reread:
+            raise refused.error
+        self._readmit(raw, refused, self._read_deposit(refused))
+
+    async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
+        """:meth:`admit` for a server on an event loop: the deposit's re-read (a
+        ledger read, perhaps over the network) runs in a worker thread."""
+        raw = None if meta is None else meta.get("r")
+        refused = self._first_admit(raw)
+        if refused is None:
+            return
+        if not refused.reread:
+            raise refused.error
+        self._readmit(raw, refused, await asyncio.to_thread(self._read_deposit, refused))
+
+    def _first_admit(self, raw: Any) -> _Refused | None:
+        """:meth:`_admit`, and whether a refusal should have the deposit read again
+        (``reread``, at most every ``_DEPOSIT_REREAD`` seconds)."""
         with self._lock:
             refused = self._admit(raw)
             if refused is None:
-                return
-            reread = (
+                return None
+            refused.reread = (
                 isinstance(refused, _BeyondDeposit)
                 and self.read_deposit is not None
                 and time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD
             )
-            if reread:
+            if refused.reread:
                 self._deposit_read_at = time.monotonic()
-        if not reread:
-            raise refused.error
+            return refused
+
+    def _read_deposit(self, refused: _Refused) -> int:
+        """The escrow's deposit read again (outside the lock: a ledger read); an error
+        reading it refuses the request as ``refused`` did."""
         assert self.read_deposit is not None
         try:
-            deposited = self.read_deposit()  # (outside the lock: a ledger read)
+            return self.read_deposit()
         except DTPError as exc:
             logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
             raise refused.error from None
+
+    def _readmit(self, raw: Any, refused: _Refused, deposited: int) -> None:
         with self._lock:
             self.deposited = max(self.deposited, deposited)
-            refused = self._admit(raw)
-        if refused is not None:
-            raise refused.error
+            again = self._admit(raw)
+        if again is not None:
+            raise again.error
 
     def _admit(self, raw: Any) -> _Refused | None:
         """:meth:`admit` under ``_lock``: None once the request is counted, else why
@@ -464,10 +490,11 @@ _DEPOSIT_REREAD = 1.0
 class _Refused:
     """Why RequestPayments refused a request (``error``, to raise)."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "reread")
 
     def __init__(self, error: E.PaymentRequired) -> None:
         self.error = error
+        self.reread = False  # (set by RequestPayments._first_admit)
 
 
 class _BeyondDeposit(_Refused):
@@ -2888,7 +2915,7 @@ class AsyncRpcServer(_Registry):
                 if payments_error is not None:
                     raise E.PaymentRequired(payments_error)
                 if payments is not None:
-                    payments.admit(event.meta)
+                    await payments.admit_async(event.meta)
                 if self.response_fees is not None:
                     ctx.escrow_id = await _admit_fee(self.response_fees, event.meta, peer)
                 outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
