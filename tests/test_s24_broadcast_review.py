@@ -17,15 +17,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from dtp.messaging import broadcast as broadcast_module
 from dtp.messaging.broadcast import (
     MESSAGE,
     TIP,
+    TIP_SKEW_US,
     TIP_WINDOW,
     AirChange,
     BroadcastListener,
@@ -210,7 +216,7 @@ def _settled(station: BroadcastStation, count: int) -> bool:
 
 def test_a_station_remembers_a_bounded_window_of_tip_ids(world: World) -> None:  # noqa: F811
     w = world
-    n = 5 * TIP_WINDOW
+    n = 2 * TIP_WINDOW + 10
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, n)  # n MIST, once
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1)
     s_side, l_side = w.pair()
@@ -221,13 +227,87 @@ def test_a_station_remembers_a_bounded_window_of_tip_ids(world: World) -> None: 
         l_side.sendall(b"".join(frames))
         assert _settled(station, n)
         assert station.invalid_tips == 0 and station.tipped == {w.fans[0].sui_address: n}
-        remembered = sum(len(recent) for _, recent in station._tip_ids.values())
+        remembered = sum(len(ids.recent) for ids in station._tip_ids.values())
         assert remembered <= TIP_WINDOW
         # the oldest, the newest and one in between: all refused as replays
         l_side.sendall(frames[0] + frames[-1] + frames[n // 2])
         assert wait_for(lambda: station.invalid_tips == 3, timeout=PROMPT)
         assert station.tipped == {w.fans[0].sui_address: n}
     finally:
+        station.close()
+
+
+def _stamped(us: int) -> bytes:
+    """A tip ID as BroadcastListener makes them: a time in microseconds, random bits."""
+    return us.to_bytes(8, "big") + os.urandom(8)
+
+
+def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> None:  # noqa: F811
+    """Review (second reader): the floor followed the count alone, so one tipper on two
+    devices had a genuine tip from one refused once the other sent 64 newer ones."""
+    w = world
+    n = TIP_WINDOW // 4
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1000)
+    phone, phone_listener = w.pair()
+    laptop, laptop_listener = w.pair()
+    station.attach(phone, "fan-phone")
+    station.attach(laptop, "fan-laptop")
+    now = time.time_ns() // 1000
+    try:
+        signed_on_the_phone = _tip_frame(w, station, _stamped(now), 1)
+        laptop_listener.sendall(
+            b"".join(_tip_frame(w, station, _stamped(now + 1000 + i), 1) for i in range(n))
+        )
+        assert _settled(station, n) and station.invalid_tips == 0
+        phone_listener.sendall(signed_on_the_phone)
+        assert _settled(station, n + 1)
+        assert station.invalid_tips == 0 and station.tipped == {w.fans[0].sui_address: n + 1}
+        # it is still a replay the second time, and an ID far older than the newest
+        # (beyond TIP_SKEW_US) is refused unseen
+        phone_listener.sendall(signed_on_the_phone)
+        phone_listener.sendall(_tip_frame(w, station, _stamped(now - TIP_SKEW_US), 1))
+        assert wait_for(lambda: station.invalid_tips == 2, timeout=PROMPT)
+        assert station.tipped == {w.fans[0].sui_address: n + 1}
+    finally:
+        station.close()
+
+
+def test_saving_a_tip_does_not_stall_the_broadcast(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (second reader): the tip state was written and synced holding the lock
+    send() takes, so a slow disk stalled the broadcast once per tip."""
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
+    s_side, l_side = w.pair()
+    station.attach(s_side, "fan")
+    assert station.check()
+    syncing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def stalled_fsync(fd: int) -> None:
+        syncing.set()
+        release.wait(PROMPT)
+        real_fsync(fd)
+
+    monkeypatch.setattr(broadcast_module.os, "fsync", stalled_fsync)
+    try:
+        l_side.sendall(_tip_frame(w, station, _stamped(time.time_ns() // 1000), 1))
+        assert syncing.wait(PROMPT)
+        sender = threading.Thread(target=station.send, args=(b"news",), daemon=True)
+        sender.start()
+        sender.join(PROMPT / 3)
+        assert not sender.is_alive(), "send() waited for the tip state's fsync"
+        assert station.tips.qsize() == 0  # (not accepted before it is saved)
+        release.set()
+        assert wait_for(lambda: station.tips.qsize() == 1, timeout=PROMPT)
+        assert json.loads((tmp_path / "t").read_text())["tipped"] == station.tipped
+    finally:
+        release.set()
         station.close()
 
 

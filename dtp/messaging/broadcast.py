@@ -38,6 +38,7 @@ newest queued message (dropped and counted), or of an older queued AIR frame.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_REQUEST",
     "MAX_TIP_MESSAGE",
     "SESSION_BYTES",
+    "TIP_SKEW_US",
     "TIP_WINDOW",
     "AirChange",
     "BroadcastListener",
@@ -98,8 +100,12 @@ MAX_REQUEST: Final = 1024
 MAX_TIP_MESSAGE: Final = 280
 #: Size of a station session's nonce (bytes).
 SESSION_BYTES: Final = 16
-#: Tip IDs a station remembers per tipper (the most recent ones; older IDs are refused).
-TIP_WINDOW: Final = 64
+#: Tip IDs a station remembers per tipper at most (beyond, the oldest are forgotten and
+#: every ID at or below them refused).
+TIP_WINDOW: Final = 1024
+#: How far (microseconds) a tip ID's time may lag the tipper's newest before the station
+#: refuses it unseen: room for a second device's clock, or a tip overtaken in flight.
+TIP_SKEW_US: Final = 300_000_000
 _FRAME_CAP: Final = MAX_PAYLOAD + 1024
 _HELLO_DOMAIN: Final = b"DTP-BROADCAST-HELLO-V1\x00"
 _MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V2\x00"
@@ -458,10 +464,13 @@ class BroadcastStation:
                     raise ValueError(f"a tipped total is an int of MIST >= 0, not {total!r}")
                 key = normalize_id(address, "tipper address")
                 self._tipped[key] = max(self._tipped.get(key, 0), total)
-        # per tipper, the tip IDs (as 128-bit numbers) accepted in this session: the
-        # newest TIP_WINDOW, and the floor below which every ID is refused (a set of
-        # every ID grew by one entry per 1-MIST tip for the station's life)
-        self._tip_ids: dict[str, tuple[int, set[int]]] = {}
+        # per tipper, the tip IDs (as 128-bit numbers) accepted in this session, a
+        # bounded window of them (a set of every ID grew by one entry per 1-MIST tip
+        # for the station's life)
+        self._tip_ids: dict[str, _TipIds] = {}
+        # held while the tip state file is written (not _lock: send() needs that one,
+        # and a slow disk must not stall the broadcast)
+        self._save_lock = threading.Lock()
         self._inbox_lock = threading.Lock()
         #: Accepted tips (bounded; the oldest are dropped when full and counted in
         #: :attr:`inbox_dropped` and :attr:`tips_dropped`).
@@ -722,21 +731,25 @@ class BroadcastStation:
         contributed = self.ledger.get_broadcast(self.broadcast_id).contributions.get(address, 0)
         number = int.from_bytes(tip_id, "big")
         with self._lock:
-            floor, recent = self._tip_ids.get(address, (-1, set()))
-            if number <= floor or number in recent:
+            ids = self._tip_ids.get(address)
+            if ids is None:
+                ids = self._tip_ids[address] = _TipIds()
+            if not ids.fresh(number):
                 raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
             total = self._tipped.get(address, 0) + amount
             if total > contributed:
                 raise E.InvalidTip("tip not covered by the tipper's contributions")
-            if self._tip_state is not None:
-                self._save_tip_state({**self._tipped, address: total})  # OSError: refused
-            recent.add(number)
-            if len(recent) > TIP_WINDOW:
-                oldest = min(recent)
-                recent.discard(oldest)
-                floor = max(floor, oldest)
-            self._tip_ids[address] = (floor, recent)
+            # taken now (a concurrent replay of the ID, or a tip beyond the
+            # contributions, is refused while the file is written)
+            ids.take(number)
             self._tipped[address] = total
+        if self._tip_state is not None:
+            try:
+                self._save_tip_state()
+            except OSError:
+                with self._lock:  # refused: not counted (the ID stays used)
+                    self._tipped[address] -= amount
+                raise
         return Tip(address, amount, text, tip_id)
 
     @property
@@ -764,16 +777,22 @@ class BroadcastStation:
         tipped: dict[str, Any] = state["tipped"]
         return tipped
 
-    def _save_tip_state(self, tipped: dict[str, int]) -> None:
-        """(lock held) Write the totals to the tip state file, atomically (a crash
-        leaves the old file or the new one), before the tip counts as accepted."""
+    def _save_tip_state(self) -> None:
+        """Write the totals to the tip state file, atomically (a crash leaves the old
+        file or the new one), before the tip counts as accepted. The totals are read
+        under the save lock, so a later write never holds older totals (one may hold
+        a tip whose own write then failed: a total too high refuses tips, never
+        accepts one twice)."""
         assert self._tip_state is not None
         tmp = f"{self._tip_state}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"broadcast_id": self.broadcast_id, "tipped": tipped}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._tip_state)
+        with self._save_lock:
+            with self._lock:
+                tipped = dict(self._tipped)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"broadcast_id": self.broadcast_id, "tipped": tipped}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._tip_state)
 
     def close(self) -> None:
         """Stop the monitor and close every listener link. The streams are left to their
@@ -784,6 +803,37 @@ class BroadcastStation:
             links = list(self._links)
         for link in links:
             link.close()
+
+
+class _TipIds:
+    """A tipper's tip IDs accepted by a station (128-bit numbers, the top 64 bits the
+    tipper's microsecond clock): refused at or below ``floor``, which trails the
+    newest ID's time by :data:`TIP_SKEW_US` and rises past any ID forgotten to keep
+    at most :data:`TIP_WINDOW`. (A floor kept by count alone refused a second
+    device's tip once the first sent 64 newer ones.)"""
+
+    __slots__ = ("floor", "newest", "order", "recent")
+
+    def __init__(self) -> None:
+        self.floor = -1
+        self.newest = -1
+        self.recent: set[int] = set()
+        self.order: list[int] = []  # (a heap of ``recent``: the oldest first)
+
+    def fresh(self, number: int) -> bool:
+        return number > self.floor and number not in self.recent
+
+    def take(self, number: int) -> None:
+        self.recent.add(number)
+        heapq.heappush(self.order, number)
+        if number > self.newest:
+            self.newest = number
+            lag = ((number >> 64) - TIP_SKEW_US) << 64
+            self.floor = max(self.floor, lag - 1)
+        while self.order and (self.order[0] <= self.floor or len(self.order) > TIP_WINDOW):
+            oldest = heapq.heappop(self.order)
+            self.recent.discard(oldest)
+            self.floor = max(self.floor, oldest)
 
 
 class BroadcastListener:
@@ -1059,10 +1109,11 @@ class BroadcastListener:
         ledger.broadcast_contribute(identity, b_id, amount)
 
     def _next_tip_id(self) -> bytes:
-        """A tip ID: stations take them in increasing order per tipper (as 128-bit
-        numbers, remembering only the last :data:`TIP_WINDOW`), so the top 64 bits are
-        microseconds since the epoch, kept increasing, and the rest random (two
-        listeners with one identity do not collide)."""
+        """A tip ID: stations take each once per tipper, and none whose time lags the
+        tipper's newest by more than :data:`TIP_SKEW_US` (as 128-bit numbers,
+        remembering at most :data:`TIP_WINDOW`), so the top 64 bits are microseconds
+        since the epoch, kept increasing, and the rest random (two listeners with one
+        identity do not collide)."""
         with self._send_lock:
             self._last_tip_id = max(self._last_tip_id + 1, time.time_ns() // 1000)
             return _U64.pack(self._last_tip_id) + os.urandom(8)
