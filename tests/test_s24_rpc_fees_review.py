@@ -217,6 +217,51 @@ def test_kept_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert built == [*ids, ids[0]]
 
 
+@pytest.mark.parametrize("on_receipt", ["none", "callable"])
+def test_a_forgotten_check_does_not_serve_old_receipts_again(
+    monkeypatch: pytest.MonkeyPatch, on_receipt: str
+) -> None:
+    """Review (second reader): with no ReceiptStore, a connection whose check the
+    server forgot (beyond _KEPT_PAYMENTS other connections) came back to a fresh
+    check, and its last receipt paid for its requests a second time."""
+    monkeypatch.setattr(rpc_module, "_KEPT_PAYMENTS", 1)
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "svc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1000)
+    first = ledger.open_connection(client_id, host, 9, cap, 50)
+    other = ledger.open_connection(client_id, host, 9, cap, 1)
+    seen: list[Any] = []
+    cache = rpc_module._PaymentsCache(
+        ledger_payments(ledger, on_receipt=seen.append if on_receipt == "callable" else None)
+    )
+    meter = Meter(client_id, first.connection_id, sla, 50, every_requests=1)
+    payments = cache.resolve(first.connection_id)
+    assert payments is not None
+    last = None
+    for i in range(5):
+        last = meter.record(i, requests=1)
+        assert last is not None
+        payments.admit({"r": last.encode()})
+    cache.release(first.connection_id)
+    cache.resolve(other.connection_id)
+    cache.release(other.connection_id)  # the first connection's check forgotten
+    again = cache.resolve(first.connection_id)
+    assert again is not None and again is not payments
+    with pytest.raises(E.PaymentRequired):
+        again.admit({"r": last.encode()})  # (the last receipt, sent again)
+    with pytest.raises(E.PaymentRequired):
+        again.admit(None)
+    assert len(seen) == (5 if on_receipt == "callable" else 0)
+    following = meter.record(5, requests=1)  # a new receipt is served
+    assert following is not None
+    again.admit({"r": following.encode()})
+    assert again.served == 6
+
+
 def test_replayed_receipt_after_reconnecting_over_dtp(tmp_path: Path) -> None:
     """The same over DTP by host ID: a second DTP connection naming the same open
     ledger connection is not served on the first one's last receipt."""

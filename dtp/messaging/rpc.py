@@ -527,21 +527,44 @@ def ledger_payments(
     ``receipts`` (by default the store ``on_receipt`` is the ``keep`` of, if it is one):
     a connection's check carries on from its stored latest receipt
     (:meth:`RequestPayments.resume`), so a server restarted, or one that forgot the
-    connection, does not take the client's receipts again as pay for new requests."""
+    connection, does not take the client's receipts again as pay for new requests.
+    Without a store the source remembers each connection's latest receipt in memory
+    (a few hundred bytes per ledger connection that paid, for the source's life): a
+    server forgets the checks of connections gone quiet, and a client coming back
+    after that must not be served again for the receipts it sent before."""
     from dtp.receipt_store import ReceiptStore
 
     if receipts is None and isinstance(getattr(on_receipt, "__self__", None), ReceiptStore):
         receipts = on_receipt.__self__  # type: ignore[union-attr]
+    remembered: dict[str, Receipt] = {}
+    remembered_lock = threading.Lock()
+    keep = on_receipt
+
+    if receipts is None:
+
+        def keep(receipt: Receipt) -> None:
+            key = normalize_id(receipt.connection_id, "connection")
+            with remembered_lock:
+                known = remembered.get(key)
+                if known is None or receipt.nonce > known.nonce:
+                    remembered[key] = receipt
+            if on_receipt is not None:
+                on_receipt(receipt)
 
     def read(connection_id: str) -> RequestPayments | None:
         try:
-            payments = RequestPayments.from_ledger(ledger, connection_id, on_receipt=on_receipt)
+            payments = RequestPayments.from_ledger(ledger, connection_id, on_receipt=keep)
         except ObjectNotFound:
             return None
         if receipts is not None:
             stored = receipts.latest(payments.connection_id)
             if stored is not None:
                 payments.resume(stored.receipt)
+        else:
+            with remembered_lock:
+                latest = remembered.get(payments.connection_id)
+            if latest is not None:
+                payments.resume(latest)
         return payments
 
     def source(connection_id: str | None) -> RequestPayments:
