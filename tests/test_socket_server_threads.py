@@ -57,9 +57,10 @@ def test_serve_forever_reuses_the_thread_of_a_finished_connection() -> None:
             assert wait_for(lambda: server._idle == 1)
         assert len(served) == 6
         # two threads take turns: each serves what it accepted, then waits for the
-        # next turn; no thread was started after the first connection
-        assert len(set(served)) == 2
-        assert served[0::2] == [served[0]] * 3 and served[1::2] == [served[1]] * 3
+        # next turn; no thread was started after the first connection. (Which of them
+        # takes a turn is up to the job queue: the one that just served may take it
+        # before the one woken for it runs, so the order need not alternate.)
+        assert len(set(served)) == 2 and served[0] != served[1]
         assert len(connection_threads(before)) == 2
     # close() ends waiting threads at once, not after WORKER_IDLE, and the accepting one
     assert wait_for(lambda: not connection_threads(before), timeout=5.0)
