@@ -537,6 +537,91 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
     assert seen["loop ran meanwhile"]
 
 
+def _stale_deposit_payments() -> tuple[Any, ...]:
+    """A paid connection whose check knows a deposit of 0 (read before a top-up) and
+    reads the real one back slowly (a ledger read over the network)."""
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "svc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
+    reads: list[int] = []
+
+    def read_deposit() -> int:
+        time.sleep(0.2)
+        reads.append(1)
+        return ledger.get_escrow(opened.escrow_id).deposited
+
+    payments.read_deposit = read_deposit
+    meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+    return server_id, client_id, payments, meter, reads
+
+
+def test_requests_behind_a_reread_wait_for_it() -> None:
+    """Review (second reader): with the re-read off the loop, a second request whose
+    receipt was beyond the old deposit too found the re-read too recent and was
+    refused, though the top-up covered it (and its receipt had counted it)."""
+    _, _, payments, meter, reads = _stale_deposit_payments()
+    receipts = [meter.record(0, requests=1) for _ in range(3)]
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(payments.admit_async({"r": r.encode()}) for r in receipts if r is not None),
+            return_exceptions=True,
+        )
+
+    assert asyncio.run(main()) == [None, None, None]
+    assert payments.served == 3 and reads == [1]  # (one read for all three)
+    # the same from threads (two streams of one connection in a pooled server)
+    _, _, payments, meter, reads = _stale_deposit_payments()
+    receipts = [meter.record(0, requests=1) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def admit(raw: bytes) -> None:
+        try:
+            payments.admit({"r": raw})
+        except BaseException as exc:  # (reported below)
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=admit, args=(r.encode(),)) for r in receipts if r is not None
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and payments.served == 3 and reads == [1]
+
+
+def test_the_async_server_serves_pipelined_calls_after_a_top_up() -> None:
+    server_id, client_id, payments, meter, _ = _stale_deposit_payments()
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(payments=payments)
+        rpc.register("echo", lambda p: p)
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public, identity=client_id
+            )
+            async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
+                seen["answers"] = await asyncio.gather(
+                    client.call("echo", "a"), client.call("echo", "b"), return_exceptions=True
+                )
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen["answers"] == ["a", "b"] and payments.served == 2
+
+
 # -- 6: an early acknowledgement is kept ------------------------------------------------------
 
 

@@ -334,6 +334,7 @@ class RequestPayments:
         # (monotonic) when read_deposit last ran: at most once a _DEPOSIT_REREAD, so a
         # client sending receipts beyond its deposit cannot make us hammer the ledger
         self._deposit_read_at = -math.inf
+        self._rereading: threading.Event | None = None  # set once the re-read ended
         self._lock = threading.Lock()
 
     @classmethod
@@ -387,50 +388,70 @@ class RequestPayments:
         refused = self._first_admit(raw)
         if refused is None:
             return
-        if not refused.reread:
+        if refused.read_now:
+            self._read_deposit(refused)
+        elif refused.wait_for is None or not refused.wait_for.wait(_REREAD_WAIT):
             raise refused.error
-        self._readmit(raw, refused, self._read_deposit(refused))
+        self._readmit(raw)
 
     async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
-        ledger read, perhaps over the network) runs in a worker thread."""
+        ledger read, perhaps over the network) runs in a worker thread, and so does
+        the wait for one under way."""
         raw = None if meta is None else meta.get("r")
         refused = self._first_admit(raw)
         if refused is None:
             return
-        if not refused.reread:
+        # (shielded: a request cancelled meanwhile does not cut short the read that
+        # the requests waiting for it need; the thread records the deposit itself)
+        if refused.read_now:
+            await asyncio.shield(asyncio.to_thread(self._read_deposit, refused))
+        elif refused.wait_for is None or not await asyncio.to_thread(
+            refused.wait_for.wait, _REREAD_WAIT
+        ):
             raise refused.error
-        self._readmit(raw, refused, await asyncio.to_thread(self._read_deposit, refused))
+        self._readmit(raw)
 
     def _first_admit(self, raw: Any) -> _Refused | None:
-        """:meth:`_admit`, and whether a refusal should have the deposit read again
-        (``reread``, at most every ``_DEPOSIT_REREAD`` seconds)."""
+        """:meth:`_admit`, and whether a refusal beyond the deposit should have it
+        read again (``read_now``, at most every ``_DEPOSIT_REREAD`` seconds) or wait
+        for the re-read under way (``wait_for``): a receipt signed after a top-up,
+        behind another one's re-read, is covered once that read is in."""
         with self._lock:
             refused = self._admit(raw)
             if refused is None:
                 return None
-            refused.reread = (
-                isinstance(refused, _BeyondDeposit)
-                and self.read_deposit is not None
-                and time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD
-            )
-            if refused.reread:
+            if not isinstance(refused, _BeyondDeposit) or self.read_deposit is None:
+                return refused
+            if self._rereading is not None:
+                refused.wait_for = self._rereading
+            elif time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD:
                 self._deposit_read_at = time.monotonic()
+                self._rereading = threading.Event()
+                refused.read_now = True
             return refused
 
-    def _read_deposit(self, refused: _Refused) -> int:
-        """The escrow's deposit read again (outside the lock: a ledger read); an error
-        reading it refuses the request as ``refused`` did."""
+    def _read_deposit(self, refused: _Refused) -> None:
+        """Read the escrow's deposit again (outside the lock: a ledger read) and record
+        it, then wake the requests waiting for it; an error reading it refuses the
+        request as ``refused`` did."""
         assert self.read_deposit is not None
+        deposited = None
         try:
-            return self.read_deposit()
+            deposited = self.read_deposit()
         except DTPError as exc:
             logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
             raise refused.error from None
+        finally:
+            with self._lock:
+                if deposited is not None:
+                    self.deposited = max(self.deposited, deposited)
+                done, self._rereading = self._rereading, None
+            if done is not None:
+                done.set()
 
-    def _readmit(self, raw: Any, refused: _Refused, deposited: int) -> None:
+    def _readmit(self, raw: Any) -> None:
         with self._lock:
-            self.deposited = max(self.deposited, deposited)
             again = self._admit(raw)
         if again is not None:
             raise again.error
@@ -485,16 +506,21 @@ class RequestPayments:
 #: Shortest time (seconds) between two reads of a connection's deposit by its
 #: RequestPayments (a receipt beyond the deposit it knows: perhaps a top-up).
 _DEPOSIT_REREAD = 1.0
+#: Longest a request beyond the deposit waits for another request's re-read of it.
+_REREAD_WAIT = 30.0
 
 
 class _Refused:
     """Why RequestPayments refused a request (``error``, to raise)."""
 
-    __slots__ = ("error", "reread")
+    __slots__ = ("error", "read_now", "wait_for")
 
     def __init__(self, error: E.PaymentRequired) -> None:
         self.error = error
-        self.reread = False  # (set by RequestPayments._first_admit)
+        # (set by RequestPayments._first_admit) read the deposit again, or wait for
+        # the re-read under way; neither: refused as it is
+        self.read_now = False
+        self.wait_for: threading.Event | None = None
 
 
 class _BeyondDeposit(_Refused):
