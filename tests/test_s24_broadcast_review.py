@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from dtp.keys import HostIdentity
 from dtp.messaging import broadcast as broadcast_module
 from dtp.messaging.broadcast import (
     MESSAGE,
@@ -273,6 +274,29 @@ def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> Non
         station.close()
 
 
+def test_refused_tips_from_fresh_keys_leave_nothing_behind(world: World) -> None:  # noqa: F811
+    """Review (second reader): a tipper's ID window was made before the contributions
+    check, so tips signed by fresh keys (free to make), each refused, left an entry
+    each for the station's life."""
+    w = world
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=10)
+    s_side, l_side = w.pair()
+    station.attach(s_side, "stranger")
+    n = 20
+    try:
+        frames = []
+        for _ in range(n):
+            key = HostIdentity.generate()  # (never contributed)
+            tip_id = _stamped(time.time_ns() // 1000)
+            signature = key.sign(signed_tip(w.broadcast_id, station.session, tip_id, 1, ""))
+            frames.append(encode_frame([TIP, tip_id, 1, "", key.ed25519_public, signature]))
+        l_side.sendall(b"".join(frames))
+        assert wait_for(lambda: station.invalid_tips == n, timeout=PROMPT)
+        assert station._tip_ids == {} and station.tipped == {}
+    finally:
+        station.close()
+
+
 def test_saving_a_tip_does_not_stall_the_broadcast(
     world: World,  # noqa: F811
     tmp_path: Path,
@@ -377,4 +401,56 @@ def test_full_inboxes_drop_the_oldest_and_count_dropped_tips(world: World) -> No
         assert station.tips.get_nowait().tip_id == second
     finally:
         listener.close()
+        station.close()
+
+
+def test_a_covered_tip_is_not_refused_for_anothers_failed_save(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (second reader): a tip is counted before its save and taken back when
+    the save fails; a second tip checked meanwhile was refused as not covered for
+    good, though it was once the first was taken back. It now waits for that save."""
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1)  # one 1-MIST tip
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
+    phone, phone_listener = w.pair()
+    laptop, laptop_listener = w.pair()
+    station.attach(phone, "phone")
+    station.attach(laptop, "laptop")
+    syncing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+    calls = [0]
+
+    def failing_once(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            syncing.set()
+            release.wait(PROMPT)
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(broadcast_module.os, "fsync", failing_once)
+    waiting = threading.Event()
+
+    class Watched(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()
+            return super().wait(timeout)
+
+    station._tip_saved = Watched(station._lock)
+    now = time.time_ns() // 1000
+    try:
+        phone_listener.sendall(_tip_frame(w, station, _stamped(now), 1))
+        assert syncing.wait(PROMPT)
+        laptop_listener.sendall(_tip_frame(w, station, _stamped(now + 1), 1))
+        # the second is checked during the first's save: it waits for the save
+        assert wait_for(lambda: waiting.is_set() or station.invalid_tips > 0, timeout=PROMPT)
+        release.set()
+        assert wait_for(lambda: station.tips.qsize() == 1, timeout=PROMPT)
+        assert station.unchecked_tips == 1 and station.invalid_tips == 0
+        assert station.tipped == {w.fans[0].sui_address: 1}
+    finally:
+        release.set()
         station.close()

@@ -471,6 +471,9 @@ class BroadcastStation:
         # held while the tip state file is written (not _lock: send() needs that one,
         # and a slow disk must not stall the broadcast)
         self._save_lock = threading.Lock()
+        # per tipper, tips counted whose save is under way (and notified as each ends)
+        self._saving: dict[str, int] = {}
+        self._tip_saved = threading.Condition(self._lock)
         self._inbox_lock = threading.Lock()
         #: Accepted tips (bounded; the oldest are dropped when full and counted in
         #: :attr:`inbox_dropped` and :attr:`tips_dropped`).
@@ -731,25 +734,41 @@ class BroadcastStation:
         contributed = self.ledger.get_broadcast(self.broadcast_id).contributions.get(address, 0)
         number = int.from_bytes(tip_id, "big")
         with self._lock:
-            ids = self._tip_ids.get(address)
-            if ids is None:
+            while True:
+                ids = self._tip_ids.get(address)
+                if ids is not None and not ids.fresh(number):
+                    raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
+                total = self._tipped.get(address, 0) + amount
+                if total <= contributed:
+                    break
+                if not self._saving.get(address):
+                    raise E.InvalidTip("tip not covered by the tipper's contributions")
+                # counted with tips of this tipper still being saved: one whose save
+                # fails is taken back, and then this one may be covered
+                self._tip_saved.wait()
+            if ids is None:  # (only now: a refused tip leaves nothing behind)
                 ids = self._tip_ids[address] = _TipIds()
-            if not ids.fresh(number):
-                raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
-            total = self._tipped.get(address, 0) + amount
-            if total > contributed:
-                raise E.InvalidTip("tip not covered by the tipper's contributions")
             # taken now (a concurrent replay of the ID, or a tip beyond the
             # contributions, is refused while the file is written)
             ids.take(number)
             self._tipped[address] = total
+            if self._tip_state is not None:
+                self._saving[address] = self._saving.get(address, 0) + 1
         if self._tip_state is not None:
+            saved = False
             try:
                 self._save_tip_state()
-            except OSError:
-                with self._lock:  # refused: not counted (the ID stays used)
-                    self._tipped[address] -= amount
-                raise
+                saved = True
+            finally:
+                with self._lock:
+                    if not saved:  # refused: not counted (the ID stays used)
+                        self._tipped[address] -= amount
+                    left = self._saving[address] - 1
+                    if left:
+                        self._saving[address] = left
+                    else:
+                        del self._saving[address]
+                    self._tip_saved.notify_all()
         return Tip(address, amount, text, tip_id)
 
     @property
