@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 import threading
 import time
@@ -287,17 +288,27 @@ def test_aio_wait_released_in_the_callback_raises(tmp_path: Path) -> None:
     assert seen["result"] == "LocalProtocolError"
 
 
-def test_aio_a_task_the_callback_started_may_wait_released(tmp_path: Path) -> None:
-    """Review (second reader): the refusal went by a context variable, which the tasks
-    a callback starts inherit; an admin "stop" task (close, wait for the release, exit)
-    got LocalProtocolError though it waits for no connection of its own."""
+def test_aio_a_task_the_callback_started_may_wait_released_after_it(tmp_path: Path) -> None:
+    """Review (second reader): an admin "stop" task (close, wait for the release,
+    exit) the callback started inherited the refusal for good, though it waits for no
+    connection of its own once the callback has returned. It is refused while the
+    callback runs (the callback may be awaiting it), unless started with a fresh
+    context."""
     w = World(tmp_path)
     out: dict[str, Any] = {}
 
     async def main() -> None:
         box: dict[str, Any] = {}
+        replied = asyncio.Event()
+
+        async def early() -> None:
+            try:
+                out["early"] = await box["server"].wait_released(0)
+            except LocalProtocolError:
+                out["early"] = "LocalProtocolError"
 
         async def shutdown() -> None:
+            await replied.wait()  # (the callback has returned by then)
             server = box["server"]
             server.close()
             try:
@@ -305,9 +316,15 @@ def test_aio_a_task_the_callback_started_may_wait_released(tmp_path: Path) -> No
             except LocalProtocolError as exc:
                 out["released"] = repr(exc)
 
+        async def fresh() -> None:
+            out["fresh"] = await box["server"].wait_released(0)
+
         async def callback(reader: Any, writer: Any) -> None:
             await reader.readexactly(4)
-            box["task"] = asyncio.ensure_future(shutdown())  # (starts while this runs)
+            await asyncio.ensure_future(early())  # (started and awaited while it runs)
+            loop = asyncio.get_running_loop()
+            await loop.create_task(fresh(), context=contextvars.Context())
+            box["task"] = asyncio.ensure_future(shutdown())
             writer.write(b"ok")
             await writer.drain()
 
@@ -316,6 +333,7 @@ def test_aio_a_task_the_callback_started_may_wait_released(tmp_path: Path) -> No
         writer.write(b"stop")
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 30) == b"ok"
+        replied.set()
         writer.close()
         with contextlib.suppress(DTPError):
             await writer.wait_closed()
@@ -325,7 +343,50 @@ def test_aio_a_task_the_callback_started_may_wait_released(tmp_path: Path) -> No
         asyncio.run(main())
     finally:
         w.close()
-    assert out["released"] is True
+    assert out == {"early": "LocalProtocolError", "fresh": False, "released": True}
+
+
+def test_aio_a_helper_the_callback_awaits_is_refused(tmp_path: Path) -> None:
+    """Review (second reader): refused only in the callback's own task, a helper the
+    callback awaited (wait_for() runs one as a task on 3.11) that called
+    wait_released() waited for the callback's own connection: a hang."""
+    w = World(tmp_path)
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        box: dict[str, Any] = {}
+
+        async def shutdown() -> bool:
+            server = box["server"]
+            server.close()
+            return bool(await server.wait_released())  # (no timeout)
+
+        async def callback(reader: Any, writer: Any) -> None:
+            await reader.readexactly(8)
+            try:
+                seen["result"] = await asyncio.wait_for(shutdown(), 10)
+            except LocalProtocolError:
+                seen["result"] = "LocalProtocolError"
+            except TimeoutError:
+                seen["result"] = "hung"
+            writer.write(b"bye")
+            await writer.drain()
+
+        box["server"] = await w.serve(callback)
+        reader, writer = await w.connect()
+        writer.write(b"shutdown")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(3), 30) == b"bye"
+        writer.close()
+        with contextlib.suppress(DTPError):
+            await writer.wait_closed()
+        assert await box["server"].wait_released(30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert seen["result"] == "LocalProtocolError"
 
 
 # -- 6. close() does not wait for the receipt store on the loop ------------------------
