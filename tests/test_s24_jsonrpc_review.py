@@ -306,6 +306,12 @@ def test_a_batch_of_tiny_entries_gets_one_error_not_one_each() -> None:
     assert lone["id"] is None and lone["error"]["code"] == E.INTERNAL_ERROR
     small = json.loads(proxy(b"[0, 1]") or b"")  # (a small batch keeps its errors)
     assert [a["id"] for a in small] == [None, None]
+    # one request whose id is written escaped (6 bytes a character) is capped too
+    long_id = "\u00e9" * ((MAX_JSON - 64) // 2)
+    single = json.dumps({"jsonrpc": "2.0", "method": "m", "id": long_id}, ensure_ascii=False)
+    assert len(single.encode()) <= MAX_JSON
+    answer = proxy(single.encode()) or b""
+    assert len(answer) <= MAX_JSON and json.loads(answer)["id"] is None
 
 
 def test_an_http_error_answer_has_the_requests_id() -> None:

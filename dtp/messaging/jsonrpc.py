@@ -520,8 +520,8 @@ def _failure(document: bytes, message: str) -> bytes | None:
     """The proxy's own INTERNAL_ERROR answer to ``document``, shaped as the backend's
     would have been (JSON-RPC 2.0 §5, §6): the request's id, an array of errors for a
     batch's requests, nothing for notifications; id null when ``document`` cannot be
-    read (or an entry is no request at all). A batch whose answer would outgrow
-    ``MAX_JSON`` gets one error with id null instead: a batch of tiny entries would
+    read (or an entry is no request at all). An answer that would outgrow
+    ``MAX_JSON`` is one error with id null instead: a batch of tiny entries would
     otherwise turn a request into an answer fifty times its size."""
     lone = _dumps(_error(None, E.INTERNAL_ERROR, message)).encode()
     try:
@@ -541,7 +541,8 @@ def _failure(document: bytes, message: str) -> bytes | None:
         return ("[" + ", ".join(answers) + "]").encode() if answers else None
     if _is_notification(request):
         return None
-    return _dumps(_error(_request_id(request), E.INTERNAL_ERROR, message)).encode()
+    answer = _dumps(_error(_request_id(request), E.INTERNAL_ERROR, message)).encode()
+    return answer if len(answer) <= MAX_JSON else lone  # (an id of escaped characters)
 
 
 def _is_notification(request: Any) -> bool:
