@@ -345,12 +345,23 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     client = _client()
     try:
         with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
+            sent = 0
+
+            def paid() -> int:
+                latest = billing.latest
+                return 0 if latest is None else latest.total_requests
 
             def exchange(n: int, tag: bytes) -> None:
+                nonlocal sent
                 for i in range(n):
+                    # receipts may trail (a loaded machine), but within half the credit:
+                    # without them going on after the pause, this wait fails
+                    covered = functools.partial(lambda floor: paid() >= floor, sent - 10)
+                    assert wait_for(covered, timeout=30), (sent, paid())
                     query = b"\x00\x01" + tag + b"%d" % i
                     client.sendto(query, fwd.address)
                     assert client.recvfrom(65535)[0].startswith(query)
+                    sent += 1
 
             exchange(8, b"a")
             time.sleep(1.0)  # the pause: twice the socket's timeout
