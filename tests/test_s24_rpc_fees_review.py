@@ -6,6 +6,7 @@ deposit errors."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import threading
 import time
@@ -595,6 +596,26 @@ def test_requests_behind_a_reread_wait_for_it() -> None:
     for t in threads:
         t.join(30)
     assert errors == [] and payments.served == 3 and reads == [1]
+
+
+def test_waiting_for_a_reread_takes_no_executor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (second reader): requests waiting for a re-read each waited in a thread
+    of the loop's executor, queued ahead of the read itself: with as many waiters as
+    threads, the read ran only after every waiter had timed out and been refused."""
+    monkeypatch.setattr(rpc_module, "_REREAD_WAIT", 5.0)
+    _, _, payments, meter, reads = _stale_deposit_payments()
+    receipts = [meter.record(0, requests=1) for _ in range(4)]
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        return await asyncio.gather(
+            *(payments.admit_async({"r": r.encode()}) for r in receipts if r is not None),
+            return_exceptions=True,
+        )
+
+    assert asyncio.run(main()) == [None] * 4
+    assert payments.served == 4 and reads == [1]
 
 
 def test_the_async_server_serves_pipelined_calls_after_a_top_up() -> None:

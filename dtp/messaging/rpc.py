@@ -31,6 +31,7 @@ the server claims with it — or the client takes the fee back after the deadlin
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import inspect
@@ -334,7 +335,9 @@ class RequestPayments:
         # (monotonic) when read_deposit last ran: at most once a _DEPOSIT_REREAD, so a
         # client sending receipts beyond its deposit cannot make us hammer the ledger
         self._deposit_read_at = -math.inf
-        self._rereading: threading.Event | None = None  # set once the re-read ended
+        # the re-read under way, if any: done once it ended (a thread waits on it, and
+        # so does the event loop, with no thread)
+        self._rereading: concurrent.futures.Future[None] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -389,27 +392,40 @@ class RequestPayments:
         if refused is None:
             return
         if refused.read_now:
-            self._read_deposit(refused)
-        elif refused.wait_for is None or not refused.wait_for.wait(_REREAD_WAIT):
+            if not self._read_deposit():
+                raise refused.error
+        elif refused.wait_for is None:
             raise refused.error
+        else:
+            done, _ = concurrent.futures.wait([refused.wait_for], _REREAD_WAIT)
+            if not done:
+                raise refused.error
         self._readmit(raw)
 
     async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
-        ledger read, perhaps over the network) runs in a worker thread, and so does
-        the wait for one under way."""
+        ledger read, perhaps over the network) runs in a worker thread; requests
+        waiting for it wait on the loop."""
         raw = None if meta is None else meta.get("r")
         refused = self._first_admit(raw)
         if refused is None:
             return
-        # (shielded: a request cancelled meanwhile does not cut short the read that
-        # the requests waiting for it need; the thread records the deposit itself)
         if refused.read_now:
-            await asyncio.shield(asyncio.to_thread(self._read_deposit, refused))
-        elif refused.wait_for is None or not await asyncio.to_thread(
-            refused.wait_for.wait, _REREAD_WAIT
-        ):
+            # submitted now, ahead of anything queued later for the executor, and
+            # shielded: a request cancelled meanwhile does not cut short the read that
+            # the requests waiting for it need (the thread records the deposit itself)
+            loop = asyncio.get_running_loop()
+            if not await asyncio.shield(loop.run_in_executor(None, self._read_deposit)):
+                raise refused.error
+        elif refused.wait_for is None:
             raise refused.error
+        else:
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(refused.wait_for)), _REREAD_WAIT
+                )
+            except TimeoutError:
+                raise refused.error from None
         self._readmit(raw)
 
     def _first_admit(self, raw: Any) -> _Refused | None:
@@ -427,28 +443,29 @@ class RequestPayments:
                 refused.wait_for = self._rereading
             elif time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD:
                 self._deposit_read_at = time.monotonic()
-                self._rereading = threading.Event()
+                self._rereading = concurrent.futures.Future()
                 refused.read_now = True
             return refused
 
-    def _read_deposit(self, refused: _Refused) -> None:
+    def _read_deposit(self) -> bool:
         """Read the escrow's deposit again (outside the lock: a ledger read) and record
-        it, then wake the requests waiting for it; an error reading it refuses the
-        request as ``refused`` did."""
+        it, then wake the requests waiting for it. False when it could not be read (the
+        request is refused as it was)."""
         assert self.read_deposit is not None
         deposited = None
         try:
             deposited = self.read_deposit()
         except DTPError as exc:
             logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
-            raise refused.error from None
+            return False
         finally:
             with self._lock:
                 if deposited is not None:
                     self.deposited = max(self.deposited, deposited)
                 done, self._rereading = self._rereading, None
             if done is not None:
-                done.set()
+                done.set_result(None)
+        return True
 
     def _readmit(self, raw: Any) -> None:
         with self._lock:
@@ -520,7 +537,7 @@ class _Refused:
         # (set by RequestPayments._first_admit) read the deposit again, or wait for
         # the re-read under way; neither: refused as it is
         self.read_now = False
-        self.wait_for: threading.Event | None = None
+        self.wait_for: concurrent.futures.Future[None] | None = None
 
 
 class _BeyondDeposit(_Refused):
