@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,23 +87,6 @@ _WRITER_POLL = 0.05
 #: How many put-back datagrams a connection remembers as charged already
 _CHARGED_KEPT = 64
 
-
-class _InCallback:
-    """A callback of ``server`` running in the current context (tasks it starts
-    inherit it), until ``over``."""
-
-    __slots__ = ("over", "server")
-
-    def __init__(self, server: PaidAioServer) -> None:
-        self.server = server
-        self.over = False
-
-
-#: The callback whose context this is (wait_released() there would wait for its own
-#: connection)
-_IN_CALLBACK: contextvars.ContextVar[_InCallback | None] = contextvars.ContextVar(
-    "dtp_paid_aio_callback", default=None
-)
 
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
@@ -868,6 +850,9 @@ class PaidAioServer:
         self._attached = False  # attach_server() made: detach_server() at the release
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
         self._live: set[_PaidConnection] = set()
+        #: the tasks running a callback (wait_released() there would wait for its own
+        #: connection; a task a callback starts is another, free to wait)
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
         #: Connection IDs being served or settled: one DTP connection per ledger
         #: connection at a time
         self._serving = ConnectionIds()
@@ -1071,8 +1056,9 @@ class PaidAioServer:
         # a callback that failed while the connection goes on: the client must read an
         # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
         failed = False
-        running = _InCallback(self)
-        token = _IN_CALLBACK.set(running)
+        task = asyncio.current_task()
+        if task is not None:
+            self._callback_tasks.add(task)
         try:
             await paid.throttle(requests=1)
             result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
@@ -1085,8 +1071,8 @@ class PaidAioServer:
             logger.exception("callback failed for connection %s", cid)
             failed = True
         finally:
-            running.over = True
-            _IN_CALLBACK.reset(token)
+            if task is not None:
+                self._callback_tasks.discard(task)
             await self._end(writer, paid, cid, client, failed)
 
     async def _end(
@@ -1344,7 +1330,7 @@ class PaidAioServer:
         if self.server is not None:
             await self.server.wait_closed()
 
-    async def wait_released(self, timeout: float | None = None) -> bool:
+    def wait_released(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
         """After :meth:`close`: wait until every connection the server was serving
         ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
         (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
@@ -1352,15 +1338,24 @@ class PaidAioServer:
         client keeps its connection open, and for a receipt writer the release left
         still writing. (False at once when the server is not closed.)
 
-        Not while a callback runs, from it or from a task it started: it would wait
-        for the callback's own connection, and the callback may be awaiting that task
-        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's). A task a
-        callback started may call it once the callback has returned (an admin "stop"
-        that waits for the reply to go first), or at any time if started with a fresh
-        context (``loop.create_task(coro, context=contextvars.Context())``)."""
-        running = _IN_CALLBACK.get()
-        if running is not None and running.server is self and not running.over:
+        Not from a callback: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's; raised by
+        the call itself, so ``asyncio.wait_for(server.wait_released(), t)`` there is
+        refused too). A task the callback started (an admin "stop": close, wait, exit)
+        may call it: it waits for the callback's connection too, which ends once the
+        callback returns. So a callback must not await such a task: it would wait
+        until ``timeout``."""
+        # (checked at the call, in the caller's task: wait_for() on Python 3.11 runs
+        # the coroutine in a task of its own)
+        try:
+            caller = asyncio.current_task()
+        except RuntimeError:  # (made off the loop, for run_coroutine_threadsafe())
+            caller = None
+        if caller is not None and caller in self._callback_tasks:
             raise LocalProtocolError("wait_released() in a callback waits for its own connection")
+        return self._await_released(timeout)
+
+    async def _await_released(self, timeout: float | None) -> bool:
         if not self._closed:
             return False
         loop = asyncio.get_running_loop()
