@@ -454,3 +454,42 @@ def test_a_covered_tip_is_not_refused_for_anothers_failed_save(
     finally:
         release.set()
         station.close()
+
+
+def test_a_tip_waiting_on_a_hung_save_is_unchecked_not_invalid(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A save that hangs (a stalled disk) does not hold the tipper's other links for
+    good: the tip waiting on it gives up, counted unchecked (not the listener's fault)."""
+    w = world
+    w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1)
+    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
+    phone, phone_listener = w.pair()
+    laptop, laptop_listener = w.pair()
+    station.attach(phone, "phone")
+    station.attach(laptop, "laptop")
+    syncing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def hung(fd: int) -> None:
+        syncing.set()
+        release.wait(PROMPT)
+        real_fsync(fd)
+
+    monkeypatch.setattr(broadcast_module.os, "fsync", hung)
+    monkeypatch.setattr(broadcast_module, "_TIP_SAVE_WAIT", 0.2)
+    now = time.time_ns() // 1000
+    try:
+        phone_listener.sendall(_tip_frame(w, station, _stamped(now), 1))
+        assert syncing.wait(PROMPT)
+        laptop_listener.sendall(_tip_frame(w, station, _stamped(now + 1), 1))
+        assert wait_for(lambda: station.unchecked_tips == 1, timeout=PROMPT)
+        assert station.invalid_tips == 0
+        release.set()
+        assert wait_for(lambda: station.tips.qsize() == 1, timeout=PROMPT)
+        assert station.tipped == {w.fans[0].sui_address: 1}
+    finally:
+        release.set()
+        station.close()

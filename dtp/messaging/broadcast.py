@@ -107,6 +107,8 @@ TIP_WINDOW: Final = 1024
 #: refuses it unseen: room for a second device's clock, or a tip overtaken in flight.
 TIP_SKEW_US: Final = 300_000_000
 _FRAME_CAP: Final = MAX_PAYLOAD + 1024
+# Longest a tip waits for another tip of its tipper to be saved (seconds)
+_TIP_SAVE_WAIT: Final = 30.0
 _HELLO_DOMAIN: Final = b"DTP-BROADCAST-HELLO-V1\x00"
 _MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V2\x00"
 _TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V2\x00"
@@ -744,8 +746,10 @@ class BroadcastStation:
                 if not self._saving.get(address):
                     raise E.InvalidTip("tip not covered by the tipper's contributions")
                 # counted with tips of this tipper still being saved: one whose save
-                # fails is taken back, and then this one may be covered
-                self._tip_saved.wait()
+                # fails is taken back, and then this one may be covered (a disk that
+                # hangs: unchecked, not the listener's fault)
+                if not self._tip_saved.wait(_TIP_SAVE_WAIT):
+                    raise TimeoutError("the tip state file is still being written")
             if ids is None:  # (only now: a refused tip leaves nothing behind)
                 ids = self._tip_ids[address] = _TipIds()
             # taken now (a concurrent replay of the ID, or a tip beyond the
