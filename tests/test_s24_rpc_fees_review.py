@@ -52,6 +52,19 @@ def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
     return True
 
 
+def _per_request_service() -> tuple[LocalLedger, HostIdentity, HostIdentity, Sla, str, str]:
+    """A LocalLedger with a host whose port 9 charges 7 MIST a request and a funded
+    client with a spending cap: (ledger, server, client, sla, host ID, cap ID)."""
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "svc", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1000)
+    return ledger, server_id, client_id, sla, host, cap
+
+
 # -- 1: receipts in nonce order ---------------------------------------------------------------
 
 
@@ -226,13 +239,7 @@ def test_a_forgotten_check_does_not_serve_old_receipts_again(
     server forgot (beyond _KEPT_PAYMENTS other connections) came back to a fresh
     check, and its last receipt paid for its requests a second time."""
     monkeypatch.setattr(rpc_module, "_KEPT_PAYMENTS", 1)
-    ledger = LocalLedger(":memory:", clock_ms=0)
-    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
-    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
-    host = ledger.create_host(server_id, server_id.noise_public)
-    ledger.add_service(server_id, host, 9, "svc", sla)
-    cap = ledger.create_spending_cap(client_id, 10_000)
-    ledger.faucet(client_id.sui_address, 1000)
+    ledger, _, client_id, sla, host, cap = _per_request_service()
     first = ledger.open_connection(client_id, host, 9, cap, 50)
     other = ledger.open_connection(client_id, host, 9, cap, 1)
     seen: list[Any] = []
@@ -486,13 +493,7 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
     """Review (second reader): AsyncRpcServer admitted on the event loop, so the
     deposit's re-read (a ledger read, over the network on Sui) froze every connection
     the loop serves while it lasted. Now the loop runs during the read."""
-    ledger = LocalLedger(":memory:", clock_ms=0)
-    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
-    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
-    host = ledger.create_host(server_id, server_id.noise_public)
-    ledger.add_service(server_id, host, 9, "jsonrpc", sla)
-    cap = ledger.create_spending_cap(client_id, 10_000)
-    ledger.faucet(client_id.sui_address, 1000)
+    ledger, server_id, client_id, sla, host, cap = _per_request_service()
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
     # the server knows a deposit of 0 (read before a top-up): the first receipt is beyond
     payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
@@ -541,13 +542,7 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
 def _stale_deposit_payments() -> tuple[Any, ...]:
     """A paid connection whose check knows a deposit of 0 (read before a top-up) and
     reads the real one back slowly (a ledger read over the network)."""
-    ledger = LocalLedger(":memory:", clock_ms=0)
-    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
-    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
-    host = ledger.create_host(server_id, server_id.noise_public)
-    ledger.add_service(server_id, host, 9, "svc", sla)
-    cap = ledger.create_spending_cap(client_id, 10_000)
-    ledger.faucet(client_id.sui_address, 1000)
+    ledger, server_id, client_id, sla, host, cap = _per_request_service()
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
     payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
     reads: list[int] = []
