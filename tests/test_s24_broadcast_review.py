@@ -243,6 +243,35 @@ def _stamped(us: int) -> bytes:
     return us.to_bytes(8, "big") + os.urandom(8)
 
 
+def _two_devices(w: World, station: BroadcastStation) -> tuple[Any, Any]:
+    """Two links of one fan (its phone and its laptop): their listener-side streams."""
+    phone, phone_listener = w.pair()
+    laptop, laptop_listener = w.pair()
+    station.attach(phone, "fan-phone")
+    station.attach(laptop, "fan-laptop")
+    return phone_listener, laptop_listener
+
+
+def _stall_first_fsync(
+    monkeypatch: pytest.MonkeyPatch, fail: bool = False
+) -> tuple[threading.Event, threading.Event]:
+    """The station's first fsync (the first tip's save) signals ``syncing`` and waits
+    for ``release`` (then fails, with ``fail``, as a full disk); later ones go through."""
+    syncing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def first_stalls(fd: int) -> None:
+        if not syncing.is_set():
+            syncing.set()
+            release.wait(PROMPT)
+            if fail:
+                raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(broadcast_module.os, "fsync", first_stalls)
+    return syncing, release
+
+
 def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> None:  # noqa: F811
     """Review (second reader): the floor followed the count alone, so one tipper on two
     devices had a genuine tip from one refused once the other sent 64 newer ones."""
@@ -250,10 +279,7 @@ def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> Non
     n = TIP_WINDOW // 4
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1000)
-    phone, phone_listener = w.pair()
-    laptop, laptop_listener = w.pair()
-    station.attach(phone, "fan-phone")
-    station.attach(laptop, "fan-laptop")
+    phone_listener, laptop_listener = _two_devices(w, station)
     now = time.time_ns() // 1000
     try:
         signed_on_the_phone = _tip_frame(w, station, _stamped(now), 1)
@@ -310,15 +336,7 @@ def test_saving_a_tip_does_not_stall_the_broadcast(
     s_side, l_side = w.pair()
     station.attach(s_side, "fan")
     assert station.check()
-    syncing, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def stalled_fsync(fd: int) -> None:
-        syncing.set()
-        release.wait(PROMPT)
-        real_fsync(fd)
-
-    monkeypatch.setattr(broadcast_module.os, "fsync", stalled_fsync)
+    syncing, release = _stall_first_fsync(monkeypatch)
     try:
         l_side.sendall(_tip_frame(w, station, _stamped(time.time_ns() // 1000), 1))
         assert syncing.wait(PROMPT)
@@ -415,23 +433,8 @@ def test_a_covered_tip_is_not_refused_for_anothers_failed_save(
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1)  # one 1-MIST tip
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
-    phone, phone_listener = w.pair()
-    laptop, laptop_listener = w.pair()
-    station.attach(phone, "phone")
-    station.attach(laptop, "laptop")
-    syncing, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-    calls = [0]
-
-    def failing_once(fd: int) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            syncing.set()
-            release.wait(PROMPT)
-            raise OSError(28, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(broadcast_module.os, "fsync", failing_once)
+    phone_listener, laptop_listener = _two_devices(w, station)
+    syncing, release = _stall_first_fsync(monkeypatch, fail=True)
     waiting = threading.Event()
 
     class Watched(threading.Condition):
@@ -466,19 +469,8 @@ def test_a_tip_waiting_on_a_hung_save_is_unchecked_not_invalid(
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1)
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
-    phone, phone_listener = w.pair()
-    laptop, laptop_listener = w.pair()
-    station.attach(phone, "phone")
-    station.attach(laptop, "laptop")
-    syncing, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def hung(fd: int) -> None:
-        syncing.set()
-        release.wait(PROMPT)
-        real_fsync(fd)
-
-    monkeypatch.setattr(broadcast_module.os, "fsync", hung)
+    phone_listener, laptop_listener = _two_devices(w, station)
+    syncing, release = _stall_first_fsync(monkeypatch)
     monkeypatch.setattr(broadcast_module, "_TIP_SAVE_WAIT", 0.2)
     now = time.time_ns() // 1000
     try:
