@@ -66,19 +66,26 @@ def test_bytes_held_by_flow_control_follow_the_credit_while_the_writer_is_away(
 
 def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
     size = 3 << 20  # within the default windows: no flow control, only the carrier
-    with (
-        dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server,
-        _connect(server) as client,
-    ):
-        peer, _ = server.accept(timeout=10)
-        with peer:
-            peer.settimeout(10)
-            engine = client._engine
-            engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
-            client.sendall(b"y" * size)
-            assert engine.out, "the probe needs records left for a full carrier"
-            got, took = _read_all(peer, size)
-    assert got == size
+    # the probe needs records left for a full carrier when sendall() returns; now and
+    # then (a loaded machine, the slower pure-Python core) the receiving side has taken
+    # them all by then, and that try proves nothing: a fresh connection tries again
+    for _ in range(5):
+        with (
+            dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server,
+            _connect(server) as client,
+        ):
+            peer, _ = server.accept(timeout=10)
+            with peer:
+                peer.settimeout(10)
+                engine = client._engine
+                engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+                client.sendall(b"y" * size)
+                probed = bool(engine.out)
+                got, took = _read_all(peer, size)
+        assert got == size
+        if probed:
+            break
+    assert probed, "no try left records for a full carrier"
     # waiting for the timer's ticks took 1.74 s (watch() disabled); just below that
     assert took < 1.5, f"{size} bytes took {took:.2f} s to arrive"
 
