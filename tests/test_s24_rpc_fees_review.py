@@ -539,6 +539,62 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
     assert seen["loop ran meanwhile"]
 
 
+def test_the_async_server_keeps_receipts_off_the_loop(tmp_path: Path) -> None:
+    """on_receipt (ReceiptStore.keep: a synced SQLite commit) ran on the event loop,
+    once per receipt, so every connection the loop serves waited for the disk. It
+    runs in a worker thread now, and the request is answered once it returned."""
+    ledger, server_id, client_id, sla, host, cap = _per_request_service()
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    store = ReceiptStore(tmp_path / "receipts.db")
+    keeping, loop_ran = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def keep(receipt: Any) -> None:
+        seen["thread"] = threading.current_thread()
+        keeping.set()
+        seen["loop ran meanwhile"] = loop_ran.wait(10)  # (on the loop: it cannot)
+        store.keep(receipt)
+
+    payments = RequestPayments(
+        opened.connection_id, sla, client_id.ed25519_public, 50, on_receipt=keep
+    )
+
+    async def main() -> None:
+        seen["loop thread"] = threading.current_thread()
+        rpc = AsyncRpcServer(payments=payments)
+        rpc.register("echo", lambda p: p)
+
+        async def watch() -> None:
+            while not keeping.is_set():
+                await asyncio.sleep(0.01)
+            loop_ran.set()
+
+        watcher = asyncio.ensure_future(watch())
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=server_id.noise_public, identity=client_id
+            )
+            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+            async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
+                seen["answer"] = await client.call("echo", "a")
+                seen["kept"] = store.latest(opened.connection_id)  # (before the answer)
+            writer.close()
+        finally:
+            watcher.cancel()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    assert seen["answer"] == "a" and seen["kept"] is not None
+    assert seen["kept"].receipt.total_requests == 1
+    assert seen["thread"] is not seen["loop thread"]
+    assert seen["loop ran meanwhile"]
+
+
 def _stale_deposit_payments() -> tuple[Any, ...]:
     """A paid connection whose check knows a deposit of 0 (read before a top-up) and
     reads the real one back slowly (a ledger read over the network)."""

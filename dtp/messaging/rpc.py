@@ -405,9 +405,22 @@ class RequestPayments:
     async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
         ledger read, perhaps over the network) runs in a worker thread; requests
-        waiting for it wait on the loop."""
+        waiting for it wait on the loop. ``on_receipt`` runs in a worker thread too
+        (:meth:`ReceiptStore.keep <dtp.receipt_store.ReceiptStore.keep>` syncs the
+        disk), and the request waits for it; concurrent requests' calls may overlap
+        and end in any order (``keep`` stores the highest nonce whatever the order)."""
         raw = None if meta is None else meta.get("r")
-        refused = self._first_admit(raw)
+        accepted: list[Receipt] = []
+        try:
+            await self._admit_async(raw, accepted)
+        finally:
+            if accepted and self.on_receipt is not None:
+                loop = asyncio.get_running_loop()
+                for receipt in accepted:  # (shielded: a cancelled request's is kept too)
+                    await asyncio.shield(loop.run_in_executor(None, self.on_receipt, receipt))
+
+    async def _admit_async(self, raw: Any, accepted: list[Receipt]) -> None:
+        refused = self._first_admit(raw, accepted)
         if refused is None:
             return
         if refused.read_now:
@@ -426,15 +439,15 @@ class RequestPayments:
                 )
             except TimeoutError:
                 raise refused.error from None
-        self._readmit(raw)
+        self._readmit(raw, accepted)
 
-    def _first_admit(self, raw: Any) -> _Refused | None:
+    def _first_admit(self, raw: Any, accepted: list[Receipt] | None = None) -> _Refused | None:
         """:meth:`_admit`, and whether a refusal beyond the deposit should have it
         read again (``read_now``, at most every ``_DEPOSIT_REREAD`` seconds) or wait
         for the re-read under way (``wait_for``): a receipt signed after a top-up,
         behind another one's re-read, is covered once that read is in."""
         with self._lock:
-            refused = self._admit(raw)
+            refused = self._admit(raw, accepted)
             if refused is None:
                 return None
             if not isinstance(refused, _BeyondDeposit) or self.read_deposit is None:
@@ -467,15 +480,16 @@ class RequestPayments:
                 done.set_result(None)
         return True
 
-    def _readmit(self, raw: Any) -> None:
+    def _readmit(self, raw: Any, accepted: list[Receipt] | None = None) -> None:
         with self._lock:
-            again = self._admit(raw)
+            again = self._admit(raw, accepted)
         if again is not None:
             raise again.error
 
-    def _admit(self, raw: Any) -> _Refused | None:
+    def _admit(self, raw: Any, accepted: list[Receipt] | None = None) -> _Refused | None:
         """:meth:`admit` under ``_lock``: None once the request is counted, else why
-        it is refused."""
+        it is refused. A receipt it accepts goes to ``on_receipt`` now, or into
+        ``accepted`` for the caller to pass on (outside the lock)."""
         if raw is not None:
             if not isinstance(raw, bytes):
                 return _Refused(E.PaymentRequired("receipt must be bytes"))
@@ -507,7 +521,9 @@ class RequestPayments:
                         return _BeyondDeposit(error)
                     return _Refused(error)
                 self.latest = receipt
-                if self.on_receipt is not None:
+                if accepted is not None:
+                    accepted.append(receipt)
+                elif self.on_receipt is not None:
                     self.on_receipt(receipt)
         paid = 0 if self.latest is None else self.latest.total_requests
         if self.served >= paid + self.credit_requests:
