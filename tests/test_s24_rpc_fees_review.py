@@ -489,36 +489,45 @@ def test_the_deposit_is_read_again_at_most_once_a_second() -> None:
     assert len(reads) == reads_then + 1 and payments.deposited == 14
 
 
-def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
-    """Review (second reader): AsyncRpcServer admitted on the event loop, so the
-    deposit's re-read (a ledger read, over the network on Sui) froze every connection
-    the loop serves while it lasted. Now the loop runs during the read."""
-    ledger, server_id, client_id, sla, host, cap = _per_request_service()
-    opened = ledger.open_connection(client_id, host, 9, cap, 50)
-    # the server knows a deposit of 0 (read before a top-up): the first receipt is beyond
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
-    reading, loop_ran = threading.Event(), threading.Event()
-    seen: dict[str, Any] = {}
+class _LoopProbe:
+    """Called from a blocking step of the server's admission (a ledger read, a disk
+    write): notes its thread and waits for the event loop to run meanwhile, which it
+    cannot when the step runs on the loop."""
 
-    def read_deposit() -> int:
-        seen["thread"] = threading.current_thread()
-        reading.set()
-        seen["loop ran meanwhile"] = loop_ran.wait(10)  # (on the loop: it cannot)
-        return ledger.get_escrow(opened.escrow_id).deposited
+    def __init__(self) -> None:
+        self.entered, self.loop_ran = threading.Event(), threading.Event()
+        self.thread: threading.Thread | None = None
+        self.loop_ran_meanwhile = False
 
-    payments.read_deposit = read_deposit
+    def __call__(self) -> None:
+        self.thread = threading.current_thread()
+        self.entered.set()
+        self.loop_ran_meanwhile = self.loop_ran.wait(10)
+
+    async def watch(self) -> None:
+        while not self.entered.is_set():
+            await asyncio.sleep(0.01)
+        self.loop_ran.set()
+
+
+def _echo_once(
+    world: tuple[LocalLedger, HostIdentity, HostIdentity, Sla, str, str],
+    opened: Any,
+    payments: RequestPayments,
+    probe: _LoopProbe,
+    after: Callable[[], Any] = lambda: None,
+) -> tuple[Any, Any, threading.Thread]:
+    """One metered echo call to an AsyncRpcServer admitting with ``payments``, while
+    ``probe`` watches the loop: (the answer, what ``after`` returned as soon as the
+    answer came, the loop's thread)."""
+    _, server_id, client_id, sla, _, _ = world
+    out: dict[str, Any] = {}
 
     async def main() -> None:
-        seen["loop thread"] = threading.current_thread()
+        out["loop"] = threading.current_thread()
         rpc = AsyncRpcServer(payments=payments)
         rpc.register("echo", lambda p: p)
-
-        async def watch() -> None:
-            while not reading.is_set():
-                await asyncio.sleep(0.01)
-            loop_ran.set()
-
-        watcher = asyncio.ensure_future(watch())
+        watcher = asyncio.ensure_future(probe.watch())
         server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
         try:
             reader, writer = await dtp.aio.open_connection(
@@ -526,7 +535,8 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
             )
             meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
             async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
-                seen["answer"] = await client.call("echo", "a")
+                out["answer"] = await client.call("echo", "a")
+                out["after"] = after()
             writer.close()
         finally:
             watcher.cancel()
@@ -534,65 +544,58 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
-    assert seen["answer"] == "a" and payments.deposited == 50
-    assert seen["thread"] is not seen["loop thread"]
-    assert seen["loop ran meanwhile"]
+    return out["answer"], out["after"], out["loop"]
+
+
+def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
+    """Review (second reader): AsyncRpcServer admitted on the event loop, so the
+    deposit's re-read (a ledger read, over the network on Sui) froze every connection
+    the loop serves while it lasted. Now the loop runs during the read."""
+    world = _per_request_service()
+    ledger, _, client_id, sla, host, cap = world
+    opened = ledger.open_connection(client_id, host, 9, cap, 50)
+    # the server knows a deposit of 0 (read before a top-up): the first receipt is beyond
+    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
+    probe = _LoopProbe()
+
+    def read_deposit() -> int:
+        probe()
+        return ledger.get_escrow(opened.escrow_id).deposited
+
+    payments.read_deposit = read_deposit
+    answer, _, loop_thread = _echo_once(world, opened, payments, probe)
+    assert answer == "a" and payments.deposited == 50
+    assert probe.thread is not loop_thread
+    assert probe.loop_ran_meanwhile
 
 
 def test_the_async_server_keeps_receipts_off_the_loop(tmp_path: Path) -> None:
     """on_receipt (ReceiptStore.keep: a synced SQLite commit) ran on the event loop,
     once per receipt, so every connection the loop serves waited for the disk. It
     runs in a worker thread now, and the request is answered once it returned."""
-    ledger, server_id, client_id, sla, host, cap = _per_request_service()
+    world = _per_request_service()
+    ledger, _, client_id, sla, host, cap = world
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
     store = ReceiptStore(tmp_path / "receipts.db")
-    keeping, loop_ran = threading.Event(), threading.Event()
-    seen: dict[str, Any] = {}
+    probe = _LoopProbe()
 
     def keep(receipt: Any) -> None:
-        seen["thread"] = threading.current_thread()
-        keeping.set()
-        seen["loop ran meanwhile"] = loop_ran.wait(10)  # (on the loop: it cannot)
+        probe()
         store.keep(receipt)
 
     payments = RequestPayments(
         opened.connection_id, sla, client_id.ed25519_public, 50, on_receipt=keep
     )
-
-    async def main() -> None:
-        seen["loop thread"] = threading.current_thread()
-        rpc = AsyncRpcServer(payments=payments)
-        rpc.register("echo", lambda p: p)
-
-        async def watch() -> None:
-            while not keeping.is_set():
-                await asyncio.sleep(0.01)
-            loop_ran.set()
-
-        watcher = asyncio.ensure_future(watch())
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
-        try:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=server_id.noise_public, identity=client_id
-            )
-            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
-            async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
-                seen["answer"] = await client.call("echo", "a")
-                seen["kept"] = store.latest(opened.connection_id)  # (before the answer)
-            writer.close()
-        finally:
-            watcher.cancel()
-            server.close()
-            await server.wait_closed()
-
     try:
-        asyncio.run(main())
+        # (the store read as soon as the answer came: kept before it)
+        answer, kept, loop_thread = _echo_once(
+            world, opened, payments, probe, lambda: store.latest(opened.connection_id)
+        )
     finally:
         store.close()
-    assert seen["answer"] == "a" and seen["kept"] is not None
-    assert seen["kept"].receipt.total_requests == 1
-    assert seen["thread"] is not seen["loop thread"]
-    assert seen["loop ran meanwhile"]
+    assert answer == "a" and kept is not None and kept.receipt.total_requests == 1
+    assert probe.thread is not loop_thread
+    assert probe.loop_ran_meanwhile
 
 
 def _stale_deposit_payments() -> tuple[Any, ...]:
