@@ -16,6 +16,7 @@ starting is a reload once it is ready.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -897,6 +898,7 @@ def _main(
         return 1
 
     async def go() -> None:
+        asyncio.get_running_loop().set_default_executor(_signal_free_executor())
         await daemon.run(signals)
 
     runner = asyncio.Runner()
@@ -920,6 +922,19 @@ def _main(
     return 0
 
 
+def _signal_free_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The daemon loop's default executor (``to_thread`` and friends): its workers block
+    SIGTERM, SIGINT and SIGHUP from their start. Python runs signal handlers in the main
+    thread whatever thread the kernel picks, so nothing is lost; and a worker never
+    takes one while its default action is back (the loop's close), which ended the
+    process with -15 after "stopped" (seen once in CI)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        thread_name_prefix="dtp-daemon-worker",
+        initializer=signal.pthread_sigmask,
+        initargs=(signal.SIG_BLOCK, CAUGHT_SIGNALS),
+    )
+
+
 def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None:
     """Close the daemon's event loop; from then on ``signals`` records the three signals.
 
@@ -927,8 +942,9 @@ def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None
     supervisor repeating its SIGTERM hit that moment: exit -15 after "stopped". They are
     blocked in this thread across it, so one arriving then stays pending and is
     delivered to ``signals`` once its handlers are in place. (The loop's worker threads
-    are joined before its handlers go; by then the main thread is the only one left in
-    the daemon runs watched, so no other thread takes it.)"""
+    are joined before its handlers go, but a joined thread's OS thread can outlive the
+    join for a moment: they block the signals from their start, so none takes one;
+    :func:`_signal_free_executor`.)"""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT_SIGNALS)
     try:
         runner.close()
