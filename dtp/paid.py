@@ -618,7 +618,14 @@ class _PaidConnection:
         credit = self._credit
         if nbytes <= credit:
             return nbytes
-        return max(1, credit)
+        # Short of the read: ask the gate again before cutting it. Cut by the credit's
+        # own bookkeeping (every _CREDIT_MAX bytes of a bulk read), the lane stopped
+        # with the rest of a carrier read in hand, and that went the general path --
+        # copied into the stream's buffer, then out again -- a few percent of a
+        # metered bulk transfer's bytes. Now only what the gate allows cuts a read.
+        credit = min(self.gate.credit_bytes(*self.engine.conn.usage), _CREDIT_MAX)
+        self._credit = credit
+        return nbytes if nbytes <= credit else max(1, credit)
 
     def request_final_receipt(self) -> None:
         """Before the server closes: ask for a receipt for all usage, and wait up to
