@@ -320,9 +320,10 @@ class Connection:
         self.records_received = 0
         #: Datagrams dropped instead of sent because the carrier was backed up
         self.datagrams_send_dropped = 0
-        # datagram payload bytes sent plus received, for usage: a paid connection meters
-        # them as stream bytes (else datagrams moved any amount of data for free)
-        self._datagram_bytes = 0
+        #: Datagram payload bytes sent plus received, for :attr:`usage`: a paid
+        #: connection meters them as stream bytes (else datagrams moved any amount of
+        #: data for free)
+        self.datagram_bytes = 0
 
         if self.is_client:
             self._hs = Handshake.initiator(
@@ -370,8 +371,8 @@ class Connection:
             # read where the loan keeps them, without ending it: metering threads read
             # this without the adapter's lock (datagrams never move on the lane)
             f = self.lent_lane.flow
-            return f.conn_sent + f.rx.conn_received + self._datagram_bytes, client_streams
-        return self._conn_sent + self._conn_received + self._datagram_bytes, client_streams
+            return f.conn_sent + f.rx.conn_received + self.datagram_bytes, client_streams
+        return self._conn_sent + self._conn_received + self.datagram_bytes, client_streams
 
     @property
     def peer_connection_id(self) -> bytes | None:
@@ -1277,7 +1278,7 @@ class Connection:
             del frames[kept:]
         # metered as they are framed to go (dropped ones never are): over an ordered
         # carrier the peer counts exactly these as it accepts them
-        self._datagram_bytes += size
+        self.datagram_bytes += size
         self._ctrl.extend(frames)
         return len(frames)
 
@@ -1665,7 +1666,7 @@ class Connection:
         elif ftype == FRAME_DATAGRAM:
             # metered here, before any queue drops it: the sender counted it as sent, and
             # both sides' usage must agree for receipts to match what the server saw
-            self._datagram_bytes += len(frame.data)
+            self.datagram_bytes += len(frame.data)
             self._deliver(DatagramReceived(frame.data))
         # PING and PADDING need nothing beyond the idle timer and the ACK
 

@@ -410,14 +410,22 @@ class _Engine:
         return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
 
     def tick_meter(self) -> None:
-        """A metered client after a send on a lent stream (lock held): tick the meter
-        when it may have something to do, and write what it queued -- a receipt, which
-        took the stream back -- without taking the stream back on every send."""
+        """A metered client after a send (lock held): tick the meter when it may have
+        something to do, and write what it queued -- a receipt, which took the stream
+        back -- without taking a lent stream back on every send."""
         payment = self.payment
         assert payment is not None
+        conn = self.conn
+        lane = conn.lent_lane
+        if lane is not None:
+            # Connection.usage's byte count read in place (it runs after every send):
+            # the loan's counts, and the datagrams, which never move on the lane
+            f = lane.flow
+            used = f.conn_sent + f.rx.conn_received + conn.datagram_bytes
+        else:
+            used = conn.usage[0]
         now = time.monotonic()
-        # (the usage, datagrams included: the lane's counts alone would miss those)
-        if self.conn.usage[0] < payment.quiet_bytes and now < payment.quiet_until:
+        if used < payment.quiet_bytes and now < payment.quiet_until:
             return
         payment.tick(now)
         if self.conn.lent_lane is None:
@@ -1509,7 +1517,10 @@ class DTPSocket:
                 records, n = sealed
                 engine.write(records, reused=True)
                 if engine.payment is not None:
-                    engine.flush()  # the meter's receipts
+                    # the meter's receipts, when it has one to send: a flush on every
+                    # such write also built and sent records the plain path leaves to
+                    # batch (ACKs, credit), a cost the metered client alone paid
+                    engine.tick_meter()
                 return n
             if engine.session.terminated is None and conn.send_buffered(sid) == 0:
                 # the common case: the stream exists (or it would have nothing
@@ -1573,8 +1584,18 @@ class DTPSocket:
                     if full and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                         full = False
-                    if engine.payment is not None:
-                        engine.tick_meter()
+                    payment = engine.payment
+                    if payment is not None:
+                        # tick_meter's first check, in place (once per send): the
+                        # usage as Connection.usage counts it, against the meter's
+                        # quiet bounds; the clock the lane stamped this send with
+                        f = lane.flow
+                        if (
+                            f.conn_sent + f.rx.conn_received + conn.datagram_bytes
+                            >= payment.quiet_bytes
+                            or f.last_sent >= payment.quiet_until
+                        ):
+                            engine.tick_meter()
                     if not left:
                         watch = full  # nobody pumps: the timer thread writes
                         return

@@ -1,0 +1,112 @@
+"""A metered client's receipts keep their cadence while it only sends, on the lent
+stream's fast path (sendall: the meter's first check made in place, on the counts and
+the clock the lane stamped the send with), by bytes and by time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+
+PORT = 80
+# 1 MIST per KiB; an allowance far above any receipt interval here, so the meter's
+# "sooner than every_bytes" rule (a quarter of min_deposit) never cuts in
+SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
+
+
+def _ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = _ident(0x61), _ident(0x62)
+
+
+def _sink(sock: dtp.socket.DTPSocket) -> None:
+    while sock.recv(1 << 20):
+        pass
+
+
+@dataclass
+class Sink:
+    ledger: LocalLedger
+    address: str
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0), identity=SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    )
+    ledger.set_endpoints(SERVER, host_id, [f"tcp://127.0.0.1:{server.address[1]}"])
+    ledger.add_service(SERVER, host_id, PORT, "sink", SLA)
+    ledger.faucet(CLIENT.sui_address, 1 << 40)
+    thread = threading.Thread(target=server.serve_forever, args=(_sink,), daemon=True)
+    thread.start()
+    try:
+        yield Sink(ledger, f"dtp://{host_id}:{PORT}")
+    finally:
+        server.close()
+        thread.join(5)
+        ledger.close()
+        server_ledger.close()
+
+
+def _connect(sink: Sink, metering: MeteringConfig) -> dtp.socket.DTPSocket:
+    return dtp.socket.create_connection(
+        sink.address,
+        timeout=10,
+        ledger=sink.ledger,
+        identity=CLIENT,
+        deposit=1 << 30,
+        metering=metering,
+    )
+
+
+def test_receipts_every_n_bytes_while_only_sending(sink: Sink) -> None:
+    every = 256 << 10
+    total = 8 << 20
+    piece = bytes(64 << 10)
+    with _connect(sink, MeteringConfig(every_bytes=every, every_ms=0)) as sock:
+        payment = sock._engine.payment
+        assert payment is not None
+        lent = 0
+        for _ in range(total // len(piece)):
+            sock.sendall(piece)
+            lent += sock._engine.conn.lent_lane is not None
+        during = payment.receipts_sent
+    # the sends went the lane's way (most of them: a receipt takes the stream back,
+    # the next send lends it again)
+    assert lent >= total // len(piece) // 2
+    # one receipt per 256 KiB sent: 32, give or take the last one (the close's)
+    assert total // every - 2 <= during <= total // every
+    # and the final one at the close, if anything was left unpaid
+    assert during <= payment.receipts_sent <= during + 1
+
+
+def test_receipts_every_n_ms_while_only_sending(sink: Sink) -> None:
+    every_ms = 50
+    with _connect(sink, MeteringConfig(every_bytes=0, every_ms=every_ms)) as sock:
+        payment = sock._engine.payment
+        assert payment is not None
+        start = time.monotonic()
+        while time.monotonic() - start < 0.6:
+            sock.sendall(b"x" * 1000)
+            time.sleep(0.005)
+        during = payment.receipts_sent
+        elapsed = time.monotonic() - start
+    # a receipt each 50 ms there was unpaid usage: about 12 in 0.6 s (a slow machine
+    # may stretch a gap, never add receipts beyond the cadence)
+    assert 4 <= during <= elapsed * 1000 / every_ms + 1
