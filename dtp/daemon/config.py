@@ -103,8 +103,10 @@ class ServiceConfig:
     connect_timeout: float = 2.0
     unpaid_slack: int = 16 << 20
     """Bytes a paying client may run ahead of its latest receipt before the daemon
-    cuts the tunnel; must exceed the connection's flow-control window (8 MiB) plus
-    the forwarder's ``receipt_every``, since bytes in flight are not yet receipted."""
+    holds its tunnels back (and cuts them when no receipt catches up within
+    ``dtp.daemon.services.UNPAID_PAUSE``); must exceed the connection's flow-control
+    window (8 MiB) plus the forwarder's ``receipt_every``, since bytes in flight are not
+    yet receipted."""
     protocol: str = "tcp"
     """``"tcp"`` (streams to TCP backends) or ``"udp"`` (DTP datagrams to UDP backends,
     one per client flow, billed per datagram: docs/udp.md)."""
@@ -624,7 +626,7 @@ def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
 
 #: The connection window a paying client may fill before its receipts catch up
 #: (dtp.connection.ConnectionConfig.connection_window) plus a forward's default
-#: ``receipt_every``: a slack this small or smaller cuts every paid tunnel at once.
+#: ``receipt_every``: a slack this small or smaller holds paid tunnels back, then cuts them.
 MIN_UNPAID_SLACK = (8 << 20) + (256 << 10)
 
 

@@ -56,6 +56,11 @@ OWN_BILLING = MeteringConfig(enabled=False)
 itself (this module, docs/udp.md), so no transport receipts on top."""
 
 
+RECEIPT_MS = 1000
+"""A forwarder's receipt cadence in time: at most this long after the last receipt while
+usage is unpaid (looked at as bytes are counted, and by the connection's timer)."""
+
+
 def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
@@ -78,7 +83,7 @@ class ClientFees:
     ) -> None:
         self.paid = sla.price_per_kib > 0 or sla.price_per_request > 0
         self.meter = Meter(
-            identity, connection_id, sla, deposit, every_bytes=every_bytes, every_ms=1000
+            identity, connection_id, sla, deposit, every_bytes=every_bytes, every_ms=RECEIPT_MS
         )
 
     def record(self, nbytes: int = 0, requests: int = 0) -> Receipt | None:
@@ -99,6 +104,11 @@ class ClientFees:
     def flush(self) -> Receipt | None:
         """A receipt for all usage so far, unless one already covers it."""
         return self.meter.flush(_now_ms()) if self.paid else None
+
+    def poll(self) -> Receipt | None:
+        """A receipt when the cadence says so now, with no new usage (a timer's look:
+        the time cadence is otherwise looked at only as bytes are counted)."""
+        return self.meter.poll(_now_ms()) if self.paid else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig, join_host_port
-from dtp.daemon.fees import OWN_BILLING, ClientFees
+from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -177,8 +177,17 @@ class Forwarder:
         claims and settles, refunding the rest of the deposit)."""
         # wait_closed, not a read of stream 0: a reader would wake on every event of
         # the connection, a task switch per tunnel chunk
-        with contextlib.suppress(DTPError):
-            await link.writer.wait_closed()
+        closed = asyncio.ensure_future(link.writer.wait_closed())
+        try:
+            while not (await asyncio.wait({closed}, timeout=RECEIPT_MS / 1000))[0]:
+                # the time cadence while no bytes are counted: tunnels the daemon holds
+                # back until a receipt covers what they moved count nothing more, and
+                # the receipt they wait for came only with their next bytes -- never
+                self._send_receipt(link, link.fees.poll())
+        finally:
+            closed.cancel()
+        with contextlib.suppress(DTPError, asyncio.CancelledError):
+            closed.result()
         link.closed.set()
         self._links.discard(link)
         if self._link is link:

@@ -91,7 +91,9 @@ class TcpLeg(asyncio.Protocol):
     """
 
     def __init__(self, count: Callable[[int], float | None]) -> None:
-        self._count = count  # returns how long to hold reading (the client's rate limit)
+        # returns how long to hold reading (the client's rate limit, receipts that lag);
+        # asked again with 0 when the hold ends, and reading resumes only once it says 0
+        self._count = count
         self._throttled = False
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -137,6 +139,15 @@ class TcpLeg(asyncio.Protocol):
             self._loop.call_later(hold, self._unthrottle)
 
     def _unthrottle(self) -> None:
+        try:
+            hold = self._count(0)
+        except (DTPError, RuntimeError) as exc:
+            self._throttled = False
+            self.fail(exc)
+            return
+        if hold:
+            self._loop.call_later(hold, self._unthrottle)
+            return
         self._throttled = False
         if not self._draining and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -221,8 +232,9 @@ class TcpLeg(asyncio.Protocol):
             transport.write(data)
             if not self._writable.is_set():
                 await self._writable.wait()
-            if hold:
+            while hold:
                 await asyncio.sleep(hold)
+                hold = count(0)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write_eof()
 
@@ -264,7 +276,21 @@ class TcpLeg(asyncio.Protocol):
                 self._on_writable = lambda: release("writable")
             if wait and "rate" not in holds:
                 hold("rate")
-                self._loop.call_later(wait, release, "rate")
+                self._loop.call_later(wait, look_again)
+
+        def look_again() -> None:
+            # the hold is over: resumed only once the count has nothing more to hold for
+            if done.done():
+                return
+            try:
+                wait = count(0)
+            except DTPError as exc:
+                done.set_exception(exc)
+                return
+            if wait:
+                self._loop.call_later(wait, look_again)
+            else:
+                release("rate")
 
         def on_end(error: BaseException | None) -> None:
             if done.done():
