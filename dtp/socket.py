@@ -827,6 +827,12 @@ class _TimerService:
 
     MAX_WAIT = 1.0
     MIN_WAIT = 0.005
+    # A metered client is looked at more often: a server about to close asks it for a
+    # final receipt and waits ServicePolicy.final_receipt_timeout (1 s) for one, and a
+    # client whose application did not read meanwhile answered at its next pass -- a
+    # second later, after the server had settled without it (the usage since the last
+    # receipt unpaid). A pass on an idle connection is one non-blocking read.
+    METERED_MAX_WAIT = 0.25
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -888,7 +894,8 @@ class _TimerService:
 
     def _push(self, engine: _Engine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
-        due = now + self.MAX_WAIT if timer is None else min(now + self.MAX_WAIT, timer)
+        latest = now + (self.MAX_WAIT if engine.payment is None else self.METERED_MAX_WAIT)
+        due = latest if timer is None else min(latest, timer)
         due = max(due, now + min_wait)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, weakref.ref(engine)))
@@ -2388,6 +2395,7 @@ def _connect_by_host_id(
                 str(address),
                 bridge.socket,
                 while_waiting=while_waiting,
+                timer=False,
             )
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
@@ -2400,6 +2408,7 @@ def _connect_by_host_id(
                 name=str(address),
                 carrier=tcp,
                 while_waiting=while_waiting,
+                timer=False,
             )
     except BaseException as exc:
         if early is not None:
@@ -2408,11 +2417,12 @@ def _connect_by_host_id(
         raise
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
+    engine = sock._engine
     if payments:
-        engine = sock._engine
         with engine.lock:
             engine.payment = payments[0]
             engine.session.on_receipt = payments[0].on_server_receipt
+    engine.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
 
 
@@ -2425,12 +2435,15 @@ def _connect(
     *,
     while_waiting: Callable[[Connection], None] | None = None,
     anonymous: bool = False,
+    timer: bool = True,
 ) -> DTPSocket:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
     ``while_waiting(connection)`` runs once the first handshake message is out, while
     the server works on it; what it raises fails the connect. ``anonymous``: the
-    identity is a throwaway one (the next connect will want another)."""
+    identity is a throwaway one (the next connect will want another). ``timer=False``:
+    the caller starts the engine's timers (``_Engine.start_timer``) once it has set the
+    engine up (a metered client's payment: its passes come more often)."""
     start = time.monotonic()
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     try:
@@ -2486,7 +2499,8 @@ def _connect(
     # what the waits left unmade (the verdict came with the reply): made now, as the
     # next connect would make it, so that each connect leaves the next one its keys
     keys.make()
-    engine.start_timer()
+    if timer:
+        engine.start_timer()
     sock = DTPSocket(engine, 0, primary=True)
     sock.settimeout(timeout)
     return sock

@@ -1,0 +1,90 @@
+"""A blocking metered client whose application is not reading still answers a server's
+request for a final receipt in time: its engine is looked at every
+``METERED_MAX_WAIT`` seconds, from the start (the timers start once the payment is
+set), well within the server's ``final_receipt_timeout`` (1 s by default). It answered
+at its next pass, up to a second later: often after the server had settled without
+the receipt, the usage since the last one unpaid."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.escrow import fee
+from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.paid import PaidSocket, ServicePolicy
+from dtp.socket import _TIMERS
+
+PORT = 82
+SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
+SENT = 100_000
+
+
+def _ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+SERVER, CLIENT = _ident(0x73), _ident(0x74)
+
+
+def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "sink", SLA)
+    ledger.faucet(CLIENT.sui_address, 1 << 40)
+
+    def handle(sock: PaidSocket) -> None:
+        got = 0
+        while got < SENT:
+            got += len(sock.recv(65536))
+        # and the server ends the connection: it asks for a final receipt first
+
+    # a server less patient than the default, still well above the client's passes
+    policy = ServicePolicy(final_receipt_timeout=0.6)
+    server = dtp.socket.serve(
+        host_id,
+        PORT,
+        handle,
+        ledger=LocalLedger(tmp_path / "ledger.db"),
+        identity=SERVER,
+        receipts=tmp_path / "receipts.db",
+        policy=policy,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            # receipts only when asked (or at the close): what it sent is all unpaid
+            with dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=10,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=1 << 30,
+                metering=MeteringConfig(every_bytes=0, every_ms=0),
+            ) as sock:
+                # the engine's first pass is due within METERED_MAX_WAIT already
+                engine = sock._engine
+                with _TIMERS._lock:
+                    due = min(d for d, _, ref in _TIMERS._heap if ref() is engine)
+                assert due - time.monotonic() <= _TIMERS.METERED_MAX_WAIT
+                sock.sendall(bytes(SENT))
+                cid = sock.connection_id
+                assert cid is not None
+                # the application does not read: only the engine's passes see the request
+                deadline = time.monotonic() + 10
+                while not (tc := ledger.get_connection(cid)).settled:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            escrow = ledger.get_escrow(tc.escrow)
+            # the server settled with the answer: every byte paid
+            assert escrow.claimed == fee(SLA, SENT, 1)
+    finally:
+        server.close()
+        thread.join(5)
+        ledger.close()
