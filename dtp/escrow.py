@@ -375,6 +375,11 @@ class Meter:
         """MIST of the deposit not yet committed to usage."""
         return self.deposit - self.total_amount
 
+    @property
+    def receipted_bytes(self) -> int:
+        """The bytes the latest receipt covers (0 before the first)."""
+        return self._receipted[0]
+
     def affordable_bytes(self) -> int:
         """How many more bytes (without requests) the deposit covers."""
         if self.sla.price_per_kib == 0:

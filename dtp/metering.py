@@ -144,10 +144,24 @@ class ClientMeter:
         self._seen_bytes = 0
         self._seen_requests = 0
         self._every_ms = cfg.every_ms
-        # usage is counted in steps of at least this many bytes (or a request, or the
-        # time cadence coming due): the check runs on every write, the counting need not
+        # once exhausted, usage is counted in steps of at least this many bytes
         self._step = max(1, (every_bytes or 1 << 20) // 16)
         self._due_ms = now_ms + cfg.every_ms if cfg.every_ms else None
+        self._quiet_bytes = self._bytes_bound()
+        self._unseen_bytes = 0
+
+    def _bytes_bound(self) -> int:
+        """The usage (bytes) below which counting can change nothing: the byte
+        cadence's next receipt, or the first byte the deposit does not cover, whichever
+        comes first. (Counting in steps of a sixteenth of the cadence instead ran the
+        meter -- a fee, a deposit check -- 16 times a receipt: 64 times per 256 MiB.)"""
+        meter = self.meter
+        if self.exhausted:
+            return self._seen_bytes + self._step
+        bound = meter.total_bytes + meter.affordable_bytes() + 1
+        if meter.every_bytes:
+            bound = min(bound, meter.receipted_bytes + meter.every_bytes)
+        return max(bound, self._seen_bytes + 1)
 
     @property
     def latest(self) -> Receipt | None:
@@ -164,10 +178,12 @@ class ClientMeter:
         if new_bytes < 0 or new_requests < 0:
             raise ValueError("usage counters went backwards")
         due = self._due_ms is not None and now_ms >= self._due_ms
-        if not force and not new_requests and new_bytes < self._step and not due:
+        if not force and not new_requests and total_bytes < self._quiet_bytes and not due:
+            self._unseen_bytes = total_bytes  # (counted by a flush, should one come first)
             return None  # the hot path: called on every write
         self._seen_bytes, self._seen_requests = total_bytes, total_requests
         if self.exhausted:
+            self._quiet_bytes = self._bytes_bound()
             return None
         try:
             receipt = self.meter.record(now_ms, new_bytes, new_requests)
@@ -175,6 +191,7 @@ class ClientMeter:
             receipt = self._exhaust(now_ms, new_bytes, new_requests)
         if due or receipt is not None:
             self._rearm(now_ms)
+        self._quiet_bytes = self._bytes_bound()
         return receipt
 
     @property
@@ -187,7 +204,7 @@ class ClientMeter:
         """(total bytes, ms time or None): while the usage stays below the one and the
         clock before the other, with no new requests, :meth:`update` returns None at
         once -- a caller on a hot path may skip calling it."""
-        return self._seen_bytes + self._step, self._due_ms
+        return self._quiet_bytes, self._due_ms
 
     def _rearm(self, now_ms: int) -> None:
         if self._every_ms:
@@ -210,6 +227,7 @@ class ClientMeter:
         meter = self.meter
         meter.top_up(amount)
         if not self.exhausted:
+            self._quiet_bytes = self._bytes_bound()
             return None
         self.exhausted = False
         owed_bytes = self._seen_bytes - meter.total_bytes
@@ -218,13 +236,20 @@ class ClientMeter:
             receipt = meter.record(now_ms, owed_bytes, owed_requests)
         except InsufficientFunds:
             receipt = self._exhaust(now_ms, owed_bytes, owed_requests)
-        return meter.flush(now_ms) or receipt
+        receipt = meter.flush(now_ms) or receipt
+        self._quiet_bytes = self._bytes_bound()
+        return receipt
 
     def flush(self, now_ms: int) -> Receipt | None:
-        """A receipt for all counted usage now (on request or at close), if unpaid."""
-        receipt = self.meter.flush(now_ms)
+        """A receipt for all usage :meth:`update` was given now (on request or at
+        close), if unpaid."""
+        counted = None
+        if self._unseen_bytes > self._seen_bytes:
+            counted = self.update(now_ms, self._unseen_bytes, self._seen_requests, force=True)
+        receipt = self.meter.flush(now_ms) or counted
         if receipt is not None:
             self._rearm(now_ms)
+            self._quiet_bytes = self._bytes_bound()
         return receipt
 
 
