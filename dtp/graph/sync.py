@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-from dtp.errors import DTPError, ErrorCode, RemoteProtocolError
+from dtp.errors import ConnectionClosed, DTPError, ErrorCode, RemoteProtocolError
 from dtp.graph._batch import batch_count, entries
 from dtp.graph.store import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL, Graph, check_int
 
@@ -626,6 +626,15 @@ def sync_blocking(
                     graph.advance()
                     session.handle_timer()
                 wake.clear()
+        except ConnectionClosed as exc:
+            if exc.code:
+                failure.append(exc)
+                with contextlib.suppress(Exception):
+                    sock.abort(f"graph sync failed: {exc}")
+            # code 0: the connection ended cleanly (the peer left, as a server that
+            # closes does, while we were sending): no failure of ours -- the reader
+            # reads the end, and the session ends as the peer's leaving ends it. (It
+            # raised ConnectionClosed when the close came during a send.)
         except BaseException as exc:
             failure.append(exc)
             # the reader may be blocked in recv for as long as the peer is quiet: end it
