@@ -79,6 +79,10 @@ def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
                 peer.settimeout(10)
                 engine = client._engine
                 engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+                # the peer reads nothing meanwhile (but at its engine's timer passes, a
+                # second apart): the call takes about 2.3 s here, and once took over
+                # the 10 s of _connect's timeout on a loaded CI machine
+                client.settimeout(60)
                 client.sendall(b"y" * size)
                 probed = bool(engine.out)
                 got, took = _read_all(peer, size)
