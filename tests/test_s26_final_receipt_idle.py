@@ -7,37 +7,23 @@ the receipt, the usage since the last one unpaid."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket, ServicePolicy
 from dtp.socket import _TIMERS
+from tests.paid_inprocess import ident, paid_service
 
-PORT = 82
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
 SENT = 100_000
-
-
-def _ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT = _ident(0x73), _ident(0x74)
+SERVER, CLIENT = ident(0x73), ident(0x74)
 
 
 def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Path) -> None:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "sink", SLA)
-    ledger.faucet(CLIENT.sui_address, 1 << 40)
-
     def handle(sock: PaidSocket) -> None:
         got = 0
         while got < SENT:
@@ -46,22 +32,12 @@ def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Pat
 
     # a server less patient than the default, still well above the client's passes
     policy = ServicePolicy(final_receipt_timeout=0.6)
-    server = dtp.socket.serve(
-        host_id,
-        PORT,
-        handle,
-        ledger=LocalLedger(tmp_path / "ledger.db"),
-        identity=SERVER,
-        receipts=tmp_path / "receipts.db",
-        policy=policy,
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with paid_service(tmp_path, SERVER, CLIENT, 82, SLA, handle, policy) as service:
+        ledger = service.ledger
         for _ in range(3):
             # receipts only when asked (or at the close): what it sent is all unpaid
             with dtp.socket.create_connection(
-                f"dtp://{host_id}:{PORT}",
+                service.address,
                 timeout=10,
                 ledger=ledger,
                 identity=CLIENT,
@@ -84,7 +60,3 @@ def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Pat
             escrow = ledger.get_escrow(tc.escrow)
             # the server settled with the answer: every byte paid
             assert escrow.claimed == fee(SLA, SENT, 1)
-    finally:
-        server.close()
-        thread.join(5)
-        ledger.close()

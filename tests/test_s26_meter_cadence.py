@@ -4,67 +4,36 @@ the clock the lane stamped the send with), by bytes and by time."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from dtp.paid import PaidSocket
+from tests.paid_inprocess import PaidService, ident, paid_service
 
-PORT = 80
 # 1 MIST per KiB; an allowance far above any receipt interval here, so the meter's
 # "sooner than every_bytes" rule (a quarter of min_deposit) never cuts in
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
+SERVER, CLIENT = ident(0x61), ident(0x62)
 
 
-def _ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT = _ident(0x61), _ident(0x62)
-
-
-def _sink(sock: dtp.socket.DTPSocket) -> None:
+def _sink(sock: PaidSocket) -> None:
     while sock.recv(1 << 20):
         pass
 
 
-@dataclass
-class Sink:
-    ledger: LocalLedger
-    address: str
-
-
 @pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    server_ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0), identity=SERVER, ledger=server_ledger, host_id=host_id, port=PORT
-    )
-    ledger.set_endpoints(SERVER, host_id, [f"tcp://127.0.0.1:{server.address[1]}"])
-    ledger.add_service(SERVER, host_id, PORT, "sink", SLA)
-    ledger.faucet(CLIENT.sui_address, 1 << 40)
-    thread = threading.Thread(target=server.serve_forever, args=(_sink,), daemon=True)
-    thread.start()
-    try:
-        yield Sink(ledger, f"dtp://{host_id}:{PORT}")
-    finally:
-        server.close()
-        thread.join(5)
-        ledger.close()
-        server_ledger.close()
+def sink(tmp_path: Path) -> Iterator[PaidService]:
+    with paid_service(tmp_path, SERVER, CLIENT, 80, SLA, _sink) as service:
+        yield service
 
 
-def _connect(sink: Sink, metering: MeteringConfig) -> dtp.socket.DTPSocket:
+def _connect(sink: PaidService, metering: MeteringConfig) -> dtp.socket.DTPSocket:
     return dtp.socket.create_connection(
         sink.address,
         timeout=10,
@@ -75,7 +44,7 @@ def _connect(sink: Sink, metering: MeteringConfig) -> dtp.socket.DTPSocket:
     )
 
 
-def test_receipts_every_n_bytes_while_only_sending(sink: Sink) -> None:
+def test_receipts_every_n_bytes_while_only_sending(sink: PaidService) -> None:
     every = 256 << 10
     total = 8 << 20
     piece = bytes(64 << 10)
@@ -98,7 +67,7 @@ def test_receipts_every_n_bytes_while_only_sending(sink: Sink) -> None:
     assert during <= payment.receipts_sent <= during + 1
 
 
-def test_receipts_every_n_ms_while_only_sending(sink: Sink) -> None:
+def test_receipts_every_n_ms_while_only_sending(sink: PaidService) -> None:
     every_ms = 50
     with _connect(sink, MeteringConfig(every_bytes=0, every_ms=every_ms)) as sock:
         payment = sock._engine.payment

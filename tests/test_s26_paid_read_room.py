@@ -4,32 +4,19 @@ a bulk read cut there left the rest of a carrier read to the general path, copie
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
 from dtp.paid import _CREDIT_MAX, PaidSocket
+from tests.paid_inprocess import ident, paid_service
 
-PORT = 81
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
-
-
-def _ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT = _ident(0x71), _ident(0x72)
+SERVER, CLIENT = ident(0x71), ident(0x72)
 
 
 def test_a_read_past_the_credit_left_asks_the_gate_rather_than_stop(tmp_path: Path) -> None:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "sink", SLA)
-    ledger.faucet(CLIENT.sui_address, 1 << 40)
     seen: dict[str, Any] = {}
 
     def handle(sock: PaidSocket) -> None:
@@ -46,30 +33,14 @@ def test_a_read_past_the_credit_left_asks_the_gate_rather_than_stop(tmp_path: Pa
         sock.sendall(b"ok")
         sock.recv(1)
 
-    server = dtp.socket.serve(
-        host_id,
-        PORT,
-        handle,
-        ledger=LocalLedger(tmp_path / "ledger.db"),
-        identity=SERVER,
-        receipts=tmp_path / "receipts.db",
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with dtp.socket.create_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=10,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=1 << 30,
-        ) as sock:
-            sock.sendall(b"a")
-            assert sock.recv(2) == b"ok"
-    finally:
-        server.close()
-        thread.join(5)
-        ledger.close()
+    with (
+        paid_service(tmp_path, SERVER, CLIENT, 81, SLA, handle) as service,
+        dtp.socket.create_connection(
+            service.address, timeout=10, ledger=service.ledger, identity=CLIENT, deposit=1 << 30
+        ) as sock,
+    ):
+        sock.sendall(b"a")
+        assert sock.recv(2) == b"ok"
     # the gate allows far more than the read: the whole read goes, and the credit is
     # what the gate allows now (up to the bound between looks)
     assert seen["gate"] > 1 << 20
