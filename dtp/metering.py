@@ -147,7 +147,6 @@ class ClientMeter:
         # once exhausted, usage is counted in steps of at least this many bytes
         self._step = max(1, (every_bytes or 1 << 20) // 16)
         self._due_ms = now_ms + cfg.every_ms if cfg.every_ms else None
-        self._quiet_bytes = self._bytes_bound()
         self._unseen_bytes = 0
 
     def _bytes_bound(self) -> int:
@@ -178,12 +177,11 @@ class ClientMeter:
         if new_bytes < 0 or new_requests < 0:
             raise ValueError("usage counters went backwards")
         due = self._due_ms is not None and now_ms >= self._due_ms
-        if not force and not new_requests and total_bytes < self._quiet_bytes and not due:
+        if not force and not new_requests and total_bytes < self._bytes_bound() and not due:
             self._unseen_bytes = total_bytes  # (counted by a flush, should one come first)
             return None  # the hot path: called on every write
         self._seen_bytes, self._seen_requests = total_bytes, total_requests
         if self.exhausted:
-            self._quiet_bytes = self._bytes_bound()
             return None
         try:
             receipt = self.meter.record(now_ms, new_bytes, new_requests)
@@ -191,7 +189,6 @@ class ClientMeter:
             receipt = self._exhaust(now_ms, new_bytes, new_requests)
         if due or receipt is not None:
             self._rearm(now_ms)
-        self._quiet_bytes = self._bytes_bound()
         return receipt
 
     @property
@@ -204,7 +201,7 @@ class ClientMeter:
         """(total bytes, ms time or None): while the usage stays below the one and the
         clock before the other, with no new requests, :meth:`update` returns None at
         once -- a caller on a hot path may skip calling it."""
-        return self._quiet_bytes, self._due_ms
+        return self._bytes_bound(), self._due_ms
 
     def _rearm(self, now_ms: int) -> None:
         if self._every_ms:
@@ -227,7 +224,6 @@ class ClientMeter:
         meter = self.meter
         meter.top_up(amount)
         if not self.exhausted:
-            self._quiet_bytes = self._bytes_bound()
             return None
         self.exhausted = False
         owed_bytes = self._seen_bytes - meter.total_bytes
@@ -236,9 +232,7 @@ class ClientMeter:
             receipt = meter.record(now_ms, owed_bytes, owed_requests)
         except InsufficientFunds:
             receipt = self._exhaust(now_ms, owed_bytes, owed_requests)
-        receipt = meter.flush(now_ms) or receipt
-        self._quiet_bytes = self._bytes_bound()
-        return receipt
+        return meter.flush(now_ms) or receipt
 
     def flush(self, now_ms: int) -> Receipt | None:
         """A receipt for all usage :meth:`update` was given now (on request or at
@@ -249,7 +243,6 @@ class ClientMeter:
         receipt = self.meter.flush(now_ms) or counted
         if receipt is not None:
             self._rearm(now_ms)
-            self._quiet_bytes = self._bytes_bound()
         return receipt
 
 

@@ -415,17 +415,9 @@ class _Engine:
         back -- without taking a lent stream back on every send."""
         payment = self.payment
         assert payment is not None
-        conn = self.conn
-        lane = conn.lent_lane
-        if lane is not None:
-            # Connection.usage's byte count read in place (it runs after every send):
-            # the loan's counts, and the datagrams, which never move on the lane
-            f = lane.flow
-            used = f.conn_sent + f.rx.conn_received + conn.datagram_bytes
-        else:
-            used = conn.usage[0]
         now = time.monotonic()
-        if used < payment.quiet_bytes and now < payment.quiet_until:
+        # (the usage, datagrams included: the lane's counts alone would miss those)
+        if self.conn.usage[0] < payment.quiet_bytes and now < payment.quiet_until:
             return
         payment.tick(now)
         if self.conn.lent_lane is None:

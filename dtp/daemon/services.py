@@ -548,17 +548,20 @@ class ServiceHost:
 
         buckets = conn.buckets
 
-        def count_in(n: int) -> float | None:
-            stats.bytes_in += n
+        def charge(n: int) -> float | None:
+            """Count ``n`` bytes either way: how long the tunnel holds its reading (the
+            receipts lagging, the client's byte rate), None for not at all."""
             unpaid = self._count(conn, service, n)
             rate = buckets.bytes.charge(n, time.monotonic()) if buckets else 0.0
             return max(unpaid, rate) or None
 
+        def count_in(n: int) -> float | None:
+            stats.bytes_in += n
+            return charge(n)
+
         def count_out(n: int) -> float | None:
             stats.bytes_out += n
-            unpaid = self._count(conn, service, n)
-            rate = buckets.bytes.charge(n, time.monotonic()) if buckets else 0.0
-            return max(unpaid, rate) or None
+            return charge(n)
 
         if buckets is not None:
             # one request per tunnel: over the client's rate, the tunnel waits its turn

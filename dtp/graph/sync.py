@@ -626,16 +626,12 @@ def sync_blocking(
                     graph.advance()
                     session.handle_timer()
                 wake.clear()
-        except ConnectionClosed as exc:
-            if exc.code:
-                failure.append(exc)
-                with contextlib.suppress(Exception):
-                    sock.abort(f"graph sync failed: {exc}")
-            # code 0: the connection ended cleanly (the peer left, as a server that
-            # closes does, while we were sending): no failure of ours -- the reader
-            # reads the end, and the session ends as the peer's leaving ends it. (It
-            # raised ConnectionClosed when the close came during a send.)
         except BaseException as exc:
+            if isinstance(exc, ConnectionClosed) and not exc.code:
+                # the connection ended cleanly (the peer left, as a server that closes
+                # does, while we were sending): no failure of ours -- the reader reads
+                # the end, and the session ends as the peer's leaving ends it
+                return
             failure.append(exc)
             # the reader may be blocked in recv for as long as the peer is quiet: end it
             with contextlib.suppress(Exception):
