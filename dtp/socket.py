@@ -281,6 +281,12 @@ class _Engine:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
+    def _take_wake(self) -> None:
+        """Empty the wake socket: the wakes so far are seen (lock held, by the thread
+        that waited on the carrier)."""
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+
     def queued_output(self) -> bool:
         """Whether bytes wait to go out (lock held): records a full carrier did not
         take, or stream data the peer's flow control holds back."""
@@ -510,7 +516,13 @@ class _Engine:
                         return 0  # a timer is due
                 continue
             if status == WAKE:
-                return 0  # another thread wants the general path, or took the lane
+                # another thread wants the general path, or took the lane; the wake is
+                # for the thread that waits on the carrier, which is us: taken here, as
+                # _pump_once takes it, or every wait of ours returned at once until the
+                # general path's next pump (a paid server's stored receipt wakes it:
+                # some twenty reads per receipt went the general path, one wait each)
+                self._take_wake()
+                return 0
             if status == EOF:
                 self._carrier_failed(None)
                 return 0
@@ -605,8 +617,7 @@ class _Engine:
             finally:
                 self.lock.acquire()
             if self._wake_r in r:
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(4096)
+                self._take_wake()
             if read and self.sock in r:
                 self._read_available()
             if self.sock in w:

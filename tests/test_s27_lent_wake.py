@@ -1,0 +1,64 @@
+"""A wake that the lent reader sees (its wait on the carrier ends with WAKE) is taken
+there, as the general path's pump takes one: left in the wake socket, it ended every
+later wait of the lane at once, and each of those reads went the general path, until
+a read that found nothing pumped (a paid server's stored receipt wakes the engine:
+some twenty reads per receipt)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import dtp.socket
+from dtp.keys import HostIdentity
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    client = dtp.socket.create_connection(
+        server.address, server_key=identity.noise_public, timeout=10
+    )
+    accepted, _ = server.accept(timeout=10)
+    try:
+        yield client, accepted
+    finally:
+        client.close()
+        accepted.close()
+        server.close()
+
+
+def _wake_pending(sock: dtp.socket.DTPSocket) -> bool:
+    try:
+        sock._engine._wake_r.recv(4096)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def test_the_lent_reader_takes_the_wake_it_saw(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    client, server = pair
+    buf = bytearray(64)
+    client.sendall(b"a")
+    assert server.recv_into(buf) == 1  # the stream is lent now
+    # a read that waits: its next reads wait at once, without a read first
+    threading.Timer(0.1, client.sendall, (b"b",)).start()
+    assert server.recv_into(buf) == 1 and buf[:1] == b"b"
+    engine = server._engine
+    assert engine.conn.lent_stream_id is not None
+    # a wake (another thread wants attention) while bytes wait on the carrier: the
+    # lane's wait ends with WAKE, and the read takes the bytes by the general path
+    engine._wake()
+    client.sendall(b"c")
+    time.sleep(0.1)
+    assert server.recv_into(buf) == 1 and buf[:1] == b"c"
+    # the wake was taken: the next waits are the lane's own again
+    assert not _wake_pending(server)
+    client.sendall(b"d")
+    assert server.recv_into(buf) == 1 and buf[:1] == b"d"
