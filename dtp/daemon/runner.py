@@ -48,6 +48,7 @@ from dtp.daemon.config import (
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
+from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook, process_identity
 from dtp.daemon.udp_forward import UdpForward
@@ -642,51 +643,56 @@ class Daemon:
                 reloads.add(task)
                 task.add_done_callback(reloads.discard)
 
-        # a second SIGTERM while draining is ignored (the handler only sets the event);
-        # so is SIGHUP. The handlers stay until the loop closes: removed after the
-        # drain, their default actions killed a process still shutting down (waiting
-        # for a worker thread's ledger call)
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, on_stop)
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-        if signals is not None:
-            if signals.stop is not None:
-                on_stop()
-            if signals.reload:
+        # a second SIGTERM while draining is ignored (the action only sets the event);
+        # so is SIGHUP. The signals keep Python handlers to the end of the process
+        # (LoopSignals): a default action put back while it shut down killed it
+        actions: dict[int, Callable[[], None]] = {sig: on_stop for sig in STOP_SIGNALS}
+        actions[signal.SIGHUP] = on_hup
+        watch = LoopSignals(loop, actions, signals)
+        watch.start()
+        try:
+            # (after the start: a signal in between is seen twice, which a stop and a
+            # reload while starting take as one, rather than not at all)
+            if signals is not None:
+                if signals.stop is not None:
+                    on_stop()
+                if signals.reload:
+                    on_hup()
+            try:
+                ready: dict[str, Any] | None = await self.start()
+            except _StartAborted:
+                ready = None
+            except Exception:
+                phase = "stopping"
+                await self._abandon_start()
+                raise
+            if ready is None or self._stop.is_set():
+                phase = "stopping"
+                logger.info("stopping before ready")
+                await self.drain()
+                return
+            phase = "serving"
+            # only now: a script may signal the moment it reads the line
+            print(json.dumps(ready), flush=True)
+            logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
+            if reload_due:
                 on_hup()
-        try:
-            ready: dict[str, Any] | None = await self.start()
-        except _StartAborted:
-            ready = None
-        except Exception:
-            phase = "stopping"
-            await self._abandon_start()
-            raise
-        if ready is None or self._stop.is_set():
-            phase = "stopping"
-            logger.info("stopping before ready")
-            await self.drain()
-            return
-        phase = "serving"
-        # only now: a script may signal the moment it reads the line
-        print(json.dumps(ready), flush=True)
-        logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
-        if reload_due:
-            on_hup()
-        try:
-            while not self._stop.is_set():
-                self._refresh_live()
-                self.book.save()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 0.25)
+            try:
+                while not self._stop.is_set():
+                    self._refresh_live()
+                    self.book.save()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), 0.25)
+            finally:
+                phase = "stopping"
+                # a reload still running would start listeners the drain never sees, or use
+                # the ledger after it is closed: it finishes first (not cancelled: its ledger
+                # calls run in threads, which a cancel would not stop)
+                if reloads:
+                    await asyncio.wait(set(reloads))
+                await self.drain()
         finally:
-            phase = "stopping"
-            # a reload still running would start listeners the drain never sees, or use
-            # the ledger after it is closed: it finishes first (not cancelled: its ledger
-            # calls run in threads, which a cancel would not stop)
-            if reloads:
-                await asyncio.wait(set(reloads))
-            await self.drain()
+            watch.stop()
 
     async def _abandon_start(self) -> None:
         """After a failed start: stop what it had started (listeners, health checks, the
@@ -925,9 +931,9 @@ def _main(
 def _signal_free_executor() -> concurrent.futures.ThreadPoolExecutor:
     """The daemon loop's default executor (``to_thread`` and friends): its workers block
     SIGTERM, SIGINT and SIGHUP from their start. Python runs signal handlers in the main
-    thread whatever thread the kernel picks, so nothing is lost; and a worker never
-    takes one while its default action is back (the loop's close), which ended the
-    process with -15 after "stopped" (seen once in CI)."""
+    thread whatever thread the kernel picks, so nothing is lost. (Needed while the loop's
+    own handlers put the default actions back at its close, when a worker just joined
+    could take a SIGTERM: -15; since :class:`LoopSignals` a second line of defence.)"""
     return concurrent.futures.ThreadPoolExecutor(
         thread_name_prefix="dtp-daemon-worker",
         initializer=signal.pthread_sigmask,
@@ -936,21 +942,14 @@ def _signal_free_executor() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _close_keeping_signals(runner: asyncio.Runner, signals: StopSignals) -> None:
-    """Close the daemon's event loop; from then on ``signals`` records the three signals.
+    """Close the daemon's event loop, ``signals`` recording the three signals across it.
 
-    Closing the loop puts their default actions back (SIGTERM's ends the process), and a
-    supervisor repeating its SIGTERM hit that moment: exit -15 after "stopped". They are
-    blocked in this thread across it, so one arriving then stays pending and is
-    delivered to ``signals`` once its handlers are in place. (The loop's worker threads
-    are joined before its handlers go, but a joined thread's OS thread can outlive the
-    join for a moment: they block the signals from their start, so none takes one;
-    :func:`_signal_free_executor`.)"""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT_SIGNALS)
-    try:
-        runner.close()
-        signals.install()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    The loop has no signal handlers of its own to remove (:class:`LoopSignals`): its
+    close leaves the signals' Python handlers in place. They are installed once more
+    all the same, should anything the loop ran have changed them: a default action back
+    then would end a process still shutting down."""
+    runner.close()
+    signals.install()
 
 
 def _os_error(exc: OSError) -> str:

@@ -1,0 +1,96 @@
+"""The daemon's signals, delivered to its event loop without asyncio's signal handlers.
+
+``loop.add_signal_handler`` puts each signal's default action back when the handler is
+removed, which the loop's close does for all of them. From then until the process ends
+(or puts Python handlers back) a SIGTERM ends the process on the spot, in whichever
+thread the kernel gives it to: the main thread can block the signals across the close,
+but the process's other threads (the timers', a receipt writer's, the ledger's
+checkpointer) do not, and a supervisor repeating its SIGTERM turned exit status 0 into
+-15 after "stopped".
+
+Here the signals' handlers are the Python ones of :class:`~dtp.daemon.cli.StopSignals`
+for the whole run and after (they only record), and the loop learns of each signal from
+the wakeup fd (:func:`signal.set_wakeup_fd`): the interpreter writes the signal's number
+there from whatever thread took it, which wakes the loop, and a reader on the other end
+calls the action for that number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Callable, Mapping
+
+from dtp.daemon.cli import StopSignals
+
+__all__ = ["LoopSignals"]
+
+
+class LoopSignals:
+    """Call ``actions[signum]`` in ``loop`` for each of those signals, from :meth:`start`
+    until :meth:`stop` (main thread only, as any signal handler). ``signals``: the
+    recorder already catching them (``dtp daemon`` installs it first thing); None: one
+    is installed at :meth:`start` and the handlers it replaced are put back at
+    :meth:`stop`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        actions: Mapping[int, Callable[[], None]],
+        signals: StopSignals | None,
+    ) -> None:
+        self._loop = loop
+        self._actions = dict(actions)
+        self._signals = signals
+        self._own = signals is None
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
+        self._previous_fd = -1
+
+    def start(self) -> None:
+        if self._own:
+            self._signals = StopSignals()
+            self._signals.install()
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._reader, self._writer = reader, writer
+        # (no warning when it is full: a burst of signals only needs to wake the loop
+        # once per kind, and the socket holds far more than a burst)
+        self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._loop.add_reader(reader.fileno(), self._dispatch)
+
+    def _dispatch(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        try:
+            numbers = reader.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        for signum in numbers:
+            action = self._actions.get(signum)
+            if action is not None:
+                action()
+
+    def stop(self) -> None:
+        """Stop calling the actions. The signals stay caught (recorded only): their
+        default actions never come back while the daemon shuts down."""
+        reader, writer = self._reader, self._writer
+        if reader is None or writer is None:
+            return
+        self._reader = self._writer = None
+        self._loop.remove_reader(reader.fileno())
+        # (the fd set before ours, if it is still ours: another may have been set since)
+        current = signal.set_wakeup_fd(self._previous_fd)
+        if current != writer.fileno():
+            signal.set_wakeup_fd(current)
+        for sock in (reader, writer):
+            with contextlib.suppress(OSError):
+                sock.close()
+        if self._own and self._signals is not None:
+            self._signals.restore()

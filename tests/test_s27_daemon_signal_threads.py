@@ -1,0 +1,93 @@
+"""A SIGTERM the kernel hands to a thread other than the main one, as the daemon's loop
+closes, keeps exit status 0. The loop's handlers were asyncio's, and its close put each
+signal's default action back; the main thread blocked the signals across that moment,
+but the process's other threads (the timers', a receipt writer's, the ledger's
+checkpointer: started from the main thread, so not blocking them) could take one then,
+and SIGTERM's default action ended the process (-15). The daemon's signals now keep
+Python handlers for the whole run: the loop only reads the wakeup fd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from dtp.daemon.loop_signals import LoopSignals
+from tests.daemon_procs import ENV, ROOT, wait_until
+from tests.test_s15_daemon import write_slow_config
+
+# a thread of the process's own that does not block the signals, and the SIGTERM sent
+# to it (not to the process, whose pick of a thread is the kernel's) at the loop's close
+SIGNAL_TO_A_THREAD_AS_THE_LOOP_CLOSES = """
+import signal, sys, threading
+
+idle = threading.Event()
+helper = threading.Thread(target=idle.wait, name="plain", daemon=True)
+helper.start()
+real_set_wakeup_fd = signal.set_wakeup_fd
+
+
+def set_wakeup_fd(fd, *args, **kwargs):
+    old = real_set_wakeup_fd(fd, *args, **kwargs)
+    if fd == -1:
+        signal.pthread_kill(helper.ident, signal.SIGTERM)
+    return old
+
+
+signal.set_wakeup_fd = set_wakeup_fd
+from dtp.cli import main
+
+sys.exit(main(["daemon", "--config", sys.argv[1]]))
+"""
+
+
+def test_sigterm_to_another_thread_as_the_loop_closes_keeps_status_0(tmp_path: Path) -> None:
+    config = write_slow_config(tmp_path, entries=20)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_TO_A_THREAD_AS_THE_LOOP_CLOSES, str(config)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (tmp_path / "state" / "host.json").exists(), 60, "the host")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert '"stopped"' in err, err
+
+
+def test_loop_signals_call_the_actions_and_never_leave_a_default_action() -> None:
+    before = signal.getsignal(signal.SIGHUP)
+    seen: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got = asyncio.Event()
+
+        def on_hup() -> None:
+            seen.append("hup")
+            got.set()
+
+        watch = LoopSignals(loop, {signal.SIGHUP: on_hup}, None)
+        watch.start()
+        try:
+            # a Python handler (the recorder), not the default action, and not asyncio's
+            assert callable(signal.getsignal(signal.SIGHUP))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            watch.stop()
+        # stopped: recorded only (its own recorder's handlers put back at the stop)
+        assert signal.getsignal(signal.SIGHUP) == before
+
+    asyncio.run(main())
+    assert seen == ["hup"]
