@@ -463,9 +463,15 @@ def test_sigterm_as_the_loop_closes_keeps_status_0(tmp_path: Path) -> None:
     """The moment the flaky test above hit once in CI (exit -15 after "stopped"),
     placed on purpose: the event loop's close put SIGTERM's default action back before
     the daemon's own handler returned, so a SIGTERM then killed the process."""
+    stop_daemon_script(tmp_path, SIGNAL_AS_THE_LOOP_CLOSES)
+
+
+def stop_daemon_script(tmp_path: Path, script: str) -> None:
+    """Run ``script`` (a ``dtp daemon`` with hooks, given the config's path) on a slow
+    config, SIGTERM it once started, and check that it stopped with status 0."""
     config = write_slow_config(tmp_path, entries=20)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_AS_THE_LOOP_CLOSES, str(config)],
+        [sys.executable, "-c", script, str(config)],
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.DEVNULL,

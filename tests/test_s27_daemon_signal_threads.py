@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from dtp.daemon.loop_signals import LoopSignals
-from tests.daemon_procs import ENV, ROOT, wait_until
-from tests.test_s15_daemon import write_slow_config
+from tests.test_s15_daemon import stop_daemon_script
 
 # a thread of the process's own that does not block the signals, and the SIGTERM sent
 # to it (not to the process, whose pick of a thread is the kernel's) at the loop's close
@@ -45,24 +42,7 @@ sys.exit(main(["daemon", "--config", sys.argv[1]]))
 
 
 def test_sigterm_to_another_thread_as_the_loop_closes_keeps_status_0(tmp_path: Path) -> None:
-    config = write_slow_config(tmp_path, entries=20)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_TO_A_THREAD_AS_THE_LOOP_CLOSES, str(config)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(lambda: (tmp_path / "state" / "host.json").exists(), 60, "the host")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0, err
-    assert '"stopped"' in err, err
+    stop_daemon_script(tmp_path, SIGNAL_TO_A_THREAD_AS_THE_LOOP_CLOSES)
 
 
 def test_loop_signals_call_the_actions_and_never_leave_a_default_action() -> None:
