@@ -138,7 +138,7 @@ def paid_bulk(total: int = 256 << 20) -> Workload:
         ours,
         peer,
         bar=0.95,
-        note="one-way 256 MiB, metered by host ID (a receipt per 64 MiB) vs unmetered DTP",
+        note="one-way 256 MiB, metered by host ID (a receipt per 128 MiB) vs unmetered DTP",
         close=close,
     )
 

@@ -96,9 +96,9 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
         ),
         (
             "docs/escrow.md",
-            "`every_bytes` new bytes (default 64 MiB",
+            "`every_bytes` new bytes (default 128 MiB",
             metering.every_bytes,
-            64 << 20,
+            128 << 20,
         ),
         (
             "docs/escrow.md",
