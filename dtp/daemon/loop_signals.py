@@ -68,9 +68,7 @@ class LoopSignals:
             return
         try:
             numbers = reader.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+        except OSError:  # (nothing there after all, or closed by stop())
             return
         for signum in numbers:
             action = self._actions.get(signum)
@@ -85,7 +83,8 @@ class LoopSignals:
             return
         self._reader = self._writer = None
         self._loop.remove_reader(reader.fileno())
-        # (the fd set before ours, if it is still ours: another may have been set since)
+        # the fd set before ours back -- unless another replaced ours meanwhile: that
+        # one stays
         current = signal.set_wakeup_fd(self._previous_fd)
         if current != writer.fileno():
             signal.set_wakeup_fd(current)

@@ -685,9 +685,9 @@ class Daemon:
                         await asyncio.wait_for(self._stop.wait(), 0.25)
             finally:
                 phase = "stopping"
-                # a reload still running would start listeners the drain never sees, or use
-                # the ledger after it is closed: it finishes first (not cancelled: its ledger
-                # calls run in threads, which a cancel would not stop)
+                # a reload still running would start listeners the drain never sees, or
+                # use the ledger after it is closed: it finishes first (not cancelled:
+                # its ledger calls run in threads, which a cancel would not stop)
                 if reloads:
                     await asyncio.wait(set(reloads))
                 await self.drain()
