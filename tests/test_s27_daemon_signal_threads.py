@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 
+import pytest
+
+from dtp.daemon.cli import StopSignals
 from dtp.daemon.loop_signals import LoopSignals
 from tests.test_s15_daemon import stop_daemon_script
 
@@ -71,3 +75,66 @@ def test_loop_signals_call_the_actions_and_never_leave_a_default_action() -> Non
 
     asyncio.run(main())
     assert seen == ["hup"]
+
+
+def test_a_signal_as_its_own_recorder_is_installed_reaches_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Daemon.run without a recorder (programmatic use): LoopSignals installs its own,
+    after the wakeup fd, so a signal its handler records is also on the fd (installed
+    first, one landing in between was recorded where nothing reads it)."""
+    real_install = StopSignals.install
+
+    def install(self: StopSignals) -> None:
+        real_install(self)
+        os.kill(os.getpid(), signal.SIGHUP)  # the moment right after
+
+    monkeypatch.setattr(StopSignals, "install", install)
+    seen: list[str] = []
+
+    async def main() -> None:
+        got = asyncio.Event()
+
+        def on_hup() -> None:
+            seen.append("hup")
+            got.set()
+
+        watch = LoopSignals(asyncio.get_running_loop(), {signal.SIGHUP: on_hup}, None)
+        watch.start()
+        try:
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            watch.stop()
+
+    asyncio.run(main())
+    assert seen == ["hup"]
+
+
+def test_a_start_off_the_main_thread_fails_and_leaves_nothing_open() -> None:
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    errors: list[BaseException] = []
+    leaked: list[int] = []
+
+    def body() -> None:
+        async def main() -> None:
+            for signals in (StopSignals(), None):
+                watch = LoopSignals(asyncio.get_running_loop(), {}, signals)
+                before = fds()
+                try:
+                    watch.start()
+                except ValueError as exc:  # (set_wakeup_fd: main thread only)
+                    errors.append(exc)
+                leaked.append(fds() - before)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert len(errors) == 2
+    assert leaked == [0, 0]
+    # and the process's handlers are as they were
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers

@@ -50,17 +50,32 @@ class LoopSignals:
         self._previous_fd = -1
 
     def start(self) -> None:
-        if self._own:
-            self._signals = StopSignals()
-            self._signals.install()
+        """Raises what :func:`signal.set_wakeup_fd` and :func:`signal.signal` raise off
+        the main thread (ValueError), having undone what it did."""
         reader, writer = socket.socketpair()
-        reader.setblocking(False)
-        writer.setblocking(False)
+        try:
+            reader.setblocking(False)
+            writer.setblocking(False)
+            # (no warning when it is full: a burst of signals only needs to wake the
+            # loop once per kind, and the socket holds far more than a burst)
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except BaseException:
+            reader.close()
+            writer.close()
+            raise
+        self._previous_fd = previous
         self._reader, self._writer = reader, writer
-        # (no warning when it is full: a burst of signals only needs to wake the loop
-        # once per kind, and the socket holds far more than a burst)
-        self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        self._loop.add_reader(reader.fileno(), self._dispatch)
+        try:
+            self._loop.add_reader(reader.fileno(), self._dispatch)
+            if self._own:
+                # after the wakeup fd: a signal its handler records is on the fd too
+                # (installed first, one landing in between was recorded where nothing
+                # reads it)
+                self._signals = StopSignals()
+                self._signals.install()
+        except BaseException:
+            self.stop()
+            raise
 
     def _dispatch(self) -> None:
         reader = self._reader
@@ -82,7 +97,11 @@ class LoopSignals:
         if reader is None or writer is None:
             return
         self._reader = self._writer = None
-        self._loop.remove_reader(reader.fileno())
+        if self._own and self._signals is not None:
+            # first: a signal from here on is the caller's again, not recorded where
+            # nothing reads it any more
+            self._signals.restore()
+        self._loop.remove_reader(reader.fileno())  # (False when it was never added)
         # the fd set before ours back -- unless another replaced ours meanwhile: that
         # one stays
         current = signal.set_wakeup_fd(self._previous_fd)
@@ -91,5 +110,3 @@ class LoopSignals:
         for sock in (reader, writer):
             with contextlib.suppress(OSError):
                 sock.close()
-        if self._own and self._signals is not None:
-            self._signals.restore()
