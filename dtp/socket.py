@@ -522,6 +522,14 @@ class _Engine:
                 # general path's next pump (a paid server's stored receipt wakes it:
                 # some twenty reads per receipt went the general path, one wait each)
                 self._take_wake()
+                if self.out:
+                    # a sender queued records the full carrier did not take and woke
+                    # us, the pumping thread, to write them: now, and the timer thread
+                    # waits for room for the rest -- our caller may return with bytes
+                    # the general path reads and not call again for a long time
+                    self._send_some()
+                    if self.out:
+                        _TIMERS.watch(self)
                 return 0
             if status == EOF:
                 self._carrier_failed(None)

@@ -62,3 +62,39 @@ def test_the_lent_reader_takes_the_wake_it_saw(
     assert not _wake_pending(server)
     client.sendall(b"d")
     assert server.recv_into(buf) == 1 and buf[:1] == b"d"
+
+
+def test_the_woken_lent_reader_writes_what_a_sender_queued(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    """A sender that finds the carrier full while another thread waits on it queues
+    the rest and wakes that thread to write it. The woken reader may go back to its
+    caller at once, with bytes that had arrived meanwhile, and the application may not
+    read again for a long time: it writes the queue before it goes (the timer thread
+    waited for it up to a second)."""
+    client, server = pair
+    buf = bytearray(64)
+    server.sendall(b"a")
+    assert client.recv_into(buf) == 1  # the stream is lent now
+    engine = client._engine
+    lane = engine.conn.lent_lane
+    server.sendall(b"b")
+    time.sleep(0.1)  # (there: the read below finds them)
+    real_wait = lane.wait_read
+
+    def wait_read(*args: object) -> int:
+        # the moment a sender queues records behind a full carrier and wakes the
+        # thread waiting on it (lock held here, as the sender holds it)
+        engine.conn.ping()
+        engine.out.append(bytes(engine.conn.data_to_send(time.monotonic())))
+        engine._wake()
+        lane.wait_read = real_wait
+        return int(real_wait(*args))
+
+    with engine.lock:
+        engine._read_first_skip = 8  # (as after a read that found nothing: it waits)
+    lane.wait_read = wait_read
+    assert client.recv_into(buf) == 1 and buf[:1] == b"b"
+    with engine.lock:
+        assert not engine.out  # written by the reader the sender woke
+    assert not _wake_pending(client)
