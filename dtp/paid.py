@@ -730,6 +730,9 @@ class PaidSocket:
             paid.wait_paid()
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
+            if nbytes and type(nbytes) is int and nbytes > memoryview(buffer).nbytes:
+                # the socket's error, which a size cut to the credit would have escaped
+                raise ValueError("buffer too small for requested bytes")
             size = paid.room(size)
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)

@@ -40,6 +40,13 @@ def test_each_read_counts_against_the_credit_and_keeps_a_sockets_errors(tmp_path
             sock.recv_into(bytearray(4), 5)
         with pytest.raises(ValueError):
             sock.recv_into(bytearray(4), -1)
+        # ... also when the gate allows less than the size (the read is cut to it)
+        credit, paid._credit = paid._credit, 2
+        paid.room = lambda nbytes: 2  # type: ignore[method-assign]
+        with pytest.raises(ValueError):
+            sock.recv_into(bytearray(4), 5)
+        del paid.room
+        paid._credit = credit
         # a size as long as the buffer reads as if none was given; a shorter one stops there
         got = bytearray()
         reads = 0
