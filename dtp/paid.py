@@ -80,7 +80,7 @@ from dtp.settlement import (
     publish_endpoint,
     recover_unclaimed,
 )
-from dtp.socket import stream_file
+from dtp.socket import recv_into_target, stream_file
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
@@ -730,9 +730,10 @@ class PaidSocket:
             paid.wait_paid()
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
-            if nbytes and type(nbytes) is int and nbytes > memoryview(buffer).nbytes:
-                # the socket's error, which a size cut to the credit would have escaped
-                raise ValueError("buffer too small for requested bytes")
+            if nbytes or flags or type(nbytes) is not int or type(flags) is not int:
+                # the socket's checks of the call as made, before the gate cuts its size
+                # (a size past the buffer, cut to the credit, escaped them: read)
+                recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)

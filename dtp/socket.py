@@ -1070,6 +1070,23 @@ def _writable(buffer: Any) -> memoryview:
 _SSIZE_MAX = sys.maxsize  # the largest byte count a socket takes (a C ssize_t)
 
 
+def recv_into_target(buffer: Any, nbytes: Any, flags: Any) -> Any:
+    """What ``recv_into(buffer, nbytes, flags)`` reads into: ``buffer`` (as bytes), or
+    its first ``nbytes``; or the error a socket raises for the call, in its order
+    (TypeError for the buffer, then the size's TypeError, OverflowError or ValueError,
+    then the flags', then ValueError for a size past the buffer)."""
+    if type(buffer) is not bytearray:
+        buffer = _writable(buffer)
+    size = _checked_size(nbytes, "recv_into")
+    _checked_flags(flags)
+    if size > len(buffer):
+        # (a socket's once silently read into a short buffer short)
+        raise ValueError("buffer too small for requested bytes")
+    if size and size < len(buffer):
+        return memoryview(buffer)[:size]
+    return buffer
+
+
 def _readable(data: Any) -> memoryview:
     """``data`` as the bytes a socket sends of it (an ``array('i')``'s raw bytes), or
     the error a socket raises for it: TypeError when not bytes-like, BufferError when
@@ -1368,21 +1385,14 @@ class DTPSocket:
         """Read into a writable buffer; returns the number of bytes read (``flags``: 0).
         The buffer's bytes past that count are unspecified afterwards (a record that
         failed authentication may have been decrypted there), as with any recv_into."""
-        if type(buffer) is not bytearray:
-            buffer = _writable(buffer)  # (a TypeError now, not after a wait)
         if nbytes or flags or type(nbytes) is not int or type(flags) is not int:
-            # checked before either path, as a socket does (both raise alike)
-            nbytes = _checked_size(nbytes, "recv_into")
-            _checked_flags(flags)
-            if nbytes > len(buffer):
-                # (a socket's once silently read into a short buffer short)
-                raise ValueError("buffer too small for requested bytes")
-            if nbytes:
-                # the lane reads into all it is given: a shorter view, and the common
-                # recv_into(buf, n) takes the same one-call path as recv_into(buf)
-                if nbytes < len(buffer):
-                    buffer = memoryview(buffer)[:nbytes]
-                nbytes = 0
+            # checked before either path, as a socket does (both raise alike); the lane
+            # reads into all it is given: a shorter view, and the common
+            # recv_into(buf, n) takes the same one-call path as recv_into(buf)
+            buffer = recv_into_target(buffer, nbytes, flags)
+            nbytes = 0
+        elif type(buffer) is not bytearray:
+            buffer = _writable(buffer)  # (a TypeError now, not after a wait)
         engine = self._engine
         conn = engine.conn
         sid = self._stream_id

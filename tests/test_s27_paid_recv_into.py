@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.keys import HostIdentity
 from dtp.paid import _CALL_COST, PaidSocket, ServicePolicy
 from tests.paid_inprocess import ident, paid_service
 
@@ -109,3 +111,62 @@ def test_the_byte_rate_limit_still_holds_back_a_reader_of_recv_into(tmp_path: Pa
     # the first 25 kB go at once (the burst); the rest, less the last read's debt,
     # at 100 kB/s: over a second in all (unlimited, it takes milliseconds)
     assert took and took[0] >= (total - rate // 4 - (1 << 16)) / rate
+
+
+class _Size(int):
+    """An int subclass as a size (an operator.index type, not an int)."""
+
+
+# (buffer, size[, flags]) made afresh for each call
+_BAD_CALLS: dict[str, Any] = {
+    "size past the buffer": lambda: (bytearray(4), 5),
+    "an int subclass past the buffer": lambda: (bytearray(4), _Size(5)),
+    "a size past ssize_t": lambda: (bytearray(4), 2**63),
+    "a negative size": lambda: (bytearray(4), -1),
+    "a float size": lambda: (bytearray(8), 5.0),
+    "a read-only buffer": lambda: (b"abcd", 5),
+    "a strided view": lambda: (memoryview(bytearray(8))[::2], 5),
+    "flags": lambda: (bytearray(4), 5, 1),
+}
+
+
+@pytest.mark.parametrize("call", list(_BAD_CALLS))
+def test_a_read_the_gate_cuts_fails_as_the_sockets_would(call: str) -> None:
+    """When the gate allows less than the size asked for, the call is checked as made
+    first: cut to the credit, a size past the buffer (or of a subclass of int) escaped
+    the socket's checks, and bytes were read."""
+
+    def outcome(fn: Any, args: tuple[Any, ...]) -> str:
+        try:
+            fn(*args)
+        except Exception as exc:
+            return type(exc).__name__
+        return "read"
+
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    with (
+        server,
+        dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=10
+        ) as client,
+    ):
+        accepted, _ = server.accept(timeout=10)
+        with accepted:
+            client.sendall(bytes(64))
+            time.sleep(0.1)
+            accepted.settimeout(0)
+            want = outcome(accepted.recv_into, _BAD_CALLS[call]())
+            assert want != "read"
+            # a paid connection whose gate lets 2 bytes go
+            paid = types.SimpleNamespace(
+                _credit=2,
+                room=lambda nbytes: 2,
+                wait_paid=lambda: None,
+                buckets=types.SimpleNamespace(
+                    bytes=types.SimpleNamespace(rate=0), requests=types.SimpleNamespace(rate=0)
+                ),
+            )
+            metered = PaidSocket(accepted, paid)  # type: ignore[arg-type]
+            assert outcome(metered.recv_into, _BAD_CALLS[call]()) == want
+            assert accepted.recv(64) == bytes(64)  # nothing was read by the bad calls
