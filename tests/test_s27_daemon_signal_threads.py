@@ -138,3 +138,32 @@ def test_a_start_off_the_main_thread_fails_and_leaves_nothing_open() -> None:
     assert leaked == [0, 0]
     # and the process's handlers are as they were
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+def test_a_sigint_as_its_own_recorder_is_put_back_leaves_no_wakeup_fd() -> None:
+    """Daemon.run without a recorder: its stop puts the caller's handlers back first,
+    so a SIGINT from then on is the caller's (here Python's default: KeyboardInterrupt
+    out of the stop). The wakeup fd must not stay with the interpreter all the same: the
+    socket pair is closed, and a signal written to its number once reused lands in
+    whatever file has it."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    loop = asyncio.new_event_loop()
+    try:
+        watch = LoopSignals(loop, {}, None)
+        watch.start()
+        writer = watch._writer
+        assert writer is not None
+        real_remove = loop.remove_reader
+
+        def remove_reader(fd: int) -> bool:
+            os.kill(os.getpid(), signal.SIGINT)  # lands right after the put-back
+            return real_remove(fd)
+
+        loop.remove_reader = remove_reader  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            watch.stop()
+        assert signal.set_wakeup_fd(-1) == -1
+        assert writer.fileno() == -1  # closed
+        watch.stop()  # (once is enough: a second does nothing)
+    finally:
+        loop.close()

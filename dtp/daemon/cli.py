@@ -67,6 +67,10 @@ class StopSignals:
         """The first SIGTERM or SIGINT received, if any."""
         self.reload = False
         """Whether a SIGHUP arrived (a reload is due once the daemon is ready)."""
+        self.caught = 0
+        """How many of the three signals arrived (any of them, each time)."""
+        self.last: int | None = None
+        """The latest of them."""
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -76,6 +80,8 @@ class StopSignals:
             self._previous.setdefault(sig, previous)
 
     def _record(self, signum: int, _frame: object) -> None:
+        self.caught += 1
+        self.last = signum
         if signum == signal.SIGHUP:
             self.reload = True
         elif self.stop is None:

@@ -92,16 +92,18 @@ class LoopSignals:
 
     def stop(self) -> None:
         """Stop calling the actions. The signals stay caught (recorded only): their
-        default actions never come back while the daemon shuts down."""
+        default actions never come back while the daemon shuts down. With a recorder of
+        its own, the handlers it replaced are put back last, and a signal it caught
+        meanwhile is raised again for them: not lost, nor raised (a SIGINT's
+        KeyboardInterrupt) in the middle of the cleanup, which left the wakeup fd with
+        the interpreter, to be written to once its number was reused."""
         reader, writer = self._reader, self._writer
         if reader is None or writer is None:
             return
         self._reader = self._writer = None
-        if self._own and self._signals is not None:
-            # first: a signal from here on is the caller's again, not recorded where
-            # nothing reads it any more
-            self._signals.restore()
-        self._loop.remove_reader(reader.fileno())  # (False when it was never added)
+        own = self._signals if self._own else None
+        caught = None if own is None else own.caught
+        self._loop.remove_reader(reader.fileno())  # (False when never added)
         # the fd set before ours back -- unless another replaced ours meanwhile: that
         # one stays
         current = signal.set_wakeup_fd(self._previous_fd)
@@ -110,3 +112,7 @@ class LoopSignals:
         for sock in (reader, writer):
             with contextlib.suppress(OSError):
                 sock.close()
+        if own is not None:
+            own.restore()
+            if own.caught != caught and own.last is not None:
+                signal.raise_signal(own.last)
