@@ -146,7 +146,9 @@ def test_a_sigint_as_its_own_recorder_is_put_back_leaves_no_wakeup_fd() -> None:
     out of the stop). The wakeup fd must not stay with the interpreter all the same: the
     socket pair is closed, and a signal written to its number once reused lands in
     whatever file has it."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # (Python's default, whatever this process was started with: a shell's background
+    # job ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     loop = asyncio.new_event_loop()
     try:
         watch = LoopSignals(loop, {}, None)
@@ -167,3 +169,4 @@ def test_a_sigint_as_its_own_recorder_is_put_back_leaves_no_wakeup_fd() -> None:
         watch.stop()  # (once is enough: a second does nothing)
     finally:
         loop.close()
+        signal.signal(signal.SIGINT, previous)
