@@ -300,6 +300,11 @@ class JsonRpcHttpProxy:
                     else http.client.HTTPConnection
                 )
                 conn = cls(self.host, self.port, timeout=self.timeout)
+                # (http.client connects through this attribute: its sockets are then
+                # noted before they connect, and close() can cut a connect short)
+                conn._create_connection = functools.partial(  # type: ignore[attr-defined]
+                    self._open_socket, conn
+                )
                 with self._lock:
                     self._busy[conn] = None
                 return conn
@@ -321,6 +326,40 @@ class JsonRpcHttpProxy:
                 self._idle.append(conn)
                 return
         conn.close()
+
+    def _open_socket(
+        self,
+        conn: http.client.HTTPConnection,
+        address: tuple[str, int],
+        timeout: Any,
+        source_address: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        """:func:`socket.create_connection` for ``conn``, each socket noted as its
+        socket before it connects: close() shuts it down, which ends the connect at
+        once (a backend that does not answer the SYN held the call, and close(), for
+        the whole timeout). Raises OSError as that does."""
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+            address[0], address[1], 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            with self._lock:
+                if conn not in self._busy:  # close() ran meanwhile
+                    sock.close()
+                    raise ConnectionAbortedError("the proxy was closed")
+                self._busy[conn] = sock
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            return sock
+        raise error if error is not None else OSError(f"no address for {address[0]!r}")
 
     def _connected(self, conn: http.client.HTTPConnection) -> bool:
         """Note the socket of a connection just opened, for close(); False if close()
@@ -400,9 +439,9 @@ class JsonRpcHttpProxy:
         return response.status, body, reusable
 
     def close(self) -> None:
-        """Close the idle connections, and make the calls in progress fail as the
-        backend being unreachable (their sockets are shut down); a later call opens a
-        new connection."""
+        """Close the idle connections, and make the calls in progress -- connecting
+        or exchanging -- fail at once as the backend being unreachable (their sockets
+        are shut down); a later call opens a new connection."""
         with self._lock:
             idle, self._idle = self._idle, []
             busy, self._busy = list(self._busy.values()), {}
