@@ -730,10 +730,9 @@ class PaidSocket:
             paid.wait_paid()
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
-            if nbytes or flags or type(nbytes) is not int or type(flags) is not int:
-                # the socket's checks of the call as made, before the gate cuts its size
-                # (a size past the buffer, cut to the credit, escaped them: read)
-                recv_into_target(buffer, nbytes, flags)
+            # the socket's checks of the call as made, before the gate cuts its size
+            # (a size past the buffer, cut to the credit, escaped them: read)
+            recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)
