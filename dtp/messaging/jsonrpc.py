@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import functools
 import http.client
 import io
 import json
 import logging
 import math
+import os
 import select
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, cast
 
+from dtp._poll import wait_ready
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import _check_count, _check_our_timeout
 from dtp.messaging.rpc import RpcClient, RpcServer
@@ -282,6 +286,9 @@ class JsonRpcHttpProxy:
         # down: http.client drops its reference to a socket it closes on a
         # "Connection: close" while the answer is still being read through it
         self._busy: dict[http.client.HTTPConnection, socket.socket | None] = {}
+        # the duplicates noted in _busy for HTTPS connects, closed once the connection
+        # is made or given up (see _open_socket)
+        self._dups: dict[http.client.HTTPConnection, socket.socket] = {}
 
     def _checkout(self) -> http.client.HTTPConnection:
         """An idle connection still open at the backend's end, or a new one (not yet
@@ -302,9 +309,7 @@ class JsonRpcHttpProxy:
                 conn = cls(self.host, self.port, timeout=self.timeout)
                 # (http.client connects through this attribute: its sockets are then
                 # noted before they connect, and close() can cut a connect short)
-                conn._create_connection = functools.partial(  # type: ignore[attr-defined]
-                    self._open_socket, conn
-                )
+                conn._create_connection = _Opener(self, conn)  # type: ignore[attr-defined]
                 with self._lock:
                     self._busy[conn] = None
                 return conn
@@ -322,10 +327,14 @@ class JsonRpcHttpProxy:
         with self._lock:
             # (not in progress any more: close() shut it down meanwhile)
             ours = self._busy.pop(conn, _GONE) is not _GONE
-            if ours and reusable and conn.sock is not None and len(self._idle) < self.max_idle:
+            dup = self._dups.pop(conn, None)
+            keep = ours and reusable and conn.sock is not None and len(self._idle) < self.max_idle
+            if keep:
                 self._idle.append(conn)
-                return
-        conn.close()
+        if dup is not None:
+            dup.close()
+        if not keep:
+            conn.close()
 
     def _open_socket(
         self,
@@ -335,27 +344,52 @@ class JsonRpcHttpProxy:
         source_address: tuple[str, int] | None = None,
     ) -> socket.socket:
         """:func:`socket.create_connection` for ``conn``, each socket noted as its
-        socket before it connects: close() shuts it down, which ends the connect at
-        once (a backend that does not answer the SYN held the call, and close(), for
-        the whole timeout). Raises OSError as that does."""
+        socket before it connects, so that close() can shut it down: the connect does
+        not block but is waited for with poll, which the shutdown ends at once whenever
+        it comes -- before the connect starts too (a blocking connect started after it
+        went on regardless: with timeout=None, for the kernel's whole SYN retries; a
+        backend that does not answer the SYN held the call, and close(), that long).
+        An HTTPS connection's TLS wrapping takes this socket object's descriptor over
+        before its handshake, so for HTTPS a duplicate of it is noted (the same
+        connection: its shutdown ends the handshake too), closed once the connection is
+        made or given up. Raises OSError as that does (ConnectionAbortedError once
+        close() ran)."""
+        if timeout is socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+            timeout = socket.getdefaulttimeout()
         error: OSError | None = None
         for family, kind, proto, _, sockaddr in socket.getaddrinfo(
             address[0], address[1], 0, socket.SOCK_STREAM
         ):
             sock = socket.socket(family, kind, proto)
-            with self._lock:
-                if conn not in self._busy:  # close() ran meanwhile
-                    sock.close()
-                    raise ConnectionAbortedError("the proxy was closed")
-                self._busy[conn] = sock
             try:
-                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
-                    sock.settimeout(timeout)
+                noted = sock.dup() if self.scheme == "https" else sock
+            except OSError:
+                sock.close()
+                raise
+            with self._lock:
+                aborted = conn not in self._busy  # close() ran meanwhile
+                if not aborted:
+                    self._busy[conn] = noted
+                    previous = self._dups.pop(conn, None)
+                    if noted is not sock:
+                        self._dups[conn] = noted
+            if aborted:
+                _close_all(sock, noted)
+                raise _ProxyClosed("the proxy was closed")
+            if previous is not None:
+                previous.close()  # (the last address's, which failed)
+            try:
                 if source_address:
                     sock.bind(source_address)
-                sock.connect(sockaddr)
+                _connect_unblocked(sock, sockaddr, timeout)
+                with self._lock:
+                    if conn not in self._busy:
+                        raise _ProxyClosed("the proxy was closed")
+                sock.settimeout(timeout)
             except OSError as exc:
                 sock.close()
+                if isinstance(exc, _ProxyClosed):
+                    raise
                 error = exc
                 continue
             return sock
@@ -368,7 +402,10 @@ class JsonRpcHttpProxy:
             if conn not in self._busy:
                 return False
             self._busy[conn] = conn.sock
-            return True
+            dup = self._dups.pop(conn, None)
+        if dup is not None:
+            dup.close()
+        return True
 
     def __call__(self, document: bytes) -> bytes | None:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -445,6 +482,7 @@ class JsonRpcHttpProxy:
         with self._lock:
             idle, self._idle = self._idle, []
             busy, self._busy = list(self._busy.values()), {}
+            dups, self._dups = list(self._dups.values()), {}
         for conn in idle:
             conn.close()
         for sock in busy:
@@ -455,6 +493,58 @@ class JsonRpcHttpProxy:
                 # under the thread still using it
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        for dup in dups:
+            dup.close()  # (shut down above: only this descriptor of the connection)
+
+
+class _ProxyClosed(ConnectionAbortedError):
+    """A connect given up because the proxy was closed (not tried at further addresses,
+    as a refused one is)."""
+
+
+class _Opener:
+    """What a proxy's connection connects through (``_create_connection``): the proxy's
+    :meth:`JsonRpcHttpProxy._open_socket` for it, held by weak references -- a bound
+    method kept on the connection made a cycle (connection, proxy, pool), and a proxy
+    dropped without close() kept its idle connections open until the cyclic collector
+    ran, rather than closing them when the last reference went."""
+
+    __slots__ = ("_conn", "_proxy")
+
+    def __init__(self, proxy: JsonRpcHttpProxy, conn: http.client.HTTPConnection) -> None:
+        self._proxy = weakref.ref(proxy)
+        self._conn = weakref.ref(conn)
+
+    def __call__(
+        self,
+        address: tuple[str, int],
+        timeout: Any,
+        source_address: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        proxy, conn = self._proxy(), self._conn()
+        if proxy is None or conn is None:
+            raise _ProxyClosed("the proxy is gone")
+        return proxy._open_socket(conn, address, timeout, source_address)
+
+
+def _connect_unblocked(sock: socket.socket, address: Any, timeout: float | None) -> None:
+    """Connect ``sock`` to ``address`` without blocking in connect(2): wait for it with
+    poll, up to ``timeout`` seconds (None: as long as the kernel tries). A shutdown of
+    the socket ends the wait at once (the caller then finds out why). Raises
+    TimeoutError, or OSError with the connect's errno."""
+    sock.setblocking(False)
+    err = sock.connect_ex(address)
+    if err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EINTR):
+        if not wait_ready([], [sock], timeout)[1]:
+            raise TimeoutError("timed out")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _close_all(*socks: socket.socket) -> None:
+    for sock in socks:
+        sock.close()
 
 
 class _DeadlineReader(io.RawIOBase):

@@ -1,0 +1,270 @@
+"""JsonRpcHttpProxy.close() against a call in each stage of connecting, and a proxy
+dropped without close().
+
+- close() just before the connect starts (its socket noted, connect(2) not called yet):
+  a blocking connect started after the shutdown went on regardless, for the kernel's
+  whole SYN retries with ``timeout=None``; the connect now waits in poll, which the
+  shutdown ends.
+- close() during an HTTPS connection's TLS handshake: the TLS wrapping takes the noted
+  socket object's descriptor over first, so its shutdown did nothing and the handshake
+  went on to the timeout; a duplicate of the socket is noted instead.
+- A proxy dropped without close() closes its idle connections when its last reference
+  goes (a bound method on each connection made a reference cycle that kept them until
+  the cyclic collector ran).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from dtp.messaging import errors as E
+from dtp.messaging.jsonrpc import JsonRpcHttpProxy
+from tests.http_backends import HttpBackend
+
+CALL = b'{"jsonrpc":"2.0","method":"m","id":7}'
+
+
+def _unreachable(answer: bytes | None) -> None:
+    failed = json.loads(answer or b"")
+    assert failed["error"] == {"code": E.INTERNAL_ERROR, "message": "backend unreachable"}
+    assert failed["id"] == 7
+
+
+@pytest.fixture
+def unanswered() -> Iterator[tuple[str, int]]:
+    """A listener whose accept queue is full: a new connect's SYN is dropped, and the
+    connect waits (the kernel retries the SYN for about two minutes)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(address)
+        fillers.append(sock)
+    time.sleep(0.2)
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    with pytest.raises(TimeoutError):  # (the premise: a plain connect now waits)
+        probe.connect(address)
+    probe.close()
+    try:
+        yield address
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()
+
+
+def _call_in_thread(proxy: JsonRpcHttpProxy) -> tuple[threading.Thread, list[bytes | None]]:
+    answers: list[bytes | None] = []
+    caller = threading.Thread(target=lambda: answers.append(proxy(CALL)), daemon=True)
+    caller.start()
+    return caller, answers
+
+
+def test_close_just_before_the_connect_starts(
+    unanswered: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connect is held at its start until close() has run (its socket is noted by
+    then); with ``timeout=None`` the call must still end at once."""
+    about_to_connect = threading.Event()
+    closed = threading.Event()
+    port = unanswered[1]
+
+    def held(original: Any) -> Any:
+        def connect(sock: socket.socket, address: Any) -> Any:
+            if address[1] == port and not about_to_connect.is_set():
+                about_to_connect.set()
+                assert closed.wait(10)
+            return original(sock, address)
+
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", held(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", held(socket.socket.connect_ex))
+    proxy = JsonRpcHttpProxy(f"http://127.0.0.1:{port}/", timeout=None)
+    caller, answers = _call_in_thread(proxy)
+    assert about_to_connect.wait(10)
+    proxy.close()
+    closed.set()
+    start = time.monotonic()
+    caller.join(10)
+    assert not caller.is_alive(), "a close() before the connect left it connecting"
+    assert time.monotonic() - start < 5
+    _unreachable(answers[0])
+
+
+@pytest.fixture
+def silent_tls() -> Iterator[int]:
+    """A listener that accepts and then says nothing: a TLS handshake with it waits."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in accepted:
+            sock.close()
+        listener.close()
+
+
+def test_close_during_the_tls_handshake(silent_tls: int) -> None:
+    proxy = JsonRpcHttpProxy(f"https://127.0.0.1:{silent_tls}/", timeout=30)
+    caller, answers = _call_in_thread(proxy)
+    time.sleep(0.5)  # in the handshake by now: the server never answers the hello
+    assert caller.is_alive()
+    start = time.monotonic()
+    proxy.close()
+    caller.join(10)
+    assert not caller.is_alive(), "close() left the call in its TLS handshake"
+    assert time.monotonic() - start < 5  # (not the 30 s timeout)
+    _unreachable(answers[0])
+    # the duplicate noted for the handshake is closed, nothing else left noted
+    assert not proxy._dups and not proxy._busy
+
+
+def test_a_failed_https_connect_closes_its_duplicate(silent_tls: int) -> None:
+    """Given up by its own timeout (no close()), the handshake's duplicate socket is
+    closed with the connection."""
+    proxy = JsonRpcHttpProxy(f"https://127.0.0.1:{silent_tls}/", timeout=0.5)
+    _unreachable(proxy(CALL))
+    assert not proxy._dups and not proxy._busy
+    proxy.close()
+
+
+class _KeepAlive(HttpBackend):
+    """An HTTP/1.1 backend that keeps connections alive and tells when one closes."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Semaphore(0)
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                answer = b'{"jsonrpc":"2.0","result":1,"id":7}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def finish(self) -> None:
+                super().finish()
+                backend.closed.release()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._serve(Handler)
+
+
+def test_a_dropped_proxy_closes_its_idle_connections_without_the_collector() -> None:
+    backend = _KeepAlive()
+    gc.disable()
+    try:
+        proxy = JsonRpcHttpProxy(backend.url, timeout=5)
+        assert json.loads(proxy(CALL) or b"")["result"] == 1
+        (conn,) = proxy._idle  # kept alive for the next call
+        conn_ref = weakref.ref(conn)
+        del conn
+        # (unclosed, its socket closes in its finalizer, with the ResourceWarning of any
+        # socket dropped open)
+        with pytest.warns(ResourceWarning):
+            del proxy
+        assert conn_ref() is None, "the idle connection outlived its proxy"
+        # the backend sees the connection end
+        assert backend.closed.acquire(timeout=5)
+    finally:
+        gc.enable()
+        backend.close()
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    """A throwaway certificate for ``localhost``: (certificate file, key file)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_https_calls_through_the_noted_duplicate(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTPS backend answers through the proxy (connect, handshake, kept-alive
+    reuse), and no duplicate socket is left behind."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # (the proxy's default context trusts it)
+    backend = _KeepAlive()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    backend.httpd.socket = server_ctx.wrap_socket(backend.httpd.socket, server_side=True)
+    port = backend.httpd.server_address[1]
+    try:
+        proxy = JsonRpcHttpProxy(f"https://localhost:{port}/rpc", timeout=5)
+        for _ in range(3):
+            assert json.loads(proxy(CALL) or b"")["result"] == 1
+        assert len(proxy._idle) == 1  # one connection, kept alive and used again
+        assert not proxy._dups and not proxy._busy
+        proxy.close()
+    finally:
+        backend.close()
