@@ -19,6 +19,8 @@ __all__ = ["CAUGHT_SIGNALS", "STOP_SIGNALS", "StopSignals", "register"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: What StopSignals catches: the stops, and SIGHUP (a reload).
 CAUGHT_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+# how many of the latest arrivals a StopSignals keeps for since()
+_ARRIVALS_KEPT = 16
 
 #: What to give instead of an empty value, by option.
 _INSTEAD: dict[str, str] = {
@@ -71,6 +73,8 @@ class StopSignals:
         """How many of the three signals arrived (any of them, each time)."""
         self.last: int | None = None
         """The latest of them."""
+        # the latest arrivals, (count, signal), for since(): a few, whatever the storm
+        self._arrivals: list[tuple[int, int]] = []
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -82,6 +86,9 @@ class StopSignals:
     def _record(self, signum: int, _frame: object) -> None:
         self.caught += 1
         self.last = signum
+        self._arrivals.append((self.caught, signum))
+        if len(self._arrivals) > _ARRIVALS_KEPT:
+            del self._arrivals[0]
         if signum == signal.SIGHUP:
             self.reload = True
         elif self.stop is None:
@@ -95,12 +102,35 @@ class StopSignals:
             previous = signal.signal(sig, signal.SIG_IGN)
             self._previous.setdefault(sig, previous)
 
+    def since(self, mark: int) -> list[int]:
+        """The signals that arrived after :attr:`caught` was ``mark``: each kind once,
+        in the order they first came (of the latest arrivals only, which hold every
+        kind that came unless a storm of one pushed another out)."""
+        kinds: dict[int, None] = {}
+        for count, signum in self._arrivals:
+            if count > mark:
+                kinds.setdefault(signum, None)
+        return list(kinds)
+
     def restore(self) -> None:
-        """Put back the handlers :meth:`install` replaced."""
-        for sig, previous in self._previous.items():
-            # None: a handler not set from Python (the default, to the interpreter)
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
+        """Put back the handlers :meth:`install` replaced: all of them, even when one
+        raises on the way (a SIGINT landing once Python's own handler is back raises
+        KeyboardInterrupt out of the next :func:`signal.signal`, which left the signals
+        after it with this recorder for good); the first such exception is raised
+        once they are back."""
+        error: BaseException | None = None
+        try:
+            for sig, previous in self._previous.items():
+                try:
+                    # None: a handler not set from Python (the default, to the interpreter)
+                    signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        finally:
+            self._previous.clear()
+        if error is not None:
+            raise error
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:

@@ -33,6 +33,9 @@ class LoopSignals:
     until :meth:`stop` (main thread only, as any signal handler). ``signals``: the
     recorder already catching them (``dtp daemon`` installs it first thing); None: one
     is installed at :meth:`start` and the handlers it replaced are put back at
+    :meth:`stop`. That one catches all three of
+    :data:`~dtp.daemon.cli.CAUGHT_SIGNALS` whatever ``actions`` holds: one without an
+    action is only recorded while it runs, and raised again for the caller's handler at
     :meth:`stop`."""
 
     def __init__(
@@ -93,10 +96,11 @@ class LoopSignals:
     def stop(self) -> None:
         """Stop calling the actions. The signals stay caught (recorded only): their
         default actions never come back while the daemon shuts down. With a recorder of
-        its own, the handlers it replaced are put back last, and a signal it caught
-        meanwhile is raised again for them: not lost, nor raised (a SIGINT's
-        KeyboardInterrupt) in the middle of the cleanup, which left the wakeup fd with
-        the interpreter, to be written to once its number was reused."""
+        its own, the handlers it replaced are put back last, and each kind of signal it
+        caught meanwhile is raised again for them, in the order they came: not lost,
+        nor raised (a SIGINT's KeyboardInterrupt) in the middle of the cleanup, which
+        left the wakeup fd with the interpreter, to be written to once its number was
+        reused."""
         reader, writer = self._reader, self._writer
         if reader is None or writer is None:
             return
@@ -113,6 +117,25 @@ class LoopSignals:
             with contextlib.suppress(OSError):
                 sock.close()
         if own is not None:
-            own.restore()
-            if own.caught != caught and own.last is not None:
-                signal.raise_signal(own.last)
+            assert caught is not None
+            try:
+                own.restore()
+            finally:
+                # (even when the put-back raised: for the handlers back in place; what
+                # one of them raises goes on once the others have been raised too)
+                _raise_again(own.since(caught))
+
+
+def _raise_again(signums: list[int]) -> None:
+    """Raise each of ``signums`` for the handlers in place, in order; what a handler
+    raises (KeyboardInterrupt) waits until all have been raised, then the first such
+    exception goes on."""
+    error: BaseException | None = None
+    for signum in signums:
+        try:
+            signal.raise_signal(signum)
+        except BaseException as exc:
+            if error is None:
+                error = exc
+    if error is not None:
+        raise error
