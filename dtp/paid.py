@@ -32,6 +32,7 @@ import contextlib
 import errno
 import logging
 import math
+import operator
 import threading
 import time
 from collections import deque
@@ -80,7 +81,13 @@ from dtp.settlement import (
     publish_endpoint,
     recover_unclaimed,
 )
-from dtp.socket import recv_into_target, stream_file
+from dtp.socket import (
+    _SSIZE_MAX,
+    _checked_flags,
+    _checked_size,
+    recv_into_target,
+    stream_file,
+)
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
@@ -714,6 +721,18 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.recv`, once the connection is paid up (it waits
         while paused for a receipt) and within the rate limits: at most what the gate
         still allows."""
+        if (
+            flags
+            or type(bufsize) is not int
+            or type(flags) is not int
+            or not 0 <= bufsize <= _SSIZE_MAX
+        ):
+            # the socket's checks, before the wait (and the size as the int it stands
+            # for: one that is an int only through __index__ failed the gate's
+            # comparison with the credit, and one past what a socket takes was cut to
+            # the credit and read)
+            bufsize = _checked_size(bufsize, "recv")
+            _checked_flags(flags)
         paid = self._paid
         paid.wait_paid()
         data = self._sock.recv(paid.room(bufsize), flags)
@@ -725,6 +744,13 @@ class PaidSocket:
         # wait_paid, room and throttle inline for the usual read that the credit
         # covers: a bulk reader makes one of these calls per carrier read, and the
         # three method calls were about a third of what the wrapper cost it
+        if flags or type(nbytes) is not int or type(flags) is not int:
+            # the socket's checks of the call as made, first (as a socket makes them
+            # before it waits), then the size as the int it stands for: None or 0.0
+            # read the whole buffer while the credit lasted, and a size that is an int
+            # only through __index__ failed the comparison with the credit
+            recv_into_target(buffer, nbytes, flags)
+            nbytes, flags = operator.index(nbytes), operator.index(flags)
         paid = self._paid
         if paid._credit <= 0:
             paid.wait_paid()
