@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -405,6 +406,9 @@ class PaidReader:
         return data
 
     async def read(self, n: int = -1) -> bytes:
+        # (a size that is not an integer: TypeError at once, as dtp.aio's read; one
+        # that is an int only through __index__ read as that int there, and failed here)
+        n = operator.index(n)
         if n == 0:
             return b""
         if n > 0:
@@ -429,6 +433,7 @@ class PaidReader:
         self._charged += len(data)
 
     async def readexactly(self, n: int) -> bytes:
+        n = operator.index(n)  # (as in read)
         if n <= 0:
             return await self._reader.readexactly(n)  # its ValueError, or b""
         chunks: list[bytes] = []

@@ -3,7 +3,8 @@ does, whatever the gate's credit: the socket's error for each bad argument, and 
 that is an int only through ``__index__`` read as that int. ``None`` or ``0.0`` as the
 size read the whole buffer while the credit lasted (and raised TypeError once the gate
 cut the read), and an ``__index__`` size raised TypeError from the comparison with the
-credit."""
+credit. The asyncio server's PaidReader.read and readexactly likewise take a size as
+dtp.aio's reader does."""
 
 from __future__ import annotations
 
@@ -113,3 +114,81 @@ def test_sizes_and_flags_as_the_socket_takes_them(tmp_path: Path) -> None:
     assert seen["idx_paid"] == 2 and seen["idx_plain"] == 2
     assert 1 <= seen["idx_recv"] <= 3
     assert 1 <= seen["idx_short"] <= 2  # (cut to the credit, as an int size is)
+
+
+def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
+    """PaidReader.read and readexactly: TypeError at once for a size that is not an
+    integer, as dtp.aio's reader raises, and an ``__index__`` size read as its int."""
+    import asyncio
+
+    import dtp.aio
+    from dtp.chain.local import LocalLedger
+    from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+    from tests.paid_twins import funded_ledger, loop_in_thread, stop
+
+    seen: dict[str, Any] = {}
+
+    async def outcome(call: Any) -> str:
+        try:
+            await call
+        except Exception as exc:
+            return type(exc).__name__
+        return "read"
+
+    async def handle(reader: PaidReader, writer: PaidWriter) -> None:
+        plain = reader._reader
+        rows = []
+        for size in (None, 1.5, "4"):
+            for name in ("read", "readexactly"):
+                rows.append(
+                    (
+                        name,
+                        size,
+                        await outcome(getattr(plain, name)(size)),
+                        await outcome(getattr(reader, name)(size)),
+                    )
+                )
+        seen["rows"] = rows
+        seen["read"] = len(await reader.read(Idx(3)))
+        seen["readexactly"] = await reader.readexactly(Idx(2))
+        writer.write(b"done")
+        await writer.drain()
+        await reader.read(1)
+
+    with funded_ledger(tmp_path, CLIENT) as ledger, loop_in_thread() as loop:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        # (funded_ledger's 10,000,000 MIST: a minimum that fits)
+        ledger.add_service(SERVER, host_id, 7082, "sizes", Sla(1, 0, 100_000))
+        server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+            dtp.aio.serve(
+                host_id,
+                7082,
+                handle,
+                ledger=LocalLedger(tmp_path / "ledger.db"),
+                identity=SERVER,
+                receipts=tmp_path / "receipts.db",
+            ),
+            loop,
+        ).result(10)
+        try:
+            with dtp.socket.create_connection(
+                f"dtp://{host_id}:7082",
+                timeout=10,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=1_000_000,
+            ) as client:
+                client.sendall(bytes(64))
+                got = b""
+                while len(got) < 4:
+                    part = client.recv(4 - len(got))
+                    assert part, "the handler failed"
+                    got += part
+                assert got == b"done"
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+    for name, size, plain, paid_outcome in seen["rows"]:
+        assert plain == "TypeError", (name, size, plain)
+        assert paid_outcome == plain, (name, size, plain, paid_outcome)
+    assert 1 <= seen["read"] <= 3
+    assert seen["readexactly"] == bytes(2)
