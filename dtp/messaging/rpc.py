@@ -471,6 +471,11 @@ class RequestPayments:
         except DTPError as exc:
             logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
             return False
+        except Exception:
+            # a failing read refuses the request as it was, as a typed one does: raised,
+            # it reached a cancelled request's shielded wait, never retrieved
+            logger.exception("reading the deposit of %s again failed", self.connection_id)
+            return False
         finally:
             with self._lock:
                 if deposited is not None:
@@ -1147,36 +1152,29 @@ class RpcClient:
             extra = extra or {}
             extra["re"] = escrow_id
         with self._wlock:
-            if self.meter is not None:
-                # metered under _wlock, as sent: receipts reach the server in their
-                # nonce order (signed outside it, a later one could be sent first and
-                # the earlier one refused as replayed); checked again first, as other
-                # calls may have filled the in-flight limit since (a receipt for a
-                # request then refused would charge for a request never sent)
-                with self._lock:
-                    try:
-                        if self._closed is not None:
-                            closed = f"the RPC stream is closed ({self._closed})"
-                            raise E.RpcConnectionLost(closed)
-                        self._proto.check_request(
-                            method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
-                        )
-                    except BaseException:
-                        if escrow_id is not None and self.prepay is not None:
-                            self.prepay.unanswered.append(escrow_id)
-                        raise
-                extra = _meter_request(self.meter, self.prepay, escrow_id, extra)
+            # metered under _wlock, as sent: receipts reach the server in their nonce
+            # order (signed outside it, a later one could be sent first and the earlier
+            # one refused as replayed); and in one _lock section with the checks and the
+            # request's framing, so that nothing between them (another call filling the
+            # in-flight limit, the reader failing the stream, close()) can refuse a
+            # request the meter has counted: its next receipt would pay for a request
+            # never sent. (The meter only signs: no I/O under the lock.)
             with self._lock:
                 try:
                     if self._closed is not None:
                         raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                    if self.meter is not None:
+                        self._proto.check_request(
+                            method, params, timeout=timeout, meta=extra, reserve=_FEE_META_RESERVE
+                        )
+                        extra = _meter_request(self.meter, None, None, extra)
                     request_id = self._proto.send_request(
                         method, params, now=time.monotonic(), timeout=timeout, meta=extra
                     )
                 except BaseException:
                     if escrow_id is not None and self.prepay is not None:
-                        # closed meanwhile (or too many in flight): the fee comes back
-                        # after the escrow's deadline (refund_due)
+                        # closed meanwhile, too many in flight, or the meter refused:
+                        # the fee comes back after the escrow's deadline (refund_due)
                         self.prepay.unanswered.append(escrow_id)
                     raise
                 call = RpcCall(self, request_id)
@@ -2989,7 +2987,18 @@ class AsyncRpcServer(_Registry):
                 await writer.drain()
 
         escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
-        payments, payments_error = await asyncio.to_thread(_stream_payments, self._payments, writer)
+        # resolved in a thread, shielded: the resolution counts this stream as one of
+        # its connection's users, released at the end below -- or, when this task is
+        # cancelled meanwhile (a connection's first stream ending while its second
+        # resolves), once the resolution is done; left counted, a failure cached for
+        # the connection (its open still landing) refused its later streams for good
+        connection_id = getattr(writer, "peer_connection_id", None)
+        resolving = loop.run_in_executor(None, _stream_payments, self._payments, writer)
+        try:
+            payments, payments_error = await asyncio.shield(resolving)
+        except asyncio.CancelledError:
+            resolving.add_done_callback(lambda _: self._payments.release(connection_id))
+            raise
 
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
             ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
@@ -3116,6 +3125,6 @@ class AsyncRpcServer(_Registry):
         except (DTPError, OSError) as exc:
             logger.debug("RPC stream ended: %s", exc)
         finally:
-            self._payments.release(getattr(writer, "peer_connection_id", None))
+            self._payments.release(connection_id)
             for task in list(tasks.values()):
                 task.cancel()
