@@ -9,7 +9,11 @@ knows the broadcaster's Sui address, whoever relayed it. A *session* is one stat
 instance: a random 16-byte nonce and its start time, announced in a HELLO the broadcaster
 signs (with the sequence number the listener starts from), so a restarted station, which
 numbers its messages from 1 again, cannot have an earlier session's messages passed off
-as its own, nor can a relay rewind where a listener starts. :class:`BroadcastListener`
+as its own, nor can a relay rewind a listener that is listening. A HELLO carries no
+time of its own, though: a relay that recorded one, and what followed it, can replay
+that to a listener joining later (of this session or an earlier one), as it can delay
+anything; ``session_started_ms`` tells the listener how old the session is.
+:class:`BroadcastListener`
 verifies the HELLO and each message and rejects forged ones
 (:class:`~dtp.messaging.errors.ForgedBroadcast`: another session's messages too) and
 replayed or out-of-order ones (:class:`~dtp.messaging.errors.ReplayedBroadcast`); it
