@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dtp.chain.objects import Sla, SpendingCap
+from dtp.chain.objects import ConnectionState, Sla, SpendingCap
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOSE_FIREWALL_DENIED",
+    "CLOSE_LEDGER_CLOSED",
     "CLOSE_PAYMENT_REQUIRED",
     "DEPOSIT_LAG_MS",
     "DEPOSIT_READ_INTERVAL_MS",
@@ -58,6 +59,11 @@ __all__ = [
 CLOSE_PAYMENT_REQUIRED: Final = 0x1402
 #: CLOSE code a paid server uses when the host's firewall now denies the client.
 CLOSE_FIREWALL_DENIED: Final = 0x1403
+#: CLOSE code a paid server uses when the connection is no longer Open on the ledger
+#: while it is served (the client half-closed it there): the server settles it at once,
+#: as once the half-close timeout passed the client could settle first and take the
+#: whole escrow back, the usage served meanwhile unpaid.
+CLOSE_LEDGER_CLOSED: Final = 0x1404
 #: How often (ms) a paid server reads a connection's escrow again while the deposit is
 #: what holds the connection (a top-up is seen within this delay).
 DEPOSIT_READ_INTERVAL_MS: Final = 1000
@@ -419,6 +425,12 @@ class ConnectionIds:
             return len(self._ids)
 
 
+def ended_on_ledger(ledger: Ledger, connection_ids: Iterable[str]) -> set[str]:
+    """Those of ``connection_ids`` that are no longer Open on the ledger (one read each;
+    a ChainError passes)."""
+    return {cid for cid in connection_ids if ledger.connection_state(cid) != ConnectionState.OPEN}
+
+
 def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, tuple[SpendingCap, int]]:
     """Each spending cap of ``cap_ids`` as it is now, with the epoch (read with the Host,
     for :func:`apply_cap_limits`): its owner may lower or raise a cap at any time
@@ -528,8 +540,8 @@ class ReceiptGate:
         #: The cap as the server's other live connections share it (:class:`CapShares`).
         self.share: CapShare | None = None
         #: The cap limit the connection opened under (its escrow's cap_max_per_epoch;
-        #: 0: not recorded), for :func:`apply_cap_limits`.
-        self.cap_opened_under = 0
+        #: None: not recorded), for :func:`apply_cap_limits`.
+        self.cap_opened_under: int | None = None
         #: The connection's escrow (None: not known, its deposit is never read again).
         self.escrow_id: str | None = None
         #: The newest receipt valid but for being above ``deposited``: the client may

@@ -58,6 +58,7 @@ from dtp.errors import (
 from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     CapShares,
@@ -67,6 +68,7 @@ from dtp.metering import (
     MeteringConfig,
     ReceiptGate,
     apply_cap_limits,
+    ended_on_ledger,
     read_cap_limits,
     share_generations,
 )
@@ -130,6 +132,14 @@ class ServicePolicy:
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close
     otherwise, but a server that closes first would never see that one)."""
+    ledger_check_interval: float = 30.0
+    """Seconds between reads of each open connection's state on the ledger (at the
+    Host's refreshes, so no more often than ``refresh_interval``): one its client closed
+    there while still served is closed (``CLOSE_LEDGER_CLOSED``) and settled at once.
+    Claims come only at the end of a connection, and once ``HALF_CLOSE_TIMEOUT_MS``
+    (10 minutes) had passed since that half-close, the client could settle first and
+    take the whole escrow back, the usage served meanwhile unpaid: keep this well
+    below it."""
 
     def __post_init__(self) -> None:
         # Checked here, not where the values are used: a server takes its policy only
@@ -149,6 +159,7 @@ class ServicePolicy:
         _seconds("refresh_interval", self.refresh_interval, zero=False)
         _seconds("request_interval", self.request_interval, zero=False)
         _seconds("final_receipt_timeout", self.final_receipt_timeout, zero=True)
+        _seconds("ledger_check_interval", self.ledger_check_interval, zero=False)
 
 
 def _seconds(name: str, value: object, *, zero: bool) -> None:
@@ -362,6 +373,8 @@ class _PaidConnection:
         self.limit_lock = limit_lock
         self.policy = policy
         self.receipts = 0
+        #: When (monotonic) the connection's state on the ledger is read next
+        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
         # Bytes that may still move before the gate is asked again: what it allowed at
         # its last look (at most _CREDIT_MAX), less every read and write since, each also
         # counted as _CALL_COST at least (what a handler moves around the PaidSocket is
@@ -697,6 +710,12 @@ class _PaidConnection:
             "closing connection %s: the firewall now denies %s", self.connection_id, self.client
         )
         self.engine.abort(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+
+    def closed_on_ledger(self) -> None:
+        """The client closed the connection on the ledger while it is served: close it,
+        for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
+        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
+        self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
 
 
 class PaidSocket:
@@ -1461,6 +1480,24 @@ class PaidServer:
             if paid.client in change.denied:
                 paid.deny()
         self._refresh_caps(live)
+        self._check_on_ledger(live, now)
+
+    def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
+        """Read the state of the open connections due for it (policy
+        ``ledger_check_interval``), and close those no longer Open there."""
+        due = [paid for paid in live if now >= paid.ledger_check_due]
+        if not due:
+            return
+        for paid in due:
+            paid.ledger_check_due = now + self.policy.ledger_check_interval
+        try:
+            ended = ended_on_ledger(self.ledger, [paid.connection_id for paid in due])
+        except ChainError as exc:
+            logger.warning("cannot read the state of open connections: %s", exc)
+            return
+        for paid in due:
+            if paid.connection_id in ended:
+                paid.closed_on_ledger()
 
     def _leave_cap(self, gate: ReceiptGate) -> None:
         """The connection of ``gate`` is settled: it leaves its cap's share, and when

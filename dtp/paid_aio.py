@@ -38,6 +38,7 @@ from dtp.errors import (
 from dtp.escrow import Receipt
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     CapShares,
@@ -46,6 +47,7 @@ from dtp.metering import (
     GateVerdict,
     ReceiptGate,
     apply_cap_limits,
+    ended_on_ledger,
     read_cap_limits,
     share_generations,
 )
@@ -116,6 +118,8 @@ class _PaidConnection:
         self.gate = gate
         self.buckets = buckets
         self.policy = policy
+        #: When (monotonic) the connection's state on the ledger is read next
+        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
         #: The receipt that came with the end of the connection, claimed by the settlement
         #: instead of written first (as dtp.paid's)
         self.final: Receipt | None = None
@@ -367,6 +371,11 @@ class _PaidConnection:
             "closing connection %s: the firewall now denies %s", self.connection_id, self.client
         )
         self.close(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+
+    def closed_on_ledger(self) -> None:
+        """As :meth:`dtp.paid._PaidConnection.closed_on_ledger`."""
+        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
+        self.close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
 
 
 class PaidReader:
@@ -1244,6 +1253,25 @@ class PaidAioServer:
             if paid.client in change.denied:
                 paid.deny()
         await self._refresh_caps(live)
+        await self._check_on_ledger(live, now)
+
+    async def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
+        """As :meth:`dtp.paid.PaidServer._check_on_ledger` (the reads in a thread)."""
+        due = [paid for paid in live if now >= paid.ledger_check_due]
+        if not due:
+            return
+        for paid in due:
+            paid.ledger_check_due = now + self.policy.ledger_check_interval
+        try:
+            ended = await asyncio.to_thread(
+                ended_on_ledger, self.ledger, [paid.connection_id for paid in due]
+            )
+        except ChainError as exc:
+            logger.warning("cannot read the state of open connections: %s", exc)
+            return
+        for paid in due:
+            if paid.connection_id in ended:
+                paid.closed_on_ledger()
 
     async def _refresh_caps(self, live: list[_PaidConnection]) -> None:
         """Read the spending caps of open connections again (in a thread), and judge

@@ -430,8 +430,16 @@ def _settle_once(
     escrow: Escrow,
     stored: StoredReceipt | None,
 ) -> Settlement:
-    # the IDs come from the connection and escrow: the ledger need not read them again
-    if stored is not None and stored.receipt.nonce > escrow.latest_nonce:
+    # the IDs come from the connection and escrow: the ledger need not read them again;
+    # a receipt that pays nothing more is not claimed (a claim of 0 still charges the
+    # cap, which refuses it when this epoch spent more than the limit the connection
+    # opened under: the settlement failed, and with nothing left unclaimed in the
+    # store, nothing tried again -- the deposit held until the client's timeout)
+    if (
+        stored is not None
+        and stored.receipt.nonce > escrow.latest_nonce
+        and stored.receipt.total_amount > escrow.claimed
+    ):
         return ledger.settle_with_receipt(
             identity,
             tc.id,

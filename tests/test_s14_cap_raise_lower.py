@@ -94,5 +94,6 @@ def test_serving_room() -> None:
     assert cap.serving_room(3, 1000) == 400  # lowered since the open: service pauses at it
     assert cap.serving_room(3, 200) == 100  # raised since the open: not extended
     assert cap.serving_room(4, 200) == 200  # a new epoch: nothing spent yet
-    assert cap.serving_room(3, 0) == 400  # not recorded: the limit now
+    assert cap.serving_room(3, None) == 400  # not recorded: the limit now
+    assert cap.serving_room(3, 0) == 0  # opened under 0: a raise extends nothing
     assert cap.serving_room(3, 50) == 0

@@ -222,35 +222,39 @@ class SpendingCap:
     spent: int
     epoch: int
 
-    def remaining(self, current_epoch: int, opened_under: int = 0) -> int:
+    def remaining(self, current_epoch: int, opened_under: int | None = 0) -> int:
         """MIST that can still be charged in ``current_epoch`` -- by the claims of a
         connection opened when the limit was ``opened_under`` (its escrow's
         :attr:`Escrow.cap_max_per_epoch`), for which the limit is the higher of that and
         :attr:`max_per_epoch` (docs/escrow.md §4)."""
         spent = self.spent if current_epoch == self.epoch else 0
-        return max(0, max(self.max_per_epoch, opened_under) - spent)
+        return max(0, max(self.max_per_epoch, opened_under or 0) - spent)
 
-    def serving_room(self, current_epoch: int, opened_under: int) -> int:
+    def serving_room(self, current_epoch: int, opened_under: int | None) -> int:
         """What a paid server extends credit against, this epoch, on a connection opened
         under ``opened_under`` (its escrow's :attr:`Escrow.cap_max_per_epoch`): the lower
         of that and the limit now, less what is spent. A lowering is the client asking
         to spend less, so service pauses at it (though claims keep the limit at open: what
         was served is paid); a raise can be taken back before the claim, so it does not
         extend a connection opened under less. An escrow from before the limit was
-        recorded (0) follows the limit now, as its claims do."""
+        recorded (None) follows the limit now, as its claims do; one opened under a
+        limit of 0 is not served (the limit at open is what no raise can give back: a
+        raise, service on it and a lowering before the claim took the claim away)."""
         spent = self.spent if current_epoch == self.epoch else 0
-        limit = self.max_per_epoch if opened_under == 0 else min(self.max_per_epoch, opened_under)
+        limit = (
+            self.max_per_epoch if opened_under is None else min(self.max_per_epoch, opened_under)
+        )
         return max(0, limit - spent)
 
-    def secured(self, current_epoch: int, opened_under: int) -> int:
+    def secured(self, current_epoch: int, opened_under: int | None) -> int:
         """What the claims of a connection opened under ``opened_under`` can be charged
         in ``current_epoch`` whatever the owner sets the limit to from now on (a raise
         can be taken back; the limit at open cannot, and a lowering does not bind the
         claims of a connection opened before it): what a server may accept receipts up
         to, less what other connections' claims on the cap take first. An escrow from
-        before the limit was recorded (0) follows the limit now, as its claims do."""
+        before the limit was recorded (None) follows the limit now, as its claims do."""
         spent = self.spent if current_epoch == self.epoch else 0
-        limit = self.max_per_epoch if opened_under == 0 else opened_under
+        limit = self.max_per_epoch if opened_under is None else opened_under
         return max(0, limit - spent)
 
 
@@ -310,7 +314,8 @@ class Escrow:
     settled: bool
     #: The spending cap's ``max_per_epoch`` when the connection opened: claims are
     #: charged against the higher of this and the cap's limit now (docs/escrow.md §4).
-    cap_max_per_epoch: int = 0
+    #: None: not recorded (an escrow a LocalLedger file kept from before the field).
+    cap_max_per_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -563,7 +568,7 @@ def _object_from_fields(
             d["refunded"],
             d["latest_nonce"],
             d["settled"],
-            d.get("cap_max_per_epoch", 0),
+            d.get("cap_max_per_epoch"),
         )
     if name == "Pipe":
         return Pipe(

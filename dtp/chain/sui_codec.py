@@ -545,7 +545,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "client_public_key": obj.client_public_key,
             "server": obj.server,
             "spending_cap": obj.spending_cap,
-            "cap_max_per_epoch": obj.cap_max_per_epoch,
+            "cap_max_per_epoch": obj.cap_max_per_epoch or 0,
             "sla": obj.sla.to_fields(),
             "funds": obj.balance,
             "deposited": obj.deposited,
