@@ -964,14 +964,24 @@ class Graph:
             self._check_open()
             self._listeners.append((listener, owner))
 
-    def listen(self, listener: ChangeListener, owner: object) -> tuple[int, int]:
+    def listen(
+        self,
+        listener: ChangeListener,
+        owner: object,
+        then: Callable[[tuple[int, int]], None] | None = None,
+    ) -> tuple[int, int]:
         """Register a listener (as :meth:`add_listener`) and return the root summary,
-        atomically: every change after the summary reaches the listener."""
+        atomically: every change after the summary reaches the listener. ``then(root)``
+        runs inside that, before any change can reach the listener (a sync session
+        queues its HELLO there: queued after, a change committed in between went out
+        first, and the peer refused it as a message before HELLO)."""
         _check_listener(listener)
         with self._lock:
             self._check_open()
             root = self._ensure_view().root()
             self._listeners.append((listener, owner))
+            if then is not None:
+                then(root)
             return root
 
     def remove_listener(self, owner: object) -> None:
