@@ -283,12 +283,18 @@ class LedgerCarrier:
                 self._lanes[pid] = [_Lane(p, set(above)) for p, above in lanes]
         if pipe_id is None:
             pipe_id = ledger.create_pipe(identity, connection_id, inner_count)
+            # made just now, for this connection: every inner pipe's counters are 0. Not
+            # read back: a read that failed (the ledger unavailable a moment) left the
+            # pipe behind, and the retry made another, the host paying for both
+            self._sent = [0] * inner_count
+            self._acked = [0] * inner_count
+        else:
+            pipe = ledger.get_pipe(pipe_id)
+            if pipe.connection != connection_id:
+                raise ValueError(f"pipe {pipe_id} belongs to connection {pipe.connection}")
+            self._sent = [inner.next_seq for inner in pipe.inners]
+            self._acked = [inner.acked for inner in pipe.inners]
         self.pipe_id: str = pipe_id
-        pipe = ledger.get_pipe(pipe_id)
-        if pipe.connection != connection_id:
-            raise ValueError(f"pipe {pipe_id} belongs to connection {pipe.connection}")
-        self._sent = [inner.next_seq for inner in pipe.inners]
-        self._acked = [inner.acked for inner in pipe.inners]
         self._rr = 0
         self._orphans: deque[Event] = deque()
         self._orphan_bytes = 0
