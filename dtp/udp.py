@@ -413,6 +413,27 @@ def _abort_control(sock: DTPSocket | DTPStreamWriter, exc: _BadControlFrame) -> 
         sock.abort(str(exc))
 
 
+#: Receipts a relay refuses on one connection before it ends it: one is no fault (a
+#: stale one, say), but each costs a verification and a log line, and a client sending
+#: nothing else kept a relay's event loop (every service's) busy.
+_REFUSED_RECEIPTS_MAX = 8
+
+
+def _take_receipt(billing: UdpBilling, encoded: bytes) -> None:
+    """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`); raises
+    :class:`_BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused."""
+    if not billing.receipt(encoded) and billing.refused_receipts > _REFUSED_RECEIPTS_MAX:
+        raise _BadControlFrame(f"{billing.refused_receipts} receipts refused")
+
+
+def _check_final(finals: int) -> None:
+    """A client asks for the final report once: answered again and again (5 bytes in,
+    21 out, never drained), a client that did not read grew the relay's buffer without
+    bound, or held its control thread in a blocked send."""
+    if finals > 1:
+        raise _BadControlFrame("a second request for the final report")
+
+
 def _control(kind: bytes, body: bytes = b"") -> bytes:
     return _LEN.pack(1 + len(body)) + kind + body
 
@@ -439,11 +460,14 @@ class _RelayControl:
                 self.sock.sendall(_control(b"U", _USAGE.pack(*totals)))
 
     def run(self) -> None:
+        finals = 0
         try:
             while (body := _read_control(self.sock)) is not None:
                 if body[:1] == b"R":
-                    self.billing.receipt(body[1:])
+                    _take_receipt(self.billing, body[1:])
                 elif body == b"F":
+                    finals += 1
+                    _check_final(finals)
                     totals = self.billing.final_totals()
                     with self.wlock:
                         self.sock.sendall(_control(b"Z", _USAGE.pack(*totals)))

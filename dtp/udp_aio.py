@@ -29,11 +29,13 @@ from dtp.udp import (
     _BadControlFrame,
     _check_backend,
     _check_control_size,
+    _check_final,
     _check_listen,
     _control,
     _drain,
     _drain_by_source,
     _pass_replies,
+    _take_receipt,
 )
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
@@ -152,11 +154,14 @@ async def relay_udp_async(
 
     async def control() -> None:
         assert billing is not None
+        finals = 0
         try:
             while (body := await _read_control(reader)) is not None:
                 if body[:1] == b"R":
-                    billing.receipt(body[1:])
+                    _take_receipt(billing, body[1:])
                 elif body == b"F":
+                    finals += 1
+                    _check_final(finals)
                     writer.write(_control(b"Z", _USAGE.pack(*billing.final_totals())))
                 else:
                     raise _BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
