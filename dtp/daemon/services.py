@@ -31,6 +31,7 @@ from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from dtp.metering import ended_on_ledger
 from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.udp import UdpBilling, UdpStats
 from dtp.udp_aio import relay_udp_async
@@ -52,6 +53,13 @@ they add to."""
 
 POLICY_REFRESH = 2.0
 """Seconds between reads of the Host's firewall (rate limits, denials) while serving."""
+
+LEDGER_CHECK = 30.0
+"""Seconds between reads of each open connection's state on the ledger (at the policy
+refreshes): one its client half-closed there while still served is closed and settled
+at once. Claims come when a connection ends; once ``HALF_CLOSE_TIMEOUT_MS`` (10 min)
+had passed since that half-close, the client could settle first and take the whole
+escrow back, the usage served meanwhile unpaid (dtp.paid's ``ledger_check_interval``)."""
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a stopping daemon gives its connections' claims and settlements on the
@@ -95,6 +103,8 @@ class _Conn:
     finish: asyncio.Event | None = None
     """A UDP flow's: set at drain, the relay reports its final usage and ends once a
     receipt covers it."""
+    ledger_check_due: float = field(default_factory=lambda: time.monotonic() + LEDGER_CHECK)
+    """When (monotonic) the connection's state on the ledger is read next."""
 
 
 class ServiceHost:
@@ -428,6 +438,10 @@ class ServiceHost:
             snap = udp_stats.snapshot()
             conn.bytes = snap["bytes_in"] + snap["bytes_out"]
             self.conns.pop(conn.connection_id, None)
+            # (taken by _handle for this connection, as for a TCP one, which releases
+            # them in its own end: a flow's were never given back, the client's count of
+            # users only grew and its buckets were never let go)
+            self.limiter.release(conn.client)
             writer.close()
             settled = await self.fees.settle(conn.connection_id, terms.escrow_id)
             stats.fees_claimed += settled.claimed
@@ -686,6 +700,31 @@ class ServiceHost:
                     extra=kv(client=conn.client, connection=conn.connection_id),
                 )
                 conn.writer.abort("the host's firewall now denies this client")
+        await self._check_on_ledger()
+
+    async def _check_on_ledger(self) -> None:
+        """Read the state of the open connections due for it (:data:`LEDGER_CHECK`), in a
+        thread, and close those no longer Open on the ledger."""
+        now = time.monotonic()
+        due = [conn for conn in self.conns.values() if now >= conn.ledger_check_due]
+        if not due:
+            return
+        for conn in due:
+            conn.ledger_check_due = now + LEDGER_CHECK
+        try:
+            ended = await asyncio.to_thread(
+                ended_on_ledger, self.ledger, [conn.connection_id for conn in due]
+            )
+        except ChainError as exc:
+            logger.warning("cannot read the state of open connections", extra=kv(error=str(exc)))
+            return
+        for conn in due:
+            if conn.connection_id in ended:
+                logger.warning(
+                    "a client closed its connection on the ledger while served",
+                    extra=kv(client=conn.client, connection=conn.connection_id),
+                )
+                conn.writer.abort("the connection was closed on the ledger")
 
     # -- shutdown ------------------------------------------------------------------------
 
