@@ -61,6 +61,12 @@ RECEIPT_MS = 1000
 usage is unpaid (looked at as bytes are counted, and by the connection's timer)."""
 
 
+REQUESTS_PER_RECEIPT = 8
+"""A forwarder's receipt cadence in requests (tunnels) on a service priced by the
+request: half the requests a daemon lets run ahead of the receipts
+(``dtp.daemon.services.UNPAID_REQUESTS``)."""
+
+
 def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
@@ -83,7 +89,15 @@ class ClientFees:
     ) -> None:
         self.paid = sla.price_per_kib > 0 or sla.price_per_request > 0
         self.meter = Meter(
-            identity, connection_id, sla, deposit, every_bytes=every_bytes, every_ms=RECEIPT_MS
+            identity,
+            connection_id,
+            sla,
+            deposit,
+            every_bytes=every_bytes,
+            # (a daemon holds new tunnels once more than UNPAID_REQUESTS of them are
+            # ahead of the receipts: signed every few, honest tunnels never wait)
+            every_requests=REQUESTS_PER_RECEIPT if sla.price_per_request else 0,
+            every_ms=RECEIPT_MS,
         )
 
     def record(self, nbytes: int = 0, requests: int = 0) -> Receipt | None:

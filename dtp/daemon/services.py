@@ -73,6 +73,10 @@ UNPAID_WAIT = 0.005
 """Seconds a tunnel holds its reading before it looks again while its connection's
 receipts are more than ``unpaid_slack`` bytes behind its usage."""
 
+UNPAID_REQUESTS = 16
+"""Tunnels (requests) of a connection that may be ahead of its receipts before new ones
+are held like bytes past ``unpaid_slack`` (a forwarder signs for each as it opens it)."""
+
 UNPAID_PAUSE = 10.0
 """Seconds a connection's tunnels wait, held, for its receipts to come back within
 ``unpaid_slack`` before they are cut (dtp.paid's ``pause_timeout``, the same
@@ -94,6 +98,10 @@ class _Conn:
     writer: dtp.aio.DTPStreamWriter
     bytes: int = 0
     paid_bytes: int = 0
+    requests: int = 0
+    """Tunnels opened (each one request)."""
+    paid_requests: int = 0
+    """The requests the latest receipt kept covers."""
     unpaid_since: float | None = None
     """When the usage last went more than ``unpaid_slack`` past the receipts (None:
     within it)."""
@@ -482,6 +490,7 @@ class ServiceHost:
             stats.fees_earned += receipt.total_amount - earned[0]
             earned[0] = receipt.total_amount
             conn.paid_bytes = receipt.total_bytes
+            conn.paid_requests = receipt.total_requests
             self._count_held()
 
         stored = self.fees.held(conn.connection_id)
@@ -589,6 +598,7 @@ class ServiceHost:
             while wait > 0:
                 await asyncio.sleep(wait)
                 wait = buckets.bytes.delay(time.monotonic())
+        conn.requests += 1
         try:
             if pool is None:
                 raise TunnelError(f"service {service.name} was removed")
@@ -646,10 +656,15 @@ class ServiceHost:
         the receipts stayed behind for :data:`UNPAID_PAUSE`. (The tunnels were cut at
         once: eight tunnels at full speed ran 16 MiB past the receipts while the last
         one was being written, and two of a paying client's tunnels were reset.)"""
-        if (
-            conn.terms.sla.price_per_kib == 0
-            or conn.bytes - conn.paid_bytes <= service.unpaid_slack
-        ):
+        sla = conn.terms.sla
+        bytes_behind = sla.price_per_kib > 0 and conn.bytes - conn.paid_bytes > service.unpaid_slack
+        # (each tunnel is a request, and its receipt comes right behind it: a few may be
+        # on their way; a service priced by the request served every tunnel free, and a
+        # mixed one took receipts for the bytes alone)
+        requests_behind = (
+            sla.price_per_request > 0 and conn.requests - conn.paid_requests > UNPAID_REQUESTS
+        )
+        if not (bytes_behind or requests_behind):
             conn.unpaid_since = None
             return 0.0
         now = time.monotonic()
@@ -657,9 +672,14 @@ class ServiceHost:
             conn.unpaid_since = now
         elif now - conn.unpaid_since >= UNPAID_PAUSE:
             self.stats(service).denials += 1
+            if bytes_behind:
+                raise TunnelError(
+                    f"{conn.bytes - conn.paid_bytes} bytes not covered by receipts "
+                    f"(slack {service.unpaid_slack}) for {UNPAID_PAUSE:g} s"
+                )
             raise TunnelError(
-                f"{conn.bytes - conn.paid_bytes} bytes not covered by receipts "
-                f"(slack {service.unpaid_slack}) for {UNPAID_PAUSE:g} s"
+                f"{conn.requests - conn.paid_requests} tunnels not covered by receipts "
+                f"(slack {UNPAID_REQUESTS}) for {UNPAID_PAUSE:g} s"
             )
         return UNPAID_WAIT
 
