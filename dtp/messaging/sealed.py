@@ -405,6 +405,11 @@ def _real_path(path: Path) -> Path:
         return path
 
 
+#: How many times ``max_seen`` ids an inbox with ``max_age`` keeps while they are too
+#: young to forget (see SealedInbox._evict).
+_PROTECTED_SEEN: Final = 4
+
+
 class SealedInbox:
     """A host's inbox for sealed messages: opens them, drops duplicates, and remembers
     the mailbox cursor (in ``state_path``, a small JSON file, when given) so that each
@@ -491,7 +496,9 @@ class SealedInbox:
         self.verify_hosts = verify_hosts
         self.max_seen = count
         self._path = _real_path(Path(state_path)) if state_path is not None else None
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        # seen ids, oldest first, each with when (monotonic) it was delivered -- or
+        # loaded from the state file: see _evict
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
         # ids being handed to register()'s on_message: marked seen only once it
         # returned, and a concurrent copy waits for that outcome (see _claim); the
@@ -568,8 +575,7 @@ class SealedInbox:
         if self._path.exists():
             self._load_snapshot(self._path)
         self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
-        while len(self._seen) > self.max_seen:
-            self._seen.popitem(last=False)
+        self._evict()
 
     def _load_snapshot(self, path: Path) -> None:
         try:
@@ -599,8 +605,9 @@ class SealedInbox:
                 f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
             )
         self.cursor = cursor
+        loaded = time.monotonic()
         for message_id in ids:
-            self._seen[message_id] = None
+            self._seen[message_id] = loaded
 
     def _load_journal(self, path: Path) -> None:
         """Add the ids appended after the last snapshot (one hex id per line; a last line
@@ -622,8 +629,9 @@ class SealedInbox:
             # cut it off: the next id appended would join it into one corrupt line, and
             # the inbox would refuse to open at the next start
             os.truncate(path, len(data) - len(torn))
+        loaded = time.monotonic()
         for message_id in ids:
-            self._seen[message_id] = None
+            self._seen[message_id] = loaded
         self._journaled = len(ids)
 
     def _save(self) -> None:
@@ -764,6 +772,30 @@ class SealedInbox:
             kinds.append(turn)
         return kinds
 
+    def _evict(self) -> None:
+        """(lock held, or loading) Forget the oldest seen ids beyond ``max_seen`` --
+        except, with ``max_age``, those delivered (or loaded) less than twice ``max_age``
+        ago, whose copies the age check could still let through: anyone can seal a
+        message to us, and a flood of them pushed out the id of a message still young,
+        whose copy was then delivered again as from its sender. Those are kept up to
+        :data:`_PROTECTED_SEEN` times ``max_seen`` ids (beyond that, the oldest go)."""
+        seen = self._seen
+        excess = len(seen) - self.max_seen
+        if excess <= 0:
+            return
+        if self.max_age is None:
+            for _ in range(excess):
+                seen.popitem(last=False)
+            return
+        young_after = time.monotonic() - 2 * self.max_age
+        over_bound = len(seen) - _PROTECTED_SEEN * self.max_seen
+        while excess > 0:
+            if next(iter(seen.values())) > young_after and over_bound <= 0:
+                break  # (delivered in order: every id after it is younger still)
+            seen.popitem(last=False)
+            excess -= 1
+            over_bound -= 1
+
     def _check_open(self) -> None:
         if self._closed:
             raise E.SealedError("this SealedInbox is closed")
@@ -807,12 +839,14 @@ class SealedInbox:
                             "this SealedInbox was closed while it delivered: nothing was "
                             "delivered (the next inbox on its state file delivers it)"
                         )
+                    now = time.monotonic()
                     for message_id in message_ids:
-                        self._seen[message_id] = None
+                        self._seen[message_id] = now
                     return
                 old_cursor = self.cursor
+                now = time.monotonic()
                 for message_id in message_ids:
-                    self._seen[message_id] = None
+                    self._seen[message_id] = now
                 try:
                     if cursor is not None and cursor != self.cursor:
                         self.cursor = cursor
@@ -826,8 +860,7 @@ class SealedInbox:
                             self._seen.pop(message_id, None)
                     raise
                 # (after the write: what a failed one forgets is only what it added)
-                while len(self._seen) > self.max_seen:
-                    self._seen.popitem(last=False)
+                self._evict()
             finally:
                 # whatever happened: a thread waiting in _claim for one of these ids
                 # would otherwise wait for ever
