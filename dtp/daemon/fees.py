@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import ConnectionState, Sla
-from dtp.errors import ChainError
+from dtp.errors import ChainError, move_error
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -167,6 +167,13 @@ class ServerFees:
             stored = self.store.latest(cid)
             known = (stored.receipt, stored.claimed_amount) if stored else (None, 0)
         newest, claimed = known
+        if terms.claim_limit is not None and receipt.total_amount > terms.claim_limit:
+            raise move_error(
+                "escrow",
+                "EReceiptExceedsDeposit",
+                f"{receipt.total_amount} MIST, where the client's spending cap lets this "
+                f"connection's claims reach {terms.claim_limit}",
+            )
         check_receipt(
             receipt,
             connection_id=cid,

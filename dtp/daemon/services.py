@@ -382,7 +382,7 @@ class ServiceHost:
                 conn.connection_id,
                 terms.sla,
                 terms.client_public_key,
-                terms.deposited,
+                terms.payable,  # (the deposit, or what the client's cap lets be claimed)
                 credit_datagrams=service.credit_datagrams,
                 on_receipt=keep,
             )
