@@ -58,6 +58,23 @@ class _Link:
         return not self.retired and not self.closed.is_set() and not self.writer.is_closing()
 
 
+async def close_on_ledger(ledger: Ledger, identity: HostIdentity, connection_id: str) -> None:
+    """Half-close a connection of ours that ended, on the ledger, unless it is closed
+    already or we half-closed it (in a thread; refusals are logged): the daemon claims
+    and settles, refunding the rest of the deposit -- and where it does not (killed, a
+    claim refused), the half-close started the timeout after which we may settle."""
+
+    def close() -> None:
+        tc = ledger.get_connection(connection_id)
+        if tc.state != ConnectionState.CLOSED and tc.half_closed_by != identity.sui_address:
+            ledger.close_connection(identity, connection_id)
+
+    try:
+        await asyncio.to_thread(close)
+    except ChainError as exc:
+        logger.debug("ledger close skipped: %s", exc)
+
+
 class Forwarder:
     """Listens on ``config.listen`` and tunnels to ``config.target``."""
 
@@ -195,18 +212,7 @@ class Forwarder:
         await self._close_on_ledger(link)
 
     async def _close_on_ledger(self, link: _Link) -> None:
-        def close() -> None:
-            tc = self.ledger.get_connection(link.connection_id)
-            if (
-                tc.state != ConnectionState.CLOSED
-                and tc.half_closed_by != self.identity.sui_address
-            ):
-                self.ledger.close_connection(self.identity, link.connection_id)
-
-        try:
-            await asyncio.to_thread(close)
-        except ChainError as exc:
-            logger.debug("ledger close skipped: %s", exc)
+        await close_on_ledger(self.ledger, self.identity, link.connection_id)
 
     def _send_receipt(self, link: _Link, receipt: Receipt | None) -> None:
         if receipt is None or link.closed.is_set():

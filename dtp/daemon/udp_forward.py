@@ -7,6 +7,7 @@ datagram (docs/udp.md). Same interface as :class:`dtp.daemon.forwarder.Forwarder
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import dtp.aio
@@ -15,6 +16,7 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
+from dtp.daemon.forwarder import close_on_ledger
 from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
@@ -47,6 +49,8 @@ class UdpForward:
         # on trial and closed again put its zeros over the TCP forwarder it was to
         # replace, whose open tunnel then counted -1 active tunnels when it ended)
         self._counted = (0, 0, 0, 0, 0, 0)
+        #: the tasks half-closing ended flows' connections on the ledger
+        self._watchers: set[asyncio.Task[None]] = set()
 
     @property
     def stats(self) -> ForwardStats:
@@ -91,10 +95,23 @@ class UdpForward:
             raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited
+        # once the flow's connection ends, it is half-closed on the ledger, as the TCP
+        # forwarder's are: its billing is the flow's own (OWN_BILLING), so the writer's
+        # close did none, and where the daemon did not settle (killed, its claim
+        # refused) the client could never settle: EConnectionOpen, the deposit held
+        watcher = asyncio.ensure_future(self._close_when_ended(writer))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         stats.connections += 1
         stats.tunnels += 1
         self.book.touch()
         return reader, writer
+
+    async def _close_when_ended(self, writer: dtp.aio.DTPStreamWriter) -> None:
+        with contextlib.suppress(DTPError):
+            await writer.wait_closed()
+        assert writer.connection_id is not None
+        await close_on_ledger(self.ledger, self.identity, writer.connection_id)
 
     def _meter_for(self, writer: dtp.aio.DTPStreamWriter) -> Meter | None:
         connection_id = writer.connection_id
@@ -174,7 +191,10 @@ class UdpForward:
         return 0 if self._forwarder is None else self._forwarder.sessions
 
     async def drain(self, timeout: float) -> None:
-        """End every flow (each settles its final receipt) and close the port."""
+        """End every flow (each settles its final receipt) and close the port; then give
+        the flows' half-closes on the ledger a moment (the process may end next)."""
         if self._forwarder is not None:
             await asyncio.wait_for(self._forwarder.close(), max(timeout, 1.0))
             self.refresh()
+        if self._watchers:
+            await asyncio.wait(set(self._watchers), timeout=max(timeout, 1.0))
