@@ -104,3 +104,17 @@ def test_data_in_each_bin_encoding_is_merged(size: int) -> None:
         bad.receive_data(
             struct.pack(">I", len(hello)) + hello + struct.pack(">I", len(data)) + data
         )
+
+
+def test_one_large_change_does_not_end_a_session_that_keeps_up() -> None:
+    """A put larger than the backlog goes out to a peer with nothing queued for it (it
+    ended every live session, those keeping up too); a peer already behind by more than
+    the backlog is given up."""
+    graph = Graph(None)
+    session = SyncSession(graph, max_backlog=1000)
+    session.start()
+    session.data_to_send()  # (the peer took the HELLO: nothing queued)
+    graph.put("big", {"v": "x" * 5000})
+    assert not session.lagging
+    graph.put("more", {"v": "y"})  # 5000 bytes still queued, past the backlog
+    assert session.lagging

@@ -321,7 +321,10 @@ class SyncSession:
     def _on_change(self, changed: bytes, origin: object) -> None:
         if self._closed or (not self.live and self.end_sent):
             return
-        if self._queued + len(changed) > self.max_backlog:
+        # (what is queued already: counted with the change, one put larger than the
+        # backlog -- the application's own -- ended every live session, those keeping
+        # up too; the queue stays bounded by the backlog plus one change)
+        if self._queued > self.max_backlog:
             # the peer is not keeping up: stop queueing (memory stays bounded) and let
             # the runner end the session; a later sync catches up from the summaries
             self.lagging = True
