@@ -707,7 +707,11 @@ class _Session(FlowAccount):
         self.stats = stats  # the forwarder's
         self.last = time.monotonic()
         self.closed = False
-        self.lock = threading.Lock()  # counters, meter, control stream writes
+        self.lock = threading.Lock()  # counters, meter
+        # the control stream's writes, apart: a send held up by a relay that stopped
+        # reading stream 0 held `lock` too, and with it every datagram of the forwarder
+        # (its loop waits for a session's lock) and close()
+        self.wlock = threading.Lock()
         self.final = threading.Event()
 
     def read_control(self) -> None:
@@ -734,8 +738,11 @@ class _Session(FlowAccount):
                 with self.lock:
                     paid = self.paid
                     frame = self.sign(datagrams, nbytes)
-                    if frame is not None:
+                if frame is not None:
+                    # (this thread alone signs: its receipts go out in nonce order)
+                    with self.wlock:
                         self.sock.sendall(frame)
+                    with self.lock:
                         self.signed(self.stats, paid)
             except InsufficientFunds as exc:
                 logger.warning("UDP flow from %s: %s", self.source, exc)
@@ -927,6 +934,11 @@ class UdpForwarder:
     def _send_locked(self, session: _Session, batch: list[bytes]) -> bool:
         """Send a batch on a session (holding ``session.lock``); False when its
         connection has ended."""
+        if session.closed:
+            # ending: its final report was asked for, and what went after it would
+            # never be paid for
+            self.stats.add(dropped_no_session=len(batch))
+            return False
         session.last = time.monotonic()
         out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
         sent = 0
@@ -1010,11 +1022,12 @@ class UdpForwarder:
                 del self._sessions[session.source]
         asked: list[_Session] = []
         for session in mine:
-            session.closed = True
+            with session.lock:  # (a batch being sent goes out before the final report)
+                session.closed = True
             if session.meter is not None:
                 # the relay's final count, signed, before the connection goes
                 with contextlib.suppress(DTPError, OSError):
-                    with session.lock:
+                    with session.wlock:
                         session.sock.sendall(_control(b"F"))
                     asked.append(session)
         deadline = time.monotonic() + self.final_timeout
