@@ -58,3 +58,29 @@ def test_old_ids_go_beyond_max_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     _flood(plain, me, 30)
     assert len(plain._seen) == 10
     plain.close()
+
+
+def test_a_failure_after_the_state_is_written_does_not_undo_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the new state file is in place, a failing directory sync (or journal
+    truncation) is logged, not raised: raised, the inbox undid in memory the cursor and
+    ids the file held already, and the batch the caller never got was lost at the next
+    start (found by a second reader)."""
+    import dtp.keys
+
+    me = HostIdentity.generate()
+    inbox = SealedInbox(me, HOST, state_path=tmp_path / "inbox.json")
+    message_id = b"\x01" * 16
+
+    def failing(path: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(dtp.keys, "_fsync_directory", failing)
+    inbox._settle_all([message_id], True, cursor="after-the-batch")
+    assert inbox.cursor == "after-the-batch" and message_id in inbox._seen
+    inbox.close()
+    monkeypatch.undo()
+    again = SealedInbox(me, HOST, state_path=tmp_path / "inbox.json")
+    assert again.cursor == "after-the-batch" and message_id in again._seen
+    again.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
     from dtp.messaging.rpc import RpcClient, RpcServer
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_BODY",
@@ -654,11 +657,19 @@ class SealedInbox:
         finally:
             os.close(fd)
         os.replace(tmp, self._path)
-        # the rename on the disk before the journal is emptied: else a power cut could
-        # leave the old snapshot with an empty journal, the ids in neither
-        _fsync_directory(self._path.parent)
-        # (a stop right here leaves journaled ids that are in the snapshot too: harmless)
-        self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
+        try:
+            # the rename on the disk before the journal is emptied: else a power cut could
+            # leave the old snapshot with an empty journal, the ids in neither
+            _fsync_directory(self._path.parent)
+            # (a stop right here leaves journaled ids that are in the snapshot too)
+            self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
+        except OSError as exc:
+            # the new state is in place: raised, the caller undid in memory what the
+            # file already holds (its cursor moved on), and the messages it did not hand
+            # over were lost at the next start. A journal left as it was only repeats
+            # ids the snapshot has; the journal is emptied at the next snapshot.
+            logger.warning("inbox state %s written, then: %s", self._path, exc)
+            return
         self._journaled = 0
 
     def _remember(self, message_ids: list[bytes]) -> None:
