@@ -55,6 +55,7 @@ from dtp.paid import (
     _CREDIT_MAX,
     CLOSED_REFUSAL,
     ServicePolicy,
+    _ledger_checks_due,
     _receipts_held,
     check_address,
     closes_store,
@@ -1257,11 +1258,9 @@ class PaidAioServer:
 
     async def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
         """As :meth:`dtp.paid.PaidServer._check_on_ledger` (the reads in a thread)."""
-        due = [paid for paid in live if now >= paid.ledger_check_due]
+        due = _ledger_checks_due(live, now, self.policy.ledger_check_interval)
         if not due:
             return
-        for paid in due:
-            paid.ledger_check_due = now + self.policy.ledger_check_interval
         try:
             ended = await asyncio.to_thread(
                 ended_on_ledger, self.ledger, [paid.connection_id for paid in due]

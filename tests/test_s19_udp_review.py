@@ -136,6 +136,12 @@ def test_an_async_relay_closes_a_connection_that_breaks_the_control_protocol(
     """relay_udp_async as relay_udp: the bad frame ends the connection with the reason,
     and the relay returns."""
     frame, reason = BAD_FOR_RELAY[name]
+    async_relay_ends(dns, frame, reason)
+
+
+def async_relay_ends(dns: DnsLikeBackend, frame: bytes, reason: str) -> None:
+    """A client of relay_udp_async that is served, then sends ``frame`` on the control
+    stream: the connection ends with ``reason``, and the relay returns."""
 
     async def main() -> None:
         ended = asyncio.Event()

@@ -6,31 +6,21 @@ and a mixed one took receipts that covered the bytes only (found by a second rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.fees import REQUESTS_PER_RECEIPT, ClientFees
 from dtp.daemon.services import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT, ServiceHost, _Conn
-from dtp.daemon.state import StatusBook
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
+from tests.test_s26_daemon_unpaid_hold import host
 
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[ServiceHost]:
-    ledger = LocalLedger(tmp_path / "ledger.sqlite")
-    try:
-        yield ServiceHost(ledger, HostIdentity.generate(), StatusBook(tmp_path / "state"))
-    finally:
-        ledger.close()
+__all__ = ["host"]  # (the fixture, imported for the tests below)
 
 
 def _conn(sla: Sla) -> _Conn:

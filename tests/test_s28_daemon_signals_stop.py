@@ -43,9 +43,9 @@ def callers_handlers() -> Iterator[list[int]]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def test_every_kind_caught_during_the_stop_reaches_the_caller_in_order(
-    callers_handlers: list[int],
-) -> None:
+def _stop_with(*signums: int) -> None:
+    """LoopSignals with a recorder of its own, started and stopped, ``signums`` landing
+    during the stop's cleanup (while its recorder still catches them)."""
     loop = asyncio.new_event_loop()
     try:
         watch = LoopSignals(loop, {}, None)
@@ -53,40 +53,31 @@ def test_every_kind_caught_during_the_stop_reaches_the_caller_in_order(
         real_remove = loop.remove_reader
 
         def remove_reader(fd: int) -> bool:
-            # both land in the cleanup, while the stop's own recorder still catches them
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGHUP)
-            os.kill(os.getpid(), signal.SIGTERM)  # (a kind once, at its first coming)
+            for signum in signums:
+                os.kill(os.getpid(), signum)
             return real_remove(fd)
 
         loop.remove_reader = remove_reader  # type: ignore[method-assign]
         watch.stop()
-        assert callers_handlers == [signal.SIGTERM, signal.SIGHUP]
     finally:
         loop.close()
+
+
+def test_every_kind_caught_during_the_stop_reaches_the_caller_in_order(
+    callers_handlers: list[int],
+) -> None:
+    # (the second SIGTERM: a kind is raised again once, at its first coming)
+    _stop_with(signal.SIGTERM, signal.SIGHUP, signal.SIGTERM)
+    assert callers_handlers == [signal.SIGTERM, signal.SIGHUP]
 
 
 def test_a_sigint_during_the_stop_is_raised_after_the_others(
     callers_handlers: list[int],
 ) -> None:
     """Its KeyboardInterrupt waits until the kinds after it were raised too."""
-    loop = asyncio.new_event_loop()
-    try:
-        watch = LoopSignals(loop, {}, None)
-        watch.start()
-        real_remove = loop.remove_reader
-
-        def remove_reader(fd: int) -> bool:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGHUP)
-            return real_remove(fd)
-
-        loop.remove_reader = remove_reader  # type: ignore[method-assign]
-        with pytest.raises(KeyboardInterrupt):
-            watch.stop()
-        assert callers_handlers == [signal.SIGHUP]
-    finally:
-        loop.close()
+    with pytest.raises(KeyboardInterrupt):
+        _stop_with(signal.SIGINT, signal.SIGHUP)
+    assert callers_handlers == [signal.SIGHUP]
 
 
 def test_restore_puts_every_handler_back_when_one_raises(

@@ -28,9 +28,13 @@ from typing import Any
 
 import pytest
 
+from bench.netpeers import make_tls_context
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcHttpProxy
 from tests.http_backends import HttpBackend
+from tests.test_s27_jsonrpc_connect_close import unanswered
+
+__all__ = ["unanswered"]  # (the fixture, imported for the tests below)
 
 CALL = b'{"jsonrpc":"2.0","method":"m","id":7}'
 
@@ -41,35 +45,6 @@ def _unreachable(answer: bytes | None) -> None:
     assert failed["id"] == 7
 
 
-@pytest.fixture
-def unanswered() -> Iterator[tuple[str, int]]:
-    """A listener whose accept queue is full: a new connect's SYN is dropped, and the
-    connect waits (the kernel retries the SYN for about two minutes)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address = listener.getsockname()
-    fillers = []
-    for _ in range(3):
-        sock = socket.socket()
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(address)
-        fillers.append(sock)
-    time.sleep(0.2)
-    probe = socket.socket()
-    probe.settimeout(0.3)
-    with pytest.raises(TimeoutError):  # (the premise: a plain connect now waits)
-        probe.connect(address)
-    probe.close()
-    try:
-        yield address
-    finally:
-        for sock in fillers:
-            sock.close()
-        listener.close()
-
-
 def _call_in_thread(proxy: JsonRpcHttpProxy) -> tuple[threading.Thread, list[bytes | None]]:
     answers: list[bytes | None] = []
     caller = threading.Thread(target=lambda: answers.append(proxy(CALL)), daemon=True)
@@ -78,13 +53,13 @@ def _call_in_thread(proxy: JsonRpcHttpProxy) -> tuple[threading.Thread, list[byt
 
 
 def test_close_just_before_the_connect_starts(
-    unanswered: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+    unanswered: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The connect is held at its start until close() has run (its socket is noted by
     then); with ``timeout=None`` the call must still end at once."""
     about_to_connect = threading.Event()
     closed = threading.Event()
-    port = unanswered[1]
+    port = int(unanswered.rstrip("/").rsplit(":", 1)[1])
 
     def held(original: Any) -> Any:
         def connect(sock: socket.socket, address: Any) -> Any:
@@ -97,7 +72,7 @@ def test_close_just_before_the_connect_starts(
 
     monkeypatch.setattr(socket.socket, "connect", held(socket.socket.connect))
     monkeypatch.setattr(socket.socket, "connect_ex", held(socket.socket.connect_ex))
-    proxy = JsonRpcHttpProxy(f"http://127.0.0.1:{port}/", timeout=None)
+    proxy = JsonRpcHttpProxy(unanswered, timeout=None)
     caller, answers = _call_in_thread(proxy)
     assert about_to_connect.wait(10)
     proxy.close()
@@ -210,53 +185,16 @@ def test_a_dropped_proxy_closes_its_idle_connections_without_the_collector() -> 
         backend.close()
 
 
-def _self_signed(tmp: Any) -> tuple[str, str]:
-    """A throwaway certificate for ``localhost``: (certificate file, key file)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
 def test_https_calls_through_the_noted_duplicate(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An HTTPS backend answers through the proxy (connect, handshake, kept-alive
     reuse), and no duplicate socket is left behind."""
-    import ssl
-
-    cert, key = _self_signed(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", cert)  # (the proxy's default context trusts it)
+    server_ctx, cert_pem = make_tls_context()  # (a throwaway certificate for localhost)
+    cert = tmp_path / "cert.pem"
+    cert.write_text(cert_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # (the proxy's default context trusts it)
     backend = _KeepAlive()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
     backend.httpd.socket = server_ctx.wrap_socket(backend.httpd.socket, server_side=True)
     port = backend.httpd.server_address[1]
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.settlement import collect_refund
 from tests.paid_inprocess import ident, paid_service
 from tests.paid_twins import funded_ledger, loop_in_thread, stop
+from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=10_000)
 DEPOSIT = 1 << 32  # (never used up here: 4 TiB at 1 MIST a KiB)
@@ -37,15 +37,6 @@ POLICY = ServicePolicy(refresh_interval=0.05, ledger_check_interval=0.1)
 METERING = MeteringConfig(every_bytes=64 << 10)
 SERVER, CLIENT = ident(0x91), ident(0x92)
 CHUNK = bytes(16 << 10)
-
-
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, int]:
@@ -75,7 +66,7 @@ def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, in
                 assert error.code == CLOSE_LEDGER_CLOSED
             # (the settlement follows the close: the ten minutes the client would wait
             # before settling itself pass here at once)
-            _until(lambda: ledger.get_connection(cid).settled, 5.0)
+            wait_for(lambda: ledger.get_connection(cid).settled, 5.0)
         # still connected when the server serves on: the client settles itself
         ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1)
         with contextlib.suppress(ChainError):  # (settled already: what it refunded)
@@ -84,7 +75,7 @@ def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, in
 
 
 def _settled_with_a_claim(ledger: LocalLedger, cid: str, got: int) -> None:
-    assert _until(lambda: ledger.get_connection(cid).settled)
+    assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
     # the server claimed at least what the client read before its half-close (1 MIST
     # a KiB; the last receipt may lag a cadence), the rest refunded; the client that

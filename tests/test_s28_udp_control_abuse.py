@@ -8,7 +8,6 @@ receipts past a few; one refused receipt is still no fault (tests/test_s19_udp_r
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -19,9 +18,16 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import Meter
 from dtp.udp import _REFUSED_RECEIPTS_MAX, _control, relay_udp
-from dtp.udp_aio import relay_udp_async
 from tests.test_s13_carrier_udp import CONNECTION_ID, SERVER
-from tests.test_s19_udp_review import BOUND, HOURS, _billing, _closed_reason, _served, dns
+from tests.test_s19_udp_review import (
+    BOUND,
+    HOURS,
+    _billing,
+    _closed_reason,
+    _served,
+    async_relay_ends,
+    dns,
+)
 from tests.test_udp import DnsLikeBackend
 
 __all__ = ["dns"]  # (the fixture, imported for the tests below)
@@ -79,33 +85,4 @@ def test_an_async_relay_ends_a_connection_that_abuses_the_control_stream(
     dns: DnsLikeBackend, name: str
 ) -> None:
     frames, reason = ABUSE[name]
-
-    async def main() -> None:
-        ended = asyncio.Event()
-
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
-                await relay_udp_async(
-                    reader, writer, dns.address, billing=_billing(), idle_timeout=HOURS
-                )
-            finally:
-                ended.set()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        try:
-            sock = await asyncio.to_thread(
-                dtp.socket.create_connection,
-                server.address,
-                server_key=SERVER.noise_public,
-                timeout=5,
-            )
-            with sock:
-                assert await asyncio.to_thread(_served, sock, b"\x00\x05aio")
-                sock.sendall(frames())
-                assert reason in await asyncio.to_thread(_closed_reason, sock)
-                await asyncio.wait_for(ended.wait(), BOUND)
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+    async_relay_ends(dns, frames(), reason)
