@@ -26,7 +26,7 @@ import enum
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from dtp.chain.objects import ConnectionState, Sla, SpendingCap
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
@@ -52,6 +52,8 @@ __all__ = [
     "GateVerdict",
     "MeteringConfig",
     "ReceiptGate",
+    "ended_on_ledger",
+    "ledger_checks_due",
     "share_generations",
 ]
 
@@ -425,10 +427,32 @@ class ConnectionIds:
             return len(self._ids)
 
 
-def ended_on_ledger(ledger: Ledger, connection_ids: Iterable[str]) -> set[str]:
-    """Those of ``connection_ids`` that are no longer Open on the ledger (one read each;
-    a ChainError passes)."""
-    return {cid for cid in connection_ids if ledger.connection_state(cid) != ConnectionState.OPEN}
+class _LedgerChecked(Protocol):
+    connection_id: str
+    ledger_check_due: float  # (monotonic)
+
+
+_C = TypeVar("_C", bound=_LedgerChecked)
+
+
+def ledger_checks_due(live: Iterable[_C], now: float, interval: float) -> list[_C]:
+    """Those of the open connections ``live`` due for a read of their state on the ledger
+    at ``now``, each then due again ``interval`` seconds later (the paid servers' and the
+    daemon's check: :func:`ended_on_ledger`)."""
+    due = [conn for conn in live if now >= conn.ledger_check_due]
+    for conn in due:
+        conn.ledger_check_due = now + interval
+    return due
+
+
+def ended_on_ledger(ledger: Ledger, connections: Iterable[_C]) -> list[_C]:
+    """Those of ``connections`` no longer Open on the ledger (one read each; a
+    ChainError passes)."""
+    return [
+        conn
+        for conn in connections
+        if ledger.connection_state(conn.connection_id) != ConnectionState.OPEN
+    ]
 
 
 def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, tuple[SpendingCap, int]]:

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import Admitted, LedgerAdmission
@@ -69,6 +69,7 @@ from dtp.metering import (
     ReceiptGate,
     apply_cap_limits,
     ended_on_ledger,
+    ledger_checks_due,
     read_cap_limits,
     share_generations,
 )
@@ -716,22 +717,6 @@ class _PaidConnection:
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
-
-
-class _LedgerChecked(Protocol):
-    ledger_check_due: float
-
-
-_C = TypeVar("_C", bound=_LedgerChecked)
-
-
-def _ledger_checks_due(live: list[_C], now: float, interval: float) -> list[_C]:
-    """Those of ``live`` whose state on the ledger is to be read now, each then due
-    again ``interval`` seconds later (both paid servers)."""
-    due = [paid for paid in live if now >= paid.ledger_check_due]
-    for paid in due:
-        paid.ledger_check_due = now + interval
-    return due
 
 
 class PaidSocket:
@@ -1499,19 +1484,18 @@ class PaidServer:
         self._check_on_ledger(live, now)
 
     def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
-        """Read the state of the open connections due for it (policy
-        ``ledger_check_interval``), and close those no longer Open there."""
-        due = _ledger_checks_due(live, now, self.policy.ledger_check_interval)
+        """Close the open connections no longer Open on the ledger (each read every
+        policy ``ledger_check_interval``)."""
+        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
         if not due:
             return
         try:
-            ended = ended_on_ledger(self.ledger, [paid.connection_id for paid in due])
+            ended = ended_on_ledger(self.ledger, due)
         except ChainError as exc:
             logger.warning("cannot read the state of open connections: %s", exc)
             return
-        for paid in due:
-            if paid.connection_id in ended:
-                paid.closed_on_ledger()
+        for paid in ended:
+            paid.closed_on_ledger()
 
     def _leave_cap(self, gate: ReceiptGate) -> None:
         """The connection of ``gate`` is settled: it leaves its cap's share, and when

@@ -48,6 +48,7 @@ from dtp.metering import (
     ReceiptGate,
     apply_cap_limits,
     ended_on_ledger,
+    ledger_checks_due,
     read_cap_limits,
     share_generations,
 )
@@ -55,7 +56,6 @@ from dtp.paid import (
     _CREDIT_MAX,
     CLOSED_REFUSAL,
     ServicePolicy,
-    _ledger_checks_due,
     _receipts_held,
     check_address,
     closes_store,
@@ -1258,19 +1258,16 @@ class PaidAioServer:
 
     async def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
         """As :meth:`dtp.paid.PaidServer._check_on_ledger` (the reads in a thread)."""
-        due = _ledger_checks_due(live, now, self.policy.ledger_check_interval)
+        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
         if not due:
             return
         try:
-            ended = await asyncio.to_thread(
-                ended_on_ledger, self.ledger, [paid.connection_id for paid in due]
-            )
+            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
         except ChainError as exc:
             logger.warning("cannot read the state of open connections: %s", exc)
             return
-        for paid in due:
-            if paid.connection_id in ended:
-                paid.closed_on_ledger()
+        for paid in ended:
+            paid.closed_on_ledger()
 
     async def _refresh_caps(self, live: list[_PaidConnection]) -> None:
         """Read the spending caps of open connections again (in a thread), and judge

@@ -31,7 +31,7 @@ from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
-from dtp.metering import ended_on_ledger
+from dtp.metering import ended_on_ledger, ledger_checks_due
 from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.udp import UdpBilling, UdpStats
 from dtp.udp_aio import relay_udp_async
@@ -723,28 +723,22 @@ class ServiceHost:
         await self._check_on_ledger()
 
     async def _check_on_ledger(self) -> None:
-        """Read the state of the open connections due for it (:data:`LEDGER_CHECK`), in a
-        thread, and close those no longer Open on the ledger."""
-        now = time.monotonic()
-        due = [conn for conn in self.conns.values() if now >= conn.ledger_check_due]
+        """Close the open connections no longer Open on the ledger (each read every
+        :data:`LEDGER_CHECK`, in a thread)."""
+        due = ledger_checks_due(self.conns.values(), time.monotonic(), LEDGER_CHECK)
         if not due:
             return
-        for conn in due:
-            conn.ledger_check_due = now + LEDGER_CHECK
         try:
-            ended = await asyncio.to_thread(
-                ended_on_ledger, self.ledger, [conn.connection_id for conn in due]
-            )
+            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
         except ChainError as exc:
             logger.warning("cannot read the state of open connections", extra=kv(error=str(exc)))
             return
-        for conn in due:
-            if conn.connection_id in ended:
-                logger.warning(
-                    "a client closed its connection on the ledger while served",
-                    extra=kv(client=conn.client, connection=conn.connection_id),
-                )
-                conn.writer.abort("the connection was closed on the ledger")
+        for conn in ended:
+            logger.warning(
+                "a client closed its connection on the ledger while served",
+                extra=kv(client=conn.client, connection=conn.connection_id),
+            )
+            conn.writer.abort("the connection was closed on the ledger")
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -374,7 +374,8 @@ class JsonRpcHttpProxy:
                     if noted is not sock:
                         self._dups[conn] = noted
             if aborted:
-                _close_all(sock, noted)
+                sock.close()
+                noted.close()  # (the same object for HTTP: closing twice does nothing)
                 raise _ProxyClosed("the proxy was closed")
             if previous is not None:
                 previous.close()  # (the last address's, which failed)
@@ -540,11 +541,6 @@ def _connect_unblocked(sock: socket.socket, address: Any, timeout: float | None)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
-
-
-def _close_all(*socks: socket.socket) -> None:
-    for sock in socks:
-        sock.close()
 
 
 class _DeadlineReader(io.RawIOBase):

@@ -608,9 +608,7 @@ class SealedInbox:
                 f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
             )
         self.cursor = cursor
-        loaded = time.monotonic()
-        for message_id in ids:
-            self._seen[message_id] = loaded
+        self._see(ids)
 
     def _load_journal(self, path: Path) -> None:
         """Add the ids appended after the last snapshot (one hex id per line; a last line
@@ -632,9 +630,7 @@ class SealedInbox:
             # cut it off: the next id appended would join it into one corrupt line, and
             # the inbox would refuse to open at the next start
             os.truncate(path, len(data) - len(torn))
-        loaded = time.monotonic()
-        for message_id in ids:
-            self._seen[message_id] = loaded
+        self._see(ids)
         self._journaled = len(ids)
 
     def _save(self) -> None:
@@ -783,6 +779,12 @@ class SealedInbox:
             kinds.append(turn)
         return kinds
 
+    def _see(self, message_ids: list[bytes]) -> None:
+        """(lock held, or loading) Mark ``message_ids`` seen, now (see :meth:`_evict`)."""
+        now = time.monotonic()
+        for message_id in message_ids:
+            self._seen[message_id] = now
+
     def _evict(self) -> None:
         """(lock held, or loading) Forget the oldest seen ids beyond ``max_seen`` --
         except, with ``max_age``, those delivered (or loaded) less than twice ``max_age``
@@ -794,11 +796,7 @@ class SealedInbox:
         excess = len(seen) - self.max_seen
         if excess <= 0:
             return
-        if self.max_age is None:
-            for _ in range(excess):
-                seen.popitem(last=False)
-            return
-        young_after = time.monotonic() - 2 * self.max_age
+        young_after = math.inf if self.max_age is None else time.monotonic() - 2 * self.max_age
         over_bound = len(seen) - _PROTECTED_SEEN * self.max_seen
         while excess > 0:
             if next(iter(seen.values())) > young_after and over_bound <= 0:
@@ -850,14 +848,10 @@ class SealedInbox:
                             "this SealedInbox was closed while it delivered: nothing was "
                             "delivered (the next inbox on its state file delivers it)"
                         )
-                    now = time.monotonic()
-                    for message_id in message_ids:
-                        self._seen[message_id] = now
+                    self._see(message_ids)
                     return
                 old_cursor = self.cursor
-                now = time.monotonic()
-                for message_id in message_ids:
-                    self._seen[message_id] = now
+                self._see(message_ids)
                 try:
                     if cursor is not None and cursor != self.cursor:
                         self.cursor = cursor
