@@ -1280,6 +1280,31 @@ class NativeHamGraph:
         return int(lib.dtp_ham_deferred_bytes(self._g))
 
 
+# the spans native_find_ham_souls makes room for at first (more: a second call)
+_SOUL_SPANS = 64
+
+
+def native_find_ham_souls(
+    batch: bytes | bytearray | memoryview, prefix: bytes
+) -> list[tuple[int, int]]:
+    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return the
+    byte spans ``(start, end)`` of the updates whose soul starts with ``prefix``."""
+    data = _from(batch)
+    prefix = bytes(prefix)
+    found = ffi.new("size_t *")
+    cap = 2 * _SOUL_SPANS
+    spans = ffi.new("uint64_t[]", cap)
+    rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
+    if rc == ErrorCode.BUFFER:
+        cap = 2 * found[0]
+        spans = ffi.new("uint64_t[]", cap)
+        rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
+    del data  # (see _from)
+    _check(rc, remote=True)
+    flat = ffi.unpack(spans, 2 * found[0])
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
 # --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
@@ -1294,6 +1319,7 @@ if TYPE_CHECKING or not PUREPYTHON:
     Reassembler = NativeReassembler
     HamGraph = NativeHamGraph
     Lane = NativeLane
+    find_ham_souls = native_find_ham_souls
 else:
     from dtp._reference import (
         Aead,
@@ -1302,6 +1328,7 @@ else:
         Reassembler,
         decode_frames,
         encode_frames,
+        find_ham_souls,
         parse_records,
         write_record_header,
     )
@@ -1320,6 +1347,7 @@ __all__ = [
     "decode_ham_batch",
     "encode_frames",
     "encode_ham_batch",
+    "find_ham_souls",
     "parse_records",
     "write_record_header",
 ]

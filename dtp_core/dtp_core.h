@@ -457,6 +457,15 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
                   uint8_t *status, size_t status_cap, size_t *n_updates, uint8_t *changed,
                   size_t changed_cap, size_t *changed_len);
 
+/* Validate the whole batch as dtp_ham_merge does (the same errors, in the same order)
+ * and find the updates whose soul starts with `prefix`: the i-th of them spans bytes
+ * spans[2i] to spans[2i+1] (exclusive) of the batch. *n_found receives how many there
+ * are; when spans_cap (uint64s, two per update) cannot hold them all, DTP_ERR_BUFFER,
+ * with the first spans_cap / 2 written. */
+int dtp_ham_find_souls(const uint8_t *batch, size_t len, const uint8_t *prefix,
+                       size_t prefix_len, uint64_t *spans, size_t spans_cap,
+                       size_t *n_found);
+
 /* Apply deferred updates whose state <= machine_state (in arrival order) and write the
  * ones that were applied to `changed` as a batch. changed_cap >= dtp_ham_deferred_bytes()
  * + DTP_HAM_BATCH_HEADER_LEN always suffices; a smaller one that cannot hold the updates

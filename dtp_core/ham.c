@@ -239,6 +239,64 @@ static int check_bytes(const uint8_t **pp, const uint8_t *end, uint64_t min, uin
     return DTP_OK;
 }
 
+/* Check the batch header; *count receives the update count. */
+static int check_header(const uint8_t *batch, size_t len, uint32_t *count) {
+    if (len < DTP_HAM_BATCH_HEADER_LEN || batch[0] != DTP_HAM_BATCH_VERSION)
+        return DTP_ERR_HAM_MALFORMED;
+    *count = dtp_get_u32le(batch + 1);
+    return *count > DTP_HAM_MAX_UPDATES ? DTP_ERR_HAM_SIZE : DTP_OK;
+}
+
+/* Check one update at *pp (protocol.md 6.2, in wire order: soul, field, state, value),
+ * read it into u and step past it. */
+static int check_update(const uint8_t **pp, const uint8_t *end, ham_update *u) {
+    int rc = check_bytes(pp, end, 1, DTP_HAM_MAX_KEY, &u->soul_len);
+    if (rc != DTP_OK) return rc;
+    u->soul = *pp - u->soul_len;
+    rc = check_bytes(pp, end, 1, DTP_HAM_MAX_KEY, &u->field_len);
+    if (rc != DTP_OK) return rc;
+    u->field = *pp - u->field_len;
+    if (end - *pp < 8) return DTP_ERR_HAM_MALFORMED;
+    u->state = get_f64le(*pp);
+    if (!isfinite(u->state)) return DTP_ERR_HAM_STATE;
+    *pp += 8;
+    rc = check_bytes(pp, end, 0, DTP_HAM_MAX_VALUE, &u->value_len);
+    if (rc != DTP_OK) return rc;
+    u->value = *pp - u->value_len;
+    return DTP_OK;
+}
+
+int dtp_ham_find_souls(const uint8_t *batch, size_t len, const uint8_t *prefix,
+                       size_t prefix_len, uint64_t *spans, size_t spans_cap,
+                       size_t *n_found) {
+    if ((batch == NULL && len > 0) || (prefix == NULL && prefix_len > 0) ||
+        (spans == NULL && spans_cap > 0) || n_found == NULL)
+        return DTP_ERR_ARG;
+    *n_found = 0;
+    uint32_t count;
+    int rc = check_header(batch, len, &count);
+    if (rc != DTP_OK) return rc;
+    const uint8_t *end = batch + len;
+    const uint8_t *p = batch + DTP_HAM_BATCH_HEADER_LEN;
+    size_t found = 0; /* <= count <= DTP_HAM_MAX_UPDATES: 2 * found cannot overflow */
+    for (uint32_t k = 0; k < count; k++) {
+        const uint8_t *start = p;
+        ham_update u;
+        rc = check_update(&p, end, &u);
+        if (rc != DTP_OK) return rc;
+        if (u.soul_len >= prefix_len && memcmp(u.soul, prefix, prefix_len) == 0) {
+            if (2 * found + 2 <= spans_cap) {
+                spans[2 * found] = (uint64_t)(start - batch);
+                spans[2 * found + 1] = (uint64_t)(p - batch);
+            }
+            found++;
+        }
+    }
+    if (p != end) return DTP_ERR_HAM_MALFORMED;
+    *n_found = found;
+    return 2 * found > spans_cap ? DTP_ERR_BUFFER : DTP_OK;
+}
+
 /* ---- table ------------------------------------------------------------------------- */
 
 dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len) {
@@ -541,29 +599,21 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
     *changed_len = 0;
 
     /* pass 1: validate everything (section 6.2), sizing the outputs on the way */
-    if (len < DTP_HAM_BATCH_HEADER_LEN || batch[0] != DTP_HAM_BATCH_VERSION)
-        return DTP_ERR_HAM_MALFORMED;
-    uint32_t count = dtp_get_u32le(batch + 1);
-    if (count > DTP_HAM_MAX_UPDATES) return DTP_ERR_HAM_SIZE;
+    uint32_t count;
+    int rc = check_header(batch, len, &count);
+    if (rc != DTP_OK) return rc;
     const uint8_t *end = batch + len;
     const uint8_t *p = batch + DTP_HAM_BATCH_HEADER_LEN;
     size_t applicable = 0; /* canonical bytes of updates not ahead of the clock */
     size_t deferrable = 0; /* canonical bytes of updates ahead of it */
     size_t n_deferrable = 0;
     for (uint32_t k = 0; k < count; k++) {
-        uint32_t soul_len, field_len, value_len;
-        int rc = check_bytes(&p, end, 1, DTP_HAM_MAX_KEY, &soul_len);
-        if (rc == DTP_OK) rc = check_bytes(&p, end, 1, DTP_HAM_MAX_KEY, &field_len);
-        if (rc != DTP_OK) return rc;
-        if (end - p < 8) return DTP_ERR_HAM_MALFORMED;
-        double state = get_f64le(p);
-        if (!isfinite(state)) return DTP_ERR_HAM_STATE;
-        p += 8;
-        rc = check_bytes(&p, end, 0, DTP_HAM_MAX_VALUE, &value_len);
+        ham_update u;
+        rc = check_update(&p, end, &u);
         if (rc != DTP_OK) return rc;
         /* canonical size <= encoded size, so both sums stay <= len */
-        size_t size = update_size(soul_len, field_len, value_len);
-        if (state > machine_state) {
+        size_t size = update_size(u.soul_len, u.field_len, u.value_len);
+        if (u.state > machine_state) {
             deferrable += size;
             n_deferrable++;
         } else
@@ -606,7 +656,7 @@ int dtp_ham_merge(dtp_ham *g, double machine_state, const uint8_t *batch, size_t
     p = batch + DTP_HAM_BATCH_HEADER_LEN;
     uint8_t *out = changed + DTP_HAM_BATCH_HEADER_LEN;
     uint32_t n_applied = 0;
-    int rc = DTP_OK;
+    rc = DTP_OK;
     uint32_t k = 0;
     ham_update next;
     uint64_t next_h = 0;

@@ -28,6 +28,7 @@ NATIVE = SimpleNamespace(
     encode_frames=_core.native_encode_frames,
     parse_records=_core.native_parse_records,
     write_record_header=_core.native_write_record_header,
+    find_ham_souls=_core.native_find_ham_souls,
 )
 REFERENCE = SimpleNamespace(
     name="python",
@@ -39,6 +40,7 @@ REFERENCE = SimpleNamespace(
     encode_frames=_reference.encode_frames,
     parse_records=_reference.parse_records,
     write_record_header=_reference.write_record_header,
+    find_ham_souls=_reference.find_ham_souls,
 )
 BACKENDS = [NATIVE, REFERENCE] if _core.HAVE_NATIVE else [REFERENCE]
 

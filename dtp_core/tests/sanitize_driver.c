@@ -435,6 +435,13 @@ static void exercise_ham(void) {
             int rc = dtp_ham_merge(g, 1000.0, batch, len, status, sizeof status, &n_updates,
                                    changed, sizeof changed, &changed_len);
             CHECK(rc == DTP_OK || rc < 0);
+            uint64_t spans[64];
+            size_t n_found, cap = next() % 65;
+            int found_rc = dtp_ham_find_souls(batch, len, (const uint8_t *)"soul/a", 6, spans,
+                                              cap, &n_found);
+            CHECK((found_rc == DTP_OK) == (rc == DTP_OK) || found_rc == DTP_ERR_BUFFER);
+            for (size_t i = 0; i < n_found && 2 * i + 1 < cap; i++)
+                CHECK(spans[2 * i] < spans[2 * i + 1] && spans[2 * i + 1] <= len);
             rc = dtp_ham_advance(g, (double)(step * 100), changed, sizeof changed,
                                  &changed_len);
             CHECK(rc == DTP_OK || rc == DTP_ERR_BUFFER);
