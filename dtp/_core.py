@@ -828,6 +828,14 @@ class NativeLane:
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
 
+    def release_output(self) -> None:
+        """Leave the buffer the last seal returned a view of to whoever holds that view
+        and seal into a new one from now on (an asyncio transport of Python 3.12 and
+        later queues what it is given as it is: the next seal must not overwrite it)."""
+        self._out = _new_uninit("uint8_t[]", self._out_cap)
+        self._out_view = memoryview(ffi.buffer(self._out))  # (the old one keeps its own)
+        self.io.out = self._out
+
     def take(
         self,
         buf: bytes | bytearray | memoryview,

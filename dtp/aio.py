@@ -38,6 +38,7 @@ import inspect
 import logging
 import operator
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -746,12 +747,14 @@ class DTPStreamWriter:
             transport = proto.transport
             if transport is not None and not transport.is_closing():
                 # the lane: sealed straight from the caller's bytes into records that
-                # go to the transport at once (it copies what it cannot send now)
+                # go to the transport at once; what it cannot send now it keeps
                 while view:
                     sealed = self._conn.seal_fast(self._stream_id, view, proto.loop.time())
                     if sealed is None:
                         break
                     transport.write(sealed[0])
+                    if transport.get_write_buffer_size() and _keeps_views(transport):
+                        self._conn.sealed_kept()
                     view = view[sealed[1] :]
                 if not view:
                     proto.flush()  # the meter, control frames, timers
@@ -1154,6 +1157,16 @@ async def open_connection(
     reader, writer = await _open(host, port, cfg, timeout)
     writer._proto.limit = limit
     return reader, writer
+
+
+def _keeps_views(transport: asyncio.BaseTransport) -> bool:
+    """Whether ``transport`` may keep the buffer it was given to write rather than copy
+    what it could not send at once: asyncio's socket transports do from Python 3.12;
+    before, they copied (the stdlib's, that is: any other is taken to keep it)."""
+    return _VIEWS_KEPT or type(transport).__module__ != "asyncio.selector_events"
+
+
+_VIEWS_KEPT = sys.version_info >= (3, 12)
 
 
 def _check_limit(limit: int) -> None:

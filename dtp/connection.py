@@ -778,6 +778,12 @@ class Connection:
         self._conn_sent += n
         return sealed, n
 
+    def sealed_kept(self) -> None:
+        """The carrier kept the view :meth:`seal_fast` returned instead of copying what it
+        could not send yet: the lane seals into a new buffer from now on."""
+        if self._lane is not None:
+            self._lane.release_output()
+
     def take_fast(
         self,
         data: bytes | bytearray | memoryview,

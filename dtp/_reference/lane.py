@@ -176,6 +176,10 @@ class Lane:
         sealed, n = self._send.seal_stream(counter, stream_id, offset, data)
         return memoryview(sealed), n
 
+    def release_output(self) -> None:
+        """As :meth:`dtp._core.NativeLane.release_output`; each seal here returns bytes
+        of its own already."""
+
     def take(
         self,
         buf: bytes | bytearray | memoryview,
