@@ -658,6 +658,14 @@ class NativeAead:
         top = ffi.new("uint64_t *")
         return top[0] if lib.dtp_aead_replay_top(self._ctx, top) else None
 
+    def set_in_order(self) -> None:
+        """From now on accept records in counter order only (any other counter is
+        refused as a replay): for carriers that deliver records as they were sent, where
+        one removed or moved on the way must not go unnoticed. Only before the first
+        record is accepted (LocalProtocolError after)."""
+        if lib.dtp_aead_set_in_order(self._ctx) != 0:
+            raise LocalProtocolError("records were accepted already", ErrorCode.ARG)
+
 
 # --------------------------------------------------------------------------------------
 # reassembly

@@ -41,6 +41,8 @@ struct dtp_aead {
     int have_top;
     uint64_t top;
     uint64_t seen[WINDOW_WORDS];
+    /* Set by dtp_aead_set_in_order: only the counter after `top` (0 first) is new. */
+    int in_order;
 };
 
 /* ---- OpenSSL plumbing ------------------------------------------------------------ */
@@ -201,6 +203,7 @@ static int window_bit(const dtp_aead *ctx, uint64_t c) {
 
 /* 1 if counter c may be accepted (not yet seen and not older than the window). */
 static int window_check(const dtp_aead *ctx, uint64_t c) {
+    if (ctx->in_order) return ctx->have_top ? c - ctx->top == 1 : c == 0;
     if (!ctx->have_top || c > ctx->top) return 1;
     if (ctx->top - c >= DTP_REPLAY_WINDOW) return 0;
     return !window_bit(ctx, c);
@@ -771,6 +774,12 @@ int dtp_aead_open_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t
     int rc = open_raw(ctx, counter, ad, ad_len, ct, plen, ct + plen, out);
     if (rc != DTP_OK) return rc;
     *written = plen;
+    return DTP_OK;
+}
+
+int dtp_aead_set_in_order(dtp_aead *ctx) {
+    if (ctx == NULL || ctx->have_top) return DTP_ERR_ARG;
+    ctx->in_order = 1;
     return DTP_OK;
 }
 

@@ -400,6 +400,13 @@ int dtp_aead_open_one(dtp_aead *ctx, uint64_t counter, const uint8_t *ad, size_t
 /* Highest counter accepted so far, and whether any has been (0 / 1). */
 int dtp_aead_replay_top(const dtp_aead *ctx, uint64_t *top);
 
+/* From now on accept records in counter order only: each must be the one after the
+ * last accepted (the first, counter 0); any other is refused as the replay window
+ * refuses a replay. For carriers that deliver records as they were sent (TCP), where a
+ * record removed or moved on the way must not go unnoticed. Before any record was
+ * accepted only (DTP_ERR_ARG after). */
+int dtp_aead_set_in_order(dtp_aead *ctx);
+
 /* ---- reassembly (reasm.c) --------------------------------------------------------- */
 /* A reorder buffer over a byte sequence space (TCP-style sequence numbers = byte
  * offsets). Accepts chunks out of order, with duplicates and overlaps, and releases the

@@ -108,9 +108,13 @@ class ReplayWindow:
     def __init__(self) -> None:
         self.top: int | None = None
         self.seen = 0
+        #: Only the counter after ``top`` (0 first) is new (Aead.set_in_order).
+        self.in_order = False
 
     def check(self, counter: int) -> bool:
         """True if ``counter`` may be accepted."""
+        if self.in_order:
+            return counter == (0 if self.top is None else self.top + 1)
         if self.top is None or counter > self.top:
             return True
         age = self.top - counter
@@ -380,6 +384,15 @@ class Aead:
     def replay_top(self) -> int | None:
         """Highest counter accepted so far (None before the first)."""
         return self._window.top
+
+    def set_in_order(self) -> None:
+        """From now on accept records in counter order only (any other counter is
+        refused as a replay): for carriers that deliver records as they were sent, where
+        one removed or moved on the way must not go unnoticed. Only before the first
+        record is accepted (LocalProtocolError after)."""
+        if self._window.top is not None:
+            raise LocalProtocolError("records were accepted already", ErrorCode.ARG)
+        self._window.in_order = True
 
 
 def _remote_error(code: ErrorCode) -> DTPError:

@@ -108,6 +108,23 @@ static void exercise_aead(void) {
           DTP_ERR_COUNTER);
     uint64_t top;
     CHECK(dtp_aead_replay_top(rx, &top) == 1);
+    CHECK(dtp_aead_set_in_order(rx) == DTP_ERR_ARG); /* records were accepted */
+    CHECK(dtp_aead_set_in_order(NULL) == DTP_ERR_ARG);
+    /* in order: batches 0, 1, then 3 (2 missing: every record of 3 is refused) */
+    dtp_aead *strict = dtp_aead_new(key, sizeof key);
+    CHECK(strict != NULL && dtp_aead_set_in_order(strict) == DTP_OK);
+    for (uint64_t batch = 0; batch < 4; batch++) {
+        if (batch == 2) continue;
+        CHECK(dtp_aead_seal_batch(tx, batch * 4, plain, 4096, lens, 4, sealed, sizeof sealed,
+                                  &written) == DTP_OK);
+        CHECK(dtp_aead_open_batch(strict, sealed, written, opened, 8, opened_plain,
+                                  sizeof opened_plain, &n_out, &consumed) == DTP_OK);
+        CHECK(n_out == 4);
+        for (size_t i = 0; i < n_out; i++)
+            CHECK((opened[i].status == DTP_ERR_REPLAY) == (batch == 3));
+    }
+    CHECK(dtp_aead_replay_top(strict, &top) == 1 && top == 7);
+    dtp_aead_free(strict);
     dtp_aead_free(tx);
     dtp_aead_free(rx);
     dtp_aead_free(NULL);
