@@ -545,7 +545,7 @@ int dtp_aead_open_frames(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_open
                 dtp_frame *f = &frames[nf + k];
                 if (f->type == DTP_FRAME_ACK)
                     f->a += (uint64_t)nr;
-                else if (f->data_len > 0)
+                else
                     f->data_off += (uint64_t)plain_pos;
             }
             window_mark(ctx, rec.counter);
@@ -688,7 +688,7 @@ int dtp_rx_take(dtp_aead *ctx, const uint8_t *buf, size_t len, dtp_rx *rx, uint8
 int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
                   size_t max_chunk, uint8_t *out, size_t out_cap, double now) {
     if (ctx == NULL || f == NULL || (data == NULL && len > 0) || out == NULL ||
-        max_chunk == 0 || max_chunk > DTP_MAX_FRAME_DATA)
+        max_chunk == 0 || max_chunk > DTP_MAX_STREAM_CHUNK)
         return DTP_ERR_ARG;
     f->taken = f->written = 0;
     if (!f->can_send || len == 0 || f->send_offset >= f->send_limit ||

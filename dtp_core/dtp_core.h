@@ -64,6 +64,9 @@
 #define DTP_MAX_RECORD_PLAINTEXT 16384
 #define DTP_MAX_HANDSHAKE_RECORD 4096
 #define DTP_MAX_FRAME_DATA 16384
+/* The data bytes a STREAM record holds at any stream id and offset: its frame header
+ * (type, two 8-byte varints, a 2-byte length) always fits beside them. */
+#define DTP_MAX_STREAM_CHUNK 16363 /* DTP_MAX_RECORD_PLAINTEXT - 21 */
 #define DTP_MAX_CLOSE_REASON 1024
 #define DTP_MAX_RECEIPT 1024
 #define DTP_MAX_ACK_RANGES 256
@@ -234,7 +237,8 @@ typedef struct dtp_opened_rec {
 
 /* dtp_aead_open_batch and dtp_frames_decode (complete = 1) of each record in one call.
  * Frames of all records go to frames[] / ranges[] in order; a frame's data_off is an
- * offset into plain_out and an ACK's `a` indexes ranges[] (as in dtp_frames_decode with
+ * offset into plain_out (every frame's but an ACK's, with data or without: inside its
+ * record's plaintext) and an ACK's `a` indexes ranges[] (as in dtp_frames_decode with
  * the arrays shared). Stops as dtp_aead_open_batch does (end, incomplete record, record
  * of another kind, bad header, authentication failure), and with DTP_FULL before a
  * record when recs[] is full, plain_out has no room for its plaintext, or its frames or
@@ -310,9 +314,10 @@ typedef struct dtp_flow {
 } dtp_flow;
 
 /* Seal the start of data[0..len) as STREAM records of the lent stream: as much as both
- * send limits allow and out holds (max_chunk data bytes per record). Advances the
- * counters and sets taken / written. DTP_STOP, sealing nothing, when the stream may not
- * send here, len is 0, or there is no credit; negative on error (nothing advances). */
+ * send limits allow and out holds (max_chunk data bytes per record, 1 to
+ * DTP_MAX_STREAM_CHUNK, else DTP_ERR_ARG). Advances the counters and sets taken /
+ * written. DTP_STOP, sealing nothing, when the stream may not send here, len is 0, or
+ * there is no credit; negative on error (nothing advances). */
 int dtp_flow_seal(dtp_aead *ctx, dtp_flow *f, const uint8_t *data, size_t len,
                   size_t max_chunk, uint8_t *out, size_t out_cap, double now);
 
@@ -332,7 +337,7 @@ typedef struct dtp_lane {
     dtp_flow *flow;     /* in: the lent stream */
     uint8_t *out;       /* in: where dtp_lane_send seals, out_cap bytes */
     uint64_t out_cap;
-    uint64_t max_chunk; /* in: data bytes per record (<= DTP_MAX_FRAME_DATA) */
+    uint64_t max_chunk; /* in: data bytes per record (<= DTP_MAX_STREAM_CHUNK) */
     uint8_t *rbuf;      /* in: where dtp_lane_recv reads the carrier, rbuf_cap bytes */
     uint64_t rbuf_cap;  /*     (more than a record: DTP_MAX_RECORD_PLAINTEXT + 28) */
     uint8_t *scratch;   /* in: DTP_MAX_RECORD_PLAINTEXT bytes for dtp_flow_take */

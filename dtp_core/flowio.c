@@ -56,8 +56,7 @@ int64_t dtp_lane_take(dtp_lane *L, size_t n, uint8_t *dst, size_t dst_cap) {
     dtp_flow *f = L->flow;
     int rc = dtp_flow_take(L->recv, f, L->rbuf, end, dst, dst_cap, L->scratch,
                            (size_t)L->scratch_cap, monotonic_now());
-    if (rc < 0) {
-        L->pending = 0;
+    if (rc < 0) { /* refused before taking anything: the pending bytes stay */
         L->status = rc;
         return rc;
     }
