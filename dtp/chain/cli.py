@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,10 +22,11 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from dtp.chain.objects import FirewallMode, Sla
+from dtp.chain.objects import FirewallMode, Sla, normalize_id
 from dtp.errors import DTPError
 
 __all__ = ["SUI_INSTALL_HINT", "register"]
@@ -328,48 +330,88 @@ def _host_show(args: argparse.Namespace) -> int:
 def _host_set(args: argparse.Namespace) -> int:
     identity = _identity(args)
     ledger = _ledger(args)
-    done: list[str] = []
+    # the addresses are checked before the first transaction: a typo in the last one
+    # (the authority) must not leave the others done
     if args.authority is not None:  # `--authority ""` is refused, not skipped
-        ledger.set_authority(identity, args.host, args.authority)
-        done.append("authority")
-    if args.noise_key is not None:
-        ledger.set_noise_static_key(identity, args.host, args.noise_key)
-        done.append("noise key")
-    if args.endpoint is not None or args.clear_endpoints:
-        ledger.set_endpoints(identity, args.host, args.endpoint or [])
-        done.append("endpoints")
-    if args.firewall:
-        mode = FirewallMode.ALLOW_ALL if args.firewall == "allow-all" else FirewallMode.ALLOW_LISTED
-        ledger.set_firewall_mode(identity, args.host, int(mode))
-        done.append("firewall mode")
+        normalize_id(args.authority, "address")
     for name in ("allow", "disallow", "deny", "undeny"):
         for client in getattr(args, name) or []:
-            getattr(ledger, name)(identity, args.host, client)
-            done.append(f"{name} {client}")
+            normalize_id(client, "address")
+    # (what, the transaction): each is its own transaction, run in this order
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if args.noise_key is not None:
+        steps.append(
+            ("noise key", lambda: ledger.set_noise_static_key(identity, args.host, args.noise_key))
+        )
+    if args.endpoint is not None or args.clear_endpoints:
+        steps.append(
+            ("endpoints", lambda: ledger.set_endpoints(identity, args.host, args.endpoint or []))
+        )
+    if args.firewall:
+        mode = FirewallMode.ALLOW_ALL if args.firewall == "allow-all" else FirewallMode.ALLOW_LISTED
+        steps.append(
+            ("firewall mode", lambda: ledger.set_firewall_mode(identity, args.host, int(mode)))
+        )
+    for name in ("allow", "disallow", "deny", "undeny"):
+        for client in getattr(args, name) or []:
+            steps.append(
+                (f"{name} {client}", partial(getattr(ledger, name), identity, args.host, client))
+            )
     limits = (args.max_connections_per_client, args.max_bytes_per_sec, args.max_requests_per_sec)
     if any(v is not None for v in limits):
-        current = ledger.get_host(args.host).firewall
-        ledger.set_client_limits(
-            identity,
-            args.host,
-            *(
-                new if new is not None else old
-                for new, old in zip(
-                    limits,
-                    (
-                        current.max_connections_per_client,
-                        current.max_bytes_per_sec,
-                        current.max_requests_per_sec,
-                    ),
-                    strict=True,
-                )
-            ),
+
+        def set_limits() -> None:
+            current = ledger.get_host(args.host).firewall
+            ledger.set_client_limits(
+                identity,
+                args.host,
+                *(
+                    new if new is not None else old
+                    for new, old in zip(
+                        limits,
+                        (
+                            current.max_connections_per_client,
+                            current.max_bytes_per_sec,
+                            current.max_requests_per_sec,
+                        ),
+                        strict=True,
+                    )
+                ),
+            )
+
+        steps.append(("client limits", set_limits))
+    # last: once the host is handed over, this identity may change nothing else on it
+    if args.authority is not None:
+        steps.append(
+            ("authority", lambda: ledger.set_authority(identity, args.host, args.authority))
         )
-        done.append("client limits")
-    if not done:
+    if not steps:
         raise _CliError("Nothing to change: give at least one option (see dtp host set --help).")
+    done: list[str] = []
+    for index, (what, step) in enumerate(steps):
+        try:
+            step()
+        except (DTPError, OSError) as exc:
+            if not done:
+                raise  # nothing happened: the error alone says it all
+            # the earlier transactions happened: say so, or the error would read as if
+            # the whole command had failed (and a retry would repeat them)
+            rest = [w for w, _ in steps[index + 1 :]]
+            raise _CliError(
+                f"Host {args.host}: changed {', '.join(done)}; then {what} failed"
+                + (f" ({', '.join(rest)} not tried)" if rest else "")
+                + f": {_reason(exc)}"
+            ) from None
+        done.append(what)
     _emit(args, {"host": args.host, "changed": done})
     return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as _run prints it (an OSError by its strerror and file name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return str(exc)
 
 
 def _service_add(args: argparse.Namespace) -> int:
@@ -398,7 +440,15 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     pool = ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps)
     if args.fund:
-        ledger.fund_sponsor_pool(identity, pool, args.fund)
+        try:
+            ledger.fund_sponsor_pool(identity, pool, args.fund)
+        except (DTPError, OSError) as exc:
+            # the pool exists (a transaction made it): its ID must not be lost with the
+            # error, or it can be neither funded later nor withdrawn from
+            raise _CliError(
+                f"Created the sponsor pool {pool}, but funding it failed (fund it later "
+                f"with that ID): {_reason(exc)}"
+            ) from None
     _emit(args, {"pool": ledger.get_sponsor_pool(pool)})
     return 0
 
@@ -558,6 +608,39 @@ def _write_deployments(path: Path, records: dict[str, Any]) -> None:
         os.close(directory)
 
 
+#: A ``"packageId": "0x..."`` in ``sui client publish`` output, however it is framed.
+_PACKAGE_ID: Final = re.compile(r'"packageId"\s*:\s*"(0x[0-9a-fA-F]+)"')
+
+
+def _publish_output(output: str) -> dict[str, Any] | None:
+    """The JSON object ``sui client publish --json`` printed on stdout, or None.
+
+    Sui CLIs up to 1.64 print compiler diagnostics on stdout before the JSON even with
+    ``--json``, and those may hold ``{`` (source lines quoted in a warning): parsing
+    from the first ``{`` failed after the package had been published. So each line that
+    starts with ``{`` (the JSON is printed from column 0) is tried as the start of a JSON
+    value; a value that parses is taken whole (the objects nested in it are not tried
+    again), and of the objects the last with the keys of a publish's result wins."""
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    position = 0
+    while position < len(output):
+        end = output.find("\n", position)
+        end = len(output) if end == -1 else end + 1
+        if output.startswith("{", position):
+            try:
+                value, stop = decoder.raw_decode(output, position)
+            except ValueError:
+                value = None
+            if isinstance(value, dict):
+                found.append(value)
+                # resume at the line after the value, not inside it
+                stop = output.find("\n", stop)
+                end = len(output) if stop == -1 else stop + 1
+        position = end
+    return next((v for v in reversed(found) if "objectChanges" in v or "effects" in v), None)
+
+
 def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
     record_path = _deployments_path()
     records = _read_deployments(record_path)
@@ -571,11 +654,8 @@ def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
     output = _sui(
         sui, "client", "publish", "--json", "--gas-budget", str(args.gas_budget), cwd=package
     )
-    try:
-        effects = json.loads(output[output.index("{") :])
-    except ValueError:
-        raise _CliError("Could not read the JSON output of `sui client publish`.") from None
-    changes = effects.get("objectChanges")
+    effects = _publish_output(output)
+    changes = effects.get("objectChanges") if effects is not None else None
     package_id = next(
         (
             c.get("packageId")
@@ -584,8 +664,25 @@ def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
         ),
         None,
     )
-    if not isinstance(package_id, str) or not package_id:
-        raise _CliError("`sui client publish` reported no published package.")
+    if effects is None or not isinstance(package_id, str) or not package_id:
+        # the publish may have happened and been paid for: a package ID anywhere in what
+        # sui printed is named, and with none the output itself is shown, so that it is
+        # never lost with a one-line error
+        what = (
+            "Could not read the JSON output of `sui client publish`"
+            if effects is None
+            else "`sui client publish` reported no published package"
+        )
+        found = list(dict.fromkeys(_PACKAGE_ID.findall(output)))
+        if found:
+            raise _CliError(
+                f"{what}, but its output names the package {', '.join(found)}; it was not "
+                f"recorded in {record_path}."
+            )
+        if effects is None:
+            sys.stderr.write(output if output.endswith("\n") else output + "\n")
+            raise _CliError(f"{what} (printed above).")
+        raise _CliError(f"{what}.")
     digest = effects.get("digest")
     records[args.network] = {
         "package_id": package_id,
@@ -646,7 +743,9 @@ def register(subparsers: Any) -> None:
     show.add_argument("host", help="host ID")
     hset = leaf(host_sub, "set", _host_set, "change a host's settings")
     hset.add_argument("host", help="host ID")
-    hset.add_argument("--authority", help="hand the host to this address")
+    hset.add_argument(
+        "--authority", help="hand the host to this address (done after the other changes)"
+    )
     hset.add_argument("--noise-key", type=_parse_hex32, help="new Noise static key (hex)")
     hset.add_argument(
         "--endpoint",

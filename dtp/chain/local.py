@@ -86,7 +86,10 @@ from dtp.chain.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    as_bytes,
+    as_bytes_list,
     check_fields,
+    check_signer,
     normalize_id,
     object_from_fields,
 )
@@ -229,39 +232,8 @@ def _clock(value: int, what: str) -> int:
     return value
 
 
-# _bytes and _endpoints accept and refuse exactly what sui_tx's encode_bytes and
-# encode_vec_bytes do (a test holds the two ledgers to it): a call that Sui would refuse
-# must not succeed here. Plain bytes(x) would turn an int into x zero bytes, and a list
-# comprehension over a str would publish one endpoint per character. (Duplicated rather
-# than imported: importing sui_tx loads pysui, half a second LocalLedger users never need.)
-
-
-def _check_signer(signer: object) -> None:
-    """A signer is a HostIdentity (or anything that signs like one): None or a str given
-    in its place failed as an AttributeError from deep inside, not as a bad argument."""
-    for attribute in ("sui_address", "ed25519_public", "sign_transaction"):
-        if not hasattr(signer, attribute):
-            raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
-
-
-def _bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise InvalidArgument(f"{what} must be bytes or text, got {type(value).__name__}.")
-
-
-def _endpoints(values: Sequence[Endpoint], what: str = "endpoint") -> list[TxValue]:
-    if isinstance(values, str | bytes | bytearray | memoryview):
-        raise InvalidArgument(f"Expected a sequence of {what}s, got a single value.")
-    try:
-        items = iter(values)
-    except TypeError:
-        raise InvalidArgument(
-            f"Expected a sequence of {what}s, got {type(values).__name__}."
-        ) from None
-    return [_bytes(v, what) for v in items]
+def _endpoints(values: Sequence[Endpoint]) -> list[TxValue]:
+    return list[TxValue](as_bytes_list(values))
 
 
 def _tx_value(value: Any, depth: int) -> TxValue:
@@ -1065,7 +1037,7 @@ class LocalLedger(Ledger):
         # signature made here -- still runs).
         # Vectors and oversized transactions go through the decoder all the same: it alone
         # enforces the nesting and size limits.
-        _check_signer(signer)
+        check_signer(signer)
         nonce = next(self._nonce_counter) & U64_MAX
         tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
         tx_bytes = encode_tx(tx)
@@ -1086,7 +1058,7 @@ class LocalLedger(Ledger):
     def create_host(
         self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
     ) -> str:
-        key = _bytes(noise_static_key, "noise_static_key")
+        key = as_bytes(noise_static_key, "noise_static_key")
         result = self._call(signer, "host", "create", key, _endpoints(endpoints))
         return str(result.value)
 
@@ -1096,7 +1068,7 @@ class LocalLedger(Ledger):
         )
 
     def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
-        self._call(signer, "host", "set_noise_static_key", self._id(host_id), _bytes(key, "key"))
+        self._call(signer, "host", "set_noise_static_key", self._id(host_id), as_bytes(key, "key"))
 
     def set_endpoints(
         self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
@@ -1172,7 +1144,7 @@ class LocalLedger(Ledger):
             "add_service",
             self._id(host_id),
             self._port(port),
-            _bytes(kind, "kind"),
+            as_bytes(kind, "kind"),
             *self._sla_args(sla),
             _u64(max_connections, "max_connections"),
         )
@@ -1233,11 +1205,11 @@ class LocalLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> PendingOpen:
-        _check_signer(signer)
+        check_signer(signer)
         key = (
             signer.ed25519_public
             if client_public_key is None
-            else _bytes(client_public_key, "client_public_key")
+            else as_bytes(client_public_key, "client_public_key")
         )
         signed = self._signed(
             signer,
@@ -1284,7 +1256,7 @@ class LocalLedger(Ledger):
             _u64(receipt.total_requests, "total_requests"),
             _u64(receipt.total_amount, "total_amount"),
             _u64(receipt.nonce, "nonce"),
-            _bytes(receipt.signature, "signature"),
+            as_bytes(receipt.signature, "signature"),
         )
 
     def claim(
@@ -1391,7 +1363,7 @@ class LocalLedger(Ledger):
 
     def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
         result = self._call(
-            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), _bytes(data, "data")
+            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), as_bytes(data, "data")
         )
         return int(result.value)
 
@@ -1417,7 +1389,7 @@ class LocalLedger(Ledger):
             signer,
             "broadcast",
             "create",
-            _bytes(channel, "channel"),
+            as_bytes(channel, "channel"),
             _u64(slot_price, "slot_price"),
             _u64(slot_ms, "slot_ms"),
         )
@@ -1434,7 +1406,7 @@ class LocalLedger(Ledger):
 
     def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
         result = self._call(
-            signer, "broadcast", "transmit", self._id(broadcast_id), _bytes(data, "data")
+            signer, "broadcast", "transmit", self._id(broadcast_id), as_bytes(data, "data")
         )
         return int(result.value)
 
@@ -1450,7 +1422,7 @@ class LocalLedger(Ledger):
     # -- mailbox and response escrow ------------------------------------------------------------
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
-        self._call(signer, "mailbox", "send", self._id(host_id), _bytes(payload, "payload"))
+        self._call(signer, "mailbox", "send", self._id(host_id), as_bytes(payload, "payload"))
 
     def response_escrow_deposit(
         self,
@@ -1461,15 +1433,15 @@ class LocalLedger(Ledger):
         deadline_ms: int,
         requester_public_key: bytes | None = None,
     ) -> str:
-        _check_signer(signer)
+        check_signer(signer)
         key = signer.ed25519_public if requester_public_key is None else requester_public_key
         result = self._call(
             signer,
             "response_escrow",
             "deposit",
             self._id(server, "address"),
-            _bytes(request_id, "request_id"),
-            _bytes(key, "requester_public_key"),
+            as_bytes(request_id, "request_id"),
+            as_bytes(key, "requester_public_key"),
             _u64(deadline_ms, "the deadline"),
             _u64(amount, "the response fee"),
         )
@@ -1483,14 +1455,18 @@ class LocalLedger(Ledger):
             "response_escrow",
             "claim",
             self._id(escrow_id),
-            _bytes(response_hash, "response_hash"),
-            _bytes(signature, "signature"),
+            as_bytes(response_hash, "response_hash"),
+            as_bytes(signature, "signature"),
         )
         return int(result.value)
 
     def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
         result = self._call(
-            signer, "response_escrow", "deliver", self._id(escrow_id), _bytes(response, "response")
+            signer,
+            "response_escrow",
+            "deliver",
+            self._id(escrow_id),
+            as_bytes(response, "response"),
         )
         return int(result.value)
 
@@ -1603,13 +1579,13 @@ class LocalLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
-        _check_signer(signer)
+        check_signer(signer)
         sub = self.get_subscription(subscription_id)
         host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
         key = (
             signer.ed25519_public
             if client_public_key is None
-            else _bytes(client_public_key, "client_public_key")
+            else as_bytes(client_public_key, "client_public_key")
         )
         result = self._call(
             signer,
@@ -1657,12 +1633,12 @@ class LocalLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
-        _check_signer(signer)
+        check_signer(signer)
         host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
         key = (
             signer.ed25519_public
             if client_public_key is None
-            else _bytes(client_public_key, "client_public_key")
+            else as_bytes(client_public_key, "client_public_key")
         )
         result = self._call(
             signer,
@@ -1707,7 +1683,7 @@ class LocalLedger(Ledger):
             signer,
             "tickets",
             "create",
-            _bytes(title, "title"),
+            as_bytes(title, "title"),
             _u64(ticket_price, "ticket_price"),
             _u64(min_tickets, "min_tickets"),
             _u64(max_tickets, "max_tickets"),
@@ -1751,7 +1727,7 @@ class LocalLedger(Ledger):
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
     ) -> str:
-        payload = _bytes(data, "data")  # before len(): the deposit is for what is sent
+        payload = as_bytes(data, "data")  # before len(): the deposit is for what is sent
         pipe = self.get_pipe(pipe_id)
         terms = self.get_retention_terms(terms_id)
         deposit = _u64(terms.deposit_for(len(payload)), "the storage deposit")

@@ -12,11 +12,56 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dtp.errors import InvalidObjectId
+from dtp.errors import InvalidArgument, InvalidObjectId
+
+# The argument checks both ledgers make before anything else (a test holds the two to
+# the same answers): a call Sui would refuse must not succeed on LocalLedger, and no bad
+# argument may surface as an AttributeError, or be signed and sent, after node I/O.
+
+
+def check_signer(signer: object) -> None:
+    """A signer is a HostIdentity (or anything that signs like one): None or a str given
+    in its place failed as an AttributeError from deep inside, not as a bad argument."""
+    for attribute in ("sui_address", "ed25519_public", "sign_transaction"):
+        if not hasattr(signer, attribute):
+            raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
+
+
+def as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
+    """The bytes a ``vector<u8>`` argument carries (both ledgers' rule): a bytes-like
+    object's bytes (as ``memoryview.tobytes()``, so a buffer of wider items gives all
+    its bytes), text as UTF-8. Anything else is :class:`InvalidArgument`: ``bytes(n)``
+    would turn an int into ``n`` zero bytes, signed and sent."""
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            # lone surrogates: what Python makes of a command-line argument that is not
+            # UTF-8; a bad argument, not a traceback
+            raise InvalidArgument(f"{what} is not valid UTF-8.") from None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument(f"{what} must be bytes or text, got {type(value).__name__}.")
+
+
+def as_bytes_list(values: Iterable[bytes | str], what: str = "endpoint") -> list[bytes]:
+    """Each of ``values`` through :func:`as_bytes`: the items of a ``vector<vector<u8>>``.
+    A single str or bytes value is refused (iterated, it would give one item per
+    character or byte), and so is anything that is not iterable (None)."""
+    if isinstance(values, str | bytes | bytearray | memoryview):
+        raise InvalidArgument(f"Expected a sequence of {what}s, got a single value.")
+    try:
+        items = iter(values)
+    except TypeError:
+        raise InvalidArgument(
+            f"Expected a sequence of {what}s, got {type(values).__name__}."
+        ) from None
+    return [as_bytes(v, what) for v in items]
+
 
 __all__ = [
     "HALF_CLOSE_TIMEOUT_MS",
@@ -44,7 +89,10 @@ __all__ = [
     "Sla",
     "SpendingCap",
     "TransportControl",
+    "as_bytes",
+    "as_bytes_list",
     "check_fields",
+    "check_signer",
     "is_low_order_noise_key",
 ]
 

@@ -53,6 +53,7 @@ from dtp.chain.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    check_signer,
     normalize_id,
 )
 from dtp.chain.sui_client import (
@@ -87,6 +88,7 @@ from dtp.errors import (
     WrongSigner,
     move_error_from_abort_code,
 )
+from dtp.escrow import Receipt
 
 # -- layouts of the messaging modules (move/dtp/sources/mailbox.move, response_escrow.move) ----
 
@@ -152,7 +154,6 @@ MESSAGING_EVENT_LAYOUTS.setdefault(
 )
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -488,6 +489,26 @@ def select_gas(
     return tuple(chosen)
 
 
+# -- argument checks (as LocalLedger makes them, before any node I/O) ----------------------------
+
+
+def _check_sla(sla: Sla) -> None:
+    """``sla`` is an :class:`Sla` of u64 prices (a tuple failed as an AttributeError)."""
+    if not isinstance(sla, Sla):
+        raise InvalidArgument(f"sla must be an Sla, got {type(sla).__name__}.")
+    for value, what in (
+        (sla.price_per_kib, "price_per_kib"),
+        (sla.price_per_request, "price_per_request"),
+        (sla.min_deposit, "min_deposit"),
+    ):
+        sui_tx.encode_u64(value, what)
+
+
+def _key(signer: HostIdentity, key: bytes | None, what: str) -> bytes:
+    """An optional public-key argument: the signer's own Ed25519 key when None."""
+    return signer.ed25519_public if key is None else sui_tx.as_bytes(key, what)
+
+
 # -- the ledger -----------------------------------------------------------------------------------
 
 
@@ -605,11 +626,12 @@ class SuiLedger(Ledger):
     def create_host(
         self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
     ) -> str:
-        out = self._execute(
-            signer,
-            "host::create",
-            lambda ctx: sui_tx.create_host(ctx, bytes(noise_static_key), list(endpoints)),
-        )
+        check_signer(signer)
+        # converted here, before any node I/O: bytes(32) would be 32 zero bytes, and
+        # list("a:1") three endpoints (as_bytes_list refuses a single value)
+        key = sui_tx.as_bytes(noise_static_key, "noise_static_key")
+        eps = sui_tx.as_bytes_list(endpoints)
+        out = self._execute(signer, "host::create", lambda ctx: sui_tx.create_host(ctx, key, eps))
         return out.created_of("Host") or str(out.event("HostCreated")["host"])
 
     def _host_call(
@@ -623,6 +645,7 @@ class SuiLedger(Ledger):
         self._execute(signer, f"host::{function}", lambda ctx: build(ctx, host))
 
     def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        check_signer(signer)
         new_authority = normalize_id(new_authority, "address")
         self._host_call(
             signer,
@@ -632,22 +655,26 @@ class SuiLedger(Ledger):
         )
 
     def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        check_signer(signer)
+        raw = sui_tx.as_bytes(key, "key")
         self._host_call(
             signer,
             host_id,
             "set_noise_static_key",
-            lambda ctx, h: sui_tx.set_noise_static_key(ctx, h, bytes(key)),
+            lambda ctx, h: sui_tx.set_noise_static_key(ctx, h, raw),
         )
 
     def set_endpoints(
         self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
     ) -> None:
-        eps = list(endpoints)
+        check_signer(signer)
+        eps = sui_tx.as_bytes_list(endpoints)
         self._host_call(
             signer, host_id, "set_endpoints", lambda ctx, h: sui_tx.set_endpoints(ctx, h, eps)
         )
 
     def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        check_signer(signer)
         sui_tx.encode_u8(mode, "The firewall mode")
         self._host_call(
             signer,
@@ -662,15 +689,19 @@ class SuiLedger(Ledger):
         self._host_call(signer, host_id, fn, lambda ctx, h: build(ctx, h, client))
 
     def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        check_signer(signer)
         self._firewall_list("allow", signer, host_id, client)
 
     def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        check_signer(signer)
         self._firewall_list("disallow", signer, host_id, client)
 
     def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        check_signer(signer)
         self._firewall_list("deny", signer, host_id, client)
 
     def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        check_signer(signer)
         self._firewall_list("undeny", signer, host_id, client)
 
     def set_client_limits(
@@ -681,6 +712,7 @@ class SuiLedger(Ledger):
         max_bytes_per_sec: int,
         max_requests_per_sec: int,
     ) -> None:
+        check_signer(signer)
         limits = (max_connections_per_client, max_bytes_per_sec, max_requests_per_sec)
         for value, what in zip(
             limits,
@@ -708,7 +740,11 @@ class SuiLedger(Ledger):
         sla: Sla,
         max_connections: int = 0,
     ) -> None:
+        check_signer(signer)
         self._check_port(port)
+        sui_tx.as_bytes(kind, "kind")  # the builder encodes it the same way, after I/O
+        _check_sla(sla)
+        self._amount(max_connections, "max_connections")
         self._host_call(
             signer,
             host_id,
@@ -719,7 +755,10 @@ class SuiLedger(Ledger):
     def update_service(
         self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
     ) -> None:
+        check_signer(signer)
         self._check_port(port)
+        _check_sla(sla)
+        self._amount(max_connections, "max_connections")
         self._host_call(
             signer,
             host_id,
@@ -728,6 +767,7 @@ class SuiLedger(Ledger):
         )
 
     def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        check_signer(signer)
         self._check_port(port)
         self._host_call(
             signer, host_id, "remove_service", lambda ctx, h: sui_tx.remove_service(ctx, h, port)
@@ -736,6 +776,7 @@ class SuiLedger(Ledger):
     # -- spending cap ----------------------------------------------------------------------
 
     def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        check_signer(signer)
         self._amount(max_per_epoch, "max_per_epoch")
         out = self._execute(
             signer,
@@ -745,6 +786,7 @@ class SuiLedger(Ledger):
         return out.created_of("SpendingCap") or str(out.event("SpendingCapCreated")["cap"])
 
     def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        check_signer(signer)
         self._amount(max_per_epoch, "max_per_epoch")
         cap = self._shared(cap_id, "SpendingCap")
         self._execute(
@@ -764,9 +806,10 @@ class SuiLedger(Ledger):
         deposit: int,
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
+        check_signer(signer)
         self._check_port(port)
         self._amount(deposit, "the deposit")
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
+        key = _key(signer, client_public_key, "client_public_key")
         host = self._shared(host_id, "Host")
         cap = self._shared(cap_id, "SpendingCap")
         out = self._execute(
@@ -783,6 +826,7 @@ class SuiLedger(Ledger):
         return OpenedConnection(connection, escrow)
 
     def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+        check_signer(signer)
         self._amount(amount, "the top-up amount")
         escrow = self._shared(escrow_id, "Escrow")
         self._execute(
@@ -794,6 +838,9 @@ class SuiLedger(Ledger):
 
     @staticmethod
     def _check_receipt(receipt: Receipt) -> None:
+        if not isinstance(receipt, Receipt):
+            raise InvalidArgument(f"receipt must be a Receipt, got {type(receipt).__name__}.")
+        sui_tx.as_bytes(receipt.signature, "signature")
         for value, what in (
             (receipt.total_bytes, "total_bytes"),
             (receipt.total_requests, "total_requests"),
@@ -805,6 +852,7 @@ class SuiLedger(Ledger):
     def claim(
         self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
     ) -> int:
+        check_signer(signer)
         self._check_receipt(receipt)
         if cap_id is None:
             cap_id = self.get_escrow(escrow_id).spending_cap
@@ -826,6 +874,7 @@ class SuiLedger(Ledger):
     def close_connection(
         self, signer: HostIdentity, connection_id: str, host_id: str | None = None
     ) -> None:
+        check_signer(signer)
         _, tc, host = self._connection_refs(connection_id, host_id)
         self._execute(
             signer,
@@ -836,6 +885,7 @@ class SuiLedger(Ledger):
     def finalize(
         self, signer: HostIdentity, connection_id: str, host_id: str | None = None
     ) -> None:
+        check_signer(signer)
         _, tc, host = self._connection_refs(connection_id, host_id)
         self._execute(
             signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc, host)
@@ -848,6 +898,7 @@ class SuiLedger(Ledger):
         host_id: str | None = None,
         escrow_id: str | None = None,
     ) -> Settlement:
+        check_signer(signer)
         conn, tc, host = self._connection_refs(connection_id, host_id)
         escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
         out = self._execute(
@@ -867,6 +918,7 @@ class SuiLedger(Ledger):
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
+        check_signer(signer)
         self._check_receipt(receipt)
         conn, tc, host = self._connection_refs(connection_id, host_id)
         escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
@@ -883,6 +935,7 @@ class SuiLedger(Ledger):
     # -- pipes -----------------------------------------------------------------------------
 
     def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        check_signer(signer)
         self._amount(inner_count, "inner_count")
         tc = self._shared(connection_id, "TransportControl")
         out = self._execute(
@@ -891,20 +944,24 @@ class SuiLedger(Ledger):
         return out.created_of("Pipe") or str(out.event("PipeCreated")["pipe"])
 
     def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        check_signer(signer)
         self._amount(inner, "inner")
+        payload = sui_tx.as_bytes(data, "data")
         pipe = self._owned(signer, pipe_id, "Pipe")
         out = self._execute(
-            signer, "pipe::send", lambda ctx: sui_tx.pipe_send(ctx, pipe, inner, bytes(data))
+            signer, "pipe::send", lambda ctx: sui_tx.pipe_send(ctx, pipe, inner, payload)
         )
         return int(out.event("PipeDataSent")["seq"])
 
     def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        check_signer(signer)
         self._amount(inner, "inner")
         self._amount(acked, "acked")
         pipe = self._owned(signer, pipe_id, "Pipe")
         self._execute(signer, "pipe::sync", lambda ctx: sui_tx.pipe_sync(ctx, pipe, inner, acked))
 
     def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        check_signer(signer)
         pipe = self._owned(signer, pipe_id, "Pipe")
         self._execute(signer, "pipe::destroy", lambda ctx: sui_tx.destroy_pipe(ctx, pipe))
 
@@ -913,6 +970,8 @@ class SuiLedger(Ledger):
     def create_broadcast(
         self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
     ) -> str:
+        check_signer(signer)
+        sui_tx.as_bytes(channel, "channel")
         self._amount(slot_price, "slot_price")
         self._amount(slot_ms, "slot_ms")
         out = self._execute(
@@ -934,6 +993,7 @@ class SuiLedger(Ledger):
         return self._execute(signer, f"broadcast::{function}", lambda ctx: build(ctx, b), spend)
 
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        check_signer(signer)
         self._amount(amount, "the contribution")
         self._broadcast_call(
             signer,
@@ -944,22 +1004,27 @@ class SuiLedger(Ledger):
         )
 
     def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        check_signer(signer)
+        payload = sui_tx.as_bytes(data, "data")
         out = self._broadcast_call(
             signer,
             broadcast_id,
             "transmit",
-            lambda ctx, b: sui_tx.broadcast_transmit(ctx, b, bytes(data)),
+            lambda ctx, b: sui_tx.broadcast_transmit(ctx, b, payload),
         )
         return int(out.event("BroadcastTransmitted")["seq"])
 
     def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        check_signer(signer)
         out = self._broadcast_call(signer, broadcast_id, "claim", sui_tx.broadcast_claim)
         return int(out.event("BroadcastClaimed")["amount"])
 
     def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        check_signer(signer)
         self._broadcast_call(signer, broadcast_id, "cancel", sui_tx.broadcast_cancel)
 
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        check_signer(signer)
         out = self._broadcast_call(signer, broadcast_id, "withdraw", sui_tx.broadcast_withdraw)
         return int(out.event("ContributionRefunded")["amount"])
 
@@ -974,10 +1039,10 @@ class SuiLedger(Ledger):
         return SharedRef(obj.object_id, obj.initial_shared_version)
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        check_signer(signer)
+        raw = sui_tx.as_bytes(payload, "payload")
         host = self._shared(host_id, "Host")
-        self._execute(
-            signer, "mailbox::send", lambda ctx: sui_tx.mailbox_send(ctx, host, bytes(payload))
-        )
+        self._execute(signer, "mailbox::send", lambda ctx: sui_tx.mailbox_send(ctx, host, raw))
 
     def response_escrow_deposit(
         self,
@@ -988,13 +1053,15 @@ class SuiLedger(Ledger):
         deadline_ms: int,
         requester_public_key: bytes | None = None,
     ) -> str:
+        check_signer(signer)
         self._amount(amount, "the response fee")
-        key = signer.ed25519_public if requester_public_key is None else requester_public_key
+        request = sui_tx.as_bytes(request_id, "request_id")
+        key = _key(signer, requester_public_key, "requester_public_key")
         out = self._execute(
             signer,
             "response_escrow::deposit",
             lambda ctx: sui_tx.response_escrow_deposit(
-                ctx, server, bytes(request_id), bytes(key), deadline_ms, amount
+                ctx, server, request, key, deadline_ms, amount
             ),
             spend=amount,
         )
@@ -1003,26 +1070,30 @@ class SuiLedger(Ledger):
     def response_escrow_claim(
         self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
     ) -> int:
+        check_signer(signer)
+        digest = sui_tx.as_bytes(response_hash, "response_hash")
+        sig = sui_tx.as_bytes(signature, "signature")
         e = self._response_escrow_ref(escrow_id)
         out = self._execute(
             signer,
             "response_escrow::claim",
-            lambda ctx: sui_tx.response_escrow_claim(
-                ctx, e, bytes(response_hash), bytes(signature)
-            ),
+            lambda ctx: sui_tx.response_escrow_claim(ctx, e, digest, sig),
         )
         return int(out.event("ResponseFeeClaimed")["amount"])
 
     def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        check_signer(signer)
+        raw = sui_tx.as_bytes(response, "response")
         e = self._response_escrow_ref(escrow_id)
         out = self._execute(
             signer,
             "response_escrow::deliver",
-            lambda ctx: sui_tx.response_escrow_deliver(ctx, e, bytes(response)),
+            lambda ctx: sui_tx.response_escrow_deliver(ctx, e, raw),
         )
         return int(out.event("ResponseDelivered")["amount"])
 
     def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        check_signer(signer)
         e = self._response_escrow_ref(escrow_id)
         out = self._execute(
             signer, "response_escrow::refund", lambda ctx: sui_tx.response_escrow_refund(ctx, e)
@@ -1068,6 +1139,7 @@ class SuiLedger(Ledger):
         price_per_epoch: int,
         period_epochs: int = 1,
     ) -> str:
+        check_signer(signer)
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1079,6 +1151,7 @@ class SuiLedger(Ledger):
         return str(out.event("SubscriptionOfferCreated")["offer"])
 
     def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
+        check_signer(signer)
         offer = self.get_subscription_offer(offer_id)
         ref = self._model_ref(offer_id, "SubscriptionOffer")
         payment = self._amount(self._amount(epochs, "epochs") * offer.price_per_epoch, "payment")
@@ -1099,6 +1172,7 @@ class SuiLedger(Ledger):
         )
 
     def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
+        check_signer(signer)
         sub, ref, offer = self._sub_refs(subscription_id)
         payment = self._amount(self._amount(epochs, "epochs") * sub.price_per_epoch, "payment")
         out = self._execute(
@@ -1110,6 +1184,7 @@ class SuiLedger(Ledger):
         return int(out.event("SubscriptionRenewed")["expires_epoch"])
 
     def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        check_signer(signer)
         _, ref, offer = self._sub_refs(subscription_id)
         out = self._execute(
             signer,
@@ -1119,6 +1194,7 @@ class SuiLedger(Ledger):
         return int(out.event("SubscriptionClaimed")["amount"])
 
     def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
+        check_signer(signer)
         ref = self._model_ref(offer_id, "SubscriptionOffer")
         self._execute(
             signer,
@@ -1127,6 +1203,7 @@ class SuiLedger(Ledger):
         )
 
     def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        check_signer(signer)
         _, ref, offer = self._sub_refs(subscription_id)
         out = self._execute(
             signer,
@@ -1144,13 +1221,14 @@ class SuiLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
+        check_signer(signer)
         self._amount(deposit, "the deposit")
+        key = _key(signer, client_public_key, "client_public_key")
         sub, ref, offer = self._sub_refs(subscription_id)
         if host_id is None:
             host_id = self.get_subscription_offer(sub.offer).host
         host = self._shared(host_id, "Host")
         cap = self._shared(cap_id, "SpendingCap")
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
         out = self._execute(
             signer,
             "subscription::open_connection",
@@ -1162,6 +1240,7 @@ class SuiLedger(Ledger):
     def create_sponsor_pool(
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int
     ) -> str:
+        check_signer(signer)
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1171,6 +1250,7 @@ class SuiLedger(Ledger):
         return str(out.event("SponsorPoolCreated")["pool"])
 
     def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        check_signer(signer)
         self._amount(amount, "the amount")
         ref = self._model_ref(pool_id, "SponsorPool")
         self._execute(
@@ -1181,6 +1261,7 @@ class SuiLedger(Ledger):
         )
 
     def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        check_signer(signer)
         ref = self._model_ref(pool_id, "SponsorPool")
         self._execute(
             signer,
@@ -1197,11 +1278,12 @@ class SuiLedger(Ledger):
         client_public_key: bytes | None = None,
         host_id: str | None = None,
     ) -> OpenedConnection:
+        check_signer(signer)
         self._amount(deposit, "the deposit")
+        key = _key(signer, client_public_key, "client_public_key")
         ref = self._model_ref(pool_id, "SponsorPool")
         host = self._shared(host_id or self.get_sponsor_pool(pool_id).host, "Host")
         cap = self._shared(cap_id, "SpendingCap")
-        key = signer.ed25519_public if client_public_key is None else bytes(client_public_key)
         out = self._execute(
             signer,
             "sponsor::open_connection",
@@ -1217,6 +1299,7 @@ class SuiLedger(Ledger):
         connection_id: str,
         escrow_id: str | None = None,
     ) -> int:
+        check_signer(signer)
         ref = self._model_ref(pool_id, "SponsorPool")
         tc = self.get_connection(connection_id)
         tc_ref = self._shared(tc.id, "TransportControl")
@@ -1237,6 +1320,8 @@ class SuiLedger(Ledger):
         max_tickets: int,
         deadline_ms: int,
     ) -> str:
+        check_signer(signer)
+        sui_tx.as_bytes(title, "title")
         out = self._execute(
             signer,
             "tickets::create",
@@ -1247,6 +1332,7 @@ class SuiLedger(Ledger):
         return str(out.event("TicketSaleCreated")["sale"])
 
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
+        check_signer(signer)
         sale = self.get_ticket_sale(sale_id)
         ref = self._model_ref(sale_id, "TicketSale")
         payment = self._amount(self._amount(count, "count") * sale.ticket_price, "payment")
@@ -1264,13 +1350,16 @@ class SuiLedger(Ledger):
         return self._execute(signer, f"tickets::{fn}", lambda ctx: build(ctx, ref))
 
     def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
+        check_signer(signer)
         out = self._sale_call(signer, sale_id, "go_on_air", sui_tx.go_on_air)
         return int(out.event("TicketedEventOnAir")["revenue"])
 
     def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
+        check_signer(signer)
         self._sale_call(signer, sale_id, "cancel", sui_tx.cancel_ticket_sale)
 
     def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
+        check_signer(signer)
         out = self._sale_call(signer, sale_id, "refund", sui_tx.refund_tickets)
         return int(out.event("TicketsRefunded")["amount"])
 
@@ -1282,6 +1371,7 @@ class SuiLedger(Ledger):
         retention_ms: int,
         storage_price_per_byte: int,
     ) -> str:
+        check_signer(signer)
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1295,27 +1385,31 @@ class SuiLedger(Ledger):
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
     ) -> str:
+        check_signer(signer)
+        # before len(): the deposit is for the bytes sent (len() of an array('I') counts
+        # items, and retention::send aborts EWrongDeposit unless deposit == bytes * price)
+        payload = sui_tx.as_bytes(data, "data")
         pipe = self.get_pipe(pipe_id)
         pipe_ref = self._owned(signer, pipe_id, "Pipe")
         tc = self._shared(pipe.connection, "TransportControl")
         terms = self.get_retention_terms(terms_id)
         terms_ref = self._model_ref(terms_id, "RetentionTerms")
-        deposit = self._amount(terms.deposit_for(len(data)), "the storage deposit")
+        deposit = self._amount(terms.deposit_for(len(payload)), "the storage deposit")
         out = self._execute(
             signer,
             "retention::send",
-            lambda ctx: sui_tx.send_retained(
-                ctx, pipe_ref, tc, terms_ref, inner, bytes(data), deposit
-            ),
+            lambda ctx: sui_tx.send_retained(ctx, pipe_ref, tc, terms_ref, inner, payload, deposit),
             spend=deposit,
         )
         return str(out.event("RecordRetained")["record"])
 
     def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
+        check_signer(signer)
         ref = self._model_ref(record_id, "RetainedRecord")
         self._execute(signer, "retention::confirm", lambda ctx: sui_tx.confirm_consumed(ctx, ref))
 
     def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
+        check_signer(signer)
         ref = self._model_ref(record_id, "RetainedRecord")
         out = self._execute(
             signer, "retention::delete", lambda ctx: sui_tx.delete_retained(ctx, ref)

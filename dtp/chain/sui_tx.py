@@ -28,7 +28,7 @@ from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransaction
 
 from dtp._uleb128 import uleb128
 from dtp.chain.ledger import Endpoint
-from dtp.chain.objects import MAX_PURE_BYTES, Sla, normalize_id
+from dtp.chain.objects import MAX_PURE_BYTES, Sla, as_bytes, as_bytes_list, normalize_id
 from dtp.errors import InvalidArgument
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "TxContext",
     "add_service",
     "allow",
+    "as_bytes",
+    "as_bytes_list",
     "broadcast_cancel",
     "broadcast_claim",
     "broadcast_contribute",
@@ -123,26 +125,16 @@ def encode_address(value: str, what: str = "address") -> bytes:
     return bytes.fromhex(normalize_id(value, what)[2:])
 
 
-def _as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise InvalidArgument(f"{what} must be bytes or text, got {type(value).__name__}.")
-
-
 def encode_bytes(value: bytes | bytearray | memoryview | str, what: str = "bytes") -> bytes:
     """BCS ``vector<u8>``: ``uleb128(len) || bytes`` (text is encoded as UTF-8)."""
-    raw = _as_bytes(value, what)
+    raw = as_bytes(value, what)
     return encode_uleb128(len(raw)) + raw
 
 
 def encode_vec_bytes(values: Sequence[Endpoint], what: str = "endpoint") -> bytes:
-    """BCS ``vector<vector<u8>>``."""
-    if isinstance(values, str | bytes | bytearray | memoryview):
-        raise InvalidArgument(f"Expected a sequence of {what}s, got a single value.")
-    items = [encode_bytes(v, what) for v in values]
-    return encode_uleb128(len(items)) + b"".join(items)
+    """BCS ``vector<vector<u8>>`` (the items as :func:`as_bytes_list` takes them)."""
+    items = as_bytes_list(values, what)
+    return encode_uleb128(len(items)) + b"".join(encode_uleb128(len(i)) + i for i in items)
 
 
 # -- object references and gas --------------------------------------------------------------

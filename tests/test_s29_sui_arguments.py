@@ -1,0 +1,436 @@
+"""SuiLedger checks its arguments as LocalLedger does, before it asks the node anything.
+
+Before: byte arguments went through ``bytes(x)``, so an int N was signed and sent as N
+zero bytes (gas paid) and text failed as a bare TypeError after the node had been asked
+for objects and gas; one endpoint given as a str became one endpoint per character (and
+None a TypeError); a tuple for an Sla, None for a Receipt or a signer failed as an
+AttributeError; ``send_retained`` priced the storage deposit on ``len()`` of a buffer
+whose items are wider than a byte (retention::send then aborts EWrongDeposit, gas spent);
+text that is not UTF-8 (lone surrogates from argv) raised UnicodeEncodeError in both
+ledgers. The node here is a stand-in that serves canned objects and gas and keeps the
+transaction bytes it is given: they are real pysui BCS, read back to check what was sent.
+"""
+
+from __future__ import annotations
+
+import inspect
+from array import array
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
+import pytest
+from pysui.sui.sui_bcs import bcs
+
+from dtp.chain import sui_tx
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, SuiConfig, SuiLedger
+from dtp.chain.sui_client import NodeObject
+from dtp.chain.sui_codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, decode, encode
+from dtp.chain.sui_economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+from dtp.chain.sui_tx import OwnedRef
+from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.escrow import Receipt
+from dtp.keys import HostIdentity
+
+PACKAGE = "0x" + "d7" * 32
+SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x72]) * 32)
+OTHER = HostIdentity.from_private_bytes(bytes([0x73]) * 32, bytes([0x74]) * 32)
+GAS = OwnedRef("0x" + "9a" * 32, 7, "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi")
+DIGEST = "11111111111111111111111111111111"
+HOST = "0x" + "a1" * 32
+CONN = "0x" + "a3" * 32
+ESCROW = "0x" + "a4" * 32
+BCAST = "0x" + "a5" * 32
+PIPE = "0x" + "a6" * 32
+TERMS = "0x" + "c1" * 32
+ZERO = "0x" + "00" * 32
+ALL_EVENTS = {**EVENT_LAYOUTS, **ECONOMICS_EVENT_LAYOUTS, **MESSAGING_EVENT_LAYOUTS}
+SLA = Sla(10, 5, 100)
+# what sui_tx.encode_bytes refuses (bytes(32) == 32 zero bytes was the case that mattered)
+NOT_BYTES: list[Any] = [32, 0, 1.5, True, [1, 2], (b"a",)]
+
+
+def _shared(object_id: str, type_: str, layout: Any, fields: dict[str, Any]) -> NodeObject:
+    return NodeObject(
+        object_id, 5, DIGEST, "shared", 3, f"{PACKAGE}::{type_}", encode(layout, fields)
+    )
+
+
+class FakeNode:
+    """Stands where SuiLedger's SuiNode is: records every call it gets (``calls``) and
+    the transaction bytes it is asked to execute (``sent``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.sent: list[bytes] = []
+        self.next_events: list[tuple[str, str, dict[str, Any]]] = []
+        sla = {"price_per_kib": 0, "price_per_request": 0, "min_deposit": 0}
+        self.objects = {
+            HOST: _shared(
+                HOST,
+                "host::Host",
+                OBJECT_LAYOUTS["Host"],
+                {
+                    "id": HOST,
+                    "authority": SIGNER.sui_address,
+                    "noise_static_key": SIGNER.noise_public,
+                    "endpoints": [],
+                    "services": {},
+                    "firewall": {
+                        "mode": 0,
+                        "allow": [],
+                        "deny": [],
+                        "max_connections_per_client": 0,
+                        "max_bytes_per_sec": 0,
+                        "max_requests_per_sec": 0,
+                    },
+                    "open_connections": 0,
+                    "client_connections": {"id": "0x" + "b1" * 32, "size": 0},
+                },
+            ),
+            PIPE: NodeObject(
+                PIPE,
+                9,
+                DIGEST,
+                SIGNER.sui_address,
+                None,
+                f"{PACKAGE}::pipe::Pipe",
+                encode(
+                    OBJECT_LAYOUTS["Pipe"],
+                    {
+                        "id": PIPE,
+                        "connection": CONN,
+                        "owner": SIGNER.sui_address,
+                        "inners": [{"index": 0, "next_seq": 0, "acked": 0}],
+                    },
+                ),
+            ),
+            CONN: _shared(
+                CONN,
+                "transport_control::TransportControl",
+                OBJECT_LAYOUTS["TransportControl"],
+                {
+                    "id": CONN,
+                    "host": HOST,
+                    "port": 7,
+                    "client": SIGNER.sui_address,
+                    "server": ZERO,
+                    "sla": sla,
+                    "escrow": ESCROW,
+                    "spending_cap": ZERO,
+                    "state": {"kind": "Open"},
+                    "opened_at_ms": 0,
+                    "settled": False,
+                },
+            ),
+            TERMS: _shared(
+                TERMS,
+                "retention::RetentionTerms",
+                ECONOMICS_OBJECT_LAYOUTS["RetentionTerms"],
+                {
+                    "id": TERMS,
+                    "host": HOST,
+                    "port": 7,
+                    "retention_ms": 1000,
+                    "storage_price_per_byte": 10,
+                },
+            ),
+        }
+
+    def get_object(self, object_id: str, *, contents: bool = True) -> NodeObject:
+        self.calls.append("get_object")
+        if object_id not in self.objects:
+            raise ObjectNotFound(f"no {object_id}")
+        return self.objects[object_id]
+
+    def table_entries(self, table_id: str) -> dict[str, int]:
+        self.calls.append("table_entries")
+        return {}
+
+    def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:
+        self.calls.append("gas_coins")
+        return [(GAS, 10**12)]
+
+    def epoch_info(self) -> tuple[int, int]:
+        self.calls.append("epoch_info")
+        return 1, 1000
+
+    def execute(self, tx_bytes: bytes, signature: bytes) -> Any:
+        self.calls.append("execute")
+        self.sent.append(bytes(tx_bytes))
+        events = [
+            sui_prot.Event(
+                sender=SIGNER.sui_address,
+                event_type=f"{PACKAGE}::{module}::{name}",
+                contents=sui_prot.Bcs(value=encode(ALL_EVENTS[(module, name)], fields)),
+            )
+            for module, name, fields in self.next_events
+        ]
+        return sui_prot.ExecutedTransaction(
+            digest="Digest111",
+            effects=sui_prot.TransactionEffects(status=sui_prot.ExecutionStatus(success=True)),
+            events=sui_prot.TransactionEvents(events=events),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def sui() -> Iterator[tuple[SuiLedger, FakeNode]]:
+    ledger = SuiLedger(SuiConfig("http://127.0.0.1:9", PACKAGE, timeout=5))
+    ledger._node.close()  # never opened: no I/O happens before the first call
+    node = FakeNode()
+    ledger._node = node  # type: ignore[assignment]
+    yield ledger, node
+    ledger.close()
+
+
+def pure_inputs(tx_bytes: bytes) -> list[bytes]:
+    """The pure inputs of a serialized ``TransactionData::V1``, as raw BCS."""
+    data = bcs.TransactionData.deserialize(tx_bytes)
+    kind = data.value.TransactionKind.value
+    return [bytes(i.value) for i in kind.Inputs if i.enum_name == "Pure"]
+
+
+def refused_before_io(node: FakeNode, call: Callable[[], Any]) -> str:
+    """``call`` raises InvalidArgument without the node being asked anything."""
+    with pytest.raises(InvalidArgument) as info:
+        call()
+    assert node.calls == [] and node.sent == []
+    return str(info.value)
+
+
+def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
+    """Every SuiLedger call with a ``vector<u8>`` argument, given ``bad`` there."""
+    s = SIGNER
+    receipt = Receipt(CONN, 1024, 0, 10, 1, bad)
+    return {
+        "create_host noise_static_key": lambda: led.create_host(s, bad),
+        "create_host endpoint": lambda: led.create_host(s, s.noise_public, ["a:1", bad]),
+        "set_noise_static_key": lambda: led.set_noise_static_key(s, HOST, bad),
+        "set_endpoints endpoint": lambda: led.set_endpoints(s, HOST, [bad]),
+        "add_service kind": lambda: led.add_service(s, HOST, 8, bad, SLA),
+        "open_connection key": lambda: led.open_connection(s, HOST, 7, ZERO, 0, bad),
+        "claim signature": lambda: led.claim(s, ESCROW, receipt, ZERO),
+        "settle_with_receipt signature": lambda: led.settle_with_receipt(s, CONN, receipt),
+        "pipe_send data": lambda: led.pipe_send(s, PIPE, 0, bad),
+        "create_broadcast channel": lambda: led.create_broadcast(s, bad, 1, 1000),
+        "broadcast_transmit data": lambda: led.broadcast_transmit(s, BCAST, bad),
+        "mailbox_send payload": lambda: led.mailbox_send(s, HOST, bad),
+        "response_escrow_deposit request_id": lambda: led.response_escrow_deposit(
+            s, OTHER.sui_address, bad, 10, 10**6
+        ),
+        "response_escrow_deposit key": lambda: led.response_escrow_deposit(
+            s, OTHER.sui_address, b"r", 10, 10**6, bad
+        ),
+        "response_escrow_claim hash": lambda: led.response_escrow_claim(s, ESCROW, bad, b"s"),
+        "response_escrow_claim signature": lambda: led.response_escrow_claim(s, ESCROW, b"h", bad),
+        "response_escrow_deliver": lambda: led.response_escrow_deliver(s, ESCROW, bad),
+        "create_ticket_sale title": lambda: led.create_ticket_sale(s, bad, 1, 1, 2, 10**6),
+        "send_retained data": lambda: led.send_retained(s, PIPE, TERMS, 0, bad),
+        "open_subscribed_connection key": lambda: led.open_subscribed_connection(
+            s, ZERO, ZERO, 0, bad
+        ),
+        "open_sponsored_connection key": lambda: led.open_sponsored_connection(
+            s, ZERO, ZERO, 0, bad
+        ),
+    }
+
+
+@pytest.mark.parametrize("bad", NOT_BYTES, ids=repr)
+def test_byte_arguments_that_are_not_bytes_or_text_are_refused_before_io(
+    sui: tuple[SuiLedger, FakeNode], bad: Any
+) -> None:
+    led, node = sui
+    for name, call in sui_byte_calls(led, bad).items():
+        text = refused_before_io(node, call)
+        assert text.endswith(f"must be bytes or text, got {type(bad).__name__}."), (name, text)
+
+
+def test_an_int_key_is_refused_as_local_ledger_refuses_it(
+    sui: tuple[SuiLedger, FakeNode], tmp_path: Path
+) -> None:
+    # the reported case: 32 was signed and sent as 32 zero bytes
+    led, node = sui
+    text = refused_before_io(node, lambda: led.create_host(SIGNER, 32))  # type: ignore[arg-type]
+    with LocalLedger(tmp_path / "l.sqlite") as local:
+        local.faucet(SIGNER.sui_address, 10**9)
+        with pytest.raises(InvalidArgument) as info:
+            local.create_host(SIGNER, 32)  # type: ignore[arg-type]
+    assert text == str(info.value) == "noise_static_key must be bytes or text, got int."
+
+
+def test_text_and_buffers_are_sent_as_their_bytes(sui: tuple[SuiLedger, FakeNode]) -> None:
+    led, node = sui
+    node.next_events = [
+        ("inner_pipe", "PipeDataSent", {"pipe": PIPE, "inner": 0, "seq": 0, "data": b""})
+    ]
+    led.pipe_send(SIGNER, PIPE, 0, "hé")  # type: ignore[arg-type]
+    assert pure_inputs(node.sent[-1])[1] == sui_tx.encode_bytes("hé".encode())
+    led.set_noise_static_key(SIGNER, HOST, "x" * 32)  # type: ignore[arg-type]
+    assert pure_inputs(node.sent[-1])[0] == sui_tx.encode_bytes(b"x" * 32)
+    wide = memoryview(array("H", [1, 2]))
+    led.mailbox_send(SIGNER, HOST, wide)  # type: ignore[arg-type]
+    assert pure_inputs(node.sent[-1])[0] == sui_tx.encode_bytes(b"\x01\x00\x02\x00")
+
+
+@pytest.mark.parametrize("single", ["a:1", b"a:1", bytearray(b"x"), None, 5], ids=repr)
+def test_endpoints_that_are_no_sequence_are_refused_before_io(
+    sui: tuple[SuiLedger, FakeNode], tmp_path: Path, single: Any
+) -> None:
+    led, node = sui
+    texts = {
+        refused_before_io(node, lambda: led.set_endpoints(SIGNER, HOST, single)),
+        refused_before_io(node, lambda: led.create_host(SIGNER, SIGNER.noise_public, single)),
+    }
+    with LocalLedger(tmp_path / "l.sqlite") as local:
+        local.faucet(SIGNER.sui_address, 10**9)
+        host = local.create_host(SIGNER, SIGNER.noise_public)
+        with pytest.raises(InvalidArgument) as info:
+            local.set_endpoints(SIGNER, host, single)
+    assert texts == {str(info.value)}
+
+
+def test_endpoints_from_any_iterable_are_sent_one_per_item(
+    sui: tuple[SuiLedger, FakeNode],
+) -> None:
+    led, node = sui
+    led.set_endpoints(SIGNER, HOST, (e for e in ["a:1", b"b:2"]))  # type: ignore[arg-type]
+    assert decode(("vec", "bytes"), pure_inputs(node.sent[-1])[0]) == [b"a:1", b"b:2"]
+
+
+@pytest.mark.parametrize("typecode", ["H", "I", "d"])
+def test_send_retained_prices_the_deposit_on_the_bytes_sent(
+    sui: tuple[SuiLedger, FakeNode], tmp_path: Path, typecode: str
+) -> None:
+    led, node = sui
+    node.next_events = [
+        (
+            "retention",
+            "RecordRetained",
+            {
+                "record": ZERO,
+                "connection": CONN,
+                "pipe": PIPE,
+                "inner": 0,
+                "seq": 0,
+                "sender": SIGNER.sui_address,
+                "receiver": ZERO,
+                "deposit": 0,
+                "delete_after_ms": 0,
+            },
+        )
+    ]
+    data = memoryview(array(typecode, [1, 2, 3]))
+    led.send_retained(SIGNER, PIPE, TERMS, 0, data)  # type: ignore[arg-type]
+    # sui_tx.send_retained's pure inputs: inner, data, the deposit split from gas
+    _, sent, deposit = pure_inputs(node.sent[-1])
+    assert sent == sui_tx.encode_bytes(data.tobytes())
+    # retention::send requires deposit == data.length() * storage_price_per_byte (10)
+    assert int.from_bytes(deposit, "little") == data.nbytes * 10
+    # LocalLedger asks the same deposit for the same data
+    with LocalLedger(tmp_path / "l.sqlite") as local:
+        local.faucet(SIGNER.sui_address, 10**9)
+        host = local.create_host(SIGNER, SIGNER.noise_public)
+        local.add_service(SIGNER, host, 7, "raw", Sla(0, 0, 0))
+        cap = local.create_spending_cap(SIGNER, 10**9)
+        conn = local.open_connection(SIGNER, host, 7, cap, 0).connection_id
+        pipe = local.create_pipe(SIGNER, conn, 1)
+        terms = local.create_retention_terms(SIGNER, host, 7, 1000, 10)
+        before = local.balance(SIGNER.sui_address)
+        local.send_retained(SIGNER, pipe, terms, 0, data)  # type: ignore[arg-type]
+        assert before - local.balance(SIGNER.sui_address) == data.nbytes * 10
+
+
+def test_text_that_is_not_utf8_is_an_invalid_argument(
+    sui: tuple[SuiLedger, FakeNode], tmp_path: Path
+) -> None:
+    lone = "caf\udce9"  # what Python makes of the argv bytes b"caf\xe9"
+    with pytest.raises(InvalidArgument, match=r"^kind is not valid UTF-8\.$"):
+        sui_tx.encode_bytes(lone, "kind")
+    with pytest.raises(InvalidArgument, match=r"^endpoint is not valid UTF-8\.$"):
+        sui_tx.encode_vec_bytes(["a:1", lone])
+    led, node = sui
+    assert refused_before_io(node, lambda: led.pipe_send(SIGNER, PIPE, 0, lone)) == (  # type: ignore[arg-type]
+        "data is not valid UTF-8."
+    )
+    with LocalLedger(tmp_path / "l.sqlite") as local:
+        local.faucet(SIGNER.sui_address, 10**9)
+        with pytest.raises(InvalidArgument, match=r"^endpoint is not valid UTF-8\.$"):
+            local.create_host(SIGNER, SIGNER.noise_public, [lone])
+        host = local.create_host(SIGNER, SIGNER.noise_public)
+        with pytest.raises(InvalidArgument, match=r"^kind is not valid UTF-8\.$"):
+            local.add_service(SIGNER, host, 9, lone, SLA)
+        assert local.get_host(host).services == {}
+
+
+def _wrong_typed_calls(
+    ledger: Any, host: str, escrow: str, connection: str
+) -> dict[str, Callable[[], Any]]:
+    return {
+        "add_service sla": lambda: ledger.add_service(SIGNER, host, 9, "raw", (1, 1, 1)),
+        "update_service sla": lambda: ledger.update_service(SIGNER, host, 7, None),
+        "claim receipt": lambda: ledger.claim(SIGNER, escrow, None, ZERO),
+        "settle_with_receipt receipt": lambda: ledger.settle_with_receipt(
+            SIGNER, connection, (1, 2, 3)
+        ),
+        "mailbox_send signer": lambda: ledger.mailbox_send(None, host, b"x"),
+        "add_service signer": lambda: ledger.add_service("0x1", host, 9, "raw", SLA),
+    }
+
+
+def test_wrong_typed_sla_receipt_and_signer_are_refused_as_local_ledger_does(
+    sui: tuple[SuiLedger, FakeNode], tmp_path: Path
+) -> None:
+    led, node = sui
+    got = {
+        name: refused_before_io(node, call)
+        for name, call in _wrong_typed_calls(led, HOST, ESCROW, CONN).items()
+    }
+    assert got["add_service sla"] == "sla must be an Sla, got tuple."
+    assert got["claim receipt"] == "receipt must be a Receipt, got NoneType."
+    assert got["mailbox_send signer"] == "signer must be a HostIdentity, got NoneType."
+    with LocalLedger(tmp_path / "l.sqlite") as local:
+        local.faucet(SIGNER.sui_address, 10**9)
+        host = local.create_host(SIGNER, SIGNER.noise_public)
+        local.add_service(SIGNER, host, 7, "raw", SLA)
+        cap = local.create_spending_cap(SIGNER, 10**9)
+        opened = local.open_connection(SIGNER, host, 7, cap, 1000)
+        for name, call in _wrong_typed_calls(
+            local, host, opened.escrow_id, opened.connection_id
+        ).items():
+            with pytest.raises(InvalidArgument) as info:
+                call()
+            assert str(info.value) == got[name], name
+
+
+def _signer_methods() -> list[str]:
+    """SuiLedger's own transaction methods (an inherited default such as
+    Ledger.prepare_open_connection does nothing at all)."""
+    return sorted(
+        name
+        for name, fn in vars(SuiLedger).items()
+        if inspect.isfunction(fn)
+        and not name.startswith("_")
+        and list(inspect.signature(fn).parameters)[1:2] == ["signer"]
+    )
+
+
+def test_every_transaction_method_checks_its_signer_before_io(
+    sui: tuple[SuiLedger, FakeNode],
+) -> None:
+    led, node = sui
+    methods = _signer_methods()
+    assert len(methods) > 50 and "send_retained" in methods and "mailbox_send" in methods
+    for name in methods:
+        params = list(inspect.signature(getattr(SuiLedger, name)).parameters.values())[2:]
+        # the signer is checked first: the other arguments need not name anything
+        args = [HOST for p in params if p.default is inspect.Parameter.empty]
+        for signer in (None, "0x1", b"key"):
+            text = refused_before_io(node, partial(getattr(led, name), signer, *args))
+            assert text == f"signer must be a HostIdentity, got {type(signer).__name__}.", name
