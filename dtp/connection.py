@@ -1466,23 +1466,37 @@ class Connection:
                 return
         self._last_received = now  # an authentic message (lossy carriers wait for one)
         if kind == REC_HS_INIT:
+            try:
+                params = _parse_params(payload)
+                proof = params.pop("auth", None)
+                if self._hs.pattern == PATTERN_IK:
+                    if proof is None:
+                        raise HandshakeError("IK message 1 carries no identity proof")
+                    address = verify_auth_proof(proof, self._hs.auth_binding, early=True)
+                elif proof is not None:
+                    raise HandshakeError(
+                        "an identity proof in XX message 1 (it goes after message 3)"
+                    )
+            except HandshakeError as exc:
+                if self.config.reliable_carrier:
+                    raise
+                # Noise took it, but an XX message 1 is not authenticated at all (and an
+                # IK one only says its sender knows our key): a forgery or damage must
+                # not end the handshake the genuine message 1, or its resend, comes for
+                logger.debug("dropping a handshake message 1 whose payload fails: %s", exc)
+                self._hs.unread_first_message()
+                return
             # only a copy of this very message is answered again (lossy carriers): any
             # other, which anyone can forge, would have us send message 2 on demand
             self._hs_init = body
-            self._peer_params = _parse_params(payload)
-            proof = self._peer_params.pop("auth", None)
+            self._peer_params = params
             if self._hs.pattern == PATTERN_IK:
-                if proof is None:
-                    raise HandshakeError("IK message 1 carries no identity proof")
-                self._authenticated(
-                    proof, verify_auth_proof(proof, self._hs.auth_binding, early=True)
-                )
+                assert proof is not None
+                self._authenticated(proof, address)
                 self.peer_static = self._hs.remote_static
                 # message 2 waits for the application's verdict (accept / refuse)
                 self._state = transition(self._state, ConnState.SERVER_DECIDING)
                 return
-            if proof is not None:
-                raise HandshakeError("an identity proof in XX message 1 (it goes after message 3)")
             reply = self._hs.write_message(self._transport_params())
             self._send_handshake(REC_HS_RESP, reply, now, resend=False)
             if self._hs.complete:

@@ -35,7 +35,12 @@ the handshake is then dead: every later call raises ``HandshakeError`` too. On a
 carrier, where anyone may slip in a forged or damaged message before the genuine one,
 ``read_message(message, keep_state=True)`` instead leaves the handshake exactly as it
 was (the message is as if never read) and the genuine message, or its retransmission,
-can still complete it. A client
+can still complete it; a message 1 that Noise took but whose payload the caller refuses
+is forgotten with :meth:`Handshake.unread_first_message`. What this cannot cover: XX
+message 1 is not authenticated at all, so a forged one that reads cleanly and arrives
+first is answered, and the genuine client (whose resends no longer match) times out --
+on carriers where anyone may inject a message (a UDP port), not on the ledger carrier,
+where only the pipe's owner writes. A client
 that used the wrong server key in IK never gets a reply (the server's ``read_message``
 raises on message 1 and there is nothing to send back); the connection layer sees the
 carrier close or its handshake timeout. A message 2 from anyone but the holder of the
@@ -693,14 +698,29 @@ class Handshake:
             return self._read(data)
         except HandshakeError:
             if saved is None:  # message 1 at a responder: start again from nothing
-                if self._noise is not None:
-                    # keep the ephemeral key object (its public half costs a DH)
-                    self._ephemeral_keypair = self._noise.noise_protocol.handshake_state.e
-                self._noise = None
-                self._pattern = None
+                self._restart_responder()
             else:
                 _restore_read_state(noise, saved)
             raise
+
+    def unread_first_message(self) -> None:
+        """A responder that has read message 1 and written nothing forgets it, as if it
+        had never come (for lossy carriers: a message 1 Noise accepts may still be one
+        whose payload the connection refuses -- XX message 1 is not authenticated at
+        all -- and the genuine one may follow). HandshakeError in any other state."""
+        if self._is_initiator or self._messages_done != 1 or self._failed:
+            raise HandshakeError("only a responder that read message 1 alone can unread it")
+        self._restart_responder()
+        self._messages_done = 0
+        self._remote_static = None
+        self._binding = None
+
+    def _restart_responder(self) -> None:
+        if self._noise is not None:
+            # keep the ephemeral key object (its public half costs a DH)
+            self._ephemeral_keypair = self._noise.noise_protocol.handshake_state.e
+        self._noise = None
+        self._pattern = None
 
     def _read(self, data: bytes) -> bytes:
         if self.wants_write:
