@@ -20,6 +20,7 @@ of one connection at once.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -130,6 +131,8 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _BACKLOG_ENTRIES = 256
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
+# the most the interpreter's exit waits for the closes that files' finalizers queued
+_EXIT_CLOSE_WAIT = LINGER + 1.0
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
 # seconds a paid client's close waits for the server's end of the carrier, which closes
 # once the server settled on the ledger: about what a ledger transaction takes, the one
@@ -183,6 +186,8 @@ class _Engine:
         # (DTPSocket.interrupt_recv)
         self.interrupted: set[int] = set()
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
+        # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
+        self.abandoned = False
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
         # run once as the engine is released (lock held: it must not block)
         self.on_release: Callable[[], None] | None = None
@@ -689,7 +694,12 @@ class _Engine:
         _TIMERS.add(self)
 
     def shutdown(self, linger: float) -> None:
-        """Close gracefully: wait up to ``linger`` for queued data, then CLOSE."""
+        """Close gracefully: wait up to ``linger`` for queued data, then CLOSE. After
+        ``abandoned`` (the first stream was reset: DTPSocket.reset, a TCP reset's
+        counterpart) the peer's reading is not waited for here, as the patient drain of
+        _drain_carrier would (up to the whole linger, with a peer that does not read):
+        that drain goes on in the background (_drain_detached), so that the reset
+        and the CLOSE behind what the peer has yet to read still reach it."""
         with self.lock:
             if self.closed:
                 return
@@ -731,7 +741,10 @@ class _Engine:
                     patience = max(DRAIN_QUIET, min(left, PAID_CLOSE_WAIT))
                 else:
                     patience = None
-                self._drain_carrier(min(linger, 1.0), patience)
+                if self.abandoned and unread and self.payment is None and patience:
+                    self._drain_detached(patience)
+                else:
+                    self._drain_carrier(min(linger, 1.0), patience)
                 if self.payment is not None:
                     self.payment.finish()
             self.session.process_events()
@@ -800,6 +813,26 @@ class _Engine:
             except (OSError, ValueError):
                 return
 
+    def _drain_detached(self, patience: float) -> None:
+        """_drain_carrier's patient drain, left to the timer thread: half-close the
+        carrier now, and read (discarding) from a duplicate of it until the peer closes
+        its side or ``patience`` seconds pass, then close it -- the caller, who
+        abandoned the connection, returns at once. (A carrier closed at once with the
+        peer still reading was reset at its next flow-control update: the peer lost
+        the rest, our reset and CLOSE too, and read ConnectionLost.)"""
+        if self.carrier_closed or self.out:
+            return
+        try:
+            carrier = self.sock.dup()
+        except OSError:
+            return
+        try:
+            carrier.shutdown(_socket.SHUT_WR)
+        except OSError:
+            carrier.close()
+            return
+        _TIMERS.drain(carrier, patience)
+
     def abort(self, code: int, reason: str) -> None:
         with self.lock:
             if self.closed:
@@ -861,6 +894,11 @@ class _TimerService:
         self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
+        self._closers: set[threading.Thread] = set()  # ... closing in threads of their own
+        # carriers abandoned with the peer still reading (_Engine._drain_detached): read
+        # and discarded until the peer closes its side or the deadline, then closed
+        self._draining: dict[int, tuple[_socket.socket, float]] = {}
+        self._drain_buf = bytearray(64 * 1024)  # (the thread's alone)
 
     def add(self, engine: _Engine) -> None:
         with self._lock:
@@ -894,9 +932,85 @@ class _TimerService:
 
     def close_later(self, sock: DTPSocket) -> None:
         """Run ``sock.close()`` in a thread of its own, soon. Safe in a finalizer: a
-        deque append and a pipe write (the timer thread starts the closing thread)."""
+        deque append and a pipe write (the timer thread starts the closing thread).
+        At interpreter exit, :meth:`finish_closes` waits for these closes a while."""
         self._closing.append(sock)
         self._wake()
+
+    def drain(self, carrier: _socket.socket, patience: float) -> None:
+        """Read (discarding) from the non-blocking, half-closed ``carrier`` until its
+        peer closes its side, an error, or ``patience`` seconds; then close it."""
+        with self._lock:
+            # (the thread runs: the engine that abandoned this carrier started it)
+            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience)
+        self._wake()
+
+    def _drain_ready(self, fd: int) -> None:
+        with self._lock:
+            entry = self._draining.get(fd)
+        if entry is None:
+            return
+        carrier = entry[0]
+        try:
+            while carrier.recv_into(self._drain_buf):
+                pass
+        except (BlockingIOError, InterruptedError):
+            return  # all read for now
+        except OSError:
+            pass
+        with self._lock:
+            self._draining.pop(fd, None)
+        carrier.close()  # the peer closed its side too, or the carrier failed
+
+    def _start_closes(self) -> None:
+        """Start a closing thread for each socket close_later() queued."""
+        while True:
+            try:
+                sock = self._closing.popleft()
+            except IndexError:  # (finish_closes may have taken the last one)
+                return
+            thread = threading.Thread(target=self._close, args=(sock,), name="dtp-close")
+            thread.daemon = True
+            with self._lock:
+                self._closers.add(thread)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: close it here, late but closed
+                with self._lock:
+                    self._closers.discard(thread)
+                self._guarded(sock.close)
+            del sock, thread
+
+    def _close(self, sock: DTPSocket) -> None:
+        try:
+            self._guarded(sock.close)
+        finally:
+            with self._lock:
+                self._closers.discard(threading.current_thread())
+
+    def finish_closes(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the closes close_later() queued (run at
+        interpreter exit). Their threads are daemons, which the interpreter stops at
+        exit wherever they are: a close cut off while it lingered sent no CLOSE, and
+        the carrier's kernel socket, closed with unread bytes, reset the connection --
+        the peer lost what it had not read yet."""
+        if self._pid != os.getpid():
+            return  # (a forked child: the threads were its parent's)
+        self._start_closes()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = list(self._closers)
+            if not threads:
+                return
+            for thread in threads:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                thread.join(left)
+                if not thread.is_alive():
+                    with self._lock:
+                        self._closers.discard(thread)
 
     def _wake(self) -> None:
         if self._wake_fds is not None:
@@ -915,13 +1029,8 @@ class _TimerService:
         assert self._wake_fds is not None
         wake_fd = self._wake_fds[0]
         while True:
-            while self._closing:
-                sock = self._closing.popleft()
-                try:
-                    threading.Thread(target=sock.close, name="dtp-close", daemon=True).start()
-                except RuntimeError:  # no thread to be had: close it here, late but closed
-                    self._guarded(sock.close)
-                del sock
+            if self._closing:
+                self._start_closes()
             due: weakref.ref[_Engine] | None = None
             until: float | None = None
             watched: dict[int, _Engine] = {}
@@ -933,6 +1042,13 @@ class _TimerService:
                     _, _, due = heapq.heappop(self._heap)
                 else:
                     until = self._heap[0][0] if self._heap else None
+                    for fd, (carrier, deadline) in list(self._draining.items()):
+                        if deadline <= now:
+                            del self._draining[fd]
+                            carrier.close()
+                        else:
+                            until = deadline if until is None else min(until, deadline)
+                            poller.register(fd, select.POLLIN)
                     for key, (ref, after, _, _) in list(self._watched.items()):
                         engine = ref()
                         if engine is None or engine.closed or engine.carrier_closed:
@@ -953,6 +1069,8 @@ class _TimerService:
                         os.read(wake_fd, 4096)
                 elif fd in watched:
                     self._guarded(self._serve, watched[fd])
+                elif fd in self._draining:
+                    self._guarded(self._drain_ready, fd)
             del watched
 
     @staticmethod
@@ -1051,6 +1169,8 @@ class _TimerService:
 
 
 _TIMERS = _TimerService()
+# closes queued by files' finalizers, finished before the interpreter stops their threads
+atexit.register(_TIMERS.finish_closes, _EXIT_CLOSE_WAIT)
 
 
 def _writable(buffer: Any) -> memoryview:
@@ -1872,8 +1992,9 @@ class DTPSocket:
         """Close this stream; closing the first stream closes the connection (after
         up to 5 s for queued data to leave; 30 s over the ledger carrier). As with a
         socket, a file from :meth:`makefile` that is still open keeps the stream open
-        and usable: it closes once the last such file is closed (then in the
-        background, as the file's close may run in a finalizer)."""
+        and usable: it closes once the last such file is closed (in that file's
+        ``close()``, which then lingers as this does; in the background when the file
+        is garbage-collected instead)."""
         if self._closed:
             return
         if self._io_refs > 0:
@@ -1912,6 +2033,8 @@ class DTPSocket:
                 # stream raise StreamReset(code), as its reads do
                 self._shut_reading(code)
             engine.flush()
+        if self._primary:
+            engine.abandoned = True  # the connection's close waits for nothing
         self._io_refs = 0  # a reset is not held back by open files
         self.close()
 
@@ -1956,15 +2079,22 @@ class DTPSocket:
             engine.interrupted.add(self._stream_id)
             engine.wake_waiters()
 
-    def _release_file(self) -> None:
-        """A file from :meth:`makefile` was closed. This may run in a finalizer, inside
-        any allocation (perhaps with this connection's lock held): the deferred close
-        is only queued here -- a deque append and a pipe write -- for a thread of its
-        own."""
+    def _release_file(self, in_finalizer: bool = True) -> None:
+        """A file from :meth:`makefile` was closed; the last one closes the socket if
+        :meth:`close` was deferred for it. Closed by the application, the file closes
+        the socket here, as :meth:`close` would (lingering for queued data): a close
+        left to a background thread was cut off at the interpreter's exit, the
+        connection reset and the peer's unread data lost. ``in_finalizer``: the file's
+        close runs in a finalizer, inside any allocation (perhaps with this
+        connection's lock held): the deferred close is then only queued -- a deque
+        append and a pipe write -- for a thread of its own."""
         if self._io_refs > 0:
             self._io_refs -= 1
         if self._close_deferred and self._io_refs == 0 and not self._closed:
-            _TIMERS.close_later(self)
+            if in_finalizer:
+                _TIMERS.close_later(self)
+            else:
+                self.close()
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
@@ -2167,7 +2297,7 @@ class FileStream(Protocol):
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int: ...
 
-    def sendall(self, data: Any, flags: int = 0, /) -> None: ...
+    def send(self, data: Any, flags: int = 0, /) -> int: ...
 
 
 def stream_file(
@@ -2180,12 +2310,14 @@ def stream_file(
     *,
     owner: DTPSocket | None = None,
 ) -> Any:
-    """A file object over ``sock``'s ``recv_into`` and ``sendall``, as
-    :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b). ``owner``: the
-    DTP socket whose :meth:`~DTPSocket.close` waits until this file is closed."""
+    """A file object over ``sock``'s ``recv_into`` and ``send``, as
+    :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b; neither r nor w:
+    read-only). ``owner``: the DTP socket whose :meth:`~DTPSocket.close` waits until
+    this file is closed."""
     if not set(mode) <= {"r", "w", "b"}:
         raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
-    reading, writing = "r" in mode, "w" in mode
+    writing = "w" in mode
+    reading = "r" in mode or not writing  # ("b" alone reads, as a socket's file does)
     if buffering is None or buffering < 0:
         buffering = io.DEFAULT_BUFFER_SIZE
     if buffering == 0 and "b" not in mode:
@@ -2200,13 +2332,25 @@ def stream_file(
         buffered = io.BufferedReader(raw, buffering)
     else:
         buffered = io.BufferedWriter(raw, buffering)
+    raw._layers.append(weakref.ref(buffered))
     if "b" in mode:
         return buffered
-    return io.TextIOWrapper(buffered, encoding, errors, newline)
+    text: Any = io.TextIOWrapper(buffered, encoding, errors, newline)
+    raw._layers.append(weakref.ref(text))
+    return text
 
 
 class _StreamIO(io.RawIOBase):
-    """The raw file under :func:`stream_file`."""
+    """The raw file under :func:`stream_file`, with :class:`socket.SocketIO`'s contract.
+
+    A read that times out (or is interrupted: :meth:`DTPSocket.interrupt_recv`) may
+    leave bytes taken from the stream in the buffered file above, which drops them when
+    the error goes through it; so, as a socket's file, the file then refuses to read on
+    (OSError) rather than go on after a gap. On a non-blocking socket, a read that
+    would block returns None and a write sends what fits now and returns its count (or
+    None: nothing fits), so that the buffered file above neither loses bytes nor sends
+    one twice (a blocking write goes on until all of it is sent or the socket's timeout
+    passes: what went then is the count)."""
 
     def __init__(
         self, sock: FileStream, reading: bool, writing: bool, owner: DTPSocket | None
@@ -2215,6 +2359,11 @@ class _StreamIO(io.RawIOBase):
         self._sock = sock
         self._reading = reading
         self._writing = writing
+        self._timed_out = False
+        # the files stream_file built over this one (buffered, text): whether one of
+        # them is being finalized tells a close() of the garbage collector's from the
+        # application's
+        self._layers: list[weakref.ref[Any]] = []
         self._owner = owner
         if owner is not None:
             owner._io_refs += 1
@@ -2225,21 +2374,65 @@ class _StreamIO(io.RawIOBase):
         super().close()
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner._release_file()
+            owner._release_file(in_finalizer=self._in_finalizer())
+
+    def _in_finalizer(self) -> bool:
+        """Whether this close comes from a finalizer: this file's, or that of a file
+        built over it (io's finalizers set ``_finalizing`` before they call close();
+        a file gone already -- a garbage cycle's, or a BufferedRWPair's, which has no
+        such flag -- counts as one being finalized)."""
+        if getattr(self, "_finalizing", False):
+            return True
+        for ref in self._layers:
+            layer = ref()
+            if layer is None or getattr(layer, "_finalizing", False):
+                return True
+        return False
 
     def readable(self) -> bool:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
         return self._reading
 
     def writable(self) -> bool:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
         return self._writing
 
-    def readinto(self, b: Any) -> int:
-        return self._sock.recv_into(b)
+    def readinto(self, b: Any) -> int | None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if not self._reading:
+            raise io.UnsupportedOperation("File or stream is not readable.")
+        if self._timed_out:
+            raise OSError("cannot read from timed out object")
+        try:
+            return self._sock.recv_into(b)
+        except TimeoutError:  # (DTPTimeoutError: a timeout, or interrupt_recv)
+            self._timed_out = True
+            raise
+        except BlockingIOError:
+            return None  # non-blocking, nothing there
 
-    def write(self, b: Any) -> int:
-        view = memoryview(b)
-        self._sock.sendall(view)
-        return view.nbytes
+    def write(self, b: Any) -> int | None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if not self._writing:
+            raise io.UnsupportedOperation("File or stream is not writable.")
+        view = memoryview(b).cast("B")
+        try:
+            sent = self._sock.send(view)
+        except BlockingIOError:
+            return None  # non-blocking, no room
+        # a blocking socket's send takes what fits (a socket's takes it all): on with
+        # the rest until the socket would wait no more, then the count of what went --
+        # an error raised past it would have the file send those bytes again
+        while 0 < sent < len(view):
+            try:
+                sent += self._sock.send(view[sent:])
+            except (BlockingIOError, TimeoutError):
+                break  # (the next write finds it again)
+        return sent
 
 
 # -----------------------------------------------------------------------------------------

@@ -1,0 +1,341 @@
+"""``makefile()``'s files keep :class:`socket.SocketIO`'s contract, and closing ends a
+connection cleanly:
+
+- a read that timed out leaves the file refusing reads (the bytes the buffered file
+  had taken were dropped with the error: reading on would skip them);
+- on a non-blocking socket a read that would block returns what came (None: nothing),
+  and a write reports what went, so the buffered file neither loses a byte nor sends
+  one twice;
+- ``makefile("b")`` reads, as a socket's file does;
+- a stream closed through its file closes there, in the caller's thread (it lingers):
+  a close left to a daemon thread was cut off when the process exited, and the peer
+  read ConnectionLost instead of the clean end;
+- ``reset()`` on the first stream does not wait the linger for a peer that is not
+  reading (nothing of a reset stream is waited for).
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.errors import DTPError, DTPTimeoutError, StreamReset
+from dtp.keys import HostIdentity
+
+SERVER_ID = HostIdentity.generate()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server() -> Iterator[dtp.socket.DTPServer]:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as srv:
+        yield srv
+
+
+@pytest.fixture
+def pair(
+    server: dtp.socket.DTPServer,
+) -> Iterator[tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]]:
+    """(client, the server's socket for it), both with a 10 s timeout."""
+    client = dtp.socket.create_connection(
+        server.address, timeout=10, server_key=server.noise_public_key
+    )
+    client.sendall(b"!")  # (the server's accept returns with the first bytes)
+    peer, _ = server.accept(timeout=10)
+    peer.settimeout(10)
+    assert peer.recv(1) == b"!"
+    try:
+        yield client, peer
+    finally:
+        client.abort()
+        peer.abort()
+
+
+def _numbered(nbytes: int) -> bytes:
+    """``nbytes`` (a multiple of 4) of consecutive 32-bit numbers: a byte lost or sent
+    twice shows."""
+    return array.array("I", range(nbytes // 4)).tobytes()
+
+
+# -- reads after a timeout -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["timeout", "interrupt_recv"])
+def test_a_file_refuses_to_read_on_after_a_read_timed_out(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], how: str
+) -> None:
+    client, peer = pair
+    f = client.makefile("rb")
+    peer.sendall(b"A" * 40)
+    if how == "timeout":
+        client.settimeout(0.3)
+    else:
+        timer = threading.Timer(0.3, client.interrupt_recv)  # ends the read as a timeout
+        timer.start()
+    with pytest.raises(DTPTimeoutError):
+        f.read(100)  # took the 40 bytes, then timed out waiting for more: they are lost
+    peer.sendall(b"B" * 100)
+    # a file reading on returned the B's as if they followed on (the A's skipped)
+    with pytest.raises(OSError, match="timed out object"):
+        f.read(100)
+    f.close()
+
+
+def test_an_unbuffered_file_refuses_to_read_on_after_a_timeout(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    client, peer = pair
+    client.settimeout(0.2)
+    raw = client.makefile("rb", buffering=0)
+    with pytest.raises(TimeoutError):
+        raw.read(10)
+    peer.sendall(b"late")
+    with pytest.raises(OSError, match="timed out object"):
+        raw.read(10)
+    raw.close()
+
+
+# -- non-blocking files ----------------------------------------------------------------------
+
+
+def test_a_non_blocking_file_read_returns_what_came(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    client, peer = pair
+    client.setblocking(False)
+    f = client.makefile("rb")
+
+    def read(want: int) -> bytes:
+        """What came, up to ``want`` bytes, asking for more than that each time."""
+        data = b""
+        deadline = time.monotonic() + 10
+        while len(data) < want:
+            assert time.monotonic() < deadline
+            try:
+                chunk = f.read(1000)
+            except BlockingIOError:
+                # (the read took what came, then its next look would block: what it
+                # took was lost with the error)
+                chunk = None
+            if chunk is None:
+                time.sleep(0.01)
+                continue
+            assert chunk, "no end of stream here"
+            data += chunk
+        return data
+
+    peer.sendall(b"A" * 40)
+    assert read(40) == b"A" * 40
+    peer.sendall(b"B" * 100)
+    assert read(100) == b"B" * 100
+    assert f.read(1000) is None  # nothing more: would block
+    f.close()
+
+
+@pytest.mark.parametrize("buffering", [0, 8192, 4 << 20])
+def test_a_non_blocking_file_write_sends_each_byte_once(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], buffering: int
+) -> None:
+    client, peer = pair
+    payload = _numbered(8 << 20)  # beyond the flow-control window: writes would block
+    received = bytearray()
+    blocked = threading.Event()
+
+    def read_all() -> None:
+        blocked.wait(30)  # the peer reads once the writer has been held up
+        while data := peer.recv(1 << 20):
+            received.extend(data)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        client.setblocking(False)
+        f = client.makefile("wb", buffering=buffering)
+        view = memoryview(payload)
+        pos = 0
+        deadline = time.monotonic() + 60
+        while pos < len(view):
+            assert time.monotonic() < deadline
+            try:
+                n = f.write(view[pos : pos + 1_000_000])
+            except BlockingIOError as exc:
+                # (a buffered file: what it took of the data, buffered or sent)
+                n = getattr(exc, "characters_written", 0)
+            if n is None or n < len(view[pos : pos + 1_000_000]):
+                blocked.set()
+                time.sleep(0.005)
+            pos += n or 0
+        while True:
+            try:
+                f.flush()
+                break
+            except BlockingIOError:
+                blocked.set()
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+        assert blocked.is_set()  # (the case this is about: writes that would block)
+        f.close()
+        client.setblocking(True)
+        client.shutdown(dtp.socket.SHUT_WR)
+    finally:
+        blocked.set()
+        reader.join(30)
+    assert len(received) == len(payload)
+    assert received == payload
+
+
+# -- modes -------------------------------------------------------------------------------------
+
+
+def test_makefile_b_reads(pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]) -> None:
+    client, peer = pair
+    f = client.makefile("b")
+    assert isinstance(f, io.BufferedReader)
+    assert f.readable() and not f.writable()
+    peer.sendall(b"line\n")
+    assert f.readline() == b"line\n"
+    f.close()
+    raw = client.makefile("b", buffering=0)
+    assert raw.readable() and not raw.writable()
+    with pytest.raises(io.UnsupportedOperation):
+        raw.write(b"x")
+    raw.close()
+    text = client.makefile("", encoding="ascii")
+    assert text.readable() and not text.writable()
+    text.close()
+    client.sendall(b"still open")
+    assert peer.recv(100) == b"still open"
+
+
+# -- closing through the file ----------------------------------------------------------------
+
+
+def test_closing_the_last_file_closes_the_socket_before_it_returns(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    client, peer = pair
+    size = 6 << 20
+    got: list[int] = []
+
+    def read_all() -> None:
+        time.sleep(0.5)  # a reader that starts late: the close lingers meanwhile
+        n = 0
+        while data := peer.recv(1 << 20):
+            n += len(data)
+        got.append(n)
+        peer.close()  # (the closing side waits for the carrier's end)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    f = client.makefile("wb")
+    client.close()  # deferred: the file keeps the stream open
+    assert "open" in repr(client)
+    f.write(b"x" * size)
+    f.close()
+    # not queued for a thread (which a process exit would cut off): done, after the
+    # linger that let the late reader have it all
+    assert "closed" in repr(client)
+    reader.join(10)
+    assert got == [size]
+
+
+_CLIENT = """
+import sys
+import dtp.socket
+port, key, size = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+sock = dtp.socket.create_connection(("127.0.0.1", port), timeout=10, server_key=key)
+f = sock.makefile("wb")
+sock.close()  # as http.client does: the file keeps the stream open
+f.write(b"x" * size)
+f.close()  # the last reference: the stream closes now
+print("closed", flush=True)
+# and the process exits at once
+"""
+
+
+def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
+    server: dtp.socket.DTPServer,
+) -> None:
+    size = 8 << 20  # more than the windows: the close lingers while the peer reads
+    outcome: dict[str, object] = {}
+
+    def serve() -> None:
+        try:
+            sock, _ = server.accept(timeout=30)
+        except DTPError as exc:
+            outcome["end"] = exc
+            return
+        with sock:
+            sock.settimeout(15)
+            time.sleep(0.5)  # a reader that starts late: the close is still lingering
+            got = 0
+            try:
+                while data := sock.recv(1 << 20):
+                    got += len(data)
+                outcome["end"] = "EOF"
+            except DTPError as exc:
+                outcome["end"] = exc
+            outcome["got"] = got
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CLIENT,
+                str(server.address[1]),
+                server.noise_public_key.hex(),
+                str(size),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        thread.join(30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "closed"
+    # the daemon thread's close was cut off at exit: ConnectionLost (a reset), the
+    # unread end of the data with it
+    assert outcome == {"end": "EOF", "got": size}
+
+
+# -- reset ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pending", ["none", "window"])
+def test_reset_of_the_first_stream_does_not_wait_for_a_peer_not_reading(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], pending: str
+) -> None:
+    client, peer = pair
+    assert client._engine.linger == dtp.socket.LINGER == 5.0
+    if pending == "window":
+        # the peer's window filled, more queued behind it; the peer does not read
+        client.settimeout(0.5)
+        with pytest.raises(DTPTimeoutError):
+            client.sendall(b"z" * (64 << 20))
+    else:
+        client.sendall(b"z" * (3 << 20))  # within the windows, all sent
+    start = time.monotonic()
+    client.reset(3)
+    took = time.monotonic() - start
+    # it waited the whole linger for the peer's reading of what it had sent
+    assert took < 2.0, took
+    # and the reset reached the peer all the same, behind what it had not read: the
+    # carrier, closed at once, was reset by the peer's next flow-control update
+    with pytest.raises(StreamReset) as caught:
+        while peer.recv(1 << 20):
+            pass
+    assert caught.value.code == 3
