@@ -41,6 +41,15 @@ class Cli:
     def json(self, *argv: str) -> Any:
         return json.loads(self(*argv, "--json"))
 
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of a command, whatever its code."""
+        args = make_parser().parse_args(
+            [*argv, "--ledger-path", str(self.ledger), "--identity", str(self.identity)]
+        )
+        code = int(args.func(args))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
 
 @pytest.fixture
 def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:

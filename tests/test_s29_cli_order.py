@@ -11,45 +11,16 @@ UTF-8 ended in a UnicodeEncodeError traceback. All run against a real LocalLedge
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dtp.chain.cli import register
 from dtp.chain.local import LocalLedger
+from tests.test_chain_cli import Cli, make_parser
 
 NEW_AUTHORITY = "0x" + "00" * 31 + "aa"
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dtp")
-    register(parser.add_subparsers(dest="command"))
-    return parser
-
-
-class Cli:
-    """Runs chain commands on one ledger file and identity; returns (code, out, err)."""
-
-    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.ledger = tmp / "ledger.sqlite"
-        self.identity = tmp / "id.json"
-        self.capsys = capsys
-
-    def run(self, *argv: str) -> tuple[int, str, str]:
-        args = make_parser().parse_args(
-            [*argv, "--ledger-path", str(self.ledger), "--identity", str(self.identity)]
-        )
-        code = int(args.func(args))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str) -> Any:
-        code, out, err = self.run(*argv, "--json")
-        assert code == 0, err
-        return json.loads(out)
 
 
 @pytest.fixture
