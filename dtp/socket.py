@@ -1992,9 +1992,9 @@ class DTPSocket:
         """Close this stream; closing the first stream closes the connection (after
         up to 5 s for queued data to leave; 30 s over the ledger carrier). As with a
         socket, a file from :meth:`makefile` that is still open keeps the stream open
-        and usable: it closes once the last such file is closed (in that file's
-        ``close()``, which then lingers as this does; in the background when the file
-        is garbage-collected instead)."""
+        and usable: it closes once the last such file is closed (then in the
+        background, as the file's close may run in a finalizer; the interpreter's exit
+        waits for such closes up to the linger and a second)."""
         if self._closed:
             return
         if self._io_refs > 0:
@@ -2079,22 +2079,19 @@ class DTPSocket:
             engine.interrupted.add(self._stream_id)
             engine.wake_waiters()
 
-    def _release_file(self, in_finalizer: bool = True) -> None:
+    def _release_file(self) -> None:
         """A file from :meth:`makefile` was closed; the last one closes the socket if
-        :meth:`close` was deferred for it. Closed by the application, the file closes
-        the socket here, as :meth:`close` would (lingering for queued data): a close
-        left to a background thread was cut off at the interpreter's exit, the
-        connection reset and the peer's unread data lost. ``in_finalizer``: the file's
-        close runs in a finalizer, inside any allocation (perhaps with this
-        connection's lock held): the deferred close is then only queued -- a deque
-        append and a pipe write -- for a thread of its own."""
+        :meth:`close` was deferred for it. This may run in a finalizer -- the file's, or
+        that of an object wrapping it (an ``http.client.HTTPResponse``, a
+        ``TextIOWrapper`` the application made), which no flag tells from the
+        application's own close -- inside any allocation, perhaps with this connection's
+        lock held: the deferred close is only queued here (a deque append and a pipe
+        write) for a thread of its own, which the interpreter's exit waits for a while
+        (_TimerService.finish_closes)."""
         if self._io_refs > 0:
             self._io_refs -= 1
         if self._close_deferred and self._io_refs == 0 and not self._closed:
-            if in_finalizer:
-                _TIMERS.close_later(self)
-            else:
-                self.close()
+            _TIMERS.close_later(self)
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
@@ -2332,12 +2329,9 @@ def stream_file(
         buffered = io.BufferedReader(raw, buffering)
     else:
         buffered = io.BufferedWriter(raw, buffering)
-    raw._layers.append(weakref.ref(buffered))
     if "b" in mode:
         return buffered
-    text: Any = io.TextIOWrapper(buffered, encoding, errors, newline)
-    raw._layers.append(weakref.ref(text))
-    return text
+    return io.TextIOWrapper(buffered, encoding, errors, newline)
 
 
 class _StreamIO(io.RawIOBase):
@@ -2360,10 +2354,6 @@ class _StreamIO(io.RawIOBase):
         self._reading = reading
         self._writing = writing
         self._timed_out = False
-        # the files stream_file built over this one (buffered, text): whether one of
-        # them is being finalized tells a close() of the garbage collector's from the
-        # application's
-        self._layers: list[weakref.ref[Any]] = []
         self._owner = owner
         if owner is not None:
             owner._io_refs += 1
@@ -2374,20 +2364,7 @@ class _StreamIO(io.RawIOBase):
         super().close()
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner._release_file(in_finalizer=self._in_finalizer())
-
-    def _in_finalizer(self) -> bool:
-        """Whether this close comes from a finalizer: this file's, or that of a file
-        built over it (io's finalizers set ``_finalizing`` before they call close();
-        a file gone already -- a garbage cycle's, or a BufferedRWPair's, which has no
-        such flag -- counts as one being finalized)."""
-        if getattr(self, "_finalizing", False):
-            return True
-        for ref in self._layers:
-            layer = ref()
-            if layer is None or getattr(layer, "_finalizing", False):
-                return True
-        return False
+            owner._release_file()
 
     def readable(self) -> bool:
         if self.closed:

@@ -7,9 +7,10 @@ connection cleanly:
   and a write reports what went, so the buffered file neither loses a byte nor sends
   one twice;
 - ``makefile("b")`` reads, as a socket's file does;
-- a stream closed through its file closes there, in the caller's thread (it lingers):
-  a close left to a daemon thread was cut off when the process exited, and the peer
-  read ConnectionLost instead of the clean end;
+- a stream closed through its file closes in the background (the file's close may run
+  in a finalizer: its own, or that of an object wrapping it, such as an
+  http.client.HTTPResponse), and the interpreter's exit waits for that close: cut off
+  by the exit, it left the peer reading ConnectionLost instead of the clean end;
 - ``reset()`` on the first stream does not wait the linger for a peer that is not
   reading (nothing of a reset stream is waited for).
 """
@@ -17,6 +18,8 @@ connection cleanly:
 from __future__ import annotations
 
 import array
+import contextlib
+import http.client
 import io
 import subprocess
 import sys
@@ -30,6 +33,7 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
+from tests.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +223,7 @@ def test_makefile_b_reads(pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket
 # -- closing through the file ----------------------------------------------------------------
 
 
-def test_closing_the_last_file_closes_the_socket_before_it_returns(
+def test_closing_the_last_file_closes_the_socket_after_the_linger(
     pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
 ) -> None:
     client, peer = pair
@@ -241,11 +245,32 @@ def test_closing_the_last_file_closes_the_socket_before_it_returns(
     assert "open" in repr(client)
     f.write(b"x" * size)
     f.close()
-    # not queued for a thread (which a process exit would cut off): done, after the
-    # linger that let the late reader have it all
-    assert "closed" in repr(client)
+    # in the background (the file's close may be a finalizer's), after the linger that
+    # let the late reader have it all
+    assert wait_for(lambda: "closed" in repr(client), timeout=10)
     reader.join(10)
     assert got == [size]
+
+
+@pytest.mark.parametrize("wrap", ["http.client", "TextIOWrapper"])
+def test_a_wrapper_collected_with_the_last_file_does_not_linger_in_its_finalizer(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket], wrap: str
+) -> None:
+    client, _peer = pair  # the peer reads nothing: a close lingers its whole 5 s
+    wrapper: object = (
+        http.client.HTTPResponse(client)  # type: ignore[arg-type]
+        if wrap == "http.client"
+        else io.TextIOWrapper(client.makefile("rb"), encoding="utf-8")
+    )
+    client.settimeout(0)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            client.send(b"x" * 65536)  # queued: the close will wait for it
+    client.close()  # deferred: the wrapper's file keeps the stream open
+    start = time.monotonic()
+    del wrapper  # its finalizer closes the last file
+    assert time.monotonic() - start < 1.0  # (it took the whole linger: 5 s)
+    assert wait_for(lambda: "closed" in repr(client), timeout=15)
 
 
 _CLIENT = """
