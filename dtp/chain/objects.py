@@ -32,10 +32,11 @@ def check_signer(signer: object) -> None:
 
 
 def as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
-    """The bytes a ``vector<u8>`` argument carries (both ledgers' rule): a bytes-like
-    object's bytes (as ``memoryview.tobytes()``, so a buffer of wider items gives all
-    its bytes), text as UTF-8. Anything else is :class:`InvalidArgument`: ``bytes(n)``
-    would turn an int into ``n`` zero bytes, signed and sent."""
+    """The bytes a ``vector<u8>`` argument carries (both ledgers' rule): those of a
+    ``bytes``, ``bytearray`` or ``memoryview`` (all of them: a view of wider items gives
+    every byte; wrap another buffer, an ``array``, in a memoryview), text as UTF-8.
+    Anything else is :class:`InvalidArgument`: ``bytes(n)`` would turn an int into
+    ``n`` zero bytes, signed and sent."""
     if isinstance(value, str):
         try:
             return value.encode()
