@@ -1321,6 +1321,18 @@ def native_find_ham_souls(
     return list(zip(flat[::2], flat[1::2], strict=True))
 
 
+def native_zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return it
+    with every state that is ``-0.0`` written as ``0.0``, and how many were."""
+    out = bytearray(batch)
+    changed = ffi.new("size_t *")
+    buf = _from(out)
+    rc = lib.dtp_ham_zero_states(buf, len(buf), changed)
+    del buf  # (see _from)
+    _check(rc, remote=True)
+    return bytes(out), int(changed[0])
+
+
 # --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
@@ -1336,6 +1348,7 @@ if TYPE_CHECKING or not PUREPYTHON:
     HamGraph = NativeHamGraph
     Lane = NativeLane
     find_ham_souls = native_find_ham_souls
+    zero_negative_states = native_zero_negative_states
 else:
     from dtp._reference import (
         Aead,
@@ -1347,6 +1360,7 @@ else:
         find_ham_souls,
         parse_records,
         write_record_header,
+        zero_negative_states,
     )
 
 BACKEND = "python" if PUREPYTHON else "c"
@@ -1366,4 +1380,5 @@ __all__ = [
     "find_ham_souls",
     "parse_records",
     "write_record_header",
+    "zero_negative_states",
 ]

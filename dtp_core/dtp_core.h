@@ -478,6 +478,12 @@ int dtp_ham_find_souls(const uint8_t *batch, size_t len, const uint8_t *prefix,
                        size_t prefix_len, uint64_t *spans, size_t spans_cap,
                        size_t *n_found);
 
+/* Validate the whole batch as dtp_ham_merge does (nothing changes if it is malformed),
+ * then write every state that is -0.0 as +0.0, in place; *n_changed receives how many
+ * were. (States compare as numbers, so the two are one state: written alike, every
+ * table keeps the same bits for it.) */
+int dtp_ham_zero_states(uint8_t *batch, size_t len, size_t *n_changed);
+
 /* Apply deferred updates whose state <= machine_state (in arrival order) and write the
  * ones that were applied to `changed` as a batch. changed_cap >= dtp_ham_deferred_bytes()
  * + DTP_HAM_BATCH_HEADER_LEN always suffices; a smaller one that cannot hold the updates

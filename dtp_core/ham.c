@@ -297,6 +297,34 @@ int dtp_ham_find_souls(const uint8_t *batch, size_t len, const uint8_t *prefix,
     return 2 * found > spans_cap ? DTP_ERR_BUFFER : DTP_OK;
 }
 
+int dtp_ham_zero_states(uint8_t *batch, size_t len, size_t *n_changed) {
+    if ((batch == NULL && len > 0) || n_changed == NULL) return DTP_ERR_ARG;
+    *n_changed = 0;
+    uint32_t count;
+    int rc = check_header(batch, len, &count);
+    if (rc != DTP_OK) return rc;
+    const uint8_t *end = batch + len;
+    const uint8_t *p = batch + DTP_HAM_BATCH_HEADER_LEN;
+    ham_update u;
+    for (uint32_t k = 0; k < count; k++) { /* pass 1: nothing changes if malformed */
+        rc = check_update(&p, end, &u);
+        if (rc != DTP_OK) return rc;
+    }
+    if (p != end) return DTP_ERR_HAM_MALFORMED;
+    p = batch + DTP_HAM_BATCH_HEADER_LEN;
+    size_t changed = 0;
+    for (uint32_t k = 0; k < count; k++) {
+        (void)check_update(&p, end, &u); /* validated above */
+        if (u.state == 0.0 && signbit(u.state)) {
+            /* the state's 8 bytes follow the field; +0.0 is all zero bits */
+            memset(batch + (size_t)(u.field - batch) + u.field_len, 0, 8);
+            changed++;
+        }
+    }
+    *n_changed = changed;
+    return DTP_OK;
+}
+
 /* ---- table ------------------------------------------------------------------------- */
 
 dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed_len) {

@@ -29,6 +29,7 @@ NATIVE = SimpleNamespace(
     parse_records=_core.native_parse_records,
     write_record_header=_core.native_write_record_header,
     find_ham_souls=_core.native_find_ham_souls,
+    zero_negative_states=_core.native_zero_negative_states,
 )
 REFERENCE = SimpleNamespace(
     name="python",
@@ -41,6 +42,7 @@ REFERENCE = SimpleNamespace(
     parse_records=_reference.parse_records,
     write_record_header=_reference.write_record_header,
     find_ham_souls=_reference.find_ham_souls,
+    zero_negative_states=_reference.zero_negative_states,
 )
 BACKENDS = [NATIVE, REFERENCE] if _core.HAVE_NATIVE else [REFERENCE]
 

@@ -11,6 +11,8 @@ decoded.
 from __future__ import annotations
 
 import itertools
+import math
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from dtp import _core
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch
 from dtp._types import HamUpdate
-from dtp.errors import ErrorCode
+from dtp.errors import ErrorCode, RemoteProtocolError
 from dtp.graph import Graph, namespace
 from dtp.keys import HostIdentity
 from tests.conftest import BACKENDS, NATIVE, REFERENCE, require_native
@@ -181,3 +183,107 @@ def test_a_graph_refuses_forgeries_among_many_public_updates(owner: HostIdentity
         assert g.snapshot()[(good.soul, b"f")] == (1.0, good.value)
     finally:
         g.close()
+
+
+# -- zero_negative_states: the same cure for the graph's -0.0 rewrite -------------------------
+#
+# Graph.merge writes a state of -0.0 as 0.0 before anything else (tables must keep the
+# same bits for one state). A batch holding the 8 bytes of -0.0 anywhere -- a peer need
+# only put them in a value -- was decoded and encoded again whole in Python; the C core
+# now rewrites those states in place.
+
+NEG = struct.pack("<d", -0.0)
+states = st.sampled_from([0.0, -0.0, 1.0, -1.5])
+
+
+@pytest.mark.parametrize("b", BACKENDS, ids=lambda b: b.name)
+@given(
+    ups=st.lists(
+        st.builds(HamUpdate, souls, st.just(b"f"), states, st.binary(max_size=12)), max_size=20
+    )
+)
+def test_negative_zero_states_become_zero(b: SimpleNamespace, ups: list[HamUpdate]) -> None:
+    batch = encode_ham_batch(ups)
+    fixed, changed = b.zero_negative_states(batch)
+    assert changed == sum(1 for u in ups if u.state == 0.0 and math.copysign(1, u.state) < 0)
+    assert decode_ham_batch(fixed) == [u._replace(state=u.state + 0.0) for u in ups]
+    assert len(fixed) == len(batch)
+    assert all(math.copysign(1, u.state) > 0 for u in decode_ham_batch(fixed) if u.state == 0)
+
+
+@given(data=st.binary(max_size=200), lead=st.sampled_from([b"", header(1), header(2)]))
+def test_zero_states_differential_garbage(data: bytes, lead: bytes) -> None:
+    require_native()
+    batch = lead + data
+    got = outcome(NATIVE.zero_negative_states, batch)
+    assert got == outcome(REFERENCE.zero_negative_states, batch)
+    decoded = outcome(decode_ham_batch, batch)
+    assert got[0] == decoded[0] and (got[0] == "ok" or got[1] == decoded[1])
+
+
+@pytest.mark.parametrize("b", BACKENDS, ids=lambda b: b.name)
+def test_only_the_state_bytes_change(b: SimpleNamespace) -> None:
+    # non-minimal varints stay as sent; a -0.0 inside a value is a value, not a state
+    long_form = b"\x40\x01s\x80\x00\x00\x01f" + NEG + b"\xc0" + bytes(6) + b"\x08" + NEG
+    batch = header(2) + long_form + raw_update(b"t", b"f", F1, NEG)
+    fixed, changed = b.zero_negative_states(batch)
+    assert changed == 1
+    assert (
+        fixed
+        == header(2)
+        + long_form.replace(NEG + b"\xc0", bytes(8) + b"\xc0")
+        + batch[5 + len(long_form) :]
+    )
+    with pytest.raises(RemoteProtocolError):
+        b.zero_negative_states(batch[:-1])
+
+
+def test_c_zero_states_contract() -> None:
+    require_native()
+    ffi, lib = _core.ffi, _core.lib
+    changed = ffi.new("size_t *")
+    batch = bytearray(encode_ham_batch([HamUpdate(b"s", b"f", -0.0, b"v")]))
+    broken = bytearray(batch[:-1])
+    before = bytes(broken)
+    assert lib.dtp_ham_zero_states(ffi.from_buffer(broken), len(broken), changed) == (
+        ErrorCode.HAM_MALFORMED
+    )
+    assert bytes(broken) == before  # nothing changes in a malformed batch
+    assert lib.dtp_ham_zero_states(ffi.NULL, 1, changed) == ErrorCode.ARG
+    assert lib.dtp_ham_zero_states(ffi.from_buffer(batch), len(batch), ffi.NULL) == ErrorCode.ARG
+    assert lib.dtp_ham_zero_states(ffi.from_buffer(batch), len(batch), changed) == 0
+    assert changed[0] == 1 and NEG not in batch
+
+
+def test_a_graph_merges_a_batch_with_negative_zero_in_values_without_python_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dtp._reference.ham as reference
+
+    calls: list[int] = []
+    real = reference._walk
+
+    def counting(buf: bytes) -> Any:
+        calls.append(len(buf))
+        return real(buf)
+
+    monkeypatch.setattr(reference, "_walk", counting)
+    # (what the graph used before: the whole batch through the Python decoder)
+    monkeypatch.setattr(
+        "dtp.graph.store.decode_ham_batch", lambda b: calls.append(len(b)), raising=False
+    )
+    ups = [
+        HamUpdate(b"pub/%d" % i, b"f", 1.0, b'"' + NEG.hex().encode() + b'"') for i in range(500)
+    ]
+    ups[3] = ups[3]._replace(value=NEG)  # the 8 bytes themselves, in a value
+    ups[9] = ups[9]._replace(state=-0.0)
+    g = Graph()
+    try:
+        report = g.merge(encode_ham_batch(ups))
+        assert report.applied == 500
+        state, _ = g.snapshot()[(b"pub/9", b"f")]
+        assert state == 0.0 and math.copysign(1, state) > 0
+    finally:
+        g.close()
+    if _core.BACKEND == "c":
+        assert calls == []  # no update went through the Python walker

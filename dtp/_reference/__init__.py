@@ -7,7 +7,13 @@ tests check that both backends agree on outputs and error codes.
 
 from dtp._reference.aead import Aead
 from dtp._reference.frames import decode_frames, encode_frames, parse_records, write_record_header
-from dtp._reference.ham import HamGraph, decode_ham_batch, encode_ham_batch, find_ham_souls
+from dtp._reference.ham import (
+    HamGraph,
+    decode_ham_batch,
+    encode_ham_batch,
+    find_ham_souls,
+    zero_negative_states,
+)
 from dtp._reference.lane import Lane
 from dtp._reference.reasm import Reassembler
 
@@ -23,4 +29,5 @@ __all__ = [
     "find_ham_souls",
     "parse_records",
     "write_record_header",
+    "zero_negative_states",
 ]

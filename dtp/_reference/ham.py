@@ -120,8 +120,9 @@ def _read_bytes(buf: bytes, pos: int, lo: int, hi: int, what: str) -> tuple[byte
     return buf[pos : pos + size], pos + size
 
 
-def _walk(buf: bytes) -> Iterator[tuple[int, int, HamUpdate]]:
-    """Validate a batch while yielding (start, end, update) for each of its updates.
+def _walk(buf: bytes) -> Iterator[tuple[int, int, int, HamUpdate]]:
+    """Validate a batch while yielding (start, where its state is, end, update) for each
+    of its updates.
 
     Order of checks (protocol.md 6.2): header (MALFORMED), count (SIZE), then per update
     soul, field, state, value -- a truncated varint or byte string is MALFORMED, a length
@@ -143,8 +144,9 @@ def _walk(buf: bytes) -> Iterator[tuple[int, int, HamUpdate]]:
         (state,) = _F64.unpack_from(buf, pos)
         if not math.isfinite(state):
             raise RemoteProtocolError(code=ErrorCode.HAM_STATE)
+        at = pos
         value, pos = _read_bytes(buf, pos + 8, 0, HAM_MAX_VALUE, "value")
-        yield start, pos, HamUpdate(soul, field, state, value)
+        yield start, at, pos, HamUpdate(soul, field, state, value)
     if pos != len(buf):
         raise _malformed("trailing bytes")
 
@@ -152,7 +154,7 @@ def _walk(buf: bytes) -> Iterator[tuple[int, int, HamUpdate]]:
 def decode_ham_batch(batch: bytes | bytearray | memoryview) -> list[HamUpdate]:
     """Decode and validate a whole batch; any fault raises RemoteProtocolError (the
     checks and their order: :func:`_walk`)."""
-    return [update for _, _, update in _walk(bytes(batch))]
+    return [update for _, _, _, update in _walk(bytes(batch))]
 
 
 def find_ham_souls(batch: bytes | bytearray | memoryview, prefix: bytes) -> list[tuple[int, int]]:
@@ -160,7 +162,22 @@ def find_ham_souls(batch: bytes | bytearray | memoryview, prefix: bytes) -> list
     ``(start, end)`` of the updates whose soul starts with ``prefix``, in batch order.
     (The C twin walks the batch without building an update per entry: a caller looking
     for a few updates among many decodes only those.)"""
-    return [(start, end) for start, end, u in _walk(bytes(batch)) if u.soul.startswith(prefix)]
+    return [(start, end) for start, _, end, u in _walk(bytes(batch)) if u.soul.startswith(prefix)]
+
+
+def zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """Validate a whole batch as :func:`decode_ham_batch` does and return it with every
+    state that is ``-0.0`` written as ``0.0`` (nothing else changes), and how many were.
+    (States compare as numbers, so the two are one state: written alike, every table
+    keeps the same bits for it.)"""
+    buf = bytes(batch)
+    out = bytearray(buf)
+    changed = 0
+    for _, at, _, u in _walk(buf):
+        if u.state == 0.0 and math.copysign(1.0, u.state) < 0:
+            out[at : at + 8] = bytes(8)
+            changed += 1
+    return bytes(out), changed
 
 
 class HamGraph:
@@ -282,4 +299,11 @@ class HamGraph:
         return self._deferred_bytes
 
 
-__all__ = ["HamGraph", "decode_ham_batch", "encode_ham_batch", "find_ham_souls", "update_size"]
+__all__ = [
+    "HamGraph",
+    "decode_ham_batch",
+    "encode_ham_batch",
+    "find_ham_souls",
+    "update_size",
+    "zero_negative_states",
+]

@@ -459,6 +459,10 @@ static void exercise_ham(void) {
             CHECK((found_rc == DTP_OK) == (rc == DTP_OK) || found_rc == DTP_ERR_BUFFER);
             for (size_t i = 0; i < n_found && 2 * i + 1 < cap; i++)
                 CHECK(spans[2 * i] < spans[2 * i + 1] && spans[2 * i + 1] <= len);
+            size_t n_zeroed;
+            int zero_rc = dtp_ham_zero_states(batch, len, &n_zeroed);
+            CHECK((zero_rc == DTP_OK) == (rc == DTP_OK));
+            CHECK(zero_rc != DTP_OK || n_zeroed <= count);
             rc = dtp_ham_advance(g, (double)(step * 100), changed, sizeof changed,
                                  &changed_len);
             CHECK(rc == DTP_OK || rc == DTP_ERR_BUFFER);
