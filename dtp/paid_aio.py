@@ -54,6 +54,7 @@ from dtp.metering import (
 )
 from dtp.paid import (
     _CREDIT_MAX,
+    _SEND_SLICE,
     CLOSED_REFUSAL,
     ServicePolicy,
     _receipts_held,
@@ -333,6 +334,20 @@ class _PaidConnection:
                 return True
         return False
 
+    def send_slice(self) -> int:
+        """The most bytes to let out between two looks at the rate limits: dtp.paid's
+        sendall slice, or the bytes/s limit's burst when smaller."""
+        bucket = self.buckets.bytes
+        if not bucket.rate:
+            return _SEND_SLICE
+        return min(_SEND_SLICE, max(4096, int(bucket.capacity)))
+
+    def in_debt(self) -> bool:
+        """Whether the client's bytes/s limit is in debt now (what was sent must be paid
+        for by a wait before more goes)."""
+        bucket = self.buckets.bytes
+        return bool(bucket.rate) and bucket.delay(time.monotonic()) > 0
+
     def charge(self, nbytes: int) -> None:
         """Charge ``nbytes`` sent by a call that never waits (datagrams) to the client's
         bytes/s limit now, without waiting: the debt holds back the client's next read
@@ -508,7 +523,6 @@ class PaidWriter:
     def __init__(self, writer: DTPStreamWriter, paid: _PaidConnection) -> None:
         self._writer = writer
         self._paid = paid
-        self._unthrottled = 0
         # written, not let out yet: _held[_held_from:] (a bytearray, not a queue of the
         # caller's buffers, which it may reuse once write() returned)
         self._held = bytearray()
@@ -520,9 +534,9 @@ class PaidWriter:
         #: The first stream's close() (which ends the connection): the final receipt is
         #: asked for first
         self._closing: asyncio.Task[None] | None = None
-        #: Datagrams sent since the last drain(), charged to the rate limits already:
-        #: drain() waits for their debt
-        self._datagrams_charged = False
+        #: Bytes or datagrams sent since the last drain(), charged to the rate limits
+        #: already: drain() (and the close) wait for their debt
+        self._limits_charged = False
 
     @property
     def gate(self) -> ReceiptGate:
@@ -542,14 +556,19 @@ class PaidWriter:
             return
         view = memoryview(data).cast("B")
         size = len(view)
-        room = self._paid.send_room(size)
+        paid = self._paid
+        # what the gate allows goes now and is charged to the rate limits at once: left
+        # to drain(), a callback that never drains (write, write, close) went past the
+        # client's bytes/s limit for good. While the limit is in debt, nothing goes:
+        # the bytes are held, and let out at the rate (_release)
+        room = 0 if paid.in_debt() else paid.send_room(size)
         if room == size:
             self._writer.write(data)
-            self._unthrottled += size
+            self._charged(size)
             return
         if room:
             self._writer.write(view[:room])
-            self._unthrottled += room
+            self._charged(room)
         else:
             self._writer.write(b"")  # its checks, before anything is held
         self._held += view[room:]
@@ -561,6 +580,14 @@ class PaidWriter:
     def writelines(self, lines: Any) -> None:
         self.write(b"".join(lines))
 
+    def _charged(self, nbytes: int) -> None:
+        """``nbytes`` went out now: charged to the bytes/s limit, whose debt the next
+        write, drain() and the close wait for."""
+        paid = self._paid
+        if paid.buckets.bytes.rate:
+            paid.charge(nbytes)
+            self._limits_charged = True
+
     async def _release(self) -> None:
         """Let out what is held, as far as the gate allows at each look."""
         paid = self._paid
@@ -568,7 +595,11 @@ class PaidWriter:
         try:
             while self._held_from < len(self._held):
                 start = self._held_from
-                n = await paid.wait_send(len(self._held) - start)
+                # in slices the rate limit acts between, of its burst at most when the
+                # client has one (a whole backlog let out at once was paid for by a
+                # wait after it had gone: a callback that wrote and closed went at
+                # twice the rate)
+                n = await paid.wait_send(min(len(self._held) - start, paid.send_slice()))
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held
                 with memoryview(self._held) as held, held[start : start + n] as piece:
@@ -609,11 +640,10 @@ class PaidWriter:
         if self._failed is not None:
             raise self._failed
         await self._writer.drain()
-        written, self._unthrottled = self._unthrottled, 0
-        await self._paid.throttle(written)
-        if self._datagrams_charged:
-            # datagrams were charged as they went, without a wait: it is here
-            self._datagrams_charged = False
+        if self._limits_charged:
+            # stream bytes and datagrams were charged as they went, without a wait: it
+            # is here
+            self._limits_charged = False
             await self._paid.wait_limits()
         await self._paid.wait_paid()
 
@@ -644,6 +674,11 @@ class PaidWriter:
         for, then the connection closes."""
         paid = self._paid
         await self._wait_released()
+        if self._limits_charged:
+            # what went uncharged by a wait is waited for before the end (the client's
+            # limit holds for a callback that wrote and closed without draining)
+            self._limits_charged = False
+            await paid.wait_limits()
         if paid.proto.session.terminated is None:
             await paid.request_final_receipt()
         # (not when cancelled: that is the loop ending, and the end phase aborts the
@@ -733,7 +768,7 @@ class PaidWriter:
             # charged now: left to drain() (as written stream bytes are), they went
             # uncharged for a sender that never drains, past its bytes/s limit for good
             self._paid.charge(sum(sizes[:sent]))
-            self._datagrams_charged = True
+            self._limits_charged = True
         return sent
 
     async def recv_datagram(self) -> bytes:

@@ -1,0 +1,78 @@
+"""The asyncio paid server holds a callback that never drains to the client's bytes/s
+limit.
+
+Stream bytes the gate's credit covered went out at once and were charged to the rate
+limit only in drain(): a callback that wrote and closed (a usual asyncio pattern) sent
+512 KiB to a client limited to 100 kB/s in 2 ms, where the blocking server took the
+4.7 s the limit asks. Bytes are now charged as they go, and while the limit is in debt
+they are held and let out in slices of its burst. Found by a second reader; real
+LocalLedger file, real connections on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.aio import DTPStreamReader, DTPStreamWriter
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from tests.paid_twins import ident
+
+SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)
+SERVER, CLIENT = ident(0x7B), ident(0x7C)
+PORT = 7
+RATE = 100_000  # bytes/s: a burst of 25 kB
+TOTAL = 256 << 10
+CHUNK = 32 << 10
+
+
+@pytest.mark.parametrize("drain", [False, True], ids=["write-only", "write-drain"])
+def test_a_callback_that_does_not_drain_is_held_to_the_rate(tmp_path: Path, drain: bool) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    ledger.faucet(CLIENT.sui_address, 10_000_000)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "download", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, RATE, 0)
+
+    def download() -> tuple[int, float]:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", timeout=60, ledger=ledger, identity=CLIENT, deposit=10**6
+        ) as sock:
+            sock.sendall(b"go")
+            start, got = time.monotonic(), 0
+            while got < TOTAL and (data := sock.recv(1 << 16)):
+                got += len(data)
+            return got, time.monotonic() - start
+
+    async def main() -> tuple[int, float]:
+        async def handler(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+            await reader.readexactly(2)
+            for _ in range(TOTAL // CHUNK):
+                writer.write(b"x" * CHUNK)
+                if drain:
+                    await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await dtp.aio.serve(
+            host_id, PORT, handler, ledger=ledger, identity=SERVER, receipts=tmp_path / "r.db"
+        )
+        try:
+            return await asyncio.to_thread(download)
+        finally:
+            server.close()
+            await server.wait_released(10)
+
+    try:
+        got, took = asyncio.run(main())
+    finally:
+        ledger.close()
+    assert got == TOTAL
+    # all but the burst at the limit: (256 KiB - 25 kB) / 100 kB/s = 2.4 s (it took 2 ms)
+    assert took >= 0.8 * (TOTAL - RATE / 4) / RATE
