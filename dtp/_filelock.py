@@ -9,7 +9,9 @@ leaves no stale lock.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 try:
@@ -37,8 +39,18 @@ def lock_exclusive(lock_path: Path) -> int | None:
     the open otherwise; no descriptor is left open then."""
     if fcntl is None:
         return None
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # not through a symlink, and only a plain file of ours with no other name: a lock
+    # file someone planted as a link (or a hard link) to another file -- an identity
+    # file -- had that file opened, and a daemon then truncated it to write its pid
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+            raise OSError(
+                errno.EPERM,
+                "not a lock file of this user's (another file's name, or not a plain file)",
+                str(lock_path),
+            )
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -81,7 +82,16 @@ def lock_state_dir(config: DaemonConfig) -> int:
     closes, at the latest when the process ends (a killed daemon leaves no stale lock).
     """
     state_dir = config.daemon.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # the directory holds the receipts (earned fees) and the lock: one that another
+    # user owns or may write to could hold links planted where the daemon writes
+    info = state_dir.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise config.error(
+            ("daemon", "state_dir"),
+            f"{state_dir} must belong to this user and be writable by no one else "
+            f"(mode {stat.filemode(info.st_mode)})",
+        )
     try:
         fd = lock_exclusive(state_dir / LOCK_FILE)
     except BlockingIOError:
@@ -118,7 +128,10 @@ def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
     on first start."""
     if not path.exists():
         identity = HostIdentity.generate()
-        identity.save(path, passphrase)
+        try:
+            identity.save(path, passphrase)
+        except ValueError as exc:  # a passphrase that is not text (a lone surrogate)
+            raise KeyFileError(f"${PASSPHRASE_ENV} cannot be used as a passphrase: {exc}") from None
         logger.info("identity created", extra=kv(path=str(path)))
         return identity
     return HostIdentity.load(path, passphrase)
@@ -767,7 +780,7 @@ def _recorded_host_id(record: Path) -> str:
     another Host: the services, firewall and clients are on the recorded one."""
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
-    except ValueError:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
         data = None
     host_id = data.get("host_id") if isinstance(data, dict) else None
     if not isinstance(host_id, str):

@@ -212,6 +212,6 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
         # NaN and Infinity: json.loads takes them, but `dtp status --json` would print
         # them back, and no JSON reader takes that
         data = json.loads((state_dir / STATUS_FILE).read_text(), parse_constant=_no_constant)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: nested past the stack)
         return None
     return data if isinstance(data, dict) else None

@@ -597,7 +597,7 @@ class SealedInbox:
             ids = [bytes.fromhex(hex_id) for hex_id in seen]
             if any(len(m) != _ID_SIZE for m in ids):
                 raise ValueError("a seen id is not 16 bytes")
-        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeError too
+        except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors too
             raise E.SealedError(
                 f"inbox state file {str(path)!r} is corrupt ({exc}); move it away to start over"
             ) from None
