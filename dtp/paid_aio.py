@@ -348,12 +348,15 @@ class _PaidConnection:
         bucket = self.buckets.bytes
         return bool(bucket.rate) and bucket.delay(time.monotonic()) > 0
 
-    def charge(self, nbytes: int) -> None:
-        """Charge ``nbytes`` sent by a call that never waits (datagrams) to the client's
-        bytes/s limit now, without waiting: the debt holds back the client's next read
-        or write, and :meth:`wait_limits` waits for it."""
-        if self.buckets.bytes.rate:
-            self.buckets.bytes.charge(nbytes, time.monotonic())
+    def charge(self, nbytes: int) -> bool:
+        """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
+        client's bytes/s limit now, without waiting: the debt holds back the client's
+        next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
+        it."""
+        if not self.buckets.bytes.rate:
+            return False
+        self.buckets.bytes.charge(nbytes, time.monotonic())
+        return True
 
     async def wait_limits(self) -> None:
         """Wait while the client's rate limits are in debt (what :meth:`charge` counted;
@@ -583,9 +586,7 @@ class PaidWriter:
     def _charged(self, nbytes: int) -> None:
         """``nbytes`` went out now: charged to the bytes/s limit, whose debt the next
         write, drain() and the close wait for."""
-        paid = self._paid
-        if paid.buckets.bytes.rate:
-            paid.charge(nbytes)
+        if self._paid.charge(nbytes):
             self._limits_charged = True
 
     async def _release(self) -> None:
@@ -764,10 +765,9 @@ class PaidWriter:
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
-        if sent:
-            # charged now: left to drain() (as written stream bytes are), they went
-            # uncharged for a sender that never drains, past its bytes/s limit for good
-            self._paid.charge(sum(sizes[:sent]))
+        # charged now: left to drain(), they went uncharged for a sender that never
+        # drains, past its bytes/s limit for good
+        if sent and self._paid.charge(sum(sizes[:sent])):
             self._limits_charged = True
         return sent
 
