@@ -224,8 +224,8 @@ class ServerFees:
             try:
                 claimed = await asyncio.to_thread(claim)
             except ChainError as exc:
-                done = await asyncio.to_thread(self._claimed_already, connection_id, receipt)
-                if done is None:
+                known = await asyncio.to_thread(self._claimed_already, connection_id, receipt)
+                if known is None:
                     logger.warning(
                         "claim failed",
                         extra=kv(connection=connection_id, error=str(exc)),
@@ -235,31 +235,27 @@ class ServerFees:
                 # waits for the next write), or the escrow is settled and pays nothing
                 # more: marked, or every start claimed it again, failed, and left the
                 # connection Open, the client's deposit held until its own timeout
-                self.writer.mark_claimed(connection_id, done)
-                if await asyncio.to_thread(self._settled, connection_id):
+                amount, settled = known
+                self.writer.mark_claimed(connection_id, amount)
+                if settled:
                     return Settled(0, 0)
             # queued behind the receipt's own write (a mark written first was overwritten)
             self.writer.mark_claimed(connection_id, receipt.total_amount)
         refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
         return Settled(claimed, refunded)
 
-    def _claimed_already(self, connection_id: str, receipt: Receipt) -> int | None:
-        """After a refused claim: the amount to mark ``receipt`` claimed with when the
-        ledger holds it already (its escrow took this nonce or a later one) or the
-        escrow is settled; None when the refusal stands (a cap, the ledger away)."""
+    def _claimed_already(self, connection_id: str, receipt: Receipt) -> tuple[int, bool] | None:
+        """After a refused claim: (the amount to mark ``receipt`` claimed with, whether
+        the escrow is settled) when the ledger holds it already (its escrow took this
+        nonce or a later one) or the escrow is settled; None when the refusal stands (a
+        cap, the ledger away)."""
         try:
             escrow = self.ledger.get_escrow(self.ledger.get_connection(connection_id).escrow)
         except ChainError:
             return None
         if escrow.settled or escrow.latest_nonce >= receipt.nonce:
-            return max(escrow.claimed, receipt.total_amount)
+            return max(escrow.claimed, receipt.total_amount), escrow.settled
         return None
-
-    def _settled(self, connection_id: str) -> bool:
-        try:
-            return self.ledger.get_connection(connection_id).settled
-        except ChainError:
-            return False
 
     def _close_and_settle(self, connection_id: str) -> int:
         try:
