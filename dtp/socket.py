@@ -971,14 +971,20 @@ class _TimerService:
                 return
             thread = threading.Thread(target=self._close, args=(sock,), name="dtp-close")
             thread.daemon = True
+            # started under the lock: finish_closes (at exit, in another thread) sees a
+            # closer only once it runs, since joining one not started yet raises
+            # RuntimeError -- which ended the exit's wait at once, and the close was
+            # cut off mid-linger (the peer read a reset)
             with self._lock:
                 self._closers.add(thread)
-            try:
-                thread.start()
-            except RuntimeError:  # no thread to be had: close it here, late but closed
-                with self._lock:
+                try:
+                    thread.start()
+                    started = True
+                except RuntimeError:  # no thread to be had
                     self._closers.discard(thread)
-                self._guarded(sock.close)
+                    started = False
+            if not started:
+                self._guarded(sock.close)  # here, then: late but closed
             del sock, thread
 
     def _close(self, sock: DTPSocket) -> None:

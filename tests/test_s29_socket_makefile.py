@@ -337,6 +337,36 @@ def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
     assert outcome == {"end": "EOF", "got": size}
 
 
+def test_the_exit_waits_for_a_close_whose_thread_is_still_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """finish_closes (at exit) joined a closer the timer thread had registered but not
+    started yet: join() raised RuntimeError, the exit's wait ended at once and the close
+    was cut off mid-linger (the CI failure of the test above, 1 run in 25 under load)."""
+    service = dtp.socket._TimerService()
+    closed = threading.Event()
+
+    class SlowClose:
+        def close(self) -> None:
+            time.sleep(0.3)
+            closed.set()
+
+    real_start = threading.Thread.start
+
+    def slow_start(self: threading.Thread) -> None:
+        time.sleep(0.2)  # the window: registered, not started
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    service._closing.append(SlowClose())  # type: ignore[arg-type]
+    starter = threading.Thread(target=service._start_closes)
+    real_start(starter)
+    time.sleep(0.05)
+    service.finish_closes(5.0)  # raised RuntimeError before
+    assert closed.is_set()
+    starter.join(5)
+
+
 # -- reset ------------------------------------------------------------------------------------
 
 
