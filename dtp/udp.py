@@ -154,6 +154,12 @@ class UdpBilling:
     sign for its datagrams but no bytes (on a service priced by the byte, nothing at
     all) and be served without bound, replies included. ``on_receipt`` sees every
     accepted receipt (e.g. ``ReceiptStore.keep``).
+
+    ``counts_when_kept``: a receipt accepted counts (pays, extends the credit) only once
+    the caller passes it to :meth:`kept`, for a caller whose ``on_receipt`` only queues
+    it for the disk (a :class:`~dtp.receipt_writer.ReceiptWriter`): counted at once, the
+    relay served on a receipt a crash could still lose, a receipt interval beyond the
+    credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class UdpBilling:
         credit_datagrams: int = 1024,
         credit_bytes: int | None = None,
         on_receipt: Callable[[Receipt], None] | None = None,
+        counts_when_kept: bool = False,
     ) -> None:
         if credit_datagrams < 0:
             raise ValueError("credit_datagrams cannot be negative")
@@ -180,7 +187,12 @@ class UdpBilling:
         self.credit_datagrams = credit_datagrams
         self.credit_bytes = credit_bytes
         self.on_receipt = on_receipt
+        self.counts_when_kept = counts_when_kept
+        #: The newest receipt counted: what pays for the traffic served.
         self.latest: Receipt | None = None
+        #: The newest receipt accepted (counted, or waiting for :meth:`kept`): the one a
+        #: next receipt must follow.
+        self.checked: Receipt | None = None
         #: What the relay forwarded for this client: its datagrams (requests) and the
         #: bytes both ways, i.e. what an exact receipt covers.
         self.datagrams = 0
@@ -222,13 +234,15 @@ class UdpBilling:
             with self._lock:
                 check_next_receipt(
                     receipt,
-                    self.latest,
+                    self.checked,
                     connection_id=self.connection_id,
                     sla=self.sla,
                     public_key=self.client_public_key,
                     deposited=self.deposited,
                 )
-                self.latest = receipt
+                self.checked = receipt
+                if not self.counts_when_kept:
+                    self.latest = receipt
         except DTPError as exc:
             self.refused_receipts += 1
             logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
@@ -239,6 +253,14 @@ class UdpBilling:
             except Exception:
                 logger.exception("on_receipt failed for %s", self.connection_id)
         return True
+
+    def kept(self, receipt: Receipt) -> None:
+        """Count a receipt :meth:`receipt` accepted, now kept durably (with
+        ``counts_when_kept``). One older than the newest counted changes nothing (a
+        writer that replaced it with a newer one may report either first)."""
+        with self._lock:
+            if self.latest is None or receipt.nonce > self.latest.nonce:
+                self.latest = receipt
 
     def may_forward(self, nbytes: int = 0) -> bool:
         """Whether a datagram of ``nbytes`` from the client may go: the receipts so far

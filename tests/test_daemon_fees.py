@@ -5,6 +5,7 @@ only once stored; a settle claims the newest one on the ledger."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,47 @@ def test_a_later_receipt_for_less_is_refused_and_the_larger_one_kept(tmp_path: P
 
     assert asyncio.run(run()) == fee(SLA, 50 * 4096, 0)
     fees.close()
+
+
+def test_a_udp_flows_receipt_pays_only_once_it_is_on_disk(tmp_path: Path) -> None:
+    """The daemon's UDP billing queues receipts for the writer thread; counted as soon
+    as they were checked, the relay served on credit a crash before the write could
+    still lose (a receipt interval beyond the credit it means to risk). Here another
+    process holds the receipt file locked: the receipt is checked but pays nothing
+    until the write goes through."""
+    ledger, server, client, host_id, cid = _setup(tmp_path)
+    path = tmp_path / "receipts.db"
+    fees = ServerFees(ledger, server, host_id, path)
+    terms = ConnectionTerms.from_ledger(ledger, cid)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+
+    async def run() -> list[Receipt]:
+        kept: list[Receipt] = []
+        billing = fees.udp_billing(terms, 4, kept.append)
+        for _ in range(4):
+            assert billing.may_forward(1024)
+            billing.forwarded(1024)
+        assert not billing.may_forward(1024)  # the credit of 4 datagrams is used
+        receipt = Receipt(cid, 4096, 4, fee(SLA, 4096, 4), 1).sign(client)
+        assert billing.receipt(receipt.encode())
+        assert billing.checked == receipt
+        await asyncio.sleep(0.3)
+        assert billing.latest is None and not billing.paid_up and not kept
+        assert not billing.may_forward(1024)
+        # a replay of it is refused while it waits for the disk
+        assert not billing.receipt(receipt.encode())
+        locker.rollback()
+        for _ in range(300):
+            if billing.latest is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert billing.latest == receipt and billing.paid_up
+        assert billing.may_forward(1024)
+        return kept
+
+    try:
+        assert asyncio.run(run())[-1].nonce == 1
+    finally:
+        locker.close()
+        fees.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import ConnectionState, Sla
-from dtp.errors import ChainError, move_error
+from dtp.errors import ChainError, DTPError, move_error
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -38,6 +38,7 @@ from dtp.escrow import (
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from dtp.udp import UdpBilling
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -193,6 +194,35 @@ class ServerFees:
 
         self.writer.submit(receipt, kept)
         return receipt
+
+    def udp_billing(
+        self, terms: ConnectionTerms, credit_datagrams: int, on_kept: Callable[[Receipt], None]
+    ) -> UdpBilling:
+        """The billing of a UDP flow on ``terms``: its receipts are stored as
+        :meth:`accept` stores them, and each counts (pays for datagrams, extends the
+        credit) once it is on disk, when ``on_kept(receipt)`` runs too."""
+        billing: UdpBilling
+
+        def kept(receipt: Receipt) -> None:
+            billing.kept(receipt)
+            on_kept(receipt)
+
+        def keep(receipt: Receipt) -> None:
+            try:
+                self.accept(terms, receipt.encode(), kept)
+            except DTPError as exc:  # checked already; the store may disagree
+                logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
+
+        billing = UdpBilling(
+            terms.connection_id,
+            terms.sla,
+            terms.client_public_key,
+            terms.payable,  # (the deposit, or what the client's cap lets be claimed)
+            credit_datagrams=credit_datagrams,
+            on_receipt=keep,
+            counts_when_kept=True,
+        )
+        return billing
 
     def held(self, connection_id: str) -> Receipt | None:
         """The newest receipt of a connection checked so far (stored, or being)."""

@@ -33,7 +33,7 @@ from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.metering import ended_on_ledger, ledger_checks_due
 from dtp.ratelimit import ClientBuckets, RateLimiter
-from dtp.udp import UdpBilling, UdpStats
+from dtp.udp import UdpStats
 from dtp.udp_aio import relay_udp_async
 
 __all__ = ["ServiceHost"]
@@ -372,20 +372,7 @@ class ServiceHost:
                 self._count_held()  # (this flow holds one now; it never showed)
                 self.book.touch()
 
-            def keep(receipt: Receipt) -> None:
-                try:
-                    self.fees.accept(terms, receipt.encode(), kept)
-                except DTPError as exc:  # checked already; the store may disagree
-                    logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
-
-            billing = UdpBilling(
-                conn.connection_id,
-                terms.sla,
-                terms.client_public_key,
-                terms.payable,  # (the deposit, or what the client's cap lets be claimed)
-                credit_datagrams=service.credit_datagrams,
-                on_receipt=keep,
-            )
+            billing = self.fees.udp_billing(terms, service.credit_datagrams, kept)
         stats.tunnels += 1
         stats.active_tunnels += 1
         udp_stats = UdpStats()
