@@ -21,7 +21,13 @@ import dtp.socket
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
 from tests.polling import wait_for
-from tests.test_socket_s13_queued import SERVER_ID, WINDOW, _connect, _thread_cpu_seconds
+from tests.test_socket_s13_queued import (
+    SERVER_ID,
+    WINDOW,
+    _accept_both,
+    _connect,
+    _thread_cpu_seconds,
+)
 
 #: How long the broken connection may take to end: it used to never end
 BOUND = 30.0
@@ -111,8 +117,7 @@ def test_a_connection_whose_timer_pass_raises_is_aborted(
     server: dtp.socket.DTPServer, fault: BaseException
 ) -> None:
     with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, _ = server.accept(timeout=10)
-        healthy_peer, _ = server.accept(timeout=10)
+        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
         try:
             broken.sendall(b"hello")  # all of it goes: the connection is not watched
             broken_peer.settimeout(60)
@@ -133,8 +138,7 @@ def test_a_watched_connection_whose_pass_raises_is_aborted_at_once(
     server: dtp.socket.DTPServer,
 ) -> None:
     with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, _ = server.accept(timeout=10)
-        healthy_peer, _ = server.accept(timeout=10)
+        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
         try:
             broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
             broken_peer.settimeout(60)
@@ -157,8 +161,7 @@ def test_a_connection_too_broken_to_close_is_released_all_the_same(
     server: dtp.socket.DTPServer,
 ) -> None:
     with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, _ = server.accept(timeout=10)
-        healthy_peer, _ = server.accept(timeout=10)
+        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
         try:
             timers = _timer_thread()
             fault = RuntimeError("a fault in one connection")

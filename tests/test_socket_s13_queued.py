@@ -35,6 +35,21 @@ def _connect(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
     )
 
 
+def _accept_both(
+    server: dtp.socket.DTPServer, first: dtp.socket.DTPSocket, second: dtp.socket.DTPSocket
+) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+    """The server's sockets for ``first`` and ``second`` (connected before): the server
+    runs handshakes side by side, so accept() may return the second one first (a
+    loaded CI run did, and the test waited 60 s for bytes from the wrong client)."""
+    a, _ = server.accept(timeout=10)
+    b, _ = server.accept(timeout=10)
+    if a._engine.sock.getpeername() != first._engine.sock.getsockname():
+        a, b = b, a
+    assert a._engine.sock.getpeername() == first._engine.sock.getsockname()
+    assert b._engine.sock.getpeername() == second._engine.sock.getsockname()
+    return a, b
+
+
 def _read_all(sock: dtp.socket.DTPSocket, size: int) -> tuple[int, float]:
     """Read ``size`` bytes: how many came, and how long it took."""
     start = time.monotonic()
@@ -137,8 +152,7 @@ def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others
 ) -> None:
     size = 8 * WINDOW
     with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, _ = server.accept(timeout=10)
-        healthy_peer, _ = server.accept(timeout=10)
+        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
         try:
             broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
             # some of it is through (sent by sendall or, on a loaded machine, by the
