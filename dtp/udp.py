@@ -155,6 +155,13 @@ class UdpBilling:
     all) and be served without bound, replies included. ``on_receipt`` sees every
     accepted receipt (e.g. ``ReceiptStore.keep``).
 
+    ``loss_allowance``: the share of the reply bytes the relay writes off as lost on
+    the way back. The forwarder signs for no more than it received, so each reply lost
+    after the relay counted it stays unreceipted for good; without the write-off those
+    bytes added up until the credit was gone and a lossy flow was served nothing more.
+    A client that claims losses it did not have gets at most this share of its replies
+    for free: the relay's risk, with ``credit_bytes``.
+
     ``counts_when_kept``: a receipt accepted counts (pays, extends the credit) only once
     the caller passes it to :meth:`kept`, for a caller whose ``on_receipt`` only queues
     it for the disk (a :class:`~dtp.receipt_writer.ReceiptWriter`): counted at once, the
@@ -173,7 +180,10 @@ class UdpBilling:
         credit_bytes: int | None = None,
         on_receipt: Callable[[Receipt], None] | None = None,
         counts_when_kept: bool = False,
+        loss_allowance: float = 0.02,
     ) -> None:
+        if not 0.0 <= loss_allowance < 1.0:
+            raise ValueError(f"loss_allowance must be in [0, 1), got {loss_allowance!r}")
         if credit_datagrams < 0:
             raise ValueError("credit_datagrams cannot be negative")
         if credit_bytes is None:
@@ -188,6 +198,7 @@ class UdpBilling:
         self.credit_bytes = credit_bytes
         self.on_receipt = on_receipt
         self.counts_when_kept = counts_when_kept
+        self.loss_allowance = loss_allowance
         #: The newest receipt counted: what pays for the traffic served.
         self.latest: Receipt | None = None
         #: The newest receipt accepted (counted, or waiting for :meth:`kept`): the one a
@@ -197,6 +208,8 @@ class UdpBilling:
         #: bytes both ways, i.e. what an exact receipt covers.
         self.datagrams = 0
         self.bytes = 0
+        #: Of ``bytes``, those of replies sent to the client.
+        self.reply_bytes = 0
         self.refused_receipts = 0
         self._reported = (0, 0)
         # allowed and not counted yet (a datagram on its way to the backend, replies
@@ -295,9 +308,14 @@ class UdpBilling:
         served = self.bytes + self._pending_bytes
         return (
             datagrams - paid < self.credit_datagrams
-            and served - paid_bytes < self.credit_bytes
+            and served - paid_bytes < self._byte_credit()
             and fee(self.sla, served + nbytes, datagrams + requests) <= self.deposited
         )
+
+    def _byte_credit(self) -> int:
+        """(lock held) The bytes that may go unreceipted: the credit, and the replies
+        written off as lost."""
+        return self.credit_bytes + int(self.reply_bytes * self.loss_allowance)
 
     def replies_allowed(self, sizes: list[int]) -> int:
         """How many of the replies of these sizes (the first ones) may go: each while
@@ -308,9 +326,10 @@ class UdpBilling:
             paid_bytes = 0 if self.latest is None else self.latest.total_bytes
             start = nbytes = self.bytes + self._pending_bytes
             datagrams = self.datagrams + self._pending_datagrams
+            credit = self._byte_credit()
             allowed = 0
             for size in sizes:
-                if nbytes - paid_bytes >= self.credit_bytes:
+                if nbytes - paid_bytes >= credit:
                     break
                 if fee(self.sla, nbytes + size, datagrams) > self.deposited:
                     break
@@ -343,6 +362,7 @@ class UdpBilling:
         with self._lock:
             self._unreserve(reserved, 0)
             self.bytes += nbytes
+            self.reply_bytes += nbytes
 
     def report_interval(self, every: int) -> int:
         """``every`` (datagrams between usage reports), lowered to half the credit when

@@ -43,6 +43,8 @@ __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 256
+#: Seconds a finishing relay waits for the receipt of its final report.
+FINAL_RECEIPT_WAIT = 5.0
 
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
@@ -101,10 +103,12 @@ async def relay_udp_async(
 
     ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
     and replies from then on are dropped, ``dropped_finishing``), reports its final
-    usage and ends when a receipt covers it -- or the connection ends, or nothing
-    arrives for ``idle_timeout``. The caller bounds the wait by closing the
-    connection. Cut at once instead, the usage since the last report was never
-    billed: the client had been served, and the server could claim none of it."""
+    usage and ends when a receipt covers it -- or the connection ends, or none has
+    within ``FINAL_RECEIPT_WAIT`` seconds (replies lost on the way back are never
+    signed for, so such a flow's receipt stays short of the count). The caller
+    bounds the wait by closing the connection. Cut at once instead, the usage since
+    the last report was never billed: the client had been served, and the server
+    could claim none of it."""
     stats = stats if stats is not None else UdpStats()
     if billing is not None:
         report_every = billing.report_interval(report_every)
@@ -208,6 +212,7 @@ async def relay_udp_async(
     writer.set_datagram_sink(on_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     finished = False  # the final usage reported, nothing relayed since
+    finish_by = 0.0
     try:
         ended = proto.closed_future
         while (
@@ -220,10 +225,12 @@ async def relay_udp_async(
                 if billing is None:
                     break
                 report(force=True)
-                last[0] = loop.time()  # (the receipt gets idle_timeout from here)
+                # the receipt for it gets a few seconds: one short of the count (replies
+                # lost on the way, which the forwarder does not sign for) never comes
+                finish_by = loop.time() + min(idle_timeout, FINAL_RECEIPT_WAIT)
             if finished:
                 assert billing is not None
-                if billing.paid_up:
+                if billing.paid_up or loop.time() >= finish_by:
                     break
             # wake for the connection's end, a pause in traffic or the finish, not per
             # datagram

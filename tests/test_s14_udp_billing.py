@@ -115,7 +115,8 @@ def test_async_relay_bounds_replies_no_receipt_covers() -> None:
     finally:
         streamer.join(10)
         backend.close()
-    assert got <= billing.credit_bytes + 1000, got
+    # (the credit, and the share of the replies the relay writes off as lost)
+    assert got <= billing.credit_bytes / (1 - billing.loss_allowance) + 1000, got
     assert stats.dropped_unpaid > 0
 
 

@@ -114,6 +114,9 @@ class ServiceConfig:
     """UDP: a flow with no datagram for this long ends (and is settled)."""
     credit_datagrams: int = 1024
     """UDP, paid: datagrams relayed ahead of the receipts that cover them."""
+    loss_allowance: float = 0.02
+    """UDP, paid: the share of reply bytes written off as lost on the way back (never
+    signed for by the client; docs/udp.md)."""
 
     @property
     def paid(self) -> bool:
@@ -339,6 +342,17 @@ class _Checker:
             or value <= 0
         ):
             raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
+        value = doc.get(str(key[-1]), default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 <= value < 1
+        ):
+            raise self.fail(key, f"expected a share in [0, 1), got {value!r}")
         return float(value)
 
     def choice(
@@ -574,6 +588,7 @@ _SERVICE_KEYS = {
     "protocol",
     "idle_timeout",
     "credit_datagrams",
+    "loss_allowance",
 }
 
 
@@ -611,6 +626,7 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
         # 0 would relay nothing, ever: receipts only cover datagrams already relayed
         credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 1),
+        loss_allowance=check.share(doc, (*k, "loss_allowance"), 0.02),
     )
 
 

@@ -196,7 +196,11 @@ class ServerFees:
         return receipt
 
     def udp_billing(
-        self, terms: ConnectionTerms, credit_datagrams: int, on_kept: Callable[[Receipt], None]
+        self,
+        terms: ConnectionTerms,
+        credit_datagrams: int,
+        on_kept: Callable[[Receipt], None],
+        loss_allowance: float = 0.02,
     ) -> UdpBilling:
         """The billing of a UDP flow on ``terms``: its receipts are stored as
         :meth:`accept` stores them, and each counts (pays for datagrams, extends the
@@ -219,6 +223,7 @@ class ServerFees:
             terms.client_public_key,
             terms.payable,  # (the deposit, or what the client's cap lets be claimed)
             credit_datagrams=credit_datagrams,
+            loss_allowance=loss_allowance,
             on_receipt=keep,
             counts_when_kept=True,
         )

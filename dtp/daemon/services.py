@@ -372,7 +372,9 @@ class ServiceHost:
                 self._count_held()  # (this flow holds one now; it never showed)
                 self.book.touch()
 
-            billing = self.fees.udp_billing(terms, service.credit_datagrams, kept)
+            billing = self.fees.udp_billing(
+                terms, service.credit_datagrams, kept, service.loss_allowance
+            )
         stats.tunnels += 1
         stats.active_tunnels += 1
         udp_stats = UdpStats()
