@@ -114,6 +114,11 @@ class SyncSession:
     another thread, when a local change is queued for the peer -- whenever new output
     is ready. ``live=False`` stops forwarding local changes after the initial exchange
     (a one-shot catch-up).
+
+    ``max_backlog``: bytes of live changes queued for the peer before the session gives
+    up on it (``lagging``). What :meth:`data_to_send` handed out no longer counts (the
+    session cannot tell when the caller's send of it is done), so a session holds up to
+    about twice that: a queue full behind a writer blocked sending the last one.
     """
 
     def __init__(
