@@ -49,8 +49,8 @@ def test_a_failed_state_write_loses_no_mail(world: tuple, tmp_path: Path) -> Non
     state = tmp_path / "inbox.json"
     with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
         ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
-        blocker = tmp_path / "inbox.json.tmp"
-        blocker.mkdir()  # the snapshot cannot be written (as with a full disk)
+        blocker = tmp_path / "inbox.json.log"
+        blocker.mkdir()  # the journal cannot be written (as with a full disk)
         with pytest.raises(OSError):
             inbox.fetch()
         blocker.rmdir()
@@ -59,12 +59,13 @@ def test_a_failed_state_write_loses_no_mail(world: tuple, tmp_path: Path) -> Non
         assert inbox.fetch() == []
         # a direct message whose journal line cannot be written is not lost either
         journal = tmp_path / "inbox.json.log"
-        journal.unlink()
+        journal.rename(tmp_path / "aside")  # (it holds the mail's id and the cursor)
         journal.mkdir()
         direct = seal(bob.noise_public, b"direct")
         with pytest.raises(OSError):
             inbox.accept(direct)
         journal.rmdir()
+        (tmp_path / "aside").rename(journal)
         opened = inbox.accept(direct)
         assert opened is not None and opened.body == b"direct"
     with SealedInbox(bob, hb, ledger, state_path=state) as again:

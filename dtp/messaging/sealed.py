@@ -82,6 +82,7 @@ MAX_SEALED: Final = MAX_PURE_BYTES  # dtp.chain.ledger.MAX_MAIL_PAYLOAD
 #: signature, ids and msgpack framing).
 MAX_BODY: Final = MAX_SEALED - 512
 _ID_SIZE: Final = 16
+_CURSOR_LINE: Final = b"c:"  # a journal line holding the cursor, not an id
 
 
 @dataclass(frozen=True)
@@ -516,7 +517,11 @@ class SealedInbox:
         # would close a cycle are not taken (see _cycle)
         self._waits: dict[int, tuple[int, bool]] = {}
         self.cursor: str | None = None
-        self._journaled = 0  # ids in the state file's journal (<state_path>.log)
+        self._journaled = 0  # lines in the state file's journal (<state_path>.log)
+        # the snapshot's token, which the journal's cursor lines carry: a line with
+        # another (a journal a stop left behind a newer snapshot, or beside a snapshot
+        # written by hand or by an earlier version) is not this snapshot's to move on
+        self._epoch: str | None = None
         self._rejected: dict[str, int] = {}
         self.duplicates = 0
         self._unlock: weakref.finalize[[int], SealedInbox] | None = None
@@ -577,7 +582,13 @@ class SealedInbox:
             return
         if self._path.exists():
             self._load_snapshot(self._path)
-        self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
+            self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
+        else:
+            # a snapshot at once: it names the host, which the journal's cursor lines
+            # do not (another host's inbox on this file took them over, and skipped its
+            # own earlier mail); a journal without one is an earlier version's, folded in
+            self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
+            self._save()
         self._evict()
 
     def _load_snapshot(self, path: Path) -> None:
@@ -588,12 +599,14 @@ class SealedInbox:
             cursor = state.get("cursor")
             seen = state.get("seen", [])
             host = state.get("host")  # (absent from the files of earlier versions)
+            epoch = state.get("journal")  # (likewise)
             if (
                 not (cursor is None or isinstance(cursor, str))
                 or not isinstance(seen, list)
                 or not (host is None or isinstance(host, str))
+                or not (epoch is None or isinstance(epoch, str))
             ):
-                raise ValueError("host, cursor or seen of the wrong type")
+                raise ValueError("host, cursor, journal or seen of the wrong type")
             ids = [bytes.fromhex(hex_id) for hex_id in seen]
             if any(len(m) != _ID_SIZE for m in ids):
                 raise ValueError("a seen id is not 16 bytes")
@@ -608,18 +621,30 @@ class SealedInbox:
                 f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
             )
         self.cursor = cursor
+        self._epoch = epoch
         self._see(ids)
 
     def _load_journal(self, path: Path) -> None:
-        """Add the ids appended after the last snapshot (one hex id per line; a last line
-        without its newline was being written when the process stopped: cut off)."""
+        """Add the ids appended after the last snapshot (one hex id per line) and take
+        the newest cursor appended for this snapshot (``c:``, the snapshot's token,
+        ``:`` and the cursor's UTF-8 in hex); a last line without its newline was being
+        written when the process stopped: cut off."""
         if not path.exists():
             return
         data = path.read_bytes()
         lines = data.split(b"\n")
         torn = lines.pop()  # b"" after a complete last line
+        cursor = None
         try:
-            ids = [bytes.fromhex(line.decode("ascii")) for line in lines]
+            ids = []
+            for line in lines:
+                if line.startswith(_CURSOR_LINE):
+                    epoch, hex_cursor = line[len(_CURSOR_LINE) :].split(b":")
+                    moved = bytes.fromhex(hex_cursor.decode("ascii")).decode()
+                    if epoch.decode("ascii") == self._epoch:
+                        cursor = moved
+                else:
+                    ids.append(bytes.fromhex(line.decode("ascii")))
             if any(len(m) != _ID_SIZE for m in ids):
                 raise ValueError("a seen id is not 16 bytes")
         except ValueError as exc:  # UnicodeDecodeError too
@@ -631,7 +656,9 @@ class SealedInbox:
             # the inbox would refuse to open at the next start
             os.truncate(path, len(data) - len(torn))
         self._see(ids)
-        self._journaled = len(ids)
+        if cursor is not None:
+            self.cursor = cursor
+        self._journaled = len(lines)
 
     def _save(self) -> None:
         """Write the whole state (cursor and ids) and empty the journal."""
@@ -639,7 +666,13 @@ class SealedInbox:
             return
         from dtp.keys import _fsync_directory
 
-        state = {"host": self.host_id, "cursor": self.cursor, "seen": [m.hex() for m in self._seen]}
+        epoch = os.urandom(8).hex()
+        state = {
+            "host": self.host_id,
+            "cursor": self.cursor,
+            "journal": epoch,
+            "seen": [m.hex() for m in self._seen],
+        }
         data = memoryview(json.dumps(state).encode())
         tmp = self._path.with_suffix(self._path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -653,12 +686,16 @@ class SealedInbox:
         finally:
             os.close(fd)
         os.replace(tmp, self._path)
+        self._epoch = epoch
         try:
             # the rename on the disk before the journal is emptied: else a power cut could
             # leave the old snapshot with an empty journal, the ids in neither
             _fsync_directory(self._path.parent)
             # (a stop right here leaves journaled ids that are in the snapshot too)
-            self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
+            if self._journaled:
+                # (not created when there is none yet: the snapshot an inbox writes
+                # at its first start)
+                self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
         except OSError as exc:
             # the new state is in place: raised, the caller undid in memory what the
             # file already holds (its cursor moved on), and the messages it did not hand
@@ -668,19 +705,27 @@ class SealedInbox:
             return
         self._journaled = 0
 
-    def _remember(self, message_ids: list[bytes]) -> None:
-        """(lock held) Persist newly seen ids: appended to the journal, so a delivery
-        costs a line, not a rewrite of up to ``max_seen`` ids (86 ms at 100 000); the
-        journal is folded into the snapshot once it holds more ids. Raises the OSError
-        of a write that failed, having undone it."""
-        if self._path is None or not message_ids:
+    def _remember(self, message_ids: list[bytes], cursor_moved: bool = False) -> None:
+        """(lock held) Persist newly seen ids, and the cursor when it moved: appended to
+        the journal, so a delivery costs a line, not a rewrite of up to ``4 *
+        max_seen`` ids (86 ms at 100 000; a fetch moves the cursor past other hosts'
+        mail too, and rewrote the snapshot for each); the journal is folded into the
+        snapshot once it holds more lines than the snapshot ids. The cursor line comes
+        after the ids: cut short by a stop, the journal never has the cursor past mail
+        whose ids it lacks. Raises the OSError of a write that failed, having undone
+        it."""
+        if self._path is None or not (message_ids or cursor_moved):
             return
-        journaled = self._journaled + len(message_ids)
-        # (once the journal outgrows the snapshot: rewrites stay O(1) per id amortized)
+        lines = [m.hex().encode() + b"\n" for m in message_ids]
+        if cursor_moved and self.cursor is not None:
+            epoch, cursor = (self._epoch or "").encode(), self.cursor.encode().hex().encode()
+            lines.append(b"%s%s:%s\n" % (_CURSOR_LINE, epoch, cursor))
+        journaled = self._journaled + len(lines)
+        # (once the journal outgrows the snapshot: rewrites stay O(1) per line amortized)
         if journaled > max(1024, len(self._seen) - journaled):
             self._save()
             return
-        data = memoryview(b"".join(m.hex().encode() + b"\n" for m in message_ids))
+        data = memoryview(b"".join(lines))
         path = self._path.with_suffix(self._path.suffix + ".log")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -853,11 +898,10 @@ class SealedInbox:
                 old_cursor = self.cursor
                 self._see(message_ids)
                 try:
-                    if cursor is not None and cursor != self.cursor:
+                    moved = cursor is not None and cursor != self.cursor
+                    if moved:
                         self.cursor = cursor
-                        self._save()  # the cursor and the ids together
-                    else:
-                        self._remember(message_ids)
+                    self._remember(message_ids, moved)  # the ids, then the cursor
                 except BaseException:
                     if not handed_over:
                         self.cursor = old_cursor
