@@ -38,7 +38,9 @@ Acknowledgement cadence: a SYNC is posted after ``sync_every`` new data payloads
 ``sync_interval`` seconds after the first unreported one. SYNCs themselves do not count
 as data, so two carriers never echo SYNCs back and forth. A gap in an inner's seqs (an
 event that never arrives) is given up after ``gap_timeout`` seconds so the prefix can
-advance; the connection retransmits whatever the lost payload carried.
+advance; the connection retransmits whatever the lost payload carried. Every seq missing
+below the largest one seen when the gap's timer started goes when it expires, so steady
+loss gives up all its gaps, one timer after another, not one gap per timer.
 
 Retention (docs/escrow.md §16, docs/ledger-carrier.md "Retention"): with
 ``retention_terms`` a side posts its RECORD and FRAGMENT payloads with
@@ -61,10 +63,12 @@ wait on the ledger. Without it a call read every page the ledger had: the bridge
 which stops reading beyond its buffer's high-water mark, took a whole backlog into
 memory in one call as soon as its consumer had taken a byte.
 
-Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes and the
-per-inner seen sets; a new carrier built with ``state=`` continues from there, so it does
-not hand back a payload the old one already returned after that snapshot. (An older
-snapshot re-delivers what came later; the connection's replay window drops those.)
+Resuming: :meth:`LedgerCarrier.state` snapshots the cursor, the known peer pipes, the
+per-inner seen sets and the peer's retained records still to confirm; a new carrier built
+with ``state=`` continues from there, so it does not hand back a payload the old one
+already returned after that snapshot, and gives up a gap in the seen sets ``gap_timeout``
+after its start. (An older snapshot re-delivers what came later; the connection's replay
+window drops those.)
 
 :class:`LedgerLink` drives two connections over two carriers with a virtual clock, like
 :class:`dtp.carriers.memory.MemoryLink`.
@@ -84,7 +88,7 @@ from typing import Any
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
 from dtp.connection import Connection
-from dtp.errors import ChainError, ObjectNotFound, PaymentModelError, PipeError
+from dtp.errors import ChainError, ConnectionClosed, ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
 from dtp.keys import HostIdentity
 
@@ -94,6 +98,7 @@ __all__ = [
     "KIND_SYNC",
     "MAX_PIPE_DATA",
     "MIN_PAGE",
+    "CarrierClosed",
     "CarrierState",
     "LedgerCarrier",
     "LedgerLink",
@@ -155,6 +160,12 @@ def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) ->
     ]
 
 
+class CarrierClosed(ConnectionClosed, RuntimeError):
+    """A send on a carrier that was closed (:meth:`LedgerCarrier.close`): a
+    :class:`~dtp.errors.ConnectionClosed`, as a write on a closed connection raises, and
+    still the RuntimeError it used to be."""
+
+
 @dataclass
 class _Lane:
     """What the receiver has seen of one inner pipe of a peer pipe."""
@@ -164,14 +175,20 @@ class _Lane:
     above: set[int] = field(default_factory=set)
     """Seqs seen at or above ``prefix`` (never contains ``prefix``)."""
     gap_since: float | None = None
-    """When ``above`` last became non-empty with ``prefix`` missing."""
+    """When the gap timer started (``above`` became non-empty with ``prefix`` missing)."""
+    horizon: int = 0
+    """The largest seq seen when the gap timer started (at that moment, so a whole batch
+    read then): every seq below it still missing when the timer expires is given up."""
 
-    def see(self, seq: int) -> bool:
-        """Record ``seq``; False if it was seen before."""
+    def see(self, seq: int, now: float) -> bool:
+        """Record ``seq`` (seen at ``now``); False if it was seen before."""
         if seq < self.prefix or seq in self.above:
             return False
         self.above.add(seq)
         self._advance()
+        if self.gap_since == now:
+            self.horizon = max(self.horizon, seq)
+        self.start_gap_timer(now)
         return True
 
     def _advance(self) -> None:
@@ -179,14 +196,29 @@ class _Lane:
             self.above.remove(self.prefix)
             self.prefix += 1
 
-    def give_up_gap(self) -> int:
-        """Skip the missing seqs below the smallest one seen; returns how many."""
+    def start_gap_timer(self, now: float) -> None:
+        """Start the gap timer if a gap opened, stop it if none is left."""
         if not self.above:
-            return 0
-        first = min(self.above)
-        skipped = first - self.prefix
-        self.prefix = first
-        self._advance()
+            self.gap_since = None
+        elif self.gap_since is None:
+            self.gap_since = now
+            self.horizon = max(self.above)
+
+    def give_up_gap(self, now: float) -> int:
+        """The gap timer expired: skip every missing seq below the horizon at once, and
+        start a new timer for the gaps among the seqs seen later; returns how many were
+        skipped. (Skipped up to the smallest seq seen, one gap went per timer, and the
+        next timer started afresh: under steady loss ``above`` grew without bound and
+        the prefix fell ever further behind.)"""
+        skipped = 0
+        if self.horizon >= self.prefix:
+            kept = {seq for seq in self.above if seq > self.horizon}
+            skipped = self.horizon + 1 - self.prefix - (len(self.above) - len(kept))
+            self.above = kept
+            self.prefix = self.horizon + 1
+            self._advance()
+        self.gap_since = None
+        self.start_gap_timer(now)
         return skipped
 
 
@@ -204,6 +236,11 @@ class CarrierState:
     next_fragment_id: int = 0
     #: RetainedRecords we sent and have not deleted yet (``retention_terms``)
     retained: list[str] = field(default_factory=list)
+    #: the peer's RetainedRecords addressed to us whose payload was not seen yet:
+    #: record → (pipe, inner, seq) (their wait for the payload restarts on resuming)
+    retained_pending: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    #: the peer's RetainedRecords offered for confirmation and not taken yet
+    to_confirm: list[str] = field(default_factory=list)
 
 
 class LedgerCarrier:
@@ -237,7 +274,12 @@ class LedgerCarrier:
         retention_terms: str | None = None,
         max_record: int | None = None,
     ) -> None:
-        if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
+        if (
+            isinstance(max_payload, bool)
+            or not isinstance(max_payload, int)
+            or not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA
+        ):
+            # (a float passed, and cut a large record into float-sized pieces: TypeError)
             raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
         # (a page_size of 0 read no event and never saw the last page: receive() spun
         # forever; a NaN gap_timeout never gave a gap up, so the acks stopped)
@@ -279,8 +321,13 @@ class LedgerCarrier:
             self._next_fragment_id = (
                 state.next_fragment_id + _RESUME_JUMP_MIN + secrets.randbelow(_RESUME_JUMP_SPAN)
             ) & 0xFFFFFFFF
+            restored_at = clock()
             for pid, lanes in state.lanes.items():
                 self._lanes[pid] = [_Lane(p, set(above)) for p, above in lanes]
+                # (a gap pending in the snapshot had no timer: it was never given up,
+                # and the peer's pipe never acknowledged past it)
+                for lane in self._lanes[pid]:
+                    lane.start_gap_timer(restored_at)
         if pipe_id is None:
             pipe_id = ledger.create_pipe(identity, connection_id, inner_count)
             # made just now, for this connection: every inner pipe's counters are 0. Not
@@ -325,6 +372,14 @@ class LedgerCarrier:
         # forgotten past MAX_OFFERED_RETAINED (a set grew for the connection's whole
         # life), and a confirmation repeated that late is skipped (confirm_records)
         self._offered: OrderedDict[str, None] = OrderedDict()
+        if state is not None:
+            # (not restored, they were never confirmed: the cursor is past their
+            # RecordRetained events, and the sender's deposits stayed)
+            for record, (peer_pipe, inner, seq) in state.retained_pending.items():
+                self._retained_pending[record] = (str(peer_pipe), int(inner), int(seq), restored_at)
+            for record in state.to_confirm:
+                self._offer(record)
+                self._to_confirm.append(record)
         # statistics
         self.payloads_sent = 0
         self.payloads_received = 0
@@ -369,6 +424,11 @@ class LedgerCarrier:
             },
             next_fragment_id=self._next_fragment_id,
             retained=list(self.retained),
+            retained_pending={
+                record: (pipe, inner, seq)
+                for record, (pipe, inner, seq, _) in self._retained_pending.items()
+            },
+            to_confirm=list(self._to_confirm),
         )
 
     # -- sending ----------------------------------------------------------------------
@@ -404,7 +464,7 @@ class LedgerCarrier:
         """Post whole DTP records (each as one payload, or fragments when too large).
         Ledger errors propagate: nothing is dropped silently."""
         if self.closed:
-            raise RuntimeError("the carrier is closed")
+            raise CarrierClosed("the carrier is closed")
         for record in records:
             payloads = frame_record(bytes(record), self._next_fragment_id, self.max_payload)
             if len(payloads) > 1:
@@ -551,8 +611,12 @@ class LedgerCarrier:
         with self._retained_lock:
             records = list(self.retained)
         refunded, kept = _reclaim(self.ledger, self.identity, records, now_ms)
+        gone = set(records).difference(kept)
         with self._retained_lock:
-            self.retained = kept + self.retained[len(records) :]
+            # only what went: spliced as ``kept`` and what followed ``records``, two
+            # reclaims overlapping a send dropped the records sent meanwhile, never
+            # reclaimed then (the later one's ``records`` were not a prefix any more)
+            self.retained = [record for record in self.retained if record not in gone]
             self.reclaimed += refunded
         return refunded
 
@@ -584,13 +648,9 @@ class LedgerCarrier:
             if not 0 <= inner < len(lanes):
                 return
             lane = lanes[inner]
-            if not lane.see(int(fields["seq"])):
+            if not lane.see(int(fields["seq"]), now):
                 self.duplicates += 1
                 return
-            if lane.above and lane.gap_since is None:
-                lane.gap_since = now
-            elif not lane.above:
-                lane.gap_since = None
             self.payloads_received += 1
             self._on_payload(fields["pipe"], bytes(fields["data"]), now, out)
 
@@ -743,8 +803,7 @@ class LedgerCarrier:
         for lanes in self._lanes.values():
             for lane in lanes:
                 if lane.gap_since is not None and now >= lane.gap_since + self.gap_timeout:
-                    self.gaps_given_up += lane.give_up_gap()
-                    lane.gap_since = now if lane.above else None
+                    self.gaps_given_up += lane.give_up_gap(now)
                     self._note_data(now)
         if self._retained_pending:
             self._settle_retained(now)
@@ -855,7 +914,10 @@ def _reclaim(
         if not info.consumed or now_ms < info.delete_after_ms:
             kept.append(record)
             continue
-        refunded += ledger.delete_retained(identity, record)
+        try:
+            refunded += ledger.delete_retained(identity, record)
+        except ObjectNotFound:
+            continue  # deleted meanwhile (another reclaim of the same records)
     return refunded, kept
 
 

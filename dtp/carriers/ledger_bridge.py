@@ -142,10 +142,13 @@ class LedgerCarrierOptions:
     def __post_init__(self) -> None:
         # refused here, before any money moves: a poll_min of 0 never grew while idle
         # (0 doubled is 0), so the bridge spun on the ledger at a full core per connection
-        if not 1 <= self.inner_count <= 8:
-            raise ValueError(f"inner_count must be in 1..8, not {self.inner_count}")
-        if self.sync_every < 1:
-            raise ValueError(f"sync_every must be at least 1, not {self.sync_every}")
+        # (and the counts must be integers, as the carrier wants them: a float or a bool
+        # passed here and failed only once a connection was made, on a server in its
+        # listener thread, logged for every connection)
+        if not _is_int(self.inner_count) or not 1 <= self.inner_count <= 8:
+            raise ValueError(f"inner_count must be an integer in 1..8, not {self.inner_count!r}")
+        if not _is_int(self.sync_every) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, not {self.sync_every!r}")
         positive = {
             "sync_interval": self.sync_interval,
             "gap_timeout": self.gap_timeout,
@@ -154,7 +157,7 @@ class LedgerCarrierOptions:
         for name, value in positive.items():
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
-        if not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
+        if not _is_int(self.max_payload) or not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
             # (smaller, a full-size record needs more than 255 fragments: its send
             # raised ValueError and ended the bridge)
             raise ValueError(
@@ -170,6 +173,11 @@ class LedgerCarrierOptions:
             raise ValueError(
                 f"outage_timeout must be a finite number of seconds, not {self.outage_timeout}"
             )
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a bool is not one here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:
