@@ -342,6 +342,11 @@ class _PaidConnection:
             return _SEND_SLICE
         return min(_SEND_SLICE, max(4096, int(bucket.capacity)))
 
+    def write_slice(self) -> int:
+        """The most bytes of a write to let out at once: :meth:`send_slice` under a
+        bytes/s limit, else all of it."""
+        return self.send_slice() if self.buckets.bytes.rate else _CREDIT_MAX
+
     def in_debt(self) -> bool:
         """Whether the client's bytes/s limit is in debt now (what was sent must be paid
         for by a wait before more goes)."""
@@ -563,8 +568,10 @@ class PaidWriter:
         # what the gate allows goes now and is charged to the rate limits at once: left
         # to drain(), a callback that never drains (write, write, close) went past the
         # client's bytes/s limit for good. While the limit is in debt, nothing goes:
-        # the bytes are held, and let out at the rate (_release)
-        room = 0 if paid.in_debt() else paid.send_room(size)
+        # the bytes are held, and let out at the rate (_release); else a burst's worth
+        # at most (one large write went whole, a 4 MiB one in 6 ms to a client limited
+        # to 100 kB/s, whose limit then held back only the connection's end)
+        room = 0 if paid.in_debt() else min(paid.send_room(size), paid.write_slice())
         if room == size:
             self._writer.write(data)
             self._charged(size)
@@ -600,6 +607,9 @@ class PaidWriter:
                 # client has one (a whole backlog let out at once was paid for by a
                 # wait after it had gone: a callback that wrote and closed went at
                 # twice the rate)
+                # (the debt first: wait_send waits for payment only, and a slice let
+                # out while in debt went past the limit by as much)
+                await paid.wait_limits()
                 n = await paid.wait_send(min(len(self._held) - start, paid.send_slice()))
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held

@@ -32,8 +32,12 @@ TOTAL = 256 << 10
 CHUNK = 32 << 10
 
 
+@pytest.mark.parametrize("chunk", [CHUNK, TOTAL], ids=["writes", "one-write"])
 @pytest.mark.parametrize("drain", [False, True], ids=["write-only", "write-drain"])
-def test_a_callback_that_does_not_drain_is_held_to_the_rate(tmp_path: Path, drain: bool) -> None:
+def test_a_callback_that_does_not_drain_is_held_to_the_rate(
+    tmp_path: Path, drain: bool, chunk: int
+) -> None:
+    """(One write of it all went at once: the room checked debt, not the burst.)"""
     ledger = LocalLedger(tmp_path / "ledger.db")
     ledger.faucet(CLIENT.sui_address, 10_000_000)
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
@@ -53,8 +57,8 @@ def test_a_callback_that_does_not_drain_is_held_to_the_rate(tmp_path: Path, drai
     async def main() -> tuple[int, float]:
         async def handler(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
             await reader.readexactly(2)
-            for _ in range(TOTAL // CHUNK):
-                writer.write(b"x" * CHUNK)
+            for _ in range(TOTAL // chunk):
+                writer.write(b"x" * chunk)
                 if drain:
                     await writer.drain()
             writer.close()
