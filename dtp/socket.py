@@ -131,8 +131,6 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _BACKLOG_ENTRIES = 256
 LINGER = 5.0  # seconds close() waits for queued data to leave
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
-# the most the interpreter's exit waits for the closes that files' finalizers queued
-_EXIT_CLOSE_WAIT = LINGER + 1.0
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
 # seconds a paid client's close waits for the server's end of the carrier, which closes
 # once the server settled on the ledger: about what a ledger transaction takes, the one
@@ -894,7 +892,10 @@ class _TimerService:
         self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
-        self._closers: set[threading.Thread] = set()  # ... closing in threads of their own
+        # ... closing in threads of their own, with their lingers
+        self._closers: dict[threading.Thread, float] = {}
+        # closed with a file still open: closed at exit if no file's close did it
+        self._deferred: weakref.WeakSet[DTPSocket] = weakref.WeakSet()
         # carriers abandoned with the peer still reading (_Engine._drain_detached): read
         # and discarded until the peer closes its side or the deadline, then closed
         self._draining: dict[int, tuple[_socket.socket, float]] = {}
@@ -965,23 +966,24 @@ class _TimerService:
     def _start_closes(self) -> None:
         """Start a closing thread for each socket close_later() queued."""
         while True:
-            try:
-                sock = self._closing.popleft()
-            except IndexError:  # (finish_closes may have taken the last one)
-                return
-            thread = threading.Thread(target=self._close, args=(sock,), name="dtp-close")
-            thread.daemon = True
-            # started under the lock: finish_closes (at exit, in another thread) sees a
-            # closer only once it runs, since joining one not started yet raises
-            # RuntimeError -- which ended the exit's wait at once, and the close was
-            # cut off mid-linger (the peer read a reset)
+            # taken off the queue and started under the lock: finish_closes (at exit, in
+            # another thread) sees a close either queued or running. Taken off outside
+            # it, the exit could find neither and not wait; a closer it saw before it
+            # ran made its join() raise RuntimeError. Either way the close was cut off
+            # mid-linger, and the peer read a reset
             with self._lock:
-                self._closers.add(thread)
+                try:
+                    sock = self._closing.popleft()
+                except IndexError:  # (finish_closes may have taken the last one)
+                    return
+                thread = threading.Thread(target=self._close, args=(sock,), name="dtp-close")
+                thread.daemon = True
+                self._closers[thread] = _linger_of(sock)
                 try:
                     thread.start()
                     started = True
                 except RuntimeError:  # no thread to be had
-                    self._closers.discard(thread)
+                    self._closers.pop(thread, None)
                     started = False
             if not started:
                 self._guarded(sock.close)  # here, then: late but closed
@@ -992,31 +994,57 @@ class _TimerService:
             self._guarded(sock.close)
         finally:
             with self._lock:
-                self._closers.discard(threading.current_thread())
+                self._closers.pop(threading.current_thread(), None)
 
-    def finish_closes(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the closes close_later() queued (run at
-        interpreter exit). Their threads are daemons, which the interpreter stops at
-        exit wherever they are: a close cut off while it lingered sent no CLOSE, and
-        the carrier's kernel socket, closed with unread bytes, reset the connection --
-        the peer lost what it had not read yet."""
+    def defer_close(self, sock: DTPSocket) -> None:
+        """``sock.close()`` was called with a file of it still open: the exit closes it
+        if no file's close did by then (:meth:`finish_closes`)."""
+        with self._lock:
+            self._deferred.add(sock)
+
+    def finish_closes(self, timeout: float | None = None) -> None:
+        """Wait for the closes close_later() queued and the carriers drained in the
+        background (run at interpreter exit), up to ``timeout`` seconds; by default
+        up to the longest linger among the closes, and a second. Their threads are
+        daemons, which the interpreter stops at exit wherever they are: a close cut off
+        while it lingered sent no CLOSE, and the carrier's kernel socket, closed with
+        unread bytes, reset the connection -- the peer lost what it had not read yet.
+        A socket closed while a file of it was still open is closed now, if none of its
+        files' closes did it: a file left open to the end is closed by its finalizer
+        during the interpreter's teardown, after this, and its close never ran."""
         if self._pid != os.getpid():
             return  # (a forked child: the threads were its parent's)
+        with self._lock:
+            left_open = [s for s in self._deferred if s._close_deferred and not s._closed]
+            self._deferred.clear()
+        for sock in left_open:
+            sock._io_refs = 0  # (its files are closed by the teardown, after this)
+            self._closing.append(sock)
         self._start_closes()
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
         while True:
             with self._lock:
-                threads = list(self._closers)
-            if not threads:
+                threads = list(self._closers.items())
+                draining = bool(self._draining)
+            if not threads and not draining:
                 return
-            for thread in threads:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                thread.join(left)
-                if not thread.is_alive():
-                    with self._lock:
-                        self._closers.discard(thread)
+            if timeout is None:
+                limit = max((linger for _, linger in threads), default=LINGER) + 1.0
+            else:
+                limit = timeout
+            left = start + limit - time.monotonic()
+            if left <= 0:
+                return
+            if not threads:
+                # a carrier the timer thread drains for a reset stream (_drain_detached):
+                # cut off, the peer lost what it had not read, the reset and the CLOSE
+                time.sleep(min(left, 0.02))
+                continue
+            thread = threads[0][0]
+            thread.join(left)
+            if not thread.is_alive():
+                with self._lock:
+                    self._closers.pop(thread, None)
 
     def _wake(self) -> None:
         if self._wake_fds is not None:
@@ -1176,7 +1204,14 @@ class _TimerService:
 
 _TIMERS = _TimerService()
 # closes queued by files' finalizers, finished before the interpreter stops their threads
-atexit.register(_TIMERS.finish_closes, _EXIT_CLOSE_WAIT)
+atexit.register(_TIMERS.finish_closes)
+
+
+def _linger_of(sock: object) -> float:
+    """How long ``sock``'s close may linger (LINGER when it is not a DTP socket)."""
+    engine = getattr(sock, "_engine", None)
+    linger = getattr(engine, "linger", LINGER)
+    return linger if isinstance(linger, float) else LINGER
 
 
 def _writable(buffer: Any) -> memoryview:
@@ -2000,11 +2035,13 @@ class DTPSocket:
         socket, a file from :meth:`makefile` that is still open keeps the stream open
         and usable: it closes once the last such file is closed (then in the
         background, as the file's close may run in a finalizer; the interpreter's exit
-        waits for such closes up to the linger and a second)."""
+        waits for such closes up to their linger and a second), or at the interpreter's
+        exit when a file is left open to the end."""
         if self._closed:
             return
         if self._io_refs > 0:
             self._close_deferred = True
+            _TIMERS.defer_close(self)
             return
         if self._primary:
             self._engine.shutdown(self._engine.linger)

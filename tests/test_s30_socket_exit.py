@@ -1,0 +1,157 @@
+"""The interpreter's exit waits for every close still under way, so the peer reads the
+clean end and not a reset (found by a second reader):
+- the drain of a reset stream's carrier, which the timer thread runs: cut off, the peer
+  lost what it had not read, the RESET_STREAM and the CLOSE;
+- a close the timer thread had taken off its queue and not registered yet;
+- a socket closed while a file of it was open, the file left open to the end (its
+  finalizer runs in the teardown, after the exit's wait: its close never ran);
+- a close that lingers longer than over TCP (the ledger carrier's 30 s): each close is
+  waited for up to its own linger and a second.
+Client processes exit right after their last call; real connections on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.errors import DTPError, StreamReset
+from dtp.keys import HostIdentity
+
+SERVER_ID = HostIdentity.generate()
+ROOT = Path(__file__).resolve().parents[1]
+
+_RESET = """
+import sys
+import dtp.socket
+port, key = int(sys.argv[1]), bytes.fromhex(sys.argv[2])
+sock = dtp.socket.create_connection(("127.0.0.1", port), timeout=10, server_key=key)
+sock.sendall(b"z" * (3 << 20))
+sock.reset(3)
+print("reset", flush=True)
+"""
+
+_FILE_LEFT_OPEN = """
+import sys
+import dtp.socket
+port, key = int(sys.argv[1]), bytes.fromhex(sys.argv[2])
+sock = dtp.socket.create_connection(("127.0.0.1", port), timeout=10, server_key=key)
+f = sock.makefile("wb")
+sock.close()  # deferred: the file keeps the stream open
+f.write(b"x" * 100000)
+f.flush()
+print("flushed", flush=True)
+# and the process exits with the file still open (a response object in a global)
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[dtp.socket.DTPServer]:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as srv:
+        yield srv
+
+
+def _run_client(server: dtp.socket.DTPServer, script: str, late: float) -> dict[str, Any]:
+    """Run ``script`` as a client process; the server starts reading ``late`` seconds
+    after accepting. Returns how its reading ended and what it got."""
+    outcome: dict[str, Any] = {}
+
+    def serve() -> None:
+        try:
+            sock, _ = server.accept(timeout=30)
+        except DTPError as exc:
+            outcome["end"] = exc
+            return
+        with sock:
+            sock.settimeout(15)
+            time.sleep(late)
+            got = 0
+            try:
+                while data := sock.recv(1 << 16):
+                    got += len(data)
+                outcome["end"] = "EOF"
+            except StreamReset as exc:
+                outcome["end"] = f"reset {exc.code}"
+            except DTPError as exc:
+                outcome["end"] = exc
+            outcome["got"] = got
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        args = [sys.executable, "-c", script, str(server.address[1]), SERVER_ID.noise_public.hex()]
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        thread.join(30)
+    assert proc.returncode == 0, proc.stderr
+    return outcome
+
+
+def test_a_process_exiting_right_after_a_reset_lets_the_peer_read_it(
+    server: dtp.socket.DTPServer,
+) -> None:
+    # (a reader that starts late: the drain of the reset stream's carrier is under way)
+    outcome = _run_client(server, _RESET, late=1.0)
+    assert outcome == {"end": "reset 3", "got": 3 << 20}
+
+
+def test_a_file_left_open_at_exit_ends_the_connection_cleanly(
+    server: dtp.socket.DTPServer,
+) -> None:
+    outcome = _run_client(server, _FILE_LEFT_OPEN, late=0.0)
+    # (the peer vanished: ConnectionLost after the data, where a socket's file ends
+    # with EOF)
+    assert outcome == {"end": "EOF", "got": 100000}
+
+
+class _SlowClose:
+    def __init__(self, seconds: float, linger: float = dtp.socket.LINGER) -> None:
+        self.seconds = seconds
+        self.closed = threading.Event()
+        self._engine = type("Engine", (), {"linger": linger})()
+
+    def close(self) -> None:
+        time.sleep(self.seconds)
+        self.closed.set()
+
+
+def test_the_exit_waits_for_a_close_taken_off_the_queue_and_not_registered_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = dtp.socket._TimerService()
+    closing = _SlowClose(0.3)
+    real_init = threading.Thread.__init__
+
+    def slow_init(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("name") == "dtp-close":
+            time.sleep(0.2)  # the window: off the queue, not among the closers yet
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "__init__", slow_init)
+    service._closing.append(closing)  # type: ignore[arg-type]
+    starter = threading.Thread(target=service._start_closes)
+    starter.start()
+    time.sleep(0.05)
+    service.finish_closes(5.0)  # found neither a queued close nor a closer: returned
+    assert closing.closed.is_set()
+    starter.join(5)
+
+
+def test_the_exit_waits_for_each_close_up_to_its_own_linger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At exit a close over the ledger carrier (30 s linger) was given LINGER + 1 s."""
+    monkeypatch.setattr(dtp.socket, "LINGER", 0.1)
+    service = dtp.socket._TimerService()
+    closing = _SlowClose(1.5, linger=2.0)
+    service._closing.append(closing)  # type: ignore[arg-type]
+    service.finish_closes()
+    assert closing.closed.is_set()
