@@ -284,7 +284,9 @@ int dtp_ham_find_souls(const uint8_t *batch, size_t len, const uint8_t *prefix,
         ham_update u;
         rc = check_update(&p, end, &u);
         if (rc != DTP_OK) return rc;
-        if (u.soul_len >= prefix_len && memcmp(u.soul, prefix, prefix_len) == 0) {
+        /* (prefix may be NULL when prefix_len is 0: memcmp must not see it then) */
+        if (u.soul_len >= prefix_len
+            && (prefix_len == 0 || memcmp(u.soul, prefix, prefix_len) == 0)) {
             if (2 * found + 2 <= spans_cap) {
                 spans[2 * found] = (uint64_t)(start - batch);
                 spans[2 * found + 1] = (uint64_t)(p - batch);

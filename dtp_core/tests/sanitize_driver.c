@@ -459,6 +459,11 @@ static void exercise_ham(void) {
             CHECK((found_rc == DTP_OK) == (rc == DTP_OK) || found_rc == DTP_ERR_BUFFER);
             for (size_t i = 0; i < n_found && 2 * i + 1 < cap; i++)
                 CHECK(spans[2 * i] < spans[2 * i + 1] && spans[2 * i + 1] <= len);
+            /* no prefix (NULL, 0): every update is found; memcmp never sees the NULL */
+            size_t n_all;
+            int all_rc = dtp_ham_find_souls(batch, len, NULL, 0, spans, 0, &n_all);
+            CHECK(all_rc == found_rc || all_rc == DTP_ERR_BUFFER || found_rc == DTP_ERR_BUFFER);
+            CHECK(all_rc != DTP_OK || n_all == count);
             size_t n_zeroed;
             int zero_rc = dtp_ham_zero_states(batch, len, &n_zeroed);
             CHECK((zero_rc == DTP_OK) == (rc == DTP_OK));
