@@ -43,8 +43,10 @@ __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 256
-#: Seconds a finishing relay waits for the receipt of its final report.
+#: Seconds a finishing relay waits for the receipt of its final report (over a lossy
+#: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
+LOSSY_FINAL_RECEIPT_WAIT = 30.0
 
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
@@ -104,7 +106,8 @@ async def relay_udp_async(
     ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
     and replies from then on are dropped, ``dropped_finishing``), reports its final
     usage and ends when a receipt covers it -- or the connection ends, or none has
-    within ``FINAL_RECEIPT_WAIT`` seconds (replies lost on the way back are never
+    within ``FINAL_RECEIPT_WAIT`` seconds (``LOSSY_FINAL_RECEIPT_WAIT`` over the
+    ledger carrier; replies lost on the way back are never
     signed for, so such a flow's receipt stays short of the count). The caller
     bounds the wait by closing the connection. Cut at once instead, the usage since
     the last report was never billed: the client had been served, and the server
@@ -226,8 +229,11 @@ async def relay_udp_async(
                     break
                 report(force=True)
                 # the receipt for it gets a few seconds: one short of the count (replies
-                # lost on the way, which the forwarder does not sign for) never comes
-                finish_by = loop.time() + min(idle_timeout, FINAL_RECEIPT_WAIT)
+                # lost on the way, which the forwarder does not sign for) never comes.
+                # Over a lossy carrier (the ledger) a round trip alone may take that long
+                reliable = session.conn.config.reliable_carrier
+                final_wait = FINAL_RECEIPT_WAIT if reliable else LOSSY_FINAL_RECEIPT_WAIT
+                finish_by = loop.time() + min(idle_timeout, final_wait)
             if finished:
                 assert billing is not None
                 if billing.paid_up or loop.time() >= finish_by:

@@ -14,10 +14,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+import dtp.udp_aio
 from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
 from dtp.escrow import Meter
 from dtp.udp import FlowAccount, UdpBilling, _control
-from dtp.udp_aio import FINAL_RECEIPT_WAIT, relay_udp_async
+from dtp.udp_aio import relay_udp_async
 from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID, SERVER
 
 SLA = Sla(10, 1, 0)
@@ -79,10 +81,19 @@ def test_the_allowance_is_a_share_below_one(share: float) -> None:
         UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, loss_allowance=share)
 
 
-def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_replies() -> None:
+@pytest.mark.parametrize("reliable", [True, False], ids=["tcp", "lossy"])
+def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_replies(
+    reliable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The daemon's drain: the relay reports its count and waits for a receipt that
     covers it. The client lost the reply (it signs for its request only), so none ever
-    does; the relay waited out its idle timeout (60 s here) before it ended."""
+    does; the relay waited out its idle timeout (60 s here) before it ended. Over a
+    lossy carrier (the ledger: round trips of seconds) it waits longer."""
+    if not reliable:
+        monkeypatch.setattr(dtp.udp_aio, "FINAL_RECEIPT_WAIT", 30.0)
+        monkeypatch.setattr(dtp.udp_aio, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
+    server_config = ConnectionConfig(SERVER, False, reliable_carrier=reliable)
+    client_config = ConnectionConfig(CLIENT, True, reliable_carrier=reliable)
     backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     backend.bind(("127.0.0.1", 0))
 
@@ -109,11 +120,13 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
             )  # fmt: skip
             ended.append(time.monotonic())
 
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
+        server = await dtp.aio.start_server(
+            handle, "127.0.0.1", 0, identity=SERVER, config=server_config
+        )
 
         def client() -> None:
             with dtp.socket.create_connection(
-                server.address, server_key=SERVER.noise_public, timeout=10
+                server.address, server_key=SERVER.noise_public, timeout=10, config=client_config
             ) as sock:
                 sock.send_datagram(b"go")
                 assert sock.recv_datagrams(1, 5)  # the reply: "lost", not signed for
@@ -137,7 +150,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
             finish.set()
             await asyncio.wait_for(job, 40)
             assert ended, "the relay did not end"
-            assert ended[0] - started < FINAL_RECEIPT_WAIT + 5
+            assert ended[0] - started < dtp.udp_aio.FINAL_RECEIPT_WAIT + 5
         finally:
             server.close()
             await server.wait_closed()
