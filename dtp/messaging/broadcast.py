@@ -27,9 +27,10 @@ tells every listener (an AIR frame); back on air it tells them again.
 
 Listeners pay through the ledger (:meth:`BroadcastListener.contribute`). A *tip* is a
 contribution plus a short signed message to the station, which accepts it only while the
-tipper's recorded contributions cover all its accepted tips; a tip is signed for the
-station's session, so it is not accepted again by a restarted station. A *request* is a short
-message from a listener to the station. The broadcaster claims what its slots earned
+tipper's recorded contributions cover all its accepted tips (read from the ledger at most
+every 0.2 s, whatever the number of tips); a tip is signed for the station's session, so
+it is not accepted again by a restarted station. A *request* is a short message from a
+listener to the station. The broadcaster claims what its slots earned
 (:meth:`BroadcastStation.claim`); after :meth:`BroadcastStation.cancel`, listeners take
 their pooled refunds (:meth:`BroadcastListener.withdraw`).
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 import os
 import queue
 import struct
@@ -60,6 +62,7 @@ from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
 from dtp.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
+from dtp.messaging.protocol import _check_wait
 from dtp.messaging.pubsub import _PatientReads
 
 if TYPE_CHECKING:
@@ -113,6 +116,13 @@ TIP_SKEW_US: Final = 300_000_000
 _FRAME_CAP: Final = MAX_PAYLOAD + 1024
 # Longest a tip waits for another tip of its tipper to be saved (seconds)
 _TIP_SAVE_WAIT: Final = 30.0
+# Least time (seconds) between the starts of two ledger reads that check tips: a tip the
+# last read does not cover waits for the next one (which serves every tip waiting), so
+# tips signed by fresh keys, free to make, cost one read per this, not one each
+_TIP_READ_GAP: Final = 0.2
+# How long (seconds) a read showing a tipper's contributions cover a tip is taken as it
+# is: contributions only grow until a cancel, after which a withdrawal is unseen so long
+_TIP_READ_TRUST: Final = 1.0
 _HELLO_DOMAIN: Final = b"DTP-BROADCAST-HELLO-V1\x00"
 _MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V2\x00"
 _TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V2\x00"
@@ -454,6 +464,9 @@ class BroadcastStation:
         self.max_listeners = max_listeners
         self._lock = threading.Lock()
         self._links: list[_StationLink] = []
+        # links attached so far: a default name counted the links open, so a newcomer
+        # took the name of one still listening once another had left
+        self._attached = 0
         #: This station's session nonce (random; in the HELLO and every signature).
         self.session = os.urandom(SESSION_BYTES)
         #: When this session started (ms since the epoch, the host's clock; in the HELLO).
@@ -480,6 +493,13 @@ class BroadcastStation:
         # per tipper, tips counted whose save is under way (and notified as each ends)
         self._saving: dict[str, int] = {}
         self._tip_saved = threading.Condition(self._lock)
+        # the last ledger read of the broadcast for tips, (when it began, monotonic;
+        # whether cancelled; the contributions), and when the last one began and whether
+        # it is still under way (see _contributed)
+        self._reads = threading.Condition(threading.Lock())
+        self._read: tuple[float, bool, Mapping[str, int]] | None = None
+        self._read_began = -math.inf
+        self._reading = False
         self._inbox_lock = threading.Lock()
         #: Accepted tips (bounded; the oldest are dropped when full and counted in
         #: :attr:`inbox_dropped` and :attr:`tips_dropped`).
@@ -513,9 +533,8 @@ class BroadcastStation:
         with self._lock:
             if len(self._links) >= self.max_listeners:
                 raise E.StationError("too many listeners")
-            link = _StationLink(
-                self, stream, name or f"listener-{len(self._links)}", self.link_queue
-            )
+            link = _StationLink(self, stream, name or f"listener-{self._attached}", self.link_queue)
+            self._attached += 1
             signature = self.identity.sign(
                 signed_hello(
                     self.broadcast_id,
@@ -640,7 +659,13 @@ class BroadcastStation:
 
     def start_monitor(self, interval: float = 0.1) -> None:
         """Check the ledger every ``interval`` seconds in a thread, so listeners learn of
-        air changes even while nothing is sent."""
+        air changes even while nothing is sent. ``interval`` is finite seconds above 0
+        (ValueError; TypeError when not a number)."""
+        # (NaN, 0 or a negative had the thread ask the ledger in a tight loop)
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"an interval is a number of seconds, not {type(interval).__name__!r}")
+        if not 0 < interval < math.inf:
+            raise ValueError(f"an interval must be finite seconds above 0, not {interval!r}")
         if self._monitor is not None:
             return
 
@@ -720,6 +745,7 @@ class BroadcastStation:
         raise E.MalformedMessage("not a broadcast frame for the station")
 
     def _check_tip(self, message: list[Any]) -> Tip:
+        arrived = time.monotonic()
         _, tip_id, amount, text, public, signature = message
         if not (
             isinstance(tip_id, bytes)
@@ -737,31 +763,15 @@ class BroadcastStation:
         ):
             raise E.InvalidTip("tip signature does not verify")
         address = sui_address_from_public_key(public)
-        contributed = self.ledger.get_broadcast(self.broadcast_id).contributions.get(address, 0)
         number = int.from_bytes(tip_id, "big")
         with self._lock:
-            while True:
-                ids = self._tip_ids.get(address)
-                if ids is not None and not ids.fresh(number):
-                    raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
-                total = self._tipped.get(address, 0) + amount
-                if total <= contributed:
-                    break
-                if not self._saving.get(address):
-                    raise E.InvalidTip("tip not covered by the tipper's contributions")
-                # counted with tips of this tipper still being saved: one whose save
-                # fails is taken back, and then this one may be covered (a disk that
-                # hangs: unchecked, not the listener's fault)
-                if not self._tip_saved.wait(_TIP_SAVE_WAIT):
-                    raise TimeoutError("the tip state file is still being written")
-            if ids is None:  # (only now: a refused tip leaves nothing behind)
-                ids = self._tip_ids[address] = _TipIds()
-            # taken now (a concurrent replay of the ID, or a tip beyond the
-            # contributions, is refused while the file is written)
-            ids.take(number)
-            self._tipped[address] = total
-            if self._tip_state is not None:
-                self._saving[address] = self._saving.get(address, 0) + 1
+            need = self._tipped.get(address, 0) + amount
+        contributed, fresh = self._contributed(address, need, arrived)
+        if not self._take_tip(address, number, amount, contributed, fresh):
+            # a read from before the tip arrived covered it, but another tip of the
+            # tipper was counted meanwhile: a contribution since may pay for this one
+            contributed, _ = self._contributed(address, None, arrived)
+            self._take_tip(address, number, amount, contributed, True)
         if self._tip_state is not None:
             saved = False
             try:
@@ -779,6 +789,84 @@ class BroadcastStation:
                     self._tip_saved.notify_all()
         return Tip(address, amount, text, tip_id)
 
+    def _contributed(self, address: str, need: int | None, arrived: float) -> tuple[int, bool]:
+        """What ``address`` has contributed to the broadcast, and whether the ledger read
+        that says so began after ``arrived`` (when its tip came in: the contribution that
+        pays for a tip is made before the tip is sent). A read less than
+        ``_TIP_READ_TRUST`` old of the broadcast not cancelled is taken as it is when it
+        shows ``need`` or more (contributions only grow until a cancel); else the tip
+        waits for a read begun after it arrived, which serves every tip waiting then,
+        and reads begin at most every ``_TIP_READ_GAP`` seconds. (Each tip cost a read,
+        a network call on Sui, before it was refused: tips signed by fresh keys, free to
+        make, kept the ledger busy.)"""
+        with self._reads:
+            while True:
+                now = time.monotonic()
+                if self._read is not None:
+                    began, cancelled, contributions = self._read
+                    have = contributions.get(address, 0)
+                    if began > arrived:
+                        return have, True
+                    if (
+                        need is not None
+                        and have >= need
+                        and not cancelled
+                        and now - began < _TIP_READ_TRUST
+                    ):
+                        return have, False
+                if self._reading:
+                    self._reads.wait()  # (notified when that read ends)
+                    continue
+                wait = self._read_began + _TIP_READ_GAP - now
+                if wait <= 0:
+                    break
+                self._reads.wait(wait)
+            self._reading = True
+            began = self._read_began = time.monotonic()
+        b = None
+        try:
+            b = self.ledger.get_broadcast(self.broadcast_id)
+        finally:
+            with self._reads:
+                self._reading = False
+                if b is not None:
+                    self._read = (began, b.cancelled, b.contributions)
+                self._reads.notify_all()
+        return b.contributions.get(address, 0), True
+
+    def _take_tip(
+        self, address: str, number: int, amount: int, contributed: int, final: bool
+    ) -> bool:
+        """Count tip ``number`` of ``amount`` from ``address``, whose contributions are
+        ``contributed``, or raise :class:`InvalidTip`; False (nothing counted) when they
+        do not cover it and they may be out of date (not ``final``)."""
+        with self._lock:
+            while True:
+                ids = self._tip_ids.get(address)
+                if ids is not None and not ids.fresh(number):
+                    raise E.InvalidTip("tip replayed (or older than the tipper's last ones)")
+                total = self._tipped.get(address, 0) + amount
+                if total <= contributed:
+                    break
+                if not final:
+                    return False
+                if not self._saving.get(address):
+                    raise E.InvalidTip("tip not covered by the tipper's contributions")
+                # counted with tips of this tipper still being saved: one whose save
+                # fails is taken back, and then this one may be covered (a disk that
+                # hangs: unchecked, not the listener's fault)
+                if not self._tip_saved.wait(_TIP_SAVE_WAIT):
+                    raise TimeoutError("the tip state file is still being written")
+            if ids is None:  # (only now: a refused tip leaves nothing behind)
+                ids = self._tip_ids[address] = _TipIds()
+            # taken now (a concurrent replay of the ID, or a tip beyond the
+            # contributions, is refused while the file is written)
+            ids.take(number)
+            self._tipped[address] = total
+            if self._tip_state is not None:
+                self._saving[address] = self._saving.get(address, 0) + 1
+            return True
+
     @property
     def tipped(self) -> dict[str, int]:
         """MIST of tips accepted per tipper address (this station's and the totals it
@@ -786,22 +874,40 @@ class BroadcastStation:
         with self._lock:
             return dict(self._tipped)
 
-    def _load_tip_state(self) -> dict[str, Any]:
-        """The totals in the tip state file (none when there is no file yet)."""
-        if self._tip_state is None:
+    def _load_tip_state(self) -> dict[str, int]:
+        """The totals in the tip state file (none when there is no file yet). A file
+        that cannot be read, is damaged or is another broadcast's raises
+        :class:`~dtp.messaging.errors.StationError` naming it, as the sealed inbox's
+        state file raises SealedError (a damaged one raised a bare JSONDecodeError,
+        UnicodeDecodeError or ValueError)."""
+        path = self._tip_state
+        if path is None:
             return {}
         try:
-            with open(self._tip_state, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 state = json.load(f)
         except FileNotFoundError:
             return {}
+        except (OSError, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors too
+            raise E.StationError(f"tip state file {path!r} cannot be read ({exc})") from None
         if (
             not isinstance(state, dict)
             or not isinstance(state.get("tipped"), dict)
             or not _same_id(str(state.get("broadcast_id")), self.broadcast_id)
         ):
-            raise ValueError(f"{self._tip_state} is not this broadcast's tip state")
-        tipped: dict[str, Any] = state["tipped"]
+            raise E.StationError(f"tip state file {path!r} is not this broadcast's tip state")
+        tipped: dict[str, int] = {}
+        for address, total in state["tipped"].items():
+            try:
+                key: str | None = normalize_id(address, "tipper address")
+            except InvalidObjectId:
+                key = None
+            if key is None or type(total) is not int or total < 0:
+                raise E.StationError(
+                    f"tip state file {path!r} is damaged (a total of {total!r} for "
+                    f"{address!r}, not an int of MIST >= 0 for an address)"
+                )
+            tipped[key] = max(tipped.get(key, 0), total)
         return tipped
 
     def _save_tip_state(self) -> None:
@@ -940,7 +1046,11 @@ class BroadcastListener:
     def wait_hello(self, timeout: float) -> bool:
         """Wait until the station introduced itself and was accepted (True), or at most
         ``timeout`` seconds; False at once when the listener closes first (an impostor
-        station, the stream's end: :attr:`close_reason` says which)."""
+        station, the stream's end: :attr:`close_reason` says which).
+        ``timeout`` is finite seconds, 0 or more (ValueError; TypeError when not a
+        number)."""
+        # (inf overflowed the wait, a str failed inside it)
+        _check_wait(timeout)
         self._settled.wait(timeout)
         return self.hello.is_set()
 
@@ -948,7 +1058,12 @@ class BroadcastListener:
         """The next message or air change (raises ``queue.Empty`` after ``timeout``).
         Once the listener is closed (:meth:`close`, the station's stream ended or an
         impostor station) and what was queued has been taken, raises
-        :class:`~dtp.messaging.errors.StationError`; a ``get`` waiting then wakes up."""
+        :class:`~dtp.messaging.errors.StationError`; a ``get`` waiting then wakes up.
+        ``timeout`` is None (no limit) or finite seconds, 0 or more (ValueError;
+        TypeError when not a number)."""
+        if timeout is not None:
+            # (a NaN wait never ended, inf overflowed it, a str failed inside it)
+            _check_wait(timeout)
         item = self._queue.get(timeout=timeout)
         if item is None:
             self._queue.put_nowait(None)  # for the next get(), in this thread or another
@@ -964,6 +1079,9 @@ class BroadcastListener:
             limit = self._queue_size + (_AIR_SLACK if isinstance(item, AirChange) else 0)
             if self._queue.qsize() >= limit:
                 self.dropped += 1
+                if isinstance(item, AirChange):
+                    self._replace_air(item)
+                    return
                 if isinstance(item, BroadcastMessage):
                     self._unreported += 1 + item.missed_before
                 return
@@ -972,6 +1090,19 @@ class BroadcastListener:
                 item = BroadcastMessage(item.channel, item.seq, item.payload, missed)
                 self._unreported = 0
             self._queue.put_nowait(item)
+
+    def _replace_air(self, item: AirChange) -> None:
+        """(queue lock held) Put ``item`` in place of the newest queued AirChange (older
+        news of the air state), as a station link does with AIR frames: past the slack
+        the newest was dropped, and the application ended on a stale state (there are
+        at least ``_AIR_SLACK`` queued: messages go in only below the bound)."""
+        with self._queue.mutex:  # (the consumer's get() takes it)
+            items = self._queue.queue
+            for i in range(len(items) - 1, -1, -1):
+                if isinstance(items[i], AirChange):
+                    del items[i]
+                    break
+            items.append(item)
 
     def _close(self, reason: str) -> None:
         with self._queue_lock:

@@ -16,11 +16,14 @@ ledger at hand, that the signer is the host's authority on the ledger
 (:class:`~dtp.messaging.errors.ForgedAnnouncement`); they drop expired ones and ones
 issued more than a few minutes ahead of their clock
 (:class:`~dtp.messaging.errors.ExpiredAnnouncement`) and keep only the newest per host
-(older or equal issue times are duplicates). The cache is bounded.
+(older or equal issue times are duplicates). The cache is bounded: an announcement that
+would only fit by pushing out records that outlive it is refused (counted in
+``evicted``), except this node's own.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -362,7 +365,9 @@ class DiscoveryGossip:
         """``clock_ms`` defaults to the ledger's clock, else wall time. With a ledger,
         announcements are accepted only from the host's authority. The cache keeps at
         most ``max_records`` announcements of at most ``max_bytes`` (as sent) in all:
-        past either, the expired go first, then the soonest to expire."""
+        past either, the expired go first, then the soonest to expire, but only to make
+        room for an announcement that outlives them (or for this node's own, from
+        :meth:`announce`): one that would itself be the first to go is refused."""
         # a bound below 1 made every eviction look for a victim in an empty cache
         _check_count("max_records", max_records, 1)
         _check_count("max_bytes", max_bytes, 1)
@@ -384,6 +389,9 @@ class DiscoveryGossip:
         self.expired = 0
         self.duplicates = 0
         self.malformed = 0
+        #: Live announcements dropped for room: pushed out of the full cache, or refused
+        #: on arrival because every record it would push out outlives it.
+        self.evicted = 0
         #: Announcements the gossip thread could not check (the ledger or clock failed).
         self.unchecked = 0
         # this node's own announcements, recorded by announce() and not yet seen back
@@ -411,7 +419,13 @@ class DiscoveryGossip:
         (:class:`~dtp.messaging.errors.DiscoveryError` otherwise: peers would drop it as
         forged); a ledger that cannot check it leaves it to the gossip thread, as any
         announcement whose check fails so (counted in ``unchecked``), and it is gossiped
-        all the same."""
+        all the same.
+
+        In a full cache it pushes out the soonest to expire of the others, even records
+        that outlive it (a received announcement would be refused instead): this node's
+        own is one it knows to be genuine, and its owner decides how many it makes. One
+        larger than ``max_bytes`` cannot be recorded: a DiscoveryError, and not gossiped
+        (it used to be evicted at once, unsaid, while announce() returned as usual)."""
         data = encode_announcement(identity, host_id, services, endpoints, self.clock_ms(), ttl_ms)
         ann = decode_announcement(data, self.clock_ms())
         try:
@@ -427,7 +441,7 @@ class DiscoveryGossip:
             # the same checks as the gossip thread's: the node keeps what its peers keep.
             # It used to be recorded only once the thread took it from the subscription,
             # some time after announce() returned.
-            self.receive(data)
+            self._receive(data, own=True)
         except E.DiscoveryError:
             raise
         except DTPError as exc:
@@ -463,8 +477,14 @@ class DiscoveryGossip:
 
     def receive(self, data: bytes) -> Announcement | None:
         """Check one announcement and keep it if it is new; returns it, or None when it
-        was rejected or a duplicate (counted). A ledger that cannot be asked raises its
-        :class:`~dtp.errors.ChainError`."""
+        was rejected, a duplicate or refused for room (counted: ``evicted``). A ledger
+        that cannot be asked raises its :class:`~dtp.errors.ChainError`."""
+        return self._receive(data, own=False)
+
+    def _receive(self, data: bytes, own: bool) -> Announcement | None:
+        """:meth:`receive`, for this node's ``own`` announcement (from :meth:`announce`)
+        too: that one makes room whatever the others' expiry, and one that cannot fit
+        at all raises :class:`~dtp.messaging.errors.DiscoveryError`."""
         now = self.clock_ms()
         try:
             ann = _verified_announcement(data, now)
@@ -487,11 +507,17 @@ class DiscoveryGossip:
             if not self._supersedes(ann):
                 self.duplicates += 1  # (a newer one came meanwhile)
                 return None
+            if not self._make_room(ann, len(data), now, own):
+                self.evicted += 1
+                if own:
+                    raise E.DiscoveryError(
+                        f"an announcement of {len(data)} bytes does not fit a cache of "
+                        f"max_bytes={self.max_bytes}"
+                    )
+                return None
             self._records[ann.host_id] = ann
             self._bytes += len(data) - self._sizes.get(ann.host_id, 0)
             self._sizes[ann.host_id] = len(data)
-            if len(self._records) > self.max_records or self._bytes > self.max_bytes:
-                self._evict(now)
             self.accepted += 1
             self._lock.notify_all()
         return ann
@@ -509,15 +535,43 @@ class DiscoveryGossip:
             return True
         return self.ledger is not None and old.authority != ann.authority
 
-    def _evict(self, now: int) -> None:
-        """(lock held) Drop expired records (at ``now``: the clock, maybe the ledger's,
-        is not read under the lock), then the soonest to expire."""
-        for host_id in [h for h, a in self._records.items() if a.expires_ms <= now]:
+    def _make_room(self, ann: Announcement, size: int, now: int, own: bool) -> bool:
+        """(lock held) Whether ``ann`` (``size`` bytes as sent, replacing its host's
+        record if any) fits the bounds once expired records are dropped (at ``now``: the
+        clock, maybe the ledger's, is not read under the lock) and then, of the others,
+        the soonest to expire -- only ones that expire before ``ann``, unless it is
+        this node's ``own``. False, and no live record dropped, when it does not fit.
+
+        (It used to be inserted first and the soonest to expire evicted after: ``ann``
+        itself when it was that one, while counted accepted and returned, so anyone
+        could fill the cache with day-long announcements and every genuine host, with
+        a shorter lifetime, was dropped on arrival, unseen.)"""
+        count = len(self._records) + (ann.host_id not in self._records)
+        total = self._bytes - self._sizes.get(ann.host_id, 0) + size
+        if count <= self.max_records and total <= self.max_bytes:
+            return True
+        for host_id in [
+            h for h, a in self._records.items() if a.expires_ms <= now and h != ann.host_id
+        ]:
+            count -= 1
+            total -= self._sizes[host_id]
             self._forget(host_id)
         # (the count alone let 4096 announcements of the largest kind take ~80 MB)
-        while len(self._records) > self.max_records or self._bytes > self.max_bytes:
-            victim = min(self._records.values(), key=lambda a: a.expires_ms)
-            self._forget(victim.host_id)
+        heap = [(a.expires_ms, h) for h, a in self._records.items() if h != ann.host_id]
+        heapq.heapify(heap)
+        victims: list[str] = []
+        while count > self.max_records or total > self.max_bytes:
+            # (a tie keeps the cached one: no churn between equals)
+            if not heap or (not own and heap[0][0] >= ann.expires_ms):
+                return False
+            _, host_id = heapq.heappop(heap)
+            victims.append(host_id)
+            count -= 1
+            total -= self._sizes[host_id]
+        for host_id in victims:
+            self._forget(host_id)
+        self.evicted += len(victims)
+        return True
 
     def _forget(self, host_id: str) -> None:
         """(lock held) Drop the record of ``host_id``."""
