@@ -426,12 +426,32 @@ def _service_add(args: argparse.Namespace) -> int:
 # -- payment models (docs/escrow.md §13-16) ----------------------------------------
 
 
+def _read_back(done: str, read: Callable[[], Any]) -> Any:
+    """``read()``: what a paid transaction just made or changed, for the output.
+
+    Its failure (a Sui node not caught up with the write yet, a timeout) is not the
+    transaction's: that went through, and the ID of what it made is printed nowhere else
+    (the pool to fund or withdraw from later, the subscription to use). So the error says
+    what was done, naming the ID (``done``), as ``host set`` and ``service sponsor
+    --fund`` report a partial result, and the command exits 1."""
+    try:
+        return read()
+    except (DTPError, OSError) as exc:
+        raise _CliError(
+            f"{done}, but reading it back failed (the transaction went through; do not "
+            f"repeat it): {_reason(exc)}"
+        ) from None
+
+
 def _service_subscription(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     offer = ledger.create_subscription_offer(
         _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
     )
-    _emit(args, {"offer": ledger.get_subscription_offer(offer)})
+    shown = _read_back(
+        f"Created the subscription offer {offer}", lambda: ledger.get_subscription_offer(offer)
+    )
+    _emit(args, {"offer": shown})
     return 0
 
 
@@ -449,7 +469,10 @@ def _service_sponsor(args: argparse.Namespace) -> int:
                 f"Created the sponsor pool {pool}, but funding it failed (fund it later "
                 f"with that ID): {_reason(exc)}"
             ) from None
-    _emit(args, {"pool": ledger.get_sponsor_pool(pool)})
+    done = f"Created the sponsor pool {pool}" + (
+        f" and funded it with {args.fund} MIST" if args.fund else ""
+    )
+    _emit(args, {"pool": _read_back(done, lambda: ledger.get_sponsor_pool(pool))})
     return 0
 
 
@@ -458,21 +481,34 @@ def _service_retention(args: argparse.Namespace) -> int:
     terms = ledger.create_retention_terms(
         _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
     )
-    _emit(args, {"terms": ledger.get_retention_terms(terms)})
+    shown = _read_back(
+        f"Created the retention terms {terms}", lambda: ledger.get_retention_terms(terms)
+    )
+    _emit(args, {"terms": shown})
     return 0
 
 
 def _subscription_buy(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     sub = ledger.subscribe(_identity(args), args.offer, args.epochs)
-    _emit(args, {"subscription": ledger.get_subscription(sub)})
+    shown = _read_back(
+        f"Bought the subscription {sub} ({args.epochs} epochs)",
+        lambda: ledger.get_subscription(sub),
+    )
+    _emit(args, {"subscription": shown})
     return 0
 
 
 def _subscription_renew(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     ledger.renew_subscription(_identity(args), args.subscription, args.epochs)
-    _emit(args, {"subscription": ledger.get_subscription(args.subscription)})
+    # the ID is the user's own, but a bare read error would read as a failed renewal,
+    # and a retry would pay again
+    shown = _read_back(
+        f"Renewed the subscription {args.subscription} by {args.epochs} epochs",
+        lambda: ledger.get_subscription(args.subscription),
+    )
+    _emit(args, {"subscription": shown})
     return 0
 
 
@@ -553,7 +589,7 @@ def _read_deployments(path: Path) -> dict[str, Any]:
         raise _CliError(f"{path} is not a regular file; move it aside.")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
         records = None
     if not isinstance(records, dict):
         raise _CliError(
@@ -630,7 +666,7 @@ def _publish_output(output: str) -> dict[str, Any] | None:
         if output.startswith("{", position):
             try:
                 value, stop = decoder.raw_decode(output, position)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested past the stack
                 value = None
             if isinstance(value, dict):
                 found.append(value)

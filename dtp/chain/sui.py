@@ -729,7 +729,10 @@ class SuiLedger(Ledger):
 
     @staticmethod
     def _check_port(port: int) -> None:
-        sui_tx.encode_u16(port, "A port")
+        # in LocalLedger's words, so both ledgers refuse a port alike (sui_tx.encode_u16
+        # says it in its own)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
 
     def add_service(
         self,
@@ -1054,9 +1057,12 @@ class SuiLedger(Ledger):
         requester_public_key: bytes | None = None,
     ) -> str:
         check_signer(signer)
-        self._amount(amount, "the response fee")
+        # in LocalLedger's order and words (sui_tx names the server "server")
+        normalize_id(server, "address")
         request = sui_tx.as_bytes(request_id, "request_id")
         key = _key(signer, requester_public_key, "requester_public_key")
+        self._amount(deadline_ms, "the deadline")
+        self._amount(amount, "the response fee")
         out = self._execute(
             signer,
             "response_escrow::deposit",
@@ -1140,6 +1146,9 @@ class SuiLedger(Ledger):
         period_epochs: int = 1,
     ) -> str:
         check_signer(signer)
+        self._check_port(port)
+        self._amount(price_per_epoch, "price_per_epoch")
+        self._amount(period_epochs, "period_epochs")
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1152,9 +1161,10 @@ class SuiLedger(Ledger):
 
     def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
         check_signer(signer)
+        self._amount(epochs, "epochs")
         offer = self.get_subscription_offer(offer_id)
         ref = self._model_ref(offer_id, "SubscriptionOffer")
-        payment = self._amount(self._amount(epochs, "epochs") * offer.price_per_epoch, "payment")
+        payment = self._amount(epochs * offer.price_per_epoch, "the payment")
         out = self._execute(
             signer,
             "subscription::subscribe",
@@ -1173,8 +1183,9 @@ class SuiLedger(Ledger):
 
     def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
         check_signer(signer)
+        self._amount(epochs, "epochs")
         sub, ref, offer = self._sub_refs(subscription_id)
-        payment = self._amount(self._amount(epochs, "epochs") * sub.price_per_epoch, "payment")
+        payment = self._amount(epochs * sub.price_per_epoch, "the payment")
         out = self._execute(
             signer,
             "subscription::renew",
@@ -1241,6 +1252,8 @@ class SuiLedger(Ledger):
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int
     ) -> str:
         check_signer(signer)
+        self._check_port(port)
+        self._amount(share_bps, "share_bps")
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1262,6 +1275,7 @@ class SuiLedger(Ledger):
 
     def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
         check_signer(signer)
+        self._amount(amount, "the amount")
         ref = self._model_ref(pool_id, "SponsorPool")
         self._execute(
             signer,
@@ -1322,6 +1336,13 @@ class SuiLedger(Ledger):
     ) -> str:
         check_signer(signer)
         sui_tx.as_bytes(title, "title")
+        for value, what in (
+            (ticket_price, "ticket_price"),
+            (min_tickets, "min_tickets"),
+            (max_tickets, "max_tickets"),
+            (deadline_ms, "deadline_ms"),
+        ):
+            self._amount(value, what)
         out = self._execute(
             signer,
             "tickets::create",
@@ -1333,9 +1354,10 @@ class SuiLedger(Ledger):
 
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
         check_signer(signer)
+        self._amount(count, "count")
         sale = self.get_ticket_sale(sale_id)
         ref = self._model_ref(sale_id, "TicketSale")
-        payment = self._amount(self._amount(count, "count") * sale.ticket_price, "payment")
+        payment = self._amount(count * sale.ticket_price, "the payment")
         self._execute(
             signer,
             "tickets::buy",
@@ -1372,6 +1394,9 @@ class SuiLedger(Ledger):
         storage_price_per_byte: int,
     ) -> str:
         check_signer(signer)
+        self._check_port(port)
+        self._amount(retention_ms, "retention_ms")
+        self._amount(storage_price_per_byte, "storage_price_per_byte")
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
@@ -1389,6 +1414,7 @@ class SuiLedger(Ledger):
         # before len(): the deposit is for the bytes sent (len() of an array('I') counts
         # items, and retention::send aborts EWrongDeposit unless deposit == bytes * price)
         payload = sui_tx.as_bytes(data, "data")
+        self._amount(inner, "inner")
         pipe = self.get_pipe(pipe_id)
         pipe_ref = self._owned(signer, pipe_id, "Pipe")
         tc = self._shared(pipe.connection, "TransportControl")
