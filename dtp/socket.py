@@ -2374,7 +2374,9 @@ def stream_file(
         buffered = io.BufferedWriter(raw, buffering)
     if "b" in mode:
         return buffered
-    return io.TextIOWrapper(buffered, encoding, errors, newline)
+    text: Any = io.TextIOWrapper(buffered, encoding, errors, newline)
+    text.mode = mode  # (as socket.makefile sets it)
+    return text
 
 
 class _StreamIO(io.RawIOBase):
@@ -2408,6 +2410,18 @@ class _StreamIO(io.RawIOBase):
         owner, self._owner = self._owner, None
         if owner is not None:
             owner._release_file()
+
+    @property
+    def mode(self) -> str:
+        """As :class:`socket.SocketIO`'s: ``rb``, ``wb`` or ``rwb``."""
+        return ("r" if self._reading else "") + ("w" if self._writing else "") + "b"
+
+    @property
+    def name(self) -> str:
+        """What the file reads and writes (a socket's file names its descriptor, which
+        a DTP stream has not: :meth:`DTPSocket.fileno`)."""
+        stream = getattr(self._sock, "_stream_id", None)
+        return "<dtp stream>" if stream is None else f"<dtp stream {stream}>"
 
     def readable(self) -> bool:
         if self.closed:

@@ -155,3 +155,23 @@ def test_the_exit_waits_for_each_close_up_to_its_own_linger(
     service._closing.append(closing)  # type: ignore[arg-type]
     service.finish_closes()
     assert closing.closed.is_set()
+
+
+@pytest.mark.parametrize(
+    ("mode", "raw_mode"), [("r", "rb"), ("rb", "rb"), ("w", "wb"), ("wb", "wb"), ("b", "rb")]
+)
+def test_a_file_has_a_socket_files_mode_and_a_name(
+    server: dtp.socket.DTPServer, mode: str, raw_mode: str
+) -> None:
+    """As socket.makefile's: ``mode`` (the text file's is the mode asked for, the
+    binary one's its raw file's), and a ``name`` (the stream, not a descriptor)."""
+    with dtp.socket.create_connection(
+        server.address, timeout=10, server_key=SERVER_ID.noise_public
+    ) as sock:
+        with sock.makefile(mode) as f:
+            assert f.mode == (mode if "b" not in mode else raw_mode)
+            assert f.name == "<dtp stream 0>"
+        raw = sock.makefile(mode, buffering=0) if "b" in mode else None
+        if raw is not None:
+            assert raw.mode == raw_mode
+            raw.close()
