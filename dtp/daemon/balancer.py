@@ -48,11 +48,16 @@ class BackendPool:
             self._task = asyncio.get_running_loop().create_task(self._check_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                # the checks died of a fault: raised here, it cut the daemon's drain short
+                logger.error("health checks failed", extra=kv(service=self.name, error=repr(exc)))
 
     @property
     def healthy_count(self) -> int:
@@ -72,7 +77,9 @@ class BackendPool:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.port), self.connect_timeout
             )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ValueError):
+            # ValueError: getaddrinfo's UnicodeError for a host name it cannot encode
+            # (an empty label, or one over 63 bytes), which killed the checks
             return False
         writer.close()
         with contextlib.suppress(OSError):
@@ -114,8 +121,9 @@ class BackendPool:
                     loop.create_connection(factory, backend.host, backend.port),
                     self.connect_timeout,
                 )
-            except (OSError, TimeoutError) as exc:
-                tried.append(f"{backend} ({getattr(exc, 'strerror', None) or 'timeout'})")
+            except (OSError, TimeoutError, ValueError) as exc:
+                # (ValueError, as in _probe: escaping, the tunnel was never answered)
+                tried.append(f"{backend} ({_why(exc)})")
                 self._mark(backend, False)
                 if self._on_failure is not None:
                     self._on_failure(backend)
@@ -123,6 +131,13 @@ class BackendPool:
             self._mark(backend, True)
             return protocol, backend
         raise TunnelError(f"no backend of service {self.name} is reachable: {', '.join(tried)}")
+
+
+def _why(exc: Exception) -> str:
+    """A connect failure, for the refusal: the OS's words, else the error's."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
 
 
 def _rotated(backends: list[Backend], turn: int) -> list[Backend]:

@@ -385,6 +385,13 @@ class _Checker:
             raise self.fail(key, f'expected "host:port", got {text!r}')
         if not port.isdigit():
             raise self.fail(key, f'expected "host:port", got {text!r}')
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            # getaddrinfo encodes the name so and raises UnicodeError, not a socket
+            # error: every connect to it failed in a way the daemon did not expect
+            why = exc.__cause__ or exc  # (the codec's words: "label empty or too long")
+            raise self.fail(key, f"{host!r} is no valid host name ({why}), in {text!r}") from None
         if not 0 <= int(port) <= 0xFFFF:
             raise self.fail(key, f"port {port} is outside 0..65535")
         return Backend(host, int(port))
@@ -526,9 +533,11 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             raise check.fail((*k, "host_id"), str(exc)) from None
     public = doc.get("public_endpoint")
     if public is not None:
-        published = check.endpoint(doc, (*k, "public_endpoint"))
-        if ":" in published.host and "[" not in public:
-            public = str(published)  # "::1:7700" is published as "[::1]:7700"
+        if not isinstance(public, str) or len(public.encode()) <= MAX_ENDPOINT_LENGTH:
+            # one too long is refused for its length, not for the long label it may hold
+            published = check.endpoint(doc, (*k, "public_endpoint"))
+            if ":" in published.host and "[" not in public:
+                public = str(published)  # "::1:7700" is published as "[::1]:7700"
         if len(public.encode()) > MAX_ENDPOINT_LENGTH:
             # the ledger refuses it: the start failed (exit 1) naming no key
             raise check.fail(

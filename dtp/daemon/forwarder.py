@@ -172,8 +172,23 @@ class Forwarder:
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
         assert writer.connection_id is not None
         connection_id = writer.connection_id
-        tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
-        escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+        try:
+            tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+        except BaseException as exc:
+            # open and paid, but no link holds it and no watcher settles it: left so,
+            # the connection and its deposit stayed locked (a ledger read failing, or a
+            # stopping daemon cancelling us)
+            writer.close()
+            closing = asyncio.ensure_future(
+                close_on_ledger(self.ledger, self.identity, connection_id)
+            )
+            self._watchers.add(closing)
+            closing.add_done_callback(self._watchers.discard)
+            if not isinstance(exc, Exception):
+                raise
+            await closing
+            raise TunnelError(f"cannot read connection {connection_id}: {exc}") from exc
         fees = ClientFees(
             self.identity, connection_id, tc.sla, escrow.deposited, self.config.receipt_every
         )
@@ -283,6 +298,9 @@ class Forwarder:
         stats = self.stats
         try:
             link, s_reader, s_writer = await self._open_tunnel()
+        except asyncio.CancelledError:
+            leg.close()  # a stopping daemon: nor is the local client left open
+            raise
         except Exception as exc:
             # whatever the failure (a DTPError, an OSError, or a fault below such as
             # select()'s ValueError past 1024 descriptors), the local client is closed:
@@ -307,6 +325,10 @@ class Forwarder:
                 leg.close()
                 s_writer.close()
                 return
+            except asyncio.CancelledError:
+                leg.close()  # a stopping daemon, before the daemon answered
+                s_writer.close()
+                raise
 
             def count_out(n: int) -> None:
                 stats.bytes_out += n

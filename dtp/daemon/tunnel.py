@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -167,7 +168,27 @@ class TcpLeg(asyncio.Protocol):
             with contextlib.suppress(DTPError, RuntimeError):
                 self._sink.write_eof()
         self._finish(self.read_done)
+        self._loop.call_later(RESET_CHECK, self._check_reset)
         return True  # keep the transport open: the other direction may still flow
+
+    def _check_reset(self) -> None:
+        """After the peer's EOF the transport reads no more, so a reset from the peer
+        (a client giving up on a response) went unseen until the next write -- never,
+        while the far side sent nothing: the tunnel stayed open. The socket's pending
+        error tells."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.lost.done():
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            code = 0 if sock is None else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            self.fail(exc)
+            return
+        if code:
+            self.fail(OSError(code, os.strerror(code)))  # (BrokenPipeError after an EOF)
+        else:
+            self._loop.call_later(RESET_CHECK, self._check_reset)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self.error is None:
@@ -310,6 +331,9 @@ class TcpLeg(asyncio.Protocol):
 
 
 HIGH_WATER = 512 * 1024
+RESET_CHECK = 1.0
+"""Seconds between looks for a reset from a TCP peer that sent EOF (see
+:meth:`TcpLeg._check_reset`)."""
 
 
 async def splice_leg(
@@ -334,7 +358,13 @@ async def splice_leg(
         else:
             error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
             if error is None:
-                await back
+                # ... or for the TCP side's loss (a reset after its EOF): the DTP side,
+                # paused for the lost transport's full buffer or idle, waited for good
+                await asyncio.wait([back, leg.lost], return_when=asyncio.FIRST_COMPLETED)
+                if back.done():
+                    back.result()
+                else:
+                    error = leg.error or ConnectionResetError("the TCP side of the tunnel closed")
         cut = error is not None
     except asyncio.CancelledError:
         raise
