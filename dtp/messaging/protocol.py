@@ -281,11 +281,12 @@ class RpcProtocol:
     flight (:class:`~dtp.messaging.errors.PayloadTooLarge` /
     :class:`~dtp.errors.LocalProtocolError` beyond); ``max_incoming`` caps the peer's
     requests we have not answered yet — beyond it, requests are answered at once with
-    ``SERVER_BUSY``. Complaints about frames whose id cannot be read (ERROR with a nil
-    id) stop after :data:`MAX_COMPLAINTS`, so that a peer which sends junk and never reads
-    cannot make us queue output without bound. ``first_id``: the id of our first
-    request (default: a random one, so that a client on a stream another one used does
-    not take that one's answers still on the way for its own).
+    ``SERVER_BUSY`` (requests that ended but whose work the caller still holds count
+    too: ``held_incoming``). Complaints about frames whose id cannot be read (ERROR with
+    a nil id) stop after :data:`MAX_COMPLAINTS`, so that a peer which sends junk and
+    never reads cannot make us queue output without bound. ``first_id``: the id of our
+    first request (default: a random one, so that a client on a stream another one used
+    does not take that one's answers still on the way for its own).
     """
 
     def __init__(
@@ -322,8 +323,16 @@ class RpcProtocol:
         self._next_id = random.randrange(1, 1 << 31) if first_id is None else first_id
         #: our requests in flight: id -> deadline (None = none)
         self._outgoing: dict[int, float | None] = {}
-        #: the peer's requests we have not answered: id -> deadline
-        self._incoming: dict[int, float | None] = {}
+        #: the peer's requests we have not answered: id -> the request's event, which
+        #: tells one request from a later one of the same id (the peer may reuse the id
+        #: of a request that ended: cancelled, or its deadline passed)
+        self._incoming: dict[int, RequestReceived] = {}
+        #: Requests of the peer's that ended (cancelled, expired) but whose work the
+        #: caller still holds (one queued for a worker pool, say): the caller raises and
+        #: lowers it, and they count against ``max_incoming`` meanwhile -- a peer that
+        #: sends requests and cancels them at once would otherwise make the caller
+        #: queue work without bound, every slot freed as soon as it was taken.
+        self.held_incoming = 0
         self._timers: list[tuple[float, int, int]] = []  # (deadline, side 0=out 1=in, id)
         # begin_request: the last timeout seen, and its value on the wire
         self._last_timeout: float | None = None
@@ -423,16 +432,24 @@ class RpcProtocol:
         self._out.append(self._frame([NOTIFY, method, params, meta]))
 
     def send_response(
-        self, request_id: int, result: Any, *, meta: Mapping[str, Any] | None = None
+        self,
+        request_id: int,
+        result: Any,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        request: RequestReceived | None = None,
     ) -> bytes | None:
         """Answer the peer's request. Returns the response's msgpack body (what an
         acknowledgement signs the hash of), or None when the request is no longer
-        pending (cancelled, expired, or answered) and nothing was sent.
+        pending (cancelled, expired, or answered) and nothing was sent. ``request``:
+        the request's :class:`RequestReceived`, for a caller whose handlers may end
+        after their request did -- nothing is sent when the request pending under
+        ``request_id`` is a later one (the peer reused the id).
 
         A result too large for the cap is replaced by a ``MESSAGE_TOO_LARGE`` error
         (message ``E.RESPONSE_TOO_LARGE_TEXT``: the caller raises ResponseTooLarge).
         """
-        if self._incoming.pop(request_id, _MISSING) is _MISSING:
+        if not self._settle(request_id, request):
             return None
         try:
             body: bytes = self._pack([RESPONSE, request_id, result, meta])
@@ -448,13 +465,20 @@ class RpcProtocol:
     def _error_frame(self, request_id: int | None, code: int, text: str) -> None:
         self._out.append(self._frame([ERROR, request_id, code, text, None]))
 
-    def send_error(self, request_id: int | None, code: int, message: str, data: Any = None) -> bool:
+    def send_error(
+        self,
+        request_id: int | None,
+        code: int,
+        message: str,
+        data: Any = None,
+        *,
+        request: RequestReceived | None = None,
+    ) -> bool:
         """Answer the peer's request with an error (``request_id`` None: a complaint about
-        a frame whose id is unknown). Returns False when the request is not pending."""
-        if request_id is not None:
-            if request_id not in self._incoming:
-                return False
-            del self._incoming[request_id]
+        a frame whose id is unknown). Returns False when the request is not pending
+        (``request``: as for :meth:`send_response`)."""
+        if request_id is not None and not self._settle(request_id, request):
+            return False
         self._out.append(self._error_answer(request_id, code, message, data))
         return True
 
@@ -475,11 +499,23 @@ class RpcProtocol:
                 [ERROR, request_id, E.INTERNAL_ERROR, "the error could not be encoded", None]
             )
 
-    def drop_request(self, request_id: int) -> bool:
+    def drop_request(self, request_id: int, *, request: RequestReceived | None = None) -> bool:
         """Forget the peer's request ``request_id`` without answering it (the peer
         waits until its deadline): for a side that cannot queue more answers to a peer
-        that does not read them. False if it was not pending."""
-        return self._incoming.pop(request_id, _MISSING) is not _MISSING
+        that does not read them. False if it was not pending (``request``: as for
+        :meth:`send_response`)."""
+        return self._settle(request_id, request)
+
+    def _settle(self, request_id: int, request: RequestReceived | None) -> bool:
+        """Forget the peer's pending request ``request_id`` (answered or dropped) --
+        only when it is ``request``, if given; False when there is none to forget."""
+        incoming = self._incoming
+        if request_id not in incoming or (
+            request is not None and incoming[request_id] is not request
+        ):
+            return False
+        del incoming[request_id]
+        return True
 
     def cancel(self, request_id: int) -> bool:
         """Stop waiting for our request and tell the peer (CANCEL). False if not pending."""
@@ -582,7 +618,7 @@ class RpcProtocol:
             and 0 <= timeout_ms <= MAX_TIMEOUT_MS
             and (meta is None or type(meta) is dict)
             and request_id not in self._incoming
-            and len(self._incoming) < self.max_incoming
+            and len(self._incoming) + self.held_incoming < self.max_incoming
         ):
             return message
         return None
@@ -684,11 +720,19 @@ class RpcProtocol:
     ) -> None:
         self.violations += 1
         if reply:
+            if (
+                request_id is not None
+                and request_id in self._incoming
+                and not isinstance(error, _IdInProgress)
+            ):
+                # a broken frame (too large, the wrong length...) naming a request in
+                # progress: complained about without its id, as one msgpack cannot
+                # decode (_handle_body) -- the request in progress keeps its own answer
+                request_id = None
             if request_id is not None:
-                if not isinstance(error, _IdInProgress):
-                    # (the first request of a reused id goes on: its handler runs, and
-                    # its answer is still owed)
-                    self._incoming.pop(request_id, None)
+                # (nothing pending is dropped: a broken frame never became a request,
+                # and the first request of a reused id goes on -- its handler runs,
+                # and its answer is still owed)
                 self._error_frame(request_id, error.wire_code, str(error))
             elif self._complaints < MAX_COMPLAINTS:
                 self._complaints += 1
@@ -794,15 +838,16 @@ class RpcProtocol:
             meta = _check_meta(meta)
         if request_id in self._incoming:
             raise _IdInProgress(f"request id {request_id} is already in progress")
-        if len(self._incoming) >= self.max_incoming:
+        if len(self._incoming) + self.held_incoming >= self.max_incoming:
             self.busy_rejections += 1
             self._error_frame(request_id, E.SERVER_BUSY, "too many requests in progress")
             return
         deadline = None if timeout_ms == 0 else now + timeout_ms / 1000
-        self._incoming[request_id] = deadline
+        event = RequestReceived(request_id, method, params, deadline, meta)
+        self._incoming[request_id] = event
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, 1, request_id))
-        self._events.append(RequestReceived(request_id, method, params, deadline, meta))
+        self._events.append(event)
 
     def _on_response(self, message: list[Any], body: bytes) -> None:
         if len(message) != 4:
@@ -844,9 +889,13 @@ class RpcProtocol:
         timers = self._timers
         while timers:
             deadline, side, request_id = timers[0]
-            table = self._outgoing if side == 0 else self._incoming
-            if table.get(request_id, _MISSING) == deadline:
-                return deadline
+            if side == 0:
+                if self._outgoing.get(request_id, _MISSING) == deadline:
+                    return deadline
+            else:
+                request = self._incoming.get(request_id)
+                if request is not None and request.deadline == deadline:
+                    return deadline
             heapq.heappop(timers)  # answered, cancelled or reused: stale
         return None
 
@@ -861,6 +910,8 @@ class RpcProtocol:
                     del self._outgoing[request_id]
                     self._out.append(self._frame([CANCEL, request_id]))
                     self._event(RequestTimedOut(request_id))
-            elif self._incoming.get(request_id, _MISSING) == deadline:
-                del self._incoming[request_id]
-                self._event(RequestCancelled(request_id, "deadline"))
+            else:
+                request = self._incoming.get(request_id)
+                if request is not None and request.deadline == deadline:
+                    del self._incoming[request_id]
+                    self._event(RequestCancelled(request_id, "deadline"))

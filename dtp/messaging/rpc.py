@@ -223,6 +223,22 @@ def _send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -
         view = view[n:]
 
 
+def _can_send(sock: _socket.socket) -> bool:
+    """Whether ``sock`` (a plain socket) takes data now. A socket with a timeout waits
+    for room up to that timeout before it tries, even with MSG_DONTWAIT, so it is asked
+    first (a DTPSocket does what the flag says). poll where there is one: select
+    refuses a descriptor past FD_SETSIZE (1024), which a busy server has."""
+    if not sock.gettimeout() or sock.fileno() < 0:
+        # no timeout: the flag is obeyed (no poll per send); closed: the send says so
+        # (OSError), as it did before
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    return bool(select.select((), (sock,), (), 0)[1])
+
+
 #: How long one wait of a blocked write lasts (seconds) before it looks at its deadline.
 _SEND_STEP = 0.25
 #: The longest a client's read waits (seconds) before it looks whether the client was
@@ -1326,14 +1342,11 @@ class RpcClient:
         rest. A failed stream fails every call, as in :meth:`_send`."""
         stream = self._stream
         send = stream.send  # type: ignore[attr-defined]
-        # a socket with a timeout waits for room up to that timeout before it tries, even
-        # with MSG_DONTWAIT: it is asked first whether it has room (a DTPSocket does
-        # what the flag says)
-        plain = stream if isinstance(stream, _socket.socket) else None
+        plain = stream if isinstance(stream, _socket.socket) else None  # (_can_send)
         view = memoryview(data)
         try:
             while view:
-                if plain is not None and not select.select((), (plain,), (), 0)[1]:
+                if plain is not None and not _can_send(plain):
                     return bytes(view)
                 try:
                     n: int = send(view, _socket.MSG_DONTWAIT)
@@ -2016,6 +2029,26 @@ def _stream_payments(
         return None, "the server's payments check failed"
 
 
+class _Job:
+    """A request handed to the worker pool (RpcServer.run_in_pool), while it waits in
+    the pool's queue. A request that ends there (cancelled, or its deadline passed)
+    lets go of its event -- params and all -- at once, and its job counts against
+    ``max_pending`` (RpcProtocol.held_incoming) until a worker takes it off the queue:
+    its slot was free again at once, so a client sending requests and cancelling them
+    filled the queue without bound while the workers were busy (nothing answered, so
+    nothing held up the reading either)."""
+
+    __slots__ = ("ctx", "event", "fn", "wants_ctx")
+
+    def __init__(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        self.fn = fn
+        self.wants_ctx = wants_ctx
+        self.event: RequestReceived | None = event
+        self.ctx = ctx
+
+
 class _ServerStream:
     """One stream being served: the reading loop runs in the stream's thread; with a
     worker pool, handlers answer from the pool's threads (``lock`` guards the protocol
@@ -2045,6 +2078,8 @@ class _ServerStream:
         #: the pool never wait for the client
         self.dontwait = isinstance(stream, _socket.socket | DTPSocket)
         self.contexts: dict[int, CallContext] = {}
+        #: (``lock``) request id -> its job while it waits in the pool's queue
+        self.queued: dict[int, _Job] = {}
         self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
         self.payments, self.payments_error = _stream_payments(server._payments, stream)
@@ -2066,7 +2101,7 @@ class _ServerStream:
             if self.sending:
                 return
             data = self.proto.data_to_send()
-            if not data:
+            if not data or self.failed:  # (failed: it cannot be sent, and is let go)
                 return
             self.sending = True
         try:
@@ -2093,8 +2128,13 @@ class _ServerStream:
             _send_answer(self.stream, data, self.server._closed)
             return b""
         send = self.stream.send  # type: ignore[attr-defined]
+        # (a plain socket with a timeout -- the read loop's -- waited that long for room
+        # before it tried, holding a worker for a client that does not read: _can_send)
+        plain = self.stream if isinstance(self.stream, _socket.socket) else None
         view = memoryview(data)
         while view:
+            if plain is not None and not _can_send(plain):
+                return bytes(view)
             try:
                 n: int = send(view, _socket.MSG_DONTWAIT)
             except (BlockingIOError, TimeoutError):
@@ -2116,9 +2156,15 @@ class _ServerStream:
                         self.sending = False
                         return
         except (DTPError, OSError) as exc:
-            # the stream is done for: its reading ends too (and the sending role with it)
+            # the stream is done for: its reading ends too (run_general), and what was
+            # queued meanwhile, or is later, is let go (flush): left with the sending
+            # role, the read loop went on taking requests and queuing their answers
+            # for good
             logger.debug("RPC answers not sent: %s", exc)
-            self.failed = True
+            with self.lock:
+                self.failed = True
+                self.sending = False
+                self.proto._out.clear()
         except BaseException:
             with self.lock:
                 self.sending = False
@@ -2273,6 +2319,8 @@ class _ServerStream:
                     data = stream.recv(RECV_SIZE)
                 except TimeoutError:
                     data = None
+            if self.failed:
+                return  # answers cannot be sent (_send_rest, run_in_pool): none are taken
             if data == b"":
                 # the client ended its side: it may still read (a half-close after its
                 # last request), so what it asked is still answered. Handlers watching
@@ -2354,7 +2402,10 @@ class _ServerStream:
             if entry is None:
                 with self.lock:
                     self.proto.send_error(
-                        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}"
+                        event.request_id,
+                        E.METHOD_NOT_FOUND,
+                        f"no method {event.method!r}",
+                        request=event,
                     )
                 return
             fn, wants_ctx = entry
@@ -2374,7 +2425,7 @@ class _ServerStream:
                     ctx.escrow_id = server.response_fees.admit(event.meta, self.peer)
             except E.RemoteError as exc:
                 with self.lock:
-                    self.proto.send_error(event.request_id, exc.code, exc.message)
+                    self.proto.send_error(event.request_id, exc.code, exc.message, request=event)
                 return
             except Exception as exc:
                 # the fee check itself failed (on_receipt, say, with the disk full): this
@@ -2383,19 +2434,28 @@ class _ServerStream:
                 logger.exception("the fee check of %s failed", event.method)
                 failure = f"internal error ({type(exc).__name__})"
                 with self.lock:
-                    self.proto.send_error(event.request_id, E.INTERNAL_ERROR, failure)
+                    self.proto.send_error(
+                        event.request_id, E.INTERNAL_ERROR, failure, request=event
+                    )
                 return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
                 return
-            if ctx is not None:
-                self.contexts[event.request_id] = ctx
+            job = _Job(fn, wants_ctx, event, ctx)
+            with self.lock:
+                if ctx is not None:
+                    self.contexts[event.request_id] = ctx
+                self.queued[event.request_id] = job
             try:
-                server._pool.submit(self.run_in_pool, fn, wants_ctx, event, ctx)
+                server._pool.submit(self.run_in_pool, job)
             except RuntimeError:  # pool shut down
                 with self.lock:
-                    self.contexts.pop(event.request_id, None)
-                    self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+                    if self.queued.get(event.request_id) is job:
+                        del self.queued[event.request_id]
+                    self.forget_context(event.request_id, ctx)
+                    self.proto.send_error(
+                        event.request_id, E.SERVER_BUSY, "shutting down", request=event
+                    )
                 self.release_escrow(ctx)
         elif isinstance(event, NotificationReceived):
             n_entry = server.notifications.get(event.method)
@@ -2409,9 +2469,16 @@ class _ServerStream:
                 except Exception:
                     logger.exception("notification handler %s failed", event.method)
         elif isinstance(event, RequestCancelled):
-            ctx_found = self.contexts.pop(event.request_id, None)
+            with self.lock:
+                ctx_found = self.contexts.pop(event.request_id, None)
+                ended = self.queued.pop(event.request_id, None)
+                if ended is not None:  # still queued: it never runs (_Job)
+                    ended.event = ended.ctx = None
+                    self.proto.held_incoming += 1
             if ctx_found is not None:
                 ctx_found.cancelled.set()
+                if ended is not None:
+                    self.release_escrow(ctx_found)
         elif isinstance(event, AckReceived):
             escrow_id = self.escrows.pop(event.request_id, None)
             if escrow_id is not None and server.response_fees is not None:
@@ -2428,16 +2495,22 @@ class _ServerStream:
         without the lock, and a clock read for a request with a deadline, per
         request.)"""
         deadline = event.deadline
-        if event.request_id in self.proto._incoming and (
+        if self.proto._incoming.get(event.request_id) is event and (
             deadline is None or time.monotonic() < deadline
         ):
             return False
         with self.lock:
-            if ctx is not None:
-                self.contexts.pop(event.request_id, None)
-            self.proto.drop_request(event.request_id)
+            self.forget_context(event.request_id, ctx)
+            self.proto.drop_request(event.request_id, request=event)
         self.release_escrow(ctx)
         return True
+
+    def forget_context(self, request_id: int, ctx: CallContext | None) -> None:
+        """(``lock`` held) Forget ``ctx``, the context of a request that ended -- not a
+        later request's of the same id (the client may reuse the id of a request it
+        cancelled, or whose deadline passed, while that one's handler still runs)."""
+        if ctx is not None and self.contexts.get(request_id) is ctx:
+            del self.contexts[request_id]
 
     def run_handler(
         self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
@@ -2452,18 +2525,18 @@ class _ServerStream:
                 logger.exception("handler %s failed", event.method)
             code, message, data = _error_reply(exc)
             with self.lock:
-                self.contexts.pop(request_id, None)
-                self.proto.send_error(request_id, code, message, data)
+                self.forget_context(request_id, ctx)
+                self.proto.send_error(request_id, code, message, data, request=event)
             self.release_escrow(ctx)
             return
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...
-            self.fail_fatally(request_id, exc)
+            self.fail_fatally(event, ctx, exc)
             self.release_escrow(ctx)
             raise
         with self.lock:
-            if ctx is not None:
-                self.contexts.pop(request_id, None)
-            body = self.proto.send_response(request_id, result)
+            self.forget_context(request_id, ctx)
+            # (only its own request: the client may have ended it and reused its id)
+            body = self.proto.send_response(request_id, result, request=event)
             if body is not None and ctx is not None and ctx.escrow_id is not None:
                 fees = self.server.response_fees
                 if fees is not None:
@@ -2505,37 +2578,47 @@ class _ServerStream:
             if not isinstance(exc, E.RemoteError | TypeError):
                 logger.exception("handler %s failed", event.method)
             code, message, data = _error_reply(exc)
-            self.proto.send_error(event.request_id, code, message, data)
+            self.proto.send_error(event.request_id, code, message, data, request=event)
             return
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...
-            self.fail_fatally(event.request_id, exc)
+            self.fail_fatally(event, None, exc)
             raise
-        self.proto.send_response(event.request_id, result)
+        self.proto.send_response(event.request_id, result, request=event)
         self.served += 1
 
-    def fail_fatally(self, request_id: int, exc: BaseException) -> None:
+    def fail_fatally(
+        self, event: RequestReceived, ctx: CallContext | None, exc: BaseException
+    ) -> None:
         """A handler raised ``exc``, a BaseException that is not an Exception
         (KeyboardInterrupt, SystemExit...): answer its request as any failure and send
         what is queued now, before ``exc`` goes on up (RpcServer's class doc)."""
         code, message, data = _error_reply(exc)
         with self.lock:
-            self.contexts.pop(request_id, None)
-            self.proto.send_error(request_id, code, message, data)
+            self.forget_context(event.request_id, ctx)
+            self.proto.send_error(event.request_id, code, message, data, request=event)
         with contextlib.suppress(DTPError, OSError):
             self.flush()
 
-    def run_in_pool(
-        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
-    ) -> None:
+    def run_in_pool(self, job: _Job) -> None:
+        with self.lock:
+            event, ctx = job.event, job.ctx
+            if event is None:  # it ended while queued: its slot is free now (_Job)
+                self.proto.held_incoming -= 1
+            elif self.queued.get(event.request_id) is job:
+                del self.queued[event.request_id]
+        if event is None:
+            return
         if self.server._closed.is_set():
             # queued when the server closed: refused, as requests read after it are
             with self.lock:
-                self.contexts.pop(event.request_id, None)
-                self.proto.send_error(event.request_id, E.SERVER_BUSY, "shutting down")
+                self.forget_context(event.request_id, ctx)
+                self.proto.send_error(
+                    event.request_id, E.SERVER_BUSY, "shutting down", request=event
+                )
             self.release_escrow(ctx)
         else:
             try:
-                self.run_handler(fn, wants_ctx, event, ctx)
+                self.run_handler(job.fn, job.wants_ctx, event, ctx)
             except BaseException:
                 # answered (run_handler); a worker has no caller to raise it to: a pool's
                 # future would keep it unseen
@@ -3013,7 +3096,8 @@ class AsyncRpcServer(_Registry):
                 if inspect.isawaitable(outcome):
                     remaining = None if event.deadline is None else event.deadline - loop.time()
                     outcome = await asyncio.wait_for(outcome, remaining)
-                body = proto.send_response(event.request_id, outcome)
+                # (only its own request: the client may have ended it and reused its id)
+                body = proto.send_response(event.request_id, outcome, request=event)
                 self.served += 1
                 if body is not None and ctx.escrow_id is not None and self.response_fees:
                     self.response_fees.responded(ctx.escrow_id, body)
@@ -3024,7 +3108,7 @@ class AsyncRpcServer(_Registry):
                     return  # this task was cancelled: the caller cancelled, or serve ended
                 # the handler's own (it awaited something cancelled): a failure like any
                 logger.warning("handler %s failed: cancelled (%r)", event.method, exc)
-                proto.send_error(event.request_id, *_error_reply(exc))
+                proto.send_error(event.request_id, *_error_reply(exc), request=event)
             except Exception as exc:
                 if (
                     isinstance(exc, TimeoutError)
@@ -3036,17 +3120,21 @@ class AsyncRpcServer(_Registry):
                 if not isinstance(exc, E.RemoteError | TypeError):
                     logger.exception("handler %s failed", event.method)
                 code, message, data = _error_reply(exc)
-                proto.send_error(event.request_id, code, message, data)
+                proto.send_error(event.request_id, code, message, data, request=event)
             except BaseException as exc:  # KeyboardInterrupt, SystemExit...
                 # answered as any failure (written: a loop that stops at once may
                 # close the connection before it leaves), then on up: asyncio stops
                 # the loop with it
-                proto.send_error(event.request_id, *_error_reply(exc))
+                proto.send_error(event.request_id, *_error_reply(exc), request=event)
                 with contextlib.suppress(Exception):
                     await flush()
                 raise
             finally:
-                tasks.pop(event.request_id, None)
+                # only this task's entry: once the client cancelled its request, it may
+                # have reused the id, and the later request's task is listed under it
+                # now (removed, a CANCEL of it, or the end of the stream, missed it)
+                if tasks.get(event.request_id) is asyncio.current_task():
+                    del tasks[event.request_id]
                 if ctx.escrow_id is not None and self.response_fees is not None:
                     # (forgets it only when no response was made: ended otherwise)
                     self.response_fees.release(ctx.escrow_id)
