@@ -287,10 +287,12 @@ print("closed", flush=True)
 """
 
 
-def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
-    server: dtp.socket.DTPServer,
-) -> None:
-    size = 8 << 20  # more than the windows: the close lingers while the peer reads
+def run_client_process(
+    server: dtp.socket.DTPServer, script: str, late: float, *args: str
+) -> tuple[dict[str, object], str]:
+    """Run ``script`` as a client process (``argv``: the server's port, its key, then
+    ``args``); the server reads from ``late`` seconds after accepting. Returns how its
+    reading ended and what it got, and the client's output."""
     outcome: dict[str, object] = {}
 
     def serve() -> None:
@@ -301,12 +303,14 @@ def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
             return
         with sock:
             sock.settimeout(15)
-            time.sleep(0.5)  # a reader that starts late: the close is still lingering
+            time.sleep(late)
             got = 0
             try:
                 while data := sock.recv(1 << 20):
                     got += len(data)
                 outcome["end"] = "EOF"
+            except StreamReset as exc:
+                outcome["end"] = f"reset {exc.code}"
             except DTPError as exc:
                 outcome["end"] = exc
             outcome["got"] = got
@@ -318,10 +322,10 @@ def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
             [
                 sys.executable,
                 "-c",
-                _CLIENT,
+                script,
                 str(server.address[1]),
                 server.noise_public_key.hex(),
-                str(size),
+                *args,
             ],
             cwd=ROOT,
             capture_output=True,
@@ -331,7 +335,16 @@ def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
     finally:
         thread.join(30)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "closed"
+    return outcome, proc.stdout
+
+
+def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(
+    server: dtp.socket.DTPServer,
+) -> None:
+    size = 8 << 20  # more than the windows: the close lingers while the peer reads
+    # (a reader that starts late: the close is still lingering)
+    outcome, output = run_client_process(server, _CLIENT, 0.5, str(size))
+    assert output.strip() == "closed"
     # the daemon thread's close was cut off at exit: ConnectionLost (a reset), the
     # unread end of the data with it
     assert outcome == {"end": "EOF", "got": size}

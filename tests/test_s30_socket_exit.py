@@ -12,8 +12,6 @@ Client processes exit right after their last call; real connections on 127.0.0.1
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +21,8 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.errors import DTPError, StreamReset
 from dtp.keys import HostIdentity
+from tests.test_s29_socket_makefile import run_client_process
 
 SERVER_ID = HostIdentity.generate()
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,54 +57,18 @@ def server() -> Iterator[dtp.socket.DTPServer]:
         yield srv
 
 
-def _run_client(server: dtp.socket.DTPServer, script: str, late: float) -> dict[str, Any]:
-    """Run ``script`` as a client process; the server starts reading ``late`` seconds
-    after accepting. Returns how its reading ended and what it got."""
-    outcome: dict[str, Any] = {}
-
-    def serve() -> None:
-        try:
-            sock, _ = server.accept(timeout=30)
-        except DTPError as exc:
-            outcome["end"] = exc
-            return
-        with sock:
-            sock.settimeout(15)
-            time.sleep(late)
-            got = 0
-            try:
-                while data := sock.recv(1 << 16):
-                    got += len(data)
-                outcome["end"] = "EOF"
-            except StreamReset as exc:
-                outcome["end"] = f"reset {exc.code}"
-            except DTPError as exc:
-                outcome["end"] = exc
-            outcome["got"] = got
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        args = [sys.executable, "-c", script, str(server.address[1]), SERVER_ID.noise_public.hex()]
-        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    finally:
-        thread.join(30)
-    assert proc.returncode == 0, proc.stderr
-    return outcome
-
-
 def test_a_process_exiting_right_after_a_reset_lets_the_peer_read_it(
     server: dtp.socket.DTPServer,
 ) -> None:
     # (a reader that starts late: the drain of the reset stream's carrier is under way)
-    outcome = _run_client(server, _RESET, late=1.0)
+    outcome, _ = run_client_process(server, _RESET, 1.0)
     assert outcome == {"end": "reset 3", "got": 3 << 20}
 
 
 def test_a_file_left_open_at_exit_ends_the_connection_cleanly(
     server: dtp.socket.DTPServer,
 ) -> None:
-    outcome = _run_client(server, _FILE_LEFT_OPEN, late=0.0)
+    outcome, _ = run_client_process(server, _FILE_LEFT_OPEN, 0.0)
     # (the peer vanished: ConnectionLost after the data, where a socket's file ends
     # with EOF)
     assert outcome == {"end": "EOF", "got": 100000}
