@@ -131,8 +131,7 @@ class Settled:
     """The outcome of closing one connection on the ledger."""
 
     claimed: int
-    """MIST paid to the daemon's host by this call, or by an earlier claim of the same
-    receipt whose outcome was lost (its reply, or the run killed before its mark)."""
+    """MIST paid to the daemon's host by this call."""
     refunded: int
     """MIST returned to the client (0 if the settlement did not happen here)."""
 
@@ -271,31 +270,26 @@ class ServerFees:
                 # waits for the next write), or the escrow is settled and pays nothing
                 # more: marked, or every start claimed it again, failed, and left the
                 # connection Open, the client's deposit held until its own timeout
-                amount, settled, on_ledger = known
-                # counted as this settle's: a claim whose reply was lost, or that a run
-                # killed before its mark made (counted by neither: fees_claimed missed it)
-                claimed = max(0, min(on_ledger, receipt.total_amount) - stored.claimed_amount)
+                amount, settled = known
                 self.writer.mark_claimed(connection_id, amount)
                 if settled:
-                    return Settled(claimed, 0)
+                    return Settled(0, 0)
             # queued behind the receipt's own write (a mark written first was overwritten)
             self.writer.mark_claimed(connection_id, receipt.total_amount)
         refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
         return Settled(claimed, refunded)
 
-    def _claimed_already(
-        self, connection_id: str, receipt: Receipt
-    ) -> tuple[int, bool, int] | None:
+    def _claimed_already(self, connection_id: str, receipt: Receipt) -> tuple[int, bool] | None:
         """After a refused claim: (the amount to mark ``receipt`` claimed with, whether
-        the escrow is settled, what its escrow paid out in claims) when the ledger holds
-        it already (its escrow took this nonce or a later one) or the escrow is settled;
-        None when the refusal stands (a cap, the ledger away)."""
+        the escrow is settled) when the ledger holds it already (its escrow took this
+        nonce or a later one) or the escrow is settled; None when the refusal stands (a
+        cap, the ledger away)."""
         try:
             escrow = self.ledger.get_escrow(self.ledger.get_connection(connection_id).escrow)
         except ChainError:
             return None
         if escrow.settled or escrow.latest_nonce >= receipt.nonce:
-            return max(escrow.claimed, receipt.total_amount), escrow.settled, escrow.claimed
+            return max(escrow.claimed, receipt.total_amount), escrow.settled
         return None
 
     def _close_and_settle(self, connection_id: str) -> int:
