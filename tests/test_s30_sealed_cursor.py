@@ -5,6 +5,7 @@ of them cost that), and the cursor read back at the next start is the newest."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +86,24 @@ def test_a_damaged_cursor_line_is_refused_naming_the_journal(
     (tmp_path / "inbox.json.log").write_bytes(line)
     with pytest.raises(E.SealedError, match="journal"):
         SealedInbox(bob, hb, state_path=state)
+
+
+def test_an_earlier_versions_snapshot_keeps_the_cursors_fetches_reach(
+    world: SealedWorld, tmp_path: Path
+) -> None:
+    """A snapshot without a token (an earlier version's) is rewritten with one at the
+    start: cursor lines appended for it were taken by no later start, which went back
+    to the old cursor and delivered the mail whose ids were evicted again."""
+    ledger, alice, bob, hb = world
+    ledger.faucet(alice.sui_address, 10**12)
+    state = tmp_path / "inbox.json"
+    state.write_text(json.dumps({"host": hb, "cursor": None, "seen": []}))
+    bodies = [b"m%d" % i for i in range(5)]
+    with SealedInbox(bob, hb, ledger, state_path=state, max_seen=2) as inbox:
+        for body in bodies:
+            ledger.mailbox_send(alice, hb, seal(bob.noise_public, body, recipient_host=hb))
+        assert [m.body for m in inbox.fetch()] == bodies
+        moved = inbox.cursor
+    with SealedInbox(bob, hb, ledger, state_path=state, max_seen=2) as inbox:
+        assert inbox.cursor == moved
+        assert inbox.fetch() == []

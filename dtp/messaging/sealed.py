@@ -583,6 +583,11 @@ class SealedInbox:
         if self._path.exists():
             self._load_snapshot(self._path)
             self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
+            if self._epoch is None:
+                # an earlier version's snapshot (or one written by hand) has no token:
+                # cursor lines appended for it would be taken by no later start, which
+                # went back to its cursor and delivered evicted mail again
+                self._save()
         else:
             # a snapshot at once: it names the host, which the journal's cursor lines
             # do not (another host's inbox on this file took them over, and skipped its
@@ -692,10 +697,12 @@ class SealedInbox:
             # leave the old snapshot with an empty journal, the ids in neither
             _fsync_directory(self._path.parent)
             # (a stop right here leaves journaled ids that are in the snapshot too)
-            if self._journaled:
-                # (not created when there is none yet: the snapshot an inbox writes
-                # at its first start)
-                self._path.with_suffix(self._path.suffix + ".log").write_bytes(b"")
+            journal = self._path.with_suffix(self._path.suffix + ".log")
+            if self._journaled or journal.exists():
+                # (not created when there is none yet: the snapshot an inbox writes at
+                # its first start; emptied when there is one even with no line counted:
+                # a failed append whose undo failed too left part of a line there)
+                journal.write_bytes(b"")
         except OSError as exc:
             # the new state is in place: raised, the caller undid in memory what the
             # file already holds (its cursor moved on), and the messages it did not hand
