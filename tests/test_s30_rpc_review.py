@@ -371,3 +371,51 @@ def test_a_broken_request_naming_one_in_progress_leaves_it_its_answer(bad: bytes
     assert proto.pending_incoming == 1
     assert proto.send_response(7, "the real answer") is not None
     assert msgpack.unpackb(proto.data_to_send()[4:]) == [1, 7, "the real answer", None]
+
+
+def test_the_asyncio_servers_no_method_error_answers_only_its_own_request() -> None:
+    """One read: a request of an unknown method, its CANCEL, and a request reusing its
+    id. The "no method" error was sent by id alone, when the id named the later request
+    already: that request got the error, and its handler's result was dropped."""
+    ran: list[str] = []
+
+    async def main() -> list[Any]:
+        rpc = AsyncRpcServer()
+
+        async def work(params: str) -> str:
+            ran.append(params)
+            return f"result {params}"
+
+        rpc.register("work", work)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await rpc.serve(reader, writer)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            frame([0, 5, "nosuch", None, 0, None])
+            + frame([4, 5])
+            + frame([0, 5, "work", "B", 0, None])
+        )
+        answers: list[Any] = []
+        buffer = b""
+        deadline = time.monotonic() + 10
+        while not answers and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                buffer += await asyncio.wait_for(reader.read(65536), 0.2)
+            while len(buffer) >= 4 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+                size = int.from_bytes(buffer[:4], "big")
+                answers.append(msgpack.unpackb(buffer[4 : 4 + size], raw=False))
+                buffer = buffer[4 + size :]
+        writer.close()
+        server.close()
+        return answers
+
+    answers = asyncio.run(main())
+    assert ran == ["B"]
+    assert answers == [[1, 5, "result B", None]]

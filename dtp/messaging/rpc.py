@@ -3176,7 +3176,9 @@ class AsyncRpcServer(_Registry):
                             entry = self.methods.get(event.method)
                             if entry is None:
                                 missing = f"no method {event.method!r}"
-                                proto.send_error(event.request_id, E.METHOD_NOT_FOUND, missing)
+                                proto.send_error(
+                                    event.request_id, E.METHOD_NOT_FOUND, missing, request=event
+                                )
                                 continue
                             tasks[event.request_id] = loop.create_task(run(event, *entry))
                         elif isinstance(event, RequestCancelled):
