@@ -1015,9 +1015,13 @@ class _TimerService:
         if self._pid != os.getpid():
             return  # (a forked child: the threads were its parent's)
         with self._lock:
-            left_open = [s for s in self._deferred if s._close_deferred and not s._closed]
+            # (files still open: once the last one closed, its close was queued already)
+            left_open = [
+                s for s in self._deferred if s._close_deferred and not s._closed and s._io_refs
+            ]
             self._deferred.clear()
         for sock in left_open:
+            sock._flush_files()
             sock._io_refs = 0  # (its files are closed by the teardown, after this)
             self._closing.append(sock)
         self._start_closes()
@@ -1339,6 +1343,8 @@ class DTPSocket:
         # socket's close() does: the stream closes with the last of them)
         self._io_refs = 0
         self._close_deferred = False
+        # the files makefile() made, as the application holds them (buffered, text)
+        self._files: weakref.WeakSet[Any] = weakref.WeakSet()
         self._wr_shut = False
         self._rd_shut = False
         # whether reads / writes may take the lent stream's fast path, as far as this
@@ -2122,6 +2128,22 @@ class DTPSocket:
             engine.interrupted.add(self._stream_id)
             engine.wake_waiters()
 
+    def _flush_files(self) -> None:
+        """Flush the files of this socket still open (at the interpreter's exit, before
+        it closes the socket: their finalizers flush them only in the teardown, after
+        that, and the bytes an application wrote without flushing were lost while the
+        peer read a clean end). Each waits for the peer up to the linger at most."""
+        files = [f for f in self._files if not f.closed]
+        if not files:
+            return
+        with contextlib.suppress(DTPError, OSError, ValueError):
+            self.settimeout(self._engine.linger)
+        for file in files:
+            try:
+                file.flush()
+            except Exception as exc:  # (whatever the file raises: the exit goes on)
+                logger.info("a file of %r was not flushed at exit: %s", self, exc)
+
     def _release_file(self) -> None:
         """A file from :meth:`makefile` was closed; the last one closes the socket if
         :meth:`close` was deferred for it. This may run in a finalizer -- the file's, or
@@ -2364,7 +2386,7 @@ def stream_file(
         raise ValueError("unbuffered streams must be binary")
     raw = _StreamIO(sock, reading, writing, owner)
     if buffering == 0:
-        return raw
+        return _held(raw, owner)
     buffered: io.BufferedIOBase
     if reading and writing:
         buffered = io.BufferedRWPair(raw, raw, buffering)
@@ -2373,10 +2395,17 @@ def stream_file(
     else:
         buffered = io.BufferedWriter(raw, buffering)
     if "b" in mode:
-        return buffered
+        return _held(buffered, owner)
     text: Any = io.TextIOWrapper(buffered, encoding, errors, newline)
     text.mode = mode  # (as socket.makefile sets it)
-    return text
+    return _held(text, owner)
+
+
+def _held(file: Any, owner: DTPSocket | None) -> Any:
+    """``file``, known to ``owner`` (which flushes it at the interpreter's exit)."""
+    if owner is not None:
+        owner._files.add(file)
+    return file
 
 
 class _StreamIO(io.RawIOBase):
