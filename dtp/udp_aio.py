@@ -219,7 +219,10 @@ async def relay_udp_async(
     try:
         ended = proto.closed_future
         while (
-            not stop.done() and session.terminated is None and loop.time() - last[0] < idle_timeout
+            not stop.done()
+            and not ended.done()
+            and session.terminated is None
+            and loop.time() - last[0] < idle_timeout
         ):
             if asked is not None and asked.done() and not finished:
                 finished = True
@@ -240,7 +243,9 @@ async def relay_udp_async(
                     break
             # wake for the connection's end, a pause in traffic or the finish, not per
             # datagram
-            await asyncio.wait([ended, stop, *([asked] if asked else [])], timeout=wait)
+            # (the first to end wakes the loop: waiting for all, only the timeout did)
+            waits = [ended, stop, *([asked] if asked is not None and not finished else [])]
+            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             if billing is not None and loop.time() - last[0] >= wait:
                 report(force=True)
     finally:
@@ -388,7 +393,7 @@ class AsyncUdpForwarder:
                 sent = writer.send_datagrams(out)
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", flow.source, exc)
-                asyncio.get_running_loop().create_task(self._end(flow))
+                self._end_later(flow)
                 return
             if sent < len(out):
                 flow.unsent(out[sent:])
@@ -555,9 +560,14 @@ class AsyncUdpForwarder:
             # a flow going idle just after this sweep waited for the next one, up to
             # final_timeout late
             for flow in idle:
-                task = asyncio.get_running_loop().create_task(self._end(flow))
-                self._ending.add(task)
-                task.add_done_callback(self._ended)
+                self._end_later(flow)
+
+    def _end_later(self, flow: _Flow) -> None:
+        """End ``flow`` in a task of its own, which close() waits for (untracked, the
+        loop held it only weakly, and a close() returned with it still at work)."""
+        task = asyncio.get_running_loop().create_task(self._end(flow))
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._ending.discard(task)
