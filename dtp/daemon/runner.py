@@ -162,6 +162,10 @@ class Daemon:
         self._stopping = threading.Event()
         """Set with ``_stop``; read by the start's ledger work in its worker thread."""
         self.endpoint: tuple[str, int] | None = None
+        self._reloading = asyncio.Lock()
+        """Held by a reload: two at once (SIGHUPs close together) synced the ledger side
+        by side, the slower one failed on what the other had just published, and
+        published the old settings again while the other served the new ones."""
 
     # -- ledger set-up (blocking; run in a thread) --------------------------------------
 
@@ -403,7 +407,12 @@ class Daemon:
         return fwd, join_host_port(host, port)
 
     async def reload(self) -> None:
-        """Re-read the config file; keep open tunnels. A bad file changes nothing."""
+        """Re-read the config file; keep open tunnels. A bad file changes nothing. One
+        reload at a time: another waits for the one under way to end."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except DaemonConfigError as exc:
@@ -628,14 +637,29 @@ class Daemon:
         reloads: set[asyncio.Task[None]] = set()
         phase = "starting"  # then "serving", "stopping"
         reload_due = False
+        reloading = False  # a reload task runs (until its last step)
+        reload_again = False  # a SIGHUP came while it ran
 
         async def reload() -> None:
+            nonlocal reloading, reload_again
             try:
-                await self.reload()
-            except Exception as exc:
-                # the daemon keeps serving; without this the error would only surface
-                # as asyncio's "Task exception was never retrieved"
-                logger.error("reload failed", extra=kv(error=f"{type(exc).__name__}: {exc}"))
+                while True:
+                    reload_again = False
+                    try:
+                        await self.reload()
+                    except Exception as exc:
+                        # the daemon keeps serving; without this the error would only
+                        # surface as asyncio's "Task exception was never retrieved"
+                        logger.error(
+                            "reload failed", extra=kv(error=f"{type(exc).__name__}: {exc}")
+                        )
+                    if not reload_again:
+                        return
+                    if phase != "serving":
+                        logger.warning("reload ignored: the daemon is stopping")
+                        return
+            finally:
+                reloading = False
 
         def on_stop() -> None:
             if phase == "starting" and not self._stop.is_set():
@@ -643,7 +667,7 @@ class Daemon:
             self.request_stop()
 
         def on_hup() -> None:
-            nonlocal reload_due
+            nonlocal reload_due, reloading, reload_again
             if phase == "starting":
                 # SIGHUP's default action killed the daemon here; the file may have
                 # changed since it was read: read again once ready
@@ -651,7 +675,13 @@ class Daemon:
                 logger.info("reload deferred: the daemon is starting")
             elif phase == "stopping":
                 logger.warning("reload ignored: the daemon is stopping")
+            elif reloading:
+                # one under way: the file is read once more when it ended (any number of
+                # SIGHUPs meanwhile are one reload, of the file as it is then). Two at
+                # once synced the ledger side by side (see Daemon.reload)
+                reload_again = True
             else:
+                reloading = True
                 task = loop.create_task(reload())
                 reloads.add(task)
                 task.add_done_callback(reloads.discard)

@@ -4,7 +4,8 @@ connection's extra streams are tunnels to the service's TCP backends.
 Admission per connection: the DTP port the client named must be a configured service,
 the service's own allow/deny lists must permit the client, then
 :class:`dtp.admission.LedgerAdmission` (Open connection of this client to this host and
-port, funded escrow, host firewall). Tunnels of a paid service are refused or cut when
+port, funded escrow, host firewall), and no other DTP connection may be served on that
+ledger connection. Tunnels of a paid service are refused or cut when
 the client's receipts fall more than ``unpaid_slack`` bytes behind.
 """
 
@@ -33,6 +34,7 @@ from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.metering import ended_on_ledger, ledger_checks_due
 from dtp.ratelimit import ClientBuckets, RateLimiter
+from dtp.served import ServedConnections
 from dtp.udp import UdpStats
 from dtp.udp_aio import relay_udp_async
 
@@ -115,6 +117,11 @@ class _Conn:
     """When (monotonic) the connection's state on the ledger is read next."""
 
 
+def _permits(service: ServiceConfig, client: str) -> bool:
+    """Whether the service's own ``allow``/``deny`` lists let ``client`` in."""
+    return client not in service.deny and (not service.allow or client in service.allow)
+
+
 class ServiceHost:
     """Serves a host's services through one DTP listener."""
 
@@ -140,6 +147,18 @@ class ServiceHost:
         backend of each, every time."""
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
+        self._served = ServedConnections()
+        """The ledger connections admitted, each until its handler ended (settlement
+        included): one DTP connection per ledger connection. dtp.aio keeps this for a
+        LedgerAdmission hook only, and ours is not one: every DTP connection a client
+        opened on one ledger connection was served (past the service's
+        ``max_connections``), each under the same key of :attr:`conns`, and the first to
+        end settled the ledger connection under the others."""
+        self._unclaimed: set[str] = set()
+        """Of those, the ones admitted whose handler has not started (yet)."""
+        self._draining = False
+        """Set by :meth:`drain`: a connection registered from then on is closed (and
+        settled) at once."""
         self.limiter = RateLimiter()
         self._firewall: Firewall | None = None  # the Host's, as last read
         self._policy_task: asyncio.Task[None] | None = None
@@ -164,7 +183,8 @@ class ServiceHost:
 
     async def configure(self, services: tuple[ServiceConfig, ...]) -> None:
         """Adopt a (new) service list: pools are rebuilt only for changed backends;
-        open connections keep the terms they were admitted with."""
+        open connections keep the terms they were admitted with, and those of a client
+        its service's ``allow``/``deny`` lists no longer permit are closed."""
         wanted = {s.port: s for s in services}
         for port in list(self.pools):
             old = self.services[port]
@@ -203,6 +223,24 @@ class ServiceHost:
                 self.pools[port] = pool
                 pool.start()
         self.services = wanted
+        # (checked at admission only: a client a reload denied kept its open connections,
+        # and opened tunnels on them, for good)
+        for conn in list(self.conns.values()):
+            self._close_if_denied(conn)
+
+    def _close_if_denied(self, conn: _Conn) -> None:
+        """Close ``conn`` when its service's ``allow``/``deny`` lists, as configured now,
+        no longer permit its client (as a deny of the host's firewall closes it: its
+        handler's end settles it)."""
+        service = self.services.get(conn.service.port)
+        if service is None or _permits(service, conn.client):
+            return
+        self.stats(service).denials += 1
+        logger.warning(
+            "the firewall of a service now denies a client",
+            extra=kv(service=service.name, client=conn.client, connection=conn.connection_id),
+        )
+        conn.writer.abort(f"the firewall of service {service.name} now denies this client")
 
     async def start(self, host: str, port: int, *, idle_timeout: float = 60.0) -> tuple[str, int]:
         """Listen for DTP connections; returns the bound address. ``idle_timeout``: a
@@ -240,7 +278,9 @@ class ServiceHost:
                 # (this client's, Open, to this host and port) is settled now: refunded
                 admission = LedgerAdmission(self.ledger, self.host_id, peer.port)
                 verdict = await asyncio.to_thread(admission, peer)
-                if verdict is None:
+                # (not one still served, under the service as it was: a second DTP
+                # connection on it settled the ledger connection under the first)
+                if verdict is None and peer.connection_id not in self._served:
                     self._settle_refused(peer.connection_id)
             logger.info(
                 "refused: no such service",
@@ -249,13 +289,17 @@ class ServiceHost:
             return why
         admission = LedgerAdmission(self.ledger, self.host_id, service.port)
         reason = await asyncio.to_thread(admission, peer)
-        if reason is None and (
-            peer.address in service.deny or (service.allow and peer.address not in service.allow)
-        ):
+        if reason is None:
+            assert peer.connection_id is not None
+            # first: a second DTP connection on a ledger connection served is refused as
+            # dtp.aio refuses it (not settled: that is its first connection's end)
+            reason = self._reserve(peer.connection_id)
+        if reason is None and not _permits(service, peer.address):
             reason = f"the firewall of service {service.name} denies {peer.address}"
+            assert peer.connection_id is not None
+            self._release_unclaimed(peer.connection_id)
             # a valid, funded connection we refuse: close and settle it now, so the
             # client's deposit comes back at once instead of after the close timeout
-            assert peer.connection_id is not None
             self._settle_refused(peer.connection_id)
         if reason is not None:
             self.stats(service).denials += 1
@@ -264,6 +308,24 @@ class ServiceHost:
                 extra=kv(service=service.name, client=peer.address, reason=reason),
             )
         return reason
+
+    def _reserve(self, connection_id: str) -> str | None:
+        """Take ``connection_id`` for the DTP connection being admitted (None), or the
+        refusal when a DTP connection on it is served already. Called after the last
+        await of the admission: dtp.aio runs the connection's handler, which claims the
+        ID (:meth:`_handle`), in the same step as the verdict; an ID still unclaimed at
+        the loop's next turn is one whose handshake failed after its admission (the
+        client gave up meanwhile), and is given back then."""
+        refusal = self._served.reserve(connection_id)
+        if refusal is None:
+            self._unclaimed.add(connection_id)
+            asyncio.get_running_loop().call_soon(self._release_unclaimed, connection_id)
+        return refusal
+
+    def _release_unclaimed(self, connection_id: str) -> None:
+        if connection_id in self._unclaimed:
+            self._unclaimed.discard(connection_id)
+            self._served.release(connection_id)
 
     def _settle_refused(self, connection_id: str) -> None:
         """Close and settle (refund) a ledger connection refused at admission."""
@@ -293,23 +355,43 @@ class ServiceHost:
         connection_id = writer.peer_connection_id
         port = writer.peer_port
         service = self.services.get(port) if port is not None else None
-        if service is None or connection_id is None:
+        if connection_id is None:  # (the ledger admits none without one)
+            writer.abort("no ledger connection")
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        # the admission's reservation of the ledger connection: this handler's until it
+        # ended, its settlement included
+        self._unclaimed.discard(connection_id)
+        task.add_done_callback(lambda _: self._served.release(connection_id))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        if service is None:
+            # removed by a reload since its admission: refunded now, as one refused at
+            # admission is (its deposit stayed in escrow until the close timeout)
             writer.abort("service removed")
+            await self.fees.settle(connection_id)
             return
         client: str = writer.get_extra_info("peer_address")
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
         try:
             terms = await self.fees.terms(connection_id)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
+            # (settled all the same: the ledger connection stayed Open, the deposit
+            # locked until the client's own timeout)
+            await self.fees.settle(connection_id)
             return
         conn = _Conn(connection_id, service, terms, client, writer)
         await self._watch_policy()
         conn.buckets = self.limiter.acquire(client, time.monotonic())
         self.conns[connection_id] = conn
+        if self._draining:
+            # it read its terms while the drain closed the connections: closed now (it
+            # was served on through the stop, its handler waited on for SETTLE_TIMEOUT
+            # and the receipt store closed under it, the ledger connection left Open)
+            writer.close()
+        else:
+            self._close_if_denied(conn)  # (a reload meanwhile)
         stats = self.stats(service)
         stats.connections += 1
         logger.info(
@@ -747,6 +829,7 @@ class ServiceHost:
         and ends once the client's receipt covers it (within the same ``timeout``);
         closed at once, as they were, the usage since their last report went unbilled."""
         self.stop_listening()
+        self._draining = True
         for conn in list(self.conns.values()):
             if conn.finish is not None:
                 conn.finish.set()
@@ -761,10 +844,13 @@ class ServiceHost:
             # would wait on it and never reach the settlement below
             for task in list(conn.tunnels):
                 task.cancel()
-        if self._handlers:
-            # the ledger's claims and settlements take what they take: the process
-            # ending under them would leave the client's deposit in escrow
-            await asyncio.wait(set(self._handlers), timeout=SETTLE_TIMEOUT)
+        # the ledger's claims and settlements take what they take: the process ending
+        # under them would leave the client's deposit in escrow. Those that start
+        # meanwhile too (a connection that read its terms as the drain began, settling
+        # at once; a refused one's refund)
+        deadline = loop.time() + SETTLE_TIMEOUT
+        while self._handlers and loop.time() < deadline:
+            await asyncio.wait(set(self._handlers), timeout=deadline - loop.time())
         for pool in list(self.pools.values()):
             await pool.stop()
         self.pools.clear()

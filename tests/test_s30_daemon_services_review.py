@@ -1,0 +1,379 @@
+"""The services daemon (session 30 review of dtp/daemon/services.py and runner.py):
+
+* Several DTP connections on one ledger connection were all served: dtp.aio keeps one
+  per ledger connection for a LedgerAdmission hook only, and the daemon's hook is its
+  own. They shared one key of the daemon's connections, and the first to end settled the
+  ledger connection while the others went on being served, unpaid, out of the drain's
+  sight. The second is refused now, as dtp.aio refuses it.
+* A connection between its admission and its registration (reading its terms on the
+  ledger) when the drain started was never closed: it was served through the stop, the
+  drain waited 30 s for it, closed the receipt store under it and left the ledger
+  connection Open.
+* Two SIGHUPs close together ran two reloads side by side: the slower failed on what
+  the faster had just published, was "refused by the ledger" and published the old
+  settings again, while the faster configured the new ones: services served that were
+  not on the ledger.
+* A reload that changed a service's own ``allow``/``deny`` left the client it no longer
+  permits served on its open connections.
+* A connection whose terms could not be read, or whose service a reload removed while it
+  was being admitted, was cut but never settled: its deposit stayed in escrow until the
+  client's own timeout.
+
+Real LocalLedger files, real DTP connections on 127.0.0.1 to an in-process daemon; the
+fakes are ledger calls slowed (or once failing) by thin wrappers, to hold a race open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState
+from dtp.connection import ConnectionConfig
+from dtp.daemon.config import load_config
+from dtp.daemon.fees import ServerFees
+from dtp.daemon.runner import Daemon
+from dtp.daemon.tunnel import read_status
+from dtp.errors import ChainError, ConnectionRefused, DTPError
+from dtp.escrow import ConnectionTerms
+from dtp.keys import HostIdentity
+
+SUI = 1_000_000_000
+BOUND = 10.0  # seconds: generous for a loaded machine; the fixed code takes well under 1 s
+
+
+def _service(port: int, backend: int, extra: str = "") -> str:
+    return f"""
+[[service]]
+name = "svc{port}"
+port = {port}
+backends = ["127.0.0.1:{backend}"]
+health_interval = 30
+{extra}"""
+
+
+def _write_config(tmp: Path, services: str) -> Path:
+    if not (tmp / "provider.key").exists():
+        HostIdentity.generate().save(tmp / "provider.key")
+    config = tmp / "daemon.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "state"
+faucet = {SUI}
+drain_timeout = 1
+{services}"""
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def _echo() -> AsyncIterator[int]:
+    """A TCP echo backend; yields its port."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+class _Client:
+    """A client of the daemon: its own LocalLedger on the daemon's file."""
+
+    def __init__(self, tmp: Path, daemon: Daemon) -> None:
+        self.identity = HostIdentity.generate()
+        self.ledger = LocalLedger(tmp / "ledger.sqlite")
+        self.ledger.faucet(self.identity.sui_address, SUI)
+        self.cap = self.ledger.create_spending_cap(self.identity, SUI)
+        assert daemon.host_id is not None and daemon.endpoint is not None
+        self.host_id = daemon.host_id
+        self.endpoint = daemon.endpoint
+        self.server_key = daemon.identity.noise_public
+
+    async def open_ledger(self, port: int) -> str:
+        opened = await asyncio.to_thread(
+            self.ledger.open_connection, self.identity, self.host_id, port, self.cap, 1000
+        )
+        return opened.connection_id
+
+    async def connect(
+        self, cid: str, port: int
+    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        config = ConnectionConfig(
+            identity=self.identity,
+            is_client=True,
+            connection_id=bytes.fromhex(cid[2:]),
+            port=port,
+        )
+        host, dtp_port = self.endpoint
+        return await dtp.aio.open_connection(
+            host, dtp_port, identity=self.identity, server_key=self.server_key, config=config
+        )
+
+    def state(self, cid: str) -> ConnectionState:
+        return self.ledger.get_connection(cid).state
+
+
+async def _tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
+    reader, stream = await writer.open_stream()
+    await read_status(reader)
+    stream.write(payload)
+    stream.write_eof()
+    return await reader.read()
+
+
+async def _until(check: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _closed(writer: dtp.aio.DTPStreamWriter) -> str | None:
+    """Why the daemon closed the connection (a new tunnel cannot be opened), or None
+    while it serves it."""
+    try:
+        await asyncio.wait_for(_tunnel(writer), BOUND)
+    except (DTPError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        return str(exc)
+    return None
+
+
+def _run(
+    tmp: Path, services: Callable[[int], str], scenario: Callable[..., Awaitable[None]]
+) -> None:
+    """``scenario(daemon, client, config, backend_port)`` against a started in-process
+    daemon serving ``services(backend_port)``; the daemon is drained at the end."""
+
+    async def main() -> None:
+        async with _echo() as port:
+            config = _write_config(tmp, services(port))
+            daemon = Daemon(load_config(config))
+            client: _Client | None = None
+            try:
+                await daemon.start()
+                client = _Client(tmp, daemon)
+                await scenario(daemon, client, config, port)
+            finally:
+                await asyncio.wait_for(daemon.drain(), 4 * BOUND)
+                if client is not None:
+                    client.ledger.close()
+
+    asyncio.run(asyncio.wait_for(main(), 8 * BOUND))
+
+
+# -- one DTP connection per ledger connection ---------------------------------------------
+
+
+def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: Path) -> None:
+    """Before: both were admitted and served; the first's end settled the ledger
+    connection while the second went on carrying tunnels."""
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
+        cid = await client.open_ledger(7000)
+        _, first = await client.connect(cid, 7000)
+        assert await _tunnel(first) == b"ping"
+        with pytest.raises(ConnectionRefused, match="already served: one DTP connection per"):
+            _, second = await client.connect(cid, 7000)
+            second.close()  # (admitted: the old code's way)
+        assert await _tunnel(first, b"still") == b"still"  # the first one goes on
+        first.close()
+        # its end settles the ledger connection, and gives the ID back: a new DTP
+        # connection on it is refused by the ledger now, not as "already served"
+        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        with pytest.raises(ConnectionRefused, match="not Open"):
+            _, again = await client.connect(cid, 7000)
+            again.close()
+
+    _run(tmp_path, lambda port: _service(7000, port), scenario)
+
+
+# -- a drain while a connection reads its terms --------------------------------------------
+
+
+def test_a_drain_closes_a_connection_admitted_as_it_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the drain's close loop missed the connection reading its terms; it was
+    served through the stop, the drain waited SETTLE_TIMEOUT (30 s) for its handler and
+    the ledger connection was left Open."""
+    reading = asyncio.Event()
+    go_on = asyncio.Event()
+    real_terms = ServerFees.terms
+
+    async def slow_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+        reading.set()
+        await go_on.wait()  # a slow ledger read, until the drain is under way
+        return await real_terms(self, connection_id)
+
+    monkeypatch.setattr(ServerFees, "terms", slow_terms)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
+        assert daemon.services is not None
+        cid = await client.open_ledger(7000)
+        _, writer = await client.connect(cid, 7000)
+        await asyncio.wait_for(reading.wait(), BOUND)
+        started = time.monotonic()
+        drain = asyncio.ensure_future(daemon.services.drain(1.0))
+        await asyncio.sleep(0.3)  # the drain is past its close loop, waiting on handlers
+        go_on.set()
+        assert await _closed(writer)
+        await asyncio.wait_for(drain, BOUND)  # not SETTLE_TIMEOUT
+        assert time.monotonic() - started < BOUND
+        assert client.state(cid) == ConnectionState.CLOSED  # settled, refunded
+
+    _run(tmp_path, lambda port: _service(7000, port), scenario)
+
+
+# -- reloads ------------------------------------------------------------------------------
+
+
+def test_two_sighups_close_together_leave_the_ledger_as_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three SIGHUPs within a moment, the reload adding two services (slowed: each
+    add_service takes 0.3 s). Before: three reloads synced the ledger side by side, the
+    slower ones failed on the services the first added ("reload refused by the ledger")
+    and published the old settings again, taking those services off the ledger while
+    the daemon served them. Now one reload runs, then one more for the SIGHUPs that came
+    meanwhile."""
+    real_add = LocalLedger.add_service
+
+    def slow_add(self: LocalLedger, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)
+        real_add(self, *args, **kwargs)
+
+    async def main() -> None:
+        async with _echo() as port:
+            config = _write_config(tmp_path, _service(7000, port))
+            daemon = Daemon(load_config(config))
+            running = asyncio.ensure_future(daemon.run())
+            try:
+                await _until(lambda: "started" in daemon.book.info or running.done(), "ready")
+                assert daemon.host_id is not None and daemon.services is not None
+                config.write_text(config.read_text() + _service(7001, port) + _service(7002, port))
+                monkeypatch.setattr(LocalLedger, "add_service", slow_add)
+                for _ in range(3):
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    await asyncio.sleep(0.002)
+                await _until(
+                    lambda: caplog.text.count("reloaded") >= 2 or "refused" in caplog.text,
+                    "the reloads",
+                )
+                await asyncio.sleep(0.5)  # (no third one comes)
+                on_ledger = set(daemon.ledger.get_host(daemon.host_id).services)
+                assert on_ledger == set(daemon.services.services) == {7000, 7001, 7002}
+                assert "refused" not in caplog.text
+                assert caplog.text.count("reloaded") == 2  # the first, and one more
+            finally:
+                daemon.request_stop()
+                await asyncio.wait_for(running, 4 * BOUND)
+
+    with caplog.at_level(logging.INFO, logger="dtp.daemon"):
+        asyncio.run(asyncio.wait_for(main(), 8 * BOUND))
+
+
+def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -> None:
+    """Before: the service's own lists were checked at admission only; the client went
+    on opening tunnels after the reload that denied it, for good."""
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
+        cid = await client.open_ledger(7000)
+        _, writer = await client.connect(cid, 7000)
+        assert await _tunnel(writer) == b"ping"
+        denied = f'deny = ["{client.identity.sui_address}"]'
+        config.write_text(config.read_text().replace("health_interval = 30", denied, 1))
+        await daemon.reload()
+        why = await _closed(writer)
+        assert why is not None and "the firewall of service svc7000 now denies" in why
+        # closed as the host's firewall closes it: settled, the deposit refunded
+        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        assert daemon.book.service("svc7000").denials == 1
+
+    _run(tmp_path, lambda port: _service(7000, port), scenario)
+
+
+# -- connections cut before they were served -----------------------------------------------
+
+
+def test_a_connection_whose_terms_cannot_be_read_is_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: cut, never settled (Open on the ledger, the deposit locked)."""
+    failed: list[str] = []
+    real_terms = ServerFees.terms
+
+    async def flaky_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+        if not failed:
+            failed.append(connection_id)
+            raise ChainError("ledger RPC timed out")
+        return await real_terms(self, connection_id)
+
+    monkeypatch.setattr(ServerFees, "terms", flaky_terms)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
+        cid = await client.open_ledger(7000)
+        with contextlib.suppress(DTPError):
+            _, writer = await client.connect(cid, 7000)
+            assert await _closed(writer)
+        assert failed == [cid]
+        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+
+    _run(tmp_path, lambda port: _service(7000, port), scenario)
+
+
+def test_a_connection_whose_service_was_removed_while_admitted_is_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload removes the service while the ledger admits a connection to it (held
+    here until the reload is done). Before: cut, never settled."""
+    admitting = threading.Event()
+    go_on = threading.Event()
+    held: list[str] = []
+    real_view = LocalLedger.connection_view
+
+    def held_view(self: LocalLedger, connection_id: str, *args: Any, **kwargs: Any) -> Any:
+        if connection_id in held:
+            admitting.set()
+            go_on.wait(BOUND)
+        return real_view(self, connection_id, *args, **kwargs)
+
+    monkeypatch.setattr(LocalLedger, "connection_view", held_view)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
+        assert daemon.services is not None
+        cid = await client.open_ledger(7001)
+        held.append(cid)
+        connecting = asyncio.ensure_future(client.connect(cid, 7001))
+        assert await asyncio.to_thread(admitting.wait, BOUND)
+        config.write_text(_write_config(tmp_path, _service(7000, port)).read_text())
+        await daemon.reload()
+        assert 7001 not in daemon.services.services
+        go_on.set()
+        with contextlib.suppress(DTPError):
+            _, writer = await asyncio.wait_for(connecting, BOUND)
+            assert await _closed(writer)
+        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+
+    _run(tmp_path, lambda port: _service(7000, port) + _service(7001, port), scenario)
