@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
@@ -335,8 +337,15 @@ class CapShare:
             return True
 
     def _join(self, gate: object, remaining: int) -> None:
+        """Add ``gate``, whose connection's claims the cap lets take ``remaining`` MIST
+        (as just read). The share keeps the least of what it had and that: taken as it
+        came, a connection opened under a higher limit (or read before another one's
+        claim) raised the budget of every connection on the cap, the receipts they then
+        held together could pass what the claim of the one opened under the lowest
+        limit can take, and one of them went unclaimed. Only a read of the cap for all
+        of them (:meth:`refresh`, from :func:`apply_cap_limits`) raises it."""
         with self._lock:
-            self.remaining = remaining  # read afresh: the cap's claims and epoch as now
+            self.remaining = min(self.remaining, remaining)
             self._held.setdefault(id(gate), 0)
 
     def _leave(self, gate: object) -> bool:
@@ -359,21 +368,51 @@ class CapShare:
 
 
 class CapShares:
-    """A paid server's :class:`CapShare` of each spending cap its live connections use."""
+    """A paid server's :class:`CapShare` of each spending cap its live connections use.
+
+    A cap's share goes with its last connection, but what that one's settlement spent of
+    the cap is remembered for :attr:`GONE_KEPT` seconds: a connection admitted on a read
+    of the cap made before that claim (admission's, a moment earlier) would otherwise
+    start a new share on the cap as it was before it, and count receipts its claims
+    cannot take until the next read of the caps."""
+
+    GONE_KEPT: Final = 30.0
+    """Seconds what a cap's share had left, as its last connection left, bounds a new
+    share of the cap (many refresh intervals: the caps are read again by then)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shares: dict[str, CapShare] = {}
+        # cap ID -> (when its last connection left (monotonic), what its share had left
+        # then), oldest first
+        self._gone: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def join(self, cap_id: str, gate: ReceiptGate, remaining: int) -> None:
         """``gate`` (a connection just admitted) uses cap ``cap_id``, which lets the
-        server claim ``remaining`` MIST now (as just read)."""
+        server claim ``remaining`` MIST now (as just read): the share keeps the least of
+        that and what it had (:meth:`CapShare._join`), and a new share the least of that
+        and what the cap's last share had left, if that was lately."""
         with self._lock:
             share = self._shares.get(cap_id)
             if share is None:
+                self._forget_gone(time.monotonic())
+                gone = self._gone.pop(cap_id, None)
+                if gone is not None:
+                    # the read may predate the settlement's claim that share saw: not
+                    # more than it had left (a new epoch, or a raise, waits for the next
+                    # read of the caps)
+                    remaining = min(remaining, gone[1])
                 share = self._shares[cap_id] = CapShare(cap_id, remaining)
             share._join(gate, remaining)
             gate.share = share
+
+    def _forget_gone(self, now: float) -> None:
+        gone = self._gone
+        while gone:
+            cap_id, (left_at, _) = next(iter(gone.items()))
+            if now - left_at < self.GONE_KEPT:
+                return
+            del gone[cap_id]
 
     def leave(self, gate: ReceiptGate) -> CapShare | None:
         """``gate``'s connection ended (its settlement is done). Returns its cap's share
@@ -386,7 +425,12 @@ class CapShares:
             if share is None:
                 return None
             if share._leave(gate):
-                self._shares.pop(share.cap_id, None)
+                if self._shares.get(share.cap_id) is share:
+                    del self._shares[share.cap_id]
+                    now = time.monotonic()
+                    self._forget_gone(now)
+                    self._gone.pop(share.cap_id, None)  # (to the end: the newest)
+                    self._gone[share.cap_id] = (now, share.remaining)
                 return None
             return share
 

@@ -73,7 +73,7 @@ from dtp.metering import (
     read_cap_limits,
     share_generations,
 )
-from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
+from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.served import ServedConnections
@@ -88,6 +88,7 @@ from dtp.socket import (
     _SSIZE_MAX,
     _checked_flags,
     _checked_size,
+    _checked_timeout,
     recv_into_target,
     stream_file,
 )
@@ -394,6 +395,10 @@ class _PaidConnection:
         self._cond = threading.Condition(threading.Lock())
         self._sending = 0
         self._waiters = 0
+        # when a paused call last asked the client for a receipt (monotonic)
+        self._asked_at = -math.inf
+        # when the pause of a datagram send its timeout ended began (see _look)
+        self._whole_paused_at: float | None = None
         #: The receipt that came with the end of the connection (the client's final one,
         #: in the read that brought its CLOSE): nothing is served on it any more, so it is
         #: not written first but claimed by the settlement at once, whose claim on the
@@ -427,35 +432,57 @@ class _PaidConnection:
         total_bytes, total_requests = self.engine.conn.usage
         return self.gate.verdict(_now_ms(), total_bytes + whole, total_requests)
 
-    def wait_paid(self) -> None:
+    def wait_paid(
+        self,
+        sock: DTPSocket | None = None,
+        timeout: float | Literal["socket"] | None = "socket",
+    ) -> None:
         """Return when the receipts cover the usage (within the allowance); while they
         do not, neither read nor write (so no flow-control credit goes back) and ask the
         client for a receipt. Raises PaymentRequired after closing the connection when
-        none comes within the pause timeout."""
+        none comes within the pause timeout.
+
+        ``sock``: the socket whose call waits, and ``timeout`` the call's own
+        (``"socket"``: ``sock``'s, as for recv; a number or None: recv_datagram's): a
+        pause is waited out within it, then raises as the unpaid call would when nothing
+        comes (:meth:`_look`). The gate's pause clock goes on across such calls:
+        the connection closes once paused ``pause_timeout``, at the next call that looks."""
         if self._credit > 0:
             return  # within what the gate allowed at its last look
-        self._look(False)
+        self._look(False, 0, sock, timeout)
 
     def wait_send(self, sock: DTPSocket) -> None:
         """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
         queued bytes to go is waiting for the client to read, as a plain send waits:
-        within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking)."""
+        within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
+        and so is a pause for payment."""
         if self._send_credit > 0:
             return
         start = time.monotonic()
-        while not self._look(True):
+        while not self._look(True, 0, sock, "socket", start):
             timeout = sock.gettimeout()
             if timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "operation would block")
             if timeout is not None and time.monotonic() - start >= timeout:
                 raise DTPTimeoutError("timed out")
 
-    def _look(self, writing: bool, whole: int = 0) -> bool:
+    def _look(
+        self,
+        writing: bool,
+        whole: int = 0,
+        sock: DTPSocket | None = None,
+        timeout: float | Literal["socket"] | None = "socket",
+        began: float | None = None,
+    ) -> bool:
         """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
         ``writing``): False when the credit it allows is all held by writes under way or
         queued (after waiting a little for some of them to go), so that the writer looks
         again. ``whole``: bytes of a write that cannot go in part (a datagram), judged
-        as if in the usage already: paused until the credit covers all of them."""
+        as if in the usage already: paused until the credit covers all of them.
+        ``sock``, ``timeout``: the call's timeout, which a pause is waited out within
+        (:meth:`wait_paid`; None ``sock``: until the pause ends), counted from ``began``
+        (the call's start; by default the pause's), then BlockingIOError (the socket's
+        timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
         total_bytes, total_requests = self.engine.conn.usage
         gate = self.gate
         if gate.serving(total_bytes + whole, total_requests):
@@ -466,8 +493,24 @@ class _PaidConnection:
         # A pause for ``whole`` bytes is timed here: the gate's own pause clock restarts
         # whenever another call (a read in another thread) finds the usage without them
         # served, so a datagram no credit can cover waited for as long as others moved
-        # data, never closing the connection
-        paused_at = time.monotonic()
+        # data, never closing the connection. A call its timeout ended leaves the clock
+        # running for the next one: a non-blocking sender that tried again never closed
+        now = time.monotonic()
+        paused_at = now
+        if whole and self._whole_paused_at is not None:
+            paused_at = self._whole_paused_at
+        # the caller's timeout (the socket's, or recv_datagram's): the pause waited out
+        # pause_timeout whatever it was, and a non-blocking handler's call blocked
+        deadline = None
+        nonblocking = False
+        if sock is not None and verdict.state is GateState.PAUSE:
+            if timeout == "socket":
+                timeout = sock.gettimeout()
+                nonblocking = timeout == 0
+            else:
+                timeout = _checked_timeout(timeout)  # (recv_datagram's, as it checks it)
+            if timeout is not None:
+                deadline = (now if began is None else began) + timeout
         while verdict.state is GateState.PAUSE:
             if whole and time.monotonic() - paused_at >= self.policy.pause_timeout:
                 verdict = GateVerdict(
@@ -480,20 +523,44 @@ class _PaidConnection:
             with engine.lock:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
-                with contextlib.suppress(DTPError):
-                    engine.conn.send_receipt(RECEIPT_REQUEST)
+                now = time.monotonic()
+                interval = self.policy.request_interval
+                # (once an interval or so in one pause: a non-blocking handler trying
+                # again at once asked the client for a receipt on every call)
+                if now - self._asked_at >= interval / 2:
+                    self._asked_at = now
+                    with contextlib.suppress(DTPError):
+                        engine.conn.send_receipt(RECEIPT_REQUEST)
                 engine.flush()
-                with contextlib.suppress(DTPTimeoutError):
-                    engine.pump(
-                        lambda: (
-                            self.verdict(whole).state is not GateState.PAUSE
-                            or engine.session.terminated is not None
-                        ),
-                        self.policy.request_interval,
-                    )
+                wait = interval if deadline is None else min(interval, deadline - now)
+                if wait > 0:
+                    with contextlib.suppress(DTPTimeoutError):
+                        engine.pump(
+                            lambda: (
+                                self.verdict(whole).state is not GateState.PAUSE
+                                or engine.session.terminated is not None
+                            ),
+                            wait,
+                        )
+                else:
+                    engine.poll()  # one look at what came (a receipt, say)
             # (the engine lock let go: the escrow is read in this thread, not under it)
             self.read_deposit()
             verdict = self.verdict(whole)
+            if (
+                verdict.state is GateState.PAUSE
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):
+                if whole:
+                    self._whole_paused_at = paused_at
+                if nonblocking:
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+                raise DTPTimeoutError("timed out")
+        # the pause is over: the next one asks for a receipt at once
+        self._asked_at = -math.inf
+        if whole:
+            self._whole_paused_at = None
         if verdict.state is GateState.CLOSE:
             logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
             engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
@@ -618,7 +685,7 @@ class _PaidConnection:
                     return count, taken
             if engine.session.terminated is not None or engine.closed:
                 return 0, 0
-            if not self._look(True, first):
+            if not self._look(True, first, sock, "socket", began):
                 timeout = sock.gettimeout()
                 if timeout == 0:
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
@@ -754,7 +821,8 @@ class PaidSocket:
             bufsize = _checked_size(bufsize, "recv")
             _checked_flags(flags)
         paid = self._paid
-        paid.wait_paid()
+        if paid._credit <= 0:
+            paid.wait_paid(self._sock)
         data = self._sock.recv(paid.room(bufsize), flags)
         paid.throttle(len(data))
         return data
@@ -773,7 +841,7 @@ class PaidSocket:
             nbytes, flags = operator.index(nbytes), operator.index(flags)
         paid = self._paid
         if paid._credit <= 0:
-            paid.wait_paid()
+            paid.wait_paid(self._sock)
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
             # the socket's checks of the call as made, before the gate cuts its size
@@ -900,7 +968,7 @@ class PaidSocket:
             # charged for all, a handler sending to a client that stopped reading waited
             # out the rate of datagrams the backlog dropped (the credit they took comes
             # back at the gate's next look: they are not in the usage)
-            paid.limit(sum(sizes[start : start + sent]))
+            paid.limit(sum(map(datagram_charge, sizes[start : start + sent])))
             start += count
         return queued
 
@@ -908,9 +976,9 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
         datagram is in the usage since it arrived), then within the rate limits."""
         paid = self._paid
-        paid.wait_paid()
+        paid.wait_paid(self._sock, timeout)
         data = self._sock.recv_datagram(timeout)
-        paid.throttle(len(data))
+        paid.throttle(datagram_charge(len(data)))
         return data
 
     def recv_datagrams(
@@ -918,14 +986,14 @@ class PaidSocket:
     ) -> list[bytes]:
         """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
         paid = self._paid
-        paid.wait_paid()
+        paid.wait_paid(self._sock, timeout)
         batch = self._sock.recv_datagrams(max_count, timeout)
-        paid.throttle(sum(map(len, batch)))
+        paid.throttle(sum(datagram_charge(len(data)) for data in batch))
         return batch
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""
-        self._paid.wait_paid()
+        self._paid.wait_paid(self._sock)
         stream = self._sock.accept_stream()
         self._paid.throttle(requests=1)
         return PaidSocket(stream, self._paid)

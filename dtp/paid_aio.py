@@ -67,7 +67,7 @@ from dtp.paid import (
     release_receipts,
     settle_ended,
 )
-from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter
+from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import publish_endpoint
@@ -777,7 +777,7 @@ class PaidWriter:
         sent = self._writer.send_datagrams(items[:take])
         # charged now: left to drain(), they went uncharged for a sender that never
         # drains, past its bytes/s limit for good
-        if sent and self._paid.charge(sum(sizes[:sent])):
+        if sent and self._paid.charge(sum(map(datagram_charge, sizes[:sent]))):
             self._limits_charged = True
         return sent
 
@@ -788,7 +788,7 @@ class PaidWriter:
         await paid.wait_paid()
         data = await self._writer.recv_datagram()
         try:
-            await paid.throttle(0 if paid.charged_already(data) else len(data))
+            await paid.throttle(0 if paid.charged_already(data) else datagram_charge(len(data)))
         except asyncio.CancelledError:
             # cancelled while the rate limits hold it: it stays the next one to read
             # (charged already: not again), and a task waiting in recv_datagram() is
@@ -797,7 +797,7 @@ class PaidWriter:
             self._writer._session.datagrams.appendleft(data)
             if len(data) > 1:
                 # (known by identity, and CPython shares its empty and one-byte bytes
-                # objects: those are charged again, a byte at most)
+                # objects: those are charged again, three bytes at most)
                 paid.charged_datagrams.append(data)
             paid.proto._notify()
             raise

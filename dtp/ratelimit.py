@@ -20,7 +20,26 @@ from dataclasses import dataclass, field
 
 from dtp.chain.objects import Firewall, Host
 
-__all__ = ["ClientBuckets", "HostPolicy", "PolicyChange", "RateLimiter", "TokenBucket"]
+__all__ = [
+    "ClientBuckets",
+    "HostPolicy",
+    "PolicyChange",
+    "RateLimiter",
+    "TokenBucket",
+    "datagram_charge",
+]
+
+
+def datagram_charge(size: int) -> int:
+    """What a datagram of ``size`` payload bytes costs a bytes/s limit: the payload and
+    its DATAGRAM frame's header (a type byte and the length as a varint, docs/protocol.md).
+    Charged its payload alone, an empty datagram cost nothing, and a client sent as many
+    as the connection could carry whatever its limits (each one read, framed, decrypted
+    and handed to the handler all the same). Stream bytes are charged their payload: a
+    STREAM frame carries many of them, a datagram's header is paid once per datagram."""
+    if size < 64:
+        return size + 2
+    return size + (3 if size < 16384 else 5)
 
 
 class TokenBucket:

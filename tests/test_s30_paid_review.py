@@ -1,0 +1,425 @@
+"""A review of the paid server (docs/escrow.md §4, §6.1): what it counts on a shared
+cap, how a paused call keeps its socket's timeout, and what datagrams cost the rate
+limits.
+
+- A connection joining a cap other live connections use set the cap's shared budget to
+  its own claimable room: one opened under a higher limit raised it for all of them, and
+  the receipts they then held together were more than the lowest-limit connection's
+  claim could take (one of them went unclaimed). A share started anew right after its
+  last connection left, on a read of the cap from before that one's claim (admission's),
+  forgot the claim the same way.
+- A handler's socket timeout (and non-blocking mode) was ignored while the connection
+  was paused for payment: recv, send and recv_datagram blocked for the whole pause
+  timeout, then closed the connection.
+- Empty datagrams cost the rate limits nothing (each charged its payload, 0 bytes, and
+  never as a request): a client sent them as fast as the connection carried them.
+
+Real paid servers on 127.0.0.1 and real LocalLedger files; the cap tests build their
+gates from the ledger as the server does (:func:`dtp.paid.gate_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.admission import Admitted
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import DTPTimeoutError, SpendingCapExceeded
+from dtp.escrow import Receipt, fee
+from dtp.metering import CapShares, MeteringConfig
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy, gate_for
+from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.receipt_store import ReceiptStore
+from dtp.settlement import claim_and_settle
+from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7
+SERVER = ident(0xC1)
+CLIENT = ident(0xC2)
+WAIT = 30.0  # bound on anything the tests wait for
+#: A client that signs no receipts: a connection past its allowance stays paused
+UNPAID = MeteringConfig(enabled=False)
+
+
+class World(PaidWorld):
+    def limit(self, bytes_per_sec: int) -> None:
+        """The Host limits each client to ``bytes_per_sec`` (read as the server starts)."""
+        self.ledger.set_client_limits(SERVER, self.host_id, 0, bytes_per_sec, 0)
+
+    def connect(self, deposit: int = 1_000_000) -> dtp.socket.DTPSocket:
+        return self.connect_as(CLIENT, PORT, deposit, metering=UNPAID, timeout=WAIT)
+
+    def serve(self, handler: Any, policy: ServicePolicy) -> PaidServer:
+        return dtp.socket.serve(
+            self.host_id,
+            PORT,
+            handler,
+            ledger=self.server_ledger,
+            identity=SERVER,
+            receipts=self.tmp_path / "receipts.db",
+            policy=policy,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with hosted_ledgers(tmp_path, SERVER, CLIENT, PORT, SLA) as ledgers:
+        yield World(*ledgers, tmp_path)
+
+
+def debt_of(server: PaidAioServer | PaidServer) -> float:
+    """Seconds the client's bytes bucket holds it back now (0 when it has none)."""
+    limiter = server.limiter
+    buckets = limiter.clients.get(CLIENT.sui_address) or limiter.idle.get(CLIENT.sui_address)
+    return 0.0 if buckets is None else buckets.bytes.delay(time.monotonic())
+
+
+# -- a shared cap: what its connections hold together -----------------------------------
+
+#: 1 MIST a byte, no request price: receipts for round amounts
+BYTE_SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=100)
+
+
+class Book:
+    """A LocalLedger file with a host on PORT at BYTE_SLA, the client funded, a receipt
+    store and the server's cap shares."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ledger = LocalLedger(tmp_path / "ledger.db")
+        self.host_id = self.ledger.create_host(SERVER, SERVER.noise_public)
+        self.ledger.add_service(SERVER, self.host_id, PORT, "svc", BYTE_SLA)
+        self.ledger.faucet(CLIENT.sui_address, 10**9)
+        self.store = ReceiptStore(tmp_path / "receipts.db")
+        self.shares = CapShares()
+        self.policy = ServicePolicy(allowance=100)
+
+    def open(self, cap_id: str, deposit: int) -> str:
+        opened = self.ledger.open_connection(CLIENT, self.host_id, PORT, cap_id, deposit)
+        return str(opened.connection_id)
+
+    def admitted(self, cid: str) -> Admitted:
+        """The connection, its escrow and cap as admission reads them now."""
+        tc = self.ledger.get_connection(cid)
+        escrow = self.ledger.get_escrow(tc.escrow)
+        return Admitted(tc, escrow, self.ledger.get_cap(escrow.spending_cap), self.ledger.epoch())
+
+    def receipt(self, cid: str, amount: int, nonce: int) -> bytes:
+        return Receipt(cid, amount, 0, fee(BYTE_SLA, amount, 0), nonce).sign(CLIENT).encode()
+
+    def claimed(self, cid: str) -> int:
+        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+
+    def close(self) -> None:
+        self.store.close()
+        self.ledger.close()
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Iterator[Book]:
+    book = Book(tmp_path)
+    try:
+        yield book
+    finally:
+        book.close()
+
+
+def test_a_connection_opened_under_a_higher_limit_does_not_raise_the_shared_budget(
+    book: Book,
+) -> None:
+    """A opened under a limit of 1000, B (same cap) under 10,000 after a raise. Their
+    receipts together stay within 1000, what A's claim is sure of: the client lowers
+    the cap back before the claims, and both claim all they counted. (Before, B's join
+    set the share's budget to 10,000: A counted 900 and B 9000, B's claim took 9000 of
+    the cap and A's was refused.)"""
+    ledger = book.ledger
+    cap = ledger.create_spending_cap(CLIENT, 1000)
+    a = book.open(cap, 1000)
+    ledger.set_max_per_epoch(CLIENT, cap, 10_000)
+    b = book.open(cap, 10_000)
+    ga = gate_for(ledger, a, book.policy, book.store, shares=book.shares)
+    gb = gate_for(ledger, b, book.policy, book.store, shares=book.shares)
+    assert ga.share is gb.share
+    ga.receive(book.receipt(a, 900, 1))
+    with pytest.raises(SpendingCapExceeded):
+        gb.receive(book.receipt(b, 9000, 1))
+    gb.receive(book.receipt(b, 100, 2))  # what is left of A's 1000
+    assert (ga.payable(), gb.payable()) == (900, 100)
+    ledger.set_max_per_epoch(CLIENT, cap, 1000)
+    for cid, counted in ((b, 100), (a, 900)):
+        assert claim_and_settle(ledger, SERVER, cid, book.store) is not None
+        assert book.claimed(cid) == counted
+
+
+def test_a_share_started_on_a_read_before_the_last_claim_keeps_that_claim(
+    book: Book,
+) -> None:
+    """A holds a receipt for 900 of its cap's 1000; B, on the same cap, is admitted
+    (the cap read: nothing spent yet), then A settles and leaves the share, its last
+    connection. B's gate, built on admission's read, starts the share anew: it counts
+    no more than the 100 A's claim left. (Before, it counted a receipt for 1000, and
+    its claim was refused by the cap.)"""
+    ledger = book.ledger
+    cap = ledger.create_spending_cap(CLIENT, 1000)
+    a = book.open(cap, 1000)
+    b = book.open(cap, 1000)
+    ga = gate_for(ledger, a, book.policy, book.store, shares=book.shares)
+    ga.receive(book.receipt(a, 900, 1))
+    stale = book.admitted(b)  # before A's claim
+    assert claim_and_settle(ledger, SERVER, a, book.store) is not None
+    assert book.shares.leave(ga) is None  # its last connection: the share goes
+    gb = gate_for(ledger, b, book.policy, book.store, admitted=stale, shares=book.shares)
+    with pytest.raises(SpendingCapExceeded):
+        gb.receive(book.receipt(b, 1000, 1))
+    gb.receive(book.receipt(b, 100, 2))
+    assert claim_and_settle(ledger, SERVER, b, book.store) is not None
+    assert book.claimed(b) == 100
+
+
+# -- a paused call keeps its socket's timeout -------------------------------------------
+
+
+def _spend_allowance(sock: PaidSocket) -> None:
+    """Send until the gate pauses the connection (the client reads, signing nothing)."""
+    engine = sock._paid.engine
+    while sock.gate.serving(*engine.conn.usage):
+        sock.send(b"x" * 1024)
+
+
+def _timed(call: Any, *args: Any) -> tuple[float, str]:
+    began = time.monotonic()
+    try:
+        call(*args)
+        outcome = "returned"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    return time.monotonic() - began, outcome
+
+
+PAUSE = 4.0  # the pause timeout: what a call ignoring its own timeout waited
+
+
+def _serve_paused(world: World, handler: Any) -> Any:
+    """Run ``handler`` on a connection the client reads but never pays; its result."""
+    out: queue.Queue[Any] = queue.Queue()
+
+    def wrapped(sock: PaidSocket) -> None:
+        try:
+            _spend_allowance(sock)
+            out.put(handler(sock))
+        except BaseException as exc:
+            out.put(exc)
+            raise
+
+    policy = ServicePolicy(allowance=100, pause_timeout=PAUSE)
+    with world.serve(wrapped, policy) as server, world.connect() as client:
+        client.settimeout(0.2)
+        deadline = time.monotonic() + WAIT
+        while out.empty() and time.monotonic() < deadline:
+            try:
+                if not client.recv(65536):
+                    break
+            except DTPTimeoutError:
+                pass
+            except Exception:
+                break
+        got = out.get(timeout=WAIT)
+        server.close()
+    assert not isinstance(got, BaseException), got
+    return got
+
+
+def test_a_paused_call_on_a_non_blocking_socket_raises_blocking_io_error(
+    world: World,
+) -> None:
+    """Paused for payment, a non-blocking handler's recv, send and accept_stream raise
+    BlockingIOError at once, as with nothing to move; the pause goes on meanwhile, and
+    a handler trying again is closed once paused the pause timeout. (Before, each call
+    blocked for the whole pause timeout, then closed the connection.)"""
+
+    def handler(sock: PaidSocket) -> tuple[list[tuple[float, str]], float, str]:
+        sock.setblocking(False)
+        calls = [
+            _timed(sock.recv, 100),
+            _timed(sock.send, b"y" * 100),
+            _timed(sock.recv_into, bytearray(100)),
+        ]
+        began = time.monotonic()
+        outcome = "still paused"
+        while time.monotonic() - began < PAUSE + 10:
+            _, outcome = _timed(sock.recv, 100)
+            if outcome != "BlockingIOError":
+                break
+            time.sleep(0.05)
+        return calls, time.monotonic() - began, outcome
+
+    calls, closed_after, outcome = _serve_paused(world, handler)
+    for took, raised in calls:
+        assert raised == "BlockingIOError"
+        assert took < PAUSE / 2
+    assert outcome == "PaymentRequired"  # the pause clock ran on across the calls
+    assert closed_after < PAUSE + 5
+
+
+def test_a_paused_call_with_a_timeout_raises_timeout_error(world: World) -> None:
+    """Paused for payment, a handler's recv and send with a socket timeout of 0.2 s,
+    and recv_datagram with its own timeout (0 and 0.2 s), raise DTPTimeoutError once it
+    passed, as with nothing to move. (Before, each blocked for the whole pause timeout,
+    then closed the connection.)"""
+
+    def handler(sock: PaidSocket) -> list[tuple[float, str]]:
+        sock.settimeout(0.2)
+        return [
+            _timed(sock.recv, 100),
+            _timed(sock.send, b"y" * 100),
+            _timed(sock.recv_datagram),
+            _timed(sock.recv_datagram, 0),
+            _timed(sock.recv_datagrams, 8, 0.2),
+        ]
+
+    for took, raised in _serve_paused(world, handler):
+        assert raised == "DTPTimeoutError"
+        assert took < PAUSE / 2
+
+
+def test_a_paused_call_with_a_bad_datagram_timeout_raises_as_the_socket_does(
+    world: World,
+) -> None:
+    """recv_datagram checks its timeout while paused as the socket does, before any
+    wait: a negative one is a ValueError, not a wait."""
+
+    def handler(sock: PaidSocket) -> tuple[float, str]:
+        return _timed(sock.recv_datagram, -1)
+
+    took, raised = _serve_paused(world, handler)
+    assert raised == "ValueError"
+    assert took < PAUSE / 2
+
+
+# -- datagrams cost the rate limits their framing too -----------------------------------
+
+RATE = 100  # bytes/s: a burst of 25 bytes
+
+
+def test_datagram_charge_counts_the_frame_header() -> None:
+    """A datagram costs its payload and its DATAGRAM frame's type byte and varint
+    length (docs/protocol.md)."""
+    from dtp.ratelimit import datagram_charge  # (new: the other tests run without it)
+
+    assert [datagram_charge(n) for n in (0, 1, 63, 64, 16383, 16384)] == [
+        2,
+        3,
+        65,
+        67,
+        16386,
+        16389,
+    ]
+
+
+def test_empty_datagrams_read_are_charged_to_the_rate_limit(world: World) -> None:
+    """The client sends 300 empty datagrams; the handler reads for 1 s under a limit of
+    100 bytes/s: each costs its frame's 2 bytes, so it reads some 60 of them. (Before,
+    each cost nothing: it read all 300 at once.)"""
+    out: queue.Queue[int | BaseException] = queue.Queue()
+
+    def handler(sock: PaidSocket) -> None:
+        try:
+            assert sock.recv(2) == b"go"
+            got = 0
+            began = time.monotonic()
+            while time.monotonic() - began < 1.0:
+                try:
+                    sock.recv_datagram(0.5)
+                except DTPTimeoutError:
+                    break  # all of them read
+                got += 1
+            out.put(got)
+        except BaseException as exc:
+            out.put(exc)
+            raise
+
+    world.limit(RATE)
+    with world.serve(handler, ServicePolicy()), world.connect() as client:
+        for _ in range(300):
+            client.send_datagram(b"")
+        client.sendall(b"go")
+        got = out.get(timeout=WAIT)
+    assert not isinstance(got, BaseException), got
+    assert got < 200  # (at the rate: about 12 on the burst, 50 a second)
+
+
+def test_empty_datagrams_sent_are_charged_to_the_rate_limit(world: World) -> None:
+    """The handler sends 100 empty datagrams under a limit of 100 bytes/s: 200 bytes
+    charged, the call waits for most of it (some 1.75 s). (Before: none, at once.)"""
+    out: queue.Queue[float | BaseException] = queue.Queue()
+
+    def handler(sock: PaidSocket) -> None:
+        try:
+            assert sock.recv(2) == b"go"
+            began = time.monotonic()
+            assert sock.send_datagrams([b""] * 100) == 100
+            out.put(time.monotonic() - began)
+        except BaseException as exc:
+            out.put(exc)
+            raise
+
+    world.limit(RATE)
+    with world.serve(handler, ServicePolicy()), world.connect() as client:
+        client.sendall(b"go")
+        took = out.get(timeout=WAIT)
+    assert not isinstance(took, BaseException), took
+    assert took > 1.0
+
+
+def test_asyncio_empty_datagrams_are_charged_to_the_rate_limit(world: World) -> None:
+    """asyncio: the handler reads 60 empty datagrams the client sent (120 bytes charged:
+    the reads wait for most of them, some 0.95 s), then sends 100 (200 bytes, charged
+    as they go): the client's bytes/s limit holds debt for them. (Before: neither.)"""
+    done: queue.Queue[tuple[float, float] | BaseException] = queue.Queue()
+    server_box: list[PaidAioServer] = []
+
+    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+        try:
+            assert await reader.readexactly(2) == b"go"
+            began = time.monotonic()
+            for _ in range(60):
+                await asyncio.wait_for(writer.recv_datagram(), WAIT)
+            read_took = time.monotonic() - began
+            assert writer.send_datagrams([b""] * 100) == 100
+            done.put((read_took, debt_of(server_box[0])))
+        except BaseException as exc:
+            done.put(exc)
+            raise
+
+    world.limit(RATE)
+    with loop_in_thread() as loop:
+        server = world.serve_aio(
+            loop,
+            PORT,
+            handler,
+            SERVER,
+            timeout=WAIT,
+            receipts=world.tmp_path / "receipts.db",
+        )
+        server_box.append(server)
+        try:
+            with world.connect() as client:
+                for _ in range(60):
+                    client.send_datagram(b"")
+                client.sendall(b"go")
+                got = done.get(timeout=WAIT)
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(server), loop).result(WAIT)
+    assert not isinstance(got, BaseException), got
+    read_took, sent_debt = got
+    assert read_took > 0.5
+    assert sent_debt > 1.0  # 200 bytes at 100 a second (the burst spent by the reads)
