@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from array import array
 from collections.abc import Iterable, Iterator
 
 from dtp._reference.limits import (
@@ -50,13 +51,6 @@ def update_size(update: HamUpdate) -> int:
         + varint_size(len(value))
         + len(value)
     )
-
-
-def _deferred_key(update: HamUpdate) -> tuple[bytes, bytes, bytes, bytes]:
-    """What makes two deferred updates identical: soul, field, the state's 8 bytes
-    (so 0.0 and -0.0 differ) and value -- their canonical encodings are equal."""
-    soul, field, state, value = update
-    return soul, field, _F64.pack(state), value
 
 
 def _encode_update(update: HamUpdate) -> bytes:
@@ -180,6 +174,56 @@ def zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[bytes, 
     return bytes(out), changed
 
 
+class _DeferredQueue:
+    """The deferred updates in arrival order, as their canonical encodings back to back.
+
+    The queue is capped in canonical bytes (``max_deferred_bytes``, as in C), and a
+    peer may fill it: held as Python objects -- an update tuple, its bytes objects and a
+    set key each -- it took about 23 times the cap. Here an entry costs its encoding,
+    its end offset and state (8 bytes each) and two or so 8-byte slots of an
+    open-addressing index (by Python's randomised bytes hash) that finds an identical
+    entry, queued once (protocol.md 6.3). Nothing is removed but by :meth:`HamGraph.advance`,
+    which builds the queue of the updates left anew.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends = array("Q")  # where each entry's encoding ends in ``data``
+        self.states = array("d")
+        self._slots = array("q", bytes(8 * 8))  # entry index + 1; 0 is free
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def entry(self, i: int) -> bytes:
+        """The canonical encoding of entry ``i``."""
+        return bytes(self.data[self.ends[i - 1] if i else 0 : self.ends[i]])
+
+    def _slot(self, encoded: bytes) -> int:
+        """The slot of the entry equal to ``encoded``, or the free slot it would take."""
+        slots = self._slots
+        mask = len(slots) - 1
+        i = hash(encoded) & mask
+        while slots[i] and self.entry(slots[i] - 1) != encoded:
+            i = (i + 1) & mask  # linear probing: the index stays at most half full
+        return i
+
+    def holds(self, encoded: bytes) -> bool:
+        return bool(self._slots[self._slot(encoded)])
+
+    def append(self, encoded: bytes, state: float) -> None:
+        """Queue an update (not already queued: see :meth:`holds`)."""
+        self.data += encoded
+        self.ends.append(len(self.data))
+        self.states.append(state)
+        if 2 * len(self.states) > len(self._slots):
+            self._slots = array("q", bytes(16 * len(self._slots)))
+            for i in range(len(self.states)):
+                self._slots[self._slot(self.entry(i))] = i + 1
+        else:
+            self._slots[self._slot(encoded)] = len(self.states)
+
+
 class HamGraph:
     """The HAM field table: merge batches, hold deferred updates, look up.
 
@@ -194,10 +238,7 @@ class HamGraph:
             raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
         self._max_deferred = max_deferred_bytes
         self._table: dict[tuple[bytes, bytes], tuple[float, bytes]] = {}
-        self._deferred: list[HamUpdate] = []  # arrival order
-        self._deferred_bytes = 0
-        # the queued updates, to queue each only once (soul, field, state bits, value)
-        self._deferred_keys: set[tuple[bytes, bytes, bytes, bytes]] = set()
+        self._deferred = _DeferredQueue()
 
     def _apply(self, update: HamUpdate) -> int:
         """Merge one update not ahead of the clock (protocol.md 6.3); returns its status."""
@@ -224,16 +265,15 @@ class HamGraph:
         applied: list[HamUpdate] = []
         for update in updates:
             if update.state > machine_state:
-                key = _deferred_key(update)
-                size = update_size(update)
-                if key in self._deferred_keys:
+                # (identical updates have equal canonical encodings: soul, field, the
+                # state's 8 bytes -- so 0.0 and -0.0 differ -- and value)
+                encoded = _encode_update(update)
+                if self._deferred.holds(encoded):
                     statuses.append(HAM_DEFERRED)  # identical to a queued one: held once
-                elif self._deferred_bytes + size > self._max_deferred:
+                elif len(self._deferred.data) + len(encoded) > self._max_deferred:
                     statuses.append(HAM_REJECTED)
                 else:
-                    self._deferred.append(update)
-                    self._deferred_keys.add(key)
-                    self._deferred_bytes += size
+                    self._deferred.append(encoded, update.state)
                     statuses.append(HAM_DEFERRED)
                 continue
             status = self._apply(update)
@@ -246,17 +286,24 @@ class HamGraph:
         """Apply deferred updates now due (in arrival order); returns those applied."""
         if not math.isfinite(machine_state):
             raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        queue = self._deferred
+        due = [i for i, state in enumerate(queue.states) if not state > machine_state]
+        if not due:
+            return _header(0)
+        waiting = _DeferredQueue()
+        for i, state in enumerate(queue.states):
+            if state > machine_state:
+                waiting.append(queue.entry(i), state)
+        self._deferred = waiting
         applied: list[HamUpdate] = []
-        waiting: list[HamUpdate] = []
-        for update in self._deferred:
-            if update.state > machine_state:
-                waiting.append(update)
-            elif self._apply(update) == HAM_APPLIED:
-                applied.append(update)
-        if len(waiting) != len(self._deferred):
-            self._deferred = waiting
-            self._deferred_keys = {_deferred_key(u) for u in waiting}
-            self._deferred_bytes = sum(update_size(u) for u in waiting)
+        # in arrival order; in batches of at most HAM_MAX_UPDATES (a large queue of small
+        # updates holds more)
+        for first in range(0, len(due), HAM_MAX_UPDATES):
+            chunk = due[first : first + HAM_MAX_UPDATES]
+            encoded = _header(len(chunk)) + b"".join(queue.entry(i) for i in chunk)
+            for update in decode_ham_batch(encoded):
+                if self._apply(update) == HAM_APPLIED:
+                    applied.append(update)
         return self._batch(applied)
 
     @staticmethod
@@ -296,7 +343,7 @@ class HamGraph:
 
     @property
     def deferred_bytes(self) -> int:
-        return self._deferred_bytes
+        return len(self._deferred.data)
 
 
 __all__ = [

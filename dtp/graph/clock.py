@@ -7,8 +7,13 @@ ahead of the wall clock, as a hybrid logical clock does), and a restart that fin
 wall clock behind the last persisted state keeps counting from that state.
 
 The *machine state* -- the bound past which an incoming update is deferred -- is the wall
-clock plus ``max_drift_ms``, the skew tolerated between honest peers. The wall clock is
-injectable (``now_ms``) so tests control time.
+clock plus ``max_drift_ms``, the skew tolerated between honest peers (at most
+:data:`MAX_DRIFT_MS`). The wall clock is injectable (``now_ms``) so tests control time.
+
+States stay finite: a write that would need a state past the largest float (a field
+merged at it, say) raises ``LocalProtocolError(HAM_STATE)`` and issues nothing -- an
+infinite state, once issued, was persisted as the clock and no write, nor the file's
+next open, could get past it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,17 @@ import threading
 import time
 from collections.abc import Callable
 
+from dtp.errors import ErrorCode, LocalProtocolError
+
 STEP = 1.0 / 256
 """Smallest increment between two states of one peer, in ms (exact in binary64 for any
 date before the year 2500: the ulp of 2**44 ms is 2**-8)."""
+
+MAX_DRIFT_MS = float(2**44)
+"""The largest ``max_drift_ms`` (about 557 years): far beyond any clock skew between
+honest peers, and small enough that the machine state stays a date -- a drift near the
+largest float let a peer's update at that float be merged, and the next write of its
+field needed a state past it."""
 
 
 def wall_clock_ms() -> float:
@@ -44,8 +57,8 @@ class HybridClock:
         max_drift_ms: float = 1000.0,
         last: float = 0.0,
     ) -> None:
-        if not math.isfinite(max_drift_ms) or max_drift_ms < 0:
-            raise ValueError("max_drift_ms must be a finite number >= 0")
+        if not 0 <= max_drift_ms <= MAX_DRIFT_MS:  # (NaN fails both)
+            raise ValueError(f"max_drift_ms must be a number in 0..{MAX_DRIFT_MS:.0f} (2**44)")
         self._now = now_ms
         self.max_drift_ms = max_drift_ms
         self._last = last
@@ -82,7 +95,11 @@ class HybridClock:
         Merging a peer's state does not move this clock: a write
         (:meth:`~dtp.graph.store.Graph.put`) passes the states the table holds for the
         fields it writes as ``after``, so it wins over what was merged, however far
-        ahead the peer's clock ran."""
+        ahead the peer's clock ran.
+
+        LocalProtocolError (``HAM_STATE``) when that state would not be finite (``after``
+        is the largest float); the clock is left as it was, so other fields can still
+        be written."""
         with self._lock:
             floor = self._last if after is None or after < self._last else after
             state = float(math.floor(self.now()))
@@ -90,8 +107,13 @@ class HybridClock:
                 state = floor + STEP
                 if state <= floor:  # beyond the range where STEP is exact: next float up
                     state = math.nextafter(floor, math.inf)
+            if not math.isfinite(state):
+                raise LocalProtocolError(
+                    "no HAM state is left above the field's (it holds the largest float)",
+                    ErrorCode.HAM_STATE,
+                )
             self._last = state
             return state
 
 
-__all__ = ["STEP", "HybridClock", "wall_clock_ms"]
+__all__ = ["MAX_DRIFT_MS", "STEP", "HybridClock", "wall_clock_ms"]

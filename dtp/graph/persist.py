@@ -4,10 +4,18 @@ The HAM table in memory (C) is the working set; SQLite keeps it across restarts.
 stored is the table's own output: every ``changed`` batch (the canonical batch of the
 updates a merge applied) is appended to a log, in order. Replaying the log with the
 clock past every state rebuilds the same table, because merge is commutative,
-associative and idempotent -- and it costs one C merge per stored batch, no per-field
+associative and idempotent -- and it costs one C merge per stored row, no per-field
 Python work. Writes are buffered and go to SQLite in one transaction (``executemany``)
-per flush; when the log has grown well past the table it is *compacted*: replaced, in one
-transaction, by the table's ``export``.
+per flush; a flush of many batches packs consecutive ones into one row (a batch is a
+header and its updates, merged one at a time in order: the joined batch merges exactly
+as the batches one after the other did). When the log has grown well past the table
+it is *compacted*: replaced, in one transaction, by the table's ``export``.
+
+"Well past" is counted in bytes, each row weighing 1 KiB more (what a row costs to
+replay beyond its bytes: one SQLite step and one merge call), against the table's size
+at the last compaction -- kept in ``meta``, so it holds across restarts. Counting rows
+alone, against a count reset at each open, let a peer's stream of tiny DATA messages
+(a row each) rewrite a large table every few thousand of them.
 
 The database runs in WAL mode. ``meta`` holds the replica id and the clock's last state
 (so states keep increasing after a restart even if the wall clock went back).
@@ -43,7 +51,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dtp._filelock import companion, lock_exclusive
+from dtp._reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.graph._batch import batch_count
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +70,27 @@ _COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
     "log": [("seq", "INTEGER", 0, 1), ("batch", "BLOB", 1, 0)],
 }
 _F64 = struct.Struct("<d")
+_HEADER = struct.Struct("<BI")  # a HAM batch's version and update count (protocol.md 6.1)
+
+#: A flush of at most this many batches writes a row each (packing a few saves nothing);
+#: a larger one -- a burst of small merges -- packs them.
+_PACK_FROM = 16
+#: Packed rows stay below this (a larger batch keeps a row of its own): each row is read
+#: and merged whole when the file is opened.
+_ROW_MAX = 1 << 20
+#: What a log row weighs, beyond its bytes, when the log is measured against the table:
+#: replaying a row costs about as much as merging 1 KiB (one SQLite step and one merge
+#: call, ~2.5 us, against ~2 ms per MiB merged).
+_ROW_BYTES = 1024
+#: The log is compacted once it weighs more than twice the table and this much more: a
+#: compaction rewrites the table, and is paid for by at least as much log weight (its
+#: bytes, and 1 KiB a row; a burst of small batches is packed into a row): never a whole
+#: table for a few KiB of small batches.
+_COMPACT_FLOOR = 64 << 10
+#: The -wal file is cut back to this size when SQLite resets it: a compaction's one
+#: transaction grows it to the table's size, and SQLite otherwise keeps a WAL file at
+#: the largest size it ever reached.
+_WAL_LIMIT = 8 << 20
 
 
 class GraphStorageError(LocalProtocolError):
@@ -123,6 +154,7 @@ class GraphStorage:
                     )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             self._db.executescript(_SCHEMA)
             # locked once the file is known to be a database (a text file or a directory
             # given by mistake gets no lock file beside it), before anything is read
@@ -145,7 +177,7 @@ class GraphStorage:
             if isinstance(exc, GraphStorageError):
                 raise
             raise _open_error(self.path, exc) from exc
-        self._pending: list[tuple[bytes]] = []
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_rows = flush_rows
         self._flush_bytes = flush_bytes
@@ -153,9 +185,10 @@ class GraphStorage:
         self._last_flush = time.monotonic()
         self.log_rows: int = int(rows)
         self.log_bytes: int = int(size)
-        self._compacted_rows = 0
         self.flushes = 0
         self.compactions = 0
+        #: bytes written by compactions since the file was opened (each rewrites the table)
+        self.compaction_bytes = 0
 
     # -- meta -------------------------------------------------------------------------------
 
@@ -242,7 +275,7 @@ class GraphStorage:
 
     def append(self, batch: bytes) -> bool:
         """Buffer one changed batch; True when a flush is due."""
-        self._pending.append((batch,))
+        self._pending.append(batch)
         self._pending_bytes += len(batch)
         return (
             len(self._pending) >= self._flush_rows
@@ -260,7 +293,8 @@ class GraphStorage:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        rows, size = self._pending, self._pending_bytes
+        rows = _rows(self._pending)
+        size = sum(len(row) for (row,) in rows)
         with self._errors("write"), self._transaction():
             self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
             self._db.execute(
@@ -274,12 +308,15 @@ class GraphStorage:
         self.flushes += 1
 
     def should_compact(self) -> bool:
-        """True when the log holds much more than the table would (old versions,
-        many small batches)."""
-        return (
-            self.log_bytes > 2 * self._compacted_bytes + (4 << 20)
-            or self.log_rows > 4096 + 4 * self._compacted_rows
-        )
+        """True when the log holds much more than the table would (old versions, many
+        small rows): its bytes, each row weighing ``_ROW_BYTES`` more, exceed twice the
+        table's size at the last compaction by ``_COMPACT_FLOOR``.
+
+        Against the table's size, not a fixed number of rows: a compaction rewrites the
+        whole table, and a row count reached by a few thousand tiny batches made a peer
+        able to force a rewrite of a large table for every few KiB it sent."""
+        weight = self.log_bytes + _ROW_BYTES * self.log_rows
+        return weight > 2 * self._compacted_bytes + _COMPACT_FLOOR
 
     def compact(self, batches: Iterable[bytes], clock_last: float) -> None:
         """Replace the log by ``batches`` (the table's export), atomically; buffered
@@ -300,9 +337,9 @@ class GraphStorage:
         self._pending, self._pending_bytes = [], 0
         self.log_rows, self.log_bytes = len(rows), size
         self._compacted_bytes = size
-        self._compacted_rows = len(rows)
         self._last_flush = time.monotonic()
         self.compactions += 1
+        self.compaction_bytes += size
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -313,6 +350,43 @@ class GraphStorage:
             self._db.close()
         if self._unlock is not None:
             self._unlock()  # closes the lock's descriptor, which releases the flock (once)
+
+
+def _rows(batches: list[bytes]) -> list[tuple[bytes]]:
+    """The log rows that store ``batches``, in order: a row each when they are few
+    (``_PACK_FROM``), else consecutive batches joined into one batch of at most
+    ``_ROW_MAX`` bytes (a larger batch stays alone).
+
+    A joined batch is the updates of its batches, in order, under one header: merge
+    takes a batch's updates one at a time, so replaying it is replaying them one after
+    the other; and the log is replayed with the clock past every state, so none is
+    deferred. Each row costs one SQLite step and one merge at open, and weighs as much
+    in :meth:`GraphStorage.should_compact`: a burst of one-update batches (a peer's
+    stream of tiny DATA messages) takes a few rows, not one each."""
+    if len(batches) <= _PACK_FROM:
+        return [(batch,) for batch in batches]
+    rows: list[tuple[bytes]] = []
+    group: list[bytes] = []
+    size = count = 0
+    for batch in batches:
+        body = len(batch) - HAM_BATCH_HEADER_LEN
+        if group and size + body > _ROW_MAX - HAM_BATCH_HEADER_LEN:
+            rows.append(_joined(group, count))
+            group, size, count = [], 0, 0
+        group.append(batch)
+        size += body
+        count += batch_count(batch)
+    if group:
+        rows.append(_joined(group, count))
+    return rows
+
+
+def _joined(batches: list[bytes], count: int) -> tuple[bytes]:
+    """One canonical batch of the updates of ``batches`` (``count`` in all), as a row."""
+    if len(batches) == 1:
+        return (batches[0],)
+    header = _HEADER.pack(HAM_BATCH_VERSION, count)
+    return (header + b"".join(memoryview(b)[HAM_BATCH_HEADER_LEN:] for b in batches),)
 
 
 def _open_error(path: Path, exc: Exception) -> GraphStorageError:

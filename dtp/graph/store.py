@@ -40,7 +40,7 @@ from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_REJECTED, 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.graph import namespace
 from dtp.graph._batch import Entry, batch_count, entries
-from dtp.graph.clock import HybridClock, wall_clock_ms
+from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.persist import GraphStorage, GraphStorageError, IdleFlusher
 from dtp.graph.values import JSON, decode_value, encode_value, link_soul
 from dtp.keys import HostIdentity
@@ -453,7 +453,7 @@ class Graph:
     ``path``: the SQLite file (None keeps the graph in memory only). ``identity``: the
     host key used to sign writes to its own user space ``~<address>/...``.
     ``now_ms``: the wall clock (injectable for tests); ``max_drift_ms``: how far ahead of
-    it a peer's state may be before the update is deferred. ``ham``: ``"c"``,
+    it a peer's state may be before the update is deferred (0 to 2**44 ms). ``ham``: ``"c"``,
     ``"python"`` (the twin) or None for the process-wide backend
     (``dtp._core.HamGraph``). ``max_deferred_bytes``: cap of the deferred queue.
 
@@ -484,6 +484,12 @@ class Graph:
         if not callable(now_ms):
             raise TypeError(f"Graph(now_ms=...) must be callable, not {type(now_ms).__name__}")
         _check_number("max_drift_ms", max_drift_ms)
+        if float(max_drift_ms) > MAX_DRIFT_MS:
+            # (a drift near the largest float let a peer's state there be merged, and the
+            # next write of that field had no finite state left)
+            raise ValueError(
+                f"Graph(max_drift_ms=...) must be at most 2**44 ms; got {repr(max_drift_ms)[:40]}"
+            )
         _check_number("max_deferred_bytes", max_deferred_bytes, integral=True, upper=1 << 64)
         _check_number("flush_interval", flush_interval)
         if ham is not None and not isinstance(ham, str):

@@ -9,7 +9,8 @@ bytes for the same value: the encoding is canonical JSON --
 - integers in decimal, floats in Python's shortest round-trip form (``repr``); NaN and
   infinities are refused (HAM and JSON have no room for them), and ``-0.0`` is written
   as ``0.0`` (they compare equal, so they are one value and must have one encoding);
-- ``true``/``false``/``null`` as usual; arrays and objects nested freely.
+- ``true``/``false``/``null`` as usual; arrays (lists, tuples) and objects (any mapping
+  with str keys) nested freely.
 
 A **link** to another node is the object ``{"#": soul}`` with that single key (GunDB's
 convention); :func:`link` builds one and :func:`link_soul` recognises one.
@@ -57,7 +58,9 @@ def link_soul(value: object) -> str | None:
 
 def _check(value: object, depth: int = 0) -> bool:
     """Refuse what JSON cannot carry (keys that are not strings, NaN, other types);
-    True when the value holds a ``-0.0`` somewhere (to be written as ``0.0``)."""
+    True when the value must be copied before ``json`` can write it: it holds a ``-0.0``
+    (to be written as ``0.0``) or a mapping that is not a dict (``json`` writes dicts
+    only: a ``MappingProxyType`` or a ``UserDict`` was a bare TypeError out of put())."""
     if depth > 64:
         raise LocalProtocolError("value nested too deeply (more than 64 levels)", ErrorCode.ARG)
     if value is None or isinstance(value, bool | int | str):
@@ -76,27 +79,32 @@ def _check(value: object, depth: int = 0) -> bool:
             if not isinstance(key, str):
                 raise LocalProtocolError("object keys must be strings", ErrorCode.ARG)
             negative_zero |= _check(item, depth + 1)
-        return negative_zero
+        return negative_zero or not isinstance(value, dict)
     raise LocalProtocolError(f"not a JSON value: {type(value).__name__}", ErrorCode.ARG)
 
 
-def _without_negative_zero(value: Any) -> Any:
-    """A copy of a checked value with every ``-0.0`` replaced by ``0.0``."""
+def _plain(value: Any) -> Any:
+    """A copy of a checked value that ``json`` writes canonically: every ``-0.0``
+    replaced by ``0.0``, every mapping a dict and every tuple a list."""
     if isinstance(value, float):
         return value + 0.0  # -0.0 + 0.0 is +0.0 (IEEE 754, round to nearest)
     if isinstance(value, list | tuple):
-        return [_without_negative_zero(item) for item in value]
+        return [_plain(item) for item in value]
     if isinstance(value, Mapping):
-        return {key: _without_negative_zero(item) for key, item in value.items()}
+        return {key: _plain(item) for key, item in value.items()}
     return value
 
 
 def encode_value(value: object) -> bytes:
-    """The canonical bytes of a JSON value (raises LocalProtocolError for anything else)."""
+    """The canonical bytes of a JSON value (raises LocalProtocolError for anything else).
+
+    Any :class:`~collections.abc.Mapping` with str keys is an object and any tuple an
+    array, as dicts and lists are."""
     if _check(value):
         # -0.0 == 0.0: one value, one encoding (json would write "-0.0"), so that equal
-        # values written on two peers are the same bytes
-        value = _without_negative_zero(value)
+        # values written on two peers are the same bytes; and json writes no mapping
+        # but a dict
+        value = _plain(value)
     try:
         return _encoder.encode(value).encode("utf-8")
     except UnicodeEncodeError:
