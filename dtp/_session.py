@@ -121,7 +121,9 @@ class Session:
             config, ephemeral_key=new_ephemeral_key(), now=time.monotonic() if now is None else now
         )
         self.streams: dict[int, StreamBuffer] = {}
-        self.incoming_streams: deque[int] = deque()
+        #: Streams the peer opened, for the application to accept (popleft): each one
+        #: taken off gives its place in the stream limit back once it ends
+        self.incoming_streams: deque[int] = _IncomingStreams(self.conn.stream_taken)
         self.datagrams: deque[bytes] = deque()
         #: Datagrams dropped because the application did not read them in time.
         self.datagrams_dropped = 0
@@ -152,6 +154,9 @@ class Session:
         self._closed_streams: set[int] = set()
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
+        # a stream's buffer lives until the application accepts it: its place in the
+        # stream limit must too, or max_streams bounded nothing held here
+        self.conn.defer_stream_credit()
 
     def _on_stream_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
         sink = self.sinks.get(stream_id)
@@ -336,6 +341,10 @@ class Session:
         elif isinstance(event, StreamOpened):
             self.streams.setdefault(event.stream_id, StreamBuffer())
             self.incoming_streams.append(event.stream_id)
+            if event.stream_id == 0:
+                # the client's first stream is the connection's own (the adapters'
+                # accept never hands it out): the application has it from the start
+                self.conn.stream_taken(0)
         elif isinstance(event, StreamResetReceived):
             buf = self.streams.setdefault(event.stream_id, StreamBuffer())
             buf.reset_code = event.error_code
@@ -470,6 +479,31 @@ class Session:
         buf = self.streams.get(stream_id)
         if buf is not None and buf.send_stopped is not None:
             raise StreamReset(stream_id, buf.send_stopped)
+
+
+class _IncomingStreams(deque[int]):
+    """:attr:`Session.incoming_streams`: the adapters' accept takes streams off its
+    left end; each stream taken off (popleft, remove, clear) is reported to
+    ``on_taken``."""
+
+    def __init__(self, on_taken: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_taken = on_taken
+
+    def popleft(self) -> int:
+        stream_id = super().popleft()
+        self._on_taken(stream_id)
+        return stream_id
+
+    def remove(self, value: int) -> None:
+        super().remove(value)
+        self._on_taken(value)
+
+    def clear(self) -> None:
+        taken = list(self)
+        super().clear()
+        for stream_id in taken:
+            self._on_taken(stream_id)
 
 
 def _bounded_append(queue: deque[T], item: T) -> None:

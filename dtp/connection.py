@@ -42,7 +42,7 @@ import msgpack
 
 from dtp import _core
 from dtp._buffers import bytes_like
-from dtp._recovery import AckTracker, LossRecovery, RangeSet, SentRecord
+from dtp._recovery import MAX_PTO_COUNT, AckTracker, LossRecovery, RangeSet, SentRecord
 from dtp._reference.varint import varint_encode
 from dtp._state import (
     CloseCode,
@@ -294,6 +294,9 @@ class Connection:
         self._local_max_streams = config.max_streams  # total peer-opened streams allowed
         self._peer_opened = 0
         self._peer_streams_done = 0
+        # peer streams the application has not taken yet (None: not tracked, their
+        # credit returns as they end; see defer_stream_credit)
+        self._untaken: set[int] | None = None
         # client, IK: stream 0 was opened by the acceptance; open_stream() hands it out
         self._first_stream_unclaimed = False
         # frames waiting for the next record
@@ -305,10 +308,24 @@ class Connection:
         self._held_bytes = 0  # what the held datagrams, controls and receipts weigh
         self._ping_pending = False
         self._close_frame: RawFrame | None = None
+        # lossy carriers, after our CLOSE went out (QUIC's closing state): its plaintext,
+        # sealed again in reply to what still arrives until _closing_until, after the
+        # 1st, 2nd, 4th, 8th... input (_closing_next)
+        self._closing: bytes | None = None
+        self._closing_until = 0.0
+        self._closing_inputs = 0
+        self._closing_next = 1
         self._terminated: ConnectionTerminated | None = None
         # lossy carriers
         self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
         self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
+        if self._recovery is not None:
+            self._recovery.last_ack_time = now
+        # stream bytes sent and not acknowledged yet (kept for resending), over all
+        # streams: packing stops at our own connection window of them, whatever credit
+        # the peer grants (docs/protocol.md, section 9)
+        self._unacked = 0
+        self._unacked_blocked = False  # packing stopped there: an ACK making room says so
         self.stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None = None
         """When set (by the I/O adapters' Session), in-order stream bytes go straight to
         ``handler(stream_id, data, end_stream)`` instead of becoming StreamDataReceived
@@ -404,6 +421,8 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED or not data:
+            if self._closing is not None and data:
+                self._input_while_closing(now)
             return
         if self._acks is None:
             # lossy carriers count only what authenticates (_handle_records): anyone can
@@ -460,6 +479,8 @@ class Connection:
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED:
+            if self._closing is not None:
+                self._input_while_closing(now)
             return
         self.receive_data(datagram, now)
         if self._inbuf and not self.closed:
@@ -567,6 +588,21 @@ class Connection:
             lost = self._recovery.detect_lost(now)
             pto = self._recovery.pto_deadline()
             if pto is not None and now >= pto:
+                if (
+                    self._recovery.pto_count >= MAX_PTO_COUNT
+                    and now >= self._recovery.last_ack_time + self.config.idle_timeout
+                ):
+                    # A peer that goes on sending (its PINGs keep the idle timer alive)
+                    # but acknowledges nothing of ours is as gone as a silent one: held
+                    # on, our data would be probed for, and kept, for good. (Never
+                    # before the idle timeout: a link down both ways gets as long.)
+                    self._fail(
+                        CloseCode.IDLE_TIMEOUT,
+                        f"nothing acknowledged through {MAX_PTO_COUNT} probe timeouts "
+                        f"and {self.config.idle_timeout:g} s",
+                        now,
+                    )
+                    return
                 lost += self._recovery.on_pto()
                 # the probe must elicit an ACK even when the records it gives up held
                 # nothing to send again (datagrams, ACK-only): else nothing goes out,
@@ -1145,6 +1181,7 @@ class Connection:
             return
         stream.send_state = SendState.RESET
         final = stream.next_offset
+        self._unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
         stream.send_buf.clear()
         stream.base_offset = final
         stream.retransmit = RangeSet()
@@ -1188,6 +1225,31 @@ class Connection:
         ):
             stream.recv_limit = stream.consumed + self.config.stream_window
             self._pending_stream_credit.add(stream.stream_id)
+
+    def defer_stream_credit(self) -> None:
+        """From now on a stream the peer opens is given back to its stream limit
+        (MAX_STREAMS) only once it ended *and* the application took it
+        (:meth:`stream_taken`), so that ``max_streams`` also bounds the streams waiting
+        to be accepted. The adapters' Session calls this: it keeps a buffer for each
+        stream until the application accepts it, and a peer that opened a stream,
+        finished it at once and had us stop sending on it (the connection then forgets
+        it) got its place back while that buffer stayed -- without end."""
+        if self._untaken is None:
+            self._untaken = set()
+
+    def stream_taken(self, stream_id: int) -> None:
+        """The application took the peer's stream ``stream_id`` (after
+        :meth:`defer_stream_credit`): if it ended already, its place in the stream
+        limit goes back to the peer now."""
+        untaken = self._untaken
+        if untaken is None or stream_id not in untaken:
+            return
+        untaken.discard(stream_id)
+        if stream_id not in self._streams and self._state is not ConnState.CLOSED:
+            if self.lent_lane is not None:
+                self._take_back()
+            self._peer_streams_done += 1
+            self._pending_max_streams = True
 
     def send_buffered(self, stream_id: int | None = None) -> int:
         """Bytes queued but not yet sent (on one stream, or on all)."""
@@ -1315,6 +1377,23 @@ class Connection:
 
     # ----------------------------------------------------------------------------------
     # input
+
+    def _input_while_closing(self, now: float) -> None:
+        """Lossy carriers: something arrived after our CLOSE went out. The peer sends on
+        because the CLOSE was lost, perhaps: it goes again (alone, in a new record), as
+        QUIC's closing state does -- without it the peer ended only at its idle timeout,
+        never learning the code and reason. For about three probe timeouts, and
+        rate-limited: after the 1st, 2nd, 4th, 8th... input, whatever it is (what
+        arrives is not opened: anyone could have sent it)."""
+        if now >= self._closing_until:
+            self._closing = None  # the closing period is over
+            return
+        self._closing_inputs += 1
+        if self._closing_inputs < self._closing_next:
+            return
+        self._closing_next *= 2
+        assert self._closing is not None
+        self._seal_plaintexts([self._closing], [[]], [False], now)
 
     def _process_input(self, now: float) -> None:
         while self._inbuf and self._state is not ConnState.CLOSED:
@@ -1661,7 +1740,13 @@ class Connection:
                         ErrorCode.FRAME_VALUE,
                     )
                 acked, lost = self._recovery.on_ack(frame.ranges, frame.c, now)
-                self._on_acked(acked)
+                if acked:
+                    unacked = self._unacked
+                    self._on_acked(acked)
+                    if self._unacked_blocked and self._unacked < unacked:
+                        self._unacked_blocked = False
+                        self._streams_dirty = True
+                        self._events.append(SendWindowOpened(None))
                 self._requeue(lost)
         elif ftype == FRAME_MAX_DATA:
             if frame.a > self._conn_send_credit:
@@ -1726,6 +1811,11 @@ class Connection:
         its own, so that either side may send on it first (the server's first bytes can
         arrive in the client's very read that brings the ACCEPT)."""
         if self.pattern != "IK" or 0 in self._streams:
+            return
+        if not self.is_client and self._peer_opened:
+            # the client opened it already, with frames of its own (before the hooks
+            # decided), and may have ended it since: opened again, the peer's next ID
+            # was past it and the server's task died on an AssertionError
             return
         if self.is_client:
             if self._next_stream_id == 0 and self._peer_max_streams > 0:
@@ -1812,14 +1902,22 @@ class Connection:
             if offset != stream.delivered:
                 raise RemoteProtocolError("stream data out of order", ErrorCode.FRAME_VALUE)
             chunk = data
+        elif stream.reasm is None and offset == stream.delivered:
+            chunk = data  # in order with nothing held: no reassembly needed
         else:
-            if stream.reasm is None:
-                stream.reasm = _core.Reassembler(
+            reasm = stream.reasm
+            if reasm is None:
+                reasm = stream.reasm = _core.Reassembler(
                     start_seq=stream.delivered, window=self.config.stream_window
                 )
             if data:
-                stream.reasm.push(offset, data)
-            chunk = stream.reasm.pop()
+                reasm.push(offset, data)
+            chunk = reasm.pop()
+            if not reasm.buffered:
+                # its ring grew to the widest gap it bridged and never shrinks: kept once
+                # it holds nothing, every stream a peer sent last byte first held up to
+                # a stream window for good (max_streams of them: 512 MiB by default)
+                stream.reasm = None
         stream.delivered += len(chunk)
         if chunk:
             self._lane_sid = stream_id
@@ -1981,6 +2079,10 @@ class Connection:
         if self._close_frame is not None:
             close = _core.encode_frames([self._close_frame])
             self._close_frame = None
+            if self._recovery is not None:
+                # a lossy carrier may lose it: kept to be sent again (_input_while_closing)
+                self._closing = close
+                self._closing_until = now + 3 * self._recovery.pto_interval()
             plaintexts.append(close)
             items_per_record.append([])
             eliciting.append(False)
@@ -2013,7 +2115,10 @@ class Connection:
         travel alone, on every call, while the peer's credit is awaited."""
         if self._ctrl or self._ping_pending:
             return True
-        conn_credit = self._conn_send_credit > self._conn_sent
+        conn_credit = (
+            self._conn_send_credit > self._conn_sent
+            and self._unacked < self.config.connection_window
+        )
         return any(
             s.retransmit or (s.unsent() and conn_credit and s.send_credit > s.next_offset)
             for s in self._streams.values()
@@ -2061,6 +2166,7 @@ class Connection:
         eliciting: list[bool],
     ) -> None:
         budget = self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD
+        lossy = self._acks is not None
         for stream in list(self._streams.values()):
             if stream.send_state is SendState.RESET:
                 continue
@@ -2088,6 +2194,12 @@ class Connection:
                     stream.send_credit - stream.next_offset,
                     self._conn_send_credit - self._conn_sent,
                 )
+                if lossy:
+                    room = self.config.connection_window - self._unacked
+                    if room < credit:
+                        credit = room
+                        if unsent and room <= 0:
+                            self._unacked_blocked = True
                 wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
                 if unsent and credit > 0:
                     length = min(unsent, credit, budget)
@@ -2179,6 +2291,8 @@ class Connection:
             if fin:
                 stream.fin_acked = True
                 self._maybe_forget(stream)
+        else:
+            self._unacked += length
 
     # ----------------------------------------------------------------------------------
     # recovery (lossy carriers)
@@ -2203,6 +2317,7 @@ class Connection:
         if ranges and ranges[0][0] <= stream.base_offset:
             new_base = min(ranges[0][1] + 1, stream.next_offset)
             if new_base > stream.base_offset:
+                self._unacked -= new_base - stream.base_offset
                 del stream.send_buf[: new_base - stream.base_offset]
                 stream.base_offset = new_base
 
@@ -2270,9 +2385,12 @@ class Connection:
         if new_total > self._local_max_streams + self._peer_streams_done:
             raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
         stream: _Stream | None = None
+        untaken = self._untaken
         for sid in range(self._peer_next_id(), stream_id + 1, 2):
             stream = self._get_stream(sid, create=True)
             self._peer_opened += 1
+            if untaken is not None:
+                untaken.add(sid)
             self._deliver(StreamOpened(sid))
         assert stream is not None
         return stream
@@ -2302,7 +2420,9 @@ class Connection:
         recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
         if send_done and recv_done and stream.stream_id in self._streams:
             del self._streams[stream.stream_id]
-            if not self._is_ours(stream.stream_id):
+            if not self._is_ours(stream.stream_id) and (
+                self._untaken is None or stream.stream_id not in self._untaken
+            ):
                 self._peer_streams_done += 1
                 self._pending_max_streams = True
 
