@@ -434,7 +434,9 @@ class Session:
         buf = self.streams.get(stream_id)
         if buf is not None and (buf.data or buf.eof or buf.reset_code is not None or buf.discarded):
             return True
-        return self.terminated is not None
+        # (a stream the application closed and the connection is done with: its buffer
+        # went (forget), its reads end as after discard)
+        return self.terminated is not None or (buf is None and self.conn.stream_ended(stream_id))
 
     def take(self, stream_id: int, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` buffered bytes (b"" at end of stream); raises if the
@@ -448,6 +450,8 @@ class Session:
             return chunk
         if buf is not None and buf.discarded:
             return b""  # (as a socket's recv() after shutdown(SHUT_RD))
+        if buf is None and self.conn.stream_ended(stream_id):
+            return b""  # (discarded, then forgotten: see readable)
         if buf is not None and buf.reset_code is not None:
             raise StreamReset(stream_id, buf.reset_code)
         if buf is not None and buf.eof:

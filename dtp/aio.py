@@ -448,10 +448,12 @@ class DTPStreamReader:
 
     def _ended(self) -> bool:
         """No more bytes will arrive (some may still be buffered)."""
-        buf = self._session.streams.get(self._stream_id)
-        return (
-            buf is not None and (buf.eof or buf.discarded)
-        ) or self._session.terminated is not None
+        session = self._session
+        buf = session.streams.get(self._stream_id)
+        if buf is None:
+            # (closed here and forgotten by the connection: its buffer went with it)
+            return session.terminated is not None or session.conn.stream_ended(self._stream_id)
+        return buf.eof or buf.discarded or session.terminated is not None
 
     def at_eof(self) -> bool:
         """True when the peer half-closed (or closed the connection cleanly) and
@@ -857,6 +859,10 @@ class DTPStreamWriter:
                 with contextlib.suppress(DTPError):
                     self._conn.stop_sending(self._stream_id, self._stop_code)
             session.discard(self._stream_id)
+            # its buffer goes once the connection is done with the stream too (as the
+            # blocking API's): kept, a connection carrying many short streams (the
+            # daemon's tunnels) held one for each, for good
+            session.forget(self._stream_id)
             self._proto._notify()
             self._proto.flush()
 

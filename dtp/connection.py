@@ -2366,6 +2366,15 @@ class Connection:
     def _is_ours(self, stream_id: int) -> bool:
         return stream_initiator_is_client(stream_id) == self.is_client
 
+    def stream_ended(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` was opened (by either side) and the connection is done
+        with it (forgotten: both ways ended)."""
+        if stream_id in self._streams or stream_id < 0:
+            return False
+        if self._is_ours(stream_id):
+            return stream_id < self._next_stream_id
+        return stream_id < self._peer_next_id()
+
     def _check_not_unopened(self, stream_id: int) -> None:
         """A frame naming a stream of our own parity that we never opened: no honest
         peer can know of it (STREAM on one always failed; the other stream frames were
