@@ -486,6 +486,10 @@ class _PaidConnection:
         total_bytes, total_requests = self.engine.conn.usage
         gate = self.gate
         if gate.serving(total_bytes + whole, total_requests):
+            # served again: a pause that comes later is a new one (kept, a datagram
+            # send's timed-out pause made the next one, hours later, close at once)
+            self._whole_paused_at = None
+            self._asked_at = -math.inf
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)

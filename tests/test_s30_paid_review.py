@@ -423,3 +423,37 @@ def test_asyncio_empty_datagrams_are_charged_to_the_rate_limit(world: World) -> 
     read_took, sent_debt = got
     assert read_took > 0.5
     assert sent_debt > 1.0  # 200 bytes at 100 a second (the burst spent by the reads)
+
+
+def test_a_pause_after_payment_is_a_new_one(world: World) -> None:
+    """A datagram send paused and timed out keeps its pause's start for the next try;
+    the client then paid, and the connection was served again -- but the start stayed,
+    so the next datagram pause, a pause timeout later, closed the connection at once
+    (PaymentRequired) without asking the client for a receipt. (Second reader.)"""
+
+    def pay(sock: PaidSocket, extra: int, nonce: int) -> None:
+        paid = sock._paid
+        used, requests = paid.engine.conn.usage
+        total = used + extra
+        receipt = Receipt(paid.connection_id, total, requests, fee(SLA, total, requests), nonce)
+        with paid.engine.lock:
+            paid.on_receipt(receipt.sign(CLIENT).encode())  # as the client's RECEIPT frame
+        deadline = time.monotonic() + WAIT
+        while sock.gate.latest_nonce < nonce and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def handler(sock: PaidSocket) -> tuple[tuple[float, str], ...]:
+        sock.settimeout(0.2)
+        first = _timed(sock.send_datagram, b"d" * 50)  # paused: times out
+        pay(sock, 5_000, 1)
+        served = _timed(sock.send_datagram, b"d" * 50)
+        time.sleep(PAUSE + 0.5)
+        _spend_allowance(sock)  # paused again
+        sock.settimeout(30)
+        second = _timed(sock.send_datagram, b"d" * 50)
+        return first, served, second
+
+    first, served, second = _serve_paused(world, handler)
+    assert first[1] == "DTPTimeoutError" and served[1] == "returned"
+    # the client gets the pause timeout to pay (it does not here: then closed)
+    assert second[1] == "PaymentRequired" and second[0] >= PAUSE - 0.5, second
