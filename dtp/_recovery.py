@@ -129,6 +129,9 @@ class LossRecovery:
         self.last_eliciting_sent: float | None = None
         #: When an ACK last acknowledged something (the owner sets the start)
         self.last_ack_time = 0.0
+        #: When the probing under way began (the first probe timeout since the last
+        #: acknowledgement; the owner sets it)
+        self.probing_since = 0.0
 
     def on_sent(self, record: SentRecord) -> SentRecord | None:
         """Track a sent record; returns the oldest one when the table was full (it

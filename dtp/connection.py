@@ -588,9 +588,14 @@ class Connection:
             lost = self._recovery.detect_lost(now)
             pto = self._recovery.pto_deadline()
             if pto is not None and now >= pto:
-                if (
-                    self._recovery.pto_count >= MAX_PTO_COUNT
-                    and now >= self._recovery.last_ack_time + self.config.idle_timeout
+                recovery = self._recovery
+                if recovery.pto_count == 0:
+                    recovery.probing_since = now
+                # (the idle timeout counted from when the probing began, too: counted
+                # from the last acknowledgement alone, a side that had sent nothing to
+                # acknowledge for a while closed a few seconds into a short outage)
+                if recovery.pto_count >= MAX_PTO_COUNT and now >= (
+                    max(recovery.last_ack_time, recovery.probing_since) + self.config.idle_timeout
                 ):
                     # A peer that goes on sending (its PINGs keep the idle timer alive)
                     # but acknowledges nothing of ours is as gone as a silent one: held

@@ -317,3 +317,83 @@ def test_a_lost_close_is_sent_again_while_the_peer_goes_on() -> None:
     for _ in range(64):
         client.receive_datagram(junk, later)
         assert not client.datagrams_to_send(later)
+
+
+def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
+    """The dead-peer rule counts the idle timeout from when the probing began, not
+    only from the last acknowledgement: a server that had sent nothing to acknowledge
+    for two minutes (the client's PINGs kept the connection alive) replied into a 5 s
+    outage both ways and closed ~9 s later, its reply lost, where a link down both ways
+    is given the idle timeout (docs/protocol.md section 9). (Second reader.)"""
+    import heapq
+
+    from dtp.carriers.memory import MemoryLink
+    from dtp.events import PeerAuthenticated
+    from tests.test_connection import Side
+
+    client = Connection(
+        ConnectionConfig(
+            identity=CLIENT_ID,
+            is_client=True,
+            server_static=SERVER_ID.noise_public,
+            reliable_carrier=False,
+            idle_timeout=60.0,
+        ),
+        ephemeral_key=os.urandom(32),
+        now=0.0,
+    )
+    server = Connection(
+        ConnectionConfig(
+            identity=SERVER_ID, is_client=False, reliable_carrier=False, idle_timeout=20.0
+        ),
+        ephemeral_key=os.urandom(32),
+        now=0.0,
+    )
+    c, s = Side(client), Side(server)
+    link = MemoryLink(client, server)
+
+    def accept() -> None:
+        c.drain()
+        s.drain()
+        if s.of(PeerAuthenticated) and not server.established and not server.closed:
+            server.accept()
+
+    assert link.run(lambda: client.established, on_round=accept)
+    accept()
+    # a one-way delay of 20 ms, and a window in which everything is lost
+    now, queue, seq, down = link.now, [], 0, (0.0, 0.0)
+
+    def run_until(until: float) -> None:
+        nonlocal now, seq
+        while now < until and not server.closed:
+            if not queue:  # (idle: straight to the next timer)
+                timers = [t for t in (client.get_timer(), server.get_timer()) if t is not None]
+                nxt = min([until, *timers, *[d for d in down if d > now]])
+                now = max(now, nxt - 0.005)
+            now += 0.005
+            while queue and queue[0][0] <= now:
+                _, _, dst, record = heapq.heappop(queue)
+                dst.receive_datagram(record, now)
+            for conn in (client, server):
+                timer = conn.get_timer()
+                if timer is not None and timer <= now:
+                    conn.handle_timer(now)
+            c.drain()
+            s.drain()
+            for src, dst in ((client, server), (server, client)):
+                for record in src.datagrams_to_send(now):
+                    if not down[0] <= now < down[1]:
+                        seq += 1
+                        heapq.heappush(queue, (now + 0.02, seq, dst, record))
+
+    client.send_stream_data(0, b"request")
+    run_until(now + 1)
+    server.send_stream_data(0, b"reply")
+    run_until(now + 1)
+    run_until(now + 120)  # idle, kept alive by the client's PINGs
+    assert not server.closed
+    server.send_stream_data(0, b" late reply")
+    down = (now, now + 5.0)
+    run_until(now + 30)
+    assert not server.closed, server.termination
+    assert bytes(c.data.get(0, b"")) == b"reply late reply"
