@@ -58,7 +58,7 @@ _MESSAGE: Final = struct.Struct("<15s32sQQQQ")
 def fee(sla: Sla, total_bytes: int, total_requests: int) -> int:
     """``ceil(total_bytes * price_per_kib / 1024) + total_requests * price_per_request``.
 
-    Exact integer arithmetic (Move uses u128). With 10/KiB and 5/request:
+    Exact integer arithmetic (Move uses u256). With 10/KiB and 5/request:
     fee(0, 0) = 0, fee(1, 0) = 1, fee(1024, 0) = 10, fee(1025, 1) = 16.
     """
     if total_bytes < 0 or total_requests < 0:
@@ -76,11 +76,13 @@ def object_id_bytes(object_id: str) -> bytes:
     if not text.lower().startswith("0x") or not 2 < len(text) <= 66:
         raise InvalidObjectId(f"{object_id!r} is not an object ID (0x followed by 1-64 hex digits)")
     digits = text[2:]
-    try:
-        value = bytes.fromhex(digits.rjust(64, "0"))
-    except ValueError:
-        raise InvalidObjectId(f"{object_id!r} is not an object ID (not hexadecimal)") from None
-    return value
+    # (fromhex skips whitespace between the digits: "0x  ab" gave 31 bytes)
+    if not digits.isascii() or not all(c in _HEX_DIGITS for c in digits):
+        raise InvalidObjectId(f"{object_id!r} is not an object ID (not hexadecimal)")
+    return bytes.fromhex(digits.rjust(64, "0"))
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def _check_u64(name: str, value: int) -> None:
@@ -467,6 +469,11 @@ class Meter:
         """A receipt for all usage so far, unless the last one already covers it."""
         if not self._unpaid():
             return None
+        if self._next_nonce > U64_MAX:
+            # (the nonce is a u64: the receipt could not be encoded, a bare ValueError)
+            raise InvalidArgument(
+                f"connection {self.connection_id} has used every receipt nonce (2**64)"
+            )
         receipt = Receipt(
             self.connection_id,
             self.total_bytes,

@@ -607,7 +607,7 @@ def _charge(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, opened_under
 
 
 def fee(sla: dict[str, int], total_bytes: int, total_requests: int) -> int:
-    """``host::fee``: exact, like Move's u128 arithmetic."""
+    """``host::fee``: exact, like Move's u256 arithmetic."""
     result: int = (total_bytes * sla["price_per_kib"] + 1023) // 1024 + total_requests * sla[
         "price_per_request"
     ]
