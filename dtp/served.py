@@ -88,7 +88,13 @@ class ServedConnections:
             if self._busy:
                 return
             self._busy = True
-        threading.Thread(target=self._run, name="dtp-settle", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, name="dtp-settle", daemon=True).start()
+        except RuntimeError:  # no thread to be had: settled here, late but done
+            # (left busy with no thread, no settlement ran again, every ID released
+            # stayed reserved, and the caller's close() raised the RuntimeError)
+            logger.warning("no thread to settle %s in: settling it in this one", connection_id)
+            self._run()
 
     def _run(self) -> None:
         while True:

@@ -2920,6 +2920,10 @@ class DTPServer:
         :func:`create_server`; ValueError with another hook)."""
         # first: a bad cap or identity must fail before we listen (and leave nothing open)
         _check_server_identity(identity)
+        for name, value in (("max_handshakes", max_handshakes), ("max_pending", max_pending)):
+            # (0 handshakes served nobody; a queue of 0 or less is unbounded)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
         self._address_slots: AddressSlots[tuple[_socket.socket, Any]] | None = (
             None
             if max_handshakes_per_address is None
@@ -2954,6 +2958,7 @@ class DTPServer:
         # engines whose handshake is in progress: close() wakes them, so that their
         # threads and descriptors go at once rather than at the handshake timeout
         self._handshaking: set[_Engine] = set()
+        self._parked = 0  # connections waiting for room in _ready (_serve_one)
         self.handshakes_failed = 0
         self.refused = 0
         #: TCP connections closed unserved: their address's line was full, or they
@@ -3179,10 +3184,27 @@ class DTPServer:
             dispatch(sock)
             return
         try:
-            self._ready.put(sock, timeout=self._config.handshake_timeout)
+            self._ready.put_nowait(sock)
         except queue.Full:
-            sock.abort("server busy")
-            return
+            # a burst waits a while for accept() to catch up, but as many connections
+            # at most as the queue holds: freed of its slots, each such thread let the
+            # next handshake run, and a client nobody accepted held a thread and its
+            # descriptors for the handshake timeout, without bound (500 from one address)
+            with self._stats_lock:
+                parked = self._parked < self._ready.maxsize
+                if parked:
+                    self._parked += 1
+            if not parked:
+                sock.abort("server busy")
+                return
+            try:
+                self._ready.put(sock, timeout=self._config.handshake_timeout)
+            except queue.Full:
+                sock.abort("server busy")
+                return
+            finally:
+                with self._stats_lock:
+                    self._parked -= 1
         if self._closed.is_set():
             self._drain_ready()  # close() ran meanwhile and may have missed it
 
@@ -3208,7 +3230,16 @@ class DTPServer:
         self, tcp: _socket.socket, peer: Any, config: ConnectionConfig
     ) -> DTPSocket | None:
         session = Session(config)
-        engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
+        try:
+            engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
+        except OSError as exc:
+            # (its wake socketpair: out of descriptors, say) escaping, it ended the
+            # thread with a traceback, uncounted, the carrier left to the collector
+            logger.warning("handshake with %s not started: %s", peer, exc)
+            with self._stats_lock:
+                self.handshakes_failed += 1
+            tcp.close()
+            return None
         engine.peername = peer
         with self._stats_lock:
             self._handshaking.add(engine)
