@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from dtp import _ed25519
-from dtp.chain.objects import Sla
+from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import InsufficientFunds, InvalidArgument, MalformedReceipt, move_error
 
 if TYPE_CHECKING:
@@ -70,19 +70,7 @@ def fee(sla: Sla, total_bytes: int, total_requests: int) -> int:
 def object_id_bytes(object_id: str) -> bytes:
     """The 32 raw bytes of an object ID given as ``0x`` + hex (short forms are left-padded
     with zeros, as Sui does). Raises :class:`dtp.errors.InvalidObjectId`."""
-    from dtp.errors import InvalidObjectId
-
-    text = object_id.strip() if isinstance(object_id, str) else ""
-    if not text.lower().startswith("0x") or not 2 < len(text) <= 66:
-        raise InvalidObjectId(f"{object_id!r} is not an object ID (0x followed by 1-64 hex digits)")
-    digits = text[2:]
-    # (fromhex skips whitespace between the digits: "0x  ab" gave 31 bytes)
-    if not digits.isascii() or not all(c in _HEX_DIGITS for c in digits):
-        raise InvalidObjectId(f"{object_id!r} is not an object ID (not hexadecimal)")
-    return bytes.fromhex(digits.rjust(64, "0"))
-
-
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+    return bytes.fromhex(normalize_id(object_id)[2:])
 
 
 def _check_u64(name: str, value: int) -> None:

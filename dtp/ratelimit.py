@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dtp._reference.varint import varint_size
 from dtp.chain.objects import Firewall, Host
 
 __all__ = [
@@ -37,9 +38,7 @@ def datagram_charge(size: int) -> int:
     as the connection could carry whatever its limits (each one read, framed, decrypted
     and handed to the handler all the same). Stream bytes are charged their payload: a
     STREAM frame carries many of them, a datagram's header is paid once per datagram."""
-    if size < 64:
-        return size + 2
-    return size + (3 if size < 16384 else 5)
+    return size + 1 + varint_size(size)
 
 
 class TokenBucket:
