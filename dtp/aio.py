@@ -1788,6 +1788,7 @@ class DTPServer:
             proto.close_carrier()
             return False
         session.conn.accept()
+        self._replays.accepted(conn)
         session.process_events()
         proto.flush()
         return True

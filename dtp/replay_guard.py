@@ -17,6 +17,13 @@ forgotten first: a replay after its key was forgotten is served as it was before
 guard (held until the connection times out), which a payload timestamp would need a
 wire change to stop.
 
+The keys of connections the server went on to accept are kept apart from the others
+(refused, failed, replayed), each with its own :data:`DEFAULT_CAPACITY`: authenticating
+costs nothing but a fresh static key, so one pool of both let anyone push a client's
+recorded key out with that many throw-away identities the ledger then refused, and
+replay it. Now only accepted connections push accepted keys out -- on a server that
+admits through the ledger, each one a funded ledger connection of its own.
+
 Used by both servers, so the blocking and asyncio ones refuse the same way.
 """
 
@@ -29,6 +36,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from dtp._state import ConnState
+from dtp.crypto import PATTERN_IK
 
 if TYPE_CHECKING:
     from dtp.connection import Connection
@@ -38,9 +46,10 @@ __all__ = ["DEFAULT_CAPACITY", "LOG_EVERY", "ReplayGuard", "first_message_key"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY: Final = 32768
-"""Ephemeral keys a server remembers (about 6 MiB at most). The memory is bounded by
-this, not by time: a replay is refused however late it comes, as long as fewer than
-this many IK handshakes came after the original."""
+"""Ephemeral keys a server remembers in each pool, accepted and others (about 6 MiB
+each at most). The memory is bounded by this, not by time: a replay of an accepted
+connection's message 1 is refused however late it comes, as long as fewer than this many
+accepted IK connections came after the original."""
 
 LOG_EVERY: Final = 60.0
 """Seconds between two log lines about refused replays (a flood gets one a minute)."""
@@ -62,17 +71,21 @@ def first_message_key(conn: Connection) -> bytes | None:
 
 
 class ReplayGuard:
-    """The ephemeral keys of the IK first messages a server authenticated, at most
-    ``capacity`` of them, oldest forgotten first.
+    """The ephemeral keys of the IK first messages a server authenticated: at most
+    ``capacity`` of the connections it accepted (:meth:`accepted`) and as many of the
+    others, each pool forgetting its oldest first.
 
-    Thread-safe: the blocking server checks from each connection's own thread. One set
-    lookup and insert per authenticated IK handshake."""
+    Thread-safe: the blocking server checks from each connection's own thread. A few
+    dict operations per authenticated IK handshake."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError(f"the replay guard must remember at least 1 key, got {capacity}")
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, None] = OrderedDict()  # oldest first
+        # oldest first, each: a key comes into _others at first sight and moves to
+        # _accepted once its connection is accepted
+        self._others: OrderedDict[bytes, None] = OrderedDict()
+        self._accepted: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
         #: Replayed first messages refused so far
         self.refused = 0
@@ -84,10 +97,8 @@ class ReplayGuard:
         seen already (a replay: counted, and logged at most every :data:`LOG_EVERY`
         seconds, ``peer`` naming the last one)."""
         with self._lock:
-            if key not in self._seen:
-                self._seen[key] = None
-                if len(self._seen) > self.capacity:
-                    self._seen.popitem(last=False)
+            if key not in self._others and key not in self._accepted:
+                self._remember(self._others, key)
                 return True
             self.refused += 1
             now = time.monotonic()
@@ -102,6 +113,19 @@ class ReplayGuard:
         )
         return False
 
+    def accept(self, key: bytes) -> None:
+        """``key``'s connection was accepted: keep it among the accepted connections'
+        keys, which only other accepted connections push out (a key not remembered --
+        forgotten meanwhile, or never seen -- is remembered there now)."""
+        with self._lock:
+            self._others.pop(key, None)
+            self._remember(self._accepted, key)
+
+    def _remember(self, pool: OrderedDict[bytes, None], key: bytes) -> None:
+        pool[key] = None
+        if len(pool) > self.capacity:
+            pool.popitem(last=False)
+
     def is_replay(self, conn: Connection, peer: object = None) -> bool:
         """Whether ``conn``, a server connection whose client just authenticated, came
         from a replayed IK message 1 (see :meth:`first_sight`). Only IK is checked: an
@@ -112,7 +136,16 @@ class ReplayGuard:
         key = first_message_key(conn)
         return key is not None and not self.first_sight(key, peer)
 
+    def accepted(self, conn: Connection) -> None:
+        """The server accepted ``conn`` (after :meth:`is_replay` let it through): its
+        IK first message's key joins the accepted connections' (:meth:`accept`); an XX
+        connection's has nothing to keep."""
+        message = conn.first_handshake_message
+        key = first_message_key(conn)
+        if message is not None and message[0] == PATTERN_IK and key is not None:
+            self.accept(key)
+
     def __len__(self) -> int:
-        """Keys remembered now."""
+        """Keys remembered now (both pools)."""
         with self._lock:
-            return len(self._seen)
+            return len(self._others) + len(self._accepted)

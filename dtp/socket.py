@@ -3321,6 +3321,7 @@ class DTPServer:
                 engine.pump(lambda: not engine.out, 1.0)
                 return "refused", verdict
             session.conn.accept()
+            self._replays.accepted(conn)
             engine.flush()
             session.process_events()
             # our reply is out and the client works on it: make the next connection's
