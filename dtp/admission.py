@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import ledger_config
@@ -389,17 +389,31 @@ _MAX_LOOK_S = 0.02
 # watching a change marker costs far less than a read: looked at sooner and more often
 _FIRST_WATCH_S = 0.00005
 _MAX_WATCH_S = 0.005
+_MAX_QUIET_S = 0.25  # with a marker, reads while it does not move: at most this far apart
+OPENING_READS: Final = 24
+"""Reads of a connection not found, at most, for one :func:`while_opening` (the first
+included): anyone who completes a handshake may name a connection that does not exist,
+and each such name cost about 110 reads over the two seconds of grace -- on a Sui
+ledger, as many RPC calls."""
+_QUICK_READS: Final = 12  # of them, made as soon as the schedule says: an open that
+# lands soon is found at once; the others are spread evenly over the rest of the grace
 
 
 def while_opening(
-    read: Callable[[], _T | None], grace: float, changed: Callable[[], object] | None = None
+    read: Callable[[], _T | None],
+    grace: float,
+    changed: Callable[[], object] | None = None,
+    reads: int = OPENING_READS,
 ) -> _T | None:
     """``read()`` of a connection a client named, looked for again, more and more
     rarely, for up to ``grace`` seconds while it gives None (no such connection): the
     client may name it while its open transaction lands, as ``dtp.socket`` does.
     ``changed()``: a cheap token that differs once the ledger changed (LocalLedger's
-    ``change_marker``); with it, read again only once it moved (and at least every
-    :data:`_MAX_LOOK_S`), so the read that finds the open follows its landing closely."""
+    ``change_marker``); with it, read again only once it moved (and while it does not,
+    after :data:`_MAX_LOOK_S`, then twice as long each time, up to :data:`_MAX_QUIET_S`),
+    so the read that finds the open follows its landing closely. At most ``reads``
+    reads in all: the first :data:`_QUICK_READS` on that schedule, the rest spread
+    evenly over what is left of the grace (the last at its end)."""
     marker = changed() if changed is not None else None
     found = read()
     if found is not None:
@@ -408,26 +422,40 @@ def while_opening(
     deadline = now + grace
     delay = _FIRST_LOOK_S if changed is None else _FIRST_WATCH_S
     last_read = now
-    while True:
+    made = 1
+    gap = 0.0  # the least time between two reads, once the quick ones are made
+    quiet = _MAX_LOOK_S
+    while made < reads:
         left = deadline - now
         if left <= 0:
             return None
-        time.sleep(min(delay, left))
+        time.sleep(min(max(delay, last_read + gap - now), left))
         now = time.monotonic()
         if changed is None:
             # (×1.5, not ×2: the open usually lands 0.5-2 ms in, and each doubling step
             # left up to half the wait unseen; 164 → 169 conn/s by host ID, interleaved)
             delay = min(delay * 1.5, _MAX_LOOK_S)
+            seen = None
         else:
             delay = min(delay * 1.25, _MAX_WATCH_S)
             seen = changed()
-            if seen == marker and now - last_read < _MAX_LOOK_S:
-                continue
-            marker = seen
+            if seen == marker:
+                if now - last_read < quiet:
+                    continue
+                # a read with no change seen (a landing the marker missed) is a
+                # safeguard: each waits twice as long as the last
+                quiet = min(quiet * 2, _MAX_QUIET_S)
+        if now - last_read < gap and now < deadline:
+            continue  # (the marker is kept: the change is read once the gap allows)
+        marker = seen
         last_read = now
         found = read()
         if found is not None:
             return found
+        made += 1
+        if made >= _QUICK_READS and made < reads:
+            gap = max(deadline - now, 0.0) / (reads - made)
+    return None
 
 
 HOOK_FAILED = "internal error in the server's accept hook"

@@ -1,0 +1,155 @@
+"""A connection a client names that does not exist costs the server a bounded number of
+ledger reads.
+
+Anyone who completes a handshake may name any connection ID, and the admission looks
+for it again for two seconds (the client's open may still be landing). Each such name
+cost about 110 reads (every 20 ms once the first looks were made; with LocalLedger's
+change marker, every 5 ms while other writes moved it) -- on a Sui ledger, as many RPC
+calls. Now at most OPENING_READS, and an open that lands in the grace is still found.
+Each test here failed on the old code by its read count."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.admission import OPENING_READS, LedgerAdmission, PeerInfo, while_opening
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.keys import HostIdentity
+
+PORT = 443
+GRACE = 1.0
+
+
+class Counted:
+    """A read that finds nothing until :meth:`land`, counting its calls."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.landed_at: float | None = None
+        self.found_at: float | None = None
+
+    def land(self) -> None:
+        self.landed_at = time.monotonic()
+
+    def __call__(self) -> str | None:
+        self.reads += 1
+        if self.landed_at is None:
+            return None
+        self.found_at = time.monotonic()
+        return "found"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def test_a_connection_never_found_is_read_a_bounded_number_of_times() -> None:
+    read = Counted()
+    started = time.monotonic()
+    assert while_opening(read, GRACE) is None
+    assert time.monotonic() - started >= GRACE * 0.99  # the whole grace still
+    assert read.reads <= OPENING_READS
+
+
+def test_a_busy_ledger_does_not_multiply_the_reads(ledger: LocalLedger, tmp_path: Path) -> None:
+    """Other clients' transactions move the change marker all the time: each move was a
+    read of the connection (every 5 ms)."""
+    stop = threading.Event()
+    alice = HostIdentity.generate()
+    ledger.faucet(alice.sui_address, 10**9)
+
+    def busy() -> None:
+        writer = LocalLedger(tmp_path / "ledger.db")
+        try:
+            while not stop.is_set():
+                writer.create_spending_cap(alice, 1)
+                time.sleep(0.002)
+        finally:
+            writer.close()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    read = Counted()
+    try:
+        assert while_opening(read, GRACE, ledger.change_marker) is None
+    finally:
+        stop.set()
+        thread.join(30)
+    assert read.reads <= OPENING_READS
+
+
+def test_a_quiet_ledger_is_read_now_and_then_only(ledger: LocalLedger) -> None:
+    read = Counted()
+    assert while_opening(read, GRACE, ledger.change_marker) is None
+    assert read.reads <= 12  # a safeguard read twice as far apart each time
+
+
+@pytest.mark.parametrize("marker", [False, True])
+def test_an_open_landing_late_in_the_grace_is_still_found(
+    ledger: LocalLedger, marker: bool
+) -> None:
+    read = Counted()
+    timer = threading.Timer(GRACE * 0.8, read.land)
+    timer.start()
+    try:
+        found = while_opening(read, GRACE, ledger.change_marker if marker else None)
+    finally:
+        timer.cancel()
+    assert found == "found"
+    assert read.reads <= OPENING_READS
+
+
+def test_an_open_landing_soon_is_found_at_once(ledger: LocalLedger, tmp_path: Path) -> None:
+    """The quick reads: an open landing a few milliseconds in (the usual case, the client
+    naming its connection while the open lands) is read as soon as the marker moves."""
+    read = Counted()
+    alice = HostIdentity.generate()
+
+    def land() -> None:
+        writer = LocalLedger(tmp_path / "ledger.db")
+        try:
+            writer.faucet(alice.sui_address, 1)  # the marker moves
+            read.land()
+        finally:
+            writer.close()
+
+    timer = threading.Timer(0.01, land)
+    timer.start()
+    try:
+        assert while_opening(read, 60.0, ledger.change_marker) == "found"
+    finally:
+        timer.join(30)
+    assert read.landed_at is not None and read.found_at is not None
+    assert read.found_at - read.landed_at < 1.0  # (0.25 s at most once it moved)
+
+
+def test_the_admission_reads_an_unknown_connection_a_bounded_number_of_times(
+    ledger: LocalLedger,
+) -> None:
+    server = HostIdentity.generate()
+    host = ledger.create_host(server, server.noise_public)
+    ledger.add_service(server, host, PORT, "echo", Sla(1, 1, 10))
+    reads = [0]
+    view = ledger.connection_view
+
+    def counted(*args: object, **kwargs: object) -> object:
+        reads[0] += 1
+        return view(*args, **kwargs)  # type: ignore[arg-type]
+
+    ledger.connection_view = counted  # type: ignore[method-assign]
+    admission = LedgerAdmission(ledger, host, PORT)
+    client = HostIdentity.generate()
+    verdict = admission(PeerInfo(client.sui_address, "0x" + "ab" * 32, PORT))
+    assert verdict is not None and "unknown connection" in verdict
+    assert 1 < reads[0] <= OPENING_READS
