@@ -2952,6 +2952,7 @@ class DTPServer:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
+        self._turn_left = False  # the accepting, for the next thread free (_work)
         # connection threads count at once: += on an attribute is a read and a write,
         # and two threads could each write back the same count
         self._stats_lock = threading.Lock()
@@ -3124,7 +3125,6 @@ class DTPServer:
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
         while job is not None:
-            keep_turn = False
             if isinstance(job, _Waited):
                 # its turn in its address's line came: it needs a global slot too
                 if not self._take_slot():
@@ -3139,16 +3139,25 @@ class DTPServer:
                 try:
                     self._give(_ACCEPT_TURN)  # the next client need not wait for this one
                 except RuntimeError as exc:
-                    # the process is out of threads: losing the turn would stop all
-                    # accepting for good, so we keep it and accept again after this one
+                    # the process is out of threads. Lost, the turn stopped all
+                    # accepting for good; kept by us, serving this connection, it
+                    # stopped it for as long as that lasted (under serve_forever, the
+                    # handler's whole run): left for whichever thread is free first --
+                    # we, or one whose connection ends sooner
                     logger.warning("no thread to pass the accepting on to: %s", exc)
-                    keep_turn = True
+                    with self._idle_lock:
+                        if self._idle:  # one became free meanwhile (and waits)
+                            self._idle -= 1
+                            self._jobs.put(_ACCEPT_TURN)
+                        else:
+                            self._turn_left = True
                 job = accepted
             self._serve_one(*job)
-            if keep_turn:
-                job = _ACCEPT_TURN
-                continue
             with self._idle_lock:
+                if self._turn_left:
+                    self._turn_left = False
+                    job = _ACCEPT_TURN
+                    continue
                 if self._closed.is_set():
                     return
                 self._idle += 1
@@ -3441,7 +3450,13 @@ class DTPServer:
                     sock.close()
 
         def start(sock: DTPSocket) -> None:
-            threading.Thread(target=run, args=(sock,), daemon=True).start()
+            try:
+                threading.Thread(target=run, args=(sock,), daemon=True).start()
+            except RuntimeError as exc:
+                # out of threads: the client reads "server busy" (and this loop goes
+                # on, where the error ended serve_forever with the socket left open)
+                logger.warning("no thread for a connection from %s: %s", sock.peer_address, exc)
+                sock.abort("server busy")
 
         # From now on, each connection's handshake thread goes on to run its handler
         # (no thread hand-off); the loop below serves what was queued before.
