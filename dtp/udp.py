@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from dtp._poll import wait_ready
 from dtp.errors import (
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from dtp.socket import DTPSocket
 
 __all__ = [
+    "DEFAULT_LOSS_ALLOWANCE",
     "MAX_UDP_PAYLOAD",
     "FlowAccount",
     "UdpBilling",
@@ -80,6 +81,10 @@ __all__ = [
     "UdpStats",
     "relay_udp",
 ]
+
+DEFAULT_LOSS_ALLOWANCE: Final = 0.02
+"""A paid UDP server's default ``loss_allowance``: the share of its reply bytes written
+off as lost on the way back, which the client never signs for (docs/udp.md)."""
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +185,7 @@ class UdpBilling:
         credit_bytes: int | None = None,
         on_receipt: Callable[[Receipt], None] | None = None,
         counts_when_kept: bool = False,
-        loss_allowance: float = 0.02,
+        loss_allowance: float = DEFAULT_LOSS_ALLOWANCE,
     ) -> None:
         if not 0.0 <= loss_allowance < 1.0:
             raise ValueError(f"loss_allowance must be in [0, 1), got {loss_allowance!r}")

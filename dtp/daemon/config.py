@@ -23,6 +23,7 @@ from dtp.chain.objects import (
     normalize_id,
 )
 from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.udp import DEFAULT_LOSS_ALLOWANCE
 
 __all__ = [
     "Backend",
@@ -114,7 +115,7 @@ class ServiceConfig:
     """UDP: a flow with no datagram for this long ends (and is settled)."""
     credit_datagrams: int = 1024
     """UDP, paid: datagrams relayed ahead of the receipts that cover them."""
-    loss_allowance: float = 0.02
+    loss_allowance: float = DEFAULT_LOSS_ALLOWANCE
     """UDP, paid: the share of reply bytes written off as lost on the way back (never
     signed for by the client; docs/udp.md)."""
 
@@ -635,7 +636,7 @@ def _service(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ServiceConf
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 60.0),
         # 0 would relay nothing, ever: receipts only cover datagrams already relayed
         credit_datagrams=check.integer(doc, (*k, "credit_datagrams"), 1024, 1),
-        loss_allowance=check.share(doc, (*k, "loss_allowance"), 0.02),
+        loss_allowance=check.share(doc, (*k, "loss_allowance"), DEFAULT_LOSS_ALLOWANCE),
     )
 
 

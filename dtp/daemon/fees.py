@@ -38,7 +38,7 @@ from dtp.escrow import (
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from dtp.udp import UdpBilling
+from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
@@ -200,7 +200,7 @@ class ServerFees:
         terms: ConnectionTerms,
         credit_datagrams: int,
         on_kept: Callable[[Receipt], None],
-        loss_allowance: float = 0.02,
+        loss_allowance: float = DEFAULT_LOSS_ALLOWANCE,
     ) -> UdpBilling:
         """The billing of a UDP flow on ``terms``: its receipts are stored as
         :meth:`accept` stores them, and each counts (pays for datagrams, extends the
