@@ -683,30 +683,49 @@ def prepare_host_connection(
 def _check_subscription(
     ledger: Ledger, subscription_id: str, address: HostAddress, client: str
 ) -> None:
-    """Early, typed refusals for a subscription that cannot open this connection."""
-    from dtp.errors import SubscriptionExpired, WrongSubscription
+    """Early, typed refusals for a subscription that cannot open this connection: those of
+    ``subscription::open_connection``, in its order (holder, host, withdrawn offer,
+    expiry) and, past the holder and host, with the ledger's own errors; then the port."""
+    from dtp.errors import WrongSubscription
 
     sub = ledger.get_subscription(subscription_id)
     offer = ledger.get_subscription_offer(sub.offer)
-    if normalize_id(offer.host, "host ID") != address.host_id or offer.port != address.port:
-        raise WrongSubscription(
+
+    def another_service() -> WrongSubscription:
+        return WrongSubscription(
             f"subscription {subscription_id} is for another service than {address}",
             name="EWrongHost",
             module="subscription",
         )
+
     if sub.holder != client:
         raise WrongSubscription(
             f"subscription {subscription_id} belongs to {sub.holder}, not {client}",
             name="ENotHolder",
             module="subscription",
         )
-    epoch = ledger.epoch()
-    if not sub.is_live(epoch) or offer.withdrawn:
-        raise SubscriptionExpired(
-            f"subscription {subscription_id} covers epochs {sub.start_epoch}.."
-            f"{sub.expires_epoch - 1}; it is epoch {epoch}"
-            + (" and the offer was withdrawn" if offer.withdrawn else "")
+    if normalize_id(offer.host, "host ID") != address.host_id:
+        raise another_service()
+    if offer.withdrawn:
+        raise move_error(
+            "subscription",
+            "EOfferWithdrawn",
+            f"offer {sub.offer} of subscription {subscription_id} (since epoch "
+            f"{offer.withdrawn_epoch})",
         )
+    epoch = ledger.epoch()
+    if not sub.is_live(epoch):
+        raise move_error(
+            "subscription",
+            "ESubscriptionExpired",
+            f"subscription {subscription_id} covers epochs {sub.start_epoch}.."
+            f"{sub.expires_epoch - 1}; it is epoch {epoch}",
+        )
+    # Move checks no port (it opens on the offer's), so the ledger would open another
+    # service of this host than the one asked for: refused here, after every check the
+    # ledger makes, so that a call the ledger refuses gets the ledger's error.
+    if offer.port != address.port:
+        raise another_service()
 
 
 def abandon_host_connection(

@@ -482,6 +482,11 @@ class SponsorUnfunded(PaymentModelError, InsufficientFunds):
     """The sponsor pool has too little unpledged money."""
 
 
+class SponsorNotSettled(PaymentModelError, ConnectionStateError):
+    """The sponsor pool cannot reimburse a connection that is not settled yet (a payment
+    model's state error, and a connection's)."""
+
+
 class AlreadyRefunded(PaymentModelError):
     """The refund or reimbursement was already paid."""
 
@@ -875,7 +880,7 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         "The sponsor pool has too little unpledged money",
     ),
     ("sponsor", "EWrongHost", 203, WrongObject, "Not the pool's host"),
-    ("sponsor", "ENotSettled", 204, ConnectionStateError, "The connection is not settled yet"),
+    ("sponsor", "ENotSettled", 204, SponsorNotSettled, "The connection is not settled yet"),
     (
         "sponsor",
         "EAlreadyReimbursed",
@@ -994,6 +999,19 @@ MOVE_ERRORS_BY_CODE: dict[int, MoveErrorInfo] = {info.code: info for info in MOV
 def move_error(module: str, name: str, detail: str = "") -> ChainError:
     """The exception for the Move abort ``module::name``; ``detail`` names the objects."""
     return MOVE_ERRORS[(module, name)].error(detail)
+
+
+def foreign_abort(package: str, module: str, code: int, detail: str) -> ChainError:
+    """The exception for an abort in a module outside the dtp package (``0x1::string``,
+    ``0x2::balance``…), as a ledger reports it: a bare :class:`ChainError` named
+    ``"MoveAbort"`` with that module and its abort code, which no row of
+    :data:`MOVE_ERRORS` describes."""
+    return ChainError(
+        f"Transaction aborted in {package}::{module} with code {code}: {detail}",
+        name="MoveAbort",
+        module=module or "sui",
+        code=code,
+    )
 
 
 def move_error_from_abort_code(abort_code: int, detail: str = "") -> ChainError:

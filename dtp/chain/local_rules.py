@@ -1380,8 +1380,11 @@ def response_escrow_refund(x: Exec, escrow_id: str) -> int:
 
 # -- the call table ----------------------------------------------------------------------------
 
-#: Argument kinds: "u8", "u16", "u64", "bytes", "string", "address", "vec_bytes", "coin"
-#: (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID).
+#: Argument kinds: "u8", "u16", "u64", "bytes", "string", "utf8", "address", "vec_bytes",
+#: "coin" (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID).
+#: "string" is text decoded before the call; "utf8" is a ``vector<u8>`` the Move code turns
+#: into a String itself (``string::utf8``), passed on as bytes for the handler to decode
+#: where Move does, so that bytes which are not UTF-8 abort there as they do on Sui.
 Handler = Callable[..., Any]
 
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
@@ -1476,21 +1479,21 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
             if not isinstance(value, int) or isinstance(value, Address) or value > _LIMITS[kind]:
                 raise InvalidArgument(f"{where} must be a {kind} integer.")
             out.append(value)
-        elif kind in ("bytes", "string"):
+        elif kind in ("bytes", "string", "utf8"):
             if not isinstance(value, bytes):
                 raise InvalidArgument(f"{where} must be bytes.")
+            # Sui refuses a pure argument this long before any Move code runs
+            # (docs/escrow.md §8); no Move check bounds a String argument (a service's
+            # kind, a channel, a title), so without this one a call Sui refuses would
+            # succeed here. Each vector<u8> argument has a Move bound no larger (a
+            # length check, or a key or signature that cannot verify), so a call
+            # with one that long fails here too (with the Move error).
+            if kind in ("string", "utf8") and len(value) > MAX_PURE_BYTES:
+                raise InvalidArgument(
+                    f"{where} is {len(value)} bytes: a pure argument of Sui takes at "
+                    f"most {MAX_PURE_BYTES}."
+                )
             if kind == "string":
-                # Sui refuses a pure argument this long before any Move code runs
-                # (docs/escrow.md §8); no Move check bounds a String argument (a service's
-                # kind, a channel, a title), so without this one a call Sui refuses would
-                # succeed here. Each vector<u8> argument has a Move bound no larger (a
-                # length check, or a key or signature that cannot verify), so a call
-                # with one that long fails here too (with the Move error).
-                if len(value) > MAX_PURE_BYTES:
-                    raise InvalidArgument(
-                        f"{where} is {len(value)} bytes: a pure argument of Sui takes at "
-                        f"most {MAX_PURE_BYTES}."
-                    )
                 try:
                     out.append(value.decode())
                 except UnicodeDecodeError:

@@ -86,6 +86,7 @@ from dtp.errors import (
     InvalidArgument,
     ObjectNotFound,
     WrongSigner,
+    foreign_abort,
     move_error_from_abort_code,
 )
 from dtp.escrow import Receipt
@@ -393,13 +394,7 @@ def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainEr
         package = getattr(location, "package", None)
         module = str(getattr(location, "module", "") or "")
         if package and _package_id(package) not in packages:
-            return ChainError(
-                f"Transaction aborted in {package}::{module} with code {abort.abort_code}: "
-                f"{detail}",
-                name="MoveAbort",
-                module=module or "sui",
-                code=abort.abort_code,
-            )
+            return foreign_abort(package, module, abort.abort_code, detail)
         clever = abort.clever_error
         if clever is not None and clever.error_code is not None:
             return move_error_from_abort_code(int(clever.error_code), detail)
