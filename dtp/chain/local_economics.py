@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.chain.economics import BPS
-from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, tc_open
-from dtp.errors import foreign_abort, move_error
+from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, tc_open, utf8
+from dtp.errors import move_error
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
@@ -33,25 +33,6 @@ def _coin_exists(x: Exec, amount: int) -> None:
     first), but the coin is consumed by ``transport_control``'s open, which takes it."""
     x.take_coin(amount)
     x.credits[x.sender] += amount
-
-
-#: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).
-_EINVALID_UTF8: Final = 1
-
-
-def _utf8(raw: bytes, what: str) -> str:
-    """``string::utf8(raw)``: the text of a ``vector<u8>`` argument, or the abort of
-    ``std::string`` for bytes that are not UTF-8 (Sui takes any bytes as a ``vector<u8>``,
-    so the check is the Move code's, made at the point the ``.move`` file calls it)."""
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as e:
-        raise foreign_abort(
-            "0x1",
-            "string",
-            _EINVALID_UTF8,
-            f"the {what} is not UTF-8 ({e.reason} at byte {e.start}; std::string::EInvalidUTF8)",
-        ) from None
 
 
 def _service_exists(host: dict[str, Any], host_id: str, port: int) -> None:
@@ -446,7 +427,7 @@ def tickets_create(
             f"price {price}, tickets {min_tickets}..{max_tickets}, deadline {deadline_ms} ms "
             f"(now {x.now_ms})",
         )
-    title = _utf8(raw_title, "title")
+    title = utf8(raw_title, "title")
     sale_id = x.create(
         "TicketSale",
         SHARED,

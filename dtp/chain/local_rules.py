@@ -36,6 +36,7 @@ from dtp.errors import (
     LedgerUnavailable,
     ObjectNotFound,
     WrongSigner,
+    foreign_abort,
     move_error,
 )
 from dtp.keys import sui_address_from_public_key
@@ -50,6 +51,7 @@ __all__ = [
     "parse_stored_int",
     "stored_int",
     "to_json",
+    "utf8",
     "wrong_shape",
 ]
 
@@ -416,14 +418,41 @@ def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
         )
 
 
+#: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).
+EINVALID_UTF8: Final = 1
+
+
+def utf8(raw: bytes, what: str) -> str:
+    """``string::utf8(raw)``: the text of a ``vector<u8>`` argument, or the abort of
+    ``std::string`` for bytes that are not UTF-8 (Sui takes any bytes as a ``vector<u8>``,
+    so the check is the Move code's, made at the point the ``.move`` file calls it)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise foreign_abort(
+            "0x1",
+            "string",
+            EINVALID_UTF8,
+            f"the {what} is not UTF-8 ({e.reason} at byte {e.start}; std::string::EInvalidUTF8)",
+        ) from None
+
+
 def host_add_service(
-    x: Exec, host_id: str, port: int, kind: str, kib: int, req: int, minimum: int, max_conn: int
+    x: Exec,
+    host_id: str,
+    port: int,
+    raw_kind: bytes,
+    kib: int,
+    req: int,
+    minimum: int,
+    max_conn: int,
 ) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
     if str(port) in host["services"]:
         raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
     sla = _sla(kib, req, minimum)
+    kind = utf8(raw_kind, "service kind")
     host["services"][str(port)] = {
         "kind": kind,
         "sla": sla,
@@ -1083,9 +1112,10 @@ def _assert_live(b: dict[str, Any], b_id: str) -> None:
         raise move_error("broadcast", "EBroadcastCancelled", f"broadcast {b_id}")
 
 
-def broadcast_create(x: Exec, channel: str, slot_price: int, slot_ms: int) -> str:
+def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int) -> str:
     if slot_price == 0 or slot_ms == 0:
         raise move_error("broadcast", "EInvalidSlot", f"price {slot_price}, length {slot_ms} ms")
+    channel = utf8(raw_channel, "channel")
     b_id = x.create(
         "Broadcast",
         SHARED,
@@ -1380,11 +1410,11 @@ def response_escrow_refund(x: Exec, escrow_id: str) -> int:
 
 # -- the call table ----------------------------------------------------------------------------
 
-#: Argument kinds: "u8", "u16", "u64", "bytes", "string", "utf8", "address", "vec_bytes",
-#: "coin" (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID).
-#: "string" is text decoded before the call; "utf8" is a ``vector<u8>`` the Move code turns
-#: into a String itself (``string::utf8``), passed on as bytes for the handler to decode
-#: where Move does, so that bytes which are not UTF-8 abort there as they do on Sui.
+#: Argument kinds: "u8", "u16", "u64", "bytes", "utf8", "address", "vec_bytes", "coin"
+#: (u64 MIST split from the sender's balance) and "obj:<Struct>" (an object ID). "utf8" is
+#: a ``vector<u8>`` the Move code turns into a String itself (``string::utf8``), passed on
+#: as bytes for the handler to decode (:func:`utf8`) where Move does, so that bytes which
+#: are not UTF-8 abort there as they do on Sui.
 Handler = Callable[..., Any]
 
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
@@ -1393,7 +1423,7 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("host", "set_noise_static_key"): (("obj:Host", "bytes"), host_set_noise_static_key),
     ("host", "set_endpoints"): (("obj:Host", "vec_bytes"), host_set_endpoints),
     ("host", "add_service"): (
-        ("obj:Host", "u16", "string", "u64", "u64", "u64", "u64"),
+        ("obj:Host", "u16", "utf8", "u64", "u64", "u64", "u64"),
         host_add_service,
     ),
     ("host", "update_service"): (
@@ -1442,7 +1472,7 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("pipe", "send"): (("obj:Pipe", "u64", "bytes"), pipe_send),
     ("pipe", "sync"): (("obj:Pipe", "u64", "u64"), pipe_sync),
     ("pipe", "destroy"): (("obj:Pipe",), pipe_destroy),
-    ("broadcast", "create"): (("string", "u64", "u64"), broadcast_create),
+    ("broadcast", "create"): (("utf8", "u64", "u64"), broadcast_create),
     ("broadcast", "transmit"): (("obj:Broadcast", "bytes"), broadcast_transmit),
     ("broadcast", "claim"): (("obj:Broadcast",), broadcast_claim),
     ("broadcast", "cancel"): (("obj:Broadcast",), broadcast_cancel),
@@ -1479,7 +1509,7 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
             if not isinstance(value, int) or isinstance(value, Address) or value > _LIMITS[kind]:
                 raise InvalidArgument(f"{where} must be a {kind} integer.")
             out.append(value)
-        elif kind in ("bytes", "string", "utf8"):
+        elif kind in ("bytes", "utf8"):
             if not isinstance(value, bytes):
                 raise InvalidArgument(f"{where} must be bytes.")
             # Sui refuses a pure argument this long before any Move code runs
@@ -1488,18 +1518,12 @@ def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[An
             # succeed here. Each vector<u8> argument has a Move bound no larger (a
             # length check, or a key or signature that cannot verify), so a call
             # with one that long fails here too (with the Move error).
-            if kind in ("string", "utf8") and len(value) > MAX_PURE_BYTES:
+            if kind == "utf8" and len(value) > MAX_PURE_BYTES:
                 raise InvalidArgument(
                     f"{where} is {len(value)} bytes: a pure argument of Sui takes at "
                     f"most {MAX_PURE_BYTES}."
                 )
-            if kind == "string":
-                try:
-                    out.append(value.decode())
-                except UnicodeDecodeError:
-                    raise InvalidArgument(f"{where} must be UTF-8 text.") from None
-            else:
-                out.append(value)
+            out.append(value)
         elif kind == "vec_bytes":
             if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
                 raise InvalidArgument(f"{where} must be a vector of byte strings.")
