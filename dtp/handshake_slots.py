@@ -62,8 +62,9 @@ def address_key(host: str) -> str:
     IPv4 (and IPv4-mapped IPv6), the /64 network for IPv6 -- one subscriber usually
     holds a whole /64, so counting single IPv6 addresses would give one client 2**64
     caps -- except the addresses of IPv4 clients behind a NAT64 (``64:ff9b::/96``) or
-    Teredo relay, counted by that IPv4 address. Anything that does not parse is counted
-    as given."""
+    Teredo relay, and 6to4 addresses (``2002::/16``: the /48 of one IPv4 address, 65536
+    /64s), counted by that IPv4 address. Anything that does not parse is counted as
+    given."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])  # (a scope ID: fe80::1%eth0)
     except ValueError:
@@ -77,6 +78,8 @@ def address_key(host: str) -> str:
             return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         if ip.teredo is not None:
             return str(ip.teredo[1])
+        if ip.sixtofour is not None:
+            return str(ip.sixtofour)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
