@@ -46,7 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from dtp._poll import wait_ready
 from dtp.carriers.ledger import MAX_DTP_RECORD, MAX_PIPE_DATA, LedgerCarrier, confirm_records
@@ -149,6 +149,12 @@ class LedgerCarrierOptions:
             raise ValueError(f"inner_count must be an integer in 1..8, not {self.inner_count!r}")
         if not _is_int(self.sync_every) or self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {self.sync_every!r}")
+        for name in _SECONDS_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                # (True passed as 1 s, and a string failed at the first comparison below
+                # with a TypeError naming no option)
+                raise ValueError(f"{name} must be a number of seconds, not {value!r}")
         positive = {
             "sync_interval": self.sync_interval,
             "gap_timeout": self.gap_timeout,
@@ -173,6 +179,16 @@ class LedgerCarrierOptions:
             raise ValueError(
                 f"outage_timeout must be a finite number of seconds, not {self.outage_timeout}"
             )
+
+
+_SECONDS_FIELDS: Final = (
+    "sync_interval",
+    "gap_timeout",
+    "poll_min",
+    "poll_max",
+    "peer_close_grace",
+    "outage_timeout",
+)
 
 
 def _is_int(value: object) -> bool:
