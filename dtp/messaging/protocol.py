@@ -18,6 +18,7 @@ import heapq
 import math
 import random
 import struct
+import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -235,13 +236,17 @@ def _check_our_timeout(timeout: Any) -> None:
 
 
 def _check_wait(timeout: Any) -> None:
-    """A local wait's ``timeout`` (not None): finite seconds, 0 or more. A NaN deadline
-    never passes (queue's and Condition's own checks let it through), inf overflows a
-    lock's wait, and a str failed deep inside the wait."""
+    """A local wait's ``timeout`` (not None): finite seconds, 0 or more, and at most
+    ``threading.TIMEOUT_MAX``. A NaN deadline never passes (queue's and Condition's own
+    checks let it through), inf overflows a lock's wait, and a str failed deep inside the
+    wait. Past TIMEOUT_MAX is the OverflowError of ``DTPSocket.settimeout``, with its
+    words: the lock's own was a bare "timestamp out of range" from inside queue."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
     if not 0 <= timeout < math.inf:
         raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
+    if timeout > threading.TIMEOUT_MAX:
+        raise OverflowError(f"timeout out of range (at most {threading.TIMEOUT_MAX:.0f} s)")
 
 
 def _check_count(what: str, value: object, low: int) -> None:

@@ -227,8 +227,15 @@ class Link:
         self.node = node
         self.stream = stream
         self.name = name
-        self._out: queue.Queue[bytes] = queue.Queue(maxsize)
+        # Unbounded underneath, bounded by offer (in frames and bytes, under _drop_lock):
+        # the writer's wake-up marker (at most one waits) and _STOP then always fit, and
+        # take no place of a frame. In a queue of maxsize, a wake-up took the place of
+        # the next message, which was dropped although the peer read everything.
+        self._out: queue.Queue[bytes] = queue.Queue()
+        self._maxsize = maxsize
         self._max_bytes = max_bytes
+        #: Frames waiting in the queue, markers not counted (under _drop_lock).
+        self._queued_frames = 0
         #: Bytes of the frames waiting in the queue (under _drop_lock).
         self._queued_bytes = 0
         self._drop_lock = threading.Lock()
@@ -267,6 +274,9 @@ class Link:
         self._flush_clock = time.monotonic()
         self._wake_pending = False
         self.closed = threading.Event()
+        # Held by the reader while it handles a frame, and waited for by close(): once
+        # close() returns, no frame of this link is delivered or forwarded any more.
+        self._handling = threading.Lock()
         self._reader = threading.Thread(target=self._read_loop, name=f"pubsub-r-{name}")
         self._writer = threading.Thread(target=self._write_loop, name=f"pubsub-w-{name}")
         self._reader.daemon = self._writer.daemon = True
@@ -290,19 +300,15 @@ class Link:
 
     def mark_dirty(self) -> None:
         """Ask the writer to send the peer what changed in this node's interest. The
-        state, not a queue of changes, is sent, so nothing is lost when the queue is full
-        (the writer is then busy and flushes before its next frame) or when the writer
-        puts the update off (:meth:`_next_flush`): it sends the state of then."""
+        state, not a queue of changes, is sent, so nothing is lost when the writer puts
+        the update off (:meth:`_next_flush`): it sends the state of then. The wake-up
+        takes no place of a frame in the queue, and at most one waits there."""
         self._dirty.set()
         with self._drop_lock:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        try:
-            self._out.put_nowait(_WAKE)
-        except queue.Full:
-            with self._drop_lock:
-                self._wake_pending = False
+        self._out.put_nowait(_WAKE)
 
     def _flush_control(self) -> None:
         self._dirty.clear()
@@ -352,20 +358,16 @@ class Link:
         with self._drop_lock:
             # a count alone let a peer that stops reading hold maxsize frames of up to
             # max_message_size each (256 MiB by default) per link
-            if self._queued_bytes and self._queued_bytes + size > self._max_bytes:
+            if self._queued_frames >= self._maxsize or (
+                self._queued_bytes and self._queued_bytes + size > self._max_bytes
+            ):
                 self.dropped += 1
                 self._unreported += 1
                 return False
+            self._queued_frames += 1
             self._queued_bytes += size
-        try:
-            self._out.put_nowait(frame)
-            return True
-        except queue.Full:
-            with self._drop_lock:
-                self._queued_bytes -= size
-                self.dropped += 1
-                self._unreported += 1
-            return False
+        self._out.put_nowait(frame)  # (never full: offer bounds it)
+        return True
 
     def _write_loop(self) -> None:
         try:
@@ -383,6 +385,7 @@ class Link:
                     if frame is _WAKE:
                         self._wake_pending = False
                     elif frame is not None:
+                        self._queued_frames -= 1
                         self._queued_bytes -= len(frame)
                 if self._dirty.is_set() and self._next_flush() == 0:
                     self._flush_tokens -= 1
@@ -429,7 +432,12 @@ class Link:
                     message = decode_body(item)
                     if len(item) > cap and not _is_control(message):
                         raise E.MessageTooLarge("a pub/sub message above max_message_size")
-                    self._handle(message)
+                    with self._handling:
+                        # Checked again where close() waits: a frame decoded while
+                        # the link closed was delivered and forwarded after close().
+                        if self.closed.is_set():
+                            break
+                        self._handle(message)
                 except E.MessagingProtocolError:
                     self.violations += 1
         except (DTPError, OSError) as exc:
@@ -487,12 +495,23 @@ class Link:
         """Stop the writer thread and forget the link. The stream is left to its owner,
         so the reader thread, blocked in ``recv``, ends only when that returns: the next
         bytes arrive (they are discarded), the stream ends (closed by its owner or the
-        peer) or its timeout, if it has one, passes."""
-        if self.closed.is_set():
-            return
+        peer) or its timeout, if it has one, passes.
+
+        A frame the reader is handling at that moment is handled before ``close``
+        returns (delivered and forwarded, or not, as it would be on an open link);
+        afterwards the link neither delivers nor forwards anything."""
+        first = not self.closed.is_set()
         self.closed.set()
-        with contextlib.suppress(queue.Full):
-            self._out.put_nowait(_STOP)
+        if threading.current_thread() is not self._reader:
+            # The reader calls close() when its stream ends, holding nothing; any other
+            # caller waits for the frame being handled. Every caller waits, not only the
+            # first, so node.close() cannot close subscriptions under a frame still
+            # on its way to them while the writer's close() is the one waiting.
+            with self._handling:
+                pass
+        if not first:
+            return
+        self._out.put_nowait(_STOP)
         self.node._detach(self)
 
 
@@ -579,6 +598,8 @@ class PubSubNode:
         self._seen_by: dict[object, OrderedDict[bytes, None]] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._links: list[Link] = []
+        #: Links attached so far (under _lock), for the default names.
+        self._attached = 0
         #: Streams links of this node have read (held weakly): :meth:`attach` refuses them.
         self._read_streams: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Interest per topic, once per node (entries: one per declaration within the
@@ -598,11 +619,21 @@ class PubSubNode:
 
         A stream that a link of this node reads or has read is refused,
         :class:`~dtp.messaging.errors.PubSubError`: to link to the same peer again
-        after closing a link (or the node), open a new stream."""
+        after closing a link (or the node), open a new stream. A non-blocking stream
+        (``gettimeout()`` 0) is refused, ValueError. A link without a ``name`` is
+        ``<node_id>-<n>``, ``n`` counting the links this node has attached."""
         if not all(callable(getattr(stream, m, None)) for m in ("recv", "sendall")):
             # (None or a bytes object crashed the link's reader thread instead)
             raise TypeError(
                 f"attach() needs a stream (recv, sendall), not {type(stream).__name__!r}"
+            )
+        gettimeout = getattr(stream, "gettimeout", None)
+        if callable(gettimeout) and gettimeout() == 0:
+            # Its first recv raised BlockingIOError: the link closed at once (logged at
+            # debug only) while publish() went on returning ids that reached nobody.
+            raise ValueError(
+                "attach() needs a blocking stream (a timeout of None or above 0), not a "
+                "non-blocking one: its reads would end the link at once"
             )
         with self._lock:
             # two readers on one stream split its frames between them: each decoder
@@ -612,13 +643,16 @@ class PubSubNode:
             # stream no longer starts at a frame for a new link either.
             if self._was_read(stream) or any(lk.stream is stream for lk in self._links):
                 raise E.PubSubError("the stream is (or was) read by a link of this node")
+            # Counted over the node's life, not the live links: after a link closed,
+            # len(self._links) gave the next link the name of a live one.
             link = Link(
                 self,
                 stream,
-                name or f"{self.node_id}-{len(self._links)}",
+                name or f"{self.node_id}-{self._attached}",
                 self.link_queue,
                 self.link_queue_bytes,
             )
+            self._attached += 1
             with contextlib.suppress(TypeError):  # a stream without weak references
                 self._read_streams.add(stream)
             # what the new link is told is computed when its writer starts; nobody
@@ -939,8 +973,11 @@ class PubSubNode:
         # that grows with the message, and the links it goes on to share the key
         key = _message_key(message_id, topic, data)
         with self._lock:
-            # a link closing now has left _seen_by already: its ids would stay there
-            before = self._remember(key, hops, _GONE if src.closed.is_set() else src)
+            if src.closed.is_set():
+                # A closed link neither delivers nor forwards. Nor does it remember: a
+                # copy of this message from another peer is then new, not a duplicate.
+                return
+            before = self._remember(key, hops, src)
             if before is not None:
                 self.duplicates += 1
                 # a copy with more hops left than the first goes on (not delivered again):
@@ -949,11 +986,13 @@ class PubSubNode:
                 # reached within the hop limit missed the message
                 if hops <= before or hops <= 1:
                     return
+            if hops <= 1:
+                # (counted under the lock: several readers count at once)
+                self.hop_limited += 1
             links = [link for link in self._links if link is not src and link.wants(topic)]
         if before is None:
             self._deliver(topic, data, message_id, origin)
         if hops <= 1:
-            self.hop_limited += 1
             return
         # the node's own cap, not encode_frame's default: a message this node accepted
         # (at most max_message_size) re-encodes no larger, so it always fits
