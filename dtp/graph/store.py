@@ -28,6 +28,7 @@ import numbers
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +59,7 @@ _DUE_TRACKED = 4096  # deferred states tracked one by one (the smallest ones)
 _BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not tracked)
 _BLIND_RETRY_MAX = 1000.0  # ms: longest one (while they find nothing)
 _CLOCK_RESERVE = 250.0  # ms of states persisted ahead of the clock (see Graph._reserve_clock)
+_COMPACT_RETRY = 60.0  # s before a compaction that failed is tried again (its flush was done)
 _NEGATIVE_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"  # -0.0 as f64le
 
 logger = logging.getLogger(__name__)
@@ -535,6 +537,7 @@ class Graph:
         self._storage: GraphStorage | None = None
         self._flush_interval = float(flush_interval)
         self._flusher: IdleFlusher | None = None
+        self._compact_after = 0.0  # (monotonic) no compaction before then: one failed
         self._unclosed: weakref.finalize[..., Graph] | None = None
         last = 0.0
         if path is not None:
@@ -1099,7 +1102,9 @@ class Graph:
     def flush(self) -> None:
         """Write buffered changes to SQLite now (compacting the log when it has grown).
 
-        GraphStorageError if the file cannot be written (the changes stay buffered)."""
+        GraphStorageError if the file cannot be written (the changes stay buffered). A
+        compaction that fails is logged, not raised (the changes are written by then),
+        and not tried again for a minute."""
         with self._lock:
             self._check_open()
             self._flush_locked()
@@ -1148,8 +1153,22 @@ class Graph:
         if storage is None:
             return
         storage.flush(self.clock.last)
-        if storage.should_compact():
-            storage.compact(self._table.export(), self.clock.last)
+        if storage.should_compact() and time.monotonic() >= self._compact_after:
+            try:
+                storage.compact(self._table.export(), self.clock.last)
+            except GraphStorageError as exc:
+                # the flush is done: every change is on disk, in the log. A compaction
+                # only rewrites it smaller, and one that fails (a full disk: it writes
+                # the whole table once more) rolled back whole. Raised, it failed the
+                # flush -- and close(), which then left the graph open, for good while
+                # the disk stayed full -- and each later flush exported the table again
+                self._compact_after = time.monotonic() + _COMPACT_RETRY
+                logger.warning(
+                    "graph: compacting the log failed (%s); the log is kept as it is, "
+                    "and compacted again in %.0f s at the earliest",
+                    exc,
+                    _COMPACT_RETRY,
+                )
 
     @property
     def storage(self) -> GraphStorage | None:
