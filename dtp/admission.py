@@ -389,48 +389,43 @@ _MAX_LOOK_S = 0.02
 # watching a change marker costs far less than a read: looked at sooner and more often
 _FIRST_WATCH_S = 0.00005
 _MAX_WATCH_S = 0.005
-_MAX_QUIET_S = 0.25  # with a marker, reads while it does not move: at most this far apart
-OPENING_READS: Final = 24
-"""Reads of a connection not found, at most, for one :func:`while_opening` (the first
-included): anyone who completes a handshake may name a connection that does not exist,
-and each such name cost about 110 reads over the two seconds of grace -- on a Sui
-ledger, as many RPC calls."""
-_QUICK_READS: Final = 12  # of them, made as soon as the schedule says: an open that
-# lands soon is found at once; the others are spread evenly over the rest of the grace
+LOOK_SPREAD: Final = 4
+"""A connection not found is read again no sooner than a quarter (1 / LOOK_SPREAD) of
+the time looked for it so far: anyone who completes a handshake may name a connection
+that does not exist, and each such name cost about 110 reads over the two seconds of
+grace (every 20 ms; every 5 ms while other writes moved LocalLedger's change marker) --
+on a Sui ledger, as many RPC calls. Now some 30 to 40 at most; an open that lands is
+found within a quarter of the time waited until then."""
 
 
 def while_opening(
-    read: Callable[[], _T | None],
-    grace: float,
-    changed: Callable[[], object] | None = None,
-    reads: int = OPENING_READS,
+    read: Callable[[], _T | None], grace: float, changed: Callable[[], object] | None = None
 ) -> _T | None:
     """``read()`` of a connection a client named, looked for again, more and more
     rarely, for up to ``grace`` seconds while it gives None (no such connection): the
     client may name it while its open transaction lands, as ``dtp.socket`` does.
     ``changed()``: a cheap token that differs once the ledger changed (LocalLedger's
     ``change_marker``); with it, read again only once it moved (and while it does not,
-    after :data:`_MAX_LOOK_S`, then twice as long each time, up to :data:`_MAX_QUIET_S`),
-    so the read that finds the open follows its landing closely. At most ``reads``
-    reads in all: the first :data:`_QUICK_READS` on that schedule, the rest spread
-    evenly over what is left of the grace (the last at its end)."""
+    after :data:`_MAX_LOOK_S`, then as long as the time looked so far), so the read that
+    finds the open follows its landing closely. Never two reads closer than
+    :data:`LOOK_SPREAD` allows, and always one at the end of the grace."""
     marker = changed() if changed is not None else None
     found = read()
     if found is not None:
         return found
-    now = time.monotonic()
-    deadline = now + grace
+    start = now = time.monotonic()
+    deadline = start + grace
     delay = _FIRST_LOOK_S if changed is None else _FIRST_WATCH_S
     last_read = now
-    made = 1
-    gap = 0.0  # the least time between two reads, once the quick ones are made
-    quiet = _MAX_LOOK_S
-    while made < reads:
+    while True:
         left = deadline - now
         if left <= 0:
             return None
-        time.sleep(min(max(delay, last_read + gap - now), left))
+        looked = last_read - start
+        earliest = last_read + looked / LOOK_SPREAD
+        time.sleep(min(max(delay, earliest - now), left))
         now = time.monotonic()
+        final = now >= deadline  # (the last look: whatever the schedule says)
         if changed is None:
             # (×1.5, not ×2: the open usually lands 0.5-2 ms in, and each doubling step
             # left up to half the wait unseen; 164 → 169 conn/s by host ID, interleaved)
@@ -439,23 +434,17 @@ def while_opening(
         else:
             delay = min(delay * 1.25, _MAX_WATCH_S)
             seen = changed()
-            if seen == marker:
-                if now - last_read < quiet:
-                    continue
-                # a read with no change seen (a landing the marker missed) is a
-                # safeguard: each waits twice as long as the last
-                quiet = min(quiet * 2, _MAX_QUIET_S)
-        if now - last_read < gap and now < deadline:
-            continue  # (the marker is kept: the change is read once the gap allows)
+            # a read with no change seen is a safeguard (a landing the marker missed):
+            # as far apart as the time looked so far
+            if seen == marker and now - last_read < max(_MAX_LOOK_S, looked) and not final:
+                continue
+        if now < earliest and not final:
+            continue  # (the marker is kept: the change is read once the spread allows)
         marker = seen
         last_read = now
         found = read()
-        if found is not None:
+        if found is not None or final:
             return found
-        made += 1
-        if made >= _QUICK_READS and made < reads:
-            gap = max(deadline - now, 0.0) / (reads - made)
-    return None
 
 
 HOOK_FAILED = "internal error in the server's accept hook"

@@ -5,8 +5,11 @@ Anyone who completes a handshake may name any connection ID, and the admission l
 for it again for two seconds (the client's open may still be landing). Each such name
 cost about 110 reads (every 20 ms once the first looks were made; with LocalLedger's
 change marker, every 5 ms while other writes moved it) -- on a Sui ledger, as many RPC
-calls. Now at most OPENING_READS, and an open that lands in the grace is still found.
-Each test here failed on the old code by its read count."""
+calls. Now a read comes no sooner than a quarter of the time looked so far (some 30 to
+40 reads at most), an open that lands in the grace is still found, soon after it lands,
+and the grace's last moment is always read. The read-count tests failed on the old
+code; the others guard what the bound must not cost (a first version of it found an open
+landing under load 150 ms late, and missed one landing in the grace's last 0.2 s)."""
 
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from dtp.admission import OPENING_READS, LedgerAdmission, PeerInfo, while_opening
+from dtp.admission import LedgerAdmission, PeerInfo, while_opening
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.keys import HostIdentity
 
 PORT = 443
 GRACE = 1.0
+MOST_READS = 45  # what LOOK_SPREAD allows in a grace of 1 to 2 s, with room
 
 
 class Counted:
@@ -59,7 +63,7 @@ def test_a_connection_never_found_is_read_a_bounded_number_of_times() -> None:
     started = time.monotonic()
     assert while_opening(read, GRACE) is None
     assert time.monotonic() - started >= GRACE * 0.99  # the whole grace still
-    assert read.reads <= OPENING_READS
+    assert read.reads <= MOST_READS
 
 
 def test_a_busy_ledger_does_not_multiply_the_reads(ledger: LocalLedger, tmp_path: Path) -> None:
@@ -86,13 +90,60 @@ def test_a_busy_ledger_does_not_multiply_the_reads(ledger: LocalLedger, tmp_path
     finally:
         stop.set()
         thread.join(30)
-    assert read.reads <= OPENING_READS
+    assert read.reads <= MOST_READS
 
 
 def test_a_quiet_ledger_is_read_now_and_then_only(ledger: LocalLedger) -> None:
     read = Counted()
     assert while_opening(read, GRACE, ledger.change_marker) is None
     assert read.reads <= 12  # a safeguard read twice as far apart each time
+
+
+def test_the_end_of_the_grace_is_read_whatever_the_marker_says() -> None:
+    """A landing the marker misses (here it never moves) in the grace's last moments is
+    found by the read made at its end."""
+    read = Counted()
+    timer = threading.Timer(GRACE * 0.97, read.land)
+    timer.start()
+    try:
+        assert while_opening(read, GRACE, lambda: 0) == "found"
+    finally:
+        timer.cancel()
+
+
+def test_an_open_landing_under_load_is_found_soon(ledger: LocalLedger, tmp_path: Path) -> None:
+    """Other clients' writes move the marker every millisecond or so: an open landing
+    80 ms in is found within a quarter of the time waited (the first bounded version
+    spent its quick reads in the first milliseconds and found it 150 ms late)."""
+    stop = threading.Event()
+    alice = HostIdentity.generate()
+    ledger.faucet(alice.sui_address, 10**9)
+
+    def busy() -> None:
+        writer = LocalLedger(tmp_path / "ledger.db")
+        try:
+            while not stop.is_set():
+                writer.create_spending_cap(alice, 1)
+                time.sleep(0.001)
+        finally:
+            writer.close()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    read = Counted()
+    timer = threading.Timer(0.08, read.land)
+    try:
+        time.sleep(0.05)  # (the writer under way)
+        started = time.monotonic()
+        timer.start()
+        assert while_opening(read, 60.0, ledger.change_marker) == "found"
+    finally:
+        timer.cancel()
+        stop.set()
+        thread.join(30)
+    assert read.landed_at is not None and read.found_at is not None
+    waited = read.landed_at - started
+    assert read.found_at - read.landed_at <= waited / 4 + 0.03
 
 
 @pytest.mark.parametrize("marker", [False, True])
@@ -107,7 +158,7 @@ def test_an_open_landing_late_in_the_grace_is_still_found(
     finally:
         timer.cancel()
     assert found == "found"
-    assert read.reads <= OPENING_READS
+    assert read.reads <= MOST_READS
 
 
 def test_an_open_landing_soon_is_found_at_once(ledger: LocalLedger, tmp_path: Path) -> None:
@@ -152,4 +203,4 @@ def test_the_admission_reads_an_unknown_connection_a_bounded_number_of_times(
     client = HostIdentity.generate()
     verdict = admission(PeerInfo(client.sui_address, "0x" + "ab" * 32, PORT))
     assert verdict is not None and "unknown connection" in verdict
-    assert 1 < reads[0] <= OPENING_READS
+    assert 1 < reads[0] <= MOST_READS
