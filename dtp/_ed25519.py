@@ -6,24 +6,89 @@ With fastcrypto when it is installed (``pysui_fastcrypto``, pysui's native modul
 pysui brings): the library Sui validators verify with, at about half the cost of OpenSSL
 here; else with cryptography's OpenSSL. Both refuse every malformed key or signature and
 every changed bit (tests/test_ed25519.py pins that they agree).
+
+The two libraries verify by different rules: fastcrypto by ZIP-215's (the cofactored
+equation, non-canonical point encodings accepted), OpenSSL by RFC 8032's cofactorless
+equation. They part on points of small order: under ZIP-215 the all-zero signature
+verifies for every message under a small-order key (no private key needed), under
+RFC 8032 forgeries for such a key succeed about one time in eight, and a signature
+whose R has small order verifies under fastcrypto only. So both verifiers here refuse,
+before either library sees it, a public key or an R of small order
+(:func:`has_small_order`, one check for both). They still part on a public key or R
+with a small-order component added to a point of large order ("mixed order"): such a
+signature verifies under fastcrypto and mostly not under OpenSSL, but only the holder
+of the private key can make one, so it lets no one sign for another's key.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["verify"]
+__all__ = ["has_small_order", "verify"]
 
 _FASTCRYPTO_ED25519 = 0  # fastcrypto's scheme number for Ed25519 (Sui's flag)
+_ED25519_P: Final = 2**255 - 19
+
+
+def _small_order_ys() -> frozenset[int]:
+    """The y coordinates of Ed25519's eight points of small order (1, 2, 4, 8), worked
+    out from the curve -x^2 + y^2 = 1 + d x^2 y^2: y = 1 (the identity), p - 1
+    (order 2), 0 (order 4), and the two ±y of the order-8 points, which double to the
+    order-4 points (y(2P) = 0 means y^2 = -x^2, so d x^4 - 2 x^2 - 1 = 0)."""
+    p, d = _ED25519_P, (-121665 * pow(121666, -1, _ED25519_P)) % _ED25519_P
+
+    def sqrt(a: int) -> int | None:  # p = 5 mod 8 (RFC 8032, 5.1.3)
+        x = pow(a % p, (p + 3) // 8, p)
+        if (x * x - a) % p:
+            x = x * pow(2, (p - 1) // 4, p) % p
+        return x if (x * x - a) % p == 0 else None
+
+    ys = {0, 1, p - 1}
+    root = sqrt(1 + d)
+    assert root is not None
+    for x2 in ((1 + root) * pow(d, -1, p) % p, (1 - root) * pow(d, -1, p) % p):
+        y = sqrt(-x2)
+        if y is not None:
+            ys |= {y, p - y}
+    assert len(ys) == 5
+    return frozenset(ys)
+
+
+_SMALL_ORDER_YS: Final = _small_order_ys()
+
+
+def has_small_order(point: bytes) -> bool:
+    """True if the 32-byte encoded Ed25519 point (a public key, or a signature's R)
+    is one of the eight of small order, canonically encoded or not.
+
+    For a public key of small order valid-looking signatures can be made without any
+    private key (under Sui's ZIP-215 verification every all-zero signature verifies
+    for the all-zero key), so it proves no one.
+    """
+    y = int.from_bytes(point, "little") & ((1 << 255) - 1)
+    return y % _ED25519_P in _SMALL_ORDER_YS
+
+
+def _refused(public_key: bytes, signature: bytes) -> bool:
+    """Whether ``public_key`` and ``signature`` are refused before any library checks
+    them: wrong sizes, or a public key or R (the signature's first half) of small
+    order, on which the two libraries' rules differ (see the module docs)."""
+    return (
+        len(public_key) != 32
+        or len(signature) != 64
+        or has_small_order(public_key)
+        or has_small_order(signature[:32])
+    )
 
 
 def verify_openssl(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies under ``public_key`` (OpenSSL)."""
-    if len(public_key) != 32 or len(signature) != 64:
+    if _refused(public_key, signature):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(
@@ -45,7 +110,7 @@ def _fastcrypto() -> Callable[[bytes, bytes, bytes], bool] | None:
     def verify_fastcrypto(public_key: bytes, signature: bytes, message: bytes) -> bool:
         """Whether ``signature`` over ``message`` verifies under ``public_key``
         (fastcrypto)."""
-        if len(public_key) != 32 or len(signature) != 64:
+        if _refused(public_key, signature):
             return False
         try:
             ok: bool = verify_pubk(
@@ -65,4 +130,5 @@ verify_fastcrypto = _fastcrypto()
 
 verify: Callable[[bytes, bytes, bytes], bool] = verify_fastcrypto or verify_openssl
 """``verify(public_key, signature, message)``: True when the 64-byte ``signature`` over
-``message`` verifies under the 32-byte ``public_key``; False otherwise (never raises)."""
+``message`` verifies under the 32-byte ``public_key``; False otherwise, and always for a
+public key or R of small order (never raises)."""

@@ -174,6 +174,23 @@ def _as_bytes(name: str, value: bytes) -> bytes:
     return bytes(value)
 
 
+# The IK identity proof hashes the prologue after its length as a u16le (_early_binding),
+# so a longer prologue cannot be bound: it is refused where it enters, before any Noise
+# state exists (a responder would otherwise fail only after accepting message 1).
+_MAX_PROLOGUE_SIZE: Final = 0xFFFF
+
+
+def _check_prologue(prologue: bytes) -> bytes:
+    """``prologue`` as bytes; TypeError if it is not bytes-like, ValueError if it is
+    longer than 65535 bytes."""
+    prologue = _as_bytes("prologue", prologue)
+    if len(prologue) > _MAX_PROLOGUE_SIZE:
+        raise ValueError(
+            f"prologue must be at most {_MAX_PROLOGUE_SIZE} bytes, got {len(prologue)}"
+        )
+    return prologue
+
+
 def _check_key(name: str, key: bytes) -> bytes:
     key = _as_bytes(name, key)
     if len(key) != KEY_SIZE:
@@ -431,7 +448,7 @@ def prepare_handshake(
         pattern,
         _check_key("static_private", static_private),
         None if remote_static is None else _check_key("remote_static", remote_static),
-        _as_bytes("prologue", prologue),
+        _check_prologue(prologue),
     )
     # count the keys, not only the handshakes: a key whose handshakes were all taken
     # keeps an empty list, and a client with a fresh identity per connection makes a
@@ -472,6 +489,8 @@ class Handshake:
         """Use :meth:`initiator` or :meth:`responder` instead."""
         self._is_initiator = is_initiator
         self._static = _check_key("static_private", static_private)
+        # Checked before take_ephemeral_keypair, which uses up a key made ahead.
+        self._prologue = _check_prologue(prologue)
         # The raw ephemeral key lives here only until Noise has it (_start_noise): once
         # the handshake is over nothing may keep it (Noise: delete it after Split), or
         # whoever later reads this process's memory could rebuild the session keys
@@ -479,7 +498,6 @@ class Handshake:
         self._ephemeral: bytes | None = ephemeral
         # made ahead by dtp.keys_ahead (None otherwise): its public half is known already
         self._ephemeral_keypair: Any = take_ephemeral_keypair(ephemeral)
-        self._prologue = _as_bytes("prologue", prologue)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
         )
@@ -511,7 +529,8 @@ class Handshake:
         random bytes for every handshake (``os.urandom(32)``; reusing one breaks the
         security of both sessions). With ``remote_static`` (the server's published
         X25519 key) the handshake is IK, without it XX. Both sides must use the same
-        ``prologue``. Raises ValueError/TypeError for malformed keys.
+        ``prologue``, of at most 65535 bytes. Raises ValueError/TypeError for malformed
+        keys or prologue.
         """
         return cls(
             is_initiator=True,

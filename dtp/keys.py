@@ -13,7 +13,8 @@ needs with them:
 - Interchange with Sui wallets and pysui through the base64 keystring
   (``base64(0x00 || 32-byte seed)``).
 - Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
-  written atomically with mode 0600 and refused on load when group/other can read them.
+  written atomically with mode 0600 and refused on load when group/other can read them,
+  another user owns them, or others may write to their directory (no sticky bit).
 
 Identity file format (JSON, version 1)::
 
@@ -62,6 +63,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from dtp import _ed25519
+from dtp._ed25519 import has_small_order
 from dtp._uleb128 import uleb128
 from dtp.errors import DTPError, KeyFileError
 
@@ -190,44 +192,7 @@ def transaction_digest(tx_bytes: bytes) -> bytes:
     return _blake2b256(_INTENT_TRANSACTION + _bytes_arg("the transaction bytes", tx_bytes))
 
 
-def _small_order_ys() -> frozenset[int]:
-    """The y coordinates of Ed25519's eight points of small order (1, 2, 4, 8), worked
-    out from the curve -x^2 + y^2 = 1 + d x^2 y^2: y = 1 (the identity), p - 1
-    (order 2), 0 (order 4), and the two ±y of the order-8 points, which double to the
-    order-4 points (y(2P) = 0 means y^2 = -x^2, so d x^4 - 2 x^2 - 1 = 0)."""
-    p, d = _ED25519_P, (-121665 * pow(121666, -1, _ED25519_P)) % _ED25519_P
-
-    def sqrt(a: int) -> int | None:  # p = 5 mod 8 (RFC 8032, 5.1.3)
-        x = pow(a % p, (p + 3) // 8, p)
-        if (x * x - a) % p:
-            x = x * pow(2, (p - 1) // 4, p) % p
-        return x if (x * x - a) % p == 0 else None
-
-    ys = {0, 1, p - 1}
-    root = sqrt(1 + d)
-    assert root is not None
-    for x2 in ((1 + root) * pow(d, -1, p) % p, (1 - root) * pow(d, -1, p) % p):
-        y = sqrt(-x2)
-        if y is not None:
-            ys |= {y, p - y}
-    assert len(ys) == 5
-    return frozenset(ys)
-
-
-_ED25519_P: Final = 2**255 - 19
-_SMALL_ORDER_YS: Final = _small_order_ys()
-
-
-def has_small_order(public: bytes) -> bool:
-    """True if the 32-byte Ed25519 public key encodes a point of small order (any of
-    the eight, canonically encoded or not). For such a key valid-looking signatures
-    can be made without any private key (under Sui's ZIP-215 verification every
-    all-zero signature verifies for the all-zero key), so it proves no one."""
-    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
-    return y % _ED25519_P in _SMALL_ORDER_YS
-
-
-def _verify_sui_signature(digest: bytes, sui_signature: bytes, *, proof: bool = False) -> str:
+def _verify_sui_signature(digest: bytes, sui_signature: bytes) -> str:
     sig = _bytes_arg("a Sui signature", sui_signature)
     if len(sig) == 0:
         raise InvalidSignature("empty Sui signature")
@@ -238,7 +203,8 @@ def _verify_sui_signature(digest: bytes, sui_signature: bytes, *, proof: bool = 
             f"an Ed25519 Sui signature is {SUI_SIGNATURE_SIZE} bytes, got {len(sig)}"
         )
     raw, public = sig[1:65], sig[65:]
-    if proof and has_small_order(public):
+    # (_ed25519.verify refuses it too; checked here for a message that says why)
+    if has_small_order(public):
         raise InvalidSignature("the signing key is of small order (it proves no one)")
     if not _ed25519.verify(public, raw, digest):
         raise InvalidSignature("Sui signature does not verify")
@@ -251,12 +217,12 @@ def verify_personal_message(message: bytes, sui_signature: bytes) -> str:
     ``sui_signature`` is the serialized form (``0x00 || sig || pubkey``, 97 bytes), as
     :meth:`HostIdentity.sign_personal_message` and Sui wallets produce it (base64-decoded).
     Raises :class:`InvalidSignature` if it is malformed, not Ed25519, made with a key
-    of small order (:func:`has_small_order`; DTP's proofs and receipts must come from a
-    real key, a stricter rule than Sui's for transactions), or does not verify;
+    of small order (:func:`has_small_order`: anyone can sign for one; DTP refuses them
+    in every check, a stricter rule than Sui's for transactions), or does not verify;
     TypeError if ``message`` or ``sui_signature`` is not bytes-like (a wallet's base64
     string must be decoded first).
     """
-    return _verify_sui_signature(personal_message_digest(message), sui_signature, proof=True)
+    return _verify_sui_signature(personal_message_digest(message), sui_signature)
 
 
 def verify_transaction(tx_bytes: bytes, sui_signature: bytes) -> str:
@@ -576,34 +542,14 @@ class HostIdentity:
         identity unencrypted) or holds a lone surrogate (no UTF-8 form).
         """
         _check_passphrase_type(passphrase)
-        target = Path(path)
-        header = self._header()
-        document: dict[str, Any] = dict(header)
-        secret = self._secret_json()
-        if passphrase is None:
-            document["secret"] = {
-                "encoding": _PLAIN,
-                "data": base64.b64encode(secret).decode(),
-            }
-        else:
-            salt = secrets.token_bytes(_SALT_SIZE)
-            nonce = secrets.token_bytes(_NONCE_SIZE)
-            key = _derive_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
-            ciphertext = ChaCha20Poly1305(key).encrypt(nonce, secret, _associated_data(header))
-            document["secret"] = {
-                "encoding": _ENCRYPTED,
-                "kdf": {
-                    "name": "scrypt",
-                    "n": _SCRYPT_N,
-                    "r": _SCRYPT_R,
-                    "p": _SCRYPT_P,
-                    "salt": base64.b64encode(salt).decode(),
-                },
-                "nonce": base64.b64encode(nonce).decode(),
-                "ciphertext": base64.b64encode(ciphertext).decode(),
-            }
-        data = (json.dumps(document, indent=2) + "\n").encode()
-        _write_private_file(target, data, overwrite=overwrite)
+        failure = _save_identity(self, Path(path), passphrase, overwrite)
+        # Dropped before the raise: the traceback starts in this frame, and an error
+        # reporter that records locals would show the passphrase it holds.
+        del passphrase
+        if failure is not None:
+            # Raised here, like load()'s errors: the frames below held the secret JSON
+            # (the Sui keystring in it) and the file's bytes as locals.
+            raise failure
 
     @classmethod
     def load(
@@ -618,10 +564,13 @@ class HostIdentity:
         Raises :class:`KeyFileError` when the file is missing or unreadable, is not a DTP
         identity file (or has an unknown version), is encrypted and no passphrase was
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
-        both), or, on POSIX, can be accessed by group or others (like ssh; pass
-        ``allow_insecure=True`` to accept it anyway). An empty passphrase is a wrong one
-        (:meth:`save` never encrypts with it). A passphrase given for a plain file is
-        ignored. Raises TypeError if ``passphrase`` is neither None nor a str.
+        both), or, on POSIX, is not safe from other users: when it belongs to another
+        user, can be accessed by group or others, or lies in a directory (or, through a
+        symlink, points into one) that others may write to and that has no sticky bit
+        (like ssh; pass ``allow_insecure=True`` to accept it anyway). An empty
+        passphrase is a wrong one (:meth:`save` never encrypts with it). A passphrase
+        given for a plain file is ignored. Raises TypeError if ``passphrase`` is
+        neither None nor a str.
         """
         _check_passphrase_type(passphrase)
         outcome = _load_identity(Path(path), passphrase, allow_insecure)
@@ -631,6 +580,62 @@ class HostIdentity:
             # that records locals (or a debugger walking the traceback) would show.
             raise outcome
         return outcome
+
+
+def _save_identity(
+    identity: HostIdentity, target: Path, passphrase: str | None, overwrite: bool
+) -> KeyFileError | ValueError | None:
+    """:meth:`HostIdentity.save`'s work: None once the file is written, else the error to
+    raise (KeyFileError, or ValueError for an unusable passphrase), returned without its
+    traceback (whose frames hold the secret)."""
+    try:
+        _write_identity_file(identity, target, passphrase, overwrite)
+    except (KeyFileError, ValueError) as exc:
+        # (``from None`` only hides a context: an OSError's frames would still be linked)
+        exc.__context__ = None
+        return exc.with_traceback(None)
+    return None
+
+
+def _write_identity_file(
+    identity: HostIdentity, target: Path, passphrase: str | None, overwrite: bool
+) -> None:
+    """Check the arguments, then build the identity file's JSON and write it to
+    ``target`` (KeyFileError, or ValueError for an unusable passphrase)."""
+    # The cheap checks come before the secret is built, so that a refusal costs no
+    # scrypt and leaves no secret in any frame.
+    _check_file_name(target)
+    if passphrase is not None:
+        _passphrase_bytes(passphrase)
+    if not overwrite and os.path.lexists(target):
+        raise _exists_error(target)
+    header = identity._header()
+    document: dict[str, Any] = dict(header)
+    secret = identity._secret_json()
+    if passphrase is None:
+        document["secret"] = {
+            "encoding": _PLAIN,
+            "data": base64.b64encode(secret).decode(),
+        }
+    else:
+        salt = secrets.token_bytes(_SALT_SIZE)
+        nonce = secrets.token_bytes(_NONCE_SIZE)
+        key = _derive_key(passphrase, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+        ciphertext = ChaCha20Poly1305(key).encrypt(nonce, secret, _associated_data(header))
+        document["secret"] = {
+            "encoding": _ENCRYPTED,
+            "kdf": {
+                "name": "scrypt",
+                "n": _SCRYPT_N,
+                "r": _SCRYPT_R,
+                "p": _SCRYPT_P,
+                "salt": base64.b64encode(salt).decode(),
+            },
+            "nonce": base64.b64encode(nonce).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+        }
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    _write_private_file(target, data, overwrite=overwrite)
 
 
 def _load_identity(
@@ -827,12 +832,8 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"{path} is not a regular file")
-        if os.name == "posix" and info.st_mode & 0o077 and not allow_insecure:
-            mode = stat.S_IMODE(info.st_mode)
-            raise KeyFileError(
-                f"permissions {mode:04o} for {path} are too open: the identity must not be "
-                f"accessible by group or others (run: chmod 600 {path})"
-            )
+        if os.name == "posix" and not allow_insecure:
+            _check_private_file(path, info)
         chunks = []
         size = 0
         while chunk := os.read(fd, 65536):
@@ -845,6 +846,40 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _check_private_file(path: Path, info: os.stat_result) -> None:
+    """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
+    unless this user owns it, only this user may access it, and no one else may replace
+    it: its directory (and, through a symlink, its target's) must be writable by no one
+    else, or have the sticky bit (as /tmp: only a file's owner may then remove or
+    rename it). POSIX only; what ``allow_insecure`` skips."""
+    euid = os.geteuid()
+    if info.st_uid != euid:
+        # Like ssh: a file another user owns may hold their key, and they may change it.
+        raise KeyFileError(
+            f"{path} must belong to this user (it belongs to uid {info.st_uid}, this "
+            f"process runs as uid {euid})"
+        )
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise KeyFileError(
+            f"permissions {mode:04o} for {path} are too open: the identity must not be "
+            f"accessible by group or others (run: chmod 600 {path})"
+        )
+    seen: set[tuple[int, int]] = set()
+    for directory in (path.parent, Path(os.path.realpath(path)).parent):
+        where = os.stat(directory)
+        if (where.st_dev, where.st_ino) in seen:
+            continue
+        seen.add((where.st_dev, where.st_ino))
+        # Whoever may write to the directory may put their own file in the identity's
+        # place (a key they know, used to sign for this host) between two loads.
+        if where.st_mode & 0o022 and not where.st_mode & stat.S_ISVTX:
+            raise KeyFileError(
+                f"{directory}, which holds {path}, must be writable by no one else or have "
+                f"the sticky bit (mode {stat.filemode(where.st_mode)})"
+            )
 
 
 def _make_private_directories(directory: Path) -> None:
@@ -868,6 +903,11 @@ def _check_file_name(path: Path) -> None:
         raise KeyFileError(f"{str(path)!r} is not a file name (it holds a NUL character)")
 
 
+def _exists_error(path: Path) -> KeyFileError:
+    """The error for a save over an existing file without ``overwrite``."""
+    return KeyFileError(f"{path} already exists; pass overwrite=True to replace it")
+
+
 def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
     _check_file_name(path)
     directory = path.parent
@@ -875,8 +915,10 @@ def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
         _make_private_directories(directory)
     except OSError as exc:
         raise KeyFileError(f"cannot create {directory}: {exc.strerror}") from None
+    # Checked again: the file may have appeared since save() looked, and the link below
+    # only refuses to clobber where the file system has hard links.
     if not overwrite and os.path.lexists(path):
-        raise KeyFileError(f"{path} already exists; pass overwrite=True to replace it")
+        raise _exists_error(path)
     # The target's name in the temporary one tells whoever finds a leftover what it is;
     # cut short, so that a name near the file system's limit (255 bytes) still leaves
     # room for the rest.
@@ -903,7 +945,7 @@ def _write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
             _link_no_clobber(tmp, path)
         _fsync_directory(directory)
     except FileExistsError:
-        raise KeyFileError(f"{path} already exists; pass overwrite=True to replace it") from None
+        raise _exists_error(path) from None
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
     finally:

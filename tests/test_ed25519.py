@@ -58,6 +58,14 @@ def test_edge_cases_agree() -> None:
     # public keys that are not points, or not canonically encoded: rejected
     assert not both(b"\xff" * 32, signature, message)
     assert not both((2**255 - 19 + 1).to_bytes(32, "little"), signature, message)
+    # keys and R of small order (the neutral element, orders 4 and 2), where ZIP-215
+    # and RFC 8032 part (under ZIP-215 the all-zero signature verifies every message
+    # for a small-order key): rejected by both
+    for small in (b"\x01" + bytes(31), bytes(32), (2**255 - 20).to_bytes(32, "little")):
+        for tried in (b"edge", b"a", b"b", b"c", b"d"):
+            assert not both(small, bytes(64), tried)
+            assert not both(small, small + bytes(32), tried)
+        assert not both(public, small + signature[32:], message)
     # malformed lengths: rejected, not raised
     assert not both(public, signature[:63], message)
     assert not both(public[:31], signature, message)

@@ -122,16 +122,19 @@ class _StartAborted(Exception):
     the start, never in the middle of one: a ledger call runs to its end)."""
 
 
-def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
+def load_identity(
+    path: Path, passphrase: str | None = None, passphrase_env: str = PASSPHRASE_ENV
+) -> HostIdentity:
     """The daemon's identity, decrypted with ``passphrase`` when the file is
     encrypted; a new one is generated and saved (encrypted when a passphrase is given)
-    on first start."""
+    on first start. ``passphrase_env`` names the environment variable the passphrase
+    came from, for the error about a passphrase that cannot be used."""
     if not path.exists():
         identity = HostIdentity.generate()
         try:
             identity.save(path, passphrase)
         except ValueError as exc:  # a passphrase that is not text (a lone surrogate)
-            raise KeyFileError(f"${PASSPHRASE_ENV} cannot be used as a passphrase: {exc}") from None
+            raise KeyFileError(f"${passphrase_env} cannot be used as a passphrase: {exc}") from None
         logger.info("identity created", extra=kv(path=str(path)))
         return identity
     return HostIdentity.load(path, passphrase)
@@ -140,14 +143,21 @@ def load_identity(path: Path, passphrase: str | None = None) -> HostIdentity:
 class Daemon:
     """One daemon process (see the module docs)."""
 
-    def __init__(self, config: DaemonConfig, passphrase: str | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        passphrase: str | None = None,
+        passphrase_env: str = PASSPHRASE_ENV,
+    ) -> None:
+        """Take the state directory's lock and load the identity (``passphrase`` read
+        from the environment variable ``passphrase_env``), the ledger and the status."""
         self.config = config
         settings = config.daemon
         # first: a second daemon started at the same moment must not also generate
         # the identity, or touch the ledger on this state's behalf
         self._lock: int | None = lock_state_dir(config)
         try:
-            self.identity = load_identity(settings.identity, passphrase)
+            self.identity = load_identity(settings.identity, passphrase, passphrase_env)
             self.ledger: Ledger = LocalLedger(settings.ledger)
             self.book = StatusBook.open(settings.state_dir)
         except BaseException:
@@ -929,7 +939,7 @@ def _main(
         return 0
     passphrase = os.environ.get(passphrase_env) or None
     try:
-        daemon = Daemon(config, passphrase)
+        daemon = Daemon(config, passphrase, passphrase_env)
     except DaemonConfigError as exc:  # the state directory is in use
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
