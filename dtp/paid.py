@@ -53,6 +53,7 @@ from dtp.errors import (
     LocalProtocolError,
     MalformedReceipt,
     PaymentRequired,
+    ReceiptStoreError,
     move_error,
 )
 from dtp.escrow import Receipt
@@ -265,7 +266,9 @@ def settle_ended(
     claim on the ledger does not wait for the fsync; the writer marks the claim in the
     store once the receipt is written). ``final``, the receipt the client's CLOSE came
     with, is handed to the writer should the settlement not claim it, kept for a later
-    claim (recover_unclaimed at the next start). A ChainError is logged: None."""
+    claim (recover_unclaimed at the next start). A ChainError is logged: None. A claimed
+    mark the writer cannot take (closed meanwhile) is logged, and the settlement made
+    returned all the same (:func:`claim_and_settle`)."""
     settlement = None
     try:
         settlement = claim_and_settle(
@@ -1125,18 +1128,42 @@ def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
 def recover_store(
     ledger: Ledger, identity: HostIdentity, store: ReceiptStore, alone: bool
 ) -> list[tuple[str, Settlement]]:
-    """A starting paid server's :func:`recover_unclaimed`: only when it is ``alone`` on
-    its store (:meth:`ReceiptStore.attach_server`). Another server live on the same
-    store holds receipts of connections it is serving; claiming them would settle those
-    connections under it (the client refunded at once, the service it goes on giving
-    never paid). What earlier runs left is then claimed at a start when none is live."""
-    if alone:
-        return recover_unclaimed(ledger, identity, store)
-    logger.warning(
-        "another server is live on this receipt store: its unclaimed receipts are left "
-        "for a start when none is"
-    )
-    return []
+    """A paid server's :func:`recover_unclaimed` of what dead server runs left in its
+    store (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
+    :meth:`ReceiptStore.attach_server` said: then every other run is dead) and every
+    :data:`RECOVERY_INTERVAL` after (``alone`` False). A server killed while another
+    was live on the same store left its receipts unclaimed for as long as any was
+    (its restart was not alone either), and its clients' half-close timeouts refunded
+    the fees they had paid. The receipts of live servers are never claimed: they are
+    their connections', settled under them the service they go on giving is never
+    paid."""
+    with store.orphaned(alone) as receipts:
+        if not receipts:
+            return []
+        return recover_unclaimed(ledger, identity, store, receipts)
+
+
+#: How often a live paid server looks for server runs on its receipt store that died
+#: with receipts unclaimed, and claims them (seconds; at its policy refreshes). Well
+#: below the 10-minute half-close timeout after which a client takes its deposit back.
+RECOVERY_INTERVAL = 30.0
+
+
+def next_recovery() -> float:
+    """When (monotonic seconds) a live paid server next runs :func:`recover_now`."""
+    return time.monotonic() + RECOVERY_INTERVAL
+
+
+def recover_now(
+    ledger: Ledger, identity: HostIdentity, store: ReceiptStore
+) -> list[tuple[str, Settlement]]:
+    """A live paid server's :func:`recover_store` (what dead runs left since it
+    started); a store it cannot read now is logged, and looked at again next time."""
+    try:
+        return recover_store(ledger, identity, store, False)
+    except ReceiptStoreError as exc:
+        logger.warning("cannot look for receipts dead servers left: %s", exc)
+        return []
 
 
 #: How long a closed paid server's release waits for its receipt writer to finish
@@ -1147,11 +1174,19 @@ RELEASE_WRITER_WAIT = 30.0
 def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
     """A closed paid server's last step: stop the receipt writer (after it wrote
     everything, within :data:`RELEASE_WRITER_WAIT`), then close the store if the server
-    opened it."""
+    opened it. Receipts the writer gave up (the store refused them until then) are
+    logged whole by the writer, and counted here: the store is closed all the same, as
+    nothing writes to it any more."""
     if not writer.close(RELEASE_WRITER_WAIT):
-        # still writing: the store stays open under it rather than lose a receipt
-        logger.error("the receipt writer did not finish; receipt store left open")
-        return
+        if not writer.stopped:
+            # still writing: the store stays open under it rather than lose a receipt
+            logger.error("the receipt writer did not finish; receipt store left open")
+            return
+        logger.error(
+            "%d receipt(s) could not be stored and were given up (each logged whole "
+            "above, to be claimed by hand): their fees are unclaimed",
+            len(writer.given_up),
+        )
     if own_store:
         store.close()
 
@@ -1254,7 +1289,8 @@ class PaidServer:
             alone = self.store.attach_server()
             self._attached = True
             self.recovered = recover_store(ledger, identity, self.store, alone)
-            """(connection ID, settlement) of what a previous run left unclaimed."""
+            """(connection ID, settlement) of what dead server runs left unclaimed: at
+            the start, then every :data:`RECOVERY_INTERVAL`."""
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
             self.admission = _PaidAdmission(self, ledger, self.host_id, port)
@@ -1519,9 +1555,13 @@ class PaidServer:
     # -- the host's policy -------------------------------------------------------------
 
     def _policy_loop(self) -> None:
+        recover_at = next_recovery()
         while not self._closed.wait(self.policy.refresh_interval):
             try:
                 self.refresh_policy()
+                if time.monotonic() >= recover_at:
+                    recover_at = next_recovery()
+                    self.recovered.extend(recover_now(self.ledger, self.identity, self.store))
             except Exception:
                 # (a ChainError is handled in there) Anything else -- a bug, a value
                 # a ledger should not return -- must not end the loop: the firewall
@@ -1637,10 +1677,12 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
+        # (the writer first: a receipt it writes after the detach is the run's all the
+        # same, and one left unclaimed then kept the run's lock file, to be recovered)
+        release_receipts(self.receipt_writer, self.store, self._own_store)
         if self._attached:
             self._attached = False
             self.store.detach_server()
-        release_receipts(self.receipt_writer, self.store, self._own_store)
         self._released.set()
 
     def wait_released(self, timeout: float | None = None) -> bool:
@@ -1660,10 +1702,11 @@ class PaidServer:
             return False
         # The release waits for the writer only so long (release_receipts); one still
         # writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost.
+        # receipts it holds are lost. (A writer that gave receipts up has stopped: its
+        # close() says False, but it no longer uses the store.)
         while True:
             left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
-            if self.receipt_writer.close(left):
+            if self.receipt_writer.close(left) or self.receipt_writer.stopped:
                 return True
             if deadline is not None:
                 return False

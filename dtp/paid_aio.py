@@ -62,7 +62,9 @@ from dtp.paid import (
     closes_store,
     datagram_sizes,
     gate_for,
+    next_recovery,
     open_store,
+    recover_now,
     recover_store,
     release_receipts,
     settle_ended,
@@ -1264,10 +1266,16 @@ class PaidAioServer:
         self._done()
 
     async def _policy_loop(self) -> None:
+        recover_at = next_recovery()
         while True:
             await asyncio.sleep(self.policy.refresh_interval)
             try:
                 await self.refresh_policy()
+                if time.monotonic() >= recover_at:  # (as dtp.paid's)
+                    recover_at = next_recovery()
+                    self.recovered.extend(
+                        await asyncio.to_thread(recover_now, self.ledger, self.identity, self.store)
+                    )
             except Exception:
                 # (a ChainError is handled in there) Anything else -- a bug, a value
                 # a ledger should not return -- must not end the task: the firewall
@@ -1393,10 +1401,11 @@ class PaidAioServer:
         self._released.set()
 
     def _release_store(self) -> None:
+        # (the writer first, as dtp.paid's: its last receipts are the run's)
+        release_receipts(self.receipt_writer, self.store, self._own_store)
         if self._attached:
             self._attached = False
             self.store.detach_server()
-        release_receipts(self.receipt_writer, self.store, self._own_store)
 
     async def wait_closed(self) -> None:
         """Wait until the listener is closed (connections being served go on: see
@@ -1440,8 +1449,9 @@ class PaidAioServer:
             return False
         # The release waits for the receipt writer only so long (release_receipts); one
         # still writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (close(0) only looks: the thread is told already.)
-        while not self.receipt_writer.close(0):
+        # receipts it holds are lost. (close(0) only looks: the thread is told already;
+        # a writer that gave receipts up has stopped, its close() False all the same.)
+        while not self.receipt_writer.close(0) and not self.receipt_writer.stopped:
             if deadline is not None and loop.time() >= deadline:
                 return False
             await asyncio.sleep(_WRITER_POLL)

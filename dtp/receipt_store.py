@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     total_amount TEXT NOT NULL,
     encoded BLOB NOT NULL,
     claimed_amount TEXT NOT NULL DEFAULT '00000000000000000000',
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    run_id TEXT NOT NULL DEFAULT ''
 )
 """
 
@@ -63,7 +66,14 @@ _COLUMNS = [
     ("encoded", "BLOB"),
     ("claimed_amount", "TEXT"),
     ("updated_ms", "INTEGER"),
+    ("run_id", "TEXT"),
 ]
+# The table before its rows had owners (run_id): such a file is migrated in place, its
+# rows owned by no run (recovered only by a server alone on the store, as before).
+_OLD_COLUMNS = _COLUMNS[:-1]
+# A server run's ID (attach_server), as its lock file's name ends: nothing else found
+# beside the store is taken for one.
+_RUN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 # One statement: the comparison and the write cannot interleave with another writer's.
@@ -71,14 +81,19 @@ _COLUMNS = [
 # amount not lower): a lower one, from a client that signed it after a higher one, would
 # throw away what the higher one lets the server claim for service already given.
 _KEEP = (
-    "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms) "
-    "VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO receipts (connection_id, nonce, total_amount, encoded, updated_ms, run_id) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(connection_id) DO UPDATE SET nonce = excluded.nonce, "
     "total_amount = excluded.total_amount, encoded = excluded.encoded, "
-    "updated_ms = excluded.updated_ms WHERE excluded.nonce > receipts.nonce "
+    "updated_ms = excluded.updated_ms, run_id = excluded.run_id "
+    "WHERE excluded.nonce > receipts.nonce "
     "AND excluded.total_amount >= receipts.total_amount"
 )
 _MARK = "UPDATE receipts SET claimed_amount = MAX(claimed_amount, ?) WHERE connection_id = ?"
+# (both columns are 20-digit text: compared as text, they compare as the numbers)
+_UNCLAIMED_OF_RUN = (
+    "SELECT 1 FROM receipts WHERE run_id = ? AND total_amount > claimed_amount LIMIT 1"
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,9 @@ class ReceiptStore:
                 self._db.execute("PRAGMA synchronous=FULL")  # a kept receipt survives power loss
                 self._db.execute(_SCHEMA)
                 self._check_schema()
+                self._check_writable()
+                if self._columns() == _OLD_COLUMNS:
+                    self._migrate()
         except BaseException:
             # (a file that is not a database fails here: the handle is not left open)
             self._db.close()
@@ -139,6 +157,11 @@ class ReceiptStore:
         self._servers = 0
         self._server_fd: int | None = None
         self._server_lock = threading.Lock()
+        # the run of the servers attached now (or last): the owner of the rows written,
+        # and the lock file that tells other handles and processes it is live
+        self._run_id: str | None = None
+        self._run_fd: int | None = None
+        self._run_path: Path | None = None
 
     @property
     def closed(self) -> bool:
@@ -170,17 +193,53 @@ class ReceiptStore:
         keep failed later ("no column named ..."), and a writer retried it for good
         while no receipt ever counted."""
         kind = self._db.execute("SELECT type FROM sqlite_master WHERE name = 'receipts'").fetchone()
-        columns = [
-            (str(row[1]), str(row[2]).upper())
-            for row in self._db.execute("PRAGMA table_info(receipts)").fetchall()
-        ]
-        if kind is None or kind[0] != "table" or columns != _COLUMNS:
+        columns = self._columns()
+        if kind is None or kind[0] != "table" or columns not in (_COLUMNS, _OLD_COLUMNS):
             raise ReceiptStoreError(
                 f"cannot open the receipt store {self._name}: not a receipt store: its "
                 "receipts table has columns "
                 f"{columns} ({kind[0] if kind else 'none'}), not {_COLUMNS}",
                 self._name,
             )
+
+    def _columns(self) -> list[tuple[str, str]]:
+        return [
+            (str(row[1]), str(row[2]).upper())
+            for row in self._db.execute("PRAGMA table_info(receipts)").fetchall()
+        ]
+
+    def _migrate(self) -> None:
+        """Give a store made before run IDs its ``run_id`` column (its rows owned by no
+        run). In one write transaction: two processes opening it at once do not both
+        add it (the second finds it there)."""
+        with self._transaction():
+            if self._columns() == _OLD_COLUMNS:
+                self._db.execute("ALTER TABLE receipts ADD COLUMN run_id TEXT NOT NULL DEFAULT ''")
+
+    def _check_writable(self) -> None:
+        """Refuse a store that cannot be written (a read-only file, an immutable one, a
+        read-only mount): it opened and read, a paid server attached and served, and
+        every keep failed after it, for good (no receipt ever counted). BEGIN
+        IMMEDIATE does not tell (SQLite takes the lock of a read-only file all the
+        same); a write that changes no row does, before it takes any lock."""
+        timeout_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
+        # Not waiting for the lock: a store another writer holds is writable, and the
+        # probe waited out BUSY_TIMEOUT before saying so.
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("UPDATE receipts SET nonce = nonce WHERE 0")
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # (its primary code)
+            if code == sqlite3.SQLITE_READONLY:
+                raise ReceiptStoreError(
+                    f"cannot open the receipt store {self._name}: it is read-only ({exc}); "
+                    "a paid server needs to write every receipt it counts",
+                    self._name,
+                ) from exc
+            if code != sqlite3.SQLITE_BUSY:
+                raise
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
     def attach_server(self) -> bool:
         """A paid server starts using this store; :meth:`detach_server` when it stops.
@@ -191,17 +250,20 @@ class ReceiptStore:
         left, for :func:`dtp.settlement.recover_unclaimed`. False when another one is
         serving: some of them are its live connections' receipts, and claiming them
         would settle those connections under it (the client refunded, the service it
-        goes on giving never paid)."""
+        goes on giving never paid).
+
+        The first server attached on this handle starts a run: the rows written until
+        the last one detaches are the run's, and its lock file
+        ``<path>-lock-<run ID>``, locked meanwhile, tells every other server that they
+        belong to a live one. Once it is not (the process killed), any server recovers
+        them (:meth:`orphaned`), alone on the store or not."""
         with self._server_lock:
             self._servers += 1
             if self._servers > 1:
                 return False
             if self._path is None or fcntl is None:
                 return True
-            try:
-                real = self._path.resolve()  # (a symlink to the file finds the same lock)
-            except (OSError, RuntimeError):  # RuntimeError: a symlink loop
-                real = self._path
+            real = self._real_path()
             try:
                 fd = os.open(
                     real.with_name(real.name + "-lock"),
@@ -226,7 +288,141 @@ class ReceiptStore:
                 self._servers -= 1  # (left raised, every later start thought it not alone)
                 raise
             self._server_fd = fd
+            self._start_run(real)
             return alone
+
+    def _real_path(self) -> Path:
+        """The store's file, symlinks resolved: every name of it finds the same locks."""
+        assert self._path is not None
+        try:
+            return self._path.resolve()
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            return self._path
+
+    def _start_run(self, real: Path) -> None:
+        """A new run ID, its lock file made and locked (server lock held). Made under
+        another name and renamed once locked: under its own, another server finding it
+        unlocked for an instant took the run for a dead one. Without one (a read-only
+        directory), the run's rows are owned by no run: recovered only by a server
+        alone on the store."""
+        assert fcntl is not None
+        run_id = secrets.token_hex(8)
+        path = real.with_name(f"{real.name}-lock-{run_id}")
+        making = real.with_name(f"{real.name}-newlock-{run_id}")
+        try:
+            fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            logger.warning("no run lock file for the receipt store %s: %s", self._path, exc)
+            self._run_id = None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody holds it)
+            os.rename(making, path)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(making)
+            logger.warning("no run lock file for the receipt store %s: %s", self._path, exc)
+            self._run_id = None
+            return
+        self._run_id, self._run_fd, self._run_path = run_id, fd, path
+
+    def _end_run(self) -> None:
+        """The run's servers are gone (server lock held): its lock is let go of, and
+        its file removed when the run left nothing to claim (else another server, or
+        the next start, recovers it). A row written after this (a writer finishing) is
+        still the run's: unclaimed, recovered as a dead run's."""
+        fd, self._run_fd = self._run_fd, None
+        if fd is None:
+            return
+        if self._run_path is not None and not self._run_has_unclaimed(self._run_id):
+            with contextlib.suppress(OSError):
+                os.unlink(self._run_path)
+        os.close(fd)
+
+    def _run_has_unclaimed(self, run_id: str | None) -> bool:
+        """Whether ``run_id``'s rows hold MIST to claim; True when that cannot be read
+        (its lock file is then kept: at worst a dead run looked at once more)."""
+        try:
+            return self._db.execute(_UNCLAIMED_OF_RUN, (run_id,)).fetchone() is not None
+        except sqlite3.Error:
+            return True
+
+    @contextlib.contextmanager
+    def orphaned(self, everyone: bool = False) -> Iterator[list[StoredReceipt]]:
+        """The unclaimed receipts dead server runs left (:meth:`attach_server`), oldest
+        first: those of every run whose lock file this handle could lock (its server is
+        gone). Their locks are held until the block ends, so that no other server claims
+        them at the same time; then the lock files of the runs with nothing left to
+        claim are removed. With ``everyone`` (the servers on this handle are the only
+        live ones: :meth:`attach_server` said True), every row but this handle's run's,
+        those owned by no run too (written before run IDs, or with no server attached).
+        The rows of live runs are never listed: they are their connections' receipts."""
+        locks, live = self._lock_dead_runs()
+        try:
+            if everyone:
+                # (not a run that started since attach_server() said True: it is live)
+                mine = [*live] if self._run_id is None else [self._run_id, *live]
+                where, params = f"run_id NOT IN ({', '.join('?' * len(mine))})", mine
+            elif locks:
+                where = f"run_id IN ({', '.join('?' * len(locks))})"
+                params = list(locks)
+            else:
+                yield []
+                return
+            yield list(self._unclaimed(where, params))
+        finally:
+            self._forget_runs(locks)
+
+    def _lock_dead_runs(self) -> tuple[dict[str, tuple[int, Path]], list[str]]:
+        """Run ID -> (locked fd, lock file) of every other run whose lock file this
+        handle could lock exclusively (its server is gone), and the IDs of those it
+        could not (live, or being recovered by another server)."""
+        live: list[str] = []
+        if self._path is None or fcntl is None:
+            return {}, live
+        real = self._real_path()
+        prefix = f"{real.name}-lock-"
+        try:
+            names = os.listdir(real.parent)
+        except OSError as exc:
+            logger.warning("cannot look for dead runs beside %s: %s", real, exc)
+            return {}, live
+        locks: dict[str, tuple[int, Path]] = {}
+        for name in names:
+            run_id = name[len(prefix) :]
+            if not name.startswith(prefix) or not _RUN_ID.fullmatch(run_id):
+                continue
+            if run_id == self._run_id and self._run_fd is not None:
+                continue  # (this handle's own, live)
+            path = real.parent / name
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:  # (removed meanwhile: recovered by another server)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # (BlockingIOError: live, or another server recovers it)
+                os.close(fd)
+                live.append(run_id)
+                continue
+            locks[run_id] = (fd, path)
+        return locks, live
+
+    def _forget_runs(self, locks: dict[str, tuple[int, Path]]) -> None:
+        """Let go of dead runs' locks, removing the files of those left with nothing
+        to claim (their lock held: a server looking at one at the same time finds
+        nothing of the run's to claim, and its own removal finds no file)."""
+        for run_id, (fd, path) in locks.items():
+            try:
+                with self._reading():
+                    done = not self._run_has_unclaimed(run_id)
+            except ReceiptStoreError:  # (closed meanwhile)
+                done = False
+            if done:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            os.close(fd)
 
     def _lock_shared(self, fd: int) -> None:
         """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT` for an exclusive
@@ -263,6 +459,7 @@ class ReceiptStore:
         fd, self._server_fd = self._server_fd, None
         if fd is not None:
             os.close(fd)
+        self._end_run()
 
     def keep(self, receipt: Receipt) -> bool:
         """Store ``receipt`` if it is newer (higher nonce) than the stored one and
@@ -282,6 +479,7 @@ class ReceiptStore:
                     _u64_text(receipt.total_amount),
                     receipt.encode(),
                     _now_ms(),
+                    self._run_id or "",
                 ),
             )
         return cursor.rowcount == 1
@@ -299,6 +497,7 @@ class ReceiptStore:
                 _u64_text(r.total_amount),
                 r.encode(),
                 _now_ms(),
+                self._run_id or "",
             )
             for r in receipts
         ]
@@ -387,9 +586,15 @@ class ReceiptStore:
 
     def unclaimed(self) -> Iterator[StoredReceipt]:
         """Receipts with MIST still to claim (e.g. after a crash), oldest first."""
+        return self._unclaimed("1", [])
+
+    def _unclaimed(self, where: str, params: Sequence[object]) -> Iterator[StoredReceipt]:
+        """:meth:`unclaimed` of the rows ``where`` selects."""
         with self._errors("read"), self._reading():
             rows = self._db.execute(
-                "SELECT connection_id, encoded, claimed_amount FROM receipts ORDER BY updated_ms"
+                "SELECT connection_id, encoded, claimed_amount FROM receipts "
+                f"WHERE {where} ORDER BY updated_ms",
+                params,
             ).fetchall()
         for connection_id, encoded, claimed in rows:
             try:

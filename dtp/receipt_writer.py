@@ -68,11 +68,14 @@ class ReceiptWriter:
     :meth:`close` write them at once.
 
     A write that fails (a store locked past SQLite's busy timeout, a full disk) is tried
-    again every :data:`RETRY_DELAY` seconds, and once more at :meth:`close`; its receipts
-    do not count meanwhile, but :meth:`latest` still reports them, so a settlement
-    claims them all the same. A write that fails because the store is closed (closed
-    before this writer: the wrong order) is not tried again: what is waiting is dropped
-    with one error, and ``done`` does not run for it (see :meth:`_dropped`)."""
+    again every :data:`RETRY_DELAY` seconds, at once when :meth:`close` comes, and from
+    then on until the close's timeout is spent; its receipts do not count meanwhile, but
+    :meth:`latest` still reports them, so a settlement claims them all the same. What
+    is still not written then is given up (:attr:`given_up`): each receipt logged whole,
+    for an operator to claim by hand, and :meth:`close` returns False. A write that
+    fails because the store is closed (closed before this writer: the wrong order) is
+    not tried again: what is waiting is dropped with one error, and ``done`` does not
+    run for it (see :meth:`_dropped`)."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
@@ -82,7 +85,9 @@ class ReceiptWriter:
         self._mark_now = False
         self._busy: dict[str, Receipt | None] = {}  # being written (None: a mark only)
         self._retry_at: float | None = None  # after a failed write: not before then
-        self._last_try = False  # the write under way was taken after close()
+        # after close(): no write is tried again once the next try would start after this
+        self._give_up_at = 0.0
+        self._given_up: list[Receipt] = []
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
@@ -149,7 +154,7 @@ class ReceiptWriter:
         """The next batch to write (lock held; waits for one); None once closed and
         drained."""
         while True:
-            if self._retry_at is not None and not self._closed:
+            if self._retry_at is not None:
                 left = self._retry_at - time.monotonic()
                 if left > 0:
                     self._cond.wait(left)
@@ -166,7 +171,6 @@ class ReceiptWriter:
                 return None
             self._cond.wait()
         batch, self._pending = self._pending, {}
-        self._last_try = self._closed
         marks, self._marks = self._marks, {}
         self._mark_now = False
         busy: dict[str, Receipt | None] = {cid: r for cid, (r, _) in batch.items()}
@@ -197,7 +201,7 @@ class ReceiptWriter:
                     self._failed(batch, marks, exc)
                 batch = {}
             except Exception:  # (not the disk: trying again would fail alike)
-                logger.exception("cannot store receipts (%s)", ", ".join(batch or marks))
+                logger.exception("cannot store receipts (%s)", _brief(batch or marks))
                 batch = {}
             else:
                 with self._cond:
@@ -227,22 +231,46 @@ class ReceiptWriter:
         meanwhile) and try again after :data:`RETRY_DELAY`. Dropped, the receipt was
         lost for good: its client had paid and would not sign the same usage again, so
         the connection paused and closed for want of payment, and its settlement
-        claimed the receipt before (the service given on it never paid)."""
-        names = ", ".join(batch or marks)
+        claimed the receipt before (the service given on it never paid).
+
+        After :meth:`close`, only as long as the next try would start within the close's
+        timeout: then the batch, and whatever else waits, is given up
+        (:func:`_give_up`)."""
         with self._cond:
-            if self._last_try:
-                # a try taken after close() failed too (a close wakes a waiting retry,
-                # and a write that failed as close() came gets this one more)
-                logger.error("cannot store receipts (%s), given up at close: %s", names, exc)
-                return
-            logger.error("cannot store receipts (%s), trying again: %s", names, exc)
-            for cid, item in batch.items():
-                _queue(self._pending, cid, item)
-            for cid, amount in marks.items():
-                self._marks[cid] = max(amount, self._marks.get(cid, 0))
-            if self._marks:
-                self._marks_since = min(self._marks_since, time.monotonic())
-            self._retry_at = time.monotonic() + RETRY_DELAY
+            self._requeue(batch, marks)
+            retry_at = time.monotonic() + RETRY_DELAY
+            if self._closed and retry_at >= self._give_up_at:
+                receipts, given_up_marks = self._take_all()
+                self._given_up.extend(receipt for receipt, _ in receipts.values())
+            else:
+                if self._marks:
+                    self._marks_since = min(self._marks_since, time.monotonic())
+                self._retry_at = retry_at
+                receipts = None
+        if receipts is None:
+            # (briefly: on a full disk, a whole server's connections, every RETRY_DELAY)
+            logger.error(
+                "cannot store receipts (%s), trying again: %s", _brief(batch or marks), exc
+            )
+        else:
+            _give_up(receipts, given_up_marks, exc)
+
+    def _requeue(self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int]) -> None:
+        """Put a batch that was not written back with what waits (lock held): a newer
+        receipt submitted meanwhile stays, and a mark keeps its highest amount."""
+        for cid, item in batch.items():
+            _queue(self._pending, cid, item)
+        for cid, amount in marks.items():
+            self._marks[cid] = max(amount, self._marks.get(cid, 0))
+
+    def _take_all(self) -> tuple[dict[str, tuple[Receipt, Done]], dict[str, int]]:
+        """Everything waiting, taken out for good (lock held): nothing of it is tried
+        again."""
+        receipts, self._pending = self._pending, {}
+        marks, self._marks = self._marks, {}
+        self._mark_now = False
+        self._retry_at = None
+        return receipts, marks
 
     def _dropped(
         self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
@@ -259,14 +287,8 @@ class ReceiptWriter:
         return as the writer is idle again. A dropped claimed mark costs nothing: a
         restart asks the ledger again."""
         with self._cond:
-            for cid, item in batch.items():
-                _queue(self._pending, cid, item)
-            for cid, amount in marks.items():
-                self._marks[cid] = max(amount, self._marks.get(cid, 0))
-            receipts, self._pending = self._pending, {}
-            dropped_marks, self._marks = self._marks, {}
-            self._mark_now = False
-            self._retry_at = None
+            self._requeue(batch, marks)
+            receipts, dropped_marks = self._take_all()
         what = []
         if receipts:
             what.append(
@@ -277,15 +299,64 @@ class ReceiptWriter:
             what.append(f"{len(dropped_marks)} claimed mark(s) dropped ({_brief(dropped_marks)})")
         logger.error("%s: %s", "; ".join(what), exc)
 
-    def close(self, timeout: float = 30.0) -> bool:
-        """Write what is waiting, then stop the thread; False when it is still writing
-        after ``timeout`` (the store is then still in use: do not close it yet)."""
+    @property
+    def given_up(self) -> tuple[Receipt, ...]:
+        """The receipts given up at :meth:`close` (their writes kept failing until its
+        timeout was spent): not stored, each logged whole at error level."""
         with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+            return tuple(self._given_up)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the thread has ended: nothing uses the store any more."""
+        return not self._thread.is_alive()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is waiting, then stop the thread. A write failing meanwhile is
+        tried again every :data:`RETRY_DELAY` seconds as long as the next try would
+        start within ``timeout`` (of the first call: a later one only waits); then what
+        is still not written is given up (:attr:`given_up`).
+
+        True when everything was written. False when receipts were given up, or when
+        the thread is still writing after ``timeout`` (:attr:`stopped` tells these apart:
+        still writing, the store is in use yet, and must not be closed)."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._give_up_at = time.monotonic() + timeout
+                if self._retry_at is not None:
+                    # a retry waiting is tried at once: the lock that failed the last
+                    # try may be gone, and the close's timeout starts now
+                    self._retry_at = time.monotonic()
+                self._cond.notify_all()
         if self._thread is not threading.current_thread():  # (a done callback closing)
             self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self.stopped and not self.given_up
+
+
+def _give_up(
+    receipts: Mapping[str, tuple[Receipt, Done]], marks: Mapping[str, int], exc: Exception
+) -> None:
+    """Log what a closing writer gives up: each receipt whole (its encoding is all an
+    operator needs to claim it by hand: it may be the only copy of a fee, e.g. the final
+    receipt a refused claim handed over); the claimed marks briefly (a restart derives
+    them from the ledger again)."""
+    for receipt, _ in receipts.values():
+        logger.error(
+            "receipt %d of connection %s (%d MIST) not stored, given up at close (%s); receipt: %s",
+            receipt.nonce,
+            receipt.connection_id,
+            receipt.total_amount,
+            exc,
+            receipt.encode().hex(),
+        )
+    if marks:
+        logger.warning(
+            "%d claimed mark(s) not stored, given up at close (%s): %s",
+            len(marks),
+            _brief(marks),
+            exc,
+        )
 
 
 def _brief(ids: Mapping[str, object], shown: int = 3) -> str:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import (
@@ -43,6 +44,7 @@ from dtp.errors import (
     ConnectionStateError,
     DTPError,
     InvalidArgument,
+    ReceiptStoreError,
     ReplayedReceipt,
     SpendingCapExceeded,
 )
@@ -364,7 +366,7 @@ def claim_and_settle(
                 ledger.close_connection(identity, connection_id, tc.host)
         return None
     if stored is not None and store is not None:
-        store.mark_claimed(connection_id, settlement.claimed)
+        _mark_claimed(store, connection_id, settlement.claimed)
     logger.info(
         "settled %s: %d MIST claimed, %d refunded",
         connection_id,
@@ -395,7 +397,26 @@ def _write_off(
         # a settled escrow pays nothing more: the receipt is done with, as a whole
         # (marked with the escrow's claims only, it stayed unclaimed in the store,
         # and every start read the ledger for it and warned again, for good)
-        store.mark_claimed(connection_id, max(escrow.claimed, stored.receipt.total_amount))
+        _mark_claimed(store, connection_id, max(escrow.claimed, stored.receipt.total_amount))
+
+
+def _mark_claimed(store: ReceiptStore | ReceiptWriter, connection_id: str, amount: int) -> None:
+    """Mark in ``store`` what the ledger has settled. A mark that cannot be written (a
+    store locked, read-only or full: ReceiptStoreError; the writer closed:
+    RuntimeError) is logged only: it is bookkeeping, which the next start derives from
+    the ledger again, while the settlement is done on the ledger for good. Raised, it
+    hid that settlement from the caller (a paid server then kept the final receipt it
+    had just claimed as unclaimed) and stopped a recovery before its other receipts."""
+    try:
+        store.mark_claimed(connection_id, amount)
+    except (ReceiptStoreError, RuntimeError) as exc:
+        logger.warning(
+            "connection %s is settled, but its claim of %d MIST is not marked in the "
+            "receipt store (the next start finds it settled on the ledger): %s",
+            connection_id,
+            amount,
+            exc,
+        )
 
 
 def claimed(settlement: Settlement | None, receipt: Receipt) -> bool:
@@ -468,18 +489,23 @@ def _current(
 
 
 def recover_unclaimed(
-    ledger: Ledger, identity: HostIdentity, store: ReceiptStore
+    ledger: Ledger,
+    identity: HostIdentity,
+    store: ReceiptStore,
+    receipts: Iterable[StoredReceipt] | None = None,
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
-    start: a previous run's connections are gone). Failures are logged and skipped.
-    Not while another server serves from the store: it would settle that server's live
-    connections (the paid servers ask :meth:`ReceiptStore.attach_server` first)."""
+    start: a previous run's connections are gone), or those of ``receipts`` (read from
+    it). Failures (the ledger's, the store's) are logged and skipped: one receipt's
+    stops none of the others. Not the receipts of a server still serving from the store:
+    it would settle its live connections (the paid servers claim those of dead runs
+    only, :meth:`ReceiptStore.orphaned`)."""
     done: list[tuple[str, Settlement]] = []
-    for stored in list(store.unclaimed()):
+    for stored in list(store.unclaimed() if receipts is None else receipts):
         cid = stored.receipt.connection_id
         try:
             settlement = claim_and_settle(ledger, identity, cid, store)
-        except ChainError as exc:
+        except (ChainError, ReceiptStoreError) as exc:
             logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
             continue
         if settlement is not None:

@@ -245,12 +245,17 @@ def test_a_writer_whose_store_keeps_failing_still_closes(
             writer = ReceiptWriter(store)
             cid = "0x" + "cd" * 32
             with caplog.at_level(logging.ERROR, logger="dtp.receipt_writer"):
-                writer.submit(signed(cid, 2048, 1), lambda r: None)
+                receipt = signed(cid, 2048, 1)
+                writer.submit(receipt, lambda r: None)
                 assert not writer.flush(cid, timeout=0.2)  # still failing: not idle
-                # one last try at close, then it gives up rather than hang the server
-                assert writer.close(PATIENCE)
+                # tried again until the close's timeout, then given up rather than hang
+                # the server: close() says so, and the receipt is logged whole, for a
+                # claim by hand
+                assert not writer.close(1.0)
+            assert writer.stopped and writer.given_up == (receipt,)
             assert store.latest(cid) is None
-            assert any("given up at close" in r.message for r in caplog.records)
+            given_up = [r.message for r in caplog.records if "given up at close" in r.message]
+            assert given_up and receipt.encode().hex() in given_up[0]
         finally:
             other.close()
 
