@@ -322,5 +322,10 @@ class ServerFees:
         return done
 
     def close(self) -> None:
-        self.writer.close()
-        self.store.close()
+        """Stop the receipt writer, then close the store, as a paid server's release
+        does (:func:`dtp.paid.release_receipts`): a writer still writing after the wait
+        keeps the store open under it (closed, the receipts it held were dropped), and
+        receipts it gave up are logged whole for a claim by hand."""
+        from dtp.paid import release_receipts  # (the paid servers' module: loaded late)
+
+        release_receipts(self.writer, self.store, own_store=True)
