@@ -793,6 +793,20 @@ class _PaidConnection:
         self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
 
 
+def _left_of(
+    sock: DTPSocket, timeout: float | Literal["socket"] | None, began: float
+) -> float | Literal["socket"] | None:
+    """What is left, at the wait for the datagram, of a receive's ``timeout`` (as
+    :meth:`dtp.socket.DTPSocket.recv_datagram` takes it) that began at ``began`` and
+    waited for payment first: the pause came out of it (the whole timeout again, the
+    call lasted up to twice as long). None (no limit) and a non-blocking socket's
+    "socket" stay as they are; 0 left is one look."""
+    limit = _checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
+    if limit is None or limit == 0:
+        return timeout
+    return max(0.0, limit - (time.monotonic() - began))
+
+
 class PaidSocket:
     """A stream of a paid connection: a :class:`dtp.socket.DTPSocket` whose reads and
     writes wait for payment and for the rate limits first. Each read and write moves at
@@ -983,8 +997,12 @@ class PaidSocket:
         """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
         datagram is in the usage since it arrived), then within the rate limits."""
         paid = self._paid
-        paid.wait_paid(self._sock, timeout)
-        data = self._sock.recv_datagram(timeout)
+        if paid._credit > 0:
+            data = self._sock.recv_datagram(timeout)
+        else:
+            began = time.monotonic()
+            paid.wait_paid(self._sock, timeout)
+            data = self._sock.recv_datagram(_left_of(self._sock, timeout, began))
         paid.throttle(datagram_charge(len(data)))
         return data
 
@@ -993,8 +1011,12 @@ class PaidSocket:
     ) -> list[bytes]:
         """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
         paid = self._paid
-        paid.wait_paid(self._sock, timeout)
-        batch = self._sock.recv_datagrams(max_count, timeout)
+        if paid._credit > 0:
+            batch = self._sock.recv_datagrams(max_count, timeout)
+        else:
+            began = time.monotonic()
+            paid.wait_paid(self._sock, timeout)
+            batch = self._sock.recv_datagrams(max_count, _left_of(self._sock, timeout, began))
         paid.throttle(sum(datagram_charge(len(data)) for data in batch))
         return batch
 
