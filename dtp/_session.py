@@ -196,9 +196,17 @@ class Session:
         self._data_arrived = True
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
+        """End ``sink`` (the stream finished, was reset or the connection ended): it is
+        detached, the credit it held while paused goes back, and ``on_end`` is called."""
         if not sink.ended:
             sink.ended = True
             del self.sinks[stream_id]
+            # The bytes it held credit for were delivered already, and resume_sink finds
+            # no sink once it ended: kept, that credit shrank the connection's window for
+            # good (acknowledge_read returns nothing once the connection is closed).
+            held, sink.held = sink.held, 0
+            if held:
+                self.conn.acknowledge_read(stream_id, held)
             try:
                 sink.on_end(error)
             except Exception as exc:

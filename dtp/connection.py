@@ -125,6 +125,7 @@ MAX_RECORD_PLAINTEXT = 16384
 _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between reads
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
 MAX_RECEIPT = 1024  # the RECEIPT frame's limit (docs/protocol.md 3.1)
+VARINT_MAX = (1 << 62) - 1  # the largest value a varint holds (docs/protocol.md 1)
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
 #: Unsent bytes on the carrier beyond which new datagrams are dropped (counted in
@@ -318,6 +319,9 @@ class Connection:
         self._terminated: ConnectionTerminated | None = None
         # lossy carriers
         self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
+        # an ACK frame (encoded) that goes in the next stream record it fits in, while
+        # _build_records packs the streams (lossy carriers)
+        self._ack_lead: bytes | None = None
         self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
         if self._recovery is not None:
             self._recovery.last_ack_time = now
@@ -337,6 +341,9 @@ class Connection:
         self.records_received = 0
         #: Datagrams dropped instead of sent because the carrier was backed up
         self.datagrams_send_dropped = 0
+        #: Records of a lossy carrier dropped unacknowledged (to come again) because
+        #: their stream data would have passed the reassembly's range limit
+        self.records_dropped_fragmented = 0
         #: Datagram payload bytes sent plus received, for :attr:`usage`: a paid
         #: connection meters them as stream bytes (else datagrams moved any amount of
         #: data for free)
@@ -1220,16 +1227,22 @@ class Connection:
         for the windows that are used up enough."""
         # Credit goes back once a quarter of the window is used: a sender on a fast
         # carrier then always has most of a window to go on while the update travels.
+        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
+        # reaches that once some bytes are read), so they stop there.
         if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
-            self._conn_recv_limit = self._conn_consumed + self.config.connection_window
-            self._pending_max_data = True
+            limit = min(self._conn_consumed + self.config.connection_window, VARINT_MAX)
+            if limit > self._conn_recv_limit:
+                self._conn_recv_limit = limit
+                self._pending_max_data = True
         if (
             stream is not None
             and stream.recv_state is RecvState.OPEN
             and stream.recv_limit - stream.consumed < self._stream_credit_at
         ):
-            stream.recv_limit = stream.consumed + self.config.stream_window
-            self._pending_stream_credit.add(stream.stream_id)
+            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
+            if limit > stream.recv_limit:
+                stream.recv_limit = limit
+                self._pending_stream_credit.add(stream.stream_id)
 
     def defer_stream_credit(self) -> None:
         """From now on a stream the peer opens is given back to its stream limit
@@ -1675,27 +1688,53 @@ class Connection:
             # the server answered with sealed data: our handshake messages arrived
             self._hs_resend_at = None
             self._hs_messages.clear()
-        if (
-            self._state is ConnState.AUTHENTICATING
-            and self.is_client
-            and self._acks is not None
-            and _stream_frame_before_accept(frames)
-        ):
-            # a lossy carrier lost the ACCEPT's record or brought it late: the server's
-            # first stream frames got here first. Dropped unacknowledged, they are sent
-            # again; taken, stream data would be data before authentication, and a
-            # reset of stream 0 (not open before the ACCEPT) would be lost.
-            return
-        ack_eliciting = False
-        for frame in frames:
-            ftype = frame.type
-            if ftype not in (FRAME_ACK, FRAME_PADDING):
-                ack_eliciting = True
-            if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
-                continue
-            self._handle_frame(frame, now)
-            if self._state is ConnState.CLOSED:
+        if self._state is ConnState.AUTHENTICATING:
+            if self.is_client:
+                if self._acks is not None and _stream_frame_before_accept(frames):
+                    # a lossy carrier lost the ACCEPT's record or brought it late: the
+                    # server's first stream frames got here first. Dropped
+                    # unacknowledged, they are sent again; taken, stream data would be
+                    # data before authentication, and a reset of stream 0 (not open
+                    # before the ACCEPT) would be lost.
+                    return
+            elif self.peer_address is None and not _allowed_before_auth(frames):
+                # XX: the client's first DATA record opens with its AUTH. Taken, what
+                # comes before it had us answer (a STOP_SENDING's reset) a peer not yet
+                # authenticated, and reach the application after accept() as if the
+                # authenticated client had sent it.
+                if self._acks is None:
+                    raise RemoteProtocolError(
+                        "a frame before the client's AUTH", ErrorCode.FRAME_VALUE
+                    )
+                # A lossy carrier lost the AUTH's record or brought it late: this one is
+                # dropped whole and unacknowledged, so the client sends its frames again.
                 return
+        ack_eliciting = False
+        try:
+            for frame in frames:
+                ftype = frame.type
+                if ftype not in (FRAME_ACK, FRAME_PADDING):
+                    ack_eliciting = True
+                if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                    continue
+                self._handle_frame(frame, now)
+                if self._state is ConnState.CLOSED:
+                    return
+        except RemoteProtocolError as exc:
+            if not (
+                exc.code == ErrorCode.REASM_FRAGMENTED
+                and self._acks is not None
+                and _repeat_safe_before(frames, frame)
+            ):
+                raise
+            # A lossy carrier: an honest sender with many small records in flight,
+            # some of them lost, outran the reassembly's range limit. The record is
+            # dropped unacknowledged (its STREAM frame changed nothing, and what came
+            # before it in the record is harmless to take again), so the sender sends
+            # it again -- by then the gaps before it are filled. The limit still bounds
+            # what a peer can make us buffer.
+            self.records_dropped_fragmented += 1
+            return
         if self._acks is not None:
             self._acks.on_record(counter, ack_eliciting, now)
 
@@ -1894,29 +1933,33 @@ class Connection:
             raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
         if end > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
-        if end > stream.recv_highest:
-            self._conn_received += end - stream.recv_highest
-            stream.recv_highest = end
-            if self._conn_received > self._conn_recv_limit:
-                raise _FlowControlViolation("connection exceeded its flow-control window")
-        if fin:
-            stream.final_size = end
-            if stream.recv_state is RecvState.OPEN:
-                stream.recv_state = RecvState.FIN_RECEIVED
+        grown = end - stream.recv_highest
+        if grown > 0 and self._conn_received + grown > self._conn_recv_limit:
+            raise _FlowControlViolation("connection exceeded its flow-control window")
+        reasm = None
         if self.config.reliable_carrier:
             if offset != stream.delivered:
                 raise RemoteProtocolError("stream data out of order", ErrorCode.FRAME_VALUE)
-            chunk = data
-        elif stream.reasm is None and offset == stream.delivered:
-            chunk = data  # in order with nothing held: no reassembly needed
-        else:
+        elif stream.reasm is not None or offset != stream.delivered:
             reasm = stream.reasm
             if reasm is None:
                 reasm = stream.reasm = _core.Reassembler(
                     start_seq=stream.delivered, window=self.config.stream_window
                 )
             if data:
+                # Before anything is counted: a push past the reassembly's range limit
+                # changes nothing, and its record is dropped (see _handle_record).
                 reasm.push(offset, data)
+        if grown > 0:
+            self._conn_received += grown
+            stream.recv_highest = end
+        if fin:
+            stream.final_size = end
+            if stream.recv_state is RecvState.OPEN:
+                stream.recv_state = RecvState.FIN_RECEIVED
+        if reasm is None:
+            chunk = data  # in order with nothing held: no reassembly needed
+        else:
             chunk = reasm.pop()
             if not reasm.buffered:
                 # its ring grew to the widest gap it bridged and never shrinks: kept once
@@ -2031,56 +2074,86 @@ class Connection:
         ):
             return  # nothing to send (the common case after a fast-path seal)
         frames_now: list[RawFrame] = []
-        if self._acks is not None and (
-            self._acks.ack_due(now) or (self._acks.received and self._has_outgoing())
+        ack: RawFrame | None = None
+        acks = self._acks
+        if (
+            acks is not None
+            and acks.ack_deadline is not None
+            and (now >= acks.ack_deadline or self._has_outgoing())
         ):
-            ranges, delay = self._acks.take_ack(now)
+            # Only once a record that asks for one arrived since the last ACK (its
+            # deadline is set until then), and then at the deadline or with what goes
+            # out anyway. Sent on every call with anything to go (the ranges received
+            # are never cleared), it cost a record of its own per call. A lost ACK is
+            # made up for by the next: the sender's resends and probes ask for one, and
+            # each ACK holds every range received (up to MAX_ACK_RANGES).
+            ranges, delay = acks.take_ack(now)
             if ranges:
-                frames_now.append(RawFrame(FRAME_ACK, c=delay, ranges=ranges))
+                ack = RawFrame(FRAME_ACK, c=delay, ranges=ranges)
+                frames_now.append(ack)
         if self._pending_max_data:
-            self._pending_max_data = False
             frames_now.append(RawFrame(FRAME_MAX_DATA, self._conn_recv_limit))
-        for sid in sorted(self._pending_stream_credit):
-            stream = self._streams.get(sid)
-            if stream is not None and stream.recv_state is RecvState.OPEN:
-                frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
-        self._pending_stream_credit.clear()
+        if self._pending_stream_credit:
+            for sid in sorted(self._pending_stream_credit):
+                stream = self._streams.get(sid)
+                if stream is not None and stream.recv_state is RecvState.OPEN:
+                    frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
         if self._pending_max_streams:
-            self._pending_max_streams = False
             frames_now.append(
-                RawFrame(FRAME_MAX_STREAMS, self._local_max_streams + self._peer_streams_done)
+                RawFrame(
+                    FRAME_MAX_STREAMS,
+                    min(self._local_max_streams + self._peer_streams_done, VARINT_MAX),
+                )
             )
         frames_now.extend(self._ctrl)
-        self._ctrl.clear()
         if self._ping_pending:
-            self._ping_pending = False
             frames_now.append(RawFrame(FRAME_PING))
 
         plaintexts: list[bytes] = []
         items_per_record: list[list[_Item]] = []
         eliciting: list[bool] = []
-        # control frames first, packed into as few records as fit
-        if frames_now:
-            self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
-            if self._acks is None:
-                # reliable carriers: stream data is sealed straight from the send
-                # buffers below, so the control records must be sealed before it
-                self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
-                plaintexts, items_per_record, eliciting = [], [], []
         # A client may send data right behind its AUTH frame (the server holds it until
         # it accepts), but only where records cannot overtake each other.
-        if self._streams_dirty and (
+        pack_streams = self._streams_dirty and (
             self._state is ConnState.ESTABLISHED
             or (
                 self.is_client
                 and self._state is ConnState.AUTHENTICATING
                 and self.config.reliable_carrier
             )
-        ):
+        )
+        if ack is not None and pack_streams and len(frames_now) == 1:
+            # an ACK alone rides in a stream record where it fits (_emit_stream_chunk)
+            self._ack_lead = _core.encode_frames(frames_now)
+            frames_now.clear()
+        # control frames first, packed into as few records as fit
+        if frames_now:
+            self._pack_control(frames_now, plaintexts, items_per_record, eliciting)
+        # What was queued is let go only once it is encoded: an encoding that failed
+        # lost it all (every frame queued with the one that failed), and raised. (Let
+        # go with nothing encoded too: credit for streams no longer open sends nothing,
+        # and kept, it made every later call skip the early return above.)
+        self._pending_max_data = False
+        self._pending_stream_credit.clear()
+        self._pending_max_streams = False
+        self._ctrl.clear()
+        self._ping_pending = False
+        if frames_now and self._acks is None:
+            # reliable carriers: stream data is sealed straight from the send buffers
+            # below, so the control records must be sealed before it
+            self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+            plaintexts, items_per_record, eliciting = [], [], []
+        if pack_streams:
             # packing sends everything that flow control allows, so the streams are
             # clean until new data, new credit or a loss marks them dirty again
             self._streams_dirty = False
             self._pack_streams(plaintexts, items_per_record, eliciting)
+            if self._ack_lead is not None:
+                # no stream record had room for it (or none went): a record of its own
+                plaintexts.append(self._ack_lead)
+                items_per_record.append([])
+                eliciting.append(False)
+                self._ack_lead = None
         if self._close_frame is not None:
             close = _core.encode_frames([self._close_frame])
             self._close_frame = None
@@ -2273,7 +2346,14 @@ class Connection:
         )
         header = bytes([FRAME_STREAM_FIN if fin else FRAME_STREAM])
         header += _varint(stream.stream_id) + _varint(offset) + _varint(length)
-        plaintexts.append(header + data)
+        lead = self._ack_lead
+        if lead is not None and (
+            len(lead) + len(header) + length <= self.config.max_record_plaintext
+        ):
+            plaintexts.append(lead + header + data)  # the ACK due rides along
+            self._ack_lead = None
+        else:
+            plaintexts.append(header + data)
         stream.announce = False
         items_per_record.append([_StreamChunk(stream.stream_id, offset, length, fin)])
         eliciting.append(True)
@@ -2332,7 +2412,13 @@ class Connection:
                 if isinstance(item, _StreamChunk):
                     self._requeue_chunk(item)
                 elif isinstance(item, _ResendFrame):
-                    self._ctrl.append(item.frame)
+                    frame = item.frame
+                    if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
+                        # An XX server drops a record with frames before the AUTH: sent
+                        # again behind frames queued since, it went with them each time.
+                        self._ctrl.insert(0, frame)
+                    else:
+                        self._ctrl.append(frame)
                 elif isinstance(item, _ResendCredit):
                     if item.frame_type == FRAME_MAX_DATA:
                         self._pending_max_data = True
@@ -2502,6 +2588,51 @@ def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
             return False
         if frame.type in _STREAM_FRAMES:
             return True
+    return False
+
+
+#: The frames an XX server takes before the client's AUTH (section 8 of the spec).
+_BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
+
+
+def _allowed_before_auth(frames: list[RawFrame]) -> bool:
+    """Whether every frame before the first AUTH in ``frames`` (all of them if there is
+    none) is one a server takes from a client not yet authenticated."""
+    for frame in frames:
+        if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
+            return True
+        if frame.type not in _BEFORE_AUTH:
+            return False
+    return True
+
+
+#: Frames whose effect is the same when a copy comes again: what a record holds before
+#: a STREAM frame it is dropped at may be taken twice (the record is sent again).
+#: (RESET_STREAM and STOP_SENDING are no-ops once taken; a DATAGRAM is never resent.)
+_REPEAT_SAFE = frozenset(
+    {
+        FRAME_PADDING,
+        FRAME_PING,
+        FRAME_ACK,
+        FRAME_STREAM,
+        FRAME_STREAM_FIN,
+        FRAME_MAX_DATA,
+        FRAME_MAX_STREAM_DATA,
+        FRAME_MAX_STREAMS,
+        FRAME_RESET_STREAM,
+        FRAME_STOP_SENDING,
+        FRAME_DATAGRAM,
+    }
+)
+
+
+def _repeat_safe_before(frames: list[RawFrame], failed: RawFrame) -> bool:
+    """Whether every frame of ``frames`` before ``failed`` is in :data:`_REPEAT_SAFE`."""
+    for frame in frames:
+        if frame is failed:
+            return True
+        if frame.type not in _REPEAT_SAFE:
+            return False
     return False
 
 

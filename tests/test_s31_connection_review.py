@@ -1,0 +1,411 @@
+"""A reviewer's finds in the connection core: credit a paused stream sink held when its
+stream ended, frames an XX server took before the client's AUTH, advertised limits past
+the varint range, the reassembly's range limit against an honest sender on a lossy
+carrier, and ACK-only records sent when nothing new arrived. Driven in memory with
+virtual clocks; a peer that holds its keys seals whatever frames it likes
+(_sealed_by)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from dtp import _core
+from dtp._session import Session, StreamSink
+from dtp._state import ControlKind
+from dtp._types import (
+    FRAME_ACK,
+    FRAME_CLOSE,
+    FRAME_CONTROL,
+    FRAME_DATAGRAM,
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAMS,
+    FRAME_PING,
+    FRAME_RECEIPT,
+    FRAME_RESET_STREAM,
+    FRAME_STOP_SENDING,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    RawFrame,
+)
+from dtp.carriers.memory import MemoryLink
+from dtp.connection import CloseCode, Connection, ConnectionConfig, _split_records
+from dtp.crypto import make_auth_proof
+from dtp.errors import LocalProtocolError
+from dtp.events import ControlReceived
+from tests.test_connection import (
+    CLIENT_ID,
+    SERVER_ID,
+    Side,
+    _sealed_by,
+    connect,
+    make_pair,
+    run,
+)
+
+# -- 1. a paused sink's credit when its stream ends -------------------------------------
+
+WINDOW = 64 * 1024
+
+
+def _session_link() -> tuple[Session, Session, MemoryLink, Callable[[], None]]:
+    """Two Sessions (as the adapters and the daemon's tunnel run them) wired in memory,
+    established; returns them, the link and the step to run it with."""
+    client = Session(
+        ConnectionConfig(
+            identity=CLIENT_ID,
+            is_client=True,
+            server_static=SERVER_ID.noise_public,
+            stream_window=WINDOW,
+            connection_window=2 * WINDOW,
+        ),
+        now=0.0,
+    )
+    server = Session(
+        ConnectionConfig(
+            identity=SERVER_ID,
+            is_client=False,
+            stream_window=WINDOW,
+            connection_window=2 * WINDOW,
+        ),
+        now=0.0,
+    )
+    link = MemoryLink(client.conn, server.conn)
+
+    def step() -> None:
+        client.process_events()
+        server.process_events()
+        if server.authenticated_address and not server.conn.established:
+            server.conn.accept()
+
+    assert link.run(lambda: client.conn.established, on_round=step)
+    link.run(None, on_round=step)
+    return client, server, link, step
+
+
+def _pausing_sink(ended: list[BaseException | None]) -> StreamSink:
+    """A sink that pauses on every chunk, as the tunnel's does while TCP is backed up."""
+
+    def on_data(data: bytes) -> None:
+        sink.paused = True
+
+    sink = StreamSink(on_data, ended.append)
+    return sink
+
+
+def test_a_paused_sink_returns_its_credit_when_its_stream_finishes() -> None:
+    # Each stream's sink paused and held 40000 bytes of credit; the FIN ended it and
+    # dropped them, and resume_sink found no sink: after three such streams the
+    # connection's window (128 KiB) was used up and the fourth stalled for good.
+    client, server, link, step = _session_link()
+    for _ in range(5):
+        sid = client.conn.open_stream()
+        link.run(None, on_round=step)
+        ended: list[BaseException | None] = []
+        sink = _pausing_sink(ended)
+        server.attach_sink(sid, sink)
+        client.conn.send_stream_data(sid, b"x" * 40000, end_stream=True)
+        link.run(lambda ended=ended: bool(ended), on_round=step, max_time=5)
+        assert ended == [None], f"stream {sid} stalled"
+        server.resume_sink(sid)  # (what the tunnel does once TCP drains: nothing now)
+        assert sink.held == 0
+        assert server.conn._conn_consumed == server.conn._conn_received
+
+
+def test_a_paused_sink_returns_its_credit_when_its_stream_is_reset() -> None:
+    client, server, link, step = _session_link()
+    sid = client.conn.open_stream()
+    link.run(None, on_round=step)
+    ended: list[BaseException | None] = []
+    server.attach_sink(sid, _pausing_sink(ended))
+    client.conn.send_stream_data(sid, b"x" * 30000)
+    link.run(None, on_round=step, max_time=5)
+    assert server.conn._conn_consumed == 0
+    reset = _core.encode_frames([RawFrame(FRAME_RESET_STREAM, sid, 7, 30000)])
+    server.conn.receive_data(_sealed_by(client.conn, reset), 0.0)
+    server.process_events()
+    assert len(ended) == 1 and ended[0] is not None
+    assert server.conn._conn_consumed == 30000
+
+
+# -- 2. frames an XX server takes before the client's AUTH ------------------------------
+
+
+def _xx_awaiting_auth(*, lossy: bool) -> tuple[Connection, Connection, list[bytes]]:
+    """An XX pair whose server has message 3 but not the client's AUTH record; returns
+    them and the client's records after message 3 (its AUTH first), withheld."""
+    client, server = make_pair(ik=False, reliable_carrier=not lossy)
+    if lossy:
+        for record in client.datagrams_to_send(0.0):
+            server.receive_datagram(record, 0.0)
+        for record in server.datagrams_to_send(0.0):
+            client.receive_datagram(record, 0.0)
+        records = client.datagrams_to_send(0.0)
+        server.receive_datagram(records[0], 0.0)  # message 3 alone
+    else:
+        server.receive_data(client.data_to_send(0.0), 0.0)
+        client.receive_data(server.data_to_send(0.0), 0.0)
+        records = _split_records(client.data_to_send(0.0))
+        server.receive_data(records[0], 0.0)
+    assert server.handshake_hash is not None and server.peer_address is None
+    return client, server, records[1:]
+
+
+BEFORE_AUTH = {
+    "RESET_STREAM": RawFrame(FRAME_RESET_STREAM, 0, 5, 0),
+    "STOP_SENDING": RawFrame(FRAME_STOP_SENDING, 0, 9),
+    "CONTROL": RawFrame(FRAME_CONTROL, 20, 0, 0, b"pre-auth"),
+    "DATAGRAM": RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"dg"),
+    "RECEIPT": RawFrame(FRAME_RECEIPT, 0, 0, 0, b"r"),
+    "MAX_DATA": RawFrame(FRAME_MAX_DATA, 1 << 30),
+}
+
+
+@pytest.mark.parametrize("name", list(BEFORE_AUTH))
+def test_an_xx_server_refuses_frames_before_the_clients_auth(name: str) -> None:
+    # Taken, a RESET_STREAM opened stream 0, a STOP_SENDING had the server send a reset
+    # to a peer not yet authenticated, and all of them reached the application after
+    # accept() as if the authenticated client had sent them.
+    client, server, _ = _xx_awaiting_auth(lossy=False)
+    client._send_counter = 0  # (the withheld AUTH record had counter 0)
+    frames = [RawFrame(FRAME_PING), BEFORE_AUTH[name]]
+    server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+    term = server.termination
+    assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
+    sent = client._recv_aead.open_frames(bytearray(server.data_to_send(0.0)))
+    assert [f.type for r in sent.records for f in r.frames] == [FRAME_CLOSE]
+
+
+def test_an_xx_server_takes_frames_behind_the_auth_in_its_record() -> None:
+    # (a client may send right behind its AUTH, which opens its first DATA record)
+    client, server, _ = _xx_awaiting_auth(lossy=False)
+    client._send_counter = 0
+    proof = make_auth_proof(CLIENT_ID, client.handshake_hash)  # type: ignore[arg-type]
+    frames = [
+        RawFrame(FRAME_PING),
+        RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof),
+        BEFORE_AUTH["CONTROL"],
+    ]
+    server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+    assert server.termination is None and server.peer_address is not None
+    # a record before the AUTH's that is refused still ends the connection
+    client2, server2, _ = _xx_awaiting_auth(lossy=False)
+    client2._send_counter = 0
+    server2.receive_data(_sealed_by(client2, _core.encode_frames([BEFORE_AUTH["CONTROL"]])), 0.0)
+    assert server2.closed
+
+
+def test_a_lossy_xx_server_drops_a_record_ahead_of_the_auth_unacknowledged() -> None:
+    # Over a lossy carrier the AUTH's record may come late: what overtook it is dropped,
+    # not acknowledged, and reaches the application only as sent again after the AUTH.
+    client, server, withheld = _xx_awaiting_auth(lossy=True)
+    client.send_control(20, b"early")
+    early = client.datagrams_to_send(0.001)
+    for record in early:
+        server.receive_datagram(record, 0.001)
+    assert not server.closed
+    assert server._acks is not None and not server._acks.received
+    for record in withheld:
+        server.receive_datagram(record, 0.002)
+    s = Side(server)
+    s.drain()
+    assert server.peer_address is not None
+    server.accept()
+    s.drain()
+    assert not s.of(ControlReceived)  # (the dropped copy went nowhere)
+    c = Side(client)
+    link = MemoryLink(client, server, now=0.002)
+    assert run(link, c, s, lambda: bool(s.of(ControlReceived)))
+    run(link, c, s)
+    assert [(e.kind, e.data) for e in s.of(ControlReceived)] == [(20, b"early")]
+    assert client.established and not server.closed
+
+
+def test_a_lossy_xx_client_sends_a_lost_auth_ahead_of_what_was_queued_since() -> None:
+    # The server drops a record with frames before the AUTH: resent behind a control
+    # queued since, the AUTH went with it each time, and neither ever arrived.
+    client, server, _ = _xx_awaiting_auth(lossy=True)  # its AUTH's record is lost
+    client.send_control(20, b"queued")
+    now = 0.0
+    for _ in range(10):
+        if any(frame.a == ControlKind.AUTH for frame in client._ctrl):
+            break
+        now = client.get_timer()  # type: ignore[assignment]
+        client.handle_timer(now)  # the probe timeout: the AUTH is sent again
+    assert [frame.a for frame in client._ctrl] == [ControlKind.AUTH, 20]
+    s, c = Side(server), Side(client)
+    link = MemoryLink(client, server, now=now)
+
+    def step() -> None:
+        c.drain()
+        s.drain()
+        if server.peer_address is not None and not server.established:
+            server.accept()
+
+    assert link.run(lambda: bool(s.of(ControlReceived)), on_round=step)
+    assert client.established and [e.data for e in s.of(ControlReceived)] == [b"queued"]
+
+
+# -- 3. advertised limits past the varint range -----------------------------------------
+
+VARINT_MAX = (1 << 62) - 1
+
+
+def _sent_frames(sender: Connection, receiver: Connection) -> list[RawFrame]:
+    """The frames of what ``sender`` sends now, opened as ``receiver`` would."""
+    sealed = sender.data_to_send(0.0)
+    opened = receiver._recv_aead.open_frames(bytearray(sealed))
+    return [frame for record in opened.records for frame in record.frames]
+
+
+def test_a_connection_limit_stops_at_the_varint_maximum() -> None:
+    # A reset charged 2**61 to a window of 2**62 - 1: the new limit (consumed + window)
+    # was past the varint range, and data_to_send raised after it had let go of what was
+    # queued -- the application's CONTROL queued alongside was lost.
+    c, s, _ = connect(stream_window=VARINT_MAX, connection_window=VARINT_MAX)
+    s.conn.send_control(20, b"important")
+    frames = [RawFrame(FRAME_RESET_STREAM, 0, 7, 1 << 61)]
+    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
+    assert s.conn.termination is None
+    sent = _sent_frames(s.conn, c.conn)
+    assert [(f.type, f.a, f.data) for f in sent if f.type == FRAME_CONTROL] == [
+        (FRAME_CONTROL, 20, b"important")
+    ]
+    assert s.conn._conn_recv_limit <= VARINT_MAX
+    assert all(f.a <= VARINT_MAX for f in sent if f.type == FRAME_MAX_DATA)
+
+
+def test_a_stream_limit_stops_at_the_varint_maximum() -> None:
+    # max_streams = 2**62 - 1 and one of the peer's streams done: MAX_STREAMS 2**62
+    c, s, _ = connect(max_streams=VARINT_MAX)
+    s.conn.send_control(20, b"important")
+    frames = [RawFrame(FRAME_STREAM_FIN, 2, 0, 0, b"hi")]
+    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
+    s.drain()
+    s.conn.send_stream_data(2, b"", end_stream=True)
+    sent = _sent_frames(s.conn, c.conn)  # (the FIN; the stream is done once it went)
+    sent += _sent_frames(s.conn, c.conn)
+    assert [f.a for f in sent if f.type == FRAME_MAX_STREAMS] == [VARINT_MAX]
+    assert [f.data for f in sent if f.type == FRAME_CONTROL] == [b"important"]
+
+
+def test_frames_queued_stay_queued_when_encoding_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (whatever the cause: nothing is let go before it is encoded)
+    c, s, _ = connect()
+    s.conn.send_control(20, b"important")
+    s.conn.ping()
+    s.conn._pending_max_data = True
+
+    def failing(frames: list[RawFrame]) -> bytes:
+        raise LocalProtocolError("no")
+
+    real = _core.encode_frames
+    monkeypatch.setattr(_core, "encode_frames", failing)
+    with pytest.raises(LocalProtocolError):
+        s.conn.data_to_send(0.0)
+    monkeypatch.setattr(_core, "encode_frames", real)
+    sent = _sent_frames(s.conn, c.conn)
+    assert {FRAME_CONTROL, FRAME_PING, FRAME_MAX_DATA} <= {f.type for f in sent}
+
+
+# -- 4. the reassembly's range limit on a lossy carrier ---------------------------------
+
+
+def test_an_honest_sender_past_the_range_limit_is_not_cut_off() -> None:
+    # 2100 one-byte writes, each its own record, every other one lost: the receiver
+    # held 1024 disjoint ranges and closed the connection (PROTOCOL_VIOLATION, "too
+    # many disjoint ranges buffered"). Such records are dropped unacknowledged now, and
+    # sent again.
+    c, s, link = connect(reliable_carrier=False)
+    sid = c.conn.open_stream()
+    sent = bytearray()
+    records: list[bytes] = []
+    for i in range(2100):
+        byte = b"%c" % (65 + i % 26)
+        sent += byte
+        c.conn.send_stream_data(sid, byte)
+        records.append(c.conn.datagrams_to_send(link.now)[-1])  # (its stream record)
+    for record in records[1::2]:
+        s.conn.receive_datagram(record, link.now)
+    assert s.conn.termination is None
+    assert s.conn.records_dropped_fragmented > 0
+    assert run(link, c, s, lambda: len(s.data.get(sid, b"")) == len(sent))
+    assert bytes(s.data[sid]) == bytes(sent)
+    assert s.conn.termination is None and c.conn.termination is None
+
+
+def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
+    # Its frames after the STREAM frame are not taken (they come again with it), the
+    # STREAM frame counts nothing, and the reassembly holds no more than its limit.
+    c, s, link = connect(reliable_carrier=False)
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"x")
+    run(link, c, s)
+    server = s.conn
+    for i in range(1024):
+        frames = [RawFrame(FRAME_STREAM, sid, 3 + 2 * i, 0, b"y")]
+        server.receive_datagram(_sealed_by(c.conn, _core.encode_frames(frames)), link.now)
+    stream = server._streams[sid]
+    assert stream.reasm is not None and stream.reasm.buffered == 1024
+    received, highest = server._conn_received, stream.recv_highest
+    assert server._acks is not None
+    counter = c.conn._send_counter
+    frames = [
+        RawFrame(FRAME_STREAM, sid, 5000, 0, b"z"),
+        RawFrame(FRAME_CONTROL, 20, 0, 0, b"after"),
+    ]
+    server.receive_datagram(_sealed_by(c.conn, _core.encode_frames(frames)), link.now)
+    s.drain()
+    assert server.termination is None
+    assert not s.of(ControlReceived)
+    assert stream.reasm.buffered == 1024
+    assert (server._conn_received, stream.recv_highest) == (received, highest)
+    assert counter not in server._acks.received
+
+
+# -- 5. ACK records on a lossy carrier --------------------------------------------------
+
+
+def _opened(receiver: Connection, records: list[bytes]) -> list[list[int]]:
+    """The frame types of each of ``records``, opened as ``receiver`` would."""
+    out = []
+    for record in records:
+        opened = receiver._recv_aead.open_frames(bytearray(record))
+        out += [[frame.type for frame in r.frames] for r in opened.records]
+    return out
+
+
+def test_no_ack_goes_when_nothing_new_arrived() -> None:
+    # Every call with something to send added an ACK of the same ranges, in a record of
+    # its own: twice the records (and ledger writes) for small writes.
+    c, s, link = connect(reliable_carrier=False)
+    sid = c.conn.open_stream()
+    run(link, c, s)
+    c.conn.send_stream_data(sid, b"w")  # (with the ACK of the server's last records)
+    assert _opened(s.conn, c.conn.datagrams_to_send(link.now)) == [[FRAME_ACK, FRAME_STREAM]]
+    for i in range(20):
+        link.now += 0.001
+        c.conn.send_stream_data(sid, b"w")
+        records = c.conn.datagrams_to_send(link.now)
+        assert _opened(s.conn, records) == [[FRAME_STREAM]], i
+
+
+def test_an_ack_due_rides_in_the_stream_record() -> None:
+    c, s, link = connect(reliable_carrier=False)
+    sid = c.conn.open_stream()
+    run(link, c, s)
+    s.conn.send_stream_data(sid, b"from the server")
+    for record in s.conn.datagrams_to_send(link.now):
+        c.conn.receive_datagram(record, link.now)
+    c.conn.send_stream_data(sid, b"w" * 100)
+    records = c.conn.datagrams_to_send(link.now)
+    assert _opened(s.conn, records) == [[FRAME_ACK, FRAME_STREAM]]
+    # where no stream record has room, the ACK goes on its own (nothing is held back)
+    s.conn.send_stream_data(sid, b"more")
+    for record in s.conn.datagrams_to_send(link.now):
+        c.conn.receive_datagram(record, link.now)
+    c.conn.send_stream_data(sid, b"w" * 20000)
+    kinds = _opened(s.conn, c.conn.datagrams_to_send(link.now))
+    assert sum(kind.count(FRAME_ACK) for kind in kinds) == 1
+    assert all(kind in ([FRAME_STREAM], [FRAME_ACK], [FRAME_ACK, FRAME_STREAM]) for kind in kinds)
