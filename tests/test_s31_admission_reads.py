@@ -13,6 +13,7 @@ landing under load 150 ms late, and missed one landing in the grace's last 0.2 s
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,32 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         ledger.close()
 
 
+@contextlib.contextmanager
+def _busy(ledger: LocalLedger, tmp_path: Path, every: float) -> Iterator[None]:
+    """Another process's writes (another handle here) to the ledger file, one each
+    ``every`` seconds, while the block runs: its change marker moves all the time."""
+    stop = threading.Event()
+    alice = HostIdentity.generate()
+    ledger.faucet(alice.sui_address, 10**9)
+
+    def busy() -> None:
+        writer = LocalLedger(tmp_path / "ledger.db")
+        try:
+            while not stop.is_set():
+                writer.create_spending_cap(alice, 1)
+                time.sleep(every)
+        finally:
+            writer.close()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_a_connection_never_found_is_read_a_bounded_number_of_times() -> None:
     read = Counted()
     started = time.monotonic()
@@ -69,27 +96,9 @@ def test_a_connection_never_found_is_read_a_bounded_number_of_times() -> None:
 def test_a_busy_ledger_does_not_multiply_the_reads(ledger: LocalLedger, tmp_path: Path) -> None:
     """Other clients' transactions move the change marker all the time: each move was a
     read of the connection (every 5 ms)."""
-    stop = threading.Event()
-    alice = HostIdentity.generate()
-    ledger.faucet(alice.sui_address, 10**9)
-
-    def busy() -> None:
-        writer = LocalLedger(tmp_path / "ledger.db")
-        try:
-            while not stop.is_set():
-                writer.create_spending_cap(alice, 1)
-                time.sleep(0.002)
-        finally:
-            writer.close()
-
-    thread = threading.Thread(target=busy)
-    thread.start()
     read = Counted()
-    try:
+    with _busy(ledger, tmp_path, 0.002):
         assert while_opening(read, GRACE, ledger.change_marker) is None
-    finally:
-        stop.set()
-        thread.join(30)
     assert read.reads <= MOST_READS
 
 
@@ -115,32 +124,16 @@ def test_an_open_landing_under_load_is_found_soon(ledger: LocalLedger, tmp_path:
     """Other clients' writes move the marker every millisecond or so: an open landing
     80 ms in is found within a quarter of the time waited (the first bounded version
     spent its quick reads in the first milliseconds and found it 150 ms late)."""
-    stop = threading.Event()
-    alice = HostIdentity.generate()
-    ledger.faucet(alice.sui_address, 10**9)
-
-    def busy() -> None:
-        writer = LocalLedger(tmp_path / "ledger.db")
-        try:
-            while not stop.is_set():
-                writer.create_spending_cap(alice, 1)
-                time.sleep(0.001)
-        finally:
-            writer.close()
-
-    thread = threading.Thread(target=busy)
-    thread.start()
     read = Counted()
     timer = threading.Timer(0.08, read.land)
-    try:
-        time.sleep(0.05)  # (the writer under way)
-        started = time.monotonic()
-        timer.start()
-        assert while_opening(read, 60.0, ledger.change_marker) == "found"
-    finally:
-        timer.cancel()
-        stop.set()
-        thread.join(30)
+    with _busy(ledger, tmp_path, 0.001):
+        try:
+            time.sleep(0.05)  # (the writer under way)
+            started = time.monotonic()
+            timer.start()
+            assert while_opening(read, 60.0, ledger.change_marker) == "found"
+        finally:
+            timer.cancel()
     assert read.landed_at is not None and read.found_at is not None
     waited = read.landed_at - started
     assert read.found_at - read.landed_at <= waited / 4 + 0.03
