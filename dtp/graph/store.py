@@ -54,6 +54,7 @@ LEAF_LEVEL = LEAF_BITS // FANOUT_BITS
 
 _MAX_STATE = sys.float_info.max  # replaying our own log: nothing is ahead of this clock
 _BATCH_UPDATES = 4096  # updates per batch built in Python (pushes of summary nodes)
+_BATCH_BYTES = 1 << 20  # about the bytes of one such batch (as the export's)
 _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
 _DUE_TRACKED = 4096  # deferred states tracked one by one (the smallest ones)
 _BLIND_RETRY_MIN = 1.0  # ms: shortest wait between blind advances (states not tracked)
@@ -1027,10 +1028,15 @@ class Graph:
 
     def node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
         """The table's updates under summary nodes ``(level, prefix)`` (level
-        0..LEAF_LEVEL), as batches of at most 4096 updates.
+        0..LEAF_LEVEL), as batches of at most 4096 updates and about 1 MiB (one update
+        larger than that goes alone), made one at a time as they are asked for.
 
         The nodes are checked at the call (TypeError / ValueError), not at the first
-        batch; the table is read then."""
+        batch. Each batch reads its slice of the table under the lock, so that at most
+        one is held and other writers wait for one batch, not for a whole push. Values
+        may change between batches (each carries the value current when it is made); a
+        field added after the walk passed its soul is not in them (a sync session
+        forwards it live). LocalProtocolError once the graph is closed."""
         try:
             pairs = iter(nodes)
         except TypeError:  # (only this: one raised while iterating is the caller's own)
@@ -1041,19 +1047,54 @@ class Graph:
         return self._node_batches(checked)
 
     def _node_batches(self, nodes: list[tuple[int, int]]) -> Iterator[bytes]:
-        with self._lock:
-            self._check_open()
-            view = self._ensure_view()
+        leaves = (
+            leaf
+            for level, prefix in nodes
+            for leaf in range(
+                prefix << (LEAF_BITS - FANOUT_BITS * level),
+                (prefix + 1) << (LEAF_BITS - FANOUT_BITS * level),
+            )
+        )
+        # Where the walk is: the current leaf's souls and the current soul's fields not
+        # yet read. Only names are copied (references, at C speed); values are read a
+        # batch at a time, and the copies make the walk immune to the view changing or
+        # being rebuilt between batches.
+        souls: list[bytes] = []
+        next_soul = 0
+        soul = b""
+        fields: list[bytes] = []
+        next_field = 0
+        done = False
+        while not done:
             updates: list[HamUpdate] = []
-            table = self._table
-            for level, prefix in nodes:
-                for soul in view.souls_under(level, prefix):
-                    for field in view.fields.get(soul, ()):
-                        entry = table.get(soul, field)
+            size = 0
+            with self._lock:
+                self._check_open()
+                view = self._ensure_view()
+                get = self._table.get
+                while len(updates) < _BATCH_UPDATES and size < _BATCH_BYTES:
+                    if next_field < len(fields):
+                        field = fields[next_field]
+                        next_field += 1
+                        entry = get(soul, field)
                         if entry is not None:
                             updates.append(HamUpdate(soul, field, entry[0], entry[1]))
-        for i in range(0, len(updates), _BATCH_UPDATES):
-            yield encode_ham_batch(updates[i : i + _BATCH_UPDATES])
+                            # (the encoded size, but for a few bytes of lengths)
+                            size += len(soul) + len(field) + len(entry[1]) + 16
+                    elif next_soul < len(souls):
+                        soul = souls[next_soul]
+                        next_soul += 1
+                        fields = list(view.fields.get(soul, ()))
+                        next_field = 0
+                    else:
+                        leaf = next(leaves, None)
+                        if leaf is None:
+                            done = True
+                            break
+                        souls = list(view.leaves.get(leaf, ()))
+                        next_soul = 0
+            if updates:
+                yield encode_ham_batch(updates)
 
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as canonical batches, straight from the HAM table, read at

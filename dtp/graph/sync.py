@@ -13,14 +13,16 @@ same machine:
    *pushes* its fields under it (DATA); otherwise each side sends the summaries of the
    node's children (SUM) and the comparison goes on one level down.
 3. When a side has pushed everything its decisions call for, it sends END. The
-   peer's END means everything the peer had at the start has arrived.
+   peer's END means everything the peer had at the start has arrived; it comes after
+   the peer's answer to every SUM we sent (an END before one is a protocol error).
 4. From the start on, every change to the local table (a local write, or a merge from
    a third peer) is forwarded as DATA -- the live phase needs no further message.
 5. An update of the peer's dropped because the deferred queue was full is asked for
    again (WANT: the leaves to push again) once the clock reaches its state.
 
-Pushes are made as the peer reads (:meth:`SyncSession.data_to_send`, a batch at a time),
-so a session holds about one batch of its push whatever the table's size.
+Pushes are made as the peer reads (:meth:`SyncSession.data_to_send`, a batch at a time,
+each read from the table as it is made), so a session holds about one batch of its push
+whatever the table's size.
 
 Peers already in sync exchange two HELLOs and two ENDs. A fresh peer receives the table
 straight from the HAM export (batches of about 1 MiB, one C call each side).
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import struct
 import threading
@@ -58,7 +59,6 @@ MAX_MESSAGE = 4 << 20
 _LEN = struct.Struct(">I")
 _U64 = 1 << 64
 _PUSH_LOW = 1 << 20  # a push makes its next batch once less than this is queued
-_PUSH_FIELDS = 4096  # fields of summary nodes pushed in one step (about one batch)
 _WANT_LEAVES = 1024  # leaves listed in one WANT message (about 3 KiB)
 _LEAVES = 1 << LEAF_BITS
 
@@ -156,11 +156,13 @@ class SyncSession:
         # thread adds pushes, the writer thread makes them. (Lock order: this lock,
         # then the graph's; nothing under the graph's lock takes this one.)
         self._lock = threading.RLock()
-        self._pushes: deque[tuple[int, int, int]] = deque()  # (level, prefix, fields)
+        self._pushes: deque[tuple[int, int]] = deque()  # summary nodes (level, prefix)
+        self._node_push: Iterator[bytes] | None = None  # the nodes' batches under way
         self._export: Iterator[bytes] | None = None  # the whole-table push under way
         self._push_everything = False  # the whole table is (being) pushed: nodes are not
         # Leaves the peer asked for again (WANT), in order; at most _LEAVES of them.
         self._peer_wants: dict[int, None] = {}
+        self._want_push: Iterator[bytes] | None = None  # the wanted leaves' batches under way
         # Updates of the peer's that we dropped (the deferred queue was full): leaf ->
         # the smallest such state. Once the clock passes it the update would be merged,
         # not deferred: the leaf is then asked for again (WANT). At most _LEAVES entries,
@@ -211,7 +213,13 @@ class SyncSession:
         (flow control)."""
         if (
             self._queued < _PUSH_LOW
-            and (self._pushes or self._export is not None or self._peer_wants)
+            and (
+                self._pushes
+                or self._node_push is not None
+                or self._export is not None
+                or self._peer_wants
+                or self._want_push is not None
+            )
             and not self._closed
         ):
             self._push_step()
@@ -379,6 +387,12 @@ class SyncSession:
         elif kind == END:
             if len(message) != 1 or self.end_received:
                 raise _fail("END is [4], once")
+            if self._sent:
+                # The peer answers each of our SUMs before its END. Taken, this END
+                # would end the runners' reading while our own END waits for those
+                # answers: a one-shot catch-up would wait for good.
+                level, prefix = next(iter(self._sent))
+                raise _fail(f"END before the SUM for node ({level}, {prefix})")
             self.end_received = True
         else:
             raise _fail(f"unknown message type {kind}")
@@ -462,7 +476,7 @@ class SyncSession:
                 raise _fail(f"SUM lists child {item[0]} twice")
             theirs[item[0]] = (item[1], item[2])
         child_level = level + 1
-        push: list[tuple[int, int, int]] = []
+        push: list[tuple[int, int]] = []
         pushed = 0
         for child in sorted(set(mine) | set(theirs)):
             a, b = mine.get(child, (0, 0)), theirs.get(child, (0, 0))
@@ -470,7 +484,7 @@ class SyncSession:
                 continue
             if _push_whole(child_level, a, b):
                 if a[1]:
-                    push.append((child_level, child, a[1]))
+                    push.append((child_level, child))
                     pushed += a[1]
             else:
                 self._descend(child_level, child)
@@ -496,6 +510,7 @@ class SyncSession:
         if not self._push_everything:
             self._push_everything = True
             self._pushes.clear()
+            self._node_push = None
             self._export = self.graph.export_stream()
             self._output_ready()
 
@@ -505,13 +520,16 @@ class SyncSession:
             self.on_output()
 
     def _push_step(self) -> None:
-        """Make the next batch of what is to be pushed (the writer's thread)."""
-        leaves: list[int] = []
+        """Make the next batch of what is to be pushed (the writer's thread): one batch
+        at most, read from the table now, so that what is queued stays about one batch
+        however large the push."""
         with self._lock:
             if self._closed:
                 self._pushes.clear()
+                self._node_push = None
                 self._export = None
                 self._peer_wants.clear()
+                self._want_push = None
                 return
             if self._export is not None:
                 try:
@@ -522,8 +540,8 @@ class SyncSession:
                     # not disturb (those were forwarded live): every level-1 node,
                     # again from the start -- at most one more pass over the table.
                     self._export = None
-                    for prefix, (_, n) in sorted(self.graph.child_summaries(0, 0).items()):
-                        self._pushes.append((1, prefix, n))
+                    nodes = sorted(self.graph.child_summaries(0, 0))
+                    self._pushes.extend((1, prefix) for prefix in nodes)
                     self._maybe_end()
                     return
                 if batch is None:
@@ -532,25 +550,59 @@ class SyncSession:
                 elif batch_count(batch):
                     self._send_batch(batch)
                 return
-            if self._pushes:
-                nodes: list[tuple[int, int]] = []
-                fields = 0
-                while self._pushes and (not nodes or fields + self._pushes[0][2] <= _PUSH_FIELDS):
-                    level, prefix, n = self._pushes.popleft()
-                    nodes.append((level, prefix))
-                    fields += n
-                for batch in self.graph.node_batches(nodes):
-                    self._send_batch(batch)
+            if self._pushes or self._node_push is not None:
+                if self._next_node_batch():
+                    return
                 self._maybe_end()
+            if self._peer_wants or self._want_push is not None:
+                self._next_want_batch()
+
+    def _next_node_batch(self) -> bool:
+        """Send the next batch of the summary nodes to push (lock held); False when
+        none is left. The nodes queued when a walk starts are walked together (their
+        batches are full however small each node), those queued meanwhile next."""
+        while True:
+            if self._node_push is None:
+                if not self._pushes:
+                    return False
+                nodes = list(self._pushes)
+                self._pushes.clear()
+                self._node_push = self.graph.node_batches(nodes)
+            batch = next(self._node_push, None)
+            if batch is not None:
+                self._send_batch(batch)
+                return True
+            self._node_push = None
+
+    def _next_want_batch(self) -> None:
+        """Send the next batch of the leaves the peer asked for again (lock held)."""
+        while True:
+            if self._want_push is None:
+                if not self._peer_wants:
+                    return
+                leaves = [(LEAF_LEVEL, leaf) for leaf in self._peer_wants]
+                self._peer_wants.clear()
+                self._want_push = self.graph.node_batches(leaves)
+            batch = next(self._want_push, None)
+            if batch is not None:
+                self._send_batch(batch)
                 return
-            if self._peer_wants:
-                leaves = list(itertools.islice(self._peer_wants, _WANT_LEAVES))
-                for leaf in leaves:
-                    del self._peer_wants[leaf]
-        if not leaves:
-            return
-        for batch in self.graph.node_batches([(LEAF_LEVEL, leaf) for leaf in leaves]):
-            self._send_batch(batch)
+            self._want_push = None
+
+    def _end_stalled(self) -> bool:
+        """The peer's END is in and ours is not out, yet nothing of ours is left to
+        make that would send it: only more from the peer could (a state the peer's END
+        is refused in). The runners, which stop reading at the peer's END, check it
+        rather than wait for our END without a deadline."""
+        with self._lock:
+            return (
+                self.end_received
+                and not self.end_sent
+                and not self._closed
+                and not self._pushes
+                and self._node_push is None
+                and self._export is None
+            )
 
     def _maybe_end(self) -> None:
         """Send END once every SUM sent was answered and every push made (lock held)."""
@@ -559,6 +611,7 @@ class SyncSession:
             and not self._sent
             and self.peer_root is not None
             and not self._pushes
+            and self._node_push is None
             and self._export is None
         ):
             self.end_sent = True
@@ -706,10 +759,13 @@ def sync_blocking(
                 raise failure[0]
             if until_synced and session.end_received:
                 # the peer is done; our END follows our pushes, which the writer makes
-                # as the peer reads. A peer that stays connected (a live server) sends
-                # nothing more: wait for the writer, not in recv.
+                # as the peer reads (each send bounded by the socket's timeout). A peer
+                # that stays connected (a live server) sends nothing more: wait for the
+                # writer, not in recv -- but never for an END that nothing will send.
                 if not thread.is_alive():
                     break
+                if session._end_stalled():
+                    raise _fail("the peer's END came before the exchange it ends")
                 ended_here.wait(tick)
                 continue
             try:
@@ -1048,10 +1104,15 @@ async def sync_stream(
                 out.result()  # the write side failed: raise it
             if until_synced and session.end_received:
                 # our END follows our pushes, which pump() makes as the peer reads; a
-                # peer that stays connected sends nothing more: wait for pump()
+                # peer that stays connected sends nothing more: wait for pump(), a tick
+                # at a time -- never for an END that nothing will send
+                if session._end_stalled():
+                    raise _fail("the peer's END came before the exchange it ends")
                 waiter = asyncio.ensure_future(ended_here.wait())
                 try:
-                    await asyncio.wait({out, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {out, waiter}, timeout=tick, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     waiter.cancel()
                 continue
