@@ -13,8 +13,8 @@ needs with them:
 - Interchange with Sui wallets and pysui through the base64 keystring
   (``base64(0x00 || 32-byte seed)``).
 - Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
-  written atomically with mode 0600 and refused on load when group/other can read them,
-  another user owns them, or others may write to their directory (no sticky bit).
+  written atomically with mode 0600 and refused on load when group/other can read them
+  or everyone may write to their directory (without the sticky bit).
 
 Identity file format (JSON, version 1)::
 
@@ -564,10 +564,10 @@ class HostIdentity:
         Raises :class:`KeyFileError` when the file is missing or unreadable, is not a DTP
         identity file (or has an unknown version), is encrypted and no passphrase was
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
-        both), or, on POSIX, is not safe from other users: when it belongs to another
-        user, can be accessed by group or others, or lies in a directory (or, through a
-        symlink, points into one) that others may write to and that has no sticky bit
-        (like ssh; pass ``allow_insecure=True`` to accept it anyway). An empty
+        both), or, on POSIX, is not safe from other users: when it can be accessed by
+        group or others, or lies in a directory (or, through a symlink, points into one)
+        that everyone may write to and that has no sticky bit (pass
+        ``allow_insecure=True`` to accept it anyway). An empty
         passphrase is a wrong one (:meth:`save` never encrypts with it). A passphrase
         given for a plain file is ignored. Raises TypeError if ``passphrase`` is
         neither None nor a str.
@@ -850,22 +850,18 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
 
 def _check_private_file(path: Path, info: os.stat_result) -> None:
     """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
-    unless this user owns it, only this user may access it, and no one else may replace
-    it: its directory (and, through a symlink, its target's) must be writable by no one
-    else, or have the sticky bit (as /tmp: only a file's owner may then remove or
-    rename it). POSIX only; what ``allow_insecure`` skips."""
-    euid = os.geteuid()
-    if info.st_uid != euid:
-        # Like ssh: a file another user owns may hold their key, and they may change it.
-        raise KeyFileError(
-            f"{path} must belong to this user (it belongs to uid {info.st_uid}, this "
-            f"process runs as uid {euid})"
-        )
+    unless only its owner may access it and others may not replace it: its directory
+    (and, through a symlink, its target's) must not be writable by everyone, or have
+    the sticky bit (as /tmp: only a file's owner may then remove or rename it). POSIX
+    only; what ``allow_insecure`` skips. Group-writable directories pass (a user's own
+    group, under umask 002), and so does a file another user owns (root reading a
+    user's key: as ssh, only the mode counts)."""
     if info.st_mode & 0o077:
         mode = stat.S_IMODE(info.st_mode)
         raise KeyFileError(
             f"permissions {mode:04o} for {path} are too open: the identity must not be "
-            f"accessible by group or others (run: chmod 600 {path})"
+            f"accessible by group or others (run: chmod 600 {path}, or load it with "
+            "allow_insecure=True)"
         )
     seen: set[tuple[int, int]] = set()
     for directory in (path.parent, Path(os.path.realpath(path)).parent):
@@ -875,10 +871,12 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
         seen.add((where.st_dev, where.st_ino))
         # Whoever may write to the directory may put their own file in the identity's
         # place (a key they know, used to sign for this host) between two loads.
-        if where.st_mode & 0o022 and not where.st_mode & stat.S_ISVTX:
+        if where.st_mode & 0o002 and not where.st_mode & stat.S_ISVTX:
             raise KeyFileError(
-                f"{directory}, which holds {path}, must be writable by no one else or have "
-                f"the sticky bit (mode {stat.filemode(where.st_mode)})"
+                f"{directory}, which holds {path}, is writable by everyone "
+                f"(mode {stat.filemode(where.st_mode)}): anyone could replace the identity; "
+                "move it, remove others' write permission, or load it with "
+                "allow_insecure=True"
             )
 
 
