@@ -1148,7 +1148,11 @@ def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
 
 
 def recover_store(
-    ledger: Ledger, identity: HostIdentity, store: ReceiptStore, alone: bool
+    ledger: Ledger,
+    identity: HostIdentity,
+    store: ReceiptStore,
+    alone: bool,
+    stopped: Callable[[], bool] | None = None,
 ) -> list[tuple[str, Settlement]]:
     """A paid server's :func:`recover_unclaimed` of what dead server runs left in its
     store (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
@@ -1158,11 +1162,11 @@ def recover_store(
     (its restart was not alone either), and its clients' half-close timeouts refunded
     the fees they had paid. The receipts of live servers are never claimed: they are
     their connections', settled under them the service they go on giving is never
-    paid."""
+    paid. Once ``stopped()`` is true no further receipt is claimed."""
     with store.orphaned(alone) as receipts:
         if not receipts:
             return []
-        return recover_unclaimed(ledger, identity, store, receipts)
+        return recover_unclaimed(ledger, identity, store, receipts, stopped)
 
 
 #: How often a live paid server looks for server runs on its receipt store that died
@@ -1171,21 +1175,51 @@ def recover_store(
 RECOVERY_INTERVAL = 30.0
 
 
-def next_recovery() -> float:
-    """When (monotonic seconds) a live paid server next runs :func:`recover_now`."""
-    return time.monotonic() + RECOVERY_INTERVAL
+class Recovery:
+    """A live paid server's recovery of what dead server runs left unclaimed in its
+    store (:func:`recover_store`), every :data:`RECOVERY_INTERVAL`, in a thread of its
+    own: its ledger transactions (one per receipt) held up the policy refreshes -- the
+    firewall's enforcement on open connections -- for as long as they took, and went on
+    after the server closed. :meth:`stop` ends it between two claims; :meth:`join`
+    waits for that, before the store is released. What it settles is appended to
+    ``recovered``."""
 
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        store: ReceiptStore,
+        recovered: list[tuple[str, Settlement]],
+    ) -> None:
+        self.ledger, self.identity, self.store = ledger, identity, store
+        self.recovered = recovered
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dtp-paid-recovery", daemon=True)
 
-def recover_now(
-    ledger: Ledger, identity: HostIdentity, store: ReceiptStore
-) -> list[tuple[str, Settlement]]:
-    """A live paid server's :func:`recover_store` (what dead runs left since it
-    started); a store it cannot read now is logged, and looked at again next time."""
-    try:
-        return recover_store(ledger, identity, store, False)
-    except ReceiptStoreError as exc:
-        logger.warning("cannot look for receipts dead servers left: %s", exc)
-        return []
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(RECOVERY_INTERVAL):
+            try:
+                self.recovered.extend(
+                    recover_store(self.ledger, self.identity, self.store, False, self._stop.is_set)
+                )
+            except ReceiptStoreError as exc:
+                logger.warning("cannot look for receipts dead servers left: %s", exc)
+            except Exception:
+                # (a bug, or a ledger's surprise: logged, and looked at again next time)
+                logger.exception("recovering receipts dead servers left failed")
+
+    def stop(self) -> None:
+        """No further claim (the one under way ends first)."""
+        self._stop.set()
+
+    def join(self) -> None:
+        """:meth:`stop`, then wait for the thread (it ends after the claim under way)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 #: How long a closed paid server's release waits for its receipt writer to finish
@@ -1304,6 +1338,7 @@ class PaidServer:
             raise
         self.server: DTPServer | None = None
         self._attached = False  # attach_server() made: detach_server() at the release
+        self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
             host = ledger.get_host(self.host_id)
             if port not in host.services:
@@ -1313,6 +1348,7 @@ class PaidServer:
             self.recovered = recover_store(ledger, identity, self.store, alone)
             """(connection ID, settlement) of what dead server runs left unclaimed: at
             the start, then every :data:`RECOVERY_INTERVAL`."""
+            self._recovery = recovery = Recovery(ledger, identity, self.store, self.recovered)
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
             self.admission = _PaidAdmission(self, ledger, self.host_id, port)
@@ -1339,6 +1375,7 @@ class PaidServer:
             ]
             for thread in self._threads:
                 thread.start()
+            recovery.start()
         except BaseException:
             # nothing was served yet: whatever started so far stops with the error, the
             # store too (in memory as well: nobody gets this server)
@@ -1577,13 +1614,9 @@ class PaidServer:
     # -- the host's policy -------------------------------------------------------------
 
     def _policy_loop(self) -> None:
-        recover_at = next_recovery()
         while not self._closed.wait(self.policy.refresh_interval):
             try:
                 self.refresh_policy()
-                if time.monotonic() >= recover_at:
-                    recover_at = next_recovery()
-                    self.recovered.extend(recover_now(self.ledger, self.identity, self.store))
             except Exception:
                 # (a ChainError is handled in there) Anything else -- a bug, a value
                 # a ledger should not return -- must not end the loop: the firewall
@@ -1685,6 +1718,8 @@ class PaidServer:
             idle = self._handling == 0
             if idle:
                 self._releasing = True
+        if self._recovery is not None:
+            self._recovery.stop()
         if self.server is not None:
             self.server.close()
         for thread in self._threads:
@@ -1699,8 +1734,11 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
-        # (the writer first: a receipt it writes after the detach is the run's all the
-        # same, and one left unclaimed then kept the run's lock file, to be recovered)
+        # (a recovery under way first: it claims from the store; then the writer: a
+        # receipt it writes after the detach is the run's all the same, and one left
+        # unclaimed then kept the run's lock file, to be recovered)
+        if self._recovery is not None:
+            self._recovery.join()
         release_receipts(self.receipt_writer, self.store, self._own_store)
         if self._attached:
             self._attached = False

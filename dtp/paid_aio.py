@@ -56,15 +56,14 @@ from dtp.paid import (
     _CREDIT_MAX,
     _SEND_SLICE,
     CLOSED_REFUSAL,
+    Recovery,
     ServicePolicy,
     _receipts_held,
     check_address,
     closes_store,
     datagram_sizes,
     gate_for,
-    next_recovery,
     open_store,
-    recover_now,
     recover_store,
     release_receipts,
     settle_ended,
@@ -919,6 +918,7 @@ class PaidAioServer:
         #: connection at a time
         self._serving = ConnectionIds()
         self._policy_task: asyncio.Task[None] | None = None
+        self._recovery: Recovery | None = None  # (started with the policy task)
         self._closed = False
         self._closing = asyncio.Event()
         self._lifetime: asyncio.Task[bool] | None = None
@@ -980,6 +980,8 @@ class PaidAioServer:
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
         )
         self._policy_task = asyncio.ensure_future(self._policy_loop())
+        self._recovery = Recovery(self.ledger, self.identity, self.store, self.recovered)
+        self._recovery.start()
         # The server lives no longer than its event loop: asyncio.run ending with it
         # open (this task cancelled) closes it as close() does. Its receipt writer's
         # thread ran on, and the store it opened stayed open. The connections' tasks,
@@ -1266,16 +1268,10 @@ class PaidAioServer:
         self._done()
 
     async def _policy_loop(self) -> None:
-        recover_at = next_recovery()
         while True:
             await asyncio.sleep(self.policy.refresh_interval)
             try:
                 await self.refresh_policy()
-                if time.monotonic() >= recover_at:  # (as dtp.paid's)
-                    recover_at = next_recovery()
-                    self.recovered.extend(
-                        await asyncio.to_thread(recover_now, self.ledger, self.identity, self.store)
-                    )
             except Exception:
                 # (a ChainError is handled in there) Anything else -- a bug, a value
                 # a ledger should not return -- must not end the task: the firewall
@@ -1359,6 +1355,8 @@ class PaidAioServer:
         self._closing.set()
         if self._policy_task is not None:
             self._policy_task.cancel()
+        if self._recovery is not None:
+            self._recovery.stop()
         if self.server is not None:
             self.server.close()
         if not self._handling:
@@ -1401,7 +1399,9 @@ class PaidAioServer:
         self._released.set()
 
     def _release_store(self) -> None:
-        # (the writer first, as dtp.paid's: its last receipts are the run's)
+        # (a recovery under way first, then the writer, as dtp.paid's)
+        if self._recovery is not None:
+            self._recovery.join()
         release_receipts(self.receipt_writer, self.store, self._own_store)
         if self._attached:
             self._attached = False

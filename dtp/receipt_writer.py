@@ -29,6 +29,7 @@ commit: a settlement costs no write of its own).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -311,7 +312,7 @@ class ReceiptWriter:
         """Whether the thread has ended: nothing uses the store any more."""
         return not self._thread.is_alive()
 
-    def close(self, timeout: float = 30.0) -> bool:
+    def close(self, timeout: float | None = 30.0) -> bool:
         """Write what is waiting, then stop the thread. A write failing meanwhile is
         tried again every :data:`RETRY_DELAY` seconds as long as the next try would
         start within ``timeout`` (of the first call: a later one only waits); then what
@@ -322,8 +323,10 @@ class ReceiptWriter:
         still writing, the store is in use yet, and must not be closed)."""
         with self._cond:
             if not self._closed:
+                # (None: tried again for as long as it takes, as join(None) waits; set
+                # before _closed, so that a bad timeout leaves the writer as it was)
+                self._give_up_at = math.inf if timeout is None else time.monotonic() + timeout
                 self._closed = True
-                self._give_up_at = time.monotonic() + timeout
                 if self._retry_at is not None:
                     # a retry waiting is tried at once: the lock that failed the last
                     # try may be gone, and the close's timeout starts now

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import (
@@ -493,15 +493,19 @@ def recover_unclaimed(
     identity: HostIdentity,
     store: ReceiptStore,
     receipts: Iterable[StoredReceipt] | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
     start: a previous run's connections are gone), or those of ``receipts`` (read from
     it). Failures (the ledger's, the store's) are logged and skipped: one receipt's
     stops none of the others. Not the receipts of a server still serving from the store:
     it would settle its live connections (the paid servers claim those of dead runs
-    only, :meth:`ReceiptStore.orphaned`)."""
+    only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true no further receipt
+    is claimed (those left stay unclaimed in the store)."""
     done: list[tuple[str, Settlement]] = []
     for stored in list(store.unclaimed() if receipts is None else receipts):
+        if stopped is not None and stopped():
+            break
         cid = stored.receipt.connection_id
         try:
             settlement = claim_and_settle(ledger, identity, cid, store)

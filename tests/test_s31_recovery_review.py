@@ -1,0 +1,104 @@
+"""A live paid server recovers dead runs' receipts in a thread of its own (a second
+reader's finds in the first version, which ran it in the policy loop):
+
+- the policy refreshes (the firewall's enforcement on open connections) went on only
+  once every claim of a round was made: 8 s without a refresh for 8 slow claims;
+- close() mid-recovery waited 5 s, closed the store under it, and its claims went on
+  reaching the ledger after wait_released() said the server was done;
+- ReceiptWriter.close(None) raised TypeError and left the writer unstoppable.
+
+Each test failed on the code before this fix."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.paid
+import dtp.settlement
+import dtp.socket
+from dtp.paid import ServicePolicy
+from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
+from tests.paid_twins import funded_ledger, streams_forever
+from tests.polling import wait_for
+from tests.test_s31_shared_store_recovery import (
+    CLIENT,
+    PORT,
+    SERVER,
+    SLA,
+    World,
+    kill,
+    server_run,
+)
+
+CLAIM = 0.3  # seconds a claim takes here (on a real chain: seconds)
+LOST = 6  # receipts the killed run left
+
+
+def _slow_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = dtp.settlement.claim_and_settle
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(CLAIM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
+
+
+def test_recovery_holds_up_neither_the_policy_nor_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
+        world = World(ledger, host_id, ledger.create_spending_cap(CLIENT, 10**9), tmp_path / "r.db")
+        server = dtp.socket.serve(
+            host_id,
+            PORT,
+            streams_forever,
+            ledger=ledger,
+            identity=SERVER,
+            receipts=world.store_path,
+            policy=ServicePolicy(refresh_interval=0.05),
+        )
+        refreshes: list[float] = []
+        real_refresh = server.refresh_policy
+
+        def refresh() -> None:
+            refreshes.append(time.monotonic())
+            real_refresh()
+
+        server.refresh_policy = refresh  # type: ignore[method-assign]
+        lost = [world.receipt() for _ in range(LOST)]
+        _slow_claims(monkeypatch)
+        with server_run(world.store_path, *lost) as run:
+            kill(run)
+            assert wait_for(lambda: sum(world.settled(r) for r in lost) >= 2, 30)
+            began = time.monotonic()
+            server.close()
+            assert server.wait_released(30)
+            closed_in = time.monotonic() - began
+        claimed = sum(world.settled(r) for r in lost)
+        time.sleep(3 * CLAIM)
+        # nothing reached the ledger after the release, and what did is counted
+        assert sum(world.settled(r) for r in lost) == claimed == len(server.recovered)
+        assert claimed < LOST  # (stopped between claims: the rest waits for a restart)
+        assert closed_in < 2 * CLAIM + 1.0  # the claim under way, not a 5 s join
+        gaps = [b - a for a, b in itertools.pairwise(refreshes)]
+        assert gaps and max(gaps) < CLAIM + 0.25  # refreshed all along
+    # the dead run's lock file stays for the receipts left, so a later server claims them
+    with ReceiptStore(world.store_path) as store, store.orphaned() as receipts:
+        assert len(receipts) == LOST - claimed
+
+
+def test_a_writer_closed_with_no_timeout_stops(tmp_path: Path) -> None:
+    with ReceiptStore(tmp_path / "r.db") as store:
+        writer = ReceiptWriter(store)
+        assert writer.close(None)
+        assert writer.stopped
