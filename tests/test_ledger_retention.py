@@ -369,7 +369,7 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     world = World(tmp_path / "ledger.db")
     counting = CountingLedger(world.ledger)
     c, s, link, cc, sc = world.link(ledger=counting, retention_terms=world.terms)
-    _exchange(c, s, link, (40_000, 3_000), seed=5)
+    _exchange(c, s, link, (80_000, 6_000), seed=5)  # (more than 16 records)
     assert link.run(lambda: all_consumed(world.ledger, world.conn_id), max_time=30)
     assert len(cc.retained) + len(sc.retained) > 16
     assert len(sc._offered) <= 8 and len(cc._offered) <= 8
