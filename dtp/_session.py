@@ -86,6 +86,22 @@ class StreamBuffer:
     #: The application reads this stream no more (shutdown(SHUT_RD), close()): its
     #: bytes are dropped as they come, their credit returned at once.
     discarded: bool = False
+    #: How many bytes at the front of :attr:`data` had their flow-control credit
+    #: returned already (put back by a read that did not complete, or credited ahead
+    #: by a readuntil() waiting for its separator). Kept here, not in the reader, so
+    #: that every path that drops them (take, a sink, discard) returns each byte's
+    #: credit exactly once: given twice, the connection's window grew for good.
+    credited: int = 0
+
+    def uncredited(self, n: int) -> int:
+        """Drop ``n`` bytes from the front of :attr:`data`'s credit count: how many of
+        them still owe their credit (the caller returns it)."""
+        k = self.credited
+        if k:
+            k = min(k, n)
+            self.credited -= k
+            return n - k
+        return n
 
 
 class StreamSink:
@@ -262,11 +278,12 @@ class Session:
             if buf.data:
                 data = bytes(buf.data)
                 buf.data.clear()
+                owed = buf.uncredited(len(data))
                 sink.on_data(data)
                 if sink.paused:
-                    sink.held += len(data)
-                else:
-                    self.conn.acknowledge_read(stream_id, len(data))
+                    sink.held += owed
+                elif owed:
+                    self.conn.acknowledge_read(stream_id, owed)
             if buf.reset_code is not None:
                 self._end_sink(stream_id, sink, StreamReset(stream_id, buf.reset_code))
                 return
@@ -419,10 +436,37 @@ class Session:
         buf = self.streams.setdefault(stream_id, StreamBuffer())
         buf.discarded = True
         if buf.data:
-            n = len(buf.data)
+            owed = buf.uncredited(len(buf.data))
             buf.data.clear()
-            self.conn.acknowledge_read(stream_id, n)
+            if owed:
+                self.conn.acknowledge_read(stream_id, owed)
         self._data_arrived = True
+
+    def unread(self, stream_id: int, data: bytes) -> None:
+        """Put ``data``, taken by a read that did not complete, back in front of
+        ``stream_id``'s buffer. Its flow-control credit went back when it was taken:
+        it is counted as credited (see :attr:`StreamBuffer.credited`), so whatever
+        drops it later does not return it again."""
+        buf = self.streams.get(stream_id)
+        if data and buf is not None:
+            buf.data[:0] = data
+            buf.credited += len(data)
+
+    def credit_buffered(self, stream_id: int) -> bool:
+        """Return the flow-control credit of every byte buffered on ``stream_id`` now,
+        leaving the bytes where they are: for a read that must see more than a window
+        before it can take any (a readuntil() whose separator has not come), the
+        peer would stop at the window, and the read wait for good. True if any credit
+        went back (for the adapter to send it)."""
+        buf = self.streams.get(stream_id)
+        if buf is None:
+            return False
+        owed = len(buf.data) - buf.credited
+        if owed <= 0:
+            return False
+        buf.credited = len(buf.data)
+        self.conn.acknowledge_read(stream_id, owed)
+        return True
 
     def forget(self, stream_id: int) -> None:
         """The application closed ``stream_id`` (after :meth:`discard`): its buffer goes
@@ -453,8 +497,12 @@ class Session:
         if buf is not None and buf.data:
             with memoryview(buf.data) as view:
                 chunk = view[:max_bytes].tobytes()  # one copy (a slice would make two)
-            del buf.data[: len(chunk)]
-            self.conn.acknowledge_read(stream_id, len(chunk))
+            n = len(chunk)
+            del buf.data[:n]
+            if buf.credited:
+                n = buf.uncredited(n)
+            if n:
+                self.conn.acknowledge_read(stream_id, n)
             return chunk
         if buf is not None and buf.discarded:
             return b""  # (as a socket's recv() after shutdown(SHUT_RD))
@@ -478,7 +526,9 @@ class Session:
             with memoryview(buf.data) as src:
                 view[:n] = src[:n]
             del buf.data[:n]
-            self.conn.acknowledge_read(stream_id, n)
+            owed = buf.uncredited(n) if buf.credited else n
+            if owed:
+                self.conn.acknowledge_read(stream_id, owed)
             return n
         return len(self.take(stream_id, len(view)))
 

@@ -168,6 +168,9 @@ class _Protocol(asyncio.Protocol):
         #: Keeps the connection open with no reader or writer left: a server's (as
         #: asyncio's server protocol holds its writer), one whose bytes go to a sink
         self.pinned: _Owner | None = None
+        #: How many open_stream() calls wait for the peer to allow another stream: its
+        #: MAX_STREAMS frame makes no event, so nothing else would wake them
+        self.stream_slot_waiters = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -247,7 +250,7 @@ class _Protocol(asyncio.Protocol):
             and not self.hold_carrier
         ):
             self.close_carrier()
-        if changed:
+        if changed or (self.stream_slot_waiters and self.conn.can_open_stream()):
             self._notify()
 
     def close_carrier(self) -> None:
@@ -369,9 +372,6 @@ class DTPStreamReader:
         self._owner = proto.owner()
         self._session = proto.session
         self._stream_id = stream_id
-        #: Bytes at the front of the stream's buffer whose flow-control credit went back
-        #: already: what a cancelled or failed read put back (see :meth:`_unread`)
-        self._credited = 0
         #: The read waiting for bytes, if one is: a second one raises RuntimeError
         self._waiting: str | None = None
 
@@ -394,10 +394,8 @@ class DTPStreamReader:
         stream afterwards."""
         sink = StreamSink(on_data, on_end)
         self._proto.pinned = self._owner  # its consumer may hold no reader or writer
-        if self._credited:
-            # put back by a cancelled read, credited already: not through the session,
-            # which would return the credit again
-            on_data(self._take(self._credited))
+        # (what a cancelled read put back, credited already, is counted by the stream's
+        # buffer: attach_sink returns only the credit still owed)
         self._session.attach_sink(self._stream_id, sink)
         self._proto.flush()  # credit for what was buffered
         return sink
@@ -414,20 +412,6 @@ class DTPStreamReader:
         self._proto.flush()
 
     def _take(self, n: int) -> bytes:
-        if self._credited:
-            stream = self._session.streams.get(self._stream_id)
-            if stream is not None and stream.data:
-                # bytes a cancelled read put back: their credit went back when they
-                # were first taken (given twice, each wait_for(readexactly(n), t) that
-                # timed out let the peer send that much again beyond the window)
-                k = min(n, self._credited, len(stream.data))
-                head = bytes(stream.data[:k])
-                del stream.data[:k]
-                self._credited -= k
-                if k < n and stream.data:
-                    return head + self._take(n - k)
-                return head
-            self._credited = 0
         data = self._session.take(self._stream_id, n)
         if data:
             self._proto.flush()  # return flow-control credit promptly
@@ -436,11 +420,11 @@ class DTPStreamReader:
     def _unread(self, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete (cancelled, or failed),
         back in front of the stream, for the next read (consuming nothing, as asyncio's
-        reads). Its flow-control credit stays given."""
-        stream = self._session.streams.get(self._stream_id)
-        if data and stream is not None:
-            stream.data[:0] = data
-            self._credited += len(data)
+        reads). Its flow-control credit stays given: the stream's buffer counts it as
+        credited, so no later take, sink or close returns it again (twice given, each
+        wait_for(readexactly(n), t) that timed out let the peer send that much again
+        beyond the window)."""
+        self._session.unread(self._stream_id, data)
 
     def _buffer(self) -> bytearray:
         buf = self._session.streams.get(self._stream_id)
@@ -609,6 +593,13 @@ class DTPStreamReader:
                     raise failure  # (consuming nothing, as asyncio's)
                 raise asyncio.IncompleteReadError(self._take(len(buf)) if buf else b"", None)
             start = max(0, len(buf) - len(separator) + 1)
+            # What is buffered stays (a cancelled or failing readuntil consumes nothing,
+            # and a LimitOverrunError leaves it, as asyncio's), but its credit goes back
+            # now: held until the separator came, a line longer than the stream's
+            # window was never reached, the peer stopped at the window. The limit
+            # bounds what this lets the peer send ahead (as asyncio's buffer).
+            if self._session.credit_buffered(self._stream_id):
+                self._proto.flush()
             self._claim_wait("readuntil")
             try:
                 await self._proto.wait_change()
@@ -1051,9 +1042,23 @@ class DTPStreamWriter:
         return session.datagrams.popleft()
 
     async def open_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
-        """Open another stream on this connection."""
-        self._session.check_writable(self._stream_id)
-        stream_id = self._conn.open_stream()
+        """Open another stream on this connection; at the peer's stream limit, wait
+        until it allows another (one of ours finished), as a connect waits for the
+        listener's backlog. Raises the connection's error if it ends first."""
+        session = self._session
+        conn = self._conn
+        session.check_writable(self._stream_id)
+        if not conn.can_open_stream():
+            proto = self._proto
+            proto.stream_slot_waiters += 1
+            try:
+                await proto.wait_for(
+                    lambda: session.terminated is not None or conn.can_open_stream()
+                )
+            finally:
+                proto.stream_slot_waiters -= 1
+            session.check_writable(self._stream_id)
+        stream_id = conn.open_stream()
         self._proto.flush()
         return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
             self._proto, stream_id, primary=False

@@ -673,6 +673,11 @@ class Connection:
             self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)
 
+    def can_open_stream(self) -> bool:
+        """True when :meth:`open_stream` would not hit the peer's stream limit (a
+        read-only look: the adapters wait on it for a stream slot to free)."""
+        return self._first_stream_unclaimed or self._opened_by_us < self._peer_max_streams
+
     def open_stream(self) -> int:
         """Open a new stream; returns its ID."""
         if self.lent_lane is not None:
