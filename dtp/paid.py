@@ -1175,6 +1175,11 @@ def recover_store(
 RECOVERY_INTERVAL = 30.0
 
 
+#: How long close() waits for a recovery claim under way before it leaves the release
+#: to a thread of its own (seconds)
+RECOVERY_CLOSE_WAIT = 5.0
+
+
 class Recovery:
     """A live paid server's recovery of what dead server runs left unclaimed in its
     store (:func:`recover_store`), every :data:`RECOVERY_INTERVAL`, in a thread of its
@@ -1215,11 +1220,13 @@ class Recovery:
         """No further claim (the one under way ends first)."""
         self._stop.set()
 
-    def join(self) -> None:
-        """:meth:`stop`, then wait for the thread (it ends after the claim under way)."""
+    def join(self, timeout: float | None = None) -> bool:
+        """:meth:`stop`, then wait for the thread (it ends after the claim under way) up
+        to ``timeout`` seconds; True once it has ended."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 #: How long a closed paid server's release waits for its receipt writer to finish
@@ -1726,7 +1733,13 @@ class PaidServer:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(5.0)
         if idle:
-            self._release()
+            if self._recovery is None or self._recovery.join(RECOVERY_CLOSE_WAIT):
+                self._release()
+            else:
+                # a claim under way takes longer (a ledger slow to answer): released
+                # once it ends, in a thread of its own -- close() returns, and
+                # wait_released() is the wait with a bound of the caller's choosing
+                threading.Thread(target=self._release, name="dtp-paid-release", daemon=True).start()
         else:
             # what is waiting is written now; the last connection to end stops the writer
             self.receipt_writer.flush(timeout=5.0)

@@ -56,6 +56,7 @@ from dtp.paid import (
     _CREDIT_MAX,
     _SEND_SLICE,
     CLOSED_REFUSAL,
+    RECOVERY_CLOSE_WAIT,
     Recovery,
     ServicePolicy,
     _receipts_held,
@@ -1388,7 +1389,7 @@ class PaidAioServer:
             with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
                 job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
         if job is None:
-            self._release_store()
+            self._release_store(inline=True)
             self._released.set()
         else:
             job.add_done_callback(self._store_released)
@@ -1398,10 +1399,12 @@ class PaidAioServer:
             logger.error("releasing the receipt store failed", exc_info=job.exception())
         self._released.set()
 
-    def _release_store(self) -> None:
-        # (a recovery under way first, then the writer, as dtp.paid's)
+    def _release_store(self, inline: bool = False) -> None:
+        # (a recovery under way first, then the writer, as dtp.paid's; bounded, for
+        # the loop's own thread runs this when the loop is ending: a claim that takes
+        # longer has its "claimed" mark logged as not written, the claim made)
         if self._recovery is not None:
-            self._recovery.join()
+            self._recovery.join(RECOVERY_CLOSE_WAIT if inline else None)
         release_receipts(self.receipt_writer, self.store, self._own_store)
         if self._attached:
             self._attached = False

@@ -12,6 +12,7 @@ Each test failed on the code before this fix."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,45 @@ def test_a_writer_closed_with_no_timeout_stops(tmp_path: Path) -> None:
         writer = ReceiptWriter(store)
         assert writer.close(None)
         assert writer.stopped
+
+
+def test_close_does_not_wait_for_a_slow_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() waits RECOVERY_CLOSE_WAIT at most for a claim under way (the first
+    Recovery version joined it without limit: a ledger that stalled hung close()), and
+    the release follows the claim: wait_released() is True once it has."""
+    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
+    monkeypatch.setattr(dtp.paid, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
+        world = World(ledger, host_id, ledger.create_spending_cap(CLIENT, 10**9), tmp_path / "r.db")
+        server = dtp.socket.serve(
+            host_id,
+            PORT,
+            streams_forever,
+            ledger=ledger,
+            identity=SERVER,
+            receipts=world.store_path,
+        )
+        lost = world.receipt()
+        started = threading.Event()
+        real = dtp.settlement.claim_and_settle
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            started.set()
+            time.sleep(3.0)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
+        with server_run(world.store_path, lost) as run:
+            kill(run)
+            assert started.wait(30)
+            began = time.monotonic()
+            server.close()
+            assert time.monotonic() - began < 1.5
+            assert not server.wait_released(0)  # the claim goes on, then the release
+            assert server.wait_released(30)
+        assert world.settled(lost)
+        assert [cid for cid, _ in server.recovered] == [lost.connection_id]
