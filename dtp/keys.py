@@ -14,7 +14,8 @@ needs with them:
   (``base64(0x00 || 32-byte seed)``).
 - Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
   written atomically with mode 0600 and refused on load when group/other can read them
-  or everyone may write to their directory (without the sticky bit).
+  or others may write to their directory (without the sticky bit; a private group's
+  write is allowed).
 
 Identity file format (JSON, version 1)::
 
@@ -566,7 +567,8 @@ class HostIdentity:
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
         both), or, on POSIX, is not safe from other users: when it can be accessed by
         group or others, or lies in a directory (or, through a symlink, points into one)
-        that everyone may write to and that has no sticky bit (pass
+        that others may write to (a shared group, or everyone) and that has no sticky
+        bit (pass
         ``allow_insecure=True`` to accept it anyway). An empty
         passphrase is a wrong one (:meth:`save` never encrypts with it). A passphrase
         given for a plain file is ignored. Raises TypeError if ``passphrase`` is
@@ -851,10 +853,10 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
 def _check_private_file(path: Path, info: os.stat_result) -> None:
     """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
     unless only its owner may access it and others may not replace it: its directory
-    (and, through a symlink, its target's) must not be writable by everyone, or have
-    the sticky bit (as /tmp: only a file's owner may then remove or rename it). POSIX
-    only; what ``allow_insecure`` skips. Group-writable directories pass (a user's own
-    group, under umask 002), and so does a file another user owns (root reading a
+    (and, through a symlink, its target's) must be writable by no one else -- group
+    write only for the user's own private group (umask 002 systems) -- or have the
+    sticky bit (as /tmp: only a file's owner may then remove or rename it). POSIX only;
+    what ``allow_insecure`` skips. A file another user owns passes (root reading a
     user's key: as ssh, only the mode counts)."""
     if info.st_mode & 0o077:
         mode = stat.S_IMODE(info.st_mode)
@@ -871,13 +873,32 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
         seen.add((where.st_dev, where.st_ino))
         # Whoever may write to the directory may put their own file in the identity's
         # place (a key they know, used to sign for this host) between two loads.
-        if where.st_mode & 0o002 and not where.st_mode & stat.S_ISVTX:
+        if where.st_mode & stat.S_ISVTX:
+            continue
+        if where.st_mode & 0o002 or (where.st_mode & 0o020 and not _private_group(where.st_gid)):
             raise KeyFileError(
-                f"{directory}, which holds {path}, is writable by everyone "
-                f"(mode {stat.filemode(where.st_mode)}): anyone could replace the identity; "
-                "move it, remove others' write permission, or load it with "
+                f"{directory}, which holds {path}, is writable by others "
+                f"(mode {stat.filemode(where.st_mode)}): they could replace the identity; "
+                "move it, remove their write permission, or load it with "
                 "allow_insecure=True"
             )
+
+
+def _private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's own group: our effective group, with no other
+    member listed (a user private group, as umask 002 systems give each user). A group
+    that cannot be looked up is not."""
+    if gid != os.getegid():
+        return False
+    try:
+        import grp
+        import pwd
+
+        members = set(grp.getgrgid(gid).gr_mem)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return False
+    return members <= {me}
 
 
 def _make_private_directories(directory: Path) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import errno
+import grp
 import hashlib
 import os
+import pwd
 import subprocess
 import sys
 import traceback
@@ -176,22 +178,30 @@ def test_a_key_file_everyone_could_replace_is_refused(
     identity.save(path)
     for mode in (0o777, 0o757):
         os.chmod(shared, mode)
-        with pytest.raises(KeyFileError, match=r"is writable by everyone .*allow_insecure"):
+        with pytest.raises(KeyFileError, match=r"is writable by others .*allow_insecure"):
             HostIdentity.load(path)
         assert HostIdentity.load(path, allow_insecure=True) == identity
     # a symlink from a private directory into the shared one: the file is still exposed
     link = tmp_path / "private" / "identity.json"
     link.parent.mkdir(mode=0o700)
     link.symlink_to(path)
-    with pytest.raises(KeyFileError, match="writable by everyone"):
+    with pytest.raises(KeyFileError, match="writable by others"):
         HostIdentity.load(link)
     # with the sticky bit (as /tmp) only the file's owner may remove or rename it
     os.chmod(shared, 0o1777)
     assert HostIdentity.load(path) == identity
     assert HostIdentity.load(link) == identity
-    # a group-writable directory (a user's own group, under umask 002) is taken
+    # a group-writable directory: taken when the group is the user's own (umask 002
+    # systems), refused when it is shared
     os.chmod(shared, 0o775)
-    assert HostIdentity.load(path) == identity
+    os.chown(shared, -1, os.getegid())
+    if grp.getgrgid(os.getegid()).gr_mem in ([], [pwd.getpwuid(os.geteuid()).pw_name]):
+        assert HostIdentity.load(path) == identity
+    shared_gid = next((g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getegid()), None)
+    if shared_gid is not None and os.geteuid() == 0:
+        os.chown(shared, -1, shared_gid)
+        with pytest.raises(KeyFileError, match="writable by others"):
+            HostIdentity.load(path)
     os.chmod(shared, 0o755)
     assert HostIdentity.load(path) == identity
 
