@@ -2301,12 +2301,22 @@ class DTPSocket:
     # -- streams ---------------------------------------------------------------------------
 
     def open_stream(self) -> DTPSocket:
-        """Open another stream on this connection."""
+        """Open another stream on this connection; at the peer's stream limit, wait
+        until it allows another (one of ours finished) within the socket's timeout
+        (DTPTimeoutError; BlockingIOError if non-blocking), as :func:`dtp.aio`'s does.
+        Raises the connection's error if it ends first."""
         self._check_open()
         engine = self._engine
+        session = engine.session
+        conn = engine.conn
         with engine.lock:
-            engine.session.check_writable(self._stream_id)
-            stream_id = engine.conn.open_stream()
+            session.check_writable(self._stream_id)
+            if not conn.can_open_stream():
+                # (it raised LocalProtocolError, "wait for one to finish", with no way
+                # to wait; the peer's MAX_STREAMS comes as it reads what we sent)
+                self._wait(lambda: session.terminated is not None or conn.can_open_stream())
+                session.check_writable(self._stream_id)
+            stream_id = conn.open_stream()
             engine.flush()
         sock = DTPSocket(engine, stream_id, primary=False)
         sock.settimeout(self._timeout)
