@@ -127,7 +127,8 @@ def test_throwaway_identities_do_not_unlock_a_replay_on_the_blocking_server(
                 identity=identity,
                 config=config,
             ).close()
-    assert server.refused >= THROWAWAY
+    # (counted once the refusal is out: the client may read it first)
+    assert wait_for(lambda: server.refused >= THROWAWAY, BOUND)
     replayed = replay(server.address, first)
     try:
         assert wait_for(lambda: server.replays_refused == 1 or len(server._serving) == 1, BOUND)
