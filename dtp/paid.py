@@ -1170,7 +1170,7 @@ def recover_store(
 
 
 #: How often a live paid server looks for server runs on its receipt store that died
-#: with receipts unclaimed, and claims them (seconds; at its policy refreshes). Well
+#: with receipts unclaimed, and claims them (seconds; in its :class:`Recovery` thread). Well
 #: below the 10-minute half-close timeout after which a client takes its deposit back.
 RECOVERY_INTERVAL = 30.0
 

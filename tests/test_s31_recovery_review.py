@@ -41,14 +41,36 @@ CLAIM = 0.3  # seconds a claim takes here (on a real chain: seconds)
 LOST = 6  # receipts the killed run left
 
 
-def _slow_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+def _slow_claims(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, started: threading.Event | None = None
+) -> None:
+    """Each claim takes ``seconds`` more (``started`` set as one begins)."""
     real = dtp.settlement.claim_and_settle
 
     def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(CLAIM)
+        if started is not None:
+            started.set()
+        time.sleep(seconds)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
+
+
+def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.paid.PaidServer]:
+    """A host with a paid service on ``ledger`` and its server (``options`` to serve())."""
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "x", SLA)
+    world = World(ledger, host_id, ledger.create_spending_cap(CLIENT, 10**9), tmp_path / "r.db")
+    server = dtp.socket.serve(
+        host_id,
+        PORT,
+        streams_forever,
+        ledger=ledger,
+        identity=SERVER,
+        receipts=world.store_path,
+        **options,
+    )
+    return world, server
 
 
 def test_recovery_holds_up_neither_the_policy_nor_close(
@@ -56,18 +78,7 @@ def test_recovery_holds_up_neither_the_policy_nor_close(
 ) -> None:
     monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
     with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
-        world = World(ledger, host_id, ledger.create_spending_cap(CLIENT, 10**9), tmp_path / "r.db")
-        server = dtp.socket.serve(
-            host_id,
-            PORT,
-            streams_forever,
-            ledger=ledger,
-            identity=SERVER,
-            receipts=world.store_path,
-            policy=ServicePolicy(refresh_interval=0.05),
-        )
+        world, server = _serve(ledger, tmp_path, policy=ServicePolicy(refresh_interval=0.05))
         refreshes: list[float] = []
         real_refresh = server.refresh_policy
 
@@ -77,7 +88,7 @@ def test_recovery_holds_up_neither_the_policy_nor_close(
 
         server.refresh_policy = refresh  # type: ignore[method-assign]
         lost = [world.receipt() for _ in range(LOST)]
-        _slow_claims(monkeypatch)
+        _slow_claims(monkeypatch, CLAIM)
         with server_run(world.store_path, *lost) as run:
             kill(run)
             assert wait_for(lambda: sum(world.settled(r) for r in lost) >= 2, 30)
@@ -115,27 +126,10 @@ def test_close_does_not_wait_for_a_slow_claim(
     monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
     monkeypatch.setattr(dtp.paid, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
     with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
-        world = World(ledger, host_id, ledger.create_spending_cap(CLIENT, 10**9), tmp_path / "r.db")
-        server = dtp.socket.serve(
-            host_id,
-            PORT,
-            streams_forever,
-            ledger=ledger,
-            identity=SERVER,
-            receipts=world.store_path,
-        )
+        world, server = _serve(ledger, tmp_path)
         lost = world.receipt()
         started = threading.Event()
-        real = dtp.settlement.claim_and_settle
-
-        def slow(*args: Any, **kwargs: Any) -> Any:
-            started.set()
-            time.sleep(3.0)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
+        _slow_claims(monkeypatch, 3.0, started)
         with server_run(world.store_path, lost) as run:
             kill(run)
             assert started.wait(30)
