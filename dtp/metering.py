@@ -21,7 +21,6 @@ Nothing here reads the clock: ``now_ms`` is always passed in.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import threading
 import time
@@ -224,9 +223,13 @@ class ClientMeter:
     def _exhaust(self, now_ms: int, new_bytes: int, new_requests: int) -> Receipt | None:
         self.exhausted = True
         meter = self.meter
-        signed = None
-        with contextlib.suppress(InsufficientFunds):  # if not even the requests fit,
-            signed = meter.record(now_ms, 0, new_requests)  # sign for bytes only
+        # the requests first, as many as the deposit covers (each one fits whole or
+        # not at all), then the bytes it still covers
+        price = meter.sla.price_per_request
+        requests = new_requests
+        if price:
+            requests = min(new_requests, max(0, meter.remaining) // price)
+        signed = meter.record(now_ms, 0, requests) if requests else None
         signed = meter.record(now_ms, min(new_bytes, meter.affordable_bytes()), 0) or signed
         # the cadence may have signed already: either way the newest covers everything
         return meter.flush(now_ms) or signed
