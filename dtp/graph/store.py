@@ -581,6 +581,16 @@ class Graph:
         """
         writes: list[tuple[bytes, bytes, bytes]] = []
         self._flatten(soul, data, writes, 0)
+        twice = _field_written_twice(writes)
+        if twice is not None:
+            # two paths to one node's field ({"b": {"c": {...}}} and {"b/c": {...}} both
+            # write node <soul>/b/c): written at one state, the merge would keep one of
+            # them by its bytes, not the caller's order; refuse the write whole
+            raise LocalProtocolError(
+                f"put() writes field {twice[1]!r} of node {twice[0]!r} twice "
+                "(nested mappings naming the same child node)",
+                ErrorCode.ARG,
+            )
         changes: list[Change] = []
         try:
             with self._lock:
@@ -1293,3 +1303,13 @@ __all__ = [
     "entry_hash",
     "soul_leaf",
 ]
+
+
+def _field_written_twice(writes: list[tuple[bytes, bytes, bytes]]) -> tuple[str, str] | None:
+    """The first (soul, field) that ``writes`` names twice, decoded for a message."""
+    seen: set[tuple[bytes, bytes]] = set()
+    for s, f, _ in writes:
+        if (s, f) in seen:
+            return s.decode("utf-8", "replace"), f.decode("utf-8", "replace")
+        seen.add((s, f))
+    return None
