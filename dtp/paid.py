@@ -266,7 +266,8 @@ def settle_ended(
     claim on the ledger does not wait for the fsync; the writer marks the claim in the
     store once the receipt is written). ``final``, the receipt the client's CLOSE came
     with, is handed to the writer should the settlement not claim it, kept for a later
-    claim (recover_unclaimed at the next start). A ChainError is logged: None. A claimed
+    claim (recover_unclaimed at the next start). A ChainError, or a ReceiptStoreError (the
+    store unreadable and no final receipt), is logged: None. A claimed
     mark the writer cannot take (closed meanwhile) is logged, and the settlement made
     returned all the same (:func:`claim_and_settle`)."""
     settlement = None
@@ -281,6 +282,10 @@ def settle_ended(
             final=final,
         )
     except ChainError as exc:
+        logger.warning("could not settle connection %s: %s", connection_id, exc)
+    except ReceiptStoreError as exc:
+        # (with no final receipt: its latest receipt could not be read) it stays for
+        # recover_unclaimed at the next start, which reads the store again
         logger.warning("could not settle connection %s: %s", connection_id, exc)
     finally:
         if final is not None and not claimed(settlement, final):
@@ -1606,15 +1611,22 @@ class PaidServer:
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
     ) -> None:
-        settlement = settle_ended(
-            self.ledger,
-            self.identity,
-            cid,
-            self.receipt_writer,
-            final,
-            escrow=known[1] if known is not None else None,
-            connection=known[0] if known is not None else None,
-        )
+        try:
+            settlement = settle_ended(
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final,
+                escrow=known[1] if known is not None else None,
+                connection=known[0] if known is not None else None,
+            )
+        except Exception:
+            # (a bug, or a ledger error that is not a ChainError) the connection's
+            # release -- its socket, its place in the limits, its cap share -- must go
+            # on; the receipt stays for the next start's recovery
+            logger.exception("settling connection %s failed", cid)
+            return
         if settlement is not None:
             self.settlements.append((cid, settlement))
 
