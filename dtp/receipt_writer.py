@@ -201,8 +201,11 @@ class ReceiptWriter:
                 else:
                     self._failed(batch, marks, exc)
                 batch = {}
-            except Exception:  # (not the disk: trying again would fail alike)
+            except Exception as exc:  # (not the disk: trying again would fail alike)
                 logger.exception("cannot store receipts (%s)", _brief(batch or marks))
+                with self._cond:
+                    self._given_up.extend(receipt for receipt, _ in batch.values())
+                _give_up(batch, marks, exc, "dropped")
                 batch = {}
             else:
                 with self._cond:
@@ -254,7 +257,7 @@ class ReceiptWriter:
                 "cannot store receipts (%s), trying again: %s", _brief(batch or marks), exc
             )
         else:
-            _give_up(receipts, given_up_marks, exc)
+            _give_up(receipts, given_up_marks, exc, "given up at close")
 
     def _requeue(self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int]) -> None:
         """Put a batch that was not written back with what waits (lock held): a newer
@@ -279,7 +282,9 @@ class ReceiptWriter:
         """A write failed because the store is closed: every call on it fails from now
         on, and retried, the batch was logged every :data:`RETRY_DELAY` seconds for good
         while :meth:`flush` waited out its whole timeout. Drop it, and what was
-        submitted meanwhile (it meets the same closed store), with one error naming it.
+        submitted meanwhile (it meets the same closed store): each receipt logged whole
+        and kept in :attr:`given_up` (one error naming only its connection lost the fee
+        an operator could have claimed by hand).
 
         ``done`` does not run for a dropped receipt, as for one the store refused: it
         was not kept, and ``done`` means kept (the paid servers count it as paid). No
@@ -290,20 +295,15 @@ class ReceiptWriter:
         with self._cond:
             self._requeue(batch, marks)
             receipts, dropped_marks = self._take_all()
-        what = []
-        if receipts:
-            what.append(
-                f"{len(receipts)} receipt(s) waiting cannot be written and are dropped, "
-                f"not counted ({_brief(receipts)})"
-            )
-        if dropped_marks:
-            what.append(f"{len(dropped_marks)} claimed mark(s) dropped ({_brief(dropped_marks)})")
-        logger.error("%s: %s", "; ".join(what), exc)
+            self._given_up.extend(receipt for receipt, _ in receipts.values())
+        _give_up(receipts, dropped_marks, exc, "dropped: the store is closed")
 
     @property
     def given_up(self) -> tuple[Receipt, ...]:
-        """The receipts given up at :meth:`close` (their writes kept failing until its
-        timeout was spent): not stored, each logged whole at error level."""
+        """The receipts given up: at :meth:`close` (their writes kept failing until its
+        timeout was spent), or dropped (the store closed under the writer, or a write
+        failing with an error that is not the disk's). Not stored, each logged whole at
+        error level."""
         with self._cond:
             return tuple(self._given_up)
 
@@ -338,27 +338,28 @@ class ReceiptWriter:
 
 
 def _give_up(
-    receipts: Mapping[str, tuple[Receipt, Done]], marks: Mapping[str, int], exc: Exception
+    receipts: Mapping[str, tuple[Receipt, Done]],
+    marks: Mapping[str, int],
+    exc: Exception,
+    how: str,
 ) -> None:
-    """Log what a closing writer gives up: each receipt whole (its encoding is all an
-    operator needs to claim it by hand: it may be the only copy of a fee, e.g. the final
-    receipt a refused claim handed over); the claimed marks briefly (a restart derives
-    them from the ledger again)."""
+    """Log what the writer gives up (``how``: at close, or dropped): each receipt whole
+    (its encoding is all an operator needs to claim it by hand: it may be the only copy
+    of a fee, e.g. the final receipt a refused claim handed over); the claimed marks
+    briefly (a restart derives them from the ledger again)."""
     for receipt, _ in receipts.values():
         logger.error(
-            "receipt %d of connection %s (%d MIST) not stored, given up at close (%s); receipt: %s",
+            "receipt %d of connection %s (%d MIST) not stored, %s (%s); receipt: %s",
             receipt.nonce,
             receipt.connection_id,
             receipt.total_amount,
+            how,
             exc,
             receipt.encode().hex(),
         )
     if marks:
         logger.warning(
-            "%d claimed mark(s) not stored, given up at close (%s): %s",
-            len(marks),
-            _brief(marks),
-            exc,
+            "%d claimed mark(s) not stored, %s (%s): %s", len(marks), how, _brief(marks), exc
         )
 
 

@@ -3,8 +3,10 @@
 A store closed while the writer still held receipts (its owner closed it first: the
 wrong shutdown order) failed every write with "it is closed", and the writer retried the
 batch every second for good: an error logged each time, ``flush()`` waiting out its whole
-timeout. It now drops what is waiting with one error naming it, never counts it as kept
-(no ``done``), and goes on: ``flush()`` and ``close()`` return at once.
+timeout. It now drops what is waiting, logging each receipt once and whole (to be
+claimed by hand; s32: it named only their connections), never counts it as kept (no
+``done``), and goes on: ``flush()`` and ``close()`` return at once (close() False: the
+receipts are in ``given_up``).
 
 Real SQLite files, a real ReceiptWriter, another process holding the SQLite lock (so
 that receipts wait in the writer as the store closes); no mocks."""
@@ -56,7 +58,15 @@ def _wait_for(check: Callable[[], object], timeout: float) -> bool:
     return bool(check())
 
 
-def test_receipts_waiting_as_the_store_closes_are_dropped_with_one_error(
+def _assert_logged_whole(errors: list[logging.LogRecord], receipts: list[Receipt]) -> None:
+    """One error per receipt, each with the whole receipt (its encoding in hex)."""
+    messages = [r.getMessage() for r in errors]
+    assert len(messages) == len(receipts), messages
+    for r in receipts:
+        assert sum(r.encode().hex() in m for m in messages) == 1, messages
+
+
+def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # the first write fails at once on the lock another process holds: the batch then
@@ -84,21 +94,20 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_with_one_error(
         assert _wait_for(lambda: _closed_errors(caplog, since), 30), caplog.text
         time.sleep(QUIET)  # a writer still retrying logs again meanwhile
         errors = _closed_errors(caplog, since)
-        assert len(errors) == 1, [r.getMessage() for r in errors]
-        message = errors[0].getMessage()
-        assert "2 receipt(s) waiting cannot be written" in message
-        assert CONN in message and OTHER in message
+        _assert_logged_whole(errors, [receipt(1, 10), _other(1, 20)])
         # nothing waits in the writer any more: flush() and close() return at once
         assert writer.flush(timeout=30)
     finally:
-        assert writer.close(30)
+        assert not writer.close(30)  # (receipts were given up)
+    assert writer.stopped
+    assert sorted(r.connection_id for r in writer.given_up) == sorted([CONN, OTHER])
     assert kept == []
     with ReceiptStore(path) as again:
         assert again.latest(CONN) is None
         assert again.latest(OTHER) is None
 
 
-def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_with_one_error(
+def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
@@ -118,15 +127,14 @@ def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_with_on
         assert _wait_for(lambda: _closed_errors(caplog, 0), 30), caplog.text
         time.sleep(QUIET)
         errors = _closed_errors(caplog, 0)
-        assert len(errors) == 1, [r.getMessage() for r in errors]
-        message = errors[0].getMessage()
-        assert "2 receipt(s) waiting cannot be written" in message
-        assert "1 claimed mark(s) dropped" in message
+        _assert_logged_whole(errors, [receipt(1, 10), _other(1, 20)])
+        marks = [r.getMessage() for r in caplog.records if "claimed mark(s)" in r.getMessage()]
+        assert len(marks) == 1 and "1 claimed mark(s) not stored, dropped" in marks[0], marks
         assert writer.flush(timeout=30)
     finally:
-        assert writer.close(30)
+        assert not writer.close(30)  # (receipts were given up)
     assert kept == []
     # the writer's close found nothing more to give up on
-    assert len(_closed_errors(caplog, 0)) == 1
+    assert len(_closed_errors(caplog, 0)) == 2
     with ReceiptStore(path) as again:
         assert again.latest(CONN) is None
