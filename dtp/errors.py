@@ -1002,10 +1002,11 @@ def move_error(module: str, name: str, detail: str = "") -> ChainError:
 
 
 def foreign_abort(package: str, module: str, code: int, detail: str) -> ChainError:
-    """The exception for an abort in a module outside the dtp package (``0x1::string``,
-    ``0x2::balance``…), as a ledger reports it: a bare :class:`ChainError` named
+    """The exception for an abort in a module outside the dtp package (``std::string``,
+    ``sui::balance``…), as a ledger reports it: a bare :class:`ChainError` named
     ``"MoveAbort"`` with that module and its abort code, which no row of
-    :data:`MOVE_ERRORS` describes."""
+    :data:`MOVE_ERRORS` describes. ``package`` is written as Sui gives an abort's
+    location: the full ID, ``0x`` and 64 hex digits (``0x00…01`` for ``std``)."""
     return ChainError(
         f"Transaction aborted in {package}::{module} with code {code}: {detail}",
         name="MoveAbort",

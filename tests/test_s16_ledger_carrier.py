@@ -335,8 +335,8 @@ def test_receive_reads_no_more_than_its_room(world: _World) -> None:
         rest += more
     assert got + rest == records
     assert resumed.receive() == [] and resumed.duplicates == 0
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="max_bytes"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_bytes"):
             reader.receive(max_bytes=bad)  # type: ignore[arg-type]
 
 

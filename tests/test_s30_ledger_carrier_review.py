@@ -309,14 +309,14 @@ def test_two_reclaims_deleting_one_record_do_not_fail(tmp_path: Path) -> None:
 )
 def test_options_refuse_counts_that_are_not_integers(bad: dict[str, Any]) -> None:
     """Taken, these failed only when a carrier was made for a connection (a server: in
-    its listener thread, logged for each one)."""
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    its listener thread, logged for each one). A TypeError since s32 (was ValueError)."""
+    with pytest.raises(TypeError, match=next(iter(bad))):
         LedgerCarrierOptions(**bad)
 
 
 def test_a_carrier_refuses_a_max_payload_that_is_no_integer(tmp_path: Path) -> None:
     world = World(tmp_path / "ledger.db")
-    with pytest.raises(ValueError, match="max_payload"):
+    with pytest.raises(TypeError, match="max_payload"):  # (ValueError before s32)
         _carrier(world.ledger, world, "client", max_payload=1000.5)
 
 

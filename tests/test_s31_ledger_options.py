@@ -21,7 +21,8 @@ SECONDS = (
 @pytest.mark.parametrize("name", SECONDS)
 @pytest.mark.parametrize("value", [True, "0.5", None])
 def test_a_seconds_option_that_is_not_a_number_is_refused_by_name(name: str, value: object) -> None:
-    with pytest.raises(ValueError, match=rf"^{name} must be a number of seconds"):
+    # (a TypeError since s32, as the messaging checks: it was ValueError)
+    with pytest.raises(TypeError, match=rf"^{name} must be a number of seconds"):
         LedgerCarrierOptions(**{name: value})  # type: ignore[arg-type]
 
 

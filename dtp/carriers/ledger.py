@@ -144,6 +144,13 @@ MAX_PENDING_RETAINED = 65_536
 MAX_OFFERED_RETAINED = 65_536
 
 
+def _check_int(name: str, value: object) -> None:
+    """TypeError unless ``value`` is an integer (a bool is none here: True passed as 1),
+    the carrier options' type check (their range is a ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__!r}")
+
+
 def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
     """The payloads that carry ``record``: one RECORD payload when it fits in ``limit``
     bytes, otherwise FRAGMENT payloads with id ``fragment_id`` (mod 2**32)."""
@@ -274,20 +281,26 @@ class LedgerCarrier:
         retention_terms: str | None = None,
         max_record: int | None = None,
     ) -> None:
-        if (
-            isinstance(max_payload, bool)
-            or not isinstance(max_payload, int)
-            or not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA
+        # a wrong type is a TypeError, a value out of range a ValueError (as the
+        # messaging options' checks; a bool is no integer or number of seconds here)
+        for name, count in (
+            ("max_payload", max_payload),
+            ("page_size", page_size),
+            ("sync_every", sync_every),
         ):
+            _check_int(name, count)
+        if not 1 + _FRAG_HEADER.size < max_payload <= MAX_PIPE_DATA:
             # (a float passed, and cut a large record into float-sized pieces: TypeError)
             raise ValueError(f"max_payload must be in {_FRAG_HEADER.size + 2}..{MAX_PIPE_DATA}")
         # (a page_size of 0 read no event and never saw the last page: receive() spun
         # forever; a NaN gap_timeout never gave a gap up, so the acks stopped)
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+        if page_size < 1:
             raise ValueError(f"page_size must be a positive integer, not {page_size!r}")
-        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+        if sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {sync_every!r}")
         for name, value in (("sync_interval", sync_interval), ("gap_timeout", gap_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         self.ledger = ledger
@@ -490,10 +503,10 @@ class LedgerCarrier:
         read are handed back by the next call, and when a SYNC or ``pipe::sync`` fails
         after records were read, the records are returned and the failed call, still
         due, is tried (and raises) again later."""
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
-        ):
-            raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
+        if max_bytes is not None:
+            _check_int("max_bytes", max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
         now = self.clock() if now is None else now
         out, self._undelivered = self._undelivered, []
         held = sum(map(len, out))

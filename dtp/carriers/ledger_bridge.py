@@ -49,7 +49,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from dtp._poll import wait_ready
-from dtp.carriers.ledger import MAX_DTP_RECORD, MAX_PIPE_DATA, LedgerCarrier, confirm_records
+from dtp.carriers.ledger import (
+    MAX_DTP_RECORD,
+    MAX_PIPE_DATA,
+    LedgerCarrier,
+    _check_int,
+    confirm_records,
+)
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
@@ -144,17 +150,20 @@ class LedgerCarrierOptions:
         # (0 doubled is 0), so the bridge spun on the ledger at a full core per connection
         # (and the counts must be integers, as the carrier wants them: a float or a bool
         # passed here and failed only once a connection was made, on a server in its
-        # listener thread, logged for every connection)
-        if not _is_int(self.inner_count) or not 1 <= self.inner_count <= 8:
+        # listener thread, logged for every connection). A wrong type is a TypeError, a
+        # value out of range a ValueError, as the messaging options' checks
+        for name in ("inner_count", "sync_every", "max_payload"):
+            _check_int(name, getattr(self, name))
+        if not 1 <= self.inner_count <= 8:
             raise ValueError(f"inner_count must be an integer in 1..8, not {self.inner_count!r}")
-        if not _is_int(self.sync_every) or self.sync_every < 1:
+        if self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {self.sync_every!r}")
         for name in _SECONDS_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 # (True passed as 1 s, and a string failed at the first comparison below
                 # with a TypeError naming no option)
-                raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
         positive = {
             "sync_interval": self.sync_interval,
             "gap_timeout": self.gap_timeout,
@@ -163,7 +172,7 @@ class LedgerCarrierOptions:
         for name, value in positive.items():
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
-        if not _is_int(self.max_payload) or not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
+        if not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
             # (smaller, a full-size record needs more than 255 fragments: its send
             # raised ValueError and ended the bridge)
             raise ValueError(
@@ -189,11 +198,6 @@ _SECONDS_FIELDS: Final = (
     "peer_close_grace",
     "outage_timeout",
 )
-
-
-def _is_int(value: object) -> bool:
-    """Whether ``value`` is an integer (a bool is not one here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def ledger_config(base: ConnectionConfig) -> ConnectionConfig:

@@ -432,13 +432,16 @@ class PaymentModels:
     def create_ticket_sale(
         self,
         signer: HostIdentity,
-        title: str,
+        title: str | bytes,
         ticket_price: int,
         min_tickets: int,
         max_tickets: int,
         deadline_ms: int,
     ) -> str:
-        """``tickets::create``. Returns the sale ID."""
+        """``tickets::create``. Returns the sale ID. ``title`` is text, or bytes taken as
+        given: the Move call gets a ``vector<u8>`` and checks the terms before
+        ``string::utf8``, which aborts on bytes that are not UTF-8 (``std::string``'s
+        ``EInvalidUTF8``, a :class:`~dtp.errors.ChainError` named ``"MoveAbort"``)."""
         raise _missing(self, "ticket sales")
 
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:

@@ -288,11 +288,14 @@ class Ledger(PaymentModels, abc.ABC):
         signer: HostIdentity,
         host_id: str,
         port: int,
-        kind: str,
+        kind: str | bytes,
         sla: Sla,
         max_connections: int = 0,
     ) -> None:
-        """``host::add_service`` on ``port`` (u16)."""
+        """``host::add_service`` on ``port`` (u16). ``kind`` is text, or bytes taken as
+        given: the Move call gets a ``vector<u8>`` and makes it a String with
+        ``string::utf8``, which aborts on bytes that are not UTF-8 (``std::string``'s
+        ``EInvalidUTF8``, a :class:`~dtp.errors.ChainError` named ``"MoveAbort"``)."""
 
     @abc.abstractmethod
     def update_service(
@@ -410,9 +413,11 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def create_broadcast(
-        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
     ) -> str:
-        """``broadcast::create``: slot 0 starts now. Returns the broadcast ID."""
+        """``broadcast::create``: slot 0 starts now. Returns the broadcast ID.
+        ``channel`` is text, or bytes taken as given: ``string::utf8`` aborts on bytes
+        that are not UTF-8, as for :meth:`add_service`'s ``kind``."""
 
     @abc.abstractmethod
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:

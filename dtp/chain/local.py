@@ -1134,7 +1134,7 @@ class LocalLedger(Ledger):
         signer: HostIdentity,
         host_id: str,
         port: int,
-        kind: str,
+        kind: str | bytes,
         sla: Sla,
         max_connections: int = 0,
     ) -> None:
@@ -1383,7 +1383,7 @@ class LocalLedger(Ledger):
     # -- broadcast -------------------------------------------------------------------------------
 
     def create_broadcast(
-        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
     ) -> str:
         result = self._call(
             signer,
@@ -1673,7 +1673,7 @@ class LocalLedger(Ledger):
     def create_ticket_sale(
         self,
         signer: HostIdentity,
-        title: str,
+        title: str | bytes,
         ticket_price: int,
         min_tickets: int,
         max_tickets: int,

@@ -421,6 +421,10 @@ def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
 #: ``std::string::EInvalidUTF8``, the abort code of ``string::utf8`` (module ``0x1::string``).
 EINVALID_UTF8: Final = 1
 
+#: The Move standard library's package ID as Sui reports an abort's location: 64 hex
+#: digits, as the package of any other module (a node never shortens it to ``0x1``).
+MOVE_STDLIB: Final = "0x" + "1".rjust(64, "0")
+
 
 def utf8(raw: bytes, what: str) -> str:
     """``string::utf8(raw)``: the text of a ``vector<u8>`` argument, or the abort of
@@ -430,7 +434,7 @@ def utf8(raw: bytes, what: str) -> str:
         return raw.decode()
     except UnicodeDecodeError as e:
         raise foreign_abort(
-            "0x1",
+            MOVE_STDLIB,
             "string",
             EINVALID_UTF8,
             f"the {what} is not UTF-8 ({e.reason} at byte {e.start}; std::string::EInvalidUTF8)",

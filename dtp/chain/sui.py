@@ -734,7 +734,7 @@ class SuiLedger(Ledger):
         signer: HostIdentity,
         host_id: str,
         port: int,
-        kind: str,
+        kind: str | bytes,
         sla: Sla,
         max_connections: int = 0,
     ) -> None:
@@ -966,7 +966,7 @@ class SuiLedger(Ledger):
     # -- broadcast -------------------------------------------------------------------------
 
     def create_broadcast(
-        self, signer: HostIdentity, channel: str, slot_price: int, slot_ms: int
+        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
     ) -> str:
         check_signer(signer)
         sui_tx.as_bytes(channel, "channel")
@@ -1323,7 +1323,7 @@ class SuiLedger(Ledger):
     def create_ticket_sale(
         self,
         signer: HostIdentity,
-        title: str,
+        title: str | bytes,
         ticket_price: int,
         min_tickets: int,
         max_tickets: int,

@@ -426,7 +426,7 @@ def add_service(
     ctx: TxContext,
     host: SharedRef,
     port: int,
-    kind: str,
+    kind: str | bytes,
     sla: Sla,
     max_connections: int = 0,
 ) -> bytes:
@@ -629,7 +629,7 @@ def destroy_pipe(ctx: TxContext, pipe: OwnedRef) -> bytes:
 # -- broadcast ------------------------------------------------------------------------------------
 
 
-def create_broadcast(ctx: TxContext, channel: str, slot_price: int, slot_ms: int) -> bytes:
+def create_broadcast(ctx: TxContext, channel: str | bytes, slot_price: int, slot_ms: int) -> bytes:
     """``broadcast::create(channel, slot_price, slot_ms, &clock)``."""
     tx = _Tx(ctx)
     tx.call(
@@ -907,7 +907,7 @@ def reimburse(ctx: TxContext, pool: SharedRef, connection: SharedRef, escrow: Sh
 
 def create_ticket_sale(
     ctx: TxContext,
-    title: str,
+    title: str | bytes,
     ticket_price: int,
     min_tickets: int,
     max_tickets: int,
