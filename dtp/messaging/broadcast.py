@@ -659,13 +659,12 @@ class BroadcastStation:
 
     def start_monitor(self, interval: float = 0.1) -> None:
         """Check the ledger every ``interval`` seconds in a thread, so listeners learn of
-        air changes even while nothing is sent. ``interval`` is finite seconds above 0
-        (ValueError; TypeError when not a number)."""
+        air changes even while nothing is sent. ``interval`` is seconds above 0, refused
+        as a wait's timeout (:meth:`BroadcastListener.wait_hello`) and for 0 (ValueError)."""
         # (NaN, 0 or a negative had the thread ask the ledger in a tight loop)
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise TypeError(f"an interval is a number of seconds, not {type(interval).__name__!r}")
-        if not 0 < interval < math.inf:
-            raise ValueError(f"an interval must be finite seconds above 0, not {interval!r}")
+        _check_wait(interval)
+        if interval == 0:
+            raise ValueError("an interval must be seconds above 0, not 0")
         if self._monitor is not None:
             return
 
@@ -1047,8 +1046,9 @@ class BroadcastListener:
         """Wait until the station introduced itself and was accepted (True), or at most
         ``timeout`` seconds; False at once when the listener closes first (an impostor
         station, the stream's end: :attr:`close_reason` says which).
-        ``timeout`` is finite seconds, 0 or more (ValueError; TypeError when not a
-        number)."""
+        ``timeout`` is refused as ``socket.settimeout`` refuses it (ValueError for NaN
+        or below 0, OverflowError past ``threading.TIMEOUT_MAX``, inf included;
+        TypeError when not a number)."""
         # (inf overflowed the wait, a str failed inside it)
         _check_wait(timeout)
         self._settled.wait(timeout)
@@ -1059,8 +1059,7 @@ class BroadcastListener:
         Once the listener is closed (:meth:`close`, the station's stream ended or an
         impostor station) and what was queued has been taken, raises
         :class:`~dtp.messaging.errors.StationError`; a ``get`` waiting then wakes up.
-        ``timeout`` is None (no limit) or finite seconds, 0 or more (ValueError;
-        TypeError when not a number)."""
+        ``timeout`` is None (no limit) or seconds, refused as by :meth:`wait_hello`."""
         if timeout is not None:
             # (a NaN wait never ended, inf overflowed it, a str failed inside it)
             _check_wait(timeout)

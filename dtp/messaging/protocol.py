@@ -236,17 +236,24 @@ def _check_our_timeout(timeout: Any) -> None:
 
 
 def _check_wait(timeout: Any) -> None:
-    """A local wait's ``timeout`` (not None): finite seconds, 0 or more, and at most
-    ``threading.TIMEOUT_MAX``. A NaN deadline never passes (queue's and Condition's own
-    checks let it through), inf overflows a lock's wait, and a str failed deep inside the
-    wait. Past TIMEOUT_MAX is the OverflowError of ``DTPSocket.settimeout``, with its
-    words: the lock's own was a bare "timestamp out of range" from inside queue."""
+    """A local wait's ``timeout`` (not None), refused as ``socket.settimeout`` refuses
+    it (the messaging waits' one check): ValueError for NaN, OverflowError past
+    ``threading.TIMEOUT_MAX`` either way, infinities included, ValueError below 0. Not
+    a number (a str, and a bool here) is a TypeError.
+
+    Left to the waits, a NaN deadline never passed (queue's and Condition's own checks
+    let it through), inf overflowed a lock's wait with a bare "timestamp out of range"
+    from inside queue (the OverflowError here has ``DTPSocket.settimeout``'s words), and
+    a str failed deep inside the wait."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"a timeout is a number of seconds, not {type(timeout).__name__!r}")
-    if not 0 <= timeout < math.inf:
-        raise ValueError(f"a timeout must be finite seconds, 0 or more, not {timeout!r}")
-    if timeout > threading.TIMEOUT_MAX:
+    if timeout != timeout:
+        raise ValueError("a timeout must be 0 or more seconds, not nan")
+    # (the socket's order: out of range before negative, so -inf overflows as well)
+    if abs(timeout) > threading.TIMEOUT_MAX:
         raise OverflowError(f"timeout out of range (at most {threading.TIMEOUT_MAX:.0f} s)")
+    if timeout < 0:
+        raise ValueError(f"a timeout must be 0 or more seconds, not {timeout!r}")
 
 
 def _check_count(what: str, value: object, low: int) -> None:
