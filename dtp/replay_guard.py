@@ -24,6 +24,16 @@ recorded key out with that many throw-away identities the ledger then refused, a
 replay it. Now only accepted connections push accepted keys out -- on a server that
 admits through the ledger, each one a funded ledger connection of its own.
 
+While a connection's admission is being decided (the ledger read, up to its grace), its
+key is held in a third set that nothing pushes out: in the unaccepted pool meanwhile, a
+flood of :data:`DEFAULT_CAPACITY` throw-away handshakes in that window pushed it out
+before :meth:`ReplayGuard.accepted` could keep it, and its replay came through. That set
+holds one key per admission in progress, which the blocking server bounds
+(``max_handshakes``); a key whose connection was decided -- accepted, refused, failed or
+gone -- leaves it for the pool of its verdict, found by looking at the oldest two keys
+held each time one comes in (the servers do not say when they refuse), so it holds at
+most about twice the admissions in progress. Each step is a few dict operations.
+
 Used by both servers, so the blocking and asyncio ones refuse the same way.
 """
 
@@ -32,6 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
@@ -54,6 +65,14 @@ accepted IK connections came after the original."""
 LOG_EVERY: Final = 60.0
 """Seconds between two log lines about refused replays (a flood gets one a minute)."""
 
+#: States of a server connection whose verdict is still to come (IK: SERVER_DECIDING, then
+#: AUTHENTICATING once :meth:`~dtp.connection.Connection.answer` sent message 2 ahead of it).
+_UNDECIDED: Final = frozenset({ConnState.SERVER_DECIDING, ConnState.AUTHENTICATING})
+
+#: Keys under decision looked at each time one comes in: more than one, so that the set
+#: shrinks back to the admissions in progress (about twice them at most) while it grows.
+_SETTLE_PER_SIGHT: Final = 2
+
 # where the ephemeral public key sits in the wire form of message 1: after the
 # pattern byte (dtp.crypto: "one byte, the pattern id, then the Noise message", and a
 # Noise IK message opens with ``e``)
@@ -73,7 +92,8 @@ def first_message_key(conn: Connection) -> bytes | None:
 class ReplayGuard:
     """The ephemeral keys of the IK first messages a server authenticated: at most
     ``capacity`` of the connections it accepted (:meth:`accepted`) and as many of the
-    others, each pool forgetting its oldest first.
+    others, each pool forgetting its oldest first, plus those of the connections whose
+    admission is still being decided (:meth:`is_replay`), never forgotten meanwhile.
 
     Thread-safe: the blocking server checks from each connection's own thread. A few
     dict operations per authenticated IK handshake."""
@@ -82,23 +102,34 @@ class ReplayGuard:
         if capacity < 1:
             raise ValueError(f"the replay guard must remember at least 1 key, got {capacity}")
         self.capacity = capacity
-        # oldest first, each: a key comes into _others at first sight and moves to
-        # _accepted once its connection is accepted
+        # oldest first, each: a connection's key is held in _deciding from first sight
+        # until its verdict, then kept in _accepted or _others (a key given alone, with
+        # no connection to watch, goes to _others at once). _deciding refers to the
+        # connections weakly: one that is gone was decided, and is not kept alive here
         self._others: OrderedDict[bytes, None] = OrderedDict()
         self._accepted: OrderedDict[bytes, None] = OrderedDict()
+        self._deciding: OrderedDict[bytes, weakref.ref[Connection]] = OrderedDict()
         self._lock = threading.Lock()
         #: Replayed first messages refused so far
         self.refused = 0
         self._logged_at: float | None = None
         self._logged_count = 0
 
-    def first_sight(self, key: bytes, peer: object = None) -> bool:
+    def first_sight(
+        self, key: bytes, peer: object = None, deciding: Connection | None = None
+    ) -> bool:
         """True, and ``key`` remembered, the first time ``key`` comes; False for a key
         seen already (a replay: counted, and logged at most every :data:`LOG_EVERY`
-        seconds, ``peer`` naming the last one)."""
+        seconds, ``peer`` naming the last one). With ``deciding``, the connection whose
+        admission now runs, the key is held apart, never pushed out, until that
+        connection is decided; without it, it joins the unaccepted pool at once."""
         with self._lock:
-            if key not in self._others and key not in self._accepted:
-                self._remember(self._others, key)
+            if key not in self._others and key not in self._accepted and key not in self._deciding:
+                if deciding is None:
+                    self._remember(self._others, key)
+                else:
+                    self._settle_some()
+                    self._deciding[key] = weakref.ref(deciding)
                 return True
             self.refused += 1
             now = time.monotonic()
@@ -118,6 +149,7 @@ class ReplayGuard:
         keys, which only other accepted connections push out (a key not remembered --
         forgotten meanwhile, or never seen -- is remembered there now)."""
         with self._lock:
+            self._deciding.pop(key, None)
             self._others.pop(key, None)
             self._remember(self._accepted, key)
 
@@ -125,6 +157,23 @@ class ReplayGuard:
         pool[key] = None
         if len(pool) > self.capacity:
             pool.popitem(last=False)
+
+    def _settle_some(self) -> None:
+        """Look at the oldest keys under decision (:data:`_SETTLE_PER_SIGHT` of them,
+        round-robin): one whose connection was decided goes to the pool of its verdict,
+        one still undecided to the back of the line. Under the lock."""
+        for _ in range(min(_SETTLE_PER_SIGHT, len(self._deciding))):
+            key, ref = self._deciding.popitem(last=False)
+            conn = ref()
+            state = None if conn is None else conn.state
+            if state in _UNDECIDED:
+                self._deciding[key] = ref
+            elif state is ConnState.ESTABLISHED:
+                # accepted: accepted(), on its way, keeps it there as well
+                self._remember(self._accepted, key)
+            else:
+                # refused, failed, or gone
+                self._remember(self._others, key)
 
     def is_replay(self, conn: Connection, peer: object = None) -> bool:
         """Whether ``conn``, a server connection whose client just authenticated, came
@@ -134,7 +183,7 @@ class ReplayGuard:
         if conn.state is not ConnState.SERVER_DECIDING:  # (IK, awaiting the verdict)
             return False
         key = first_message_key(conn)
-        return key is not None and not self.first_sight(key, peer)
+        return key is not None and not self.first_sight(key, peer, deciding=conn)
 
     def accepted(self, conn: Connection) -> None:
         """The server accepted ``conn`` (after :meth:`is_replay` let it through): its
@@ -146,6 +195,6 @@ class ReplayGuard:
             self.accept(key)
 
     def __len__(self) -> int:
-        """Keys remembered now (both pools)."""
+        """Keys remembered now (both pools, and those under decision)."""
         with self._lock:
-            return len(self._others) + len(self._accepted)
+            return len(self._others) + len(self._accepted) + len(self._deciding)
