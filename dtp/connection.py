@@ -33,6 +33,8 @@ reliable, ordered carrier (TCP) records are not acknowledged; over any other car
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -125,6 +127,7 @@ MAX_RECORD_PLAINTEXT = 16384
 _LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between reads
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
 MAX_RECEIPT = 1024  # the RECEIPT frame's limit (docs/protocol.md 3.1)
+MAX_CLOSE_REASON = 1024  # a CLOSE frame's reason, in bytes (DTP_MAX_CLOSE_REASON)
 VARINT_MAX = (1 << 62) - 1  # the largest value a varint holds (docs/protocol.md 1)
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
@@ -179,6 +182,13 @@ class ConnectionConfig:
     port: int | None = None
     """Client only: the DTP port (service) we connect to; sent in the handshake (key
     ``"port"``)."""
+
+    def __post_init__(self) -> None:
+        # Checked when the config is made, not where it is used: 0 or less timed out
+        # every handshake at once, NaN never timed one out (nor held a server's
+        # handshake slot any less), and a string failed with a TypeError naming no
+        # option -- each found only at a connection, on a server in its own thread
+        _check_handshake_timeout(self.handshake_timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -713,7 +723,9 @@ class Connection:
             # control allows straight from the caller's buffer (the bytes and records
             # are the ones _pack_streams would produce) and queue only the rest.
             data = self._seal_stream_now(stream, data, end_stream)
-            if not data and not end_stream:
+            if not data:
+                # all of it sealed, and the FIN with the last byte if asked for (queued
+                # again here, as it was, a second empty STREAM_FIN followed)
                 return
         if data:
             stream.send_buf += data
@@ -1393,9 +1405,10 @@ class Connection:
         if self._state is ConnState.CLOSED:
             return
         _check_code(error_code)
-        encoded = reason.encode("utf-8")[:1024]
         if self._send_aead is not None:
-            self._close_frame = RawFrame(FRAME_CLOSE, int(error_code), 0, 0, encoded)
+            self._close_frame = RawFrame(
+                FRAME_CLOSE, int(error_code), 0, 0, _close_reason_bytes(reason)
+            )
         self._terminate(int(error_code), reason, by_peer=False, now=None)
 
     # ----------------------------------------------------------------------------------
@@ -1816,7 +1829,13 @@ class Connection:
         elif ftype == FRAME_STOP_SENDING:
             self._check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
-            if stream is not None and stream.send_state is not SendState.RESET:
+            # Nothing to stop once our sending is done (RFC 9000 3.5, "Data Recvd"):
+            # the peer has every byte and the FIN, and ignores a RESET_STREAM then
+            if (
+                stream is not None
+                and stream.send_state is not SendState.RESET
+                and not _send_done(stream)
+            ):
                 self.reset_stream(frame.a, frame.b)
                 self._deliver(StopSendingReceived(frame.a, frame.b))
         elif ftype == FRAME_CONTROL:
@@ -2514,14 +2533,7 @@ class Connection:
         return stream
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        # done sending: reset, or the FIN and every byte before it acknowledged (on a
-        # lossy carrier the FIN's record can be acknowledged before a resent chunk)
-        send_done = stream.send_state is SendState.RESET or (
-            stream.send_state is SendState.FIN_SENT
-            and stream.fin_acked
-            and stream.base_offset == stream.end_offset
-            and not stream.retransmit
-        )
+        send_done = stream.send_state is SendState.RESET or _send_done(stream)
         recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
         if send_done and recv_done and stream.stream_id in self._streams:
             del self._streams[stream.stream_id]
@@ -2534,7 +2546,7 @@ class Connection:
     def _fail(self, code: int, reason: str, now: float, send: bool = True) -> None:
         logger.debug("closing connection: %s (%s)", reason, code)
         if send and self._send_aead is not None:
-            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, reason.encode()[:1024])
+            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, _close_reason_bytes(reason))
         self._terminate(code, reason, by_peer=False, now=now)
 
     def _terminate(self, code: int, reason: str, by_peer: bool, now: float | None) -> None:
@@ -2662,6 +2674,51 @@ def _close_code_for(exc: ProtocolError) -> CloseCode:
     ):
         return CloseCode.FRAME_ENCODING_ERROR
     return CloseCode.PROTOCOL_VIOLATION
+
+
+def _check_handshake_timeout(value: object) -> None:
+    """Refuse a ``handshake_timeout`` that is not a number of seconds above 0 and within
+    what a thread can wait for (a server's wait for its accept queue raises
+    OverflowError beyond threading.TIMEOUT_MAX). TypeError for a non-number (a bool
+    too: True passed as 1 s), ValueError for a number out of range (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"handshake_timeout must be a number of seconds, not {type(value).__name__}"
+        )
+    if not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
+        raise ValueError(
+            f"handshake_timeout must be a positive, finite number of seconds up to "
+            f"{threading.TIMEOUT_MAX:.0f}, not {value!r}"
+        )
+
+
+def _send_done(stream: _Stream) -> bool:
+    """Whether ``stream``'s FIN and every byte before it were acknowledged (RFC 9000's
+    "Data Recvd"; on a reliable carrier, handed to it). On a lossy carrier the FIN's
+    record can be acknowledged before a resent chunk, hence the other checks."""
+    return (
+        stream.send_state is SendState.FIN_SENT
+        and stream.fin_acked
+        and stream.base_offset == stream.end_offset
+        and not stream.retransmit
+    )
+
+
+def _close_reason_bytes(reason: str) -> bytes:
+    """``reason`` as a CLOSE frame carries it: UTF-8, at most :data:`MAX_CLOSE_REASON`
+    bytes, cut at a character boundary. A cut at the byte limit could split a multi-byte
+    character, which the peer (decoding with "replace") showed as a U+FFFD at the end.
+    A lone surrogate (no UTF-8 form) becomes "?": raising here would leave a close (or
+    a failure on its way out) half done."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= MAX_CLOSE_REASON:
+        return encoded
+    cut = MAX_CLOSE_REASON
+    # the first byte left out is a continuation byte (0b10xxxxxx): the character it
+    # belongs to started before the cut, and goes whole
+    while cut > 0 and encoded[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return encoded[:cut]
 
 
 def _check_code(code: int) -> None:
