@@ -42,6 +42,8 @@ _SUI_NOT_CONFIGURED: Final = (
     "The sui ledger is not configured for the CLI yet; use --ledger local (the default)."
 )
 _DEFAULT_FAUCET: Final = 10_000_000_000  # 10 SUI
+#: The default ``--passphrase-env``: the variable holding the identity passphrase.
+_PASSPHRASE_ENV: Final = "DTP_PASSPHRASE"
 _NETWORKS: Final = ("localnet", "devnet", "testnet", "mainnet")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -61,7 +63,7 @@ def _common() -> argparse.ArgumentParser:
     parent.add_argument("--identity", help="identity file (default: the DTP identity path)")
     parent.add_argument(
         "--passphrase-env",
-        default="DTP_PASSPHRASE",
+        default=_PASSPHRASE_ENV,
         type=_parse_env_name,
         help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
     )
@@ -89,7 +91,7 @@ def _identity(args: argparse.Namespace) -> Any:
     from dtp.errors import KeyFileError
     from dtp.keys import HostIdentity
 
-    passphrase = os.environ.get(args.passphrase_env) or None
+    passphrase = _env_passphrase(args)
     try:
         return HostIdentity.load(_identity_path(args), passphrase)
     except KeyFileError as exc:
@@ -120,6 +122,25 @@ def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
 
 class _CliError(Exception):
     """A problem to report in one line, exiting with status 1."""
+
+
+class _UsageError(_CliError):
+    """A command line (or environment) that cannot be used as given: exit status 2."""
+
+
+def _env_passphrase(args: argparse.Namespace) -> str | None:
+    """The identity passphrase the variable named by ``--passphrase-env`` holds; None
+    when it is not set (an unencrypted identity). Set but empty is an error: taken as
+    no passphrase (as it was), ``keys new`` wrote the new secret key unencrypted with
+    nothing said (``DTP_PASSPHRASE="$UNSET"``, a secret store that gave nothing)."""
+    name = args.passphrase_env
+    passphrase = os.environ.get(name)
+    if passphrase == "":
+        raise _UsageError(
+            f"${name} is set but empty: set it to the identity's passphrase, or unset it "
+            "for an unencrypted identity."
+        )
+    return passphrase
 
 
 def _plain(value: Any) -> Any:
@@ -153,6 +174,9 @@ def _run(handler: Handler) -> Handler:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
+        except _UsageError as exc:
+            print(f"dtp: {exc}", file=sys.stderr)
+            return 2
         except (_CliError, DTPError) as exc:
             print(f"dtp: {exc}", file=sys.stderr)
             return 1
@@ -231,9 +255,10 @@ def _keys_new(args: argparse.Namespace) -> int:
     if not args.force and os.path.lexists(path):
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
+    passphrase = _env_passphrase(args)
     identity = HostIdentity.generate()
     try:
-        identity.save(path, os.environ.get(args.passphrase_env) or None, overwrite=args.force)
+        identity.save(path, passphrase, overwrite=args.force)
     except ValueError as exc:
         # a passphrase the environment holds as bytes that are not UTF-8 (os.environ
         # gives them as lone surrogates): a traceback before
@@ -541,10 +566,26 @@ def _deployments_path() -> Path:
     return data_home / "dtp" / "deployments.json"
 
 
-def _sui(sui: str, *argv: str, cwd: Path | None = None) -> str:
+def _child_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment for the ``sui`` children of ``dtp deploy``: ours without the
+    identity passphrase (the variable ``--passphrase-env`` names, and the default one).
+    They need no DTP secret, and what a child holds any process it starts inherits."""
+    env = dict(os.environ)
+    for name in {_PASSPHRASE_ENV, getattr(args, "passphrase_env", _PASSPHRASE_ENV)}:
+        env.pop(name, None)
+    return env
+
+
+def _sui(sui: str, *argv: str, env: dict[str, str], cwd: Path | None = None) -> str:
     try:
         result = subprocess.run(
-            [sui, *argv], cwd=cwd, capture_output=True, text=True, check=False, timeout=900
+            [sui, *argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
         )
     except subprocess.TimeoutExpired:
         raise _CliError(f"`sui {' '.join(argv)}` did not finish within 900 seconds.") from None
@@ -680,15 +721,23 @@ def _publish_output(output: str) -> dict[str, Any] | None:
 def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
     record_path = _deployments_path()
     records = _read_deployments(record_path)
-    active = _sui(sui, "client", "active-env").strip()
+    env = _child_env(args)
+    active = _sui(sui, "client", "active-env", env=env).strip()
     if active != args.network:
         raise _CliError(
             f"The Sui CLI's active environment is {active!r}, not {args.network!r}; run "
             f"`sui client switch --env {args.network}` first."
         )
-    _sui(sui, "move", "build", cwd=package)
+    _sui(sui, "move", "build", env=env, cwd=package)
     output = _sui(
-        sui, "client", "publish", "--json", "--gas-budget", str(args.gas_budget), cwd=package
+        sui,
+        "client",
+        "publish",
+        "--json",
+        "--gas-budget",
+        str(args.gas_budget),
+        env=env,
+        cwd=package,
     )
     effects = _publish_output(output)
     changes = effects.get("objectChanges") if effects is not None else None

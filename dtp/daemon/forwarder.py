@@ -73,6 +73,15 @@ async def close_on_ledger(ledger: Ledger, identity: HostIdentity, connection_id:
         await asyncio.to_thread(close)
     except ChainError as exc:
         logger.debug("ledger close skipped: %s", exc)
+    except Exception as exc:
+        # the ledger itself failing (an OSError, a sqlite3 error of a LocalLedger): this
+        # close is a best effort that its callers neither expect to fail nor can act
+        # on. Raised, it took the place of _open_link's TunnelError, and left a
+        # watcher's task ending in an exception nobody retrieved
+        logger.warning(
+            "ledger close failed",
+            extra=kv(connection=connection_id, error=f"{type(exc).__name__}: {exc}"),
+        )
 
 
 class Forwarder:

@@ -51,7 +51,7 @@ from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook, process_identity
+from dtp.daemon.state import StatusBook, process_identity, write_durably
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import (
     ChainError,
@@ -194,7 +194,7 @@ class Daemon:
         if record.exists():
             return _recorded_host_id(record)
         host_id = self.ledger.create_host(self.identity, self.identity.noise_public, [endpoint])
-        record.write_text(json.dumps({"host_id": host_id}))
+        write_durably(record, json.dumps({"host_id": host_id}).encode("utf-8"))
         logger.info("host created", extra=kv(host_id=host_id))
         return host_id
 
@@ -937,7 +937,16 @@ def _main(
         # nothing is started yet, nor the state directory taken
         logger.info("stopped before start", extra=kv(signal=signal.Signals(signals.stop).name))
         return 0
-    passphrase = os.environ.get(passphrase_env) or None
+    passphrase = os.environ.get(passphrase_env)
+    if passphrase == "":
+        # taken as no passphrase (as it was), a first start wrote the new identity's
+        # secret key unencrypted with nothing said (DTP_PASSPHRASE="$UNSET")
+        print(
+            f"dtp daemon: ${passphrase_env} is set but empty: set it to the identity's "
+            "passphrase, or unset it for an unencrypted identity",
+            file=sys.stderr,
+        )
+        return 2
     try:
         daemon = Daemon(config, passphrase, passphrase_env)
     except DaemonConfigError as exc:  # the state directory is in use
