@@ -41,6 +41,9 @@ from dtp.keys_ahead import new_ephemeral_key
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_EXTRAS = 1024
+#: The connection's first stream (the client opens it; both APIs' connect and accept
+#: return it): the connection's clean close is its end (see Session.cut_short).
+PRIMARY_STREAM = 0
 #: The reason a connection closes with (CloseCode.APPLICATION) when close() gave up
 #: waiting for queued data: the peer must read an error, not the clean end of a stream
 #: cut short.
@@ -366,7 +369,7 @@ class Session:
         elif isinstance(event, StreamOpened):
             self.streams.setdefault(event.stream_id, StreamBuffer())
             self.incoming_streams.append(event.stream_id)
-            if event.stream_id == 0:
+            if event.stream_id == PRIMARY_STREAM:
                 # the client's first stream is the connection's own (the adapters'
                 # accept never hands it out): the application has it from the start
                 self.conn.stream_taken(0)
@@ -419,7 +422,8 @@ class Session:
             ):
                 self.error.__cause__ = self._carrier_cause
             for stream_id, sink in list(self.sinks.items()):
-                self._end_sink(stream_id, sink, self.error)
+                # (a sink's stream had not ended, or it would be detached already)
+                self._end_sink(stream_id, sink, self.error or self.cut_short(stream_id))
         elif isinstance(event, HandshakeCompleted):
             if self.on_handshake is not None:
                 self.on_handshake()
@@ -492,7 +496,8 @@ class Session:
 
     def take(self, stream_id: int, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` buffered bytes (b"" at end of stream); raises if the
-        stream was reset or the connection failed with nothing left to read."""
+        stream was reset, the connection failed, or the peer closed the connection
+        before the stream ended (:meth:`cut_short`), with nothing left to read."""
         buf = self.streams.get(stream_id)
         if buf is not None and buf.data:
             with memoryview(buf.data) as view:
@@ -513,10 +518,41 @@ class Session:
         if buf is not None and buf.eof:
             return b""
         if self.terminated is not None:
-            if self.error is not None:
-                raise self.error
+            error = self.error or self.cut_short(stream_id)
+            if error is not None:
+                raise error
             return b""
         raise BlockingIOError("no data")
+
+    def cut_short(self, stream_id: int) -> ConnectionClosed | None:
+        """What reads of ``stream_id`` raise, once its buffered bytes are read, when the
+        peer closed the connection cleanly before the stream ended (for a stream that
+        is not ended, reset or discarded: the caller checked); None when the connection
+        did not end that way, and on the first stream.
+
+        As QUIC does, a connection's close ends the streams it leaves unfinished
+        abruptly: read as a clean end, a reply cut short by the peer's close() looked
+        complete. The first stream is the connection's own, as a TCP connection is:
+        the peer's close() ends it by closing the connection, with no FIN on it (none
+        from a peer of any version, and one sent just before the CLOSE would not be
+        sent again if lost on the ledger carrier), so its reads end cleanly. (A close
+        that gave up on unsent bytes is no clean close: the peer closes with an error
+        then.) Only the peer's close counts: after our own close() the reads of our
+        streams end as they did, we cut them short ourselves."""
+        event = self.terminated
+        if (
+            event is None
+            or not event.by_peer
+            or event.error_code != CloseCode.NO_ERROR
+            or stream_id == PRIMARY_STREAM
+        ):
+            return None
+        if stream_id not in self.streams and self.conn.stream_ended(stream_id):
+            return None  # (closed here, then forgotten: see readable)
+        return ConnectionClosed(
+            event.reason or f"the peer closed the connection before stream {stream_id} ended",
+            event.error_code,
+        )
 
     def take_into(self, stream_id: int, view: memoryview) -> int:
         """Like :meth:`take`, but into a caller's buffer."""

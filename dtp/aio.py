@@ -440,10 +440,12 @@ class DTPStreamReader:
         return buf.eof or buf.discarded or session.terminated is not None
 
     def at_eof(self) -> bool:
-        """True when the peer half-closed (or closed the connection cleanly) and
-        everything was read. False after a stream reset or a failed connection (the peer
-        killed), as asyncio's after the connection's exception: the next read raises it,
-        rather than a ``while not reader.at_eof()`` loop ending as if all had come."""
+        """True when the peer half-closed (or, on the first stream, closed the
+        connection cleanly) and everything was read. False after a stream reset, a
+        failed connection (the peer killed) or the peer's clean close of the connection
+        before this stream ended, as asyncio's after the connection's exception: the
+        next read raises it, rather than a ``while not reader.at_eof()`` loop ending as
+        if all had come."""
         if self._buffer():
             return False
         return self._ended() and self._failure() is None
@@ -495,8 +497,9 @@ class DTPStreamReader:
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
-        reset or the connection's failure raises its typed error, as asyncio's raises the
-        connection's exception). A size that is not an integer raises TypeError at once
+        reset, the connection's failure or the peer's close of the connection before the
+        stream ended raises its typed error, as asyncio's raises the connection's
+        exception). A size that is not an integer raises TypeError at once
         (asyncio's: for 1.5, once bytes came)."""
         n = operator.index(n)
         if n < 0:
@@ -540,8 +543,9 @@ class DTPStreamReader:
 
     def _failure(self) -> BaseException | None:
         """Why a read that cannot complete fails, when it is not the clean end of the
-        stream: the peer's reset of it, or the connection's failure before the stream
-        ended (None at a clean end, or while the stream goes on)."""
+        stream: the peer's reset of it, the connection's failure before the stream
+        ended, or the peer's clean close of the connection before it ended (None at a
+        clean end, or while the stream goes on)."""
         buf = self._session.streams.get(self._stream_id)
         if buf is not None and buf.discarded:
             return None  # closed here: reads end, as take() says, whatever the peer did
@@ -550,7 +554,9 @@ class DTPStreamReader:
         if buf is not None and buf.eof:
             return None
         if self._session.terminated is not None:
-            return self._session.error
+            # (the peer's clean close of the connection cut this stream short: not its
+            # end, see Session.cut_short)
+            return self._session.error or self._session.cut_short(self._stream_id)
         return None
 
     def exception(self) -> BaseException | None:
@@ -710,7 +716,9 @@ class DTPStreamWriter:
         """``peer_address``, ``peer_static_key``, ``handshake_hash`` or any carrier
         transport extra (``peername``, ``sockname``, ``socket``). Over the ledger
         carrier ``peername`` is ``("ledger", "<connection id>")``, as the blocking
-        API's ``getpeername()``."""
+        API's ``getpeername()``. ``default`` when the value is unset (a client that did
+        not authenticate has no ``peer_address``), as a transport's for a missing
+        key."""
         extras = {
             "peer_address": self._conn.peer_address,
             "peer_static_key": self._conn.peer_static,
@@ -720,7 +728,8 @@ class DTPStreamWriter:
             "stream_id": self._stream_id,
         }
         if name in extras:
-            return extras[name]
+            value = extras[name]
+            return default if value is None else value
         if name == "peername" and self._proto.peername is not None:
             return self._proto.peername
         transport = self._proto.transport
@@ -796,7 +805,12 @@ class DTPStreamWriter:
     async def drain(self) -> None:
         """Wait until the queue is below the high-water mark (raises if the
         connection failed, or closed with bytes written here left unsent, and
-        StreamReset once the peer stopped reading this stream)."""
+        StreamReset once the peer stopped reading this stream). After a close here
+        (this writer's close(), reset() or abort(), or the connection's close) it
+        raises ConnectionClosed at once, as asyncio's raises ConnectionResetError once
+        the connection is lost: nothing more can be written, and what is queued is
+        waited for by :meth:`wait_closed`, not here (a write_eof() is no close: drain()
+        after it waits as before)."""
 
         def room() -> bool:
             return self._session.terminated is not None or (
@@ -804,7 +818,8 @@ class DTPStreamWriter:
                 and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
             )
 
-        await self._proto.wait_for(room)
+        if not self._closing:
+            await self._proto.wait_for(room)
         session = self._session
         buf = session.streams.get(self._stream_id)
         if buf is not None and buf.send_stopped is not None:
@@ -819,6 +834,12 @@ class DTPStreamWriter:
                 # success (as asyncio's drain() raises once the connection is lost, and
                 # the blocking sendall() raises)
                 raise ConnectionClosed("the connection closed before all that was written went out")
+            if not session.terminated.by_peer:
+                # (closed here: by the first stream's close(), or the server once its
+                # callback returned)
+                raise ConnectionClosed("the connection was closed here")
+        if self._closing:
+            raise ConnectionClosed("the stream was closed here")
 
     def close(self) -> None:
         """Close this stream, both ways (its reader gives b"" from now on: call

@@ -649,6 +649,15 @@ class PaidWriter:
             # the handler as if cancelled); the wrapped writer reports the abort
 
     async def drain(self) -> None:
+        """As :meth:`dtp.aio.DTPStreamWriter.drain`: what is held first, then the
+        wrapped writer's queue, the rate limits and payment. After this writer's
+        close() it raises at once, as the wrapped one's does (the first stream's
+        close() closes the wrapped writer only once the final receipt came, and one
+        with bytes held only once they went out: meanwhile it returned)."""
+        if self._closing is not None or self._close_after:
+            if self._failed is not None:
+                raise self._failed
+            raise self._paid.proto.session.error or ConnectionClosed("the stream was closed here")
         await self._wait_released()
         if self._failed is not None:
             raise self._failed
