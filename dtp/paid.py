@@ -1242,9 +1242,9 @@ RELEASE_WRITER_WAIT = 30.0
 def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
     """A closed paid server's last step: stop the receipt writer (after it wrote
     everything, within :data:`RELEASE_WRITER_WAIT`), then close the store if the server
-    opened it. Receipts the writer gave up (the store refused them until then) are
-    logged whole by the writer, and counted here: the store is closed all the same, as
-    nothing writes to it any more."""
+    opened it. Receipts the writer gave up (the store refused them, or was closed under
+    it) are logged whole by the writer, and counted here: the store is closed all the
+    same, as nothing writes to it any more."""
     if not writer.close(RELEASE_WRITER_WAIT):
         if not writer.stopped:
             # still writing: the store stays open under it rather than lose a receipt

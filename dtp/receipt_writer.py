@@ -75,8 +75,8 @@ class ReceiptWriter:
     is still not written then is given up (:attr:`given_up`): each receipt logged whole,
     for an operator to claim by hand, and :meth:`close` returns False. A write that
     fails because the store is closed (closed before this writer: the wrong order) is
-    not tried again: what is waiting is dropped with one error, and ``done`` does not
-    run for it (see :meth:`_dropped`)."""
+    not tried again: what is waiting is given up at once, each receipt logged whole, and
+    ``done`` does not run for it (see :meth:`_dropped`)."""
 
     def __init__(self, store: ReceiptStore) -> None:
         self.store = store
@@ -88,7 +88,9 @@ class ReceiptWriter:
         self._retry_at: float | None = None  # after a failed write: not before then
         # after close(): no write is tried again once the next try would start after this
         self._give_up_at = 0.0
-        self._given_up: list[Receipt] = []
+        # the newest receipt given up of each connection (only it is worth claiming: a
+        # store closed under the writer drops one per batch, for as long as it runs)
+        self._given_up: dict[str, Receipt] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
@@ -204,7 +206,7 @@ class ReceiptWriter:
             except Exception as exc:  # (not the disk: trying again would fail alike)
                 logger.exception("cannot store receipts (%s)", _brief(batch or marks))
                 with self._cond:
-                    self._given_up.extend(receipt for receipt, _ in batch.values())
+                    self._note_given_up(batch)
                 _give_up(batch, marks, exc, "dropped")
                 batch = {}
             else:
@@ -245,7 +247,7 @@ class ReceiptWriter:
             retry_at = time.monotonic() + RETRY_DELAY
             if self._closed and retry_at >= self._give_up_at:
                 receipts, given_up_marks = self._take_all()
-                self._given_up.extend(receipt for receipt, _ in receipts.values())
+                self._note_given_up(receipts)
             else:
                 if self._marks:
                     self._marks_since = min(self._marks_since, time.monotonic())
@@ -295,17 +297,24 @@ class ReceiptWriter:
         with self._cond:
             self._requeue(batch, marks)
             receipts, dropped_marks = self._take_all()
-            self._given_up.extend(receipt for receipt, _ in receipts.values())
+            self._note_given_up(receipts)
         _give_up(receipts, dropped_marks, exc, "dropped: the store is closed")
 
     @property
     def given_up(self) -> tuple[Receipt, ...]:
-        """The receipts given up: at :meth:`close` (their writes kept failing until its
-        timeout was spent), or dropped (the store closed under the writer, or a write
-        failing with an error that is not the disk's). Not stored, each logged whole at
-        error level."""
+        """The receipts given up, the newest of each connection: at :meth:`close` (their
+        writes kept failing until its timeout was spent), or dropped (the store closed
+        under the writer, or a write failing with an error that is not the disk's). Not
+        stored, each logged whole at error level."""
         with self._cond:
-            return tuple(self._given_up)
+            return tuple(self._given_up.values())
+
+    def _note_given_up(self, receipts: Mapping[str, tuple[Receipt, Done]]) -> None:
+        """Count ``receipts`` as given up (lock held), the newest of each connection."""
+        for cid, (receipt, _) in receipts.items():
+            known = self._given_up.get(cid)
+            if known is None or receipt.nonce > known.nonce:
+                self._given_up[cid] = receipt
 
     @property
     def stopped(self) -> bool:

@@ -31,8 +31,9 @@ before :meth:`ReplayGuard.accepted` could keep it, and its replay came through. 
 holds one key per admission in progress, which the blocking server bounds
 (``max_handshakes``); a key whose connection was decided -- accepted, refused, failed or
 gone -- leaves it for the pool of its verdict, found by looking at the oldest two keys
-held each time one comes in (the servers do not say when they refuse), so it holds at
-most about twice the admissions in progress. Each step is a few dict operations.
+held each time one comes in or is accepted (the servers do not say when they refuse).
+It holds about twice the admissions in progress at their peak, and drains by one or two
+keys per handshake after a burst. Each step is a few dict operations.
 
 Used by both servers, so the blocking and asyncio ones refuse the same way.
 """
@@ -58,7 +59,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY: Final = 32768
 """Ephemeral keys a server remembers in each pool, accepted and others (about 6 MiB
-each at most). The memory is bounded by this, not by time: a replay of an accepted
+each at most; the keys of admissions in progress come on top, see the module's doc).
+The memory is bounded by this, not by time: a replay of an accepted
 connection's message 1 is refused however late it comes, as long as fewer than this many
 accepted IK connections came after the original."""
 
@@ -152,6 +154,7 @@ class ReplayGuard:
             self._deciding.pop(key, None)
             self._others.pop(key, None)
             self._remember(self._accepted, key)
+            self._settle_some()  # (drained by acceptances too, not only new handshakes)
 
     def _remember(self, pool: OrderedDict[bytes, None], key: bytes) -> None:
         pool[key] = None

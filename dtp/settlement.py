@@ -317,7 +317,10 @@ def claim_and_settle(
     an object's version cheaply, it is read again only once its version moved.
     ``final``: a checked receipt newer than the store's that was not stored (the one the
     client's CLOSE came with: the claim on the ledger is its durable copy); the caller
-    stores it should the settlement not claim it (:func:`claimed`).
+    stores it should the settlement not claim it (:func:`claimed`). Of it and the
+    store's latest, the one for more is claimed. When the store cannot be read, the
+    final receipt is claimed; without one, the ReceiptStoreError is raised (settling
+    without the latest receipt would refund what the client owes).
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -334,7 +337,14 @@ def claim_and_settle(
         # is all the claim needs, and the store is only bookkeeping here
         logger.warning("reading the receipts of %s failed; claiming its final one", connection_id)
         stored = None
-    if final is not None and (stored is None or final.nonce > stored.receipt.nonce):
+    if final is not None and (
+        stored is None
+        or (final.total_amount, final.nonce)
+        > (stored.receipt.total_amount, stored.receipt.nonce)
+    ):
+        # the one for more: within a DTP connection the final is never lower (its gate
+        # checks it against the receipts it kept), but a ledger connection served again
+        # after a failed settlement has a gate seeded from the escrow, not the store
         stored = StoredReceipt(final, 0)
     if tc.settled:
         _write_off(ledger, connection_id, tc, store, stored)

@@ -126,3 +126,20 @@ def test_the_asyncio_server_lets_the_carrier_go_when_its_settlement_raised(
                 assert wait_for(lambda: not server.cap_shares._shares, 10)
         finally:
             asyncio.run_coroutine_threadsafe(stop(server), loop).result(60)
+
+
+def test_of_the_stored_and_the_final_receipt_the_one_for_more_is_claimed(
+    world: PaidWorld,
+) -> None:
+    """A final receipt with a higher nonce but a lower amount than the stored one (a
+    ledger connection served again after a failed settlement: its gate was seeded from
+    the escrow) took the stored one's place, and the client was refunded the rest."""
+    from dtp.settlement import claim_and_settle
+
+    cap = world.ledger.create_spending_cap(CLIENT, 10**9)
+    cid = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, DEPOSIT).connection_id
+    big, small = _receipt(cid, 40960, 10), _receipt(cid, 1024, 11)
+    with ReceiptStore(world.tmp_path / "r.db") as store:
+        assert store.keep(big)
+        settlement = claim_and_settle(world.server_ledger, SERVER, cid, store, final=small)
+    assert settlement is not None and settlement.claimed == big.total_amount

@@ -44,3 +44,18 @@ def test_a_write_failing_otherwise_gives_the_receipts_up_whole(
     assert kept == []
     assert lost.encode().hex() in caplog.text
     assert f"receipt 1 of connection {CONN}" in caplog.text
+
+
+def test_given_up_keeps_the_newest_receipt_of_each_connection(tmp_path: Path) -> None:
+    """(A store failing every batch for as long as the writer runs: given_up grew by a
+    receipt per batch, superseded ones included.)"""
+    store = BrokenStore(tmp_path / "r.db")
+    writer = ReceiptWriter(store)
+    try:
+        for nonce in range(1, 6):
+            writer.submit(receipt(nonce, 10 * nonce), lambda r: None)
+            assert writer.flush(timeout=30)
+    finally:
+        assert not writer.close(30)
+        store.close()
+    assert writer.given_up == (receipt(5, 50),)

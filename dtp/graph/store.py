@@ -577,7 +577,9 @@ class Graph:
         Values are JSON values; ``{"#": other}`` is a link; any other mapping becomes
         the node ``<soul>/<field>``, written too, with a link to it in the field.
         Writes to a user-space soul ``~<address>/...`` are signed with :attr:`identity`,
-        which must own it.
+        which must own it. Nested mappings that reach one node's field by two paths
+        (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
+        values (LocalProtocolError, ``ARG``).
         """
         writes: list[tuple[bytes, bytes, bytes]] = []
         self._flatten(soul, data, writes, 0)
