@@ -339,8 +339,7 @@ def claim_and_settle(
         stored = None
     if final is not None and (
         stored is None
-        or (final.total_amount, final.nonce)
-        > (stored.receipt.total_amount, stored.receipt.nonce)
+        or (final.total_amount, final.nonce) > (stored.receipt.total_amount, stored.receipt.nonce)
     ):
         # the one for more: within a DTP connection the final is never lower (its gate
         # checks it against the receipts it kept), but a ledger connection served again
