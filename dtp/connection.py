@@ -189,6 +189,8 @@ class ConnectionConfig:
         # handshake slot any less), and a string failed with a TypeError naming no
         # option -- each found only at a connection, on a server in its own thread
         _check_handshake_timeout(self.handshake_timeout)
+        if self.keepalive_interval is not None:
+            _check_keepalive_interval(self.keepalive_interval)
 
 
 # --------------------------------------------------------------------------------------
@@ -1407,7 +1409,7 @@ class Connection:
         _check_code(error_code)
         if self._send_aead is not None:
             self._close_frame = RawFrame(
-                FRAME_CLOSE, int(error_code), 0, 0, _close_reason_bytes(reason)
+                FRAME_CLOSE, int(error_code), 0, 0, close_reason_bytes(reason)
             )
         self._terminate(int(error_code), reason, by_peer=False, now=None)
 
@@ -2546,7 +2548,7 @@ class Connection:
     def _fail(self, code: int, reason: str, now: float, send: bool = True) -> None:
         logger.debug("closing connection: %s (%s)", reason, code)
         if send and self._send_aead is not None:
-            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, _close_reason_bytes(reason))
+            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, close_reason_bytes(reason))
         self._terminate(code, reason, by_peer=False, now=now)
 
     def _terminate(self, code: int, reason: str, by_peer: bool, now: float | None) -> None:
@@ -2692,6 +2694,22 @@ def _check_handshake_timeout(value: object) -> None:
         )
 
 
+def _check_keepalive_interval(value: object) -> None:
+    """Refuse a ``keepalive_interval`` (not None) that is not a positive, finite number
+    of seconds: a negative one made the timer always due (a PING each time it was
+    looked at, a busy loop in the adapters), and NaN or 0 meant no keepalive, silently
+    (None says that). TypeError for a non-number (a bool too), ValueError else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"keepalive_interval must be a number of seconds or None, not {type(value).__name__}"
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"keepalive_interval must be a positive, finite number of seconds (None: "
+            f"never), not {value!r}"
+        )
+
+
 def _send_done(stream: _Stream) -> bool:
     """Whether ``stream``'s FIN and every byte before it were acknowledged (RFC 9000's
     "Data Recvd"; on a reliable carrier, handed to it). On a lossy carrier the FIN's
@@ -2704,16 +2722,17 @@ def _send_done(stream: _Stream) -> bool:
     )
 
 
-def _close_reason_bytes(reason: str) -> bytes:
-    """``reason`` as a CLOSE frame carries it: UTF-8, at most :data:`MAX_CLOSE_REASON`
-    bytes, cut at a character boundary. A cut at the byte limit could split a multi-byte
-    character, which the peer (decoding with "replace") showed as a U+FFFD at the end.
+def close_reason_bytes(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
+    """``reason`` as a CLOSE frame carries it: UTF-8, at most ``limit`` bytes
+    (:data:`MAX_CLOSE_REASON`), cut at a character boundary. A cut at the byte limit
+    could split a multi-byte character, which the peer (decoding with "replace") showed
+    as a U+FFFD at the end.
     A lone surrogate (no UTF-8 form) becomes "?": raising here would leave a close (or
     a failure on its way out) half done."""
     encoded = reason.encode("utf-8", "replace")
-    if len(encoded) <= MAX_CLOSE_REASON:
+    if len(encoded) <= limit:
         return encoded
-    cut = MAX_CLOSE_REASON
+    cut = limit
     # the first byte left out is a continuation byte (0b10xxxxxx): the character it
     # belongs to started before the cut, and goes whole
     while cut > 0 and encoded[cut] & 0xC0 == 0x80:

@@ -106,6 +106,9 @@ def _start(config: Path, procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            # the demo's identities are unencrypted: a passphrase variable of the
+            # caller's (set but empty: refused) is not theirs
+            env={k: v for k, v in os.environ.items() if k != "DTP_PASSPHRASE"},
         )
         procs.append(proc)
     finally:

@@ -194,8 +194,16 @@ class Daemon:
         if record.exists():
             return _recorded_host_id(record)
         host_id = self.ledger.create_host(self.identity, self.identity.noise_public, [endpoint])
-        write_durably(record, json.dumps({"host_id": host_id}).encode("utf-8"))
         logger.info("host created", extra=kv(host_id=host_id))
+        try:
+            write_durably(record, json.dumps({"host_id": host_id}).encode("utf-8"))
+        except OSError as exc:
+            # no record: the next start would create yet another Host, and this one's
+            # services, firewall and clients would be on a Host nothing names
+            raise HostConfigError(
+                f"Host {host_id} was created, but {record} could not be written ({exc}): "
+                f"set [daemon] host_id = {host_id!r}"
+            ) from exc
         return host_id
 
     def sync_host(

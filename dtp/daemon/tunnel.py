@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
+from dtp.connection import close_reason_bytes
 from dtp.errors import DTPError, TunnelError
 
 __all__ = [
@@ -53,7 +54,7 @@ class _Writer(Protocol):
 
 def refusal(reason: str) -> bytes:
     """The status that refuses a tunnel with ``reason``."""
-    raw = reason.encode("utf-8")[:1024]
+    raw = close_reason_bytes(reason)  # (UTF-8 cut at a character, as a CLOSE's)
     return bytes([_REFUSED]) + struct.pack(">H", len(raw)) + raw
 
 
