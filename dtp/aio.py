@@ -122,6 +122,12 @@ CLOSE_LINGER = 5.0
 #: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
+#: How long a closed connection's carrier, half-closed once it wrote what it holds,
+#: waits for the peer to close its side (reading and dropping what still comes) before
+#: it closes anyway. Closed at once, a socket with the peer's late bytes unread (its
+#: flow-control credit, sent as it read our last data) was reset, and the reset threw
+#: away what the peer had not read yet: the end of our data, and the CLOSE.
+CARRIER_DRAIN = 2.0
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
@@ -149,6 +155,9 @@ class _Protocol(asyncio.Protocol):
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        #: Set once the carrier is half-closed (close_carrier): it closes when the peer
+        #: closes its side, or when this fires
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
@@ -218,6 +227,8 @@ class _Protocol(asyncio.Protocol):
                 self._timer.cancel()
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             if not self.closed_future.done():
                 self.closed_future.set_result(None)
 
@@ -231,8 +242,12 @@ class _Protocol(asyncio.Protocol):
     # -- driving ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
+        if (
+            self.transport is None
+            or self.transport.is_closing()
+            or self._drain_timer is not None
+        ):
+            return  # (half-closed: nothing more may be written)
         now = self.loop.time()
         if self.payment is not None:
             self.payment.tick(now)
@@ -253,11 +268,45 @@ class _Protocol(asyncio.Protocol):
         if changed or (self.stream_slot_waiters and self.conn.can_open_stream()):
             self._notify()
 
-    def close_carrier(self) -> None:
-        """Close the transport once it wrote what it holds; aborted when it wrote
-        nothing of it for CARRIER_GRACE seconds (a peer that stopped reading kept the
+    def close_carrier(self, drain: bool = True) -> None:
+        """Close the transport once it wrote what it holds; while the peer, still
+        reading what we sent, will send flow-control credit (Connection.
+        peer_may_send_credit), half-closed first, and closed when the peer closes its
+        side (what it still sends is read and dropped) or after CARRIER_DRAIN seconds
+        (see there); aborted when it wrote nothing of
+        what it holds for CARRIER_GRACE seconds (a peer that stopped reading kept the
         socket open, and wait_closed() waiting, for good; a slow one is given the time
-        it takes)."""
+        it takes). ``drain`` False (an abort, the loop ending): closed at once, a
+        half-closed carrier too."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._drain_timer is not None:
+            if not drain:
+                self._close_transport()
+            return  # (half-closed already: the peer's close or the timer ends it)
+        if (
+            drain
+            and not transport.is_closing()
+            and transport.can_write_eof()
+            and self.conn.peer_may_send_credit()
+        ):
+            try:
+                transport.write_eof()  # (after what the transport holds)
+            except (OSError, RuntimeError):
+                pass  # closed at once instead
+            else:
+                self._drain_timer = self.loop.call_later(CARRIER_DRAIN, self._end_drain)
+                if self._abort_timer is None and not self.closed_future.done():
+                    self._abort_after_grace(transport.get_write_buffer_size())
+                return
+        self._close_transport()
+
+    def _end_drain(self) -> None:
+        """The peer did not close its side within CARRIER_DRAIN: close ours."""
+        self._close_transport()
+
+    def _close_transport(self) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -275,8 +324,10 @@ class _Protocol(asyncio.Protocol):
         now = transport.get_write_buffer_size()
         if now < left:  # still moving: look again
             self._abort_after_grace(now)
-        else:
+        elif now or self._drain_timer is None:
             transport.abort()
+        # (else: half-closed with all of it written; the peer's close or the drain
+        # timer ends it)
 
     def _schedule_timer(self) -> None:
         deadline = self.conn.get_timer()
@@ -954,6 +1005,11 @@ class DTPStreamWriter:
                 async with asyncio.timeout(PAID_CLOSE_WAIT):
                     await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
+        # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN): a
+        # loop ending meanwhile cancels this task, and the cancel closes it at once
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CARRIER_DRAIN + CARRIER_GRACE):
+                await asyncio.shield(self._proto.closed_future)
         if payment is not None:
             await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
 
@@ -1436,7 +1492,7 @@ def _peer_label(proto: _Protocol) -> Any:
 def _abort(proto: _Protocol, code: int, reason: str) -> None:
     proto.conn.close(code, reason)
     proto.flush()
-    proto.close_carrier()
+    proto.close_carrier(drain=False)
 
 
 #: The ledger half-closes of abandoned metered connections (see _close_abandoned)

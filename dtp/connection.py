@@ -709,6 +709,28 @@ class Connection:
         self._streams_dirty = True
         return stream_id
 
+    def peer_may_send_credit(self) -> bool:
+        """Whether the peer, as it reads what we sent, will still send flow-control
+        credit: it does each time it has read a quarter of a window past its last
+        update (Connection._return_credit), so while what we sent reaches beyond that
+        point of the window it last gave us, its reading is not over. (A carrier closed
+        under such a peer is reset by its late bytes, and the reset destroys what it has
+        not read yet: the end of our data, RFC 1122 4.2.2.13.) A lent stream's counts
+        must be taken back first."""
+        params = self._peer_params
+        md, msd = params.get("md"), params.get("msd")
+        if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
+            return True
+        if isinstance(msd, int):
+            at = msd * 3 // 4
+            for stream in self._streams.values():
+                # (a stream whose end we sent gets no more credit)
+                if stream.send_state is SendState.OPEN and stream.next_offset > (
+                    stream.send_credit - at
+                ):
+                    return True
+        return False
+
     def send_stream_data(
         self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
     ) -> None:

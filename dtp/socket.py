@@ -749,25 +749,11 @@ class _Engine:
             self._release()
 
     def _peer_may_send_credit(self) -> bool:
-        """Whether the peer, as it reads what we sent, will still send flow-control
-        credit (lock held): it does each time it has read a quarter of a window past
-        its last update (Connection._return_credit), so while what we sent reaches
-        beyond that point of the window it last gave us, its reading is not over."""
+        """:meth:`Connection.peer_may_send_credit` (lock held), a lent stream's counts
+        taken back first."""
         conn = self.conn
-        conn.take_back(time.monotonic())  # (a lent stream's counts)
-        params = conn._peer_params
-        md, msd = params.get("md"), params.get("msd")
-        if isinstance(md, int) and conn._conn_sent > conn._conn_send_credit - md * 3 // 4:
-            return True
-        if isinstance(msd, int):
-            at = msd * 3 // 4
-            for stream in conn._streams.values():
-                # (a stream whose end we sent gets no more credit)
-                if stream.send_state is SendState.OPEN and stream.next_offset > (
-                    stream.send_credit - at
-                ):
-                    return True
-        return False
+        conn.take_back(time.monotonic())
+        return conn.peer_may_send_credit()
 
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
