@@ -242,11 +242,7 @@ class _Protocol(asyncio.Protocol):
     # -- driving ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if (
-            self.transport is None
-            or self.transport.is_closing()
-            or self._drain_timer is not None
-        ):
+        if self.transport is None or self.transport.is_closing() or self._drain_timer is not None:
             return  # (half-closed: nothing more may be written)
         now = self.loop.time()
         if self.payment is not None:
