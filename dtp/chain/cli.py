@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+from dtp._durable import write_durably
 from dtp.chain.objects import FirewallMode, Sla, normalize_id
 from dtp.errors import DTPError
 
@@ -660,29 +660,7 @@ def _write_deployments(path: Path, records: dict[str, Any]) -> None:
     # a symlinked record stays one: the file it points to is the one replaced
     path = Path(os.path.realpath(path))
     data = (json.dumps(records, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never through a link planted under the temporary name; 0o666 lets the
-    # umask give the file the mode write_text gave it
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with open(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return  # the rename is done; only its durability across a power loss is weaker
-    try:
-        os.fsync(directory)
-    except OSError:
-        pass  # some file systems cannot sync a directory
-    finally:
-        os.close(directory)
+    write_durably(path, data)
 
 
 #: A ``"packageId": "0x..."`` in ``sui client publish`` output, however it is framed.
