@@ -267,9 +267,12 @@ def settle_ended(
     store once the receipt is written). ``final``, the receipt the client's CLOSE came
     with, is handed to the writer should the settlement not claim it, kept for a later
     claim (recover_unclaimed at the next start). A ChainError, or a ReceiptStoreError (the
-    store unreadable and no final receipt), is logged: None. A claimed
-    mark the writer cannot take (closed meanwhile) is logged, and the settlement made
-    returned all the same (:func:`claim_and_settle`)."""
+    store unreadable and no final receipt), is logged: None; so is anything else (a bug,
+    a ledger error that is not a ChainError), with its traceback: the server's release
+    of the connection -- its socket, its place in the limits, its cap share -- goes on
+    after it, and the receipt stays for the next start's recovery. A claimed mark the
+    writer cannot take (closed meanwhile) is logged, and the settlement made returned
+    all the same (:func:`claim_and_settle`)."""
     settlement = None
     try:
         settlement = claim_and_settle(
@@ -281,12 +284,12 @@ def settle_ended(
             connection=connection,
             final=final,
         )
-    except ChainError as exc:
+    except (ChainError, ReceiptStoreError) as exc:
+        # (a ReceiptStoreError: no final receipt, and its latest could not be read) it
+        # stays for recover_unclaimed at the next start, which reads the store again
         logger.warning("could not settle connection %s: %s", connection_id, exc)
-    except ReceiptStoreError as exc:
-        # (with no final receipt: its latest receipt could not be read) it stays for
-        # recover_unclaimed at the next start, which reads the store again
-        logger.warning("could not settle connection %s: %s", connection_id, exc)
+    except Exception:
+        logger.exception("settling connection %s failed", connection_id)
     finally:
         if final is not None and not claimed(settlement, final):
             _keep_final(writer, final)
@@ -1611,22 +1614,15 @@ class PaidServer:
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
     ) -> None:
-        try:
-            settlement = settle_ended(
-                self.ledger,
-                self.identity,
-                cid,
-                self.receipt_writer,
-                final,
-                escrow=known[1] if known is not None else None,
-                connection=known[0] if known is not None else None,
-            )
-        except Exception:
-            # (a bug, or a ledger error that is not a ChainError) the connection's
-            # release -- its socket, its place in the limits, its cap share -- must go
-            # on; the receipt stays for the next start's recovery
-            logger.exception("settling connection %s failed", cid)
-            return
+        settlement = settle_ended(
+            self.ledger,
+            self.identity,
+            cid,
+            self.receipt_writer,
+            final,
+            escrow=known[1] if known is not None else None,
+            connection=known[0] if known is not None else None,
+        )
         if settlement is not None:
             self.settlements.append((cid, settlement))
 

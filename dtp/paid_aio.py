@@ -1269,13 +1269,6 @@ class PaidAioServer:
                 if job.cancelled():
                     raise
                 cancelled = True
-            except Exception:
-                # (a bug, or a ledger error that is not a ChainError) the connection's
-                # release -- its cap share, its place in the limits -- must go on; the
-                # receipt stays for the next start's recovery
-                logger.exception("settling connection %s failed", cid)
-                settlement = None
-                break
         if settlement is not None:
             self.settlements.append((cid, settlement))
         if cancelled:

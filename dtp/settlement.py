@@ -333,8 +333,9 @@ def claim_and_settle(
     except ReceiptStoreError:
         if final is None:
             raise  # settling without the latest receipt would refund what the client owes
-        # the final receipt is the newest there is (checked against every one kept): it
-        # is all the claim needs, and the store is only bookkeeping here
+        # the final receipt is the newest of its DTP connection (its gate checked it
+        # against every one kept): claimed now, rather than left for a recovery that
+        # would not find it in the store (see below for the case where it is not)
         logger.warning("reading the receipts of %s failed; claiming its final one", connection_id)
         stored = None
     if final is not None and (
