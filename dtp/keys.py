@@ -77,6 +77,7 @@ __all__ = [
     "InvalidSignature",
     "default_identity_path",
     "noise_key_object",
+    "passphrase_from_env",
     "personal_message_digest",
     "sui_address_from_public_key",
     "transaction_digest",
@@ -712,6 +713,21 @@ def default_identity_path() -> Path:
     base = os.environ.get("XDG_DATA_HOME", "")
     data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
     return data_home / "dtp" / "identity.json"
+
+
+def passphrase_from_env(name: str) -> str | None:
+    """The identity passphrase the environment variable ``name`` holds; None when it is
+    not set (an unencrypted identity). Set but empty is a ValueError, naming it: taken as
+    no passphrase, a new identity's secret key was written unencrypted with nothing
+    said (``DTP_PASSPHRASE="$UNSET"``, a secret store that gave nothing). The CLIs exit
+    with status 2 on it."""
+    passphrase = os.environ.get(name)
+    if passphrase == "":
+        raise ValueError(
+            f"${name} is set but empty: set it to the identity's passphrase, or unset it "
+            "for an unencrypted identity"
+        )
+    return passphrase
 
 
 def _associated_data(header: dict[str, Any]) -> bytes:

@@ -129,18 +129,14 @@ class _UsageError(_CliError):
 
 
 def _env_passphrase(args: argparse.Namespace) -> str | None:
-    """The identity passphrase the variable named by ``--passphrase-env`` holds; None
-    when it is not set (an unencrypted identity). Set but empty is an error: taken as
-    no passphrase (as it was), ``keys new`` wrote the new secret key unencrypted with
-    nothing said (``DTP_PASSPHRASE="$UNSET"``, a secret store that gave nothing)."""
-    name = args.passphrase_env
-    passphrase = os.environ.get(name)
-    if passphrase == "":
-        raise _UsageError(
-            f"${name} is set but empty: set it to the identity's passphrase, or unset it "
-            "for an unencrypted identity."
-        )
-    return passphrase
+    """The identity passphrase the variable named by ``--passphrase-env`` holds
+    (:func:`dtp.keys.passphrase_from_env`: set but empty is a usage error)."""
+    from dtp.keys import passphrase_from_env
+
+    try:
+        return passphrase_from_env(args.passphrase_env)
+    except ValueError as exc:
+        raise _UsageError(f"{exc}.") from None
 
 
 def _plain(value: Any) -> Any:

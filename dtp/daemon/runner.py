@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dtp._durable import write_durably
 from dtp._filelock import lock_exclusive
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
@@ -51,7 +52,7 @@ from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook, process_identity, write_durably
+from dtp.daemon.state import StatusBook, process_identity
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import (
     ChainError,
@@ -61,7 +62,7 @@ from dtp.errors import (
     KeyFileError,
     ObjectNotFound,
 )
-from dtp.keys import HostIdentity
+from dtp.keys import HostIdentity, passphrase_from_env
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
@@ -945,15 +946,10 @@ def _main(
         # nothing is started yet, nor the state directory taken
         logger.info("stopped before start", extra=kv(signal=signal.Signals(signals.stop).name))
         return 0
-    passphrase = os.environ.get(passphrase_env)
-    if passphrase == "":
-        # taken as no passphrase (as it was), a first start wrote the new identity's
-        # secret key unencrypted with nothing said (DTP_PASSPHRASE="$UNSET")
-        print(
-            f"dtp daemon: ${passphrase_env} is set but empty: set it to the identity's "
-            "passphrase, or unset it for an unencrypted identity",
-            file=sys.stderr,
-        )
+    try:
+        passphrase = passphrase_from_env(passphrase_env)
+    except ValueError as exc:  # (set but empty)
+        print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
     try:
         daemon = Daemon(config, passphrase, passphrase_env)

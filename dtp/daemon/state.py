@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dtp._durable import write_durably
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon")
@@ -29,7 +28,6 @@ __all__ = [
     "StatusBook",
     "process_identity",
     "read_status",
-    "write_durably",
 ]
 
 STATUS_FILE = "status.json"
