@@ -187,10 +187,21 @@ class ConnectionConfig:
         # Checked when the config is made, not where it is used: 0 or less timed out
         # every handshake at once, NaN never timed one out (nor held a server's
         # handshake slot any less), and a string failed with a TypeError naming no
-        # option -- each found only at a connection, on a server in its own thread
-        _check_handshake_timeout(self.handshake_timeout)
+        # option -- each found only at a connection, on a server in its own thread.
+        # Above threading.TIMEOUT_MAX a server's wait for its accept queue overflows.
+        _check_seconds(
+            "handshake_timeout",
+            self.handshake_timeout,
+            "a number of seconds",
+            threading.TIMEOUT_MAX,
+        )
+        # A negative keepalive_interval made the timer always due (a PING each time it
+        # was looked at, a busy loop in the adapters); NaN or 0 meant no keepalive,
+        # silently (None says that)
         if self.keepalive_interval is not None:
-            _check_keepalive_interval(self.keepalive_interval)
+            _check_seconds(
+                "keepalive_interval", self.keepalive_interval, "a number of seconds or None"
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -2700,35 +2711,16 @@ def _close_code_for(exc: ProtocolError) -> CloseCode:
     return CloseCode.PROTOCOL_VIOLATION
 
 
-def _check_handshake_timeout(value: object) -> None:
-    """Refuse a ``handshake_timeout`` that is not a number of seconds above 0 and within
-    what a thread can wait for (a server's wait for its accept queue raises
-    OverflowError beyond threading.TIMEOUT_MAX). TypeError for a non-number (a bool
-    too: True passed as 1 s), ValueError for a number out of range (NaN included)."""
+def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> None:
+    """Refuse a config's ``name`` that is not a positive, finite number of seconds of at
+    most ``most``: TypeError for a non-number (a bool too: True passed as 1 s), saying
+    it must be ``what``; ValueError for a number out of range (NaN included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"handshake_timeout must be a number of seconds, not {type(value).__name__}"
-        )
-    if not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= most):
+        limit = f" up to {most:.0f}" if most < math.inf else ""
         raise ValueError(
-            f"handshake_timeout must be a positive, finite number of seconds up to "
-            f"{threading.TIMEOUT_MAX:.0f}, not {value!r}"
-        )
-
-
-def _check_keepalive_interval(value: object) -> None:
-    """Refuse a ``keepalive_interval`` (not None) that is not a positive, finite number
-    of seconds: a negative one made the timer always due (a PING each time it was
-    looked at, a busy loop in the adapters), and NaN or 0 meant no keepalive, silently
-    (None says that). TypeError for a non-number (a bool too), ValueError else."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"keepalive_interval must be a number of seconds or None, not {type(value).__name__}"
-        )
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"keepalive_interval must be a positive, finite number of seconds (None: "
-            f"never), not {value!r}"
+            f"{name} must be a positive, finite number of seconds{limit}, not {value!r}"
         )
 
 

@@ -715,7 +715,8 @@ class _Engine:
                     # the final receipt goes out before CLOSE, in the same write: the
                     # server wakes once for both
                     self.payment.closing()
-                unread = self._peer_may_send_credit()
+                self.conn.take_back(time.monotonic())  # (a lent stream's counts)
+                unread = self.conn.peer_may_send_credit()
                 if (
                     self.payment is None
                     and self.conn.send_buffered()
@@ -748,13 +749,6 @@ class _Engine:
             self.session.process_events()
             self._release()
 
-    def _peer_may_send_credit(self) -> bool:
-        """:meth:`Connection.peer_may_send_credit` (lock held), a lent stream's counts
-        taken back first."""
-        conn = self.conn
-        conn.take_back(time.monotonic())
-        return conn.peer_may_send_credit()
-
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
         closes its side, goes quiet for DRAIN_QUIET, or ``timeout``. Closing a TCP
@@ -763,7 +757,7 @@ class _Engine:
         peer, still reading it, sends flow-control updates after we stopped reading.
         ``patience``: going quiet ends nothing, only the peer's close or ``patience``
         seconds do. So when the peer is still reading what we sent
-        (_peer_may_send_credit), at its own pace (a slow reader lost the end of our data
+        (Connection.peer_may_send_credit), at its own pace (a slow reader lost the end of our data
         to the reset), and when it is a paid server: its end closes once it settled our
         connection on the ledger, which the payment then finds done (a quiet moment of
         its transaction must not make us send a half-close of our own)."""
