@@ -151,6 +151,13 @@ def _check_int(name: str, value: object) -> None:
         raise TypeError(f"{name} must be an integer, not {type(value).__name__!r}")
 
 
+def _check_number(name: str, value: object) -> None:
+    """TypeError unless ``value`` is a number of seconds (a bool is none here), the
+    carrier options' type check (their range is a ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
+
+
 def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) -> list[bytes]:
     """The payloads that carry ``record``: one RECORD payload when it fits in ``limit``
     bytes, otherwise FRAGMENT payloads with id ``fragment_id`` (mod 2**32)."""
@@ -299,8 +306,7 @@ class LedgerCarrier:
         if sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {sync_every!r}")
         for name, value in (("sync_interval", sync_interval), ("gap_timeout", gap_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
+            _check_number(name, value)
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         self.ledger = ledger

@@ -54,6 +54,7 @@ from dtp.carriers.ledger import (
     MAX_PIPE_DATA,
     LedgerCarrier,
     _check_int,
+    _check_number,
     confirm_records,
 )
 from dtp.chain.ledger import Ledger
@@ -159,11 +160,9 @@ class LedgerCarrierOptions:
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {self.sync_every!r}")
         for name in _SECONDS_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                # (True passed as 1 s, and a string failed at the first comparison below
-                # with a TypeError naming no option)
-                raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
+            # (True passed as 1 s, and a string failed at the first comparison below
+            # with a TypeError naming no option)
+            _check_number(name, getattr(self, name))
         positive = {
             "sync_interval": self.sync_interval,
             "gap_timeout": self.gap_timeout,
