@@ -265,15 +265,15 @@ class _Protocol(asyncio.Protocol):
             self._notify()
 
     def close_carrier(self, drain: bool = True) -> None:
-        """Close the transport once it wrote what it holds; while the peer, still
-        reading what we sent, will send flow-control credit (Connection.
-        peer_may_send_credit), half-closed first, and closed when the peer closes its
-        side (what it still sends is read and dropped) or after CARRIER_DRAIN seconds
-        (see there); aborted when it wrote nothing of
-        what it holds for CARRIER_GRACE seconds (a peer that stopped reading kept the
-        socket open, and wait_closed() waiting, for good; a slow one is given the time
-        it takes). ``drain`` False (an abort, the loop ending): closed at once, a
-        half-closed carrier too."""
+        """Close the transport once it wrote what it holds. While the peer, still
+        reading what we sent, will send flow-control credit
+        (:meth:`Connection.peer_may_send_credit`), it is half-closed first, and closed
+        when the peer closes its side (what it still sends is read and dropped) or after
+        CARRIER_DRAIN seconds (see there). Aborted when it wrote nothing of what it holds
+        for CARRIER_GRACE seconds (a peer that stopped reading kept the socket open, and
+        wait_closed() waiting, for good; a slow one is given the time it takes).
+        ``drain`` False (an abort, the loop ending): closed at once, a half-closed
+        carrier too."""
         transport = self.transport
         if transport is None:
             return
