@@ -494,6 +494,8 @@ def test_move_aborts_map_like_local_ledger() -> None:
     assert exc.name == "EReplayedReceipt"
     foreign = execution_error(_abort(2, package="0x2", module="balance"), [PACKAGE], "x")
     assert type(foreign) is ChainError and foreign.name == "MoveAbort"
+    # named by its full ID, as the local ledger names it, however short the node wrote it
+    assert f"0x{'0' * 63}2::balance " in str(foreign)
     short = sui_prot.ExecutionError(
         kind=sui_prot.ExecutionErrorExecutionErrorKind.INSUFFICIENT_COIN_BALANCE
     )

@@ -393,8 +393,11 @@ def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainEr
         location = abort.location
         package = getattr(location, "package", None)
         module = str(getattr(location, "module", "") or "")
-        if package and _package_id(package) not in packages:
-            return foreign_abort(package, module, abort.abort_code, detail)
+        full = _package_id(package) if package else None
+        if package and full not in packages:
+            # (as the local ledger names it: the full ID, however short the node wrote
+            # it -- "0x2" and "0x00..02" are one package)
+            return foreign_abort(full or str(package), module, abort.abort_code, detail)
         clever = abort.clever_error
         if clever is not None and clever.error_code is not None:
             return move_error_from_abort_code(int(clever.error_code), detail)
