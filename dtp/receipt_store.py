@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS receipts (
 #: before it raises :class:`ReceiptStoreError` ("database is locked").
 BUSY_TIMEOUT = 30.0
 
+#: A run lock file still under its making name this many seconds after it was made is
+#: a dead server's (one is renamed within a moment of being made): removed when found.
+STALE_NEWLOCK = 60.0
+
 # The receipts table as _SCHEMA makes it (name, declared type): a file whose table has
 # another shape is another program's, or one this module cannot write correctly (an
 # INTEGER column turns nonces past 2**63 into REALs, which no longer order exactly).
@@ -389,7 +393,11 @@ class ReceiptStore:
             logger.warning("cannot look for dead runs beside %s: %s", real, exc)
             return {}, live
         locks: dict[str, tuple[int, Path]] = {}
+        making = f"{real.name}-newlock-"
         for name in names:
+            if name.startswith(making) and _RUN_ID.fullmatch(name[len(making) :]):
+                _remove_stale_newlock(real.parent / name)
+                continue
             run_id = name[len(prefix) :]
             if not name.startswith(prefix) or not _RUN_ID.fullmatch(run_id):
                 continue
@@ -652,8 +660,31 @@ def _u64_text(value: int) -> str:
     return f"{value:020d}"
 
 
+def _remove_stale_newlock(path: Path) -> None:
+    """Remove a run's lock file that never got its name (``-newlock-``): left by a
+    server killed between making it and renaming it, it would stay for good. Only one
+    older than :data:`STALE_NEWLOCK` that nobody holds: a server making its lock file
+    now holds it locked (or, in the instant before it locks it, made it just now). Its
+    run wrote nothing under it -- a run's rows name the lock file only once renamed."""
+    assert fcntl is not None
+    try:
+        if time.time() - os.stat(path).st_mtime < STALE_NEWLOCK:
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # (renamed or removed meanwhile)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except OSError:  # (BlockingIOError: a server is making it now)
+        return
+    finally:
+        os.close(fd)
+    logger.info("removed %s, the lock file of a server that died starting", path)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["BUSY_TIMEOUT", "ReceiptStore", "ReceiptStoreError", "StoredReceipt"]
+__all__ = ["BUSY_TIMEOUT", "STALE_NEWLOCK", "ReceiptStore", "ReceiptStoreError", "StoredReceipt"]
