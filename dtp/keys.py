@@ -50,6 +50,7 @@ import secrets
 import stat
 import unicodedata
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -869,11 +870,13 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
 def _check_private_file(path: Path, info: os.stat_result) -> None:
     """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
     unless only its owner may access it and others may not replace it: its directory
-    (and, through a symlink, its target's) must be writable by no one else -- group
-    write only for the user's own private group (umask 002 systems) -- or have the
-    sticky bit (as /tmp: only a file's owner may then remove or rename it). POSIX only;
-    what ``allow_insecure`` skips. A file another user owns passes (root reading a
-    user's key: as ssh, only the mode counts)."""
+    (and, through a symlink, its target's) and every directory above them must be
+    writable by no one else -- group write only for the user's own private group (umask
+    002 systems) -- or have the sticky bit (as /tmp: only a file's owner may then remove
+    or rename it). Whoever may write to a directory higher up may rename the one below
+    it and put a tree of their own in its place. POSIX only; what ``allow_insecure``
+    skips. A file another user owns passes (root reading a user's key: as ssh, only the
+    mode counts)."""
     if info.st_mode & 0o077:
         mode = stat.S_IMODE(info.st_mode)
         raise KeyFileError(
@@ -882,7 +885,7 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
             "allow_insecure=True)"
         )
     seen: set[tuple[int, int]] = set()
-    for directory in (path.parent, Path(os.path.realpath(path)).parent):
+    for directory in _directories_above(path):
         where = os.stat(directory)
         if (where.st_dev, where.st_ino) in seen:
             continue
@@ -898,6 +901,15 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
                 "move it, remove their write permission, or load it with "
                 "allow_insecure=True"
             )
+
+
+def _directories_above(path: Path) -> Iterator[Path]:
+    """The directories a key file at ``path`` depends on: the one holding the name
+    given and the one holding the file it resolves to, each resolved, and every
+    directory above them up to the root (the nearest first)."""
+    for start in (Path(os.path.realpath(path.parent)), Path(os.path.realpath(path)).parent):
+        yield start
+        yield from start.parents
 
 
 def _private_group(gid: int) -> bool:
