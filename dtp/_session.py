@@ -274,7 +274,11 @@ class Session:
 
     def attach_sink(self, stream_id: int, sink: StreamSink) -> None:
         """Deliver ``stream_id``'s bytes to ``sink`` from now on, starting with what is
-        buffered already; ends it at once if the stream already ended."""
+        buffered already; ends it at once if the stream already ended. A sink attached
+        after the connection ended ends as one attached before it did: with the
+        connection's error, else (a clean close) with None -- or, on a stream other
+        than the first that the peer's clean close cut short, ConnectionClosed
+        (:meth:`cut_short`), as its reads end."""
         self.sinks[stream_id] = sink
         buf = self.streams.get(stream_id)
         if buf is not None:
@@ -294,9 +298,10 @@ class Session:
                 self._end_sink(stream_id, sink, None)
                 return
         if self.terminated is not None:
-            self._end_sink(
-                stream_id, sink, self.error or ConnectionClosed("the connection is closed")
-            )
+            # the rule the ConnectionTerminated event applies to sinks attached before:
+            # a blanket ConnectionClosed gave a sink of the first stream, or of any
+            # stream after our own clean close, an error where the stream's reads end
+            self._end_sink(stream_id, sink, self.error or self.cut_short(stream_id))
 
     def resume_sink(self, stream_id: int) -> None:
         """Un-pause a sink and return the credit it held."""

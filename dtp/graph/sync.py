@@ -649,6 +649,24 @@ def _is_digest(value: object) -> bool:
 # -- blocking helper -----------------------------------------------------------------------------
 
 
+def _left_cleanly(exc: ConnectionClosed) -> bool:
+    """True when ``exc``, raised by a read of the session's stream, is the peer's clean
+    close of the connection (code 0) before it ended that stream: the runners take it
+    for the end of the stream, as they take a read of b"".
+
+    The peer's clean close cuts a stream other than the connection's first short
+    (``Session.cut_short``, as QUIC does): its reads raise this where they read b"".
+    For a sync session that is no failure: a peer that closes the connection between
+    messages has ended the session as cleanly as one that ends the stream (a live
+    session returned then, and a catch-up not done raises GraphSyncError). Nor does
+    a message the close cut look whole, as a reply cut short would: its bytes wait in
+    the session for a rest that never comes, as at a FIN after them. Reads raise
+    ConnectionClosed with code 0 only then: any other end of the connection carries
+    its own code (it propagates, as a reset and a close here do), and after our own
+    clean close they read b""."""
+    return not exc.code
+
+
 def sync_blocking(
     graph: Graph,
     sock: Any,
@@ -663,8 +681,12 @@ def sync_blocking(
     With ``until_synced`` it returns once both sides have exchanged what the other
     lacked (one-shot catch-up, the stream stays open; GraphSyncError if the peer closes
     the stream before); otherwise it keeps forwarding changes both ways until the peer
-    closes the stream. A writer thread sends; the
-    calling thread reads. Deferred updates are applied every ``tick`` seconds.
+    closes the stream. The peer's clean close of the whole connection ends the session
+    as the end of its stream does, on any stream (on one other than the connection's
+    first, whose reads then raise ConnectionClosed with code 0, too); a close with an
+    error code, a reset of the stream and a close here raise as they do. A writer
+    thread sends; the calling thread reads. Deferred updates are applied every
+    ``tick`` seconds.
     The socket's timeout bounds each send, and each read until the peer's END (the
     initial exchange: DTPTimeoutError); a live session then waits through quiet periods
     of any length.
@@ -777,6 +799,10 @@ def sync_blocking(
                 # table is no fault (pub/sub and RPC wait through it too). Nothing was
                 # read, the stream stays usable; the loop's top sees a writer failure.
                 continue
+            except ConnectionClosed as exc:
+                if not _left_cleanly(exc):
+                    raise
+                n = 0  # the peer left: the session's end, as the stream's would be
             if not n:
                 break
             session.receive_data(view[:n])
@@ -1012,10 +1038,13 @@ async def sync_stream(
     """Run a sync session over an asyncio DTP stream (``dtp.aio`` reader/writer).
 
     As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
-    the peer closes the stream before) or when the peer closes the stream; the writer
-    is left open for the caller to close, except when the peer broke the protocol
-    (GraphSyncError): the stream is then aborted with the reason "graph sync protocol
-    error", as :func:`sync_blocking` does.
+    the peer closes the stream before) or when the peer closes the stream -- or, on any
+    stream, closes the connection cleanly (a stream other than the first is cut short
+    then, its reads raising ConnectionClosed with code 0: the session's end all the
+    same; a close with an error code raises as before). The writer is left open for
+    the caller to close, except when the peer broke the protocol (GraphSyncError): the
+    stream is then aborted with the reason "graph sync protocol error", as
+    :func:`sync_blocking` does.
 
     ``hello_timeout``: seconds the peer has to send its HELLO (:data:`HELLO_TIMEOUT` by
     default, as :class:`GraphServer`'s: an asyncio server runs this for each connection,
@@ -1116,7 +1145,12 @@ async def sync_stream(
                 finally:
                     waiter.cancel()
                 continue
-            data = await reader.read(1 << 20)
+            try:
+                data = await reader.read(1 << 20)
+            except ConnectionClosed as exc:
+                if not _left_cleanly(exc):
+                    raise
+                data = b""  # the peer left: the session's end, as the stream's would be
             if overdue:
                 raise overdue[0]  # (what came at the deadline is not taken)
             if not data:
