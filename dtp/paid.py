@@ -1148,6 +1148,43 @@ def _receipts_held(writer: ReceiptWriter, connection_id: str) -> bool:
         return True
 
 
+#: The abort reason of a DTP connection naming a ledger connection ID served before (or
+#: being served): one DTP connection per ledger connection, and none after its receipts
+SERVED_REFUSAL = "this connection ID is already served"
+#: The abort reason when the receipt store cannot tell whether it was served before
+UNKNOWN_RECEIPTS_REFUSAL = (
+    "the server cannot read its receipts of this connection ID now; try again later"
+)
+
+
+def served_refusal(writer: ReceiptWriter, connection_id: str) -> str | None:
+    """Why ``connection_id`` (reserved by the caller, so that no DTP connection on it is
+    live) may not be served again, or None when its store holds no receipt of it.
+
+    A ledger connection whose settlement failed (the ledger unavailable as it ended)
+    stays Open, its receipts kept for a later claim; a client back on it
+    would be served on a new gate seeded from the escrow (:func:`gate_for`), which knows
+    nothing of them: a fresh allowance on top of the usage they cover, and its next
+    receipts judged against the escrow's claims instead of the kept receipt. So a
+    connection with receipts is refused, and so is one whose receipts cannot be read
+    (the store unreadable: logged): serving it on the escrow's word is that same gate.
+    (Raised, the ReceiptStoreError ended the handler with a traceback, the client told
+    only of an internal error.)"""
+    try:
+        held = _receipts_held(writer, connection_id)
+    except ReceiptStoreError as exc:
+        logger.warning(
+            "cannot read the receipts of connection %s (refused: it may have been served): %s",
+            connection_id,
+            exc,
+        )
+        return UNKNOWN_RECEIPTS_REFUSAL
+    if held:
+        logger.warning("refused connection %s: already served", connection_id)
+        return SERVED_REFUSAL
+    return None
+
+
 def closes_store(receipts: ReceiptStore | str | Path | None) -> bool:
     """Whether a paid server's close() closes the store it opened: only one on a file.
     An in-memory store (None) holds no file, and ``server.store`` is the only place its
@@ -1518,15 +1555,16 @@ class PaidServer:
         # A second DTP connection on the same ledger connection: on a gate of its own it
         # counted the first one's receipts again (the client paid once for twice the
         # service) and took another allowance from one escrow. Nor may one come back
-        # after its receipts: its new gate would count them once more.
+        # after its receipts (its settlement failed: still Open), or when they cannot
+        # be read: its new gate would count them once more (served_refusal).
         if not self._serving.reserve(key):
             logger.warning("refused connection %s: already served", cid)
-            sock.abort("this connection ID is already served")
+            sock.abort(SERVED_REFUSAL)
             return
         try:
-            if _receipts_held(self.receipt_writer, key):
-                logger.warning("refused connection %s: already served", cid)
-                sock.abort("this connection ID is already served")
+            refusal = served_refusal(self.receipt_writer, key)
+            if refusal is not None:
+                sock.abort(refusal)
                 return
             self._serve_paid(sock, cid, client, admitted)
         finally:

@@ -57,9 +57,9 @@ from dtp.paid import (
     _SEND_SLICE,
     CLOSED_REFUSAL,
     RECOVERY_CLOSE_WAIT,
+    SERVED_REFUSAL,
     Recovery,
     ServicePolicy,
-    _receipts_held,
     check_address,
     closes_store,
     datagram_sizes,
@@ -67,6 +67,7 @@ from dtp.paid import (
     open_store,
     recover_store,
     release_receipts,
+    served_refusal,
     settle_ended,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
@@ -1082,16 +1083,17 @@ class PaidAioServer:
         # a connection ID being served or settled, on a gate of its own, counted the
         # first one's receipts again (a client paid once for twice the service) and
         # took another allowance from one escrow. Nor may one come back after its
-        # receipts were kept: its new gate would count them once more. The ID is
-        # reserved before the store is read (in a thread), so that two cannot both pass.
+        # receipts were kept (its settlement failed), or when they cannot be read: its
+        # new gate would count them once more (served_refusal). The ID is reserved
+        # before the store is read (in a thread), so that two cannot both pass.
         if not self._serving.reserve(cid):
             logger.warning("refused connection %s: already served", cid)
-            writer.abort("this connection ID is already served")
+            writer.abort(SERVED_REFUSAL)
             return
         try:
-            if await asyncio.to_thread(_receipts_held, self.receipt_writer, cid):
-                logger.warning("refused connection %s: already served", cid)
-                writer.abort("this connection ID is already served")
+            refusal = await asyncio.to_thread(served_refusal, self.receipt_writer, cid)
+            if refusal is not None:
+                writer.abort(refusal)
                 return
             await self._serve_paid(reader, writer, proto, cid, client)
         finally:
