@@ -10,7 +10,9 @@ shared in-band metering runtime can replace them later without touching the tunn
   before it counts anywhere: written by a :class:`dtp.receipt_writer.ReceiptWriter`
   thread, so that the fsync never stalls the event loop), and on connection end claims
   it on the ledger, closes the connection and settles it so the client is refunded the
-  rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind.
+  rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind, and
+  settles the connections whose settlement failed after their claim (a receipt is marked
+  claimed only once its connection is settled).
 
 Ledger calls block: the async methods run them in worker threads.
 """
@@ -239,16 +241,31 @@ class ServerFees:
 
     async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
         """Claim the latest receipt, close the connection and settle it (refunding the
-        client). Ledger refusals are logged and leave the receipt in the store."""
+        client). Never raises (but a cancellation): a failure -- a ledger refusal, the
+        store unreadable, a bug -- is logged (a traceback for one that is no
+        :class:`DTPError`), and what it left undone stays in the store for the next
+        start's :meth:`claim_leftovers`: a receipt is marked claimed only once its
+        connection is settled, so a claim made but not followed by its settlement is
+        settled then (its claim found on the ledger, not made twice, not counted twice).
+        Raised, it skipped the caller's bookkeeping after it, and ended a start's
+        recovery before the other connections."""
         # its newest receipt on disk first, as a rule (its callbacks have run when this
         # returns), but not for long: a failing store held this up for the writer's
         # whole flush timeout, and then the claim took an older receipt. The newest,
         # written or still queued, is claimed either way: the claim on the ledger is
         # its durable copy
-        await asyncio.to_thread(self.writer.flush, connection_id, SETTLE_FLUSH_WAIT)
-        self._checked.pop(connection_id, None)
-        stored = self.writer.latest(connection_id)
+        try:
+            await asyncio.to_thread(self.writer.flush, connection_id, SETTLE_FLUSH_WAIT)
+            stored = self.writer.latest(connection_id)
+        except Exception as exc:
+            # (a ReceiptStoreError, a MalformedReceipt: its row damaged) settled without
+            # its latest receipt, the client would be refunded what it owes
+            _failed("settle postponed: its receipt cannot be read", connection_id, exc)
+            return Settled(0, 0)
+        finally:
+            self._checked.pop(connection_id, None)
         claimed = 0
+        mark = 0  # the claimed mark to write once the connection is settled
         if stored is not None and stored.unclaimed > 0:
             receipt = stored.receipt
 
@@ -258,26 +275,44 @@ class ServerFees:
 
             try:
                 claimed = await asyncio.to_thread(claim)
-            except ChainError as exc:
+                mark = receipt.total_amount
+            except Exception as exc:
                 known = await asyncio.to_thread(self._claimed_already, connection_id, receipt)
                 if known is None:
-                    logger.warning(
-                        "claim failed",
-                        extra=kv(connection=connection_id, error=str(exc)),
-                    )
+                    _failed("claim failed", connection_id, exc)
                     return Settled(0, 0)
-                # the ledger has it (a run killed between the claim and its mark, which
-                # waits for the next write), or the escrow is settled and pays nothing
-                # more: marked, or every start claimed it again, failed, and left the
-                # connection Open, the client's deposit held until its own timeout
+                # the ledger has it (a run killed between the claim and its mark, or
+                # whose settlement failed after it), or the escrow is settled and pays
+                # nothing more: marked, or every start claimed it again, failed, and
+                # left the connection Open, the client's deposit held until its own
+                # timeout
                 amount, settled = known
-                self.writer.mark_claimed(connection_id, amount)
                 if settled:
+                    self._mark_claimed(connection_id, amount)
                     return Settled(0, 0)
-            # queued behind the receipt's own write (a mark written first was overwritten)
-            self.writer.mark_claimed(connection_id, receipt.total_amount)
+                mark = amount
         refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
+        if refunded is None:
+            # not settled: the receipt stays unclaimed in the store, for the next start
+            # to settle (its claim refused as made, then found on the ledger). Marked
+            # now, the connection was left Open for good, its deposit held until the
+            # client's own timeout
+            return Settled(claimed, 0)
+        if mark:
+            self._mark_claimed(connection_id, mark)
         return Settled(claimed, refunded)
+
+    def _mark_claimed(self, connection_id: str, amount: int) -> None:
+        """Mark ``amount`` claimed (queued behind the receipt's own write: a mark written
+        first was overwritten). A writer closed meanwhile (a settlement outlasting the
+        stop's wait) is logged only: the next start finds the claim on the ledger."""
+        try:
+            self.writer.mark_claimed(connection_id, amount)
+        except RuntimeError as exc:
+            logger.warning(
+                "claim not marked in the receipt store",
+                extra=kv(connection=connection_id, claimed=amount, error=str(exc)),
+            )
 
     def _claimed_already(self, connection_id: str, receipt: Receipt) -> tuple[int, bool] | None:
         """After a refused claim: (the amount to mark ``receipt`` claimed with, whether
@@ -286,15 +321,19 @@ class ServerFees:
         cap, the ledger away)."""
         try:
             escrow = self.ledger.get_escrow(self.ledger.get_connection(connection_id).escrow)
-        except ChainError:
+        except Exception:  # (the claim's own error is the one logged)
             return None
         if escrow.settled or escrow.latest_nonce >= receipt.nonce:
             return max(escrow.claimed, receipt.total_amount), escrow.settled
         return None
 
-    def _close_and_settle(self, connection_id: str) -> int:
+    def _close_and_settle(self, connection_id: str) -> int | None:
+        """Close the connection on the ledger if still needed, then settle it: the MIST
+        refunded, or None when it is not settled (logged)."""
         try:
             tc = self.ledger.get_connection(connection_id)
+            if tc.settled:
+                return 0  # (by the client, its timeout passed): done with all the same
             if tc.state == ConnectionState.OPEN or (
                 tc.state == ConnectionState.HALF_CLOSED and tc.half_closed_by != tc.server
             ):
@@ -305,7 +344,9 @@ class ServerFees:
                 "settle skipped",
                 extra=kv(connection=connection_id, reason=str(exc)),
             )
-            return 0
+        except Exception as exc:
+            _failed("settle failed", connection_id, exc)
+        return None
 
     async def claim_leftovers(
         self, stopped: Callable[[], bool] | None = None
@@ -329,3 +370,14 @@ class ServerFees:
         from dtp.paid import release_receipts  # (the paid servers' module: loaded late)
 
         release_receipts(self.writer, self.store, own_store=True)
+
+
+def _failed(what: str, connection_id: str, exc: Exception) -> None:
+    """Log a settlement step that failed: a :class:`DTPError` (a ledger refusal, the
+    store unreadable) by its message, anything else (a bug, an error the ledger did not
+    wrap) with its traceback."""
+    logger.warning(
+        what,
+        extra=kv(connection=connection_id, error=str(exc) or type(exc).__name__),
+        exc_info=not isinstance(exc, DTPError),
+    )

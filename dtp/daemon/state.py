@@ -1,22 +1,22 @@
 """The daemon's counters and the status file ``dtp status`` reads.
 
 Counters live in memory (one event loop writes them) and are written to
-``<state_dir>/status.json`` atomically (temp file + rename) at most every
-``interval`` seconds and at exit. Cumulative counters survive a restart: they are read
-back from the previous file at start; live counters (active tunnels) start at zero.
+``<state_dir>/status.json`` atomically and durably (:func:`dtp._durable.write_durably`:
+temp file synced, renamed, directory synced) at most every ``interval`` seconds and at
+exit. Cumulative counters survive a restart: they are read back from the previous file
+at start; live counters (active tunnels) start at zero.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dtp._durable import write_durably
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon")
@@ -145,18 +145,22 @@ class StatusBook:
         if not force and (not self._dirty or now - self._saved_at < self.interval):
             return
         target = self.state_dir / STATUS_FILE
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         self._saved_at = now  # a failed write is tried again after the interval too
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
-            os.replace(tmp, target)
+            # synced before and after its rename (two fsyncs, at most one save per
+            # interval): renamed unsynced, a power cut could leave an empty file, read
+            # back as damaged (`dtp status` failed, the next start lost the counters)
+            data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
+            write_durably(target, data)
         except OSError as exc:
             # the counters are for `dtp status`: a full disk or a broken file must not
             # stop the daemon serving (it did: the error ended the run loop)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
+            if isinstance(where, str) and Path(where).name.startswith(f".{STATUS_FILE}."):
+                # its temporary file, named anew each time: the error would differ at
+                # every try, and be logged again every interval
+                where = str(target)
             error = f"{exc.strerror or exc}: {where}" if where else str(exc)
             if error != self._save_error:
                 self._save_error = error
