@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -189,19 +190,43 @@ class ConnectionConfig:
         # handshake slot any less), and a string failed with a TypeError naming no
         # option -- each found only at a connection, on a server in its own thread.
         # Above threading.TIMEOUT_MAX a server's wait for its accept queue overflows.
-        _check_seconds(
+        # Each is stored as a float: a Fraction (a real number, as dtp.socket's timeouts
+        # take) would otherwise meet the floats of the clocks in the timer arithmetic.
+        self._set_seconds(
             "handshake_timeout",
-            self.handshake_timeout,
-            "a number of seconds",
-            threading.TIMEOUT_MAX,
+            _check_seconds(
+                "handshake_timeout",
+                self.handshake_timeout,
+                "a number of seconds",
+                threading.TIMEOUT_MAX,
+            ),
         )
         # A negative keepalive_interval made the timer always due (a PING each time it
         # was looked at, a busy loop in the adapters); NaN or 0 meant no keepalive,
         # silently (None says that)
         if self.keepalive_interval is not None:
-            _check_seconds(
-                "keepalive_interval", self.keepalive_interval, "a number of seconds or None"
+            self._set_seconds(
+                "keepalive_interval",
+                _check_seconds(
+                    "keepalive_interval", self.keepalive_interval, "a number of seconds or None"
+                ),
             )
+        # idle_timeout goes to the peer in milliseconds: infinity raised OverflowError
+        # (out of receive_data, on a server), and zero or less failed the peer's
+        # handshake. No upper limit: above 2**62 - 1 ms the parameter says its largest.
+        self._set_seconds(
+            "idle_timeout",
+            _check_seconds("idle_timeout", self.idle_timeout, "a number of seconds"),
+        )
+        # Only its type could fail, and late: a str failed comparing with the record's
+        # room in every send_datagram (a negative size just refuses every datagram).
+        size = self.max_datagram_size
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"max_datagram_size must be an int, not {type(size).__name__}")
+
+    def _set_seconds(self, name: str, value: float) -> None:
+        # the dataclass is frozen: its own checked value is set past that
+        object.__setattr__(self, name, value)
 
 
 # --------------------------------------------------------------------------------------
@@ -259,10 +284,8 @@ class Connection:
                 f"max_record_plaintext must be from {lowest} to {MAX_RECORD_PLAINTEXT}"
             )
         _check_params(config)
-        if not 0 < config.idle_timeout < float("inf"):
-            # it goes to the peer in milliseconds: infinity raised OverflowError (out of
-            # receive_data, on a server), and zero or less failed the peer's handshake
-            raise LocalProtocolError("idle_timeout must be a positive, finite number of seconds")
+        # (idle_timeout and the other seconds are checked when the config is made: it is
+        # frozen, and dataclasses.replace makes it anew)
         self.config = config
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT
@@ -1235,13 +1258,18 @@ class Connection:
         return taken, attention, general
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
-        """Abandon sending on a stream; unsent bytes are dropped."""
+        """Abandon sending on a stream; unsent bytes are dropped. Nothing is sent when
+        its sending was reset already or is done (its FIN and every byte before it
+        acknowledged; on a reliable carrier, handed to it)."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
         _check_code(error_code)
         stream = self._get_stream(stream_id, create=False)
-        if stream.send_state is SendState.RESET:
+        # Nothing to abandon once our sending is reset already, or done (RFC 9000 3.1,
+        # "Data Recvd": the peer has every byte and the FIN, and a RESET_STREAM then
+        # is only a frame to send and drop), as for the peer's STOP_SENDING
+        if stream.send_state is SendState.RESET or _send_done(stream):
             return
         stream.send_state = SendState.RESET
         final = stream.next_offset
@@ -2711,17 +2739,24 @@ def _close_code_for(exc: ProtocolError) -> CloseCode:
     return CloseCode.PROTOCOL_VIOLATION
 
 
-def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> None:
-    """Refuse a config's ``name`` that is not a positive, finite number of seconds of at
-    most ``most``: TypeError for a non-number (a bool too: True passed as 1 s), saying
-    it must be ``what``; ValueError for a number out of range (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _check_seconds(name: str, value: object, what: str, most: float = math.inf) -> float:
+    """A config's ``name`` as a float of seconds, refused unless it is a positive,
+    finite real number (an int, a float, a Fraction: what ``numbers.Real`` holds) of at
+    most ``most``: TypeError for anything else (a bool too: True passed as 1 s; a
+    Decimal, not a ``numbers.Real``, as a socket's settimeout refuses it), saying it
+    must be ``what``; ValueError for a number out of range (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
-    if not (math.isfinite(value) and 0 < value <= most):
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int (or a Fraction) beyond the float range
+        seconds = math.inf
+    if not (math.isfinite(seconds) and 0 < seconds <= most):
         limit = f" up to {most:.0f}" if most < math.inf else ""
         raise ValueError(
-            f"{name} must be a positive, finite number of seconds{limit}, not {value!r}"
+            f"{name} must be a positive, finite number of seconds{limit}, not {repr(value)[:40]}"
         )
+    return seconds
 
 
 def _send_done(stream: _Stream) -> bool:
