@@ -78,9 +78,11 @@ from dtp.errors import (
     StreamReset,
 )
 from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     AddressSlots,
+    ServerSlots,
     Verdict,
     address_key,
 )
@@ -516,10 +518,19 @@ class DTPStreamReader:
         self._waiting = name
 
     async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF. A
-        read of all that is cancelled, or meets a reset or a failure, consumes nothing
-        (the next read gets those bytes; asyncio's loses them). A size that is not an
-        integer raises TypeError at once (asyncio's: for 1.5, once bytes came)."""
+        """Up to ``n`` bytes (all until end of stream when ``n`` < 0); b"" at EOF.
+
+        Once the buffered bytes are read, a stream that did not end cleanly raises:
+        StreamReset (the peer reset it), the connection's error (it failed), or
+        ConnectionClosed when the peer closed the connection cleanly before this stream
+        ended (see :meth:`Session.cut_short <dtp._session.Session.cut_short>`; not on the
+        connection's first stream, whose reads end at b"" then, as a TCP connection's).
+        ``read(n)`` returns what is buffered first and raises only on the read after.
+        A read of all (``n`` < 0) raises at once instead, and consumes nothing: the
+        bytes it gathered, the whole of what came before the reset, the failure or the
+        cut, stay buffered for a later ``read(n)`` (asyncio's loses them); the same when
+        it is cancelled (``asyncio.wait_for`` timing out). A size that is not an integer
+        raises TypeError at once (asyncio's: for 1.5, once bytes came)."""
         n = operator.index(n)
         if n == 0:
             return b""
@@ -544,10 +555,12 @@ class DTPStreamReader:
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
-        reset, the connection's failure or the peer's close of the connection before the
-        stream ended raises its typed error, as asyncio's raises the connection's
-        exception). A size that is not an integer raises TypeError at once
-        (asyncio's: for 1.5, once bytes came)."""
+        reset, the connection's failure or the peer's clean close of the connection
+        before the stream ended raises its typed error -- StreamReset, the connection's
+        error, ConnectionClosed -- as asyncio's raises the connection's exception). That
+        error, or a cancel, consumes nothing: fewer than ``n`` bytes came, and they stay
+        buffered for a later ``read(n)``, as after :meth:`read`'s. A size that is not an
+        integer raises TypeError at once (asyncio's: for 1.5, once bytes came)."""
         n = operator.index(n)
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
@@ -622,8 +635,11 @@ class DTPStreamReader:
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Bytes up to and including ``separator``; IncompleteReadError at EOF,
         LimitOverrunError past the limit (64 KiB unless open_connection / start_server
-        was given another) without it (as asyncio); a reset stream or a failed
-        connection raises its typed error."""
+        was given another) without it (as asyncio); a reset stream, a failed connection
+        or the peer's clean close of the connection before the stream ended raises its
+        typed error (StreamReset, the connection's error, ConnectionClosed) once no
+        separator is buffered. Those errors, a cancel and LimitOverrunError consume
+        nothing: what is buffered stays for a later read, as after :meth:`read`'s."""
         if not len(separator):  # (TypeError for None, as asyncio's)
             raise ValueError("separator should be at least one-byte string")
         start = 0
@@ -660,10 +676,11 @@ class DTPStreamReader:
                 self._waiting = None
 
     async def readline(self) -> bytes:
-        """A line including b"\\n", or what is left at EOF (a reset stream or a failed
-        connection raises its typed error). A line over 64 KiB raises
-        ValueError and is discarded, as asyncio's: up to its b"\\n" when that has
-        arrived, else what is buffered."""
+        """A line including b"\\n", or what is left at EOF (a reset stream, a failed
+        connection or the peer's clean close of the connection before the stream ended
+        raises its typed error, as :meth:`readuntil`, the partial line kept for a later
+        read). A line over 64 KiB raises ValueError and is discarded, as asyncio's: up
+        to its b"\\n" when that has arrived, else what is buffered."""
         try:
             return await self.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
@@ -1541,14 +1558,27 @@ def _close_abandoned(proto: _Protocol) -> None:
 class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
-    At most ``max_handshakes_per_address`` handshakes from one client IP address are in
-    progress at once, as in :class:`dtp.socket.DTPServer`: each costs a socket and a
-    task until ``handshake_timeout``, and a single client must not be able to open them
-    without bound. Its further TCP connections wait, unread, in a line of at most
-    ``max_waiting_per_address``; one that finds the line full, or waits longer than the
-    handshake timeout, is closed and counted in :attr:`busy_refused`; None lifts the
-    cap. Connections that come over the ledger carrier have no IP address and are not
-    capped by it."""
+    Each handshake in progress costs a socket, a task and the handshake's state until
+    ``handshake_timeout``, so they are bounded as in :class:`dtp.socket.DTPServer`:
+
+    * at most ``max_handshakes`` (32) on the whole server, so that many client addresses
+      (or one client with many IPv6 /64s) cannot open them without bound. Further
+      connections -- over the ledger carrier too -- wait for one to end, unread and
+      holding only their socket (no task), in one line in arrival order, of at most
+      ``backlog`` connections (what the blocking server's listen backlog holds while
+      its handshakes are all taken); the first in line starts as a handshake ends;
+    * at most ``max_handshakes_per_address`` from one client IP address (an IPv6 /64),
+      so a single client cannot take all of those. Its further TCP connections wait,
+      unread, in a line of their own of at most ``max_waiting_per_address``, checked
+      first (as the blocking server does: an address at its cap never waits in, nor
+      fills, the server's line); None lifts that cap. Connections that come over the
+      ledger carrier have no IP address and are not capped by it.
+
+    A connection that finds its line full, or whose wait outlasted the handshake timeout
+    (counted from its TCP accept) by the time its turn comes, is closed with no DTP reply
+    and counted in :attr:`busy_refused`. A handshake's slots are free again however it
+    ends (accepted, refused, failed, timed out, cancelled), and :meth:`close` closes the
+    connections still waiting."""
 
     def __init__(
         self,
@@ -1561,11 +1591,22 @@ class DTPServer:
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         limit: int = _LIMIT,
         settle_on_close: bool = False,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        backlog: int = 128,
     ) -> None:
-        # first: settle_on_close without ledger admission fails before anything starts
+        """``max_handshakes`` (ValueError unless an int of at least 1, as the blocking
+        server's) and ``backlog`` (the longest line of connections waiting for one of
+        them to end; at least one): see the class docstring."""
+        # first: a bad bound, or settle_on_close without ledger admission, fails before
+        # anything starts
+        self._handshake_slots: ServerSlots[tuple[_Protocol, str | None]] = ServerSlots(
+            max_handshakes, max(backlog, 1)
+        )
         self._serving = served_connections(admit, identity, settle_on_close)
         self._limit = limit
-        self._address_slots: AddressSlots[_Protocol] | None = (
+        # (each waiting connection with its deadline: it takes that into the server's
+        # line once its address's turn comes)
+        self._address_slots: AddressSlots[tuple[_Protocol, float]] | None = (
             None
             if max_handshakes_per_address is None
             else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
@@ -1588,12 +1629,23 @@ class DTPServer:
         self._ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
         self.handshakes_failed = 0
         self.refused = 0
-        #: TCP connections closed unserved: their address's line was full, or they
-        #: waited in it past the handshake timeout
+        #: Connections closed unserved: their address's line, or the server's, was full,
+        #: or they waited in it past the handshake timeout
         self.busy_refused = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
         # never holds a client's ledger connection (dtp.replay_guard)
         self._replays = ReplayGuard()
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        """Handshakes in progress now (at most ``max_handshakes``)."""
+        return self._handshake_slots.in_progress
+
+    @property
+    def handshakes_waiting(self) -> int:
+        """Connections waiting for one of the ``max_handshakes`` slots (not those
+        waiting in their own address's line)."""
+        return self._handshake_slots.waiting
 
     @property
     def replays_refused(self) -> int:
@@ -1685,32 +1737,61 @@ class DTPServer:
 
     def _connected(self, proto: _Protocol, by_address: bool) -> None:
         """Serve a new connection, unless its address has its cap of handshakes in
-        progress: then it waits in its address's line, not read meanwhile (or is closed
-        at once when the line is full)."""
+        progress, or the server its ``max_handshakes``: then it waits in that line, not
+        read meanwhile (or is closed at once when the line is full)."""
         assert proto.transport is not None
         key: str | None = None
         slots = self._address_slots
+        deadline = time.monotonic() + self._config.handshake_timeout
         if by_address and slots is not None:
             peer = proto.transport.get_extra_info("peername")
             # no peername: the client is gone already and its handshake fails at once
             if peer:
                 key = address_key(str(peer[0]))
-                deadline = time.monotonic() + self._config.handshake_timeout
-                verdict = slots.take_or_wait(key, proto, deadline)
+                verdict = slots.take_or_wait(key, (proto, deadline), deadline)
                 if verdict is Verdict.WAITING:
                     proto.transport.pause_reading()  # its handshake starts in its turn
                     return
                 if verdict is Verdict.FULL:
-                    self._refuse_busy([proto])
+                    self._refuse_busy([proto], "its address's line is full")
                     return
+        # the address's slot first, then the server's, as the blocking server takes
+        # them: an address at its cap never waits in (nor fills) the server's line
+        started = False
+        try:
+            started = self._take_server_slot(proto, key, deadline)
+        finally:
+            # (not started, or KeyboardInterrupt say: its address slot is free again)
+            if not started and key is not None:
+                self._release_address(key)
+
+    def _take_server_slot(self, proto: _Protocol, key: str | None, deadline: float) -> bool:
+        """Start ``proto``'s handshake (it holds ``key``'s address slot, if any) once it
+        has one of the server's ``max_handshakes`` slots: at once, or in its turn in the
+        server's line (until ``deadline``), unread meanwhile. False when it did not
+        start and will not: the line was full (it is closed) or it could not start; its
+        address slot is then the caller's to release."""
+        transport = proto.transport
+        assert transport is not None
+        verdict = self._handshake_slots.take_or_wait((proto, key), deadline)
+        if verdict is Verdict.WAITING:
+            transport.pause_reading()
+            return True
+        if verdict is Verdict.FULL:
+            self._refuse_busy([proto], "the server's line is full")
+            return False
+        transport.resume_reading()  # (it may have waited in its address's line)
         try:
             self._start_serving(proto, key)
-        except BaseException:
-            # (connection_made aborts the connection) the slot it took would stay taken
-            # for good, and its address locked out once that happened cap times
-            if key is not None:
-                self._release_address(key)
-            raise
+        except BaseException as exc:
+            # the slot it took would stay taken for good, and the server locked out once
+            # that happened max_handshakes times
+            self._release_server_slot()
+            if not isinstance(exc, Exception):
+                raise
+            proto._fail(exc)  # (out of memory for a task, say: the connection ends)
+            return False
+        return True
 
     def _start_serving(self, proto: _Protocol, key: str | None) -> None:
         started: list[bool] = []  # set by _serve's first step
@@ -1721,64 +1802,118 @@ class DTPServer:
             if task.cancelled() and not started:
                 # cancelled before its first step (the loop shutting down): none of
                 # _serve ran, its finally blocks included
-                if key is not None:
-                    self._release_address(key)
+                self._handshake_ended(key, start_next=False)
                 _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
 
         self._tasks.add(task)
         task.add_done_callback(done)
 
-    def _release_address(self, key: str) -> None:
-        """A handshake from ``key`` ended: the next connection waiting in its line takes
-        the slot and starts; those that waited too long are closed."""
+    def _handshake_ended(self, key: str | None, start_next: bool = True) -> None:
+        """A handshake ended, however: its server slot goes to the first connection in
+        the server's line, then its address slot (``key``; None: it holds none) to the
+        first in that address's line. ``start_next`` False (its task was cancelled: the
+        loop is ending): the connections waiting are closed instead, as a task started
+        now would never end (asyncio.run waits only for the tasks it cancelled) and
+        left them, and their slots, held."""
+        self._release_server_slot(start_next)
+        if key is not None:
+            self._release_address(key, start_next)
+
+    def _release_server_slot(self, start_next: bool = True) -> None:
+        """Free one of the server's ``max_handshakes`` slots: the first connection in
+        its line that is still there and within its deadline takes it and starts
+        (``start_next`` False: all are closed); those that waited too long are closed.
+        Each one that leaves the line unserved frees the address slot it held."""
+        # (released once the server's line is settled: an address's next connection
+        # then queues behind those already waiting, rather than jump in mid hand-on)
+        freed: list[str] = []
+
+        def start(waited: tuple[_Protocol, str | None]) -> bool:
+            proto, key = waited
+            transport = proto.transport
+            if (
+                not start_next
+                or self._closed.is_set()
+                or transport is None
+                or transport.is_closing()
+            ):
+                if transport is not None:
+                    transport.close()
+            else:
+                transport.resume_reading()
+                try:
+                    self._start_serving(proto, key)
+                except Exception as exc:  # (out of memory for a task, say)
+                    proto._fail(exc)
+                else:
+                    return True
+            if key is not None:
+                freed.append(key)
+            return False
+
+        def refuse(expired: list[tuple[_Protocol, str | None]]) -> None:
+            self._refuse_busy([proto for proto, _ in expired], "it waited too long")
+            freed.extend(key for _, key in expired if key is not None)
+
+        self._handshake_slots.hand_on(start, refuse)
+        for key in freed:
+            self._release_address(key, start_next)
+
+    def _release_address(self, key: str, start_next: bool = True) -> None:
+        """A handshake from ``key`` ended (or a connection holding its slot left the
+        server's line): the next connection waiting in its line takes the slot and goes
+        on to the server's; those that waited too long are closed."""
         assert self._address_slots is not None
 
-        def start(waited: _Protocol) -> bool:
-            transport = waited.transport
-            if self._closed.is_set() or transport is None or transport.is_closing():
+        def start(waited: tuple[_Protocol, float]) -> bool:
+            proto, deadline = waited
+            transport = proto.transport
+            if (
+                not start_next
+                or self._closed.is_set()
+                or transport is None
+                or transport.is_closing()
+            ):
                 if transport is not None:
                     transport.close()
                 return False
-            transport.resume_reading()
-            self._start_serving(waited, key)
-            return True
+            return self._take_server_slot(proto, key, deadline)
 
-        self._address_slots.hand_on(key, start, self._refuse_busy)
+        def refuse(expired: list[tuple[_Protocol, float]]) -> None:
+            self._refuse_busy([proto for proto, _ in expired], "it waited too long")
 
-    def _refuse_busy(self, protos: list[_Protocol]) -> None:
-        """Close connections that found their address's line full, or waited in it past
-        the handshake timeout."""
+        self._address_slots.hand_on(key, start, refuse)
+
+    def _refuse_busy(self, protos: list[_Protocol], why: str) -> None:
+        """Close connections that found their address's line (or the server's) full, or
+        waited in it past the handshake timeout."""
         if not protos:
             return
         self.busy_refused += len(protos)
-        assert self._address_slots is not None
         for proto in protos:
             transport = proto.transport
             if transport is None:
                 continue
-            logger.debug(
-                "closed a connection from %s: %d handshakes from that address in progress",
-                transport.get_extra_info("peername"),
-                self._address_slots.cap,
-            )
+            logger.debug("closed a connection from %s unserved: %s", _peer_label(proto), why)
             transport.close()
 
     async def _serve(self, proto: _Protocol, key: str | None, started: list[bool]) -> None:
-        """One connection: the handshake and hooks, then the client callback.
-        ``key``: the address whose per-address slot this connection holds. Cancelled
-        (the loop shutting down), it aborts the connection rather than leave the
-        transport open."""
+        """One connection: the handshake and hooks, then the client callback. It holds
+        one of the server's slots, and ``key``'s address slot (None: none), until its
+        handshake ends. Cancelled (the loop shutting down), it aborts the connection
+        rather than leave the transport open."""
         started.append(True)
+        cancelled = False
         try:
             accepted = await self._handshake(proto)
         except asyncio.CancelledError:
+            cancelled = True
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
             raise
         finally:
             # however the handshake ended (accepted, refused, failed, timed out, an error
-            # or a cancellation): the address's slot is free for its next connection
-            if key is not None:
-                self._release_address(key)
+            # or a cancellation): its slots are free for the next connections
+            self._handshake_ended(key, start_next=not cancelled)
         if not accepted:
             return
         session = proto.session
@@ -1948,14 +2083,23 @@ class DTPServer:
         return await asyncio.to_thread(self._serving.wait_settled, timeout)
 
     def close(self) -> None:
-        """Stop listening (connections already accepted go on; those still waiting for
-        their address's handshake slot are closed)."""
+        """Stop listening (handshakes in progress and connections already accepted go
+        on; those still waiting for a handshake slot, their address's or the server's,
+        are closed)."""
         if self._server is not None:
             self._server.close()
+        in_line = self._handshake_slots.drain()
+        waiting = [proto for proto, _ in in_line]
         if self._address_slots is not None:
-            for proto in self._address_slots.drain():
-                if proto.transport is not None:
-                    proto.transport.close()
+            waiting += [proto for proto, _ in self._address_slots.drain()]
+            # those in the server's line held their address's slot: free now (its line
+            # is empty, so nobody takes it), the count goes back to zero
+            for _, key in in_line:
+                if key is not None:
+                    self._release_address(key)
+        for proto in waiting:
+            if proto.transport is not None:
+                proto.transport.close()
         if self._ledger_listener is not None:
             # told to stop, not joined: its thread may be in a ledger read for seconds
             # (a Sui node's event poll), which would hold the event loop; wait_closed()
@@ -2013,6 +2157,7 @@ async def start_server(
     dtp_port: int | None = None,
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     start_serving: bool = True,
@@ -2040,9 +2185,13 @@ async def start_server(
     when ``host`` is None) the server also accepts connections that come over the ledger
     carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
 
-    ``max_handshakes_per_address`` / ``max_waiting_per_address``: at most that many
-    handshakes from one client IP address in progress at once (None: no cap), and at
-    most that many of its connections waiting for one to end; see :class:`DTPServer`.
+    ``max_handshakes``: at most that many handshakes in progress at once on the whole
+    server (as :func:`dtp.socket.create_server`'s; ValueError unless an int of at least
+    1, before anything listens); further connections wait for one to end in a line of at
+    most ``backlog``. ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
+    most that many handshakes from one client IP address in progress at once (None: no
+    cap), and at most that many of its connections waiting for one to end; see
+    :class:`DTPServer`.
 
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
@@ -2075,6 +2224,8 @@ async def start_server(
         max_waiting_per_address=max_waiting_per_address,
         limit=limit,
         settle_on_close=settle_on_close,
+        max_handshakes=max_handshakes,
+        backlog=backlog,
     )
     if host is not None and port is not None:
         await server._start(host, port, backlog, start_serving)

@@ -13,6 +13,8 @@ is served in turn rather than refused; a line that is full, or a wait longer tha
 handshake timeout, closes the connection.
 
 Used by both servers, so the blocking and asyncio ones count the same way.
+:class:`ServerSlots` bounds the asyncio server's handshakes in progress as a whole, as
+``max_handshakes`` bounds the blocking server's.
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = [
+    "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_MAX_HANDSHAKES_PER_ADDRESS",
     "DEFAULT_MAX_WAITING_PER_ADDRESS",
     "AddressSlots",
+    "ServerSlots",
     "Verdict",
     "address_key",
 ]
 
 T = TypeVar("T")
+
+DEFAULT_MAX_HANDSHAKES = 32
+"""Both servers' default ``max_handshakes``: handshakes in progress at once on the whole
+server."""
 
 DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 8
 """The servers' default cap: a quarter of the blocking server's default
@@ -197,3 +205,53 @@ class AddressSlots(Generic[T]):
         """Addresses with a handshake in progress."""
         with self._lock:
             return len(self._counts)
+
+
+class ServerSlots(Generic[T]):
+    """Handshakes in progress on a whole server, at most ``cap`` (``max_handshakes``),
+    and one line, in arrival order, of at most ``max_waiting`` connections waiting for
+    one of them to end: :class:`AddressSlots` with a single address for them all, so
+    both count, hand on and expire the same way.
+
+    ``cap`` is checked as :class:`dtp.socket.DTPServer` checks its ``max_handshakes``
+    (ValueError unless an int of at least 1: 0 served nobody, and a bool is no count)."""
+
+    _ALL = ""  # the one "address" every connection counts under
+
+    def __init__(self, cap: int, max_waiting: int) -> None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"max_handshakes must be an int of at least 1, not {cap!r}")
+        self._slots: AddressSlots[T] = AddressSlots(cap, max_waiting)
+
+    @property
+    def cap(self) -> int:
+        """Handshakes in progress at most."""
+        return self._slots.cap
+
+    @property
+    def max_waiting(self) -> int:
+        """Connections waiting for a slot at most."""
+        return self._slots.max_waiting
+
+    def take_or_wait(self, item: T, deadline: float) -> Verdict:
+        """As :meth:`AddressSlots.take_or_wait`, for the server as a whole."""
+        return self._slots.take_or_wait(self._ALL, item, deadline)
+
+    def hand_on(self, start: Callable[[T], bool], refuse: Callable[[list[T]], None]) -> None:
+        """As :meth:`AddressSlots.hand_on`: one handshake ended (ValueError when none
+        was in progress)."""
+        self._slots.hand_on(self._ALL, start, refuse)
+
+    def drain(self) -> list[T]:
+        """Every waiting connection, taken out of the line (the server is closing)."""
+        return self._slots.drain()
+
+    @property
+    def in_progress(self) -> int:
+        """Handshakes in progress now."""
+        return self._slots.in_progress(self._ALL)
+
+    @property
+    def waiting(self) -> int:
+        """Connections waiting for a slot."""
+        return self._slots.waiting(self._ALL)

@@ -77,6 +77,7 @@ from dtp.errors import (
     SocketClosed,
 )
 from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     AddressSlots,
@@ -2894,7 +2895,7 @@ class DTPServer:
         admit: AdmitHook | None = None,
         config: ConnectionConfig | None = None,
         backlog: int = 128,
-        max_handshakes: int = 32,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_pending: int = 128,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
@@ -3511,7 +3512,7 @@ def create_server(
     port: int | None = None,
     carriers: tuple[str, ...] | None = None,
     ledger_options: LedgerCarrierOptions | None = None,
-    max_handshakes: int = 32,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     settle_on_close: bool = False,

@@ -1,0 +1,410 @@
+"""The asyncio server bounds its handshakes in progress as a whole (``max_handshakes``,
+as the blocking server does), not only per client address: connections beyond the
+bound wait, unread, in one line in arrival order (of at most ``backlog``), and every
+way a handshake ends frees its slot. And the reader's read-all on a stream the peer's
+clean close cut short keeps what it gathered, as its docstring now says.
+
+The per-address cap is lifted (or left above the bound) where it would get in the way:
+all these connections come from 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.connection import ConnectionConfig
+from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
+from dtp.keys import HostIdentity
+
+SERVER = HostIdentity.generate()
+FIRST = HostIdentity.generate()
+SECOND = HostIdentity.generate()
+DENIED = HostIdentity.generate()
+BOUND = 5.0  # seconds any one step may take
+
+
+async def until(check: Callable[[], bool], timeout: float = BOUND) -> bool:
+    """Whether ``check`` holds within ``timeout`` (the server's counters have no event to
+    wait on: looked at each loop turn, briefly)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+    writer.close()
+
+
+async def echo_once(
+    server: dtp.aio.DTPServer, data: bytes, identity: HostIdentity | None = None
+) -> bytes:
+    reader, writer = await dtp.aio.open_connection(
+        *server.address,
+        server_key=server.noise_public_key,
+        identity=identity or HostIdentity.generate(),
+        timeout=BOUND,
+    )
+    writer.write(data)
+    await writer.drain()
+    reply = await reader.read(100)
+    writer.close()
+    with contextlib.suppress(DTPError):
+        await writer.wait_closed()
+    return reply
+
+
+async def silent(server: dtp.aio.DTPServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TCP connection that never sends a byte (a handshake that never goes on)."""
+    return await asyncio.open_connection(*server.address)
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, within: float = BOUND) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def settled(server: dtp.aio.DTPServer) -> Callable[[], bool]:
+    def check() -> bool:
+        slots = server._address_slots
+        return (
+            server.handshakes_in_progress == 0
+            and server.handshakes_waiting == 0
+            and (slots is None or len(slots) == 0)
+        )
+
+    return check
+
+
+def test_the_default_and_bad_values_mirror_the_blocking_server() -> None:
+    from dtp.handshake_slots import DEFAULT_MAX_HANDSHAKES
+
+    blocking = inspect.signature(dtp.socket.create_server).parameters["max_handshakes"].default
+    ours = inspect.signature(dtp.aio.start_server).parameters["max_handshakes"].default
+    assert ours == blocking == DEFAULT_MAX_HANDSHAKES == 32
+
+    async def main() -> None:
+        for bad in (0, -1, True, 1.5, None, "4"):
+            with pytest.raises(ValueError) as blocking_error:
+                dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes=bad)  # type: ignore[arg-type]
+            with pytest.raises(ValueError) as aio_error:
+                await dtp.aio.start_server(
+                    echo, "127.0.0.1", 0, identity=SERVER, max_handshakes=bad
+                )  # type: ignore[arg-type]
+            assert str(aio_error.value) == str(blocking_error.value)
+
+    asyncio.run(main())
+
+
+def test_by_default_many_addresses_together_run_at_most_32_handshakes() -> None:
+    """Five client addresses, each within its per-address cap of 8, open 40 silent
+    connections: only 32 handshakes (tasks) run, the other 8 wait holding a socket
+    (unbounded before: 40 tasks, one per connection, until the handshake timeout)."""
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER)
+        held = []
+        async with server:
+            try:
+                for host in range(2, 7):  # (all of 127.0.0.0/8 is loopback on Linux)
+                    for _ in range(8):
+                        held.append(
+                            await asyncio.open_connection(
+                                *server.address, local_addr=(f"127.0.0.{host}", 0)
+                            )
+                        )
+                assert await until(
+                    lambda: len(server._tasks) + getattr(server, "handshakes_waiting", 0) == 40
+                )
+                assert len(server._tasks) == 32
+                assert server.handshakes_in_progress == 32
+                assert server.handshakes_waiting == 8
+                assert server.busy_refused == 0
+            finally:
+                for _, writer in held:
+                    writer.close()
+            assert await until(settled(server))
+            assert server.busy_refused == 0
+
+    asyncio.run(main())
+
+
+def test_beyond_the_bound_connections_wait_in_arrival_order_and_start_as_slots_free() -> None:
+    """Two silent connections hold both slots: two clients wait, unread, with no task;
+    as slots free they start in the order they came, and the count returns to zero."""
+    order: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+    entered: dict[str, asyncio.Event] = {}
+
+    async def hook(address: str) -> bool:
+        order.append(address)
+        entered[address].set()
+        await gates[address].wait()
+        return True
+
+    async def main() -> None:
+        for who in (FIRST, SECOND):
+            gates[who.sui_address] = asyncio.Event()
+            entered[who.sui_address] = asyncio.Event()
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            accept=hook,
+            max_handshakes=2,
+            max_handshakes_per_address=None,
+        )
+        async with server:
+            held = [await silent(server), await silent(server)]
+            assert await until(lambda: server.handshakes_in_progress == 2)
+            tasks_before = len(server._tasks)
+            first = asyncio.create_task(echo_once(server, b"first", FIRST))
+            assert await until(lambda: server.handshakes_waiting == 1)
+            second = asyncio.create_task(echo_once(server, b"second", SECOND))
+            assert await until(lambda: server.handshakes_waiting == 2)
+            assert server.handshakes_in_progress == 2
+            assert len(server._tasks) == tasks_before  # the waiting hold no task
+            assert server.busy_refused == 0
+
+            held[0][1].close()  # its handshake fails: the first in line takes its slot
+            await asyncio.wait_for(entered[FIRST.sui_address].wait(), BOUND)
+            assert order == [FIRST.sui_address]
+            assert server.handshakes_waiting == 1 and server.handshakes_in_progress == 2
+            gates[FIRST.sui_address].set()  # accepted: its slot goes to the second
+            assert await asyncio.wait_for(first, BOUND) == b"first"
+            await asyncio.wait_for(entered[SECOND.sui_address].wait(), BOUND)
+            assert order == [FIRST.sui_address, SECOND.sui_address]
+            gates[SECOND.sui_address].set()
+            assert await asyncio.wait_for(second, BOUND) == b"second"
+
+            held[1][1].close()
+            assert await until(settled(server))
+            assert server.busy_refused == 0
+            assert server.handshakes_failed == 2  # the two silent ones
+
+    asyncio.run(main())
+
+
+def test_a_full_line_closes_the_newcomer_and_the_waiting_one_gets_the_next_slot() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            max_handshakes=1,
+            backlog=1,
+            max_handshakes_per_address=None,
+        )
+        async with server:
+            holder = await silent(server)
+            assert await until(lambda: server.handshakes_in_progress == 1)
+            waiter = await silent(server)
+            assert await until(lambda: server.handshakes_waiting == 1)
+            late_reader, late_writer = await silent(server)
+            assert await closed_by_peer(late_reader)  # the line (backlog=1) is full
+            late_writer.close()
+            assert server.busy_refused == 1
+            assert not await closed_by_peer(waiter[0], within=0.2)  # still waiting
+
+            holder[1].close()
+            assert await until(lambda: server.handshakes_waiting == 0)
+            assert server.handshakes_in_progress == 1  # the waiting one's handshake
+            waiter[1].close()
+            assert await until(settled(server))
+            assert await echo_once(server, b"after") == b"after"
+            assert await until(settled(server))
+
+    asyncio.run(main())
+
+
+def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
+    """Accepted, refused, failed (garbage), timed out, a wait past the timeout, and the
+    server's close with connections in its line."""
+
+    async def main() -> None:
+        config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            config=config,
+            accept=lambda address: address != DENIED.sui_address,
+            max_handshakes=1,
+            max_handshakes_per_address=None,
+        )
+        try:
+            assert await echo_once(server, b"ok") == b"ok"
+            assert await until(settled(server))
+
+            with pytest.raises(ConnectionRefused):
+                await dtp.aio.open_connection(
+                    *server.address, server_key=server.noise_public_key, identity=DENIED
+                )
+            assert await until(lambda: server.refused == 1)
+            assert await until(settled(server))
+
+            reader, writer = await silent(server)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            await writer.drain()
+            assert await closed_by_peer(reader)
+            writer.close()
+            assert await until(lambda: server.handshakes_failed == 1)
+            assert await until(settled(server))
+
+            # a silent one times out; the one waiting behind it outlived the handshake
+            # timeout by then, and is closed unserved
+            timed_out = await silent(server)
+            assert await until(lambda: server.handshakes_in_progress == 1)
+            behind = await silent(server)
+            assert await until(lambda: server.handshakes_waiting == 1)
+            assert await closed_by_peer(timed_out[0])
+            assert await closed_by_peer(behind[0])
+            assert server.busy_refused == 1
+            for _, w in (timed_out, behind):
+                w.close()
+            assert await until(settled(server))
+
+            # closing the server closes those in its line; the handshake under way ends
+            in_progress = await silent(server)
+            assert await until(lambda: server.handshakes_in_progress == 1)
+            waiting = await silent(server)
+            assert await until(lambda: server.handshakes_waiting == 1)
+            server.close()
+            assert server.handshakes_waiting == 0
+            assert await closed_by_peer(waiting[0])
+            in_progress[1].close()
+            waiting[1].close()
+            assert await until(settled(server))
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_the_loop_ending_frees_the_slots_and_closes_those_waiting() -> None:
+    """asyncio.run ending with the server open cancels the handshake in progress: the
+    connection waiting behind it is closed (a task started then would never end), and
+    nothing stays counted."""
+    servers: list[dtp.aio.DTPServer] = []
+    raw: list[socket.socket] = []
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo, "127.0.0.1", 0, identity=SERVER, max_handshakes=1, max_handshakes_per_address=2
+        )
+        servers.append(server)
+        for _ in range(3):  # one in progress, one in the server's line, one in the address's
+            raw.append(socket.create_connection(server.address, timeout=BOUND))
+        slots = server._address_slots
+        assert slots is not None
+        assert await until(lambda: slots.waiting("127.0.0.1") == 1)
+        assert server.handshakes_in_progress == 1 and server.handshakes_waiting == 1
+        assert server._server is not None
+        server._server.close()  # the listener only: the server itself stays open
+
+    try:
+        asyncio.run(main())
+        server = servers[0]
+        assert settled(server)()
+        for sock in raw:
+            sock.settimeout(BOUND)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+    finally:
+        for sock in raw:
+            sock.close()
+
+
+def test_ledger_connections_count_against_the_bound_too() -> None:
+    """A ledger bridge's local socket has no address to cap by, but its handshake costs
+    as much: it waits for one of the server's slots as a TCP connection does."""
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, max_handshakes=1)
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(2)]
+        try:
+            for ours, _ in pairs:
+                # how _accept_ledger attaches a ledger bridge's local socket
+                await loop.connect_accepted_socket(
+                    lambda: server._protocol_factory(server._config, by_address=False),
+                    sock=ours,
+                )
+            assert server.handshakes_in_progress == 1
+            assert server.handshakes_waiting == 1
+            pairs[0][1].close()  # the first handshake fails: the second takes its slot
+            assert await until(lambda: server.handshakes_waiting == 0)
+            assert server.handshakes_in_progress == 1
+            pairs[1][1].close()
+            assert await until(settled(server))
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_read_all_on_a_stream_cut_short_keeps_its_bytes_as_documented() -> None:
+    """The peer's clean close before a stream ended: read() raises ConnectionClosed and
+    consumes nothing; read(n) then gets the bytes, and the read after raises again. The
+    docstrings of read, readexactly and readuntil say so."""
+    for method in ("read", "readexactly", "readuntil"):
+        doc = getattr(dtp.aio.DTPStreamReader, method).__doc__ or ""
+        assert "ConnectionClosed" in doc, method
+        assert "consume" in doc and "nothing" in doc, method
+    read_doc = " ".join((dtp.aio.DTPStreamReader.read.__doc__ or "").split())
+    assert "stay buffered for a later ``read(n)``" in read_doc
+
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        r, w = await writer.accept_stream()
+        assert await r.readexactly(3) == b"req"
+        w.write(b"partial reply")  # and never ended
+        await w.drain()
+        writer.close()  # clean
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(handler, "127.0.0.1", 0, identity=SERVER)
+        try:
+            _reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=BOUND
+            )
+            r, w = await writer.open_stream()
+            w.write(b"req")
+            await w.drain()
+            async with asyncio.timeout(BOUND):
+                with pytest.raises(ConnectionClosed):
+                    await r.read()
+                with pytest.raises(ConnectionClosed):
+                    await r.read()  # (again: nothing was consumed)
+                assert await r.read(100) == b"partial reply"
+                with pytest.raises(ConnectionClosed):
+                    await r.read(100)
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
