@@ -1555,6 +1555,27 @@ def _close_abandoned(proto: _Protocol) -> None:
         proto._fail(exc)
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task was cancelled (``Task.cancelling``), rather than a
+    CancelledError having come from something it awaited (a future cancelled
+    elsewhere)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _waiting_gone(proto: _Protocol) -> bool:
+    """Whether a connection waiting for a handshake slot was closed meanwhile (its
+    session's handshake timer closes it, unread, when its timeout passes)."""
+    return proto.transport is None or proto.transport.is_closing()
+
+
+def _close_waiting(protos: list[_Protocol]) -> None:
+    """Close connections taken out of a line unserved (most are closed already)."""
+    for proto in protos:
+        if proto.transport is not None:
+            proto.transport.close()
+
+
 class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
@@ -1564,9 +1585,10 @@ class DTPServer:
     * at most ``max_handshakes`` (32) on the whole server, so that many client addresses
       (or one client with many IPv6 /64s) cannot open them without bound. Further
       connections -- over the ledger carrier too -- wait for one to end, unread and
-      holding only their socket (no task), in one line in arrival order, of at most
-      ``backlog`` connections (what the blocking server's listen backlog holds while
-      its handshakes are all taken); the first in line starts as a handshake ends;
+      holding only their socket (no task), in one line in the order they reach it (one
+      that waited in its address's line joins it when its address's turn comes), of at
+      most ``backlog`` connections (what the blocking server's listen backlog holds
+      while its handshakes are all taken); the first in line starts as a handshake ends;
     * at most ``max_handshakes_per_address`` from one client IP address (an IPv6 /64),
       so a single client cannot take all of those. Its further TCP connections wait,
       unread, in a line of their own of at most ``max_waiting_per_address``, checked
@@ -1574,11 +1596,13 @@ class DTPServer:
       fills, the server's line); None lifts that cap. Connections that come over the
       ledger carrier have no IP address and are not capped by it.
 
-    A connection that finds its line full, or whose wait outlasted the handshake timeout
-    (counted from its TCP accept) by the time its turn comes, is closed with no DTP reply
-    and counted in :attr:`busy_refused`. A handshake's slots are free again however it
-    ends (accepted, refused, failed, timed out, cancelled), and :meth:`close` closes the
-    connections still waiting."""
+    A connection that finds its line full, or whose wait outlasted its handshake timeout
+    (counted from its accept) by the time its turn comes, is closed with no DTP reply and
+    counted in :attr:`busy_refused`; a newcomer that finds a line full first clears it
+    of those (and of those closed meanwhile), so a line of connections nobody can serve
+    any more turns nobody away. A handshake's slots are free again however it ends
+    (accepted, refused, failed, timed out, cancelled), and :meth:`close` closes the
+    connections still waiting (and any whose accept completes after it)."""
 
     def __init__(
         self,
@@ -1740,14 +1764,28 @@ class DTPServer:
         progress, or the server its ``max_handshakes``: then it waits in that line, not
         read meanwhile (or is closed at once when the line is full)."""
         assert proto.transport is not None
+        if self._closed.is_set():
+            # accepted as close() ran (a ledger bridge handed over just before it, its
+            # attach still under way): closed unserved, as the blocking server closes
+            # what it accepted once closed, rather than started after the server's end
+            proto.transport.close()
+            return
         key: str | None = None
         slots = self._address_slots
-        deadline = time.monotonic() + self._config.handshake_timeout
+        now = time.monotonic()
+        # the connection's own handshake timeout: a ledger connection's is longer (its
+        # records take ledger transactions), and its session's timer counts that from
+        # now; the server's would turn it away while its handshake had time left
+        deadline = now + proto.conn.config.handshake_timeout
         if by_address and slots is not None:
             peer = proto.transport.get_extra_info("peername")
             # no peername: the client is gone already and its handshake fails at once
             if peer:
                 key = address_key(str(peer[0]))
+                if slots.waiting(key) >= slots.max_waiting:
+                    expired, left = slots.purge(key, now, lambda waited: _waiting_gone(waited[0]))
+                    self._refuse_busy([p for p, _ in expired], "it waited too long")
+                    _close_waiting([p for p, _ in left])
                 verdict = slots.take_or_wait(key, (proto, deadline), deadline)
                 if verdict is Verdict.WAITING:
                     proto.transport.pause_reading()  # its handshake starts in its turn
@@ -1759,10 +1797,30 @@ class DTPServer:
         # them: an address at its cap never waits in (nor fills) the server's line
         started = False
         try:
+            self._purge_server_line(now)
             started = self._take_server_slot(proto, key, deadline)
         finally:
             # (not started, or KeyboardInterrupt say: its address slot is free again)
             if not started and key is not None:
+                self._release_address(key)
+
+    def _purge_server_line(self, now: float) -> None:
+        """A newcomer is about to find the server's line full: first take out of it the
+        connections that waited past their deadline (closed, counted in
+        :attr:`busy_refused`) or were closed meanwhile (by their own handshake timer),
+        and free the address slots they held. Left there they kept their places until
+        their turn -- a handshake timeout or more, a handshake in progress taking its
+        hooks' time -- and every newcomer meanwhile was turned away, by a line of
+        connections nobody could serve any more. Their addresses' next connections,
+        which came before the newcomer, take those places first."""
+        line = self._handshake_slots
+        if line.waiting < line.max_waiting:
+            return
+        expired, left = line.purge(now, lambda waited: _waiting_gone(waited[0]))
+        self._refuse_busy([proto for proto, _ in expired], "it waited too long")
+        _close_waiting([proto for proto, _ in left])
+        for _, key in expired + left:
+            if key is not None:
                 self._release_address(key)
 
     def _take_server_slot(self, proto: _Protocol, key: str | None, deadline: float) -> bool:
@@ -1907,7 +1965,9 @@ class DTPServer:
         try:
             accepted = await self._handshake(proto)
         except asyncio.CancelledError:
-            cancelled = True
+            # (only a cancel of this task -- the loop ending -- closes those waiting: a
+            # CancelledError of something it awaited leaves the server serving them)
+            cancelled = _being_cancelled()
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
             raise
         finally:
@@ -2035,6 +2095,14 @@ class DTPServer:
             except Exception:
                 logger.exception("accept hook failed for %s", peer.address)
                 return HOOK_FAILED
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise  # the loop is ending: this handshake with it
+                # the hook's own (it awaited a task cancelled elsewhere): a hook failure.
+                # Passed on, it read as the server shutting down, and every connection
+                # waiting for a handshake slot was closed with this one
+                logger.exception("accept hook failed for %s", peer.address)
+                return HOOK_FAILED
             reason = refusal_reason(verdict)
             if reason is not None:
                 return reason
@@ -2122,7 +2190,7 @@ class DTPServer:
     async def serve_forever(self) -> None:
         """Accept connections until cancelled; then the server is closed, as
         :meth:`asyncio.Server.serve_forever` (its ledger listener and the connections
-        waiting for their address's handshake slot too: only the TCP listener was)."""
+        waiting for a handshake slot too: only the TCP listener was)."""
         await self.start_serving()
         try:
             if self._server is not None:

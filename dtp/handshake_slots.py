@@ -184,6 +184,37 @@ class AddressSlots(Generic[T]):
             if waited is None or start(waited):
                 return
 
+    def purge(
+        self, address: str, now: float, gone: Callable[[T], bool] | None = None
+    ) -> tuple[list[T], list[T]]:
+        """Take out of ``address``'s line the connections that can no longer be served:
+        ``(expired, left)`` -- those whose deadline is not after ``now`` (the caller
+        closes them, as :meth:`hand_on` refuses them), and those ``gone`` says left
+        already (closed by their own handshake timer, say). A newcomer that finds the
+        line full calls it first: left there, such connections held their places until
+        their turn, while live newcomers were turned away. Slots are untouched (those
+        waiting hold none of ``address``'s); one pass over the line, so cheap. ``gone``
+        runs under the lock: it must not call back into these slots."""
+        expired: list[T] = []
+        left: list[T] = []
+        with self._lock:
+            line = self._waiting.get(address)
+            if not line:
+                return expired, left
+            kept: deque[tuple[float, T]] = deque()
+            for deadline, item in line:
+                if deadline <= now:
+                    expired.append(item)
+                elif gone is not None and gone(item):
+                    left.append(item)
+                else:
+                    kept.append((deadline, item))
+            if not kept:
+                del self._waiting[address]
+            elif len(kept) != len(line):
+                self._waiting[address] = kept
+        return expired, left
+
     def drain(self) -> list[T]:
         """Every waiting connection, taken out of the lines (the server is closing)."""
         with self._lock:
@@ -241,6 +272,10 @@ class ServerSlots(Generic[T]):
         """As :meth:`AddressSlots.hand_on`: one handshake ended (ValueError when none
         was in progress)."""
         self._slots.hand_on(self._ALL, start, refuse)
+
+    def purge(self, now: float, gone: Callable[[T], bool] | None = None) -> tuple[list[T], list[T]]:
+        """As :meth:`AddressSlots.purge`: ``(expired, left)`` taken out of the line."""
+        return self._slots.purge(self._ALL, now, gone)
 
     def drain(self) -> list[T]:
         """Every waiting connection, taken out of the line (the server is closing)."""
