@@ -3019,12 +3019,18 @@ class DTPServer:
                 # us wait for a slot on its behalf (and so hold up the clients behind
                 # it); its further connections wait in its own line instead
                 key = address_key(str(peer[0]))
-                deadline = time.monotonic() + self._config.handshake_timeout
+                now = time.monotonic()
+                deadline = now + self._config.handshake_timeout
+                if slots.waiting(key) >= slots.max_waiting:
+                    # those that waited past their deadline go first: left in line until
+                    # their turn (a handshake in progress taking its hooks' time), they
+                    # turned every newcomer away for connections nobody would serve
+                    self._refuse_busy(slots.purge(key, now)[0], "it waited too long")
                 verdict = slots.take_or_wait(key, (tcp, peer), deadline)
                 if verdict is Verdict.WAITING:
                     continue  # started when one of its address's handshakes ends
                 if verdict is Verdict.FULL:
-                    self._refuse_busy([(tcp, peer)])
+                    self._refuse_busy([(tcp, peer)], "its address's line is full")
                     continue
             # at most max_handshakes at once: while none is free we hold this one and
             # further clients wait in the backlog
@@ -3056,22 +3062,20 @@ class DTPServer:
                 return False
             return True
 
-        self._address_slots.hand_on(key, start, self._refuse_busy)
+        def refuse(expired: list[tuple[_socket.socket, Any]]) -> None:
+            self._refuse_busy(expired, "it waited too long")
 
-    def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]]) -> None:
+        self._address_slots.hand_on(key, start, refuse)
+
+    def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]], why: str) -> None:
         """Close connections that found their address's line full, or waited in it past
-        the handshake timeout."""
+        the handshake timeout (``why``: which)."""
         if not connections:
             return
         with self._stats_lock:
             self.busy_refused += len(connections)
-        assert self._address_slots is not None
         for tcp, peer in connections:
-            logger.debug(
-                "closed a connection from %s: %d handshakes from that address in progress",
-                peer,
-                self._address_slots.cap,
-            )
+            logger.debug("closed a connection from %s unserved: %s", peer, why)
             tcp.close()
 
     def _take_slot(self) -> bool:
