@@ -274,11 +274,11 @@ class Session:
 
     def attach_sink(self, stream_id: int, sink: StreamSink) -> None:
         """Deliver ``stream_id``'s bytes to ``sink`` from now on, starting with what is
-        buffered already; ends it at once if the stream already ended. A sink attached
-        after the connection ended ends as one attached before it did: with the
-        connection's error, else (a clean close) with None -- or, on a stream other
-        than the first that the peer's clean close cut short, ConnectionClosed
-        (:meth:`cut_short`), as its reads end."""
+        buffered already; ends it at once if the stream already ended (with None once
+        closed here, as its reads end at b""). A sink attached after the connection
+        ended ends as one attached before it did: with the connection's error, else (a
+        clean close) with None -- or, on a stream other than the first that the peer's
+        clean close cut short, ConnectionClosed (:meth:`cut_short`), as its reads end."""
         self.sinks[stream_id] = sink
         buf = self.streams.get(stream_id)
         if buf is not None:
@@ -291,12 +291,23 @@ class Session:
                     sink.held += owed
                 elif owed:
                     self.conn.acknowledge_read(stream_id, owed)
+            if buf.discarded:
+                # closed (or shut for reading) here: nothing more is delivered, and its
+                # reads give b"" (take) -- left attached, the sink waited for the
+                # connection's end, and then got the error of a stream cut short
+                self._end_sink(stream_id, sink, None)
+                return
             if buf.reset_code is not None:
                 self._end_sink(stream_id, sink, StreamReset(stream_id, buf.reset_code))
                 return
             if buf.eof:
                 self._end_sink(stream_id, sink, None)
                 return
+        elif self.conn.stream_ended(stream_id):
+            # closed here, then forgotten with its buffer: no event names it again (a
+            # sink left attached never ended, while the connection lasted)
+            self._end_sink(stream_id, sink, None)
+            return
         if self.terminated is not None:
             # the rule the ConnectionTerminated event applies to sinks attached before:
             # a blanket ConnectionClosed gave a sink of the first stream, or of any

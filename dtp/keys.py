@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -125,6 +126,9 @@ _NOISE_DERIVATION_KEY: Final = b"DTP/noise-static/v1"
 # An identity file is under a kilobyte; a file far larger is something else (a path
 # mistyped onto a log or a disk image), refused before it is read into memory.
 _MAX_IDENTITY_FILE_SIZE: Final = 1 << 20
+# Symlinks followed on the way to an identity file, at most: Linux's limit for one
+# lookup (ELOOP past it), for the check of the directories on the way.
+_MAX_SYMLINKS: Final = 40
 
 
 class InvalidSignature(DTPError):
@@ -568,10 +572,10 @@ class HostIdentity:
         identity file (or has an unknown version), is encrypted and no passphrase was
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
         both), or, on POSIX, is not safe from other users: when it can be accessed by
-        group or others, or lies in a directory (or, through a symlink, points into one)
-        that others may write to (a shared group, or everyone) and that has no sticky
-        bit (pass
-        ``allow_insecure=True`` to accept it anyway). An empty
+        group or others, or when a directory on the way to it -- its own, any above
+        it, and those its symlinks (a directory's too) and their targets are in -- is
+        one that others may write to (a shared group, or everyone) and that has no
+        sticky bit (pass ``allow_insecure=True`` to accept it anyway). An empty
         passphrase is a wrong one (:meth:`save` never encrypts with it). A passphrase
         given for a plain file is ignored. Raises TypeError if ``passphrase`` is
         neither None nor a str.
@@ -870,10 +874,11 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
 def _check_private_file(path: Path, info: os.stat_result) -> None:
     """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
     unless only its owner may access it and others may not replace it: its directory
-    (and, through a symlink, its target's) and every directory above them must be
-    writable by no one else -- group write only for the user's own private group (umask
-    002 systems) -- or have the sticky bit (as /tmp: only a file's owner may then remove
-    or rename it). Whoever may write to a directory higher up may rename the one below
+    (and, through a symlink, its target's), each directory holding a symlink on the way
+    (:func:`_directories_above`) and every directory above them must be writable by no
+    one else -- group write only for the user's own private group (umask 002 systems)
+    -- or have the sticky bit (as /tmp: only a file's owner may then remove or rename
+    it). Whoever may write to a directory higher up may rename the one below
     it and put a tree of their own in its place. POSIX only; what ``allow_insecure``
     skips. A file another user owns passes (root reading a user's key: as ssh, only the
     mode counts)."""
@@ -904,12 +909,41 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
 
 
 def _directories_above(path: Path) -> Iterator[Path]:
-    """The directories a key file at ``path`` depends on: the one holding the name
-    given and the one holding the file it resolves to, each resolved, and every
-    directory above them up to the root (the nearest first)."""
-    for start in (Path(os.path.realpath(path.parent)), Path(os.path.realpath(path)).parent):
-        yield start
-        yield from start.parents
+    """The directories a key file at ``path`` depends on, each resolved: every one a
+    name on the way to the file is looked up in -- the one holding the file's name, the
+    one holding each symlink met on the way (a directory's, not only the file's), and
+    those the links' targets go through -- and every directory above each of them up
+    to the root; the nearest to each name first. A relative ``path`` starts at the
+    working directory.
+
+    Whoever may write to one of these may change what the path opens: rename an entry
+    away, or replace a symlink with one to a tree of their own. (Resolving the path's
+    directory with realpath and checking it and its parents skipped the directories
+    that hold a symlinked directory: ``shared/keys -> private`` was checked as
+    ``private``, and a ``shared`` anyone may write to passed.) Raises OSError (ELOOP)
+    past as many symlinks as Linux follows in one lookup, as the open would have."""
+    names = [os.path.join(os.getcwd(), os.fspath(path))]
+    links = 0
+    given: set[str] = set()
+    while names:
+        parts = Path(names.pop(0)).parts
+        walked = parts[0]
+        holders: list[str] = []
+        for part in parts[1:]:
+            holder = os.path.realpath(walked)  # where ``part`` is looked up
+            holders.append(holder)
+            walked = os.path.join(walked, part)
+            if part != ".." and os.path.islink(walked):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), walked)
+                # (a relative target is looked up from the link's own directory)
+                names.append(os.path.join(holder, os.readlink(walked)))
+        for holder in reversed(holders):
+            for directory in (Path(holder), *Path(holder).parents):
+                if str(directory) not in given:
+                    given.add(str(directory))
+                    yield directory
 
 
 def _private_group(gid: int) -> bool:

@@ -701,6 +701,7 @@ def sync_blocking(
     wake = threading.Event()
     stop = threading.Event()
     ended_here = threading.Event()  # our END is queued (the reader may stop reading)
+    cut_off = threading.Event()  # the writer ended at the connection's clean end
     failure: list[BaseException] = []
 
     aborting = threading.Event()
@@ -747,7 +748,10 @@ def sync_blocking(
             if isinstance(exc, ConnectionClosed) and not exc.code:
                 # the connection ended cleanly (the peer left, as a server that closes
                 # does, while we were sending): no failure of ours -- the reader reads
-                # the end, and the session ends as the peer's leaving ends it
+                # the end, and the session ends as the peer's leaving ends it. What was
+                # being sent did not all go: a catch-up is not done, even with both
+                # ENDs through (ours may be in it): GraphSyncError below
+                cut_off.set()
                 return
             failure.append(exc)
             # the reader may be blocked in recv for as long as the peer is quiet: end it
@@ -842,7 +846,7 @@ def sync_blocking(
         # failed -- a peer that stopped reading, a timeout -- left what we pushed
         # undelivered; returning would report a catch-up that did not happen)
         raise failure[0]
-    if until_synced and not session.synced:
+    if until_synced and (cut_off.is_set() or not session.synced):
         # (a one-shot catch-up that returned here looked complete and was not)
         raise _fail("the peer closed the stream before the sync completed")
     return session
@@ -1102,6 +1106,16 @@ async def sync_stream(
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            if isinstance(exc, ConnectionClosed) and not exc.code:
+                # the connection ended cleanly (the peer left while we were sending --
+                # drain() raises so when what we wrote was not all sent): no failure of
+                # ours, as sync_blocking's writer takes it -- the reader reads the end,
+                # and the session ends as the peer's leaving ends it. A catch-up is not
+                # done then, even with both ENDs through (ours may be among what did
+                # not go): GraphSyncError below, as sync_blocking raises. (It raised
+                # this ConnectionClosed, whose code 0 says a clean end.)
+                cut_off.append(exc)
+                return
             # the reader may wait for as long as the peer is quiet (the graph closed,
             # say): end its wait
             with contextlib.suppress(Exception):
@@ -1109,6 +1123,7 @@ async def sync_stream(
             raise
 
     overdue: list[GraphSyncError] = []  # the peer's HELLO came too late: the error
+    cut_off: list[ConnectionClosed] = []  # pump() ended at the connection's clean end
 
     def hello_overdue() -> None:
         # (a timer, not a deadline on each read: pump() may be blocked in drain() to a
@@ -1135,6 +1150,8 @@ async def sync_stream(
                 # our END follows our pushes, which pump() makes as the peer reads; a
                 # peer that stays connected sends nothing more: wait for pump(), a tick
                 # at a time -- never for an END that nothing will send
+                if out.done():
+                    break  # pump() ended at the connection's clean end: no END will go
                 if session._end_stalled():
                     raise _fail("the peer's END came before the exchange it ends")
                 waiter = asyncio.ensure_future(ended_here.wait())
@@ -1191,7 +1208,7 @@ async def sync_stream(
                 out.exception()  # (its failure is reported above, or moot: retrieved)
     if session.lagging:
         raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
-    if until_synced and not session.synced:
+    if until_synced and (cut_off or not session.synced):
         # (a one-shot catch-up that returned here looked complete and was not)
         raise _fail("the peer closed the stream before the sync completed")
     return session
