@@ -670,7 +670,7 @@ def _remove_stale_newlock(path: Path) -> None:
     try:
         if time.time() - os.stat(path).st_mtime < STALE_NEWLOCK:
             return
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (enough for flock: any owner)
     except OSError:  # (renamed or removed meanwhile)
         return
     try:
