@@ -266,11 +266,12 @@ def settle_ended(
     claim on the ledger does not wait for the fsync; the writer marks the claim in the
     store once the receipt is written). ``final``, the receipt the client's CLOSE came
     with, is handed to the writer should the settlement not claim it, kept for a later
-    claim (recover_unclaimed at the next start). A ChainError, or a ReceiptStoreError (the
-    store unreadable and no final receipt), is logged: None; so is anything else (a bug,
-    a ledger error that is not a ChainError), with its traceback: the server's release
-    of the connection -- its socket, its place in the limits, its cap share -- goes on
-    after it, and the receipt stays for the next start's recovery. A claimed mark the
+    claim (the server's :class:`SettlementRetries`, to which it hands a settlement that
+    returned None; recover_unclaimed at the next start). A ChainError, or a
+    ReceiptStoreError (the store unreadable and no final receipt), is logged: None; so is
+    anything else (a bug, a ledger error that is not a ChainError), with its traceback:
+    the server's release of the connection -- its socket, its place in the limits, its
+    cap share -- goes on after it, and the receipt stays for the retry. A claimed mark the
     writer cannot take (closed meanwhile) is logged, and the settlement made returned
     all the same (:func:`claim_and_settle`)."""
     settlement = None
@@ -286,7 +287,7 @@ def settle_ended(
         )
     except (ChainError, ReceiptStoreError) as exc:
         # (a ReceiptStoreError: no final receipt, and its latest could not be read) it
-        # stays for recover_unclaimed at the next start, which reads the store again
+        # stays for the server's retry (or the next start), which reads the store again
         logger.warning("could not settle connection %s: %s", connection_id, exc)
     except Exception:
         logger.exception("settling connection %s failed", connection_id)
@@ -1225,14 +1226,180 @@ RECOVERY_INTERVAL = 30.0
 RECOVERY_CLOSE_WAIT = 5.0
 
 
+#: The most recovery rounds a retried settlement (:class:`SettlementRetries`) that keeps
+#: failing waits before its next try: after its n-th failure it waits 2**(n-1) rounds, at
+#: most this many -- every 2 minutes at the default :data:`RECOVERY_INTERVAL`, so that one
+#: the ledger refuses for good (a bad receipt) costs a try every 2 minutes, not every 30 s,
+#: while one failing for an outage is still tried 6 times within the 10-minute half-close
+#: timeout after which its client may take the whole deposit back.
+RETRY_MAX_ROUNDS = 4
+
+
+@dataclass
+class _Retry:
+    """A settlement to retry: how many retries of it failed, and the recovery round from
+    which it is tried again."""
+
+    failures: int = 0
+    due: int = 0
+
+
+class SettlementRetries:
+    """A live paid server's own failed settlements, tried again in its :class:`Recovery`
+    rounds. A connection whose settlement failed as it ended (the ledger unavailable, a
+    claim the client's cap refused this epoch) stays Open on the ledger, its receipt kept
+    in the store; the dead-run recovery never claims a live run's rows, so the receipt
+    waited for the server's next start -- while the client, which half-closed the
+    connection as it left, may settle alone once the half-close timeout has passed and
+    take back the whole deposit, the receipted fee with it.
+
+    :meth:`add` is called by the server's settlement that claimed nothing (its reservation
+    of the connection ID still held). Each round, a connection due is reserved in
+    ``serving`` as a new DTP connection on it would be (one being served or settled right
+    now is left for the next round), its latest receipt read from ``writer`` (which knows
+    the final receipt still on its way to the disk and the claims not yet marked), and,
+    when part of it is unclaimed, claimed and settled as the settlement would have
+    (:func:`claim_and_settle`: a connection settled meanwhile -- its client settled alone
+    -- has the receipt written off and marked, never claimed twice); what it settles goes
+    to ``settlements``. Only the connections this server settled are retried: the rows of
+    its run may also be another live server's on the same store handle. A retry that
+    fails waits 1, 2, 4 rounds... (at most :data:`RETRY_MAX_ROUNDS`); its first failure is
+    logged as a warning, the later ones at debug level (the settlement's own failure was
+    a warning already). Lost with the server: a restart's recovery claims what is left."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        writer: ReceiptWriter,
+        serving: ConnectionIds,
+        settlements: deque[tuple[str, Settlement]],
+    ) -> None:
+        self.ledger, self.identity, self.writer = ledger, identity, writer
+        self._serving = serving
+        self._settlements = settlements
+        self._due: dict[str, _Retry] = {}
+        self._lock = threading.Lock()
+        self._round = 0
+
+    def add(self, connection_id: str) -> None:
+        """The settlement of ``connection_id`` claimed nothing: tried again from the next
+        round, unless by then nothing of its receipts is unclaimed (none came, or the
+        connection was found settled and its receipt written off)."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._lock:
+            self._due.setdefault(key, _Retry(due=self._round + 1))
+
+    def __contains__(self, connection_id: object) -> bool:
+        if not isinstance(connection_id, str):
+            return False
+        with self._lock:
+            return normalize_id(connection_id, "connection ID") in self._due
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._due)
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds have started."""
+        with self._lock:
+            return self._round
+
+    def run(self, stopped: Callable[[], bool] | None = None) -> list[tuple[str, Settlement]]:
+        """One round: retry each settlement due (none once ``stopped()`` is true); what
+        was settled."""
+        with self._lock:
+            self._round += 1
+            due = [cid for cid, retry in self._due.items() if retry.due <= self._round]
+        done: list[tuple[str, Settlement]] = []
+        for cid in due:
+            if stopped is not None and stopped():
+                break
+            if not self._serving.reserve(cid):
+                continue  # served or settled right now (its settlement adds it again)
+            try:
+                settlement = self._retry(cid)
+            finally:
+                self._serving.release(cid)
+            if settlement is not None:
+                done.append((cid, settlement))
+                self._settlements.append((cid, settlement))
+        return done
+
+    def _retry(self, cid: str) -> Settlement | None:
+        """Claim and settle ``cid`` (reserved) if its receipts hold MIST unclaimed."""
+        try:
+            if not self._unclaimed(cid):
+                self._forget(cid)
+                return None
+            settlement = claim_and_settle(self.ledger, self.identity, cid, self.writer)
+            if settlement is None and self._unclaimed(cid):
+                # (the client's cap refused the claim this epoch: logged there)
+                self._failed(cid, "the claim was refused", trace=False)
+                return None
+        except (ChainError, ReceiptStoreError) as exc:
+            self._failed(cid, str(exc), trace=False)
+            return None
+        except Exception as exc:  # (a bug, a ledger's surprise: with its traceback)
+            self._failed(cid, repr(exc), trace=True)
+            return None
+        tries = self._forget(cid)
+        if settlement is not None:
+            logger.info(
+                "connection %s settled on retry %d: %d MIST claimed, %d refunded",
+                cid,
+                tries + 1,
+                settlement.claimed,
+                settlement.refunded,
+            )
+        return settlement
+
+    def _unclaimed(self, cid: str) -> bool:
+        stored = self.writer.latest(cid)
+        return stored is not None and stored.unclaimed > 0
+
+    def _forget(self, cid: str) -> int:
+        """Nothing left to retry of ``cid``: how many retries of it had failed."""
+        with self._lock:
+            retry = self._due.pop(cid, None)
+        return 0 if retry is None else retry.failures
+
+    def _failed(self, cid: str, why: str, *, trace: bool) -> None:
+        with self._lock:
+            retry = self._due.setdefault(cid, _Retry())
+            retry.failures += 1
+            wait = min(2 ** (retry.failures - 1), RETRY_MAX_ROUNDS)
+            retry.due = self._round + wait
+            first = retry.failures == 1
+        if first:
+            logger.warning(
+                "retrying the settlement of connection %s failed (its receipt stays kept; "
+                "tried again with backoff, further failures logged at debug level): %s",
+                cid,
+                why,
+                exc_info=trace,
+            )
+        else:
+            logger.debug(
+                "retry %d of the settlement of connection %s failed: %s",
+                retry.failures,
+                cid,
+                why,
+                exc_info=trace,
+            )
+
+
 class Recovery:
     """A live paid server's recovery of what dead server runs left unclaimed in its
-    store (:func:`recover_store`), every :data:`RECOVERY_INTERVAL`, in a thread of its
-    own: its ledger transactions (one per receipt) held up the policy refreshes -- the
-    firewall's enforcement on open connections -- for as long as they took, and went on
-    after the server closed. :meth:`stop` ends it between two claims; :meth:`join`
-    waits for that, before the store is released. What it settles is appended to
-    ``recovered``."""
+    store (:func:`recover_store`), and of its own settlements that failed
+    (``retries``: :class:`SettlementRetries`), every :data:`RECOVERY_INTERVAL`, in a
+    thread of its own: its ledger transactions (one per receipt) held up the policy
+    refreshes -- the firewall's enforcement on open connections -- for as long as they
+    took, and went on after the server closed. :meth:`stop` ends it between two claims;
+    :meth:`join` waits for that, before the store is released. What it settles of dead
+    runs is appended to ``recovered``; ``retries`` appends its own to the server's
+    settlements."""
 
     def __init__(
         self,
@@ -1240,9 +1407,11 @@ class Recovery:
         identity: HostIdentity,
         store: ReceiptStore,
         recovered: list[tuple[str, Settlement]],
+        retries: SettlementRetries | None = None,
     ) -> None:
         self.ledger, self.identity, self.store = ledger, identity, store
         self.recovered = recovered
+        self.retries = retries
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtp-paid-recovery", daemon=True)
 
@@ -1251,6 +1420,12 @@ class Recovery:
 
     def _run(self) -> None:
         while not self._stop.wait(RECOVERY_INTERVAL):
+            if self.retries is not None:
+                # (first: these have a client whose half-close timeout runs)
+                try:
+                    self.retries.run(self._stop.is_set)
+                except Exception:
+                    logger.exception("retrying failed settlements failed")
             try:
                 self.recovered.extend(
                     recover_store(self.ledger, self.identity, self.store, False, self._stop.is_set)
@@ -1388,6 +1563,10 @@ class PaidServer:
             if opened:
                 self.store.close()
             raise
+        #: The settlements that failed, retried by the recovery thread
+        self.retries = SettlementRetries(
+            ledger, identity, self.receipt_writer, self._serving, self.settlements
+        )
         self.server: DTPServer | None = None
         self._attached = False  # attach_server() made: detach_server() at the release
         self._recovery: Recovery | None = None  # (once the start's recovery is done)
@@ -1399,8 +1578,11 @@ class PaidServer:
             self._attached = True
             self.recovered = recover_store(ledger, identity, self.store, alone)
             """(connection ID, settlement) of what dead server runs left unclaimed: at
-            the start, then every :data:`RECOVERY_INTERVAL`."""
-            self._recovery = recovery = Recovery(ledger, identity, self.store, self.recovered)
+            the start, then every :data:`RECOVERY_INTERVAL` (this server's own
+            settlements retried then go to :attr:`settlements`)."""
+            self._recovery = recovery = Recovery(
+                ledger, identity, self.store, self.recovered, self.retries
+            )
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
             self.admission = _PaidAdmission(self, ledger, self.host_id, port)
@@ -1663,6 +1845,9 @@ class PaidServer:
         )
         if settlement is not None:
             self.settlements.append((cid, settlement))
+        else:
+            # (the ID still reserved: the retry cannot start before we are done)
+            self.retries.add(cid)
 
     # -- the host's policy -------------------------------------------------------------
 

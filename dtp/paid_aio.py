@@ -60,6 +60,7 @@ from dtp.paid import (
     SERVED_REFUSAL,
     Recovery,
     ServicePolicy,
+    SettlementRetries,
     check_address,
     closes_store,
     datagram_sizes,
@@ -928,6 +929,11 @@ class PaidAioServer:
         #: Connection IDs being served or settled: one DTP connection per ledger
         #: connection at a time
         self._serving = ConnectionIds()
+        #: The settlements that failed, retried by the recovery thread (it reserves
+        #: each connection ID in ``_serving`` as a DTP connection would)
+        self.retries = SettlementRetries(
+            ledger, identity, self.receipt_writer, self._serving, self.settlements
+        )
         self._policy_task: asyncio.Task[None] | None = None
         self._recovery: Recovery | None = None  # (started with the policy task)
         self._closed = False
@@ -991,7 +997,9 @@ class PaidAioServer:
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
         )
         self._policy_task = asyncio.ensure_future(self._policy_loop())
-        self._recovery = Recovery(self.ledger, self.identity, self.store, self.recovered)
+        self._recovery = Recovery(
+            self.ledger, self.identity, self.store, self.recovered, self.retries
+        )
         self._recovery.start()
         # The server lives no longer than its event loop: asyncio.run ending with it
         # open (this task cancelled) closes it as close() does. Its receipt writer's
@@ -1273,6 +1281,9 @@ class PaidAioServer:
                 cancelled = True
         if settlement is not None:
             self.settlements.append((cid, settlement))
+        else:
+            # (the ID still reserved: the retry cannot start before we are done)
+            self.retries.add(cid)
         if cancelled:
             raise asyncio.CancelledError
 

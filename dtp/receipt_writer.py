@@ -85,6 +85,7 @@ class ReceiptWriter:
         self._marks_since = 0.0
         self._mark_now = False
         self._busy: dict[str, Receipt | None] = {}  # being written (None: a mark only)
+        self._busy_marks: dict[str, int] = {}  # the claimed marks being written
         self._retry_at: float | None = None  # after a failed write: not before then
         # after close(): no write is tried again once the next try would start after this
         self._give_up_at = 0.0
@@ -109,15 +110,22 @@ class ReceiptWriter:
             self._cond.notify_all()
 
     def latest(self, connection_id: str) -> StoredReceipt | None:
-        """The newest receipt of a connection: the one waiting or being written (as not
-        yet claimed), else the stored one (:meth:`ReceiptStore.latest`)."""
+        """The newest receipt of a connection: the one waiting or being written, else the
+        stored one (:meth:`ReceiptStore.latest`); claimed as far as the store says and
+        the claimed marks waiting or being written say (read before those were written,
+        a claim just made -- or a receipt just written off -- looked unclaimed, and a
+        paid server's retry of a failed settlement asked the ledger again for it)."""
         key = normalize_id(connection_id, "connection ID")
         with self._cond:
             waiting = self._pending.get(key)
             receipt = waiting[0] if waiting is not None else self._busy.get(key)
+            mark = max(self._marks.get(key, 0), self._busy_marks.get(key, 0))
         if receipt is not None:
-            return StoredReceipt(receipt, 0)
-        return self.store.latest(key)
+            return StoredReceipt(receipt, mark)
+        stored = self.store.latest(key)
+        if stored is not None and mark > stored.claimed_amount:
+            return StoredReceipt(stored.receipt, mark)
+        return stored
 
     def mark_claimed(self, connection_id: str, amount: int) -> None:
         """Queue :meth:`ReceiptStore.mark_claimed`, written after any receipt of the
@@ -180,6 +188,7 @@ class ReceiptWriter:
         for cid in marks:
             busy.setdefault(cid, None)
         self._busy = busy
+        self._busy_marks = marks
         return batch, marks
 
     def _run(self) -> None:
@@ -228,6 +237,7 @@ class ReceiptWriter:
                     logger.exception("receipt callback failed for %s", receipt.connection_id)
             with self._cond:
                 self._busy = {}
+                self._busy_marks = {}
                 self._cond.notify_all()
 
     def _failed(
