@@ -12,7 +12,9 @@ shared in-band metering runtime can replace them later without touching the tunn
   it on the ledger, closes the connection and settles it so the client is refunded the
   rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind, and
   settles the connections whose settlement failed after their claim (a receipt is marked
-  claimed only once its connection is settled).
+  claimed only once its connection is settled). Each settlement's :class:`Settled` says
+  what it moved, on which service port, and whether it is done: the daemon
+  (:class:`dtp.daemon.services.ServiceHost`) counts it and retries one not done.
 
 Ledger calls block: the async methods run them in worker threads.
 """
@@ -22,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, Sla
+from dtp.chain.objects import ConnectionState, Sla, TransportControl
 from dtp.errors import ChainError, DTPError, move_error
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
@@ -130,12 +132,21 @@ class ClientFees:
 
 @dataclass(frozen=True)
 class Settled:
-    """The outcome of closing one connection on the ledger."""
+    """The outcome of closing one connection on the ledger. Its value is what moved
+    (``claimed``, ``refunded``); ``port`` and ``done`` say where to count it and whether
+    to try again, and take no part in comparisons."""
 
     claimed: int
     """MIST paid to the daemon's host by this call."""
     refunded: int
     """MIST returned to the client (0 if the settlement did not happen here)."""
+    port: int | None = field(default=None, compare=False)
+    """The connection's service port, when this call read the connection on the ledger
+    (always, when it claimed or refunded anything without being given the escrow)."""
+    done: bool = field(default=False, compare=False)
+    """Whether the connection is settled now (here, earlier, or by its client): False
+    when a step failed and the settlement is still to do (a retry's, or the next
+    start's)."""
 
 
 class ServerFees:
@@ -239,16 +250,30 @@ class ServerFees:
         stored = self.store.latest(connection_id)
         return stored.receipt if stored else None
 
-    async def settle(self, connection_id: str, escrow_id: str | None = None) -> Settled:
+    async def settle(
+        self, connection_id: str, escrow_id: str | None = None, *, quiet: bool = False
+    ) -> Settled:
         """Claim the latest receipt, close the connection and settle it (refunding the
         client). Never raises (but a cancellation): a failure -- a ledger refusal, the
         store unreadable, a bug -- is logged (a traceback for one that is no
-        :class:`DTPError`), and what it left undone stays in the store for the next
-        start's :meth:`claim_leftovers`: a receipt is marked claimed only once its
-        connection is settled, so a claim made but not followed by its settlement is
-        settled then (its claim found on the ledger, not made twice, not counted twice).
-        Raised, it skipped the caller's bookkeeping after it, and ended a start's
-        recovery before the other connections."""
+        :class:`DTPError`; at debug level when ``quiet``, a retry's repeat), the outcome
+        says it is not ``done``, and what it left undone stays in the store for a retry
+        or the next start's :meth:`claim_leftovers`: a receipt is marked claimed only
+        once its connection is settled, so a claim made but not followed by its
+        settlement is settled then (its claim found on the ledger, not made twice, not
+        counted twice). Raised, it skipped the caller's bookkeeping after it, and ended
+        a start's recovery before the other connections."""
+        level = logging.DEBUG if quiet else logging.WARNING
+        ports: list[int] = []  # the connection's port, as read on the ledger here
+
+        def read(cid: str) -> TransportControl:
+            tc = self.ledger.get_connection(cid)
+            ports.append(tc.port)
+            return tc
+
+        def outcome(claimed: int, refunded: int, done: bool) -> Settled:
+            return Settled(claimed, refunded, ports[-1] if ports else None, done)
+
         # its newest receipt on disk first, as a rule (its callbacks have run when this
         # returns), but not for long: a failing store held this up for the writer's
         # whole flush timeout, and then the claim took an older receipt. The newest,
@@ -260,8 +285,8 @@ class ServerFees:
         except Exception as exc:
             # (a ReceiptStoreError, a MalformedReceipt: its row damaged) settled without
             # its latest receipt, the client would be refunded what it owes
-            _failed("settle postponed: its receipt cannot be read", connection_id, exc)
-            return Settled(0, 0)
+            _failed("settle postponed: its receipt cannot be read", connection_id, exc, level)
+            return outcome(0, 0, False)
         finally:
             self._checked.pop(connection_id, None)
         claimed = 0
@@ -270,17 +295,17 @@ class ServerFees:
             receipt = stored.receipt
 
             def claim() -> int:
-                escrow = escrow_id or self.ledger.get_connection(connection_id).escrow
+                escrow = escrow_id or read(connection_id).escrow
                 return self.ledger.claim(self.identity, escrow, receipt)
 
             try:
                 claimed = await asyncio.to_thread(claim)
                 mark = receipt.total_amount
             except Exception as exc:
-                known = await asyncio.to_thread(self._claimed_already, connection_id, receipt)
+                known = await asyncio.to_thread(self._claimed_already, read, receipt)
                 if known is None:
-                    _failed("claim failed", connection_id, exc)
-                    return Settled(0, 0)
+                    _failed("claim failed", connection_id, exc, level)
+                    return outcome(0, 0, False)
                 # the ledger has it (a run killed between the claim and its mark, or
                 # whose settlement failed after it), or the escrow is settled and pays
                 # nothing more: marked, or every start claimed it again, failed, and
@@ -289,18 +314,18 @@ class ServerFees:
                 amount, settled = known
                 if settled:
                     self._mark_claimed(connection_id, amount)
-                    return Settled(0, 0)
+                    return outcome(0, 0, True)
                 mark = amount
-        refunded = await asyncio.to_thread(self._close_and_settle, connection_id)
+        refunded = await asyncio.to_thread(self._close_and_settle, read, connection_id, level)
         if refunded is None:
-            # not settled: the receipt stays unclaimed in the store, for the next start
-            # to settle (its claim refused as made, then found on the ledger). Marked
-            # now, the connection was left Open for good, its deposit held until the
-            # client's own timeout
-            return Settled(claimed, 0)
+            # not settled: the receipt stays unclaimed in the store, for a retry or the
+            # next start to settle (its claim refused as made, then found on the
+            # ledger). Marked now, the connection was left Open for good, its deposit
+            # held until the client's own timeout
+            return outcome(claimed, 0, False)
         if mark:
             self._mark_claimed(connection_id, mark)
-        return Settled(claimed, refunded)
+        return outcome(claimed, refunded, True)
 
     def _mark_claimed(self, connection_id: str, amount: int) -> None:
         """Mark ``amount`` claimed (queued behind the receipt's own write: a mark written
@@ -314,24 +339,29 @@ class ServerFees:
                 extra=kv(connection=connection_id, claimed=amount, error=str(exc)),
             )
 
-    def _claimed_already(self, connection_id: str, receipt: Receipt) -> tuple[int, bool] | None:
+    def _claimed_already(
+        self, read: Callable[[str], TransportControl], receipt: Receipt
+    ) -> tuple[int, bool] | None:
         """After a refused claim: (the amount to mark ``receipt`` claimed with, whether
         the escrow is settled) when the ledger holds it already (its escrow took this
         nonce or a later one) or the escrow is settled; None when the refusal stands (a
-        cap, the ledger away)."""
+        cap, the ledger away). ``read`` reads the connection."""
         try:
-            escrow = self.ledger.get_escrow(self.ledger.get_connection(connection_id).escrow)
+            escrow = self.ledger.get_escrow(read(receipt.connection_id).escrow)
         except Exception:  # (the claim's own error is the one logged)
             return None
         if escrow.settled or escrow.latest_nonce >= receipt.nonce:
             return max(escrow.claimed, receipt.total_amount), escrow.settled
         return None
 
-    def _close_and_settle(self, connection_id: str) -> int | None:
+    def _close_and_settle(
+        self, read: Callable[[str], TransportControl], connection_id: str, level: int
+    ) -> int | None:
         """Close the connection on the ledger if still needed, then settle it: the MIST
-        refunded, or None when it is not settled (logged)."""
+        refunded, or None when it is not settled (logged at ``level``, a refusal one
+        step lower). ``read`` reads the connection."""
         try:
-            tc = self.ledger.get_connection(connection_id)
+            tc = read(connection_id)
             if tc.settled:
                 return 0  # (by the client, its timeout passed): done with all the same
             if tc.state == ConnectionState.OPEN or (
@@ -340,26 +370,32 @@ class ServerFees:
                 self.ledger.close_connection(self.identity, connection_id, self.host_id)
             return self.ledger.settle(self.identity, connection_id, self.host_id).refunded
         except ChainError as exc:
-            logger.info(
+            logger.log(
+                min(level, logging.INFO),
                 "settle skipped",
                 extra=kv(connection=connection_id, reason=str(exc)),
             )
         except Exception as exc:
-            _failed("settle failed", connection_id, exc)
+            _failed("settle failed", connection_id, exc, level)
         return None
 
     async def claim_leftovers(
-        self, stopped: Callable[[], bool] | None = None
+        self,
+        stopped: Callable[[], bool] | None = None,
+        settle: Callable[[str], Awaitable[Settled]] | None = None,
     ) -> list[tuple[str, Settled]]:
         """Claim and settle every stored receipt with MIST still unclaimed (after a
         restart nothing is live yet). Once ``stopped()`` is true no further connection
-        is started on (those left stay in the store); returns those settled."""
+        is started on (those left stay in the store); returns the outcome of each one
+        tried. ``settle(connection_id)`` settles one (default :meth:`settle`; the
+        daemon's counts what it moved, and retries it when it failed)."""
+        settle = settle or self.settle
         done: list[tuple[str, Settled]] = []
         for stored in list(self.store.unclaimed()):
             if stopped is not None and stopped():
                 break
             cid = stored.receipt.connection_id
-            done.append((cid, await self.settle(cid)))
+            done.append((cid, await settle(cid)))
         return done
 
     def close(self) -> None:
@@ -372,11 +408,12 @@ class ServerFees:
         release_receipts(self.writer, self.store, own_store=True)
 
 
-def _failed(what: str, connection_id: str, exc: Exception) -> None:
+def _failed(what: str, connection_id: str, exc: Exception, level: int = logging.WARNING) -> None:
     """Log a settlement step that failed: a :class:`DTPError` (a ledger refusal, the
     store unreadable) by its message, anything else (a bug, an error the ledger did not
     wrap) with its traceback."""
-    logger.warning(
+    logger.log(
+        level,
         what,
         extra=kv(connection=connection_id, error=str(exc) or type(exc).__name__),
         exc_info=not isinstance(exc, DTPError),

@@ -387,27 +387,22 @@ class Daemon:
         return ready
 
     async def _claim_leftovers(self) -> None:
-        assert self.fees is not None and self.services is not None
+        assert self.services is not None
         # a stop ends the claims between two connections: the rest stay in the store
-        # for the next start
-        leftovers = await self.fees.claim_leftovers(self._stopping.is_set)
+        # for the next start. Counted by the service host, as every settlement (here, a
+        # connection of a service no longer configured, or whose state could not be read
+        # again afterwards, was claimed and not counted); one that fails is tried again
+        leftovers = await self.services.claim_leftovers(self._stopping.is_set)
         for connection_id, settled in leftovers:
-            try:
-                tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
-            except ChainError:
-                continue
-            service = self.services.services.get(tc.port)
-            if service is not None:
-                row = self.services.stats(service)
-                row.fees_claimed += settled.claimed
-                row.refunded += settled.refunded
-                # a receipt stored just before the crash may not have reached the saved
-                # status yet: what was claimed was earned
-                row.fees_earned = max(row.fees_earned, row.fees_claimed)
-            logger.info(
-                "claimed after restart",
-                extra=kv(connection=connection_id, claimed=settled.claimed),
-            )
+            if settled.done:
+                logger.info(
+                    "claimed after restart",
+                    extra=kv(
+                        connection=connection_id,
+                        claimed=settled.claimed,
+                        refunded=settled.refunded,
+                    ),
+                )
 
     async def _start_forwarder(self, forward: ForwardConfig) -> str:
         fwd, address = await self._open_forwarder(forward)

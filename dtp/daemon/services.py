@@ -26,7 +26,7 @@ from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
-from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees
+from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees, Settled
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
@@ -66,6 +66,16 @@ escrow back, the usage served meanwhile unpaid (dtp.paid's ``ledger_check_interv
 SETTLE_TIMEOUT = 30.0
 """Seconds a stopping daemon gives its connections' claims and settlements on the
 ledger, once their tunnels are closed."""
+
+SETTLE_RETRY = 30.0
+"""Seconds after a failed settlement (the ledger away, a refusal) before it is tried
+again, doubled after each failure up to :data:`SETTLE_RETRY_MAX`. Left for the next
+start, it could come too late: ``HALF_CLOSE_TIMEOUT_MS`` (10 min) after a half-close
+the client may settle alone and take its whole deposit back, the receipted fee lost."""
+
+SETTLE_RETRY_MAX = 240.0
+"""The longest wait between two tries of a settlement: at least two within a client's
+half-close timeout."""
 
 UDP_TALLY = 0.5
 """Seconds between copies of a UDP flow's counters into its service's status row (the
@@ -117,6 +127,19 @@ class _Conn:
     """When (monotonic) the connection's state on the ledger is read next."""
 
 
+@dataclass
+class _Retry:
+    """A connection whose settlement failed, to be tried again."""
+
+    escrow_id: str | None
+    service: ServiceConfig | None
+    """The service its outcome is counted under (None: found by its port)."""
+    delay: float
+    """Seconds between the last failure and the next try."""
+    due: float
+    """When (the loop's clock) it is tried next."""
+
+
 def _permits(service: ServiceConfig, client: str) -> bool:
     """Whether the service's own ``allow``/``deny`` lists let ``client`` in."""
     return client not in service.deny and (not service.allow or client in service.allow)
@@ -164,6 +187,13 @@ class ServiceHost:
         self._policy_task: asyncio.Task[None] | None = None
         self._held_names: set[str] = set()
         """Services whose status row counts receipts held (see :meth:`_count_held`)."""
+        self._settling: dict[str, asyncio.Future[None]] = {}
+        """Connections being settled (:meth:`_settle`), each until its settlement ended:
+        one settlement of a connection at a time."""
+        self._retries: dict[str, _Retry] = {}
+        """Connections whose settlement failed, tried again by :meth:`_retry_loop`."""
+        self._retry_task: asyncio.Task[None] | None = None
+        self._retry_wake = asyncio.Event()
 
     @property
     def fees(self) -> ServerFees:
@@ -289,6 +319,10 @@ class ServiceHost:
             return why
         admission = LedgerAdmission(self.ledger, self.host_id, service.port)
         reason = await asyncio.to_thread(admission, peer)
+        if reason is None and peer.connection_id in self._settling:
+            # (a retry of its failed settlement, in flight: served, it would be closed
+            # on the ledger under its tunnels)
+            reason = "the connection is being settled"
         if reason is None:
             assert peer.connection_id is not None
             # first: a second DTP connection on a ledger connection served is refused as
@@ -300,7 +334,7 @@ class ServiceHost:
             self._release_unclaimed(peer.connection_id)
             # a valid, funded connection we refuse: close and settle it now, so the
             # client's deposit comes back at once instead of after the close timeout
-            self._settle_refused(peer.connection_id)
+            self._settle_refused(peer.connection_id, service)
         if reason is not None:
             self.stats(service).denials += 1
             logger.warning(
@@ -327,11 +361,183 @@ class ServiceHost:
             self._unclaimed.discard(connection_id)
             self._served.release(connection_id)
 
-    def _settle_refused(self, connection_id: str) -> None:
-        """Close and settle (refund) a ledger connection refused at admission."""
-        task = asyncio.ensure_future(self.fees.settle(connection_id))
+    def _settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
+        """Close and settle (refund) a ledger connection refused at admission (a receipt
+        an earlier run left of it is claimed, and counted, on the way)."""
+        task = asyncio.ensure_future(self._settle(connection_id, service=service))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    # -- settlements ---------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        connection_id: str,
+        escrow_id: str | None = None,
+        service: ServiceConfig | None = None,
+        *,
+        retry: bool = False,
+    ) -> Settled:
+        """Every settlement of the daemon goes through here: it waits for one of the
+        same connection under way, settles (:meth:`ServerFees.settle`), counts what it
+        claimed and refunded in the status once -- under ``service``, or the service
+        of the connection's port -- and has one that failed tried again later
+        (:meth:`_retry_loop`). Counted by each caller, the refused connections', the
+        cut ones' and the restart's claims went uncounted."""
+        while (running := self._settling.get(connection_id)) is not None:
+            await asyncio.wait({running})
+        ended = asyncio.get_running_loop().create_future()
+        self._settling[connection_id] = ended
+        try:
+            settled = await self.fees.settle(connection_id, escrow_id, quiet=retry)
+        finally:
+            del self._settling[connection_id]
+            ended.set_result(None)
+        self._count_settled(connection_id, settled, service)
+        self._follow_up(connection_id, settled, escrow_id, service)
+        return settled
+
+    def _count_settled(
+        self, connection_id: str, settled: Settled, service: ServiceConfig | None
+    ) -> None:
+        """Add a settlement's claim and refund to its service's status row."""
+        if not (settled.claimed or settled.refunded):
+            return
+        row = self._settled_row(service, settled.port)
+        if row is None:  # (a claim or a refund read the connection: not expected)
+            logger.warning(
+                "settlement not counted: its service is unknown",
+                extra=kv(
+                    connection=connection_id, claimed=settled.claimed, refunded=settled.refunded
+                ),
+            )
+            return
+        row.fees_claimed += settled.claimed
+        row.refunded += settled.refunded
+        # a receipt of an earlier run, stored just before it ended, may not have reached
+        # the saved status: what was claimed was earned
+        row.fees_earned = max(row.fees_earned, row.fees_claimed)
+        self.book.touch()
+
+    def _settled_row(self, service: ServiceConfig | None, port: int | None) -> ServiceStats | None:
+        """The status row a settlement counts under: ``service``'s, else that of the
+        service configured on ``port``, else the row a removed service on ``port`` left
+        in the status, else a new row for that port."""
+        if service is not None:
+            return self.stats(service)
+        if port is None:
+            return None
+        configured = self.services.get(port)
+        if configured is not None:
+            return self.stats(configured)
+        for _, row in sorted(self.book.services.items()):
+            if row.port == port:
+                return row
+        row = self.book.service(f"port {port} (removed)")
+        row.port = port
+        return row
+
+    def _follow_up(
+        self,
+        connection_id: str,
+        settled: Settled,
+        escrow_id: str | None,
+        service: ServiceConfig | None,
+    ) -> None:
+        """After a settlement: drop the connection from the retries when it is done;
+        otherwise schedule its next try (the first failure logged as a warning, the
+        repeats at debug level)."""
+        entry = self._retries.get(connection_id)
+        if settled.done:
+            if entry is not None:
+                del self._retries[connection_id]
+                logger.info(
+                    "settled after a failure",
+                    extra=kv(
+                        connection=connection_id,
+                        claimed=settled.claimed,
+                        refunded=settled.refunded,
+                    ),
+                )
+            return
+        now = asyncio.get_running_loop().time()
+        if entry is None:
+            entry = _Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY)
+            self._retries[connection_id] = entry
+            logger.warning(
+                "settlement failed",
+                extra=kv(
+                    connection=connection_id,
+                    retry="at the next start" if self._draining else f"in {SETTLE_RETRY:g} s",
+                ),
+            )
+        else:
+            entry.escrow_id = entry.escrow_id or escrow_id
+            entry.service = entry.service or service
+            entry.delay = min(2 * entry.delay, SETTLE_RETRY_MAX)
+            entry.due = now + entry.delay
+            logger.debug(
+                "settlement failed again",
+                extra=kv(connection=connection_id, retry=f"in {entry.delay:g} s"),
+            )
+        if not self._draining:
+            if self._retry_task is None:
+                self._retry_task = asyncio.ensure_future(self._retry_loop())
+            self._retry_wake.set()  # (its next try may come before the one waited for)
+
+    async def _retry_loop(self) -> None:
+        """Try the failed settlements again as they fall due, one at a time, until the
+        drain cancels this: each try is a handler (the drain waits for one under way,
+        as for the connections' own settlements, so its claim is counted), and a
+        connection served again, or being settled, is left to that settlement."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._retry_wake.clear()
+            now = loop.time()
+            due = [cid for cid, entry in self._retries.items() if entry.due <= now]
+            if not due:
+                nearest = min((entry.due for entry in self._retries.values()), default=None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._retry_wake.wait(), None if nearest is None else nearest - now
+                    )
+                continue
+            for cid in due:
+                entry = self._retries.get(cid)
+                if entry is None:  # (settled meanwhile)
+                    continue
+                # (pushed back first: a try that ends without its follow-up must not be
+                # made again at once, over and over)
+                entry.due = loop.time() + entry.delay
+                if cid in self._served or cid in self._settling:
+                    continue
+                attempt = asyncio.ensure_future(
+                    self._settle(cid, entry.escrow_id, entry.service, retry=True)
+                )
+                self._handlers.add(attempt)
+                attempt.add_done_callback(self._handlers.discard)
+                await asyncio.wait({attempt})  # (a cancel here leaves the try running)
+                if not attempt.cancelled() and (error := attempt.exception()) is not None:
+                    logger.error(
+                        "settlement retry failed",
+                        extra=kv(connection=cid, error=f"{type(error).__name__}: {error}"),
+                        exc_info=error,
+                    )
+
+    async def _stop_retries(self) -> None:
+        """Stop trying failed settlements again (a try under way goes on: it is one of
+        the handlers the drain waits for)."""
+        task, self._retry_task = self._retry_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def claim_leftovers(self, stopped: Callable[[], bool]) -> list[tuple[str, Settled]]:
+        """Claim and settle what an earlier run left in the receipt store (as every
+        settlement: counted, tried again when it fails); see
+        :meth:`ServerFees.claim_leftovers`."""
+        return await self.fees.claim_leftovers(stopped, self._settle)
 
     async def _unpublish_removed(self, port: int) -> None:
         """Take a service a reload removed off the Host once its last connection
@@ -370,7 +576,7 @@ class ServiceHost:
             # removed by a reload since its admission: refunded now, as one refused at
             # admission is (its deposit stayed in escrow until the close timeout)
             writer.abort("service removed")
-            await self.fees.settle(connection_id)
+            await self._settle(connection_id)
             return
         client: str = writer.get_extra_info("peer_address")
         try:
@@ -379,7 +585,7 @@ class ServiceHost:
             writer.abort(f"cannot read the connection: {exc}")
             # (settled all the same: the ledger connection stayed Open, the deposit
             # locked until the client's own timeout)
-            await self.fees.settle(connection_id)
+            await self._settle(connection_id, service=service)
             return
         conn = _Conn(connection_id, service, terms, client, writer)
         await self._watch_policy()
@@ -420,9 +626,7 @@ class ServiceHost:
             self.conns.pop(connection_id, None)
             self.limiter.release(client)
             writer.close()
-            settled = await self.fees.settle(connection_id, terms.escrow_id)
-            stats.fees_claimed += settled.claimed
-            stats.refunded += settled.refunded
+            settled = await self._settle(connection_id, terms.escrow_id, service)
             self._count_held()
             await self._unpublish_removed(service.port)
             logger.info(
@@ -522,9 +726,7 @@ class ServiceHost:
             # users only grew and its buckets were never let go)
             self.limiter.release(conn.client)
             writer.close()
-            settled = await self.fees.settle(conn.connection_id, terms.escrow_id)
-            stats.fees_claimed += settled.claimed
-            stats.refunded += settled.refunded
+            settled = await self._settle(conn.connection_id, terms.escrow_id, service)
             self._count_held()
             self.book.touch()
             await self._unpublish_removed(service.port)
@@ -830,6 +1032,7 @@ class ServiceHost:
         closed at once, as they were, the usage since their last report went unbilled."""
         self.stop_listening()
         self._draining = True
+        await self._stop_retries()
         for conn in list(self.conns.values()):
             if conn.finish is not None:
                 conn.finish.set()
@@ -851,6 +1054,16 @@ class ServiceHost:
         deadline = loop.time() + SETTLE_TIMEOUT
         while self._handlers and loop.time() < deadline:
             await asyncio.wait(set(self._handlers), timeout=deadline - loop.time())
+        for cid in self._retries:
+            logger.warning(
+                "connection left unsettled",
+                extra=kv(
+                    connection=cid,
+                    reason="its settlement failed: a receipt held is claimed at the next "
+                    "start; without one, its client settles it after its timeout",
+                ),
+            )
+        self._retries.clear()  # (said once)
         for pool in list(self.pools.values()):
             await pool.stop()
         self.pools.clear()

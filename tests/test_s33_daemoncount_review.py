@@ -1,0 +1,526 @@
+"""The daemon's settlements, counted and retried (review of dtp/daemon/services.py and
+runner.py after ServerFees.settle stopped raising):
+
+* fees_claimed missed claims: a connection refused at admission (a service's deny list,
+  a service a reload removed) or cut before it was served (its terms unreadable) was
+  settled with its ``Settled`` thrown away, so a receipt an earlier run left of it was
+  claimed and never counted; the start's recovery skipped the count for a connection of
+  a service no longer configured, or whose state could not be read again afterwards.
+  Every settlement is counted in one place now (``ServiceHost._settle``).
+* A settlement that failed (the ledger briefly away) waited for the next start, while
+  ten minutes after a half-close the client may settle alone and take its whole deposit
+  back. It is tried again within the run now, with a backoff, never alongside another
+  settlement or the serving of the same connection, and not past the stop.
+
+Real LocalLedger files, real DTP connections on 127.0.0.1 to an in-process daemon; the
+ledger's ``settle`` is made to fail (LedgerUnavailable) or wait, by a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.daemon.services as services_mod
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Settlement, TransportControl
+from dtp.connection import ConnectionConfig
+from dtp.daemon.config import load_config
+from dtp.daemon.fees import ServerFees
+from dtp.daemon.runner import Daemon
+from dtp.daemon.tunnel import read_status
+from dtp.errors import ChainError, ConnectionRefused, DTPError, LedgerUnavailable
+from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.keys import HostIdentity
+from dtp.receipt_store import ReceiptStore
+
+SUI = 1_000_000_000
+DEPOSIT = 1_000_000
+BOUND = 5.0  # seconds: the fixed code takes well under 1 s for each wait
+
+
+def _service(port: int, backend: int, extra: str = "") -> str:
+    return f"""
+[[service]]
+name = "svc{port}"
+port = {port}
+backends = ["127.0.0.1:{backend}"]
+health_interval = 30
+{extra}"""
+
+
+def _paid(port: int, backend: int, extra: str = "") -> str:
+    return _service(port, backend, "price_per_kib = 10\nmin_deposit = 1000\n" + extra)
+
+
+def _write_config(tmp: Path, services: str) -> Path:
+    if not (tmp / "provider.key").exists():
+        HostIdentity.generate().save(tmp / "provider.key")
+    config = tmp / "daemon.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "state"
+faucet = {SUI}
+drain_timeout = 1
+{services}"""
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def _echo() -> AsyncIterator[int]:
+    """A TCP echo backend; yields its port."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+class _Client:
+    """A client of the daemon: its own LocalLedger on the daemon's file."""
+
+    def __init__(self, tmp: Path, daemon: Daemon, identity: HostIdentity | None = None) -> None:
+        self.identity = identity or HostIdentity.generate()
+        self.ledger = LocalLedger(tmp / "ledger.sqlite")
+        if identity is None:
+            self.ledger.faucet(self.identity.sui_address, SUI)
+        self.cap = self.ledger.create_spending_cap(self.identity, SUI // 2)
+        assert daemon.host_id is not None and daemon.endpoint is not None
+        self.host_id = daemon.host_id
+        self.endpoint = daemon.endpoint
+        self.server_key = daemon.identity.noise_public
+
+    async def open_ledger(self, port: int) -> str:
+        opened = await asyncio.to_thread(
+            self.ledger.open_connection, self.identity, self.host_id, port, self.cap, DEPOSIT
+        )
+        return opened.connection_id
+
+    async def connect(
+        self, cid: str, port: int
+    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        config = ConnectionConfig(
+            identity=self.identity,
+            is_client=True,
+            connection_id=bytes.fromhex(cid[2:]),
+            port=port,
+        )
+        host, dtp_port = self.endpoint
+        return await dtp.aio.open_connection(
+            host, dtp_port, identity=self.identity, server_key=self.server_key, config=config
+        )
+
+    async def served_once(self, cid: str, port: int) -> None:
+        """Connect on ``cid``, carry one tunnel, close."""
+        _, writer = await self.connect(cid, port)
+        assert await _tunnel(writer) == b"ping"
+        writer.close()
+
+    async def refused_or_cut(self, cid: str, port: int) -> None:
+        """Connect on ``cid``: refused, or cut by the daemon."""
+        with contextlib.suppress(DTPError, asyncio.IncompleteReadError, ConnectionError):
+            _, writer = await self.connect(cid, port)
+            await asyncio.wait_for(_tunnel(writer), BOUND)
+            writer.close()
+
+    def receipt(self, cid: str, kib: int = 40) -> Receipt:
+        sla = self.ledger.get_connection(cid).sla
+        return Receipt(cid, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
+
+    def connection(self, cid: str) -> TransportControl:
+        return self.ledger.get_connection(cid)
+
+
+async def _tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
+    reader, stream = await writer.open_stream()
+    await read_status(reader)
+    stream.write(payload)
+    stream.write_eof()
+    return await reader.read()
+
+
+async def _until(check: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _store(daemon: Daemon, receipt: Receipt) -> None:
+    """``receipt`` kept on disk by the daemon's fees, as a run that ended before its
+    connection's settlement left it (the counters never saw it)."""
+    assert daemon.fees is not None
+    terms = await daemon.fees.terms(receipt.connection_id)
+    daemon.fees.accept(terms, receipt.encode(), lambda _: None)
+    await asyncio.to_thread(daemon.fees.writer.flush)
+
+
+def _run(
+    tmp: Path,
+    services: Callable[[int], str],
+    scenario: Callable[[Daemon, _Client, Path, int], Awaitable[None]],
+) -> None:
+    """``scenario(daemon, client, config, backend_port)`` against a started in-process
+    daemon serving ``services(backend_port)``; the daemon is drained at the end."""
+
+    async def main() -> None:
+        async with _echo() as port:
+            config = _write_config(tmp, services(port))
+            daemon = Daemon(load_config(config))
+            client: _Client | None = None
+            try:
+                await daemon.start()
+                client = _Client(tmp, daemon)
+                await scenario(daemon, client, config, port)
+            finally:
+                await asyncio.wait_for(daemon.drain(), 8 * BOUND)
+                if client is not None:
+                    client.ledger.close()
+
+    asyncio.run(asyncio.wait_for(main(), 16 * BOUND))
+
+
+class _Outage:
+    """The ledger's ``settle`` of the connections named: held at the call numbered in
+    ``holds[cid]`` (in flight set, until let go), then failing (LedgerUnavailable) while
+    ``fails[cid]`` counts down; ``calls`` counts them, ``most`` how many ran at once.
+    Its ``close_connection`` fails too for the connections in ``closes``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fails: dict[str, int] = {}
+        self.closes: set[str] = set()
+        self.holds: dict[str, tuple[int, threading.Event, threading.Event]] = {}
+        self.calls: Counter[str] = Counter()
+        self.busy: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        real = LocalLedger.settle
+        outage = self
+
+        def settle(
+            self: LocalLedger,
+            signer: HostIdentity,
+            connection_id: str,
+            host_id: str | None = None,
+            escrow_id: str | None = None,
+        ) -> Settlement:
+            with outage._lock:
+                outage.calls[connection_id] += 1
+                outage.busy[connection_id] += 1
+                outage.most[connection_id] = max(
+                    outage.most[connection_id], outage.busy[connection_id]
+                )
+                hold = outage.holds.get(connection_id)
+                held = hold is not None and hold[0] == outage.calls[connection_id]
+            try:
+                if hold is not None and held:
+                    hold[1].set()  # in flight
+                    hold[2].wait(BOUND)  # until let go
+                with outage._lock:
+                    failing = outage.fails.get(connection_id, 0) > 0
+                    if failing:
+                        outage.fails[connection_id] -= 1
+                if failing:
+                    raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
+                return real(self, signer, connection_id, host_id, escrow_id)
+            finally:
+                with outage._lock:
+                    outage.busy[connection_id] -= 1
+
+        real_close = LocalLedger.close_connection
+
+        def close_connection(
+            self: LocalLedger, signer: HostIdentity, connection_id: str, host_id: str | None = None
+        ) -> None:
+            if connection_id in outage.closes:
+                raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
+            real_close(self, signer, connection_id, host_id)
+
+        monkeypatch.setattr(LocalLedger, "settle", settle)
+        monkeypatch.setattr(LocalLedger, "close_connection", close_connection)
+
+
+def _short_retries(monkeypatch: pytest.MonkeyPatch, first: float = 0.05, most: float = 0.1) -> None:
+    # (raising=False: the old code, which had none, fails on what it does, not here)
+    monkeypatch.setattr(services_mod, "SETTLE_RETRY", first, raising=False)
+    monkeypatch.setattr(services_mod, "SETTLE_RETRY_MAX", most, raising=False)
+
+
+def _messages(caplog: pytest.LogCaptureFixture, level: int, message: str, cid: str) -> int:
+    return sum(
+        1
+        for r in caplog.records
+        if r.levelno == level
+        and r.getMessage() == message
+        and getattr(r, "fields", {}).get("connection") == cid
+    )
+
+
+# -- every claim counted -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["service-deny", "service-removed", "terms-unreadable"])
+def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A receipt of the connection is in the store (an earlier run ended before its
+    settlement); the client comes back and is refused (its service's deny list; its
+    service removed by a reload) or cut (its terms unreadable). Its settlement claims
+    the receipt: before, the claim and the refund were never counted."""
+    port = 7001 if path == "service-removed" else 7000
+    failed_terms: list[str] = []
+    if path == "terms-unreadable":
+        real_terms = ServerFees.terms
+
+        async def flaky_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+            if failed_terms == ["armed"]:
+                failed_terms[0] = connection_id
+                raise ChainError("ledger RPC timed out")
+            return await real_terms(self, connection_id)
+
+        monkeypatch.setattr(ServerFees, "terms", flaky_terms)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        cid = await client.open_ledger(port)
+        receipt = client.receipt(cid)
+        await _store(daemon, receipt)
+        if path == "service-deny":
+            denied = f'deny = ["{client.identity.sui_address}"]'
+            config.write_text(config.read_text().replace("health_interval = 30", denied, 1))
+            await daemon.reload()
+        elif path == "service-removed":
+            config.write_text(_write_config(tmp_path, _paid(7000, backend)).read_text())
+            await daemon.reload()
+            assert daemon.services is not None and 7001 not in daemon.services.services
+        else:
+            failed_terms.append("armed")
+        await client.refused_or_cut(cid, port)
+        row = daemon.book.service(f"svc{port}")
+        await _until(lambda: row.refunded, "the refund counted")
+        assert client.connection(cid).settled
+        assert client.ledger.get_escrow(client.connection(cid).escrow).claimed == (
+            receipt.total_amount
+        )
+        assert row.fees_claimed == receipt.total_amount
+        assert row.refunded == DEPOSIT - receipt.total_amount
+        assert row.fees_earned >= row.fees_claimed
+
+    _run(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), scenario)
+    if path == "terms-unreadable":
+        assert failed_terms[0].startswith("0x")
+
+
+@pytest.mark.parametrize("path", ["service-removed", "unreadable-after"])
+def test_the_starts_recovery_counts_every_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A run left a receipt unclaimed; the next start claims it. Before, the claim was
+    not counted when the connection's service was no longer configured, or when its
+    state could not be read once more after the settlement."""
+    port = 7001 if path == "service-removed" else 7000
+    left: dict[str, Any] = {}
+
+    async def first_run(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        cid = await client.open_ledger(port)
+        receipt = client.receipt(cid)
+        await _store(daemon, receipt)
+        left.update(cid=cid, amount=receipt.total_amount, identity=client.identity)
+
+    _run(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), first_run)
+    cid, amount = left["cid"], left["amount"]
+
+    if path == "unreadable-after":
+        real_get = LocalLedger.get_connection
+
+        def get_connection(self: LocalLedger, connection_id: str) -> TransportControl:
+            tc = real_get(self, connection_id)
+            if connection_id == cid and tc.settled:  # the ledger away right after
+                raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
+            return tc
+
+        monkeypatch.setattr(LocalLedger, "get_connection", get_connection)
+
+    async def second_run(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        row = daemon.book.services[f"svc{port}"]
+        assert row.fees_claimed == amount
+        assert row.refunded == DEPOSIT - amount
+        assert row.fees_earned == amount  # (stored just before the end: earned all the same)
+
+    services = (
+        (lambda b: _paid(7000, b))
+        if path == "service-removed"
+        else (lambda b: _paid(7000, b) + _paid(7001, b))
+    )
+    _run(tmp_path, services, second_run)
+    monkeypatch.undo()
+    with LocalLedger(tmp_path / "ledger.sqlite") as ledger:
+        tc = ledger.get_connection(cid)
+        assert tc.settled
+        assert ledger.get_escrow(tc.escrow).claimed == amount  # claimed once
+    with ReceiptStore(tmp_path / "state" / "receipts.sqlite") as store:
+        assert list(store.unclaimed()) == []
+
+
+# -- failed settlements tried again ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("paid", [True, False], ids=["paid", "free"])
+def test_a_failed_settlement_is_tried_again_within_the_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    paid: bool,
+) -> None:
+    """The connection's settlement fails three times (the ledger away): before, it
+    waited for the next start (and a free connection, with no receipt in the store, for
+    its client's timeout). Now it is tried again with a backoff, the first failure a
+    warning and the repeats at debug level; its claim and refund counted once."""
+    outage = _Outage(monkeypatch)
+    _short_retries(monkeypatch)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        cid = await client.open_ledger(7000)
+        amount = 0
+        if paid:
+            receipt = client.receipt(cid)
+            await _store(daemon, receipt)
+            amount = receipt.total_amount
+        outage.fails[cid] = 3
+        await client.served_once(cid, 7000)
+        row = daemon.book.service("svc7000")
+        await _until(lambda: row.refunded, "settled and counted")
+        tc = client.connection(cid)
+        assert tc.settled and tc.state == ConnectionState.CLOSED
+        assert outage.calls[cid] == 4  # the connection's end, then three retries
+        escrow = client.ledger.get_escrow(tc.escrow)
+        assert escrow.claimed == amount and escrow.refunded == DEPOSIT - amount
+        assert (row.fees_claimed, row.refunded) == (amount, DEPOSIT - amount)
+        assert _messages(caplog, logging.WARNING, "settlement failed", cid) == 1
+        assert _messages(caplog, logging.DEBUG, "settlement failed again", cid) == 2
+        assert _messages(caplog, logging.INFO, "settle skipped", cid) == 1  # the rest: debug
+        assert _messages(caplog, logging.INFO, "settled after a failure", cid) == 1
+        retries = [
+            r.fields["retry"]  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage().startswith("settlement failed")
+        ]
+        assert retries == ["in 0.05 s", "in 0.1 s", "in 0.1 s"]  # doubled, to the most
+        if paid:
+            assert daemon.fees is not None
+            await asyncio.to_thread(daemon.fees.writer.flush)  # (the mark is queued)
+            assert list(daemon.fees.store.unclaimed()) == []  # marked once settled
+
+    with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
+        _run(tmp_path, lambda b: (_paid if paid else _service)(7000, b), scenario)
+
+
+def test_a_connection_served_again_is_left_to_its_own_settlement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its settlement failed and is being tried again; the client comes back on the
+    ledger connection (still Open) and is served. The retries leave it alone while it is
+    served (settled under it, its tunnels would be cut by the ledger), and its own end
+    settles it, once."""
+    outage = _Outage(monkeypatch)
+    _short_retries(monkeypatch)
+    tried_at: list[float] = []
+    real_settle = ServerFees.settle
+
+    async def counted_settle(self: ServerFees, *args: Any, **kwargs: Any) -> Any:
+        tried_at.append(time.monotonic())
+        return await real_settle(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServerFees, "settle", counted_settle)
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        cid = await client.open_ledger(7000)
+        outage.closes.add(cid)  # away until said otherwise (its close too: still Open)
+        await client.served_once(cid, 7000)
+        await _until(lambda: len(tried_at) >= 3, "tried again")
+        writer: dtp.aio.DTPStreamWriter | None = None
+        deadline = time.monotonic() + BOUND
+        while writer is None:  # (refused while a try is in flight: being settled)
+            assert time.monotonic() < deadline, "never served again"
+            with contextlib.suppress(ConnectionRefused):
+                _, writer = await client.connect(cid, 7000)
+        assert await _tunnel(writer) == b"ping"
+        outage.closes.clear()  # the ledger is back
+        tried = len(tried_at)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 0.5  # ten retry periods
+        while loop.time() < until:
+            assert await _tunnel(writer, b"still") == b"still"
+        assert len(tried_at) == tried  # no settlement while served
+        assert client.connection(cid).state == ConnectionState.OPEN
+        writer.close()
+        row = daemon.book.service("svc7000")
+        await _until(lambda: row.refunded, "settled at its end")
+        assert client.connection(cid).settled
+        assert row.refunded == DEPOSIT
+        assert outage.calls[cid] == 1  # the ledger's settle: its end's, at last
+
+    _run(tmp_path, lambda b: _service(7000, b), scenario)
+
+
+def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two connections' settlements failed. The retry of the first is in flight (its
+    ledger call held) when the daemon stops: the stop waits for it (as for any
+    settlement, within SETTLE_TIMEOUT), counts it, and tries nothing more -- the second,
+    still failing, is left (logged) rather than holding the stop up."""
+    outage = _Outage(monkeypatch)
+    _short_retries(monkeypatch)
+    in_flight, let_go = threading.Event(), threading.Event()
+
+    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+        assert daemon.services is not None
+        services = daemon.services
+        first = await client.open_ledger(7000)
+        second = await client.open_ledger(7000)
+        outage.fails[first] = 1
+        outage.fails[second] = 1_000
+        await client.served_once(second, 7000)
+        await _until(lambda: outage.calls[second] >= 2, "the second tried again")
+        outage.holds[first] = (2, in_flight, let_go)  # its first retry, held
+        await client.served_once(first, 7000)
+        await _until(in_flight.is_set, "the first's retry in flight")
+        started = time.monotonic()
+        drain = asyncio.ensure_future(services.drain(1.0))
+        await _until(lambda: services._retry_task is None, "the retries stopped")
+        let_go.set()  # (and the ledger is back: the held call goes through)
+        await asyncio.wait_for(drain, BOUND)
+        assert time.monotonic() - started < BOUND  # not SETTLE_TIMEOUT
+        assert client.connection(first).settled
+        assert daemon.book.service("svc7000").refunded == DEPOSIT  # the first's, once
+        calls = outage.calls[second]
+        assert not client.connection(second).settled
+        assert outage.most[first] == 1  # (the retry and nothing else)
+        assert _messages(caplog, logging.WARNING, "connection left unsettled", second) == 1
+        assert _messages(caplog, logging.WARNING, "connection left unsettled", first) == 0
+        await asyncio.sleep(0.3)  # (a time of several retry periods: none made)
+        assert outage.calls[second] == calls
+
+    with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
+        _run(tmp_path, lambda b: _service(7000, b), scenario)
