@@ -187,6 +187,8 @@ def _serving(
             yield aio
         finally:
             asyncio.run_coroutine_threadsafe(stop(aio), loop).result(60)
+            # (released: its run's lock let go, so that a restart finds the run dead)
+            assert asyncio.run_coroutine_threadsafe(aio.wait_released(30), loop).result(60)
 
 
 def _recovered_at_restart(world: PaidWorld, receipts: Path, cid: str, paid: Receipt) -> None:
