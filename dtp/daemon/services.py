@@ -125,6 +125,12 @@ class _Conn:
     receipt covers it."""
     ledger_check_due: float = field(default_factory=lambda: time.monotonic() + LEDGER_CHECK)
     """When (monotonic) the connection's state on the ledger is read next."""
+    earned: int = 0
+    """The receipt total counted in its service's ``fees_earned``: its receipts as they
+    are kept, or the one its settlement claimed before its write landed (see
+    :meth:`ServiceHost._earn`)."""
+    accepted: int = 0
+    """The total of the newest receipt accepted (checked; stored, or on its way)."""
 
 
 @dataclass
@@ -138,6 +144,8 @@ class _Retry:
     """Seconds between the last failure and the next try."""
     due: float
     """When (the loop's clock) it is tried next."""
+    served: bool = False
+    """Whether its receipts were earned in this run (see :meth:`ServiceHost._settle`)."""
 
 
 def _permits(service: ServiceConfig, client: str) -> bool:
@@ -377,15 +385,26 @@ class ServiceHost:
         service: ServiceConfig | None = None,
         *,
         retry: bool = False,
+        served: bool = False,
     ) -> Settled:
         """Every settlement of the daemon goes through here: it waits for one of the
         same connection under way, settles (:meth:`ServerFees.settle`), counts what it
         claimed and refunded in the status once -- under ``service``, or the service
         of the connection's port -- and has one that failed tried again later
         (:meth:`_retry_loop`). Counted by each caller, the refused connections', the
-        cut ones' and the restart's claims went uncounted."""
+        cut ones' and the restart's claims went uncounted. ``served``: the connection
+        was served in this run, its receipts counted as earned as they were kept (its
+        claim does not raise ``fees_earned``: see :meth:`_count_settled`).
+
+        A ``retry`` finds the connection served again (an admission that took its ID
+        after the retry was scheduled, before this first step: it found nothing being
+        settled) and leaves it to that connection's own settlement: not settled, not
+        counted, tried again later (:meth:`_retry_loop` pushed it back). Settled, the
+        ledger connection was closed under the client being served."""
         while (running := self._settling.get(connection_id)) is not None:
             await asyncio.wait({running})
+        if retry and connection_id in self._served:
+            return Settled(0, 0)
         ended = asyncio.get_running_loop().create_future()
         self._settling[connection_id] = ended
         try:
@@ -393,14 +412,20 @@ class ServiceHost:
         finally:
             del self._settling[connection_id]
             ended.set_result(None)
-        self._count_settled(connection_id, settled, service)
-        self._follow_up(connection_id, settled, escrow_id, service)
+        self._count_settled(connection_id, settled, service, served)
+        self._follow_up(connection_id, settled, escrow_id, service, served)
         return settled
 
     def _count_settled(
-        self, connection_id: str, settled: Settled, service: ServiceConfig | None
+        self,
+        connection_id: str,
+        settled: Settled,
+        service: ServiceConfig | None,
+        served: bool = False,
     ) -> None:
-        """Add a settlement's claim and refund to its service's status row."""
+        """Add a settlement's claim and refund to its service's status row (and, for a
+        connection not ``served`` in this run, raise its ``fees_earned`` to its
+        ``fees_claimed``)."""
         if not (settled.claimed or settled.refunded):
             return
         row = self._settled_row(service, settled.port)
@@ -414,10 +439,22 @@ class ServiceHost:
             return
         row.fees_claimed += settled.claimed
         row.refunded += settled.refunded
-        # a receipt of an earlier run, stored just before it ended, may not have reached
-        # the saved status: what was claimed was earned
-        row.fees_earned = max(row.fees_earned, row.fees_claimed)
+        if not served:
+            # a receipt of an earlier run, stored just before it ended, may not have
+            # reached the saved status: what was claimed was earned. Not for one served
+            # here: its receipts count as they are kept, and one claimed while still on
+            # its way to the disk (the store slow) was counted twice, raised to here by
+            # the claim and added again by its "kept" callback (_earn)
+            row.fees_earned = max(row.fees_earned, row.fees_claimed)
         self.book.touch()
+
+    def _earn(self, stats: ServiceStats, conn: _Conn, total: int) -> None:
+        """Count in ``stats.fees_earned`` what ``conn``'s receipt of ``total`` adds to
+        what it counted: at each receipt kept, and at its settlement's claim of a receipt
+        not kept yet (whose "kept" then adds nothing)."""
+        if total > conn.earned:
+            stats.fees_earned += total - conn.earned
+            conn.earned = total
 
     def _settled_row(self, service: ServiceConfig | None, port: int | None) -> ServiceStats | None:
         """The status row a settlement counts under: ``service``'s, else that of the
@@ -443,6 +480,7 @@ class ServiceHost:
         settled: Settled,
         escrow_id: str | None,
         service: ServiceConfig | None,
+        served: bool = False,
     ) -> None:
         """After a settlement: drop the connection from the retries when it is done;
         otherwise schedule its next try (the first failure logged as a warning, the
@@ -462,7 +500,7 @@ class ServiceHost:
             return
         now = asyncio.get_running_loop().time()
         if entry is None:
-            entry = _Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY)
+            entry = _Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served)
             self._retries[connection_id] = entry
             logger.warning(
                 "settlement failed",
@@ -474,6 +512,7 @@ class ServiceHost:
         else:
             entry.escrow_id = entry.escrow_id or escrow_id
             entry.service = entry.service or service
+            entry.served = entry.served or served
             entry.delay = min(2 * entry.delay, SETTLE_RETRY_MAX)
             entry.due = now + entry.delay
             logger.debug(
@@ -512,7 +551,9 @@ class ServiceHost:
                 if cid in self._served or cid in self._settling:
                     continue
                 attempt = asyncio.ensure_future(
-                    self._settle(cid, entry.escrow_id, entry.service, retry=True)
+                    self._settle(
+                        cid, entry.escrow_id, entry.service, retry=True, served=entry.served
+                    )
                 )
                 self._handlers.add(attempt)
                 attempt.add_done_callback(self._handlers.discard)
@@ -626,7 +667,10 @@ class ServiceHost:
             self.conns.pop(connection_id, None)
             self.limiter.release(client)
             writer.close()
-            settled = await self._settle(connection_id, terms.escrow_id, service)
+            settled = await self._settle(connection_id, terms.escrow_id, service, served=True)
+            if settled.claimed:
+                # (its newest receipt claimed: earned, should its write not land)
+                self._earn(stats, conn, conn.accepted)
             self._count_held()
             await self._unpublish_removed(service.port)
             logger.info(
@@ -650,11 +694,9 @@ class ServiceHost:
         backend = service.backends[turn % len(service.backends)]
         billing = None
         if terms.sla.price_per_kib or terms.sla.price_per_request:
-            earned = [0]
 
             def kept(receipt: Receipt) -> None:
-                stats.fees_earned += receipt.total_amount - earned[0]
-                earned[0] = receipt.total_amount
+                self._earn(stats, conn, receipt.total_amount)
                 self._count_held()  # (this flow holds one now; it never showed)
                 self.book.touch()
 
@@ -726,7 +768,7 @@ class ServiceHost:
             # users only grew and its buckets were never let go)
             self.limiter.release(conn.client)
             writer.close()
-            settled = await self._settle(conn.connection_id, terms.escrow_id, service)
+            settled = await self._settle(conn.connection_id, terms.escrow_id, service, served=True)
             self._count_held()
             self.book.touch()
             await self._unpublish_removed(service.port)
@@ -756,26 +798,25 @@ class ServiceHost:
     async def _read_receipts(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
         """Stream 0 carries receipts until the client closes the connection."""
         stats = self.stats(conn.service)
-        earned = [0]
 
         def kept(receipt: Receipt) -> None:
-            # on disk now: it counts (receipts of one connection are kept in order)
-            stats.fees_earned += receipt.total_amount - earned[0]
-            earned[0] = receipt.total_amount
+            # on disk now: it counts (receipts of one connection are kept in order; one
+            # its settlement claimed first was counted then)
+            self._earn(stats, conn, receipt.total_amount)
             conn.paid_bytes = receipt.total_bytes
             conn.paid_requests = receipt.total_requests
             self._count_held()
 
         stored = self.fees.held(conn.connection_id)
         if stored is not None:  # a connection the daemon saw before a restart
-            earned[0] = stored.total_amount
+            conn.earned = conn.accepted = stored.total_amount
         while True:
             try:
                 data = await reader.readexactly(RECEIPT_SIZE)
             except (asyncio.IncompleteReadError, DTPError):
                 return
             try:
-                self.fees.accept(conn.terms, data, kept)
+                receipt = self.fees.accept(conn.terms, data, kept)
             except InvalidReceipt as exc:
                 logger.warning(
                     "bad receipt",
@@ -783,6 +824,7 @@ class ServiceHost:
                 )
                 conn.writer.abort(f"bad receipt: {exc}")
                 return
+            conn.accepted = max(conn.accepted, receipt.total_amount)
 
     def _stray_datagrams(self, conn: _Conn) -> Callable[[bytes], None]:
         """A sink for datagrams on a TCP service's connection (a UDP forward pointed at
