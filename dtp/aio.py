@@ -2324,10 +2324,16 @@ async def serve(
     policy: ServicePolicy | None = None,
     config: ConnectionConfig | None = None,
     endpoint: tuple[str, int] | None = None,
+    backlog: int = 128,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
 ) -> PaidAioServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
     :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
-    Returns the running :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
+    The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
+    ``max_waiting_per_address``) are :func:`start_server`'s. Returns the running
+    :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
     from dtp.paid_aio import serve as serve_paid
 
     return await serve_paid(
@@ -2341,4 +2347,8 @@ async def serve(
         policy=policy,
         config=config,
         endpoint=endpoint,
+        backlog=backlog,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
     )

@@ -57,6 +57,11 @@ from dtp.errors import (
     move_error,
 )
 from dtp.escrow import Receipt
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -1505,7 +1510,11 @@ class PaidServer:
     claims). ``receipts``: a :class:`ReceiptStore` or its file path (keep it across
     restarts: that is what makes earned fees survive a crash); None keeps them in
     memory only. ``endpoint``: what to publish when it differs from the listening
-    address (e.g. listening on 0.0.0.0).
+    address (e.g. listening on 0.0.0.0). ``backlog``, ``max_handshakes``,
+    ``max_handshakes_per_address``, ``max_waiting_per_address``: the listen backlog and
+    the bounds on handshakes in progress, as :func:`dtp.socket.create_server`'s (same
+    defaults; refused as there -- ValueError, TypeError for a backlog that is no
+    integer -- but before the ledger is read or written).
     """
 
     def __init__(
@@ -1521,10 +1530,19 @@ class PaidServer:
         policy: ServicePolicy | None = None,
         config: ConnectionConfig | None = None,
         endpoint: tuple[str, int] | None = None,
+        backlog: int = 128,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     ) -> None:
-        from dtp.socket import create_server
+        from dtp.socket import _check_handshake_bounds, create_server
 
         check_address(address, "address")
+        # (create_server checks them too, but only after the store's recovery claimed
+        # on the ledger)
+        _check_handshake_bounds(
+            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        )
         if endpoint is not None:
             check_address(endpoint, "endpoint")
         self.ledger = ledger
@@ -1588,7 +1606,14 @@ class PaidServer:
             self.admission = _PaidAdmission(self, ledger, self.host_id, port)
             self.cap_shares = CapShares()
             self.server = create_server(
-                address, identity=identity, admit=self.admission, config=config
+                address,
+                identity=identity,
+                admit=self.admission,
+                config=config,
+                backlog=backlog,
+                max_handshakes=max_handshakes,
+                max_handshakes_per_address=max_handshakes_per_address,
+                max_waiting_per_address=max_waiting_per_address,
             )
             self.address = self.server.address
             publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)

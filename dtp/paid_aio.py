@@ -36,6 +36,11 @@ from dtp.errors import (
     move_error,
 )
 from dtp.escrow import Receipt
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -75,7 +80,7 @@ from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charg
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import publish_endpoint
-from dtp.socket import _check_server_identity
+from dtp.socket import _check_handshake_bounds, _check_server_identity
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
@@ -961,7 +966,14 @@ class PaidAioServer:
         address: tuple[str, int],
         config: ConnectionConfig | None,
         endpoint: tuple[str, int] | None,
+        *,
+        backlog: int = 128,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     ) -> None:
+        """Recover the store, listen on ``address`` (with the handshake bounds given, as
+        :func:`dtp.aio.start_server`'s) and publish the endpoint."""
         from dtp.aio import start_server
 
         host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
@@ -988,6 +1000,10 @@ class PaidAioServer:
             identity=self.identity,
             config=config,
             admit=_PaidAdmission(self, self.ledger, self.host_id, self.port),
+            backlog=backlog,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
         )
         await asyncio.to_thread(
             publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
@@ -1506,12 +1522,27 @@ async def serve(
     policy: ServicePolicy | None = None,
     config: ConnectionConfig | None = None,
     endpoint: tuple[str, int] | None = None,
+    backlog: int = 128,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
-    ``callback(reader, writer)`` runs per admitted client."""
+    ``callback(reader, writer)`` runs per admitted client.
+
+    ``max_handshakes``, ``backlog`` (the longest line of connections waiting for one of
+    those handshakes to end), ``max_handshakes_per_address`` and
+    ``max_waiting_per_address``: the bounds on handshakes in progress, as
+    :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
+    TypeError for a backlog that is no integer -- but before the ledger is read or
+    written)."""
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
-    # failed only after the listener started and the store was recovered
+    # failed only after the listener started and the store was recovered; so did a
+    # bound start_server refuses, after the recovery claimed on the ledger
     _check_server_identity(identity)
+    _check_handshake_bounds(
+        max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+    )
     check_address(address, "address")
     if endpoint is not None:
         check_address(endpoint, "endpoint")
@@ -1532,7 +1563,15 @@ async def serve(
             store.close()
         raise
     try:
-        await server._start(address, config, endpoint)
+        await server._start(
+            address,
+            config,
+            endpoint,
+            backlog=backlog,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+        )
     except BaseException:
         # whatever started so far stops with the error, the store too (in memory as
         # well: nobody gets this server); closed by the release, which waits for a

@@ -81,6 +81,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     AddressSlots,
+    ServerSlots,
     Verdict,
     address_key,
 )
@@ -2839,13 +2840,20 @@ _ACCEPT_TURN = _AcceptTurn()
 # connection whose turn in its address's line came (it still needs a global slot)
 _Serve = tuple[_socket.socket, Any, ConnectionConfig, str | None]
 
+_SLOT_POLL = 0.5
+"""Seconds between two looks at whether the server closed, while waiting for a
+handshake slot (so a wait ends at most this long after its deadline or the close)."""
+
 
 class _Waited(NamedTuple):
-    """A connection that waited for its address's handshake slot and now holds it."""
+    """A connection waiting in its address's line for that address's handshake slot,
+    and then, once it holds that, for one of the server's."""
 
     tcp: _socket.socket
     peer: Any
     key: str
+    #: its accept plus the handshake timeout (monotonic): not served by then, closed
+    deadline: float
 
 
 _Job = _AcceptTurn | _Serve | _Waited
@@ -2860,6 +2868,24 @@ def _check_server_identity(identity: Any) -> None:
             f"identity must be a dtp.keys.HostIdentity (the server's keys), "
             f"not {type(identity).__name__}"
         )
+
+
+def _check_handshake_bounds(
+    max_handshakes: int,
+    max_handshakes_per_address: int | None,
+    max_waiting_per_address: int,
+    backlog: int,
+) -> None:
+    """Refuse the handshake bounds :func:`create_server` and :func:`dtp.aio.start_server`
+    would refuse, as they do (the same classes check them: ValueError for a
+    ``max_handshakes`` that is not an int of at least 1, a per-address cap below 1 or a
+    line below 0; TypeError for a ``backlog`` that is no integer), for a caller that
+    must refuse them before it does anything -- the paid servers, before the ledger is
+    read or written and their receipts recovered."""
+    ServerSlots(max_handshakes, 1)
+    if max_handshakes_per_address is not None:
+        AddressSlots(max_handshakes_per_address, max_waiting_per_address)
+    operator.index(backlog)  # (what listen() takes)
 
 
 class DTPServer:
@@ -2881,7 +2907,21 @@ class DTPServer:
     ``max_waiting_per_address`` for one of its handshakes to end; one that finds the
     line full, or waits longer than the handshake timeout, is closed and counted in
     :attr:`busy_refused`. None lifts the cap. Connections that come over the ledger
-    carrier have no IP address and are not capped by it."""
+    carrier have no IP address and are not capped by it.
+
+    Waiting for one of the ``max_handshakes`` slots has a deadline too: a connection
+    handed on from its address's line (which waits in a thread of its own, holding its
+    address's slot) and one that came over the ledger carrier (whose wait holds the
+    ledger listener's thread) are closed unserved once their accept plus their own
+    handshake timeout has passed, counted in :attr:`busy_refused`; the address's slot
+    then goes to the next in its line. The accepting thread alone waits for a slot
+    without one: it holds one connection (the first of its address), and while it
+    waits, nothing more is accepted -- the clients behind it wait in the listen backlog,
+    which is the server's backpressure. Closing that connection at its deadline would
+    free nothing (the thread would take the next client from the backlog, which waited
+    there at least as long) and would turn away a client that was never behind anyone
+    of ours; it takes the next slot the accepting thread gets, and its handshake ends
+    at once if its client gave up meanwhile."""
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -2915,7 +2955,7 @@ class DTPServer:
             # (0 handshakes served nobody; a queue of 0 or less is unbounded)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
-        self._address_slots: AddressSlots[tuple[_socket.socket, Any]] | None = (
+        self._address_slots: AddressSlots[_Waited] | None = (
             None
             if max_handshakes_per_address is None
             else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
@@ -2953,8 +2993,8 @@ class DTPServer:
         self._parked = 0  # connections waiting for room in _ready (_serve_one)
         self.handshakes_failed = 0
         self.refused = 0
-        #: TCP connections closed unserved: their address's line was full, or they
-        #: waited in it past the handshake timeout
+        #: Connections closed unserved: their address's line was full, or they waited
+        #: in it, or for one of the ``max_handshakes`` slots, past their deadline
         self.busy_refused = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
         # never holds a client's ledger connection (dtp.replay_guard)
@@ -3025,15 +3065,18 @@ class DTPServer:
                     # those that waited past their deadline go first: left in line until
                     # their turn (a handshake in progress taking its hooks' time), they
                     # turned every newcomer away for connections nobody would serve
-                    self._refuse_busy(slots.purge(key, now)[0], "it waited too long")
-                verdict = slots.take_or_wait(key, (tcp, peer), deadline)
+                    expired = slots.purge(key, now)[0]
+                    self._refuse_busy([(w.tcp, w.peer) for w in expired], "it waited too long")
+                verdict = slots.take_or_wait(key, _Waited(tcp, peer, key, deadline), deadline)
                 if verdict is Verdict.WAITING:
                     continue  # started when one of its address's handshakes ends
                 if verdict is Verdict.FULL:
                     self._refuse_busy([(tcp, peer)], "its address's line is full")
                     continue
             # at most max_handshakes at once: while none is free we hold this one and
-            # further clients wait in the backlog
+            # further clients wait in the backlog. With no deadline (see the class
+            # docstring): this one thread waiting is the backpressure, and closing the
+            # connection in hand would only let in the next, which waited longer
             if not self._take_slot():
                 self._release_address(key)
                 tcp.close()
@@ -3049,27 +3092,26 @@ class DTPServer:
             return
         assert self._address_slots is not None
 
-        def start(waited: tuple[_socket.socket, Any]) -> bool:
-            tcp, peer = waited
+        def start(waited: _Waited) -> bool:
             if self._closed.is_set():
-                tcp.close()
+                waited.tcp.close()
                 return False
             try:
-                self._give(_Waited(tcp, peer, key))
+                self._give(waited)
             except RuntimeError as exc:  # the process is out of threads
-                logger.warning("no thread for a connection from %s: %s", peer, exc)
-                tcp.close()
+                logger.warning("no thread for a connection from %s: %s", waited.peer, exc)
+                waited.tcp.close()
                 return False
             return True
 
-        def refuse(expired: list[tuple[_socket.socket, Any]]) -> None:
-            self._refuse_busy(expired, "it waited too long")
+        def refuse(expired: list[_Waited]) -> None:
+            self._refuse_busy([(w.tcp, w.peer) for w in expired], "it waited too long")
 
         self._address_slots.hand_on(key, start, refuse)
 
     def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]], why: str) -> None:
-        """Close connections that found their address's line full, or waited in it past
-        the handshake timeout (``why``: which)."""
+        """Close connections that found their address's line full, or waited in it (or
+        for a handshake slot) past their deadline (``why``: which)."""
         if not connections:
             return
         with self._stats_lock:
@@ -3078,22 +3120,47 @@ class DTPServer:
             logger.debug("closed a connection from %s unserved: %s", peer, why)
             tcp.close()
 
-    def _take_slot(self) -> bool:
-        """Wait for a handshake slot; False (no slot taken) once the server is closed."""
-        while not self._slots.acquire(timeout=0.5):
+    def _take_slot(self, deadline: float | None = None) -> bool:
+        """Wait for a handshake slot: True once taken; False (no slot taken) once the
+        server is closed, or once ``deadline`` (a monotonic time; None: none) passed
+        with no slot free -- looked at every :data:`_SLOT_POLL` seconds at most, so the
+        wait ends by then."""
+        while True:
+            wait = _SLOT_POLL
+            if deadline is not None:
+                # (0 once it passed: one last look, not a wait)
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            if self._slots.acquire(timeout=wait):
+                break
             if self._closed.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
         if self._closed.is_set():
             self._slots.release()
             return False
         return True
 
+    def _give_up(self, tcp: _socket.socket, peer: Any) -> None:
+        """Close a connection whose wait for a handshake slot ended without one: closed
+        by the server's close (nothing counted, as the lines' connections), or past its
+        deadline (counted in :attr:`busy_refused`)."""
+        if self._closed.is_set():
+            tcp.close()
+        else:
+            self._refuse_busy([(tcp, peer)], "no handshake slot came free before its deadline")
+
     def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
         """Serve a carrier connection that came from elsewhere (a ledger bridge) in a
-        connection thread; False (and the carrier closed) once the server is closed, or
-        when no thread can be started for it."""
-        if not self._take_slot():
-            carrier.close()
+        connection thread; False (and the carrier closed) once the server is closed,
+        when no handshake slot came free within ``config``'s handshake timeout, or when
+        no thread can be started for it. It waits in the caller's thread -- the ledger
+        listener's, which takes no other connection meanwhile -- so until the deadline
+        its own handshake would have had, not for as long as every slot stays taken."""
+        # (the ledger config's timeout: longer, as its records take ledger transactions)
+        deadline = time.monotonic() + config.handshake_timeout
+        if not self._take_slot(deadline):
+            self._give_up(carrier, peer)
             return False
         try:
             # no IP address to cap by: the ledger bridge is a local socket
@@ -3121,11 +3188,14 @@ class DTPServer:
         serves that connection itself."""
         while job is not None:
             if isinstance(job, _Waited):
-                # its turn in its address's line came: it needs a global slot too
-                if not self._take_slot():
-                    job.tcp.close()
-                    self._release_address(job.key)
-                    return  # closed
+                # its turn in its address's line came: it needs a global slot too, by
+                # the deadline it had in line. Without one, this thread waited (holding
+                # the address's slot) for as long as every slot stayed taken -- a
+                # hook taking its time -- and each address could pile up its cap of them
+                if not self._take_slot(job.deadline):
+                    self._give_up(job.tcp, job.peer)
+                    self._release_address(job.key)  # the next in its line
+                    return
                 job = (job.tcp, job.peer, self._config, job.key)
             elif isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
@@ -3477,8 +3547,8 @@ class DTPServer:
         for engine in handshaking:
             engine._wake()  # its pump sees _closed and gives up (_authenticate)
         if self._address_slots is not None:
-            for tcp, _ in self._address_slots.drain():  # (waiting: never served)
-                tcp.close()
+            for waited in self._address_slots.drain():  # (waiting: never served)
+                waited.tcp.close()
         with self._idle_lock:
             idle, self._idle = self._idle, 0
         for _ in range(idle):
@@ -3599,14 +3669,24 @@ def serve(
     policy: ServicePolicy | None = None,
     config: ConnectionConfig | None = None,
     endpoint: tuple[str, int] | None = None,
+    backlog: int = 128,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
 ) -> PaidServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
     and Noise key in the Host, admit clients through the ledger, meter them, apply the
     host's firewall at runtime and settle each connection when it ends. Returns the
-    running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`."""
+    running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`.
+
+    ``backlog``, ``max_handshakes``, ``max_handshakes_per_address`` and
+    ``max_waiting_per_address``: the listen backlog and the bounds on handshakes in
+    progress, as :func:`create_server`'s (same defaults; refused as there, but before
+    the ledger is read or written)."""
     from dtp.paid import PaidServer
 
-    _check_server_identity(identity)  # before the ledger is read or written
+    # before the ledger is read or written (PaidServer checks the handshake bounds first)
+    _check_server_identity(identity)
     return PaidServer(
         host_id,
         port,
@@ -3618,4 +3698,8 @@ def serve(
         policy=policy,
         config=config,
         endpoint=endpoint,
+        backlog=backlog,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
     )
