@@ -270,17 +270,22 @@ def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
             assert await until(lambda: server.handshakes_failed == 1)
             assert await until(settled(server))
 
-            # a silent one times out; the one waiting behind it outlived the handshake
-            # timeout by then, and is closed unserved
+            # a silent one times out; the one waiting behind it, silent too, is closed
+            # as well: unserved, when its wait outlived its handshake timeout by the
+            # time the slot came free, else by its own handshake's timeout once started
+            # (which of the two depends on a few ms of timer order: either way it ends,
+            # and its slot is free again)
             timed_out = await silent(server)
             assert await until(lambda: server.handshakes_in_progress == 1)
             behind = await silent(server)
-            assert await until(lambda: server.handshakes_waiting == 1)
-            assert await closed_by_peer(timed_out[0])
-            assert await closed_by_peer(behind[0])
-            assert server.busy_refused == 1
-            for _, w in (timed_out, behind):
-                w.close()
+            try:
+                assert await until(lambda: server.handshakes_waiting == 1)
+                assert await closed_by_peer(timed_out[0])
+                assert await closed_by_peer(behind[0])
+                assert await until(lambda: server.busy_refused + server.handshakes_failed == 3)
+            finally:
+                for _, w in (timed_out, behind):
+                    w.close()
             assert await until(settled(server))
 
             # closing the server closes those in its line; the handshake under way ends

@@ -109,8 +109,9 @@ def test_a_waiter_handed_on_is_closed_at_its_deadline_and_the_next_one_too(held:
         server._release_address(OTHER_IP)
         assert wait_for(lambda: handshake_threads() - before, timeout=2.0)
         for sock, deadline in zip((first, second), deadlines, strict=True):
-            assert closed_by_peer(sock, within=max(deadline - time.monotonic(), 0) + SLACK + 0.5)
-            assert time.monotonic() < deadline + SLACK + 0.25
+            # (room for a loaded machine's scheduling: the old wait never ended at all)
+            assert closed_by_peer(sock, within=max(deadline - time.monotonic(), 0) + SLACK + 2.0)
+            assert time.monotonic() < deadline + SLACK + 1.5
         assert server.busy_refused == 2
         # the address slot was handed on from the first to the second, then freed
         assert wait_for(lambda: slots.in_progress(OTHER_IP) == 0, timeout=2.0)
