@@ -1888,17 +1888,9 @@ class DTPServer:
 
         def start(waited: tuple[_Protocol, str | None]) -> bool:
             proto, key = waited
-            transport = proto.transport
-            if (
-                not start_next
-                or self._closed.is_set()
-                or transport is None
-                or transport.is_closing()
-            ):
-                if transport is not None:
-                    transport.close()
-            else:
-                transport.resume_reading()
+            if self._can_start(proto, start_next):
+                assert proto.transport is not None
+                proto.transport.resume_reading()
                 try:
                     self._start_serving(proto, key)
                 except Exception as exc:  # (out of memory for a task, say)
@@ -1917,6 +1909,22 @@ class DTPServer:
         for key in freed:
             self._release_address(key, start_next)
 
+    def _can_start(self, proto: _Protocol, start_next: bool) -> bool:
+        """Whether a connection whose turn in a line came may go on: not when the loop
+        is ending (``start_next`` False), the server closed, or it closed meanwhile --
+        then it is closed."""
+        transport = proto.transport
+        if (
+            start_next
+            and not self._closed.is_set()
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            return True
+        if transport is not None:
+            transport.close()
+        return False
+
     def _release_address(self, key: str, start_next: bool = True) -> None:
         """A handshake from ``key`` ended (or a connection holding its slot left the
         server's line): the next connection waiting in its line takes the slot and goes
@@ -1925,17 +1933,9 @@ class DTPServer:
 
         def start(waited: tuple[_Protocol, float]) -> bool:
             proto, deadline = waited
-            transport = proto.transport
-            if (
-                not start_next
-                or self._closed.is_set()
-                or transport is None
-                or transport.is_closing()
-            ):
-                if transport is not None:
-                    transport.close()
-                return False
-            return self._take_server_slot(proto, key, deadline)
+            return self._can_start(proto, start_next) and self._take_server_slot(
+                proto, key, deadline
+            )
 
         def refuse(expired: list[tuple[_Protocol, float]]) -> None:
             self._refuse_busy([proto for proto, _ in expired], "it waited too long")
