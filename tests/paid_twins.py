@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPError
+from dtp.errors import DTPError, LedgerUnavailable
 from dtp.escrow import object_id_bytes
 from dtp.keys import HostIdentity
 from dtp.paid import PaidSocket
@@ -221,3 +221,37 @@ def echo_server(
             yield aio_server
         finally:
             asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
+
+
+class OutageLedger:
+    """The server's ledger, whose settlement calls fail (LedgerUnavailable) while
+    :attr:`down` is set; everything else passes through to the real LocalLedger."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+        self.down = threading.Event()
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def _edge(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down.is_set():
+                self.refused += 1
+                raise LedgerUnavailable(f"ledger unavailable ({name})")
+            return getattr(self._ledger, name)(*args, **kwargs)
+
+        return call
+
+    @property
+    def settle(self) -> Callable[..., Any]:
+        return self._edge("settle")
+
+    @property
+    def settle_with_receipt(self) -> Callable[..., Any]:
+        return self._edge("settle_with_receipt")
+
+    @property
+    def close_connection(self) -> Callable[..., Any]:
+        return self._edge("close_connection")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,14 +27,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPError, LedgerUnavailable
+from dtp.errors import DTPError
 from dtp.escrow import Receipt, fee, object_id_bytes
 from dtp.paid import PaidServer, PaidSocket
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.paid_twins import OutageLedger, PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -44,40 +42,6 @@ CLIENT = ident(0xB4)
 PORT = 33
 DEPOSIT = 100_000
 PAID_BYTES = 100 * 1024  # what the client's receipt covers: 1005 MIST with one request
-
-
-class OutageLedger:
-    """The server's ledger, whose settlement calls fail (LedgerUnavailable) while
-    :attr:`down` is set; everything else passes through to the real LocalLedger."""
-
-    def __init__(self, ledger: LocalLedger) -> None:
-        self._ledger = ledger
-        self.down = threading.Event()
-        self.refused = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def _edge(self, name: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down.is_set():
-                self.refused += 1
-                raise LedgerUnavailable(f"ledger unavailable ({name})")
-            return getattr(self._ledger, name)(*args, **kwargs)
-
-        return call
-
-    @property
-    def settle(self) -> Callable[..., Any]:
-        return self._edge("settle")
-
-    @property
-    def settle_with_receipt(self) -> Callable[..., Any]:
-        return self._edge("settle_with_receipt")
-
-    @property
-    def close_connection(self) -> Callable[..., Any]:
-        return self._edge("close_connection")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,15 @@ import pytest
 import dtp.aio
 import dtp.paid
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Settlement, Sla
-from dtp.errors import ConnectionStateError, LedgerUnavailable
+from dtp.errors import ConnectionStateError
 from dtp.escrow import Receipt, fee
 from dtp.paid import PaidServer, PaidSocket
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import collect_refund
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.paid_twins import OutageLedger, PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -47,40 +46,6 @@ PORT = 35
 DEPOSIT = 200_000
 ROUND = 0.05  # RECOVERY_INTERVAL here (30 s in production)
 APIS = ["blocking", "asyncio"]
-
-
-class OutageLedger:
-    """The server's ledger, whose settlement calls fail (LedgerUnavailable) while
-    :attr:`down` is set; everything else passes through to the real LocalLedger."""
-
-    def __init__(self, ledger: LocalLedger) -> None:
-        self._ledger = ledger
-        self.down = threading.Event()
-        self.refused = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def _edge(self, name: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down.is_set():
-                self.refused += 1
-                raise LedgerUnavailable(f"ledger unavailable ({name})")
-            return getattr(self._ledger, name)(*args, **kwargs)
-
-        return call
-
-    @property
-    def settle(self) -> Callable[..., Any]:
-        return self._edge("settle")
-
-    @property
-    def settle_with_receipt(self) -> Callable[..., Any]:
-        return self._edge("settle_with_receipt")
-
-    @property
-    def close_connection(self) -> Callable[..., Any]:
-        return self._edge("close_connection")
 
 
 class World(PaidWorld):
