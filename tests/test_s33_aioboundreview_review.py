@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 import types
-from collections.abc import Callable
 
 import dtp.aio
 from dtp.carriers.ledger_bridge import ledger_config
@@ -27,55 +25,19 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
 from dtp.handshake_slots import AddressSlots
 from dtp.keys import HostIdentity
+from tests.test_s33_aiobound_review import (
+    BOUND,
+    closed_by_peer,
+    echo,
+    echo_once,
+    settled,
+    silent,
+    until,
+)
 
 SERVER = HostIdentity.generate()
 FIRST = HostIdentity.generate()
 DENIED = HostIdentity.generate()
-BOUND = 5.0  # seconds any one step may take
-
-
-async def until(check: Callable[[], bool], timeout: float = BOUND) -> bool:
-    """Whether ``check`` holds within ``timeout`` (the server's counters have no event to
-    wait on: looked at each loop turn, briefly)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
-
-async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-    writer.write(await reader.read(100))
-    await writer.drain()
-    writer.close()
-
-
-async def echo_once(server: dtp.aio.DTPServer, data: bytes, identity: HostIdentity) -> bytes:
-    reader, writer = await dtp.aio.open_connection(
-        *server.address, server_key=server.noise_public_key, identity=identity, timeout=BOUND
-    )
-    writer.write(data)
-    await writer.drain()
-    reply = await reader.read(100)
-    writer.close()
-    with contextlib.suppress(DTPError):
-        await writer.wait_closed()
-    return reply
-
-
-async def silent(server: dtp.aio.DTPServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw TCP connection that never sends a byte."""
-    return await asyncio.open_connection(*server.address)
-
-
-async def closed_by_peer(reader: asyncio.StreamReader, within: float = BOUND) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), within) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 async def ledger_connection(server: dtp.aio.DTPServer) -> socket.socket:
@@ -87,18 +49,6 @@ async def ledger_connection(server: dtp.aio.DTPServer) -> socket.socket:
         lambda: server._protocol_factory(config, by_address=False), sock=ours
     )
     return theirs
-
-
-def settled(server: dtp.aio.DTPServer) -> Callable[[], bool]:
-    def check() -> bool:
-        slots = server._address_slots
-        return (
-            server.handshakes_in_progress == 0
-            and server.handshakes_waiting == 0
-            and (slots is None or len(slots) == 0)
-        )
-
-    return check
 
 
 def test_purge_takes_out_the_expired_and_the_gone_only() -> None:
