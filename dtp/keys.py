@@ -913,37 +913,52 @@ def _directories_above(path: Path) -> Iterator[Path]:
     name on the way to the file is looked up in -- the one holding the file's name, the
     one holding each symlink met on the way (a directory's, not only the file's), and
     those the links' targets go through -- and every directory above each of them up
-    to the root; the nearest to each name first. A relative ``path`` starts at the
-    working directory.
+    to the root; the nearest to the file first (the last looked in first). A relative
+    ``path`` starts at the working directory.
 
     Whoever may write to one of these may change what the path opens: rename an entry
     away, or replace a symlink with one to a tree of their own. (Resolving the path's
     directory with realpath and checking it and its parents skipped the directories
     that hold a symlinked directory: ``shared/keys -> private`` was checked as
-    ``private``, and a ``shared`` anyone may write to passed.) Raises OSError (ELOOP)
-    past as many symlinks as Linux follows in one lookup, as the open would have."""
-    names = [os.path.join(os.getcwd(), os.fspath(path))]
+    ``private``, and a ``shared`` anyone may write to passed.)
+
+    The path is resolved as the kernel resolves it, a name at a time from the directory
+    reached so far (a symlink's target spliced in where it was met, so ``link/..`` is
+    the parent of the link's target): one lstat per name and per name of each target.
+    (Resolving each prefix of the path anew took as many lookups as the path's length
+    squared, each of a path that long: 16 s for a path of a thousand names.)
+    Raises OSError -- ELOOP past as many symlinks as Linux follows in one lookup, or
+    what an lstat on the way raised -- where the open would have failed too."""
+    start = os.fspath(path)
+    resolved = "/" if os.path.isabs(start) else os.getcwd()
+    pending = [part for part in reversed(start.split("/")) if part not in ("", ".")]
+    looked_in: list[str] = []  # the directory each name was looked up in, in order
     links = 0
+    while pending:
+        part = pending.pop()
+        looked_in.append(resolved)
+        if part == "..":
+            resolved = os.path.dirname(resolved)  # ("/.." is "/")
+            continue
+        entry = os.path.join(resolved, part)
+        if not stat.S_ISLNK(os.lstat(entry).st_mode):
+            resolved = entry
+            continue
+        links += 1
+        if links > _MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), entry)
+        target = os.readlink(entry)
+        if os.path.isabs(target):
+            resolved = "/"
+        # (a relative target goes on from the link's own directory: ``resolved``)
+        pending.extend(name for name in reversed(target.split("/")) if name not in ("", "."))
     given: set[str] = set()
-    while names:
-        parts = Path(names.pop(0)).parts
-        walked = parts[0]
-        holders: list[str] = []
-        for part in parts[1:]:
-            holder = os.path.realpath(walked)  # where ``part`` is looked up
-            holders.append(holder)
-            walked = os.path.join(walked, part)
-            if part != ".." and os.path.islink(walked):
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), walked)
-                # (a relative target is looked up from the link's own directory)
-                names.append(os.path.join(holder, os.readlink(walked)))
-        for holder in reversed(holders):
-            for directory in (Path(holder), *Path(holder).parents):
-                if str(directory) not in given:
-                    given.add(str(directory))
-                    yield directory
+    for directory in reversed(looked_in):
+        # up to the root, or to one given already (its parents were given with it)
+        while directory not in given:
+            given.add(directory)
+            yield Path(directory)
+            directory = os.path.dirname(directory)  # (the root's is itself: given)
 
 
 def _private_group(gid: int) -> bool:

@@ -703,6 +703,12 @@ class ServiceHost:
             billing = self.fees.udp_billing(
                 terms, service.credit_datagrams, kept, service.loss_allowance
             )
+            # a connection the daemon saw before a restart: its receipts so far were
+            # counted then (as _read_receipts starts from them; a store that cannot be
+            # read is the settlement's to report)
+            with contextlib.suppress(DTPError):
+                if (stored := self.fees.held(conn.connection_id)) is not None:
+                    conn.earned = conn.accepted = stored.total_amount
         stats.tunnels += 1
         stats.active_tunnels += 1
         udp_stats = UdpStats()
@@ -768,7 +774,19 @@ class ServiceHost:
             # users only grew and its buckets were never let go)
             self.limiter.release(conn.client)
             writer.close()
+            if billing is not None:
+                # the newest receipt accepted (the billing's, checked and queued for the
+                # disk), read before the settlement forgets it: as a TCP connection's
+                # (_read_receipts), what its claim earns should its write not land
+                with contextlib.suppress(DTPError):  # (the settlement reports the store's)
+                    if (newest := self.fees.held(conn.connection_id)) is not None:
+                        conn.accepted = max(conn.accepted, newest.total_amount)
             settled = await self._settle(conn.connection_id, terms.escrow_id, service, served=True)
+            if settled.claimed:
+                # (its newest receipt claimed: earned, should its write not land. Not
+                # counted here, it never was: a served connection's claim no longer
+                # raises fees_earned, and its "kept" never runs for a write dropped)
+                self._earn(stats, conn, conn.accepted)
             self._count_held()
             self.book.touch()
             await self._unpublish_removed(service.port)
