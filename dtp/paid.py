@@ -111,6 +111,7 @@ __all__ = [
     "PaidServer",
     "PaidSocket",
     "ServicePolicy",
+    "SettlementRetries",
     "collect_refund",
     "gate_for",
 ]
