@@ -91,7 +91,7 @@ from dtp.metering import MeteringConfig
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
-from dtp.socket import PAID_CLOSE_WAIT, _readable
+from dtp.socket import PAID_CLOSE_WAIT, _check_backlog, _readable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -1622,7 +1622,8 @@ class DTPServer:
         server's) and ``backlog`` (the longest line of connections waiting for one of
         them to end; at least one): see the class docstring."""
         # first: a bad bound, or settle_on_close without ledger admission, fails before
-        # anything starts
+        # anything starts (a backlog listen() refuses too: it left a bound socket open)
+        _check_backlog(backlog)
         self._handshake_slots: ServerSlots[tuple[_Protocol, str | None]] = ServerSlots(
             max_handshakes, max(backlog, 1)
         )

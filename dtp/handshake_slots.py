@@ -190,11 +190,12 @@ class AddressSlots(Generic[T]):
         """Take out of ``address``'s line the connections that can no longer be served:
         ``(expired, left)`` -- those whose deadline is not after ``now`` (the caller
         closes them, as :meth:`hand_on` refuses them), and those ``gone`` says left
-        already (closed by their own handshake timer, say). A newcomer that finds the
-        line full calls it first: left there, such connections held their places until
-        their turn, while live newcomers were turned away. Slots are untouched (those
-        waiting hold none of ``address``'s); one pass over the line, so cheap. ``gone``
-        runs under the lock: it must not call back into these slots."""
+        already (closed by their own handshake timer, say, or by their client). A
+        newcomer that finds the line full calls it first: left there, such connections
+        held their places until their turn, while live newcomers were turned away. Slots
+        are untouched (those waiting hold none of ``address``'s); one pass over the
+        line, so cheap. ``gone`` runs under the lock: it must not call back into these
+        slots, nor wait."""
         expired: list[T] = []
         left: list[T] = []
         with self._lock:

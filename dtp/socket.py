@@ -33,6 +33,7 @@ import os
 import queue
 import select
 import socket as _socket
+import struct
 import sys
 import threading
 import time
@@ -128,6 +129,8 @@ SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 RECV_CHUNK = 256 * 1024  # the most one carrier read takes
 FIRST_RECV_CHUNK = 16 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
+# the largest listen() backlog: it takes a C int (OverflowError beyond)
+_C_INT_MAX = 2 ** (8 * struct.calcsize("i") - 1) - 1
 # Buffers queued for the carrier beyond which a datagram is dropped whatever their size
 # (each datagram sent while the carrier is full queues one): their sum stays cheap.
 _BACKLOG_ENTRIES = 256
@@ -2859,6 +2862,24 @@ class _Waited(NamedTuple):
 _Job = _AcceptTurn | _Serve | _Waited
 
 
+def _waiting_gone(waited: _Waited) -> bool:
+    """Whether the client of a connection waiting, unread, in its address's line has
+    left already: it closed its end (a peek reads end of file) or reset it. Nothing is
+    consumed (its handshake reads what came, in its turn), and nothing waits -- it runs
+    under the line's lock: a look with no timeout first, as a peek on a socket with a
+    timeout (``socket.setdefaulttimeout``) would wait for data up to that timeout."""
+    tcp = waited.tcp
+    try:
+        if not wait_ready([tcp], [], 0)[0]:
+            return False  # nothing came yet: still there
+        # (its first bytes, or the FIN that ends them: one byte tells which)
+        return tcp.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset (ConnectionResetError), or otherwise broken
+        return True
+
+
 def _check_server_identity(identity: Any) -> None:
     """TypeError unless ``identity`` is a :class:`~dtp.keys.HostIdentity`: anything else
     listened, then failed each client's handshake (an AttributeError in a handshake
@@ -2879,13 +2900,26 @@ def _check_handshake_bounds(
     """Refuse the handshake bounds :func:`create_server` and :func:`dtp.aio.start_server`
     would refuse, as they do (the same classes check them: ValueError for a
     ``max_handshakes`` that is not an int of at least 1, a per-address cap below 1 or a
-    line below 0; TypeError for a ``backlog`` that is no integer), for a caller that
-    must refuse them before it does anything -- the paid servers, before the ledger is
-    read or written and their receipts recovered."""
+    line below 0; TypeError for a ``backlog`` that is no integer, OverflowError for one
+    that does not fit the C int listen() takes), for a caller that must refuse them
+    before it does anything -- the paid servers, before the ledger is read or written
+    and their receipts recovered."""
     ServerSlots(max_handshakes, 1)
     if max_handshakes_per_address is not None:
         AddressSlots(max_handshakes_per_address, max_waiting_per_address)
-    operator.index(backlog)  # (what listen() takes)
+    _check_backlog(backlog)
+
+
+def _check_backlog(backlog: int) -> None:
+    """Refuse a listen ``backlog`` as listen() would: TypeError for one that is no
+    integer, OverflowError (with listen()'s message) for one that does not fit a C int.
+    Before anything listens: :func:`socket.create_server` closes its socket only on an
+    OSError, so listen()'s OverflowError left a bound socket to the garbage collector."""
+    value = operator.index(backlog)
+    if value > _C_INT_MAX:
+        raise OverflowError("signed integer is greater than maximum")
+    if value < -_C_INT_MAX - 1:
+        raise OverflowError("signed integer is less than minimum")
 
 
 class DTPServer:
@@ -2955,6 +2989,8 @@ class DTPServer:
             # (0 handshakes served nobody; a queue of 0 or less is unbounded)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
+        if address is not None:
+            _check_backlog(backlog)
         self._address_slots: AddressSlots[_Waited] | None = (
             None
             if max_handshakes_per_address is None
@@ -3062,11 +3098,16 @@ class DTPServer:
                 now = time.monotonic()
                 deadline = now + self._config.handshake_timeout
                 if slots.waiting(key) >= slots.max_waiting:
-                    # those that waited past their deadline go first: left in line until
-                    # their turn (a handshake in progress taking its hooks' time), they
-                    # turned every newcomer away for connections nobody would serve
-                    expired = slots.purge(key, now)[0]
+                    # those that waited past their deadline go first, and those whose
+                    # client hung up meanwhile: left in line until their turn (a
+                    # handshake in progress taking its hooks' time), they turned every
+                    # newcomer away for connections nobody would serve. The gone ones
+                    # were not turned away by us: closed, not counted (as aio's)
+                    expired, left = slots.purge(key, now, _waiting_gone)
                     self._refuse_busy([(w.tcp, w.peer) for w in expired], "it waited too long")
+                    for waited in left:
+                        logger.debug("closed a connection from %s: its client left", waited.peer)
+                        waited.tcp.close()
                 verdict = slots.take_or_wait(key, _Waited(tcp, peer, key, deadline), deadline)
                 if verdict is Verdict.WAITING:
                     continue  # started when one of its address's handshakes ends
