@@ -84,6 +84,7 @@ from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.served import ServedConnections
 from dtp.settlement import (
+    ClaimBackoff,
     claim_and_settle,
     claimed,
     collect_refund,
@@ -1205,6 +1206,7 @@ def recover_store(
     store: ReceiptStore,
     alone: bool,
     stopped: Callable[[], bool] | None = None,
+    backoff: ClaimBackoff | None = None,
 ) -> list[tuple[str, Settlement]]:
     """A paid server's :func:`recover_unclaimed` of what dead server runs left in its
     store (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
@@ -1214,11 +1216,18 @@ def recover_store(
     (its restart was not alone either), and its clients' half-close timeouts refunded
     the fees they had paid. The receipts of live servers are never claimed: they are
     their connections', settled under them the service they go on giving is never
-    paid. Once ``stopped()`` is true no further receipt is claimed."""
+    paid. Once ``stopped()`` is true no further receipt is claimed. ``backoff``: the
+    live server's memory of its failed claims (a call is one of its rounds): a receipt
+    that failed is tried again only after 1, 2, 4 rounds... (at most
+    :data:`RETRY_MAX_ROUNDS`), not in every round by every live server; the start's
+    recovery has none, and tries every receipt once."""
     with store.orphaned(alone) as receipts:
+        if backoff is not None:
+            backoff.next_round()
+            backoff.prune(store, receipts)
         if not receipts:
             return []
-        return recover_unclaimed(ledger, identity, store, receipts, stopped)
+        return recover_unclaimed(ledger, identity, store, receipts, stopped, backoff)
 
 
 #: How often a live paid server looks for server runs on its receipt store that died
@@ -1232,12 +1241,13 @@ RECOVERY_INTERVAL = 30.0
 RECOVERY_CLOSE_WAIT = 5.0
 
 
-#: The most recovery rounds a retried settlement (:class:`SettlementRetries`) that keeps
-#: failing waits before its next try: after its n-th failure it waits 2**(n-1) rounds, at
-#: most this many -- every 2 minutes at the default :data:`RECOVERY_INTERVAL`, so that one
-#: the ledger refuses for good (a bad receipt) costs a try every 2 minutes, not every 30 s,
-#: while one failing for an outage is still tried 6 times within the 10-minute half-close
-#: timeout after which its client may take the whole deposit back.
+#: The most recovery rounds a retried settlement (:class:`SettlementRetries`), or a dead
+#: run's receipt whose claim (:func:`recover_store`) keeps failing, waits before its next
+#: try: after its n-th failure it waits 2**(n-1) rounds, at most this many -- every 2
+#: minutes at the default :data:`RECOVERY_INTERVAL`, so that one the ledger refuses for
+#: good (a bad receipt) costs a try every 2 minutes, not every 30 s, while one failing for
+#: an outage is still tried 6 times within the 10-minute half-close timeout after which its
+#: client may take the whole deposit back.
 RETRY_MAX_ROUNDS = 4
 
 
@@ -1339,9 +1349,13 @@ class SettlementRetries:
             if not self._unclaimed(cid):
                 self._forget(cid)
                 return None
-            settlement = claim_and_settle(self.ledger, self.identity, cid, self.writer)
+            # (a refusal by the client's cap is logged by _failed: its first as a
+            # warning, not once more at each retry)
+            settlement = claim_and_settle(
+                self.ledger, self.identity, cid, self.writer, refusal_level=logging.DEBUG
+            )
             if settlement is None and self._unclaimed(cid):
-                # (the client's cap refused the claim this epoch: logged there)
+                # (the client's cap refused the claim this epoch)
                 self._failed(cid, "the claim was refused", trace=False)
                 return None
         except (ChainError, ReceiptStoreError) as exc:
@@ -1405,7 +1419,9 @@ class Recovery:
     took, and went on after the server closed. :meth:`stop` ends it between two claims;
     :meth:`join` waits for that, before the store is released. What it settles of dead
     runs is appended to ``recovered``; ``retries`` appends its own to the server's
-    settlements."""
+    settlements. A dead run's receipt whose claim fails is tried again after 1, 2, 4
+    rounds... (:attr:`backoff`), its first failure logged as a warning, the later ones
+    at debug level."""
 
     def __init__(
         self,
@@ -1418,6 +1434,8 @@ class Recovery:
         self.ledger, self.identity, self.store = ledger, identity, store
         self.recovered = recovered
         self.retries = retries
+        #: The dead runs' receipts whose claim failed in this server's rounds
+        self.backoff = ClaimBackoff(RETRY_MAX_ROUNDS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtp-paid-recovery", daemon=True)
 
@@ -1434,7 +1452,14 @@ class Recovery:
                     logger.exception("retrying failed settlements failed")
             try:
                 self.recovered.extend(
-                    recover_store(self.ledger, self.identity, self.store, False, self._stop.is_set)
+                    recover_store(
+                        self.ledger,
+                        self.identity,
+                        self.store,
+                        False,
+                        self._stop.is_set,
+                        self.backoff,
+                    )
                 )
             except ReceiptStoreError as exc:
                 logger.warning("cannot look for receipts dead servers left: %s", exc)

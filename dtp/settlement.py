@@ -11,7 +11,7 @@ Server: :func:`publish_endpoint` puts the server's endpoint and Noise key in the
 :func:`claim_and_settle` claims a connection's latest stored receipt and refunds the
 client the rest, closing the connection in the same transaction when it is still Open;
 :func:`recover_unclaimed` does it for every receipt a previous run left unclaimed (crash
-recovery).
+recovery); :class:`ClaimBackoff` spaces out a live server's tries of those it fails.
 
 A connection the client closes in-band thus costs two transactions in all, its open and
 the server's settlement: a paid server settles before it closes its end of the carrier,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from dtp.receipt_writer import ReceiptWriter
 
 __all__ = [
+    "ClaimBackoff",
     "ClientPayment",
     "claim_and_settle",
     "collect_refund",
@@ -299,6 +300,7 @@ def claim_and_settle(
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
     final: Receipt | None = None,
+    refusal_level: int = logging.WARNING,
 ) -> Settlement | None:
     """The server's end of a connection: claim the latest stored receipt and settle (the
     client is refunded the rest at once), in one transaction that also closes the
@@ -320,7 +322,9 @@ def claim_and_settle(
     stores it should the settlement not claim it (:func:`claimed`). Of it and the
     store's latest, the one for more is claimed. When the store cannot be read, the
     final receipt is claimed; without one, the ReceiptStoreError is raised (settling
-    without the latest receipt would refund what the client owes).
+    without the latest receipt would refund what the client owes). ``refusal_level``:
+    the level the cap's refusal is logged at (a retry that warned of it once logs the
+    next ones at debug).
 
     Returns None when nothing could be done now: the connection was already settled, or
     the client's spending cap refuses the claim in this epoch (the receipt stays in the
@@ -374,8 +378,11 @@ def claim_and_settle(
         _write_off(ledger, connection_id, tc, store, stored)
         return None
     except SpendingCapExceeded as exc:
-        logger.warning(
-            "claim on %s refused by the client's cap, retry later: %s", connection_id, exc
+        logger.log(
+            refusal_level,
+            "claim on %s refused by the client's cap, retry later: %s",
+            connection_id,
+            exc,
         )
         if tc.state == ConnectionState.OPEN:
             # the refused claim closed nothing: half-close, so that the client's refund
@@ -506,12 +513,92 @@ def _current(
     return ledger.get_connection(connection_id)
 
 
+class ClaimBackoff:
+    """A live server's memory of the receipts its recovery failed to claim (for
+    :func:`recover_unclaimed`'s ``backoff``), per connection ID, counted in recovery
+    rounds (:meth:`next_round`). A dead run's receipt the ledger refuses for good (the
+    client's cap this epoch, a connection that cannot be read, a receipt it rejects)
+    was tried -- a ledger call and a warning -- every round by every live server on the
+    store, for as long as it lasted. After its n-th failure it waits 2**(n-1) rounds, at
+    most ``max_rounds``, before it is tried again; its first failure is logged as a
+    warning, the later ones at debug level. Forgotten once claimed, or once its row is
+    no longer unclaimed (claimed by another server, or written off). Thread-safe."""
+
+    def __init__(self, max_rounds: int) -> None:
+        self.max_rounds = max_rounds
+        self._failed: dict[str, tuple[int, int]] = {}  # ID -> (failures, round it is due)
+        self._round = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds have started."""
+        with self._lock:
+            return self._round
+
+    def next_round(self) -> None:
+        """A recovery round starts."""
+        with self._lock:
+            self._round += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._failed)
+
+    def __contains__(self, connection_id: object) -> bool:
+        if not isinstance(connection_id, str):
+            return False
+        with self._lock:
+            return normalize_id(connection_id, "connection ID") in self._failed
+
+    def failures(self, connection_id: str) -> int:
+        """How many tries of ``connection_id`` failed in a row (0: none remembered)."""
+        with self._lock:
+            return self._failed.get(normalize_id(connection_id, "connection ID"), (0, 0))[0]
+
+    def due(self, connection_id: str) -> bool:
+        """Whether ``connection_id`` is to be tried in this round."""
+        with self._lock:
+            entry = self._failed.get(normalize_id(connection_id, "connection ID"))
+            return entry is None or entry[1] <= self._round
+
+    def failed(self, connection_id: str) -> int:
+        """A try of ``connection_id`` failed: how many have, in a row."""
+        key = normalize_id(connection_id, "connection ID")
+        with self._lock:
+            failures = self._failed.get(key, (0, 0))[0] + 1
+            self._failed[key] = (failures, self._round + min(2 ** (failures - 1), self.max_rounds))
+            return failures
+
+    def forget(self, connection_id: str) -> None:
+        """Nothing left to try of ``connection_id``."""
+        with self._lock:
+            self._failed.pop(normalize_id(connection_id, "connection ID"), None)
+
+    def prune(self, store: ReceiptStore, listed: Iterable[StoredReceipt]) -> None:
+        """Forget the IDs ``store`` no longer holds unclaimed, of those not ``listed``
+        in this round (a row a dead run's lock held by another server's recovery keeps
+        out of the list is still unclaimed: remembered)."""
+        with self._lock:
+            if not self._failed:
+                return
+            absent = set(self._failed).difference(s.receipt.connection_id for s in listed)
+        for cid in absent:
+            try:
+                stored = store.latest(cid)
+            except ReceiptStoreError:
+                continue  # (not known gone: tried as due, and forgotten once claimed)
+            if stored is None or stored.unclaimed == 0:
+                self.forget(cid)
+
+
 def recover_unclaimed(
     ledger: Ledger,
     identity: HostIdentity,
     store: ReceiptStore,
     receipts: Iterable[StoredReceipt] | None = None,
     stopped: Callable[[], bool] | None = None,
+    backoff: ClaimBackoff | None = None,
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
     start: a previous run's connections are gone), or those of ``receipts`` (read from
@@ -519,20 +606,82 @@ def recover_unclaimed(
     stops none of the others. Not the receipts of a server still serving from the store:
     it would settle its live connections (the paid servers claim those of dead runs
     only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true no further receipt
-    is claimed (those left stay unclaimed in the store)."""
+    is claimed (those left stay unclaimed in the store). With ``backoff`` (a live
+    server's rounds), a receipt whose last tries failed is tried only once due, its
+    failures are remembered there (any exception: one receipt's stops no other's in
+    any round), and only its first is logged as a warning."""
     done: list[tuple[str, Settlement]] = []
     for stored in list(store.unclaimed() if receipts is None else receipts):
         if stopped is not None and stopped():
             break
         cid = stored.receipt.connection_id
-        try:
-            settlement = claim_and_settle(ledger, identity, cid, store)
-        except (ChainError, ReceiptStoreError) as exc:
-            logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
-            continue
+        if backoff is None:
+            try:
+                settlement = claim_and_settle(ledger, identity, cid, store)
+            except (ChainError, ReceiptStoreError) as exc:
+                logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
+                continue
+        else:
+            if not backoff.due(cid):
+                continue
+            settlement = _claim_with_backoff(ledger, identity, store, cid, backoff)
         if settlement is not None:
             done.append((cid, settlement))
     return done
+
+
+def _claim_with_backoff(
+    ledger: Ledger, identity: HostIdentity, store: ReceiptStore, cid: str, backoff: ClaimBackoff
+) -> Settlement | None:
+    """:func:`claim_and_settle` of a receipt ``backoff`` found due: its failure noted
+    there (and logged), its success (or its receipt found written off) forgetting it."""
+    quiet = backoff.failures(cid) > 0
+    try:
+        settlement = claim_and_settle(
+            ledger,
+            identity,
+            cid,
+            store,
+            refusal_level=logging.DEBUG if quiet else logging.WARNING,
+        )
+        if settlement is None and _unclaimed(store, cid):
+            # (the client's cap refused the claim this epoch: logged there, at its level)
+            failures = backoff.failed(cid)
+            logger.debug("claim %d of the stored receipt of %s was refused", failures, cid)
+            return None
+    except (ChainError, ReceiptStoreError) as exc:
+        _claim_failed(backoff, cid, str(exc), trace=False)
+        return None
+    except Exception as exc:  # (a bug, a ledger's surprise: with its traceback)
+        _claim_failed(backoff, cid, repr(exc), trace=True)
+        return None
+    backoff.forget(cid)
+    return settlement
+
+
+def _unclaimed(store: ReceiptStore, cid: str) -> bool:
+    """Whether ``store`` still holds MIST of ``cid`` unclaimed (unreadable: assumed so)."""
+    try:
+        stored = store.latest(cid)
+    except ReceiptStoreError:
+        return True
+    return stored is not None and stored.unclaimed > 0
+
+
+def _claim_failed(backoff: ClaimBackoff, cid: str, why: str, *, trace: bool) -> None:
+    failures = backoff.failed(cid)
+    if failures == 1:
+        logger.warning(
+            "could not claim the stored receipt of %s (tried again with backoff, further "
+            "failures logged at debug level): %s",
+            cid,
+            why,
+            exc_info=trace,
+        )
+    else:
+        logger.debug(
+            "claim %d of the stored receipt of %s failed: %s", failures, cid, why, exc_info=trace
+        )
 
 
 def publish_endpoint(
