@@ -2867,13 +2867,23 @@ def _waiting_gone(waited: _Waited) -> bool:
     left already: it closed its end (a peek reads end of file) or reset it. Nothing is
     consumed (its handshake reads what came, in its turn), and nothing waits -- it runs
     under the line's lock: a look with no timeout first, as a peek on a socket with a
-    timeout (``socket.setdefaulttimeout``) would wait for data up to that timeout."""
+    timeout (``socket.setdefaulttimeout``) would wait for data up to that timeout. The
+    peek itself runs with the socket's timeout at 0: with one, a peek that finds no
+    data (poll woke for a TCP urgent byte alone, which a peek skips) waits for some up
+    to that timeout, MSG_DONTWAIT or not, and then counted the live client as gone."""
     tcp = waited.tcp
     try:
         if not wait_ready([tcp], [], 0)[0]:
             return False  # nothing came yet: still there
-        # (its first bytes, or the FIN that ends them: one byte tells which)
-        return tcp.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == b""
+        timeout = tcp.gettimeout()
+        if timeout:
+            tcp.settimeout(0.0)
+        try:
+            # (its first bytes, or the FIN that ends them: one byte tells which)
+            return tcp.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == b""
+        finally:
+            if timeout:
+                tcp.settimeout(timeout)
     except BlockingIOError:
         return False
     except (OSError, ValueError):  # reset (ConnectionResetError), or otherwise broken
