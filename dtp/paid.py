@@ -1251,15 +1251,6 @@ RECOVERY_CLOSE_WAIT = 5.0
 RETRY_MAX_ROUNDS = 4
 
 
-@dataclass
-class _Retry:
-    """A settlement to retry: how many retries of it failed, and the recovery round from
-    which it is tried again."""
-
-    failures: int = 0
-    due: int = 0
-
-
 class SettlementRetries:
     """A live paid server's own failed settlements, tried again in its :class:`Recovery`
     rounds. A connection whose settlement failed as it ended (the ledger unavailable, a
@@ -1294,9 +1285,10 @@ class SettlementRetries:
         self.ledger, self.identity, self.writer = ledger, identity, writer
         self._serving = serving
         self._settlements = settlements
-        self._due: dict[str, _Retry] = {}
+        self._pending: set[str] = set()  # the connections to retry
+        # (their failures and when each is due: the dead runs' receipts' schedule)
+        self._backoff = ClaimBackoff(RETRY_MAX_ROUNDS)
         self._lock = threading.Lock()
-        self._round = 0
 
     def add(self, connection_id: str) -> None:
         """The settlement of ``connection_id`` claimed nothing: tried again from the next
@@ -1304,30 +1296,29 @@ class SettlementRetries:
         connection was found settled and its receipt written off)."""
         key = normalize_id(connection_id, "connection ID")
         with self._lock:
-            self._due.setdefault(key, _Retry(due=self._round + 1))
+            self._pending.add(key)
 
     def __contains__(self, connection_id: object) -> bool:
         if not isinstance(connection_id, str):
             return False
         with self._lock:
-            return normalize_id(connection_id, "connection ID") in self._due
+            return normalize_id(connection_id, "connection ID") in self._pending
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._due)
+            return len(self._pending)
 
     @property
     def rounds(self) -> int:
         """How many rounds have started."""
-        with self._lock:
-            return self._round
+        return self._backoff.rounds
 
     def run(self, stopped: Callable[[], bool] | None = None) -> list[tuple[str, Settlement]]:
         """One round: retry each settlement due (none once ``stopped()`` is true); what
         was settled."""
+        self._backoff.next_round()
         with self._lock:
-            self._round += 1
-            due = [cid for cid, retry in self._due.items() if retry.due <= self._round]
+            due = [cid for cid in self._pending if self._backoff.due(cid)]
         done: list[tuple[str, Settlement]] = []
         for cid in due:
             if stopped is not None and stopped():
@@ -1382,17 +1373,16 @@ class SettlementRetries:
     def _forget(self, cid: str) -> int:
         """Nothing left to retry of ``cid``: how many retries of it had failed."""
         with self._lock:
-            retry = self._due.pop(cid, None)
-        return 0 if retry is None else retry.failures
+            self._pending.discard(cid)
+            failures = self._backoff.failures(cid)
+            self._backoff.forget(cid)
+        return failures
 
     def _failed(self, cid: str, why: str, *, trace: bool) -> None:
         with self._lock:
-            retry = self._due.setdefault(cid, _Retry())
-            retry.failures += 1
-            wait = min(2 ** (retry.failures - 1), RETRY_MAX_ROUNDS)
-            retry.due = self._round + wait
-            first = retry.failures == 1
-        if first:
+            self._pending.add(cid)
+            failures = self._backoff.failed(cid)
+        if failures == 1:
             logger.warning(
                 "retrying the settlement of connection %s failed (its receipt stays kept; "
                 "tried again with backoff, further failures logged at debug level): %s",
@@ -1403,7 +1393,7 @@ class SettlementRetries:
         else:
             logger.debug(
                 "retry %d of the settlement of connection %s failed: %s",
-                retry.failures,
+                failures,
                 cid,
                 why,
                 exc_info=trace,
