@@ -20,145 +20,29 @@ store's write held by one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import dtp.aio
 import dtp.daemon.fees as fees_mod
 import dtp.daemon.services as services_mod
 from dtp.chain.local import LocalLedger
-from dtp.connection import ConnectionConfig
-from dtp.daemon.config import load_config
 from dtp.daemon.runner import Daemon
-from dtp.daemon.tunnel import read_status
 from dtp.errors import LedgerUnavailable
-from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-
-SUI = 1_000_000_000
-DEPOSIT = 1_000_000
-BOUND = 5.0
-
-
-def _write_config(tmp: Path, services: str) -> Path:
-    HostIdentity.generate().save(tmp / "provider.key")
-    config = tmp / "daemon.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "state"
-faucet = {SUI}
-drain_timeout = 1
-{services}"""
-    )
-    return config
-
-
-def _service(port: int, backend: int, paid: bool) -> str:
-    price = "price_per_kib = 10\nmin_deposit = 1000\n" if paid else ""
-    return f"""
-[[service]]
-name = "svc{port}"
-port = {port}
-backends = ["127.0.0.1:{backend}"]
-health_interval = 30
-{price}"""
-
-
-@contextlib.asynccontextmanager
-async def _echo() -> AsyncIterator[int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
-class _Client:
-    def __init__(self, tmp: Path, daemon: Daemon) -> None:
-        self.identity = HostIdentity.generate()
-        self.ledger = LocalLedger(tmp / "ledger.sqlite")
-        self.ledger.faucet(self.identity.sui_address, SUI)
-        self.cap = self.ledger.create_spending_cap(self.identity, SUI // 2)
-        assert daemon.host_id is not None and daemon.endpoint is not None
-        self.host_id = daemon.host_id
-        self.endpoint = daemon.endpoint
-        self.server_key = daemon.identity.noise_public
-
-    async def open_ledger(self, port: int) -> str:
-        opened = await asyncio.to_thread(
-            self.ledger.open_connection, self.identity, self.host_id, port, self.cap, DEPOSIT
-        )
-        return opened.connection_id
-
-    async def connect(
-        self, cid: str, port: int
-    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        config = ConnectionConfig(
-            identity=self.identity,
-            is_client=True,
-            connection_id=bytes.fromhex(cid[2:]),
-            port=port,
-        )
-        host, dtp_port = self.endpoint
-        return await dtp.aio.open_connection(
-            host, dtp_port, identity=self.identity, server_key=self.server_key, config=config
-        )
-
-    def receipt(self, cid: str, kib: int = 40) -> Receipt:
-        sla = self.ledger.get_connection(cid).sla
-        return Receipt(cid, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
-
-
-async def _tunnel(writer: dtp.aio.DTPStreamWriter) -> bytes:
-    reader, stream = await writer.open_stream()
-    await read_status(reader)
-    stream.write(b"ping")
-    stream.write_eof()
-    return await reader.read()
-
-
-async def _until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
-
-
-def _run(
-    tmp: Path,
-    services: Callable[[int], str],
-    scenario: Callable[[Daemon, _Client], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        async with _echo() as port:
-            daemon = Daemon(load_config(_write_config(tmp, services(port))))
-            client: _Client | None = None
-            try:
-                await daemon.start()
-                client = _Client(tmp, daemon)
-                await scenario(daemon, client)
-            finally:
-                await asyncio.wait_for(daemon.drain(), 8 * BOUND)
-                if client is not None:
-                    client.ledger.close()
-
-    asyncio.run(asyncio.wait_for(main(), 16 * BOUND))
+from tests.test_s33_daemoncount_review import (
+    BOUND,
+    DEPOSIT,
+    _Client,
+    _paid,
+    _run,
+    _service,
+    _tunnel,
+    _until,
+)
 
 
 def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
@@ -207,7 +91,7 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
 
     host: services_mod.ServiceHost
 
-    async def scenario(daemon: Daemon, client: _Client) -> None:
+    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
         nonlocal host
         assert daemon.services is not None
         host = daemon.services
@@ -232,7 +116,7 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
         assert client.ledger.get_connection(cid).settled
         assert row.refunded == DEPOSIT
 
-    _run(tmp_path, lambda b: _service(7000, b, paid=False), scenario)
+    _run(tmp_path, lambda b: _service(7000, b), scenario)
 
 
 def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
@@ -255,7 +139,7 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
 
     monkeypatch.setattr(ReceiptStore, "keep_many", keep_many)
 
-    async def scenario(daemon: Daemon, client: _Client) -> None:
+    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
         assert daemon.fees is not None
         cid = await client.open_ledger(7000)
         receipt = client.receipt(cid)
@@ -276,4 +160,4 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
         assert row.fees_claimed == receipt.total_amount
         assert row.fees_earned == receipt.total_amount
 
-    _run(tmp_path, lambda b: _service(7000, b, paid=True), scenario)
+    _run(tmp_path, lambda b: _paid(7000, b), scenario)
