@@ -39,11 +39,13 @@ HOST = "127.0.0.1"
 
 
 @contextmanager
-def held_address(waiting: int) -> Iterator[tuple[dtp.socket.DTPServer, AddressSlots[Any]]]:
+def held_address(
+    waiting: int, handshake_timeout: float = 5.0
+) -> Iterator[tuple[dtp.socket.DTPServer, AddressSlots[Any]]]:
     """A server whose one handshake slot for 127.0.0.1 is held (a client's handshake in
     its accept hook) while the test runs, with a line of ``waiting`` behind it; the
-    deadline (handshake_timeout) is far beyond the test's length, so nothing in line
-    expires meanwhile."""
+    deadline (``handshake_timeout``) is by default far beyond the test's length, so
+    nothing in line expires meanwhile."""
     release = threading.Event()
     hooked = threading.Event()
 
@@ -55,7 +57,9 @@ def held_address(waiting: int) -> Iterator[tuple[dtp.socket.DTPServer, AddressSl
         (HOST, 0),
         SERVER,
         accept=accept,
-        config=ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=5.0),
+        config=ConnectionConfig(
+            identity=SERVER, is_client=False, handshake_timeout=handshake_timeout
+        ),
         max_handshakes_per_address=1,
         max_waiting_per_address=waiting,
     )
