@@ -32,7 +32,7 @@ from dtp.errors import DTPError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.test_s33_moneyreview_review import BOUND, _Client, _run, _until
+from tests.test_s33_daemoncount_review import BOUND, _Client, _run, _until
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 
@@ -115,7 +115,7 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
 
     monkeypatch.setattr(services_mod, "relay_udp_async", relay)
 
-    async def scenario(daemon: Daemon, client: _Client) -> None:
+    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
         cid = await client.open_ledger(7000)
         receipt = client.receipt(cid)
         to_send.append(receipt)
