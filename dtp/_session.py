@@ -53,6 +53,10 @@ UNSENT = "closed before all that was written was sent"
 #: as when a server's stream handler fails: the peer reads an error, not a vanished
 #: carrier, and is told no more than that.
 CALLBACK_FAILED = "internal error"
+#: How many of the closed streams still waiting for the connection to be done with them
+#: each :meth:`Session.forget` looks at again (see there): more than one, so that those
+#: the connection is done with leave the queue faster than closed streams join it.
+_RECHECKED_PER_FORGET = 2
 
 
 def check_connect_timeout(timeout: float | None) -> None:
@@ -169,7 +173,9 @@ class Session:
         # why the carrier ended, when it failed (see carrier_lost)
         self._carrier_cause: BaseException | None = None
         # streams the application closed that the connection still tracks (their
-        # buffers go once it forgets them: see forget)
+        # buffers go once it forgets them: see forget), oldest first, and as a set (a
+        # stream forgotten twice is queued once)
+        self._closed_queue: deque[int] = deque()
         self._closed_streams: set[int] = set()
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
@@ -492,14 +498,29 @@ class Session:
         """The application closed ``stream_id`` (after :meth:`discard`): its buffer goes
         once the connection is done with the stream too -- else a connection that
         carries many short streams would keep one for each, for good. Until then it
-        stays, discarding what comes; closed streams are looked at again on each call."""
+        stays, discarding what comes, and is looked at again on later calls: each call
+        looks at the stream it is given and at the :data:`_RECHECKED_PER_FORGET` oldest
+        of those still waiting, so each does a constant amount of work. (Looking at
+        every waiting stream on each call made closing N streams the connection was not
+        done with cost O(N**2); this way each waiting stream is looked at again within
+        as many calls as there are streams waiting, and its buffer goes then.)"""
         self.process_events()  # (what is queued for it arrives before it goes)
-        self._closed_streams.add(stream_id)
         live = self.conn._streams
-        done = [sid for sid in self._closed_streams if sid not in live]
-        for sid in done:
-            self._closed_streams.discard(sid)
-            self.streams.pop(sid, None)
+        # The connection tells us of no stream it is done with (no event): streams
+        # closed earlier are looked at again here, a few per call, oldest first.
+        queue, waiting = self._closed_queue, self._closed_streams
+        for _ in range(min(_RECHECKED_PER_FORGET, len(queue))):
+            sid = queue.popleft()
+            if sid in live:
+                queue.append(sid)
+            else:
+                waiting.discard(sid)
+                self.streams.pop(sid, None)
+        if stream_id not in live:
+            self.streams.pop(stream_id, None)  # (still queued if forgotten before: it goes)
+        elif stream_id not in waiting:
+            waiting.add(stream_id)
+            queue.append(stream_id)
 
     def readable(self, stream_id: int) -> bool:
         """True when a read on ``stream_id`` would not block."""
