@@ -158,11 +158,12 @@ class ConnectionConfig:
     reliable_carrier: bool = True
     """True for ordered, reliable carriers (TCP); False turns on ACKs and retransmission."""
     stream_window: int = 4 << 20
-    """Bytes a peer may send on one stream beyond what our application has read."""
+    """Bytes a peer may send on one stream beyond what our application has read: an
+    int from 0 to 2**62 - 1 (from 1 to 2**32 - 1 when ``reliable_carrier`` is False)."""
     connection_window: int = 8 << 20
-    """The same, summed over all streams."""
+    """The same, summed over all streams: an int from 0 to 2**62 - 1."""
     max_streams: int = 128
-    """Streams the peer may have open at once."""
+    """Streams the peer may have open at once: an int from 0 to 2**62 - 1."""
     idle_timeout: float = 60.0
     """Close the connection when nothing arrives for this long (seconds)."""
     keepalive_interval: float | None = 15.0
@@ -172,17 +173,20 @@ class ConnectionConfig:
     handshake_timeout: float = 10.0
     """Give up when the connection is not established within this long."""
     max_datagram_size: int = 16000
-    """Largest datagram we send (LocalProtocolError above it); what the peer sends is
-    taken up to what one record holds, whatever this says."""
+    """Largest datagram we send (LocalProtocolError above it), at least 1 byte; less
+    where a record holds less. What the peer sends is taken up to what one record holds,
+    whatever this says."""
     max_record_plaintext: int = MAX_RECORD_PLAINTEXT
-    """Lossy carriers: largest plaintext of the DATA records we seal (at most 16384).
-    The ledger carrier uses less, so that each record fits one ``pipe::send`` whole."""
+    """Lossy carriers: largest plaintext of the DATA records we seal, an int from 22
+    (one stream frame's header and a byte) to 16384; from 1 over a reliable carrier. The
+    ledger carrier uses less, so that each record fits one ``pipe::send`` whole."""
     connection_id: bytes | None = None
     """Client only: the ledger connection (TransportControl) ID this connection is paid
-    by, 32 raw bytes; sent to the server in the handshake (key ``"cid"``)."""
+    by, 32 raw bytes (a bytearray is kept as bytes); sent to the server in the
+    handshake (key ``"cid"``)."""
     port: int | None = None
-    """Client only: the DTP port (service) we connect to; sent in the handshake (key
-    ``"port"``)."""
+    """Client only: the DTP port (service) we connect to, 0 to 65535; sent in the
+    handshake (key ``"port"``)."""
 
     def __post_init__(self) -> None:
         # Checked when the config is made, not where it is used: 0 or less timed out
@@ -218,11 +222,63 @@ class ConnectionConfig:
             "idle_timeout",
             _check_seconds("idle_timeout", self.idle_timeout, "a number of seconds"),
         )
-        # Only its type could fail, and late: a str failed comparing with the record's
-        # room in every send_datagram (a negative size just refuses every datagram).
-        size = self.max_datagram_size
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"max_datagram_size must be an int, not {type(size).__name__}")
+        # A str failed comparing with the record's room in every send_datagram, and 0 or
+        # less refused every datagram (but an empty one). The size is of the datagram
+        # itself: the DATAGRAM frame's 3 bytes of header come on top, and where a record
+        # holds less (a lossy carrier's max_record_plaintext, 22 at least) the limit
+        # in force is less -- so any size from 1 byte can be sent. No upper limit: the
+        # record's room caps it.
+        self._check_int("max_datagram_size", self.max_datagram_size, 1)
+        # The rest were checked only by Connection() (a LocalProtocolError), so a bad
+        # config was found at a connection: inside a server's accept, or after a ledger
+        # deposit for a connect by host ID. The windows and the stream limit go to the
+        # peer as transport parameters ("md", "msd", "ms"), which it takes from 0 to
+        # 2**62 - 1 (_parse_params): beyond that its handshake failed and we saw only a
+        # handshake timeout (or msgpack's OverflowError from 2**64).
+        for name in ("connection_window", "stream_window", "max_streams"):
+            self._check_int(name, getattr(self, name), 0, VARINT_MAX)
+        lossy = "" if self.reliable_carrier else " over a lossy carrier (reliable_carrier=False)"
+        if lossy:
+            # the reassembly of a lossy carrier holds at most a 32-bit window: found out
+            # at the first stream frame, as an untyped failure of receive_data
+            self._check_int("stream_window", self.stream_window, 1, (1 << 32) - 1, lossy)
+        # Larger: data_to_send failed sealing a record. Over a lossy carrier, room for
+        # no stream byte made packing loop forever (or fail on a negative length).
+        lowest = MAX_STREAM_FRAME_OVERHEAD + 1 if lossy else 1
+        self._check_int(
+            "max_record_plaintext", self.max_record_plaintext, lowest, MAX_RECORD_PLAINTEXT, lossy
+        )
+        # "port" and "cid": what the peer's _parse_params takes, else its handshake fails
+        if self.port is not None:
+            self._check_int("port", self.port, 0, 0xFFFF)
+        cid = self.connection_id
+        if cid is not None:
+            if not isinstance(cid, bytes | bytearray):
+                raise TypeError(f"connection_id must be bytes or None, not {type(cid).__name__}")
+            if len(cid) != 32:
+                raise ValueError(f"connection_id must be 32 bytes, not {len(cid)}")
+            if not isinstance(cid, bytes):
+                # a bytearray changed after this check would reach the peer unchecked
+                object.__setattr__(self, "connection_id", bytes(cid))
+
+    @staticmethod
+    def _check_int(
+        name: str, value: object, least: int, most: int | None = None, where: str = ""
+    ) -> None:
+        """Refuse ``value`` (the config's ``name``) unless it is an int (a bool is not:
+        True passed as 1) from ``least`` to ``most`` (None: no limit): TypeError for
+        anything else, ValueError for an int out of range; ``where`` ends the message
+        (the case the range is for)."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if value < least or (most is not None and value > most):
+            if most is None:
+                accepted = f"of at least {least}"
+            elif most > 0xFFFF and (most + 1) & most == 0:  # 2**k - 1, as the wire says it
+                accepted = f"from {least} to 2**{most.bit_length()} - 1"
+            else:
+                accepted = f"from {least} to {most}"
+            raise ValueError(f"{name} must be an int {accepted}{where}, not {repr(value)[:40]}")
 
     def _set_seconds(self, name: str, value: float) -> None:
         # the dataclass is frozen: its own checked value is set past that
@@ -270,22 +326,8 @@ class Connection:
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
         """``ephemeral_key``: 32 random bytes for the Noise ephemeral key (the caller
         draws them: the state machine draws no randomness itself)."""
-        if not config.reliable_carrier and not 0 < config.stream_window < 1 << 32:
-            # the reassembly of a lossy carrier holds at most a 32-bit window: found out
-            # at the first stream frame instead, as an untyped failure of receive_data
-            raise LocalProtocolError(
-                "stream_window must be from 1 to 2**32 - 1 bytes over a lossy carrier"
-            )
-        lowest = 1 if config.reliable_carrier else MAX_STREAM_FRAME_OVERHEAD + 1
-        if not lowest <= config.max_record_plaintext <= MAX_RECORD_PLAINTEXT:
-            # larger: data_to_send failed sealing a record; over a lossy carrier, room
-            # for no stream byte made packing loop forever (or fail on a negative length)
-            raise LocalProtocolError(
-                f"max_record_plaintext must be from {lowest} to {MAX_RECORD_PLAINTEXT}"
-            )
-        _check_params(config)
-        # (idle_timeout and the other seconds are checked when the config is made: it is
-        # frozen, and dataclasses.replace makes it anew)
+        # (every value of the config is checked when the config is made: it is frozen,
+        # and dataclasses.replace makes it anew)
         self.config = config
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT
@@ -2801,24 +2843,6 @@ def _varint(value: int) -> bytes:
     if encoded is None:
         raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)
     return encoded
-
-
-def _check_params(config: ConnectionConfig) -> None:
-    """The configuration values sent as transport parameters must pass the peer's
-    checks (:func:`_parse_params`): else its handshake failed, and we saw only a
-    handshake timeout (or msgpack's OverflowError for 2**64 and more)."""
-    for name in ("connection_window", "stream_window", "max_streams"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
-            raise LocalProtocolError(f"{name} must be an integer from 0 to 2**62 - 1")
-    port = config.port
-    if port is not None and (
-        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF
-    ):
-        raise LocalProtocolError("port must be an integer from 0 to 65535")
-    cid = config.connection_id
-    if cid is not None and (not isinstance(cid, bytes | bytearray) or len(cid) != 32):
-        raise LocalProtocolError("connection_id must be 32 bytes")
 
 
 def _parse_params(payload: bytes) -> dict[str, Any]:

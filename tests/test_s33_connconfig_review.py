@@ -58,7 +58,8 @@ def test_a_max_datagram_size_that_is_no_int_is_refused_when_the_config_is_made(
     # a bool or a float, took it as a size)
     with pytest.raises(TypeError, match="max_datagram_size"):
         ConnectionConfig(identity=CLIENT_ID, is_client=True, max_datagram_size=value)  # type: ignore[arg-type]
-    ConnectionConfig(identity=CLIENT_ID, is_client=True, max_datagram_size=0)
+    # (0 or less is refused too since S34: a ValueError; 1 byte is the least)
+    ConnectionConfig(identity=CLIENT_ID, is_client=True, max_datagram_size=1)
 
 
 # -- 2. the seconds: any real number, stored as a float --------------------------------
