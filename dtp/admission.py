@@ -615,6 +615,12 @@ def prepare_host_connection(
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
         raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+    base = config or ConnectionConfig(identity=identity, is_client=True)
+    if resolved.endpoint is None:
+        # the ledger carrier's config, made now: a config fit for TCP may not be for a
+        # lossy carrier (a stream_window of 0, records too small to carry a byte), and
+        # found out below it failed after the deposit moved
+        ledger_config(base)
     if on_resolved is not None:
         on_resolved(resolved)
     if cap_id is None:
@@ -644,7 +650,6 @@ def prepare_host_connection(
     else:
         assert opened is not None
         connection_id, escrow_id = opened.connection_id, opened.escrow_id
-    base = config or ConnectionConfig(identity=identity, is_client=True)
     cfg = replace(
         base,
         identity=identity,

@@ -1,0 +1,94 @@
+"""A connect by host ID over the ledger carrier whose config cannot run on a lossy
+carrier is refused before any money moves (the config used to be made fit for the
+ledger carrier only after the deposit, and failed there)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter, Sla
+from dtp.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
+from tests.ledger_server import identity_from_seed
+
+SERVER = identity_from_seed(0x61)
+CLIENT = identity_from_seed(0x62)
+PORT = 7
+DEPOSIT = 5000
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
+    """A host that publishes no endpoint (the ledger carrier), and a funded client."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
+    ledger.faucet(CLIENT.sui_address, 1_000_000)
+    try:
+        yield ledger, host_id
+    finally:
+        ledger.close()
+
+
+# fit for TCP, not for a lossy carrier
+UNFIT = [
+    {"stream_window": 0},
+    {"max_record_plaintext": MAX_STREAM_FRAME_OVERHEAD},
+]
+
+
+def _untouched(ledger: LocalLedger, before: int) -> None:
+    assert ledger.balance(CLIENT.sui_address) == before
+    for kind in ("ConnectionOpened", "SpendingCapCreated"):
+        events, _ = ledger.events(filter=EventFilter(type=kind), limit=10)
+        assert events == [], kind
+
+
+@pytest.mark.parametrize("unfit", UNFIT, ids=lambda d: next(iter(d)))
+def test_blocking_connect_refuses_the_config_before_the_deposit(
+    ledger: tuple[LocalLedger, str], unfit: dict[str, int]
+) -> None:
+    chain, host_id = ledger
+    config = ConnectionConfig(identity=CLIENT, is_client=True, **unfit)
+    before = chain.balance(CLIENT.sui_address)
+    with pytest.raises(ValueError, match=next(iter(unfit))):
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            ledger=chain,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            config=config,
+            timeout=5,
+        )
+    _untouched(chain, before)
+
+
+@pytest.mark.parametrize("unfit", UNFIT, ids=lambda d: next(iter(d)))
+def test_asyncio_connect_refuses_the_config_before_the_deposit(
+    ledger: tuple[LocalLedger, str], unfit: dict[str, int]
+) -> None:
+    chain, host_id = ledger
+    config = ConnectionConfig(identity=CLIENT, is_client=True, **unfit)
+    before = chain.balance(CLIENT.sui_address)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=next(iter(unfit))):
+            await asyncio.wait_for(
+                dtp.aio.open_connection(
+                    f"dtp://{host_id}:{PORT}",
+                    ledger=chain,
+                    identity=CLIENT,
+                    deposit=DEPOSIT,
+                    config=config,
+                ),
+                10,
+            )
+
+    asyncio.run(main())
+    _untouched(chain, before)
