@@ -13,9 +13,10 @@ needs with them:
 - Interchange with Sui wallets and pysui through the base64 keystring
   (``base64(0x00 || 32-byte seed)``).
 - Identity files, encrypted with a passphrase (scrypt + ChaCha20-Poly1305) or plain, always
-  written atomically with mode 0600 and refused on load when group/other can read them
-  or others may write to their directory (without the sticky bit; a private group's
-  write is allowed).
+  written atomically with mode 0600 and refused on load when group/other can read them;
+  refused on save and on load when a directory on the way to them belongs to another
+  user than root and this one, or others may write to it (without the sticky bit; a
+  private group's write is allowed).
 
 Identity file format (JSON, version 1)::
 
@@ -48,6 +49,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import stat
 import unicodedata
 import weakref
@@ -536,6 +538,7 @@ class HostIdentity:
         passphrase: str | None = None,
         *,
         overwrite: bool = False,
+        allow_insecure: bool = False,
     ) -> None:
         """Write this identity to ``path`` (JSON; see the module docs for the format).
 
@@ -544,12 +547,16 @@ class HostIdentity:
         base64-encoded, readable by anyone who can read the file. The file is created
         with mode 0600 and appears atomically; missing parent directories are created
         with mode 0700 (each of them). Raises :class:`KeyFileError` if the file exists
-        and ``overwrite`` is false, or if it cannot be written; TypeError if
-        ``passphrase`` is not a str, ValueError if it is empty (pass None to store the
-        identity unencrypted) or holds a lone surrogate (no UTF-8 form).
+        and ``overwrite`` is false, if it cannot be written, or, on POSIX, if a
+        directory on the way to it is one :meth:`load` refuses (another user's, or one
+        others may write to), before anything is written: the same error load() would
+        raise at the next start (``allow_insecure=True`` skips that check, as it does
+        for load()); TypeError if ``passphrase`` is not a str, ValueError if it is empty
+        (pass None to store the identity unencrypted) or holds a lone surrogate (no
+        UTF-8 form).
         """
         _check_passphrase_type(passphrase)
-        failure = _save_identity(self, Path(path), passphrase, overwrite)
+        failure = _save_identity(self, Path(path), passphrase, overwrite, allow_insecure)
         # Dropped before the raise: the traceback starts in this frame, and an error
         # reporter that records locals would show the passphrase it holds.
         del passphrase
@@ -573,9 +580,10 @@ class HostIdentity:
         given, cannot be decrypted (wrong passphrase or damaged file: one message for
         both), or, on POSIX, is not safe from other users: when it can be accessed by
         group or others, or when a directory on the way to it -- its own, any above
-        it, and those its symlinks (a directory's too) and their targets are in -- is
-        one that others may write to (a shared group, or everyone) and that has no
-        sticky bit (pass ``allow_insecure=True`` to accept it anyway). An empty
+        it, and those its symlinks (a directory's too) and their targets are in --
+        belongs to a user other than root and this one, or is one that others may
+        write to (a shared group, or everyone) and that has no sticky bit (pass
+        ``allow_insecure=True`` to accept it anyway). An empty
         passphrase is a wrong one (:meth:`save` never encrypts with it). A passphrase
         given for a plain file is ignored. Raises TypeError if ``passphrase`` is
         neither None nor a str.
@@ -591,13 +599,17 @@ class HostIdentity:
 
 
 def _save_identity(
-    identity: HostIdentity, target: Path, passphrase: str | None, overwrite: bool
+    identity: HostIdentity,
+    target: Path,
+    passphrase: str | None,
+    overwrite: bool,
+    allow_insecure: bool,
 ) -> KeyFileError | ValueError | None:
     """:meth:`HostIdentity.save`'s work: None once the file is written, else the error to
     raise (KeyFileError, or ValueError for an unusable passphrase), returned without its
     traceback (whose frames hold the secret)."""
     try:
-        _write_identity_file(identity, target, passphrase, overwrite)
+        _write_identity_file(identity, target, passphrase, overwrite, allow_insecure)
     except (KeyFileError, ValueError) as exc:
         # (``from None`` only hides a context: an OSError's frames would still be linked)
         exc.__context__ = None
@@ -606,7 +618,11 @@ def _save_identity(
 
 
 def _write_identity_file(
-    identity: HostIdentity, target: Path, passphrase: str | None, overwrite: bool
+    identity: HostIdentity,
+    target: Path,
+    passphrase: str | None,
+    overwrite: bool,
+    allow_insecure: bool,
 ) -> None:
     """Check the arguments, then build the identity file's JSON and write it to
     ``target`` (KeyFileError, or ValueError for an unusable passphrase)."""
@@ -617,6 +633,10 @@ def _write_identity_file(
         _passphrase_bytes(passphrase)
     if not overwrite and os.path.lexists(target):
         raise _exists_error(target)
+    if os.name == "posix" and not allow_insecure:
+        # Refused now, not by load() at the next start (a daemon's first start saves a
+        # key it then fails to load on every later one).
+        _check_directories_for_save(target)
     header = identity._header()
     document: dict[str, Any] = dict(header)
     secret = identity._secret_json()
@@ -873,15 +893,10 @@ def _read_private_file(path: Path, *, allow_insecure: bool) -> bytes:
 
 def _check_private_file(path: Path, info: os.stat_result) -> None:
     """Refuse (KeyFileError) the identity file at ``path``, whose status is ``info``,
-    unless only its owner may access it and others may not replace it: its directory
-    (and, through a symlink, its target's), each directory holding a symlink on the way
-    (:func:`_directories_above`) and every directory above them must be writable by no
-    one else -- group write only for the user's own private group (umask 002 systems)
-    -- or have the sticky bit (as /tmp: only a file's owner may then remove or rename
-    it). Whoever may write to a directory higher up may rename the one below
-    it and put a tree of their own in its place. POSIX only; what ``allow_insecure``
-    skips. A file another user owns passes (root reading a user's key: as ssh, only the
-    mode counts)."""
+    unless only its owner may access it and others may not replace it (the directories
+    on the way: :func:`_check_directories`). POSIX only; what ``allow_insecure`` skips.
+    A file another user owns passes (root reading a user's key: as ssh, only the mode
+    counts -- though its directory must be root's, see :func:`_check_directories`)."""
     if info.st_mode & 0o077:
         mode = stat.S_IMODE(info.st_mode)
         raise KeyFileError(
@@ -889,26 +904,95 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
             f"accessible by group or others (run: chmod 600 {path}, or load it with "
             "allow_insecure=True)"
         )
+    _check_directories(path)
+
+
+def _check_directories_for_save(path: Path) -> None:
+    """:func:`_check_directories` for a file :meth:`HostIdentity.save` is about to
+    write at ``path``, with its error: the directories that exist on the way (the
+    missing ones save makes, 0700 and this user's), the last name not followed (the
+    rename replaces a symlink there, not its target). A lookup that fails is a
+    KeyFileError, as the write would have failed."""
+    try:
+        _check_directories(path, creating=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _check_directories(path: Path, *, creating: bool = False) -> None:
+    """Refuse (KeyFileError) the directories an identity file at ``path`` depends on
+    (:func:`_directories_above`: its own -- and, through a symlink, its target's --,
+    each holding a symlink on the way, and every one above them) unless each is
+    owned by root or this (effective) user and is writable by no one else -- group
+    write only for the user's own private group (umask 002 systems) -- or has the
+    sticky bit (as /tmp: only a file's owner may then remove or rename it). Whoever may
+    write to a directory, or owns it (and may chmod it), may rename the entry below it
+    and put a file or tree of their own, with their own key, in its place: as
+    OpenSSH's check of authorized_keys' directories. ``creating`` as for
+    :func:`_directories_above`. Raises OSError where a lookup on the way failed."""
+    me = os.geteuid()
     seen: set[tuple[int, int]] = set()
-    for directory in _directories_above(path):
+    for directory in _directories_above(path, creating=creating):
         where = os.stat(directory)
         if (where.st_dev, where.st_ino) in seen:
             continue
         seen.add((where.st_dev, where.st_ino))
-        # Whoever may write to the directory may put their own file in the identity's
-        # place (a key they know, used to sign for this host) between two loads.
+        if not stat.S_ISDIR(where.st_mode):
+            # (save only: a file where a directory is due, which the write reports)
+            continue
+        # Before the sticky bit: a sticky directory's owner may still rename any entry.
+        if where.st_uid not in (0, me):
+            owner = _user_name(where.st_uid)
+            raise KeyFileError(
+                f"{directory}, which holds {path}, belongs to {owner}, neither to you "
+                "nor to root: that user could replace the identity; keep it in a "
+                "directory of your own, or accept the risk with allow_insecure=True"
+            )
         if where.st_mode & stat.S_ISVTX:
             continue
-        if where.st_mode & 0o002 or (where.st_mode & 0o020 and not _private_group(where.st_gid)):
+        mode = stat.filemode(where.st_mode)
+        if where.st_mode & 0o002:
             raise KeyFileError(
                 f"{directory}, which holds {path}, is writable by others "
-                f"(mode {stat.filemode(where.st_mode)}): they could replace the identity; "
-                "move it, remove their write permission, or load it with "
-                "allow_insecure=True"
+                f"(mode {mode}): they could replace the identity; move it, remove their "
+                "write permission, or accept the risk with allow_insecure=True"
+            )
+        if where.st_mode & 0o020 and not _private_group(where.st_gid):
+            # (said apart from the above: "others" reads as chmod's o, and a directory
+            # such as Debian's /usr/local, 2775 root:staff, has no o+w)
+            gid, name = where.st_gid, _group_name(where.st_gid)
+            group = (
+                f"group {name!r} (gid {gid}; mode {mode})" if name else f"gid {gid} (mode {mode})"
+            )
+            raise KeyFileError(
+                f"{directory}, which holds {path}, is group-writable by {group}: the "
+                "group's members could replace the identity; run "
+                f"chmod g-w {shlex.quote(str(directory))}, keep the key in a directory "
+                "only you may write to, or accept the risk with allow_insecure=True"
             )
 
 
-def _directories_above(path: Path) -> Iterator[Path]:
+def _user_name(uid: int) -> str:
+    """``uid`` for a message: ``user 'name' (uid N)``, or ``uid N`` with no name."""
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str | None:
+    """The name of the group ``gid``; None when it has none."""
+    try:
+        import grp
+
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return None
+
+
+def _directories_above(path: Path, *, creating: bool = False) -> Iterator[Path]:
     """The directories a key file at ``path`` depends on, each resolved: every one a
     name on the way to the file is looked up in -- the one holding the file's name, the
     one holding each symlink met on the way (a directory's, not only the file's), and
@@ -928,7 +1012,13 @@ def _directories_above(path: Path) -> Iterator[Path]:
     (Resolving each prefix of the path anew took as many lookups as the path's length
     squared, each of a path that long: 16 s for a path of a thousand names.)
     Raises OSError -- ELOOP past as many symlinks as Linux follows in one lookup, or
-    what an lstat on the way raised -- where the open would have failed too."""
+    what an lstat on the way raised -- where the open would have failed too.
+
+    ``creating``: ``path`` names a file about to be written (:meth:`HostIdentity.save`,
+    by a rename into its directory): its last name is not followed (the rename replaces
+    a symlink there, not its target), and the walk ends at the first name missing on the
+    way (save makes the rest, as directories of this user's, mode 0700), or one that
+    is no directory (the write fails there)."""
     start = os.fspath(path)
     resolved = "/" if os.path.isabs(start) else os.getcwd()
     pending = [part for part in reversed(start.split("/")) if part not in ("", ".")]
@@ -940,8 +1030,16 @@ def _directories_above(path: Path) -> Iterator[Path]:
         if part == "..":
             resolved = os.path.dirname(resolved)  # ("/.." is "/")
             continue
+        if creating and not pending:
+            break  # (the name save renames its file to: looked up in ``resolved``)
         entry = os.path.join(resolved, part)
-        if not stat.S_ISLNK(os.lstat(entry).st_mode):
+        try:
+            mode = os.lstat(entry).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if creating:
+                break
+            raise
+        if not stat.S_ISLNK(mode):
             resolved = entry
             continue
         links += 1
