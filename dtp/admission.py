@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
 from dtp.address import HostAddress
-from dtp.carriers.ledger_bridge import ledger_config
+from dtp.carriers.ledger_bridge import LedgerCarrierOptions, ledger_config
 from dtp.carriers.tcp import PendingTcp
 from dtp.chain.objects import (
     ConnectionState,
@@ -47,6 +47,7 @@ from dtp.errors import (
     move_error,
 )
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen
@@ -511,6 +512,21 @@ class PreparedConnection:
         return "ledger" if self.endpoint is None else "tcp"
 
 
+def check_connect_options(metering: object, ledger_options: object) -> None:
+    """The adapters' own arguments to a connect by host ID (``metering``,
+    ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
+    ledger: TypeError for one of another type. (Found where they were first used, they
+    failed after the spending cap or the deposit, and a wrong ``metering`` escaped
+    before the connection was abandoned: the deposit stayed locked.)"""
+    if metering is not None and not isinstance(metering, MeteringConfig):
+        raise TypeError(f"metering must be a MeteringConfig or None, got {type(metering).__name__}")
+    if ledger_options is not None and not isinstance(ledger_options, LedgerCarrierOptions):
+        raise TypeError(
+            "ledger_options must be a LedgerCarrierOptions or None, "
+            f"got {type(ledger_options).__name__}"
+        )
+
+
 def prepare_connecting_early(
     ledger: Ledger, address: HostAddress, identity: HostIdentity, **options: Any
 ) -> tuple[PreparedConnection, PendingTcp | None]:
@@ -582,6 +598,10 @@ def prepare_host_connection(
             f"identity must be a HostIdentity (the paying client's keys), "
             f"got {type(identity).__name__}"
         )
+    if config is not None and not isinstance(config, ConnectionConfig):
+        # else found by replace() below, after the spending cap was created and (paying
+        # by subscription or sponsor pool) the deposit moved, with nothing half-closed
+        raise TypeError(f"config must be a ConnectionConfig or None, got {type(config).__name__}")
     if deposit is not None and (
         not isinstance(deposit, int) or isinstance(deposit, bool) or not 0 <= deposit < 2**64
     ):

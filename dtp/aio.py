@@ -55,6 +55,7 @@ from dtp.admission import (
     PeerInfo,
     PreparedConnection,
     abandon_host_connection,
+    check_connect_options,
     peer_info,
     prepare_connecting_early,
     refusal_reason,
@@ -1299,6 +1300,7 @@ async def _open_by_host_id(
     # connect cannot stop: what it opened for a connect cancelled meanwhile is abandoned
     # (half-closed, so the deposit comes back), by the thread itself or, when the
     # result was ready but not yet taken, by another.
+    check_connect_options(metering, ledger_options)
     handover = threading.Lock()
     taken: list[tuple[PreparedConnection, PendingTcp | None]] = []
     cancelled = False

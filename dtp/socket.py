@@ -54,6 +54,7 @@ from dtp.admission import (
     LedgerAdmission,
     PeerInfo,
     abandon_host_connection,
+    check_connect_options,
     peer_info,
     prepare_connecting_early,
     refusal_reason,
@@ -2619,6 +2620,7 @@ def _connect_by_host_id(
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
     if identity is None:
         raise ValueError("connecting to a DTP address needs the paying identity (identity=...)")
+    check_connect_options(metering, ledger_options)
     prepared, early = prepare_connecting_early(
         ledger,
         address,

@@ -92,3 +92,53 @@ def test_asyncio_connect_refuses_the_config_before_the_deposit(
 
     asyncio.run(main())
     _untouched(chain, before)
+
+
+# the adapters' own arguments, of another type: refused before the spending cap and the
+# deposit (a wrong metering escaped after the deposit, the connection never abandoned)
+WRONG_OPTIONS = [
+    {"metering": {"every_bytes": 1}},
+    {"ledger_options": {"poll_interval": 1}},
+]
+
+
+@pytest.mark.parametrize("wrong", WRONG_OPTIONS, ids=lambda d: next(iter(d)))
+def test_blocking_connect_refuses_options_of_another_type_before_the_cap(
+    ledger: tuple[LocalLedger, str], wrong: dict[str, object]
+) -> None:
+    chain, host_id = ledger
+    before = chain.balance(CLIENT.sui_address)
+    with pytest.raises(TypeError, match=next(iter(wrong))):
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            ledger=chain,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=5,
+            **wrong,
+        )
+    _untouched(chain, before)
+
+
+@pytest.mark.parametrize("wrong", WRONG_OPTIONS, ids=lambda d: next(iter(d)))
+def test_asyncio_connect_refuses_options_of_another_type_before_the_cap(
+    ledger: tuple[LocalLedger, str], wrong: dict[str, object]
+) -> None:
+    chain, host_id = ledger
+    before = chain.balance(CLIENT.sui_address)
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match=next(iter(wrong))):
+            await asyncio.wait_for(
+                dtp.aio.open_connection(
+                    f"dtp://{host_id}:{PORT}",
+                    ledger=chain,
+                    identity=CLIENT,
+                    deposit=DEPOSIT,
+                    **wrong,
+                ),
+                10,
+            )
+
+    asyncio.run(main())
+    _untouched(chain, before)
