@@ -512,6 +512,22 @@ class PreparedConnection:
         return "ledger" if self.endpoint is None else "tcp"
 
 
+def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None) -> bytes | None:
+    """The Noise key a connect by host ID was told the host has: ``server_key`` or
+    ``expected_server_key`` (a pin: the key the server must present), which
+    :func:`prepare_host_connection` compares with the one the Host publishes before any
+    money moves. The host's published key is the one the handshake uses, so a pin that
+    was ignored let a host whose key changed be paid unnoticed. ValueError when the two
+    are given and differ."""
+    if (
+        server_key is not None
+        and expected_server_key is not None
+        and bytes(server_key) != bytes(expected_server_key)
+    ):
+        raise ValueError("server_key and expected_server_key differ")
+    return server_key if server_key is not None else expected_server_key
+
+
 def check_connect_options(metering: object, ledger_options: object) -> None:
     """The adapters' own arguments to a connect by host ID (``metering``,
     ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
@@ -634,8 +650,18 @@ def prepare_host_connection(
     )
     host_key = resolved.host.noise_static_key
     if server_key is not None and server_key != host_key:
-        raise ValueError(f"server_key differs from the Noise key host {address.host_id} publishes")
+        raise ValueError(
+            f"the server key given (server_key / expected_server_key) differs from the "
+            f"Noise key host {address.host_id} publishes"
+        )
     base = config or ConnectionConfig(identity=identity, is_client=True)
+    pinned = base.expected_server_static
+    if pinned is not None and bytes(pinned) != host_key:
+        # (the handshake below runs IK to the published key, the pin cleared)
+        raise ValueError(
+            f"the config's expected_server_static differs from the Noise key host "
+            f"{address.host_id} publishes"
+        )
     if resolved.endpoint is None:
         # the ledger carrier's config, made now: a config fit for TCP may not be for a
         # lossy carrier (a stream_window of 0, records too small to carry a byte), and

@@ -57,6 +57,7 @@ from dtp.admission import (
     abandon_host_connection,
     check_connect_options,
     peer_info,
+    pinned_host_key,
     prepare_connecting_early,
     refusal_reason,
 )
@@ -1222,7 +1223,7 @@ async def open_connection(
             ledger,
             identity,
             timeout,
-            server_key=server_key,
+            server_key=pinned_host_key(server_key, expected_server_key),
             config=config,
             deposit=deposit,
             cap_id=cap_id,

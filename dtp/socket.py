@@ -56,6 +56,7 @@ from dtp.admission import (
     abandon_host_connection,
     check_connect_options,
     peer_info,
+    pinned_host_key,
     prepare_connecting_early,
     refusal_reason,
 )
@@ -2564,7 +2565,7 @@ def create_connection(
         return _connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,
             timeout,
-            server_key=server_key,
+            server_key=pinned_host_key(server_key, expected_server_key),
             identity=identity,
             config=config,
             ledger=ledger,

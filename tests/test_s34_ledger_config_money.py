@@ -142,3 +142,66 @@ def test_asyncio_connect_refuses_options_of_another_type_before_the_cap(
 
     asyncio.run(main())
     _untouched(chain, before)
+
+
+def test_a_pinned_server_key_the_host_does_not_publish_is_refused_before_the_cap(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    # expected_server_key was dropped on the host-ID path: the host's published key was
+    # used whatever the pin said, and the deposit paid a host whose key had changed
+    chain, host_id = ledger
+    before = chain.balance(CLIENT.sui_address)
+    other = identity_from_seed(0x63).noise_public
+    with pytest.raises(ValueError, match="differs from the Noise key host"):
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            ledger=chain,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            expected_server_key=other,
+            timeout=5,
+        )
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="differs from the Noise key host"):
+            await dtp.aio.open_connection(
+                f"dtp://{host_id}:{PORT}",
+                ledger=chain,
+                identity=CLIENT,
+                deposit=DEPOSIT,
+                expected_server_key=other,
+            )
+        with pytest.raises(ValueError, match="server_key and expected_server_key differ"):
+            await dtp.aio.open_connection(
+                f"dtp://{host_id}:{PORT}",
+                ledger=chain,
+                identity=CLIENT,
+                deposit=DEPOSIT,
+                server_key=SERVER.noise_public,
+                expected_server_key=other,
+            )
+
+    asyncio.run(main())
+    _untouched(chain, before)
+
+
+def test_a_config_pinning_another_server_key_is_refused_before_the_cap(
+    ledger: tuple[LocalLedger, str],
+) -> None:
+    chain, host_id = ledger
+    before = chain.balance(CLIENT.sui_address)
+    config = ConnectionConfig(
+        identity=CLIENT,
+        is_client=True,
+        expected_server_static=identity_from_seed(0x63).noise_public,
+    )
+    with pytest.raises(ValueError, match="expected_server_static differs"):
+        dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}",
+            ledger=chain,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            config=config,
+            timeout=5,
+        )
+    _untouched(chain, before)
