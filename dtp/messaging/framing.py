@@ -37,6 +37,8 @@ DEFAULT_MAX_MESSAGE: Final = 1 << 20
 #: id, so a server can still answer the request that was too large).
 HEAD_KEEP: Final = 24
 _HEADER: Final = struct.Struct(">I")
+#: The largest body a 4-byte length can announce.
+_MAX_LENGTH: Final = 0xFFFFFFFF
 # one msgpack Packer per thread: msgpack.packb builds one (with a 256 KiB buffer) per call
 _packers = threading.local()
 
@@ -53,12 +55,25 @@ def _pack(message: Any) -> bytes:
     return body
 
 
+def _check_size(what: str, value: object) -> int:
+    """``value`` as a size of at least 1: TypeError for anything but an int (a bool, a
+    float, a str), ValueError below 1. (A NaN cap compared False with every length, so
+    nothing was ever over it; True was a cap of one byte.)"""
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, not {value}")
+    return int(value)
+
+
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
     """The frame for ``message`` (any msgpack-able value). Raises :class:`PayloadTooLarge`
-    above ``max_size`` and :class:`NotEncodable` (a TypeError) for values msgpack
-    cannot encode."""
+    above ``max_size`` (or the 4-byte length's 2**32-1) and :class:`NotEncodable` (a
+    TypeError) for values msgpack cannot encode; TypeError for a ``max_size`` that is not
+    an int, ValueError for one below 1."""
+    _check_size("max_size", max_size)
     body = _pack(message)
-    if len(body) > max_size:
+    if len(body) > max_size or len(body) > _MAX_LENGTH:  # (the second: not a struct.error)
         raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")
     return _HEADER.pack(len(body)) + body
 
@@ -88,7 +103,8 @@ class FrameDecoder:
     __slots__ = ("_buf", "_head", "_head_want", "_max", "_pos", "_skip", "_skip_len")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
-        if max_size <= 0 or max_size > 0xFFFFFFFF:
+        _check_size("max_size", max_size)
+        if max_size > _MAX_LENGTH:
             raise ValueError("max_size must be in 1..2**32-1")
         self._max = max_size
         self._buf = bytearray()
@@ -177,11 +193,18 @@ def read_frames(
 ) -> Iterator[bytes | Oversized]:
     """Frames from a blocking DTP stream until the peer ends it or ``stop`` is set:
     each a message body, or :class:`Oversized` for a frame over ``max_size`` (skipped
-    as it arrived). Stream errors propagate to the caller."""
+    as it arrived). Stream errors propagate to the caller; a stream that ends inside a
+    frame (``stop`` not set) raises :class:`MalformedMessage`. ``chunk``: the most bytes
+    read at once, an int of at least 1 (TypeError, ValueError)."""
+    _check_size("chunk", chunk)
     decoder = FrameDecoder(max_size)
     while not stop.is_set():
         data = stream.recv(chunk)
         if not data:
+            if not stop.is_set() and (decoder.buffered or decoder._skip):
+                # the peer went away mid-frame: ending quietly made a truncated stream
+                # look like a clean end, the frame's loss unseen by the caller
+                raise MalformedMessage("the stream ended inside a frame")
             return
         decoder.feed(data)
         while (item := decoder.next()) is not None:

@@ -146,7 +146,11 @@ def seal(
     """Seal ``body`` to ``recipient_static`` (32-byte X25519 key). With ``sender`` the
     pattern is ``X`` (sender proven), else ``N`` (anonymous). ``message_id`` and
     ``ephemeral`` (X25519 private bytes) default to fresh randomness, ``now_ms`` (the
-    message's date, ms since the epoch, sealed inside it) to the wall clock.
+    message's date, ms since the epoch, sealed inside it) to the wall clock. Pass
+    ``ephemeral`` for test vectors only: the message's key and nonce follow from it and
+    the recipient's key, so two messages sealed with one ephemeral to one recipient share
+    a ChaCha20 keystream and a Poly1305 key (each reveals the other's plaintext, and
+    forgeries become possible).
 
     Raises :class:`~dtp.messaging.errors.PayloadTooLarge` when the body exceeds
     :data:`MAX_BODY` or the sealed message :data:`MAX_SEALED` (long host IDs count),
@@ -219,7 +223,15 @@ def seal(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
         noise.start_handshake()
-    message = bytes([VERSION, pattern]) + bytes(noise.write_message(plaintext))
+    try:
+        message = bytes([VERSION, pattern]) + bytes(noise.write_message(plaintext))
+    except ValueError:
+        # cryptography refuses a Diffie-Hellman whose result is all zeros ("Error
+        # computing shared key."), which only a low-order recipient key gives: the
+        # sender's keys are X25519 private keys, which any 32 bytes are
+        raise ValueError(
+            "the recipient's static key is not a usable X25519 public key (a low-order point)"
+        ) from None
     # MAX_BODY leaves room for the fixed fields only: host IDs are free text, and a
     # message above MAX_SEALED would be refused by open_sealed and the mailbox
     if len(message) > MAX_SEALED:
@@ -244,9 +256,11 @@ def open_sealed(
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise E.MalformedSealed("a sealed message is bytes")
+    # the size before the copy: a huge buffer was copied whole, only to be refused
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size < 2 + 32 + 16 or size > MAX_SEALED:
+        raise E.MalformedSealed(f"a sealed message is 50..{MAX_SEALED} bytes, got {size}")
     data = bytes(data)
-    if len(data) < 2 + 32 + 16 or len(data) > MAX_SEALED:
-        raise E.MalformedSealed(f"a sealed message is 50..{MAX_SEALED} bytes, got {len(data)}")
     version, pattern = data[0], data[1]
     if version != VERSION or pattern not in _NAMES:
         raise E.MalformedSealed(f"unknown sealed version {version} / pattern {pattern}")
