@@ -1016,28 +1016,45 @@ def _directories_above(path: Path, *, creating: bool = False) -> Iterator[Path]:
 
     ``creating``: ``path`` names a file about to be written (:meth:`HostIdentity.save`,
     by a rename into its directory): its last name is not followed (the rename replaces
-    a symlink there, not its target), and the walk ends at the first name missing on the
-    way (save makes the rest, as directories of this user's, mode 0700), or one that
-    is no directory (the write fails there)."""
+    a symlink there, not its target); a name missing on the way is a directory save
+    makes (this user's, mode 0700), which is not given, nor checked for what is looked up
+    in it, but the walk goes on through it by name (a ".." after it leads back to
+    directories that exist); it ends at a name that is no directory (the write fails
+    there)."""
     start = os.fspath(path)
     resolved = "/" if os.path.isabs(start) else os.getcwd()
     pending = [part for part in reversed(start.split("/")) if part not in ("", ".")]
     looked_in: list[str] = []  # the directory each name was looked up in, in order
     links = 0
+    absent = 0  # (creating) how many names deep ``resolved`` is in directories save makes
     while pending:
         part = pending.pop()
-        looked_in.append(resolved)
+        if not absent:  # (names looked up in a directory save makes are its own)
+            looked_in.append(resolved)
         if part == "..":
             resolved = os.path.dirname(resolved)  # ("/.." is "/")
+            absent = max(absent - 1, 0)
             continue
         if creating and not pending:
             break  # (the name save renames its file to: looked up in ``resolved``)
         entry = os.path.join(resolved, part)
+        if absent:
+            resolved, absent = entry, absent + 1
+            continue
         try:
             mode = os.lstat(entry).st_mode
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
+            if not creating:
+                raise
+            # Save makes it, a plain directory: the walk goes on through it by name, as
+            # the write's lookups will, for a ".." may lead back out of it to directories
+            # that exist (``new/../shared/identity.json``: ending here left ``shared``
+            # unchecked, and load() refused the key save wrote there).
+            resolved, absent = entry, 1
+            continue
+        except NotADirectoryError:
             if creating:
-                break
+                break  # (the write fails there)
             raise
         if not stat.S_ISLNK(mode):
             resolved = entry
@@ -1061,8 +1078,10 @@ def _directories_above(path: Path, *, creating: bool = False) -> Iterator[Path]:
 
 def _private_group(gid: int) -> bool:
     """Whether ``gid`` is this user's own group: our effective group, with no other
-    member listed (a user private group, as umask 002 systems give each user). A group
-    that cannot be looked up is not."""
+    member listed, and no other user's primary group (a user private group, as umask
+    002 systems give each user). A group that cannot be looked up is not. (As Debian's
+    OpenSSH: a group the users share as their login group, such as ``users``, lists
+    none of them as members, and each of them may write where it may.)"""
     if gid != os.getegid():
         return False
     try:
@@ -1070,10 +1089,11 @@ def _private_group(gid: int) -> bool:
         import pwd
 
         members = set(grp.getgrgid(gid).gr_mem)
-        me = pwd.getpwuid(os.geteuid()).pw_name
+        me = pwd.getpwuid(os.geteuid())
+        primary = [user for user in pwd.getpwall() if user.pw_gid == gid]
     except (ImportError, KeyError):
         return False
-    return members <= {me}
+    return members <= {me.pw_name} and all(user.pw_uid == me.pw_uid for user in primary)
 
 
 def _make_private_directories(directory: Path) -> None:
