@@ -25,7 +25,8 @@ One file, one graph at a time: each open graph holds an exclusive advisory lock
 process or this one -- fails with :class:`GraphStorageError` instead of running beside
 the first. (Two tables on one log would each compact it to their own export, deleting
 the other's writes; and they would share one replica id and clock.) The lock goes with
-the process, so a crash leaves nothing to clean up.
+the process, so a crash leaves nothing to clean up. A file with more than one name (hard
+links) is refused: the lock, and SQLite's own ``-wal`` file, are found by name.
 
 Failures of the file (corrupt pages, disk full, I/O errors, a lock held by some other
 SQLite client for too long) raise :class:`GraphStorageError`, never ``sqlite3``'s own
@@ -125,6 +126,16 @@ class GraphStorage:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
             raise _open_error(self.path, exc) from exc
         try:
+            links = 1 if str(self.path) == ":memory:" else os.stat(self.path).st_nlink
+            if links > 1:
+                # the lock is found by name (<path>-lock), and so are SQLite's -wal and
+                # -shm files: under a second name the file got a graph of its own beside
+                # one open under the first, each reading and writing its own -wal
+                # (writes lost, the file corrupted: sqlite.org/howtocorrupt.html 2.5)
+                raise GraphStorageError(
+                    f"graph database {str(self.path)!r} has {links} names (hard links): "
+                    "SQLite and the graph's lock need it to have one"
+                )
             # another application's database must be refused before anything is written
             # to it (the WAL switch and the schema below both change the file)
             tables = {
@@ -243,8 +254,20 @@ class GraphStorage:
         """Record at once, outside the buffered log, that states up to ``state`` may be
         issued: a write's state leaves the process (returned, sent to sync peers)
         before its batch is flushed, and a restart after a crash must count on from
-        above it even with the wall clock behind."""
-        self.set_meta("clock_reserved", _F64.pack(state))
+        above it even with the wall clock behind. Synced to the disk (the log's commits
+        are not, synchronous=NORMAL: they survive a process crash, not a power loss, and
+        a reservation lost with them let a restart issue states below ones its peers
+        already hold -- its new writes then lost to older values). At most one sync per
+        reservation step of the clock (the graph reserves 250 ms of states at a time)."""
+        with self._errors("write"):
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    ("clock_reserved", _F64.pack(state)),
+                )
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _clock_meta(self, key: str) -> float:
         raw = self.get_meta(key)

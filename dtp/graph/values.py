@@ -17,8 +17,9 @@ convention); :func:`link` builds one and :func:`link_soul` recognises one.
 
 Decoding (what peers send) refuses what another implementation could read differently:
 an object with a duplicate key (Python's ``json`` would silently keep the last one),
-NaN, infinities (``1e400`` included), nesting too deep, a lone surrogate escape
-(``"\\ud800"``: no UTF-8 holds it); a ``-0.0`` reads as ``0.0``.
+NaN, infinities (``1e400`` included), nesting deeper than :func:`encode_value` writes
+(64 levels), a lone surrogate escape (``"\\ud800"``: no UTF-8 holds it); a ``-0.0``
+reads as ``0.0``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ JSON: TypeAlias = bool | int | float | str | list[Any] | dict[str, Any] | None
 """A value of the JSON types (lists and objects hold JSON values)."""
 
 LINK_KEY = "#"
+
+#: How deep a value may nest: the value itself is at depth 0, the items of a container
+#: one deeper than it, and nothing may be deeper than this. Encoding and decoding apply
+#: the same limit, so that a peer's value is one put() could have written.
+_MAX_DEPTH = 64
 
 _encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
@@ -61,8 +67,10 @@ def _check(value: object, depth: int = 0) -> bool:
     True when the value must be copied before ``json`` can write it: it holds a ``-0.0``
     (to be written as ``0.0``) or a mapping that is not a dict (``json`` writes dicts
     only: a ``MappingProxyType`` or a ``UserDict`` was a bare TypeError out of put())."""
-    if depth > 64:
-        raise LocalProtocolError("value nested too deeply (more than 64 levels)", ErrorCode.ARG)
+    if depth > _MAX_DEPTH:
+        raise LocalProtocolError(
+            f"value nested too deeply (more than {_MAX_DEPTH} levels)", ErrorCode.ARG
+        )
     if value is None or isinstance(value, bool | int | str):
         return False
     if isinstance(value, float):
@@ -162,13 +170,31 @@ def _lone_surrogate(value: JSON) -> bool:
     return False
 
 
+def _too_deep(value: JSON) -> bool:
+    """True when ``value`` nests deeper than :func:`encode_value` writes (its rule: no
+    value below depth ``_MAX_DEPTH``, so a container that deep must be empty)."""
+    if not isinstance(value, list | dict):
+        return False
+    level: list[list[Any] | dict[str, Any]] = [value]  # the containers at one depth
+    for _ in range(_MAX_DEPTH):
+        nested: list[list[Any] | dict[str, Any]] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            nested.extend(item for item in items if isinstance(item, list | dict))
+        if not nested:
+            return False
+        level = nested
+    return any(level)  # a non-empty container at depth _MAX_DEPTH holds values below it
+
+
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     """A value back from its canonical bytes (RemoteProtocolError if they are not JSON).
 
     Decoding accepts any JSON text (only encoding is canonical) except what two readers
     could read differently: duplicate object keys, numbers beyond the float range, a
     lone surrogate (an unpaired ``\\uD800``-``\\uDFFF`` escape, which :func:`encode_value`
-    refuses too); NaN and infinities are refused too, and ``-0.0`` reads as ``0.0``.
+    refuses too), nesting deeper than 64 levels (as :func:`encode_value`); NaN and
+    infinities are refused too, and ``-0.0`` reads as ``0.0``.
     """
     raw = bytes(data)
     try:
@@ -178,6 +204,15 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
         raise RemoteProtocolError(
             f"graph value is not a JSON value in UTF-8: {exc}", ErrorCode.HAM_MALFORMED
         ) from None
+    if raw.count(b"[") + raw.count(b"{") > _MAX_DEPTH and _too_deep(value):
+        # (fewer brackets cannot nest that deep.) Only a RecursionError refused deeper
+        # values before: one nested a few hundred levels was read or refused as the
+        # caller's stack happened to be deep (a sync thread, a callback), so replicas
+        # disagreed on whether the field existed; and put() refused to write it back
+        raise RemoteProtocolError(
+            f"graph value nested too deeply (more than {_MAX_DEPTH} levels)",
+            ErrorCode.HAM_MALFORMED,
+        )
     if b"\\u" in raw and _lone_surrogate(value):
         # json reads "\\ud800" as a str no UTF-8 can hold: print() or a write of it
         # raised UnicodeEncodeError in the application, put() of it LocalProtocolError,
