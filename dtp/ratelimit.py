@@ -14,6 +14,7 @@ Times are seconds (any monotonic origin), passed in.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from dtp._reference.varint import varint_size
 from dtp.chain.objects import Firewall, Host
 
 __all__ = [
+    "DEFAULT_MAX_IDLE",
     "ClientBuckets",
     "HostPolicy",
     "PolicyChange",
@@ -48,10 +50,12 @@ class TokenBucket:
     follows."""
 
     def __init__(self, rate: float, now: float, burst_seconds: float = 0.25) -> None:
-        if rate < 0 or burst_seconds <= 0:
-            raise ValueError("rate must be >= 0 and burst_seconds > 0")
+        # (NaN passed the plain comparisons: a NaN capacity and NaN delays, which every
+        # caller's ``delay > 0`` took for no wait at all)
+        if not math.isfinite(burst_seconds) or burst_seconds <= 0:
+            raise ValueError(f"burst_seconds must be a finite number > 0, got {burst_seconds!r}")
         self.burst_seconds = burst_seconds
-        self.rate = float(rate)
+        self.rate = _checked_rate(rate)
         self.tokens = self.capacity
         self.stamp = now
 
@@ -71,43 +75,59 @@ class TokenBucket:
 
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled by ``now`` (as good as a new one)."""
-        if not self.rate:
+        rate = self.rate
+        if not rate:
             return True
-        return self.tokens + max(0.0, now - self.stamp) * self.rate >= self.capacity
+        return self.tokens + max(0.0, now - self.stamp) * rate >= self.capacity
 
     def set_rate(self, rate: float, now: float) -> None:
         """Change the rate from ``now`` on (tokens beyond the new burst are dropped; a
         bucket that was unlimited starts full, as a new one does)."""
-        if rate < 0:
-            raise ValueError("rate must be >= 0")
+        rate = _checked_rate(rate)
         if not self.rate:
             # from unlimited: as good as a new bucket. An unlimited bucket never refills
             # (nor is it charged), so the debt it had when the limit was lifted came back
             # whole with the next limit, however long ago: a client waited then for
             # bytes moved hours before, and even a fresh one started with no burst
-            self.rate = float(rate)
+            self.rate = rate
             self.tokens = self.capacity
             self.stamp = max(self.stamp, now)
             return
         self._refill(now)
-        self.rate = float(rate)
+        self.rate = rate
         self.tokens = min(self.tokens, self.capacity)
 
     def delay(self, now: float) -> float:
         """Seconds to wait before using more (0 when there is no debt)."""
-        if self.rate == 0:
+        # the rate read once: a set_rate(0) from another thread between the check and
+        # the division (the UDP relay's buckets are charged under their own lock, the
+        # limits set under another) raised ZeroDivisionError in the relay
+        rate = self.rate
+        if rate == 0:
             return 0.0
         self._refill(now)
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+        tokens = self.tokens
+        return 0.0 if tokens >= 0 else -tokens / rate
 
     def charge(self, amount: float, now: float) -> float:
         """Use ``amount`` units at ``now``; returns the seconds to wait before the next
         use (0 while within the rate)."""
-        if self.rate == 0 or amount <= 0:
+        rate = self.rate  # (read once: see delay)
+        if rate == 0 or amount <= 0:
             return 0.0
         self._refill(now)
-        self.tokens -= amount
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+        self.tokens = tokens = self.tokens - amount
+        return 0.0 if tokens >= 0 else -tokens / rate
+
+
+def _checked_rate(rate: float) -> float:
+    """``rate`` as a float, or ValueError unless a finite number >= 0."""
+    if not isinstance(rate, int | float):
+        raise TypeError(f"rate must be a number, got {type(rate).__name__}")
+    value = float(rate)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"rate must be a finite number >= 0, got {rate!r}")
+    return value
 
 
 @dataclass
@@ -121,16 +141,19 @@ class ClientBuckets:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def admit(self, sizes: Sequence[int], now: float) -> int:
-        """How many of ``sizes`` (datagrams, in arrival order) may be served at ``now``:
-        each is one request of its bytes, admitted while neither bucket is in debt and
-        charged when admitted. For traffic that cannot wait (UDP), where the caller
-        drops what is over the rate instead of holding it back."""
+        """How many of ``sizes`` (datagrams' payloads, in arrival order) may be served
+        at ``now``: each is one request of its bytes with its frame header
+        (:func:`datagram_charge`), admitted while neither bucket is in debt and charged
+        when admitted. For traffic that cannot wait (UDP), where the caller drops what
+        is over the rate instead of holding it back."""
         admitted = 0
         with self.lock:
             for size in sizes:
                 if self.bytes.delay(now) > 0 or self.requests.delay(now) > 0:
                     break
-                self.bytes.charge(size, now)
+                # (charged its payload alone, an empty datagram cost nothing: under a
+                # bytes/s limit alone, a client relayed as many as it could send)
+                self.bytes.charge(datagram_charge(size), now)
                 self.requests.charge(1, now)
                 admitted += 1
         return admitted
@@ -145,6 +168,11 @@ class ClientBuckets:
 #: Seconds between sweeps of the idle buckets (made as connections are acquired).
 _SWEEP_INTERVAL = 1.0
 
+#: Idle clients' buckets kept at most (about 700 bytes each; a sweep looks at all of
+#: them under the limiter's lock). Past it, the client whose last connection ended
+#: longest ago is forgotten: its debt forgiven, as a new identity's would be.
+DEFAULT_MAX_IDLE = 65536
+
 
 @dataclass
 class RateLimiter:
@@ -156,8 +184,11 @@ class RateLimiter:
     clients: dict[str, ClientBuckets] = field(default_factory=dict)
     #: Buckets of clients with no connection left, kept until they have refilled: a
     #: client that reconnected got a new pair, its debt forgiven and a new burst given
-    #: (a request a connection, at once, whatever the rate).
+    #: (a request a connection, at once, whatever the rate). Oldest released first,
+    #: at most ``max_idle``: kept until refilled alone, they grew by every distinct
+    #: client in debt for as long as its debt lasts (a 64 KiB chunk at 1 B/s: 18 h)
     idle: dict[str, ClientBuckets] = field(default_factory=dict)
+    max_idle: int = DEFAULT_MAX_IDLE
     _next_sweep: float = field(default=float("-inf"), repr=False)
 
     def acquire(self, client: str, now: float) -> ClientBuckets:
@@ -185,6 +216,8 @@ class RateLimiter:
             if buckets.users <= 0:
                 del self.clients[client]
                 self.idle[client] = buckets
+                if len(self.idle) > self.max_idle:
+                    del self.idle[next(iter(self.idle))]
 
     def _sweep(self, now: float) -> None:
         """Drop the idle buckets that have refilled (at most every _SWEEP_INTERVAL)."""
@@ -196,10 +229,18 @@ class RateLimiter:
 
     def set_limits(self, bytes_per_sec: int, requests_per_sec: int, now: float) -> None:
         """New limits, applied to every client's buckets at once."""
+        # checked before anything changes: a bad limit was stored, then refused by the
+        # first bucket given it, so open clients were left some at the new limit and
+        # some at the old, and every new client's buckets failed to be made
+        _checked_rate(bytes_per_sec)
+        _checked_rate(requests_per_sec)
         self.bytes_per_sec, self.requests_per_sec = bytes_per_sec, requests_per_sec
         for buckets in (*self.clients.values(), *self.idle.values()):
-            buckets.bytes.set_rate(bytes_per_sec, now)
-            buckets.requests.set_rate(requests_per_sec, now)
+            # under the buckets' own lock: ClientBuckets.admit looks at both buckets and
+            # then charges them, from a relay's thread
+            with buckets.lock:
+                buckets.bytes.set_rate(bytes_per_sec, now)
+                buckets.requests.set_rate(requests_per_sec, now)
 
 
 @dataclass(frozen=True)
