@@ -512,20 +512,36 @@ class PreparedConnection:
         return "ledger" if self.endpoint is None else "tcp"
 
 
+def _noise_key(name: str, key: object) -> bytes | None:
+    """``key`` (the argument or config field ``name``: a Noise static public key, or
+    None) as bytes: TypeError for anything but bytes, bytearray or memoryview,
+    ValueError unless 32 bytes. (Compared with the host's published key as it was, a
+    hex string, an int or a key cut short was refused only as a key that "differs",
+    and bytes() of an int made that many zero bytes.)"""
+    if key is None:
+        return None
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"{name} must be 32 bytes (an X25519 public key) or None, got {type(key).__name__}"
+        )
+    raw = bytes(key)
+    if len(raw) != 32:
+        raise ValueError(f"{name} must be 32 bytes (an X25519 public key), not {len(raw)}")
+    return raw
+
+
 def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None) -> bytes | None:
     """The Noise key a connect by host ID was told the host has: ``server_key`` or
     ``expected_server_key`` (a pin: the key the server must present), which
     :func:`prepare_host_connection` compares with the one the Host publishes before any
     money moves. The host's published key is the one the handshake uses, so a pin that
     was ignored let a host whose key changed be paid unnoticed. ValueError when the two
-    are given and differ."""
-    if (
-        server_key is not None
-        and expected_server_key is not None
-        and bytes(server_key) != bytes(expected_server_key)
-    ):
+    are given and differ; TypeError / ValueError for a key that is not 32 bytes."""
+    key = _noise_key("server_key", server_key)
+    pin = _noise_key("expected_server_key", expected_server_key)
+    if key is not None and pin is not None and key != pin:
         raise ValueError("server_key and expected_server_key differ")
-    return server_key if server_key is not None else expected_server_key
+    return key if key is not None else pin
 
 
 def check_connect_options(metering: object, ledger_options: object) -> None:
@@ -592,7 +608,10 @@ def prepare_host_connection(
     ``reimburse`` after settlement.
 
     Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
-    which also picks the carrier: see :data:`CarrierChoice`),
+    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool's unpledged
+    funds), and that ``server_key`` and the ``config``'s ``server_static`` /
+    ``expected_server_static``, when given, are the Noise key the host publishes (the
+    handshake runs IK to that key),
     creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
@@ -618,6 +637,17 @@ def prepare_host_connection(
         # else found by replace() below, after the spending cap was created and (paying
         # by subscription or sponsor pool) the deposit moved, with nothing half-closed
         raise TypeError(f"config must be a ConnectionConfig or None, got {type(config).__name__}")
+    # the keys the caller was told the host has: each must be the one it publishes (the
+    # handshake runs IK to the published key, so one not compared was dropped unseen)
+    pins = [
+        (
+            "the server key given (server_key / expected_server_key)",
+            _noise_key("server_key", server_key),
+        )
+    ]
+    if config is not None:
+        for name in ("server_static", "expected_server_static"):
+            pins.append((f"the config's {name}", _noise_key(name, getattr(config, name))))
     if deposit is not None and (
         not isinstance(deposit, int) or isinstance(deposit, bool) or not 0 <= deposit < 2**64
     ):
@@ -629,7 +659,8 @@ def prepare_host_connection(
     if subscription is not None:
         _check_subscription(ledger, subscription, address, identity.sui_address)
         deposit = 0 if deposit is None else deposit
-    elif sponsor_pool is not None:
+    pool = None
+    if sponsor_pool is not None:
         pool = ledger.get_sponsor_pool(sponsor_pool)
         if normalize_id(pool.host, "host ID") != address.host_id or pool.port != address.port:
             raise ValueError(f"sponsor pool {sponsor_pool} is not for {address}")
@@ -638,6 +669,17 @@ def prepare_host_connection(
         host = ledger.get_host(address.host_id)
         service = host.services.get(address.port)
         deposit = service.sla.min_deposit if service is not None else 0
+    if pool is not None:
+        # sponsor::open_connection's first refusal past the host: found there, it came
+        # after the spending cap was made (on Sui: gas for two transactions, a cap left)
+        pledge = pool.quote(deposit)[1]
+        if pledge > pool.available:
+            raise move_error(
+                "sponsor",
+                "ESponsorUnfunded",
+                f"pool {pool.id} must pledge {pledge} MIST of the deposit {deposit} and "
+                f"has {pool.available} unpledged",
+            )
     resolved = resolve_service(
         ledger,
         address.host_id,
@@ -649,19 +691,10 @@ def prepare_host_connection(
         host=host,
     )
     host_key = resolved.host.noise_static_key
-    if server_key is not None and server_key != host_key:
-        raise ValueError(
-            f"the server key given (server_key / expected_server_key) differs from the "
-            f"Noise key host {address.host_id} publishes"
-        )
+    for given, pinned in pins:
+        if pinned is not None and pinned != host_key:
+            raise ValueError(f"{given} differs from the Noise key host {address.host_id} publishes")
     base = config or ConnectionConfig(identity=identity, is_client=True)
-    pinned = base.expected_server_static
-    if pinned is not None and bytes(pinned) != host_key:
-        # (the handshake below runs IK to the published key, the pin cleared)
-        raise ValueError(
-            f"the config's expected_server_static differs from the Noise key host "
-            f"{address.host_id} publishes"
-        )
     if resolved.endpoint is None:
         # the ledger carrier's config, made now: a config fit for TCP may not be for a
         # lossy carrier (a stream_window of 0, records too small to carry a byte), and
