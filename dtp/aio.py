@@ -70,7 +70,7 @@ from dtp.carriers.ledger_bridge import (
 )
 from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any
 from dtp.chain.objects import OpenedConnection
-from dtp.connection import CloseCode, ConnectionConfig
+from dtp.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -1248,14 +1248,8 @@ async def open_connection(
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
     if metering is not None:
         raise ValueError("metering applies only to a DTP address (dtp://…)")
-    identity = identity or HostIdentity.generate()
-    base = config or ConnectionConfig(identity=identity, is_client=True)
-    cfg = replace(
-        base,
-        identity=identity,
-        is_client=True,
-        server_static=server_key,
-        expected_server_static=expected_server_key,
+    cfg, _ = direct_client_config(
+        config, identity, server_key, expected_server_key, HostIdentity.generate
     )
     reader, writer = await _open(host, port, cfg, timeout)
     writer._proto.limit = limit

@@ -38,7 +38,7 @@ import numbers
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import msgpack
@@ -318,6 +318,42 @@ class _Stream:
 
     def unsent(self) -> int:
         return self.end_offset - self.next_offset
+
+
+def direct_client_config(
+    config: ConnectionConfig | None,
+    identity: HostIdentity | None,
+    server_key: bytes | None,
+    expected_server_key: bytes | None,
+    anonymous: Callable[[], HostIdentity],
+) -> tuple[ConnectionConfig, bool]:
+    """The client config of a connect to a carrier endpoint (the adapters'
+    ``create_connection`` / ``open_connection`` with ``(host, port)``), and whether its
+    identity is a fresh anonymous one (from ``anonymous()``). What ``config`` holds
+    stands where the argument is None: its identity, its ``server_static`` and its
+    ``expected_server_static`` (they were replaced by the arguments, None when not
+    given: the config's keys dropped for an anonymous one, and a pinned server key
+    dropped unseen -- an XX handshake then took any server). A key given both ways must
+    be the same: ValueError."""
+    fields: dict[str, Any] = {"is_client": True}
+    made = False
+    if identity is None and config is None:
+        identity, made = anonymous(), True
+    if identity is not None:
+        fields["identity"] = identity
+    for name, given in (
+        ("server_static", server_key),
+        ("expected_server_static", expected_server_key),
+    ):
+        held = None if config is None else getattr(config, name)
+        if given is not None and held is not None and bytes(given) != bytes(held):
+            argument = "server_key" if name == "server_static" else "expected_server_key"
+            raise ValueError(f"{argument} differs from the config's {name}")
+        fields[name] = given if given is not None else held
+    # one dataclass made, not a default one and then its replacement
+    if config is None:
+        return ConnectionConfig(**fields), made
+    return replace(config, **fields), made
 
 
 class Connection:

@@ -68,7 +68,13 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import connect_any, connect_tcp, listen_tcp, tune
-from dtp.connection import DATAGRAM_SEND_BACKLOG, CloseCode, Connection, ConnectionConfig
+from dtp.connection import (
+    DATAGRAM_SEND_BACKLOG,
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    direct_client_config,
+)
 from dtp.crypto import prepare_handshake, static_secret_kept
 from dtp.errors import (
     ConnectionClosed,
@@ -2587,16 +2593,9 @@ def create_connection(
         or sponsor_pool is not None
     ):
         raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
-    anonymous = identity is None
-    identity = identity or take_anonymous_identity()
-    fields: dict[str, Any] = {
-        "identity": identity,
-        "is_client": True,
-        "server_static": server_key,
-        "expected_server_static": expected_server_key,
-    }
-    # one dataclass made, not a default one and then its replacement
-    cfg = ConnectionConfig(**fields) if config is None else replace(config, **fields)
+    cfg, anonymous = direct_client_config(
+        config, identity, server_key, expected_server_key, take_anonymous_identity
+    )
     return _connect(address, timeout, cfg, anonymous=anonymous)
 
 
