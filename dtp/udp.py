@@ -38,6 +38,7 @@ datagrams with nobody reading its receipts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket as _socket
 import struct
@@ -110,7 +111,8 @@ class UdpStats:
     dropped_oversized: int = 0
     #: Dropped: not covered by a receipt (relay) or beyond the deposit (forwarder).
     dropped_unpaid: int = 0
-    #: Dropped: the session limit was reached (forwarder).
+    #: Dropped: the session limit was reached, its connection could not be made or had
+    #: ended (forwarder).
     dropped_no_session: int = 0
     #: Dropped: over the client's rate limits, the host firewall's (relay).
     dropped_rate_limited: int = 0
@@ -558,7 +560,7 @@ def relay_udp(
     stats = stats if stats is not None else UdpStats()
     try:
         udp = _backend_socket(backend)
-    except TunnelError:
+    except BaseException:  # (TunnelError, or the backend no (host, port) at all)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
         raise
@@ -645,6 +647,10 @@ def relay_udp(
             thread.join(2)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
+        # a control thread still reading (the peer had not closed) ends with the close:
+        # returned before it did, the relay left it behind
+        for thread in threads:
+            thread.join(2)
         udp.close()
     return stats
 
@@ -851,22 +857,22 @@ class UdpForwarder:
         self.max_pending = max_pending
         self.retry_after = retry_after
         self.stats = UdpStats()
-        _check_listen(listen)
-        family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
-        self._udp = _socket.socket(family, _socket.SOCK_DGRAM)
-        try:
-            self._udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
-            self._udp.bind(listen)
-        except OSError:
-            self._udp.close()
-            raise
+        self._udp = _bind_udp(listen, blocking=True)
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
         self._sessions: dict[tuple[str, int], _Session] = {}
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._retry_at: dict[tuple[str, int], float] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
+        # each session's reply and control threads, while they run: close() waits for
+        # them (they end once its connection is closed), and returned with them still
+        # alive
+        self._workers: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        # set when a close() has finished: a close() called while another is at work
+        # waits for it, as AsyncUdpForwarder.close() does (returning at once, it left
+        # the port bound and the flows open behind a caller that took them as closed)
+        self._close_done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
         self._thread.start()
 
@@ -961,16 +967,27 @@ class UdpForwarder:
                 self.stats.add(dropped_no_session=len(pending))
                 return
             self.stats.add(sessions_opened=1)
-            threading.Thread(
-                target=self._replies, args=(session,), name="dtp-udp-session", daemon=True
-            ).start()
+            self._start_worker(functools.partial(self._replies, session), "dtp-udp-session")
             if meter is not None:
-                threading.Thread(
-                    target=session.read_control, name="dtp-udp-control", daemon=True
-                ).start()
+                self._start_worker(session.read_control, "dtp-udp-control")
             sent = self._send_locked(session, pending)
         if not sent:
             self._end(session)
+
+    def _start_worker(self, target: Callable[[], None], name: str) -> None:
+        """Run a session's ``target`` in a thread :meth:`close` waits for."""
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._lock:
+                    self._workers.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._lock:
+            self._workers.add(thread)
+        thread.start()
 
     def _send(self, session: _Session, batch: list[bytes]) -> None:
         with session.lock:
@@ -994,6 +1011,14 @@ class UdpForwarder:
                 sent = session.sock.send_datagrams(out)
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", session.source, exc)
+                # none of them left: counted as dropped (they vanished uncounted), and
+                # not as sent, which a relay's final report may not bill
+                session.unsent(out)
+                self.stats.add(
+                    dropped_no_session=len(out),
+                    dropped_oversized=oversized,
+                    dropped_unpaid=unpaid,
+                )
                 return False
             if sent < len(out):
                 session.unsent(out[sent:])
@@ -1089,10 +1114,27 @@ class UdpForwarder:
     def close(self) -> None:
         """Stop forwarding; each session settles its final receipt and closes. Connects
         in progress are waited for (up to 10 s) and their connections closed; so are the
-        idle sessions still ending."""
+        idle sessions still ending, and every session's threads. A close() called while
+        another is at work waits for it."""
         if self._closed.is_set():
+            if not self._own_thread():
+                self._close_done.wait()
             return
         self._closed.set()
+        try:
+            self._close()
+        finally:
+            self._close_done.set()
+
+    def _own_thread(self) -> bool:
+        """Whether this is one of the forwarder's threads (a close() from one, e.g. in
+        ``connect()``, must not wait for the close() that waits for it)."""
+        current = threading.current_thread()
+        with self._lock:
+            connects = {c.thread for c in self._connecting.values()}
+            return current is self._thread or current in (self._workers | self._ending | connects)
+
+    def _close(self) -> None:
         self._thread.join(5)
         with self._lock:
             # no session is added after this: a connect that returns sees _closed
@@ -1107,6 +1149,12 @@ class UdpForwarder:
         for thread in ending:
             thread.join()  # (bounded: final_timeout and the connection's close)
         self._udp.close()
+        with self._lock:
+            workers = list(self._workers - {threading.current_thread()})
+        # (each ends once its connection is closed: a read fails at once)
+        deadline = time.monotonic() + _CLOSE_WAIT
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> UdpForwarder:
         return self
@@ -1122,14 +1170,46 @@ def _port_ok(port: object) -> bool:
 def _check_listen(listen: tuple[str, int]) -> None:
     """Refuse a local address whose port is out of range before a socket is made for
     it: bind() raised OverflowError (untyped) and the socket was left open. (The same
-    error and words as :func:`dtp.paid.check_address`.)"""
+    error and words as :func:`dtp.paid.check_address`.) One that is no (host, port)
+    tuple with a str host is a TypeError: a None or bytes host failed on the family
+    test with words about something else (``argument of type 'NoneType' is not
+    iterable``)."""
+    if (
+        not isinstance(listen, tuple)
+        or not 2 <= len(listen) <= 4  # (an IPv6 one may add flowinfo and scope_id)
+        or not isinstance(listen[0], str)
+    ):
+        raise TypeError(
+            f"listen must be a (host, port) tuple such as ('127.0.0.1', 0), got {listen!r}"
+        )
     if not _port_ok(listen[1]):
         raise InvalidArgument(f"listen: port {listen[1]!r} is outside 0..65535")
 
 
+def _bind_udp(listen: tuple[str, int], *, blocking: bool) -> _socket.socket:
+    """The forwarders' local UDP socket, bound to ``listen`` (checked first). Closed on
+    any failure, not only an OSError: bind() raises TypeError for an address it cannot
+    take (a null character in the host, an IPv4 address with flowinfo), and the socket
+    was left to the garbage collector."""
+    _check_listen(listen)
+    family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
+    udp = _socket.socket(family, _socket.SOCK_DGRAM)
+    try:
+        udp.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 << 20)
+        udp.setblocking(blocking)
+        udp.bind(listen)
+    except BaseException:
+        udp.close()
+        raise
+    return udp
+
+
 def _check_backend(backend: tuple[str, int]) -> None:
     """:class:`TunnelError` for a backend port out of range, before anything opens
-    (connect() raised OverflowError, untyped, past the socket it left open)."""
+    (connect() raised OverflowError, untyped, past the socket it left open); the same
+    for a host that is no str (None failed on the family test, untyped)."""
+    if not isinstance(backend, tuple) or len(backend) < 2 or not isinstance(backend[0], str):
+        raise TunnelError(f"UDP backend {backend!r}: not a (host, port) tuple")
     if not _port_ok(backend[1]):
         raise TunnelError(f"UDP backend {backend}: port {backend[1]!r} is outside 0..65535")
 
@@ -1158,9 +1238,15 @@ def _backend_socket(
     try:
         udp.setblocking(blocking)
         udp.connect(address)
-    except (OSError, ValueError) as exc:  # (ValueError: UnicodeError of a bad name)
+    except (OSError, ValueError, TypeError) as exc:
+        # (ValueError: UnicodeError of a bad name; TypeError: an address connect()
+        # cannot take, such as a null character in the host -- it escaped untyped,
+        # past this socket and the relay's connection, both left open)
         udp.close()
         raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
+    except BaseException:
+        udp.close()
+        raise
     return udp
 
 
@@ -1210,13 +1296,31 @@ def _pass_replies(
 
 
 def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
-    """Every datagram waiting on a ready socket (at most ``limit``; none when the
-    readiness was an ICMP error, e.g. the backend's port is closed)."""
+    """Every datagram waiting on a ready socket (at most ``limit``; those read before
+    an ICMP error when the readiness was one, e.g. the backend's port is closed or its
+    host unreachable)."""
     out: list[bytes] = []
-    with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionRefusedError):
+    try:
         while len(out) < limit:
             out.append(udp.recv(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as exc:
+        # the kernel reports an earlier datagram's ICMP error once, on this read, and
+        # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
+        # another host gone away). Raised, it ended the blocking relay's reply thread
+        # for good -- requests still forwarded and billed, no reply ever back -- and
+        # the replies read before it were lost uncounted
+        logger.debug("UDP backend %s: %s", _peer_name(udp), exc)
     return out
+
+
+def _peer_name(udp: _socket.socket) -> object:
+    """The backend a relay's socket is connected to, for a log line."""
+    try:
+        return udp.getpeername()
+    except OSError:
+        return "?"
 
 
 def _drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, int], list[bytes]]:

@@ -27,10 +27,10 @@ from dtp.udp import (
     _abort_control,
     _backend_socket,
     _BadControlFrame,
+    _bind_udp,
     _check_backend,
     _check_control_size,
     _check_final,
-    _check_listen,
     _control,
     _drain,
     _drain_by_source,
@@ -335,16 +335,7 @@ class AsyncUdpForwarder:
         """Bind ``listen`` and start forwarding."""
         loop = asyncio.get_running_loop()
         forwarder = cls(connect, **kw)
-        _check_listen(listen)
-        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.setblocking(False)
-            sock.bind(listen)
-        except OSError:
-            sock.close()
-            raise
+        sock = _bind_udp(listen, blocking=False)
         forwarder._sock = sock
         forwarder.address = sock.getsockname()[:2]
         loop.add_reader(sock.fileno(), forwarder._readable)
@@ -393,6 +384,14 @@ class AsyncUdpForwarder:
                 sent = writer.send_datagrams(out)
             except DTPError as exc:
                 logger.info("UDP flow from %s ended: %s", flow.source, exc)
+                # none of them left: counted as dropped (they vanished uncounted), and
+                # not as sent, which a relay's final report may not bill
+                flow.unsent(out)
+                self.stats.add(
+                    dropped_no_session=len(out),
+                    dropped_oversized=oversized,
+                    dropped_unpaid=unpaid,
+                )
                 self._end_later(flow)
                 return
             if sent < len(out):
