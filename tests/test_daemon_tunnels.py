@@ -576,3 +576,34 @@ def _connections(ledger: LocalLedger, setup: Setup) -> list[str]:
         for e in events
         if e.name == "ConnectionOpened" and e["client"] == setup.client.sui_address
     ]
+
+
+def test_a_limit_lifted_on_the_ledger_reaches_a_held_tunnel(setup: Setup) -> None:
+    # a tunnel held back at a low byte rate waited out the whole hold worked out at that
+    # rate (a minute for one 64 KiB chunk at 1 kB/s) after the Host lifted the limit:
+    # now each hold is looked at again every POLICY_REFRESH (2 s) under the limits then
+    b = setup.backend()
+    d = setup.daemon(
+        setup.write_daemon(
+            service([b.info["port"]]),
+            extra="\n[firewall]\nmax_bytes_per_sec = 1000\nmax_requests_per_sec = 0",
+        )
+    )
+    f = setup.daemon(setup.write_forwarder(d.info["host_id"], 7000))
+    host, port = f.info["forwards"]["svc"].rsplit(":", 1)
+    data = os.urandom(200_000)  # at 1 kB/s both ways: over six minutes
+    result: list[bytes] = []
+    roundtrip = threading.Thread(
+        target=lambda: result.append(echo_roundtrip((host, int(port)), data, timeout=60))
+    )
+    roundtrip.start()
+    time.sleep(1.0)  # the tunnel is in its hold by now (its first chunks are over the rate)
+    assert roundtrip.is_alive()
+    chain = setup.ledger()
+    per_client = chain.get_host(d.info["host_id"]).firewall.max_connections_per_client
+    chain.set_client_limits(setup.provider, d.info["host_id"], per_client, 0, 0)  # no rate
+    lifted = time.monotonic()
+    roundtrip.join(30)
+    assert not roundtrip.is_alive() and result == [data]
+    # the daemon reads the Host within 2 s and the hold within 2 s more
+    assert time.monotonic() - lifted < 12

@@ -906,10 +906,17 @@ class ServiceHost:
 
         def charge(n: int) -> float | None:
             """Count ``n`` bytes either way: how long the tunnel holds its reading (the
-            receipts lagging, the client's byte rate), None for not at all."""
+            receipts lagging, the client's byte rate), None for not at all. At most
+            POLICY_REFRESH at a time: the tunnel asks again (``n`` 0) when a hold ends,
+            and the client's debt is then looked at under the limits in force (a
+            limit the Host lifted or raised while a tunnel waited out a long hold at
+            the old rate reached it only once that hold was over)."""
             unpaid = self._count(conn, service, n)
-            rate = buckets.bytes.charge(n, time.monotonic()) if buckets else 0.0
-            return max(unpaid, rate) or None
+            rate = 0.0
+            if buckets:
+                now = time.monotonic()
+                rate = buckets.bytes.charge(n, now) if n else buckets.bytes.delay(now)
+            return min(max(unpaid, rate), POLICY_REFRESH) or None
 
         def count_in(n: int) -> float | None:
             stats.bytes_in += n
@@ -920,17 +927,18 @@ class ServiceHost:
             return charge(n)
 
         if buckets is not None:
-            # one request per tunnel: over the client's rate, the tunnel waits its turn
-            wait = buckets.requests.charge(1, time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # one request per tunnel: over the client's rate, the tunnel waits its turn;
             # and it moves nothing while the client's bytes are over their rate: a chunk
             # is charged after it is read, so every new tunnel got one through for free
-            # (many tunnels carried many times max_bytes_per_sec)
-            wait = buckets.bytes.delay(time.monotonic())
-            while wait > 0:
-                await asyncio.sleep(wait)
-                wait = buckets.bytes.delay(time.monotonic())
+            # (many tunnels carried many times max_bytes_per_sec). Each wait looked at
+            # again every POLICY_REFRESH, under the limits in force then.
+            buckets.requests.charge(1, time.monotonic())
+            while True:
+                now = time.monotonic()
+                wait = max(buckets.requests.delay(now), buckets.bytes.delay(now))
+                if wait <= 0:
+                    break
+                await asyncio.sleep(min(wait, POLICY_REFRESH))
         conn.requests += 1
         try:
             if pool is None:
