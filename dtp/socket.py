@@ -2529,7 +2529,9 @@ def create_connection(
     its Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
     server without that key cannot answer; without it the handshake is Noise XX and
     ``expected_server_key`` may pin the key the server must present. ``identity``: our
-    keys (a fresh anonymous identity when omitted). Raises ConnectionRefused when the
+    keys (a fresh anonymous identity when omitted). A ``config``'s identity and server
+    keys stand where these arguments are omitted (a key given both ways must agree:
+    ValueError). Raises ConnectionRefused when the
     server refuses us, HandshakeError when the handshake fails, DTPTimeoutError when
     ``timeout`` passes first.
 
