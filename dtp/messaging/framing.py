@@ -9,6 +9,7 @@ the stream. Nothing here does I/O.
 
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 from collections.abc import Iterator
@@ -56,14 +57,17 @@ def _pack(message: Any) -> bytes:
 
 
 def _check_size(what: str, value: object) -> int:
-    """``value`` as a size of at least 1: TypeError for anything but an int (a bool, a
-    float, a str), ValueError below 1. (A NaN cap compared False with every length, so
-    nothing was ever over it; True was a cap of one byte.)"""
+    """``value`` as a plain int of at least 1: TypeError for anything but an int (a bool,
+    a float, a str), ValueError below 1. (A NaN cap compared False with every length, so
+    nothing was ever over it; True was a cap of one byte.) Callers use what it returns:
+    an int subclass keeps its own comparisons, and ``length > cap`` asks the subclass
+    first -- one answering False let every frame through, as NaN did."""
     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{what} must be an int, not {type(value).__name__!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be at least 1, not {value}")
-    return int(value)
+    size = operator.index(value)  # (a plain int: no method of the subclass is called)
+    if size < 1:
+        raise ValueError(f"{what} must be at least 1, not {size}")
+    return size
 
 
 def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
@@ -71,10 +75,12 @@ def encode_frame(message: Any, max_size: int = DEFAULT_MAX_MESSAGE) -> bytes:
     above ``max_size`` (or the 4-byte length's 2**32-1) and :class:`NotEncodable` (a
     TypeError) for values msgpack cannot encode; TypeError for a ``max_size`` that is not
     an int, ValueError for one below 1."""
-    _check_size("max_size", max_size)
+    # (the 4-byte length's limit is the cap when it is the lower: not a struct.error,
+    # and not "exceeds the cap of" a cap the message is below)
+    cap = min(_check_size("max_size", max_size), _MAX_LENGTH)
     body = _pack(message)
-    if len(body) > max_size or len(body) > _MAX_LENGTH:  # (the second: not a struct.error)
-        raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {max_size}")
+    if len(body) > cap:
+        raise PayloadTooLarge(f"message of {len(body)} bytes exceeds the cap of {cap}")
     return _HEADER.pack(len(body)) + body
 
 
@@ -103,10 +109,10 @@ class FrameDecoder:
     __slots__ = ("_buf", "_head", "_head_want", "_max", "_pos", "_skip", "_skip_len")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
-        _check_size("max_size", max_size)
-        if max_size > _MAX_LENGTH:
+        cap = _check_size("max_size", max_size)
+        if cap > _MAX_LENGTH:
             raise ValueError("max_size must be in 1..2**32-1")
-        self._max = max_size
+        self._max = cap
         self._buf = bytearray()
         self._pos = 0
         self._skip = 0  # bytes of an oversized frame still to discard

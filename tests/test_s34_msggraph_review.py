@@ -1,0 +1,58 @@
+"""Second review of the messaging byte layer's caps (dtp.messaging.framing): a cap given
+as an int subclass is applied as the int it is, and a message over the 4-byte length
+is refused naming that limit, not a larger cap it is below."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from dtp.messaging import errors as E
+from dtp.messaging import framing
+from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
+
+
+class _Lax(int):
+    """An int whose comparisons all answer False, as NaN's did: ``length > cap`` asks
+    the subclass first (it reflects to ``cap.__lt__``), so nothing was over it."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return False
+
+
+def test_an_int_subclass_cap_is_applied_as_its_value() -> None:
+    # the check took int subclasses but kept the object, and compared with it: a cap of
+    # 10 let a 100-byte message out, and a decoder buffered a 100-byte frame whole
+    with pytest.raises(E.PayloadTooLarge, match="cap of 10"):
+        encode_frame(b"x" * 100, _Lax(10))
+    frame = struct.pack(">I", 100) + b"y" * 100
+    assert FrameDecoder(_Lax(10)).frames(frame) == [Oversized(100, b"y" * framing.HEAD_KEEP)]
+    decoder = FrameDecoder(_Lax(10))
+    decoder.feed(frame)
+    assert decoder.next() == Oversized(100, b"y" * framing.HEAD_KEEP)
+    # (and one below 1 is refused as a plain 0 is)
+    with pytest.raises(ValueError, match="at least 1"):
+        FrameDecoder(_Lax(0))
+    with pytest.raises(ValueError, match="at least 1"):
+        encode_frame(b"x", _Lax(0))
+    assert encode_frame(b"x", _Lax(10)) == encode_frame(b"x", 10)
+
+
+def test_a_message_over_the_length_field_names_that_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (the 4-byte length's 2**32-1, made small here: a 4 GiB message is not built in a
+    # test.) With a cap above it, the refusal said the message exceeded that cap, which
+    # it did not
+    monkeypatch.setattr(framing, "_MAX_LENGTH", 8)
+    with pytest.raises(E.PayloadTooLarge) as info:
+        encode_frame(b"x" * 20, 1 << 40)
+    assert "cap of 8" in str(info.value)
+    assert str(1 << 40) not in str(info.value)
+    # a smaller cap is still the one named
+    with pytest.raises(E.PayloadTooLarge, match=r"cap of 4$"):
+        encode_frame(b"x" * 20, 4)
