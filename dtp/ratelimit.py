@@ -216,7 +216,9 @@ class RateLimiter:
             if buckets.users <= 0:
                 del self.clients[client]
                 self.idle[client] = buckets
-                if len(self.idle) > self.max_idle:
+                # (a loop, not one drop: a max_idle lowered on a limiter in use was
+                # never reached, each release dropping one as it added one)
+                while self.idle and len(self.idle) > self.max_idle:
                     del self.idle[next(iter(self.idle))]
 
     def _sweep(self, now: float) -> None:

@@ -65,6 +65,7 @@ from dtp.escrow import (
     check_next_receipt,
     fee,
 )
+from dtp.ratelimit import datagram_charge
 
 if TYPE_CHECKING:
     from dtp.aio import DTPStreamWriter
@@ -550,7 +551,8 @@ def relay_udp(
     pauses), receipts are read from the connection's first stream and unpaid datagrams
     are dropped. With ``limits`` (the client's firewall buckets, see
     :meth:`dtp.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
-    and replies count by their bytes; datagrams over the rate are dropped and counted
+    and replies count by their bytes (both with their frame headers,
+    :func:`dtp.ratelimit.datagram_charge`); datagrams over the rate are dropped and counted
     (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
     holding it back would only add delay the application did not ask for. A datagram
     the backend's socket refuses (its port closed, say) is dropped, counted
@@ -987,7 +989,13 @@ class UdpForwarder:
         thread = threading.Thread(target=run, name=name, daemon=True)
         with self._lock:
             self._workers.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            # (never started: close() joining it raised RuntimeError)
+            with self._lock:
+                self._workers.discard(thread)
+            raise
 
     def _send(self, session: _Session, batch: list[bytes]) -> None:
         with session.lock:
@@ -1135,13 +1143,22 @@ class UdpForwarder:
             return current is self._thread or current in (self._workers | self._ending | connects)
 
     def _close(self) -> None:
-        self._thread.join(5)
+        # none of the joins below is of this thread: a close() from connect() (or from
+        # any thread of ours) raised RuntimeError on joining itself, past the sessions
+        # and the local port, which were left open
+        current = threading.current_thread()
+        if self._thread is not current:
+            self._thread.join(5)
         with self._lock:
             # no session is added after this: a connect that returns sees _closed
             sessions = list(self._sessions.values())
-            connects = [c.thread for c in self._connecting.values() if c.thread is not None]
+            connects = [
+                c.thread
+                for c in self._connecting.values()
+                if c.thread is not None and c.thread is not current
+            ]
             # the reader has stopped: no session starts ending after this
-            ending = list(self._ending)
+            ending = list(self._ending - {current})
         deadline = time.monotonic() + _CLOSE_WAIT
         for thread in connects:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -1150,7 +1167,7 @@ class UdpForwarder:
             thread.join()  # (bounded: final_timeout and the connection's close)
         self._udp.close()
         with self._lock:
-            workers = list(self._workers - {threading.current_thread()})
+            workers = list(self._workers - {current})
         # (each ends once its connection is closed: a read fails at once)
         deadline = time.monotonic() + _CLOSE_WAIT
         for thread in workers:
@@ -1283,7 +1300,10 @@ def _pass_replies(
         raise
     nbytes = sum(map(len, fits[:sent]))
     if limits is not None:
-        limits.charge_bytes(nbytes, time.monotonic())
+        # each with its frame header, as the client's datagrams are charged (admit)
+        # and a paid server's sent ones: by payload alone, a backend's empty replies
+        # cost the client nothing under a bytes/s limit however many went
+        limits.charge_bytes(sum(map(datagram_charge, map(len, fits[:sent]))), time.monotonic())
     stats.add(
         datagrams_out=sent,
         bytes_out=nbytes,
