@@ -37,7 +37,7 @@ from dtp.chain.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.connection import ConnectionConfig
+from dtp.connection import ConnectionConfig, checked_noise_key
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -512,24 +512,6 @@ class PreparedConnection:
         return "ledger" if self.endpoint is None else "tcp"
 
 
-def _noise_key(name: str, key: object) -> bytes | None:
-    """``key`` (the argument or config field ``name``: a Noise static public key, or
-    None) as bytes: TypeError for anything but bytes, bytearray or memoryview,
-    ValueError unless 32 bytes. (Compared with the host's published key as it was, a
-    hex string, an int or a key cut short was refused only as a key that "differs",
-    and bytes() of an int made that many zero bytes.)"""
-    if key is None:
-        return None
-    if not isinstance(key, bytes | bytearray | memoryview):
-        raise TypeError(
-            f"{name} must be 32 bytes (an X25519 public key) or None, got {type(key).__name__}"
-        )
-    raw = bytes(key)
-    if len(raw) != 32:
-        raise ValueError(f"{name} must be 32 bytes (an X25519 public key), not {len(raw)}")
-    return raw
-
-
 def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None) -> bytes | None:
     """The Noise key a connect by host ID was told the host has: ``server_key`` or
     ``expected_server_key`` (a pin: the key the server must present), which
@@ -537,8 +519,8 @@ def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None)
     money moves. The host's published key is the one the handshake uses, so a pin that
     was ignored let a host whose key changed be paid unnoticed. ValueError when the two
     are given and differ; TypeError / ValueError for a key that is not 32 bytes."""
-    key = _noise_key("server_key", server_key)
-    pin = _noise_key("expected_server_key", expected_server_key)
+    key = checked_noise_key("server_key", server_key)
+    pin = checked_noise_key("expected_server_key", expected_server_key)
     if key is not None and pin is not None and key != pin:
         raise ValueError("server_key and expected_server_key differ")
     return key if key is not None else pin
@@ -642,12 +624,12 @@ def prepare_host_connection(
     pins = [
         (
             "the server key given (server_key / expected_server_key)",
-            _noise_key("server_key", server_key),
+            checked_noise_key("server_key", server_key),
         )
     ]
     if config is not None:
         for name in ("server_static", "expected_server_static"):
-            pins.append((f"the config's {name}", _noise_key(name, getattr(config, name))))
+            pins.append((f"the config's {name}", checked_noise_key(name, getattr(config, name))))
     if deposit is not None and (
         not isinstance(deposit, int) or isinstance(deposit, bool) or not 0 <= deposit < 2**64
     ):

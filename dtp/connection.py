@@ -320,6 +320,25 @@ class _Stream:
         return self.end_offset - self.next_offset
 
 
+def checked_noise_key(source: str, key: object) -> bytes | None:
+    """``key`` (the argument or config field ``source``: a server's Noise static public
+    key, or None) as bytes: TypeError for anything but bytes, bytearray or memoryview,
+    ValueError unless 32 bytes. (A bytearray or memoryview key failed the blocking
+    adapter's handshake with a TypeError from deep in the crypto; compared as it was, a
+    hex string or a key cut short was refused only as one that "differs"; and bytes()
+    of an int made that many zero bytes.)"""
+    if key is None:
+        return None
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"{source} must be 32 bytes (an X25519 public key) or None, got {type(key).__name__}"
+        )
+    raw = bytes(key)
+    if len(raw) != 32:
+        raise ValueError(f"{source} must be 32 bytes (an X25519 public key), not {len(raw)}")
+    return raw
+
+
 def direct_client_config(
     config: ConnectionConfig | None,
     identity: HostIdentity | None,
@@ -334,22 +353,36 @@ def direct_client_config(
     ``expected_server_static`` (they were replaced by the arguments, None when not
     given: the config's keys dropped for an anonymous one, and a pinned server key
     dropped unseen -- an XX handshake then took any server). A key given both ways must
-    be the same: ValueError."""
+    be the same, and so must the key and the pin (IK to one server while the other is
+    pinned sent our static key and proof to a server the pin refuses): ValueError. A
+    key is 32 bytes (bytes, bytearray or memoryview, kept as bytes), else TypeError /
+    ValueError naming it."""
+
     fields: dict[str, Any] = {"is_client": True}
+    named: dict[str, str] = {}  # each key's source, for the messages
+    for name, argument, given in (
+        ("server_static", "server_key", server_key),
+        ("expected_server_static", "expected_server_key", expected_server_key),
+    ):
+        from_argument = checked_noise_key(argument, given)
+        held = (
+            None
+            if config is None
+            else checked_noise_key(f"the config's {name}", getattr(config, name))
+        )
+        if from_argument is not None and held is not None and from_argument != held:
+            raise ValueError(f"{argument} differs from the config's {name}")
+        fields[name] = from_argument if from_argument is not None else held
+        named[name] = argument if from_argument is not None else f"the config's {name}"
+    key, pin = fields["server_static"], fields["expected_server_static"]
+    if key is not None and pin is not None and key != pin:
+        raise ValueError(f"{named['server_static']} and {named['expected_server_static']} differ")
+    # (after the checks: a refused connect took no identity from the anonymous pool)
     made = False
     if identity is None and config is None:
         identity, made = anonymous(), True
     if identity is not None:
         fields["identity"] = identity
-    for name, given in (
-        ("server_static", server_key),
-        ("expected_server_static", expected_server_key),
-    ):
-        held = None if config is None else getattr(config, name)
-        if given is not None and held is not None and bytes(given) != bytes(held):
-            argument = "server_key" if name == "server_static" else "expected_server_key"
-            raise ValueError(f"{argument} differs from the config's {name}")
-        fields[name] = given if given is not None else held
     # one dataclass made, not a default one and then its replacement
     if config is None:
         return ConnectionConfig(**fields), made
