@@ -5,9 +5,6 @@ keys that are not 32 bytes, and a server key and a pin that name different serve
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -16,36 +13,8 @@ import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig, direct_client_config
 from dtp.keys import HostIdentity
-
-SERVER = HostIdentity.generate()
-CLIENT = HostIdentity.generate()
-OTHER = HostIdentity.generate().noise_public  # no server holds it
-
-
-@contextmanager
-def echo_server() -> Iterator[tuple[dtp.socket.DTPServer, list[bytes | None]]]:
-    """A server that records each client's static key and echoes one read."""
-    peers: list[bytes | None] = []
-    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as srv:
-        stop = threading.Event()
-
-        def serve() -> None:
-            while not stop.is_set():
-                try:
-                    sock, _ = srv.accept(timeout=0.2)
-                except Exception:
-                    continue
-                with sock:
-                    peers.append(sock.peer_static_key)
-                    sock.sendall(sock.recv(16))
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            yield srv, peers
-        finally:
-            stop.set()
-            thread.join(10)
+from tests.test_s34_direct_config_pins import CLIENT, OTHER, SERVER
+from tests.test_s34_direct_config_pins import server as echo_server
 
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])

@@ -21,7 +21,7 @@ import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -246,6 +246,33 @@ def test_a_directory_another_user_owns_is_refused(tmp_path: Path, identity: Host
     assert HostIdentity.load(path) == identity
 
 
+def run_as(uid: int, gid: int, steps: Callable[[dict[str, str]], None]) -> dict[str, str]:
+    """Run ``steps(outcome)`` in a forked child as ``uid``/``gid`` (no supplementary
+    groups) and return the ``outcome`` it filled in; a failure in the child fails the
+    caller's test (the child reports it, and never returns into pytest)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest from here on, only os._exit
+        outcome: dict[str, str] = {}
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            steps(outcome)
+        except BaseException as exc:  # (reported to the parent)
+            outcome["error"] = repr(exc)
+        finally:
+            os.write(write, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found: dict[str, str] = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert "error" not in found, found
+    return found
+
+
 @needs_root
 def test_as_another_user_own_directories_pass_and_a_third_users_do_not(
     identity: HostIdentity,
@@ -264,32 +291,13 @@ def test_as_another_user_own_directories_pass_and_a_third_users_do_not(
         os.chmod(third, 0o755)
         os.chown(third, NAMELESS_UID, -1)
         os.chown(third / "identity.json", NOBODY, NOBODY)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: no pytest from here on, only os._exit
-            outcome: dict[str, str] = {}
-            try:
-                os.close(read)
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-                identity.save(own / "keys" / "identity.json")
-                outcome["own"] = str(HostIdentity.load(own / "keys" / "identity.json") == identity)
-                try:
-                    HostIdentity.load(third / "identity.json")
-                    outcome["third"] = "loaded"
-                except KeyFileError as exc:
-                    outcome["third"] = str(exc)
-            except BaseException as exc:  # (reported to the parent)
-                outcome["error"] = repr(exc)
-            finally:
-                os.write(write, json.dumps(outcome).encode())
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            outcome = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        assert "error" not in outcome, outcome
+
+        def steps(outcome: dict[str, str]) -> None:
+            identity.save(own / "keys" / "identity.json")
+            outcome["own"] = str(HostIdentity.load(own / "keys" / "identity.json") == identity)
+            outcome["third"] = _load_error(third / "identity.json")
+
+        outcome = run_as(NOBODY, NOBODY, steps)
         assert outcome["own"] == "True"
         assert os.stat(own / "keys").st_uid == NOBODY
         assert f"{third}, which holds" in outcome["third"]

@@ -15,7 +15,6 @@ in a forked child (root only)."""
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import shutil
@@ -27,6 +26,7 @@ import pytest
 
 from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity
+from tests.test_s34_keys_review import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")
 
@@ -165,35 +165,20 @@ def test_as_a_user_whose_login_group_others_share_its_group_writable_directory_i
         os.chown(theirs / "identity.json", user.pw_uid, user.pw_gid)
         os.chown(theirs, user.pw_uid, user.pw_gid)
         theirs.chmod(0o770)
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: no pytest from here on, only os._exit
-            outcome: dict[str, str] = {}
+
+        def steps(outcome: dict[str, str]) -> None:
             try:
-                os.close(read)
-                os.setgroups([])
-                os.setgid(user.pw_gid)
-                os.setuid(user.pw_uid)
-                try:
-                    HostIdentity.load(theirs / "identity.json")
-                    outcome["load"] = "loaded"
-                except KeyFileError as exc:
-                    outcome["load"] = str(exc)
-                try:
-                    identity.save(theirs / "second.json")
-                    outcome["save"] = "saved"
-                except KeyFileError as exc:
-                    outcome["save"] = str(exc)
-            except BaseException as exc:  # (reported to the parent)
-                outcome["error"] = repr(exc)
-            finally:
-                os.write(write, json.dumps(outcome).encode())
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            outcome = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        assert "error" not in outcome, outcome
+                HostIdentity.load(theirs / "identity.json")
+                outcome["load"] = "loaded"
+            except KeyFileError as exc:
+                outcome["load"] = str(exc)
+            try:
+                identity.save(theirs / "second.json")
+                outcome["save"] = "saved"
+            except KeyFileError as exc:
+                outcome["save"] = str(exc)
+
+        outcome = run_as(user.pw_uid, user.pw_gid, steps)
         expected = f"{theirs}, which holds {theirs / 'identity.json'}, is group-writable by"
         assert expected in outcome["load"]
         assert f"group {group.gr_name!r}" in outcome["load"]
