@@ -5,6 +5,12 @@ belong to one user at a time; a second one, in this process or another, is refus
 once rather than left to corrupt what the first keeps. The lock goes with the
 descriptor: closing it, or the process ending (even killed), releases it, so a crash
 leaves no stale lock.
+
+The lock belongs to the open file description, not to the process: a child made by
+``fork`` without ``exec`` (multiprocessing's "fork" start method) shares it, and it
+stays held until the child has closed its copy too or ended (``exec`` closes it:
+the descriptor is close-on-exec). On NFS, ``flock`` is emulated with byte-range locks
+(Linux 2.6.12+) and a lost lease can drop it unnoticed: keep these files local.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ def lock_exclusive(lock_path: Path) -> int | None:
     # not through a symlink, and only a plain file of ours with no other name: a lock
     # file someone planted as a link (or a hard link) to another file -- an identity
     # file -- had that file opened, and a daemon then truncated it to write its pid
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    # 0o600: flock needs no write access, so anyone who could open the file read-only
+    # could take the lock and keep its owner from starting (another user's lock file is
+    # refused below, so no one else needs to read it)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
@@ -51,6 +60,8 @@ def lock_exclusive(lock_path: Path) -> int | None:
                 "not a lock file of this user's (another file's name, or not a plain file)",
                 str(lock_path),
             )
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # (one made before, 0o644: private from now on)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)

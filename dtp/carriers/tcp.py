@@ -22,12 +22,41 @@ def tune(sock: socket.socket) -> None:
 def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socket:
     """Open a tuned TCP connection; errors become DTP errors with the address."""
     try:
-        sock = socket.create_connection(address, timeout=timeout)
-    except TimeoutError as exc:
-        raise DTPTimeoutError(f"connecting to {address[0]}:{address[1]} timed out") from exc
+        return _tuned(socket.create_connection(address, timeout=timeout))
     except OSError as exc:
-        raise carrier_error(address[0], address[1], exc) from exc
-    tune(sock)
+        raise connect_error(address, exc) from exc
+    except UnicodeError as exc:
+        # a name the IDNA codec refuses (an empty label, one past 63 characters), as a
+        # host may publish it: not found, as getaddrinfo says of a name it cannot
+        # resolve (a UnicodeError escaped connect_any, and no later endpoint was tried)
+        raise connect_error(address, _unresolvable(exc)) from exc
+
+
+def endpoint_text(host: object, port: object) -> str:
+    """``host:port`` as it is published: ``[v6]:port`` for an IPv6 address (else
+    ``::1:8080`` reads as another address)."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def connect_error(address: tuple[str, int], exc: OSError) -> ConnectionLost | DTPTimeoutError:
+    """What a failed connect to ``address`` raises: DTPTimeoutError when it timed out,
+    else :func:`carrier_error`'s."""
+    if isinstance(exc, TimeoutError):
+        return DTPTimeoutError(f"connecting to {endpoint_text(*address)} timed out")
+    return carrier_error(address[0], address[1], exc)
+
+
+def _unresolvable(exc: UnicodeError) -> socket.gaierror:
+    return socket.gaierror(socket.EAI_NONAME, f"invalid host name ({exc})")
+
+
+def _tuned(sock: socket.socket) -> socket.socket:
+    """``sock``, tuned; closed if tuning fails (the connect's caller never had it)."""
+    try:
+        tune(sock)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -35,10 +64,45 @@ def carrier_error(host: object, port: object, exc: OSError) -> ConnectionLost:
     """What a failed carrier connect to ``host:port`` raises: CarrierRefused for a
     refusal (a closed port), else ConnectionLost; the OS's reason in the message."""
     kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
-    error = kind(f"cannot reach {host}:{port}: {exc.strerror or exc}")
+    error = kind(f"cannot reach {endpoint_text(host, port)}: {exc.strerror or exc}")
     # (the OS's errno, as a socket's error carries it: retry code compares it)
     error.errno, error.strerror = exc.errno, str(error)
     return error
+
+
+#: one of getaddrinfo's answers: family, type, protocol, canonical name, address
+_AddrInfo = tuple[
+    socket.AddressFamily,
+    socket.SocketKind,
+    int,
+    str,
+    tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes],
+]
+
+
+def _connect_others(
+    infos: Sequence[_AddrInfo], timeout: float | None, first: DTPTimeoutError
+) -> socket.socket:
+    """A tuned connection to the first of a name's resolved ``infos`` that answers,
+    each given ``timeout``; ``first`` (the error of the address tried before them) when
+    none does, as socket.create_connection raises its first address's error."""
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            tune(sock)
+        except OSError:
+            sock.close()
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise first
 
 
 class PendingTcp:
@@ -50,14 +114,14 @@ class PendingTcp:
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
         self._sock: socket.socket | None = None
-        #: whether the name resolved to more than the address tried here
-        self._others = False
+        #: the name's other addresses, in getaddrinfo's order (after the one tried here)
+        self._others: Sequence[_AddrInfo] = ()
         try:
             infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
             family, kind, proto, _, sockaddr = infos[0]
-            self._others = len(infos) > 1
+            self._others = infos[1:]
             sock = socket.socket(family, kind, proto)
-        except OSError:
+        except (OSError, UnicodeError):  # (UnicodeError: a name IDNA refuses)
             return
         sock.setblocking(False)
         try:
@@ -71,24 +135,34 @@ class PendingTcp:
 
     def finish(self, timeout: float | None) -> socket.socket:
         """The connected, tuned socket (as :func:`connect_tcp` returns it, with its
-        errors); waits at most ``timeout`` seconds in all."""
+        errors); waits at most ``timeout`` seconds for the address started on, and a
+        name's other addresses then get ``timeout`` each, as with :func:`connect_tcp`."""
         sock, self._sock = self._sock, None
         if sock is not None:
-            writable: list[socket.socket] = []
+            timed_out = False
             try:
                 writable = wait_ready([], [sock], timeout)[1]
                 if writable and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     sock.settimeout(timeout)
                     tune(sock)
                     return sock
+                timed_out = not writable
             except OSError:
-                writable = [sock]  # failed, not timed out: connect_tcp says how
+                pass  # failed, not timed out: connect_tcp says how
+            except BaseException:
+                # (an interrupt in the wait: close() no longer has it to close)
+                sock.close()
+                raise
             sock.close()
-            if not writable and not self._others:
-                # the whole timeout is spent: another connect_tcp would wait as long again
-                # (a name with other addresses still gets them tried, by connect_tcp)
+            if timed_out:
+                # the whole timeout is spent on this address: connect_tcp would wait on
+                # it as long again. The name's other addresses are still tried, as
+                # socket.create_connection tries them (its error: the first one's)
                 host, port = self.address
-                raise DTPTimeoutError(f"connecting to {host}:{port} timed out")
+                timeout_error = DTPTimeoutError(
+                    f"connecting to {endpoint_text(host, port)} timed out"
+                )
+                return _connect_others(self._others, timeout, timeout_error)
         return connect_tcp(self.address, timeout)
 
     def close(self) -> None:
@@ -107,7 +181,9 @@ def connect_any(
     :func:`socket.create_connection` tries a name's addresses: a host may publish
     several endpoints (IPv4 and IPv6, a LAN and a public address), not all reachable
     from every client. ``first``: a connect to ``addresses[0]`` already started
-    (:class:`PendingTcp`). ``timeout`` applies to each attempt. Returns the tuned socket
+    (:class:`PendingTcp`). ``timeout`` applies to each attempt, not to them all: ``n``
+    endpoints that never answer take ``n`` times it (a budget for them all would leave
+    nothing to the others once a blackholed first one had spent it). Returns the tuned socket
     and the address it reached; when none answers, raises the last attempt's error
     (:class:`ConnectionLost` or :class:`DTPTimeoutError`) naming them all."""
     if not addresses:
@@ -135,6 +211,9 @@ def connect_any(
     if kind is CarrierRefused and not all(r for r in refused):
         kind = ConnectionLost
     error = kind(f"no endpoint answered: {'; '.join(failures)}")
+    if kind is CarrierRefused:
+        # (every one refused: the errno one refusal carries, which retry code compares)
+        error.errno, error.strerror = last.errno, str(error)
     raise error from last
 
 
