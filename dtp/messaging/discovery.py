@@ -286,6 +286,25 @@ def _canonical_host(host_id: str) -> str:
 def _verified_announcement(data: bytes, now_ms: int) -> Announcement:
     """The announcement in ``data`` if well-formed, signed by the key it holds and valid
     at ``now_ms`` (the checks that need no ledger)."""
+    ann = _signed_announcement(data)
+    _check_valid_at(ann, now_ms)
+    return ann
+
+
+def _check_valid_at(ann: Announcement, now_ms: int) -> None:
+    """:class:`ExpiredAnnouncement` unless ``ann`` is valid at ``now_ms``: not expired,
+    and not issued more than :data:`MAX_CLOCK_SKEW_MS` ahead."""
+    if ann.expires_ms <= now_ms:
+        raise E.ExpiredAnnouncement(f"expired at {ann.expires_ms} ms (now {now_ms} ms)")
+    if ann.issued_ms > now_ms + MAX_CLOCK_SKEW_MS:
+        raise E.ExpiredAnnouncement(
+            f"issued at {ann.issued_ms} ms, in the future (now {now_ms} ms)"
+        )
+
+
+def _signed_announcement(data: bytes) -> Announcement:
+    """The announcement in ``data`` if well-formed and signed by the key it holds,
+    whatever the time (:class:`MalformedMessage`, :class:`ForgedAnnouncement`)."""
     from dtp.escrow import _verify_ed25519
 
     if len(data) > _MAX_ANNOUNCEMENT:
@@ -335,10 +354,6 @@ def _verified_announcement(data: bytes, now_ms: int) -> Announcement:
         raise E.MalformedMessage("invalid announcement fields")
     if not _verify_ed25519(public, signature, _DOMAIN + body):
         raise E.ForgedAnnouncement()
-    if expires <= now_ms:
-        raise E.ExpiredAnnouncement(f"expired at {expires} ms (now {now_ms} ms)")
-    if issued > now_ms + MAX_CLOCK_SKEW_MS:
-        raise E.ExpiredAnnouncement(f"issued at {issued} ms, in the future (now {now_ms} ms)")
     return Announcement(
         _canonical_host(host_id),
         sui_address_from_public_key(public),
@@ -425,8 +440,20 @@ class DiscoveryGossip:
         that outlive it (a received announcement would be refused instead): this node's
         own is one it knows to be genuine, and its owner decides how many it makes. One
         larger than ``max_bytes`` cannot be recorded: a DiscoveryError, and not gossiped
-        (it used to be evicted at once, unsaid, while announce() returned as usual)."""
-        data = encode_announcement(identity, host_id, services, endpoints, self.clock_ms(), ttl_ms)
+        (it used to be evicted at once, unsaid, while announce() returned as usual).
+
+        It is issued later than the cached announcement of the host by the same key (a
+        millisecond later when the clock has not moved past it): one issued at the same
+        time is a duplicate, so a re-announcement within a millisecond -- or within a
+        ledger clock's tick, a Sui checkpoint -- was dropped here and by every peer,
+        while announce() returned it as if recorded."""
+        issued = self.clock_ms()
+        if isinstance(host_id, str):  # (encode_announcement says what else is wrong)
+            with self._lock:
+                last = self._records.get(_canonical_host(host_id))
+            if last is not None and last.authority == identity.sui_address:
+                issued = max(issued, last.issued_ms + 1)
+        data = encode_announcement(identity, host_id, services, endpoints, issued, ttl_ms)
         ann = decode_announcement(data, self.clock_ms())
         try:
             if self.ledger is not None:
@@ -485,9 +512,13 @@ class DiscoveryGossip:
         """:meth:`receive`, for this node's ``own`` announcement (from :meth:`announce`)
         too: that one makes room whatever the others' expiry, and one that cannot fit
         at all raises :class:`~dtp.messaging.errors.DiscoveryError`."""
-        now = self.clock_ms()
         try:
-            ann = _verified_announcement(data, now)
+            ann = _signed_announcement(data)
+            # the clock only now: it may be the ledger's (a SuiLedger reads the Clock
+            # object from its full node), and a peer's garbage or forgeries, checked
+            # locally, each cost the node a request to the full node
+            now = self.clock_ms()
+            _check_valid_at(ann, now)
             if not self._supersedes(ann):
                 # (before the ledger: a replayed announcement costs no look-up)
                 self.duplicates += 1
