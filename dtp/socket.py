@@ -2555,7 +2555,8 @@ def create_connection(
     If anything fails after the ledger open (refused, timeout, handshake), we close the
     connection on the ledger (our half-close), so that the deposit can be refunded once
     the close timeout has passed (docs/escrow.md §7); the original error is raised.
-    ``timeout`` bounds the carrier connect and handshake, not the ledger calls.
+    ``timeout`` bounds the carrier connect to each of the host's endpoints in turn
+    (:func:`dtp.carriers.tcp.connect_any`) and then the handshake, not the ledger calls.
     The connection is metered (signed cumulative receipts in-band, a final one at
     close, then our half-close on the ledger; docs/escrow.md §6.1) unless
     ``metering=MeteringConfig(enabled=False)``; ``metering`` also sets the cadence.
