@@ -31,7 +31,11 @@ def write_durably(path: Path, data: bytes) -> None:
     try:
         with open(fd, "wb") as out:
             if old is not None and stat.S_ISREG(old.st_mode):
-                os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode) & 0o777)
+                # a file system that refuses modes (vfat, some FUSE or CIFS mounts:
+                # EPERM) gives every file its mount's, the old one's too: the write goes
+                # on, as it did before modes were kept
+                with contextlib.suppress(OSError):
+                    os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode) & 0o777)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

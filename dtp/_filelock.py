@@ -15,6 +15,7 @@ the descriptor is close-on-exec). On NFS, ``flock`` is emulated with byte-range 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -61,7 +62,11 @@ def lock_exclusive(lock_path: Path) -> int | None:
                 str(lock_path),
             )
         if info.st_mode & 0o077:
-            os.fchmod(fd, 0o600)  # (one made before, 0o644: private from now on)
+            # (one made before, 0o644: private from now on). A file system that refuses
+            # modes (vfat, some FUSE or CIFS mounts: EPERM) still locks: the lock
+            # worked there before files were made private, and must go on working
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)

@@ -34,8 +34,10 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
 
 def endpoint_text(host: object, port: object) -> str:
     """``host:port`` as it is published: ``[v6]:port`` for an IPv6 address (else
-    ``::1:8080`` reads as another address)."""
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    ``::1:8080`` reads as another address); one given in brackets already keeps them."""
+    text = str(host)
+    bare_v6 = ":" in text and not text.startswith("[")
+    return f"[{text}]:{port}" if bare_v6 else f"{text}:{port}"
 
 
 def connect_error(address: tuple[str, int], exc: OSError) -> ConnectionLost | DTPTimeoutError:
@@ -81,28 +83,32 @@ _AddrInfo = tuple[
 
 
 def _connect_others(
-    infos: Sequence[_AddrInfo], timeout: float | None, first: DTPTimeoutError
+    address: tuple[str, int], infos: Sequence[_AddrInfo], timeout: float | None
 ) -> socket.socket:
-    """A tuned connection to the first of a name's resolved ``infos`` that answers,
-    each given ``timeout``; ``first`` (the error of the address tried before them) when
-    none does, as socket.create_connection raises its first address's error."""
+    """A tuned connection to the first of ``address``'s other resolved ``infos`` that
+    answers, each given ``timeout``, once the first address has timed out. When none
+    does, :func:`connect_tcp`'s error for the same failure: socket.create_connection
+    raises its last address's error (a refusal there is CarrierRefused, not the first
+    one's timeout), so the early connect and a later one fail alike."""
+    last: OSError = TimeoutError("timed out")  # (the first address's, as a socket says)
     for family, kind, proto, _, sockaddr in infos:
+        sock: socket.socket | None = None
         try:
             sock = socket.socket(family, kind, proto)
-        except OSError:
-            continue
-        try:
             sock.settimeout(timeout)
             sock.connect(sockaddr)
             tune(sock)
-        except OSError:
-            sock.close()
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            last = exc
             continue
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         return sock
-    raise first
+    raise connect_error(address, last) from last
 
 
 class PendingTcp:
@@ -157,12 +163,8 @@ class PendingTcp:
             if timed_out:
                 # the whole timeout is spent on this address: connect_tcp would wait on
                 # it as long again. The name's other addresses are still tried, as
-                # socket.create_connection tries them (its error: the first one's)
-                host, port = self.address
-                timeout_error = DTPTimeoutError(
-                    f"connecting to {endpoint_text(host, port)} timed out"
-                )
-                return _connect_others(self._others, timeout, timeout_error)
+                # socket.create_connection tries them (its error: the last one's)
+                return _connect_others(self.address, self._others, timeout)
         return connect_tcp(self.address, timeout)
 
     def close(self) -> None:

@@ -398,6 +398,11 @@ class DiscoveryGossip:
         self._sizes: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Condition()
+        # one announce() at a time, from its issue time to its record: two at once read
+        # the same cached one and were issued in the same millisecond, the second
+        # dropped as a duplicate (here, and by peers which took the other first) while
+        # returned (not the gossip lock: the ledger is asked meanwhile)
+        self._announcing = threading.Lock()
         self._records: dict[str, Announcement] = {}
         self.accepted = 0
         self.forged = 0
@@ -447,38 +452,39 @@ class DiscoveryGossip:
         time is a duplicate, so a re-announcement within a millisecond -- or within a
         ledger clock's tick, a Sui checkpoint -- was dropped here and by every peer,
         while announce() returned it as if recorded."""
-        issued = self.clock_ms()
-        if isinstance(host_id, str):  # (encode_announcement says what else is wrong)
-            with self._lock:
-                last = self._records.get(_canonical_host(host_id))
-            if last is not None and last.authority == identity.sui_address:
-                issued = max(issued, last.issued_ms + 1)
-        data = encode_announcement(identity, host_id, services, endpoints, issued, ttl_ms)
-        ann = decode_announcement(data, self.clock_ms())
-        try:
-            if self.ledger is not None:
-                try:
-                    _check_authority(ann, self.ledger)
-                except E.ForgedAnnouncement as exc:
-                    # every peer with a ledger would drop it: said to the caller, not
-                    # gossiped for nothing
-                    raise E.DiscoveryError(
-                        f"cannot announce host {host_id} as {identity.sui_address}: {exc}"
-                    ) from exc
-            # the same checks as the gossip thread's: the node keeps what its peers keep.
-            # It used to be recorded only once the thread took it from the subscription,
-            # some time after announce() returned.
-            self._receive(data, own=True)
-        except E.DiscoveryError:
-            raise
-        except DTPError as exc:
-            self.unchecked += 1
-            logger.warning("discovery: an announcement could not be checked: %s", exc)
-        else:
-            with self._lock:
-                self._echoes[data] = None
-                if len(self._echoes) > _MAX_ECHOES:
-                    del self._echoes[next(iter(self._echoes))]
+        with self._announcing:
+            issued = self.clock_ms()
+            if isinstance(host_id, str):  # (encode_announcement says what else is wrong)
+                with self._lock:
+                    last = self._records.get(_canonical_host(host_id))
+                if last is not None and last.authority == identity.sui_address:
+                    issued = max(issued, last.issued_ms + 1)
+            data = encode_announcement(identity, host_id, services, endpoints, issued, ttl_ms)
+            ann = decode_announcement(data, self.clock_ms())
+            try:
+                if self.ledger is not None:
+                    try:
+                        _check_authority(ann, self.ledger)
+                    except E.ForgedAnnouncement as exc:
+                        # every peer with a ledger would drop it: said to the caller, not
+                        # gossiped for nothing
+                        raise E.DiscoveryError(
+                            f"cannot announce host {host_id} as {identity.sui_address}: {exc}"
+                        ) from exc
+                # the same checks as the gossip thread's: the node keeps what its peers keep.
+                # It used to be recorded only once the thread took it from the subscription,
+                # some time after announce() returned.
+                self._receive(data, own=True)
+            except E.DiscoveryError:
+                raise
+            except DTPError as exc:
+                self.unchecked += 1
+                logger.warning("discovery: an announcement could not be checked: %s", exc)
+            else:
+                with self._lock:
+                    self._echoes[data] = None
+                    if len(self._echoes) > _MAX_ECHOES:
+                        del self._echoes[next(iter(self._echoes))]
         self.node.publish(self.topic, data)
         return ann
 
