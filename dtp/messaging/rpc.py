@@ -1220,10 +1220,14 @@ class RpcClient:
 
     def close(self) -> None:
         """Fail the calls in flight with RpcConnectionLost (and close the stream if owned):
-        every thread waiting for an answer, or for the peer to take a request, returns
-        (at once on a DTPSocket stream; within about a second on another), a thread
-        running notification handlers once the one running ends (the notifications
-        not yet run are dropped). A notification handler may call it."""
+        every thread waiting for an answer returns (at once on a DTPSocket stream,
+        whatever the peer's handler is doing; within about a second on another), a
+        thread waiting for the peer to take its request at its write's next look (under
+        a second: a write cannot be ended from outside), a thread running notification
+        handlers once the one running ends (the notifications not yet run are dropped).
+        Calls, starts and notifications after it raise RpcConnectionLost at once. It may
+        be called again, from any thread, and from a notification handler. (The
+        server's :meth:`RpcServer.close` ends no call: see there.)"""
         with self._lock:
             self._fail_all(E.RpcConnectionLost("the client was closed"))
             reading = self._reading
@@ -1883,11 +1887,18 @@ def _error_reply(exc: BaseException) -> tuple[int, str, Any]:
 class RpcServer(_Registry):
     """Blocking RPC server: register handlers, then serve streams.
 
-    ``workers``: 0 runs handlers inline in the stream's thread (lowest latency, one
-    request at a time per stream, nothing read while a handler runs); N > 0 runs them in
-    a pool of N threads, so requests on one stream overlap and answers go out in
-    completion order. Notification handlers run in the stream's thread, in order: a
-    slow one delays the requests read after it (hand long work to a thread).
+    ``workers``: 0 (the default) runs handlers inline in the stream's thread (lowest
+    latency, one request at a time per stream, nothing read while a handler runs): by
+    design, a handler that blocks holds up every later request on its stream -- their
+    callers' calls end in RpcTimeout at their deadlines, while the stream stays
+    usable -- and, on a connection's first stream (:meth:`serve_connection`), the
+    streams the client opens meanwhile, until it returns (streams opened before are
+    served by their own threads). Serve handlers that may block or take long with N > 0:
+    they run in a pool of N threads (shared by every stream), so requests on one stream
+    overlap, at most N at once, and answers go out in completion order; requests beyond
+    wait in the pool's queue (up to ``max_pending`` per stream, then SERVER_BUSY).
+    Notification handlers run in the stream's thread, in order: a slow one delays the
+    requests read after it (hand long work to a thread).
     ``payments`` / ``response_fees``: see the module docs. ``max_message_size`` and
     ``max_pending`` (ints >= 1), ``workers`` (>= 0) and those are checked here
     (TypeError / ValueError), before anything starts, not when a client connects.
@@ -1969,7 +1980,8 @@ class RpcServer(_Registry):
         The first stream's thread also takes the new streams, between requests and at
         least every :data:`ACCEPT_POLL_MAX` seconds when idle: a second thread blocked
         on the connection would take the reads in turn with it, a thread hand-off per
-        request."""
+        request. So with ``workers=0`` a handler running on the first stream holds up
+        the streams the client opens meanwhile until it returns (a pool's does not)."""
         peer = getattr(sock, "peer_address", None)
 
         def run_stream(stream: Any) -> None:
@@ -2001,10 +2013,15 @@ class RpcServer(_Registry):
             threading.Thread(target=self.serve_connection, args=(sock,), daemon=True).start()
 
     def close(self) -> None:
-        """Stop :meth:`serve` (no new connections) and the worker pool. Connections being
-        served stay open, as with :meth:`asyncio.Server.close`: inline handlers go on
-        answering, and with a pool their requests are refused with ``SERVER_BUSY``,
-        until their clients close them (or their DTPSockets are closed)."""
+        """Stop :meth:`serve` (no new connections, within half a second; nor new streams
+        on the connections served) and the worker pool. It returns at once: it waits
+        for no handler, and a handler running goes on (its answer is still sent).
+        Connections being served stay open, as with :meth:`asyncio.Server.close`: inline
+        handlers go on answering, and with a pool their requests are refused with
+        ``SERVER_BUSY``, until their clients close them (or their DTPSockets are
+        closed). So it fails no call in flight: a client waiting for a handler that
+        blocks waits for it, or for its call's deadline (RpcTimeout); closing the
+        connection's DTPSocket ends its calls at once (RpcConnectionLost)."""
         self._closed.set()
         if self._pool is not None:
             # requests queued for the pool are answered SERVER_BUSY by its workers
