@@ -26,9 +26,11 @@ from dtp.chain.objects import (
     Pipe,
     SpendingCap,
     TransportControl,
+    as_bytes,
+    normalize_id,
     object_from_fields,
 )
-from dtp.errors import ChainError
+from dtp.errors import ChainError, InvalidArgument
 
 __all__ = [
     "EVENT_LAYOUTS",
@@ -281,6 +283,8 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
 }
 
 _INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
+#: BCS caps every length and variant index at ``u32``.
+_MAX_ULEB: Final = 2**32 - 1
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -301,15 +305,23 @@ class _Reader:
         return out
 
     def uleb(self) -> int:
+        """A BCS length or variant index: canonical ULEB128 of at most ``2**32-1``."""
         value = shift = 0
         while True:
             byte = self.take(1)[0]
             value |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                # a zero last byte (after the first) is padding: BCS allows one encoding
+                # per value, as Sui's decoder does, so two byte strings never mean one object
+                if shift and not byte:
+                    raise BcsDecodeError("ULEB128 value is not in its shortest form.")
+                if value > _MAX_ULEB:
+                    raise BcsDecodeError(f"ULEB128 value {value} is over BCS's 2**32-1.")
                 return value
             shift += 7
-            if shift > 63:
-                raise BcsDecodeError("ULEB128 length is too long.")
+            if shift > 28:
+                # a sixth byte can only carry bits past 2**35
+                raise BcsDecodeError("ULEB128 value is over BCS's 2**32-1.")
 
 
 def _read(r: _Reader, layout: Layout) -> Any:
@@ -341,6 +353,9 @@ def _read(r: _Reader, layout: Layout) -> Any:
         out: dict[Any, Any] = {}
         for _ in range(r.uleb()):
             key = _read(r, layout[1])
+            if key in out:
+                # a Move VecMap never holds a key twice: keeping the last would drop an entry
+                raise BcsDecodeError(f"VecMap key {key!r} appears twice.")
             out[key] = _read(r, layout[2])
         return out
     if tag == "struct":
@@ -368,6 +383,8 @@ def decode(layout: Layout, data: bytes) -> Any:
 
 
 def _uleb(n: int) -> bytes:
+    if n > _MAX_ULEB:
+        raise InvalidArgument(f"A BCS length is at most 2**32-1, got {n}.")
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -378,15 +395,40 @@ def _uleb(n: int) -> bytes:
 
 
 def _write(out: bytearray, layout: Layout, value: Any) -> None:
+    try:
+        _write_value(out, layout, value)
+    except (KeyError, TypeError, AttributeError) as exc:
+        # a missing struct field or a value of the wrong shape (None for a struct)
+        raise InvalidArgument(
+            f"Value {value!r} does not fit BCS layout {layout!r}: {exc}."
+        ) from None
+
+
+def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
     if isinstance(layout, str):
         if layout in _INT_WIDTH:
-            out += int(value).to_bytes(_INT_WIDTH[layout], "little")
+            width = _INT_WIDTH[layout]
+            # int() would truncate a float and parse a str; to_bytes raises OverflowError
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidArgument(f"A {layout} must be an int, got {value!r}.")
+            if not 0 <= value < 1 << (8 * width):
+                raise InvalidArgument(f"{value} is out of range for a {layout}.")
+            out += value.to_bytes(width, "little")
         elif layout in ("id", "address"):
-            out += bytes.fromhex(str(value)[2:].rjust(64, "0"))
+            # exactly 32 bytes: normalize_id refuses a missing 0x and over 64 hex digits
+            out += bytes.fromhex(normalize_id(value, layout)[2:])
         elif layout == "bool":
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"A bool must be True or False, got {value!r}.")
             out.append(1 if value else 0)
         elif layout in ("bytes", "string"):
-            raw = value.encode() if isinstance(value, str) else bytes(value)
+            # as_bytes, not bytes(): bytes(5) is five zero bytes
+            raw = as_bytes(value, f"A BCS {layout}")
+            if layout == "string":
+                try:
+                    raw.decode()
+                except UnicodeDecodeError:
+                    raise InvalidArgument("A Move String must be valid UTF-8.") from None
             out += _uleb(len(raw)) + raw
         elif layout == "table":
             _write(out, "id", value["id"])
@@ -409,6 +451,8 @@ def _write(out: bytearray, layout: Layout, value: Any) -> None:
             _write(out, sub, value[name])
     elif tag == "enum":
         names = [v[0] for v in layout[1]]
+        if value["kind"] not in names:
+            raise InvalidArgument(f"Enum variant {value['kind']!r} is not one of {names}.")
         index = names.index(value["kind"])
         out += _uleb(index)
         for name, sub in layout[1][index][1]:
@@ -438,7 +482,10 @@ def decode_event(module: str, name: str, data: bytes) -> dict[str, Any]:
 
 def encode_event(module: str, name: str, fields: Mapping[str, Any]) -> bytes:
     """BCS payload of event ``module::name`` (inverse of :func:`decode_event`)."""
-    return encode(EVENT_LAYOUTS[(module, name)], fields)
+    layout = EVENT_LAYOUTS.get((module, name))
+    if layout is None:
+        raise InvalidArgument(f"Unknown dtp event {module}::{name}.")
+    return encode(layout, fields)
 
 
 # -- objects ----------------------------------------------------------------------------------

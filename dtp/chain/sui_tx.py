@@ -19,6 +19,7 @@ needs a ``TransferObjects``; unused return values (``ID``, ``u64``) have ``drop`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -88,14 +89,18 @@ CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
 #: Sui's ``max_pure_argument_size``: a pure input must be shorter than this.
 _MAX_PURE_ARGUMENT: Final = 16 * 1024
 U64_MAX: Final = 2**64 - 1
+#: BCS caps every length at ``u32``.
+_MAX_ULEB: Final = 2**32 - 1
+#: Bitcoin's base58 alphabet, which Sui digests use (no 0, O, I, l, +, /, =).
+_BASE58: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 # -- pure values ----------------------------------------------------------------------------
 
 
 def encode_uleb128(n: int) -> bytes:
-    """ULEB128, as BCS writes lengths."""
-    if n < 0:
-        raise InvalidArgument(f"A length cannot be negative, got {n}.")
+    """ULEB128, as BCS writes lengths (0 to ``2**32-1``)."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _MAX_ULEB:
+        raise InvalidArgument(f"A BCS length must be an integer from 0 to 2**32-1, got {n!r}.")
     return uleb128(n)
 
 
@@ -152,14 +157,19 @@ class OwnedRef:
     def to_bcs(self) -> bcs.ObjectReference:
         """pysui's ``ObjectReference``."""
         _uint(self.version, 64, "an object version")
+        bad_digest = InvalidArgument(
+            f"{self.digest!r} is not an object digest (base58 of 32 bytes)."
+        )
+        # pysui decodes a string that is not base58 as base64: Sui shows digests only in
+        # base58, so anything else is a mistake that must not become 32 signed bytes
+        if not isinstance(self.digest, str) or _BASE58.fullmatch(self.digest) is None:
+            raise bad_digest
         try:
             digest = bcs.Digest.from_str(self.digest)
         except (ValueError, TypeError, AttributeError):
             # pysui raises binascii.Error (it falls back to base64), a TypeError on the
             # length or an AttributeError for a non-str: none says which argument it was
-            raise InvalidArgument(
-                f"{self.digest!r} is not an object digest (base58 of 32 bytes)."
-            ) from None
+            raise bad_digest from None
         return bcs.ObjectReference(
             bcs.Address.from_str(normalize_id(self.object_id)), self.version, digest
         )
@@ -233,8 +243,19 @@ class _Tx:
         )
         known = self._objects.get(object_id)
         if known is not None:
+            # a transaction lists an object once: a second use must be the same object
+            # ref, or the call would get whatever the first use put there
             previous = self.ptb.inputs[known[0]].value
-            if previous.enum_name == "SharedObject" and mutable and not previous.value.Mutable:
+            if previous.enum_name != "SharedObject":
+                raise InvalidArgument(
+                    f"Object {object_id} is used both as an owned and as a shared object."
+                )
+            if previous.value.SequenceNumber != ref.initial_shared_version:
+                raise InvalidArgument(
+                    f"Shared object {object_id} is given with two initial shared versions "
+                    f"({previous.value.SequenceNumber} and {ref.initial_shared_version})."
+                )
+            if mutable and not previous.value.Mutable:
                 self.ptb.inputs[known[0]] = bcs.CallArg("Object", arg)
             return known[1]
         key = bcs.BuilderArg("Object", bcs.Address.from_str(object_id))
@@ -245,11 +266,18 @@ class _Tx:
     def owned(self, ref: OwnedRef) -> bcs.Argument:
         """An address-owned object input (once per ID)."""
         object_id = normalize_id(ref.object_id)
+        obj_arg = bcs.ObjectArg("ImmOrOwnedObject", ref.to_bcs())
         known = self._objects.get(object_id)
         if known is not None:
+            previous = self.ptb.inputs[known[0]].value
+            if previous.enum_name != "ImmOrOwnedObject":
+                raise InvalidArgument(
+                    f"Object {object_id} is used both as an owned and as a shared object."
+                )
+            if previous.value.serialize() != obj_arg.value.serialize():
+                raise InvalidArgument(f"Owned object {object_id} is given at two versions.")
             return known[1]
         key = bcs.BuilderArg("Object", bcs.Address.from_str(object_id))
-        obj_arg = bcs.ObjectArg("ImmOrOwnedObject", ref.to_bcs())
         argument: bcs.Argument = self.ptb.input_obj(key, obj_arg)
         self._objects[object_id] = (key, argument)
         return argument
@@ -302,6 +330,18 @@ class _Tx:
         gas = ctx.gas
         if not gas.payment:
             raise InvalidArgument("A transaction needs at least one gas coin.")
+        coins: set[str] = set()
+        for coin in gas.payment:
+            if not isinstance(coin, OwnedRef):
+                raise InvalidArgument(
+                    f"A gas coin must be an OwnedRef (id, version, digest), got {coin!r}."
+                )
+            coin_id = normalize_id(coin.object_id, "gas coin ID")
+            # Sui refuses a mutable object used twice (MutableObjectUsedMoreThanOnce):
+            # a coin listed twice, or a gas coin that is also an input
+            if coin_id in coins or coin_id in self._objects:
+                raise InvalidArgument(f"Gas coin {coin_id} is used twice in the transaction.")
+            coins.add(coin_id)
         sender = bcs.Address.from_str(normalize_id(ctx.sender, "sender address"))
         owner = bcs.Address.from_str(normalize_id(gas.owner or ctx.sender, "gas owner"))
         data = bcs.TransactionData(
