@@ -26,7 +26,6 @@ from dtp.errors import (
     ConnectionRefused,
     DTPError,
     InsufficientFunds,
-    LocalProtocolError,
     TunnelError,
 )
 from dtp.escrow import Receipt
@@ -37,6 +36,12 @@ __all__ = ["Forwarder"]
 from dtp.daemon.logs import kv
 
 logger = logging.getLogger("dtp.daemon.forwarder")
+
+OPEN_BACKOFF_FIRST = 0.5
+"""Seconds after a failed open of a DTP connection before the next is tried (local
+clients coming meanwhile are refused with its error); doubled after each further
+failure, up to :data:`OPEN_BACKOFF_MAX`, and reset by a successful open."""
+OPEN_BACKOFF_MAX = 8.0
 
 
 @dataclass(eq=False)
@@ -100,6 +105,12 @@ class Forwarder:
         self._opening = asyncio.Lock()
         self._clients: set[asyncio.Task[None]] = set()
         self._watchers: set[asyncio.Task[None]] = set()
+        self._retired = False
+        """Retired by a reload: every connection closes once its last tunnel ended,
+        those opened since for clients accepted before the retirement too."""
+        self._open_failure: BaseException | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
 
     @property
     def stats(self) -> ForwardStats:
@@ -155,9 +166,36 @@ class Forwarder:
             link = self._link
             if link is not None and link.usable:
                 return link
-            link = await self._open_link()
+            failure = self._open_failure
+            if failure is not None and asyncio.get_running_loop().time() < self._retry_at:
+                # the clients that queued behind a failed open, and those coming during
+                # its backoff, share its failure: each tried its own in turn, every one
+                # waiting for all those before it (10 s each against a silent host) and
+                # the ledger asked once per client
+                raise TunnelError(f"{failure} (tried again later)") from failure
+            try:
+                link = await self._open_link()
+            except Exception as exc:
+                self._failed_open(exc)
+                raise
+            self._open_failure = None
+            self._backoff = 0.0
             self._link = link
             return link
+
+    def _failed_open(self, exc: BaseException) -> None:
+        """No new connection until the backoff after this failure has passed."""
+        self._open_failure = exc
+        self._backoff = min(2 * self._backoff, OPEN_BACKOFF_MAX) or OPEN_BACKOFF_FIRST
+        self._retry_at = asyncio.get_running_loop().time() + self._backoff
+        logger.warning(
+            "cannot open a connection",
+            extra=kv(
+                forward=self.config.name,
+                error=str(exc) if isinstance(exc, DTPError | OSError) else repr(exc),
+                retry_in=self._backoff,
+            ),
+        )
 
     async def _open_link(self) -> _Link:
         target = self.config.target
@@ -250,8 +288,10 @@ class Forwarder:
     def _release(self, link: _Link) -> None:
         link.tunnels -= 1
         self._send_receipt(link, link.fees.flush())
-        if link.retired and link.tunnels == 0:
-            link.writer.close()
+        # (a retired forwarder's too: one opened after the retirement, for a client
+        # accepted before it, was left open and paid until the daemon stopped)
+        if (link.retired or self._retired) and link.tunnels == 0:
+            self._retire(link)
 
     # -- tunnels -------------------------------------------------------------------------
 
@@ -285,17 +325,25 @@ class Forwarder:
                 meter = link.fees.meter
                 if meter.total_requests == 0:
                     # a fresh connection: the next one, with the same deposit, could not
-                    # pay either (each try was a connection opened on the ledger)
-                    raise TunnelError(
+                    # pay either (each try was a connection opened on the ledger; so is
+                    # each next client's, hence the backoff)
+                    error = TunnelError(
                         f"a deposit of {meter.deposit} MIST cannot pay for one tunnel to "
                         f"{self.config.target} ({meter.sla.price_per_request} MIST per "
                         f"request): raise deposit in [[forward]] {self.config.name}"
                     )
+                    self._failed_open(error)
+                    raise error
                 continue
             try:
-                s_reader, s_writer = await link.writer.open_stream()
-            except LocalProtocolError:
-                # the daemon's limit of tunnels per connection: spill over to another
+                # at the daemon's limit of tunnels per connection open_stream() waits for
+                # one of them to end (for good, behind long-lived ones): spill over to
+                # another connection instead. With a slot free it returns without
+                # suspending, before a timeout of 0 can fire.
+                async with asyncio.timeout(0):
+                    s_reader, s_writer = await link.writer.open_stream()
+            except (TimeoutError, DTPError):
+                # (a DTPError: the connection ended, or is closing)
                 self._retire(link)
                 continue
             link.tunnels += 1
@@ -364,6 +412,7 @@ class Forwarder:
     def retire(self) -> None:
         """Stop accepting (after a reload replaced this forwarder); each connection
         closes once its last open tunnel ends."""
+        self._retired = True
         self.stop_listening()
         for link in list(self._links):
             self._retire(link)
@@ -383,8 +432,14 @@ class Forwarder:
         deadline = loop.time() + timeout
         while self._clients and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for task in list(self._clients):
+        cut = list(self._clients)
+        for task in cut:
             task.cancel()
+        if cut:
+            # the cut tunnels end (their streams reset, their usage counted) before the
+            # final receipts: sent first, they missed the bytes a tunnel counted until
+            # its cancel ran (a receipt's worth, never signed for)
+            await asyncio.wait(cut, timeout=5.0)
         for link in list(self._links):
             self._send_receipt(link, link.fees.flush())
             link.writer.close()

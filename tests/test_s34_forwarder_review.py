@@ -1,0 +1,318 @@
+"""The forwarder (session 34 review): its DTP connections, against a host in this
+process.
+
+* At the host's limit of streams per connection, ``open_stream()`` waits for a slot
+  (since the asyncio streams changed to do so), so the forwarder's spill-over to a new
+  connection (its ``LocalProtocolError`` path) was dead: a local client beyond the
+  limit waited until another tunnel ended, for good behind long-lived ones.
+* A forwarder retired by a reload while one of its connections was being opened kept
+  that connection once its tunnels ended: paid and open (keepalives) until the daemon
+  stopped, its deposit locked.
+* A target that cannot be reached was tried once per local client, one after the
+  other: clients queued behind a failing open each waited for their own attempt (10 s
+  each against a silent host), and the ledger saw an attempt per client.
+* drain() sent the final receipts before the tunnels it cancelled had ended: the bytes
+  they counted meanwhile were never signed for.
+
+Real sockets on 127.0.0.1, a real DTP server published on a LocalLedger file; the host
+speaks the tunnel protocol itself (status byte, echo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+from dtp.address import HostAddress
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import ConnectionState, Sla
+from dtp.connection import ConnectionConfig
+from dtp.daemon.config import Backend, ForwardConfig
+from dtp.daemon.forwarder import Forwarder
+from dtp.daemon.state import StatusBook
+from dtp.daemon.tunnel import STATUS_OK
+from dtp.errors import ChainError
+from dtp.escrow import fee
+from tests.paid_inprocess import ident
+
+BOUND = 5.0
+SERVER, CLIENT = ident(0x34), ident(0x35)
+FREE = Sla(0, 0, 1000)
+
+
+class _Host:
+    """A DTP server answering every tunnel stream with STATUS_OK and an echo."""
+
+    def __init__(self, max_streams: int = 1024) -> None:
+        self.max_streams = max_streams
+        self.connections: list[dtp.aio.DTPStreamWriter] = []
+        self.ended: list[asyncio.Event] = []
+        """Per connection: set once the host saw it end."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: dtp.aio.DTPServer | None = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _echo(self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(STATUS_OK)
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+            await writer.wait_closed()
+
+    async def _handle(
+        self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
+    ) -> None:
+        self.connections.append(writer)
+        ended = asyncio.Event()
+        self.ended.append(ended)
+        self._spawn(reader.read())  # stream 0: receipts, unread here
+        try:
+            while True:
+                s_reader, s_writer = await writer.accept_stream()
+                self._spawn(self._echo(s_reader, s_writer))
+        except Exception:
+            pass  # the connection ended
+        finally:
+            ended.set()
+
+    async def start(self) -> int:
+        config = ConnectionConfig(identity=SERVER, is_client=False, max_streams=self.max_streams)
+        self.server = await dtp.aio.start_server(
+            self._handle, "127.0.0.1", 0, identity=SERVER, config=config
+        )
+        return int(self.server.address[1])
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+class _Source(_Host):
+    """Answers every tunnel with STATUS_OK and then bytes, without end."""
+
+    async def _echo(self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(STATUS_OK)
+            chunk = bytes(1 << 16)
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def _forwarder(
+    tmp_path: Path, host: _Host, sla: Sla = FREE
+) -> AsyncIterator[tuple[Forwarder, LocalLedger]]:
+    """A forwarder to ``host`` (published with ``sla`` on port 80), started. The host
+    takes the forwarder's receipts without looking at them."""
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    ledger.faucet(CLIENT.sui_address, 1 << 40)
+    port = await host.start()
+    host_id = await asyncio.to_thread(
+        ledger.create_host, SERVER, SERVER.noise_public, [f"tcp://127.0.0.1:{port}"]
+    )
+    await asyncio.to_thread(ledger.add_service, SERVER, host_id, 80, "raw", sla)
+    config = ForwardConfig(
+        "f",
+        Backend("127.0.0.1", 0),
+        HostAddress.parse(f"dtp://{host_id}:80"),
+        deposit=max(sla.min_deposit, 1 << 30),
+    )
+    forwarder = Forwarder(config, ledger, CLIENT, StatusBook(tmp_path / "state"))
+    await forwarder.start()
+    try:
+        yield forwarder, ledger
+    finally:
+        await forwarder.drain(0.5)
+        host.close()
+        ledger.close()
+
+
+async def _client(forwarder: Forwarder) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert forwarder.server is not None
+    host, port = forwarder.server.sockets[0].getsockname()[:2]
+    return await asyncio.open_connection(host, port)
+
+
+async def _echoes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    assert await asyncio.wait_for(reader.readexactly(len(data)), BOUND) == data
+
+
+def _close(*writers: asyncio.StreamWriter) -> None:
+    for writer in writers:
+        writer.close()
+
+
+def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """The host allows 3 streams per connection (stream 0 and two tunnels); two tunnels
+    stay open and a third client comes. Before: its open_stream() waited for a slot,
+    the client hung (until one of the first two ended); docs/daemon.md: a new
+    connection is opened."""
+
+    async def run() -> None:
+        host = _Host(max_streams=3)
+        async with _forwarder(tmp_path, host) as (forwarder, _):
+            clients = [await _client(forwarder) for _ in range(2)]
+            for reader, writer in clients:
+                await _echoes(reader, writer, b"held")
+            third = await _client(forwarder)
+            clients.append(third)
+            try:
+                await _echoes(*third, b"third")
+                assert forwarder.stats.connections == 2
+                assert len(host.connections) == 2
+            finally:
+                _close(*(w for _, w in clients))
+
+    asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
+
+
+def test_a_connection_opened_as_the_forwarder_retires_closes_after_its_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload retires the forwarder while a local client's connection is being opened.
+    Before: the new connection was the forwarder's current one, not retired: it stayed
+    open after the tunnel ended (keepalives), Open on the ledger with its deposit."""
+    real = dtp.aio.open_connection
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(dtp.aio, "open_connection", gated)
+
+    async def run() -> None:
+        host = _Host()
+        async with _forwarder(tmp_path, host) as (forwarder, ledger):
+            reader, writer = await _client(forwarder)
+            try:
+                await asyncio.wait_for(entered.wait(), BOUND)
+                forwarder.retire()  # the reload
+                gate.set()
+                await _echoes(reader, writer, b"still served")  # its tunnel goes on
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(), BOUND) == b""
+            finally:
+                _close(writer)
+            # the tunnel ended: its connection closes, and is half-closed on the ledger
+            await asyncio.wait_for(host.ended[0].wait(), BOUND)
+            cid = host.connections[0].peer_connection_id
+            assert cid is not None
+            deadline = asyncio.get_running_loop().time() + BOUND
+            while (await asyncio.to_thread(ledger.get_connection, cid)).state == (
+                ConnectionState.OPEN
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "left Open on the ledger"
+                await asyncio.sleep(0.02)
+
+    asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
+
+
+def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger fails every open (after 0.2 s, as an RPC timing out). Eight local
+    clients come at once. Before: each one, queued behind the others, tried its own open
+    in turn (eight attempts, the last client closed after 1.6 s; against a silent host
+    10 s each). Now the clients waiting on a failed open share its failure, and the
+    next attempt comes after a backoff; one comes then."""
+    attempts: list[float] = []
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.2)
+        raise ChainError("ledger RPC timed out")
+
+    monkeypatch.setattr(dtp.aio, "open_connection", failing)
+    # (a short first backoff keeps the test short)
+    monkeypatch.setattr("dtp.daemon.forwarder.OPEN_BACKOFF_FIRST", 0.3, raising=False)
+
+    async def refused(forwarder: Forwarder) -> None:
+        reader, writer = await _client(forwarder)
+        try:
+            writer.write(b"hello")
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), BOUND) == b""
+        finally:
+            _close(writer)
+
+    async def run() -> None:
+        host = _Host()
+        async with _forwarder(tmp_path, host) as (forwarder, _):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await asyncio.gather(*(refused(forwarder) for _ in range(8)))
+            assert len(attempts) == 1, attempts
+            assert loop.time() - start < 1.0
+            assert forwarder.stats.errors == 8
+            # after the backoff, a client gets an attempt of its own
+            await asyncio.sleep(0.4)
+            await refused(forwarder)
+            assert len(attempts) == 2, attempts
+
+    asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
+
+
+def test_the_final_receipt_of_a_drain_covers_the_cancelled_tunnels_usage(
+    tmp_path: Path,
+) -> None:
+    """A paid tunnel receiving without pause when the daemon stops: drain() cut it and
+    sent the connection's final receipt. Before: the receipt went out before the
+    cancelled tunnel ended, which went on counting what arrived in the meantime (a
+    receipt's worth, 256 KiB, never signed for: the host claimed less than it served).
+    It takes bytes arriving in the same turn of the loop as the drain's last wake-up:
+    about every other time, so five rounds."""
+    sla = Sla(1, 1, 1000)  # 1 MIST per KiB and per tunnel
+
+    async def round_(path: Path) -> None:
+        async with _forwarder(path, _Source(), sla) as (forwarder, _):
+            reader, writer = await _client(forwarder)
+            received = asyncio.Event()
+
+            async def read() -> None:
+                with contextlib.suppress(OSError):
+                    total = 0
+                    while data := await reader.read(1 << 20):
+                        total += len(data)
+                        if total >= 2 << 20:
+                            received.set()
+
+            reading = asyncio.ensure_future(read())
+            try:
+                await asyncio.wait_for(received.wait(), BOUND)
+                await forwarder.drain(0.05)
+                assert forwarder.active_tunnels == 0  # no tunnel task left behind
+                stats = forwarder.stats
+                used = fee(sla, stats.bytes_in + stats.bytes_out, stats.tunnels)
+                assert stats.fees_paid == used
+                await asyncio.wait_for(reading, BOUND)  # the local client is cut
+            finally:
+                reading.cancel()
+                _close(writer)
+
+    async def run() -> None:
+        for n in range(5):
+            path = tmp_path / str(n)
+            path.mkdir()
+            await round_(path)
+
+    asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
