@@ -115,7 +115,7 @@ class _Source(_Host):
 
 @contextlib.asynccontextmanager
 async def _forwarder(
-    tmp_path: Path, host: _Host, sla: Sla = FREE
+    tmp_path: Path, host: _Host, sla: Sla = FREE, deposit: int | None = None
 ) -> AsyncIterator[tuple[Forwarder, LocalLedger]]:
     """A forwarder to ``host`` (published with ``sla`` on port 80), started. The host
     takes the forwarder's receipts without looking at them."""
@@ -130,7 +130,7 @@ async def _forwarder(
         "f",
         Backend("127.0.0.1", 0),
         HostAddress.parse(f"dtp://{host_id}:80"),
-        deposit=max(sla.min_deposit, 1 << 30),
+        deposit=max(sla.min_deposit, 1 << 30) if deposit is None else deposit,
     )
     forwarder = Forwarder(config, ledger, CLIENT, StatusBook(tmp_path / "state"))
     await forwarder.start()

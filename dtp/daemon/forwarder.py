@@ -40,7 +40,8 @@ logger = logging.getLogger("dtp.daemon.forwarder")
 OPEN_BACKOFF_FIRST = 0.5
 """Seconds after a failed open of a DTP connection before the next is tried (local
 clients coming meanwhile are refused with its error); doubled after each further
-failure, up to :data:`OPEN_BACKOFF_MAX`, and reset by a successful open."""
+failure, up to :data:`OPEN_BACKOFF_MAX`, and reset once a tunnel opened (a connection
+opened with a deposit too small for one tunnel fails too)."""
 OPEN_BACKOFF_MAX = 8.0
 
 
@@ -178,8 +179,10 @@ class Forwarder:
             except Exception as exc:
                 self._failed_open(exc)
                 raise
+            # (the backoff is kept until a tunnel opened on it: reset here, a deposit too
+            # small for one tunnel backed off by the first step after every open -- a
+            # paid connection on the ledger each 0.5 s, never doubling)
             self._open_failure = None
-            self._backoff = 0.0
             self._link = link
             return link
 
@@ -347,6 +350,7 @@ class Forwarder:
                 self._retire(link)
                 continue
             link.tunnels += 1
+            self._backoff = 0.0
             self._send_receipt(link, link.fees.record(requests=1))
             return link, s_reader, s_writer
         raise TunnelError(f"no usable connection to {self.config.target}")
