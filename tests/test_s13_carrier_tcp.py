@@ -3,7 +3,6 @@ its timeout bounds the whole wait."""
 
 from __future__ import annotations
 
-import select
 import socket
 import time
 from collections.abc import Iterator
@@ -12,32 +11,14 @@ import pytest
 
 from dtp.carriers.tcp import PendingTcp
 from dtp.errors import DTPTimeoutError
+from tests.tcp_blackhole import unanswered_address
 
 
 @pytest.fixture
 def unanswered() -> Iterator[tuple[str, int]]:
-    """A TCP address whose SYNs go unanswered: a listener with a full accept queue
-    (Linux then drops new SYNs, as a host behind a dropping firewall does)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address: tuple[str, int] = listener.getsockname()
-    fillers = []
-    try:
-        for _ in range(8):  # until one is left unanswered: the queue is full
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            fillers.append(filler)
-            if not select.select([], [filler], [], 0.2)[1]:
-                break
-        else:
-            pytest.skip("the kernel answered every connect")
+    """A TCP address whose SYNs go unanswered (tests/tcp_blackhole.py)."""
+    with unanswered_address() as address:
         yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 def test_a_started_connect_that_times_out_waits_its_timeout_once(

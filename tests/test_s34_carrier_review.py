@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import select
 import shutil
 import socket
 import stat
@@ -45,6 +44,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
 from dtp.keys import HostIdentity
+from tests.tcp_blackhole import unanswered_address
 
 BAD_NAME = "a..b"  # (an empty label: IDNA refuses it, urlsplit does not)
 
@@ -68,27 +68,9 @@ def listener() -> Iterator[socket.socket]:
 
 @pytest.fixture
 def unanswered() -> Iterator[tuple[str, int]]:
-    """A TCP address whose SYNs go unanswered: a listener with a full accept queue."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address: tuple[str, int] = listener.getsockname()
-    fillers = []
-    try:
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            fillers.append(filler)
-            if not select.select([], [filler], [], 0.2)[1]:
-                break
-        else:
-            pytest.skip("the kernel answered every connect")
+    """A TCP address whose SYNs go unanswered (tests/tcp_blackhole.py)."""
+    with unanswered_address() as address:
         yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 # -- dtp.carriers.tcp ------------------------------------------------------------------

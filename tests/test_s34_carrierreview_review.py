@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import stat
 import threading
@@ -36,6 +35,7 @@ from dtp.errors import CarrierRefused
 from dtp.keys import HostIdentity
 from dtp.messaging.discovery import Announcement, DiscoveryGossip
 from dtp.messaging.pubsub import PubSubNode
+from tests.tcp_blackhole import unanswered_address
 
 NOW = 1_000_000
 
@@ -48,27 +48,9 @@ def _dead_port() -> int:
 
 @pytest.fixture
 def unanswered() -> Iterator[tuple[str, int]]:
-    """A TCP address whose SYNs go unanswered: a listener with a full accept queue."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    address: tuple[str, int] = listener.getsockname()
-    fillers = []
-    try:
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            fillers.append(filler)
-            if not select.select([], [filler], [], 0.2)[1]:
-                break
-        else:
-            pytest.skip("the kernel answered every connect")
+    """A TCP address whose SYNs go unanswered (tests/tcp_blackhole.py)."""
+    with unanswered_address() as address:
         yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 # -- dtp.carriers.tcp ------------------------------------------------------------------
