@@ -517,6 +517,9 @@ class BroadcastStation:
         self.tips_dropped = 0
         self._monitor: threading.Thread | None = None
         self._stop = threading.Event()
+        # set by close() (under _lock): a link attached after it, or while it ran, was
+        # started and broadcast to for good, its threads never stopped
+        self._closed = False
 
     # -- listeners -----------------------------------------------------------------------------
 
@@ -528,9 +531,12 @@ class BroadcastStation:
 
     def attach(self, stream: BlockingStream, name: str = "") -> None:
         """Start broadcasting to the listener at the other end of ``stream`` (TypeError
-        when it is not a stream)."""
+        when it is not a stream; :class:`~dtp.messaging.errors.StationError` once the
+        station is closed)."""
         _check_stream(stream, "attach()")
         with self._lock:
+            if self._closed:
+                raise E.StationError("the station is closed")
             if len(self._links) >= self.max_listeners:
                 raise E.StationError("too many listeners")
             link = _StationLink(self, stream, name or f"listener-{self._attached}", self.link_queue)
@@ -560,6 +566,11 @@ class BroadcastStation:
             # queued before the link is visible to send(): a message sent meanwhile went
             # out before HELLO, and the listener refused it as a frame before HELLO
             link.queue_hello(hello)
+            if self._cancelled:
+                # the HELLO's off air alone reads as "pool exhausted": a listener that
+                # joined after the cancel never heard of it, so topped up (refused) and
+                # never knew to withdraw its share of the pool
+                link.offer_air(encode_frame([AIR, False, "cancelled", self._seq]))
             self._links.append(link)
         link.start()
 
@@ -927,11 +938,13 @@ class BroadcastStation:
             os.replace(tmp, self._tip_state)
 
     def close(self) -> None:
-        """Stop the monitor and close every listener link. The streams are left to their
-        owners, and so are the links' reader threads: each ends when its stream does, or
-        at the next bytes it receives (:meth:`_StationLink.close`)."""
+        """Stop the monitor and close every listener link; :meth:`attach` refuses from
+        then on. The streams are left to their owners, and so are the links' reader
+        threads: each ends when its stream does, or at the next bytes it receives
+        (:meth:`_StationLink.close`)."""
         self._stop.set()
         with self._lock:
+            self._closed = True
             links = list(self._links)
         for link in links:
             link.close()
