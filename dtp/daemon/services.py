@@ -448,6 +448,19 @@ class ServiceHost:
             row.fees_earned = max(row.fees_earned, row.fees_claimed)
         self.book.touch()
 
+    async def _settle_served(
+        self, conn: _Conn, service: ServiceConfig, stats: ServiceStats
+    ) -> Settled:
+        """:meth:`_settle` for a connection served in this run (TCP or UDP), once it
+        ended. Its newest accepted receipt, when claimed, is earned even should its
+        write not land: a served connection's claim does not raise ``fees_earned``
+        (:meth:`_count_settled`), and its "kept" callback never runs for a write
+        dropped."""
+        settled = await self._settle(conn.connection_id, conn.terms.escrow_id, service, served=True)
+        if settled.claimed:
+            self._earn(stats, conn, conn.accepted)
+        return settled
+
     def _earn(self, stats: ServiceStats, conn: _Conn, total: int) -> None:
         """Count in ``stats.fees_earned`` what ``conn``'s receipt of ``total`` adds to
         what it counted: at each receipt kept, and at its settlement's claim of a receipt
@@ -667,10 +680,7 @@ class ServiceHost:
             self.conns.pop(connection_id, None)
             self.limiter.release(client)
             writer.close()
-            settled = await self._settle(connection_id, terms.escrow_id, service, served=True)
-            if settled.claimed:
-                # (its newest receipt claimed: earned, should its write not land)
-                self._earn(stats, conn, conn.accepted)
+            settled = await self._settle_served(conn, service, stats)
             self._count_held()
             await self._unpublish_removed(service.port)
             logger.info(
@@ -781,12 +791,7 @@ class ServiceHost:
                 with contextlib.suppress(DTPError):  # (the settlement reports the store's)
                     if (newest := self.fees.held(conn.connection_id)) is not None:
                         conn.accepted = max(conn.accepted, newest.total_amount)
-            settled = await self._settle(conn.connection_id, terms.escrow_id, service, served=True)
-            if settled.claimed:
-                # (its newest receipt claimed: earned, should its write not land. Not
-                # counted here, it never was: a served connection's claim no longer
-                # raises fees_earned, and its "kept" never runs for a write dropped)
-                self._earn(stats, conn, conn.accepted)
+            settled = await self._settle_served(conn, service, stats)
             self._count_held()
             self.book.touch()
             await self._unpublish_removed(service.port)
