@@ -158,6 +158,21 @@ def _close(*writers: asyncio.StreamWriter) -> None:
         writer.close()
 
 
+async def _spills_over(forwarder: Forwarder, host: _Host, held: int) -> None:
+    """With ``held`` tunnels open (the host's limit on one connection), the next client
+    is served on a second connection."""
+    clients = [await _client(forwarder) for _ in range(held)]
+    try:
+        for reader, writer in clients:
+            await _echoes(reader, writer, b"held")
+        clients.append(await _client(forwarder))
+        await _echoes(*clients[-1], b"next")
+        assert forwarder.stats.connections == 2
+        assert len(host.connections) == 2
+    finally:
+        _close(*(w for _, w in clients))
+
+
 def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
     tmp_path: Path,
 ) -> None:
@@ -169,17 +184,7 @@ def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
     async def run() -> None:
         host = _Host(max_streams=3)
         async with _forwarder(tmp_path, host) as (forwarder, _):
-            clients = [await _client(forwarder) for _ in range(2)]
-            for reader, writer in clients:
-                await _echoes(reader, writer, b"held")
-            third = await _client(forwarder)
-            clients.append(third)
-            try:
-                await _echoes(*third, b"third")
-                assert forwarder.stats.connections == 2
-                assert len(host.connections) == 2
-            finally:
-                _close(*(w for _, w in clients))
+            await _spills_over(forwarder, host, held=2)
 
     asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
 

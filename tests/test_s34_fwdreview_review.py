@@ -29,6 +29,7 @@ from tests.test_s34_forwarder_review import (
     _echoes,
     _forwarder,
     _Host,
+    _spills_over,
 )
 
 
@@ -62,17 +63,7 @@ def test_tunnels_below_the_stream_limit_share_one_connection_and_the_next_spills
             assert forwarder.stats.connections == 1
             assert len(host.connections) == 1
             assert forwarder.stats.tunnels == 35
-            held = [await _client(forwarder) for _ in range(3)]
-            try:
-                for reader, writer in held:
-                    await _echoes(reader, writer, b"held")
-                fourth = await _client(forwarder)
-                held.append(fourth)
-                await _echoes(*fourth, b"fourth")
-                assert forwarder.stats.connections == 2
-                assert len(host.connections) == 2
-            finally:
-                _close(*(w for _, w in held))
+            await _spills_over(forwarder, host, held=3)
 
     asyncio.run(asyncio.wait_for(run(), 4 * BOUND))
 
