@@ -254,6 +254,15 @@ def _tx_value(value: Any, depth: int) -> TxValue:
     )
 
 
+def _encodes_as_utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (no lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _replayed(tx: Tx) -> InvalidTransaction:
     return InvalidTransaction(
         f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
@@ -887,6 +896,10 @@ class LocalLedger(Ledger):
         for what, name in (("module", module), ("function", function)):
             if not isinstance(name, str):
                 raise InvalidArgument(f"The {what} must be a str, got {name!r}.")
+            if not name.isascii() and not _encodes_as_utf8(name):
+                # a lone surrogate has no UTF-8 form: encode_tx would raise a bare
+                # UnicodeEncodeError where every other bad argument is InvalidArgument
+                raise InvalidArgument(f"The {what} name {name!r:.60} is not valid Unicode text.")
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
             raise InvalidArgument(f"args must be a sequence of values, got {args!r}.")
         nonce = next(self._nonce_counter) & U64_MAX
