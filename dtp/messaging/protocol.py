@@ -221,7 +221,13 @@ def _check_our_method(value: Any) -> None:
     not the MalformedMessage (the peer's fault, by the wire's code) of one we read."""
     if not isinstance(value, str):
         raise TypeError(f"a method name is a str, not {type(value).__name__!r}")
-    if not value or len(value.encode()) > MAX_METHOD_LENGTH:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        # a lone surrogate: the codec's bare UnicodeEncodeError came out here, while
+        # begin_request (the blocking client's quiet path) said NotEncodable, a TypeError
+        size = 0
+    if not 0 < size <= MAX_METHOD_LENGTH:
         raise ValueError(
             f"a method name is 1..{MAX_METHOD_LENGTH} bytes of UTF-8, got {value!r:.80}"
         )
@@ -572,6 +578,10 @@ class RpcProtocol:
         try:
             body: bytes = self._pack([REQUEST, request_id, method, params, timeout_ms, None])
         except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, UnicodeEncodeError):
+                # a short name skipped the method check above: refused as send_request
+                # refuses it (ValueError), not as unencodable params (NotEncodable)
+                _check_our_method(method)
             raise E.not_encodable(exc) from exc
         size = len(body)
         if size > self.max_message_size:

@@ -440,6 +440,11 @@ class Link:
                         self._handle(message)
                 except E.MessagingProtocolError:
                     self.violations += 1
+        except E.MessagingProtocolError as exc:
+            # the stream ended inside a frame (read_frames): a message cut off, which
+            # the link ended on with nothing counted, as for a clean end of stream
+            self.violations += 1
+            logger.debug("pubsub link %s: reading failed: %s", self.name, exc)
         except (DTPError, OSError) as exc:
             logger.debug("pubsub link %s: reading failed: %s", self.name, exc)
         finally:
@@ -853,7 +858,10 @@ class PubSubNode:
             self._changed.notify_all()
 
     def interested_links(self, topic: str) -> list[str]:
-        """Names of the links a message of ``topic`` would be forwarded to."""
+        """Names of the links a message of ``topic`` would be forwarded to (a topic that
+        is not one is a :class:`~dtp.messaging.errors.PubSubError`, as for
+        :meth:`publish`: it answered, naming every peer yet to subscribe)."""
+        _check_topic(topic)
         with self._lock:
             return [link.name for link in self._links if link.wants(topic)]
 
