@@ -170,3 +170,12 @@ def test_interested_links_refuses_what_is_no_topic(streams: Streams, topic: obje
         assert node.links[0].remote is None
     finally:
         node.close()
+
+
+def test_rpc_protocol_takes_no_max_events() -> None:
+    # it was checked and stored, and nothing ever looked at it: a caller that set it
+    # believed the event queue bounded (the callers drain it after each read instead)
+    from dtp.messaging.protocol import RpcProtocol
+
+    with pytest.raises(TypeError, match="max_events"):
+        RpcProtocol(max_events=16)  # type: ignore[call-arg]

@@ -313,7 +313,6 @@ class RpcProtocol:
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         max_outgoing: int = 65536,
         max_incoming: int = 4096,
-        max_events: int = 65536,
         first_id: int | None = None,
     ) -> None:
         # (0 made every call fail later with LocalProtocolError, a str failed at the first
@@ -321,11 +320,9 @@ class RpcProtocol:
         _check_count("max_message_size", max_message_size, 1)
         _check_count("max_outgoing", max_outgoing, 1)
         _check_count("max_incoming", max_incoming, 1)
-        _check_count("max_events", max_events, 1)
         self.max_message_size = max_message_size
         self.max_outgoing = max_outgoing
         self.max_incoming = max_incoming
-        self.max_events = max_events
         self._decoder = FrameDecoder(max_message_size)
         # one packer for the protocol's life: msgpack.packb builds one (with a 256 KiB
         # buffer) per message; the protocol is not shared between threads unlocked
