@@ -317,6 +317,12 @@ class LedgerCarrier:
         self.sync_interval = sync_interval
         self.gap_timeout = gap_timeout
         self.max_payload = max_payload
+        if max_record is not None:
+            # (unchecked, a wrong type failed in receive() at the peer's first fragment,
+            # skipping the rest of that page of events)
+            _check_int("max_record", max_record)
+            if max_record < 1:
+                raise ValueError(f"max_record must be a positive integer, not {max_record!r}")
         self.max_record = _MAX_FRAGMENTS * MAX_PIPE_DATA if max_record is None else max_record
         self.page_size = page_size
         self.clock = clock
@@ -332,6 +338,10 @@ class LedgerCarrier:
         self.retained: list[str] = []
         # reclaim_storage may run in another thread than send (a bridge's owner)
         self._retained_lock = threading.Lock()
+        # held while posting: send() in one thread and a receive() posting a SYNC (or a
+        # second sender) in another lost updates of the sent counts, and two records
+        # could take one fragment id
+        self._post_lock = threading.RLock()
         if state is not None:
             self.retained = list(state.retained)
             pipe_id = state.pipe_id
@@ -464,32 +474,46 @@ class LedgerCarrier:
         raise AssertionError("unreachable")
 
     def _post(self, payload: bytes, *, data: bool = False) -> None:
-        inner = self._pick_inner()
-        if data and self.retention_terms is not None:
-            record = self.ledger.send_retained(
-                self.identity, self.pipe_id, self.retention_terms, inner, payload
-            )
-            with self._retained_lock:
-                self.retained.append(record)
-            self.retained_sent += 1
-            # we own the pipe: retention::send took the inner's next seq
-            self._sent[inner] += 1
-        else:
-            seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
-            self._sent[inner] = seq + 1
-        self.payloads_sent += 1
+        with self._post_lock:
+            inner = self._pick_inner()
+            if data and self.retention_terms is not None:
+                record = self.ledger.send_retained(
+                    self.identity, self.pipe_id, self.retention_terms, inner, payload
+                )
+                with self._retained_lock:
+                    self.retained.append(record)
+                self.retained_sent += 1
+                # we own the pipe: retention::send took the inner's next seq
+                self._sent[inner] += 1
+            else:
+                seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
+                self._sent[inner] = max(self._sent[inner], seq + 1)
+            self.payloads_sent += 1
 
     def send(self, records: Sequence[bytes]) -> None:
         """Post whole DTP records (each as one payload, or fragments when too large).
-        Ledger errors propagate: nothing is dropped silently."""
+        Ledger errors propagate: nothing is dropped silently. Safe to call from another
+        thread than :meth:`receive`."""
         if self.closed:
             raise CarrierClosed("the carrier is closed")
-        for record in records:
-            payloads = frame_record(bytes(record), self._next_fragment_id, self.max_payload)
-            if len(payloads) > 1:
-                self._next_fragment_id = (self._next_fragment_id + 1) & 0xFFFFFFFF
-            for payload in payloads:
-                self._post(payload, data=True)
+        # checked before anything is posted: bytes passed as the list posted one
+        # zero-filled "record" per byte (``bytes(97)``), a transaction each, and an int
+        # record as many zero bytes
+        if isinstance(records, bytes | bytearray | memoryview | str):
+            raise TypeError(
+                f"records must be a sequence of byte strings, not {type(records).__name__}"
+            )
+        whole = list(records)
+        for record in whole:
+            if not isinstance(record, bytes | bytearray | memoryview):
+                raise TypeError(f"a record must be bytes-like, not {type(record).__name__!r}")
+        with self._post_lock:
+            for record in whole:
+                payloads = frame_record(bytes(record), self._next_fragment_id, self.max_payload)
+                if len(payloads) > 1:
+                    self._next_fragment_id = (self._next_fragment_id + 1) & 0xFFFFFFFF
+                for payload in payloads:
+                    self._post(payload, data=True)
 
     # -- receiving --------------------------------------------------------------------
 
@@ -497,7 +521,8 @@ class LedgerCarrier:
         self, timeout: float = 0.0, now: float | None = None, *, max_bytes: int | None = None
     ) -> list[bytes]:
         """DTP records the peer posted since the last call (waiting up to ``timeout``
-        seconds for the first). Also posts our SYNC and calls ``pipe::sync`` as due.
+        seconds for the first: events that carry none, such as the peer's SYNC, do not
+        end the wait). Also posts our SYNC and calls ``pipe::sync`` as due.
 
         ``max_bytes`` (a consumer's room, e.g. the bridge's buffer below its high-water
         mark): stop reading once the records read come to that many bytes, leaving the
@@ -513,11 +538,15 @@ class LedgerCarrier:
             _check_int("max_bytes", max_bytes)
             if max_bytes < 1:
                 raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
+        given_now = now
         now = self.clock() if now is None else now
         out, self._undelivered = self._undelivered, []
         held = sum(map(len, out))
+        # waiting (records to hand back: none): until a record comes or the timeout
+        # passes. (Only the first read waited: the peer's SYNC, or its other
+        # connections' events, ended the wait with nothing, the record a moment later.)
+        deadline = time.monotonic() + timeout if timeout > 0 and not out else None
         try:
-            first = not out  # (records to hand back: no waiting for more)
             while max_bytes is None or held < max_bytes:
                 limit = self.page_size
                 if max_bytes is not None:
@@ -525,20 +554,22 @@ class LedgerCarrier:
                     # completes one held in pieces): read no more than the room takes
                     room = (max_bytes - held) // MAX_PIPE_DATA
                     limit = min(self.page_size, max(MIN_PAGE, room))
-                if first and timeout > 0:
-                    events, cursor = self.ledger.wait_events(
-                        self.cursor, timeout, self._filter, limit
-                    )
+                wait = 0.0 if deadline is None or out else deadline - time.monotonic()
+                if wait > 0:
+                    events, cursor = self.ledger.wait_events(self.cursor, wait, self._filter, limit)
+                    if given_now is None:
+                        now = self.clock()  # (what came, came now: not when the wait began)
                 else:
                     events, cursor = self.ledger.events(self.cursor, self._filter, limit)
-                first = False
                 self.cursor = cursor
                 start = len(out)
                 # pipes first: a batch may come reordered, data before its PipeCreated
                 for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
                     self._on_event(event, now, out)
                 held += sum(len(record) for record in out[start:])
-                if len(events) < limit:
+                if len(events) < limit and (
+                    out or deadline is None or time.monotonic() >= deadline
+                ):
                     break
         except BaseException:
             # the lanes have seen these: dropped here, they were never handed back
@@ -788,7 +819,8 @@ class LedgerCarrier:
             except PipeError:
                 # another carrier on this pipe (an adopted pipe) moved it: re-read it
                 lane = self.ledger.get_pipe(self.pipe_id).inners[inner]
-                self._sent[inner] = max(self._sent[inner], lane.next_seq)
+                with self._post_lock:  # (a send in another thread moves _sent too)
+                    self._sent[inner] = max(self._sent[inner], lane.next_seq)
                 self._acked[inner] = max(self._acked[inner], lane.acked)
                 # (refused, not unanswered: not tried again at every poll)
                 self._ack_target[inner] = self._acked[inner]
@@ -839,7 +871,9 @@ class LedgerCarrier:
     def _report(self) -> None:
         for pid, lanes in self._lanes.items():
             prefixes = [lane.prefix for lane in lanes]
-            if self._last_reported.get(pid) == prefixes:
+            # (a pipe with nothing seen has nothing to acknowledge: a SYNC, a transaction
+            # of ours, went to each idle pipe the peer created)
+            if self._last_reported.get(pid, [0] * len(prefixes)) == prefixes:
                 continue
             payload = (
                 bytes([KIND_SYNC])
