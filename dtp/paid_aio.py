@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import operator
 import threading
 import time
@@ -146,6 +147,15 @@ class _PaidConnection:
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
+        #: Since when (monotonic) datagram sends drop for want of credit (None: they do
+        #: not): a send never waits, so this is its pause, timed here as dtp.paid times
+        #: a datagram's (the gate's own clock restarts whenever a call finds the usage
+        #: served, and datagram_room looks at it on every send)
+        self.unpaid_datagrams_since: float | None = None
+        #: When such a send last asked the client for a receipt (monotonic)
+        self._asked_at = -math.inf
+        #: The escrow read such a send started (a top-up may be what covers them)
+        self._deposit_task: asyncio.Task[None] | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -191,16 +201,17 @@ class _PaidConnection:
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
+            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
+            # result in place of a cancel that came as the receipt did, and the read went
+            # on waiting for bytes -- the loop's end, which cancels each task once, held)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.proto.wait_for(
+                async with asyncio.timeout(self.policy.request_interval):
+                    await self.proto.wait_for(
                         lambda: (
                             self.verdict().state is not GateState.PAUSE
                             or session.terminated is not None
                         )
-                    ),
-                    self.policy.request_interval,
-                )
+                    )
             await self.read_deposit()
             verdict = self.verdict()
         if verdict.state is GateState.CLOSE:
@@ -281,6 +292,52 @@ class _PaidConnection:
             count += 1
         return count
 
+    def datagrams_unpaid(self) -> None:
+        """A datagram send dropped datagrams the gate's credit did not cover (a send
+        never waits): the pause of a blocking send, without the wait. The client is
+        asked for a receipt (once a request interval) and the escrow read again when a
+        top-up would help (in a task); once they have been dropped for want of payment
+        for ``pause_timeout`` -- or at once on a bad receipt -- the connection closes,
+        and :class:`~dtp.errors.PaymentRequired` is raised. (Dropped for good before: a
+        sender of datagrams alone to a client that paid nothing went on for the life of
+        the connection, which never closed, and one that pays when asked was never
+        asked.)"""
+        now = time.monotonic()
+        if self.unpaid_datagrams_since is None:
+            self.unpaid_datagrams_since = now
+        verdict = self.verdict()
+        if verdict.state is not GateState.CLOSE and (
+            now - self.unpaid_datagrams_since >= self.policy.pause_timeout
+        ):
+            verdict = GateVerdict(
+                GateState.CLOSE,
+                verdict.owed,
+                f"payment required: no credit covered the datagrams sent for "
+                f"{self.policy.pause_timeout} s",
+            )
+        if verdict.state is GateState.CLOSE:
+            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
+            self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
+            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+        if now - self._asked_at >= self.policy.request_interval:
+            self._asked_at = now
+            with contextlib.suppress(DTPError):
+                self.conn.send_receipt(RECEIPT_REQUEST)
+            self.proto.flush()
+        task = self._deposit_task
+        if (
+            (task is None or task.done())
+            and self.ledger is not None
+            and self.gate.wants_deposit(int(now * 1000), *self.conn.usage)
+        ):
+            self._deposit_task = asyncio.ensure_future(self.read_deposit())
+            self._deposit_task.add_done_callback(_log_failure)
+
+    def datagrams_paid(self) -> None:
+        """A datagram send the credit covered whole: a pause of them is over."""
+        self.unpaid_datagrams_since = None
+        self._asked_at = -math.inf
+
     async def wait_send(self, nbytes: int) -> int:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
         read bytes queued for it): how much, as :meth:`send_room`; at least 1 once the
@@ -319,10 +376,9 @@ class _PaidConnection:
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.proto.wait_for(done), min(left, self.policy.request_interval)
-                )
+            with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
+                async with asyncio.timeout(min(left, self.policy.request_interval)):
+                    await self.proto.wait_for(done)
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say."""
@@ -389,11 +445,9 @@ class _PaidConnection:
         session = self.proto.session
         step = self.policy.refresh_interval
         while delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.proto.wait_for(lambda: session.terminated is not None),
-                    min(delay, step),
-                )
+            with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
+                async with asyncio.timeout(min(delay, step)):
+                    await self.proto.wait_for(lambda: session.terminated is not None)
             if session.terminated is not None:
                 return
             now = time.monotonic()
@@ -409,6 +463,12 @@ class _PaidConnection:
         """As :meth:`dtp.paid._PaidConnection.closed_on_ledger`."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         self.close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background escrow read ended: what it raised is logged (nobody awaits it)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("reading an escrow again failed", exc_info=task.exception())
 
 
 class PaidReader:
@@ -767,18 +827,22 @@ class PaidWriter:
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send a datagram when the gate's credit covers all of it (its bytes are
         metered): never waits, so one that would wait for payment is dropped and
-        counted, as the writer drops one that does not fit. Its bytes are charged to the
-        rate limits as it goes (a sender of datagrams alone may never call
-        :meth:`drain`): the debt holds back the client's next read or write, and the
-        next :meth:`drain` waits for it -- back-pressure, as for stream bytes, no drop.
-        Once the connection ended it raises how (ConnectionClosed, ...), as the wrapped
-        writer does, paused or not."""
+        counted, as the writer drops one that does not fit. While they are, the client
+        is asked for a receipt, and once they have been for the pause timeout the
+        connection closes (:class:`~dtp.errors.PaymentRequired`), as a blocking send's
+        pause ends. Its bytes are charged to the rate limits as it goes: the debt holds
+        back the client's next read or write, and the next :meth:`drain` waits for it
+        (back-pressure: a sender that drains is never dropped for it). A send made while
+        the bytes/s limit is still in debt is dropped and counted, as the UDP relay
+        drops what is over the rate: sent, a sender of datagrams alone that never
+        drains went past the limit without bound. Once the connection ended it raises
+        how (ConnectionClosed, ...), as the wrapped writer does, paused or not."""
         self.send_datagrams((data,))
 
     def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
         """:meth:`send_datagram` for many: the first ones the credit covers go (all or
-        none on a TypeError or LocalProtocolError), the rest are dropped and counted.
-        Returns how many went."""
+        none on a TypeError or LocalProtocolError), the rest are dropped and counted
+        (all of them while the bytes/s limit is in debt). Returns how many went."""
         session = self._paid.proto.session
         if session.terminated is not None:
             # as the wrapped writer: a sender of datagrams alone learns so that the
@@ -787,15 +851,24 @@ class PaidWriter:
             raise session.error or ConnectionClosed("the connection is closed")
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
-        take = self._paid.datagram_room(sizes)
+        paid = self._paid
+        if paid.in_debt():
+            # the limit's debt is waited for by drain(), which a sender of datagrams
+            # alone need never call: sent all the same, they went past the limit for good
+            paid.conn.datagrams_send_dropped += len(items)
+            return 0
+        take = paid.datagram_room(sizes)
         if take < len(items):
-            self._paid.conn.datagrams_send_dropped += len(items) - take
+            paid.conn.datagrams_send_dropped += len(items) - take
+            paid.datagrams_unpaid()  # (after pause_timeout: closed, PaymentRequired)
+        else:
+            paid.datagrams_paid()
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
         # charged now: left to drain(), they went uncharged for a sender that never
         # drains, past its bytes/s limit for good
-        if sent and self._paid.charge(sum(map(datagram_charge, sizes[:sent]))):
+        if sent and paid.charge(sum(map(datagram_charge, sizes[:sent]))):
             self._limits_charged = True
         return sent
 

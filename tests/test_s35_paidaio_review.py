@@ -1,0 +1,249 @@
+"""The asyncio paid server (dtp.paid_aio) after the s35 review, where it differed from
+the blocking one (dtp.paid) in what a user sees:
+
+- a handler sending datagrams alone went past the client's bytes/s limit without bound
+  (each was charged, but nothing it did ever waited for the debt): a send made while
+  the limit is in debt now drops them, counted, as the writer drops what the carrier's
+  backlog cannot take (``drain()`` is where a sender waits instead);
+- a handler sending datagrams alone to a client that paid nothing had them dropped for
+  the life of the connection, which never closed (the blocking send pauses, asks for a
+  receipt and closes after the pause timeout); nor did it ask a client that pays on
+  request for a receipt, so it never resumed;
+- a cancel that came as a receipt resumed a paused read was lost (asyncio.wait_for on
+  Python 3.11 returns the inner result then): the read went on waiting for bytes, and
+  a task the loop's end cancelled could keep the loop from ending.
+
+Real connections on 127.0.0.1, a LocalLedger file in tmp_path, real handshakes by host
+ID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from dtp.errors import DTPError, PaymentRequired
+from dtp.escrow import Receipt, fee
+from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.paid import ServicePolicy
+from dtp.paid_aio import PaidReader, PaidWriter
+from tests.paid_review_harness import CLIENT, SERVER, SLA, World
+
+WAIT = 20.0  # bound on anything waited for (the defects' waits are unbounded)
+UNPAID = MeteringConfig(enabled=False)
+#: A client that pays only when asked (no cadence of its own)
+ON_REQUEST = MeteringConfig(every_bytes=0, every_ms=0)
+
+
+async def _stop(server: Any, writer: Any) -> None:
+    writer.abort()
+    server.close()
+    assert await server.wait_released(WAIT)
+
+
+# -- 1. datagrams sent alone stay within the client's bytes/s limit --------------------
+
+
+def test_datagrams_sent_alone_stay_within_the_bytes_limit(tmp_path: Path) -> None:
+    """A handler sends a datagram every couple of milliseconds for a second and a half,
+    never draining or reading, to a client limited to 20 kB/s: what goes stays within
+    the rate (and its burst); the rest is dropped and counted. (Before: some 700 kB
+    went, the limit charged but never waited for.)"""
+    rate, size, burst = 20_000, 1000, 5000  # burst: a quarter second's worth
+    w = World(tmp_path)
+    w.book.set_client_limits(SERVER, w.host_id, 0, rate, 0)
+    out: dict[str, Any] = {}
+
+    async def callback(reader: PaidReader, writer: PaidWriter) -> None:
+        await reader.readexactly(2)
+        calls = 0
+        began = time.monotonic()
+        while time.monotonic() - began < 1.5:
+            writer.send_datagram(b"d" * size)
+            calls += 1
+            await asyncio.sleep(0.002)
+        out["took"] = time.monotonic() - began
+        out["sent"] = calls - writer.datagrams_send_dropped
+        out["dropped"] = writer.datagrams_send_dropped
+
+    async def main() -> None:
+        server = await w.serve(callback, ServicePolicy(allowance=1_000_000))
+        _, writer = await w.connect()
+        try:
+            writer.write(b"go")
+            await writer.drain()
+            await asyncio.wait_for(_until(lambda: "sent" in out), WAIT)
+        finally:
+            await _stop(server, writer)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    charge = size + 3  # a datagram's payload and frame header (datagram_charge)
+    sent_bytes = out["sent"] * charge
+    # the burst, the rate since, and the one datagram that ran the bucket into debt
+    assert sent_bytes <= burst + rate * out["took"] + charge, out
+    assert sent_bytes >= rate * out["took"] / 2, out  # (not everything dropped)
+    assert out["dropped"] > 0
+
+
+# -- 2. datagrams sent alone to a client that does not pay: the pause ends ---------------
+
+
+def test_datagrams_to_a_client_that_pays_nothing_close_after_the_pause(
+    tmp_path: Path,
+) -> None:
+    """A handler sends datagrams alone to a client that pays nothing: past the
+    allowance they are dropped, and once they have been for the pause timeout the
+    connection closes with CLOSE_PAYMENT_REQUIRED, the send raising PaymentRequired, as
+    the blocking send does. (Before: dropped for as long as the handler went on, the
+    connection never closed.)"""
+    w = World(tmp_path)
+    out: dict[str, Any] = {}
+
+    async def callback(reader: PaidReader, writer: PaidWriter) -> None:
+        await reader.readexactly(2)
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < 4.0:
+                writer.send_datagram(b"d" * 1000)
+                await asyncio.sleep(0.01)
+        except DTPError as exc:
+            out["raised"] = exc
+        out["took"] = time.monotonic() - began
+
+    async def main() -> None:
+        # 300 MIST on credit: some 30 datagrams, then the gate pauses
+        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=0.5))
+        _, writer = await w.connect(metering=UNPAID)
+        try:
+            writer.write(b"go")
+            await writer.drain()
+            with contextlib.suppress(DTPError, TimeoutError):
+                while True:
+                    await asyncio.wait_for(writer.recv_datagram(), WAIT)
+            out["client"] = writer._proto.session.terminated
+            await asyncio.wait_for(_until(lambda: "took" in out), WAIT)
+        finally:
+            await _stop(server, writer)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert isinstance(out.get("raised"), PaymentRequired), out
+    assert out["raised"].code == CLOSE_PAYMENT_REQUIRED
+    assert out["took"] < 3.0
+    ended = out["client"]
+    assert ended is not None and ended.error_code == CLOSE_PAYMENT_REQUIRED
+
+
+def test_datagrams_to_a_client_that_pays_on_request_go_on_after_the_pause(
+    tmp_path: Path,
+) -> None:
+    """A client that pays only when asked: the handler's datagrams, dropped once the
+    allowance is spent, ask it for a receipt, and go on once it came -- all of them
+    reach the client, the connection never closed. (Before: nothing asked, the client
+    never paid, and every datagram past the allowance was dropped.)"""
+    w = World(tmp_path)
+    out: dict[str, Any] = {}
+    count, size = 100, 1000  # 100 kB: a thousand MIST, the allowance is 300
+
+    async def callback(reader: PaidReader, writer: PaidWriter) -> None:
+        await reader.readexactly(2)
+        went = 0
+        began = time.monotonic()
+        try:
+            while went < count and time.monotonic() - began < 5.0:
+                went += writer.send_datagrams([b"d" * size])
+                await asyncio.sleep(0.005)
+        except DTPError as exc:
+            out["raised"] = exc
+        out["went"] = went
+        with contextlib.suppress(DTPError):
+            await reader.read(1)  # until the client closes
+
+    async def main() -> None:
+        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=3.0))
+        _, writer = await w.connect(metering=ON_REQUEST)
+        got = 0
+        try:
+            writer.write(b"go")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                while got < count * size:
+                    got += len(await asyncio.wait_for(writer.recv_datagram(), 6.0))
+            out["got"] = got
+        finally:
+            await _stop(server, writer)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert "raised" not in out, out
+    assert out["went"] == count, out
+    assert out["got"] == count * size, out
+
+
+# -- 3. a cancel as a receipt resumes a paused read is not lost -------------------------
+
+
+def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) -> None:
+    """A read paused for payment is cancelled in the very loop turn in which a receipt
+    resumes it (as asyncio.wait_for's timeout, or the loop's end, may): it ends
+    cancelled. (Before: the wait for the receipt, an asyncio.wait_for, returned its
+    result instead of the cancel on Python 3.11, and the read went on waiting for bytes
+    that never came -- a task the loop's end cancelled held the loop for good.)"""
+    w = World(tmp_path)
+    out: dict[str, Any] = {}
+
+    async def callback(reader: PaidReader, writer: PaidWriter) -> None:
+        paid = reader._paid
+        proto = paid.proto
+        # (allowance 0: the first request is unpaid, so the first read pauses)
+        task = asyncio.ensure_future(reader.read(10))
+        await asyncio.wait_for(_until(lambda: paid.gate.pause_deadline_ms() is not None), WAIT)
+        await asyncio.sleep(0)  # the read is in its wait for a receipt now
+        used, requests = paid.conn.usage
+        signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+        receipt = paid.gate.check(signed.sign(CLIENT).encode())
+        notify = proto._notify
+
+        def notify_then_cancel() -> None:
+            # the receipt wakes the read; the cancel comes in the same loop turn
+            proto._notify = notify
+            notify()
+            proto.loop.call_soon(task.cancel)
+
+        proto._notify = notify_then_cancel
+        paid._kept(receipt)  # (as the receipt writer's thread hands it over, once stored)
+        done, _ = await asyncio.wait({task}, timeout=3.0)
+        out["cancelled"] = bool(done) and task.cancelled()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+    async def main() -> None:
+        server = await w.serve(callback, ServicePolicy(allowance=0, pause_timeout=30.0))
+        _, writer = await w.connect(metering=UNPAID)
+        try:
+            await asyncio.wait_for(_until(lambda: "cancelled" in out), WAIT)
+        finally:
+            await _stop(server, writer)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
+    assert out["cancelled"]
+
+
+async def _until(check: Any) -> None:
+    """Until ``check()`` holds (server-side state with no event to wait on: looked at
+    every few milliseconds)."""
+    while not check():
+        await asyncio.sleep(0.005)
