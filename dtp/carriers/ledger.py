@@ -85,6 +85,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dtp._buffers import bytes_like
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
 from dtp.connection import Connection
@@ -493,7 +494,8 @@ class LedgerCarrier:
     def send(self, records: Sequence[bytes]) -> None:
         """Post whole DTP records (each as one payload, or fragments when too large).
         Ledger errors propagate: nothing is dropped silently. Safe to call from another
-        thread than :meth:`receive`."""
+        thread than :meth:`receive`. A record that is not bytes-like (TypeError) or
+        needs more than 255 fragments (ValueError) refuses the call, nothing posted."""
         if self.closed:
             raise CarrierClosed("the carrier is closed")
         # checked before anything is posted: bytes passed as the list posted one
@@ -503,15 +505,20 @@ class LedgerCarrier:
             raise TypeError(
                 f"records must be a sequence of byte strings, not {type(records).__name__}"
             )
-        whole = list(records)
-        for record in whole:
-            if not isinstance(record, bytes | bytearray | memoryview):
-                raise TypeError(f"a record must be bytes-like, not {type(record).__name__!r}")
+        # (any buffer, as a socket takes: an array.array record was taken before the
+        # type check, which then refused it as "not bytes-like")
+        whole = [bytes_like(record) for record in records]
         with self._post_lock:
+            # all framed first: a record too large for 255 fragments is refused before
+            # the records ahead of it are posted (they were, then the ValueError)
+            fid = self._next_fragment_id
+            framed: list[list[bytes]] = []
             for record in whole:
-                payloads = frame_record(bytes(record), self._next_fragment_id, self.max_payload)
-                if len(payloads) > 1:
-                    self._next_fragment_id = (self._next_fragment_id + 1) & 0xFFFFFFFF
+                framed.append(frame_record(record, fid, self.max_payload))
+                if len(framed[-1]) > 1:
+                    fid = (fid + 1) & 0xFFFFFFFF
+            self._next_fragment_id = fid
+            for payloads in framed:
                 for payload in payloads:
                     self._post(payload, data=True)
 
@@ -522,7 +529,8 @@ class LedgerCarrier:
     ) -> list[bytes]:
         """DTP records the peer posted since the last call (waiting up to ``timeout``
         seconds for the first: events that carry none, such as the peer's SYNC, do not
-        end the wait). Also posts our SYNC and calls ``pipe::sync`` as due.
+        end the wait, the peer destroying its pipe does). Also posts our SYNC and calls
+        ``pipe::sync`` as due.
 
         ``max_bytes`` (a consumer's room, e.g. the bridge's buffer below its high-water
         mark): stop reading once the records read come to that many bytes, leaving the
@@ -538,6 +546,9 @@ class LedgerCarrier:
             _check_int("max_bytes", max_bytes)
             if max_bytes < 1:
                 raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
+        # (checked before the records held back are taken: a timeout that failed its
+        # comparison lost them, and the lanes have seen them, so they never came again)
+        _check_number("timeout", timeout)
         given_now = now
         now = self.clock() if now is None else now
         out, self._undelivered = self._undelivered, []
@@ -567,8 +578,11 @@ class LedgerCarrier:
                 for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
                     self._on_event(event, now, out)
                 held += sum(len(record) for record in out[start:])
+                # (the peer destroyed its pipe: nothing more is coming, so the wait ends
+                # as it did before it went on past record-less events; a caller reading
+                # until peer_closed sat out its whole timeout)
                 if len(events) < limit and (
-                    out or deadline is None or time.monotonic() >= deadline
+                    out or deadline is None or self.peer_closed or time.monotonic() >= deadline
                 ):
                     break
         except BaseException:
