@@ -124,6 +124,7 @@ class ReceiptStore:
         self._closed = False  # (set by close(), under the write lock)
         # one handle shared by a server's connection threads, serialized by SQLite's own
         # mutex (the default serialized threading mode); each call is one statement
+        _make_private(self._name)
         with self._errors("open"):
             self._db = sqlite3.connect(
                 self._name, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -269,16 +270,19 @@ class ReceiptStore:
                 return True
             real = self._real_path()
             try:
+                # 0o600: flock needs no write access, so another user who could open it
+                # read-only could hold it -- exclusively: no server started on the store
                 fd = os.open(
                     real.with_name(real.name + "-lock"),
                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                    0o644,
+                    0o600,
                 )
             except OSError as exc:
                 # (a read-only directory: nothing tells the others; as it was without)
                 logger.warning("no lock file for the receipt store %s: %s", self._path, exc)
                 return True
             try:
+                _private(fd)  # (one made before, 0o644)
                 # exclusive for an instant when no one else holds it: then shared, as
                 # long as this server runs (a server starting meanwhile sees it)
                 try:
@@ -309,16 +313,26 @@ class ReceiptStore:
         unlocked for an instant took the run for a dead one. Without one (a read-only
         directory), the run's rows are owned by no run: recovered only by a server
         alone on the store."""
+        made = self._make_run(real)
+        if made is None:
+            self._run_id = None
+            return
+        self._run_id, self._run_fd, self._run_path = made
+
+    def _make_run(self, real: Path) -> tuple[str, int, Path] | None:
+        """A new run ID and its lock file, made and locked exclusively: (ID, fd, file);
+        None (logged) when it cannot be made."""
         assert fcntl is not None
         run_id = secrets.token_hex(8)
         path = real.with_name(f"{real.name}-lock-{run_id}")
         making = real.with_name(f"{real.name}-newlock-{run_id}")
         try:
-            fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            # (0o600: held shared by another user, a dead run's lock kept it live for
+            # good, its receipts never claimed)
+            fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             logger.warning("no run lock file for the receipt store %s: %s", self._path, exc)
-            self._run_id = None
-            return
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a new file: nobody holds it)
             os.rename(making, path)
@@ -327,9 +341,8 @@ class ReceiptStore:
             with contextlib.suppress(OSError):
                 os.unlink(making)
             logger.warning("no run lock file for the receipt store %s: %s", self._path, exc)
-            self._run_id = None
-            return
-        self._run_id, self._run_fd, self._run_path = run_id, fd, path
+            return None
+        return run_id, fd, path
 
     def _end_run(self) -> None:
         """The run's servers are gone (server lock held): its lock is let go of, and
@@ -367,6 +380,7 @@ class ReceiptStore:
             if everyone:
                 # (not a run that started since attach_server() said True: it is live)
                 mine = [*live] if self._run_id is None else [self._run_id, *live]
+                self._adopt_orphans([*mine, *locks], locks)
                 where, params = f"run_id NOT IN ({', '.join('?' * len(mine))})", mine
             elif locks:
                 where = f"run_id IN ({', '.join('?' * len(locks))})"
@@ -377,6 +391,37 @@ class ReceiptStore:
             yield list(self._unclaimed(where, params))
         finally:
             self._forget_runs(locks)
+
+    def _adopt_orphans(self, owned: list[str], locks: dict[str, tuple[int, Path]]) -> None:
+        """Give the unclaimed rows of no run with a lock file -- written before run IDs,
+        by a server that could make none, or after its run ended -- to a new run, dead
+        from the start: its lock file, made here and held, joins ``locks`` (a server
+        alone on the store only; ``owned``: the runs that are not orphans). Left owned
+        by no lock file, they were listed by a start alone only, and one whose claim
+        failed there (the ledger unavailable for a moment) was not tried again before the
+        next start alone, while its client's half-close timeout ran; a dead run's rows
+        are tried again by every live server's recovery until claimed."""
+        if self._path is None or fcntl is None:
+            return
+        where = f"run_id NOT IN ({', '.join('?' * len(owned))}) AND total_amount > claimed_amount"
+        with self._errors("read"), self._reading():
+            found = self._db.execute(f"SELECT 1 FROM receipts WHERE {where} LIMIT 1", owned)
+            if found.fetchone() is None:
+                return
+        made = self._make_run(self._real_path())
+        if made is None:  # (a read-only directory: listed below all the same, as before)
+            return
+        run_id, fd, path = made
+        try:
+            with self._write_lock, self._errors("write"):
+                self._check_open("write")
+                self._db.execute(f"UPDATE receipts SET run_id = ? WHERE {where}", [run_id, *owned])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            raise
+        locks[run_id] = (fd, path)
 
     def _lock_dead_runs(self) -> tuple[dict[str, tuple[int, Path]], list[str]]:
         """Run ID -> (locked fd, lock file) of every other run whose lock file this
@@ -681,6 +726,30 @@ def _remove_stale_newlock(path: Path) -> None:
     finally:
         os.close(fd)
     logger.info("removed %s, the lock file of a server that died starting", path)
+
+
+def _make_private(name: str) -> None:
+    """Make a store file that does not exist yet, empty and 0o600, before SQLite opens it
+    (an empty file is a new database to it): made by SQLite, it took the umask's mode,
+    and its ``-wal`` and ``-shm`` files, which SQLite gives the database's, too -- every
+    local user could read every client's receipts (its usage) and the claims made. One
+    that exists keeps the mode its owner gave it."""
+    if name in ("", ":memory:") or name.startswith("file:"):
+        return
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:  # (there already, or it cannot be made: SQLite's open says why)
+        return
+    os.close(fd)
+
+
+def _private(fd: int) -> None:
+    """Take group's and others' access away from a lock file made before lock files were
+    private. Best effort: a file system that refuses modes (vfat, some FUSE or CIFS
+    mounts: EPERM) still locks."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
 
 
 def _now_ms() -> int:
