@@ -602,14 +602,14 @@ def recover_unclaimed(
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
     start: a previous run's connections are gone), or those of ``receipts`` (read from
-    it). Failures (the ledger's, the store's) are logged and skipped: one receipt's
-    stops none of the others. Not the receipts of a server still serving from the store:
-    it would settle its live connections (the paid servers claim those of dead runs
-    only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true no further receipt
-    is claimed (those left stay unclaimed in the store). With ``backoff`` (a live
-    server's rounds), a receipt whose last tries failed is tried only once due, its
-    failures are remembered there (any exception: one receipt's stops no other's in
-    any round), and only its first is logged as a warning."""
+    it). Failures (the ledger's, the store's, any other exception) are logged and
+    skipped: one receipt's stops none of the others. Not the receipts of a server still
+    serving from the store: it would settle its live connections (the paid servers claim
+    those of dead runs only, :meth:`ReceiptStore.orphaned`). Once ``stopped()`` is true
+    no further receipt is claimed (those left stay unclaimed in the store). With
+    ``backoff`` (a live server's rounds), a receipt whose last tries failed is tried
+    only once due, its failures are remembered there, and only its first is logged as
+    a warning."""
     done: list[tuple[str, Settlement]] = []
     for stored in list(store.unclaimed() if receipts is None else receipts):
         if stopped is not None and stopped():
@@ -620,6 +620,12 @@ def recover_unclaimed(
                 settlement = claim_and_settle(ledger, identity, cid, store)
             except (ChainError, ReceiptStoreError) as exc:
                 logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
+                continue
+            except Exception:
+                # (a bug, a ledger's surprise: with its traceback) Let out, it ended the
+                # recovery -- the receipts after it unclaimed -- and the server's start,
+                # on every restart alike
+                logger.exception("could not claim the stored receipt of %s", cid)
                 continue
         else:
             if not backoff.due(cid):
