@@ -16,9 +16,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from functools import partial
@@ -106,8 +108,10 @@ def _identity(args: argparse.Namespace) -> Any:
 
 
 def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
-    """The ledger of ``args``; read-only commands pass ``create=False``, so that a
-    mistyped --ledger-path is an error rather than a new, empty ledger."""
+    """The ledger of ``args``; read-only commands, and those acting on an object that must
+    already be on it (a host, an offer), pass ``create=False``, so that a mistyped
+    --ledger-path is an error rather than a new, empty ledger (left behind by a command
+    that then failed with "No object with ID ...")."""
     from dtp.chain.local import LocalLedger, default_ledger_path
 
     if args.ledger != "local":
@@ -176,12 +180,25 @@ def _run(handler: Handler) -> Handler:
         except (_CliError, DTPError) as exc:
             print(f"dtp: {exc}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # the reader of stdout went away (`dtp host show ID | head -1`): dtp's main
+            # stops quietly (exit 141), as for its other commands; as an OSError below it
+            # printed "dtp: Broken pipe" and exited 1
+            raise
         except OSError as exc:  # a file the command reads or writes
             where = f": {exc.filename}" if exc.filename else ""
             print(f"dtp: {exc.strerror or exc}{where}", file=sys.stderr)
             return 1
 
     return wrapped
+
+
+def _check_u64(value: int, option: str) -> None:
+    """Refuse an ``option`` value no ledger takes (MIST, a count: a u64), in the ledger's
+    words, for commands that check it before their first transaction (the ledger itself
+    checks it only in the transaction that uses it, after the earlier ones were done)."""
+    if not 0 <= value < 2**64:
+        raise _CliError(f"{option} must be an integer from 0 to 2**64-1, got {value}.")
 
 
 def _parse_hex32(text: str) -> bytes:
@@ -293,7 +310,10 @@ def _localnet_status(args: argparse.Namespace) -> int:
     for ref in ledger.objects():
         name = ref.type.rsplit("::", 1)[-1]
         counts[name] = counts.get(name, 0) + 1
-    _, cursor = ledger.events(limit=1_000_000)
+    # the head's sequence number is the count (events are numbered from 1, none
+    # removed); reading a page of them to its end decoded up to a million events and
+    # stopped there, printing 1000000 for any larger count
+    cursor = ledger.head_cursor()
     _emit(
         args,
         {
@@ -310,9 +330,10 @@ def _localnet_status(args: argparse.Namespace) -> int:
 
 
 def _localnet_faucet(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
-    # `--to "$UNSET"` is an error (from the ledger), not a mint to the identity instead
+    # `--to "$UNSET"` is an error (from the ledger), not a mint to the identity instead;
+    # the identity is read first, so that a missing one creates no ledger
     address = args.to if args.to is not None else _identity(args).sui_address
+    ledger = _ledger(args)
     balance = ledger.faucet(address, args.amount)
     _emit(args, {"address": address, "received_mist": args.amount, "balance_mist": balance})
     return 0
@@ -350,7 +371,7 @@ def _host_show(args: argparse.Namespace) -> int:
 
 def _host_set(args: argparse.Namespace) -> int:
     identity = _identity(args)
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     # the addresses are checked before the first transaction: a typo in the last one
     # (the authority) must not leave the others done
     if args.authority is not None:  # `--authority ""` is refused, not skipped
@@ -358,6 +379,11 @@ def _host_set(args: argparse.Namespace) -> int:
     for name in ("allow", "disallow", "deny", "undeny"):
         for client in getattr(args, name) or []:
             normalize_id(client, "address")
+    # so are the limits, the last step but one: a bad one failed after the rest were done
+    for option in ("max-connections-per-client", "max-bytes-per-sec", "max-requests-per-sec"):
+        value = getattr(args, option.replace("-", "_"))
+        if value is not None:
+            _check_u64(value, f"--{option}")
     # (what, the transaction): each is its own transaction, run in this order
     steps: list[tuple[str, Callable[[], None]]] = []
     if args.noise_key is not None:
@@ -437,7 +463,7 @@ def _reason(exc: BaseException) -> str:
 
 def _service_add(args: argparse.Namespace) -> int:
     identity = _identity(args)
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     sla = Sla(args.price_per_kib, args.price_per_request, args.min_deposit)
     ledger.add_service(identity, args.host, args.port, args.kind, sla, args.max_connections)
     _emit(args, {"host": args.host, "port": args.port, "kind": args.kind, "sla": sla})
@@ -465,7 +491,7 @@ def _read_back(done: str, read: Callable[[], Any]) -> Any:
 
 
 def _service_subscription(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     offer = ledger.create_subscription_offer(
         _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
     )
@@ -477,8 +503,11 @@ def _service_subscription(args: argparse.Namespace) -> int:
 
 
 def _service_sponsor(args: argparse.Namespace) -> int:
+    # checked before the pool is made: refused by fund_sponsor_pool, a bad amount left a
+    # new, empty pool behind
+    _check_u64(args.fund, "--fund")
     identity = _identity(args)
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     pool = ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps)
     if args.fund:
         try:
@@ -498,7 +527,7 @@ def _service_sponsor(args: argparse.Namespace) -> int:
 
 
 def _service_retention(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     terms = ledger.create_retention_terms(
         _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
     )
@@ -510,7 +539,7 @@ def _service_retention(args: argparse.Namespace) -> int:
 
 
 def _subscription_buy(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     sub = ledger.subscribe(_identity(args), args.offer, args.epochs)
     shown = _read_back(
         f"Bought the subscription {sub} ({args.epochs} epochs)",
@@ -521,7 +550,7 @@ def _subscription_buy(args: argparse.Namespace) -> int:
 
 
 def _subscription_renew(args: argparse.Namespace) -> int:
-    ledger = _ledger(args)
+    ledger = _ledger(args, create=False)
     ledger.renew_subscription(_identity(args), args.subscription, args.epochs)
     # the ID is the user's own, but a bare read error would read as a failed renewal,
     # and a retry would pay again
@@ -579,7 +608,11 @@ def _sui(sui: str, *argv: str, env: dict[str, str], cwd: Path | None = None) -> 
             cwd=cwd,
             env=env,
             capture_output=True,
-            text=True,
+            # sui speaks UTF-8 whatever the locale; a byte that is not (a path in a
+            # compiler diagnostic) raised UnicodeDecodeError, a traceback, after a publish
+            # too, its package ID lost
+            encoding="utf-8",
+            errors="replace",
             check=False,
             timeout=900,
         )
@@ -591,7 +624,26 @@ def _sui(sui: str, *argv: str, env: dict[str, str], cwd: Path | None = None) -> 
     return result.stdout
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _deploy(args: argparse.Namespace) -> int:
+    # SIGTERM (`timeout`, a supervisor) stops a deploy as Ctrl-C does, by an exception:
+    # subprocess.run then kills the running `sui` and the temporary copy is removed. The
+    # default action ended dtp alone, and `sui client publish` ran on, orphaned, to
+    # publish (and pay for) a package recorded nowhere
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    try:
+        return _deploy_package(args)
+    finally:
+        if on_main_thread:
+            # None: a handler not set from Python (the default, to the interpreter)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _deploy_package(args: argparse.Namespace) -> int:
     sui_bin = _given_path(args.sui_bin, "--sui-bin")
     sui = str(sui_bin) if sui_bin is not None else shutil.which("sui")
     if not sui or not Path(sui).exists():
@@ -806,13 +858,15 @@ def register(subparsers: Any) -> None:
         "--authority", help="hand the host to this address (done after the other changes)"
     )
     hset.add_argument("--noise-key", type=_parse_hex32, help="new Noise static key (hex)")
-    hset.add_argument(
+    # one or the other: given both, --clear-endpoints was ignored without a word
+    endpoints = hset.add_mutually_exclusive_group()
+    endpoints.add_argument(
         "--endpoint",
         action="append",
         type=_parse_endpoint,
         help="replace the endpoints, host:port (repeatable)",
     )
-    hset.add_argument("--clear-endpoints", action="store_true", help="publish no endpoints")
+    endpoints.add_argument("--clear-endpoints", action="store_true", help="publish no endpoints")
     hset.add_argument("--firewall", choices=("allow-all", "allow-listed"), help="firewall mode")
     for name in ("allow", "disallow", "deny", "undeny"):
         hset.add_argument(f"--{name}", action="append", metavar="ADDRESS", help=f"{name} a client")
