@@ -901,8 +901,8 @@ def _check_private_file(path: Path, info: os.stat_result) -> None:
         mode = stat.S_IMODE(info.st_mode)
         raise KeyFileError(
             f"permissions {mode:04o} for {path} are too open: the identity must not be "
-            f"accessible by group or others (run: chmod 600 {path}, or load it with "
-            "allow_insecure=True)"
+            f"accessible by group or others (run: chmod 600 {path}, or, from Python, load "
+            "it with allow_insecure=True)"
         )
     _check_directories(path)
 
@@ -946,7 +946,7 @@ def _check_directories(path: Path, *, creating: bool = False) -> None:
             raise KeyFileError(
                 f"{directory}, which holds {path}, belongs to {owner}, neither to you "
                 "nor to root: that user could replace the identity; keep it in a "
-                "directory of your own, or accept the risk with allow_insecure=True"
+                "directory of your own, or, from Python, accept the risk with allow_insecure=True"
             )
         if where.st_mode & stat.S_ISVTX:
             continue
@@ -955,7 +955,7 @@ def _check_directories(path: Path, *, creating: bool = False) -> None:
             raise KeyFileError(
                 f"{directory}, which holds {path}, is writable by others "
                 f"(mode {mode}): they could replace the identity; move it, remove their "
-                "write permission, or accept the risk with allow_insecure=True"
+                "write permission, or, from Python, accept the risk with allow_insecure=True"
             )
         if where.st_mode & 0o020 and not _private_group(where.st_gid):
             # (said apart from the above: "others" reads as chmod's o, and a directory
@@ -968,7 +968,7 @@ def _check_directories(path: Path, *, creating: bool = False) -> None:
                 f"{directory}, which holds {path}, is group-writable by {group}: the "
                 "group's members could replace the identity; run "
                 f"chmod g-w {shlex.quote(str(directory))}, keep the key in a directory "
-                "only you may write to, or accept the risk with allow_insecure=True"
+                "only you may write to, or, from Python, accept the risk with allow_insecure=True"
             )
 
 
