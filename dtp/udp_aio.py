@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.errors import DTPError, InsufficientFunds, TunnelError
+from dtp.errors import DTPError, InsufficientFunds, InvalidArgument, TunnelError
 from dtp.escrow import Meter
 from dtp.ratelimit import ClientBuckets
 from dtp.udp import (
+    _CLOSE_WAIT,
     _LEN,
     _USAGE,
     FlowAccount,
@@ -47,6 +49,31 @@ _BATCH = 256
 #: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
 LOSSY_FINAL_RECEIPT_WAIT = 30.0
+
+
+def _check_seconds(name: str, value: object, *, zero: bool = False) -> None:
+    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
+    infinity is "never"): an ``idle_timeout`` of 0 or less spun the forwarder's sweeper
+    (``asyncio.sleep(0)`` in a loop), a NaN compares false both ways and no flow ever
+    went idle, and a None or a str raised in a task or callback long after the start
+    (the sweeper died silently; the relay left its backend socket and connection open)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0"
+        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
+    raised in the socket's reader for every new source, its datagrams lost uncounted;
+    True passed as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
 
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
@@ -113,15 +140,19 @@ async def relay_udp_async(
     the last report was never billed: the client had been served, and the server
     could claim none of it."""
     stats = stats if stats is not None else UdpStats()
-    if billing is not None:
-        report_every = billing.report_interval(report_every)
     loop = asyncio.get_running_loop()
     limit = writer._conn.max_datagram_size
     try:
+        # (checked before the backend socket is made: a None idle_timeout raised a
+        # TypeError past it, its reader and the connection, all left open)
+        _check_seconds("idle_timeout", idle_timeout)
+        _check_count("report_every", report_every, 1)
         udp = await _open_backend(backend)
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
+    if billing is not None:
+        report_every = billing.report_interval(report_every)
     last = [loop.time()]  # (after the lookup: it may have taken a while)
 
     def on_replies() -> None:
@@ -158,6 +189,11 @@ async def relay_udp_async(
 
     def finishing(data: bytes) -> None:
         stats.add(dropped_finishing=1)  # after the final report: nobody would pay
+
+    def replies_finishing() -> None:
+        # read and counted, as the client's datagrams are: left unread, they vanished
+        # with the socket, counted nowhere (docs/udp.md counts them)
+        stats.add(dropped_finishing=len(_drain(udp)))
 
     async def control() -> None:
         assert billing is not None
@@ -227,7 +263,7 @@ async def relay_udp_async(
             if asked is not None and asked.done() and not finished:
                 finished = True
                 writer.set_datagram_sink(finishing)
-                loop.remove_reader(udp.fileno())
+                loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
                 if billing is None:
                     break
                 report(force=True)
@@ -252,21 +288,31 @@ async def relay_udp_async(
         if asked is not None:
             asked.cancel()
         writer.set_datagram_sink(None)
-        if not finished:
-            loop.remove_reader(udp.fileno())
+        loop.remove_reader(udp.fileno())
+        if finished:
+            replies_finishing()  # (those come since the last read)
         udp.close()
-        if control_task is not None:
-            if not (finished and billing is not None and billing.paid_up):
-                # the stream may still hold the final receipt: read it to the end first
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(control_task), 2.0)
-            control_task.cancel()
-            with contextlib.suppress(BaseException):
-                await control_task
-        # the relay has ended (idle, or the connection or control stream did): left
-        # open, the connection took the client's datagrams for good -- its forwarder,
-        # whose own sends keep the flow from idling out, was never told to reconnect
-        writer.close()
+        try:
+            if control_task is not None:
+                try:
+                    if not (finished and billing is not None and billing.paid_up):
+                        # the stream may still hold the final receipt: read it to the
+                        # end first. (asyncio.wait: a cancellation of ours is raised, not
+                        # swallowed with the task's outcome -- a relay cancelled here
+                        # returned as if it had ended on its own)
+                        await asyncio.wait([control_task], timeout=2.0)
+                finally:
+                    control_task.cancel()
+                await asyncio.wait([control_task])
+                if not control_task.cancelled() and (exc := control_task.exception()):
+                    # (a bug: the readers catch what the stream and the peer raise)
+                    logger.error("UDP relay: its control reader failed", exc_info=exc)
+        finally:
+            # the relay has ended (idle, or the connection or control stream did): left
+            # open, the connection took the client's datagrams for good -- its
+            # forwarder, whose own sends keep the flow from idling out, was never told
+            # to reconnect
+            writer.close()
     return stats
 
 
@@ -309,6 +355,11 @@ class AsyncUdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
+        _check_seconds("idle_timeout", idle_timeout)
+        _check_seconds("final_timeout", final_timeout, zero=True)
+        _check_seconds("retry_after", retry_after, zero=True)
+        _check_count("max_sessions", max_sessions, 1)
+        _check_count("max_pending", max_pending, 0)
         self._connect = connect
         self._meter_for = meter_for
         self.idle_timeout = idle_timeout
@@ -322,6 +373,10 @@ class AsyncUdpForwarder:
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
+        # every flow's tasks (connect, replies, control) until they are done: close()
+        # waits for those it cancels (a connect cancelled was still unwinding when it
+        # returned, as a flow's failed connect closing what it had made was)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None  # done when a close() ends
         self.address: tuple[str, int] = ("", 0)
 
@@ -364,7 +419,7 @@ class AsyncUdpForwarder:
                 return
             flow = _Flow(source)
             self._flows[source] = flow
-            flow.tasks.append(asyncio.get_running_loop().create_task(self._open(flow)))
+            self._spawn(flow, self._open(flow))
         flow.last = time.monotonic()
         if flow.writer is None:
             room = self.max_pending - len(flow.pending)
@@ -435,12 +490,18 @@ class AsyncUdpForwarder:
         flow.reader, flow.writer = reader, writer
         flow.meter = meter
         self.stats.add(sessions_opened=1)
-        loop = asyncio.get_running_loop()
-        flow.tasks.append(loop.create_task(self._replies(flow)))
+        self._spawn(flow, self._replies(flow))
         if flow.meter is not None:
-            flow.tasks.append(loop.create_task(self._control(flow)))
+            self._spawn(flow, self._control(flow))
         pending, flow.pending = flow.pending, []
         self._send(flow, pending)
+
+    def _spawn(self, flow: _Flow, work: Coroutine[Any, Any, None]) -> None:
+        """Run one of ``flow``'s tasks, which its end cancels and close() waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        flow.tasks.append(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _replies(self, flow: _Flow) -> None:
         """Replies are pushed by the connection straight to the flow's source; this
@@ -609,6 +670,18 @@ class AsyncUdpForwarder:
                 # idle flows still settling: their ends are bounded (final_timeout, then
                 # the connection's close), and returning first left them open
                 await asyncio.wait(list(self._ending))
+            # the flows' tasks still at work: those of ended flows, cancelled and
+            # unwinding (a connect closing what it made), or a failed connect's closing
+            # its connection, or a flow ending on its own (its connection ended)
+            current = asyncio.current_task()
+            left = [task for task in self._tasks if task is not current]
+            for task in left:
+                if not task.cancelling():  # (cancelled again, its unwinding was cut)
+                    task.cancel()
+            if left:
+                # (bounded as the blocking close's wait for connects: a connect that
+                # ignores its cancellation does not hold the close for good)
+                await asyncio.wait(left, timeout=_CLOSE_WAIT)
         finally:
             # nothing uses it once taken (replies find no socket and are dropped): a
             # close() cancelled before this line left it open for good
