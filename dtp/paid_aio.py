@@ -154,8 +154,13 @@ class _PaidConnection:
         self.unpaid_datagrams_since: float | None = None
         #: When such a send last asked the client for a receipt (monotonic)
         self._asked_at = -math.inf
+        #: The bytes of the datagram the last such send dropped first: payment that
+        #: covers it ends the pause (:meth:`credit_grew`)
+        self._unpaid_size = 0
         #: The escrow read such a send started (a top-up may be what covers them)
         self._deposit_task: asyncio.Task[None] | None = None
+        #: The end phase waited for that read: no datagram send starts another
+        self._deposit_reads_over = False
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -177,6 +182,7 @@ class _PaidConnection:
 
     def _kept(self, receipt: Receipt) -> None:
         self.gate.kept(receipt)
+        self.credit_grew()
         self.proto._notify()  # a paused reader or drain() looks again
 
     def verdict(self) -> GateVerdict:
@@ -238,6 +244,7 @@ class _PaidConnection:
             logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
             return
         pending = gate.deposit_read(escrow.deposited)
+        self.credit_grew()  # (a top-up)
         if pending is not None:
             self.on_receipt(pending.encode())  # the usual path now
 
@@ -292,19 +299,20 @@ class _PaidConnection:
             count += 1
         return count
 
-    def datagrams_unpaid(self) -> None:
-        """A datagram send dropped datagrams the gate's credit did not cover (a send
-        never waits): the pause of a blocking send, without the wait. The client is
-        asked for a receipt (once a request interval) and the escrow read again when a
-        top-up would help (in a task); once they have been dropped for want of payment
-        for ``pause_timeout`` -- or at once on a bad receipt -- the connection closes,
-        and :class:`~dtp.errors.PaymentRequired` is raised. (Dropped for good before: a
-        sender of datagrams alone to a client that paid nothing went on for the life of
-        the connection, which never closed, and one that pays when asked was never
-        asked.)"""
+    def datagrams_unpaid(self, size: int) -> None:
+        """A datagram send dropped datagrams the gate's credit did not cover, the first
+        of ``size`` bytes (a send never waits): the pause of a blocking send, without
+        the wait. The client is asked for a receipt (once a request interval) and the
+        escrow read again when a top-up would help (in a task); once they have been
+        dropped for want of payment for ``pause_timeout`` -- or at once on a bad
+        receipt -- the connection closes, and :class:`~dtp.errors.PaymentRequired` is
+        raised. (Dropped for good before: a sender of datagrams alone to a client that
+        paid nothing went on for the life of the connection, which never closed, and
+        one that pays when asked was never asked.)"""
         now = time.monotonic()
         if self.unpaid_datagrams_since is None:
             self.unpaid_datagrams_since = now
+        self._unpaid_size = size
         verdict = self.verdict()
         if verdict.state is not GateState.CLOSE and (
             now - self.unpaid_datagrams_since >= self.policy.pause_timeout
@@ -327,6 +335,7 @@ class _PaidConnection:
         task = self._deposit_task
         if (
             (task is None or task.done())
+            and not self._deposit_reads_over
             and self.ledger is not None
             and self.gate.wants_deposit(int(now * 1000), *self.conn.usage)
         ):
@@ -337,6 +346,35 @@ class _PaidConnection:
         """A datagram send the credit covered whole: a pause of them is over."""
         self.unpaid_datagrams_since = None
         self._asked_at = -math.inf
+
+    def credit_grew(self) -> None:
+        """Payment came (a receipt kept, a top-up read, a cap raised): once the credit
+        covers the datagram a send last dropped, a pause of datagram sends is over, as
+        dtp.paid's look finding the usage served ends one. (Only a send that went whole
+        ended it: a client that paid, its credit then spent on stream bytes before the
+        next datagram, had that one close the connection at once, its pause timed from
+        the first drop, before the payment.)"""
+        if self.unpaid_datagrams_since is not None and self.datagram_room([self._unpaid_size]):
+            self.datagrams_paid()
+
+    async def deposit_reads_ended(self) -> None:
+        """The end phase: wait for the escrow read a datagram send started, if one is
+        under way, and let no send start another. (Left running, the settlement went on
+        meanwhile -- a receipt the read found waiting above the old deposit came after
+        it, unclaimed -- and the server was released with the read still on the
+        ledger.)"""
+        self._deposit_reads_over = True
+        task = self._deposit_task
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # this task was cancelled (the read, only by the loop's end)
+        except Exception:  # (logged by _log_failure)
+            pass
 
     async def wait_send(self, nbytes: int) -> int:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
@@ -860,8 +898,11 @@ class PaidWriter:
         take = paid.datagram_room(sizes)
         if take < len(items):
             paid.conn.datagrams_send_dropped += len(items) - take
-            paid.datagrams_unpaid()  # (after pause_timeout: closed, PaymentRequired)
-        else:
+            # (after pause_timeout: closed, PaymentRequired)
+            paid.datagrams_unpaid(sizes[take])
+        elif take:
+            # (not an empty batch: "sent whole", it ended the pause, and a handler whose
+            # batches were empty now and then never had the connection closed)
             paid.datagrams_paid()
         if not take:
             return 0
@@ -1323,7 +1364,10 @@ class PaidAioServer:
         if proto.session.terminated is None:
             await paid.request_final_receipt()
         # a receipt the client signed above the deposit as admission read it (it
-        # topped up) is judged before the settlement, or it goes unclaimed
+        # topped up) is judged before the settlement, or it goes unclaimed (a read a
+        # datagram send started ends first: what it finds counts, and the settlement
+        # and the release come after it)
+        await paid.deposit_reads_ended()
         try:
             await paid.read_deposit(ending=True)
         except Exception:  # (the settlement must run all the same)
@@ -1446,6 +1490,7 @@ class PaidAioServer:
             return
         apply_cap_limits(gates, limits, generations)
         for paid in live:
+            paid.credit_grew()
             paid.proto._notify()  # a paused reader or drain() looks at its gate again
 
     @property
