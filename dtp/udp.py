@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import socket as _socket
 import struct
 import threading
@@ -534,6 +535,32 @@ class _RelayControl:
             self.ended.set()
 
 
+def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
+    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
+    infinity is "never"), for the forwarders and relays of both APIs: an
+    ``idle_timeout`` of 0 or less spun a sweeper, a NaN compares false both ways and no
+    flow ever went idle, and a None or a str raised in a thread, task or callback long
+    after the start (a sweeper died silently; a relay left its backend socket and
+    connection open)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        low = "from 0" if zero else "above 0"
+        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
+
+
+def check_count(name: str, value: object, least: int) -> None:
+    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
+    raised in the socket's reader for every new source, its datagrams lost uncounted;
+    True passed as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
+
+
 def relay_udp(
     sock: DTPSocket,
     backend: tuple[str, int],
@@ -561,8 +588,12 @@ def relay_udp(
     as a UDP destination at all (``sock`` is closed then too, as at the end)."""
     stats = stats if stats is not None else UdpStats()
     try:
+        # (before the backend socket: a None idle_timeout failed in the relay's loop,
+        # its reply thread left running on the socket)
+        check_seconds("idle_timeout", idle_timeout)
+        check_count("report_every", report_every, 1)
         udp = _backend_socket(backend)
-    except BaseException:  # (TunnelError, or the backend no (host, port) at all)
+    except BaseException:  # (TunnelError, InvalidArgument, or no (host, port) at all)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
         raise
@@ -851,6 +882,13 @@ class UdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
+        # before the bind (a None idle_timeout ended the forwarder's thread silently, a
+        # float max_pending lost every new source's datagrams uncounted)
+        check_seconds("idle_timeout", idle_timeout)
+        check_seconds("final_timeout", final_timeout, zero=True)
+        check_seconds("retry_after", retry_after, zero=True)
+        check_count("max_sessions", max_sessions, 1)
+        check_count("max_pending", max_pending, 0)
         self._connect = connect
         self._meter_for = meter_for
         self.idle_timeout = idle_timeout

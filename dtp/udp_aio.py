@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.errors import DTPError, InsufficientFunds, InvalidArgument, TunnelError
+from dtp.errors import DTPError, InsufficientFunds, TunnelError
 from dtp.escrow import Meter
 from dtp.ratelimit import ClientBuckets
 from dtp.udp import (
@@ -38,6 +37,8 @@ from dtp.udp import (
     _drain_by_source,
     _pass_replies,
     _take_receipt,
+    check_count,
+    check_seconds,
 )
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
@@ -49,31 +50,6 @@ _BATCH = 256
 #: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
 LOSSY_FINAL_RECEIPT_WAIT = 30.0
-
-
-def _check_seconds(name: str, value: object, *, zero: bool = False) -> None:
-    """Refuse a duration that is no number of seconds above 0 (from 0 with ``zero``;
-    infinity is "never"): an ``idle_timeout`` of 0 or less spun the forwarder's sweeper
-    (``asyncio.sleep(0)`` in a loop), a NaN compares false both ways and no flow ever
-    went idle, and a None or a str raised in a task or callback long after the start
-    (the sweeper died silently; the relay left its backend socket and connection open)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        low = "from 0" if zero else "above 0"
-        raise InvalidArgument(f"{name} must be a number of seconds {low}, got {value!r}")
-
-
-def _check_count(name: str, value: object, least: int) -> None:
-    """Refuse a count that is no int of at least ``least`` (a float ``max_pending``
-    raised in the socket's reader for every new source, its datagrams lost uncounted;
-    True passed as 1)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise InvalidArgument(f"{name} must be an int of at least {least}, got {value!r}")
 
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
@@ -145,8 +121,8 @@ async def relay_udp_async(
     try:
         # (checked before the backend socket is made: a None idle_timeout raised a
         # TypeError past it, its reader and the connection, all left open)
-        _check_seconds("idle_timeout", idle_timeout)
-        _check_count("report_every", report_every, 1)
+        check_seconds("idle_timeout", idle_timeout)
+        check_count("report_every", report_every, 1)
         udp = await _open_backend(backend)
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
@@ -355,11 +331,11 @@ class AsyncUdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        _check_seconds("idle_timeout", idle_timeout)
-        _check_seconds("final_timeout", final_timeout, zero=True)
-        _check_seconds("retry_after", retry_after, zero=True)
-        _check_count("max_sessions", max_sessions, 1)
-        _check_count("max_pending", max_pending, 0)
+        check_seconds("idle_timeout", idle_timeout)
+        check_seconds("final_timeout", final_timeout, zero=True)
+        check_seconds("retry_after", retry_after, zero=True)
+        check_count("max_sessions", max_sessions, 1)
+        check_count("max_pending", max_pending, 0)
         self._connect = connect
         self._meter_for = meter_for
         self.idle_timeout = idle_timeout
