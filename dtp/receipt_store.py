@@ -269,18 +269,21 @@ class ReceiptStore:
             if self._path is None or fcntl is None:
                 return True
             real = self._real_path()
+            lock = real.with_name(real.name + "-lock")
             try:
                 # 0o600: flock needs no write access, so another user who could open it
                 # read-only could hold it -- exclusively: no server started on the store
-                fd = os.open(
-                    real.with_name(real.name + "-lock"),
-                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                    0o600,
-                )
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
-                # (a read-only directory: nothing tells the others; as it was without)
                 logger.warning("no lock file for the receipt store %s: %s", self._path, exc)
-                return True
+                if not os.path.lexists(lock):
+                    # (a read-only directory: nothing tells the others; as it was without)
+                    return True
+                # Another user's (0o600): whether its server is live cannot be told.
+                # Taken for alone, its live rows were claimed; this one's rows, owned by
+                # no run, were an orphan's to its next start alone.
+                self._start_run(real)
+                return False
             try:
                 _private(fd)  # (one made before, 0o644)
                 # exclusive for an instant when no one else holds it: then shared, as
@@ -372,16 +375,22 @@ class ReceiptStore:
         gone). Their locks are held until the block ends, so that no other server claims
         them at the same time; then the lock files of the runs with nothing left to
         claim are removed. With ``everyone`` (the servers on this handle are the only
-        live ones: :meth:`attach_server` said True), every row but this handle's run's,
-        those owned by no run too (written before run IDs, or with no server attached).
-        The rows of live runs are never listed: they are their connections' receipts."""
+        live ones: :meth:`attach_server` said True), those owned by no run with a lock
+        file too (written before run IDs, or with no server attached), given to a dead
+        run of their own (:meth:`_adopt_orphans`). The rows of live runs are never
+        listed: they are their connections' receipts."""
         locks, live = self._lock_dead_runs()
         try:
             if everyone:
                 # (not a run that started since attach_server() said True: it is live)
                 mine = [*live] if self._run_id is None else [self._run_id, *live]
-                self._adopt_orphans([*mine, *locks], locks)
-                where, params = f"run_id NOT IN ({', '.join('?' * len(mine))})", mine
+                orphans = self._orphan_runs([*mine, *locks])
+                if self._adopt_orphans(orphans, locks):
+                    orphans = []  # (their rows are the adopted run's, in locks now)
+                # Named, not "every run but mine": a run whose lock file was made after
+                # the look above (a server attached since) is live, its rows too.
+                params = [*locks, *orphans]
+                where = f"run_id IN ({', '.join('?' * len(params))})"
             elif locks:
                 where = f"run_id IN ({', '.join('?' * len(locks))})"
                 params = list(locks)
@@ -392,36 +401,68 @@ class ReceiptStore:
         finally:
             self._forget_runs(locks)
 
-    def _adopt_orphans(self, owned: list[str], locks: dict[str, tuple[int, Path]]) -> None:
-        """Give the unclaimed rows of no run with a lock file -- written before run IDs,
-        by a server that could make none, or after its run ended -- to a new run, dead
-        from the start: its lock file, made here and held, joins ``locks`` (a server
-        alone on the store only; ``owned``: the runs that are not orphans). Left owned
-        by no lock file, they were listed by a start alone only, and one whose claim
-        failed there (the ledger unavailable for a moment) was not tried again before the
-        next start alone, while its client's half-close timeout ran; a dead run's rows
-        are tried again by every live server's recovery until claimed."""
-        if self._path is None or fcntl is None:
-            return
+    def _orphan_runs(self, owned: list[str]) -> list[object]:
+        """The ``run_id`` values of the unclaimed rows of no run with a lock file (not
+        ``owned``: this handle's run, the live runs and the dead ones found). A run's
+        rows name it only once its lock file has its name, and its lock file is there
+        as long as it is live: one not there when looked for after the rows were read
+        is not a live run's -- not one of a server that attached after the look for
+        runs, whose rows were taken for orphans' (listed at the start, and given to a
+        dead run: claimed by every recovery round under its live connections)."""
         where = f"run_id NOT IN ({', '.join('?' * len(owned))}) AND total_amount > claimed_amount"
         with self._errors("read"), self._reading():
-            found = self._db.execute(f"SELECT 1 FROM receipts WHERE {where} LIMIT 1", owned)
-            if found.fetchone() is None:
-                return
+            found = [
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT DISTINCT run_id FROM receipts WHERE {where}", owned
+                ).fetchall()
+            ]
+        if not found or self._path is None or fcntl is None:
+            return found  # (no lock files: nothing but this handle's run is live)
+        real = self._real_path()
+        try:
+            names = set(os.listdir(real.parent))
+        except OSError as exc:
+            # (cannot tell a run's from an orphan's: only those no lock file can name)
+            logger.warning("cannot look for run lock files beside %s: %s", real, exc)
+            names = None
+        return [
+            run_id
+            for run_id in found
+            if not (isinstance(run_id, str) and _RUN_ID.fullmatch(run_id))
+            or (names is not None and f"{real.name}-lock-{run_id}" not in names)
+        ]
+
+    def _adopt_orphans(self, orphans: list[object], locks: dict[str, tuple[int, Path]]) -> bool:
+        """Give the unclaimed rows of ``orphans`` (:meth:`_orphan_runs`: of no run with
+        a lock file -- written before run IDs, by a server that could make none, or
+        after its run ended) to a new run, dead from the start: its lock file, made here
+        and held, joins ``locks`` (a server alone on the store only). Left owned by no
+        lock file, they were listed by a start alone only, and one whose claim failed
+        there (the ledger unavailable for a moment) was not tried again before the next
+        start alone, while its client's half-close timeout ran; a dead run's rows are
+        tried again by every live server's recovery until claimed. Whether they were."""
+        if not orphans or self._path is None or fcntl is None:
+            return False
         made = self._make_run(self._real_path())
-        if made is None:  # (a read-only directory: listed below all the same, as before)
-            return
+        if made is None:  # (a read-only directory: listed all the same, as before)
+            return False
         run_id, fd, path = made
         try:
             with self._write_lock, self._errors("write"):
                 self._check_open("write")
-                self._db.execute(f"UPDATE receipts SET run_id = ? WHERE {where}", [run_id, *owned])
+                self._db.execute(
+                    f"UPDATE receipts SET run_id = ? WHERE run_id IN "
+                    f"({', '.join('?' * len(orphans))}) AND total_amount > claimed_amount",
+                    [run_id, *orphans],
+                )
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             os.close(fd)
             raise
         locks[run_id] = (fd, path)
+        return True
 
     def _lock_dead_runs(self) -> tuple[dict[str, tuple[int, Path]], list[str]]:
         """Run ID -> (locked fd, lock file) of every other run whose lock file this
@@ -450,8 +491,14 @@ class ReceiptStore:
                 continue  # (this handle's own, live)
             path = real.parent / name
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except OSError:  # (removed meanwhile: recovered by another server)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (enough for flock)
+            except FileNotFoundError:  # (removed meanwhile: recovered by another server)
+                continue
+            except OSError as exc:
+                # Another user's (0o600): its server cannot be told dead, so its rows
+                # are not claimed; taken for one removed, a start alone claimed them.
+                logger.debug("cannot open the run lock file %s: %s", path, exc)
+                live.append(run_id)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -737,7 +784,10 @@ def _make_private(name: str) -> None:
     if name in ("", ":memory:") or name.startswith("file:"):
         return
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # (resolved: O_EXCL makes nothing through a symlink, and SQLite then made the
+        # missing file it names with the umask's mode)
+        real = os.path.realpath(name)
+        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError:  # (there already, or it cannot be made: SQLite's open says why)
         return
     os.close(fd)
