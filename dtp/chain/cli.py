@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from dtp._durable import write_durably
-from dtp.chain.objects import FirewallMode, Sla, normalize_id
+from dtp.chain.objects import (
+    MAX_ENDPOINT_LENGTH,
+    MAX_ENDPOINTS,
+    FirewallMode,
+    Sla,
+    as_bytes_list,
+    normalize_id,
+)
 from dtp.errors import DTPError
 
 __all__ = ["SUI_INSTALL_HINT", "register"]
@@ -248,6 +255,14 @@ def _parse_endpoint(text: str) -> str:
     typo would publish a host nobody reaches. Other schemes are other carriers' and pass."""
     from dtp.admission import tcp_endpoint
 
+    # the ledger's limit, checked here: `host set` refused it in the endpoints'
+    # transaction, after its noise key change was done (surrogatepass: text that is not
+    # UTF-8 is the ledger's to refuse, in its words)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ENDPOINT_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"an endpoint is at most {MAX_ENDPOINT_LENGTH} bytes, got {size}"
+        )
     scheme, sep, _ = text.strip().partition("://")
     if sep and scheme.lower() != "tcp":
         return text
@@ -384,6 +399,15 @@ def _host_set(args: argparse.Namespace) -> int:
         value = getattr(args, option.replace("-", "_"))
         if value is not None:
             _check_u64(value, f"--{option}")
+    # and the endpoints (each one's size is the parser's): too many, or one that is not
+    # UTF-8, were refused after the noise key was changed
+    if args.endpoint is not None:
+        if len(args.endpoint) > MAX_ENDPOINTS:
+            raise _CliError(
+                f"--endpoint: a host publishes at most {MAX_ENDPOINTS} endpoints, "
+                f"got {len(args.endpoint)}."
+            )
+        as_bytes_list(args.endpoint)  # the ledger's own check and words
     # (what, the transaction): each is its own transaction, run in this order
     steps: list[tuple[str, Callable[[], None]]] = []
     if args.noise_key is not None:
@@ -624,26 +648,47 @@ def _sui(sui: str, *argv: str, env: dict[str, str], cwd: Path | None = None) -> 
     return result.stdout
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+class _Stop:
+    """The SIGTERM handler of a deploy.
+
+    It stops the deploy as Ctrl-C does, by an exception (SystemExit, exit status 143):
+    subprocess.run then kills the running ``sui`` and the temporary copy is removed. The
+    default action ended dtp alone, and ``sui client publish`` ran on, orphaned, to
+    publish (and pay for) a package recorded nowhere. Once the publish has succeeded
+    (:attr:`deferred`), the signal is only recorded, and the deploy exits with it once
+    the package is recorded and printed: raised then, it lost the package ID paid for.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        """The first SIGTERM received, if any."""
+        self.deferred = False
+        """Whether a SIGTERM waits for the deploy's end (set once the publish is done)."""
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            return  # a repeat: the first one's exit is under way (the cleanup with it)
+        self.signum = signum
+        if not self.deferred:
+            raise SystemExit(128 + signum)
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    # SIGTERM (`timeout`, a supervisor) stops a deploy as Ctrl-C does, by an exception:
-    # subprocess.run then kills the running `sui` and the temporary copy is removed. The
-    # default action ended dtp alone, and `sui client publish` ran on, orphaned, to
-    # publish (and pay for) a package recorded nowhere
+    stop = _Stop()
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    previous = signal.signal(signal.SIGTERM, stop) if on_main_thread else None
     try:
-        return _deploy_package(args)
+        code = _deploy_package(args, stop)
     finally:
         if on_main_thread:
             # None: a handler not set from Python (the default, to the interpreter)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if stop.signum is not None:  # arrived after the publish: exit with it now
+        raise SystemExit(128 + stop.signum)
+    return code
 
 
-def _deploy_package(args: argparse.Namespace) -> int:
+def _deploy_package(args: argparse.Namespace, stop: _Stop) -> int:
     sui_bin = _given_path(args.sui_bin, "--sui-bin")
     sui = str(sui_bin) if sui_bin is not None else shutil.which("sui")
     if not sui or not Path(sui).exists():
@@ -662,8 +707,8 @@ def _deploy_package(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="dtp-move-") as tmp:
             copy = Path(tmp) / "dtp"
             shutil.copytree(package, copy)
-            return _publish(args, sui, copy)
-    return _publish(args, sui, package)
+            return _publish(args, sui, copy, stop)
+    return _publish(args, sui, package, stop)
 
 
 def _read_deployments(path: Path) -> dict[str, Any]:
@@ -744,7 +789,7 @@ def _publish_output(output: str) -> dict[str, Any] | None:
     return next((v for v in reversed(found) if "objectChanges" in v or "effects" in v), None)
 
 
-def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
+def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> int:
     record_path = _deployments_path()
     records = _read_deployments(record_path)
     env = _child_env(args)
@@ -755,16 +800,29 @@ def _publish(args: argparse.Namespace, sui: str, package: Path) -> int:
             f"`sui client switch --env {args.network}` first."
         )
     _sui(sui, "move", "build", env=env, cwd=package)
-    output = _sui(
-        sui,
-        "client",
-        "publish",
-        "--json",
-        "--gas-budget",
-        str(args.gas_budget),
-        env=env,
-        cwd=package,
-    )
+    try:
+        output = _sui(
+            sui,
+            "client",
+            "publish",
+            "--json",
+            "--gas-budget",
+            str(args.gas_budget),
+            env=env,
+            cwd=package,
+        )
+        # published: a SIGTERM from now on waits until the package is recorded and printed
+        stop.deferred = True
+    except (SystemExit, KeyboardInterrupt):
+        # stopped (SIGTERM, Ctrl-C), `sui` killed: its transaction may have gone through
+        # already, paid for, and its package ID is in no record
+        print(
+            "dtp: stopped during `sui client publish`: the package may have been published "
+            f"all the same; it is not recorded in {record_path} (look for its UpgradeCap "
+            "in `sui client objects`).",
+            file=sys.stderr,
+        )
+        raise
     effects = _publish_output(output)
     changes = effects.get("objectChanges") if effects is not None else None
     package_id = next(

@@ -1,0 +1,188 @@
+"""The ``dtp`` chain commands, a second reading of the session 35 review: a deploy
+stopped by SIGTERM once ``sui client publish`` has succeeded still records and prints
+the package it paid for, one stopped during the publish says that it may have
+happened, and ``host set`` checks its endpoints before its first transaction. Each
+test fails on the code before."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.cli import main
+from dtp.keys import HostIdentity
+from tests.daemon_procs import ENV, ROOT
+from tests.polling import wait_for
+
+
+@pytest.fixture
+def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary home for the ledger, the identity and the deployments record."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
+    monkeypatch.delenv("DTP_LEDGER", raising=False)
+    yield tmp_path
+
+
+def dtp(place: Path, *argv: str) -> int:
+    """``dtp ARGV`` in-process, on the place's ledger and identity."""
+    return main(
+        [
+            *argv,
+            "--ledger-path",
+            str(place / "ledger.sqlite"),
+            "--identity",
+            str(place / "id.json"),
+        ]
+    )
+
+
+def a_host(place: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert dtp(place, "keys", "new") == 0
+    assert dtp(place, "localnet", "faucet") == 0
+    capsys.readouterr()
+    assert dtp(place, "host", "create", "--json") == 0
+    host: str = json.loads(capsys.readouterr().out)["host"]
+    return host
+
+
+# -- host set: the endpoints are checked before the first transaction ------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "said"),
+    [
+        ([f"10.0.0.{i}:7" for i in range(17)], "at most 16"),  # the ledger's MAX_ENDPOINTS
+        (["quic://" + "a" * 300], "at most 256 bytes"),  # its MAX_ENDPOINT_LENGTH
+        (["10.0.0.1:7", "h\udce9st:80"], "not valid UTF-8"),  # argv b"h\xe9st:80"
+    ],
+)
+def test_host_set_checks_the_endpoints_before_changing_the_noise_key(
+    place: Path, capsys: pytest.CaptureFixture[str], endpoints: list[str], said: str
+) -> None:
+    """Endpoints the ledger refuses were refused by their own transaction, after the
+    noise key had been changed ("changed noise key; then endpoints failed")."""
+    host = a_host(place, capsys)
+    with LocalLedger(place / "ledger.sqlite") as ledger:
+        key = ledger.get_host(host).noise_static_key
+    new_key = HostIdentity.generate().noise_public.hex()
+    argv = ["host", "set", host, "--noise-key", new_key]
+    for endpoint in endpoints:
+        argv += ["--endpoint", endpoint]
+    try:
+        code = dtp(place, *argv)
+    except SystemExit as stop:  # a usage error, from the parser
+        code = int(stop.code or 0)
+    err = capsys.readouterr().err
+    assert code in (1, 2), err
+    assert said in err and "changed" not in err, err
+    with LocalLedger(place / "ledger.sqlite") as ledger:
+        assert ledger.get_host(host).noise_static_key == key
+
+
+# -- deploy and SIGTERM --------------------------------------------------------------------
+
+
+PUBLISHED = '{"digest": "D1", "objectChanges": [{"type": "published", "packageId": "0xabc"}]}'
+
+
+def fake_sui(place: Path, publish: str) -> Path:
+    sui = place / "sui"
+    sui.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '  "client active-env") echo localnet ;;\n'
+        '  "move build") ;;\n'
+        f'  "client publish") {publish} ;;\n'
+        "esac\n"
+    )
+    sui.chmod(0o755)
+    package = place / "pkg"
+    package.mkdir()
+    (package / "Move.toml").write_text("[package]\n")
+    return sui
+
+
+# `dtp deploy` of the bundled package (built in a temporary copy) with a SIGTERM sent to
+# itself once `sui client publish` has returned, before its output is read
+_STOPPED_AFTER_PUBLISH = """
+import os, signal, sys
+from pathlib import Path
+import dtp.chain.cli as cli
+from dtp.cli import main
+
+cli.CHECKOUT_PACKAGE = Path(os.devnull)  # no checkout: the bundled copy is deployed
+cli.BUNDLED_PACKAGE = Path(sys.argv[2])
+read = cli._publish_output
+
+def stopped(output):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return read(output)
+
+cli._publish_output = stopped
+sys.exit(main(["deploy", "--network", "localnet", "--sui-bin", sys.argv[1], "--json"]))
+"""
+
+
+def test_deploy_stopped_after_the_publish_records_and_prints_the_package(place: Path) -> None:
+    """A SIGTERM once the publish had succeeded raised SystemExit before the record was
+    written: the package, published and paid for, was recorded and printed nowhere (and
+    before the handler, SIGTERM killed dtp there, with the same loss)."""
+    sui = fake_sui(place, f"echo '{PUBLISHED}'")
+    tmp = place / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPPED_AFTER_PUBLISH, str(sui), str(place / "pkg")],
+        cwd=ROOT,
+        env={**ENV, "XDG_DATA_HOME": str(place / "data"), "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["package_id"] == "0xabc", proc.stderr
+    record = json.loads((place / "data" / "dtp" / "deployments.json").read_text())
+    assert record["localnet"] == {"package_id": "0xabc", "digest": "D1"}
+    assert proc.returncode == 128 + signal.SIGTERM  # stopped all the same, once recorded
+    assert list(tmp.iterdir()) == []  # the temporary copy is gone
+
+
+def test_deploy_stopped_during_the_publish_says_it_may_have_published(place: Path) -> None:
+    """Stopped while `sui client publish` ran, dtp kills it; the transaction may have gone
+    through already (paid for, its package in no record), and nothing said so."""
+    pid_file = place / "publish.pid"
+    sui = fake_sui(place, f"echo $$ > {pid_file}; exec sleep 30")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dtp", "deploy", "--network", "localnet"),
+            *("--sui-bin", str(sui), "--package-path", str(place / "pkg")),
+        ],
+        cwd=ROOT,
+        env={**ENV, "XDG_DATA_HOME": str(place / "data")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        child = int(pid_file.read_text())
+        # the shell has become `sleep`: dtp is waiting in the publish
+        assert wait_for(lambda: "sleep" in Path(f"/proc/{child}/cmdline").read_text())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert out == "" and "Traceback" not in err, err
+    assert "may have been published" in err, err
+    assert str(place / "data" / "dtp" / "deployments.json") in err
