@@ -104,7 +104,10 @@ class MeteringConfig:
     """...or this long after the last one when there is unpaid usage (0: never). Checked
     whenever the connection does I/O."""
     every_requests: int = 0
-    """...or after this many new requests (streams we open; 0: never)."""
+    """...or after this many new requests (streams we open; 0: none of its own). While
+    any of the three is set, a client also signs once the requests since the last
+    receipt cost a quarter of the SLA's ``min_deposit``, as for bytes: a client opening
+    many streams with few bytes each is not paused for a receipt either."""
 
     def __post_init__(self) -> None:
         # checked here, when it is made, so that a connect refuses it before the
@@ -142,13 +145,22 @@ class ClientMeter:
         if every_bytes and sla.price_per_kib:
             quarter = max(4096, sla.min_deposit // 4 * 1024 // sla.price_per_kib)
             every_bytes = min(every_bytes, quarter)
+        every_requests = cfg.every_requests
+        if sla.price_per_request and (cfg.every_bytes or cfg.every_ms or every_requests):
+            # the same bound for requests, whenever the client pays on a cadence at all:
+            # the byte cadence alone let a client opening streams with few bytes each
+            # (RPC calls) run up a whole allowance of request fees between receipts,
+            # and the server paused it for one every min_deposit's worth of requests.
+            # (Only the "pay when asked" configuration -- all three 0 -- is left alone.)
+            quarter_requests = max(1, sla.min_deposit // 4 // sla.price_per_request)
+            every_requests = min(every_requests or quarter_requests, quarter_requests)
         self.meter = Meter(
             identity,
             connection_id,
             sla,
             deposit,
             every_bytes=every_bytes,
-            every_requests=cfg.every_requests,
+            every_requests=every_requests,
             every_ms=cfg.every_ms,
             now_ms=now_ms,
         )

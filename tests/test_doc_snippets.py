@@ -98,9 +98,15 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
         ),
         (
             "docs/escrow.md",
-            "`every_requests` new streams (0 by default: off), or `every_ms` (1000)",
-            (metering.every_requests, metering.every_ms),
-            (0, 1000),
+            "`every_requests` new streams (0 by default: none of its own;",
+            metering.every_requests,
+            0,
+        ),
+        (
+            "docs/escrow.md",
+            "or `every_ms` (1000) after the last receipt",
+            metering.every_ms,
+            1000,
         ),
         (
             "docs/graph.md",

@@ -1,0 +1,104 @@
+"""Review of client-side metering (session 35): a client paying on cadence also signs
+for the requests it opens before their fees reach the server's allowance -- the byte
+cadence alone let a client opening streams with few bytes each (RPC calls) be paused
+for a receipt every ``min_deposit`` worth of requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.escrow import fee
+from dtp.keys import HostIdentity
+from dtp.metering import ClientMeter, MeteringConfig
+from dtp.paid import PaidSocket
+from dtp.settlement import ClientPayment
+from tests.paid_inprocess import ident, paid_service
+
+# a request costs an eighth of min_deposit (the server's default allowance): eight
+# unreceipted requests pause the connection; bytes are all but free
+SLA = Sla(price_per_kib=1, price_per_request=1000, min_deposit=8000)
+CID = "0x" + "5e" * 32
+CLIENT = HostIdentity.from_private_bytes(bytes([0x35]) * 32, bytes([0x36]) * 32)
+SERVER_ID, CLIENT_ID = ident(0x37), ident(0x38)
+# for the real connection: an allowance of 400 requests, so that the receipts' way to
+# the server's disk (they count once synced) is far shorter than the cadence's margin
+RPC_SLA = Sla(price_per_kib=1, price_per_request=10, min_deposit=4000)
+CALLS = 450
+
+
+def _unreceipted(meter: ClientMeter, total_bytes: int, total_requests: int) -> int:
+    latest = meter.latest
+    return fee(SLA, total_bytes, total_requests) - (0 if latest is None else latest.total_amount)
+
+
+def test_requests_are_signed_for_within_a_quarter_of_the_allowance() -> None:
+    # the default cadence (bytes, and a second): 30 requests within one millisecond
+    meter = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig())
+    worst = 0
+    for requests in range(1, 31):
+        meter.update(0, 10 * requests, requests)
+        worst = max(worst, _unreceipted(meter, 10 * requests, requests))
+    # never more than a quarter of min_deposit unpaid (it reached all 30 000 MIST)
+    assert worst <= SLA.min_deposit // 4
+    # a cadence of its own that is tighter stays; a looser one is bounded the same way
+    assert (
+        ClientMeter(
+            CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_requests=1)
+        ).meter.every_requests
+        == 1
+    )
+    assert (
+        ClientMeter(
+            CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_requests=50)
+        ).meter.every_requests
+        == 2
+    )
+    # "pay only when asked" (every cadence 0) is left as it is
+    asked = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_bytes=0, every_ms=0))
+    assert all(asked.update(0, 0, n) is None for n in range(1, 31))
+    assert asked.flush(0) is not None
+
+
+def _echo_streams(sock: PaidSocket) -> None:
+    try:
+        while True:
+            stream = sock.accept_stream()
+            stream.sendall(stream.recv(100))
+            stream.close()
+    except Exception:  # the connection ended
+        return
+
+
+def test_a_client_opening_many_small_streams_is_never_asked_for_a_receipt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bytes] = []
+    answer = ClientPayment.on_server_receipt
+
+    def counting(self: ClientPayment, data: bytes) -> None:
+        asked.append(data)
+        answer(self, data)
+
+    monkeypatch.setattr(ClientPayment, "on_server_receipt", counting)
+    with paid_service(tmp_path, SERVER_ID, CLIENT_ID, 81, RPC_SLA, _echo_streams) as service:
+        sock = dtp.socket.create_connection(
+            service.address,
+            timeout=10,
+            ledger=service.ledger,
+            identity=CLIENT_ID,
+            deposit=1 << 20,
+            # no time cadence: what pays is the meter's own rule, on every machine
+            metering=MeteringConfig(every_ms=0),
+        )
+        with sock:
+            for _ in range(CALLS):
+                stream = sock.open_stream()
+                stream.sendall(b"hi")
+                assert stream.recv(100) == b"hi"
+                stream.close()
+            # the server never paused the client for a receipt: it paid as it went
+            assert asked == []
