@@ -73,6 +73,10 @@ class BackendPool:
         self.healthy[backend] = ok
 
     async def _probe(self, backend: Backend) -> bool:
+        """Connect to ``backend`` once and mark it by the outcome, as soon as it is
+        known. (Marked once every probe had ended, a backend's result waited for the
+        slowest -- one timing out --, then overwrote what the tunnels had learnt since:
+        a backend whose connect failed meanwhile was marked up again, and tried first.)"""
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.port), self.connect_timeout
@@ -80,7 +84,9 @@ class BackendPool:
         except (OSError, TimeoutError, ValueError):
             # ValueError: getaddrinfo's UnicodeError for a host name it cannot encode
             # (an empty label, or one over 63 bytes), which killed the checks
+            self._mark(backend, False)
             return False
+        self._mark(backend, True)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -88,9 +94,7 @@ class BackendPool:
 
     async def check_now(self) -> None:
         """Probe every backend once."""
-        results = await asyncio.gather(*(self._probe(b) for b in self.backends))
-        for backend, ok in zip(self.backends, results, strict=True):
-            self._mark(backend, ok)
+        await asyncio.gather(*(self._probe(b) for b in self.backends))
 
     async def _check_forever(self) -> None:
         while True:

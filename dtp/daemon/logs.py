@@ -42,8 +42,20 @@ class _TextFormatter(logging.Formatter):
         text = super().format(record)
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict) and extra:
-            text += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            text += " " + " ".join(f"{k}={_text_value(v)}" for k, v in extra.items())
         return text
+
+
+def _text_value(value: Any) -> str:
+    """``value`` as one ``key=value`` token: quoted and escaped (as JSON) when it holds
+    a space, a quote, an ``=`` or a character that is not printable. Written as it
+    was, a field holding a newline -- a refusal's reason, which the remote daemon
+    writes -- started a line of its own making in the log (a forged entry), and one
+    holding a space read as more fields."""
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "='):
+        return text
+    return json.dumps(text)
 
 
 def setup_logging(fmt: str, level: str) -> None:

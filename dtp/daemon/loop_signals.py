@@ -97,7 +97,8 @@ class LoopSignals:
         """Stop calling the actions. The signals stay caught (recorded only): their
         default actions never come back while the daemon shuts down. With a recorder of
         its own, the handlers it replaced are put back last, and each kind of signal it
-        caught meanwhile is raised again for them, in the order they came: not lost,
+        caught meanwhile (or at any time, for one without an action) is raised again for
+        them, in the order they came: not lost,
         nor raised (a SIGINT's KeyboardInterrupt) in the middle of the cleanup, which
         left the wakeup fd with the interpreter, to be written to once its number was
         reused."""
@@ -122,8 +123,13 @@ class LoopSignals:
                 own.restore()
             finally:
                 # (even when the put-back raised: for the handlers back in place; what
-                # one of them raises goes on once the others have been raised too)
-                _raise_again(own.since(caught))
+                # one of them raises goes on once the others have been raised too). Those
+                # without an action are theirs whenever they came: only those caught
+                # during the stop were raised, one that came while it ran (a SIGINT, to
+                # a caller acting on SIGHUP only) was lost. (since(0): all it caught, a
+                # recorder of its own, installed by start())
+                late = own.since(caught)
+                _raise_again([s for s in own.since(0) if s in late or s not in self._actions])
 
 
 def _raise_again(signums: list[int]) -> None:

@@ -3,14 +3,19 @@
 Counters live in memory (one event loop writes them) and are written to
 ``<state_dir>/status.json`` atomically and durably (:func:`dtp._durable.write_durably`:
 temp file synced, renamed, directory synced) at most every ``interval`` seconds and at
-exit. Cumulative counters survive a restart: they are read back from the previous file
-at start; live counters (active tunnels) start at zero.
+exit. The periodic writes happen in a thread of their own, off the event loop (their
+two fsyncs held up every tunnel for as long as the disk took); the one at exit, forced,
+is done by the time :meth:`StatusBook.save` returns. Cumulative counters survive a
+restart: they are read back from the previous file at start; live counters (active
+tunnels) start at zero.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -105,6 +110,20 @@ class StatusBook:
     _dirty: bool = True
     _save_error: str | None = None
     """Why the last write failed (logged once until it succeeds again)."""
+    _failed: bool = False
+    """Whether the latest write failed (to be tried again after the interval)."""
+    _taken: int = 0
+    """How many snapshots of the counters were taken for the disk (each one's number)."""
+    _written: int = 0
+    """The number of the newest snapshot written (or given up): an older one never
+    lands after it."""
+    _pending: tuple[int, bytes] | None = None
+    """The newest snapshot waiting for the writer thread."""
+    _writer: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Guards ``_pending`` and ``_writer``."""
+    _disk: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by a write (one at a time), guards ``_written``, ``_save_error``, ``_failed``."""
 
     @classmethod
     def open(cls, state_dir: Path) -> StatusBook:
@@ -140,36 +159,93 @@ class StatusBook:
         }
 
     def save(self, force: bool = False) -> None:
-        """Write the file if anything changed and ``interval`` passed (or ``force``)."""
+        """Write the file if anything changed and ``interval`` passed (or ``force``):
+        a snapshot of the counters is taken here, and written by a thread of its own
+        (the newest snapshot once the write under way ends), or, when ``force``, before
+        returning (after a write under way, and instead of the snapshots waiting)."""
         now = time.monotonic()
-        if not force and (not self._dirty or now - self._saved_at < self.interval):
+        if not force and (
+            not (self._dirty or self._failed) or now - self._saved_at < self.interval
+        ):
             return
-        target = self.state_dir / STATUS_FILE
         self._saved_at = now  # a failed write is tried again after the interval too
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            # synced before and after its rename (two fsyncs, at most one save per
-            # interval): renamed unsynced, a power cut could leave an empty file, read
-            # back as damaged (`dtp status` failed, the next start lost the counters)
-            data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
-            write_durably(target, data)
-        except OSError as exc:
-            # the counters are for `dtp status`: a full disk or a broken file must not
-            # stop the daemon serving (it did: the error ended the run loop)
-            where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
-            if isinstance(where, str) and Path(where).name.startswith(f".{STATUS_FILE}."):
-                # its temporary file, named anew each time: the error would differ at
-                # every try, and be logged again every interval
-                where = str(target)
-            error = f"{exc.strerror or exc}: {where}" if where else str(exc)
-            if error != self._save_error:
-                self._save_error = error
-                logger.warning("status file not written", extra=kv(error=error))
-            return
-        if self._save_error is not None:
-            self._save_error = None
-            logger.info("status file written again", extra=kv(path=str(target)))
         self._dirty = False
+        self._taken += 1
+        # taken on the caller's thread: the counters are the event loop's alone
+        snapshot = (self._taken, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
+        if force:
+            with self._lock:
+                self._pending = None  # older than this one: never to land after it
+            self._write(*snapshot)
+            return
+        with self._lock:
+            self._pending = snapshot
+            if self._writer is not None:
+                return  # it writes this one once the write in hand ends
+            self._writer = threading.Thread(
+                target=self._write_pending, name="dtp-status-writer", daemon=False
+            )
+            try:
+                self._writer.start()
+            except RuntimeError:  # no thread to be had (out of them, or Python exiting)
+                self._writer = None
+            else:
+                return
+        self._write_all()  # here, then: left pending, it was never written
+
+    def _write_pending(self) -> None:
+        """The writer thread's work."""
+        # (the daemon's signals are handled by the main thread: none is taken here, as
+        # in the daemon's other worker threads)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        self._write_all()
+
+    def _write_all(self) -> None:
+        """Write the pending snapshot, then the next, until none waits."""
+        while True:
+            with self._lock:
+                snapshot, self._pending = self._pending, None
+                if snapshot is None:
+                    self._writer = None
+                    return
+            self._write(*snapshot)
+
+    def _write(self, number: int, data: bytes) -> None:
+        """Write snapshot ``number`` unless a newer one was written already."""
+        target = self.state_dir / STATUS_FILE
+        with self._disk:
+            if number <= self._written:
+                return
+            self._written = number
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                # synced before and after its rename (two fsyncs, at most one save per
+                # interval): renamed unsynced, a power cut could leave an empty file,
+                # read back as damaged (`dtp status` failed, the next start lost the
+                # counters)
+                write_durably(target, data)
+            except OSError as exc:
+                # the counters are for `dtp status`: a full disk or a broken file must
+                # not stop the daemon serving (it did: the error ended the run loop)
+                self._failed = True
+                where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
+                if isinstance(where, str) and Path(where).name.startswith(f".{STATUS_FILE}."):
+                    # its temporary file, named anew each time: the error would differ
+                    # at every try, and be logged again every interval
+                    where = str(target)
+                error = f"{exc.strerror or exc}: {where}" if where else str(exc)
+                if error != self._save_error:
+                    self._save_error = error
+                    logger.warning("status file not written", extra=kv(error=error))
+                return
+            self._failed = False
+            if self._save_error is not None:
+                self._save_error = None
+                logger.info("status file written again", extra=kv(path=str(target)))
+
+
+#: Blocked in the writer thread (the daemon's: cli.CAUGHT_SIGNALS).
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _revive(kind: type[Any], row: Any) -> Any:

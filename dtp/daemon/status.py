@@ -85,7 +85,10 @@ def daemon_running(status: dict[str, Any]) -> bool:
     except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:
-        return True  # alive, run by another user
+        # alive, run by another user: the daemon, or a process given its pid after it
+        # died (returned True at once, a crashed daemon's pid reused by another user's
+        # program showed it running): the recorded identity tells, /proc is readable
+        pass
     recorded = status.get("process")
     if isinstance(recorded, str) and process_identity(pid) not in (None, recorded):
         return False
