@@ -354,6 +354,7 @@ class AsyncUdpForwarder:
         # returned, as a flow's failed connect closing what it had made was)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None  # done when a close() ends
+        self._closer: asyncio.Task[Any] | None = None  # the task of the close() at work
         self.address: tuple[str, int] = ("", 0)
 
     @classmethod
@@ -572,7 +573,9 @@ class AsyncUdpForwarder:
                 self.stats.add(sessions_closed=1)
             current = asyncio.current_task()
             for task in flow.tasks:
-                if task is not current:
+                # (nor a close()'s, from connect(): it ends flows in gather()'s tasks,
+                # and cancelled midway, the others' ends and connects were cut short)
+                if task is not current and task is not self._closer:
                     task.cancel()
 
     def _drop_pending(self, flow: _Flow) -> None:
@@ -636,6 +639,8 @@ class AsyncUdpForwarder:
         sock, self._sock = self._sock, None
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
+        # (a close() from connect() runs in a flow's task, which no flow's end cancels)
+        current = self._closer = asyncio.current_task()
         try:
             # together, as the sweeper ends idle flows: each waits up to final_timeout
             # for its relay's final report, and one after the other a close() with many
@@ -649,7 +654,6 @@ class AsyncUdpForwarder:
             # the flows' tasks still at work: those of ended flows, cancelled and
             # unwinding (a connect closing what it made), or a failed connect's closing
             # its connection, or a flow ending on its own (its connection ended)
-            current = asyncio.current_task()
             left = [task for task in self._tasks if task is not current]
             for task in left:
                 if not task.cancelling():  # (cancelled again, its unwinding was cut)
@@ -659,6 +663,7 @@ class AsyncUdpForwarder:
                 # ignores its cancellation does not hold the close for good)
                 await asyncio.wait(left, timeout=_CLOSE_WAIT)
         finally:
+            self._closer = None
             # nothing uses it once taken (replies find no socket and are dropped): a
             # close() cancelled before this line left it open for good
             if sock is not None:

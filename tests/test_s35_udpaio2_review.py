@@ -1,0 +1,173 @@
+"""Session 35, a second reading of the UDP number checks and closes (bee9ce1, 23be684).
+
+``dtp.udp.check_seconds`` takes infinity as "never", for both APIs' forwarders. The
+asyncio forwarder's close() waits for a flow's final report with
+``asyncio.wait_for(..., inf)``, which waits for good; the blocking one's with
+``threading.Event.wait(inf)``, which raises OverflowError at once: its close() failed
+past every session and the local port, all left open, and the flows' final reports were
+never waited for.
+
+The asyncio forwarder's close() spares the task it runs in when it cancels the flows'
+tasks (a close() from ``connect()``, which the blocking twin supports), but it ends the
+flows in gather()'s tasks, and each end cancelled its flow's tasks but its own: the
+connect calling close() was cancelled, and the close with it, midway (the other flows'
+ends and connects cut short, CancelledError raised into the connect).
+
+Real UDP sockets and DTP connections on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.udp import UdpForwarder
+from dtp.udp_aio import AsyncUdpForwarder
+from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID
+
+BOUND = 5.0
+_FINAL_ASKED = 5  # the forwarder's control frame b"F": 4-byte length, then the kind
+
+
+def test_a_blocking_forwarder_with_an_endless_final_timeout_closes() -> None:
+    """``final_timeout=float("inf")`` passes the check ("never" gives up waiting for the
+    final report); the blocking close() raised OverflowError instead of waiting, and left
+    the flow's connection and the local port open."""
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    reached = threading.Event()
+    asked = threading.Event()
+    relay_done = threading.Event()
+
+    def relay(sock: dtp.socket.DTPSocket) -> None:
+        # a relay that reads the request for the final report and ends the connection
+        # (no receipt comes): the forwarder's wait for it ends with the control stream
+        try:
+            reached.set()
+            got = b""
+            while len(got) < _FINAL_ASKED:
+                chunk = sock.recv(_FINAL_ASKED - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            if got:
+                asked.set()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            relay_done.set()
+
+    threading.Thread(target=server.serve_forever, args=(relay,), daemon=True).start()
+
+    def connect() -> dtp.socket.DTPSocket:
+        return dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=BOUND
+        )
+
+    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+        return Meter(CLIENT, CONNECTION_ID, Sla(1, 1, 0), 10**9)
+
+    fwd = UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=float("inf"))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raised: list[BaseException] = []
+    closed = threading.Event()
+
+    def close() -> None:
+        try:
+            fwd.close()
+        except BaseException as exc:  # (the result looked at below)
+            raised.append(exc)
+        closed.set()
+
+    try:
+        client.sendto(b"x", fwd.address)
+        assert reached.wait(BOUND)
+        # the session is made once the connection is (its meter with it): no event
+        # tells, so it is looked at
+        deadline = time.monotonic() + BOUND
+        while not fwd.sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fwd.sessions == 1
+        closer = threading.Thread(target=close, daemon=True)
+        closer.start()
+        assert closed.wait(BOUND), "close() hung"
+        assert raised == [], raised
+        assert asked.is_set()  # the final report was asked for, and waited for
+        assert relay_done.wait(BOUND)
+        assert fwd.stats.sessions_closed == 1
+        assert fwd._udp.fileno() == -1  # the local port is closed
+    finally:
+        client.close()
+        with contextlib.suppress(BaseException):
+            fwd._udp.close()
+        server.close()
+
+
+def test_an_asyncio_close_from_connect_is_not_cancelled_by_its_own_flow_end() -> None:
+    """A connect() that closes the forwarder (the blocking twin's close() allows it:
+    ``_own_thread``): the close ended every flow, its caller's too, and that end
+    cancelled the caller -- and so the close itself, before it had waited for the other
+    connect to unwind."""
+
+    async def main() -> tuple[list[str], bool]:
+        first_started = asyncio.Event()
+        unwound = asyncio.Event()
+        outcome: list[str] = []
+        told = asyncio.Event()  # the close called from connect() ended
+        fwd: AsyncUdpForwarder | None = None
+
+        async def slow() -> None:
+            first_started.set()
+            try:
+                await asyncio.Event().wait()  # (a connect that takes its time)
+            finally:
+                await asyncio.sleep(0.05)  # (undoing what it made takes a moment)
+                unwound.set()
+
+        async def closing() -> None:
+            assert fwd is not None
+            try:
+                await fwd.close()
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            else:
+                outcome.append(
+                    "returned, the other connect unwound" if unwound.is_set() else "early"
+                )
+            finally:
+                told.set()
+
+        calls: list[int] = []
+
+        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            calls.append(1)
+            await (slow() if len(calls) == 1 else closing())
+            raise OSError("the forwarder is closed")
+
+        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect)
+        first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            first.sendto(b"x", fwd.address)
+            await asyncio.wait_for(first_started.wait(), BOUND)
+            second.sendto(b"y", fwd.address)
+            await asyncio.wait_for(told.wait(), BOUND)
+            await asyncio.wait_for(fwd.close(), BOUND)  # (done: returns at once)
+            return outcome, fwd._sock is None
+        finally:
+            first.close()
+            second.close()
+
+    outcome, closed = asyncio.run(main())
+    assert outcome == ["returned, the other connect unwound"]
+    assert closed
