@@ -801,7 +801,20 @@ class Daemon:
             fwd.stop_listening()
         if self.services is not None:
             self.services.stop_listening()
-        await asyncio.gather(*(f.drain(timeout) for f in forwarders))
+        # each forwarder's failure logged, not let out: one that raised ended the
+        # shut-down past the services' drain (their settlements) and what follows it
+        drained = await asyncio.gather(
+            *(f.drain(timeout) for f in forwarders), return_exceptions=True
+        )
+        for fwd, outcome in zip(forwarders, drained, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # (cancelled, or the process is ending)
+            if isinstance(outcome, Exception):
+                logger.error(
+                    "draining a forward failed",
+                    extra=kv(forward=fwd.config.name, error=f"{type(outcome).__name__}: {outcome}"),
+                    exc_info=outcome,
+                )
         if self.services is not None:
             await self.services.drain(timeout)
         if self.fees is not None:

@@ -194,7 +194,16 @@ class UdpForward:
         """End every flow (each settles its final receipt) and close the port; then give
         the flows' half-closes on the ledger a moment (the process may end next)."""
         if self._forwarder is not None:
-            await asyncio.wait_for(self._forwarder.close(), max(timeout, 1.0))
+            try:
+                await asyncio.wait_for(self._forwarder.close(), max(timeout, 1.0))
+            except TimeoutError:
+                # (the close, cancelled, still closed the port) Let out, it ended the
+                # daemon's shut-down past the services' drain, their settlements, the
+                # status save, the ledger's close and the state lock's release
+                logger.warning(
+                    "UDP forward did not close within the drain timeout",
+                    extra=kv(forward=self.config.name, timeout=max(timeout, 1.0)),
+                )
             self.refresh()
         if self._watchers:
             await asyncio.wait(set(self._watchers), timeout=max(timeout, 1.0))
