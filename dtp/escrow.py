@@ -334,6 +334,11 @@ class Meter:
     receipt ever exceeds the deposit. Nonces start at ``start_nonce`` and increase by one
     per receipt. Amounts and usage are integers: anything else (a float, a bool, a
     negative number) is :class:`dtp.errors.InvalidArgument`, a ValueError.
+    ``sign_free=False``: usage of a kind the SLA prices at 0 (bytes at
+    ``price_per_kib`` 0, requests at ``price_per_request`` 0) does not make a receipt
+    due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
+    nothing more than the last one, and costs a signature here and a check and a
+    write at the server.
     """
 
     def __init__(
@@ -348,6 +353,7 @@ class Meter:
         every_ms: int = 0,
         start_nonce: int = 1,
         now_ms: int = 0,
+        sign_free: bool = True,
     ) -> None:
         object_id_bytes(connection_id)
         _meter_count("deposit", deposit)
@@ -367,6 +373,9 @@ class Meter:
         self.every_bytes = every_bytes
         self.every_requests = every_requests
         self.every_ms = every_ms
+        # which usage a receipt is owed for: both kinds, or only those with a price
+        self._owed_bytes = sign_free or sla.price_per_kib > 0
+        self._owed_requests = sign_free or sla.price_per_request > 0
         self.total_bytes = 0
         self.total_requests = 0
         self._next_nonce = start_nonce
@@ -476,4 +485,7 @@ class Meter:
         return receipt
 
     def _unpaid(self) -> bool:
-        return (self.total_bytes, self.total_requests) != self._receipted
+        done_bytes, done_requests = self._receipted
+        return (self._owed_bytes and self.total_bytes != done_bytes) or (
+            self._owed_requests and self.total_requests != done_requests
+        )

@@ -90,7 +90,8 @@ class MeteringConfig:
     """False: send no receipts (the server will pause and then close the connection
     once the unreceipted usage exceeds its allowance)."""
     every_bytes: int = 128 << 20
-    """Sign a receipt after this many new bytes (0: never for bytes). A client signs
+    """Sign a receipt after this many new bytes (0: never for bytes; bytes the SLA
+    prices at 0 are never signed for on their own, by any cadence). A client signs
     sooner when this much would cost more than a quarter of the SLA's ``min_deposit``
     (the server's default allowance), so a client paying on cadence is never paused.
     Each receipt costs a signature here and a verification and a synced write at the
@@ -141,8 +142,12 @@ class ClientMeter:
         now_ms: int = 0,
     ) -> None:
         cfg = config or MeteringConfig()
-        every_bytes = cfg.every_bytes
-        if every_bytes and sla.price_per_kib:
+        # bytes that cost nothing (price_per_kib 0: a service priced by the request, or
+        # a subscribed connection's all-zero SLA) are never signed for on their own: a
+        # receipt for them pays nothing more, and it was signed every second they
+        # moved (every_ms), at every ask of the server and at close
+        every_bytes = cfg.every_bytes if sla.price_per_kib else 0
+        if every_bytes:
             quarter = max(4096, sla.min_deposit // 4 * 1024 // sla.price_per_kib)
             every_bytes = min(every_bytes, quarter)
         every_requests = cfg.every_requests
@@ -163,6 +168,7 @@ class ClientMeter:
             every_requests=every_requests,
             every_ms=cfg.every_ms,
             now_ms=now_ms,
+            sign_free=False,
         )
         self.exhausted = False
         """True once usage went beyond what the deposit covers."""
