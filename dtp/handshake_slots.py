@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
 import threading
 import time
 from collections import deque
@@ -92,6 +93,11 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
+def _not_count(value: object) -> bool:
+    """True unless ``value`` is an int (a bool is no count)."""
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
 class AddressSlots(Generic[T]):
     """Handshakes in progress per client address, at most ``cap`` each, and a line of at
     most ``max_waiting`` connections per address waiting for one of them to end.
@@ -102,12 +108,22 @@ class AddressSlots(Generic[T]):
     way (they cannot grow with the number of clients ever seen)."""
 
     def __init__(self, cap: int, max_waiting: int = DEFAULT_MAX_WAITING_PER_ADDRESS) -> None:
-        if cap < 1:
-            raise ValueError(f"the per-address handshake cap must be at least 1, got {cap}")
-        if max_waiting < 0:
-            raise ValueError(f"the per-address waiting line cannot be negative, got {max_waiting}")
+        # ints only, as ServerSlots checks max_handshakes: a NaN passed every comparison
+        # here and below, so the cap (or the line's bound) silently never applied
+        if _not_count(cap) or cap < 1:
+            raise ValueError(
+                f"the per-address handshake cap must be an int of at least 1, got {cap!r}"
+            )
+        try:
+            line = operator.index(max_waiting)  # (a listen backlog's int-likes pass)
+        except TypeError:
+            line = -1
+        if line < 0:
+            raise ValueError(
+                f"the per-address waiting line must be an int of at least 0, got {max_waiting!r}"
+            )
         self.cap = cap
-        self.max_waiting = max_waiting
+        self.max_waiting = line
         self._counts: dict[str, int] = {}
         self._waiting: dict[str, deque[tuple[float, T]]] = {}
         self._lock = threading.Lock()
@@ -251,7 +267,7 @@ class ServerSlots(Generic[T]):
     _ALL = ""  # the one "address" every connection counts under
 
     def __init__(self, cap: int, max_waiting: int) -> None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        if _not_count(cap) or cap < 1:
             raise ValueError(f"max_handshakes must be an int of at least 1, not {cap!r}")
         self._slots: AddressSlots[T] = AddressSlots(cap, max_waiting)
 

@@ -101,8 +101,12 @@ class ReplayGuard:
     dict operations per authenticated IK handshake."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError(f"the replay guard must remember at least 1 key, got {capacity}")
+        # an int: a NaN passed this check and every "more than capacity" after it, so
+        # the pools grew without bound
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(
+                f"the replay guard must remember an int of at least 1 keys, got {capacity!r}"
+            )
         self.capacity = capacity
         # oldest first, each: a connection's key is held in _deciding from first sight
         # until its verdict, then kept in _accepted or _others (a key given alone, with
