@@ -114,6 +114,15 @@ class LoopSignals:
         current = signal.set_wakeup_fd(self._previous_fd)
         if current != writer.fileno():
             signal.set_wakeup_fd(current)
+        # those that came while it ran but never reached their action (still on the
+        # wakeup fd, the loop not back to read it): raised again too, as those caught
+        # during the stop (only those were: one with an action that came just before
+        # was lost)
+        unseen: set[int] = set()
+        if own is not None:
+            with contextlib.suppress(OSError):  # (BlockingIOError: none left)
+                while chunk := reader.recv(4096):
+                    unseen.update(chunk)
         for sock in (reader, writer):
             with contextlib.suppress(OSError):
                 sock.close()
@@ -129,7 +138,9 @@ class LoopSignals:
                 # a caller acting on SIGHUP only) was lost. (since(0): all it caught, a
                 # recorder of its own, installed by start())
                 late = own.since(caught)
-                _raise_again([s for s in own.since(0) if s in late or s not in self._actions])
+                _raise_again(
+                    [s for s in own.since(0) if s in late or s in unseen or s not in self._actions]
+                )
 
 
 def _raise_again(signums: list[int]) -> None:

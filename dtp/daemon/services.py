@@ -220,7 +220,7 @@ class ServiceHost:
         return row
 
     async def configure(self, services: tuple[ServiceConfig, ...]) -> None:
-        """Adopt a (new) service list: pools are rebuilt only for changed backends;
+        """Adopt a (new) service list: pools are rebuilt only for changed backends (or a new name);
         open connections keep the terms they were admitted with, and those of a client
         its service's ``allow``/``deny`` lists no longer permit are closed."""
         wanted = {s.port: s for s in services}
@@ -228,15 +228,18 @@ class ServiceHost:
             old = self.services[port]
             new = wanted.get(port)
             # (the protocol too: a service turned UDP kept its TCP health checks, which
-            # connected to its UDP backends every health_interval, for good)
+            # connected to its UDP backends every health_interval, for good; and the
+            # name: a service renamed kept a pool that logged under the old name and
+            # counted its backend errors into the old name's status row)
             if new is None or (
+                new.name,
                 new.protocol,
                 new.backends,
                 new.health_interval,
                 new.connect_timeout,
-            ) != (old.protocol, old.backends, old.health_interval, old.connect_timeout):
+            ) != (old.name, old.protocol, old.backends, old.health_interval, old.connect_timeout):
                 await self.pools.pop(port).stop()
-                if new is None or new.protocol == "udp":
+                if new is None or new.protocol == "udp" or new.name != old.name:
                     # a removed service keeps its counters in the status, not its health:
                     # "healthy 1" for a service no longer served (or no longer checked)
                     self.book.service(old.name).healthy_backends = 0

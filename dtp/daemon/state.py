@@ -208,7 +208,17 @@ class StatusBook:
                 if snapshot is None:
                     self._writer = None
                     return
-            self._write(*snapshot)
+            try:
+                self._write(*snapshot)
+            except Exception as exc:
+                # a fault, not the disk's (tried again after the interval, as a failed
+                # write): raised, it ended the thread with this one recorded as the
+                # writer, and no periodic write happened again
+                error = repr(exc)
+                with self._disk:
+                    if error != self._save_error:  # (logged once, as a disk's error)
+                        self._save_error = error
+                        logger.error("status file not written", extra=kv(error=error))
 
     def _write(self, number: int, data: bytes) -> None:
         """Write snapshot ``number`` unless a newer one was written already."""
@@ -238,6 +248,9 @@ class StatusBook:
                     self._save_error = error
                     logger.warning("status file not written", extra=kv(error=error))
                 return
+            except BaseException:
+                self._failed = True  # (whatever failed it: tried again all the same)
+                raise
             self._failed = False
             if self._save_error is not None:
                 self._save_error = None

@@ -1,0 +1,137 @@
+"""Second review of the daemon's operational parts (session 35): the status file's
+writer thread, the loop's signals at their stop and a service renamed by a reload.
+Each test fails on the code before it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+import dtp.daemon.state as state_module
+from dtp.chain.local import LocalLedger
+from dtp.daemon.config import Backend, ServiceConfig
+from dtp.daemon.loop_signals import LoopSignals
+from dtp.daemon.services import ServiceHost
+from dtp.daemon.state import STATUS_FILE, StatusBook
+from dtp.errors import TunnelError
+from dtp.keys import HostIdentity
+
+# -- the status file -------------------------------------------------------------------
+
+
+def _join_writers() -> None:
+    """Wait for the status writer threads to end."""
+    for thread in threading.enumerate():
+        if thread.name == "dtp-status-writer":
+            thread.join(5)
+            assert not thread.is_alive()
+
+
+def test_a_fault_in_a_status_write_does_not_end_the_periodic_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write failing with anything but an OSError killed the writer thread and left
+    it recorded as running: every later periodic save only left its snapshot for a
+    thread that was gone, and the status file was never written again (nor was the
+    failed write tried again, as one failing with an OSError is)."""
+    real = state_module.write_durably
+    failed, written = threading.Event(), threading.Event()
+
+    def flaky(path: Path, data: bytes) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a fault")
+        real(path, data)
+        written.set()
+
+    monkeypatch.setattr(state_module, "write_durably", flaky)
+    book = StatusBook(tmp_path, interval=0.0)
+    book.service("svc").connections = 1
+    book.save()
+    assert failed.wait(5)
+    _join_writers()
+    book.save()  # nothing changed since: the failed write is tried again
+    assert written.wait(3)
+    _join_writers()
+    saved = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert saved["services"]["svc"]["connections"] == 1
+
+
+# -- signals ---------------------------------------------------------------------------
+
+
+def test_a_signal_its_action_never_saw_is_raised_again_at_the_stop() -> None:
+    """LoopSignals with a recorder of its own: a signal with an action that came while
+    it ran, but was still waiting on the wakeup fd for the loop when it stopped, never
+    reached its action, and was not raised again for the caller's handler either (only
+    those recorded during the stop were): lost."""
+    got: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, _: got.append(signum))
+    try:
+
+        async def main() -> None:
+            acted: list[int] = []
+            loop = asyncio.get_running_loop()
+            watch = LoopSignals(loop, {signal.SIGHUP: lambda: acted.append(1)}, None)
+            watch.start()
+            try:
+                signal.raise_signal(signal.SIGHUP)  # (recorded; the loop has not run)
+            finally:
+                watch.stop()
+            assert acted == []
+
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert got == [signal.SIGHUP]
+
+
+# -- a service renamed -----------------------------------------------------------------
+
+
+def _refused_port() -> int:
+    """A loopback port nothing listens on (a connect is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_a_renamed_service_counts_its_backend_errors_under_its_new_name(
+    tmp_path: Path,
+) -> None:
+    """A reload renaming a service (same port, same backends) kept its BackendPool: the
+    pool's health logs went on under the old name, and its failure callback counted
+    backend errors into the old name's status row (its healthy backends, too, stayed
+    there for a service no longer served under that name)."""
+    backends = (Backend("127.0.0.1", _refused_port()),)
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    book = StatusBook(tmp_path / "state")
+    try:
+        host = ServiceHost(ledger, HostIdentity.generate(), book)
+
+        async def main() -> None:
+            await host.configure((ServiceConfig("old", 7000, backends, health_interval=60),))
+            try:
+                book.service("old").healthy_backends = 1  # (as the run loop counts it)
+                await host.configure((ServiceConfig("new", 7000, backends, health_interval=60),))
+                pool = host.pools[7000]
+                assert pool.name == "new"
+                with pytest.raises(TunnelError):
+                    await pool.connect(asyncio.Protocol)
+            finally:
+                for pool in host.pools.values():
+                    await pool.stop()
+
+        asyncio.run(main())
+    finally:
+        ledger.close()
+    assert book.services["new"].backend_errors == 1
+    assert book.services["old"].backend_errors == 0
+    assert book.services["old"].healthy_backends == 0
