@@ -10,48 +10,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dtp.chain.local import LocalLedger
-from dtp.cli import main
 from dtp.keys import HostIdentity
 from tests.daemon_procs import ENV, ROOT
 from tests.polling import wait_for
-
-
-@pytest.fixture
-def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A temporary home for the ledger, the identity and the deployments record."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
-    monkeypatch.delenv("DTP_LEDGER", raising=False)
-    yield tmp_path
-
-
-def dtp(place: Path, *argv: str) -> int:
-    """``dtp ARGV`` in-process, on the place's ledger and identity."""
-    return main(
-        [
-            *argv,
-            "--ledger-path",
-            str(place / "ledger.sqlite"),
-            "--identity",
-            str(place / "id.json"),
-        ]
-    )
-
-
-def a_host(place: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert dtp(place, "keys", "new") == 0
-    assert dtp(place, "localnet", "faucet") == 0
-    capsys.readouterr()
-    assert dtp(place, "host", "create", "--json") == 0
-    host: str = json.loads(capsys.readouterr().out)["host"]
-    return host
-
+from tests.test_s35_cli_review import a_host, dtp, fake_sui, place  # noqa: F401 (a fixture)
 
 # -- host set: the endpoints are checked before the first transaction ------------------
 
@@ -65,7 +32,10 @@ def a_host(place: Path, capsys: pytest.CaptureFixture[str]) -> str:
     ],
 )
 def test_host_set_checks_the_endpoints_before_changing_the_noise_key(
-    place: Path, capsys: pytest.CaptureFixture[str], endpoints: list[str], said: str
+    place: Path,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
+    endpoints: list[str],
+    said: str,
 ) -> None:
     """Endpoints the ledger refuses were refused by their own transaction, after the
     noise key had been changed ("changed noise key; then endpoints failed")."""
@@ -93,23 +63,6 @@ def test_host_set_checks_the_endpoints_before_changing_the_noise_key(
 PUBLISHED = '{"digest": "D1", "objectChanges": [{"type": "published", "packageId": "0xabc"}]}'
 
 
-def fake_sui(place: Path, publish: str) -> Path:
-    sui = place / "sui"
-    sui.write_text(
-        "#!/bin/sh\n"
-        'case "$1 $2" in\n'
-        '  "client active-env") echo localnet ;;\n'
-        '  "move build") ;;\n'
-        f'  "client publish") {publish} ;;\n'
-        "esac\n"
-    )
-    sui.chmod(0o755)
-    package = place / "pkg"
-    package.mkdir()
-    (package / "Move.toml").write_text("[package]\n")
-    return sui
-
-
 # `dtp deploy` of the bundled package (built in a temporary copy) with a SIGTERM sent to
 # itself once `sui client publish` has returned, before its output is read
 _STOPPED_AFTER_PUBLISH = """
@@ -131,7 +84,9 @@ sys.exit(main(["deploy", "--network", "localnet", "--sui-bin", sys.argv[1], "--j
 """
 
 
-def test_deploy_stopped_after_the_publish_records_and_prints_the_package(place: Path) -> None:
+def test_deploy_stopped_after_the_publish_records_and_prints_the_package(
+    place: Path,  # noqa: F811 (the fixture)
+) -> None:
     """A SIGTERM once the publish had succeeded raised SystemExit before the record was
     written: the package, published and paid for, was recorded and printed nowhere (and
     before the handler, SIGTERM killed dtp there, with the same loss)."""
@@ -155,7 +110,9 @@ def test_deploy_stopped_after_the_publish_records_and_prints_the_package(place: 
     assert list(tmp.iterdir()) == []  # the temporary copy is gone
 
 
-def test_deploy_stopped_during_the_publish_says_it_may_have_published(place: Path) -> None:
+def test_deploy_stopped_during_the_publish_says_it_may_have_published(
+    place: Path,  # noqa: F811 (the fixture)
+) -> None:
     """Stopped while `sui client publish` ran, dtp kills it; the transaction may have gone
     through already (paid for, its package in no record), and nothing said so."""
     pid_file = place / "publish.pid"

@@ -19,8 +19,8 @@ from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
-from dtp.paid import PaidSocket
 from tests.paid_inprocess import ident, paid_service
+from tests.test_s35_metering_review import echo_streams
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)
@@ -65,16 +65,6 @@ def test_a_subscribed_connection_signs_nothing() -> None:
     assert meter.latest is None and not meter.exhausted
 
 
-def _echo_streams(sock: PaidSocket) -> None:
-    try:
-        while True:
-            stream = sock.accept_stream()
-            stream.sendall(stream.recv(100))
-            stream.close()
-    except Exception:  # the connection ended
-        return
-
-
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
 def test_a_service_priced_by_the_request_gets_a_receipt_per_request_at_most(
     api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -97,7 +87,7 @@ def test_a_service_priced_by_the_request_gets_a_receipt_per_request_at_most(
     monkeypatch.setattr(ClientMeter, "update", counting_update)
     monkeypatch.setattr(ClientMeter, "flush", counting_flush)
     port = 82 if api == "blocking" else 83
-    with paid_service(tmp_path, SERVER_ID, CLIENT_ID, port, BY_REQUEST, _echo_streams) as service:
+    with paid_service(tmp_path, SERVER_ID, CLIENT_ID, port, BY_REQUEST, echo_streams) as service:
         ledger = service.ledger
         if api == "blocking":
             sock = dtp.socket.create_connection(

@@ -63,7 +63,8 @@ def test_requests_are_signed_for_within_a_quarter_of_the_allowance() -> None:
     assert asked.flush(0) is not None
 
 
-def _echo_streams(sock: PaidSocket) -> None:
+def echo_streams(sock: PaidSocket) -> None:
+    """A paid handler echoing each stream's first 100 bytes, until the connection ends."""
     try:
         while True:
             stream = sock.accept_stream()
@@ -84,7 +85,7 @@ def test_a_client_opening_many_small_streams_is_never_asked_for_a_receipt(
         answer(self, data)
 
     monkeypatch.setattr(ClientPayment, "on_server_receipt", counting)
-    with paid_service(tmp_path, SERVER_ID, CLIENT_ID, 81, RPC_SLA, _echo_streams) as service:
+    with paid_service(tmp_path, SERVER_ID, CLIENT_ID, 81, RPC_SLA, echo_streams) as service:
         sock = dtp.socket.create_connection(
             service.address,
             timeout=10,

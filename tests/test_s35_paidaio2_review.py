@@ -26,29 +26,13 @@ from typing import Any
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import Receipt, fee
-from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy
 from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid_review_harness import CLIENT, SLA, World
+from tests.test_s35_paidaio_review import UNPAID, WAIT, run_go, until
 
-WAIT = 20.0  # bound on anything waited for
-UNPAID = MeteringConfig(enabled=False)
 #: ledger calls that only read (any other is the settlement's, at the end)
 _READS = frozenset({"get_host", "get_escrow", "get_connection", "get_cap", "epoch"})
-
-
-async def _until(check: Any, timeout: float = WAIT) -> None:
-    """Until ``check()`` holds (server-side state with no event to wait on: looked at
-    every few milliseconds), at most ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
-
-
-async def _stop(server: Any, writer: Any) -> None:
-    writer.abort()
-    server.close()
-    assert await server.wait_released(WAIT)
 
 
 class _SlowEscrowLedger:
@@ -102,11 +86,11 @@ def test_the_escrow_read_a_datagram_started_ends_before_the_settlement(
     async def callback(reader: PaidReader, writer: PaidWriter) -> None:
         paid = reader._paid
         # the client's datagrams are in the usage as they come: past the deposit
-        await _until(lambda: paid.conn.usage[0] > 8000)
+        await until(lambda: paid.conn.usage[0] > 8000)
         slow.armed = True
         writer.send_datagram(b"d" * 100)  # dropped: the deposit holds the connection
         try:
-            await _until(slow.started.is_set, 3.0)
+            await until(slow.started.is_set, 3.0)
         except TimeoutError:
             out["no read"] = True
             slow.release.set()
@@ -125,7 +109,7 @@ def test_the_escrow_read_a_datagram_started_ends_before_the_settlement(
             for _ in range(12):
                 writer.send_datagram(b"c" * 1000)
                 await asyncio.sleep(0.005)
-            await _until(lambda: "returned" in out or "no read" in out)
+            await until(lambda: "returned" in out or "no read" in out)
             with contextlib.suppress(DTPError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), WAIT)
             server.close()
@@ -169,7 +153,7 @@ def test_a_datagram_pause_after_payment_came_is_a_new_one(tmp_path: Path) -> Non
         used, requests = paid.conn.usage
         signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
         paid.on_receipt(signed.sign(CLIENT).encode())  # (as it comes off the wire)
-        await _until(lambda: paid.gate.latest_nonce == 1)
+        await until(lambda: paid.gate.latest_nonce == 1)
         await asyncio.sleep(timeout + 0.3)  # (other work, paid for)
         # stream bytes take the whole credit (none held back): the next datagram drops
         total, requests = paid.conn.usage
@@ -183,20 +167,11 @@ def test_a_datagram_pause_after_payment_came_is_a_new_one(tmp_path: Path) -> Non
             out["raised"] = exc
         out["after"] = time.monotonic() - began
 
-    async def main() -> None:
-        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=timeout))
-        _, writer = await w.connect(metering=UNPAID)
-        try:
-            writer.write(b"go")
-            await writer.drain()
-            await _until(lambda: "after" in out)
-        finally:
-            await _stop(server, writer)
+    async def then(writer: Any) -> None:
+        await until(lambda: "after" in out)
 
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
+    policy = ServicePolicy(allowance=300, pause_timeout=timeout)
+    run_go(w, callback, policy, then, metering=UNPAID)
     assert isinstance(out.get("raised"), PaymentRequired), out
     assert timeout - 0.1 <= out["after"] < 2.5, out
 
@@ -221,19 +196,9 @@ def test_an_empty_batch_does_not_end_a_datagram_pause(tmp_path: Path) -> None:
             out["raised"] = exc
         out["took"] = time.monotonic() - began
 
-    async def main() -> None:
-        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=0.5))
-        _, writer = await w.connect(metering=UNPAID)
-        try:
-            writer.write(b"go")
-            await writer.drain()
-            await _until(lambda: "took" in out)
-        finally:
-            await _stop(server, writer)
+    async def then(writer: Any) -> None:
+        await until(lambda: "took" in out)
 
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
+    run_go(w, callback, ServicePolicy(allowance=300, pause_timeout=0.5), then, metering=UNPAID)
     assert isinstance(out.get("raised"), PaymentRequired), out
     assert out["took"] < 2.5, out

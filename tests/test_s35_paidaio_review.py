@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,45 @@ UNPAID = MeteringConfig(enabled=False)
 ON_REQUEST = MeteringConfig(every_bytes=0, every_ms=0)
 
 
-async def _stop(server: Any, writer: Any) -> None:
+async def until(check: Any, timeout: float = WAIT) -> None:
+    """Until ``check()`` holds (server-side state with no event to wait on: looked at
+    every few milliseconds), at most ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def stop(server: Any, writer: Any) -> None:
     writer.abort()
     server.close()
     assert await server.wait_released(WAIT)
+
+
+def run_go(
+    w: World,
+    callback: Any,
+    policy: ServicePolicy,
+    then: Callable[[Any], Awaitable[None]],
+    **connect: Any,
+) -> None:
+    """Serve ``callback`` under ``policy``, connect (``connect``: World.connect's
+    arguments), write the "go" the handlers wait for, then ``then(writer)``; the server
+    and the world are closed after, whatever happened."""
+
+    async def main() -> None:
+        server = await w.serve(callback, policy)
+        _, writer = await w.connect(**connect)
+        try:
+            writer.write(b"go")
+            await writer.drain()
+            await then(writer)
+        finally:
+            await stop(server, writer)
+
+    try:
+        asyncio.run(main())
+    finally:
+        w.close()
 
 
 # -- 1. datagrams sent alone stay within the client's bytes/s limit --------------------
@@ -68,20 +104,10 @@ def test_datagrams_sent_alone_stay_within_the_bytes_limit(tmp_path: Path) -> Non
         out["sent"] = calls - writer.datagrams_send_dropped
         out["dropped"] = writer.datagrams_send_dropped
 
-    async def main() -> None:
-        server = await w.serve(callback, ServicePolicy(allowance=1_000_000))
-        _, writer = await w.connect()
-        try:
-            writer.write(b"go")
-            await writer.drain()
-            await asyncio.wait_for(_until(lambda: "sent" in out), WAIT)
-        finally:
-            await _stop(server, writer)
+    async def then(writer: Any) -> None:
+        await asyncio.wait_for(until(lambda: "sent" in out), WAIT)
 
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
+    run_go(w, callback, ServicePolicy(allowance=1_000_000), then)
     charge = size + 3  # a datagram's payload and frame header (datagram_charge)
     sent_bytes = out["sent"] * charge
     # the burst, the rate since, and the one datagram that ran the bucket into debt
@@ -115,25 +141,15 @@ def test_datagrams_to_a_client_that_pays_nothing_close_after_the_pause(
             out["raised"] = exc
         out["took"] = time.monotonic() - began
 
-    async def main() -> None:
-        # 300 MIST on credit: some 30 datagrams, then the gate pauses
-        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=0.5))
-        _, writer = await w.connect(metering=UNPAID)
-        try:
-            writer.write(b"go")
-            await writer.drain()
-            with contextlib.suppress(DTPError, TimeoutError):
-                while True:
-                    await asyncio.wait_for(writer.recv_datagram(), WAIT)
-            out["client"] = writer._proto.session.terminated
-            await asyncio.wait_for(_until(lambda: "took" in out), WAIT)
-        finally:
-            await _stop(server, writer)
+    async def then(writer: Any) -> None:
+        with contextlib.suppress(DTPError, TimeoutError):
+            while True:
+                await asyncio.wait_for(writer.recv_datagram(), WAIT)
+        out["client"] = writer._proto.session.terminated
+        await asyncio.wait_for(until(lambda: "took" in out), WAIT)
 
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
+    # 300 MIST on credit: some 30 datagrams, then the gate pauses
+    run_go(w, callback, ServicePolicy(allowance=300, pause_timeout=0.5), then, metering=UNPAID)
     assert isinstance(out.get("raised"), PaymentRequired), out
     assert out["raised"].code == CLOSE_PAYMENT_REQUIRED
     assert out["took"] < 3.0
@@ -166,24 +182,15 @@ def test_datagrams_to_a_client_that_pays_on_request_go_on_after_the_pause(
         with contextlib.suppress(DTPError):
             await reader.read(1)  # until the client closes
 
-    async def main() -> None:
-        server = await w.serve(callback, ServicePolicy(allowance=300, pause_timeout=3.0))
-        _, writer = await w.connect(metering=ON_REQUEST)
+    async def then(writer: Any) -> None:
         got = 0
-        try:
-            writer.write(b"go")
-            await writer.drain()
-            with contextlib.suppress(TimeoutError):
-                while got < count * size:
-                    got += len(await asyncio.wait_for(writer.recv_datagram(), 6.0))
-            out["got"] = got
-        finally:
-            await _stop(server, writer)
+        with contextlib.suppress(TimeoutError):
+            while got < count * size:
+                got += len(await asyncio.wait_for(writer.recv_datagram(), 6.0))
+        out["got"] = got
 
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
+    policy = ServicePolicy(allowance=300, pause_timeout=3.0)
+    run_go(w, callback, policy, then, metering=ON_REQUEST)
     assert "raised" not in out, out
     assert out["went"] == count, out
     assert out["got"] == count * size, out
@@ -206,7 +213,7 @@ def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) 
         proto = paid.proto
         # (allowance 0: the first request is unpaid, so the first read pauses)
         task = asyncio.ensure_future(reader.read(10))
-        await asyncio.wait_for(_until(lambda: paid.gate.pause_deadline_ms() is not None), WAIT)
+        await asyncio.wait_for(until(lambda: paid.gate.pause_deadline_ms() is not None), WAIT)
         await asyncio.sleep(0)  # the read is in its wait for a receipt now
         used, requests = paid.conn.usage
         signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
@@ -231,19 +238,12 @@ def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) 
         server = await w.serve(callback, ServicePolicy(allowance=0, pause_timeout=30.0))
         _, writer = await w.connect(metering=UNPAID)
         try:
-            await asyncio.wait_for(_until(lambda: "cancelled" in out), WAIT)
+            await asyncio.wait_for(until(lambda: "cancelled" in out), WAIT)
         finally:
-            await _stop(server, writer)
+            await stop(server, writer)
 
     try:
         asyncio.run(main())
     finally:
         w.close()
     assert out["cancelled"]
-
-
-async def _until(check: Any) -> None:
-    """Until ``check()`` holds (server-side state with no event to wait on: looked at
-    every few milliseconds)."""
-    while not check():
-        await asyncio.sleep(0.005)

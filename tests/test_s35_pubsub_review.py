@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,40 +29,9 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
+from tests.test_s31_pubsub_review import Streams, streams  # noqa: F401 (a fixture)
 
 NOT_UTF8 = "\udc80"  # a lone surrogate: a str, but no UTF-8 for the wire
-
-
-class Streams:
-    """Connected pairs of DTP streams on 127.0.0.1, all ended by :meth:`close`."""
-
-    def __init__(self) -> None:
-        self.identity = HostIdentity.generate()
-        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
-        self.socks: list[dtp.socket.DTPSocket] = []
-
-    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
-        """A new connection: (client side, server side), both without a timeout."""
-        client = dtp.socket.create_connection(
-            self.server.address, server_key=self.identity.noise_public, timeout=10
-        )
-        server_side, _ = self.server.accept(timeout=10)
-        client.settimeout(None)
-        server_side.settimeout(None)
-        self.socks += [client, server_side]
-        return client, server_side
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.abort("test over")
-        self.server.close()
-
-
-@pytest.fixture
-def streams() -> Iterator[Streams]:
-    s = Streams()
-    yield s
-    s.close()
 
 
 # -- 1. a method name that is no UTF-8 -----------------------------------------------------------
@@ -75,7 +43,9 @@ def _refused_as_a_bad_name(call: object) -> None:
     assert not isinstance(info.value, TypeError | UnicodeEncodeError)
 
 
-def test_a_method_name_that_is_no_utf8_is_refused_alike_on_every_path(streams: Streams) -> None:
+def test_a_method_name_that_is_no_utf8_is_refused_alike_on_every_path(
+    streams: Streams,  # noqa: F811 (the fixture)
+) -> None:
     proto = RpcProtocol()
     _refused_as_a_bad_name(lambda: proto.begin_request(NOT_UTF8, None, 0.0, None))
     _refused_as_a_bad_name(lambda: proto.send_request(NOT_UTF8))
@@ -132,7 +102,9 @@ def test_a_method_name_that_is_no_utf8_is_refused_alike_on_every_path(streams: S
 # -- 2. a stream ending inside a frame -------------------------------------------------------------
 
 
-def test_a_stream_ending_inside_a_frame_counts_as_a_violation(streams: Streams) -> None:
+def test_a_stream_ending_inside_a_frame_counts_as_a_violation(
+    streams: Streams,  # noqa: F811 (the fixture)
+) -> None:
     node = PubSubNode("n")
     try:
         sub = node.subscribe("t")
@@ -159,7 +131,10 @@ def test_a_stream_ending_inside_a_frame_counts_as_a_violation(streams: Streams) 
 
 
 @pytest.mark.parametrize("topic", [5, None, "", "x" * 257, NOT_UTF8])
-def test_interested_links_refuses_what_is_no_topic(streams: Streams, topic: object) -> None:
+def test_interested_links_refuses_what_is_no_topic(
+    streams: Streams,  # noqa: F811 (the fixture)
+    topic: object,
+) -> None:
     node = PubSubNode("n")
     try:
         _, node_side = streams.pair()
