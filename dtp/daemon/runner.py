@@ -786,11 +786,17 @@ class Daemon:
         ``drain_timeout``), settle every connection, save the status."""
         timeout = self.config.daemon.drain_timeout
         logger.info("draining", extra=kv(timeout=timeout))
-        await self._shut_down(timeout)
-        self.book.info["stopped"] = time.time()
-        self.book.save(force=True)
-        self.ledger.close()
-        self.release_lock()
+        try:
+            await self._shut_down(timeout)
+        finally:
+            # also when the shut-down was cut short (cancelled): the ledger stayed open
+            # and the state directory locked, for another daemon of this process too
+            try:
+                self.book.info["stopped"] = time.time()
+                self.book.save(force=True)
+            finally:
+                self.ledger.close()
+                self.release_lock()
         logger.info("stopped")
 
     async def _shut_down(self, timeout: float) -> None:
@@ -807,16 +813,29 @@ class Daemon:
             *(f.drain(timeout) for f in forwarders), return_exceptions=True
         )
         for fwd, outcome in zip(forwarders, drained, strict=True):
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # (cancelled, or the process is ending)
-            if isinstance(outcome, Exception):
+            # (a CancelledError here is the forward's own: gather raises ours itself)
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, (Exception, asyncio.CancelledError)
+            ):
+                raise outcome  # (the process is ending)
+            if isinstance(outcome, BaseException):
                 logger.error(
                     "draining a forward failed",
                     extra=kv(forward=fwd.config.name, error=f"{type(outcome).__name__}: {outcome}"),
                     exc_info=outcome,
                 )
         if self.services is not None:
-            await self.services.drain(timeout)
+            try:
+                await self.services.drain(timeout)
+            except Exception as exc:
+                # (its firewall watcher died of a ledger's surprise, say) Let out, it
+                # ended the shut-down past the fees' close -- the receipt writer's last
+                # receipts -- the status save, the ledger's close and the lock's release
+                logger.error(
+                    "draining the services failed",
+                    extra=kv(error=f"{type(exc).__name__}: {exc}"),
+                    exc_info=exc,
+                )
         if self.fees is not None:
             self.fees.close()
             self.fees = None

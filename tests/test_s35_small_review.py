@@ -1,0 +1,157 @@
+"""Session 35, second reading of 56207c3 (the daemon's shut-down going on past a forward's
+failed drain):
+
+* a services' drain that raised (its firewall watcher died of a ledger's surprise, which
+  the drain's await let out) still ended the daemon's shut-down there: the fees' close
+  (the receipt writer's last receipts), the status save, the ledger's close and the
+  state lock's release were all skipped;
+* a daemon drain cancelled midway left the ledger open and the state directory locked;
+* a forward whose own drain ended cancelled (its CancelledError, not the shut-down's)
+  was taken for the shut-down's cancellation and re-raised: the services were never
+  drained, their connections never settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dtp.daemon.config import load_config
+from dtp.daemon.runner import Daemon
+from dtp.daemon.state import STATUS_FILE
+from dtp.errors import LedgerUnavailable
+from dtp.keys import HostIdentity
+
+BOUND = 4.0
+
+
+def _daemon(tmp: Path) -> Daemon:
+    HostIdentity.generate().save(tmp / "provider.key")
+    config = tmp / "daemon.toml"
+    config.write_text(
+        """[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "state"
+drain_timeout = 1
+
+[[service]]
+name = "svc"
+port = 80
+backends = ["127.0.0.1:9"]
+"""
+    )
+    return Daemon(load_config(config))
+
+
+class _Services:
+    """What the shut-down uses of a ServiceHost: a drain that raises ``error``, or waits
+    for ``release`` (``started`` set once it is under way)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.drained = False
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def stop_listening(self) -> None:
+        pass
+
+    async def drain(self, timeout: float) -> None:
+        self.started.set()
+        if self.error is not None:
+            raise self.error
+        await self.release.wait()
+        self.drained = True
+
+
+class _Fees:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Forward:
+    """What the shut-down uses of a forward: a drain that ends cancelled on its own."""
+
+    config = SimpleNamespace(name="f")
+
+    def stop_listening(self) -> None:
+        pass
+
+    async def drain(self, timeout: float) -> None:
+        raise asyncio.CancelledError  # (a future it waited on, cancelled by another)
+
+
+def _ledger_closed(daemon: Daemon) -> bool:
+    try:
+        daemon.ledger.balance(daemon.identity.sui_address)
+    except LedgerUnavailable:
+        return True
+    return False
+
+
+def _stopped_saved(tmp: Path) -> bool:
+    """Whether the status file says the daemon stopped (the save at the drain's end)."""
+    path = tmp / "state" / STATUS_FILE
+    return path.exists() and "stopped" in json.loads(path.read_text())
+
+
+def test_a_services_drain_that_raises_does_not_end_the_shut_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = _daemon(tmp_path)
+    services, fees = _Services(RuntimeError("the firewall watcher died")), _Fees()
+    daemon.services, daemon.fees = services, fees  # type: ignore[assignment]
+    with caplog.at_level(logging.ERROR, logger="dtp.daemon"):
+        asyncio.run(asyncio.wait_for(daemon.drain(), BOUND))
+    assert fees.closed  # (the receipt writer's last receipts written)
+    assert daemon.fees is None
+    assert _ledger_closed(daemon)
+    assert daemon._lock is None
+    assert _stopped_saved(tmp_path)
+    assert "the firewall watcher died" in caplog.text
+
+
+def test_a_cancelled_drain_still_closes_the_ledger_and_releases_the_lock(
+    tmp_path: Path,
+) -> None:
+    daemon = _daemon(tmp_path)
+    services = _Services()
+    daemon.services = services  # type: ignore[assignment]
+
+    async def main() -> None:
+        drain = asyncio.ensure_future(daemon.drain())
+        await asyncio.wait_for(services.started.wait(), BOUND)
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+
+    asyncio.run(asyncio.wait_for(main(), BOUND))
+    assert _ledger_closed(daemon)
+    assert daemon._lock is None
+    assert _stopped_saved(tmp_path)
+
+
+def test_a_forward_drain_ending_cancelled_on_its_own_still_drains_the_services(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = _daemon(tmp_path)
+    services, fees = _Services(), _Fees()
+    services.release.set()
+    daemon.services, daemon.fees = services, fees  # type: ignore[assignment]
+    daemon.forwarders["f"] = _Forward()  # type: ignore[assignment]
+    with caplog.at_level(logging.ERROR, logger="dtp.daemon"):
+        asyncio.run(asyncio.wait_for(daemon.drain(), BOUND))
+    assert services.drained
+    assert fees.closed
+    assert _ledger_closed(daemon)
+    assert daemon._lock is None
+    assert "draining a forward failed" in caplog.text
