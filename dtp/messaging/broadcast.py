@@ -397,6 +397,11 @@ class _StationLink:
                     self.station._handle(self, decode_body(item))
                 except E.MessagingProtocolError:
                     self.violations += 1
+        except E.MessagingProtocolError as exc:
+            # the stream ended inside a frame (read_frames): a message cut off, counted
+            # (it ended the link as a clean end of stream does, with nothing counted)
+            self.violations += 1
+            logger.debug("broadcast link %s: reading failed: %s", self.name, exc)
         except (DTPError, OSError) as exc:
             logger.debug("broadcast link %s: reading failed: %s", self.name, exc)
         finally:
@@ -1156,6 +1161,12 @@ class BroadcastListener:
                 except E.MessagingProtocolError as exc:
                     self.violations += 1
                     self.last_error = exc
+        except E.MessagingProtocolError as exc:
+            # the stream ended inside a frame (read_frames): a message cut off, counted
+            self.violations += 1
+            self.last_error = exc
+            logger.debug("broadcast listener: reading failed: %s", exc)
+            reason = f"reading failed: {type(exc).__name__}"
         except (DTPError, OSError) as exc:
             logger.debug("broadcast listener: reading failed: %s", exc)
             reason = f"reading failed: {type(exc).__name__}"
