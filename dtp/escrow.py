@@ -338,7 +338,10 @@ class Meter:
     ``price_per_kib`` 0, requests at ``price_per_request`` 0) does not make a receipt
     due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
     nothing more than the last one, and costs a signature here and a check and a
-    write at the server.
+    write at the server. Only for a peer that judges receipts by their amount (a paid
+    server's :class:`dtp.metering.ReceiptGate`): one that counts the usage a receipt
+    covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.udp.UdpBilling`)
+    waits for receipts for free usage too.
     """
 
     def __init__(
@@ -363,6 +366,9 @@ class Meter:
             ("every_ms", every_ms),
         ):
             _meter_count(name, value)
+        if not isinstance(sign_free, bool):
+            # (a str such as "no" was truthy: every free byte signed for, silently)
+            raise InvalidArgument(f"sign_free must be a bool, got {sign_free!r}")
         if not 1 <= _meter_count("start_nonce", start_nonce) < 2**64:
             # (above u64 it failed only at the first receipt, as a plain ValueError)
             raise InvalidArgument("start_nonce must be from 1 to 2**64 - 1")

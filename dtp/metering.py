@@ -175,8 +175,10 @@ class ClientMeter:
         self._seen_bytes = 0
         self._seen_requests = 0
         self._every_ms = cfg.every_ms
-        # once exhausted, usage is counted in steps of at least this many bytes
-        self._step = max(1, (every_bytes or 1 << 20) // 16)
+        # once exhausted, usage is counted in steps of at least this many bytes (with
+        # free bytes, whose cadence is off, a sixteenth of the configured one all the
+        # same: steps of 64 KiB ticked an exhausted meter 128 times as often)
+        self._step = max(1, (every_bytes or cfg.every_bytes or 1 << 20) // 16)
         self._due_ms = now_ms + cfg.every_ms if cfg.every_ms else None
         self._unseen_bytes = 0
 
