@@ -1793,6 +1793,11 @@ class DTPSocket:
                 if watch:
                     _TIMERS.watch(engine)
         view = _readable(data)
+        if not view:
+            # (an empty sendall sends nothing, so only this tells a closed or shut
+            # socket, as a socket's sendall(b"") raises EBADF / EPIPE, and send(b"") here
+            # does; any other goes through _send's checks)
+            self._check_sendable()
         timeout = self._timeout
         if not timeout:  # None (no limit) or 0 (non-blocking: each send takes what fits)
             while len(view):
@@ -2164,6 +2169,12 @@ class DTPSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __getstate__(self) -> Any:
+        # As a socket's: copy.copy and pickle refuse. A copy shared the engine and
+        # believed itself open, so its finalizer closed the carrier under the
+        # original -- dropping a copy ended the connection.
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def __del__(self) -> None:
         # A finalizer runs wherever the garbage collector happens to start: inside any
@@ -3627,6 +3638,11 @@ class DTPServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __getstate__(self) -> Any:
+        # as a listening socket's: a copy shared the listener and threads, and its
+        # close() stopped the original's serving
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
 
 def create_server(
