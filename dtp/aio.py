@@ -582,9 +582,11 @@ class DTPStreamReader:
         while True:
             try:
                 await self._wait_readable("readexactly")
-            except asyncio.CancelledError:
+            except BaseException:
                 # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
-                # asyncio's: what was gathered goes back in front of the stream
+                # asyncio's: what was gathered goes back in front of the stream. So does
+                # one refused (RuntimeError) because another task's read waits: it took
+                # what was buffered before it had to wait (the bytes were lost)
                 self._unread(b"".join(chunks))
                 raise
             if self._buffer():
