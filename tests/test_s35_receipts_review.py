@@ -20,24 +20,17 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
+from dtp.escrow import Receipt
 from dtp.paid import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClaimBackoff
-from tests.paid_twins import OutageLedger, funded_ledger, ident
+from tests.paid_twins import OutageLedger
 from tests.receipt_stores import receipt
-
-SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
-PORT = 7000
-DEPOSIT = 100_000
-SERVER, CLIENT = ident(0xA1), ident(0xA2)
+from tests.test_s31_shared_store_recovery import SERVER, World, world  # noqa: F401 (a fixture)
 
 
 def _mode(path: Path) -> int:
@@ -85,36 +78,14 @@ def test_a_lock_file_made_before_is_made_private_and_a_store_keeps_its_mode(
     assert _mode(path) == 0o640
 
 
-@dataclass
-class World:
-    ledger: LocalLedger
-    host_id: str
-    cap_id: str
-    store_path: Path
-
-    def receipt(self) -> Receipt:
-        """A receipt of a new connection, for 100 KiB and one request."""
-        cid = self.ledger.open_connection(
-            CLIENT, self.host_id, PORT, self.cap_id, DEPOSIT
-        ).connection_id
-        return Receipt(cid, 102400, 1, fee(SLA, 102400, 1), 1).sign(CLIENT)
-
-    def claimed(self, receipt: Receipt) -> int:
-        tc = self.ledger.get_connection(receipt.connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
-        cap_id = ledger.create_spending_cap(CLIENT, 10**9)
-        yield World(ledger, host_id, cap_id, tmp_path / "receipts.db")
+def claimed(place: World, receipt: Receipt) -> int:
+    """MIST claimed so far from the escrow of ``receipt``'s connection."""
+    tc = place.ledger.get_connection(receipt.connection_id)
+    return place.ledger.get_escrow(tc.escrow).claimed
 
 
 def test_a_receipt_of_no_run_that_failed_at_the_start_is_retried_by_the_live_rounds(
-    world: World,
+    world: World,  # noqa: F811 (the fixture)
 ) -> None:
     left = world.receipt()
     with ReceiptStore(world.store_path) as before:
@@ -133,13 +104,15 @@ def test_a_receipt_of_no_run_that_failed_at_the_start_is_retried_by_the_live_rou
         assert [cid for cid, _ in settled] == [left.connection_id]
         store.detach_server()
         assert list(store.unclaimed()) == []
-    assert world.claimed(left) == left.total_amount
+    assert claimed(world, left) == left.total_amount
     # (claimed: nothing of the run it was given to is left, its lock file neither)
     names = [p.name for p in world.store_path.parent.iterdir()]
     assert [n for n in names if n.startswith("receipts.db-lock-")] == []
 
 
-def test_a_live_servers_rows_are_not_given_to_a_dead_run(world: World) -> None:
+def test_a_live_servers_rows_are_not_given_to_a_dead_run(
+    world: World,  # noqa: F811 (the fixture)
+) -> None:
     """A guard: a server alone gives only rows of no run to a dead one, never those of
     another server that is live (attached later, on another handle)."""
     mine = world.receipt()
@@ -154,4 +127,4 @@ def test_a_live_servers_rows_are_not_given_to_a_dead_run(world: World) -> None:
             assert receipts == []
         second.detach_server()
         first.detach_server()
-    assert world.claimed(mine) == 0
+    assert claimed(world, mine) == 0
