@@ -474,7 +474,12 @@ class DTPStreamReader:
         reads). Its flow-control credit stays given: the stream's buffer counts it as
         credited, so no later take, sink or close returns it again (twice given, each
         wait_for(readexactly(n), t) that timed out let the peer send that much again
-        beyond the window)."""
+        beyond the window). Not into a stream closed here meanwhile (a task cancelled,
+        then its writer closed, before it ran): its reads give b"" from then on, and
+        the bytes came back after the close."""
+        buf = self._session.streams.get(self._stream_id)
+        if buf is not None and buf.discarded:
+            return
         self._session.unread(self._stream_id, data)
 
     def _buffer(self) -> bytearray:
