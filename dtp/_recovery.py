@@ -124,6 +124,8 @@ class LossRecovery:
         self.smoothed_rtt = INITIAL_RTT
         self.rttvar = INITIAL_RTT / 2
         self.min_rtt: float | None = None
+        #: The newest RTT sample (RFC 9002's latest_rtt), before the ack delay is taken off
+        self.latest_rtt = 0.0
         self.has_sample = False
         self.pto_count = 0
         self.last_eliciting_sent: float | None = None
@@ -145,8 +147,12 @@ class LossRecovery:
         return None
 
     def _update_rtt(self, sample: float, ack_delay: float) -> None:
+        self.latest_rtt = sample
         if self.min_rtt is None or sample < self.min_rtt:
             self.min_rtt = sample
+        # At most our own MAX_ACK_DELAY is taken off (RFC 9002 5.3): a peer reporting
+        # more brought the estimate down to the minimum RTT however long the path took.
+        ack_delay = min(ack_delay, MAX_ACK_DELAY)
         if sample - ack_delay >= self.min_rtt:
             sample -= ack_delay
         if not self.has_sample:
@@ -195,7 +201,10 @@ class LossRecovery:
         return acked, self.detect_lost(now)
 
     def _loss_delay(self) -> float:
-        rtt = max(self.smoothed_rtt, self.min_rtt or self.smoothed_rtt)
+        # The latest sample counts too (RFC 9002 6.1.2): after the path's RTT grew, the
+        # smoothed RTT alone took every record sent before the one just acknowledged
+        # for lost, though they were no later than it.
+        rtt = max(self.smoothed_rtt, self.latest_rtt)
         return max(TIME_THRESHOLD * rtt, GRANULARITY)
 
     def detect_lost(self, now: float) -> list[SentRecord]:
