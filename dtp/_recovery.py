@@ -150,8 +150,10 @@ class LossRecovery:
         self.latest_rtt = sample
         if self.min_rtt is None or sample < self.min_rtt:
             self.min_rtt = sample
-        # At most our own MAX_ACK_DELAY is taken off (RFC 9002 5.3): a peer reporting
-        # more brought the estimate down to the minimum RTT however long the path took.
+        # At most the peer's max_ack_delay is taken off (RFC 9002 5.3): not negotiated
+        # here, it is MAX_ACK_DELAY, the deadline both sides' AckTracker keeps to. A peer
+        # reporting more brought the estimate down to the minimum RTT however long the
+        # path took.
         ack_delay = min(ack_delay, MAX_ACK_DELAY)
         if sample - ack_delay >= self.min_rtt:
             sample -= ack_delay
