@@ -1150,11 +1150,12 @@ class UdpForwarder:
                     asked.append(session)
         deadline = time.monotonic() + self.final_timeout
         for session in asked:
-            # an infinite final_timeout (check_seconds: "never" gives up) waits with no
-            # timeout: Event.wait(inf) raised OverflowError, and close() failed past every
-            # session and the local port, all left open
-            left = deadline - time.monotonic()
-            if not session.final.wait(None if math.isinf(left) else max(0.0, left)):
+            # at most what a thread can wait for: an infinite final_timeout
+            # (check_seconds: "never" gives up), or a finite one past TIMEOUT_MAX, made
+            # Event.wait raise OverflowError, and close() failed past every session and
+            # the local port, all left open
+            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            if not session.final.wait(left):
                 logger.info("UDP flow from %s: no final report from the relay", session.source)
         for session in mine:
             with contextlib.suppress(DTPError, OSError):

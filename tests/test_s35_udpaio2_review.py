@@ -23,6 +23,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
@@ -36,10 +38,12 @@ BOUND = 5.0
 _FINAL_ASKED = 5  # the forwarder's control frame b"F": 4-byte length, then the kind
 
 
-def test_a_blocking_forwarder_with_an_endless_final_timeout_closes() -> None:
+@pytest.mark.parametrize("final_timeout", [float("inf"), 1e300], ids=["inf", "1e300"])
+def test_a_blocking_forwarder_with_an_endless_final_timeout_closes(final_timeout: float) -> None:
     """``final_timeout=float("inf")`` passes the check ("never" gives up waiting for the
-    final report); the blocking close() raised OverflowError instead of waiting, and left
-    the flow's connection and the local port open."""
+    final report), as does a finite one past what a thread can wait for; the blocking
+    close() raised OverflowError instead of waiting, and left the flow's connection and
+    the local port open."""
     identity = HostIdentity.generate()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
     reached = threading.Event()
@@ -76,7 +80,7 @@ def test_a_blocking_forwarder_with_an_endless_final_timeout_closes() -> None:
     def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
         return Meter(CLIENT, CONNECTION_ID, Sla(1, 1, 0), 10**9)
 
-    fwd = UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=float("inf"))
+    fwd = UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=final_timeout)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raised: list[BaseException] = []
     closed = threading.Event()
