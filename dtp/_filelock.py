@@ -39,6 +39,17 @@ def companion(path: Path, suffix: str = "-lock") -> Path:
     return real.with_name(real.name + suffix)
 
 
+def make_private(fd: int, mode: int | None = None) -> None:
+    """Take group's and others' access away from the lock file open at ``fd`` (its
+    ``st_mode`` when the caller has it), one made before lock files were private.
+    Best effort: a file system that refuses modes (vfat, some FUSE or CIFS mounts:
+    EPERM) still locks, as it did before files were made private, and must go on
+    working."""
+    with contextlib.suppress(OSError):
+        if (os.fstat(fd).st_mode if mode is None else mode) & 0o077:
+            os.fchmod(fd, 0o600)
+
+
 def lock_exclusive(lock_path: Path) -> int | None:
     """Open (or create) ``lock_path`` and take its exclusive lock without waiting.
     Returns the descriptor holding it (close it to release), None where there is no
@@ -61,12 +72,7 @@ def lock_exclusive(lock_path: Path) -> int | None:
                 "not a lock file of this user's (another file's name, or not a plain file)",
                 str(lock_path),
             )
-        if info.st_mode & 0o077:
-            # (one made before, 0o644: private from now on). A file system that refuses
-            # modes (vfat, some FUSE or CIFS mounts: EPERM) still locks: the lock
-            # worked there before files were made private, and must go on working
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o600)
+        make_private(fd, info.st_mode)  # (one made before, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dtp._filelock import make_private
 from dtp.chain.objects import normalize_id
 from dtp.errors import MalformedReceipt, ReceiptStoreError
 from dtp.escrow import Receipt
@@ -124,7 +125,7 @@ class ReceiptStore:
         self._closed = False  # (set by close(), under the write lock)
         # one handle shared by a server's connection threads, serialized by SQLite's own
         # mutex (the default serialized threading mode); each call is one statement
-        _make_private(self._name)
+        _create_private(self._name)
         with self._errors("open"):
             self._db = sqlite3.connect(
                 self._name, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -285,7 +286,7 @@ class ReceiptStore:
                 self._start_run(real)
                 return False
             try:
-                _private(fd)  # (one made before, 0o644)
+                make_private(fd)  # (one made before, 0o644)
                 # exclusive for an instant when no one else holds it: then shared, as
                 # long as this server runs (a server starting meanwhile sees it)
                 try:
@@ -775,7 +776,7 @@ def _remove_stale_newlock(path: Path) -> None:
     logger.info("removed %s, the lock file of a server that died starting", path)
 
 
-def _make_private(name: str) -> None:
+def _create_private(name: str) -> None:
     """Make a store file that does not exist yet, empty and 0o600, before SQLite opens it
     (an empty file is a new database to it): made by SQLite, it took the umask's mode,
     and its ``-wal`` and ``-shm`` files, which SQLite gives the database's, too -- every
@@ -791,15 +792,6 @@ def _make_private(name: str) -> None:
     except OSError:  # (there already, or it cannot be made: SQLite's open says why)
         return
     os.close(fd)
-
-
-def _private(fd: int) -> None:
-    """Take group's and others' access away from a lock file made before lock files were
-    private. Best effort: a file system that refuses modes (vfat, some FUSE or CIFS
-    mounts: EPERM) still locks."""
-    with contextlib.suppress(OSError):
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
 
 
 def _now_ms() -> int:

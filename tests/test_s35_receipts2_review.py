@@ -12,7 +12,7 @@
   private) was taken for one removed meanwhile: its live run's rows were listed by a
   start alone, and given to a dead run. It is a run that cannot be told dead: left.
 - A store named by a symlink to a file not made yet was made by SQLite, at the
-  symlink's target, with the umask's mode (``_make_private`` made no file: the name
+  symlink's target, with the umask's mode (``_create_private`` made no file: the name
   exists as a symlink).
 
 Real SQLite files; second servers on other handles (flock's locks are per open file:
