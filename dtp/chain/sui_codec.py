@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from dtp._uleb128 import BCS_MAX_ULEB, bcs_uleb128
 from dtp.chain.objects import (
     ChainObject,
     ConnectionState,
@@ -283,8 +284,6 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
 }
 
 _INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
-#: BCS caps every length and variant index at ``u32``.
-_MAX_ULEB: Final = 2**32 - 1
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -315,7 +314,7 @@ class _Reader:
                 # per value, as Sui's decoder does, so two byte strings never mean one object
                 if shift and not byte:
                     raise BcsDecodeError("ULEB128 value is not in its shortest form.")
-                if value > _MAX_ULEB:
+                if value > BCS_MAX_ULEB:
                     raise BcsDecodeError(f"ULEB128 value {value} is over BCS's 2**32-1.")
                 return value
             shift += 7
@@ -382,18 +381,6 @@ def decode(layout: Layout, data: bytes) -> Any:
 # -- encoding (the inverse; for tests and tooling) ------------------------------------------
 
 
-def _uleb(n: int) -> bytes:
-    if n > _MAX_ULEB:
-        raise InvalidArgument(f"A BCS length is at most 2**32-1, got {n}.")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
 def _write(out: bytearray, layout: Layout, value: Any) -> None:
     try:
         _write_value(out, layout, value)
@@ -429,7 +416,7 @@ def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
                     raw.decode()
                 except UnicodeDecodeError:
                     raise InvalidArgument("A Move String must be valid UTF-8.") from None
-            out += _uleb(len(raw)) + raw
+            out += bcs_uleb128(len(raw)) + raw
         elif layout == "table":
             _write(out, "id", value["id"])
             _write(out, "u64", value["size"])
@@ -438,11 +425,11 @@ def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
         return
     tag = layout[0]
     if tag == "vec":
-        out += _uleb(len(value))
+        out += bcs_uleb128(len(value))
         for item in value:
             _write(out, layout[1], item)
     elif tag == "map":
-        out += _uleb(len(value))
+        out += bcs_uleb128(len(value))
         for key, item in value.items():
             _write(out, layout[1], key)
             _write(out, layout[2], item)
@@ -454,7 +441,7 @@ def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
         if value["kind"] not in names:
             raise InvalidArgument(f"Enum variant {value['kind']!r} is not one of {names}.")
         index = names.index(value["kind"])
-        out += _uleb(index)
+        out += bcs_uleb128(index)
         for name, sub in layout[1][index][1]:
             _write(out, sub, value[name])
     else:

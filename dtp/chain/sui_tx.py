@@ -27,7 +27,7 @@ from typing import Any, Final
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
-from dtp._uleb128 import uleb128
+from dtp._uleb128 import bcs_uleb128
 from dtp.chain.ledger import Endpoint
 from dtp.chain.objects import MAX_PURE_BYTES, Sla, as_bytes, as_bytes_list, normalize_id
 from dtp.errors import InvalidArgument
@@ -89,8 +89,6 @@ CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
 #: Sui's ``max_pure_argument_size``: a pure input must be shorter than this.
 _MAX_PURE_ARGUMENT: Final = 16 * 1024
 U64_MAX: Final = 2**64 - 1
-#: BCS caps every length at ``u32``.
-_MAX_ULEB: Final = 2**32 - 1
 #: Bitcoin's base58 alphabet, which Sui digests use (no 0, O, I, l, +, /, =).
 _BASE58: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
@@ -99,9 +97,7 @@ _BASE58: Final = re.compile(r"[1-9A-HJ-NP-Za-km-z]+")
 
 def encode_uleb128(n: int) -> bytes:
     """ULEB128, as BCS writes lengths (0 to ``2**32-1``)."""
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _MAX_ULEB:
-        raise InvalidArgument(f"A BCS length must be an integer from 0 to 2**32-1, got {n!r}.")
-    return uleb128(n)
+    return bcs_uleb128(n)
 
 
 def _uint(value: int, bits: int, what: str) -> bytes:
