@@ -16,6 +16,7 @@ import pytest
 from dtp import _ed25519, keys
 from dtp.admission import while_opening
 from dtp.chain.local import LocalLedger
+from dtp.errors import WrongSigner
 from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
 
 
@@ -104,6 +105,31 @@ def test_local_ledger_calls_skip_verifying_their_own_signature(
     keys._OWN_TX_SIGNATURES.clear()
     ledger.execute(tx, signature)
     assert verifications == [ALICE.ed25519_public]
+
+
+def test_local_ledger_calls_with_a_plain_identity_sign_nothing(
+    ledger: LocalLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with a HostIdentity in hand runs as its address without a signature made
+    only to be found in the memo; the transaction is still recorded as the sender's, and
+    its nonce still executes once."""
+    signed: list[bytes] = []
+    real = HostIdentity.sign_transaction
+
+    def counting(self: HostIdentity, tx_bytes: bytes) -> bytes:
+        signed.append(tx_bytes)
+        return real(self, tx_bytes)
+
+    monkeypatch.setattr(HostIdentity, "sign_transaction", counting)
+    cap = ledger.create_spending_cap(ALICE, 5)
+    assert ledger.get_cap(cap).owner == ALICE.sui_address
+    assert signed == []
+    # raw bytes still need a signature, checked against the sender
+    tx = ledger.build_tx(ALICE.sui_address, "spending_cap", "create", [7])
+    with pytest.raises(WrongSigner):
+        ledger.execute(tx, MALLORY.sign_transaction(tx))
+    ledger.execute(tx, ALICE.sign_transaction(tx))
+    assert len(signed) == 2
 
 
 def test_concurrent_signers_all_verify(ledger: LocalLedger) -> None:

@@ -6,10 +6,12 @@ What it models of Sui:
   digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
   its sender and unusable by anyone else); versions (1 at creation, +1 on every
   transaction that changes the object).
-- **Transactions**: every call is encoded canonically (:mod:`dtp.chain.local_tx`),
-  signed with Sui intent signing (``identity.sign_transaction``) and verified against the
-  claimed sender before it runs (a signature a HostIdentity of this process has just
-  made is known to verify: :func:`dtp.keys.verify_transaction` looks it up instead);
+- **Transactions**: every call is encoded canonically (:mod:`dtp.chain.local_tx`);
+  :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
+  (``identity.sign_transaction``) against the claimed sender before it runs (one a
+  HostIdentity of this process has just made is known to verify:
+  :func:`dtp.keys.verify_transaction` looks it up instead), while the ledger's own calls
+  with a HostIdentity in hand run as its address without a signature made to be found;
   each (sender, nonce) pair executes at most once.
   :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
   transactions can be tried.
@@ -45,7 +47,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from dtp.chain import local_economics
 from dtp.chain import local_rules as rules
@@ -104,12 +106,10 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.keys import (
+    HostIdentity,
     InvalidSignature,
     verify_transaction,
 )
-
-if TYPE_CHECKING:
-    from dtp.keys import HostIdentity
 
 __all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 
@@ -920,18 +920,20 @@ class LocalLedger(Ledger):
         tx_bytes, signature = bytes(tx_bytes), bytes(signature)
         return self._execute(decode_tx(tx_bytes), tx_bytes, signature)
 
-    def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes) -> TxResult:
-        """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``."""
-        try:
-            signer = verify_transaction(tx_bytes, signature)
-        except InvalidSignature as exc:
-            raise WrongSigner(
-                f"The transaction signature is invalid ({exc}); sender {tx.sender}."
-            ) from None
-        if signer != tx.sender:
-            raise WrongSigner(
-                f"The transaction is signed by {signer}, but its sender is {tx.sender}."
-            )
+    def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes | None) -> TxResult:
+        """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``; a ``signature`` of
+        None is :meth:`_signed`'s for a sender whose own key made the transaction here."""
+        if signature is not None:
+            try:
+                signer = verify_transaction(tx_bytes, signature)
+            except InvalidSignature as exc:
+                raise WrongSigner(
+                    f"The transaction signature is invalid ({exc}); sender {tx.sender}."
+                ) from None
+            if signer != tx.sender:
+                raise WrongSigner(
+                    f"The transaction is signed by {signer}, but its sender is {tx.sender}."
+                )
         args = rules.check_args(tx.module, tx.function, tx.args)
         handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
         digest = tx_digest(tx_bytes)
@@ -1043,11 +1045,11 @@ class LocalLedger(Ledger):
 
     def _signed(
         self, signer: HostIdentity, module: str, function: str, *args: TxValue
-    ) -> tuple[Tx, bytes, bytes]:
-        """The transaction, its bytes and ``signer``'s signature, ready for _execute."""
+    ) -> tuple[Tx, bytes, bytes | None]:
+        """The transaction, its bytes and ``signer``'s signature, ready for _execute (None
+        for the signature of a plain :class:`HostIdentity`: see below)."""
         # The bytes are encoded from this Tx here: decoding them again would give it back
-        # (everything else execute() does -- the signature check first, a lookup for a
-        # signature made here -- still runs).
+        # (everything else execute() does still runs).
         # Vectors and oversized transactions go through the decoder all the same: it alone
         # enforces the nesting and size limits.
         check_signer(signer)
@@ -1060,6 +1062,14 @@ class LocalLedger(Ledger):
             or any(isinstance(a, list) for a in args)
         ):
             tx = decode_tx(tx_bytes)
+        if type(signer) is HostIdentity:
+            # The sender's own key is in hand and the sender is its address: a signature
+            # would be made only for _execute to find it made here (keys' memo of own
+            # signatures) -- an Ed25519 signing and two hashes of the bytes, some 30 us
+            # of every call, on the critical path of connecting by host ID (the open) and
+            # of a paid server's close (the settlement). A subclass may sign otherwise
+            # (another key, a changed bit): its signatures are made and checked.
+            return tx, tx_bytes, None
         return tx, tx_bytes, signer.sign_transaction(tx_bytes)
 
     @staticmethod
