@@ -149,6 +149,10 @@ DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's byt
 # once the server settled on the ledger: about what a ledger transaction takes, the one
 # the client would otherwise send itself (its half-close) and pay the gas of
 PAID_CLOSE_WAIT = 3.0
+# socket.create_connection's "timeout left out": the process's default socket timeout
+# (typed Any so that it stands as the default of a ``float | None`` parameter, as in
+# the stdlib's stubs)
+_DEFAULT_TIMEOUT: Any = _socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
 _WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
@@ -2518,7 +2522,7 @@ class _StreamIO(io.RawIOBase):
 
 def create_connection(
     address: tuple[str, int] | str | HostAddress,
-    timeout: float | None = None,
+    timeout: float | None = _DEFAULT_TIMEOUT,
     *,
     server_key: bytes | None = None,
     expected_server_key: bytes | None = None,
@@ -2544,7 +2548,9 @@ def create_connection(
     keys stand where these arguments are omitted (a key given both ways must agree:
     ValueError). Raises ConnectionRefused when the
     server refuses us, HandshakeError when the handshake fails, DTPTimeoutError when
-    ``timeout`` passes first.
+    ``timeout`` passes first. ``timeout`` left out is, as for
+    :func:`socket.create_connection`, the process's :func:`socket.getdefaulttimeout`
+    (None, blocking, unless set), which the stream then has as its timeout too.
 
     **Connecting by host ID.** With a DTP address, ``ledger`` and ``identity`` (the
     paying Sui key) are required. In order: the Host is read (``ObjectNotFound``); the
@@ -2576,9 +2582,9 @@ def create_connection(
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.admission.prepare_host_connection`).
     """
-    if timeout is _socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
-        # what socket.create_connection takes (http.client and others pass it): the
-        # process's default socket timeout
+    if timeout is _DEFAULT_TIMEOUT:
+        # left out, or passed on as socket.create_connection takes it (http.client and
+        # others do): the process's default socket timeout
         timeout = _socket.getdefaulttimeout()
     check_connect_timeout(timeout)
     if isinstance(address, (str, HostAddress)):

@@ -59,6 +59,29 @@ def test_http_client_runs_over_a_dtp_stream_with_its_default_timeout() -> None:
         thread.join(10)
 
 
+def test_a_connect_without_a_timeout_takes_the_default_socket_timeout() -> None:
+    """As socket.create_connection: a timeout left out is getdefaulttimeout() (None
+    unless set), for the connect and for the stream after it; None given stays None."""
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(7.5)
+        try:
+            with dtp.socket.create_connection(
+                server.address, server_key=server.noise_public_key
+            ) as sock:
+                assert sock.gettimeout() == 7.5
+            with dtp.socket.create_connection(
+                server.address, None, server_key=server.noise_public_key
+            ) as sock:
+                assert sock.gettimeout() is None
+        finally:
+            socket.setdefaulttimeout(previous)
+        with dtp.socket.create_connection(
+            server.address, server_key=server.noise_public_key
+        ) as sock:
+            assert sock.gettimeout() == previous
+
+
 @pytest.mark.parametrize("timeout", ["5", b"5", [5], object()])
 def test_a_connect_timeout_that_is_not_a_number_is_a_type_error(timeout: object) -> None:
     with (
