@@ -65,6 +65,7 @@ personal-message signature, and the server checks it with :func:`verify_auth_pro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -460,6 +461,7 @@ def prepare_handshake(
 
 def _forget_started() -> None:
     _STARTED.clear()
+    _PROOFS_AHEAD.clear()
 
 
 os.register_at_fork(after_in_child=_forget_started)
@@ -856,16 +858,56 @@ def _auth_message(session_digest: bytes, early: bool) -> bytes:
     return (AUTH_EARLY_CONTEXT if early else AUTH_CONTEXT) + session_digest
 
 
+# IK identity proofs made ahead of need (prepare_auth_proof): (the identity's Ed25519
+# key, the message signed) -> the proof, each taken once by make_auth_proof
+_PROOFS_AHEAD: dict[tuple[bytes, bytes], bytes] = {}
+_MAX_PROOFS_AHEAD: Final = 8
+
+
+def prepare_auth_proof(
+    identity: HostIdentity, server_static: bytes, ephemeral_public: bytes
+) -> None:
+    """Make ahead of need (while waiting on the network) the identity proof of a later IK
+    handshake of ``identity`` with ``server_static`` whose ephemeral key is the one
+    with ``ephemeral_public`` (one dtp.keys_ahead made): it signs nothing else than the
+    binding of those keys (:attr:`Handshake.auth_binding`), so the proof made now is
+    the one :func:`make_auth_proof` would make then, and takes instead (once). Only for
+    a plain :class:`HostIdentity`, whose signing is known (a subclass may sign
+    otherwise each time)."""
+    if type(identity) is not HostIdentity:
+        return
+    binding = _early_binding(
+        DEFAULT_PROLOGUE, _check_key("server_static", server_static), bytes(ephemeral_public)
+    )
+    message = _auth_message(binding, True)
+    key = (identity.ed25519_public, message)
+    if key in _PROOFS_AHEAD:
+        return
+    proof = identity.sign_personal_message(message)
+    if len(_PROOFS_AHEAD) >= _MAX_PROOFS_AHEAD:
+        # the oldest, for an ephemeral key another connect took first (another thread
+        # may be trimming too: then leave it to a later call)
+        with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+            del _PROOFS_AHEAD[next(iter(_PROOFS_AHEAD))]
+    _PROOFS_AHEAD[key] = proof
+
+
 def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: bool = False) -> bytes:
     """The client's proof of its Sui address for this session (97 bytes).
 
     A Sui personal-message signature by ``identity`` over ``b"DTP-AUTH-V1" ||
     handshake_hash`` (XX: sent once the handshake is complete), or with ``early`` over
-    ``b"DTP-AUTH-IK-V1" || auth_binding`` (IK: sent in message 1; see the module docs).
-    Raises ValueError if ``session_digest`` is not 32 bytes (TypeError if it is not
+    ``b"DTP-AUTH-IK-V1" || auth_binding`` (IK: sent in message 1; see the module docs;
+    one :func:`prepare_auth_proof` made for this binding is taken instead). Raises
+    ValueError if ``session_digest`` is not 32 bytes (TypeError if it is not
     bytes-like).
     """
-    return identity.sign_personal_message(_auth_message(session_digest, early))
+    message = _auth_message(session_digest, early)
+    if early and type(identity) is HostIdentity:
+        made = _PROOFS_AHEAD.pop((identity.ed25519_public, message), None)
+        if made is not None:
+            return made
+    return identity.sign_personal_message(message)
 
 
 def verify_auth_proof(proof: bytes, session_digest: bytes, *, early: bool = False) -> str:

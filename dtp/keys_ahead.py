@@ -34,6 +34,7 @@ from dtp.keys import HostIdentity
 __all__ = [
     "forget_shared_secrets",
     "new_ephemeral_key",
+    "next_ephemeral_public",
     "prepare_anonymous_identity",
     "prepare_ephemeral_key",
     "prepare_static_secret",
@@ -106,6 +107,17 @@ def prepare_ephemeral_key(peer_static: bytes | None = None) -> None:
         keypair = KeyPair25519.from_private_bytes(private)
         _share_ahead(keypair.private, peer_static)
         _ephemeral.append((private, keypair))
+
+
+def next_ephemeral_public() -> bytes | None:
+    """The public half of the ephemeral key :func:`new_ephemeral_key` hands out next
+    (None when none is made ahead): what a later handshake's IK identity proof binds,
+    so it can be signed ahead too (:func:`dtp.crypto.prepare_auth_proof`)."""
+    try:
+        public: bytes = _ephemeral[0][1].public_bytes
+    except IndexError:
+        return None
+    return public
 
 
 def new_ephemeral_key() -> bytes:

@@ -75,7 +75,7 @@ from dtp.connection import (
     ConnectionConfig,
     direct_client_config,
 )
-from dtp.crypto import prepare_handshake, static_secret_kept
+from dtp.crypto import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -96,6 +96,7 @@ from dtp.handshake_slots import (
 )
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
+    next_ephemeral_public,
     prepare_anonymous_identity,
     prepare_ephemeral_key,
     prepare_static_secret,
@@ -204,6 +205,9 @@ class _Engine:
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        # the next connect's keys still to make (_NextConnectKeys), made while we would
+        # wait on the carrier (_make_ahead)
+        self.ahead: _NextConnectKeys | None = None
         # run once as the engine is released (lock held: it must not block)
         self.on_release: Callable[[], None] | None = None
         # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
@@ -507,6 +511,8 @@ class _Engine:
                 # were lost, and the stream after them out of order)
                 if self.interrupted:
                     self.take_interrupt(stream_id)
+                if self.ahead is not None:
+                    self._make_ahead()  # (the wait below returns at once if input came)
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline
@@ -625,6 +631,8 @@ class _Engine:
             if read and not self.carrier_closed and self._read_available():
                 self._after_io()
                 return
+            if self.ahead is not None and not self.carrier_closed:
+                self._make_ahead()
             timer = self.conn.get_timer()
             if deadline is not None and (timer is None or deadline < timer):
                 timer = deadline
@@ -702,6 +710,15 @@ class _Engine:
             self.pumping = False
             if self.waiters:
                 self.cond.notify_all()
+
+    def _make_ahead(self) -> None:
+        """Make what is left of the next connect's keys (:class:`_NextConnectKeys`),
+        lock held, where we would wait on the carrier now -- the rest of the connect's
+        own waits had none to spare -- step by step until the carrier has something to
+        read (the rest at the next wait)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and not ahead.make(self):
+            self.ahead = ahead
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -795,6 +812,9 @@ class _Engine:
                 pass
             except OSError:
                 return
+            if self.ahead is not None:
+                self._make_ahead()
+                continue  # (what came meanwhile is read first)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -840,6 +860,7 @@ class _Engine:
     def _release(self) -> None:
         self.closed = True
         self.carrier_closed = True
+        self.ahead = None  # (not made: the next connect makes its own)
         for s in (self.sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
@@ -2790,9 +2811,13 @@ def _connect(
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
-    # what the waits left unmade (the verdict came with the reply): made now, as the
-    # next connect would make it, so that each connect leaves the next one its keys
-    keys.make()
+    # what the waits left unmade (the verdict came with the reply) is made at the
+    # connection's next wait on the carrier (_Engine._make_ahead): a reply it waits
+    # for, or its close's wait for the peer's end -- here it delayed what the caller
+    # does next, and the next connect too when it went into its own waits instead
+    if not keys.done:
+        with engine.lock:
+            engine.ahead = keys
     if timer:
         engine.start_timer()
     sock = DTPSocket(engine, 0, primary=True)
@@ -2805,26 +2830,33 @@ class _NextConnectKeys:
     connect waits: an ephemeral key and, in IK, its DH with the server's key; an
     anonymous identity (a process that connects anonymously once usually does again),
     or our static key's DH with the server's (unless dtp.crypto keeps it already); and
-    in IK the Noise state started for that identity and server.
+    in IK the Noise state started for that identity and server, and the identity proof
+    for that ephemeral key (dtp.crypto.prepare_auth_proof).
 
     :meth:`make` stops between steps once the server's reply is here: the reply is
     worked on first, and the rest is made during the next wait (for the verdict), or
-    once the connect is done."""
+    the connection's next waits (:meth:`_Engine._make_ahead`)."""
 
     def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
         self._cfg = cfg
         self._anonymous = anonymous
         self._identity: HostIdentity | None = cfg.identity
-        self._steps = [self._ephemeral, self._static, self._noise_state]
+        self._steps = [self._ephemeral, self._static, self._noise_state, self._auth_proof]
 
-    def make(self, engine: _Engine | None = None) -> None:
+    @property
+    def done(self) -> bool:
+        """Whether every step is made."""
+        return not self._steps
+
+    def make(self, engine: _Engine | None = None) -> bool:
         """Make the steps left, stopping early once ``engine``'s carrier has something
-        to read (every step when it is None)."""
+        to read (every step when it is None); whether all are made."""
         steps = self._steps
         while steps:
             if engine is not None and _has_input(engine):
-                return
+                return False
             steps.pop(0)()
+        return True
 
     def _ephemeral(self) -> None:
         prepare_ephemeral_key(self._cfg.server_static)
@@ -2840,6 +2872,12 @@ class _NextConnectKeys:
         server_key = self._cfg.server_static
         if self._identity is not None and server_key is not None:
             prepare_handshake(self._identity.noise_private_bytes(), server_key, initiator=True)
+
+    def _auth_proof(self) -> None:
+        server_key = self._cfg.server_static
+        ephemeral = next_ephemeral_public()
+        if self._identity is not None and server_key is not None and ephemeral is not None:
+            prepare_auth_proof(self._identity, server_key, ephemeral)
 
 
 def _has_input(engine: _Engine) -> bool:

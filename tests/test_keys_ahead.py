@@ -208,3 +208,61 @@ def test_each_connect_uses_the_secrets_the_previous_one_made() -> None:
             assert not made & set(keys_ahead._shared)  # the last connect's were taken
             made = set(keys_ahead._shared)
             assert len(made) == 2  # and it left two for the next
+
+
+def test_an_identity_proof_made_ahead_is_the_one_made_then_and_taken_once() -> None:
+    from dtp import crypto
+
+    crypto._PROOFS_AHEAD.clear()
+    keys_ahead.prepare_ephemeral_key(SERVER.noise_public)
+    ephemeral = keys_ahead.next_ephemeral_public()
+    assert ephemeral is not None
+    crypto.prepare_auth_proof(CLIENT, SERVER.noise_public, ephemeral)
+    assert len(crypto._PROOFS_AHEAD) == 1
+    client = Handshake.initiator(
+        CLIENT.noise_private_bytes(), keys_ahead.new_ephemeral_key(), SERVER.noise_public
+    )
+    binding = client.auth_binding
+    proof = crypto.make_auth_proof(CLIENT, binding, early=True)
+    assert not crypto._PROOFS_AHEAD  # taken
+    # the same bytes a signing now gives, and the server's check takes it
+    assert proof == CLIENT.sign_personal_message(crypto._auth_message(binding, True))
+    assert crypto.verify_auth_proof(proof, binding, early=True) == CLIENT.sui_address
+    # not served for another identity, another context, or an identity of a subclass
+    crypto.prepare_auth_proof(CLIENT, SERVER.noise_public, ephemeral)
+    other = HostIdentity.generate()
+    assert crypto.make_auth_proof(other, binding, early=True) != proof
+    assert crypto.make_auth_proof(CLIENT, binding) != proof  # XX's context
+    assert len(crypto._PROOFS_AHEAD) == 1
+
+    class Signer(HostIdentity):
+        pass
+
+    crypto._PROOFS_AHEAD.clear()
+    sub = Signer.from_private_bytes(bytes([7]) * 32, bytes([8]) * 32)
+    crypto.prepare_auth_proof(sub, SERVER.noise_public, ephemeral)
+    assert not crypto._PROOFS_AHEAD
+
+
+def test_a_connect_leaves_the_next_one_its_identity_proof_and_the_server_takes_it() -> None:
+    from dtp import crypto
+
+    crypto._PROOFS_AHEAD.clear()
+    # the server in a process of its own (in this one it would take the ephemeral keys
+    # made for the client's next connect)
+    with server_process("echo", deny=[]) as srv:
+        for i in range(3):
+            with dtp.socket.create_connection(
+                srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+            ) as sock:
+                if i:
+                    assert not crypto._PROOFS_AHEAD  # the previous one's, taken
+                sock.sendall(b"%d" % i)
+                assert sock.recv(100) == b"%d" % i
+            # made in the connection's waits (for the reply, the close): for the
+            # ephemeral key the next connect takes
+            ephemeral = keys_ahead.next_ephemeral_public()
+            assert ephemeral is not None
+            binding = crypto._early_binding(crypto.DEFAULT_PROLOGUE, srv.key, ephemeral)
+            message = crypto._auth_message(binding, True)
+            assert list(crypto._PROOFS_AHEAD) == [(CLIENT.ed25519_public, message)]

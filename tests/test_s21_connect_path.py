@@ -306,7 +306,7 @@ def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> Non
     with mine, theirs:
         theirs.sendall(b"reply")
         keys.make(_FakeEngine(mine))  # type: ignore[arg-type]
-        assert len(keys._steps) == 3  # the reply first: nothing made
+        assert len(keys._steps) == 4  # the reply first: nothing made
         assert mine.recv(16) == b"reply"
         keys.make(_FakeEngine(mine))  # type: ignore[arg-type]
         assert not keys._steps
@@ -337,7 +337,8 @@ def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
 
 def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys() -> None:
     # a server without hooks answers and accepts in one flight: the steps the wait for
-    # the reply did not reach are made before connect returns, not dropped
+    # the reply did not reach are left to the connection's next wait (here its close's,
+    # for the server's end), not dropped
     from dtp import keys_ahead
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
@@ -351,8 +352,10 @@ def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys
         dtp.socket._has_input = lambda engine: True  # type: ignore[assignment]
         with dtp.socket.create_connection(
             server.address, timeout=60, server_key=server.noise_public_key
-        ):
-            assert len(keys_ahead._identities) == 1 and keys_ahead._ephemeral
+        ) as sock:
+            dtp.socket._has_input = real  # type: ignore[assignment]
+            assert sock._engine.ahead is not None and not keys_ahead._identities
+        assert len(keys_ahead._identities) == 1 and keys_ahead._ephemeral
     finally:
         dtp.socket._has_input = real  # type: ignore[assignment]
         thread.join(60)
