@@ -123,7 +123,7 @@ def test_localnet_host_service(cli: Cli) -> None:
 
 def test_errors_are_one_line(cli: Cli) -> None:
     cli("keys", "new")
-    cli("localnet", "advance-epoch")  # creates the ledger
+    cli("localnet", "faucet")  # creates the ledger (advance-epoch wants one)
     assert "not a valid object ID" in cli("host", "show", "nope", code=1)
     assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
     assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
@@ -225,9 +225,10 @@ def test_a_file_that_is_not_a_ledger_is_a_one_line_error(tmp_path: Path) -> None
             LocalLedger(path)
         assert str(info.value).startswith(f"cannot open the ledger {path}: {reason}")
         assert info.value.name == "LedgerUnavailable"
-        command = "status" if path.exists() else "advance-epoch"  # status wants a file
+        # status wants a file; faucet creates one (advance-epoch wants one too)
+        command = ["status"] if path.exists() else ["faucet", "--to", "0x1"]
         done = subprocess.run(
-            [sys.executable, "-m", "dtp", "localnet", command, "--ledger-path", str(path)],
+            [sys.executable, "-m", "dtp", "localnet", *command, "--ledger-path", str(path)],
             capture_output=True,
             text=True,
             timeout=60,

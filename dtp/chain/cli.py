@@ -5,8 +5,9 @@ docs/escrow.md §13-16).
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
 ``--ledger local|sui`` (``local`` — the embedded LocalLedger — is the default; ``sui`` is
 not wired to the CLI yet), ``--ledger-path`` (default ``$DTP_LEDGER`` or
-``$XDG_DATA_HOME/dtp/localnet.sqlite``), ``--identity`` (default: the DTP identity file)
-and ``--json``.
+``$XDG_DATA_HOME/dtp/localnet.sqlite``), ``--identity`` (default: the DTP identity file),
+``--passphrase-env`` (default ``DTP_PASSPHRASE``, which ``keys new`` may find unset: an
+unencrypted identity; a variable named by the option must be set) and ``--json``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ SUI_INSTALL_HINT: Final = (
     "(for example `brew install sui` or `cargo install --locked --git "
     "https://github.com/MystenLabs/sui.git sui`) or pass --sui-bin PATH."
 )
+#: What ``--ledger sui`` says. The choice is taken, but the commands have no Sui ledger
+#: yet, so no setting can enable it: said plainly, with what does reach Sui (it said
+#: "not configured for the CLI yet", and left the user to look for what to configure).
 _SUI_NOT_CONFIGURED: Final = (
-    "The sui ledger is not configured for the CLI yet; use --ledger local (the default)."
+    "--ledger sui is not configured for the dtp command: it cannot use a Sui network yet, "
+    "and no option or variable enables it; use --ledger local (the default). From Python, "
+    "dtp.chain.sui.SuiLedger.from_env() uses one configured by $DTP_SUI_RPC and "
+    "$DTP_SUI_PACKAGE (see docs/sui.md)."
 )
 _DEFAULT_FAUCET: Final = 10_000_000_000  # 10 SUI
 #: The default ``--passphrase-env``: the variable holding the identity passphrase.
@@ -74,10 +81,27 @@ def _common() -> argparse.ArgumentParser:
         "--passphrase-env",
         default=_PASSPHRASE_ENV,
         type=_parse_env_name,
+        action=_EnvNameGiven,
         help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
     )
     parent.add_argument("--json", action="store_true", help="machine-readable output")
     return parent
+
+
+class _EnvNameGiven(argparse.Action):
+    """Stores a ``--passphrase-env`` and records that it was given (``env_name_given``):
+    ``keys new`` then takes the variable unset as an error, where the default one unset
+    means an unencrypted identity."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.env_name_given = True
 
 
 def _given_path(text: str | None, option: str, what: str = "a file") -> Path | None:
@@ -284,6 +308,14 @@ def _keys_new(args: argparse.Namespace) -> int:
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
     passphrase = _env_passphrase(args)
+    if passphrase is None and getattr(args, "env_name_given", False):
+        # the user named where the passphrase is: writing the secret key unencrypted
+        # instead, with nothing said, is the one outcome they did not ask for
+        raise _UsageError(
+            f"--passphrase-env names ${args.passphrase_env}, which is not set: set it to the "
+            f"new identity's passphrase, or leave the option out (with ${_PASSPHRASE_ENV} "
+            "unset) for an unencrypted identity."
+        )
     identity = HostIdentity.generate()
     try:
         identity.save(path, passphrase, overwrite=args.force)
@@ -345,9 +377,13 @@ def _localnet_status(args: argparse.Namespace) -> int:
 
 
 def _localnet_faucet(args: argparse.Namespace) -> int:
-    # `--to "$UNSET"` is an error (from the ledger), not a mint to the identity instead;
-    # the identity is read first, so that a missing one creates no ledger
+    # `--to "$UNSET"` is an error, not a mint to the identity instead; the identity is
+    # read first, so that a missing one creates no ledger
     address = args.to if args.to is not None else _identity(args).sui_address
+    # and the address and amount are checked before the ledger is opened (created):
+    # refused by the faucet's transaction, they left a new, empty ledger behind
+    normalize_id(address, "address")
+    _check_u64(args.amount, "--amount")
     ledger = _ledger(args)
     balance = ledger.faucet(address, args.amount)
     _emit(args, {"address": address, "received_mist": args.amount, "balance_mist": balance})
@@ -355,20 +391,43 @@ def _localnet_faucet(args: argparse.Namespace) -> int:
 
 
 def _localnet_advance_epoch(args: argparse.Namespace) -> int:
-    _emit(args, {"epoch": _ledger(args).advance_epoch()})
+    # create=False: a mistyped --ledger-path made a new ledger and advanced its epoch
+    _emit(args, {"epoch": _ledger(args, create=False).advance_epoch()})
     return 0
 
 
 def _localnet_advance_clock(args: argparse.Namespace) -> int:
-    _emit(args, {"clock_ms": _ledger(args).advance_clock(args.ms)})
+    _emit(args, {"clock_ms": _ledger(args, create=False).advance_clock(args.ms)})
     return 0
 
 
 # -- host and service ------------------------------------------------------------------
 
 
+def _check_endpoints(endpoints: list[str] | None) -> None:
+    """Refuse ``--endpoint`` values the ledger would (each one's size is the parser's):
+    too many, or one that is not UTF-8, in its words, before the first transaction."""
+    if endpoints is None:
+        return
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise _CliError(
+            f"--endpoint: a host publishes at most {MAX_ENDPOINTS} endpoints, got {len(endpoints)}."
+        )
+    as_bytes_list(endpoints)  # the ledger's own check and words
+
+
+def _check_host(ledger: Any, host_id: str) -> None:
+    """Refuse a ``host_id`` that names no Host on ``ledger`` as ``host show`` does ("No
+    Host with ID ... exists on this ledger"), before any transaction: the transactions
+    that take a host said "No object with ID ...", not what was missing."""
+    ledger.get_host(host_id)
+
+
 def _host_create(args: argparse.Namespace) -> int:
     identity = _identity(args)
+    # before the ledger is opened (created): refused by the transaction, they left a
+    # new, empty ledger behind
+    _check_endpoints(args.endpoint)
     ledger = _ledger(args)
     noise = args.noise_key if args.noise_key is not None else identity.noise_public
     host_id = ledger.create_host(identity, noise, args.endpoint or [])
@@ -399,15 +458,9 @@ def _host_set(args: argparse.Namespace) -> int:
         value = getattr(args, option.replace("-", "_"))
         if value is not None:
             _check_u64(value, f"--{option}")
-    # and the endpoints (each one's size is the parser's): too many, or one that is not
-    # UTF-8, were refused after the noise key was changed
-    if args.endpoint is not None:
-        if len(args.endpoint) > MAX_ENDPOINTS:
-            raise _CliError(
-                f"--endpoint: a host publishes at most {MAX_ENDPOINTS} endpoints, "
-                f"got {len(args.endpoint)}."
-            )
-        as_bytes_list(args.endpoint)  # the ledger's own check and words
+    # and the endpoints: too many, or one that is not UTF-8, were refused after the noise
+    # key was changed
+    _check_endpoints(args.endpoint)
     # (what, the transaction): each is its own transaction, run in this order
     steps: list[tuple[str, Callable[[], None]]] = []
     if args.noise_key is not None:
@@ -458,6 +511,7 @@ def _host_set(args: argparse.Namespace) -> int:
         )
     if not steps:
         raise _CliError("Nothing to change: give at least one option (see dtp host set --help).")
+    _check_host(ledger, args.host)
     done: list[str] = []
     for index, (what, step) in enumerate(steps):
         try:
@@ -488,6 +542,7 @@ def _reason(exc: BaseException) -> str:
 def _service_add(args: argparse.Namespace) -> int:
     identity = _identity(args)
     ledger = _ledger(args, create=False)
+    _check_host(ledger, args.host)
     sla = Sla(args.price_per_kib, args.price_per_request, args.min_deposit)
     ledger.add_service(identity, args.host, args.port, args.kind, sla, args.max_connections)
     _emit(args, {"host": args.host, "port": args.port, "kind": args.kind, "sla": sla})
@@ -516,6 +571,7 @@ def _read_back(done: str, read: Callable[[], Any]) -> Any:
 
 def _service_subscription(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
+    _check_host(ledger, args.host)
     offer = ledger.create_subscription_offer(
         _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
     )
@@ -532,6 +588,7 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     _check_u64(args.fund, "--fund")
     identity = _identity(args)
     ledger = _ledger(args, create=False)
+    _check_host(ledger, args.host)
     pool = ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps)
     if args.fund:
         try:
@@ -552,6 +609,7 @@ def _service_sponsor(args: argparse.Namespace) -> int:
 
 def _service_retention(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
+    _check_host(ledger, args.host)
     terms = ledger.create_retention_terms(
         _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
     )
