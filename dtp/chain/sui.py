@@ -22,6 +22,7 @@ a funded Ed25519 key, exposed as :attr:`SuiLedger.default_signer`; kept in memor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -212,7 +213,7 @@ class SuiConfig:
 
     def __post_init__(self) -> None:
         try:
-            parse_endpoint(self.rpc)
+            parse_endpoint(self.rpc)  # ValueError for a non-str too
         except ValueError as exc:
             raise SuiConfigError(f"DTP_SUI_RPC: {exc}.") from None
         try:
@@ -223,8 +224,17 @@ class SuiConfig:
                 )
         except ChainError as exc:
             raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
-        if not 0 < self.gas_budget < 2**64:
-            raise SuiConfigError(f"The gas budget must be positive, got {self.gas_budget}.")
+        # an int: a float passed here and failed every transaction later, after the node
+        # had been asked for gas (encode_u64), and True was a budget of 1 MIST
+        if (
+            not isinstance(self.gas_budget, int)
+            or isinstance(self.gas_budget, bool)
+            or not 0 < self.gas_budget < 2**64
+        ):
+            raise SuiConfigError(
+                f"The gas budget must be a positive integer of MIST below 2**64, got "
+                f"{self.gas_budget!r}."
+            )
         # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
         # would hang every call; zero or less fails every call at once
         for value, what in (
@@ -424,7 +434,12 @@ def parse_executed(executed: Any, packages: Sequence[str], detail: str = "") -> 
     """A :class:`TxOutcome` from an ``ExecutedTransaction``; raises the mapped
     :class:`ChainError` if execution failed."""
     if executed is None or executed.effects is None:
-        raise ChainError(f"The node returned no effects for {detail}.", name="NoEffects")
+        # the node took the transaction: it may have run all the same
+        raise ChainError(
+            f"The node returned no effects for {detail}: the transaction may still have "
+            "executed; read its outcome before sending it again.",
+            name="NoEffects",
+        )
     effects = executed.effects
     digest = str(executed.digest or effects.transaction_digest or "")
     status = effects.status
@@ -1524,12 +1539,32 @@ class SuiLedger(Ledger):
         )
         out: list[Event] = []
         for ev, position in frames:
-            event = event_from_proto(
-                ev, self._packages, position.hex(), self._timestamp(ev.checkpoint)
-            )
-            if event is not None and (filter is None or filter.matches(event)):
-                out.append(event)
+            event = event_from_proto(ev, self._packages, position.hex())
+            if event is None or (filter is not None and not filter.matches(event)):
+                continue
+            # the timestamp is a GetCheckpoint each: read for the events returned only (the
+            # filter looks at no timestamp), not for every event the filter drops
+            out.append(dataclasses.replace(event, timestamp_ms=self._timestamp(ev.checkpoint)))
         return out, (last.hex() if last else cursor)
+
+    def head_cursor(self) -> str | None:
+        """The cursor after the newest event now on the network (None: no events yet).
+
+        The generic rule (read until the cursor stops moving) may never end on a live
+        network: a ``ListEvents`` watermark also advances over the checkpoints that hold
+        no dtp event (sui.rpc.v2's scan-progress frames), so each read to the tip can
+        return a later cursor than the last as long as checkpoints are made. The read
+        here ends when the node says it reached its indexed tip
+        (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
+        cursor stops moving; the events read are not decoded."""
+        package = self.config.type_package or self.package
+        after: bytes | None = None
+        while True:
+            page = self._node.scan_events(package, after, 1000)
+            last = page.last or after
+            if page.end == sui_prot.QueryEndReason.LEDGER_TIP or last == after:
+                return last.hex() if last else None
+            after = last
 
     def wait_events(
         self,

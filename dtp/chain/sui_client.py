@@ -60,6 +60,7 @@ from dtp.errors import LedgerUnavailable as _LedgerUnavailable
 
 __all__ = [
     "SUI_COIN_TYPE",
+    "EventPage",
     "LedgerUnavailable",
     "MalformedResponse",
     "NodeObject",
@@ -166,6 +167,9 @@ def _next_page(token: bytes | None, seen: set[bytes], what: str) -> bytes | None
 def parse_endpoint(url: str) -> tuple[str, int, bool]:
     """``(host, port, tls)`` of a gRPC endpoint: ``https://host[:port]`` (TLS, default
     443), ``http://host[:port]`` (plain text, default 9000) or ``host:port`` (TLS)."""
+    if not isinstance(url, str):
+        # (an AttributeError from .strip() said nothing of which setting was wrong)
+        raise ValueError(f"{url!r} is not a gRPC endpoint (http(s)://host[:port])")
     text = url.strip()
     if "://" not in text:
         text = "https://" + text
@@ -198,8 +202,25 @@ class NodeObject:
 
     def owned_ref(self) -> OwnedRef:
         """As an ``ImmOrOwnedObject`` reference (:class:`MalformedResponse` if the node
-        sent no usable digest)."""
+        sent no usable digest or version)."""
+        if self.version <= 0:
+            # node_object() reads a missing version as 0, which no object has: signed and
+            # sent, the transaction would be refused by the node (gas for nothing in a
+            # retry loop), and the caller told that *their* object is wrong
+            raise MalformedResponse(f"The node sent no version of the object {self.object_id}.")
         return OwnedRef(self.object_id, self.version, _node_digest(self.digest, self.object_id))
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One ``ListEvents`` stream, as :meth:`SuiNode.scan_events` read it."""
+
+    #: ``(event, resume cursor after it)``, oldest first.
+    frames: list[tuple[Any, bytes]]
+    #: The last watermark cursor (the ``after`` asked for when the node sent none).
+    last: bytes | None
+    #: Why the node ended the stream (``QueryEndReason``); None if it did not say.
+    end: Any | None
 
 
 def _owner_text(owner: Any) -> tuple[str, int | None]:
@@ -354,7 +375,12 @@ class SuiNode:
         self.host, self.port, self.tls = parse_endpoint(endpoint)
         # NaN never fires in asyncio.wait_for and infinity waits forever: either would
         # let a silent node hang every call
-        if not isinstance(timeout, int | float) or not (timeout > 0 and math.isfinite(timeout)):
+        # (bool is an int: timeout=True is a mistake, not one second, as SuiConfig says)
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         # bool is an int, but retries=True is a mistake, not "once"
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -750,6 +776,12 @@ class SuiNode:
                 f"{exc} The transaction may still have executed: read its outcome before "
                 "sending it again."
             ) from None
+        except MalformedResponse as exc:
+            # an answer that cannot be read is an answer: the node had the transaction
+            raise MalformedResponse(
+                f"{exc} The transaction may still have executed: read its outcome before "
+                "sending it again."
+            ) from None
 
     def checkpoint_timestamp_ms(self, sequence: int) -> int:
         """The timestamp of a checkpoint, in ms."""
@@ -768,6 +800,11 @@ class SuiNode:
     ) -> tuple[list[tuple[Any, bytes]], bytes | None]:
         """Events whose type is defined by ``package``, after the ``after`` cursor, oldest
         first: ``([(event, resume cursor after it)], last watermark cursor)``."""
+        page = self.scan_events(package, after, limit)
+        return page.frames, page.last
+
+    def scan_events(self, package: str, after: bytes | None, limit: int) -> EventPage:
+        """:meth:`list_events` with the reason the node gave for ending the stream."""
         package = normalize_id(package, "package ID")
         event_filter = sui_prot.EventFilter(
             terms=[
@@ -781,7 +818,7 @@ class SuiNode:
             ]
         )
 
-        async def call() -> tuple[list[tuple[Any, bytes]], bytes | None]:
+        async def call() -> EventPage:
             request = rq.ListEvents(
                 event_filter=event_filter,
                 options=sui_prot.QueryOptions(
@@ -793,12 +830,18 @@ class SuiNode:
             fn, message = request.to_request(stub=self._stub(request.service))
             out: list[tuple[Any, bytes]] = []
             last = after
+            end: sui_prot.QueryEndReason | None = None
             async for frame in fn(message):
                 cursor = frame.watermark.cursor if frame.watermark is not None else None
                 if cursor:
                     last = bytes(cursor)
                 if frame.event is not None:
-                    out.append((frame.event, bytes(cursor or b"")))
-            return out, last
+                    # every frame carries a watermark; an event's without one (the node's
+                    # fault) gets the latest safe resume point, which at worst reads this
+                    # event again -- b"" would have sent a reader back to the first event
+                    out.append((frame.event, last or b""))
+                if frame.end is not None:
+                    end = frame.end.reason
+            return EventPage(out, last, end)
 
         return self.run(call, "ListEvents")
