@@ -50,7 +50,10 @@ class HostAddress:
         if body.lower().startswith(SCHEME):
             body = body[len(SCHEME) :]
         host, sep, port = body.rpartition(":")
-        if not sep or not port.isdigit() or not port.isascii():
+        # whitespace is stripped around the address alone: inside it ("dtp:// 0x1:80",
+        # "0x1\t:80") the host ID took it (normalize_id strips its value) but the port
+        # refused it -- one or the other. No address has it, as no URL has.
+        if not sep or not port.isdigit() or not port.isascii() or host != host.strip():
             raise InvalidAddress(
                 f"{text!r} is not a DTP address (expected dtp://0x<host id>:<port>)"
             )

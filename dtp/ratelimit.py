@@ -113,20 +113,28 @@ class TokenBucket:
         """Use ``amount`` units at ``now``; returns the seconds to wait before the next
         use (0 while within the rate)."""
         rate = self.rate  # (read once: see delay)
-        if rate == 0 or amount <= 0:
+        # (not "amount <= 0": a NaN amount made the tokens NaN, and every delay NaN,
+        # which each caller's "delay > 0" took for no wait, until the next refill)
+        if rate == 0 or not amount > 0:
             return 0.0
         self._refill(now)
         self.tokens = tokens = self.tokens - amount
         return 0.0 if tokens >= 0 else -tokens / rate
 
 
-def _checked_rate(rate: float) -> float:
-    """``rate`` as a float, or ValueError unless a finite number >= 0."""
-    if not isinstance(rate, int | float):
-        raise TypeError(f"rate must be a number, got {type(rate).__name__}")
-    value = float(rate)
+def _checked_rate(rate: float, name: str = "rate") -> float:
+    """``rate`` as a float, or ValueError unless a finite number >= 0 (TypeError for
+    what is not a number, a bool too); ``name``: the value's, for the error."""
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise TypeError(f"{name} must be a number, got {type(rate).__name__}")
+    try:
+        value = float(rate)
+    except OverflowError:
+        # an int beyond the float range: it raised OverflowError, not the ValueError
+        # said, out of set_limits (and of every new client's buckets)
+        value = math.inf
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"rate must be a finite number >= 0, got {rate!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {rate!r:.40}")
     return value
 
 
@@ -190,6 +198,12 @@ class RateLimiter:
     idle: dict[str, ClientBuckets] = field(default_factory=dict)
     max_idle: int = DEFAULT_MAX_IDLE
     _next_sweep: float = field(default=float("-inf"), repr=False)
+
+    def __post_init__(self) -> None:
+        # checked when made, as set_limits checks them: a bad limit was taken here and
+        # refused by the first client's buckets, every acquire failing
+        _checked_rate(self.bytes_per_sec)
+        _checked_rate(self.requests_per_sec)
 
     def acquire(self, client: str, now: float) -> ClientBuckets:
         """The buckets of ``client`` (created on its first connection, or kept from its
@@ -261,7 +275,8 @@ class HostPolicy:
     ``refresh_interval`` seconds."""
 
     def __init__(self, host: Host, now: float, refresh_interval: float = 2.0) -> None:
-        if refresh_interval <= 0:
+        # (a NaN passed "<= 0", and the Host was never read again: due() always False)
+        if _checked_rate(refresh_interval, "refresh_interval") == 0:
             raise ValueError("refresh_interval must be positive")
         self.refresh_interval = refresh_interval
         self.firewall = host.firewall

@@ -48,16 +48,21 @@ class BackendPool:
             self._task = asyncio.get_running_loop().create_task(self._check_forever())
 
     async def stop(self) -> None:
+        """Stop the health checks and wait for them to end."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:
+            # asyncio.wait, not "await task" in a try: the CancelledError that ended the
+            # checks and one cancelling the task waiting here look the same, and with
+            # both swallowed, a drain or reload cancelled (or timed out) during this
+            # wait went on as if nothing had happened. wait() raises only the latter.
+            await asyncio.wait({task})
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, Exception):
                 # the checks died of a fault: raised here, it cut the daemon's drain short
                 logger.error("health checks failed", extra=kv(service=self.name, error=repr(exc)))
+            elif exc is not None:
+                raise exc
 
     @property
     def healthy_count(self) -> int:

@@ -330,31 +330,23 @@ class _Checker:
     ) -> int:
         value = doc.get(str(key[-1]), default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer in {low}..{high}, got {value!r}")
+            raise self.fail(key, f"expected an integer in {low}..{high}, got {_shown(value)}")
         return value
 
     def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
         # TOML has nan and inf; nan <= 0 is False, so finiteness is checked on its own
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise self.fail(key, f"expected a positive number of seconds, got {value!r}")
-        return float(value)
+        seconds = _finite(value)
+        if seconds is None or seconds <= 0:
+            raise self.fail(key, f"expected a positive number of seconds, got {_shown(value)}")
+        return seconds
 
     def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0 <= value < 1
-        ):
-            raise self.fail(key, f"expected a share in [0, 1), got {value!r}")
-        return float(value)
+        share = _finite(value)
+        if share is None or not 0 <= share < 1:
+            raise self.fail(key, f"expected a share in [0, 1), got {_shown(value)}")
+        return share
 
     def choice(
         self, doc: Mapping[str, Any], key: KeyPath, default: str, options: tuple[str, ...]
@@ -368,12 +360,22 @@ class _Checker:
         text = doc.get(str(key[-1])) if value is None else value
         if text is None:
             raise self.fail(key, "is required")
-        host, sep, port = str(text).rpartition(":")
+        if not isinstance(text, str):
+            raise self.fail(key, f'expected "host:port", got {text!r}')
+        host, sep, port = text.rpartition(":")
         # "[::1]:80": the brackets go in pairs ("[::1:80" is no address)
         bracketed = host.startswith("[") or host.endswith("]")
         if bracketed and not (host.startswith("[") and host.endswith("]")):
             raise self.fail(key, f'expected "host:port", got {text!r}')
-        host = host.strip("[]")
+        if bracketed:
+            host = host[1:-1]
+            if not _is_ipv6(host):
+                # brackets are for an IPv6 address alone: "[[::1]]:80" (strip() took
+                # every bracket off) and "[localhost]:80" were taken, and published
+                # so, no client's URL parser takes them (admission.tcp_endpoint)
+                raise self.fail(
+                    key, f"expected an IPv6 address in the brackets, got {host!r} in {text!r}"
+                )
         if not bracketed and ":" in host and "/" not in host and not _is_ipv6(host):
             # "::1" or "2001:db8::1" with the port left out parsed as the host ":" (or
             # "2001:db8:") and port 1: accepted, and every connect to it failed
@@ -382,10 +384,22 @@ class _Checker:
             )
         # isdigit() alone accepts "²", which int() then refuses; a NUL (TOML's "\u0000")
         # would reach getaddrinfo, which raises ValueError instead of a socket error
-        if not isinstance(text, str) or not sep or not host or not port.isascii() or "\0" in host:
+        if not sep or not host or not port.isascii() or "\0" in host:
             raise self.fail(key, f'expected "host:port", got {text!r}')
         if not port.isdigit():
             raise self.fail(key, f'expected "host:port", got {text!r}')
+        if any(ch.isspace() or not ch.isprintable() for ch in host):
+            # no host name or address holds one: " 127.0.0.1" or "web 1" were taken,
+            # and every connect to them (or bind) failed in getaddrinfo at run time
+            raise self.fail(
+                key,
+                f"{host!r} is no valid host name (it holds a space or a "
+                f"control character), in {text!r}",
+            )
+        digits = port.lstrip("0") or "0"
+        if len(digits) > 5:
+            # out of range anyway, and int() raises ValueError past 4300 digits
+            raise self.fail(key, f"port {port[:12]}... is outside 0..65535")
         try:
             host.encode("idna")
         except UnicodeError as exc:
@@ -393,9 +407,9 @@ class _Checker:
             # error: every connect to it failed in a way the daemon did not expect
             why = exc.__cause__ or exc  # (the codec's words: "label empty or too long")
             raise self.fail(key, f"{host!r} is no valid host name ({why}), in {text!r}") from None
-        if not 0 <= int(port) <= 0xFFFF:
+        if not 0 <= int(digits) <= 0xFFFF:
             raise self.fail(key, f"port {port} is outside 0..65535")
-        return Backend(host, int(port))
+        return Backend(host, int(digits))
 
     def addresses(
         self, doc: Mapping[str, Any], key: KeyPath, limit: int | None = None
@@ -428,6 +442,26 @@ class _Checker:
                 key, f"cannot expand {text!r}: unknown user or no home directory"
             ) from None
         return candidate if candidate.is_absolute() else self.path.parent / candidate
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None for a bool, a non-number, NaN or infinity.
+    (An integer beyond the float range, which TOML allows, made math.isfinite raise
+    OverflowError out of the config check instead of an error naming the key.)"""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: object) -> str:
+    """``value``'s repr for an error message, cut short (an integer may run to 4300
+    digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _dotted(key: KeyPath) -> str:
@@ -463,6 +497,10 @@ def parse_config(text: str, path: Path) -> DaemonConfig:
             message, _, position = message.partition(" (at line ")
             line = ":" + position.split(",")[0].rstrip(")")
         raise DaemonConfigError(f"{path}{line}: TOML syntax error: {message}") from None
+    except ValueError as exc:
+        # tomllib's int() of an integer literal past 4300 digits (Python's limit on
+        # integer string conversion), raised as a plain ValueError with no position
+        raise DaemonConfigError(f"{path}: TOML value refused: {exc}") from None
     lines = key_lines(text)
     check = _Checker(path, lines)
     check.table(doc, (), {"daemon", "firewall", "service", "forward"})
@@ -537,6 +575,12 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         if not isinstance(public, str) or len(public.encode()) <= MAX_ENDPOINT_LENGTH:
             # one too long is refused for its length, not for the long label it may hold
             published = check.endpoint(doc, (*k, "public_endpoint"))
+            if published.port == 0:
+                # port 0 is "any" to bind, never one to connect to: published, every
+                # client's connect to the host over TCP failed
+                raise check.fail(
+                    (*k, "public_endpoint"), f"port 0 in {public!r} is no port to connect to"
+                )
             if ":" in published.host and "[" not in public:
                 public = str(published)  # "::1:7700" is published as "[::1]:7700"
         if len(public.encode()) > MAX_ENDPOINT_LENGTH:
