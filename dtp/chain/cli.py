@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from dtp._durable import write_durably
 from dtp.chain.objects import (
@@ -35,11 +35,12 @@ from dtp.chain.objects import (
     FirewallMode,
     Sla,
     as_bytes_list,
+    is_low_order_noise_key,
     normalize_id,
 )
-from dtp.errors import DTPError
+from dtp.errors import DTPError, ObjectNotFound, move_error
 
-__all__ = ["SUI_INSTALL_HINT", "register"]
+__all__ = ["SUI_INSTALL_HINT", "EnvNameGiven", "register", "unset_passphrase_env"]
 
 #: The one sentence printed when ``sui`` is missing.
 SUI_INSTALL_HINT: Final = (
@@ -63,6 +64,7 @@ _PASSPHRASE_ENV: Final = "DTP_PASSPHRASE"
 _NETWORKS: Final = ("localnet", "devnet", "testnet", "mainnet")
 
 Handler = Callable[[argparse.Namespace], int]
+_T = TypeVar("_T")
 
 
 # -- helpers ------------------------------------------------------------------
@@ -81,17 +83,18 @@ def _common() -> argparse.ArgumentParser:
         "--passphrase-env",
         default=_PASSPHRASE_ENV,
         type=_parse_env_name,
-        action=_EnvNameGiven,
+        action=EnvNameGiven,
         help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
     )
     parent.add_argument("--json", action="store_true", help="machine-readable output")
     return parent
 
 
-class _EnvNameGiven(argparse.Action):
+class EnvNameGiven(argparse.Action):
     """Stores a ``--passphrase-env`` and records that it was given (``env_name_given``):
-    ``keys new`` then takes the variable unset as an error, where the default one unset
-    means an unencrypted identity."""
+    ``keys new`` (and ``dtp daemon``'s first start) then takes the variable unset as an
+    error, where the default one unset means an unencrypted identity
+    (:func:`unset_passphrase_env`)."""
 
     def __call__(
         self,
@@ -102,6 +105,23 @@ class _EnvNameGiven(argparse.Action):
     ) -> None:
         setattr(namespace, self.dest, values)
         namespace.env_name_given = True
+
+
+def unset_passphrase_env(args: argparse.Namespace) -> str | None:
+    """The error, one line, for a command about to write a new identity when
+    ``--passphrase-env`` was given (:class:`EnvNameGiven`) and names a variable that is
+    not set; None when the variable is set or the option was left out (the default
+    variable unset: an unencrypted identity, as documented). Shared by ``keys new`` and
+    ``dtp daemon``, so that the rule and its words are the same."""
+    if not getattr(args, "env_name_given", False) or args.passphrase_env in os.environ:
+        return None
+    # the user named where the passphrase is: writing the secret key unencrypted
+    # instead, with nothing said, is the one outcome they did not ask for
+    return (
+        f"--passphrase-env names ${args.passphrase_env}, which is not set: set it to the "
+        f"new identity's passphrase, or leave the option out (with ${_PASSPHRASE_ENV} "
+        "unset) for an unencrypted identity."
+    )
 
 
 def _given_path(text: str | None, option: str, what: str = "a file") -> Path | None:
@@ -308,14 +328,9 @@ def _keys_new(args: argparse.Namespace) -> int:
         # said here in the CLI's words (HostIdentity.save names its Python argument)
         raise _CliError(f"{path} already exists; pass --force to replace it.")
     passphrase = _env_passphrase(args)
-    if passphrase is None and getattr(args, "env_name_given", False):
-        # the user named where the passphrase is: writing the secret key unencrypted
-        # instead, with nothing said, is the one outcome they did not ask for
-        raise _UsageError(
-            f"--passphrase-env names ${args.passphrase_env}, which is not set: set it to the "
-            f"new identity's passphrase, or leave the option out (with ${_PASSPHRASE_ENV} "
-            "unset) for an unencrypted identity."
-        )
+    unset = unset_passphrase_env(args)
+    if unset is not None:
+        raise _UsageError(unset)
     identity = HostIdentity.generate()
     try:
         identity.save(path, passphrase, overwrite=args.force)
@@ -416,11 +431,22 @@ def _check_endpoints(endpoints: list[str] | None) -> None:
     as_bytes_list(endpoints)  # the ledger's own check and words
 
 
-def _check_host(ledger: Any, host_id: str) -> None:
-    """Refuse a ``host_id`` that names no Host on ``ledger`` as ``host show`` does ("No
-    Host with ID ... exists on this ledger"), before any transaction: the transactions
-    that take a host said "No object with ID ...", not what was missing."""
-    ledger.get_host(host_id)
+def _naming_host(ledger: Any, host_id: str, transaction: Callable[[], _T]) -> _T:
+    """``transaction()``, with a ``host_id`` it found missing named as a Host, as ``host
+    show`` does ("No Host with ID ... exists on this ledger"): the transactions that
+    take a host say "No object with ID ...", not what was missing.
+
+    The host is looked up after the transaction failed, not before it: looked up first,
+    a missing host was said instead of what the command said before (a missing identity
+    file, a port or a price out of range), which the user must fix all the same."""
+    try:
+        return transaction()
+    except ObjectNotFound:
+        try:
+            ledger.get_host(host_id)
+        except ObjectNotFound as missing:
+            raise missing from None
+        raise  # the host is there: another object was missing
 
 
 def _host_create(args: argparse.Namespace) -> int:
@@ -428,8 +454,14 @@ def _host_create(args: argparse.Namespace) -> int:
     # before the ledger is opened (created): refused by the transaction, they left a
     # new, empty ledger behind
     _check_endpoints(args.endpoint)
-    ledger = _ledger(args)
     noise = args.noise_key if args.noise_key is not None else identity.noise_public
+    if is_low_order_noise_key(noise):  # the ledger's check (host::create), in its words
+        raise move_error(
+            "host",
+            "EInvalidNoiseKey",
+            f"{noise.hex()} is a low-order X25519 point, with which no handshake can succeed",
+        )
+    ledger = _ledger(args)
     host_id = ledger.create_host(identity, noise, args.endpoint or [])
     _emit(args, {"host": host_id, "authority": identity.sui_address})
     return 0
@@ -511,11 +543,10 @@ def _host_set(args: argparse.Namespace) -> int:
         )
     if not steps:
         raise _CliError("Nothing to change: give at least one option (see dtp host set --help).")
-    _check_host(ledger, args.host)
     done: list[str] = []
     for index, (what, step) in enumerate(steps):
         try:
-            step()
+            _naming_host(ledger, args.host, step)
         except (DTPError, OSError) as exc:
             if not done:
                 raise  # nothing happened: the error alone says it all
@@ -542,9 +573,14 @@ def _reason(exc: BaseException) -> str:
 def _service_add(args: argparse.Namespace) -> int:
     identity = _identity(args)
     ledger = _ledger(args, create=False)
-    _check_host(ledger, args.host)
     sla = Sla(args.price_per_kib, args.price_per_request, args.min_deposit)
-    ledger.add_service(identity, args.host, args.port, args.kind, sla, args.max_connections)
+    _naming_host(
+        ledger,
+        args.host,
+        lambda: ledger.add_service(
+            identity, args.host, args.port, args.kind, sla, args.max_connections
+        ),
+    )
     _emit(args, {"host": args.host, "port": args.port, "kind": args.kind, "sla": sla})
     return 0
 
@@ -571,9 +607,12 @@ def _read_back(done: str, read: Callable[[], Any]) -> Any:
 
 def _service_subscription(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
-    _check_host(ledger, args.host)
-    offer = ledger.create_subscription_offer(
-        _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
+    offer = _naming_host(
+        ledger,
+        args.host,
+        lambda: ledger.create_subscription_offer(
+            _identity(args), args.host, args.port, args.price_per_epoch, args.period_epochs
+        ),
     )
     shown = _read_back(
         f"Created the subscription offer {offer}", lambda: ledger.get_subscription_offer(offer)
@@ -588,8 +627,11 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     _check_u64(args.fund, "--fund")
     identity = _identity(args)
     ledger = _ledger(args, create=False)
-    _check_host(ledger, args.host)
-    pool = ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps)
+    pool = _naming_host(
+        ledger,
+        args.host,
+        lambda: ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps),
+    )
     if args.fund:
         try:
             ledger.fund_sponsor_pool(identity, pool, args.fund)
@@ -609,9 +651,12 @@ def _service_sponsor(args: argparse.Namespace) -> int:
 
 def _service_retention(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
-    _check_host(ledger, args.host)
-    terms = ledger.create_retention_terms(
-        _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
+    terms = _naming_host(
+        ledger,
+        args.host,
+        lambda: ledger.create_retention_terms(
+            _identity(args), args.host, args.port, args.retention_ms, args.storage_price_per_byte
+        ),
     )
     shown = _read_back(
         f"Created the retention terms {terms}", lambda: ledger.get_retention_terms(terms)

@@ -3,7 +3,8 @@ daemon's signals caught from the moment the command starts).
 
 This module stays light (the standard library only): the ``dtp`` parser imports it for
 every command, and ``dtp daemon`` installs its signal handlers here before importing
-the rest of the daemon.
+the rest of the daemon. (:func:`register` takes ``--passphrase-env``'s action from
+``dtp.chain.cli``, which the parser has imported by then.)
 """
 
 from __future__ import annotations
@@ -133,6 +134,32 @@ class StopSignals:
             raise error
 
 
+def _unset_for_a_new_identity(args: argparse.Namespace, signals: StopSignals) -> int | None:
+    """Exit status 2 after a one-line usage error if ``--passphrase-env`` was given,
+    names a variable that is not set, and the daemon would generate its identity (the
+    config's identity file is not there), as ``dtp keys new`` refuses it; else None.
+    The first start wrote the new secret key unencrypted, with nothing said. The
+    default variable unset still means an unencrypted identity, and an identity already
+    there is read as before (an unencrypted one needs no passphrase)."""
+    from dtp.chain.cli import unset_passphrase_env
+
+    unset = unset_passphrase_env(args)
+    if unset is None or signals.stop is not None:
+        return None  # (a stop meanwhile: the runner ends the start, nothing created)
+    from dtp.daemon.config import load_config
+    from dtp.errors import DaemonConfigError
+
+    try:
+        config = load_config(args.config)
+    except DaemonConfigError:
+        return None  # the runner says what is wrong with it, in its words
+    # as dtp.daemon.runner.load_identity decides to generate one
+    if config.daemon.identity.exists():
+        return None
+    print(f"dtp daemon: {unset}", file=sys.stderr)
+    return 2
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
     # first, before the runner's imports: a stop meanwhile is recorded, and the runner
     # ends the start at its first step (exit 0, nothing created). ``dtp``'s main may
@@ -143,6 +170,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         refused = _empty_option(
             "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}
         )
+        if refused is None:
+            refused = _unset_for_a_new_identity(args, signals)
         if refused is not None:
             return refused
         from dtp.daemon.runner import main
@@ -176,10 +205,16 @@ def register(sub: Any) -> None:
     )
     daemon.add_argument("--config", default="dtp.toml", help="config file (default dtp.toml)")
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
+    # the chain commands' action: it records that the option was given, for the rule
+    # that a variable so named must be set when a new identity is written
+    from dtp.chain.cli import EnvNameGiven
+
     daemon.add_argument(
         "--passphrase-env",
         default="DTP_PASSPHRASE",
-        help="environment variable holding the identity passphrase (default DTP_PASSPHRASE)",
+        action=EnvNameGiven,
+        help="environment variable holding the identity passphrase (default DTP_PASSPHRASE; "
+        "one named here must be set when the identity is first generated)",
     )
     daemon.set_defaults(func=_cmd_daemon)
 
