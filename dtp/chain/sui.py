@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 import time
@@ -59,10 +58,13 @@ from dtp.chain.objects import (
 )
 from dtp.chain.sui_client import (
     LedgerUnavailable,
+    MalformedResponse,
     NodeObject,
     SuiNode,
     _node_id,
+    _shown,
     parse_endpoint,
+    positive_seconds,
     timestamp_ms,
 )
 from dtp.chain.sui_codec import (
@@ -232,24 +234,23 @@ class SuiConfig:
             or not 0 < self.gas_budget < 2**64
         ):
             raise SuiConfigError(
-                f"The gas budget must be a positive integer of MIST below 2**64, got "
-                f"{self.gas_budget!r}."
+                f"DTP_SUI_GAS_BUDGET: the gas budget must be a positive integer of MIST "
+                f"below 2**64, got {_shown(self.gas_budget)}."
             )
         # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
-        # would hang every call; zero or less fails every call at once
+        # would hang every call; zero or less fails every call at once; an int too large
+        # for a float raised OverflowError here rather than this error
         for value, what in (
             (self.timeout, "DTP_SUI_TIMEOUT"),
             (self.poll_interval, "poll_interval"),
         ):
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not (value > 0 and math.isfinite(value))
-            ):
-                raise SuiConfigError(f"{what} must be a positive number of seconds, got {value!r}.")
+            if not positive_seconds(value):
+                raise SuiConfigError(
+                    f"{what} must be a positive number of seconds, got {_shown(value)}."
+                )
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise SuiConfigError(
-                f"DTP_SUI_RETRIES must be a non-negative integer, got {self.retries!r}."
+                f"DTP_SUI_RETRIES must be a non-negative integer, got {_shown(self.retries)}."
             )
 
     def __repr__(self) -> str:
@@ -1556,14 +1557,24 @@ class SuiLedger(Ledger):
         return a later cursor than the last as long as checkpoints are made. The read
         here ends when the node says it reached its indexed tip
         (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
-        cursor stops moving; the events read are not decoded."""
+        cursor stops moving; the events read are not decoded. A watermark that goes back
+        to a cursor already passed (watermarks never regress) is
+        :class:`MalformedResponse`: the read would otherwise go round for ever."""
         package = self.config.type_package or self.package
         after: bytes | None = None
+        passed: set[bytes] = set()
         while True:
             page = self._node.scan_events(package, after, 1000)
             last = page.last or after
             if page.end == sui_prot.QueryEndReason.LEDGER_TIP or last == after:
                 return last.hex() if last else None
+            assert last is not None  # (it differs from after)
+            if last in passed:
+                raise MalformedResponse(
+                    f"Sui node {self.config.rpc} sent a ListEvents watermark that went back "
+                    "to a cursor it had already passed: the newest event cannot be found."
+                )
+            passed.add(last)
             after = last
 
     def wait_events(

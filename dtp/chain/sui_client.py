@@ -164,12 +164,37 @@ def _next_page(token: bytes | None, seen: set[bytes], what: str) -> bytes | None
     return token
 
 
+def _shown(value: object) -> str:
+    """``value``'s repr for a configuration error, cut short: an int past Python's
+    4300-digit limit has no repr (ValueError, which named no setting), and one of
+    hundreds of digits says nothing more than its first few."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def positive_seconds(value: object) -> bool:
+    """Whether ``value`` is a usable number of seconds to wait: an int or float above 0,
+    finite, not a bool (``True`` is a mistake, not one second), and not an int too large
+    for a float (``math.isfinite`` raised OverflowError for it, and asyncio's clock
+    arithmetic would at every call)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return False
+    return seconds > 0 and math.isfinite(seconds)
+
+
 def parse_endpoint(url: str) -> tuple[str, int, bool]:
     """``(host, port, tls)`` of a gRPC endpoint: ``https://host[:port]`` (TLS, default
     443), ``http://host[:port]`` (plain text, default 9000) or ``host:port`` (TLS)."""
     if not isinstance(url, str):
         # (an AttributeError from .strip() said nothing of which setting was wrong)
-        raise ValueError(f"{url!r} is not a gRPC endpoint (http(s)://host[:port])")
+        raise ValueError(f"{_shown(url)} is not a gRPC endpoint (http(s)://host[:port])")
     text = url.strip()
     if "://" not in text:
         text = "https://" + text
@@ -375,16 +400,11 @@ class SuiNode:
         self.host, self.port, self.tls = parse_endpoint(endpoint)
         # NaN never fires in asyncio.wait_for and infinity waits forever: either would
         # let a silent node hang every call
-        # (bool is an int: timeout=True is a mistake, not one second, as SuiConfig says)
-        if (
-            not isinstance(timeout, int | float)
-            or isinstance(timeout, bool)
-            or not (timeout > 0 and math.isfinite(timeout))
-        ):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not positive_seconds(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {_shown(timeout)}")
         # bool is an int, but retries=True is a mistake, not "once"
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+            raise ValueError(f"retries must be a non-negative integer, got {_shown(retries)}")
         self.timeout = float(timeout)
         self.retries = retries
         self._lock = threading.Lock()
