@@ -60,7 +60,7 @@ class HostAddress:
         digits = port.lstrip("0") or "0"
         if len(digits) > 5:
             # out of range anyway, and int() raises ValueError past 4300 digits
-            raise InvalidAddress(f"port {port[:12]}... is outside 0..65535")
+            raise InvalidAddress(f"port {digits[:12]}... is outside 0..65535")
         try:
             host_id = normalize_id(host, "host ID")
         except InvalidObjectId as exc:

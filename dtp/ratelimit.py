@@ -131,8 +131,11 @@ def _checked_rate(rate: float, name: str = "rate") -> float:
         value = float(rate)
     except OverflowError:
         # an int beyond the float range: it raised OverflowError, not the ValueError
-        # said, out of set_limits (and of every new client's buckets)
-        value = math.inf
+        # said, out of set_limits (and of every new client's buckets). Not shown: its
+        # repr, past 4300 digits, raises a ValueError of its own that names no rate
+        raise ValueError(
+            f"{name} must be a finite number >= 0, got an integer beyond the float range"
+        ) from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {rate!r:.40}")
     return value

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.config import Backend
 from dtp.errors import TunnelError
 
@@ -51,18 +52,12 @@ class BackendPool:
         """Stop the health checks and wait for them to end."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            # asyncio.wait, not "await task" in a try: the CancelledError that ended the
-            # checks and one cancelling the task waiting here look the same, and with
-            # both swallowed, a drain or reload cancelled (or timed out) during this
-            # wait went on as if nothing had happened. wait() raises only the latter.
-            await asyncio.wait({task})
-            exc = None if task.cancelled() else task.exception()
-            if isinstance(exc, Exception):
+            # (not "await task" in a suppress(CancelledError): a drain or reload
+            # cancelled, or timed out, during this wait went on as if nothing had happened)
+            exc = await cancel_and_wait(task)
+            if exc is not None:
                 # the checks died of a fault: raised here, it cut the daemon's drain short
                 logger.error("health checks failed", extra=kv(service=self.name, error=repr(exc)))
-            elif exc is not None:
-                raise exc
 
     @property
     def healthy_count(self) -> int:

@@ -399,7 +399,7 @@ class _Checker:
         digits = port.lstrip("0") or "0"
         if len(digits) > 5:
             # out of range anyway, and int() raises ValueError past 4300 digits
-            raise self.fail(key, f"port {port[:12]}... is outside 0..65535")
+            raise self.fail(key, f"port {digits[:12]}... is outside 0..65535")
         try:
             host.encode("idna")
         except UnicodeError as exc:
@@ -408,7 +408,7 @@ class _Checker:
             why = exc.__cause__ or exc  # (the codec's words: "label empty or too long")
             raise self.fail(key, f"{host!r} is no valid host name ({why}), in {text!r}") from None
         if not 0 <= int(digits) <= 0xFFFF:
-            raise self.fail(key, f"port {port} is outside 0..65535")
+            raise self.fail(key, f"port {digits} is outside 0..65535")  # (its zeros cut)
         return Backend(host, int(digits))
 
     def addresses(

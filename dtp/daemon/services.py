@@ -24,6 +24,7 @@ from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
+from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees, Settled
@@ -585,10 +586,15 @@ class ServiceHost:
         """Stop trying failed settlements again (a try under way goes on: it is one of
         the handlers the drain waits for)."""
         task, self._retry_task = self._retry_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # (cancel_and_wait, not "await task" in a suppress(CancelledError), which took
+        # the drain's own cancellation for the loop's, and the drain went on)
+        if task is not None and (error := await cancel_and_wait(task)) is not None:
+            # logged, not raised: raised, it cut the drain short, its settlements unmade
+            logger.error(
+                "settlement retries failed",
+                extra=kv(error=f"{type(error).__name__}: {error}"),
+                exc_info=error,
+            )
 
     async def claim_leftovers(self, stopped: Callable[[], bool]) -> list[tuple[str, Settled]]:
         """Claim and settle what an earlier run left in the receipt store (as every
@@ -675,9 +681,9 @@ class ServiceHost:
                 with contextlib.suppress(DTPError):
                     await writer.wait_closed()
         finally:
-            acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await acceptor
+            # (an error it died of is dropped, as before; a cancel of this handler while
+            # it waits is the handler's own: raised once the cleanup below is done)
+            _, cancelled = await end_for_cleanup(acceptor)
             if conn.tunnels:
                 await asyncio.gather(*conn.tunnels, return_exceptions=True)
             self.conns.pop(connection_id, None)
@@ -696,6 +702,8 @@ class ServiceHost:
                     refunded=settled.refunded,
                 ),
             )
+            if cancelled is not None:
+                raise cancelled
 
     async def _udp_flow(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
         """A UDP service: this connection is one client flow, relayed to a backend (round
@@ -772,11 +780,20 @@ class ServiceHost:
                 extra=kv(service=service.name, client=conn.client, reason=str(exc)),
             )
         finally:
-            refuser.cancel()
-            tallying.cancel()
-            for task in (refuser, tallying):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # a cancel of this flow while they end is raised once the cleanup below is
+            # done (raised at once, the flow went unsettled, its counts wrong)
+            errors, cancelled = await end_for_cleanup(refuser, tallying)
+            for error in errors:
+                # logged, not raised: raised, the flow went unsettled
+                logger.error(
+                    "udp flow helper failed",
+                    extra=kv(
+                        service=service.name,
+                        connection=conn.connection_id,
+                        error=f"{type(error).__name__}: {error}",
+                    ),
+                    exc_info=error,
+                )
             stats.active_tunnels -= 1
             tally()
             snap = udp_stats.snapshot()
@@ -808,6 +825,8 @@ class ServiceHost:
                     refunded=settled.refunded,
                 ),
             )
+            if cancelled is not None:
+                raise cancelled
 
     def _count_held(self) -> None:
         held = dict.fromkeys((s.name for s in self.services.values()), 0)
@@ -1144,7 +1163,11 @@ class ServiceHost:
             await pool.stop()
         self.pools.clear()
         if self._policy_task is not None:
-            self._policy_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._policy_task
+            # (kept set while it ends: a late handler's _watch_policy would start another)
+            if (error := await cancel_and_wait(self._policy_task)) is not None:
+                logger.error(
+                    "firewall refresh failed",
+                    extra=kv(error=f"{type(error).__name__}: {error}"),
+                    exc_info=error,
+                )
             self._policy_task = None
