@@ -781,7 +781,7 @@ class _Engine:
                 if self.payment is not None:
                     self.payment.finish()
             self.session.process_events()
-            self._release()
+            self._release(closing=True)
 
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
@@ -812,12 +812,14 @@ class _Engine:
                 pass
             except OSError:
                 return
-            if self.ahead is not None:
-                self._make_ahead()
-                continue  # (what came meanwhile is read first)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
+            if self.ahead is not None:
+                # (after the deadline's check: a carrier that looks readable to
+                # _has_input while recv finds nothing would go round here for good)
+                self._make_ahead()
+                continue  # (what came meanwhile is read first)
             if not patient:
                 left = min(left, DRAIN_QUIET)
             try:
@@ -857,10 +859,15 @@ class _Engine:
             self.session.process_events()
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, closing: bool = False) -> None:
+        """Close the carrier and wake every waiter (lock held). ``closing``: the
+        application's close (:meth:`shutdown`), which makes what is left of the next
+        connect's keys once the carrier is closed -- its waits may have had no time
+        for them (the peer's end already there, or the peer closed first), and each
+        connect leaves the next one its keys; an abort leaves them to the next connect."""
         self.closed = True
         self.carrier_closed = True
-        self.ahead = None  # (not made: the next connect makes its own)
+        ahead, self.ahead = self.ahead, None
         for s in (self.sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
@@ -868,6 +875,8 @@ class _Engine:
         hook, self.on_release = self.on_release, None
         if hook is not None:
             hook()
+        if closing and ahead is not None:
+            ahead.make()  # (its steps' failures are its own: they never raise here)
 
 
 class _TimerService:
@@ -2835,7 +2844,8 @@ class _NextConnectKeys:
 
     :meth:`make` stops between steps once the server's reply is here: the reply is
     worked on first, and the rest is made during the next wait (for the verdict), or
-    the connection's next waits (:meth:`_Engine._make_ahead`)."""
+    the connection's next waits (:meth:`_Engine._make_ahead`), at the latest its
+    close (:meth:`_Engine._release`)."""
 
     def __init__(self, cfg: ConnectionConfig, anonymous: bool) -> None:
         self._cfg = cfg
@@ -2850,12 +2860,22 @@ class _NextConnectKeys:
 
     def make(self, engine: _Engine | None = None) -> bool:
         """Make the steps left, stopping early once ``engine``'s carrier has something
-        to read (every step when it is None); whether all are made."""
+        to read (every step when it is None); whether all are made (or given up).
+
+        A step that fails gives up the rest: they are a bet on a next connect, made
+        in the waits of this connect or, later, of the connection's reads and close,
+        none of which may fail for it -- a close that raised here never released its
+        carrier. The next connect makes its own keys (and meets the failure itself)."""
         steps = self._steps
         while steps:
             if engine is not None and _has_input(engine):
                 return False
-            steps.pop(0)()
+            step = steps.pop(0)
+            try:
+                step()
+            except Exception:
+                steps.clear()
+                logger.debug("keys for the next connect not made", exc_info=True)
         return True
 
     def _ephemeral(self) -> None:
