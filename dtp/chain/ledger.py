@@ -11,7 +11,9 @@ Conventions:
 - The first argument of every state-changing method is the *signer*, the
   :class:`~dtp.keys.HostIdentity` whose address is the transaction sender (Move's
   ``ctx.sender()``). The ledger builds the transaction, signs it with
-  ``signer.sign_transaction`` and executes it.
+  ``signer.sign_transaction`` and executes it (``LocalLedger``, running it in this
+  process with the signer's key in hand, runs a plain ``HostIdentity``'s as its address
+  without the signature; its ``execute`` of raw bytes checks one).
 - Object IDs and addresses are ``0x`` + 64 hex digits (a shorter hex form is padded like
   Sui does; anything else raises :class:`~dtp.errors.InvalidObjectId`).
 - Money: SUI balances per address, in MIST. Deposits, top-ups and contributions are taken
