@@ -1471,28 +1471,61 @@ class Recovery:
 
 
 #: How long a closed paid server's release waits for its receipt writer to finish
-#: (seconds): one still writing then (a stalled disk) is left the store, open.
+#: (seconds): one still writing then (a stalled disk) is left the store, open, and the
+#: rest of the release (the detach, closing the store) is the writer's last step.
 RELEASE_WRITER_WAIT = 30.0
 
 
-def release_receipts(writer: ReceiptWriter, store: ReceiptStore, own_store: bool) -> None:
+def release_receipts(
+    writer: ReceiptWriter,
+    store: ReceiptStore,
+    own_store: bool,
+    then: Callable[[], None] | None = None,
+) -> None:
     """A closed paid server's last step: stop the receipt writer (after it wrote
-    everything, within :data:`RELEASE_WRITER_WAIT`), then close the store if the server
-    opened it. Receipts the writer gave up (the store refused them, or was closed under
-    it) are logged whole by the writer, and counted here: the store is closed all the
-    same, as nothing writes to it any more."""
-    if not writer.close(RELEASE_WRITER_WAIT):
-        if not writer.stopped:
-            # still writing: the store stays open under it rather than lose a receipt
-            logger.error("the receipt writer did not finish; receipt store left open")
-            return
+    everything, within :data:`RELEASE_WRITER_WAIT`), then run ``then`` (the server's
+    :meth:`ReceiptStore.detach_server`) and close the store if the server opened it.
+    Receipts the writer gave up (the store refused them, or was closed under it) are
+    logged whole by the writer, and counted here: the store is closed all the same, as
+    nothing writes to it any more.
+
+    A writer still writing after the wait (a stalled disk, a commit blocked on a lock)
+    keeps the store, and ``then`` and the close wait for it: they run in its thread once
+    it stops (:meth:`ReceiptWriter.when_stopped`). Detached before, the run's lock file
+    was let go of (or removed) while the writer still held receipts of it: another
+    server taking the run for a dead one claimed the older receipt stored for a
+    connection whose settlement had failed, and the newer one written after was worth
+    nothing; and closed under the writer, the store lost what it held."""
+    if not writer.close(RELEASE_WRITER_WAIT) and not writer.stopped:
+        logger.error(
+            "the receipt writer did not finish within %g s: the receipt store stays in "
+            "use (and this server's run on it live) until it does",
+            RELEASE_WRITER_WAIT,
+        )
+        writer.when_stopped(lambda: _writer_released(writer, store, own_store, then))
+        return
+    _writer_released(writer, store, own_store, then)
+
+
+def _writer_released(
+    writer: ReceiptWriter,
+    store: ReceiptStore,
+    own_store: bool,
+    then: Callable[[], None] | None,
+) -> None:
+    """The rest of :func:`release_receipts` once the writer has stopped."""
+    if writer.given_up:
         logger.error(
             "%d receipt(s) could not be stored and were given up (each logged whole "
             "above, to be claimed by hand): their fees are unclaimed",
             len(writer.given_up),
         )
-    if own_store:
-        store.close()
+    try:
+        if then is not None:
+            then()
+    finally:
+        if own_store:
+            store.close()
 
 
 def check_address(address: object, what: str) -> None:
@@ -2019,16 +2052,19 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
-        # (a recovery under way first: it claims from the store; then the writer: a
-        # receipt it writes after the detach is the run's all the same, and one left
-        # unclaimed then kept the run's lock file, to be recovered)
+        # (a recovery under way first: it claims from the store; then the writer, and
+        # the detach only once it stopped: release_receipts)
         if self._recovery is not None:
             self._recovery.join()
-        release_receipts(self.receipt_writer, self.store, self._own_store)
+        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+        self._released.set()
+
+    def _detach(self) -> None:
+        """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer
+        has stopped: until then the run's lock file says its rows are a live server's."""
         if self._attached:
             self._attached = False
             self.store.detach_server()
-        self._released.set()
 
     def wait_released(self, timeout: float | None = None) -> bool:
         """After :meth:`close`: wait until every connection the server was serving

@@ -1561,7 +1561,11 @@ class PaidAioServer:
         # longer has its "claimed" mark logged as not written, the claim made)
         if self._recovery is not None:
             self._recovery.join(RECOVERY_CLOSE_WAIT if inline else None)
-        release_receipts(self.receipt_writer, self.store, self._own_store)
+        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+
+    def _detach(self) -> None:
+        """Leave the store once the receipt writer has stopped (as dtp.paid's: until
+        then the run's lock file says its rows are a live server's)."""
         if self._attached:
             self._attached = False
             self.store.detach_server()

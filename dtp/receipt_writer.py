@@ -94,6 +94,9 @@ class ReceiptWriter:
         self._given_up: dict[str, Receipt] = {}
         self._cond = threading.Condition()
         self._closed = False
+        # when_stopped(): run once the thread is past its last write (set under _cond)
+        self._ended = False
+        self._on_stop: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="dtp-receipts", daemon=True)
         self._thread.start()
 
@@ -191,7 +194,33 @@ class ReceiptWriter:
         self._busy_marks = marks
         return batch, marks
 
+    def when_stopped(self, then: Callable[[], None]) -> None:
+        """Run ``then`` once the thread will use the store no more: in the thread, as
+        its last step (so :attr:`stopped` is True only after it), or at once, in the
+        caller's, when the thread is past its last write already. What a paid server's
+        release leaves to a writer still writing after its wait (detaching from the
+        store, closing it): done before, the receipts the writer still held were written
+        under a run whose lock was gone, where another server's recovery took them for a
+        dead server's (and claimed an older one under them). An exception it raises is
+        logged."""
+        with self._cond:
+            if not self._ended:
+                self._on_stop.append(then)
+                return
+        _run_hook(then)
+
     def _run(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            with self._cond:
+                self._ended = True
+                hooks, self._on_stop = self._on_stop, []
+            for then in hooks:
+                _run_hook(then)
+
+    def _write_all(self) -> None:
+        """The thread's work: every batch, until closed and drained."""
         _lower_priority(WRITER_NICE)
         while True:
             with self._cond:
@@ -354,6 +383,16 @@ class ReceiptWriter:
         if self._thread is not threading.current_thread():  # (a done callback closing)
             self._thread.join(timeout)
         return self.stopped and not self.given_up
+
+
+def _run_hook(then: Callable[[], None]) -> None:
+    """``then()`` of :meth:`ReceiptWriter.when_stopped`, an exception logged (in the
+    writer's thread, raised it ended the thread with a traceback and the next hook
+    unrun)."""
+    try:
+        then()
+    except Exception:
+        logger.exception("a step after the receipt writer stopped failed")
 
 
 def _give_up(

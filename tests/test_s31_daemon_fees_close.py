@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dtp.daemon.fees import ServerFees
+from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.polling import wait_for
 from tests.test_daemon_fees import _receipt, _setup
@@ -36,7 +37,8 @@ def test_close_leaves_the_store_open_under_a_writer_still_writing(
     assert not store.closed  # still in use by the writer
     store.resume.set()
     assert wait_for(lambda: fees.writer.stopped, 10)
-    stored = store.latest(cid)
+    assert store.closed  # closed by the writer's last step, once nothing writes to it
+    with ReceiptStore(tmp_path / "receipts.db") as again:
+        stored = again.latest(cid)
     assert stored is not None and stored.receipt == receipt
-    store.close()
     ledger.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 from dtp.connection import Connection
 
@@ -34,6 +34,14 @@ class MemoryLink:
         reorder: float = 0.0,
         datagrams: bool | None = None,
     ) -> None:
+        if split not in get_args(Split):
+            # (any other word split at random, as "random" does, without a word said)
+            raise ValueError(f"split is one of {get_args(Split)}, got {split!r}")
+        for name, chance in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
+            # a chance, not a percentage: loss=15 dropped every record, and a run spent
+            # its whole max_time before its until() said False; NaN never dropped one
+            if not isinstance(chance, (int, float)) or not 0.0 <= chance <= 1.0:
+                raise ValueError(f"{name} is a probability from 0 to 1, got {chance!r}")
         self.a, self.b = a, b
         self.now = now
         self.rng = random.Random(seed)
