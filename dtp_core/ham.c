@@ -549,6 +549,12 @@ static void dq_unindex(dtp_ham *g, uint64_t h, size_t off) {
     g->dq_slots[i].hash = 0;
 }
 
+/* The end of the deferred queue's bytes. dq is NULL until something is deferred, and
+ * C11 (6.5.6p8) leaves even NULL + 0 undefined: no arithmetic on it then. */
+static inline const uint8_t *dq_end(const dtp_ham *g) {
+    return g->dq_len > 0 ? g->dq + g->dq_len : g->dq;
+}
+
 /* Index the queue afresh (after compaction: every update in it is live). Cannot fail:
  * when a smaller index cannot be allocated, the current one (big enough) is cleared. */
 static void dq_reindex(dtp_ham *g) {
@@ -563,7 +569,7 @@ static void dq_reindex(dtp_ham *g) {
     } else {
         memset(g->dq_slots, 0, (g->dq_mask + 1) * sizeof *g->dq_slots);
     }
-    const uint8_t *end = g->dq + g->dq_len;
+    const uint8_t *end = dq_end(g);
     for (size_t off = 0; off < g->dq_len;) {
         ham_update u;
         size_t size = read_update(g->dq + off, end, &u);
@@ -577,7 +583,7 @@ static void dq_reindex(dtp_ham *g) {
 
 /* Drop the dead updates' bytes, keeping the live ones in order, and reindex. */
 static void dq_compact(dtp_ham *g) {
-    const uint8_t *end = g->dq + g->dq_len;
+    const uint8_t *end = dq_end(g);
     size_t wpos = 0;
     for (size_t rpos = 0; rpos < g->dq_len;) {
         ham_update u;
@@ -745,7 +751,7 @@ int dtp_ham_advance(dtp_ham *g, double machine_state, uint8_t *changed, size_t c
         !isfinite(machine_state))
         return DTP_ERR_ARG;
     *changed_len = 0;
-    const uint8_t *end = g->dq + g->dq_len;
+    const uint8_t *end = dq_end(g);
     /* what could be applied bounds the output: check the room before any change (and
      * with nothing queued at or under the clock, skip the walk) */
     size_t due = 0;
