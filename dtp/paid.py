@@ -2056,8 +2056,13 @@ class PaidServer:
         # the detach only once it stopped: release_receipts)
         if self._recovery is not None:
             self._recovery.join()
-        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
-        self._released.set()
+        try:
+            release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+        finally:
+            # also when the detach (or the store's close) raised: the writer has stopped
+            # all the same, and unset, wait_released() said False for good (while the
+            # same failure in the writer's last step is only logged)
+            self._released.set()
 
     def _detach(self) -> None:
         """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer

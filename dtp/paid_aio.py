@@ -1535,8 +1535,9 @@ class PaidAioServer:
         closed and no connection can write any more): in the loop's executor (joining
         the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
         waits for the executor's jobs before it returns, so the store is closed by
-        then), which sets ``_released`` when done; inline when no loop runs or it is
-        ending (its executor shut down)."""
+        then -- unless the writer is still writing after that wait: then its thread
+        detaches and closes, once it stops), which sets ``_released`` when done; inline
+        when no loop runs or it is ending (its executor shut down)."""
         if self._releasing:
             return
         self._releasing = True
@@ -1545,8 +1546,12 @@ class PaidAioServer:
             with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
                 job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
         if job is None:
-            self._release_store(inline=True)
-            self._released.set()
+            try:
+                self._release_store(inline=True)
+            finally:
+                # (as the executor's job: set when it failed too, the failure raised
+                # here where the job's is logged; unset, wait_released() said False)
+                self._released.set()
         else:
             job.add_done_callback(self._store_released)
 

@@ -202,7 +202,9 @@ class ReceiptWriter:
         store, closing it): done before, the receipts the writer still held were written
         under a run whose lock was gone, where another server's recovery took them for a
         dead server's (and claimed an older one under them). An exception it raises is
-        logged."""
+        logged. (Run at once, :attr:`stopped` may say True before ``then`` has run: a
+        caller waiting for it waits for the caller of this too, as the paid servers'
+        ``wait_released`` waits for their release.)"""
         with self._cond:
             if not self._ended:
                 self._on_stop.append(then)

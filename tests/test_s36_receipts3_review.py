@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,6 @@ from dtp.carriers.memory import MemoryLink
 from dtp.chain.objects import Sla
 from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import LedgerUnavailable
-from dtp.escrow import Receipt
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy, recover_store
 from dtp.receipt_store import ReceiptStore
@@ -35,38 +34,13 @@ from dtp.receipt_writer import ReceiptWriter
 from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread
 from tests.polling import wait_for
 from tests.receipt_stores import CONN, receipt
+from tests.test_s18_paid_release import StallingStore
 
 T = TypeVar("T")
 
 PORT = 7
 SERVER = ident(0x91)
 CLIENT = ident(0x92)
-
-
-class StallingStore(ReceiptStore):
-    """A receipt store whose disk stalls on demand: once ``stall`` is set, a write
-    blocks (``stalled`` set) until ``resume`` is."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.stall = threading.Event()
-        self.resume = threading.Event()
-        self.stalled = threading.Event()
-
-    def _wait(self) -> None:
-        if self.stall.is_set():
-            self.stalled.set()
-            self.resume.wait(60)
-
-    def keep_many(
-        self, receipts: Sequence[Receipt], claimed: Mapping[str, int] | None = None
-    ) -> list[bool]:
-        self._wait()
-        return super().keep_many(receipts, claimed)
-
-    def mark_claimed_many(self, claimed: Mapping[str, int]) -> None:
-        self._wait()
-        super().mark_claimed_many(claimed)
 
 
 class World(PaidWorld):
