@@ -78,9 +78,8 @@ class BackendPool:
         slowest -- one timing out --, then overwrote what the tunnels had learnt since:
         a backend whose connect failed meanwhile was marked up again, and tried first.)"""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(backend.host, backend.port), self.connect_timeout
-            )
+            async with asyncio.timeout(self.connect_timeout):  # (not wait_for: see connect)
+                _, writer = await asyncio.open_connection(backend.host, backend.port)
         except (OSError, TimeoutError, ValueError):
             # ValueError: getaddrinfo's UnicodeError for a host name it cannot encode
             # (an empty label, or one over 63 bytes), which killed the checks
@@ -121,10 +120,12 @@ class BackendPool:
         tried: list[str] = []
         for backend in self.order():
             try:
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(factory, backend.host, backend.port),
-                    self.connect_timeout,
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the
+                # connection when the tunnel's cancel (the drain cutting it) came as the
+                # connect ended, the cancel swallowed: the tunnel went on past the cut
+                # (its connection's handler waits on its tunnels before the settlement)
+                async with asyncio.timeout(self.connect_timeout):
+                    _, protocol = await loop.create_connection(factory, backend.host, backend.port)
             except (OSError, TimeoutError, ValueError) as exc:
                 # (ValueError, as in _probe: escaping, the tunnel was never answered)
                 tried.append(f"{backend} ({_why(exc)})")

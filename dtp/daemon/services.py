@@ -553,10 +553,12 @@ class ServiceHost:
             due = [cid for cid, entry in self._retries.items() if entry.due <= now]
             if not due:
                 nearest = min((entry.due for entry in self._retries.values()), default=None)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the
+                # wake's result when the drain's cancel came as the wake was set, the
+                # cancel swallowed, and the drain waited for this loop for good)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._retry_wake.wait(), None if nearest is None else nearest - now
-                    )
+                    async with asyncio.timeout(None if nearest is None else nearest - now):
+                        await self._retry_wake.wait()
                 continue
             for cid in due:
                 entry = self._retries.get(cid)
@@ -681,9 +683,21 @@ class ServiceHost:
                 with contextlib.suppress(DTPError):
                     await writer.wait_closed()
         finally:
-            # (an error it died of is dropped, as before; a cancel of this handler while
-            # it waits is the handler's own: raised once the cleanup below is done)
-            _, cancelled = await end_for_cleanup(acceptor)
+            # (a cancel of this handler while it waits is the handler's own: raised once
+            # the cleanup below is done)
+            errors, cancelled = await end_for_cleanup(acceptor)
+            for error in errors:
+                # logged, not raised: raised, the connection went unsettled. Dropped, as
+                # it was, a fault that stopped the connection's tunnels said nothing
+                logger.error(
+                    "tunnel acceptor failed",
+                    extra=kv(
+                        service=service.name,
+                        connection=connection_id,
+                        error=f"{type(error).__name__}: {error}",
+                    ),
+                    exc_info=error,
+                )
             if conn.tunnels:
                 await asyncio.gather(*conn.tunnels, return_exceptions=True)
             self.conns.pop(connection_id, None)
