@@ -738,8 +738,12 @@ class Daemon:
                 while not self._stop.is_set():
                     self._refresh_live()
                     self.book.save()
+                    # (asyncio.timeout, not wait_for: 3.11's wait_for drops a cancel of
+                    # run() that arrives as the stop is set, and run() drained and
+                    # returned as if not cancelled)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), 0.25)
+                        async with asyncio.timeout(0.25):
+                            await self._stop.wait()
             finally:
                 phase = "stopping"
                 # a reload still running would start listeners the drain never sees, or

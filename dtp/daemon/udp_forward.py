@@ -195,7 +195,9 @@ class UdpForward:
         the flows' half-closes on the ledger a moment (the process may end next)."""
         if self._forwarder is not None:
             try:
-                await asyncio.wait_for(self._forwarder.close(), max(timeout, 1.0))
+                # (asyncio.timeout, not wait_for: see dtp.daemon.runner's wait)
+                async with asyncio.timeout(max(timeout, 1.0)):
+                    await self._forwarder.close()
             except TimeoutError:
                 # (the close, cancelled, still closed the port) Let out, it ended the
                 # daemon's shut-down past the services' drain, their settlements, the
