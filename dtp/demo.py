@@ -56,11 +56,13 @@ class Tour:
         self.step_no = 0
         self.total = total
         self.summary: list[str] = []
+        self.title = ""
         self._step_started = time.perf_counter()
 
     def step(self, title: str) -> None:
         self.finish_step()
         self.step_no += 1
+        self.title = title
         count = f"{self.step_no}/{self.total}" if self.total else str(self.step_no)
         print(f"\n{bold(f'[{count}] {title}')}", flush=True)
         self._step_started = time.perf_counter()
@@ -240,7 +242,10 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
                 sock.sendall(sock.recv(100).upper())
                 received = 0
                 while received < total:
-                    received += len(sock.recv(1 << 20))
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        return  # the client went away (an interrupted demo): no spinning
+                    received += len(data)
                 sock.sendall(str(received).encode())
 
         thread = threading.Thread(target=serve, daemon=True)
@@ -285,6 +290,7 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     import dtp.socket
     from dtp.chain.local import LocalLedger
     from dtp.chain.objects import Sla
+    from dtp.escrow import fee
     from dtp.keys import HostIdentity
     from dtp.metering import MeteringConfig
     from dtp.paid import PaidSocket
@@ -306,82 +312,116 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
         def sink(sock: PaidSocket) -> None:
             received = 0
             while received < total:
-                received += len(sock.recv(1 << 20))
+                data = sock.recv(1 << 20)
+                if not data:
+                    # the client closed early (an interrupted demo): end now, so that the
+                    # connection is settled and the client's close does not wait for it
+                    return
+                received += len(data)
             sock.sendall(str(received).encode())
             sock.recv(1)  # until the client closes (after its final receipt)
 
         store = ReceiptStore(Path(tmp) / "receipts.db")
-        service = dtp.socket.serve(
-            host, 7000, sink, ledger=ledger, identity=provider, receipts=store
-        )
-        tour.say(f"host {host[:18]}… serves port 7000 at {sla.price_per_kib:,} MIST/KiB")
-        tour.say(f"(min deposit {sla.min_deposit:,}); serve() published its endpoint and key")
-        deposit = 200_000_000
-        address = f"dtp://{host}:7000"
-        with dtp.socket.create_connection(
-            address,
-            timeout=30,
-            ledger=ledger,
-            identity=client,
-            deposit=deposit,
-            metering=MeteringConfig(every_bytes=4 << 20),
-        ) as sock:
-            connection_id = sock.connection_id
-            assert connection_id is not None and sock.escrow_id is not None
-            tour.ok(f"connected to dtp://{host[:10]}…:7000 with {deposit:,} MIST in escrow")
-            chunk = os.urandom(1 << 20)
-            for _ in range(total >> 20):
-                sock.sendall(chunk)
-            assert int(sock.recv(100)) == total
-        deadline = time.monotonic() + 10
-        while not ledger.get_connection(connection_id).settled:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the provider did not settle the connection")
-            time.sleep(0.02)
-        service.close()
-        tour.ok(f"the server admitted us only after checking connection {connection_id[:12]}…")
-        latest = store.latest(connection_id)
-        assert latest is not None
-        tour.say(
-            f"the client signed receipts in-band as it sent (every 4 MiB and on close); the "
-            f"provider kept the latest: nonce {latest.receipt.nonce}, "
-            f"{latest.receipt.total_amount:,} MIST"
-        )
-        escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
-        tour.ok(
-            f"on close the provider claimed {escrow.claimed:,} MIST and the client was "
-            f"refunded {escrow.refunded:,}"
-        )
-        after = {name: ledger.balance(i.sui_address) for name, i in who}
-        for name, _ in who:
-            delta = after[name] - before[name]
-            tour.say(f"{name:<8} {before[name]:>15,} → {after[name]:>15,} MIST ({delta:+,})")
-        audit = ledger.audit()
-        held = audit["balances"] + audit["escrows"] + audit["broadcasts"]
-        assert audit["minted"] == held, audit
-        tour.ok(f"conservation: {audit['minted']:,} MIST minted = {held:,} MIST held")
-        tour.remember(
-            f"escrow: paid {escrow.claimed:,} MIST for {total:,} bytes, "
-            f"refunded {escrow.refunded:,}"
-        )
-        store.close()
-        ledger.close()
+        service = None
+        try:
+            service = dtp.socket.serve(
+                host, 7000, sink, ledger=ledger, identity=provider, receipts=store
+            )
+            tour.say(f"host {host[:18]}… serves port 7000 at {sla.price_per_kib:,} MIST/KiB")
+            tour.say(f"(min deposit {sla.min_deposit:,}); serve() published its endpoint and key")
+            deposit = 200_000_000
+            address = f"dtp://{host}:7000"
+            with dtp.socket.create_connection(
+                address,
+                timeout=30,
+                ledger=ledger,
+                identity=client,
+                deposit=deposit,
+                metering=MeteringConfig(every_bytes=4 << 20),
+            ) as sock:
+                connection_id = sock.connection_id
+                assert connection_id is not None and sock.escrow_id is not None
+                tour.ok(f"connected to dtp://{host[:10]}…:7000 with {deposit:,} MIST in escrow")
+                chunk = os.urandom(1 << 20)
+                for _ in range(total >> 20):
+                    sock.sendall(chunk)
+                reply = sock.recv(100)
+                assert int(reply) == total
+            deadline = time.monotonic() + 10
+            while not ledger.get_connection(connection_id).settled:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the provider did not settle the connection")
+                time.sleep(0.02)
+            service.close()
+            tour.ok(f"the server admitted us only after checking connection {connection_id[:12]}…")
+            escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
+            # both directions are metered: the data sent and the server's short reply
+            used = total + len(reply)
+            due = fee(sla, used, 0)
+            if escrow.claimed != due or escrow.claimed + escrow.refunded != deposit:
+                raise RuntimeError(
+                    f"the escrow does not add up: claimed {escrow.claimed:,} for {used:,} "
+                    f"bytes (due {due:,}), refunded {escrow.refunded:,} of {deposit:,}"
+                )
+            stored = store.latest(connection_id)
+            tour.say(
+                "the client signed receipts in-band as it went (about every 4 MiB) and a "
+                "final one on close"
+                + (
+                    f"; the provider stored each as it came (the latest stored: nonce "
+                    f"{stored.receipt.nonce}, {stored.receipt.total_amount:,} MIST)"
+                    if stored is not None and stored.receipt.nonce < escrow.latest_nonce
+                    else ""
+                )
+            )
+            tour.ok(
+                f"on close the provider claimed the final receipt (nonce {escrow.latest_nonce}): "
+                f"{escrow.claimed:,} MIST for {used:,} bytes both ways at "
+                f"{sla.price_per_kib:,} MIST/KiB; the client was refunded {escrow.refunded:,} "
+                f"of its {deposit:,}"
+            )
+            after = {name: ledger.balance(i.sui_address) for name, i in who}
+            for name, _ in who:
+                delta = after[name] - before[name]
+                tour.say(f"{name:<8} {before[name]:>15,} → {after[name]:>15,} MIST ({delta:+,})")
+            audit = ledger.audit()
+            held = audit["balances"] + audit["escrows"] + audit["broadcasts"]
+            assert audit["minted"] == held, audit
+            tour.ok(f"conservation: {audit['minted']:,} MIST minted = {held:,} MIST held")
+            tour.remember(
+                f"escrow: paid {escrow.claimed:,} MIST for {used:,} bytes, "
+                f"refunded {escrow.refunded:,}"
+            )
+        finally:
+            # (an interrupt mid-transfer: the server's threads are stopped, and the store
+            # and ledger closed, before their directory goes)
+            if service is not None:
+                service.close()
+            store.close()
+            ledger.close()
 
 
 def demo_daemon(tour: Tour, quick: bool) -> None:
     tour.step("An existing TCP server behind DTP: the services daemon and a forwarder")
-    from dtp.daemon.demo_step import run_daemon_step
+    from dtp.chain.objects import Sla
+    from dtp.daemon.demo_step import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
+    from dtp.escrow import fee
 
     result = run_daemon_step(quick=quick, say=tour.say)
     if not (result.intact and result.conserved and result.denied):
         raise RuntimeError(f"the daemon story went wrong: {result}")
+    moved = 2 * result.bytes_each_way  # (echoed: every byte went there and back)
+    due = fee(Sla(PRICE_PER_KIB, PRICE_PER_TUNNEL, 0), moved, result.tunnels)
+    if result.fees_claimed != due:
+        raise RuntimeError(f"the daemon's fees do not add up: {result} (due {due:,})")
     tour.ok(
-        f"every byte came back intact: {2 * result.bytes_each_way:,} bytes over "
+        f"every byte came back intact: {moved:,} bytes over "
         f"{result.tunnels} tunnels at {result.megabytes_per_second:,.0f} MB/s"
     )
     tour.ok(
         f"the forwarder signed receipts as the tunnels ran; on shutdown the provider "
-        f"claimed {result.fees_claimed:,} MIST and {result.refunded:,} went back"
+        f"claimed {result.fees_claimed:,} MIST ({moved:,} bytes at {PRICE_PER_KIB} MIST/KiB "
+        f"+ {result.tunnels} tunnels at {PRICE_PER_TUNNEL}) and {result.refunded:,} went back"
     )
     (p0, p1), (c0, c1) = result.provider_balance, result.client_balance
     tour.say(f"provider {p0:>15,} → {p1:>15,} MIST ({p1 - p0:+,})")
@@ -554,6 +594,17 @@ def run_demo(quick: bool = False) -> int:
     try:
         for step in steps:
             step(tour)
+    except (KeyboardInterrupt, SystemExit):
+        # (Ctrl-C, or SIGTERM through _exit_on_sigterm) the steps' finally blocks have
+        # run by now: tell the user what is left, not just a bare prompt
+        print(
+            f"\nInterrupted in step {tour.step_no}/{tour.total} ({tour.title}): "
+            "the servers and daemons it started are stopped and its temporary files "
+            "(ledgers, throwaway keys) removed; nothing is left behind.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

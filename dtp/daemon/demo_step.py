@@ -11,6 +11,7 @@ the numbers for the demo's summary are returned.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,9 @@ from dtp.keys import HostIdentity
 __all__ = ["DaemonStepResult", "run_daemon_step"]
 
 SUI = 1_000_000_000
+#: The demo service's prices: per KiB (both directions) and per tunnel (a request).
+PRICE_PER_KIB = 10
+PRICE_PER_TUNNEL = 100
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,28 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+def _stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    """Stop the daemons, the last started first (the forwarders' final receipts reach
+    the provider before it stops and claims them). A second interrupt while they drain
+    (Ctrl-C pressed again, a supervisor's second SIGTERM) ends the waiting, not the
+    stopping: those still running are killed before it goes on. (It broke out of the
+    loop, and the daemons not yet stopped went on running after the demo had removed
+    their directory, recreating part of it.)"""
+    try:
+        for proc in reversed(procs):
+            _stop(proc)
+    except BaseException:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        raise
+
+
 def _roundtrip(address: tuple[str, int], data: bytes) -> bool:
     with socket.create_connection(address, timeout=60) as sock:
 
@@ -189,7 +215,8 @@ def run_daemon_step(
             f'[daemon]\nledger = "ledger.sqlite"\nidentity = "provider.key"\n'
             f'state_dir = "provider-state"\nfaucet = {SUI}\nlog_level = "warning"\n\n'
             f'[[service]]\nname = "echo"\nport = 7000\nbackends = ["127.0.0.1:{backend_port}"]\n'
-            "price_per_kib = 10\nprice_per_request = 100\nmin_deposit = 5000000\n\n"
+            f"price_per_kib = {PRICE_PER_KIB}\nprice_per_request = {PRICE_PER_TUNNEL}\n"
+            "min_deposit = 5000000\n\n"
             f'[firewall]\ndeny = ["{mallory.sui_address}"]\n'
         )
         procs: list[subprocess.Popen[str]] = []
@@ -197,7 +224,10 @@ def run_daemon_step(
             ready = _start(tmp / "provider.toml", procs)
             host_id = ready["host_id"]
             service = f"dtp://{host_id}:7000"
-            tell(f"dtp daemon exposes it as {service[:24]}…:7000 (10 MIST/KiB)")
+            tell(
+                f"dtp daemon exposes it as {service[:24]}…:7000 ({PRICE_PER_KIB} MIST/KiB "
+                f"both ways + {PRICE_PER_TUNNEL} MIST per tunnel)"
+            )
             (tmp / "client.toml").write_text(
                 f'[daemon]\nledger = "ledger.sqlite"\nidentity = "client.key"\n'
                 f'state_dir = "client-state"\nfaucet = {SUI}\nlog_level = "warning"\n\n'
@@ -239,10 +269,11 @@ def run_daemon_step(
             denied_paid_nothing = ledger.balance(mallory.sui_address) == mallory_before
             tell("a client on the host's deny list is refused; it paid nothing")
         finally:
-            for proc in reversed(procs):
-                _stop(proc)
-            backend.shutdown()
-            backend.server_close()
+            try:
+                _stop_all(procs)
+            finally:
+                backend.shutdown()
+                backend.server_close()
         status = read_status(tmp / "provider-state") or {}
         row = status.get("services", {}).get("echo", {})
         provider_after = ledger.balance(provider.sui_address)

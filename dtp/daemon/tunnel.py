@@ -141,6 +141,13 @@ class TcpLeg(asyncio.Protocol):
             self._loop.call_later(hold, self._unthrottle)
 
     def _unthrottle(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.lost.done():
+            # the tunnel ended while held: nothing more to count or resume. (It went on
+            # asking the count every few ms -- a status write each time -- while the
+            # connection stayed unpaid, and then recorded a denial for a tunnel gone.)
+            self._throttled = False
+            return
         try:
             hold = self._count(0)
         except (DTPError, RuntimeError) as exc:
