@@ -5,6 +5,7 @@ Every number printed is measured or computed in this run; nothing is canned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -561,6 +562,27 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _say_interrupted(tour: Tour) -> None:
+    """Say on stderr where an interrupted tour stopped and that nothing is left."""
+    where = (
+        f"in step {tour.step_no}/{tour.total} ({tour.title})"
+        if tour.step_no
+        else "before the first step"  # (it said "in step 0/10 ()")
+    )
+    # The step's lines first: to a pipe or a file (`dtp demo 2>&1 | tee log`) stdout is
+    # block-buffered, and they came out after this message, at exit. Neither write may
+    # replace the interrupt (a stream closed, the reader gone): the exit stays 130.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        print(
+            f"\nInterrupted {where}: the servers and daemons it started are stopped and "
+            "its temporary files (ledgers, throwaway keys) removed; nothing is left behind.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def run_demo(quick: bool = False) -> int:
     """Run the tour; returns a process exit code."""
     shared: dict[str, object] = {}
@@ -597,13 +619,7 @@ def run_demo(quick: bool = False) -> int:
     except (KeyboardInterrupt, SystemExit):
         # (Ctrl-C, or SIGTERM through _exit_on_sigterm) the steps' finally blocks have
         # run by now: tell the user what is left, not just a bare prompt
-        print(
-            f"\nInterrupted in step {tour.step_no}/{tour.total} ({tour.title}): "
-            "the servers and daemons it started are stopped and its temporary files "
-            "(ledgers, throwaway keys) removed; nothing is left behind.",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say_interrupted(tour)
         raise
     finally:
         if previous is not None:
