@@ -883,12 +883,20 @@ class DTPStreamWriter:
         raises ConnectionClosed at once, as asyncio's raises ConnectionResetError once
         the connection is lost: nothing more can be written, and what is queued is
         waited for by :meth:`wait_closed`, not here (a write_eof() is no close: drain()
-        after it waits as before)."""
+        after it waits as before). A drain() already waiting when the close comes raises
+        then too."""
 
         def room() -> bool:
-            return self._session.terminated is not None or (
-                not self._proto.write_paused
-                and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+            # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
+            # and a peer not reading held a writing task's drain() for good, or for the
+            # first stream's CLOSE_LINGER)
+            return (
+                self._closing
+                or self._session.terminated is not None
+                or (
+                    not self._proto.write_paused
+                    and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                )
             )
 
         if not self._closing:
@@ -930,6 +938,7 @@ class DTPStreamWriter:
             task = asyncio.ensure_future(self._close_connection())
             task.add_done_callback(self._close_ended)
             self._close_task = task
+            self._proto._notify()  # (a drain() waiting raises now: see there)
         else:
             with contextlib.suppress(DTPError):
                 if not self._eof_sent:
@@ -1037,7 +1046,10 @@ class DTPStreamWriter:
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed (first stream) or until this
-        stream's queued data has been handed on."""
+        stream's queued data has been handed on. (On another stream, unlike asyncio's,
+        it does not wait for a close: not closed, it returns once what was written went
+        out; closed, while a peer that stopped reading holds that back, it waits as
+        asyncio's does for a transport that cannot flush.)"""
         if self._primary:
             # shielded: a cancelled wait (asyncio.wait_for) must not cancel the shared
             # future (every later wait_closed() raised CancelledError) or the close
@@ -2000,25 +2012,37 @@ class DTPServer:
             writer.abort("the server is shutting down")
             raise
         except DTPError as exc:
+            if isinstance(exc, LocalProtocolError) and session.terminated is None:
+                # the callback misused a live stream (a write after write_eof() or
+                # close()): a bug of its own, reported as any other exception below.
+                # At INFO, nobody saw it: the client only read an abort
+                self._callback_failed(proto, exc)
+                writer.abort("internal error")
+                return
             logger.info("connection from %s ended: %s", session.authenticated_address, exc)
             if session.terminated is None:
-                # an error of the callback's own (a write after write_eof(), a stream the
-                # peer reset) while the connection goes on: nobody serves it any more,
-                # and the client must not wait on it
+                # an error of the callback's own (a stream the peer reset) while the
+                # connection goes on: nobody serves it any more, and the client must
+                # not wait on it
                 writer.abort("internal error")
         except Exception as exc:
-            # to the loop's exception handler, as asyncio.start_server reports it (a
-            # program that set its own handler saw nothing: this went to our logger);
             # then the connection ends, the peer reading an error, not a clean end
-            proto.loop.call_exception_handler(
-                {
-                    "message": "Unhandled exception in client_connected_cb",
-                    "exception": exc,
-                    "transport": proto.transport,
-                    "peer_address": session.authenticated_address,
-                }
-            )
+            self._callback_failed(proto, exc)
             writer.abort("internal error")
+
+    @staticmethod
+    def _callback_failed(proto: _Protocol, exc: Exception) -> None:
+        """Report what a client callback raised to the loop's exception handler, as
+        asyncio.start_server reports it (a program that set its own handler saw
+        nothing when this went to our logger)."""
+        proto.loop.call_exception_handler(
+            {
+                "message": "Unhandled exception in client_connected_cb",
+                "exception": exc,
+                "transport": proto.transport,
+                "peer_address": proto.session.authenticated_address,
+            }
+        )
 
     async def _handshake(self, proto: _Protocol) -> bool:
         """The handshake and the hooks: True once the client is accepted."""
@@ -2200,7 +2224,11 @@ class DTPServer:
     async def serve_forever(self) -> None:
         """Accept connections until cancelled; then the server is closed, as
         :meth:`asyncio.Server.serve_forever` (its ledger listener and the connections
-        waiting for a handshake slot too: only the TCP listener was)."""
+        waiting for a handshake slot too: only the TCP listener was). On a closed server
+        it raises RuntimeError, as asyncio's (one on the ledger carrier alone returned
+        at once, as if it had served and ended)."""
+        if self._closed.is_set():
+            raise RuntimeError(f"server {self!r} is closed")
         await self.start_serving()
         try:
             if self._server is not None:
@@ -2247,7 +2275,9 @@ async def start_server(
     ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`). It may be a coroutine
     function or a plain one. An exception it raises goes to the loop's exception
     handler, as with :func:`asyncio.start_server`, and the connection is aborted (the
-    client reads ConnectionClosed, not the clean end asyncio's close gives).
+    client reads ConnectionClosed, not the clean end asyncio's close gives); the
+    connection's own end raised in it (a DTPError other than a LocalProtocolError on a
+    live connection: the peer reset a stream, closed, vanished) is logged at INFO.
 
     With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
     Host), clients are admitted only through :class:`~dtp.admission.LedgerAdmission`, as
