@@ -2020,10 +2020,14 @@ class DTPServer:
                 writer.abort("internal error")
                 return
             logger.info("connection from %s ended: %s", session.authenticated_address, exc)
-            if session.terminated is None:
+            if session.terminated is None and not writer._closing:
                 # an error of the callback's own (a stream the peer reset) while the
                 # connection goes on: nobody serves it any more, and the client must
-                # not wait on it
+                # not wait on it. (Not once the first stream is closing: that close
+                # ends it, after what is queued went out. A drain() waiting when another
+                # task closed the writer raises ConnectionClosed at once; aborted here,
+                # what the close was still sending was cut and the client read an
+                # error.)
                 writer.abort("internal error")
         except Exception as exc:
             # then the connection ends, the peer reading an error, not a clean end
