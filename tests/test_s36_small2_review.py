@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,27 +25,16 @@ import pytest
 import dtp.aio
 import dtp.daemon.services as services_module
 from dtp.address import HostAddress, InvalidAddress
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig, parse_config
 from dtp.daemon.fees import Settled
 from dtp.daemon.services import ServiceHost, _Conn, _Retry
-from dtp.daemon.state import StatusBook
 from dtp.errors import DaemonConfigError
 from dtp.escrow import ConnectionTerms
-from dtp.keys import HostIdentity
 from dtp.ratelimit import RateLimiter, TokenBucket
+from tests.test_s26_daemon_unpaid_hold import host  # noqa: F401 (a fixture)
 
 FREE = Sla(0, 0, 10_000)
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[ServiceHost]:
-    ledger = LocalLedger(tmp_path / "ledger.sqlite")
-    try:
-        yield ServiceHost(ledger, HostIdentity.generate(), StatusBook(tmp_path / "state"))
-    finally:
-        ledger.close()
 
 
 class SlowEnd:
@@ -109,7 +97,7 @@ class FakeWriter:
 
 
 def test_drain_cancelled_while_the_settlement_retries_end_is_cancelled(
-    host: ServiceHost,
+    host: ServiceHost,  # noqa: F811 (the fixture)
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
@@ -126,7 +114,7 @@ def test_drain_cancelled_while_the_settlement_retries_end_is_cancelled(
 
 
 def test_drain_cancelled_while_the_firewall_refresh_ends_is_cancelled(
-    host: ServiceHost,
+    host: ServiceHost,  # noqa: F811 (the fixture)
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
@@ -142,7 +130,8 @@ def test_drain_cancelled_while_the_firewall_refresh_ends_is_cancelled(
 
 
 def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
-    host: ServiceHost, caplog: pytest.LogCaptureFixture
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(as before, but for the raise: a refresh loop dead of a fault is logged; raised,
     it was the drain's own error)"""
@@ -165,7 +154,8 @@ def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
 
 
 def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cancelled(
-    host: ServiceHost, monkeypatch: pytest.MonkeyPatch
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
     settled: list[str] = []
@@ -203,7 +193,8 @@ def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cance
 
 
 def test_udp_flow_cancelled_while_its_refuser_ends_cleans_up_and_is_cancelled(
-    host: ServiceHost, monkeypatch: pytest.MonkeyPatch
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = ServiceConfig("dns", 7053, (Backend("127.0.0.1", 9),), protocol="udp")
     host.services[service.port] = service

@@ -16,42 +16,33 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.fees import Settled
 from dtp.daemon.services import ServiceHost, _Conn, _Retry
-from dtp.daemon.state import StatusBook
 from dtp.escrow import ConnectionTerms
-from dtp.keys import HostIdentity
+from tests.test_s36_small2_review import (
+    FREE,
+    FakeWriter,
+    SlowEnd,
+    host,  # noqa: F401 (a fixture)
+)
 
-FREE = Sla(0, 0, 10_000)
 BOUND = 3.0  # (what a wait that should end at once is given before the test fails)
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[ServiceHost]:
-    ledger = LocalLedger(tmp_path / "ledger.sqlite")
-    try:
-        yield ServiceHost(ledger, HostIdentity.generate(), StatusBook(tmp_path / "state"))
-    finally:
-        ledger.close()
 
 
 # -- the settlement retries ---------------------------------------------------------------
 
 
 def test_drain_ends_the_settlement_retries_woken_as_it_cancels_them(
-    host: ServiceHost, monkeypatch: pytest.MonkeyPatch
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tried: list[str] = []
 
@@ -120,37 +111,22 @@ def test_backend_connect_cancelled_as_it_connects_is_cancelled() -> None:
 # -- a connection's tunnel acceptor ------------------------------------------------------------
 
 
-class _Writer:
+class _Writer(FakeWriter):
     """What a connection handler uses of a DTPStreamWriter; accepting a stream fails of
     a fault, and the connection ends when ``ended`` is set."""
 
     def __init__(self, port: int) -> None:
-        self.peer_connection_id = "0x" + "c1" * 32
-        self.peer_port = port
-        self.ended = asyncio.Event()
-        self.closes = 0
-
-    def get_extra_info(self, name: str) -> Any:
-        return "0x" + "ee" * 32 if name == "peer_address" else None
-
-    def set_datagram_sink(self, sink: Any) -> None:
-        pass
-
-    def abort(self, reason: str) -> None:
-        raise AssertionError(f"aborted: {reason}")
-
-    def close(self) -> None:
-        self.closes += 1
-
-    async def wait_closed(self) -> None:
-        await self.ended.wait()
+        super().__init__(SlowEnd(), port)
+        self.ended = self.closed_by_handler
 
     async def accept_stream(self) -> Any:
         raise RuntimeError("accept broke")
 
 
 def test_a_tunnel_acceptor_that_died_of_a_fault_is_logged(
-    host: ServiceHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
     settled: list[str] = []
