@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dtp._checks import finite_float, shown
 from dtp._reference.varint import varint_size
 from dtp.chain.objects import Firewall, Host
 
@@ -127,17 +128,11 @@ def _checked_rate(rate: float, name: str = "rate") -> float:
     what is not a number, a bool too); ``name``: the value's, for the error."""
     if isinstance(rate, bool) or not isinstance(rate, int | float):
         raise TypeError(f"{name} must be a number, got {type(rate).__name__}")
-    try:
-        value = float(rate)
-    except OverflowError:
-        # an int beyond the float range: it raised OverflowError, not the ValueError
-        # said, out of set_limits (and of every new client's buckets). Not shown: its
-        # repr, past 4300 digits, raises a ValueError of its own that names no rate
-        raise ValueError(
-            f"{name} must be a finite number >= 0, got an integer beyond the float range"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {rate!r:.40}")
+    # (an int beyond the float range raised OverflowError, not the ValueError said, out
+    # of set_limits and of every new client's buckets)
+    value = finite_float(rate)
+    if value is None or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {shown(rate)}")
     return value
 
 

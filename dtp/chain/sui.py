@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
+from dtp._checks import shown
 from dtp.chain import sui_tx
 from dtp.chain.economics import (
     ECONOMICS_MODULES,
@@ -62,7 +63,6 @@ from dtp.chain.sui_client import (
     NodeObject,
     SuiNode,
     _node_id,
-    _shown,
     parse_endpoint,
     positive_seconds,
     timestamp_ms,
@@ -235,7 +235,7 @@ class SuiConfig:
         ):
             raise SuiConfigError(
                 f"DTP_SUI_GAS_BUDGET: the gas budget must be a positive integer of MIST "
-                f"below 2**64, got {_shown(self.gas_budget)}."
+                f"below 2**64, got {shown(self.gas_budget)}."
             )
         # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
         # would hang every call; zero or less fails every call at once; an int too large
@@ -246,11 +246,11 @@ class SuiConfig:
         ):
             if not positive_seconds(value):
                 raise SuiConfigError(
-                    f"{what} must be a positive number of seconds, got {_shown(value)}."
+                    f"{what} must be a positive number of seconds, got {shown(value)}."
                 )
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise SuiConfigError(
-                f"DTP_SUI_RETRIES must be a non-negative integer, got {_shown(self.retries)}."
+                f"DTP_SUI_RETRIES must be a non-negative integer, got {shown(self.retries)}."
             )
 
     def __repr__(self) -> str:

@@ -29,7 +29,6 @@ import concurrent.futures
 import contextvars
 import datetime
 import logging
-import math
 import random
 import threading
 import urllib.parse
@@ -46,6 +45,7 @@ from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
+from dtp._checks import finite_float, shown
 from dtp.chain.objects import normalize_id
 from dtp.chain.sui_codec import BcsDecodeError
 from dtp.chain.sui_tx import OwnedRef
@@ -164,29 +164,13 @@ def _next_page(token: bytes | None, seen: set[bytes], what: str) -> bytes | None
     return token
 
 
-def _shown(value: object) -> str:
-    """``value``'s repr for a configuration error, cut short: an int past Python's
-    4300-digit limit has no repr (ValueError, which named no setting), and one of
-    hundreds of digits says nothing more than its first few."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "an integer of more than 4300 digits"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def positive_seconds(value: object) -> bool:
-    """Whether ``value`` is a usable number of seconds to wait: an int or float above 0,
-    finite, not a bool (``True`` is a mistake, not one second), and not an int too large
-    for a float (``math.isfinite`` raised OverflowError for it, and asyncio's clock
-    arithmetic would at every call)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        seconds = float(value)
-    except OverflowError:
-        return False
-    return seconds > 0 and math.isfinite(seconds)
+    """Whether ``value`` is a usable number of seconds to wait: a finite int or float
+    above 0, not a bool (``True`` is a mistake, not one second), and not an int too
+    large for a float (``math.isfinite`` raised OverflowError for it, and asyncio's
+    clock arithmetic would at every call)."""
+    seconds = finite_float(value)
+    return seconds is not None and seconds > 0
 
 
 def parse_endpoint(url: str) -> tuple[str, int, bool]:
@@ -194,7 +178,7 @@ def parse_endpoint(url: str) -> tuple[str, int, bool]:
     443), ``http://host[:port]`` (plain text, default 9000) or ``host:port`` (TLS)."""
     if not isinstance(url, str):
         # (an AttributeError from .strip() said nothing of which setting was wrong)
-        raise ValueError(f"{_shown(url)} is not a gRPC endpoint (http(s)://host[:port])")
+        raise ValueError(f"{shown(url)} is not a gRPC endpoint (http(s)://host[:port])")
     text = url.strip()
     if "://" not in text:
         text = "https://" + text
@@ -401,10 +385,10 @@ class SuiNode:
         # NaN never fires in asyncio.wait_for and infinity waits forever: either would
         # let a silent node hang every call
         if not positive_seconds(timeout):
-            raise ValueError(f"timeout must be a positive number of seconds, got {_shown(timeout)}")
+            raise ValueError(f"timeout must be a positive number of seconds, got {shown(timeout)}")
         # bool is an int, but retries=True is a mistake, not "once"
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, got {_shown(retries)}")
+            raise ValueError(f"retries must be a non-negative integer, got {shown(retries)}")
         self.timeout = float(timeout)
         self.retries = retries
         self._lock = threading.Lock()

@@ -8,13 +8,13 @@ maps each key path (``("service", 1, "port")``) to the line it is set on.
 from __future__ import annotations
 
 import ipaddress
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtp._checks import finite_float, shown
 from dtp.address import HostAddress
 from dtp.chain.objects import (
     MAX_ENDPOINT_LENGTH,
@@ -330,22 +330,22 @@ class _Checker:
     ) -> int:
         value = doc.get(str(key[-1]), default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer in {low}..{high}, got {_shown(value)}")
+            raise self.fail(key, f"expected an integer in {low}..{high}, got {shown(value)}")
         return value
 
     def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
         # TOML has nan and inf; nan <= 0 is False, so finiteness is checked on its own
-        seconds = _finite(value)
+        seconds = finite_float(value)
         if seconds is None or seconds <= 0:
-            raise self.fail(key, f"expected a positive number of seconds, got {_shown(value)}")
+            raise self.fail(key, f"expected a positive number of seconds, got {shown(value)}")
         return seconds
 
     def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
-        share = _finite(value)
+        share = finite_float(value)
         if share is None or not 0 <= share < 1:
-            raise self.fail(key, f"expected a share in [0, 1), got {_shown(value)}")
+            raise self.fail(key, f"expected a share in [0, 1), got {shown(value)}")
         return share
 
     def choice(
@@ -442,26 +442,6 @@ class _Checker:
                 key, f"cannot expand {text!r}: unknown user or no home directory"
             ) from None
         return candidate if candidate.is_absolute() else self.path.parent / candidate
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a finite float, or None for a bool, a non-number, NaN or infinity.
-    (An integer beyond the float range, which TOML allows, made math.isfinite raise
-    OverflowError out of the config check instead of an error naming the key.)"""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _shown(value: object) -> str:
-    """``value``'s repr for an error message, cut short (an integer may run to 4300
-    digits)."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _dotted(key: KeyPath) -> str:
