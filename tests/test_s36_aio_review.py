@@ -16,38 +16,20 @@ DTP connections on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dtp.aio
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.ledger_server import identity_from_seed
-
-Pair = tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]
-
-
-async def _connected() -> tuple[dtp.aio.DTPServer, Pair, Pair]:
-    """A server and one connection to it: the client's pair and the server's (which
-    reads nothing unless the test does)."""
-    served: asyncio.Queue[Pair] = asyncio.Queue()
-    hold = asyncio.Event()
-
-    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        served.put_nowait((reader, writer))
-        await hold.wait()  # (the test drives the server's side)
-
-    identity = HostIdentity.generate()
-    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-    client = await dtp.aio.open_connection(
-        "127.0.0.1", server.address[1], server_key=identity.noise_public, timeout=5
-    )
-    return server, client, await served.get()
+from tests.test_s13_aio_ledger_server import (
+    PORT,
+    SERVER,
+    ledger,  # noqa: F401 (a fixture)
+)
+from tests.test_s35_aiostreams_review import _connected
 
 
 def _fill(writer: dtp.aio.DTPStreamWriter) -> None:
@@ -156,23 +138,9 @@ def test_a_callbacks_misuse_of_a_live_stream_goes_to_the_exception_handler() -> 
     asyncio.run(asyncio.wait_for(main(), 20))
 
 
-PORT = 7
-SERVER = identity_from_seed(0x36)
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
-    """A host with no endpoint and a service on PORT."""
-    book = LocalLedger(tmp_path / "ledger.db")
-    host_id = book.create_host(SERVER, SERVER.noise_public)
-    book.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
-    try:
-        yield book, host_id
-    finally:
-        book.close()
-
-
-def test_serve_forever_on_a_closed_server_raises(ledger: tuple[LocalLedger, str]) -> None:
+def test_serve_forever_on_a_closed_server_raises(
+    ledger: tuple[LocalLedger, str],  # noqa: F811 (the fixture)
+) -> None:
     """As asyncio.Server.serve_forever: RuntimeError, on the ledger carrier alone too
     (it returned at once), and on TCP."""
     book, host_id = ledger

@@ -153,10 +153,11 @@ def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
 # -- a connection's handler and a UDP flow -------------------------------------------------
 
 
-def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cancelled(
-    host: ServiceHost,  # noqa: F811 (the fixture)
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def serve_free(
+    service_host: ServiceHost, monkeypatch: pytest.MonkeyPatch
+) -> tuple[ServiceConfig, list[str]]:
+    """A free TCP service on ``service_host`` whose connections' settlements are only recorded:
+    the service, and the list the settled connection IDs go to."""
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
     settled: list[str] = []
 
@@ -168,21 +169,37 @@ def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cance
         settled.append(conn.connection_id)
         return Settled(0, 0, done=True)
 
-    host.fees = cast(Any, Fees())
-    monkeypatch.setattr(host, "_settle_served", settle_served)
-    host.services[service.port] = service
+    service_host.fees = cast(Any, Fees())
+    monkeypatch.setattr(service_host, "_settle_served", settle_served)
+    service_host.services[service.port] = service
+    return service, settled
+
+
+async def handling(service_host: ServiceHost, writer: FakeWriter) -> asyncio.Future[None]:
+    """``service_host``'s handler of ``writer``'s connection, once it serves it."""
+    handler = asyncio.ensure_future(
+        service_host._handle(
+            cast(dtp.aio.DTPStreamReader, None), cast(dtp.aio.DTPStreamWriter, writer)
+        )
+    )
+    for _ in range(100):
+        if service_host.conns:
+            break
+        await asyncio.sleep(0)
+    assert service_host.conns
+    return handler
+
+
+def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cancelled(
+    host: ServiceHost,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, settled = serve_free(host, monkeypatch)
 
     async def main() -> None:
         slow = SlowEnd()
         writer = FakeWriter(slow, service.port)
-        handler = asyncio.ensure_future(
-            host._handle(cast(dtp.aio.DTPStreamReader, None), cast(dtp.aio.DTPStreamWriter, writer))
-        )
-        for _ in range(100):  # (until the handler serves the connection)
-            if host.conns:
-                break
-            await asyncio.sleep(0)
-        assert host.conns
+        handler = await handling(host, writer)
         writer.closed_by_handler.set()  # the connection ends: the handler cleans up
         await cancel_while_ending(handler, slow)
         assert handler.cancelled()  # (old: it returned)

@@ -20,18 +20,17 @@ from typing import Any, cast
 
 import pytest
 
-import dtp.aio
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
-from dtp.daemon.config import Backend, ServiceConfig
+from dtp.daemon.config import Backend
 from dtp.daemon.fees import Settled
-from dtp.daemon.services import ServiceHost, _Conn, _Retry
-from dtp.escrow import ConnectionTerms
+from dtp.daemon.services import ServiceHost, _Retry
 from tests.test_s36_small2_review import (
-    FREE,
     FakeWriter,
     SlowEnd,
+    handling,
     host,  # noqa: F401 (a fixture)
+    serve_free,
 )
 
 BOUND = 3.0  # (what a wait that should end at once is given before the test fails)
@@ -128,31 +127,11 @@ def test_a_tunnel_acceptor_that_died_of_a_fault_is_logged(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
-    settled: list[str] = []
-
-    class Fees:
-        async def terms(self, connection_id: str) -> ConnectionTerms:
-            return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000)
-
-    async def settle_served(conn: _Conn, *_: Any) -> Settled:
-        settled.append(conn.connection_id)
-        return Settled(0, 0, done=True)
-
-    host.fees = cast(Any, Fees())
-    monkeypatch.setattr(host, "_settle_served", settle_served)
-    host.services[service.port] = service
+    service, settled = serve_free(host, monkeypatch)
 
     async def main() -> None:
         writer = _Writer(service.port)
-        handler = asyncio.ensure_future(
-            host._handle(cast(dtp.aio.DTPStreamReader, None), cast(dtp.aio.DTPStreamWriter, writer))
-        )
-        for _ in range(100):  # (until the handler serves the connection)
-            if host.conns:
-                break
-            await asyncio.sleep(0)
-        assert host.conns
+        handler = await handling(host, writer)
         writer.ended.set()
         await asyncio.wait_for(handler, BOUND)
         assert settled and writer.closes == 1
