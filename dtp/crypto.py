@@ -65,7 +65,6 @@ personal-message signature, and the server checks it with :func:`verify_auth_pro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -93,7 +92,12 @@ from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
-from dtp.keys_ahead import forget_shared_secrets, take_ephemeral_keypair, take_shared_secret
+from dtp.keys_ahead import (
+    _bounded_put,
+    forget_shared_secrets,
+    take_ephemeral_keypair,
+    take_shared_secret,
+)
 
 __all__ = [
     "AUTH_CONTEXT",
@@ -883,13 +887,8 @@ def prepare_auth_proof(
     key = (identity.ed25519_public, message)
     if key in _PROOFS_AHEAD:
         return
-    proof = identity.sign_personal_message(message)
-    if len(_PROOFS_AHEAD) >= _MAX_PROOFS_AHEAD:
-        # the oldest, for an ephemeral key another connect took first (another thread
-        # may be trimming too: then leave it to a later call)
-        with contextlib.suppress(RuntimeError, StopIteration, KeyError):
-            del _PROOFS_AHEAD[next(iter(_PROOFS_AHEAD))]
-    _PROOFS_AHEAD[key] = proof
+    # (past the bound the oldest goes: for an ephemeral key another connect took first)
+    _bounded_put(_PROOFS_AHEAD, key, identity.sign_personal_message(message), _MAX_PROOFS_AHEAD)
 
 
 def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: bool = False) -> bytes:
