@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from dtp.daemon.logs import kv
+from dtp.daemon.logs import log_failure
 
 __all__ = ["cancel_and_wait", "end_for_cleanup"]
 
@@ -86,8 +86,4 @@ def _log_late_failure(task: asyncio.Future[Any]) -> None:
     if task.cancelled() or (error := task.exception()) is None:
         return
     name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
-    logger.error(
-        "task failed after its waiter was cancelled",
-        extra=kv(task=name, error=f"{type(error).__name__}: {error}"),
-        exc_info=error,
-    )
+    log_failure(logger, "task failed after its waiter was cancelled", error, task=name)

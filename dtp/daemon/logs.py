@@ -18,6 +18,12 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {"fields": fields}
 
 
+def log_failure(log: logging.Logger, message: str, error: BaseException, **fields: Any) -> None:
+    """Log at ERROR what a background task died of: ``fields`` and the error (its type
+    and text in the ``error`` field, its traceback attached)."""
+    log.error(message, extra=kv(**fields, error=f"{type(error).__name__}: {error}"), exc_info=error)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's
     ``fields`` extra."""

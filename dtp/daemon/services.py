@@ -41,7 +41,7 @@ from dtp.udp_aio import relay_udp_async
 
 __all__ = ["ServiceHost"]
 
-from dtp.daemon.logs import kv
+from dtp.daemon.logs import kv, log_failure
 
 logger = logging.getLogger("dtp.daemon.services")
 
@@ -578,11 +578,7 @@ class ServiceHost:
                 attempt.add_done_callback(self._handlers.discard)
                 await asyncio.wait({attempt})  # (a cancel here leaves the try running)
                 if not attempt.cancelled() and (error := attempt.exception()) is not None:
-                    logger.error(
-                        "settlement retry failed",
-                        extra=kv(connection=cid, error=f"{type(error).__name__}: {error}"),
-                        exc_info=error,
-                    )
+                    log_failure(logger, "settlement retry failed", error, connection=cid)
 
     async def _stop_retries(self) -> None:
         """Stop trying failed settlements again (a try under way goes on: it is one of
@@ -592,11 +588,7 @@ class ServiceHost:
         # the drain's own cancellation for the loop's, and the drain went on)
         if task is not None and (error := await cancel_and_wait(task)) is not None:
             # logged, not raised: raised, it cut the drain short, its settlements unmade
-            logger.error(
-                "settlement retries failed",
-                extra=kv(error=f"{type(error).__name__}: {error}"),
-                exc_info=error,
-            )
+            log_failure(logger, "settlement retries failed", error)
 
     async def claim_leftovers(self, stopped: Callable[[], bool]) -> list[tuple[str, Settled]]:
         """Claim and settle what an earlier run left in the receipt store (as every
@@ -689,14 +681,12 @@ class ServiceHost:
             for error in errors:
                 # logged, not raised: raised, the connection went unsettled. Dropped, as
                 # it was, a fault that stopped the connection's tunnels said nothing
-                logger.error(
+                log_failure(
+                    logger,
                     "tunnel acceptor failed",
-                    extra=kv(
-                        service=service.name,
-                        connection=connection_id,
-                        error=f"{type(error).__name__}: {error}",
-                    ),
-                    exc_info=error,
+                    error,
+                    service=service.name,
+                    connection=connection_id,
                 )
             if conn.tunnels:
                 await asyncio.gather(*conn.tunnels, return_exceptions=True)
@@ -799,14 +789,12 @@ class ServiceHost:
             errors, cancelled = await end_for_cleanup(refuser, tallying)
             for error in errors:
                 # logged, not raised: raised, the flow went unsettled
-                logger.error(
+                log_failure(
+                    logger,
                     "udp flow helper failed",
-                    extra=kv(
-                        service=service.name,
-                        connection=conn.connection_id,
-                        error=f"{type(error).__name__}: {error}",
-                    ),
-                    exc_info=error,
+                    error,
+                    service=service.name,
+                    connection=conn.connection_id,
                 )
             stats.active_tunnels -= 1
             tally()
@@ -1179,9 +1167,5 @@ class ServiceHost:
         if self._policy_task is not None:
             # (kept set while it ends: a late handler's _watch_policy would start another)
             if (error := await cancel_and_wait(self._policy_task)) is not None:
-                logger.error(
-                    "firewall refresh failed",
-                    extra=kv(error=f"{type(error).__name__}: {error}"),
-                    exc_info=error,
-                )
+                log_failure(logger, "firewall refresh failed", error)
             self._policy_task = None
