@@ -1692,7 +1692,12 @@ class Connection:
         if self.config.reliable_carrier:
             raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
         # a lossy carrier repeated a handshake message: answer a repeated first message
-        if not self.is_client and record.kind == REC_HS_INIT and body == self._hs_init:
+        if (
+            not self.is_client
+            and record.kind == REC_HS_INIT
+            and record.counter == 0
+            and body == self._hs_init
+        ):
             self._resend_handshake()
 
     def _resend_handshake(self) -> None:
@@ -1728,6 +1733,15 @@ class Connection:
             del self._inbuf[: batch.consumed]
             return True
         del self._inbuf[: batch.consumed]
+        if record.counter != 0:
+            # docs/protocol.md 8.1: a handshake record's counter is 0, like a reserved
+            # field; anything else is a damaged or forged handshake message
+            if self.config.reliable_carrier:
+                raise HandshakeError(
+                    f"handshake record with counter {record.counter} (it must be 0)"
+                )
+            logger.debug("dropping a handshake record with counter %d", record.counter)
+            return True
         self._handle_handshake_message(record.kind, body, now)
         return True
 
