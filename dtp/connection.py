@@ -130,6 +130,7 @@ MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length 
 MAX_RECEIPT = 1024  # the RECEIPT frame's limit (docs/protocol.md 3.1)
 MAX_CLOSE_REASON = 1024  # a CLOSE frame's reason, in bytes (DTP_MAX_CLOSE_REASON)
 VARINT_MAX = (1 << 62) - 1  # the largest value a varint holds (docs/protocol.md 1)
+#: The transport version this side speaks and offers (parameter ``"v"``, docs/protocol.md 8.2).
 TRANSPORT_VERSION = 1
 MAX_PENDING_EARLY_RECORDS = 64
 #: Unsent bytes on the carrier beyond which new datagrams are dropped (counted in
@@ -1770,7 +1771,7 @@ class Connection:
         self._last_received = now  # an authentic message (lossy carriers wait for one)
         if kind == REC_HS_INIT:
             try:
-                params = _parse_params(payload)
+                params = _parse_params(payload, from_client=True)
                 proof = params.pop("auth", None)
                 if self._hs.pattern == PATTERN_IK:
                     if proof is None:
@@ -2928,11 +2929,15 @@ def _varint(value: int) -> bytes:
     return encoded
 
 
-def _parse_params(payload: bytes) -> dict[str, Any]:
+def _parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]:
     """Decode and validate the peer's transport parameters: the required integers, and
     the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a client may send, and
     the ``"auth"`` identity proof an IK client sends (its size checked here, its
-    signature by the caller)."""
+    signature by the caller).
+
+    ``v``: a client offers the highest version it speaks, so a server (``from_client``)
+    takes any version from :data:`TRANSPORT_VERSION` up and answers with its own; a
+    client takes only the version it offered (docs/protocol.md 8.2)."""
     try:
         params = msgpack.unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -2950,8 +2955,9 @@ def _parse_params(payload: bytes) -> dict[str, Any]:
         ):
             raise HandshakeError(f"transport parameter {key!r} missing or invalid")
         out[key] = value
-    if out["v"] != TRANSPORT_VERSION:
-        raise HandshakeError(f"peer speaks DTP transport version {out['v']}")
+    version = out["v"]
+    if version < TRANSPORT_VERSION or (version > TRANSPORT_VERSION and not from_client):
+        raise HandshakeError(f"peer speaks DTP transport version {version}")
     if "cid" in params:
         cid = params["cid"]
         if not isinstance(cid, bytes) or len(cid) != 32:

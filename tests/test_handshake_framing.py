@@ -1,6 +1,7 @@
 """The handshake's wire rules (docs/protocol.md section 8): the counter of a handshake
-record, and what each side sends when the client's identity proof fails -- driven
-through real Connections in memory, over a reliable and a lossy carrier."""
+record, the transport version a client offers and a server answers, and what each side
+sends when the client's identity proof fails -- driven through real Connections in
+memory, over a reliable and a lossy carrier."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from dtp import _core
 from dtp._types import FRAME_CONTROL, REC_DATA, RawFrame
-from dtp.connection import CloseCode, Connection, error_for_termination
+from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.crypto import Handshake, make_auth_proof
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
@@ -82,6 +83,72 @@ def _genuine(ik: bool, number: int, reliable: bool) -> tuple[Connection, bytes]:
     kind, counter, body = _records(flight)[0]
     assert kind == number and counter == 0
     return reader, flight[: 12 + len(body)]
+
+
+# -- the transport version ------------------------------------------------------------------
+
+
+class _Offering(Connection):
+    """A connection whose transport parameters say ``v`` = ``version`` (a peer of
+    another version, as far as the parameters go)."""
+
+    def __init__(self, config: ConnectionConfig, version: int) -> None:
+        self.version = version  # (read by the constructor: a client writes message 1)
+        super().__init__(config, ephemeral_key=os.urandom(32), now=0.0)
+
+    def _transport_params(self) -> bytes:
+        params = msgpack.unpackb(super()._transport_params())
+        params["v"] = self.version
+        packed: bytes = msgpack.packb(params)
+        return packed
+
+
+def _offering_pair(
+    client_version: int, server_version: int, ik: bool
+) -> tuple[Connection, Connection]:
+    """A client and a server whose parameters say these versions."""
+    client_cfg = ConnectionConfig(
+        identity=CLIENT_ID, is_client=True, server_static=SERVER_ID.noise_public if ik else None
+    )
+    server_cfg = ConnectionConfig(identity=SERVER_ID, is_client=False)
+    return _Offering(client_cfg, client_version), _Offering(server_cfg, server_version)
+
+
+def _run(client: Connection, server: Connection) -> None:
+    for _ in range(4):
+        server.receive_data(client.data_to_send(0.0), 0.0)
+        if server.peer_address is not None and not server.established and not server.closed:
+            server.accept()
+        client.receive_data(server.data_to_send(0.0), 0.0)
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_a_server_answers_a_later_version_with_its_own_and_the_connection_runs_in_it(
+    ik: bool,
+) -> None:
+    client, server = _offering_pair(7, 1, ik)
+    _run(client, server)
+    assert client.established and server.established
+    assert server.peer_params["v"] == 7  # what the client offered
+    assert client.peer_params["v"] == 1  # what the server answered: version 1 it is
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_a_client_refuses_a_version_it_did_not_offer(ik: bool) -> None:
+    client, server = _offering_pair(1, 2, ik)
+    _run(client, server)
+    term = client.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED, term
+    assert "version 2" in term.reason
+
+
+@pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
+def test_version_0_is_refused(ik: bool) -> None:
+    client, server = _offering_pair(0, 1, ik)
+    server.receive_data(client.data_to_send(0.0), 0.0)
+    term = server.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED, term
+    assert server.data_to_send(0.0) == b""  # no reply to a failed message 1
 
 
 # -- an identity proof that fails ----------------------------------------------------------
