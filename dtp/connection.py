@@ -2942,7 +2942,9 @@ def _parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any
         params = msgpack.unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types
         raise HandshakeError("malformed transport parameters") from exc
-    if not isinstance(params, dict):
+    if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
+        # one map with string keys (docs/protocol.md 8.2); msgpack alone refused only
+        # some other keys (integers) and let bytes keys pass as unknown ones
         raise HandshakeError("malformed transport parameters")
     out: dict[str, Any] = {}
     for key in ("v", "md", "msd", "ms", "it"):

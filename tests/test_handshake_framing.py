@@ -13,7 +13,13 @@ import pytest
 
 from dtp import _core
 from dtp._types import FRAME_CONTROL, REC_DATA, RawFrame
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.connection import (
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    _parse_params,
+    error_for_termination,
+)
 from dtp.crypto import Handshake, make_auth_proof
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
@@ -149,6 +155,27 @@ def test_version_0_is_refused(ik: bool) -> None:
     term = server.termination
     assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED, term
     assert server.data_to_send(0.0) == b""  # no reply to a failed message 1
+
+
+_PARAMS = {"v": 1, "md": 1 << 20, "msd": 1 << 20, "ms": 8, "it": 60000}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        msgpack.packb({**_PARAMS, b"x": 1}),  # a bytes key, once ignored as unknown
+        msgpack.packb({**_PARAMS, 7: 1}),
+        msgpack.packb(_PARAMS) + b"\xc0",  # something after the map
+        msgpack.packb(list(_PARAMS.items())),
+        b"",
+    ],
+    ids=["bytes-key", "int-key", "trailing", "array", "empty"],
+)
+def test_parameters_that_are_not_one_map_with_string_keys_fail(payload: bytes) -> None:
+    with pytest.raises(HandshakeError, match="malformed"):
+        _parse_params(payload, from_client=True)
+    # and unknown string keys, whatever their values, are ignored
+    assert _parse_params(msgpack.packb({**_PARAMS, "x": {"y": [1.5]}})) == _PARAMS
 
 
 # -- an identity proof that fails ----------------------------------------------------------
