@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,6 @@ from tests.daemon_procs import ENV, ROOT, daemon
 SUI = 1_000_000_000
 DEPOSIT = 100_000
 SLA = Sla(0, 100, 1_000)  # 100 MIST a request
-
-
-@dataclass
-class Opened:
-    connection: str
-    host: str
 
 
 class LocalWorld:
@@ -85,9 +78,10 @@ class Place:
         ledger.add_service(self.server, self.host, 7, "raw", SLA)
         self.cap = ledger.create_spending_cap(self.client, SUI)
 
-    def open(self) -> Opened:
+    def open(self) -> str:
+        """A new connection of the client to the service: its ID."""
         opened = self.world.ledger.open_connection(self.client, self.host, 7, self.cap, DEPOSIT)
-        return Opened(opened.connection_id, self.host)
+        return opened.connection_id
 
     def run(self, *argv: str, who: str = "client", ledger: bool = True) -> tuple[int, str, str]:
         """``python -m dtp ARGV`` as ``who`` (its identity file): (status, out, err)."""
@@ -187,8 +181,8 @@ def test_connections_as_client_and_as_host(place: Place) -> None:
     listed = place.json("connections")
     assert listed["client"] == place.client.sui_address and listed["complete"] is True
     rows = {row["connection"]: row for row in listed["connections"]}
-    assert list(rows) == [first.connection, second.connection]
-    row = rows[first.connection]
+    assert list(rows) == [first, second]
+    row = rows[first]
     assert (row["host"], row["port"], row["peer"]) == (place.host, 7, place.server.sui_address)
     assert (row["state"], row["settled"], row["deposit_mist"]) == ("Open", False, DEPOSIT)
     assert (row["claimed_mist"], row["refunded_mist"]) == (0, 0)
@@ -196,13 +190,13 @@ def test_connections_as_client_and_as_host(place: Place) -> None:
     assert row["refundable_mist"] == DEPOSIT
     assert row["when"].startswith("half-close first")
     # the host's view, with its daemon's receipts: claimable known, peer the client
-    state = place.store(place.receipt(second.connection, 3, 1))
+    state = place.store(place.receipt(second, 3, 1))
     hosted = place.json("connections", "--host", place.host, "--state-dir", str(state))
     rows = {row["connection"]: row for row in hosted["connections"]}
-    assert [rows[c.connection]["claimable_mist"] for c in (first, second)] == [0, 300]
-    assert rows[second.connection]["refundable_mist"] == DEPOSIT - 300
-    assert rows[second.connection]["peer"] == place.client.sui_address
-    assert rows[second.connection]["when"] == "settle now"  # the server may, at any time
+    assert [rows[c]["claimable_mist"] for c in (first, second)] == [0, 300]
+    assert rows[second]["refundable_mist"] == DEPOSIT - 300
+    assert rows[second]["peer"] == place.client.sui_address
+    assert rows[second]["when"] == "settle now"  # the server may, at any time
     # another client's connections are not this one's
     assert place.json("connections", who="server")["connections"] == []
     text = place.run("connections")[1]
@@ -215,8 +209,8 @@ def test_connections_as_client_and_as_host(place: Place) -> None:
 def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> None:
     first, second = place.open(), place.open()
     ledger = place.world.ledger
-    ledger.close_connection(place.client, first.connection, first.host)
-    half = ledger.get_connection(first.connection)
+    ledger.close_connection(place.client, first)
+    half = ledger.get_connection(first)
     assert half.half_closed_at_ms is not None
     row = place.json("connections")["connections"][0]
     assert row["state"] == "HalfClosed" and row["half_closed_by"] == place.client.sui_address
@@ -225,16 +219,16 @@ def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> Non
     assert row["when"].startswith("refundable by the client after ")
     assert row["state_text"].startswith(f"HalfClosed by client {place.client.sui_address} since")
     # the server settles the other: gone from the default list, there with --all
-    ledger.settle(place.server, second.connection, second.host)
-    assert [r["connection"] for r in place.json("connections")["connections"]] == [first.connection]
+    ledger.settle(place.server, second)
+    assert [r["connection"] for r in place.json("connections")["connections"]] == [first]
     every = place.json("connections", "--all")["connections"]
-    assert [r["connection"] for r in every] == [first.connection, second.connection]
+    assert [r["connection"] for r in every] == [first, second]
     assert every[1]["settled"] is True and every[1]["refunded_mist"] == DEPOSIT
     assert every[1]["when"] == "settled"
     # a scan of one event reads the first open only, and says it stopped
     bounded = place.json("connections", "--all", "--limit", "1")
     assert bounded["complete"] is False
-    assert [r["connection"] for r in bounded["connections"]] == [first.connection]
+    assert [r["connection"] for r in bounded["connections"]] == [first]
     assert "pass a larger --limit" in place.run("connections", "--limit", "1")[1]
 
 
@@ -244,27 +238,31 @@ def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> Non
 def test_refund_half_closes_then_says_when(place: Place) -> None:
     opened = place.open()
     ledger = place.world.ledger
-    message = place.fails("refund", opened.connection)
-    tc = ledger.get_connection(opened.connection)
+    message = place.fails("refund", opened)
+    tc = ledger.get_connection(opened)
     assert tc.half_closed_by == place.client.sui_address  # it half-closed
-    assert message.startswith(f"Connection {opened.connection} is half-closed; its client may ")
+    assert message.startswith(f"Connection {opened} is half-closed; its client may ")
     assert "or pass --wait." in message
     # again, before the timeout: the same answer, nothing more done
-    assert place.fails("refund", opened.connection).startswith(
-        f"Connection {opened.connection} is half-closed"
-    )
+    # (what follows "(in" is the time left: the ledger clock runs meanwhile)
+    when = message.split(" (in ")[0]
+    assert place.fails("refund", opened).split(" (in ")[0] == when
+    # the server closing its end too changes nothing of the client's timeout
+    ledger.close_connection(place.server, opened)
+    closed = place.fails("refund", opened).split(" (in ")[0]
+    assert closed == when.replace("is half-closed;", "is closed;")
     place.world.advance_clock(HALF_CLOSE_TIMEOUT_MS)
-    done = place.json("refund", opened.connection)
+    done = place.json("refund", opened)
     assert done == {
-        "connection": opened.connection,
+        "connection": opened,
         "refunded_mist": DEPOSIT,
         "already_settled": False,
     }
-    tc = ledger.get_connection(opened.connection)
+    tc = ledger.get_connection(opened)
     assert tc.settled and ledger.get_escrow(tc.escrow).refunded == DEPOSIT
     # idempotent: an already settled connection says so
-    assert place.json("refund", opened.connection)["already_settled"] is True
-    code, out, _ = place.run("refund", opened.connection)
+    assert place.json("refund", opened)["already_settled"] is True
+    code, out, _ = place.run("refund", opened)
     assert code == 0 and "already settled: True" in out
 
 
@@ -276,7 +274,7 @@ def test_refund_waits_when_asked(place: Place) -> None:
             "-m",
             "dtp",
             "refund",
-            opened.connection,
+            opened,
             "--wait",
             "--json",
             *place.world.args,
@@ -292,7 +290,7 @@ def test_refund_waits_when_asked(place: Place) -> None:
     try:
         ledger = place.world.ledger
         deadline = time.monotonic() + 60
-        while ledger.get_connection(opened.connection).half_closed_at_ms is None:
+        while ledger.get_connection(opened).half_closed_at_ms is None:
             assert time.monotonic() < deadline and waiting.poll() is None
             time.sleep(0.05)
         time.sleep(0.3)
@@ -306,18 +304,18 @@ def test_refund_waits_when_asked(place: Place) -> None:
     assert waiting.returncode == 0, err
     assert json.loads(out)["refunded_mist"] == DEPOSIT
     assert err.startswith("dtp: waiting until ")
-    assert ledger.get_connection(opened.connection).settled
+    assert ledger.get_connection(opened).settled
 
 
 def test_refund_is_the_clients(place: Place) -> None:
     opened = place.open()
-    message = place.fails("refund", opened.connection, who="server")
+    message = place.fails("refund", opened, who="server")
     assert message == (
-        f"Connection {opened.connection} is the client {place.client.sui_address}'s, not "
+        f"Connection {opened} is the client {place.client.sui_address}'s, not "
         f"{place.server.sui_address}'s: only its client is refunded (its server settles with "
         "`dtp claim --settle`)."
     )
-    assert place.world.ledger.get_connection(opened.connection).half_closed_at_ms is None
+    assert place.world.ledger.get_connection(opened).half_closed_at_ms is None
     assert "is not a valid connection ID" in place.run("refund", "zz")[2]
 
 
@@ -327,45 +325,43 @@ def test_refund_is_the_clients(place: Place) -> None:
 def test_claim_the_stored_receipt_then_settle(place: Place) -> None:
     opened = place.open()
     ledger = place.world.ledger
-    state = place.store(place.receipt(opened.connection, 2, 1))
-    claimed = place.json("claim", opened.connection, "--state-dir", str(state), who="server")
+    state = place.store(place.receipt(opened, 2, 1))
+    claimed = place.json("claim", opened, "--state-dir", str(state), who="server")
     assert claimed == {
-        "connection": opened.connection,
+        "connection": opened,
         "receipt_mist": 200,
         "claimed_mist": 200,
         "total_claimed_mist": 200,
         "settled": False,
     }
-    assert ledger.get_escrow(ledger.get_connection(opened.connection).escrow).claimed == 200
+    assert ledger.get_escrow(ledger.get_connection(opened).escrow).claimed == 200
     with ReceiptStore(state / "receipts.sqlite") as store:
         assert list(store.unclaimed()) == []  # marked: no recovery claims it again
-        assert store.keep(place.receipt(opened.connection, 5, 2))  # the client paid on
-    again = place.json(
-        "claim", opened.connection, "--state-dir", str(state), "--settle", who="server"
-    )
+        assert store.keep(place.receipt(opened, 5, 2))  # the client paid on
+    again = place.json("claim", opened, "--state-dir", str(state), "--settle", who="server")
     assert again["claimed_mist"] == 300 and again["total_claimed_mist"] == 500
     assert again["settled"] is True and again["refunded_mist"] == DEPOSIT - 500
-    tc = ledger.get_connection(opened.connection)
+    tc = ledger.get_connection(opened)
     assert tc.settled and ledger.get_escrow(tc.escrow).refunded == DEPOSIT - 500
     # once more: nothing left, said so
-    last = place.json("claim", opened.connection, "--state-dir", str(state), who="server")
+    last = place.json("claim", opened, "--state-dir", str(state), who="server")
     assert last["already_claimed"] is True and last["claimed_mist"] == 0
     assert last["settled"] is True
 
 
 def test_claim_refusals(place: Place) -> None:
     opened, other = place.open(), place.open()
-    state = place.store(place.receipt(opened.connection, 1, 1))
+    state = place.store(place.receipt(opened, 1, 1))
     store = state / "receipts.sqlite"
-    assert place.fails("claim", other.connection, "--state-dir", str(state), who="server") == (
-        f"The receipt store {store} holds no receipt for {other.connection}."
+    assert place.fails("claim", other, "--state-dir", str(state), who="server") == (
+        f"The receipt store {store} holds no receipt for {other}."
     )
-    assert place.fails("claim", opened.connection, "--state-dir", str(state)) == (
-        f"Connection {opened.connection} pays {place.server.sui_address}, not "
+    assert place.fails("claim", opened, "--state-dir", str(state)) == (
+        f"Connection {opened} pays {place.server.sui_address}, not "
         f"{place.client.sui_address}: pass the daemon's identity file with --identity."
     )
     nowhere = place.tmp / "nowhere"
-    assert place.fails("claim", opened.connection, "--state-dir", str(nowhere), who="server") == (
+    assert place.fails("claim", opened, "--state-dir", str(nowhere), who="server") == (
         f"No receipt store at {nowhere / 'receipts.sqlite'}: give the daemon's state directory "
         "([daemon] state_dir) with --state-dir."
     )
@@ -374,9 +370,7 @@ def test_claim_refusals(place: Place) -> None:
     with ReceiptStore(store) as live:
         live.attach_server()
         try:
-            refused = place.fails(
-                "claim", opened.connection, "--state-dir", str(state), who="server"
-            )
+            refused = place.fails("claim", opened, "--state-dir", str(state), who="server")
         finally:
             live.detach_server()
     assert (
@@ -387,16 +381,14 @@ def test_claim_refusals(place: Place) -> None:
     assert lock is not None
     try:
         os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
-        refused = place.fails("claim", opened.connection, "--state-dir", str(state), who="server")
+        refused = place.fails("claim", opened, "--state-dir", str(state), who="server")
     finally:
         os.close(lock)
     assert refused == (
         f"A dtp daemon (pid {os.getpid()}) is running on {state}: it claims its receipts "
         "itself; stop it to claim by hand."
     )
-    escrow = place.world.ledger.get_escrow(
-        place.world.ledger.get_connection(opened.connection).escrow
-    )
+    escrow = place.world.ledger.get_escrow(place.world.ledger.get_connection(opened).escrow)
     assert escrow.claimed == 0  # none of them claimed anything
 
 
@@ -411,7 +403,7 @@ def test_claim_is_refused_while_a_daemon_runs_on_the_state_dir(place: Place) -> 
     running = daemon(config)
     try:
         message = place.fails(
-            "claim", place.open().connection, "--state-dir", str(place.tmp / "state"), who="server"
+            "claim", place.open(), "--state-dir", str(place.tmp / "state"), who="server"
         )
         assert message == (
             f"A dtp daemon (pid {running.proc.pid}) is running on {place.tmp / 'state'}: it "
@@ -455,7 +447,7 @@ def test_an_unreachable_node_is_one_line(place: Place) -> None:
 def test_a_sui_spec_without_a_package_is_refused_before_any_call(place: Place) -> None:
     opened = place.open()
     records = place.tmp / "data" / "dtp" / "deployments.json"
-    got, out, err = place.run("refund", opened.connection, "--ledger", "testnet", ledger=False)
+    got, out, err = place.run("refund", opened, "--ledger", "testnet", ledger=False)
     assert (got, out) == (2, "")
     assert err == (
         f"dtp: No dtp package is recorded for testnet (--ledger; records: {records}): run "

@@ -219,14 +219,15 @@ def _refund(args: argparse.Namespace) -> int:
         if tc.state == ConnectionState.OPEN:
             # (the server may close it meanwhile: its close started the timeout)
             with contextlib.suppress(ConnectionStateError):
-                ledger.close_connection(identity, cid, tc.host)
+                ledger.close_connection(identity, cid)
             tc = ledger.get_connection(cid)
         at = client_settles_at(tc)
         now = ledger.clock_ms()
         if at is not None and now < at:
             if not args.wait:
+                state = "half-closed" if tc.state == ConnectionState.HALF_CLOSED else "closed"
                 raise _CliError(
-                    f"Connection {cid} is half-closed; its client may settle from "
+                    f"Connection {cid} is {state}; its client may settle from "
                     f"{format_ms(at)} on (in {_duration(at - now)}, ledger time): run "
                     f"`dtp refund {cid}` again then, or pass --wait."
                 )
@@ -322,7 +323,7 @@ def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path
                 # nothing more to get from it: marked, so that no recovery tries again
                 store.mark_claimed(cid, max(escrow.claimed, stored.receipt.total_amount))
                 if args.settle and not tc.settled:
-                    settlement = ledger.settle(identity, cid, tc.host, tc.escrow)
+                    settlement = ledger.settle(identity, cid)
                     _emit(args, {**done, **_settled(settlement), "claimed_mist": 0})
                     return 0
                 _emit(
