@@ -10,7 +10,9 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   by address or by host ID (``dtp://0x<host id>:<port>``);
 - ``dtp.keys.HostIdentity``: a host's or client's Sui (Ed25519) and Noise (X25519) keys;
 - ``dtp.chain.local.LocalLedger`` (embedded, SQLite) and ``dtp.chain.sui.SuiLedger``
-  (a Sui node): the ledger; ``dtp.chain.objects`` has its objects (``Sla``, ...);
+  (a Sui node): the ledger, either opened from a ledger spec by
+  ``dtp.chain.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.chain.objects`` has
+  its objects (``Sla``, ...);
 - ``dtp.escrow`` (``Meter``, ``Receipt``): per-byte and per-request fees;
 - ``dtp.errors``: every exception the package raises;
 - ``dtp.messaging`` (RPC, pub/sub, sealed messages, broadcast, discovery),

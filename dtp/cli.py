@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dtp import __version__
 
@@ -24,10 +24,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(quick=args.quick)
 
 
+def package_version() -> str:
+    """The installed distribution's version (``importlib.metadata``), else
+    ``dtp.__version__`` (a source tree run without installing; pyproject.toml reads its
+    version from there, so both are one)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("dtp")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``dtp --version``: the version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"dtp {package_version()}")
+        parser.exit()
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     from dtp import _core
 
-    print(f"dtp {__version__} (core backend: {_core.BACKEND})")
+    print(f"dtp {package_version()} (core backend: {_core.BACKEND})")
     return 0
 
 
@@ -37,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="DTP: encrypted, paid, TCP-like connections between Sui hosts.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the guided demo (no set-up needed)")

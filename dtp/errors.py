@@ -359,6 +359,23 @@ class LedgerUnavailable(ChainError):
     module = "ledger"
 
 
+class SuiConfigError(ChainError):
+    """``SuiLedger`` is not configured (missing or invalid settings); the message names
+    the setting."""
+
+    name = "SuiNotConfigured"
+    module = "sui"
+
+
+class LedgerSpecError(SuiConfigError, DaemonConfigError):
+    """A ledger spec (``--ledger``, ``$DTP_LEDGER``, ``ledger`` in a daemon config,
+    :func:`dtp.chain.open_ledger`), the package ID it resolves to, the ``dtp deploy``
+    record it reads or the Sui CLI keystore it falls back to cannot be used (docs/sui.md,
+    "Ledger specs"). Raised before anything runs; the message is one sentence naming
+    the setting. Both a :class:`SuiConfigError` and a :class:`DaemonConfigError`, as
+    the errors it stands for were."""
+
+
 class ObjectNotFound(ChainError):
     """No object with this ID exists (or it exists with another type, or was deleted)."""
 

@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from dtp import _ed25519
 from dtp._ed25519 import has_small_order
+from dtp._paths import data_home
 from dtp._uleb128 import uleb128
 from dtp.errors import DTPError, KeyFileError
 
@@ -735,9 +736,7 @@ def default_identity_path() -> Path:
     ``$XDG_DATA_HOME`` falls back to ``~/.local/share`` when unset, empty or relative
     (as the XDG base directory spec says).
     """
-    base = os.environ.get("XDG_DATA_HOME", "")
-    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return data_home / "dtp" / "identity.json"
+    return data_home() / "dtp" / "identity.json"
 
 
 def passphrase_from_env(name: str) -> str | None:

@@ -127,7 +127,12 @@ def test_errors_are_one_line(cli: Cli) -> None:
     assert "not a valid object ID" in cli("host", "show", "nope", code=1)
     assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
     assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
-    assert "not configured" in cli("localnet", "status", "--ledger", "sui", code=1)
+    # a spec that names no ledger, and two ways of naming one, are usage errors
+    assert "not both" in cli("localnet", "status", "--ledger", "local", code=2)
+    args = make_parser().parse_args(["localnet", "status", "--ledger", "sui"])
+    assert args.func(args) == 2
+    err = cli.capsys.readouterr().err
+    assert err.startswith("dtp: --ledger: sui alone names no node") and err.count("\n") == 1
 
 
 def test_identity_missing(cli: Cli) -> None:

@@ -59,7 +59,7 @@ TIMEOUT = 60.0
 
 #: Blocks of the READ_ONLY docs that are not run: key -> (its first line, why).
 OTHER_SKIP: dict[str, tuple[str, str]] = {
-    "docs/sui.md#1": (
+    "docs/sui.md#2": (
         "from dtp.chain.sui import SuiLedger, SuiConfig",
         "needs a Sui full node (DTP_SUI_RPC, DTP_SUI_PACKAGE); the live tests cover it",
     ),

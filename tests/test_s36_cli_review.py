@@ -146,11 +146,11 @@ def test_a_missing_host_is_named_as_a_host(
 def test_ledger_sui_says_what_there_is_to_configure(
     place: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """It said "not configured for the CLI yet", leaving the user to look for a setting
-    that does not exist; it names what reaches Sui instead."""
-    assert main(["host", "show", NO_HOST, "--ledger", "sui"]) == 1
+    """``--ledger sui`` (the old choice) names no node: it says which specs do, in one
+    line, rather than opening (or creating) a LocalLedger file named ``sui``."""
+    assert main(["host", "show", NO_HOST, "--ledger", "sui"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
-    assert err.startswith("dtp: --ledger sui is not configured for the dtp command")
-    assert "no option or variable enables it" in err and "--ledger local" in err
-    assert "$DTP_SUI_RPC" in err and "docs/sui.md" in err
+    assert err.startswith("dtp: --ledger: sui alone names no node")
+    assert "NETWORK@URL" in err and "sui:URL" in err and "testnet" in err
+    assert not (place / "sui").exists() and not Path("sui").exists()

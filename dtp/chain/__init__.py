@@ -1,6 +1,10 @@
 """The DTP control plane: the :class:`Ledger` interface, its objects, and its
 implementations (:class:`LocalLedger`, embedded in SQLite; ``SuiLedger``, real Sui).
 
+:func:`open_ledger` opens either from a ledger spec (``local``, ``./ledger.sqlite``,
+``testnet``, ``localnet@http://127.0.0.1:9000``...; :func:`parse_ledger_spec` checks one
+without opening anything; docs/sui.md, "Ledger specs").
+
 ``LocalLedger`` is imported lazily, so that reading the objects or the interface does not
 open SQLite.
 """
@@ -38,6 +42,7 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
+from dtp.chain.spec import LedgerSpec, open_ledger, parse_ledger_spec
 
 if TYPE_CHECKING:
     from dtp.chain.local import LocalLedger
@@ -54,6 +59,7 @@ __all__ = [
     "Host",
     "InnerPipe",
     "Ledger",
+    "LedgerSpec",
     "LocalLedger",
     "ObjectRef",
     "OpenedConnection",
@@ -69,6 +75,8 @@ __all__ = [
     "SubscriptionOffer",
     "TicketSale",
     "TransportControl",
+    "open_ledger",
+    "parse_ledger_spec",
 ]
 
 

@@ -1,13 +1,18 @@
 """``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
 ``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
-docs/escrow.md §13-16).
+docs/escrow.md §13-16; ``balance``, ``connections``, ``refund`` and ``claim`` live in
+:mod:`dtp.chain.cli_funds`).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
-``--ledger local|sui`` (``local`` — the embedded LocalLedger — is the default; ``sui`` is
-not wired to the CLI yet), ``--ledger-path`` (default ``$DTP_LEDGER`` or
-``$XDG_DATA_HOME/dtp/localnet.sqlite``), ``--identity`` (default: the DTP identity file),
-``--passphrase-env`` (default ``DTP_PASSPHRASE``, which ``keys new`` may find unset: an
-unencrypted identity; a variable named by the option must be set) and ``--json``.
+``--ledger SPEC`` (a ledger spec, :mod:`dtp.chain.spec`: ``local``, the embedded
+LocalLedger at its default file, unless ``$DTP_LEDGER`` names another; ``local:PATH``;
+``testnet``, ``NETWORK@URL``, ``sui:URL`` for Sui), ``--ledger-path PATH`` (the same as
+``--ledger local:PATH``), ``--sui-package`` (a Sui ledger's package: default
+``$DTP_SUI_PACKAGE``, else what ``dtp deploy`` recorded), ``--identity`` (default: the
+DTP identity file; on a Sui ledger without one, ``$DTP_SUI_KEY`` or the Sui CLI's
+keystore), ``--passphrase-env`` (default ``DTP_PASSPHRASE``, which ``keys new`` may find
+unset: an unencrypted identity; a variable named by the option must be set) and
+``--json``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from dtp.chain.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.errors import DTPError, ObjectNotFound, move_error
+from dtp.chain.spec import (
+    LedgerSpec,
+    deployments_path,
+    ledger_spec_from_env,
+    open_ledger,
+    parse_ledger_spec,
+    read_deployments,
+)
+from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
 
 __all__ = ["SUI_INSTALL_HINT", "EnvNameGiven", "register", "unset_passphrase_env"]
 
@@ -49,16 +62,15 @@ SUI_INSTALL_HINT: Final = (
     "(for example `brew install sui` or `cargo install --locked --git "
     "https://github.com/MystenLabs/sui.git sui`) or pass --sui-bin PATH."
 )
-#: What ``--ledger sui`` says. The choice is taken, but the commands have no Sui ledger
-#: yet, so no setting can enable it: said plainly, with what does reach Sui (it said
-#: "not configured for the CLI yet", and left the user to look for what to configure).
-_SUI_NOT_CONFIGURED: Final = (
-    "--ledger sui is not configured for the dtp command: it cannot use a Sui network yet, "
-    "and no option or variable enables it; use --ledger local (the default). From Python, "
-    "dtp.chain.sui.SuiLedger.from_env() uses one configured by $DTP_SUI_RPC and "
-    "$DTP_SUI_PACKAGE (see docs/sui.md)."
-)
 _DEFAULT_FAUCET: Final = 10_000_000_000  # 10 SUI
+#: What to do on Sui instead of each ``dtp localnet`` command.
+_ON_SUI: Final = {
+    "status": "read the network's state with `sui client` or an explorer (dtp balance, "
+    "dtp host show and dtp connections work there)",
+    "faucet": "use the network's faucet, e.g. `sui client faucet`",
+    "advance-epoch": "epochs end on the network's schedule (about a day)",
+    "advance-clock": "the clock is the network's",
+}
 #: The default ``--passphrase-env``: the variable holding the identity passphrase.
 _PASSPHRASE_ENV: Final = "DTP_PASSPHRASE"
 _NETWORKS: Final = ("localnet", "devnet", "testnet", "mainnet")
@@ -73,10 +85,17 @@ _T = TypeVar("_T")
 def _common() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--ledger", choices=("local", "sui"), default="local", help="which ledger (default local)"
+        "--ledger",
+        metavar="SPEC",
+        help="the ledger: local (the embedded one), local:PATH, localnet, devnet, testnet, "
+        "mainnet, NETWORK@URL or sui:URL (default $DTP_LEDGER, else local; docs/sui.md)",
     )
+    parent.add_argument("--ledger-path", metavar="PATH", help="the same as --ledger local:PATH")
     parent.add_argument(
-        "--ledger-path", help="LocalLedger file (default $DTP_LEDGER or the user data dir)"
+        "--sui-package",
+        metavar="ID",
+        help="the dtp package on a Sui ledger (default $DTP_SUI_PACKAGE, else the one "
+        "`dtp deploy` recorded for the network)",
     )
     parent.add_argument("--identity", help="identity file (default: the DTP identity path)")
     parent.add_argument(
@@ -140,10 +159,65 @@ def _identity_path(args: argparse.Namespace) -> Path:
     return _given_path(args.identity, "--identity") or default_identity_path()
 
 
+def _spec(args: argparse.Namespace) -> LedgerSpec:
+    """The ledger spec of ``args``: ``--ledger``, ``--ledger-path`` (``local:PATH``),
+    else ``$DTP_LEDGER``, else ``local``; checked, nothing opened."""
+    ledger, path = getattr(args, "ledger", None), getattr(args, "ledger_path", None)
+    if ledger is not None and path is not None:
+        raise _UsageError(
+            "Give --ledger or --ledger-path, not both (--ledger-path PATH is --ledger local:PATH)."
+        )
+    given = _given_path(path, "--ledger-path")
+    if given is not None:
+        return LedgerSpec(str(path), "--ledger-path", path=given)
+    if ledger is not None:
+        return parse_ledger_spec(ledger, setting="--ledger")
+    return ledger_spec_from_env()
+
+
+def _uses_sui_keys(args: argparse.Namespace) -> bool:
+    """Whether a command signs with a Sui key rather than a DTP identity file: no
+    ``--identity``, no default identity file, and a Sui ledger (docs/sui.md, "Signing
+    keys")."""
+    return (
+        args.identity is None and not os.path.lexists(_identity_path(args)) and _spec(args).is_sui
+    )
+
+
+def _sui_key() -> Any:
+    """``$DTP_SUI_KEY``'s identity, else the Sui CLI keystore's active one."""
+    keystring = os.environ.get("DTP_SUI_KEY", "").strip()
+    if keystring:
+        from dtp.keys import HostIdentity
+
+        try:
+            return HostIdentity.from_sui_keystring(keystring)
+        except ValueError as exc:
+            raise LedgerSpecError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
+    from dtp.chain.sui_keystore import keystore_identity
+
+    return keystore_identity()
+
+
+def _address(args: argparse.Namespace) -> str:
+    """The identity's Sui address, for commands that only read: on a Sui ledger without
+    an identity file, ``$DTP_SUI_KEY``'s or the Sui CLI's active address (its key is
+    not read)."""
+    if _uses_sui_keys(args):
+        if os.environ.get("DTP_SUI_KEY", "").strip():
+            return str(_sui_key().sui_address)
+        from dtp.chain.sui_keystore import active_address
+
+        return active_address()
+    return str(_identity(args).sui_address)
+
+
 def _identity(args: argparse.Namespace) -> Any:
     from dtp.errors import KeyFileError
     from dtp.keys import HostIdentity
 
+    if _uses_sui_keys(args):
+        return _sui_key()
     passphrase = _env_passphrase(args)
     try:
         return HostIdentity.load(_identity_path(args), passphrase)
@@ -159,20 +233,36 @@ def _identity(args: argparse.Namespace) -> Any:
 
 
 def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
-    """The ledger of ``args``; read-only commands, and those acting on an object that must
-    already be on it (a host, an offer), pass ``create=False``, so that a mistyped
-    --ledger-path is an error rather than a new, empty ledger (left behind by a command
-    that then failed with "No object with ID ...")."""
-    from dtp.chain.local import LocalLedger, default_ledger_path
-
-    if args.ledger != "local":
-        raise _CliError(_SUI_NOT_CONFIGURED)
-    path = _given_path(args.ledger_path, "--ledger-path") or default_ledger_path()
-    if not create and not path.exists():
-        raise _CliError(
-            f"No ledger at {path}: check --ledger-path, or create one with `dtp localnet faucet`."
+    """The ledger of ``args`` (:func:`_spec`); read-only commands, and those acting on an
+    object that must already be on it (a host, an offer), pass ``create=False``, so that
+    a mistyped LocalLedger path is an error rather than a new, empty ledger (left behind
+    by a command that then failed with "No object with ID ...")."""
+    spec = _spec(args)
+    if spec.path is None:
+        return open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
+    if args.sui_package is not None:
+        raise _UsageError(
+            f"--sui-package names a package on a Sui ledger; {spec.setting} names "
+            f"{spec.describe()}."
         )
-    return LocalLedger(path)
+    if not create and not spec.path.exists():
+        option = spec.setting if spec.setting in ("--ledger-path", "DTP_LEDGER") else "--ledger"
+        raise _CliError(
+            f"No ledger at {spec.path}: check {option}, or create one with `dtp localnet faucet`."
+        )
+    from dtp.chain.local import LocalLedger
+
+    return LocalLedger(spec.path)
+
+
+def _local_only(args: argparse.Namespace, what: str) -> None:
+    """Refuse a command of the embedded ledger alone on a Sui spec, in one sentence."""
+    spec = _spec(args)
+    if spec.is_sui:
+        raise _UsageError(
+            f"`dtp localnet {what}` works on the embedded ledger only, and {spec.setting} "
+            f"names {spec.describe()}: on Sui, {_ON_SUI[what]}."
+        )
 
 
 class _CliError(Exception):
@@ -225,7 +315,9 @@ def _run(handler: Handler) -> Handler:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except _UsageError as exc:
+        except (_UsageError, LedgerSpecError) as exc:
+            # (a ledger spec, package or key setting: the command line or environment
+            # cannot be used as given)
             print(f"dtp: {exc}", file=sys.stderr)
             return 2
         except (_CliError, DTPError) as exc:
@@ -367,6 +459,7 @@ def _keys_show(args: argparse.Namespace) -> int:
 
 
 def _localnet_status(args: argparse.Namespace) -> int:
+    _local_only(args, "status")
     ledger = _ledger(args, create=False)
     counts: dict[str, int] = {}
     for ref in ledger.objects():
@@ -392,6 +485,7 @@ def _localnet_status(args: argparse.Namespace) -> int:
 
 
 def _localnet_faucet(args: argparse.Namespace) -> int:
+    _local_only(args, "faucet")
     # `--to "$UNSET"` is an error, not a mint to the identity instead; the identity is
     # read first, so that a missing one creates no ledger
     address = args.to if args.to is not None else _identity(args).sui_address
@@ -406,12 +500,14 @@ def _localnet_faucet(args: argparse.Namespace) -> int:
 
 
 def _localnet_advance_epoch(args: argparse.Namespace) -> int:
+    _local_only(args, "advance-epoch")
     # create=False: a mistyped --ledger-path made a new ledger and advanced its epoch
     _emit(args, {"epoch": _ledger(args, create=False).advance_epoch()})
     return 0
 
 
 def _localnet_advance_clock(args: argparse.Namespace) -> int:
+    _local_only(args, "advance-clock")
     _emit(args, {"clock_ms": _ledger(args, create=False).advance_clock(args.ms)})
     return 0
 
@@ -712,12 +808,6 @@ def _default_package_path() -> tuple[Path, bool]:
     return BUNDLED_PACKAGE, True
 
 
-def _deployments_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME", "")
-    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return data_home / "dtp" / "deployments.json"
-
-
 def _child_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment for the ``sui`` children of ``dtp deploy``: ours without the
     identity passphrase (the variable ``--passphrase-env`` names, and the default one).
@@ -815,37 +905,13 @@ def _deploy_package(args: argparse.Namespace, stop: _Stop) -> int:
 
 
 def _read_deployments(path: Path) -> dict[str, Any]:
-    """The deployment records at ``path`` ({} when there are none); a file that is not
-    a JSON object is an error, found before anything is published (a publish costs gas,
-    and its package ID would have nowhere to go)."""
-    if not os.path.lexists(path):
-        return {}
-    if not path.is_file():
-        # read as "no records", then the write after the publish failed (a directory):
-        # paid for, and the package ID printed nowhere
-        raise _CliError(f"{path} is not a regular file; move it aside.")
+    """The deployment records at ``path`` (:func:`dtp.chain.spec.read_deployments`),
+    read before anything is published: a publish costs gas, and its package ID would
+    have nowhere to go."""
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
-        records = None
-    if not isinstance(records, dict):
-        raise _CliError(
-            f"{path} is not a deployments record (a JSON object); fix or move it aside."
-        )
-    for network, record in records.items():
-        # each entry is what _publish writes; anything else ({"version": true}, a bare
-        # package ID) is damage that would be carried on into every later record
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("package_id"), str)
-            or not record["package_id"]
-            or not isinstance(record.get("digest"), str | None)
-        ):
-            raise _CliError(
-                f"{path} is not a deployments record ({network!r} is not "
-                '{"package_id": ..., "digest": ...}); fix or move it aside.'
-            )
-    return records
+        return read_deployments(path)
+    except LedgerSpecError as exc:  # (a damaged record: exit 1, as before)
+        raise _CliError(str(exc)) from None
 
 
 def _write_deployments(path: Path, records: dict[str, Any]) -> None:
@@ -893,7 +959,7 @@ def _publish_output(output: str) -> dict[str, Any] | None:
 
 
 def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> int:
-    record_path = _deployments_path()
+    record_path = deployments_path()
     records = _read_deployments(record_path)
     env = _child_env(args)
     active = _sui(sui, "client", "active-env", env=env).strip()
@@ -976,8 +1042,9 @@ def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> 
 
 
 def register(subparsers: Any) -> None:
-    """Add ``keys``, ``localnet``, ``host``, ``service``, ``subscription`` and ``deploy`` to
-    ``subparsers`` (the object returned by ``ArgumentParser.add_subparsers``)."""
+    """Add ``keys``, ``localnet``, ``host``, ``service``, ``subscription``, ``balance``,
+    ``connections``, ``refund``, ``claim`` and ``deploy`` to ``subparsers`` (the object
+    returned by ``ArgumentParser.add_subparsers``)."""
     common = _common()
 
     def leaf(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -1073,6 +1140,10 @@ def register(subparsers: Any) -> None:
     renew.add_argument("--epochs", type=int, required=True, help="epochs to add")
     sshow = leaf(sub_sub, "show", _subscription_show, "show a subscription")
     sshow.add_argument("subscription", help="Subscription ID")
+
+    from dtp.chain.cli_funds import register as register_funds
+
+    register_funds(subparsers, leaf)
 
     deploy = leaf(subparsers, "deploy", _deploy, "build and publish the dtp Move package")
     deploy.add_argument("--network", choices=_NETWORKS, required=True, help="target network")

@@ -544,6 +544,11 @@ class Ledger(PaymentModels, abc.ABC):
     def balance(self, address: str) -> int:
         """The SUI balance of ``address``, in MIST."""
 
+    def gas_coin_count(self, address: str) -> int | None:
+        """How many SUI coins ``address`` owns (on Sui, a transaction pays its gas from
+        them); None on a ledger that keeps balances, not coin objects (LocalLedger)."""
+        return None
+
     @abc.abstractmethod
     def clock_ms(self) -> int:
         """The ledger clock (Sui's ``Clock``), in milliseconds."""

@@ -95,6 +95,7 @@ from dtp.chain.objects import (
     normalize_id,
     object_from_fields,
 )
+from dtp.chain.spec import default_local_path
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -201,14 +202,11 @@ _ESCROW_LIKE: Final = {
 
 
 def default_ledger_path() -> Path:
-    """``$DTP_LEDGER``, else ``$XDG_DATA_HOME/dtp/localnet.sqlite`` (``~/.local/share``
-    when XDG_DATA_HOME is unset or relative)."""
-    env = os.environ.get("DTP_LEDGER")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME", "")
-    data_home = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
-    return data_home / "dtp" / "localnet.sqlite"
+    """The file the ledger spec ``local`` names (:func:`dtp.chain.spec.default_local_path`):
+    the one ``$DTP_LEDGER`` names when it names a file, else
+    ``$XDG_DATA_HOME/dtp/localnet.sqlite`` (``~/.local/share`` when XDG_DATA_HOME is
+    unset or relative)."""
+    return default_local_path()
 
 
 def _u64(value: int, what: str) -> int:

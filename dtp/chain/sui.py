@@ -13,7 +13,9 @@ Differences from ``LocalLedger`` that callers see: gas is paid from the signer's
 on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much); clock and epochs
 are the network's; event cursors are opaque hex strings of ``ListEvents`` watermarks.
 
-Configuration (:meth:`SuiLedger.from_env`): ``DTP_SUI_RPC`` (gRPC endpoint,
+Configuration (:class:`~dtp.chain.sui_config.SuiConfig`): a ledger spec through
+:func:`dtp.chain.open_ledger` (``testnet``, ``localnet@http://127.0.0.1:9000``...;
+docs/sui.md), or :meth:`SuiLedger.from_env`: ``DTP_SUI_RPC`` (gRPC endpoint,
 ``https://fullnode.testnet.sui.io:443`` or ``http://127.0.0.1:9000``), ``DTP_SUI_PACKAGE``
 (the published ``move/dtp`` package ID) and optionally ``DTP_SUI_KEY`` (a Sui keystring of
 a funded Ed25519 key, exposed as :attr:`SuiLedger.default_signer`; kept in memory only),
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp._checks import shown
 from dtp.chain import sui_tx
 from dtp.chain.economics import (
     ECONOMICS_MODULES,
@@ -63,8 +63,7 @@ from dtp.chain.sui_client import (
     NodeObject,
     SuiNode,
     _node_id,
-    parse_endpoint,
-    positive_seconds,
+    narrowing,
     timestamp_ms,
 )
 from dtp.chain.sui_codec import (
@@ -77,6 +76,7 @@ from dtp.chain.sui_codec import (
     decode_object,
     table_id,
 )
+from dtp.chain.sui_config import DEFAULT_GAS_BUDGET, SuiConfig
 from dtp.chain.sui_economics import (
     ECONOMICS_EVENT_LAYOUTS,
     decode_economics_object,
@@ -88,6 +88,7 @@ from dtp.errors import (
     InsufficientFunds,
     InvalidArgument,
     ObjectNotFound,
+    SuiConfigError,
     WrongSigner,
     foreign_abort,
     move_error_from_abort_code,
@@ -176,120 +177,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Default gas budget per transaction, in MIST (0.05 SUI).
-DEFAULT_GAS_BUDGET: Final = 50_000_000
 #: Checkpoint timestamps a SuiLedger remembers (for the events it reads).
 _CHECKPOINT_CACHE: Final = 1024
 #: Sui accepts at most this many gas payment coins.
 MAX_GAS_COINS: Final = 255
 T = TypeVar("T")
-
-
-class SuiConfigError(ChainError):
-    """``SuiLedger`` is not configured (missing or invalid settings)."""
-
-    name = "SuiNotConfigured"
-    module = "sui"
-
-
-@dataclass(frozen=True, repr=False)
-class SuiConfig:
-    """Where and how ``SuiLedger`` reaches Sui. Holds no key material as text."""
-
-    #: gRPC endpoint URL.
-    rpc: str
-    #: Published ``move/dtp`` package ID (the one calls go to).
-    package: str
-    #: The funded identity from ``DTP_SUI_KEY``, if any (see :attr:`SuiLedger.default_signer`).
-    key: HostIdentity | None = None
-    gas_budget: int = DEFAULT_GAS_BUDGET
-    #: Seconds per node call.
-    timeout: float = 30.0
-    #: Seconds between polls in ``wait_events``.
-    poll_interval: float = 1.0
-    #: The package that defines the types (the original ID, after upgrades); ``package``
-    #: when None.
-    type_package: str | None = None
-    #: Times a read that failed transiently is tried again (see :class:`SuiNode`).
-    retries: int = 2
-
-    def __post_init__(self) -> None:
-        try:
-            parse_endpoint(self.rpc)  # ValueError for a non-str too
-        except ValueError as exc:
-            raise SuiConfigError(f"DTP_SUI_RPC: {exc}.") from None
-        try:
-            object.__setattr__(self, "package", normalize_id(self.package, "package ID"))
-            if self.type_package is not None:
-                object.__setattr__(
-                    self, "type_package", normalize_id(self.type_package, "package ID")
-                )
-        except ChainError as exc:
-            raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
-        # an int: a float passed here and failed every transaction later, after the node
-        # had been asked for gas (encode_u64), and True was a budget of 1 MIST
-        if (
-            not isinstance(self.gas_budget, int)
-            or isinstance(self.gas_budget, bool)
-            or not 0 < self.gas_budget < 2**64
-        ):
-            raise SuiConfigError(
-                f"DTP_SUI_GAS_BUDGET: the gas budget must be a positive integer of MIST "
-                f"below 2**64, got {shown(self.gas_budget)}."
-            )
-        # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
-        # would hang every call; zero or less fails every call at once; an int too large
-        # for a float raised OverflowError here rather than this error
-        for value, what in (
-            (self.timeout, "DTP_SUI_TIMEOUT"),
-            (self.poll_interval, "poll_interval"),
-        ):
-            if not positive_seconds(value):
-                raise SuiConfigError(
-                    f"{what} must be a positive number of seconds, got {shown(value)}."
-                )
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise SuiConfigError(
-                f"DTP_SUI_RETRIES must be a non-negative integer, got {shown(self.retries)}."
-            )
-
-    def __repr__(self) -> str:
-        key = self.key.sui_address if self.key is not None else None
-        return f"SuiConfig(rpc={self.rpc!r}, package={self.package!r}, key_address={key!r})"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SuiConfig:
-        """From ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and the optional ``DTP_SUI_KEY``,
-        ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``, ``DTP_SUI_RETRIES``; raises
-        :class:`SuiConfigError`."""
-        env = os.environ if env is None else env
-        rpc = env.get("DTP_SUI_RPC", "").strip()
-        package = env.get("DTP_SUI_PACKAGE", "").strip()
-        missing = [n for n, v in (("DTP_SUI_RPC", rpc), ("DTP_SUI_PACKAGE", package)) if not v]
-        if missing:
-            raise SuiConfigError(
-                f"SuiLedger is not configured: set {' and '.join(missing)} (the gRPC endpoint "
-                "of a Sui full node, e.g. https://fullnode.testnet.sui.io:443, and the ID of "
-                "the published move/dtp package)."
-            )
-        key = None
-        keystring = env.get("DTP_SUI_KEY", "").strip()
-        if keystring:
-            from dtp.keys import HostIdentity
-
-            try:
-                key = HostIdentity.from_sui_keystring(keystring)
-            except ValueError as exc:
-                raise SuiConfigError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
-        try:
-            budget = int(env.get("DTP_SUI_GAS_BUDGET", "") or DEFAULT_GAS_BUDGET)
-            timeout = float(env.get("DTP_SUI_TIMEOUT", "") or 30.0)
-            retries = int(env.get("DTP_SUI_RETRIES", "") or 2)
-        except ValueError as exc:
-            raise SuiConfigError(
-                f"DTP_SUI_GAS_BUDGET / DTP_SUI_TIMEOUT / DTP_SUI_RETRIES: {exc}."
-            ) from None
-        return cls(rpc, package, key, budget, timeout, retries=retries)
 
 
 class MissingEvent(ChainError, KeyError):
@@ -1486,6 +1378,9 @@ class SuiLedger(Ledger):
     def balance(self, address: str) -> int:
         return self._node.balance(normalize_id(address, "address"))
 
+    def gas_coin_count(self, address: str) -> int | None:
+        return len(self._node.gas_coins(normalize_id(address, "address")))
+
     def clock_ms(self) -> int:
         clock = self._node.get_object(sui_tx.CLOCK_ID)
         if len(clock.contents) < 40:
@@ -1536,7 +1431,7 @@ class SuiLedger(Ledger):
         if limit <= 0:
             return [], cursor
         frames, last = self._node.list_events(
-            self.config.type_package or self.package, after, limit
+            self.config.type_package or self.package, after, limit, **narrowing(filter)
         )
         out: list[Event] = []
         for ev, position in frames:

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime
 import logging
 import random
+import re
 import threading
 import urllib.parse
 import weakref
@@ -46,7 +48,7 @@ from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
 from dtp._checks import finite_float, shown
-from dtp.chain.objects import normalize_id
+from dtp.chain.objects import EventFilter, normalize_id
 from dtp.chain.sui_codec import BcsDecodeError
 from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
@@ -65,6 +67,7 @@ __all__ = [
     "MalformedResponse",
     "NodeObject",
     "SuiNode",
+    "narrowing",
     "parse_endpoint",
 ]
 
@@ -191,6 +194,39 @@ def parse_endpoint(url: str) -> tuple[str, int, bool]:
     except ValueError:
         raise ValueError(f"{url!r} has an invalid port") from None
     return parts.hostname, port, tls
+
+
+#: A Move identifier (a module or struct name), as a node's type filter takes it.
+_MOVE_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def narrowing(event_filter: EventFilter | None) -> dict[str, str]:
+    """What of ``event_filter`` the node applies itself, as the keyword arguments of
+    :meth:`SuiNode.list_events`: the sender, and the event type below the package
+    (``"::module"``, ``"::module::Name"``) when the filter names its module (a full
+    type ``dtp::module::Name``, or a name with a module). The caller still applies the
+    whole filter; this only spares reading every event of the package to find a few
+    (``dtp connections``). A value no node would take (not an address, not a Move
+    identifier) is left to that filter, as before: it matches nothing."""
+    if event_filter is None:
+        return {}
+    out: dict[str, str] = {}
+    if event_filter.sender is not None:
+        with contextlib.suppress(ChainError):
+            out["sender"] = normalize_id(event_filter.sender, "address")
+    module, name = event_filter.module, event_filter.type
+    if name is not None and name.count("::") == 2:
+        prefix, module_of_type, name = name.split("::")
+        if prefix != "dtp" or (module is not None and module != module_of_type):
+            return out  # (matches no event of the package: left to the filter)
+        module = module_of_type
+    elif name is not None and "::" in name:
+        return out
+    if module is not None and _MOVE_IDENTIFIER.fullmatch(module):
+        out["event_type"] = f"::{module}"
+        if name is not None and _MOVE_IDENTIFIER.fullmatch(name):
+            out["event_type"] += f"::{name}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -800,27 +836,42 @@ class SuiNode:
         return self.run(call, f"GetCheckpoint {sequence}")
 
     def list_events(
-        self, package: str, after: bytes | None, limit: int
+        self,
+        package: str,
+        after: bytes | None,
+        limit: int,
+        *,
+        sender: str | None = None,
+        event_type: str | None = None,
     ) -> tuple[list[tuple[Any, bytes]], bytes | None]:
         """Events whose type is defined by ``package``, after the ``after`` cursor, oldest
-        first: ``([(event, resume cursor after it)], last watermark cursor)``."""
-        page = self.scan_events(package, after, limit)
+        first: ``([(event, resume cursor after it)], last watermark cursor)``. Narrowed
+        by the node to those of transactions ``sender`` sent, and to the type
+        ``package`` + ``event_type`` (``"::module"`` or ``"::module::Name"``), when given
+        (:func:`narrowing`)."""
+        page = self.scan_events(package, after, limit, sender=sender, event_type=event_type)
         return page.frames, page.last
 
-    def scan_events(self, package: str, after: bytes | None, limit: int) -> EventPage:
+    def scan_events(
+        self,
+        package: str,
+        after: bytes | None,
+        limit: int,
+        *,
+        sender: str | None = None,
+        event_type: str | None = None,
+    ) -> EventPage:
         """:meth:`list_events` with the reason the node gave for ending the stream."""
         package = normalize_id(package, "package ID")
-        event_filter = sui_prot.EventFilter(
-            terms=[
-                sui_prot.EventTerm(
-                    literals=[
-                        sui_prot.EventLiteral(
-                            event_type=sui_prot.EventTypeFilter(event_type=package)
-                        )
-                    ]
-                )
-            ]
-        )
+        # one term, its literals ANDed (sui.rpc.v2 EventFilter: a DNF)
+        literals = [
+            sui_prot.EventLiteral(
+                event_type=sui_prot.EventTypeFilter(event_type=package + (event_type or ""))
+            )
+        ]
+        if sender is not None:
+            literals.append(sui_prot.EventLiteral(sender=sui_prot.SenderFilter(address=sender)))
+        event_filter = sui_prot.EventFilter(terms=[sui_prot.EventTerm(literals=literals)])
 
         async def call() -> EventPage:
             request = rq.ListEvents(

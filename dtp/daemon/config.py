@@ -22,6 +22,7 @@ from dtp.chain.objects import (
     MAX_PURE_BYTES,
     normalize_id,
 )
+from dtp.chain.spec import LedgerSpec, parse_ledger_spec
 from dtp.errors import DaemonConfigError, InvalidObjectId
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE
 
@@ -149,7 +150,9 @@ class ForwardConfig:
 class DaemonSettings:
     """The ``[daemon]`` table."""
 
-    ledger: Path
+    ledger: LedgerSpec
+    """The ledger spec of ``ledger`` (a file name is relative to the config file's
+    directory; docs/sui.md, "Ledger specs")."""
     identity: Path
     state_dir: Path
     listen: Backend = Backend("127.0.0.1", 0)
@@ -162,6 +165,9 @@ class DaemonSettings:
     service listener gives up its DTP connection (and its tunnels end)."""
     log_format: str = "json"
     log_level: str = "info"
+    sui_package: str | None = None
+    """``sui_package``: the dtp package on a Sui ledger (else ``$DTP_SUI_PACKAGE``, else
+    what ``dtp deploy`` recorded for the network)."""
 
 
 @dataclass(frozen=True)
@@ -302,8 +308,12 @@ class _Checker:
             line = self.lines.get(probe)
         return f"{self.path}:{line}" if line is not None else str(self.path)
 
+    def setting(self, key: KeyPath) -> str:
+        """``file:line: key``: where a setting is, as errors name it."""
+        return f"{self.where(key)}: {_dotted(key)}"
+
     def fail(self, key: KeyPath, message: str) -> DaemonConfigError:
-        return DaemonConfigError(f"{self.where(key)}: {_dotted(key)}: {message}")
+        return DaemonConfigError(f"{self.setting(key)}: {message}")
 
     def table(self, doc: Mapping[str, Any], key: KeyPath, known: set[str]) -> None:
         for name in doc:
@@ -538,6 +548,7 @@ _DAEMON_KEYS = {
     "connection_idle_timeout",
     "log_format",
     "log_level",
+    "sui_package",
 }
 
 
@@ -570,20 +581,47 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
                 f"is {len(public.encode())} bytes long; the ledger takes at most "
                 f"{MAX_ENDPOINT_LENGTH}",
             )
+    ledger = parse_ledger_spec(
+        check.string(doc, (*k, "ledger")),
+        setting=check.setting((*k, "ledger")),
+        base=check.path.parent,
+    )
+    package = None
+    if "sui_package" in doc:
+        package_key = (*k, "sui_package")
+        try:
+            package = normalize_id(check.string(doc, package_key), "package ID")
+        except InvalidObjectId as exc:
+            raise check.fail(package_key, str(exc)) from None
+        if not ledger.is_sui:
+            raise check.fail(
+                package_key, f"names a Sui package, but ledger names {ledger.describe()}"
+            )
+    faucet = check.integer(doc, (*k, "faucet"), 0)
+    if faucet and ledger.is_sui:
+        # (the embedded ledger's test SUI: on a network the daemon's address is funded
+        # from outside, before it starts)
+        raise check.fail(
+            (*k, "faucet"),
+            f"only the embedded ledger has a faucet, and ledger names {ledger.describe()}: "
+            "fund the daemon's address with the network's faucet (e.g. `sui client faucet`) "
+            "and remove faucet",
+        )
     return DaemonSettings(
-        ledger=check.path_value(doc, (*k, "ledger"), None),
+        ledger=ledger,
         identity=check.path_value(doc, (*k, "identity"), None),
         state_dir=check.path_value(doc, (*k, "state_dir"), "dtp-state"),
         listen=check.endpoint(doc, (*k, "listen"), doc.get("listen", "127.0.0.1:0")),
         public_endpoint=public,
         host_id=host_id,
-        faucet=check.integer(doc, (*k, "faucet"), 0),
+        faucet=faucet,
         drain_timeout=check.number(doc, (*k, "drain_timeout"), 10.0),
         connection_idle_timeout=check.number(doc, (*k, "connection_idle_timeout"), 60.0),
         log_format=check.choice(doc, (*k, "log_format"), "json", ("json", "text")),
         log_level=check.choice(
             doc, (*k, "log_level"), "info", ("debug", "info", "warning", "error")
         ),
+        sui_package=package,
     )
 
 

@@ -38,6 +38,7 @@ from dtp._filelock import lock_exclusive
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
+from dtp.chain.spec import open_ledger, resolve_package
 from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
     Backend,
@@ -52,7 +53,13 @@ from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
-from dtp.daemon.state import StatusBook, process_identity
+from dtp.daemon.state import (
+    LOCK_FILE,
+    RECEIPTS_FILE,
+    StatusBook,
+    lock_holder,
+    process_identity,
+)
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import (
     ChainError,
@@ -69,9 +76,6 @@ __all__ = ["Daemon", "StopSignals", "main"]
 logger = logging.getLogger("dtp.daemon")
 
 HOST_FILE = "host.json"
-RECEIPTS_FILE = "receipts.sqlite"
-LOCK_FILE = "daemon.lock"
-"""Held (``flock``) by the daemon using a state directory, and holding its pid."""
 
 
 def lock_state_dir(config: DaemonConfig) -> int:
@@ -96,10 +100,8 @@ def lock_state_dir(config: DaemonConfig) -> int:
     try:
         fd = lock_exclusive(state_dir / LOCK_FILE)
     except BlockingIOError:
-        holder = ""
-        with contextlib.suppress(OSError), open(state_dir / LOCK_FILE, "rb") as f:
-            holder = f.read(32).decode("ascii", "replace").strip()
-        who = f" (pid {holder})" if holder.isdigit() else ""
+        holder = lock_holder(state_dir)
+        who = f" (pid {holder})" if holder is not None else ""
         raise config.error(
             ("daemon", "state_dir"), f"{state_dir} is in use by another dtp daemon{who}"
         ) from None
@@ -154,12 +156,17 @@ class Daemon:
         from the environment variable ``passphrase_env``), the ledger and the status."""
         self.config = config
         settings = config.daemon
+        # before anything is made: a Sui ledger's package (a missing deploy record is a
+        # config error, exit 2, with no state directory or identity left behind)
+        package = settings.sui_package
+        if settings.ledger.is_sui:
+            package = resolve_package(settings.ledger, package, package_setting="sui_package")
         # first: a second daemon started at the same moment must not also generate
         # the identity, or touch the ledger on this state's behalf
         self._lock: int | None = lock_state_dir(config)
         try:
             self.identity = load_identity(settings.identity, passphrase, passphrase_env)
-            self.ledger: Ledger = LocalLedger(settings.ledger)
+            self.ledger: Ledger = open_ledger(settings.ledger, package=package)
             self.book = StatusBook.open(settings.state_dir)
         except BaseException:
             self.release_lock()
@@ -295,15 +302,16 @@ class Daemon:
         than the one it was created on?). It was the ledger's bare "No Host with ID …
         exists on this ledger." naming neither."""
         settings = self.config.daemon
+        ledger = settings.ledger.path or settings.ledger.describe()
         if settings.host_id is not None:
             return self.config.error(
-                ("daemon", "host_id"), f"no Host {host_id} on the ledger {settings.ledger}"
+                ("daemon", "host_id"), f"no Host {host_id} on the ledger {ledger}"
             )
         record = settings.state_dir / HOST_FILE
         return HostConfigError(
-            f"{record} names Host {host_id}, which the ledger {settings.ledger} does not "
-            "hold (was it created on another ledger file?): point [daemon] ledger at that "
-            "file, or remove the record to create a new Host"
+            f"{record} names Host {host_id}, which the ledger {ledger} does not hold (was "
+            "it created on another ledger?): point [daemon] ledger at that one, or remove "
+            "the record to create a new Host"
         )
 
     # -- running ---------------------------------------------------------------------------

@@ -8,6 +8,9 @@ two fsyncs held up every tunnel for as long as the disk took); the one at exit, 
 is done by the time :meth:`StatusBook.save` returns. Cumulative counters survive a
 restart: they are read back from the previous file at start; live counters (active
 tunnels) start at zero.
+
+The names of the state directory's other files are here too, for the commands that
+look into a daemon's state directory without running it (``dtp claim``).
 """
 
 from __future__ import annotations
@@ -27,15 +30,33 @@ from dtp.daemon.logs import kv
 logger = logging.getLogger("dtp.daemon")
 
 __all__ = [
+    "LOCK_FILE",
+    "RECEIPTS_FILE",
     "STATUS_FILE",
     "ForwardStats",
     "ServiceStats",
     "StatusBook",
+    "lock_holder",
     "process_identity",
     "read_status",
 ]
 
 STATUS_FILE = "status.json"
+RECEIPTS_FILE = "receipts.sqlite"
+"""The receipt store of the daemon's paid services (:mod:`dtp.receipt_store`)."""
+LOCK_FILE = "daemon.lock"
+"""Held (``flock``) by the daemon using a state directory, and holding its pid."""
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid the state directory's lock file holds (the daemon that took it last),
+    None when it cannot be read."""
+    try:
+        with open(state_dir / LOCK_FILE, "rb") as f:
+            holder = f.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(holder) if holder.isdigit() else None
 
 
 @dataclass
