@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.netns import in_namespace
+
 ROOT = Path(__file__).resolve().parent.parent
 # (without the caller's passphrase variable: the test identities are unencrypted, and
 # one set but empty is refused)
@@ -25,13 +27,21 @@ SUI = 1_000_000_000
 
 
 class Proc:
-    """A child process that announced itself with one JSON line on stdout."""
+    """A child process that announced itself with one JSON line on stdout; with
+    ``netns``, run inside that network namespace (tests/netns.py)."""
 
-    def __init__(self, cmd: list[str], stderr: Path | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], stderr: Path | None = None, netns: str | None = None
+    ) -> None:
         self.stderr_path = stderr
         err = open(stderr, "ab") if stderr is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=ENV
+            cmd if netns is None else in_namespace(netns, cmd),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=ENV,
         )
         if stderr is not None:
             err.close()  # type: ignore[union-attr]
@@ -66,14 +76,16 @@ class Proc:
         return self.stderr_path.read_text() if self.stderr_path is not None else ""
 
 
-def backend(mode: str, port: int = 0) -> Proc:
-    return Proc([sys.executable, "-m", "tests.daemon_backends", mode, "--port", str(port)])
+def backend(mode: str, port: int = 0, host: str = "127.0.0.1", netns: str | None = None) -> Proc:
+    cmd = [sys.executable, "-m", "tests.daemon_backends", mode, "--port", str(port)]
+    return Proc([*cmd, "--host", host], netns=netns)
 
 
-def daemon(config: Path) -> Proc:
+def daemon(config: Path, netns: str | None = None) -> Proc:
     return Proc(
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
         stderr=config.with_suffix(".log"),
+        netns=netns,
     )
 
 
