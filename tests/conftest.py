@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from dtp import _core, _reference
+from tests.netns import NetnsUnavailable, TwoMachines, two_machines
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -55,3 +58,16 @@ def backend(request: pytest.FixtureRequest) -> SimpleNamespace:
 def require_native() -> None:
     if not _core.HAVE_NATIVE:
         pytest.fail("the C extension is not built; differential tests need it")
+
+
+@pytest.fixture
+def netns() -> Iterator[TwoMachines]:
+    """Two machines: network namespaces joined by a veth pair (tests/netns.py), removed
+    after the test; skipped, with the reason, where namespaces cannot be made."""
+    stack = contextlib.ExitStack()
+    try:
+        machines = stack.enter_context(two_machines())
+    except NetnsUnavailable as exc:
+        pytest.skip(str(exc))
+    with stack:
+        yield machines

@@ -1,8 +1,9 @@
 """TCP backends for the services daemon tests, run in their own process.
 
-    python -m tests.daemon_backends {echo,http,udp} [--port N]
+    python -m tests.daemon_backends {echo,http,udp} [--port N] [--host ADDRESS]
 
-Prints one JSON line {"port"} once listening, then serves until killed.
+Prints one JSON line {"port"} once listening (on 127.0.0.1 unless --host says where),
+then serves until killed.
   echo  an asyncio server echoing every byte until EOF
   http  Python's http.server (HTTP/1.1, keep-alive) answering JSON-RPC 2.0 POSTs:
         "echo" returns its params, "add" their sum, "whoami" the backend's port
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-async def serve_echo(port: int) -> None:
+async def serve_echo(host: str, port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(1 << 20):
@@ -31,7 +32,7 @@ async def serve_echo(port: int) -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+    server = await asyncio.start_server(handle, host, port, backlog=512)
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
     await server.serve_forever()
 
@@ -67,18 +68,18 @@ class JsonRpcHandler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_http(port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), JsonRpcHandler)
+def serve_http(host: str, port: int) -> None:
+    server = ThreadingHTTPServer((host, port), JsonRpcHandler)
     server.daemon_threads = True
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     server.serve_forever()
 
 
-def serve_udp(port: int) -> None:
+def serve_udp(host: str, port: int) -> None:
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((host, port))
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
     while True:
         data, peer = sock.recvfrom(65535)
@@ -89,13 +90,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["echo", "http", "udp"])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     if args.mode == "echo":
-        asyncio.run(serve_echo(args.port))
+        asyncio.run(serve_echo(args.host, args.port))
     elif args.mode == "udp":
-        serve_udp(args.port)
+        serve_udp(args.host, args.port)
     else:
-        serve_http(args.port)
+        serve_http(args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tests.netns import in_namespace
+
+if TYPE_CHECKING:
+    from tests.netns import TwoMachines
 
 ROOT = Path(__file__).resolve().parent.parent
 # (without the caller's passphrase variable: the test identities are unencrypted, and
@@ -25,13 +31,21 @@ SUI = 1_000_000_000
 
 
 class Proc:
-    """A child process that announced itself with one JSON line on stdout."""
+    """A child process that announced itself with one JSON line on stdout; with
+    ``netns``, run inside that network namespace (tests/netns.py)."""
 
-    def __init__(self, cmd: list[str], stderr: Path | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], stderr: Path | None = None, netns: str | None = None
+    ) -> None:
         self.stderr_path = stderr
         err = open(stderr, "ab") if stderr is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=ENV
+            cmd if netns is None else in_namespace(netns, cmd),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=ENV,
         )
         if stderr is not None:
             err.close()  # type: ignore[union-attr]
@@ -66,14 +80,16 @@ class Proc:
         return self.stderr_path.read_text() if self.stderr_path is not None else ""
 
 
-def backend(mode: str, port: int = 0) -> Proc:
-    return Proc([sys.executable, "-m", "tests.daemon_backends", mode, "--port", str(port)])
+def backend(mode: str, port: int = 0, host: str = "127.0.0.1", netns: str | None = None) -> Proc:
+    cmd = [sys.executable, "-m", "tests.daemon_backends", mode, "--port", str(port)]
+    return Proc([*cmd, "--host", host], netns=netns)
 
 
-def daemon(config: Path) -> Proc:
+def daemon(config: Path, netns: str | None = None) -> Proc:
     return Proc(
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],
         stderr=config.with_suffix(".log"),
+        netns=netns,
     )
 
 
@@ -135,3 +151,89 @@ def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@dataclass
+class DaemonPair:
+    """A provider daemon on machine A and a forwarder daemon on machine B, from
+    :func:`daemon_pair`."""
+
+    provider: Proc
+    forwarder: Proc
+    provider_dir: Path
+    """The provider's own directory: its config, identity, state and log."""
+    forwarder_dir: Path
+    """The forwarder's, likewise: the two share no file (but a ledger file, if named)."""
+
+    @property
+    def host_id(self) -> str:
+        return str(self.provider.info["host_id"])
+
+    @property
+    def forward(self) -> tuple[str, int]:
+        """Where clients on machine B connect: the forward's listener there."""
+        return forward_address(self.forwarder)
+
+
+def daemon_pair(
+    netns: TwoMachines,
+    ledger_spec_provider: str,
+    ledger_spec_forwarder: str,
+    tmp: Path,
+    backends: list[str],
+    *,
+    port: int = 7000,
+    service_extra: str = "",
+    forward_extra: str = "",
+    faucet: int = 10 * SUI,
+) -> DaemonPair:
+    """Start a provider daemon in ``netns.a`` exposing ``backends`` (``host:port`` as
+    seen from A) as DTP port ``port``, and a forwarder daemon in ``netns.b`` with one
+    forward "svc" to it listening on B's 127.0.0.1. Each has its own directory under
+    ``tmp`` (``provider``, ``forwarder``) holding its config, identity (generated at
+    first start) and state directory. The provider listens on A's address on the A-B
+    link, the endpoint it publishes. The ledger specs are the ``[daemon] ledger`` line
+    of each, as written there: the one thing that changes between a ledger file shared
+    through the filesystem and a ledger node both reach (``netns.root_address``).
+    Both processes are tracked by ``netns`` (killed when it closes)."""
+    provider_dir, forwarder_dir = tmp / "provider", tmp / "forwarder"
+    provider_dir.mkdir()
+    forwarder_dir.mkdir()
+    listed = ", ".join(json.dumps(b) for b in backends)
+    provider_toml = provider_dir / "dtp.toml"
+    provider_toml.write_text(
+        f"""[daemon]
+ledger = {json.dumps(ledger_spec_provider)}
+identity = "host.key"
+state_dir = "state"
+listen = "{netns.a.address}:0"
+faucet = {faucet}
+drain_timeout = 5
+
+[[service]]
+name = "svc"
+port = {port}
+backends = [{listed}]
+health_interval = 0.3
+{service_extra}
+"""
+    )
+    provider = netns.track(daemon(provider_toml, netns=netns.a.name))
+    forwarder_toml = forwarder_dir / "dtp.toml"
+    forwarder_toml.write_text(
+        f"""[daemon]
+ledger = {json.dumps(ledger_spec_forwarder)}
+identity = "client.key"
+state_dir = "state"
+faucet = {faucet}
+drain_timeout = 5
+
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{provider.info["host_id"]}:{port}"
+{forward_extra}
+"""
+    )
+    forwarder = netns.track(daemon(forwarder_toml, netns=netns.b.name))
+    return DaemonPair(provider, forwarder, provider_dir, forwarder_dir)

@@ -1,9 +1,9 @@
 """DTP servers the tests run in a separate OS process.
 
-    python -m tests.servers MODE [--api blocking|asyncio] [--deny ADDRESS ...]
+    python -m tests.servers MODE [--api blocking|asyncio] [--deny ADDRESS ...] [--host IP]
 
-Prints one JSON line {"port", "key", "address"} once listening, then serves until
-killed. Modes:
+Prints one JSON line {"port", "key", "address"} once listening (on 127.0.0.1 unless
+--host says where), then serves until killed. Modes:
   echo   echo every byte back on the same stream, on every stream, until EOF
   sink   count bytes until EOF, then reply with the count as ASCII and close
   slow   like echo, but never reads (to test flow control and timeouts)
@@ -39,8 +39,8 @@ def _announce(port: int, identity: HostIdentity) -> None:
     )
 
 
-def serve_blocking(mode: str, identity: HostIdentity, deny: list[str]) -> None:
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity, accept=_deny(deny))
+def serve_blocking(mode: str, identity: HostIdentity, deny: list[str], host: str) -> None:
+    server = dtp.socket.create_server((host, 0), identity=identity, accept=_deny(deny))
     _announce(server.address[1], identity)
 
     def echo_stream(sock: dtp.socket.DTPSocket) -> None:
@@ -73,7 +73,7 @@ def serve_blocking(mode: str, identity: HostIdentity, deny: list[str]) -> None:
     server.serve_forever(handle)
 
 
-async def serve_asyncio(mode: str, identity: HostIdentity, deny: list[str]) -> None:
+async def serve_asyncio(mode: str, identity: HostIdentity, deny: list[str], host: str) -> None:
     async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
         while data := await reader.read(65536):
             writer.write(data)
@@ -111,7 +111,7 @@ async def serve_asyncio(mode: str, identity: HostIdentity, deny: list[str]) -> N
     async def hook(address: str) -> str | None:
         return _deny(deny)(address)  # type: ignore[return-value]
 
-    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, accept=hook)
+    server = await dtp.aio.start_server(handle, host, 0, identity=identity, accept=hook)
     _announce(server.address[1], identity)
     await server.serve_forever()
 
@@ -121,12 +121,13 @@ def main() -> None:
     parser.add_argument("mode", choices=["echo", "sink", "slow"])
     parser.add_argument("--api", choices=["blocking", "asyncio"], default="blocking")
     parser.add_argument("--deny", nargs="*", default=[])
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     identity = HostIdentity.generate()
     if args.api == "blocking":
-        serve_blocking(args.mode, identity, args.deny)
+        serve_blocking(args.mode, identity, args.deny, args.host)
     else:
-        asyncio.run(serve_asyncio(args.mode, identity, args.deny))
+        asyncio.run(serve_asyncio(args.mode, identity, args.deny, args.host))
 
 
 if __name__ == "__main__":
