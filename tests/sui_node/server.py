@@ -38,8 +38,9 @@ __all__ = ["DEFAULT_PACKAGE", "GARBAGE", "RawCodec", "SuiNodeStandIn"]
 
 #: The package ID the stand-in is "published" at unless told otherwise.
 DEFAULT_PACKAGE: Final = "0x" + "d7" * 32
-#: What a garbled answer holds: a protobuf tag of wire type 7, which does not exist.
-GARBAGE: Final = b"\x0f\xff\xff\xff\xff"
+#: What a garbled answer holds: a varint longer than any (betterproto2 reads past much
+#: else: unknown wire types, truncated lengths).
+GARBAGE: Final = b"\xff" * 11
 _JOIN: Final = 30.0
 
 _METHODS: Final = {
@@ -68,6 +69,31 @@ class RawCodec(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         return data
+
+
+class _Server(Server):
+    """A grpclib server that can also drop its open connections (going away: a node
+    that stops serving resets the connections clients hold, not just its listener)."""
+
+    def __init__(self, handlers: Any, codec: CodecBase) -> None:
+        super().__init__(handlers, codec=codec)
+        self.transports: set[asyncio.BaseTransport] = set()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            self.transports.add(transport)
+            made(transport)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    def drop_connections(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
 
 
 class SuiNodeStandIn:
@@ -112,6 +138,11 @@ class SuiNodeStandIn:
         self.epoch_without_price = False
         #: Calls served, by method name.
         self.calls: Counter[str] = Counter()
+        #: Transactions in flight at once, at most, by sender (and refusals of a
+        #: transaction for an owned object another one in flight holds).
+        self.peak_in_flight: Counter[str] = Counter()
+        self.lock_conflicts = 0
+        self._in_flight: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._knob_lock = threading.Lock()
         self._refuse_next: Counter[str] = Counter()
@@ -125,7 +156,7 @@ class SuiNodeStandIn:
         self._writing: dict[str, set[str]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: Server | None = None
+        self._server: _Server | None = None
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------
@@ -162,6 +193,7 @@ class SuiNodeStandIn:
             server, self._server = self._server, None
             if server is not None:
                 server.close()
+                server.drop_connections()
                 await server.wait_closed()
 
         self._run(stop())
@@ -172,7 +204,7 @@ class SuiNodeStandIn:
         async def serve() -> None:
             if self._server is not None:
                 return
-            server = Server([self], codec=RawCodec())
+            server = _Server([self], RawCodec())
             await server.start(self.host, self.port, reuse_address=True)
             self._server = server
             sockets = server._server.sockets if server._server is not None else ()
@@ -383,6 +415,7 @@ class SuiNodeStandIn:
         for object_id, (version, object_digest) in checked.owned.items():
             holder = self._locks.get(object_id)
             if holder is not None and holder != digest:
+                self.lock_conflicts += 1
                 raise Refusal(
                     Status.INVALID_ARGUMENT,
                     "Transaction is rejected as invalid by more than 1/3 of validators by stake "
@@ -396,11 +429,15 @@ class SuiNodeStandIn:
         written = [i for i, mutable in checked.shared.items() if mutable]
         for object_id in written:
             self._writing.setdefault(object_id, set()).add(digest)
+        sender = checked.tx.sender
+        self._in_flight[sender] += 1
+        self.peak_in_flight[sender] = max(self.peak_in_flight[sender], self._in_flight[sender])
         try:
             if self.tx_latency > 0:
                 await asyncio.sleep(self.tx_latency)
             executed = execute.execute(self.state, checked, congested)
         finally:
+            self._in_flight[sender] -= 1
             for object_id in checked.owned:
                 if self._locks.get(object_id) == digest:
                     del self._locks[object_id]
