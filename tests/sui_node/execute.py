@@ -51,7 +51,7 @@ from tests.sui_node.objects import (
 from tests.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
 from tests.sui_node.state import NodeState, ObjectRow
 
-__all__ = ["Checked", "check", "execute", "gas_rates"]
+__all__ = ["Checked", "check", "check_signature", "execute", "gas_rates"]
 
 #: Computation units charged per command (Sui's minimum per transaction is 1000).
 UNITS_PER_COMMAND: Final = 1_000
@@ -130,9 +130,8 @@ def _check_owned(
     return row
 
 
-def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Checked:
-    """Everything a node checks before it executes (see the module docs)."""
-    tx = parse_tx(tx_bytes)
+def check_signature(tx: ParsedTx, tx_bytes: bytes, signatures: Sequence[bytes]) -> None:
+    """The one signature is the sender's, over the bytes (Sui intent signing)."""
     if len(signatures) != 1:
         raise _refuse(
             f"Invalid user signature: the transaction has {len(signatures)} signatures; a "
@@ -147,6 +146,12 @@ def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Che
             f"Invalid user signature: Required Signature from {tx.sender} is absent "
             f"(signed by {signer})."
         )
+
+
+def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Checked:
+    """Everything a node checks before it executes (see the module docs)."""
+    tx = parse_tx(tx_bytes)
+    check_signature(tx, tx_bytes, signatures)
     epoch = state.epoch()
     if tx.expiration is not None and tx.expiration < epoch:
         raise _refuse("Transaction Expired.")
