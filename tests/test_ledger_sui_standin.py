@@ -16,7 +16,7 @@ from dtp.chain import sui, sui_client
 from dtp.chain.objects import Sla
 from dtp.chain.sui import SharedObjectCongestion, SuiConfig, SuiLedger
 from dtp.chain.sui_client import MalformedResponse
-from dtp.errors import InsufficientFunds
+from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
 from tests.sui_node import SuiNodeStandIn
 from tests.sui_node.objects import COIN_TYPE
@@ -127,7 +127,11 @@ def test_threads_sharing_a_ledger_run_transactions_side_by_side(node: SuiNodeSta
     def work() -> None:
         try:
             for _ in range(3):
-                caps.append(sui.create_spending_cap(signer, 1000))
+                cap = sui.create_spending_cap(signer, 1000)
+                caps.append(cap)
+                # each thread sees the outcome of its own transaction
+                outcome = sui.last_outcome
+                assert outcome is not None and outcome.created_of("SpendingCap") == cap
         except BaseException as exc:
             errors.append(exc)
 
@@ -195,6 +199,26 @@ def test_a_retry_after_cancellation_uses_the_owned_inputs_new_version(
     assert ledger.get_retained_record(record).deposit == 8
     after = node.state.object(pipe)
     assert version is not None and after is not None and after.version > version.version
+
+
+def test_a_deleted_shared_object_is_object_not_found(
+    node: SuiNodeStandIn, ledger: SuiLedger
+) -> None:
+    """Its ref was remembered; the node refuses the transaction naming an input it cannot
+    find, which is ObjectNotFound (as LocalLedger says), not a malformed transaction."""
+    server, client = _funded(node), _funded(node)
+    host = ledger.create_host(server, server.noise_public)
+    ledger.add_service(server, host, 7, "raw", SLA)
+    cap = ledger.create_spending_cap(client, 10**6)
+    opened = ledger.open_connection(client, host, 7, cap, 5000)
+    terms = ledger.create_retention_terms(server, host, 7, 1, 1)
+    pipe = ledger.create_pipe(client, opened.connection_id, 1)
+    record = ledger.send_retained(client, pipe, terms, 0, b"gone")
+    ledger.confirm_consumed(server, record)
+    node.advance_clock(10)
+    assert ledger.delete_retained(client, record) == 4
+    with pytest.raises(ObjectNotFound):
+        ledger.confirm_consumed(server, record)
 
 
 def test_shared_object_refs_are_read_once(node: SuiNodeStandIn, ledger: SuiLedger) -> None:
