@@ -1,17 +1,21 @@
 """SuiLedger: the :class:`~dtp.chain.ledger.Ledger` interface on a real Sui network.
 
 Every state-changing method reads the object references it needs from a full node
-(shared objects' initial shared versions, owned objects' versions and digests, the
-signer's gas coins, the reference gas price), builds the programmable transaction offline
+(shared objects' initial shared versions, once per object; owned objects' versions and
+digests), leases gas coins from the signer's pool (:mod:`dtp.chain.sui_gas`; the
+reference gas price is read once an epoch), builds the programmable transaction offline
 (:mod:`dtp.chain.sui_tx`), signs it with ``signer.sign_transaction`` and executes it over
 gRPC (:mod:`dtp.chain.sui_client`). Results come from the effects (created objects by
-type) and the events (amounts, sequence numbers); Move aborts become the same
-:class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``, through
-``dtp.errors.move_error_from_abort_code``.
+type) and the events (amounts, sequence numbers; :mod:`dtp.chain.sui_effects`); Move
+aborts become the same :class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``,
+through ``dtp.errors.move_error_from_abort_code``. Threads may share a ledger: their
+transactions run side by side, each with gas coins of its own.
 
 Differences from ``LocalLedger`` that callers see: gas is paid from the signer's SUI coins
-on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much); clock and epochs
-are the network's; event cursors are opaque hex strings of ``ListEvents`` watermarks.
+on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much, per thread;
+:meth:`SuiLedger.gas_balance` what is left); clock and epochs are the network's; event
+cursors are opaque hex strings of ``ListEvents`` watermarks; a transaction Sui's
+congestion control cancels is sent again, then :class:`SharedObjectCongestion`.
 
 Configuration (:meth:`SuiLedger.from_env`): ``DTP_SUI_RPC`` (gRPC endpoint,
 ``https://fullnode.testnet.sui.io:443`` or ``http://127.0.0.1:9000``), ``DTP_SUI_PACKAGE``
