@@ -77,13 +77,6 @@ class ObjectRow:
     balance: int | None
     contents: bytes
 
-    @property
-    def owner_text(self) -> str:
-        """The owner as part of the digest: kind and address (or initial version)."""
-        if self.owner_kind == "shared":
-            return f"shared:{self.initial_shared_version}"
-        return f"{self.owner_kind}:{self.owner}"
-
     @classmethod
     def make(
         cls,
@@ -188,9 +181,19 @@ class NodeState:
         """``with state.write():`` one node transaction under the lock."""
         return NodeState._Write(self)
 
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of a query, under the lock (tests read while the server writes)."""
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def _read_one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """The first row of a query (None if there is none), under the lock."""
+        rows = self._read(sql, args)
+        return rows[0] if rows else None
+
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: object) -> None:
         self.db.execute(
@@ -231,12 +234,12 @@ class NodeState:
         object_id = full_address(object_id)
         if object_id == CLOCK_ID:
             return self.clock_object()
-        row = self.db.execute(
+        rows = self._read(
             "SELECT id, type, owner_kind, owner, initial_shared_version, version, digest, "
             "storage_rebate, previous_tx, balance, contents FROM objects WHERE id = ?",
             (object_id,),
-        ).fetchone()
-        return None if row is None else ObjectRow(*row[:10], bytes(row[10]))
+        )
+        return ObjectRow(*rows[0][:10], bytes(rows[0][10])) if rows else None
 
     def objects(self, ids: Sequence[str]) -> dict[str, ObjectRow]:
         """The live objects among ``ids``."""
@@ -265,12 +268,12 @@ class NodeState:
         if type_ is not None:
             query += " AND type = ?"
             args.append(type_)
-        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
+        rows = self._read(query + " ORDER BY id LIMIT ?", (*args, limit))
         return [ObjectRow(*row[:10], bytes(row[10])) for row in rows]
 
     def fields(self, parent: str, after: str, limit: int) -> list[ObjectRow]:
         """The dynamic fields owned by ``parent`` (a table's UID), by ID after ``after``."""
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT id, type, owner_kind, owner, initial_shared_version, version, digest, "
             "storage_rebate, previous_tx, balance, contents FROM objects "
             "WHERE owner_kind = 'object' AND owner = ? AND id > ? ORDER BY id LIMIT ?",
@@ -302,11 +305,11 @@ class NodeState:
 
     def coin_balance(self, owner: str) -> int:
         """MIST in the ``Coin<SUI>`` objects of ``owner``."""
-        row = self.db.execute(
+        row = self._read_one(
             "SELECT COALESCE(SUM(balance), 0) FROM objects WHERE owner_kind = 'address' "
             "AND owner = ? AND type = ?",
             (owner, COIN_TYPE),
-        ).fetchone()
+        )
         return int(row[0])
 
     # -- money -----------------------------------------------------------------------------
@@ -347,12 +350,12 @@ class NodeState:
     def gas_paid(self, address: str | None = None) -> int:
         """Net gas (computation + storage - rebates) paid by ``address``, or by everyone."""
         if address is None:
-            row = self.db.execute("SELECT COALESCE(SUM(paid), 0) FROM gas").fetchone()
+            row = self._read_one("SELECT COALESCE(SUM(paid), 0) FROM gas")
         else:
             address = full_address(normalize_id(address, "address"))
-            row = self.db.execute(
+            row = self._read_one(
                 "SELECT COALESCE(SUM(paid), 0) FROM gas WHERE address = ?", (address,)
-            ).fetchone()
+            )
         return int(row[0])
 
     def audit(self) -> dict[str, int]:
@@ -396,7 +399,7 @@ class NodeState:
     # -- checkpoints, transactions, events ---------------------------------------------------
 
     def latest_checkpoint(self) -> int:
-        row = self.db.execute("SELECT MAX(seq) FROM checkpoints").fetchone()
+        row = self._read_one("SELECT MAX(seq) FROM checkpoints")
         return int(row[0] or 0)
 
     def _checkpoint_row(self, seq: int, timestamp_ms: int, transactions: int) -> str:
@@ -423,9 +426,9 @@ class NodeState:
         """``(seq, digest, timestamp_ms, epoch)`` of checkpoint ``seq`` (None: the latest)."""
         if seq is None:
             seq = self.latest_checkpoint()
-        row = self.db.execute(
+        row = self._read_one(
             "SELECT seq, digest, timestamp_ms, epoch FROM checkpoints WHERE seq = ?", (seq,)
-        ).fetchone()
+        )
         return None if row is None else (int(row[0]), str(row[1]), int(row[2]), int(row[3]))
 
     def record_transaction(
@@ -437,9 +440,9 @@ class NodeState:
 
     def transaction(self, digest: str) -> tuple[int, bytes] | None:
         """``(checkpoint, ExecutedTransaction bytes)`` of an executed transaction."""
-        row = self.db.execute(
+        row = self._read_one(
             "SELECT checkpoint, executed FROM transactions WHERE digest = ?", (digest,)
-        ).fetchone()
+        )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def record_event(
@@ -464,13 +467,13 @@ class NodeState:
         low = after if after is not None else (-1, 0, 0)
         high = before if before is not None else (2**62, 0, 0)
         order = "DESC" if descending else "ASC"
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT checkpoint, tx_index, event_index, tx_digest, sender, type, module, contents "
             "FROM events WHERE (checkpoint, tx_index, event_index) > (?, ?, ?) "
             "AND (checkpoint, tx_index, event_index) < (?, ?, ?) "
             f"ORDER BY checkpoint {order}, tx_index {order}, event_index {order}",
             (*low, *high),
-        ).fetchall()
+        )
         for row in rows:
             yield (
                 (int(row[0]), int(row[1]), int(row[2])),
