@@ -6,6 +6,7 @@ a process of its own with its state in a directory)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -504,10 +505,29 @@ def test_a_process_of_its_own_keeps_its_state_in_a_directory(tmp_path: Path) -> 
         stop(proc)
     proc, url, package = start()  # funded again: a second coin
     try:
-        sui = SuiLedger(SuiConfig(url, package, timeout=30.0))
+        sui = SuiLedger(SuiConfig(url, package, timeout=30.0, retries=0))
         assert sui.get_cap(cap).max_per_epoch == 5
         assert sui.clock_ms() == 5000  # the clock was kept, not set again
         assert len(sui._node.gas_coins(owner.sui_address)) == 2
+        proc.send_signal(signal.SIGUSR1)  # go away ...
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                sui.epoch()
+            except LedgerUnavailable:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the stand-in kept serving after SIGUSR1")
+        proc.send_signal(signal.SIGUSR2)  # ... and come back
+        while time.monotonic() < deadline:
+            try:
+                assert sui.get_cap(cap).max_per_epoch == 5
+                break
+            except LedgerUnavailable:
+                time.sleep(0.05)
+        else:
+            pytest.fail("the stand-in did not come back after SIGUSR2")
         sui.close()
     finally:
         stop(proc)

@@ -3,12 +3,14 @@
 It prints one line once it serves (``ready url=http://HOST:PORT package=0x…``; with
 ``--print-url`` just the URL and package ID) and serves until SIGTERM or SIGINT. With
 ``--state DIR`` its state (objects, coins, events, clock) lives in DIR and survives a
-restart, so that two daemons in two network namespaces can share one node.
+restart, so that two daemons in two network namespaces can share one node. SIGUSR1 makes
+it go away (refuse connections, drop the open ones) and SIGUSR2 come back, state kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import signal
 import sys
 import threading
@@ -66,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         contention=args.contention,
     )
     stop = threading.Event()
+    requests: queue.SimpleQueue[str] = queue.SimpleQueue()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # acted on by the main loop, not in the handler: go_away waits for the server thread
+    signal.signal(signal.SIGUSR1, lambda *_: requests.put("away"))
+    signal.signal(signal.SIGUSR2, lambda *_: requests.put("back"))
     with node:
         for address, amount in args.fund:
             node.faucet(address, amount)
@@ -75,8 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(node.url, node.package_id, flush=True)
         else:
             print(f"ready url={node.url} package={node.package_id}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.2):
+            while not requests.empty():
+                if requests.get() == "away":
+                    node.go_away()
+                else:
+                    node.come_back()
     return 0
 
 
