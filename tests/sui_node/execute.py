@@ -46,7 +46,9 @@ from tests.sui_node.objects import (
     event_contents,
     move_type,
     object_contents,
+    object_fields,
     table_fields,
+    table_uid,
 )
 from tests.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
 from tests.sui_node.state import NodeState, ObjectRow
@@ -646,9 +648,9 @@ class _Execution:
             else {f.field_id: f for f in table_fields(self.state.package, struct, object_id, data)}
         )
         old: dict[str, ObjectRow] = {}
-        for field_name, sub in _layout_fields(struct):
+        for field_name, sub in object_fields(struct):
             if sub == "table":
-                table = _table_uid(object_id, field_name)
+                table = table_uid(object_id, field_name)
                 for row in self.state.fields(table, "", 1 << 30):
                     old[row.id] = row
         for field_id, entry in new.items():
@@ -792,18 +794,6 @@ class _Execution:
         charge = min(self.tx.gas_budget, self.computation + plan.storage - plan.rebate)
         plan.computation = max(0, charge - plan.storage + plan.rebate)
         self._finish_gas(x, self.gas_total)
-
-
-def _layout_fields(struct: str) -> tuple[tuple[str, Any], ...]:
-    from tests.sui_node.objects import _OBJECT_LAYOUTS
-
-    return tuple(_OBJECT_LAYOUTS[struct][1])
-
-
-def _table_uid(object_id: str, field_name: str) -> str:
-    from tests.sui_node.objects import _table_id
-
-    return _table_id(object_id, field_name)
 
 
 def _digest_of(*parts: bytes) -> str:

@@ -33,7 +33,9 @@ __all__ = [
     "move_type",
     "object_contents",
     "object_digest",
+    "object_fields",
     "table_fields",
+    "table_uid",
 ]
 
 #: The Sui framework package (``0x2``) and the standard library (``0x1``), in full.
@@ -76,7 +78,7 @@ def move_type(package: str, local_type: str) -> str:
     return f"{package}::{module}::{name}"
 
 
-def _table_id(parent: str, field: str) -> str:
+def table_uid(parent: str, field: str) -> str:
     """The UID of the ``Table`` in ``parent``'s ``field``: stable for the parent's life
     (LocalLedger keeps the entries, not the table's own ID)."""
     raw = hashlib.blake2b(
@@ -85,10 +87,15 @@ def _table_id(parent: str, field: str) -> str:
     return "0x" + raw.hexdigest()
 
 
+def object_fields(struct: str) -> tuple[tuple[str, Layout], ...]:
+    """The fields of an object struct, in BCS order, with their layouts."""
+    return tuple(_OBJECT_LAYOUTS[struct][1])
+
+
 def _move_value(layout: Layout, value: Any, object_id: str, field: str) -> Any:
     """``value`` from LocalLedger's object data, in the shape sui_codec.encode takes."""
     if layout == "table":
-        return {"id": _table_id(object_id, field), "size": len(value)}
+        return {"id": table_uid(object_id, field), "size": len(value)}
     if isinstance(layout, str):
         return value
     tag = layout[0]
@@ -160,7 +167,7 @@ def table_fields(
     for field, sub in layout[1]:
         if sub != "table":
             continue
-        table = _table_id(object_id, field)
+        table = table_uid(object_id, field)
         key = _TABLE_KEYS.get(field, "address")
         value_name, value_layout = _TABLE_VALUES.get(field, ("u64", "u64"))
         key_type = "address" if key == "address" else f"{SUI_FRAMEWORK}::object::ID"
