@@ -4,6 +4,11 @@ Each step's outcome is checked: ``returns``, ``error`` (module::EName, and the l
 full state unchanged afterwards), every ``check``, the events each successful step emits,
 and MIST conservation after every step. An unknown op or check key fails the test: the
 runner supports the whole table or says what it lacks.
+
+The runner drives a :class:`World`: the ledger plus what a scenario does around it
+(funding, the clock, epochs, balances net of gas, conservation, the state a failed step
+must leave alone). :class:`LocalWorld` is LocalLedger's; tests/test_ledger_sui_standin.py
+runs the same scenarios through SuiLedger on the Sui node stand-in.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, Sla
 from dtp.errors import ChainError, ObjectNotFound
@@ -101,12 +107,67 @@ def test_scenario_names_unique_and_present() -> None:
     assert names, "no scenarios found"
 
 
-class Runner:
-    """Executes one scenario on a fresh LocalLedger."""
+class World(Protocol):
+    """A fresh ledger for one scenario (clock at 0 ms, epoch 0) and its surroundings."""
 
-    def __init__(self, scenario: dict[str, Any]) -> None:
-        self.scenario = scenario
+    ledger: Ledger
+
+    def fund(self, address: str, amount: int) -> None:
+        """Give ``address`` ``amount`` MIST (counted as minted by the scenario)."""
+
+    def set_clock(self, ms: int) -> None: ...
+
+    def advance_clock(self, ms: int) -> None: ...
+
+    def next_epoch(self) -> None: ...
+
+    def balance(self, address: str) -> int:
+        """``address``'s balance as the scenarios count it: without gas."""
+
+    def assert_conserved(self, minted: int) -> None:
+        """Every MIST the scenario minted is held somewhere (or was paid as gas)."""
+
+    def snapshot(self) -> Any:
+        """What a failed step must leave unchanged."""
+
+
+class LocalWorld:
+    """The scenarios on LocalLedger (gas is free there)."""
+
+    def __init__(self) -> None:
         self.ledger = LocalLedger(":memory:", clock_ms=0)
+
+    def fund(self, address: str, amount: int) -> None:
+        self.ledger.faucet(address, amount)
+
+    def set_clock(self, ms: int) -> None:
+        self.ledger.set_clock(ms)
+
+    def advance_clock(self, ms: int) -> None:
+        self.ledger.advance_clock(ms)
+
+    def next_epoch(self) -> None:
+        self.ledger.advance_epoch()
+
+    def balance(self, address: str) -> int:
+        return self.ledger.balance(address)
+
+    def assert_conserved(self, minted: int) -> None:
+        audit = self.ledger.audit()
+        assert audit["minted"] == minted
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+    def snapshot(self) -> Any:
+        return self.ledger.dump()
+
+
+class Runner:
+    """Executes one scenario on a fresh ledger (a LocalLedger unless ``world`` is given)."""
+
+    def __init__(self, scenario: dict[str, Any], world: World | None = None) -> None:
+        self.scenario = scenario
+        self.world: World = world if world is not None else LocalWorld()
+        self.ledger = self.world.ledger
         self.caps: dict[str, str] = {}
         self.conns: dict[str, str] = {}
         self.host_id: str | None = None
@@ -142,7 +203,7 @@ class Runner:
         self.cursor = self.ledger.events()[1]
 
     def fund(self, actor: str, amount: int) -> None:
-        self.ledger.faucet(self.addr(actor), amount)
+        self.world.fund(self.addr(actor), amount)
         self.minted += amount
 
     # steps
@@ -194,9 +255,9 @@ class Runner:
                 step["max_bytes_per_sec"],
                 step["max_requests_per_sec"],
             ),
-            "set_clock": lambda: ledger.set_clock(step["ms"]),
-            "advance_clock": lambda: ledger.advance_clock(step["ms"]),
-            "next_epoch": ledger.advance_epoch,
+            "set_clock": lambda: self.world.set_clock(step["ms"]),
+            "advance_clock": lambda: self.world.advance_clock(step["ms"]),
+            "next_epoch": self.world.next_epoch,
             "broadcast_create": lambda: self.create_broadcast(step),
             "contribute": lambda: ledger.broadcast_contribute(by, self.bcast(), step["amount"]),
             "transmit": lambda: ledger.broadcast_transmit(by, self.bcast(), step["data"].encode()),
@@ -355,7 +416,7 @@ class Runner:
             pytest.fail(f"check keys {unknown} have no runner support")
         ledger = self.ledger
         for actor, expected in step.get("balances", {}).items():
-            assert ledger.balance(self.addr(actor)) == expected, f"balance of {actor}"
+            assert self.world.balance(self.addr(actor)) == expected, f"balance of {actor}"
         if "escrow" in step:
             spec = dict(step["escrow"])
             escrow = ledger.get_escrow(ledger.get_connection(self.conns[spec.pop("conn")]).escrow)
@@ -406,9 +467,7 @@ class Runner:
         return events
 
     def assert_conserved(self) -> None:
-        audit = self.ledger.audit()
-        assert audit["minted"] == self.minted
-        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+        self.world.assert_conserved(self.minted)
 
     def run(self) -> None:
         self.setup()
@@ -418,12 +477,13 @@ class Runner:
             call = self.op(step)
             if "error" in step:
                 assert index == len(steps) - 1, f"{where}: a failing step must be the last"
-                before = self.ledger.dump()
+                before = self.world.snapshot()
                 with pytest.raises(ChainError) as info:
                     call()
                 assert info.value.qualified_name == step["error"], where
                 assert str(info.value), "errors carry a message"
-                assert self.ledger.dump() == before, f"{where}: state changed by a failed call"
+                after = self.world.snapshot()
+                assert after == before, f"{where}: state changed by a failed call"
                 assert self.new_events() == []
                 return
             result = call()

@@ -1,6 +1,7 @@
 """SuiLedger: golden transaction bytes for every builder, BCS layouts against LocalLedger,
-effects/abort parsing, configuration, offline behaviour, and live tests (skipped unless a
-Sui node and a published package are configured).
+effects/abort parsing, configuration, offline behaviour, and live tests: on the Sui node
+configured by DTP_SUI_RPC, DTP_SUI_PACKAGE and a funded DTP_SUI_KEY when they are set,
+otherwise on the node stand-in of tests/sui_node (which proves the flow, not Sui).
 
 Regenerate the golden vectors (only after a deliberate change to the builders)::
 
@@ -665,24 +666,34 @@ def test_unreachable_node_raises_ledger_unavailable() -> None:
     ledger.close()
 
 
-# -- live tests (need a Sui node, the published package and a funded key) --------------------------
+# -- live tests (a real Sui node when configured, else the stand-in) -----------------------------
 
 LIVE = bool(
     os.environ.get("DTP_SUI_RPC")
     and os.environ.get("DTP_SUI_PACKAGE")
     and os.environ.get("DTP_SUI_KEY")
 )
-live = pytest.mark.skipif(
-    not LIVE,
-    reason="DTP_SUI_RPC and DTP_SUI_PACKAGE (and a funded DTP_SUI_KEY) are not set",
-)
+#: MIST the stand-in's faucet gives the funding key.
+STAND_IN_FUNDS = 10**11
 
 
 @pytest.fixture
 def sui() -> Any:
-    ledger = SuiLedger.from_env()
-    yield ledger
-    ledger.close()
+    """SuiLedger on the configured node, or on a stand-in node with a funded key."""
+    if LIVE:
+        ledger = SuiLedger.from_env()
+        yield ledger
+        ledger.close()
+        return
+    from tests.sui_node import SuiNodeStandIn
+
+    with SuiNodeStandIn() as node:
+        funder = HostIdentity.generate()
+        node.faucet(funder.sui_address, STAND_IN_FUNDS)
+        ledger = SuiLedger(SuiConfig(node.url, node.package_id, key=funder))
+        yield ledger
+        ledger.close()
+        node.state.check()
 
 
 def _fund(ledger: SuiLedger, funder: HostIdentity, to: HostIdentity, amount: int) -> None:
@@ -716,7 +727,6 @@ def _fund(ledger: SuiLedger, funder: HostIdentity, to: HostIdentity, amount: int
     ledger._execute(funder, "fund", build, spend=amount)
 
 
-@live
 def test_live_connection_lifecycle(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None
@@ -767,7 +777,6 @@ def test_live_connection_lifecycle(sui: SuiLedger) -> None:
     assert sui.get_host(host).open_connections == 0
 
 
-@live
 def test_live_firewall_and_events(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None
@@ -787,7 +796,6 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
     assert events and events[0].name in ("HostCreated", "ServiceAdded", "HostUpdated")
 
 
-@live
 def test_live_pipe_owned_by_sender(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None

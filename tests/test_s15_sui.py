@@ -19,7 +19,6 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
@@ -37,6 +36,7 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.keys import HostIdentity
+from tests.sui_node.server import RawCodec
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x52]) * 32, bytes([0x52]) * 32)
@@ -53,18 +53,6 @@ _METHODS = {
     "StateService": ("GetBalance", "ListDynamicFields", "ListOwnedObjects"),
     "TransactionExecutionService": ("ExecuteTransaction",),
 }
-
-
-class _RawCodec(CodecBase):
-    """Passes the message bytes through: the tests write them (or garbage) themselves."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return data
 
 
 class _Handlers:
@@ -101,7 +89,7 @@ class GrpcNode:
         self.loop = asyncio.new_event_loop()
 
         async def start() -> Server:
-            server = Server([self.handlers], codec=_RawCodec())
+            server = Server([self.handlers], codec=RawCodec())
             await server.start("127.0.0.1", 0)
             return server
 

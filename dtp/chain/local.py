@@ -1038,6 +1038,24 @@ class LocalLedger(Ledger):
         touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
         return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
 
+    def apply_verified(
+        self, sender: str, digest: bytes, run: Callable[[rules.Exec], Any]
+    ) -> TxResult:
+        """Run ``run(x)`` -- the rule calls of one transaction that the caller has already
+        verified (signature, inputs, gas) -- atomically as ``sender``'s transaction
+        ``digest`` (32 bytes), at the ledger's clock and epoch; ``run`` calls handlers of
+        :data:`~dtp.chain.local_rules.FUNCTIONS` on ``x`` and returns the call's value.
+
+        For a node stand-in that checks Sui transactions as a node does and executes
+        their Move calls with these rules (tests/sui_node). As :meth:`execute`: a
+        ChainError from ``run`` changes nothing; a digest executes at most once
+        (InvalidTransaction)."""
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise InvalidTransaction(f"A transaction digest is 32 bytes, got {digest!r:.80}.")
+        # the digest is the replay key (the transactions table's nonce column)
+        tx = Tx(normalize_id(sender, "address"), int.from_bytes(digest, "big"), "", "", ())
+        return self._apply(tx, digest, run, [])
+
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
         return self._execute(*self._signed(signer, module, function, *args))
 

@@ -1,17 +1,21 @@
 """SuiLedger: the :class:`~dtp.chain.ledger.Ledger` interface on a real Sui network.
 
 Every state-changing method reads the object references it needs from a full node
-(shared objects' initial shared versions, owned objects' versions and digests, the
-signer's gas coins, the reference gas price), builds the programmable transaction offline
+(shared objects' initial shared versions, once per object; owned objects' versions and
+digests), leases gas coins from the signer's pool (:mod:`dtp.chain.sui_gas`; the
+reference gas price is read once an epoch), builds the programmable transaction offline
 (:mod:`dtp.chain.sui_tx`), signs it with ``signer.sign_transaction`` and executes it over
 gRPC (:mod:`dtp.chain.sui_client`). Results come from the effects (created objects by
-type) and the events (amounts, sequence numbers); Move aborts become the same
-:class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``, through
-``dtp.errors.move_error_from_abort_code``.
+type) and the events (amounts, sequence numbers; :mod:`dtp.chain.sui_effects`); Move
+aborts become the same :class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``,
+through ``dtp.errors.move_error_from_abort_code``. Threads may share a ledger: their
+transactions run side by side, each with gas coins of its own.
 
 Differences from ``LocalLedger`` that callers see: gas is paid from the signer's SUI coins
-on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much); clock and epochs
-are the network's; event cursors are opaque hex strings of ``ListEvents`` watermarks.
+on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much, per thread;
+:meth:`SuiLedger.gas_balance` what is left); clock and epochs are the network's; event
+cursors are opaque hex strings of ``ListEvents`` watermarks; a transaction Sui's
+congestion control cancels is sent again, then :class:`SharedObjectCongestion`.
 
 Configuration (:class:`~dtp.chain.sui_config.SuiConfig`): a ledger spec through
 :func:`dtp.chain.open_ledger` (``testnet``, ``localnet@http://127.0.0.1:9000``...;
@@ -26,10 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
@@ -61,110 +65,64 @@ from dtp.chain.sui_client import (
     LedgerUnavailable,
     MalformedResponse,
     NodeObject,
+    SharedObjectCongestion,
     SuiNode,
-    _node_id,
     narrowing,
-    timestamp_ms,
 )
 from dtp.chain.sui_codec import (
-    EVENT_LAYOUTS,
+    MESSAGING_EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     OBJECT_MODULES,
+    RESPONSE_ESCROW_LAYOUT,
     BcsDecodeError,
-    Layout,
     decode,
     decode_object,
     table_id,
 )
 from dtp.chain.sui_config import DEFAULT_GAS_BUDGET, SuiConfig
 from dtp.chain.sui_economics import (
-    ECONOMICS_EVENT_LAYOUTS,
     decode_economics_object,
     economics_table_id,
+)
+from dtp.chain.sui_effects import (
+    MissingEvent,
+    TxOutcome,
+    cancelled_for_congestion,
+    event_from_proto,
+    execution_error,
+    parse_executed,
+    short_type,
+)
+from dtp.chain.sui_gas import (
+    MAX_GAS_COINS,
+    GasPool,
+    Lease,
+    PriceCache,
+    select_gas,
+    settle_from_effects,
+    split_transaction,
 )
 from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
 from dtp.errors import (
     ChainError,
-    InsufficientFunds,
     InvalidArgument,
     ObjectNotFound,
     SuiConfigError,
     WrongSigner,
-    foreign_abort,
-    move_error_from_abort_code,
 )
 from dtp.escrow import Receipt
-
-# -- layouts of the messaging modules (move/dtp/sources/mailbox.move, response_escrow.move) ----
-
-#: ``dtp::response_escrow::ResponseEscrow`` contents.
-RESPONSE_ESCROW_LAYOUT: Layout = (
-    "struct",
-    (
-        ("id", "id"),
-        ("requester", "address"),
-        ("requester_public_key", "bytes"),
-        ("server", "address"),
-        ("request_id", "bytes"),
-        ("deadline_ms", "u64"),
-        ("funds", "u64"),
-        ("amount", "u64"),
-        ("state", "u8"),
-    ),
-)
-
-#: Event layouts of the messaging modules (sui_codec.EVENT_LAYOUTS holds the others).
-MESSAGING_EVENT_LAYOUTS: dict[tuple[str, str], Layout] = {}
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("mailbox", "MailDeposited"),
-    ("struct", (("recipient_host", "id"), ("payload", "bytes"))),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeDeposited"),
-    (
-        "struct",
-        (
-            ("escrow", "id"),
-            ("requester", "address"),
-            ("server", "address"),
-            ("request_id", "bytes"),
-            ("amount", "u64"),
-            ("deadline_ms", "u64"),
-        ),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeClaimed"),
-    (
-        "struct",
-        (("escrow", "id"), ("server", "address"), ("amount", "u64"), ("response_hash", "bytes")),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseDelivered"),
-    (
-        "struct",
-        (
-            ("escrow", "id"),
-            ("requester", "address"),
-            ("request_id", "bytes"),
-            ("response", "bytes"),
-            ("amount", "u64"),
-        ),
-    ),
-)
-MESSAGING_EVENT_LAYOUTS.setdefault(
-    ("response_escrow", "ResponseFeeRefunded"),
-    ("struct", (("escrow", "id"), ("requester", "address"), ("amount", "u64"))),
-)
 
 if TYPE_CHECKING:
     from dtp.keys import HostIdentity
 
 __all__ = [
     "DEFAULT_GAS_BUDGET",
+    "MAX_GAS_COINS",
+    "MESSAGING_EVENT_LAYOUTS",
+    "RESPONSE_ESCROW_LAYOUT",
     "LedgerUnavailable",
     "MissingEvent",
+    "SharedObjectCongestion",
     "SuiConfig",
     "SuiConfigError",
     "SuiLedger",
@@ -179,220 +137,14 @@ logger = logging.getLogger(__name__)
 
 #: Checkpoint timestamps a SuiLedger remembers (for the events it reads).
 _CHECKPOINT_CACHE: Final = 1024
-#: Sui accepts at most this many gas payment coins.
-MAX_GAS_COINS: Final = 255
+#: Shared objects whose type and initial shared version a SuiLedger remembers.
+_SHARED_CACHE: Final = 4096
+#: Times a transaction cancelled by congestion control is sent again, after a backoff
+#: from _CONGESTION_DELAY s doubling to _CONGESTION_DELAY_CAP s (jittered).
+_CONGESTION_RETRIES: Final = 5
+_CONGESTION_DELAY: Final = 0.25
+_CONGESTION_DELAY_CAP: Final = 4.0
 T = TypeVar("T")
-
-
-class MissingEvent(ChainError, KeyError):
-    """A transaction's outcome lacks an event the call reads its result from (a node that
-    left it out): a typed ChainError for callers, still the KeyError it was before."""
-
-    __str__ = ChainError.__str__
-
-
-@dataclass(frozen=True)
-class TxOutcome:
-    """What one executed transaction did."""
-
-    digest: str
-    events: tuple[Event, ...]
-    #: Created object IDs by short type (``"dtp::host::Host"``).
-    created: Mapping[str, tuple[str, ...]]
-    #: Net gas paid: computation + storage - storage rebate, in MIST.
-    gas_cost: int
-    checkpoint: int | None = None
-
-    def event(self, name: str) -> Event:
-        """The first event named ``name`` (:class:`MissingEvent`, a ChainError and a
-        ``KeyError``, if none)."""
-        for e in self.events:
-            if e.name == name:
-                return e
-        raise MissingEvent(
-            f"Transaction {self.digest} succeeded, but the node's answer has no {name} event.",
-            name="MissingEvent",
-            module="sui",
-        )
-
-    def created_of(self, struct: str) -> str | None:
-        """The ID of the created object of struct ``struct`` (e.g. ``"Host"``), if any."""
-        for type_, ids in self.created.items():
-            if type_.rsplit("::", 1)[-1] == struct and ids:
-                return ids[0]
-        return None
-
-
-# -- pure helpers (offline-testable) ------------------------------------------------------------
-
-
-def _split_type(type_: str) -> tuple[str, str, str] | None:
-    parts = type_.split("::", 2)
-    if len(parts) != 3:
-        return None
-    try:
-        return normalize_id(parts[0], "package ID"), parts[1], parts[2]
-    except ChainError:
-        return None
-
-
-def short_type(type_: str, packages: Sequence[str]) -> str | None:
-    """``dtp::module::Name`` for a type of one of ``packages``; None for other types."""
-    parts = _split_type(type_)
-    if parts is None or parts[0] not in packages:
-        return None
-    return f"dtp::{parts[1]}::{parts[2]}"
-
-
-def event_from_proto(
-    ev: Any, packages: Sequence[str], cursor: str = "", timestamp_ms: int = 0, digest: str = ""
-) -> Event | None:
-    """An :class:`Event` from a ``sui.rpc.v2.Event`` (None when it is not a dtp event, or
-    one of a type this version does not know: a later version of the package may emit
-    more, and a transaction that succeeded must not be reported as failed for that)."""
-    type_ = short_type(str(ev.event_type or ""), packages)
-    if type_ is None:
-        return None
-    _, module, name = type_.split("::")
-    layout = (
-        MESSAGING_EVENT_LAYOUTS.get((module, name))
-        or ECONOMICS_EVENT_LAYOUTS.get((module, name))
-        or EVENT_LAYOUTS.get((module, name))
-    )
-    if layout is None:
-        logger.debug("skipping the event %s: a type this version does not know", type_)
-        return None
-    data = bytes(ev.contents.value) if ev.contents is not None and ev.contents.value else b""
-    fields = decode(layout, data)
-    # the node's answer: a malformed sender is MalformedResponse, not the caller's
-    # InvalidObjectId
-    sender = _node_id(ev.sender, "event sender address") if ev.sender else ""
-    return Event(
-        cursor,
-        type_,
-        fields,
-        sender,
-        str(ev.transaction_digest or digest),
-        timestamp_ms,
-    )
-
-
-def _package_id(package: str) -> str | None:
-    """``package`` normalized; None when it is no ID (a node's answer: not ours, and not
-    the caller's InvalidArgument)."""
-    try:
-        return normalize_id(package, "package ID")
-    except ChainError:
-        return None
-
-
-def execution_error(error: Any, packages: Sequence[str], detail: str) -> ChainError:
-    """The exception for a failed execution status (``sui.rpc.v2.ExecutionError``)."""
-    kind = error.kind if error is not None else None
-    description = str(getattr(error, "description", "") or "")
-    kinds = sui_prot.ExecutionErrorExecutionErrorKind
-    if kind == kinds.MOVE_ABORT and error.abort is not None:
-        abort = error.abort
-        location = abort.location
-        package = getattr(location, "package", None)
-        module = str(getattr(location, "module", "") or "")
-        full = _package_id(package) if package else None
-        if package and full not in packages:
-            # (as the local ledger names it: the full ID, however short the node wrote
-            # it -- "0x2" and "0x00..02" are one package)
-            return foreign_abort(full or str(package), module, abort.abort_code, detail)
-        clever = abort.clever_error
-        if clever is not None and clever.error_code is not None:
-            return move_error_from_abort_code(int(clever.error_code), detail)
-        return move_error_from_abort_code(int(abort.abort_code or 0), detail)
-    if kind in (kinds.INSUFFICIENT_COIN_BALANCE, kinds.INSUFFICIENT_FUNDS_FOR_WITHDRAW):
-        return InsufficientFunds(
-            f"Not enough SUI: {description or detail}",
-            name="InsufficientCoinBalance",
-            module="sui",
-        )
-    if kind == kinds.INSUFFICIENT_GAS:
-        return InsufficientFunds(
-            f"The gas budget was exhausted: {description or detail}",
-            name="InsufficientGas",
-            module="sui",
-        )
-    name = kind.name if kind is not None else "ExecutionFailed"
-    return ChainError(
-        f"Transaction failed ({name}): {description or detail}", name=name, module="sui"
-    )
-
-
-def parse_executed(executed: Any, packages: Sequence[str], detail: str = "") -> TxOutcome:
-    """A :class:`TxOutcome` from an ``ExecutedTransaction``; raises the mapped
-    :class:`ChainError` if execution failed."""
-    if executed is None or executed.effects is None:
-        # the node took the transaction: it may have run all the same
-        raise ChainError(
-            f"The node returned no effects for {detail}: the transaction may still have "
-            "executed; read its outcome before sending it again.",
-            name="NoEffects",
-        )
-    effects = executed.effects
-    digest = str(executed.digest or effects.transaction_digest or "")
-    status = effects.status
-    if status is None or not status.success:
-        raise execution_error(
-            status.error if status is not None else None, packages, f"{detail} (tx {digest})"
-        )
-    timestamp = timestamp_ms(executed.timestamp)
-    events: list[Event] = []
-    if executed.events is not None:
-        for ev in executed.events.events:
-            event = event_from_proto(ev, packages, "", timestamp, digest)
-            if event is not None:
-                events.append(event)
-    created: dict[str, list[str]] = {}
-    for co in effects.changed_objects:
-        if co.id_operation != sui_prot.ChangedObjectIdOperation.CREATED:
-            continue
-        type_ = short_type(str(co.object_type or ""), packages)
-        if type_ is not None:
-            created.setdefault(type_, []).append(_node_id(co.object_id, "created object ID"))
-    gas = effects.gas_used
-    gas_cost = 0
-    if gas is not None:
-        gas_cost = (
-            int(gas.computation_cost or 0)
-            + int(gas.storage_cost or 0)
-            - int(gas.storage_rebate or 0)
-        )
-    return TxOutcome(
-        digest,
-        tuple(events),
-        {k: tuple(v) for k, v in created.items()},
-        gas_cost,
-        executed.checkpoint,
-    )
-
-
-def select_gas(
-    coins: Sequence[tuple[OwnedRef, int]], needed: int, owner: str
-) -> tuple[OwnedRef, ...]:
-    """The fewest of ``coins`` (largest first) covering ``needed`` MIST (budget plus
-    what the transaction splits off); raises :class:`InsufficientFunds`."""
-    chosen: list[OwnedRef] = []
-    total = 0
-    for ref, value in sorted(coins, key=lambda c: -c[1]):
-        if total >= needed or len(chosen) >= MAX_GAS_COINS:
-            break
-        chosen.append(ref)
-        total += value
-    if total < needed or not chosen:
-        available = sum(v for _, v in coins)
-        raise InsufficientFunds(
-            f"Address {owner} has {available} MIST in SUI coins"
-            + ("" if total == available else f" ({total} usable as gas)")
-            + f", {needed} are needed (including the gas budget).",
-            name="InsufficientCoinBalance",
-            module="sui",
-        )
-    return tuple(chosen)
 
 
 # -- argument checks (as LocalLedger makes them, before any node I/O) ----------------------------
@@ -429,11 +181,22 @@ class SuiLedger(Ledger):
             dict.fromkeys([config.package, config.type_package or config.package])
         )
         self._node = SuiNode(config.rpc, timeout=config.timeout, retries=config.retries)
-        self._tx_lock = threading.Lock()
         self._checkpoint_ms: dict[int, int] = {}
         self._checkpoint_lock = threading.Lock()
-        #: The outcome of the last transaction this ledger executed.
-        self.last_outcome: TxOutcome | None = None
+        #: Shared objects' struct and initial shared version, which never change.
+        self._shared_refs: dict[str, tuple[str, int]] = {}
+        self._shared_lock = threading.Lock()
+        self._pools: dict[str, GasPool] = {}
+        self._pools_lock = threading.Lock()
+        self._price = PriceCache(lambda: self._node.epoch_info()[1])
+        self._local = threading.local()
+
+    @property
+    def last_outcome(self) -> TxOutcome | None:
+        """The outcome of the last transaction this ledger executed for the calling thread
+        (threads sharing a ledger each see their own)."""
+        outcome: TxOutcome | None = getattr(self._local, "outcome", None)
+        return outcome
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SuiLedger:
@@ -465,9 +228,26 @@ class SuiLedger(Ledger):
         return obj, name
 
     def _shared(self, object_id: str, struct: str) -> SharedRef:
-        obj, _ = self._load(object_id, struct)
+        return self._shared_ref(object_id, struct, lambda: self._load(object_id, struct)[0])
+
+    def _shared_ref(self, object_id: str, struct: str, load: Callable[[], NodeObject]) -> SharedRef:
+        """The ``SharedRef`` of a ``struct``, read with ``load`` once per object: a shared
+        object's type and initial shared version never change, so a call does not spend
+        a round trip on them (a deleted one is refused by the node: ObjectNotFound)."""
+        key = normalize_id(object_id)
+        with self._shared_lock:
+            known = self._shared_refs.get(key)
+        if known is not None:
+            if known[0] != struct:
+                raise ObjectNotFound(f"Object {key} is a {known[0]}, not a {struct}.")
+            return SharedRef(key, known[1])
+        obj = load()
         if obj.initial_shared_version is None:
             raise ObjectNotFound(f"{struct} {obj.object_id} is not a shared object.")
+        with self._shared_lock:
+            while len(self._shared_refs) >= _SHARED_CACHE:
+                del self._shared_refs[next(iter(self._shared_refs))]
+            self._shared_refs[obj.object_id] = (struct, obj.initial_shared_version)
         return SharedRef(obj.object_id, obj.initial_shared_version)
 
     def _owned(self, signer: HostIdentity, object_id: str, struct: str) -> OwnedRef:
@@ -501,6 +281,19 @@ class SuiLedger(Ledger):
 
     # -- executing -------------------------------------------------------------------------
 
+    def _pool(self, address: str) -> GasPool:
+        with self._pools_lock:
+            pool = self._pools.get(address)
+            if pool is None:
+                pool = GasPool(address, lambda: self._node.gas_coins(address))
+                self._pools[address] = pool
+            return pool
+
+    def gas_balance(self, address: str) -> int:
+        """MIST in ``address``'s SUI coins, which pay its gas (compare with
+        ``config.gas_budget``, the most one transaction may cost, to see gas running low)."""
+        return sum(balance for _, balance in self._node.gas_coins(normalize_id(address, "address")))
+
     def _execute(
         self,
         signer: HostIdentity,
@@ -508,19 +301,101 @@ class SuiLedger(Ledger):
         build: Callable[[TxContext], bytes],
         spend: int = 0,
     ) -> TxOutcome:
+        """Build (``build`` gets the gas data), sign and execute one transaction, paying
+        gas with coins leased from the signer's pool (so that threads sharing this ledger
+        never sign two transactions with one coin). A transaction congestion control
+        cancelled did not execute: it is built and sent again after a backoff."""
+        for attempt in range(_CONGESTION_RETRIES + 1):
+            if attempt:
+                delay = min(_CONGESTION_DELAY_CAP, _CONGESTION_DELAY * 2 ** (attempt - 1))
+                time.sleep(delay / 2 + random.uniform(0.0, delay / 2))
+            executed = self._send(signer, what, build, spend)
+            if not cancelled_for_congestion(executed):
+                outcome = parse_executed(executed, self._packages, what)
+                self._local.outcome = outcome
+                return outcome
+            logger.debug("%s was cancelled for congestion (attempt %d)", what, attempt + 1)
+        raise SharedObjectCongestion(
+            f"{what} was cancelled by Sui's congestion control {_CONGESTION_RETRIES + 1} times "
+            "(the shared objects it writes are too busy). It did not execute: it is safe to "
+            "send again later."
+        )
+
+    def _send(
+        self,
+        signer: HostIdentity,
+        what: str,
+        build: Callable[[TxContext], bytes],
+        spend: int,
+    ) -> Any:
+        """One attempt: lease gas, build, sign, execute; the pool learns the gas coin's new
+        version and balance from the effects. Returns the ``ExecutedTransaction``."""
+        budget = self.config.gas_budget
+        price = self._price.get()  # first: a node that cannot price gas gets no lease
+        pool = self._pool(signer.sui_address)
+        needed = budget + max(0, spend)
+        lease = pool.lease(needed, self.config.timeout)
+        if lease.split:
+            # this transaction waited for a coin: give the signer more of them first
+            amounts = pool.split_amounts(lease.total, budget)
+            if amounts:
+                split = self._sent(
+                    signer,
+                    pool,
+                    lease,
+                    lambda ctx: split_transaction(ctx, amounts),
+                    price,
+                    amounts,
+                    "split the gas coin",
+                    split=True,
+                )
+                parse_executed(split, self._packages, "split the gas coin")
+                lease = pool.lease(needed, self.config.timeout)
+        splits = [spend] if spend > 0 else []
+        return self._sent(signer, pool, lease, build, price, splits, what)
+
+    def _sent(
+        self,
+        signer: HostIdentity,
+        pool: GasPool,
+        lease: Lease,
+        build: Callable[[TxContext], bytes],
+        price: int,
+        splits: Sequence[int],
+        what: str,
+        split: bool = False,
+    ) -> Any:
+        """Execute with ``lease`` (``splits``: the MIST the transaction splits off the gas
+        coin; ``split``: it is the pool's own split, whose new coins' amounts are known)."""
         sender = signer.sui_address
-        with self._tx_lock:
-            _epoch, price = self._node.epoch_info()
-            budget = self.config.gas_budget
-            coins = self._node.gas_coins(sender)
-            payment = select_gas(coins, budget + max(0, spend), sender)
-            ctx = TxContext(self.package, sender, sui_tx.GasData(payment, price, budget))
-            tx_bytes = build(ctx)
+        try:
+            gas = sui_tx.GasData(lease.coins, price, self.config.gas_budget)
+            tx_bytes = build(TxContext(self.package, sender, gas))
             signature = signer.sign_transaction(tx_bytes)
+        except BaseException:
+            pool.release(lease)
+            raise
+        try:
             executed = self._node.execute(tx_bytes, signature)
-            outcome = parse_executed(executed, self._packages, what)
-            self.last_outcome = outcome
-            return outcome
+        except ChainError as exc:
+            text = str(exc).lower()
+            if isinstance(exc, LedgerUnavailable | MalformedResponse) or (
+                "not available for consumption" in text or "gas object" in text
+            ):
+                pool.forget(lease)  # maybe executed, or the coins were not what we thought
+            else:
+                pool.release(lease)  # refused before execution: the coins are unchanged
+            if "reference gas price" in text:
+                self._price.invalidate()
+            if isinstance(exc, ObjectNotFound):
+                with self._shared_lock:
+                    self._shared_refs.clear()  # an input was deleted: forget the refs
+            raise
+        except BaseException:
+            pool.forget(lease)
+            raise
+        settle_from_effects(pool, lease, executed, splits, split)
+        return executed
 
     @staticmethod
     def _amount(value: int, what: str) -> int:
@@ -939,13 +814,16 @@ class SuiLedger(Ledger):
 
     # -- mailbox and response escrow --------------------------------------------------------
 
-    def _response_escrow_ref(self, escrow_id: str) -> SharedRef:
+    def _response_escrow_object(self, escrow_id: str) -> NodeObject:
         obj = self._node.get_object(normalize_id(escrow_id))
         if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
             raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
-        if obj.initial_shared_version is None:
-            raise ObjectNotFound(f"ResponseEscrow {obj.object_id} is not a shared object.")
-        return SharedRef(obj.object_id, obj.initial_shared_version)
+        return obj
+
+    def _response_escrow_ref(self, escrow_id: str) -> SharedRef:
+        return self._shared_ref(
+            escrow_id, "ResponseEscrow", lambda: self._response_escrow_object(escrow_id)
+        )
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
         check_signer(signer)
@@ -1013,9 +891,7 @@ class SuiLedger(Ledger):
         return int(out.event("ResponseFeeRefunded")["amount"])
 
     def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
-        obj = self._node.get_object(normalize_id(escrow_id))
-        if short_type(obj.type, self._packages) != "dtp::response_escrow::ResponseEscrow":
-            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a ResponseEscrow.")
+        obj = self._response_escrow_object(escrow_id)
         d = decode(RESPONSE_ESCROW_LAYOUT, obj.contents)
         return ResponseEscrow.from_fields(obj.object_id, obj.version, d)
 
@@ -1028,10 +904,7 @@ class SuiLedger(Ledger):
         return obj
 
     def _model_ref(self, object_id: str, struct: str) -> SharedRef:
-        obj = self._model_object(object_id, struct)
-        if obj.initial_shared_version is None:
-            raise ObjectNotFound(f"{struct} {obj.object_id} is not a shared object.")
-        return SharedRef(obj.object_id, obj.initial_shared_version)
+        return self._shared_ref(object_id, struct, lambda: self._model_object(object_id, struct))
 
     def _model(self, object_id: str, struct: str) -> EconomicsObject:
         obj = self._model_object(object_id, struct)
@@ -1327,12 +1200,15 @@ class SuiLedger(Ledger):
         terms = self.get_retention_terms(terms_id)
         terms_ref = self._model_ref(terms_id, "RetentionTerms")
         deposit = self._amount(terms.deposit_for(len(payload)), "the storage deposit")
-        out = self._execute(
-            signer,
-            "retention::send",
-            lambda ctx: sui_tx.send_retained(ctx, pipe_ref, tc, terms_ref, inner, payload, deposit),
-            spend=deposit,
-        )
+        first = [pipe_ref]
+
+        def build(ctx: TxContext) -> bytes:
+            # sent again after a congestion cancellation, the pipe is at a new version (a
+            # cancelled transaction still bumps its owned inputs): read it again
+            ref = first.pop() if first else self._owned(signer, pipe_id, "Pipe")
+            return sui_tx.send_retained(ctx, ref, tc, terms_ref, inner, payload, deposit)
+
+        out = self._execute(signer, "retention::send", build, spend=deposit)
         return str(out.event("RecordRetained")["record"])
 
     def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:

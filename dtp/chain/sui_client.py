@@ -66,6 +66,7 @@ __all__ = [
     "LedgerUnavailable",
     "MalformedResponse",
     "NodeObject",
+    "SharedObjectCongestion",
     "SuiNode",
     "narrowing",
     "parse_endpoint",
@@ -123,6 +124,13 @@ class LedgerUnavailable(_LedgerUnavailable):
     that catches it catches this one, as it catches a LocalLedger's."""
 
     module = "sui"
+
+
+class SharedObjectCongestion(LedgerUnavailable):
+    """Sui's congestion control cancelled the transaction, every time it was sent: the
+    shared objects it writes are too busy. A cancelled transaction did not execute (only
+    its gas was charged), so it is safe to send again, later. Still named
+    ``"LedgerUnavailable"``: callers ride it out as they ride out an outage."""
 
 
 class MalformedResponse(ChainError):
@@ -630,6 +638,9 @@ class SuiNode:
             )
         if "signature" in lowered or "owned by" in lowered or "not owned" in lowered:
             return WrongSigner(f"{what} was rejected: {message}")
+        if "could not find the referenced object" in lowered:
+            # an input deleted since it was read (Sui's UserInputError::ObjectNotFound)
+            return ObjectNotFound(f"{what} was rejected: {message}")
         if exc.status == Status.INVALID_ARGUMENT:
             return InvalidTransaction(f"{what} was rejected: {message}")
         return ChainError(f"{what} failed ({exc.status.name}): {message}", name=exc.status.name)

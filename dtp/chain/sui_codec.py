@@ -35,7 +35,9 @@ from dtp.errors import ChainError, InvalidArgument
 
 __all__ = [
     "EVENT_LAYOUTS",
+    "MESSAGING_EVENT_LAYOUTS",
     "OBJECT_LAYOUTS",
+    "RESPONSE_ESCROW_LAYOUT",
     "BcsDecodeError",
     "decode",
     "decode_event",
@@ -282,6 +284,69 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("broadcast", "id"), ("listener", "address"), ("amount", "u64")
     ),
 }
+
+# -- layouts of the messaging modules (move/dtp/sources/mailbox.move, response_escrow.move) ----
+
+#: ``dtp::response_escrow::ResponseEscrow`` contents.
+RESPONSE_ESCROW_LAYOUT: Layout = (
+    "struct",
+    (
+        ("id", "id"),
+        ("requester", "address"),
+        ("requester_public_key", "bytes"),
+        ("server", "address"),
+        ("request_id", "bytes"),
+        ("deadline_ms", "u64"),
+        ("funds", "u64"),
+        ("amount", "u64"),
+        ("state", "u8"),
+    ),
+)
+
+#: Event layouts of the messaging modules (sui_codec.EVENT_LAYOUTS holds the others).
+MESSAGING_EVENT_LAYOUTS: dict[tuple[str, str], Layout] = {}
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("mailbox", "MailDeposited"),
+    ("struct", (("recipient_host", "id"), ("payload", "bytes"))),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeDeposited"),
+    (
+        "struct",
+        (
+            ("escrow", "id"),
+            ("requester", "address"),
+            ("server", "address"),
+            ("request_id", "bytes"),
+            ("amount", "u64"),
+            ("deadline_ms", "u64"),
+        ),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeClaimed"),
+    (
+        "struct",
+        (("escrow", "id"), ("server", "address"), ("amount", "u64"), ("response_hash", "bytes")),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseDelivered"),
+    (
+        "struct",
+        (
+            ("escrow", "id"),
+            ("requester", "address"),
+            ("request_id", "bytes"),
+            ("response", "bytes"),
+            ("amount", "u64"),
+        ),
+    ),
+)
+MESSAGING_EVENT_LAYOUTS.setdefault(
+    ("response_escrow", "ResponseFeeRefunded"),
+    ("struct", (("escrow", "id"), ("requester", "address"), ("amount", "u64"))),
+)
 
 _INT_WIDTH: Final = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "u128": 16}
 

@@ -1,0 +1,27 @@
+"""A stand-in Sui full node for tests: it speaks Sui's gRPC API (``sui.rpc.v2`` over
+HTTP/2, pysui's generated messages) and executes the dtp package's transactions with
+LocalLedger's own rule code, so that SuiLedger, the daemon and the ``dtp`` command run end
+to end on a machine where no Sui node can.
+
+It is a stand-in, not Sui: it checks and executes transactions as a full node does for
+the commands dtp builds (SplitCoins from the gas coin, TransferObjects, MoveCall of the
+package's functions), keeps Sui's object model (IDs, Lamport versions, digests, owners,
+``Coin<SUI>`` objects, dynamic fields) and charges gas by a simple, exact formula; it
+compiles no Move. That SuiLedger works on a real network is shown only on a real node
+(tests/test_ledger_sui.py's live tests with DTP_SUI_RPC, DTP_SUI_PACKAGE, DTP_SUI_KEY).
+
+In a test::
+
+    with SuiNodeStandIn() as node:
+        node.faucet(identity.sui_address, 10**9)
+        ledger = SuiLedger(SuiConfig(node.url, node.package_id))
+
+As a process (two daemons in two network namespaces can share it)::
+
+    python -m tests.sui_node --port 0 --state DIR --print-url
+"""
+
+from tests.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
+from tests.sui_node.state import DAY_MS
+
+__all__ = ["DAY_MS", "DEFAULT_PACKAGE", "SuiNodeStandIn"]

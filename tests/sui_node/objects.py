@@ -1,0 +1,209 @@
+"""How LocalLedger's objects and events look on a Sui node: their Move type strings, BCS
+contents (the layouts SuiLedger decodes with: dtp.chain.sui_codec, sui_economics and the
+messaging layouts of dtp.chain.sui), the dynamic-field objects of their ``Table``s, coins,
+and object digests.
+
+The layouts come from the Move sources; LocalLedger's object data carry the same field
+names, so one generic conversion serves every struct. Type strings are written as the
+``sui.rpc.v2`` API writes them: every address in full (``0x`` and 64 hex digits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dtp._uleb128 import bcs_uleb128
+from dtp.chain.local_tx import base58
+from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
+from dtp.chain.sui_codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, Layout, encode
+from dtp.chain.sui_economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+
+__all__ = [
+    "CLOCK_ID",
+    "CLOCK_TYPE",
+    "COIN_TYPE",
+    "SUI_FRAMEWORK",
+    "TableField",
+    "coin_contents",
+    "event_contents",
+    "full_address",
+    "move_type",
+    "object_contents",
+    "object_digest",
+    "object_fields",
+    "table_fields",
+    "table_uid",
+]
+
+#: The Sui framework package (``0x2``) and the standard library (``0x1``), in full.
+SUI_FRAMEWORK: Final = "0x" + "2".rjust(64, "0")
+MOVE_STDLIB: Final = "0x" + "1".rjust(64, "0")
+COIN_TYPE: Final = f"{SUI_FRAMEWORK}::coin::Coin<{SUI_FRAMEWORK}::sui::SUI>"
+CLOCK_ID: Final = "0x" + "6".rjust(64, "0")
+CLOCK_TYPE: Final = f"{SUI_FRAMEWORK}::clock::Clock"
+
+#: Contents of every object struct of the package, by struct name.
+_OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
+    **OBJECT_LAYOUTS,
+    **ECONOMICS_OBJECT_LAYOUTS,
+    "ResponseEscrow": RESPONSE_ESCROW_LAYOUT,
+}
+#: Payloads of every event of the package, by (module, struct).
+_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
+    **EVENT_LAYOUTS,
+    **ECONOMICS_EVENT_LAYOUTS,
+    **MESSAGING_EVENT_LAYOUTS,
+}
+
+#: Keys and values of the package's ``Table``s other than ``Table<address, u64>``
+#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``).
+_TABLE_KEYS: Final = {"pledges": "id"}
+_TABLE_VALUES: Final[dict[str, tuple[str, Layout]]] = {
+    "pledges": ("sponsor::Pledge", ("struct", (("amount", "u64"), ("reimbursed", "bool")))),
+}
+
+
+def full_address(address: str) -> str:
+    """``0x`` and 64 hex digits (``0x2`` -> ``0x00…02``)."""
+    return "0x" + address[2:].rjust(64, "0")
+
+
+def move_type(package: str, local_type: str) -> str:
+    """The full Move type of a LocalLedger type (``dtp::host::Host`` ->
+    ``0x<package>::host::Host``)."""
+    _, module, name = local_type.split("::")
+    return f"{package}::{module}::{name}"
+
+
+def table_uid(parent: str, field: str) -> str:
+    """The UID of the ``Table`` in ``parent``'s ``field``: stable for the parent's life
+    (LocalLedger keeps the entries, not the table's own ID)."""
+    raw = hashlib.blake2b(
+        b"dtp-stand-in-table" + bytes.fromhex(parent[2:]) + field.encode(), digest_size=32
+    )
+    return "0x" + raw.hexdigest()
+
+
+def object_fields(struct: str) -> tuple[tuple[str, Layout], ...]:
+    """The fields of an object struct, in BCS order, with their layouts."""
+    return tuple(_OBJECT_LAYOUTS[struct][1])
+
+
+def _move_value(layout: Layout, value: Any, object_id: str, field: str) -> Any:
+    """``value`` from LocalLedger's object data, in the shape sui_codec.encode takes."""
+    if layout == "table":
+        return {"id": table_uid(object_id, field), "size": len(value)}
+    if isinstance(layout, str):
+        return value
+    tag = layout[0]
+    if tag == "struct":
+        out = {}
+        for name, sub in layout[1]:
+            if name == "id" and field == "":
+                out[name] = object_id
+            else:
+                out[name] = _move_value(sub, value[name], object_id, name)
+        return out
+    if tag == "vec":
+        return [_move_value(layout[1], item, object_id, field) for item in value]
+    if tag == "map":
+        # LocalLedger keys a VecMap<u16, _> by the port as text (JSON object keys)
+        key_int = layout[1] in ("u8", "u16", "u64")
+        return {
+            (int(k) if key_int else k): _move_value(layout[2], v, object_id, field)
+            for k, v in value.items()
+        }
+    return value  # enums: LocalLedger writes {"kind": …, fields} as sui_codec does
+
+
+def object_contents(struct: str, object_id: str, data: Mapping[str, Any]) -> bytes:
+    """The BCS contents of LocalLedger object ``object_id`` of struct ``struct``."""
+    layout = _OBJECT_LAYOUTS[struct]
+    return encode(layout, _move_value(layout, data, object_id, ""))
+
+
+@dataclass(frozen=True)
+class TableField:
+    """One entry of a ``Table``: a ``0x2::dynamic_field::Field<K, V>`` object owned by
+    the table's UID."""
+
+    field_id: str
+    table_id: str
+    type: str
+    #: BCS of the key and of the value.
+    name: bytes
+    value: bytes
+
+    @property
+    def contents(self) -> bytes:
+        """``Field { id, name, value }``."""
+        return bytes.fromhex(self.field_id[2:]) + self.name + self.value
+
+
+def _type_tag(key: str) -> bytes:
+    """BCS ``TypeTag`` of a table key: ``address`` or ``0x2::object::ID``."""
+    if key == "address":
+        return b"\x04"
+    struct_tag = bytes.fromhex(SUI_FRAMEWORK[2:]) + b"\x06object" + b"\x02ID" + b"\x00"
+    return b"\x07" + struct_tag
+
+
+def _field_id(parent: str, name: bytes, key: str) -> str:
+    """Sui's dynamic field ID: blake2b-256 of the ChildObjectId scope byte (0xf0), the
+    parent, the key's BCS length (u64) and bytes, and the key's TypeTag."""
+    data = b"\xf0" + bytes.fromhex(parent[2:]) + len(name).to_bytes(8, "little") + name
+    return "0x" + hashlib.blake2b(data + _type_tag(key), digest_size=32).hexdigest()
+
+
+def table_fields(
+    package: str, struct: str, object_id: str, data: Mapping[str, Any]
+) -> list[TableField]:
+    """The dynamic-field objects of the ``Table``s inside an object."""
+    layout = _OBJECT_LAYOUTS[struct]
+    out: list[TableField] = []
+    for field, sub in layout[1]:
+        if sub != "table":
+            continue
+        table = table_uid(object_id, field)
+        key = _TABLE_KEYS.get(field, "address")
+        value_name, value_layout = _TABLE_VALUES.get(field, ("u64", "u64"))
+        key_type = "address" if key == "address" else f"{SUI_FRAMEWORK}::object::ID"
+        value_type = value_name if "::" not in value_name else f"{package}::{value_name}"
+        type_ = f"{SUI_FRAMEWORK}::dynamic_field::Field<{key_type}, {value_type}>"
+        for entry, value in sorted(data[field].items()):
+            name = bytes.fromhex(entry[2:])
+            out.append(
+                TableField(
+                    _field_id(table, name, key), table, type_, name, encode(value_layout, value)
+                )
+            )
+    return out
+
+
+def event_contents(local_type: str, fields: Mapping[str, Any]) -> bytes:
+    """The BCS payload of a LocalLedger event (``dtp::module::Name``)."""
+    _, module, name = local_type.split("::")
+    return encode(_EVENT_LAYOUTS[(module, name)], dict(fields))
+
+
+def coin_contents(coin_id: str, balance: int) -> bytes:
+    """``Coin<SUI> { id: UID, balance: Balance { value: u64 } }``."""
+    return bytes.fromhex(coin_id[2:]) + balance.to_bytes(8, "little")
+
+
+def clock_contents(timestamp_ms: int) -> bytes:
+    """``Clock { id: UID, timestamp_ms: u64 }``."""
+    return bytes.fromhex(CLOCK_ID[2:]) + timestamp_ms.to_bytes(8, "little")
+
+
+def object_digest(type_: str, owner: str, version: int, contents: bytes) -> str:
+    """A digest (base58 of 32 bytes) of an object at a version: it changes whenever its
+    contents, owner or version do."""
+    h = hashlib.blake2b(digest_size=32)
+    for part in (type_.encode(), owner.encode(), version.to_bytes(8, "little")):
+        h.update(bcs_uleb128(len(part)) + part)
+    h.update(contents)
+    return base58(h.digest())

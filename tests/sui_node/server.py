@@ -1,0 +1,475 @@
+"""The stand-in node's gRPC server (``grpclib``, HTTP/2, plain text) and its test knobs.
+
+Each ``sui.rpc.v2`` method is served by a raw handler (request and answer bytes pass
+through :class:`RawCodec`): the request is parsed with pysui's generated message class,
+the answer built by :mod:`tests.sui_node.answers` or :mod:`tests.sui_node.execute` and
+serialized, unless a knob says to answer otherwise (an error status, garbage, nothing).
+
+The server runs on an event loop of its own in a daemon thread; state changes happen on
+that thread or under the state's lock. ``ExecuteTransaction`` waits ``tx_latency``
+seconds after its checks (other calls go on meanwhile) holding the locks of its owned
+inputs, as validators lock them: another transaction using one of them at the same
+version is refused (an equivocation), and one that touches a shared object an in-flight
+transaction writes can be cancelled for congestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+
+from dtp.chain.local_tx import base58, tx_digest
+from tests.sui_node import answers, execute
+from tests.sui_node.ptb import Refusal, parse_tx
+from tests.sui_node.state import DAY_MS, NodeState
+
+__all__ = ["DEFAULT_PACKAGE", "GARBAGE", "RawCodec", "SuiNodeStandIn"]
+
+#: The package ID the stand-in is "published" at unless told otherwise.
+DEFAULT_PACKAGE: Final = "0x" + "d7" * 32
+#: What a garbled answer holds: a varint longer than any (betterproto2 reads past much
+#: else: unknown wire types, truncated lengths).
+GARBAGE: Final = b"\xff" * 11
+_JOIN: Final = 30.0
+
+_METHODS: Final = {
+    "LedgerService": (
+        "GetServiceInfo",
+        "GetObject",
+        "GetTransaction",
+        "GetCheckpoint",
+        "GetEpoch",
+        "ListEvents",
+    ),
+    "StateService": ("ListOwnedObjects", "GetBalance", "ListDynamicFields"),
+    "TransactionExecutionService": ("ExecuteTransaction",),
+}
+_STREAMING: Final = frozenset({"ListEvents"})
+
+
+class RawCodec(CodecBase):
+    """Passes message bytes through: handlers parse and serialize themselves (and can
+    answer with bytes that are no message at all)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+class _Server(Server):
+    """A grpclib server that can also drop its open connections (going away: a node
+    that stops serving resets the connections clients hold, not just its listener)."""
+
+    def __init__(self, handlers: Any, codec: CodecBase) -> None:
+        super().__init__(handlers, codec=codec)
+        self.transports: set[asyncio.BaseTransport] = set()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        made = protocol.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            self.transports.add(transport)
+            made(transport)
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+    def drop_connections(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
+
+
+class SuiNodeStandIn:
+    """A stand-in Sui full node for tests (see the package docs).
+
+    ``state_dir`` keeps its state across restarts (None: in memory). ``clock_ms`` freezes
+    the clock at that time (it then moves only by :meth:`advance_clock` and
+    :meth:`set_clock`); otherwise it follows wall time. ``epoch_ms`` is the epoch length.
+    The knobs (``tx_latency``, ``read_latency``, ``rate_limit`` calls per second,
+    ``contention`` probability, ``scan_limit`` events per ListEvents) are attributes
+    tests may change at any time.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        *,
+        package: str = DEFAULT_PACKAGE,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock_ms: int | None = None,
+        epoch_ms: int = DAY_MS,
+        gas_price: int = 1000,
+        tx_latency: float = 0.0,
+        read_latency: float = 0.0,
+        rate_limit: float | None = None,
+        contention: float = 0.0,
+        scan_limit: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.state = NodeState(
+            state_dir, package=package, clock_ms=clock_ms, epoch_ms=epoch_ms, gas_price=gas_price
+        )
+        self.host = host
+        self.port = port
+        self.tx_latency = tx_latency
+        self.read_latency = read_latency
+        self.rate_limit = rate_limit
+        self.contention = contention
+        self.scan_limit = scan_limit
+        #: Leave ``reference_gas_price`` out of GetEpoch (a node without RPC indexes).
+        self.epoch_without_price = False
+        #: Calls served, by method name.
+        self.calls: Counter[str] = Counter()
+        #: Transactions in flight at once, at most, by sender (and refusals of a
+        #: transaction for an owned object another one in flight holds).
+        self.peak_in_flight: Counter[str] = Counter()
+        self.lock_conflicts = 0
+        self._in_flight: Counter[str] = Counter()
+        self._random = random.Random(seed)
+        self._knob_lock = threading.Lock()
+        self._refuse_next: Counter[str] = Counter()
+        self._garble_next: Counter[str] = Counter()
+        self._cancel_next = 0
+        self._stalled: asyncio.Event | None = None
+        self._recent: deque[float] = deque()
+        #: Owned objects locked by transactions in flight (ID -> digest).
+        self._locks: dict[str, str] = {}
+        #: Shared objects written by transactions in flight (ID -> digests).
+        self._writing: dict[str, set[str]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: _Server | None = None
+        self._closed = False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def package_id(self) -> str:
+        """The ID the package is "published" at."""
+        return self.state.package
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> SuiNodeStandIn:
+        """Start serving (returns self)."""
+        self._thread.start()
+        self.come_back()
+        return self
+
+    def __enter__(self) -> SuiNodeStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_JOIN)  # type: ignore[arg-type]
+
+    def go_away(self) -> None:
+        """Stop serving: the port refuses connections and the calls in flight end with a
+        reset stream, until :meth:`come_back`. State is kept."""
+
+        async def stop() -> None:
+            server, self._server = self._server, None
+            if server is not None:
+                server.close()
+                server.drop_connections()
+                await server.wait_closed()
+
+        self._run(stop())
+
+    def come_back(self) -> None:
+        """Serve again, on the same port."""
+
+        async def serve() -> None:
+            if self._server is not None:
+                return
+            server = _Server([self], RawCodec())
+            await server.start(self.host, self.port, reuse_address=True)
+            self._server = server
+            sockets = server._server.sockets if server._server is not None else ()
+            self.port = sockets[0].getsockname()[1]
+
+        self._run(serve())
+
+    def stall(self) -> None:
+        """Accept calls and answer none of them until :meth:`unstall`."""
+
+        async def set_() -> None:
+            self._stalled = asyncio.Event()
+
+        self._run(set_())
+
+    def unstall(self) -> None:
+        async def clear() -> None:
+            stalled, self._stalled = self._stalled, None
+            if stalled is not None:
+                stalled.set()
+
+        self._run(clear())
+
+    def close(self) -> None:
+        """Stop serving, stop the loop and close the state files (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self.unstall()
+            self.go_away()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(_JOIN)
+        self._loop.close()
+        self.state.close()
+
+    # -- knobs ---------------------------------------------------------------------------
+
+    def faucet(self, address: str, amount: int) -> str:
+        """Credit ``address`` with a fresh ``Coin<SUI>`` of ``amount`` MIST; its ID."""
+        return self.state.faucet(address, amount)
+
+    def advance_clock(self, ms: int) -> int:
+        """Move the clock forward by ``ms``; the new time."""
+        return self.state.ledger.advance_clock(ms)
+
+    def set_clock(self, ms: int) -> None:
+        """Set (and freeze) the clock at ``ms``; it never goes back."""
+        self.state.ledger.set_clock(ms)
+
+    def advance_epoch(self) -> int:
+        """Start the next epoch now; returns it."""
+        return self.state.advance_epoch()
+
+    def refuse_next(self, count: int = 1, method: str = "*") -> None:
+        """Answer the next ``count`` calls (of ``method``, or any) with RESOURCE_EXHAUSTED,
+        as a rate-limiting node does."""
+        with self._knob_lock:
+            self._refuse_next[method] += count
+
+    def garble_next(self, count: int = 1, method: str = "*") -> None:
+        """Answer the next ``count`` calls (of ``method``, or any) with bytes that are no
+        protobuf message."""
+        with self._knob_lock:
+            self._garble_next[method] += count
+
+    def cancel_next(self, count: int = 1) -> None:
+        """Cancel the next ``count`` transactions that write a shared object, as Sui's
+        congestion control cancels a transaction (it charges gas and changes nothing
+        else)."""
+        with self._knob_lock:
+            self._cancel_next += count
+
+    def gas_paid(self, address: str | None = None) -> int:
+        """Net gas paid by ``address`` (or by all)."""
+        with self.state.lock:
+            return self.state.gas_paid(address)
+
+    def audit(self) -> dict[str, int]:
+        """MIST by holder: ``minted == balances + escrows + broadcasts + gas``."""
+        return self.state.audit()
+
+    # -- serving -------------------------------------------------------------------------
+
+    def __mapping__(self) -> dict[str, Handler]:
+        out = {}
+        for service, names in _METHODS.items():
+            for name in names:
+                streaming = name in _STREAMING
+                out[f"/sui.rpc.v2.{service}/{name}"] = Handler(
+                    self._handler(name, streaming),
+                    Cardinality.UNARY_STREAM if streaming else Cardinality.UNARY_UNARY,
+                    bytes,
+                    bytes,
+                )
+        return out
+
+    def _take(self, counter: Counter[str], name: str) -> bool:
+        with self._knob_lock:
+            for key in (name, "*"):
+                if counter[key] > 0:
+                    counter[key] -= 1
+                    return True
+            return False
+
+    def _over_rate(self) -> bool:
+        if self.rate_limit is None:
+            return False
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.rate_limit:
+            return True
+        self._recent.append(now)
+        return False
+
+    def _handler(self, name: str, streaming: bool) -> Callable[[Any], Awaitable[None]]:
+        async def handle(stream: Any) -> None:
+            data = await stream.recv_message()
+            self.calls[name] += 1
+            if self._stalled is not None:
+                await self._stalled.wait()
+            if self._take(self._refuse_next, name) or self._over_rate():
+                raise GRPCError(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
+            if name != "ExecuteTransaction" and self.read_latency > 0:
+                await asyncio.sleep(self.read_latency)
+            garble = self._take(self._garble_next, name)
+            try:
+                if streaming:
+                    async for frame in self._list_events(data):
+                        await stream.send_message(GARBAGE if garble else bytes(frame))
+                        garble = False
+                    return
+                answer = await self._answer(name, data)
+            except Refusal as refusal:
+                raise GRPCError(refusal.status, refusal.message) from None
+            await stream.send_message(GARBAGE if garble else bytes(answer))
+
+        return handle
+
+    @staticmethod
+    def _parse(cls: Any, data: bytes) -> Any:
+        try:
+            return cls.parse(data)
+        except Exception:  # betterproto2 raises assorted types for bad bytes
+            raise Refusal(Status.INVALID_ARGUMENT, "the request does not decode") from None
+
+    async def _answer(self, name: str, data: bytes) -> Any:
+        state = self.state
+        if name == "ExecuteTransaction":
+            return await self._execute(data)
+        requests = {
+            "GetServiceInfo": sui_prot.GetServiceInfoRequest,
+            "GetObject": sui_prot.GetObjectRequest,
+            "GetTransaction": sui_prot.GetTransactionRequest,
+            "GetCheckpoint": sui_prot.GetCheckpointRequest,
+            "GetEpoch": sui_prot.GetEpochRequest,
+            "ListOwnedObjects": sui_prot.ListOwnedObjectsRequest,
+            "GetBalance": sui_prot.GetBalanceRequest,
+            "ListDynamicFields": sui_prot.ListDynamicFieldsRequest,
+        }
+        request = self._parse(requests[name], data)
+        with state.lock:
+            if name == "GetServiceInfo":
+                return answers.service_info(state)
+            if name == "GetObject":
+                return answers.get_object(state, request)
+            if name == "GetTransaction":
+                return self._transaction(request)
+            if name == "GetCheckpoint":
+                return answers.checkpoint(state, request)
+            if name == "GetEpoch":
+                return answers.epoch(state, request, not self.epoch_without_price)
+            if name == "ListOwnedObjects":
+                return answers.owned_objects(state, request)
+            if name == "GetBalance":
+                return answers.balance(state, request)
+            return answers.dynamic_fields(state, request)
+
+    def _transaction(self, request: sui_prot.GetTransactionRequest) -> Any:
+        found = self.state.transaction(request.digest or "")
+        if found is None:
+            raise Refusal(Status.NOT_FOUND, f"Transaction {request.digest} not found")
+        executed = sui_prot.ExecutedTransaction.parse(found[1])
+        mask = request.read_mask
+        return sui_prot.GetTransactionResponse(
+            transaction=answers.masked(executed, mask, "GetTransaction")
+        )
+
+    async def _list_events(self, data: bytes) -> AsyncIterator[Any]:
+        request = self._parse(sui_prot.ListEventsRequest, data)
+        with self.state.lock:
+            frames = list(answers.event_frames(self.state, request, self.scan_limit))
+        for frame in frames:
+            yield frame
+
+    # -- executing ---------------------------------------------------------------------------
+
+    async def _execute(self, data: bytes) -> Any:
+        request = self._parse(sui_prot.ExecuteTransactionRequest, data)
+        transaction = request.transaction
+        if transaction is None or transaction.bcs is None or not transaction.bcs.value:
+            raise Refusal(Status.INVALID_ARGUMENT, "missing transaction.bcs")
+        signatures = [bytes(s.bcs.value or b"") if s.bcs else b"" for s in request.signatures]
+        tx_bytes = bytes(transaction.bcs.value)
+        with self.state.lock:
+            # a transaction executed already: its effects again (as a node answers)
+            done = self.state.transaction(base58(tx_digest(tx_bytes)))
+            if done is not None:
+                execute.check_signature(parse_tx(tx_bytes), tx_bytes, signatures)
+                executed = sui_prot.ExecutedTransaction.parse(done[1])
+                executed = answers.masked(executed, request.read_mask, "ExecuteTransaction")
+                return sui_prot.ExecuteTransactionResponse(transaction=executed)
+            checked = execute.check(self.state, tx_bytes, signatures)
+        digest = checked.digest_text
+        for object_id, (version, object_digest) in checked.owned.items():
+            holder = self._locks.get(object_id)
+            if holder is not None and holder != digest:
+                self.lock_conflicts += 1
+                raise Refusal(
+                    Status.INVALID_ARGUMENT,
+                    "Transaction is rejected as invalid by more than 1/3 of validators by stake "
+                    f"(non-retriable): ObjectLockConflict {{ obj_ref: ({object_id}, "
+                    f"SequenceNumber({version}), o#{object_digest}), pending_transaction: "
+                    f"{holder} }}",
+                )
+        congested = self._congested(checked)
+        for object_id in checked.owned:
+            self._locks[object_id] = digest
+        written = [i for i, mutable in checked.shared.items() if mutable]
+        for object_id in written:
+            self._writing.setdefault(object_id, set()).add(digest)
+        sender = checked.tx.sender
+        self._in_flight[sender] += 1
+        self.peak_in_flight[sender] = max(self.peak_in_flight[sender], self._in_flight[sender])
+        try:
+            if self.tx_latency > 0:
+                await asyncio.sleep(self.tx_latency)
+            executed = execute.execute(self.state, checked, congested)
+        finally:
+            self._in_flight[sender] -= 1
+            for object_id in checked.owned:
+                if self._locks.get(object_id) == digest:
+                    del self._locks[object_id]
+            for object_id in written:
+                holders = self._writing.get(object_id, set())
+                holders.discard(digest)
+                if not holders:
+                    self._writing.pop(object_id, None)
+        executed = answers.masked(executed, request.read_mask, "ExecuteTransaction")
+        return sui_prot.ExecuteTransactionResponse(transaction=executed)
+
+    def _congested(self, checked: execute.Checked) -> list[str]:
+        """The shared objects ``checked`` is cancelled on: all it writes when a
+        :meth:`cancel_next` is pending, else (with probability ``contention``) those that
+        a transaction in flight writes too."""
+        written = sorted(i for i, mutable in checked.shared.items() if mutable)
+        if not written:
+            return []
+        with self._knob_lock:
+            if self._cancel_next > 0:
+                self._cancel_next -= 1
+                return written
+        busy = sorted(i for i in checked.shared if self._writing.get(i))
+        if busy and self.contention > 0 and self._random.random() < self.contention:
+            return busy
+        return []
