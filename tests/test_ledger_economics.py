@@ -407,7 +407,8 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
     "open_subscribed_connection": (
         (SUB, OFFER, HOST, CAP, 0, KEY),
         [S, S, S, S, "pure", "coin", S],
-        {SUB.object_id: False, HOST.object_id: True, CAP.object_id: False, CLOCK_ID: False},
+        # the Host read-only (opens of one host run concurrently), the cap reserved on
+        {SUB.object_id: False, HOST.object_id: False, CAP.object_id: True, CLOCK_ID: False},
     ),
     "create_sponsor_pool": ((HOST, 7, 2_500), [S, "pure", "pure"], {HOST.object_id: False}),
     "fund_sponsor_pool": ((POOL, 5_000), [S, "coin"], {POOL.object_id: True}),
@@ -415,7 +416,7 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
     "open_sponsored_connection": (
         (POOL, HOST, CAP, 1_000, KEY),
         [S, S, S, "pure", "coin", S],
-        {POOL.object_id: True, HOST.object_id: True, CAP.object_id: False},
+        {POOL.object_id: True, HOST.object_id: False, CAP.object_id: True},
     ),
     "reimburse": (
         (POOL, CONN, ESCROW),

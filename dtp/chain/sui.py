@@ -842,14 +842,19 @@ class SuiLedger(Ledger):
             connection, escrow = str(opened["connection"]), str(opened["escrow"])
         return OpenedConnection(connection, escrow)
 
-    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
+    ) -> None:
         check_signer(signer)
         self._amount(amount, "the top-up amount")
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
         escrow = self._shared(escrow_id, "Escrow")
+        cap = self._shared(cap_id, "SpendingCap")
         self._execute(
             signer,
             "escrow::top_up",
-            lambda ctx: sui_tx.top_up(ctx, escrow, amount),
+            lambda ctx: sui_tx.top_up(ctx, escrow, cap, amount),
             spend=amount,
         )
 
@@ -866,62 +871,50 @@ class SuiLedger(Ledger):
         ):
             sui_tx.encode_u64(value, what)
 
-    def claim(
-        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
-    ) -> int:
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         check_signer(signer)
         self._check_receipt(receipt)
-        if cap_id is None:
-            cap_id = self.get_escrow(escrow_id).spending_cap
         escrow = self._shared(escrow_id, "Escrow")
-        cap = self._shared(cap_id, "SpendingCap")
-        out = self._execute(
-            signer, "escrow::claim", lambda ctx: sui_tx.claim(ctx, escrow, cap, receipt)
-        )
+        out = self._execute(signer, "escrow::claim", lambda ctx: sui_tx.claim(ctx, escrow, receipt))
         return int(out.event("ReceiptClaimed")["paid"])
 
-    def _connection_refs(
-        self, connection_id: str, host_id: str | None
-    ) -> tuple[TransportControl, SharedRef, SharedRef]:
-        tc = self.get_connection(connection_id)
-        tc_ref = self._shared(tc.id, "TransportControl")
-        host = self._shared(host_id if host_id is not None else tc.host, "Host")
-        return tc, tc_ref, host
+    def _settle_refs(
+        self, connection_id: str, escrow_id: str | None, cap_id: str | None
+    ) -> tuple[SharedRef, SharedRef, SharedRef]:
+        """The connection's, its escrow's and its cap's references (``escrow_id`` and
+        ``cap_id`` passing others explicitly)."""
+        conn = self.get_connection(connection_id)
+        tc = self._shared(conn.id, "TransportControl")
+        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        cap = self._shared(cap_id if cap_id is not None else conn.spending_cap, "SpendingCap")
+        return tc, escrow, cap
 
-    def close_connection(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
         check_signer(signer)
-        _, tc, host = self._connection_refs(connection_id, host_id)
+        tc = self._shared(connection_id, "TransportControl")
         self._execute(
-            signer,
-            "transport_control::close",
-            lambda ctx: sui_tx.close_connection(ctx, tc, host),
+            signer, "transport_control::close", lambda ctx: sui_tx.close_connection(ctx, tc)
         )
 
-    def finalize(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
         check_signer(signer)
-        _, tc, host = self._connection_refs(connection_id, host_id)
-        self._execute(
-            signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc, host)
-        )
+        tc = self._shared(connection_id, "TransportControl")
+        self._execute(signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc))
 
     def settle(
         self,
         signer: HostIdentity,
         connection_id: str,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
+        cap_id: str | None = None,
     ) -> Settlement:
         check_signer(signer)
-        conn, tc, host = self._connection_refs(connection_id, host_id)
-        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        tc, escrow, cap = self._settle_refs(connection_id, escrow_id, cap_id)
         out = self._execute(
             signer,
             "transport_control::settle",
-            lambda ctx: sui_tx.settle(ctx, tc, host, escrow),
+            lambda ctx: sui_tx.settle(ctx, tc, escrow, cap),
         )
         settled = out.event("ConnectionSettled")
         return Settlement(0, int(settled["claimed"]), int(settled["refunded"]))
@@ -931,19 +924,17 @@ class SuiLedger(Ledger):
         signer: HostIdentity,
         connection_id: str,
         receipt: Receipt,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
         check_signer(signer)
         self._check_receipt(receipt)
-        conn, tc, host = self._connection_refs(connection_id, host_id)
-        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
-        cap = self._shared(cap_id if cap_id is not None else conn.spending_cap, "SpendingCap")
+        tc, escrow, cap = self._settle_refs(connection_id, escrow_id, cap_id)
         out = self._execute(
             signer,
             "transport_control::settle_with_receipt",
-            lambda ctx: sui_tx.settle_with_receipt(ctx, tc, host, escrow, cap, receipt),
+            lambda ctx: sui_tx.settle_with_receipt(ctx, tc, escrow, cap, receipt),
         )
         settled = out.event("ConnectionSettled")
         paid = int(out.event("ReceiptClaimed")["paid"])

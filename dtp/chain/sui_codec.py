@@ -80,12 +80,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
             (
                 "map",
                 "u16",
-                _struct(
-                    ("kind", "string"),
-                    ("sla", _SLA),
-                    ("max_connections", "u64"),
-                    ("open_connections", "u64"),
-                ),
+                _struct(("kind", "string"), ("sla", _SLA), ("max_connections", "u64")),
             ),
         ),
         (
@@ -99,8 +94,6 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
                 ("max_requests_per_sec", "u64"),
             ),
         ),
-        ("open_connections", "u64"),
-        ("client_connections", "table"),
     ),
     "SpendingCap": _struct(
         ("id", "id"),
@@ -139,7 +132,8 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("client_public_key", "bytes"),
         ("server", "address"),
         ("spending_cap", "id"),
-        ("cap_max_per_epoch", "u64"),
+        ("reserved_epoch", "u64"),
+        ("reserved", "u64"),
         ("sla", _SLA),
         ("funds", "u64"),
         ("deposited", "u64"),
@@ -203,7 +197,10 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("cap", "id"), ("owner", "address"), ("max_per_epoch", "u64")
     ),
     ("spending_cap", "SpendingCapChanged"): _struct(("cap", "id"), ("max_per_epoch", "u64")),
-    ("spending_cap", "SpendingCapCharged"): _struct(
+    ("spending_cap", "SpendingCapReserved"): _struct(
+        ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
+    ),
+    ("spending_cap", "SpendingCapReleased"): _struct(
         ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
     ),
     ("escrow", "ReceiptClaimed"): _struct(
@@ -485,8 +482,8 @@ def decode_object(
     table_entries: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
-    the entries of its ``Table<address, u64>`` (Host client connections, Broadcast
-    contributions), read from dynamic fields by the caller."""
+    the entries of its ``Table<address, u64>`` (a Broadcast's contributions), read from
+    dynamic fields by the caller."""
     layout = OBJECT_LAYOUTS.get(struct)
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
@@ -500,12 +497,10 @@ def decode_object(
 
 
 def table_id(struct: str, data: bytes) -> str | None:
-    """The ID of the ``Table`` inside a Host or Broadcast (None for other structs)."""
-    if struct not in ("Host", "Broadcast"):
+    """The ID of the ``Table`` inside a Broadcast (None for other structs)."""
+    if struct != "Broadcast":
         return None
-    d = decode(OBJECT_LAYOUTS[struct], data)
-    field = "client_connections" if struct == "Host" else "contributions"
-    return str(d[field]["id"])
+    return str(decode(OBJECT_LAYOUTS[struct], data)["contributions"]["id"])
 
 
 def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
@@ -523,7 +518,6 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
                     "kind": s.kind,
                     "sla": s.sla.to_fields(),
                     "max_connections": s.max_connections,
-                    "open_connections": s.open_connections,
                 }
                 for port, s in obj.services.items()
             },
@@ -535,8 +529,6 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
                 "max_bytes_per_sec": fw.max_bytes_per_sec,
                 "max_requests_per_sec": fw.max_requests_per_sec,
             },
-            "open_connections": obj.open_connections,
-            "client_connections": {"id": table, "size": len(obj.client_connections)},
         }
     if isinstance(obj, SpendingCap):
         return {
@@ -579,7 +571,8 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "client_public_key": obj.client_public_key,
             "server": obj.server,
             "spending_cap": obj.spending_cap,
-            "cap_max_per_epoch": obj.cap_max_per_epoch or 0,
+            "reserved_epoch": obj.reserved_epoch,
+            "reserved": obj.reserved,
             "sla": obj.sla.to_fields(),
             "funds": obj.balance,
             "deposited": obj.deposited,

@@ -71,13 +71,13 @@ fun open_subscribed(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit:
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(scenario, th::client(), deposit);
     let conn = sub.open_connection(
         &offer,
-        &mut h,
-        &cap,
+        &h,
+        &mut cap,
         th::client_pk(),
         payment,
         clock,
@@ -140,9 +140,6 @@ fun subscription_expiry_and_renewal() {
     assert!(th::balance_of(&scenario, th::server()) == 200);
     open_subscribed(&mut scenario, &clock, cap_id, 0);
     scenario.next_tx(th::server());
-    let h = scenario.take_shared<Host>();
-    assert!(h.open_connections() == 2);
-    ts::return_shared(h);
     let e = scenario.take_shared<Escrow>();
     assert!(e.balance() == 0 && e.claimed() == 0);
     ts::return_shared(e);
@@ -234,10 +231,10 @@ fun sponsor_setup(scenario: &mut Scenario, server_funds: u64, share_bps: u64, po
 fun open_sponsored(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {
     scenario.next_tx(th::client());
     let mut pool = scenario.take_shared<SponsorPool>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(scenario, th::client(), deposit);
-    let conn = pool.open_connection(&mut h, &cap, th::client_pk(), payment, clock, scenario.ctx());
+    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
     ts::return_shared(pool);
     ts::return_shared(h);
     ts::return_shared(cap);
@@ -320,11 +317,9 @@ fun sponsor_split_costs() {
     scenario.next_tx(th::server());
     {
         let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-        let mut h = scenario.take_shared<Host>();
         let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
         let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
         tc.settle_with_receipt(
-            &mut h,
             &mut e,
             &mut cap,
             10240,
@@ -336,7 +331,6 @@ fun sponsor_split_costs() {
             scenario.ctx(),
         );
         ts::return_shared(tc);
-        ts::return_shared(h);
         ts::return_shared(e);
         ts::return_shared(cap);
     };
