@@ -983,6 +983,8 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         PaymentModelError,
         "The retention time has not elapsed",
     ),
+    ("payment", "EZeroPayment", 230, InvalidArgument, "Payment must be positive"),
+    ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
 )
 
 #: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per

@@ -22,7 +22,7 @@ from dtp.chain import sui_tx
 from dtp.chain.economics import PaymentModels, sponsor_split
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.chain.objects import EventFilter, Sla
 from dtp.chain.sui import event_from_proto
 from dtp.chain.sui_codec import encode
 from dtp.chain.sui_economics import (
@@ -35,6 +35,8 @@ from dtp.errors import (
     AlreadyRefunded,
     ChainError,
     InsufficientFunds,
+    InvalidArgument,
+    InvalidObjectId,
     NotAuthorized,
     ObjectNotFound,
     PaymentModelError,
@@ -280,6 +282,32 @@ def test_retention_bad_input(world: World) -> None:
     assert conserved(ledger)
 
 
+def test_payment_bad_input(world: World) -> None:
+    ledger = world.ledger
+    world.refused(InvalidArgument, "EZeroPayment", ledger.pay, CLIENT, OTHER.sui_address, 0)
+    world.refused(
+        InvalidArgument, "EMemoTooLong", ledger.pay, CLIENT, OTHER.sui_address, 1, b"m" * 257
+    )
+    world.refused(
+        InsufficientFunds, "InsufficientCoinBalance", ledger.pay, CLIENT, OTHER.sui_address,
+        100_001,
+    )  # fmt: skip
+    with pytest.raises(InvalidObjectId):
+        ledger.pay(CLIENT, "not an address", 1)
+    before = ledger.balance(CLIENT.sui_address), ledger.balance(OTHER.sui_address)
+    ledger.pay(CLIENT, OTHER.sui_address, 300, b"m" * 256)  # the longest memo
+    after = ledger.balance(CLIENT.sui_address), ledger.balance(OTHER.sui_address)
+    assert after == (before[0] - 300, before[1] + 300)
+    (sent,) = ledger.events(filter=EventFilter(type="PaymentSent"))[0]
+    assert dict(sent.fields) == {
+        "from": CLIENT.sui_address,
+        "to": OTHER.sui_address,
+        "amount": 300,
+        "memo": b"m" * 256,
+    }
+    assert conserved(ledger)
+
+
 def test_ledgers_without_payment_models_say_so() -> None:
     class Bare(PaymentModels):
         pass
@@ -440,6 +468,7 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
     ),
     "confirm_consumed": ((RECORD,), [S], {RECORD.object_id: True}),
     "delete_retained": ((RECORD,), [S, S], {RECORD.object_id: True}),
+    "pay": ((OTHER.sui_address, 300, b"tip #1"), ["coin", "pure", "pure"], {}),
 }
 
 
@@ -456,6 +485,7 @@ def test_every_payment_model_method_has_a_builder_and_a_case() -> None:
         for name in vars(PaymentModels)
         if not name.startswith("_") and not name.startswith("get_")
     }
+    methods.add("pay")  # Ledger.pay (dtp/chain/ledger.py): built with the payment models
     assert methods == set(sui_tx.ECONOMICS_BUILDERS) == set(sui_tx.ECONOMICS_TARGETS) == set(CASES)
     assert not set(sui_tx.ECONOMICS_BUILDERS) & set(sui_tx.BUILDERS)
 
@@ -549,6 +579,7 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     ledger.confirm_consumed(SERVER, gone)
     ledger.delete_retained(CLIENT, gone)
     ledger.refund_tickets(OTHER, other_sale)
+    ledger.pay(CLIENT, OTHER.sui_address, 5, b"thanks")
     return ids
 
 

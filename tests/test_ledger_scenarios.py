@@ -80,6 +80,7 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "send_retained": ["PipeDataSent", "RecordRetained"],
     "confirm_consumed": ["RecordConsumed"],
     "delete_retained": ["RecordDeleted"],
+    "pay": ["PaymentSent"],
 }
 
 
@@ -174,6 +175,9 @@ class Runner:
             "open": lambda: self.open(step),
             "top_up": lambda: ledger.top_up(
                 by, ledger.get_connection(conn()).escrow, step["amount"]
+            ),
+            "pay": lambda: ledger.pay(
+                by, self.addr(step["to"]), step["amount"], step["memo"].encode()
             ),
             "claim": lambda: ledger.claim(
                 by,

@@ -237,6 +237,7 @@ def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
         "open_sponsored_connection key": lambda: led.open_sponsored_connection(
             s, ZERO, ZERO, 0, bad
         ),
+        "pay memo": lambda: led.pay(s, OTHER.sui_address, 1, bad),
     }
 
 

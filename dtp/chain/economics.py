@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BPS",
+    "MAX_PAYMENT_MEMO",
     "PaymentModels",
     "RetainedRecord",
     "RetentionTerms",
@@ -42,6 +43,9 @@ __all__ = [
 
 #: 100% in basis points (``SponsorPool.share_bps``).
 BPS: Final = 10_000
+
+#: Longest memo of a ``payment::pay`` (bytes).
+MAX_PAYMENT_MEMO: Final = 256
 
 _U64_MAX: Final = 2**64 - 1
 

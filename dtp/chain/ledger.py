@@ -443,6 +443,15 @@ class Ledger(PaymentModels, abc.ABC):
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
 
+    # -- payment (dtp::payment) -----------------------------------------------------------------
+    # Not abstract, as the messaging calls below; both built-in ledgers implement it.
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        """``payment::pay``: send ``amount`` MIST (> 0) from the signer's balance to the
+        address ``recipient``, with a ``memo`` of at most ``MAX_PAYMENT_MEMO`` (256) bytes
+        carried by its ``PaymentSent`` event: a tip, a reward, a bounty."""
+        raise NotImplementedError(f"{type(self).__name__} has no payment call")
+
     # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
     # Not abstract: ledgers written before these modules keep working; both built-in
     # ledgers implement them.

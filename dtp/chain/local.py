@@ -1417,6 +1417,18 @@ class LocalLedger(Ledger):
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
 
+    # -- payment ---------------------------------------------------------------------------------
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        self._call(
+            signer,
+            "payment",
+            "pay",
+            _u64(amount, "the amount"),
+            self._id(recipient, "recipient address"),
+            as_bytes(memo, "memo"),
+        )
+
     # -- mailbox and response escrow ------------------------------------------------------------
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:

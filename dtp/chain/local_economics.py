@@ -1,7 +1,7 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
-``dtp::tickets`` and ``dtp::retention`` (docs/escrow.md §13-16), with the checks in the
-order of the ``.move`` files. Registered into :data:`dtp.chain.local_rules.FUNCTIONS` at
-the end of that module.
+``dtp::tickets``, ``dtp::retention`` and ``dtp::payment`` (docs/escrow.md §13-16, §20),
+with the checks in the order of the ``.move`` files. Registered into
+:data:`dtp.chain.local_rules.FUNCTIONS` at the end of that module.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dtp.chain.economics import BPS
+from dtp.chain.economics import BPS, MAX_PAYMENT_MEMO
 from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, tc_open, utf8
 from dtp.errors import move_error
 
@@ -677,6 +677,24 @@ def retention_delete(x: Exec, record_id: str) -> int:
     return refunded
 
 
+# -- payment ---------------------------------------------------------------------------------
+
+
+def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
+    """``payment::pay``: the coin goes to ``recipient`` at once."""
+    x.take_coin(amount)
+    if amount == 0:
+        raise move_error("payment", "EZeroPayment", f"from {x.sender} to {recipient}")
+    if len(memo) > MAX_PAYMENT_MEMO:
+        raise move_error("payment", "EMemoTooLong", f"{len(memo)} > {MAX_PAYMENT_MEMO} bytes")
+    x.pay(recipient, amount)
+    x.emit(
+        "payment",
+        "PaymentSent",
+        {"from": x.sender, "to": recipient, "amount": amount, "memo": memo},
+    )
+
+
 #: ``(module, function)`` -> (argument kinds, handler), in the format of
 #: :data:`dtp.chain.local_rules.FUNCTIONS`.
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
@@ -732,4 +750,5 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ),
     ("retention", "confirm"): (("obj:RetainedRecord",), retention_confirm),
     ("retention", "delete"): (("obj:RetainedRecord",), retention_delete),
+    ("payment", "pay"): (("coin", "address", "bytes"), payment_pay),
 }

@@ -1046,6 +1046,13 @@ class SuiLedger(Ledger):
             raise ObjectNotFound(f"ResponseEscrow {obj.object_id} is not a shared object.")
         return SharedRef(obj.object_id, obj.initial_shared_version)
 
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        check_signer(signer)
+        self._amount(amount, "the amount")
+        to = normalize_id(recipient, "recipient address")
+        raw = sui_tx.as_bytes(memo, "memo")
+        self._execute(signer, "payment::pay", lambda ctx: sui_tx.pay(ctx, to, amount, raw), amount)
+
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
         check_signer(signer)
         raw = sui_tx.as_bytes(payload, "payload")

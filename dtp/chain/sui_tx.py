@@ -957,6 +957,18 @@ def create_ticket_sale(
     return tx.finish()
 
 
+def pay(ctx: TxContext, recipient: str, amount: int, memo: bytes) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``payment::pay(coin, recipient, memo)``."""
+    tx = _Tx(ctx)
+    coin = tx.coin(amount, "the amount")
+    args = [
+        tx.pure(encode_address(recipient, "recipient")),
+        tx.pure(encode_bytes(memo, "memo")),
+    ]
+    tx.call("payment", "pay", [coin, *args])
+    return tx.finish()
+
+
 def buy_tickets(ctx: TxContext, sale: SharedRef, count: int, payment: int) -> bytes:
     """``SplitCoins(GasCoin, [payment])`` then ``tickets::buy(&mut sale, count, coin,
     &clock)``."""
@@ -1061,6 +1073,7 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
     "withdraw_sponsor_pool": ("sponsor", "withdraw"),
     "open_sponsored_connection": ("sponsor", "open_connection"),
     "reimburse": ("sponsor", "reimburse"),
+    "pay": ("payment", "pay"),
     "create_ticket_sale": ("tickets", "create"),
     "buy_tickets": ("tickets", "buy"),
     "go_on_air": ("tickets", "go_on_air"),

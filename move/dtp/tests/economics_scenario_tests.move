@@ -1,5 +1,5 @@
 /// The payment-model scenarios (tests/scenarios/subscription.toml, sponsor.toml,
-/// tickets.toml, retention.toml), one test per scenario with the same name. As in
+/// tickets.toml, retention.toml, payment.toml), one test per scenario with the same name. As in
 /// `dtp::scenario_tests`, a scenario whose last step expects an error is an
 /// `expected_failure` test whose last call must abort with it.
 #[test_only]
@@ -7,6 +7,7 @@ module dtp::economics_scenario_tests;
 
 use dtp::escrow::{Self, Escrow};
 use dtp::host::Host;
+use dtp::payment;
 use dtp::pipe::{Self, Pipe};
 use dtp::retention::{Self, RetainedRecord, RetentionTerms};
 use dtp::spending_cap::SpendingCap;
@@ -599,5 +600,45 @@ fun retention_confirm_by_sender_rejected() {
     let (mut scenario, clock) = th::start();
     retention_setup(&mut scenario, &clock);
     confirm(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
+
+// === Payment stories ===
+
+/// CLIENT (funded with 1000) pays `amount` to OTHER with `memo`.
+fun pay(scenario: &mut Scenario, amount: u64, memo: vector<u8>) {
+    th::fund(scenario, th::client(), 1_000);
+    scenario.next_tx(th::client());
+    let coin = th::take(scenario, th::client(), amount);
+    payment::pay(coin, th::other(), memo, scenario.ctx());
+}
+
+#[test]
+fun payment_reaches_recipient() {
+    let (mut scenario, clock) = th::start();
+    pay(&mut scenario, 300, b"tip #1");
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 700);
+    assert!(th::balance_of(&scenario, th::other()) == 300);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = payment::EZeroPayment)]
+fun payment_zero_rejected() {
+    let (mut scenario, clock) = th::start();
+    pay(&mut scenario, 0, b"");
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = payment::EMemoTooLong)]
+fun payment_memo_too_long_rejected() {
+    let (mut scenario, clock) = th::start();
+    let mut memo = vector[];
+    let mut i = 0;
+    while (i <= payment::max_memo_length()) {
+        memo.push_back(0x6d);
+        i = i + 1;
+    };
+    pay(&mut scenario, 1, memo);
     th::finish(scenario, clock);
 }
