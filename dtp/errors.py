@@ -718,6 +718,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         BroadcastError,
         "Broadcast data exceeds the per-message limit",
     ),
+    (
+        "broadcast",
+        "ENotOrganizer",
+        98,
+        NotAuthorized,
+        "Only the ticket sale's organizer can broadcast for it",
+    ),
     ("mailbox", "EEmptyPayload", 160, InvalidArgument, "Mail payload is empty"),
     (
         "mailbox",

@@ -308,6 +308,25 @@ def test_payment_bad_input(world: World) -> None:
     assert conserved(ledger)
 
 
+def test_ticketed_broadcast_bad_input(world: World) -> None:
+    ledger = world.ledger
+    sale = ledger.create_ticket_sale(SERVER, "show", 10, 1, 0, 10_000)
+    world.refused(
+        NotAuthorized, "ENotOrganizer", ledger.create_ticketed_broadcast, CLIENT, sale, "s", 1, 1
+    )
+    world.refused(
+        ChainError, "EInvalidSlot", ledger.create_ticketed_broadcast, SERVER, sale, "s", 0, 1
+    )
+    world.refused(
+        ObjectNotFound, "ObjectNotFound", ledger.create_ticketed_broadcast, SERVER, world.host,
+        "s", 1, 1,
+    )  # fmt: skip
+    ticketed = ledger.create_ticketed_broadcast(SERVER, sale, "show", 10, 1_000)
+    assert ledger.get_broadcast(ticketed).ticket_sale == sale
+    plain = ledger.create_broadcast(SERVER, "open", 10, 1_000)
+    assert ledger.get_broadcast(plain).ticket_sale is None
+
+
 def test_ledgers_without_payment_models_say_so() -> None:
     class Bare(PaymentModels):
         pass
@@ -468,6 +487,11 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
     ),
     "confirm_consumed": ((RECORD,), [S], {RECORD.object_id: True}),
     "delete_retained": ((RECORD,), [S, S], {RECORD.object_id: True}),
+    "create_ticketed_broadcast": (
+        (SALE, "launch", 100, 1_000),
+        [S, "pure", "pure", "pure", S],
+        {SALE.object_id: False, CLOCK_ID: False},
+    ),
     "pay": ((OTHER.sui_address, 300, b"tip #1"), ["coin", "pure", "pure"], {}),
 }
 

@@ -52,6 +52,7 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "set_firewall_mode": ["HostUpdated"],
     "set_client_limits": ["HostUpdated"],
     "broadcast_create": ["BroadcastCreated"],
+    "broadcast_create_ticketed": ["BroadcastCreated"],
     "contribute": ["BroadcastContributed"],
     "transmit": ["BroadcastTransmitted"],
     "broadcast_claim": ["BroadcastClaimed"],
@@ -206,6 +207,7 @@ class Runner:
             "advance_clock": lambda: ledger.advance_clock(step["ms"]),
             "next_epoch": ledger.advance_epoch,
             "broadcast_create": lambda: self.create_broadcast(step),
+            "broadcast_create_ticketed": lambda: self.create_broadcast(step, ticketed=True),
             "contribute": lambda: ledger.broadcast_contribute(by, self.bcast(), step["amount"]),
             "transmit": lambda: ledger.broadcast_transmit(by, self.bcast(), step["data"].encode()),
             "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
@@ -348,10 +350,12 @@ class Runner:
         )
         self.conns[step["conn"]] = opened.connection_id
 
-    def create_broadcast(self, step: dict[str, Any]) -> None:
-        self.broadcast_id = self.ledger.create_broadcast(
-            ACTORS[step["by"]], step["channel"], step["slot_price"], step["slot_ms"]
-        )
+    def create_broadcast(self, step: dict[str, Any], *, ticketed: bool = False) -> None:
+        by, args = ACTORS[step["by"]], (step["channel"], step["slot_price"], step["slot_ms"])
+        if ticketed:
+            self.broadcast_id = self.ledger.create_ticketed_broadcast(by, self.model["sale"], *args)
+        else:
+            self.broadcast_id = self.ledger.create_broadcast(by, *args)
 
     # checks
 
@@ -404,6 +408,9 @@ class Runner:
                     assert ledger.is_on_air(b.id) == expected, "on_air"
                 elif key in ("earned", "pool"):
                     assert getattr(b, key) == expected, f"broadcast.{key}"
+                elif key == "ticketed":
+                    sale = self.model.get("sale") if expected else None
+                    assert b.ticket_sale == sale, "broadcast.ticket_sale"
                 else:
                     pytest.fail(f"broadcast check key {key!r} has no runner support")
         self.check_models(step)

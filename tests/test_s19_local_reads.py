@@ -172,6 +172,7 @@ FIELDS: list[tuple[str, str, list[object]]] = [
     ("Broadcast", "$.slot_ms", NUMBER_DAMAGE),
     ("Broadcast", "$.cancelled", FLAG_DAMAGE),
     ("Broadcast", "$.contributions", [[["0x1", 1]], "x"]),
+    ("Broadcast", "$.ticket_sale", [5, ["0x1"], {"id": "0x1"}]),
     ("SubscriptionOffer", "$.price_per_epoch", NUMBER_DAMAGE),
     ("SubscriptionOffer", "$.withdrawn", FLAG_DAMAGE),
     ("Subscription", "$.funds", NUMBER_DAMAGE),

@@ -238,6 +238,9 @@ def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
             s, ZERO, ZERO, 0, bad
         ),
         "pay memo": lambda: led.pay(s, OTHER.sui_address, 1, bad),
+        "create_ticketed_broadcast channel": lambda: led.create_ticketed_broadcast(
+            s, ZERO, bad, 1, 1000
+        ),
     }
 
 

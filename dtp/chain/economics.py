@@ -433,6 +433,19 @@ class PaymentModels:
 
     # -- tickets -------------------------------------------------------------------------------
 
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        """``broadcast::create_ticketed``: a broadcast (as ``create_broadcast``) for the
+        holders of ``sale_id``'s tickets, by the sale's organizer (``ENotOrganizer``).
+        Returns the broadcast ID."""
+        raise _missing(self, "ticketed broadcasts")
+
     def create_ticket_sale(
         self,
         signer: HostIdentity,

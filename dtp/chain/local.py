@@ -1393,6 +1393,25 @@ class LocalLedger(Ledger):
         )
         return str(result.value)
 
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "broadcast",
+            "create_ticketed",
+            self._id(sale_id),
+            as_bytes(channel, "channel"),
+            _u64(slot_price, "slot_price"),
+            _u64(slot_ms, "slot_ms"),
+        )
+        return str(result.value)
+
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
         self._call(
             signer,

@@ -48,6 +48,7 @@ __all__ = [
     "Exec",
     "Store",
     "from_json",
+    "new_broadcast",
     "parse_stored_int",
     "stored_int",
     "to_json",
@@ -1095,6 +1096,13 @@ def _assert_live(b: dict[str, Any], b_id: str) -> None:
 
 
 def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int) -> str:
+    return new_broadcast(x, raw_channel, slot_price, slot_ms, None)
+
+
+def new_broadcast(
+    x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int, ticket_sale: str | None
+) -> str:
+    """``broadcast::new``: ``create``, or ``create_ticketed`` once it checked the sale."""
     if slot_price == 0 or slot_ms == 0:
         raise move_error("broadcast", "EInvalidSlot", f"price {slot_price}, length {slot_ms} ms")
     channel = utf8(raw_channel, "channel")
@@ -1117,6 +1125,7 @@ def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int)
             "cancelled": False,
             "refund_base": 0,
             "outstanding": 0,
+            "ticket_sale": ticket_sale,
         },
     )
     x.emit(
@@ -1129,6 +1138,7 @@ def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int)
             "slot_price": slot_price,
             "slot_ms": slot_ms,
             "start_ms": x.now_ms,
+            "ticket_sale": ticket_sale,
         },
     )
     return b_id

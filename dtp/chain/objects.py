@@ -380,6 +380,9 @@ class Broadcast:
     cancelled: bool
     refund_base: int
     outstanding: int
+    #: The TicketSale whose holders alone may listen (``create_ticketed``); None for an
+    #: open broadcast.
+    ticket_sale: str | None = None
 
     def slot_at(self, now_ms: int) -> int:
         """Index of the slot in progress at ``now_ms``."""
@@ -609,6 +612,7 @@ def _object_from_fields(
             d["cancelled"],
             d["refund_base"],
             d["outstanding"],
+            d.get("ticket_sale"),
         )
     raise ValueError(f"{name} is not a dtp object type")
 

@@ -1364,6 +1364,26 @@ class SuiLedger(Ledger):
         )
         return str(out.event("TicketSaleCreated")["sale"])
 
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        check_signer(signer)
+        sui_tx.as_bytes(channel, "channel")
+        self._amount(slot_price, "slot_price")
+        self._amount(slot_ms, "slot_ms")
+        sale = self._model_ref(sale_id, "TicketSale")
+        out = self._execute(
+            signer,
+            "broadcast::create_ticketed",
+            lambda ctx: sui_tx.create_ticketed_broadcast(ctx, sale, channel, slot_price, slot_ms),
+        )
+        return out.created_of("Broadcast") or str(out.event("BroadcastCreated")["broadcast"])
+
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
         check_signer(signer)
         self._amount(count, "count")

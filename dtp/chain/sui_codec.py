@@ -6,7 +6,8 @@ below are written from the Move sources (field order is BCS order): ``ID``/``UID
 ``address`` are 32 bytes, ``String`` and ``vector<u8>`` are ``uleb128(len) || bytes``,
 ``VecMap<K, V>`` is a vector of ``(K, V)`` pairs, ``VecSet<T>`` a vector of ``T``,
 ``Balance<T>`` a ``u64``, ``Table<K, V>`` a ``UID`` plus a ``u64`` size (entries are
-dynamic fields, read separately), enums a ``uleb128`` variant index then its fields.
+dynamic fields, read separately), enums a ``uleb128`` variant index then its fields,
+``Option<T>`` a vector of zero or one ``T`` (decoded as None or the value).
 
 Decoded values follow :class:`dtp.chain.objects.Event`: IDs and addresses as ``0x`` + 64
 lowercase hex, integers as int, ``vector<u8>`` as bytes, ``String`` as str, ``Sla`` as a
@@ -46,8 +47,9 @@ __all__ = [
     "object_to_fields",
 ]
 
-#: A layout: a primitive name, or a tuple ``("vec", T)``, ``("map", K, V)``,
-#: ``("struct", ((name, T), ...))``, ``("enum", ((variant, ((name, T), ...)), ...))``.
+#: A layout: a primitive name, or a tuple ``("vec", T)``, ``("option", T)``,
+#: ``("map", K, V)``, ``("struct", ((name, T), ...))``,
+#: ``("enum", ((variant, ((name, T), ...)), ...))``.
 Layout = str | tuple[Any, ...]
 
 
@@ -165,6 +167,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("cancelled", "bool"),
         ("refund_base", "u64"),
         ("outstanding", "u64"),
+        ("ticket_sale", ("option", "id")),
     ),
 }
 
@@ -258,6 +261,7 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("slot_price", "u64"),
         ("slot_ms", "u64"),
         ("start_ms", "u64"),
+        ("ticket_sale", ("option", "id")),
     ),
     ("broadcast", "BroadcastContributed"): _struct(
         ("broadcast", "id"),
@@ -345,6 +349,11 @@ def _read(r: _Reader, layout: Layout) -> Any:
     tag = layout[0]
     if tag == "vec":
         return [_read(r, layout[1]) for _ in range(r.uleb())]
+    if tag == "option":
+        present = r.uleb()
+        if present > 1:
+            raise BcsDecodeError(f"An Option holds {present} values.")
+        return _read(r, layout[1]) if present else None
     if tag == "map":
         out: dict[Any, Any] = {}
         for _ in range(r.uleb()):
@@ -425,6 +434,10 @@ def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
         out += bcs_uleb128(len(value))
         for item in value:
             _write(out, layout[1], item)
+    elif tag == "option":
+        out += bcs_uleb128(0 if value is None else 1)
+        if value is not None:
+            _write(out, layout[1], value)
     elif tag == "map":
         out += bcs_uleb128(len(value))
         for key, item in value.items():
@@ -607,6 +620,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
         "cancelled": obj.cancelled,
         "refund_base": obj.refund_base,
         "outstanding": obj.outstanding,
+        "ticket_sale": obj.ticket_sale,
     }
 
 

@@ -957,6 +957,21 @@ def create_ticket_sale(
     return tx.finish()
 
 
+def create_ticketed_broadcast(
+    ctx: TxContext, sale: SharedRef, channel: str | bytes, slot_price: int, slot_ms: int
+) -> bytes:
+    """``broadcast::create_ticketed(&sale, channel, slot_price, slot_ms, &clock)``."""
+    tx = _Tx(ctx)
+    s = tx.shared(sale, mutable=False)
+    args = [
+        tx.pure(encode_bytes(channel, "channel")),
+        tx.pure(encode_u64(slot_price, "slot_price")),
+        tx.pure(encode_u64(slot_ms, "slot_ms")),
+    ]
+    tx.call("broadcast", "create_ticketed", [s, *args, tx.clock()])
+    return tx.finish()
+
+
 def pay(ctx: TxContext, recipient: str, amount: int, memo: bytes) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``payment::pay(coin, recipient, memo)``."""
     tx = _Tx(ctx)
@@ -1073,6 +1088,7 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
     "withdraw_sponsor_pool": ("sponsor", "withdraw"),
     "open_sponsored_connection": ("sponsor", "open_connection"),
     "reimburse": ("sponsor", "reimburse"),
+    "create_ticketed_broadcast": ("broadcast", "create_ticketed"),
     "pay": ("payment", "pay"),
     "create_ticket_sale": ("tickets", "create"),
     "buy_tickets": ("tickets", "buy"),

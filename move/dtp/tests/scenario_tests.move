@@ -9,6 +9,7 @@ use dtp::escrow::{Self, Escrow};
 use dtp::host::{Self, Host};
 use dtp::spending_cap::{Self, SpendingCap};
 use dtp::test_helpers as th;
+use dtp::tickets::{Self, TicketSale};
 use dtp::transport_control::{Self, TransportControl};
 use sui::test_scenario as ts;
 
@@ -357,5 +358,40 @@ fun broadcast_cancel_refunds() {
     assert!(th::balance_of(&scenario, th::listener_a()) == 925);
     assert!(th::balance_of(&scenario, th::listener_b()) == 975);
     assert!(th::balance_of(&scenario, th::server()) == 100);
+    th::finish(scenario, clock);
+}
+
+/// The organizer (SERVER) opens a sale "launch": 50 MIST a ticket, at least one, deadline
+/// 10 s.
+fun ticket_sale(scenario: &mut ts::Scenario, clock: &sui::clock::Clock) {
+    scenario.next_tx(th::server());
+    tickets::create(b"launch", 50, 1, 0, 10_000, clock, scenario.ctx());
+}
+
+#[test]
+fun ticketed_broadcast_records_its_sale() {
+    let (mut scenario, clock) = th::start();
+    ticket_sale(&mut scenario, &clock);
+    scenario.next_tx(th::server());
+    let sale = scenario.take_shared<TicketSale>();
+    let sale_id = object::id(&sale);
+    broadcast::create_ticketed(&sale, b"launch", 100, 1_000, &clock, scenario.ctx());
+    ts::return_shared(sale);
+    scenario.next_tx(th::server());
+    let b = scenario.take_shared<Broadcast>();
+    assert!(b.ticket_sale() == option::some(sale_id));
+    assert!(!b.is_on_air(&clock));
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::ENotOrganizer)]
+fun ticketed_broadcast_by_another_rejected() {
+    let (mut scenario, clock) = th::start();
+    ticket_sale(&mut scenario, &clock);
+    scenario.next_tx(th::other());
+    let sale = scenario.take_shared<TicketSale>();
+    broadcast::create_ticketed(&sale, b"launch", 100, 1_000, &clock, scenario.ctx());
+    ts::return_shared(sale);
     th::finish(scenario, clock);
 }
