@@ -44,6 +44,7 @@ from dtp.errors import (
     HandshakeError,
     InsufficientFunds,
     InvalidArgument,
+    connection_limit_refusal,
     move_error,
 )
 from dtp.keys import HostIdentity
@@ -56,6 +57,7 @@ __all__ = [
     "HOOK_FAILED",
     "Admitted",
     "CarrierChoice",
+    "ConnectionLimits",
     "LedgerAdmission",
     "NoCarrierEndpoint",
     "PeerInfo",
@@ -199,8 +201,7 @@ def resolve_service(
 ) -> ResolvedService:
     """Read the Host and check, in the ledger's order, what ``open_connection`` would
     refuse: ``ObjectNotFound`` (no such host), ``ServiceNotFound``, ``FirewallDenied``
-    (deny list wins; allow-listed mode), ``ConnectionLimitReached`` (the host's limit
-    per client, the service's limit), ``InsufficientFunds`` (deposit below the SLA
+    (deny list wins; allow-listed mode), ``InsufficientFunds`` (deposit below the SLA
     minimum, or more than ``client`` holds); :class:`~dtp.errors.HandshakeError` when the
     host's Noise key is one no handshake can use (a low-order point); then, with
     ``carrier="tcp"``, :class:`NoCarrierEndpoint` when the host publishes no TCP
@@ -217,22 +218,8 @@ def resolve_service(
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
     if not host.firewall.permits(client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
-    # the open would abort on these (after a spending cap was made for it: on Sui,
-    # gas for two transactions and a cap left behind each time the client tries)
-    per_client = host.firewall.max_connections_per_client
-    if per_client != 0 and host.connections_of(client) >= per_client:
-        raise move_error(
-            "host",
-            "EMaxConnections",
-            f"{client} already has {host.connections_of(client)} of {per_client} "
-            f"connections to host {host.id}",
-        )
-    if service.max_connections != 0 and service.open_connections >= service.max_connections:
-        raise move_error(
-            "host",
-            "EMaxConnections",
-            f"port {port} of host {host.id} is at {service.max_connections} connections",
-        )
+    # (the connection limits are the host's admission's, at the handshake: the ledger
+    # counts no connections, docs/escrow.md §2)
     minimum = service.sla.min_deposit if min_deposit is None else min_deposit
     if deposit < minimum:
         raise move_error(
@@ -272,6 +259,48 @@ def resolve_service(
             module="sui",
         )
     return ResolvedService(host, service, endpoints[0] if endpoints else None, tuple(endpoints[1:]))
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The connection limits a Host publishes for one of its services, which its
+    admission enforces on the DTP connections it serves (docs/escrow.md §2: the ledger
+    counts none, so that opens of a host run concurrently on Sui). 0 means unlimited."""
+
+    host_id: str
+    port: int
+    #: ``Firewall.max_connections_per_client``: one client's connections to the host.
+    per_client: int
+    #: ``Service.max_connections``: the service's connections.
+    per_service: int
+
+    @classmethod
+    def of(cls, host: Host, port: int) -> ConnectionLimits:
+        """The limits of ``host``'s service on ``port`` (0 for a service it has not)."""
+        service = host.services.get(port)
+        return cls(
+            host.id,
+            port,
+            host.firewall.max_connections_per_client,
+            0 if service is None else service.max_connections,
+        )
+
+    def refusal(self, client: str, of_client: int, of_service: int) -> str | None:
+        """None when a new connection of ``client`` fits, which already has ``of_client``
+        connections served to the host while the service serves ``of_service``; else
+        the refusal (``host::EMaxConnections``, raised at the client as
+        :class:`~dtp.errors.ConnectionLimitReached`)."""
+        if self.per_client and of_client >= self.per_client:
+            return connection_limit_refusal(
+                f"{client} already has {of_client} of {self.per_client} connections to "
+                f"host {self.host_id}"
+            )
+        if self.per_service and of_service >= self.per_service:
+            return connection_limit_refusal(
+                f"port {self.port} of host {self.host_id} serves {of_service} of "
+                f"{self.per_service} connections"
+            )
+        return None
 
 
 class Admitted(NamedTuple):
@@ -320,6 +349,10 @@ class LedgerAdmission:
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.remember = remember
+        #: The connection limits of the Host as the latest admission read it (None
+        #: before the first): the server counts its live connections against them as
+        #: it takes each one in (:meth:`dtp.served.ServedConnections.reserve`).
+        self.limits: ConnectionLimits | None = None
         self._admitted: dict[str, Admitted] = {}
         self._admitted_lock = threading.Lock()
 
@@ -371,6 +404,7 @@ class LedgerAdmission:
             )
         if not host.firewall.permits(peer.address):
             return "the host's firewall denies this client"
+        self.limits = ConnectionLimits.of(host, self.port)
         if self.remember:
             self._remember(Admitted(tc, escrow, view.cap, view.epoch))
         return None
@@ -797,7 +831,7 @@ def abandon_host_connection(
     if prepared.pending_open is not None and prepared.pending_open.opened is None:
         return
     try:
-        ledger.close_connection(identity, prepared.connection_id, address.host_id)
+        ledger.close_connection(identity, prepared.connection_id)
     except Exception as close_exc:
         logger.warning(
             "could not close connection %s on the ledger after %r: %s",

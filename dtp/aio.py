@@ -1379,7 +1379,6 @@ async def _open_by_host_id(
                     metering,
                     now=proto.loop.time(),
                     opened=opened,
-                    cap_id=prepared.cap_id,
                 )
             )
 
@@ -2106,12 +2105,12 @@ class DTPServer:
 
     def _serve_once(self, proto: _Protocol, peer: PeerInfo) -> str | None:
         """A client the ledger admitted: one DTP connection per ledger connection at a
-        time (None, the ID taken until the carrier closes), or the refusal. Several on
-        one ledger connection would each count once against the host's connection
-        limits, which the ledger checks only when a connection opens."""
+        time, within the connection limits the Host publishes (None, the ID taken until
+        the carrier closes), or the refusal (docs/escrow.md §2)."""
         cid = peer.connection_id
         assert cid is not None  # (the ledger admitted it by this ID)
-        refusal = self._serving.reserve(cid)
+        assert isinstance(self._admit, LedgerAdmission)
+        refusal = self._serving.reserve(cid, peer.address, self._admit.limits)
         if refusal is None:
             # (never blocks the loop: a settlement on close runs in a thread)
             proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))

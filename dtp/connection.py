@@ -91,7 +91,6 @@ from dtp.crypto import (
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
-    ConnectionRefused,
     DecryptionError,
     DTPError,
     ErrorCode,
@@ -101,6 +100,7 @@ from dtp.errors import (
     ProtocolError,
     RemoteProtocolError,
     ReplayError,
+    refusal_error,
 )
 from dtp.events import (
     ConnectionAccepted,
@@ -2989,7 +2989,7 @@ def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
     if code == CloseCode.NO_ERROR:
         return None
     if code == CloseCode.REFUSED and event.by_peer:
-        return ConnectionRefused(reason or "refused by the server", code)
+        return refusal_error(reason, code)
     if code == CloseCode.HANDSHAKE_FAILED:
         return HandshakeError(reason or "handshake failed")
     if code == CloseCode.CONNECTION_LOST:

@@ -425,8 +425,11 @@ class FirewallDenied(ChainError):
     """The host's firewall refuses this client."""
 
 
-class ConnectionLimitReached(ChainError):
-    """The service's or the per-client connection limit is reached."""
+class ConnectionLimitReached(ChainError, ConnectionRefusedError):
+    """The service's or the per-client connection limit the Host publishes is reached.
+    The host's admission enforces them off-chain (docs/escrow.md §2): a connection
+    beyond one is refused at its handshake with :func:`refusal_error`'s reason, so this
+    is also a ConnectionRefusedError, as :class:`ConnectionRefused` is."""
 
 
 class InsufficientFunds(ChainError):
@@ -465,7 +468,7 @@ class WrongObject(ChainError):
 
 class HostConfigError(ChainError):
     """A host or service setting is invalid (Noise key, endpoints, firewall mode, port in
-    use, service still busy)."""
+    use, firewall list full)."""
 
 
 class PipeError(ChainError):
@@ -535,7 +538,6 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
     ("host", "ENotAuthority", 1, NotAuthorized, "Sender is not the host's authority"),
     ("host", "EServiceNotFound", 2, ServiceNotFound, "No service on this port"),
     ("host", "EServiceExists", 3, HostConfigError, "A service already uses this port"),
-    ("host", "EServiceBusy", 4, HostConfigError, "Service still has open connections"),
     (
         "host",
         "EInvalidNoiseKey",
@@ -670,7 +672,6 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         ConnectionStateError,
         "Connection must be closed (or half-closed) first, or settled by the server",
     ),
-    ("transport_control", "EWrongHost", 57, WrongObject, "Not this connection's host"),
     ("transport_control", "EWrongEscrow", 58, WrongObject, "Not this connection's escrow"),
     (
         "transport_control",
@@ -733,6 +734,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         97,
         BroadcastError,
         "Broadcast data exceeds the per-message limit",
+    ),
+    (
+        "broadcast",
+        "ENotOrganizer",
+        98,
+        NotAuthorized,
+        "Only the ticket sale's organizer can broadcast for it",
     ),
     ("mailbox", "EEmptyPayload", 160, InvalidArgument, "Mail payload is empty"),
     (
@@ -999,6 +1007,8 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         PaymentModelError,
         "The retention time has not elapsed",
     ),
+    ("payment", "EZeroPayment", 230, InvalidArgument, "Payment must be positive"),
+    ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
 )
 
 #: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per
@@ -1016,6 +1026,23 @@ MOVE_ERRORS_BY_CODE: dict[int, MoveErrorInfo] = {info.code: info for info in MOV
 def move_error(module: str, name: str, detail: str = "") -> ChainError:
     """The exception for the Move abort ``module::name``; ``detail`` names the objects."""
     return MOVE_ERRORS[(module, name)].error(detail)
+
+
+def connection_limit_refusal(detail: str) -> str:
+    """The refusal a host's admission gives a connection beyond one of its connection
+    limits (``host::EMaxConnections``); ``detail`` says which. The client raises it as
+    :class:`ConnectionLimitReached` (:func:`refusal_error`)."""
+    return str(move_error("host", "EMaxConnections", detail))
+
+
+def refusal_error(reason: str, code: int) -> DTPError:
+    """The error for a server's refusal with ``reason`` (CLOSE ``code``):
+    :class:`ConnectionLimitReached` for :func:`connection_limit_refusal`'s, else
+    :class:`ConnectionRefused`."""
+    info = MOVE_ERRORS[("host", "EMaxConnections")]
+    if reason.startswith(info.message + ": "):
+        return info.cls(reason, name=info.name, module=info.module, code=info.code)
+    return ConnectionRefused(reason or "refused by the server", code)
 
 
 def foreign_abort(package: str, module: str, code: int, detail: str) -> ChainError:

@@ -287,32 +287,15 @@ class ConnectionTerms:
     sla: Sla
     client_public_key: bytes
     deposited: int
-    claim_limit: int | None = None
-    """What the client's spending cap lets this connection's claims reach, as read at its
-    start: the escrow's claims so far plus :meth:`SpendingCap.secured` (what no later
-    change of the cap's limit can take away, docs/escrow.md §4); None: not bounded."""
-
-    @property
-    def payable(self) -> int:
-        """The most a receipt of this connection may pay and still be claimable: the
-        deposit, or less where the spending cap says so."""
-        if self.claim_limit is None:
-            return self.deposited
-        return min(self.deposited, self.claim_limit)
+    """The deposit: what receipts may reach. It was reserved on the client's spending
+    cap, so no claim within it can be refused (docs/escrow.md §4)."""
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, connection_id: str) -> ConnectionTerms:
         """Read the terms of ``connection_id`` (blocking ledger reads)."""
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
-        limit = None
-        if tc.sla.price_per_kib or tc.sla.price_per_request:
-            # (a receipt beyond it is refused at the claim -- ESpendingCapExceeded --
-            # and the client, once the half-close timeout passed, took the whole
-            # deposit back: a cap opened at 0, or shared and spent, served for nothing)
-            cap = ledger.get_cap(escrow.spending_cap)
-            limit = escrow.claimed + cap.secured(ledger.epoch(), escrow.cap_max_per_epoch)
-        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited, limit)
+        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited)
 
 
 def _meter_count(name: str, value: object) -> int:

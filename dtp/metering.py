@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from dtp.chain.objects import ConnectionState, Sla, SpendingCap
+from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
@@ -45,8 +43,6 @@ __all__ = [
     "DEPOSIT_LAG_MS",
     "DEPOSIT_READ_INTERVAL_MS",
     "RECEIPT_REQUEST",
-    "CapShare",
-    "CapShares",
     "ClientMeter",
     "ConnectionIds",
     "GateState",
@@ -55,7 +51,6 @@ __all__ = [
     "ReceiptGate",
     "ended_on_ledger",
     "ledger_checks_due",
-    "share_generations",
 ]
 
 #: CLOSE code (application range) a paid server uses when receipts stop covering usage.
@@ -302,162 +297,6 @@ class GateVerdict:
     """Why (for PAUSE and CLOSE)."""
 
 
-class CapShare:
-    """One spending cap as a paid server's live connections share it. Each connection's
-    gate judges a receipt against what the cap lets the server claim; a client that
-    uses one cap for several connections at once would have each of them served on the
-    whole of it, and the claims of the later ones refused. So the receipts the
-    connections hold together (beyond what they claimed) may not exceed what the cap
-    lets the server claim: a receipt that would take them past it is not counted, as
-    one beyond the cap is not (the connection pauses for a receipt the cap can pay)."""
-
-    def __init__(self, cap_id: str, remaining: int) -> None:
-        self.cap_id = cap_id
-        self._lock = threading.Lock()
-        #: What the cap lets the server claim, as last read (less what it claimed since).
-        self.remaining = remaining
-        self._held: dict[int, int] = {}  # id(gate) -> its receipt beyond its claims
-        self._total = 0  # sum of _held
-        #: Bumped by every leave: a read of the cap started before a leave (its
-        #: generation older) may predate that connection's claim, or include it
-        #: (:meth:`refresh` ignores it; the server reads the cap afresh after a leave)
-        self.generation = 0
-
-    def take(self, gate: object, amount: int) -> None:
-        """Let ``gate`` hold a receipt for ``amount`` MIST beyond its claims, or raise
-        SpendingCapExceeded when the others' and this one would exceed the cap."""
-        key = id(gate)
-        with self._lock:
-            mine = self._held.get(key, 0)
-            others = self._total - mine
-            if others + amount > self.remaining:
-                raise move_error(
-                    "spending_cap",
-                    "ESpendingCapExceeded",
-                    f"receipt for {amount} MIST; the client's other connections hold "
-                    f"{others} of the {self.remaining} its cap lets be claimed",
-                )
-            self._held[key] = amount
-            self._total += amount - mine
-
-    def room(self, gate: object) -> int:
-        """What the cap lets ``gate`` hold beyond its claims, the others' receipts
-        taken (may be negative after the cap was read lower)."""
-        with self._lock:
-            return self.remaining - (self._total - self._held.get(id(gate), 0))
-
-    def refresh(self, remaining: int, generation: int | None = None) -> bool:
-        """The cap read again: it lets the server claim ``remaining`` MIST now (its owner
-        may have lowered it, or a new epoch reset it). ``generation``: the share's
-        :attr:`generation` when the read began; a read begun before a connection left
-        is ignored (False): it may or may not hold that connection's claim, which the
-        leave took off already, and applied after it, it counted the claim twice (or
-        not at all). The server reads the cap again after a leave."""
-        with self._lock:
-            if generation is not None and generation != self.generation:
-                return False
-            self.remaining = remaining
-            return True
-
-    def _join(self, gate: object, remaining: int) -> None:
-        """Add ``gate``, whose connection's claims the cap lets take ``remaining`` MIST
-        (as just read). The share keeps the least of what it had and that: taken as it
-        came, a connection opened under a higher limit (or read before another one's
-        claim) raised the budget of every connection on the cap, the receipts they then
-        held together could pass what the claim of the one opened under the lowest
-        limit can take, and one of them went unclaimed. Only a read of the cap for all
-        of them (:meth:`refresh`, from :func:`apply_cap_limits`) raises it."""
-        with self._lock:
-            self.remaining = min(self.remaining, remaining)
-            self._held.setdefault(id(gate), 0)
-
-    def _leave(self, gate: object) -> bool:
-        """Drop ``gate``; True when no connection holds the cap any more.
-
-        What it held is claimed now (or kept for a later claim): spent either way, so it
-        is taken off ``remaining`` -- which is right only if ``remaining`` was read before
-        the claim. A read between the claim and this leave (the server's refresh of the
-        caps, or another connection joining) held the claim already, and it was taken
-        off twice: the connections left on the cap were served that much less than it
-        allows. The taking off stays (nothing is ever counted on beyond the cap), and
-        :attr:`generation` moves on: the server then reads the cap afresh (its claim
-        on the ledger by then), and refreshes begun before are ignored."""
-        with self._lock:
-            held = self._held.pop(id(gate), 0)
-            self._total -= held
-            self.remaining = max(0, self.remaining - held)
-            self.generation += 1
-            return not self._held
-
-
-class CapShares:
-    """A paid server's :class:`CapShare` of each spending cap its live connections use.
-
-    A cap's share goes with its last connection, but what that one's settlement spent of
-    the cap is remembered for :attr:`GONE_KEPT` seconds: a connection admitted on a read
-    of the cap made before that claim (admission's, a moment earlier) would otherwise
-    start a new share on the cap as it was before it, and count receipts its claims
-    cannot take until the next read of the caps."""
-
-    GONE_KEPT: Final = 30.0
-    """Seconds what a cap's share had left, as its last connection left, bounds a new
-    share of the cap (many refresh intervals: the caps are read again by then)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._shares: dict[str, CapShare] = {}
-        # cap ID -> (when its last connection left (monotonic), what its share had left
-        # then), oldest first
-        self._gone: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def join(self, cap_id: str, gate: ReceiptGate, remaining: int) -> None:
-        """``gate`` (a connection just admitted) uses cap ``cap_id``, which lets the
-        server claim ``remaining`` MIST now (as just read): the share keeps the least of
-        that and what it had (:meth:`CapShare._join`), and a new share the least of that
-        and what the cap's last share had left, if that was lately."""
-        with self._lock:
-            share = self._shares.get(cap_id)
-            if share is None:
-                self._forget_gone(time.monotonic())
-                gone = self._gone.pop(cap_id, None)
-                if gone is not None:
-                    # the read may predate the settlement's claim that share saw: not
-                    # more than it had left (a new epoch, or a raise, waits for the next
-                    # read of the caps)
-                    remaining = min(remaining, gone[1])
-                share = self._shares[cap_id] = CapShare(cap_id, remaining)
-            share._join(gate, remaining)
-            gate.share = share
-
-    def _forget_gone(self, now: float) -> None:
-        gone = self._gone
-        while gone:
-            cap_id, (left_at, _) = next(iter(gone.items()))
-            if now - left_at < self.GONE_KEPT:
-                return
-            del gone[cap_id]
-
-    def leave(self, gate: ReceiptGate) -> CapShare | None:
-        """``gate``'s connection ended (its settlement is done). Returns its cap's share
-        when other live connections still hold it: the server is to read the cap again
-        for them (:func:`read_cap_limits` then :func:`apply_cap_limits`), since what the
-        share has left may count the settlement's claim twice (:meth:`CapShare._leave`)."""
-        with self._lock:
-            share = gate.share
-            gate.share = None
-            if share is None:
-                return None
-            if share._leave(gate):
-                if self._shares.get(share.cap_id) is share:
-                    del self._shares[share.cap_id]
-                    now = time.monotonic()
-                    self._forget_gone(now)
-                    self._gone.pop(share.cap_id, None)  # (to the end: the newest)
-                    self._gone[share.cap_id] = (now, share.remaining)
-                return None
-            return share
-
-
 class ConnectionIds:
     """The ledger connection IDs a paid server is serving or settling: one DTP connection
     per ledger connection at a time. A second DTP connection naming an ID in use would,
@@ -522,58 +361,6 @@ def ended_on_ledger(ledger: Ledger, connections: Iterable[_C]) -> list[_C]:
     ]
 
 
-def read_cap_limits(ledger: Ledger, cap_ids: Iterable[str]) -> dict[str, tuple[SpendingCap, int]]:
-    """Each spending cap of ``cap_ids`` as it is now, with the epoch (read with the Host,
-    for :func:`apply_cap_limits`): its owner may lower or raise a cap at any time
-    (docs/escrow.md §4) and a new epoch resets it. Ledger reads: call it off an event
-    loop. Raises ChainError when the ledger cannot be read."""
-    epoch = ledger.epoch()
-    return {cap_id: (ledger.get_cap(cap_id), epoch) for cap_id in cap_ids}
-
-
-def share_generations(gates: Iterable[ReceiptGate]) -> dict[str, int]:
-    """The :attr:`CapShare.generation` of each cap the ``gates`` share, taken before
-    :func:`read_cap_limits` begins: pass it to :func:`apply_cap_limits`."""
-    generations: dict[str, int] = {}
-    for gate in gates:
-        share = gate.share  # (once: a leave may clear it meanwhile)
-        if share is not None:
-            generations[share.cap_id] = share.generation
-    return generations
-
-
-def apply_cap_limits(
-    gates: Iterable[ReceiptGate],
-    limits: dict[str, tuple[SpendingCap, int]],
-    generations: dict[str, int] | None = None,
-) -> None:
-    """Serve and judge receipts from now on against the caps as :func:`read_cap_limits`
-    read them: each gate on a cap of ``limits`` takes what the cap lets the server serve
-    on for its connection (:meth:`~dtp.chain.objects.SpendingCap.serving_room`: a
-    lowering pauses service, a raise does not extend a connection opened under less,
-    since the client can take it back before the claim) and what its receipts may reach
-    (:meth:`~dtp.chain.objects.SpendingCap.secured`: the claims keep the limit at
-    open), and the cap's share the least of its gates' claimable room. A
-    gate kept the cap as admission read it: on a lowered cap it would go on serving on
-    credit the client no longer means to give. ``generations``: from
-    :func:`share_generations` before the read; a share a connection left since is not
-    refreshed (the read may predate that connection's claim)."""
-    rooms: dict[CapShare, int] = {}
-    for gate in gates:
-        share = gate.share
-        if share is None or share.cap_id not in limits:
-            continue
-        cap, epoch = limits[share.cap_id]
-        gate.spend_limit = gate.claimed + cap.serving_room(epoch, gate.cap_opened_under)
-        # receipts for what was served stay good: the ledger charges their claims
-        # against the limit the connection opened under, whatever the cap says now
-        claimable = cap.secured(epoch, gate.cap_opened_under)
-        gate.claim_limit = gate.claimed + claimable
-        rooms[share] = min(claimable, rooms.get(share, claimable))
-    for share, room in rooms.items():
-        share.refresh(room, None if generations is None else generations.get(share.cap_id))
-
-
 class ReceiptGate:
     """The server's receipt check and credit limit for one connection.
 
@@ -582,13 +369,10 @@ class ReceiptGate:
     the Move structs stay as they are, so it is a server policy; the default is the
     SLA's ``min_deposit``: the server never serves more on credit than the minimum
     escrow guarantees it can be paid. ``pause_timeout_ms``: a connection paused this
-    long without a covering receipt is to be closed. ``spend_limit``: the most the
-    server serves on, as the client's spending cap allows (None: no limit beyond the
-    deposit): a lowering of the cap pauses service there. ``claim_limit``: the most
-    receipts may reach, what the cap lets the server claim (default: ``spend_limit``):
-    a lowering does not bind the claims of a connection opened before it, so a receipt
-    for usage served before it stays good (judged against the serving limit, the final
-    receipt after a refresh of the caps was refused, and an older one claimed).
+    long without a covering receipt is to be closed. The client's spending cap plays no
+    part: the deposit was reserved on it at the open (and each top-up as it was made),
+    so every receipt up to the deposit can be claimed whatever the client spends
+    elsewhere (docs/escrow.md §4).
     """
 
     def __init__(
@@ -602,8 +386,6 @@ class ReceiptGate:
         latest_nonce: int = 0,
         allowance: int | None = None,
         pause_timeout_ms: int = 10_000,
-        spend_limit: int | None = None,
-        claim_limit: int | None = None,
         store: ReceiptStore | None = None,
     ) -> None:
         if pause_timeout_ms < 0 or (allowance is not None and allowance < 0):
@@ -615,8 +397,6 @@ class ReceiptGate:
         self.claimed = claimed
         self.allowance = sla.min_deposit if allowance is None else allowance
         self.pause_timeout_ms = pause_timeout_ms
-        self.spend_limit = spend_limit
-        self.claim_limit = spend_limit if claim_limit is None else claim_limit
         self.store = store
         self.latest: Receipt | None = None
         self.latest_nonce = latest_nonce
@@ -628,11 +408,6 @@ class ReceiptGate:
         self.violation: str | None = None
         """Set when the client sent an unacceptable receipt: the connection must close."""
         self._paused_since: int | None = None
-        #: The cap as the server's other live connections share it (:class:`CapShares`).
-        self.share: CapShare | None = None
-        #: The cap limit the connection opened under (its escrow's cap_max_per_epoch;
-        #: None: not recorded), for :func:`apply_cap_limits`.
-        self.cap_opened_under: int | None = None
         #: The connection's escrow (None: not known, its deposit is never read again).
         self.escrow_id: str | None = None
         #: The newest receipt valid but for being above ``deposited``: the client may
@@ -648,10 +423,9 @@ class ReceiptGate:
         durably and then calls :meth:`kept` (which is when it starts to count).
 
         Raises :class:`dtp.errors.InvalidReceipt` (and remembers the violation) when it is
-        malformed, replayed, badly signed, priced wrong or lower than an earlier one;
-        :class:`dtp.errors.SpendingCapExceeded` (not a violation: it is just not counted)
-        when it is above ``spend_limit``. Replays and regressions are judged against the
-        newest receipt checked, kept or not. One beyond ``deposited`` raises
+        malformed, replayed, badly signed, priced wrong or lower than an earlier one.
+        Replays and regressions are judged against the newest receipt checked, kept or
+        not. One beyond ``deposited`` raises
         InvalidReceipt (``EReceiptExceedsDeposit``) and is not counted, but it is no
         violation yet: the client may have topped the escrow up since the server read
         it. It waits in :attr:`over_deposit` for the server to read the escrow again
@@ -683,8 +457,8 @@ class ReceiptGate:
                 if pending is None or receipt.nonce > pending.nonce:
                     self.over_deposit = receipt
                 raise
-            # (not lower than the previous one before the cap: a lowered cap -- read again
-            # by the server -- may be below both, and a regression is a violation)
+            # not lower than the newest one checked (check_receipt compares with the
+            # claims only): a regression is a violation
             if receipt.total_amount < self._checked_amount:
                 raise move_error(
                     "escrow",
@@ -692,18 +466,6 @@ class ReceiptGate:
                     f"{receipt.total_amount} MIST after a receipt for {self._checked_amount}",
                 )
             self._not_below_pending(receipt, pending)
-            if self.claim_limit is not None and receipt.total_amount > self.claim_limit:
-                # valid, but the client's cap would refuse its claim this epoch, and a
-                # cumulative receipt cannot be claimed in part: keep the previous one
-                raise move_error(
-                    "spending_cap",
-                    "ESpendingCapExceeded",
-                    f"receipt for {receipt.total_amount} MIST, the cap lets "
-                    f"{self.claim_limit} be claimed",
-                )
-            share = self.share
-            if share is not None:
-                share.take(self, receipt.total_amount - self.claimed)
         except InvalidReceipt as exc:
             if exc.name != "EReceiptExceedsDeposit":
                 self.violation = f"invalid receipt: {exc}"
@@ -749,15 +511,10 @@ class ReceiptGate:
         return receipt
 
     def payable(self) -> int:
-        """What the accepted receipts let the server collect: the latest one's amount,
-        or, while the spending cap lets less than that be claimed (the client's claims
-        elsewhere spent the cap since: :func:`apply_cap_limits`), only what is claimed
-        already -- a cumulative receipt is claimed whole or not at all, so the cap's
-        room short of it collects nothing of it (counted as collectable, it was credit
-        the server served on and could not be paid for)."""
-        if self.claim_limit is None or self.latest_amount <= self.claim_limit:
-            return self.latest_amount
-        return self.claimed
+        """What the accepted receipts let the server collect: the latest one's amount
+        (within the deposit, reserved on the client's cap: no claim of it can be
+        refused)."""
+        return self.latest_amount
 
     def wants_deposit(
         self, now_ms: int, total_bytes: int, total_requests: int, *, ending: bool = False
@@ -819,30 +576,19 @@ class ReceiptGate:
 
     def credit(self) -> int:
         """MIST of usage the server serves beyond the accepted receipts now: the
-        allowance, but never more than the escrow can still pay -- the deposit (and what
-        the client's cap lets the server claim) less what the receipts take already. The
-        allowance alone let a client whose receipts had reached its deposit be served a
-        whole allowance more, for nothing (with the default allowance, a deposit of
-        ``min_deposit`` bought twice its worth), and each further connection on a cap
-        the first had used up as much."""
+        allowance, but never more than the escrow can still pay -- the deposit less what
+        the receipts take already. The allowance alone let a client whose receipts had
+        reached its deposit be served a whole allowance more, for nothing (with the
+        default allowance, a deposit of ``min_deposit`` bought twice its worth)."""
         return self._credit(self.deposited)
 
     def _credit(self, deposited: int) -> int:
         return max(0, self._headroom(deposited))
 
     def _headroom(self, deposited: int) -> int:
-        """:meth:`credit` before it is floored at 0: negative when the accepted receipts
-        reach past what the server serves up to (a cap lowered below them: they pay for
-        service before the lowering, and serve no more), so that usage is held to that
-        ceiling -- the receipts alone, above it, served on for as long as the client
-        paid."""
-        ceiling = deposited if self.spend_limit is None else min(deposited, self.spend_limit)
-        share = self.share
-        if share is not None:
-            # the client's other live connections on the cap hold part of it: what they
-            # hold cannot pay for this one's credit
-            ceiling = min(ceiling, self.claimed + share.room(self))
-        return min(self.allowance, ceiling - self.payable())
+        """:meth:`credit` before it is floored at 0 (never negative while receipts stay
+        within the deposit, as :meth:`check` sees to)."""
+        return min(self.allowance, deposited - self.payable())
 
     def owed(self, total_bytes: int, total_requests: int) -> int:
         """MIST of the usage seen that no accepted receipt covers (0 if covered)."""
@@ -850,11 +596,8 @@ class ReceiptGate:
 
     def settled_up(self, total_bytes: int, total_requests: int) -> bool:
         """Whether no further receipt is to be expected: the usage is covered, or the
-        receipts already reach all the client can pay (its deposit, or its cap)."""
-        ceiling = (
-            self.deposited if self.claim_limit is None else min(self.deposited, self.claim_limit)
-        )
-        return self.owed(total_bytes, total_requests) == 0 or self.payable() >= ceiling
+        receipts already reach all the client can pay (its deposit)."""
+        return self.owed(total_bytes, total_requests) == 0 or self.payable() >= self.deposited
 
     def serving(self, total_bytes: int, total_requests: int) -> bool:
         """The cheap check made before every read and write: True when the verdict is

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
-from dtp.admission import Admitted, LedgerAdmission
+from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
@@ -67,17 +67,13 @@ from dtp.metering import (
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
-    CapShares,
     ConnectionIds,
     GateState,
     GateVerdict,
     MeteringConfig,
     ReceiptGate,
-    apply_cap_limits,
     ended_on_ledger,
     ledger_checks_due,
-    read_cap_limits,
-    share_generations,
 )
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
@@ -199,36 +195,20 @@ def gate_for(
     store: ReceiptStore | None = None,
     *,
     admitted: Admitted | None = None,
-    shares: CapShares | None = None,
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
-    escrow's key, deposit, claims and nonce, and the client's spending cap (what it lets
-    the server claim this epoch). ``admitted``: the connection, escrow and cap as
-    admission just read them with the epoch
-    (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so that they are not read
-    again. ``shares``: the server's caps as its live connections share them; the gate
-    joins its cap's (leave it when the connection ends: :meth:`CapShares.leave`)."""
-    cap = None
-    epoch = None
+    escrow's key, deposit, claims and nonce. ``admitted``: the connection and escrow as
+    admission just read them (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so
+    that they are not read again. The client's spending cap is not read: the deposit was
+    reserved on it at the open, so every receipt up to the deposit can be claimed
+    (docs/escrow.md §4)."""
     if admitted is not None and admitted[0].id == normalize_id(connection_id, "connection ID"):
         # what the gate takes from them cannot have moved against the server since:
-        # key and SLA are fixed, the deposit only grows, claims are the server's own;
-        # the cap is shared, but read a moment ago is as good as read now (another
-        # connection's claim may charge it any time after either)
+        # key and SLA are fixed, the deposit only grows, claims are the server's own
         tc, escrow = admitted[0], admitted[1]
-        if isinstance(admitted, Admitted):
-            cap, epoch = admitted.cap, admitted.epoch
     else:
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
-    if cap is None or cap.id != escrow.spending_cap or epoch is None:
-        cap, epoch = ledger.get_cap(escrow.spending_cap), ledger.epoch()
-    # what the cap lets us count on for this connection (docs/escrow.md §4): a raise
-    # since the open could be taken back before our claim, a lowering pauses service
-    room = cap.serving_room(epoch, escrow.cap_max_per_epoch)
-    # what its receipts may reach: the ledger charges its claims against the limit it
-    # opened under, whatever the cap says later (metering.apply_cap_limits)
-    claimable = cap.secured(epoch, escrow.cap_max_per_epoch)
     gate = ReceiptGate(
         connection_id=tc.id,
         client_public_key=escrow.client_public_key,
@@ -238,14 +218,9 @@ def gate_for(
         latest_nonce=escrow.latest_nonce,
         allowance=policy.allowance,
         pause_timeout_ms=int(policy.pause_timeout * 1000),
-        spend_limit=escrow.claimed + room,
-        claim_limit=escrow.claimed + claimable,
         store=store,
     )
-    gate.cap_opened_under = escrow.cap_max_per_epoch
     gate.escrow_id = escrow.id  # read again should the client top it up while served
-    if shares is not None:
-        shares.join(cap.id, gate, claimable)
     return gate
 
 
@@ -356,8 +331,13 @@ class _AdmittedIds(ServedConnections):
         super().__init__()
         self._server = server
 
-    def reserve(self, connection_id: str) -> str | None:
-        refusal = super().reserve(connection_id)
+    def reserve(
+        self,
+        connection_id: str,
+        client: str | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> str | None:
+        refusal = super().reserve(connection_id, client, limits)
         self._server._reserved(connection_id, refusal is None)
         return refusal
 
@@ -1254,7 +1234,7 @@ RETRY_MAX_ROUNDS = 4
 class SettlementRetries:
     """A live paid server's own failed settlements, tried again in its :class:`Recovery`
     rounds. A connection whose settlement failed as it ended (the ledger unavailable, a
-    claim the client's cap refused this epoch) stays Open on the ledger, its receipt kept
+    connection that could not be read) stays Open on the ledger, its receipt kept
     in the store; the dead-run recovery never claims a live run's rows, so the receipt
     waited for the server's next start -- while the client, which half-closed the
     connection as it left, may settle alone once the half-close timeout has passed and
@@ -1340,15 +1320,7 @@ class SettlementRetries:
             if not self._unclaimed(cid):
                 self._forget(cid)
                 return None
-            # (a refusal by the client's cap is logged by _failed: its first as a
-            # warning, not once more at each retry)
-            settlement = claim_and_settle(
-                self.ledger, self.identity, cid, self.writer, refusal_level=logging.DEBUG
-            )
-            if settlement is None and self._unclaimed(cid):
-                # (the client's cap refused the claim this epoch)
-                self._failed(cid, "the claim was refused", trace=False)
-                return None
+            settlement = claim_and_settle(self.ledger, self.identity, cid, self.writer)
         except (ChainError, ReceiptStoreError) as exc:
             self._failed(cid, str(exc), trace=False)
             return None
@@ -1653,7 +1625,6 @@ class PaidServer:
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
             self.admission = _PaidAdmission(self, ledger, self.host_id, port)
-            self.cap_shares = CapShares()
             self.server = create_server(
                 address,
                 identity=identity,
@@ -1831,9 +1802,7 @@ class PaidServer:
     ) -> None:
         """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
         try:
-            gate = gate_for(
-                self.ledger, cid, self.policy, admitted=admitted, shares=self.cap_shares
-            )
+            gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
@@ -1903,7 +1872,6 @@ class PaidServer:
                 self.limiter.release(client)
             if not client_closed:
                 self._settle(cid, known, paid.final)
-            self._leave_cap(gate)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
@@ -1959,7 +1927,6 @@ class PaidServer:
         for paid in live:
             if paid.client in change.denied:
                 paid.deny()
-        self._refresh_caps(live)
         self._check_on_ledger(live, now)
 
     def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
@@ -1975,32 +1942,6 @@ class PaidServer:
             return
         for paid in ended:
             paid.closed_on_ledger()
-
-    def _leave_cap(self, gate: ReceiptGate) -> None:
-        """The connection of ``gate`` is settled: it leaves its cap's share, and when
-        other live connections still use the cap, it is read again for them (what the
-        share had left may count the settlement's claim twice, CapShare._leave)."""
-        share = self.cap_shares.leave(gate)
-        if share is None:
-            return
-        with self._live_lock:
-            live = [p for p in self._live.values() if p.gate.share is share]
-        self._refresh_caps(live)
-
-    def _refresh_caps(self, live: list[_PaidConnection]) -> None:
-        """Read the spending caps of open connections again (docs/escrow.md §4: their
-        owner may lower one at any time, and a new epoch resets it); see
-        :func:`~dtp.metering.apply_cap_limits` for why the gates must follow."""
-        gates = [paid.gate for paid in live if paid.gate.share is not None]
-        if not gates:
-            return
-        generations = share_generations(gates)  # before the read: see CapShare.refresh
-        try:
-            limits = read_cap_limits(self.ledger, set(generations))
-        except ChainError as exc:
-            logger.warning("cannot read the spending caps of open connections: %s", exc)
-            return
-        apply_cap_limits(gates, limits, generations)
 
     @property
     def open_connections(self) -> int:

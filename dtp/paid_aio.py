@@ -47,16 +47,12 @@ from dtp.metering import (
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
-    CapShares,
     ConnectionIds,
     GateState,
     GateVerdict,
     ReceiptGate,
-    apply_cap_limits,
     ended_on_ledger,
     ledger_checks_due,
-    read_cap_limits,
-    share_generations,
 )
 from dtp.paid import (
     _CREDIT_MAX,
@@ -1037,7 +1033,6 @@ class PaidAioServer:
         self.server: DTPServer | None = None
         self.host_policy: HostPolicy | None = None
         self.limiter = RateLimiter()
-        self.cap_shares = CapShares()
         self.recovered: list[tuple[str, Settlement]] = []
         self._attached = False  # attach_server() made: detach_server() at the release
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
@@ -1247,9 +1242,7 @@ class PaidAioServer:
     ) -> None:
         """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
         try:
-            gate = await asyncio.to_thread(
-                gate_for, self.ledger, cid, self.policy, shares=self.cap_shares
-            )
+            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             writer.abort("the server cannot read the connection on the ledger")
@@ -1303,7 +1296,6 @@ class PaidAioServer:
         but not the settlement: it is re-raised once settled. (Skipped, the ledger
         connection stayed Open and the deposit locked until the half-close timeout.)"""
         proto = paid.proto
-        gate = paid.gate
         cancelled = False
         try:
             await self._wind_up(paid, cid)
@@ -1333,14 +1325,6 @@ class PaidAioServer:
                         cancelled = True
                         writer.abort(CLOSED_REFUSAL)
             cancelled = await self._settle_surely(cid, paid.final) or cancelled
-        share = self.cap_shares.leave(gate)
-        if share is not None and not cancelled:
-            # others still use the cap: read it again for them (what the share had
-            # left may count the settlement's claim twice, CapShare._leave)
-            try:
-                await self._refresh_caps([p for p in self._live if p.gate.share is share])
-            except asyncio.CancelledError:
-                cancelled = True
         if cancelled:
             raise asyncio.CancelledError
 
@@ -1458,7 +1442,6 @@ class PaidAioServer:
         for paid in live:
             if paid.client in change.denied:
                 paid.deny()
-        await self._refresh_caps(live)
         await self._check_on_ledger(live, now)
 
     async def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
@@ -1473,25 +1456,6 @@ class PaidAioServer:
             return
         for paid in ended:
             paid.closed_on_ledger()
-
-    async def _refresh_caps(self, live: list[_PaidConnection]) -> None:
-        """Read the spending caps of open connections again (in a thread), and judge
-        their receipts against them from now on (as dtp.paid's): a cap its owner lowered
-        while a connection was open was judged as admission read it, and the
-        settlement's claim of a receipt beyond it was refused whole."""
-        gates = [paid.gate for paid in live]
-        generations = share_generations(gates)  # before the read: see CapShare.refresh
-        if not generations:
-            return
-        try:
-            limits = await asyncio.to_thread(read_cap_limits, self.ledger, set(generations))
-        except ChainError as exc:
-            logger.warning("cannot read the spending caps of open connections: %s", exc)
-            return
-        apply_cap_limits(gates, limits, generations)
-        for paid in live:
-            paid.credit_grew()
-            paid.proto._notify()  # a paused reader or drain() looks at its gate again
 
     @property
     def open_connections(self) -> int:

@@ -1,15 +1,22 @@
 """The ledger connections a ledger-admitted DTP server is serving (blocking and asyncio
-servers alike): one DTP connection per ledger connection at a time, and, when asked, each
-ledger connection settled as its DTP connection ends.
+servers alike): one DTP connection per ledger connection at a time, within the
+connection limits the Host publishes, and, when asked, each ledger connection settled as
+its DTP connection ends.
+
+The ledger counts no connections (a Host that every open and close wrote would order all
+of its clients' transactions one at a time on Sui): the limits of the Host
+(``max_connections_per_client``, a service's ``max_connections``) are enforced here,
+against the DTP connections the server is serving at that moment -- live ones, where the
+ledger counted connections still Open while they waited out a half-close timeout
+(docs/escrow.md §2).
 
 An unpaid server that admits through the ledger (``create_server(ledger=...)``) claims
 nothing. Left alone, its clients' ledger connections stay Open until the half-close
-timeout (10 minutes): the deposits wait that long, and each connection counts against
-the host's connection limits meanwhile (a client with a limit of one cannot reconnect).
-With ``settle_on_close`` the server closes and settles each one as its DTP connection
-ends -- the client is refunded its whole deposit at once -- in a thread of its own,
-as a settlement is a ledger transaction (seconds on Sui) and the release comes from
-whichever thread closed the connection, or from an event loop.
+timeout (10 minutes): the deposits wait that long. With ``settle_on_close`` the server
+closes and settles each one as its DTP connection ends -- the client is refunded its
+whole deposit at once -- in a thread of its own, as a settlement is a ledger
+transaction (seconds on Sui) and the release comes from whichever thread closed the
+connection, or from an event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from dtp.admission import LedgerAdmission
+from dtp.admission import ConnectionLimits, LedgerAdmission
 from dtp.errors import DTPError
 from dtp.metering import ConnectionIds
 from dtp.settlement import claim_and_settle
@@ -37,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 class ServedConnections:
     """Ledger connection IDs in service. :meth:`reserve` takes one as a DTP connection on
-    it is admitted; :meth:`release` gives it back when that connection ends -- after
-    settling it on the ledger, when built with ``settle=True`` (the ID stays taken until
-    the settlement is done: a DTP connection arriving on it meanwhile is refused, as it
-    would be by the ledger once the connection is settled)."""
+    it is admitted (within the Host's connection limits); :meth:`release` gives it back
+    when that connection ends -- after settling it on the ledger, when built with
+    ``settle=True`` (the ID stays taken until the settlement is done: a DTP connection
+    arriving on it meanwhile is refused, as it would be by the ledger once the connection
+    is settled; it no longer counts against the limits)."""
 
     def __init__(
         self,
@@ -52,6 +60,9 @@ class ServedConnections:
         if settle and (ledger is None or identity is None):
             raise ValueError("settling on close needs the ledger and the host's identity")
         self._ids = ConnectionIds()
+        # the connections counted against the limits: ID -> (client, port)
+        self._live: dict[str, tuple[str, int]] = {}
+        self._live_lock = threading.Lock()
         self._ledger = ledger
         self._identity = identity
         self._settle = settle
@@ -67,19 +78,40 @@ class ServedConnections:
 
     KEEP_SETTLEMENTS = 1024
 
-    def reserve(self, connection_id: str) -> str | None:
-        """Take ``connection_id`` for a DTP connection: None, or the refusal to give the
-        client when a DTP connection is already served on it."""
-        if self._ids.reserve(connection_id):
-            return None
-        return (
-            f"connection {connection_id} is already served: "
-            "one DTP connection per ledger connection"
-        )
+    def reserve(
+        self,
+        connection_id: str,
+        client: str | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> str | None:
+        """Take ``connection_id`` for a DTP connection of ``client``: None, or the refusal
+        to give the client when a DTP connection is already served on it, or when
+        ``limits`` (the Host's, as the admission just read them) leave no room for it
+        among the connections served now: ``client``'s to the host, and those of the
+        limits' port."""
+        with self._live_lock:
+            if limits is not None and client is not None and connection_id not in self._ids:
+                of_client = of_service = 0
+                for live_client, port in self._live.values():
+                    of_client += live_client == client
+                    of_service += port == limits.port
+                refusal = limits.refusal(client, of_client, of_service)
+                if refusal is not None:
+                    return refusal
+            if not self._ids.reserve(connection_id):
+                return (
+                    f"connection {connection_id} is already served: "
+                    "one DTP connection per ledger connection"
+                )
+            if client is not None:
+                self._live[connection_id] = (client, -1 if limits is None else limits.port)
+        return None
 
     def release(self, connection_id: str) -> None:
         """The DTP connection on ``connection_id`` ended. Never blocks: a settlement is
         queued for the settling thread, which frees the ID when it is done."""
+        with self._live_lock:
+            self._live.pop(connection_id, None)
         if not self._settle:
             self._ids.release(connection_id)
             return

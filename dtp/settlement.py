@@ -91,53 +91,34 @@ class ClientPayment:
         *,
         now: float = 0.0,
         opened: OpenedConnection | None = None,
-        cap_id: str | None = None,
     ) -> None:
         """``opened`` (what our ``open_connection`` returned, with its SLA and deposit)
-        and ``cap_id`` (the SpendingCap it was opened with) spare reading the connection
-        and its escrow back: nothing can have been claimed from an escrow this new, as we
-        have signed no receipt yet. Without them both are read. What the cap still allows
-        is read too, unless the open reported it (``opened.cap_remaining``)."""
-        remaining = None
+        spares reading the connection and its escrow back: nothing can have been claimed
+        from an escrow this new, as we have signed no receipt yet. Without it both are
+        read. The spending cap is not: the open reserved the whole deposit on it, so the
+        server can claim every receipt up to the deposit (docs/escrow.md §4)."""
         if (
             opened is not None
             and opened.sla is not None
             and opened.deposit is not None
-            and cap_id is not None
             and opened.connection_id == connection_id
         ):
-            sla, deposited, claimed = opened.sla, opened.deposit, 0
-            remaining = opened.cap_remaining
+            sla, deposited = opened.sla, opened.deposit
             escrow_id = opened.escrow_id
         else:
             tc = ledger.get_connection(connection_id)
             escrow = ledger.get_escrow(tc.escrow)
             escrow_id = escrow.id
-            sla, deposited, claimed = tc.sla, escrow.deposited, escrow.claimed
-            cap_id = escrow.spending_cap
-            # (what the server counts on: the limit the connection opened under, or
-            # less if we lowered the cap since)
-            remaining = ledger.get_cap(cap_id).serving_room(
-                ledger.epoch(), escrow.cap_max_per_epoch
-            )
-        if remaining is None:
-            remaining = ledger.get_cap(cap_id).remaining(ledger.epoch())
-        # never sign for more than the server can claim: the deposit, and what our
-        # spending cap still allows this epoch (a shared cap may be below the deposit)
-        limit = min(deposited, claimed + remaining)
+            sla, deposited = tc.sla, escrow.deposited
         self.ledger = ledger
         self.identity = identity
         self.host_id = host_id
         self.connection_id = connection_id
         self.escrow_id = escrow_id
-        # the meter's limit is the least of these two: a top-up raises the first only
-        self._deposited = deposited
-        self._cap_limit = claimed + remaining
-        self._topping_up = 0  # MIST of top-ups whose transactions are under way
-        self._top_up_lock = threading.Lock()
         self.conn = conn
+        # never sign for more than the server can claim: the deposit (a top-up raises it)
         self.meter = ClientMeter(
-            identity, connection_id, sla, limit, config, now_ms=int(now * 1000)
+            identity, connection_id, sla, deposited, config, now_ms=int(now * 1000)
         )
         self.receipts_sent = 0
         self._now_ms = int(now * 1000)
@@ -175,50 +156,33 @@ class ClientPayment:
     def top_up_on_ledger(self, amount: int) -> None:
         """``escrow::top_up`` of ``amount`` MIST for this connection (blocking: a ledger
         transaction; call without the adapter's lock, then :meth:`topped_up` with it).
-        Raises InvalidArgument for an amount that is not a positive int,
-        SpendingCapExceeded for one past what the connection's spending cap lets the
-        server claim (before any transaction: the server would not serve it, and it
-        would only come back in the refund), and what the ledger raises
-        (InsufficientFunds, ConnectionStateError once settled...)."""
+        The amount is reserved on the connection's spending cap. Raises InvalidArgument
+        for an amount that is not a positive int, and what the ledger raises:
+        SpendingCapExceeded for one past the cap's room this epoch (nothing moves: a
+        connection by host ID made without ``cap_id=`` has a cap of its deposit, used up
+        by the open), InsufficientFunds, ConnectionStateError once settled..."""
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 1 << 64:
             raise InvalidArgument(
                 f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
             )
-        with self._top_up_lock:
-            # (top-ups under way in other threads count: they land before their receipts)
-            room = self._cap_limit - self._deposited - self._topping_up
-            if amount <= room:
-                self._topping_up += amount
-        if amount > room:
-            # (a connection by host ID without cap_id= gets a cap of its deposit: the
-            # money moved, the receipts and the server stopped at the cap all the same)
-            raise SpendingCapExceeded(
-                f"top_up({amount}): the connection's spending cap lets the server claim "
-                f"{self._cap_limit} MIST, and the deposit is {self._deposited} already "
-                f"(room for {max(room, 0)} more); to top up, connect with cap_id= of a "
-                "spending cap that has room for it"
-            )
         try:
             self.ledger.top_up(self.identity, self.escrow_id, amount)
-        except BaseException:
-            with self._top_up_lock:
-                self._topping_up -= amount
-            raise
-        # (still counted as under way until topped_up() adds it to the deposit)
+        except SpendingCapExceeded as exc:
+            raise SpendingCapExceeded(
+                f"top_up({amount}): {exc} (the spending cap reserves the deposit and each "
+                "top-up); to top up past it, connect with cap_id= of a spending cap that "
+                "has room for it",
+                name=exc.name,
+                module=exc.module,
+                code=exc.code,
+            ) from None
 
     def topped_up(self, amount: int) -> None:
         """Sign up to the deposit a :meth:`top_up_on_ledger` raised (adapter's lock held):
         usage the old deposit did not cover is paid now. The server reads the escrow
-        again when the deposit holds the connection, and serves on. Never beyond what
-        the spending cap let the server claim at the open: the meter signed up to the
-        deposit plus ``amount`` whatever the cap, and the server refused those receipts
-        (the cap) and claimed an older one, short of what the cap allowed."""
-        with self._top_up_lock:
-            self._deposited += amount
-            self._topping_up = max(0, self._topping_up - amount)
+        again when the deposit holds the connection, and serves on."""
         meter = self.meter
-        more = min(self._deposited, self._cap_limit) - meter.meter.deposit
-        receipt = meter.top_up(more, self._now_ms) if more > 0 else None
+        receipt = meter.top_up(amount, self._now_ms)
         if receipt is not None and not self.conn.closed:
             self.conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
@@ -253,7 +217,7 @@ class ClientPayment:
         try:
             if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
                 return
-            self.ledger.close_connection(self.identity, self.connection_id, self.host_id)
+            self.ledger.close_connection(self.identity, self.connection_id)
         except ConnectionStateError as exc:
             # the server closed (and maybe settled) first: nothing left for us to do
             logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
@@ -277,8 +241,8 @@ def collect_refund(ledger: Ledger, identity: HostIdentity, connection_id: str) -
         return ledger.get_escrow(tc.escrow).refunded
     try:
         if tc.state == ConnectionState.OPEN:
-            ledger.close_connection(identity, connection_id, tc.host)
-        return ledger.settle(identity, connection_id, tc.host).refunded
+            ledger.close_connection(identity, connection_id)
+        return ledger.settle(identity, connection_id).refunded
     except ConnectionStateError:
         # The server may settle between our read and our transaction (it does so as the
         # connection ends): the close then fails as EConnectionClosed and the settle as
@@ -300,7 +264,6 @@ def claim_and_settle(
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
     final: Receipt | None = None,
-    refusal_level: int = logging.WARNING,
 ) -> Settlement | None:
     """The server's end of a connection: claim the latest stored receipt and settle (the
     client is refunded the rest at once), in one transaction that also closes the
@@ -322,14 +285,11 @@ def claim_and_settle(
     stores it should the settlement not claim it (:func:`claimed`). Of it and the
     store's latest, the one for more is claimed. When the store cannot be read, the
     final receipt is claimed; without one, the ReceiptStoreError is raised (settling
-    without the latest receipt would refund what the client owes). ``refusal_level``:
-    the level the cap's refusal is logged at (a retry that warned of it once logs the
-    next ones at debug).
+    without the latest receipt would refund what the client owes).
 
-    Returns None when nothing could be done now: the connection was already settled, or
-    the client's spending cap refuses the claim in this epoch (the receipt stays in the
-    store, unclaimed, for :func:`recover_unclaimed` to retry; settling without it would
-    refund the client what it owes).
+    Returns None when the connection was already settled. The client's spending cap
+    cannot refuse the claim: the deposit was reserved on it at the open (docs/escrow.md
+    §4).
     """
     tc = _current(ledger, connection_id, connection)
     try:
@@ -376,19 +336,6 @@ def claim_and_settle(
         if not tc.settled:
             raise
         _write_off(ledger, connection_id, tc, store, stored)
-        return None
-    except SpendingCapExceeded as exc:
-        logger.log(
-            refusal_level,
-            "claim on %s refused by the client's cap, retry later: %s",
-            connection_id,
-            exc,
-        )
-        if tc.state == ConnectionState.OPEN:
-            # the refused claim closed nothing: half-close, so that the client's refund
-            # timeout runs (it could not tell that we are done serving it)
-            with contextlib.suppress(ConnectionStateError):
-                ledger.close_connection(identity, connection_id, tc.host)
         return None
     if stored is not None and store is not None:
         _mark_claimed(store, connection_id, settlement.claimed)
@@ -465,7 +412,7 @@ def _settle(
         if exc.name != "EConnectionOpen":
             raise
     with contextlib.suppress(ConnectionStateError):  # the client may close meanwhile
-        ledger.close_connection(identity, tc.id, tc.host)
+        ledger.close_connection(identity, tc.id)
     return _settle_once(ledger, identity, tc, escrow, stored)
 
 
@@ -477,24 +424,17 @@ def _settle_once(
     stored: StoredReceipt | None,
 ) -> Settlement:
     # the IDs come from the connection and escrow: the ledger need not read them again;
-    # a receipt that pays nothing more is not claimed (a claim of 0 still charges the
-    # cap, which refuses it when this epoch spent more than the limit the connection
-    # opened under: the settlement failed, and with nothing left unclaimed in the
-    # store, nothing tried again -- the deposit held until the client's timeout)
+    # a receipt that pays nothing more is not claimed (a transaction's worth of checks
+    # for nothing)
     if (
         stored is not None
         and stored.receipt.nonce > escrow.latest_nonce
         and stored.receipt.total_amount > escrow.claimed
     ):
         return ledger.settle_with_receipt(
-            identity,
-            tc.id,
-            stored.receipt,
-            host_id=tc.host,
-            escrow_id=tc.escrow,
-            cap_id=escrow.spending_cap,
+            identity, tc.id, stored.receipt, escrow_id=tc.escrow, cap_id=escrow.spending_cap
         )
-    return ledger.settle(identity, tc.id, tc.host, tc.escrow)
+    return ledger.settle(identity, tc.id, escrow_id=tc.escrow, cap_id=escrow.spending_cap)
 
 
 def _current(
@@ -641,20 +581,8 @@ def _claim_with_backoff(
 ) -> Settlement | None:
     """:func:`claim_and_settle` of a receipt ``backoff`` found due: its failure noted
     there (and logged), its success (or its receipt found written off) forgetting it."""
-    quiet = backoff.failures(cid) > 0
     try:
-        settlement = claim_and_settle(
-            ledger,
-            identity,
-            cid,
-            store,
-            refusal_level=logging.DEBUG if quiet else logging.WARNING,
-        )
-        if settlement is None and _unclaimed(store, cid):
-            # (the client's cap refused the claim this epoch: logged there, at its level)
-            failures = backoff.failed(cid)
-            logger.debug("claim %d of the stored receipt of %s was refused", failures, cid)
-            return None
+        settlement = claim_and_settle(ledger, identity, cid, store)
     except (ChainError, ReceiptStoreError) as exc:
         _claim_failed(backoff, cid, str(exc), trace=False)
         return None
@@ -663,15 +591,6 @@ def _claim_with_backoff(
         return None
     backoff.forget(cid)
     return settlement
-
-
-def _unclaimed(store: ReceiptStore, cid: str) -> bool:
-    """Whether ``store`` still holds MIST of ``cid`` unclaimed (unreadable: assumed so)."""
-    try:
-        stored = store.latest(cid)
-    except ReceiptStoreError:
-        return True
-    return stored is not None and stored.unclaimed > 0
 
 
 def _claim_failed(backoff: ClaimBackoff, cid: str, why: str, *, trace: bool) -> None:

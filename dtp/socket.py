@@ -2703,7 +2703,6 @@ def _connect_by_host_id(
                     metering,
                     now=time.monotonic(),
                     opened=opened,
-                    cap_id=prepared.cap_id,
                 )
             )
 
@@ -3537,12 +3536,12 @@ class DTPServer:
 
     def _serve_once(self, engine: _Engine, peer: PeerInfo) -> str | None:
         """A client the ledger admitted: one DTP connection per ledger connection at a
-        time (None, the ID taken until the engine is released), or the refusal. Several
-        on one ledger connection would each count once against the host's connection
-        limits, which the ledger checks only when a connection opens."""
+        time, within the connection limits the Host publishes (None, the ID taken until
+        the engine is released), or the refusal (docs/escrow.md §2)."""
         cid = peer.connection_id
         assert cid is not None  # (the ledger admitted it by this ID)
-        refusal = self._serving.reserve(cid)
+        assert isinstance(self._admit_hook, LedgerAdmission)
+        refusal = self._serving.reserve(cid, peer.address, self._admit_hook.limits)
         if refusal is None:
             engine.on_release = functools.partial(self._serving.release, cid)
         return refusal

@@ -18,20 +18,20 @@ from tests.test_hostid import CLIENT, World, world
 __all__ = ["world"]  # the fixture, used by name below
 
 
-class CapUnreadable:
-    """A ledger whose SpendingCaps cannot be read, and whose open does not report what
-    the cap allows (as a ledger may not): the meter has to read it (everything else
-    passes through)."""
+class EscrowUnreadable:
+    """A ledger whose Escrows cannot be read, and whose open does not report the SLA and
+    deposit (as a ledger may not): the meter has to read them (everything else passes
+    through)."""
 
     def __init__(self, ledger: LocalLedger) -> None:
         self._ledger = ledger
 
-    def get_cap(self, cap_id: str) -> Any:
-        raise ObjectNotFound(f"cap {cap_id} is unreadable here")
+    def get_escrow(self, escrow_id: str) -> Any:
+        raise ObjectNotFound(f"escrow {escrow_id} is unreadable here")
 
     def open_connection(self, *args: Any, **kwargs: Any) -> Any:
         opened = self._ledger.open_connection(*args, **kwargs)
-        return dataclasses.replace(opened, cap_remaining=None)
+        return dataclasses.replace(opened, sla=None, deposit=None)
 
     def prepare_open_connection(self, *args: Any, **kwargs: Any) -> None:
         return None  # nor tells the connection ID ahead: the open is made at once
@@ -57,7 +57,7 @@ def test_metered_connection_pays_and_half_closes(world: World) -> None:
 
 
 def test_meter_setup_failure_fails_the_connect_and_half_closes(world: World) -> None:
-    ledger = CapUnreadable(world.ledger)
+    ledger = EscrowUnreadable(world.ledger)
     with pytest.raises(ObjectNotFound, match="unreadable"):
         dtp.socket.create_connection(
             world.address(),

@@ -129,21 +129,22 @@ def test_close_and_settle_with_and_without_the_ids(ledger: LocalLedger) -> None:
     ledger.faucet(CLIENT.sui_address, 100_000)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     missing = "0x" + "ab" * 32
-    for host_id in (None, host):
+    with pytest.raises(ObjectNotFound):
+        ledger.close_connection(CLIENT, missing)
+    for ids in ({}, {"escrow_id": missing}, {"cap_id": missing}):
         with pytest.raises(ObjectNotFound):
-            ledger.close_connection(CLIENT, missing, host_id)
-    # the client half-closes without naming the host, the server with it
+            ledger.settle(SERVER, missing, **ids)
     first = ledger.open_connection(CLIENT, host, 7, cap, 1000)
     ledger.close_connection(CLIENT, first.connection_id)
-    ledger.close_connection(SERVER, first.connection_id, host)
+    ledger.close_connection(SERVER, first.connection_id)
     assert ledger.get_connection(first.connection_id).state == ConnectionState.CLOSED
-    assert ledger.settle(SERVER, first.connection_id, host, first.escrow_id).refunded == 1000
+    assert ledger.settle(SERVER, first.connection_id, escrow_id=first.escrow_id).refunded == 1000
     # settling with a receipt: every ID given, or none (read from the connection)
     for given in (True, False):
         opened = ledger.open_connection(CLIENT, host, 7, cap, 1000)
-        ledger.close_connection(CLIENT, opened.connection_id, host)
+        ledger.close_connection(CLIENT, opened.connection_id)
         receipt = Receipt(opened.connection_id, 2048, 1, 25, 1).sign(CLIENT)
-        ids = {"host_id": host, "escrow_id": opened.escrow_id, "cap_id": cap} if given else {}
+        ids = {"escrow_id": opened.escrow_id, "cap_id": cap} if given else {}
         settled = ledger.settle_with_receipt(SERVER, opened.connection_id, receipt, **ids)
         assert (settled.paid, settled.claimed, settled.refunded) == (25, 25, 975)
         assert ledger.get_connection(opened.connection_id).settled
@@ -168,12 +169,17 @@ def test_objects_a_transaction_reads_but_does_not_change_keep_their_version(
     before = versions()
     ledger.create_pipe(CLIENT, opened.connection_id, 1)  # reads the connection only
     assert versions() == before
-    ledger.top_up(CLIENT, opened.escrow_id, 500)  # changes the escrow only
+    ledger.top_up(CLIENT, opened.escrow_id, 500)  # changes the escrow and the cap only
     after = versions()
-    assert after[opened.escrow_id] == before[opened.escrow_id] + 1
-    assert {i: v for i, v in after.items() if i != opened.escrow_id} == {
-        i: v for i, v in before.items() if i != opened.escrow_id
+    changed = (opened.escrow_id, cap)
+    assert all(after[i] == before[i] + 1 for i in changed)
+    assert {i: v for i, v in after.items() if i not in changed} == {
+        i: v for i, v in before.items() if i not in changed
     }
+    # an open reads the Host and writes only what it creates and the cap
+    host_version = ledger.object_ref(host).version
+    ledger.open_connection(CLIENT, host, 7, cap, 1000)
+    assert ledger.object_ref(host).version == host_version
     assert ledger.get_escrow(opened.escrow_id).balance == 1500
     assert conserved(ledger)
 

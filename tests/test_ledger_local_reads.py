@@ -97,27 +97,29 @@ def test_object_version_follows_every_change(world: World) -> None:
     opened = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
     cid = opened.connection_id
     assert ledger.object_version(cid) == ledger.get_connection(cid).version == 1
-    ledger.close_connection(CLIENT, cid, world.host)
+    ledger.close_connection(CLIENT, cid)
     assert ledger.object_version(cid) == ledger.get_connection(cid).version == 2
     with pytest.raises(ObjectNotFound):
         ledger.object_version("0x" + "ee" * 32)
 
 
-def test_open_reports_what_the_cap_still_allows(world: World) -> None:
+def test_open_reserves_and_settlement_releases_on_the_cap(world: World) -> None:
     ledger = world.ledger
     first = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
-    assert first.cap_remaining == ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000
-    # the server claims 1005 through the (shared) cap: the next open sees it spent
+    assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
+    # the server claims 1005: the cap does not move (the deposit was reserved)
     from dtp.escrow import Receipt, fee
 
     receipt = Receipt(first.connection_id, 100 * 1024, 1, fee(SLA, 100 * 1024, 1), 1)
     ledger.claim(SERVER, first.escrow_id, receipt.sign(CLIENT))
-    second = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
-    cap = ledger.get_cap(world.cap)
-    assert second.cap_remaining == cap.remaining(ledger.epoch()) == 50_000 - 1005
+    assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
+    # settled: the 995 refunded are released, the 1005 claimed stay spent
+    assert ledger.settle(SERVER, first.connection_id).refunded == 995
+    assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 1005
+    assert ledger.get_escrow(first.escrow_id).reserved == 1005
     ledger.advance_epoch()  # a new epoch: the cap's spending starts over
-    third = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
-    assert third.cap_remaining == ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000
+    ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
+    assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
 
 
 def test_own_calls_record_what_execute_records(world: World) -> None:

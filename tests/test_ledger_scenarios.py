@@ -47,8 +47,9 @@ HOST_SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 # The events a successful step must emit, by op (in this order, possibly among others).
 EXPECTED_EVENTS: dict[str, list[str]] = {
     "create_cap": ["SpendingCapCreated"],
-    "open": ["ConnectionOpened"],
-    "claim": ["SpendingCapCharged", "ReceiptClaimed"],
+    "open": ["SpendingCapReserved", "ConnectionOpened"],
+    "top_up": ["SpendingCapReserved", "EscrowToppedUp"],
+    "claim": ["ReceiptClaimed"],
     "finalize": ["ConnectionClosed"],
     "settle": ["EscrowRefunded", "ConnectionSettled"],
     "settle_with_receipt": ["ReceiptClaimed", "EscrowRefunded", "ConnectionSettled"],
@@ -57,6 +58,7 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "set_firewall_mode": ["HostUpdated"],
     "set_client_limits": ["HostUpdated"],
     "broadcast_create": ["BroadcastCreated"],
+    "broadcast_create_ticketed": ["BroadcastCreated"],
     "contribute": ["BroadcastContributed"],
     "transmit": ["BroadcastTransmitted"],
     "broadcast_claim": ["BroadcastClaimed"],
@@ -69,11 +71,11 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "subscription_claim": ["SubscriptionClaimed"],
     "offer_withdraw": ["SubscriptionOfferWithdrawn"],
     "subscription_refund": ["SubscriptionRefunded"],
-    "open_subscribed": ["ConnectionOpened", "SubscribedConnectionOpened"],
+    "open_subscribed": ["SpendingCapReserved", "ConnectionOpened", "SubscribedConnectionOpened"],
     "sponsor_create": ["SponsorPoolCreated"],
     "sponsor_fund": ["SponsorPoolFunded"],
     "sponsor_withdraw": ["SponsorPoolWithdrawn"],
-    "open_sponsored": ["ConnectionOpened", "SponsoredConnectionOpened"],
+    "open_sponsored": ["SpendingCapReserved", "ConnectionOpened", "SponsoredConnectionOpened"],
     "reimburse": ["SponsorReimbursed"],
     "ticket_sale_create": ["TicketSaleCreated"],
     "buy_tickets": ["TicketsBought"],
@@ -85,6 +87,7 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "send_retained": ["PipeDataSent", "RecordRetained"],
     "confirm_consumed": ["RecordConsumed"],
     "delete_retained": ["RecordDeleted"],
+    "pay": ["PaymentSent"],
 }
 
 
@@ -232,6 +235,12 @@ class Runner:
                 step["by"], ledger.create_spending_cap(by, step["max_per_epoch"])
             ),
             "open": lambda: self.open(step),
+            "top_up": lambda: ledger.top_up(
+                by, ledger.get_connection(conn()).escrow, step["amount"]
+            ),
+            "pay": lambda: ledger.pay(
+                by, self.addr(step["to"]), step["amount"], step["memo"].encode()
+            ),
             "claim": lambda: ledger.claim(
                 by,
                 ledger.get_connection(conn()).escrow,
@@ -259,6 +268,7 @@ class Runner:
             "advance_clock": lambda: self.world.advance_clock(step["ms"]),
             "next_epoch": self.world.next_epoch,
             "broadcast_create": lambda: self.create_broadcast(step),
+            "broadcast_create_ticketed": lambda: self.create_broadcast(step, ticketed=True),
             "contribute": lambda: ledger.broadcast_contribute(by, self.bcast(), step["amount"]),
             "transmit": lambda: ledger.broadcast_transmit(by, self.bcast(), step["data"].encode()),
             "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
@@ -401,10 +411,12 @@ class Runner:
         )
         self.conns[step["conn"]] = opened.connection_id
 
-    def create_broadcast(self, step: dict[str, Any]) -> None:
-        self.broadcast_id = self.ledger.create_broadcast(
-            ACTORS[step["by"]], step["channel"], step["slot_price"], step["slot_ms"]
-        )
+    def create_broadcast(self, step: dict[str, Any], *, ticketed: bool = False) -> None:
+        by, args = ACTORS[step["by"]], (step["channel"], step["slot_price"], step["slot_ms"])
+        if ticketed:
+            self.broadcast_id = self.ledger.create_ticketed_broadcast(by, self.model["sale"], *args)
+        else:
+            self.broadcast_id = self.ledger.create_broadcast(by, *args)
 
     # checks
 
@@ -441,13 +453,14 @@ class Runner:
                 assert key in {"epoch", "spent", "max_per_epoch"}, key
                 assert getattr(cap, key) == expected, f"cap.{key}"
         if "host" in step:
-            spec = dict(step["host"])
             h = ledger.get_host(self.host_id or "")
-            for actor, expected in spec.pop("connections_of", {}).items():
-                assert h.connections_of(self.addr(actor)) == expected, f"connections_of {actor}"
-            for key, expected in spec.items():
-                assert key == "open_connections", key
-                assert h.open_connections == expected
+            for key, expected in step["host"].items():
+                if key == "max_connections":
+                    assert h.services[PORT].max_connections == expected, key
+                elif key == "max_connections_per_client":
+                    assert h.firewall.max_connections_per_client == expected, key
+                else:
+                    pytest.fail(f"host check key {key!r} has no runner support")
         if "broadcast" in step:
             spec = dict(step["broadcast"])
             b = ledger.get_broadcast(self.bcast())
@@ -456,6 +469,9 @@ class Runner:
                     assert ledger.is_on_air(b.id) == expected, "on_air"
                 elif key in ("earned", "pool"):
                     assert getattr(b, key) == expected, f"broadcast.{key}"
+                elif key == "ticketed":
+                    sale = self.model.get("sale") if expected else None
+                    assert b.ticket_sale == sale, "broadcast.ticket_sale"
                 else:
                     pytest.fail(f"broadcast check key {key!r} has no runner support")
         self.check_models(step)

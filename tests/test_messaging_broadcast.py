@@ -6,6 +6,7 @@ counted), tips and requests, and cancel → pooled refunds."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -403,3 +404,69 @@ def test_send_takes_only_bytes_like_payloads(world: World) -> None:
         assert next_item(listener).payload == b"ok"  # type: ignore[union-attr]
     finally:
         station.close()
+
+
+# -- a ticketed broadcast admits only ticket holders (docs/escrow.md §9) -------------------
+
+
+def next_message(listener: BroadcastListener) -> BroadcastMessage:
+    """The next message, past air changes."""
+    while not isinstance(item := next_item(listener), BroadcastMessage):
+        pass
+    return item
+
+
+def test_a_ticketed_station_admits_holders_and_refuses_the_others(world: World) -> None:
+    w = world
+    holder, stranger = w.fans
+    sale = w.ledger.create_ticket_sale(w.caster, "launch", 50, 1, 0, 10_000)
+    w.ledger.buy_tickets(holder, sale, 1)
+    b_id = w.ledger.create_ticketed_broadcast(w.caster, sale, "radio", PRICE, SLOT_MS)
+    station = BroadcastStation(w.ledger, w.caster, b_id)
+    assert station.ticket_sale == sale
+
+    def connect(fan: HostIdentity) -> tuple[dtp.socket.DTPSocket, BroadcastListener]:
+        """A listener connected as ``fan`` (its DTP connection proves its address)."""
+        client = dtp.socket.create_connection(
+            w.server.address, server_key=w.caster.noise_public, identity=fan, timeout=10
+        )
+        s_side, _ = w.server.accept(timeout=10)
+        w.socks += [client, s_side]
+        assert s_side.peer_address == fan.sui_address
+        listener = BroadcastListener(client, ledger=w.ledger, identity=fan, broadcast_id=b_id)
+        return s_side, listener
+
+    s_side, hearing = connect(holder)
+    station.attach(s_side, "holder")
+    assert hearing.wait_hello(10)
+    w.ledger.broadcast_contribute(holder, b_id, PRICE * 3)
+    assert station.check()
+    station.send(b"welcome")
+    assert next_message(hearing).payload == b"welcome"
+
+    s_side, refused = connect(stranger)
+    with pytest.raises(E.NoTicket):
+        station.attach(s_side, "stranger")
+    assert not refused.wait_hello(10)
+    with pytest.raises(E.NoTicket, match="holds no ticket"):
+        refused.get(timeout=10)
+    assert isinstance(refused.refusal, E.StationError)  # a StationError as the others
+    assert station.listeners == 1 and station.refused_listeners == 1
+    # once it holds a ticket (after the station's short trust of its read), it is let in
+    w.ledger.buy_tickets(stranger, sale, 2)
+    time.sleep(0.25)
+    s_side, late = connect(stranger)
+    station.attach(s_side, "late")
+    assert late.wait_hello(10)
+    station.send(b"both")
+    for listener in (hearing, late):
+        assert next_message(listener).payload == b"both"
+    station.close()
+    w.conserved()
+
+
+def test_an_open_broadcast_admits_anyone(world: World) -> None:
+    station, listener = station_and_listener(world, fan=1)
+    assert station.ticket_sale is None and station.refused_listeners == 0
+    assert listener.refusal is None
+    station.close()

@@ -14,7 +14,8 @@ golden-vector tests, then decoded from BCS):
 - each argument fits its parameter: a pure input fits the parameter's BCS type exactly
   (u8/u16/u64/address/vector<u8>/String/vector<vector<u8>>), the Clock goes to `&Clock`,
   other shared objects go to a parameter of their Move type (`&T`, `&mut T` or `T`), and
-  one passed read-only never to `&mut T` or by value, a `SplitCoins` result goes to
+  one passed read-only never to `&mut T` or by value (and one passed mutable never to a
+  read-only `&T`: Sui would order it with the Host's writers), a `SplitCoins` result goes to
   `Coin<SUI>`, and the result of an earlier call has the type the parameter wants.
 """
 
@@ -273,6 +274,12 @@ def _check_call(name: str, index: int, call: Any, inputs: list[Any], commands: l
             assert struct == expected, f"{at}: a {expected} is passed"
             if not mutable:
                 assert ref == "&", f"{at}: the {expected} is passed read-only"
+            else:
+                # Sui orders every transaction that takes a shared object mutably, even
+                # one whose Move code only reads it (docs/escrow.md "Throughput")
+                assert ref != "&" or obj.enum_name != "SharedObject", (
+                    f"{at}: the {expected} is only read but passed mutable"
+                )
         elif arg.enum_name == "NestedResult":
             source, _ = arg.value
             assert commands[source].enum_name == "SplitCoin", f"{at}: not a SplitCoins result"
@@ -362,10 +369,30 @@ def test_a_drifted_signature_is_caught() -> None:
     )
     MODULES["escrow"]["top_up"] = drifted
     try:
-        with pytest.raises(AssertionError, match="takes 3"):
+        with pytest.raises(AssertionError, match="takes 4"):
             _check_call("top_up", index, call, inputs, commands)
     finally:
         MODULES["escrow"]["top_up"] = original
+
+
+def test_a_shared_object_passed_mutable_to_a_reader_is_caught() -> None:
+    """A `&Host` passed as a mutable shared input (as open_connection did when the open
+    counted connections) would serialise every open of the host on Sui."""
+    raw = BUILT["open_connection"]
+    data = bcs.TransactionData.from_bytes(raw)
+    ptx = data.value.TransactionKind.value
+    host_input = next(
+        i
+        for i in ptx.Inputs
+        if i.enum_name == "Object"
+        and i.value.value.ObjectID.to_address_str() == sui_cases.HOST.object_id
+    )
+    assert host_input.value.value.Mutable is False
+    host_input.value.value.Mutable = True
+    inputs, commands = list(ptx.Inputs), list(ptx.Command)
+    index, call = next((i, c.value) for i, c in enumerate(commands) if c.enum_name == "MoveCall")
+    with pytest.raises(AssertionError, match="only read but passed mutable"):
+        _check_call("open_connection", index, call, inputs, commands)
 
 
 # -- what one transaction can carry ---------------------------------------------------------------

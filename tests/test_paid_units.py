@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.errors import (
     ConnectionStateError,
     InvalidArgument,
     InvalidReceipt,
     ReplayedReceipt,
-    SpendingCapExceeded,
 )
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
@@ -174,12 +173,13 @@ def test_gate_pauses_beyond_the_allowance_and_closes_after_the_timeout() -> None
     assert closed.state is GateState.CLOSE and "payment required" in closed.reason
 
 
-def test_gate_custom_allowance_and_spend_limit() -> None:
-    g = gate(allowance=0, spend_limit=300)
+def test_gate_custom_allowance_and_the_deposit_ceiling() -> None:
+    g = gate(allowance=0, deposited=300)
     assert g.verdict(0, 1, 0).state is GateState.PAUSE
-    g.receive(receipt(20 * 1024, 0, 1))  # 200 MIST: claimable under the cap
-    with pytest.raises(SpendingCapExceeded):
-        g.receive(receipt(50 * 1024, 0, 2))  # 500 MIST: the cap would refuse the claim
+    g.receive(receipt(20 * 1024, 0, 1))  # 200 MIST: within the deposit
+    with pytest.raises(InvalidReceipt) as above:
+        g.receive(receipt(50 * 1024, 0, 2))  # 500 MIST: beyond the deposit
+    assert above.value.name == "EReceiptExceedsDeposit"
     assert g.violation is None and g.latest_amount == 200 and g.latest_nonce == 1
     assert g.owed(50 * 1024, 0) == 300
 
@@ -285,27 +285,20 @@ def test_client_meter_exhaustion_receipt_is_returned_even_when_the_cadence_signe
     assert last == meter.latest
 
 
-def test_claim_refused_by_the_cap_is_kept_for_later(tmp_path: Path) -> None:
+def test_a_claim_is_paid_though_the_cap_is_used_up_and_lowered(tmp_path: Path) -> None:
     ledger = LocalLedger(tmp_path / "l.db")
-    host_id, cid = open_paid(ledger, deposit=5000)
+    _, cid = open_paid(ledger, deposit=5000)  # on a cap of 5000: used up by the open
     cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
-    # another connection on the cap spends 4000 of the 5000 it allows this epoch (a
-    # lowering no longer refuses an open connection's claims: docs/escrow.md §4)
-    other = ledger.open_connection(CLIENT, host_id, 7, cap, 5000)
-    spend = Receipt(other.connection_id, 400 * 1024, 0, 4000, 1).sign(CLIENT)
-    assert ledger.claim(SERVER, other.escrow_id, spend) == 4000
+    assert ledger.get_cap(cap).remaining(ledger.epoch()) == 0
+    ledger.set_max_per_epoch(CLIENT, cap, 0)  # and lowered to nothing
     store = ReceiptStore(tmp_path / "r.db")
     store.keep(Receipt(cid, 150 * 1024, 0, 1500, 1).sign(CLIENT))
-    assert claim_and_settle(ledger, SERVER, cid, store) is None
-    tc = ledger.get_connection(cid)
-    assert not tc.settled
-    # closed on our side all the same: the client's refund timeout runs
-    assert tc.state is ConnectionState.HALF_CLOSED and tc.half_closed_by == SERVER.sui_address
-    assert [s.unclaimed for s in store.unclaimed()] == [1500]
-    ledger.advance_epoch()  # the next epoch: a new budget
-    done = recover_unclaimed(ledger, SERVER, store)
-    assert [(c, s.claimed, s.refunded) for c, s in done] == [(cid, 1500, 3500)]
+    # the deposit was reserved at the open: the claim cannot be refused by the cap
+    settlement = claim_and_settle(ledger, SERVER, cid, store)
+    assert settlement is not None and (settlement.claimed, settlement.refunded) == (1500, 3500)
+    assert ledger.get_connection(cid).settled
     assert list(store.unclaimed()) == []
+    assert ledger.get_cap(cap).spent == 1500  # the refund released within the epoch
     assert conserved(ledger)
 
 

@@ -38,7 +38,7 @@ def test_a_receipt_of_a_settled_connection_is_tried_once(
         with ReceiptStore(tmp_path / "r.db") as store:
             assert store.keep(receipt)
         # the server is away past the timeout: the client takes its deposit back
-        ledger.close_connection(CLIENT, cid, host)
+        ledger.close_connection(CLIENT, cid)
         ledger.advance_clock(600_001)
         assert collect_refund(ledger, CLIENT, cid) == DEPOSIT
         with caplog.at_level(logging.WARNING, logger="dtp.settlement"):

@@ -253,8 +253,8 @@ def test_a_host_stops_growing_at_the_object_size_limit(
     for port in range(1, 16):
         (first, second)[port % 2].add_service(ALICE, host, port, big, Sla(1, 1, 0))
     room = MAX_OBJECT - _host_size(second, host)
-    # a service entry: u16 port, kind (2-byte length here), Sla and two u64 counts
-    kind_length = room - (2 + 2 + 24 + 8 + 8)
+    # a service entry: u16 port, kind (2-byte length here), Sla and its u64 limit
+    kind_length = room - (2 + 2 + 24 + 8)
     assert 128 <= kind_length <= MAX_PURE_BYTES
     version = second.object_version(host)
     with pytest.raises(ChainError) as too_big:

@@ -354,7 +354,7 @@ def test_collect_refund_racing_the_servers_settlement_reports_the_refund(
     if half_closed:
         # the client half-closed at its close and the timeout has passed: its settle
         # races the server's (EAlreadySettled); else its close does (EConnectionClosed)
-        ledger.close_connection(CLIENT, cid, host_id)
+        ledger.close_connection(CLIENT, cid)
         ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
     with ReceiptStore(tmp_path / "receipts.db") as store:
         assert store.keep(signed(cid, 150 * 1024, 1))
@@ -382,7 +382,7 @@ def test_collect_refund_before_the_timeout_still_says_so(
 ) -> None:
     host_id = setup_host(ledger)
     cid = open_for(ledger, host_id, CLIENT)
-    ledger.close_connection(CLIENT, cid, host_id)
+    ledger.close_connection(CLIENT, cid)
     with pytest.raises(ConnectionStateError) as early:
         collect_refund(ledger, CLIENT, cid)
     assert early.value.name == "ETimeoutNotReached"
@@ -410,7 +410,7 @@ def test_a_settlement_racing_the_clients_own_settles_as_already_settled(
 ) -> None:
     host_id = setup_host(ledger)
     cid = open_for(ledger, host_id, CLIENT)
-    ledger.close_connection(CLIENT, cid, host_id)
+    ledger.close_connection(CLIENT, cid)
     ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)  # the server stayed away too long
     before = ledger.balance(CLIENT.sui_address)
     with ReceiptStore(tmp_path / "receipts.db") as store:

@@ -1,4 +1,4 @@
-"""Two money faults of the paid servers' receipt gate (blocking and asyncio servers).
+"""A top-up while a paid connection is open (blocking and asyncio servers).
 
 1. A client that tops its escrow up while a paid connection is open was held to the
    deposit the server read at admission: its first receipt above the old deposit was
@@ -7,11 +7,7 @@
    (when the deposit holds the connection, at most once per DEPOSIT_READ_INTERVAL_MS)
    and serves on when it was topped up; a receipt still above the deposit read again is
    a violation, as before.
-2. ``CapShare._leave`` took what a settled connection held off what its cap has left,
-   though a read of the cap between the settlement's claim and the leave (the server's
-   refresh of the caps, another connection joining) had it off already: the connections
-   left on the cap were served less than it allows. The server now reads the cap again
-   after a leave, and a refresh begun before a leave is not applied.
+2. The client's top-up API (``DTPSocket.top_up``, asyncio's ``writer.top_up``).
 
 Real LocalLedger file, real DTP connections on 127.0.0.1, servers in this process.
 """
@@ -42,12 +38,11 @@ from dtp.escrow import Receipt, fee
 from dtp.metering import (
     DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,
-    CapShares,
     ClientMeter,
     MeteringConfig,
     ReceiptGate,
 )
-from dtp.paid import PaidServer, ServicePolicy
+from dtp.paid import ServicePolicy
 from dtp.paid_aio import PaidAioServer
 from tests.paid_twins import (
     funded_ledger,
@@ -63,7 +58,7 @@ SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
 DEPOSIT = 20_000  # about 2 MiB of service
 TOP_UP = 30_000
-# the Host (and the caps) never read again by the policy loop: only the gate's own reads
+# the Host never read again by the policy loop: only the gate's own reads
 POLICY = ServicePolicy(pause_timeout=2.0, refresh_interval=3600)
 # paused for longer than the deposit lag: the violation, not the pause, ends it
 PATIENT = ServicePolicy(pause_timeout=60.0, refresh_interval=3600)
@@ -177,7 +172,6 @@ def serve(
             ),
             loop,
         ).result(10)
-        aio_server.loop = loop  # type: ignore[attr-defined]  # for refresh()
 
         def stop_server() -> None:
             asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(30)
@@ -190,15 +184,6 @@ def serve(
     finally:
         for close in closers:
             close()
-
-
-def refresh(server: PaidServer | PaidAioServer) -> None:
-    """The server's refresh of the Host and of the caps, now (from any thread)."""
-    if isinstance(server, PaidServer):
-        server.refresh_policy()
-    else:
-        loop = server.loop  # type: ignore[attr-defined]
-        asyncio.run_coroutine_threadsafe(server.refresh_policy(), loop).result(10)
 
 
 def paid_connection(
@@ -382,90 +367,6 @@ def test_the_gate_keeps_a_receipt_above_the_deposit_for_the_escrow_read() -> Non
     assert gate.deposit_read(DEPOSIT + TOP_UP) is None
     assert gate.violation is not None
     assert not gate.wants_deposit(100 * DEPOSIT_READ_INTERVAL_MS, 6000 * 1024, 1)
-
-
-# -- 2. a settled connection's claim counted once on a shared cap --------------------------
-
-
-CAP = 20_000
-FIRST = 6_000  # about what the first connection uses
-
-
-def test_a_claim_is_taken_off_a_shared_cap_once(
-    ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
-) -> None:
-    """Two connections on one cap of 20,000 MIST. The first uses about 6,000 and closes;
-    the server's refresh of the caps lands between its settlement's claim and its leave
-    of the cap's share (made to, here: it may at any time). The second is then served
-    what the cap really has left per the ledger (20,000 less the claim), less a margin.
-    Before: the claim was taken off twice (the refresh read it, the leave took it off
-    again), the second connection's receipts beyond 20,000 - 2 x 6,000 were refused by
-    the share, and it was paused and closed (PaymentRequired) with the cap's room
-    unused."""
-    counting, server = serve()
-    cap = ledger.create_spending_cap(CLIENT, CAP)
-    fired = threading.Event()
-
-    def refresh_once() -> None:
-        if not fired.is_set():
-            fired.set()
-            refresh(server)
-
-    counting.after_settle = refresh_once
-    socks = [paid_connection(ledger, host_id, cap, CAP) for _ in range(2)]
-    first, second = socks
-    try:
-        ids = [s.connection_id or "" for s in socks]
-        first.sendall(b"go")
-        second.sendall(b"go")
-        got, error = read_until(first, 0, FIRST * 1024 // 10)
-        assert error is None
-        first.close()
-        assert wait_for(lambda: ledger.get_connection(ids[0]).settled, timeout=10)
-        assert fired.is_set()
-        claimed = ledger.get_escrow(ledger.get_connection(ids[0]).escrow).claimed
-        assert FIRST - 500 <= claimed <= FIRST + SLA.min_deposit
-        assert ledger.get_cap(cap).spent == claimed
-        # the share's leave is just after the settlement: let it happen
-        assert wait_for(lambda: server.open_connections == 1, timeout=10)
-        left = CAP - claimed  # what the cap has left, per the ledger
-        goal = (left - 1000) * 1024 // 10  # all of it but a margin (the requests, slack)
-        got, error = read_until(second, 0, goal)
-        assert error is None, (got, goal, error)
-        assert got >= goal
-    finally:
-        for sock in socks:
-            sock.close()
-    assert wait_for(lambda: ledger.get_connection(ids[1]).settled, timeout=10)
-    claims = [ledger.get_escrow(ledger.get_connection(c).escrow).claimed for c in ids]
-    assert ledger.get_cap(cap).spent == sum(claims) <= CAP
-    assert conserved(ledger)
-
-
-def test_a_refresh_begun_before_a_leave_is_not_applied() -> None:
-    """The share's side: a read of the cap begun before a connection left may predate
-    its claim; applied after the leave it would undo the leave. It is ignored, and a
-    read begun after the leave is applied."""
-    shares = CapShares()
-    cid = "0x" + "ef" * 32
-    one, two = (
-        ReceiptGate(
-            connection_id=c, client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=CAP
-        )
-        for c in (cid, "0x" + "12" * 32)
-    )
-    shares.join("0xcap", one, CAP)
-    shares.join("0xcap", two, CAP)
-    one.receive(Receipt(cid, 600 * 1024, 1, fee(SLA, 600 * 1024, 1), 1).sign(CLIENT).encode())
-    assert one.share is not None
-    share = one.share
-    before = share.generation  # a refresh begins (it reads CAP: the claim not yet in)
-    assert shares.leave(one) is share  # claimed and left: `two` still on it
-    assert share.remaining == CAP - 6005
-    assert not share.refresh(CAP, before)  # the stale read: ignored
-    assert share.remaining == CAP - 6005
-    assert share.refresh(CAP - 6005, share.generation)  # read after the leave
-    assert shares.leave(two) is None
 
 
 # -- the client's top-up API ------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_two_handles_in_threads_and_two_processes_lose_no_update(tmp_path: Path)
             assert setup.balance(ident(seed).sui_address) == 1000 * CYCLES
         assert setup.balance(SERVER.sui_address) == len(seeds) * CYCLES
         assert conserved(setup)
-        assert setup.get_host(host).open_connections == 0
+        assert setup.object_ref(host).version == 2  # connections never write the Host
         opened, _ = setup.events(filter=EventFilter(type="ConnectionOpened"), limit=10**6)
         assert len(opened) == len(seeds) * CYCLES
         # every transaction ran once: one row each, no (sender, nonce) twice

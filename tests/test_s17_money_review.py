@@ -175,13 +175,10 @@ def test_a_receipt_above_the_old_deposit_is_claimed_when_the_connection_ends(
 def test_a_top_up_does_not_lift_the_client_past_its_cap(
     ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
 ) -> None:
-    """A cap of 8,000 MIST, a deposit of 5,000: a top-up of 40,000 is refused before any
-    transaction (SpendingCapExceeded: past the cap it buys nothing, and the money would
-    wait for the refund -- session 22; it went to the escrow before); one of the 3,000
-    the cap has room for goes, and the client signs up to the cap and no further, and
-    the server claims that. Before session 17: the meter signed up to the new deposit
-    (refused by the server for the cap), and the server claimed a receipt below even
-    the old deposit."""
+    """A cap of 8,000 MIST, a deposit of 5,000 (reserved on it at the open): a top-up of
+    40,000 is refused by the ledger and moves nothing (SpendingCapExceeded: the cap
+    reserves each top-up, docs/escrow.md §4); one of the 3,000 the cap has room for
+    goes, the client signs up to the new deposit, and the server claims that."""
     release = threading.Event()
     serve(*quiet_handlers(release))
     cap_max = 8000

@@ -204,7 +204,7 @@ TRANSACTIONS: dict[str, tuple[Callable[[LocalLedger, World], object], Callable[[
     ),
     "top_up": (lambda led, w: led.top_up(CLIENT, w.escrow, 10), lambda w: w.escrow),
     "close_connection": (
-        lambda led, w: led.close_connection(CLIENT, w.connection, w.host),
+        lambda led, w: led.close_connection(CLIENT, w.connection),
         lambda w: w.connection,
     ),
 }

@@ -7,13 +7,14 @@ A hypothesis state machine drives a :class:`dtp.metering.ClientMeter` and the
 memory: the receipts the meter signs are handed to the gate late, twice, out of order
 or never, and the usage grows only as far as the gate lets it (as the paid server moves
 at most what the credit covers). The escrow and the spending cap live in a real
-LocalLedger file: top-ups, a new epoch and a lowered or raised cap happen there, and
-the connection ends with :func:`dtp.settlement.claim_and_settle`.
+LocalLedger file: top-ups, a new epoch, a lowered or raised cap and the client's other
+connections on the cap happen there, and the connection ends with
+:func:`dtp.settlement.claim_and_settle`, which the cap never refuses (the deposit was
+reserved on it: docs/escrow.md §4).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,15 +34,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidReceipt, ReplayedReceipt, SpendingCapExceeded
 from dtp.escrow import U64_MAX, Meter, Receipt, fee
-from dtp.metering import (
-    CapShares,
-    ClientMeter,
-    MeteringConfig,
-    ReceiptGate,
-    apply_cap_limits,
-    read_cap_limits,
-    share_generations,
-)
+from dtp.metering import ClientMeter, MeteringConfig, ReceiptGate
 from dtp.paid import ServicePolicy, gate_for
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle
@@ -100,7 +93,7 @@ class MeterAndGate(RuleBasedStateMachine):
     @initialize(
         sla=st.sampled_from(SLAS),
         extra=st.integers(0, 20_000),
-        cap_max=st.integers(0, 60_000),
+        cap_room=st.integers(0, 60_000),
         allowance=st.one_of(st.none(), st.integers(0, 10_000)),
         every_bytes=st.sampled_from([0, 1, 4096, 64 << 10]),
         every_requests=st.sampled_from([0, 1, 3]),
@@ -110,7 +103,7 @@ class MeterAndGate(RuleBasedStateMachine):
         self,
         sla: Sla,
         extra: int,
-        cap_max: int,
+        cap_room: int,
         allowance: int | None,
         every_bytes: int,
         every_requests: int,
@@ -121,27 +114,20 @@ class MeterAndGate(RuleBasedStateMachine):
         self.host = host = ledger.create_host(SERVER, SERVER.noise_public)
         ledger.add_service(SERVER, host, PORT, "meter", sla)
         self.sla = sla
-        self.cap = ledger.create_spending_cap(CLIENT, cap_max)
         deposit = sla.min_deposit + extra
+        # room for the deposit (reserved at the open) and ``cap_room`` more
+        self.cap = ledger.create_spending_cap(CLIENT, deposit + cap_room)
         opened = ledger.prepare_open_connection(CLIENT, host, PORT, self.cap, deposit).execute()
         self.cid, self.escrow_id = opened.connection_id, opened.escrow_id
-        self.shares = CapShares()
         self.gate: ReceiptGate = gate_for(
-            ledger,
-            self.cid,
-            ServicePolicy(allowance=allowance),
-            self.store,
-            shares=self.shares,
+            ledger, self.cid, ServicePolicy(allowance=allowance), self.store
         )
-        # the client's limit, as dtp.settlement.Payment sets it: the deposit and what
-        # the cap lets the server count on
-        room = ledger.get_cap(self.cap).serving_room(ledger.epoch(), cap_max)
+        # the client's limit, as dtp.settlement.ClientPayment sets it: the deposit
         self.deposited = deposit
-        self.cap_limit = room
         config = MeteringConfig(
             every_bytes=every_bytes, every_ms=every_ms, every_requests=every_requests
         )
-        self.meter = ClientMeter(CLIENT, self.cid, sla, min(deposit, room), config)
+        self.meter = ClientMeter(CLIENT, self.cid, sla, deposit, config)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -187,33 +173,19 @@ class MeterAndGate(RuleBasedStateMachine):
             assert receipt.total_amount > gate.deposited
             assert self.gate_state() == before
             return
-        except SpendingCapExceeded:
-            assert gate.claim_limit is not None and receipt.total_amount > gate.claim_limit
-            assert self.gate_state() == before
-            return
         # never one at or below a nonce checked before (kept or not)
         assert receipt.nonce > max(last_nonce, checked_nonce)
         self.accepted.append(receipt)
 
     def served(self, total_bytes: int, total_requests: int) -> None:
         """The gate let the usage grow to this: within the allowance beyond the
-        receipts, and within what the escrow (and the cap) can pay. (Checked here, when
-        it is let through: the client's other connections may take the cap's budget
-        later, and the receipts then pay less of what was served, §4.)"""
+        receipts, and within what the escrow can pay."""
         gate = self.gate
         assert gate.serving(total_bytes, total_requests)
         assert gate.owed(total_bytes, total_requests) <= gate.allowance
         cost = fee(self.sla, total_bytes, total_requests)
         assert cost <= max(gate.deposited, gate.payable())
-        if gate.spend_limit is not None:
-            assert cost <= max(gate.spend_limit, gate.payable())
         self.used = (total_bytes, total_requests)
-
-    def refresh_caps(self) -> None:
-        """The server's refresh of the caps (dtp.paid.PaidServer.refresh_policy)."""
-        gates = [self.gate]
-        generations = share_generations(gates)
-        apply_cap_limits(gates, read_cap_limits(self.ledger, [self.cap]), generations)
 
     # -- rules -------------------------------------------------------------------------
 
@@ -293,13 +265,15 @@ class MeterAndGate(RuleBasedStateMachine):
     @precondition(lambda self: not self.ended)
     @rule(amount=st.integers(1, 30_000))
     def top_up(self, amount: int) -> None:
-        """The client tops the escrow up and signs up to the new deposit."""
-        self.ledger.top_up(CLIENT, self.escrow_id, amount)
+        """The client tops the escrow up and signs up to the new deposit; past the cap's
+        room this epoch the ledger refuses it, and nothing moves."""
+        try:
+            self.ledger.top_up(CLIENT, self.escrow_id, amount)
+        except SpendingCapExceeded:
+            assert self.ledger.get_escrow(self.escrow_id).deposited == self.deposited
+            return
         self.deposited += amount
-        meter = self.meter
-        more = min(self.deposited, self.cap_limit) - meter.meter.deposit
-        if more > 0:
-            self.signs(meter.top_up(more, self.now))
+        self.signs(self.meter.top_up(amount, self.now))
 
     @precondition(lambda self: not self.ended)
     @rule()
@@ -310,31 +284,31 @@ class MeterAndGate(RuleBasedStateMachine):
     @rule()
     def new_epoch(self) -> None:
         self.ledger.advance_epoch()
-        self.refresh_caps()
 
     @precondition(lambda self: not self.ended)
     @rule(cap_max=st.integers(0, 60_000))
     def set_cap(self, cap_max: int) -> None:
-        """The client lowers or raises its cap; the server reads it again."""
+        """The client lowers or raises its cap (the server need not know)."""
         self.ledger.set_max_per_epoch(CLIENT, self.cap, cap_max)
-        self.refresh_caps()
 
     @precondition(lambda self: not self.ended)
     @rule(kib=st.integers(0, 4000))
     def other_connection_spends(self, kib: int) -> None:
-        """Another connection on the same cap is paid: its claim takes part of the
-        cap's budget this epoch (docs/escrow.md §4); the server reads the caps again."""
+        """Another connection on the same cap is opened (its deposit reserved, when the
+        cap has room) and paid: it takes part of the cap's budget this epoch, none of
+        this connection's deposit (docs/escrow.md §4)."""
         sla = self.sla
         amount = fee(sla, kib * 1024, 1)
         if max(sla.min_deposit, amount) > FUNDS // 64:
             return  # (more than the client has)
-        opened = self.ledger.prepare_open_connection(
-            CLIENT, self.host, PORT, self.cap, max(sla.min_deposit, amount)
-        ).execute()
+        try:
+            opened = self.ledger.prepare_open_connection(
+                CLIENT, self.host, PORT, self.cap, max(sla.min_deposit, amount)
+            ).execute()
+        except SpendingCapExceeded:
+            return
         receipt = Receipt(opened.connection_id, kib * 1024, 1, amount, 1).sign(CLIENT)
-        with contextlib.suppress(SpendingCapExceeded):
-            self.ledger.settle_with_receipt(SERVER, opened.connection_id, receipt)
-        self.refresh_caps()
+        self.ledger.settle_with_receipt(SERVER, opened.connection_id, receipt)
 
     @precondition(lambda self: not self.ended)
     @rule(final=st.booleans())
@@ -349,24 +323,10 @@ class MeterAndGate(RuleBasedStateMachine):
         gate = self.gate
         latest = self.store.latest(self.cid)
         assert (latest.receipt if latest else None) == gate.latest
-        escrow_before = self.ledger.get_escrow(self.escrow_id)
-        cap_before = self.ledger.get_cap(self.cap)
-        epoch = self.ledger.epoch()
+        # whatever the client did with its cap meanwhile, the claim goes through
         settlement = claim_and_settle(self.ledger, SERVER, self.cid, self.store)
-        if settlement is None:
-            # refused by the cap: the client's other connections used its budget
-            # this epoch (documented); the receipt waits in the store for the next
-            assert gate.latest is not None
-            assert gate.latest.total_amount - escrow_before.claimed > cap_before.remaining(
-                epoch, escrow_before.cap_max_per_epoch
-            )
-            unclaimed = [s.receipt for s in self.store.unclaimed()]
-            assert unclaimed == [gate.latest]
-            epoch = self.ledger.advance_epoch()
-            cap_before = self.ledger.get_cap(self.cap)
-            settlement = claim_and_settle(self.ledger, SERVER, self.cid, self.store)
-            assert settlement is not None
-        self.shares.leave(gate)
+        assert settlement is not None
+        assert list(self.store.unclaimed()) == []
         escrow = self.ledger.get_escrow(self.escrow_id)
         assert escrow.settled
         assert settlement.claimed + settlement.refunded == escrow.deposited
@@ -376,9 +336,6 @@ class MeterAndGate(RuleBasedStateMachine):
         if gate.latest is not None:
             assert expected == fee(self.sla, gate.latest.total_bytes, gate.latest.total_requests)
         assert escrow.claimed == expected
-        # within the cap's room in the epoch
-        room = cap_before.remaining(epoch, escrow_before.cap_max_per_epoch)
-        assert escrow.claimed - escrow_before.claimed <= room
         assert escrow.balance == 0
 
     @precondition(lambda self: self.ended)
@@ -407,16 +364,11 @@ class MeterAndGate(RuleBasedStateMachine):
             assert self.gate.latest == self.accepted[-1]
 
     @invariant()
-    def claimable_within_deposit_and_cap(self) -> None:
+    def claimable_within_deposit(self) -> None:
         gate = self.gate
         payable = gate.payable()
         assert payable <= gate.deposited
         assert payable <= self.ledger.get_escrow(self.escrow_id).deposited
-        if not self.ended:
-            cap = self.ledger.get_cap(self.cap)
-            escrow = self.ledger.get_escrow(self.escrow_id)
-            room = cap.remaining(self.ledger.epoch(), escrow.cap_max_per_epoch)
-            assert payable - escrow.claimed <= room
 
     @invariant()
     def violation_only_for_a_bad_receipt(self) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.paid import PaidServer, PaidSocket, ServicePolicy
@@ -84,8 +84,10 @@ def hold_reservation(server: PaidServer, race: Race) -> None:
     assert served is not None
     reserve = served.reserve
 
-    def slow_reserve(connection_id: str) -> str | None:
-        refusal = reserve(connection_id)
+    def slow_reserve(
+        connection_id: str, client: str | None = None, limits: ConnectionLimits | None = None
+    ) -> str | None:
+        refusal = reserve(connection_id, client, limits)
         assert refusal is None
         race.hold(connection_id)
         return refusal

@@ -222,12 +222,12 @@ def opened(tmp_path: Path) -> tuple[LocalLedger, str, str]:
 
 
 def test_connection_state_follows_the_connection(opened: tuple[LocalLedger, str, str]) -> None:
-    ledger, host, cid = opened
+    ledger, _, cid = opened
     seen = []
     for step in (
         lambda: None,
-        lambda: ledger.close_connection(CLIENT, cid, host),
-        lambda: ledger.close_connection(SERVER, cid, host),
+        lambda: ledger.close_connection(CLIENT, cid),
+        lambda: ledger.close_connection(SERVER, cid),
     ):
         step()
         state = ledger.connection_state(cid)

@@ -1,11 +1,9 @@
 """What a fresh user's walk through the API found (session 22), fixed here.
 
-- ``top_up`` past what the connection's spending cap lets the server claim went to the
-  escrow and bought nothing: the meter signs and the server serves up to the cap only,
-  and a connection by host ID without ``cap_id=`` gets a cap of its deposit, so there
-  *every* top-up was money locked until the refund, while the client was paused for
-  payment as if it had not paid. Now SpendingCapExceeded, before any transaction, says
-  how much room the cap has and to connect with ``cap_id=``.
+- ``top_up`` past the connection's spending cap: a connection by host ID without
+  ``cap_id=`` gets a cap of its deposit, which the open reserved whole, so every top-up
+  there is refused by the ledger (SpendingCapExceeded, nothing moved), and the error
+  says to connect with ``cap_id=``.
 - A host whose published endpoint was meant as TCP but did not parse (``127.0.0.1``
   with no port, ``:99999``) was reached over the ledger carrier instead, which it may
   not serve: the client waited out its timeout with a bare "timed out", the deposit in
@@ -104,7 +102,7 @@ def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:
     return ledger.get_escrow(ledger.get_connection(cid).escrow).deposited
 
 
-def test_a_top_up_on_the_default_cap_is_refused_before_the_ledger(
+def test_a_top_up_on_the_default_cap_is_refused_and_moves_nothing(
     ledger: LocalLedger, host_id: str, serve: object
 ) -> None:
     """No cap_id: the cap is the deposit, so no top-up can be served."""
@@ -139,12 +137,12 @@ def test_an_asyncio_top_up_past_the_cap_is_refused_and_one_within_it_goes(
             assert cid is not None
             writer.write(b"go")
             await writer.drain()
-            with pytest.raises(SpendingCapExceeded, match="room for 1000 more"):
+            with pytest.raises(SpendingCapExceeded, match="1001 more asked"):
                 await writer.top_up(1001)
             assert _escrow_deposit(ledger, cid) == DEPOSIT
             await writer.top_up(1000)
             assert _escrow_deposit(ledger, cid) == DEPOSIT + 1000
-            with pytest.raises(SpendingCapExceeded, match="room for 0 more"):
+            with pytest.raises(SpendingCapExceeded, match="1 more asked"):
                 await writer.top_up(1)
         finally:
             release.set()
@@ -158,8 +156,8 @@ def test_an_asyncio_top_up_past_the_cap_is_refused_and_one_within_it_goes(
 def test_concurrent_top_ups_share_the_caps_room(
     ledger: LocalLedger, host_id: str, serve: object
 ) -> None:
-    """Two threads topping up at once: the room is counted with the top-up under way in
-    the other, so at most one of two that each fit alone goes through."""
+    """Two threads topping up at once: the ledger reserves each on the cap in turn, so
+    at most one of two that each fit alone goes through."""
     release = threading.Event()
     serve(*quiet_handlers(release))  # type: ignore[operator]
     cap = ledger.create_spending_cap(CLIENT, DEPOSIT + 1500)

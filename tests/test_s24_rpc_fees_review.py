@@ -437,11 +437,14 @@ def test_a_topped_up_client_is_served(tmp_path: Path) -> None:
     ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
     threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
     try:
+        # a cap with room for the top-up (one of the deposit alone would refuse it)
+        cap = ledger.create_spending_cap(user, 200)
         sock = dtp.socket.create_connection(
             f"dtp://{host}:8545",
             ledger=ledger,
             identity=user,
             deposit=100,
+            cap_id=cap,
             timeout=10,
             metering=OFF,
         )

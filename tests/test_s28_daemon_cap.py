@@ -1,9 +1,6 @@
-"""The services daemon takes receipts only up to what the client's spending cap lets
-its claims reach (what no later change of the cap's limit can take away, read at the
-connection's start): it checked them against the deposit alone, served on them, and
-its claim was refused (ESpendingCapExceeded) -- a client whose cap was opened at 0, or
-shared and spent, then settled after the half-close timeout and took its whole deposit
-back (found by a second reader)."""
+"""The services daemon takes receipts up to the deposit: the open reserved it on the
+client's spending cap, so no claim within it can be refused by the cap, however the
+client spends or lowers it afterwards (docs/escrow.md §4)."""
 
 from __future__ import annotations
 
@@ -39,15 +36,42 @@ def _receipt(client: HostIdentity, cid: str, nbytes: int) -> bytes:
     return Receipt(cid, nbytes, 0, fee(SLA, nbytes, 0), 1).sign(client).encode()
 
 
-def test_receipts_past_what_the_cap_lets_be_claimed_are_refused(tmp_path: Path) -> None:
-    ledger, server, client, host, cid = _world(tmp_path, 0)  # a cap opened at 0
+def test_receipts_up_to_the_deposit_are_taken_whatever_the_cap(tmp_path: Path) -> None:
+    """The deposit was reserved on the cap at the open: a cap used up by it and lowered
+    to nothing still lets every receipt up to the deposit be claimed."""
+    ledger, server, client, host, cid = _world(tmp_path, 10_000)  # used up by the open
+    cap = ledger.get_escrow(ledger.get_connection(cid).escrow).spending_cap
+    ledger.set_max_per_epoch(client, cap, 0)
     terms = ConnectionTerms.from_ledger(ledger, cid)
-    assert terms.claim_limit == 0 and terms.payable == 0
+    assert terms.deposited == 10_000
+    fees = ServerFees(ledger, server, host, tmp_path / "receipts.sqlite")
+    kept: list[Receipt] = []
+
+    async def main() -> None:
+        fees.accept(terms, _receipt(client, cid, 1000 * 1024), kept.append)  # all of it
+        for _ in range(200):
+            if kept:
+                break
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(main())
+        assert kept and kept[0].total_amount == 10_000
+        assert ledger.claim(server, terms.escrow_id, kept[0]) == 10_000
+    finally:
+        fees.close()
+        ledger.close()
+
+
+def test_a_receipt_past_the_deposit_is_refused(tmp_path: Path) -> None:
+    ledger, server, client, host, cid = _world(tmp_path, 10**6)
+    terms = ConnectionTerms.from_ledger(ledger, cid)
     fees = ServerFees(ledger, server, host, tmp_path / "receipts.sqlite")
 
     async def main() -> None:
-        with pytest.raises(InvalidReceipt, match="spending cap"):
-            fees.accept(terms, _receipt(client, cid, 10 * 1024), lambda _: None)
+        with pytest.raises(InvalidReceipt) as refused:
+            fees.accept(terms, _receipt(client, cid, 1001 * 1024), lambda _: None)
+        assert refused.value.name == "EReceiptExceedsDeposit"
 
     try:
         asyncio.run(main())
@@ -59,7 +83,7 @@ def test_receipts_past_what_the_cap_lets_be_claimed_are_refused(tmp_path: Path) 
 def test_a_cap_that_covers_the_deposit_does_not_bind(tmp_path: Path) -> None:
     ledger, server, client, host, cid = _world(tmp_path, 10**6)
     terms = ConnectionTerms.from_ledger(ledger, cid)
-    assert terms.payable == terms.deposited == 10_000
+    assert terms.deposited == 10_000
     fees = ServerFees(ledger, server, host, tmp_path / "receipts.sqlite")
     kept: list[Receipt] = []
 

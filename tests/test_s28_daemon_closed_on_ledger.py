@@ -43,7 +43,7 @@ def test_a_connection_closed_on_the_ledger_is_closed(tmp_path: Path) -> None:
         conn.ledger_check_due = 0.0
         asyncio.run(host.refresh_policy())
         assert aborted == []  # Open: served on
-        ledger.close_connection(client, cid, host_id)  # the client half-closes, still served
+        ledger.close_connection(client, cid)  # the client half-closes, still served
         asyncio.run(host.refresh_policy())
         assert aborted == []  # (read again only once its interval passed)
         conn.ledger_check_due = 0.0

@@ -44,7 +44,6 @@ def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, in
     on until the server closes (or 3 s: served on, as before); then, the ledger's clock
     moved past the half-close timeout, the client collects its refund -- settling itself
     when the server has not. (connection ID, bytes read before the half-close)."""
-    host_id = address.removeprefix("dtp://").rsplit(":", 1)[0]
     with dtp.socket.create_connection(
         address, timeout=10, ledger=ledger, identity=CLIENT, deposit=DEPOSIT, metering=METERING
     ) as sock:
@@ -53,7 +52,7 @@ def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, in
         got = 0
         while got < 256 << 10:
             got += len(sock.recv(1 << 16))
-        ledger.close_connection(CLIENT, cid, host_id)  # while still served
+        ledger.close_connection(CLIENT, cid)  # while still served
         until = time.monotonic() + 3.0
         # the server's CLOSE, or -- when the server's close found its carrier full of
         # what it was streaming, the CLOSE record queued behind -- the carrier's reset

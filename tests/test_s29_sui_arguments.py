@@ -88,8 +88,6 @@ class FakeNode:
                         "max_bytes_per_sec": 0,
                         "max_requests_per_sec": 0,
                     },
-                    "open_connections": 0,
-                    "client_connections": {"id": "0x" + "b1" * 32, "size": 0},
                 },
             ),
             PIPE: NodeObject(
@@ -216,7 +214,7 @@ def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
         "set_endpoints endpoint": lambda: led.set_endpoints(s, HOST, [bad]),
         "add_service kind": lambda: led.add_service(s, HOST, 8, bad, SLA),
         "open_connection key": lambda: led.open_connection(s, HOST, 7, ZERO, 0, bad),
-        "claim signature": lambda: led.claim(s, ESCROW, receipt, ZERO),
+        "claim signature": lambda: led.claim(s, ESCROW, receipt),
         "settle_with_receipt signature": lambda: led.settle_with_receipt(s, CONN, receipt),
         "pipe_send data": lambda: led.pipe_send(s, PIPE, 0, bad),
         "create_broadcast channel": lambda: led.create_broadcast(s, bad, 1, 1000),
@@ -238,6 +236,10 @@ def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
         ),
         "open_sponsored_connection key": lambda: led.open_sponsored_connection(
             s, ZERO, ZERO, 0, bad
+        ),
+        "pay memo": lambda: led.pay(s, OTHER.sui_address, 1, bad),
+        "create_ticketed_broadcast channel": lambda: led.create_ticketed_broadcast(
+            s, ZERO, bad, 1, 1000
         ),
     }
 
@@ -375,7 +377,7 @@ def _wrong_typed_calls(
     return {
         "add_service sla": lambda: ledger.add_service(SIGNER, host, 9, "raw", (1, 1, 1)),
         "update_service sla": lambda: ledger.update_service(SIGNER, host, 7, None),
-        "claim receipt": lambda: ledger.claim(SIGNER, escrow, None, ZERO),
+        "claim receipt": lambda: ledger.claim(SIGNER, escrow, None),
         "settle_with_receipt receipt": lambda: ledger.settle_with_receipt(
             SIGNER, connection, (1, 2, 3)
         ),

@@ -1,21 +1,13 @@
-"""A review of the paid server (docs/escrow.md §4, §6.1): what it counts on a shared
-cap, how a paused call keeps its socket's timeout, and what datagrams cost the rate
-limits.
+"""A review of the paid server (docs/escrow.md §6.1): how a paused call keeps its
+socket's timeout, and what datagrams cost the rate limits.
 
-- A connection joining a cap other live connections use set the cap's shared budget to
-  its own claimable room: one opened under a higher limit raised it for all of them, and
-  the receipts they then held together were more than the lowest-limit connection's
-  claim could take (one of them went unclaimed). A share started anew right after its
-  last connection left, on a read of the cap from before that one's claim (admission's),
-  forgot the claim the same way.
 - A handler's socket timeout (and non-blocking mode) was ignored while the connection
   was paused for payment: recv, send and recv_datagram blocked for the whole pause
   timeout, then closed the connection.
 - Empty datagrams cost the rate limits nothing (each charged its payload, 0 bytes, and
   never as a request): a client sent them as fast as the connection carried them.
 
-Real paid servers on 127.0.0.1 and real LocalLedger files; the cap tests build their
-gates from the ledger as the server does (:func:`dtp.paid.gate_for`).
+Real paid servers on 127.0.0.1 and real LocalLedger files.
 """
 
 from __future__ import annotations
@@ -30,16 +22,12 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.admission import Admitted
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import DTPTimeoutError, SpendingCapExceeded
+from dtp.errors import DTPTimeoutError
 from dtp.escrow import Receipt, fee
-from dtp.metering import CapShares, MeteringConfig
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy, gate_for
+from dtp.metering import MeteringConfig
+from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.receipt_store import ReceiptStore
-from dtp.settlement import claim_and_settle
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -82,107 +70,6 @@ def debt_of(server: PaidAioServer | PaidServer) -> float:
     limiter = server.limiter
     buckets = limiter.clients.get(CLIENT.sui_address) or limiter.idle.get(CLIENT.sui_address)
     return 0.0 if buckets is None else buckets.bytes.delay(time.monotonic())
-
-
-# -- a shared cap: what its connections hold together -----------------------------------
-
-#: 1 MIST a byte, no request price: receipts for round amounts
-BYTE_SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=100)
-
-
-class Book:
-    """A LocalLedger file with a host on PORT at BYTE_SLA, the client funded, a receipt
-    store and the server's cap shares."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.ledger = LocalLedger(tmp_path / "ledger.db")
-        self.host_id = self.ledger.create_host(SERVER, SERVER.noise_public)
-        self.ledger.add_service(SERVER, self.host_id, PORT, "svc", BYTE_SLA)
-        self.ledger.faucet(CLIENT.sui_address, 10**9)
-        self.store = ReceiptStore(tmp_path / "receipts.db")
-        self.shares = CapShares()
-        self.policy = ServicePolicy(allowance=100)
-
-    def open(self, cap_id: str, deposit: int) -> str:
-        opened = self.ledger.open_connection(CLIENT, self.host_id, PORT, cap_id, deposit)
-        return str(opened.connection_id)
-
-    def admitted(self, cid: str) -> Admitted:
-        """The connection, its escrow and cap as admission reads them now."""
-        tc = self.ledger.get_connection(cid)
-        escrow = self.ledger.get_escrow(tc.escrow)
-        return Admitted(tc, escrow, self.ledger.get_cap(escrow.spending_cap), self.ledger.epoch())
-
-    def receipt(self, cid: str, amount: int, nonce: int) -> bytes:
-        return Receipt(cid, amount, 0, fee(BYTE_SLA, amount, 0), nonce).sign(CLIENT).encode()
-
-    def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
-
-    def close(self) -> None:
-        self.store.close()
-        self.ledger.close()
-
-
-@pytest.fixture
-def book(tmp_path: Path) -> Iterator[Book]:
-    book = Book(tmp_path)
-    try:
-        yield book
-    finally:
-        book.close()
-
-
-def test_a_connection_opened_under_a_higher_limit_does_not_raise_the_shared_budget(
-    book: Book,
-) -> None:
-    """A opened under a limit of 1000, B (same cap) under 10,000 after a raise. Their
-    receipts together stay within 1000, what A's claim is sure of: the client lowers
-    the cap back before the claims, and both claim all they counted. (Before, B's join
-    set the share's budget to 10,000: A counted 900 and B 9000, B's claim took 9000 of
-    the cap and A's was refused.)"""
-    ledger = book.ledger
-    cap = ledger.create_spending_cap(CLIENT, 1000)
-    a = book.open(cap, 1000)
-    ledger.set_max_per_epoch(CLIENT, cap, 10_000)
-    b = book.open(cap, 10_000)
-    ga = gate_for(ledger, a, book.policy, book.store, shares=book.shares)
-    gb = gate_for(ledger, b, book.policy, book.store, shares=book.shares)
-    assert ga.share is gb.share
-    ga.receive(book.receipt(a, 900, 1))
-    with pytest.raises(SpendingCapExceeded):
-        gb.receive(book.receipt(b, 9000, 1))
-    gb.receive(book.receipt(b, 100, 2))  # what is left of A's 1000
-    assert (ga.payable(), gb.payable()) == (900, 100)
-    ledger.set_max_per_epoch(CLIENT, cap, 1000)
-    for cid, counted in ((b, 100), (a, 900)):
-        assert claim_and_settle(ledger, SERVER, cid, book.store) is not None
-        assert book.claimed(cid) == counted
-
-
-def test_a_share_started_on_a_read_before_the_last_claim_keeps_that_claim(
-    book: Book,
-) -> None:
-    """A holds a receipt for 900 of its cap's 1000; B, on the same cap, is admitted
-    (the cap read: nothing spent yet), then A settles and leaves the share, its last
-    connection. B's gate, built on admission's read, starts the share anew: it counts
-    no more than the 100 A's claim left. (Before, it counted a receipt for 1000, and
-    its claim was refused by the cap.)"""
-    ledger = book.ledger
-    cap = ledger.create_spending_cap(CLIENT, 1000)
-    a = book.open(cap, 1000)
-    b = book.open(cap, 1000)
-    ga = gate_for(ledger, a, book.policy, book.store, shares=book.shares)
-    ga.receive(book.receipt(a, 900, 1))
-    stale = book.admitted(b)  # before A's claim
-    assert claim_and_settle(ledger, SERVER, a, book.store) is not None
-    assert book.shares.leave(ga) is None  # its last connection: the share goes
-    gb = gate_for(ledger, b, book.policy, book.store, admitted=stale, shares=book.shares)
-    with pytest.raises(SpendingCapExceeded):
-        gb.receive(book.receipt(b, 1000, 1))
-    gb.receive(book.receipt(b, 100, 2))
-    assert claim_and_settle(ledger, SERVER, b, book.store) is not None
-    assert book.claimed(b) == 100
 
 
 # -- a paused call keeps its socket's timeout -------------------------------------------

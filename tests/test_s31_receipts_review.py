@@ -266,7 +266,7 @@ def test_a_receipt_written_off_on_a_locked_store_is_logged_not_raised(
     with ReceiptStore(path) as store:
         written_off = world.open(store)
         # settled on the ledger without its receipt (e.g. by an earlier run)
-        world.ledger.settle(SERVER, written_off.cid, world.host_id)
+        world.ledger.settle(SERVER, written_off.cid)
         recovered_later = world.open(store)
         with locked_by_another_process(path), caplog.at_level(logging.WARNING):
             assert claim_and_settle(world.ledger, SERVER, written_off.cid, store) is None

@@ -123,7 +123,7 @@ def test_the_asyncio_server_lets_the_carrier_go_when_its_settlement_raised(
                     sock.sendall(b"ping")
                     assert sock.recv(4) == b"ping"
                 assert wait_for(lambda: "settling connection" in caplog.text, 10), caplog.text
-                assert wait_for(lambda: not server.cap_shares._shares, 10)
+                assert wait_for(lambda: server.open_connections == 0, 10)
         finally:
             asyncio.run_coroutine_threadsafe(stop(server), loop).result(60)
 

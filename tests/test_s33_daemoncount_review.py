@@ -222,8 +222,9 @@ class _Outage:
             self: LocalLedger,
             signer: HostIdentity,
             connection_id: str,
-            host_id: str | None = None,
+            *,
             escrow_id: str | None = None,
+            cap_id: str | None = None,
         ) -> Settlement:
             with outage._lock:
                 outage.calls[connection_id] += 1
@@ -243,19 +244,17 @@ class _Outage:
                         outage.fails[connection_id] -= 1
                 if failing:
                     raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
-                return real(self, signer, connection_id, host_id, escrow_id)
+                return real(self, signer, connection_id, escrow_id=escrow_id, cap_id=cap_id)
             finally:
                 with outage._lock:
                     outage.busy[connection_id] -= 1
 
         real_close = LocalLedger.close_connection
 
-        def close_connection(
-            self: LocalLedger, signer: HostIdentity, connection_id: str, host_id: str | None = None
-        ) -> None:
+        def close_connection(self: LocalLedger, signer: HostIdentity, connection_id: str) -> None:
             if connection_id in outage.closes:
                 raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
-            real_close(self, signer, connection_id, host_id)
+            real_close(self, signer, connection_id)
 
         monkeypatch.setattr(LocalLedger, "settle", settle)
         monkeypatch.setattr(LocalLedger, "close_connection", close_connection)

@@ -45,25 +45,24 @@ class _FailingLedger(LocalLedger):
     fail_claims: dict[str, BaseException]
     fail_settles: dict[str, BaseException]
 
-    def claim(
-        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
-    ) -> int:
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         error = self.fail_claims.pop(receipt.connection_id, None)
         if error is not None:
             raise error
-        return super().claim(signer, escrow_id, receipt, cap_id)
+        return super().claim(signer, escrow_id, receipt)
 
     def settle(
         self,
         signer: HostIdentity,
         connection_id: str,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
+        cap_id: str | None = None,
     ) -> Settlement:
         error = self.fail_settles.pop(connection_id, None)
         if error is not None:
             raise error
-        return super().settle(signer, connection_id, host_id, escrow_id)
+        return super().settle(signer, connection_id, escrow_id=escrow_id, cap_id=cap_id)
 
 
 def _ledger(tmp_path: Path) -> tuple[_FailingLedger, str]:

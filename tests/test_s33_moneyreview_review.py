@@ -59,12 +59,10 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     away: set[str] = set()
     real_close = LocalLedger.close_connection
 
-    def close_connection(
-        self: LocalLedger, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def close_connection(self: LocalLedger, signer: HostIdentity, connection_id: str) -> None:
         if connection_id in away:
             raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
-        real_close(self, signer, connection_id, host_id)
+        real_close(self, signer, connection_id)
 
     monkeypatch.setattr(LocalLedger, "close_connection", close_connection)
     armed: list[str] = []
@@ -86,7 +84,8 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
                     # (nothing in _settling yet), so the ID is taken for the DTP
                     # connection dtp.aio serves in this same step
                     assert cid not in host._settling
-                    assert host._reserve(cid) is None
+                    owner = host.ledger.get_connection(cid).client
+                    assert host._reserve(cid, owner, None) is None
                     host._unclaimed.discard(cid)  # (its handler took it)
 
     host: services_mod.ServiceHost

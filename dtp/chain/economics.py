@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BPS",
+    "MAX_PAYMENT_MEMO",
     "PaymentModels",
     "RetainedRecord",
     "RetentionTerms",
@@ -42,6 +43,9 @@ __all__ = [
 
 #: 100% in basis points (``SponsorPool.share_bps``).
 BPS: Final = 10_000
+
+#: Longest memo of a ``payment::pay`` (bytes).
+MAX_PAYMENT_MEMO: Final = 256
 
 _U64_MAX: Final = 2**64 - 1
 
@@ -428,6 +432,19 @@ class PaymentModels:
         return self._typed_model(pool_id, "SponsorPool", SponsorPool)
 
     # -- tickets -------------------------------------------------------------------------------
+
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        """``broadcast::create_ticketed``: a broadcast (as ``create_broadcast``) for the
+        holders of ``sale_id``'s tickets, by the sale's organizer (``ENotOrganizer``).
+        Returns the broadcast ID."""
+        raise _missing(self, "ticketed broadcasts")
 
     def create_ticket_sale(
         self,

@@ -20,10 +20,10 @@ Conventions:
   from the signer's balance; payments and refunds are added to the receiver's balance.
   Gas is not modelled by this interface (``LocalLedger`` charges none; ``SuiLedger`` pays
   it from the signer's gas coins on top).
-- Where Move takes several related objects (the host of a connection, its escrow, its
-  cap) the method takes the main ID and looks the others up; the optional ``host_id`` /
-  ``escrow_id`` / ``cap_id`` arguments pass a different object explicitly, which is
-  exactly what Move would receive (and refuses with ``EWrongHost`` etc.).
+- Where Move takes several related objects (a connection's escrow, its cap) the method
+  takes the main ID and looks the others up; the optional keyword arguments
+  ``escrow_id`` / ``cap_id`` pass a different object explicitly, which is exactly what
+  Move would receive (and refuses with ``EWrongEscrow`` / ``EWrongSpendingCap``).
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
-        """``host::remove_service`` (only without open connections)."""
+        """``host::remove_service``: no new connections; open ones go on under their SLA."""
 
     # -- spending cap (dtp::spending_cap) ---------------------------------------------------
 
@@ -317,7 +317,8 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
-        """``spending_cap::set_max_per_epoch`` (owner only; applies at once)."""
+        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups
+        from now on, what is reserved stays reserved)."""
 
     # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
 
@@ -332,7 +333,8 @@ class Ledger(PaymentModels, abc.ABC):
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
         """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
-        new escrow. ``client_public_key`` defaults to the signer's Ed25519 key."""
+        new escrow, and are reserved on the spending cap ``cap_id`` for this epoch (the
+        Host is only read). ``client_public_key`` defaults to the signer's Ed25519 key."""
 
     def prepare_open_connection(
         self,
@@ -349,26 +351,23 @@ class Ledger(PaymentModels, abc.ABC):
         return None
 
     @abc.abstractmethod
-    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
-        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance."""
-
-    @abc.abstractmethod
-    def claim(
-        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
-    ) -> int:
-        """``escrow::claim`` (server only): returns the MIST paid to the server.
-        ``cap_id`` defaults to the escrow's bound cap."""
-
-    @abc.abstractmethod
-    def close_connection(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
     ) -> None:
+        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance,
+        reserved on the spending cap (``cap_id``, by default the escrow's)."""
+
+    @abc.abstractmethod
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
+        """``escrow::claim`` (server only): returns the MIST paid to the server. The
+        spending cap is not involved: the deposit was reserved on it."""
+
+    @abc.abstractmethod
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::close``: half-close, or complete the peer's half-close."""
 
     @abc.abstractmethod
-    def finalize(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
         """``transport_control::finalize``: close a half-closed connection after the timeout."""
 
     @abc.abstractmethod
@@ -376,10 +375,13 @@ class Ledger(PaymentModels, abc.ABC):
         self,
         signer: HostIdentity,
         connection_id: str,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
+        cap_id: str | None = None,
     ) -> Settlement:
-        """``transport_control::settle``: refund the escrow's remainder to the client."""
+        """``transport_control::settle``: refund the escrow's remainder to the client and
+        release it on the spending cap (``escrow_id`` and ``cap_id`` default to the
+        connection's)."""
 
     @abc.abstractmethod
     def settle_with_receipt(
@@ -387,7 +389,7 @@ class Ledger(PaymentModels, abc.ABC):
         signer: HostIdentity,
         connection_id: str,
         receipt: Receipt,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
@@ -440,6 +442,15 @@ class Ledger(PaymentModels, abc.ABC):
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+
+    # -- payment (dtp::payment) -----------------------------------------------------------------
+    # Not abstract, as the messaging calls below; both built-in ledgers implement it.
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        """``payment::pay``: send ``amount`` MIST (> 0) from the signer's balance to the
+        address ``recipient``, with a ``memo`` of at most ``MAX_PAYMENT_MEMO`` (256) bytes
+        carried by its ``PaymentSent`` event: a tip, a reward, a bounty."""
+        raise NotImplementedError(f"{type(self).__name__} has no payment call")
 
     # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
     # Not abstract: ledgers written before these modules keep working; both built-in

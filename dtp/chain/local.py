@@ -1260,30 +1260,33 @@ class LocalLedger(Ledger):
             key,
             _u64(deposit, "the deposit"),
         )
-        cap_key = normalize_id(cap_id)
 
         def run() -> OpenedConnection:
             result = self._execute(*signed)
             opened = next(e for e in result.events if e.name == "ConnectionOpened")
-            # the cap as the transaction left it (it loads it): what it still allows
-            # this epoch
-            cap = result.objects[cap_key]
-            spent = cap["spent"] if cap["epoch"] == result.epoch else 0
             return OpenedConnection(
                 str(result.value),
                 str(opened["escrow"]),
                 Sla.from_fields(opened["sla"]),
                 int(opened["deposit"]),
-                max(0, int(cap["max_per_epoch"]) - int(spent)),
             )
 
         # transport_control::open creates the connection first, then its escrow
         digest = tx_digest(signed[1])
         return PendingOpen(derive_object_id(digest, 0), derive_object_id(digest, 1), run)
 
-    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
+    ) -> None:
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
         self._call(
-            signer, "escrow", "top_up", self._id(escrow_id), _u64(amount, "the top-up amount")
+            signer,
+            "escrow",
+            "top_up",
+            self._id(escrow_id),
+            self._id(cap_id),
+            _u64(amount, "the top-up amount"),
         )
 
     @staticmethod
@@ -1298,63 +1301,40 @@ class LocalLedger(Ledger):
             as_bytes(receipt.signature, "signature"),
         )
 
-    def claim(
-        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
-    ) -> int:
-        escrow_id = normalize_id(escrow_id)
-        if cap_id is None:
-            cap_id = self.get_escrow(escrow_id).spending_cap
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         result = self._call(
-            signer,
-            "escrow",
-            "claim",
-            self._id(escrow_id),
-            self._id(cap_id),
-            *self._receipt_args(receipt),
+            signer, "escrow", "claim", self._id(escrow_id), *self._receipt_args(receipt)
         )
         return int(result.value)
 
-    def _connection_parts(
-        self, connection_id: str, host_id: str | None, escrow_id: str | None = None
+    def _escrow_and_cap(
+        self, connection_id: str, escrow_id: str | None, cap_id: str | None
     ) -> tuple[Address, Address, Address]:
         # the connection is read only for what the caller did not give (the rule loads
-        # and checks every object itself)
-        if host_id is None or escrow_id is None:
+        # and checks every object itself; a missing connection fails there, ObjectNotFound
+        # alike)
+        if escrow_id is None or cap_id is None:
             tc = self.get_connection(connection_id)
-            host_id = tc.host if host_id is None else host_id
             escrow_id = tc.escrow if escrow_id is None else escrow_id
-        return self._id(connection_id), self._id(host_id), self._id(escrow_id)
+            cap_id = tc.spending_cap if cap_id is None else cap_id
+        return self._id(connection_id), self._id(escrow_id), self._id(cap_id)
 
-    def _connection_and_host(
-        self, connection_id: str, host_id: str | None
-    ) -> tuple[Address, Address]:
-        # the rule loads both objects anyway: read the connection first only to learn
-        # its host (a missing connection fails in the rule then, ObjectNotFound alike)
-        if host_id is None:
-            host_id = self.get_connection(connection_id).host
-        return self._id(connection_id), self._id(host_id)
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
+        self._call(signer, "transport_control", "close", self._id(connection_id))
 
-    def close_connection(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
-        tc, host = self._connection_and_host(connection_id, host_id)
-        self._call(signer, "transport_control", "close", tc, host)
-
-    def finalize(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
-        tc, host = self._connection_and_host(connection_id, host_id)
-        self._call(signer, "transport_control", "finalize", tc, host)
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
+        self._call(signer, "transport_control", "finalize", self._id(connection_id))
 
     def settle(
         self,
         signer: HostIdentity,
         connection_id: str,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
+        cap_id: str | None = None,
     ) -> Settlement:
-        tc, host, escrow = self._connection_parts(connection_id, host_id, escrow_id)
-        result = self._call(signer, "transport_control", "settle", tc, host, escrow)
+        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
+        result = self._call(signer, "transport_control", "settle", tc, escrow, cap)
         return self._settlement(result, 0)
 
     def settle_with_receipt(
@@ -1362,23 +1342,18 @@ class LocalLedger(Ledger):
         signer: HostIdentity,
         connection_id: str,
         receipt: Receipt,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
-        if host_id is None or escrow_id is None or cap_id is None:
-            known = self.get_connection(connection_id)  # one read for all that is missing
-            host_id = known.host if host_id is None else host_id
-            escrow_id = known.escrow if escrow_id is None else escrow_id
-            cap_id = known.spending_cap if cap_id is None else cap_id
+        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
         result = self._call(
             signer,
             "transport_control",
             "settle_with_receipt",
-            self._id(connection_id),
-            self._id(host_id),
-            self._id(escrow_id),
-            self._id(cap_id),
+            tc,
+            escrow,
+            cap,
             *self._receipt_args(receipt),
         )
         return self._settlement(result, int(result.value))
@@ -1434,6 +1409,25 @@ class LocalLedger(Ledger):
         )
         return str(result.value)
 
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "broadcast",
+            "create_ticketed",
+            self._id(sale_id),
+            as_bytes(channel, "channel"),
+            _u64(slot_price, "slot_price"),
+            _u64(slot_ms, "slot_ms"),
+        )
+        return str(result.value)
+
     def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
         self._call(
             signer,
@@ -1457,6 +1451,18 @@ class LocalLedger(Ledger):
 
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
+
+    # -- payment ---------------------------------------------------------------------------------
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        self._call(
+            signer,
+            "payment",
+            "pay",
+            _u64(amount, "the amount"),
+            self._id(recipient, "recipient address"),
+            as_bytes(memo, "memo"),
+        )
 
     # -- mailbox and response escrow ------------------------------------------------------------
 
@@ -2136,7 +2142,7 @@ def _not_found(object_id: str, found: str | None, struct: str | None) -> ObjectN
 
 def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
     try:
-        table = d.get("client_connections") if name == "Host" else d.get("contributions")
+        table = d.get("contributions") if name == "Broadcast" else None
         return object_from_fields(name, object_id, version, d, table or {})
     except _SHAPE_ERRORS as exc:
         if name not in _BUILT:

@@ -1,7 +1,8 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
-``dtp::tickets`` and ``dtp::retention`` (docs/escrow.md §13-16), with the checks in the
-order of the ``.move`` files. Registered into :data:`dtp.chain.local_rules.FUNCTIONS` at
-the end of that module.
+``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
+``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
+``.move`` files. Registered into :data:`dtp.chain.local_rules.FUNCTIONS` at the end of
+that module.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dtp.chain.economics import BPS
-from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, tc_open, utf8
+from dtp.chain.economics import BPS, MAX_PAYMENT_MEMO
+from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, new_broadcast, tc_open, utf8
 from dtp.errors import move_error
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
@@ -551,6 +552,17 @@ def tickets_refund(x: Exec, sale_id: str) -> int:
     return amount
 
 
+def broadcast_create_ticketed(
+    x: Exec, sale_id: str, raw_channel: bytes, slot_price: int, slot_ms: int
+) -> str:
+    """``broadcast::create_ticketed``: a broadcast for the holders of ``sale_id``'s
+    tickets, by the sale's organizer only."""
+    sale = x.load(sale_id, "TicketSale")
+    if x.sender != sale["organizer"]:
+        raise move_error("broadcast", "ENotOrganizer", f"{x.sender} on sale {sale_id}")
+    return new_broadcast(x, raw_channel, slot_price, slot_ms, sale_id)
+
+
 # -- retention -------------------------------------------------------------------------------
 
 
@@ -677,6 +689,24 @@ def retention_delete(x: Exec, record_id: str) -> int:
     return refunded
 
 
+# -- payment ---------------------------------------------------------------------------------
+
+
+def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
+    """``payment::pay``: the coin goes to ``recipient`` at once."""
+    x.take_coin(amount)
+    if amount == 0:
+        raise move_error("payment", "EZeroPayment", f"from {x.sender} to {recipient}")
+    if len(memo) > MAX_PAYMENT_MEMO:
+        raise move_error("payment", "EMemoTooLong", f"{len(memo)} > {MAX_PAYMENT_MEMO} bytes")
+    x.pay(recipient, amount)
+    x.emit(
+        "payment",
+        "PaymentSent",
+        {"from": x.sender, "to": recipient, "amount": amount, "memo": memo},
+    )
+
+
 #: ``(module, function)`` -> (argument kinds, handler), in the format of
 #: :data:`dtp.chain.local_rules.FUNCTIONS`.
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
@@ -732,4 +762,9 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ),
     ("retention", "confirm"): (("obj:RetainedRecord",), retention_confirm),
     ("retention", "delete"): (("obj:RetainedRecord",), retention_delete),
+    ("broadcast", "create_ticketed"): (
+        ("obj:TicketSale", "utf8", "u64", "u64"),
+        broadcast_create_ticketed,
+    ),
+    ("payment", "pay"): (("coin", "address", "bytes"), payment_pay),
 }

@@ -48,6 +48,7 @@ __all__ = [
     "Exec",
     "Store",
     "from_json",
+    "new_broadcast",
     "parse_stored_int",
     "stored_int",
     "to_json",
@@ -323,8 +324,6 @@ def host_create(x: Exec, noise_key: bytes, endpoints: list[bytes]) -> str:
             "max_bytes_per_sec": 0,
             "max_requests_per_sec": 0,
         },
-        "open_connections": 0,
-        "client_connections": {},
     }
     host_id = x.create("Host", SHARED, data)
     x.emit("host", "HostCreated", {"host": host_id, "authority": x.sender})
@@ -379,8 +378,8 @@ def _bytes_size(value: bytes) -> int:
 
 def host_bcs_size(host: dict[str, Any]) -> int:
     """The BCS size of a ``Host`` as Sui stores it: UID, authority, key, endpoints, the
-    services' VecMap (entries of u16 port and Service), the firewall (two VecSets of
-    addresses, a u8 and three u64), the open count, and the Table's UID and size."""
+    services' VecMap (entries of u16 port and Service: kind, SLA, limit) and the firewall
+    (two VecSets of addresses, a u8 and three u64)."""
     fw = host["firewall"]
     services = host["services"]
     return (
@@ -390,16 +389,13 @@ def host_bcs_size(host: dict[str, Any]) -> int:
         + _vector_size(len(host["endpoints"]))
         + sum(_bytes_size(e) for e in host["endpoints"])
         + _vector_size(len(services))
-        + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 + 8 for s in services.values())
+        + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 for s in services.values())
         + 1
         + _vector_size(len(fw["allow"]))
         + 32 * len(fw["allow"])
         + _vector_size(len(fw["deny"]))
         + 32 * len(fw["deny"])
         + 24
-        + 8
-        + 32
-        + 8
     )
 
 
@@ -457,12 +453,7 @@ def host_add_service(
         raise move_error("host", "EServiceExists", f"port {port} of host {host_id}")
     sla = _sla(kib, req, minimum)
     kind = utf8(raw_kind, "service kind")
-    host["services"][str(port)] = {
-        "kind": kind,
-        "sla": sla,
-        "max_connections": max_conn,
-        "open_connections": 0,
-    }
+    host["services"][str(port)] = {"kind": kind, "sla": sla, "max_connections": max_conn}
     _assert_host_size(host, host_id)
     x.emit(
         "host",
@@ -492,15 +483,9 @@ def host_update_service(
 def host_remove_service(x: Exec, host_id: str, port: int) -> None:
     host = x.load(host_id, "Host")
     _assert_authority(x, host, host_id)
-    service = host["services"].get(str(port))
-    if service is None:
+    if str(port) not in host["services"]:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
-    if service["open_connections"] != 0:
-        raise move_error(
-            "host",
-            "EServiceBusy",
-            f"port {port} of host {host_id} has {service['open_connections']} open connections",
-        )
+    # connections open to it go on: each carries its own copy of the SLA
     del host["services"][str(port)]
     x.emit("host", "ServiceRemoved", {"host": host_id, "port": port})
 
@@ -553,42 +538,14 @@ def _permits(host: dict[str, Any], client: str) -> bool:
 
 
 def _admit(host: dict[str, Any], host_id: str, port: int, client: str) -> dict[str, int]:
+    """``host::admit``: the service and the firewall, read only (the connection limits are
+    the host's own admission's, off-chain: docs/escrow.md §2)."""
     service = host["services"].get(str(port))
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
     if not _permits(host, client):
         raise move_error("host", "EFirewallDenied", f"host {host_id} refuses {client}")
-    limit = host["firewall"]["max_connections_per_client"]
-    current = host["client_connections"].get(client, 0)
-    if limit != 0 and current >= limit:
-        raise move_error(
-            "host",
-            "EMaxConnections",
-            f"{client} already has {current} of {limit} connections to host {host_id}",
-        )
-    if (
-        service["max_connections"] != 0
-        and service["open_connections"] >= service["max_connections"]
-    ):
-        raise move_error(
-            "host",
-            "EMaxConnections",
-            f"port {port} of host {host_id} is at {service['max_connections']} connections",
-        )
-    service["open_connections"] += 1
-    host["client_connections"][client] = current + 1
-    host["open_connections"] += 1
     return dict(service["sla"])
-
-
-def _release(host: dict[str, Any], port: int, client: str) -> None:
-    host["services"][str(port)]["open_connections"] -= 1
-    count = host["client_connections"][client] - 1
-    if count == 0:
-        del host["client_connections"][client]
-    else:
-        host["client_connections"][client] = count
-    host["open_connections"] -= 1
 
 
 # -- spending cap ------------------------------------------------------------------------------
@@ -613,27 +570,46 @@ def cap_set_max_per_epoch(x: Exec, cap_id: str, max_per_epoch: int) -> None:
     x.emit("spending_cap", "SpendingCapChanged", {"cap": cap_id, "max_per_epoch": max_per_epoch})
 
 
-def _charge(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, opened_under: int) -> None:
-    """``spending_cap::charge``: the limit is the higher of the cap's now and the one the
-    connection was opened under (its escrow recorded it), so that a lowering binds only
-    the connections opened after it."""
+def _roll_epoch(x: Exec, cap: dict[str, Any]) -> None:
     if x.epoch != cap["epoch"]:
         cap["epoch"] = x.epoch
         cap["spent"] = 0
-    limit = max(opened_under, cap["max_per_epoch"])
-    if cap["spent"] + amount > limit:
+
+
+def _reserve(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> None:
+    """``spending_cap::reserve``: the epoch's total may not pass ``max_per_epoch`` (a
+    reservation of 0 included, once a lowering left the total above the limit)."""
+    _roll_epoch(x, cap)
+    if cap["spent"] + amount > cap["max_per_epoch"]:
         raise move_error(
             "spending_cap",
             "ESpendingCapExceeded",
-            f"cap {cap_id} has spent {cap['spent']} of {limit} in epoch "
+            f"cap {cap_id} has reserved {cap['spent']} of {cap['max_per_epoch']} in epoch "
             f"{cap['epoch']}; {amount} more asked",
         )
     cap["spent"] += amount
     x.emit(
         "spending_cap",
-        "SpendingCapCharged",
+        "SpendingCapReserved",
         {"cap": cap_id, "epoch": cap["epoch"], "amount": amount, "spent": cap["spent"]},
     )
+
+
+def _release(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, reserved_epoch: int) -> int:
+    """``spending_cap::release``: up to ``amount`` back to the epoch's room, if the
+    reservation's epoch is still the current one. Returns what was released."""
+    _roll_epoch(x, cap)
+    if cap["epoch"] != reserved_epoch:
+        return 0
+    released: int = min(amount, cap["spent"])
+    if released:
+        cap["spent"] -= released
+        x.emit(
+            "spending_cap",
+            "SpendingCapReleased",
+            {"cap": cap_id, "epoch": cap["epoch"], "amount": released, "spent": cap["spent"]},
+        )
+    return released
 
 
 # -- escrow ------------------------------------------------------------------------------------
@@ -662,27 +638,20 @@ def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
 def escrow_claim(
     x: Exec,
     escrow_id: str,
-    cap_id: str,
     total_bytes: int,
     total_requests: int,
     total_amount: int,
     nonce: int,
     signature: bytes,
 ) -> int:
+    """``escrow::claim``: the cap is not involved (the deposit was reserved on it)."""
     escrow = x.load(escrow_id, "Escrow")
-    cap = x.load(cap_id, "SpendingCap")
     if x.sender != escrow["server"]:
         raise move_error(
             "escrow", "ENotServer", f"{x.sender} is not the server of escrow {escrow_id}"
         )
     if escrow["settled"]:
         raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
-    if cap_id != escrow["spending_cap"]:
-        raise move_error(
-            "escrow",
-            "EWrongSpendingCap",
-            f"escrow {escrow_id} is bound to {escrow['spending_cap']}",
-        )
     if nonce <= escrow["latest_nonce"]:
         raise move_error(
             "escrow",
@@ -714,8 +683,6 @@ def escrow_claim(
             f"{total_amount} MIST, {escrow['claimed']} already claimed from escrow {escrow_id}",
         )
     paid: int = total_amount - escrow["claimed"]
-    # (escrows stored before the field existed were opened under no recorded limit)
-    _charge(x, cap, cap_id, paid, escrow.get("cap_max_per_epoch", 0))
     escrow["claimed"] = total_amount
     escrow["latest_nonce"] = nonce
     escrow["funds"] -= paid
@@ -737,8 +704,18 @@ def escrow_claim(
     return paid
 
 
-def escrow_top_up(x: Exec, escrow_id: str, amount: int) -> None:
+def _assert_spending_cap(escrow: dict[str, Any], escrow_id: str, cap_id: str) -> None:
+    if cap_id != escrow["spending_cap"]:
+        raise move_error(
+            "escrow",
+            "EWrongSpendingCap",
+            f"escrow {escrow_id} is bound to {escrow['spending_cap']}",
+        )
+
+
+def escrow_top_up(x: Exec, escrow_id: str, cap_id: str, amount: int) -> None:
     escrow = x.load(escrow_id, "Escrow")
+    cap = x.load(cap_id, "SpendingCap")
     x.take_coin(amount)
     if x.sender != escrow["client"]:
         raise move_error(
@@ -746,6 +723,14 @@ def escrow_top_up(x: Exec, escrow_id: str, amount: int) -> None:
         )
     if escrow["settled"]:
         raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    _assert_spending_cap(escrow, escrow_id, cap_id)
+    _reserve(x, cap, cap_id, amount)
+    if escrow.get("reserved_epoch") == x.epoch:
+        escrow["reserved"] += amount
+    else:
+        # the earlier epoch's reservation went with that epoch's count
+        escrow["reserved_epoch"] = x.epoch
+        escrow["reserved"] = amount
     escrow["funds"] += amount
     escrow["deposited"] = add_u64(escrow["deposited"], amount)
     x.emit(
@@ -760,11 +745,20 @@ def escrow_top_up(x: Exec, escrow_id: str, amount: int) -> None:
     )
 
 
-def _refund_remainder(x: Exec, escrow: dict[str, Any], escrow_id: str) -> int:
+def _refund_remainder(
+    x: Exec, escrow: dict[str, Any], escrow_id: str, cap: dict[str, Any], cap_id: str
+) -> int:
     if escrow["settled"]:
         raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    _assert_spending_cap(escrow, escrow_id, cap_id)
     escrow["settled"] = True
     amount: int = escrow["funds"]
+    # what was claimed stays spent; the refunded part goes back to the epoch's room
+    # (an escrow stored before reservations has none to release)
+    reserved = escrow.get("reserved", 0)
+    released = _release(x, cap, cap_id, min(amount, reserved), escrow.get("reserved_epoch", -1))
+    if "reserved" in escrow:
+        escrow["reserved"] = reserved - released
     escrow["refunded"] += amount
     escrow["funds"] = 0
     x.pay(escrow["client"], amount)
@@ -795,7 +789,7 @@ def tc_open(
     prepaid: bool = False,
 ) -> str:
     """``transport_control::open``; ``prepaid`` is ``open_prepaid`` (all-zero SLA, used by
-    ``subscription::open_connection``)."""
+    ``subscription::open_connection``). The host is only read."""
     host = x.load(host_id, "Host")
     cap = x.load(cap_id, "SpendingCap")
     x.take_coin(amount)
@@ -826,8 +820,8 @@ def tc_open(
             "client_public_key": public_key,
             "server": server,
             "spending_cap": cap_id,
-            # the limit this connection's claims keep even if the client lowers it later
-            "cap_max_per_epoch": cap["max_per_epoch"],
+            "reserved_epoch": x.epoch,
+            "reserved": amount,
             "sla": sla,
             "funds": amount,
             "deposited": amount,
@@ -837,6 +831,8 @@ def tc_open(
             "settled": False,
         },
     )
+    # the whole deposit, so that no claim on it can be refused by the cap later
+    _reserve(x, cap, cap_id, amount)
     x.objects[connection] = Obj(
         connection,
         OBJECT_TYPES["TransportControl"],
@@ -883,18 +879,8 @@ def _assert_participant(x: Exec, tc: dict[str, Any], tc_id: str) -> None:
         )
 
 
-def _assert_host(tc: dict[str, Any], tc_id: str, host_id: str) -> None:
-    if host_id != tc["host"]:
-        raise move_error(
-            "transport_control", "EWrongHost", f"connection {tc_id} belongs to host {tc['host']}"
-        )
-
-
-def _close_fully(
-    x: Exec, tc: dict[str, Any], tc_id: str, host: dict[str, Any], half_closed_at: int
-) -> None:
+def _close_fully(x: Exec, tc: dict[str, Any], tc_id: str, half_closed_at: int) -> None:
     tc["state"] = {"kind": "Closed", "half_closed_at_ms": half_closed_at, "closed_at_ms": x.now_ms}
-    _release(host, tc["port"], tc["client"])
     x.emit(
         "transport_control",
         "ConnectionClosed",
@@ -906,11 +892,9 @@ def _closed_error(tc_id: str) -> ChainError:
     return move_error("transport_control", "EConnectionClosed", f"connection {tc_id}")
 
 
-def tc_close(x: Exec, tc_id: str, host_id: str) -> None:
+def tc_close(x: Exec, tc_id: str) -> None:
     tc = x.load(tc_id, "TransportControl")
-    host = x.load(host_id, "Host")
     _assert_participant(x, tc, tc_id)
-    _assert_host(tc, tc_id, host_id)
     state = tc["state"]
     if state["kind"] == "Open":
         tc["state"] = {"kind": "HalfClosed", "by": x.sender, "at_ms": x.now_ms}
@@ -924,23 +908,21 @@ def tc_close(x: Exec, tc_id: str, host_id: str) -> None:
             raise move_error(
                 "transport_control", "EAlreadyHalfClosed", f"{x.sender} on connection {tc_id}"
             )
-        _close_fully(x, tc, tc_id, host, state["at_ms"])
+        _close_fully(x, tc, tc_id, state["at_ms"])
     else:
         raise _closed_error(tc_id)
 
 
-def tc_finalize(x: Exec, tc_id: str, host_id: str) -> None:
+def tc_finalize(x: Exec, tc_id: str) -> None:
     tc = x.load(tc_id, "TransportControl")
-    host = x.load(host_id, "Host")
     _assert_participant(x, tc, tc_id)
-    _assert_host(tc, tc_id, host_id)
     state = tc["state"]
     if state["kind"] == "Open":
         raise move_error("transport_control", "ENotHalfClosed", f"connection {tc_id} is open")
     if state["kind"] == "HalfClosed":
         if x.now_ms < state["at_ms"] + HALF_CLOSE_TIMEOUT_MS:
             raise _timeout_error(tc_id, state["at_ms"], x.now_ms)
-        _close_fully(x, tc, tc_id, host, state["at_ms"])
+        _close_fully(x, tc, tc_id, state["at_ms"])
     else:
         raise _closed_error(tc_id)
 
@@ -954,10 +936,10 @@ def _timeout_error(tc_id: str, since: int, now: int) -> ChainError:
     )
 
 
-def tc_settle(x: Exec, tc_id: str, host_id: str, escrow_id: str) -> int:
+def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
     tc = x.load(tc_id, "TransportControl")
-    host = x.load(host_id, "Host")
     escrow = x.load(escrow_id, "Escrow")
+    cap = x.load(cap_id, "SpendingCap")
     _assert_participant(x, tc, tc_id)
     if tc["settled"]:
         raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
@@ -965,7 +947,7 @@ def tc_settle(x: Exec, tc_id: str, host_id: str, escrow_id: str) -> int:
         raise move_error(
             "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
         )
-    _assert_host(tc, tc_id, host_id)
+    _assert_spending_cap(escrow, escrow_id, cap_id)
     is_server = x.sender == tc["server"]
     state = tc["state"]
     if state["kind"] == "Open":
@@ -973,14 +955,14 @@ def tc_settle(x: Exec, tc_id: str, host_id: str, escrow_id: str) -> int:
         # client must half-close and leave the server its timeout to claim
         if not is_server:
             raise move_error("transport_control", "EConnectionOpen", f"connection {tc_id}")
-        _close_fully(x, tc, tc_id, host, x.now_ms)
+        _close_fully(x, tc, tc_id, x.now_ms)
     elif state["kind"] == "HalfClosed":
         if not is_server and x.now_ms < state["at_ms"] + HALF_CLOSE_TIMEOUT_MS:
             raise _timeout_error(tc_id, state["at_ms"], x.now_ms)
-        _close_fully(x, tc, tc_id, host, state["at_ms"])
+        _close_fully(x, tc, tc_id, state["at_ms"])
     elif not is_server and x.now_ms < state["half_closed_at_ms"] + HALF_CLOSE_TIMEOUT_MS:
         raise _timeout_error(tc_id, state["half_closed_at_ms"], x.now_ms)
-    refunded = _refund_remainder(x, escrow, escrow_id)
+    refunded = _refund_remainder(x, escrow, escrow_id, cap, cap_id)
     tc["settled"] = True
     x.emit(
         "transport_control",
@@ -999,7 +981,6 @@ def tc_settle(x: Exec, tc_id: str, host_id: str, escrow_id: str) -> int:
 def tc_settle_with_receipt(
     x: Exec,
     tc_id: str,
-    host_id: str,
     escrow_id: str,
     cap_id: str,
     total_bytes: int,
@@ -1009,8 +990,7 @@ def tc_settle_with_receipt(
     signature: bytes,
 ) -> int:
     tc = x.load(tc_id, "TransportControl")
-    x.load(host_id, "Host")
-    x.load(escrow_id, "Escrow")
+    escrow = x.load(escrow_id, "Escrow")
     x.load(cap_id, "SpendingCap")
     if tc["settled"]:
         raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
@@ -1018,10 +998,9 @@ def tc_settle_with_receipt(
         raise move_error(
             "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
         )
-    paid = escrow_claim(
-        x, escrow_id, cap_id, total_bytes, total_requests, total_amount, nonce, signature
-    )
-    tc_settle(x, tc_id, host_id, escrow_id)
+    _assert_spending_cap(escrow, escrow_id, cap_id)
+    paid = escrow_claim(x, escrow_id, total_bytes, total_requests, total_amount, nonce, signature)
+    tc_settle(x, tc_id, escrow_id, cap_id)
     return paid
 
 
@@ -1117,6 +1096,13 @@ def _assert_live(b: dict[str, Any], b_id: str) -> None:
 
 
 def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int) -> str:
+    return new_broadcast(x, raw_channel, slot_price, slot_ms, None)
+
+
+def new_broadcast(
+    x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int, ticket_sale: str | None
+) -> str:
+    """``broadcast::new``: ``create``, or ``create_ticketed`` once it checked the sale."""
     if slot_price == 0 or slot_ms == 0:
         raise move_error("broadcast", "EInvalidSlot", f"price {slot_price}, length {slot_ms} ms")
     channel = utf8(raw_channel, "channel")
@@ -1139,6 +1125,7 @@ def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int)
             "cancelled": False,
             "refund_base": 0,
             "outstanding": 0,
+            "ticket_sale": ticket_sale,
         },
     )
     x.emit(
@@ -1151,6 +1138,7 @@ def broadcast_create(x: Exec, raw_channel: bytes, slot_price: int, slot_ms: int)
             "slot_price": slot_price,
             "slot_ms": slot_ms,
             "start_ms": x.now_ms,
+            "ticket_sale": ticket_sale,
         },
     )
     return b_id
@@ -1447,21 +1435,20 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
         ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
         tc_open,
     ),
-    ("escrow", "top_up"): (("obj:Escrow", "coin"), escrow_top_up),
+    ("escrow", "top_up"): (("obj:Escrow", "obj:SpendingCap", "coin"), escrow_top_up),
     ("escrow", "claim"): (
-        ("obj:Escrow", "obj:SpendingCap", "u64", "u64", "u64", "u64", "bytes"),
+        ("obj:Escrow", "u64", "u64", "u64", "u64", "bytes"),
         escrow_claim,
     ),
-    ("transport_control", "close"): (("obj:TransportControl", "obj:Host"), tc_close),
-    ("transport_control", "finalize"): (("obj:TransportControl", "obj:Host"), tc_finalize),
+    ("transport_control", "close"): (("obj:TransportControl",), tc_close),
+    ("transport_control", "finalize"): (("obj:TransportControl",), tc_finalize),
     ("transport_control", "settle"): (
-        ("obj:TransportControl", "obj:Host", "obj:Escrow"),
+        ("obj:TransportControl", "obj:Escrow", "obj:SpendingCap"),
         tc_settle,
     ),
     ("transport_control", "settle_with_receipt"): (
         (
             "obj:TransportControl",
-            "obj:Host",
             "obj:Escrow",
             "obj:SpendingCap",
             "u64",

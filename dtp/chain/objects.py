@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from dtp.errors import InvalidArgument, InvalidObjectId
@@ -206,10 +206,8 @@ class Service:
     #: Free-form kind, e.g. ``"raw"``, ``"http"``, ``"jsonrpc"``.
     kind: str
     sla: Sla
-    #: 0 means unlimited.
+    #: Concurrent connections the host's admission serves (off-chain); 0 means unlimited.
     max_connections: int
-    #: Admitted and not yet closed.
-    open_connections: int
 
 
 @dataclass(frozen=True)
@@ -221,7 +219,8 @@ class Firewall:
     allow: tuple[str, ...]
     #: Deny list (always wins), in insertion order.
     deny: tuple[str, ...]
-    #: 0 means unlimited.
+    #: Concurrent connections per client the host's admission serves (off-chain); 0 means
+    #: unlimited.
     max_connections_per_client: int
     #: Per-client rate limits, enforced off-chain; 0 means unlimited.
     max_bytes_per_sec: int
@@ -246,17 +245,11 @@ class Host:
     endpoints: tuple[bytes, ...]
     services: Mapping[int, Service]
     firewall: Firewall
-    open_connections: int
-    #: Open connections per client (clients with none are absent).
-    client_connections: Mapping[str, int] = field(default_factory=dict)
 
     def permits(self, client: str) -> bool:
-        """Whether the firewall lets ``client`` open connections (ignoring limits)."""
+        """Whether the firewall lets ``client`` open connections (the connection limits are
+        the host's admission's, off-chain)."""
         return self.firewall.permits(client)
-
-    def connections_of(self, client: str) -> int:
-        """Open connections from ``client``."""
-        return self.client_connections.get(client, 0)
 
 
 @dataclass(frozen=True)
@@ -271,40 +264,11 @@ class SpendingCap:
     spent: int
     epoch: int
 
-    def remaining(self, current_epoch: int, opened_under: int | None = 0) -> int:
-        """MIST that can still be charged in ``current_epoch`` -- by the claims of a
-        connection opened when the limit was ``opened_under`` (its escrow's
-        :attr:`Escrow.cap_max_per_epoch`), for which the limit is the higher of that and
-        :attr:`max_per_epoch` (docs/escrow.md §4)."""
+    def remaining(self, current_epoch: int) -> int:
+        """MIST that can still be reserved in ``current_epoch``: what an open or a top-up
+        may add (docs/escrow.md §4)."""
         spent = self.spent if current_epoch == self.epoch else 0
-        return max(0, max(self.max_per_epoch, opened_under or 0) - spent)
-
-    def serving_room(self, current_epoch: int, opened_under: int | None) -> int:
-        """What a paid server extends credit against, this epoch, on a connection opened
-        under ``opened_under`` (its escrow's :attr:`Escrow.cap_max_per_epoch`): the lower
-        of that and the limit now, less what is spent. A lowering is the client asking
-        to spend less, so service pauses at it (though claims keep the limit at open: what
-        was served is paid); a raise can be taken back before the claim, so it does not
-        extend a connection opened under less. An escrow from before the limit was
-        recorded (None) follows the limit now, as its claims do; one opened under a
-        limit of 0 is not served (the limit at open is what no raise can give back: a
-        raise, service on it and a lowering before the claim took the claim away)."""
-        spent = self.spent if current_epoch == self.epoch else 0
-        limit = (
-            self.max_per_epoch if opened_under is None else min(self.max_per_epoch, opened_under)
-        )
-        return max(0, limit - spent)
-
-    def secured(self, current_epoch: int, opened_under: int | None) -> int:
-        """What the claims of a connection opened under ``opened_under`` can be charged
-        in ``current_epoch`` whatever the owner sets the limit to from now on (a raise
-        can be taken back; the limit at open cannot, and a lowering does not bind the
-        claims of a connection opened before it): what a server may accept receipts up
-        to, less what other connections' claims on the cap take first. An escrow from
-        before the limit was recorded (None) follows the limit now, as its claims do."""
-        spent = self.spent if current_epoch == self.epoch else 0
-        limit = self.max_per_epoch if opened_under is None else opened_under
-        return max(0, limit - spent)
+        return max(0, self.max_per_epoch - spent)
 
 
 @dataclass(frozen=True)
@@ -361,10 +325,11 @@ class Escrow:
     refunded: int
     latest_nonce: int
     settled: bool
-    #: The spending cap's ``max_per_epoch`` when the connection opened: claims are
-    #: charged against the higher of this and the cap's limit now (docs/escrow.md §4).
-    #: None: not recorded (an escrow a LocalLedger file kept from before the field).
-    cap_max_per_epoch: int | None = None
+    #: The epoch of the latest reservation of the deposit on the spending cap (the
+    #: open's, or a later top-up's; docs/escrow.md §4).
+    reserved_epoch: int = 0
+    #: MIST reserved on the cap in :attr:`reserved_epoch` and not released.
+    reserved: int = 0
 
 
 @dataclass(frozen=True)
@@ -415,6 +380,9 @@ class Broadcast:
     cancelled: bool
     refund_base: int
     outstanding: int
+    #: The TicketSale whose holders alone may listen (``create_ticketed``); None for an
+    #: open broadcast.
+    ticket_sale: str | None = None
 
     def slot_at(self, now_ms: int) -> int:
         """Index of the slot in progress at ``now_ms``."""
@@ -446,9 +414,6 @@ class OpenedConnection:
     ledger reports it: a client metering the connection need not read it back."""
     deposit: int | None = None
     """The MIST deposited into the new escrow (same event), when reported."""
-    cap_remaining: int | None = None
-    """What the SpendingCap still allowed to be charged in the epoch the connection
-    opened in, as the open left it (when the ledger reports it)."""
 
 
 @dataclass(frozen=True)
@@ -527,11 +492,11 @@ def object_from_fields(
 ) -> ChainObject:
     """The typed view of a dtp object from its Move fields, as both ledgers hold them.
 
-    ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a Host's
-    per-client connection counts, a Broadcast's contributions), which Sui keeps outside
-    the object. Raises ValueError for a struct name that is not a dtp object, and
-    KeyError, TypeError or ValueError for fields that are missing or not of their Move
-    type (:func:`check_fields`): a ledger's stored data can be damaged.
+    ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a
+    Broadcast's contributions), which Sui keeps outside the object. Raises ValueError
+    for a struct name that is not a dtp object, and KeyError, TypeError or ValueError for
+    fields that are missing or not of their Move type (:func:`check_fields`): a ledger's
+    stored data can be damaged.
     """
     obj = _object_from_fields(name, object_id, version, d, table_entries)
     check_fields(obj)
@@ -551,9 +516,7 @@ def _object_from_fields(
     if name == "Host":
         fw = d["firewall"]
         services = {
-            _port(port): Service(
-                s["kind"], Sla.from_fields(s["sla"]), s["max_connections"], s["open_connections"]
-            )
+            _port(port): Service(s["kind"], Sla.from_fields(s["sla"]), s["max_connections"])
             for port, s in d["services"].items()
         }
         return Host(
@@ -571,8 +534,6 @@ def _object_from_fields(
                 fw["max_bytes_per_sec"],
                 fw["max_requests_per_sec"],
             ),
-            d["open_connections"],
-            _table(table_entries),
         )
     if name == "SpendingCap":
         return SpendingCap(
@@ -617,7 +578,9 @@ def _object_from_fields(
             d["refunded"],
             d["latest_nonce"],
             d["settled"],
-            d.get("cap_max_per_epoch"),
+            # an escrow a LocalLedger file kept from before reservations has none
+            d.get("reserved_epoch", 0),
+            d.get("reserved", 0),
         )
     if name == "Pipe":
         return Pipe(
@@ -649,6 +612,7 @@ def _object_from_fields(
             d["cancelled"],
             d["refund_base"],
             d["outstanding"],
+            d.get("ticket_sale"),
         )
     raise ValueError(f"{name} is not a dtp object type")
 

@@ -609,14 +609,19 @@ class SuiLedger(Ledger):
             connection, escrow = str(opened["connection"]), str(opened["escrow"])
         return OpenedConnection(connection, escrow)
 
-    def top_up(self, signer: HostIdentity, escrow_id: str, amount: int) -> None:
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
+    ) -> None:
         check_signer(signer)
         self._amount(amount, "the top-up amount")
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
         escrow = self._shared(escrow_id, "Escrow")
+        cap = self._shared(cap_id, "SpendingCap")
         self._execute(
             signer,
             "escrow::top_up",
-            lambda ctx: sui_tx.top_up(ctx, escrow, amount),
+            lambda ctx: sui_tx.top_up(ctx, escrow, cap, amount),
             spend=amount,
         )
 
@@ -633,62 +638,50 @@ class SuiLedger(Ledger):
         ):
             sui_tx.encode_u64(value, what)
 
-    def claim(
-        self, signer: HostIdentity, escrow_id: str, receipt: Receipt, cap_id: str | None = None
-    ) -> int:
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         check_signer(signer)
         self._check_receipt(receipt)
-        if cap_id is None:
-            cap_id = self.get_escrow(escrow_id).spending_cap
         escrow = self._shared(escrow_id, "Escrow")
-        cap = self._shared(cap_id, "SpendingCap")
-        out = self._execute(
-            signer, "escrow::claim", lambda ctx: sui_tx.claim(ctx, escrow, cap, receipt)
-        )
+        out = self._execute(signer, "escrow::claim", lambda ctx: sui_tx.claim(ctx, escrow, receipt))
         return int(out.event("ReceiptClaimed")["paid"])
 
-    def _connection_refs(
-        self, connection_id: str, host_id: str | None
-    ) -> tuple[TransportControl, SharedRef, SharedRef]:
-        tc = self.get_connection(connection_id)
-        tc_ref = self._shared(tc.id, "TransportControl")
-        host = self._shared(host_id if host_id is not None else tc.host, "Host")
-        return tc, tc_ref, host
+    def _settle_refs(
+        self, connection_id: str, escrow_id: str | None, cap_id: str | None
+    ) -> tuple[SharedRef, SharedRef, SharedRef]:
+        """The connection's, its escrow's and its cap's references (``escrow_id`` and
+        ``cap_id`` passing others explicitly)."""
+        conn = self.get_connection(connection_id)
+        tc = self._shared(conn.id, "TransportControl")
+        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        cap = self._shared(cap_id if cap_id is not None else conn.spending_cap, "SpendingCap")
+        return tc, escrow, cap
 
-    def close_connection(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
         check_signer(signer)
-        _, tc, host = self._connection_refs(connection_id, host_id)
+        tc = self._shared(connection_id, "TransportControl")
         self._execute(
-            signer,
-            "transport_control::close",
-            lambda ctx: sui_tx.close_connection(ctx, tc, host),
+            signer, "transport_control::close", lambda ctx: sui_tx.close_connection(ctx, tc)
         )
 
-    def finalize(
-        self, signer: HostIdentity, connection_id: str, host_id: str | None = None
-    ) -> None:
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
         check_signer(signer)
-        _, tc, host = self._connection_refs(connection_id, host_id)
-        self._execute(
-            signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc, host)
-        )
+        tc = self._shared(connection_id, "TransportControl")
+        self._execute(signer, "transport_control::finalize", lambda ctx: sui_tx.finalize(ctx, tc))
 
     def settle(
         self,
         signer: HostIdentity,
         connection_id: str,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
+        cap_id: str | None = None,
     ) -> Settlement:
         check_signer(signer)
-        conn, tc, host = self._connection_refs(connection_id, host_id)
-        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
+        tc, escrow, cap = self._settle_refs(connection_id, escrow_id, cap_id)
         out = self._execute(
             signer,
             "transport_control::settle",
-            lambda ctx: sui_tx.settle(ctx, tc, host, escrow),
+            lambda ctx: sui_tx.settle(ctx, tc, escrow, cap),
         )
         settled = out.event("ConnectionSettled")
         return Settlement(0, int(settled["claimed"]), int(settled["refunded"]))
@@ -698,19 +691,17 @@ class SuiLedger(Ledger):
         signer: HostIdentity,
         connection_id: str,
         receipt: Receipt,
-        host_id: str | None = None,
+        *,
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
         check_signer(signer)
         self._check_receipt(receipt)
-        conn, tc, host = self._connection_refs(connection_id, host_id)
-        escrow = self._shared(escrow_id if escrow_id is not None else conn.escrow, "Escrow")
-        cap = self._shared(cap_id if cap_id is not None else conn.spending_cap, "SpendingCap")
+        tc, escrow, cap = self._settle_refs(connection_id, escrow_id, cap_id)
         out = self._execute(
             signer,
             "transport_control::settle_with_receipt",
-            lambda ctx: sui_tx.settle_with_receipt(ctx, tc, host, escrow, cap, receipt),
+            lambda ctx: sui_tx.settle_with_receipt(ctx, tc, escrow, cap, receipt),
         )
         settled = out.event("ConnectionSettled")
         paid = int(out.event("ReceiptClaimed")["paid"])
@@ -824,6 +815,13 @@ class SuiLedger(Ledger):
         return self._shared_ref(
             escrow_id, "ResponseEscrow", lambda: self._response_escrow_object(escrow_id)
         )
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        check_signer(signer)
+        self._amount(amount, "the amount")
+        to = normalize_id(recipient, "recipient address")
+        raw = sui_tx.as_bytes(memo, "memo")
+        self._execute(signer, "payment::pay", lambda ctx: sui_tx.pay(ctx, to, amount, raw), amount)
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
         check_signer(signer)
@@ -1130,6 +1128,26 @@ class SuiLedger(Ledger):
             ),
         )
         return str(out.event("TicketSaleCreated")["sale"])
+
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        check_signer(signer)
+        sui_tx.as_bytes(channel, "channel")
+        self._amount(slot_price, "slot_price")
+        self._amount(slot_ms, "slot_ms")
+        sale = self._model_ref(sale_id, "TicketSale")
+        out = self._execute(
+            signer,
+            "broadcast::create_ticketed",
+            lambda ctx: sui_tx.create_ticketed_broadcast(ctx, sale, channel, slot_price, slot_ms),
+        )
+        return out.created_of("Broadcast") or str(out.event("BroadcastCreated")["broadcast"])
 
     def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
         check_signer(signer)

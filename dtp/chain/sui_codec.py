@@ -6,7 +6,8 @@ below are written from the Move sources (field order is BCS order): ``ID``/``UID
 ``address`` are 32 bytes, ``String`` and ``vector<u8>`` are ``uleb128(len) || bytes``,
 ``VecMap<K, V>`` is a vector of ``(K, V)`` pairs, ``VecSet<T>`` a vector of ``T``,
 ``Balance<T>`` a ``u64``, ``Table<K, V>`` a ``UID`` plus a ``u64`` size (entries are
-dynamic fields, read separately), enums a ``uleb128`` variant index then its fields.
+dynamic fields, read separately), enums a ``uleb128`` variant index then its fields,
+``Option<T>`` a vector of zero or one ``T`` (decoded as None or the value).
 
 Decoded values follow :class:`dtp.chain.objects.Event`: IDs and addresses as ``0x`` + 64
 lowercase hex, integers as int, ``vector<u8>`` as bytes, ``String`` as str, ``Sla`` as a
@@ -48,8 +49,9 @@ __all__ = [
     "object_to_fields",
 ]
 
-#: A layout: a primitive name, or a tuple ``("vec", T)``, ``("map", K, V)``,
-#: ``("struct", ((name, T), ...))``, ``("enum", ((variant, ((name, T), ...)), ...))``.
+#: A layout: a primitive name, or a tuple ``("vec", T)``, ``("option", T)``,
+#: ``("map", K, V)``, ``("struct", ((name, T), ...))``,
+#: ``("enum", ((variant, ((name, T), ...)), ...))``.
 Layout = str | tuple[Any, ...]
 
 
@@ -82,12 +84,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
             (
                 "map",
                 "u16",
-                _struct(
-                    ("kind", "string"),
-                    ("sla", _SLA),
-                    ("max_connections", "u64"),
-                    ("open_connections", "u64"),
-                ),
+                _struct(("kind", "string"), ("sla", _SLA), ("max_connections", "u64")),
             ),
         ),
         (
@@ -101,8 +98,6 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
                 ("max_requests_per_sec", "u64"),
             ),
         ),
-        ("open_connections", "u64"),
-        ("client_connections", "table"),
     ),
     "SpendingCap": _struct(
         ("id", "id"),
@@ -141,7 +136,8 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("client_public_key", "bytes"),
         ("server", "address"),
         ("spending_cap", "id"),
-        ("cap_max_per_epoch", "u64"),
+        ("reserved_epoch", "u64"),
+        ("reserved", "u64"),
         ("sla", _SLA),
         ("funds", "u64"),
         ("deposited", "u64"),
@@ -173,6 +169,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("cancelled", "bool"),
         ("refund_base", "u64"),
         ("outstanding", "u64"),
+        ("ticket_sale", ("option", "id")),
     ),
 }
 
@@ -205,7 +202,10 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("cap", "id"), ("owner", "address"), ("max_per_epoch", "u64")
     ),
     ("spending_cap", "SpendingCapChanged"): _struct(("cap", "id"), ("max_per_epoch", "u64")),
-    ("spending_cap", "SpendingCapCharged"): _struct(
+    ("spending_cap", "SpendingCapReserved"): _struct(
+        ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
+    ),
+    ("spending_cap", "SpendingCapReleased"): _struct(
         ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
     ),
     ("escrow", "ReceiptClaimed"): _struct(
@@ -263,6 +263,7 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("slot_price", "u64"),
         ("slot_ms", "u64"),
         ("start_ms", "u64"),
+        ("ticket_sale", ("option", "id")),
     ),
     ("broadcast", "BroadcastContributed"): _struct(
         ("broadcast", "id"),
@@ -413,6 +414,11 @@ def _read(r: _Reader, layout: Layout) -> Any:
     tag = layout[0]
     if tag == "vec":
         return [_read(r, layout[1]) for _ in range(r.uleb())]
+    if tag == "option":
+        present = r.uleb()
+        if present > 1:
+            raise BcsDecodeError(f"An Option holds {present} values.")
+        return _read(r, layout[1]) if present else None
     if tag == "map":
         out: dict[Any, Any] = {}
         for _ in range(r.uleb()):
@@ -493,6 +499,10 @@ def _write_value(out: bytearray, layout: Layout, value: Any) -> None:
         out += bcs_uleb128(len(value))
         for item in value:
             _write(out, layout[1], item)
+    elif tag == "option":
+        out += bcs_uleb128(0 if value is None else 1)
+        if value is not None:
+            _write(out, layout[1], value)
     elif tag == "map":
         out += bcs_uleb128(len(value))
         for key, item in value.items():
@@ -550,8 +560,8 @@ def decode_object(
     table_entries: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
-    the entries of its ``Table<address, u64>`` (Host client connections, Broadcast
-    contributions), read from dynamic fields by the caller."""
+    the entries of its ``Table<address, u64>`` (a Broadcast's contributions), read from
+    dynamic fields by the caller."""
     layout = OBJECT_LAYOUTS.get(struct)
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
@@ -565,12 +575,10 @@ def decode_object(
 
 
 def table_id(struct: str, data: bytes) -> str | None:
-    """The ID of the ``Table`` inside a Host or Broadcast (None for other structs)."""
-    if struct not in ("Host", "Broadcast"):
+    """The ID of the ``Table`` inside a Broadcast (None for other structs)."""
+    if struct != "Broadcast":
         return None
-    d = decode(OBJECT_LAYOUTS[struct], data)
-    field = "client_connections" if struct == "Host" else "contributions"
-    return str(d[field]["id"])
+    return str(decode(OBJECT_LAYOUTS[struct], data)["contributions"]["id"])
 
 
 def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
@@ -588,7 +596,6 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
                     "kind": s.kind,
                     "sla": s.sla.to_fields(),
                     "max_connections": s.max_connections,
-                    "open_connections": s.open_connections,
                 }
                 for port, s in obj.services.items()
             },
@@ -600,8 +607,6 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
                 "max_bytes_per_sec": fw.max_bytes_per_sec,
                 "max_requests_per_sec": fw.max_requests_per_sec,
             },
-            "open_connections": obj.open_connections,
-            "client_connections": {"id": table, "size": len(obj.client_connections)},
         }
     if isinstance(obj, SpendingCap):
         return {
@@ -644,7 +649,8 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "client_public_key": obj.client_public_key,
             "server": obj.server,
             "spending_cap": obj.spending_cap,
-            "cap_max_per_epoch": obj.cap_max_per_epoch or 0,
+            "reserved_epoch": obj.reserved_epoch,
+            "reserved": obj.reserved,
             "sla": obj.sla.to_fields(),
             "funds": obj.balance,
             "deposited": obj.deposited,
@@ -679,6 +685,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
         "cancelled": obj.cancelled,
         "refund_base": obj.refund_base,
         "outstanding": obj.outstanding,
+        "ticket_sale": obj.ticket_sale,
     }
 
 

@@ -1,6 +1,7 @@
 """BCS layouts of the payment-model objects and events (move/dtp/sources/subscription.move,
-sponsor.move, tickets.move, retention.move), in the format of :mod:`dtp.chain.sui_codec`,
-and their decoding into the typed views of :mod:`dtp.chain.economics`."""
+sponsor.move, tickets.move, retention.move, payment.move), in the format of
+:mod:`dtp.chain.sui_codec`, and their decoding into the typed views of
+:mod:`dtp.chain.economics`."""
 
 from __future__ import annotations
 
@@ -185,6 +186,9 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
     ("retention", "RecordConsumed"): _struct(("record", "id"), ("receiver", "address")),
     ("retention", "RecordDeleted"): _struct(
         ("record", "id"), ("sender", "address"), ("refunded", "u64")
+    ),
+    ("payment", "PaymentSent"): _struct(
+        ("from", "address"), ("to", "address"), ("amount", "u64"), ("memo", "bytes")
     ),
 }
 

@@ -532,23 +532,26 @@ def open_connection(
     client_public_key: bytes,
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then
-    ``transport_control::open(&mut host, port, &cap, client_public_key, coin, &clock)``."""
+    ``transport_control::open(&host, port, &mut cap, client_public_key, coin, &clock)``:
+    the Host read-only, so that opens of one host run concurrently on Sui."""
     tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
+    h = tx.shared(host, mutable=False)
     port_arg = tx.pure(encode_u16(port, "A port"))
-    c = tx.shared(cap, mutable=False)
+    c = tx.shared(cap, mutable=True)
     key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
     coin = tx.coin(deposit, "the deposit")
     tx.call("transport_control", "open", [h, port_arg, c, key_arg, coin, tx.clock()])
     return tx.finish()
 
 
-def top_up(ctx: TxContext, escrow: SharedRef, amount: int) -> bytes:
-    """``SplitCoins(GasCoin, [amount])`` then ``escrow::top_up(&mut escrow, coin)``."""
+def top_up(ctx: TxContext, escrow: SharedRef, cap: SharedRef, amount: int) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``escrow::top_up(&mut escrow, &mut cap,
+    coin)``."""
     tx = _Tx(ctx)
     e = tx.shared(escrow, mutable=True)
+    c = tx.shared(cap, mutable=True)
     coin = tx.coin(amount, "the top-up amount")
-    tx.call("escrow", "top_up", [e, coin])
+    tx.call("escrow", "top_up", [e, c, coin])
     return tx.finish()
 
 
@@ -562,61 +565,52 @@ def _receipt_args(tx: _Tx, receipt: Any) -> list[bcs.Argument]:
     ]
 
 
-def claim(ctx: TxContext, escrow: SharedRef, cap: SharedRef, receipt: Any) -> bytes:
-    """``escrow::claim(&mut escrow, &mut cap, total_bytes, total_requests, total_amount,
-    nonce, signature)`` (``receipt`` is a :class:`dtp.escrow.Receipt`)."""
+def claim(ctx: TxContext, escrow: SharedRef, receipt: Any) -> bytes:
+    """``escrow::claim(&mut escrow, total_bytes, total_requests, total_amount, nonce,
+    signature)`` (``receipt`` is a :class:`dtp.escrow.Receipt`)."""
     tx = _Tx(ctx)
+    e = tx.shared(escrow, mutable=True)
+    tx.call("escrow", "claim", [e, *_receipt_args(tx, receipt)])
+    return tx.finish()
+
+
+def close_connection(ctx: TxContext, connection: SharedRef) -> bytes:
+    """``transport_control::close(&mut tc, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    tx.call("transport_control", "close", [t, tx.clock()])
+    return tx.finish()
+
+
+def finalize(ctx: TxContext, connection: SharedRef) -> bytes:
+    """``transport_control::finalize(&mut tc, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
+    tx.call("transport_control", "finalize", [t, tx.clock()])
+    return tx.finish()
+
+
+def settle(ctx: TxContext, connection: SharedRef, escrow: SharedRef, cap: SharedRef) -> bytes:
+    """``transport_control::settle(&mut tc, &mut escrow, &mut cap, &clock)``."""
+    tx = _Tx(ctx)
+    t = tx.shared(connection, mutable=True)
     e = tx.shared(escrow, mutable=True)
     c = tx.shared(cap, mutable=True)
-    tx.call("escrow", "claim", [e, c, *_receipt_args(tx, receipt)])
-    return tx.finish()
-
-
-def close_connection(ctx: TxContext, connection: SharedRef, host: SharedRef) -> bytes:
-    """``transport_control::close(&mut tc, &mut host, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    h = tx.shared(host, mutable=True)
-    tx.call("transport_control", "close", [t, h, tx.clock()])
-    return tx.finish()
-
-
-def finalize(ctx: TxContext, connection: SharedRef, host: SharedRef) -> bytes:
-    """``transport_control::finalize(&mut tc, &mut host, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    h = tx.shared(host, mutable=True)
-    tx.call("transport_control", "finalize", [t, h, tx.clock()])
-    return tx.finish()
-
-
-def settle(ctx: TxContext, connection: SharedRef, host: SharedRef, escrow: SharedRef) -> bytes:
-    """``transport_control::settle(&mut tc, &mut host, &mut escrow, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    h = tx.shared(host, mutable=True)
-    e = tx.shared(escrow, mutable=True)
-    tx.call("transport_control", "settle", [t, h, e, tx.clock()])
+    tx.call("transport_control", "settle", [t, e, c, tx.clock()])
     return tx.finish()
 
 
 def settle_with_receipt(
-    ctx: TxContext,
-    connection: SharedRef,
-    host: SharedRef,
-    escrow: SharedRef,
-    cap: SharedRef,
-    receipt: Any,
+    ctx: TxContext, connection: SharedRef, escrow: SharedRef, cap: SharedRef, receipt: Any
 ) -> bytes:
-    """``transport_control::settle_with_receipt(&mut tc, &mut host, &mut escrow, &mut cap,
+    """``transport_control::settle_with_receipt(&mut tc, &mut escrow, &mut cap,
     total_bytes, total_requests, total_amount, nonce, signature, &clock)``."""
     tx = _Tx(ctx)
     t = tx.shared(connection, mutable=True)
-    h = tx.shared(host, mutable=True)
     e = tx.shared(escrow, mutable=True)
     c = tx.shared(cap, mutable=True)
     args = _receipt_args(tx, receipt)
-    tx.call("transport_control", "settle_with_receipt", [t, h, e, c, *args, tx.clock()])
+    tx.call("transport_control", "settle_with_receipt", [t, e, c, *args, tx.clock()])
     return tx.finish()
 
 
@@ -873,12 +867,12 @@ def open_subscribed_connection(
     client_public_key: bytes,
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then ``subscription::open_connection(&sub,
-    &offer, &mut host, &cap, client_public_key, coin, &clock)``."""
+    &offer, &host, &mut cap, client_public_key, coin, &clock)``."""
     tx = _Tx(ctx)
     sub = tx.shared(subscription, mutable=False)
     o = tx.shared(offer, mutable=False)
-    h = tx.shared(host, mutable=True)
-    c = tx.shared(cap, mutable=False)
+    h = tx.shared(host, mutable=False)
+    c = tx.shared(cap, mutable=True)
     key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
     coin = tx.coin(deposit, "the deposit")
     tx.call("subscription", "open_connection", [sub, o, h, c, key_arg, coin, tx.clock()])
@@ -920,11 +914,11 @@ def open_sponsored_connection(
     client_public_key: bytes,
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then ``sponsor::open_connection(&mut pool,
-    &mut host, &cap, client_public_key, coin, &clock)``."""
+    &host, &mut cap, client_public_key, coin, &clock)``."""
     tx = _Tx(ctx)
     p = tx.shared(pool, mutable=True)
-    h = tx.shared(host, mutable=True)
-    c = tx.shared(cap, mutable=False)
+    h = tx.shared(host, mutable=False)
+    c = tx.shared(cap, mutable=True)
     key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
     coin = tx.coin(deposit, "the deposit")
     tx.call("sponsor", "open_connection", [p, h, c, key_arg, coin, tx.clock()])
@@ -960,6 +954,33 @@ def create_ticket_sale(
         tx.pure(encode_u64(deadline_ms, "deadline_ms")),
     ]
     tx.call("tickets", "create", [*args, tx.clock()])
+    return tx.finish()
+
+
+def create_ticketed_broadcast(
+    ctx: TxContext, sale: SharedRef, channel: str | bytes, slot_price: int, slot_ms: int
+) -> bytes:
+    """``broadcast::create_ticketed(&sale, channel, slot_price, slot_ms, &clock)``."""
+    tx = _Tx(ctx)
+    s = tx.shared(sale, mutable=False)
+    args = [
+        tx.pure(encode_bytes(channel, "channel")),
+        tx.pure(encode_u64(slot_price, "slot_price")),
+        tx.pure(encode_u64(slot_ms, "slot_ms")),
+    ]
+    tx.call("broadcast", "create_ticketed", [s, *args, tx.clock()])
+    return tx.finish()
+
+
+def pay(ctx: TxContext, recipient: str, amount: int, memo: bytes) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``payment::pay(coin, recipient, memo)``."""
+    tx = _Tx(ctx)
+    coin = tx.coin(amount, "the amount")
+    args = [
+        tx.pure(encode_address(recipient, "recipient")),
+        tx.pure(encode_bytes(memo, "memo")),
+    ]
+    tx.call("payment", "pay", [coin, *args])
     return tx.finish()
 
 
@@ -1067,6 +1088,8 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
     "withdraw_sponsor_pool": ("sponsor", "withdraw"),
     "open_sponsored_connection": ("sponsor", "open_connection"),
     "reimburse": ("sponsor", "reimburse"),
+    "create_ticketed_broadcast": ("broadcast", "create_ticketed"),
+    "pay": ("payment", "pay"),
     "create_ticket_sale": ("tickets", "create"),
     "buy_tickets": ("tickets", "buy"),
     "go_on_air": ("tickets", "go_on_air"),

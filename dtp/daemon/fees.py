@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.chain.objects import ConnectionState, Sla, TransportControl
-from dtp.errors import ChainError, DTPError, move_error
+from dtp.errors import ChainError, DTPError
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
     ConnectionTerms,
@@ -181,13 +181,6 @@ class ServerFees:
             stored = self.store.latest(cid)
             known = (stored.receipt, stored.claimed_amount) if stored else (None, 0)
         newest, claimed = known
-        if terms.claim_limit is not None and receipt.total_amount > terms.claim_limit:
-            raise move_error(
-                "escrow",
-                "EReceiptExceedsDeposit",
-                f"{receipt.total_amount} MIST, where the client's spending cap lets this "
-                f"connection's claims reach {terms.claim_limit}",
-            )
         check_receipt(
             receipt,
             connection_id=cid,
@@ -234,7 +227,7 @@ class ServerFees:
             terms.connection_id,
             terms.sla,
             terms.client_public_key,
-            terms.payable,  # (the deposit, or what the client's cap lets be claimed)
+            terms.deposited,  # (reserved on the client's cap: claimable whole)
             credit_datagrams=credit_datagrams,
             loss_allowance=loss_allowance,
             on_receipt=keep,
@@ -367,8 +360,8 @@ class ServerFees:
             if tc.state == ConnectionState.OPEN or (
                 tc.state == ConnectionState.HALF_CLOSED and tc.half_closed_by != tc.server
             ):
-                self.ledger.close_connection(self.identity, connection_id, self.host_id)
-            return self.ledger.settle(self.identity, connection_id, self.host_id).refunded
+                self.ledger.close_connection(self.identity, connection_id)
+            return self.ledger.settle(self.identity, connection_id).refunded
         except ChainError as exc:
             logger.log(
                 min(level, logging.INFO),

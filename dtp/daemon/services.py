@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dtp.aio
-from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
@@ -314,10 +314,10 @@ class ServiceHost:
         if service is None:
             why = f"no service on port {peer.port}"
             if peer.port is not None and peer.connection_id is not None:
-                # a service a reload removed stays on the ledger while connections to it
-                # are open, and clients go on opening ledger connections to it: refused
-                # here, their deposits stayed in escrow for good. One the ledger admits
-                # (this client's, Open, to this host and port) is settled now: refunded
+                # a client may have opened a ledger connection to a service a reload
+                # removed (before the removal landed, or published by another tool):
+                # refused here, its deposit stayed in escrow for good. One the ledger
+                # admits (this client's, Open, to this host and port) is settled now
                 admission = LedgerAdmission(self.ledger, self.host_id, peer.port)
                 verdict = await asyncio.to_thread(admission, peer)
                 # (not one still served, under the service as it was: a second DTP
@@ -338,8 +338,15 @@ class ServiceHost:
         if reason is None:
             assert peer.connection_id is not None
             # first: a second DTP connection on a ledger connection served is refused as
-            # dtp.aio refuses it (not settled: that is its first connection's end)
-            reason = self._reserve(peer.connection_id)
+            # dtp.aio refuses it (not settled: that is its first connection's end); then
+            # the Host's connection limits, which the ledger does not count: ours,
+            # against the connections we serve now (docs/escrow.md §2)
+            served = peer.connection_id in self._served
+            reason = self._reserve(peer.connection_id, peer.address, admission.limits)
+            if reason is not None and not served:
+                # a valid, funded connection beyond a limit: settled now, as one the
+                # service's firewall refuses below
+                self._settle_refused(peer.connection_id, service)
         if reason is None and not _permits(service, peer.address):
             reason = f"the firewall of service {service.name} denies {peer.address}"
             assert peer.connection_id is not None
@@ -355,14 +362,17 @@ class ServiceHost:
             )
         return reason
 
-    def _reserve(self, connection_id: str) -> str | None:
+    def _reserve(
+        self, connection_id: str, client: str, limits: ConnectionLimits | None
+    ) -> str | None:
         """Take ``connection_id`` for the DTP connection being admitted (None), or the
-        refusal when a DTP connection on it is served already. Called after the last
-        await of the admission: dtp.aio runs the connection's handler, which claims the
-        ID (:meth:`_handle`), in the same step as the verdict; an ID still unclaimed at
-        the loop's next turn is one whose handshake failed after its admission (the
-        client gave up meanwhile), and is given back then."""
-        refusal = self._served.reserve(connection_id)
+        refusal when a DTP connection on it is served already, or when the Host's
+        ``limits`` leave ``client`` no room. Called after the last await of the
+        admission: dtp.aio runs the connection's handler, which claims the ID
+        (:meth:`_handle`), in the same step as the verdict; an ID still unclaimed at the
+        loop's next turn is one whose handshake failed after its admission (the client
+        gave up meanwhile), and is given back then."""
+        refusal = self._served.reserve(connection_id, client, limits)
         if refusal is None:
             self._unclaimed.add(connection_id)
             asyncio.get_running_loop().call_soon(self._release_unclaimed, connection_id)

@@ -25,6 +25,12 @@ covered until it ends: accrual only happens at slot boundaries), and again whene
 off air, so a top-up is seen at once. Off air it refuses to send (:class:`OffAir`) and
 tells every listener (an AIR frame); back on air it tells them again.
 
+A *ticketed* broadcast (``broadcast::create_ticketed``, docs/escrow.md §9) names a
+``TicketSale``: its station admits a listener only while the ledger shows the listener's
+address (the one its DTP connection proved) holding a ticket of that sale, and refuses
+any other with a DENIED frame instead of the HELLO, which the listener raises as
+:class:`~dtp.messaging.errors.NoTicket`.
+
 Listeners pay through the ledger (:meth:`BroadcastListener.contribute`). A *tip* is a
 contribution plus a short signed message to the station, which accepts it only while the
 tipper's recorded contributions cover all its accepted tips (read from the ledger at most
@@ -98,6 +104,7 @@ MESSAGE: Final = 21  # [21, channel, seq, payload, signature]
 AIR: Final = 22  # [22, on_air, reason, next_seq]
 REQUEST: Final = 23  # [23, text]
 TIP: Final = 24  # [24, tip_id, amount, message, ed25519_public, signature]
+DENIED: Final = 25  # [25, reason]: sent in place of HELLO to a listener refused
 
 #: Largest payload of one broadcast message (bytes).
 MAX_PAYLOAD: Final = 64 * 1024
@@ -123,6 +130,12 @@ _TIP_READ_GAP: Final = 0.2
 # How long (seconds) a read showing a tipper's contributions cover a tip is taken as it
 # is: contributions only grow until a cancel, after which a withdrawal is unseen so long
 _TIP_READ_TRUST: Final = 1.0
+# A ticketed station's read of its sale's holders, as the tips' reads of contributions:
+# one showing a listener holding a ticket is taken as it is for this long (a refund
+# after it is unseen so long), and reads begin at most this often (a flood of listeners
+# with no ticket costs one read per gap, not one each)
+_TICKET_READ_TRUST: Final = 1.0
+_TICKET_READ_GAP: Final = 0.2
 _HELLO_DOMAIN: Final = b"DTP-BROADCAST-HELLO-V1\x00"
 _MSG_DOMAIN: Final = b"DTP-BROADCAST-MSG-V2\x00"
 _TIP_DOMAIN: Final = b"DTP-BROADCAST-TIP-V2\x00"
@@ -465,6 +478,13 @@ class BroadcastStation:
         self.channel = b.channel
         self._start_ms = b.start_ms
         self._slot_ms = b.slot_ms
+        #: The TicketSale whose holders alone are admitted (None: anyone may listen).
+        self.ticket_sale = b.ticket_sale
+        # the last read of the sale's holders: (when it began, monotonic; the holders)
+        self._ticket_lock = threading.Lock()
+        self._ticket_read: tuple[float, Mapping[str, int]] | None = None
+        #: Listeners refused for holding no ticket.
+        self.refused_listeners = 0
         self.link_queue = link_queue
         self.max_listeners = max_listeners
         self._lock = threading.Lock()
@@ -534,11 +554,19 @@ class BroadcastStation:
         with self._lock:
             return len(self._links)
 
-    def attach(self, stream: BlockingStream, name: str = "") -> None:
+    def attach(
+        self, stream: BlockingStream, name: str = "", *, listener: str | None = None
+    ) -> None:
         """Start broadcasting to the listener at the other end of ``stream`` (TypeError
         when it is not a stream; :class:`~dtp.messaging.errors.StationError` once the
-        station is closed)."""
+        station is closed). On a ticketed broadcast the listener must hold a ticket of
+        its sale: ``listener`` is its Sui address, by default the one its DTP connection
+        proved (``stream.peer_address``); one holding none is sent a DENIED frame and
+        :class:`~dtp.messaging.errors.NoTicket` is raised (a ChainError when the ledger
+        cannot say)."""
         _check_stream(stream, "attach()")
+        if self.ticket_sale is not None:
+            self._admit_ticket_holder(stream, listener)
         with self._lock:
             if self._closed:
                 raise E.StationError("the station is closed")
@@ -578,6 +606,41 @@ class BroadcastStation:
                 link.offer_air(encode_frame([AIR, False, "cancelled", self._seq]))
             self._links.append(link)
         link.start()
+
+    def _admit_ticket_holder(self, stream: BlockingStream, listener: str | None) -> None:
+        """Refuse the listener at ``stream`` unless the ledger shows ``listener`` (or
+        the address its connection proved) holding a ticket of the broadcast's sale."""
+        address = listener if listener is not None else getattr(stream, "peer_address", None)
+        if not isinstance(address, str):
+            why = "a ticketed broadcast admits ticket holders, and this listener proved no address"
+        else:
+            address = normalize_id(address, "listener address")
+            if self._holds_ticket(address):
+                return
+            why = f"{address} holds no ticket of sale {self.ticket_sale}"
+        with self._lock:
+            self.refused_listeners += 1
+        try:
+            stream.sendall(encode_frame([DENIED, why]))
+        except (DTPError, OSError) as exc:  # it may be gone already: refused all the same
+            logger.debug("broadcast: the refusal did not reach the listener: %s", exc)
+        raise E.NoTicket(why)
+
+    def _holds_ticket(self, address: str) -> bool:
+        """Whether the ledger shows ``address`` holding a ticket of the sale: a read less
+        than ``_TICKET_READ_TRUST`` old that shows one is taken as it is; otherwise the
+        sale is read again, unless a read began less than ``_TICKET_READ_GAP`` ago."""
+        assert self.ticket_sale is not None
+        with self._ticket_lock:
+            now = time.monotonic()
+            if self._ticket_read is not None:
+                began, holders = self._ticket_read
+                held = holders.get(address, 0) > 0
+                if (held and now - began < _TICKET_READ_TRUST) or now - began < _TICKET_READ_GAP:
+                    return held
+            sale = self.ledger.get_ticket_sale(self.ticket_sale)
+            self._ticket_read = (now, sale.holders)
+            return sale.holders.get(address, 0) > 0
 
     def _detach(self, link: _StationLink) -> None:
         with self._lock:
@@ -1056,6 +1119,9 @@ class BroadcastListener:
         self._unreported = 0
         #: The last rejection (for diagnostics).
         self.last_error: DTPError | None = None
+        #: The station's refusal of this listener (a ticketed broadcast's listener with
+        #: no ticket), raised by :meth:`get` once what was queued has been taken.
+        self.refusal: E.NoTicket | None = None
         self._on_error: Callable[[DTPError], None] | None = None
         self._reader = threading.Thread(target=self._read_loop, name="bcast-listener", daemon=True)
         self._reader.start()
@@ -1084,6 +1150,8 @@ class BroadcastListener:
         item = self._queue.get(timeout=timeout)
         if item is None:
             self._queue.put_nowait(None)  # for the next get(), in this thread or another
+            if self.refusal is not None:
+                raise self.refusal
             raise E.StationError(f"the listener is closed ({self.close_reason})")
         return item
 
@@ -1143,6 +1211,11 @@ class BroadcastListener:
                     continue
                 try:
                     self._handle(decode_body(item))
+                except E.NoTicket as exc:
+                    self.refusal = exc
+                    self.last_error = exc
+                    reason = f"refused by the station: {exc}"
+                    return
                 except E.ForgedBroadcast as exc:
                     self.forged += 1
                     self.last_error = exc
@@ -1183,6 +1256,10 @@ class BroadcastListener:
         if not isinstance(message, list) or not message:
             raise E.MalformedMessage("a broadcast frame is an array")
         kind = message[0]
+        if kind == DENIED and len(message) == 2 and self._public is None:
+            # (unsigned: a relay could forge one, as it could drop the stream)
+            reason = message[1]
+            raise E.NoTicket(reason if isinstance(reason, str) else "refused by the station")
         if kind == HELLO and len(message) == 9 and self._public is None:
             _, b_id, channel, public, on_air, next_seq, session, started, signature = message
             if not (

@@ -333,6 +333,12 @@ class ReplayedBroadcast(StationError, RemoteProtocolError):
         )
 
 
+class NoTicket(StationError):
+    """The station of a ticketed broadcast refused this listener: the ledger shows its
+    address holding no ticket of the broadcast's sale (docs/escrow.md §9). Raised by the
+    station's ``attach`` and, at the listener, by ``get`` once the refusal arrived."""
+
+
 class InvalidTip(StationError, RemoteProtocolError):
     """A tip is not signed by its contributor or not covered by its contributions."""
 

@@ -13,8 +13,15 @@
 /// total of the contributions refunded so far (each refund rounded down or up, never
 /// above the contribution), the last listener to withdraw taking whatever is left, so no
 /// MIST is stranded.
+///
+/// A broadcast may be *ticketed* (`create_ticketed`): it names a `dtp::tickets`
+/// `TicketSale` of its broadcaster, and the station that relays it admits only listeners
+/// holding a ticket of that sale (`tickets::tickets_of(sale, listener) > 0`), which it
+/// reads from the ledger. The chain records the link; the admission is the station's
+/// (docs/escrow.md §9).
 module dtp::broadcast;
 
+use dtp::tickets::TicketSale;
 use std::string::{Self, String};
 use sui::balance::{Self, Balance};
 use sui::clock::Clock;
@@ -41,6 +48,8 @@ const EInvalidSlot: vector<u8> = b"Slot price and slot length must be positive";
 const EZeroAmount: vector<u8> = b"Contribution must be positive";
 #[error(code = 97)]
 const EDataTooLarge: vector<u8> = b"Broadcast data exceeds the per-message limit";
+#[error(code = 98)]
+const ENotOrganizer: vector<u8> = b"Only the ticket sale's organizer can broadcast for it";
 
 /// Largest `data` per transmitted message, in bytes.
 /// Sui refuses a pure transaction argument of 16384 bytes or more before any Move
@@ -79,6 +88,9 @@ public struct Broadcast has key {
     refund_base: u64,
     /// Contributions not yet refunded (after cancel).
     outstanding: u64,
+    /// The ticket sale whose holders alone may listen (`create_ticketed`); none for an
+    /// open broadcast.
+    ticket_sale: Option<ID>,
 }
 
 // === Events ===
@@ -90,6 +102,7 @@ public struct BroadcastCreated has copy, drop {
     slot_price: u64,
     slot_ms: u64,
     start_ms: u64,
+    ticket_sale: Option<ID>,
 }
 
 public struct BroadcastContributed has copy, drop {
@@ -135,6 +148,33 @@ public fun create(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
+    new(channel, slot_price, slot_ms, option::none(), clock, ctx)
+}
+
+/// `create` for the holders of `sale`'s tickets only: the broadcast records the sale, and
+/// its station admits a listener only while the ledger shows it holding at least one of
+/// its tickets. Checks: the sender is the sale's organizer (`ENotOrganizer`), then those
+/// of `create`.
+public fun create_ticketed(
+    sale: &TicketSale,
+    channel: vector<u8>,
+    slot_price: u64,
+    slot_ms: u64,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    assert!(ctx.sender() == sale.organizer(), ENotOrganizer);
+    new(channel, slot_price, slot_ms, option::some(object::id(sale)), clock, ctx)
+}
+
+fun new(
+    channel: vector<u8>,
+    slot_price: u64,
+    slot_ms: u64,
+    ticket_sale: Option<ID>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
     assert!(slot_price > 0 && slot_ms > 0, EInvalidSlot);
     let channel = string::utf8(channel);
     let start_ms = clock.timestamp_ms();
@@ -155,6 +195,7 @@ public fun create(
         cancelled: false,
         refund_base: 0,
         outstanding: 0,
+        ticket_sale,
     };
     let broadcast_id = object::id(&b);
     event::emit(BroadcastCreated {
@@ -164,6 +205,7 @@ public fun create(
         slot_price,
         slot_ms,
         start_ms,
+        ticket_sale,
     });
     transfer::share_object(b);
     broadcast_id
@@ -304,6 +346,9 @@ public fun contribution_of(b: &Broadcast, listener: address): u64 {
 }
 
 public fun is_cancelled(b: &Broadcast): bool { b.cancelled }
+
+/// The ticket sale whose holders alone may listen; none for an open broadcast.
+public fun ticket_sale(b: &Broadcast): Option<ID> { b.ticket_sale }
 
 // === Internal ===
 

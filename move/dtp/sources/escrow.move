@@ -7,6 +7,11 @@
 /// whatever is left goes back to the client. MIST is conserved at every step:
 /// `funds == deposited - claimed - refunded`.
 ///
+/// The deposit and every top-up are reserved on the client's `SpendingCap` when they are
+/// paid in (`dtp::spending_cap::reserve`), so claims charge the cap nothing and cannot be
+/// refused by it; settlement releases the refunded part of the reservation while its
+/// epoch lasts (docs/escrow.md §4).
+///
 /// Receipt message (the exact bytes the client signs with raw Ed25519, no Sui intent
 /// prefix, no hashing), 79 bytes, all integers little-endian, i.e. the concatenated BCS
 /// encodings of:
@@ -78,12 +83,12 @@ public struct Escrow has key {
     client_public_key: vector<u8>,
     /// Receives the payments: the host's authority when the connection opened.
     server: address,
-    /// The client's SpendingCap charged on every claim.
+    /// The client's SpendingCap, on which the deposit and top-ups are reserved.
     spending_cap: ID,
-    /// The cap's `max_per_epoch` when the connection opened. Claims are charged against
-    /// the higher of this and the cap's limit now, so that the client cannot void the
-    /// receipts it signed by lowering its cap before the server claims them.
-    cap_max_per_epoch: u64,
+    /// The epoch of the latest reservation (the open's, or a later top-up's).
+    reserved_epoch: u64,
+    /// MIST reserved on the cap in `reserved_epoch` and not released.
+    reserved: u64,
     /// Fee terms fixed when the connection opened.
     sla: Sla,
     funds: Balance<SUI>,
@@ -128,15 +133,15 @@ public struct EscrowRefunded has copy, drop {
 
 // === Creation (by dtp::transport_control) ===
 
-/// Create and share the escrow of a new connection. Checks that `client_public_key` is
-/// the Ed25519 key of `client`: address == blake2b256(0x00 || key).
+/// Create and share the escrow of a new connection, whose whole deposit was reserved on
+/// `spending_cap` in the current epoch. Checks that `client_public_key` is the Ed25519
+/// key of `client`: address == blake2b256(0x00 || key).
 public(package) fun create(
     connection: ID,
     client: address,
     client_public_key: vector<u8>,
     server: address,
     spending_cap: ID,
-    cap_max_per_epoch: u64,
     sla: Sla,
     deposit: Balance<SUI>,
     ctx: &mut TxContext,
@@ -151,7 +156,8 @@ public(package) fun create(
         client_public_key,
         server,
         spending_cap,
-        cap_max_per_epoch,
+        reserved_epoch: ctx.epoch(),
+        reserved: deposited,
         sla,
         funds: deposit,
         deposited,
@@ -169,15 +175,13 @@ public(package) fun create(
 
 /// The server claims a receipt: pays `total_amount - claimed` to the server and returns
 /// that amount. Checks, in this order: sender is the server (`ENotServer`), not settled
-/// (`EEscrowSettled`), the bound cap (`EWrongSpendingCap`), nonce > latest
-/// (`EReplayedReceipt`), the signature (`EBadSignature`), amount == fee of bytes and
-/// requests under the SLA (`EAmountMismatch`), amount <= deposited
-/// (`EReceiptExceedsDeposit`), amount >= claimed (`EReceiptNotCumulative`), then the
-/// spending cap, under the higher of its limit now and the limit the connection was
-/// opened under (`ESpendingCapExceeded`).
+/// (`EEscrowSettled`), nonce > latest (`EReplayedReceipt`), the signature
+/// (`EBadSignature`), amount == fee of bytes and requests under the SLA
+/// (`EAmountMismatch`), amount <= deposited (`EReceiptExceedsDeposit`), amount >= claimed
+/// (`EReceiptNotCumulative`). The spending cap is not involved: the deposit was reserved
+/// on it when it was paid in.
 public fun claim(
     escrow: &mut Escrow,
-    cap: &mut SpendingCap,
     total_bytes: u64,
     total_requests: u64,
     total_amount: u64,
@@ -187,7 +191,6 @@ public fun claim(
 ): u64 {
     assert!(ctx.sender() == escrow.server, ENotServer);
     assert!(!escrow.settled, EEscrowSettled);
-    assert!(object::id(cap) == escrow.spending_cap, EWrongSpendingCap);
     assert!(nonce > escrow.latest_nonce, EReplayedReceipt);
     let message = receipt_message(
         escrow.connection,
@@ -208,7 +211,6 @@ public fun claim(
     assert!(total_amount >= escrow.claimed, EReceiptNotCumulative);
 
     let paid = total_amount - escrow.claimed;
-    cap.charge(paid, escrow.cap_max_per_epoch, ctx);
     escrow.claimed = total_amount;
     escrow.latest_nonce = nonce;
     if (paid > 0) {
@@ -229,11 +231,28 @@ public fun claim(
     paid
 }
 
-/// The client adds to the deposit of an unsettled escrow.
-public fun top_up(escrow: &mut Escrow, coin: Coin<SUI>, ctx: &TxContext) {
+/// The client adds to the deposit of an unsettled escrow, reserving the amount on the
+/// escrow's spending cap. Checks, in this order: sender is the client (`ENotClient`), not
+/// settled (`EEscrowSettled`), the escrow's cap (`EWrongSpendingCap`), then the cap's
+/// room this epoch (`spending_cap::ESpendingCapExceeded`).
+public fun top_up(
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    coin: Coin<SUI>,
+    ctx: &TxContext,
+) {
     assert!(ctx.sender() == escrow.client, ENotClient);
     assert!(!escrow.settled, EEscrowSettled);
+    escrow.assert_spending_cap(cap);
     let amount = coin.value();
+    cap.reserve(amount, ctx);
+    if (ctx.epoch() == escrow.reserved_epoch) {
+        escrow.reserved = escrow.reserved + amount;
+    } else {
+        // the earlier epoch's reservation is gone with that epoch's count
+        escrow.reserved_epoch = ctx.epoch();
+        escrow.reserved = amount;
+    };
     escrow.funds.join(coin.into_balance());
     escrow.deposited = escrow.deposited + amount;
     event::emit(EscrowToppedUp {
@@ -246,12 +265,26 @@ public fun top_up(escrow: &mut Escrow, coin: Coin<SUI>, ctx: &TxContext) {
 
 // === Settlement (by dtp::transport_control) ===
 
-/// Return everything left to the client and mark the escrow settled. Returns the amount
-/// refunded (possibly 0, in which case no coin is sent).
-public(package) fun refund_remainder(escrow: &mut Escrow, ctx: &mut TxContext): u64 {
+/// Abort with `EWrongSpendingCap` unless `cap` is the one this escrow is bound to.
+public(package) fun assert_spending_cap(escrow: &Escrow, cap: &SpendingCap) {
+    assert!(object::id(cap) == escrow.spending_cap, EWrongSpendingCap);
+}
+
+/// Return everything left to the client, release as much of the reservation on `cap`
+/// (the escrow's: `EWrongSpendingCap`) while its epoch lasts, and mark the escrow
+/// settled. Returns the amount refunded (possibly 0, in which case no coin is sent).
+public(package) fun refund_remainder(
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    ctx: &mut TxContext,
+): u64 {
     assert!(!escrow.settled, EEscrowSettled);
+    escrow.assert_spending_cap(cap);
     escrow.settled = true;
     let amount = escrow.funds.value();
+    // what was claimed stays spent; the refunded part goes back to the epoch's room
+    let released = cap.release(amount.min(escrow.reserved), escrow.reserved_epoch, ctx);
+    escrow.reserved = escrow.reserved - released;
     escrow.refunded = escrow.refunded + amount;
     if (amount > 0) {
         let rest = escrow.funds.withdraw_all();
@@ -304,8 +337,11 @@ public fun server(escrow: &Escrow): address { escrow.server }
 
 public fun spending_cap(escrow: &Escrow): ID { escrow.spending_cap }
 
-/// The spending cap's `max_per_epoch` when the connection opened.
-public fun cap_max_per_epoch(escrow: &Escrow): u64 { escrow.cap_max_per_epoch }
+/// The epoch of the latest reservation on the spending cap.
+public fun reserved_epoch(escrow: &Escrow): u64 { escrow.reserved_epoch }
+
+/// MIST reserved on the spending cap in `reserved_epoch` and not released.
+public fun reserved(escrow: &Escrow): u64 { escrow.reserved }
 
 public fun sla(escrow: &Escrow): Sla { escrow.sla }
 

@@ -4,14 +4,20 @@
 /// the Noise static key clients use for the `IK` handshake, optional reachable endpoints,
 /// its services (port -> kind and SLA) and its firewall. Connections (see
 /// `dtp::transport_control`) are admitted through `admit`, which applies the firewall and
-/// the connection limits and hands back a copy of the service's fee terms.
+/// hands back a copy of the service's fee terms.
+///
+/// Every per-connection call takes the Host read-only (`&Host`), or not at all: Sui runs
+/// the transactions that only read a shared object concurrently and orders those that
+/// write it, so a popular host's opens do not queue behind one another. The connection
+/// limits it publishes (`max_connections`, `max_connections_per_client`) are enforced by
+/// the host's own admission off-chain, which sees the connections it serves
+/// (docs/escrow.md §2, "Throughput").
 ///
 /// Rules are written out in docs/escrow.md; the Python `LocalLedger` follows the same text.
 module dtp::host;
 
 use std::string::{Self, String};
 use sui::event;
-use sui::table::{Self, Table};
 use sui::vec_map::{Self, VecMap};
 use sui::vec_set::{Self, VecSet};
 
@@ -23,8 +29,7 @@ const ENotAuthority: vector<u8> = b"Sender is not the host's authority";
 const EServiceNotFound: vector<u8> = b"No service on this port";
 #[error(code = 3)]
 const EServiceExists: vector<u8> = b"A service already uses this port";
-#[error(code = 4)]
-const EServiceBusy: vector<u8> = b"Service still has open connections";
+// Code 4 (EServiceBusy) is retired: a service no longer counts its open connections.
 #[error(code = 5)]
 const EInvalidNoiseKey: vector<u8> = b"Noise static key must be 32 bytes and not a low-order point";
 #[error(code = 6)]
@@ -33,6 +38,9 @@ const ETooManyEndpoints: vector<u8> = b"Too many endpoints or an endpoint is too
 const EInvalidFirewallMode: vector<u8> = b"Firewall mode must be 0 (allow-all) or 1 (allow-listed)";
 #[error(code = 8)]
 const EFirewallDenied: vector<u8> = b"The host's firewall denies this client";
+// Not aborted on chain: the name (and code) of the refusal a host's off-chain admission
+// gives a connection beyond `max_connections` or `max_connections_per_client`.
+#[allow(unused_const)]
 #[error(code = 9)]
 const EMaxConnections: vector<u8> = b"Connection limit reached";
 #[error(code = 10)]
@@ -61,7 +69,7 @@ const CHANGE_FIREWALL: u8 = 3;
 
 // === Objects ===
 
-/// A host. Shared, so that clients can open connections against it.
+/// A host. Shared, so that clients can open connections against it (read-only).
 public struct Host has key {
     id: UID,
     /// The Sui address allowed to change this host; fees of new connections go to it.
@@ -74,10 +82,6 @@ public struct Host has key {
     /// Services by port.
     services: VecMap<u16, Service>,
     firewall: Firewall,
-    /// Connections admitted and not yet closed, over all services.
-    open_connections: u64,
-    /// Open connections per client address (entries removed when they reach zero).
-    client_connections: Table<address, u64>,
 }
 
 /// The fee terms of a service; copied into each connection when it opens, so later price
@@ -96,10 +100,10 @@ public struct Service has copy, drop, store {
     /// Free-form kind, e.g. "raw", "http", "jsonrpc".
     kind: String,
     sla: Sla,
-    /// Maximum concurrent connections to this service; 0 means unlimited.
+    /// Maximum concurrent connections to this service; 0 means unlimited. Published here
+    /// and enforced off-chain by the host's admission (a chain that counted them would
+    /// have every open and close write the Host).
     max_connections: u64,
-    /// Connections to this service admitted and not yet closed.
-    open_connections: u64,
 }
 
 /// The host's firewall policy.
@@ -110,6 +114,7 @@ public struct Firewall has copy, drop, store {
     /// Always wins over the allow list.
     deny: VecSet<address>,
     /// Maximum concurrent connections from one client address; 0 means unlimited.
+    /// Enforced off-chain by the host's admission, as `max_connections` is.
     max_connections_per_client: u64,
     /// Rate limits per client, enforced off-chain by the host's DTP stack (a chain cannot
     /// see traffic); published here so clients know them. 0 means unlimited.
@@ -175,8 +180,6 @@ public fun create(
             max_bytes_per_sec: 0,
             max_requests_per_sec: 0,
         },
-        open_connections: 0,
-        client_connections: table::new(ctx),
     };
     let host_id = object::id(&host);
     event::emit(HostCreated { host: host_id, authority: host.authority });
@@ -224,7 +227,7 @@ public fun add_service(
     host.assert_authority(ctx);
     assert!(!host.services.contains(&port), EServiceExists);
     let kind = string::utf8(kind);
-    host.services.insert(port, Service { kind, sla, max_connections, open_connections: 0 });
+    host.services.insert(port, Service { kind, sla, max_connections });
     event::emit(ServiceAdded { host: object::id(host), port, kind, sla, max_connections });
 }
 
@@ -244,11 +247,11 @@ public fun update_service(
     event::emit(ServiceUpdated { host: object::id(host), port, sla, max_connections });
 }
 
-/// Withdraw a service. Only once all its connections are closed.
+/// Withdraw a service. Connections already open to it go on: each carries its own copy
+/// of the SLA and never reads the service again.
 public fun remove_service(host: &mut Host, port: u16, ctx: &TxContext) {
     host.assert_authority(ctx);
     assert!(host.services.contains(&port), EServiceNotFound);
-    assert!(host.services.get(&port).open_connections == 0, EServiceBusy);
     let (_, _) = host.services.remove(&port);
     event::emit(ServiceRemoved { host: object::id(host), port });
 }
@@ -297,8 +300,8 @@ public fun undeny(host: &mut Host, client: address, ctx: &TxContext) {
     host.emit_updated(CHANGE_FIREWALL);
 }
 
-/// Limits per client: concurrent connections (enforced here) and rates (enforced
-/// off-chain). 0 means unlimited.
+/// Limits per client: concurrent connections and rates, all enforced off-chain by the
+/// host's DTP stack and published here. 0 means unlimited.
 public fun set_client_limits(
     host: &mut Host,
     max_connections_per_client: u64,
@@ -326,59 +329,23 @@ public fun fee(sla: &Sla, total_bytes: u64, total_requests: u64): u256 {
 
 // === Admission (used by dtp::transport_control) ===
 
-/// Apply the firewall and connection limits to a new connection from `client` to `port`,
-/// count it, and return the service's current fee terms.
-public(package) fun admit(host: &mut Host, port: u16, client: address): Sla {
+/// Apply the firewall to a new connection from `client` to `port` and return the
+/// service's current fee terms. Reads the host only: it counts nothing, so opens of one
+/// host run concurrently on Sui.
+public(package) fun admit(host: &Host, port: u16, client: address): Sla {
     assert!(host.services.contains(&port), EServiceNotFound);
     assert!(host.permits(client), EFirewallDenied);
-    let per_client_limit = host.firewall.max_connections_per_client;
-    assert!(
-        per_client_limit == 0 || host.connections_of(client) < per_client_limit,
-        EMaxConnections,
-    );
-    let service = host.services.get_mut(&port);
-    assert!(
-        service.max_connections == 0 || service.open_connections < service.max_connections,
-        EMaxConnections,
-    );
-    service.open_connections = service.open_connections + 1;
-    let sla = service.sla;
-    if (host.client_connections.contains(client)) {
-        let count = host.client_connections.borrow_mut(client);
-        *count = *count + 1;
-    } else {
-        host.client_connections.add(client, 1);
-    };
-    host.open_connections = host.open_connections + 1;
-    sla
-}
-
-/// Forget a connection admitted by `admit` (called once, when it reaches Closed).
-public(package) fun release(host: &mut Host, port: u16, client: address) {
-    // A service cannot be removed while it has open connections, so it is still there.
-    let service = host.services.get_mut(&port);
-    service.open_connections = service.open_connections - 1;
-    let count = host.client_connections.borrow_mut(client);
-    *count = *count - 1;
-    if (*count == 0) {
-        host.client_connections.remove(client);
-    };
-    host.open_connections = host.open_connections - 1;
+    host.services.get(&port).sla
 }
 
 // === Reading ===
 
-/// Whether the firewall lets `client` open connections (ignoring connection limits).
+/// Whether the firewall lets `client` open connections (the connection limits are the
+/// host's admission's).
 public fun permits(host: &Host, client: address): bool {
     let fw = &host.firewall;
     if (fw.deny.contains(&client)) return false;
     fw.mode == MODE_ALLOW_ALL || fw.allow.contains(&client)
-}
-
-/// Open connections from `client`.
-public fun connections_of(host: &Host, client: address): u64 {
-    if (host.client_connections.contains(client)) *host.client_connections.borrow(client)
-    else 0
 }
 
 public fun authority(host: &Host): address { host.authority }
@@ -386,8 +353,6 @@ public fun authority(host: &Host): address { host.authority }
 public fun noise_static_key(host: &Host): vector<u8> { host.noise_static_key }
 
 public fun endpoints(host: &Host): vector<vector<u8>> { host.endpoints }
-
-public fun open_connections(host: &Host): u64 { host.open_connections }
 
 public fun has_service(host: &Host, port: u16): bool { host.services.contains(&port) }
 
@@ -403,8 +368,6 @@ public fun service_kind(service: &Service): String { service.kind }
 public fun service_sla(service: &Service): Sla { service.sla }
 
 public fun service_max_connections(service: &Service): u64 { service.max_connections }
-
-public fun service_open_connections(service: &Service): u64 { service.open_connections }
 
 public fun price_per_kib(sla: &Sla): u64 { sla.price_per_kib }
 

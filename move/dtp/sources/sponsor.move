@@ -168,8 +168,8 @@ public fun withdraw(pool: &mut SponsorPool, amount: u64, ctx: &mut TxContext) {
 /// `deposit * share_bps / 10000` (`ESponsorUnfunded`). Returns the connection ID.
 public fun open_connection(
     pool: &mut SponsorPool,
-    host: &mut Host,
-    cap: &SpendingCap,
+    host: &Host,
+    cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     clock: &Clock,

@@ -321,8 +321,8 @@ public fun refund(
 public fun open_connection(
     sub: &Subscription,
     offer: &SubscriptionOffer,
-    host: &mut Host,
-    cap: &SpendingCap,
+    host: &Host,
+    cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     clock: &Clock,

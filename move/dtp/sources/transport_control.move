@@ -14,6 +14,10 @@
 /// optionally claims a final receipt and then refunds the rest to the client. The client
 /// may only settle once the server has had `HALF_CLOSE_TIMEOUT_MS` since the first close
 /// to submit its last receipt.
+///
+/// Only `open` reads the `Host`, and read-only: closing and settling touch the
+/// connection's own objects (and the client's spending cap), so the connections of one
+/// host never queue behind each other on Sui (docs/escrow.md "Throughput").
 module dtp::transport_control;
 
 use dtp::escrow::{Self, Escrow};
@@ -40,8 +44,7 @@ const ENotHalfClosed: vector<u8> = b"Connection is not half-closed";
 const ETimeoutNotReached: vector<u8> = b"Half-close timeout has not elapsed";
 #[error(code = 56)]
 const EConnectionOpen: vector<u8> = b"Connection must be closed (or half-closed) first, or settled by the server";
-#[error(code = 57)]
-const EWrongHost: vector<u8> = b"Not this connection's host";
+// Code 57 (EWrongHost) is retired: closing and settling no longer take the Host.
 #[error(code = 58)]
 const EWrongEscrow: vector<u8> = b"Not this connection's escrow";
 #[error(code = 59)]
@@ -126,17 +129,18 @@ public struct ConnectionSettled has copy, drop {
 
 /// Open a connection from the sender to `host`'s service on `port`, depositing `deposit`
 /// into a new escrow. `client_public_key` is the sender's Ed25519 public key, against
-/// which receipts are verified; `cap` is the sender's SpendingCap.
+/// which receipts are verified; `cap` is the sender's SpendingCap, on which the whole
+/// deposit is reserved.
 ///
 /// Checks, in order: `cap` belongs to the sender (`ENotCapOwner`); the service exists
-/// (`EServiceNotFound`); the firewall (`EFirewallDenied`); the per-client and per-service
-/// connection limits (`EMaxConnections`); `deposit >= min_deposit`
-/// (`EInsufficientDeposit`); the key (`EInvalidPublicKey`, `EKeyMismatch`).
-/// Returns the connection ID.
+/// (`EServiceNotFound`); the firewall (`EFirewallDenied`); `deposit >= min_deposit`
+/// (`EInsufficientDeposit`); the key (`EInvalidPublicKey`, `EKeyMismatch`); the cap's
+/// room this epoch (`ESpendingCapExceeded`). The host is only read: its connection
+/// limits are enforced by its own admission, off-chain. Returns the connection ID.
 public fun open(
-    host: &mut Host,
+    host: &Host,
     port: u16,
-    cap: &SpendingCap,
+    cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     clock: &Clock,
@@ -149,9 +153,9 @@ public fun open(
 /// the same checks, but the connection's SLA is all zeros, so it needs no deposit and
 /// every receipt must be for 0 MIST (docs/escrow.md §13).
 public(package) fun open_prepaid(
-    host: &mut Host,
+    host: &Host,
     port: u16,
-    cap: &SpendingCap,
+    cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     clock: &Clock,
@@ -161,9 +165,9 @@ public(package) fun open_prepaid(
 }
 
 fun open_with(
-    host: &mut Host,
+    host: &Host,
     port: u16,
-    cap: &SpendingCap,
+    cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     prepaid: bool,
@@ -173,7 +177,7 @@ fun open_with(
     let client = ctx.sender();
     cap.assert_owner(client);
     let admitted = host.admit(port, client);
-    // Admission still counts the connection; a prepaid one is simply not metered.
+    // a prepaid connection is admitted like any other, and simply not metered
     let sla = if (prepaid) host::new_sla(0, 0, 0) else admitted;
     let amount = deposit.value();
     assert!(amount >= sla.min_deposit(), EInsufficientDeposit);
@@ -187,12 +191,12 @@ fun open_with(
         client_public_key,
         server,
         object::id(cap),
-        // the limit this connection's claims keep even if the client lowers it later
-        cap.max_per_epoch(),
         sla,
         deposit.into_balance(),
         ctx,
     );
+    // the whole deposit, so that no claim on it can be refused by the cap later
+    cap.reserve(amount, ctx);
     let now = clock.timestamp_ms();
     let tc = TransportControl {
         id,
@@ -225,11 +229,10 @@ fun open_with(
 // === Closing ===
 
 /// Close the sender's side. Open -> HalfClosed{by: sender}; HalfClosed by the peer ->
-/// Closed (the host's connection counts are released).
-public fun close(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx: &TxContext) {
+/// Closed.
+public fun close(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
     let who = ctx.sender();
     tc.assert_participant(who);
-    assert!(object::id(host) == tc.host, EWrongHost);
     let now = clock.timestamp_ms();
     let state = tc.state;
     match (state) {
@@ -239,7 +242,7 @@ public fun close(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx:
         },
         State::HalfClosed { by, at_ms } => {
             assert!(by != who, EAlreadyHalfClosed);
-            tc.close_fully(host, at_ms, now, who);
+            tc.close_fully(at_ms, now, who);
         },
         State::Closed { .. } => abort EConnectionClosed,
     }
@@ -247,17 +250,16 @@ public fun close(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx:
 
 /// Either participant finalizes a half-closed connection whose peer did not answer within
 /// `HALF_CLOSE_TIMEOUT_MS`: HalfClosed -> Closed.
-public fun finalize(tc: &mut TransportControl, host: &mut Host, clock: &Clock, ctx: &TxContext) {
+public fun finalize(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
     let who = ctx.sender();
     tc.assert_participant(who);
-    assert!(object::id(host) == tc.host, EWrongHost);
     let now = clock.timestamp_ms();
     let state = tc.state;
     match (state) {
         State::Open => abort ENotHalfClosed,
         State::HalfClosed { by: _, at_ms } => {
             assert!(now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
-            tc.close_fully(host, at_ms, now, who);
+            tc.close_fully(at_ms, now, who);
         },
         State::Closed { .. } => abort EConnectionClosed,
     }
@@ -265,15 +267,17 @@ public fun finalize(tc: &mut TransportControl, host: &mut Host, clock: &Clock, c
 
 // === Settlement ===
 
-/// Settle without a final receipt: refund everything left in the escrow to the client.
+/// Settle without a final receipt: refund everything left in the escrow to the client,
+/// and release that much of the deposit's reservation on the client's `cap` (the
+/// escrow's, `escrow::EWrongSpendingCap`) if its epoch is still the current one.
 /// The server may settle at any time (it forgoes further claims), an Open connection
 /// closing in the same step: one transaction ends a connection whose client closed it
 /// in-band. The client may settle only once `HALF_CLOSE_TIMEOUT_MS` has passed since
 /// the first close. An Open or half-closed connection becomes Closed.
 public fun settle(
     tc: &mut TransportControl,
-    host: &mut Host,
     escrow: &mut Escrow,
+    cap: &mut SpendingCap,
     clock: &Clock,
     ctx: &mut TxContext,
 ) {
@@ -281,18 +285,18 @@ public fun settle(
     tc.assert_participant(who);
     assert!(!tc.settled, EAlreadySettled);
     assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
-    assert!(object::id(host) == tc.host, EWrongHost);
+    escrow.assert_spending_cap(cap);
     let now = clock.timestamp_ms();
     let is_server = who == tc.server;
     let state = tc.state;
     match (state) {
         State::Open => {
             assert!(is_server, EConnectionOpen);
-            tc.close_fully(host, now, now, who);
+            tc.close_fully(now, now, who);
         },
         State::HalfClosed { by: _, at_ms } => {
             assert!(is_server || now >= at_ms + HALF_CLOSE_TIMEOUT_MS, ETimeoutNotReached);
-            tc.close_fully(host, at_ms, now, who);
+            tc.close_fully(at_ms, now, who);
         },
         State::Closed { half_closed_at_ms, closed_at_ms: _ } => {
             assert!(
@@ -301,7 +305,7 @@ public fun settle(
             );
         },
     };
-    let refunded = escrow.refund_remainder(ctx);
+    let refunded = escrow.refund_remainder(cap, ctx);
     tc.settled = true;
     event::emit(ConnectionSettled {
         connection: tc.connection_id(),
@@ -317,7 +321,6 @@ public fun settle(
 /// `settle` for the rest).
 public fun settle_with_receipt(
     tc: &mut TransportControl,
-    host: &mut Host,
     escrow: &mut Escrow,
     cap: &mut SpendingCap,
     total_bytes: u64,
@@ -330,9 +333,10 @@ public fun settle_with_receipt(
 ) {
     assert!(!tc.settled, EAlreadySettled);
     assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
+    escrow.assert_spending_cap(cap);
     // `claim` aborts with escrow::ENotServer unless the sender is the server.
-    escrow.claim(cap, total_bytes, total_requests, total_amount, nonce, signature, ctx);
-    settle(tc, host, escrow, clock, ctx);
+    escrow.claim(total_bytes, total_requests, total_amount, nonce, signature, ctx);
+    settle(tc, escrow, cap, clock, ctx);
 }
 
 // === Checks used by other modules ===
@@ -402,14 +406,7 @@ public fun state_closed(): u8 { STATE_CLOSED }
 
 // === Internal ===
 
-fun close_fully(
-    tc: &mut TransportControl,
-    host: &mut Host,
-    half_closed_at_ms: u64,
-    now: u64,
-    by: address,
-) {
+fun close_fully(tc: &mut TransportControl, half_closed_at_ms: u64, now: u64, by: address) {
     tc.state = State::Closed { half_closed_at_ms, closed_at_ms: now };
-    host.release(tc.port, tc.client);
     event::emit(ConnectionClosed { connection: tc.connection_id(), by, at_ms: now });
 }

@@ -59,13 +59,13 @@ fun subscription_used_by_another_rejected() {
     scenario.next_tx(th::mallory());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(mallory_cap);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(mallory_cap);
     let payment = th::take(&mut scenario, th::mallory(), 0);
     sub.open_connection(
         &offer,
-        &mut h,
-        &cap,
+        &h,
+        &mut cap,
         th::mallory_pk(),
         payment,
         &clock,
@@ -172,13 +172,13 @@ fun prepaid_sla_is_all_zero() {
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let deposit = th::take(&mut scenario, th::client(), 0);
     let conn = sub.open_connection(
         &offer,
-        &mut h,
-        &cap,
+        &h,
+        &mut cap,
         th::client_pk(),
         deposit,
         &clock,

@@ -1,5 +1,5 @@
 /// The payment-model scenarios (tests/scenarios/subscription.toml, sponsor.toml,
-/// tickets.toml, retention.toml), one test per scenario with the same name. As in
+/// tickets.toml, retention.toml, payment.toml), one test per scenario with the same name. As in
 /// `dtp::scenario_tests`, a scenario whose last step expects an error is an
 /// `expected_failure` test whose last call must abort with it.
 #[test_only]
@@ -7,6 +7,7 @@ module dtp::economics_scenario_tests;
 
 use dtp::escrow::{Self, Escrow};
 use dtp::host::Host;
+use dtp::payment;
 use dtp::pipe::{Self, Pipe};
 use dtp::retention::{Self, RetainedRecord, RetentionTerms};
 use dtp::spending_cap::SpendingCap;
@@ -71,13 +72,13 @@ fun open_subscribed(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit:
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
     let offer = scenario.take_shared<SubscriptionOffer>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(scenario, th::client(), deposit);
     let conn = sub.open_connection(
         &offer,
-        &mut h,
-        &cap,
+        &h,
+        &mut cap,
         th::client_pk(),
         payment,
         clock,
@@ -140,9 +141,6 @@ fun subscription_expiry_and_renewal() {
     assert!(th::balance_of(&scenario, th::server()) == 200);
     open_subscribed(&mut scenario, &clock, cap_id, 0);
     scenario.next_tx(th::server());
-    let h = scenario.take_shared<Host>();
-    assert!(h.open_connections() == 2);
-    ts::return_shared(h);
     let e = scenario.take_shared<Escrow>();
     assert!(e.balance() == 0 && e.claimed() == 0);
     ts::return_shared(e);
@@ -234,10 +232,10 @@ fun sponsor_setup(scenario: &mut Scenario, server_funds: u64, share_bps: u64, po
 fun open_sponsored(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {
     scenario.next_tx(th::client());
     let mut pool = scenario.take_shared<SponsorPool>();
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = th::take(scenario, th::client(), deposit);
-    let conn = pool.open_connection(&mut h, &cap, th::client_pk(), payment, clock, scenario.ctx());
+    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
     ts::return_shared(pool);
     ts::return_shared(h);
     ts::return_shared(cap);
@@ -320,11 +318,9 @@ fun sponsor_split_costs() {
     scenario.next_tx(th::server());
     {
         let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-        let mut h = scenario.take_shared<Host>();
         let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
         let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
         tc.settle_with_receipt(
-            &mut h,
             &mut e,
             &mut cap,
             10240,
@@ -336,7 +332,6 @@ fun sponsor_split_costs() {
             scenario.ctx(),
         );
         ts::return_shared(tc);
-        ts::return_shared(h);
         ts::return_shared(e);
         ts::return_shared(cap);
     };
@@ -605,5 +600,45 @@ fun retention_confirm_by_sender_rejected() {
     let (mut scenario, clock) = th::start();
     retention_setup(&mut scenario, &clock);
     confirm(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
+
+// === Payment stories ===
+
+/// CLIENT (funded with 1000) pays `amount` to OTHER with `memo`.
+fun pay(scenario: &mut Scenario, amount: u64, memo: vector<u8>) {
+    th::fund(scenario, th::client(), 1_000);
+    scenario.next_tx(th::client());
+    let coin = th::take(scenario, th::client(), amount);
+    payment::pay(coin, th::other(), memo, scenario.ctx());
+}
+
+#[test]
+fun payment_reaches_recipient() {
+    let (mut scenario, clock) = th::start();
+    pay(&mut scenario, 300, b"tip #1");
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 700);
+    assert!(th::balance_of(&scenario, th::other()) == 300);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = payment::EZeroPayment)]
+fun payment_zero_rejected() {
+    let (mut scenario, clock) = th::start();
+    pay(&mut scenario, 0, b"");
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = payment::EMemoTooLong)]
+fun payment_memo_too_long_rejected() {
+    let (mut scenario, clock) = th::start();
+    let mut memo = vector[];
+    let mut i = 0;
+    while (i <= payment::max_memo_length()) {
+        memo.push_back(0x6d);
+        i = i + 1;
+    };
+    pay(&mut scenario, 1, memo);
     th::finish(scenario, clock);
 }

@@ -9,6 +9,7 @@ use dtp::escrow::{Self, Escrow};
 use dtp::host::{Self, Host};
 use dtp::spending_cap::{Self, SpendingCap};
 use dtp::test_helpers as th;
+use dtp::tickets::{Self, TicketSale};
 use dtp::transport_control::{Self, TransportControl};
 use sui::test_scenario as ts;
 
@@ -53,11 +54,9 @@ fun settle_with_final_receipt() {
     scenario.next_tx(th::server());
     {
         let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-        let mut h = scenario.take_shared<Host>();
         let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
         let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
         tc.settle_with_receipt(
-            &mut h,
             &mut e,
             &mut cap,
             10240,
@@ -69,7 +68,6 @@ fun settle_with_final_receipt() {
             scenario.ctx(),
         );
         ts::return_shared(tc);
-        ts::return_shared(h);
         ts::return_shared(e);
         ts::return_shared(cap);
     };
@@ -110,31 +108,79 @@ fun forged_receipt_rejected() {
 // === Spending cap stories ===
 
 #[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
-fun cap_exceeded() {
+fun cap_refuses_open_beyond_limit() {
     let (mut scenario, clock) = th::start();
-    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
-    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
-    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
-    // 120 + 430 = 550 > 500 in the same epoch.
-    th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig());
+    let cap_id = th::setup(&mut scenario, 0, 1500, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    assert!(th::cap_spent(&mut scenario, cap_id) == 1000);
+    // 1000 + 1000 > 1500 in the same epoch.
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     th::finish(scenario, clock);
 }
 
 #[test]
 fun cap_resets_next_epoch() {
     let (mut scenario, clock) = th::start();
-    let cap_id = th::setup(&mut scenario, 0, 500, 10_000);
-    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
-    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     scenario.next_epoch(th::server());
-    assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
 
     scenario.next_tx(th::server());
-    assert!(th::balance_of(&scenario, th::server()) == 550);
+    assert!(th::balance_of(&scenario, th::client()) == 8_000);
     let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     assert!(cap.epoch() == 1);
-    assert!(cap.spent() == 430);
+    assert!(cap.spent() == 1000);
     ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun claims_survive_a_spent_cap() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 2000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    // The epoch is used up (2000 of 2000); the claim charges nothing and is paid.
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    assert!(th::cap_spent(&mut scenario, cap_id) == 2000);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    assert!(th::balance_of(&scenario, th::client()) == 8_000);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun settlement_releases_the_refund() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1120, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    assert!(th::cap_spent(&mut scenario, cap_id) == 120);
+    // 120 + 1000 fits under 1120 only because the 880 refunded were released.
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    assert!(th::cap_spent(&mut scenario, cap_id) == 1120);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 8_880);
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun top_up_beyond_cap_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1500, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::top_up(&mut scenario, 400);
+    assert!(th::cap_spent(&mut scenario, cap_id) == 1400);
+    scenario.next_tx(th::client());
+    {
+        let e = scenario.take_shared<Escrow>();
+        assert!(e.balance() == 1400);
+        ts::return_shared(e);
+    };
+    th::top_up(&mut scenario, 101);
     th::finish(scenario, clock);
 }
 
@@ -175,19 +221,10 @@ fun firewall_allow_list() {
     th::finish(scenario, clock);
 }
 
-#[test, expected_failure(abort_code = host::EMaxConnections)]
-fun max_connections() {
+#[test]
+fun connection_limits_published_not_counted() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 1, 1_000_000, 10_000);
-    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    th::finish(scenario, clock);
-}
-
-#[test, expected_failure(abort_code = host::EMaxConnections)]
-fun max_connections_per_client() {
-    let (mut scenario, clock) = th::start();
-    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     {
         let mut h = scenario.take_shared<Host>();
@@ -195,7 +232,17 @@ fun max_connections_per_client() {
         ts::return_shared(h);
     };
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    let second = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 8_000);
+    let h = scenario.take_shared<Host>();
+    assert!(h.service(th::port()).service_max_connections() == 1);
+    assert!(h.firewall().max_connections_per_client() == 1);
+    ts::return_shared(h);
+    let tc = scenario.take_shared_by_id<TransportControl>(second);
+    assert!(tc.state_code() == transport_control::state_open());
+    ts::return_shared(tc);
     th::finish(scenario, clock);
 }
 
@@ -214,10 +261,9 @@ fun half_close_timeout() {
 
     scenario.next_tx(th::client());
     assert!(th::balance_of(&scenario, th::client()) == 10_000);
-    let h = scenario.take_shared<Host>();
-    assert!(h.open_connections() == 0);
-    assert!(h.connections_of(th::client()) == 0);
-    ts::return_shared(h);
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    assert!(cap.epoch() == 0 && cap.spent() == 0);
+    ts::return_shared(cap);
     th::finish(scenario, clock);
 }
 
@@ -312,5 +358,40 @@ fun broadcast_cancel_refunds() {
     assert!(th::balance_of(&scenario, th::listener_a()) == 925);
     assert!(th::balance_of(&scenario, th::listener_b()) == 975);
     assert!(th::balance_of(&scenario, th::server()) == 100);
+    th::finish(scenario, clock);
+}
+
+/// The organizer (SERVER) opens a sale "launch": 50 MIST a ticket, at least one, deadline
+/// 10 s.
+fun ticket_sale(scenario: &mut ts::Scenario, clock: &sui::clock::Clock) {
+    scenario.next_tx(th::server());
+    tickets::create(b"launch", 50, 1, 0, 10_000, clock, scenario.ctx());
+}
+
+#[test]
+fun ticketed_broadcast_records_its_sale() {
+    let (mut scenario, clock) = th::start();
+    ticket_sale(&mut scenario, &clock);
+    scenario.next_tx(th::server());
+    let sale = scenario.take_shared<TicketSale>();
+    let sale_id = object::id(&sale);
+    broadcast::create_ticketed(&sale, b"launch", 100, 1_000, &clock, scenario.ctx());
+    ts::return_shared(sale);
+    scenario.next_tx(th::server());
+    let b = scenario.take_shared<Broadcast>();
+    assert!(b.ticket_sale() == option::some(sale_id));
+    assert!(!b.is_on_air(&clock));
+    ts::return_shared(b);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::ENotOrganizer)]
+fun ticketed_broadcast_by_another_rejected() {
+    let (mut scenario, clock) = th::start();
+    ticket_sale(&mut scenario, &clock);
+    scenario.next_tx(th::other());
+    let sale = scenario.take_shared<TicketSale>();
+    broadcast::create_ticketed(&sale, b"launch", 100, 1_000, &clock, scenario.ctx());
+    ts::return_shared(sale);
     th::finish(scenario, clock);
 }

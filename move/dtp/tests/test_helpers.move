@@ -172,10 +172,10 @@ public fun open_as(
     deposit: u64,
 ): ID {
     scenario.next_tx(who);
-    let mut h = scenario.take_shared<Host>();
-    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     let payment = take(scenario, who, deposit);
-    let conn = transport_control::open(&mut h, PORT, &cap, pk, payment, clock, scenario.ctx());
+    let conn = transport_control::open(&h, PORT, &mut cap, pk, payment, clock, scenario.ctx());
     ts::return_shared(h);
     ts::return_shared(cap);
     conn
@@ -203,18 +203,8 @@ public fun claim(
 ): u64 {
     scenario.next_tx(SERVER);
     let mut e = scenario.take_shared<Escrow>();
-    let mut cap = scenario.take_shared_by_id<SpendingCap>(e.spending_cap());
-    let paid = e.claim(
-        &mut cap,
-        total_bytes,
-        total_requests,
-        total_amount,
-        nonce,
-        signature,
-        scenario.ctx(),
-    );
+    let paid = e.claim(total_bytes, total_requests, total_amount, nonce, signature, scenario.ctx());
     ts::return_shared(e);
-    ts::return_shared(cap);
     paid
 }
 
@@ -223,30 +213,46 @@ public fun claim(
 public fun close_as(scenario: &mut Scenario, clock: &Clock, conn: ID, who: address) {
     scenario.next_tx(who);
     let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-    let mut h = scenario.take_shared<Host>();
-    tc.close(&mut h, clock, scenario.ctx());
+    tc.close(clock, scenario.ctx());
     ts::return_shared(tc);
-    ts::return_shared(h);
 }
 
 public fun finalize_as(scenario: &mut Scenario, clock: &Clock, conn: ID, who: address) {
     scenario.next_tx(who);
     let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-    let mut h = scenario.take_shared<Host>();
-    tc.finalize(&mut h, clock, scenario.ctx());
+    tc.finalize(clock, scenario.ctx());
     ts::return_shared(tc);
-    ts::return_shared(h);
 }
 
 public fun settle_as(scenario: &mut Scenario, clock: &Clock, conn: ID, who: address) {
     scenario.next_tx(who);
     let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-    let mut h = scenario.take_shared<Host>();
     let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
-    tc.settle(&mut h, &mut e, clock, scenario.ctx());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(tc.spending_cap_id());
+    tc.settle(&mut e, &mut cap, clock, scenario.ctx());
     ts::return_shared(tc);
-    ts::return_shared(h);
     ts::return_shared(e);
+    ts::return_shared(cap);
+}
+
+/// CLIENT adds `amount` to the most recent escrow, reserving it on the escrow's cap.
+public fun top_up(scenario: &mut Scenario, amount: u64) {
+    scenario.next_tx(CLIENT);
+    let mut e = scenario.take_shared<Escrow>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(e.spending_cap());
+    let more = take(scenario, CLIENT, amount);
+    e.top_up(&mut cap, more, scenario.ctx());
+    ts::return_shared(e);
+    ts::return_shared(cap);
+}
+
+/// What the cap `cap_id` has reserved in the current epoch (read in a new transaction).
+public fun cap_spent(scenario: &mut Scenario, cap_id: ID): u64 {
+    scenario.next_tx(SERVER);
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let spent = if (cap.epoch() == scenario.ctx().epoch()) cap.spent() else 0;
+    ts::return_shared(cap);
+    spent
 }
 
 public fun contribute_as(scenario: &mut Scenario, clock: &Clock, who: address, amount: u64) {
