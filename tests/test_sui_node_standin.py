@@ -119,20 +119,27 @@ def test_objects_have_full_types_owners_and_bcs_contents(
     host = ledger.create_host(server, server.noise_public)
     ledger.add_service(server, host, 7, "raw", SLA)
     cap = ledger.create_spending_cap(user, 10**6)
+    before_open = client.get_object(host)
     opened = ledger.open_connection(user, host, 7, cap, 5000)
     pipe = ledger.create_pipe(user, opened.connection_id, 2)
     obj = client.get_object(host)
     assert obj.type == f"{node.package_id}::host::Host"
     host_view = decode_object("Host", obj.version, obj.contents, {})
-    assert host_view.services[7].sla == SLA and host_view.open_connections == 1
+    assert host_view.services[7].sla == SLA
+    # an open takes the Host read-only (docs/escrow.md §19): its version does not move,
+    # while the client's cap, taken mutably, holds the reserved deposit
+    assert (obj.version, obj.digest) == (before_open.version, before_open.digest)
+    assert ledger.get_cap(cap).spent == 5000
     owned = client.get_object(pipe)
     assert owned.owner == user.sui_address and owned.initial_shared_version is None
     coin_ref, balance = client.gas_coins(user.sui_address)[0]
     coin = client.get_object(coin_ref.object_id)
     assert coin.type == COIN_TYPE and coin.owner == user.sui_address
     assert coin.contents == bytes.fromhex(coin_ref.object_id[2:]) + balance.to_bytes(8, "little")
-    # the Host's Table<address, u64> entries are dynamic fields of the table's UID
-    assert ledger.get_host(host).connections_of(user.sui_address) == 1
+    # a broadcast's Table<address, u64> entries are dynamic fields of the table's UID
+    station = ledger.create_broadcast(server, "news", 10, 1_000)
+    ledger.broadcast_contribute(user, station, 300)
+    assert ledger.get_broadcast(station).contributions == {user.sui_address: 300}
     with pytest.raises(ObjectNotFound):
         client.get_object("0x" + "ee" * 32)
 
