@@ -52,6 +52,7 @@ from dtp.errors import (
     InsufficientFunds,
     InvalidArgument,
     InvalidObjectId,
+    ObjectNotFound,
     WrongSigner,
 )
 from dtp.escrow import Receipt, fee
@@ -743,6 +744,15 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
 
     events, _ = sui.wait_events(cursor, 60, EventFilter(object_id=host))
     assert events and events[0].name in ("HostCreated", "ServiceAdded", "HostUpdated")
+
+
+def test_live_a_missing_object_is_named_as_local_ledger_names_it(sui: SuiLedger) -> None:
+    missing = "0x" + "12" * 32
+    with pytest.raises(ObjectNotFound) as info:
+        sui.get_host(missing)
+    assert str(info.value) == f"No Host with ID {missing} exists on this network."
+    with pytest.raises(ObjectNotFound, match=f"^No SpendingCap with ID {missing} exists"):
+        sui.get_cap(missing)
 
 
 def test_live_pipe_owned_by_sender(sui: SuiLedger) -> None:

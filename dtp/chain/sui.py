@@ -236,7 +236,15 @@ class SuiLedger(Ledger):
     # -- objects ---------------------------------------------------------------------------
 
     def _load(self, object_id: str, struct: str | None) -> tuple[NodeObject, str]:
-        obj = self._node.get_object(normalize_id(object_id))
+        object_id = normalize_id(object_id)
+        try:
+            obj = self._node.get_object(object_id)
+        except ObjectNotFound:
+            # named as LocalLedger names it (a node's NOT_FOUND says "Object 0x… not
+            # found", which read as a failed call rather than a wrong ID)
+            raise ObjectNotFound(
+                f"No {struct or 'object'} with ID {object_id} exists on this network."
+            ) from None
         short = short_type(obj.type, self._packages)
         name = short.rsplit("::", 1)[-1] if short is not None else None
         if name not in OBJECT_LAYOUTS:
