@@ -9,14 +9,16 @@ addresses are funded by transfers from ``DTP_SUI_KEY``'s funded key, and the few
 that move the ledger clock are skipped there, saying so (a network's clock is its own).
 
 Tests reach the network through a :class:`SuiNetwork`: ``args`` for a ``dtp`` command
-(``--ledger localnet@URL --sui-package 0x…``), ``spec``/``package_id`` for a daemon's
-config or :func:`dtp.chain.open_ledger`, :meth:`SuiNetwork.ledger` for a ``SuiLedger``,
-:meth:`SuiNetwork.fund`, :meth:`SuiNetwork.advance_clock`. The fixture ``sui_network``
-(tests/conftest.py) yields one per test; :func:`sui_network` is the same as a context
-manager, with the stand-in's knobs.
+(``--ledger localnet@URL --sui-package 0x…``), ``spec``/``package_id`` (``daemon_toml``)
+for a daemon's config or :func:`dtp.chain.open_ledger`, :meth:`SuiNetwork.ledger` for a
+``SuiLedger``, :meth:`SuiNetwork.fund`, :meth:`SuiNetwork.advance_clock`. The fixture
+``sui_network`` (tests/conftest.py) yields one per test; :func:`sui_network` is the same
+as a context manager, with the stand-in's knobs; :func:`sui_network_process` serves the
+stand-in from a process of its own (daemons in other processes or network namespaces
+reach it), the real node all the same when one is configured.
 
-:class:`StandInProcess` runs the stand-in as a process of its own (for daemons in other
-processes, and the benchmarks): it is always the stand-in, whatever the environment.
+:class:`StandInProcess` is that process on its own (the benchmarks use it): always the
+stand-in, whatever the environment.
 """
 
 from __future__ import annotations
@@ -106,8 +108,13 @@ class SuiNetwork:
         package_id: str,
         funder: HostIdentity,
         node: SuiNodeStandIn | None = None,
+        process: StandInProcess | None = None,
     ) -> None:
-        self.url, self.package_id, self.funder, self.node = url, package_id, funder, node
+        self.url, self.package_id, self.funder = url, package_id, funder
+        #: The stand-in serving in this process (its knobs), if it is one.
+        self.node = node
+        #: The stand-in as a process of its own, if it is one.
+        self.process = process
         self._ledgers: list[SuiLedger] = []
         self._funding: SuiLedger | None = None
 
@@ -121,7 +128,7 @@ class SuiNetwork:
     @property
     def real(self) -> bool:
         """A real node (not the stand-in)."""
-        return self.node is None
+        return self.node is None and self.process is None
 
     @property
     def spec(self) -> str:
@@ -146,7 +153,7 @@ class SuiNetwork:
 
     def fund(self, address: str, mist: int) -> None:
         """Give ``address`` ``mist`` more MIST: the stand-in's faucet, or a transfer from
-        the funded key on a real node."""
+        the funded key (a real node, or the stand-in as a process)."""
         if self.node is not None:
             self.node.faucet(address, mist)
             return
@@ -160,8 +167,9 @@ class SuiNetwork:
         return self.node is not None
 
     def advance_clock(self, ms: int) -> int:
-        """Move the stand-in's clock ``ms`` forward (its new time); on a real node the
-        test stops here, skipped: a network's clock moves only with time."""
+        """Move the stand-in's clock ``ms`` forward (its new time); elsewhere (a real
+        node, the stand-in as a process) the test stops here, skipped: a network's clock
+        moves only with time."""
         if self.node is None:
             pytest.skip(f"the clock of the Sui node at {self.url} cannot be moved ({ms} ms)")
         return self.node.advance_clock(ms)
@@ -200,6 +208,30 @@ def sui_network(**knobs: Any) -> Iterator[SuiNetwork]:
         finally:
             network.close()
         node.state.check()
+
+
+@contextmanager
+def sui_network_process(
+    *flags: str, host: str = "127.0.0.1", state: Path | None = None
+) -> Iterator[SuiNetwork]:
+    """Like :func:`sui_network`, with the stand-in as a process of its own serving on
+    ``host`` (``flags``: its command-line knobs, ``--tx-latency 0.3``...), for daemons in
+    other processes or network namespaces; its funded key funds by transfers. The real
+    node of ``DTP_SUI_*`` when configured (``host`` and ``flags`` unused)."""
+    if real_node_configured():
+        with sui_network() as network:
+            yield network
+        return
+    funder = HostIdentity.generate()
+    process = StandInProcess(
+        *flags, fund={funder.sui_address: STAND_IN_FUNDS}, host=host, state=state
+    )
+    network = SuiNetwork(process.url, process.package_id, funder, process=process)
+    try:
+        yield network
+    finally:
+        network.close()
+        process.close()
 
 
 class StandInProcess:
