@@ -205,11 +205,12 @@ def test_payment_model_commands(chain_cli: Cli) -> None:
     )["terms"]  # fmt: skip
     assert terms["retention_ms"] == 60000
     ledger = cli.open_ledger()
-    epoch = ledger.epoch()
+    before = ledger.epoch()  # (a real network's epoch may end meanwhile)
     sub = cli.json("subscription", "buy", offer["id"], "--epochs", "2")["subscription"]
-    assert (sub["holder"], sub["expires_epoch"], sub["funds"]) == (address, epoch + 2, 200)
+    assert (sub["holder"], sub["funds"]) == (address, 200)
+    assert before + 2 <= sub["expires_epoch"] <= ledger.epoch() + 2
     renewed = cli.json("subscription", "renew", sub["id"], "--epochs", "1")["subscription"]
-    assert renewed["expires_epoch"] == epoch + 3
+    assert renewed["expires_epoch"] == sub["expires_epoch"] + 1
     assert cli.json("subscription", "show", sub["id"])["live"] is True
     refused = cli("subscription", "buy", offer["id"], "--epochs", "0", code=1)
     assert refused.startswith("dtp: Epochs must be a positive multiple of the offer's period")
