@@ -1,6 +1,7 @@
 """Run each benchmark next to its peer, in the same run, and print their ratio.
 
     python bench/compare.py [--quick] [--only NAME,NAME] [--json FILE] [--check]
+                            [--sui-latency SECONDS]
 
 Rates are "higher is better". Each row alternates ours and the peer several times and
 reports the medians, and the median of the per-round ratios, because these machines are
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sui_rows import LATENCY_ENV
 from bench.workloads import ALL, Workload
 
 
@@ -73,7 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated row names")
     parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    parser.add_argument(
+        "--sui-latency",
+        type=float,
+        metavar="SECONDS",
+        help="seconds a transaction takes on the Sui node stand-in of the *_sui rows "
+        "(default $DTP_BENCH_SUI_LATENCY, else 0.3)",
+    )
     args = parser.parse_args(argv)
+    if args.sui_latency is not None:
+        if not 0 <= args.sui_latency < 60:
+            parser.error("--sui-latency: seconds from 0 to under 60")
+        os.environ[LATENCY_ENV] = str(args.sui_latency)
 
     names = list(ALL) if not args.only else [n.strip() for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in ALL]

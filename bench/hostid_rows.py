@@ -7,8 +7,8 @@
   the server's receipt gate on every read); peer: the same through an unmetered DTP
   connection.
 
-The paid server runs in its own process: ``python bench/hostid_rows.py LEDGER HOST_ID
-PORT SEED_HEX {sink,echo}``.
+The paid server runs in its own process: ``python bench/hostid_rows.py LEDGER_SPEC
+PACKAGE|- STATE_DIR HOST_ID PORT SEED_HEX {sink,echo}``.
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
 from bench.net import MB, Peer, _pingpong, _send_bulk, _tls_connect
 from bench.workload import Workload
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+
+if TYPE_CHECKING:
+    from tests.sui_network import StandInProcess
 
 __all__ = ["HOSTID_ROWS", "hostid_connect_rate", "paid_bulk"]
 
@@ -43,25 +49,40 @@ _DEPOSIT = 1 << 26
 
 
 class _PaidPeer:
-    """A LocalLedger file with a host and its paid service, served by another process."""
+    """A host and its paid service on a ledger, served by another process: a LocalLedger
+    file, or with ``sui_latency`` (seconds a transaction takes) the Sui node stand-in
+    as a process of its own (tests/sui_network.py), both parties funded by its faucet."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, sui_latency: float | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="dtp-bench-hostid-")
-        path = os.path.join(self.dir, "ledger.db")
-        self.ledger = LocalLedger(path)
         seed = os.urandom(32)
         server = HostIdentity.from_private_bytes(seed, seed)
         self.client = HostIdentity.generate()
+        self.node: StandInProcess | None = None
+        self.ledger: Ledger
+        if sui_latency is None:
+            path = os.path.join(self.dir, "ledger.db")
+            local = LocalLedger(path)
+            local.faucet(self.client.sui_address, 1 << 60)
+            self.ledger, spec, package = local, f"local:{path}", "-"
+        else:
+            from tests.sui_network import StandInProcess
+
+            funds = {self.client.sui_address: 10**15, server.sui_address: 10**12}
+            self.node = StandInProcess("--tx-latency", str(sui_latency), fund=funds)
+            self.ledger = SuiLedger(SuiConfig(self.node.url, self.node.package_id))
+            spec, package = self.node.spec, self.node.package_id
         self.host_id = self.ledger.create_host(server, server.noise_public)
         self.ledger.add_service(server, self.host_id, _PORT, mode, _SLA)
-        self.ledger.faucet(self.client.sui_address, 1 << 60)
         # one spending cap for all connections, as a client would keep
         self.cap = self.ledger.create_spending_cap(self.client, 1 << 62)
-        cmd = [sys.executable, __file__, path, self.host_id, str(_PORT), seed.hex(), mode]
+        cmd = [sys.executable, __file__, spec, package, self.dir, self.host_id, str(_PORT)]
+        cmd += [seed.hex(), mode]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         assert self.proc.stdout is not None
         if not self.proc.stdout.readline():
+            self.close()
             raise RuntimeError("the paid benchmark server did not start")
         self.address = f"dtp://{self.host_id}:{_PORT}"
 
@@ -77,11 +98,14 @@ class _PaidPeer:
         )
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        if hasattr(self, "proc"):
+            self.proc.kill()
+            self.proc.wait(10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
         self.ledger.close()
+        if self.node is not None:
+            self.node.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -152,7 +176,10 @@ HOSTID_ROWS: dict[str, Callable[[], Workload]] = {
 # -- the paid server process -----------------------------------------------------------------
 
 
-def _serve(ledger_path: str, host_id: str, port: int, seed_hex: str, mode: str) -> None:
+def _serve(
+    spec: str, package: str, state: str, host_id: str, port: int, seed_hex: str, mode: str
+) -> None:
+    from dtp.chain import open_ledger
     from dtp.paid import PaidSocket
 
     seed = bytes.fromhex(seed_hex)
@@ -183,13 +210,14 @@ def _serve(ledger_path: str, host_id: str, port: int, seed_hex: str, mode: str) 
         host_id,
         port,
         handle,
-        ledger=LocalLedger(ledger_path),
+        ledger=open_ledger(spec, package=None if package == "-" else package),
         identity=identity,
-        receipts=os.path.join(os.path.dirname(ledger_path), "receipts.db"),
+        receipts=os.path.join(state, "receipts.db"),
     )
     print(json.dumps({"port": server.address[1]}), flush=True)
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    spec, package, state, host_id, port, seed_hex, mode = sys.argv[1:8]
+    _serve(spec, package, state, host_id, int(port), seed_hex, mode)

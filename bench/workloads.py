@@ -257,3 +257,7 @@ ALL.update(HOSTID_ROWS)
 from bench.retention_rows import ledger_retention_bulk  # noqa: E402
 
 ALL["ledger_retention_bulk"] = ledger_retention_bulk
+
+from bench.sui_rows import SUI_ROWS  # noqa: E402
+
+ALL.update(SUI_ROWS)

@@ -1,5 +1,5 @@
-"""The four payment models of DTP beyond per-byte escrow, each run end to end on an
-embedded LocalLedger (docs/escrow.md §13-16):
+"""The four payment models of DTP beyond per-byte escrow, each run end to end
+(docs/escrow.md §13-16):
 
 - a pre-paid subscription: unmetered connections for N epochs, renewal, and refunds of
   unused epochs when the provider withdraws;
@@ -8,11 +8,18 @@ embedded LocalLedger (docs/escrow.md §13-16):
 - data retention: ledger-carried data kept for a while, its storage deposit returned.
 
 Run it:  python examples/payment_models.py
-Every function checks MIST conservation on its ledger before returning.
+Every function runs on a fresh :class:`Embedded` ledger (an in-memory LocalLedger) unless
+given another :class:`Place`: the calls on ``place.ledger`` are the ``Ledger``
+interface's, the same on SuiLedger; funding, moving the clock and the MIST audit are the
+place's (on Sui: the network's faucet, its own clock, the gas paid counted). Every
+function checks MIST conservation before returning.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt
@@ -21,45 +28,88 @@ from dtp.keys import HostIdentity
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1_000)
 
 
-def world() -> tuple[LocalLedger, HostIdentity, HostIdentity, str, str]:
-    """A ledger (frozen clock at 0) with a provider's host serving port 7 under ``SLA``,
-    and a funded client with a spending cap."""
-    ledger = LocalLedger(":memory:", clock_ms=0)
+class Place(Protocol):
+    """A ledger and what only its network can do."""
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger the models run on."""
+
+    def fund(self, address: str, mist: int) -> None:
+        """Give ``address`` test SUI."""
+
+    def advance_epoch(self) -> None:
+        """Start the next epoch."""
+
+    def set_clock(self, ms: int) -> None:
+        """Set the ledger clock."""
+
+    def advance_clock(self, ms: int) -> None:
+        """Move the ledger clock forward."""
+
+    def conserved(self) -> bool:
+        """Every MIST ever minted is still somewhere (or was paid as gas)."""
+
+
+class Embedded:
+    """The embedded ledger in memory, its clock frozen at 0 and moved by hand."""
+
+    def __init__(self) -> None:
+        self.ledger = LocalLedger(":memory:", clock_ms=0)
+
+    def fund(self, address: str, mist: int) -> None:
+        self.ledger.faucet(address, mist)
+
+    def advance_epoch(self) -> None:
+        self.ledger.advance_epoch()
+
+    def set_clock(self, ms: int) -> None:
+        self.ledger.set_clock(ms)
+
+    def advance_clock(self, ms: int) -> None:
+        self.ledger.advance_clock(ms)
+
+    def conserved(self) -> bool:
+        """Every MIST ever minted is in a balance, an escrow or a broadcast/ticket pool."""
+        a = self.ledger.audit()
+        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+
+def world(place: Place | None = None) -> tuple[Place, HostIdentity, HostIdentity, str, str]:
+    """``place`` (a new :class:`Embedded` when None) with a provider's host serving port 7
+    under ``SLA``, and a funded client with a spending cap."""
+    where: Place = place if place is not None else Embedded()
     provider, client = HostIdentity.generate(), HostIdentity.generate()
-    ledger.faucet(provider.sui_address, 100_000)
-    ledger.faucet(client.sui_address, 100_000)
-    host = ledger.create_host(provider, provider.noise_public)
-    ledger.add_service(provider, host, 7, "echo", SLA)
-    cap = ledger.create_spending_cap(client, 1_000_000)
-    return ledger, provider, client, host, cap
+    where.fund(provider.sui_address, 100_000)
+    where.fund(client.sui_address, 100_000)
+    host = where.ledger.create_host(provider, provider.noise_public)
+    where.ledger.add_service(provider, host, 7, "echo", SLA)
+    cap = where.ledger.create_spending_cap(client, 1_000_000)
+    return where, provider, client, host, cap
 
 
-def conserved(ledger: LocalLedger) -> bool:
-    """Every MIST ever minted is in a balance, an escrow or a broadcast/ticket pool."""
-    a = ledger.audit()
-    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
-
-
-def subscription() -> dict[str, int]:
+def subscription(place: Place | None = None) -> dict[str, int]:
     """Buy 3 epochs at 100 MIST, use an unmetered connection, renew, get refunds."""
-    ledger, provider, client, host, cap = world()
+    place, provider, client, host, cap = world(place)
+    ledger = place.ledger
     offer = ledger.create_subscription_offer(provider, host, 7, price_per_epoch=100)
     sub = ledger.subscribe(client, offer, epochs=3)  # 300 MIST, epochs 0..2
     conn = ledger.open_subscribed_connection(client, sub, cap)  # no deposit needed
     free = Receipt(conn.connection_id, 10 << 20, 500, 0, 1).sign(client)
     assert ledger.claim(provider, conn.escrow_id, free) == 0  # 10 MiB for nothing
-    ledger.advance_epoch()
+    place.advance_epoch()
     earned = ledger.claim_subscription(provider, sub)  # epochs 0 and 1 have begun
     expires = ledger.renew_subscription(client, sub, epochs=2)  # now until epoch 5
     ledger.withdraw_subscription_offer(provider, offer)  # in epoch 1
     refunded = ledger.refund_subscription(client, sub)  # epochs 2, 3 and 4 never began
-    assert conserved(ledger)
+    assert place.conserved()
     return {"earned": earned, "expires": expires, "refunded": refunded}
 
 
-def sponsored() -> dict[str, int]:
+def sponsored(place: Place | None = None) -> dict[str, int]:
     """The provider pays half of the transport cost."""
-    ledger, provider, client, host, cap = world()
+    place, provider, client, host, cap = world(place)
+    ledger = place.ledger
     pool = ledger.create_sponsor_pool(provider, host, 7, share_bps=5_000)
     ledger.fund_sponsor_pool(provider, pool, 10_000)
     client_part, provider_part = ledger.get_sponsor_pool(pool).quote(120)  # shown up front
@@ -69,36 +119,38 @@ def sponsored() -> dict[str, int]:
     ledger.settle_with_receipt(provider, conn.connection_id, receipt)
     back = ledger.reimburse(client, pool, conn.connection_id)
     assert back == provider_part and 120 - back == client_part
-    assert conserved(ledger)
+    assert place.conserved()
     return {"client_pays": client_part, "provider_pays": back}
 
 
-def tickets() -> dict[str, int]:
+def tickets(place: Place | None = None) -> dict[str, int]:
     """One show reaches its threshold and airs; another does not, and refunds."""
-    ledger, organizer, fan, _, _ = world()
+    place, organizer, fan, _, _ = world(place)
+    ledger = place.ledger
     show = ledger.create_ticket_sale(organizer, "launch", 50, 2, 0, deadline_ms=10_000)
     ledger.buy_tickets(fan, show, 2)
     revenue = ledger.go_on_air(organizer, show)  # 2 sold >= 2 needed
     flop = ledger.create_ticket_sale(organizer, "encore", 50, 10, 0, deadline_ms=10_000)
     ledger.buy_tickets(fan, flop, 3)
-    ledger.set_clock(10_001)  # the deadline passes with 3 of 10 sold
+    place.set_clock(10_001)  # the deadline passes with 3 of 10 sold
     refund = ledger.refund_tickets(fan, flop)
-    assert conserved(ledger)
+    assert place.conserved()
     return {"revenue": revenue, "refund": refund}
 
 
-def retention() -> dict[str, int]:
+def retention(place: Place | None = None) -> dict[str, int]:
     """Data through the ledger carrier, kept 60 s at 2 MIST per byte of deposit."""
-    ledger, provider, client, host, cap = world()
+    place, provider, client, host, cap = world(place)
+    ledger = place.ledger
     terms = ledger.create_retention_terms(provider, host, 7, 60_000, 2)
     conn = ledger.open_connection(client, host, 7, cap, deposit=1_000)
     pipe = ledger.create_pipe(client, conn.connection_id, 1)
     record = ledger.send_retained(client, pipe, terms, 0, b"hello world")  # 22 MIST
     deposit = ledger.get_retained_record(record).deposit
     ledger.confirm_consumed(provider, record)  # the receiver has read it
-    ledger.advance_clock(60_000)
+    place.advance_clock(60_000)
     returned = ledger.delete_retained(client, record)
-    assert conserved(ledger)
+    assert place.conserved()
     return {"deposit": deposit, "returned": returned}
 
 

@@ -7,12 +7,16 @@ import contextlib
 import os
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from dtp import _core, _reference
 from tests.netns import NetnsUnavailable, TwoMachines, two_machines
+
+if TYPE_CHECKING:
+    from tests.sui_network import SuiNetwork
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -71,3 +75,13 @@ def netns() -> Iterator[TwoMachines]:
         pytest.skip(str(exc))
     with stack:
         yield machines
+
+
+@pytest.fixture
+def sui_network() -> Iterator[SuiNetwork]:
+    """A Sui node with a funded key: the stand-in, or the real node DTP_SUI_RPC,
+    DTP_SUI_PACKAGE and DTP_SUI_KEY name (tests/sui_network.py, the one switch)."""
+    from tests import sui_network as networks
+
+    with networks.sui_network() as network:
+        yield network

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from dtp.chain.cli import SUI_INSTALL_HINT, register
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
-from tests.daemon_procs import ENV
+from tests.daemon_procs import ENV, SUI
+from tests.sui_network import SuiNetwork
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -25,14 +27,24 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 class Cli:
-    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The chain commands run in this process on a temporary identity and a ledger: a
+    LocalLedger file (``--ledger-path``), or with ``network`` a Sui node
+    (tests/sui_network.py: ``--ledger localnet@URL --sui-package 0x…``)."""
+
+    def __init__(
+        self, tmp: Path, capsys: pytest.CaptureFixture[str], network: SuiNetwork | None = None
+    ) -> None:
         self.ledger = tmp / "ledger.sqlite"
         self.identity = tmp / "id.json"
         self.capsys = capsys
+        self.network = network
+        self.ledger_args = (
+            network.args if network is not None else ["--ledger-path", str(self.ledger)]
+        )
 
     def __call__(self, *argv: str, code: int = 0) -> str:
         args = make_parser().parse_args(
-            [*argv, "--ledger-path", str(self.ledger), "--identity", str(self.identity)]
+            [*argv, *self.ledger_args, "--identity", str(self.identity)]
         )
         assert args.func(args) == code
         out, err = self.capsys.readouterr()
@@ -44,11 +56,29 @@ class Cli:
     def run(self, *argv: str) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of a command, whatever its code."""
         args = make_parser().parse_args(
-            [*argv, "--ledger-path", str(self.ledger), "--identity", str(self.identity)]
+            [*argv, *self.ledger_args, "--identity", str(self.identity)]
         )
         code = int(args.func(args))
         out, err = self.capsys.readouterr()
         return code, out, err
+
+    def fund(self, address: str, mist: int) -> None:
+        """Give ``address`` ``mist``: ``dtp localnet faucet``, or the Sui node's funding."""
+        if self.network is None:
+            self.json("localnet", "faucet", "--to", address, "--amount", str(mist))
+        else:
+            self.network.fund(address, mist)
+
+    def open_ledger(self) -> Ledger:
+        """The same ledger, to read what the commands did."""
+        if self.network is None:
+            return LocalLedger(self.ledger)
+        return self.network.ledger()
+
+    def gas_paid(self, address: str) -> int | None:
+        """Gas ``address`` paid: 0 on the embedded ledger, the stand-in's count on Sui,
+        None on a real node (not counted there)."""
+        return 0 if self.network is None else self.network.gas_paid(address)
 
 
 @pytest.fixture
@@ -56,6 +86,15 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
     return Cli(tmp_path, capsys)
+
+
+@pytest.fixture(params=["local", "sui"])
+def chain_cli(request: pytest.FixtureRequest, cli: Cli) -> Cli:
+    """``cli`` on each ledger: the embedded one, and a Sui node."""
+    if request.param == "sui":
+        cli.network = request.getfixturevalue("sui_network")
+        cli.ledger_args = cli.network.args
+    return cli
 
 
 def test_keys(cli: Cli) -> None:
@@ -69,8 +108,8 @@ def test_keys(cli: Cli) -> None:
     assert cli.json("keys", "new", "--force")["sui_address"] != created["sui_address"]
 
 
-def test_localnet_host_service(cli: Cli) -> None:
-    address = cli.json("keys", "new")["sui_address"]
+def test_localnet_commands(cli: Cli) -> None:
+    cli.json("keys", "new")
     assert "No ledger at" in cli("localnet", "status", code=1)  # status creates nothing
     assert not cli.ledger.exists()
     assert cli.json("localnet", "faucet", "--amount", "500")["balance_mist"] == 500
@@ -79,6 +118,16 @@ def test_localnet_host_service(cli: Cli) -> None:
     assert cli.json("localnet", "advance-epoch")["epoch"] == 1
     before = cli.json("localnet", "status")["clock_ms"]
     assert cli.json("localnet", "advance-clock", "60000")["clock_ms"] >= before + 60000
+    host = cli.json("host", "create")["host"]
+    assert cli.json("localnet", "status")["objects"] == {"Host": 1}
+    assert cli.json("host", "show", host)["id"] == host
+
+
+def test_host_and_service_commands(chain_cli: Cli) -> None:
+    cli = chain_cli
+    address = cli.json("keys", "new")["sui_address"]
+    funds = 500 if cli.network is None else SUI  # (gas, on Sui)
+    cli.fund(address, funds)
 
     host = cli.json("host", "create", "--endpoint", "tcp://127.0.0.1:7000")["host"]
     cli(
@@ -113,20 +162,70 @@ def test_localnet_host_service(cli: Cli) -> None:
     assert shown["services"]["7"]["sla"]["price_per_kib"] == 10
     assert f"id: {host}" in cli("host", "show", host)
 
-    ledger = LocalLedger(cli.ledger)
-    assert ledger.balance(address) == 500
+    ledger = cli.open_ledger()
+    gas = cli.gas_paid(address)
+    held = ledger.balance(address)
+    assert held == funds - gas if gas is not None else held < funds
     assert ledger.get_host(host).services[7].sla.min_deposit == 1000
-    status = cli.json("localnet", "status")
-    assert status["objects"] == {"Host": 1}
+    ledger.close()
+
+
+def test_host_command_errors_are_one_line(chain_cli: Cli) -> None:
+    cli = chain_cli
+    address = cli.json("keys", "new")["sui_address"]
+    cli.fund(address, SUI)
+    assert "not a valid object ID" in cli("host", "show", "nope", code=1)
+    assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
+    assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
+    # a host that is not there, named as a Host, by the commands that change one
+    missing = cli("service", "add", "0x" + "12" * 32, "7", code=1)
+    assert missing.startswith("dtp: No Host") and missing.count("\n") == 1
+
+
+def test_payment_model_commands(chain_cli: Cli) -> None:
+    """``service subscription|sponsor|retention`` publish the payment models of
+    docs/escrow.md §13-16; ``subscription buy|renew|show`` buy access by the epoch."""
+    cli = chain_cli
+    address = cli.json("keys", "new")["sui_address"]
+    funds = 10_000 if cli.network is None else SUI  # (gas, on Sui)
+    cli.fund(address, funds)
+    host = cli.json("host", "create")["host"]
+    cli("service", "add", host, "7", "--price-per-kib", "10", "--min-deposit", "1000")
+    offer = cli.json("service", "subscription", host, "7", "--price-per-epoch", "100")["offer"]
+    assert (offer["provider"], offer["price_per_epoch"], offer["period_epochs"]) == (
+        address,
+        100,
+        1,
+    )
+    pool = cli.json("service", "sponsor", host, "7", "--share-bps", "2500", "--fund", "500")
+    assert (pool["pool"]["share_bps"], pool["pool"]["funds"]) == (2500, 500)
+    terms = cli.json(
+        "service", "retention", host, "7", "--retention-ms", "60000",
+        "--storage-price-per-byte", "2",
+    )["terms"]  # fmt: skip
+    assert terms["retention_ms"] == 60000
+    ledger = cli.open_ledger()
+    before = ledger.epoch()  # (a real network's epoch may end meanwhile)
+    sub = cli.json("subscription", "buy", offer["id"], "--epochs", "2")["subscription"]
+    assert (sub["holder"], sub["funds"]) == (address, 200)
+    assert before + 2 <= sub["expires_epoch"] <= ledger.epoch() + 2
+    renewed = cli.json("subscription", "renew", sub["id"], "--epochs", "1")["subscription"]
+    assert renewed["expires_epoch"] == sub["expires_epoch"] + 1
+    assert cli.json("subscription", "show", sub["id"])["live"] is True
+    refused = cli("subscription", "buy", offer["id"], "--epochs", "0", code=1)
+    assert refused.startswith("dtp: Epochs must be a positive multiple of the offer's period")
+    gas = cli.gas_paid(address)
+    held = ledger.balance(address)
+    assert held == funds - 500 - 300 - gas if gas is not None else held < funds - 800
+    if isinstance(ledger, LocalLedger):
+        audit = ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
     ledger.close()
 
 
 def test_errors_are_one_line(cli: Cli) -> None:
     cli("keys", "new")
     cli("localnet", "faucet")  # creates the ledger (advance-epoch wants one)
-    assert "not a valid object ID" in cli("host", "show", "nope", code=1)
-    assert "No Host" in cli("host", "show", "0x" + "12" * 32, code=1)
-    assert "Nothing to change" in cli("host", "set", "0x" + "12" * 32, code=1)
     # a spec that names no ledger, and two ways of naming one, are usage errors
     assert "not both" in cli("localnet", "status", "--ledger", "local", code=2)
     args = make_parser().parse_args(["localnet", "status", "--ledger", "sui"])
@@ -135,7 +234,8 @@ def test_errors_are_one_line(cli: Cli) -> None:
     assert err.startswith("dtp: --ledger: sui alone names no node") and err.count("\n") == 1
 
 
-def test_identity_missing(cli: Cli) -> None:
+def test_identity_missing(chain_cli: Cli) -> None:
+    cli = chain_cli
     err = cli("host", "create", code=1)
     assert str(cli.identity) in err
 

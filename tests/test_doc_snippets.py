@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -234,3 +237,141 @@ def test_cli_snippets_name_real_commands_and_options() -> None:
             helps[sub] = done.stdout
         for option in (w.split("=")[0] for w in argv if w.startswith("--")):
             assert option in helps[sub], f"{where}: dtp {' '.join(sub)} takes no {option}"
+
+
+# -- the README's ledger snippets on SuiLedger ----------------------------------------------
+
+#: The lines of the README's ledger snippets that only the embedded ledger has, and what a
+#: Sui user does instead: (pattern, replacement, why). Every other line runs as written,
+#: on a SuiLedger (tests/sui_network.py: the stand-in, or a configured real node).
+ON_SUI: list[tuple[str, str, str]] = [
+    (
+        r"^(\s*)(\w+) = LocalLedger\(.*$",
+        r"\1\2 = open_ledger(_network.spec, package=_network.package_id)",
+        "the ledger: a Sui node (the spec a user writes, e.g. localnet@http://127.0.0.1:9000)",
+    ),
+    (
+        r"^(\s*)\w+\.faucet\((.+), (.+?)\)(\s*#.*)?$",
+        r"\1_network.fund(\2, \3 + _GAS)",
+        "test SUI: the network's faucet (plus what the snippets' transactions pay in gas)",
+    ),
+    (
+        r"^(\s*)\w+\.set_clock\((.+?)\)(\s*#.*)?$",
+        r"\1_network.node.set_clock(\2)",
+        "a network's clock is its own: the stand-in's is moved instead",
+    ),
+    (
+        r"^(\s*)\w+\.advance_clock\((.+?)\)(\s*#.*)?$",
+        r"\1_network.advance_clock(\2)",
+        "the same",
+    ),
+    (
+        r"^(\s*)(\w+) = \w+\.audit\(\)(\s*#.*)?$",
+        r"\1\2 = _network.node.audit()",
+        "the MIST audit: the stand-in's, which counts the gas paid too",
+    ),
+    (
+        r'^(\s*assert (\w+)\["minted"\] == .*\["broadcasts"\])',
+        r'\1 + \2["gas"]',
+        "on Sui the gas paid left the balances too",
+    ),
+]
+#: What the prelude of a snippet run on Sui adds to each faucet amount: its gas (about
+#: 5 000 000 MIST a transaction on the stand-in) for every transaction of the snippets.
+_GAS = 10**9
+_PRELUDE = f"""\
+import atexit, contextlib
+from dtp.chain import open_ledger
+from tests.sui_network import sui_network
+_stack = contextlib.ExitStack()
+atexit.register(_stack.close)
+_network = _stack.enter_context(sui_network(clock_ms=0))
+_GAS = {_GAS}
+"""
+_MOVES_CLOCK = re.compile(r"\.(set_clock|advance_clock|advance_epoch)\(")
+
+
+def on_sui(code: str) -> str:
+    """``code`` (README snippets) with each line of :data:`ON_SUI` replaced."""
+    lines = []
+    for line in code.splitlines():
+        for pattern, replacement, _why in ON_SUI:
+            line = re.sub(pattern, replacement, line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _readme_ledger_chains() -> list[str]:
+    """The README blocks that end a chain of ledger snippets (each run with its chain)."""
+    from tests.test_s14_docs_examples import BLOCKS, _chain
+
+    readme = {k: b for k, b in BLOCKS.items() if k.startswith("README.md#")}
+    ledger = [k for k, b in readme.items() if "LocalLedger(" in _chain(b)[0].code]
+    ends = [
+        k for k in ledger if not any(b.after and readme[k].name in b.after for b in readme.values())
+    ]
+    return sorted(ends)
+
+
+def test_on_sui_rewrites_only_the_embedded_ledgers_lines() -> None:
+    code = (
+        'ledger = LocalLedger("localnet.sqlite")              # shared\n'
+        "ledger.faucet(provider.sui_address, 10**9)           # test SUI\n"
+        "ledger.set_clock(10_001)\n"
+        "a = ledger.audit()\n"
+        'assert a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]   # nothing lost\n'
+        "cap = ledger.create_spending_cap(client, 1_000)\n"
+    )
+    assert on_sui(code).splitlines() == [
+        "ledger = open_ledger(_network.spec, package=_network.package_id)",
+        "_network.fund(provider.sui_address, 10**9 + _GAS)",
+        "_network.node.set_clock(10_001)",
+        "a = _network.node.audit()",
+        'assert a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"] + a["gas"]'
+        "   # nothing lost",
+        "cap = ledger.create_spending_cap(client, 1_000)",
+    ]
+
+
+@pytest.mark.parametrize("key", _readme_ledger_chains())
+def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
+    """Each chain of the README's ledger snippets, run as a user would on a Sui node: the
+    embedded ledger's lines replaced (:data:`ON_SUI`), the rest as written. On a real
+    node a chain stops before its first snippet that moves the ledger clock."""
+    from tests.sui_network import real_node_configured
+    from tests.test_s14_docs_examples import (
+        BLOCKS,
+        _chain,
+        _in_order,
+        _port_free,
+        _ports_held,
+        expected_output,
+    )
+
+    chain = _chain(BLOCKS[key])
+    if real_node_configured():
+        moves = [i for i, b in enumerate(chain) if _MOVES_CLOCK.search(b.code)]
+        chain = chain[: moves[0]] if moves else chain
+    code = on_sui("".join(b.code for b in chain))
+    assert "LocalLedger(" not in code and ".faucet(" not in code
+    script = tmp_path / "example.py"
+    script.write_text(_PRELUDE + code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
+    with _ports_held({b.port for b in chain if b.port is not None}):
+        for b in chain:
+            if b.port is not None and not _port_free(b.port):
+                pytest.skip(f"127.0.0.1:{b.port} is in use by another process")
+        done = subprocess.run(
+            [sys.executable, "-X", "dev", str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
+            check=False,
+        )
+    assert done.returncode == 0, f"{key} on Sui failed:\n{done.stdout}\n{done.stderr}"
+    assert "Warning" not in done.stderr, done.stderr
+    want = [line for b in chain for line in expected_output(b.code)]
+    assert _in_order(want, done.stdout.splitlines()), (want, done.stdout)

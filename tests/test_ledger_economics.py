@@ -10,7 +10,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from dtp.errors import (
 )
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
+from tests.sui_network import SuiNetwork
 from tests.test_ledger_sui import CTX, PACKAGE, SENDER
 
 GOLDEN = Path(__file__).parent / "golden" / "economics_transactions.json"
@@ -378,47 +378,6 @@ def test_two_processes_never_oversell(tmp_path: Path) -> None:
     setup.close()
 
 
-# -- the CLI ------------------------------------------------------------------------------------
-
-
-def test_cli_publishes_and_buys_payment_models(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tests.test_chain_cli import Cli
-
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
-    cli = Cli(tmp_path, capsys)
-    address = cli.json("keys", "new")["sui_address"]
-    cli.json("localnet", "faucet", "--amount", "10000")
-    host = cli.json("host", "create")["host"]
-    cli("service", "add", host, "7", "--price-per-kib", "10", "--min-deposit", "1000")
-    offer = cli.json("service", "subscription", host, "7", "--price-per-epoch", "100")["offer"]
-    assert (offer["provider"], offer["price_per_epoch"], offer["period_epochs"]) == (
-        address,
-        100,
-        1,
-    )
-    pool = cli.json("service", "sponsor", host, "7", "--share-bps", "2500", "--fund", "500")
-    assert (pool["pool"]["share_bps"], pool["pool"]["funds"]) == (2500, 500)
-    terms = cli.json(
-        "service", "retention", host, "7", "--retention-ms", "60000",
-        "--storage-price-per-byte", "2",
-    )["terms"]  # fmt: skip
-    assert terms["retention_ms"] == 60000
-    sub = cli.json("subscription", "buy", offer["id"], "--epochs", "2")["subscription"]
-    assert (sub["holder"], sub["expires_epoch"], sub["funds"]) == (address, 2, 200)
-    renewed = cli.json("subscription", "renew", sub["id"], "--epochs", "1")["subscription"]
-    assert renewed["expires_epoch"] == 3
-    assert cli.json("subscription", "show", sub["id"])["live"] is True
-    refused = cli("subscription", "buy", offer["id"], "--epochs", "0", code=1)
-    assert refused.startswith("dtp: Epochs must be a positive multiple of the offer's period")
-    ledger = LocalLedger(cli.ledger)
-    assert ledger.balance(address) == 10_000 - 500 - 300
-    assert conserved(ledger)
-    ledger.close()
-
-
 # -- SuiLedger builders: golden bytes ------------------------------------------------------------
 
 HOST = SharedRef("0x" + "a1" * 32, 11)
@@ -677,16 +636,10 @@ def test_sui_ledger_payment_models_need_a_node() -> None:
     ledger.close()
 
 
-@pytest.mark.skipif(
-    not (os.environ.get("DTP_SUI_RPC") and os.environ.get("DTP_SUI_PACKAGE")),
-    reason="DTP_SUI_RPC and DTP_SUI_PACKAGE (and a funded DTP_SUI_KEY) are not set",
-)
-def test_live_ticket_sale_cancel_refund() -> None:
-    from dtp.chain.sui import SuiLedger
-
-    sui = SuiLedger.from_env()
-    organizer = sui.default_signer
-    assert organizer is not None
+def test_live_ticket_sale_cancel_refund(sui_network: SuiNetwork) -> None:
+    """On the node tests/sui_network.py gives: the stand-in, or a configured real one."""
+    organizer = sui_network.funder
+    sui = sui_network.ledger(organizer)
     sale = sui.create_ticket_sale(organizer, "live", 1_000, 2, 0, sui.clock_ms() + 600_000)
     sui.buy_tickets(organizer, sale, 1)
     assert sui.get_ticket_sale(sale).holders == {organizer.sui_address: 1}
@@ -695,7 +648,6 @@ def test_live_ticket_sale_cancel_refund() -> None:
     sui.cancel_ticket_sale(organizer, sale)
     assert sui.refund_tickets(organizer, sale) == 1_000
     assert sui.get_ticket_sale(sale).sold == 0
-    sui.close()
 
 
 def regenerate() -> None:

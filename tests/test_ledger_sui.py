@@ -11,7 +11,6 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import sys
@@ -53,10 +52,12 @@ from dtp.errors import (
     InsufficientFunds,
     InvalidArgument,
     InvalidObjectId,
+    ObjectNotFound,
     WrongSigner,
 )
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity, verify_transaction
+from tests.sui_network import SuiNetwork, transfer
 
 GOLDEN = Path(__file__).parent / "golden" / "sui_transactions.json"
 
@@ -692,71 +693,20 @@ def test_unreachable_node_raises_ledger_unavailable() -> None:
 
 # -- live tests (a real Sui node when configured, else the stand-in) -----------------------------
 
-LIVE = bool(
-    os.environ.get("DTP_SUI_RPC")
-    and os.environ.get("DTP_SUI_PACKAGE")
-    and os.environ.get("DTP_SUI_KEY")
-)
-#: MIST the stand-in's faucet gives the funding key.
-STAND_IN_FUNDS = 10**11
-
 
 @pytest.fixture
-def sui() -> Any:
-    """SuiLedger on the configured node, or on a stand-in node with a funded key."""
-    if LIVE:
-        ledger = SuiLedger.from_env()
-        yield ledger
-        ledger.close()
-        return
-    from tests.sui_node import SuiNodeStandIn
-
-    with SuiNodeStandIn() as node:
-        funder = HostIdentity.generate()
-        node.faucet(funder.sui_address, STAND_IN_FUNDS)
-        ledger = SuiLedger(SuiConfig(node.url, node.package_id, key=funder))
-        yield ledger
-        ledger.close()
-        node.state.check()
-
-
-def _fund(ledger: SuiLedger, funder: HostIdentity, to: HostIdentity, amount: int) -> None:
-    """Move ``amount`` MIST from the funded key to ``to`` (a SplitCoins + TransferObjects)."""
-    from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
-
-    def build(ctx: TxContext) -> bytes:
-        ptb = ProgrammableTransactionBuilder()
-        coin = ptb.split_coin(
-            bcs.Argument("GasCoin"), [bcs.BuilderArg("Pure", list(struct.pack("<Q", amount)))]
-        )
-        ptb.transfer_objects(
-            bcs.BuilderArg("Pure", list(bytes.fromhex(to.sui_address[2:]))), [coin]
-        )
-        data = bcs.TransactionData(
-            "V1",
-            bcs.TransactionDataV1(
-                ptb.finish_for_inspect(),
-                bcs.Address.from_str(ctx.sender),
-                bcs.GasData(
-                    [p.to_bcs() for p in ctx.gas.payment],
-                    bcs.Address.from_str(ctx.sender),
-                    ctx.gas.price,
-                    ctx.gas.budget,
-                ),
-                bcs.TransactionExpiration("None"),
-            ),
-        )
-        return bytes(data.serialize())
-
-    ledger._execute(funder, "fund", build, spend=amount)
+def sui(sui_network: SuiNetwork) -> SuiLedger:
+    """SuiLedger on the configured node, or on the stand-in, with a funded default
+    signer (tests/sui_network.py)."""
+    return sui_network.ledger(sui_network.funder)
 
 
 def test_live_connection_lifecycle(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None
     server, client = HostIdentity.generate(), HostIdentity.generate()
-    _fund(sui, funder, server, 300_000_000)
-    _fund(sui, funder, client, 300_000_000)
+    transfer(sui, funder, server.sui_address, 300_000_000)
+    transfer(sui, funder, client.sui_address, 300_000_000)
 
     host = sui.create_host(server, server.noise_public, ["tcp://203.0.113.7:7000"])
     sui.add_service(server, host, 7, "raw", SLA)
@@ -808,8 +758,8 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None
     server, client = HostIdentity.generate(), HostIdentity.generate()
-    _fund(sui, funder, server, 200_000_000)
-    _fund(sui, funder, client, 200_000_000)
+    transfer(sui, funder, server.sui_address, 200_000_000)
+    transfer(sui, funder, client.sui_address, 200_000_000)
     _, cursor = sui.events(None, limit=1)
     host = sui.create_host(server, server.noise_public)
     sui.add_service(server, host, 9, "raw", SLA)
@@ -823,12 +773,21 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
     assert events and events[0].name in ("HostCreated", "ServiceAdded", "HostUpdated")
 
 
+def test_live_a_missing_object_is_named_as_local_ledger_names_it(sui: SuiLedger) -> None:
+    missing = "0x" + "12" * 32
+    with pytest.raises(ObjectNotFound) as info:
+        sui.get_host(missing)
+    assert str(info.value) == f"No Host with ID {missing} exists on this network."
+    with pytest.raises(ObjectNotFound, match=f"^No SpendingCap with ID {missing} exists"):
+        sui.get_cap(missing)
+
+
 def test_live_pipe_owned_by_sender(sui: SuiLedger) -> None:
     funder = sui.default_signer
     assert funder is not None
     server, client = HostIdentity.generate(), HostIdentity.generate()
-    _fund(sui, funder, server, 200_000_000)
-    _fund(sui, funder, client, 200_000_000)
+    transfer(sui, funder, server.sui_address, 200_000_000)
+    transfer(sui, funder, client.sui_address, 200_000_000)
     host = sui.create_host(server, server.noise_public)
     sui.add_service(server, host, 7, "raw", SLA)
     cap = sui.create_spending_cap(client, 1_000_000)

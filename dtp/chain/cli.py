@@ -239,7 +239,8 @@ def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
     by a command that then failed with "No object with ID ...")."""
     spec = _spec(args)
     if spec.path is None:
-        return open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
+        ledger = open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
+        return _closed_after(args, ledger)
     if args.sui_package is not None:
         raise _UsageError(
             f"--sui-package names a package on a Sui ledger; {spec.setting} names "
@@ -252,7 +253,14 @@ def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
         )
     from dtp.chain.local import LocalLedger
 
-    return LocalLedger(spec.path)
+    return _closed_after(args, LocalLedger(spec.path))
+
+
+def _closed_after(args: argparse.Namespace, ledger: _T) -> _T:
+    """``ledger``, to be closed once the command is done (:func:`_run`): a SuiLedger
+    keeps a thread, an event loop and a channel to its node until closed."""
+    args.__dict__.setdefault("opened_ledgers", []).append(ledger)
+    return ledger
 
 
 def _local_only(args: argparse.Namespace, what: str) -> None:
@@ -314,7 +322,11 @@ def _emit(args: argparse.Namespace, data: dict[str, Any]) -> None:
 def _run(handler: Handler) -> Handler:
     def wrapped(args: argparse.Namespace) -> int:
         try:
-            return handler(args)
+            try:
+                return handler(args)
+            finally:
+                for ledger in args.__dict__.pop("opened_ledgers", []):
+                    ledger.close()
         except (_UsageError, LedgerSpecError) as exc:
             # (a ledger spec, package or key setting: the command line or environment
             # cannot be used as given)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +107,7 @@ from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
 from dtp.errors import (
     ChainError,
     InvalidArgument,
+    InvalidTransaction,
     ObjectNotFound,
     SuiConfigError,
     WrongSigner,
@@ -170,6 +172,23 @@ def _key(signer: HostIdentity, key: bytes | None, what: str) -> bytes:
 # -- the ledger -----------------------------------------------------------------------------------
 
 
+#: How Sui refuses, before executing it, a transaction naming an owned object at a
+#: version that is not its current one (``ObjectVersionUnavailableForConsumption``).
+_STALE_INPUT: Final = "is not available for consumption"
+
+
+def _unique_budget(budget: int) -> int:
+    """``budget`` less a random amount below 1 %: the gas budget of one transaction.
+
+    Sui has no nonce: two processes signing the same call with one key and the same coin
+    version (the one that had not seen the other's transaction yet) build the same bytes,
+    and the node answers the second with the first's effects, as its own (one connection
+    opened, two callers each thinking it is theirs). A budget of its own makes each
+    transaction's bytes its own, so the stale one is refused (and sent again with the
+    coin read anew, :meth:`SuiLedger._execute`)."""
+    return budget - secrets.randbelow(budget // 100 + 1)
+
+
 class SuiLedger(Ledger):
     """The ledger on a Sui network (see the module docs)."""
 
@@ -217,7 +236,15 @@ class SuiLedger(Ledger):
     # -- objects ---------------------------------------------------------------------------
 
     def _load(self, object_id: str, struct: str | None) -> tuple[NodeObject, str]:
-        obj = self._node.get_object(normalize_id(object_id))
+        object_id = normalize_id(object_id)
+        try:
+            obj = self._node.get_object(object_id)
+        except ObjectNotFound:
+            # named as LocalLedger names it (a node's NOT_FOUND says "Object 0x… not
+            # found", which read as a failed call rather than a wrong ID)
+            raise ObjectNotFound(
+                f"No {struct or 'object'} with ID {object_id} exists on this network."
+            ) from None
         short = short_type(obj.type, self._packages)
         name = short.rsplit("::", 1)[-1] if short is not None else None
         if name not in OBJECT_LAYOUTS:
@@ -309,7 +336,16 @@ class SuiLedger(Ledger):
             if attempt:
                 delay = min(_CONGESTION_DELAY_CAP, _CONGESTION_DELAY * 2 ** (attempt - 1))
                 time.sleep(delay / 2 + random.uniform(0.0, delay / 2))
-            executed = self._send(signer, what, build, spend)
+            try:
+                executed = self._send(signer, what, build, spend)
+            except InvalidTransaction as exc:
+                # refused before executing: an owned input (the gas coin, mostly) was at
+                # another version, moved on by another SuiLedger or process signing with
+                # this key; the pool forgot it, so once more with what the node has now
+                if _STALE_INPUT not in str(exc):
+                    raise
+                logger.debug("%s named an owned object at an old version: again", what)
+                executed = self._send(signer, what, build, spend)
             if not cancelled_for_congestion(executed):
                 outcome = parse_executed(executed, self._packages, what)
                 self._local.outcome = outcome
@@ -369,7 +405,7 @@ class SuiLedger(Ledger):
         coin; ``split``: it is the pool's own split, whose new coins' amounts are known)."""
         sender = signer.sui_address
         try:
-            gas = sui_tx.GasData(lease.coins, price, self.config.gas_budget)
+            gas = sui_tx.GasData(lease.coins, price, _unique_budget(self.config.gas_budget))
             tx_bytes = build(TxContext(self.package, sender, gas))
             signature = signer.sign_transaction(tx_bytes)
         except BaseException:

@@ -1,0 +1,278 @@
+"""The Sui network of the tests that run on Sui: the node stand-in, or a real node.
+
+This module is the one switch. By default a test gets the node stand-in
+(:mod:`tests.sui_node`) serving in this process on 127.0.0.1: its faucet funds an
+address at once and its clock can be moved. With ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and
+``DTP_SUI_KEY`` all set (``scripts/sui-localnet.sh`` sets them for a ``sui start``
+localnet it published ``move/dtp`` on), the same tests run on that node instead:
+addresses are funded by transfers from ``DTP_SUI_KEY``'s funded key, and the few steps
+that move the ledger clock are skipped there, saying so (a network's clock is its own).
+
+Tests reach the network through a :class:`SuiNetwork`: ``args`` for a ``dtp`` command
+(``--ledger localnet@URL --sui-package 0x…``), ``spec``/``package_id`` (``daemon_toml``)
+for a daemon's config or :func:`dtp.chain.open_ledger`, :meth:`SuiNetwork.ledger` for a
+``SuiLedger``, :meth:`SuiNetwork.fund`, :meth:`SuiNetwork.advance_clock`. The fixture
+``sui_network`` (tests/conftest.py) yields one per test; :func:`sui_network` is the same
+as a context manager, with the stand-in's knobs; :func:`sui_network_process` serves the
+stand-in from a process of its own (daemons in other processes or network namespaces
+reach it), the real node all the same when one is configured.
+
+:class:`StandInProcess` is that process on its own (the benchmarks use it): always the
+stand-in, whatever the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from dtp.chain.sui import SuiConfig, SuiLedger
+from dtp.keys import HostIdentity
+
+if TYPE_CHECKING:
+    from dtp.chain.sui_tx import TxContext
+    from tests.sui_node import SuiNodeStandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The variables that point the tests at a real node (all three, or none is used).
+REAL_NODE_ENV = ("DTP_SUI_RPC", "DTP_SUI_PACKAGE", "DTP_SUI_KEY")
+#: MIST the stand-in's faucet gives the funding key.
+STAND_IN_FUNDS = 10**11
+
+
+def real_node_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``env`` (``os.environ``) points the tests at a real node."""
+    env = os.environ if env is None else env
+    return all(env.get(name, "").strip() for name in REAL_NODE_ENV)
+
+
+def ledger_spec_for(url: str) -> str:
+    """The ledger spec naming the node at ``url``: ``localnet@URL`` for a node on this
+    machine (a ``sui start`` localnet, the stand-in), ``sui:URL`` for any other."""
+    host = urlsplit(url).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    return f"localnet@{url}" if local else f"sui:{url}"
+
+
+def transfer(ledger: SuiLedger, funder: HostIdentity, to: str, amount: int) -> None:
+    """Move ``amount`` MIST from ``funder`` to the address ``to``, as a Sui transfer
+    does: ``SplitCoins(GasCoin, [amount])`` and ``TransferObjects`` to ``to``."""
+    from pysui.sui.sui_bcs import bcs
+    from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
+
+    def build(ctx: TxContext) -> bytes:
+        ptb = ProgrammableTransactionBuilder()
+        coin = ptb.split_coin(
+            bcs.Argument("GasCoin"), [bcs.BuilderArg("Pure", list(struct.pack("<Q", amount)))]
+        )
+        ptb.transfer_objects(bcs.BuilderArg("Pure", list(bytes.fromhex(to[2:]))), [coin])
+        data = bcs.TransactionData(
+            "V1",
+            bcs.TransactionDataV1(
+                ptb.finish_for_inspect(),
+                bcs.Address.from_str(ctx.sender),
+                bcs.GasData(
+                    [p.to_bcs() for p in ctx.gas.payment],
+                    bcs.Address.from_str(ctx.sender),
+                    ctx.gas.price,
+                    ctx.gas.budget,
+                ),
+                bcs.TransactionExpiration("None"),
+            ),
+        )
+        return bytes(data.serialize())
+
+    # (SuiLedger has no transfer of its own: dtp moves SUI only through its package)
+    ledger._execute(funder, "fund", build, spend=amount)
+
+
+class SuiNetwork:
+    """One Sui node the tests use, with a funded key (see the module docs)."""
+
+    def __init__(
+        self,
+        url: str,
+        package_id: str,
+        funder: HostIdentity,
+        node: SuiNodeStandIn | None = None,
+        process: StandInProcess | None = None,
+    ) -> None:
+        self.url, self.package_id, self.funder = url, package_id, funder
+        #: The stand-in serving in this process (its knobs), if it is one.
+        self.node = node
+        #: The stand-in as a process of its own, if it is one.
+        self.process = process
+        self._ledgers: list[SuiLedger] = []
+        self._funding: SuiLedger | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SuiNetwork:
+        """The real node the ``DTP_SUI_*`` variables name."""
+        config = SuiConfig.from_env(env)
+        assert config.key is not None  # (real_node_configured: DTP_SUI_KEY is set)
+        return cls(config.rpc, config.package, config.key)
+
+    @property
+    def real(self) -> bool:
+        """A real node (not the stand-in)."""
+        return self.node is None and self.process is None
+
+    @property
+    def spec(self) -> str:
+        """The ledger spec naming this node (``localnet@http://127.0.0.1:PORT``)."""
+        return ledger_spec_for(self.url)
+
+    @property
+    def args(self) -> list[str]:
+        """The ``dtp`` command's ledger options for this node."""
+        return ["--ledger", self.spec, "--sui-package", self.package_id]
+
+    def daemon_toml(self) -> str:
+        """The ``[daemon]`` table's ledger lines for this node."""
+        return f'ledger = "{self.spec}"\nsui_package = "{self.package_id}"\n'
+
+    def ledger(self, key: HostIdentity | None = None, **config: Any) -> SuiLedger:
+        """A new ``SuiLedger`` on this node (``key``: its default signer; ``config``:
+        other :class:`SuiConfig` fields), closed with the network."""
+        made = SuiLedger(SuiConfig(self.url, self.package_id, key=key, **config))
+        self._ledgers.append(made)
+        return made
+
+    def fund(self, address: str, mist: int) -> None:
+        """Give ``address`` ``mist`` more MIST: the stand-in's faucet, or a transfer from
+        the funded key (a real node, or the stand-in as a process)."""
+        if self.node is not None:
+            self.node.faucet(address, mist)
+            return
+        if self._funding is None:
+            self._funding = self.ledger(self.funder)
+        transfer(self._funding, self.funder, address, mist)
+
+    @property
+    def moves_clock(self) -> bool:
+        """Whether :meth:`advance_clock` can move the ledger clock (the stand-in's)."""
+        return self.node is not None
+
+    def advance_clock(self, ms: int) -> int:
+        """Move the stand-in's clock ``ms`` forward (its new time); elsewhere (a real
+        node, the stand-in as a process) the test stops here, skipped: a network's clock
+        moves only with time."""
+        if self.node is None:
+            pytest.skip(f"the clock of the Sui node at {self.url} cannot be moved ({ms} ms)")
+        return self.node.advance_clock(ms)
+
+    def gas_paid(self, address: str) -> int | None:
+        """Net MIST ``address`` paid in gas so far (the stand-in counts it; None on a
+        real node)."""
+        return None if self.node is None else self.node.gas_paid(address)
+
+    def close(self) -> None:
+        for ledger in self._ledgers:
+            ledger.close()
+        self._ledgers.clear()
+
+
+@contextmanager
+def sui_network(**knobs: Any) -> Iterator[SuiNetwork]:
+    """The real node of ``DTP_SUI_*`` when configured, else a stand-in in this process
+    with ``knobs`` (:class:`SuiNodeStandIn` arguments); afterwards the stand-in's two
+    files are checked to agree."""
+    if real_node_configured():
+        network = SuiNetwork.from_env()
+        try:
+            yield network
+        finally:
+            network.close()
+        return
+    from tests.sui_node import SuiNodeStandIn
+
+    with SuiNodeStandIn(**knobs) as node:
+        funder = HostIdentity.generate()
+        node.faucet(funder.sui_address, STAND_IN_FUNDS)
+        network = SuiNetwork(node.url, node.package_id, funder, node)
+        try:
+            yield network
+        finally:
+            network.close()
+        node.state.check()
+
+
+@contextmanager
+def sui_network_process(
+    *flags: str, host: str = "127.0.0.1", state: Path | None = None
+) -> Iterator[SuiNetwork]:
+    """Like :func:`sui_network`, with the stand-in as a process of its own serving on
+    ``host`` (``flags``: its command-line knobs, ``--tx-latency 0.3``...), for daemons in
+    other processes or network namespaces; its funded key funds by transfers. The real
+    node of ``DTP_SUI_*`` when configured (``host`` and ``flags`` unused)."""
+    if real_node_configured():
+        with sui_network() as network:
+            yield network
+        return
+    funder = HostIdentity.generate()
+    process = StandInProcess(
+        *flags, fund={funder.sui_address: STAND_IN_FUNDS}, host=host, state=state
+    )
+    network = SuiNetwork(process.url, process.package_id, funder, process=process)
+    try:
+        yield network
+    finally:
+        network.close()
+        process.close()
+
+
+class StandInProcess:
+    """``python -m tests.sui_node`` as a process of its own, serving on ``host`` (any
+    free port) until :meth:`close`, with ``fund`` (address → MIST) funded at start and
+    ``flags`` (``--tx-latency 0.3``...) passed on."""
+
+    def __init__(
+        self,
+        *flags: str,
+        fund: Mapping[str, int] | None = None,
+        host: str = "127.0.0.1",
+        state: Path | None = None,
+    ) -> None:
+        cmd = [sys.executable, "-m", "tests.sui_node", "--host", host, "--print-url", *flags]
+        if state is not None:
+            cmd += ["--state", str(state)]
+        for address, mist in (fund or {}).items():
+            cmd += ["--fund", f"{address}={mist}"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            self.close()
+            raise RuntimeError(f"the node stand-in did not start (exit {self.proc.returncode})")
+        self.url, self.package_id = line
+
+    @property
+    def spec(self) -> str:
+        return ledger_spec_for(self.url)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
