@@ -292,6 +292,9 @@ class LedgerAdmission:
     None to accept, or the refusal reason (which the client receives as
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
 
+    ``open_grace``: seconds an unknown connection is looked for before it is refused
+    (default :attr:`OPEN_GRACE`).
+
     ``remember``: keep the TransportControl, Escrow and SpendingCap read for each
     accepted connection, for :meth:`take_admitted` (a paid server builds its receipt gate
     from them instead of reading them again a moment later); at most :attr:`REMEMBERED`
@@ -311,7 +314,15 @@ class LedgerAdmission:
     and its deposit waits out the half-close timeout), and a busy ledger (many clients
     opening at once, SQLite writers queueing) takes a while to land an open."""
 
-    def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        *,
+        remember: bool = False,
+        open_grace: float | None = None,
+    ) -> None:
         # a port given as "443" never equals the 443 a client names: every client would
         # be refused, with "serves port 443, not 443"
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
@@ -320,6 +331,10 @@ class LedgerAdmission:
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.remember = remember
+        if open_grace is not None:
+            # (an instance's own: a full node whose indexes lag behind the one the
+            # client's open executed on needs longer than a LocalLedger file)
+            self.OPEN_GRACE = open_grace
         self._admitted: dict[str, Admitted] = {}
         self._admitted_lock = threading.Lock()
 

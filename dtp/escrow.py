@@ -25,6 +25,7 @@ from dtp.errors import InsufficientFunds, InvalidArgument, MalformedReceipt, mov
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
+    from dtp.chain.objects import Escrow, SpendingCap, TransportControl
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -305,13 +306,29 @@ class ConnectionTerms:
         """Read the terms of ``connection_id`` (blocking ledger reads)."""
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
+        if not (tc.sla.price_per_kib or tc.sla.price_per_request):
+            return cls.from_objects(tc, escrow)
+        return cls.from_objects(tc, escrow, ledger.get_cap(escrow.spending_cap), ledger.epoch())
+
+    @classmethod
+    def from_objects(
+        cls,
+        tc: TransportControl,
+        escrow: Escrow,
+        cap: SpendingCap | None = None,
+        epoch: int | None = None,
+    ) -> ConnectionTerms:
+        """The terms of ``tc`` from objects already read (an admission's connection
+        view): its escrow and, for a paid connection, the escrow's SpendingCap and the
+        epoch they were read in. A paid connection without them is read as unbounded
+        by the cap (``claim_limit`` None)."""
         limit = None
-        if tc.sla.price_per_kib or tc.sla.price_per_request:
+        if (tc.sla.price_per_kib or tc.sla.price_per_request) and cap is not None:
             # (a receipt beyond it is refused at the claim -- ESpendingCapExceeded --
             # and the client, once the half-close timeout passed, took the whole
             # deposit back: a cap opened at 0, or shared and spent, served for nothing)
-            cap = ledger.get_cap(escrow.spending_cap)
-            limit = escrow.claimed + cap.secured(ledger.epoch(), escrow.cap_max_per_epoch)
+            assert epoch is not None, "the cap's epoch is read with it"
+            limit = escrow.claimed + cap.secured(epoch, escrow.cap_max_per_epoch)
         return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited, limit)
 
 

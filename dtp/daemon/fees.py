@@ -45,6 +45,7 @@ from dtp.receipt_writer import ReceiptWriter
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:
+    from dtp.admission import Admitted
     from dtp.chain.ledger import Ledger
     from dtp.keys import HostIdentity
 
@@ -162,9 +163,14 @@ class ServerFees:
         # the MIST already claimed, so a receipt is checked without a read of the store
         self._checked: dict[str, tuple[Receipt | None, int]] = {}
 
-    async def terms(self, connection_id: str) -> ConnectionTerms:
-        """Read a connection's fee terms from the ledger."""
-
+    async def terms(self, connection_id: str, admitted: Admitted | None = None) -> ConnectionTerms:
+        """A connection's fee terms: from what its admission read (``admitted``, with
+        the cap and epoch: on Sui every read is a round trip to the node), else read
+        from the ledger."""
+        if admitted is not None and admitted.connection.id == connection_id:
+            tc, escrow, cap, epoch = admitted
+            if cap is not None or not (tc.sla.price_per_kib or tc.sla.price_per_request):
+                return ConnectionTerms.from_objects(tc, escrow, cap, epoch)
         return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 
     def accept(

@@ -94,7 +94,11 @@ class Forwarder:
     """Listens on ``config.listen`` and tunnels to ``config.target``."""
 
     def __init__(
-        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+        self,
+        config: ForwardConfig,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -171,8 +175,8 @@ class Forwarder:
             if failure is not None and asyncio.get_running_loop().time() < self._retry_at:
                 # the clients that queued behind a failed open, and those coming during
                 # its backoff, share its failure: each tried its own in turn, every one
-                # waiting for all those before it (10 s each against a silent host) and
-                # the ledger asked once per client
+                # waiting for all those before it (open_timeout each against a silent
+                # host) and the ledger asked once per client
                 raise TunnelError(f"{failure} (tried again later)") from failure
             try:
                 link = await self._open_link()
@@ -213,18 +217,21 @@ class Forwarder:
                     is_client=True,
                     idle_timeout=self.config.connection_idle_timeout,
                 ),
-                timeout=10.0,
+                # (the ledger open, the carrier connect and the handshake: on Sui the
+                # open alone is two transactions, each seconds long under load)
+                timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
             )
         except DTPError as exc:
             if isinstance(exc, ChainError | ConnectionRefused):
                 self.stats.denials += 1
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
-        assert writer.connection_id is not None
+        assert writer.connection_id is not None and writer.escrow_id is not None
         connection_id = writer.connection_id
         try:
-            tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
-            escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+            # (the escrow alone holds the SLA and the deposit: one read, on Sui one round
+            # trip to the node, which shows what our open created)
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException as exc:
             # open and paid, but no link holds it and no watcher settles it: left so,
             # the connection and its deposit stayed locked (a ledger read failing, or a
@@ -240,7 +247,7 @@ class Forwarder:
             await closing
             raise TunnelError(f"cannot read connection {connection_id}: {exc}") from exc
         fees = ClientFees(
-            self.identity, connection_id, tc.sla, escrow.deposited, self.config.receipt_every
+            self.identity, connection_id, escrow.sla, escrow.deposited, self.config.receipt_every
         )
         link = _Link(connection_id, reader, writer, fees)
         self._links.add(link)

@@ -341,7 +341,12 @@ class Daemon:
         await asyncio.to_thread(self._fund)
         self._checkpoint()
         if self.config.services:
-            self.services = ServiceHost(self.ledger, self.identity, self.book)
+            self.services = ServiceHost(
+                self.ledger,
+                self.identity,
+                self.book,
+                open_grace=settings.open_grace,
+            )
             await self.services.configure(self.config.services)
             try:
                 self.endpoint = await self.services.start(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dtp.aio
-from dtp.admission import LedgerAdmission, PeerInfo
+from dtp.admission import Admitted, LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
@@ -162,10 +162,18 @@ class ServiceHost:
         ledger: Ledger,
         identity: HostIdentity,
         book: StatusBook,
+        *,
+        open_grace: float | None = None,
     ) -> None:
         self.ledger = ledger
         self.identity = identity
         self.book = book
+        self.open_grace = open_grace
+        """Seconds the admission looks for a connection a client names before refusing
+        it (``[daemon] open_grace``; None: :attr:`LedgerAdmission.OPEN_GRACE`)."""
+        self._views: dict[str, Admitted] = {}
+        """What the admission read of each connection admitted, until its handler takes
+        it: its terms come from there, not from a second read (on Sui, round trips)."""
         self.host_id = ""
         """Set once the host is on the ledger (the endpoint it publishes is ours)."""
         self._fees: ServerFees | None = None
@@ -329,7 +337,9 @@ class ServiceHost:
                 extra=kv(client=peer.address, port=peer.port, reason=why),
             )
             return why
-        admission = LedgerAdmission(self.ledger, self.host_id, service.port)
+        admission = LedgerAdmission(
+            self.ledger, self.host_id, service.port, remember=True, open_grace=self.open_grace
+        )
         reason = await asyncio.to_thread(admission, peer)
         if reason is None and peer.connection_id in self._settling:
             # (a retry of its failed settlement, in flight: served, it would be closed
@@ -340,6 +350,9 @@ class ServiceHost:
             # first: a second DTP connection on a ledger connection served is refused as
             # dtp.aio refuses it (not settled: that is its first connection's end)
             reason = self._reserve(peer.connection_id)
+            admitted = admission.take_admitted(peer.connection_id)
+            if reason is None and admitted is not None:
+                self._views[peer.connection_id] = admitted
         if reason is None and not _permits(service, peer.address):
             reason = f"the firewall of service {service.name} denies {peer.address}"
             assert peer.connection_id is not None
@@ -371,6 +384,7 @@ class ServiceHost:
     def _release_unclaimed(self, connection_id: str) -> None:
         if connection_id in self._unclaimed:
             self._unclaimed.discard(connection_id)
+            self._views.pop(connection_id, None)
             self._served.release(connection_id)
 
     def _settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
@@ -626,6 +640,7 @@ class ServiceHost:
         # the admission's reservation of the ledger connection: this handler's until it
         # ended, its settlement included
         self._unclaimed.discard(connection_id)
+        admitted = self._views.pop(connection_id, None)
         task.add_done_callback(lambda _: self._served.release(connection_id))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -637,7 +652,7 @@ class ServiceHost:
             return
         client: str = writer.get_extra_info("peer_address")
         try:
-            terms = await self.fees.terms(connection_id)
+            terms = await self.fees.terms(connection_id, admitted)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
             # (settled all the same: the ledger connection stayed Open, the deposit

@@ -34,7 +34,11 @@ class UdpForward:
     """Listens on ``config.listen`` (UDP) and forwards to ``config.target``."""
 
     def __init__(
-        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+        self,
+        config: ForwardConfig,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -70,7 +74,7 @@ class UdpForward:
                     is_client=True,
                     idle_timeout=self.config.connection_idle_timeout,
                 ),
-                timeout=30,
+                timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
             )
         except ConnectionRefused as exc:
