@@ -1045,6 +1045,10 @@ def _signal_free_executor() -> concurrent.futures.ThreadPoolExecutor:
     own handlers put the default actions back at its close, when a worker just joined
     could take a SIGTERM: -15; since :class:`LoopSignals` a second line of defence.)"""
     return concurrent.futures.ThreadPoolExecutor(
+        # ledger calls wait on the ledger, not the CPU: on Sui each holds a worker for
+        # its round trips to the node (a transaction: seconds under load), and the
+        # default pool (cores + 4) let a few settlements hold up every admission
+        max_workers=32,
         thread_name_prefix="dtp-daemon-worker",
         initializer=signal.pthread_sigmask,
         initargs=(signal.SIG_BLOCK, CAUGHT_SIGNALS),

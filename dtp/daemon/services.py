@@ -201,6 +201,9 @@ class ServiceHost:
         settled) at once."""
         self.limiter = RateLimiter()
         self._firewall: Firewall | None = None  # the Host's, as last read
+        self._ledger_away: str | None = None
+        """Why the last read of the Host failed (the ledger away: a node down or rate
+        limiting), until one succeeds again; said once, not at every refresh."""
         self._policy_task: asyncio.Task[None] | None = None
         self._held_names: set[str] = set()
         """Services whose status row counts receipts held (see :meth:`_count_held`)."""
@@ -593,6 +596,16 @@ class ServiceHost:
                 await asyncio.wait({attempt})  # (a cancel here leaves the try running)
                 if not attempt.cancelled() and (error := attempt.exception()) is not None:
                     log_failure(logger, "settlement retry failed", error, connection=cid)
+
+    def _retry_now(self) -> None:
+        """The ledger is back after an outage: the settlements that failed meanwhile
+        are tried again now rather than at their backoff's end (minutes, by then)."""
+        if not self._retries or self._draining:
+            return
+        now = asyncio.get_running_loop().time()
+        for entry in self._retries.values():
+            entry.due = min(entry.due, now)
+        self._retry_wake.set()
 
     async def _stop_retries(self) -> None:
         """Stop trying failed settlements again (a try under way goes on: it is one of
@@ -1088,8 +1101,20 @@ class ServiceHost:
         try:
             host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         except ChainError as exc:
-            logger.warning("cannot read the host", extra=kv(error=str(exc)))
+            # the last firewall read stays in force; open connections go on, their
+            # receipts off the ledger, and new ones are refused (their admission
+            # cannot read the ledger either)
+            logger.log(
+                logging.DEBUG if self._ledger_away else logging.WARNING,
+                "cannot read the host: its last known firewall stays in force",
+                extra=kv(error=str(exc)),
+            )
+            self._ledger_away = str(exc)
             return
+        if self._ledger_away is not None:
+            self._ledger_away = None
+            logger.info("the ledger can be read again")
+            self._retry_now()
         fw, old = host.firewall, self._firewall
         self._firewall = fw
         if old is None or (old.max_bytes_per_sec, old.max_requests_per_sec) != (
@@ -1116,7 +1141,11 @@ class ServiceHost:
         try:
             ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
         except ChainError as exc:
-            logger.warning("cannot read the state of open connections", extra=kv(error=str(exc)))
+            logger.log(
+                logging.DEBUG if self._ledger_away else logging.WARNING,
+                "cannot read the state of open connections",
+                extra=kv(error=str(exc)),
+            )
             return
         for conn in ended:
             logger.warning(
