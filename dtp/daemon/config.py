@@ -187,6 +187,9 @@ class DaemonSettings:
     """Seconds the admission looks for a connection a client names before refusing it
     (its open may still be landing, or not be shown yet by this daemon's full node):
     :data:`OPEN_GRACE`, or :data:`OPEN_GRACE_SUI` on a Sui ledger, by default."""
+    low_gas: int | None = None
+    """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
+    transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
 
 
 @dataclass(frozen=True)
@@ -569,6 +572,7 @@ _DAEMON_KEYS = {
     "log_level",
     "sui_package",
     "open_grace",
+    "low_gas",
 }
 
 
@@ -645,6 +649,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         open_grace=check.number(
             doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
         ),
+        low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
     )
 
 

@@ -19,6 +19,7 @@ from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -99,11 +100,15 @@ class Forwarder:
         ledger: Ledger,
         identity: HostIdentity,
         book: StatusBook,
+        *,
+        gas: GasWatch | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.identity = identity
         self.book = book
+        self.gas = gas
+        """The daemon's gas watch: an open failing for want of gas is its to report."""
         self.server: asyncio.base_events.Server | None = None
         self._link: _Link | None = None
         self._links: set[_Link] = set()
@@ -181,7 +186,9 @@ class Forwarder:
             try:
                 link = await self._open_link()
             except Exception as exc:
-                self._failed_open(exc)
+                # out of gas: said once by the gas watch, not at every try
+                quiet = self.gas is not None and await self.gas.explains(exc)
+                self._failed_open(exc, quiet=quiet)
                 raise
             # (the backoff is kept until a tunnel opened on it: reset here, a deposit too
             # small for one tunnel backed off by the first step after every open -- a
@@ -190,12 +197,14 @@ class Forwarder:
             self._link = link
             return link
 
-    def _failed_open(self, exc: BaseException) -> None:
-        """No new connection until the backoff after this failure has passed."""
+    def _failed_open(self, exc: BaseException, *, quiet: bool = False) -> None:
+        """No new connection until the backoff after this failure has passed (logged
+        at debug level when ``quiet``)."""
         self._open_failure = exc
         self._backoff = min(2 * self._backoff, OPEN_BACKOFF_MAX) or OPEN_BACKOFF_FIRST
         self._retry_at = asyncio.get_running_loop().time() + self._backoff
-        logger.warning(
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "cannot open a connection",
             extra=kv(
                 forward=self.config.name,

@@ -39,6 +39,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
 from dtp.chain.spec import open_ledger, resolve_package
+from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
     Backend,
@@ -50,6 +51,7 @@ from dtp.daemon.config import (
 )
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
@@ -171,6 +173,8 @@ class Daemon:
         except BaseException:
             self.release_lock()
             raise
+        self.gas = self._gas_watch()
+        self._gas_task: asyncio.Task[None] | None = None
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
@@ -184,6 +188,25 @@ class Daemon:
         """Held by a reload: two at once (SIGHUPs close together) synced the ledger side
         by side, the slower one failed on what the other had just published, and
         published the old settings again while the other served the new ones."""
+
+    def _gas_watch(self) -> GasWatch:
+        """The watch on what the identity holds: on Sui its gas coins, against the
+        ledger's gas budget; on a LocalLedger (no gas) its balance, only shown."""
+        address = self.identity.sui_address
+        ledger = self.ledger
+        if self.config.daemon.ledger.is_sui:
+            from dtp.chain.sui import SuiLedger  # (loaded already: open_ledger made one)
+
+            if isinstance(ledger, SuiLedger):
+                sui = ledger
+                return GasWatch(
+                    address,
+                    lambda: sui.gas_balance(address),
+                    sui.config.gas_budget,
+                    self.book,
+                    self.config.daemon.low_gas,
+                )
+        return GasWatch(address, lambda: ledger.balance(address), 0, self.book)
 
     # -- ledger set-up (blocking; run in a thread) --------------------------------------
 
@@ -340,12 +363,18 @@ class Daemon:
         self._checkpoint()
         await asyncio.to_thread(self._fund)
         self._checkpoint()
+        # (read before the host's set-up: a daemon that cannot pay for it says why,
+        # and one running low warns from its first line)
+        await self.gas.check(fresh=True)
+        self._gas_task = asyncio.ensure_future(self.gas.run())
+        self._checkpoint()
         if self.config.services:
             self.services = ServiceHost(
                 self.ledger,
                 self.identity,
                 self.book,
                 open_grace=settings.open_grace,
+                gas=self.gas,
             )
             await self.services.configure(self.config.services)
             try:
@@ -363,7 +392,9 @@ class Daemon:
             self._checkpoint()
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
-                self.fees = ServerFees(self.ledger, self.identity, self.host_id, receipts)
+                self.fees = ServerFees(
+                    self.ledger, self.identity, self.host_id, receipts, gas=self.gas
+                )
             except sqlite3.Error as exc:
                 if isinstance(exc, DTPError):  # a ReceiptStoreError: it names the file
                     raise
@@ -427,9 +458,9 @@ class Daemon:
         OSError when it cannot bind."""
         fwd: Forwarder | UdpForward
         if forward.protocol == "udp":
-            fwd = UdpForward(forward, self.ledger, self.identity, self.book)
+            fwd = UdpForward(forward, self.ledger, self.identity, self.book, gas=self.gas)
         else:
-            fwd = Forwarder(forward, self.ledger, self.identity, self.book)
+            fwd = Forwarder(forward, self.ledger, self.identity, self.book, gas=self.gas)
         host, port = await fwd.start()
         return fwd, join_host_port(host, port)
 
@@ -856,6 +887,9 @@ class Daemon:
         if self.fees is not None:
             self.fees.close()
             self.fees = None
+        gas, self._gas_task = self._gas_task, None
+        if gas is not None and (error := await cancel_and_wait(gas)) is not None:
+            logger.warning("gas watch failed", extra=kv(error=f"{type(error).__name__}: {error}"))
 
     def release_lock(self) -> None:
         """Let another daemon use the state directory (once stopped)."""

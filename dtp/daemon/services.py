@@ -28,6 +28,7 @@ from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees, Settled
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
@@ -164,8 +165,12 @@ class ServiceHost:
         book: StatusBook,
         *,
         open_grace: float | None = None,
+        gas: GasWatch | None = None,
     ) -> None:
         self.ledger = ledger
+        self.gas = gas
+        """The daemon's gas watch: a settlement failing for want of gas is its to report
+        (once), not each connection's."""
         self.identity = identity
         self.book = book
         self.open_grace = open_grace
@@ -536,7 +541,9 @@ class ServiceHost:
         if entry is None:
             entry = _Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served)
             self._retries[connection_id] = entry
-            logger.warning(
+            out_of_gas = self.gas is not None and self.gas.out  # (said once, by the watch)
+            logger.log(
+                logging.DEBUG if out_of_gas else logging.WARNING,
                 "settlement failed",
                 extra=kv(
                     connection=connection_id,
