@@ -106,16 +106,19 @@ def run_daemon(config: Path, timeout: float = 10, **env: str) -> subprocess.Comp
     )
 
 
-def write_forwarder(tmp: Path, host_id: str, port: int, extra: str = "") -> Path:
+def write_forwarder(
+    tmp: Path, host_id: str, port: int, extra: str = "", ledger: str | None = None
+) -> Path:
     """A forwarder's config (identity client.key) with one forward "svc" to
-    ``dtp://host_id:port``; ``extra`` lines go into the [[forward]]."""
+    ``dtp://host_id:port``; ``extra`` lines go into the [[forward]]. ``ledger``: the
+    ``[daemon]`` lines naming the ledger (default: ledger.sqlite, with a faucet)."""
     path = tmp / "forwarder.toml"
+    lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}' if ledger is None else ledger
     path.write_text(
         f"""[daemon]
-ledger = "ledger.sqlite"
+{lines}
 identity = "client.key"
 state_dir = "forwarder-state"
-faucet = {10 * SUI}
 
 [[forward]]
 name = "svc"
