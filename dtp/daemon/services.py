@@ -334,7 +334,9 @@ class ServiceHost:
                 # are open, and clients go on opening ledger connections to it: refused
                 # here, their deposits stayed in escrow for good. One the ledger admits
                 # (this client's, Open, to this host and port) is settled now: refunded
-                admission = LedgerAdmission(self.ledger, self.host_id, peer.port)
+                admission = LedgerAdmission(
+                    self.ledger, self.host_id, peer.port, open_grace=self.open_grace
+                )
                 verdict = await asyncio.to_thread(admission, peer)
                 # (not one still served, under the service as it was: a second DTP
                 # connection on it settled the ledger connection under the first)
