@@ -271,15 +271,29 @@ def test_the_admission_waits_for_an_open_its_node_does_not_show_yet(
 # -- outages, congestion, gas --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("outage", ["away", "rate-limiting"])
 def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
-    node: SuiNodeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    node: SuiNodeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, outage: str
 ) -> None:
-    """The node goes away: a served connection keeps carrying tunnels; a client
-    connecting on another ledger connection is refused at once, saying the ledger
-    cannot be read (not left hanging); the Host's refreshes keep the last firewall and
-    say so once. Back, that client is served, and both connections are settled: each
-    deposit refunded whole (a free service)."""
+    """The node goes away (or refuses every call as rate limited, past SuiLedger's
+    retries): a served connection keeps carrying tunnels; a client connecting on
+    another ledger connection is refused at once, saying the ledger cannot be read (not
+    left hanging); the Host's refreshes keep the last firewall and say so once. Back,
+    that client is served, and both connections are settled: each deposit refunded
+    whole (a free service)."""
     caplog.set_level(logging.INFO, logger="dtp.daemon")
+
+    def begin() -> None:
+        if outage == "away":
+            node.go_away()
+        else:
+            node.rate_limit = 0  # (no call a second)
+
+    def end() -> None:
+        if outage == "away":
+            node.come_back()
+        else:
+            node.rate_limit = None
 
     async def main() -> None:
         async with provider(tmp_path, node) as daemon:
@@ -289,7 +303,7 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
                 second = await asyncio.to_thread(client.open_ledger)
                 _, writer = await client.connect(first)
                 assert await tunnel(writer) == b"ping"
-                await asyncio.to_thread(node.go_away)
+                await asyncio.to_thread(begin)
                 await until(lambda: "cannot read the host" in caplog.text, "the refresh failing")
                 assert await tunnel(writer, b"still") == b"still"
                 started = time.monotonic()
@@ -300,7 +314,7 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
                 assert caplog.text.count("cannot read the host") == 1
                 assert await tunnel(writer, b"again") == b"again"
                 writer.close()
-                await asyncio.to_thread(node.come_back)
+                await asyncio.to_thread(end)
                 _, again = await client.connect(second)
                 assert await tunnel(again) == b"ping"
                 again.close()
