@@ -20,6 +20,7 @@ import pytest
 
 import dtp.aio
 import dtp.daemon.gas as gas_mod
+import dtp.daemon.runner as runner_mod
 import dtp.daemon.services as services_mod
 from dtp.chain import sui, sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
@@ -329,16 +330,27 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
     asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
 
 
-def test_a_settlement_cancelled_for_congestion_is_tried_again(
-    node: SuiNodeStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_transactions_cancelled_for_congestion_are_sent_again(
+    node: SuiNodeStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Sui's congestion control cancels the settlement's transactions more times than
-    SuiLedger tries (SharedObjectCongestion): the daemon takes it for a passing outage,
-    tries again, and the connection is settled, its deposit refunded whole."""
+    """Sui's congestion control cancels a transaction more times than SuiLedger sends
+    it (SharedObjectCongestion): the daemon takes it for a passing outage. Its start's
+    service publication is sent again and the daemon starts; a settlement is tried
+    again, and the connection is settled, its deposit refunded whole."""
     monkeypatch.setattr(services_mod, "SETTLE_RETRY", 0.2)
+    monkeypatch.setattr(runner_mod, "SYNC_PAUSE", 0.01)
+    caplog.set_level(logging.INFO, logger="dtp.daemon")
+    node.cancel_next(6)  # (one try and five more: SuiLedger's) of the service's publication
 
     async def main() -> None:
         async with provider(tmp_path, node) as daemon:
+            assert "the host's set-up was cancelled for congestion" in caplog.text
+            assert daemon.host_id is not None
+            host = await asyncio.to_thread(daemon.ledger.get_host, daemon.host_id)
+            assert 7000 in host.services
             client = Client(node, daemon)
             try:
                 cid = await asyncio.to_thread(client.open_ledger)

@@ -69,6 +69,7 @@ from dtp.errors import (
     DTPError,
     HostConfigError,
     KeyFileError,
+    LedgerUnavailable,
     ObjectNotFound,
 )
 from dtp.keys import HostIdentity, passphrase_from_env
@@ -78,6 +79,12 @@ __all__ = ["Daemon", "StopSignals", "main"]
 logger = logging.getLogger("dtp.daemon")
 
 HOST_FILE = "host.json"
+
+SYNC_TRIES = 4
+"""Times the host's set-up (at start, at a reload) is sent when Sui's congestion control
+keeps cancelling its transactions, SuiLedger's own retries used up each time."""
+SYNC_PAUSE = 1.0
+"""Seconds before the second try, doubled before each further one."""
 
 
 def lock_state_dir(config: DaemonConfig) -> int:
@@ -319,6 +326,37 @@ class Daemon:
             ledger.set_client_limits(me, host_id, *limits)
         return host_id
 
+    async def _sync(
+        self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
+    ) -> str:
+        """:meth:`sync_host` in a thread, sent again when Sui's congestion control
+        cancelled one of its transactions every time SuiLedger sent it (a passing
+        outage: it did not execute, and the sync does only what still differs), up to
+        :data:`SYNC_TRIES` times."""
+        for attempt in range(SYNC_TRIES):
+            try:
+                return await asyncio.to_thread(self.sync_host, config, endpoint, checkpoint)
+            except LedgerUnavailable as exc:
+                if attempt + 1 == SYNC_TRIES or not self._congested(exc):
+                    raise
+                pause = SYNC_PAUSE * 2**attempt
+                logger.warning(
+                    "the host's set-up was cancelled for congestion",
+                    extra=kv(error=str(exc), retry=f"in {pause:g} s"),
+                )
+                await asyncio.sleep(pause)
+                (checkpoint or _no_checkpoint)()
+        raise AssertionError("unreachable")  # (the last try returns or raises)
+
+    def _congested(self, exc: LedgerUnavailable) -> bool:
+        """Whether ``exc`` is Sui's congestion control cancelling a transaction
+        (``SharedObjectCongestion``; never on a LocalLedger)."""
+        if not self.config.daemon.ledger.is_sui:
+            return False
+        from dtp.chain.sui_client import SharedObjectCongestion  # (loaded: a Sui ledger)
+
+        return isinstance(exc, SharedObjectCongestion)
+
     def _no_such_host(self, host_id: str) -> DTPError:
         """The error for a Host the ledger does not hold: named by the config's
         ``host_id`` (a config error, exit 2) or by ``host.json`` (another ledger file
@@ -386,9 +424,7 @@ class Daemon:
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             public = settings.public_endpoint or join_host_port(*self.endpoint)
-            self.host_id = await asyncio.to_thread(
-                self.sync_host, self.config, public, self._checkpoint
-            )
+            self.host_id = await self._sync(self.config, public, self._checkpoint)
             self._checkpoint()
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
@@ -489,7 +525,7 @@ class Daemon:
         if self.services is not None and self.endpoint is not None:
             public = self.config.daemon.public_endpoint or join_host_port(*self.endpoint)
             try:
-                await asyncio.to_thread(self.sync_host, new, public)
+                await self._sync(new, public)
             except ChainError as exc:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
                 # the transactions before the refused one stayed: a service published
@@ -517,7 +553,7 @@ class Daemon:
         """Publish the settings in force again, after a reload the ledger refused
         part-way."""
         try:
-            await asyncio.to_thread(self.sync_host, self.config, public)
+            await self._sync(self.config, public)
         except ChainError as exc:
             logger.error(
                 "the ledger keeps part of the refused reload until the next one",
