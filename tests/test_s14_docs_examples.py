@@ -63,7 +63,7 @@ OTHER_SKIP: dict[str, tuple[str, str]] = {
         "from dtp.chain.sui import SuiLedger, SuiConfig",
         "needs a Sui full node (DTP_SUI_RPC, DTP_SUI_PACKAGE); the live tests cover it",
     ),
-    "docs/sui.md#2": (
+    "docs/sui.md#3": (
         "from dtp.chain.sui import SuiConfig, SuiLedger",
         "imports the node stand-in from the repository's tests/ (run from the checkout); "
         "tests/test_ledger_sui_standin.py does the same",
