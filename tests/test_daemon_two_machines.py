@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 
 from dtp.chain.objects import Sla
-from dtp.daemon.state import read_status
+from dtp.daemon.state import RECEIPTS_FILE, read_status
 from dtp.escrow import fee
+from dtp.receipt_store import ReceiptStore
 from tests.daemon_procs import (
     SUI,
     DaemonPair,
@@ -285,7 +286,15 @@ def test_the_node_going_away_mid_transfer_loses_nothing(netns: TwoMachines, tmp_
     )
     held = row(provider_state, "services")
     assert held["fees_earned"] == owed and held["fees_claimed"] == 0
-    assert held["receipts_held"] == 1
+    # the receipt waits in the provider's store, unclaimed (its connection is no
+    # longer open: not in the status's "receipts held")
+    (cid,) = connections_of(pair)
+    store = ReceiptStore(provider_state / RECEIPTS_FILE)
+    try:
+        stored = store.latest(cid)
+        assert stored is not None and stored.unclaimed == owed
+    finally:
+        store.close()
 
     on_sui.node.back()
     served = wait_until(
