@@ -32,7 +32,6 @@ from dtp.chain.objects import (
     Host,
     OpenedConnection,
     Service,
-    SpendingCap,
     TransportControl,
     is_low_order_noise_key,
     normalize_id,
@@ -308,10 +307,6 @@ class Admitted(NamedTuple):
 
     connection: TransportControl
     escrow: Escrow
-    cap: SpendingCap | None = None
-    """The escrow's SpendingCap (None: not read)."""
-    epoch: int | None = None
-    """The epoch, read with the cap."""
 
 
 class LedgerAdmission:
@@ -321,13 +316,16 @@ class LedgerAdmission:
     None to accept, or the refusal reason (which the client receives as
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
 
-    ``remember``: keep the TransportControl, Escrow and SpendingCap read for each
+    ``open_grace``: seconds an unknown connection is looked for before it is refused
+    (default :attr:`OPEN_GRACE`).
+
+    ``remember``: keep the TransportControl and Escrow read for each
     accepted connection, for :meth:`take_admitted` (a paid server builds its receipt gate
     from them instead of reading them again a moment later); at most :attr:`REMEMBERED`
     connections not yet taken are kept.
 
     A decision takes one read where the ledger can: the connection with its escrow and
-    the host (and cap and epoch) together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
+    the host together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
     """
 
     REMEMBERED = 256
@@ -340,7 +338,15 @@ class LedgerAdmission:
     and its deposit waits out the half-close timeout), and a busy ledger (many clients
     opening at once, SQLite writers queueing) takes a while to land an open."""
 
-    def __init__(self, ledger: Ledger, host_id: str, port: int, *, remember: bool = False) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        *,
+        remember: bool = False,
+        open_grace: float | None = None,
+    ) -> None:
         # a port given as "443" never equals the 443 a client names: every client would
         # be refused, with "serves port 443, not 443"
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
@@ -353,6 +359,10 @@ class LedgerAdmission:
         #: before the first): the server counts its live connections against them as
         #: it takes each one in (:meth:`dtp.served.ServedConnections.reserve`).
         self.limits: ConnectionLimits | None = None
+        if open_grace is not None:
+            # (an instance's own: a full node whose indexes lag behind the one the
+            # client's open executed on needs longer than a LocalLedger file)
+            self.OPEN_GRACE = open_grace
         self._admitted: dict[str, Admitted] = {}
         self._admitted_lock = threading.Lock()
 
@@ -406,14 +416,14 @@ class LedgerAdmission:
             return "the host's firewall denies this client"
         self.limits = ConnectionLimits.of(host, self.port)
         if self.remember:
-            self._remember(Admitted(tc, escrow, view.cap, view.epoch))
+            self._remember(Admitted(tc, escrow))
         return None
 
     def _view(self, cid: str) -> ConnectionView | None:
         """The connection's view; looked for again for up to :attr:`OPEN_GRACE` while
         there is no such connection (yet)."""
         return while_opening(
-            lambda: self.ledger.connection_view(cid, self.host_id, with_cap=self.remember),
+            lambda: self.ledger.connection_view(cid, self.host_id),
             self.OPEN_GRACE,
             getattr(self.ledger, "change_marker", None),
         )

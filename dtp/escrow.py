@@ -25,6 +25,7 @@ from dtp.errors import InsufficientFunds, InvalidArgument, MalformedReceipt, mov
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
+    from dtp.chain.objects import Escrow, TransportControl
     from dtp.keys import HostIdentity
 
 __all__ = [
@@ -294,7 +295,13 @@ class ConnectionTerms:
     def from_ledger(cls, ledger: Ledger, connection_id: str) -> ConnectionTerms:
         """Read the terms of ``connection_id`` (blocking ledger reads)."""
         tc = ledger.get_connection(connection_id)
-        escrow = ledger.get_escrow(tc.escrow)
+        return cls.from_objects(tc, ledger.get_escrow(tc.escrow))
+
+    @classmethod
+    def from_objects(cls, tc: TransportControl, escrow: Escrow) -> ConnectionTerms:
+        """The terms of ``tc`` from objects already read (an admission's connection
+        view): its escrow. The whole deposit is reserved on the client's cap at open
+        (docs/escrow.md §4), so no cap needs reading."""
         return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited)
 
 

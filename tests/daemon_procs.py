@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,16 +106,19 @@ def run_daemon(config: Path, timeout: float = 10, **env: str) -> subprocess.Comp
     )
 
 
-def write_forwarder(tmp: Path, host_id: str, port: int, extra: str = "") -> Path:
+def write_forwarder(
+    tmp: Path, host_id: str, port: int, extra: str = "", ledger: str | None = None
+) -> Path:
     """A forwarder's config (identity client.key) with one forward "svc" to
-    ``dtp://host_id:port``; ``extra`` lines go into the [[forward]]."""
+    ``dtp://host_id:port``; ``extra`` lines go into the [[forward]]. ``ledger``: the
+    ``[daemon]`` lines naming the ledger (default: ledger.sqlite, with a faucet)."""
     path = tmp / "forwarder.toml"
+    lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}' if ledger is None else ledger
     path.write_text(
         f"""[daemon]
-ledger = "ledger.sqlite"
+{lines}
 identity = "client.key"
 state_dir = "forwarder-state"
-faucet = {10 * SUI}
 
 [[forward]]
 name = "svc"
@@ -175,6 +179,97 @@ class DaemonPair:
         return forward_address(self.forwarder)
 
 
+def new_identity(path: Path) -> str:
+    """Create the identity file ``path`` with ``dtp keys new`` (as a user would, before
+    funding its address on a network); returns its Sui address."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dtp.cli", "keys", "new", "--identity", str(path), "--json"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return str(json.loads(done.stdout)["sui_address"])
+
+
+class SuiNodeProcess:
+    """The Sui node stand-in as a process of its own (``python -m tests.sui_node``),
+    keeping its state in ``state``: a node both machines of a two-machine test reach.
+    ``fund`` maps addresses to the MIST its faucet gives them at start; ``flags`` are
+    further command-line knobs (``--tx-latency 0.3``)."""
+
+    def __init__(
+        self,
+        host: str,
+        state: Path,
+        fund: dict[str, int] | None = None,
+        flags: tuple[str, ...] = (),
+        netns: str | None = None,
+    ) -> None:
+        self.state = state
+        cmd = [sys.executable, "-m", "tests.sui_node", "--host", host, "--port", "0"]
+        cmd += ["--state", str(state), "--print-url", *flags]
+        for address, mist in (fund or {}).items():
+            cmd += ["--fund", f"{address}={mist}"]
+        self.proc = subprocess.Popen(
+            cmd if netns is None else in_namespace(netns, cmd),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            self.kill()
+            raise RuntimeError(f"the Sui node stand-in did not start: {line}")
+        self.url, self.package = line
+
+    @property
+    def spec(self) -> str:
+        """The ledger spec naming this node (Sui's local network, at its URL)."""
+        return f"localnet@{self.url}"
+
+    def serving(self) -> bool:
+        """Whether the node accepts connections (from this namespace)."""
+        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def away(self) -> None:
+        """Go away (SIGUSR1): connections refused until :meth:`back`, state kept.
+        Returns once the node refuses connections."""
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: not self.serving(), what="the node going away")
+
+    def back(self) -> None:
+        """Come back (SIGUSR2); returns once the node serves again."""
+        self.proc.send_signal(signal.SIGUSR2)
+        wait_until(self.serving, what="the node coming back")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 def daemon_pair(
     netns: TwoMachines,
     ledger_spec_provider: str,
@@ -185,21 +280,28 @@ def daemon_pair(
     port: int = 7000,
     service_extra: str = "",
     forward_extra: str = "",
-    faucet: int = 10 * SUI,
+    daemon_extra: str = "",
+    faucet: int | None = 10 * SUI,
 ) -> DaemonPair:
     """Start a provider daemon in ``netns.a`` exposing ``backends`` (``host:port`` as
     seen from A) as DTP port ``port``, and a forwarder daemon in ``netns.b`` with one
     forward "svc" to it listening on B's 127.0.0.1. Each has its own directory under
-    ``tmp`` (``provider``, ``forwarder``) holding its config, identity (generated at
-    first start) and state directory. The provider listens on A's address on the A-B
-    link, the endpoint it publishes. The ledger specs are the ``[daemon] ledger`` line
-    of each, as written there: the one thing that changes between a ledger file shared
-    through the filesystem and a ledger node both reach (``netns.root_address``).
-    Both processes are tracked by ``netns`` (killed when it closes)."""
+    ``tmp`` (``provider``, ``forwarder``) holding its config, identity (``host.key``,
+    ``client.key``: generated at first start unless made there beforehand, as on a
+    network, to fund its address) and state directory. The provider listens on A's
+    address on the A-B link, the endpoint it publishes. The ledger specs are the
+    ``[daemon] ledger`` line of each, as written there: the one thing that changes
+    between a ledger file shared through the filesystem and a ledger node both reach
+    (``netns.root_address``); ``daemon_extra`` goes into both ``[daemon]`` tables
+    (``sui_package = …``), ``{host_id}`` in ``forward_extra`` stands for the provider's
+    host ID (another ``[[forward]]`` to it), and ``faucet`` None leaves out the
+    embedded ledger's faucet (a Sui ledger refuses it). Both processes are tracked by
+    ``netns`` (killed when it closes)."""
     provider_dir, forwarder_dir = tmp / "provider", tmp / "forwarder"
-    provider_dir.mkdir()
-    forwarder_dir.mkdir()
+    provider_dir.mkdir(exist_ok=True)
+    forwarder_dir.mkdir(exist_ok=True)
     listed = ", ".join(json.dumps(b) for b in backends)
+    funding = "" if faucet is None else f"faucet = {faucet}"
     provider_toml = provider_dir / "dtp.toml"
     provider_toml.write_text(
         f"""[daemon]
@@ -207,8 +309,9 @@ ledger = {json.dumps(ledger_spec_provider)}
 identity = "host.key"
 state_dir = "state"
 listen = "{netns.a.address}:0"
-faucet = {faucet}
+{funding}
 drain_timeout = 5
+{daemon_extra}
 
 [[service]]
 name = "svc"
@@ -225,14 +328,15 @@ health_interval = 0.3
 ledger = {json.dumps(ledger_spec_forwarder)}
 identity = "client.key"
 state_dir = "state"
-faucet = {faucet}
+{funding}
 drain_timeout = 5
+{daemon_extra}
 
 [[forward]]
 name = "svc"
 listen = "127.0.0.1:0"
 target = "dtp://{provider.info["host_id"]}:{port}"
-{forward_extra}
+{forward_extra.replace("{host_id}", provider.info["host_id"])}
 """
     )
     forwarder = netns.track(daemon(forwarder_toml, netns=netns.b.name))

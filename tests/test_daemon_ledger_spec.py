@@ -126,3 +126,37 @@ def test_the_deploy_record_gives_the_daemon_its_package(tmp_path: Path) -> None:
     last = done.stderr.splitlines()[-1]
     assert last.startswith("dtp daemon: Sui node http://127.0.0.1:1 is unreachable")
     assert "Traceback" not in done.stderr
+
+
+FORWARD = (
+    '\n[[forward]]\nname = "f"\nlisten = "127.0.0.1:0"\ntarget = "dtp://0x' + "cd" * 32 + ':80"\n'
+)
+
+
+def test_the_timeouts_default_to_what_the_ledger_needs() -> None:
+    """On Sui the admission's grace is longer (a full node may show an open late) and
+    so is a forward's open timeout (the open is two transactions); both keys override."""
+    local = parse_config(head("l.sqlite") + SVC + FORWARD, Path("dtp.toml"))
+    assert (local.daemon.open_grace, local.forwards[0].open_timeout) == (2.0, 10.0)
+    assert local.daemon.low_gas is None
+    on_sui = parse_config(head("testnet", f'sui_package = "{PACKAGE}"') + SVC + FORWARD, Path("x"))
+    assert (on_sui.daemon.open_grace, on_sui.forwards[0].open_timeout) == (3.0, 30.0)
+    text = head("testnet", f'sui_package = "{PACKAGE}"', "open_grace = 5", "low_gas = 7")
+    chosen = parse_config(text + SVC + FORWARD + "open_timeout = 60\n", Path("x"))
+    assert (chosen.daemon.open_grace, chosen.forwards[0].open_timeout) == (5.0, 60.0)
+    assert chosen.daemon.low_gas == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (head("l.sqlite", "open_grace = 0") + SVC, "etc/dtp.toml:4: daemon.open_grace: expected a"),
+        (head("l.sqlite", "low_gas = -1") + SVC, "etc/dtp.toml:4: daemon.low_gas: expected an"),
+        (
+            head("l.sqlite") + FORWARD + "open_timeout = nan\n",
+            "etc/dtp.toml:9: forward[0].open_timeout: expected a positive number",
+        ),
+    ],
+)
+def test_bad_timeouts_and_gas_thresholds_name_their_key(text: str, message: str) -> None:
+    assert error_of(text).startswith(message), error_of(text)

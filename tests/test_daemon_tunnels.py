@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
+from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from tests.daemon_procs import Proc, backend, daemon, wait_until, write_forwarder
+from tests.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 
@@ -34,23 +37,50 @@ def conserved(ledger: LocalLedger) -> bool:
 
 @dataclass
 class Setup:
-    """Files of one scenario and the processes it started."""
+    """Files of one scenario and the processes it started. With ``node`` (the Sui
+    node stand-in) the daemons' ledger is that node, their identities funded by its
+    faucet; without, a LocalLedger file they share."""
 
     tmp: Path
     provider: HostIdentity = field(default_factory=HostIdentity.generate)
     client: HostIdentity = field(default_factory=HostIdentity.generate)
     procs: list[Proc] = field(default_factory=list)
+    node: SuiNodeStandIn | None = None
 
     def __post_init__(self) -> None:
         self.provider.save(self.tmp / "provider.key")
         self.client.save(self.tmp / "client.key")
+        if self.node is not None:
+            for identity in (self.provider, self.client):
+                self.node.faucet(identity.sui_address, 10 * SUI)
 
     @property
     def ledger_path(self) -> Path:
         return self.tmp / "ledger.sqlite"
 
+    @property
+    def ledger_lines(self) -> str:
+        """The ``[daemon]`` lines naming the ledger (and funding on a LocalLedger)."""
+        if self.node is None:
+            return f'ledger = "ledger.sqlite"\nfaucet = {SUI}'
+        return f'ledger = "localnet@{self.node.url}"\nsui_package = "{self.node.package_id}"'
+
     def ledger(self) -> LocalLedger:
         return LocalLedger(self.ledger_path)
+
+    def any_ledger(self) -> Ledger:
+        """A ledger the test reads through: the node's, or the file."""
+        if self.node is None:
+            return self.ledger()
+        return SuiLedger(SuiConfig(self.node.url, self.node.package_id, timeout=30.0))
+
+    def conserved(self, ledger: Ledger) -> bool:
+        """Every MIST accounted for (on Sui, the gas paid too)."""
+        if self.node is None:
+            assert isinstance(ledger, LocalLedger)
+            return conserved(ledger)
+        a = self.node.audit()
+        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"] + a["gas"]
 
     def start(self, proc: Proc) -> Proc:
         self.procs.append(proc)
@@ -63,10 +93,9 @@ class Setup:
         path = self.tmp / f"{name}.toml"
         path.write_text(
             f"""[daemon]
-ledger = "ledger.sqlite"
+{self.ledger_lines}
 identity = "provider.key"
 state_dir = "{name}-state"
-faucet = {SUI}
 drain_timeout = 5
 {extra}
 {services}"""
@@ -74,7 +103,8 @@ drain_timeout = 5
         return path
 
     def write_forwarder(self, host_id: str, port: int, extra: str = "") -> Path:
-        return write_forwarder(self.tmp, host_id, port, extra)
+        ledger = None if self.node is None else self.ledger_lines
+        return write_forwarder(self.tmp, host_id, port, extra, ledger)
 
     def daemon(self, config: Path) -> Proc:
         return self.start(daemon(config))
@@ -89,13 +119,19 @@ drain_timeout = 5
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
-    try:
-        yield s
-    finally:
-        for proc in reversed(s.procs):
-            proc.kill()
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    """A scenario on a LocalLedger file, or with the parameter ``"sui"`` on the Sui
+    node stand-in (in this process; the daemons reach it on 127.0.0.1)."""
+    with contextlib.ExitStack() as stack:
+        node = None
+        if getattr(request, "param", "local") == "sui":
+            node = stack.enter_context(SuiNodeStandIn())
+        s = Setup(tmp_path, node=node)
+        try:
+            yield s
+        finally:
+            for proc in reversed(s.procs):
+                proc.kill()
 
 
 def service(backends: list[int], port: int = 7000, extra: str = "") -> str:
@@ -460,12 +496,14 @@ def test_used_up_deposit_rolls_over_to_a_new_connection(setup: Setup) -> None:
     assert conserved(ledger)
 
 
+@pytest.mark.parametrize("setup", ["local", "sui"], indirect=True)
 def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
     """``protocol = "udp"`` on both sides: DNS-style datagrams through a forwarder
     process → DTP → daemon process → UDP backend, billed per datagram; the daemon claims
-    exactly the final receipt and the client is refunded the rest."""
+    exactly the final receipt and the client is refunded the rest. On the embedded
+    ledger and on Sui (the stand-in) alike."""
     b = setup.backend("udp")
-    ledger = setup.ledger()
+    ledger = setup.any_ledger()
     udp_service = service(
         [b.info["port"]],
         port=5300,
@@ -516,7 +554,8 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
     assert escrow.refunded == escrow.deposited - receipt.total_amount
     f.stop()
     d.stop()
-    assert conserved(ledger)
+    assert setup.conserved(ledger)
+    ledger.close()
 
 
 def test_udp_flows_keep_the_hosts_request_rate(setup: Setup) -> None:
@@ -568,7 +607,7 @@ def test_udp_flows_keep_the_hosts_request_rate(setup: Setup) -> None:
     assert conserved(ledger)
 
 
-def _connections(ledger: LocalLedger, setup: Setup) -> list[str]:
+def _connections(ledger: Ledger, setup: Setup) -> list[str]:
     """The client's ledger connections (from the ledger's events)."""
     events, _ = ledger.events()
     return [

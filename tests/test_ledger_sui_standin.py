@@ -282,6 +282,10 @@ def test_running_out_of_gas_is_insufficient_funds(node: SuiNodeStandIn, ledger: 
         ledger.create_spending_cap(poor, 1)
     assert info.value.name == "InsufficientCoinBalance"
     assert node.calls["ExecuteTransaction"] == sent  # refused before anything was sent
+    # funded again (a faucet): the same ledger finds the new coin and goes on, where
+    # its pool, not reading the node again, refused the signer for good
+    node.faucet(poor.sui_address, 100_000_000)
+    ledger.create_spending_cap(poor, 1)
 
 
 def test_a_deposit_beyond_the_gas_coins_is_insufficient_funds(

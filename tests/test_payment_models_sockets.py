@@ -1,10 +1,12 @@
 """The payment models on real connections: connecting by host ID with a subscription
 (unmetered) or through a sponsor pool (the provider pays its share), against a paid
-server (dtp.socket.serve) on a LocalLedger file; MIST conserved throughout."""
+server (dtp.socket.serve) on a LocalLedger file, and on Sui (the node stand-in, gas
+accounted); MIST conserved throughout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,29 +17,60 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
+from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import SubscriptionExpired, WrongSubscription
 from dtp.keys import HostIdentity
 from dtp.paid import PaidServer, PaidSocket
+from tests.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)
 PORT = 8080
+GAS = 10**10
+"""MIST each identity gets for gas on Sui, besides what a test gives it."""
 
 
 @dataclass
 class World:
-    ledger: LocalLedger
+    ledger: Ledger
     provider: HostIdentity
     client: HostIdentity
     host: str
     server: PaidServer
+    node: SuiNodeStandIn | None = None
+    """The Sui node stand-in, when the world is on Sui (else a LocalLedger file)."""
 
     @property
     def address(self) -> str:
         return f"dtp://{self.host}:{PORT}"
 
+    def fund(self, address: str, mist: int) -> None:
+        if self.node is not None:
+            self.node.faucet(address, mist)
+        else:
+            assert isinstance(self.ledger, LocalLedger)
+            self.ledger.faucet(address, mist)
+
+    def next_epoch(self) -> None:
+        if self.node is not None:
+            self.node.advance_epoch()
+        else:
+            assert isinstance(self.ledger, LocalLedger)
+            self.ledger.advance_epoch()
+
+    def balance(self, address: str) -> int:
+        """What ``address`` holds, its gas paid on Sui added back: what the payment
+        models moved, alone."""
+        gas = self.node.gas_paid(address) if self.node is not None else 0
+        return self.ledger.balance(address) + gas
+
     def conserved(self) -> bool:
+        if self.node is not None:
+            a = self.node.audit()
+            return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"] + a["gas"]
+        assert isinstance(self.ledger, LocalLedger)
         a = self.ledger.audit()
         return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
 
@@ -54,23 +87,49 @@ def echo(sock: PaidSocket) -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    provider, client = HostIdentity.generate(), HostIdentity.generate()
-    ledger.faucet(provider.sui_address, 1_000_000)
-    ledger.faucet(client.sui_address, 1_000_000)
-    host = ledger.create_host(provider, provider.noise_public)
-    ledger.add_service(provider, host, PORT, "echo", SLA)
-    server = dtp.socket.serve(
-        host,
-        PORT,
-        echo,
-        ledger=LocalLedger(tmp_path / "ledger.db"),
-        identity=provider,
-        receipts=tmp_path / "receipts.db",
-    )
-    yield World(ledger, provider, client, host, server)
-    server.close()
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    """The provider's paid echo service on a LocalLedger file, or with the parameter
+    ``"sui"`` on the Sui node stand-in."""
+    with contextlib.ExitStack() as stack:
+        node: SuiNodeStandIn | None = None
+        ledger: Ledger
+        if getattr(request, "param", "local") == "sui":
+            node = stack.enter_context(SuiNodeStandIn())
+
+            def open_ledger() -> Ledger:
+                assert node is not None
+                return SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
+
+            funds = GAS
+        else:
+
+            def open_ledger() -> Ledger:
+                return LocalLedger(tmp_path / "ledger.db")
+
+            funds = 1_000_000
+        ledger = open_ledger()
+        stack.callback(ledger.close)
+        provider, client = HostIdentity.generate(), HostIdentity.generate()
+        for identity in (provider, client):
+            if node is not None:
+                node.faucet(identity.sui_address, funds)
+            else:
+                assert isinstance(ledger, LocalLedger)
+                ledger.faucet(identity.sui_address, funds)
+        host = ledger.create_host(provider, provider.noise_public)
+        ledger.add_service(provider, host, PORT, "echo", SLA)
+        server = dtp.socket.serve(
+            host,
+            PORT,
+            echo,
+            # on Sui one SuiLedger for both: the provider signs on each, and two gas
+            # pools of one signer pick the same coin (docs/sui.md, "Gas")
+            ledger=open_ledger() if node is None else ledger,
+            identity=provider,
+            receipts=tmp_path / "receipts.db",
+        )
+        yield World(ledger, provider, client, host, server, node)
+        server.close()
 
 
 def _transfer(sock: dtp.socket.DTPSocket, size: int) -> None:
@@ -81,11 +140,12 @@ def _transfer(sock: dtp.socket.DTPSocket, size: int) -> None:
         got += len(sock.recv(65536))
 
 
+@pytest.mark.parametrize("world", ["local", "sui"], indirect=True)
 def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> None:
     ledger, client = world.ledger, world.client
     offer = ledger.create_subscription_offer(world.provider, world.host, PORT, 1_000)
     sub = ledger.subscribe(client, offer, epochs=2)
-    before = ledger.balance(client.sui_address)
+    before = world.balance(client.sui_address)
     with dtp.socket.create_connection(
         world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
     ) as sock:
@@ -98,7 +158,7 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
     escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
     assert escrow.deposited == 0 and escrow.claimed == 0
     # only the subscription cost money (paid before), and the spending cap's creation none
-    assert ledger.balance(client.sui_address) == before
+    assert world.balance(client.sui_address) == before
 
     # asyncio too
     async def main() -> None:
@@ -112,17 +172,17 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
 
     asyncio.run(main())
     # an expired subscription is refused before any money moves
-    ledger.advance_epoch()
-    ledger.advance_epoch()
+    world.next_epoch()
+    world.next_epoch()
     with pytest.raises(SubscriptionExpired):
         dtp.socket.create_connection(
             world.address, ledger=ledger, identity=client, subscription=sub, timeout=10
         )
-    assert ledger.balance(client.sui_address) == before
+    assert world.balance(client.sui_address) == before
     # someone else's subscription, or one for another service: a clear ValueError, and
     # a typed one (dtp.errors, named as the ledger would refuse it)
     other = HostIdentity.generate()
-    ledger.faucet(other.sui_address, 10_000)
+    world.fund(other.sui_address, 10_000)
     with pytest.raises(WrongSubscription, match="belongs to") as wrong:
         dtp.socket.create_connection(
             world.address, ledger=ledger, identity=other, subscription=sub, timeout=10
@@ -135,11 +195,12 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
     assert world.conserved()
 
 
+@pytest.mark.parametrize("world", ["local", "sui"], indirect=True)
 def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
     ledger, client, provider = world.ledger, world.client, world.provider
     pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500)
     ledger.fund_sponsor_pool(provider, pool, 100_000)
-    before = ledger.balance(client.sui_address)
+    before = world.balance(client.sui_address)
     with dtp.socket.create_connection(
         world.address,
         ledger=ledger,
@@ -158,7 +219,7 @@ def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
     client_part, provider_part = ledger.get_sponsor_pool(pool).quote(fee_paid)
     back = ledger.reimburse(client, pool, connection_id)
     assert back == provider_part and client_part + provider_part == fee_paid
-    assert ledger.balance(client.sui_address) == before - client_part
+    assert world.balance(client.sui_address) == before - client_part
     # a pool for another port is refused early
     ledger.add_service(provider, world.host, PORT + 1, "echo", SLA)
     other = ledger.create_sponsor_pool(provider, world.host, PORT + 1, share_bps=5_000)

@@ -481,6 +481,29 @@ def test_going_away_refuses_connections_and_coming_back_keeps_state(
     assert ledger.get_cap(cap).max_per_epoch == 5
 
 
+def test_index_lag_hides_new_objects_from_other_connections_for_a_while(
+    node: SuiNodeStandIn, ledger: SuiLedger
+) -> None:
+    """With ``index_lag`` each client connection stands for a full node of its own: the
+    one that executed a transaction reads what it created at once, another finds
+    nothing until the lag has passed; objects that existed before are read everywhere."""
+    owner = funded(node)
+    older = ledger.create_spending_cap(owner, 1)
+    node.index_lag = 0.5
+    cap = ledger.create_spending_cap(owner, 5)
+    elsewhere = SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
+    try:
+        assert ledger.get_cap(cap).max_per_epoch == 5  # the node that executed it
+        assert elsewhere.get_cap(older).max_per_epoch == 1
+        with pytest.raises(ObjectNotFound):
+            elsewhere.get_cap(cap)
+        assert node.lagged_reads == 1
+        time.sleep(0.5)
+        assert elsewhere.get_cap(cap).max_per_epoch == 5
+    finally:
+        elsewhere.close()
+
+
 def test_a_process_of_its_own_keeps_its_state_in_a_directory(tmp_path: Path) -> None:
     owner = HostIdentity.generate()
 

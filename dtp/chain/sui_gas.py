@@ -155,7 +155,7 @@ class GasPool:
         :class:`InsufficientFunds` when all the address's coins together cannot cover
         it; :class:`LedgerUnavailable` when none came back in time."""
         deadline = time.monotonic() + timeout
-        waited = False
+        waited = reread = False
         with self._cond:
             while True:
                 if not self._loaded:
@@ -172,6 +172,14 @@ class GasPool:
                         tuple(c.ref for c in chosen), sum(c.balance for c in chosen), split
                     )
                 if sum(c.balance for c in self._coins.values()) < needed:
+                    if not reread:
+                        reread = True
+                        # once more from the node before refusing: coins may have come
+                        # since it was read (a faucet, a payment), and a signer that ran
+                        # out of gas stayed out, however well funded, until something
+                        # else made the pool read again
+                        self._stale = True
+                        continue
                     raise self._insufficient(needed)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -42,6 +42,17 @@ __all__ = [
 KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
+#: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
+#: client names while its open may still be landing (dtp.admission's own default), and
+#: on Sui, where the provider's full node may show the open later than the client's.
+OPEN_GRACE = 2.0
+OPEN_GRACE_SUI = 3.0
+#: ``[[forward]] open_timeout`` by default: seconds a new DTP connection of a forward
+#: may take, its ledger open and handshake included; on Sui the open is two
+#: transactions, each of which may take seconds under load (retries included).
+OPEN_TIMEOUT = 10.0
+OPEN_TIMEOUT_SUI = 30.0
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -144,6 +155,10 @@ class ForwardConfig:
     connection_idle_timeout: float = 60.0
     """Seconds without anything from the target host (its keepalives included) before
     a DTP connection of this forward is given up (and its tunnels end)."""
+    open_timeout: float = OPEN_TIMEOUT
+    """Seconds a new DTP connection to the target may take: its ledger open (a spending
+    cap and the open: two transactions on Sui), the carrier connect and the handshake
+    (:data:`OPEN_TIMEOUT`, or :data:`OPEN_TIMEOUT_SUI` on a Sui ledger, by default)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,13 @@ class DaemonSettings:
     sui_package: str | None = None
     """``sui_package``: the dtp package on a Sui ledger (else ``$DTP_SUI_PACKAGE``, else
     what ``dtp deploy`` recorded for the network)."""
+    open_grace: float = OPEN_GRACE
+    """Seconds the admission looks for a connection a client names before refusing it
+    (its open may still be landing, or not be shown yet by this daemon's full node):
+    :data:`OPEN_GRACE`, or :data:`OPEN_GRACE_SUI` on a Sui ledger, by default."""
+    low_gas: int | None = None
+    """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
+    transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
 
 
 @dataclass(frozen=True)
@@ -504,7 +526,7 @@ def parse_config(text: str, path: Path) -> DaemonConfig:
         for i, item in enumerate(_array(check, doc, "service"))
     )
     forwards = tuple(
-        _forward(check, item, ("forward", i))
+        _forward(check, item, ("forward", i), settings.ledger.is_sui)
         for i, item in enumerate(_array(check, doc, "forward"))
     )
     _unique(check, [(("service", i, "port"), s.port) for i, s in enumerate(services)], "port")
@@ -549,6 +571,8 @@ _DAEMON_KEYS = {
     "log_format",
     "log_level",
     "sui_package",
+    "open_grace",
+    "low_gas",
 }
 
 
@@ -622,6 +646,10 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             doc, (*k, "log_level"), "info", ("debug", "info", "warning", "error")
         ),
         sui_package=package,
+        open_grace=check.number(
+            doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
+        ),
+        low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
     )
 
 
@@ -729,7 +757,7 @@ def _unpaid_slack(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> int:
     return value
 
 
-def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConfig:
+def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath, on_sui: bool) -> ForwardConfig:
     check.table(
         doc,
         k,
@@ -742,6 +770,7 @@ def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConf
             "protocol",
             "idle_timeout",
             "connection_idle_timeout",
+            "open_timeout",
         },
     )
     target_text = check.string(doc, (*k, "target"))
@@ -761,4 +790,7 @@ def _forward(check: _Checker, doc: Mapping[str, Any], k: KeyPath) -> ForwardConf
         protocol=check.choice(doc, (*k, "protocol"), "tcp", ("tcp", "udp")),
         idle_timeout=check.number(doc, (*k, "idle_timeout"), 30.0),
         connection_idle_timeout=check.number(doc, (*k, "connection_idle_timeout"), 60.0),
+        open_timeout=check.number(
+            doc, (*k, "open_timeout"), OPEN_TIMEOUT_SUI if on_sui else OPEN_TIMEOUT
+        ),
     )

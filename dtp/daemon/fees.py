@@ -45,7 +45,9 @@ from dtp.receipt_writer import ReceiptWriter
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:
+    from dtp.admission import Admitted
     from dtp.chain.ledger import Ledger
+    from dtp.daemon.gas import GasWatch
     from dtp.keys import HostIdentity
 
 __all__ = ["OWN_BILLING", "RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
@@ -152,8 +154,19 @@ class Settled:
 class ServerFees:
     """The daemon's receipts: checked, stored, claimed. Use from one event loop."""
 
-    def __init__(self, ledger: Ledger, identity: HostIdentity, host_id: str, path: Path) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        host_id: str,
+        path: Path,
+        *,
+        gas: GasWatch | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.gas = gas
+        """The daemon's gas watch: a claim failing for want of gas is logged by it
+        (once, not per connection)."""
         self.identity = identity
         self.host_id = host_id
         self.store = ReceiptStore(path)
@@ -162,9 +175,11 @@ class ServerFees:
         # the MIST already claimed, so a receipt is checked without a read of the store
         self._checked: dict[str, tuple[Receipt | None, int]] = {}
 
-    async def terms(self, connection_id: str) -> ConnectionTerms:
-        """Read a connection's fee terms from the ledger."""
-
+    async def terms(self, connection_id: str, admitted: Admitted | None = None) -> ConnectionTerms:
+        """A connection's fee terms: from what its admission read (``admitted``: on Sui
+        every read is a round trip to the node), else read from the ledger."""
+        if admitted is not None and admitted.connection.id == connection_id:
+            return ConnectionTerms.from_objects(admitted.connection, admitted.escrow)
         return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 
     def accept(
@@ -297,6 +312,8 @@ class ServerFees:
             except Exception as exc:
                 known = await asyncio.to_thread(self._claimed_already, read, receipt)
                 if known is None:
+                    if self.gas is not None and await self.gas.explains(exc):
+                        level = logging.DEBUG
                     _failed("claim failed", connection_id, exc, level)
                     return outcome(0, 0, False)
                 # the ledger has it (a run killed between the claim and its mark, or
@@ -310,6 +327,8 @@ class ServerFees:
                     return outcome(0, 0, True)
                 mark = amount
         refunded = await asyncio.to_thread(self._close_and_settle, read, connection_id, level)
+        if refunded is None and self.gas is not None:
+            await self.gas.check()  # (the daemon out of gas: reported once, by the watch)
         if refunded is None:
             # not settled: the receipt stays unclaimed in the store, for a retry or the
             # next start to settle (its claim refused as made, then found on the

@@ -19,6 +19,7 @@ from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -94,12 +95,20 @@ class Forwarder:
     """Listens on ``config.listen`` and tunnels to ``config.target``."""
 
     def __init__(
-        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+        self,
+        config: ForwardConfig,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
+        *,
+        gas: GasWatch | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.identity = identity
         self.book = book
+        self.gas = gas
+        """The daemon's gas watch: an open failing for want of gas is its to report."""
         self.server: asyncio.base_events.Server | None = None
         self._link: _Link | None = None
         self._links: set[_Link] = set()
@@ -171,13 +180,15 @@ class Forwarder:
             if failure is not None and asyncio.get_running_loop().time() < self._retry_at:
                 # the clients that queued behind a failed open, and those coming during
                 # its backoff, share its failure: each tried its own in turn, every one
-                # waiting for all those before it (10 s each against a silent host) and
-                # the ledger asked once per client
+                # waiting for all those before it (open_timeout each against a silent
+                # host) and the ledger asked once per client
                 raise TunnelError(f"{failure} (tried again later)") from failure
             try:
                 link = await self._open_link()
             except Exception as exc:
-                self._failed_open(exc)
+                # out of gas: said once by the gas watch, not at every try
+                quiet = self.gas is not None and await self.gas.explains(exc)
+                self._failed_open(exc, quiet=quiet)
                 raise
             # (the backoff is kept until a tunnel opened on it: reset here, a deposit too
             # small for one tunnel backed off by the first step after every open -- a
@@ -186,12 +197,14 @@ class Forwarder:
             self._link = link
             return link
 
-    def _failed_open(self, exc: BaseException) -> None:
-        """No new connection until the backoff after this failure has passed."""
+    def _failed_open(self, exc: BaseException, *, quiet: bool = False) -> None:
+        """No new connection until the backoff after this failure has passed (logged
+        at debug level when ``quiet``)."""
         self._open_failure = exc
         self._backoff = min(2 * self._backoff, OPEN_BACKOFF_MAX) or OPEN_BACKOFF_FIRST
         self._retry_at = asyncio.get_running_loop().time() + self._backoff
-        logger.warning(
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "cannot open a connection",
             extra=kv(
                 forward=self.config.name,
@@ -213,18 +226,21 @@ class Forwarder:
                     is_client=True,
                     idle_timeout=self.config.connection_idle_timeout,
                 ),
-                timeout=10.0,
+                # (the ledger open, the carrier connect and the handshake: on Sui the
+                # open alone is two transactions, each seconds long under load)
+                timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
             )
         except DTPError as exc:
             if isinstance(exc, ChainError | ConnectionRefused):
                 self.stats.denials += 1
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
-        assert writer.connection_id is not None
+        assert writer.connection_id is not None and writer.escrow_id is not None
         connection_id = writer.connection_id
         try:
-            tc = await asyncio.to_thread(self.ledger.get_connection, connection_id)
-            escrow = await asyncio.to_thread(self.ledger.get_escrow, tc.escrow)
+            # (the escrow alone holds the SLA and the deposit: one read, on Sui one round
+            # trip to the node, which shows what our open created)
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException as exc:
             # open and paid, but no link holds it and no watcher settles it: left so,
             # the connection and its deposit stayed locked (a ledger read failing, or a
@@ -240,7 +256,7 @@ class Forwarder:
             await closing
             raise TunnelError(f"cannot read connection {connection_id}: {exc}") from exc
         fees = ClientFees(
-            self.identity, connection_id, tc.sla, escrow.deposited, self.config.receipt_every
+            self.identity, connection_id, escrow.sla, escrow.deposited, self.config.receipt_every
         )
         link = _Link(connection_id, reader, writer, fees)
         self._links.add(link)

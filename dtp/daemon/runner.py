@@ -39,6 +39,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
 from dtp.chain.spec import open_ledger, resolve_package
+from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
     Backend,
@@ -50,6 +51,7 @@ from dtp.daemon.config import (
 )
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
@@ -67,6 +69,7 @@ from dtp.errors import (
     DTPError,
     HostConfigError,
     KeyFileError,
+    LedgerUnavailable,
     ObjectNotFound,
 )
 from dtp.keys import HostIdentity, passphrase_from_env
@@ -76,6 +79,12 @@ __all__ = ["Daemon", "StopSignals", "main"]
 logger = logging.getLogger("dtp.daemon")
 
 HOST_FILE = "host.json"
+
+SYNC_TRIES = 4
+"""Times the host's set-up (at start, at a reload) is sent when Sui's congestion control
+keeps cancelling its transactions, SuiLedger's own retries used up each time."""
+SYNC_PAUSE = 1.0
+"""Seconds before the second try, doubled before each further one."""
 
 
 def lock_state_dir(config: DaemonConfig) -> int:
@@ -171,6 +180,8 @@ class Daemon:
         except BaseException:
             self.release_lock()
             raise
+        self.gas = self._gas_watch()
+        self._gas_task: asyncio.Task[None] | None = None
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
@@ -184,6 +195,25 @@ class Daemon:
         """Held by a reload: two at once (SIGHUPs close together) synced the ledger side
         by side, the slower one failed on what the other had just published, and
         published the old settings again while the other served the new ones."""
+
+    def _gas_watch(self) -> GasWatch:
+        """The watch on what the identity holds: on Sui its gas coins, against the
+        ledger's gas budget; on a LocalLedger (no gas) its balance, only shown."""
+        address = self.identity.sui_address
+        ledger = self.ledger
+        if self.config.daemon.ledger.is_sui:
+            from dtp.chain.sui import SuiLedger  # (loaded already: open_ledger made one)
+
+            if isinstance(ledger, SuiLedger):
+                sui = ledger
+                return GasWatch(
+                    address,
+                    lambda: sui.gas_balance(address),
+                    sui.config.gas_budget,
+                    self.book,
+                    self.config.daemon.low_gas,
+                )
+        return GasWatch(address, lambda: ledger.balance(address), 0, self.book)
 
     # -- ledger set-up (blocking; run in a thread) --------------------------------------
 
@@ -296,6 +326,37 @@ class Daemon:
             ledger.set_client_limits(me, host_id, *limits)
         return host_id
 
+    async def _sync(
+        self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
+    ) -> str:
+        """:meth:`sync_host` in a thread, sent again when Sui's congestion control
+        cancelled one of its transactions every time SuiLedger sent it (a passing
+        outage: it did not execute, and the sync does only what still differs), up to
+        :data:`SYNC_TRIES` times."""
+        for attempt in range(SYNC_TRIES):
+            try:
+                return await asyncio.to_thread(self.sync_host, config, endpoint, checkpoint)
+            except LedgerUnavailable as exc:
+                if attempt + 1 == SYNC_TRIES or not self._congested(exc):
+                    raise
+                pause = SYNC_PAUSE * 2**attempt
+                logger.warning(
+                    "the host's set-up was cancelled for congestion",
+                    extra=kv(error=str(exc), retry=f"in {pause:g} s"),
+                )
+                await asyncio.sleep(pause)
+                (checkpoint or _no_checkpoint)()
+        raise AssertionError("unreachable")  # (the last try returns or raises)
+
+    def _congested(self, exc: LedgerUnavailable) -> bool:
+        """Whether ``exc`` is Sui's congestion control cancelling a transaction
+        (``SharedObjectCongestion``; never on a LocalLedger)."""
+        if not self.config.daemon.ledger.is_sui:
+            return False
+        from dtp.chain.sui_client import SharedObjectCongestion  # (loaded: a Sui ledger)
+
+        return isinstance(exc, SharedObjectCongestion)
+
     def _no_such_host(self, host_id: str) -> DTPError:
         """The error for a Host the ledger does not hold: named by the config's
         ``host_id`` (a config error, exit 2) or by ``host.json`` (another ledger file
@@ -340,8 +401,19 @@ class Daemon:
         self._checkpoint()
         await asyncio.to_thread(self._fund)
         self._checkpoint()
+        # (read before the host's set-up: a daemon that cannot pay for it says why,
+        # and one running low warns from its first line)
+        await self.gas.check(fresh=True)
+        self._gas_task = asyncio.ensure_future(self.gas.run())
+        self._checkpoint()
         if self.config.services:
-            self.services = ServiceHost(self.ledger, self.identity, self.book)
+            self.services = ServiceHost(
+                self.ledger,
+                self.identity,
+                self.book,
+                open_grace=settings.open_grace,
+                gas=self.gas,
+            )
             await self.services.configure(self.config.services)
             try:
                 self.endpoint = await self.services.start(
@@ -352,13 +424,13 @@ class Daemon:
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             public = settings.public_endpoint or join_host_port(*self.endpoint)
-            self.host_id = await asyncio.to_thread(
-                self.sync_host, self.config, public, self._checkpoint
-            )
+            self.host_id = await self._sync(self.config, public, self._checkpoint)
             self._checkpoint()
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
-                self.fees = ServerFees(self.ledger, self.identity, self.host_id, receipts)
+                self.fees = ServerFees(
+                    self.ledger, self.identity, self.host_id, receipts, gas=self.gas
+                )
             except sqlite3.Error as exc:
                 if isinstance(exc, DTPError):  # a ReceiptStoreError: it names the file
                     raise
@@ -422,9 +494,9 @@ class Daemon:
         OSError when it cannot bind."""
         fwd: Forwarder | UdpForward
         if forward.protocol == "udp":
-            fwd = UdpForward(forward, self.ledger, self.identity, self.book)
+            fwd = UdpForward(forward, self.ledger, self.identity, self.book, gas=self.gas)
         else:
-            fwd = Forwarder(forward, self.ledger, self.identity, self.book)
+            fwd = Forwarder(forward, self.ledger, self.identity, self.book, gas=self.gas)
         host, port = await fwd.start()
         return fwd, join_host_port(host, port)
 
@@ -453,7 +525,7 @@ class Daemon:
         if self.services is not None and self.endpoint is not None:
             public = self.config.daemon.public_endpoint or join_host_port(*self.endpoint)
             try:
-                await asyncio.to_thread(self.sync_host, new, public)
+                await self._sync(new, public)
             except ChainError as exc:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
                 # the transactions before the refused one stayed: a service published
@@ -481,7 +553,7 @@ class Daemon:
         """Publish the settings in force again, after a reload the ledger refused
         part-way."""
         try:
-            await asyncio.to_thread(self.sync_host, self.config, public)
+            await self._sync(self.config, public)
         except ChainError as exc:
             logger.error(
                 "the ledger keeps part of the refused reload until the next one",
@@ -851,6 +923,9 @@ class Daemon:
         if self.fees is not None:
             self.fees.close()
             self.fees = None
+        gas, self._gas_task = self._gas_task, None
+        if gas is not None and (error := await cancel_and_wait(gas)) is not None:
+            logger.warning("gas watch failed", extra=kv(error=f"{type(error).__name__}: {error}"))
 
     def release_lock(self) -> None:
         """Let another daemon use the state directory (once stopped)."""
@@ -1040,6 +1115,10 @@ def _signal_free_executor() -> concurrent.futures.ThreadPoolExecutor:
     own handlers put the default actions back at its close, when a worker just joined
     could take a SIGTERM: -15; since :class:`LoopSignals` a second line of defence.)"""
     return concurrent.futures.ThreadPoolExecutor(
+        # ledger calls wait on the ledger, not the CPU: on Sui each holds a worker for
+        # its round trips to the node (a transaction: seconds under load), and the
+        # default pool (cores + 4) let a few settlements hold up every admission
+        max_workers=32,
         thread_name_prefix="dtp-daemon-worker",
         initializer=signal.pthread_sigmask,
         initargs=(signal.SIG_BLOCK, CAUGHT_SIGNALS),

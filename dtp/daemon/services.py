@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dtp.aio
-from dtp.admission import ConnectionLimits, LedgerAdmission, PeerInfo
+from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Firewall
 from dtp.connection import ConnectionConfig
@@ -28,6 +28,7 @@ from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
 from dtp.daemon.fees import RECEIPT_SIZE, ConnectionTerms, ServerFees, Settled
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
@@ -162,10 +163,22 @@ class ServiceHost:
         ledger: Ledger,
         identity: HostIdentity,
         book: StatusBook,
+        *,
+        open_grace: float | None = None,
+        gas: GasWatch | None = None,
     ) -> None:
         self.ledger = ledger
+        self.gas = gas
+        """The daemon's gas watch: a settlement failing for want of gas is its to report
+        (once), not each connection's."""
         self.identity = identity
         self.book = book
+        self.open_grace = open_grace
+        """Seconds the admission looks for a connection a client names before refusing
+        it (``[daemon] open_grace``; None: :attr:`LedgerAdmission.OPEN_GRACE`)."""
+        self._views: dict[str, Admitted] = {}
+        """What the admission read of each connection admitted, until its handler takes
+        it: its terms come from there, not from a second read (on Sui, round trips)."""
         self.host_id = ""
         """Set once the host is on the ledger (the endpoint it publishes is ours)."""
         self._fees: ServerFees | None = None
@@ -193,6 +206,9 @@ class ServiceHost:
         settled) at once."""
         self.limiter = RateLimiter()
         self._firewall: Firewall | None = None  # the Host's, as last read
+        self._ledger_away: str | None = None
+        """Why the last read of the Host failed (the ledger away: a node down or rate
+        limiting), until one succeeds again; said once, not at every refresh."""
         self._policy_task: asyncio.Task[None] | None = None
         self._held_names: set[str] = set()
         """Services whose status row counts receipts held (see :meth:`_count_held`)."""
@@ -318,7 +334,9 @@ class ServiceHost:
                 # removed (before the removal landed, or published by another tool):
                 # refused here, its deposit stayed in escrow for good. One the ledger
                 # admits (this client's, Open, to this host and port) is settled now
-                admission = LedgerAdmission(self.ledger, self.host_id, peer.port)
+                admission = LedgerAdmission(
+                    self.ledger, self.host_id, peer.port, open_grace=self.open_grace
+                )
                 verdict = await asyncio.to_thread(admission, peer)
                 # (not one still served, under the service as it was: a second DTP
                 # connection on it settled the ledger connection under the first)
@@ -329,7 +347,9 @@ class ServiceHost:
                 extra=kv(client=peer.address, port=peer.port, reason=why),
             )
             return why
-        admission = LedgerAdmission(self.ledger, self.host_id, service.port)
+        admission = LedgerAdmission(
+            self.ledger, self.host_id, service.port, remember=True, open_grace=self.open_grace
+        )
         reason = await asyncio.to_thread(admission, peer)
         if reason is None and peer.connection_id in self._settling:
             # (a retry of its failed settlement, in flight: served, it would be closed
@@ -347,6 +367,9 @@ class ServiceHost:
                 # a valid, funded connection beyond a limit: settled now, as one the
                 # service's firewall refuses below
                 self._settle_refused(peer.connection_id, service)
+            admitted = admission.take_admitted(peer.connection_id)
+            if reason is None and admitted is not None:
+                self._views[peer.connection_id] = admitted
         if reason is None and not _permits(service, peer.address):
             reason = f"the firewall of service {service.name} denies {peer.address}"
             assert peer.connection_id is not None
@@ -381,6 +404,7 @@ class ServiceHost:
     def _release_unclaimed(self, connection_id: str) -> None:
         if connection_id in self._unclaimed:
             self._unclaimed.discard(connection_id)
+            self._views.pop(connection_id, None)
             self._served.release(connection_id)
 
     def _settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
@@ -529,7 +553,9 @@ class ServiceHost:
         if entry is None:
             entry = _Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served)
             self._retries[connection_id] = entry
-            logger.warning(
+            out_of_gas = self.gas is not None and self.gas.out  # (said once, by the watch)
+            logger.log(
+                logging.DEBUG if out_of_gas else logging.WARNING,
                 "settlement failed",
                 extra=kv(
                     connection=connection_id,
@@ -590,6 +616,16 @@ class ServiceHost:
                 if not attempt.cancelled() and (error := attempt.exception()) is not None:
                     log_failure(logger, "settlement retry failed", error, connection=cid)
 
+    def _retry_now(self) -> None:
+        """The ledger is back after an outage: the settlements that failed meanwhile
+        are tried again now rather than at their backoff's end (minutes, by then)."""
+        if not self._retries or self._draining:
+            return
+        now = asyncio.get_running_loop().time()
+        for entry in self._retries.values():
+            entry.due = min(entry.due, now)
+        self._retry_wake.set()
+
     async def _stop_retries(self) -> None:
         """Stop trying failed settlements again (a try under way goes on: it is one of
         the handlers the drain waits for)."""
@@ -636,6 +672,7 @@ class ServiceHost:
         # the admission's reservation of the ledger connection: this handler's until it
         # ended, its settlement included
         self._unclaimed.discard(connection_id)
+        admitted = self._views.pop(connection_id, None)
         task.add_done_callback(lambda _: self._served.release(connection_id))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -647,7 +684,7 @@ class ServiceHost:
             return
         client: str = writer.get_extra_info("peer_address")
         try:
-            terms = await self.fees.terms(connection_id)
+            terms = await self.fees.terms(connection_id, admitted)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
             # (settled all the same: the ledger connection stayed Open, the deposit
@@ -1083,8 +1120,20 @@ class ServiceHost:
         try:
             host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         except ChainError as exc:
-            logger.warning("cannot read the host", extra=kv(error=str(exc)))
+            # the last firewall read stays in force; open connections go on, their
+            # receipts off the ledger, and new ones are refused (their admission
+            # cannot read the ledger either)
+            logger.log(
+                logging.DEBUG if self._ledger_away else logging.WARNING,
+                "cannot read the host: its last known firewall stays in force",
+                extra=kv(error=str(exc)),
+            )
+            self._ledger_away = str(exc)
             return
+        if self._ledger_away is not None:
+            self._ledger_away = None
+            logger.info("the ledger can be read again")
+            self._retry_now()
         fw, old = host.firewall, self._firewall
         self._firewall = fw
         if old is None or (old.max_bytes_per_sec, old.max_requests_per_sec) != (
@@ -1111,7 +1160,11 @@ class ServiceHost:
         try:
             ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
         except ChainError as exc:
-            logger.warning("cannot read the state of open connections", extra=kv(error=str(exc)))
+            logger.log(
+                logging.DEBUG if self._ledger_away else logging.WARNING,
+                "cannot read the state of open connections",
+                extra=kv(error=str(exc)),
+            )
             return
         for conn in ended:
             logger.warning(

@@ -113,6 +113,9 @@ def format_table(status: dict[str, Any]) -> str:
     out.append(f"daemon: {state}")
     if status.get("host_id"):
         out.append(f"host:   {status['host_id']} at {status.get('endpoint')}")
+    gas = _gas_line(status.get("gas"))
+    if gas:
+        out.append(gas)
     services = status.get("services") or {}
     forwards = status.get("forwards") or {}
     if services:
@@ -122,6 +125,36 @@ def format_table(status: dict[str, Any]) -> str:
     if not services and not forwards:
         out.append("no services or forwarders yet")
     return "\n".join(out)
+
+
+def _mist(value: Any) -> str:
+    return f"{value:,} MIST" if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def _gas_line(gas: Any) -> str | None:
+    """What the daemon's address holds (``dtp.daemon.gas``): on Sui its gas, with a
+    warning when low or out; on a LocalLedger (no gas) its balance."""
+    if not isinstance(gas, dict):
+        return None
+    budget = gas.get("budget")
+    error = gas.get("error")
+    if not budget:  # a LocalLedger
+        line = f"balance: {_mist(gas.get('balance'))}"
+        return line + (f" (cannot be read: {error})" if error else "")
+    state = gas.get("state")
+    line = f"gas:    {_mist(gas.get('balance'))}"
+    if state == "low":
+        line += f"  LOW: below {_mist(gas.get('low_gas'))} (low_gas); fund {gas.get('address')}"
+    elif state == "out":
+        line += (
+            f"  OUT OF GAS: below one transaction's budget ({_mist(budget)}): claims, "
+            f"settlements and new connections wait; fund {gas.get('address')}"
+        )
+    elif state == "unknown":
+        line += "  (not read yet)"
+    if error:
+        line += f" (as last read; the ledger cannot be read: {error})"
+    return line
 
 
 def state_dir_of(config: str | None, state_dir: str | None) -> Path:

@@ -17,6 +17,7 @@ from dtp.connection import ConnectionConfig
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
 from dtp.daemon.forwarder import close_on_ledger
+from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
@@ -34,12 +35,20 @@ class UdpForward:
     """Listens on ``config.listen`` (UDP) and forwards to ``config.target``."""
 
     def __init__(
-        self, config: ForwardConfig, ledger: Ledger, identity: HostIdentity, book: StatusBook
+        self,
+        config: ForwardConfig,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
+        *,
+        gas: GasWatch | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.identity = identity
         self.book = book
+        self.gas = gas
+        """The daemon's gas watch, told of opens failing (it reports running out)."""
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
@@ -70,7 +79,7 @@ class UdpForward:
                     is_client=True,
                     idle_timeout=self.config.connection_idle_timeout,
                 ),
-                timeout=30,
+                timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
             )
         except ConnectionRefused as exc:
@@ -78,9 +87,11 @@ class UdpForward:
             self.book.touch()
             logger.warning("refused", extra=kv(forward=self.config.name, reason=str(exc)))
             raise
-        except DTPError:
+        except DTPError as exc:
             stats.errors += 1
             self.book.touch()
+            if self.gas is not None:
+                await self.gas.explains(exc)
             raise
         assert writer.connection_id is not None and writer.escrow_id is not None
         try:

@@ -46,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
         help="probability that a transaction writing a shared object in use is cancelled",
     )
     p.add_argument(
+        "--index-lag",
+        type=float,
+        default=0.0,
+        help="seconds an object a transaction created stays unknown to reads on other "
+        "client connections (other full nodes)",
+    )
+    p.add_argument(
         "--fund", type=_funding, action="append", default=[], help="ADDRESS=MIST at start"
     )
     p.add_argument("--print-url", action="store_true", help="print only 'URL PACKAGE' when ready")
@@ -66,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_latency=args.read_latency,
         rate_limit=args.rate_limit,
         contention=args.contention,
+        index_lag=args.index_lag,
     )
     stop = threading.Event()
     requests: queue.SimpleQueue[str] = queue.SimpleQueue()

@@ -11,6 +11,11 @@ seconds after its checks (other calls go on meanwhile) holding the locks of its 
 inputs, as validators lock them: another transaction using one of them at the same
 version is refused (an equivocation), and one that touches a shared object an in-flight
 transaction writes can be cancelled for congestion.
+
+Each client connection stands for a full node of its own: with ``index_lag``, an object a
+transaction created is found (``GetObject``) at once through the connection that executed
+it, and through any other only ``index_lag`` seconds later, as a node's indexes lag
+behind a transaction another node executed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from grpclib.server import Server
 
 from dtp.chain.local_tx import base58, tx_digest
 from tests.sui_node import answers, execute
+from tests.sui_node.objects import full_address
 from tests.sui_node.ptb import Refusal, parse_tx
 from tests.sui_node.state import DAY_MS, NodeState
 
@@ -57,6 +63,11 @@ _METHODS: Final = {
     "TransactionExecutionService": ("ExecuteTransaction",),
 }
 _STREAMING: Final = frozenset({"ListEvents"})
+
+
+def _object_key(object_id: str) -> str:
+    """An object ID as the index lag keeps it (full length, lower case)."""
+    return full_address(object_id.lower()) if object_id.startswith("0x") else object_id
 
 
 class RawCodec(CodecBase):
@@ -104,8 +115,8 @@ class SuiNodeStandIn:
     the clock at that time (it then moves only by :meth:`advance_clock` and
     :meth:`set_clock`); otherwise it follows wall time. ``epoch_ms`` is the epoch length.
     The knobs (``tx_latency``, ``read_latency``, ``rate_limit`` calls per second,
-    ``contention`` probability, ``scan_limit`` events per ListEvents) are attributes
-    tests may change at any time.
+    ``contention`` probability, ``scan_limit`` events per ListEvents, ``index_lag``
+    seconds) are attributes tests may change at any time.
     """
 
     def __init__(
@@ -123,6 +134,7 @@ class SuiNodeStandIn:
         rate_limit: float | None = None,
         contention: float = 0.0,
         scan_limit: int | None = None,
+        index_lag: float = 0.0,
         seed: int | None = None,
     ) -> None:
         self.state = NodeState(
@@ -135,6 +147,16 @@ class SuiNodeStandIn:
         self.rate_limit = rate_limit
         self.contention = contention
         self.scan_limit = scan_limit
+        #: Seconds an object a transaction created stays unknown (NOT_FOUND) to a
+        #: ``GetObject`` on another client connection than the one it executed on: a full
+        #: node other than the one a client sent its transaction to shows it only once
+        #: its indexes caught up (0: at once, everywhere).
+        self.index_lag = index_lag
+        #: Objects created lately: ID -> (monotonic time executed, the connection it
+        #: executed on); forgotten once older than ``index_lag``.
+        self._created: dict[str, tuple[float, object]] = {}
+        #: ``GetObject`` calls answered NOT_FOUND by ``index_lag``.
+        self.lagged_reads = 0
         #: Leave ``reference_gas_price`` out of GetEpoch (a node without RPC indexes).
         self.epoch_without_price = False
         #: Calls served, by method name.
@@ -339,12 +361,41 @@ class SuiNodeStandIn:
                         await stream.send_message(GARBAGE if garble else bytes(frame))
                         garble = False
                     return
-                answer = await self._answer(name, data)
+                answer = await self._answer(name, data, self._peer(stream))
             except Refusal as refusal:
                 raise GRPCError(refusal.status, refusal.message) from None
             await stream.send_message(GARBAGE if garble else bytes(answer))
 
         return handle
+
+    @staticmethod
+    def _peer(stream: Any) -> object:
+        """Which client connection (standing for which full node) a call came on."""
+        peer = getattr(stream, "peer", None)
+        return peer.addr() if peer is not None else None
+
+    def _not_indexed_yet(self, object_id: str, peer: object) -> bool:
+        """Whether ``index_lag`` hides ``object_id`` from a read on ``peer``'s connection."""
+        if not self._created:
+            return False
+        now = time.monotonic()
+        with self._knob_lock:
+            for known, (at, _) in list(self._created.items()):
+                if now - at >= self.index_lag:
+                    del self._created[known]
+            seen = self._created.get(_object_key(object_id))
+        return seen is not None and seen[1] != peer
+
+    def _note_created(self, executed: Any, peer: object) -> None:
+        """Remember the objects ``executed`` created, for ``index_lag``."""
+        if self.index_lag <= 0 or executed.effects is None:
+            return
+        created = sui_prot.ChangedObjectIdOperation.CREATED
+        now = time.monotonic()
+        with self._knob_lock:
+            for change in executed.effects.changed_objects or ():
+                if change.id_operation == created and change.object_id:
+                    self._created[_object_key(change.object_id)] = (now, peer)
 
     @staticmethod
     def _parse(cls: Any, data: bytes) -> Any:
@@ -353,10 +404,10 @@ class SuiNodeStandIn:
         except Exception:  # betterproto2 raises assorted types for bad bytes
             raise Refusal(Status.INVALID_ARGUMENT, "the request does not decode") from None
 
-    async def _answer(self, name: str, data: bytes) -> Any:
+    async def _answer(self, name: str, data: bytes, peer: object = None) -> Any:
         state = self.state
         if name == "ExecuteTransaction":
-            return await self._execute(data)
+            return await self._execute(data, peer)
         requests = {
             "GetServiceInfo": sui_prot.GetServiceInfoRequest,
             "GetObject": sui_prot.GetObjectRequest,
@@ -368,6 +419,9 @@ class SuiNodeStandIn:
             "ListDynamicFields": sui_prot.ListDynamicFieldsRequest,
         }
         request = self._parse(requests[name], data)
+        if name == "GetObject" and self._not_indexed_yet(request.object_id or "", peer):
+            self.lagged_reads += 1
+            raise Refusal(Status.NOT_FOUND, f"Object {request.object_id} not found")
         with state.lock:
             if name == "GetServiceInfo":
                 return answers.service_info(state)
@@ -404,7 +458,7 @@ class SuiNodeStandIn:
 
     # -- executing ---------------------------------------------------------------------------
 
-    async def _execute(self, data: bytes) -> Any:
+    async def _execute(self, data: bytes, peer: object = None) -> Any:
         request = self._parse(sui_prot.ExecuteTransactionRequest, data)
         transaction = request.transaction
         if transaction is None or transaction.bcs is None or not transaction.bcs.value:
@@ -455,6 +509,7 @@ class SuiNodeStandIn:
                 holders.discard(digest)
                 if not holders:
                     self._writing.pop(object_id, None)
+        self._note_created(executed, peer)
         executed = answers.masked(executed, request.read_mask, "ExecuteTransaction")
         return sui_prot.ExecuteTransactionResponse(transaction=executed)
 
