@@ -642,20 +642,6 @@ class ServiceHost:
         :meth:`ServerFees.claim_leftovers`."""
         return await self.fees.claim_leftovers(stopped, self._settle)
 
-    async def _unpublish_removed(self, port: int) -> None:
-        """Take a service a reload removed off the Host once its last connection
-        closed: the ledger refused while connections were open ("service kept on the
-        ledger"), and nothing tried again, so clients went on opening (and paying
-        into) connections to it until the next reload."""
-        if port in self.services or any(c.service.port == port for c in self.conns.values()):
-            return
-        try:
-            await asyncio.to_thread(self.ledger.remove_service, self.identity, self.host_id, port)
-        except ChainError as exc:
-            logger.info("removed service still on the ledger", extra=kv(port=port, reason=str(exc)))
-            return
-        logger.info("removed service taken off the ledger", extra=kv(port=port))
-
     # -- connections ---------------------------------------------------------------------
 
     async def _handle(
@@ -742,7 +728,6 @@ class ServiceHost:
             writer.close()
             settled = await self._settle_served(conn, service, stats)
             self._count_held()
-            await self._unpublish_removed(service.port)
             logger.info(
                 "connection closed",
                 extra=kv(
@@ -863,7 +848,6 @@ class ServiceHost:
             settled = await self._settle_served(conn, service, stats)
             self._count_held()
             self.book.touch()
-            await self._unpublish_removed(service.port)
             logger.info(
                 "udp flow closed",
                 extra=kv(
