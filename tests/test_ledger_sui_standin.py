@@ -297,3 +297,20 @@ def test_a_deposit_beyond_the_gas_coins_is_insufficient_funds(
     cap = ledger.create_spending_cap(client, 10**9)
     with pytest.raises(InsufficientFunds):
         ledger.open_connection(client, host, 7, cap, 90_000_000)
+
+
+def test_a_wrong_package_id_is_named_as_such(node: SuiNodeStandIn, ledger: SuiLedger) -> None:
+    owner = _funded(node)
+    host = ledger.create_host(owner, owner.noise_public)
+    wrong = SuiLedger(SuiConfig(node.url, "0x" + "ab" * 32, timeout=30.0))
+    try:
+        # reading an object of the real package through the wrong one
+        with pytest.raises(ObjectNotFound, match="is that the right package ID"):
+            wrong.get_host(host)
+        # calling a package the network does not have: the node's refusal, typed, with
+        # the settings that name the package
+        with pytest.raises(ObjectNotFound, match="--sui-package") as info:
+            wrong.create_spending_cap(owner, 5)
+        assert info.value.name == "PackageNotFound"
+    finally:
+        wrong.close()

@@ -248,7 +248,10 @@ class SuiLedger(Ledger):
         short = short_type(obj.type, self._packages)
         name = short.rsplit("::", 1)[-1] if short is not None else None
         if name not in OBJECT_LAYOUTS:
-            raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a dtp object.")
+            raise ObjectNotFound(
+                f"Object {obj.object_id} is a {obj.type}, not an object of the dtp package "
+                f"{self.package} this ledger uses (is that the right package ID?)."
+            )
         assert name is not None
         if struct is not None and name != struct:
             raise ObjectNotFound(f"Object {obj.object_id} is a {name}, not a {struct}.")

@@ -638,6 +638,16 @@ class SuiNode:
             )
         if "signature" in lowered or "owned by" in lowered or "not owned" in lowered:
             return WrongSigner(f"{what} was rejected: {message}")
+        if "dependent package not found" in lowered:
+            # (Sui's UserInputError::DependentPackageNotFound): the package ID this ledger
+            # was given is not on the network the node serves
+            return ObjectNotFound(
+                f"{what} was rejected: {message} The dtp package this ledger calls is not "
+                "on this network: check its ID (--sui-package, sui_package in the daemon "
+                "config, DTP_SUI_PACKAGE, or what `dtp deploy` recorded for the network).",
+                name="PackageNotFound",
+                module="sui",
+            )
         if "could not find the referenced object" in lowered:
             # an input deleted since it was read (Sui's UserInputError::ObjectNotFound)
             return ObjectNotFound(f"{what} was rejected: {message}")
