@@ -36,7 +36,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from dtp.chain.objects import normalize_id
 from dtp.chain.sui import SuiConfig, SuiLedger
+from dtp.errors import ObjectNotFound
 from dtp.keys import HostIdentity
 
 if TYPE_CHECKING:
@@ -97,6 +99,72 @@ def transfer(ledger: SuiLedger, funder: HostIdentity, to: str, amount: int) -> N
 
     # (SuiLedger has no transfer of its own: dtp moves SUI only through its package)
     ledger._execute(funder, "fund", build, spend=amount)
+
+
+def gas_from_effects(ledger: SuiLedger, address: str) -> dict[str, int]:
+    """The transactions whose gas ``address`` paid, by digest, each with the net gas its
+    effects report (computation + storage - rebate): read from any node, which need
+    keep no count of its own.
+
+    Found from ``address``'s SUI coins: each transaction leaves its gas coin either as
+    it is now (the coin's previous transaction) or to a later transaction of the same
+    payer, which names it among its effects' dependencies. So the walk starts at the
+    coins' previous transactions and follows dependencies through the transactions
+    ``address`` paid for, stopping at any other (a funding transfer, another party's
+    call, a system transaction)."""
+    from pysui.sui.sui_grpc import pgrpc_requests as rq
+
+    from dtp.chain.sui_effects import gas_used
+
+    address = normalize_id(address, "address")
+    # (SuiNode has no call listing coins' previous transactions or reading effects by
+    # digest: the requests are made here, on its channel)
+    node = ledger._node
+
+    async def coins() -> list[str]:
+        found: list[str] = []
+        token: bytes | None = None
+        while True:
+            resp = await node._unary(
+                rq.GetGas(
+                    owner=address,
+                    field_mask=["object_id", "previous_transaction"],
+                    page_size=1000,
+                    page_token=token,
+                )
+            )
+            found += [o.previous_transaction for o in resp.objects if o.previous_transaction]
+            token = resp.next_page_token or None
+            if token is None:
+                return found
+
+    def effects(digest: str) -> Any:
+        async def call() -> Any:
+            resp = await node._unary(rq.GetTransaction(digest=digest, field_mask=["effects"]))
+            return resp.transaction.effects
+
+        return node.run(call, f"GetTransaction {digest}")
+
+    paid: dict[str, int] = {}
+    seen: set[str] = set()
+    todo = node.run(coins, f"ListOwnedObjects {address}")
+    while todo:
+        digest = todo.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        try:
+            found = effects(digest)
+        except ObjectNotFound:
+            # a dependency the node keeps no transaction for (the stand-in's genesis
+            # objects): none of address's, which would have been recorded as it executed
+            continue
+        payer = found.gas_object.output_owner if found.gas_object is not None else None
+        if payer is None or not payer.address or normalize_id(payer.address) != address:
+            continue
+        paid[digest] = gas_used(found)
+        todo += list(found.dependencies)
+    return paid
 
 
 class SuiNetwork:

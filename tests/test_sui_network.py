@@ -12,12 +12,14 @@ from collections.abc import Iterator
 import pytest
 
 from dtp.chain.sui import SuiConfig, SuiLedger
+from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from tests.daemon_procs import ENV, ROOT
 from tests.sui_network import (
     REAL_NODE_ENV,
     STAND_IN_FUNDS,
     StandInProcess,
+    gas_from_effects,
     ledger_spec_for,
     real_node_configured,
     sui_network,
@@ -123,3 +125,27 @@ def test_the_stand_in_as_a_process_funds_by_transfer(monkeypatch: pytest.MonkeyP
             ledger.close()
         process = network.process
     assert process.proc.poll() is not None  # stopped with the network
+
+
+def test_gas_from_effects_finds_every_transaction_an_address_paid_for() -> None:
+    """On either node: the transactions an address paid for, one that aborted on chain
+    too, found from its coins and their effects' dependencies, their gas accounting for
+    its balance to the MIST; on the stand-in, the same as the node's own count."""
+    with sui_network() as network:
+        owner, stranger = HostIdentity.generate(), HostIdentity.generate()
+        for who in (owner, stranger):
+            network.fund(who.sui_address, SUI)
+        ledger = network.ledger()
+        cap = ledger.create_spending_cap(owner, 5)
+        ledger.set_max_per_epoch(owner, cap, 9)
+        with pytest.raises(ChainError):  # executed and aborted: its gas paid all the same
+            ledger.set_max_per_epoch(stranger, cap, 7)
+        network.fund(owner.sui_address, SUI)  # a coin another address paid to send
+        paid = gas_from_effects(ledger, owner.sui_address)
+        refused = gas_from_effects(ledger, stranger.sui_address)
+        assert len(paid) == 2 and len(refused) == 1
+        assert ledger.balance(owner.sui_address) == 2 * SUI - sum(paid.values())
+        assert ledger.balance(stranger.sui_address) == SUI - sum(refused.values()) < SUI
+        if network.node is not None:
+            assert network.gas_paid(owner.sui_address) == sum(paid.values())
+            assert network.gas_paid(stranger.sui_address) == sum(refused.values())
