@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -193,81 +192,6 @@ def new_identity(path: Path) -> str:
         check=True,
     )
     return str(json.loads(done.stdout)["sui_address"])
-
-
-class SuiNodeProcess:
-    """The Sui node stand-in as a process of its own (``python -m tests.sui_node``),
-    keeping its state in ``state``: a node both machines of a two-machine test reach.
-    ``fund`` maps addresses to the MIST its faucet gives them at start; ``flags`` are
-    further command-line knobs (``--tx-latency 0.3``)."""
-
-    def __init__(
-        self,
-        host: str,
-        state: Path,
-        fund: dict[str, int] | None = None,
-        flags: tuple[str, ...] = (),
-        netns: str | None = None,
-    ) -> None:
-        self.state = state
-        cmd = [sys.executable, "-m", "tests.sui_node", "--host", host, "--port", "0"]
-        cmd += ["--state", str(state), "--print-url", *flags]
-        for address, mist in (fund or {}).items():
-            cmd += ["--fund", f"{address}={mist}"]
-        self.proc = subprocess.Popen(
-            cmd if netns is None else in_namespace(netns, cmd),
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if len(line) != 2:
-            self.kill()
-            raise RuntimeError(f"the Sui node stand-in did not start: {line}")
-        self.url, self.package = line
-
-    @property
-    def spec(self) -> str:
-        """The ledger spec naming this node (Sui's local network, at its URL)."""
-        return f"localnet@{self.url}"
-
-    def serving(self) -> bool:
-        """Whether the node accepts connections (from this namespace)."""
-        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def away(self) -> None:
-        """Go away (SIGUSR1): connections refused until :meth:`back`, state kept.
-        Returns once the node refuses connections."""
-        self.proc.send_signal(signal.SIGUSR1)
-        wait_until(lambda: not self.serving(), what="the node going away")
-
-    def back(self) -> None:
-        """Come back (SIGUSR2); returns once the node serves again."""
-        self.proc.send_signal(signal.SIGUSR2)
-        wait_until(self.serving, what="the node coming back")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def daemon_pair(

@@ -21,6 +21,8 @@ NEEDS = (
     "(https://docs.sui.io/guides/developer/getting-started/sui-install) and put it on PATH, "
     "or set SUI_BIN to its path.\n"
 )
+#: The daemon pair's tests: every one of them runs on Sui, so the selection picks them all.
+DAEMON_PAIR = "tests/test_daemon_two_machines.py"
 #: Commands the script would run first, were sui there: spies record any call.
 _SPIED = ("python", "python3", "dirname", "mkdir", "seq", "sleep", "tail", "grep", "git", "curl")
 
@@ -73,20 +75,29 @@ def test_it_parses_and_is_shellcheck_clean() -> None:
 
 
 def test_its_live_suite_names_tests_that_run_on_either_node() -> None:
-    """Every file of LIVE_TESTS exists and holds tests the selection picks (those of
-    tests/test_daemon_two_machines.py are the daemon's, not required here)."""
+    """Every file of LIVE_TESTS exists and holds tests the selection picks; of
+    tests/test_daemon_two_machines.py, every test (all of them run on Sui)."""
     text = SCRIPT.read_text()
-    files = re.search(r"LIVE_TESTS=\(\n(.*?)\n\)", text, re.S)
+    listed = re.search(r"LIVE_TESTS=\(\n(.*?)\n\)", text, re.S)
     selection = re.search(r'LIVE_SELECTION="([^"]+)"', text)
-    assert files is not None and selection is not None
-    names = files.group(1).split()
+    assert listed is not None and selection is not None
+    names = listed.group(1).split()
     assert "tests/test_ledger_sui.py" in names and "tests/test_cli_funds.py" in names
+    assert DAEMON_PAIR in names
     for name in names:
         assert (ROOT / name).is_file(), name
-    mine = [n for n in names if n != "tests/test_daemon_two_machines.py"]
-    collect = ["-p", "no:cacheprovider", "--collect-only", "-q", "-k", selection.group(1)]
+    picked = _collected(["-k", selection.group(1), *names])
+    files = {test.split("::")[0] for test in picked}
+    assert files == set(names), f"no test matches -k {selection.group(1)!r} in {set(names) - files}"
+    daemon_pair = _collected([DAEMON_PAIR])
+    assert daemon_pair and daemon_pair <= picked, daemon_pair - picked
+
+
+def _collected(args: list[str]) -> set[str]:
+    """The test IDs ``pytest --collect-only`` lists for ``args``."""
+    collect = ["-p", "no:cacheprovider", "--collect-only", "-q", *args]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *collect, *mine],
+        [sys.executable, "-m", "pytest", *collect],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -94,5 +105,4 @@ def test_its_live_suite_names_tests_that_run_on_either_node() -> None:
         timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    picked = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
-    assert picked == set(mine), f"no test matches -k {selection.group(1)!r} in {set(mine) - picked}"
+    return {line for line in done.stdout.splitlines() if "::" in line}
