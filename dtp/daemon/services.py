@@ -208,8 +208,11 @@ class ServiceHost:
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
         self._served = ServedConnections()
-        """The ledger connections admitted, each until its handler ended (settlement
-        included): one DTP connection per ledger connection. dtp.aio keeps this for a
+        """The ledger connections admitted: each counted against the Host's connection
+        limits until its DTP connection ends (:meth:`ServedConnections.ended`, before its
+        settlement: three transactions on Sui, seconds, minutes against a stalled node),
+        its ID reserved until its handler ended, settlement included -- one DTP
+        connection per ledger connection. dtp.aio keeps this for a
         LedgerAdmission hook only, and ours is not one: every DTP connection a client
         opened on one ledger connection was served (past the service's
         ``max_connections``), each under the same key of :attr:`conns`, and the first to
@@ -683,6 +686,7 @@ class ServiceHost:
             # removed by a reload since its admission: refunded now, as one refused at
             # admission is (its deposit stayed in escrow until the close timeout)
             writer.abort("service removed")
+            self._served.ended(connection_id)
             await self._settle(connection_id)
             return
         client: str = writer.get_extra_info("peer_address")
@@ -690,6 +694,7 @@ class ServiceHost:
             terms = await self.fees.terms(connection_id, admitted)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
+            self._served.ended(connection_id)
             # (settled all the same: the ledger connection stayed Open, the deposit
             # locked until the client's own timeout)
             await self._settle(connection_id, service=service)
@@ -743,6 +748,9 @@ class ServiceHost:
             self.conns.pop(connection_id, None)
             self.limiter.release(client)
             writer.close()
+            # ended: its limit slot is free for the client's next connection while the
+            # settlement runs (docs/escrow.md §2: live connections are counted)
+            self._served.ended(connection_id)
             settled = await self._settle_served(conn, service, stats)
             self._count_held()
             logger.info(
@@ -855,6 +863,7 @@ class ServiceHost:
             # users only grew and its buckets were never let go)
             self.limiter.release(conn.client)
             writer.close()
+            self._served.ended(conn.connection_id)  # (as a TCP connection's: see _handle)
             if billing is not None:
                 # the newest receipt accepted (the billing's, checked and queued for the
                 # disk), read before the settlement forgets it: as a TCP connection's
