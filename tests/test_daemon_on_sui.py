@@ -23,7 +23,9 @@ import dtp.daemon.runner as runner_mod
 import dtp.daemon.services as services_mod
 from dtp.chain import sui, sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
+from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.runner import Daemon
+from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
 from dtp.keys import HostIdentity
 from tests.daemon_inproc import BOUND, Client, echo_backend, running, through, tunnel, until
@@ -148,6 +150,72 @@ deposit = {DEPOSIT}"""
                 assert served.refunded == DEPOSIT - paid
 
     asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_a_forwards_open_timeout_bounds_its_ledger_open_too(
+    node: SuiNodeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """The node stalls -- it takes calls and answers none -- as a forward's first
+    connection is to open: its ledger work (the Host's read, the spending cap, the
+    open) waits on it. The forward's ``open_timeout`` bounds all of it, not only the
+    carrier connect and the handshake: the local client is refused (a TCP client's
+    connection closed; a UDP flow's open counted as an error) within it, where it
+    waited DTP_SUI_TIMEOUT (30 s) per node call, and its retries. Once the node answers
+    again, the forward's next connection goes through (the one given up is abandoned
+    in the background)."""
+    open_timeout = 2.0
+    refused_within = open_timeout + 3.0
+
+    async def main() -> None:
+        async with provider(tmp_path, node) as daemon:
+            forward = f"""
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{daemon.host_id}:7000"
+deposit = {DEPOSIT}
+protocol = "{protocol}"
+open_timeout = {open_timeout}"""
+            async with running(write_config(tmp_path, node, "client", forward)) as client:
+                fwd = client.forwarders["svc"]
+                row = client.book.forward("svc")
+                node.stall()
+                try:
+                    started = time.monotonic()
+                    if protocol == "tcp":
+                        assert isinstance(fwd, Forwarder) and fwd.server is not None
+                        address = fwd.server.sockets[0].getsockname()[:2]
+                        # refused: closed unanswered (reset, the data unread)
+                        with contextlib.suppress(ConnectionResetError):
+                            got = await asyncio.wait_for(through(address, b"x"), refused_within)
+                            assert got == b""
+                    else:
+                        assert isinstance(fwd, UdpForward)
+                        assert fwd._forwarder is not None
+                        await udp_send(fwd._forwarder.address, b"x")
+                        await until(lambda: row.errors, "the flow's open given up", refused_within)
+                    assert time.monotonic() - started >= open_timeout
+                finally:
+                    node.unstall()
+                said = [f"{r.getMessage()} {r.__dict__.get('fields')}" for r in caplog.records]
+                assert [m for m in said if "forward's open_timeout (2 s)" in m]  # (named)
+                if protocol == "tcp":
+                    await asyncio.sleep(1.0)  # (past the forward's backoff, 0.5 s)
+                    assert await asyncio.wait_for(through(address, b"again"), BOUND) == b"again"
+                    assert row.connections == 1
+
+    asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
+
+
+async def udp_send(address: tuple[str, int], data: bytes) -> None:
+    """One datagram to ``address`` from a socket of its own."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=address
+    )
+    transport.sendto(data)
+    transport.close()
 
 
 # -- read after write across nodes ---------------------------------------------------------
