@@ -35,7 +35,7 @@ from tests.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000
-A, B = 7000, 7001  # the two services' ports
+A, B, U = 7000, 7001, 7002  # the services' ports: two TCP ones, a UDP one
 
 
 class Ledgers:
@@ -93,9 +93,17 @@ async def provider(
     ledgers: Ledgers, per_client: int = 0, per_service_a: int = 0
 ) -> AsyncIterator[Daemon]:
     """A started daemon serving an echo backend as services ``a`` (port A, at most
-    ``per_service_a`` connections) and ``b`` (port B), the Host allowing each client
-    ``per_client`` connections (0: unlimited)."""
-    async with echo_backend() as backend:
+    ``per_service_a`` connections) and ``b`` (port B), and a UDP backend as service
+    ``u`` (port U), the Host allowing each client ``per_client`` connections (0:
+    unlimited)."""
+    loop = asyncio.get_running_loop()
+    udp, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    udp_backend = udp.get_extra_info("sockname")[1]
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(udp.close)
+        backend = await stack.enter_async_context(echo_backend())
         identity = HostIdentity.generate()
         identity.save(ledgers.tmp / "provider.key")
         if ledgers.node is not None:
@@ -123,6 +131,12 @@ name = "b"
 port = {B}
 backends = ["127.0.0.1:{backend}"]
 health_interval = 30
+
+[[service]]
+name = "u"
+port = {U}
+protocol = "udp"
+backends = ["127.0.0.1:{udp_backend}"]
 """
         )
         async with running(config) as daemon:
@@ -131,10 +145,12 @@ health_interval = 30
 
 async def served(client: Client, port: int) -> tuple[str, Any]:
     """A new ledger connection of ``client`` to ``port`` and a DTP connection on it,
-    checked to carry a tunnel: (its ID, its writer)."""
+    admitted, and checked to carry a tunnel when ``port`` is a TCP service's: (its ID,
+    its writer)."""
     cid = await asyncio.to_thread(client.open_ledger, DEPOSIT, port)
     _, writer = await client.connect(cid, port)
-    assert await tunnel(writer) == b"ping"
+    if port != U:
+        assert await tunnel(writer) == b"ping"
     return cid, writer
 
 
@@ -233,16 +249,18 @@ def test_a_connection_refused_at_a_limit_is_refunded_at_once(ledgers: Ledgers) -
     run(ledgers, main)
 
 
+@pytest.mark.parametrize("port", [A, U], ids=["tcp", "udp"])
 def test_a_client_reconnecting_while_its_last_connection_settles_is_served(
-    ledgers: Ledgers, monkeypatch: pytest.MonkeyPatch
+    ledgers: Ledgers, monkeypatch: pytest.MonkeyPatch, port: int
 ) -> None:
-    """One connection per client; the client closes its connection and opens another at
-    once, while the first one's settlement is still on its way (held here at its first
-    transaction: on Sui three of them, seconds; minutes against a stalled node). The
-    first no longer counts: the second is served (it was refused as over the limit, its
-    deposit locked, a refund paid from the host's gas). A DTP connection on the first
-    ledger connection is still refused meanwhile -- one per ledger connection, until
-    its settlement is done -- and that settlement goes through once let go."""
+    """One connection per client; the client closes its connection (a TCP service's,
+    or a UDP service's flow) and opens another at once, while the first one's
+    settlement is still on its way (held here at its first transaction: on Sui three
+    of them, seconds; minutes against a stalled node). The first no longer counts: the
+    second is served (it was refused as over the limit, its deposit locked, a refund
+    paid from the host's gas). A DTP connection on the first ledger connection is
+    still refused meanwhile -- one per ledger connection, until its settlement is done
+    -- and that settlement goes through once let go."""
 
     async def main() -> None:
         async with provider(ledgers, per_client=1) as daemon:
@@ -258,16 +276,16 @@ def test_a_client_reconnecting_while_its_last_connection_settles_is_served(
 
             monkeypatch.setattr(daemon.ledger, "close_connection", close_held)
             try:
-                first_cid, first = await served(alice, A)
+                first_cid, first = await served(alice, port)
                 first.close()
                 await until(held.is_set, "the first connection's settlement under way")
                 _, second = await served(alice, B)
                 with pytest.raises(ConnectionRefused, match="being settled"):
-                    await alice.connect(first_cid, A)
+                    await alice.connect(first_cid, port)
                 services = daemon.services
                 assert services is not None and first_cid in services._served
                 go.set()
-                row = daemon.book.service("a")
+                row = daemon.book.service("a" if port == A else "u")
                 await until(lambda: row.refunded == DEPOSIT, "the first connection settled")
                 tc = await asyncio.to_thread(alice.ledger.get_connection, first_cid)
                 assert tc.settled
